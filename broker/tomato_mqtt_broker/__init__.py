@@ -1,0 +1,109 @@
+"""The embedded MQTT broker of tomato-mqtt (amqtt), for the scheduler PC.
+
+Instrument PCs do not install this package: it is the only place amqtt is imported.
+The broker binds to 127.0.0.1 unless told otherwise, offers a TCP listener and a
+WebSocket listener (for browser dashboards), and optionally a password file (argon2
+hashes, amqtt's FileAuthPlugin) and topic ACLs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["BrokerConfig", "EmbeddedBroker", "run_broker"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class BrokerConfig:
+    host: str = "127.0.0.1"
+    port: int = 1883
+    ws_port: int | None = None  # None: no WebSocket listener
+    password_file: str | None = None
+    allow_anonymous: bool = True
+    publish_acl: dict[str, list[str]] = field(default_factory=dict)
+    subscribe_acl: dict[str, list[str]] = field(default_factory=dict)
+
+    def amqtt_config(self) -> dict[str, Any]:
+        listeners: dict[str, Any] = {
+            "default": {"type": "tcp", "bind": f"{self.host}:{self.port}", "max_connections": 0}
+        }
+        if self.ws_port:
+            listeners["ws"] = {"type": "ws", "bind": f"{self.host}:{self.ws_port}"}
+        plugins: dict[str, Any] = {
+            "amqtt.plugins.authentication.AnonymousAuthPlugin": {
+                "allow_anonymous": self.allow_anonymous
+            },
+        }
+        if self.password_file:
+            plugins["amqtt.plugins.authentication.FileAuthPlugin"] = {
+                "password_file": self.password_file
+            }
+        if self.publish_acl or self.subscribe_acl:
+            plugins["amqtt.plugins.topic_checking.TopicAccessControlListPlugin"] = {
+                "publish_acl": self.publish_acl,
+                "acl": {},
+                "subscribe_acl": self.subscribe_acl,
+            }
+        return {"listeners": listeners, "plugins": plugins, "timeout_disconnect_delay": 0}
+
+
+class EmbeddedBroker:
+    """amqtt in this process: ``await start()``, ``await stop()``."""
+
+    def __init__(self, config: BrokerConfig) -> None:
+        self.config = config
+        self._broker: Any = None
+
+    async def start(self) -> None:
+        from amqtt.broker import Broker  # heavy import, only where a broker really runs
+
+        # amqtt logs every connection at INFO; keep our logs about our services
+        logging.getLogger("amqtt").setLevel(logging.WARNING)
+        self._broker = Broker(self.config.amqtt_config())
+        try:
+            await self._broker.start()
+        except Exception as e:
+            self._broker = None
+            raise OSError(
+                f"cannot start the embedded MQTT broker on {self.config.host}:{self.config.port}"
+                f": {e}"
+            ) from e
+
+    async def stop(self) -> None:
+        if self._broker is not None:
+            broker, self._broker = self._broker, None
+            with contextlib.suppress(Exception):
+                await broker.shutdown()
+
+    async def __aenter__(self) -> EmbeddedBroker:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+
+async def _serve(config: BrokerConfig, ready: asyncio.Event | None = None) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    async with EmbeddedBroker(config):
+        ws = f", ws://{config.host}:{config.ws_port}" if config.ws_port else ""
+        log.info("broker listening on mqtt://%s:%d%s", config.host, config.port, ws)
+        if ready is not None:
+            ready.set()
+        await stop.wait()
+
+
+def run_broker(config: BrokerConfig) -> None:
+    """Run the broker in the foreground until SIGINT/SIGTERM."""
+    asyncio.run(_serve(config))

@@ -1,0 +1,103 @@
+"""The psutil driver: CPU and memory of the node's own PC as a component.
+
+Techniques ``all_info``, ``cpu_info`` and ``mem_info`` (as in tomato-psutil); every attr
+is read-only and part of the component status. Values carry units (percent, bytes,
+megahertz). Any address and channel work: the component is always this PC.
+
+Settings (``[drivers.psutil]`` in settings.toml):
+
+``idle_measurement_interval``
+    seconds between measurements while no task runs (default: none).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import pint
+import psutil
+
+from tomato_mqtt.driver import Attr, ModelDevice, ModelInterface, TaskSpec
+
+__all__ = ["Device", "DriverInterface"]
+
+_MEM = ("mem_total", "mem_avail", "mem_used", "mem_usage")
+_CPU = ("cpu_count", "cpu_freq", "cpu_usage")
+_TECHNIQUES = {"all_info": _MEM + _CPU, "mem_info": _MEM, "cpu_info": _CPU}
+
+
+def _q(value: float, units: str) -> pint.Quantity[Any]:
+    return pint.Quantity(value, units)
+
+
+class Device(ModelDevice):
+    def __init__(self, driver: DriverInterface, key: tuple[str, str], **kwargs: Any) -> None:
+        super().__init__(driver, key, **kwargs)
+        psutil.cpu_percent(interval=None)  # the first call only starts the measurement
+        self.constants["cpu_count"] = psutil.cpu_count()
+
+    def attrs(self) -> dict[str, Attr]:
+        return {
+            "mem_total": Attr(type=pint.Quantity, units="byte", status=True),
+            "mem_avail": Attr(type=pint.Quantity, units="byte", status=True),
+            "mem_used": Attr(type=pint.Quantity, units="byte", status=True),
+            "mem_usage": Attr(type=pint.Quantity, units="percent", status=True),
+            "cpu_count": Attr(type=int, status=True),
+            "cpu_freq": Attr(type=pint.Quantity, units="MHz", status=True),
+            "cpu_usage": Attr(type=pint.Quantity, units="percent", status=True),
+        }
+
+    def capabilities(self) -> set[str]:
+        return set(_TECHNIQUES)
+
+    def get_attr(self, attr: str) -> Any:
+        values = self._read((attr,))
+        if attr not in values:
+            raise AttributeError(f"unknown attr {attr!r}")
+        return values[attr]
+
+    def status(self) -> dict[str, Any]:
+        return self._read(_TECHNIQUES["all_info"])
+
+    def do_task(self, task: TaskSpec, t_start: float, t_now: float) -> Mapping[str, Any]:
+        return self._read(_TECHNIQUES[task.technique_name])
+
+    def do_measure(self) -> Mapping[str, Any]:
+        return self._read(_TECHNIQUES["all_info"])
+
+    def _read(self, names: tuple[str, ...]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if any(n.startswith("mem_") for n in names):
+            vm = psutil.virtual_memory()
+            mem = {
+                "mem_total": _q(vm.total, "byte"),
+                "mem_avail": _q(vm.available, "byte"),
+                "mem_used": _q(vm.used, "byte"),
+                "mem_usage": _q(vm.percent, "percent"),
+            }
+            out.update((n, mem[n]) for n in names if n in mem)
+        if "cpu_count" in names:
+            out["cpu_count"] = psutil.cpu_count()
+        if "cpu_freq" in names:
+            freq = psutil.cpu_freq()  # None where the OS does not tell (some VMs)
+            out["cpu_freq"] = _q(freq.current, "MHz") if freq is not None else None
+        if "cpu_usage" in names:
+            out["cpu_usage"] = _q(psutil.cpu_percent(interval=None), "percent")
+        return out
+
+
+class DriverInterface(ModelInterface):
+    def __init__(self, settings: Mapping[str, Any] | None = None) -> None:
+        super().__init__(settings)
+        interval = self.settings.get("idle_measurement_interval")
+        if interval is not None:
+            if isinstance(interval, bool) or not isinstance(interval, int | float):
+                raise ValueError(
+                    "[drivers.psutil] idle_measurement_interval must be a number of seconds,"
+                    f" not {interval!r}"
+                )
+            self.idle_measurement_interval = float(interval) if interval > 0 else None
+
+    def DeviceFactory(self, key: tuple[str, str], **kwargs: Any) -> Device:
+        return Device(self, key, **kwargs)

@@ -1,0 +1,85 @@
+"""The README's two commands, needing nothing but Python >= 3.10:
+
+    python3 scripts/dev.py demo   # venv + install everything + run the main job
+    python3 scripts/dev.py test   # venv + install everything + lint, types, tests
+
+Also: `install`, `check` (lint + types only), `pytest [args]`, `bench [args]`.
+The virtual environment is ./.venv; installs are redone when a pyproject changes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+VENV = Path(os.environ.get("TOMATO_VENV", REPO / ".venv"))
+PY = VENV / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
+PROJECTS = [".", "broker", "drivers/example_counter", "drivers/psutil"]
+LINT_PATHS = ["tomato_mqtt", "broker", "drivers", "tests", "bench", "scripts"]
+
+
+def sh(*cmd: str | Path) -> None:
+    print("+", " ".join(str(c) for c in cmd), flush=True)
+    res = subprocess.run([str(c) for c in cmd], cwd=REPO)
+    if res.returncode != 0:
+        sys.exit(res.returncode)
+
+
+def install() -> None:
+    if sys.version_info < (3, 10):
+        sys.exit(f"tomato-mqtt needs Python >= 3.10 (this is {sys.version.split()[0]})")
+    if not PY.exists():
+        print(f"creating {VENV}", flush=True)
+        venv.EnvBuilder(with_pip=True).create(VENV)
+        sh(PY, "-m", "pip", "install", "--quiet", "--upgrade", "pip")
+    digest = hashlib.sha256()
+    for p in PROJECTS:
+        digest.update((REPO / p / "pyproject.toml").read_bytes())
+    stamp = VENV / ".installed"
+    if stamp.exists() and stamp.read_text() == digest.hexdigest():
+        return
+    args = ["-e", ".[server,dev]"]
+    for p in PROJECTS[1:]:
+        args += ["-e", p]
+    sh(PY, "-m", "pip", "install", "--quiet", *args)
+    stamp.write_text(digest.hexdigest())
+
+
+def check() -> None:
+    sh(PY, "-m", "ruff", "check", *LINT_PATHS)
+    sh(PY, "-m", "ruff", "format", "--check", *LINT_PATHS)
+    sh(PY, "-m", "mypy")
+
+
+def pytest(extra: list[str]) -> None:
+    sh("bash", REPO / "scripts" / "ensure-mosquitto")
+    sh(PY, "-m", "pytest", "-q", *extra)
+
+
+def main(argv: list[str]) -> None:
+    cmd = argv[0] if argv else "test"
+    install()
+    if cmd == "install":
+        return
+    if cmd == "demo":
+        sh(PY, REPO / "scripts" / "demo.py")
+    elif cmd == "check":
+        check()
+    elif cmd == "pytest":
+        pytest(argv[1:])
+    elif cmd == "test":
+        check()
+        pytest(argv[1:])
+    elif cmd == "bench":
+        sh(PY, "-m", "bench", *argv[1:])
+    else:
+        sys.exit(f"unknown command {cmd!r}: use demo, test, install, check, pytest or bench")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

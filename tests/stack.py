@@ -1,0 +1,203 @@
+"""A whole tomato-mqtt stack for end-to-end tests: started by the test, stopped after it.
+
+``tomato start`` runs on a free port in a temp appdir with the given devices file; the
+CLIs run as subprocesses exactly as a user would run them. Teardown stops the stack and,
+should that fail, kills the supervisor's process group, so nothing is left running.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIG = REPO / "config"
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Stack:
+    root: Path
+    port: int
+    instance: str
+    env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def appdir(self) -> Path:
+        return self.root / "app"
+
+    @property
+    def datadir(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def logdir(self) -> Path:
+        return self.root / "log"
+
+    @property
+    def workdir(self) -> Path:
+        return self.root / "work"
+
+    def dirs(self) -> list[str]:
+        return ["-A", str(self.appdir), "-D", str(self.datadir), "-L", str(self.logdir)]
+
+    def run(
+        self,
+        tool: str,
+        *args: str,
+        check: bool = False,
+        timeout: float = 30,
+        cwd: Path | None = None,
+    ) -> subprocess.CompletedProcess[str]:
+        """Run ``tool args`` (tomato, ketchup, passata) against this stack."""
+        extra = ["-p", str(self.port), "-A", str(self.appdir)]
+        cmd = [str(BIN / tool), *args, *extra]
+        res = subprocess.run(
+            cmd,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            cwd=cwd or self.workdir,
+            env={**os.environ, **self.env},
+        )
+        if check and res.returncode != 0:
+            raise AssertionError(
+                f"{' '.join(cmd)} failed ({res.returncode}):\n{res.stdout}\n{res.stderr}"
+            )
+        return res
+
+    def json(self, tool: str, *args: str, timeout: float = 30, cwd: Path | None = None) -> Any:
+        res = self.run(tool, *args, "--json", timeout=timeout, cwd=cwd)
+        try:
+            return json.loads(res.stdout)
+        except ValueError:
+            raise AssertionError(
+                f"not JSON ({res.returncode}): {res.stdout!r} {res.stderr!r}"
+            ) from None
+
+    def job(self, jobid: int) -> dict[str, Any]:
+        out = self.json("ketchup", "status", str(jobid))
+        assert out["success"], out
+        return out["data"][0]  # type: ignore[no-any-return]
+
+    def wait_job(self, jobid: int, statuses: set[str], timeout: float = 30) -> dict[str, Any]:
+        """Wait until the job's status is one of ``statuses`` (polls the CLI, as a user would)."""
+        deadline = time.monotonic() + timeout
+        job: dict[str, Any] = {}
+        while time.monotonic() < deadline:
+            job = self.job(jobid)
+            if job["status"] in statuses:
+                return job
+            time.sleep(0.1)
+        raise AssertionError(f"job {jobid} not in {statuses} after {timeout} s: {job}")
+
+    def submit(self, payload: str | Path, *args: str) -> int:
+        path = Path(payload)
+        if not path.is_absolute():
+            path = CONFIG / path
+        out = self.json("ketchup", "submit", str(path), *args)
+        assert out["success"], out
+        return int(out["data"]["id"])
+
+    def load_ready(self, pipeline: str, sample: str) -> None:
+        self.run("tomato", "pipeline", "load", pipeline, sample, check=True)
+        self.run("tomato", "pipeline", "ready", pipeline, check=True)
+
+    def supervisor_pid(self) -> int | None:
+        f = self.datadir / f"tomato-mqtt.{self.port}.pid"
+        try:
+            return int(json.loads(f.read_text())["pid"])
+        except (OSError, ValueError, KeyError):
+            return None
+
+    def logs(self) -> str:
+        out = []
+        for f in sorted(self.logdir.glob("*.log")):
+            out.append(f"==== {f.name}\n{f.read_text(errors='replace')[-4000:]}")
+        return "\n".join(out)
+
+
+def make_stack(root: Path, devices: str = "devices_counter.yml", settings: str = "") -> Stack:
+    st = Stack(root=root, port=free_port(), instance="t" + os.urandom(4).hex())
+    for d in (st.appdir, st.datadir, st.logdir, st.workdir):
+        d.mkdir(parents=True, exist_ok=True)
+    shutil.copy(CONFIG / devices, st.appdir / "devices.yml")
+    (st.appdir / "settings.toml").write_text(
+        f'[mqtt]\ninstance = "{st.instance}"\n'
+        f"[broker]\nws_port = {free_port()}\n"
+        "[scheduler]\nnode_grace_period = 5.0\nlost_after = 4.0\n"
+        f"{settings}\n"
+    )
+    return st
+
+
+@contextlib.contextmanager
+def running_stack(
+    root: Path, devices: str = "devices_counter.yml", settings: str = ""
+) -> Iterator[Stack]:
+    st = make_stack(root, devices, settings)
+    res = subprocess.run(
+        [str(BIN / "tomato"), "start", *st.dirs(), "-p", str(st.port)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    if res.returncode != 0:
+        stop_stack(st)
+        raise AssertionError(f"tomato start failed:\n{res.stdout}\n{res.stderr}\n{st.logs()}")
+    try:
+        yield st
+    finally:
+        stop_stack(st)
+
+
+def stop_stack(st: Stack) -> None:
+    pid = st.supervisor_pid()
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        subprocess.run(
+            [str(BIN / "tomato"), "stop", *st.dirs(), "-p", str(st.port), "--timeout", "15"],
+            capture_output=True,
+            timeout=30,
+        )
+    if pid is None:
+        return
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and _alive(pid):
+        time.sleep(0.05)
+    if _alive(pid):
+        # jobs still running or the stack is wedged: take the whole group down
+        with contextlib.suppress(OSError):
+            os.killpg(pid, signal.SIGTERM)
+        time.sleep(1.0)
+        with contextlib.suppress(OSError):
+            os.killpg(pid, signal.SIGKILL)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        return False
+    # a zombie child of ours is not alive
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split()[2] != "Z"
+    except OSError:
+        return True

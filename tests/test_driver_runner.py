@@ -1,0 +1,415 @@
+"""ComponentRunner: timing and point counts, stop, driver failures, the buffer.
+
+The devices here are small real drivers written for the test (no mocks): they count
+their calls under a condition variable so tests wait for events, never for fixed times.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import pint
+import pytest
+
+from tomato_mqtt.driver import (
+    Attr,
+    ComponentRunner,
+    ModelDevice,
+    ModelInterface,
+    Point,
+    TaskEnd,
+    TaskSpec,
+    TaskValidationError,
+)
+
+
+class Probe(ModelDevice):
+    """A scriptable device: records what it is asked, fails when told to."""
+
+    def __init__(self, driver: ModelInterface, key: tuple[str, str], **kwargs: Any) -> None:
+        super().__init__(driver, key, **kwargs)
+        self.level = 1.0
+        self.mode = "a"
+        self.k = 0
+        self.cv = threading.Condition()
+        self.offsets: list[float] = []  # t_now - t_start of every do_task call
+        self.fail_at: int | None = None  # do_task raises at this point of a task
+        self.fail_set: Exception | None = None  # do_set_attr raises this
+        self.late_at: int | None = None  # do_task is slow at this point
+        self.bad_value = False
+        self.quantities = False
+        self.measures = 0
+        self.resets = 0
+        self.closed = False
+
+    def attrs(self) -> dict[str, Attr]:
+        return {
+            "level": Attr(type=float, rw=True, minimum=0, maximum=100),
+            "mode": Attr(type=str, rw=True, options=["a", "b"]),
+            "serial": Attr(type=str, status=True),
+        }
+
+    def capabilities(self) -> set[str]:
+        return {"sample"}
+
+    @property
+    def serial(self) -> str:
+        return "SN-1"
+
+    def do_set_attr(self, attr: str, val: Any) -> None:
+        if self.fail_set is not None:
+            raise self.fail_set
+        setattr(self, attr, val)
+
+    def do_task(self, task: TaskSpec, t_start: float, t_now: float) -> Mapping[str, Any] | None:
+        with self.cv:
+            self.k += 1
+            k = self.k
+            self.offsets.append(t_now - t_start)
+            self.cv.notify_all()
+        if self.fail_at == k:
+            raise OSError("instrument went away")
+        if self.late_at == k:
+            time.sleep(0.05)  # a driver that blocks: the runner must catch up after it
+        if self.bad_value:
+            return {"v": object()}
+        if self.quantities:
+            q = pint.Quantity(k, "mA") if k % 2 else pint.Quantity(k / 1000, "A")
+            return {"v": k, "current": q}
+        return {"v": k, "level": self.level, "mode": self.mode}
+
+    def do_measure(self) -> Mapping[str, Any]:
+        with self.cv:
+            self.measures += 1
+            self.cv.notify_all()
+        return {"v": -1.0, "level": self.level}
+
+    def reset(self) -> None:
+        self.resets += 1
+
+    def close(self) -> None:
+        self.closed = True
+
+    def wait_points(self, n: int, timeout: float = 5.0) -> None:
+        with self.cv:
+            assert self.cv.wait_for(lambda: self.k >= n, timeout), f"only {self.k} of {n} points"
+
+    def wait_measures(self, n: int, timeout: float = 5.0) -> None:
+        with self.cv:
+            assert self.cv.wait_for(lambda: self.measures >= n, timeout)
+
+
+class ProbeDriver(ModelInterface):
+    def __init__(self, settings: Mapping[str, Any] | None = None) -> None:
+        super().__init__(settings)
+        self.refuse_connects = int(self.settings.get("refuse_connects", 0))
+
+    def DeviceFactory(self, key: tuple[str, str], **kwargs: Any) -> Probe:
+        if self.refuse_connects > 0:
+            self.refuse_connects -= 1
+            raise RuntimeError(f"no instrument at {key[0]}")
+        return Probe(self, key, **kwargs)
+
+
+class IdleDriver(ProbeDriver):
+    idle_measurement_interval = 0.02
+
+
+class Ends:
+    """Collects what the runner reports; lets a test wait for the next task end."""
+
+    def __init__(self) -> None:
+        self.items: list[TaskEnd] = []
+        self.errors: list[str] = []
+        self.running_at_end: list[bool] = []
+        self.runner: ComponentRunner | None = None
+        self._event = threading.Event()
+
+    def on_end(self, end: TaskEnd) -> None:
+        assert self.runner is not None
+        self.running_at_end.append(self.runner.running)
+        self.items.append(end)
+        self._event.set()
+
+    def wait(self, timeout: float = 5.0) -> TaskEnd:
+        assert self._event.wait(timeout), "the task did not end in time"
+        self._event.clear()
+        return self.items[-1]
+
+
+class Rig:
+    def __init__(self, driver: ModelInterface | None = None, **kwargs: Any) -> None:
+        self.ends = Ends()
+        self.dev = (driver or ProbeDriver()).DeviceFactory(("COM3", "1"))
+        assert isinstance(self.dev, Probe)
+        self.runner = ComponentRunner(
+            self.dev, on_task_end=self.ends.on_end, on_error=self.ends.errors.append, **kwargs
+        )
+        self.ends.runner = self.runner
+
+    def run(self, max_duration: float, interval: float, **params: Any) -> TaskEnd:
+        self.runner.start_task(task(max_duration, interval, **params))
+        return self.ends.wait(max_duration + 5)
+
+
+def task(max_duration: float, interval: float, **params: Any) -> TaskSpec:
+    return TaskSpec(
+        technique_name="sample",
+        max_duration=max_duration,
+        sampling_interval=interval,
+        task_params=params,
+        job=1,
+        index=0,
+    )
+
+
+@pytest.fixture
+def rig() -> Iterator[Rig]:
+    r = Rig()
+    yield r
+    r.runner.close()
+
+
+@pytest.mark.parametrize(("duration", "interval"), [(1.0, 0.1), (0.5, 0.05)])
+def test_point_count_and_deadlines(rig: Rig, duration: float, interval: float) -> None:
+    end = rig.run(duration, interval, level="2.5")
+    points, units = rig.runner.drain()
+    assert end.reason == "done" and end.message is None
+    assert end.npoints == len(points) == 10
+    assert [p.values["v"] for p in points] == list(range(1, 11))
+    assert all(p.values["level"] == 2.5 for p in points)  # task_params were applied
+    assert all(p.task is end.task for p in points)
+    assert units == {}
+    # t_now is the deadline: t_start + k * interval, no drift
+    assert rig.dev.offsets == pytest.approx([k * interval for k in range(1, 11)], abs=1e-6)
+    for k, p in enumerate(points, start=1):
+        assert p.uts >= end.t_start + k * interval - 0.005
+    assert end.t_end - end.t_start == pytest.approx(duration, abs=0.1)
+    assert rig.ends.running_at_end == [False]  # on_task_end sees an idle runner
+
+
+def test_one_kilohertz_delivers_every_point(rig: Rig) -> None:
+    t0 = time.perf_counter()
+    end = rig.run(1.0, 0.001)
+    elapsed = time.perf_counter() - t0
+    points, _ = rig.runner.drain()
+    assert end.reason == "done"
+    assert len(points) == end.npoints == 1000
+    assert elapsed < 1.5
+
+
+def test_a_late_driver_is_caught_up_without_skipping(rig: Rig) -> None:
+    rig.dev.late_at = 3  # blocks for 5 sampling intervals
+    end = rig.run(0.2, 0.01)
+    points, _ = rig.runner.drain()
+    assert end.npoints == len(points) == 20
+    assert [p.values["v"] for p in points] == list(range(1, 21))
+    # the points due during the stall were taken straight after it
+    assert points[4].uts - points[3].uts < 0.005
+
+
+def test_zero_points_task_ends_done(rig: Rig) -> None:
+    end = rig.run(0.0, 1.0)
+    assert (end.reason, end.npoints) == ("done", 0)
+    assert rig.runner.drain() == ([], {})
+
+
+def test_stop_is_prompt_and_keeps_points(rig: Rig) -> None:
+    rig.runner.start_task(task(30.0, 0.1))
+    assert rig.runner.running
+    rig.dev.wait_points(3)
+    t0 = time.perf_counter()
+    rig.runner.stop_task("cancelled by user")
+    rig.runner.stop_task("again")  # idempotent: the first reason stays
+    end = rig.ends.wait(1.0)
+    assert time.perf_counter() - t0 < 0.2
+    assert (end.reason, end.message) == ("stopped", "cancelled by user")
+    points, _ = rig.runner.drain()
+    assert len(points) == end.npoints >= 3
+    assert not rig.runner.running
+    rig.runner.stop_task()  # no task: nothing happens
+    assert len(rig.ends.items) == 1
+
+
+def test_driver_error_in_do_task_ends_the_task_and_the_runner_survives(rig: Rig) -> None:
+    rig.dev.fail_at = 3
+    end = rig.run(1.0, 0.02)
+    assert end.reason == "error"
+    assert end.message is not None
+    assert "OSError: instrument went away" in end.message and "point 3" in end.message
+    assert rig.ends.errors == [end.message]
+    points, _ = rig.runner.drain()
+    assert len(points) == end.npoints == 2  # the points before the failure are kept
+    rig.dev.fail_at = None
+    rig.dev.k = 0
+    again = rig.run(0.1, 0.02)
+    assert (again.reason, again.npoints) == ("done", 5)
+
+
+def test_bad_point_values_are_a_task_error(rig: Rig) -> None:
+    rig.dev.bad_value = True
+    end = rig.run(0.1, 0.02)
+    assert end.reason == "error"
+    assert end.message is not None and "variable 'v'" in end.message
+
+
+def test_driver_error_in_set_attr_refuses_the_task(rig: Rig) -> None:
+    rig.dev.fail_set = OSError("serial port closed")
+    with pytest.raises(RuntimeError, match="driver failed to set 'level'.*serial port closed"):
+        rig.runner.start_task(task(0.1, 0.02, level=5))
+    assert not rig.runner.running
+    assert rig.ends.items == []
+    rig.dev.fail_set = ValueError("5 is unlucky on this model")
+    with pytest.raises(TaskValidationError, match="level: 5 is unlucky"):
+        rig.runner.start_task(task(0.1, 0.02, level=5))
+    assert not rig.runner.running
+    rig.dev.fail_set = None
+    end = rig.run(0.1, 0.02, level=5)
+    assert end.reason == "done"
+    assert rig.runner.drain()[0][-1].values["level"] == 5.0
+
+
+def test_invalid_task_starts_nothing(rig: Rig) -> None:
+    bad = [
+        TaskSpec(technique_name="bogus", max_duration=1, sampling_interval=0.1),
+        task(1, 0.1, level=1000),
+        task(1, 0.1, mode="c"),
+        task(1, 0.1, serial="x"),
+        task(1, 0.1, colour="red"),
+    ]
+    for t in bad:
+        with pytest.raises(TaskValidationError):
+            rig.runner.start_task(t)
+        assert not rig.runner.running
+    assert rig.dev.k == 0 and rig.ends.items == []
+    assert rig.dev.level == 1.0  # nothing was applied
+
+
+def test_busy_runner_refuses_another_task(rig: Rig) -> None:
+    rig.runner.start_task(task(30.0, 0.1))
+    with pytest.raises(RuntimeError, match="busy with task 'sample' \\(job 1, task 0\\)"):
+        rig.runner.start_task(task(1.0, 0.1))
+    assert rig.runner.current_task is not None
+    rig.runner.stop_task()
+    rig.ends.wait()
+    assert rig.runner.current_task is None
+
+
+def test_measure_and_reset_are_refused_while_a_task_runs(rig: Rig) -> None:
+    rig.runner.start_task(task(30.0, 0.1))
+    with pytest.raises(RuntimeError, match="cannot measure: task 'sample' .* is running"):
+        rig.runner.measure()
+    with pytest.raises(RuntimeError, match="cannot reset: task 'sample' .* is running"):
+        rig.runner.reset()
+    assert rig.dev.measures == 0 and rig.dev.resets == 0
+    rig.runner.stop_task()
+    rig.ends.wait()
+    rig.runner.drain()
+    point = rig.runner.measure()
+    assert isinstance(point, Point) and point.values == {"v": -1.0, "level": 1.0}
+    assert point.task is None
+    assert rig.runner.drain()[0] == [point]  # also buffered, to be published
+    rig.runner.reset()
+    assert rig.dev.resets == 1
+
+
+def test_reset_right_after_stop_waits_for_the_task_to_end(rig: Rig) -> None:
+    rig.runner.start_task(task(30.0, 0.1))
+    rig.dev.wait_points(1)
+    rig.runner.stop_task("reset")
+    rig.runner.reset()  # the node's "reset --force": no race with the stopping task
+    assert rig.dev.resets == 1
+    assert rig.ends.wait().reason == "stopped"
+
+
+def test_drain_is_thread_safe(rig: Rig) -> None:
+    got: list[Point] = []
+    done = threading.Event()
+
+    def drainer() -> None:
+        while not done.wait(0.001):
+            got.extend(rig.runner.drain()[0])
+
+    th = threading.Thread(target=drainer)
+    th.start()
+    try:
+        end = rig.run(0.5, 0.001)
+    finally:
+        done.set()
+        th.join()
+    got.extend(rig.runner.drain()[0])
+    assert end.npoints == 500
+    assert [p.values["v"] for p in got] == list(range(1, 501))  # none lost, none twice
+
+
+def test_quantities_become_magnitudes_in_the_first_units_seen(rig: Rig) -> None:
+    rig.dev.quantities = True
+    rig.run(0.1, 0.01)
+    points, units = rig.runner.drain()
+    assert units == {"current": "milliampere"}
+    assert [p.values["current"] for p in points] == pytest.approx(list(range(1, 11)))
+
+
+def test_buffer_full_is_signalled_once_per_fill() -> None:
+    fulls: list[int] = []
+    r = Rig(max_buffer=5, on_buffer_full=lambda: fulls.append(1))
+    try:
+        r.run(0.1, 0.01)
+        assert len(r.runner.drain()[0]) == 10  # nothing dropped
+        assert fulls == [1]
+    finally:
+        r.runner.close()
+
+
+def test_idle_measurements_only_between_tasks() -> None:
+    r = Rig(IdleDriver())
+    try:
+        r.dev.wait_measures(3)
+        end = r.run(0.2, 0.02)
+        r.dev.wait_measures(r.dev.measures + 2)  # idle measurements resume afterwards
+        points, _ = r.runner.drain()
+        idle = [p for p in points if p.task is None]
+        in_task = [p for p in points if p.task is not None]
+        assert len(in_task) == end.npoints == 10
+        assert len(idle) >= 5
+        assert all(p.values["v"] == -1.0 for p in idle)
+        assert not any(end.t_start <= p.uts <= end.t_end for p in idle)
+    finally:
+        r.runner.close()
+
+
+def test_connect_failure_then_success() -> None:
+    driver = ProbeDriver({"refuse_connects": 1})
+    with pytest.raises(RuntimeError, match="no instrument at COM3"):
+        Rig(driver)
+    r = Rig(driver)  # the node retries later
+    try:
+        assert r.run(0.1, 0.05).npoints == 2
+    finally:
+        r.runner.close()
+
+
+def test_close_stops_the_task_and_closes_the_device(rig: Rig) -> None:
+    rig.runner.start_task(task(30.0, 0.1))
+    rig.dev.wait_points(1)
+    rig.runner.close()
+    end = rig.ends.wait(1.0)
+    assert (end.reason, end.message) == ("stopped", "component closed")
+    assert rig.dev.closed and rig.runner.closed
+    with pytest.raises(RuntimeError, match="closed"):
+        rig.runner.start_task(task(1.0, 0.1))
+    with pytest.raises(RuntimeError, match="closed"):
+        rig.runner.measure()
+    rig.runner.close()  # idempotent
+
+
+def test_status_reads_the_status_attrs(rig: Rig) -> None:
+    assert rig.dev.status() == {"serial": "SN-1"}
+    with pytest.raises(AttributeError, match="read-only"):
+        rig.dev.set_attr("serial", "x")
+    with pytest.raises(AttributeError, match="unknown attr 'colour'"):
+        rig.dev.set_attr("colour", "red")
+    assert rig.dev.set_attr("level", "7") == 7.0 and rig.dev.get_attr("level") == 7.0

@@ -1,0 +1,237 @@
+"""Task and attribute validation: every path a lab user can hit, with its message."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from typing import Any
+
+import pint
+import pytest
+
+from tomato_mqtt.driver import Attr, AttrSpec, TaskSpec
+from tomato_mqtt.driver.validate import (
+    TaskValidationError,
+    coerce_value,
+    to_jsonable,
+    validate_task,
+)
+
+# The example counter's surface, as a node publishes it in component meta.
+CAPS = {"count", "random"}
+ATTRS = {
+    "min": AttrSpec(type="float", rw=True),
+    "max": AttrSpec(type="float", rw=True),
+    "param": AttrSpec(type="quantity", units="seconds", rw=True, minimum=0.1),
+    "choice": AttrSpec(type="str", rw=True, options=["red", "green", "blue"]),
+    "serial": AttrSpec(type="str"),
+}
+
+
+def reject(technique: str, params: dict[str, Any]) -> str:
+    with pytest.raises(TaskValidationError) as e:
+        validate_task(CAPS, ATTRS, technique, params)
+    return str(e.value)
+
+
+def test_unknown_technique_lists_the_known_ones() -> None:
+    msg = reject("unknown", {})
+    assert "'unknown'" in msg
+    assert "supported: count, random" in msg
+
+
+def test_unknown_attr_lists_the_known_ones() -> None:
+    msg = reject("count", {"unknown": "bla"})
+    assert "unknown parameter 'unknown'" in msg
+    assert "'count'" in msg
+    assert "choice, max, min, param, serial" in msg
+
+
+def test_read_only_attr() -> None:
+    assert "'serial' is read-only" in reject("count", {"serial": "x"})
+
+
+def test_none_is_refused() -> None:
+    assert reject("count", {"min": None}) == "min: a value is required, got None"
+
+
+def test_wrong_type_for_a_quantity() -> None:
+    msg = reject("count", {"param": "wrong type"})
+    assert msg.startswith("param: cannot read 'wrong type' as a quantity in seconds")
+
+
+def test_quantity_below_minimum_is_compared_in_the_attr_units() -> None:
+    assert reject("count", {"param": "1 ms"}) == "param: 1 ms is below the minimum 0.1 s"
+
+
+def test_wrong_dimensionality() -> None:
+    msg = reject("count", {"param": "3 m"})
+    assert msg.startswith("param: 3 m has the wrong dimensionality")
+    assert "[length]" in msg and "[time]" in msg
+
+
+def test_options_violation_lists_the_options() -> None:
+    assert reject("random", {"choice": "yellow"}) == (
+        "choice: 'yellow' is not one of the options: red, green, blue"
+    )
+
+
+def test_float_from_text_that_is_not_a_number() -> None:
+    assert reject("random", {"max": "wrong type"}) == "max: expected a number, got 'wrong type'"
+
+
+def test_valid_task_params_are_coerced() -> None:
+    out = validate_task(
+        CAPS, ATTRS, "random", {"min": "5", "max": 7, "param": "200 ms", "choice": "red"}
+    )
+    assert out["min"] == 5.0 and isinstance(out["min"], float)
+    assert out["max"] == 7.0 and isinstance(out["max"], float)
+    param = out["param"]
+    assert isinstance(param, pint.Quantity)
+    assert param.magnitude == pytest.approx(0.2)
+    assert str(param.units) == "second"  # converted to the canonical units
+    assert out["choice"] == "red"
+
+
+def test_no_params_is_fine() -> None:
+    assert validate_task(CAPS, ATTRS, "count", {}) == {}
+
+
+@pytest.mark.parametrize(
+    ("val", "expected"),
+    [("5", 5.0), (5, 5.0), (2.5, 2.5), (" -1e3 ", -1000.0), ("inf", float("inf"))],
+)
+def test_float_coercion(val: object, expected: float) -> None:
+    out = coerce_value("x", AttrSpec(type="float"), val)
+    assert out == expected and type(out) is float
+
+
+@pytest.mark.parametrize("val", [True, "nan", [1], {"a": 1}])
+def test_float_refuses(val: object) -> None:
+    with pytest.raises(TaskValidationError, match="^x: expected a number"):
+        coerce_value("x", AttrSpec(type="float"), val)
+
+
+@pytest.mark.parametrize(("val", "expected"), [("5", 5), (5.0, 5), ("7.0", 7), (3, 3)])
+def test_int_coercion(val: object, expected: int) -> None:
+    out = coerce_value("n", AttrSpec(type="int"), val)
+    assert out == expected and type(out) is int
+
+
+@pytest.mark.parametrize("val", [5.5, "5.5", "five", False])
+def test_int_refuses(val: object) -> None:
+    with pytest.raises(TaskValidationError, match="^n: expected an integer"):
+        coerce_value("n", AttrSpec(type="int"), val)
+
+
+@pytest.mark.parametrize(
+    ("val", "expected"),
+    [(True, True), ("yes", True), ("False", False), ("0", False), (1, True), (0, False)],
+)
+def test_bool_coercion(val: object, expected: bool) -> None:
+    assert coerce_value("b", AttrSpec(type="bool"), val) is expected
+
+
+@pytest.mark.parametrize("val", ["maybe", 2, 1.0])
+def test_bool_refuses(val: object) -> None:
+    with pytest.raises(TaskValidationError, match="^b: expected true or false"):
+        coerce_value("b", AttrSpec(type="bool"), val)
+
+
+def test_str_coercion_of_numbers_and_refusal_of_lists() -> None:
+    spec = AttrSpec(type="str")
+    assert coerce_value("s", spec, 5) == "5"
+    assert coerce_value("s", spec, 2.5) == "2.5"
+    with pytest.raises(TaskValidationError, match="expected text"):
+        coerce_value("s", spec, ["a"])
+
+
+def test_int_limits_and_numeric_options() -> None:
+    spec = AttrSpec(type="int", minimum=1, maximum=8, options=[1, 2, 4, 8])
+    assert coerce_value("gain", spec, "4") == 4
+    with pytest.raises(TaskValidationError, match="^gain: 16 is above the maximum 8$"):
+        coerce_value("gain", spec, 16)
+    with pytest.raises(TaskValidationError, match="^gain: 0 is below the minimum 1$"):
+        coerce_value("gain", spec, 0)
+    with pytest.raises(TaskValidationError, match="^gain: 3 is not one of the options: 1, 2, 4, 8"):
+        coerce_value("gain", spec, 3)
+
+
+def test_quantity_from_number_quantity_and_bare_text() -> None:
+    spec = ATTRS["param"]
+    assert coerce_value("param", spec, 2) == pint.Quantity(2.0, "s")
+    assert coerce_value("param", spec, "5") == pint.Quantity(5, "s")
+    assert coerce_value("param", spec, pint.Quantity(3, "min")) == pint.Quantity(180, "s")
+    own = pint.UnitRegistry()  # a driver with its own registry still works
+    q = coerce_value("param", spec, own.Quantity(500, "ms"))
+    assert isinstance(q, pint.Quantity) and q.m_as("s") == pytest.approx(0.5)
+
+
+def test_quantity_maximum_in_units() -> None:
+    spec = AttrSpec(type="quantity", units="mA", maximum=100)
+    assert coerce_value("i", spec, "0.05 A") == pint.Quantity(50.0, "mA")
+    with pytest.raises(TaskValidationError, match="^i: 0.2 A is above the maximum 100 mA$"):
+        coerce_value("i", spec, "0.2 A")
+
+
+@pytest.mark.parametrize("val", [True, "1 +", "nan s", [1, 2]])
+def test_quantity_refuses(val: object) -> None:
+    with pytest.raises(TaskValidationError, match="^param: "):
+        coerce_value("param", ATTRS["param"], val)
+
+
+def test_to_jsonable_round_trips_through_coerce_value() -> None:
+    q = pint.Quantity(1.0, "second")
+    text = to_jsonable(q)
+    assert text == "1.0 second"
+    assert coerce_value("param", ATTRS["param"], text) == q
+    assert json.loads(json.dumps(to_jsonable(float("inf")))) == "inf"
+    assert [to_jsonable(v) for v in (None, True, 3, 2.5, "x")] == [None, True, 3, 2.5, "x"]
+    assert to_jsonable(object) == str(object)
+
+
+def test_attr_spec_from_tomato_style_declarations() -> None:
+    # tomato drivers give quantity limits and set options: both port unchanged
+    a = Attr(type=pint.Quantity, rw=True, units="seconds", minimum=pint.Quantity("100 ms"))
+    assert a.spec() == AttrSpec(type="quantity", units="seconds", rw=True, minimum=0.1)
+    b = Attr(type=str, rw=True, options={"red", "green", "blue"})
+    assert b.spec().options == ["blue", "green", "red"]
+    c = Attr(type=pint.Quantity, maximum=pint.Quantity(2, "V"))
+    assert c.spec().units == "volt" and c.spec().maximum == 2.0
+    assert Attr(type="int", status=True).spec().status is True
+
+
+def test_attr_declaration_errors_are_caught_early() -> None:
+    with pytest.raises(TypeError, match="Attr type must be"):
+        Attr(type=list)
+    with pytest.raises(ValueError, match="'bogus_unit' are not known to pint"):
+        Attr(type=float, units="bogus_unit")
+    with pytest.raises(ValueError, match="minimum 5.0 is above maximum 1.0"):
+        Attr(type=float, minimum=5, maximum=1)
+
+
+def test_specs_are_json_on_the_wire() -> None:
+    spec = ATTRS["choice"]
+    assert AttrSpec.model_validate_json(spec.model_dump_json()) == spec
+    with pytest.raises(ValueError, match="extra"):
+        AttrSpec.model_validate({"type": "float", "colour": "red"})
+    task = TaskSpec(
+        technique_name="count",
+        max_duration=1,
+        sampling_interval=0.1,
+        task_params={"param": "1 s"},
+        job=3,
+        index=0,
+    )
+    assert TaskSpec.model_validate_json(task.model_dump_json()) == task
+    assert task.npoints == 10
+    with pytest.raises(ValueError, match="greater than 0"):
+        TaskSpec(technique_name="count", max_duration=1, sampling_interval=0)
+
+
+def test_spec_import_stays_light() -> None:
+    # messages (and through them the CLI) import the specs: that must not pull in pint
+    code = "import sys, tomato_mqtt.driver.spec; print('pint' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

@@ -1,0 +1,268 @@
+"""Jobs end to end on a real stack: payload in, complete NetCDF file out."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import xarray as xr
+import yaml
+
+from tests.stack import CONFIG, Stack, running_stack
+
+pytestmark = pytest.mark.timeout(300)
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    with running_stack(tmp_path_factory.mktemp("jobs")) as st:
+        yield st
+
+
+@pytest.fixture(scope="module")
+def multi(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    with running_stack(tmp_path_factory.mktemp("multi"), devices="devices_psutil.yml") as st:
+        yield st
+
+
+def open_tree(path: str | Path) -> xr.DataTree:
+    tree = xr.open_datatree(path)
+    tree.load()
+    tree.close()
+    return tree
+
+
+def payload_file(st: Stack, name: str, doc: dict[str, object]) -> Path:
+    p = st.workdir / f"{name}.yml"
+    p.write_text(yaml.safe_dump(doc))
+    return p
+
+
+@pytest.mark.parametrize(
+    ("case", "npoints", "prefix"),
+    [
+        ("counter_1_0.1", 10, "results.{id}"),
+        ("counter_5_0.2", 25, "results.{id}"),
+        ("counter_output_prefix", 20, "data"),
+        ("counter_multistep", 15, "results.{id}"),
+    ],
+)
+def test_point_counts_and_layout(stack: Stack, case: str, npoints: int, prefix: str) -> None:
+    pip = "pip-counter-1"
+    stack.load_ready(pip, yaml.safe_load((CONFIG / f"{case}.yml").read_text())["sample"]["name"])
+    jobid = stack.submit(f"{case}.yml")
+    job = stack.wait_job(jobid, {"c", "ce", "cd"}, timeout=60)
+    assert job["status"] == "c", job
+    path = stack.workdir / (prefix.format(id=jobid) + ".nc")
+    assert Path(job["respath"]) == path
+    tree = open_tree(path)
+    # tomato's layout: root attrs, one group per role, uts coordinate, units
+    assert set(tree.attrs) >= {"tomato_version", "tomato_Job"}
+    assert json.loads(tree.attrs["tomato_Job"])["id"] == jobid
+    assert list(tree.children) == ["counter"]
+    ds = tree["counter"].to_dataset()
+    assert "uts" in ds.coords and ds["uts"].size == npoints
+    assert np.all(np.diff(ds["uts"].values) > 0)  # no duplicates
+    assert {"val", "task", "param"} <= set(ds.variables)
+    assert ds["param"].attrs.get("units")
+    comp = json.loads(tree["counter"].attrs["tomato_Component"])
+    assert comp["driver"] == "example_counter"
+    stack.run("tomato", "pipeline", "eject", pip, check=True)
+
+
+def test_multistep_task_variable_marks_boundaries(stack: Stack) -> None:
+    stack.load_ready("pip-counter-2", "counter_multistep")
+    jobid = stack.submit("counter_multistep.yml")
+    job = stack.wait_job(jobid, {"c", "ce", "cd"}, timeout=60)
+    assert job["status"] == "c", job
+    ds = open_tree(job["respath"])["counter"].to_dataset()
+    tasks = ds["task"].values.tolist()
+    assert tasks == [0] * 10 + [1] * 5
+    stack.run("tomato", "pipeline", "eject", "pip-counter-2", check=True)
+
+
+def test_cancel_running_keeps_data_and_cancel_queued(stack: Stack) -> None:
+    doc = yaml.safe_load((CONFIG / "counter_1_0.1.yml").read_text())
+    doc["method"][0]["time"] = 60.0
+    long = payload_file(stack, "long", doc)
+    stack.load_ready("pip-counter-3", doc["sample"]["name"])
+    first = stack.submit(long)
+    stack.wait_job(first, {"r"})
+    queued = stack.submit(long)
+    time.sleep(1.5)  # let some data be measured
+    res = stack.json("ketchup", "cancel", str(first), str(queued))
+    assert res["success"], res
+    job = stack.wait_job(first, {"cd"}, timeout=20)
+    assert stack.job(queued)["status"] == "cd"
+    ds = open_tree(job["respath"])["counter"].to_dataset()
+    assert 8 <= ds["uts"].size <= 40  # the points up to the cancel are in the file
+    stack.run("tomato", "pipeline", "eject", "pip-counter-3", check=True)
+
+
+def test_snapshot_while_running_and_periodic(stack: Stack) -> None:
+    doc = yaml.safe_load((CONFIG / "counter_1_0.1.yml").read_text())
+    doc["method"][0]["time"] = 4.0
+    doc["tomato"]["snapshot"] = {"frequency": 1, "prefix": "snap"}
+    p = payload_file(stack, "snapjob", doc)
+    stack.load_ready("pip-counter-4", doc["sample"]["name"])
+    jobid = stack.submit(p)
+    stack.wait_job(jobid, {"r"})
+    time.sleep(1.5)
+    res = stack.run("ketchup", "snapshot", str(jobid))
+    assert res.returncode == 0, res.stderr
+    snap = stack.workdir / f"snapshot.{jobid}.nc"
+    n_snap = open_tree(snap)["counter"].to_dataset()["uts"].size
+    assert 5 <= n_snap < 40
+    job = stack.wait_job(jobid, {"c"}, timeout=30)
+    n_final = open_tree(job["respath"])["counter"].to_dataset()["uts"].size
+    assert n_final == 40 and n_final > n_snap
+    periodic = stack.workdir / "snap.nc"
+    assert periodic.exists()
+    stack.run("tomato", "pipeline", "eject", "pip-counter-4", check=True)
+
+
+def test_fifo_with_unlock_when_done(stack: Stack) -> None:
+    doc = yaml.safe_load((CONFIG / "counter_1_0.1.yml").read_text())
+    doc = {
+        "version": "2.2",
+        "sample": {"identifier": "fifo"},
+        "user": {"identifier": "tester"},
+        "method": [
+            {
+                "component_role": "counter",
+                "technique_name": "count",
+                "max_duration": 0.3,
+                "sampling_interval": 0.1,
+            }
+        ],
+        "settings": {"unlock_when_done": True},
+    }
+    p = payload_file(stack, "fifo", doc)
+    ids = [stack.submit(p) for _ in range(5)]
+    stack.load_ready("pip-counter-1", "fifo")
+    jobs = [stack.wait_job(i, {"c", "ce", "cd"}, timeout=60) for i in ids]
+    assert [j["status"] for j in jobs] == ["c"] * 5
+    launched = [j["launched_at"] for j in jobs]
+    assert launched == sorted(launched)
+    stack.run("tomato", "pipeline", "eject", "pip-counter-1", check=True)
+
+
+def test_invalid_payloads_never_launch_and_say_why(stack: Stack) -> None:
+    stack.load_ready("pip-counter-2", "counter_invalid")
+    expected = {
+        1: "unknown",
+        2: "wrong type",
+        3: "minimum",
+        4: "unknown",
+    }
+    for n, word in expected.items():
+        doc = yaml.safe_load((CONFIG / f"counter_invalid_{n}.yml").read_text())
+        doc["sample"]["name"] = "counter_invalid"
+        jobid = stack.submit(payload_file(stack, f"inv{n}", doc))
+        deadline = time.monotonic() + 10
+        job = stack.job(jobid)
+        while time.monotonic() < deadline and not job.get("reason"):
+            time.sleep(0.1)
+            job = stack.job(jobid)
+        assert job["status"] == "q", job
+        assert word in job["reason"], job
+        stack.run("ketchup", "cancel", str(jobid), check=True)
+    stack.run("tomato", "pipeline", "eject", "pip-counter-2", check=True)
+
+
+def test_two_roles_in_parallel_and_start_with_trigger(multi: Stack) -> None:
+    multi.load_ready("pip-multidev", "psutil_counter_with_task_start")
+    jobid = multi.submit("psutil_counter_with_task_start.yml")
+    job = multi.wait_job(jobid, {"c", "ce", "cd"}, timeout=60)
+    assert job["status"] == "c", job
+    tree = open_tree(job["respath"])
+    assert set(tree.children) == {"counter", "psutil"}
+    ps = tree["psutil"].to_dataset()
+    cn = tree["counter"].to_dataset()
+    assert ps["uts"].size == 10 + 2
+    assert cn["uts"].size == 10
+    # the counter task starts with psutil's task 1 ("trigger"): first points 0.5 s / 0.2 s in
+    t_trigger = ps["uts"].values[ps["task"].values == 1][0] - 0.5
+    t_counter = cn["uts"].values[0] - 0.2
+    assert abs(t_counter - t_trigger) < 0.2
+    multi.run("tomato", "pipeline", "eject", "pip-multidev", check=True)
+
+
+def test_stop_with_trigger(multi: Stack) -> None:
+    multi.load_ready("pip-multidev", "psutil_counter_with_task_stop")
+    jobid = multi.submit("psutil_counter_with_task_stop.yml")
+    job = multi.wait_job(jobid, {"c", "ce", "cd"}, timeout=60)
+    assert job["status"] == "c", job
+    doc = yaml.safe_load((CONFIG / "psutil_counter_with_task_stop.yml").read_text())
+    tree = open_tree(job["respath"])
+    stopper = next(t for t in doc["method"] if t.get("task_name"))
+    stopped = next(t for t in doc["method"] if t.get("stop_with_task_name"))
+    stopped_ds = tree[stopped["component_role"]].to_dataset()
+    stopper_ds = tree[stopper["component_role"]].to_dataset()
+    idx = doc["method"].index(stopper)
+    t_stop = stopper_ds["uts"].values[stopper_ds["task"].values == idx][0] - float(
+        stopper["sampling_interval"]
+    )
+    sidx = doc["method"].index(stopped)
+    last = stopped_ds["uts"].values[stopped_ds["task"].values == sidx][-1]
+    assert last <= t_stop + 0.2
+    multi.run("tomato", "pipeline", "eject", "pip-multidev", check=True)
+
+
+def _child_pid(st: Stack, service: str) -> int:
+    sup = st.supervisor_pid()
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            stat = (d / "stat").read_text().split()
+            cmd = (d / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if int(stat[3]) == sup and service.encode() in cmd:
+            return int(d.name)
+    raise AssertionError(f"no {service} process under supervisor {sup}")
+
+
+@pytest.mark.parametrize("victim", ["recorder", "scheduler"])
+def test_kill_9_mid_job_loses_nothing(tmp_path: Path, victim: str) -> None:
+    with running_stack(tmp_path) as st:
+        doc = yaml.safe_load((CONFIG / "counter_1_0.1.yml").read_text())
+        doc["method"][0]["time"] = 4.0
+        st.load_ready("pip-counter-1", doc["sample"]["name"])
+        jobid = st.submit(payload_file(st, "k9", doc))
+        st.wait_job(jobid, {"r"})
+        time.sleep(1.0)
+        os.kill(_child_pid(st, victim), signal.SIGKILL)
+        job = st.wait_job(jobid, {"c", "ce", "cd"}, timeout=60)
+        assert job["status"] == "c", (job, st.logs())
+        ds = open_tree(job["respath"])["counter"].to_dataset()
+        assert ds["uts"].size == 40
+        assert np.all(np.diff(ds["uts"].values) > 0)
+
+
+def test_node_lost_mid_job_ends_ce_with_data(tmp_path: Path) -> None:
+    with running_stack(tmp_path, settings="") as st:
+        doc = yaml.safe_load((CONFIG / "counter_1_0.1.yml").read_text())
+        doc["method"][0]["time"] = 30.0
+        st.load_ready("pip-counter-1", doc["sample"]["name"])
+        jobid = st.submit(payload_file(st, "lost", doc))
+        st.wait_job(jobid, {"r"})
+        time.sleep(1.5)
+        # stop the supervisor from restarting it: SIGSTOP the node (hung), so it is lost
+        node = _child_pid(st, "node")
+        os.kill(node, signal.SIGSTOP)
+        try:
+            job = st.wait_job(jobid, {"c", "ce", "cd"}, timeout=60)
+        finally:
+            os.kill(node, signal.SIGCONT)
+        assert job["status"] == "ce", job
+        assert "lost" in job["reason"]
+        ds = open_tree(job["respath"])["counter"].to_dataset()
+        assert ds["uts"].size >= 5

@@ -1,0 +1,296 @@
+"""Payloads: every tomato version parses to 2.2; errors name the field; reading is light."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tomato_mqtt.payloads import (
+    SUPPORTED_VERSIONS,
+    PayloadError,
+    parse_payload,
+    read_payload_file,
+)
+
+CONFIG = Path(__file__).resolve().parents[1] / "config"
+
+
+def method_of(payload: Any) -> list[tuple[str, str, float, float]]:
+    return [
+        (t.component_role, t.technique_name, t.max_duration, t.sampling_interval)
+        for t in payload.method
+    ]
+
+
+@pytest.mark.parametrize("version", SUPPORTED_VERSIONS)
+def test_every_version_parses_to_the_same_2_2_method(version: str) -> None:
+    data = read_payload_file(CONFIG / f"counter_v{version}.yml")
+    assert data["version"] == version
+    p = parse_payload(data, user="alice")
+    assert p.version == "2.2"
+    assert method_of(p) == [("counter", "count", 1.0, 0.1)]
+    assert p.sample.identifier == "counter_1_0.1"
+    assert p.settings.verbosity == "DEBUG"
+    assert p.user.identifier == ("example-user" if version == "2.2" else "alice")
+
+
+def test_older_payloads_get_the_current_user_by_default() -> None:
+    import getpass
+
+    p = parse_payload(read_payload_file(CONFIG / "counter_v2.1.yml"))
+    assert p.user.identifier == getpass.getuser()
+
+
+@pytest.mark.parametrize(
+    ("name", "method"),
+    [
+        ("counter_1_0.1", [("counter", "count", 1.0, 0.1)]),
+        ("counter_5_0.2", [("counter", "count", 5.0, 0.2)]),
+        ("counter_multistep", [("counter", "count", 1.0, 0.1), ("counter", "count", 1.0, 0.2)]),
+        ("counter_multidev", [("counter-1", "count", 1.0, 0.1), ("counter-2", "count", 1.0, 0.2)]),
+        ("counter_output_prefix", [("counter", "count", 1.0, 0.05)]),
+        ("counter_snapshot", [("counter", "count", 15.0, 0.1)]),
+        ("counter_invalid_1", [("counter", "unknown", 0.2, 0.1)]),
+    ],
+)
+def test_example_payloads(name: str, method: list[tuple[str, str, float, float]]) -> None:
+    raw = read_payload_file(CONFIG / f"{name}.yml")
+    p = parse_payload(raw)
+    assert method_of(p) == method
+    assert p.sample.identifier == raw["sample"]["name"]
+
+
+def test_settings_survive_the_upgrade() -> None:
+    prefix = parse_payload(read_payload_file(CONFIG / "counter_output_prefix.yml"))
+    assert prefix.settings.output.prefix == "data"
+    snap = parse_payload(read_payload_file(CONFIG / "counter_snapshot.yml"))
+    assert snap.settings.snapshot is not None and snap.settings.snapshot.interval == 5.0
+    inv = parse_payload(read_payload_file(CONFIG / "counter_invalid_1.yml"))
+    assert inv.settings.unlock_when_done is True
+
+
+def test_task_params_survive_the_upgrade() -> None:
+    # only the driver can tell these are invalid: they parse
+    params = [
+        parse_payload(read_payload_file(CONFIG / f"counter_invalid_{n}.yml")).method[0].task_params
+        for n in (2, 3, 4)
+    ]
+    assert params == [{"param": "wrong type"}, {"param": "1 ms"}, {"unknown": "bla"}]
+    # 0.2: every extra key of a step becomes a task parameter
+    doc = read_payload_file(CONFIG / "counter_v0.2.yml")
+    doc["method"][0]["param"] = 3
+    assert parse_payload(doc).method[0].task_params == {"param": 3}
+
+
+def test_triggers() -> None:
+    start = parse_payload(read_payload_file(CONFIG / "psutil_counter_with_task_start.yml"))
+    assert [t.task_name for t in start.method] == [None, "trigger", None]
+    assert start.method[2].start_with_task_name == "trigger"
+    assert start.method[2].task_params == {"min": 50.0, "max": 100.0}
+    stop = parse_payload(read_payload_file(CONFIG / "psutil_counter_with_task_stop.yml"))
+    assert stop.method[2].stop_with_task_name == "trigger"
+    assert {t.component_role for t in stop.method} == {"psutil", "counter"}
+
+
+def test_json_dump_round_trips() -> None:
+    """The scheduler stores model_dump(mode='json') and must be able to parse it again."""
+    p = parse_payload(read_payload_file(CONFIG / "psutil_counter_with_task_start.yml"))
+    dumped = p.model_dump(mode="json")
+    assert json.loads(json.dumps(dumped)) == dumped
+    assert parse_payload(dumped) == p
+
+
+def test_json_and_yaml_files_read_alike(tmp_path: Path) -> None:
+    data = read_payload_file(CONFIG / "counter_v2.2.yml")
+    (tmp_path / "p.json").write_text(json.dumps(data))
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(data))
+    assert read_payload_file(tmp_path / "p.json") == data
+    assert read_payload_file(tmp_path / "p.yaml") == data
+
+
+def test_durations_with_units() -> None:
+    doc = read_payload_file(CONFIG / "counter_v2.2.yml")
+    doc["method"][0]["max_duration"] = "2 min"
+    doc["method"][0]["sampling_interval"] = "500 ms"
+    assert method_of(parse_payload(doc)) == [("counter", "count", 120.0, 0.5)]
+
+
+def test_unquoted_version_numbers() -> None:
+    doc = yaml.safe_load((CONFIG / "counter_v2.0.yml").read_text().replace('"2.0"', "2.0"))
+    assert doc["version"] == 2.0
+    assert parse_payload(doc).version == "2.2"
+
+
+def test_0_1_upgrade_prints_nothing(capsys: pytest.CaptureFixture[str]) -> None:
+    parse_payload(read_payload_file(CONFIG / "counter_v0.1.yml"))
+    assert capsys.readouterr().out == ""
+
+
+def test_2_1_snapshot_without_frequency_upgrades() -> None:
+    doc = read_payload_file(CONFIG / "counter_v2.1.yml")
+    doc["settings"]["snapshot"] = {"prefix": "snap"}  # dgbowl's own update() fails here
+    snap = parse_payload(doc).settings.snapshot
+    assert snap is not None and (snap.prefix, snap.interval) == ("snap", 3600.0)
+
+
+def test_sample_and_method_files_are_read_in(tmp_path: Path) -> None:
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "sample.yml").write_text("sample:\n  name: s-42\n")
+    (tmp_path / "method.json").write_text(
+        json.dumps({"method": [{"device": "counter", "technique": "count", "time": 2, "delay": 1}]})
+    )
+    (tmp_path / "p.yml").write_text(
+        'version: "0.2"\nsamplefile: sub/sample.yml\nmethodfile: method.json\n'
+    )
+    data = read_payload_file(tmp_path / "p.yml")
+    assert "samplefile" not in data and data["sample"] == {"name": "s-42"}
+    p = parse_payload(data)
+    assert p.sample.identifier == "s-42"
+    assert method_of(p) == [("counter", "count", 2.0, 1.0)]
+
+
+def test_file_references_are_refused_by_the_parser() -> None:
+    with pytest.raises(PayloadError) as ei:
+        parse_payload({"version": "0.2", "samplefile": "x.yml", "method": []})
+    assert ei.value.location == "samplefile"
+
+
+def _v(ver: str, **changes: Any) -> dict[str, Any]:
+    doc = read_payload_file(CONFIG / f"counter_v{ver}.yml")
+    for key, value in changes.items():
+        doc[key] = value
+    return doc
+
+
+def _task(ver: str, **changes: Any) -> dict[str, Any]:
+    doc = _v(ver)
+    doc["method"][0].update(changes)
+    for k, v in list(doc["method"][0].items()):
+        if v is None:
+            del doc["method"][0][k]
+    return doc
+
+
+@pytest.mark.parametrize(
+    ("doc", "location", "words"),
+    [
+        pytest.param(
+            {"sample": {"name": "x"}, "method": []}, "version", "field required", id="no-version"
+        ),
+        pytest.param(
+            _v("2.2", version="3.0"), "version", "unsupported payload version '3.0'", id="version"
+        ),
+        pytest.param(
+            _task("2.2", technique_name=None),
+            "method[0].technique_name",
+            "field required",
+            id="missing",
+        ),
+        pytest.param(_task("2.2", colour="red"), "method[0].colour", "unknown field", id="extra"),
+        pytest.param(
+            _task("2.2", max_duration="5 kg"),
+            "method[0].max_duration",
+            "not a duration",
+            id="units",
+        ),
+        pytest.param(
+            _task("2.2", max_duration="soon"),
+            "method[0].max_duration",
+            "not a duration",
+            id="no-unit",
+        ),
+        pytest.param(
+            _task("2.0", max_duration="long"),
+            "method[0].max_duration",
+            "valid number",
+            id="v2.0-number",
+        ),
+        pytest.param(
+            _task("2.2", sampling_interval=0),
+            "method[0].sampling_interval",
+            "positive",
+            id="zero-interval",
+        ),
+        pytest.param(
+            _task("2.2", max_duration=-1), "method[0].max_duration", "negative", id="negative"
+        ),
+        pytest.param(
+            _task("2.2", start_with_task_name="nope"), "method", "required task_names", id="trigger"
+        ),
+        pytest.param(
+            _v("2.2", settings={"verbosity": "LOUD"}), "settings.verbosity", "'DEBUG'", id="literal"
+        ),
+        pytest.param(_v("2.2", user=None), "user", "valid dictionary", id="no-user"),
+        pytest.param(_v("0.2", sample={}), "sample.name", "field required", id="v0.2-sample"),
+        pytest.param(
+            _task("0.2", time=None),
+            "method[0].time",
+            "upgrading the payload from 0.2 to 1.0",
+            id="v0.2-time",
+        ),
+        pytest.param(
+            _task("1.0", component_tag=None),
+            "method[0].component_tag",
+            "field required",
+            id="v1.0-tag",
+        ),
+        pytest.param({"version": "2.2", "method": "all"}, "user", "field required", id="several"),
+    ],
+)
+def test_invalid_payloads_name_the_field(doc: dict[str, Any], location: str, words: str) -> None:
+    with pytest.raises(PayloadError) as ei:
+        parse_payload(doc)
+    e = ei.value
+    assert e.location == location, str(e)
+    assert words in e.reason, str(e)
+    assert str(e) == f"{location}: {e.reason}"
+    assert "\n" not in str(e)
+
+
+def test_several_problems_in_one_line() -> None:
+    with pytest.raises(PayloadError) as ei:
+        parse_payload({"version": "2.2", "method": "all"})
+    assert "more:" in str(ei.value) and "sample: field required" in str(ei.value)
+
+
+def test_not_a_mapping() -> None:
+    with pytest.raises(PayloadError, match="a payload is a mapping, not a list"):
+        parse_payload([1, 2])  # type: ignore[arg-type]
+
+
+def test_read_errors_name_file_and_line(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yml"
+    bad.write_text("version: '2.2'\nmethod:\n  - a: 1\n  b: 2\n")
+    with pytest.raises(PayloadError) as ei:
+        read_payload_file(bad)
+    assert ei.value.file == str(bad)
+    assert ei.value.location is not None and ei.value.location.startswith("line 4")
+    bad_json = tmp_path / "bad.json"
+    bad_json.write_text('{"version": "2.2",}')
+    with pytest.raises(PayloadError, match=r"bad\.json: line 1, column 19: invalid JSON"):
+        read_payload_file(bad_json)
+    with pytest.raises(PayloadError, match="file not found"):
+        read_payload_file(tmp_path / "none.yml")
+    (tmp_path / "list.yml").write_text("- 1\n")
+    with pytest.raises(PayloadError, match="a payload is a mapping, not a list"):
+        read_payload_file(tmp_path / "list.yml")
+
+
+def test_reading_imports_neither_pint_nor_dgbowl() -> None:
+    code = (
+        "import sys, tomato_mqtt.payloads as p\n"
+        f"d = p.read_payload_file({str(CONFIG / 'counter_v2.2.yml')!r})\n"
+        "assert d['version'] == '2.2'\n"
+        "bad = [m for m in sys.modules if m.split('.')[0] in ('pint', 'dgbowl_schemas')]\n"
+        "assert not bad, bad\n"
+        "p.parse_payload(d)\n"
+        "assert 'pint' in sys.modules and 'dgbowl_schemas' in sys.modules\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr

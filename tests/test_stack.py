@@ -1,0 +1,138 @@
+"""The local stack as a user drives it: init, start, status, start twice, stop, restarts."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.stack import BIN, make_stack, running_stack, stop_stack
+
+pytestmark = pytest.mark.timeout(180)
+
+
+def test_init_writes_defaults_and_never_overwrites(tmp_path: Path) -> None:
+    dirs = ["-A", str(tmp_path / "a"), "-D", str(tmp_path / "d"), "-L", str(tmp_path / "l")]
+    res = subprocess.run([str(BIN / "tomato"), "init", *dirs], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    settings = tmp_path / "a" / "settings.toml"
+    devices = tmp_path / "a" / "devices.yml"
+    assert settings.exists() and devices.exists()
+    assert "dev-counter" in devices.read_text()
+    settings.write_text(settings.read_text() + "\n# mine\n")
+    res = subprocess.run([str(BIN / "tomato"), "init", *dirs], capture_output=True, text=True)
+    assert res.returncode == 0
+    assert settings.read_text().endswith("# mine\n")
+
+
+def test_start_status_start_twice_stop(tmp_path: Path) -> None:
+    with running_stack(tmp_path) as st:
+        out = st.json("tomato", "status")
+        assert out["success"] and out["data"]["state"] == "online"
+        assert out["data"]["instance"] == st.instance
+        comps = st.json("tomato", "status", "components")["data"]
+        assert len(comps) == 4 and all(c["registered"] for c in comps)
+        pips = st.json("tomato", "status", "pipelines")["data"]
+        assert sorted(p["name"] for p in pips) == [f"pip-counter-{i}" for i in range(1, 5)]
+        # a second start on the same port is refused, and the first stack is unharmed
+        res = subprocess.run(
+            [str(BIN / "tomato"), "start", *st.dirs(), "-p", str(st.port)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert res.returncode == 1
+        assert "already running" in res.stderr
+        assert st.json("tomato", "status")["success"]
+        pid = st.supervisor_pid()
+        assert pid is not None
+        res = st.run("tomato", "stop", "-D", str(st.datadir))
+        assert res.returncode == 0, res.stderr
+        assert "stopped" in res.stdout
+    # nothing answers any more, and the CLI says so clearly
+    res = st.run("tomato", "status", "--timeout", "1")
+    assert res.returncode == 1
+    assert "is tomato-mqtt running" in res.stderr or "is it running" in res.stderr
+
+
+def test_two_stacks_on_one_pc_do_not_interfere(tmp_path: Path) -> None:
+    with running_stack(tmp_path / "one") as a, running_stack(tmp_path / "two") as b:
+        a.load_ready("pip-counter-1", "s-a")
+        pa = {p["name"]: p for p in a.json("tomato", "status", "pipelines")["data"]}
+        pb = {p["name"]: p for p in b.json("tomato", "status", "pipelines")["data"]}
+        assert pa["pip-counter-1"]["sample"] == "s-a"
+        assert pb["pip-counter-1"]["sample"] is None
+
+
+def test_crashed_service_is_restarted(tmp_path: Path) -> None:
+    with running_stack(tmp_path) as st:
+        st.load_ready("pip-counter-1", "s1")
+        sched = _pid_of(st, "scheduler")
+        assert sched is not None
+        os.kill(sched, signal.SIGKILL)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            res = st.run("tomato", "status", "--json", "--timeout", "1")
+            if res.returncode == 0:
+                break
+        else:
+            pytest.fail("scheduler was not restarted:\n" + st.logs())
+        assert _pid_of(st, "scheduler") not in (None, sched)
+        # state survived the kill
+        pips = {p["name"]: p for p in st.json("tomato", "status", "pipelines")["data"]}
+        assert pips["pip-counter-1"]["sample"] == "s1" and pips["pip-counter-1"]["ready"]
+
+
+def test_stop_refused_while_a_job_runs(tmp_path: Path) -> None:
+    with running_stack(tmp_path) as st:
+        st.load_ready("pip-counter-1", "counter_5_0.2")
+        jobid = st.submit("counter_5_0.2.yml")
+        st.wait_job(jobid, {"r"})
+        res = st.run("tomato", "stop")
+        assert res.returncode == 1
+        assert f"job(s) {jobid} are running" in res.stderr
+        assert st.json("tomato", "status")["success"]
+        st.wait_job(jobid, {"c"}, timeout=30)
+
+
+def test_bad_devices_file_is_refused_with_file_and_reason(tmp_path: Path) -> None:
+    st = make_stack(tmp_path)
+    (st.appdir / "devices.yml").write_text(
+        "devices:\n  - name: d1\n    driver: example_counter\n    address: a\n    channels: [1]\n"
+        "pipelines:\n  - name: p1\n    devices:\n      - {role: r, device: nope, channel: 1}\n"
+    )
+    res = subprocess.run(
+        [str(BIN / "tomato"), "start", *st.dirs(), "-p", str(st.port), "--timeout", "10"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    try:
+        assert res.returncode == 1
+        assert "devices.yml" in res.stderr and "unknown device 'nope'" in res.stderr
+        assert st.supervisor_pid() is None  # nothing was started
+    finally:
+        stop_stack(st)
+
+
+def _pid_of(st: object, service: str) -> int | None:
+    """PID of a child service of the stack's supervisor (via /proc)."""
+    sup = st.supervisor_pid()  # type: ignore[attr-defined]
+    if sup is None:
+        return None
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            stat = (d / "stat").read_text().split()
+            cmd = (d / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if int(stat[3]) == sup and service.encode() in cmd:
+            return int(d.name)
+    return None
+

@@ -1,0 +1,277 @@
+"""The scheduler's sqlite state: round trips, durability, ids, the job life cycle."""
+
+from __future__ import annotations
+
+import datetime
+import itertools
+import sqlite3
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from tomato_mqtt.state import (
+    STATUS_CODES,
+    Job,
+    PipelineState,
+    StateStore,
+    check_transition,
+)
+
+PAYLOAD = {
+    "version": "2.2",
+    "sample": {"identifier": "s1"},
+    "user": {"identifier": "u"},
+    "method": [
+        {
+            "component_role": "counter",
+            "technique_name": "count",
+            "max_duration": 1.0,
+            "sampling_interval": 0.1,
+            "task_params": {"param": "2 s", "nested": [1, {"a": None}]},
+        }
+    ],
+}
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[StateStore]:
+    s = StateStore(tmp_path / "state.sqlite")
+    yield s
+    s.close()
+
+
+def test_job_round_trip(store: StateStore, tmp_path: Path) -> None:
+    job = store.add_job(PAYLOAD, "my job", str(tmp_path))
+    assert job == store.job(job.id)
+    assert (job.id, job.status, job.jobname, job.payload) == (1, "q", "my job", PAYLOAD)
+    assert job.submit_dir == str(tmp_path)
+    assert job.progress == {} and job.pipeline is None and job.reason is None
+    submitted = datetime.datetime.fromisoformat(job.submitted_at)
+    assert submitted.utcoffset() == datetime.timedelta(0)
+    assert abs((datetime.datetime.now(datetime.timezone.utc) - submitted).total_seconds()) < 60
+
+    updated = store.update_job(
+        job.id,
+        status="r",
+        pipeline="pip-1",
+        launched_at="2024-01-01T00:00:00+00:00",
+        progress={"roles": {"counter": "c:(a,1)"}, "tasks": {"0": {"state": "running"}}},
+        respath="/x/results.1.nc",
+    )
+    assert updated == store.job(job.id)
+    assert updated.status == "r" and updated.pipeline == "pip-1"
+    assert updated.progress["tasks"]["0"]["state"] == "running"
+    assert updated.payload == PAYLOAD  # untouched fields stay
+
+
+def test_survives_reopen(tmp_path: Path) -> None:
+    path = tmp_path / "state.sqlite"
+    with StateStore(path) as s:
+        s.sync_pipelines(["a", "b"])
+        s.update_pipeline("a", sample="s1", ready=True)
+        job = s.add_job(PAYLOAD, "j", None)
+        s.update_job(job.id, status="qw", reason=None)
+    with StateStore(path) as s:
+        assert s.pipeline("a") == PipelineState(name="a", sample="s1", ready=True, jobid=None)
+        assert s.job(1).status == "qw"
+        assert s.job(1).payload == PAYLOAD
+
+
+def test_concurrent_open_after_a_crash_sees_every_commit(tmp_path: Path) -> None:
+    path = tmp_path / "state.sqlite"
+    first = StateStore(path)
+    first.sync_pipelines(["a"])
+    first.add_job(PAYLOAD, "j1", None)
+    first.update_pipeline("a", sample="x")
+    # the first connection is never closed: as after a crash of its process
+    second = StateStore(path)
+    assert [j.jobname for j in second.jobs()] == ["j1"]
+    assert second.pipeline("a").sample == "x"
+    second.add_job(PAYLOAD, "j2", None)
+    assert [j.id for j in first.jobs()] == [1, 2]  # and each sees the other's commits
+    second.close()
+    first.close()
+
+
+def test_kill_9_keeps_every_committed_change(tmp_path: Path) -> None:
+    path = tmp_path / "state.sqlite"
+    code = (
+        "import os, signal\n"
+        "from pathlib import Path\n"
+        "from tomato_mqtt.state import StateStore\n"
+        f"s = StateStore(Path({str(path)!r}))\n"
+        "s.sync_pipelines(['p'])\n"
+        "for i in range(5):\n"
+        "    j = s.add_job({'n': i}, f'job{i}', None)\n"
+        "s.update_job(1, status='r', pipeline='p')\n"
+        "s.update_pipeline('p', jobid=1, ready=True)\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=60)
+    assert res.returncode == -9, res.stderr
+    with StateStore(path) as s:
+        assert [j.payload["n"] for j in s.jobs()] == [0, 1, 2, 3, 4]
+        assert s.job(1).status == "r" and s.job(1).pipeline == "p"
+        assert s.pipeline("p").jobid == 1 and s.pipeline("p").ready
+
+
+def test_wal_mode(store: StateStore) -> None:
+    db = sqlite3.connect(store.path)
+    try:
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    finally:
+        db.close()
+
+
+def test_ids_count_up_and_are_never_reused(tmp_path: Path) -> None:
+    path = tmp_path / "state.sqlite"
+    with StateStore(path) as s:
+        assert [s.add_job(PAYLOAD, None, None).id for _ in range(3)] == [1, 2, 3]
+    # someone prunes the newest job by hand: its id must still not come back
+    db = sqlite3.connect(path)
+    with db:
+        db.execute("DELETE FROM jobs WHERE id = 3")
+    db.close()
+    with StateStore(path) as s:
+        assert s.add_job(PAYLOAD, None, None).id == 4
+        with pytest.raises(KeyError) as ei:
+            s.job(3)
+        assert str(ei.value) == "no job with id 3"
+
+
+def test_unknown_names(store: StateStore) -> None:
+    with pytest.raises(KeyError) as ei:
+        store.job(7)
+    assert str(ei.value) == "no job with id 7"
+    with pytest.raises(KeyError) as ei:
+        store.pipeline("pip-x")
+    assert str(ei.value) == "no pipeline named 'pip-x'"
+    with pytest.raises(KeyError):
+        store.update_pipeline("pip-x", ready=True)
+    with pytest.raises(KeyError):
+        store.update_job(7, reason="x")
+
+
+def test_sync_pipelines(store: StateStore) -> None:
+    store.sync_pipelines(["b", "a", "c"])
+    assert [p.name for p in store.pipelines()] == ["b", "a", "c"]  # devices-file order
+    assert all(p == PipelineState(name=p.name) for p in store.pipelines())
+    store.update_pipeline("a", sample="s", ready=True)
+    store.update_pipeline("c", sample="t", jobid=5)
+    store.sync_pipelines(["a", "d"])  # b and c vanish; c runs a job
+    assert [p.name for p in store.pipelines()] == ["a", "d", "c"]
+    assert store.pipeline("a") == PipelineState(name="a", sample="s", ready=True)
+    assert store.pipeline("d") == PipelineState(name="d")
+    assert store.pipeline("c").jobid == 5  # kept while its job runs
+    store.update_pipeline("c", jobid=None)
+    store.sync_pipelines(["a", "d"])
+    assert [p.name for p in store.pipelines()] == ["a", "d"]
+
+
+def test_update_pipeline_checks_fields(store: StateStore) -> None:
+    store.sync_pipelines(["a"])
+    with pytest.raises(ValueError, match="unknown pipeline field"):
+        store.update_pipeline("a", colour="red")
+    with pytest.raises(ValidationError):
+        store.update_pipeline("a", jobid="not a number")
+    assert store.pipeline("a") == PipelineState(name="a")
+    p = store.update_pipeline("a", sample="s", ready=True)
+    assert p == store.pipeline("a") == PipelineState(name="a", sample="s", ready=True)
+    assert store.update_pipeline("a", sample=None, ready=False) == PipelineState(name="a")
+
+
+ALLOWED = {
+    ("q", "qw"),
+    ("q", "r"),
+    ("qw", "r"),
+    ("q", "cd"),
+    ("qw", "cd"),
+    ("qw", "q"),
+    ("r", "rd"),
+    ("r", "c"),
+    ("r", "ce"),
+    ("r", "cd"),
+    ("rd", "cd"),
+    ("rd", "c"),
+    ("rd", "ce"),
+}
+
+
+@pytest.mark.parametrize(("old", "new"), list(itertools.product(STATUS_CODES, STATUS_CODES)))
+def test_check_transition(old: str, new: str) -> None:
+    if (old, new) in ALLOWED:
+        check_transition(old, new)
+    else:
+        with pytest.raises(ValueError, match=f"from '{old}' to '{new}'"):
+            check_transition(old, new)
+
+
+def test_check_transition_unknown_status() -> None:
+    with pytest.raises(ValueError, match="unknown job status 'x'"):
+        check_transition("q", "x")
+
+
+def test_update_job_enforces_transitions(store: StateStore) -> None:
+    job = store.add_job(PAYLOAD, None, None)
+    with pytest.raises(ValueError, match="cannot go from 'q' to 'c'"):
+        store.update_job(job.id, status="c", reason="nope")
+    assert store.job(job.id) == job  # nothing of the refused change was written
+    store.update_job(job.id, status="q", reason="no pipeline yet")  # same status: no change
+    for status in ("qw", "r", "rd", "cd"):
+        store.update_job(job.id, status=status)
+    assert store.job(job.id).status == "cd"
+    with pytest.raises(ValueError, match="the job has ended"):
+        store.update_job(job.id, status="r")
+
+
+def test_update_job_checks_fields(store: StateStore) -> None:
+    job = store.add_job(PAYLOAD, None, None)
+    with pytest.raises(ValueError, match="cannot update job field"):
+        store.update_job(job.id, id=9)
+    with pytest.raises(ValueError, match="cannot update job field"):
+        store.update_job(job.id, colour="red")
+    with pytest.raises(ValueError, match="unknown job status 'x'"):
+        store.update_job(job.id, status="x")
+    with pytest.raises(ValidationError):
+        store.update_job(job.id, progress="not a dict")
+    assert store.job(job.id) == job
+
+
+def test_jobs_selection(store: StateStore) -> None:
+    for i in range(5):
+        store.add_job(PAYLOAD, f"j{i}", None)
+    store.update_job(2, status="qw")
+    store.update_job(3, status="r")
+    store.update_job(4, status="cd")
+    assert [j.id for j in store.jobs()] == [1, 2, 3, 4, 5]
+    assert [j.id for j in store.jobs(statuses=["q", "qw"])] == [1, 2, 5]
+    assert [j.id for j in store.jobs(ids=[5, 3, 99])] == [3, 5]
+    assert [j.id for j in store.jobs(ids=[1, 2, 3], statuses=["r", "q"])] == [1, 3]
+    assert store.jobs(ids=[]) == [] and store.jobs(statuses=[]) == []
+    assert all(isinstance(j, Job) for j in store.jobs(ids=iter([1, 2])))
+
+
+def test_search(store: StateStore) -> None:
+    names = ["counter run", "Counter 2", "other", None, "100%_done", "counter old"]
+    for n in names:
+        store.add_job(PAYLOAD, n, None)
+    store.update_job(6, status="cd")
+    assert [j.id for j in store.search("counter")] == [1, 2]  # like tomato: any case
+    assert [j.id for j in store.search("counter", complete=True)] == [1, 2, 6]
+    assert [j.id for j in store.search("%_")] == [5]  # wildcards are literal
+    assert [j.id for j in store.search("0%")] == [5]
+    assert store.search("nothing") == []
+    assert [j.id for j in store.search("")] == [1, 2, 3, 5]  # every named, unfinished job
+
+
+def test_newer_schema_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "state.sqlite"
+    db = sqlite3.connect(path)
+    db.execute("PRAGMA user_version = 99")
+    db.close()
+    with pytest.raises(RuntimeError, match="newer tomato-mqtt"):
+        StateStore(path)

@@ -1,0 +1,1 @@
+"""The command-line tools `tomato`, `ketchup` and `passata`: pure MQTT clients."""

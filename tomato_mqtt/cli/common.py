@@ -1,0 +1,234 @@
+"""What the three CLIs share: options, one MQTT request per call, output, exit codes.
+
+The CLIs are pure MQTT clients. This module must stay light to import: no pint,
+xarray, pandas, amqtt or dgbowl-schemas on the CLI path (a call should take well under
+0.15 s). Nothing below the CLI prints or exits; here errors become a message on stderr
+and ``typer.Exit(1)``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from tomato_mqtt.errors import ConfigError
+
+from tomato_mqtt.mqtt import AsyncClient, BrokerURL, MqttError
+from tomato_mqtt.rpc import NoResponder, Requester
+from tomato_mqtt.topics import Topics
+
+__all__ = [
+    "AppDirOpt",
+    "BrokerOpt",
+    "CallContext",
+    "DataDirOpt",
+    "InstanceOpt",
+    "JsonOpt",
+    "LogDirOpt",
+    "Output",
+    "PortOpt",
+    "TimeoutOpt",
+    "YamlOpt",
+    "context",
+    "emit",
+    "fail",
+    "run_request",
+    "table",
+]
+
+T = TypeVar("T")
+
+PortOpt = Annotated[
+    int | None, typer.Option("-p", "--port", help="MQTT broker port (default: settings, 1883)")
+]
+BrokerOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--broker",
+        "-b",
+        help="broker URL, e.g. mqtt://lab-pc:1883 (default: from settings.toml)",
+        envvar="TOMATO_BROKER",
+    ),
+]
+InstanceOpt = Annotated[
+    str | None, typer.Option("--instance", help="instance name (topic root tomato/v1/<instance>)")
+]
+AppDirOpt = Annotated[Path | None, typer.Option("-A", "--appdir", help="settings directory")]
+DataDirOpt = Annotated[Path | None, typer.Option("-D", "--datadir", help="data directory")]
+LogDirOpt = Annotated[Path | None, typer.Option("-L", "--logdir", help="log directory")]
+TimeoutOpt = Annotated[float, typer.Option("--timeout", "-t", help="seconds to wait for an answer")]
+YamlOpt = Annotated[bool, typer.Option("-y", "--yaml", help="print the Reply as YAML")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="print the Reply as JSON")]
+
+
+@dataclass
+class CallContext:
+    url: BrokerURL
+    instance: str
+    settings: Any = None  # Settings, when a settings file was read
+
+    @property
+    def topics(self) -> Topics:
+        return Topics(self.instance)
+
+    def where(self) -> str:
+        return f"broker {self.url}, instance {self.instance}"
+
+
+def context(
+    port: int | None = None,
+    broker: str | None = None,
+    instance: str | None = None,
+    appdir: Path | None = None,
+    datadir: Path | None = None,
+    logdir: Path | None = None,
+) -> CallContext:
+    """Where to send requests: settings.toml (if any), overridden by the options."""
+    from tomato_mqtt.settings import load_settings
+
+    try:
+        settings = load_settings(appdir=appdir, datadir=datadir, logdir=logdir, port=port)
+    except ConfigError as e:
+        fail(str(e))
+    m = settings.mqtt
+    if broker:
+        try:
+            url = BrokerURL.parse(broker)
+        except ValueError as e:
+            fail(str(e))
+        if port is not None:
+            url = BrokerURL(**{**url.__dict__, "port": port})
+    else:
+        url = BrokerURL(
+            host=m.host,
+            port=m.port,
+            username=m.username,
+            password=m.password,
+            tls=m.tls,
+            ca_certs=m.ca_certs,
+            certfile=m.certfile,
+            keyfile=m.keyfile,
+            tls_insecure=m.tls_insecure,
+        )
+    return CallContext(url=url, instance=instance or m.instance, settings=settings)
+
+
+def fail(msg: str, code: int = 1) -> Any:
+    typer.echo(f"error: {msg}", err=True)
+    raise typer.Exit(code)
+
+
+async def _with_requester(
+    ctx: CallContext, fn: Callable[[Requester], Awaitable[T]], timeout: float
+) -> T:
+    client = AsyncClient(ctx.url, client_id=f"cli-{os.getpid()}-{os.urandom(3).hex()}")
+    try:
+        await client.connect(timeout=timeout)
+    except MqttError as e:
+        raise MqttError(f"{e} — is tomato-mqtt running? ({ctx.where()})") from None
+    try:
+        req = Requester(client, ctx.topics)
+        return await fn(req)
+    finally:
+        await client.disconnect()
+
+
+def run_request(
+    ctx: CallContext,
+    topic: str,
+    args: Mapping[str, Any] | None,
+    *,
+    timeout: float,
+    who: str = "scheduler",
+) -> Any:
+    """One request, synchronously; connection problems become a clear error + exit 1."""
+
+    async def go(req: Requester) -> Any:
+        return await req.request(topic, dict(args or {}), timeout=timeout, who=who)
+
+    return run_async(ctx, go, timeout)
+
+
+def run_async(ctx: CallContext, fn: Callable[[Requester], Awaitable[T]], timeout: float) -> T:
+    try:
+        return asyncio.run(_with_requester(ctx, fn, timeout))
+    except NoResponder as e:
+        fail(f"{e} ({ctx.where()})")
+    except MqttError as e:
+        fail(str(e))
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+class Output:
+    """Prints a Reply: human text by default, or the whole Reply as YAML / JSON."""
+
+    def __init__(self, yaml_: bool = False, json_: bool = False) -> None:
+        self.yaml = yaml_
+        self.json = json_
+
+    def reply(self, reply: Any, human: Callable[[Any], str] | None = None) -> None:
+        doc = {"success": reply.success, "msg": reply.msg, "data": reply.data}
+        if self.json:
+            typer.echo(json.dumps(doc, indent=2, default=str))
+        elif self.yaml:
+            import yaml
+
+            typer.echo(yaml.safe_dump(doc, sort_keys=False, allow_unicode=True).rstrip())
+        elif not reply.success:
+            typer.echo(f"error: {reply.msg}", err=True)
+        else:
+            typer.echo(human(reply.data) if human and reply.data is not None else reply.msg)
+        if not reply.success:
+            raise typer.Exit(1)
+
+
+def emit(text: str) -> None:
+    typer.echo(text)
+
+
+def table(rows: Sequence[Mapping[str, Any]], columns: Sequence[tuple[str, str]]) -> str:
+    """A plain text table that fits a terminal: (key, header) columns, long cells cut."""
+    width = _term_width()
+    cells = [[_cell(r.get(k)) for k, _ in columns] for r in rows]
+    heads = [h for _, h in columns]
+    widths = [max([len(h)] + [len(c[i]) for c in cells]) for i, h in enumerate(heads)]
+    while sum(widths) + 2 * (len(widths) - 1) > width and max(widths) > 12:
+        i = widths.index(max(widths))
+        widths[i] -= 1
+
+    def fmt(vals: Sequence[str]) -> str:
+        return "  ".join(_fit(v, w) for v, w in zip(vals, widths, strict=True)).rstrip()
+
+    lines = [fmt(heads), fmt(["-" * w for w in widths])]
+    lines += [fmt(c) for c in cells]
+    return "\n".join(lines)
+
+
+def _term_width() -> int:
+    try:
+        return os.get_terminal_size(sys.stdout.fileno()).columns
+    except OSError:
+        return 120
+
+
+def _cell(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, (list, tuple, set)):
+        return ", ".join(map(str, v))
+    if isinstance(v, dict):
+        return ", ".join(f"{k}={x}" for k, x in v.items())
+    return str(v)
+
+
+def _fit(v: str, w: int) -> str:
+    return v.ljust(w) if len(v) <= w else v[: max(0, w - 1)] + "…"

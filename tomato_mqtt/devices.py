@@ -1,0 +1,339 @@
+"""The devices file: devices, pipelines, roles; expanded into components and pipelines.
+
+tomato's format (YAML or JSON), plus an optional ``node:`` per device. Every channel of
+a device is a component, named as in tomato: ``driver:(address,channel)``. A pipeline
+named ``name-*`` with one entry on ``channel: each`` becomes one pipeline per channel of
+that device (``name-1``, ``name-2``, ...).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+)
+
+from tomato_mqtt.errors import ConfigError, DocumentError, parse_document
+
+__all__ = [
+    "EACH",
+    "ComponentConfig",
+    "DeviceConfig",
+    "DevicesFile",
+    "Layout",
+    "LayoutDiff",
+    "PipelineConfig",
+    "PipelineEntry",
+    "PipelineLayout",
+    "build_layout",
+    "component_name",
+    "load_devices",
+    "parse_devices",
+]
+
+EACH = "each"
+WILDCARD = "*"
+
+
+def _number_to_str(v: Any) -> Any:
+    # YAML reads `channels: [1, 2]` and `channel: 1` as ints; tomato's names are strings
+    if isinstance(v, int) and not isinstance(v, bool):
+        return str(v)
+    return v
+
+
+Label = Annotated[str, BeforeValidator(_number_to_str), Field(min_length=1)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DeviceConfig(_Model):
+    name: Label
+    driver: Label
+    address: Label
+    channels: list[Label] = Field(min_length=1)
+    pollrate: float = Field(default=1.0, gt=0)
+    node: Label | None = None
+
+    @field_validator("channels")
+    @classmethod
+    def _unique_channels(cls, v: list[str]) -> list[str]:
+        seen: set[str] = set()
+        for ch in v:
+            if ch in seen:
+                raise ValueError(f"channel {ch!r} is listed twice")
+            if ch == EACH:
+                raise ValueError(f"{EACH!r} is reserved for wildcard pipelines")
+            seen.add(ch)
+        return v
+
+
+class PipelineEntry(_Model):
+    role: Label
+    device: Label
+    channel: Label
+
+
+class PipelineConfig(_Model):
+    name: Label
+    devices: list[PipelineEntry] = Field(min_length=1)
+
+
+class DevicesFile(_Model):
+    devices: list[DeviceConfig] = Field(default_factory=list)
+    pipelines: list[PipelineConfig] = Field(default_factory=list)
+
+
+class ComponentConfig(_Model):
+    name: str
+    device: str
+    driver: str
+    address: str
+    channel: str
+    node: str
+    pollrate: float
+
+
+class PipelineLayout(_Model):
+    name: str
+    roles: dict[str, str]
+    """role -> component name"""
+
+
+class LayoutDiff(_Model):
+    """What changes from one layout to the next (names, sorted)."""
+
+    added_components: list[str] = Field(default_factory=list)
+    removed_components: list[str] = Field(default_factory=list)
+    changed_components: list[str] = Field(default_factory=list)
+    added_pipelines: list[str] = Field(default_factory=list)
+    removed_pipelines: list[str] = Field(default_factory=list)
+    changed_pipelines: list[str] = Field(default_factory=list)
+    added_drivers: list[str] = Field(default_factory=list)
+    removed_drivers: list[str] = Field(default_factory=list)
+
+    @property
+    def empty(self) -> bool:
+        return not any(getattr(self, f) for f in type(self).model_fields)
+
+
+class Layout(_Model):
+    components: dict[str, ComponentConfig] = Field(default_factory=dict)
+    pipelines: dict[str, PipelineLayout] = Field(default_factory=dict)
+
+    @property
+    def drivers(self) -> set[str]:
+        return {c.driver for c in self.components.values()}
+
+    @property
+    def nodes(self) -> set[str]:
+        return {c.node for c in self.components.values()}
+
+    def components_of_node(self, node: str) -> list[ComponentConfig]:
+        return sorted((c for c in self.components.values() if c.node == node), key=_by_name)
+
+    def pipelines_of_component(self, component: str) -> list[str]:
+        return [p.name for p in self.pipelines.values() if component in p.roles.values()]
+
+    def diff(self, other: Layout) -> LayoutDiff:
+        """Changes from this layout (the running one) to ``other`` (the new one)."""
+        return LayoutDiff(
+            **_diff_maps("components", self.components, other.components),
+            **_diff_maps("pipelines", self.pipelines, other.pipelines),
+            added_drivers=sorted(other.drivers - self.drivers),
+            removed_drivers=sorted(self.drivers - other.drivers),
+        )
+
+
+def _by_name(c: ComponentConfig) -> str:
+    return c.name
+
+
+def _diff_maps(kind: str, old: dict[str, Any], new: dict[str, Any]) -> dict[str, list[str]]:
+    return {
+        f"added_{kind}": sorted(new.keys() - old.keys()),
+        f"removed_{kind}": sorted(old.keys() - new.keys()),
+        f"changed_{kind}": sorted(k for k in old.keys() & new.keys() if old[k] != new[k]),
+    }
+
+
+def component_name(driver: str, address: str, channel: str) -> str:
+    """tomato's component name, kept whole in payloads and files (topics use a slug)."""
+    return f"{driver}:({address},{channel})"
+
+
+def load_devices(path: Path, default_node: str = "local") -> Layout:
+    """Read, check and expand a devices file (YAML, or JSON by its suffix)."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(
+            path, None, "file not found (`tomato init` writes a default one)"
+        ) from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(path, None, f"not UTF-8 text ({e.reason})") from None
+    except OSError as e:
+        raise ConfigError(path, None, f"cannot be read: {e.strerror or e}") from None
+    try:
+        data = parse_document(text, json_only=path.suffix.lower() == ".json")
+    except DocumentError as e:
+        raise ConfigError(path, e.location, e.reason) from None
+    return parse_devices(data, path, default_node)
+
+
+def parse_devices(data: Any, file: str | Path = "<devices>", default_node: str = "local") -> Layout:
+    """Check and expand an already parsed devices document."""
+    if data is None:
+        raise ConfigError(file, None, "the file is empty: it needs 'devices' and 'pipelines'")
+    if not isinstance(data, dict):
+        raise ConfigError(
+            file, None, f"expected a mapping with 'devices' and 'pipelines', not {_kind(data)}"
+        )
+    try:
+        doc = DevicesFile.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError.from_validation_error(file, e, data) from None
+    return build_layout(doc, default_node, file)
+
+
+def _kind(v: Any) -> str:
+    if v is None:
+        return "empty"
+    if isinstance(v, list):
+        return "a list"
+    if isinstance(v, str):
+        return "a string"
+    return type(v).__name__
+
+
+def build_layout(doc: DevicesFile, default_node: str = "local", file: str | Path = "") -> Layout:
+    """Components and pipelines of a devices file, or ConfigError for the first problem."""
+
+    def fail(where: str, reason: str) -> ConfigError:
+        return ConfigError(file or None, where, reason)
+
+    devices: dict[str, tuple[int, DeviceConfig]] = {}
+    components: dict[str, ComponentConfig] = {}
+    owner: dict[str, int] = {}
+    for i, dev in enumerate(doc.devices):
+        where = f"devices[{i}] {dev.name!r}"
+        if dev.name in devices:
+            raise fail(where, f"duplicate device name (also devices[{devices[dev.name][0]}])")
+        devices[dev.name] = (i, dev)
+        for ch in dev.channels:
+            cname = component_name(dev.driver, dev.address, ch)
+            if cname in components:
+                j = owner[cname]
+                raise fail(
+                    where,
+                    f"channel {ch!r} gives component {cname}, which devices[{j}] "
+                    f"{doc.devices[j].name!r} gives too (same driver, address and channel)",
+                )
+            owner[cname] = i
+            components[cname] = ComponentConfig(
+                name=cname,
+                device=dev.name,
+                driver=dev.driver,
+                address=dev.address,
+                channel=ch,
+                node=dev.node or default_node,
+                pollrate=dev.pollrate,
+            )
+
+    known = ", ".join(devices) or "none"
+    pipelines: dict[str, PipelineLayout] = {}
+    made_by: dict[str, int] = {}
+    for i, pip in enumerate(doc.pipelines):
+        pwhere = f"pipelines[{i}] {pip.name!r}"
+        wildcard = pip.name.endswith(WILDCARD)
+        if pip.name.count(WILDCARD) > int(wildcard):
+            raise fail(pwhere, f"{WILDCARD!r} may only end a pipeline name, as in 'pip-*'")
+        roles: dict[str, tuple[str, str]] = {}  # role -> (device, channel)
+        each_role: str | None = None
+        for j, entry in enumerate(pip.devices):
+            ewhere = f"{pwhere} devices[{j}]"
+            if entry.device not in devices:
+                raise fail(ewhere, f"unknown device {entry.device!r} (known: {known})")
+            dev = devices[entry.device][1]
+            if entry.role in roles:
+                raise fail(ewhere, f"duplicate role {entry.role!r}")
+            if entry.channel == EACH:
+                if not wildcard:
+                    raise fail(
+                        ewhere,
+                        f"channel {EACH!r} is only allowed in a wildcard pipeline "
+                        f"(a name ending in {WILDCARD!r}, e.g. {pip.name + '-' + WILDCARD!r})",
+                    )
+                if each_role is not None:
+                    raise fail(
+                        ewhere, f"only one entry may use channel {EACH!r} (role {each_role!r} does)"
+                    )
+                each_role = entry.role
+            elif entry.channel not in dev.channels:
+                raise fail(
+                    ewhere,
+                    f"channel {entry.channel!r} is not a channel of device {dev.name!r} "
+                    f"(channels: {', '.join(dev.channels)})",
+                )
+            else:
+                for other_role, used in roles.items():
+                    if used == (entry.device, entry.channel):
+                        raise fail(
+                            ewhere,
+                            f"channel {entry.channel!r} of device {dev.name!r} is already "
+                            f"in role {other_role!r} of this pipeline",
+                        )
+            roles[entry.role] = (entry.device, entry.channel)
+        if wildcard and each_role is None:
+            raise fail(
+                pwhere,
+                f"a wildcard pipeline needs an entry with channel {EACH!r} "
+                "(one pipeline is made per channel of that device)",
+            )
+        for pname, pl in _expand(pip.name, roles, each_role, devices):
+            if pname in pipelines:
+                raise fail(
+                    pwhere,
+                    f"duplicate pipeline name {pname!r} (also from pipelines[{made_by[pname]}] "
+                    f"{doc.pipelines[made_by[pname]].name!r})",
+                )
+            if len(set(pl.values())) != len(pl):
+                raise fail(
+                    pwhere,
+                    f"in {pname!r} one component would take two roles: {sorted(pl.items())}",
+                )
+            made_by[pname] = i
+            pipelines[pname] = PipelineLayout(name=pname, roles=pl)
+    return Layout(components=components, pipelines=pipelines)
+
+
+def _expand(
+    name: str,
+    roles: dict[str, tuple[str, str]],
+    each_role: str | None,
+    devices: dict[str, tuple[int, DeviceConfig]],
+) -> Iterable[tuple[str, dict[str, str]]]:
+    def cname(device: str, channel: str) -> str:
+        d = devices[device][1]
+        return component_name(d.driver, d.address, channel)
+
+    if each_role is None:
+        yield name, {r: cname(d, ch) for r, (d, ch) in roles.items()}
+        return
+    each_dev = roles[each_role][0]
+    for ch in devices[each_dev][1].channels:
+        yield (
+            name[: -len(WILDCARD)] + ch,
+            {r: cname(d, ch if r == each_role else c) for r, (d, c) in roles.items()},
+        )

@@ -1,0 +1,377 @@
+"""Runs the tasks of one component in a worker thread, on time, and buffers the points.
+
+Drivers are blocking code, so each :class:`ComponentRunner` owns one thread that makes
+every periodic call into its device; the asyncio node only starts and stops tasks and
+drains the buffer. Calls into the device from any thread are serialised by one lock.
+
+Timing follows tomato's point count: a task takes ``N = round(max_duration /
+sampling_interval)`` points, point ``k`` (1..N) is due at ``t_start + k *
+sampling_interval``. Deadlines are absolute (no drift); a late driver is called again
+at once until it has caught up, so no point is skipped.
+
+Idle measurements: when the driver sets ``idle_measurement_interval`` and no task runs,
+the worker calls ``do_measure`` that often and buffers the points with ``task=None``.
+"""
+
+from __future__ import annotations
+
+import logging
+import numbers
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import pint
+
+from tomato_mqtt.driver.base import ModelDevice
+from tomato_mqtt.driver.spec import AttrSpec, TaskSpec
+from tomato_mqtt.driver.validate import TaskValidationError, validate_task
+
+__all__ = ["ComponentRunner", "Point", "TaskEnd"]
+
+log = logging.getLogger(__name__)
+
+Value = float | int | str | bool | None
+_PLAIN = (float, int, str, bool, type(None))
+
+# How long reset() waits for a task that was asked to stop, and close() for the worker.
+_STOP_WAIT = 10.0
+
+
+@dataclass(slots=True)
+class Point:
+    """One measured point: quantities are reduced to magnitudes (units go with drain)."""
+
+    uts: float
+    values: dict[str, Value]
+    task: TaskSpec | None = None
+    """The task that took the point; None for idle and ad-hoc measurements."""
+
+
+@dataclass(slots=True)
+class TaskEnd:
+    task: TaskSpec
+    reason: Literal["done", "stopped", "error"]
+    message: str | None
+    t_start: float
+    t_end: float
+    npoints: int
+
+
+class _Run:
+    """The bookkeeping of one task, shared by the caller and the worker thread."""
+
+    __slots__ = ("stop", "stop_reason", "task")
+
+    def __init__(self, task: TaskSpec) -> None:
+        self.task = task
+        self.stop = threading.Event()
+        self.stop_reason: str | None = None
+
+
+class ComponentRunner:
+    """Drives one :class:`ModelDevice`: tasks, idle and ad-hoc measurements, the buffer.
+
+    ``on_task_end``, ``on_error`` and ``on_buffer_full`` are called from the worker
+    thread (or the caller's thread for :meth:`measure`); they must only hand over,
+    e.g. with ``loop.call_soon_threadsafe``. ``on_buffer_full`` fires when the buffer
+    reaches ``max_buffer`` points; points are never dropped here.
+    """
+
+    def __init__(
+        self,
+        device: ModelDevice,
+        *,
+        on_task_end: Callable[[TaskEnd], None],
+        on_error: Callable[[str], None],
+        max_buffer: int = 10_000,
+        on_buffer_full: Callable[[], None] | None = None,
+    ) -> None:
+        self.device = device
+        self._on_task_end = on_task_end
+        self._on_error = on_error
+        self._on_buffer_full = on_buffer_full
+        self._max_buffer = max_buffer
+        interval = device.driver.idle_measurement_interval
+        self._idle = float(interval) if interval else None
+
+        self._dev_lock = threading.RLock()  # one call into the driver at a time
+        self._cv = threading.Condition()  # guards _run, _pending, _closed
+        self._run: _Run | None = None  # accepted task (starting, pending or running)
+        self._pending: _Run | None = None  # handed to the worker, not yet picked up
+        self._closed = False
+
+        self._buf_lock = threading.Lock()
+        self._buf: list[Point] = []
+        self._buf_units: dict[str, str] = {}
+        # first units seen per variable: later quantities are converted to them
+        self._units: dict[str, tuple[Any, str]] = {}
+
+        self._thread = threading.Thread(
+            target=self._worker, name=f"runner-{device.key[0]},{device.key[1]}", daemon=True
+        )
+        self._thread.start()
+
+    # -- state ----------------------------------------------------------------------------
+    @property
+    def running(self) -> bool:
+        """A task is accepted and has not ended (it may be stopping)."""
+        return self._run is not None
+
+    @property
+    def current_task(self) -> TaskSpec | None:
+        run = self._run
+        return run.task if run is not None else None
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    # -- tasks ----------------------------------------------------------------------------
+    def start_task(self, task: TaskSpec) -> None:
+        """Validate ``task``, apply its ``task_params`` and start it.
+
+        Raises :class:`TaskValidationError` (nothing started) for a task the component
+        cannot take, ``RuntimeError`` if busy, closed, or the driver fails to apply the
+        parameters. Blocking (calls the driver): run it off the event loop.
+        """
+        run = _Run(task)
+        with self._cv:
+            if self._closed:
+                raise RuntimeError("component runner is closed")
+            if self._run is not None:
+                raise RuntimeError(f"busy with task {_describe(self._run.task)}")
+            self._run = run
+        try:
+            specs = self._specs()
+            params = validate_task(
+                self.device.capabilities(), specs, task.technique_name, task.task_params
+            )
+            with self._dev_lock:
+                for name, val in params.items():
+                    try:
+                        self.device.set_attr(name, val)
+                    except (ValueError, TypeError, AttributeError) as e:
+                        raise TaskValidationError(f"{name}: {e}") from e
+                    except Exception as e:
+                        raise RuntimeError(
+                            f"driver failed to set {name!r} to {val}: {type(e).__name__}: {e}"
+                        ) from e
+        except BaseException:
+            with self._cv:
+                self._run = None
+                self._cv.notify_all()
+            raise
+        with self._cv:
+            if self._closed:  # closed while the parameters were applied
+                self._run = None
+                self._cv.notify_all()
+                raise RuntimeError("component runner was closed before the task started")
+            self._pending = run
+            self._cv.notify_all()
+
+    def stop_task(self, reason: str = "stopped") -> None:
+        """Ask the running task to end; returns at once. Idempotent.
+
+        The worker ends the task at its next wait, i.e. promptly unless the driver is
+        inside a long ``do_task`` call. Points taken so far are kept.
+        """
+        run = self._run
+        if run is None:
+            return
+        if run.stop_reason is None:
+            run.stop_reason = reason
+        run.stop.set()
+
+    def _specs(self) -> dict[str, AttrSpec]:
+        return {k: a.spec() for k, a in self.device.attrs().items()}
+
+    # -- ad-hoc calls ---------------------------------------------------------------------
+    def measure(self) -> Point | None:
+        """One ``do_measure`` now; the point is also buffered. Refused while a task runs."""
+        self._refuse_if_busy("measure")
+        with self._dev_lock:
+            uts = time.time()
+            raw = self.device.do_measure()
+            return None if raw is None else self._point(uts, raw, None)
+
+    def reset(self) -> None:
+        """``device.reset()``; refused while a task runs, waits for one that is stopping."""
+        run = self._run
+        if run is not None and run.stop.is_set():
+            with self._cv:
+                self._cv.wait_for(lambda: self._run is not run, timeout=_STOP_WAIT)
+        self._refuse_if_busy("reset")
+        with self._dev_lock:
+            self.device.reset()
+
+    def _refuse_if_busy(self, what: str) -> None:
+        if self._closed:
+            raise RuntimeError(f"cannot {what}: component runner is closed")
+        run = self._run
+        if run is not None:
+            raise RuntimeError(f"cannot {what}: task {_describe(run.task)} is running")
+
+    def close(self) -> None:
+        """Stop any task, end the worker thread and close the device. Idempotent."""
+        with self._cv:
+            if self._closed:
+                return
+            self._closed = True
+            self._cv.notify_all()
+        self.stop_task("component closed")
+        if threading.current_thread() is not self._thread:
+            self._thread.join(_STOP_WAIT)
+            if self._thread.is_alive():
+                log.warning("runner of %s: worker did not end in time", self.device.key)
+        try:
+            with self._dev_lock:
+                self.device.close()
+        except Exception:
+            log.exception("closing device %s failed", self.device.key)
+
+    # -- the buffer -----------------------------------------------------------------------
+    def drain(self) -> tuple[list[Point], dict[str, str]]:
+        """The points since the last drain and the units of their quantity variables."""
+        with self._buf_lock:
+            points, self._buf = self._buf, []
+            units, self._buf_units = self._buf_units, {}
+        return points, units
+
+    def _append(self, point: Point, units: dict[str, str] | None) -> None:
+        with self._buf_lock:
+            self._buf.append(point)
+            if units:
+                self._buf_units.update(units)
+            full = len(self._buf) == self._max_buffer
+        if full and self._on_buffer_full is not None:
+            self._call(self._on_buffer_full)
+
+    def _point(self, uts: float, raw: Mapping[str, Any], task: TaskSpec | None) -> Point:
+        """Convert a driver's mapping (fast path: plain values) and buffer it."""
+        values: dict[str, Value] = {}
+        units: dict[str, str] | None = None
+        for k, v in raw.items():
+            if type(v) in _PLAIN:
+                values[k] = v
+            elif isinstance(v, pint.Quantity):
+                known = self._units.get(k)
+                if known is None:
+                    known = self._units.setdefault(k, (v.units, str(v.units)))
+                mag = v.magnitude if v.units == known[0] else v.m_as(known[0])
+                values[k] = _scalar(k, mag)
+                if units is None:
+                    units = {}
+                units[k] = known[1]
+            else:
+                values[k] = _scalar(k, v)
+        point = Point(uts, values, task)
+        self._append(point, units)
+        return point
+
+    # -- the worker -----------------------------------------------------------------------
+    def _worker(self) -> None:
+        next_idle = time.monotonic() + self._idle if self._idle else None
+        while True:
+            with self._cv:
+                while self._pending is None and not self._closed:
+                    timeout = None if next_idle is None else next_idle - time.monotonic()
+                    if timeout is not None and timeout <= 0:
+                        break
+                    self._cv.wait(timeout)
+                if self._closed and self._pending is None:
+                    return
+                run, self._pending = self._pending, None
+            if run is not None:
+                self._execute(run)
+                if self._idle:
+                    next_idle = time.monotonic() + self._idle
+            elif self._idle and next_idle is not None:
+                next_idle += self._idle
+                if next_idle < time.monotonic():  # a slow driver: no burst to catch up
+                    next_idle = time.monotonic() + self._idle
+                self._idle_measure()
+
+    def _idle_measure(self) -> None:
+        try:
+            with self._dev_lock:
+                if self._run is not None:  # a task got in first
+                    return
+                uts = time.time()
+                raw = self.device.do_measure()
+                if raw is not None:
+                    self._point(uts, raw, None)
+        except Exception as e:
+            log.warning("idle measurement on %s failed", self.device.key, exc_info=True)
+            self._call(self._on_error, f"idle measurement failed: {type(e).__name__}: {e}")
+
+    def _execute(self, run: _Run) -> None:
+        task = run.task
+        device = self.device
+        dev_lock = self._dev_lock
+        stop = run.stop
+        si = task.sampling_interval
+        n = task.npoints
+        reason: Literal["done", "stopped", "error"] = "done"
+        message: str | None = None
+        npoints = 0
+        perf = time.perf_counter
+        wall = time.time
+        t_start = wall()
+        p_start = perf()
+        log.info("%s: task %s started (%d points)", device.key, _describe(task), n)
+        k = 0
+        try:
+            while k < n:
+                k += 1
+                remaining = p_start + k * si - perf()
+                if stop.wait(remaining) if remaining > 0 else stop.is_set():
+                    reason = "stopped"
+                    message = run.stop_reason
+                    break
+                uts = wall()
+                with dev_lock:
+                    raw = device.do_task(task, t_start, t_start + k * si)
+                if raw is not None:
+                    self._point(uts, raw, task)
+                    npoints += 1
+        except Exception as e:
+            reason = "error"
+            message = f"{task.technique_name}: driver error at point {k}: {type(e).__name__}: {e}"
+            log.warning("%s: task %s failed", device.key, _describe(task), exc_info=True)
+            self._call(self._on_error, message)
+        end = TaskEnd(task, reason, message, t_start, wall(), npoints)
+        log.info("%s: task %s ended: %s (%d points)", device.key, _describe(task), reason, npoints)
+        with self._cv:
+            self._run = None
+            self._cv.notify_all()
+        self._call(self._on_task_end, end)
+
+    def _call(self, fn: Callable[..., None], *args: Any) -> None:
+        try:
+            fn(*args)
+        except Exception:
+            log.exception("callback %r of runner %s failed", fn, self.device.key)
+
+
+def _scalar(name: str, v: object) -> Value:
+    if v is None or isinstance(v, bool | int | float | str):
+        return v
+    if isinstance(v, numbers.Integral):
+        return int(v)
+    if isinstance(v, numbers.Real):
+        return float(v)
+    if type(v).__name__ == "bool_":  # numpy.bool_ is not a numbers.Integral
+        return bool(v)
+    raise TypeError(
+        f"variable {name!r}: a point value must be a number, text, bool or quantity,"
+        f" not {type(v).__name__}"
+    )
+
+
+def _describe(task: TaskSpec) -> str:
+    who = f" (job {task.job}, task {task.index})" if task.job is not None else ""
+    name = f" {task.task_name!r}" if task.task_name else ""
+    return f"{task.technique_name!r}{name}{who}"

@@ -1,0 +1,248 @@
+"""Task and attribute validation against :class:`AttrSpec`: pure, no driver code, no MQTT.
+
+The scheduler runs :func:`validate_task` when matching a job (from the specs a node
+published in component meta), and the node runs it again before a task starts, so a
+payload is refused with the same message in both places.
+
+pint is imported on first use: the specs in :mod:`tomato_mqtt.driver.spec` are read by
+code that must stay light, and only coercing a quantity needs pint.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Collection, Mapping
+from functools import cache
+from types import ModuleType
+from typing import Any
+
+from tomato_mqtt.driver.spec import AttrSpec
+
+__all__ = ["TaskValidationError", "coerce_value", "to_jsonable", "validate_task"]
+
+
+class TaskValidationError(ValueError):
+    """A task or a value a lab user asked for that the component cannot take."""
+
+
+@cache
+def _pint() -> ModuleType:
+    import pint
+
+    return pint
+
+
+_TRUE = {"true", "yes", "on", "1"}
+_FALSE = {"false", "no", "off", "0"}
+
+
+def _num(x: float | int) -> str:
+    """A number as a person writes it: 10 not 10.0, 0.1 not 1e-01."""
+    if isinstance(x, float) and x.is_integer() and abs(x) < 1e15:
+        return str(int(x))
+    return repr(x)
+
+
+def _show(val: object) -> str:
+    if isinstance(val, _pint().Quantity):
+        return f"{val:~P}"
+    if isinstance(val, str):
+        return repr(val)
+    if isinstance(val, float | int) and not isinstance(val, bool):
+        return _num(val)
+    return repr(val)
+
+
+def _real(name: str, val: object, what: str) -> float:
+    """A finite-or-infinite real number from a number or a numeric string."""
+    if isinstance(val, bool):
+        raise TaskValidationError(f"{name}: expected {what}, got the boolean {val}")
+    if isinstance(val, numbers.Real):
+        out = float(val)
+    elif isinstance(val, str):
+        try:
+            out = float(val.strip())
+        except ValueError:
+            raise TaskValidationError(f"{name}: expected {what}, got {val!r}") from None
+    else:
+        raise TaskValidationError(f"{name}: expected {what}, got {_show(val)}")
+    if math.isnan(out):
+        raise TaskValidationError(f"{name}: expected {what}, got NaN")
+    return out
+
+
+def _to_int(name: str, val: object) -> int:
+    if isinstance(val, numbers.Integral) and not isinstance(val, bool):
+        return int(val)
+    x = _real(name, val, "an integer")
+    if not x.is_integer():
+        raise TaskValidationError(f"{name}: expected an integer, got {_show(val)}")
+    return int(x)
+
+
+def _to_bool(name: str, val: object) -> bool:
+    if isinstance(val, bool):
+        return val
+    if isinstance(val, numbers.Integral) and int(val) in (0, 1):
+        return bool(val)
+    if isinstance(val, str):
+        s = val.strip().lower()
+        if s in _TRUE:
+            return True
+        if s in _FALSE:
+            return False
+    raise TaskValidationError(f"{name}: expected true or false, got {_show(val)}")
+
+
+def _to_str(name: str, val: object) -> str:
+    if isinstance(val, str):
+        return val
+    if isinstance(val, numbers.Real) and not isinstance(val, bool):
+        return _num(val) if isinstance(val, float | int) else str(val)
+    raise TaskValidationError(f"{name}: expected text, got {_show(val)}")
+
+
+def _to_quantity(name: str, spec: AttrSpec, val: object) -> Any:
+    pm = _pint()
+    units = spec.units
+    where = f" in {units}" if units else ""
+    q: Any
+    if isinstance(val, pm.Quantity):
+        q = val
+        if q._REGISTRY is not pm.get_application_registry().get():
+            # a driver's own UnitRegistry: move to the shared one so comparisons work
+            q = pm.Quantity(q.magnitude, str(q.units))
+    elif isinstance(val, bool):
+        raise TaskValidationError(f"{name}: expected a quantity{where}, got the boolean {val}")
+    elif isinstance(val, numbers.Real):
+        q = pm.Quantity(float(val))
+    elif isinstance(val, str):
+        try:
+            # pint raises anything from UndefinedUnitError to AssertionError on bad text
+            q = pm.Quantity(val)
+        except Exception:
+            raise TaskValidationError(
+                f"{name}: cannot read {val!r} as a quantity{where} (write e.g. '1.5 s')"
+            ) from None
+        if not isinstance(q, pm.Quantity):  # pint returns a plain number for "5"
+            q = pm.Quantity(q)
+    else:
+        raise TaskValidationError(f"{name}: expected a quantity{where}, got {_show(val)}")
+    if not isinstance(q.magnitude, numbers.Real) or math.isnan(q.magnitude):
+        raise TaskValidationError(f"{name}: expected a single number{where}, got {_show(val)}")
+    if units is None:
+        return q
+    try:
+        target = pm.Unit(units)
+    except Exception:
+        raise TaskValidationError(f"{name}: the driver declares unknown units {units!r}") from None
+    if q.dimensionless and not target.dimensionless:
+        # a bare number is taken in the attribute's units, as in tomato
+        return pm.Quantity(q.magnitude, target)
+    if q.dimensionality != target.dimensionality:
+        raise TaskValidationError(
+            f"{name}: {_show(q)} has the wrong dimensionality:"
+            f" {q.dimensionality} instead of {target.dimensionality} (use units like {units})"
+        )
+    return q
+
+
+def coerce_value(name: str, spec: AttrSpec, val: object) -> object:
+    """Check ``val`` against ``spec`` and return it in the attribute's type.
+
+    Returns a float, int, str or bool, or for quantity attributes a ``pint.Quantity``
+    converted to ``spec.units`` (a bare number is taken in those units). Limits of a
+    quantity are compared in ``spec.units``. Raises :class:`TaskValidationError` naming ``name``.
+    """
+    if val is None:
+        raise TaskValidationError(f"{name}: a value is required, got None")
+    out: object
+    cmp: float | None = None  # the number compared against minimum / maximum
+    shown: str
+    match spec.type:
+        case "float":
+            out = cmp = _real(name, val, "a number")
+            shown = _num(out)
+        case "int":
+            out = _to_int(name, val)
+            cmp = float(out)
+            shown = str(out)
+        case "bool":
+            out = _to_bool(name, val)
+            shown = str(out)
+        case "str":
+            out = _to_str(name, val)
+            shown = repr(out)
+        case "quantity":
+            q = _to_quantity(name, spec, val)
+            shown = _show(q)  # as the user wrote it, e.g. "1 ms"
+            if spec.units:
+                q = q.to(spec.units)  # drivers and data see the canonical units
+            out = q
+            cmp = float(q.magnitude)
+    if cmp is not None:
+        unit = f" {_pint().Unit(spec.units):~P}" if spec.type == "quantity" and spec.units else ""
+        if spec.minimum is not None and cmp < spec.minimum:
+            raise TaskValidationError(
+                f"{name}: {shown} is below the minimum {_num(spec.minimum)}{unit}"
+            )
+        if spec.maximum is not None and cmp > spec.maximum:
+            raise TaskValidationError(
+                f"{name}: {shown} is above the maximum {_num(spec.maximum)}{unit}"
+            )
+    if spec.options is not None:
+        probe = cmp if spec.type == "quantity" else out
+        if probe not in spec.options:
+            allowed = ", ".join(str(o) for o in spec.options)
+            raise TaskValidationError(f"{name}: {shown} is not one of the options: {allowed}")
+    return out
+
+
+def validate_task(
+    capabilities: Collection[str],
+    attrs: Mapping[str, AttrSpec],
+    technique_name: str,
+    task_params: Mapping[str, object],
+) -> dict[str, object]:
+    """Check that a component can run a task; return its parameters, coerced.
+
+    Raises :class:`TaskValidationError` with a message a lab user can act on.
+    """
+    if technique_name not in capabilities:
+        known = ", ".join(sorted(capabilities)) or "none"
+        raise TaskValidationError(
+            f"technique {technique_name!r} is not supported by this component (supported: {known})"
+        )
+    out: dict[str, object] = {}
+    for name, val in task_params.items():
+        spec = attrs.get(name)
+        if spec is None:
+            known = ", ".join(sorted(attrs)) or "none"
+            raise TaskValidationError(
+                f"unknown parameter {name!r} for technique {technique_name!r} (known: {known})"
+            )
+        if not spec.rw:
+            raise TaskValidationError(
+                f"parameter {name!r} is read-only and cannot be set by a task"
+            )
+        out[name] = coerce_value(name, spec, val)
+    return out
+
+
+def to_jsonable(val: object) -> float | int | str | bool | None:
+    """A value as JSON can carry it; a quantity becomes text ``coerce_value`` reads back."""
+    if val is None or isinstance(val, bool | int | str):
+        return val
+    if isinstance(val, float):
+        return val if math.isfinite(val) else str(val)
+    if isinstance(val, numbers.Integral):
+        return int(val)
+    if isinstance(val, numbers.Real):
+        return to_jsonable(float(val))
+    item = getattr(val, "item", None)  # numpy scalars, incl. numpy.bool_
+    if callable(item) and type(val).__module__ == "numpy":
+        inner = item()
+        if isinstance(inner, bool | int | float | str):
+            return to_jsonable(inner)
+    return str(val)

@@ -1,0 +1,152 @@
+"""Errors of configuration files, and one way to describe pydantic's errors to people.
+
+A bad file is refused with the file, where in it, and why, on one line, e.g.
+``devices.yml: pipelines[0] 'pip-counter' devices[0]: unknown device 'dev-x'``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+__all__ = [
+    "ConfigError",
+    "DocumentError",
+    "describe_validation_error",
+    "format_location",
+    "one_line",
+    "parse_document",
+]
+
+
+class ConfigError(ValueError):
+    """A configuration file (settings.toml, devices.yml) that cannot be used."""
+
+    def __init__(self, file: str | Path | None, location: str | None, reason: str) -> None:
+        self.file = str(file) if file is not None else None
+        self.location = location or None
+        self.reason = reason
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        parts = [p for p in (self.file, self.location) if p]
+        return ": ".join([*parts, self.reason])
+
+    @classmethod
+    def from_validation_error(
+        cls, file: str | Path | None, err: ValidationError, data: Any = None
+    ) -> ConfigError:
+        """One ConfigError for all of ``err``: the first problem in front, the rest after."""
+        return cls(file, *one_line(describe_validation_error(err, data)))
+
+
+def format_location(loc: Sequence[int | str], data: Any = None) -> str:
+    """``("pipelines", 0, "devices", 1, "role")`` -> ``pipelines[0] 'pip-x' devices[1].role``.
+
+    With ``data`` (the raw document), list items that carry a ``name`` are labelled with
+    it, as a reader looks for the name rather than count entries.
+    """
+    out = ""
+    node = data
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+            item = _child(node, part)
+            name = item.get("name") if isinstance(item, Mapping) else None
+            if isinstance(name, str):
+                out += f" {name!r}"
+            node = item
+        else:
+            sep = "." if out and not out.endswith("'") else " " if out else ""
+            out += f"{sep}{part}"
+            node = _child(node, part)
+    return out
+
+
+def _child(node: Any, key: int | str) -> Any:
+    if isinstance(key, int) and isinstance(node, Sequence) and not isinstance(node, str):
+        return node[key] if -len(node) <= key < len(node) else None
+    if isinstance(key, str) and isinstance(node, Mapping):
+        return node.get(key)
+    return None
+
+
+_REWORDED = {
+    "missing": "field required",
+    "extra_forbidden": "unknown field",
+}
+
+
+def describe_validation_error(err: ValidationError, data: Any = None) -> list[tuple[str, str]]:
+    """``[(location, reason), ...]`` for every problem in ``err``, in plain words."""
+    out: list[tuple[str, str]] = []
+    for e in err.errors(include_url=False):
+        # union members and function validators add loc parts that mean nothing to users
+        loc = [p for p in e["loc"] if not (isinstance(p, str) and p.endswith("]"))]
+        where = format_location(loc, data)
+        kind = e["type"]
+        if kind in _REWORDED:
+            reason = _REWORDED[kind]
+        else:
+            reason = str(e["msg"])
+            for lead in ("Value error, ", "Assertion failed, "):
+                if reason.startswith(lead):
+                    reason = reason[len(lead) :]
+            reason = reason[:1].lower() + reason[1:]
+            if kind not in ("value_error", "assertion_error") and "input" in e:
+                reason += f" (got {_short(e['input'])})"
+        out.append((where, reason))
+    return out or [("", str(err))]
+
+
+def one_line(problems: Sequence[tuple[str, str]]) -> tuple[str, str]:
+    """``(location, reason)`` of the first problem, with the others appended to the reason."""
+    loc, reason = problems[0]
+    if len(problems) > 1:
+        rest = "; ".join(f"{lo}: {re}" if lo else re for lo, re in problems[1:])
+        reason = f"{reason} (and {len(problems) - 1} more: {rest})"
+    return loc, reason
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+class DocumentError(ValueError):
+    """A YAML or JSON document that does not parse; ``location`` names line and column."""
+
+    def __init__(self, location: str | None, reason: str) -> None:
+        self.location = location
+        self.reason = reason
+        super().__init__(f"{location}: {reason}" if location else reason)
+
+
+def parse_document(text: str, json_only: bool = False) -> Any:
+    """Parse YAML (or JSON, which is YAML too); syntax errors name the line.
+
+    ``json_only`` parses with :mod:`json` (stricter and faster for ``.json`` files).
+    """
+    import json
+
+    if json_only:
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as e:
+            raise DocumentError(
+                f"line {e.lineno}, column {e.colno}", f"invalid JSON: {e.msg}"
+            ) from None
+    import yaml
+
+    try:
+        return yaml.safe_load(text)
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else None
+        what = " ".join(p for p in (e.context, e.problem) if p) or "syntax error"
+        raise DocumentError(where, f"invalid YAML: {what}") from None
+    except yaml.YAMLError as e:
+        raise DocumentError(None, f"invalid YAML: {e}") from None

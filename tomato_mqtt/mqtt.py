@@ -1,0 +1,534 @@
+"""The only module that imports paho-mqtt: an asyncio MQTT 3.1.1 client.
+
+paho's network I/O is driven by the asyncio loop (``add_reader``/``add_writer``, as
+aiomqtt does), so there is no second thread and paho's callbacks only hand results to
+asyncio. ``publish`` and ``subscribe`` return after the broker's ack, with a timeout;
+failures are exceptions. The client reconnects by itself and re-subscribes. Every
+socket gets TCP_NODELAY: without it each request/reply hop waits ~40 ms for a delayed
+ACK.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import ssl
+import threading
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+
+__all__ = [
+    "AsyncClient",
+    "BrokerURL",
+    "Message",
+    "MqttError",
+    "MqttTimeout",
+    "Will",
+    "topic_matches",
+]
+
+log = logging.getLogger(__name__)
+
+
+class MqttError(Exception):
+    """An MQTT operation failed (not connected, refused, broker gone)."""
+
+
+class MqttTimeout(MqttError, TimeoutError):
+    """The broker (or a responder) did not answer in time."""
+
+
+@dataclass(frozen=True)
+class BrokerURL:
+    """Where the broker is and how to log in: ``mqtt[s]://[user[:pass]@]host[:port]``."""
+
+    host: str = "127.0.0.1"
+    port: int = 1883
+    username: str | None = None
+    password: str | None = None
+    tls: bool = False
+    ca_certs: str | None = None
+    certfile: str | None = None
+    keyfile: str | None = None
+    tls_insecure: bool = False
+    transport: str = "tcp"  # or "websockets"
+
+    @classmethod
+    def parse(cls, url: str) -> BrokerURL:
+        if "://" not in url:
+            url = "mqtt://" + url
+        parts = urlsplit(url)
+        scheme = parts.scheme.lower()
+        if scheme not in {"mqtt", "tcp", "mqtts", "ssl", "ws", "wss"}:
+            raise ValueError(f"unsupported broker URL scheme {scheme!r} in {url!r}")
+        tls = scheme in {"mqtts", "ssl", "wss"}
+        default_port = 8883 if tls else 1883
+        try:
+            port = parts.port or default_port
+        except ValueError as e:
+            raise ValueError(f"bad port in broker URL {url!r}") from e
+        return cls(
+            host=parts.hostname or "127.0.0.1",
+            port=port,
+            username=unquote(parts.username) if parts.username else None,
+            password=unquote(parts.password) if parts.password else None,
+            tls=tls,
+            transport="websockets" if scheme in {"ws", "wss"} else "tcp",
+        )
+
+    def __str__(self) -> str:
+        scheme = {"tcp": "mqtt", "websockets": "ws"}[self.transport] + ("s" if self.tls else "")
+        return f"{scheme}://{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class Will:
+    topic: str
+    payload: bytes
+    qos: int = 1
+    retain: bool = True
+
+
+@dataclass(frozen=True)
+class Message:
+    topic: str
+    payload: bytes
+    qos: int = 0
+    retain: bool = False
+
+
+def topic_matches(filter_: str, topic: str) -> bool:
+    """MQTT wildcard matching (``+`` and ``#``)."""
+    return bool(paho.topic_matches_sub(filter_, topic))
+
+
+@dataclass
+class _Subscription:
+    filter: str
+    qos: int
+    handler: Callable[[Message], None] | None = None
+
+
+@dataclass
+class _Pending:
+    futures: dict[int, asyncio.Future[None]] = field(default_factory=dict)
+
+
+class AsyncClient:
+    """An asyncio MQTT client with reconnect, acked publish/subscribe and a message stream.
+
+    Use as ``async with AsyncClient(url, client_id=...) as c:``. Messages that match a
+    filter subscribed without a handler go to :meth:`messages`; a handler given to
+    :meth:`subscribe` gets its matches directly (used for replies, so request/reply
+    never waits behind a busy stream).
+    """
+
+    def __init__(
+        self,
+        url: BrokerURL | str = BrokerURL(),
+        *,
+        client_id: str | None = None,
+        will: Will | None = None,
+        keepalive: int = 30,
+        reconnect: bool = True,
+        on_connect: Callable[[], Awaitable[None]] | None = None,
+        clean_session: bool = True,
+    ) -> None:
+        self.url = BrokerURL.parse(url) if isinstance(url, str) else url
+        self.client_id = client_id or f"tomato-{uuid.uuid4().hex[:12]}"
+        self._will = will
+        self._keepalive = keepalive
+        self._reconnect_enabled = reconnect
+        self._on_connect_hook = on_connect
+        self._clean_session = clean_session
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._paho: paho.Client | None = None
+        self._connected = asyncio.Event()
+        self._connack: asyncio.Future[int] | None = None
+        self._acks: dict[int, asyncio.Future[Any]] = {}
+        self._subs: dict[str, _Subscription] = {}
+        self._queue: asyncio.Queue[Message] = asyncio.Queue()
+        self._closing = False
+        self._misc_task: asyncio.Task[None] | None = None
+        self._reconnect_task: asyncio.Task[None] | None = None
+        self._hook_task: asyncio.Task[None] | None = None
+        self._sock: Any = None
+        self._loop_thread: int | None = None
+        self.connects = 0  # how many times a CONNACK was received (1 + reconnects)
+
+    # -- lifecycle -------------------------------------------------------------------
+    async def __aenter__(self) -> AsyncClient:
+        await self.connect()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.disconnect()
+
+    @property
+    def is_connected(self) -> bool:
+        return self._connected.is_set()
+
+    def _make_paho(self) -> paho.Client:
+        c = paho.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=self.client_id,
+            clean_session=self._clean_session,
+            protocol=paho.MQTTv311,
+            transport="websockets" if self.url.transport == "websockets" else "tcp",
+        )
+        if self.url.username is not None:
+            c.username_pw_set(self.url.username, self.url.password)
+        if self.url.tls:
+            ctx = ssl.create_default_context(cafile=self.url.ca_certs)
+            if self.url.certfile:
+                ctx.load_cert_chain(self.url.certfile, self.url.keyfile)
+            if self.url.tls_insecure:
+                ctx.check_hostname = False
+                ctx.verify_mode = ssl.CERT_NONE
+            c.tls_set_context(ctx)
+        if self._will is not None:
+            c.will_set(self._will.topic, self._will.payload, self._will.qos, self._will.retain)
+        c.max_inflight_messages_set(1000)
+        c.on_connect = self._on_connect
+        c.on_disconnect = self._on_disconnect
+        c.on_message = self._on_message
+        c.on_publish = self._on_publish
+        c.on_subscribe = self._on_subscribe
+        c.on_unsubscribe = self._on_unsubscribe
+        c.on_socket_open = self._on_socket_open
+        c.on_socket_close = self._on_socket_close
+        c.on_socket_register_write = self._on_socket_register_write
+        c.on_socket_unregister_write = self._on_socket_unregister_write
+        return c
+
+    async def connect(self, timeout: float = 5.0, *, retry: bool = False) -> None:
+        """Connect; with ``retry`` keep trying (with back-off) until ``timeout``."""
+        self._loop = asyncio.get_running_loop()
+        self._closing = False
+        self._loop_thread = threading.get_ident()
+        self._paho = self._make_paho()
+        self._paho.connect_async(self.url.host, self.url.port, self._keepalive)
+        deadline = self._loop.time() + timeout
+        delay = 0.05
+        while True:
+            try:
+                await asyncio.wait_for(self._connect_once(), max(0.1, deadline - self._loop.time()))
+                break
+            except (OSError, MqttError, asyncio.TimeoutError) as e:
+                if not retry or self._loop.time() + delay >= deadline:
+                    self._drop_socket()
+                    if isinstance(e, asyncio.TimeoutError):
+                        raise MqttTimeout(
+                            f"no answer from the MQTT broker at {self.url} within {timeout:g} s"
+                        ) from None
+                    raise MqttError(f"cannot connect to the MQTT broker at {self.url}: {e}") from e
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+        self._misc_task = asyncio.create_task(self._misc_loop(), name=f"mqtt-misc-{self.client_id}")
+
+    async def _connect_once(self) -> None:
+        loop = self._running_loop()
+        c = self._require_client()
+        self._connack = loop.create_future()
+        try:
+            # blocking socket connect (DNS, TCP, TLS): off the loop
+            await loop.run_in_executor(None, c.reconnect)
+        except (OSError, ssl.SSLError) as e:
+            raise MqttError(str(e) or type(e).__name__) from e
+        rc = await self._connack
+        if rc != 0:
+            raise MqttError(f"broker refused the connection: {paho.connack_string(rc)}")
+
+    async def disconnect(self) -> None:
+        """Disconnect cleanly (no last will is sent)."""
+        self._closing = True
+        for t in (self._reconnect_task, self._misc_task, self._hook_task):
+            if t is not None and not t.done():
+                t.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await t
+        if self._paho is not None and self._connected.is_set():
+            self._paho.disconnect()
+            # let the DISCONNECT packet leave before the socket closes
+            with contextlib.suppress(Exception):
+                self._paho.loop_write()
+        self._drop_socket()
+        self._connected.clear()
+        self._fail_pending(MqttError("client disconnected"))
+
+    def _drop_socket(self) -> None:
+        if self._sock is not None and self._loop is not None:
+            with contextlib.suppress(Exception):
+                self._loop.remove_reader(self._sock)
+                self._loop.remove_writer(self._sock)
+        if self._paho is not None:
+            with contextlib.suppress(Exception):
+                self._paho._sock_close()
+        self._sock = None
+
+    # -- operations ------------------------------------------------------------------
+    async def publish(
+        self,
+        topic: str,
+        payload: bytes | str,
+        *,
+        qos: int = 1,
+        retain: bool = False,
+        wait: bool = True,
+        timeout: float = 5.0,
+    ) -> None:
+        """Publish; with ``wait`` (and QoS > 0) return after the broker's PUBACK.
+
+        While disconnected, QoS > 0 messages are queued by paho and sent on reconnect.
+        """
+        c = self._require_client()
+        data = payload.encode() if isinstance(payload, str) else payload
+        info = c.publish(topic, data, qos=qos, retain=retain)
+        if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
+            raise MqttError(f"publish to {topic} failed: {paho.error_string(info.rc)}")
+        if not wait or qos == 0:
+            return
+        if info.is_published():
+            return
+        fut = self._ack_future(info.mid)
+        try:
+            await asyncio.wait_for(fut, timeout)
+        except asyncio.TimeoutError:
+            raise MqttTimeout(
+                f"the broker at {self.url} did not acknowledge a publish to {topic} "
+                f"within {timeout:g} s"
+            ) from None
+        finally:
+            self._acks.pop(info.mid, None)
+
+    async def subscribe(
+        self,
+        filter_: str,
+        *,
+        qos: int = 1,
+        handler: Callable[[Message], None] | None = None,
+        timeout: float = 5.0,
+    ) -> None:
+        """Subscribe and wait for the SUBACK. Re-subscribed after every reconnect."""
+        self._subs[filter_] = _Subscription(filter_, qos, handler)
+        await self._send_subscribe(filter_, qos, timeout)
+
+    async def _send_subscribe(self, filter_: str, qos: int, timeout: float) -> None:
+        c = self._require_client()
+        rc, mid = c.subscribe(filter_, qos)
+        if rc == MQTTErrorCode.MQTT_ERR_NO_CONN:
+            return  # done on reconnect
+        if rc != MQTTErrorCode.MQTT_ERR_SUCCESS or mid is None:
+            raise MqttError(f"subscribe to {filter_} failed: {paho.error_string(rc)}")
+        fut = self._ack_future(mid)
+        try:
+            granted = await asyncio.wait_for(fut, timeout)
+        except asyncio.TimeoutError:
+            raise MqttTimeout(
+                f"the broker at {self.url} did not acknowledge a subscription to {filter_} "
+                f"within {timeout:g} s"
+            ) from None
+        finally:
+            self._acks.pop(mid, None)
+        if any(int(g) >= 0x80 for g in granted):
+            raise MqttError(f"the broker refused the subscription to {filter_} (not authorised?)")
+
+    async def unsubscribe(self, filter_: str, timeout: float = 5.0) -> None:
+        self._subs.pop(filter_, None)
+        c = self._require_client()
+        rc, mid = c.unsubscribe(filter_)
+        if rc != MQTTErrorCode.MQTT_ERR_SUCCESS or mid is None:
+            return
+        fut = self._ack_future(mid)
+        try:
+            await asyncio.wait_for(fut, timeout)
+        except asyncio.TimeoutError:
+            raise MqttTimeout(f"no UNSUBACK for {filter_} within {timeout:g} s") from None
+        finally:
+            self._acks.pop(mid, None)
+
+    async def messages(self) -> AsyncIterator[Message]:
+        """Every message matching a handler-less subscription, in arrival order."""
+        while True:
+            yield await self._queue.get()
+
+    async def next_message(self, timeout: float) -> Message:
+        try:
+            return await asyncio.wait_for(self._queue.get(), timeout)
+        except asyncio.TimeoutError:
+            raise MqttTimeout(f"no message within {timeout:g} s") from None
+
+    async def wait_connected(self, timeout: float | None = None) -> None:
+        await asyncio.wait_for(self._connected.wait(), timeout)
+
+    # -- internals: paho callbacks (called on the loop thread) --------------------------
+    def _require_client(self) -> paho.Client:
+        if self._paho is None:
+            raise MqttError("not connected: call connect() first")
+        return self._paho
+
+    def _running_loop(self) -> asyncio.AbstractEventLoop:
+        if self._loop is None:
+            raise MqttError("not connected: call connect() first")
+        return self._loop
+
+    def _ack_future(self, mid: int) -> asyncio.Future[Any]:
+        fut = self._acks.get(mid)
+        if fut is None:
+            fut = self._running_loop().create_future()
+            self._acks[mid] = fut
+        return fut
+
+    def _resolve(self, mid: int, value: Any) -> None:
+        fut = self._acks.get(mid)
+        if fut is None:
+            # the ack beat the waiter: leave a resolved future behind
+            if self._loop is None:
+                return
+            fut = self._loop.create_future()
+            self._acks[mid] = fut
+        if not fut.done():
+            fut.set_result(value)
+
+    def _fail_pending(self, exc: Exception) -> None:
+        for fut in self._acks.values():
+            if not fut.done():
+                fut.set_exception(exc)
+                fut.exception()  # mark retrieved: nobody may be waiting any more
+        self._acks.clear()
+        if self._connack is not None and not self._connack.done():
+            self._connack.set_exception(exc)
+            self._connack.exception()
+
+    def _on_connect(self, c: paho.Client, ud: Any, flags: Any, rc: Any, props: Any) -> None:
+        code = rc.value if hasattr(rc, "value") else int(rc)
+        if self._connack is not None and not self._connack.done():
+            self._connack.set_result(code)
+        if code != 0:
+            return
+        first = self.connects == 0
+        self.connects += 1
+        self._connected.set()
+        # Re-subscribe (clean session) and tell the owner, so it can re-announce state.
+        for sub in self._subs.values():
+            c.subscribe(sub.filter, sub.qos)
+        if not first and self._on_connect_hook is not None:
+            self._hook_task = asyncio.ensure_future(self._run_hook())
+        log.debug("%s connected to %s", self.client_id, self.url)
+
+    async def _run_hook(self) -> None:
+        if self._on_connect_hook is None:
+            return
+        try:
+            await self._on_connect_hook()
+        except Exception:  # the hook must not kill the client
+            log.exception("on_connect hook of %s failed", self.client_id)
+
+    def _on_disconnect(self, c: paho.Client, ud: Any, flags: Any, rc: Any, props: Any) -> None:
+        was_connected = self._connected.is_set()
+        self._connected.clear()
+        if self._closing:
+            return
+        if was_connected:
+            log.warning("%s lost the connection to %s (%s)", self.client_id, self.url, rc)
+        idle = self._reconnect_task is None or self._reconnect_task.done()
+        if self._reconnect_enabled and was_connected and self._loop is not None and idle:
+            self._reconnect_task = self._loop.create_task(self._reconnect_loop())
+
+    async def _reconnect_loop(self) -> None:
+        delay = 0.05
+        while not self._closing and not self._connected.is_set():
+            self._drop_socket()
+            try:
+                await asyncio.wait_for(self._connect_once(), 5.0)
+                return
+            except (OSError, MqttError, asyncio.TimeoutError) as e:
+                log.debug("%s: reconnect to %s failed: %s", self.client_id, self.url, e)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+    def _on_message(self, c: paho.Client, ud: Any, msg: paho.MQTTMessage) -> None:
+        m = Message(msg.topic, bytes(msg.payload), msg.qos, bool(msg.retain))
+        routed = False
+        for sub in self._subs.values():
+            if sub.handler is not None and topic_matches(sub.filter, m.topic):
+                routed = True
+                try:
+                    sub.handler(m)
+                except Exception:  # a handler must not kill the client
+                    log.exception("message handler for %s failed", sub.filter)
+        if not routed:
+            self._queue.put_nowait(m)
+
+    def _on_publish(self, c: paho.Client, ud: Any, mid: int, rc: Any, props: Any) -> None:
+        self._resolve(mid, None)
+
+    def _on_subscribe(self, c: paho.Client, ud: Any, mid: int, granted: Any, props: Any) -> None:
+        self._resolve(mid, [getattr(g, "value", g) for g in granted])
+
+    def _on_unsubscribe(self, c: paho.Client, ud: Any, mid: int, rcs: Any, props: Any) -> None:
+        self._resolve(mid, None)
+
+    # socket plumbing: paho tells us its socket; the asyncio loop drives reads/writes
+    def _in_loop(self, fn: Callable[[], None]) -> None:
+        # paho opens the socket inside reconnect(), which runs in an executor thread
+        if threading.get_ident() == self._loop_thread:
+            fn()
+        else:
+            self._running_loop().call_soon_threadsafe(fn)
+
+    def _on_socket_open(self, c: paho.Client, ud: Any, sock: Any) -> None:
+        with contextlib.suppress(OSError, AttributeError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._sock = sock
+
+        def add() -> None:
+            self._running_loop().add_reader(sock, self._do_read)
+
+        self._in_loop(add)
+
+    def _on_socket_close(self, c: paho.Client, ud: Any, sock: Any) -> None:
+        def rm() -> None:
+            with contextlib.suppress(Exception):
+                loop = self._running_loop()
+                loop.remove_reader(sock)
+                loop.remove_writer(sock)
+
+        self._in_loop(rm)
+
+    def _on_socket_register_write(self, c: paho.Client, ud: Any, sock: Any) -> None:
+        def add() -> None:
+            with contextlib.suppress(Exception):
+                self._running_loop().add_writer(sock, self._do_write)
+
+        self._in_loop(add)
+
+    def _on_socket_unregister_write(self, c: paho.Client, ud: Any, sock: Any) -> None:
+        def rm() -> None:
+            with contextlib.suppress(Exception):
+                self._running_loop().remove_writer(sock)
+
+        self._in_loop(rm)
+
+    def _do_read(self) -> None:
+        if self._paho is not None:
+            self._paho.loop_read(max_packets=100)
+
+    def _do_write(self) -> None:
+        if self._paho is not None:
+            self._paho.loop_write()
+
+    async def _misc_loop(self) -> None:
+        # keep-alive pings and paho's retry bookkeeping; paho wants this about once a second
+        while True:
+            await asyncio.sleep(1.0)
+            if self._paho is not None and self._connected.is_set():
+                self._paho.loop_misc()

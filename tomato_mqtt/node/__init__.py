@@ -1,0 +1,1 @@
+"""The driver node: hosts components on an instrument PC (no amqtt, xarray or netCDF4)."""

@@ -1,0 +1,273 @@
+"""Payload files: reading them (CLI side) and parsing them into a 2.2 Payload (scheduler).
+
+:func:`read_payload_file` imports neither pint nor dgbowl-schemas, so ``ketchup submit``
+starts fast; :func:`parse_payload` imports them when it is first called. Every payload
+version tomato accepts (0.1 to 2.2) is parsed by its own dgbowl-schemas model and
+upgraded step by step to 2.2. A bad payload raises :class:`PayloadError` naming the field
+and the reason.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import itertools
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pydantic import ValidationError
+
+from tomato_mqtt.errors import (
+    DocumentError,
+    describe_validation_error,
+    one_line,
+    parse_document,
+)
+
+if TYPE_CHECKING:
+    from dgbowl_schemas.tomato.payload import Payload
+
+__all__ = [
+    "LATEST_VERSION",
+    "SUPPORTED_VERSIONS",
+    "PayloadError",
+    "parse_payload",
+    "read_payload_file",
+]
+
+SUPPORTED_VERSIONS = ("0.1", "0.2", "1.0", "2.0", "2.1", "2.2")
+LATEST_VERSION = "2.2"
+_NEXT = dict(itertools.pairwise(SUPPORTED_VERSIONS))
+_DURATIONS = ("max_duration", "sampling_interval", "polling_interval")
+
+# Field names an upgrade step renames: an error in the new field is reported under the
+# name the user wrote in the file.
+_RENAMED: dict[str, dict[str, str]] = {
+    "0.2": {
+        "component_tag": "device",
+        "technique_name": "technique",
+        "max_duration": "time",
+        "sampling_interval": "delay",
+    },
+    "1.0": {"task_params": "technique_params"},
+    "2.0": {"component_role": "component_tag"},
+    "2.1": {"identifier": "name"},
+}
+
+
+class PayloadError(ValueError):
+    """A payload that cannot be parsed; ``location`` is the field path, e.g. ``method[0]``."""
+
+    def __init__(self, location: str | None, reason: str, file: str | Path | None = None) -> None:
+        self.location = location or None
+        self.reason = reason
+        self.file = str(file) if file is not None else None
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        return ": ".join(p for p in (self.file, self.location, self.reason) if p)
+
+
+def read_payload_file(path: Path | str) -> dict[str, Any]:
+    """The payload in a YAML or JSON file, as a dict, with ``samplefile`` and ``methodfile``
+    (tomato's references to other files) read in, relative to the payload file.
+
+    Only the syntax is checked here; :func:`parse_payload` checks the content.
+    """
+    path = Path(path)
+    data = _read_document(path)
+    if not isinstance(data, dict):
+        raise PayloadError(None, f"a payload is a mapping, not {_kind(data)}", path)
+    for key, field in (("samplefile", "sample"), ("methodfile", "method")):
+        if key not in data:
+            continue
+        ref = data.pop(key)
+        if not isinstance(ref, str):
+            raise PayloadError(key, f"must be a file name, not {_kind(ref)}", path)
+        other = Path(ref).expanduser()
+        if not other.is_absolute():
+            other = path.parent / other
+        doc = _read_document(other)
+        if not isinstance(doc, dict) or field not in doc:
+            raise PayloadError(None, f"the file named by {key} must have a {field!r} key", other)
+        data[field] = doc[field]
+    return data
+
+
+def _read_document(path: Path) -> Any:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise PayloadError(None, "file not found", path) from None
+    except UnicodeDecodeError as e:
+        raise PayloadError(None, f"not UTF-8 text ({e.reason})", path) from None
+    except OSError as e:
+        raise PayloadError(None, f"cannot be read: {e.strerror or e}", path) from None
+    try:
+        return parse_document(text, json_only=path.suffix.lower() == ".json")
+    except DocumentError as e:
+        raise PayloadError(e.location, e.reason, path) from None
+
+
+def _kind(v: Any) -> str:
+    if v is None:
+        return "empty"
+    if isinstance(v, list):
+        return "a list"
+    if isinstance(v, str):
+        return "a string"
+    return type(v).__name__
+
+
+def parse_payload(data: Mapping[str, Any], user: str | None = None) -> Payload:
+    """A dgbowl-schemas 2.2 Payload from a payload of any version.
+
+    ``user`` is the user identifier given to payloads older than 2.2 (which have none);
+    by default the user running this process.
+    """
+    if not isinstance(data, Mapping):
+        raise PayloadError(None, f"a payload is a mapping, not {_kind(data)}")
+    doc = dict(data)
+    version = _version(doc.get("version"))
+    doc["version"] = version
+    for key in ("samplefile", "methodfile"):
+        if key in doc:
+            # read on the submitting side: the scheduler may not see the user's files
+            raise PayloadError(key, "file references must be read in before submitting")
+    if version in ("2.1", "2.2"):
+        doc["method"] = _durations_in_seconds(doc.get("method"))
+
+    import importlib
+
+    module = importlib.import_module(f"dgbowl_schemas.tomato.payload_{version.replace('.', '_')}")
+    try:
+        payload: Any = module.Payload.model_validate(doc)
+    except ValidationError as e:
+        raise _from_validation_error(e, doc) from None
+    while version != LATEST_VERSION:
+        nxt = _NEXT[version]
+        try:
+            payload = _upgrade(payload, version, user)
+        except ValidationError as e:
+            raise _from_validation_error(e, None, (version, nxt)) from None
+        except Exception as e:  # dgbowl's update() has no error contract of its own
+            raise PayloadError(None, f"cannot upgrade from {version} to {nxt}: {e}") from None
+        version = nxt
+    _check_values(payload)
+    return payload
+
+
+def _version(raw: Any) -> str:
+    supported = ", ".join(SUPPORTED_VERSIONS)
+    if raw is None:
+        raise PayloadError("version", f"field required (one of {supported})")
+    # unquoted in YAML, `version: 2.0` is a float
+    if isinstance(raw, float):
+        text = repr(raw)
+    elif isinstance(raw, int) and not isinstance(raw, bool):
+        text = f"{raw}.0"
+    elif isinstance(raw, str):
+        text = raw.strip()
+    else:
+        text = None
+    if text not in SUPPORTED_VERSIONS:
+        raise PayloadError(
+            "version", f"unsupported payload version {raw!r} (supported: {supported})"
+        )
+    return text
+
+
+def _durations_in_seconds(method: Any) -> Any:
+    """Durations given as text ("5 min") in seconds, with the field named on error.
+
+    dgbowl-schemas converts them itself, but pint's errors are not ValueErrors and would
+    escape pydantic without saying which field they concern.
+    """
+    if not isinstance(method, list):
+        return method
+    out = []
+    for i, task in enumerate(method):
+        if isinstance(task, dict):
+            task = dict(task)
+            for key in _DURATIONS:
+                if isinstance(task.get(key), str):
+                    task[key] = _seconds(task[key], f"method[{i}].{key}")
+        out.append(task)
+    return out
+
+
+def _seconds(text: str, where: str) -> float:
+    import pint
+
+    try:
+        q: Any = pint.Quantity(text)
+        if q.dimensionless:
+            return float(q.m)
+        return float(q.to("seconds").m)
+    except Exception as e:  # pint raises AttributeError, TypeError and ValueError alike
+        raise PayloadError(where, f"{text!r} is not a duration: {e}") from None
+
+
+def _upgrade(payload: Any, version: str, user: str | None) -> Any:
+    if version == "0.1":
+        # Payload-0.1.update() prints the payload to stdout
+        with contextlib.redirect_stdout(io.StringIO()):
+            return payload.update()
+    if version == "2.1":
+        return _upgrade_2_1(payload, user)
+    return payload.update()
+
+
+def _upgrade_2_1(payload: Any, user: str | None) -> Any:
+    """Payload-2.1.update(), without its two flaws: it takes the user from the password
+    database (KeyError for a uid without an entry, as in containers) with no way to give
+    the submitting user, and it fails on a snapshot without an explicit frequency."""
+    from dgbowl_schemas.tomato.payload_2_2 import Payload as Payload22
+
+    md = payload.model_dump(exclude_defaults=True, exclude_none=True)
+    md["version"] = "2.2"
+    md["sample"]["identifier"] = md["sample"].pop("name")
+    md["user"] = {"identifier": user or _username()}
+    snapshot = md.get("settings", {}).get("snapshot")
+    if snapshot is not None and "frequency" in snapshot:
+        snapshot["interval"] = snapshot.pop("frequency")
+    return Payload22.model_validate(md)
+
+
+def _username() -> str:
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except Exception:  # no login name in the environment nor the password database
+        return "unknown"
+
+
+def _check_values(payload: Any) -> None:
+    for i, task in enumerate(payload.method):
+        if task.max_duration < 0:
+            raise PayloadError(
+                f"method[{i}].max_duration", f"must not be negative (got {task.max_duration:g})"
+            )
+        if task.sampling_interval <= 0:
+            raise PayloadError(
+                f"method[{i}].sampling_interval",
+                f"must be positive (got {task.sampling_interval:g})",
+            )
+
+
+def _from_validation_error(
+    err: ValidationError, data: Any, step: tuple[str, str] | None = None
+) -> PayloadError:
+    problems = describe_validation_error(err, data)
+    if step is not None:
+        renamed = _RENAMED.get(step[0], {})
+        fixed = []
+        for loc, reason in problems:
+            head, _, last = loc.rpartition(".")
+            if last in renamed:
+                loc = f"{head}.{renamed[last]}" if head else renamed[last]
+            fixed.append((loc, f"{reason} (upgrading the payload from {step[0]} to {step[1]})"))
+        problems = fixed
+    return PayloadError(*one_line(problems))

@@ -1,0 +1,215 @@
+"""Request/reply over MQTT 3.1.1: correlation id + reply topic in the payload.
+
+A requester publishes ``Request{id, reply_to, args}`` on a ``.../cmd/<op>`` topic and
+waits for the ``Reply`` with the same id on its own ``reply/<client-id>`` topic. A
+responder dispatches through an explicit table of operations, answers every request
+(also malformed ones, when it can find out where to), and de-duplicates by id, since
+QoS 1 may deliver a request twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import uuid
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+
+from pydantic import BaseModel, JsonValue, ValidationError
+
+from tomato_mqtt.messages import DecodeError, Reply, Request, decode, encode
+from tomato_mqtt.mqtt import AsyncClient, Message, MqttTimeout
+from tomato_mqtt.topics import Topics
+
+__all__ = [
+    "CommandError",
+    "Handler",
+    "NoResponder",
+    "Requester",
+    "Responder",
+    "Result",
+]
+
+log = logging.getLogger(__name__)
+
+
+class NoResponder(MqttTimeout):
+    """Nobody answered a request in time."""
+
+
+class CommandError(Exception):
+    """A command that cannot be carried out; its message goes to the user as is."""
+
+    def __init__(self, msg: str, data: JsonValue = None) -> None:
+        super().__init__(msg)
+        self.data = data
+
+
+@dataclass
+class Result:
+    msg: str
+    data: JsonValue = None
+
+
+Handler = Callable[[Mapping[str, JsonValue]], Awaitable[Result]]
+
+
+class Requester:
+    """Sends requests and matches replies by id, for one connected client."""
+
+    def __init__(self, client: AsyncClient, topics: Topics) -> None:
+        self.client = client
+        self.topics = topics
+        self.reply_topic = topics.reply(client.client_id)
+        self._waiting: dict[str, asyncio.Future[Reply]] = {}
+        self._started = False
+
+    async def start(self) -> None:
+        if not self._started:
+            await self.client.subscribe(self.reply_topic, handler=self._on_reply)
+            self._started = True
+
+    def _on_reply(self, msg: Message) -> None:
+        try:
+            reply = decode(Reply, msg.payload, msg.topic)
+        except DecodeError as e:
+            log.warning("%s", e)
+            return
+        fut = self._waiting.get(reply.id)
+        if fut is not None and not fut.done():
+            fut.set_result(reply)
+
+    async def request(
+        self,
+        topic: str,
+        args: Mapping[str, JsonValue] | BaseModel | None = None,
+        *,
+        timeout: float = 5.0,
+        who: str = "responder",
+    ) -> Reply:
+        """Send a request and wait for its reply.
+
+        Raises :class:`NoResponder` naming the topic and the wait when nobody answers.
+        """
+        await self.start()
+        if isinstance(args, BaseModel):
+            payload_args = args.model_dump(mode="json", by_alias=True)
+        else:
+            payload_args = dict(args or {})
+        req = Request(id=uuid.uuid4().hex, reply_to=self.reply_topic, args=payload_args)
+        fut: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
+        self._waiting[req.id] = fut
+        try:
+            await self.client.publish(topic, encode(req), qos=1, timeout=timeout)
+            return await asyncio.wait_for(fut, timeout)
+        except asyncio.TimeoutError:
+            raise NoResponder(
+                f"no {who} answered on {topic} within {timeout:g} s — is it running?"
+            ) from None
+        finally:
+            self._waiting.pop(req.id, None)
+
+
+_REPLY_TO = re.compile(rb'"reply_to"\s*:\s*"([^"\\]+)"')
+_ID = re.compile(rb'"id"\s*:\s*"([^"\\]+)"')
+
+
+class Responder:
+    """Answers requests through an explicit operation table, de-duplicating by id."""
+
+    def __init__(
+        self,
+        client: AsyncClient,
+        topics: Topics,
+        handlers: Mapping[str, Handler],
+        *,
+        name: str,
+        remember: int = 2000,
+    ) -> None:
+        self.client = client
+        self.topics = topics
+        self.handlers = dict(handlers)
+        self.name = name
+        self._seen: OrderedDict[str, None] = OrderedDict()
+        self._remember = remember
+
+    async def handle(
+        self, msg: Message, op: str, handlers: Mapping[str, Handler] | None = None
+    ) -> None:
+        """Handle one request message published on ``.../cmd/<op>``.
+
+        ``handlers`` replaces the table for this call (e.g. bound to one component),
+        sharing the de-duplication memory of this responder.
+        """
+        table = self.handlers if handlers is None else handlers
+        try:
+            req = decode(Request, msg.payload, msg.topic)
+        except DecodeError as e:
+            await self._reply_to_malformed(msg, str(e))
+            return
+        if not req.reply_to.startswith(self.topics.root + "/reply/"):
+            log.warning("ignoring request %s with reply_to outside %s", req.id, self.topics.root)
+            return
+        if req.id in self._seen:
+            log.debug("duplicate request %s on %s dropped", req.id, msg.topic)
+            return
+        self._seen[req.id] = None
+        while len(self._seen) > self._remember:
+            self._seen.popitem(last=False)
+
+        handler = table.get(op)
+        if handler is None:
+            known = ", ".join(sorted(table))
+            reply = Reply(
+                id=req.id,
+                success=False,
+                msg=f"unknown operation {op!r} on {self.name} (known: {known})",
+            )
+        else:
+            reply = await self._run(handler, req, op)
+        await self._send(req.reply_to, reply)
+
+    async def _run(self, handler: Handler, req: Request, op: str) -> Reply:
+        try:
+            res = await handler(req.args)
+            return Reply(id=req.id, success=True, msg=res.msg, data=res.data)
+        except CommandError as e:
+            return Reply(id=req.id, success=False, msg=str(e), data=e.data)
+        except ValidationError as e:
+            errs = "; ".join(
+                f"{'.'.join(str(x) for x in err['loc']) or 'args'}: {err['msg']}"
+                for err in e.errors(include_url=False)[:3]
+            )
+            return Reply(id=req.id, success=False, msg=f"invalid arguments for {op}: {errs}")
+        except (ValueError, KeyError, LookupError, TypeError, OSError) as e:
+            text = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+            return Reply(id=req.id, success=False, msg=str(text))
+        except Exception as e:  # a bug must not take the service down
+            log.exception("%s: operation %s failed", self.name, op)
+            return Reply(id=req.id, success=False, msg=f"internal error in {self.name}: {e!r}")
+
+    async def _reply_to_malformed(self, msg: Message, reason: str) -> None:
+        m = _REPLY_TO.search(msg.payload)
+        if m is None:
+            log.warning("%s: dropped a request nobody can be told about: %s", self.name, reason)
+            return
+        reply_to = m.group(1).decode(errors="replace")
+        if not reply_to.startswith(self.topics.root + "/reply/"):
+            return
+        idm = _ID.search(msg.payload)
+        rid = idm.group(1).decode(errors="replace") if idm else ""
+        await self._send(reply_to, Reply(id=rid, success=False, msg=reason))
+
+    async def _send(self, topic: str, reply: Reply) -> None:
+        try:
+            await self.client.publish(topic, encode(reply), qos=1, wait=False)
+        except Exception as e:
+            log.warning("%s: could not send reply to %s: %s", self.name, topic, e)
+
+
+def args_json(args: Mapping[str, JsonValue]) -> str:
+    """Compact JSON of request args, for logs."""
+    return json.dumps(args, separators=(",", ":"), default=str)[:200]

@@ -1,0 +1,1 @@
+"""The scheduler: configuration, pipelines, the job queue and the job runner."""

@@ -1,0 +1,398 @@
+"""The scheduler: configuration, pipelines, the job queue and job state.
+
+It owns the durable state (sqlite), publishes it retained for everyone (pipelines,
+jobs, its own presence and the AsyncAPI contract), configures the driver nodes,
+matches queued jobs to pipelines and runs them through :class:`JobRunner`. Every
+request on ``scheduler/cmd/<op>`` gets a Reply; bad input never stops the service.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+import uuid
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from pydantic import JsonValue
+from tomato_mqtt.devices import Layout, load_devices
+from tomato_mqtt.settings import Settings
+from tomato_mqtt.state import Job, StateStore
+
+from tomato_mqtt import __version__
+from tomato_mqtt.messages import (
+    ComponentMeta,
+    ComponentStatus,
+    DecodeError,
+    JobEvent,
+    JobStatus,
+    NodeComponent,
+    NodeConfigure,
+    NodeStatus,
+    PipelineStatus,
+    SchedulerStatus,
+    decode,
+    encode,
+)
+from tomato_mqtt.mqtt import AsyncClient, BrokerURL, Will
+from tomato_mqtt.rpc import NoResponder, Requester, Responder
+from tomato_mqtt.scheduler.ops import SchedulerOps
+from tomato_mqtt.scheduler.runner import JobRunner
+from tomato_mqtt.service import run_until_stopped
+from tomato_mqtt.topics import Topics, slug
+
+__all__ = ["SchedulerService"]
+
+log = logging.getLogger(__name__)
+
+
+class SchedulerService:
+    def __init__(self, settings: Settings, url: BrokerURL | None = None) -> None:
+        self.settings = settings
+        self.url = url or settings_url(settings)
+        self.topics = Topics(settings.mqtt.instance)
+        self.node_grace_period = settings.scheduler.node_grace_period
+        self._stop = asyncio.Event()
+        self._kick = asyncio.Event()
+        self.cond = asyncio.Condition()
+        self.metas: dict[str, ComponentMeta] = {}
+        self.cstatus: dict[str, ComponentStatus] = {}
+        self.nodes: dict[str, NodeStatus] = {}
+        self.runners: dict[int, JobRunner] = {}
+        self.layout: Layout = Layout(components={}, pipelines={})
+        self.store: StateStore | None = None
+        self.client: AsyncClient | None = None
+        self.requester: Requester | None = None
+        self.epoch = int(time.time() * 1000)
+        self.started_at = time.time()
+        self.exit_requested = False  # `tomato stop`: the supervisor then stops the stack
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._configured: dict[str, tuple[int, str]] = {}
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    # -- lifecycle -------------------------------------------------------------------------
+    async def run(self) -> None:
+        self.layout = load_devices(self.settings.devices_file, self.settings.node.name)
+        self.settings.datadir.mkdir(parents=True, exist_ok=True)
+        self.store = StateStore(self.settings.state_db)
+        self.store.sync_pipelines(self.layout.pipelines)
+        self.client = AsyncClient(
+            self.url,
+            client_id=f"scheduler-{self.settings.mqtt.instance}-{uuid.uuid4().hex[:6]}",
+            will=Will(self.topics.scheduler_status(), encode(self._presence("lost"))),
+            on_connect=self._announce,
+        )
+        await self.client.connect(timeout=30, retry=True)
+        self.requester = Requester(self.client, self.topics)
+        self.ops = SchedulerOps(self)
+        self.responder = Responder(self.client, self.topics, self.ops.table(), name="scheduler")
+        try:
+            await self.requester.start()
+            for f in (
+                self.topics.scheduler_cmds(),
+                self.topics.all_node_status(),
+                self.topics.all_component_meta(),
+                self.topics.all_component_status(),
+            ):
+                await self.client.subscribe(f)
+            await self._announce()
+            self._readopt()
+            await run_until_stopped(
+                self._stop, self._message_loop(), self._heartbeat_loop(), self._schedule_loop()
+            )
+        finally:
+            await self._shutdown()
+
+    async def _shutdown(self) -> None:
+        for t in list(self._tasks):
+            t.cancel()
+        if self.client is not None and self.client.is_connected:
+            with contextlib.suppress(Exception):
+                state = "offline"
+                await self.client.publish(
+                    self.topics.scheduler_status(),
+                    encode(self._presence(state)),
+                    retain=True,
+                    timeout=2,
+                )
+            await self.client.disconnect()
+        if self.store is not None:
+            self.store.close()
+
+    def spawn(self, coro: Any) -> asyncio.Task[Any]:
+        t = asyncio.ensure_future(coro)
+        self._tasks.add(t)
+        t.add_done_callback(self._tasks.discard)
+        return t
+
+    def kick(self) -> None:
+        """Something changed that may let a job match or launch."""
+        self._kick.set()
+
+    # -- publishing ------------------------------------------------------------------------
+    def _presence(self, state: str) -> SchedulerStatus:
+        jobs = self.store.jobs(statuses=["r", "rd", "q", "qw"]) if self.store else []
+        return SchedulerStatus(
+            state=state,  # type: ignore[arg-type]
+            instance=self.settings.mqtt.instance,
+            epoch=self.epoch,
+            heartbeat=time.time(),
+            version=__version__,
+            started_at=self.started_at,
+            broker=str(self.url),
+            jobs_running=sum(1 for j in jobs if j.status in ("r", "rd")),
+            jobs_queued=sum(1 for j in jobs if j.status in ("q", "qw")),
+        )
+
+    async def publish(self, topic: str, msg: Any, retain: bool = True) -> None:
+        if self.client is None:
+            return
+        payload = msg if isinstance(msg, bytes) else encode(msg)
+        await self.client.publish(topic, payload, retain=retain, wait=False)
+
+    async def _announce(self) -> None:
+        """(Re)publish everything retained: after start and after every reconnect."""
+        from tomato_mqtt.asyncapi import schema_json
+
+        await self.publish(self.topics.scheduler_status(), self._presence("online"))
+        await self.publish(self.topics.meta_schema(), schema_json(self.topics.instance).encode())
+        if self.store is None:
+            return
+        for p in self.store.pipelines():
+            await self.publish_pipeline(p.name)
+        for j in self.store.jobs():
+            await self.publish_job(j)
+        for node in self.nodes:
+            self._configured.pop(node, None)
+        await self.configure_nodes()
+
+    async def publish_pipeline(self, name: str) -> None:
+        if self.store is None:
+            return
+        p = self.store.pipeline(name)
+        lay = self.layout.pipelines.get(name)
+        msg = PipelineStatus(
+            name=name,
+            sample=p.sample,
+            ready=p.ready,
+            job=p.jobid,
+            roles=dict(lay.roles) if lay else {},
+        )
+        await self.publish(self.topics.pipeline_status(name), msg)
+
+    async def publish_job(self, job: Job) -> None:
+        await self.publish(self.topics.job_status(job.id), JobStatus(job=job))
+
+    async def clear_pipeline(self, name: str) -> None:
+        await self.publish(self.topics.pipeline_status(name), b"")
+
+    def job_event(self, job: int, event: str, **kw: Any) -> None:
+        ev = JobEvent(job=job, event=event, time=time.time(), **kw)  # type: ignore[arg-type]
+        self.spawn(self.publish(self.topics.job_event(job), ev, retain=False))
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.scheduler.heartbeat)
+            with contextlib.suppress(Exception):
+                await self.publish(self.topics.scheduler_status(), self._presence("online"))
+            self._check_stale_nodes()
+
+    def _check_stale_nodes(self) -> None:
+        # amqtt does not enforce keep-alive: a hung node is found by its heartbeat age
+        now = time.time()
+        changed = False
+        for name, st in list(self.nodes.items()):
+            if st.state == "online" and now - st.heartbeat > self.settings.scheduler.lost_after:
+                self.nodes[name] = st.model_copy(update={"state": "lost"})
+                log.warning(
+                    "node %s: no heartbeat for %.0f s, counted as lost", name, now - st.heartbeat
+                )
+                changed = True
+        if changed:
+            self.spawn(self._notify())
+
+    async def _notify(self) -> None:
+        async with self.cond:
+            self.cond.notify_all()
+
+    # -- incoming --------------------------------------------------------------------------
+    async def _message_loop(self) -> None:
+        if self.client is None:
+            return
+        async for msg in self.client.messages():
+            parsed = self.topics.parse(msg.topic)
+            if parsed is None:
+                continue
+            try:
+                if parsed.kind == "scheduler_cmd" and parsed.op is not None:
+                    self.spawn(self.responder.handle(msg, parsed.op))
+                elif not msg.payload:
+                    continue  # a cleared retained topic
+                elif parsed.kind == "node_status":
+                    await self._on_node_status(decode(NodeStatus, msg.payload, msg.topic))
+                elif parsed.kind == "component_meta":
+                    meta = decode(ComponentMeta, msg.payload, msg.topic)
+                    self.metas[meta.name] = meta
+                    self.kick()
+                elif parsed.kind == "component_status":
+                    st = decode(ComponentStatus, msg.payload, msg.topic)
+                    self.cstatus[st.name] = st
+                    async with self.cond:
+                        self.cond.notify_all()
+            except DecodeError as e:
+                log.warning("%s", e)
+
+    async def _on_node_status(self, st: NodeStatus) -> None:
+        self.nodes[st.node] = st
+        async with self.cond:
+            self.cond.notify_all()
+        if st.state == "online":
+            want = self._node_config_key(st.node)
+            if self._configured.get(st.node) != (st.epoch, want) or set(st.components) != set(
+                c.name for c in self.layout.components_of_node(st.node)
+            ):
+                self._configured[st.node] = (st.epoch, want)
+                self.spawn(self.configure_node(st.node))
+        self.kick()
+
+    def _node_config_key(self, node: str) -> str:
+        return self._configure_args(node).model_dump_json()
+
+    def _configure_args(self, node: str) -> NodeConfigure:
+        comps = [
+            NodeComponent(
+                name=c.name,
+                device=c.device,
+                driver=c.driver,
+                address=c.address,
+                channel=c.channel,
+                pollrate=c.pollrate,
+            )
+            for c in self.layout.components_of_node(node)
+        ]
+        drivers = {c.driver for c in comps}
+        return NodeConfigure(
+            components=comps,
+            driver_settings={d: s for d, s in self.settings.drivers.items() if d in drivers},
+            batch_interval=self.settings.node.batch_interval,
+        )
+
+    async def configure_node(self, node: str) -> None:
+        if self.requester is None:
+            return
+        try:
+            reply = await self.requester.request(
+                self.topics.node_cmd(node, "configure"),
+                self._configure_args(node),
+                who=f"node {node}",
+                timeout=10,
+            )
+            if not reply.success:
+                log.warning("configuring node %s failed: %s", node, reply.msg)
+        except NoResponder as e:
+            log.warning("%s", e)
+            self._configured.pop(node, None)
+
+    async def configure_nodes(self) -> None:
+        for node, st in self.nodes.items():
+            if st.state == "online":
+                self._configured[node] = (st.epoch, self._node_config_key(node))
+                self.spawn(self.configure_node(node))
+
+    # -- views used by ops and runners -----------------------------------------------------
+    def component_status(self, name: str) -> ComponentStatus | None:
+        return self.cstatus.get(name)
+
+    def node_of(self, component: str) -> NodeStatus | None:
+        c = self.layout.components.get(component)
+        meta = self.metas.get(component)
+        node = meta.node if meta else (c.node if c else None)
+        return self.nodes.get(node) if node else None
+
+    def save_progress(self, job: int, progress: dict[str, Any]) -> None:
+        if self.store is not None:
+            self.store.update_job(job, progress=progress)
+
+    async def component_request(
+        self, component: str, op: str, args: Mapping[str, Any], timeout: float = 5.0
+    ) -> tuple[bool, str, Any]:
+        if self.requester is None:
+            return False, "scheduler not connected", None
+        try:
+            reply = await self.requester.request(
+                self.topics.component_cmd(component, op),
+                dict(args),
+                timeout=timeout,
+                who=f"node hosting {component}",
+            )
+        except NoResponder as e:
+            return False, str(e), None
+        return reply.success, reply.msg, reply.data
+
+    async def recorder_request(
+        self, op: str, args: Mapping[str, JsonValue], timeout: float = 60.0
+    ) -> tuple[bool, str, Any]:
+        if self.requester is None:
+            return False, "scheduler not connected", None
+        try:
+            reply = await self.requester.request(
+                self.topics.recorder_cmd(op), args, timeout=timeout, who="recorder"
+            )
+        except NoResponder as e:
+            return False, str(e), None
+        return reply.success, reply.msg, reply.data
+
+    # -- the queue -------------------------------------------------------------------------
+    async def _schedule_loop(self) -> None:
+        while True:
+            await self._kick.wait()
+            self._kick.clear()
+            try:
+                await self.ops.schedule()
+            except Exception:
+                log.exception("scheduling pass failed")
+
+    def _readopt(self) -> None:
+        """Jobs that were running when the scheduler stopped keep running: adopt them."""
+        if self.store is None:
+            return
+        for job in self.store.jobs(statuses=["r", "rd"]):
+            log.info("re-adopting running job %d on %s", job.id, job.pipeline)
+            self.ops.start_runner(job, readopt=True)
+        self.kick()
+
+
+def settings_url(settings: Settings) -> BrokerURL:
+    m = settings.mqtt
+    return BrokerURL(
+        host=m.host,
+        port=m.port,
+        username=m.username,
+        password=m.password,
+        tls=m.tls,
+        ca_certs=m.ca_certs,
+        certfile=m.certfile,
+        keyfile=m.keyfile,
+        tls_insecure=m.tls_insecure,
+    )
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        return False
+    return True
+
+
+def jobs_dir(settings: Settings, job: int) -> Path:
+    return settings.jobs_dir / str(job)
+
+
+__all__ += ["jobs_dir", "pid_alive", "settings_url", "slug"]

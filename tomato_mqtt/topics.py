@@ -1,0 +1,382 @@
+"""Every MQTT topic of tomato-mqtt: builders, wildcard filters, parsing and slugging.
+
+No other module writes a topic string. The root is ``tomato/v1/<instance>/``; below it
+the channels of DESIGN §4. Names that are not topic-safe (tomato's component names such
+as ``example_counter:(example-addr,1)``, ``COM3``, ``/dev/ttyUSB0``) are mapped to a slug
+by :func:`slug`; the full name always travels in the payload too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from typing import Literal
+
+__all__ = [
+    "CHANNELS",
+    "PROTOCOL",
+    "ChannelDef",
+    "ParsedTopic",
+    "Topics",
+    "is_slug",
+    "slug",
+]
+
+PROTOCOL = "tomato/v1"
+
+_SLUG_RE = re.compile(r"[a-z0-9][a-z0-9_.-]*")
+_INVALID_RUN = re.compile(r"[^a-z0-9_.-]+")
+_HASHED_TAIL = re.compile(r"--[0-9a-f]{10}$")
+_MAX_READABLE = 48
+
+
+def is_slug(name: str) -> bool:
+    """True when ``name`` can stand as a topic segment unchanged."""
+    return bool(_SLUG_RE.fullmatch(name))
+
+
+def slug(name: str) -> str:
+    """Map any name to a topic-safe segment, stably and without collisions.
+
+    A name that is already a slug maps to itself, so simple names stay readable in
+    topics. Any other name maps to a readable part plus ``--`` and ten hex digits of a
+    hash of the whole name. The hash keeps distinct names distinct (``COM3`` and
+    ``com3``); a slug-like name that happens to end in that ``--hex`` pattern is hashed
+    too, so an identity mapping can never collide with a hashed one.
+    """
+    if is_slug(name) and len(name) <= _MAX_READABLE + 12 and not _HASHED_TAIL.search(name):
+        return name
+    readable = _INVALID_RUN.sub("-", name.lower()).strip("-._")[:_MAX_READABLE].rstrip("-._")
+    if not readable or not readable[0].isalnum():
+        readable = "x" + readable
+    digest = hashlib.blake2b(name.encode("utf-8"), digest_size=5).hexdigest()
+    return f"{readable}--{digest}"
+
+
+Kind = Literal[
+    "meta_schema",
+    "scheduler_status",
+    "scheduler_cmd",
+    "reply",
+    "node_status",
+    "node_cmd",
+    "component_meta",
+    "component_status",
+    "component_cmd",
+    "component_data",
+    "component_last",
+    "pipeline_status",
+    "job_status",
+    "job_event",
+    "recorder_status",
+    "recorder_cmd",
+]
+
+
+@dataclass(frozen=True)
+class ChannelDef:
+    """One channel of the wire contract (used for the AsyncAPI document and docs)."""
+
+    kind: Kind
+    template: str  # below the root, with {placeholders}
+    publisher: str
+    subscribers: str
+    retained: bool
+    description: str
+
+
+CHANNELS: tuple[ChannelDef, ...] = (
+    ChannelDef(
+        "meta_schema",
+        "meta/schema",
+        "scheduler",
+        "anyone",
+        True,
+        "Machine-readable description of every channel and message (AsyncAPI 3.0).",
+    ),
+    ChannelDef(
+        "scheduler_status",
+        "scheduler/status",
+        "scheduler (+ last will)",
+        "all",
+        True,
+        "Presence of the scheduler: online / stopping / offline / lost, with heartbeat.",
+    ),
+    ChannelDef(
+        "scheduler_cmd",
+        "scheduler/cmd/{op}",
+        "CLI, dashboards, scripts",
+        "scheduler",
+        False,
+        "Requests to the scheduler; envelope {id, reply_to, args}; answered on reply_to.",
+    ),
+    ChannelDef(
+        "reply",
+        "reply/{client}",
+        "any responder",
+        "the requester",
+        False,
+        "Replies {id, success, msg, data} to a request, on the requester's reply topic.",
+    ),
+    ChannelDef(
+        "node_status",
+        "node/{node}/status",
+        "driver node (+ last will)",
+        "all",
+        True,
+        "Presence of a driver node: drivers loaded, components hosted, heartbeat.",
+    ),
+    ChannelDef(
+        "node_cmd",
+        "node/{node}/cmd/{op}",
+        "scheduler",
+        "driver node",
+        False,
+        "Commands to a node: configure, rebirth, shutdown.",
+    ),
+    ChannelDef(
+        "component_meta",
+        "component/{component}/meta",
+        "driver node",
+        "all",
+        True,
+        "What a component is: device, driver, address, channel, attrs, capabilities.",
+    ),
+    ChannelDef(
+        "component_status",
+        "component/{component}/status",
+        "driver node",
+        "all",
+        True,
+        "State of a component: idle / running / error / lost, current task and job.",
+    ),
+    ChannelDef(
+        "component_cmd",
+        "component/{component}/cmd/{op}",
+        "scheduler, passata, recorder",
+        "driver node",
+        False,
+        "Commands to a component: task_start, task_stop, set_attr, get_attr, measure, "
+        "reset, register, status, replay, ack.",
+    ),
+    ChannelDef(
+        "component_data",
+        "component/{component}/data",
+        "driver node",
+        "recorder, dashboards",
+        False,
+        "Batches of measured points, numbered per node epoch by seq.",
+    ),
+    ChannelDef(
+        "component_last",
+        "component/{component}/last",
+        "driver node",
+        "dashboards",
+        True,
+        "The latest measured point of a component.",
+    ),
+    ChannelDef(
+        "pipeline_status",
+        "pipeline/{pipeline}/status",
+        "scheduler",
+        "all",
+        True,
+        "Sample, ready flag, job and role -> component map of a pipeline.",
+    ),
+    ChannelDef(
+        "job_status",
+        "job/{job}/status",
+        "scheduler",
+        "all",
+        True,
+        "Status of a job (tomato's codes q qw r rd c ce cd), timestamps, output path.",
+    ),
+    ChannelDef(
+        "job_event",
+        "job/{job}/event",
+        "scheduler, recorder",
+        "all",
+        False,
+        "Lifecycle and task events of a job.",
+    ),
+    ChannelDef(
+        "recorder_status",
+        "recorder/status",
+        "recorder (+ last will)",
+        "all",
+        True,
+        "Presence of the recorder and per-job progress (points stored, gaps open).",
+    ),
+    ChannelDef(
+        "recorder_cmd",
+        "recorder/cmd/{op}",
+        "scheduler, CLI",
+        "recorder",
+        False,
+        "Requests to the recorder: finalize (write a job's file), snapshot.",
+    ),
+)
+
+
+@dataclass(frozen=True)
+class ParsedTopic:
+    """A received topic taken apart. ``name`` is the slug segment, never the full name."""
+
+    kind: Kind
+    name: str | None = None
+    op: str | None = None
+
+
+class Topics:
+    """Builders and filters for the topics of one instance (``tomato/v1/<instance>``)."""
+
+    def __init__(self, instance: str) -> None:
+        if not is_slug(instance):
+            raise ValueError(
+                f"instance name {instance!r} is not topic-safe: use lower-case letters, "
+                "digits, '_', '.', '-' (starting with a letter or digit)"
+            )
+        self.instance = instance
+        self.root = f"{PROTOCOL}/{instance}"
+
+    def _t(self, *parts: str) -> str:
+        return "/".join((self.root, *parts))
+
+    # -- builders ------------------------------------------------------------------
+    def meta_schema(self) -> str:
+        return self._t("meta", "schema")
+
+    def scheduler_status(self) -> str:
+        return self._t("scheduler", "status")
+
+    def scheduler_cmd(self, op: str) -> str:
+        return self._t("scheduler", "cmd", _op(op))
+
+    def reply(self, client_id: str) -> str:
+        return self._t("reply", slug(client_id))
+
+    def node_status(self, node: str) -> str:
+        return self._t("node", slug(node), "status")
+
+    def node_cmd(self, node: str, op: str) -> str:
+        return self._t("node", slug(node), "cmd", _op(op))
+
+    def component_meta(self, component: str) -> str:
+        return self._t("component", slug(component), "meta")
+
+    def component_status(self, component: str) -> str:
+        return self._t("component", slug(component), "status")
+
+    def component_cmd(self, component: str, op: str) -> str:
+        return self._t("component", slug(component), "cmd", _op(op))
+
+    def component_data(self, component: str) -> str:
+        return self._t("component", slug(component), "data")
+
+    def component_last(self, component: str) -> str:
+        return self._t("component", slug(component), "last")
+
+    def pipeline_status(self, pipeline: str) -> str:
+        return self._t("pipeline", slug(pipeline), "status")
+
+    def job_status(self, job: int) -> str:
+        return self._t("job", str(int(job)), "status")
+
+    def job_event(self, job: int) -> str:
+        return self._t("job", str(int(job)), "event")
+
+    def recorder_status(self) -> str:
+        return self._t("recorder", "status")
+
+    def recorder_cmd(self, op: str) -> str:
+        return self._t("recorder", "cmd", _op(op))
+
+    # -- wildcard filters ----------------------------------------------------------
+    def all(self) -> str:
+        return self._t("#")
+
+    def scheduler_cmds(self) -> str:
+        return self._t("scheduler", "cmd", "+")
+
+    def node_cmds(self, node: str) -> str:
+        return self._t("node", slug(node), "cmd", "+")
+
+    def all_node_status(self) -> str:
+        return self._t("node", "+", "status")
+
+    def component_cmds(self, component: str) -> str:
+        return self._t("component", slug(component), "cmd", "+")
+
+    def all_component_meta(self) -> str:
+        return self._t("component", "+", "meta")
+
+    def all_component_status(self) -> str:
+        return self._t("component", "+", "status")
+
+    def all_component_data(self) -> str:
+        return self._t("component", "+", "data")
+
+    def all_pipeline_status(self) -> str:
+        return self._t("pipeline", "+", "status")
+
+    def all_job_status(self) -> str:
+        return self._t("job", "+", "status")
+
+    def all_job_events(self) -> str:
+        return self._t("job", "+", "event")
+
+    def recorder_cmds(self) -> str:
+        return self._t("recorder", "cmd", "+")
+
+    # -- parsing -------------------------------------------------------------------
+    def parse(self, topic: str) -> ParsedTopic | None:
+        """Take a received topic apart; ``None`` if it is not one of ours."""
+        prefix = self.root + "/"
+        if not topic.startswith(prefix):
+            return None
+        p = topic[len(prefix) :].split("/")
+        match p:
+            case ["meta", "schema"]:
+                return ParsedTopic("meta_schema")
+            case ["scheduler", "status"]:
+                return ParsedTopic("scheduler_status")
+            case ["scheduler", "cmd", op]:
+                return ParsedTopic("scheduler_cmd", op=op)
+            case ["reply", client]:
+                return ParsedTopic("reply", name=client)
+            case ["node", node, "status"]:
+                return ParsedTopic("node_status", name=node)
+            case ["node", node, "cmd", op]:
+                return ParsedTopic("node_cmd", name=node, op=op)
+            case ["component", cmp, "meta"]:
+                return ParsedTopic("component_meta", name=cmp)
+            case ["component", cmp, "status"]:
+                return ParsedTopic("component_status", name=cmp)
+            case ["component", cmp, "cmd", op]:
+                return ParsedTopic("component_cmd", name=cmp, op=op)
+            case ["component", cmp, "data"]:
+                return ParsedTopic("component_data", name=cmp)
+            case ["component", cmp, "last"]:
+                return ParsedTopic("component_last", name=cmp)
+            case ["pipeline", pip, "status"]:
+                return ParsedTopic("pipeline_status", name=pip)
+            case ["job", job, "status"] if job.isdigit():
+                return ParsedTopic("job_status", name=job)
+            case ["job", job, "event"] if job.isdigit():
+                return ParsedTopic("job_event", name=job)
+            case ["recorder", "status"]:
+                return ParsedTopic("recorder_status")
+            case ["recorder", "cmd", op]:
+                return ParsedTopic("recorder_cmd", op=op)
+        return None
+
+    def channel_address(self, channel: ChannelDef) -> str:
+        """The full topic template of a channel, as listed in the AsyncAPI document."""
+        return f"{self.root}/{channel.template}"
+
+
+def _op(op: str) -> str:
+    if not is_slug(op):
+        raise ValueError(f"operation name {op!r} is not topic-safe")
+    return op
