@@ -31,7 +31,7 @@ def sh(*cmd: str | Path) -> None:
 
 
 def install() -> None:
-    if sys.version_info < (3, 10):
+    if sys.version_info < (3, 10):  # noqa: UP036 - run by any python3 a user has
         sys.exit(f"tomato-mqtt needs Python >= 3.10 (this is {sys.version.split()[0]})")
     if not PY.exists():
         print(f"creating {VENV}", flush=True)

@@ -135,4 +135,3 @@ def _pid_of(st: object, service: str) -> int | None:
         if int(stat[3]) == sup and service.encode() in cmd:
             return int(d.name)
     return None
-

@@ -113,7 +113,7 @@ CHANNELS: tuple[ChannelDef, ...] = (
     ),
     ChannelDef(
         "reply",
-        "reply/{client}",
+        "reply/{client_id}",
         "any responder",
         "the requester",
         False,

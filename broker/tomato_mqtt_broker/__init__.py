@@ -65,7 +65,8 @@ class EmbeddedBroker:
         from amqtt.broker import Broker  # heavy import, only where a broker really runs
 
         # amqtt logs every connection at INFO; keep our logs about our services
-        logging.getLogger("amqtt").setLevel(logging.WARNING)
+        for noisy in ("amqtt", "transitions", "websockets"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
         self._broker = Broker(self.config.amqtt_config())
         try:
             await self._broker.start()

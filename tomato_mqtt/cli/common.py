@@ -15,7 +15,7 @@ import sys
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
 from tomato_mqtt.errors import ConfigError
@@ -120,7 +120,7 @@ def context(
     return CallContext(url=url, instance=instance or m.instance, settings=settings)
 
 
-def fail(msg: str, code: int = 1) -> Any:
+def fail(msg: str, code: int = 1) -> NoReturn:
     typer.echo(f"error: {msg}", err=True)
     raise typer.Exit(code)
 

@@ -82,10 +82,9 @@ def start(
     timeout: TimeoutOpt = 30.0,
 ) -> None:
     """Start the local stack in the background; return when it answers."""
-    from tomato_mqtt.supervisor import pidfile_path, port_in_use, read_pidfile
-
     from tomato_mqtt.devices import load_devices
     from tomato_mqtt.errors import ConfigError
+    from tomato_mqtt.supervisor import pidfile_path, port_in_use, read_pidfile
 
     s = _settings(appdir, datadir, logdir, port)
     try:  # refuse a bad devices file here, with its reason, rather than in a log
@@ -284,7 +283,6 @@ def scheduler(
     import asyncio
 
     from tomato_mqtt.errors import ConfigError
-
     from tomato_mqtt.scheduler.service import SchedulerService
     from tomato_mqtt.service import install_signal_handlers, setup_logging
     from tomato_mqtt.supervisor import EXIT_STOP_REQUESTED
@@ -407,11 +405,9 @@ def supervise(
 
 def _mount() -> None:
     # sub-apps and shared commands written in their own modules
-    try:
-        from tomato_mqtt.cli import pipeline as _pipeline
-        from tomato_mqtt.cli import status as _status
-    except ImportError:  # pragma: no cover - during development only
-        return
+    from tomato_mqtt.cli import pipeline as _pipeline
+    from tomato_mqtt.cli import status as _status
+
     app.add_typer(_pipeline.app, name="pipeline", help="Load, eject and mark pipelines ready.")
     app.command("status")(_status.status)
     app.command("reload")(_status.reload)

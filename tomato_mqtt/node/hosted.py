@@ -14,7 +14,6 @@ from typing import Any
 from tomato_mqtt.driver import ComponentRunner, ModelDevice, ModelInterface, TaskEnd, TaskSpec
 from tomato_mqtt.driver.runner import Point
 from tomato_mqtt.driver.validate import to_jsonable
-
 from tomato_mqtt.messages import ComponentMeta, ComponentState, ComponentStatus, NodeComponent
 
 __all__ = ["HostedComponent", "points_to_columns"]
@@ -120,7 +119,7 @@ class HostedComponent:
             error=self.error,
             epoch=epoch,
             seq=self.seq,
-            last_task=self.last_task,  # type: ignore[arg-type]
+            last_task=self.last_task,
         )
 
     def begin(self, task: TaskSpec) -> None:

@@ -24,12 +24,11 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import JsonValue
+
+from tomato_mqtt import __version__
 from tomato_mqtt.driver import ModelInterface, TaskEnd, TaskSpec, TaskValidationError
 from tomato_mqtt.driver.discovery import DriverNotFound, available_drivers, load_driver
 from tomato_mqtt.driver.validate import to_jsonable
-from tomato_mqtt.node.spool import Spool
-
-from tomato_mqtt import __version__
 from tomato_mqtt.messages import (
     AckArgs,
     DataBatch,
@@ -42,6 +41,7 @@ from tomato_mqtt.messages import (
 )
 from tomato_mqtt.mqtt import AsyncClient, BrokerURL, Message, Will
 from tomato_mqtt.node.hosted import HostedComponent, points_to_columns
+from tomato_mqtt.node.spool import Spool
 from tomato_mqtt.rpc import CommandError, Handler, Responder, Result
 from tomato_mqtt.service import run_until_stopped
 from tomato_mqtt.topics import Topics, slug
@@ -76,6 +76,17 @@ class NodeConfig:
         self.batch_max_points = batch_max_points
         self.spool_max_bytes = spool_max_bytes
         self.driver_settings = {k: dict(v) for k, v in (driver_settings or {}).items()}
+
+
+def _load_units() -> None:
+    """Load pint's unit registry in the event-loop thread, once.
+
+    pint fills its application registry lazily and not thread-safely: drivers registered
+    in parallel worker threads would otherwise race on it ("'second' is not defined").
+    """
+    import pint
+
+    pint.get_application_registry().Quantity(1, "s")
 
 
 class NodeService:
@@ -189,7 +200,7 @@ class NodeService:
             pending = sum(last - first + 1 for first, last in self.spool.pending().values())
             dropped = self.spool.dropped_total
         return NodeStatus(
-            state=state,  # type: ignore[arg-type]
+            state=state,
             node=self.name,
             epoch=self.epoch,
             heartbeat=time.time(),
@@ -306,7 +317,7 @@ class NodeService:
             self._spawn(self._register_loop(self.components[n]))
         return Result(
             f"node {self.name}: {len(added)} component(s) added, {len(removed)} removed",
-            {"added": added, "removed": removed},
+            {"added": list[JsonValue](added), "removed": list[JsonValue](removed)},
         )
 
     async def _remove_component(self, name: str) -> None:
@@ -374,6 +385,7 @@ class NodeService:
             delay = min(delay * 2, 30.0)
 
     async def _register(self, hc: HostedComponent) -> None:
+        _load_units()
         drv = self._driver(hc.config.driver)
         loop = asyncio.get_running_loop()
         name = hc.name

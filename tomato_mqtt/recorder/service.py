@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, JsonValue
-from tomato_mqtt.recorder.store import BatchStore
 
 from tomato_mqtt import __version__
 from tomato_mqtt.messages import (
@@ -39,6 +38,7 @@ from tomato_mqtt.messages import (
     encode,
 )
 from tomato_mqtt.mqtt import AsyncClient, BrokerURL, Message, Will
+from tomato_mqtt.recorder.store import BatchStore
 from tomato_mqtt.rpc import CommandError, Handler, NoResponder, Requester, Responder, Result
 from tomato_mqtt.service import run_until_stopped
 from tomato_mqtt.topics import Topics
@@ -161,7 +161,7 @@ class RecorderService:
             for job in sorted(self.jobs_seen)[-50:]:
                 jobs[str(job)] = JobProgress(points=self.store.job_points(job), gaps=self._gaps())
         return RecorderStatus(
-            state=state,  # type: ignore[arg-type]
+            state=state,
             heartbeat=time.time(),
             version=__version__,
             jobs=jobs,

@@ -14,16 +14,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, JsonValue
+
 from tomato_mqtt.devices import load_devices
 from tomato_mqtt.driver.validate import TaskValidationError, validate_task
 from tomato_mqtt.errors import ConfigError
 from tomato_mqtt.matching import ComponentView, MatchResult, match, next_launches
 from tomato_mqtt.payloads import PayloadError, parse_payload
-from tomato_mqtt.settings import load_settings
-from tomato_mqtt.state import Job
-
 from tomato_mqtt.rpc import CommandError, Handler, Result
 from tomato_mqtt.scheduler.runner import JobRunner
+from tomato_mqtt.settings import load_settings
+from tomato_mqtt.state import Job
 
 if TYPE_CHECKING:
     from tomato_mqtt.scheduler.service import SchedulerService
@@ -141,12 +141,12 @@ class SchedulerOps:
                     d["channels"].append(c.channel)
                 return Result(f"{len(devs)} device(s)", list(devs.values()))
             case "components":
-                out = []
+                out: list[JsonValue] = []
                 for name, c in svc.layout.components.items():
                     meta = svc.metas.get(name)
                     st = svc.cstatus.get(name)
                     node = svc.nodes.get(c.node)
-                    state = st.state if st else "unregistered"
+                    state: str = st.state if st else "unregistered"
                     if node is None or node.state != "online":
                         state = "lost" if node else "no node"
                     out.append(
@@ -159,14 +159,16 @@ class SchedulerOps:
                             "node": c.node,
                             "state": state,
                             "registered": bool(meta and meta.registered),
-                            "capabilities": meta.capabilities if meta else [],
+                            "capabilities": list[JsonValue](meta.capabilities) if meta else [],
                             "job": st.job if st else None,
                             "error": (meta.error if meta else None) or (st.error if st else None),
                         }
                     )
                 return Result(f"{len(out)} component(s)", out)
             case "nodes":
-                nodes = [n.model_dump(mode="json", by_alias=True) for n in svc.nodes.values()]
+                nodes: list[JsonValue] = [
+                    n.model_dump(mode="json", by_alias=True) for n in svc.nodes.values()
+                ]
                 return Result(f"{len(nodes)} node(s)", nodes)
             case "drivers":
                 drivers: dict[str, Any] = {}
@@ -338,7 +340,7 @@ class SchedulerOps:
         if not a.jobids:
             raise CommandError("give the id of the job(s) to cancel")
         jobs = self._jobs(a.jobids)
-        out = []
+        out: list[JsonValue] = []
         msgs = []
         for job in jobs:
             if job.status in ("q", "qw"):
@@ -537,6 +539,6 @@ def _jsonable_diff(diff: Any) -> JsonValue:
 def _describe_diff(diff: Any) -> str:
     d = _jsonable_diff(diff)
     if isinstance(d, dict):
-        parts = [f"{k}: {', '.join(map(str, v))}" for k, v in d.items() if v]
+        parts = [f"{k}: {', '.join(map(str, v))}" for k, v in d.items() if isinstance(v, list) and v]
         return "; ".join(parts) or "no changes"
     return str(d)

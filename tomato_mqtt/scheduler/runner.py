@@ -18,9 +18,8 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from tomato_mqtt.driver.spec import TaskSpec
-from tomato_mqtt.state import Job
-
 from tomato_mqtt.messages import ComponentStatus, NodeStatus
+from tomato_mqtt.state import Job
 
 __all__ = ["JobRunner", "RunnerHost", "tasks_of"]
 
@@ -171,7 +170,8 @@ class JobRunner:
                 continue
             if t.state == "pending":
                 if t.start_with and t.start_with not in self.started_names:
-                    await self._wait(lambda t=t: t.start_with in self.started_names)
+                    start_with = t.start_with
+                    await self._wait(lambda: start_with in self.started_names)
                     if self._failed():
                         return
                 if t.stop_with and t.stop_with in self.started_names:

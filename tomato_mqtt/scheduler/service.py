@@ -19,11 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import JsonValue
-from tomato_mqtt.devices import Layout, load_devices
-from tomato_mqtt.settings import Settings
-from tomato_mqtt.state import Job, StateStore
 
 from tomato_mqtt import __version__
+from tomato_mqtt.devices import Layout, load_devices
 from tomato_mqtt.messages import (
     ComponentMeta,
     ComponentStatus,
@@ -43,6 +41,8 @@ from tomato_mqtt.rpc import NoResponder, Requester, Responder
 from tomato_mqtt.scheduler.ops import SchedulerOps
 from tomato_mqtt.scheduler.runner import JobRunner
 from tomato_mqtt.service import run_until_stopped
+from tomato_mqtt.settings import Settings
+from tomato_mqtt.state import Job, StateStore
 from tomato_mqtt.topics import Topics, slug
 
 __all__ = ["SchedulerService"]
@@ -126,7 +126,7 @@ class SchedulerService:
             self.store.close()
 
     def spawn(self, coro: Any) -> asyncio.Task[Any]:
-        t = asyncio.ensure_future(coro)
+        t: asyncio.Task[Any] = asyncio.ensure_future(coro)
         self._tasks.add(t)
         t.add_done_callback(self._tasks.discard)
         return t
@@ -139,7 +139,7 @@ class SchedulerService:
     def _presence(self, state: str) -> SchedulerStatus:
         jobs = self.store.jobs(statuses=["r", "rd", "q", "qw"]) if self.store else []
         return SchedulerStatus(
-            state=state,  # type: ignore[arg-type]
+            state=state,
             instance=self.settings.mqtt.instance,
             epoch=self.epoch,
             heartbeat=time.time(),
@@ -193,7 +193,7 @@ class SchedulerService:
         await self.publish(self.topics.pipeline_status(name), b"")
 
     def job_event(self, job: int, event: str, **kw: Any) -> None:
-        ev = JobEvent(job=job, event=event, time=time.time(), **kw)  # type: ignore[arg-type]
+        ev = JobEvent(job=job, event=event, time=time.time(), **kw)
         self.spawn(self.publish(self.topics.job_event(job), ev, retain=False))
 
     async def _heartbeat_loop(self) -> None:

@@ -1,0 +1,201 @@
+"""The asyncio MQTT client against the embedded broker: acked pub/sub, reconnect, last will.
+
+The scenarios are plain coroutines taking a broker, so tests/test_mosquitto.py runs the
+very same ones against Mosquitto.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+
+import pytest
+
+from tests.conftest import RunningBroker
+from tomato_mqtt.mqtt import AsyncClient, BrokerURL, Message, MqttError, Will, topic_matches
+from tomato_mqtt.topics import Topics
+
+T = 10.0  # generous upper bound for anything that should take milliseconds
+
+
+async def next_on(client: AsyncClient, topic: str, timeout: float = T) -> Message:
+    """The next message on ``topic`` from the client's stream (others are skipped)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        msg = await client.next_message(max(0.01, deadline - loop.time()))
+        if msg.topic == topic:
+            return msg
+
+
+# -- scenarios (also run against Mosquitto) ---------------------------------------------
+async def check_pubsub(b: RunningBroker, topics: Topics) -> None:
+    topic = topics.component_data("example_counter:(example-addr,1)")
+    async with (
+        AsyncClient(b.url, client_id=f"{topics.instance}-sub") as sub,
+        AsyncClient(b.url, client_id=f"{topics.instance}-pub") as pub,
+    ):
+        await sub.subscribe(topics.all_component_data())  # returns after the SUBACK
+        await pub.publish(topic, b'{"n": 1}', qos=1)  # returns after the PUBACK
+        msg = await next_on(sub, topic)
+        assert msg.payload == b'{"n": 1}'
+        assert msg.qos == 1
+        assert not msg.retain
+
+        # retained: a later subscriber gets the current state at once, flagged retained
+        status = topics.scheduler_status()
+        await pub.publish(status, b'{"state": "online"}', retain=True)
+        await sub.subscribe(status)
+        msg = await next_on(sub, status)
+        assert msg.payload == b'{"state": "online"}'
+        async with AsyncClient(b.url, client_id=f"{topics.instance}-late") as late:
+            await late.subscribe(status)
+            msg = await next_on(late, status)
+            assert msg.retain
+            assert msg.payload == b'{"state": "online"}'
+        await pub.publish(status, b"", retain=True)  # clear the retained message
+
+
+async def check_reconnect(b: RunningBroker, topics: Topics) -> None:
+    topic = topics.job_event(1)
+    reconnected = asyncio.Event()
+
+    async def on_reconnect() -> None:
+        reconnected.set()
+
+    async with AsyncClient(
+        b.url, client_id=f"{topics.instance}-sub", on_connect=on_reconnect
+    ) as sub:
+        await sub.subscribe(topics.all_job_events())
+        async with AsyncClient(b.url, client_id=f"{topics.instance}-pub1") as pub:
+            await pub.publish(topic, b"before")
+            assert (await next_on(sub, topic)).payload == b"before"
+
+        await b.stop()
+        await b.start()  # same port
+        await asyncio.wait_for(reconnected.wait(), T)
+        assert sub.connects == 2
+
+        # The subscription is renewed right after the CONNACK; the SUBACK races with a
+        # publish from another connection, so publish until it arrives (bounded).
+        async with AsyncClient(b.url, client_id=f"{topics.instance}-pub2") as pub:
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + T
+            while True:
+                await pub.publish(topic, b"after")
+                try:
+                    msg = await next_on(sub, topic, timeout=0.5)
+                except MqttError:
+                    assert loop.time() < deadline, "no message after the reconnect"
+                    continue
+                assert msg.payload == b"after"
+                break
+
+
+_WILL_CLIENT = """
+import asyncio, sys
+from tomato_mqtt.mqtt import AsyncClient, Will
+
+async def main():
+    url, topic = sys.argv[1], sys.argv[2]
+    will = Will(topic, b'{"state": "lost"}', qos=1, retain=True)
+    async with AsyncClient(url, client_id=sys.argv[3], will=will) as c:
+        await c.publish(topic, b'{"state": "online"}', retain=True)
+        print("ready", flush=True)
+        await asyncio.Event().wait()
+
+asyncio.run(main())
+"""
+
+
+async def check_last_will(b: RunningBroker, topics: Topics) -> None:
+    topic = topics.node_status("instrument-pc")
+    async with AsyncClient(b.url, client_id=f"{topics.instance}-watch") as watch:
+        await watch.subscribe(topic)
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-c",
+            _WILL_CLIENT,
+            b.url,
+            topic,
+            f"{topics.instance}-node",
+            stdout=asyncio.subprocess.PIPE,
+        )
+        try:
+            assert proc.stdout is not None
+            line = await asyncio.wait_for(proc.stdout.readline(), 30)
+            assert line.strip() == b"ready"
+            assert (await next_on(watch, topic)).payload == b'{"state": "online"}'
+            proc.send_signal(signal.SIGKILL)  # no DISCONNECT: the broker must send the will
+            await asyncio.wait_for(proc.wait(), T)
+            assert (await next_on(watch, topic)).payload == b'{"state": "lost"}'
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+
+    # the will was retained: a newcomer learns that the node is lost
+    async with AsyncClient(b.url, client_id=f"{topics.instance}-late") as late:
+        await late.subscribe(topic)
+        msg = await next_on(late, topic)
+        assert msg.retain
+        assert msg.payload == b'{"state": "lost"}'
+        await late.publish(topic, b"", retain=True)
+
+
+# -- tests on the embedded broker -----------------------------------------------------------
+async def test_publish_subscribe_with_ack(broker: RunningBroker, instance: str) -> None:
+    await check_pubsub(broker, Topics(instance))
+
+
+async def test_reconnect_resubscribes(broker: RunningBroker, instance: str) -> None:
+    await check_reconnect(broker, Topics(instance))
+
+
+async def test_last_will_when_process_is_killed(broker: RunningBroker, instance: str) -> None:
+    await check_last_will(broker, Topics(instance))
+
+
+async def test_handler_subscription_bypasses_the_stream(
+    broker: RunningBroker, instance: str
+) -> None:
+    topics = Topics(instance)
+    got: asyncio.Queue[Message] = asyncio.Queue()
+    async with AsyncClient(broker.url) as c:
+        await c.subscribe(topics.reply("me"), handler=got.put_nowait)
+        await c.subscribe(topics.all_job_status())
+        await c.publish(topics.reply("me"), b"r")
+        await c.publish(topics.job_status(3), b"s")
+        assert (await asyncio.wait_for(got.get(), T)).payload == b"r"
+        assert (await next_on(c, topics.job_status(3))).payload == b"s"
+        assert got.empty()
+
+
+async def test_connect_to_nothing_fails_clearly(instance: str) -> None:
+    from tests.conftest import free_port
+
+    port = free_port()
+    with pytest.raises(MqttError, match=f"127.0.0.1:{port}"):
+        await AsyncClient(f"mqtt://127.0.0.1:{port}").connect(timeout=2.0)
+
+
+def test_broker_url_parsing() -> None:
+    u = BrokerURL.parse("mqtts://user:p%40ss@broker.lab:8884")
+    assert (u.host, u.port, u.username, u.password, u.tls) == ("broker.lab", 8884, "user", "p@ss", True)
+    assert BrokerURL.parse("localhost").port == 1883
+    assert BrokerURL.parse("ws://h").transport == "websockets"
+    with pytest.raises(ValueError, match="scheme"):
+        BrokerURL.parse("http://h")
+
+
+def test_topic_matches() -> None:
+    t = Topics("lab1")
+    assert topic_matches(t.all_component_data(), t.component_data("COM3"))
+    assert not topic_matches(t.all_component_data(), t.component_last("COM3"))
+    assert topic_matches(t.all(), t.job_status(12))
+
+
+def test_will_is_frozen() -> None:
+    w = Will("a/b", b"x")
+    assert (w.qos, w.retain) == (1, True)
