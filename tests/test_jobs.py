@@ -230,7 +230,7 @@ def _child_pid(st: Stack, service: str) -> int:
     raise AssertionError(f"no {service} process under supervisor {sup}")
 
 
-@pytest.mark.parametrize("victim", ["recorder", "scheduler"])
+@pytest.mark.parametrize("victim", ["recorder", "scheduler", "broker"])
 def test_kill_9_mid_job_loses_nothing(tmp_path: Path, victim: str) -> None:
     with running_stack(tmp_path) as st:
         doc = yaml.safe_load((CONFIG / "counter_1_0.1.yml").read_text())

@@ -1,0 +1,296 @@
+"""A driver node in its own process, reaching the broker by URL, as on an instrument PC.
+
+The test plays the scheduler (it sends ``configure`` and ``task_start``) and a
+dashboard (it reads the retained status topics); the broker is ``tomato broker`` in
+another process, so it can be killed and restarted on the same port.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.stack import BIN, free_port
+from tomato_mqtt.driver.spec import TaskSpec
+from tomato_mqtt.messages import (
+    ComponentMeta,
+    ComponentStatus,
+    DataBatch,
+    NodeComponent,
+    NodeConfigure,
+    NodeStatus,
+    ReplayArgs,
+    TaskStartArgs,
+    decode,
+)
+from tomato_mqtt.mqtt import AsyncClient, BrokerURL, Message
+from tomato_mqtt.rpc import Requester
+from tomato_mqtt.topics import Topics
+
+pytestmark = pytest.mark.timeout(120)
+
+COUNTER = NodeComponent(
+    name="example_counter:(addr,1)",
+    device="dev-counter",
+    driver="example_counter",
+    address="addr",
+    channel="1",
+    pollrate=0.2,
+)
+
+
+class Procs:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.port = free_port()
+        self.instance = "n" + os.urandom(4).hex()
+        self.topics = Topics(self.instance)
+        self.url = BrokerURL.parse(f"mqtt://127.0.0.1:{self.port}")
+        self.app = root / "app"
+        self.app.mkdir(parents=True, exist_ok=True)
+        (self.app / "settings.toml").write_text(
+            f'[mqtt]\ninstance = "{self.instance}"\n[broker]\nws_port = {free_port()}\n'
+        )
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+
+    def start_broker(self) -> None:
+        self._start("broker", "broker", "-A", str(self.app), "-p", str(self.port))
+
+    def start_node(self, name: str = "pc1") -> None:
+        self._start(
+            "node",
+            "node",
+            "--name",
+            name,
+            "--broker",
+            str(self.url),
+            "--instance",
+            self.instance,
+            "-D",
+            str(self.root / "data"),
+            "-L",
+            str(self.root / "log"),
+        )
+
+    def _start(self, key: str, *args: str) -> None:
+        log = open(self.root / f"{key}.out", "ab")  # noqa: SIM115 - kept open by the child
+        self.procs[key] = subprocess.Popen(
+            [str(BIN / "tomato"), *args], stdout=log, stderr=subprocess.STDOUT
+        )
+        log.close()
+
+    def kill(self, key: str) -> None:
+        p = self.procs.pop(key)
+        p.send_signal(signal.SIGKILL)
+        p.wait(10)
+
+    def stop_all(self) -> None:
+        for p in self.procs.values():
+            p.terminate()
+        for p in self.procs.values():
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait(5)
+        self.procs.clear()
+
+    def output(self) -> str:
+        return "\n".join(
+            f"=== {f.name}\n{f.read_text(errors='replace')[-3000:]}"
+            for f in sorted(self.root.glob("*.out"))
+        )
+
+
+@pytest.fixture
+def procs(tmp_path: Path) -> Iterator[Procs]:
+    p = Procs(tmp_path)
+    try:
+        yield p
+    finally:
+        p.stop_all()
+
+
+@contextlib.asynccontextmanager
+async def connected(url: BrokerURL) -> AsyncIterator[AsyncClient]:
+    """A client that waits (up to 30 s) for the broker to come up."""
+    c = AsyncClient(url)
+    await c.connect(30, retry=True)
+    try:
+        yield c
+    finally:
+        await c.disconnect()
+
+
+async def wait_retained(
+    c: AsyncClient, topic: str, pred: Callable[[bytes], bool], timeout: float
+) -> bytes:
+    """Subscribe (again) and wait for a retained or live message on ``topic`` passing pred."""
+    got: asyncio.Queue[bytes] = asyncio.Queue()
+
+    def handler(msg: Message) -> None:
+        got.put_nowait(msg.payload)
+
+    await c.subscribe(topic, handler=handler)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    last = b""
+    try:
+        while True:
+            left = deadline - loop.time()
+            if left <= 0:
+                raise AssertionError(f"nothing matching on {topic} within {timeout} s: {last!r}")
+            with contextlib.suppress(asyncio.TimeoutError):
+                last = await asyncio.wait_for(got.get(), left)
+                if pred(last):
+                    return last
+    finally:
+        await c.unsubscribe(topic)
+
+
+def _online(raw: bytes) -> bool:
+    return bool(raw) and decode(NodeStatus, raw).state == "online"
+
+
+def _registered(raw: bytes) -> bool:
+    return bool(raw) and decode(ComponentMeta, raw).registered
+
+
+async def test_node_started_before_broker_connects_and_reannounces_after_restart(
+    procs: Procs,
+) -> None:
+    procs.start_node()  # nobody listens on the port yet
+    await asyncio.sleep(0.5)
+    assert procs.procs["node"].poll() is None, procs.output()
+    procs.start_broker()
+    t = procs.topics
+    async with connected(procs.url) as c:
+        await wait_retained(c, t.node_status("pc1"), _online, 20)
+        req = Requester(c, t)
+        rep = await req.request(
+            t.node_cmd("pc1", "configure"), NodeConfigure(components=[COUNTER]), timeout=10
+        )
+        assert rep.success, rep
+        await wait_retained(c, t.component_meta(COUNTER.name), _registered, 20)
+
+    # the broker dies and comes back empty (amqtt keeps no retained messages):
+    # the node must reconnect and announce itself and its components again
+    procs.kill("broker")
+    procs.start_broker()
+    async with connected(procs.url) as c:
+        await wait_retained(c, t.node_status("pc1"), _online, 30)
+        raw = await wait_retained(c, t.component_meta(COUNTER.name), _registered, 30)
+        meta = decode(ComponentMeta, raw)
+        assert meta.capabilities == ["count", "random"]
+        assert meta.attrs["param"].units
+    assert procs.procs["node"].poll() is None, procs.output()
+
+
+async def test_broker_killed_mid_task_spool_keeps_every_batch(procs: Procs) -> None:
+    """Batches published while the broker was down are replayed from the node's spool."""
+    procs.start_broker()
+    procs.start_node()
+    t = procs.topics
+    cname = COUNTER.name
+    async with connected(procs.url) as c:
+        await wait_retained(c, t.node_status("pc1"), _online, 20)
+        req = Requester(c, t)
+        rep = await req.request(
+            t.node_cmd("pc1", "configure"),
+            NodeConfigure(components=[COUNTER], batch_interval=0.2),
+            timeout=10,
+        )
+        assert rep.success, rep
+        await wait_retained(c, t.component_meta(cname), _registered, 20)
+        task = TaskSpec(
+            technique_name="count",
+            max_duration=4.0,
+            sampling_interval=0.1,
+            task_params={},
+            job=1,
+            index=0,
+        )
+        rep = await req.request(
+            t.component_cmd(cname, "task_start"), TaskStartArgs(task=task), timeout=10
+        )
+        assert rep.success, rep
+    await asyncio.sleep(1.0)
+    procs.kill("broker")
+    await asyncio.sleep(1.5)  # the task goes on measuring into the spool
+    procs.start_broker()
+
+    batches: dict[tuple[int, int], DataBatch] = {}
+
+    def on_data(msg: Message) -> None:
+        b = decode(DataBatch, msg.payload, msg.topic)
+        batches[(b.epoch, b.seq)] = b
+
+    async with connected(procs.url) as c:
+        await c.subscribe(t.component_data(cname), handler=on_data)
+
+        def idle(raw: bytes) -> bool:
+            st = decode(ComponentStatus, raw)
+            return st.state == "idle" and st.last_task is not None
+
+        await wait_retained(c, t.component_status(cname), idle, 30)
+        raw = await wait_retained(c, t.node_status("pc1"), _online, 10)
+        node = decode(NodeStatus, raw)
+        last = node.streams[cname]
+        req = Requester(c, t)
+        rep = await req.request(
+            t.component_cmd(cname, "replay"),
+            ReplayArgs(epoch=node.epoch, first=0, last=last),
+            timeout=10,
+        )
+        assert rep.success, rep
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 10
+        while len(batches) < last + 1 and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+    job_points = [u for (_e, _s), b in sorted(batches.items()) if b.job == 1 for u in b.uts]
+    assert len(job_points) == 40, (len(job_points), procs.output())
+    assert len(set(job_points)) == 40
+
+
+async def test_unknown_driver_is_a_clear_error_on_the_component(procs: Procs) -> None:
+    procs.start_broker()
+    procs.start_node()
+    t = procs.topics
+    bad = NodeComponent(name="nosuch:(x,1)", device="d", driver="nosuch", address="x", channel="1")
+    async with connected(procs.url) as c:
+        await wait_retained(c, t.node_status("pc1"), _online, 20)
+        req = Requester(c, t)
+        rep = await req.request(
+            t.node_cmd("pc1", "configure"), NodeConfigure(components=[bad, COUNTER]), timeout=10
+        )
+        assert rep.success, rep
+        raw = await wait_retained(
+            c, t.component_meta(bad.name), lambda r: bool(decode(ComponentMeta, r).error), 20
+        )
+        err = decode(ComponentMeta, raw).error or ""
+        assert "nosuch" in err and "not installed" in err, err
+        # the other component is unaffected
+        await wait_retained(c, t.component_meta(COUNTER.name), _registered, 20)
+    assert procs.procs["node"].poll() is None
+
+
+def test_node_does_not_import_server_packages() -> None:
+    """An instrument PC needs neither amqtt nor xarray nor netCDF4."""
+    code = (
+        "import sys\n"
+        "import tomato_mqtt.node.service, tomato_mqtt.cli.tomato\n"
+        "import tomato_mqtt_example_counter, tomato_mqtt_psutil\n"
+        "bad = [m for m in ('amqtt', 'xarray', 'netCDF4') if m in sys.modules]\n"
+        "print(bad)\n"
+        "sys.exit(1 if bad else 0)\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stdout + res.stderr
