@@ -153,6 +153,13 @@ def running_stack(
     root: Path, devices: str = "devices_counter.yml", settings: str = ""
 ) -> Iterator[Stack]:
     st = make_stack(root, devices, settings)
+    with started(st):
+        yield st
+
+
+@contextlib.contextmanager
+def started(st: Stack) -> Iterator[Stack]:
+    """``tomato start`` on the stack's directories (again), ``tomato stop`` after."""
     res = subprocess.run(
         [str(BIN / "tomato"), "start", *st.dirs(), "-p", str(st.port)],
         capture_output=True,

@@ -1,0 +1,223 @@
+"""The scheduler on the wire: bad requests, durable state, and reload.
+
+These talk to ``scheduler/cmd/<op>`` directly (as a dashboard or a script would); the
+CLI on top of the same ops is tested in test_cli.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.stack import CONFIG, Stack, running_stack, started
+from tomato_mqtt.messages import Reply, decode
+from tomato_mqtt.mqtt import AsyncClient, BrokerURL, Message
+from tomato_mqtt.rpc import NoResponder, Requester
+from tomato_mqtt.topics import Topics
+
+pytestmark = pytest.mark.timeout(180)
+
+
+def url(st: Stack) -> BrokerURL:
+    return BrokerURL.parse(f"mqtt://127.0.0.1:{st.port}")
+
+
+def ask(st: Stack, op: str, timeout: float = 10, **args: Any) -> Reply:
+    async def go() -> Reply:
+        async with AsyncClient(url(st)) as c:
+            req = Requester(c, Topics(st.instance))
+            return await req.request(
+                Topics(st.instance).scheduler_cmd(op), args, timeout=timeout, who="scheduler"
+            )
+
+    return asyncio.run(go())
+
+
+def ok(st: Stack, op: str, **args: Any) -> Any:
+    rep = ask(st, op, **args)
+    assert rep.success, rep
+    return rep.data
+
+
+def wait_until(pred: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if pred():
+                return
+        except (NoResponder, AssertionError):
+            pass
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def submit(st: Stack, doc: Mapping[str, Any]) -> int:
+    return int(ok(st, "job_submit", payload=dict(doc), submit_dir=str(st.workdir))["id"])
+
+
+def job(st: Stack, jobid: int) -> dict[str, Any]:
+    return ok(st, "job_status", jobids=[jobid])[0]  # type: ignore[no-any-return]
+
+
+def counter_doc(seconds: float = 1.0) -> dict[str, Any]:
+    doc = yaml.safe_load((CONFIG / "counter_1_0.1.yml").read_text())
+    doc["method"][0]["time"] = seconds
+    return doc  # type: ignore[no-any-return]
+
+
+def _child_pid(st: Stack, service: str) -> int:
+    sup = st.supervisor_pid()
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            stat = (d / "stat").read_text().rsplit(")", 1)[1].split()
+            cmd = (d / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if int(stat[1]) == sup and service.encode() in cmd:
+            return int(d.name)
+    raise AssertionError(f"no {service} process under supervisor {sup}")
+
+
+def test_malformed_requests_get_an_error_reply_and_scheduler_keeps_serving(
+    tmp_path: Path,
+) -> None:
+    with running_stack(tmp_path) as st:
+        t = Topics(st.instance)
+
+        async def go() -> list[Reply]:
+            replies: asyncio.Queue[Reply] = asyncio.Queue()
+            async with AsyncClient(url(st)) as c:
+                reply_to = t.reply(c.client_id)
+
+                def on_reply(msg: Message) -> None:
+                    replies.put_nowait(decode(Reply, msg.payload))
+
+                await c.subscribe(reply_to, handler=on_reply)
+                bad = [
+                    (t.scheduler_cmd("status"), b'{"id": "m1", "reply_to": "%s", "args": {'),
+                    (t.scheduler_cmd("no_such_op"), b'{"id": "m2", "reply_to": "%s", "args": {}}'),
+                    (
+                        t.scheduler_cmd("pipeline_load"),
+                        b'{"id": "m3", "reply_to": "%s", "args": {"pipeline": 5}}',
+                    ),
+                    (
+                        t.scheduler_cmd("job_status"),
+                        b'{"id": "m4", "reply_to": "%s", "args": {"jobids": "x"}}',
+                    ),
+                ]
+                for topic, raw in bad:
+                    await c.publish(topic, raw % reply_to.encode())
+                return [await asyncio.wait_for(replies.get(), 10) for _ in bad]
+
+        replies = {r.id: r for r in asyncio.run(go())}
+        assert set(replies) == {"m1", "m2", "m3", "m4"}
+        assert not any(r.success for r in replies.values())
+        assert "not JSON" in replies["m1"].msg or "JSON" in replies["m1"].msg, replies["m1"]
+        assert "unknown operation 'no_such_op'" in replies["m2"].msg
+        assert "pipeline" in replies["m3"].msg and "sample" in replies["m3"].msg
+        assert "jobids" in replies["m4"].msg
+        # still serving
+        assert ok(st, "status", what="scheduler") is not None
+
+
+def test_queued_jobs_and_pipelines_survive_kill_9_and_stop_start(tmp_path: Path) -> None:
+    with running_stack(tmp_path) as st:
+        ok(st, "pipeline_load", pipeline="pip-counter-2", sample="kept-sample")
+        jobid = submit(st, counter_doc())  # no pipeline holds its sample: stays qw
+        wait_until(lambda: job(st, jobid)["status"] == "qw", 10, "qw")
+        old = _child_pid(st, "scheduler")
+        os.kill(old, signal.SIGKILL)
+        # the supervisor restarts it; the state comes back from sqlite
+        wait_until(lambda: _child_pid(st, "scheduler") != old, 20, "a new scheduler")
+        wait_until(lambda: job(st, jobid)["status"] == "qw", 20, "job still qw")
+        pips = {p["name"]: p for p in ok(st, "status", what="pipelines")}
+        assert pips["pip-counter-2"]["sample"] == "kept-sample"
+        second = submit(st, counter_doc())
+        assert second == jobid + 1  # ids are never reused
+        # a clean stop (refused while jobs run, but these only wait) and a new start
+        # on the same directories keep the queue too
+    with started(st):
+        statuses = {j["id"]: j["status"] for j in ok(st, "job_status")}
+        assert statuses == {jobid: "qw", jobid + 1: "qw"}
+        ok(st, "job_cancel", jobids=[jobid, jobid + 1])
+
+
+def _write_devices(st: Stack, doc: dict[str, Any]) -> None:
+    (st.appdir / "devices.yml").write_text(yaml.safe_dump(doc))
+
+
+def test_reload_applies_changes_and_refuses_those_touching_a_running_job(
+    tmp_path: Path,
+) -> None:
+    with running_stack(tmp_path) as st:
+        rep = ok(st, "reload")
+        base = yaml.safe_load((CONFIG / "devices_counter.yml").read_text())
+        assert ask(st, "reload").msg.endswith("no changes")
+
+        # add a driver and a wildcard pipeline: they appear, and the node loads the driver
+        grown = json.loads(json.dumps(base))
+        grown["devices"].append(
+            {"name": "dev-ps", "driver": "psutil", "address": "a", "channels": ["1", "2"]}
+        )
+        grown["pipelines"].append(
+            {
+                "name": "pip-ps-*",
+                "devices": [{"role": "psutil", "device": "dev-ps", "channel": "each"}],
+            }
+        )
+        _write_devices(st, grown)
+        ok(st, "reload")
+        names = {p["name"] for p in ok(st, "status", what="pipelines")}
+        assert {"pip-ps-1", "pip-ps-2", "pip-counter-1"} <= names
+
+        def ps_registered() -> bool:
+            comps = {c["name"]: c for c in ok(st, "status", what="components")}
+            return all(comps[f"psutil:(a,{ch})"]["registered"] for ch in ("1", "2"))
+
+        wait_until(ps_registered, 20, "psutil components registered")
+
+        # a job runs on pip-counter-1: changing its device is refused, nothing changes
+        ok(st, "pipeline_load", pipeline="pip-counter-1", sample="counter_1_0.1")
+        ok(st, "pipeline_ready", pipeline="pip-counter-1")
+        jobid = submit(st, counter_doc(20.0))
+        wait_until(lambda: job(st, jobid)["status"] == "r", 10, "job running")
+        changed = json.loads(json.dumps(grown))
+        changed["devices"][0]["address"] = "elsewhere"
+        _write_devices(st, changed)
+        rep = ask(st, "reload")
+        assert not rep.success
+        assert "running job" in rep.msg and "example_counter:(example-addr,1)" in rep.msg, rep
+        names = {p["name"] for p in ok(st, "status", what="pipelines")}
+        assert "pip-counter-1" in names
+        # removing the pipeline of the running job is refused as well
+        shrunk = json.loads(json.dumps(grown))
+        shrunk["pipelines"] = [p for p in shrunk["pipelines"] if p["name"] != "pip-counter-*"]
+        _write_devices(st, shrunk)
+        rep = ask(st, "reload")
+        assert not rep.success and "pipeline pip-counter-1" in rep.msg, rep
+
+        # removing what no job uses is applied while the job runs
+        _write_devices(st, base)
+        ok(st, "reload")
+        names = {p["name"] for p in ok(st, "status", what="pipelines")}
+        assert "pip-ps-1" not in names and "pip-counter-1" in names
+        assert job(st, jobid)["status"] == "r"
+
+        # a broken devices file is refused with the file and the reason; nothing changes
+        (st.appdir / "devices.yml").write_text("devices: [\n")
+        rep = ask(st, "reload")
+        assert not rep.success and "devices.yml" in rep.msg, rep
+        _write_devices(st, base)
+        ok(st, "job_cancel", jobids=[jobid])
+        wait_until(lambda: job(st, jobid)["status"] == "cd", 20, "job cancelled")
