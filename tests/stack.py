@@ -102,8 +102,12 @@ class Stack:
         deadline = time.monotonic() + timeout
         job: dict[str, Any] = {}
         while time.monotonic() < deadline:
-            job = self.job(jobid)
-            if job["status"] in statuses:
+            try:
+                job = self.job(jobid)
+            except AssertionError as e:
+                # a service being restarted (the tests kill some): ask again, as a user would
+                job = {"error": str(e)}
+            if job.get("status") in statuses:
                 return job
             time.sleep(0.1)
         raise AssertionError(f"job {jobid} not in {statuses} after {timeout} s: {job}")

@@ -96,12 +96,17 @@ def test_cancel_running_keeps_data_and_cancel_queued(stack: Stack) -> None:
     stack.wait_job(first, {"r"})
     queued = stack.submit(long)
     time.sleep(1.5)  # let some data be measured
+    t_cancel = time.time()
     res = stack.json("ketchup", "cancel", str(first), str(queued))
+    t_answered = time.time()
     assert res["success"], res
     job = stack.wait_job(first, {"cd"}, timeout=20)
     assert stack.job(queued)["status"] == "cd"
-    ds = open_tree(job["respath"])["counter"].to_dataset()
-    assert 8 <= ds["uts"].size <= 40  # the points up to the cancel are in the file
+    uts = open_tree(job["respath"])["counter"].to_dataset()["uts"].values
+    # every point up to the cancel is in the file, and the task stopped at the cancel
+    assert uts.size >= round((t_cancel - uts[0]) / 0.1), (uts.size, t_cancel - uts[0])
+    assert uts[-1] <= t_answered + 0.2
+    assert np.allclose(np.diff(uts), 0.1, atol=0.02)
     stack.run("tomato", "pipeline", "eject", "pip-counter-3", check=True)
 
 
