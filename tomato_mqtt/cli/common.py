@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
-from tomato_mqtt.errors import ConfigError
 
+from tomato_mqtt.errors import ConfigError
 from tomato_mqtt.mqtt import AsyncClient, BrokerURL, MqttError
 from tomato_mqtt.rpc import NoResponder, Requester
 from tomato_mqtt.topics import Topics

@@ -157,7 +157,8 @@ class ComponentRunner:
                         raise TaskValidationError(f"{name}: {e}") from e
                     except Exception as e:
                         raise RuntimeError(
-                            f"driver failed to set {name!r} to {val}: {type(e).__name__}: {e}"
+                            f"driver failed to set {name!r} to {val} on {self._who}:"
+                            f" {type(e).__name__}: {e}"
                         ) from e
         except BaseException:
             with self._cv:
@@ -185,17 +186,31 @@ class ComponentRunner:
             run.stop_reason = reason
         run.stop.set()
 
+    @property
+    def _who(self) -> str:
+        """The component in messages, as in tomato's ``driver:(address,channel)`` names."""
+        return f"component ({self.device.key[0]},{self.device.key[1]})"
+
     def _specs(self) -> dict[str, AttrSpec]:
         return {k: a.spec() for k, a in self.device.attrs().items()}
 
     # -- ad-hoc calls ---------------------------------------------------------------------
     def measure(self) -> Point | None:
-        """One ``do_measure`` now; the point is also buffered. Refused while a task runs."""
+        """One ``do_measure`` now; the point is also buffered. Refused while a task runs.
+
+        Raises ``RuntimeError`` when refused or when the driver fails (its exception is
+        named in the message and chained).
+        """
         self._refuse_if_busy("measure")
         with self._dev_lock:
             uts = time.time()
-            raw = self.device.do_measure()
-            return None if raw is None else self._point(uts, raw, None)
+            try:
+                raw = self.device.do_measure()
+                return None if raw is None else self._point(uts, raw, None)
+            except Exception as e:
+                raise RuntimeError(
+                    f"measurement on {self._who} failed: {type(e).__name__}: {e}"
+                ) from e
 
     def reset(self) -> None:
         """``device.reset()``; refused while a task runs, waits for one that is stopping."""
@@ -205,7 +220,10 @@ class ComponentRunner:
                 self._cv.wait_for(lambda: self._run is not run, timeout=_STOP_WAIT)
         self._refuse_if_busy("reset")
         with self._dev_lock:
-            self.device.reset()
+            try:
+                self.device.reset()
+            except Exception as e:
+                raise RuntimeError(f"reset of {self._who} failed: {type(e).__name__}: {e}") from e
 
     def _refuse_if_busy(self, what: str) -> None:
         if self._closed:
@@ -303,9 +321,12 @@ class ComponentRunner:
                 raw = self.device.do_measure()
                 if raw is not None:
                     self._point(uts, raw, None)
-        except Exception as e:
+        except BaseException as e:  # incl. SystemExit: a worker thread would die silently
             log.warning("idle measurement on %s failed", self.device.key, exc_info=True)
-            self._call(self._on_error, f"idle measurement failed: {type(e).__name__}: {e}")
+            self._call(
+                self._on_error,
+                f"idle measurement on {self._who} failed: {type(e).__name__}: {e}",
+            )
 
     def _execute(self, run: _Run) -> None:
         task = run.task
@@ -337,9 +358,14 @@ class ComponentRunner:
                 if raw is not None:
                     self._point(uts, raw, task)
                     npoints += 1
-        except Exception as e:
+        except BaseException as e:
+            # incl. SystemExit (tomato drivers' decorators call sys.exit): a worker thread
+            # dies silently on it, and the task would never end
             reason = "error"
-            message = f"{task.technique_name}: driver error at point {k}: {type(e).__name__}: {e}"
+            message = (
+                f"{task.technique_name}: driver error on {self._who} at point {k}:"
+                f" {type(e).__name__}: {e}"
+            )
             log.warning("%s: task %s failed", device.key, _describe(task), exc_info=True)
             self._call(self._on_error, message)
         end = TaskEnd(task, reason, message, t_start, wall(), npoints)

@@ -86,7 +86,7 @@ def _load_units() -> None:
     """
     import pint
 
-    pint.get_application_registry().Quantity(1, "s")
+    pint.get_application_registry().Quantity(1, "s")  # type: ignore[no-untyped-call]
 
 
 class NodeService:

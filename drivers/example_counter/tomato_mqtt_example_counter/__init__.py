@@ -1,8 +1,11 @@
 """The example counter: tomato's ``example_counter`` on the tomato-mqtt driver API.
 
-Techniques ``count`` (seconds since the task started) and ``random`` (uniform between
-``min`` and ``max``); attrs ``min``, ``max``, ``param`` (a time) and ``choice``. Tomato's
-example payloads run on it unchanged.
+Techniques ``count`` (whole seconds since the task started) and ``random`` (uniform
+between ``min`` and ``max``); attrs ``min``, ``max`` (floats, default 0 and 10), ``param``
+(a time, at least 0.1 s, default 1 s) and ``choice`` (red, green or blue, default green),
+all read-write, none in the status. Every point carries ``val`` and the four attrs.
+Tomato's example payloads run on it unchanged. :meth:`Device.reset` (after each job)
+restores the defaults.
 
 Testing aids, read from ``[drivers.example_counter]`` in settings.toml (or from the
 device's keyword arguments, which win):

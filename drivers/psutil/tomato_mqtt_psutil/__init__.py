@@ -4,6 +4,12 @@ Techniques ``all_info``, ``cpu_info`` and ``mem_info`` (as in tomato-psutil); ev
 is read-only and part of the component status. Values carry units (percent, bytes,
 megahertz). Any address and channel work: the component is always this PC.
 
+``cpu_usage`` is the system-wide CPU load since this component's previous reading (at
+least 50 ms before; a quicker reading repeats the last value, the first one is the
+average since boot). Each component keeps its own window, so a status read between two
+points of a task does not shorten the task's window, as psutil's process-wide
+``cpu_percent(interval=None)`` would. ``cpu_freq`` is None where the OS does not tell.
+
 Settings (``[drivers.psutil]`` in settings.toml):
 
 ``idle_measurement_interval``
@@ -12,6 +18,8 @@ Settings (``[drivers.psutil]`` in settings.toml):
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -20,7 +28,7 @@ import psutil
 
 from tomato_mqtt.driver import Attr, ModelDevice, ModelInterface, TaskSpec
 
-__all__ = ["Device", "DriverInterface"]
+__all__ = ["CpuUsage", "Device", "DriverInterface"]
 
 _MEM = ("mem_total", "mem_avail", "mem_used", "mem_usage")
 _CPU = ("cpu_count", "cpu_freq", "cpu_usage")
@@ -31,10 +39,52 @@ def _q(value: float, units: str) -> pint.Quantity[Any]:
     return pint.Quantity(value, units)
 
 
+def _busy_total(t: Any) -> tuple[float, float]:
+    """Busy and total CPU seconds from ``psutil.cpu_times()``."""
+    f = t._asdict()
+    # Linux counts guest time in user/nice already; idle and iowait are not busy
+    total = sum(f.values()) - f.get("guest", 0.0) - f.get("guest_nice", 0.0)
+    return total - f.get("idle", 0.0) - f.get("iowait", 0.0), total
+
+
+class CpuUsage:
+    """System CPU usage in percent over one component's own reading window."""
+
+    MIN_WINDOW = 0.05
+    """Seconds; a reading sooner than this after the last one repeats its value."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        busy, total = _busy_total(psutil.cpu_times())
+        self._prev = (busy, total)
+        self._at = time.monotonic()
+        self._value = 100.0 * busy / total if total > 0 else 0.0  # the average since boot
+
+    def read(self) -> float:
+        with self._lock:
+            now = time.monotonic()
+            if now - self._at >= self.MIN_WINDOW:
+                busy, total = _busy_total(psutil.cpu_times())
+                d_total = total - self._prev[1]
+                if d_total > 0:
+                    pct = 100.0 * (busy - self._prev[0]) / d_total
+                    self._value = min(100.0, max(0.0, pct))
+                    self._prev, self._at = (busy, total), now
+            return self._value
+
+
+def _cpu_freq() -> float | None:
+    try:
+        freq = psutil.cpu_freq()  # None, or an error, where the OS does not tell (some VMs)
+    except (OSError, NotImplementedError, AttributeError):
+        return None
+    return float(freq.current) if freq is not None else None
+
+
 class Device(ModelDevice):
     def __init__(self, driver: DriverInterface, key: tuple[str, str], **kwargs: Any) -> None:
         super().__init__(driver, key, **kwargs)
-        psutil.cpu_percent(interval=None)  # the first call only starts the measurement
+        self.cpu = CpuUsage()
         self.constants["cpu_count"] = psutil.cpu_count()
 
     def attrs(self) -> dict[str, Attr]:
@@ -80,10 +130,10 @@ class Device(ModelDevice):
         if "cpu_count" in names:
             out["cpu_count"] = psutil.cpu_count()
         if "cpu_freq" in names:
-            freq = psutil.cpu_freq()  # None where the OS does not tell (some VMs)
-            out["cpu_freq"] = _q(freq.current, "MHz") if freq is not None else None
+            freq = _cpu_freq()
+            out["cpu_freq"] = _q(freq, "MHz") if freq is not None else None
         if "cpu_usage" in names:
-            out["cpu_usage"] = _q(psutil.cpu_percent(interval=None), "percent")
+            out["cpu_usage"] = _q(self.cpu.read(), "percent")
         return out
 
 

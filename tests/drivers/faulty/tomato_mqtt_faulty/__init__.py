@@ -1,0 +1,134 @@
+"""A test-only driver that raises where it is told to. Never install it on an instrument PC.
+
+Where it fails comes from the component's address and from ``[drivers.faulty]``:
+
+- an address ``fail-<where>[-<where>...]``, e.g. ``fail-task`` or ``fail-connect-set``
+  (any other address is a device that works);
+- the setting ``fail = ["task", ...]`` (or ``"task,set"``), for every component.
+
+``<where>`` is one of:
+
+``connect``
+    ``Device.__init__`` (so ``DeviceFactory``) raises ``RuntimeError``, as an
+    instrument that is not plugged in. The setting ``connect_failures = n`` limits this
+    to the first ``n`` attempts per component, so a node's retry succeeds.
+``task``
+    ``do_task`` raises ``RuntimeError`` at point ``fail_at_point`` (setting, default 3:
+    the points before it are taken).
+``exit``
+    ``do_task`` calls ``sys.exit()`` at that point, as tomato's ``log_errors`` decorator
+    does in ported drivers.
+``set``
+    ``do_set_attr`` raises ``RuntimeError`` (``set_attr`` and tasks with parameters fail).
+``measure``
+    ``do_measure`` raises ``RuntimeError`` (ad-hoc and idle measurements fail).
+``reset``
+    ``reset`` raises ``RuntimeError``.
+``status``
+    ``get_attr`` raises ``RuntimeError`` (so does ``status()``).
+
+The setting ``idle_measurement_interval`` (seconds) turns idle measurements on.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections import defaultdict
+from collections.abc import Mapping
+from typing import Any
+
+from tomato_mqtt.driver import Attr, ModelDevice, ModelInterface, TaskSpec
+
+__all__ = ["FAULTS", "Device", "DriverInterface"]
+
+FAULTS = frozenset({"connect", "task", "exit", "set", "measure", "reset", "status"})
+
+
+def faults_of(address: str, settings: Mapping[str, Any]) -> frozenset[str]:
+    """The places where the component at ``address`` fails."""
+    out: set[str] = set()
+    words = address.split("-")
+    if len(words) > 1 and words[0] == "fail":
+        out.update(words[1:])
+    cfg = settings.get("fail", [])
+    words = cfg.split(",") if isinstance(cfg, str) else [str(w) for w in cfg]
+    out.update(w.strip() for w in words if w.strip())
+    unknown = out - FAULTS
+    if unknown:
+        raise ValueError(
+            f"faulty: unknown fault(s) {sorted(unknown)} for {address!r}; known: {sorted(FAULTS)}"
+        )
+    return frozenset(out)
+
+
+class Device(ModelDevice):
+    level: float
+    mode: str
+
+    def __init__(self, driver: DriverInterface, key: tuple[str, str], **kwargs: Any) -> None:
+        super().__init__(driver, key, **kwargs)
+        self.faults = faults_of(key[0], driver.settings)
+        driver.attempts[key] += 1
+        if "connect" in self.faults:
+            limit = driver.settings.get("connect_failures")
+            if limit is None or driver.attempts[key] <= int(limit):
+                raise RuntimeError(
+                    f"faulty: cannot connect to {key[0]!r} (simulated, attempt"
+                    f" {driver.attempts[key]})"
+                )
+        self.fail_at_point = int(driver.settings.get("fail_at_point", 3))
+        self.level = 1.0
+        self.mode = "a"
+        self.serial = f"SN-{key[0]}-{key[1]}"
+        self.constants["faults"] = ",".join(sorted(self.faults))
+
+    def attrs(self) -> dict[str, Attr]:
+        return {
+            "level": Attr(type=float, rw=True, minimum=0, maximum=10),
+            "mode": Attr(type=str, rw=True, options=["a", "b"]),
+            "serial": Attr(type=str, status=True),
+        }
+
+    def capabilities(self) -> set[str]:
+        return {"sample"}
+
+    def do_set_attr(self, attr: str, val: Any) -> None:
+        if "set" in self.faults:
+            raise RuntimeError(f"faulty: cannot set {attr!r} (simulated)")
+        setattr(self, attr, val)
+
+    def get_attr(self, attr: str) -> Any:
+        if "status" in self.faults:
+            raise RuntimeError(f"faulty: cannot read {attr!r} (simulated)")
+        return super().get_attr(attr)
+
+    def do_task(self, task: TaskSpec, t_start: float, t_now: float) -> Mapping[str, Any]:
+        k = round((t_now - t_start) / task.sampling_interval)  # 1, 2, ... of this task
+        if k >= self.fail_at_point:
+            if "task" in self.faults:
+                raise RuntimeError(f"faulty: do_task failed at point {k} (simulated)")
+            if "exit" in self.faults:
+                sys.exit(f"faulty: do_task exits at point {k} (simulated)")
+        return {"k": k, "level": self.level, "mode": self.mode}
+
+    def do_measure(self) -> Mapping[str, Any]:
+        if "measure" in self.faults:
+            raise RuntimeError("faulty: do_measure failed (simulated)")
+        return {"level": self.level, "mode": self.mode}
+
+    def reset(self) -> None:
+        if "reset" in self.faults:
+            raise RuntimeError("faulty: reset failed (simulated)")
+        self.level, self.mode = 1.0, "a"
+
+
+class DriverInterface(ModelInterface):
+    def __init__(self, settings: Mapping[str, Any] | None = None) -> None:
+        super().__init__(settings)
+        self.attempts: defaultdict[tuple[str, str], int] = defaultdict(int)
+        interval = self.settings.get("idle_measurement_interval")
+        if interval is not None:
+            self.idle_measurement_interval = float(interval)
+
+    def DeviceFactory(self, key: tuple[str, str], **kwargs: Any) -> Device:
+        return Device(self, key, **kwargs)

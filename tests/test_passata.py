@@ -1,0 +1,180 @@
+"""``passata`` end to end: one component of example_counter, driven directly.
+
+One stack for the module; each test uses its own channel of ``dev-counter``, so the
+attrs one test sets do not leak into another.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import pytest
+import yaml
+
+from tests.stack import Stack, running_stack
+
+pytestmark = pytest.mark.timeout(180)
+
+FULL = "example_counter:(example-addr,{})"
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    with running_stack(tmp_path_factory.mktemp("passata")) as st:
+        yield st
+
+
+def test_status_by_either_name(stack: Stack) -> None:
+    for name in ("dev-counter/1", FULL.format(1)):
+        out = stack.json("passata", "status", name)
+        assert out["success"], out
+        assert out["data"]["name"] == FULL.format(1)
+        assert out["data"]["state"] == "idle"
+    res = stack.run("passata", "status", "dev-counter/1")
+    assert res.returncode == 0, res.stderr
+    assert "idle" in res.stdout and FULL.format(1) in res.stdout
+
+
+def test_attrs_capabilities_constants(stack: Stack) -> None:
+    out = stack.json("passata", "attrs", "dev-counter/1")
+    assert out["success"], out
+    attrs = out["data"]
+    assert set(attrs) >= {"min", "max", "param", "choice"}
+    assert attrs["param"]["type"] == "quantity" and attrs["param"]["units"]
+    assert attrs["param"]["minimum"] == pytest.approx(0.1)
+    assert attrs["choice"]["options"] == ["red", "green", "blue"]
+    assert attrs["max"]["rw"] is True and "value" in attrs["max"]
+    human = stack.run("passata", "attrs", "dev-counter/1")
+    assert human.returncode == 0
+    assert human.stdout.splitlines()[0].split()[:3] == ["attr", "type", "units"]
+
+    caps = stack.json("passata", "capabilities", "dev-counter/1")["data"]
+    assert set(caps) >= {"count", "random"}
+    assert "count" in stack.run("passata", "capabilities", "dev-counter/1").stdout.split()
+
+    consts = stack.json("passata", "constants", "dev-counter/1")["data"]
+    assert consts["example_meta"] == "example string"
+    res = stack.run("passata", "constants", "dev-counter/1", "-y")
+    assert yaml.safe_load(res.stdout)["data"]["example_meta"] == "example string"
+
+
+def test_get_and_set(stack: Stack) -> None:
+    c = "dev-counter/2"
+    res = stack.run("passata", "set", c, "max", "7.5")
+    assert res.returncode == 0, res.stderr
+    out = stack.json("passata", "get", c, "max", "min")
+    assert out["success"] and out["data"]["max"] == pytest.approx(7.5)
+    assert set(out["data"]) == {"max", "min"}
+    assert "max: 7.5" in stack.run("passata", "get", c, "max").stdout
+
+    out = stack.json("passata", "set", c, "choice", "green")
+    assert out["success"] and out["data"] == {"choice": "green"}
+    # values the driver refuses, with the reason
+    res = stack.run("passata", "set", c, "choice", "purple")
+    assert res.returncode == 1 and "red" in res.stderr  # names the options
+    res = stack.run("passata", "set", c, "param", "1 ms")
+    assert res.returncode == 1 and "param" in res.stderr
+    res = stack.run("passata", "set", c, "max", "lots")
+    assert res.returncode == 1 and "max" in res.stderr
+    # unknown attrs
+    res = stack.run("passata", "get", c, "nope")
+    assert res.returncode == 1 and "unknown attr 'nope'" in res.stderr
+    res = stack.run("passata", "set", c, "nope", "1")
+    assert res.returncode == 1 and "nope" in res.stderr
+    out = stack.json("passata", "get", c, "nope")
+    assert out["success"] is False
+
+
+def test_measure_last_reset_register(stack: Stack) -> None:
+    c = "dev-counter/3"
+    out = stack.json("passata", "measure", c)
+    assert out["success"], out
+    assert isinstance(out["data"]["uts"], float) and out["data"]["values"]
+    measured = out["data"]["uts"]
+    deadline = time.monotonic() + 5
+    last = stack.json("passata", "last", c)
+    while time.monotonic() < deadline and not (last["success"] and last["data"]["uts"] >= measured):
+        time.sleep(0.1)
+        last = stack.json("passata", "last", c)
+    assert last["success"], last
+    assert last["data"]["component"] == FULL.format(3)
+    assert last["data"]["uts"] >= measured and last["data"]["values"]
+    assert last["data"]["job"] is None
+    human = stack.run("passata", "last", c)
+    assert human.returncode == 0 and "time:" in human.stdout
+
+    res = stack.run("passata", "reset", c)
+    assert res.returncode == 0, res.stderr
+    assert "reset" in res.stdout
+    res = stack.run("passata", "register", c)
+    assert res.returncode == 0, res.stderr
+    assert stack.json("passata", "status", c)["data"]["state"] == "idle"
+
+
+def test_unknown_component(stack: Stack) -> None:
+    for name in ("dev-counter/9", "example_counter:(nowhere,1)", "no-such-device"):
+        t0 = time.monotonic()
+        res = stack.run("passata", "status", name)
+        assert res.returncode == 1
+        assert f"unknown component {name!r}" in res.stderr
+        assert "dev-counter/1" in res.stderr  # lists the known ones
+        assert time.monotonic() - t0 < 8
+    out = stack.json("passata", "attrs", "dev-counter/9")
+    assert out["success"] is False
+
+
+def test_no_scheduler_and_no_node(stack: Stack) -> None:
+    # on an instance nobody serves: the full name is tried directly, and the error names
+    # the broker and the instance
+    res = stack.run(
+        "passata", "status", FULL.format(1), "--instance", "nobody-here", "--timeout", "1"
+    )
+    assert res.returncode == 1
+    assert "no node hosting" in res.stderr and "instance nobody-here" in res.stderr
+    res = stack.run("passata", "status", "dev-counter/1", "--instance", "nobody-here", "-t", "1")
+    assert res.returncode == 1 and "unknown component" in res.stderr
+
+
+def test_running_component_refuses_set_and_reset_without_force(stack: Stack) -> None:
+    pip, c = "pip-counter-4", "dev-counter/4"
+    payload = {
+        "version": "2.2",
+        "sample": {"identifier": "passata-busy"},
+        "user": {"identifier": "tester"},
+        "method": [
+            {
+                "component_role": "counter",
+                "technique_name": "count",
+                "max_duration": 60.0,
+                "sampling_interval": 0.2,
+            }
+        ],
+    }
+    p = stack.workdir / "busy.yml"
+    p.write_text(yaml.safe_dump(payload))
+    stack.load_ready(pip, "passata-busy")
+    jobid = stack.submit(p)
+    try:
+        stack.wait_job(jobid, {"r"}, timeout=20)
+        deadline = time.monotonic() + 10
+        st = stack.json("passata", "status", c)["data"]
+        while time.monotonic() < deadline and st["state"] != "running":
+            time.sleep(0.1)
+            st = stack.json("passata", "status", c)["data"]
+        assert st["state"] == "running" and st["job"] == jobid, st
+
+        res = stack.run("passata", "set", c, "max", "20")
+        assert res.returncode == 1
+        assert "running" in res.stderr and "--force" in res.stderr
+        res = stack.run("passata", "reset", c)
+        assert res.returncode == 1 and "--force" in res.stderr
+        res = stack.run("passata", "set", c, "max", "20", "--force")
+        assert res.returncode == 0, res.stderr
+        assert stack.json("passata", "get", c, "max")["data"]["max"] == pytest.approx(20)
+        # still running: the forced set did not stop the task
+        assert stack.json("passata", "status", c)["data"]["state"] == "running"
+    finally:
+        stack.run("ketchup", "cancel", str(jobid), check=True)
+        stack.wait_job(jobid, {"c", "ce", "cd"}, timeout=30)
+        stack.run("tomato", "pipeline", "eject", pip, check=True)

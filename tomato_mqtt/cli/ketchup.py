@@ -1,0 +1,323 @@
+"""``ketchup``: submit payloads, follow, cancel, find jobs, and fetch snapshots.
+
+A pure MQTT client of the scheduler (``scheduler/cmd/job_*``) and, for snapshots, of
+the recorder (``recorder/cmd/fetch``), so it works from any PC that reaches the broker.
+Only ``submit`` imports dgbowl-schemas and pint (to check the payload before it is
+sent); every other command stays light.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import getpass
+import json
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from tomato_mqtt.cli import common
+from tomato_mqtt.cli.common import (
+    AppDirOpt,
+    BrokerOpt,
+    InstanceOpt,
+    JsonOpt,
+    Output,
+    PortOpt,
+    TimeoutOpt,
+    YamlOpt,
+)
+from tomato_mqtt.messages import Reply
+from tomato_mqtt.rpc import Requester
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    name="ketchup",
+    help="Submit, inspect, cancel and snapshot tomato-mqtt jobs.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+JOB_COLUMNS = (
+    ("id", "id"),
+    ("jobname", "name"),
+    ("status", "status"),
+    ("pipeline", "pipeline"),
+    ("submitted", "submitted"),
+    ("started", "started"),
+    ("ended", "ended"),
+)
+
+
+def _ctx(
+    port: int | None, broker: str | None, instance: str | None, appdir: Path | None
+) -> common.CallContext:
+    return common.context(port=port, broker=broker, instance=instance, appdir=appdir)
+
+
+# -- submit ------------------------------------------------------------------------------
+@app.command()
+def submit(
+    payload: Annotated[Path, typer.Argument(help="payload file (YAML or JSON), any version")],
+    jobname: Annotated[
+        str | None, typer.Option("-j", "--jobname", help="a name to find the job by")
+    ] = None,
+    port: PortOpt = None,
+    broker: BrokerOpt = None,
+    instance: InstanceOpt = None,
+    appdir: AppDirOpt = None,
+    timeout: TimeoutOpt = 5.0,
+    yaml_: YamlOpt = False,
+    json_: JsonOpt = False,
+) -> None:
+    """Submit a payload; the output goes to the current directory unless it says otherwise."""
+    from tomato_mqtt.payloads import PayloadError, parse_payload, read_payload_file
+
+    user = _username()
+    try:
+        doc = read_payload_file(payload)
+        parse_payload(doc, user=user)
+    except PayloadError as e:
+        if e.file is None:
+            e = PayloadError(e.location, e.reason, payload)
+        common.fail(f"payload refused: {e}")
+    ctx = _ctx(port, broker, instance, appdir)
+    args = {
+        # YAML may hold dates and the like: send what JSON can carry
+        "payload": json.loads(json.dumps(doc, default=str)),
+        "jobname": jobname,
+        "submit_dir": str(Path.cwd().resolve()),
+        "user": user,
+    }
+    reply = common.run_request(ctx, ctx.topics.scheduler_cmd("job_submit"), args, timeout=timeout)
+    Output(yaml_, json_).reply(reply, lambda job: _submitted(reply.msg, job))
+
+
+def _submitted(msg: str, job: Any) -> str:
+    lines = [msg]
+    if isinstance(job, Mapping):
+        if job.get("reason"):
+            lines.append(f"note: no pipeline can run it yet: {job['reason']}")
+        if job.get("respath"):
+            lines.append(f"output: {job['respath']}")
+    return "\n".join(lines)
+
+
+def _username() -> str:
+    try:
+        return getpass.getuser()
+    except Exception:  # neither a login name in the environment nor a passwd entry
+        return "unknown"
+
+
+# -- status, search --------------------------------------------------------------------
+@app.command()
+def status(
+    jobids: Annotated[
+        list[int] | None, typer.Argument(help="job ids (default: the whole queue)")
+    ] = None,
+    port: PortOpt = None,
+    broker: BrokerOpt = None,
+    instance: InstanceOpt = None,
+    appdir: AppDirOpt = None,
+    timeout: TimeoutOpt = 5.0,
+    yaml_: YamlOpt = False,
+    json_: JsonOpt = False,
+) -> None:
+    """Show the jobs given, or the whole queue.
+
+    Status codes as in tomato: q queued, qw a pipeline can run it, r running,
+    rd cancel requested, c completed, ce completed with error, cd cancelled.
+    """
+    ctx = _ctx(port, broker, instance, appdir)
+    args = {"jobids": list(jobids) if jobids else None}
+    reply = common.run_request(ctx, ctx.topics.scheduler_cmd("job_status"), args, timeout=timeout)
+    one = bool(jobids) and len(jobids or []) == 1
+    Output(yaml_, json_).reply(reply, _job_detail if one else _job_table)
+
+
+@app.command()
+def search(
+    name: Annotated[str, typer.Argument(help="(part of) the job name")],
+    complete: Annotated[
+        bool, typer.Option("-c", "--complete", help="also search completed jobs")
+    ] = False,
+    port: PortOpt = None,
+    broker: BrokerOpt = None,
+    instance: InstanceOpt = None,
+    appdir: AppDirOpt = None,
+    timeout: TimeoutOpt = 5.0,
+    yaml_: YamlOpt = False,
+    json_: JsonOpt = False,
+) -> None:
+    """Find jobs by name (queued and running ones; with -c also completed ones)."""
+    ctx = _ctx(port, broker, instance, appdir)
+    reply = common.run_request(
+        ctx,
+        ctx.topics.scheduler_cmd("job_search"),
+        {"name": name, "complete": complete},
+        timeout=timeout,
+    )
+    Output(yaml_, json_).reply(reply, _job_table)
+
+
+def _when(iso: Any) -> str | None:
+    if not iso:
+        return None
+    try:
+        t = datetime.datetime.fromisoformat(str(iso))
+    except ValueError:
+        return str(iso)
+    return t.astimezone().strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _row(job: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        **job,
+        "submitted": _when(job.get("submitted_at")),
+        "started": _when(job.get("launched_at")),
+        "ended": _when(job.get("completed_at")),
+    }
+
+
+def _job_table(jobs: Any) -> str:
+    if not isinstance(jobs, Sequence) or not jobs:
+        return "no jobs"
+    rows = [_row(j) for j in jobs if isinstance(j, Mapping)]
+    cols: list[tuple[str, str]] = list(JOB_COLUMNS)
+    if any(r.get("reason") for r in rows):
+        cols.append(("reason", "reason"))
+    return common.table(rows, cols)
+
+
+def _job_detail(jobs: Any) -> str:
+    if not isinstance(jobs, Sequence) or len(jobs) != 1 or not isinstance(jobs[0], Mapping):
+        return _job_table(jobs)
+    j = _row(jobs[0])
+    sample = (j.get("payload") or {}).get("sample") or {}
+    fields = [
+        ("id", j.get("id")),
+        ("name", j.get("jobname")),
+        ("status", j.get("status")),
+        ("sample", sample.get("identifier") or sample.get("name")),
+        ("pipeline", j.get("pipeline")),
+        ("submitted", j["submitted"]),
+        ("started", j["started"]),
+        ("ended", j["ended"]),
+        ("output", j.get("respath")),
+        ("reason", j.get("reason")),
+    ]
+    return "\n".join(f"{k + ':':<10} {'-' if v is None else v}" for k, v in fields)
+
+
+# -- cancel ------------------------------------------------------------------------------
+@app.command()
+def cancel(
+    jobids: Annotated[list[int], typer.Argument(help="the ids of the jobs to cancel")],
+    port: PortOpt = None,
+    broker: BrokerOpt = None,
+    instance: InstanceOpt = None,
+    appdir: AppDirOpt = None,
+    timeout: TimeoutOpt = 5.0,
+    yaml_: YamlOpt = False,
+    json_: JsonOpt = False,
+) -> None:
+    """Cancel jobs: queued ones end at once (cd), running ones stop their tasks (rd -> cd)."""
+    ctx = _ctx(port, broker, instance, appdir)
+    reply = common.run_request(
+        ctx, ctx.topics.scheduler_cmd("job_cancel"), {"jobids": list(jobids)}, timeout=timeout
+    )
+    Output(yaml_, json_).reply(reply, lambda _jobs: reply.msg)
+
+
+# -- snapshot ----------------------------------------------------------------------------
+@app.command()
+def snapshot(
+    jobid: Annotated[int, typer.Argument(help="the job to snapshot")],
+    port: PortOpt = None,
+    broker: BrokerOpt = None,
+    instance: InstanceOpt = None,
+    appdir: AppDirOpt = None,
+    timeout: TimeoutOpt = 60.0,
+    yaml_: YamlOpt = False,
+    json_: JsonOpt = False,
+) -> None:
+    """Write an up-to-date snapshot.<jobid>.nc of a job into the current directory.
+
+    The recorder writes the file; its content comes here over MQTT in chunks, so this
+    works from any PC that reaches the broker.
+    """
+    ctx = _ctx(port, broker, instance, appdir)
+    target = Path.cwd() / f"snapshot.{jobid}.nc"
+
+    async def go(req: Requester) -> Reply:
+        r = await req.request(
+            ctx.topics.scheduler_cmd("job_snapshot"),
+            {"jobid": jobid},
+            timeout=timeout,
+            who="scheduler",
+        )
+        if not r.success or not isinstance(r.data, dict):
+            return r
+        info = r.data
+        token, chunks, size = info.get("token"), info.get("chunks"), info.get("size")
+        if not isinstance(token, str) or not isinstance(chunks, int):
+            return Reply(id=r.id, success=False, msg=f"snapshot reply without a file: {r.msg}")
+        part = target.with_name(target.name + ".part")
+        try:
+            with part.open("wb") as f:
+                for index in range(chunks):
+                    c = await req.request(
+                        ctx.topics.recorder_cmd("fetch"),
+                        {"token": token, "index": index},
+                        timeout=timeout,
+                        who="recorder",
+                    )
+                    data = c.data.get("data") if isinstance(c.data, dict) else None
+                    if not c.success or not isinstance(data, str):
+                        return Reply(
+                            id=c.id,
+                            success=False,
+                            msg=f"fetching chunk {index} of the snapshot failed: {c.msg}",
+                        )
+                    f.write(base64.b64decode(data))
+            got = part.stat().st_size
+            if isinstance(size, int) and got != size:
+                return Reply(
+                    id=r.id,
+                    success=False,
+                    msg=f"snapshot transfer incomplete: {got} of {size} bytes",
+                )
+            os.replace(part, target)
+        except OSError as e:
+            return Reply(id=r.id, success=False, msg=f"cannot write {target}: {e}")
+        finally:
+            part.unlink(missing_ok=True)
+        data_out: dict[str, Any] = {
+            "path": str(target),
+            "size": got,
+            "source": info.get("path"),
+            "points": info.get("points"),
+            "missing": info.get("missing"),
+        }
+        msg = f"snapshot of job {jobid} written to {target}"
+        missing = info.get("missing")
+        if isinstance(missing, list) and missing:
+            msg += f" (still missing: {', '.join(str(m) for m in missing)})"
+        return Reply(id=r.id, success=True, msg=msg, data=data_out)
+
+    reply = common.run_async(ctx, go, timeout)
+    Output(yaml_, json_).reply(reply, lambda _d: reply.msg)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,208 @@
+"""``tomato status [section]`` and ``tomato reload``: ask the scheduler about the stack."""
+
+from __future__ import annotations
+
+import enum
+import time
+from collections.abc import Mapping, Sequence
+from typing import Annotated, Any
+
+import typer
+
+from tomato_mqtt.cli import common
+from tomato_mqtt.cli.common import (
+    AppDirOpt,
+    BrokerOpt,
+    InstanceOpt,
+    JsonOpt,
+    Output,
+    PortOpt,
+    TimeoutOpt,
+    YamlOpt,
+)
+
+__all__ = ["Section", "reload", "status"]
+
+
+class Section(str, enum.Enum):
+    scheduler = "scheduler"
+    pipelines = "pipelines"
+    devices = "devices"
+    components = "components"
+    nodes = "nodes"
+    drivers = "drivers"
+
+
+def status(
+    section: Annotated[
+        Section, typer.Argument(help="what to show", case_sensitive=False)
+    ] = Section.scheduler,
+    port: PortOpt = None,
+    broker: BrokerOpt = None,
+    instance: InstanceOpt = None,
+    appdir: AppDirOpt = None,
+    timeout: TimeoutOpt = 5.0,
+    yaml_: YamlOpt = False,
+    json_: JsonOpt = False,
+) -> None:
+    """Show the scheduler, or its pipelines, devices, components, nodes or drivers."""
+    ctx = common.context(port=port, broker=broker, instance=instance, appdir=appdir)
+    reply = common.run_request(
+        ctx, ctx.topics.scheduler_cmd("status"), {"what": section.value}, timeout=timeout
+    )
+    human = _HUMAN[section]
+    Output(yaml_, json_).reply(reply, lambda data: human(reply.msg, data))
+
+
+def reload(
+    port: PortOpt = None,
+    broker: BrokerOpt = None,
+    instance: InstanceOpt = None,
+    appdir: AppDirOpt = None,
+    timeout: TimeoutOpt = 10.0,
+    yaml_: YamlOpt = False,
+    json_: JsonOpt = False,
+) -> None:
+    """Re-read settings and devices; refused if it would touch a running job."""
+    ctx = common.context(port=port, broker=broker, instance=instance, appdir=appdir)
+    reply = common.run_request(ctx, ctx.topics.scheduler_cmd("reload"), {}, timeout=timeout)
+    Output(yaml_, json_).reply(reply, lambda _d: reply.msg)
+
+
+# -- human output, one per section ---------------------------------------------------------
+def _rows(data: Any) -> list[Mapping[str, Any]]:
+    if not isinstance(data, Sequence):
+        return []
+    return [r for r in data if isinstance(r, Mapping)]
+
+
+def _scheduler(msg: str, data: Any) -> str:
+    if not isinstance(data, Mapping):
+        return msg
+    beat = data.get("heartbeat")
+    fields = [
+        ("state", data.get("state")),
+        ("instance", data.get("instance")),
+        ("version", data.get("version")),
+        ("broker", data.get("broker")),
+        ("running", data.get("jobs_running")),
+        ("queued", data.get("jobs_queued")),
+        ("heartbeat", f"{time.time() - beat:.1f} s ago" if isinstance(beat, float) else None),
+        ("datadir", data.get("datadir")),
+        ("devices", data.get("devices_file")),
+    ]
+    lines = [msg] + [f"  {k + ':':<10} {v}" for k, v in fields if v is not None]
+    return "\n".join(lines)
+
+
+def _pipelines(msg: str, data: Any) -> str:
+    rows = _rows(data)
+    if not rows:
+        return "no pipelines"
+    return common.table(
+        rows,
+        [
+            ("name", "pipeline"),
+            ("sample", "sample"),
+            ("ready", "ready"),
+            ("jobid", "job"),
+            ("roles", "roles"),
+        ],
+    )
+
+
+def _devices(msg: str, data: Any) -> str:
+    rows = _rows(data)
+    if not rows:
+        return "no devices"
+    return common.table(
+        rows,
+        [
+            ("name", "device"),
+            ("driver", "driver"),
+            ("address", "address"),
+            ("channels", "channels"),
+            ("node", "node"),
+        ],
+    )
+
+
+def _components(msg: str, data: Any) -> str:
+    rows = [{**r, "where": f"{r.get('device')}/{r.get('channel')}"} for r in _rows(data)]
+    if not rows:
+        return "no components"
+    cols = [
+        ("where", "device/channel"),
+        ("name", "component"),
+        ("node", "node"),
+        ("state", "state"),
+        ("registered", "registered"),
+        ("job", "job"),
+        ("capabilities", "capabilities"),
+    ]
+    if any(r.get("error") for r in rows):
+        cols.append(("error", "error"))
+    return common.table(rows, cols)
+
+
+def _nodes(msg: str, data: Any) -> str:
+    now = time.time()
+    rows = []
+    for r in _rows(data):
+        beat = r.get("heartbeat")
+        drivers = r.get("drivers") if isinstance(r.get("drivers"), Mapping) else {}
+        rows.append(
+            {
+                **r,
+                "beat": f"{now - beat:.1f} s ago" if isinstance(beat, int | float) else None,
+                "ncomp": len(r.get("components") or []),
+                "drv": [k for k, v in (drivers or {}).items() if (v or {}).get("loaded")],
+            }
+        )
+    if not rows:
+        return "no nodes"
+    return common.table(
+        rows,
+        [
+            ("node", "node"),
+            ("state", "state"),
+            ("host", "host"),
+            ("pid", "pid"),
+            ("ncomp", "components"),
+            ("drv", "drivers loaded"),
+            ("spool_pending", "spooled"),
+            ("beat", "heartbeat"),
+        ],
+    )
+
+
+def _drivers(msg: str, data: Any) -> str:
+    rows = []
+    for r in _rows(data):
+        nodes = r.get("nodes") if isinstance(r.get("nodes"), Mapping) else {}
+        where = []
+        errors = []
+        for node, info in (nodes or {}).items():
+            info = info if isinstance(info, Mapping) else {}
+            ok = "loaded" if info.get("loaded") else "not loaded"
+            ver = f" {info['version']}" if info.get("version") else ""
+            where.append(f"{node}: {ok}{ver}")
+            if info.get("error"):
+                errors.append(f"{node}: {info['error']}")
+        rows.append({**r, "where": where, "errors": errors or None})
+    if not rows:
+        return "no drivers"
+    cols = [("name", "driver"), ("where", "nodes"), ("settings", "settings")]
+    if any(r["errors"] for r in rows):
+        cols.append(("errors", "error"))
+    return common.table(rows, cols)
+
+
+_HUMAN = {
+    Section.scheduler: _scheduler,
+    Section.pipelines: _pipelines,
+    Section.devices: _devices,
+    Section.components: _components,
+    Section.nodes: _nodes,
+    Section.drivers: _drivers,
+}
