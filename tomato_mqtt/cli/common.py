@@ -8,21 +8,22 @@ and ``typer.Exit(1)``.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import sys
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
 import typer
 
-from tomato_mqtt.errors import ConfigError
-from tomato_mqtt.mqtt import AsyncClient, BrokerURL, MqttError
-from tomato_mqtt.rpc import NoResponder, Requester
 from tomato_mqtt.topics import Topics
+from tomato_mqtt.url import BrokerURL
+
+if TYPE_CHECKING:  # the long-lived client is imported only by commands that need it
+    from tomato_mqtt.rpc import Requester
+    from tomato_mqtt.settings import Settings
 
 __all__ = [
     "AppDirOpt",
@@ -72,14 +73,84 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="print the Reply as JSON")
 class CallContext:
     url: BrokerURL
     instance: str
-    settings: Any = None  # Settings, when a settings file was read
+    appdir: Path | None = None
+    datadir: Path | None = None
+    logdir: Path | None = None
+    port: int | None = None
+    _settings: Settings | None = None
 
     @property
     def topics(self) -> Topics:
         return Topics(self.instance)
 
+    @property
+    def settings(self) -> Settings:
+        """The full, validated settings (loaded on first use: pydantic is not cheap)."""
+        if self._settings is None:
+            from tomato_mqtt.errors import ConfigError
+            from tomato_mqtt.settings import load_settings
+
+            try:
+                self._settings = load_settings(
+                    appdir=self.appdir, datadir=self.datadir, logdir=self.logdir, port=self.port
+                )
+            except ConfigError as e:
+                fail(str(e))
+        return self._settings
+
     def where(self) -> str:
         return f"broker {self.url}, instance {self.instance}"
+
+
+# [mqtt] keys the fast path understands; anything else goes through the full settings
+_MQTT_KEYS = {
+    "host": str,
+    "port": int,
+    "instance": str,
+    "username": str,
+    "password": str,
+    "tls": bool,
+    "ca_certs": str,
+    "certfile": str,
+    "keyfile": str,
+    "tls_insecure": bool,
+    "keepalive": int,
+}
+
+
+def _light_mqtt(appdir: Path | None) -> dict[str, Any] | None:
+    """The ``[mqtt]`` table of settings.toml without pydantic, or None if unsure.
+
+    A call that only sends one request must not pay for validating every section; when
+    the file is absent the defaults apply, when anything looks unusual the full loader
+    runs (and reports the problem with file and field).
+    """
+    import platformdirs
+
+    app = (
+        Path(appdir).expanduser()
+        if appdir
+        else Path(platformdirs.user_config_dir("tomato-mqtt", appauthor=False))
+    )
+    path = app / "settings.toml"
+    if not path.is_file():
+        return {}
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover - Python 3.10
+        import tomli as tomllib
+    try:
+        doc = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None
+    mqtt = doc.get("mqtt", {})
+    if not isinstance(mqtt, dict):
+        return None
+    for k, v in mqtt.items():
+        want = _MQTT_KEYS.get(k)
+        if want is None or type(v) is not want:
+            return None
+    return mqtt
 
 
 def context(
@@ -91,13 +162,13 @@ def context(
     logdir: Path | None = None,
 ) -> CallContext:
     """Where to send requests: settings.toml (if any), overridden by the options."""
-    from tomato_mqtt.settings import load_settings
-
-    try:
-        settings = load_settings(appdir=appdir, datadir=datadir, logdir=logdir, port=port)
-    except ConfigError as e:
-        fail(str(e))
-    m = settings.mqtt
+    ctx = CallContext(
+        url=BrokerURL(), instance="", appdir=appdir, datadir=datadir, logdir=logdir, port=port
+    )
+    light = _light_mqtt(appdir)
+    if light is None:
+        m = ctx.settings.mqtt
+        light = m.model_dump()
     if broker:
         try:
             url = BrokerURL.parse(broker)
@@ -106,18 +177,13 @@ def context(
         if port is not None:
             url = BrokerURL(**{**url.__dict__, "port": port})
     else:
-        url = BrokerURL(
-            host=m.host,
-            port=m.port,
-            username=m.username,
-            password=m.password,
-            tls=m.tls,
-            ca_certs=m.ca_certs,
-            certfile=m.certfile,
-            keyfile=m.keyfile,
-            tls_insecure=m.tls_insecure,
-        )
-    return CallContext(url=url, instance=instance or m.instance, settings=settings)
+        fields = {k: v for k, v in light.items() if k in BrokerURL.__dataclass_fields__}
+        if port is not None:
+            fields["port"] = port
+        url = BrokerURL(**fields)
+    ctx.url = url
+    ctx.instance = instance or str(light.get("instance") or "default")
+    return ctx
 
 
 def fail(msg: str, code: int = 1) -> NoReturn:
@@ -128,6 +194,9 @@ def fail(msg: str, code: int = 1) -> NoReturn:
 async def _with_requester(
     ctx: CallContext, fn: Callable[[Requester], Awaitable[T]], timeout: float
 ) -> T:
+    from tomato_mqtt.mqtt import AsyncClient, MqttError
+    from tomato_mqtt.rpc import Requester
+
     client = AsyncClient(ctx.url, client_id=f"cli-{os.getpid()}-{os.urandom(3).hex()}")
     try:
         await client.connect(timeout=timeout)
@@ -148,22 +217,30 @@ def run_request(
     timeout: float,
     who: str = "scheduler",
 ) -> Any:
-    """One request, synchronously; connection problems become a clear error + exit 1."""
+    """One request, synchronously, on the fast path; problems become a message + exit 1."""
+    from tomato_mqtt import oneshot
 
-    async def go(req: Requester) -> Any:
-        return await req.request(topic, dict(args or {}), timeout=timeout, who=who)
-
-    return run_async(ctx, go, timeout)
+    try:
+        return oneshot.request(ctx.url, topic, ctx.topics.reply, args, timeout=timeout, who=who)
+    except oneshot.NoAnswer as e:
+        fail(f"{e} ({ctx.where()})")
+    except oneshot.OneShotError as e:
+        fail(f"{e} — is tomato-mqtt running? ({ctx.where()})")
 
 
 def run_async(ctx: CallContext, fn: Callable[[Requester], Awaitable[T]], timeout: float) -> T:
+    """Several requests or subscriptions on the asyncio client."""
+    import asyncio
+
+    from tomato_mqtt.mqtt import MqttError
+    from tomato_mqtt.rpc import NoResponder
+
     try:
         return asyncio.run(_with_requester(ctx, fn, timeout))
     except NoResponder as e:
         fail(f"{e} ({ctx.where()})")
     except MqttError as e:
         fail(str(e))
-    raise AssertionError("unreachable")  # pragma: no cover
 
 
 class Output:

@@ -15,7 +15,7 @@ import json
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -30,8 +30,9 @@ from tomato_mqtt.cli.common import (
     TimeoutOpt,
     YamlOpt,
 )
-from tomato_mqtt.messages import Reply
-from tomato_mqtt.rpc import Requester
+
+if TYPE_CHECKING:
+    from tomato_mqtt.rpc import Requester
 
 __all__ = ["app", "main"]
 
@@ -252,6 +253,8 @@ def snapshot(
     The recorder writes the file; its content comes here over MQTT in chunks, so this
     works from any PC that reaches the broker.
     """
+    from tomato_mqtt.messages import Reply
+
     ctx = _ctx(port, broker, instance, appdir)
     target = Path.cwd() / f"snapshot.{jobid}.nc"
 

@@ -1,0 +1,91 @@
+"""The CLI's fast path: the same wire envelope as the models, and nothing heavy imported."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import RunningBroker
+from tomato_mqtt import oneshot
+from tomato_mqtt.messages import Reply, Request, decode, encode
+from tomato_mqtt.mqtt import AsyncClient, Message
+from tomato_mqtt.topics import Topics
+from tomato_mqtt.url import BrokerURL
+
+
+async def test_oneshot_request_is_a_valid_request_and_reads_the_reply(
+    broker: RunningBroker, instance: str
+) -> None:
+    topics = Topics(instance)
+    url = BrokerURL.parse(broker.url)
+    seen: list[Request] = []
+    pending: list[asyncio.Future[None]] = []
+    async with AsyncClient(url) as c:
+
+        def answer(msg: Message) -> None:
+            req = decode(Request, msg.payload, msg.topic)
+            seen.append(req)
+            reply = Reply(id=req.id, success=True, msg="hi", data={"echo": req.args})
+            pending.append(asyncio.ensure_future(c.publish(req.reply_to, encode(reply))))
+
+        await c.subscribe(topics.scheduler_cmd("echo"), handler=answer)
+        rep = await asyncio.to_thread(
+            oneshot.request,
+            url,
+            topics.scheduler_cmd("echo"),
+            topics.reply,
+            {"x": [1, "a"]},
+            timeout=5,
+        )
+    assert rep.success and rep.msg == "hi" and rep.data == {"echo": {"x": [1, "a"]}}
+    assert seen[0].reply_to.startswith(topics.root + "/reply/cli-")
+
+
+async def test_oneshot_no_answer_names_topic_and_wait(broker: RunningBroker, instance: str) -> None:
+    topic = Topics(instance).scheduler_cmd("status")
+    with pytest.raises(oneshot.NoAnswer, match=rf"no scheduler answered on {topic} within 0.3 s"):
+        await asyncio.to_thread(
+            oneshot.request,
+            BrokerURL.parse(broker.url),
+            topic,
+            Topics(instance).reply,
+            timeout=0.3,
+            who="scheduler",
+        )
+
+
+def test_oneshot_unreachable_broker_is_a_clear_error() -> None:
+    from tests.stack import free_port
+
+    url = BrokerURL(port=free_port())
+    with pytest.raises(oneshot.OneShotError, match=f"cannot connect to the MQTT broker at {url}"):
+        oneshot.request(url, "t/x", lambda c: f"t/reply/{c}", timeout=1)
+
+
+def test_cli_status_path_imports_nothing_heavy(tmp_path: Path) -> None:
+    """`ketchup status` and `tomato status` must stay fast: no pydantic, asyncio, pint…"""
+    code = (
+        "import sys\n"
+        "from tomato_mqtt.cli import {mod}\n"
+        "sys.argv = ['x', 'status', '-A', {app!r}, '-p', '1', '--timeout', '0.1']\n"
+        "try:\n"
+        "    {mod}.main()\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "heavy = ('pydantic', 'asyncio', 'pint', 'xarray', 'numpy', 'pandas', 'amqtt',\n"
+        "         'dgbowl_schemas', 'yaml')\n"
+        "print([m for m in heavy if m in sys.modules])\n"
+    )
+    for mod in ("ketchup", "tomato"):
+        res = subprocess.run(
+            [sys.executable, "-c", code.format(mod=mod, app=str(tmp_path))],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert res.stdout.strip() == "[]", (mod, res.stdout, res.stderr)
+        assert "cannot connect" in res.stderr  # it did try, on the fast path
