@@ -77,12 +77,13 @@ def submit(
     json_: JsonOpt = False,
 ) -> None:
     """Submit a payload; the output goes to the current directory unless it says otherwise."""
-    from tomato_mqtt.payloads import PayloadError, parse_payload, read_payload_file
+    from tomato_mqtt.payloads import PayloadError, read_payload_file
 
     user = _username()
     try:
+        # only read here: the scheduler validates (dgbowl-schemas would add ~0.5 s to
+        # every submit), and its refusal is given back with this file's name below
         doc = read_payload_file(payload)
-        parse_payload(doc, user=user)
     except PayloadError as e:
         if e.file is None:
             e = PayloadError(e.location, e.reason, payload)
@@ -96,6 +97,9 @@ def submit(
         "user": user,
     }
     reply = common.run_request(ctx, ctx.topics.scheduler_cmd("job_submit"), args, timeout=timeout)
+    refused = "payload refused: "
+    if not reply.success and reply.msg.startswith(refused):
+        reply.msg = f"{refused}{payload}: {reply.msg[len(refused) :]}"
     Output(yaml_, json_).reply(reply, lambda job: _submitted(reply.msg, job))
 
 

@@ -87,6 +87,23 @@ class _Written:
     created: float = field(default_factory=time.time)
 
 
+def _warm_up_writer() -> None:
+    """Import xarray/netCDF4 and write one tiny file, before the first job ends.
+
+    Both load lazily and the first file otherwise takes ~1 s longer than the next ones;
+    that second belongs to startup, not to the user waiting for a results file.
+    """
+    import tempfile
+
+    from tomato_mqtt.recorder.netcdf import RoleInput, write_job_file
+
+    try:
+        with tempfile.TemporaryDirectory(prefix="tomato-mqtt-warmup-") as d:
+            write_job_file(Path(d) / "warmup.nc", [RoleInput("r", "{}", [])], {"x": "y"})
+    except Exception as e:  # a warm-up must never take the recorder down
+        log.debug("writer warm-up failed: %s", e)
+
+
 class RecorderService:
     def __init__(
         self, url: BrokerURL, instance: str, db_path: Path, *, heartbeat: float = 2.0
@@ -132,6 +149,7 @@ class RecorderService:
             await self.client.subscribe(self.topics.recorder_cmds())
             await self.client.subscribe(self.topics.all_node_status())
             await self._publish_status()
+            self._spawn(asyncio.to_thread(_warm_up_writer))
             await run_until_stopped(
                 self._stop, self._message_loop(), self._ack_loop(), self._heartbeat_loop()
             )
@@ -316,7 +334,9 @@ class RecorderService:
             raise CommandError("recorder store not open")
         jobid = int(a.job["id"])  # type: ignore[arg-type]
         self.jobs_seen.add(jobid)
+        t0 = time.monotonic()
         missing = [] if a.snapshot else await self._wait_complete(a.expect, a.wait)
+        t_wait = time.monotonic() - t0
         comp_to_role = {str(m.get("name")): role for role, m in a.roles.items()}
         per_role: dict[str, list[bytes]] = {role: [] for role in a.roles}
         for component, _epoch, _seq, _task, raw in store.job_batches(jobid):
@@ -340,6 +360,15 @@ class RecorderService:
                 written = await asyncio.to_thread(write_job_file, fallback, roles, root)
                 note = f" ({path} was not writable: {e}; written to the job folder instead)"
         size = written.stat().st_size
+        log.info(
+            "job %d: %s written to %s (%d bytes; waited %.3f s for data, wrote in %.3f s)",
+            jobid,
+            "snapshot" if a.snapshot else "file",
+            written,
+            size,
+            t_wait,
+            time.monotonic() - t0 - t_wait,
+        )
         token = uuid.uuid4().hex
         self.files[token] = _Written(written, size)
         while len(self.files) > 100:

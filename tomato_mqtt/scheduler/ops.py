@@ -305,6 +305,7 @@ class SchedulerOps:
         prefix = out.get("prefix") or f"results.{job.id}"
         job = self.store.update_job(job.id, respath=str(base / f"{prefix}.nc"))
         await self.svc.publish_job(job)
+        log.info("job %d submitted (%s)", job.id, job.jobname or "no name")
         self.svc.job_event(job.id, "queued", status=job.status)
         await self.schedule()
         job = self.store.job(job.id)
@@ -441,6 +442,7 @@ class SchedulerOps:
         self.store.update_pipeline(pipeline, jobid=job.id)
         await svc.publish_pipeline(pipeline)
         await svc.publish_job(job)
+        log.info("job %d launched on %s", job.id, pipeline)
         svc.job_event(job.id, "launched", status="r", detail={"pipeline": pipeline})
         self.start_runner(job)
 
@@ -499,9 +501,13 @@ class SchedulerOps:
         job = self.store.job(runner.job.id)
         path = Path(job.respath or svc.settings.jobs_dir / str(job.id) / f"results.{job.id}.nc")
         ok, msg, data = False, "", None
+        ended = _now()
+        log.info("job %d: tasks over (%s); asking the recorder for the file", job.id, status)
+        # the file carries the job as it ends (status, times, reason), not as it ran
+        final = job.model_copy(update={"status": status, "completed_at": ended, "reason": reason})
         for _attempt in range(3):  # the supervisor restarts a crashed recorder
             ok, msg, data = await svc.recorder_request(
-                "finalize", self.recorder_args(job, path, snapshot=False), timeout=60
+                "finalize", self.recorder_args(final, path, snapshot=False), timeout=60
             )
             if ok:
                 break
@@ -515,7 +521,7 @@ class SchedulerOps:
             reason = reason or f"the recorder could not write the output file: {msg}"
         svc.runners.pop(job.id, None)
         job = self.store.update_job(
-            job.id, status=status, completed_at=_now(), reason=reason, respath=respath
+            job.id, status=status, completed_at=ended, reason=reason, respath=respath
         )
         pip = job.pipeline
         if pip:
@@ -524,6 +530,9 @@ class SchedulerOps:
             self.store.update_pipeline(pip, jobid=None, ready=ready)
             await svc.publish_pipeline(pip)
         await svc.publish_job(job)
+        log.info(
+            "job %d ended %s%s; file %s", job.id, status, f" ({reason})" if reason else "", respath
+        )
         svc.job_event(job.id, "completed", status=status, detail={"reason": reason})
         svc.kick()
 
@@ -539,6 +548,8 @@ def _jsonable_diff(diff: Any) -> JsonValue:
 def _describe_diff(diff: Any) -> str:
     d = _jsonable_diff(diff)
     if isinstance(d, dict):
-        parts = [f"{k}: {', '.join(map(str, v))}" for k, v in d.items() if isinstance(v, list) and v]
+        parts = [
+            f"{k}: {', '.join(map(str, v))}" for k, v in d.items() if isinstance(v, list) and v
+        ]
         return "; ".join(parts) or "no changes"
     return str(d)

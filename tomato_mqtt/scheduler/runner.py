@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -170,8 +171,7 @@ class JobRunner:
                 continue
             if t.state == "pending":
                 if t.start_with and t.start_with not in self.started_names:
-                    start_with = t.start_with
-                    await self._wait(lambda: start_with in self.started_names)
+                    await self._wait(functools.partial(self._has_started, t.start_with))
                     if self._failed():
                         return
                 if t.stop_with and t.stop_with in self.started_names:
@@ -226,6 +226,9 @@ class JobRunner:
     def _ended(self, st: ComponentStatus, t: _TaskState) -> bool:
         lt = st.last_task
         return lt is not None and lt.job == self.job.id and lt.task == t.spec.index
+
+    def _has_started(self, task_name: str) -> bool:
+        return task_name in self.started_names
 
     async def _wait(self, pred: Callable[[], bool]) -> None:
         async with self.host.cond:

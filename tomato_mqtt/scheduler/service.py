@@ -102,6 +102,7 @@ class SchedulerService:
             ):
                 await self.client.subscribe(f)
             await self._announce()
+            self.spawn(asyncio.to_thread(_warm_up_payloads))
             self._readopt()
             await run_until_stopped(
                 self._stop, self._message_loop(), self._heartbeat_loop(), self._schedule_loop()
@@ -366,6 +367,16 @@ class SchedulerService:
             log.info("re-adopting running job %d on %s", job.id, job.pipeline)
             self.ops.start_runner(job, readopt=True)
         self.kick()
+
+
+def _warm_up_payloads() -> None:
+    """Load dgbowl-schemas and pint now, not while the first ``ketchup submit`` waits."""
+    from tomato_mqtt.payloads import PayloadError, parse_payload
+
+    with contextlib.suppress(PayloadError):
+        parse_payload({"version": "2.2", "sample": {"name": "warm-up"}, "method": []})
+    with contextlib.suppress(Exception):
+        from tomato_mqtt.driver.validate import coerce_value  # noqa: F401 - pint, once
 
 
 def settings_url(settings: Settings) -> BrokerURL:
