@@ -8,7 +8,7 @@ JSON, has the wrong shape or a version this code does not know becomes one
 
 from __future__ import annotations
 
-from typing import Literal, TypeVar
+from typing import Final, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError
 
@@ -42,7 +42,7 @@ __all__ = [
     "encode",
 ]
 
-SCHEMA = 1
+SCHEMA: Final = 1
 
 
 class WireModel(BaseModel):

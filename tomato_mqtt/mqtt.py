@@ -20,10 +20,11 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+
+from tomato_mqtt.url import BrokerURL
 
 __all__ = [
     "AsyncClient",
@@ -44,49 +45,6 @@ class MqttError(Exception):
 
 class MqttTimeout(MqttError, TimeoutError):
     """The broker (or a responder) did not answer in time."""
-
-
-@dataclass(frozen=True)
-class BrokerURL:
-    """Where the broker is and how to log in: ``mqtt[s]://[user[:pass]@]host[:port]``."""
-
-    host: str = "127.0.0.1"
-    port: int = 1883
-    username: str | None = None
-    password: str | None = None
-    tls: bool = False
-    ca_certs: str | None = None
-    certfile: str | None = None
-    keyfile: str | None = None
-    tls_insecure: bool = False
-    transport: str = "tcp"  # or "websockets"
-
-    @classmethod
-    def parse(cls, url: str) -> BrokerURL:
-        if "://" not in url:
-            url = "mqtt://" + url
-        parts = urlsplit(url)
-        scheme = parts.scheme.lower()
-        if scheme not in {"mqtt", "tcp", "mqtts", "ssl", "ws", "wss"}:
-            raise ValueError(f"unsupported broker URL scheme {scheme!r} in {url!r}")
-        tls = scheme in {"mqtts", "ssl", "wss"}
-        default_port = 8883 if tls else 1883
-        try:
-            port = parts.port or default_port
-        except ValueError as e:
-            raise ValueError(f"bad port in broker URL {url!r}") from e
-        return cls(
-            host=parts.hostname or "127.0.0.1",
-            port=port,
-            username=unquote(parts.username) if parts.username else None,
-            password=unquote(parts.password) if parts.password else None,
-            tls=tls,
-            transport="websockets" if scheme in {"ws", "wss"} else "tcp",
-        )
-
-    def __str__(self) -> str:
-        scheme = {"tcp": "mqtt", "websockets": "ws"}[self.transport] + ("s" if self.tls else "")
-        return f"{scheme}://{self.host}:{self.port}"
 
 
 @dataclass(frozen=True)
@@ -296,7 +254,8 @@ class AsyncClient:
             raise MqttError(f"publish to {topic} failed: {paho.error_string(info.rc)}")
         if not wait or qos == 0:
             return
-        if info.is_published():
+        # is_published() raises for MQTT_ERR_NO_CONN, though the message is queued
+        if info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS and info.is_published():
             return
         fut = self._ack_future(info.mid)
         try:

@@ -80,8 +80,27 @@ class EmbeddedBroker:
     async def stop(self) -> None:
         if self._broker is not None:
             broker, self._broker = self._broker, None
+            # amqtt 0.12 closes its sessions first and its listeners last: a client that
+            # reconnects in between is served by a broker that is going away and never
+            # learns it (it then misses the restarted broker). Stop accepting first.
+            for server in getattr(broker, "_servers", {}).values():
+                instance = getattr(server, "instance", None)
+                if instance is not None:
+                    with contextlib.suppress(Exception):
+                        instance.close()
+            # amqtt cancels each session's reader loop; on Python < 3.12 asyncio.wait_for
+            # loses a cancel that coincides with incoming data (e.g. a PUBACK), and the loop
+            # then waits for the next packet for ever. An EOF ends it: give shutdown a
+            # moment, then end the readers that are still waiting.
+            handlers = [h for _s, h in list(getattr(broker, "_sessions", {}).values())]
+            shutdown = asyncio.ensure_future(broker.shutdown())
+            done, _ = await asyncio.wait({shutdown}, timeout=1.0)
+            if not done:
+                for h in handlers:
+                    with contextlib.suppress(Exception):
+                        h.reader.feed_eof()
             with contextlib.suppress(Exception):
-                await broker.shutdown()
+                await shutdown
 
     async def __aenter__(self) -> EmbeddedBroker:
         await self.start()

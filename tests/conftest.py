@@ -1,0 +1,201 @@
+"""Fixtures shared by every test: free ports, a real broker per test, a topic root per test.
+
+- ``broker``: the embedded amqtt broker (tomato_mqtt_broker) on a free 127.0.0.1 port,
+  in the test's event loop; it can be stopped and started again on the same port.
+- ``mosquitto``: a Mosquitto process (Debian package, installed by
+  ``scripts/ensure-mosquitto``) with a temporary config on a free port.
+  When the binary is missing the test is skipped on a developer machine, but *fails*
+  when ``TOMATO_REQUIRE_MOSQUITTO`` is set or ``CI`` is true: CI installs Mosquitto
+  (``.ci/run`` -> ``scripts/dev.py test`` -> ``ensure-mosquitto``), so a missing binary
+  there means the compatibility tests silently stopped running, which must not pass.
+- ``instance``: a unique instance name, so each test has its own ``tomato/v1/<instance>``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from tomato_mqtt_broker import BrokerConfig, EmbeddedBroker
+
+MOSQUITTO_CANDIDATES = ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto")
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nobody listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _truthy(value: str | None) -> bool:
+    return (value or "").strip().lower() not in {"", "0", "false", "no", "off"}
+
+
+def mosquitto_required() -> bool:
+    return _truthy(os.environ.get("TOMATO_REQUIRE_MOSQUITTO")) or _truthy(os.environ.get("CI"))
+
+
+def mosquitto_binary() -> str | None:
+    for path in MOSQUITTO_CANDIDATES:
+        if os.access(path, os.X_OK):
+            return path
+    return shutil.which("mosquitto")
+
+
+async def _wait_listening(port: int, timeout: float, what: str) -> None:
+    """Wait until something accepts TCP connections on 127.0.0.1:port."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        try:
+            _r, w = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 1.0)
+        except (OSError, asyncio.TimeoutError):
+            if loop.time() >= deadline:
+                msg = f"{what} is not listening on port {port} after {timeout:g} s"
+                raise TimeoutError(msg) from None
+            await asyncio.sleep(0.02)  # a connection attempt was refused: try again soon
+            continue
+        w.close()
+        with contextlib.suppress(OSError):
+            await w.wait_closed()
+        return
+
+
+@dataclass
+class RunningBroker:
+    """A broker on 127.0.0.1:``port`` that a test may stop and start again."""
+
+    kind: str
+    port: int
+    host: str = "127.0.0.1"
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://{self.host}:{self.port}"
+
+    async def start(self) -> None:
+        raise NotImplementedError
+
+    async def stop(self) -> None:
+        raise NotImplementedError
+
+
+@dataclass
+class AmqttBroker(RunningBroker):
+    _broker: EmbeddedBroker | None = None
+
+    async def start(self) -> None:
+        # the port was free a moment ago, or was ours before a stop(): retry briefly, since
+        # the kernel may still hold it for a few ms after the old listener closed
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 5.0
+        while True:
+            b = EmbeddedBroker(BrokerConfig(host=self.host, port=self.port))
+            try:
+                await b.start()
+            except OSError:
+                if loop.time() >= deadline:
+                    raise
+                await asyncio.sleep(0.05)
+                continue
+            self._broker = b
+            return
+
+    async def stop(self) -> None:
+        if self._broker is not None:
+            b, self._broker = self._broker, None
+            await b.stop()
+
+
+@dataclass
+class MosquittoBroker(RunningBroker):
+    binary: str = ""
+    workdir: Path = field(default_factory=Path)
+    _proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def log_path(self) -> Path:
+        return self.workdir / "mosquitto.log"
+
+    async def start(self) -> None:
+        conf = self.workdir / "mosquitto.conf"
+        conf.write_text(
+            f"listener {self.port} {self.host}\n"
+            "allow_anonymous true\n"
+            "persistence false\n"
+            f"log_dest file {self.log_path}\n"
+            "log_type error\nlog_type warning\nlog_type notice\nlog_type information\n"
+        )
+        self._proc = subprocess.Popen(
+            [self.binary, "-c", str(conf)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            await _wait_listening(self.port, 10.0, "mosquitto")
+        except TimeoutError:
+            await self.stop()
+            log = self.log_path.read_text() if self.log_path.exists() else "(no log)"
+            raise TimeoutError(f"mosquitto did not start on port {self.port}:\n{log}") from None
+
+    async def stop(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                await asyncio.wait_for(asyncio.to_thread(proc.wait), 10.0)
+            except asyncio.TimeoutError:
+                proc.kill()
+                await asyncio.to_thread(proc.wait)
+
+
+@pytest.fixture
+def instance() -> str:
+    """A unique instance name: the test's own topic root ``tomato/v1/<instance>``."""
+    return f"t-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+async def broker() -> AsyncIterator[RunningBroker]:
+    """The embedded amqtt broker on a free port, running in the test's event loop."""
+    b = AmqttBroker(kind="amqtt", port=free_port())
+    await b.start()
+    try:
+        yield b
+    finally:
+        await b.stop()
+
+
+@pytest.fixture
+def mosquitto_path() -> Iterator[str]:
+    path = mosquitto_binary()
+    if path is None:
+        reason = "mosquitto is not installed (run scripts/ensure-mosquitto)"
+        if mosquitto_required():
+            pytest.fail(f"{reason}, but TOMATO_REQUIRE_MOSQUITTO/CI requires it")
+        pytest.skip(reason)
+    yield path
+
+
+@pytest.fixture
+async def mosquitto(mosquitto_path: str, tmp_path: Path) -> AsyncIterator[RunningBroker]:
+    """A Mosquitto broker on a free port with a temporary config (skips if not installed)."""
+    b = MosquittoBroker(kind="mosquitto", port=free_port(), binary=mosquitto_path, workdir=tmp_path)
+    await b.start()
+    try:
+        yield b
+    finally:
+        await b.stop()

@@ -1,0 +1,171 @@
+"""Request/reply over the embedded broker: round trip, no responder, duplicated ids.
+
+The scenarios take a broker, so tests/test_mosquitto.py runs them against Mosquitto too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Mapping
+
+import pytest
+from pydantic import JsonValue
+
+from tests.conftest import RunningBroker
+from tomato_mqtt.messages import Reply, Request, decode, encode
+from tomato_mqtt.mqtt import AsyncClient, Message
+from tomato_mqtt.rpc import CommandError, NoResponder, Requester, Responder, Result
+from tomato_mqtt.topics import Topics
+
+T = 10.0
+
+
+class Echo:
+    """A tiny service: an explicit table of operations, counting calls per request."""
+
+    def __init__(self) -> None:
+        self.calls: list[Mapping[str, JsonValue]] = []
+
+    async def echo(self, args: Mapping[str, JsonValue]) -> Result:
+        self.calls.append(args)
+        return Result("echoed", dict(args))
+
+    async def fail(self, args: Mapping[str, JsonValue]) -> Result:
+        raise CommandError("pipeline 'pip-1' is not ready", {"pipeline": "pip-1"})
+
+    def table(self) -> dict[str, object]:
+        return {"echo": self.echo, "fail": self.fail}
+
+
+@contextlib.asynccontextmanager
+async def serving(b: RunningBroker, topics: Topics, svc: Echo) -> AsyncIterator[AsyncClient]:
+    """Run a responder for ``scheduler/cmd/+``; requests are handled one at a time."""
+    async with AsyncClient(b.url, client_id=f"{topics.instance}-server") as client:
+        responder = Responder(client, topics, {"echo": svc.echo, "fail": svc.fail}, name="echo")
+        await client.subscribe(topics.scheduler_cmds())
+
+        async def loop() -> None:
+            async for msg in client.messages():
+                parsed = topics.parse(msg.topic)
+                if parsed is not None and parsed.op is not None:
+                    await responder.handle(msg, parsed.op)
+
+        task = asyncio.create_task(loop())
+        try:
+            yield client
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+# -- scenarios (also run against Mosquitto) ---------------------------------------------
+async def check_request_reply(b: RunningBroker, topics: Topics) -> None:
+    svc = Echo()
+    async with (
+        serving(b, topics, svc),
+        AsyncClient(b.url, client_id=f"{topics.instance}-cli") as cli,
+    ):
+        req = Requester(cli, topics)
+        reply = await req.request(topics.scheduler_cmd("echo"), {"x": [1, 2]}, timeout=T)
+        assert reply.success
+        assert (reply.msg, reply.data) == ("echoed", {"x": [1, 2]})
+
+        reply = await req.request(topics.scheduler_cmd("fail"), timeout=T)
+        assert not reply.success
+        assert reply.msg == "pipeline 'pip-1' is not ready"
+        assert reply.data == {"pipeline": "pip-1"}
+
+        reply = await req.request(topics.scheduler_cmd("nope"), timeout=T)
+        assert not reply.success
+        assert "unknown operation 'nope'" in reply.msg
+        assert "echo, fail" in reply.msg
+
+        # a malformed request still gets an answer when its reply topic can be found
+        async with AsyncClient(b.url, client_id=f"{topics.instance}-raw") as raw:
+            got: asyncio.Queue[Message] = asyncio.Queue()
+            reply_topic = topics.reply(raw.client_id)
+            await raw.subscribe(reply_topic, handler=got.put_nowait)
+            bad = b'{"id": "bad-1", "reply_to": "' + reply_topic.encode() + b'", "args": 3}'
+            await raw.publish(topics.scheduler_cmd("echo"), bad)
+            answer = decode(Reply, (await asyncio.wait_for(got.get(), T)).payload)
+            assert (answer.id, answer.success) == ("bad-1", False)
+            assert "args" in answer.msg
+
+        # concurrent requests are matched to their replies by id
+        replies = await asyncio.gather(
+            *(req.request(topics.scheduler_cmd("echo"), {"i": i}, timeout=T) for i in range(20))
+        )
+        assert [r.data for r in replies] == [{"i": i} for i in range(20)]
+
+
+async def check_no_responder(b: RunningBroker, topics: Topics) -> None:
+    async with AsyncClient(b.url, client_id=f"{topics.instance}-cli") as cli:
+        req = Requester(cli, topics)
+        topic = topics.scheduler_cmd("status")
+        with pytest.raises(NoResponder) as err:
+            await req.request(topic, timeout=0.3, who="scheduler")
+        text = str(err.value)
+        assert topic in text
+        assert "0.3 s" in text
+        assert text == f"no scheduler answered on {topic} within 0.3 s — is it running?"
+
+
+async def check_duplicate_answered_once(b: RunningBroker, topics: Topics) -> None:
+    svc = Echo()
+    async with (
+        serving(b, topics, svc),
+        AsyncClient(b.url, client_id=f"{topics.instance}-cli") as cli,
+    ):
+        reply_topic = topics.reply(cli.client_id)
+        got: asyncio.Queue[Reply] = asyncio.Queue()
+        await cli.subscribe(reply_topic, handler=lambda m: got.put_nowait(decode(Reply, m.payload)))
+        dup = encode(Request(id="dup-1", reply_to=reply_topic, args={"n": 1}))
+        # QoS 1 may deliver a request twice: simulate it by publishing the same bytes twice
+        await cli.publish(topics.scheduler_cmd("echo"), dup)
+        await cli.publish(topics.scheduler_cmd("echo"), dup)
+        # a barrier: requests are handled in order, so once this one is answered, a second
+        # answer to dup-1 would already have arrived
+        barrier = encode(Request(id="barrier", reply_to=reply_topic, args={"n": 2}))
+        await cli.publish(topics.scheduler_cmd("echo"), barrier)
+        ids = []
+        while not ids or ids[-1] != "barrier":
+            ids.append((await asyncio.wait_for(got.get(), T)).id)
+        assert ids == ["dup-1", "barrier"]
+        assert svc.calls == [{"n": 1}, {"n": 2}]
+
+
+# -- tests on the embedded broker -----------------------------------------------------------
+async def test_request_reply_round_trip(broker: RunningBroker, instance: str) -> None:
+    await check_request_reply(broker, Topics(instance))
+
+
+async def test_no_responder_names_topic_and_wait(broker: RunningBroker, instance: str) -> None:
+    await check_no_responder(broker, Topics(instance))
+
+
+async def test_duplicated_request_id_is_answered_once(broker: RunningBroker, instance: str) -> None:
+    await check_duplicate_answered_once(broker, Topics(instance))
+
+
+async def test_reply_to_outside_the_instance_is_ignored(
+    broker: RunningBroker, instance: str
+) -> None:
+    """A responder never publishes replies outside its own root (no reflection attacks)."""
+    topics = Topics(instance)
+    svc = Echo()
+    async with (
+        serving(b=broker, topics=topics, svc=svc),
+        AsyncClient(broker.url, client_id=f"{instance}-cli") as cli,
+    ):
+        outside = "elsewhere/reply/x"
+        got: asyncio.Queue[Message] = asyncio.Queue()
+        await cli.subscribe(outside, handler=got.put_nowait)
+        rogue = encode(Request(id="r-1", reply_to=outside, args={"n": 1}))
+        await cli.publish(topics.scheduler_cmd("echo"), rogue)
+        reply = await Requester(cli, topics).request(topics.scheduler_cmd("echo"), timeout=T)
+        assert reply.success
+        # replies leave the responder in order: a reply to the rogue request would be here
+        assert got.empty()
+        assert svc.calls == [{}]
