@@ -24,13 +24,17 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from tomato_mqtt.url import BrokerURL
 
-__all__ = ["NoAnswer", "OneShotError", "Reply", "request"]
+__all__ = ["NoAnswer", "OneShotError", "Refused", "Reply", "request"]
 
 SCHEMA = 1  # tomato_mqtt.messages.SCHEMA
 
 
 class OneShotError(Exception):
     """The broker could not be reached or refused the connection."""
+
+
+class Refused(OneShotError):
+    """The broker refused us: credentials or authorisation, not a service that is down."""
 
 
 class NoAnswer(OneShotError):
@@ -87,7 +91,10 @@ def request(
 
     def on_connect(cl: paho.Client, ud: Any, flags: Any, rc: Any, props: Any) -> None:
         if rc.is_failure:
-            state["error"] = f"the MQTT broker at {url} refused the connection: {rc}"
+            state["error"] = (
+                f"the MQTT broker at {url} refused the connection ({rc}): check the "
+                "username and password (--broker mqtt://user:pass@host:port or settings.toml)"
+            )
             return
         cl.subscribe(reply_to, qos=1)
 
@@ -127,12 +134,19 @@ def request(
                     f"no {who} answered on {topic} within {timeout:g} s — is it running?"
                 )
             rc = c.loop(timeout=min(left, 0.5))
+            if "error" in state:
+                break
+            if rc == paho.MQTT_ERR_CONN_REFUSED:
+                raise Refused(
+                    f"the MQTT broker at {url} refused the connection: check the username "
+                    "and password (--broker mqtt://user:pass@host:port or settings.toml)"
+                )
             if rc not in (paho.MQTT_ERR_SUCCESS, paho.MQTT_ERR_AGAIN):
                 raise OneShotError(
                     f"lost the connection to the MQTT broker at {url}: {paho.error_string(rc)}"
                 )
         if "error" in state:
-            raise OneShotError(state["error"])
+            raise Refused(state["error"])
         return state["reply"]  # type: ignore[no-any-return]
     finally:
         c.disconnect()

@@ -222,7 +222,7 @@ def run_request(
 
     try:
         return oneshot.request(ctx.url, topic, ctx.topics.reply, args, timeout=timeout, who=who)
-    except oneshot.NoAnswer as e:
+    except (oneshot.NoAnswer, oneshot.Refused) as e:
         fail(f"{e} ({ctx.where()})")
     except oneshot.OneShotError as e:
         fail(f"{e} — is tomato-mqtt running? ({ctx.where()})")

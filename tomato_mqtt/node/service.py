@@ -467,7 +467,8 @@ class NodeService:
         self._refuse_while_running(hc, f"set {attr!r} on", args)
         dev = hc.device
         if dev is None:
-            raise CommandError(f"component {hc.name} is not registered")
+            why = f": {hc.error}" if hc.error else ""
+            raise CommandError(f"component {hc.name} is not registered{why}")
         try:
             val = await asyncio.to_thread(dev.set_attr, attr, args["val"])
         except (ValueError, TypeError, AttributeError, KeyError) as e:
@@ -481,7 +482,8 @@ class NodeService:
     async def _op_get_attr(self, hc: HostedComponent, args: Mapping[str, JsonValue]) -> Result:
         dev = hc.device
         if dev is None:
-            raise CommandError(f"component {hc.name} is not registered")
+            why = f": {hc.error}" if hc.error else ""
+            raise CommandError(f"component {hc.name} is not registered{why}")
         raw = args.get("attrs") or ([args["attr"]] if "attr" in args else [])
         names = [str(a) for a in raw] if isinstance(raw, list) else [str(raw)]
         if not names:

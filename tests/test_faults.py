@@ -1,0 +1,235 @@
+"""Driver faults end to end, on a real stack (``tomato start``), with the ``faulty`` test driver.
+
+A driver that raises in ``__init__`` (connect), in ``do_task``, in ``set_attr``, or calls
+``sys.exit`` in ``do_task`` must only ever become an error on that component: the job
+ends ``ce`` naming the component and the driver's error, the file keeps the points taken
+before it, and the node (same pid, same epoch) and the scheduler keep serving the others.
+
+Needs ``tests/drivers/faulty`` installed (entry point ``faulty``); see
+``tests/drivers/faulty/tomato_mqtt_faulty/__init__.py`` for where it fails.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import xarray as xr
+import yaml
+
+from tests.stack import BIN, CONFIG, Stack, make_stack, stop_stack
+
+pytestmark = pytest.mark.timeout(180)
+
+CONNECT_ERROR = "faulty: cannot connect to 'fail-connect' (simulated"
+
+
+@contextlib.contextmanager
+def faulty_stack(
+    root: Path, devices: str, settings: str = "", start_timeout: float = 10.0
+) -> Iterator[Stack]:
+    """``tomato start -t``: a component that never registers must not hold the start for
+    the default 30 s (start then returns with "n/m component(s) ready")."""
+    st = make_stack(root, devices, settings)
+    res = subprocess.run(
+        [str(BIN / "tomato"), "start", *st.dirs(), "-p", str(st.port), "-t", str(start_timeout)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    try:
+        assert res.returncode == 0, f"tomato start failed:\n{res.stdout}\n{res.stderr}\n{st.logs()}"
+        yield st
+    finally:
+        stop_stack(st)
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    with faulty_stack(tmp_path_factory.mktemp("faults"), "faulty_devices.yml") as st:
+        yield st
+
+
+def components(st: Stack) -> dict[str, dict[str, Any]]:
+    out = st.json("tomato", "status", "components")
+    assert out["success"], out
+    return {c["name"]: c for c in out["data"]}
+
+
+def wait_component(
+    st: Stack, name: str, pred: Any, what: str, timeout: float = 20
+) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    comp: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        comp = components(st).get(name, {})
+        if pred(comp):
+            return comp
+        time.sleep(0.1)
+    raise AssertionError(f"{name}: not {what} after {timeout} s: {comp}\n{st.logs()}")
+
+
+def local_node(st: Stack) -> dict[str, Any]:
+    out = st.json("tomato", "status", "nodes")
+    assert out["success"], out
+    (node,) = [n for n in out["data"] if n["node"] == "local"]
+    return node  # type: ignore[no-any-return]
+
+
+def payload(st: Stack, sample: str, duration: float = 1.0) -> Path:
+    doc = yaml.safe_load((CONFIG / "faulty_sample.yml").read_text())
+    doc["sample"]["identifier"] = sample
+    doc["method"][0]["max_duration"] = duration
+    p = st.workdir / f"{sample}.yml"
+    p.write_text(yaml.safe_dump(doc))
+    return p
+
+
+def run_job(st: Stack, pipeline: str, sample: str, duration: float = 1.0) -> dict[str, Any]:
+    st.load_ready(pipeline, sample)
+    jobid = st.submit(payload(st, sample, duration))
+    return st.wait_job(jobid, {"c", "ce", "cd"}, timeout=30)
+
+
+def role_data(path: str | Path) -> xr.Dataset:
+    tree = xr.open_datatree(path)
+    tree.load()
+    tree.close()
+    assert list(tree.children) == ["dev"], tree
+    return tree["dev"].to_dataset()
+
+
+def assert_node_unchanged(st: Stack, before: dict[str, Any]) -> None:
+    after = local_node(st)
+    assert after["state"] == "online", after
+    # neither crashed (the supervisor would restart it with a new pid and epoch) nor reborn
+    assert (after["pid"], after["epoch"]) == (before["pid"], before["epoch"]), (before, after)
+
+
+def assert_normal_job_completes(st: Stack, pipeline: str, sample: str) -> None:
+    job = run_job(st, pipeline, sample)
+    assert job["status"] == "c", job
+    ds = role_data(job["respath"])
+    assert ds["k"].values.tolist() == list(range(1, 11))
+    st.run("tomato", "pipeline", "eject", pipeline, check=True)
+
+
+def test_connect_failure_is_shown_retried_and_others_work(stack: Stack) -> None:
+    name = "faulty:(fail-connect,1)"
+    comp = wait_component(stack, name, lambda c: bool(c.get("error")), "in error")
+    assert comp["state"] == "error" and comp["registered"] is False, comp
+    # what (registration, the driver's own message) and that it is retried
+    assert "registration failed (attempt " in comp["error"], comp
+    assert "retrying in " in comp["error"], comp
+    assert CONNECT_ERROR in comp["error"], comp
+    assert comp["node"] == "local" and comp["device"] == "dev-conn", comp
+    # passata names the component and why it cannot serve
+    res = stack.run("passata", "measure", "dev-conn/1")
+    assert res.returncode == 1, (res.stdout, res.stderr)
+    assert name in res.stderr and "not registered" in res.stderr, res.stderr
+    assert CONNECT_ERROR in res.stderr, res.stderr
+
+    node = local_node(stack)
+    assert node["state"] == "online" and name in node["components"], node
+    others = {n: c for n, c in components(stack).items() if n != name}
+    assert others and all(c["registered"] and c["state"] == "idle" for c in others.values())
+    # another component on the same node runs a job to the end
+    assert_normal_job_completes(stack, "pip-ok-2", "beside-connect-failure")
+    assert_node_unchanged(stack, node)
+    # and the broken one is still being retried (the attempt count grows)
+    attempt = int(comp["error"].split("attempt ")[1].split(",")[0])
+    later = components(stack)[name]
+    assert later["state"] == "error" and CONNECT_ERROR in later["error"], later
+    assert int(later["error"].split("attempt ")[1].split(",")[0]) >= attempt
+
+
+def test_task_error_ends_ce_with_reason_and_keeps_points(stack: Stack) -> None:
+    node = local_node(stack)
+    job = run_job(stack, "pip-task", "task-error")
+    assert job["status"] == "ce", job
+    reason = job["reason"] or ""
+    # where: the component; what: the driver's own error
+    assert "faulty:(fail-task,1)" in reason, reason
+    assert "faulty: do_task failed at point 3 (simulated)" in reason, reason
+    assert "RuntimeError" in reason, reason
+    # the file holds the points measured before the error (fail_at_point = 3: points 1, 2)
+    ds = role_data(job["respath"])
+    assert ds["k"].values.tolist() == [1, 2], ds
+    assert np.all(np.diff(ds["uts"].values) > 0)
+    # the component is idle again and shows the failed task; the node did not go down
+    comp = wait_component(
+        stack, "faulty:(fail-task,1)", lambda c: c.get("state") == "idle", "idle again"
+    )
+    assert comp["registered"] and comp["job"] is None, comp
+    assert_node_unchanged(stack, node)
+    # node and scheduler keep serving: a normal job on another pipeline completes
+    assert_normal_job_completes(stack, "pip-ok-1", "after-task-error")
+    assert_node_unchanged(stack, node)
+
+
+def test_set_attr_error_exits_1_and_component_stays_usable(stack: Stack) -> None:
+    node = local_node(stack)
+    name = "faulty:(fail-set,1)"
+    res = stack.run("passata", "set", "dev-set/1", "level", "2")
+    assert res.returncode == 1, (res.stdout, res.stderr)
+    msg = res.stderr
+    assert "error:" in msg and "'level'" in msg and name in msg, msg
+    assert "faulty: cannot set 'level' (simulated)" in msg, msg
+    out = stack.json("passata", "set", "dev-set/1", "mode", "b")
+    assert out["success"] is False and name in out["msg"], out
+    assert "faulty: cannot set 'mode' (simulated)" in out["msg"], out
+    # still usable: reads, a measurement, its status, and a job without parameters
+    got = stack.json("passata", "get", "dev-set/1", "level", "mode")
+    assert got["success"] and got["data"] == {"level": 1.0, "mode": "a"}, got
+    meas = stack.json("passata", "measure", "dev-set/1")
+    assert meas["success"] and meas["data"]["values"]["level"] == 1.0, meas
+    st = stack.json("passata", "status", "dev-set/1")
+    assert st["success"] and st["data"]["state"] == "idle", st
+    assert_normal_job_completes(stack, "pip-set", "after-set-error")
+    assert_node_unchanged(stack, node)
+
+
+def test_sys_exit_in_do_task_ends_ce_and_node_lives(stack: Stack) -> None:
+    node = local_node(stack)
+    job = run_job(stack, "pip-exit", "exit-in-task")
+    assert job["status"] == "ce", job
+    reason = job["reason"] or ""
+    assert "faulty:(fail-exit,1)" in reason, reason
+    assert "SystemExit" in reason, reason
+    assert "faulty: do_task exits at point 3 (simulated)" in reason, reason
+    assert role_data(job["respath"])["k"].values.tolist() == [1, 2]
+    assert_node_unchanged(stack, node)
+    wait_component(stack, "faulty:(fail-exit,1)", lambda c: c.get("state") == "idle", "idle")
+    assert_normal_job_completes(stack, "pip-ok-1", "after-exit")
+    assert_node_unchanged(stack, node)
+
+
+def test_connect_failures_then_registers(tmp_path: Path) -> None:
+    settings = "[drivers.faulty]\nconnect_failures = 2\n"
+    with faulty_stack(tmp_path, "faulty_retry_devices.yml", settings, start_timeout=20) as st:
+        name = "faulty:(fail-connect,1)"
+        comp = wait_component(st, name, lambda c: c.get("registered"), "registered")
+        assert comp["state"] == "idle" and comp["error"] is None, comp
+        assert comp["capabilities"] == ["sample"], comp
+        log = (st.logdir / "node-local.log").read_text()
+        for attempt in (1, 2):
+            assert f"{name}: registration failed (attempt {attempt}," in log, log
+            assert f"{CONNECT_ERROR}, attempt {attempt})" in log, log
+        assert "attempt 3" not in log, log
+        assert f"registered {name}" in log, log
+        # it works like any other component now
+        assert_normal_job_completes(st, "pip-conn", "after-retries")
+
+
+def test_get_and_set_on_unregistered_component_say_why(stack: Stack) -> None:
+    for args in (("get", "dev-conn/1", "level"), ("set", "dev-conn/1", "level", "2")):
+        res = stack.run("passata", *args)
+        assert res.returncode == 1, (args, res.stdout, res.stderr)
+        assert "faulty:(fail-connect,1) is not registered" in res.stderr, res.stderr
+        assert CONNECT_ERROR in res.stderr, (args, res.stderr)
