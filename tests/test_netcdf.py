@@ -45,6 +45,7 @@ def test_layout_matches_tomato(tmp_path: Path) -> None:
     assert tree.attrs["tomato_version"] == "x"
     assert json.loads(tree.attrs["tomato_Job"]) == {}
     ds = tree["counter"].to_dataset()
+    assert tree["counter"].attrs["role"] == "counter"
     assert json.loads(tree["counter"].attrs["tomato_Component"])["driver"] == "example_counter"
     np.testing.assert_array_equal(ds["uts"].values, [1.0, 2.0, 3.0, 4.0, 5.0])
     np.testing.assert_array_equal(ds["val"].values, [1, 2, 3, 4, 5])

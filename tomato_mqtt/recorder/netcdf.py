@@ -3,9 +3,9 @@
 Pure (no MQTT). Layout, compatible with tomato's: root attrs ``tomato_version`` and
 ``tomato_Job`` (JSON); one group per role with the coordinate ``uts`` (unix time, s),
 the driver's variables with CF ``units`` attrs, a ``task`` variable (index of the payload
-task that produced each point, -1 for none) and the group attr ``tomato_Component``
-(JSON). The file is written next to its final place and renamed, so a reader never sees
-half a file.
+task that produced each point, -1 for none) and the group attrs ``tomato_Component``
+(JSON) and ``role``. The file is written next to its final place and renamed, so a
+reader never sees half a file.
 """
 
 from __future__ import annotations
@@ -76,7 +76,7 @@ def _role_dataset(ri: RoleInput) -> xr.Dataset:
     ds = xr.Dataset(
         data_vars,
         coords={"uts": ("uts", np.asarray(uts, dtype=float), {"units": "s"})},
-        attrs={"tomato_Component": ri.component_json},
+        attrs={"tomato_Component": ri.component_json, "role": ri.role},  # as tomato's
     )
     return ds
 
