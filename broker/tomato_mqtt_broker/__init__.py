@@ -54,6 +54,31 @@ class BrokerConfig:
         return {"listeners": listeners, "plugins": plugins, "timeout_disconnect_delay": 0}
 
 
+def _broker_class() -> Any:
+    """amqtt's Broker, without its retained-message leak.
+
+    On every new connection amqtt 0.12 sends the client the retained messages of *every*
+    topic filter that *any* client subscribed to (``_handle_client_session`` loops over
+    the broker-wide subscriptions). A client thus receives retained status it never
+    asked for, whatever the ACL says, and the loop awaits while iterating a dict that
+    other sessions change ("dictionary changed size during iteration" drops the client).
+    Here retained messages go only to a session that really holds the subscription; the
+    guard returns without awaiting, so that loop no longer yields either.
+    """
+    from amqtt.broker import Broker  # heavy import, only where a broker really runs
+
+    class _Broker(Broker):  # type: ignore[misc]
+        async def _publish_retained_messages_for_subscription(
+            self, subscription: tuple[str, int], session: Any
+        ) -> None:
+            holders = self._subscriptions.get(subscription[0], ())
+            if not any(s.client_id == session.client_id for s, _qos in holders):
+                return
+            await super()._publish_retained_messages_for_subscription(subscription, session)
+
+    return _Broker
+
+
 class EmbeddedBroker:
     """amqtt in this process: ``await start()``, ``await stop()``."""
 
@@ -62,12 +87,10 @@ class EmbeddedBroker:
         self._broker: Any = None
 
     async def start(self) -> None:
-        from amqtt.broker import Broker  # heavy import, only where a broker really runs
-
         # amqtt logs every connection at INFO; keep our logs about our services
         for noisy in ("amqtt", "transitions", "websockets"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
-        self._broker = Broker(self.config.amqtt_config())
+        self._broker = _broker_class()(self.config.amqtt_config())
         try:
             await self._broker.start()
         except Exception as e:
