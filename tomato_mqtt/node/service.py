@@ -411,6 +411,7 @@ class NodeService:
         log.info("node %s: registered %s", self.name, name)
         await self._publish_meta(hc)
         await self._publish_status(hc)
+        await self._publish_node_status()  # its drivers are loaded now: say so at once
 
     # -- component operations -----------------------------------------------------------
     def _lock(self, hc: HostedComponent) -> asyncio.Lock:
