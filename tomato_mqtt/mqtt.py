@@ -325,6 +325,13 @@ class AsyncClient:
         except asyncio.TimeoutError:
             raise MqttTimeout(f"no message within {timeout:g} s") from None
 
+    def take_message(self) -> Message | None:
+        """The next message of the stream if one is waiting, else None (never waits)."""
+        try:
+            return self._queue.get_nowait()
+        except asyncio.QueueEmpty:
+            return None
+
     async def wait_connected(self, timeout: float | None = None) -> None:
         await asyncio.wait_for(self._connected.wait(), timeout)
 

@@ -6,6 +6,7 @@ them, so ``tomato status`` stays fast.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -162,7 +163,7 @@ def _wait_ready(
     """Wait until the scheduler answers and every component is registered."""
     import asyncio
 
-    from tomato_mqtt.mqtt import AsyncClient, MqttError
+    from tomato_mqtt.mqtt import AsyncClient, MqttError, MqttTimeout
     from tomato_mqtt.rpc import NoResponder, Requester
 
     async def go() -> tuple[int, int] | None:
@@ -179,9 +180,23 @@ def _wait_ready(
                     return None
                 await asyncio.sleep(0.05)
         try:
+            # push, not poll: ask again whenever the scheduler's presence or a component's
+            # meta changes (both retained), and once a second in case a request was lost
+            await c.subscribe(ctx.topics.scheduler_status())
+            await c.subscribe(ctx.topics.all_component_meta())
             req = Requester(c, ctx.topics)
             last: tuple[int, int] | None = None
+            online = False
             while time.monotonic() < deadline and proc.poll() is None:
+                with contextlib.suppress(MqttTimeout):
+                    msg = await c.next_message(1.0)
+                    if msg.topic == ctx.topics.scheduler_status():
+                        online = b'"online"' in msg.payload
+                    while (more := c.take_message()) is not None:  # a burst: ask once
+                        if more.topic == ctx.topics.scheduler_status():
+                            online = b'"online"' in more.payload
+                if not online:
+                    continue
                 try:
                     r = await req.request(
                         ctx.topics.scheduler_cmd("status"),
@@ -196,7 +211,6 @@ def _wait_ready(
                 last = (ok, len(comps))
                 if ok == len(comps):
                     return last
-                await asyncio.sleep(0.05)
             return last
         finally:
             await c.disconnect()
