@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pydantic import ValidationError
+if TYPE_CHECKING:  # kept off the CLI's import path (pydantic is ~60 ms)
+    from pydantic import ValidationError
 
 __all__ = [
     "ConfigError",

@@ -16,8 +16,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pydantic import ValidationError
-
 from tomato_mqtt.errors import (
     DocumentError,
     describe_validation_error,
@@ -27,6 +25,7 @@ from tomato_mqtt.errors import (
 
 if TYPE_CHECKING:
     from dgbowl_schemas.tomato.payload import Payload
+    from pydantic import ValidationError
 
 __all__ = [
     "LATEST_VERSION",
@@ -139,6 +138,8 @@ def parse_payload(data: Mapping[str, Any], user: str | None = None) -> Payload:
         doc["method"] = _durations_in_seconds(doc.get("method"))
 
     import importlib
+
+    from pydantic import ValidationError
 
     module = importlib.import_module(f"dgbowl_schemas.tomato.payload_{version.replace('.', '_')}")
     try:
