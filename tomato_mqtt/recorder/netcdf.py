@@ -32,50 +32,70 @@ class RoleInput:
     batches: list[bytes] = field(default_factory=list)  # raw DataBatch JSON
 
 
-def _column(values: Sequence[Any]) -> np.ndarray[Any, Any]:
-    kinds = {type(v) for v in values if v is not None}
-    has_none = any(v is None for v in values)
-    if kinds <= {bool} and kinds and not has_none:
-        return np.asarray(values, dtype=np.int8)
-    if kinds <= {int} and kinds and not has_none:
-        return np.asarray(values, dtype=np.int64)
-    if kinds <= {int, float, bool}:
-        return np.asarray([math.nan if v is None else float(v) for v in values], dtype=float)
-    return np.asarray(["" if v is None else str(v) for v in values], dtype=object)
+def _chunk(vals: Sequence[Any]) -> np.ndarray[Any, Any]:
+    """One batch's values of one variable, typed by numpy (C speed for the usual case)."""
+    a = np.asarray(vals)
+    if a.dtype.kind in "biufU":
+        return a
+    # None among them, or a mix of kinds: decide per value (rare: slow path)
+    if all(v is None or isinstance(v, (int, float, bool)) for v in vals):
+        return np.asarray([math.nan if v is None else float(v) for v in vals], dtype=float)
+    return np.asarray(["" if v is None else str(v) for v in vals], dtype=object)
+
+
+def _column(chunks: Sequence[np.ndarray[Any, Any] | None], lens: Sequence[int]) -> Any:
+    """Join a variable's per-batch arrays; a batch without it gets NaN (or "")."""
+    kinds = {c.dtype.kind for c in chunks if c is not None}
+    gaps = any(c is None for c in chunks)
+    if not gaps and kinds <= {"b"}:
+        dtype: Any = np.int8  # netCDF has no bool
+    elif not gaps and kinds <= {"i", "u"}:
+        dtype = np.int64
+    elif kinds <= {"b", "i", "u", "f"}:
+        dtype = float
+    else:
+        dtype = object
+    fill: Any = math.nan if dtype is float else ""
+    parts = []
+    for c, n in zip(chunks, lens, strict=True):
+        if c is None:
+            parts.append(np.full(n, fill, dtype=dtype))
+        elif dtype is object:
+            parts.append(c.astype(str).astype(object) if c.dtype.kind != "O" else c)
+        else:
+            parts.append(c.astype(dtype, copy=False))
+    if not parts:
+        return np.asarray([], dtype=float)
+    return np.concatenate(parts)
 
 
 def _role_dataset(ri: RoleInput) -> xr.Dataset:
-    uts: list[float] = []
-    task: list[int] = []
-    cols: dict[str, list[Any]] = {}
-    units: dict[str, str] = {}
     batches = [json.loads(raw) for raw in ri.batches]
     batches.sort(key=lambda b: (b["epoch"], b["seq"]))
+    lens = [len(b["uts"]) for b in batches]
+    names: dict[str, None] = {}
+    units: dict[str, str] = {}
     for b in batches:
-        n = len(b["uts"])
-        start = len(uts)
-        uts.extend(b["uts"])
-        t = b.get("task")
-        task.extend([-1 if t is None else int(t)] * n)
-        for name, vals in b["vars"].items():
-            col = cols.setdefault(name, [None] * start)
-            col.extend(vals)
-        for col in cols.values():
-            if len(col) < start + n:  # a variable this batch did not carry
-                col.extend([None] * (start + n - len(col)))
+        names.update(dict.fromkeys(b["vars"]))
         units.update(b.get("units") or {})
     data_vars: dict[str, Any] = {}
-    for name, col in cols.items():
+    for name in names:
+        chunks = [_chunk(b["vars"][name]) if name in b["vars"] else None for b in batches]
         attrs = {"units": units[name]} if units.get(name) else {}
-        data_vars[name] = xr.Variable(("uts",), _column(col), attrs)
+        data_vars[name] = xr.Variable(("uts",), _column(chunks, lens), attrs)
+    task = [
+        np.full(n, -1 if b.get("task") is None else int(b["task"]), dtype=np.int64)
+        for b, n in zip(batches, lens, strict=True)
+    ]
     data_vars["task"] = xr.Variable(
         ("uts",),
-        np.asarray(task, dtype=np.int64),
+        np.concatenate(task) if task else np.asarray([], dtype=np.int64),
         {"long_name": "index of the payload task that produced the point (-1: none)"},
     )
+    uts = [np.asarray(b["uts"], dtype=float) for b in batches]
     ds = xr.Dataset(
         data_vars,
-        coords={"uts": ("uts", np.asarray(uts, dtype=float), {"units": "s"})},
+        coords={"uts": ("uts", np.concatenate(uts) if uts else np.asarray([]), {"units": "s"})},
         attrs={"tomato_Component": ri.component_json, "role": ri.role},  # as tomato's
     )
     return ds
