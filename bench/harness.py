@@ -58,6 +58,24 @@ _SELF = psutil.Process()
 _managed: set[int] = set()  # pids whose exit a run() call is waiting for
 _reaped_cpu = 0.0  # CPU-s of descendants reaped by reap(), cumulative
 _lock = threading.Lock()
+_roles: dict[int, str] = {}  # pid -> role, remembered while alive (for reaped processes)
+_reaped_by_role: dict[str, float] = {}
+
+
+def role_of(p: psutil.Process) -> str:
+    """Which part of which system a process is, from its command line."""
+    try:
+        cmd = " ".join(p.cmdline())
+    except psutil.Error:
+        return "other"
+    for name in ("tomato-daemon", "tomato-driver", "tomato-job"):
+        if name in cmd:
+            return name
+    if "tomato_mqtt.cli.tomato" in cmd:
+        for part in ("node", "recorder", "scheduler", "broker", "supervise"):
+            if f"tomato_mqtt.cli.tomato {part}" in cmd:
+                return part
+    return "other"
 
 
 def become_subreaper() -> bool:
@@ -180,8 +198,11 @@ def reap() -> None:
         except ChildProcessError:
             continue
         if pid:
+            cpu = ru.ru_utime + ru.ru_stime
             with _lock:
-                _reaped_cpu += ru.ru_utime + ru.ru_stime
+                _reaped_cpu += cpu
+                role = _roles.get(pid, "other")
+                _reaped_by_role[role] = _reaped_by_role.get(role, 0.0) + cpu
 
 
 def descendants() -> list[psutil.Process]:
@@ -197,6 +218,8 @@ def _tree_cpu() -> dict[int, float]:
         with contextlib.suppress(psutil.Error):
             t = p.cpu_times()
             cpu[p.pid] = t.user + t.system + t.children_user + t.children_system
+            if p.pid not in _roles:
+                _roles[p.pid] = role_of(p)
     return cpu
 
 
@@ -206,19 +229,37 @@ class CpuWindow:
     def __init__(self) -> None:
         self._start: dict[int, float] = {}
         self._reaped0 = 0.0
+        self._reaped_roles0: dict[str, float] = {}
         self.cpu = 0.0
+        self.by_role: dict[str, float] = {}  # CPU-s per role_of() in the window
 
     def start(self) -> CpuWindow:
         reap()
         self._start = _tree_cpu()
         self._reaped0 = _reaped_cpu
+        self._reaped_roles0 = dict(_reaped_by_role)
         return self
 
     def stop(self) -> float:
         reap()
         end = _tree_cpu()
         self.cpu = sum(end.values()) + (_reaped_cpu - self._reaped0) - sum(self._start.values())
+        roles: dict[str, float] = {}
+        for pid, c in end.items():
+            r = _roles.get(pid, "other")
+            roles[r] = roles.get(r, 0.0) + c - self._start.get(pid, 0.0)
+        for r, c in _reaped_by_role.items():
+            roles[r] = roles.get(r, 0.0) + c - self._reaped_roles0.get(r, 0.0)
+        # a process alive at the start and reaped before the end: its start share is gone
+        for pid, c in self._start.items():
+            if pid not in end:
+                r = _roles.get(pid, "other")
+                roles[r] = roles.get(r, 0.0) - c
+        self.by_role = roles
         return self.cpu
+
+    def role(self, *names: str) -> float:
+        return sum(self.by_role.get(n, 0.0) for n in names)
 
 
 class RssPeak:

@@ -7,10 +7,14 @@ registered, so its own wall time is the start → ready figure.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import os
 import sys
+import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +22,46 @@ import yaml
 
 from bench import harness
 
-__all__ = ["TomatoMqtt"]
+__all__ = ["MessageCounter", "TomatoMqtt"]
 
 BIN = Path(sys.executable).parent
+
+
+class MessageCounter:
+    """Counts every message under a topic filter, with a paho client in a thread here."""
+
+    def __init__(self, port: int, filter_: str) -> None:
+        import paho.mqtt.client as paho
+
+        self.count = 0
+        self.t0 = self.t1 = 0.0
+        self._sub = threading.Event()
+        c = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=f"bench-count-{os.getpid()}")
+        c.on_message = self._on_message
+        c.on_subscribe = lambda *a: self._sub.set()
+        c.connect("127.0.0.1", port)
+        c.loop_start()
+        c.subscribe(filter_, 0)
+        if not self._sub.wait(10):
+            raise RuntimeError(f"could not subscribe to {filter_} on 127.0.0.1:{port}")
+        self._c = c
+
+    def _on_message(self, client: object, ud: object, msg: object) -> None:
+        if not getattr(msg, "retain", False):
+            self.count += 1
+
+    def __enter__(self) -> MessageCounter:
+        self.count = 0
+        self.t0 = time.monotonic()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.t1 = time.monotonic()
+        self._c.disconnect()
+        self._c.loop_stop()
+
+    def rate(self) -> float:
+        return self.count / max(1e-9, self.t1 - self.t0)
 
 
 class TomatoMqtt:
@@ -35,6 +76,7 @@ class TomatoMqtt:
         self.port = harness.free_port()
         self.env = dict(os.environ)
         self.pipelines = [f"pip-counter-{i}" for i in range(1, n_components + 1)]
+        self.instance = f"bench{self.port}"
 
     @property
     def dirs(self) -> list[str]:
@@ -64,7 +106,7 @@ class TomatoMqtt:
         # fewer to find free), everything else at its default.
         (self.root / "settings.toml").write_text(
             f'datadir = "{self.root}"\nlogdir = "{self.root}"\n'
-            f'[mqtt]\nport = {self.port}\ninstance = "bench{self.port}"\n'
+            f'[mqtt]\nport = {self.port}\ninstance = "{self.instance}"\n'
             "[broker]\nws_port = 0\n"
         )
         devices = {
@@ -102,7 +144,13 @@ class TomatoMqtt:
             env=self.env,
             timeout=30,
         )
-        return harness.stop_descendants(15)
+        return harness.stop_descendants(5)
+
+    @contextlib.contextmanager
+    def message_counter(self) -> Iterator[MessageCounter]:
+        """Every non-retained message under this instance's topic root, while in the block."""
+        with MessageCounter(self.port, f"tomato/v1/{self.instance}/#") as m:
+            yield m
 
     # ----------------------------------------------------------------------- calls
 
@@ -112,8 +160,11 @@ class TomatoMqtt:
     def job_status_call(self, jobid: int) -> harness.Call:
         return self._run("ketchup", "status", str(jobid)).check()
 
-    def load_ready(self, pipeline: str, sample: str) -> None:
-        self._run("tomato", "pipeline", "load", pipeline, sample).check()
+    def load_ready(self, pipeline: str, sample: str, again: bool = False) -> None:
+        """Load ``sample`` and mark ready; ``again``: the load may have gone through."""
+        load = self._run("tomato", "pipeline", "load", pipeline, sample)
+        if not again:
+            load.check()
         self._run("tomato", "pipeline", "ready", pipeline).check()
 
     def submit(self, payload: Path, cwd: Path) -> tuple[harness.Call, int]:

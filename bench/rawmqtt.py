@@ -73,7 +73,10 @@ def start_broker(kind: str, port: int, tmp: Path) -> subprocess.Popen[bytes]:
         cmd = [sys.executable, "-c", code]
     elif kind == "mosquitto":
         conf = tmp / "mosquitto.conf"
-        conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
+        conf.write_text(
+            f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
+            "set_tcp_nodelay true\n"
+        )
         cmd = [MOSQUITTO, "-c", str(conf)]
     else:
         raise ValueError(kind)
