@@ -514,6 +514,12 @@ class SchedulerOps:
         if ok and isinstance(data, dict) and data.get("path"):
             respath = str(data["path"])
             svc.job_event(job.id, "file_written", detail={"path": respath})
+            missing = data.get("missing")
+            if missing and isinstance(missing, list) and status == "c":
+                # never a silent 'c' for an incomplete file: say what is still out there
+                status = "ce"
+                gaps = ", ".join(map(str, missing))
+                reason = f"the file lacks data the recorder never received: {gaps}"
         else:
             respath = job.respath
             if status == "c":
