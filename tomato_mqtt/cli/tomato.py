@@ -157,6 +157,17 @@ def _scheduler_answers(ctx: common.CallContext, timeout: float) -> bool:
     return asyncio.run(go())
 
 
+def _is_online(payload: bytes) -> bool:
+    """Whether a retained scheduler status says online (cheaply: no pydantic here)."""
+    import json
+
+    try:
+        doc = json.loads(payload)
+    except ValueError:
+        return False
+    return isinstance(doc, dict) and doc.get("state") == "online"
+
+
 def _wait_ready(
     ctx: common.CallContext, proc: subprocess.Popen[bytes], timeout: float
 ) -> tuple[int, int] | None:
@@ -191,10 +202,10 @@ def _wait_ready(
                 with contextlib.suppress(MqttTimeout):
                     msg = await c.next_message(1.0)
                     if msg.topic == ctx.topics.scheduler_status():
-                        online = b'"online"' in msg.payload
+                        online = _is_online(msg.payload)
                     while (more := c.take_message()) is not None:  # a burst: ask once
                         if more.topic == ctx.topics.scheduler_status():
-                            online = b'"online"' in more.payload
+                            online = _is_online(more.payload)
                 if not online:
                     continue
                 try:
