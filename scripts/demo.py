@@ -82,7 +82,9 @@ def summarise(path: Path, seconds: float) -> None:
     job = json.loads(tree.attrs["tomato_Job"])
     print()
     print(f"results file : {path}")
-    print(f"job          : {job['id']} ({job['status']}), sample {job['payload']['sample']}")
+    sample = job["payload"].get("sample") or {}
+    name = sample.get("name") or sample.get("identifier") if isinstance(sample, dict) else sample
+    print(f"job          : {job['id']} ({job['status']}), sample {name}")
     print(f"submit->file : {seconds:.2f} s")
     for name, node in tree.children.items():
         ds = node.to_dataset()
