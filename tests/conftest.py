@@ -17,7 +17,6 @@ import asyncio
 import contextlib
 import os
 import shutil
-import socket
 import subprocess
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -27,14 +26,9 @@ from pathlib import Path
 import pytest
 from tomato_mqtt_broker import BrokerConfig, EmbeddedBroker
 
+from tests.stack import free_port
+
 MOSQUITTO_CANDIDATES = ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto")
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nobody listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _truthy(value: str | None) -> bool:

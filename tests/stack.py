@@ -131,6 +131,30 @@ class Stack:
         except (OSError, ValueError, KeyError):
             return None
 
+    def service_pid(self, service: str) -> int | None:
+        """PID of the supervisor's child running ``service`` (scheduler, node, ...)."""
+        sup = self.supervisor_pid()
+        if sup is None:
+            return None
+        for d in Path("/proc").iterdir():
+            if not d.name.isdigit():
+                continue
+            try:
+                # the command may contain spaces or parentheses: fields after the last ')'
+                stat = (d / "stat").read_text().rsplit(")", 1)[1].split()
+                cmd = (d / "cmdline").read_bytes().split(b"\0")
+            except (OSError, IndexError):
+                continue
+            if int(stat[1]) == sup and service.encode() in cmd:
+                return int(d.name)
+        return None
+
+    def child_pid(self, service: str) -> int:
+        pid = self.service_pid(service)
+        if pid is None:
+            raise AssertionError(f"no {service} process under supervisor {self.supervisor_pid()}")
+        return pid
+
     def logs(self) -> str:
         out = []
         for f in sorted(self.logdir.glob("*.log")):

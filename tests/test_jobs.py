@@ -220,21 +220,6 @@ def test_stop_with_trigger(multi: Stack) -> None:
     multi.run("tomato", "pipeline", "eject", "pip-multidev", check=True)
 
 
-def _child_pid(st: Stack, service: str) -> int:
-    sup = st.supervisor_pid()
-    for d in Path("/proc").iterdir():
-        if not d.name.isdigit():
-            continue
-        try:
-            stat = (d / "stat").read_text().split()
-            cmd = (d / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if int(stat[3]) == sup and service.encode() in cmd:
-            return int(d.name)
-    raise AssertionError(f"no {service} process under supervisor {sup}")
-
-
 @pytest.mark.parametrize("victim", ["recorder", "scheduler", "broker"])
 def test_kill_9_mid_job_loses_nothing(tmp_path: Path, victim: str) -> None:
     with running_stack(tmp_path) as st:
@@ -244,7 +229,7 @@ def test_kill_9_mid_job_loses_nothing(tmp_path: Path, victim: str) -> None:
         jobid = st.submit(payload_file(st, "k9", doc))
         st.wait_job(jobid, {"r"})
         time.sleep(1.0)
-        os.kill(_child_pid(st, victim), signal.SIGKILL)
+        os.kill(st.child_pid(victim), signal.SIGKILL)
         job = st.wait_job(jobid, {"c", "ce", "cd"}, timeout=60)
         assert job["status"] == "c", (job, st.logs())
         ds = open_tree(job["respath"])["counter"].to_dataset()
@@ -261,7 +246,7 @@ def test_node_lost_mid_job_ends_ce_with_data(tmp_path: Path) -> None:
         st.wait_job(jobid, {"r"})
         time.sleep(1.5)
         # stop the supervisor from restarting it: SIGSTOP the node (hung), so it is lost
-        node = _child_pid(st, "node")
+        node = st.child_pid("node")
         os.kill(node, signal.SIGSTOP)
         try:
             job = st.wait_job(jobid, {"c", "ce", "cd"}, timeout=60)

@@ -89,3 +89,18 @@ def test_cli_status_path_imports_nothing_heavy(tmp_path: Path) -> None:
         )
         assert res.stdout.strip() == "[]", (mod, res.stdout, res.stderr)
         assert "cannot connect" in res.stderr  # it did try, on the fast path
+
+
+def test_fast_settings_read_knows_every_mqtt_field_and_agrees_with_the_loader(
+    tmp_path: Path,
+) -> None:
+    """The CLI's pydantic-free read of [mqtt] must not drift from the validating loader."""
+    from tomato_mqtt.cli import common
+    from tomato_mqtt.settings import MqttSettings
+
+    assert set(common._MQTT_KEYS) == set(MqttSettings.model_fields)
+    (tmp_path / "settings.toml").write_text('[mqtt]\nport = 2883\ninstance = "lab1"\n')
+    for appdir in (tmp_path, tmp_path / "empty"):
+        ctx = common.context(appdir=appdir)
+        full = ctx.settings.mqtt
+        assert (ctx.url.host, ctx.url.port, ctx.instance) == (full.host, full.port, full.instance)

@@ -74,21 +74,6 @@ def counter_doc(seconds: float = 1.0) -> dict[str, Any]:
     return doc  # type: ignore[no-any-return]
 
 
-def _child_pid(st: Stack, service: str) -> int:
-    sup = st.supervisor_pid()
-    for d in Path("/proc").iterdir():
-        if not d.name.isdigit():
-            continue
-        try:
-            stat = (d / "stat").read_text().rsplit(")", 1)[1].split()
-            cmd = (d / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if int(stat[1]) == sup and service.encode() in cmd:
-            return int(d.name)
-    raise AssertionError(f"no {service} process under supervisor {sup}")
-
-
 def test_malformed_requests_get_an_error_reply_and_scheduler_keeps_serving(
     tmp_path: Path,
 ) -> None:
@@ -136,10 +121,10 @@ def test_queued_jobs_and_pipelines_survive_kill_9_and_stop_start(tmp_path: Path)
         ok(st, "pipeline_load", pipeline="pip-counter-2", sample="kept-sample")
         jobid = submit(st, counter_doc())  # no pipeline holds its sample: stays qw
         wait_until(lambda: job(st, jobid)["status"] == "qw", 10, "qw")
-        old = _child_pid(st, "scheduler")
+        old = st.child_pid("scheduler")
         os.kill(old, signal.SIGKILL)
         # the supervisor restarts it; the state comes back from sqlite
-        wait_until(lambda: _child_pid(st, "scheduler") != old, 20, "a new scheduler")
+        wait_until(lambda: st.child_pid("scheduler") != old, 20, "a new scheduler")
         wait_until(lambda: job(st, jobid)["status"] == "qw", 20, "job still qw")
         pips = {p["name"]: p for p in ok(st, "status", what="pipelines")}
         assert pips["pip-counter-2"]["sample"] == "kept-sample"

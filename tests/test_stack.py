@@ -71,7 +71,7 @@ def test_two_stacks_on_one_pc_do_not_interfere(tmp_path: Path) -> None:
 def test_crashed_service_is_restarted(tmp_path: Path) -> None:
     with running_stack(tmp_path) as st:
         st.load_ready("pip-counter-1", "s1")
-        sched = _pid_of(st, "scheduler")
+        sched = st.service_pid("scheduler")
         assert sched is not None
         os.kill(sched, signal.SIGKILL)
         deadline = time.monotonic() + 20
@@ -81,7 +81,7 @@ def test_crashed_service_is_restarted(tmp_path: Path) -> None:
                 break
         else:
             pytest.fail("scheduler was not restarted:\n" + st.logs())
-        assert _pid_of(st, "scheduler") not in (None, sched)
+        assert st.service_pid("scheduler") not in (None, sched)
         # state survived the kill
         pips = {p["name"]: p for p in st.json("tomato", "status", "pipelines")["data"]}
         assert pips["pip-counter-1"]["sample"] == "s1" and pips["pip-counter-1"]["ready"]
@@ -117,21 +117,3 @@ def test_bad_devices_file_is_refused_with_file_and_reason(tmp_path: Path) -> Non
         assert st.supervisor_pid() is None  # nothing was started
     finally:
         stop_stack(st)
-
-
-def _pid_of(st: object, service: str) -> int | None:
-    """PID of a child service of the stack's supervisor (via /proc)."""
-    sup = st.supervisor_pid()  # type: ignore[attr-defined]
-    if sup is None:
-        return None
-    for d in Path("/proc").iterdir():
-        if not d.name.isdigit():
-            continue
-        try:
-            stat = (d / "stat").read_text().split()
-            cmd = (d / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if int(stat[3]) == sup and service.encode() in cmd:
-            return int(d.name)
-    return None
