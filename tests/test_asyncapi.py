@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
-from tomato_mqtt.asyncapi import PARAMETERS, build_asyncapi, example_messages, schema_json
-from tomato_mqtt.messages import MESSAGES, decode
-from tomato_mqtt.topics import CHANNELS, Topics
+from tomato_mqtt.wire.asyncapi import PARAMETERS, build_asyncapi, example_messages, schema_json
+from tomato_mqtt.wire.messages import MESSAGES, decode
+from tomato_mqtt.wire.topics import CHANNELS, Topics
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "topics.md"
 DOC = build_asyncapi("lab1")
@@ -109,7 +109,7 @@ def test_message_examples_decode() -> None:
 
 def test_import_is_light() -> None:
     code = (
-        "import sys, tomato_mqtt.asyncapi as a; a.schema_json('x');"
+        "import sys, tomato_mqtt.wire.asyncapi as a; a.schema_json('x');"
         "heavy = {'pint', 'xarray', 'numpy', 'netCDF4', 'amqtt', 'paho'} & set(sys.modules);"
         "print(sorted(heavy))"
     )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from tests.conftest import RunningBroker
-from tomato_mqtt.mqtt import AsyncClient, Message
+from tomato_mqtt.transport.client import AsyncClient, Message
 
 
 async def test_retained_messages_do_not_leak_to_other_clients(

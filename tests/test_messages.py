@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from tomato_mqtt import messages
-from tomato_mqtt.asyncapi import example_messages
-from tomato_mqtt.messages import (
+from tomato_mqtt.wire import messages
+from tomato_mqtt.wire.asyncapi import example_messages
+from tomato_mqtt.wire.messages import (
     MESSAGES,
     DataBatch,
     DecodeError,
@@ -19,7 +19,7 @@ from tomato_mqtt.messages import (
     decode,
     encode,
 )
-from tomato_mqtt.topics import CHANNELS
+from tomato_mqtt.wire.topics import CHANNELS
 
 EXAMPLES = example_messages()
 

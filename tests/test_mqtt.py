@@ -13,8 +13,15 @@ import sys
 import pytest
 
 from tests.conftest import RunningBroker
-from tomato_mqtt.mqtt import AsyncClient, BrokerURL, Message, MqttError, Will, topic_matches
-from tomato_mqtt.topics import Topics
+from tomato_mqtt.transport.client import (
+    AsyncClient,
+    BrokerURL,
+    Message,
+    MqttError,
+    Will,
+    topic_matches,
+)
+from tomato_mqtt.wire.topics import Topics
 
 T = 10.0  # generous upper bound for anything that should take milliseconds
 
@@ -98,7 +105,7 @@ async def check_reconnect(b: RunningBroker, topics: Topics) -> None:
 
 _WILL_CLIENT = """
 import asyncio, sys
-from tomato_mqtt.mqtt import AsyncClient, Will
+from tomato_mqtt.transport.client import AsyncClient, Will
 
 async def main():
     url, topic = sys.argv[1], sys.argv[2]

@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import RunningBroker
-from tomato_mqtt import oneshot
-from tomato_mqtt.messages import Reply, Request, decode, encode
-from tomato_mqtt.mqtt import AsyncClient, Message
-from tomato_mqtt.topics import Topics
-from tomato_mqtt.url import BrokerURL
+from tomato_mqtt.config.url import BrokerURL
+from tomato_mqtt.transport import oneshot
+from tomato_mqtt.transport.client import AsyncClient, Message
+from tomato_mqtt.wire.messages import Reply, Request, decode, encode
+from tomato_mqtt.wire.topics import Topics
 
 
 async def test_oneshot_request_is_a_valid_request_and_reads_the_reply(
@@ -96,7 +96,7 @@ def test_fast_settings_read_knows_every_mqtt_field_and_agrees_with_the_loader(
 ) -> None:
     """The CLI's pydantic-free read of [mqtt] must not drift from the validating loader."""
     from tomato_mqtt.cli import common
-    from tomato_mqtt.settings import MqttSettings
+    from tomato_mqtt.config.settings import MqttSettings
 
     assert set(common._MQTT_KEYS) == set(MqttSettings.model_fields)
     (tmp_path / "settings.toml").write_text('[mqtt]\nport = 2883\ninstance = "lab1"\n')

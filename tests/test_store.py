@@ -7,8 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tomato_mqtt.node.spool import Spool
-from tomato_mqtt.recorder.store import BatchStore
+from tomato_mqtt.services.node.spool import Spool
+from tomato_mqtt.services.recorder.store import BatchStore
 
 
 def _raw(seq: int, n: int = 2) -> bytes:
@@ -48,7 +48,7 @@ def test_store_survives_kill_9(tmp_path: Path) -> None:
     db = tmp_path / "r.sqlite"
     code = (
         "import os, sys\n"
-        "from tomato_mqtt.recorder.store import BatchStore\n"
+        "from tomato_mqtt.services.recorder.store import BatchStore\n"
         f"st = BatchStore({str(db)!r})\n"
         "for seq in range(50):\n"
         "    st.add('c', 3, seq, 9, 0, 1, b'{}')\n"

@@ -11,8 +11,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tomato_mqtt.mqtt import topic_matches
-from tomato_mqtt.topics import CHANNELS, PROTOCOL, ParsedTopic, Topics, is_slug, slug
+from tomato_mqtt.transport.client import topic_matches
+from tomato_mqtt.wire.topics import CHANNELS, PROTOCOL, ParsedTopic, Topics, is_slug, slug
 
 T = Topics("lab1")
 CMP = "example_counter:(example-addr,1)"
@@ -166,7 +166,10 @@ def test_slug_of_tomato_names(name: str, expected: str) -> None:
 
 def test_slug_is_stable_across_processes() -> None:
     names = [CMP, "COM3", "/dev/ttyUSB0", "192.168.1.1", "Ünïcødé", ""]
-    code = "import sys; from tomato_mqtt.topics import slug\nfor n in sys.argv[1:]: print(slug(n))"
+    code = (
+        "import sys; from tomato_mqtt.wire.topics import slug\n"
+        "for n in sys.argv[1:]: print(slug(n))"
+    )
     out = subprocess.run(
         [sys.executable, "-c", code, *names],
         capture_output=True,

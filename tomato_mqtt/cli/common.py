@@ -18,12 +18,12 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
 import typer
 
-from tomato_mqtt.topics import Topics
-from tomato_mqtt.url import BrokerURL
+from tomato_mqtt.config.url import BrokerURL
+from tomato_mqtt.wire.topics import Topics
 
 if TYPE_CHECKING:  # the long-lived client is imported only by commands that need it
-    from tomato_mqtt.rpc import Requester
-    from tomato_mqtt.settings import Settings
+    from tomato_mqtt.config.settings import Settings
+    from tomato_mqtt.transport.rpc import Requester
 
 __all__ = [
     "AppDirOpt",
@@ -87,8 +87,8 @@ class CallContext:
     def settings(self) -> Settings:
         """The full, validated settings (loaded on first use: pydantic is not cheap)."""
         if self._settings is None:
+            from tomato_mqtt.config.settings import load_settings
             from tomato_mqtt.errors import ConfigError
-            from tomato_mqtt.settings import load_settings
 
             try:
                 self._settings = load_settings(
@@ -194,8 +194,8 @@ def fail(msg: str, code: int = 1) -> NoReturn:
 async def _with_requester(
     ctx: CallContext, fn: Callable[[Requester], Awaitable[T]], timeout: float
 ) -> T:
-    from tomato_mqtt.mqtt import AsyncClient, MqttError
-    from tomato_mqtt.rpc import Requester
+    from tomato_mqtt.transport.client import AsyncClient, MqttError
+    from tomato_mqtt.transport.rpc import Requester
 
     client = AsyncClient(ctx.url, client_id=f"cli-{os.getpid()}-{os.urandom(3).hex()}")
     try:
@@ -218,7 +218,7 @@ def run_request(
     who: str = "scheduler",
 ) -> Any:
     """One request, synchronously, on the fast path; problems become a message + exit 1."""
-    from tomato_mqtt import oneshot
+    from tomato_mqtt.transport import oneshot
 
     try:
         return oneshot.request(ctx.url, topic, ctx.topics.reply, args, timeout=timeout, who=who)
@@ -232,8 +232,8 @@ def run_async(ctx: CallContext, fn: Callable[[Requester], Awaitable[T]], timeout
     """Several requests or subscriptions on the asyncio client."""
     import asyncio
 
-    from tomato_mqtt.mqtt import MqttError
-    from tomato_mqtt.rpc import NoResponder
+    from tomato_mqtt.transport.client import MqttError
+    from tomato_mqtt.transport.rpc import NoResponder
 
     try:
         return asyncio.run(_with_requester(ctx, fn, timeout))

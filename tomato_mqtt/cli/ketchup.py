@@ -32,7 +32,7 @@ from tomato_mqtt.cli.common import (
 )
 
 if TYPE_CHECKING:
-    from tomato_mqtt.rpc import Requester
+    from tomato_mqtt.transport.rpc import Requester
 
 __all__ = ["app", "main"]
 
@@ -77,7 +77,7 @@ def submit(
     json_: JsonOpt = False,
 ) -> None:
     """Submit a payload; the output goes to the current directory unless it says otherwise."""
-    from tomato_mqtt.payloads import PayloadError, read_payload_file
+    from tomato_mqtt.config.payloads import PayloadError, read_payload_file
 
     user = _username()
     try:
@@ -257,7 +257,7 @@ def snapshot(
     The recorder writes the file; its content comes here over MQTT in chunks, so this
     works from any PC that reaches the broker.
     """
-    from tomato_mqtt.messages import Reply
+    from tomato_mqtt.wire.messages import Reply
 
     ctx = _ctx(port, broker, instance, appdir)
     target = Path.cwd() / f"snapshot.{jobid}.nc"

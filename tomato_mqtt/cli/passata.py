@@ -28,10 +28,10 @@ from tomato_mqtt.cli.common import (
     TimeoutOpt,
     YamlOpt,
 )
-from tomato_mqtt.messages import ComponentMeta, DecodeError, LastPoint, Reply, decode
-from tomato_mqtt.mqtt import Message
-from tomato_mqtt.rpc import NoResponder, Requester
-from tomato_mqtt.topics import slug
+from tomato_mqtt.transport.client import Message
+from tomato_mqtt.transport.rpc import NoResponder, Requester
+from tomato_mqtt.wire.messages import ComponentMeta, DecodeError, LastPoint, Reply, decode
+from tomato_mqtt.wire.topics import slug
 
 __all__ = ["app", "main"]
 

@@ -42,8 +42,8 @@ VerboseOpt = Annotated[int, typer.Option("-v", "--verbose", count=True, help="mo
 def _settings(
     appdir: Path | None, datadir: Path | None, logdir: Path | None, port: int | None
 ) -> Any:
+    from tomato_mqtt.config.settings import load_settings
     from tomato_mqtt.errors import ConfigError
-    from tomato_mqtt.settings import load_settings
 
     try:
         return load_settings(appdir=appdir, datadir=datadir, logdir=logdir, port=port)
@@ -63,7 +63,7 @@ def init(
     port: PortOpt = None,
 ) -> None:
     """Write a commented settings.toml and a default devices.yml (never overwrites)."""
-    from tomato_mqtt.settings import default_dirs, write_default_files
+    from tomato_mqtt.config.settings import default_dirs, write_default_files
 
     a, d, lg = default_dirs()
     written = write_default_files(appdir or a, datadir or d, logdir or lg, port=port)
@@ -83,9 +83,9 @@ def start(
     timeout: TimeoutOpt = 30.0,
 ) -> None:
     """Start the local stack in the background; return when it answers."""
-    from tomato_mqtt.devices import load_devices
+    from tomato_mqtt.config.devices import load_devices
     from tomato_mqtt.errors import ConfigError
-    from tomato_mqtt.supervisor import pidfile_path, port_in_use, read_pidfile
+    from tomato_mqtt.services.supervisor import pidfile_path, port_in_use, read_pidfile
 
     s = _settings(appdir, datadir, logdir, port)
     try:  # refuse a bad devices file here, with its reason, rather than in a log
@@ -135,8 +135,8 @@ def _alive(pid: int) -> bool:
 def _scheduler_answers(ctx: common.CallContext, timeout: float) -> bool:
     import asyncio
 
-    from tomato_mqtt.mqtt import AsyncClient, MqttError
-    from tomato_mqtt.rpc import NoResponder, Requester
+    from tomato_mqtt.transport.client import AsyncClient, MqttError
+    from tomato_mqtt.transport.rpc import NoResponder, Requester
 
     async def go() -> bool:
         c = AsyncClient(ctx.url, client_id=f"cli-probe-{os.getpid()}")
@@ -174,8 +174,8 @@ def _wait_ready(
     """Wait until the scheduler answers and every component is registered."""
     import asyncio
 
-    from tomato_mqtt.mqtt import AsyncClient, MqttError, MqttTimeout
-    from tomato_mqtt.rpc import NoResponder, Requester
+    from tomato_mqtt.transport.client import AsyncClient, MqttError, MqttTimeout
+    from tomato_mqtt.transport.rpc import NoResponder, Requester
 
     async def go() -> tuple[int, int] | None:
         deadline = time.monotonic() + timeout
@@ -239,7 +239,7 @@ def stop(
     timeout: TimeoutOpt = 20.0,
 ) -> None:
     """Stop the stack (refused while jobs run)."""
-    from tomato_mqtt.supervisor import pidfile_path, read_pidfile
+    from tomato_mqtt.services.supervisor import pidfile_path, read_pidfile
 
     ctx = common.context(port=port, broker=broker, appdir=appdir, datadir=datadir, logdir=logdir)
     reply = common.run_request(ctx, ctx.topics.scheduler_cmd("stop"), {}, timeout=min(timeout, 5))
@@ -260,7 +260,7 @@ def stop(
 @app.command()
 def schema(instance: InstanceOpt = None, appdir: AppDirOpt = None) -> None:
     """Print the AsyncAPI 3.0 document of the wire contract."""
-    from tomato_mqtt.asyncapi import schema_json
+    from tomato_mqtt.wire.asyncapi import schema_json
 
     s = _settings(appdir, None, None, None)
     common.emit(schema_json(instance or s.mqtt.instance))
@@ -279,7 +279,7 @@ def broker(
         from tomato_mqtt_broker import BrokerConfig, run_broker
     except ImportError:
         fail("the embedded broker is not installed here: pip install tomato-mqtt-broker")
-    from tomato_mqtt.service import setup_logging
+    from tomato_mqtt.services.base import setup_logging
 
     s = _settings(appdir, datadir, logdir, port)
     setup_logging("broker", s.logdir)
@@ -308,9 +308,9 @@ def scheduler(
     import asyncio
 
     from tomato_mqtt.errors import ConfigError
-    from tomato_mqtt.scheduler.service import SchedulerService
-    from tomato_mqtt.service import install_signal_handlers, setup_logging
-    from tomato_mqtt.supervisor import EXIT_STOP_REQUESTED
+    from tomato_mqtt.services.base import install_signal_handlers, setup_logging
+    from tomato_mqtt.services.scheduler.service import SchedulerService
+    from tomato_mqtt.services.supervisor import EXIT_STOP_REQUESTED
 
     s = _settings(appdir, datadir, logdir, port)
     setup_logging("scheduler", s.logdir, verbose)
@@ -339,9 +339,9 @@ def recorder(
     """Run the recorder in the foreground."""
     import asyncio
 
-    from tomato_mqtt.recorder.service import RecorderService
-    from tomato_mqtt.scheduler.service import settings_url
-    from tomato_mqtt.service import install_signal_handlers, setup_logging
+    from tomato_mqtt.services.base import install_signal_handlers, setup_logging
+    from tomato_mqtt.services.recorder.service import RecorderService
+    from tomato_mqtt.services.scheduler.service import settings_url
 
     s = _settings(appdir, datadir, logdir, port)
     setup_logging("recorder", s.logdir, verbose)
@@ -371,8 +371,8 @@ def node(
     """Run a driver node in the foreground (e.g. on an instrument PC)."""
     import asyncio
 
-    from tomato_mqtt.node.service import NodeConfig, NodeService
-    from tomato_mqtt.service import install_signal_handlers, setup_logging
+    from tomato_mqtt.services.base import install_signal_handlers, setup_logging
+    from tomato_mqtt.services.node.service import NodeConfig, NodeService
 
     ctx = common.context(
         port=port, broker=broker, instance=instance, appdir=appdir, datadir=datadir, logdir=logdir
@@ -411,8 +411,8 @@ def supervise(
     """Run the local stack under supervision (started by ``tomato start``)."""
     import asyncio
 
-    from tomato_mqtt.service import setup_logging
-    from tomato_mqtt.supervisor import Supervisor, pidfile_path
+    from tomato_mqtt.services.base import setup_logging
+    from tomato_mqtt.services.supervisor import Supervisor, pidfile_path
 
     s = _settings(appdir, datadir, logdir, port)
     setup_logging("supervisor", s.logdir)

@@ -14,7 +14,7 @@ from typing import Any
 from tomato_mqtt.driver import ComponentRunner, ModelDevice, ModelInterface, TaskEnd, TaskSpec
 from tomato_mqtt.driver.runner import Point
 from tomato_mqtt.driver.validate import to_jsonable
-from tomato_mqtt.messages import ComponentMeta, ComponentState, ComponentStatus, NodeComponent
+from tomato_mqtt.wire.messages import ComponentMeta, ComponentState, ComponentStatus, NodeComponent
 
 __all__ = ["HostedComponent", "points_to_columns"]
 

@@ -15,18 +15,18 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, JsonValue
 
-from tomato_mqtt.devices import load_devices
+from tomato_mqtt.config.devices import load_devices
+from tomato_mqtt.config.payloads import PayloadError, parse_payload
+from tomato_mqtt.config.settings import load_settings
 from tomato_mqtt.driver.validate import TaskValidationError, validate_task
 from tomato_mqtt.errors import ConfigError
-from tomato_mqtt.matching import ComponentView, MatchResult, match, next_launches
-from tomato_mqtt.payloads import PayloadError, parse_payload
-from tomato_mqtt.rpc import CommandError, Handler, Result
-from tomato_mqtt.scheduler.runner import JobRunner
-from tomato_mqtt.settings import load_settings
-from tomato_mqtt.state import Job
+from tomato_mqtt.model.jobs import Job
+from tomato_mqtt.model.matching import ComponentView, MatchResult, match, next_launches
+from tomato_mqtt.services.scheduler.runner import JobRunner
+from tomato_mqtt.transport.rpc import CommandError, Handler, Result
 
 if TYPE_CHECKING:
-    from tomato_mqtt.scheduler.service import SchedulerService
+    from tomato_mqtt.services.scheduler.service import SchedulerService
 
 __all__ = ["SchedulerOps"]
 

@@ -13,7 +13,7 @@ from typing import Final, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError
 
 from tomato_mqtt.driver.spec import AttrSpec, TaskSpec
-from tomato_mqtt.state import Job
+from tomato_mqtt.model.jobs import Job
 
 __all__ = [
     "MESSAGES",

@@ -29,7 +29,12 @@ from tomato_mqtt import __version__
 from tomato_mqtt.driver import ModelInterface, TaskEnd, TaskSpec, TaskValidationError
 from tomato_mqtt.driver.discovery import DriverNotFound, available_drivers, load_driver
 from tomato_mqtt.driver.validate import to_jsonable
-from tomato_mqtt.messages import (
+from tomato_mqtt.services.base import run_until_stopped
+from tomato_mqtt.services.node.hosted import HostedComponent, points_to_columns
+from tomato_mqtt.services.node.spool import Spool
+from tomato_mqtt.transport.client import AsyncClient, BrokerURL, Message, Will
+from tomato_mqtt.transport.rpc import CommandError, Handler, Responder, Result
+from tomato_mqtt.wire.messages import (
     AckArgs,
     DataBatch,
     DriverInfo,
@@ -39,12 +44,7 @@ from tomato_mqtt.messages import (
     ReplayArgs,
     encode,
 )
-from tomato_mqtt.mqtt import AsyncClient, BrokerURL, Message, Will
-from tomato_mqtt.node.hosted import HostedComponent, points_to_columns
-from tomato_mqtt.node.spool import Spool
-from tomato_mqtt.rpc import CommandError, Handler, Responder, Result
-from tomato_mqtt.service import run_until_stopped
-from tomato_mqtt.topics import Topics, slug
+from tomato_mqtt.wire.topics import Topics, slug
 
 __all__ = ["NodeConfig", "NodeService"]
 

@@ -20,9 +20,9 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel, JsonValue, ValidationError
 
-from tomato_mqtt.messages import DecodeError, Reply, Request, decode, encode
-from tomato_mqtt.mqtt import AsyncClient, Message, MqttTimeout
-from tomato_mqtt.topics import Topics
+from tomato_mqtt.transport.client import AsyncClient, Message, MqttTimeout
+from tomato_mqtt.wire.messages import DecodeError, Reply, Request, decode, encode
+from tomato_mqtt.wire.topics import Topics
 
 __all__ = [
     "CommandError",

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
-    from tomato_mqtt.devices import PipelineLayout
-    from tomato_mqtt.state import Job, PipelineState
+    from tomato_mqtt.config.devices import PipelineLayout
+    from tomato_mqtt.model.jobs import Job, PipelineState
 
 __all__ = [
     "ComponentView",

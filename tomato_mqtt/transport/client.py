@@ -24,7 +24,7 @@ from typing import Any
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
-from tomato_mqtt.url import BrokerURL
+from tomato_mqtt.config.url import BrokerURL
 
 __all__ = [
     "AsyncClient",

@@ -1,7 +1,7 @@
 """The machine-readable wire contract: an AsyncAPI 3.0 document.
 
-Built from the channel table of :mod:`tomato_mqtt.topics` and the JSON schemas of the
-pydantic models of :mod:`tomato_mqtt.messages`, so it cannot drift from the code. The
+Built from the channel table of :mod:`tomato_mqtt.wire.topics` and the JSON schemas of the
+pydantic models of :mod:`tomato_mqtt.wire.messages`, so it cannot drift from the code. The
 scheduler publishes it retained on ``meta/schema``; ``tomato schema`` prints it.
 
 Every channel carries the MQTT facts an integrator needs as extensions next to the
@@ -22,7 +22,8 @@ from pydantic.json_schema import models_json_schema
 
 from tomato_mqtt import __version__
 from tomato_mqtt.driver.spec import AttrSpec, TaskSpec
-from tomato_mqtt.messages import (
+from tomato_mqtt.model.jobs import Job
+from tomato_mqtt.wire.messages import (
     MESSAGES,
     AckArgs,
     ComponentMeta,
@@ -46,8 +47,7 @@ from tomato_mqtt.messages import (
     TaskStartArgs,
     WireModel,
 )
-from tomato_mqtt.state import Job
-from tomato_mqtt.topics import CHANNELS, PROTOCOL, ChannelDef, Topics
+from tomato_mqtt.wire.topics import CHANNELS, PROTOCOL, ChannelDef, Topics
 
 __all__ = [
     "ASYNCAPI_VERSION",

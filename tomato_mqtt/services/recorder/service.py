@@ -26,7 +26,18 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, JsonValue
 
 from tomato_mqtt import __version__
-from tomato_mqtt.messages import (
+from tomato_mqtt.services.base import run_until_stopped
+from tomato_mqtt.services.recorder.store import BatchStore
+from tomato_mqtt.transport.client import AsyncClient, BrokerURL, Message, Will
+from tomato_mqtt.transport.rpc import (
+    CommandError,
+    Handler,
+    NoResponder,
+    Requester,
+    Responder,
+    Result,
+)
+from tomato_mqtt.wire.messages import (
     AckArgs,
     DataBatch,
     DecodeError,
@@ -37,11 +48,7 @@ from tomato_mqtt.messages import (
     decode,
     encode,
 )
-from tomato_mqtt.mqtt import AsyncClient, BrokerURL, Message, Will
-from tomato_mqtt.recorder.store import BatchStore
-from tomato_mqtt.rpc import CommandError, Handler, NoResponder, Requester, Responder, Result
-from tomato_mqtt.service import run_until_stopped
-from tomato_mqtt.topics import Topics
+from tomato_mqtt.wire.topics import Topics
 
 __all__ = ["RecorderService"]
 
@@ -95,7 +102,7 @@ def _warm_up_writer() -> None:
     """
     import tempfile
 
-    from tomato_mqtt.recorder.netcdf import RoleInput, write_job_file
+    from tomato_mqtt.services.recorder.netcdf import RoleInput, write_job_file
 
     try:
         with tempfile.TemporaryDirectory(prefix="tomato-mqtt-warmup-") as d:
@@ -326,7 +333,7 @@ class RecorderService:
                     await asyncio.wait_for(self._stored.wait(), min(1.0, deadline - loop.time()))
 
     async def op_finalize(self, args: Mapping[str, JsonValue]) -> Result:
-        from tomato_mqtt.recorder.netcdf import RoleInput, write_job_file
+        from tomato_mqtt.services.recorder.netcdf import RoleInput, write_job_file
 
         a = FinalizeArgs.model_validate(args)
         store = self.store

@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from tomato_mqtt.driver.spec import TaskSpec
-from tomato_mqtt.messages import ComponentStatus, NodeStatus
-from tomato_mqtt.state import Job
+from tomato_mqtt.model.jobs import Job
+from tomato_mqtt.wire.messages import ComponentStatus, NodeStatus
 
 __all__ = ["JobRunner", "RunnerHost", "tasks_of"]
 

@@ -1,10 +1,10 @@
 """One request, one reply, then exit: the CLI's fast path, on paho's blocking API.
 
-This is the one place besides :mod:`tomato_mqtt.mqtt` that imports paho, on purpose: a
+This is the one place besides :mod:`tomato_mqtt.transport.client` that imports paho, on purpose: a
 ``tomato status`` or ``ketchup status`` process makes a single request and exits, and
 for it asyncio (~35 ms to import) and pydantic (~60 ms, plus building the message
 models) are most of its wall time (issue #3 asks ≤ 0.15 s per call). The envelope is
-the same :class:`~tomato_mqtt.messages.Request` / :class:`~tomato_mqtt.messages.Reply`
+the same :class:`~tomato_mqtt.wire.messages.Request` / :class:`~tomato_mqtt.wire.messages.Reply`
 JSON (tests check both directions against the models); everything long-lived uses the
 asyncio client.
 """
@@ -22,11 +22,11 @@ from typing import Any
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
-from tomato_mqtt.url import BrokerURL
+from tomato_mqtt.config.url import BrokerURL
 
 __all__ = ["NoAnswer", "OneShotError", "Refused", "Reply", "request"]
 
-SCHEMA = 1  # tomato_mqtt.messages.SCHEMA
+SCHEMA = 1  # tomato_mqtt.wire.messages.SCHEMA
 
 
 class OneShotError(Exception):

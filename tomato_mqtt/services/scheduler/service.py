@@ -21,8 +21,16 @@ from typing import Any
 from pydantic import JsonValue
 
 from tomato_mqtt import __version__
-from tomato_mqtt.devices import Layout, load_devices
-from tomato_mqtt.messages import (
+from tomato_mqtt.config.devices import Layout, load_devices
+from tomato_mqtt.config.settings import Settings
+from tomato_mqtt.model.jobs import Job
+from tomato_mqtt.services.base import run_until_stopped
+from tomato_mqtt.services.scheduler.ops import SchedulerOps
+from tomato_mqtt.services.scheduler.runner import JobRunner
+from tomato_mqtt.services.scheduler.store import StateStore
+from tomato_mqtt.transport.client import AsyncClient, BrokerURL, Will
+from tomato_mqtt.transport.rpc import NoResponder, Requester, Responder
+from tomato_mqtt.wire.messages import (
     ComponentMeta,
     ComponentStatus,
     DecodeError,
@@ -36,14 +44,7 @@ from tomato_mqtt.messages import (
     decode,
     encode,
 )
-from tomato_mqtt.mqtt import AsyncClient, BrokerURL, Will
-from tomato_mqtt.rpc import NoResponder, Requester, Responder
-from tomato_mqtt.scheduler.ops import SchedulerOps
-from tomato_mqtt.scheduler.runner import JobRunner
-from tomato_mqtt.service import run_until_stopped
-from tomato_mqtt.settings import Settings
-from tomato_mqtt.state import Job, StateStore
-from tomato_mqtt.topics import Topics, slug
+from tomato_mqtt.wire.topics import Topics, slug
 
 __all__ = ["SchedulerService"]
 
@@ -159,7 +160,7 @@ class SchedulerService:
 
     async def _announce(self) -> None:
         """(Re)publish everything retained: after start and after every reconnect."""
-        from tomato_mqtt.asyncapi import schema_json
+        from tomato_mqtt.wire.asyncapi import schema_json
 
         await self.publish(self.topics.scheduler_status(), self._presence("online"))
         await self.publish(self.topics.meta_schema(), schema_json(self.topics.instance).encode())
@@ -371,7 +372,7 @@ class SchedulerService:
 
 def _warm_up_payloads() -> None:
     """Load dgbowl-schemas and pint now, not while the first ``ketchup submit`` waits."""
-    from tomato_mqtt.payloads import PayloadError, parse_payload
+    from tomato_mqtt.config.payloads import PayloadError, parse_payload
 
     with contextlib.suppress(PayloadError):
         parse_payload({"version": "2.2", "sample": {"name": "warm-up"}, "method": []})
