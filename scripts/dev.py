@@ -54,6 +54,7 @@ def check() -> None:
     sh(PY, "-m", "ruff", "check", *LINT_PATHS)
     sh(PY, "-m", "ruff", "format", "--check", *LINT_PATHS)
     sh(PY, "-m", "mypy")
+    sh(VENV / ("Scripts" if os.name == "nt" else "bin") / "lint-imports")  # the layers
 
 
 def pytest(extra: list[str]) -> None:

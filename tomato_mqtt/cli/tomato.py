@@ -305,10 +305,9 @@ def scheduler(
     verbose: VerboseOpt = 0,
 ) -> None:
     """Run the scheduler in the foreground."""
-    import asyncio
 
     from tomato_mqtt.errors import ConfigError
-    from tomato_mqtt.services.base import install_signal_handlers, setup_logging
+    from tomato_mqtt.services.base import setup_logging
     from tomato_mqtt.services.scheduler.service import SchedulerService
     from tomato_mqtt.services.supervisor import EXIT_STOP_REQUESTED
 
@@ -316,12 +315,8 @@ def scheduler(
     setup_logging("scheduler", s.logdir, verbose)
     svc = SchedulerService(s)
 
-    async def main() -> None:
-        install_signal_handlers(svc._stop)
-        await svc.run()
-
     try:
-        asyncio.run(main())
+        svc.run_sync()
     except ConfigError as e:
         fail(str(e))
     if svc.exit_requested:
@@ -337,11 +332,10 @@ def recorder(
     verbose: VerboseOpt = 0,
 ) -> None:
     """Run the recorder in the foreground."""
-    import asyncio
 
-    from tomato_mqtt.services.base import install_signal_handlers, setup_logging
+    from tomato_mqtt.config.settings import settings_url
+    from tomato_mqtt.services.base import setup_logging
     from tomato_mqtt.services.recorder.service import RecorderService
-    from tomato_mqtt.services.scheduler.service import settings_url
 
     s = _settings(appdir, datadir, logdir, port)
     setup_logging("recorder", s.logdir, verbose)
@@ -349,11 +343,7 @@ def recorder(
         settings_url(s), s.mqtt.instance, s.recorder_db, heartbeat=s.scheduler.heartbeat
     )
 
-    async def main() -> None:
-        install_signal_handlers(svc._stop)
-        await svc.run()
-
-    asyncio.run(main())
+    svc.run_sync()
 
 
 @app.command()
@@ -369,9 +359,8 @@ def node(
     verbose: VerboseOpt = 0,
 ) -> None:
     """Run a driver node in the foreground (e.g. on an instrument PC)."""
-    import asyncio
 
-    from tomato_mqtt.services.base import install_signal_handlers, setup_logging
+    from tomato_mqtt.services.base import setup_logging
     from tomato_mqtt.services.node.service import NodeConfig, NodeService
 
     ctx = common.context(
@@ -394,11 +383,7 @@ def node(
         )
     )
 
-    async def main() -> None:
-        install_signal_handlers(svc._stop)
-        await svc.run()
-
-    asyncio.run(main())
+    svc.run_sync()
 
 
 @app.command(hidden=True)

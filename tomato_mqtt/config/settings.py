@@ -17,6 +17,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from tomato_mqtt.config.url import BrokerURL
 from tomato_mqtt.errors import ConfigError
 
 if sys.version_info >= (3, 11):
@@ -35,6 +36,7 @@ __all__ = [
     "default_dirs",
     "load_settings",
     "render_default_settings",
+    "settings_url",
     "write_default_files",
 ]
 
@@ -300,3 +302,19 @@ def write_default_files(
     for d in (data, log):
         d.mkdir(parents=True, exist_ok=True)
     return written
+
+
+def settings_url(settings: Settings) -> BrokerURL:
+    """Where the broker of ``settings`` is, with credentials and TLS."""
+    m = settings.mqtt
+    return BrokerURL(
+        host=m.host,
+        port=m.port,
+        username=m.username,
+        password=m.password,
+        tls=m.tls,
+        ca_certs=m.ca_certs,
+        certfile=m.certfile,
+        keyfile=m.keyfile,
+        tls_insecure=m.tls_insecure,
+    )

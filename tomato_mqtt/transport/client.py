@@ -6,6 +6,14 @@ asyncio. ``publish`` and ``subscribe`` return after the broker's ack, with a tim
 failures are exceptions. The client reconnects by itself and re-subscribes. Every
 socket gets TCP_NODELAY: without it each request/reply hop waits ~40 ms for a delayed
 ACK.
+
+Inbound messages are only *queued* in paho's callback (handler subscriptions, used for
+request/reply, only resolve a future); the service consumes :meth:`AsyncClient.messages`
+in its own task. Overflow policy: at most ``max_queued_droppable`` messages of
+*droppable* subscriptions (data batches, which every node keeps in its spool and the
+recorder asks to replay when it sees a gap) wait in the queue; beyond that they are
+dropped and counted in :attr:`AsyncClient.dropped`. Commands, replies and statuses are
+never dropped: they are small and come at human or heartbeat rates.
 """
 
 from __future__ import annotations
@@ -18,7 +26,7 @@ import ssl
 import threading
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import paho.mqtt.client as paho
@@ -73,11 +81,7 @@ class _Subscription:
     filter: str
     qos: int
     handler: Callable[[Message], None] | None = None
-
-
-@dataclass
-class _Pending:
-    futures: dict[int, asyncio.Future[None]] = field(default_factory=dict)
+    droppable: bool = False
 
 
 class AsyncClient:
@@ -99,6 +103,7 @@ class AsyncClient:
         reconnect: bool = True,
         on_connect: Callable[[], Awaitable[None]] | None = None,
         clean_session: bool = True,
+        max_queued_droppable: int = 2000,
     ) -> None:
         self.url = BrokerURL.parse(url) if isinstance(url, str) else url
         self.client_id = client_id or f"tomato-{uuid.uuid4().hex[:12]}"
@@ -113,7 +118,11 @@ class AsyncClient:
         self._connack: asyncio.Future[int] | None = None
         self._acks: dict[int, asyncio.Future[Any]] = {}
         self._subs: dict[str, _Subscription] = {}
-        self._queue: asyncio.Queue[Message] = asyncio.Queue()
+        # unbounded only for non-droppable messages; see the module docstring
+        self._queue: asyncio.Queue[tuple[Message, bool]] = asyncio.Queue()
+        self._max_droppable = max_queued_droppable
+        self._droppable_queued = 0
+        self.dropped = 0  # droppable messages dropped because the consumer fell behind
         self._closing = False
         self._misc_task: asyncio.Task[None] | None = None
         self._reconnect_task: asyncio.Task[None] | None = None
@@ -274,10 +283,16 @@ class AsyncClient:
         *,
         qos: int = 1,
         handler: Callable[[Message], None] | None = None,
+        droppable: bool = False,
         timeout: float = 5.0,
     ) -> None:
-        """Subscribe and wait for the SUBACK. Re-subscribed after every reconnect."""
-        self._subs[filter_] = _Subscription(filter_, qos, handler)
+        """Subscribe and wait for the SUBACK. Re-subscribed after every reconnect.
+
+        ``handler`` is called in paho's callback and must only hand over (resolve a
+        future); without one, matches go to :meth:`messages`. ``droppable`` messages may
+        be dropped when the consumer falls behind (see the module docstring).
+        """
+        self._subs[filter_] = _Subscription(filter_, qos, handler, droppable)
         await self._send_subscribe(filter_, qos, timeout)
 
     async def _send_subscribe(self, filter_: str, qos: int, timeout: float) -> None:
@@ -317,20 +332,26 @@ class AsyncClient:
     async def messages(self) -> AsyncIterator[Message]:
         """Every message matching a handler-less subscription, in arrival order."""
         while True:
-            yield await self._queue.get()
+            yield self._taken(await self._queue.get())
 
     async def next_message(self, timeout: float) -> Message:
         try:
-            return await asyncio.wait_for(self._queue.get(), timeout)
+            return self._taken(await asyncio.wait_for(self._queue.get(), timeout))
         except asyncio.TimeoutError:
             raise MqttTimeout(f"no message within {timeout:g} s") from None
 
     def take_message(self) -> Message | None:
         """The next message of the stream if one is waiting, else None (never waits)."""
         try:
-            return self._queue.get_nowait()
+            return self._taken(self._queue.get_nowait())
         except asyncio.QueueEmpty:
             return None
+
+    def _taken(self, item: tuple[Message, bool]) -> Message:
+        msg, droppable = item
+        if droppable:
+            self._droppable_queued -= 1
+        return msg
 
     async def wait_connected(self, timeout: float | None = None) -> None:
         await asyncio.wait_for(self._connected.wait(), timeout)
@@ -424,15 +445,33 @@ class AsyncClient:
     def _on_message(self, c: paho.Client, ud: Any, msg: paho.MQTTMessage) -> None:
         m = Message(msg.topic, bytes(msg.payload), msg.qos, bool(msg.retain))
         routed = False
+        droppable = True
         for sub in self._subs.values():
-            if sub.handler is not None and topic_matches(sub.filter, m.topic):
+            if not topic_matches(sub.filter, m.topic):
+                continue
+            if sub.handler is not None:
                 routed = True
                 try:
                     sub.handler(m)
                 except Exception:  # a handler must not kill the client
                     log.exception("message handler for %s failed", sub.filter)
-        if not routed:
-            self._queue.put_nowait(m)
+            else:
+                droppable = droppable and sub.droppable
+        if routed:
+            return
+        if droppable:
+            if self._droppable_queued >= self._max_droppable:
+                self.dropped += 1
+                if self.dropped == 1 or self.dropped % 1000 == 0:
+                    log.warning(
+                        "%s: consumer behind, %d droppable message(s) dropped so far "
+                        "(data is replayed from the nodes' spools)",
+                        self.client_id,
+                        self.dropped,
+                    )
+                return
+            self._droppable_queued += 1
+        self._queue.put_nowait((m, droppable))
 
     def _on_publish(self, c: paho.Client, ud: Any, mid: int, rc: Any, props: Any) -> None:
         self._resolve(mid, None)

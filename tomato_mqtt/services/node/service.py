@@ -19,7 +19,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Mapping
+from collections.abc import Coroutine, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -29,10 +29,10 @@ from tomato_mqtt import __version__
 from tomato_mqtt.driver import ModelInterface, TaskEnd, TaskSpec, TaskValidationError
 from tomato_mqtt.driver.discovery import DriverNotFound, available_drivers, load_driver
 from tomato_mqtt.driver.validate import to_jsonable
-from tomato_mqtt.services.base import run_until_stopped
+from tomato_mqtt.services.base import Service
 from tomato_mqtt.services.node.hosted import HostedComponent, points_to_columns
 from tomato_mqtt.services.node.spool import Spool
-from tomato_mqtt.transport.client import AsyncClient, BrokerURL, Message, Will
+from tomato_mqtt.transport.client import BrokerURL, Message
 from tomato_mqtt.transport.rpc import CommandError, Handler, Responder, Result
 from tomato_mqtt.wire.messages import (
     AckArgs,
@@ -41,6 +41,7 @@ from tomato_mqtt.wire.messages import (
     LastPoint,
     NodeConfigure,
     NodeStatus,
+    PresenceState,
     ReplayArgs,
     encode,
 )
@@ -89,12 +90,11 @@ def _load_units() -> None:
     pint.get_application_registry().Quantity(1, "s")  # type: ignore[no-untyped-call]
 
 
-class NodeService:
+class NodeService(Service):
     def __init__(self, config: NodeConfig) -> None:
+        super().__init__(config.url, Topics(config.instance), heartbeat=config.heartbeat)
         self.config = config
         self.name = config.name
-        self.topics = Topics(config.instance)
-        self._stop = asyncio.Event()
         self._flush_now = asyncio.Event()
         self.components: dict[str, HostedComponent] = {}
         self._by_slug: dict[str, str] = {}
@@ -103,19 +103,32 @@ class NodeService:
         self.driver_settings = dict(config.driver_settings)
         self.spool: Spool | None = None
         self.epoch = 0
-        self.client: AsyncClient | None = None
-        self._tasks: set[asyncio.Task[Any]] = set()
         self._units_loaded: asyncio.Future[None] | None = None
         self._locks: dict[str, asyncio.Lock] = {}
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._dropped_warned = 0
 
-    def request_stop(self) -> None:
-        self._stop.set()
+    @property
+    def client_id(self) -> str:
+        return f"node-{slug(self.name)}-{os.getpid()}"
+
+    @property
+    def status_topic(self) -> str:
+        return self.topics.node_status(self.name)
+
+    def presence(self, state: PresenceState) -> NodeStatus:
+        if state == "lost":
+            # the last will: small, and nothing in it goes stale while the node runs
+            return NodeStatus(
+                state="lost",
+                node=self.name,
+                epoch=self.epoch,
+                version=__version__,
+                host=socket.gethostname(),
+                pid=os.getpid(),
+            )
+        return self._status(state)
 
     # -- lifecycle -----------------------------------------------------------------------
-    async def run(self) -> None:
-        self._loop = asyncio.get_running_loop()
+    async def setup(self) -> None:
         self.config.spool_dir.mkdir(parents=True, exist_ok=True)
         self.spool = Spool(
             self.config.spool_dir / f"{slug(self.name)}.sqlite",
@@ -124,69 +137,54 @@ class NodeService:
         self.epoch = self.spool.new_epoch()
         # pint's registry takes ~0.5 s to load: do it while connecting, not at registration
         self._units_loaded = asyncio.ensure_future(asyncio.to_thread(_load_units))
-        will = Will(self.topics.node_status(self.name), encode(self._status("lost")))
-        self.client = AsyncClient(
-            self.config.url,
-            client_id=f"node-{slug(self.name)}-{os.getpid()}",
-            will=will,
-            on_connect=self._on_reconnect,
-        )
         node_handlers: dict[str, Handler] = {
             "configure": self._op_configure,
             "rebirth": self._op_rebirth,
             "shutdown": self._op_shutdown,
         }
-        self._node_responder = Responder(
-            self.client, self.topics, node_handlers, name=f"node {self.name}"
-        )
-        self._cmp_responder = Responder(self.client, self.topics, {}, name=f"node {self.name}")
-        # the node may start before the broker: keep trying until stopped
-        while not self._stop.is_set():
+        self._node_handlers = node_handlers
+
+    async def connect(self) -> None:
+        # the node may start before the broker (or lose it for long): keep trying until stopped
+        while not self.stopping and self.client is not None:
             try:
                 await self.client.connect(timeout=3600 * 24 * 365, retry=True)
                 break
             except Exception as e:
                 log.warning("node %s: %s", self.name, e)
         log.info("node %s: connected to %s (epoch %d)", self.name, self.config.url, self.epoch)
-        try:
-            await self.client.subscribe(self.topics.node_cmds(self.name))
-            await self._announce()
-            # batches of an earlier epoch that the recorder never acknowledged
-            self._spawn(self._replay_pending())
-            await run_until_stopped(
-                self._stop, self._message_loop(), self._flush_loop(), self._heartbeat_loop()
-            )
-        finally:
-            await self._shutdown()
 
-    async def _shutdown(self) -> None:
+    async def started(self) -> None:
+        assert self.client is not None
+        self._node_responder = Responder(
+            self.client, self.topics, self._node_handlers, name=f"node {self.name}"
+        )
+        self._cmp_responder = Responder(self.client, self.topics, {}, name=f"node {self.name}")
+        await self.client.subscribe(self.topics.node_cmds(self.name))
+        await self._announce()
+        # batches of an earlier epoch that the recorder never acknowledged
+        self.spawn(self._replay_pending())
+
+    def loops(self) -> list[Coroutine[Any, Any, Any]]:
+        return [self._flush_loop()]
+
+    async def drain(self) -> None:
         for hc in self.components.values():
             if hc.runner is not None and hc.runner.running:
                 hc.runner.stop_task("node shutting down")
         await self._flush_all()
-        if self.client is not None and self.client.is_connected:
-            with contextlib.suppress(Exception):
-                await self.client.publish(
-                    self.topics.node_status(self.name),
-                    encode(self._status("offline")),
-                    retain=True,
-                    timeout=2,
-                )
-            await self.client.disconnect()
+
+    async def teardown(self) -> None:
         for hc in self.components.values():
             if hc.runner is not None:
                 hc.runner.close()
-        for t in list(self._tasks):
-            t.cancel()
+        if self._units_loaded is not None:
+            with contextlib.suppress(Exception):
+                await self._units_loaded
         if self.spool is not None:
             self.spool.close()
 
-    def _spawn(self, coro: Any) -> None:
-        t = asyncio.ensure_future(coro)
-        self._tasks.add(t)
-        t.add_done_callback(self._tasks.discard)
-
-    async def _on_reconnect(self) -> None:
+    async def on_connect(self) -> None:
         # the broker may have lost every retained message (amqtt keeps none across restarts)
         await self._announce()
 
@@ -231,15 +229,6 @@ class NodeService:
             await self._publish_meta(hc)
             await self._publish_status(hc)
 
-    async def _heartbeat_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.config.heartbeat)
-            if self.client is not None and self.client.is_connected:
-                try:
-                    await self._publish_node_status()
-                except Exception as e:
-                    log.debug("heartbeat failed: %s", e)
-
     async def _publish_meta(self, hc: HostedComponent) -> None:
         if self.client is not None:
             await self.client.publish(
@@ -256,20 +245,16 @@ class NodeService:
             )
 
     # -- messages ------------------------------------------------------------------------
-    async def _message_loop(self) -> None:
-        if self.client is None:
+    async def on_message(self, msg: Message) -> None:
+        parsed = self.topics.parse(msg.topic)
+        if parsed is None or parsed.op is None:
             return
-        async for msg in self.client.messages():
-            parsed = self.topics.parse(msg.topic)
-            if parsed is None or parsed.op is None:
-                continue
-            if parsed.kind == "node_cmd":
-                self._spawn(self._node_responder.handle(msg, parsed.op))
-            elif parsed.kind == "component_cmd" and parsed.name is not None:
-                name = self._by_slug.get(parsed.name)
-                if name is None:
-                    continue
-                self._spawn(self._component_request(name, msg, parsed.op))
+        if parsed.kind == "node_cmd":
+            self.spawn(self._node_responder.handle(msg, parsed.op))
+        elif parsed.kind == "component_cmd" and parsed.name is not None:
+            name = self._by_slug.get(parsed.name)
+            if name is not None:
+                self.spawn(self._component_request(name, msg, parsed.op))
 
     async def _component_request(self, name: str, msg: Message, op: str) -> None:
         hc = self.components.get(name)
@@ -319,7 +304,7 @@ class NodeService:
             added.append(n)
         await self._publish_node_status()
         for n in added:
-            self._spawn(self._register_loop(self.components[n]))
+            self.spawn(self._register_loop(self.components[n]))
         return Result(
             f"node {self.name}: {len(added)} component(s) added, {len(removed)} removed",
             {"added": list[JsonValue](added), "removed": list[JsonValue](removed)},
@@ -367,7 +352,7 @@ class NodeService:
 
     async def _register_loop(self, hc: HostedComponent) -> None:
         delay = 1.0
-        while not hc.closed and not self._stop.is_set():
+        while not hc.closed and not self.stopping:
             try:
                 await self._register(hc)
                 return
@@ -397,7 +382,7 @@ class NodeService:
         name = hc.name
 
         def on_task_end(end: TaskEnd) -> None:
-            loop.call_soon_threadsafe(lambda: self._spawn(self._task_ended(name, end)))
+            loop.call_soon_threadsafe(lambda: self.spawn(self._task_ended(name, end)))
 
         def on_error(msg: str) -> None:
             log.warning("node %s: component %s: %s", self.name, name, msg)

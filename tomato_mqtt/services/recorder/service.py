@@ -18,7 +18,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,9 +26,9 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, JsonValue
 
 from tomato_mqtt import __version__
-from tomato_mqtt.services.base import run_until_stopped
+from tomato_mqtt.services.base import Service
 from tomato_mqtt.services.recorder.store import BatchStore
-from tomato_mqtt.transport.client import AsyncClient, BrokerURL, Message, Will
+from tomato_mqtt.transport.client import BrokerURL, Message
 from tomato_mqtt.transport.rpc import (
     CommandError,
     Handler,
@@ -43,10 +43,10 @@ from tomato_mqtt.wire.messages import (
     DecodeError,
     JobProgress,
     NodeStatus,
+    PresenceState,
     RecorderStatus,
     ReplayArgs,
     decode,
-    encode,
 )
 from tomato_mqtt.wire.topics import Topics
 
@@ -111,38 +111,39 @@ def _warm_up_writer() -> None:
         log.debug("writer warm-up failed: %s", e)
 
 
-class RecorderService:
+class RecorderService(Service):
     def __init__(
         self, url: BrokerURL, instance: str, db_path: Path, *, heartbeat: float = 2.0
     ) -> None:
-        self.url = url
-        self.topics = Topics(instance)
+        super().__init__(url, Topics(instance), heartbeat=heartbeat)
         self.db_path = db_path
-        self.heartbeat = heartbeat
-        self._stop = asyncio.Event()
+        self._client_id = f"recorder-{instance}-{uuid.uuid4().hex[:6]}"
         self._stored = asyncio.Condition()
         self.store: BatchStore | None = None
-        self.client: AsyncClient | None = None
         self.requester: Requester | None = None
         self.streams: dict[tuple[str, int], _Stream] = {}
         self.jobs_seen: set[int] = set()
         self.files: dict[str, _Written] = {}
         self._write_lock = asyncio.Lock()
-        self._tasks: set[asyncio.Task[Any]] = set()
 
-    def request_stop(self) -> None:
-        self._stop.set()
+    @property
+    def client_id(self) -> str:
+        return self._client_id
 
-    async def run(self) -> None:
+    @property
+    def status_topic(self) -> str:
+        return self.topics.recorder_status()
+
+    def presence(self, state: PresenceState) -> RecorderStatus:
+        return self._status(state)
+
+    # -- lifecycle -------------------------------------------------------------------------
+    async def setup(self) -> None:
         self.db_path.parent.mkdir(parents=True, exist_ok=True)
         self.store = BatchStore(self.db_path)
-        self.client = AsyncClient(
-            self.url,
-            client_id=f"recorder-{self.topics.instance}-{uuid.uuid4().hex[:6]}",
-            will=Will(self.topics.recorder_status(), encode(self._status("lost"))),
-            on_connect=self._publish_status,
-        )
-        await self.client.connect(timeout=30, retry=True)
+
+    async def started(self) -> None:
+        assert self.client is not None
         self.requester = Requester(self.client, self.topics)
         handlers: dict[str, Handler] = {
             "finalize": self.op_finalize,
@@ -150,34 +151,20 @@ class RecorderService:
             "status": self.op_status,
         }
         self.responder = Responder(self.client, self.topics, handlers, name="recorder")
-        try:
-            await self.requester.start()
-            await self.client.subscribe(self.topics.all_component_data(), handler=self._on_data)
-            await self.client.subscribe(self.topics.recorder_cmds())
-            await self.client.subscribe(self.topics.all_node_status())
-            await self._publish_status()
-            self._spawn(asyncio.to_thread(_warm_up_writer))
-            await run_until_stopped(
-                self._stop, self._message_loop(), self._ack_loop(), self._heartbeat_loop()
-            )
-        finally:
-            for t in list(self._tasks):
-                t.cancel()
-            if self.client.is_connected:
-                with contextlib.suppress(Exception):
-                    await self.client.publish(
-                        self.topics.recorder_status(),
-                        encode(self._status("offline")),
-                        retain=True,
-                        timeout=2,
-                    )
-                await self.client.disconnect()
-            self.store.close()
+        await self.requester.start()
+        # data batches may be dropped when we fall behind: the nodes replay them
+        await self.client.subscribe(self.topics.all_component_data(), droppable=True)
+        await self.client.subscribe(self.topics.recorder_cmds())
+        await self.client.subscribe(self.topics.all_node_status())
+        await self.publish_presence("online")
+        self.spawn(asyncio.to_thread(_warm_up_writer))
 
-    def _spawn(self, coro: Any) -> None:
-        t = asyncio.ensure_future(coro)
-        self._tasks.add(t)
-        t.add_done_callback(self._tasks.discard)
+    def loops(self) -> list[Coroutine[Any, Any, Any]]:
+        return [self._ack_loop()]
+
+    async def teardown(self) -> None:
+        if self.store is not None:
+            self.store.close()
 
     # -- status ----------------------------------------------------------------------------
     def _status(self, state: str) -> RecorderStatus:
@@ -201,24 +188,9 @@ class RecorderService:
             n += len(self.store.missing(component, epoch, top))
         return n
 
-    async def _publish_status(self) -> None:
-        if self.client is not None:
-            await self.client.publish(
-                self.topics.recorder_status(),
-                encode(self._status("online")),
-                retain=True,
-                wait=False,
-            )
-
-    async def _heartbeat_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.heartbeat)
-            with contextlib.suppress(Exception):
-                await self._publish_status()
-
     # -- data ------------------------------------------------------------------------------
     def _on_data(self, msg: Message) -> None:
-        """Store a batch the moment it arrives (called from the client's read callback)."""
+        """Store a batch (committed before it is acknowledged to its node)."""
         if self.store is None:
             return
         try:
@@ -233,7 +205,7 @@ class RecorderService:
         self.streams.setdefault(key, _Stream())
         if new and b.seq > 0 and self.store.high_water(b.component, b.epoch) < b.seq - 1:
             self._request_missing(b.component, b.epoch, b.seq)
-        self._spawn(self._notify())
+        self.spawn(self._notify())
 
     async def _notify(self) -> None:
         async with self._stored:
@@ -252,7 +224,7 @@ class RecorderService:
         st.last_replay_request = now
         for first, last in gaps[:20]:
             log.info("asking for replay of %s epoch %d seq %d..%d", component, epoch, first, last)
-            self._spawn(
+            self.spawn(
                 self._node_request(
                     component, "replay", ReplayArgs(epoch=epoch, first=first, last=last)
                 )
@@ -268,30 +240,29 @@ class RecorderService:
         except NoResponder as e:
             log.debug("%s", e)
 
-    async def _message_loop(self) -> None:
-        if self.client is None:
+    async def on_message(self, msg: Message) -> None:
+        parsed = self.topics.parse(msg.topic)
+        if parsed is None:
             return
-        async for msg in self.client.messages():
-            parsed = self.topics.parse(msg.topic)
-            if parsed is None:
-                continue
-            if parsed.kind == "recorder_cmd" and parsed.op is not None:
-                self._spawn(self.responder.handle(msg, parsed.op))
-            elif parsed.kind == "node_status" and msg.payload:
-                try:
-                    st = decode(NodeStatus, msg.payload, msg.topic)
-                except DecodeError as e:
-                    log.warning("%s", e)
-                    continue
+        if parsed.kind == "component_data":
+            self._on_data(msg)
+        elif parsed.kind == "recorder_cmd" and parsed.op is not None:
+            self.spawn(self.responder.handle(msg, parsed.op))
+        elif parsed.kind == "node_status" and msg.payload:
+            try:
+                st = decode(NodeStatus, msg.payload, msg.topic)
+            except DecodeError as e:
+                log.warning("%s", e)
+                return
                 # the node says how far each stream got: anything beyond what we hold is a gap
-                for component, seq in st.streams.items():
-                    if (
-                        seq >= 0
-                        and self.store is not None
-                        and (self.store.high_water(component, st.epoch) < seq)
-                    ):
-                        self.streams.setdefault((component, st.epoch), _Stream())
-                        self._request_missing(component, st.epoch, seq)
+            for component, seq in st.streams.items():
+                if (
+                    seq >= 0
+                    and self.store is not None
+                    and (self.store.high_water(component, st.epoch) < seq)
+                ):
+                    self.streams.setdefault((component, st.epoch), _Stream())
+                    self._request_missing(component, st.epoch, seq)
 
     async def _ack_loop(self) -> None:
         # acknowledge stored batches to the nodes about once a second, per stream
@@ -303,7 +274,7 @@ class RecorderService:
                 hw = self.store.high_water(component, epoch)
                 if hw > st.acked:
                     st.acked = hw
-                    self._spawn(self._node_request(component, "ack", AckArgs(epoch=epoch, upto=hw)))
+                    self.spawn(self._node_request(component, "ack", AckArgs(epoch=epoch, upto=hw)))
 
     # -- files -----------------------------------------------------------------------------
     async def _wait_complete(self, expect: list[_Expect], wait: float) -> list[str]:
@@ -386,7 +357,7 @@ class RecorderService:
         msg = f"{kind} of job {jobid} written to {written}{note}"
         if missing:
             msg += f"; still missing after {a.wait:g} s: {', '.join(missing)}"
-        await self._publish_status()
+        await self.publish_presence("online")
         return Result(
             msg,
             {

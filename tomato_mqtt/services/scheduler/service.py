@@ -11,24 +11,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import time
 import uuid
-from collections.abc import Mapping
-from pathlib import Path
+from collections.abc import Coroutine, Mapping
 from typing import Any
 
 from pydantic import JsonValue
 
 from tomato_mqtt import __version__
 from tomato_mqtt.config.devices import Layout, load_devices
-from tomato_mqtt.config.settings import Settings
+from tomato_mqtt.config.settings import Settings, settings_url
 from tomato_mqtt.model.jobs import Job
-from tomato_mqtt.services.base import run_until_stopped
+from tomato_mqtt.services.base import Service
 from tomato_mqtt.services.scheduler.ops import SchedulerOps
 from tomato_mqtt.services.scheduler.runner import JobRunner
 from tomato_mqtt.services.scheduler.store import StateStore
-from tomato_mqtt.transport.client import AsyncClient, BrokerURL, Will
+from tomato_mqtt.transport.client import BrokerURL, Message
 from tomato_mqtt.transport.rpc import NoResponder, Requester, Responder
 from tomato_mqtt.wire.messages import (
     ComponentMeta,
@@ -40,24 +38,28 @@ from tomato_mqtt.wire.messages import (
     NodeConfigure,
     NodeStatus,
     PipelineStatus,
+    PresenceState,
     SchedulerStatus,
     decode,
     encode,
 )
-from tomato_mqtt.wire.topics import Topics, slug
+from tomato_mqtt.wire.topics import Topics
 
 __all__ = ["SchedulerService"]
 
 log = logging.getLogger(__name__)
 
 
-class SchedulerService:
+class SchedulerService(Service):
     def __init__(self, settings: Settings, url: BrokerURL | None = None) -> None:
+        super().__init__(
+            url or settings_url(settings),
+            Topics(settings.mqtt.instance),
+            heartbeat=settings.scheduler.heartbeat,
+        )
         self.settings = settings
-        self.url = url or settings_url(settings)
-        self.topics = Topics(settings.mqtt.instance)
+        self._client_id = f"scheduler-{settings.mqtt.instance}-{uuid.uuid4().hex[:6]}"
         self.node_grace_period = settings.scheduler.node_grace_period
-        self._stop = asyncio.Event()
         self._kick = asyncio.Event()
         self.cond = asyncio.Condition()
         self.metas: dict[str, ComponentMeta] = {}
@@ -66,72 +68,59 @@ class SchedulerService:
         self.runners: dict[int, JobRunner] = {}
         self.layout: Layout = Layout(components={}, pipelines={})
         self.store: StateStore | None = None
-        self.client: AsyncClient | None = None
         self.requester: Requester | None = None
         self.epoch = int(time.time() * 1000)
         self.started_at = time.time()
         self.exit_requested = False  # `tomato stop`: the supervisor then stops the stack
-        self._tasks: set[asyncio.Task[Any]] = set()
         self._configured: dict[str, tuple[int, str]] = {}
 
-    def request_stop(self) -> None:
-        self._stop.set()
+    @property
+    def client_id(self) -> str:
+        return self._client_id
+
+    @property
+    def status_topic(self) -> str:
+        return self.topics.scheduler_status()
+
+    def presence(self, state: PresenceState) -> SchedulerStatus:
+        return self._presence(state)
 
     # -- lifecycle -------------------------------------------------------------------------
-    async def run(self) -> None:
+    async def setup(self) -> None:
         self.layout = load_devices(self.settings.devices_file, self.settings.node.name)
         self.settings.datadir.mkdir(parents=True, exist_ok=True)
         self.store = StateStore(self.settings.state_db)
         self.store.sync_pipelines(self.layout.pipelines)
-        self.client = AsyncClient(
-            self.url,
-            client_id=f"scheduler-{self.settings.mqtt.instance}-{uuid.uuid4().hex[:6]}",
-            will=Will(self.topics.scheduler_status(), encode(self._presence("lost"))),
-            on_connect=self._announce,
-        )
-        await self.client.connect(timeout=30, retry=True)
+
+    async def started(self) -> None:
+        assert self.client is not None
         self.requester = Requester(self.client, self.topics)
         self.ops = SchedulerOps(self)
         self.responder = Responder(self.client, self.topics, self.ops.table(), name="scheduler")
-        try:
-            await self.requester.start()
-            for f in (
-                self.topics.scheduler_cmds(),
-                self.topics.all_node_status(),
-                self.topics.all_component_meta(),
-                self.topics.all_component_status(),
-            ):
-                await self.client.subscribe(f)
-            await self._announce()
-            self.spawn(asyncio.to_thread(_warm_up_payloads))
-            self._readopt()
-            await run_until_stopped(
-                self._stop, self._message_loop(), self._heartbeat_loop(), self._schedule_loop()
-            )
-        finally:
-            await self._shutdown()
+        await self.requester.start()
+        for f in (
+            self.topics.scheduler_cmds(),
+            self.topics.all_node_status(),
+            self.topics.all_component_meta(),
+            self.topics.all_component_status(),
+        ):
+            await self.client.subscribe(f)
+        await self._announce()
+        self.spawn(asyncio.to_thread(_warm_up_payloads))
+        self._readopt()
 
-    async def _shutdown(self) -> None:
-        for t in list(self._tasks):
-            t.cancel()
-        if self.client is not None and self.client.is_connected:
-            with contextlib.suppress(Exception):
-                state = "offline"
-                await self.client.publish(
-                    self.topics.scheduler_status(),
-                    encode(self._presence(state)),
-                    retain=True,
-                    timeout=2,
-                )
-            await self.client.disconnect()
+    def loops(self) -> list[Coroutine[Any, Any, Any]]:
+        return [self._schedule_loop()]
+
+    async def on_connect(self) -> None:
+        await self._announce()
+
+    async def on_heartbeat(self) -> None:
+        self._check_stale_nodes()
+
+    async def teardown(self) -> None:
         if self.store is not None:
             self.store.close()
-
-    def spawn(self, coro: Any) -> asyncio.Task[Any]:
-        t: asyncio.Task[Any] = asyncio.ensure_future(coro)
-        self._tasks.add(t)
-        t.add_done_callback(self._tasks.discard)
-        return t
 
     def kick(self) -> None:
         """Something changed that may let a job match or launch."""
@@ -198,13 +187,6 @@ class SchedulerService:
         ev = JobEvent(job=job, event=event, time=time.time(), **kw)
         self.spawn(self.publish(self.topics.job_event(job), ev, retain=False))
 
-    async def _heartbeat_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.settings.scheduler.heartbeat)
-            with contextlib.suppress(Exception):
-                await self.publish(self.topics.scheduler_status(), self._presence("online"))
-            self._check_stale_nodes()
-
     def _check_stale_nodes(self) -> None:
         # amqtt does not enforce keep-alive: a hung node is found by its heartbeat age
         now = time.time()
@@ -224,31 +206,28 @@ class SchedulerService:
             self.cond.notify_all()
 
     # -- incoming --------------------------------------------------------------------------
-    async def _message_loop(self) -> None:
-        if self.client is None:
+    async def on_message(self, msg: Message) -> None:
+        parsed = self.topics.parse(msg.topic)
+        if parsed is None:
             return
-        async for msg in self.client.messages():
-            parsed = self.topics.parse(msg.topic)
-            if parsed is None:
-                continue
-            try:
-                if parsed.kind == "scheduler_cmd" and parsed.op is not None:
-                    self.spawn(self.responder.handle(msg, parsed.op))
-                elif not msg.payload:
-                    continue  # a cleared retained topic
-                elif parsed.kind == "node_status":
-                    await self._on_node_status(decode(NodeStatus, msg.payload, msg.topic))
-                elif parsed.kind == "component_meta":
-                    meta = decode(ComponentMeta, msg.payload, msg.topic)
-                    self.metas[meta.name] = meta
-                    self.kick()
-                elif parsed.kind == "component_status":
-                    st = decode(ComponentStatus, msg.payload, msg.topic)
-                    self.cstatus[st.name] = st
-                    async with self.cond:
-                        self.cond.notify_all()
-            except DecodeError as e:
-                log.warning("%s", e)
+        try:
+            if parsed.kind == "scheduler_cmd" and parsed.op is not None:
+                self.spawn(self.responder.handle(msg, parsed.op))
+            elif not msg.payload:
+                return  # a cleared retained topic
+            elif parsed.kind == "node_status":
+                await self._on_node_status(decode(NodeStatus, msg.payload, msg.topic))
+            elif parsed.kind == "component_meta":
+                meta = decode(ComponentMeta, msg.payload, msg.topic)
+                self.metas[meta.name] = meta
+                self.kick()
+            elif parsed.kind == "component_status":
+                st = decode(ComponentStatus, msg.payload, msg.topic)
+                self.cstatus[st.name] = st
+                async with self.cond:
+                    self.cond.notify_all()
+        except DecodeError as e:
+            log.warning("%s", e)
 
     async def _on_node_status(self, st: NodeStatus) -> None:
         self.nodes[st.node] = st
@@ -378,33 +357,3 @@ def _warm_up_payloads() -> None:
         parse_payload({"version": "2.2", "sample": {"name": "warm-up"}, "method": []})
     with contextlib.suppress(Exception):
         from tomato_mqtt.driver.validate import coerce_value  # noqa: F401 - pint, once
-
-
-def settings_url(settings: Settings) -> BrokerURL:
-    m = settings.mqtt
-    return BrokerURL(
-        host=m.host,
-        port=m.port,
-        username=m.username,
-        password=m.password,
-        tls=m.tls,
-        ca_certs=m.ca_certs,
-        certfile=m.certfile,
-        keyfile=m.keyfile,
-        tls_insecure=m.tls_insecure,
-    )
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except OSError:
-        return False
-    return True
-
-
-def jobs_dir(settings: Settings, job: int) -> Path:
-    return settings.jobs_dir / str(job)
-
-
-__all__ += ["jobs_dir", "pid_alive", "settings_url", "slug"]
