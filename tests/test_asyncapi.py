@@ -140,3 +140,29 @@ def test_docs_example_payloads_are_valid() -> None:
     assert {name for name, _ in blocks} == set(models)
     for name, block in blocks:
         assert decode(models[name], block) == example_messages()[name], name
+
+
+def test_docs_list_every_command_with_its_args() -> None:
+    """docs/topics.md holds the table generated from wire/commands.py, unchanged."""
+    from tomato_mqtt.wire.commands import commands_markdown
+
+    text = DOCS.read_text()
+    begin, end = "<!-- commands:begin -->\n", "<!-- commands:end -->"
+    assert begin in text and end in text
+    block = text[text.index(begin) + len(begin) : text.index(end)]
+    assert block == commands_markdown(), (
+        "docs/topics.md's command table is stale; replace the block between the markers "
+        "with the output of tomato_mqtt.wire.commands.commands_markdown()"
+    )
+
+
+def test_the_document_lists_every_command() -> None:
+    from tomato_mqtt.wire.asyncapi import build_asyncapi
+    from tomato_mqtt.wire.commands import COMMANDS
+
+    doc = build_asyncapi("lab1")
+    for c in COMMANDS:
+        entry = doc["x-commands"][c.responder][c.op]
+        ref = entry["args"]["$ref"].rsplit("/", 1)[-1]
+        assert ref in doc["components"]["schemas"], (c.op, ref)
+        assert "data" in entry

@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import socket
 import ssl
 import threading
 import uuid
@@ -33,6 +32,8 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
 from tomato_mqtt.config.url import BrokerURL
+from tomato_mqtt.transport._loop import _LoopDriven
+from tomato_mqtt.transport.types import Message, MqttError, MqttTimeout, Will, topic_matches
 
 __all__ = [
     "AsyncClient",
@@ -47,35 +48,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 
-class MqttError(Exception):
-    """An MQTT operation failed (not connected, refused, broker gone)."""
-
-
-class MqttTimeout(MqttError, TimeoutError):
-    """The broker (or a responder) did not answer in time."""
-
-
-@dataclass(frozen=True)
-class Will:
-    topic: str
-    payload: bytes
-    qos: int = 1
-    retain: bool = True
-
-
-@dataclass(frozen=True)
-class Message:
-    topic: str
-    payload: bytes
-    qos: int = 0
-    retain: bool = False
-
-
-def topic_matches(filter_: str, topic: str) -> bool:
-    """MQTT wildcard matching (``+`` and ``#``)."""
-    return bool(paho.topic_matches_sub(filter_, topic))
-
-
 @dataclass
 class _Subscription:
     filter: str
@@ -84,7 +56,7 @@ class _Subscription:
     droppable: bool = False
 
 
-class AsyncClient:
+class AsyncClient(_LoopDriven):
     """An asyncio MQTT client with reconnect, acked publish/subscribe and a message stream.
 
     Use as ``async with AsyncClient(url, client_id=...) as c:``. Messages that match a
@@ -367,34 +339,6 @@ class AsyncClient:
             raise MqttError("not connected: call connect() first")
         return self._loop
 
-    def _ack_future(self, mid: int) -> asyncio.Future[Any]:
-        fut = self._acks.get(mid)
-        if fut is None:
-            fut = self._running_loop().create_future()
-            self._acks[mid] = fut
-        return fut
-
-    def _resolve(self, mid: int, value: Any) -> None:
-        fut = self._acks.get(mid)
-        if fut is None:
-            # the ack beat the waiter: leave a resolved future behind
-            if self._loop is None:
-                return
-            fut = self._loop.create_future()
-            self._acks[mid] = fut
-        if not fut.done():
-            fut.set_result(value)
-
-    def _fail_pending(self, exc: Exception) -> None:
-        for fut in self._acks.values():
-            if not fut.done():
-                fut.set_exception(exc)
-                fut.exception()  # mark retrieved: nobody may be waiting any more
-        self._acks.clear()
-        if self._connack is not None and not self._connack.done():
-            self._connack.set_exception(exc)
-            self._connack.exception()
-
     def _on_connect(self, c: paho.Client, ud: Any, flags: Any, rc: Any, props: Any) -> None:
         code = rc.value if hasattr(rc, "value") else int(rc)
         if self._connack is not None and not self._connack.done():
@@ -472,68 +416,3 @@ class AsyncClient:
                 return
             self._droppable_queued += 1
         self._queue.put_nowait((m, droppable))
-
-    def _on_publish(self, c: paho.Client, ud: Any, mid: int, rc: Any, props: Any) -> None:
-        self._resolve(mid, None)
-
-    def _on_subscribe(self, c: paho.Client, ud: Any, mid: int, granted: Any, props: Any) -> None:
-        self._resolve(mid, [getattr(g, "value", g) for g in granted])
-
-    def _on_unsubscribe(self, c: paho.Client, ud: Any, mid: int, rcs: Any, props: Any) -> None:
-        self._resolve(mid, None)
-
-    # socket plumbing: paho tells us its socket; the asyncio loop drives reads/writes
-    def _in_loop(self, fn: Callable[[], None]) -> None:
-        # paho opens the socket inside reconnect(), which runs in an executor thread
-        if threading.get_ident() == self._loop_thread:
-            fn()
-        else:
-            self._running_loop().call_soon_threadsafe(fn)
-
-    def _on_socket_open(self, c: paho.Client, ud: Any, sock: Any) -> None:
-        with contextlib.suppress(OSError, AttributeError):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self._sock = sock
-
-        def add() -> None:
-            self._running_loop().add_reader(sock, self._do_read)
-
-        self._in_loop(add)
-
-    def _on_socket_close(self, c: paho.Client, ud: Any, sock: Any) -> None:
-        def rm() -> None:
-            with contextlib.suppress(Exception):
-                loop = self._running_loop()
-                loop.remove_reader(sock)
-                loop.remove_writer(sock)
-
-        self._in_loop(rm)
-
-    def _on_socket_register_write(self, c: paho.Client, ud: Any, sock: Any) -> None:
-        def add() -> None:
-            with contextlib.suppress(Exception):
-                self._running_loop().add_writer(sock, self._do_write)
-
-        self._in_loop(add)
-
-    def _on_socket_unregister_write(self, c: paho.Client, ud: Any, sock: Any) -> None:
-        def rm() -> None:
-            with contextlib.suppress(Exception):
-                self._running_loop().remove_writer(sock)
-
-        self._in_loop(rm)
-
-    def _do_read(self) -> None:
-        if self._paho is not None:
-            self._paho.loop_read(max_packets=100)
-
-    def _do_write(self) -> None:
-        if self._paho is not None:
-            self._paho.loop_write()
-
-    async def _misc_loop(self) -> None:
-        # keep-alive pings and paho's retry bookkeeping; paho wants this about once a second
-        while True:
-            await asyncio.sleep(1.0)
-            if self._paho is not None and self._connected.is_set():
-                self._paho.loop_misc()

@@ -4,30 +4,35 @@ A requester publishes ``Request{id, reply_to, args}`` on a ``.../cmd/<op>`` topi
 waits for the ``Reply`` with the same id on its own ``reply/<client-id>`` topic. A
 responder dispatches through an explicit table of operations, answers every request
 (also malformed ones, when it can find out where to), and de-duplicates by id, since
-QoS 1 may deliver a request twice.
+QoS 1 may deliver a request twice. Args are validated against the operation's model in
+``wire/commands.py`` before the handler runs; every failed reply carries an error
+``code`` (``wire.messages.ErrorCode``) so that clients never match text.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import re
 import uuid
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from pydantic import BaseModel, JsonValue, ValidationError
 
 from tomato_mqtt.transport.client import AsyncClient, Message, MqttTimeout
-from tomato_mqtt.wire.messages import DecodeError, Reply, Request, decode, encode
+from tomato_mqtt.wire.commands import Command, commands_of
+from tomato_mqtt.wire.commands import Responder as ResponderKind
+from tomato_mqtt.wire.messages import DecodeError, ErrorCode, Reply, Request, decode, encode
 from tomato_mqtt.wire.topics import Topics
 
 __all__ = [
     "CommandError",
     "Handler",
     "NoResponder",
+    "ReplyError",
     "Requester",
     "Responder",
     "Result",
@@ -43,9 +48,19 @@ class NoResponder(MqttTimeout):
 class CommandError(Exception):
     """A command that cannot be carried out; its message goes to the user as is."""
 
-    def __init__(self, msg: str, data: JsonValue = None) -> None:
+    def __init__(self, msg: str, data: JsonValue = None, code: ErrorCode = "refused") -> None:
         super().__init__(msg)
         self.data = data
+        self.code: ErrorCode = code
+
+
+class ReplyError(Exception):
+    """A request answered with ``success: false`` (raised by :meth:`Requester.call`)."""
+
+    def __init__(self, reply: Reply) -> None:
+        super().__init__(reply.msg)
+        self.reply = reply
+        self.code = reply.code
 
 
 @dataclass
@@ -112,6 +127,27 @@ class Requester:
         finally:
             self._waiting.pop(req.id, None)
 
+    async def call(
+        self,
+        topic: str,
+        command: Command,
+        args: Mapping[str, JsonValue] | BaseModel | None = None,
+        *,
+        timeout: float = 5.0,
+        who: str = "responder",
+    ) -> Any:
+        """Send a typed command: args checked before sending, reply data parsed.
+
+        Returns the reply data as typed objects; raises :class:`ReplyError` (with the
+        reply's ``code``) when the responder refused, :class:`NoResponder` on timeout.
+        """
+        if not isinstance(args, BaseModel):
+            args = command.parse_args(dict(args or {}))
+        reply = await self.request(topic, args, timeout=timeout, who=who)
+        if not reply.success:
+            raise ReplyError(reply)
+        return command.parse_data(reply.data)
+
 
 _REPLY_TO = re.compile(rb'"reply_to"\s*:\s*"([^"\\]+)"')
 _ID = re.compile(rb'"id"\s*:\s*"([^"\\]+)"')
@@ -127,12 +163,15 @@ class Responder:
         handlers: Mapping[str, Handler],
         *,
         name: str,
+        kind: ResponderKind | None = None,
         remember: int = 2000,
     ) -> None:
         self.client = client
         self.topics = topics
         self.handlers = dict(handlers)
         self.name = name
+        # the typed contract of each op (args checked before the handler runs)
+        self.commands: dict[str, Command] = commands_of(kind) if kind else {}
         self._seen: OrderedDict[str, None] = OrderedDict()
         self._remember = remember
 
@@ -167,29 +206,40 @@ class Responder:
                 id=req.id,
                 success=False,
                 msg=f"unknown operation {op!r} on {self.name} (known: {known})",
+                code="unknown_op",
             )
         else:
             reply = await self._run(handler, req, op)
         await self._send(req.reply_to, reply)
 
     async def _run(self, handler: Handler, req: Request, op: str) -> Reply:
+        def fail(msg: str, code: ErrorCode, data: JsonValue = None) -> Reply:
+            return Reply(id=req.id, success=False, msg=msg, data=data, code=code)
+
         try:
+            cmd = self.commands.get(op)
+            if cmd is not None:
+                cmd.parse_args(req.args)
             res = await handler(req.args)
             return Reply(id=req.id, success=True, msg=res.msg, data=res.data)
         except CommandError as e:
-            return Reply(id=req.id, success=False, msg=str(e), data=e.data)
+            return fail(str(e), e.code, e.data)
         except ValidationError as e:
             errs = "; ".join(
                 f"{'.'.join(str(x) for x in err['loc']) or 'args'}: {err['msg']}"
                 for err in e.errors(include_url=False)[:3]
             )
-            return Reply(id=req.id, success=False, msg=f"invalid arguments for {op}: {errs}")
-        except (ValueError, KeyError, LookupError, TypeError, OSError) as e:
+            return fail(f"invalid arguments for {op}: {errs}", "bad_request")
+        except (KeyError, LookupError) as e:
             text = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
-            return Reply(id=req.id, success=False, msg=str(text))
+            return fail(str(text), "not_found")
+        except (ValueError, TypeError) as e:
+            return fail(str(e), "bad_request")
+        except OSError as e:
+            return fail(str(e), "unavailable")
         except Exception as e:  # a bug must not take the service down
             log.exception("%s: operation %s failed", self.name, op)
-            return Reply(id=req.id, success=False, msg=f"internal error in {self.name}: {e!r}")
+            return fail(f"internal error in {self.name}: {e!r}", "internal")
 
     async def _reply_to_malformed(self, msg: Message, reason: str) -> None:
         m = _REPLY_TO.search(msg.payload)
@@ -201,15 +251,10 @@ class Responder:
             return
         idm = _ID.search(msg.payload)
         rid = idm.group(1).decode(errors="replace") if idm else ""
-        await self._send(reply_to, Reply(id=rid, success=False, msg=reason))
+        await self._send(reply_to, Reply(id=rid, success=False, msg=reason, code="bad_request"))
 
     async def _send(self, topic: str, reply: Reply) -> None:
         try:
             await self.client.publish(topic, encode(reply), qos=1, wait=False)
         except Exception as e:
             log.warning("%s: could not send reply to %s: %s", self.name, topic, e)
-
-
-def args_json(args: Mapping[str, JsonValue]) -> str:
-    """Compact JSON of request args, for logs."""
-    return json.dumps(args, separators=(",", ":"), default=str)[:200]

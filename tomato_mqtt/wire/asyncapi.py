@@ -17,12 +17,13 @@ import json
 import re
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, TypeAdapter
 from pydantic.json_schema import models_json_schema
 
 from tomato_mqtt import __version__
 from tomato_mqtt.driver.spec import AttrSpec, TaskSpec
 from tomato_mqtt.model.jobs import Job
+from tomato_mqtt.wire.commands import COMMANDS
 from tomato_mqtt.wire.messages import (
     MESSAGES,
     AckArgs,
@@ -76,13 +77,8 @@ PARAMETERS: dict[str, str] = {
     "job": "The job id (a decimal integer).",
 }
 
-#: Models that travel as ``args`` of a request, listed in components/schemas for reference.
-_ARGS_MODELS: tuple[type[BaseModel], ...] = (
-    NodeConfigure,
-    TaskStartArgs,
-    ReplayArgs,
-    AckArgs,
-)
+#: Models that travel as ``args`` of a request (one per command of wire/commands.py).
+_ARGS_MODELS: tuple[type[BaseModel], ...] = tuple(dict.fromkeys(c.args for c in COMMANDS))
 
 _PLACEHOLDER = re.compile(r"\{([a-z_]+)\}")
 
@@ -113,7 +109,32 @@ def _schemas() -> dict[str, Any]:
         name = ref["$ref"].rsplit("/", 1)[-1]
         if name != m.__name__ or name not in schemas:
             raise RuntimeError(f"no schema named {m.__name__} (got {name})")
+    for c in COMMANDS:  # reply data: models, lists and unions, with their definitions
+        if c.data is None:
+            continue
+        data = TypeAdapter(c.data).json_schema(ref_template="#/components/schemas/{model}")
+        for name, sch in data.get("$defs", {}).items():
+            if schemas.setdefault(name, sch) != sch:
+                raise RuntimeError(f"two different schemas named {name}")
     return dict(sorted(schemas.items()))
+
+
+def _commands() -> dict[str, Any]:
+    """``x-commands``: per responder and operation, the args model and the reply data."""
+    out: dict[str, dict[str, Any]] = {}
+    for c in COMMANDS:
+        entry: dict[str, Any] = {
+            "summary": c.doc,
+            "args": {"$ref": f"#/components/schemas/{c.args.__name__}"},
+        }
+        if c.data is None:
+            entry["data"] = {"type": "null"}
+        else:
+            data = TypeAdapter(c.data).json_schema(ref_template="#/components/schemas/{model}")
+            data.pop("$defs", None)
+            entry["data"] = data
+        out.setdefault(c.responder, {})[c.op] = entry
+    return out
 
 
 def _meta_schema_message() -> dict[str, Any]:
@@ -234,6 +255,8 @@ def build_asyncapi(instance: str) -> dict[str, Any]:
         "channels": channels,
         "operations": operations,
         "components": {"messages": messages, "schemas": _schemas()},
+        # the typed commands: args on .../cmd/<op>, data in the Reply (error codes in Reply)
+        "x-commands": _commands(),
     }
 
 

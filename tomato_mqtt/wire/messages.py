@@ -23,6 +23,7 @@ __all__ = [
     "DataBatch",
     "DecodeError",
     "DriverInfo",
+    "ErrorCode",
     "JobEvent",
     "JobProgress",
     "JobStatus",
@@ -105,13 +106,28 @@ class Request(WireModel):
     args: dict[str, JsonValue] = Field(default_factory=dict)
 
 
+ErrorCode = Literal[
+    "bad_request",  # args missing, malformed or out of range
+    "unknown_op",  # no such operation on this responder
+    "not_found",  # a named job, pipeline, component or attr does not exist
+    "conflict",  # not now: busy, already in that state, a job runs
+    "refused",  # understood and not acceptable (e.g. a payload, a reload)
+    "not_allowed",  # the caller's role may not do this
+    "unavailable",  # a service this needs did not answer
+    "internal",  # a bug: the responder logged it
+]
+
+
 class Reply(WireModel):
-    """tomato's Reply, plus the id of the request it answers."""
+    """tomato's Reply, plus the id of the request it answers and, on failure, a code."""
 
     id: str
     success: bool
     msg: str
     data: JsonValue = None
+    code: ErrorCode | None = Field(
+        None, description="why it failed, for programs (null on success); msg is for people"
+    )
 
 
 # -- presence --------------------------------------------------------------------------

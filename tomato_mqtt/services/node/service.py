@@ -157,9 +157,11 @@ class NodeService(Service):
     async def started(self) -> None:
         assert self.client is not None
         self._node_responder = Responder(
-            self.client, self.topics, self._node_handlers, name=f"node {self.name}"
+            self.client, self.topics, self._node_handlers, name=f"node {self.name}", kind="node"
         )
-        self._cmp_responder = Responder(self.client, self.topics, {}, name=f"node {self.name}")
+        self._cmp_responder = Responder(
+            self.client, self.topics, {}, name=f"node {self.name}", kind="component"
+        )
         await self.client.subscribe(self.topics.node_cmds(self.name))
         await self._announce()
         # batches of an earlier epoch that the recorder never acknowledged

@@ -150,7 +150,9 @@ class RecorderService(Service):
             "fetch": self.op_fetch,
             "status": self.op_status,
         }
-        self.responder = Responder(self.client, self.topics, handlers, name="recorder")
+        self.responder = Responder(
+            self.client, self.topics, handlers, name="recorder", kind="recorder"
+        )
         await self.requester.start()
         # data batches may be dropped when we fall behind: the nodes replay them
         await self.client.subscribe(self.topics.all_component_data(), droppable=True)

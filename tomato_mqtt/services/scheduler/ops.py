@@ -11,9 +11,9 @@ import datetime
 import logging
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ConfigDict, JsonValue
+from pydantic import JsonValue
 
 from tomato_mqtt.config.devices import load_devices
 from tomato_mqtt.config.payloads import PayloadError, parse_payload
@@ -23,7 +23,18 @@ from tomato_mqtt.errors import ConfigError
 from tomato_mqtt.model.jobs import Job
 from tomato_mqtt.model.matching import ComponentView, MatchResult, match, next_launches
 from tomato_mqtt.services.scheduler.runner import JobRunner
+from tomato_mqtt.services.scheduler.status import status_section
 from tomato_mqtt.transport.rpc import CommandError, Handler, Result
+from tomato_mqtt.wire.commands import (
+    JobIdsArgs,
+    LoadArgs,
+    NoArgs,
+    PipelineArgs,
+    SearchArgs,
+    SnapshotArgs,
+    StatusArgs,
+    SubmitArgs,
+)
 
 if TYPE_CHECKING:
     from tomato_mqtt.services.scheduler.service import SchedulerService
@@ -37,45 +48,6 @@ def _now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat()
 
 
-class _Args(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class PipelineArgs(_Args):
-    pipeline: str
-
-
-class LoadArgs(_Args):
-    pipeline: str
-    sample: str
-
-
-class SubmitArgs(_Args):
-    payload: dict[str, JsonValue]
-    jobname: str | None = None
-    submit_dir: str | None = None
-    user: str | None = None  # who ran ketchup (for payloads older than 2.2)
-
-
-class JobIdsArgs(_Args):
-    jobids: list[int] | None = None
-
-
-class SearchArgs(_Args):
-    name: str
-    complete: bool = False
-
-
-class SnapshotArgs(_Args):
-    jobid: int
-
-
-class StatusArgs(_Args):
-    what: Literal["scheduler", "pipelines", "devices", "components", "nodes", "drivers"] = (
-        "scheduler"
-    )
-
-
 class SchedulerOps:
     def __init__(self, svc: SchedulerService) -> None:
         self.svc = svc
@@ -83,7 +55,7 @@ class SchedulerOps:
     @property
     def store(self) -> Any:
         if self.svc.store is None:
-            raise CommandError("scheduler state is not open")
+            raise CommandError("scheduler state is not open", code="unavailable")
         return self.svc.store
 
     def table(self) -> dict[str, Handler]:
@@ -104,91 +76,11 @@ class SchedulerOps:
     # -- status ----------------------------------------------------------------------------
     async def status(self, args: Mapping[str, JsonValue]) -> Result:
         a = StatusArgs.model_validate(args)
-        svc = self.svc
-        match a.what:
-            case "scheduler":
-                pres = svc._presence("online")
-                data: Any = pres.model_dump(mode="json", by_alias=True)
-                data["datadir"] = str(svc.settings.datadir)
-                data["devices_file"] = str(svc.settings.devices_file)
-                return Result(
-                    f"scheduler of {svc.settings.mqtt.instance} is running "
-                    f"(pid {__import__('os').getpid()}, {pres.jobs_running} job(s) running, "
-                    f"{pres.jobs_queued} queued)",
-                    data,
-                )
-            case "pipelines":
-                pips = []
-                for p in self.store.pipelines():
-                    lay = svc.layout.pipelines.get(p.name)
-                    pips.append(
-                        p.model_dump(mode="json") | {"roles": dict(lay.roles) if lay else {}}
-                    )
-                return Result(f"{len(pips)} pipeline(s)", pips)
-            case "devices":
-                devs: dict[str, Any] = {}
-                for c in svc.layout.components.values():
-                    d = devs.setdefault(
-                        c.device,
-                        {
-                            "name": c.device,
-                            "driver": c.driver,
-                            "address": c.address,
-                            "channels": [],
-                            "node": c.node,
-                        },
-                    )
-                    d["channels"].append(c.channel)
-                return Result(f"{len(devs)} device(s)", list(devs.values()))
-            case "components":
-                out: list[JsonValue] = []
-                for name, c in svc.layout.components.items():
-                    meta = svc.metas.get(name)
-                    st = svc.cstatus.get(name)
-                    node = svc.nodes.get(c.node)
-                    state: str = st.state if st else "unregistered"
-                    if node is None or node.state != "online":
-                        state = "lost" if node else "no node"
-                    out.append(
-                        {
-                            "name": name,
-                            "device": c.device,
-                            "driver": c.driver,
-                            "address": c.address,
-                            "channel": c.channel,
-                            "node": c.node,
-                            "state": state,
-                            "registered": bool(meta and meta.registered),
-                            "capabilities": list[JsonValue](meta.capabilities) if meta else [],
-                            "job": st.job if st else None,
-                            "error": (meta.error if meta else None) or (st.error if st else None),
-                        }
-                    )
-                return Result(f"{len(out)} component(s)", out)
-            case "nodes":
-                nodes: list[JsonValue] = [
-                    n.model_dump(mode="json", by_alias=True) for n in svc.nodes.values()
-                ]
-                return Result(f"{len(nodes)} node(s)", nodes)
-            case "drivers":
-                drivers: dict[str, Any] = {}
-                for c in svc.layout.components.values():
-                    d = drivers.setdefault(
-                        c.driver, {"name": c.driver, "nodes": {}, "settings": {}}
-                    )
-                    d["settings"] = svc.settings.drivers.get(c.driver, {})
-                    node = svc.nodes.get(c.node)
-                    info = node.drivers.get(c.driver) if node else None
-                    d["nodes"][c.node] = (
-                        info.model_dump(mode="json", by_alias=True)
-                        if info
-                        else {"loaded": False, "error": "node not online" if not node else None}
-                    )
-                return Result(f"{len(drivers)} driver(s)", list(drivers.values()))
-        raise CommandError(f"unknown status section {a.what!r}")
+        return status_section(self.svc, self.store, a.what)
 
     # -- reload ----------------------------------------------------------------------------
     async def reload(self, args: Mapping[str, JsonValue]) -> Result:
+        NoArgs.model_validate(args)
         svc = self.svc
         old = svc.settings
         try:
@@ -225,7 +117,8 @@ class SchedulerOps:
             raise CommandError(
                 "reload refused, nothing changed: it would modify "
                 + ", ".join(sorted(set(touched)))
-                + " of a running job"
+                + " of a running job",
+                code="conflict",
             )
         removed_pips = set(svc.layout.pipelines) - set(new_layout.pipelines)
         svc.settings = new_settings
@@ -240,10 +133,13 @@ class SchedulerOps:
         return Result("reload done: " + _describe_diff(diff), _jsonable_diff(diff))
 
     async def stop(self, args: Mapping[str, JsonValue]) -> Result:
+        NoArgs.model_validate(args)
         running = self.store.jobs(statuses=["r", "rd"])
         if running:
             ids = ", ".join(str(j.id) for j in running)
-            raise CommandError(f"cannot stop: job(s) {ids} are running (cancel them first)")
+            raise CommandError(
+                f"cannot stop: job(s) {ids} are running (cancel them first)", code="conflict"
+            )
         self.svc.exit_requested = True
         self.svc.spawn(self._stop_soon())
         return Result("stopping tomato-mqtt")
@@ -258,17 +154,20 @@ class SchedulerOps:
             return self.store.pipeline(name)
         except KeyError:
             known = ", ".join(p.name for p in self.store.pipelines()) or "none"
-            raise CommandError(f"no pipeline named {name!r} (known: {known})") from None
+            raise CommandError(
+                f"no pipeline named {name!r} (known: {known})", code="not_found"
+            ) from None
 
     async def pipeline_load(self, args: Mapping[str, JsonValue]) -> Result:
         a = LoadArgs.model_validate(args)
         p = self._pipeline(a.pipeline)
         if p.sample is not None:
             raise CommandError(
-                f"pipeline {a.pipeline} already holds sample {p.sample!r}: eject it first"
+                f"pipeline {a.pipeline} already holds sample {p.sample!r}: eject it first",
+                code="conflict",
             )
         if not a.sample.strip():
-            raise CommandError("the sample name must not be empty")
+            raise CommandError("the sample name must not be empty", code="bad_request")
         p = self.store.update_pipeline(a.pipeline, sample=a.sample)
         await self.svc.publish_pipeline(a.pipeline)
         self.svc.kick()
@@ -278,7 +177,9 @@ class SchedulerOps:
         a = PipelineArgs.model_validate(args)
         p = self._pipeline(a.pipeline)
         if p.jobid is not None:
-            raise CommandError(f"cannot eject from {a.pipeline}: job {p.jobid} is running")
+            raise CommandError(
+                f"cannot eject from {a.pipeline}: job {p.jobid} is running", code="conflict"
+            )
         p = self.store.update_pipeline(a.pipeline, sample=None, ready=False)
         await self.svc.publish_pipeline(a.pipeline)
         return Result(f"pipeline {a.pipeline} ejected", p.model_dump(mode="json"))
@@ -321,7 +222,7 @@ class SchedulerOps:
             try:
                 out.append(self.store.job(i))
             except KeyError:
-                raise CommandError(f"no job with id {i}") from None
+                raise CommandError(f"no job with id {i}", code="not_found") from None
         return out
 
     async def job_status(self, args: Mapping[str, JsonValue]) -> Result:
@@ -339,7 +240,7 @@ class SchedulerOps:
     async def job_cancel(self, args: Mapping[str, JsonValue]) -> Result:
         a = JobIdsArgs.model_validate(args)
         if not a.jobids:
-            raise CommandError("give the id of the job(s) to cancel")
+            raise CommandError("give the id of the job(s) to cancel", code="bad_request")
         jobs = self._jobs(a.jobids)
         out: list[JsonValue] = []
         msgs = []
@@ -368,13 +269,15 @@ class SchedulerOps:
         a = SnapshotArgs.model_validate(args)
         job = self._jobs([a.jobid])[0]
         if job.status in ("q", "qw"):
-            raise CommandError(f"job {job.id} has not started yet: no data to snapshot")
+            raise CommandError(
+                f"job {job.id} has not started yet: no data to snapshot", code="conflict"
+            )
         path = Path(self.svc.settings.jobs_dir) / str(job.id) / f"snapshot.{job.id}.nc"
         ok, msg, data = await self.svc.recorder_request(
             "finalize", self.recorder_args(job, path, snapshot=True), timeout=60
         )
         if not ok:
-            raise CommandError(f"snapshot of job {job.id} failed: {msg}")
+            raise CommandError(f"snapshot of job {job.id} failed: {msg}", code="unavailable")
         return Result(msg, data)
 
     # -- the queue -------------------------------------------------------------------------

@@ -96,7 +96,9 @@ class SchedulerService(Service):
         assert self.client is not None
         self.requester = Requester(self.client, self.topics)
         self.ops = SchedulerOps(self)
-        self.responder = Responder(self.client, self.topics, self.ops.table(), name="scheduler")
+        self.responder = Responder(
+            self.client, self.topics, self.ops.table(), name="scheduler", kind="scheduler"
+        )
         await self.requester.start()
         for f in (
             self.topics.scheduler_cmds(),
