@@ -14,9 +14,9 @@ A command takes ONE parameter annotated ``common.Opts`` and is wrapped in
 
 The decorator replaces that parameter, in the signature typer reads, by the chosen
 options (in the order given: their order in --help), and calls the command with one
-``Opts`` holding their values. Write ``opts`` after parameters with defaults as
-``*, opts: common.Opts``. Options stay options, so they may come before or
-after positional arguments (``tomato pipeline load P S -p 1884``, ``ketchup status 3 -y``).
+``Opts`` holding their values (after parameters with defaults: ``*, opts: common.Opts``).
+Options stay options: they may come before or after positional arguments
+(``tomato pipeline load P S -p 1884``, ``ketchup status 3 -y``).
 
 - Which options: ``CLIENT`` (-p -b --instance -A -t -y --json) for every command that asks
   a service; ``LOCAL`` (-A -D -L -p) for commands that read settings on this PC; or any
@@ -25,10 +25,11 @@ after positional arguments (``tomato pipeline load P S -p 1884``, ``ketchup stat
 - ``opts.context()``: where to send requests (settings.toml overridden by the options);
   ``opts.output()``: prints a Reply as text, YAML or JSON; ``opts.settings()``: the full,
   validated settings (pydantic; only for commands that need more than ``[mqtt]``).
-- A new common option (say ``--tls``): one field on ``Opts``, one ``Annotated`` alias in
-  ``OPTIONS``; then name it in ``CLIENT`` or in the commands that take it. The test
-  ``test_every_command_declares_the_common_options_alike`` (tests/test_cli.py) checks the
-  result.
+- A new common option (say ``--tls``): one field on ``Opts`` (its default), one
+  ``Annotated`` alias in ``OPTIONS``, and its use in ``Opts.context()``; then name it in
+  ``CLIENT`` or in the commands that take it. tests/test_cli.py checks that every command
+  of the three apps declares the common options alike and through this decorator (a new
+  command takes ``CLIENT`` unless listed there).
 - The command's own annotations are evaluated when the decorator runs, so the names in
   them must exist at module level by then (not only under ``TYPE_CHECKING``).
 
