@@ -79,9 +79,8 @@ def submit(
     reply = common.run_request(
         ctx, ctx.topics.scheduler_cmd("job_submit"), args, timeout=opts.timeout
     )
-    refused = "payload refused: "
-    if not reply.success and reply.msg.startswith(refused):
-        reply.msg = f"{refused}{payload}: {reply.msg[len(refused) :]}"
+    if not reply.success and reply.code == "refused":
+        reply.msg = f"{payload}: {reply.msg}"  # the scheduler cannot know the file's name
     opts.output().reply(reply, lambda job: _submitted(reply.msg, job))
 
 

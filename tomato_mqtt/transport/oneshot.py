@@ -47,6 +47,7 @@ class Reply:
     success: bool
     msg: str
     data: Any = None
+    code: str | None = None  # wire.messages.ErrorCode of a failed reply
 
 
 def _client(url: BrokerURL, client_id: str) -> paho.Client:
@@ -112,6 +113,7 @@ def request(
                 success=bool(doc.get("success")),
                 msg=str(doc.get("msg", "")),
                 data=doc.get("data"),
+                code=doc.get("code"),
             )
 
     c.on_connect = on_connect
