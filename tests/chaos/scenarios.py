@@ -1,0 +1,453 @@
+"""The faults of issue 9, each injected mid-job into a real stack: one function per scenario.
+
+Every scenario takes a fresh directory and :class:`~tests.chaos.harness.Params`, runs one
+counter job through the fault and returns the checked :class:`~tests.chaos.harness.Run`
+(``run.problems`` empty: it ended as issue 9 specifies). ``SCENARIOS`` is what the tests
+parametrize over and what ``bench/chaos.py`` repeats.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import os
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tests.chaos.harness import (
+    CANCEL_BOUND,
+    GRACE,
+    LOST_AFTER,
+    SCHEDULER,
+    Params,
+    Run,
+    Unavailable,
+    chaos_stack,
+    check,
+    job_or_none,
+    measure,
+    payload,
+    signal_service,
+    wait_end,
+    wait_running,
+)
+from tests.stack import BIN, CONFIG, Stack, free_port, kill_stack, start_stack
+from tests.test_netns import Link, Procs, netns_unavailable, password_line
+
+__all__ = ["SCENARIOS", "Scenario", "run_scenario"]
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    fn: Callable[[Path, Params], Run]
+    # "c|ce": issue 9 leaves "c with a warning" or "ce" to the fix (stalls, late data)
+    want: str  # the final statuses issue 9 allows, "|"-separated
+    exact: bool = True  # per-task counts known (False: the node died with them)
+    bound: float | None = None  # s from the fault to the end (None: the run's own deadline)
+
+
+def run_scenario(name: str, root: Path, p: Params | None = None, run: int = 1) -> Run:
+    sc = SCENARIOS[name]
+    r = sc.fn(root, p or Params())
+    r.scenario, r.run = name, run
+    return check(r, set(sc.want.split("|")), exact=sc.exact, bound=sc.bound)
+
+
+def _sleep_until(t: float) -> None:
+    # the fault's moment in the task: a schedule, not a wait for something to happen
+    time.sleep(max(0.0, t - time.monotonic()))
+
+
+def _fault_job(
+    st: Stack,
+    name: str,
+    p: Params,
+    fault: Callable[[Stack, int], None],
+    pipeline: str = "pip-counter-1",
+    deadline: Callable[[float, float], float] | None = None,
+) -> Run:
+    """Submit a job, inject ``fault`` ``p.fault_at`` s into its task, watch it end."""
+    st.load_ready(pipeline, name)
+    jobid = st.submit(payload(st, name, p))
+    t_run = wait_running(st, jobid)
+    _sleep_until(t_run + p.fault_at)
+    t_fault = time.monotonic()
+    try:
+        fault(st, jobid)
+    except StartRefused as e:
+        r = Run(name, p.hz, note=f"`tomato start` after the crash failed: {e}")
+        r.seconds = None
+        return r
+    end = deadline(t_run, t_fault) if deadline else t_run + p.duration + p.end_bound
+    job, ended = wait_end(st, jobid, end)
+    run = measure(name, p, job, ended, t_fault)
+    run.seen["job"] = jobid
+    return run
+
+
+class StartRefused(Exception):
+    pass
+
+
+# -- kill -9 of services -------------------------------------------------------------------
+def _kill(*services: str) -> Callable[[Path, Params], Run]:
+    def scenario(root: Path, p: Params) -> Run:
+        def fault(st: Stack, _job: int) -> None:
+            pids = [st.child_pid(s) for s in services]  # all found before any dies
+            for pid in pids:
+                os.kill(pid, signal.SIGKILL)
+
+        with chaos_stack(root) as st:
+            return _fault_job(st, "kill-" + "+".join(services), p, fault)
+
+    return scenario
+
+
+def kill_tree(root: Path, p: Params) -> Run:
+    """kill -9 of the supervisor's process group, then `tomato start` again at once."""
+
+    def fault(st: Stack, _job: int) -> None:
+        kill_stack(st)
+        res = start_stack(st)
+        if res.returncode != 0:
+            raise StartRefused((res.stdout + res.stderr).strip()[-300:])
+
+    with chaos_stack(root) as st:
+        return _fault_job(st, "kill-tree", p, fault)
+
+
+# -- a stalled node ------------------------------------------------------------------------
+def stall_node(root: Path, p: Params) -> Run:
+    """SIGSTOP of the node for ``p.down`` s mid-task, then SIGCONT."""
+
+    def fault(st: Stack, _job: int) -> None:
+        pid = signal_service(st, "node", signal.SIGSTOP)
+        try:
+            time.sleep(p.down)  # the stall itself
+        finally:
+            os.kill(pid, signal.SIGCONT)
+
+    with chaos_stack(root) as st:
+        return _fault_job(st, "stall-node", p, fault)
+
+
+# -- `ketchup cancel` while the node is dead or stopped -------------------------------------
+def _cancel(sig: signal.Signals) -> Callable[[Path, Params], Run]:
+    def scenario(root: Path, p: Params) -> Run:
+        stopped: list[int] = []
+
+        def fault(st: Stack, jobid: int) -> None:
+            pid = signal_service(st, "node", sig)
+            if sig == signal.SIGSTOP:
+                stopped.append(pid)
+            st.run("ketchup", "cancel", str(jobid), timeout=30)
+
+        def deadline(_t_run: float, t_fault: float) -> float:
+            return t_fault + 2 * CANCEL_BOUND  # long enough to see it end late, if it does
+
+        with chaos_stack(root) as st:
+            try:
+                return _fault_job(st, f"cancel-{sig.name}", p, fault, deadline=deadline)
+            finally:
+                for pid in stopped:
+                    with contextlib.suppress(OSError):
+                        os.kill(pid, signal.SIGCONT)
+
+    return scenario
+
+
+# -- reload: a component removed, then added back, then a job on it --------------------------
+TWO_DEVICES: dict[str, list[dict[str, Any]]] = {
+    "devices": [
+        {"name": n, "driver": "example_counter", "address": f"{n}-addr", "channels": ["1"]}
+        for n in ("dev-a", "dev-b")
+    ],
+    "pipelines": [
+        {"name": f"pip-{x}", "devices": [{"role": "counter", "device": f"dev-{x}", "channel": "1"}]}
+        for x in ("a", "b")
+    ],
+}
+
+
+def reload_readd(root: Path, p: Params) -> Run:
+    both = root / "devices-two.yml"
+    both.write_text(yaml.safe_dump(TWO_DEVICES))
+    only_a = {
+        "devices": TWO_DEVICES["devices"][:1],
+        "pipelines": TWO_DEVICES["pipelines"][:1],
+    }
+    with chaos_stack(root, both) as st:
+        # a first job on dev-b: its stream's identities are now in the recorder's store
+        first = Params(hz=p.hz, duration=1.0)
+        st.load_ready("pip-b", "before-reload")
+        j1 = st.submit(payload(st, "before-reload", first))
+        job1, _ = wait_end(st, j1, time.monotonic() + 30)
+        assert job1.get("status") == "c", job1
+        st.run("tomato", "pipeline", "eject", "pip-b", check=True)
+        (st.appdir / "devices.yml").write_text(yaml.safe_dump(only_a))
+        st.run("tomato", "reload", check=True)
+        shutil.copy(both, st.appdir / "devices.yml")
+        st.run("tomato", "reload", check=True)
+
+        def nothing(_st: Stack, _job: int) -> None:
+            pass
+
+        return _fault_job(st, "reload-readd", p, nothing, pipeline="pip-b")
+
+
+# -- a remote node cut off longer than lost_after + grace ----------------------------------
+USER = "lab"
+LATE_BOUND = 15.0  # s after the link is back for the late points to reach the file
+
+
+def netns_cut(root: Path, p: Params) -> Run:
+    why = netns_unavailable()
+    if why is not None:
+        raise Unavailable(why)
+    cut = LOST_AFTER + GRACE + p.down
+    link = Link()
+    st = Stack(root=root, port=free_port(), instance="ns" + os.urandom(4).hex())
+    for d in (st.appdir, st.datadir, st.logdir, st.workdir):
+        d.mkdir(parents=True, exist_ok=True)
+    shutil.copy(CONFIG / "netns_devices.yml", st.appdir / "devices.yml")
+    password = "chaos-" + os.urandom(6).hex()
+    (st.appdir / "passwd").write_text(password_line(USER, password))
+    procs = Procs(root)
+    try:
+        link.up()
+        (st.appdir / "settings.toml").write_text(
+            f'[mqtt]\nhost = "{link.host}"\nport = {st.port}\ninstance = "{st.instance}"\n'
+            f'username = "{USER}"\npassword = "{password}"\n'
+            f'[broker]\nhost = "{link.host}"\nws_port = 0\nallow_anonymous = false\n'
+            f'password_file = "{st.appdir / "passwd"}"\n[scheduler]\n{SCHEDULER}'
+        )
+        tomato, dirs = str(BIN / "tomato"), [*st.dirs(), "-p", str(st.port)]
+        for svc in ("broker", "scheduler", "recorder"):
+            procs.start(svc, tomato, svc, *dirs)
+        procs.start(
+            "node",
+            *("ip", "netns", "exec", link.ns, tomato, "node", "--name", "pc2"),
+            *("--broker", f"mqtt://{USER}:{password}@{link.host}:{st.port}"),
+            *("--instance", st.instance, "-A", str(root / "node-app")),
+            *("-D", str(root / "node-data"), "-L", str(st.logdir)),
+        )
+        _wait_registered(st, 40)
+        cut_at: list[float] = []
+
+        def fault(_st: Stack, _job: int) -> None:
+            link.set("down")
+            cut_at.append(time.monotonic())
+
+        def deadline(_t_run: float, t_fault: float) -> float:
+            return t_fault + cut  # it should end ce during the cut
+
+        try:
+            run = _fault_job(st, "netns-cut", p, fault, pipeline="pip-remote", deadline=deadline)
+        finally:
+            time.sleep(max(0.0, cut_at[0] + cut - time.monotonic()) if cut_at else 0.0)
+            link.set("up")
+        # late data: the spool replays after the link returns; the file must get it all
+        jobid = int(run.seen["job"])
+        t_up, last = time.monotonic(), run
+        while time.monotonic() < t_up + LATE_BOUND:
+            job = job_or_none(st, jobid)
+            if job is not None:
+                last = measure("netns-cut", p, job, 0.0, 0.0, nominal_if_unknown=True)
+                if last.in_file is not None and last.in_file == last.expected:
+                    break
+            time.sleep(0.5)
+        last.seconds = run.seconds
+        last.seen["status_during_cut"] = run.status
+        return last
+    finally:
+        procs.stop_all()
+        link.down()
+
+
+def _wait_registered(st: Stack, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        res = st.run("tomato", "status", "components", "--json", timeout=10)
+        if res.returncode == 0 and '"registered": true' in res.stdout:
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"the remote node did not register within {timeout:g} s\n{st.logs()}")
+
+
+# -- the recorder's store on a tiny tmpfs that fills and frees ------------------------------
+@contextlib.contextmanager
+def tiny_tmpfs(path: Path, size: str = "2m") -> Iterator[Path]:
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        raise Unavailable("mounting a tmpfs needs root and mount(8)")
+    path.mkdir(parents=True, exist_ok=True)
+    res = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "chaos-store", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=10,
+    )
+    if res.returncode != 0:
+        raise Unavailable(f"cannot mount a tmpfs here: {res.stderr.strip()}")
+    try:
+        yield path
+    finally:
+        if subprocess.run(["umount", str(path)], capture_output=True, timeout=10).returncode:
+            subprocess.run(["umount", "-l", str(path)], capture_output=True, timeout=10)
+
+
+def _fill(path: Path) -> Path:
+    """Write a file until the filesystem is full; return it (delete it to free the space)."""
+    filler = path / "filler"
+    with open(filler, "wb") as f:
+        chunk = b"\0" * 65536
+        with contextlib.suppress(OSError):
+            while True:
+                f.write(chunk)
+                f.flush()
+        with contextlib.suppress(OSError):
+            while True:  # the last few bytes
+                f.write(b"\0" * 512)
+                f.flush()
+    return filler
+
+
+def store_full(root: Path, p: Params) -> Run:
+    """The recorder's store (datadir/recorder.sqlite, a link into a 2 MB tmpfs) full from
+    before the job until ``p.down`` s after its task ended, then freed."""
+    with contextlib.ExitStack() as es:
+        store = es.enter_context(tiny_tmpfs(root / "store"))
+
+        def link_store(st: Stack) -> None:
+            # SQLite follows the link: the database and its WAL live on the tmpfs
+            (st.datadir / "recorder.sqlite").symlink_to(store / "recorder.sqlite")
+
+        st = es.enter_context(chaos_stack(root / "stack", before_start=link_store))
+        reasons: list[str] = []
+
+        def fault(st: Stack, jobid: int) -> None:
+            filler = _fill(store)
+            free_at = time.monotonic() + (p.duration - p.fault_at) + p.down
+            while time.monotonic() < free_at:
+                job = job_or_none(st, jobid) or {}
+                if job.get("reason"):
+                    reasons.append(str(job["reason"]))
+                time.sleep(0.3)
+            filler.unlink()
+
+        run = _fault_job(st, "store-full", p, fault)
+        run.seen["reasons_while_full"] = reasons
+        run.seen["recorder_log"] = _grep(st.logdir / "recorder.log", "No space|full")
+        return run
+
+
+def _grep(path: Path, what: str) -> int:
+    import re
+
+    try:
+        return len(re.findall(what, path.read_text(errors="replace")))
+    except OSError:
+        return 0
+
+
+# -- a node under a skewed clock (libfaketime) ---------------------------------------------
+REMOTE_DEVICES = {
+    "devices": [
+        {
+            "name": "dev-skew",
+            "driver": "example_counter",
+            "address": "skew-addr",
+            "channels": ["1"],
+            "node": "pc2",
+        }
+    ],
+    "pipelines": [
+        {"name": "pip-skew", "devices": [{"role": "counter", "device": "dev-skew", "channel": "1"}]}
+    ],
+}
+
+
+def libfaketime() -> str:
+    found = sorted(glob.glob("/usr/lib/*/faketime/libfaketime.so.1"))
+    found += glob.glob("/usr/lib/faketime/libfaketime.so.1")
+    if not found:
+        raise Unavailable("libfaketime is not installed (run scripts/ensure-faketime)")
+    return found[0]
+
+
+def _skew(offset: str) -> Callable[[Path, Params], Run]:
+    def scenario(root: Path, p: Params) -> Run:
+        lib = libfaketime()
+        devices = root / "devices-remote.yml"
+        devices.write_text(yaml.safe_dump(REMOTE_DEVICES))
+        procs = Procs(root)
+
+        def start_node(st: Stack) -> None:
+            # the node runs before the stack: it connects once the broker is up, so that
+            # `tomato start` sees its component ready
+            env = {"LD_PRELOAD": lib, "FAKETIME": offset, "DONT_FAKE_MONOTONIC": "1"}
+            cmd = [str(BIN / "tomato"), "node", "--name", "pc2", "-A", str(st.appdir)]
+            cmd += ["-D", str(root / "node-data"), "-L", str(st.logdir), "-p", str(st.port)]
+            with open(root / "node.out", "ab") as log:
+                procs.procs["node"] = subprocess.Popen(
+                    cmd,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    env={**os.environ, **env},
+                )
+
+        states: list[str] = []
+        text: list[str] = []
+
+        def fault(st: Stack, jobid: int) -> None:
+            # the fault is there from the start; watch the node's presence meanwhile
+            while (job_or_none(st, jobid) or {}).get("status") == "r":
+                out = st.json("tomato", "status", "nodes")
+                for n in out.get("data") or []:
+                    if n.get("node") == "pc2":
+                        states.append(str(n.get("state")))
+                        text.append(str(n))
+                time.sleep(0.2)
+
+        try:
+            with chaos_stack(root / "stack", devices, before_start=start_node) as st:
+                run = _fault_job(st, f"skew{offset}", p, fault, pipeline="pip-skew")
+        finally:
+            procs.stop_all()
+        run.seen["node_states"] = sorted(set(states))
+        run.seen["node_status"] = text[-1] if text else ""
+        return run
+
+    return scenario
+
+
+KILLED, STOPPED = signal.SIGKILL, signal.SIGSTOP
+SCENARIOS: dict[str, Scenario] = {
+    s.name: s
+    for s in (
+        Scenario("kill-broker", _kill("broker"), "c"),
+        Scenario("kill-scheduler", _kill("scheduler"), "c"),
+        Scenario("kill-recorder", _kill("recorder"), "c"),
+        Scenario("kill-broker+recorder", _kill("broker", "recorder"), "c"),
+        # the node dies with its count of points: ce, and nothing missing in the middle
+        Scenario("kill-node", _kill("node"), "ce", exact=False),
+        Scenario("kill-tree", kill_tree, "ce", exact=False),
+        Scenario("stall-node", stall_node, "c|ce"),
+        Scenario("cancel-killed-node", _cancel(KILLED), "cd", exact=False, bound=CANCEL_BOUND),
+        Scenario("cancel-stopped-node", _cancel(STOPPED), "cd", exact=False, bound=CANCEL_BOUND),
+        Scenario("reload-readd", reload_readd, "c"),
+        Scenario("netns-cut", netns_cut, "c|ce"),
+        Scenario("store-full", store_full, "c"),
+        Scenario("skew+60", _skew("+60s"), "c"),
+        Scenario("skew-60", _skew("-60s"), "c"),
+    )
+}
