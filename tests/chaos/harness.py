@@ -33,6 +33,7 @@ from tests.stack import Stack, kill_stack, make_stack, start_stack
 __all__ = [
     "DONE",
     "RUNS",
+    "FileCount",
     "Params",
     "Run",
     "Unavailable",
@@ -43,6 +44,7 @@ __all__ = [
     "job_or_none",
     "measure",
     "payload",
+    "scheduler_settings",
     "signal_service",
     "wait_end",
     "wait_for",
@@ -54,13 +56,20 @@ RATE_HZ = 20.0  # the counter's sampling rate in most scenarios
 FAST_HZ = 1000.0  # the 1 kHz variants
 JOB_S = 4.0  # one task's max_duration
 FAULT_AT = 1.5  # s after the task started running when the fault is injected
-DOWN_S = 2.0  # how long a service/link/disk stays broken (where the fault has a length)
-END_BOUND = 15.0  # a job may stay r/rd at most this long past its task's nominal end
+DOWN_S = 3.0  # how long a service/link/disk stays broken (where the fault has a length)
+END_BOUND = 10.0  # a job may stay r/rd at most this long past its task's nominal end
 CANCEL_BOUND = 5.0  # `ketchup cancel` must end the job (cd) within this
+BURST_SHARE = 0.02  # share of points allowed closer than half the interval (jitter)
 GAP_LIMIT = 0.45  # s: a lost batch (batch_interval 0.5 s) would leave a larger uts gap
-# short presence timings, so "lost for longer than the grace period" fits in seconds
-SCHEDULER = "heartbeat = 0.5\nlost_after = 2.0\nnode_grace_period = 3.0\n"
-LOST_AFTER, GRACE = 2.0, 3.0
+# presence timings: a restarted broker must not cost a node its task (grace), yet a node
+# cut off for longer than lost_after + a short grace must fit in seconds (netns-cut)
+HEARTBEAT, LOST_AFTER, GRACE, SHORT_GRACE = 0.5, 2.0, 10.0, 3.0
+
+
+def scheduler_settings(grace: float = GRACE) -> str:
+    """The body of ``[scheduler]`` in a chaos stack's settings.toml."""
+    return f"heartbeat = {HEARTBEAT}\nlost_after = {LOST_AFTER}\nnode_grace_period = {grace}\n"
+
 
 DONE = frozenset({"c", "ce", "cd"})
 RUNS: list[Run] = []
@@ -96,6 +105,7 @@ class Run:
     seconds: float | None = None  # fault -> job ended; None: not within the bound
     per_task: dict[int, tuple[int | None, int]] = field(default_factory=dict)
     max_gap: float = 0.0  # largest step between consecutive uts in a role group
+    bursts: int = 0  # uts steps < half the sampling interval (see FileCount)
     problems: list[str] = field(default_factory=list)
     note: str = ""
     seen: dict[str, Any] = field(default_factory=dict)  # what a scenario watched meanwhile
@@ -120,7 +130,7 @@ def chaos_stack(
 ) -> Iterator[Stack]:
     """A stack with short presence timings; torn down by kill -9 of its process group
     (a chaos run leaves jobs hung on purpose, and ``tomato stop`` refuses while one runs)."""
-    st = make_stack(root, devices, settings, scheduler=SCHEDULER)
+    st = make_stack(root, devices, settings, scheduler=scheduler_settings())
     if before_start is not None:
         before_start(st)
     try:
@@ -197,30 +207,37 @@ def wait_end(st: Stack, jobid: int, deadline: float) -> tuple[dict[str, Any], fl
         time.sleep(0.2)
 
 
-def count_file(path: str | Path | None) -> tuple[dict[tuple[str, int], int], int, float] | None:
-    """Unique ``uts`` per (role group, task) in the job's file, duplicated ``uts``
-    (summed over groups) and the largest uts step; None when there is no file."""
+@dataclass
+class FileCount:
+    counts: dict[tuple[str, int], int]  # unique uts per (role group, task; -1: none)
+    dups: int  # duplicated uts, summed over groups
+    max_gap: float  # largest step between consecutive uts
+    bursts: int  # steps shorter than half the sampling interval: points not taken on time
+
+
+def count_file(path: str | Path | None, interval: float) -> FileCount | None:
+    """Count the job's file (None: there is no file)."""
     if not path or not Path(path).exists():
         return None
     tree = xr.open_datatree(path)
     tree.load()
     tree.close()
-    counts: dict[tuple[str, int], int] = {}
-    dups, gap = 0, 0.0
+    out = FileCount({}, 0, 0.0, 0)
     for role, node in tree.children.items():
         ds = node.to_dataset()
         if "uts" not in ds:
             continue
         uts = np.asarray(ds["uts"].values, dtype=float)
         tasks = np.asarray(ds["task"].values) if "task" in ds else np.full(uts.shape, -1)
-        dups += int(uts.size - np.unique(uts).size)
+        out.dups += int(uts.size - np.unique(uts).size)
         if uts.size > 1:
-            gap = max(gap, float(np.max(np.diff(np.sort(uts)))))
+            steps = np.diff(np.unique(uts))
+            out.max_gap = max(out.max_gap, float(np.max(steps)))
+            out.bursts += int(np.sum(steps < interval / 2))
         for t in np.unique(tasks):
-            sel = uts[tasks == t]
             key = (str(role), -1 if _isnan(t) else int(t))
-            counts[key] = int(np.unique(sel).size)
-    return counts, dups, gap
+            out.counts[key] = int(np.unique(uts[tasks == t]).size)
+    return out
 
 
 def _isnan(x: Any) -> bool:
@@ -243,8 +260,10 @@ def measure(
     run.seconds = None if ended is None else ended - t_fault
     method = (job.get("payload") or {}).get("method") or []
     ptasks = (job.get("progress") or {}).get("tasks") or {}
-    counted = count_file(job.get("respath"))
-    counts, run.dups, run.max_gap = counted if counted else ({}, 0, 0.0)
+    counted = count_file(job.get("respath"), 1.0 / p.hz)
+    counts = counted.counts if counted else {}
+    if counted:
+        run.dups, run.max_gap, run.bursts = counted.dups, counted.max_gap, counted.bursts
     expected: int | None = 0
     for i, m in enumerate(method):
         end = (ptasks.get(str(i)) or {}).get("end") or {}
@@ -262,14 +281,19 @@ def measure(
     return run
 
 
-def check(run: Run, want: set[str], exact: bool = True, bound: float | None = None) -> Run:
+def check(
+    run: Run, want: set[str], exact: bool = True, bound: float | None = None, honest: bool = False
+) -> Run:
     """Fill ``run.problems`` with how the run breaks issue 9's promise:
 
     - the job ended (not r/rd past the bound) with a status in ``want``;
     - ``exact``: per task, the file holds exactly the points the runner reported taking;
       otherwise (the node died with its counts) at least no batch is missing in the
       middle: no uts step above :data:`GAP_LIMIT`;
-    - no duplicated uts.
+    - no duplicated uts;
+    - ``honest`` (a stalled node): each point's uts is when it was taken, so no burst of
+      points closer than half the interval once the node runs again (at most
+      :data:`BURST_SHARE` of them, for the jitter of a busy machine).
     """
     pr = run.problems
     if run.seconds is None:
@@ -289,6 +313,8 @@ def check(run: Run, want: set[str], exact: bool = True, bound: float | None = No
                 pr.append(f"task {i}: {got} of {n} points in the file")
     elif run.max_gap > GAP_LIMIT:
         pr.append(f"a {run.max_gap:.2f} s gap in uts (a batch lost)")
+    if honest and run.in_file and run.bursts > BURST_SHARE * run.in_file:
+        pr.append(f"{run.bursts} points taken in a burst (uts steps < half the interval)")
     if run.note:
         pr.append(run.note)
     if run.dups:

@@ -28,7 +28,7 @@ Get = Callable[[str, float], Run]
 @pytest.fixture(scope="module")
 def chaos(tmp_path_factory: pytest.TempPathFactory) -> Get:
     """Run a scenario once per module (a second test may look at the same run)."""
-    cache: dict[tuple[str, float], Run | str] = {}
+    cache: dict[tuple[str, float], Run | BaseException] = {}
 
     def get(name: str, hz: float) -> Run:
         key = (name, hz)
@@ -36,11 +36,13 @@ def chaos(tmp_path_factory: pytest.TempPathFactory) -> Get:
             root = tmp_path_factory.mktemp(name.replace("+", "p"))
             try:
                 cache[key] = run_scenario(name, root, Params(hz=hz))
-            except Unavailable as e:
-                cache[key] = str(e)
+            except Exception as e:  # the second test on this run fails the same way
+                cache[key] = e
         got = cache[key]
-        if isinstance(got, str):
-            pytest.skip(got)
+        if isinstance(got, Unavailable):
+            pytest.skip(str(got))
+        if isinstance(got, BaseException):
+            raise got
         return got
 
     return get
@@ -50,21 +52,41 @@ def xfail(bug: str) -> pytest.MarkDecorator:
     return pytest.mark.xfail(strict=True, reason=f"issue 9: {bug}")
 
 
-NODE_CRASH = xfail("1. kill -9 of a node mid-task hangs the job for ever")
+NODE_CRASH = xfail("1. kill -9 of a node mid-task hangs the job for ever (`r`)")
+CANCEL_HANGS = xfail("1. `ketchup cancel` of a job whose node died/stopped stays `rd`")
 CASES = [
     pytest.param("kill-broker", RATE_HZ),
     pytest.param("kill-scheduler", RATE_HZ),
     pytest.param("kill-recorder", RATE_HZ),
     pytest.param("kill-recorder", FAST_HZ),
     pytest.param("kill-broker+recorder", RATE_HZ),
-    pytest.param("kill-node", RATE_HZ),
-    pytest.param("kill-node", FAST_HZ),
-    pytest.param("kill-tree", RATE_HZ),
-    pytest.param("stall-node", FAST_HZ),
-    pytest.param("cancel-killed-node", RATE_HZ),
-    pytest.param("cancel-stopped-node", RATE_HZ),
-    pytest.param("reload-readd", RATE_HZ),
-    pytest.param("netns-cut", RATE_HZ),
+    pytest.param("kill-node", RATE_HZ, marks=NODE_CRASH),
+    pytest.param("kill-node", FAST_HZ, marks=NODE_CRASH),
+    pytest.param(
+        "kill-tree",
+        RATE_HZ,
+        marks=xfail(
+            "5. `tomato start` after the tree was killed is refused (a zombie pid counts as "
+            "alive); behind it, 1. the node's task is gone and the job hangs"
+        ),
+    ),
+    pytest.param(
+        "stall-node",
+        FAST_HZ,
+        marks=xfail("2. after SIGCONT the node measures the missed points in a burst"),
+    ),
+    pytest.param("cancel-killed-node", RATE_HZ, marks=CANCEL_HANGS),
+    pytest.param("cancel-stopped-node", RATE_HZ, marks=CANCEL_HANGS),
+    pytest.param(
+        "reload-readd",
+        RATE_HZ,
+        marks=xfail("3. re-added component restarts seq in the same epoch: batches dropped"),
+    ),
+    pytest.param(
+        "netns-cut",
+        RATE_HZ,
+        marks=xfail("4. data arriving after the job ended ce never reaches its file"),
+    ),
     pytest.param("store-full", RATE_HZ),
     pytest.param("skew+60", RATE_HZ),
     pytest.param("skew-60", RATE_HZ),
@@ -77,14 +99,20 @@ def test_job_ends_as_specified(chaos: Get, name: str, hz: float) -> None:
     assert not run.problems, run.line()
 
 
+@xfail("7. a full disk under the recorder is invisible (job `r` with no reason)")
 def test_store_full_is_visible_while_it_lasts(chaos: Get) -> None:
+    """The same run as ``store-full``: while the store was full, ``ketchup status`` of the
+    job showed a reason (the recorder cannot store)."""
     run = chaos("store-full", RATE_HZ)
     assert run.seen["reasons_while_full"], f"no reason shown while the store was full: {run.seen}"
 
 
+@xfail("6. clock skew: a node 60 s behind flaps lost/online; no skew is flagged")
 @pytest.mark.parametrize("name", ["skew+60", "skew-60"])
 def test_skewed_node_is_flagged_and_never_lost(chaos: Get, name: str) -> None:
+    """The same runs as ``skew±60``: the scheduler never counted the node lost (staleness
+    judged on receipt), and ``tomato status nodes`` flags its clock offset."""
     run = chaos(name, RATE_HZ)
-    assert run.seen["node_states"] == ["online"], run.seen
+    assert run.seen["node_states"] == ["online"] and run.seen["lost_logged"] == 0, run.seen
     status = run.seen["node_status"].lower()
     assert any(w in status for w in ("skew", "clock", "offset")), run.seen
