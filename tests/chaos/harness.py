@@ -36,10 +36,12 @@ __all__ = [
     "FileCount",
     "Params",
     "Run",
+    "StartRefused",
     "Unavailable",
     "chaos_stack",
     "check",
     "count_file",
+    "fault_job",
     "format_table",
     "job_or_none",
     "measure",
@@ -54,7 +56,7 @@ __all__ = [
 # -- the knobs (module constants: the tests keep jobs short, bench/chaos.py makes them long)
 RATE_HZ = 20.0  # the counter's sampling rate in most scenarios
 FAST_HZ = 1000.0  # the 1 kHz variants
-JOB_S = 4.0  # one task's max_duration
+JOB_S = 3.0  # one task's max_duration
 FAULT_AT = 1.5  # s after the task started running when the fault is injected
 DOWN_S = 3.0  # how long a service/link/disk stays broken (where the fault has a length)
 END_BOUND = 10.0  # a job may stay r/rd at most this long past its task's nominal end
@@ -282,7 +284,12 @@ def measure(
 
 
 def check(
-    run: Run, want: set[str], exact: bool = True, bound: float | None = None, honest: bool = False
+    run: Run,
+    want: set[str],
+    exact: bool = True,
+    bound: float | None = None,
+    honest: bool = False,
+    reason_has: str | None = None,
 ) -> Run:
     """Fill ``run.problems`` with how the run breaks issue 9's promise:
 
@@ -291,6 +298,7 @@ def check(
       otherwise (the node died with its counts) at least no batch is missing in the
       middle: no uts step above :data:`GAP_LIMIT`;
     - no duplicated uts;
+    - ``reason_has``: the job's reason names it (the component whose node died);
     - ``honest`` (a stalled node): each point's uts is when it was taken, so no burst of
       points closer than half the interval once the node runs again (at most
       :data:`BURST_SHARE` of them, for the jitter of a busy machine).
@@ -302,6 +310,8 @@ def check(
         pr.append(f"ended after {run.seconds:.1f} s > {bound:g} s")
     if run.status not in want:
         pr.append(f"status {run.status!r}, want {'/'.join(sorted(want))} ({run.reason})")
+    elif reason_has and reason_has not in (run.reason or ""):
+        pr.append(f"the reason does not name {reason_has}: {run.reason!r}")
     if run.in_file is None:
         if run.status in DONE:
             pr.append("no file")
@@ -322,6 +332,42 @@ def check(
     RUNS.append(run)
     print(run.line())
     return run
+
+
+def _sleep_until(t: float) -> None:
+    # the fault's moment in the task: a schedule, not a wait for something to happen
+    time.sleep(max(0.0, t - time.monotonic()))
+
+
+def fault_job(
+    st: Stack,
+    name: str,
+    p: Params,
+    fault: Callable[[Stack, int], None],
+    pipeline: str = "pip-counter-1",
+    deadline: Callable[[float, float], float] | None = None,
+) -> Run:
+    """Submit a job, inject ``fault`` ``p.fault_at`` s into its task, watch it end."""
+    st.load_ready(pipeline, name)
+    jobid = st.submit(payload(st, name, p))
+    t_run = wait_running(st, jobid)
+    _sleep_until(t_run + p.fault_at)
+    t_fault = time.monotonic()
+    try:
+        fault(st, jobid)
+    except StartRefused as e:
+        r = Run(name, p.hz, note=f"`tomato start` after the crash failed: {e}")
+        r.seconds = None
+        return r
+    end = deadline(t_run, t_fault) if deadline else t_run + p.duration + p.end_bound
+    job, ended = wait_end(st, jobid, end)
+    run = measure(name, p, job, ended, t_fault)
+    run.seen["job"] = jobid
+    return run
+
+
+class StartRefused(Exception):
+    """`tomato start` failed after a crash: the run ends there."""
 
 
 def signal_service(st: Stack, service: str, sig: signal.Signals) -> int:
