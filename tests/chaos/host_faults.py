@@ -184,7 +184,10 @@ def store_full(root: Path, p: Params) -> Run:
                 time.sleep(0.3)
             filler.unlink()
 
-        run = fault_job(st, "store-full", p, fault)
+        def deadline(t_run: float, _t_fault: float) -> float:
+            return t_run + p.duration + p.down + p.end_bound  # the bound counts from the free
+
+        run = fault_job(st, "store-full", p, fault, deadline=deadline)
         run.seen["reasons_while_full"] = reasons
         run.seen["recorder_log"] = _grep(st.logdir / "recorder.log", "No space|full")
         return run

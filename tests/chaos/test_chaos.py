@@ -17,7 +17,15 @@ from collections.abc import Callable
 
 import pytest
 
-from tests.chaos.harness import FAST_HZ, RATE_HZ, Params, Run, Unavailable
+from tests.chaos.harness import (
+    FAST_HZ,
+    RATE_HZ,
+    NotAsSpecified,
+    Params,
+    Run,
+    Unavailable,
+    assert_as_specified,
+)
 from tests.chaos.scenarios import run_scenario
 
 pytestmark = pytest.mark.timeout(120)
@@ -49,7 +57,9 @@ def chaos(tmp_path_factory: pytest.TempPathFactory) -> Get:
 
 
 def xfail(bug: str) -> pytest.MarkDecorator:
-    return pytest.mark.xfail(strict=True, reason=f"issue 9: {bug}")
+    # raises=: only "did not end as specified" is the known bug; an error of the harness
+    # or of starting the stack still fails the test
+    return pytest.mark.xfail(strict=True, raises=NotAsSpecified, reason=f"issue 9: {bug}")
 
 
 NODE_CRASH = xfail("1. kill -9 of a node mid-task hangs the job for ever (`r`)")
@@ -95,8 +105,7 @@ CASES = [
 
 @pytest.mark.parametrize(("name", "hz"), CASES)
 def test_job_ends_as_specified(chaos: Get, name: str, hz: float) -> None:
-    run = chaos(name, hz)
-    assert not run.problems, run.line()
+    assert_as_specified(chaos(name, hz))
 
 
 @xfail("7. a full disk under the recorder is invisible (job `r` with no reason)")
@@ -104,7 +113,8 @@ def test_store_full_is_visible_while_it_lasts(chaos: Get) -> None:
     """The same run as ``store-full``: while the store was full, ``ketchup status`` of the
     job showed a reason (the recorder cannot store)."""
     run = chaos("store-full", RATE_HZ)
-    assert run.seen["reasons_while_full"], f"no reason shown while the store was full: {run.seen}"
+    if not run.seen["reasons_while_full"]:
+        raise NotAsSpecified(f"no reason shown while the store was full: {run.seen}")
 
 
 @xfail("6. clock skew: a node 60 s behind flaps lost/online; no skew is flagged")
@@ -113,6 +123,8 @@ def test_skewed_node_is_flagged_and_never_lost(chaos: Get, name: str) -> None:
     """The same runs as ``skew±60``: the scheduler never counted the node lost (staleness
     judged on receipt), and ``tomato status nodes`` flags its clock offset."""
     run = chaos(name, RATE_HZ)
-    assert run.seen["node_states"] == ["online"] and run.seen["lost_logged"] == 0, run.seen
+    if run.seen["node_states"] != ["online"] or run.seen["lost_logged"]:
+        raise NotAsSpecified(f"{name}: the node was counted lost: {run.seen}")
     status = run.seen["node_status"].lower()
-    assert any(w in status for w in ("skew", "clock", "offset")), run.seen
+    if not any(w in status for w in ("skew", "clock", "offset")):
+        raise NotAsSpecified(f"{name}: no clock offset in `tomato status nodes`: {run.seen}")
