@@ -59,6 +59,8 @@ def check() -> None:
 
 def pytest(extra: list[str]) -> None:
     sh("bash", REPO / "scripts" / "ensure-mosquitto")
+    # libfaketime: the chaos suite's clock-skew scenarios (they skip, saying why, without it)
+    sh("bash", REPO / "scripts" / "ensure-faketime")
     # the test command installs Mosquitto: its compatibility tests must run, not skip
     os.environ.setdefault("TOMATO_REQUIRE_MOSQUITTO", "1")
     # coverage of tomato_mqtt, including the services the tests start as subprocesses

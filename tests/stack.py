@@ -162,7 +162,14 @@ class Stack:
         return "\n".join(out)
 
 
-def make_stack(root: Path, devices: str = "devices_counter.yml", settings: str = "") -> Stack:
+def make_stack(
+    root: Path,
+    devices: str | Path = "devices_counter.yml",
+    settings: str = "",
+    scheduler: str = "node_grace_period = 5.0\nlost_after = 4.0\n",
+) -> Stack:
+    """A stack's directories and settings; ``scheduler`` is the body of ``[scheduler]``
+    (a second ``[scheduler]`` table in ``settings`` would be a TOML error)."""
     st = Stack(root=root, port=free_port(), instance="t" + os.urandom(4).hex())
     for d in (st.appdir, st.datadir, st.logdir, st.workdir):
         d.mkdir(parents=True, exist_ok=True)
@@ -170,7 +177,7 @@ def make_stack(root: Path, devices: str = "devices_counter.yml", settings: str =
     (st.appdir / "settings.toml").write_text(
         f'[mqtt]\ninstance = "{st.instance}"\n'
         f"[broker]\nws_port = {free_port()}\n"
-        "[scheduler]\nnode_grace_period = 5.0\nlost_after = 4.0\n"
+        f"[scheduler]\n{scheduler}"
         f"{settings}\n"
     )
     return st
@@ -188,12 +195,7 @@ def running_stack(
 @contextlib.contextmanager
 def started(st: Stack) -> Iterator[Stack]:
     """``tomato start`` on the stack's directories (again), ``tomato stop`` after."""
-    res = subprocess.run(
-        [str(BIN / "tomato"), "start", *st.dirs(), "-p", str(st.port)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    res = start_stack(st)
     if res.returncode != 0:
         stop_stack(st)
         raise AssertionError(f"tomato start failed:\n{res.stdout}\n{res.stderr}\n{st.logs()}")
@@ -201,6 +203,30 @@ def started(st: Stack) -> Iterator[Stack]:
         yield st
     finally:
         stop_stack(st)
+
+
+def start_stack(st: Stack, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
+    """``tomato start -t timeout``: returns once the stack answers (or start gave up)."""
+    return subprocess.run(
+        [str(BIN / "tomato"), "start", *st.dirs(), "-p", str(st.port), "-t", f"{timeout:g}"],
+        capture_output=True,
+        text=True,
+        timeout=timeout + 30,
+        env={**os.environ, **st.env},
+    )
+
+
+def kill_stack(st: Stack) -> None:
+    """kill -9 of the supervisor's whole process group (it and every service it runs),
+    then wait until the supervisor is gone: a crash of the whole tree, or a fast teardown."""
+    pid = st.supervisor_pid()
+    if pid is None:
+        return
+    with contextlib.suppress(OSError):
+        os.killpg(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and _alive(pid):
+        time.sleep(0.02)
 
 
 def stop_stack(st: Stack) -> None:

@@ -1,0 +1,277 @@
+"""Faults of the host around a service: a network cut, a full disk, a skewed clock.
+
+Each needs something of the machine (root and ``ip netns``, ``mount``, libfaketime);
+without it the scenario raises :class:`~tests.chaos.harness.Unavailable` and its test
+skips, saying why. Registered in tests/chaos/scenarios.py.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import os
+import re
+import shutil
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import yaml
+
+from tests.chaos.harness import (
+    LOST_AFTER,
+    SHORT_GRACE,
+    Params,
+    Run,
+    Unavailable,
+    chaos_stack,
+    fault_job,
+    job_or_none,
+    measure,
+    scheduler_settings,
+)
+from tests.stack import BIN, CONFIG, Stack, free_port
+from tests.test_netns import Link, Procs, netns_unavailable, password_line
+
+__all__ = ["netns_cut", "skew", "store_full"]
+
+
+# -- a remote node cut off longer than lost_after + grace ----------------------------------
+USER = "lab"
+LATE_BOUND = 8.0  # s after the link is back for the late points to reach the file
+RESET_WAIT = 10.0  # the scheduler's timeout for a component's reset after a job
+
+
+def netns_cut(root: Path, p: Params) -> Run:
+    why = netns_unavailable()
+    if why is not None:
+        raise Unavailable(why)
+    # the job ends ce only after lost_after + grace + the runner's reset of the component
+    # (which waits RESET_WAIT for the unreachable node): cut longer than all of it
+    cut = LOST_AFTER + SHORT_GRACE + RESET_WAIT + p.down
+    link = Link()
+    st = Stack(root=root, port=free_port(), instance="ns" + os.urandom(4).hex())
+    for d in (st.appdir, st.datadir, st.logdir, st.workdir):
+        d.mkdir(parents=True, exist_ok=True)
+    shutil.copy(CONFIG / "netns_devices.yml", st.appdir / "devices.yml")
+    password = "chaos-" + os.urandom(6).hex()
+    (st.appdir / "passwd").write_text(password_line(USER, password))
+    procs = Procs(root)
+    try:
+        link.up()
+        (st.appdir / "settings.toml").write_text(
+            f'[mqtt]\nhost = "{link.host}"\nport = {st.port}\ninstance = "{st.instance}"\n'
+            f'username = "{USER}"\npassword = "{password}"\n'
+            f'[broker]\nhost = "{link.host}"\nws_port = 0\nallow_anonymous = false\n'
+            f'password_file = "{st.appdir / "passwd"}"\n'
+            f"[scheduler]\n{scheduler_settings(SHORT_GRACE)}"
+        )
+        tomato, dirs = str(BIN / "tomato"), [*st.dirs(), "-p", str(st.port)]
+        for svc in ("broker", "scheduler", "recorder"):
+            procs.start(svc, tomato, svc, *dirs)
+        # the node's heartbeat comes from its own settings: the same short one
+        (root / "node-app").mkdir()
+        (root / "node-app" / "settings.toml").write_text(
+            f"[scheduler]\n{scheduler_settings(SHORT_GRACE)}"
+        )
+        procs.start(
+            "node",
+            *("ip", "netns", "exec", link.ns, tomato, "node", "--name", "pc2"),
+            *("--broker", f"mqtt://{USER}:{password}@{link.host}:{st.port}"),
+            *("--instance", st.instance, "-A", str(root / "node-app")),
+            *("-D", str(root / "node-data"), "-L", str(st.logdir)),
+        )
+        _wait_registered(st, 40)
+        timers: list[threading.Timer] = []
+
+        def fault(_st: Stack, _job: int) -> None:
+            link.set("down")
+            timers.append(threading.Timer(cut, link.set, args=("up",)))
+            timers[0].start()
+
+        def deadline(_t_run: float, t_fault: float) -> float:
+            return t_fault + cut + p.end_bound  # it should end ce during the cut
+
+        try:
+            run = fault_job(st, "netns-cut", p, fault, pipeline="pip-remote", deadline=deadline)
+        finally:
+            for t in timers:
+                t.join()  # the link is back
+        # late data: the node's spool replays once the link is back; the file must get it all
+        jobid, t_up, last = int(run.seen["job"]), time.monotonic(), run
+        while time.monotonic() < t_up + LATE_BOUND:
+            job = job_or_none(st, jobid)
+            if job is not None:
+                last = measure("netns-cut", p, job, 0.0, 0.0, nominal_if_unknown=True)
+                if last.in_file is not None and last.in_file == last.expected:
+                    break
+            time.sleep(0.5)
+        last.seconds = run.seconds
+        last.seen.update(job=jobid, status_at_end=run.status, in_file_at_end=run.in_file)
+        return last
+    finally:
+        procs.stop_all()
+        link.down()
+
+
+def _wait_registered(st: Stack, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        res = st.run("tomato", "status", "components", "--json", timeout=10)
+        if res.returncode == 0 and '"registered": true' in res.stdout:
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"the remote node did not register within {timeout:g} s\n{st.logs()}")
+
+
+# -- the recorder's store on a tiny tmpfs that fills and frees ------------------------------
+@contextlib.contextmanager
+def tiny_tmpfs(path: Path, size: str = "2m") -> Iterator[Path]:
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        raise Unavailable("mounting a tmpfs needs root and mount(8)")
+    path.mkdir(parents=True, exist_ok=True)
+    res = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "chaos-store", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=10,
+    )
+    if res.returncode != 0:
+        raise Unavailable(f"cannot mount a tmpfs here: {res.stderr.strip()}")
+    try:
+        yield path
+    finally:
+        if subprocess.run(["umount", str(path)], capture_output=True, timeout=10).returncode:
+            subprocess.run(["umount", "-l", str(path)], capture_output=True, timeout=10)
+
+
+def _fill(path: Path) -> Path:
+    """Write a file until the filesystem is full; return it (delete it to free the space)."""
+    filler = path / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        for size in (65536, 512, 1):  # unbuffered: ENOSPC shows here, not at close
+            with contextlib.suppress(OSError):
+                while os.write(fd, b"\0" * size):
+                    pass
+    finally:
+        os.close(fd)
+    return filler
+
+
+def store_full(root: Path, p: Params) -> Run:
+    """The recorder's store (datadir/recorder.sqlite, a link into a 2 MB tmpfs) full from
+    before the job until ``p.down`` s after its task ended, then freed."""
+    with contextlib.ExitStack() as es:
+        store = es.enter_context(tiny_tmpfs(root / "store"))
+
+        def link_store(st: Stack) -> None:
+            # SQLite follows the link: the database and its WAL live on the tmpfs
+            (st.datadir / "recorder.sqlite").symlink_to(store / "recorder.sqlite")
+
+        st = es.enter_context(chaos_stack(root / "stack", before_start=link_store))
+        reasons: list[str] = []
+
+        def fault(st: Stack, jobid: int) -> None:
+            filler = _fill(store)
+            free_at = time.monotonic() + (p.duration - p.fault_at) + p.down
+            while time.monotonic() < free_at:
+                job = job_or_none(st, jobid) or {}
+                if job.get("reason"):
+                    reasons.append(str(job["reason"]))
+                time.sleep(0.3)
+            filler.unlink()
+
+        def deadline(t_run: float, _t_fault: float) -> float:
+            return t_run + p.duration + p.down + p.end_bound  # the bound counts from the free
+
+        run = fault_job(st, "store-full", p, fault, deadline=deadline)
+        run.seen["reasons_while_full"] = reasons
+        run.seen["recorder_log"] = _grep(st.logdir / "recorder.log", "No space|full")
+        return run
+
+
+def _grep(path: Path, what: str) -> int:
+    try:
+        return len(re.findall(what, path.read_text(errors="replace")))
+    except OSError:
+        return 0
+
+
+# -- a node under a skewed clock (libfaketime) ---------------------------------------------
+REMOTE_DEVICES = {
+    "devices": [
+        {
+            "name": "dev-pc2",
+            "driver": "example_counter",
+            "address": "pc2-addr",
+            "channels": ["1"],
+            "node": "pc2",
+        }
+    ],
+    "pipelines": [
+        {"name": "pip-pc2", "devices": [{"role": "counter", "device": "dev-pc2", "channel": "1"}]}
+    ],
+}
+
+
+LOST_RE = r"node pc2: .*counted as lost"
+
+
+def libfaketime() -> str:
+    found = sorted(glob.glob("/usr/lib/*/faketime/libfaketime.so.1"))
+    found += glob.glob("/usr/lib/faketime/libfaketime.so.1")
+    if not found:
+        raise Unavailable("libfaketime is not installed (run scripts/ensure-faketime)")
+    return found[0]
+
+
+def skew(offset: str) -> Callable[[Path, Params], Run]:
+    def scenario(root: Path, p: Params) -> Run:
+        lib = libfaketime()
+        devices = root / "devices-remote.yml"
+        devices.write_text(yaml.safe_dump(REMOTE_DEVICES))
+        procs = Procs(root)
+
+        def start_node(st: Stack) -> None:
+            # the node runs before the stack: it connects once the broker is up, so that
+            # `tomato start` sees its component ready
+            env = {"LD_PRELOAD": lib, "FAKETIME": offset, "DONT_FAKE_MONOTONIC": "1"}
+            cmd = [str(BIN / "tomato"), "node", "--name", "pc2", "-A", str(st.appdir)]
+            cmd += ["-D", str(root / "node-data"), "-L", str(st.logdir), "-p", str(st.port)]
+            with open(root / "node.out", "ab") as log:
+                procs.procs["node"] = subprocess.Popen(
+                    cmd,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    env={**os.environ, **env},
+                )
+
+        states: list[str] = []
+        text: list[str] = []
+
+        def fault(st: Stack, jobid: int) -> None:
+            # the fault is there from the start; watch the node's presence meanwhile
+            while (job_or_none(st, jobid) or {}).get("status") == "r":
+                out = st.json("tomato", "status", "nodes")
+                for n in out.get("data") or []:
+                    if n.get("node") == "pc2":
+                        states.append(str(n.get("state")))
+                        text.append(str(n))
+                time.sleep(0.2)
+
+        try:
+            with chaos_stack(root / "stack", devices, before_start=start_node) as st:
+                run = fault_job(st, f"skew{offset}", p, fault, pipeline="pip-pc2")
+        finally:
+            procs.stop_all()
+        run.seen["node_states"] = sorted(set(states))
+        run.seen["node_status"] = text[-1] if text else ""
+        # the scheduler's own view of the node's presence is in its log only
+        run.seen["lost_logged"] = _grep(root / "stack" / "log" / "scheduler.log", LOST_RE)
+        return run
+
+    return scenario
