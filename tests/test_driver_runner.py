@@ -6,6 +6,7 @@ their calls under a condition variable so tests wait for events, never for fixed
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from collections.abc import Iterator, Mapping
@@ -197,18 +198,35 @@ def test_one_kilohertz_delivers_every_point(rig: Rig) -> None:
     elapsed = time.perf_counter() - t0
     points, _ = rig.runner.drain()
     assert end.reason == "done"
-    assert len(points) == end.npoints == 1000
+    assert len(points) == end.npoints
+    # a busy 2-core CI machine may stall the thread past CATCH_UP: those are counted
+    assert end.npoints + end.missed == 1000 and end.missed < 50
     assert elapsed < 1.5
 
 
-def test_a_late_driver_is_caught_up_without_skipping(rig: Rig) -> None:
-    rig.dev.late_at = 3  # blocks for 5 sampling intervals
+def test_a_late_driver_is_not_burst_called_missed_deadlines_are_counted(rig: Rig) -> None:
+    rig.dev.late_at = 3  # blocks for 5 sampling intervals (50 ms > CATCH_UP)
     end = rig.run(0.2, 0.01)
     points, _ = rig.runner.drain()
-    assert end.npoints == len(points) == 20
-    assert [p.values["v"] for p in points] == list(range(1, 21))
-    # the points due during the stall were taken straight after it
-    assert points[4].uts - points[3].uts < 0.005
+    assert end.npoints == len(points)
+    # every deadline is either a point or counted as missed, never both
+    assert end.npoints + end.missed == 20
+    assert 3 <= end.missed <= 5
+    # no burst: after the stall no two points are closer than half an interval
+    steps = [b.uts - a.uts for a, b in itertools.pairwise(points)]
+    assert min(steps) > 0.005, steps
+    # t_now handed to the driver is still the deadline of the point taken
+    assert rig.dev.offsets[-1] == pytest.approx(0.2, abs=1e-6)
+
+
+def test_small_jitter_is_caught_up_without_skipping(rig: Rig) -> None:
+    from tomato_mqtt.driver.runner import CATCH_UP
+
+    rig.dev.late_at = 3  # 50 ms late, within a 100 ms interval
+    end = rig.run(1.0, 0.1)
+    points, _ = rig.runner.drain()
+    assert CATCH_UP < 0.1
+    assert end.missed == 0 and end.npoints == len(points) == 10
 
 
 def test_zero_points_task_ends_done(rig: Rig) -> None:
@@ -341,13 +359,16 @@ def test_drain_is_thread_safe(rig: Rig) -> None:
         done.set()
         th.join()
     got.extend(rig.runner.drain()[0])
-    assert end.npoints == 500
-    assert [p.values["v"] for p in got] == list(range(1, 501))  # none lost, none twice
+    assert end.npoints + end.missed == 500
+    assert len(got) == end.npoints
+    assert [p.values["v"] for p in got] == list(range(1, end.npoints + 1))  # none lost or twice
 
 
 def test_quantities_become_magnitudes_in_the_first_units_seen(rig: Rig) -> None:
     rig.dev.quantities = True
-    rig.run(0.1, 0.01)
+    pint.Quantity(1, "mA").m_as("A")  # pint's first conversion is slow: not this test's point
+    end = rig.run(0.1, 0.01)
+    assert end.missed == 0
     points, units = rig.runner.drain()
     assert units == {"current": "milliampere"}
     assert [p.values["current"] for p in points] == pytest.approx(list(range(1, 11)))

@@ -6,8 +6,13 @@ drains the buffer. Calls into the device from any thread are serialised by one l
 
 Timing follows tomato's point count: a task takes ``N = round(max_duration /
 sampling_interval)`` points, point ``k`` (1..N) is due at ``t_start + k *
-sampling_interval``. Deadlines are absolute (no drift); a late driver is called again
-at once until it has caught up, so no point is skipped.
+sampling_interval``. Deadlines are absolute (no drift). Every point's ``uts`` is when it
+was taken: a runner that falls behind (a slow driver, a stalled node, a suspended
+process) is never burst-called to "catch up" with points that were not measured on time.
+A point late by less than :data:`CATCH_UP` (or one sampling interval, when longer) is
+still taken at once: the scheduling jitter of a busy machine at 1 kHz is a few ms and
+must not cost points. Beyond that, every deadline already past is skipped and counted
+(:attr:`TaskEnd.missed`), and the task goes on with the next deadline still ahead.
 
 Idle measurements: when the driver sets ``idle_measurement_interval`` and no task runs,
 the worker calls ``do_measure`` that often and buffers the points with ``task=None``.
@@ -29,7 +34,7 @@ from tomato_mqtt.driver.base import ModelDevice
 from tomato_mqtt.driver.spec import AttrSpec, TaskSpec
 from tomato_mqtt.driver.validate import TaskValidationError, validate_task
 
-__all__ = ["ComponentRunner", "Point", "TaskEnd"]
+__all__ = ["CATCH_UP", "ComponentRunner", "Point", "TaskEnd"]
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +43,10 @@ _PLAIN = (float, int, str, bool, type(None))
 
 # How long reset() waits for a task that was asked to stop, and close() for the worker.
 _STOP_WAIT = 10.0
+
+#: s: a point late by less than this (or one sampling interval, when longer) is still
+#: taken; later deadlines are skipped and counted as missed.
+CATCH_UP = 0.02
 
 
 @dataclass(slots=True)
@@ -58,6 +67,8 @@ class TaskEnd:
     t_start: float
     t_end: float
     npoints: int
+    missed: int = 0
+    """Deadlines skipped because the runner was behind (see the module docstring)."""
 
 
 class _Run:
@@ -338,6 +349,8 @@ class ComponentRunner:
         reason: Literal["done", "stopped", "error"] = "done"
         message: str | None = None
         npoints = 0
+        missed = 0
+        late_ok = max(CATCH_UP, si)
         perf = time.perf_counter
         wall = time.time
         t_start = wall()
@@ -348,6 +361,13 @@ class ComponentRunner:
             while k < n:
                 k += 1
                 remaining = p_start + k * si - perf()
+                if -remaining > late_ok:
+                    # behind (stalled): skip to the last deadline already due, count the rest
+                    due = min(n, int((perf() - p_start) / si))
+                    if due > k:
+                        missed += due - k
+                        k = due
+                    remaining = 0.0
                 if stop.wait(remaining) if remaining > 0 else stop.is_set():
                     reason = "stopped"
                     message = run.stop_reason
@@ -368,8 +388,15 @@ class ComponentRunner:
             )
             log.warning("%s: task %s failed", device.key, _describe(task), exc_info=True)
             self._call(self._on_error, message)
-        end = TaskEnd(task, reason, message, t_start, wall(), npoints)
-        log.info("%s: task %s ended: %s (%d points)", device.key, _describe(task), reason, npoints)
+        end = TaskEnd(task, reason, message, t_start, wall(), npoints, missed)
+        log.info(
+            "%s: task %s ended: %s (%d points, %d deadlines missed)",
+            device.key,
+            _describe(task),
+            reason,
+            npoints,
+            missed,
+        )
         with self._cv:
             self._run = None
             self._cv.notify_all()
