@@ -85,7 +85,12 @@ def start(
     """Start the local stack in the background; return when it answers."""
     from tomato_mqtt.config.devices import load_devices
     from tomato_mqtt.errors import ConfigError
-    from tomato_mqtt.services.supervisor import pidfile_path, port_in_use, read_pidfile
+    from tomato_mqtt.services.supervisor import (
+        pid_alive,
+        pidfile_path,
+        port_in_use,
+        read_pidfile,
+    )
 
     s = _settings(appdir, datadir, logdir, port)
     try:  # refuse a bad devices file here, with its reason, rather than in a log
@@ -95,7 +100,8 @@ def start(
     ctx = common.context(port=s.mqtt.port, appdir=s.appdir, datadir=s.datadir, logdir=s.logdir)
     pidfile = pidfile_path(s.datadir, s.mqtt.port)
     info = read_pidfile(pidfile)
-    if info and _alive(int(str(info.get("pid")))):
+    # a zombie or a reused pid left by a crash is dead: start at once
+    if info and pid_alive(int(str(info.get("pid")))):
         fail(f"tomato-mqtt is already running on port {s.mqtt.port} (pid {info['pid']})")
     if s.broker.embedded and port_in_use(s.broker.host, s.mqtt.port):
         if _scheduler_answers(ctx, 1.0):
@@ -125,11 +131,9 @@ def start(
 
 
 def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except OSError:
-        return False
-    return True
+    from tomato_mqtt.services.supervisor import pid_alive
+
+    return pid_alive(pid)  # a zombie left by a crash is not alive
 
 
 def _scheduler_answers(ctx: common.CallContext, timeout: float) -> bool:
