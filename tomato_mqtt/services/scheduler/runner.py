@@ -336,6 +336,8 @@ class JobRunner:
                     timeout = CANCEL_WAIT - waited
                 gone = self._gone(t, component)
                 if gone is not None:
+                    # a fresh component needs no reset (and may not be registered yet)
+                    self.unconfirmed.add(component)
                     if not self.cancelled:
                         self.error = gone
                     self._end_now(t, {"reason": "error", "message": gone})
