@@ -235,3 +235,28 @@ class Files:
             {"path": str(written), "points": dict(points), "note": note or None},
         )
         await self.svc.publish_presence("online")
+
+
+def warm_up_writer() -> None:
+    """Import xarray/netCDF4 and write one tiny file, before the first job ends.
+
+    Both load lazily and the first file otherwise takes ~1 s longer than the next ones;
+    that second belongs to startup, not to the user waiting for a results file.
+    """
+    import tempfile
+
+    from tomato_mqtt.services.recorder.netcdf import RoleInput, write_job_file
+
+    try:
+        with tempfile.TemporaryDirectory(prefix="tomato-mqtt-warmup-") as d:
+            write_job_file(Path(d) / "warmup.nc", [RoleInput("r", "{}", [])], {"x": "y"})
+    except Exception as e:  # a warm-up must never take the recorder down
+        log.debug("writer warm-up failed: %s", e)
+
+
+def epoch_of(stream: str) -> int:
+    """The node epoch a stream id starts with (``<epoch hex>-<random>`` or ``e<epoch>``)."""
+    try:
+        return int(stream[1:]) if stream.startswith("e") else int(stream.split("-", 1)[0], 16)
+    except ValueError:
+        return 0

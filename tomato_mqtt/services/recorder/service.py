@@ -34,6 +34,8 @@ from tomato_mqtt.services.recorder.files import (
     Files,
     FinalizeArgs,
     count_problems,
+    epoch_of,
+    warm_up_writer,
 )
 from tomato_mqtt.services.recorder.store import BatchStore
 from tomato_mqtt.transport.client import BrokerURL, Message
@@ -70,23 +72,6 @@ log = logging.getLogger(__name__)
 class _Stream:
     last_replay_request: float = 0.0
     acked: int = -1
-
-
-def _warm_up_writer() -> None:
-    """Import xarray/netCDF4 and write one tiny file, before the first job ends.
-
-    Both load lazily and the first file otherwise takes ~1 s longer than the next ones;
-    that second belongs to startup, not to the user waiting for a results file.
-    """
-    import tempfile
-
-    from tomato_mqtt.services.recorder.netcdf import RoleInput, write_job_file
-
-    try:
-        with tempfile.TemporaryDirectory(prefix="tomato-mqtt-warmup-") as d:
-            write_job_file(Path(d) / "warmup.nc", [RoleInput("r", "{}", [])], {"x": "y"})
-    except Exception as e:  # a warm-up must never take the recorder down
-        log.debug("writer warm-up failed: %s", e)
 
 
 class RecorderService(Service):
@@ -139,7 +124,7 @@ class RecorderService(Service):
         await self.client.subscribe(self.topics.recorder_cmds())
         await self.client.subscribe(self.topics.all_node_status())
         await self.publish_presence("online")
-        self.spawn(asyncio.to_thread(_warm_up_writer))
+        self.spawn(asyncio.to_thread(warm_up_writer))
 
     def loops(self) -> list[Coroutine[Any, Any, Any]]:
         return [self._ack_loop()]
@@ -292,7 +277,7 @@ class RecorderService(Service):
         if not gaps:
             return
         st.last_replay_request = now
-        epoch = _epoch_of(stream)
+        epoch = epoch_of(stream)
         for first, last in gaps[:20]:
             log.info("asking for replay of %s stream %s seq %d..%d", component, stream, first, last)
             args = ReplayArgs(epoch=epoch, first=first, last=last, stream=stream)
@@ -343,7 +328,7 @@ class RecorderService(Service):
                 hw = self.store.high_water(component, stream)
                 if hw > st.acked:
                     st.acked = hw
-                    args = AckArgs(epoch=_epoch_of(stream), upto=hw, stream=stream)
+                    args = AckArgs(epoch=epoch_of(stream), upto=hw, stream=stream)
                     self.spawn(self._node_request(component, "ack", args))
 
     # -- files -----------------------------------------------------------------------------
@@ -414,11 +399,3 @@ class RecorderService(Service):
     async def op_status(self, args: Mapping[str, JsonValue]) -> Result:
         st = self._status("online")
         return Result("recorder is running", st.model_dump(mode="json", by_alias=True))
-
-
-def _epoch_of(stream: str) -> int:
-    """The node epoch a stream id starts with (``<epoch hex>-<random>`` or ``e<epoch>``)."""
-    try:
-        return int(stream[1:]) if stream.startswith("e") else int(stream.split("-", 1)[0], 16)
-    except ValueError:
-        return 0

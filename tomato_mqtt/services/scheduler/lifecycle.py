@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING, Any
 from pydantic import JsonValue
 
 from tomato_mqtt.model.jobs import Job
-from tomato_mqtt.services.scheduler.runner import JobRunner, expectations, tasks_of
+from tomato_mqtt.services.scheduler.runner import JobRunner
+from tomato_mqtt.services.scheduler.tasks import TaskState, expectations, tasks_of
 
 if TYPE_CHECKING:
     from tomato_mqtt.services.scheduler.service import SchedulerService
@@ -177,12 +178,10 @@ def judge_file(status: str, reason: str | None, data: dict[str, Any]) -> tuple[s
 
 def _expect(job: Job) -> list[dict[str, Any]]:
     """The per-task expectations of a job whose runner is gone (from its progress)."""
-    from tomato_mqtt.services.scheduler.runner import _TaskState
-
     saved = job.progress.get("tasks") or {}
     states = []
     for role, spec in tasks_of(job.payload, job.id):
-        ts = _TaskState(role, spec, None, None)
+        ts = TaskState(role, spec, None, None)
         ts.end = (saved.get(str(spec.index)) or {}).get("end")
         states.append(ts)
     return expectations(states, dict(job.progress.get("roles") or {}))

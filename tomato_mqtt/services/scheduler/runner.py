@@ -32,11 +32,11 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from tomato_mqtt.driver.spec import TaskSpec
 from tomato_mqtt.model.jobs import Job
+from tomato_mqtt.services.scheduler.tasks import TaskState, expectations, tasks_of
 from tomato_mqtt.wire.messages import ComponentStatus, NodeStatus
 
-__all__ = ["JobRunner", "RunnerHost", "tasks_of"]
+__all__ = ["CANCEL_WAIT", "JobRunner", "RunnerHost", "expectations", "tasks_of"]
 
 log = logging.getLogger(__name__)
 
@@ -59,47 +59,13 @@ class RunnerHost(Protocol):
     ) -> tuple[bool, str, Any]: ...
 
 
-def tasks_of(payload: Mapping[str, Any], job: int) -> list[tuple[str, TaskSpec]]:
-    """(role, task) for every task of the payload, in payload order."""
-    out = []
-    for i, t in enumerate(payload.get("method", [])):
-        out.append(
-            (
-                str(t["component_role"]),
-                TaskSpec(
-                    technique_name=t["technique_name"],
-                    max_duration=float(t["max_duration"]),
-                    sampling_interval=float(t["sampling_interval"]),
-                    task_params=dict(t.get("task_params") or {}),
-                    task_name=t.get("task_name"),
-                    job=job,
-                    index=i,
-                ),
-            )
-        )
-    return out
-
-
-@dataclass
-class _TaskState:
-    role: str
-    spec: TaskSpec
-    start_with: str | None
-    stop_with: str | None
-    state: str = "pending"  # pending / starting / running / ended / skipped
-    end: dict[str, Any] | None = None
-    epoch: int | None = None  # the node's epoch when the task started
-    started_at: float | None = None  # on the node's clock (compared with its statuses)
-    no_task: bool = False  # the node answered a stop with "no running task"
-
-
 @dataclass
 class JobRunner:
     job: Job
     roles: dict[str, str]  # role -> component name
     host: RunnerHost
     on_done: Callable[[JobRunner, str, str | None], Awaitable[None]]
-    tasks: list[_TaskState] = field(default_factory=list)
+    tasks: list[TaskState] = field(default_factory=list)
     cancelled: bool = False
     error: str | None = None
     started_names: set[str] = field(default_factory=set)
@@ -112,7 +78,7 @@ class JobRunner:
         method = self.job.payload.get("method", [])
         saved = self.job.progress.get("tasks", {})
         for (role, spec), raw in zip(tasks_of(self.job.payload, self.job.id), method, strict=True):
-            ts = _TaskState(
+            ts = TaskState(
                 role, spec, raw.get("start_with_task_name"), raw.get("stop_with_task_name")
             )
             prev = saved.get(str(spec.index))
@@ -148,7 +114,7 @@ class JobRunner:
 
     # -- running ---------------------------------------------------------------------------
     async def run(self) -> None:
-        by_role: dict[str, list[_TaskState]] = {}
+        by_role: dict[str, list[TaskState]] = {}
         for t in self.tasks:
             by_role.setdefault(t.role, []).append(t)
         try:
@@ -181,7 +147,7 @@ class JobRunner:
         async with self.host.cond:
             self.host.cond.notify_all()
 
-    async def _stop_task(self, t: _TaskState, reason: str) -> None:
+    async def _stop_task(self, t: TaskState, reason: str) -> None:
         ok, msg, data = await self.host.component_request(
             self.roles[t.role],
             "task_stop",
@@ -198,7 +164,7 @@ class JobRunner:
     def _failed(self) -> bool:
         return self.cancelled or self.error is not None
 
-    async def _run_role(self, role: str, tasks: Sequence[_TaskState]) -> None:
+    async def _run_role(self, role: str, tasks: Sequence[TaskState]) -> None:
         for t in tasks:
             if self._failed():
                 return
@@ -217,7 +183,7 @@ class JobRunner:
                     return
             await self._wait_end(t)
 
-    async def _start(self, t: _TaskState) -> bool:
+    async def _start(self, t: TaskState) -> bool:
         component = self.roles[t.role]
         t.state = "starting"
         self._save()
@@ -259,10 +225,10 @@ class JobRunner:
                 self.host.cond.notify_all()
         return True
 
-    def _is_running(self, st: ComponentStatus, t: _TaskState) -> bool:
+    def _is_running(self, st: ComponentStatus, t: TaskState) -> bool:
         return st.state == "running" and st.job == self.job.id and st.task == t.spec.index
 
-    def _ended(self, st: ComponentStatus, t: _TaskState) -> bool:
+    def _ended(self, st: ComponentStatus, t: TaskState) -> bool:
         lt = st.last_task
         return lt is not None and lt.job == self.job.id and lt.task == t.spec.index
 
@@ -273,7 +239,7 @@ class JobRunner:
         async with self.host.cond:
             await self.host.cond.wait_for(lambda: pred() or self._failed())
 
-    def _gone(self, t: _TaskState, component: str) -> str | None:
+    def _gone(self, t: TaskState, component: str) -> str | None:
         """Why the node no longer holds the task (None: it may still run it)."""
         node = self.host.node_of(component)
         if node is None or node.state != "online":
@@ -303,13 +269,13 @@ class JobRunner:
             )
         return None
 
-    def _end_now(self, t: _TaskState, end: dict[str, Any]) -> None:
+    def _end_now(self, t: TaskState, end: dict[str, Any]) -> None:
         t.state = "ended"
         t.end = end
         self._save()
         self.host.cond.notify_all()
 
-    async def _wait_end(self, t: _TaskState) -> None:
+    async def _wait_end(self, t: TaskState) -> None:
         component = self.roles[t.role]
         lost_since: float | None = None
         async with self.host.cond:
@@ -413,21 +379,3 @@ class JobRunner:
                 log.warning("job %d: reset of %s: %s", self.job.id, component, msg)
 
         await asyncio.gather(*(reset(c) for c in set(self.roles.values())), return_exceptions=True)
-
-
-def expectations(tasks: Sequence[_TaskState], roles: Mapping[str, str]) -> list[dict[str, Any]]:
-    out = []
-    for t in tasks:
-        end = t.end or {}
-        if isinstance(end.get("npoints"), int) and end.get("job") is not None:
-            out.append(
-                {
-                    "component": roles[t.role],
-                    "task": t.spec.index,
-                    "npoints": end["npoints"],
-                    "epoch": end.get("epoch", 0),
-                    "stream": end.get("stream", ""),
-                    "last_seq": end.get("last_seq", -1),
-                }
-            )
-    return out
