@@ -199,33 +199,31 @@ def test_one_kilohertz_delivers_every_point(rig: Rig) -> None:
     points, _ = rig.runner.drain()
     assert end.reason == "done"
     assert len(points) == end.npoints
-    # a busy 2-core CI machine may stall the thread past CATCH_UP: those are counted
-    assert end.npoints + end.missed == 1000 and end.missed < 50
+    # a busy 2-core CI machine may stall the thread for a few ms: those points are counted
+    assert end.npoints + end.missed == 1000 and end.missed < 200
     assert elapsed < 1.5
 
 
 def test_a_late_driver_is_not_burst_called_missed_deadlines_are_counted(rig: Rig) -> None:
-    rig.dev.late_at = 3  # blocks for 5 sampling intervals (50 ms > CATCH_UP)
+    rig.dev.late_at = 3  # blocks for 5 sampling intervals
     end = rig.run(0.2, 0.01)
     points, _ = rig.runner.drain()
     assert end.npoints == len(points)
     # every deadline is either a point or counted as missed, never both
     assert end.npoints + end.missed == 20
     assert 3 <= end.missed <= 5
-    # no burst: after the stall no two points are closer than half an interval
+    # no burst: a catch-up would take the 4-5 points due during the stall back to back;
+    # a point late by less than an interval leaves at most one short step (jitter)
     steps = [b.uts - a.uts for a, b in itertools.pairwise(points)]
-    assert min(steps) > 0.005, steps
+    assert sum(s < 0.005 for s in steps) <= 2, steps
     # t_now handed to the driver is still the deadline of the point taken
     assert rig.dev.offsets[-1] == pytest.approx(0.2, abs=1e-6)
 
 
-def test_small_jitter_is_caught_up_without_skipping(rig: Rig) -> None:
-    from tomato_mqtt.driver.runner import CATCH_UP
-
+def test_lateness_within_one_interval_is_caught_up_without_skipping(rig: Rig) -> None:
     rig.dev.late_at = 3  # 50 ms late, within a 100 ms interval
     end = rig.run(1.0, 0.1)
     points, _ = rig.runner.drain()
-    assert CATCH_UP < 0.1
     assert end.missed == 0 and end.npoints == len(points) == 10
 
 
