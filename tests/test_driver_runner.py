@@ -261,7 +261,7 @@ def test_driver_error_in_do_task_ends_the_task_and_the_runner_survives(rig: Rig)
     assert len(points) == end.npoints == 2  # the points before the failure are kept
     rig.dev.fail_at = None
     rig.dev.k = 0
-    again = rig.run(0.1, 0.02)
+    again = rig.run(0.25, 0.05)
     assert (again.reason, again.npoints) == ("done", 5)
 
 
@@ -365,7 +365,7 @@ def test_drain_is_thread_safe(rig: Rig) -> None:
 def test_quantities_become_magnitudes_in_the_first_units_seen(rig: Rig) -> None:
     rig.dev.quantities = True
     pint.Quantity(1, "mA").m_as("A")  # pint's first conversion is slow: not this test's point
-    end = rig.run(0.1, 0.01)
+    end = rig.run(0.5, 0.05)
     assert end.missed == 0
     points, units = rig.runner.drain()
     assert units == {"current": "milliampere"}
@@ -376,7 +376,7 @@ def test_buffer_full_is_signalled_once_per_fill() -> None:
     fulls: list[int] = []
     r = Rig(max_buffer=5, on_buffer_full=lambda: fulls.append(1))
     try:
-        r.run(0.1, 0.01)
+        r.run(0.5, 0.05)
         assert len(r.runner.drain()[0]) == 10  # nothing dropped
         assert fulls == [1]
     finally:
@@ -387,7 +387,7 @@ def test_idle_measurements_only_between_tasks() -> None:
     r = Rig(IdleDriver())
     try:
         r.dev.wait_measures(3)
-        end = r.run(0.2, 0.02)
+        end = r.run(0.5, 0.05)
         r.dev.wait_measures(r.dev.measures + 2)  # idle measurements resume afterwards
         points, _ = r.runner.drain()
         idle = [p for p in points if p.task is None]

@@ -9,11 +9,13 @@ sampling_interval)`` points, point ``k`` (1..N) is due at ``t_start + k *
 sampling_interval``. Deadlines are absolute (no drift). Every point's ``uts`` is when it
 was taken: a runner that falls behind (a slow driver, a stalled node, a suspended
 process) is never burst-called to "catch up" with points that were not measured on time.
-A point late by less than one sampling interval is still taken at once; a runner
-behind by more than that takes the point of the last deadline already due, and every
-earlier deadline it skipped is counted (:attr:`TaskEnd.missed`). So no two points are
-ever taken in a burst, and at 1 kHz on a busy machine a scheduling hiccup of a few ms
-costs a few points, counted, rather than a burst of points with made-up timing.
+A point is taken within half a sampling interval of its deadline, or not at all: a
+runner that wakes up later than that (a slow driver, a stalled or suspended process, a
+busy machine) counts that deadline and every other one already past as missed
+(:attr:`TaskEnd.missed`) and takes the next point at the next deadline still ahead. So
+consecutive points are never closer than half an interval, and at 1 kHz on a loaded
+machine a scheduling hiccup of a few ms costs a few points, counted, rather than a
+burst of points whose timing says nothing.
 
 Idle measurements: when the driver sets ``idle_measurement_interval`` and no task runs,
 the worker calls ``do_measure`` that often and buffers the points with ``task=None``.
@@ -347,6 +349,7 @@ class ComponentRunner:
         message: str | None = None
         npoints = 0
         missed = 0
+        late_ok = si / 2
         perf = time.perf_counter
         wall = time.time
         t_start = wall()
@@ -356,19 +359,21 @@ class ComponentRunner:
         try:
             while k < n:
                 k += 1
-                remaining = p_start + k * si - perf()
-                if -remaining > si:
-                    # behind (stalled): skip to the last deadline already due, count the rest
-                    due = min(n, int((perf() - p_start) / si))
-                    if due > k:
-                        missed += due - k
-                        k = due
-                    remaining = 0.0
+                deadline = p_start + k * si
+                remaining = deadline - perf()
                 if stop.wait(remaining) if remaining > 0 else stop.is_set():
                     reason = "stopped"
                     message = run.stop_reason
                     break
                 uts = wall()
+                if perf() - deadline > late_ok:
+                    # behind (a slow driver, a stalled process): this deadline and every
+                    # other one already past are missed; the next point is the next
+                    # deadline still ahead, on time
+                    ahead = min(int((perf() - p_start) / si) + 1, n + 1)
+                    missed += ahead - k
+                    k = ahead - 1
+                    continue
                 with dev_lock:
                     raw = device.do_task(task, t_start, t_start + k * si)
                 if raw is not None:
