@@ -183,6 +183,16 @@ async def test_component_idle_without_its_task_end_ends_the_job_ce() -> None:
     assert status == "ce" and "cmp" in str(reason) and "no task" in str(reason)
 
 
+async def test_component_no_longer_hosted_ends_the_job_ce() -> None:
+    host = FakeHost()
+    _runner, done = await _run(host)
+    await host.set(node=host.node)  # the runner sees the component running its task
+    await asyncio.sleep(0.05)
+    await host.set(cstatus={})  # its node cleared the component's retained status
+    status, reason = await asyncio.wait_for(done, 5)
+    assert status == "ce" and "no longer hosted" in str(reason)
+
+
 async def test_a_normal_end_is_c_and_carries_counts_and_missed_deadlines() -> None:
     host = FakeHost()
     runner, done = await _run(host)

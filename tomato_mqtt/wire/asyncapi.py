@@ -61,7 +61,8 @@ __all__ = [
 ASYNCAPI_VERSION = "3.0.0"
 
 #: Every message is published with QoS 1 (at least once); requests are de-duplicated
-#: by id and data batches by (component, epoch, seq), so a second delivery is harmless.
+#: by id and data batches by (component, stream, seq) and content, so a second delivery
+#: is harmless.
 QOS = 1
 
 #: The placeholders of the channel templates, as AsyncAPI channel parameters.

@@ -170,6 +170,8 @@ class Files:
         jobid = int(a.job["id"])  # type: ignore[arg-type]
         args = a.model_dump(mode="json")
         self.finals[jobid] = args
+        while len(self.finals) > 200:  # the store keeps them all: load older ones on demand
+            self.finals.pop(next(iter(self.finals)))
         if self.svc.store is not None:
             try:
                 self.svc.store.set_final(jobid, args)

@@ -138,7 +138,9 @@ class RecorderService(Service):
         jobs: dict[str, JobProgress] = {}
         if self.store is not None:
             gaps = self._gaps()
-            for job in sorted(self.jobs_seen)[-50:]:
+            # the newest jobs, and every job whose file got late data (the scheduler
+            # updates the job from this)
+            for job in sorted(set(sorted(self.jobs_seen)[-50:]) | set(self.merged)):
                 try:
                     points = self.store.job_points(job)
                 except sqlite3.Error:

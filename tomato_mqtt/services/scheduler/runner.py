@@ -72,6 +72,7 @@ class JobRunner:
     warnings: list[str] = field(default_factory=list)
     cancel_at: float | None = None  # monotonic
     unconfirmed: set[str] = field(default_factory=set)  # components that never confirmed
+    seen_running: set[str] = field(default_factory=set)  # seen running this job's task
     _bg: set[asyncio.Future[None]] = field(default_factory=set)
 
     def __post_init__(self) -> None:
@@ -254,6 +255,13 @@ class JobRunner:
                 f"task {t.spec.index} ({t.spec.technique_name}) on {component} is gone"
             )
         st = self.host.component_status(component)
+        if st is None and t.started_at is not None and component in self.seen_running:
+            return (
+                f"component {component} is no longer hosted by node {node.node} "
+                f"(task {t.spec.index} ({t.spec.technique_name}) is gone)"
+            )
+        if st is not None and self._is_running(st, t):
+            self.seen_running.add(component)
         if (
             st is not None
             and t.started_at is not None

@@ -45,7 +45,7 @@ from tomato_mqtt.wire.messages import (
     decode,
     encode,
 )
-from tomato_mqtt.wire.topics import Topics
+from tomato_mqtt.wire.topics import Topics, slug
 
 __all__ = ["SchedulerService"]
 
@@ -208,6 +208,8 @@ class SchedulerService(Service):
             if parsed.kind == "scheduler_cmd" and parsed.op is not None:
                 self.spawn(self.responder.handle(msg, parsed.op))
             elif not msg.payload:
+                if parsed.kind == "component_status" and parsed.name is not None:
+                    await self._component_gone(parsed.name)
                 return  # a cleared retained topic
             elif parsed.kind == "node_status":
                 nst = decode(NodeStatus, msg.payload, msg.topic)
@@ -229,6 +231,14 @@ class SchedulerService(Service):
                     self.cond.notify_all()
         except DecodeError as e:
             log.warning("%s", e)
+
+    async def _component_gone(self, slugged: str) -> None:
+        """A node cleared a component's status: it no longer hosts it (a runner waiting
+        for a task on it must not wait for ever)."""
+        for name in [n for n in self.cstatus if slug(n) == slugged]:
+            del self.cstatus[name]
+        async with self.cond:
+            self.cond.notify_all()
 
     async def _on_node_status(self, st: NodeStatus) -> None:
         self.nodes[st.node] = st
