@@ -57,6 +57,7 @@ def start(opts: common.Opts) -> None:
     ctx = common.context(port=s.mqtt.port, appdir=s.appdir, datadir=s.datadir, logdir=s.logdir)
     pidfile = pidfile_path(s.datadir, s.mqtt.port)
     info = read_pidfile(pidfile)
+    # a zombie or a reused pid left by a crash is dead: start at once
     if info and _alive(int(str(info.get("pid")))):
         fail(f"tomato-mqtt is already running on port {s.mqtt.port} (pid {info['pid']})")
     if s.broker.embedded and port_in_use(s.broker.host, s.mqtt.port):
@@ -87,11 +88,9 @@ def start(opts: common.Opts) -> None:
 
 
 def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except OSError:
-        return False
-    return True
+    from tomato_mqtt.services.supervisor import pid_alive
+
+    return pid_alive(pid)  # a zombie or stale pid left by a crash is not alive
 
 
 def _scheduler_answers(ctx: common.CallContext, timeout: float) -> bool:

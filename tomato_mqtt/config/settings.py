@@ -105,6 +105,8 @@ class SchedulerSettings(_Section):
     heartbeat: float = Field(default=2.0, gt=0)
     node_grace_period: float = Field(default=30.0, ge=0)
     lost_after: float = Field(default=10.0, gt=0)
+    # a node whose clock differs from the scheduler's by more than this is flagged
+    clock_tolerance: float = Field(default=2.0, gt=0)
 
     @model_validator(mode="after")
     def _lost_after_heartbeat(self) -> SchedulerSettings:

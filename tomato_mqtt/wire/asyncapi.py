@@ -62,7 +62,8 @@ __all__ = [
 ASYNCAPI_VERSION = "3.0.0"
 
 #: Every message is published with QoS 1 (at least once); requests are de-duplicated
-#: by id and data batches by (component, epoch, seq), so a second delivery is harmless.
+#: by id and data batches by (component, stream, seq) and content, so a second delivery
+#: is harmless.
 QOS = 1
 
 #: The placeholders of the channel templates, as AsyncAPI channel parameters.
@@ -280,7 +281,9 @@ def example_messages() -> dict[str, BaseModel]:
         t_start=t0,
         t_end=t0 + 10,
         npoints=10,
+        missed=0,
         epoch=3,
+        stream="3-5d1c0b7e9a2f4c68",
         last_seq=9,
     )
     node_component = NodeComponent(
@@ -292,7 +295,7 @@ def example_messages() -> dict[str, BaseModel]:
         pollrate=1.0,
     )
     driver = DriverInfo(version="1.0", loaded=True)
-    progress = JobProgress(points={cmp: 10}, gaps=0)
+    progress = JobProgress(points={cmp: 10}, gaps=0, conflicts=0, merged=0)
     ex: list[BaseModel] = [
         node_component,
         driver,
@@ -331,6 +334,7 @@ def example_messages() -> dict[str, BaseModel]:
             drivers={"example_counter": driver},
             components=[cmp],
             streams={cmp: 9},
+            stream_ids={cmp: "3-5d1c0b7e9a2f4c68"},
         ),
         ComponentMeta(
             name=cmp,
@@ -356,6 +360,7 @@ def example_messages() -> dict[str, BaseModel]:
             started_at=t0 + 10,
             attrs={"max": 10.0},
             epoch=3,
+            stream="3-5d1c0b7e9a2f4c68",
             seq=4,
             last_task=task_end,
         ),
@@ -364,6 +369,7 @@ def example_messages() -> dict[str, BaseModel]:
             job=7,
             task=0,
             epoch=3,
+            stream="3-5d1c0b7e9a2f4c68",
             seq=4,
             uts=[t0 + 4, t0 + 5],
             vars={"val": [4, 5]},
@@ -416,7 +422,7 @@ def example_messages() -> dict[str, BaseModel]:
                 index=0,
             )
         ),
-        ReplayArgs(epoch=3, first=2, last=4),
-        AckArgs(epoch=3, upto=9),
+        ReplayArgs(epoch=3, first=2, last=4, stream="3-5d1c0b7e9a2f4c68"),
+        AckArgs(epoch=3, upto=9, stream="3-5d1c0b7e9a2f4c68"),
     ]
     return {type(m).__name__: m for m in ex}

@@ -41,6 +41,7 @@ __all__ = [
     "WireModel",
     "decode",
     "encode",
+    "stream_id",
 ]
 
 SCHEMA: Final = 1
@@ -163,7 +164,11 @@ class NodeStatus(WireModel):
     drivers: dict[str, DriverInfo] = Field(default_factory=dict)
     components: list[str] = Field(default_factory=list)
     streams: dict[str, int] = Field(
-        default_factory=dict, description="component -> last data seq published this epoch"
+        default_factory=dict, description="component -> last data seq of its current stream"
+    )
+    stream_ids: dict[str, str] = Field(
+        default_factory=dict,
+        description="component -> id of its current data stream (see DataBatch.stream)",
     )
     spool_pending: int = 0
     spool_dropped: int = 0
@@ -174,12 +179,23 @@ class RecorderStatus(WireModel):
     heartbeat: float = 0.0
     version: str = ""
     jobs: dict[str, JobProgress] = Field(default_factory=dict)
+    storage_error: str | None = Field(
+        default=None,
+        description="why the recorder cannot store data right now (disk full, read-only, "
+        "permission); null when it can. Unstored batches stay in the nodes' spools.",
+    )
 
 
 class JobProgress(WireModel):
     points: dict[str, int] = Field(default_factory=dict)
     gaps: int = 0
     file: str | None = None
+    conflicts: int = Field(
+        default=0, description="batches that repeated a stored identity with other content"
+    )
+    merged: int = Field(
+        default=0, description="times late data was merged into the job's final file"
+    )
 
 
 # -- nodes and components ----------------------------------------------------------------
@@ -224,9 +240,13 @@ class TaskEndInfo(WireModel):
     message: str | None = None
     t_start: float
     t_end: float
-    npoints: int = 0
+    npoints: int = Field(default=0, description="points the runner took in this task")
+    missed: int = Field(
+        default=0, description="sampling deadlines skipped because the runner was behind"
+    )
     epoch: int = 0
-    last_seq: int = -1
+    stream: str = Field(default="", description="the data stream the task's points went to")
+    last_seq: int = Field(default=-1, description="last batch of the task in its stream")
 
 
 ComponentState = Literal["unregistered", "idle", "running", "error", "lost"]
@@ -245,25 +265,37 @@ class ComponentStatus(WireModel):
     attrs: dict[str, JsonValue] = Field(default_factory=dict)
     error: str | None = None
     epoch: int = 0
-    seq: int = -1  # last data batch published in this epoch
+    stream: str = ""  # the component's current data stream (see DataBatch.stream)
+    seq: int = -1  # last data batch published in that stream
     last_task: TaskEndInfo | None = None
 
 
 class DataBatch(WireModel):
     """A batch of points of one component stream.
 
-    ``vars`` maps each variable to one value per entry of ``uts``; ``task`` is the index
-    of the payload task that produced the points (null for idle measurements).
+    ``vars`` maps each variable to one value per entry of ``uts``; ``job`` and ``task``
+    are those the points were taken in (null for idle measurements): all points of a
+    batch belong to the same task.
+
+    Identity: ``(component, stream, seq)``. ``stream`` is a random id the node draws
+    whenever a component's stream starts (node start, registration, re-registration,
+    reload), so an identity is never reused; ``seq`` numbers the stream's batches from 0
+    without gaps. Batches of older nodes carry no ``stream``: their stream is
+    ``e<epoch>`` (:meth:`stream_id`).
     """
 
     component: str
     job: int | None = None
     task: int | None = None
     epoch: int
+    stream: str = ""
     seq: int
     uts: list[float]
     vars: dict[str, list[float | int | bool | str | None]]
     units: dict[str, str] = Field(default_factory=dict)
+
+    def stream_id(self) -> str:
+        return stream_id(self.stream, self.epoch)
 
 
 class LastPoint(WireModel):
@@ -275,15 +307,22 @@ class LastPoint(WireModel):
     task: int | None = None
 
 
+def stream_id(stream: str, epoch: int) -> str:
+    """A stream's identity: its id, or ``e<epoch>`` for a node that sends none."""
+    return stream or f"e{epoch}"
+
+
 class ReplayArgs(WireModel):
     epoch: int
     first: int
     last: int
+    stream: str = ""  # "" : the stream e<epoch> of an older recorder
 
 
 class AckArgs(WireModel):
     epoch: int
     upto: int
+    stream: str = ""
 
 
 class TaskStartArgs(WireModel):
@@ -313,6 +352,10 @@ JobEventKind = Literal[
     "snapshot_written",
     "file_written",
     "completed",
+    "warning",  # something the user should know that does not fail the job (detail.message)
+    "storage_fault",  # the recorder cannot store data (detail.error); the spools keep it
+    "storage_resumed",
+    "late_data_merged",  # points that arrived after the job ended are now in its file
 ]
 
 

@@ -166,7 +166,7 @@ CHANNELS: tuple[ChannelDef, ...] = (
         "driver node",
         "recorder, dashboards",
         False,
-        "Batches of measured points, numbered per node epoch by seq.",
+        "Batches of measured points, one task each, identified by (component, stream, seq).",
     ),
     ChannelDef(
         "component_last",

@@ -33,6 +33,7 @@ class HostedComponent:
     technique: str | None = None
     started_at: float | None = None
     last_task: dict[str, Any] | None = None
+    stream: str = ""  # the current data stream (new at each registration; see datapath)
     seq: int = -1
     closed: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
@@ -118,6 +119,7 @@ class HostedComponent:
             attrs=attrs,
             error=self.error,
             epoch=epoch,
+            stream=self.stream,
             seq=self.seq,
             last_task=self.last_task,
         )

@@ -26,23 +26,20 @@ from typing import Any
 from pydantic import JsonValue
 
 from tomato_mqtt import __version__
-from tomato_mqtt.driver import ModelInterface, TaskEnd, TaskSpec, TaskValidationError
+from tomato_mqtt.driver import ModelInterface, TaskEnd
 from tomato_mqtt.driver.discovery import DriverNotFound, available_drivers, load_driver
-from tomato_mqtt.driver.validate import to_jsonable
 from tomato_mqtt.services.base import Service
-from tomato_mqtt.services.node.hosted import HostedComponent, points_to_columns
+from tomato_mqtt.services.node.datapath import DataPath, new_stream
+from tomato_mqtt.services.node.hosted import HostedComponent
+from tomato_mqtt.services.node.ops import ComponentOps
 from tomato_mqtt.services.node.spool import Spool
 from tomato_mqtt.transport.client import BrokerURL, Message
 from tomato_mqtt.transport.rpc import CommandError, Handler, Responder, Result
 from tomato_mqtt.wire.messages import (
-    AckArgs,
-    DataBatch,
     DriverInfo,
-    LastPoint,
     NodeConfigure,
     NodeStatus,
     PresenceState,
-    ReplayArgs,
     encode,
 )
 from tomato_mqtt.wire.topics import Topics, slug
@@ -95,7 +92,8 @@ class NodeService(Service):
         super().__init__(config.url, Topics(config.instance), heartbeat=config.heartbeat)
         self.config = config
         self.name = config.name
-        self._flush_now = asyncio.Event()
+        self.data = DataPath(self)
+        self.ops = ComponentOps(self)
         self.components: dict[str, HostedComponent] = {}
         self._by_slug: dict[str, str] = {}
         self.drivers: dict[str, ModelInterface] = {}
@@ -104,7 +102,6 @@ class NodeService(Service):
         self.spool: Spool | None = None
         self.epoch = 0
         self._units_loaded: asyncio.Future[None] | None = None
-        self._locks: dict[str, asyncio.Lock] = {}
 
     @property
     def client_id(self) -> str:
@@ -165,16 +162,16 @@ class NodeService(Service):
         await self.client.subscribe(self.topics.node_cmds(self.name))
         await self._announce()
         # batches of an earlier epoch that the recorder never acknowledged
-        self.spawn(self._replay_pending())
+        self.spawn(self.data.replay_pending())
 
     def loops(self) -> list[Coroutine[Any, Any, Any]]:
-        return [self._flush_loop()]
+        return [self.data.loop()]
 
     async def drain(self) -> None:
         for hc in self.components.values():
             if hc.runner is not None and hc.runner.running:
                 hc.runner.stop_task("node shutting down")
-        await self._flush_all()
+        await self.data.flush_all()
 
     async def teardown(self) -> None:
         for hc in self.components.values():
@@ -214,6 +211,7 @@ class NodeService(Service):
             drivers=drivers,
             components=sorted(self.components),
             streams={n: hc.seq for n, hc in self.components.items()},
+            stream_ids={n: hc.stream for n, hc in self.components.items() if hc.stream},
             spool_pending=pending,
             spool_dropped=dropped,
         )
@@ -229,7 +227,7 @@ class NodeService(Service):
         await self._publish_node_status()
         for hc in list(self.components.values()):
             await self._publish_meta(hc)
-            await self._publish_status(hc)
+            await self.publish_status(hc)
 
     async def _publish_meta(self, hc: HostedComponent) -> None:
         if self.client is not None:
@@ -237,7 +235,7 @@ class NodeService(Service):
                 self.topics.component_meta(hc.name), encode(hc.meta()), retain=True, wait=False
             )
 
-    async def _publish_status(self, hc: HostedComponent) -> None:
+    async def publish_status(self, hc: HostedComponent) -> None:
         if self.client is not None:
             await self.client.publish(
                 self.topics.component_status(hc.name),
@@ -263,23 +261,9 @@ class NodeService(Service):
         if hc is None:
             return
         table: dict[str, Handler] = {
-            op_name: functools.partial(method, hc) for op_name, method in self._cmp_ops().items()
+            op_name: functools.partial(method, hc) for op_name, method in self.ops.table().items()
         }
         await self._cmp_responder.handle(msg, op, table)
-
-    def _cmp_ops(self) -> dict[str, Any]:
-        return {
-            "task_start": self._op_task_start,
-            "task_stop": self._op_task_stop,
-            "set_attr": self._op_set_attr,
-            "get_attr": self._op_get_attr,
-            "measure": self._op_measure,
-            "reset": self._op_reset,
-            "register": self._op_register,
-            "status": self._op_status,
-            "replay": self._op_replay,
-            "ack": self._op_ack,
-        }
 
     # -- node operations -----------------------------------------------------------------
     async def _op_configure(self, args: Mapping[str, JsonValue]) -> Result:
@@ -318,7 +302,7 @@ class NodeService(Service):
         self._by_slug.pop(slug(name), None)
         if hc.runner is not None:
             hc.runner.stop_task("component removed")
-            await self._flush(hc)
+            await self.data.flush(hc)
             hc.runner.close()
         if self.client is not None:
             with contextlib.suppress(Exception):
@@ -356,13 +340,13 @@ class NodeService(Service):
         delay = 1.0
         while not hc.closed and not self.stopping:
             try:
-                await self._register(hc)
+                await self.register(hc)
                 return
             except DriverNotFound as e:
                 hc.error = str(e)
                 await self._publish_node_status()
                 await self._publish_meta(hc)
-                await self._publish_status(hc)
+                await self.publish_status(hc)
                 return  # nothing to retry until the driver is installed and the node restarted
             except Exception as e:
                 hc.retries += 1
@@ -371,12 +355,12 @@ class NodeService(Service):
                 )
                 log.warning("node %s: %s: %s", self.name, hc.name, hc.error)
                 await self._publish_meta(hc)
-                await self._publish_status(hc)
+                await self.publish_status(hc)
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), delay)
             delay = min(delay * 2, 30.0)
 
-    async def _register(self, hc: HostedComponent) -> None:
+    async def register(self, hc: HostedComponent) -> None:
         if self._units_loaded is not None:
             await asyncio.shield(self._units_loaded)
         drv = self._driver(hc.config.driver)
@@ -384,258 +368,22 @@ class NodeService(Service):
         name = hc.name
 
         def on_task_end(end: TaskEnd) -> None:
-            loop.call_soon_threadsafe(lambda: self.spawn(self._task_ended(name, end)))
+            loop.call_soon_threadsafe(lambda: self.spawn(self.data.task_ended(name, end)))
 
         def on_error(msg: str) -> None:
             log.warning("node %s: component %s: %s", self.name, name, msg)
 
         def on_full() -> None:
-            loop.call_soon_threadsafe(self._flush_now.set)
+            loop.call_soon_threadsafe(self.data.flush_now.set)
 
         await asyncio.to_thread(
             hc.register, drv, on_task_end, on_error, on_full, self.config.batch_max_points
         )
+        # a new stream for every registration: a component reloaded, re-registered or
+        # renamed back never reuses a (component, stream, seq) the recorder holds
+        hc.stream = new_stream(self.epoch)
+        hc.seq = -1
         log.info("node %s: registered %s", self.name, name)
         await self._publish_meta(hc)
-        await self._publish_status(hc)
+        await self.publish_status(hc)
         await self._publish_node_status()  # its drivers are loaded now: say so at once
-
-    # -- component operations -----------------------------------------------------------
-    def _lock(self, hc: HostedComponent) -> asyncio.Lock:
-        return self._locks.setdefault(hc.name, asyncio.Lock())
-
-    def _runner(self, hc: HostedComponent) -> Any:
-        if hc.runner is None:
-            why = f": {hc.error}" if hc.error else ""
-            raise CommandError(f"component {hc.name} is not registered{why}")
-        return hc.runner
-
-    async def _op_task_start(self, hc: HostedComponent, args: Mapping[str, JsonValue]) -> Result:
-        task = TaskSpec.model_validate(args.get("task"))
-        async with self._lock(hc):
-            runner = self._runner(hc)
-            if runner.running:
-                raise CommandError(f"component {hc.name} is busy with job {hc.job} task {hc.task}")
-            await self._flush(hc)  # leftovers (idle points) go out under their own tags
-            try:
-                await asyncio.to_thread(runner.start_task, task)
-            except TaskValidationError as e:
-                raise CommandError(f"task rejected by {hc.name}: {e}") from None
-            except Exception as e:
-                raise CommandError(f"task could not start on {hc.name}: {e}") from None
-            hc.begin(task)
-        await self._publish_status(hc)
-        return Result(
-            f"task {task.index} of job {task.job} started on {hc.name}",
-            {"started_at": hc.started_at, "epoch": self.epoch},
-        )
-
-    async def _op_task_stop(self, hc: HostedComponent, args: Mapping[str, JsonValue]) -> Result:
-        runner = self._runner(hc)
-        job = args.get("job")
-        if not runner.running:
-            return Result(f"component {hc.name} has no running task", {"running": False})
-        if job is not None and hc.job != job:
-            raise CommandError(f"component {hc.name} runs job {hc.job}, not job {job}")
-        runner.stop_task(str(args.get("reason") or "stopped"))
-        return Result(f"task stopped on {hc.name}", {"running": True})
-
-    def _refuse_while_running(
-        self, hc: HostedComponent, what: str, args: Mapping[str, Any]
-    ) -> None:
-        if self._runner(hc).running and not args.get("force"):
-            raise CommandError(
-                f"cannot {what} {hc.name}: a task of job {hc.job} is running (use --force)"
-            )
-
-    async def _op_set_attr(self, hc: HostedComponent, args: Mapping[str, JsonValue]) -> Result:
-        attr = str(args.get("attr"))
-        if "val" not in args:
-            raise CommandError("set_attr needs 'attr' and 'val'")
-        self._refuse_while_running(hc, f"set {attr!r} on", args)
-        dev = hc.device
-        if dev is None:
-            why = f": {hc.error}" if hc.error else ""
-            raise CommandError(f"component {hc.name} is not registered{why}")
-        try:
-            val = await asyncio.to_thread(dev.set_attr, attr, args["val"])
-        except (ValueError, TypeError, AttributeError, KeyError) as e:
-            raise CommandError(f"cannot set {attr!r} on {hc.name}: {e}") from None
-        except Exception as e:
-            raise CommandError(f"driver error setting {attr!r} on {hc.name}: {e}") from None
-        await self._publish_status(hc)
-        jv = to_jsonable(val)
-        return Result(f"{attr} of {hc.name} set to {jv}", {attr: jv})
-
-    async def _op_get_attr(self, hc: HostedComponent, args: Mapping[str, JsonValue]) -> Result:
-        dev = hc.device
-        if dev is None:
-            why = f": {hc.error}" if hc.error else ""
-            raise CommandError(f"component {hc.name} is not registered{why}")
-        raw = args.get("attrs") or ([args["attr"]] if "attr" in args else [])
-        names = [str(a) for a in raw] if isinstance(raw, list) else [str(raw)]
-        if not names:
-            names = list(dev.attrs())
-        known = dev.attrs()
-        out: dict[str, JsonValue] = {}
-        for a in names:
-            if a not in known:
-                raise CommandError(
-                    f"unknown attr {a!r} on {hc.name} (known: {', '.join(sorted(known))})"
-                )
-            try:
-                out[a] = to_jsonable(await asyncio.to_thread(dev.get_attr, a))
-            except Exception as e:
-                raise CommandError(f"driver error reading {a!r} on {hc.name}: {e}") from None
-        return Result(", ".join(f"{k}={v}" for k, v in out.items()), out)
-
-    async def _op_measure(self, hc: HostedComponent, args: Mapping[str, JsonValue]) -> Result:
-        runner = self._runner(hc)
-        try:
-            point = await asyncio.to_thread(runner.measure)
-        except RuntimeError as e:
-            raise CommandError(str(e)) from None
-        await self._flush(hc)
-        if point is None:
-            return Result(f"{hc.name} returned no data")
-        return Result(f"measured on {hc.name}", {"uts": point.uts, "values": point.values})
-
-    async def _op_reset(self, hc: HostedComponent, args: Mapping[str, JsonValue]) -> Result:
-        runner = self._runner(hc)
-        if runner.running:
-            if not args.get("force"):
-                raise CommandError(
-                    f"cannot reset {hc.name}: a task of job {hc.job} is running (use --force)"
-                )
-            runner.stop_task("reset")
-        try:
-            await asyncio.to_thread(runner.reset)
-        except Exception as e:
-            raise CommandError(f"reset of {hc.name} failed: {e}") from None
-        hc.error = None
-        await self._publish_status(hc)
-        return Result(f"component {hc.name} reset")
-
-    async def _op_register(self, hc: HostedComponent, args: Mapping[str, JsonValue]) -> Result:
-        if hc.runner is not None and hc.runner.running:
-            raise CommandError(f"cannot re-register {hc.name} while a task runs")
-        if hc.runner is not None:
-            hc.runner.close()
-        hc.runner = None
-        hc.device = None
-        try:
-            await self._register(hc)
-        except Exception as e:
-            hc.error = f"registration failed: {e}"
-            await self._publish_status(hc)
-            raise CommandError(f"registration of {hc.name} failed: {e}") from None
-        return Result(f"component {hc.name} registered")
-
-    async def _op_status(self, hc: HostedComponent, args: Mapping[str, JsonValue]) -> Result:
-        st = hc.status(self.epoch)
-        return Result(f"{hc.name} is {st.state}", st.model_dump(mode="json", by_alias=True))
-
-    async def _op_replay(self, hc: HostedComponent, args: Mapping[str, JsonValue]) -> Result:
-        ra = ReplayArgs.model_validate(args)
-        if self.spool is None or self.client is None:
-            raise CommandError("spool not open")
-        rows = self.spool.get(hc.name, ra.epoch, ra.first, ra.last)
-        for _seq, raw in rows:
-            await self.client.publish(self.topics.component_data(hc.name), raw, wait=False)
-        return Result(f"replayed {len(rows)} batch(es) of {hc.name}", {"replayed": len(rows)})
-
-    async def _op_ack(self, hc: HostedComponent, args: Mapping[str, JsonValue]) -> Result:
-        aa = AckArgs.model_validate(args)
-        n = self.spool.ack(hc.name, aa.epoch, aa.upto) if self.spool is not None else 0
-        return Result(f"{n} batch(es) acknowledged", {"acked": n})
-
-    # -- data path -----------------------------------------------------------------------
-    async def _task_ended(self, name: str, end: TaskEnd) -> None:
-        hc = self.components.get(name)
-        if hc is None:
-            return
-        await self._flush(hc)
-        hc.last_task = {
-            "job": end.task.job,
-            "task": end.task.index,
-            "task_name": end.task.task_name,
-            "reason": end.reason,
-            "message": end.message,
-            "t_start": end.t_start,
-            "t_end": end.t_end,
-            "npoints": end.npoints,
-            "epoch": self.epoch,
-            "last_seq": hc.seq,
-        }
-        if end.reason == "error":
-            hc.error = end.message
-        await self._publish_status(hc)
-
-    async def _flush_loop(self) -> None:
-        while True:
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._flush_now.wait(), self.config.batch_interval)
-            self._flush_now.clear()
-            await self._flush_all()
-
-    async def _flush_all(self) -> None:
-        for hc in list(self.components.values()):
-            await self._flush(hc)
-
-    async def _flush(self, hc: HostedComponent) -> None:
-        """Publish the component's new points as one batch (spooled first)."""
-        if hc.runner is None or self.spool is None:
-            return
-        points, units = hc.runner.drain()
-        if not points:
-            return
-        uts, cols = points_to_columns(points)
-        running_or_just_ended = hc.job is not None
-        hc.seq += 1
-        batch = DataBatch(
-            component=hc.name,
-            job=hc.job if running_or_just_ended else None,
-            task=hc.task if running_or_just_ended else None,
-            epoch=self.epoch,
-            seq=hc.seq,
-            uts=uts,
-            vars=cols,
-            units=units,
-        )
-        raw = encode(batch)
-        dropped = self.spool.put(hc.name, self.epoch, hc.seq, raw)
-        if dropped:
-            log.warning(
-                "node %s: spool full (%d MiB): dropped %d unacknowledged batch(es); "
-                "is the recorder running?",
-                self.name,
-                self.config.spool_max_bytes // 2**20,
-                dropped,
-            )
-        if not hc.runner.running:
-            # the task is over: later points (idle measurements) are not the job's
-            hc.job = None
-            hc.task = None
-        if self.client is None:
-            return
-        await self.client.publish(self.topics.component_data(hc.name), raw, wait=False)
-        last = LastPoint(
-            component=hc.name,
-            uts=uts[-1],
-            values={k: v[-1] for k, v in cols.items()},
-            units=units,
-            job=batch.job,
-            task=batch.task,
-        )
-        await self.client.publish(
-            self.topics.component_last(hc.name), encode(last), retain=True, wait=False
-        )
-
-    async def _replay_pending(self) -> None:
-        if self.spool is None or self.client is None:
-            return
-        for (component, epoch), (first, last) in self.spool.pending().items():
-            if epoch == self.epoch:
-                continue
-            for _seq, raw in self.spool.get(component, epoch, first, last):
-                await self.client.publish(self.topics.component_data(component), raw, wait=False)

@@ -4,8 +4,9 @@ Pure (no MQTT). Layout, compatible with tomato's: root attrs ``tomato_version`` 
 ``tomato_Job`` (JSON); one group per role with the coordinate ``uts`` (unix time, s),
 the driver's variables with CF ``units`` attrs, a ``task`` variable (index of the payload
 task that produced each point, -1 for none) and the group attrs ``tomato_Component``
-(JSON) and ``role``. The file is written next to its final place and renamed, so a
-reader never sees half a file.
+(JSON) and ``role`` (plus ``tomato_clock_offset``, s, when the node's clock was off).
+The file is written next to its final place and renamed, so a reader never sees half a
+file.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ class RoleInput:
     role: str
     component_json: str
     batches: list[bytes] = field(default_factory=list)  # raw DataBatch JSON
+    attrs: dict[str, Any] = field(default_factory=dict)  # more group attrs (clock offset)
 
 
 def _chunk(vals: Sequence[Any]) -> np.ndarray[Any, Any]:
@@ -71,7 +73,9 @@ def _column(chunks: Sequence[np.ndarray[Any, Any] | None], lens: Sequence[int]) 
 
 def _role_dataset(ri: RoleInput) -> xr.Dataset:
     batches = [json.loads(raw) for raw in ri.batches]
-    batches.sort(key=lambda b: (b["epoch"], b["seq"]))
+    # in the order the points were taken: a job's batches may come from several streams
+    # (a node restarted, a component re-registered) whose seqs say nothing of each other
+    batches.sort(key=lambda b: (b["uts"][0] if b["uts"] else math.inf, b["seq"]))
     lens = [len(b["uts"]) for b in batches]
     names: dict[str, None] = {}
     units: dict[str, str] = {}
@@ -96,7 +100,7 @@ def _role_dataset(ri: RoleInput) -> xr.Dataset:
     ds = xr.Dataset(
         data_vars,
         coords={"uts": ("uts", np.concatenate(uts) if uts else np.asarray([]), {"units": "s"})},
-        attrs={"tomato_Component": ri.component_json, "role": ri.role},  # as tomato's
+        attrs={"tomato_Component": ri.component_json, "role": ri.role, **ri.attrs},
     )
     return ds
 

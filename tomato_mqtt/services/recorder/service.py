@@ -1,12 +1,13 @@
 """The recorder: stores every data batch durably and writes the NetCDF file of a job.
 
-Each batch is committed to sqlite (WAL) keyed by (component, epoch, seq) before it is
-acknowledged to its node, so duplicates are dropped and a ``kill -9`` loses nothing
-that was acknowledged. Gaps (a seq skipped, or a node's heartbeat announcing batches we
-never got) are replayed from the node's spool. ``finalize`` waits until every batch the
-scheduler expects is stored, then writes the file; the same call with ``snapshot``
-writes an up-to-date copy while the job runs, and ``fetch`` hands the bytes of a
-written file to a CLI on another PC in chunks.
+Each batch is committed to sqlite (WAL) keyed by (component, stream, seq) before it is
+acknowledged to its node; a repeated identity is dropped only when its content is the
+same, else it is a conflict that surfaces in the job (see store.py). Gaps (a seq
+skipped, or a node's heartbeat announcing batches we never got) are replayed from the
+node's spool. A store that cannot be written (disk full, read-only, permission) is
+reported in ``recorder/status`` (``storage_error``) and as a job event while it lasts;
+nothing is acknowledged meanwhile, so the nodes keep the data and storage resumes by
+itself. Files (completeness per task, late merges, fallbacks, fetches): files.py.
 """
 
 from __future__ import annotations
@@ -14,19 +15,28 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import json
 import logging
+import sqlite3
 import time
 import uuid
 from collections.abc import Coroutine, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, JsonValue
+from pydantic import BaseModel, JsonValue
 
 from tomato_mqtt import __version__
 from tomato_mqtt.services.base import Service
+from tomato_mqtt.services.recorder.files import (
+    CHUNK,
+    FetchArgs,
+    Files,
+    FinalizeArgs,
+    count_problems,
+    epoch_of,
+    warm_up_writer,
+)
 from tomato_mqtt.services.recorder.store import BatchStore
 from tomato_mqtt.transport.client import BrokerURL, Message
 from tomato_mqtt.transport.rpc import (
@@ -41,12 +51,15 @@ from tomato_mqtt.wire.messages import (
     AckArgs,
     DataBatch,
     DecodeError,
+    JobEvent,
     JobProgress,
     NodeStatus,
     PresenceState,
     RecorderStatus,
     ReplayArgs,
     decode,
+    encode,
+    stream_id,
 )
 from tomato_mqtt.wire.topics import Topics
 
@@ -54,61 +67,11 @@ __all__ = ["RecorderService"]
 
 log = logging.getLogger(__name__)
 
-CHUNK = 256 * 1024
-
-
-class _Expect(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-    component: str
-    epoch: int
-    last_seq: int
-
-
-class FinalizeArgs(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    job: dict[str, JsonValue]
-    roles: dict[str, dict[str, JsonValue]]
-    expect: list[_Expect] = []
-    path: str
-    fallback_dir: str
-    snapshot: bool = False
-    wait: float = 30.0
-
-
-class FetchArgs(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    token: str
-    index: int
-
 
 @dataclass
 class _Stream:
     last_replay_request: float = 0.0
     acked: int = -1
-
-
-@dataclass
-class _Written:
-    path: Path
-    size: int
-    created: float = field(default_factory=time.time)
-
-
-def _warm_up_writer() -> None:
-    """Import xarray/netCDF4 and write one tiny file, before the first job ends.
-
-    Both load lazily and the first file otherwise takes ~1 s longer than the next ones;
-    that second belongs to startup, not to the user waiting for a results file.
-    """
-    import tempfile
-
-    from tomato_mqtt.services.recorder.netcdf import RoleInput, write_job_file
-
-    try:
-        with tempfile.TemporaryDirectory(prefix="tomato-mqtt-warmup-") as d:
-            write_job_file(Path(d) / "warmup.nc", [RoleInput("r", "{}", [])], {"x": "y"})
-    except Exception as e:  # a warm-up must never take the recorder down
-        log.debug("writer warm-up failed: %s", e)
 
 
 class RecorderService(Service):
@@ -121,10 +84,14 @@ class RecorderService(Service):
         self._stored = asyncio.Condition()
         self.store: BatchStore | None = None
         self.requester: Requester | None = None
-        self.streams: dict[tuple[str, int], _Stream] = {}
+        self.streams: dict[tuple[str, str], _Stream] = {}  # (component, stream)
         self.jobs_seen: set[int] = set()
-        self.files: dict[str, _Written] = {}
-        self._write_lock = asyncio.Lock()
+        self.files = Files(self)
+        self.storage_error: str | None = None
+        self._storage_told: set[int] = set()  # jobs told of the current storage fault
+        self._storage_logged = 0.0
+        self.conflicts: dict[int, int] = {}  # job -> conflicting batches seen
+        self.merged: dict[int, int] = {}  # job -> late merges into its final file
 
     @property
     def client_id(self) -> str:
@@ -159,7 +126,7 @@ class RecorderService(Service):
         await self.client.subscribe(self.topics.recorder_cmds())
         await self.client.subscribe(self.topics.all_node_status())
         await self.publish_presence("online")
-        self.spawn(asyncio.to_thread(_warm_up_writer))
+        self.spawn(asyncio.to_thread(warm_up_writer))
 
     def loops(self) -> list[Coroutine[Any, Any, Any]]:
         return [self._ack_loop()]
@@ -172,22 +139,35 @@ class RecorderService(Service):
     def _status(self, state: str) -> RecorderStatus:
         jobs: dict[str, JobProgress] = {}
         if self.store is not None:
-            for job in sorted(self.jobs_seen)[-50:]:
-                jobs[str(job)] = JobProgress(points=self.store.job_points(job), gaps=self._gaps())
+            gaps = self._gaps()
+            # the newest jobs, and every job whose file got late data (the scheduler
+            # updates the job from this)
+            for job in sorted(set(sorted(self.jobs_seen)[-50:]) | set(self.merged)):
+                try:
+                    points = self.store.job_points(job)
+                except sqlite3.Error:
+                    points = {}
+                jobs[str(job)] = JobProgress(
+                    points=points,
+                    gaps=gaps,
+                    conflicts=self.conflicts.get(job, 0),
+                    merged=self.merged.get(job, 0),
+                )
         return RecorderStatus(
             state=state,
             heartbeat=time.time(),
             version=__version__,
             jobs=jobs,
+            storage_error=self.storage_error,
         )
 
     def _gaps(self) -> int:
         if self.store is None:
             return 0
         n = 0
-        for component, epoch in self.streams:
-            top = self.store.max_seq(component, epoch)
-            n += len(self.store.missing(component, epoch, top))
+        for component, stream in self.streams:
+            top = self.store.max_seq(component, stream)
+            n += len(self.store.missing(component, stream, top))
         return n
 
     # -- data ------------------------------------------------------------------------------
@@ -200,37 +180,112 @@ class RecorderService(Service):
         except DecodeError as e:
             log.warning("%s", e)
             return
-        new = self.store.add(b.component, b.epoch, b.seq, b.job, b.task, len(b.uts), msg.payload)
+        stream = b.stream_id()
+        try:
+            res = self.store.add(
+                b.component,
+                stream,
+                b.seq,
+                epoch=b.epoch,
+                job=b.job,
+                task=b.task,
+                npoints=len(b.uts),
+                raw=msg.payload,
+            )
+        except (sqlite3.Error, OSError) as e:
+            self._storage_failed(e, b.job)
+            return
+        self._storage_ok()
         if b.job is not None:
             self.jobs_seen.add(b.job)
-        key = (b.component, b.epoch)
-        self.streams.setdefault(key, _Stream())
-        if new and b.seq > 0 and self.store.high_water(b.component, b.epoch) < b.seq - 1:
-            self._request_missing(b.component, b.epoch, b.seq)
+        self.streams.setdefault((b.component, stream), _Stream())
+        if res == "conflict":
+            self._conflict(b, stream)
+        elif res == "new":
+            if b.seq > 0 and self.store.high_water(b.component, stream) < b.seq - 1:
+                self.request_missing(b.component, stream, b.seq)
+            if b.job is not None:
+                self.files.late_batch(b.job)
         self.spawn(self._notify())
+
+    def _conflict(self, b: DataBatch, stream: str) -> None:
+        log.error(
+            "conflicting duplicate: %s stream %s seq %d (job %s task %s) differs from the "
+            "batch stored under that identity; kept the stored one",
+            b.component,
+            stream,
+            b.seq,
+            b.job,
+            b.task,
+        )
+        if b.job is not None:
+            self.conflicts[b.job] = self.conflicts.get(b.job, 0) + 1
+            self.job_event(
+                b.job,
+                "warning",
+                {
+                    "message": f"conflicting duplicate batch {b.component} stream {stream} "
+                    f"seq {b.seq}: same identity, other content (not stored)"
+                },
+            )
+
+    def _storage_failed(self, e: BaseException, job: int | None) -> None:
+        first = self.storage_error is None
+        self.storage_error = (
+            f"the recorder cannot store data in {self.db_path}: {e} "
+            "(the nodes keep it in their spools until it can)"
+        )
+        now = time.monotonic()
+        if first or now - self._storage_logged > 30:
+            self._storage_logged = now
+            log.error("%s", self.storage_error)
+        if first:
+            self.spawn(self.publish_presence("online"))
+        if job is not None and job not in self._storage_told:
+            self._storage_told.add(job)
+            self.job_event(job, "storage_fault", {"error": self.storage_error})
+
+    def _storage_ok(self) -> None:
+        if self.storage_error is None:
+            return
+        log.info("storing data again (was: %s)", self.storage_error)
+        self.storage_error = None
+        for job in self._storage_told:
+            self.job_event(job, "storage_resumed", {})
+        self._storage_told.clear()
+        self.spawn(self.publish_presence("online"))
+
+    def job_event(self, job: int, event: str, detail: dict[str, Any]) -> None:
+        if self.client is None:
+            return
+        ev = JobEvent(job=job, event=event, time=time.time(), detail=detail)
+        self.spawn(self.client.publish(self.topics.job_event(job), encode(ev), wait=False))
+
+    async def wait_stored(self, timeout: float) -> None:
+        async with self._stored:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._stored.wait(), max(0.0, timeout))
 
     async def _notify(self) -> None:
         async with self._stored:
             self._stored.notify_all()
 
-    def _request_missing(self, component: str, epoch: int, upto: int, force: bool = False) -> None:
+    def request_missing(self, component: str, stream: str, upto: int, force: bool = False) -> None:
         if self.store is None:
             return
-        st = self.streams.setdefault((component, epoch), _Stream())
+        st = self.streams.setdefault((component, stream), _Stream())
         now = time.monotonic()
         if not force and now - st.last_replay_request < 1.0:
             return
-        gaps = self.store.missing(component, epoch, upto)
+        gaps = self.store.missing(component, stream, upto)
         if not gaps:
             return
         st.last_replay_request = now
+        epoch = epoch_of(stream)
         for first, last in gaps[:20]:
-            log.info("asking for replay of %s epoch %d seq %d..%d", component, epoch, first, last)
-            self.spawn(
-                self._node_request(
-                    component, "replay", ReplayArgs(epoch=epoch, first=first, last=last)
-                )
-            )
+            log.info("asking for replay of %s stream %s seq %d..%d", component, stream, first, last)
+            args = ReplayArgs(epoch=epoch, first=first, last=last, stream=stream)
+            self.spawn(self._node_request(component, "replay", args))
 
     async def _node_request(self, component: str, op: str, args: BaseModel) -> None:
         if self.requester is None:
@@ -258,13 +313,14 @@ class RecorderService(Service):
                 return
                 # the node says how far each stream got: anything beyond what we hold is a gap
             for component, seq in st.streams.items():
+                stream = stream_id(st.stream_ids.get(component, ""), st.epoch)
                 if (
                     seq >= 0
                     and self.store is not None
-                    and (self.store.high_water(component, st.epoch) < seq)
+                    and (self.store.high_water(component, stream) < seq)
                 ):
-                    self.streams.setdefault((component, st.epoch), _Stream())
-                    self._request_missing(component, st.epoch, seq)
+                    self.streams.setdefault((component, stream), _Stream())
+                    self.request_missing(component, stream, seq)
 
     async def _ack_loop(self) -> None:
         # acknowledge stored batches to the nodes about once a second, per stream
@@ -272,42 +328,15 @@ class RecorderService(Service):
             await asyncio.sleep(1.0)
             if self.store is None:
                 continue
-            for (component, epoch), st in list(self.streams.items()):
-                hw = self.store.high_water(component, epoch)
+            for (component, stream), st in list(self.streams.items()):
+                hw = self.store.high_water(component, stream)
                 if hw > st.acked:
                     st.acked = hw
-                    self.spawn(self._node_request(component, "ack", AckArgs(epoch=epoch, upto=hw)))
+                    args = AckArgs(epoch=epoch_of(stream), upto=hw, stream=stream)
+                    self.spawn(self._node_request(component, "ack", args))
 
     # -- files -----------------------------------------------------------------------------
-    async def _wait_complete(self, expect: list[_Expect], wait: float) -> list[str]:
-        """Wait until every expected batch is stored, asking for replays; what is missing."""
-        if self.store is None:
-            return []
-        store = self.store
-
-        def missing() -> list[str]:
-            out = []
-            for e in expect:
-                hw = store.high_water(e.component, e.epoch)
-                if hw < e.last_seq:
-                    out.append(f"{e.component} epoch {e.epoch} seq {hw + 1}..{e.last_seq}")
-            return out
-
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + wait
-        while True:
-            miss = missing()
-            if not miss or loop.time() >= deadline:
-                return miss
-            for e in expect:
-                self._request_missing(e.component, e.epoch, e.last_seq)
-            async with self._stored:
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(self._stored.wait(), min(1.0, deadline - loop.time()))
-
     async def op_finalize(self, args: Mapping[str, JsonValue]) -> Result:
-        from tomato_mqtt.services.recorder.netcdf import RoleInput, write_job_file
-
         a = FinalizeArgs.model_validate(args)
         store = self.store
         if store is None:
@@ -315,31 +344,15 @@ class RecorderService(Service):
         jobid = int(a.job["id"])  # type: ignore[arg-type]
         self.jobs_seen.add(jobid)
         t0 = time.monotonic()
-        missing = [] if a.snapshot else await self._wait_complete(a.expect, a.wait)
+        if not a.snapshot:
+            await self.files.wait_complete(jobid, a.expect, a.wait)
+            # from here on, a batch of this job is late: it is merged into the file
+            self.files.remember_final(a)
         t_wait = time.monotonic() - t0
-        comp_to_role = {str(m.get("name")): role for role, m in a.roles.items()}
-        per_role: dict[str, list[bytes]] = {role: [] for role in a.roles}
-        for component, _epoch, _seq, _task, raw in store.job_batches(jobid):
-            role = comp_to_role.get(component)
-            if role is not None:
-                per_role[role].append(raw)
-        roles = [
-            RoleInput(role=role, component_json=json.dumps(a.roles[role]), batches=raws)
-            for role, raws in per_role.items()
-        ]
-        root = {"tomato_version": __version__, "tomato_Job": json.dumps(a.job)}
-        path = Path(a.path)
-        note = ""
-        async with self._write_lock:
-            try:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                written = await asyncio.to_thread(write_job_file, path, roles, root)
-            except OSError as e:
-                fallback = Path(a.fallback_dir) / path.name
-                fallback.parent.mkdir(parents=True, exist_ok=True)
-                written = await asyncio.to_thread(write_job_file, fallback, roles, root)
-                note = f" ({path} was not writable: {e}; written to the job folder instead)"
-        size = written.stat().st_size
+        written, note = await self.files.write(a, Path(a.path))
+        if not a.snapshot:
+            self.files.written(jobid, written)
+        token, size = self.files.token(written)
         log.info(
             "job %d: %s written to %s (%d bytes; waited %.3f s for data, wrote in %.3f s)",
             jobid,
@@ -349,15 +362,13 @@ class RecorderService(Service):
             t_wait,
             time.monotonic() - t0 - t_wait,
         )
-        token = uuid.uuid4().hex
-        self.files[token] = _Written(written, size)
-        while len(self.files) > 100:
-            self.files.pop(next(iter(self.files)))
         stored = store.job_points(jobid)
         points = {role: stored.get(str(a.roles[role].get("name")), 0) for role in a.roles}
+        missing, extra = count_problems(a.expect, store.task_points(jobid))
+        conflicts = store.conflicts(jobid)
         kind = "snapshot" if a.snapshot else "file"
-        msg = f"{kind} of job {jobid} written to {written}{note}"
-        if missing:
+        msg = f"{kind} of job {jobid} written to {written}" + (f" ({note})" if note else "")
+        if missing and not a.snapshot:
             msg += f"; still missing after {a.wait:g} s: {', '.join(missing)}"
         await self.publish_presence("online")
         return Result(
@@ -369,13 +380,16 @@ class RecorderService(Service):
                 "chunks": max(1, -(-size // CHUNK)),
                 "points": points,  # type: ignore[dict-item]
                 "missing": missing,  # type: ignore[dict-item]
-                "fallback": bool(note),
+                "extra": extra,  # type: ignore[dict-item]
+                "conflicts": conflicts,  # type: ignore[dict-item]
+                "fallback": note or None,
+                "storage_error": self.storage_error,
             },
         )
 
     async def op_fetch(self, args: Mapping[str, JsonValue]) -> Result:
         a = FetchArgs.model_validate(args)
-        w = self.files.get(a.token)
+        w = self.files.tokens.get(a.token)
         if w is None:
             raise CommandError("unknown or expired file token: ask for the snapshot again")
         with w.path.open("rb") as f:

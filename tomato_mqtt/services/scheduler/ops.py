@@ -22,7 +22,7 @@ from tomato_mqtt.driver.validate import TaskValidationError, validate_task
 from tomato_mqtt.errors import ConfigError
 from tomato_mqtt.model.jobs import Job
 from tomato_mqtt.model.matching import ComponentView, MatchResult, match, next_launches
-from tomato_mqtt.services.scheduler.runner import JobRunner
+from tomato_mqtt.services.scheduler.lifecycle import JobLifecycle
 from tomato_mqtt.services.scheduler.status import status_section
 from tomato_mqtt.transport.rpc import CommandError, Handler, Result
 from tomato_mqtt.wire.commands import (
@@ -51,6 +51,7 @@ def _now() -> str:
 class SchedulerOps:
     def __init__(self, svc: SchedulerService) -> None:
         self.svc = svc
+        self.jobs = JobLifecycle(svc)
 
     @property
     def store(self) -> Any:
@@ -350,100 +351,10 @@ class SchedulerOps:
         self.start_runner(job)
 
     def start_runner(self, job: Job, readopt: bool = False) -> None:
-        roles = dict(job.progress.get("roles") or {})
-        if not roles and job.pipeline in self.svc.layout.pipelines:
-            roles = dict(self.svc.layout.pipelines[job.pipeline].roles)
-        runner = JobRunner(job=job, roles=roles, host=self.svc, on_done=self._job_done)
-        self.svc.runners[job.id] = runner
-        if job.status == "rd":
-            runner.cancelled = True
-        self.svc.spawn(runner.run())
-        snap = (job.payload.get("settings") or {}).get("snapshot")
-        if snap:
-            self.svc.spawn(self._periodic_snapshots(runner, snap))
-
-    async def _periodic_snapshots(self, runner: JobRunner, snap: Mapping[str, Any]) -> None:
-        import asyncio
-
-        interval = float(snap.get("interval") or 3600.0)
-        job = runner.job
-        base = Path(snap.get("path") or job.submit_dir or self.svc.settings.jobs_dir / str(job.id))
-        prefix = snap.get("prefix") or f"snapshot.{job.id}"
-        while job.id in self.svc.runners:
-            await asyncio.sleep(interval)
-            if job.id not in self.svc.runners:
-                return
-            ok, msg, _ = await self.svc.recorder_request(
-                "finalize",
-                self.recorder_args(self.store.job(job.id), base / f"{prefix}.nc", snapshot=True),
-            )
-            if ok:
-                self.svc.job_event(job.id, "snapshot_written", detail={"path": str(base)})
-            else:
-                log.warning("job %d: periodic snapshot failed: %s", job.id, msg)
+        self.jobs.start_runner(job, readopt)
 
     def recorder_args(self, job: Job, path: Path, snapshot: bool) -> dict[str, JsonValue]:
-        roles = dict(job.progress.get("roles") or {})
-        metas: dict[str, JsonValue] = {}
-        for role, comp in roles.items():
-            meta = self.svc.metas.get(comp)
-            metas[role] = meta.model_dump(mode="json", by_alias=True) if meta else {"name": comp}
-        runner = self.svc.runners.get(job.id)
-        expect: list[JsonValue] = list(runner.expectations()) if runner else []
-        return {
-            "job": job.model_dump(mode="json"),
-            "roles": metas,
-            "expect": expect,
-            "path": str(path),
-            "fallback_dir": str(self.svc.settings.jobs_dir / str(job.id)),
-            "snapshot": snapshot,
-        }
-
-    async def _job_done(self, runner: JobRunner, status: str, reason: str | None) -> None:
-        svc = self.svc
-        job = self.store.job(runner.job.id)
-        path = Path(job.respath or svc.settings.jobs_dir / str(job.id) / f"results.{job.id}.nc")
-        ok, msg, data = False, "", None
-        ended = _now()
-        log.info("job %d: tasks over (%s); asking the recorder for the file", job.id, status)
-        # the file carries the job as it ends (status, times, reason), not as it ran
-        final = job.model_copy(update={"status": status, "completed_at": ended, "reason": reason})
-        for _attempt in range(3):  # the supervisor restarts a crashed recorder
-            ok, msg, data = await svc.recorder_request(
-                "finalize", self.recorder_args(final, path, snapshot=False), timeout=60
-            )
-            if ok:
-                break
-        if ok and isinstance(data, dict) and data.get("path"):
-            respath = str(data["path"])
-            svc.job_event(job.id, "file_written", detail={"path": respath})
-            missing = data.get("missing")
-            if missing and isinstance(missing, list) and status == "c":
-                # never a silent 'c' for an incomplete file: say what is still out there
-                status = "ce"
-                gaps = ", ".join(map(str, missing))
-                reason = f"the file lacks data the recorder never received: {gaps}"
-        else:
-            respath = job.respath
-            if status == "c":
-                status = "ce"
-            reason = reason or f"the recorder could not write the output file: {msg}"
-        svc.runners.pop(job.id, None)
-        job = self.store.update_job(
-            job.id, status=status, completed_at=ended, reason=reason, respath=respath
-        )
-        pip = job.pipeline
-        if pip:
-            unlock = bool((job.payload.get("settings") or {}).get("unlock_when_done"))
-            ready = self.store.pipeline(pip).ready and status == "c" and unlock
-            self.store.update_pipeline(pip, jobid=None, ready=ready)
-            await svc.publish_pipeline(pip)
-        await svc.publish_job(job)
-        log.info(
-            "job %d ended %s%s; file %s", job.id, status, f" ({reason})" if reason else "", respath
-        )
-        svc.job_event(job.id, "completed", status=status, detail={"reason": reason})
-        svc.kick()
+        return self.jobs.recorder_args(job, path, snapshot)
 
 
 def _jsonable_diff(diff: Any) -> JsonValue:

@@ -24,6 +24,7 @@ from tomato_mqtt.config.settings import Settings, settings_url
 from tomato_mqtt.model.jobs import Job
 from tomato_mqtt.services.base import Service
 from tomato_mqtt.services.scheduler.ops import SchedulerOps
+from tomato_mqtt.services.scheduler.presence import Presence
 from tomato_mqtt.services.scheduler.runner import JobRunner
 from tomato_mqtt.services.scheduler.store import StateStore
 from tomato_mqtt.transport.client import BrokerURL, Message
@@ -39,11 +40,12 @@ from tomato_mqtt.wire.messages import (
     NodeStatus,
     PipelineStatus,
     PresenceState,
+    RecorderStatus,
     SchedulerStatus,
     decode,
     encode,
 )
-from tomato_mqtt.wire.topics import Topics
+from tomato_mqtt.wire.topics import Topics, slug
 
 __all__ = ["SchedulerService"]
 
@@ -73,6 +75,7 @@ class SchedulerService(Service):
         self.started_at = time.time()
         self.exit_requested = False  # `tomato stop`: the supervisor then stops the stack
         self._configured: dict[str, tuple[int, str]] = {}
+        self.presence_view = Presence(self)
 
     @property
     def client_id(self) -> str:
@@ -105,6 +108,7 @@ class SchedulerService(Service):
             self.topics.all_node_status(),
             self.topics.all_component_meta(),
             self.topics.all_component_status(),
+            self.topics.recorder_status(),
         ):
             await self.client.subscribe(f)
         await self._announce()
@@ -190,17 +194,7 @@ class SchedulerService(Service):
         self.spawn(self.publish(self.topics.job_event(job), ev, retain=False))
 
     def _check_stale_nodes(self) -> None:
-        # amqtt does not enforce keep-alive: a hung node is found by its heartbeat age
-        now = time.time()
-        changed = False
-        for name, st in list(self.nodes.items()):
-            if st.state == "online" and now - st.heartbeat > self.settings.scheduler.lost_after:
-                self.nodes[name] = st.model_copy(update={"state": "lost"})
-                log.warning(
-                    "node %s: no heartbeat for %.0f s, counted as lost", name, now - st.heartbeat
-                )
-                changed = True
-        if changed:
+        if self.presence_view.check_stale():
             self.spawn(self._notify())
 
     async def _notify(self) -> None:
@@ -216,9 +210,16 @@ class SchedulerService(Service):
             if parsed.kind == "scheduler_cmd" and parsed.op is not None:
                 self.spawn(self.responder.handle(msg, parsed.op))
             elif not msg.payload:
+                if parsed.kind == "component_status" and parsed.name is not None:
+                    await self._component_gone(parsed.name)
                 return  # a cleared retained topic
             elif parsed.kind == "node_status":
-                await self._on_node_status(decode(NodeStatus, msg.payload, msg.topic))
+                nst = decode(NodeStatus, msg.payload, msg.topic)
+                self.presence_view.received(nst, retained=msg.retain)
+                await self._on_node_status(nst)
+            elif parsed.kind == "recorder_status":
+                rst = decode(RecorderStatus, msg.payload, msg.topic)
+                await self.presence_view.recorder(rst)
             elif parsed.kind == "component_meta":
                 meta = decode(ComponentMeta, msg.payload, msg.topic)
                 self.metas[meta.name] = meta
@@ -226,10 +227,20 @@ class SchedulerService(Service):
             elif parsed.kind == "component_status":
                 st = decode(ComponentStatus, msg.payload, msg.topic)
                 self.cstatus[st.name] = st
+                if st.last_task is not None:
+                    self.presence_view.late_task_end(st)
                 async with self.cond:
                     self.cond.notify_all()
         except DecodeError as e:
             log.warning("%s", e)
+
+    async def _component_gone(self, slugged: str) -> None:
+        """A node cleared a component's status: it no longer hosts it (a runner waiting
+        for a task on it must not wait for ever)."""
+        for name in [n for n in self.cstatus if slug(n) == slugged]:
+            del self.cstatus[name]
+        async with self.cond:
+            self.cond.notify_all()
 
     async def _on_node_status(self, st: NodeStatus) -> None:
         self.nodes[st.node] = st
