@@ -149,6 +149,22 @@ class Requester:
         return command.parse_data(reply.data)
 
 
+class _ContractBroken(Exception):
+    """A handler's reply data does not match its command's declared type (a bug)."""
+
+
+def _check_data(cmd: Command, data: JsonValue) -> None:
+    """Both sides validate: the reply data must match the command's declared type."""
+    try:
+        cmd.parse_data(data)
+    except ValidationError as e:
+        first = e.errors(include_url=False)[0]
+        where = ".".join(str(x) for x in first["loc"]) or "data"
+        raise _ContractBroken(
+            f"reply data of {cmd.responder}/{cmd.op} breaks its contract at {where}: {first['msg']}"
+        ) from None
+
+
 _REPLY_TO = re.compile(rb'"reply_to"\s*:\s*"([^"\\]+)"')
 _ID = re.compile(rb'"id"\s*:\s*"([^"\\]+)"')
 
@@ -221,7 +237,12 @@ class Responder:
             if cmd is not None:
                 cmd.parse_args(req.args)
             res = await handler(req.args)
+            if cmd is not None:
+                _check_data(cmd, res.data)
             return Reply(id=req.id, success=True, msg=res.msg, data=res.data)
+        except _ContractBroken as e:
+            log.error("%s: %s", self.name, e)
+            return fail(f"internal error in {self.name}: {e}", "internal")
         except CommandError as e:
             return fail(str(e), e.code, e.data)
         except ValidationError as e:

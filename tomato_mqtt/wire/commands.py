@@ -129,6 +129,17 @@ class ComponentInfo(_Data):
     error: str | None = None
 
 
+class NodeInfo(NodeStatus):
+    """A node as the scheduler sees it: its status plus what the receiver measured."""
+
+    heartbeat_age: float | None = Field(None, description="s since the last heartbeat arrived")
+    clock_offset: float | None = Field(
+        None, description="s the node's clock is ahead of the scheduler's (estimate)"
+    )
+    clock_skewed: bool = False
+    clock_warning: str | None = None
+
+
 class DriverNodes(_Data):
     name: str
     nodes: dict[str, dict[str, JsonValue]]
@@ -140,7 +151,7 @@ StatusData = (
     | list[PipelineInfo]
     | list[DeviceInfo]
     | list[ComponentInfo]
-    | list[NodeStatus]
+    | list[NodeInfo]
     | list[DriverNodes]
 )
 
@@ -158,10 +169,15 @@ class ReloadData(_Data):
 
 # -- recorder ----------------------------------------------------------------------------
 class Expect(BaseModel):
+    """One ended task: its component, and how many points its runner took."""
+
     model_config = ConfigDict(extra="ignore")
     component: str
-    epoch: int
-    last_seq: int
+    task: int | None = None
+    npoints: int | None = None
+    epoch: int = 0
+    stream: str = ""
+    last_seq: int = -1
 
 
 class FinalizeArgs(_Args):
@@ -172,6 +188,9 @@ class FinalizeArgs(_Args):
     fallback_dir: str
     snapshot: bool = False
     wait: float = 30.0
+    clock_offsets: dict[str, float] = Field(
+        default_factory=dict, description="role -> node clock minus scheduler clock, s"
+    )
 
 
 class FileData(_Data):
@@ -182,8 +201,13 @@ class FileData(_Data):
     token: str
     chunks: int
     points: dict[str, int]
-    missing: list[str] = Field(default_factory=list)
-    fallback: bool = False
+    missing: list[str] = Field(default_factory=list, description="tasks short of points")
+    extra: list[str] = Field(default_factory=list, description="tasks with points too many")
+    conflicts: list[str] = Field(
+        default_factory=list, description="batches whose identity repeated with other data"
+    )
+    fallback: str | None = Field(None, description="why the file went to the job folder")
+    storage_error: str | None = Field(None, description="the recorder cannot store now: why")
 
 
 class FetchArgs(_Args):

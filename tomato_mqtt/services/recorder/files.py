@@ -26,9 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ConfigDict, JsonValue
-
 from tomato_mqtt import __version__
+from tomato_mqtt.wire.commands import Expect, FetchArgs, FinalizeArgs
 from tomato_mqtt.wire.messages import stream_id
 
 if TYPE_CHECKING:
@@ -40,36 +39,6 @@ log = logging.getLogger(__name__)
 
 CHUNK = 256 * 1024
 MERGE_DELAY = 0.5  # s: late batches of a replay arrive in a burst: one rewrite for all
-
-
-class Expect(BaseModel):
-    """One ended task: its component, and how many points its runner took."""
-
-    model_config = ConfigDict(extra="ignore")
-    component: str
-    task: int | None = None
-    npoints: int | None = None
-    epoch: int = 0
-    stream: str = ""
-    last_seq: int = -1
-
-
-class FinalizeArgs(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    job: dict[str, JsonValue]
-    roles: dict[str, dict[str, JsonValue]]
-    expect: list[Expect] = []
-    path: str
-    fallback_dir: str
-    snapshot: bool = False
-    wait: float = 30.0
-    clock_offsets: dict[str, float] = {}  # role -> node clock minus scheduler clock, s
-
-
-class FetchArgs(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    token: str
-    index: int
 
 
 @dataclass

@@ -80,9 +80,7 @@ def status_section(svc: SchedulerService, store: StateStore, what: str) -> Resul
                 )
             return Result(f"{len(out)} component(s)", out)
         case "nodes":
-            nodes: list[JsonValue] = [
-                n.model_dump(mode="json", by_alias=True) for n in svc.nodes.values()
-            ]
+            nodes: list[JsonValue] = [svc.presence_view.node_view(n) for n in svc.nodes]
             return Result(f"{len(nodes)} node(s)", nodes)
         case "drivers":
             drivers: dict[str, Any] = {}
