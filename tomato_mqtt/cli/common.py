@@ -59,7 +59,7 @@ BrokerOpt = Annotated[
     ),
 ]
 InstanceOpt = Annotated[
-    str | None, typer.Option("--instance", help="instance name (topic root tomato/v1/<instance>)")
+    str | None, typer.Option("--instance", help="instance name (topic root tomato/v2/<instance>)")
 ]
 AppDirOpt = Annotated[Path | None, typer.Option("-A", "--appdir", help="settings directory")]
 DataDirOpt = Annotated[Path | None, typer.Option("-D", "--datadir", help="data directory")]
@@ -81,7 +81,11 @@ class CallContext:
 
     @property
     def topics(self) -> Topics:
-        return Topics(self.instance)
+        # the login is the {user} segment of requests and replies (issue 10)
+        try:
+            return Topics(self.instance, self.url.username)
+        except ValueError as e:
+            fail(str(e))
 
     @property
     def settings(self) -> Settings:

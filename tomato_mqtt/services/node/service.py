@@ -93,7 +93,7 @@ class NodeService:
     def __init__(self, config: NodeConfig) -> None:
         self.config = config
         self.name = config.name
-        self.topics = Topics(config.instance)
+        self.topics = Topics(config.instance, config.url.username)
         self._stop = asyncio.Event()
         self._flush_now = asyncio.Event()
         self.components: dict[str, HostedComponent] = {}

@@ -116,7 +116,7 @@ class RecorderService:
         self, url: BrokerURL, instance: str, db_path: Path, *, heartbeat: float = 2.0
     ) -> None:
         self.url = url
-        self.topics = Topics(instance)
+        self.topics = Topics(instance, url.username)
         self.db_path = db_path
         self.heartbeat = heartbeat
         self._stop = asyncio.Event()

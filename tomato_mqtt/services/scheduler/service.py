@@ -55,7 +55,7 @@ class SchedulerService:
     def __init__(self, settings: Settings, url: BrokerURL | None = None) -> None:
         self.settings = settings
         self.url = url or settings_url(settings)
-        self.topics = Topics(settings.mqtt.instance)
+        self.topics = Topics(settings.mqtt.instance, self.url.username)
         self.node_grace_period = settings.scheduler.node_grace_period
         self._stop = asyncio.Event()
         self._kick = asyncio.Event()
