@@ -5,9 +5,11 @@ the channels of DESIGN §4. v2 (issue 10) puts the requester's authenticated ide
 the topics of requests and replies (``scheduler/cmd/<op>/<user>``,
 ``recorder/cmd/<op>/<user>``, ``reply/<user>/<client-id>``), so a broker ACL can pin it
 to the login (Mosquitto's ``%u``) and a service knows who asked without trusting the
-payload. ACL patterns are built here too (:meth:`Topics.pattern`). Names that are not topic-safe (tomato's component names such
-as ``example_counter:(example-addr,1)``, ``COM3``, ``/dev/ttyUSB0``) are mapped to a slug
-by :func:`slug`; the full name always travels in the payload too.
+payload. ACL patterns are built here too (:meth:`Topics.pattern`).
+
+Names that are not topic-safe (tomato's component names such as
+``example_counter:(example-addr,1)``, ``COM3``, ``/dev/ttyUSB0``) are mapped to a slug by
+:func:`slug`; the full name always travels in the payload too.
 """
 
 from __future__ import annotations
