@@ -17,6 +17,7 @@ from typing import Annotated, Any
 import typer
 
 from tomato_mqtt.cli import common
+from tomato_mqtt.cli import user as _user
 from tomato_mqtt.cli.common import (
     AppDirOpt,
     BrokerOpt,
@@ -92,6 +93,7 @@ def start(
         load_devices(s.devices_file, s.node.name)
     except ConfigError as e:
         fail(str(e))
+    _user.ensure_services(s)  # a secured stack: the services' own logins
     ctx = common.context(port=s.mqtt.port, appdir=s.appdir, datadir=s.datadir, logdir=s.logdir)
     pidfile = pidfile_path(s.datadir, s.mqtt.port)
     info = read_pidfile(pidfile)
@@ -276,24 +278,17 @@ def broker(
 ) -> None:
     """Run the embedded MQTT broker in the foreground."""
     try:
-        from tomato_mqtt_broker import BrokerConfig, run_broker
+        from tomato_mqtt_broker import run_broker
     except ImportError:
         fail("the embedded broker is not installed here: pip install tomato-mqtt-broker")
     from tomato_mqtt.services.base import setup_logging
 
     s = _settings(appdir, datadir, logdir, port)
     setup_logging("broker", s.logdir)
-    b = s.broker
-    ws = b.ws_port if b.ws_port is not None else s.mqtt.port + 1
-    run_broker(
-        BrokerConfig(
-            host=b.host,
-            port=s.mqtt.port,
-            ws_port=ws or None,
-            password_file=b.password_file,
-            allow_anonymous=b.allow_anonymous,
-        )
-    )
+    try:
+        run_broker(_user.broker_config(s))
+    except ValueError as e:  # BrokerConfigError: an insecure or impossible set-up
+        fail(f"the broker refuses to start: {e}")
 
 
 @app.command()
@@ -309,12 +304,12 @@ def scheduler(
 
     from tomato_mqtt.errors import ConfigError
     from tomato_mqtt.services.base import install_signal_handlers, setup_logging
-    from tomato_mqtt.services.scheduler.service import SchedulerService
+    from tomato_mqtt.services.scheduler.service import SchedulerService, settings_url
     from tomato_mqtt.services.supervisor import EXIT_STOP_REQUESTED
 
     s = _settings(appdir, datadir, logdir, port)
     setup_logging("scheduler", s.logdir, verbose)
-    svc = SchedulerService(s)
+    svc = SchedulerService(s, url=_user.service_url(s, "scheduler", settings_url(s)))
 
     async def main() -> None:
         install_signal_handlers(svc._stop)
@@ -346,7 +341,10 @@ def recorder(
     s = _settings(appdir, datadir, logdir, port)
     setup_logging("recorder", s.logdir, verbose)
     svc = RecorderService(
-        settings_url(s), s.mqtt.instance, s.recorder_db, heartbeat=s.scheduler.heartbeat
+        _user.service_url(s, "recorder", settings_url(s)),
+        s.mqtt.instance,
+        s.recorder_db,
+        heartbeat=s.scheduler.heartbeat,
     )
 
     async def main() -> None:
@@ -380,10 +378,12 @@ def node(
     s = ctx.settings
     node_name = name or s.node.name
     setup_logging(f"node-{node_name}", s.logdir if logdir or appdir else None, verbose)
+    # the local node of a secured stack logs in as its own service user
+    url = ctx.url if broker else _user.service_url(s, f"node:{node_name}", ctx.url)
     svc = NodeService(
         NodeConfig(
             node_name,
-            ctx.url,
+            url,
             ctx.instance,
             spool_dir or s.spool_dir,
             heartbeat=s.scheduler.heartbeat,
@@ -416,6 +416,7 @@ def supervise(
 
     s = _settings(appdir, datadir, logdir, port)
     setup_logging("supervisor", s.logdir)
+    _user.ensure_services(s)
     sup = Supervisor(
         _common_args(s),
         logdir=s.logdir,
@@ -434,6 +435,8 @@ def _mount() -> None:
     from tomato_mqtt.cli import status as _status
 
     app.add_typer(_pipeline.app, name="pipeline", help="Load, eject and mark pipelines ready.")
+    app.add_typer(_user.app, name="user", help="Users, passwords and roles of the broker.")
+    app.command("broker-config")(_user.broker_config_cmd)
     app.command("status")(_status.status)
     app.command("reload")(_status.reload)
 
