@@ -23,7 +23,7 @@ __all__ = [
 ]
 
 #: scheduler operations a reader may send (queries, no effect)
-READ_OPS = ("status", "job_status", "job_search")
+READ_OPS = ("status", "job_status", "job_search", "whoami")
 #: ... an operator may send (own jobs: the scheduler checks ownership)
 OPERATOR_OPS = (
     *READ_OPS,

@@ -23,6 +23,7 @@ the file never sees half of it.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import hmac
 import os
@@ -35,6 +36,7 @@ from tomato_mqtt.errors import ConfigError
 
 __all__ = [
     "SERVICE_CREDENTIALS",
+    "RoleBook",
     "User",
     "UsersFile",
     "ensure_service_users",
@@ -279,3 +281,35 @@ def service_login(creds_path: Path, key: str) -> tuple[str, str] | None:
         return str(entry["username"]), str(entry["password"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
+
+
+class RoleBook:
+    """The role of a login, for a service that must know who asked (re-read on change).
+
+    Without a users file the stack is open (loopback only, no ACL): every identity is an
+    admin there, as every client could do everything anyway.
+    """
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        self._stamp: tuple[int, int] | None = None
+        self._users = UsersFile(path or Path("-"))
+
+    @property
+    def open(self) -> bool:
+        return self.path is None
+
+    def role_of(self, user: str | None) -> str | None:
+        if self.path is None:
+            return "admin"
+        try:
+            st = os.stat(self.path)
+            stamp = (st.st_mtime_ns, st.st_size)
+        except OSError:
+            stamp = None
+        if stamp != self._stamp:
+            # a bad file: keep the last good version (the broker logs the problem too)
+            with contextlib.suppress(ConfigError):
+                self._users = load_users(self.path)
+            self._stamp = stamp
+        return self._users.role_of(user)

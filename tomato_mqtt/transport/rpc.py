@@ -42,7 +42,11 @@ log = logging.getLogger(__name__)
 
 
 class NoResponder(MqttTimeout):
-    """Nobody answered a request in time."""
+    """Nobody answered a request in time (``topic``: where it was sent)."""
+
+    def __init__(self, msg: str, topic: str = "") -> None:
+        super().__init__(msg)
+        self.topic = topic
 
 
 class CommandError(Exception):
@@ -123,7 +127,7 @@ class Requester:
             return await asyncio.wait_for(fut, timeout)
         except asyncio.TimeoutError:
             raise NoResponder(
-                f"no {who} answered on {topic} within {timeout:g} s — is it running?"
+                f"no {who} answered on {topic} within {timeout:g} s — is it running?", topic
             ) from None
         finally:
             self._waiting.pop(req.id, None)

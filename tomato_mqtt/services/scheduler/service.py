@@ -237,18 +237,34 @@ class SchedulerService:
                 elif not msg.payload:
                     continue  # a cleared retained topic
                 elif parsed.kind == "node_status":
-                    await self._on_node_status(decode(NodeStatus, msg.payload, msg.topic))
+                    nst = decode(NodeStatus, msg.payload, msg.topic)
+                    if self._topic_agrees(parsed.name, nst.node, msg.topic):
+                        await self._on_node_status(nst)
                 elif parsed.kind == "component_meta":
                     meta = decode(ComponentMeta, msg.payload, msg.topic)
-                    self.metas[meta.name] = meta
-                    self.kick()
+                    if self._topic_agrees(parsed.name, meta.name, msg.topic):
+                        self.metas[meta.name] = meta
+                        self.kick()
                 elif parsed.kind == "component_status":
                     st = decode(ComponentStatus, msg.payload, msg.topic)
-                    self.cstatus[st.name] = st
-                    async with self.cond:
-                        self.cond.notify_all()
+                    if self._topic_agrees(parsed.name, st.name, msg.topic):
+                        self.cstatus[st.name] = st
+                        async with self.cond:
+                            self.cond.notify_all()
             except DecodeError as e:
                 log.warning("%s", e)
+
+    @staticmethod
+    def _topic_agrees(segment: str | None, name: str, topic: str) -> bool:
+        """Trust topics, not payloads: the broker's ACL guarantees who may publish on a
+        node's or component's topic, nothing guarantees the name inside the payload. A
+        payload about another name (forged or retained junk) is dropped, with a log."""
+        if segment is not None and slug(name) == segment:
+            return True
+        log.warning(
+            "dropped a message on %s about %r: the name disagrees with the topic", topic, name
+        )
+        return False
 
     async def _on_node_status(self, st: NodeStatus) -> None:
         self.nodes[st.node] = st
