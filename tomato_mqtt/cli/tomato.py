@@ -345,6 +345,8 @@ def recorder(
         s.mqtt.instance,
         s.recorder_db,
         heartbeat=s.scheduler.heartbeat,
+        output_roots=s.output_roots,
+        users_file=s.users_file,
     )
 
     async def main() -> None:

@@ -147,8 +147,8 @@ class JobLimits(_Section):
 
 
 class RecorderSettings(_Section):
-    #: where the recorder may write job files; relative paths are relative to the appdir.
-    #: Empty: the datadir and the home directory of the user running the recorder.
+    #: folders (besides the datadir) the recorder may write job files into; relative
+    #: paths are relative to the appdir. Empty on a secured stack: the datadir only.
     output_roots: list[Path] = Field(default_factory=list)
 
 
@@ -205,8 +205,15 @@ class Settings(_Section):
 
     @property
     def output_roots(self) -> list[Path]:
-        """Where the recorder may write job files (resolved)."""
-        roots = self.recorder.output_roots or [self.datadir, Path.home()]
+        """Where the recorder may write job files (resolved): the datadir plus
+        ``[recorder] output_roots``; on an open stack (no users file, loopback only, every
+        client trusted) anywhere, as the recorder's OS user may."""
+        if self.recorder.output_roots:
+            roots = [self.datadir, *self.recorder.output_roots]
+        elif self.users_file is None:
+            roots = [Path(self.datadir.anchor or "/")]
+        else:
+            roots = [self.datadir]
         return [r.resolve() for r in roots]
 
     @property

@@ -36,6 +36,7 @@ __all__ = [
     "Reply",
     "Request",
     "SchedulerStatus",
+    "ShutdownArgs",
     "TaskEndInfo",
     "WireModel",
     "decode",
@@ -272,6 +273,14 @@ class AckArgs(WireModel):
 
 class TaskStartArgs(WireModel):
     task: TaskSpec
+
+
+class ShutdownArgs(BaseModel):
+    """``node/<node>/cmd/shutdown``: destructive, so strict (unknown keys and non-booleans
+    are refused rather than read as a default)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    force: bool = False
 
 
 # -- pipelines and jobs ----------------------------------------------------------------

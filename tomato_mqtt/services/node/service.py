@@ -42,6 +42,7 @@ from tomato_mqtt.wire.messages import (
     NodeConfigure,
     NodeStatus,
     ReplayArgs,
+    ShutdownArgs,
     encode,
 )
 from tomato_mqtt.wire.topics import Topics, slug
@@ -345,8 +346,11 @@ class NodeService:
         return Result(f"node {self.name} re-announced {len(self.components)} component(s)")
 
     async def _op_shutdown(self, args: Mapping[str, JsonValue]) -> Result:
+        # destructive: only a well-formed request ({} or {"force": true|false}); the
+        # broker's ACL lets only an admin send it (docs/security.md)
+        a = ShutdownArgs.model_validate(args)
         running = [n for n, hc in self.components.items() if hc.state == "running"]
-        if running and not args.get("force"):
+        if running and not a.force:
             raise CommandError(f"node {self.name} has running tasks on {', '.join(running)}")
         self.request_stop()
         return Result(f"node {self.name} shutting down")

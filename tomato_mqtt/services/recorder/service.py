@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, JsonValue
 
 from tomato_mqtt import __version__
 from tomato_mqtt.services.base import run_until_stopped
+from tomato_mqtt.services.recorder.guard import WriteGuard
 from tomato_mqtt.services.recorder.store import BatchStore
 from tomato_mqtt.transport.client import AsyncClient, BrokerURL, Message, Will
 from tomato_mqtt.transport.rpc import (
@@ -92,6 +93,7 @@ class _Written:
     path: Path
     size: int
     created: float = field(default_factory=time.time)
+    owner: str | None = None  # the job's owner: only they (or an admin) may fetch it
 
 
 def _warm_up_writer() -> None:
@@ -113,9 +115,18 @@ def _warm_up_writer() -> None:
 
 class RecorderService:
     def __init__(
-        self, url: BrokerURL, instance: str, db_path: Path, *, heartbeat: float = 2.0
+        self,
+        url: BrokerURL,
+        instance: str,
+        db_path: Path,
+        *,
+        heartbeat: float = 2.0,
+        output_roots: list[Path] | None = None,
+        users_file: Path | None = None,
     ) -> None:
         self.url = url
+        # default: only below the recorder's own data folder (settings give datadir + home)
+        self.guard = WriteGuard(output_roots or [db_path.parent], users_file)
         self.topics = Topics(instance, url.username)
         self.db_path = db_path
         self.heartbeat = heartbeat
@@ -335,6 +346,7 @@ class RecorderService:
     async def op_finalize(self, args: Mapping[str, JsonValue]) -> Result:
         from tomato_mqtt.services.recorder.netcdf import RoleInput, write_job_file
 
+        self.guard.require_scheduler("finalize")
         a = FinalizeArgs.model_validate(args)
         store = self.store
         if store is None:
@@ -355,17 +367,19 @@ class RecorderService:
             for role, raws in per_role.items()
         ]
         root = {"tomato_version": __version__, "tomato_Job": json.dumps(a.job)}
-        path = Path(a.path)
         note = ""
         async with self._write_lock:
             try:
+                path = self.guard.check_path(a.path, a.job)
                 path.parent.mkdir(parents=True, exist_ok=True)
                 written = await asyncio.to_thread(write_job_file, path, roles, root)
-            except OSError as e:
-                fallback = Path(a.fallback_dir) / path.name
+            except (OSError, CommandError) as e:
+                # keep the data: the job folder (checked the same way) instead
+                log.warning("job %d: %s", jobid, e)
+                fallback = self.guard.check_path(Path(a.fallback_dir) / Path(a.path).name, a.job)
                 fallback.parent.mkdir(parents=True, exist_ok=True)
                 written = await asyncio.to_thread(write_job_file, fallback, roles, root)
-                note = f" ({path} was not writable: {e}; written to the job folder instead)"
+                note = f" ({a.path} was not written: {e}; written to the job folder instead)"
         size = written.stat().st_size
         log.info(
             "job %d: %s written to %s (%d bytes; waited %.3f s for data, wrote in %.3f s)",
@@ -377,7 +391,8 @@ class RecorderService:
             time.monotonic() - t0 - t_wait,
         )
         token = uuid.uuid4().hex
-        self.files[token] = _Written(written, size)
+        owner = a.job.get("owner")
+        self.files[token] = _Written(written, size, owner=owner if isinstance(owner, str) else None)
         while len(self.files) > 100:
             self.files.pop(next(iter(self.files)))
         stored = store.job_points(jobid)
@@ -405,6 +420,7 @@ class RecorderService:
         w = self.files.get(a.token)
         if w is None:
             raise CommandError("unknown or expired file token: ask for the snapshot again")
+        self.guard.require_fetch(w.owner)
         with w.path.open("rb") as f:
             f.seek(a.index * CHUNK)
             chunk = f.read(CHUNK)
