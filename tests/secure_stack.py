@@ -48,9 +48,9 @@ def as_user(st: Stack, user: str) -> list[str]:
 
 
 @contextlib.contextmanager
-def secure_stack(root: Path, devices: str = "devices_counter.yml", extra: str = "") -> Iterator[
-    Stack
-]:
+def secure_stack(
+    root: Path, devices: str = "devices_counter.yml", extra: str = ""
+) -> Iterator[Stack]:
     st = make_secure_stack(root, devices, extra)
     with started(st):
         yield st
