@@ -135,7 +135,24 @@ def _broker_class() -> Any:
     """
     from amqtt.broker import Broker  # heavy import, only where a broker really runs
 
+    from tomato_mqtt_broker.security import RoleAclPlugin
+
     class _Broker(Broker):  # type: ignore[misc]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            plugins = getattr(self.plugins_manager, "_topic_plugins", [])
+            self._acl = next((p for p in plugins if isinstance(p, RoleAclPlugin)), None)
+
+        async def _topic_filtering(self, session: Any, topic: str, action: Any) -> bool:
+            # amqtt awaits this inside `for ... in self._subscriptions.items()` when it
+            # broadcasts; its plugin manager gathers tasks, so the loop yields and a
+            # (un)subscribe meanwhile kills the broadcast ("dictionary changed size during
+            # iteration": the message is lost for the remaining subscribers). Our ACL
+            # answers synchronously, so the loop never yields here.
+            if self._acl is not None:
+                return self._acl.check(session, topic, action)
+            return bool(await super()._topic_filtering(session, topic, action))
+
         async def _publish_retained_messages_for_subscription(
             self, subscription: tuple[str, int], session: Any
         ) -> None:

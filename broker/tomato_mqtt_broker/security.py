@@ -162,6 +162,11 @@ class RoleAclPlugin(BaseTopicPlugin):  # type: ignore[misc]
     async def topic_filtering(
         self, *, session: Any = None, topic: str | None = None, action: Any = None
     ) -> bool:
+        return self.check(session, topic, action)
+
+    def check(self, session: Any, topic: str | None, action: Any) -> bool:
+        """The verdict, synchronously: the broker calls this inside loops over its
+        subscriptions, which must not yield (see ``_broker_class``)."""
         if topic is None:
             return False
         username = session.username if session is not None else None

@@ -352,6 +352,7 @@ class NodeService:
         running = [n for n, hc in self.components.items() if hc.state == "running"]
         if running and not a.force:
             raise CommandError(f"node {self.name} has running tasks on {', '.join(running)}")
+        log.warning("node %s: shutting down on request (force=%s)", self.name, a.force)
         self.request_stop()
         return Result(f"node {self.name} shutting down")
 
