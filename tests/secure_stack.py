@@ -17,6 +17,7 @@ LAB_USERS: dict[str, tuple[str, str]] = {
     "olga": ("pw-olga", "operator"),
     "otto": ("pw-otto", "operator"),
     "rita": ("pw-rita", "reader"),
+    "pc2": ("pw-pc2", "node:pc2"),  # a node that hosts none of this stack's components
 }
 
 
