@@ -180,6 +180,7 @@ def context(
             fail(str(e))
         if port is not None:
             url = BrokerURL(**{**url.__dict__, "port": port})
+        url = url.with_tls_defaults(light)  # settings' CA and client cert stay in force
     else:
         fields = {k: v for k, v in light.items() if k in BrokerURL.__dataclass_fields__}
         if port is not None:
