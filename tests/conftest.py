@@ -8,7 +8,7 @@
   when ``TOMATO_REQUIRE_MOSQUITTO`` is set or ``CI`` is true: CI installs Mosquitto
   (``.ci/run`` -> ``scripts/dev.py test`` -> ``ensure-mosquitto``), so a missing binary
   there means the compatibility tests silently stopped running, which must not pass.
-- ``instance``: a unique instance name, so each test has its own ``tomato/v1/<instance>``.
+- ``instance``: a unique instance name, so each test has its own ``tomato/v2/<instance>``.
 - every async test fails if it leaves asyncio tasks behind (see ``pytest_runtest_call``).
 """
 
@@ -203,7 +203,7 @@ class MosquittoBroker(RunningBroker):
 
 @pytest.fixture
 def instance() -> str:
-    """A unique instance name: the test's own topic root ``tomato/v1/<instance>``."""
+    """A unique instance name: the test's own topic root ``tomato/v2/<instance>``."""
     return f"t-{uuid.uuid4().hex[:12]}"
 
 

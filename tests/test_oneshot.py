@@ -42,7 +42,7 @@ async def test_oneshot_request_is_a_valid_request_and_reads_the_reply(
             timeout=5,
         )
     assert rep.success and rep.msg == "hi" and rep.data == {"echo": {"x": [1, "a"]}}
-    assert seen[0].reply_to.startswith(topics.root + "/reply/cli-")
+    assert seen[0].reply_to.startswith(topics.root + "/reply/anonymous/cli-")
 
 
 async def test_oneshot_no_answer_names_topic_and_wait(broker: RunningBroker, instance: str) -> None:

@@ -95,7 +95,7 @@ BrokerOpt = Annotated[
     ),
 ]
 InstanceOpt = Annotated[
-    str | None, typer.Option("--instance", help="instance name (topic root tomato/v1/<instance>)")
+    str | None, typer.Option("--instance", help="instance name (topic root tomato/v2/<instance>)")
 ]
 AppDirOpt = Annotated[Path | None, typer.Option("-A", "--appdir", help="settings directory")]
 DataDirOpt = Annotated[Path | None, typer.Option("-D", "--datadir", help="data directory")]
@@ -247,7 +247,11 @@ class CallContext:
 
     @property
     def topics(self) -> Topics:
-        return Topics(self.instance)
+        # the login is the {user} segment of requests and replies (issue 10)
+        try:
+            return Topics(self.instance, self.url.username)
+        except ValueError as e:
+            fail(str(e))
 
     @property
     def settings(self) -> Settings:
@@ -334,6 +338,7 @@ def context(
             fail(str(e))
         if port is not None:
             url = BrokerURL(**{**url.__dict__, "port": port})
+        url = url.with_tls_defaults(light)  # settings' CA and client cert stay in force
     else:
         fields = {k: v for k, v in light.items() if k in BrokerURL.__dataclass_fields__}
         if port is not None:
@@ -380,10 +385,45 @@ def run_request(
 
     try:
         return oneshot.request(ctx.url, topic, ctx.topics.reply, args, timeout=timeout, who=who)
-    except (oneshot.NoAnswer, oneshot.Refused) as e:
+    except oneshot.NoAnswer as e:
+        fail(_denied(ctx, topic) or f"{e} ({ctx.where()})")
+    except oneshot.Refused as e:
         fail(f"{e} ({ctx.where()})")
     except oneshot.OneShotError as e:
         fail(f"{e} — is tomato-mqtt running? ({ctx.where()})")
+
+
+def _denied(ctx: CallContext, topic: str) -> str | None:
+    """After a request went unanswered: was it the broker's ACL that dropped it?
+
+    MQTT 3.1.1 has no negative PUBACK, so a forbidden request just vanishes. If the
+    scheduler answers ``whoami`` (every role may send it) and the op is not among the
+    requester's, say so plainly instead of "is it running?".
+    """
+    if not ctx.url.username:
+        return None  # an open stack has no ACL
+    from tomato_mqtt.transport import oneshot
+
+    parsed = ctx.topics.parse(topic)
+    if parsed is None or parsed.op is None or parsed.op == "whoami":
+        return None
+    try:
+        me = oneshot.request(
+            ctx.url, ctx.topics.scheduler_cmd("whoami"), ctx.topics.reply, {}, timeout=2.0
+        )
+    except oneshot.OneShotError:
+        return None
+    data = me.data if me.success and isinstance(me.data, dict) else {}
+    target = {"scheduler_cmd": "", "recorder_cmd": "the recorder's "}.get(parsed.kind)
+    if target is None:
+        target = "component or node command "
+    elif parsed.kind == "scheduler_cmd" and parsed.op in (data.get("ops") or []):
+        return None  # allowed: the scheduler is just slow or busy
+    return (
+        f"not allowed: user {ctx.url.username!r} (role {data.get('role') or 'unknown'}) may not "
+        f"send {target}{parsed.op!r}; the broker dropped the request (see the role table in "
+        f"docs/security.md) ({ctx.where()})"
+    )
 
 
 def run_async(ctx: CallContext, fn: Callable[[Requester], Awaitable[T]], timeout: float) -> T:
@@ -396,6 +436,6 @@ def run_async(ctx: CallContext, fn: Callable[[Requester], Awaitable[T]], timeout
     try:
         return asyncio.run(_with_requester(ctx, fn, timeout))
     except NoResponder as e:
-        fail(f"{e} ({ctx.where()})")
+        fail(_denied(ctx, e.topic) or f"{e} ({ctx.where()})")
     except MqttError as e:
         fail(str(e))

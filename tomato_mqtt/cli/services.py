@@ -13,6 +13,7 @@ from typing import Annotated, Any
 import typer
 
 from tomato_mqtt.cli import common
+from tomato_mqtt.cli import user as _user
 from tomato_mqtt.cli.common import fail
 
 __all__ = ["app", "service_args"]
@@ -33,30 +34,24 @@ def service_args(s: Any) -> list[str]:
 def broker(opts: common.Opts) -> None:
     """Run the embedded MQTT broker in the foreground."""
     try:
-        from tomato_mqtt_broker import BrokerConfig, run_broker
+        from tomato_mqtt_broker import run_broker
     except ImportError:
         fail("the embedded broker is not installed here: pip install tomato-mqtt-broker")
     from tomato_mqtt.services.base import setup_logging
 
     s = opts.settings()
     setup_logging("broker", s.logdir)
-    b = s.broker
-    ws = b.ws_port if b.ws_port is not None else s.mqtt.port + 1
-    run_broker(
-        BrokerConfig(
-            host=b.host,
-            port=s.mqtt.port,
-            ws_port=ws or None,
-            password_file=b.password_file,
-            allow_anonymous=b.allow_anonymous,
-        )
-    )
+    try:
+        run_broker(_user.broker_config(s))
+    except ValueError as e:  # BrokerConfigError: an insecure or impossible set-up
+        fail(f"the broker refuses to start: {e}")
 
 
 @app.command()
 @common.options(common.LOCAL)
 def scheduler(opts: common.Opts, verbose: VerboseOpt = 0) -> None:
     """Run the scheduler in the foreground."""
+    from tomato_mqtt.config.settings import settings_url
     from tomato_mqtt.errors import ConfigError
     from tomato_mqtt.services.base import setup_logging
     from tomato_mqtt.services.scheduler.service import SchedulerService
@@ -64,7 +59,7 @@ def scheduler(opts: common.Opts, verbose: VerboseOpt = 0) -> None:
 
     s = opts.settings()
     setup_logging("scheduler", s.logdir, verbose)
-    svc = SchedulerService(s)
+    svc = SchedulerService(s, url=_user.service_url(s, "scheduler", settings_url(s)))
     try:
         svc.run_sync()
     except ConfigError as e:
@@ -84,7 +79,12 @@ def recorder(opts: common.Opts, verbose: VerboseOpt = 0) -> None:
     s = opts.settings()
     setup_logging("recorder", s.logdir, verbose)
     svc = RecorderService(
-        settings_url(s), s.mqtt.instance, s.recorder_db, heartbeat=s.scheduler.heartbeat
+        _user.service_url(s, "recorder", settings_url(s)),
+        s.mqtt.instance,
+        s.recorder_db,
+        heartbeat=s.scheduler.heartbeat,
+        output_roots=s.output_roots,
+        users_file=s.users_file,
     )
     svc.run_sync()
 
@@ -107,10 +107,12 @@ def node(
     node_name = name or s.node.name
     # a node started by hand without -A/-L logs to the console only
     setup_logging(f"node-{node_name}", s.logdir if opts.logdir or opts.appdir else None, verbose)
+    # the local node of a secured stack logs in as its own service user
+    url = ctx.url if opts.broker else _user.service_url(s, f"node:{node_name}", ctx.url)
     svc = NodeService(
         NodeConfig(
             node_name,
-            ctx.url,
+            url,
             ctx.instance,
             spool_dir or s.spool_dir,
             heartbeat=s.scheduler.heartbeat,
@@ -134,6 +136,7 @@ def supervise(opts: common.Opts) -> None:
 
     s = opts.settings()
     setup_logging("supervisor", s.logdir)
+    _user.ensure_services(s)
     sup = Supervisor(
         service_args(s),
         logdir=s.logdir,

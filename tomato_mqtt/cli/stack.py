@@ -15,6 +15,7 @@ import time
 import typer
 
 from tomato_mqtt.cli import common
+from tomato_mqtt.cli import user as _user
 from tomato_mqtt.cli.common import fail
 from tomato_mqtt.cli.services import service_args
 
@@ -54,6 +55,7 @@ def start(opts: common.Opts) -> None:
         load_devices(s.devices_file, s.node.name)
     except ConfigError as e:
         fail(str(e))
+    _user.ensure_services(s)  # a secured stack: the services' own logins
     ctx = common.context(port=s.mqtt.port, appdir=s.appdir, datadir=s.datadir, logdir=s.logdir)
     pidfile = pidfile_path(s.datadir, s.mqtt.port)
     info = read_pidfile(pidfile)

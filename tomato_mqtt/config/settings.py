@@ -29,8 +29,10 @@ __all__ = [
     "APPNAME",
     "SETTINGS_FILE",
     "BrokerSettings",
+    "JobLimits",
     "MqttSettings",
     "NodeSettings",
+    "RecorderSettings",
     "SchedulerSettings",
     "Settings",
     "default_dirs",
@@ -87,17 +89,38 @@ class BrokerSettings(_Section):
     embedded: bool = True
     host: str = "127.0.0.1"
     ws_port: int | None = Field(default=None, ge=0, le=65535)
+    #: the users file: amqtt's password file plus one role per user (`tomato user`)
     password_file: str | None = None
+    #: no longer used: the ACL comes from the roles in the users file (docs/security.md)
     acl_file: str | None = None
     allow_anonymous: bool = True
+    #: TLS of the embedded broker: a TLS listener on tls_port, WSS instead of WS
+    certfile: str | None = None
+    keyfile: str | None = None
+    cafile: str | None = None
+    tls_port: int = Field(default=8883, ge=1, le=65535)
 
     @model_validator(mode="after")
     def _network_needs_auth(self) -> BrokerSettings:
-        if self.embedded and not _is_loopback(self.host) and self.allow_anonymous:
+        if self.acl_file is not None:
+            raise ValueError(
+                "acl_file is not used: the ACL is generated from the roles of the users in "
+                "password_file (tomato user add NAME --role ...; see docs/security.md)"
+            )
+        if not self.embedded:
+            return self
+        if not self.allow_anonymous and not self.password_file:
+            raise ValueError(
+                "allow_anonymous = false needs a password_file, or every login would be "
+                "accepted: set password_file and add users with `tomato user add`"
+            )
+        if not _is_loopback(self.host) and (self.allow_anonymous or not self.password_file):
             raise ValueError(
                 f"the embedded broker listens on {self.host}, not a loopback address: "
                 "set allow_anonymous = false and a password_file"
             )
+        if bool(self.certfile) != bool(self.keyfile):
+            raise ValueError("TLS needs both certfile and keyfile")
         return self
 
 
@@ -116,6 +139,21 @@ class SchedulerSettings(_Section):
                 f"({self.heartbeat:g} s), or every peer counts as lost"
             )
         return self
+
+
+class JobLimits(_Section):
+    """Bounds checked at submit: a payload beyond them is refused with one message."""
+
+    #: points a task may take at most (max_duration / sampling_interval)
+    max_points_per_task: int = Field(default=10_000_000, ge=1)
+    #: the shortest sampling interval (s) of a driver that declares none
+    min_sampling_interval: float = Field(default=0.001, gt=0)
+
+
+class RecorderSettings(_Section):
+    #: folders (besides the datadir) the recorder may write job files into; relative
+    #: paths are relative to the appdir. Empty on a secured stack: the datadir only.
+    output_roots: list[Path] = Field(default_factory=list)
 
 
 class NodeSettings(_Section):
@@ -140,6 +178,8 @@ class Settings(_Section):
     mqtt: MqttSettings = Field(default_factory=MqttSettings)
     broker: BrokerSettings = Field(default_factory=BrokerSettings)
     scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings)
+    jobs: JobLimits = Field(default_factory=JobLimits)
+    recorder: RecorderSettings = Field(default_factory=RecorderSettings)
     node: NodeSettings = Field(default_factory=NodeSettings)
     drivers: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
@@ -150,7 +190,35 @@ class Settings(_Section):
             if not p.is_absolute():
                 p = self.appdir / p
             setattr(self, name, p)
+        b = self.broker
+        for key in ("password_file", "certfile", "keyfile", "cafile"):
+            value = getattr(b, key)
+            if value:
+                setattr(b, key, str(self._abs(Path(value))))
+        self.recorder.output_roots = [self._abs(p) for p in self.recorder.output_roots]
         return self
+
+    def _abs(self, p: Path) -> Path:
+        p = p.expanduser()
+        return p if p.is_absolute() else self.appdir / p
+
+    @property
+    def users_file(self) -> Path | None:
+        """The users (password) file, absolute; None on an open stack."""
+        return Path(self.broker.password_file) if self.broker.password_file else None
+
+    @property
+    def output_roots(self) -> list[Path]:
+        """Where the recorder may write job files (resolved): the datadir plus
+        ``[recorder] output_roots``; on an open stack (no users file, loopback only, every
+        client trusted) anywhere, as the recorder's OS user may."""
+        if self.recorder.output_roots:
+            roots = [self.datadir, *self.recorder.output_roots]
+        elif self.users_file is None:
+            roots = [Path(self.datadir.anchor or "/")]
+        else:
+            roots = [self.datadir]
+        return [r.resolve() for r in roots]
 
     @property
     def jobs_dir(self) -> Path:

@@ -71,6 +71,8 @@ class Job(BaseModel):
     snappath: str | None = None
     reason: str | None = None
     progress: dict[str, Any] = Field(default_factory=dict)
+    #: the login that submitted the job (the {user} topic segment, pinned by the ACL)
+    owner: str | None = None
 
 
 class PipelineState(BaseModel):

@@ -48,6 +48,23 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 
+class _TrackingContext(ssl.SSLContext):
+    """An SSLContext that remembers the last socket it wrapped (see ``_connect_once``)."""
+
+    last: ssl.SSLSocket | None = None
+
+    def wrap_socket(self, *args: Any, **kwargs: Any) -> ssl.SSLSocket:
+        sock = super().wrap_socket(*args, **kwargs)
+        self.last = sock
+        return sock
+
+    def close_last(self) -> None:
+        sock, self.last = self.last, None
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.close()
+
+
 @dataclass
 class _Subscription:
     filter: str
@@ -126,7 +143,12 @@ class AsyncClient(_LoopDriven):
         if self.url.username is not None:
             c.username_pw_set(self.url.username, self.url.password)
         if self.url.tls:
-            ctx = ssl.create_default_context(cafile=self.url.ca_certs)
+            # as ssl.create_default_context(): hostname check, certificate required
+            ctx = _TrackingContext(ssl.PROTOCOL_TLS_CLIENT)
+            if self.url.ca_certs:
+                ctx.load_verify_locations(cafile=self.url.ca_certs)
+            else:
+                ctx.load_default_certs()
             if self.url.certfile:
                 ctx.load_cert_chain(self.url.certfile, self.url.keyfile)
             if self.url.tls_insecure:
@@ -181,6 +203,10 @@ class AsyncClient(_LoopDriven):
             # blocking socket connect (DNS, TCP, TLS): off the loop
             await loop.run_in_executor(None, c.reconnect)
         except (OSError, ssl.SSLError) as e:
+            # paho does not close a TLS socket whose handshake failed: one fd per retry
+            ctx = getattr(c, "_ssl_context", None)
+            if isinstance(ctx, _TrackingContext):
+                ctx.close_last()
             raise MqttError(str(e) or type(e).__name__) from e
         rc = await self._connack
         if rc != 0:

@@ -1,7 +1,10 @@
 """Request/reply over MQTT 3.1.1: correlation id + reply topic in the payload.
 
-A requester publishes ``Request{id, reply_to, args}`` on a ``.../cmd/<op>`` topic and
-waits for the ``Reply`` with the same id on its own ``reply/<client-id>`` topic. A
+A requester publishes ``Request{id, reply_to, args}`` on a ``.../cmd/<op>[/<user>]`` topic
+and waits for the ``Reply`` with the same id on its own ``reply/<user>/<client-id>``
+topic. The ``<user>`` segment of a request is the requester's identity: the broker's ACL
+pins it to the login, so a handler reads it (:func:`requester`) instead of trusting the
+payload; a reply_to outside that user's reply topics is refused. A
 responder dispatches through an explicit table of operations, answers every request
 (also malformed ones, when it can find out where to), and de-duplicates by id, since
 QoS 1 may deliver a request twice. Args are validated against the operation's model in
@@ -12,6 +15,7 @@ QoS 1 may deliver a request twice. Args are validated against the operation's mo
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import re
 import uuid
@@ -36,13 +40,18 @@ __all__ = [
     "Requester",
     "Responder",
     "Result",
+    "requester",
 ]
 
 log = logging.getLogger(__name__)
 
 
 class NoResponder(MqttTimeout):
-    """Nobody answered a request in time."""
+    """Nobody answered a request in time (``topic``: where it was sent)."""
+
+    def __init__(self, msg: str, topic: str = "") -> None:
+        super().__init__(msg)
+        self.topic = topic
 
 
 class CommandError(Exception):
@@ -70,6 +79,17 @@ class Result:
 
 
 Handler = Callable[[Mapping[str, JsonValue]], Awaitable[Result]]
+
+# who sent the request being handled: the <user> topic segment, or None on topics that
+# carry no identity (node and component commands, whose senders the ACL restricts)
+_requester: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "tomato_requester", default=None
+)
+
+
+def requester() -> str | None:
+    """The identity (topic segment) of the request being handled, if its topic has one."""
+    return _requester.get()
 
 
 class Requester:
@@ -122,7 +142,7 @@ class Requester:
             return await asyncio.wait_for(fut, timeout)
         except asyncio.TimeoutError:
             raise NoResponder(
-                f"no {who} answered on {topic} within {timeout:g} s — is it running?"
+                f"no {who} answered on {topic} within {timeout:g} s — is it running?", topic
             ) from None
         finally:
             self._waiting.pop(req.id, None)
@@ -205,8 +225,17 @@ class Responder:
         except DecodeError as e:
             await self._reply_to_malformed(msg, str(e))
             return
-        if not req.reply_to.startswith(self.topics.root + "/reply/"):
-            log.warning("ignoring request %s with reply_to outside %s", req.id, self.topics.root)
+        parsed = self.topics.parse(msg.topic)
+        user = parsed.user if parsed is not None else None
+        if not self._reply_allowed(req.reply_to, user):
+            log.warning(
+                "%s: ignoring request %s on %s with reply_to %s outside the requester's "
+                "reply topics",
+                self.name,
+                req.id,
+                msg.topic,
+                req.reply_to[:200],
+            )
             return
         if req.id in self._seen:
             log.debug("duplicate request %s on %s dropped", req.id, msg.topic)
@@ -225,8 +254,20 @@ class Responder:
                 code="unknown_op",
             )
         else:
-            reply = await self._run(handler, req, op)
+            token = _requester.set(user)
+            try:
+                reply = await self._run(handler, req, op)
+            finally:
+                _requester.reset(token)
         await self._send(req.reply_to, reply)
+
+    def _reply_allowed(self, reply_to: str, user: str | None) -> bool:
+        parsed = self.topics.parse(reply_to)
+        if parsed is None or parsed.kind != "reply":
+            return False
+        # a request that names its sender is answered only on that sender's replies, so
+        # nobody can make a service send data to another user
+        return user is None or parsed.user == user
 
     async def _run(self, handler: Handler, req: Request, op: str) -> Reply:
         def fail(msg: str, code: ErrorCode, data: JsonValue = None) -> Reply:
@@ -268,7 +309,8 @@ class Responder:
             log.warning("%s: dropped a request nobody can be told about: %s", self.name, reason)
             return
         reply_to = m.group(1).decode(errors="replace")
-        if not reply_to.startswith(self.topics.root + "/reply/"):
+        parsed = self.topics.parse(msg.topic)
+        if not self._reply_allowed(reply_to, parsed.user if parsed is not None else None):
             return
         idm = _ID.search(msg.payload)
         rid = idm.group(1).decode(errors="replace") if idm else ""

@@ -76,6 +76,9 @@ PARAMETERS: dict[str, str] = {
     "the full name is in every payload.",
     "pipeline": "Slug of the pipeline's name.",
     "job": "The job id (a decimal integer).",
+    "user": "The requester's login (a slug; 'anonymous' on an open local stack). The broker "
+    "ACL pins it to the authenticated user (Mosquitto '%u'), so services read who asked "
+    "from the topic, never from the payload (docs/security.md).",
 }
 
 #: Models that travel as ``args`` of a request (one per command of wire/commands.py).
@@ -303,7 +306,7 @@ def example_messages() -> dict[str, BaseModel]:
         task_end,
         Request(
             id="5f0c6a2e8d7b4c1e9a3f2b1c0d9e8f7a",
-            reply_to="tomato/v1/lab1/reply/ketchup-3b9f2a1c4d5e",
+            reply_to="tomato/v2/lab1/reply/alice/ketchup-3b9f2a1c4d5e",
             args={"jobid": 7},
         ),
         Reply(

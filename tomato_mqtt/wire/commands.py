@@ -156,6 +156,13 @@ StatusData = (
 )
 
 
+class WhoamiData(_Data):
+    user: str | None = Field(description="the login the scheduler saw (null: an open stack)")
+    role: str | None
+    ops: list[str] = Field(description="the scheduler operations this role may send")
+    open: bool = Field(description="true when the broker admits anyone (no users file)")
+
+
 class ReloadData(_Data):
     added_components: list[str] = Field(default_factory=list)
     removed_components: list[str] = Field(default_factory=list)
@@ -222,6 +229,9 @@ class ChunkData(_Data):
 
 # -- node and components -----------------------------------------------------------------
 class ShutdownArgs(_Args):
+    """Destructive, so strict: unknown keys and non-booleans are refused, not defaulted."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
     force: bool = False
 
 
@@ -312,6 +322,7 @@ COMMANDS: tuple[Command, ...] = (
     _c("scheduler", "job_cancel", JobIdsArgs, list[Job], "cancel jobs"),
     _c("scheduler", "job_search", SearchArgs, list[Job], "jobs by name"),
     _c("scheduler", "job_snapshot", SnapshotArgs, FileData, "up-to-date file of a job"),
+    _c("scheduler", "whoami", NoArgs, WhoamiData, "who the scheduler sees, what they may do"),
     _c("node", "configure", NodeConfigure, ConfigureData, "the node's components"),
     _c("node", "rebirth", NoArgs, None, "re-publish every retained topic"),
     _c("node", "shutdown", ShutdownArgs, None, "stop the node"),
@@ -343,10 +354,10 @@ def commands_of(responder: Responder) -> dict[str, Command]:
 
 
 _TOPIC = {
-    "scheduler": "scheduler/cmd/{op}",
+    "scheduler": "scheduler/cmd/{op}/{user}",
     "node": "node/{node}/cmd/{op}",
     "component": "component/{component}/cmd/{op}",
-    "recorder": "recorder/cmd/{op}",
+    "recorder": "recorder/cmd/{op}/{user}",
 }
 
 

@@ -213,7 +213,8 @@ class NodeComponent(WireModel):
 class NodeConfigure(WireModel):
     """Args of ``node/<n>/cmd/configure``: the full set of components the node hosts."""
 
-    components: list[NodeComponent] = Field(default_factory=list)
+    # required: a configure without its component list is refused, never read as "none"
+    components: list[NodeComponent]
     driver_settings: dict[str, dict[str, JsonValue]] = Field(default_factory=dict)
     batch_interval: float | None = None
 

@@ -1,9 +1,15 @@
 """Every MQTT topic of tomato-mqtt: builders, wildcard filters, parsing and slugging.
 
-No other module writes a topic string. The root is ``tomato/v1/<instance>/``; below it
-the channels of DESIGN §4. Names that are not topic-safe (tomato's component names such
-as ``example_counter:(example-addr,1)``, ``COM3``, ``/dev/ttyUSB0``) are mapped to a slug
-by :func:`slug`; the full name always travels in the payload too.
+No other module writes a topic string. The root is ``tomato/v2/<instance>/``; below it
+the channels of DESIGN §4. v2 (issue 10) puts the requester's authenticated identity into
+the topics of requests and replies (``scheduler/cmd/<op>/<user>``,
+``recorder/cmd/<op>/<user>``, ``reply/<user>/<client-id>``), so a broker ACL can pin it
+to the login (Mosquitto's ``%u``) and a service knows who asked without trusting the
+payload. ACL patterns are built here too (:meth:`Topics.pattern`).
+
+Names that are not topic-safe (tomato's component names such as
+``example_counter:(example-addr,1)``, ``COM3``, ``/dev/ttyUSB0``) are mapped to a slug by
+:func:`slug`; the full name always travels in the payload too.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 __all__ = [
+    "ANONYMOUS",
     "CHANNELS",
     "PROTOCOL",
     "ChannelDef",
@@ -23,7 +30,10 @@ __all__ = [
     "slug",
 ]
 
-PROTOCOL = "tomato/v1"
+PROTOCOL = "tomato/v2"
+
+#: the identity of a client that logged in without a username (open local stacks)
+ANONYMOUS = "anonymous"
 
 _SLUG_RE = re.compile(r"[a-z0-9][a-z0-9_.-]*")
 _INVALID_RUN = re.compile(r"[^a-z0-9_.-]+")
@@ -105,19 +115,21 @@ CHANNELS: tuple[ChannelDef, ...] = (
     ),
     ChannelDef(
         "scheduler_cmd",
-        "scheduler/cmd/{op}",
+        "scheduler/cmd/{op}/{user}",
         "CLI, dashboards, scripts",
         "scheduler",
         False,
-        "Requests to the scheduler; envelope {id, reply_to, args}; answered on reply_to.",
+        "Requests to the scheduler; envelope {id, reply_to, args}; answered on reply_to. "
+        "{user} is the requester's login, pinned by the broker ACL.",
     ),
     ChannelDef(
         "reply",
-        "reply/{client_id}",
+        "reply/{user}/{client_id}",
         "any responder",
         "the requester",
         False,
-        "Replies {id, success, msg, data} to a request, on the requester's reply topic.",
+        "Replies {id, success, msg, data} to a request, on the requester's reply topic; "
+        "only {user} may subscribe.",
     ),
     ChannelDef(
         "node_status",
@@ -210,11 +222,12 @@ CHANNELS: tuple[ChannelDef, ...] = (
     ),
     ChannelDef(
         "recorder_cmd",
-        "recorder/cmd/{op}",
+        "recorder/cmd/{op}/{user}",
         "scheduler, CLI",
         "recorder",
         False,
-        "Requests to the recorder: finalize (write a job's file), snapshot.",
+        "Requests to the recorder: finalize (write a job's file), fetch, status. "
+        "{user} is the requester's login, pinned by the broker ACL.",
     ),
 )
 
@@ -226,18 +239,25 @@ class ParsedTopic:
     kind: Kind
     name: str | None = None
     op: str | None = None
+    user: str | None = None  # the requester's identity, for *_cmd with a user and reply
 
 
 class Topics:
-    """Builders and filters for the topics of one instance (``tomato/v1/<instance>``)."""
+    """Builders and filters for the topics of one instance (``tomato/v2/<instance>``).
 
-    def __init__(self, instance: str) -> None:
+    ``user`` is the login of the client that builds requests with these topics (the
+    ``{user}`` segment of its commands and of its reply topic); a client that logs in
+    without a username is :data:`ANONYMOUS`.
+    """
+
+    def __init__(self, instance: str, user: str | None = None) -> None:
         if not is_slug(instance):
             raise ValueError(
                 f"instance name {instance!r} is not topic-safe: use lower-case letters, "
                 "digits, '_', '.', '-' (starting with a letter or digit)"
             )
         self.instance = instance
+        self.user = _user(user) if user else ANONYMOUS
         self.root = f"{PROTOCOL}/{instance}"
 
     def _t(self, *parts: str) -> str:
@@ -250,11 +270,15 @@ class Topics:
     def scheduler_status(self) -> str:
         return self._t("scheduler", "status")
 
-    def scheduler_cmd(self, op: str) -> str:
-        return self._t("scheduler", "cmd", _op(op))
+    def scheduler_cmd(self, op: str, user: str | None = None) -> str:
+        return self._t("scheduler", "cmd", _op(op), _user(user or self.user))
 
-    def reply(self, client_id: str) -> str:
-        return self._t("reply", slug(client_id))
+    def reply(self, client_id: str, user: str | None = None) -> str:
+        return self._t("reply", _user(user or self.user), slug(client_id))
+
+    def replies(self, user: str) -> str:
+        """Every reply topic of one user (what the ACL lets that user read)."""
+        return self._t("reply", _user(user), "#")
 
     def node_status(self, node: str) -> str:
         return self._t("node", slug(node), "status")
@@ -289,15 +313,15 @@ class Topics:
     def recorder_status(self) -> str:
         return self._t("recorder", "status")
 
-    def recorder_cmd(self, op: str) -> str:
-        return self._t("recorder", "cmd", _op(op))
+    def recorder_cmd(self, op: str, user: str | None = None) -> str:
+        return self._t("recorder", "cmd", _op(op), _user(user or self.user))
 
     # -- wildcard filters ----------------------------------------------------------
     def all(self) -> str:
         return self._t("#")
 
     def scheduler_cmds(self) -> str:
-        return self._t("scheduler", "cmd", "+")
+        return self._t("scheduler", "cmd", "+", "+")
 
     def node_cmds(self, node: str) -> str:
         return self._t("node", slug(node), "cmd", "+")
@@ -327,7 +351,27 @@ class Topics:
         return self._t("job", "+", "event")
 
     def recorder_cmds(self) -> str:
-        return self._t("recorder", "cmd", "+")
+        return self._t("recorder", "cmd", "+", "+")
+
+    def pattern(self, kind: Kind, **segments: str) -> str:
+        """An ACL pattern of one channel: each placeholder is a name (slugged), ``+``,
+        ``#`` (only as the last segment) or ``%u`` (the login, for Mosquitto patterns).
+
+        A placeholder not given becomes ``+``.
+        """
+        channel = next(c for c in CHANNELS if c.kind == kind)
+        parts = []
+        for seg in channel.template.split("/"):
+            if seg.startswith("{"):
+                value = segments.pop(seg[1:-1], "+")
+                if value not in ("+", "#", "%u"):
+                    value = str(int(value)) if seg == "{job}" else slug(value)
+                parts.append(value)
+            else:
+                parts.append(seg)
+        if segments:
+            raise ValueError(f"channel {kind} has no segment {', '.join(segments)}")
+        return self._t(*parts)
 
     # -- parsing -------------------------------------------------------------------
     def parse(self, topic: str) -> ParsedTopic | None:
@@ -341,10 +385,10 @@ class Topics:
                 return ParsedTopic("meta_schema")
             case ["scheduler", "status"]:
                 return ParsedTopic("scheduler_status")
-            case ["scheduler", "cmd", op]:
-                return ParsedTopic("scheduler_cmd", op=op)
-            case ["reply", client]:
-                return ParsedTopic("reply", name=client)
+            case ["scheduler", "cmd", op, user]:
+                return ParsedTopic("scheduler_cmd", op=op, user=user)
+            case ["reply", user, client]:
+                return ParsedTopic("reply", name=client, user=user)
             case ["node", node, "status"]:
                 return ParsedTopic("node_status", name=node)
             case ["node", node, "cmd", op]:
@@ -367,13 +411,23 @@ class Topics:
                 return ParsedTopic("job_event", name=job)
             case ["recorder", "status"]:
                 return ParsedTopic("recorder_status")
-            case ["recorder", "cmd", op]:
-                return ParsedTopic("recorder_cmd", op=op)
+            case ["recorder", "cmd", op, user]:
+                return ParsedTopic("recorder_cmd", op=op, user=user)
         return None
 
     def channel_address(self, channel: ChannelDef) -> str:
         """The full topic template of a channel, as listed in the AsyncAPI document."""
         return f"{self.root}/{channel.template}"
+
+
+def _user(user: str) -> str:
+    # a login is a topic segment as is: a slugged one could not be pinned by %u
+    if not is_slug(user):
+        raise ValueError(
+            f"user name {user!r} cannot be a topic segment: use lower-case letters, digits, "
+            "'_', '.', '-' (starting with a letter or digit)"
+        )
+    return user
 
 
 def _op(op: str) -> str:

@@ -35,6 +35,7 @@ from tomato_mqtt.services.node.ops import ComponentOps
 from tomato_mqtt.services.node.spool import Spool
 from tomato_mqtt.transport.client import BrokerURL, Message
 from tomato_mqtt.transport.rpc import CommandError, Handler, Responder, Result
+from tomato_mqtt.wire.commands import ShutdownArgs
 from tomato_mqtt.wire.messages import (
     DriverInfo,
     NodeConfigure,
@@ -89,7 +90,9 @@ def _load_units() -> None:
 
 class NodeService(Service):
     def __init__(self, config: NodeConfig) -> None:
-        super().__init__(config.url, Topics(config.instance), heartbeat=config.heartbeat)
+        super().__init__(
+            config.url, Topics(config.instance, config.url.username), heartbeat=config.heartbeat
+        )
         self.config = config
         self.name = config.name
         self.data = DataPath(self)
@@ -316,9 +319,15 @@ class NodeService(Service):
         return Result(f"node {self.name} re-announced {len(self.components)} component(s)")
 
     async def _op_shutdown(self, args: Mapping[str, JsonValue]) -> Result:
+        # destructive: only a well-formed request ({} or {"force": true|false}); the
+        # broker's ACL lets only an admin send it (docs/security.md)
+        a = ShutdownArgs.model_validate(args)
         running = [n for n, hc in self.components.items() if hc.state == "running"]
-        if running and not args.get("force"):
-            raise CommandError(f"node {self.name} has running tasks on {', '.join(running)}")
+        if running and not a.force:
+            raise CommandError(
+                f"node {self.name} has running tasks on {', '.join(running)}", code="conflict"
+            )
+        log.warning("node %s: shutting down on request (force=%s)", self.name, a.force)
         self.request_stop()
         return Result(f"node {self.name} shutting down")
 

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tomato_mqtt import __version__
+from tomato_mqtt.transport.rpc import CommandError
 from tomato_mqtt.wire.commands import Expect, FetchArgs, FinalizeArgs
 from tomato_mqtt.wire.messages import stream_id
 
@@ -46,6 +47,7 @@ class Written:
     path: Path
     size: int
     created: float = field(default_factory=time.time)
+    owner: str | None = None  # the job's owner: only they (or an admin) may fetch it
 
 
 def count_problems(
@@ -122,11 +124,16 @@ class Files:
                 for role, raws in per_role.items()
             ]
             root = {"tomato_version": __version__, "tomato_Job": json.dumps(a.job)}
+            guard = self.svc.guard
             try:
+                # only below the allowed roots, never over a file of another job
+                path = guard.check_path(path, a.job)
                 path.parent.mkdir(parents=True, exist_ok=True)
                 return await asyncio.to_thread(write_job_file, path, roles, root), ""
-            except OSError as e:
-                fallback = Path(a.fallback_dir) / path.name
+            except (OSError, CommandError) as e:
+                log.warning("job %d: %s", jobid, e)
+                # keep the data: the job folder (checked the same way) instead
+                fallback = guard.check_path(Path(a.fallback_dir) / path.name, a.job)
                 fallback.parent.mkdir(parents=True, exist_ok=True)
                 written = await asyncio.to_thread(write_job_file, fallback, roles, root)
                 return written, (
@@ -154,10 +161,10 @@ class Files:
                 with contextlib.suppress(sqlite3.Error):
                     self.svc.store.set_final(jobid, self.finals[jobid])
 
-    def token(self, path: Path) -> tuple[str, int]:
+    def token(self, path: Path, owner: str | None = None) -> tuple[str, int]:
         size = path.stat().st_size
         token = uuid.uuid4().hex
-        self.tokens[token] = Written(path, size)
+        self.tokens[token] = Written(path, size, owner=owner)
         while len(self.tokens) > 100:
             self.tokens.pop(next(iter(self.tokens)))
         return token, size

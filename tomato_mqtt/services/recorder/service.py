@@ -37,6 +37,7 @@ from tomato_mqtt.services.recorder.files import (
     epoch_of,
     warm_up_writer,
 )
+from tomato_mqtt.services.recorder.guard import WriteGuard
 from tomato_mqtt.services.recorder.store import BatchStore
 from tomato_mqtt.transport.client import BrokerURL, Message
 from tomato_mqtt.transport.rpc import (
@@ -76,10 +77,19 @@ class _Stream:
 
 class RecorderService(Service):
     def __init__(
-        self, url: BrokerURL, instance: str, db_path: Path, *, heartbeat: float = 2.0
+        self,
+        url: BrokerURL,
+        instance: str,
+        db_path: Path,
+        *,
+        heartbeat: float = 2.0,
+        output_roots: list[Path] | None = None,
+        users_file: Path | None = None,
     ) -> None:
-        super().__init__(url, Topics(instance), heartbeat=heartbeat)
+        super().__init__(url, Topics(instance, url.username), heartbeat=heartbeat)
         self.db_path = db_path
+        # default: only below the recorder's own data folder (settings give datadir + home)
+        self.guard = WriteGuard(output_roots or [db_path.parent], users_file)
         self._client_id = f"recorder-{instance}-{uuid.uuid4().hex[:6]}"
         self._stored = asyncio.Condition()
         self.store: BatchStore | None = None
@@ -337,6 +347,7 @@ class RecorderService(Service):
 
     # -- files -----------------------------------------------------------------------------
     async def op_finalize(self, args: Mapping[str, JsonValue]) -> Result:
+        self.guard.require_scheduler("finalize")
         a = FinalizeArgs.model_validate(args)
         store = self.store
         if store is None:
@@ -352,7 +363,8 @@ class RecorderService(Service):
         written, note = await self.files.write(a, Path(a.path))
         if not a.snapshot:
             self.files.written(jobid, written)
-        token, size = self.files.token(written)
+        owner = a.job.get("owner")
+        token, size = self.files.token(written, owner if isinstance(owner, str) else None)
         log.info(
             "job %d: %s written to %s (%d bytes; waited %.3f s for data, wrote in %.3f s)",
             jobid,
@@ -392,6 +404,7 @@ class RecorderService(Service):
         w = self.files.tokens.get(a.token)
         if w is None:
             raise CommandError("unknown or expired file token: ask for the snapshot again")
+        self.guard.require_fetch(w.owner)
         with w.path.open("rb") as f:
             f.seek(a.index * CHUNK)
             chunk = f.read(CHUNK)

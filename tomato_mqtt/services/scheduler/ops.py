@@ -22,6 +22,7 @@ from tomato_mqtt.driver.validate import TaskValidationError, validate_task
 from tomato_mqtt.errors import ConfigError
 from tomato_mqtt.model.jobs import Job
 from tomato_mqtt.model.matching import ComponentView, MatchResult, match, next_launches
+from tomato_mqtt.services.scheduler.access import Access
 from tomato_mqtt.services.scheduler.lifecycle import JobLifecycle
 from tomato_mqtt.services.scheduler.status import status_section
 from tomato_mqtt.transport.rpc import CommandError, Handler, Result
@@ -52,6 +53,7 @@ class SchedulerOps:
     def __init__(self, svc: SchedulerService) -> None:
         self.svc = svc
         self.jobs = JobLifecycle(svc)
+        self.access = Access(svc.settings)
 
     @property
     def store(self) -> Any:
@@ -72,15 +74,24 @@ class SchedulerOps:
             "job_cancel": self.job_cancel,
             "job_search": self.job_search,
             "job_snapshot": self.job_snapshot,
+            "whoami": self.whoami,
         }
+
+    async def whoami(self, args: Mapping[str, JsonValue]) -> Result:
+        """Who the scheduler thinks asked, and what that role may send."""
+        NoArgs.model_validate(args)
+        me = self.access.whoami()
+        return Result(f"you are {me['user']} (role {me['role'] or 'none'})", me)
 
     # -- status ----------------------------------------------------------------------------
     async def status(self, args: Mapping[str, JsonValue]) -> Result:
+        self.access.require("status")
         a = StatusArgs.model_validate(args)
         return status_section(self.svc, self.store, a.what)
 
     # -- reload ----------------------------------------------------------------------------
     async def reload(self, args: Mapping[str, JsonValue]) -> Result:
+        self.access.require("reload")
         NoArgs.model_validate(args)
         svc = self.svc
         old = svc.settings
@@ -134,6 +145,7 @@ class SchedulerOps:
         return Result("reload done: " + _describe_diff(diff), _jsonable_diff(diff))
 
     async def stop(self, args: Mapping[str, JsonValue]) -> Result:
+        self.access.require("stop")
         NoArgs.model_validate(args)
         running = self.store.jobs(statuses=["r", "rd"])
         if running:
@@ -160,6 +172,7 @@ class SchedulerOps:
             ) from None
 
     async def pipeline_load(self, args: Mapping[str, JsonValue]) -> Result:
+        self.access.require("pipeline_load")
         a = LoadArgs.model_validate(args)
         p = self._pipeline(a.pipeline)
         if p.sample is not None:
@@ -175,6 +188,7 @@ class SchedulerOps:
         return Result(f"sample {a.sample!r} loaded into {a.pipeline}", p.model_dump(mode="json"))
 
     async def pipeline_eject(self, args: Mapping[str, JsonValue]) -> Result:
+        self.access.require("pipeline_eject")
         a = PipelineArgs.model_validate(args)
         p = self._pipeline(a.pipeline)
         if p.jobid is not None:
@@ -186,6 +200,7 @@ class SchedulerOps:
         return Result(f"pipeline {a.pipeline} ejected", p.model_dump(mode="json"))
 
     async def pipeline_ready(self, args: Mapping[str, JsonValue]) -> Result:
+        self.access.require("pipeline_ready")
         a = PipelineArgs.model_validate(args)
         self._pipeline(a.pipeline)
         p = self.store.update_pipeline(a.pipeline, ready=True)
@@ -195,13 +210,15 @@ class SchedulerOps:
 
     # -- jobs ------------------------------------------------------------------------------
     async def job_submit(self, args: Mapping[str, JsonValue]) -> Result:
+        self.access.require("job_submit")
         a = SubmitArgs.model_validate(args)
         try:
             payload = parse_payload(dict(a.payload), user=a.user)
         except PayloadError as e:
             raise CommandError(f"payload refused: {e}") from None
         pdict = payload.model_dump(mode="json")
-        job = self.store.add_job(pdict, a.jobname, a.submit_dir)
+        self.access.check_bounds(pdict.get("method") or [])
+        job = self.store.add_job(pdict, a.jobname, a.submit_dir, owner=self.access.owner())
         out = pdict.get("settings", {}).get("output", {})
         base = Path(out.get("path") or a.submit_dir or self.svc.settings.jobs_dir / str(job.id))
         prefix = out.get("prefix") or f"results.{job.id}"
@@ -227,11 +244,13 @@ class SchedulerOps:
         return out
 
     async def job_status(self, args: Mapping[str, JsonValue]) -> Result:
+        self.access.require("job_status")
         a = JobIdsArgs.model_validate(args)
         jobs = self._jobs(a.jobids)
         return Result(f"{len(jobs)} job(s)", [j.model_dump(mode="json") for j in jobs])
 
     async def job_search(self, args: Mapping[str, JsonValue]) -> Result:
+        self.access.require("job_search")
         a = SearchArgs.model_validate(args)
         jobs = self.store.search(a.name, complete=a.complete)
         return Result(
@@ -239,10 +258,13 @@ class SchedulerOps:
         )
 
     async def job_cancel(self, args: Mapping[str, JsonValue]) -> Result:
+        self.access.require("job_cancel")
         a = JobIdsArgs.model_validate(args)
         if not a.jobids:
             raise CommandError("give the id of the job(s) to cancel", code="bad_request")
         jobs = self._jobs(a.jobids)
+        for job in jobs:  # all or nothing: no job is cancelled if one is not theirs
+            self.access.require_job(job, "cancel")
         out: list[JsonValue] = []
         msgs = []
         for job in jobs:
@@ -267,8 +289,10 @@ class SchedulerOps:
         return Result("; ".join(msgs), out)
 
     async def job_snapshot(self, args: Mapping[str, JsonValue]) -> Result:
+        self.access.require("job_snapshot")
         a = SnapshotArgs.model_validate(args)
         job = self._jobs([a.jobid])[0]
+        self.access.require_job(job, "snapshot")
         if job.status in ("q", "qw"):
             raise CommandError(
                 f"job {job.id} has not started yet: no data to snapshot", code="conflict"

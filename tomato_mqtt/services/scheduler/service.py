@@ -54,9 +54,10 @@ log = logging.getLogger(__name__)
 
 class SchedulerService(Service):
     def __init__(self, settings: Settings, url: BrokerURL | None = None) -> None:
+        url = url or settings_url(settings)
         super().__init__(
-            url or settings_url(settings),
-            Topics(settings.mqtt.instance),
+            url,
+            Topics(settings.mqtt.instance, url.username),
             heartbeat=settings.scheduler.heartbeat,
         )
         self.settings = settings
@@ -215,17 +216,21 @@ class SchedulerService(Service):
                 return  # a cleared retained topic
             elif parsed.kind == "node_status":
                 nst = decode(NodeStatus, msg.payload, msg.topic)
-                self.presence_view.received(nst, retained=msg.retain)
-                await self._on_node_status(nst)
+                if self._topic_agrees(parsed.name, nst.node, msg.topic):
+                    self.presence_view.received(nst, retained=msg.retain)
+                    await self._on_node_status(nst)
             elif parsed.kind == "recorder_status":
                 rst = decode(RecorderStatus, msg.payload, msg.topic)
                 await self.presence_view.recorder(rst)
             elif parsed.kind == "component_meta":
                 meta = decode(ComponentMeta, msg.payload, msg.topic)
-                self.metas[meta.name] = meta
-                self.kick()
+                if self._topic_agrees(parsed.name, meta.name, msg.topic):
+                    self.metas[meta.name] = meta
+                    self.kick()
             elif parsed.kind == "component_status":
                 st = decode(ComponentStatus, msg.payload, msg.topic)
+                if not self._topic_agrees(parsed.name, st.name, msg.topic):
+                    return
                 self.cstatus[st.name] = st
                 if st.last_task is not None:
                     self.presence_view.late_task_end(st)
@@ -241,6 +246,18 @@ class SchedulerService(Service):
             del self.cstatus[name]
         async with self.cond:
             self.cond.notify_all()
+
+    @staticmethod
+    def _topic_agrees(segment: str | None, name: str, topic: str) -> bool:
+        """Trust topics, not payloads: the broker's ACL guarantees who may publish on a
+        node's or component's topic, nothing guarantees the name inside the payload. A
+        payload about another name (forged or retained junk) is dropped, with a log."""
+        if segment is not None and slug(name) == segment:
+            return True
+        log.warning(
+            "dropped a message on %s about %r: the name disagrees with the topic", topic, name
+        )
+        return False
 
     async def _on_node_status(self, st: NodeStatus) -> None:
         self.nodes[st.node] = st

@@ -18,7 +18,7 @@ from tomato_mqtt.model.jobs import Job, PipelineState, UnknownName, check_transi
 
 __all__ = ["StateStore"]
 
-_SCHEMA_VERSION = 1
+_SCHEMA_VERSION = 2  # 2: jobs.owner (issue 10)
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS pipelines (
     name TEXT PRIMARY KEY,
@@ -40,7 +40,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     respath TEXT,
     snappath TEXT,
     reason TEXT,
-    progress TEXT NOT NULL DEFAULT '{}'
+    progress TEXT NOT NULL DEFAULT '{}',
+    owner TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status);
 """
@@ -74,6 +75,9 @@ class StateStore:
             for stmt in _SCHEMA.split(";"):
                 if stmt.strip():
                     self._db.execute(stmt)
+            cols = {r["name"] for r in self._db.execute("PRAGMA table_info(jobs)")}
+            if "owner" not in cols:  # a version-1 file: jobs had no owner
+                self._db.execute("ALTER TABLE jobs ADD COLUMN owner TEXT")
             self._db.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
 
     def close(self) -> None:
@@ -145,13 +149,19 @@ class StateStore:
         return new
 
     # -- jobs ------------------------------------------------------------------------------
-    def add_job(self, payload: dict[str, Any], jobname: str | None, submit_dir: str | None) -> Job:
+    def add_job(
+        self,
+        payload: dict[str, Any],
+        jobname: str | None,
+        submit_dir: str | None,
+        owner: str | None = None,
+    ) -> Job:
         """Queue a job; ids count up from 1 and are never reused."""
         with self._write() as db:
             cur = db.execute(
-                "INSERT INTO jobs (jobname, payload, status, submitted_at, submit_dir) "
-                "VALUES (?, ?, 'q', ?, ?)",
-                (jobname, json.dumps(payload), utcnow(), submit_dir),
+                "INSERT INTO jobs (jobname, payload, status, submitted_at, submit_dir, owner) "
+                "VALUES (?, ?, 'q', ?, ?, ?)",
+                (jobname, json.dumps(payload), utcnow(), submit_dir, owner),
             )
             jobid = cur.lastrowid
         if jobid is None:  # pragma: no cover - sqlite sets it on every INSERT
