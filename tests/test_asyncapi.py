@@ -144,7 +144,7 @@ def test_docs_example_payloads_are_valid() -> None:
 
 def test_docs_list_every_command_with_its_args() -> None:
     """docs/topics.md holds the table generated from wire/commands.py, unchanged."""
-    from tomato_mqtt.wire.commands import commands_markdown
+    from tomato_mqtt.wire.reference import commands_markdown
 
     text = DOCS.read_text()
     begin, end = "<!-- commands:begin -->\n", "<!-- commands:end -->"
@@ -152,7 +152,7 @@ def test_docs_list_every_command_with_its_args() -> None:
     block = text[text.index(begin) + len(begin) : text.index(end)]
     assert block == commands_markdown(), (
         "docs/topics.md's command table is stale; replace the block between the markers "
-        "with the output of tomato_mqtt.wire.commands.commands_markdown()"
+        "with the output of tomato_mqtt.wire.reference.commands_markdown()"
     )
 
 

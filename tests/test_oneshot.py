@@ -95,10 +95,10 @@ def test_fast_settings_read_knows_every_mqtt_field_and_agrees_with_the_loader(
     tmp_path: Path,
 ) -> None:
     """The CLI's pydantic-free read of [mqtt] must not drift from the validating loader."""
-    from tomato_mqtt.cli import common
+    from tomato_mqtt.cli import common, fastsettings
     from tomato_mqtt.config.settings import MqttSettings
 
-    assert set(common._MQTT_KEYS) == set(MqttSettings.model_fields)
+    assert set(fastsettings.MQTT_KEYS) == set(MqttSettings.model_fields)
     (tmp_path / "settings.toml").write_text('[mqtt]\nport = 2883\ninstance = "lab1"\n')
     for appdir in (tmp_path, tmp_path / "empty"):
         ctx = common.context(appdir=appdir)

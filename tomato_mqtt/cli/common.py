@@ -44,7 +44,6 @@ from __future__ import annotations
 import functools
 import inspect
 import os
-import sys
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,6 +51,7 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar, cast
 
 import typer
 
+from tomato_mqtt.cli.fastsettings import light_mqtt
 from tomato_mqtt.cli.output import Output, emit, table
 from tomato_mqtt.config.url import BrokerURL
 from tomato_mqtt.wire.topics import Topics
@@ -264,57 +264,6 @@ class CallContext:
         return f"broker {self.url}, instance {self.instance}"
 
 
-# [mqtt] keys the fast path understands; anything else goes through the full settings
-_MQTT_KEYS = {
-    "host": str,
-    "port": int,
-    "instance": str,
-    "username": str,
-    "password": str,
-    "tls": bool,
-    "ca_certs": str,
-    "certfile": str,
-    "keyfile": str,
-    "tls_insecure": bool,
-    "keepalive": int,
-}
-
-
-def _light_mqtt(appdir: Path | None) -> dict[str, Any] | None:
-    """The ``[mqtt]`` table of settings.toml without pydantic, or None if unsure.
-
-    A call that only sends one request must not pay for validating every section; when
-    the file is absent the defaults apply, when anything looks unusual the full loader
-    runs (and reports the problem with file and field).
-    """
-    import platformdirs
-
-    app = (
-        Path(appdir).expanduser()
-        if appdir
-        else Path(platformdirs.user_config_dir("tomato-mqtt", appauthor=False))
-    )
-    path = app / "settings.toml"
-    if not path.is_file():
-        return {}
-    if sys.version_info >= (3, 11):
-        import tomllib
-    else:  # pragma: no cover - Python 3.10
-        import tomli as tomllib
-    try:
-        doc = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError, UnicodeDecodeError):
-        return None
-    mqtt = doc.get("mqtt", {})
-    if not isinstance(mqtt, dict):
-        return None
-    for k, v in mqtt.items():
-        want = _MQTT_KEYS.get(k)
-        if want is None or type(v) is not want:
-            return None
-    return mqtt
-
-
 def context(
     port: int | None = None,
     broker: str | None = None,
@@ -327,7 +276,7 @@ def context(
     ctx = CallContext(
         url=BrokerURL(), instance="", appdir=appdir, datadir=datadir, logdir=logdir, port=port
     )
-    light = _light_mqtt(appdir)
+    light = light_mqtt(appdir)
     if light is None:
         m = ctx.settings.mqtt
         light = m.model_dump()

@@ -33,6 +33,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
 from tomato_mqtt.config.url import BrokerURL
 from tomato_mqtt.transport._loop import _LoopDriven
+from tomato_mqtt.transport._tls import TrackingContext, client_tls_context
 from tomato_mqtt.transport.types import Message, MqttError, MqttTimeout, Will, topic_matches
 
 __all__ = [
@@ -46,23 +47,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-
-class _TrackingContext(ssl.SSLContext):
-    """An SSLContext that remembers the last socket it wrapped (see ``_connect_once``)."""
-
-    last: ssl.SSLSocket | None = None
-
-    def wrap_socket(self, *args: Any, **kwargs: Any) -> ssl.SSLSocket:
-        sock = super().wrap_socket(*args, **kwargs)
-        self.last = sock
-        return sock
-
-    def close_last(self) -> None:
-        sock, self.last = self.last, None
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.close()
 
 
 @dataclass
@@ -143,17 +127,7 @@ class AsyncClient(_LoopDriven):
         if self.url.username is not None:
             c.username_pw_set(self.url.username, self.url.password)
         if self.url.tls:
-            # as ssl.create_default_context(): hostname check, certificate required
-            ctx = _TrackingContext(ssl.PROTOCOL_TLS_CLIENT)
-            if self.url.ca_certs:
-                ctx.load_verify_locations(cafile=self.url.ca_certs)
-            else:
-                ctx.load_default_certs()
-            if self.url.certfile:
-                ctx.load_cert_chain(self.url.certfile, self.url.keyfile)
-            if self.url.tls_insecure:
-                ctx.check_hostname = False
-                ctx.verify_mode = ssl.CERT_NONE
+            ctx = client_tls_context(self.url)
             c.tls_set_context(ctx)
         if self._will is not None:
             c.will_set(self._will.topic, self._will.payload, self._will.qos, self._will.retain)
@@ -205,7 +179,7 @@ class AsyncClient(_LoopDriven):
         except (OSError, ssl.SSLError) as e:
             # paho does not close a TLS socket whose handshake failed: one fd per retry
             ctx = getattr(c, "_ssl_context", None)
-            if isinstance(ctx, _TrackingContext):
+            if isinstance(ctx, TrackingContext):
                 ctx.close_last()
             raise MqttError(str(e) or type(e).__name__) from e
         rc = await self._connack

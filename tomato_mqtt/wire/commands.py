@@ -38,7 +38,6 @@ __all__ = [
     "ErrorCode",
     "Responder",
     "command",
-    "commands_markdown",
     "commands_of",
 ]
 
@@ -351,51 +350,3 @@ def command(responder: Responder, op: str) -> Command:
 
 def commands_of(responder: Responder) -> dict[str, Command]:
     return {c.op: c for c in COMMANDS if c.responder == responder}
-
-
-_TOPIC = {
-    "scheduler": "scheduler/cmd/{op}/{user}",
-    "node": "node/{node}/cmd/{op}",
-    "component": "component/{component}/cmd/{op}",
-    "recorder": "recorder/cmd/{op}/{user}",
-}
-
-
-def _type_name(ann: Any) -> str:
-    text = getattr(ann, "__name__", None) if isinstance(ann, type) else None
-    text = text or str(ann).replace("typing.", "")
-    for mod in (
-        "tomato_mqtt.",
-        "wire.messages.",
-        "wire.commands.",
-        "model.jobs.",
-        "pydantic.types.",
-    ):
-        text = text.replace(mod, "")
-    text = text.replace("NoneType", "null").replace("JsonValue", "json").replace("None", "null")
-    # a markdown table cell: no pipes
-    return text.replace(" | ", " or ").replace("Literal[", "one of [")
-
-
-def _args_text(model: type[BaseModel]) -> str:
-    fields = []
-    for name, f in model.model_fields.items():
-        if name == "schema_":
-            continue
-        opt = "" if f.is_required() else "?"
-        fields.append(f"`{name}{opt}`: {_type_name(f.annotation)}")
-    return ", ".join(fields) or "—"
-
-
-def commands_markdown() -> str:
-    """The table of every command for docs/topics.md (a test keeps the docs in step)."""
-    rows = [
-        "| topic | op | args (`?` optional) | reply `data` | what |",
-        "|---|---|---|---|---|",
-    ]
-    for c in COMMANDS:
-        data = "null" if c.data is None else _type_name(c.data)
-        rows.append(
-            f"| `{_TOPIC[c.responder]}` | `{c.op}` | {_args_text(c.args)} | {data} | {c.doc} |"
-        )
-    return "\n".join(rows) + "\n"
