@@ -260,3 +260,29 @@ async def test_presence_by_receipt_and_clock_skew_flagged(
                 break
             await asyncio.sleep(0.1)
         assert all(seen[n]["state"] == "lost" for n in ("behind", "ahead", "good")), seen
+
+
+async def test_a_request_pending_when_the_recorder_restarts_is_sent_again(
+    broker: RunningBroker, instance: str, tmp_path: Path
+) -> None:
+    """A recorder killed with a finalize in hand takes the request with it: the
+    scheduler sees its successor's new ``started_at`` and sends the request again at
+    once, instead of waiting out the 60 s timeout (chaos scenario kill-recorder)."""
+    app = tmp_path / "app"
+    write_settings(app, instance, broker.port)
+    shutil.copy(CONFIG / "devices_counter.yml", app / "devices.yml")
+    s = load_settings(appdir=app, datadir=tmp_path / "data", logdir=tmp_path / "log")
+    sched = SchedulerService(s)
+    url = BrokerURL.parse(broker.url)
+    async with running(sched):
+        # no recorder yet: the request goes nowhere
+        pending = asyncio.ensure_future(sched.recorder_request("status", {}, timeout=30))
+        done, _ = await asyncio.wait({pending}, timeout=0.5)
+        assert not done
+        rec = RecorderService(url, instance, tmp_path / "rec.sqlite", heartbeat=0.5)
+        t0 = time.monotonic()
+        async with running(rec):
+            ok, msg, data = await asyncio.wait_for(pending, 10)
+        assert ok, msg
+        assert isinstance(data, dict) and data["state"] == "online"
+        assert time.monotonic() - t0 < 5  # answered on the recorder's arrival, not at 30 s

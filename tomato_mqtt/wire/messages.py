@@ -178,6 +178,11 @@ class RecorderStatus(WireModel):
     state: PresenceState
     heartbeat: float = 0.0
     version: str = ""
+    started_at: float | None = Field(
+        default=None,
+        description="when this recorder process started (s since the epoch): a new value "
+        "means a restart, and requests sent to the old one must be sent again",
+    )
     jobs: dict[str, JobProgress] = Field(default_factory=dict)
     storage_error: str | None = Field(
         default=None,

@@ -88,6 +88,7 @@ class RecorderService(Service):
     ) -> None:
         super().__init__(url, Topics(instance, url.username), heartbeat=heartbeat)
         self.db_path = db_path
+        self.started_at = time.time()
         # default: only below the recorder's own data folder (settings give datadir + home)
         self.guard = WriteGuard(output_roots or [db_path.parent], users_file)
         self._client_id = f"recorder-{instance}-{uuid.uuid4().hex[:6]}"
@@ -167,6 +168,7 @@ class RecorderService(Service):
             state=state,
             heartbeat=time.time(),
             version=__version__,
+            started_at=self.started_at,
             jobs=jobs,
             storage_error=self.storage_error,
         )
