@@ -42,9 +42,13 @@ def submit_as(st: Stack, user: str, payload: str | Path) -> int:
     return int(out["data"]["id"])
 
 
-def test_roles_on_a_secured_stack(tmp_path: Path) -> None:
+@pytest.mark.parametrize("kind", ["amqtt", "mosquitto"])
+def test_roles_on_a_secured_stack(
+    kind: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    mosquitto = request.getfixturevalue("mosquitto_path") if kind == "mosquitto" else ""
     extra = f'[recorder]\noutput_roots = ["{tmp_path}"]\n'
-    with secure_stack(tmp_path, extra=extra) as st:
+    with secure_stack(tmp_path, extra=extra, mosquitto=mosquitto) as st:
         # a reader reads, and nothing else
         assert "running" in allowed(st, "rita", "tomato", "status")
         for args in (

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from tomato_mqtt.cli import common
-from tomato_mqtt.cli.common import AppDirOpt, DataDirOpt, fail
+from tomato_mqtt.cli.common import AppDirOpt, DataDirOpt, PortOpt, fail
 from tomato_mqtt.config.url import BrokerURL
 
 if TYPE_CHECKING:
@@ -216,6 +216,7 @@ def broker_config_cmd(
     ],
     appdir: AppDirOpt = None,
     datadir: DataDirOpt = None,
+    port: PortOpt = None,
 ) -> None:
     """Write Mosquitto's password_file, acl_file and a config snippet from the users file."""
     from tomato_mqtt.config.devices import load_devices
@@ -226,7 +227,7 @@ def broker_config_cmd(
     from tomato_mqtt.wire.topics import Topics
 
     try:
-        s = load_settings(appdir=appdir, datadir=datadir)
+        s = load_settings(appdir=appdir, datadir=datadir, port=port)
         if s.users_file is None:
             fail("set [broker] password_file (the users file) first: see docs/security.md")
         ensure_services(s)  # the services' logins go into Mosquitto's files too
