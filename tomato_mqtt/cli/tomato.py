@@ -309,6 +309,7 @@ def scheduler(
 
     s = _settings(appdir, datadir, logdir, port)
     setup_logging("scheduler", s.logdir, verbose)
+    _user.ensure_services(s, ["scheduler"])  # a secured stack: its own login
     svc = SchedulerService(s, url=_user.service_url(s, "scheduler", settings_url(s)))
 
     async def main() -> None:
@@ -340,6 +341,7 @@ def recorder(
 
     s = _settings(appdir, datadir, logdir, port)
     setup_logging("recorder", s.logdir, verbose)
+    _user.ensure_services(s, ["recorder"])
     svc = RecorderService(
         _user.service_url(s, "recorder", settings_url(s)),
         s.mqtt.instance,
@@ -381,6 +383,8 @@ def node(
     node_name = name or s.node.name
     setup_logging(f"node-{node_name}", s.logdir if logdir or appdir else None, verbose)
     # the local node of a secured stack logs in as its own service user
+    if not broker:
+        _user.ensure_services(s, [f"node:{node_name}"])
     url = ctx.url if broker else _user.service_url(s, f"node:{node_name}", ctx.url)
     svc = NodeService(
         NodeConfig(

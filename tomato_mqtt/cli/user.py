@@ -162,15 +162,24 @@ def service_keys(s: Settings) -> list[str]:
     return ["scheduler", "recorder", f"node:{s.node.name}"]
 
 
-def ensure_services(s: Settings) -> None:
-    """On a secured stack, make sure the local services have their own logins."""
-    if s.users_file is None:
+def ensure_services(s: Settings, keys: list[str] | None = None) -> None:
+    """On a secured stack, make sure the local services have their own logins.
+
+    A node run with ``--broker`` logs in as told; one run without it on a PC without the
+    users file (an instrument PC) has no service login to make.
+    """
+    if s.users_file is None or (keys is not None and not s.users_file.exists()):
         return
+    if not s.users_file.exists():
+        fail(
+            f"the users file {s.users_file} does not exist: add an admin first "
+            "(tomato user add NAME --role admin)"
+        )
     from tomato_mqtt.config.users import ensure_service_users
     from tomato_mqtt.errors import ConfigError
 
     try:
-        ensure_service_users(s.users_file, _creds_path(s), service_keys(s))
+        ensure_service_users(s.users_file, _creds_path(s), keys or service_keys(s))
     except (ValueError, ConfigError, OSError) as e:
         fail(f"cannot set up the services' logins in {s.users_file}: {e}")
 
