@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import getpass
 import os
 import shutil
+import socket
+import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,7 +26,11 @@ LAB_USERS: dict[str, tuple[str, str]] = {
 
 
 def make_secure_stack(
-    root: Path, devices: str = "devices_counter.yml", extra: str = "", mqtt_extra: str = ""
+    root: Path,
+    devices: str = "devices_counter.yml",
+    extra: str = "",
+    mqtt_extra: str = "",
+    embedded: bool = True,
 ) -> Stack:
     """A stack whose broker needs a login; the CLI's own settings log in as ``ada``."""
     st = Stack(root=root, port=free_port(), instance="t" + os.urandom(4).hex())
@@ -37,6 +45,7 @@ def make_secure_stack(
         f'[mqtt]\ninstance = "{st.instance}"\nusername = "ada"\npassword = "pw-ada"\n'
         f"{mqtt_extra}"
         f'[broker]\nws_port = 0\npassword_file = "users"\nallow_anonymous = false\n'
+        f"embedded = {'true' if embedded else 'false'}\n"
         "[scheduler]\nnode_grace_period = 5.0\nlost_after = 4.0\n"
         f"{extra}\n"
     )
@@ -50,8 +59,50 @@ def as_user(st: Stack, user: str) -> list[str]:
 
 @contextlib.contextmanager
 def secure_stack(
-    root: Path, devices: str = "devices_counter.yml", extra: str = ""
+    root: Path, devices: str = "devices_counter.yml", extra: str = "", mosquitto: str = ""
 ) -> Iterator[Stack]:
-    st = make_secure_stack(root, devices, extra)
-    with started(st):
-        yield st
+    """A secured stack on the embedded broker, or, given Mosquitto's binary, on a Mosquitto
+    configured by ``tomato broker-config --mosquitto`` (as docs/security.md says)."""
+    st = make_secure_stack(root, devices, extra, embedded=not mosquitto)
+    if not mosquitto:
+        with started(st):
+            yield st
+        return
+    conf = st.root / "mosquitto"
+    st.run("tomato", "broker-config", "--mosquitto", str(conf), "-D", str(st.datadir), check=True)
+    text = (conf / "tomato.conf").read_text()
+    (conf / "run.conf").write_text(
+        text
+        # run as root, Mosquitto drops to user 'mosquitto', who cannot read the test's files
+        + (f"user {getpass.getuser()}\n" if os.geteuid() == 0 else "")
+        + f"persistence false\nlog_dest file {conf / 'mosquitto.log'}\n"
+    )
+    proc = subprocess.Popen(
+        [mosquitto, "-c", str(conf / "run.conf")],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_listening(st.port)
+        with started(st):
+            yield st
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def wait_listening(port: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.5).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"nothing listens on port {port}") from None
+            time.sleep(0.02)

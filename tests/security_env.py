@@ -117,6 +117,8 @@ async def start_amqtt(workdir: Path, instance: str, **tls: str) -> SecureBroker:
     if tls:
         b.tls_port = free_port()
         cfg.tls_port = b.tls_port
+        b.extra["ws_port"] = str(free_port())
+        cfg.ws_port = int(b.extra["ws_port"])  # WSS, with the same certificate
         cfg.certfile, cfg.keyfile = tls["certfile"], tls["keyfile"]
         cfg.cafile = tls.get("cafile")
     b._broker = EmbeddedBroker(cfg)

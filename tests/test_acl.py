@@ -255,3 +255,21 @@ async def test_logins_refused(
                     pass
         async with AsyncClient(b.url("olga"), reconnect=False) as c:
             assert c.is_connected
+
+
+async def test_users_file_changes_apply_while_the_broker_runs(
+    tmp_path: Path, instance: str
+) -> None:
+    async with secured("amqtt", tmp_path, instance) as b:
+        with pytest.raises(MqttError, match="refused"):
+            async with AsyncClient(b.url("newbie", "pw-new"), reconnect=False):
+                pass
+        b.users.add("newbie", "pw-new", "reader")
+        b.users.save()
+        async with AsyncClient(b.url("newbie", "pw-new"), reconnect=False) as c:
+            await c.subscribe(b.topics.all_job_status())
+        b.users.remove("newbie")
+        b.users.save()
+        with pytest.raises(MqttError, match="refused"):
+            async with AsyncClient(b.url("newbie", "pw-new"), reconnect=False):
+                pass

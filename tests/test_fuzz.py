@@ -22,9 +22,8 @@ from tests.stack import Stack, make_stack, started
 from tomato_mqtt.transport.client import AsyncClient, Message
 from tomato_mqtt.wire.topics import Topics
 
-pytestmark = pytest.mark.timeout(300)
-
 N = int(os.environ.get("TOMATO_FUZZ_N", "10000"))
+pytestmark = pytest.mark.timeout(300 + N // 200)
 COMPONENTS = [f"example_counter:(example-addr,{i})" for i in (1, 2, 3, 4)]
 SERVICES = ("broker", "scheduler", "recorder", "node")
 

@@ -42,9 +42,13 @@ def submit_as(st: Stack, user: str, payload: str | Path) -> int:
     return int(out["data"]["id"])
 
 
-def test_roles_on_a_secured_stack(tmp_path: Path) -> None:
+@pytest.mark.parametrize("kind", ["amqtt", "mosquitto"])
+def test_roles_on_a_secured_stack(
+    kind: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    mosquitto = request.getfixturevalue("mosquitto_path") if kind == "mosquitto" else ""
     extra = f'[recorder]\noutput_roots = ["{tmp_path}"]\n'
-    with secure_stack(tmp_path, extra=extra) as st:
+    with secure_stack(tmp_path, extra=extra, mosquitto=mosquitto) as st:
         # a reader reads, and nothing else
         assert "running" in allowed(st, "rita", "tomato", "status")
         for args in (
@@ -91,3 +95,45 @@ def payload(tmp: Path, *, sampling_interval: float, max_duration: float) -> Path
     path = tmp / f"payload-{len(list(tmp.glob('payload-*')))}.yml"
     path.write_text(yaml.safe_dump(doc))
     return path
+
+
+def test_recorder_never_writes_outside_its_roots_nor_over_a_foreign_file(tmp_path: Path) -> None:
+    allowed_dir = tmp_path / "allowed"
+    outside = tmp_path / "outside"
+    for d in (allowed_dir, outside):
+        d.mkdir()
+    thesis = allowed_dir / "thesis.nc"
+    thesis.write_text("years of work")
+    extra = f'[recorder]\noutput_roots = ["{allowed_dir}"]\n'
+    with secure_stack(tmp_path, extra=extra) as st:
+        st.load_ready("pip-counter-1", "counter_1_0.1")
+        results = {}
+        cases = {
+            "outside": {"path": str(outside)},
+            "traversal": {"path": f"{allowed_dir}/../outside"},
+            "overwrite": {"path": str(allowed_dir), "prefix": "thesis"},
+        }
+        for name, out in cases.items():
+            doc = {
+                "version": "2.2",
+                "sample": {"identifier": "counter_1_0.1"},
+                "user": {"identifier": "olga"},
+                "settings": {"output": out},
+                "method": [{"component_role": "counter", "technique_name": "count",
+                            "max_duration": 0.3, "sampling_interval": 0.1}],
+            }  # fmt: skip
+            path = tmp_path / f"{name}.yml"
+            path.write_text(yaml.safe_dump(doc))
+            jobid = st.submit(path)
+            job = st.wait_job(jobid, {"c", "ce", "cd"}, timeout=60)
+            results[name] = job
+            st.run("tomato", "pipeline", "ready", "pip-counter-1", check=True)
+        for name, job in results.items():
+            assert job["status"] == "c", (name, job)
+            # the data are kept, in the job folder under the datadir
+            assert Path(job["respath"]).parent == st.datadir / "Jobs" / str(job["id"]), job
+            assert Path(job["respath"]).is_file()
+        assert list(outside.iterdir()) == []
+        assert thesis.read_text() == "years of work"
+        log = (st.logdir / "recorder.log").read_text()
+        assert "outside the folders" in log and "refused to overwrite" in log

@@ -38,6 +38,15 @@ async def test_tls_listener_refuses_plain_mqtt_and_a_wrong_ca(
         good = f"mqtts://olga:pw-olga@127.0.0.1:{b.tls_port}?ca_certs={pki.ca}"
         async with AsyncClient(good, reconnect=False) as c:
             await c.subscribe(b.topics.all_job_status())
+        # the dashboard's WebSocket listener is WSS, with auth and ACL as well
+        wss = f"wss://rita:pw-rita@127.0.0.1:{b.extra['ws_port']}?ca_certs={pki.ca}"
+        async with AsyncClient(wss, reconnect=False) as c:
+            await c.subscribe(b.topics.all_job_status())
+            with pytest.raises(MqttError, match="refused the subscription"):
+                await c.subscribe(b.topics.scheduler_cmds())
+        with pytest.raises(MqttError):
+            async with AsyncClient(wss.replace("pw-rita", "nope"), reconnect=False):
+                pass
         for bad in (
             f"mqtt://olga:pw-olga@127.0.0.1:{b.tls_port}",  # plain MQTT to the TLS port
             f"mqtts://olga:pw-olga@127.0.0.1:{b.tls_port}?ca_certs={other.ca}",  # wrong CA

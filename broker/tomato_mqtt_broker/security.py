@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,9 @@ from tomato_mqtt.wire.topics import Topics
 __all__ = ["RoleAclPlugin", "UsersAuthPlugin"]
 
 log = logging.getLogger(__name__)
+
+#: how often (s) the ACL looks whether the users or devices file changed
+_RECHECK = 0.5
 
 
 def _stamp(path: str | None) -> tuple[int, int] | None:
@@ -118,6 +122,7 @@ class RoleAclPlugin(BaseTopicPlugin):  # type: ignore[misc]
         self._devices_stamp: tuple[int, int] | None = None
         self._node_components: dict[str, list[str]] = {}
         self._rules: dict[str, list[Rule]] = {}
+        self._checked = time.monotonic()
         self._refresh_devices()
 
     def _refresh_devices(self) -> bool:
@@ -144,12 +149,17 @@ class RoleAclPlugin(BaseTopicPlugin):  # type: ignore[misc]
         """The rules of a login, or None when there is no users file (no ACL)."""
         if self._users is None:
             return None
-        if self._users.refresh() | self._refresh_devices():
-            self._rules.clear()
+        now = time.monotonic()
+        if now - self._checked >= _RECHECK:  # two stat() calls, not on every message
+            self._checked = now
+            if self._users.refresh() | self._refresh_devices():
+                self._rules.clear()
         name = username or ""
         cached = self._rules.get(name)
         if cached is not None:
             return cached
+        if self._users.refresh() | self._refresh_devices():  # a new login: be current
+            self._rules.clear()
         role = self._users.users.role_of(name)
         out: list[Rule] = []
         if role is not None:

@@ -59,6 +59,7 @@ def scheduler(opts: common.Opts, verbose: VerboseOpt = 0) -> None:
 
     s = opts.settings()
     setup_logging("scheduler", s.logdir, verbose)
+    _user.ensure_services(s, ["scheduler"])  # a secured stack: its own login
     svc = SchedulerService(s, url=_user.service_url(s, "scheduler", settings_url(s)))
     try:
         svc.run_sync()
@@ -78,6 +79,7 @@ def recorder(opts: common.Opts, verbose: VerboseOpt = 0) -> None:
 
     s = opts.settings()
     setup_logging("recorder", s.logdir, verbose)
+    _user.ensure_services(s, ["recorder"])
     svc = RecorderService(
         _user.service_url(s, "recorder", settings_url(s)),
         s.mqtt.instance,
@@ -108,6 +110,8 @@ def node(
     # a node started by hand without -A/-L logs to the console only
     setup_logging(f"node-{node_name}", s.logdir if opts.logdir or opts.appdir else None, verbose)
     # the local node of a secured stack logs in as its own service user
+    if not opts.broker:
+        _user.ensure_services(s, [f"node:{node_name}"])
     url = ctx.url if opts.broker else _user.service_url(s, f"node:{node_name}", ctx.url)
     svc = NodeService(
         NodeConfig(

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from tomato_mqtt.cli import common
-from tomato_mqtt.cli.common import AppDirOpt, DataDirOpt, fail
+from tomato_mqtt.cli.common import AppDirOpt, DataDirOpt, PortOpt, fail
 from tomato_mqtt.config.url import BrokerURL
 
 if TYPE_CHECKING:
@@ -162,15 +162,24 @@ def service_keys(s: Settings) -> list[str]:
     return ["scheduler", "recorder", f"node:{s.node.name}"]
 
 
-def ensure_services(s: Settings) -> None:
-    """On a secured stack, make sure the local services have their own logins."""
-    if s.users_file is None:
+def ensure_services(s: Settings, keys: list[str] | None = None) -> None:
+    """On a secured stack, make sure the local services have their own logins.
+
+    A node run with ``--broker`` logs in as told; one run without it on a PC without the
+    users file (an instrument PC) has no service login to make.
+    """
+    if s.users_file is None or (keys is not None and not s.users_file.exists()):
         return
+    if not s.users_file.exists():
+        fail(
+            f"the users file {s.users_file} does not exist: add an admin first "
+            "(tomato user add NAME --role admin)"
+        )
     from tomato_mqtt.config.users import ensure_service_users
     from tomato_mqtt.errors import ConfigError
 
     try:
-        ensure_service_users(s.users_file, _creds_path(s), service_keys(s))
+        ensure_service_users(s.users_file, _creds_path(s), keys or service_keys(s))
     except (ValueError, ConfigError, OSError) as e:
         fail(f"cannot set up the services' logins in {s.users_file}: {e}")
 
@@ -216,6 +225,7 @@ def broker_config_cmd(
     ],
     appdir: AppDirOpt = None,
     datadir: DataDirOpt = None,
+    port: PortOpt = None,
 ) -> None:
     """Write Mosquitto's password_file, acl_file and a config snippet from the users file."""
     from tomato_mqtt.config.devices import load_devices
@@ -226,7 +236,7 @@ def broker_config_cmd(
     from tomato_mqtt.wire.topics import Topics
 
     try:
-        s = load_settings(appdir=appdir, datadir=datadir)
+        s = load_settings(appdir=appdir, datadir=datadir, port=port)
         if s.users_file is None:
             fail("set [broker] password_file (the users file) first: see docs/security.md")
         ensure_services(s)  # the services' logins go into Mosquitto's files too

@@ -28,6 +28,7 @@ import hashlib
 import hmac
 import os
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -231,6 +232,28 @@ def ensure_service_users(users_path: Path, creds_path: Path, keys: list[str]) ->
     """Make sure each service in ``keys`` has a login in the users file whose password is
     in ``creds_path`` (JSON, mode 0600, next to the data). Returns the logins created or
     reset. A service login whose password is not on record gets a new random one."""
+    with _locked(users_path):  # scheduler, recorder and node may start at once
+        return _ensure_service_users(users_path, creds_path, keys)
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """An advisory lock next to ``path`` (POSIX; elsewhere a no-op)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _ensure_service_users(users_path: Path, creds_path: Path, keys: list[str]) -> list[str]:
     import json
     import secrets
 

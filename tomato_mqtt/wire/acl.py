@@ -61,6 +61,7 @@ __all__ = [
     "node_of_role",
     "parse_role",
     "role_table",
+    "role_table_markdown",
     "rules",
 ]  # the role names and op lists are re-exported from tomato_mqtt.config.roles
 
@@ -224,3 +225,29 @@ def role_table(instance: str = "lab1") -> list[tuple[str, str, str, str]]:
             )
             out.append((role, rule.access, pattern, rule.what))
     return out
+
+
+def role_table_markdown() -> str:
+    """The role table of docs/security.md: one row per role, access and topic, the
+    operations of a command topic folded into ``{a,b,...}`` (a test keeps the doc equal)."""
+    t = Topics("lab1")
+    groups: dict[tuple[str, str, str], list[str]] = {}
+    for role, access, pattern, what in role_table():
+        parsed = t.parse(f"{t.root}/{pattern}")
+        if parsed is not None and parsed.op is not None and what == parsed.op:
+            folded = pattern.replace(f"/cmd/{parsed.op}", "/cmd/{op}", 1)
+            groups.setdefault((role, access, folded), []).append(parsed.op)
+        else:
+            groups.setdefault((role, access, pattern), []).append(what)
+    lines = [
+        "| role | access | topic (below `tomato/v2/<instance>/`) | operations / what |",
+        "|---|---|---|---|",
+    ]
+    for (role, access, pattern), whats in groups.items():
+        if "{op}" in pattern:
+            ops = ", ".join(f"`{w}`" for w in whats)
+            pattern = pattern.replace("{op}", "<op>")
+        else:
+            ops = "; ".join(dict.fromkeys(whats))
+        lines.append(f"| {role} | {access} | `{pattern}` | {ops} |")
+    return "\n".join(lines) + "\n"
