@@ -67,7 +67,11 @@ def pytest(extra: list[str]) -> None:
     for old in REPO.glob(".coverage*"):
         old.unlink()
     os.environ["COVERAGE_RCFILE"] = str(REPO / "pyproject.toml")
-    sh(PY, "-m", "coverage", "run", "-m", "pytest", "-q", *extra)
+    # most tests wait on real services, not on the CPU: 3 workers on a 2-core machine;
+    # loadfile keeps each file (and its module-scoped stacks) on one worker
+    workers = os.environ.get("TOMATO_TEST_WORKERS", "3")
+    par = [] if workers in ("0", "1") else ["-n", workers, "--dist", "loadfile"]
+    sh(PY, "-m", "coverage", "run", "-m", "pytest", "-q", *par, *extra)
     sh(PY, "-m", "coverage", "combine", "--quiet")
     sh(PY, "-m", "coverage", "report")
 

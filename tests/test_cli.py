@@ -383,6 +383,8 @@ NOT_CLIENT = {
     "tomato recorder": LOCAL,
     "tomato node": LOCAL | {"broker", "instance"},
     "tomato supervise": LOCAL,
+    "tomato broker-config": {"appdir", "datadir", "port"},
+    **{f"tomato user {c}": {"appdir"} for c in ("add", "passwd", "role", "remove", "list")},
 }
 
 

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from tomato_mqtt.cli import common
-from tomato_mqtt.cli.common import AppDirOpt, DataDirOpt, PortOpt, fail
+from tomato_mqtt.cli.common import fail
 from tomato_mqtt.config.url import BrokerURL
 
 if TYPE_CHECKING:
@@ -93,55 +93,62 @@ def _edit(path: Path, change: str, fn: object) -> None:
 
 
 @app.command("add")
+@common.options(("appdir",))
 def add(
     name: Annotated[str, typer.Argument(help="login (lower-case letters, digits, _ . -)")],
     role: RoleOpt,
     password: PasswordOpt = None,
     password_stdin: StdinOpt = False,
     file: FileOpt = None,
-    appdir: AppDirOpt = None,
+    *,
+    opts: common.Opts,
 ) -> None:
     """Add a user with a role (argon2 hash; asks for the password unless given)."""
-    path = users_path(file, appdir)
+    path = users_path(file, opts.appdir)
     pw = _password(password, password_stdin)
     _edit(path, f"added {name} ({role})", lambda u: u.add(name, pw, role))
 
 
 @app.command("passwd")
+@common.options(("appdir",))
 def passwd(
     name: str,
     password: PasswordOpt = None,
     password_stdin: StdinOpt = False,
     file: FileOpt = None,
-    appdir: AppDirOpt = None,
+    *,
+    opts: common.Opts,
 ) -> None:
     """Set a user's password."""
-    path = users_path(file, appdir)
+    path = users_path(file, opts.appdir)
     pw = _password(password, password_stdin)
     _edit(path, f"changed the password of {name}", lambda u: u.set_password(name, pw))
 
 
 @app.command("role")
-def role(name: str, new_role: str, file: FileOpt = None, appdir: AppDirOpt = None) -> None:
+@common.options(("appdir",))
+def role(name: str, new_role: str, file: FileOpt = None, *, opts: common.Opts) -> None:
     """Change a user's role."""
-    path = users_path(file, appdir)
+    path = users_path(file, opts.appdir)
     _edit(path, f"{name} is now {new_role}", lambda u: u.set_role(name, new_role))
 
 
 @app.command("remove")
-def remove(name: str, file: FileOpt = None, appdir: AppDirOpt = None) -> None:
+@common.options(("appdir",))
+def remove(name: str, file: FileOpt = None, *, opts: common.Opts) -> None:
     """Remove a user."""
-    path = users_path(file, appdir)
+    path = users_path(file, opts.appdir)
     _edit(path, f"removed {name}", lambda u: u.remove(name))
 
 
 @app.command("list")
-def list_(file: FileOpt = None, appdir: AppDirOpt = None) -> None:
+@common.options(("appdir",))
+def list_(file: FileOpt = None, *, opts: common.Opts) -> None:
     """List the users and their roles."""
     from tomato_mqtt.config.users import load_users
     from tomato_mqtt.errors import ConfigError
 
-    path = users_path(file, appdir)
+    path = users_path(file, opts.appdir)
     try:
         users = load_users(path, missing_ok=True)
     except ConfigError as e:
@@ -219,13 +226,13 @@ def broker_config(s: Settings) -> Any:
     )
 
 
+@common.options(("appdir", "datadir", "port"))
 def broker_config_cmd(
     mosquitto: Annotated[
         Path, typer.Option("--mosquitto", help="folder for password_file, acl_file, tomato.conf")
     ],
-    appdir: AppDirOpt = None,
-    datadir: DataDirOpt = None,
-    port: PortOpt = None,
+    *,
+    opts: common.Opts,
 ) -> None:
     """Write Mosquitto's password_file, acl_file and a config snippet from the users file."""
     from tomato_mqtt.config.devices import load_devices
@@ -236,7 +243,7 @@ def broker_config_cmd(
     from tomato_mqtt.wire.topics import Topics
 
     try:
-        s = load_settings(appdir=appdir, datadir=datadir, port=port)
+        s = load_settings(appdir=opts.appdir, datadir=opts.datadir, port=opts.port)
         if s.users_file is None:
             fail("set [broker] password_file (the users file) first: see docs/security.md")
         ensure_services(s)  # the services' logins go into Mosquitto's files too
