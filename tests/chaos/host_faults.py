@@ -52,7 +52,7 @@ def netns_cut(root: Path, p: Params) -> Run:
         raise Unavailable(why)
     # the job ends ce only after lost_after + grace + the runner's reset of the component
     # (which waits RESET_WAIT for the unreachable node): cut longer than all of it
-    cut = LOST_AFTER + SHORT_GRACE + RESET_WAIT + p.down
+    cut = LOST_AFTER + SHORT_GRACE + RESET_WAIT + 1.0
     # most of the task in the cut, and room for a slow poll of the job before it
     p = dataclasses.replace(p, duration=max(p.duration, 2 * JOB_S))
     link = Link()

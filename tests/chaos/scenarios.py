@@ -119,7 +119,7 @@ def _cancel(sig: signal.Signals) -> Callable[[Path, Params], Run]:
             st.run("ketchup", "cancel", str(jobid), timeout=30)
 
         def deadline(_t_run: float, t_fault: float) -> float:
-            return t_fault + 2 * CANCEL_BOUND  # long enough to see it end late, if it does
+            return t_fault + CANCEL_BOUND + 3.0  # long enough to see it end late, if it does
 
         with chaos_stack(root) as st:
             try:
