@@ -5,10 +5,10 @@ it, through ``tomato_mqtt_broker``; Mosquitto if installed), in the same run:
 
 - messages/s, publisher process → broker → subscriber process, 100 B, QoS 1 and 0:
   raw paho (network loop in a thread, TCP_NODELAY) against the project's
-  :class:`tomato_mqtt.mqtt.AsyncClient` (asyncio-driven paho);
+  :class:`tomato_mqtt.transport.client.AsyncClient` (asyncio-driven paho);
 - request/reply round trip p50/p99, one request at a time: raw paho (echo on a topic)
-  against the project's :class:`~tomato_mqtt.rpc.Requester` /
-  :class:`~tomato_mqtt.rpc.Responder` (correlation id, reply topic, de-duplication).
+  against the project's :class:`~tomato_mqtt.transport.rpc.Requester` /
+  :class:`~tomato_mqtt.transport.rpc.Responder` (correlation id, reply topic, de-duplication).
 
 Every pair runs alternating (raw, project, raw, project, ...), each client pair in two
 fresh processes on one fresh broker per broker kind; the table shows medians over the
@@ -60,7 +60,7 @@ def _payload_file(size: int) -> str:
 
 
 async def proj_pub(port: int, n: int, qos: int, size: int) -> None:
-    from tomato_mqtt.mqtt import AsyncClient
+    from tomato_mqtt.transport.client import AsyncClient
 
     payload = b"x" * size
     async with AsyncClient(f"mqtt://127.0.0.1:{port}", client_id=f"bench-ppub-{port}") as c:
@@ -74,7 +74,7 @@ async def proj_pub(port: int, n: int, qos: int, size: int) -> None:
 
 
 async def proj_sub(port: int, n: int, qos: int, timeout: float) -> None:
-    from tomato_mqtt.mqtt import AsyncClient, Message
+    from tomato_mqtt.transport.client import AsyncClient, Message
 
     state = {"received": 0, "t_last": 0.0}
     done = asyncio.Event()
@@ -136,9 +136,9 @@ def raw_req(port: int, n: int) -> None:
 
 
 async def proj_rep(port: int) -> None:
-    from tomato_mqtt.mqtt import AsyncClient, Message
-    from tomato_mqtt.rpc import Responder, Result
-    from tomato_mqtt.topics import Topics
+    from tomato_mqtt.transport.client import AsyncClient, Message
+    from tomato_mqtt.transport.rpc import Responder, Result
+    from tomato_mqtt.wire.topics import Topics
 
     topics = Topics(INSTANCE)
 
@@ -160,9 +160,9 @@ async def proj_rep(port: int) -> None:
 
 
 async def proj_req(port: int, n: int) -> None:
-    from tomato_mqtt.mqtt import AsyncClient
-    from tomato_mqtt.rpc import Requester
-    from tomato_mqtt.topics import Topics
+    from tomato_mqtt.transport.client import AsyncClient
+    from tomato_mqtt.transport.rpc import Requester
+    from tomato_mqtt.wire.topics import Topics
 
     topics = Topics(INSTANCE)
     async with AsyncClient(f"mqtt://127.0.0.1:{port}", client_id=f"bench-preq-{port}") as c:

@@ -149,7 +149,7 @@ class TomatoMqtt:
     @contextlib.contextmanager
     def message_counter(self) -> Iterator[MessageCounter]:
         """Every non-retained message under this instance's topic root, while in the block."""
-        with MessageCounter(self.port, f"tomato/v1/{self.instance}/#") as m:
+        with MessageCounter(self.port, f"tomato/v2/{self.instance}/#") as m:
             yield m
 
     # ----------------------------------------------------------------------- calls

@@ -150,10 +150,10 @@ def main() -> int:
         "tomato_mqtt.cli.tomato",
         "tomato_mqtt_broker",
         "amqtt.broker",
-        "tomato_mqtt.scheduler.service",
-        "tomato_mqtt.recorder.service",
-        "tomato_mqtt.recorder.netcdf",
-        "tomato_mqtt.node.service",
+        "tomato_mqtt.services.scheduler.service",
+        "tomato_mqtt.services.recorder.service",
+        "tomato_mqtt.services.recorder.netcdf",
+        "tomato_mqtt.services.node.service",
     ):
         print(
             f"`import {mod}`: "

@@ -39,7 +39,7 @@ def batches(n: int, size: int = 1000) -> list[bytes]:
 
 
 def main() -> int:
-    from tomato_mqtt.recorder.netcdf import RoleInput, write_job_file
+    from tomato_mqtt.services.recorder.netcdf import RoleInput, write_job_file
 
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 1_000_000
     data = batches(n)

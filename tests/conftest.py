@@ -8,20 +8,24 @@
   when ``TOMATO_REQUIRE_MOSQUITTO`` is set or ``CI`` is true: CI installs Mosquitto
   (``.ci/run`` -> ``scripts/dev.py test`` -> ``ensure-mosquitto``), so a missing binary
   there means the compatibility tests silently stopped running, which must not pass.
-- ``instance``: a unique instance name, so each test has its own ``tomato/v1/<instance>``.
+- ``instance``: a unique instance name, so each test has its own ``tomato/v2/<instance>``.
+- every async test fails if it leaves asyncio tasks behind (see ``pytest_runtest_call``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import inspect
 import os
 import shutil
 import subprocess
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Generator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 from tomato_mqtt_broker import BrokerConfig, EmbeddedBroker
@@ -29,6 +33,47 @@ from tomato_mqtt_broker import BrokerConfig, EmbeddedBroker
 from tests.stack import free_port
 
 MOSQUITTO_CANDIDATES = ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto")
+
+
+async def _fail_on_leaked_tasks(before: set[asyncio.Task[Any]]) -> None:
+    """Fail if tasks the test started are still pending (after a short grace to finish)."""
+    me = asyncio.current_task()
+
+    def ours(t: asyncio.Task[Any]) -> bool:
+        # the in-process amqtt broker of the `broker` fixture serves clients in its own tasks
+        code = getattr(t.get_coro(), "cr_code", None)
+        return t is not me and not t.done() and "amqtt" not in str(getattr(code, "co_filename", ""))
+
+    leaked = {t for t in asyncio.all_tasks() - before if ours(t)}
+    if leaked:
+        await asyncio.wait(leaked, timeout=2.0)
+        leaked = {t for t in leaked if not t.done()}
+    if leaked:
+        for t in leaked:
+            t.cancel()
+        names = ", ".join(sorted(f"{t.get_name()} ({t.get_coro()!r})" for t in leaked))
+        pytest.fail(f"the test leaked {len(leaked)} asyncio task(s): {names}")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
+    """Run every async test through the leak check (a test that leaks tasks fails)."""
+    fn = getattr(item, "obj", None)
+    if fn is None or not inspect.iscoroutinefunction(fn):
+        yield
+        return
+
+    @functools.wraps(fn)
+    async def guarded(*args: Any, **kwargs: Any) -> None:
+        before = asyncio.all_tasks()
+        await fn(*args, **kwargs)
+        await _fail_on_leaked_tasks(before)
+
+    item.obj = guarded  # type: ignore[attr-defined]
+    try:
+        yield
+    finally:
+        item.obj = fn  # type: ignore[attr-defined]
 
 
 def _truthy(value: str | None) -> bool:
@@ -158,7 +203,7 @@ class MosquittoBroker(RunningBroker):
 
 @pytest.fixture
 def instance() -> str:
-    """A unique instance name: the test's own topic root ``tomato/v1/<instance>``."""
+    """A unique instance name: the test's own topic root ``tomato/v2/<instance>``."""
     return f"t-{uuid.uuid4().hex[:12]}"
 
 

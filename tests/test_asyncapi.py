@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
-from tomato_mqtt.asyncapi import PARAMETERS, build_asyncapi, example_messages, schema_json
-from tomato_mqtt.messages import MESSAGES, decode
-from tomato_mqtt.topics import CHANNELS, Topics
+from tomato_mqtt.wire.asyncapi import PARAMETERS, build_asyncapi, example_messages, schema_json
+from tomato_mqtt.wire.messages import MESSAGES, decode
+from tomato_mqtt.wire.topics import CHANNELS, Topics
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "topics.md"
 DOC = build_asyncapi("lab1")
@@ -109,7 +109,7 @@ def test_message_examples_decode() -> None:
 
 def test_import_is_light() -> None:
     code = (
-        "import sys, tomato_mqtt.asyncapi as a; a.schema_json('x');"
+        "import sys, tomato_mqtt.wire.asyncapi as a; a.schema_json('x');"
         "heavy = {'pint', 'xarray', 'numpy', 'netCDF4', 'amqtt', 'paho'} & set(sys.modules);"
         "print(sorted(heavy))"
     )
@@ -140,3 +140,29 @@ def test_docs_example_payloads_are_valid() -> None:
     assert {name for name, _ in blocks} == set(models)
     for name, block in blocks:
         assert decode(models[name], block) == example_messages()[name], name
+
+
+def test_docs_list_every_command_with_its_args() -> None:
+    """docs/topics.md holds the table generated from wire/commands.py, unchanged."""
+    from tomato_mqtt.wire.reference import commands_markdown
+
+    text = DOCS.read_text()
+    begin, end = "<!-- commands:begin -->\n", "<!-- commands:end -->"
+    assert begin in text and end in text
+    block = text[text.index(begin) + len(begin) : text.index(end)]
+    assert block == commands_markdown(), (
+        "docs/topics.md's command table is stale; replace the block between the markers "
+        "with the output of tomato_mqtt.wire.reference.commands_markdown()"
+    )
+
+
+def test_the_document_lists_every_command() -> None:
+    from tomato_mqtt.wire.asyncapi import build_asyncapi
+    from tomato_mqtt.wire.commands import COMMANDS
+
+    doc = build_asyncapi("lab1")
+    for c in COMMANDS:
+        entry = doc["x-commands"][c.responder][c.op]
+        ref = entry["args"]["$ref"].rsplit("/", 1)[-1]
+        assert ref in doc["components"]["schemas"], (c.op, ref)
+        assert "data" in entry

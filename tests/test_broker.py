@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from tests.conftest import RunningBroker
-from tomato_mqtt.mqtt import AsyncClient, Message
+from tomato_mqtt.transport.client import AsyncClient, Message
 
 
 async def test_retained_messages_do_not_leak_to_other_clients(
     broker: RunningBroker, instance: str
 ) -> None:
-    root = f"tomato/v1/{instance}"
+    root = f"tomato/v2/{instance}"
     async with AsyncClient(broker.url) as a:
         # someone subscribed to the private status topics, and one is retained
         await a.subscribe(f"{root}/private/#", handler=lambda m: None)

@@ -12,11 +12,13 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 
 from tests.stack import BIN, CONFIG, Stack, free_port, running_stack
+from tomato_mqtt.cli import common
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -337,3 +339,143 @@ def test_snapshot_of_a_queued_job_is_refused(stack: Stack) -> None:
     assert "not started" in res.stderr
     assert not (stack.workdir / f"snapshot.{jobid}.nc").exists()
     cancel(stack, jobid)
+
+
+# -- the common options, declared once (cli/common.py); no stack needed ---------------------
+def _commands() -> Iterator[tuple[str, Any, Any]]:
+    """(path, click command, the function typer was given) for every leaf command."""
+    import typer
+
+    from tomato_mqtt.cli import ketchup, passata, tomato
+
+    def funcs(app: typer.Typer, prefix: str) -> Iterator[tuple[str, Any]]:
+        for c in app.registered_commands:
+            assert c.callback is not None
+            yield f"{prefix} {c.name or c.callback.__name__.replace('_', '-')}".strip(), c.callback
+        for g in app.registered_groups:
+            assert g.typer_instance is not None
+            yield from funcs(g.typer_instance, f"{prefix} {g.name or ''}".strip())
+
+    for app in (tomato.app, ketchup.app, passata.app):
+        root = typer.main.get_command(app)
+        for path, func in funcs(app, ""):
+            cmd = root
+            for word in path.split():
+                cmd = cmd.commands[word]  # type: ignore[attr-defined]
+            yield f"{app.info.name} {path}", cmd, func
+
+
+# which common options each command takes, and the default of -t where it takes one
+CLIENT_TIMEOUT = {
+    "tomato reload": 10.0,
+    "passata reset": 10.0,
+    "passata register": 10.0,
+    "ketchup snapshot": 60.0,
+}
+LOCAL = {"appdir", "datadir", "logdir", "port"}
+NOT_CLIENT = {
+    "tomato init": LOCAL,
+    "tomato start": LOCAL | {"timeout"},
+    "tomato stop": LOCAL | {"broker", "timeout"},
+    "tomato schema": {"instance", "appdir"},
+    "tomato broker": LOCAL,
+    "tomato scheduler": LOCAL,
+    "tomato recorder": LOCAL,
+    "tomato node": LOCAL | {"broker", "instance"},
+    "tomato supervise": LOCAL,
+}
+
+
+ALL_COMMANDS = {
+    *NOT_CLIENT,
+    *(f"tomato {c}" for c in ("status", "reload", "pipeline load", "pipeline eject")),
+    "tomato pipeline ready",
+    *(f"ketchup {c}" for c in ("submit", "status", "search", "cancel", "snapshot")),
+    *(f"passata {c}" for c in ("status", "attrs", "capabilities", "constants", "get", "set")),
+    *(f"passata {c}" for c in ("reset", "register", "measure", "last")),
+}
+
+
+def test_every_command_declares_the_common_options_alike() -> None:
+    assert set(common.OPTIONS) == {f for f in common.Opts.__dataclass_fields__ if f[0] != "_"}
+    seen: dict[str, tuple[object, ...]] = {}
+    paths = []
+    for path, cmd, func in _commands():
+        paths.append(path)
+        declared = {p.name: p for p in cmd.params if p.name in common.OPTIONS}
+        # through the one mechanism, not written out by hand
+        assert set(getattr(func, "__tomato_options__", ())) == set(declared), path
+        want = NOT_CLIENT.get(path, set(common.CLIENT))
+        assert set(declared) == want, path
+        for name, p in declared.items():
+            spec = (p.opts, p.secondary_opts, p.type.name, p.help, p.envvar, p.is_flag)
+            assert seen.setdefault(name, spec) == spec, (path, name)
+            if name == "timeout":
+                default = {"tomato start": 30.0, "tomato stop": 20.0}.get(path, 5.0)
+                assert p.default == CLIENT_TIMEOUT.get(path, default), path
+    # the walk saw every command (new ones are checked above, with CLIENT unless listed)
+    assert set(paths) >= ALL_COMMANDS, ALL_COMMANDS - set(paths)
+    assert seen["broker"][4] == "TOMATO_BROKER"
+
+
+@pytest.mark.parametrize(
+    ("argv", "expect"),
+    [
+        (
+            ["tomato", "pipeline", "load", "X", "Y", "-p", "1884"],
+            {"pipeline": "X", "sample": "Y", "port": 1884},
+        ),
+        (["ketchup", "status", "3", "-y"], {"jobids": (3,), "yaml": True}),
+        (["ketchup", "submit", "p.yml", "--json", "-j", "n"], {"jobname": "n", "json": True}),
+        (
+            ["passata", "set", "dev/1", "max", "20", "-t", "2", "--force", "-b", "mqtt://h:1"],
+            {"attr": "max", "val": "20", "timeout": 2.0, "force": True, "broker": "mqtt://h:1"},
+        ),
+        (["tomato", "status", "nodes", "--instance", "lab2"], {"instance": "lab2"}),
+        (["tomato", "node", "-n", "pc1", "-A", "/x", "-v"], {"name": "pc1", "verbose": 1}),
+    ],
+)
+def test_common_options_after_arguments(argv: list[str], expect: dict[str, object]) -> None:
+    """Options may follow the positional arguments, as in tomato."""
+    cmds = {path: cmd for path, cmd, _ in _commands()}
+    words = argv[:3] if argv[1] == "pipeline" else argv[:2]
+    n = len(words)
+    ctx = cmds[" ".join(words)].make_context(words[-1], argv[n:])
+    for k, v in expect.items():
+        assert ctx.params[k] == v, (k, ctx.params)
+
+
+def test_common_options_reach_the_command(tmp_path: Path) -> None:
+    """The values given after the arguments are the ones the request uses."""
+    from typer.testing import CliRunner
+
+    from tomato_mqtt.cli import ketchup, tomato
+
+    port = free_port()  # nobody listens: the error names where it tried
+    args = ["-A", str(tmp_path), "-p", str(port), "--instance", "lab9", "-t", "1"]
+    for app, argv in (
+        (tomato.app, ["pipeline", "load", "X", "Y", *args]),
+        (ketchup.app, ["status", "3", *args, "-y"]),
+    ):
+        res = CliRunner().invoke(app, argv)
+        assert res.exit_code == 1, res.output
+        assert f"(broker mqtt://127.0.0.1:{port}, instance lab9)" in res.stderr
+
+
+def test_options_decorator_refuses_mistakes() -> None:
+    def no_opts(x: int) -> None: ...
+
+    def clash(port: int, opts: common.Opts) -> None: ...
+
+    def ok(opts: common.Opts) -> common.Opts:
+        return opts
+
+    with pytest.raises(TypeError, match="exactly one parameter"):
+        common.options()(no_opts)
+    with pytest.raises(TypeError, match="shadow common options"):
+        common.options()(clash)
+    with pytest.raises(TypeError, match="unknown common option"):
+        common.options(("port", "tls"))
+    # called directly, the command gets the defaults of the options it does not take
+    got = common.options(("port",), timeout=7.0)(ok)(port=3)
+    assert (got.port, got.timeout, got.yaml, got.broker) == (3, 7.0, False, None)

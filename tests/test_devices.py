@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tomato_mqtt.devices import Layout, load_devices
+from tomato_mqtt.config.devices import Layout, load_devices
 from tomato_mqtt.errors import ConfigError
 
 CONFIG = Path(__file__).resolve().parents[1] / "config"

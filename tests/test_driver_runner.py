@@ -6,6 +6,7 @@ their calls under a condition variable so tests wait for events, never for fixed
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from collections.abc import Iterator, Mapping
@@ -197,18 +198,33 @@ def test_one_kilohertz_delivers_every_point(rig: Rig) -> None:
     elapsed = time.perf_counter() - t0
     points, _ = rig.runner.drain()
     assert end.reason == "done"
-    assert len(points) == end.npoints == 1000
+    assert len(points) == end.npoints
+    # a busy 2-core CI machine may stall the thread for a few ms: those points are counted
+    assert end.npoints + end.missed == 1000 and end.missed < 200
     assert elapsed < 1.5
 
 
-def test_a_late_driver_is_caught_up_without_skipping(rig: Rig) -> None:
+def test_a_late_driver_is_not_burst_called_missed_deadlines_are_counted(rig: Rig) -> None:
     rig.dev.late_at = 3  # blocks for 5 sampling intervals
     end = rig.run(0.2, 0.01)
     points, _ = rig.runner.drain()
-    assert end.npoints == len(points) == 20
-    assert [p.values["v"] for p in points] == list(range(1, 21))
-    # the points due during the stall were taken straight after it
-    assert points[4].uts - points[3].uts < 0.005
+    assert end.npoints == len(points)
+    # every deadline is either a point or counted as missed, never both
+    assert end.npoints + end.missed == 20
+    assert 3 <= end.missed <= 5
+    # no burst: a catch-up would take the 4-5 points due during the stall back to back;
+    # a point late by less than an interval leaves at most one short step (jitter)
+    steps = [b.uts - a.uts for a, b in itertools.pairwise(points)]
+    assert sum(s < 0.005 for s in steps) <= 2, steps
+    # t_now handed to the driver is still the deadline of the point taken
+    assert rig.dev.offsets[-1] == pytest.approx(0.2, abs=1e-6)
+
+
+def test_lateness_within_one_interval_is_caught_up_without_skipping(rig: Rig) -> None:
+    rig.dev.late_at = 3  # 50 ms late, within a 100 ms interval
+    end = rig.run(1.0, 0.1)
+    points, _ = rig.runner.drain()
+    assert end.missed == 0 and end.npoints == len(points) == 10
 
 
 def test_zero_points_task_ends_done(rig: Rig) -> None:
@@ -245,7 +261,7 @@ def test_driver_error_in_do_task_ends_the_task_and_the_runner_survives(rig: Rig)
     assert len(points) == end.npoints == 2  # the points before the failure are kept
     rig.dev.fail_at = None
     rig.dev.k = 0
-    again = rig.run(0.1, 0.02)
+    again = rig.run(0.25, 0.05)
     assert (again.reason, again.npoints) == ("done", 5)
 
 
@@ -341,13 +357,16 @@ def test_drain_is_thread_safe(rig: Rig) -> None:
         done.set()
         th.join()
     got.extend(rig.runner.drain()[0])
-    assert end.npoints == 500
-    assert [p.values["v"] for p in got] == list(range(1, 501))  # none lost, none twice
+    assert end.npoints + end.missed == 500
+    assert len(got) == end.npoints
+    assert [p.values["v"] for p in got] == list(range(1, end.npoints + 1))  # none lost or twice
 
 
 def test_quantities_become_magnitudes_in_the_first_units_seen(rig: Rig) -> None:
     rig.dev.quantities = True
-    rig.run(0.1, 0.01)
+    pint.Quantity(1, "mA").m_as("A")  # pint's first conversion is slow: not this test's point
+    end = rig.run(0.5, 0.05)
+    assert end.missed == 0
     points, units = rig.runner.drain()
     assert units == {"current": "milliampere"}
     assert [p.values["current"] for p in points] == pytest.approx(list(range(1, 11)))
@@ -357,7 +376,7 @@ def test_buffer_full_is_signalled_once_per_fill() -> None:
     fulls: list[int] = []
     r = Rig(max_buffer=5, on_buffer_full=lambda: fulls.append(1))
     try:
-        r.run(0.1, 0.01)
+        r.run(0.5, 0.05)
         assert len(r.runner.drain()[0]) == 10  # nothing dropped
         assert fulls == [1]
     finally:
@@ -368,7 +387,7 @@ def test_idle_measurements_only_between_tasks() -> None:
     r = Rig(IdleDriver())
     try:
         r.dev.wait_measures(3)
-        end = r.run(0.2, 0.02)
+        end = r.run(0.5, 0.05)
         r.dev.wait_measures(r.dev.measures + 2)  # idle measurements resume afterwards
         points, _ = r.runner.drain()
         idle = [p for p in points if p.task is None]

@@ -8,9 +8,9 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tomato_mqtt.devices import PipelineLayout
-from tomato_mqtt.matching import ComponentView, MatchResult, match, next_launches
-from tomato_mqtt.state import Job, PipelineState
+from tomato_mqtt.config.devices import PipelineLayout
+from tomato_mqtt.model.jobs import Job, PipelineState
+from tomato_mqtt.model.matching import ComponentView, MatchResult, match, next_launches
 
 C1 = "example_counter:(example-addr,1)"
 C2 = "example_counter:(example-addr,2)"

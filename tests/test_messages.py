@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from tomato_mqtt import messages
-from tomato_mqtt.asyncapi import example_messages
-from tomato_mqtt.messages import (
+from tomato_mqtt.wire import messages
+from tomato_mqtt.wire.asyncapi import example_messages
+from tomato_mqtt.wire.messages import (
     MESSAGES,
     DataBatch,
     DecodeError,
@@ -19,7 +19,7 @@ from tomato_mqtt.messages import (
     decode,
     encode,
 )
-from tomato_mqtt.topics import CHANNELS
+from tomato_mqtt.wire.topics import CHANNELS
 
 EXAMPLES = example_messages()
 
@@ -87,7 +87,7 @@ BAD: list[tuple[str, bytes, str]] = [
 
 @pytest.mark.parametrize(("payload", "reason"), [b[1:] for b in BAD], ids=[b[0] for b in BAD])
 def test_bad_payloads_give_decode_error(payload: bytes, reason: str) -> None:
-    topic = "tomato/v1/lab1/reply/x"
+    topic = "tomato/v2/lab1/reply/x"
     with pytest.raises(DecodeError) as err:
         decode(Reply, payload, topic)
     e = err.value
@@ -105,7 +105,7 @@ def test_decode_error_from_str_payload_and_many_errors() -> None:
 
 
 def test_request_args_default_and_json_only() -> None:
-    r = Request(id="1", reply_to="tomato/v1/lab1/reply/x")
+    r = Request(id="1", reply_to="tomato/v2/lab1/reply/x")
     assert r.args == {}
     assert decode(Request, encode(r)) == r
     with pytest.raises(DecodeError):

@@ -9,7 +9,7 @@ from __future__ import annotations
 from tests.conftest import RunningBroker
 from tests.test_mqtt import check_last_will, check_pubsub, check_reconnect
 from tests.test_rpc import check_duplicate_answered_once, check_no_responder, check_request_reply
-from tomato_mqtt.topics import Topics
+from tomato_mqtt.wire.topics import Topics
 
 
 async def test_publish_subscribe_with_ack(mosquitto: RunningBroker, instance: str) -> None:

@@ -13,8 +13,15 @@ import sys
 import pytest
 
 from tests.conftest import RunningBroker
-from tomato_mqtt.mqtt import AsyncClient, BrokerURL, Message, MqttError, Will, topic_matches
-from tomato_mqtt.topics import Topics
+from tomato_mqtt.transport.client import (
+    AsyncClient,
+    BrokerURL,
+    Message,
+    MqttError,
+    Will,
+    topic_matches,
+)
+from tomato_mqtt.wire.topics import Topics
 
 T = 10.0  # generous upper bound for anything that should take milliseconds
 
@@ -98,7 +105,7 @@ async def check_reconnect(b: RunningBroker, topics: Topics) -> None:
 
 _WILL_CLIENT = """
 import asyncio, sys
-from tomato_mqtt.mqtt import AsyncClient, Will
+from tomato_mqtt.transport.client import AsyncClient, Will
 
 async def main():
     url, topic = sys.argv[1], sys.argv[2]
@@ -203,3 +210,50 @@ def test_topic_matches() -> None:
 def test_will_is_frozen() -> None:
     w = Will("a/b", b"x")
     assert (w.qos, w.retain) == (1, True)
+
+
+def test_topic_matches_follows_mqtt_rules() -> None:
+    # the pure-Python matcher agrees with paho's on the spec's cases
+    import paho.mqtt.client as paho
+
+    cases = [
+        ("a/+/c", "a/b/c"),
+        ("a/+/c", "a/b/d"),
+        ("a/#", "a"),
+        ("a/#", "a/b/c"),
+        ("#", "a/b"),
+        ("+", "a"),
+        ("+", "a/b"),
+        ("a/+", "a/"),
+        ("a/b", "a/b/c"),
+        ("+/+", "/a"),
+        ("a/b/#", "a/bc"),
+    ]
+    for f, t in cases:
+        assert topic_matches(f, t) == paho.topic_matches_sub(f, t), (f, t)
+
+
+async def test_a_slow_consumer_drops_only_droppable_messages(
+    broker: RunningBroker, instance: str
+) -> None:
+    """Data (droppable) beyond the bound is dropped and counted; statuses never are."""
+    topics = Topics(instance)
+    async with (
+        AsyncClient(broker.url, max_queued_droppable=5) as c,
+        AsyncClient(broker.url) as pub,
+    ):
+        await c.subscribe(topics.all_component_data(), droppable=True)
+        await c.subscribe(topics.all_job_status())
+        for i in range(20):
+            await pub.publish(topics.component_data("c1"), str(i).encode())
+            await pub.publish(topics.job_status(i + 1), str(i).encode())
+        # wait until all 40 were received (or dropped) by the slow consumer
+        got: list[Message] = []
+        while len(got) + c.dropped < 40:
+            got.append(await c.next_message(T))
+        data = [m for m in got if "/data" in m.topic]
+        status = [m for m in got if "/status" in m.topic]
+        assert len(status) == 20
+        assert len(data) + c.dropped == 20
+        assert c.dropped >= 15 - 5  # at most 5 waited at any time, plus those taken meanwhile
+        assert [m.payload for m in status] == [str(i).encode() for i in range(20)]

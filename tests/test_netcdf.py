@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from tomato_mqtt.recorder.netcdf import RoleInput, write_job_file
+from tomato_mqtt.services.recorder.netcdf import RoleInput, write_job_file
 
 
 def _batch(seq: int, uts: list[float], task: int | None, **vars: list[object]) -> bytes:

@@ -27,6 +27,7 @@ import pytest
 import xarray as xr
 
 from tests.stack import BIN, CONFIG, Stack, free_port
+from tomato_mqtt.config.users import UsersFile
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -138,13 +139,6 @@ class Procs:
         )
 
 
-def password_line(user: str, password: str) -> str:
-    from pwdlib import PasswordHash
-    from pwdlib.hashers.argon2 import Argon2Hasher
-
-    return f"{user}:{PasswordHash((Argon2Hasher(),)).hash(password)}\n"
-
-
 def wait_for(pred: Callable[[], bool], what: str, timeout: float, why: Callable[[], str]) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -168,7 +162,11 @@ def test_node_in_a_namespace_loses_nothing_when_the_link_is_cut(link: Link, tmp_
         d.mkdir(parents=True, exist_ok=True)
     shutil.copy(CONFIG / "netns_devices.yml", st.appdir / "devices.yml")
     passwd = st.appdir / "passwd"
-    passwd.write_text(password_line(USER, PASSWORD))
+    # the lab admin for the CLI, and the remote node's own login (issue 10: roles)
+    users = UsersFile(passwd)
+    users.add(USER, PASSWORD, "admin")
+    users.add("pc2", PASSWORD, "node:pc2")
+    users.save()
     (st.appdir / "settings.toml").write_text(
         f'[mqtt]\nhost = "{link.host}"\nport = {st.port}\ninstance = "{st.instance}"\n'
         f'username = "{USER}"\npassword = "{PASSWORD}"\n'
@@ -183,7 +181,7 @@ def test_node_in_a_namespace_loses_nothing_when_the_link_is_cut(link: Link, tmp_
         broker = procs.start("broker", tomato, "broker", *dirs)
         procs.start("scheduler", tomato, "scheduler", *dirs)
         procs.start("recorder", tomato, "recorder", *dirs)
-        url = f"mqtt://{USER}:{PASSWORD}@{link.host}:{st.port}"
+        url = f"mqtt://pc2:{PASSWORD}@{link.host}:{st.port}"
         node_dirs = ["-D", str(tmp_path / "node-data"), "-L", str(st.logdir)]
         node = procs.start(
             "node",

@@ -20,7 +20,9 @@ import pytest
 
 from tests.stack import BIN, free_port
 from tomato_mqtt.driver.spec import TaskSpec
-from tomato_mqtt.messages import (
+from tomato_mqtt.transport.client import AsyncClient, BrokerURL, Message
+from tomato_mqtt.transport.rpc import Requester
+from tomato_mqtt.wire.messages import (
     ComponentMeta,
     ComponentStatus,
     DataBatch,
@@ -31,9 +33,7 @@ from tomato_mqtt.messages import (
     TaskStartArgs,
     decode,
 )
-from tomato_mqtt.mqtt import AsyncClient, BrokerURL, Message
-from tomato_mqtt.rpc import Requester
-from tomato_mqtt.topics import Topics
+from tomato_mqtt.wire.topics import Topics
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -286,7 +286,7 @@ def test_node_does_not_import_server_packages() -> None:
     """An instrument PC needs neither amqtt nor xarray nor netCDF4."""
     code = (
         "import sys\n"
-        "import tomato_mqtt.node.service, tomato_mqtt.cli.tomato\n"
+        "import tomato_mqtt.services.node.service, tomato_mqtt.cli.tomato\n"
         "import tomato_mqtt_example_counter, tomato_mqtt_psutil\n"
         "bad = [m for m in ('amqtt', 'xarray', 'netCDF4') if m in sys.modules]\n"
         "print(bad)\n"

@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import RunningBroker
-from tomato_mqtt import oneshot
-from tomato_mqtt.messages import Reply, Request, decode, encode
-from tomato_mqtt.mqtt import AsyncClient, Message
-from tomato_mqtt.topics import Topics
-from tomato_mqtt.url import BrokerURL
+from tomato_mqtt.config.url import BrokerURL
+from tomato_mqtt.transport import oneshot
+from tomato_mqtt.transport.client import AsyncClient, Message
+from tomato_mqtt.wire.messages import Reply, Request, decode, encode
+from tomato_mqtt.wire.topics import Topics
 
 
 async def test_oneshot_request_is_a_valid_request_and_reads_the_reply(
@@ -42,7 +42,7 @@ async def test_oneshot_request_is_a_valid_request_and_reads_the_reply(
             timeout=5,
         )
     assert rep.success and rep.msg == "hi" and rep.data == {"echo": {"x": [1, "a"]}}
-    assert seen[0].reply_to.startswith(topics.root + "/reply/cli-")
+    assert seen[0].reply_to.startswith(topics.root + "/reply/anonymous/cli-")
 
 
 async def test_oneshot_no_answer_names_topic_and_wait(broker: RunningBroker, instance: str) -> None:
@@ -95,10 +95,10 @@ def test_fast_settings_read_knows_every_mqtt_field_and_agrees_with_the_loader(
     tmp_path: Path,
 ) -> None:
     """The CLI's pydantic-free read of [mqtt] must not drift from the validating loader."""
-    from tomato_mqtt.cli import common
-    from tomato_mqtt.settings import MqttSettings
+    from tomato_mqtt.cli import common, fastsettings
+    from tomato_mqtt.config.settings import MqttSettings
 
-    assert set(common._MQTT_KEYS) == set(MqttSettings.model_fields)
+    assert set(fastsettings.MQTT_KEYS) == set(MqttSettings.model_fields)
     (tmp_path / "settings.toml").write_text('[mqtt]\nport = 2883\ninstance = "lab1"\n')
     for appdir in (tmp_path, tmp_path / "empty"):
         ctx = common.context(appdir=appdir)

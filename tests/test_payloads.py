@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tomato_mqtt.payloads import (
+from tomato_mqtt.config.payloads import (
     SUPPORTED_VERSIONS,
     PayloadError,
     parse_payload,
@@ -284,7 +284,7 @@ def test_read_errors_name_file_and_line(tmp_path: Path) -> None:
 
 def test_reading_imports_neither_pint_nor_dgbowl() -> None:
     code = (
-        "import sys, tomato_mqtt.payloads as p\n"
+        "import sys, tomato_mqtt.config.payloads as p\n"
         f"d = p.read_payload_file({str(CONFIG / 'counter_v2.2.yml')!r})\n"
         "assert d['version'] == '2.2'\n"
         "bad = [m for m in sys.modules if m.split('.')[0] in ('pint', 'dgbowl_schemas')]\n"

@@ -13,10 +13,10 @@ import pytest
 from pydantic import JsonValue
 
 from tests.conftest import RunningBroker
-from tomato_mqtt.messages import Reply, Request, decode, encode
-from tomato_mqtt.mqtt import AsyncClient, Message
-from tomato_mqtt.rpc import CommandError, NoResponder, Requester, Responder, Result
-from tomato_mqtt.topics import Topics
+from tomato_mqtt.transport.client import AsyncClient, Message
+from tomato_mqtt.transport.rpc import CommandError, NoResponder, Requester, Responder, Result
+from tomato_mqtt.wire.messages import Reply, Request, decode, encode
+from tomato_mqtt.wire.topics import Topics
 
 T = 10.0
 

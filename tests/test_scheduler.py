@@ -19,10 +19,10 @@ import pytest
 import yaml
 
 from tests.stack import CONFIG, Stack, running_stack, started
-from tomato_mqtt.messages import Reply, decode
-from tomato_mqtt.mqtt import AsyncClient, BrokerURL, Message
-from tomato_mqtt.rpc import NoResponder, Requester
-from tomato_mqtt.topics import Topics
+from tomato_mqtt.transport.client import AsyncClient, BrokerURL, Message
+from tomato_mqtt.transport.rpc import NoResponder, Requester
+from tomato_mqtt.wire.messages import Reply, decode
+from tomato_mqtt.wire.topics import Topics
 
 pytestmark = pytest.mark.timeout(180)
 

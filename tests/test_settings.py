@@ -9,8 +9,7 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel
 
-from tomato_mqtt.errors import ConfigError
-from tomato_mqtt.settings import (
+from tomato_mqtt.config.settings import (
     BrokerSettings,
     MqttSettings,
     NodeSettings,
@@ -21,6 +20,7 @@ from tomato_mqtt.settings import (
     render_default_settings,
     write_default_files,
 )
+from tomato_mqtt.errors import ConfigError
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -173,7 +173,7 @@ def test_init_output_loads_to_the_defaults(tmp_path: Path) -> None:
     s = load_settings(appdir=app)
     assert s == Settings(appdir=app, datadir=data, logdir=log)
     # the default devices file is valid and has tomato's default pipeline
-    from tomato_mqtt.devices import load_devices
+    from tomato_mqtt.config.devices import load_devices
 
     layout = load_devices(s.devices_file, s.node.name)
     assert {n: p.roles for n, p in layout.pipelines.items()} == {

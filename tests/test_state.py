@@ -13,13 +13,13 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from tomato_mqtt.state import (
+from tomato_mqtt.model.jobs import (
     STATUS_CODES,
     Job,
     PipelineState,
-    StateStore,
     check_transition,
 )
+from tomato_mqtt.services.scheduler.store import StateStore
 
 PAYLOAD = {
     "version": "2.2",
@@ -102,7 +102,7 @@ def test_kill_9_keeps_every_committed_change(tmp_path: Path) -> None:
     code = (
         "import os, signal\n"
         "from pathlib import Path\n"
-        "from tomato_mqtt.state import StateStore\n"
+        "from tomato_mqtt.services.scheduler.store import StateStore\n"
         f"s = StateStore(Path({str(path)!r}))\n"
         "s.sync_pipelines(['p'])\n"
         "for i in range(5):\n"

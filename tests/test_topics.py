@@ -11,8 +11,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tomato_mqtt.mqtt import topic_matches
-from tomato_mqtt.topics import CHANNELS, PROTOCOL, ParsedTopic, Topics, is_slug, slug
+from tomato_mqtt.transport.client import topic_matches
+from tomato_mqtt.wire.topics import CHANNELS, PROTOCOL, ParsedTopic, Topics, is_slug, slug
 
 T = Topics("lab1")
 CMP = "example_counter:(example-addr,1)"
@@ -20,26 +20,50 @@ CMP_SLUG = "example_counter-example-addr-1--66334083a8"
 
 
 def test_root_and_builders() -> None:
-    assert PROTOCOL == "tomato/v1"
-    assert T.root == "tomato/v1/lab1"
-    assert T.meta_schema() == "tomato/v1/lab1/meta/schema"
-    assert T.scheduler_status() == "tomato/v1/lab1/scheduler/status"
-    assert T.scheduler_cmd("submit") == "tomato/v1/lab1/scheduler/cmd/submit"
-    assert T.reply("ketchup-1") == "tomato/v1/lab1/reply/ketchup-1"
-    assert T.node_status("local") == "tomato/v1/lab1/node/local/status"
-    assert T.node_cmd("local", "configure") == "tomato/v1/lab1/node/local/cmd/configure"
-    assert T.component_meta(CMP) == f"tomato/v1/lab1/component/{CMP_SLUG}/meta"
-    assert T.component_status(CMP) == f"tomato/v1/lab1/component/{CMP_SLUG}/status"
+    assert PROTOCOL == "tomato/v2"
+    assert T.root == "tomato/v2/lab1"
+    assert T.meta_schema() == "tomato/v2/lab1/meta/schema"
+    assert T.scheduler_status() == "tomato/v2/lab1/scheduler/status"
+    assert T.scheduler_cmd("submit") == "tomato/v2/lab1/scheduler/cmd/submit/anonymous"
+    assert T.reply("ketchup-1") == "tomato/v2/lab1/reply/anonymous/ketchup-1"
+    alice = Topics("lab1", "alice")
+    assert alice.scheduler_cmd("submit") == "tomato/v2/lab1/scheduler/cmd/submit/alice"
+    assert alice.reply("ketchup-1") == "tomato/v2/lab1/reply/alice/ketchup-1"
+    assert alice.recorder_cmd("fetch") == "tomato/v2/lab1/recorder/cmd/fetch/alice"
+    assert alice.replies("alice") == "tomato/v2/lab1/reply/alice/#"
+    assert T.node_status("local") == "tomato/v2/lab1/node/local/status"
+    assert T.node_cmd("local", "configure") == "tomato/v2/lab1/node/local/cmd/configure"
+    assert T.component_meta(CMP) == f"tomato/v2/lab1/component/{CMP_SLUG}/meta"
+    assert T.component_status(CMP) == f"tomato/v2/lab1/component/{CMP_SLUG}/status"
     assert T.component_cmd(CMP, "task_start") == (
-        f"tomato/v1/lab1/component/{CMP_SLUG}/cmd/task_start"
+        f"tomato/v2/lab1/component/{CMP_SLUG}/cmd/task_start"
     )
-    assert T.component_data(CMP) == f"tomato/v1/lab1/component/{CMP_SLUG}/data"
-    assert T.component_last(CMP) == f"tomato/v1/lab1/component/{CMP_SLUG}/last"
-    assert T.pipeline_status("pip-counter") == "tomato/v1/lab1/pipeline/pip-counter/status"
-    assert T.job_status(12) == "tomato/v1/lab1/job/12/status"
-    assert T.job_event(12) == "tomato/v1/lab1/job/12/event"
-    assert T.recorder_status() == "tomato/v1/lab1/recorder/status"
-    assert T.recorder_cmd("finalize") == "tomato/v1/lab1/recorder/cmd/finalize"
+    assert T.component_data(CMP) == f"tomato/v2/lab1/component/{CMP_SLUG}/data"
+    assert T.component_last(CMP) == f"tomato/v2/lab1/component/{CMP_SLUG}/last"
+    assert T.pipeline_status("pip-counter") == "tomato/v2/lab1/pipeline/pip-counter/status"
+    assert T.job_status(12) == "tomato/v2/lab1/job/12/status"
+    assert T.job_event(12) == "tomato/v2/lab1/job/12/event"
+    assert T.recorder_status() == "tomato/v2/lab1/recorder/status"
+    assert T.recorder_cmd("finalize") == "tomato/v2/lab1/recorder/cmd/finalize/anonymous"
+
+
+@pytest.mark.parametrize("bad", ["Alice", "a/b", "+", "#", "%u", "a b"])
+def test_user_must_be_a_slug(bad: str) -> None:
+    with pytest.raises(ValueError, match="cannot be a topic segment"):
+        Topics("lab1", bad)
+    with pytest.raises(ValueError, match="cannot be a topic segment"):
+        T.scheduler_cmd("status", bad)
+
+
+def test_acl_patterns() -> None:
+    assert T.pattern("scheduler_cmd", op="stop", user="%u") == (
+        "tomato/v2/lab1/scheduler/cmd/stop/%u"
+    )
+    assert T.pattern("reply", user="%u", client_id="#") == "tomato/v2/lab1/reply/%u/#"
+    assert T.pattern("component_cmd", op="ack") == "tomato/v2/lab1/component/+/cmd/ack"
+    assert T.pattern("component_data", component=CMP) == T.component_data(CMP)
+    with pytest.raises(ValueError, match="no segment"):
+        T.pattern("meta_schema", op="x")
 
 
 @pytest.mark.parametrize("bad", ["Lab1", "", "lab/1", "lab+", "-lab", "lab 1", "#"])
@@ -58,8 +82,16 @@ def test_op_must_be_a_slug(bad: str) -> None:
 CASES: list[tuple[str, ParsedTopic, list[str]]] = [
     (T.meta_schema(), ParsedTopic("meta_schema"), []),
     (T.scheduler_status(), ParsedTopic("scheduler_status"), []),
-    (T.scheduler_cmd("status"), ParsedTopic("scheduler_cmd", op="status"), [T.scheduler_cmds()]),
-    (T.reply("Ketchup 1"), ParsedTopic("reply", name=slug("Ketchup 1")), []),
+    (
+        T.scheduler_cmd("status"),
+        ParsedTopic("scheduler_cmd", op="status", user="anonymous"),
+        [T.scheduler_cmds()],
+    ),
+    (
+        T.reply("Ketchup 1", "bob"),
+        ParsedTopic("reply", name=slug("Ketchup 1"), user="bob"),
+        [T.replies("bob")],
+    ),
     (T.node_status("PC 7"), ParsedTopic("node_status", name=slug("PC 7")), [T.all_node_status()]),
     (
         T.node_cmd("PC 7", "rebirth"),
@@ -97,7 +129,7 @@ CASES: list[tuple[str, ParsedTopic, list[str]]] = [
     (T.recorder_status(), ParsedTopic("recorder_status"), []),
     (
         T.recorder_cmd("snapshot"),
-        ParsedTopic("recorder_cmd", op="snapshot"),
+        ParsedTopic("recorder_cmd", op="snapshot", user="anonymous"),
         [T.recorder_cmds()],
     ),
 ]
@@ -133,12 +165,13 @@ def test_every_channel_kind_has_a_case_and_a_template() -> None:
 @pytest.mark.parametrize(
     "topic",
     [
-        "tomato/v1/lab1",
-        "tomato/v1/lab1/",
-        "tomato/v1/lab1/job/abc/status",
-        "tomato/v1/lab1/component/x/unknown",
-        "tomato/v1/lab1/scheduler/cmd/a/b",
-        "tomato/v2/lab1/scheduler/status",
+        "tomato/v2/lab1",
+        "tomato/v2/lab1/",
+        "tomato/v2/lab1/job/abc/status",
+        "tomato/v2/lab1/component/x/unknown",
+        "tomato/v2/lab1/scheduler/cmd/a/b/c",
+        "tomato/v2/lab1/scheduler/cmd/a",
+        "tomato/v1/lab1/scheduler/status",
         "elsewhere/scheduler/status",
     ],
 )
@@ -166,7 +199,10 @@ def test_slug_of_tomato_names(name: str, expected: str) -> None:
 
 def test_slug_is_stable_across_processes() -> None:
     names = [CMP, "COM3", "/dev/ttyUSB0", "192.168.1.1", "Ünïcødé", ""]
-    code = "import sys; from tomato_mqtt.topics import slug\nfor n in sys.argv[1:]: print(slug(n))"
+    code = (
+        "import sys; from tomato_mqtt.wire.topics import slug\n"
+        "for n in sys.argv[1:]: print(slug(n))"
+    )
     out = subprocess.run(
         [sys.executable, "-c", code, *names],
         capture_output=True,

@@ -2,22 +2,42 @@
 
 Instrument PCs do not install this package: it is the only place amqtt is imported.
 The broker binds to 127.0.0.1 unless told otherwise, offers a TCP listener and a
-WebSocket listener (for browser dashboards), and optionally a password file (argon2
-hashes, amqtt's FileAuthPlugin) and topic ACLs.
+WebSocket listener (for browser dashboards), optionally a TLS listener (and WSS), and
+with a users file (amqtt's password-file format plus roles) authentication and the ACL
+of tomato-mqtt's role model (:mod:`tomato_mqtt_broker.security`).
+
+Auth cannot be switched off by accident: :meth:`BrokerConfig.check` refuses
+``allow_anonymous = false`` without a users file, and any listener off loopback without
+one.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
+import os
 import signal
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["BrokerConfig", "EmbeddedBroker", "run_broker"]
+__all__ = ["BrokerConfig", "BrokerConfigError", "EmbeddedBroker", "run_broker"]
 
 log = logging.getLogger(__name__)
+
+
+class BrokerConfigError(ValueError):
+    """A broker configuration that would be insecure or cannot work."""
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 @dataclass
@@ -25,32 +45,80 @@ class BrokerConfig:
     host: str = "127.0.0.1"
     port: int = 1883
     ws_port: int | None = None  # None: no WebSocket listener
+    #: the users file (amqtt password file + roles); None: an open, loopback-only broker
     password_file: str | None = None
     allow_anonymous: bool = True
-    publish_acl: dict[str, list[str]] = field(default_factory=dict)
-    subscribe_acl: dict[str, list[str]] = field(default_factory=dict)
+    #: the ACL's topic root and the devices file that says which node hosts what
+    instance: str = "default"
+    devices_file: str | None = None
+    default_node: str = "local"
+    #: TLS: a listener on tls_port (and WSS instead of WS) when certfile and keyfile are set
+    certfile: str | None = None
+    keyfile: str | None = None
+    cafile: str | None = None  # CA of client certificates (verified when presented)
+    tls_port: int = 8883
+
+    @property
+    def tls(self) -> bool:
+        return bool(self.certfile)
+
+    def check(self) -> None:
+        """Refuse what would let anyone in, with one clear message."""
+        if not self.allow_anonymous and not self.password_file:
+            raise BrokerConfigError(
+                "allow_anonymous = false but there is no password_file: every login would be "
+                "accepted. Set [broker] password_file and add users with `tomato user add`."
+            )
+        if self.password_file and not os.path.isfile(self.password_file):
+            raise BrokerConfigError(
+                f"the password_file {self.password_file} does not exist: create it with "
+                "`tomato user add NAME --role admin`"
+            )
+        if not _is_loopback(self.host) and not self.password_file:
+            raise BrokerConfigError(
+                f"the broker would listen on {self.host}, not a loopback address, without "
+                "authentication: set [broker] password_file (and add users)"
+            )
+        if bool(self.certfile) != bool(self.keyfile):
+            raise BrokerConfigError("TLS needs both certfile and keyfile")
+        for f in (self.certfile, self.keyfile, self.cafile):
+            if f and not os.path.isfile(f):
+                raise BrokerConfigError(f"TLS file {f} does not exist")
 
     def amqtt_config(self) -> dict[str, Any]:
+        self.check()
+        ssl: dict[str, Any] = {}
+        if self.tls:
+            ssl = {"ssl": True, "certfile": self.certfile, "keyfile": self.keyfile}
+            if self.cafile:
+                ssl["cafile"] = self.cafile
+        # with TLS, plain MQTT stays on loopback for the local services; the network
+        # gets TLS (and WSS) only
+        plain_host = "127.0.0.1" if self.tls and not _is_loopback(self.host) else self.host
         listeners: dict[str, Any] = {
-            "default": {"type": "tcp", "bind": f"{self.host}:{self.port}", "max_connections": 0}
+            "default": {"type": "tcp", "bind": f"{plain_host}:{self.port}", "max_connections": 0}
         }
+        if self.tls:
+            listeners["tls"] = {
+                "type": "tcp",
+                "bind": f"{self.host}:{self.tls_port}",
+                "max_connections": 0,
+                **ssl,
+            }
         if self.ws_port:
-            listeners["ws"] = {"type": "ws", "bind": f"{self.host}:{self.ws_port}"}
+            listeners["ws"] = {"type": "ws", "bind": f"{self.host}:{self.ws_port}", **ssl}
         plugins: dict[str, Any] = {
-            "amqtt.plugins.authentication.AnonymousAuthPlugin": {
-                "allow_anonymous": self.allow_anonymous
+            "tomato_mqtt_broker.security.UsersAuthPlugin": {
+                "users_file": self.password_file,
+                "allow_anonymous": self.allow_anonymous,
+            },
+            "tomato_mqtt_broker.security.RoleAclPlugin": {
+                "users_file": self.password_file,
+                "instance": self.instance,
+                "devices_file": self.devices_file,
+                "default_node": self.default_node,
             },
         }
-        if self.password_file:
-            plugins["amqtt.plugins.authentication.FileAuthPlugin"] = {
-                "password_file": self.password_file
-            }
-        if self.publish_acl or self.subscribe_acl:
-            plugins["amqtt.plugins.topic_checking.TopicAccessControlListPlugin"] = {
-                "publish_acl": self.publish_acl,
-                "acl": {},
-                "subscribe_acl": self.subscribe_acl,
-            }
         return {"listeners": listeners, "plugins": plugins, "timeout_disconnect_delay": 0}
 
 
@@ -67,7 +135,24 @@ def _broker_class() -> Any:
     """
     from amqtt.broker import Broker  # heavy import, only where a broker really runs
 
+    from tomato_mqtt_broker.security import RoleAclPlugin
+
     class _Broker(Broker):  # type: ignore[misc]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            plugins = getattr(self.plugins_manager, "_topic_plugins", [])
+            self._acl = next((p for p in plugins if isinstance(p, RoleAclPlugin)), None)
+
+        async def _topic_filtering(self, session: Any, topic: str, action: Any) -> bool:
+            # amqtt awaits this inside `for ... in self._subscriptions.items()` when it
+            # broadcasts; its plugin manager gathers tasks, so the loop yields and a
+            # (un)subscribe meanwhile kills the broadcast ("dictionary changed size during
+            # iteration": the message is lost for the remaining subscribers). Our ACL
+            # answers synchronously, so the loop never yields here.
+            if self._acl is not None:
+                return self._acl.check(session, topic, action)
+            return bool(await super()._topic_filtering(session, topic, action))
+
         async def _publish_retained_messages_for_subscription(
             self, subscription: tuple[str, int], session: Any
         ) -> None:
@@ -90,7 +175,8 @@ class EmbeddedBroker:
         # amqtt logs every connection at INFO; keep our logs about our services
         for noisy in ("amqtt", "transitions", "websockets"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
-        self._broker = _broker_class()(self.config.amqtt_config())
+        config = self.config.amqtt_config()  # BrokerConfigError: refused, with the reason
+        self._broker = _broker_class()(config)
         try:
             await self._broker.start()
         except Exception as e:

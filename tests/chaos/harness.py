@@ -147,10 +147,11 @@ def chaos_stack(
     settings: str = "",
     start_timeout: float = 30.0,
     before_start: Callable[[Stack], None] | None = None,
+    scheduler: str | None = None,
 ) -> Iterator[Stack]:
     """A stack with short presence timings; torn down by kill -9 of its process group
     (a chaos run leaves jobs hung on purpose, and ``tomato stop`` refuses while one runs)."""
-    st = make_stack(root, devices, settings, scheduler=scheduler_settings())
+    st = make_stack(root, devices, settings, scheduler=scheduler or scheduler_settings())
     if before_start is not None:
         before_start(st)
     try:

@@ -22,6 +22,8 @@ from pathlib import Path
 import yaml
 
 from tests.chaos.harness import (
+    GRACE,
+    HEARTBEAT,
     JOB_S,
     LOST_AFTER,
     SHORT_GRACE,
@@ -35,7 +37,8 @@ from tests.chaos.harness import (
     scheduler_settings,
 )
 from tests.stack import BIN, CONFIG, Stack, free_port
-from tests.test_netns import Link, Procs, netns_unavailable, password_line
+from tests.test_netns import Link, Procs, netns_unavailable
+from tomato_mqtt.config.users import UsersFile
 
 __all__ = ["netns_cut", "skew", "skew_shown", "store_full", "store_full_shown"]
 
@@ -61,7 +64,11 @@ def netns_cut(root: Path, p: Params) -> Run:
         d.mkdir(parents=True, exist_ok=True)
     shutil.copy(CONFIG / "netns_devices.yml", st.appdir / "devices.yml")
     password = "chaos-" + os.urandom(6).hex()
-    (st.appdir / "passwd").write_text(password_line(USER, password))
+    # the lab admin for the services and the CLI, the remote node its own login (roles)
+    users = UsersFile(st.appdir / "passwd")
+    users.add(USER, password, "admin")
+    users.add("pc2", password, "node:pc2")
+    users.save()
     procs = Procs(root)
     try:
         link.up()
@@ -83,7 +90,7 @@ def netns_cut(root: Path, p: Params) -> Run:
         procs.start(
             "node",
             *("ip", "netns", "exec", link.ns, tomato, "node", "--name", "pc2"),
-            *("--broker", f"mqtt://{USER}:{password}@{link.host}:{st.port}"),
+            *("--broker", f"mqtt://pc2:{password}@{link.host}:{st.port}"),
             *("--instance", st.instance, "-A", str(root / "node-app")),
             *("-D", str(root / "node-data"), "-L", str(st.logdir)),
         )
@@ -286,7 +293,12 @@ def skew(offset: str) -> Callable[[Path, Params], Run]:
                 time.sleep(0.2)
 
         try:
-            with chaos_stack(root / "stack", devices, before_start=start_node) as st:
+            # lost_after well above the heartbeat: the check is that a 60 s skew never
+            # makes the node lost, not that a loaded CI machine delivers every beat in 2 s
+            relaxed = f"heartbeat = {HEARTBEAT}\nlost_after = 6\nnode_grace_period = {GRACE}\n"
+            with chaos_stack(
+                root / "stack", devices, before_start=start_node, scheduler=relaxed
+            ) as st:
                 run = fault_job(st, f"skew{offset}", p, fault, "pip-pc2", guard=False)
         finally:
             procs.stop_all()

@@ -6,9 +6,9 @@ past a bound) with the specified status; per task the file holds exactly the poi
 runner reported taking (unique ``uts``); no duplicated ``uts``. See
 tests/chaos/scenarios.py for the faults and docs/reliability.md for how to run them.
 
-Scenarios that today's code fails because of a bug listed in issue 9 are marked
-``xfail(strict=True)`` naming the bug: the suite is green now, and a fix turns the mark
-into a failure (XPASS) so whoever lands it removes the mark.
+Every scenario of issue 9 is a plain test: each ended as specified once the fixes
+landed (the suite was first written with one strict xfail per bug, removed as each fix
+turned it green).
 """
 
 from __future__ import annotations
@@ -56,47 +56,20 @@ def chaos(tmp_path_factory: pytest.TempPathFactory) -> Get:
     return get
 
 
-def xfail(bug: str) -> pytest.MarkDecorator:
-    # raises=: only "did not end as specified" is the known bug; an error of the harness
-    # or of starting the stack still fails the test
-    return pytest.mark.xfail(strict=True, raises=NotAsSpecified, reason=f"issue 9: {bug}")
-
-
-NODE_CRASH = xfail("1. kill -9 of a node mid-task hangs the job for ever (`r`)")
-CANCEL_HANGS = xfail("1. `ketchup cancel` of a job whose node died/stopped stays `rd`")
 CASES = [
     pytest.param("kill-broker", RATE_HZ),
     pytest.param("kill-scheduler", RATE_HZ),
     pytest.param("kill-recorder", RATE_HZ),
     pytest.param("kill-recorder", FAST_HZ),
     pytest.param("kill-broker+recorder", RATE_HZ),
-    pytest.param("kill-node", RATE_HZ, marks=NODE_CRASH),
-    pytest.param("kill-node", FAST_HZ, marks=NODE_CRASH),
-    pytest.param(
-        "kill-tree",
-        RATE_HZ,
-        marks=xfail(
-            "5. `tomato start` after the tree was killed is refused (a zombie pid counts as "
-            "alive); behind it, 1. the node's task is gone and the job hangs"
-        ),
-    ),
-    pytest.param(
-        "stall-node",
-        FAST_HZ,
-        marks=xfail("2. after SIGCONT the node measures the missed points in a burst"),
-    ),
-    pytest.param("cancel-killed-node", RATE_HZ, marks=CANCEL_HANGS),
-    pytest.param("cancel-stopped-node", RATE_HZ, marks=CANCEL_HANGS),
-    pytest.param(
-        "reload-readd",
-        RATE_HZ,
-        marks=xfail("3. re-added component restarts seq in the same epoch: batches dropped"),
-    ),
-    pytest.param(
-        "netns-cut",
-        RATE_HZ,
-        marks=xfail("4. data arriving after the job ended ce never reaches its file"),
-    ),
+    pytest.param("kill-node", RATE_HZ),
+    pytest.param("kill-node", FAST_HZ),
+    pytest.param("kill-tree", RATE_HZ),
+    pytest.param("stall-node", FAST_HZ),
+    pytest.param("cancel-killed-node", RATE_HZ),
+    pytest.param("cancel-stopped-node", RATE_HZ),
+    pytest.param("reload-readd", RATE_HZ),
+    pytest.param("netns-cut", RATE_HZ),
     pytest.param("store-full", RATE_HZ),
     pytest.param("skew+60", RATE_HZ),
     pytest.param("skew-60", RATE_HZ),
@@ -108,7 +81,6 @@ def test_job_ends_as_specified(chaos: Get, name: str, hz: float) -> None:
     assert_as_specified(chaos(name, hz))
 
 
-@xfail("7. a full disk under the recorder is invisible (job `r` with no reason)")
 def test_store_full_is_visible_while_it_lasts(chaos: Get) -> None:
     """The same run as ``store-full``: while the store was full, ``ketchup status`` of the
     job showed a reason (the recorder cannot store)."""
@@ -117,7 +89,6 @@ def test_store_full_is_visible_while_it_lasts(chaos: Get) -> None:
         raise NotAsSpecified(f"{run.unseen}: {run.seen}")
 
 
-@xfail("6. clock skew: a node 60 s behind flaps lost/online; no skew is flagged")
 @pytest.mark.parametrize("name", ["skew+60", "skew-60"])
 def test_skewed_node_is_flagged_and_never_lost(chaos: Get, name: str) -> None:
     """The same runs as ``skew±60``: the scheduler never counted the node lost (staleness

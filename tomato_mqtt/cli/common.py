@@ -1,50 +1,86 @@
-"""What the three CLIs share: options, one MQTT request per call, output, exit codes.
+"""What the three CLIs share: the common options, one MQTT request per call, exit codes.
 
-The CLIs are pure MQTT clients. This module must stay light to import: no pint,
-xarray, pandas, amqtt or dgbowl-schemas on the CLI path (a call should take well under
-0.15 s). Nothing below the CLI prints or exits; here errors become a message on stderr
-and ``typer.Exit(1)``.
+The common options are declared once, here
+-------------------------------------------
+A command takes ONE parameter annotated ``common.Opts`` and is wrapped in
+``@common.options(...)`` (under ``@app.command()``, which must stay the outer one)::
+
+    @app.command()
+    @common.options(common.CLIENT, timeout=10.0)
+    def reload(opts: common.Opts) -> None:
+        ctx = opts.context()
+        topic = ctx.topics.scheduler_cmd("reload")
+        opts.output().reply(common.run_request(ctx, topic, {}, timeout=opts.timeout))
+
+The decorator replaces that parameter, in the signature typer reads, by the chosen
+options (in the order given: their order in --help), and calls the command with one
+``Opts`` holding their values (after parameters with defaults: ``*, opts: common.Opts``).
+Options stay options: they may come before or after positional arguments
+(``tomato pipeline load P S -p 1884``, ``ketchup status 3 -y``).
+
+- Which options: ``CLIENT`` (-p -b --instance -A -t -y --json) for every command that asks
+  a service; ``LOCAL`` (-A -D -L -p) for commands that read settings on this PC; or any
+  names of ``OPTIONS``, e.g. ``(*common.LOCAL, "timeout")``. ``timeout=`` is the default
+  of ``-t`` for that command.
+- ``opts.context()``: where to send requests (settings.toml overridden by the options);
+  ``opts.output()``: prints a Reply as text, YAML or JSON; ``opts.settings()``: the full,
+  validated settings (pydantic; only for commands that need more than ``[mqtt]``).
+- A new common option (say ``--tls``): one field on ``Opts`` (its default), one
+  ``Annotated`` alias in ``OPTIONS``, and its use in ``Opts.context()``; then name it in
+  ``CLIENT`` or in the commands that take it. tests/test_cli.py checks that every command
+  of the three apps declares the common options alike and through this decorator (a new
+  command takes ``CLIENT`` unless listed there).
+- The command's own annotations are evaluated when the decorator runs, so the names in
+  them must exist at module level by then (not only under ``TYPE_CHECKING``).
+
+Light to import: the CLIs are pure MQTT clients and a call should take well under
+0.15 s, so no pydantic, asyncio, paho, pint, xarray or amqtt at import time. Nothing
+below the CLI prints or exits; here errors become a message on stderr and
+``typer.Exit(1)``.
 """
 
 from __future__ import annotations
 
-import json
+import functools
+import inspect
 import os
-import sys
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar, cast
 
 import typer
 
-from tomato_mqtt.topics import Topics
-from tomato_mqtt.url import BrokerURL
+from tomato_mqtt.cli.fastsettings import light_mqtt
+from tomato_mqtt.cli.output import Output, emit, table
+from tomato_mqtt.config.url import BrokerURL
+from tomato_mqtt.wire.topics import Topics
 
 if TYPE_CHECKING:  # the long-lived client is imported only by commands that need it
-    from tomato_mqtt.rpc import Requester
-    from tomato_mqtt.settings import Settings
+    from tomato_mqtt.config.settings import Settings
+    from tomato_mqtt.transport.rpc import Requester
 
 __all__ = [
-    "AppDirOpt",
-    "BrokerOpt",
+    "CLIENT",
+    "LOCAL",
+    "OPTIONS",
     "CallContext",
-    "DataDirOpt",
-    "InstanceOpt",
-    "JsonOpt",
-    "LogDirOpt",
+    "Opts",
     "Output",
-    "PortOpt",
-    "TimeoutOpt",
-    "YamlOpt",
     "context",
     "emit",
     "fail",
+    "load_settings",
+    "options",
+    "run_async",
     "run_request",
     "table",
 ]
 
 T = TypeVar("T")
+F = TypeVar("F", bound=Callable[..., Any])
+
+# -- the common options: each declared once, here ---------------------------------------
 
 PortOpt = Annotated[
     int | None, typer.Option("-p", "--port", help="MQTT broker port (default: settings, 1883)")
@@ -59,7 +95,7 @@ BrokerOpt = Annotated[
     ),
 ]
 InstanceOpt = Annotated[
-    str | None, typer.Option("--instance", help="instance name (topic root tomato/v1/<instance>)")
+    str | None, typer.Option("--instance", help="instance name (topic root tomato/v2/<instance>)")
 ]
 AppDirOpt = Annotated[Path | None, typer.Option("-A", "--appdir", help="settings directory")]
 DataDirOpt = Annotated[Path | None, typer.Option("-D", "--datadir", help="data directory")]
@@ -67,6 +103,136 @@ LogDirOpt = Annotated[Path | None, typer.Option("-L", "--logdir", help="log dire
 TimeoutOpt = Annotated[float, typer.Option("--timeout", "-t", help="seconds to wait for an answer")]
 YamlOpt = Annotated[bool, typer.Option("-y", "--yaml", help="print the Reply as YAML")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="print the Reply as JSON")]
+
+# name -> its one declaration
+OPTIONS: dict[str, Any] = {
+    "port": PortOpt,
+    "broker": BrokerOpt,
+    "instance": InstanceOpt,
+    "appdir": AppDirOpt,
+    "datadir": DataDirOpt,
+    "logdir": LogDirOpt,
+    "timeout": TimeoutOpt,
+    "yaml": YamlOpt,
+    "json": JsonOpt,
+}
+# commands that ask a service something / commands that read settings on this PC
+CLIENT = ("port", "broker", "instance", "appdir", "timeout", "yaml", "json")
+LOCAL = ("appdir", "datadir", "logdir", "port")
+
+
+@dataclass
+class Opts:
+    """The common options a command was called with (those it does not take: defaults)."""
+
+    port: int | None = None
+    broker: str | None = None
+    instance: str | None = None
+    appdir: Path | None = None
+    datadir: Path | None = None
+    logdir: Path | None = None
+    timeout: float = 5.0
+    yaml: bool = False
+    json: bool = False
+    _ctx: CallContext | None = field(default=None, init=False, repr=False, compare=False)
+
+    def context(self) -> CallContext:
+        """Where to send requests: settings.toml (if any), overridden by these options."""
+        if self._ctx is None:
+            self._ctx = context(
+                port=self.port,
+                broker=self.broker,
+                instance=self.instance,
+                appdir=self.appdir,
+                datadir=self.datadir,
+                logdir=self.logdir,
+            )
+        return self._ctx
+
+    def output(self) -> Output:
+        return Output(self.yaml, self.json)
+
+    def settings(self) -> Settings:
+        """The full, validated settings for -A/-D/-L/-p (a bad file: message + exit 1)."""
+        return load_settings(self.appdir, self.datadir, self.logdir, self.port)
+
+
+_DEFAULTS = {n: Opts.__dataclass_fields__[n].default for n in OPTIONS}
+
+
+def options(names: Sequence[str] = CLIENT, *, timeout: float = 5.0) -> Callable[[F], F]:
+    """Give a command the common options ``names``, handed to it as one ``Opts``.
+
+    See the module's docstring. Mistakes (no ``Opts`` parameter, an unknown name, a
+    parameter of the command named like an option) raise ``TypeError`` at import, so
+    every test that imports the CLI finds them.
+    """
+    unknown = [n for n in names if n not in OPTIONS]
+    if unknown:
+        raise TypeError(f"unknown common option(s) {unknown}; known: {list(OPTIONS)}")
+    chosen = tuple(dict.fromkeys(names))  # --help lists them in this order
+
+    def wrap(func: F) -> F:
+        sig = inspect.signature(func, eval_str=True)
+        slots = [p.name for p in sig.parameters.values() if p.annotation is Opts]
+        if len(slots) != 1:
+            raise TypeError(f"{func.__qualname__}: needs exactly one parameter of type Opts")
+        slot = slots[0]
+        clash = sorted(set(chosen) & set(sig.parameters))
+        if clash:
+            raise TypeError(f"{func.__qualname__}: parameter(s) {clash} shadow common options")
+        # the options take the place of the Opts parameter (so it sets their place in
+        # --help); they and all after them are keyword-only: typer passes all by name
+        params: list[inspect.Parameter] = []
+        positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+        after = False
+        for p in sig.parameters.values():
+            if p.name == slot:
+                after = True
+                params += [
+                    inspect.Parameter(
+                        n,
+                        inspect.Parameter.KEYWORD_ONLY,
+                        default=timeout if n == "timeout" else _DEFAULTS[n],
+                        annotation=OPTIONS[n],
+                    )
+                    for n in chosen
+                ]
+            elif after and p.kind in positional:
+                params.append(p.replace(kind=inspect.Parameter.KEYWORD_ONLY))
+            else:
+                params.append(p)
+        shown = sig.replace(parameters=params)
+
+        @functools.wraps(func)
+        def command(*args: Any, **kwargs: Any) -> Any:
+            given = {n: kwargs.pop(n) for n in chosen if n in kwargs}
+            kwargs[slot] = Opts(**{"timeout": timeout, **given})
+            return func(*args, **kwargs)
+
+        # typer reads inspect.signature() (which stops at __signature__) for the
+        # parameters and typing.get_type_hints() (__annotations__) for their types
+        command.__signature__ = shown  # type: ignore[attr-defined]
+        command.__annotations__ = {p.name: p.annotation for p in shown.parameters.values()}
+        if shown.return_annotation is not inspect.Signature.empty:
+            command.__annotations__["return"] = shown.return_annotation
+        command.__tomato_options__ = chosen  # type: ignore[attr-defined]
+        return cast(F, command)
+
+    return wrap
+
+
+def load_settings(
+    appdir: Path | None, datadir: Path | None, logdir: Path | None, port: int | None
+) -> Settings:
+    """The full, validated settings (pydantic: not on the fast path); errors exit 1."""
+    from tomato_mqtt.config import settings
+    from tomato_mqtt.errors import ConfigError
+
+    try:
+        return settings.load_settings(appdir=appdir, datadir=datadir, logdir=logdir, port=port)
+    except ConfigError as e:
+        fail(str(e))
 
 
 @dataclass
@@ -81,76 +247,21 @@ class CallContext:
 
     @property
     def topics(self) -> Topics:
-        return Topics(self.instance)
+        # the login is the {user} segment of requests and replies (issue 10)
+        try:
+            return Topics(self.instance, self.url.username)
+        except ValueError as e:
+            fail(str(e))
 
     @property
     def settings(self) -> Settings:
         """The full, validated settings (loaded on first use: pydantic is not cheap)."""
         if self._settings is None:
-            from tomato_mqtt.errors import ConfigError
-            from tomato_mqtt.settings import load_settings
-
-            try:
-                self._settings = load_settings(
-                    appdir=self.appdir, datadir=self.datadir, logdir=self.logdir, port=self.port
-                )
-            except ConfigError as e:
-                fail(str(e))
+            self._settings = load_settings(self.appdir, self.datadir, self.logdir, self.port)
         return self._settings
 
     def where(self) -> str:
         return f"broker {self.url}, instance {self.instance}"
-
-
-# [mqtt] keys the fast path understands; anything else goes through the full settings
-_MQTT_KEYS = {
-    "host": str,
-    "port": int,
-    "instance": str,
-    "username": str,
-    "password": str,
-    "tls": bool,
-    "ca_certs": str,
-    "certfile": str,
-    "keyfile": str,
-    "tls_insecure": bool,
-    "keepalive": int,
-}
-
-
-def _light_mqtt(appdir: Path | None) -> dict[str, Any] | None:
-    """The ``[mqtt]`` table of settings.toml without pydantic, or None if unsure.
-
-    A call that only sends one request must not pay for validating every section; when
-    the file is absent the defaults apply, when anything looks unusual the full loader
-    runs (and reports the problem with file and field).
-    """
-    import platformdirs
-
-    app = (
-        Path(appdir).expanduser()
-        if appdir
-        else Path(platformdirs.user_config_dir("tomato-mqtt", appauthor=False))
-    )
-    path = app / "settings.toml"
-    if not path.is_file():
-        return {}
-    if sys.version_info >= (3, 11):
-        import tomllib
-    else:  # pragma: no cover - Python 3.10
-        import tomli as tomllib
-    try:
-        doc = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError, UnicodeDecodeError):
-        return None
-    mqtt = doc.get("mqtt", {})
-    if not isinstance(mqtt, dict):
-        return None
-    for k, v in mqtt.items():
-        want = _MQTT_KEYS.get(k)
-        if want is None or type(v) is not want:
-            return None
-    return mqtt
 
 
 def context(
@@ -165,7 +276,7 @@ def context(
     ctx = CallContext(
         url=BrokerURL(), instance="", appdir=appdir, datadir=datadir, logdir=logdir, port=port
     )
-    light = _light_mqtt(appdir)
+    light = light_mqtt(appdir)
     if light is None:
         m = ctx.settings.mqtt
         light = m.model_dump()
@@ -176,6 +287,7 @@ def context(
             fail(str(e))
         if port is not None:
             url = BrokerURL(**{**url.__dict__, "port": port})
+        url = url.with_tls_defaults(light)  # settings' CA and client cert stay in force
     else:
         fields = {k: v for k, v in light.items() if k in BrokerURL.__dataclass_fields__}
         if port is not None:
@@ -194,8 +306,8 @@ def fail(msg: str, code: int = 1) -> NoReturn:
 async def _with_requester(
     ctx: CallContext, fn: Callable[[Requester], Awaitable[T]], timeout: float
 ) -> T:
-    from tomato_mqtt.mqtt import AsyncClient, MqttError
-    from tomato_mqtt.rpc import Requester
+    from tomato_mqtt.transport.client import AsyncClient, MqttError
+    from tomato_mqtt.transport.rpc import Requester
 
     client = AsyncClient(ctx.url, client_id=f"cli-{os.getpid()}-{os.urandom(3).hex()}")
     try:
@@ -218,94 +330,61 @@ def run_request(
     who: str = "scheduler",
 ) -> Any:
     """One request, synchronously, on the fast path; problems become a message + exit 1."""
-    from tomato_mqtt import oneshot
+    from tomato_mqtt.transport import oneshot
 
     try:
         return oneshot.request(ctx.url, topic, ctx.topics.reply, args, timeout=timeout, who=who)
-    except (oneshot.NoAnswer, oneshot.Refused) as e:
+    except oneshot.NoAnswer as e:
+        fail(_denied(ctx, topic) or f"{e} ({ctx.where()})")
+    except oneshot.Refused as e:
         fail(f"{e} ({ctx.where()})")
     except oneshot.OneShotError as e:
         fail(f"{e} — is tomato-mqtt running? ({ctx.where()})")
+
+
+def _denied(ctx: CallContext, topic: str) -> str | None:
+    """After a request went unanswered: was it the broker's ACL that dropped it?
+
+    MQTT 3.1.1 has no negative PUBACK, so a forbidden request just vanishes. If the
+    scheduler answers ``whoami`` (every role may send it) and the op is not among the
+    requester's, say so plainly instead of "is it running?".
+    """
+    if not ctx.url.username:
+        return None  # an open stack has no ACL
+    from tomato_mqtt.transport import oneshot
+
+    parsed = ctx.topics.parse(topic)
+    if parsed is None or parsed.op is None or parsed.op == "whoami":
+        return None
+    try:
+        me = oneshot.request(
+            ctx.url, ctx.topics.scheduler_cmd("whoami"), ctx.topics.reply, {}, timeout=2.0
+        )
+    except oneshot.OneShotError:
+        return None
+    data = me.data if me.success and isinstance(me.data, dict) else {}
+    target = {"scheduler_cmd": "", "recorder_cmd": "the recorder's "}.get(parsed.kind)
+    if target is None:
+        target = "component or node command "
+    elif parsed.kind == "scheduler_cmd" and parsed.op in (data.get("ops") or []):
+        return None  # allowed: the scheduler is just slow or busy
+    return (
+        f"not allowed: user {ctx.url.username!r} (role {data.get('role') or 'unknown'}) may not "
+        f"send {target}{parsed.op!r}; the broker dropped the request (see the role table in "
+        f"docs/security.md) ({ctx.where()})"
+    )
 
 
 def run_async(ctx: CallContext, fn: Callable[[Requester], Awaitable[T]], timeout: float) -> T:
     """Several requests or subscriptions on the asyncio client."""
     import asyncio
 
-    from tomato_mqtt.mqtt import MqttError
-    from tomato_mqtt.rpc import NoResponder
+    from tomato_mqtt.transport.client import MqttError
+    from tomato_mqtt.transport.rpc import NoResponder
 
     try:
         return asyncio.run(_with_requester(ctx, fn, timeout))
     except NoResponder as e:
-        fail(f"{e} ({ctx.where()})")
+        fail(_denied(ctx, e.topic) or f"{e} ({ctx.where()})")
     except MqttError as e:
         fail(str(e))
-
-
-class Output:
-    """Prints a Reply: human text by default, or the whole Reply as YAML / JSON."""
-
-    def __init__(self, yaml_: bool = False, json_: bool = False) -> None:
-        self.yaml = yaml_
-        self.json = json_
-
-    def reply(self, reply: Any, human: Callable[[Any], str] | None = None) -> None:
-        doc = {"success": reply.success, "msg": reply.msg, "data": reply.data}
-        if self.json:
-            typer.echo(json.dumps(doc, indent=2, default=str))
-        elif self.yaml:
-            import yaml
-
-            typer.echo(yaml.safe_dump(doc, sort_keys=False, allow_unicode=True).rstrip())
-        elif not reply.success:
-            typer.echo(f"error: {reply.msg}", err=True)
-        else:
-            typer.echo(human(reply.data) if human and reply.data is not None else reply.msg)
-        if not reply.success:
-            raise typer.Exit(1)
-
-
-def emit(text: str) -> None:
-    typer.echo(text)
-
-
-def table(rows: Sequence[Mapping[str, Any]], columns: Sequence[tuple[str, str]]) -> str:
-    """A plain text table that fits a terminal: (key, header) columns, long cells cut."""
-    width = _term_width()
-    cells = [[_cell(r.get(k)) for k, _ in columns] for r in rows]
-    heads = [h for _, h in columns]
-    widths = [max([len(h)] + [len(c[i]) for c in cells]) for i, h in enumerate(heads)]
-    while sum(widths) + 2 * (len(widths) - 1) > width and max(widths) > 12:
-        i = widths.index(max(widths))
-        widths[i] -= 1
-
-    def fmt(vals: Sequence[str]) -> str:
-        return "  ".join(_fit(v, w) for v, w in zip(vals, widths, strict=True)).rstrip()
-
-    lines = [fmt(heads), fmt(["-" * w for w in widths])]
-    lines += [fmt(c) for c in cells]
-    return "\n".join(lines)
-
-
-def _term_width() -> int:
-    try:
-        return os.get_terminal_size(sys.stdout.fileno()).columns
-    except OSError:
-        return 120
-
-
-def _cell(v: Any) -> str:
-    if v is None:
-        return "-"
-    if isinstance(v, bool):
-        return "yes" if v else "no"
-    if isinstance(v, (list, tuple, set)):
-        return ", ".join(map(str, v))
-    if isinstance(v, dict):
-        return ", ".join(f"{k}={x}" for k, x in v.items())
-    return str(v)
-
-
-def _fit(v: str, w: int) -> str:
-    return v.ljust(w) if len(v) <= w else v[: max(0, w - 1)] + "…"

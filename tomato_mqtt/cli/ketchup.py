@@ -20,19 +20,9 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from tomato_mqtt.cli import common
-from tomato_mqtt.cli.common import (
-    AppDirOpt,
-    BrokerOpt,
-    InstanceOpt,
-    JsonOpt,
-    Output,
-    PortOpt,
-    TimeoutOpt,
-    YamlOpt,
-)
 
 if TYPE_CHECKING:
-    from tomato_mqtt.rpc import Requester
+    from tomato_mqtt.transport.rpc import Requester
 
 __all__ = ["app", "main"]
 
@@ -55,29 +45,19 @@ JOB_COLUMNS = (
 )
 
 
-def _ctx(
-    port: int | None, broker: str | None, instance: str | None, appdir: Path | None
-) -> common.CallContext:
-    return common.context(port=port, broker=broker, instance=instance, appdir=appdir)
-
-
 # -- submit ------------------------------------------------------------------------------
 @app.command()
+@common.options(common.CLIENT)
 def submit(
     payload: Annotated[Path, typer.Argument(help="payload file (YAML or JSON), any version")],
     jobname: Annotated[
         str | None, typer.Option("-j", "--jobname", help="a name to find the job by")
     ] = None,
-    port: PortOpt = None,
-    broker: BrokerOpt = None,
-    instance: InstanceOpt = None,
-    appdir: AppDirOpt = None,
-    timeout: TimeoutOpt = 5.0,
-    yaml_: YamlOpt = False,
-    json_: JsonOpt = False,
+    *,
+    opts: common.Opts,
 ) -> None:
     """Submit a payload; the output goes to the current directory unless it says otherwise."""
-    from tomato_mqtt.payloads import PayloadError, read_payload_file
+    from tomato_mqtt.config.payloads import PayloadError, read_payload_file
 
     user = _username()
     try:
@@ -88,7 +68,7 @@ def submit(
         if e.file is None:
             e = PayloadError(e.location, e.reason, payload)
         common.fail(f"payload refused: {e}")
-    ctx = _ctx(port, broker, instance, appdir)
+    ctx = opts.context()
     args = {
         # YAML may hold dates and the like: send what JSON can carry
         "payload": json.loads(json.dumps(doc, default=str)),
@@ -96,11 +76,12 @@ def submit(
         "submit_dir": str(Path.cwd().resolve()),
         "user": user,
     }
-    reply = common.run_request(ctx, ctx.topics.scheduler_cmd("job_submit"), args, timeout=timeout)
-    refused = "payload refused: "
-    if not reply.success and reply.msg.startswith(refused):
-        reply.msg = f"{refused}{payload}: {reply.msg[len(refused) :]}"
-    Output(yaml_, json_).reply(reply, lambda job: _submitted(reply.msg, job))
+    reply = common.run_request(
+        ctx, ctx.topics.scheduler_cmd("job_submit"), args, timeout=opts.timeout
+    )
+    if not reply.success and reply.code == "refused":
+        reply.msg = f"{payload}: {reply.msg}"  # the scheduler cannot know the file's name
+    opts.output().reply(reply, lambda job: _submitted(reply.msg, job))
 
 
 def _submitted(msg: str, job: Any) -> str:
@@ -122,53 +103,47 @@ def _username() -> str:
 
 # -- status, search --------------------------------------------------------------------
 @app.command()
+@common.options(common.CLIENT)
 def status(
     jobids: Annotated[
         list[int] | None, typer.Argument(help="job ids (default: the whole queue)")
     ] = None,
-    port: PortOpt = None,
-    broker: BrokerOpt = None,
-    instance: InstanceOpt = None,
-    appdir: AppDirOpt = None,
-    timeout: TimeoutOpt = 5.0,
-    yaml_: YamlOpt = False,
-    json_: JsonOpt = False,
+    *,
+    opts: common.Opts,
 ) -> None:
     """Show the jobs given, or the whole queue.
 
     Status codes as in tomato: q queued, qw a pipeline can run it, r running,
     rd cancel requested, c completed, ce completed with error, cd cancelled.
     """
-    ctx = _ctx(port, broker, instance, appdir)
+    ctx = opts.context()
     args = {"jobids": list(jobids) if jobids else None}
-    reply = common.run_request(ctx, ctx.topics.scheduler_cmd("job_status"), args, timeout=timeout)
+    reply = common.run_request(
+        ctx, ctx.topics.scheduler_cmd("job_status"), args, timeout=opts.timeout
+    )
     one = bool(jobids) and len(jobids or []) == 1
-    Output(yaml_, json_).reply(reply, _job_detail if one else _job_table)
+    opts.output().reply(reply, _job_detail if one else _job_table)
 
 
 @app.command()
+@common.options(common.CLIENT)
 def search(
     name: Annotated[str, typer.Argument(help="(part of) the job name")],
     complete: Annotated[
         bool, typer.Option("-c", "--complete", help="also search completed jobs")
     ] = False,
-    port: PortOpt = None,
-    broker: BrokerOpt = None,
-    instance: InstanceOpt = None,
-    appdir: AppDirOpt = None,
-    timeout: TimeoutOpt = 5.0,
-    yaml_: YamlOpt = False,
-    json_: JsonOpt = False,
+    *,
+    opts: common.Opts,
 ) -> None:
     """Find jobs by name (queued and running ones; with -c also completed ones)."""
-    ctx = _ctx(port, broker, instance, appdir)
+    ctx = opts.context()
     reply = common.run_request(
         ctx,
         ctx.topics.scheduler_cmd("job_search"),
         {"name": name, "complete": complete},
-        timeout=timeout,
+        timeout=opts.timeout,
     )
-    Output(yaml_, json_).reply(reply, _job_table)
+    opts.output().reply(reply, _job_table)
 
 
 def _when(iso: Any) -> str | None:
@@ -222,51 +197,41 @@ def _job_detail(jobs: Any) -> str:
 
 # -- cancel ------------------------------------------------------------------------------
 @app.command()
+@common.options(common.CLIENT)
 def cancel(
     jobids: Annotated[list[int], typer.Argument(help="the ids of the jobs to cancel")],
-    port: PortOpt = None,
-    broker: BrokerOpt = None,
-    instance: InstanceOpt = None,
-    appdir: AppDirOpt = None,
-    timeout: TimeoutOpt = 5.0,
-    yaml_: YamlOpt = False,
-    json_: JsonOpt = False,
+    opts: common.Opts,
 ) -> None:
     """Cancel jobs: queued ones end at once (cd), running ones stop their tasks (rd -> cd)."""
-    ctx = _ctx(port, broker, instance, appdir)
+    ctx = opts.context()
     reply = common.run_request(
-        ctx, ctx.topics.scheduler_cmd("job_cancel"), {"jobids": list(jobids)}, timeout=timeout
+        ctx, ctx.topics.scheduler_cmd("job_cancel"), {"jobids": list(jobids)}, timeout=opts.timeout
     )
-    Output(yaml_, json_).reply(reply, lambda _jobs: reply.msg)
+    opts.output().reply(reply, lambda _jobs: reply.msg)
 
 
 # -- snapshot ----------------------------------------------------------------------------
 @app.command()
+@common.options(common.CLIENT, timeout=60.0)
 def snapshot(
     jobid: Annotated[int, typer.Argument(help="the job to snapshot")],
-    port: PortOpt = None,
-    broker: BrokerOpt = None,
-    instance: InstanceOpt = None,
-    appdir: AppDirOpt = None,
-    timeout: TimeoutOpt = 60.0,
-    yaml_: YamlOpt = False,
-    json_: JsonOpt = False,
+    opts: common.Opts,
 ) -> None:
     """Write an up-to-date snapshot.<jobid>.nc of a job into the current directory.
 
     The recorder writes the file; its content comes here over MQTT in chunks, so this
     works from any PC that reaches the broker.
     """
-    from tomato_mqtt.messages import Reply
+    from tomato_mqtt.wire.messages import Reply
 
-    ctx = _ctx(port, broker, instance, appdir)
+    ctx = opts.context()
     target = Path.cwd() / f"snapshot.{jobid}.nc"
 
     async def go(req: Requester) -> Reply:
         r = await req.request(
             ctx.topics.scheduler_cmd("job_snapshot"),
             {"jobid": jobid},
-            timeout=timeout,
+            timeout=opts.timeout,
             who="scheduler",
         )
         if not r.success or not isinstance(r.data, dict):
@@ -282,7 +247,7 @@ def snapshot(
                     c = await req.request(
                         ctx.topics.recorder_cmd("fetch"),
                         {"token": token, "index": index},
-                        timeout=timeout,
+                        timeout=opts.timeout,
                         who="recorder",
                     )
                     data = c.data.get("data") if isinstance(c.data, dict) else None
@@ -318,8 +283,8 @@ def snapshot(
             msg += f" (still missing: {', '.join(str(m) for m in missing)})"
         return Reply(id=r.id, success=True, msg=msg, data=data_out)
 
-    reply = common.run_async(ctx, go, timeout)
-    Output(yaml_, json_).reply(reply, lambda _d: reply.msg)
+    reply = common.run_async(ctx, go, opts.timeout)
+    opts.output().reply(reply, lambda _d: reply.msg)
 
 
 def main() -> None:

@@ -10,18 +10,11 @@ from typing import Annotated, Any
 import typer
 
 from tomato_mqtt.cli import common
-from tomato_mqtt.cli.common import (
-    AppDirOpt,
-    BrokerOpt,
-    InstanceOpt,
-    JsonOpt,
-    Output,
-    PortOpt,
-    TimeoutOpt,
-    YamlOpt,
-)
 
-__all__ = ["Section", "reload", "status"]
+__all__ = ["Section", "app"]
+
+# merged into ``tomato`` (no name): ``tomato status``, ``tomato reload``
+app = typer.Typer(pretty_exceptions_enable=False, add_completion=False)
 
 
 class Section(str, enum.Enum):
@@ -33,40 +26,31 @@ class Section(str, enum.Enum):
     drivers = "drivers"
 
 
+@app.command()
+@common.options(common.CLIENT)
 def status(
     section: Annotated[
         Section, typer.Argument(help="what to show", case_sensitive=False)
     ] = Section.scheduler,
-    port: PortOpt = None,
-    broker: BrokerOpt = None,
-    instance: InstanceOpt = None,
-    appdir: AppDirOpt = None,
-    timeout: TimeoutOpt = 5.0,
-    yaml_: YamlOpt = False,
-    json_: JsonOpt = False,
+    *,
+    opts: common.Opts,
 ) -> None:
     """Show the scheduler, or its pipelines, devices, components, nodes or drivers."""
-    ctx = common.context(port=port, broker=broker, instance=instance, appdir=appdir)
+    ctx = opts.context()
     reply = common.run_request(
-        ctx, ctx.topics.scheduler_cmd("status"), {"what": section.value}, timeout=timeout
+        ctx, ctx.topics.scheduler_cmd("status"), {"what": section.value}, timeout=opts.timeout
     )
     human = _HUMAN[section]
-    Output(yaml_, json_).reply(reply, lambda data: human(reply.msg, data))
+    opts.output().reply(reply, lambda data: human(reply.msg, data))
 
 
-def reload(
-    port: PortOpt = None,
-    broker: BrokerOpt = None,
-    instance: InstanceOpt = None,
-    appdir: AppDirOpt = None,
-    timeout: TimeoutOpt = 10.0,
-    yaml_: YamlOpt = False,
-    json_: JsonOpt = False,
-) -> None:
+@app.command()
+@common.options(common.CLIENT, timeout=10.0)
+def reload(opts: common.Opts) -> None:
     """Re-read settings and devices; refused if it would touch a running job."""
-    ctx = common.context(port=port, broker=broker, instance=instance, appdir=appdir)
-    reply = common.run_request(ctx, ctx.topics.scheduler_cmd("reload"), {}, timeout=timeout)
-    Output(yaml_, json_).reply(reply, lambda _d: reply.msg)
+    ctx = opts.context()
+    reply = common.run_request(ctx, ctx.topics.scheduler_cmd("reload"), {}, timeout=opts.timeout)
+    opts.output().reply(reply, lambda _d: reply.msg)
 
 
 # -- human output, one per section ---------------------------------------------------------

@@ -15,6 +15,7 @@ import psutil
 import pytest
 from tomato_mqtt_psutil import CpuUsage, Device, DriverInterface
 
+from tomato_mqtt.config.payloads import parse_payload, read_payload_file
 from tomato_mqtt.driver import (
     AttrSpec,
     ComponentRunner,
@@ -25,7 +26,6 @@ from tomato_mqtt.driver import (
     load_driver,
     validate_task,
 )
-from tomato_mqtt.payloads import parse_payload, read_payload_file
 
 CONFIG = Path(__file__).resolve().parents[3] / "config"
 MEM = {"mem_total", "mem_avail", "mem_used", "mem_usage"}

@@ -1,0 +1,190 @@
+"""amqtt plugins that enforce tomato-mqtt's role model (issue 10, docs/security.md).
+
+amqtt's stock ``TopicAccessControlListPlugin`` takes fixed per-user topic lists: it has
+no roles, no ``%u``, cannot follow the devices file (which components a node may
+publish), and cannot tell subscribing a filter from receiving a message. These two
+plugins read the users file (amqtt's password-file format plus one role per user, see
+:mod:`tomato_mqtt.config.users`) and the devices file, and re-read either when it
+changes, so ``tomato user add`` and ``tomato reload`` take effect without a restart.
+
+- :class:`UsersAuthPlugin`: a login must be a user of the file with the right password
+  (argon2); anonymous logins only when there is no users file and that is allowed.
+- :class:`RoleAclPlugin`: every publish, subscribe and delivery is checked against
+  :func:`tomato_mqtt.wire.acl.rules` for the user's role. A denied publish is dropped
+  (amqtt answers the PUBACK anyway: MQTT 3.1.1 has no way to say no), a denied
+  subscription gets the failure return code 0x80.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from amqtt.contexts import Action
+from amqtt.plugins.base import BaseAuthPlugin, BaseTopicPlugin
+
+from tomato_mqtt.config.users import UsersFile, load_users, verify_argon2
+from tomato_mqtt.wire.acl import Rule, allowed, node_of_role, rules
+from tomato_mqtt.wire.topics import Topics
+
+__all__ = ["RoleAclPlugin", "UsersAuthPlugin"]
+
+log = logging.getLogger(__name__)
+
+#: how often (s) the ACL looks whether the users or devices file changed
+_RECHECK = 0.5
+
+
+def _stamp(path: str | None) -> tuple[int, int] | None:
+    if not path:
+        return None
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_mtime_ns, st.st_size)
+
+
+class _Users:
+    """The users file, re-read when its mtime or size changes; a bad new version is
+    logged and the last good one kept (a broker must not lock everyone out mid-run)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._stamp: tuple[int, int] | None = None
+        self.users = UsersFile(Path(path))
+        self.refresh()
+
+    def refresh(self) -> bool:
+        stamp = _stamp(self.path)
+        if stamp == self._stamp:
+            return False
+        try:
+            self.users = load_users(Path(self.path))
+        except Exception as e:
+            if self._stamp is None:
+                raise  # at start: refuse, with the reason
+            log.error("keeping the previous users: %s", e)
+        self._stamp = stamp
+        return True
+
+
+class UsersAuthPlugin(BaseAuthPlugin):  # type: ignore[misc]
+    @dataclass
+    class Config:
+        users_file: str | None = None
+        allow_anonymous: bool = False
+
+    def __init__(self, context: Any) -> None:
+        super().__init__(context)
+        self._users = _Users(self.config.users_file) if self.config.users_file else None
+        # argon2 costs ~50 ms per check: remember logins that verified against this hash
+        self._ok: set[tuple[str, str, str]] = set()
+
+    async def authenticate(self, *, session: Any) -> bool | None:
+        if self._users is None:
+            # an open stack (loopback only; settings refuse anything else)
+            return bool(self.config.allow_anonymous)
+        name = session.username
+        if not name:
+            return False
+        self._users.refresh()
+        user = self._users.users.users.get(name)
+        if user is None or user.role is None:
+            return False  # a login without a role could do nothing: refuse it outright
+        pw = session.password or ""
+        key = (name, user.hash, hashlib.sha256(pw.encode()).hexdigest())
+        if key in self._ok:
+            return True
+        if verify_argon2(pw, user.hash):
+            self._ok.add(key)
+            return True
+        return False
+
+
+class RoleAclPlugin(BaseTopicPlugin):  # type: ignore[misc]
+    @dataclass
+    class Config:
+        users_file: str | None = None
+        instance: str = "default"
+        devices_file: str | None = None
+        default_node: str = "local"
+
+    def __init__(self, context: Any) -> None:
+        super().__init__(context)
+        self.topics = Topics(self.config.instance)
+        self._users = _Users(self.config.users_file) if self.config.users_file else None
+        self._devices_stamp: tuple[int, int] | None = None
+        self._node_components: dict[str, list[str]] = {}
+        self._rules: dict[str, list[Rule]] = {}
+        self._checked = time.monotonic()
+        self._refresh_devices()
+
+    def _refresh_devices(self) -> bool:
+        path = self.config.devices_file
+        stamp = _stamp(path)
+        if not path or stamp == self._devices_stamp:
+            return False
+        from tomato_mqtt.config.devices import load_devices
+
+        try:
+            layout = load_devices(Path(path), self.config.default_node)
+        except Exception as e:  # a bad devices file is the scheduler's to report
+            log.warning("ACL: keeping the previous node -> component map: %s", e)
+            self._devices_stamp = stamp
+            return False
+        nodes: dict[str, list[str]] = {}
+        for c in layout.components.values():
+            nodes.setdefault(c.node, []).append(c.name)
+        self._node_components = nodes
+        self._devices_stamp = stamp
+        return True
+
+    def rules_of(self, username: str | None) -> list[Rule] | None:
+        """The rules of a login, or None when there is no users file (no ACL)."""
+        if self._users is None:
+            return None
+        now = time.monotonic()
+        if now - self._checked >= _RECHECK:  # two stat() calls, not on every message
+            self._checked = now
+            if self._users.refresh() | self._refresh_devices():
+                self._rules.clear()
+        name = username or ""
+        cached = self._rules.get(name)
+        if cached is not None:
+            return cached
+        if self._users.refresh() | self._refresh_devices():  # a new login: be current
+            self._rules.clear()
+        role = self._users.users.role_of(name)
+        out: list[Rule] = []
+        if role is not None:
+            node = node_of_role(role)
+            comps = self._node_components.get(node, []) if node else []
+            out = rules(self.topics, role, name, comps)
+        self._rules[name] = out
+        return out
+
+    async def topic_filtering(
+        self, *, session: Any = None, topic: str | None = None, action: Any = None
+    ) -> bool:
+        return self.check(session, topic, action)
+
+    def check(self, session: Any, topic: str | None, action: Any) -> bool:
+        """The verdict, synchronously: the broker calls this inside loops over its
+        subscriptions, which must not yield (see ``_broker_class``)."""
+        if topic is None:
+            return False
+        username = session.username if session is not None else None
+        role_rules = self.rules_of(username)
+        if role_rules is None:
+            return True
+        access = {Action.PUBLISH: "publish", Action.SUBSCRIBE: "subscribe"}.get(action, "receive")
+        ok = allowed(role_rules, access, topic)  # type: ignore[arg-type]
+        if not ok and access != "receive":
+            log.info("ACL: %s may not %s %s", username or "(anonymous)", access, topic)
+        return ok

@@ -1,0 +1,275 @@
+"""Every role x every row of the role table, allowed and refused, on amqtt and Mosquitto.
+
+The expectations are written out here (not derived from ``wire.acl``), so a change of the
+role model that opens a hole fails this test; a second check compares each broker's
+verdict with the model for every channel, so the two brokers and the model agree.
+A refused publish is dropped silently by both brokers (MQTT 3.1.1 has no negative
+PUBACK): a watcher with admin rights sees whether it arrived.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from tests.security_env import CMP_A, CMP_B, USERS, SecureBroker, secured
+from tomato_mqtt.transport.client import AsyncClient, Message, MqttError
+from tomato_mqtt.wire.acl import allowed, rules
+from tomato_mqtt.wire.topics import Topics
+
+REPORT = (
+    Path(os.environ.get("TOMATO_ACL_REPORT", "")) if os.environ.get("TOMATO_ACL_REPORT") else None
+)
+
+
+def checks(t: Topics) -> list[tuple[str, str, str, bool]]:
+    """(login, pub|sub, topic, expected)."""
+    rows: list[tuple[str, str, str, bool]] = []
+
+    def add(user: str, action: str, topic: str, ok: bool) -> None:
+        rows.append((user, action, topic, ok))
+
+    for user in ("ada", "olga", "rita", "dash", "pc1", "sched", "rec"):
+        role = USERS[user][1]
+        admin = role == "admin"
+        op = role in ("admin", "operator")
+        reader_like = role in ("admin", "operator", "reader", "dashboard")
+        svc = role in ("scheduler", "recorder")
+        # -- requests with one's own login, and with someone else's
+        for cmd in ("status", "job_status", "job_search"):
+            add(user, "pub", t.scheduler_cmd(cmd, user), reader_like)
+        for cmd in (
+            "job_submit",
+            "job_cancel",
+            "job_snapshot",
+            "pipeline_load",
+            "pipeline_ready",
+            "pipeline_eject",
+        ):
+            add(user, "pub", t.scheduler_cmd(cmd, user), op)
+        for cmd in ("stop", "reload"):
+            add(user, "pub", t.scheduler_cmd(cmd, user), admin)
+        add(user, "pub", t.scheduler_cmd("job_cancel", "otto"), False)  # forged identity
+        add(user, "pub", t.scheduler_cmd("stop", "ada"), admin and user == "ada")
+        add(user, "pub", t.recorder_cmd("fetch", user), op)
+        add(user, "pub", t.recorder_cmd("finalize", user), role == "scheduler")
+        # -- direct commands to nodes and components
+        add(user, "pub", t.node_cmd("pc1", "shutdown"), admin)
+        add(user, "pub", t.node_cmd("pc1", "configure"), role == "scheduler")
+        add(user, "pub", t.component_cmd(CMP_A, "task_start"), role == "scheduler")
+        add(user, "pub", t.component_cmd(CMP_A, "set_attr"), admin)
+        add(user, "pub", t.component_cmd(CMP_A, "get_attr"), op or role == "scheduler")
+        add(user, "pub", t.component_cmd(CMP_A, "ack"), role == "recorder")
+        add(user, "pub", t.component_cmd(CMP_A, "replay"), role == "recorder")
+        # -- what only a node (its own) or a service publishes
+        add(user, "pub", t.node_status("pc1"), user == "pc1")
+        add(user, "pub", t.node_status("pc2"), False)
+        for build in (t.component_data, t.component_meta, t.component_status, t.component_last):
+            add(user, "pub", build(CMP_A), user == "pc1")
+            add(user, "pub", build(CMP_B), False)
+        add(user, "pub", t.job_status(1), role == "scheduler")
+        add(user, "pub", t.pipeline_status("pip-a"), role == "scheduler")
+        add(user, "pub", t.scheduler_status(), role == "scheduler")
+        add(user, "pub", t.recorder_status(), role == "recorder")
+        add(user, "pub", t.job_event(1), svc)
+        add(user, "pub", t.reply("someone", "olga"), svc or role.startswith("node:"))
+        # -- subscriptions: (filter, a topic it matches, who publishes there)
+        for flt, topic, pub, ok in (
+            (t.all(), t.scheduler_cmd("status", "ada"), "ada", admin or svc),
+            (t.all_job_status(), t.job_status(1), "sched", reader_like or svc),
+            (t.all_component_data(), t.component_data(CMP_A), "pc1", reader_like or svc),
+            (t.all_node_status(), t.node_status("pc1"), "pc1", reader_like or svc),
+            (t.replies(user), t.reply("c1", user), "sched", True),
+            (t.replies("olga"), t.reply("c1", "olga"), "sched", user == "olga" or admin or svc),
+            (t.scheduler_cmds(), t.scheduler_cmd("status", "ada"), "ada", admin or svc),
+            (
+                t.component_cmds(CMP_A),
+                t.component_cmd(CMP_A, "task_start"),
+                "sched",
+                user == "pc1" or admin or svc,
+            ),
+            (t.component_cmds(CMP_B), t.component_cmd(CMP_B, "task_start"), "sched", admin or svc),
+            (
+                t.node_cmds("pc1"),
+                t.node_cmd("pc1", "configure"),
+                "sched",
+                user == "pc1" or admin or svc,
+            ),
+        ):
+            rows.append((user, "sub", f"{flt} <- {pub}: {topic}", ok))
+    return rows
+
+
+class Prober:
+    """One connection per login and an admin watcher that sees what was really published."""
+
+    def __init__(self, b: SecureBroker) -> None:
+        self.b = b
+        self.clients: dict[str, AsyncClient] = {}
+        self.seen: asyncio.Queue[Message] = asyncio.Queue()
+
+    async def __aenter__(self) -> Prober:
+        self.watch = AsyncClient(self.b.url("ada"), client_id="watcher")
+        await self.watch.connect()
+        await self.watch.subscribe(self.b.topics.all(), handler=self.seen.put_nowait)
+        for user in USERS:
+            if user == "nobody":
+                continue
+            c = AsyncClient(self.b.url(user), client_id=f"probe-{user}")
+            await c.connect()
+            self.clients[user] = c
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        for c in (*self.clients.values(), self.watch):
+            await c.disconnect()
+
+    async def publishes(self, user: str, topic: str) -> bool:
+        mark = os.urandom(6).hex().encode()
+        await self.clients[user].publish(topic, b'{"probe":"' + mark + b'"}')
+        sentinel = self.b.topics.scheduler_cmd("status", "ada")
+        await self.watch.publish(sentinel, b'{"sentinel":"' + mark + b'"}')
+        got = False
+        while True:
+            m = await asyncio.wait_for(self.seen.get(), 5)
+            if mark in m.payload:
+                if b"sentinel" in m.payload:
+                    return got
+                got = True
+
+    async def receives(self, user: str, filter_: str, topic: str, publisher: str) -> bool:
+        """Whether ``user``, subscribed to ``filter_``, gets a message on ``topic``.
+
+        amqtt refuses a forbidden subscription (SUBACK 0x80); Mosquitto 2.0 grants it and
+        filters every delivery. Both must keep the message away: the probe is followed by
+        a sentinel the user may always read, so no wait is guessed.
+        """
+        c = self.clients[user]
+        got: asyncio.Queue[Message] = asyncio.Queue()
+        t = self.b.topics
+        if user == "pc1":
+            sentinel_topic, sentinel_flt = t.node_cmd("pc1", "rebirth"), t.node_cmds("pc1")
+        else:
+            sentinel_topic, sentinel_flt = t.reply("sentinel", user), t.replies(user)
+        try:
+            await c.subscribe(filter_, handler=got.put_nowait)
+        except MqttError:
+            subscribed = False
+        else:
+            subscribed = True
+        await c.subscribe(sentinel_flt, handler=got.put_nowait)
+        mark = os.urandom(6).hex().encode()
+        await self.clients[publisher].publish(topic, b'{"probe":"' + mark + b'"}')
+        await self.clients["sched"].publish(sentinel_topic, b'{"sentinel":"' + mark + b'"}')
+        received = False
+        while True:
+            m = await asyncio.wait_for(got.get(), 5)
+            if mark in m.payload:
+                if b"sentinel" in m.payload and m.topic == sentinel_topic:
+                    break
+                received = received or m.topic == topic
+        if subscribed:
+            await c.unsubscribe(filter_)
+        await c.unsubscribe(sentinel_flt)
+        return received
+
+
+async def run_checks(b: SecureBroker) -> list[tuple[str, str, str, bool, bool]]:
+    out = []
+    async with Prober(b) as p:
+        for user, action, topic, expected in checks(b.topics):
+            if action == "pub":
+                observed = await p.publishes(user, topic)
+            else:
+                flt, rest = topic.split(" <- ")
+                pub, probe = rest.split(": ")
+                observed = await p.receives(user, flt, probe, pub)
+            out.append((user, action, topic, expected, observed))
+    return out
+
+
+def _report(kind: str, results: list[tuple[str, str, str, bool, bool]], root: str) -> None:
+    if REPORT is None:
+        return
+    REPORT.mkdir(parents=True, exist_ok=True)
+    rows = [
+        {
+            "broker": kind,
+            "user": u,
+            "role": USERS[u][1],
+            "action": a,
+            "topic": t.removeprefix(root + "/"),
+            "expected": e,
+            "observed": o,
+        }
+        for u, a, t, e, o in results
+    ]
+    (REPORT / f"acl-{kind}.json").write_text(json.dumps(rows, indent=0))
+
+
+async def _check_broker(b: SecureBroker) -> None:
+    results = await run_checks(b)
+    _report(b.kind, results, b.topics.root)
+    wrong = [r for r in results if r[3] != r[4]]
+    assert not wrong, "\n".join(
+        f"{u} ({USERS[u][1]}) {a} {t}: expected {'allowed' if e else 'refused'}, "
+        f"observed {'allowed' if o else 'refused'}"
+        for u, a, t, e, o in wrong
+    )
+    # and the model agrees with the written expectations
+    for u, a, t, e, _o in results:
+        role_rules = rules(b.topics, USERS[u][1], u, [CMP_A] if u == "pc1" else [])
+        if a == "pub":
+            assert allowed(role_rules, "publish", t) == e, (u, a, t)
+        else:
+            flt, probe = t.split(" <- ")[0], t.split(": ")[1]
+            model = allowed(role_rules, "subscribe", flt) and allowed(role_rules, "receive", probe)
+            assert model == e, (u, a, t)
+    assert len(results) >= 300
+
+
+async def test_role_table_on_amqtt(tmp_path: Path, instance: str) -> None:
+    async with secured("amqtt", tmp_path, instance) as b:
+        await _check_broker(b)
+
+
+async def test_role_table_on_mosquitto(mosquitto_path: str, tmp_path: Path, instance: str) -> None:
+    async with secured("mosquitto", tmp_path, instance, mosquitto_path) as b:
+        await _check_broker(b)
+
+
+@pytest.mark.parametrize("kind", ["amqtt", "mosquitto"])
+async def test_logins_refused(
+    kind: str, tmp_path: Path, instance: str, request: pytest.FixtureRequest
+) -> None:
+    binary = request.getfixturevalue("mosquitto_path") if kind == "mosquitto" else ""
+    async with secured(kind, tmp_path, instance, binary) as b:
+        # anonymous, a wrong password, an unknown user, a user without a role
+        for url in (b.url(), b.url("olga", "wrong"), b.url("mallory", "x"), b.url("nobody")):
+            with pytest.raises(MqttError, match="refused"):
+                async with AsyncClient(url, reconnect=False):
+                    pass
+        async with AsyncClient(b.url("olga"), reconnect=False) as c:
+            assert c.is_connected
+
+
+async def test_users_file_changes_apply_while_the_broker_runs(
+    tmp_path: Path, instance: str
+) -> None:
+    async with secured("amqtt", tmp_path, instance) as b:
+        with pytest.raises(MqttError, match="refused"):
+            async with AsyncClient(b.url("newbie", "pw-new"), reconnect=False):
+                pass
+        b.users.add("newbie", "pw-new", "reader")
+        b.users.save()
+        async with AsyncClient(b.url("newbie", "pw-new"), reconnect=False) as c:
+            await c.subscribe(b.topics.all_job_status())
+        b.users.remove("newbie")
+        b.users.save()
+        with pytest.raises(MqttError, match="refused"):
+            async with AsyncClient(b.url("newbie", "pw-new"), reconnect=False):
+                pass

@@ -1,0 +1,103 @@
+"""The typed command contract: every operation has models, replies validate, codes are set.
+
+Runs the real scheduler, recorder and node in-process (tests/inproc.py) against the
+embedded broker: each scheduler command's reply data is parsed with its declared type,
+and each kind of failure carries its error code.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import RunningBroker
+from tests.inproc import inproc_stack
+from tomato_mqtt.model.jobs import Job, PipelineState
+from tomato_mqtt.transport.rpc import ReplyError
+from tomato_mqtt.wire.commands import COMMANDS, ERROR_CODES, FileData, commands_of
+
+CONFIG = Path(__file__).resolve().parents[1] / "config"
+
+
+def test_every_operation_has_a_command_model() -> None:
+    from tomato_mqtt.services.node.ops import ComponentOps
+    from tomato_mqtt.services.scheduler.ops import SchedulerOps
+
+    # the dispatch tables are built from bound methods: read them off bare instances
+    sched_ops = set(SchedulerOps.__new__(SchedulerOps).table())
+    assert sched_ops == set(commands_of("scheduler"))
+    assert set(ComponentOps.__new__(ComponentOps).table()) == set(commands_of("component"))
+    assert {c.op for c in COMMANDS if c.responder == "recorder"} == {"finalize", "fetch", "status"}
+    assert len({(c.responder, c.op) for c in COMMANDS}) == len(COMMANDS)
+
+
+async def test_scheduler_replies_match_their_types(
+    broker: RunningBroker, tmp_path: Path, instance: str
+) -> None:
+    async with inproc_stack(broker.port, tmp_path, instance, components=4) as st:
+        for what in ("scheduler", "pipelines", "devices", "components", "nodes", "drivers"):
+            data = await st.call("status", {"what": what})
+            assert data, what
+        pip = await st.call(
+            "pipeline_load", {"pipeline": "pip-counter-1", "sample": "counter_1_0.1"}
+        )
+        assert isinstance(pip, PipelineState) and pip.sample == "counter_1_0.1"
+        pip = await st.call("pipeline_ready", {"pipeline": "pip-counter-1"})
+        assert pip.ready
+        payload = yaml.safe_load((CONFIG / "counter_1_0.1.yml").read_text())
+        job = await st.call(
+            "job_submit", {"payload": payload, "submit_dir": str(tmp_path), "jobname": "typed"}
+        )
+        assert isinstance(job, Job)
+        done = await st.wait_job(job.id, {"c", "ce", "cd"})
+        assert done.status == "c", done.reason
+        jobs = await st.call("job_status", {"jobids": [job.id]})
+        assert [j.id for j in jobs] == [job.id]
+        snap = await st.call("job_snapshot", {"jobid": job.id})
+        assert isinstance(snap, FileData) and snap.size > 0
+        assert (await st.call("job_search", {"name": "typ", "complete": True}))[0].id == job.id
+        ejected = await st.call("pipeline_eject", {"pipeline": "pip-counter-1"})
+        assert ejected.sample is None
+
+
+@pytest.mark.parametrize(
+    ("op", "args", "code"),
+    [
+        ("pipeline_load", {"pipeline": "nope", "sample": "s"}, "not_found"),
+        ("pipeline_load", {"pipeline": "pip-counter-1"}, "bad_request"),
+        ("job_status", {"jobids": [999]}, "not_found"),
+        ("job_cancel", {}, "bad_request"),
+        ("job_submit", {"payload": {"version": "2.2", "method": "x"}}, "refused"),
+        ("stop", {"now": True}, "bad_request"),  # a fuzzed stop never stops the stack
+        ("reload", {"force": 1}, "bad_request"),
+        ("status", {"what": "everything"}, "bad_request"),
+    ],
+)
+async def test_refusals_carry_a_code(
+    broker: RunningBroker, tmp_path: Path, instance: str, op: str, args: dict, code: str
+) -> None:
+    assert code in ERROR_CODES
+    async with inproc_stack(broker.port, tmp_path, instance) as st:
+        reply = await st.raw(st.topics.scheduler_cmd(op), args)
+        assert not reply.success and reply.code == code, reply
+        # the stack is still there and answers
+        assert (await st.call("status", {"what": "scheduler"})).state == "online"
+
+
+async def test_a_typed_call_raises_with_the_code(
+    broker: RunningBroker, tmp_path: Path, instance: str
+) -> None:
+    async with inproc_stack(broker.port, tmp_path, instance) as st:
+        with pytest.raises(ReplyError) as e:
+            await st.call("pipeline_eject", {"pipeline": "no-such-pipeline"})
+        assert e.value.code == "not_found"
+        assert "no-such-pipeline" in str(e.value)
+
+
+async def test_unknown_operation(broker: RunningBroker, tmp_path: Path, instance: str) -> None:
+    async with inproc_stack(broker.port, tmp_path, instance) as st:
+        reply = await st.raw(st.topics.scheduler_cmd("launch_rockets"))
+        assert not reply.success and reply.code == "unknown_op"
+        assert "launch_rockets" in reply.msg

@@ -1,0 +1,147 @@
+"""Forged data, spool commands, retained meta/status: no effect on data or scheduling.
+
+On a secured stack the broker drops them (only a component's node publishes its data,
+meta and status; only the recorder sends ack/replay); on an open stack the scheduler
+still trusts topics over payloads, so retained junk whose names disagree with its topic
+is dropped and logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import pytest
+import xarray as xr
+
+from tests.secure_stack import LAB_USERS, as_user, secure_stack
+from tests.stack import Stack, running_stack
+from tests.test_security_stack import payload
+from tomato_mqtt.transport.client import AsyncClient
+from tomato_mqtt.wire.messages import (
+    AckArgs,
+    ComponentMeta,
+    ComponentStatus,
+    DataBatch,
+    NodeStatus,
+    ReplayArgs,
+    Request,
+    encode,
+)
+from tomato_mqtt.wire.topics import Topics
+
+pytestmark = pytest.mark.timeout(240)
+
+CMP = "example_counter:(example-addr,1)"
+OTHER = "example_counter:(example-addr,2)"
+FAKE = 999_999.0
+
+
+def forgeries(
+    t: Topics, user: str, jobid: int, epoch: int, seq0: int
+) -> list[tuple[str, bytes, bool]]:
+    """(topic, payload, retain) of every forgery the issue lists."""
+
+    def batch(component: str, seq: int, ep: int = epoch) -> bytes:
+        return encode(
+            DataBatch(component=component, job=jobid, task=0, epoch=ep, seq=seq,
+                      uts=[time.time()], vars={"val": [FAKE]})
+        )  # fmt: skip
+
+    def req(args: object) -> bytes:
+        if isinstance(args, ReplayArgs):
+            args = args.model_dump()
+        return encode(Request(id=f"forged-{time.time_ns()}", reply_to=t.reply("x", user),
+                              args=args))  # type: ignore[arg-type]  # fmt: skip
+
+    meta = ComponentMeta(name=CMP, device="x", driver="x", address="x", channel="1",
+                         node="local", registered=True, capabilities=[])  # fmt: skip
+    status = ComponentStatus(name=CMP, node="local", state="error", time=time.time(),
+                             error="forged")  # fmt: skip
+    lost = NodeStatus(state="lost", node="local", epoch=epoch + 1)
+    return [
+        (t.component_data(CMP), batch(CMP, seq0 + 1), False),  # seq-hijack of the real stream
+        (t.component_data(CMP), batch(CMP, 0, epoch + 7), False),  # a new epoch
+        (t.component_data(OTHER), batch(CMP, seq0 + 2), False),  # another component's topic
+        (t.component_cmd(CMP, "ack"), req(AckArgs(epoch=epoch, upto=10**6).model_dump()), False),
+        (
+            t.component_cmd(CMP, "replay"),
+            req(ReplayArgs(epoch=epoch, first=0, last=5).model_dump()),
+            False,
+        ),
+        (t.component_meta(CMP), encode(meta), True),
+        (t.component_status(CMP), encode(status), True),
+        (t.node_status("local"), encode(lost), True),
+    ]
+
+
+async def forge(st: Stack, user: str, jobid: int) -> int:
+    t = Topics(st.instance, user)
+    url = f"mqtt://{user}:{LAB_USERS[user][0]}@127.0.0.1:{st.port}"
+    nodes = st.json("tomato", "status", "nodes")["data"]
+    epoch = int(nodes[0]["epoch"])
+    n = 0
+    async with AsyncClient(url) as c:
+        for seq0 in range(0, 40, 4):
+            for topic, body, retain in forgeries(t, user, jobid, epoch, seq0):
+                await c.publish(topic, body, retain=retain)
+                n += 1
+    return n
+
+
+def points(path: str) -> list[float]:
+    tree = xr.open_datatree(path)
+    tree.load()
+    tree.close()
+    return [float(v) for v in tree["counter"].to_dataset()["val"].values]
+
+
+def test_forged_messages_have_no_effect_on_a_secured_stack(tmp_path: Path) -> None:
+    extra = f'[recorder]\noutput_roots = ["{tmp_path}"]\n'
+    with secure_stack(tmp_path, extra=extra) as st:
+        st.load_ready("pip-counter-1", "counter_1_0.1")
+        jobid = st.submit(payload(tmp_path, sampling_interval=0.1, max_duration=3.0))
+        st.wait_job(jobid, {"r"}, timeout=30)
+        sent = 0
+        for user in ("olga", "rita", "pc2"):  # an operator, a reader, another node
+            sent += asyncio.run(forge(st, user, jobid))
+        job = st.wait_job(jobid, {"c", "ce", "cd"}, timeout=60)
+        assert job["status"] == "c", (job, st.logs())
+        values = points(job["respath"])
+        assert len(values) == 30 and FAKE not in values, values  # exactly the real points
+        comps = {c["name"]: c for c in st.json("tomato", "status", "components")["data"]}
+        assert comps[CMP]["registered"] and comps[CMP]["error"] is None, comps[CMP]
+        assert [n["state"] for n in st.json("tomato", "status", "nodes")["data"]] == ["online"]
+        # the broker logged every refused publish
+        broker_log = (st.logdir / "broker.log").read_text()
+        assert broker_log.count("may not publish") >= sent, sent
+        # and the next job still runs
+        st.run("tomato", "pipeline", "ready", "pip-counter-1", check=True)
+        jobid = st.submit(payload(tmp_path, sampling_interval=0.1, max_duration=0.5))
+        assert st.wait_job(jobid, {"c", "ce", "cd"}, timeout=60)["status"] == "c"
+        res = st.run("ketchup", "status", str(jobid), *as_user(st, "rita"))
+        assert res.returncode == 0
+
+
+def test_retained_junk_does_not_change_scheduling_on_an_open_stack(tmp_path: Path) -> None:
+    with running_stack(tmp_path) as st:
+        t = Topics(st.instance)
+
+        async def junk() -> None:
+            meta = ComponentMeta(name="bogus", device="x", driver="x", address="x",
+                                 channel="1", node="local", registered=False)  # fmt: skip
+            async with AsyncClient(f"mqtt://127.0.0.1:{st.port}") as c:
+                # names that disagree with their topics: dropped and logged
+                await c.publish(t.component_meta(CMP), encode(meta), retain=True)
+                for i in range(19):
+                    phantom = NodeStatus(state="online", node=f"ghost-{i}", epoch=1)
+                    await c.publish(t.node_status(f"pc-{i}"), encode(phantom), retain=True)
+
+        asyncio.run(junk())
+        st.load_ready("pip-counter-1", "counter_1_0.1")
+        jobid = st.submit("counter_1_0.1.yml")
+        assert st.wait_job(jobid, {"c", "ce", "cd"}, timeout=60)["status"] == "c"
+        nodes = [n["node"] for n in st.json("tomato", "status", "nodes")["data"]]
+        assert nodes == ["local"], nodes
+        assert "disagrees with the topic" in (st.logdir / "scheduler.log").read_text()

@@ -1,0 +1,169 @@
+"""The services' own checks, without a broker: recorder paths and fetch, scheduler access.
+
+These are the second line behind the broker's ACL (docs/security.md); they must hold on a
+broker configured by hand too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tomato_mqtt.config.settings import load_settings
+from tomato_mqtt.config.users import UsersFile
+from tomato_mqtt.model.jobs import Job
+from tomato_mqtt.services.recorder.guard import WriteGuard
+from tomato_mqtt.services.recorder.netcdf import RoleInput, write_job_file
+from tomato_mqtt.services.scheduler.access import Access
+from tomato_mqtt.transport import rpc
+from tomato_mqtt.transport.rpc import CommandError
+
+JOB = {"id": 7, "submitted_at": "2026-11-30T10:00:00+00:00", "owner": "olga"}
+
+
+@contextlib.contextmanager
+def as_requester(user: str | None) -> Iterator[None]:
+    token = rpc._requester.set(user)
+    try:
+        yield
+    finally:
+        rpc._requester.reset(token)
+
+
+def users(tmp: Path) -> Path:
+    u = UsersFile(tmp / "users")
+    for name, role in (("ada", "admin"), ("olga", "operator"), ("otto", "operator"),
+                       ("rita", "reader"), ("tomato-scheduler", "scheduler")):  # fmt: skip
+        u.add(name, "pw", role)
+    u.save()
+    return tmp / "users"
+
+
+def netcdf(path: Path, job: dict[str, object]) -> None:
+    import json
+
+    roles = [RoleInput(role="r", component_json="{}", batches=[])]
+    write_job_file(path, roles, {"tomato_version": "x", "tomato_Job": json.dumps(job)})
+
+
+# -- recorder: where it may write ------------------------------------------------------------
+def test_paths_outside_the_roots_and_traversal_are_refused(tmp_path: Path) -> None:
+    root = tmp_path / "lab"
+    root.mkdir()
+    g = WriteGuard([root])
+    assert g.check_path(root / "a" / "results.7.nc", JOB) == (root / "a" / "results.7.nc")
+    for bad in (
+        tmp_path / "elsewhere.nc",
+        root / ".." / "escape.nc",
+        "/etc/passwd",
+        "relative/results.nc",
+    ):
+        with pytest.raises(CommandError, match="refused"):
+            g.check_path(bad, JOB)
+    # a symlink inside the root that points outside is resolved first
+    (root / "link").symlink_to(tmp_path)
+    with pytest.raises(CommandError, match="outside"):
+        g.check_path(root / "link" / "x.nc", JOB)
+
+
+def test_only_an_earlier_version_of_the_same_job_is_overwritten(tmp_path: Path) -> None:
+    g = WriteGuard([tmp_path])
+    mine = tmp_path / "results.7.nc"
+    netcdf(mine, JOB)
+    assert g.check_path(mine, JOB) == mine
+    # another job's file with the same name, another instance's job 7, not NetCDF at all
+    other = tmp_path / "other.nc"
+    netcdf(other, {**JOB, "id": 8})
+    older = tmp_path / "older.nc"
+    netcdf(older, {**JOB, "submitted_at": "2025-01-01T00:00:00+00:00"})
+    text = tmp_path / "thesis.nc"
+    text.write_text("years of work")
+    for p in (other, older, text):
+        with pytest.raises(CommandError, match="refused to overwrite"):
+            g.check_path(p, JOB)
+    assert text.read_text() == "years of work"
+    (tmp_path / "dir.nc").mkdir()
+    with pytest.raises(CommandError, match="not a file"):
+        g.check_path(tmp_path / "dir.nc", JOB)
+
+
+def test_fetch_only_for_the_owner_an_admin_or_the_scheduler(tmp_path: Path) -> None:
+    g = WriteGuard([tmp_path], users(tmp_path))
+    for user in ("olga", "ada", "tomato-scheduler", None):
+        with as_requester(user):
+            g.require_fetch("olga")
+    for user in ("otto", "rita", "mallory"):
+        with as_requester(user), pytest.raises(CommandError, match="not allowed"):
+            g.require_fetch("olga")
+    with as_requester("olga"), pytest.raises(CommandError, match="not allowed"):
+        g.require_scheduler("finalize")
+    with as_requester("tomato-scheduler"):
+        g.require_scheduler("finalize")
+    # an open stack (no users file): every local client is trusted
+    with as_requester("anonymous"):
+        WriteGuard([tmp_path]).require_fetch("olga")
+
+
+# -- scheduler: roles, ownership, bounds -----------------------------------------------------
+def access(tmp: Path, extra: str = "") -> Access:
+    users(tmp)
+    (tmp / "settings.toml").write_text(f'[broker]\npassword_file = "users"\n{extra}')
+    return Access(load_settings(appdir=tmp, datadir=tmp / "d", logdir=tmp / "l"))
+
+
+def job(owner: str | None) -> Job:
+    return Job(id=3, payload={}, submitted_at="now", owner=owner)
+
+
+def test_roles_and_ownership(tmp_path: Path) -> None:
+    a = access(tmp_path)
+    with as_requester("rita"):
+        a.require("status")
+        with pytest.raises(CommandError, match=r"not allowed: user 'rita' \(role reader\)"):
+            a.require("job_cancel")
+    with as_requester("olga"):
+        a.require("job_submit")
+        with pytest.raises(CommandError, match="needs the admin role"):
+            a.require("stop")
+        a.require_job(job("olga"), "cancel")
+        for other in ("otto", None):
+            with pytest.raises(CommandError, match="only their own jobs"):
+                a.require_job(job(other), "cancel")
+    with as_requester("ada"):
+        a.require("stop")
+        a.require_job(job("olga"), "cancel")
+    with as_requester("mallory"), pytest.raises(CommandError, match="role none"):
+        a.require("status")
+
+
+def test_open_stack_makes_everyone_admin(tmp_path: Path) -> None:
+    s = load_settings(appdir=tmp_path, datadir=tmp_path / "d", logdir=tmp_path / "l")
+    with as_requester("anonymous"):
+        Access(s).require("stop")
+
+
+@pytest.mark.parametrize(
+    ("dt", "dur", "match"),
+    [
+        (1e-9, 1e9, "below the floor"),
+        (0.01, 1e6, "max_points_per_task"),
+        (0.0, 1.0, "must be > 0"),
+        (float("nan"), 1.0, "must be > 0"),
+        (0.1, float("inf"), "max_duration"),
+        ("0.1", 1.0, "must be > 0"),
+    ],
+)
+def test_payload_bounds(tmp_path: Path, dt: object, dur: object, match: str) -> None:
+    a = access(tmp_path)
+    with pytest.raises(CommandError, match=match):
+        a.check_bounds([{"sampling_interval": dt, "max_duration": dur}])
+
+
+def test_payload_bounds_are_settings(tmp_path: Path) -> None:
+    a = access(tmp_path, "[jobs]\nmax_points_per_task = 100\nmin_sampling_interval = 0.5\n")
+    a.check_bounds([{"sampling_interval": 0.5, "max_duration": 50}])
+    with pytest.raises(CommandError, match="limit of 100"):
+        a.check_bounds([{"sampling_interval": 0.5, "max_duration": 51}])

@@ -1,0 +1,288 @@
+"""Issue 9 with real services in the test's event loop (tests/inproc.py) on a real broker.
+
+The test plays the node (it publishes data batches and statuses) and the scheduler (it
+sends ``finalize``), and reads what a dashboard would: ``recorder/status``, job events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import xarray as xr
+
+from tests.conftest import RunningBroker
+from tests.inproc import Collector, client, running, write_settings
+from tests.stack import CONFIG
+from tomato_mqtt.config.settings import load_settings
+from tomato_mqtt.services.recorder.service import RecorderService
+from tomato_mqtt.services.scheduler.service import SchedulerService
+from tomato_mqtt.transport.client import AsyncClient, BrokerURL
+from tomato_mqtt.transport.rpc import Requester
+from tomato_mqtt.wire.messages import (
+    DataBatch,
+    JobEvent,
+    NodeStatus,
+    RecorderStatus,
+    Reply,
+    decode,
+    encode,
+)
+from tomato_mqtt.wire.topics import Topics
+
+pytestmark = pytest.mark.timeout(60)
+
+CMP = "example_counter:(a,1)"
+
+
+def _batch(job: int | None, task: int | None, stream: str, seq: int, n: int, v0: int = 0) -> bytes:
+    t0 = 1_750_000_000.0 + seq * 10
+    return encode(
+        DataBatch(
+            component=CMP,
+            job=job,
+            task=task,
+            epoch=1,
+            stream=stream,
+            seq=seq,
+            uts=[t0 + i * 0.1 for i in range(n)],
+            vars={"val": [v0 + i for i in range(n)]},
+        )
+    )
+
+
+def _finalize_args(job: int, out: Path, expect: list[dict[str, Any]], **kw: Any) -> dict[str, Any]:
+    return {
+        "job": {"id": job, "payload": {}, "submitted_at": "now"},
+        "roles": {"counter": {"name": CMP}},
+        "expect": expect,
+        "path": str(out),
+        "fallback_dir": str(out.parent / "fallback"),
+        **kw,
+    }
+
+
+def _uts(path: str) -> np.ndarray[Any, Any]:
+    tree = xr.open_datatree(path)
+    tree.load()
+    tree.close()
+    return np.asarray(tree["counter"].to_dataset()["uts"].values)
+
+
+@contextlib.asynccontextmanager
+async def recorder(
+    broker: RunningBroker, instance: str, db: Path
+) -> AsyncIterator[tuple[RecorderService, AsyncClient, Requester, Topics]]:
+    svc = RecorderService(BrokerURL.parse(broker.url), instance, db, heartbeat=0.3)
+    async with running(svc), client(broker.url) as c:
+        t = Topics(instance)
+        req = Requester(c, t)
+        await req.start()
+        yield svc, c, req, t
+
+
+async def _finalize(req: Requester, t: Topics, args: dict[str, Any]) -> Reply:
+    return await req.request(t.recorder_cmd("finalize"), args, timeout=20)
+
+
+async def _stored(svc: RecorderService, job: int, n: int) -> None:
+    for _ in range(500):
+        if svc.store is not None and sum(svc.store.job_points(job).values()) >= n:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"job {job}: {svc.store.job_points(job) if svc.store else None}")
+
+
+async def test_per_task_counts_conflicts_and_late_merge(
+    broker: RunningBroker, instance: str, tmp_path: Path
+) -> None:
+    async with recorder(broker, instance, tmp_path / "r.sqlite") as (svc, c, req, t):
+        events = Collector()
+        await c.subscribe(t.job_event(1), handler=events)
+        data = t.component_data(CMP)
+        await c.publish(data, _batch(1, 0, "s1", 0, 5), qos=1)
+        await c.publish(data, _batch(1, 0, "s1", 1, 5, v0=5), qos=1)
+        await c.publish(data, _batch(None, None, "s1", 2, 2), qos=1)  # idle: not the job's
+        await _stored(svc, 1, 10)
+        out = tmp_path / "out" / "results.1.nc"
+        exact = [{"component": CMP, "task": 0, "npoints": 10, "stream": "s1", "last_seq": 1}]
+
+        rep = await _finalize(req, t, _finalize_args(1, out, exact, wait=2))
+        assert rep.success, rep
+        assert rep.data["missing"] == [] and rep.data["extra"] == []  # type: ignore[index]
+        assert _uts(str(out)).size == 10
+
+        # the runner said 12: the reply names the task and both counts
+        more = [dict(exact[0], npoints=12)]
+        rep = await _finalize(req, t, _finalize_args(1, out, more, wait=0.3, snapshot=True))
+        assert rep.data["missing"] == [f"task 0 on {CMP}: 10 of 12 points stored"]  # type: ignore[index]
+        fewer = [dict(exact[0], npoints=8)]
+        rep = await _finalize(req, t, _finalize_args(1, out, fewer, wait=0.3, snapshot=True))
+        assert "10 points stored, but its runner took 8" in rep.data["extra"][0]  # type: ignore[index]
+
+        # late data: a batch of the ended job arrives; the final file is rewritten
+        await c.publish(data, _batch(1, 0, "s1", 3, 3, v0=10), qos=1)
+        ev = await events.wait(lambda m: decode(JobEvent, m.payload).event == "late_data_merged")
+        assert decode(JobEvent, ev.payload).detail["points"] == {CMP: 13}
+        assert _uts(str(out)).size == 13
+        st = decode(RecorderStatus, encode(svc.presence("online")))
+        assert st.jobs["1"].merged == 1 and st.jobs["1"].points == {CMP: 13}
+
+        # a conflicting duplicate: same identity, other content -> kept out, surfaced
+        await c.publish(data, _batch(1, 0, "s1", 0, 5, v0=100), qos=1)
+        await events.wait(lambda m: decode(JobEvent, m.payload).event == "warning")
+        rep = await _finalize(req, t, _finalize_args(1, out, exact, wait=0.3, snapshot=True))
+        assert rep.data["conflicts"] == [f"{CMP} stream s1 seq 0"]  # type: ignore[index]
+        # the same batch again (a replay) is a plain duplicate: dropped silently
+        await c.publish(data, _batch(1, 0, "s1", 1, 5, v0=5), qos=1)
+        await asyncio.sleep(0.3)
+        assert svc.store is not None and svc.store.job_points(1) == {CMP: 13}
+
+
+@contextlib.contextmanager
+def tmpfs(path: Path, size: str) -> Iterator[Path]:
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("mounting a tmpfs needs root")
+    path.mkdir(parents=True, exist_ok=True)
+    res = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "i9-store", str(path)],
+        capture_output=True,
+        text=True,
+    )
+    if res.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs: {res.stderr.strip()}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], capture_output=True)
+
+
+def _fill(path: Path) -> Path:
+    filler = path / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        for size in (65536, 512, 1):
+            with contextlib.suppress(OSError):
+                while os.write(fd, b"\0" * size):
+                    pass
+    finally:
+        os.close(fd)
+    return filler
+
+
+async def test_full_store_is_visible_and_storage_resumes_by_itself(
+    broker: RunningBroker, instance: str, tmp_path: Path
+) -> None:
+    with tmpfs(tmp_path / "store", "1m") as store:
+        async with recorder(broker, instance, store / "r.sqlite") as (svc, c, _req, t):
+            events = Collector()
+            statuses = Collector()
+            replays = Collector()
+            await c.subscribe(t.job_event(4), handler=events)
+            await c.subscribe(t.recorder_status(), handler=statuses)
+            await c.subscribe(t.component_cmd(CMP, "replay"), handler=replays)
+            data = t.component_data(CMP)
+            await c.publish(data, _batch(4, 0, "s", 0, 5), qos=1)
+            await _stored(svc, 4, 5)
+            filler = _fill(store)
+            big = 2000  # points: the WAL must grow
+            await c.publish(data, _batch(4, 0, "s", 1, big), qos=1)
+
+            def faulty(m: Any) -> bool:
+                return bool(m.payload) and decode(RecorderStatus, m.payload).storage_error
+
+            st = await statuses.wait(faulty)
+            err = decode(RecorderStatus, st.payload).storage_error
+            assert err is not None and "cannot store data" in err and "full" in err
+            ev = await events.wait(lambda m: decode(JobEvent, m.payload).event == "storage_fault")
+            assert "full" in str(decode(JobEvent, ev.payload).detail["error"])
+
+            filler.unlink()
+            await c.publish(data, _batch(4, 0, "s", 2, 5), qos=1)  # stored: resumes
+            await events.wait(lambda m: decode(JobEvent, m.payload).event == "storage_resumed")
+            assert svc.storage_error is None
+            # the batch that could not be stored is asked for again from the node's spool
+            rp = await replays.wait(lambda m: True)
+            assert b'"first":1' in rp.payload.replace(b" ", b"")
+
+
+async def test_presence_by_receipt_and_clock_skew_flagged(
+    broker: RunningBroker, instance: str, tmp_path: Path
+) -> None:
+    app = tmp_path / "app"
+    write_settings(app, instance, broker.port)
+    shutil.copy(CONFIG / "devices_counter.yml", app / "devices.yml")
+    s = load_settings(appdir=app, datadir=tmp_path / "data", logdir=tmp_path / "log")
+    svc = SchedulerService(s)
+    async with running(svc), client(broker.url) as c:
+        t = Topics(instance)
+        req = Requester(c, t)
+
+        async def beat(node: str, skew: float) -> None:
+            st = NodeStatus(state="online", node=node, epoch=1, heartbeat=time.time() + skew)
+            await c.publish(t.node_status(node), encode(st), retain=True)
+
+        async def nodes() -> dict[str, Any]:
+            rep = await req.request(t.scheduler_cmd("status"), {"what": "nodes"}, timeout=5)
+            return {n["node"]: n for n in rep.data}  # type: ignore[union-attr]
+
+        # 3 s of heartbeats (lost_after is 1 s): a clock 60 s behind or ahead never
+        # makes a node lost, and is flagged
+        t_end = time.monotonic() + 3
+        while time.monotonic() < t_end:
+            await beat("behind", -60)
+            await beat("ahead", +60)
+            await beat("good", 0)
+            await asyncio.sleep(0.2)
+            seen = await nodes()
+            assert {seen[n]["state"] for n in seen if n in ("behind", "ahead", "good")} <= {
+                "online"
+            }
+        seen = await nodes()
+        assert seen["behind"]["clock_skewed"] and seen["ahead"]["clock_skewed"]
+        assert not seen["good"]["clock_skewed"]
+        assert abs(seen["behind"]["clock_offset"] + 60) < 1
+        assert abs(seen["ahead"]["clock_offset"] - 60) < 1
+        assert "clock differs" in seen["ahead"]["clock_warning"]
+        # silence: lost after lost_after by the scheduler's clock, whatever the timestamps
+        for _ in range(50):
+            seen = await nodes()
+            if all(seen[n]["state"] == "lost" for n in ("behind", "ahead", "good")):
+                break
+            await asyncio.sleep(0.1)
+        assert all(seen[n]["state"] == "lost" for n in ("behind", "ahead", "good")), seen
+
+
+async def test_a_request_pending_when_the_recorder_restarts_is_sent_again(
+    broker: RunningBroker, instance: str, tmp_path: Path
+) -> None:
+    """A recorder killed with a finalize in hand takes the request with it: the
+    scheduler sees its successor's new ``started_at`` and sends the request again at
+    once, instead of waiting out the 60 s timeout (chaos scenario kill-recorder)."""
+    app = tmp_path / "app"
+    write_settings(app, instance, broker.port)
+    shutil.copy(CONFIG / "devices_counter.yml", app / "devices.yml")
+    s = load_settings(appdir=app, datadir=tmp_path / "data", logdir=tmp_path / "log")
+    sched = SchedulerService(s)
+    url = BrokerURL.parse(broker.url)
+    async with running(sched):
+        # no recorder yet: the request goes nowhere
+        pending = asyncio.ensure_future(sched.recorder_request("status", {}, timeout=30))
+        done, _ = await asyncio.wait({pending}, timeout=0.5)
+        assert not done
+        rec = RecorderService(url, instance, tmp_path / "rec.sqlite", heartbeat=0.5)
+        t0 = time.monotonic()
+        async with running(rec):
+            ok, msg, data = await asyncio.wait_for(pending, 10)
+        assert ok, msg
+        assert isinstance(data, dict) and data["state"] == "online"
+        assert time.monotonic() - t0 < 5  # answered on the recorder's arrival, not at 30 s

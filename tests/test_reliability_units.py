@@ -1,0 +1,261 @@
+"""Issue 9's mechanisms, one by one, without a broker (pure functions, fake hosts).
+
+The end-to-end proofs (a real stack, real faults) are in tests/test_reliability.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tomato_mqtt.driver.runner import Point
+from tomato_mqtt.driver.spec import TaskSpec
+from tomato_mqtt.model.jobs import Job
+from tomato_mqtt.services.node.datapath import new_stream, split_by_task
+from tomato_mqtt.services.recorder.files import Expect, count_problems
+from tomato_mqtt.services.scheduler import runner as runner_mod
+from tomato_mqtt.services.scheduler.lifecycle import judge_file
+from tomato_mqtt.services.scheduler.runner import JobRunner
+from tomato_mqtt.services.supervisor import pid_alive
+from tomato_mqtt.wire.messages import ComponentStatus, NodeStatus, TaskEndInfo
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def _task(job: int | None, index: int) -> TaskSpec:
+    return TaskSpec(
+        technique_name="count", max_duration=1, sampling_interval=0.1, job=job, index=index
+    )
+
+
+# -- 2. points belong to their task at measurement time ---------------------------------------
+def test_a_flush_splits_points_by_the_task_they_were_taken_in() -> None:
+    t0, t1 = _task(7, 0), _task(7, 1)
+    pts = [Point(1.0, {}, None), Point(2.0, {}, t0), Point(3.0, {}, t0), Point(4.0, {}, t1)]
+    pts += [Point(5.0, {}, None)]
+    groups = split_by_task(pts)
+    assert [(k, [p.uts for p in g]) for k, g in groups] == [
+        ((None, None), [1.0]),  # idle: never a job
+        ((7, 0), [2.0, 3.0]),
+        ((7, 1), [4.0]),  # the next task's points keep their own task
+        ((None, None), [5.0]),  # idle after the task: the job is not inferred
+    ]
+
+
+# -- 1. stream identity never repeats ---------------------------------------------------------
+def test_stream_ids_never_repeat_within_an_epoch() -> None:
+    ids = {new_stream(5) for _ in range(10_000)}
+    assert len(ids) == 10_000
+    assert all(i.startswith("5-") for i in ids)
+
+
+# -- 3. per-task counts ---------------------------------------------------------------------
+def test_count_problems_names_task_and_both_counts() -> None:
+    expect = [
+        Expect(component="c", task=0, npoints=10),
+        Expect(component="c", task=1, npoints=5),
+        Expect(component="c", task=2, npoints=3),
+        Expect(component="c", task=3),  # unknown count (node crashed): not checked
+    ]
+    stored: dict[tuple[str, int | None], int] = {("c", 0): 10, ("c", 1): 4, ("c", 2): 4}
+    missing, extra = count_problems(expect, stored)
+    assert missing == ["task 1 on c: 4 of 5 points stored"]
+    assert extra == ["task 2 on c: 4 points stored, but its runner took 3"]
+
+
+def test_judge_file_c_only_when_counts_match() -> None:
+    assert judge_file("c", None, {"missing": [], "extra": [], "conflicts": []}) == ("c", None)
+    st, why = judge_file("c", None, {"missing": ["task 0 on c: 9 of 10 points stored"]})
+    assert st == "ce" and "task 0 on c: 9 of 10" in str(why)
+    st, why = judge_file("c", None, {"conflicts": ["c stream s seq 3"]})
+    assert st == "ce" and "conflicting" in str(why)
+    st, why = judge_file("cd", None, {"missing": ["x"]})
+    assert st == "cd"  # a cancelled job stays cancelled, with the shortfall named
+    st, why = judge_file("c", None, {"fallback": "/x could not be written; fallback file /y"})
+    assert st == "c" and "fallback file /y" in str(why)
+
+
+# -- 4/5. the job runner: node restarts and cancels never hang a job ------------------------------
+class FakeHost:
+    """Plays the scheduler for one JobRunner: statuses are set by the test."""
+
+    def __init__(self) -> None:
+        self.cond = asyncio.Condition()
+        self.node_grace_period = 30.0
+        self.cstatus: dict[str, ComponentStatus] = {}
+        self.node = NodeStatus(state="online", node="pc1", epoch=1, heartbeat=time.time())
+        self.events: list[tuple[str, dict[str, Any]]] = []
+        self.requests: list[tuple[str, str]] = []
+        self.answer_stop: tuple[bool, str, Any] | None = (True, "stopped", {"running": True})
+
+    def component_status(self, name: str) -> ComponentStatus | None:
+        return self.cstatus.get(name)
+
+    def node_of(self, component: str) -> NodeStatus | None:
+        return self.node
+
+    def save_progress(self, job: int, progress: dict[str, Any]) -> None:
+        pass
+
+    def job_event(self, job: int, event: str, **kw: Any) -> None:
+        self.events.append((event, kw))
+
+    async def component_request(
+        self, component: str, op: str, args: Mapping[str, Any], timeout: float = 5.0
+    ) -> tuple[bool, str, Any]:
+        self.requests.append((component, op))
+        if op == "task_start":
+            started = time.time()
+            self.cstatus[component] = ComponentStatus(
+                name=component, node="pc1", state="running", time=started, job=1, task=0, epoch=1
+            )
+            return True, "started", {"epoch": 1, "started_at": started}
+        if op == "task_stop":
+            if self.answer_stop is None:  # the node does not answer
+                await asyncio.sleep(timeout)
+                return False, "no node answered", None
+            return self.answer_stop
+        return True, "ok", None
+
+    async def set(self, **kw: Any) -> None:
+        async with self.cond:
+            for k, v in kw.items():
+                setattr(self, k, v)
+            self.cond.notify_all()
+
+
+_KEEP: set[asyncio.Future[Any]] = set()
+
+
+def _job() -> Job:
+    payload = {
+        "method": [
+            {
+                "component_role": "counter",
+                "technique_name": "count",
+                "max_duration": 60,
+                "sampling_interval": 1,
+            }
+        ]
+    }
+    return Job(id=1, payload=payload, submitted_at="now")
+
+
+async def _run(host: FakeHost) -> tuple[JobRunner, asyncio.Future[tuple[str, str | None]]]:
+    done: asyncio.Future[tuple[str, str | None]] = asyncio.get_running_loop().create_future()
+
+    async def on_done(r: JobRunner, status: str, reason: str | None) -> None:
+        done.set_result((status, reason))
+
+    runner = JobRunner(job=_job(), roles={"counter": "cmp"}, host=host, on_done=on_done)
+    _KEEP.add(asyncio.ensure_future(runner.run()))
+    for _ in range(100):
+        if runner.tasks[0].state == "running":
+            break
+        await asyncio.sleep(0.01)
+    return runner, done
+
+
+async def test_node_back_with_a_new_epoch_ends_the_job_ce_at_once() -> None:
+    host = FakeHost()
+    _runner, done = await _run(host)
+    t0 = time.monotonic()
+    await host.set(node=host.node.model_copy(update={"epoch": 2}))
+    status, reason = await asyncio.wait_for(done, 5)
+    assert status == "ce"
+    assert "cmp" in str(reason) and "restarted mid-task" in str(reason)
+    assert time.monotonic() - t0 < 1.0
+
+
+async def test_component_idle_without_its_task_end_ends_the_job_ce() -> None:
+    host = FakeHost()
+    _runner, done = await _run(host)
+    idle = ComponentStatus(name="cmp", node="pc1", state="idle", time=time.time() + 0.01, epoch=1)
+    await host.set(cstatus={"cmp": idle})
+    status, reason = await asyncio.wait_for(done, 5)
+    assert status == "ce" and "cmp" in str(reason) and "no task" in str(reason)
+
+
+async def test_component_no_longer_hosted_ends_the_job_ce() -> None:
+    host = FakeHost()
+    _runner, done = await _run(host)
+    await host.set(node=host.node)  # the runner sees the component running its task
+    await asyncio.sleep(0.05)
+    await host.set(cstatus={})  # its node cleared the component's retained status
+    status, reason = await asyncio.wait_for(done, 5)
+    assert status == "ce" and "no longer hosted" in str(reason)
+
+
+async def test_a_normal_end_is_c_and_carries_counts_and_missed_deadlines() -> None:
+    host = FakeHost()
+    runner, done = await _run(host)
+    end = TaskEndInfo(
+        job=1, task=0, reason="done", t_start=0, t_end=1, npoints=50, missed=10, stream="s"
+    )
+    ended = ComponentStatus(
+        name="cmp", node="pc1", state="idle", time=time.time(), epoch=1, last_task=end
+    )
+    await host.set(cstatus={"cmp": ended})
+    status, reason = await asyncio.wait_for(done, 5)
+    assert status == "c"  # a stall is a warning: every point in the file was measured
+    assert "missed 10 of 60 sampling deadlines" in str(reason)
+    assert runner.expectations() == [
+        {"component": "cmp", "task": 0, "npoints": 50, "epoch": 0, "stream": "s", "last_seq": -1}
+    ]
+    assert any(e == "warning" for e, _ in host.events)
+
+
+@pytest.mark.parametrize("answer", ["no-task", "silent"])
+async def test_cancel_ends_cd_within_a_bound_whatever_the_node_answers(
+    answer: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(runner_mod, "CANCEL_WAIT", 0.5)
+    host = FakeHost()
+    host.answer_stop = (
+        (True, "component cmp has no running task", {"running": False})
+        if answer == "no-task"
+        else None
+    )
+    runner, done = await _run(host)
+    t0 = time.monotonic()
+    _KEEP.add(asyncio.ensure_future(runner.cancel()))
+    status, _reason = await asyncio.wait_for(done, 5)
+    assert status == "cd"
+    assert time.monotonic() - t0 < 2.0
+    if answer == "silent":  # a node that does not answer is not asked to reset either
+        assert ("cmp", "reset") not in host.requests
+
+
+# -- 10. a crashed supervisor's pid file ------------------------------------------------------
+def test_zombie_and_reused_pids_count_as_dead(tmp_path: Path) -> None:
+    live = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(30)", "tomato_mqtt.cli.tomato"]
+    )
+    try:
+        assert pid_alive(live.pid)
+    finally:
+        live.kill()
+        live.wait()
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:  # wait until it is a zombie (we do not reap it)
+        stat = Path(f"/proc/{child.pid}/stat").read_text()
+        if stat.rsplit(")", 1)[1].split()[0] == "Z":
+            break
+        time.sleep(0.01)
+    assert not pid_alive(child.pid)
+    child.wait()
+    sleeper = subprocess.Popen(["sleep", "30"])  # alive, but not tomato-mqtt (a reused pid)
+    try:
+        assert not pid_alive(sleeper.pid)
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    assert not pid_alive(2**22 + 12345)

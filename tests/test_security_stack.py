@@ -1,0 +1,139 @@
+"""A secured stack end to end: the CLI of each role, ownership, bounds, forged messages.
+
+The stack runs with a users file (so the embedded broker enforces the role table) and
+the CLIs log in as the lab users of ``tests.secure_stack``. Refusals must be a clear
+"not allowed" message and exit 1, never a hang, and must have no effect.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.secure_stack import as_user, secure_stack
+from tests.stack import CONFIG, Stack
+
+pytestmark = pytest.mark.timeout(240)
+
+
+def refused(st: Stack, user: str, tool: str, *args: str) -> str:
+    t0 = time.monotonic()
+    res = st.run(tool, *args, "--timeout", "2", *as_user(st, user), timeout=30)
+    took = time.monotonic() - t0
+    assert res.returncode == 1, (user, args, res.stdout, res.stderr)
+    assert "not allowed" in res.stderr, (user, args, res.stderr)
+    assert took < 10, took  # the request's timeout plus one whoami, never a hang
+    return res.stderr
+
+
+def allowed(st: Stack, user: str, tool: str, *args: str) -> str:
+    res = st.run(tool, *args, *as_user(st, user), timeout=30)
+    assert res.returncode == 0, (user, args, res.stdout, res.stderr)
+    return res.stdout
+
+
+def submit_as(st: Stack, user: str, payload: str | Path) -> int:
+    path = Path(payload) if Path(payload).is_absolute() else CONFIG / payload
+    out = json.loads(allowed(st, user, "ketchup", "submit", str(path), "--json"))
+    return int(out["data"]["id"])
+
+
+@pytest.mark.parametrize("kind", ["amqtt", "mosquitto"])
+def test_roles_on_a_secured_stack(
+    kind: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    mosquitto = request.getfixturevalue("mosquitto_path") if kind == "mosquitto" else ""
+    extra = f'[recorder]\noutput_roots = ["{tmp_path}"]\n'
+    with secure_stack(tmp_path, extra=extra, mosquitto=mosquitto) as st:
+        # a reader reads, and nothing else
+        assert "running" in allowed(st, "rita", "tomato", "status")
+        for args in (
+            ("tomato", "stop"),
+            ("tomato", "reload"),
+            ("tomato", "pipeline", "load", "pip-counter-1", "x"),
+            ("ketchup", "submit", str(CONFIG / "counter_1_0.1.yml")),
+        ):
+            refused(st, "rita", *args)
+        # an operator cannot stop or reload
+        assert "role operator" in refused(st, "olga", "tomato", "stop")
+        refused(st, "olga", "tomato", "reload")
+        # ... but runs jobs, and only their own
+        allowed(st, "olga", "tomato", "pipeline", "load", "pip-counter-1", "counter_1_0.1")
+        allowed(st, "olga", "tomato", "pipeline", "ready", "pip-counter-1")
+        jobid = submit_as(st, "olga", payload(tmp_path, sampling_interval=0.2, max_duration=120))
+        job = st.wait_job(jobid, {"r"}, timeout=30)
+        assert job["owner"] == "olga"
+        err = refused(st, "otto", "ketchup", "cancel", str(jobid))
+        assert "belongs to olga" in err
+        refused(st, "otto", "ketchup", "snapshot", str(jobid))
+        refused(st, "rita", "ketchup", "cancel", str(jobid))
+        assert st.job(jobid)["status"] == "r"  # none of that took effect
+        allowed(st, "olga", "ketchup", "snapshot", str(jobid))
+        # a payload beyond the bounds is refused with one message
+        bad = payload(tmp_path, sampling_interval=1e-9, max_duration=1e9)
+        res = st.run("ketchup", "submit", str(bad), *as_user(st, "olga"))
+        assert res.returncode == 1 and "payload refused" in res.stderr, res.stderr
+        assert "sampling_interval" in res.stderr
+        bad = payload(tmp_path, sampling_interval=0.01, max_duration=1e6)
+        res = st.run("ketchup", "submit", str(bad), *as_user(st, "olga"))
+        assert res.returncode == 1 and "max_points_per_task" in res.stderr, res.stderr
+        # the owner cancels their job
+        allowed(st, "olga", "ketchup", "cancel", str(jobid))
+        job = st.wait_job(jobid, {"c", "ce", "cd"}, timeout=60)
+        assert job["status"] == "cd", (job, st.logs())
+        assert "running" in allowed(st, "ada", "tomato", "status")
+
+
+def payload(tmp: Path, *, sampling_interval: float, max_duration: float) -> Path:
+    """counter_1_0.1 (a payload 0.2: ``delay`` and ``time``) with other timings."""
+    doc = yaml.safe_load((CONFIG / "counter_1_0.1.yml").read_text())
+    doc["method"][0].update(delay=sampling_interval, time=max_duration)
+    path = tmp / f"payload-{len(list(tmp.glob('payload-*')))}.yml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+def test_recorder_never_writes_outside_its_roots_nor_over_a_foreign_file(tmp_path: Path) -> None:
+    allowed_dir = tmp_path / "allowed"
+    outside = tmp_path / "outside"
+    for d in (allowed_dir, outside):
+        d.mkdir()
+    thesis = allowed_dir / "thesis.nc"
+    thesis.write_text("years of work")
+    extra = f'[recorder]\noutput_roots = ["{allowed_dir}"]\n'
+    with secure_stack(tmp_path, extra=extra) as st:
+        st.load_ready("pip-counter-1", "counter_1_0.1")
+        results = {}
+        cases = {
+            "outside": {"path": str(outside)},
+            "traversal": {"path": f"{allowed_dir}/../outside"},
+            "overwrite": {"path": str(allowed_dir), "prefix": "thesis"},
+        }
+        for name, out in cases.items():
+            doc = {
+                "version": "2.2",
+                "sample": {"identifier": "counter_1_0.1"},
+                "user": {"identifier": "olga"},
+                "settings": {"output": out},
+                "method": [{"component_role": "counter", "technique_name": "count",
+                            "max_duration": 0.3, "sampling_interval": 0.1}],
+            }  # fmt: skip
+            path = tmp_path / f"{name}.yml"
+            path.write_text(yaml.safe_dump(doc))
+            jobid = st.submit(path)
+            job = st.wait_job(jobid, {"c", "ce", "cd"}, timeout=60)
+            results[name] = job
+            st.run("tomato", "pipeline", "ready", "pip-counter-1", check=True)
+        for name, job in results.items():
+            assert job["status"] == "c", (name, job)
+            # the data are kept, in the job folder under the datadir
+            assert Path(job["respath"]).parent == st.datadir / "Jobs" / str(job["id"]), job
+            assert Path(job["respath"]).is_file()
+        assert list(outside.iterdir()) == []
+        assert thesis.read_text() == "years of work"
+        log = (st.logdir / "recorder.log").read_text()
+        assert "outside the folders" in log and "refused to overwrite" in log

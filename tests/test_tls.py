@@ -1,0 +1,150 @@
+"""TLS: the embedded broker's TLS listener, CLIs and a remote node over mqtts://.
+
+A throwaway CA (openssl) signs the broker's certificate. A whole job runs with the CLI
+and a second driver node ("pc2", its own login and role) talking to the broker only over
+TLS; plain MQTT to the TLS port and TLS with the wrong CA are refused.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.secure_stack import LAB_USERS, make_secure_stack
+from tests.security_env import start_amqtt, stop
+from tests.stack import BIN, CONFIG, free_port, started
+from tests.tls_ca import make_pki
+from tomato_mqtt.config.url import BrokerURL
+from tomato_mqtt.transport.client import AsyncClient, MqttError
+
+pytestmark = pytest.mark.timeout(240)
+
+
+async def test_tls_listener_refuses_plain_mqtt_and_a_wrong_ca(
+    tmp_path: Path, instance: str
+) -> None:
+    pki = make_pki(tmp_path / "pki")
+    other = make_pki(tmp_path / "other")
+    b = await start_amqtt(
+        tmp_path, instance, certfile=str(pki.server_cert), keyfile=str(pki.server_key)
+    )
+    try:
+        good = f"mqtts://olga:pw-olga@127.0.0.1:{b.tls_port}?ca_certs={pki.ca}"
+        async with AsyncClient(good, reconnect=False) as c:
+            await c.subscribe(b.topics.all_job_status())
+        # the dashboard's WebSocket listener is WSS, with auth and ACL as well
+        wss = f"wss://rita:pw-rita@127.0.0.1:{b.extra['ws_port']}?ca_certs={pki.ca}"
+        async with AsyncClient(wss, reconnect=False) as c:
+            await c.subscribe(b.topics.all_job_status())
+            with pytest.raises(MqttError, match="refused the subscription"):
+                await c.subscribe(b.topics.scheduler_cmds())
+        with pytest.raises(MqttError):
+            async with AsyncClient(wss.replace("pw-rita", "nope"), reconnect=False):
+                pass
+        for bad in (
+            f"mqtt://olga:pw-olga@127.0.0.1:{b.tls_port}",  # plain MQTT to the TLS port
+            f"mqtts://olga:pw-olga@127.0.0.1:{b.tls_port}?ca_certs={other.ca}",  # wrong CA
+            f"mqtts://olga:wrong@127.0.0.1:{b.tls_port}?ca_certs={pki.ca}",  # wrong password
+        ):
+            with pytest.raises(MqttError):
+                async with AsyncClient(bad, reconnect=False):
+                    pass
+    finally:
+        await stop(b)
+
+
+def test_url_takes_tls_files_from_the_query() -> None:
+    url = BrokerURL.parse("mqtts://a:b@h:8883?ca_certs=/c.pem&certfile=/m.crt&keyfile=/m.key")
+    assert (url.tls, url.ca_certs, url.certfile, url.keyfile) == (
+        True, "/c.pem", "/m.crt", "/m.key",
+    )  # fmt: skip
+    url = url.with_tls_defaults({"ca_certs": "/other.pem", "tls_insecure": True})
+    assert url.ca_certs == "/c.pem" and url.tls_insecure
+    assert BrokerURL.parse("mqtts://h").with_tls_defaults({"ca_certs": "/s.pem"}).ca_certs == (
+        "/s.pem"
+    )
+    with pytest.raises(ValueError, match="without TLS"):
+        BrokerURL.parse("mqtt://h?ca_certs=/c.pem")
+    with pytest.raises(ValueError, match="unknown option"):
+        BrokerURL.parse("mqtts://h?cafile=/c.pem")
+
+
+def test_a_whole_job_over_tls_with_a_remote_node(tmp_path: Path) -> None:
+    pki = make_pki(tmp_path / "pki")
+    tls_port = free_port()
+    extra = f'certfile = "{pki.server_cert}"\nkeyfile = "{pki.server_key}"\ntls_port = {tls_port}\n'
+    st = make_secure_stack(tmp_path, devices="netns_devices.yml")
+    text = (st.appdir / "settings.toml").read_text()
+    (st.appdir / "settings.toml").write_text(text.replace("[scheduler]", extra + "[scheduler]"))
+
+    def tls_url(user: str) -> str:
+        pw = LAB_USERS[user][0]
+        return f"mqtts://{user}:{pw}@127.0.0.1:{tls_port}?ca_certs={pki.ca}"
+
+    with started(st):
+        node_dir = tmp_path / "pc2"
+        node_dir.mkdir()
+        log = (node_dir / "node.log").open("wb")
+        node = subprocess.Popen(
+            [
+                str(BIN / "tomato"),
+                "node",
+                "--name",
+                "pc2",
+                "--broker",
+                tls_url("pc2"),
+                "--instance",
+                st.instance,
+                "-A",
+                str(node_dir / "app"),
+                "-D",
+                str(node_dir / "data"),
+                "-L",
+                str(node_dir / "log"),
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
+        )
+        try:
+
+            def cli(tool: str, *args: str) -> subprocess.CompletedProcess[str]:
+                return subprocess.run(
+                    [str(BIN / tool), *args, "--broker", tls_url("olga"), "-A", str(st.appdir)],
+                    capture_output=True,
+                    text=True,
+                    timeout=60,
+                    cwd=st.workdir,
+                )
+
+            # the remote node registers its component over TLS (polled as a user would)
+            deadline = time.monotonic() + 40
+            ok = cli("tomato", "status", "components", "--json")
+            while '"registered": true' not in ok.stdout and time.monotonic() < deadline:
+                time.sleep(0.5)
+                ok = cli("tomato", "status", "components", "--json")
+            assert '"registered": true' in ok.stdout, (ok.stdout, ok.stderr, st.logs())
+            for args in (("load", "pip-remote", "netns"), ("ready", "pip-remote")):
+                res = cli("tomato", "pipeline", *args)
+                assert res.returncode == 0, res.stderr
+            res = cli("ketchup", "submit", str(CONFIG / "netns_counter_6_0.1.yml"), "--json")
+            assert res.returncode == 0, res.stderr
+            jobid = json.loads(res.stdout)["data"]["id"]
+            job = st.wait_job(jobid, {"c", "ce", "cd"}, timeout=60)
+            assert job["status"] == "c", (job, st.logs())
+            assert job["owner"] == "olga"
+        finally:
+            os.killpg(node.pid, signal.SIGTERM)
+            try:
+                node.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(node.pid, signal.SIGKILL)
+                node.wait()
+            log.close()

@@ -1,0 +1,223 @@
+"""What ``passata``'s commands share: find a component by name, ask it, print the Reply.
+
+A component is named as in tomato, ``driver:(address,channel)``, or as
+``device/channel``; the latter is resolved through the scheduler's list of components,
+or, without a scheduler, the retained metas the nodes publish.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Annotated, Any
+
+import typer
+
+from tomato_mqtt.cli import common
+from tomato_mqtt.transport.client import Message
+from tomato_mqtt.transport.rpc import NoResponder, Requester
+from tomato_mqtt.wire.messages import ComponentMeta, DecodeError, Reply, decode
+from tomato_mqtt.wire.topics import slug
+
+__all__ = [
+    "RETAINED_WAIT",
+    "ComponentArg",
+    "ForceOpt",
+    "Op",
+    "Refused",
+    "cmd",
+    "kv",
+    "message",
+    "meta",
+    "meta_op",
+    "resolve",
+    "retained",
+    "run",
+    "when",
+]
+
+ComponentArg = Annotated[
+    str,
+    typer.Argument(help="component: 'driver:(address,channel)' or 'device/channel'"),
+]
+ForceOpt = Annotated[bool, typer.Option("--force", help="also while a task runs")]
+
+# how long to wait for a retained message that should be there
+RETAINED_WAIT = 2.0
+# the scheduler normally answers in milliseconds; without one, fall back to the metas
+SCHEDULER_WAIT = 1.5
+
+
+class Refused(Exception):
+    """A problem found on this side (unknown component, nothing retained)."""
+
+
+Op = Callable[[Requester, str], Awaitable[Reply]]
+
+
+def run(component: str, op: Op, human: Callable[[str, Any], str], opts: common.Opts) -> None:
+    """Resolve the component, run ``op`` on it, print the Reply, exit 0 or 1."""
+
+    async def go(req: Requester) -> Reply:
+        try:
+            name = await resolve(req, component, opts.timeout)
+            return await op(req, name)
+        except Refused as e:
+            return Reply(id="", success=False, msg=str(e))
+
+    reply = common.run_async(opts.context(), go, opts.timeout)
+    opts.output().reply(reply, lambda data: human(reply.msg, data))
+
+
+def cmd(op: str, args: Mapping[str, Any], timeout: float) -> Op:
+    async def call(req: Requester, name: str) -> Reply:
+        return await req.request(
+            req.topics.component_cmd(name, op),
+            dict(args),
+            timeout=timeout,
+            who=f"node hosting {name}",
+        )
+
+    return call
+
+
+# -- resolving names -----------------------------------------------------------------------
+def _is_full_name(name: str) -> bool:
+    return ":(" in name and name.endswith(")")
+
+
+def _pick(want: str, comps: Sequence[Mapping[str, Any]]) -> str | None:
+    """The full name of the component ``want`` names, among the known ones."""
+    for c in comps:
+        if want == c.get("name"):
+            return str(c["name"])
+    for c in comps:
+        if want == f"{c.get('device')}/{c.get('channel')}" or want == slug(str(c.get("name"))):
+            return str(c["name"])
+    of_device = [c for c in comps if c.get("device") == want]
+    if len(of_device) == 1:
+        return str(of_device[0]["name"])
+    return None
+
+
+def _known(comps: Sequence[Mapping[str, Any]]) -> str:
+    names = sorted(f"{c.get('device')}/{c.get('channel')} = {c.get('name')}" for c in comps)
+    return "; ".join(names) or "none"
+
+
+async def resolve(req: Requester, want: str, timeout: float) -> str:
+    """The full component name for ``want`` (full name, device/channel, or slug)."""
+    topics = req.topics
+    try:
+        r = await req.request(
+            topics.scheduler_cmd("status"),
+            {"what": "components"},
+            timeout=min(timeout, SCHEDULER_WAIT),
+            who="scheduler",
+        )
+    except NoResponder:
+        r = None
+    if r is not None and r.success and isinstance(r.data, list):
+        comps = [c for c in r.data if isinstance(c, Mapping)]
+        name = _pick(want, comps)
+        if name is None:
+            raise Refused(f"unknown component {want!r} (known: {_known(comps)})")
+        return name
+    if _is_full_name(want):
+        return want
+    # no scheduler: find it among the components the nodes have announced
+    metas: list[Mapping[str, Any]] = []
+    found: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+
+    def on_meta(msg: Message) -> None:
+        try:
+            meta = decode(ComponentMeta, msg.payload, msg.topic)
+        except DecodeError:
+            return
+        metas.append(meta.model_dump())
+        name = _pick(want, metas)
+        if name is not None and not found.done():
+            found.set_result(name)
+
+    flt = topics.all_component_meta()
+    await req.client.subscribe(flt, handler=on_meta)
+    try:
+        return await asyncio.wait_for(found, min(timeout, RETAINED_WAIT))
+    except asyncio.TimeoutError:
+        raise Refused(
+            f"unknown component {want!r}: no scheduler answered and no node has announced "
+            f"it (announced: {_known(metas)})"
+        ) from None
+    finally:
+        with contextlib.suppress(Exception):
+            await req.client.unsubscribe(flt)
+
+
+async def retained(req: Requester, topic: str, wait: float) -> bytes | None:
+    """The retained message on ``topic``, or None when nothing comes within ``wait``."""
+    got: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+
+    def on_msg(msg: Message) -> None:
+        if msg.payload and not got.done():
+            got.set_result(msg.payload)
+
+    await req.client.subscribe(topic, handler=on_msg)
+    try:
+        return await asyncio.wait_for(got, wait)
+    except asyncio.TimeoutError:
+        return None
+    finally:
+        with contextlib.suppress(Exception):
+            await req.client.unsubscribe(topic)
+
+
+async def meta(req: Requester, name: str, timeout: float) -> ComponentMeta:
+    topic = req.topics.component_meta(name)
+    raw = await retained(req, topic, min(timeout, RETAINED_WAIT))
+    if raw is None:
+        raise Refused(f"no node has announced component {name} (nothing retained on {topic})")
+    try:
+        return decode(ComponentMeta, raw, topic)
+    except DecodeError as e:
+        raise Refused(str(e)) from None
+
+
+def meta_op(pick: Callable[[ComponentMeta], Any], what: str, timeout: float) -> Op:
+    async def call(req: Requester, name: str) -> Reply:
+        m = await meta(req, name, timeout)
+        text = f"{what} of {name}"
+        if not m.registered:
+            text += f" (not registered: {m.error})" if m.error else " (not registered)"
+        return Reply(id="", success=True, msg=text, data=pick(m))
+
+    return call
+
+
+# -- human output, shared ----------------------------------------------------------------
+def message(msg: str, _data: Any) -> str:
+    """Human output that is just the Reply's message."""
+    return msg
+
+
+def kv(data: Mapping[str, Any], indent: str = "") -> str:
+    width = max((len(str(k)) for k in data), default=0) + 1
+    return "\n".join(f"{indent}{str(k) + ':':<{width}} {show(v)}" for k, v in data.items())
+
+
+def show(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, Mapping):
+        return ", ".join(f"{k}={show(x)}" for k, x in v.items()) or "-"
+    if isinstance(v, list):
+        return ", ".join(show(x) for x in v) or "-"
+    return str(v)
+
+
+def when(uts: Any) -> str:
+    if not isinstance(uts, int | float):
+        return "-"
+    t = datetime.datetime.fromtimestamp(uts).astimezone()
+    return t.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]

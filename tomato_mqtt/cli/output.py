@@ -1,0 +1,84 @@
+"""How the CLIs print: a Reply as text, YAML or JSON; plain tables cut to the terminal.
+
+Light to import (``yaml`` only when ``-y`` asks for it); ``cli.common`` re-exports these.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import typer
+
+__all__ = ["Output", "emit", "table"]
+
+
+class Output:
+    """Prints a Reply: human text by default, or the whole Reply as YAML / JSON."""
+
+    def __init__(self, yaml_: bool = False, json_: bool = False) -> None:
+        self.yaml = yaml_
+        self.json = json_
+
+    def reply(self, reply: Any, human: Callable[[Any], str] | None = None) -> None:
+        doc = {"success": reply.success, "msg": reply.msg, "data": reply.data}
+        if self.json:
+            typer.echo(json.dumps(doc, indent=2, default=str))
+        elif self.yaml:
+            import yaml
+
+            typer.echo(yaml.safe_dump(doc, sort_keys=False, allow_unicode=True).rstrip())
+        elif not reply.success:
+            typer.echo(f"error: {reply.msg}", err=True)
+        else:
+            typer.echo(human(reply.data) if human and reply.data is not None else reply.msg)
+        if not reply.success:
+            raise typer.Exit(1)
+
+
+def emit(text: str) -> None:
+    typer.echo(text)
+
+
+def table(rows: Sequence[Mapping[str, Any]], columns: Sequence[tuple[str, str]]) -> str:
+    """A plain text table that fits a terminal: (key, header) columns, long cells cut."""
+    width = _term_width()
+    cells = [[_cell(r.get(k)) for k, _ in columns] for r in rows]
+    heads = [h for _, h in columns]
+    widths = [max([len(h)] + [len(c[i]) for c in cells]) for i, h in enumerate(heads)]
+    while sum(widths) + 2 * (len(widths) - 1) > width and max(widths) > 12:
+        i = widths.index(max(widths))
+        widths[i] -= 1
+
+    def fmt(vals: Sequence[str]) -> str:
+        return "  ".join(_fit(v, w) for v, w in zip(vals, widths, strict=True)).rstrip()
+
+    lines = [fmt(heads), fmt(["-" * w for w in widths])]
+    lines += [fmt(c) for c in cells]
+    return "\n".join(lines)
+
+
+def _term_width() -> int:
+    try:
+        return os.get_terminal_size(sys.stdout.fileno()).columns
+    except OSError:
+        return 120
+
+
+def _cell(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, (list, tuple, set)):
+        return ", ".join(map(str, v))
+    if isinstance(v, dict):
+        return ", ".join(f"{k}={x}" for k, x in v.items())
+    return str(v)
+
+
+def _fit(v: str, w: int) -> str:
+    return v.ljust(w) if len(v) <= w else v[: max(0, w - 1)] + "…"

@@ -1,0 +1,120 @@
+"""``passata attrs|capabilities|constants|get|set``: a component's attributes and facts.
+
+Merged into ``passata`` (see passata.py). Attributes and their limits come from the
+retained meta the node publishes; current values from the node (``get_attr``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Mapping
+from typing import Annotated, Any
+
+import typer
+
+from tomato_mqtt.cli import common, components
+from tomato_mqtt.cli.components import ComponentArg, ForceOpt
+from tomato_mqtt.transport.rpc import NoResponder, Requester
+from tomato_mqtt.wire.messages import Reply
+
+__all__ = ["app"]
+
+app = typer.Typer(pretty_exceptions_enable=False, add_completion=False)
+
+
+@app.command()
+@common.options(common.CLIENT)
+def attrs(component: ComponentArg, opts: common.Opts) -> None:
+    """The component's attributes: type, units, read/write, limits, options, value."""
+
+    async def call(req: Requester, name: str) -> Reply:
+        meta = await components.meta(req, name, opts.timeout)
+        data: dict[str, Any] = {
+            k: v.model_dump(mode="json", exclude_none=True) for k, v in meta.attrs.items()
+        }
+        if meta.registered and data:
+            with contextlib.suppress(NoResponder):
+                get = components.cmd("get_attr", {"attrs": sorted(data)}, opts.timeout)
+                r = await get(req, name)
+                if r.success and isinstance(r.data, dict):
+                    for k, v in r.data.items():
+                        if k in data:
+                            data[k]["value"] = v
+        return Reply(id="", success=True, msg=f"{len(data)} attr(s) of {name}", data=data)
+
+    components.run(component, call, _attrs_human, opts)
+
+
+@app.command()
+@common.options(common.CLIENT)
+def capabilities(component: ComponentArg, opts: common.Opts) -> None:
+    """The techniques the component can run."""
+    op = components.meta_op(lambda m: sorted(m.capabilities), "capabilities", opts.timeout)
+    components.run(component, op, _list_human, opts)
+
+
+@app.command()
+@common.options(common.CLIENT)
+def constants(component: ComponentArg, opts: common.Opts) -> None:
+    """The component's constants (fixed facts the driver reports)."""
+    op = components.meta_op(lambda m: dict(m.constants), "constants", opts.timeout)
+    components.run(component, op, _dict_human, opts)
+
+
+@app.command()
+@common.options(common.CLIENT)
+def get(
+    component: ComponentArg,
+    names: Annotated[list[str], typer.Argument(metavar="ATTRS...", help="attribute names")],
+    opts: common.Opts,
+) -> None:
+    """Read attributes of the component."""
+    op = components.cmd("get_attr", {"attrs": list(names)}, opts.timeout)
+    components.run(component, op, _dict_human, opts)
+
+
+@app.command("set")
+@common.options(common.CLIENT)
+def set_(
+    component: ComponentArg,
+    attr: Annotated[str, typer.Argument(help="attribute name")],
+    val: Annotated[str, typer.Argument(help="new value, e.g. 5, red, '1 s'")],
+    force: ForceOpt = False,
+    *,
+    opts: common.Opts,
+) -> None:
+    """Set an attribute (the driver converts and checks the value); refused while a task
+    runs unless --force."""
+    op = components.cmd("set_attr", {"attr": attr, "val": val, "force": force}, opts.timeout)
+    components.run(component, op, components.message, opts)
+
+
+# -- human output --------------------------------------------------------------------------
+def _attrs_human(msg: str, data: Any) -> str:
+    if not isinstance(data, Mapping) or not data:
+        return f"{msg}: none"
+    rows = [{"attr": k, **v} for k, v in data.items() if isinstance(v, Mapping)]
+    cols = [
+        ("attr", "attr"),
+        ("type", "type"),
+        ("units", "units"),
+        ("rw", "rw"),
+        ("minimum", "min"),
+        ("maximum", "max"),
+        ("options", "options"),
+    ]
+    if any("value" in r for r in rows):
+        cols.append(("value", "value"))
+    return common.table(rows, cols)
+
+
+def _list_human(msg: str, data: Any) -> str:
+    if not data:
+        return f"{msg}: none"
+    return "\n".join(str(x) for x in data)
+
+
+def _dict_human(msg: str, data: Any) -> str:
+    if not isinstance(data, Mapping) or not data:
+        return f"{msg}: none"
+    return components.kv(data)

@@ -1,0 +1,268 @@
+"""``tomato user``: the users of a secured broker, their passwords and roles.
+
+The users file is ``[broker] password_file`` of settings.toml (or ``--file``); its format
+is in :mod:`tomato_mqtt.config.users`. The embedded broker re-reads it on change, so a
+new user can log in at once; a Mosquitto set-up needs ``tomato broker-config
+--mosquitto`` again (and a reload of Mosquitto).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from tomato_mqtt.cli import common
+from tomato_mqtt.cli.common import AppDirOpt, DataDirOpt, PortOpt, fail
+from tomato_mqtt.config.url import BrokerURL
+
+if TYPE_CHECKING:
+    from tomato_mqtt.config.settings import Settings
+
+__all__ = [
+    "app",
+    "broker_config",
+    "broker_config_cmd",
+    "ensure_services",
+    "service_url",
+]
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+
+FileOpt = Annotated[
+    Path | None,
+    typer.Option("--file", "-f", help="users file (default: [broker] password_file)"),
+]
+RoleOpt = Annotated[
+    str,
+    typer.Option(
+        "--role",
+        "-r",
+        help="admin, operator, reader (= dashboard), scheduler, recorder or node:<name>",
+    ),
+]
+PasswordOpt = Annotated[
+    str | None, typer.Option("--password", help="the password (visible in the shell history)")
+]
+StdinOpt = Annotated[
+    bool, typer.Option("--password-stdin", help="read the password from standard input")
+]
+
+
+def users_path(file: Path | None, appdir: Path | None) -> Path:
+    if file is not None:
+        return file.expanduser().absolute()
+    from tomato_mqtt.config.settings import load_settings
+    from tomato_mqtt.errors import ConfigError
+
+    try:
+        s = load_settings(appdir=appdir)
+    except ConfigError as e:
+        fail(str(e))
+    path = s.users_file
+    if path is None:
+        fail(
+            f"no users file: set [broker] password_file in {s.appdir / 'settings.toml'} "
+            "or pass --file"
+        )
+    return path
+
+
+def _password(password: str | None, stdin: bool) -> str:
+    if password is not None:
+        return password
+    if stdin:
+        return sys.stdin.readline().rstrip("\r\n")
+    return str(typer.prompt("password", hide_input=True, confirmation_prompt=True))
+
+
+def _edit(path: Path, change: str, fn: object) -> None:
+    from tomato_mqtt.config.users import load_users
+    from tomato_mqtt.errors import ConfigError
+
+    try:
+        users = load_users(path, missing_ok=True)
+        fn(users)  # type: ignore[operator]
+        users.save()
+    except (ValueError, ConfigError) as e:
+        fail(str(e))
+    common.emit(f"{change} ({path})")
+
+
+@app.command("add")
+def add(
+    name: Annotated[str, typer.Argument(help="login (lower-case letters, digits, _ . -)")],
+    role: RoleOpt,
+    password: PasswordOpt = None,
+    password_stdin: StdinOpt = False,
+    file: FileOpt = None,
+    appdir: AppDirOpt = None,
+) -> None:
+    """Add a user with a role (argon2 hash; asks for the password unless given)."""
+    path = users_path(file, appdir)
+    pw = _password(password, password_stdin)
+    _edit(path, f"added {name} ({role})", lambda u: u.add(name, pw, role))
+
+
+@app.command("passwd")
+def passwd(
+    name: str,
+    password: PasswordOpt = None,
+    password_stdin: StdinOpt = False,
+    file: FileOpt = None,
+    appdir: AppDirOpt = None,
+) -> None:
+    """Set a user's password."""
+    path = users_path(file, appdir)
+    pw = _password(password, password_stdin)
+    _edit(path, f"changed the password of {name}", lambda u: u.set_password(name, pw))
+
+
+@app.command("role")
+def role(name: str, new_role: str, file: FileOpt = None, appdir: AppDirOpt = None) -> None:
+    """Change a user's role."""
+    path = users_path(file, appdir)
+    _edit(path, f"{name} is now {new_role}", lambda u: u.set_role(name, new_role))
+
+
+@app.command("remove")
+def remove(name: str, file: FileOpt = None, appdir: AppDirOpt = None) -> None:
+    """Remove a user."""
+    path = users_path(file, appdir)
+    _edit(path, f"removed {name}", lambda u: u.remove(name))
+
+
+@app.command("list")
+def list_(file: FileOpt = None, appdir: AppDirOpt = None) -> None:
+    """List the users and their roles."""
+    from tomato_mqtt.config.users import load_users
+    from tomato_mqtt.errors import ConfigError
+
+    path = users_path(file, appdir)
+    try:
+        users = load_users(path, missing_ok=True)
+    except ConfigError as e:
+        fail(str(e))
+    rows = [{"user": u.name, "role": u.role or "(none)"} for u in users.users.values()]
+    rows.sort(key=lambda r: r["user"])
+    common.emit(common.table(rows, [("user", "user"), ("role", "role")]))
+
+
+# -- what the stack's commands need from the users file ------------------------------------
+def _creds_path(s: Settings) -> Path:
+    from tomato_mqtt.config.users import SERVICE_CREDENTIALS
+
+    return Path(s.datadir) / SERVICE_CREDENTIALS
+
+
+def service_keys(s: Settings) -> list[str]:
+    return ["scheduler", "recorder", f"node:{s.node.name}"]
+
+
+def ensure_services(s: Settings, keys: list[str] | None = None) -> None:
+    """On a secured stack, make sure the local services have their own logins.
+
+    A node run with ``--broker`` logs in as told; one run without it on a PC without the
+    users file (an instrument PC) has no service login to make.
+    """
+    if s.users_file is None or (keys is not None and not s.users_file.exists()):
+        return
+    if not s.users_file.exists():
+        fail(
+            f"the users file {s.users_file} does not exist: add an admin first "
+            "(tomato user add NAME --role admin)"
+        )
+    from tomato_mqtt.config.users import ensure_service_users
+    from tomato_mqtt.errors import ConfigError
+
+    try:
+        ensure_service_users(s.users_file, _creds_path(s), keys or service_keys(s))
+    except (ValueError, ConfigError, OSError) as e:
+        fail(f"cannot set up the services' logins in {s.users_file}: {e}")
+
+
+def service_url(s: Settings, key: str, base: BrokerURL) -> BrokerURL:
+    """``base`` with the service's own login, when the stack is secured and has one."""
+    if s.users_file is None:
+        return base
+    from dataclasses import replace
+
+    from tomato_mqtt.config.users import service_login
+
+    login = service_login(_creds_path(s), key)
+    if login is None:
+        return base
+    return replace(base, username=login[0], password=login[1])
+
+
+def broker_config(s: Settings) -> Any:
+    """The embedded broker's configuration from settings (raises BrokerConfigError)."""
+    from tomato_mqtt_broker import BrokerConfig
+
+    b = s.broker
+    return BrokerConfig(
+        host=b.host,
+        port=s.mqtt.port,
+        ws_port=s.ws_port,
+        password_file=b.password_file,
+        allow_anonymous=b.allow_anonymous and not b.password_file,
+        instance=s.mqtt.instance,
+        devices_file=str(s.devices_file),
+        default_node=s.node.name,
+        certfile=b.certfile,
+        keyfile=b.keyfile,
+        cafile=b.cafile,
+        tls_port=b.tls_port,
+    )
+
+
+def broker_config_cmd(
+    mosquitto: Annotated[
+        Path, typer.Option("--mosquitto", help="folder for password_file, acl_file, tomato.conf")
+    ],
+    appdir: AppDirOpt = None,
+    datadir: DataDirOpt = None,
+    port: PortOpt = None,
+) -> None:
+    """Write Mosquitto's password_file, acl_file and a config snippet from the users file."""
+    from tomato_mqtt.config.devices import load_devices
+    from tomato_mqtt.config.settings import load_settings
+    from tomato_mqtt.config.users import load_users
+    from tomato_mqtt.errors import ConfigError
+    from tomato_mqtt.wire import mosquitto as mq
+    from tomato_mqtt.wire.topics import Topics
+
+    try:
+        s = load_settings(appdir=appdir, datadir=datadir, port=port)
+        if s.users_file is None:
+            fail("set [broker] password_file (the users file) first: see docs/security.md")
+        ensure_services(s)  # the services' logins go into Mosquitto's files too
+        users = load_users(s.users_file)
+        layout = load_devices(s.devices_file, s.node.name)
+    except ConfigError as e:
+        fail(str(e))
+    nodes: dict[str, list[str]] = {}
+    for c in layout.components.values():
+        nodes.setdefault(c.node, []).append(c.name)
+    out = mosquitto.expanduser().absolute()
+    out.mkdir(parents=True, exist_ok=True)
+    pw, acl = out / "password_file", out / "acl_file"
+    b = s.broker
+    tls = None
+    if b.certfile and b.keyfile:
+        tls = mq.MosquittoTls(b.tls_port, b.cafile or "", b.certfile, b.keyfile)
+    files = {
+        pw: mq.password_file(users),
+        acl: mq.acl_file(users, Topics(s.mqtt.instance), nodes),
+        out / "tomato.conf": mq.config_snippet(
+            host=b.host, port=s.mqtt.port, password_path=str(pw), acl_path=str(acl), tls=tls
+        ),
+    }
+    for path, text in files.items():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
+            f.write(text)
+    common.emit(f"wrote {', '.join(str(p) for p in files)}")

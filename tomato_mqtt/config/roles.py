@@ -1,0 +1,74 @@
+"""Role names and which operations each role may request (issue 10).
+
+The topic rules built from these live in :mod:`tomato_mqtt.wire.acl`; this module is the
+part that settings, the users file and the services need without knowing topics.
+"""
+
+from __future__ import annotations
+
+import re
+
+__all__ = [
+    "ADMIN_OPS",
+    "CMP_ADMIN_OPS",
+    "CMP_READ_OPS",
+    "CMP_RECORDER_OPS",
+    "CMP_SCHEDULER_OPS",
+    "OPERATOR_OPS",
+    "READ_OPS",
+    "ROLES",
+    "is_admin",
+    "node_of_role",
+    "parse_role",
+]
+
+#: scheduler operations a reader may send (queries, no effect)
+READ_OPS = ("status", "job_status", "job_search", "whoami")
+#: ... an operator may send (own jobs: the scheduler checks ownership)
+OPERATOR_OPS = (
+    *READ_OPS,
+    "job_submit",
+    "job_cancel",
+    "job_snapshot",
+    "pipeline_load",
+    "pipeline_eject",
+    "pipeline_ready",
+)
+#: ... only an admin may send
+ADMIN_OPS = (*OPERATOR_OPS, "reload", "stop")
+
+#: component commands: what passata users may send, and what the services send
+CMP_READ_OPS = ("get_attr", "status")
+CMP_ADMIN_OPS = (*CMP_READ_OPS, "set_attr", "measure", "reset", "register")
+CMP_SCHEDULER_OPS = ("task_start", "task_stop", "reset", "register", "status", "get_attr")
+CMP_RECORDER_OPS = ("ack", "replay")
+
+ROLES = ("admin", "operator", "reader", "dashboard", "scheduler", "recorder", "node:<name>")
+
+_NODE_ROLE = re.compile(r"node:(.+)")
+_SLUG = re.compile(r"[a-z0-9][a-z0-9_.-]*")
+
+
+def parse_role(role: str) -> str:
+    """The canonical role (``dashboard`` -> ``reader``); ValueError if unknown."""
+    role = role.strip()
+    if role == "dashboard":
+        return "reader"
+    if role in ("admin", "operator", "reader", "scheduler", "recorder"):
+        return role
+    m = _NODE_ROLE.fullmatch(role)
+    if m and _SLUG.fullmatch(m.group(1)):
+        return role
+    raise ValueError(
+        f"unknown role {role!r}: use admin, operator, reader (or dashboard), scheduler, "
+        "recorder or node:<name> (a node name that is a topic segment)"
+    )
+
+
+def node_of_role(role: str | None) -> str | None:
+    m = _NODE_ROLE.fullmatch(role or "")
+    return m.group(1) if m else None
+
+
+def is_admin(role: str | None) -> bool:
+    return role == "admin"

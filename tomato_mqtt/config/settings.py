@@ -1,0 +1,390 @@
+"""settings.toml: the model, the loader, the default paths and `tomato init`'s files.
+
+Precedence: command-line options (-A -D -L -p) win over the file, the file over the
+defaults. Relative paths in the file are relative to the appdir. A bad file raises
+:class:`~tomato_mqtt.errors.ConfigError` naming the file, the field and the reason.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+import sys
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from tomato_mqtt.config.url import BrokerURL
+from tomato_mqtt.errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on 3.10 only
+    import tomli as tomllib
+
+__all__ = [
+    "APPNAME",
+    "SETTINGS_FILE",
+    "BrokerSettings",
+    "JobLimits",
+    "MqttSettings",
+    "NodeSettings",
+    "RecorderSettings",
+    "SchedulerSettings",
+    "Settings",
+    "default_dirs",
+    "load_settings",
+    "render_default_settings",
+    "settings_url",
+    "write_default_files",
+]
+
+APPNAME = "tomato-mqtt"
+SETTINGS_FILE = "settings.toml"
+DEVICES_FILE = "devices.yml"
+
+_SLUG = re.compile(r"[a-z0-9][a-z0-9_.-]*")
+
+
+class _Section(BaseModel):
+    # a misspelt key is refused rather than silently ignored
+    model_config = ConfigDict(extra="forbid")
+
+
+class MqttSettings(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(default=1883, ge=1, le=65535)
+    instance: str = "default"
+    username: str | None = None
+    password: str | None = None
+    tls: bool = False
+    ca_certs: str | None = None
+    certfile: str | None = None
+    keyfile: str | None = None
+    tls_insecure: bool = False
+    keepalive: int = Field(default=30, gt=0)
+
+    @field_validator("instance")
+    @classmethod
+    def _instance_is_slug(cls, v: str) -> str:
+        if not _SLUG.fullmatch(v):
+            raise ValueError(
+                f"{v!r} cannot be a topic segment: use lower-case letters, digits, '_', '.' "
+                "and '-', starting with a letter or digit"
+            )
+        return v
+
+    @field_validator("host")
+    @classmethod
+    def _host_not_empty(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("must not be empty")
+        return v
+
+
+class BrokerSettings(_Section):
+    embedded: bool = True
+    host: str = "127.0.0.1"
+    ws_port: int | None = Field(default=None, ge=0, le=65535)
+    #: the users file: amqtt's password file plus one role per user (`tomato user`)
+    password_file: str | None = None
+    #: no longer used: the ACL comes from the roles in the users file (docs/security.md)
+    acl_file: str | None = None
+    allow_anonymous: bool = True
+    #: TLS of the embedded broker: a TLS listener on tls_port, WSS instead of WS
+    certfile: str | None = None
+    keyfile: str | None = None
+    cafile: str | None = None
+    tls_port: int = Field(default=8883, ge=1, le=65535)
+
+    @model_validator(mode="after")
+    def _network_needs_auth(self) -> BrokerSettings:
+        if self.acl_file is not None:
+            raise ValueError(
+                "acl_file is not used: the ACL is generated from the roles of the users in "
+                "password_file (tomato user add NAME --role ...; see docs/security.md)"
+            )
+        if not self.embedded:
+            return self
+        if not self.allow_anonymous and not self.password_file:
+            raise ValueError(
+                "allow_anonymous = false needs a password_file, or every login would be "
+                "accepted: set password_file and add users with `tomato user add`"
+            )
+        if not _is_loopback(self.host) and (self.allow_anonymous or not self.password_file):
+            raise ValueError(
+                f"the embedded broker listens on {self.host}, not a loopback address: "
+                "set allow_anonymous = false and a password_file"
+            )
+        if bool(self.certfile) != bool(self.keyfile):
+            raise ValueError("TLS needs both certfile and keyfile")
+        return self
+
+
+class SchedulerSettings(_Section):
+    heartbeat: float = Field(default=2.0, gt=0)
+    node_grace_period: float = Field(default=30.0, ge=0)
+    lost_after: float = Field(default=10.0, gt=0)
+    # a node whose clock differs from the scheduler's by more than this is flagged
+    clock_tolerance: float = Field(default=2.0, gt=0)
+
+    @model_validator(mode="after")
+    def _lost_after_heartbeat(self) -> SchedulerSettings:
+        if self.lost_after <= self.heartbeat:
+            raise ValueError(
+                f"lost_after ({self.lost_after:g} s) must be longer than the heartbeat "
+                f"({self.heartbeat:g} s), or every peer counts as lost"
+            )
+        return self
+
+
+class JobLimits(_Section):
+    """Bounds checked at submit: a payload beyond them is refused with one message."""
+
+    #: points a task may take at most (max_duration / sampling_interval)
+    max_points_per_task: int = Field(default=10_000_000, ge=1)
+    #: the shortest sampling interval (s) of a driver that declares none
+    min_sampling_interval: float = Field(default=0.001, gt=0)
+
+
+class RecorderSettings(_Section):
+    #: folders (besides the datadir) the recorder may write job files into; relative
+    #: paths are relative to the appdir. Empty on a secured stack: the datadir only.
+    output_roots: list[Path] = Field(default_factory=list)
+
+
+class NodeSettings(_Section):
+    name: str = "local"
+    spool_max_mb: float = Field(default=512, gt=0)
+    batch_interval: float = Field(default=0.5, gt=0)
+    batch_max_points: int = Field(default=2000, ge=1)
+
+    @field_validator("name")
+    @classmethod
+    def _name_not_empty(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("must not be empty")
+        return v
+
+
+class Settings(_Section):
+    appdir: Path
+    datadir: Path
+    logdir: Path
+    devices_file: Path = Path(DEVICES_FILE)
+    mqtt: MqttSettings = Field(default_factory=MqttSettings)
+    broker: BrokerSettings = Field(default_factory=BrokerSettings)
+    scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings)
+    jobs: JobLimits = Field(default_factory=JobLimits)
+    recorder: RecorderSettings = Field(default_factory=RecorderSettings)
+    node: NodeSettings = Field(default_factory=NodeSettings)
+    drivers: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _relative_to_appdir(self) -> Settings:
+        for name in ("datadir", "logdir", "devices_file"):
+            p: Path = getattr(self, name).expanduser()
+            if not p.is_absolute():
+                p = self.appdir / p
+            setattr(self, name, p)
+        b = self.broker
+        for key in ("password_file", "certfile", "keyfile", "cafile"):
+            value = getattr(b, key)
+            if value:
+                setattr(b, key, str(self._abs(Path(value))))
+        self.recorder.output_roots = [self._abs(p) for p in self.recorder.output_roots]
+        return self
+
+    def _abs(self, p: Path) -> Path:
+        p = p.expanduser()
+        return p if p.is_absolute() else self.appdir / p
+
+    @property
+    def users_file(self) -> Path | None:
+        """The users (password) file, absolute; None on an open stack."""
+        return Path(self.broker.password_file) if self.broker.password_file else None
+
+    @property
+    def output_roots(self) -> list[Path]:
+        """Where the recorder may write job files (resolved): the datadir plus
+        ``[recorder] output_roots``; on an open stack (no users file, loopback only, every
+        client trusted) anywhere, as the recorder's OS user may."""
+        if self.recorder.output_roots:
+            roots = [self.datadir, *self.recorder.output_roots]
+        elif self.users_file is None:
+            roots = [Path(self.datadir.anchor or "/")]
+        else:
+            roots = [self.datadir]
+        return [r.resolve() for r in roots]
+
+    @property
+    def jobs_dir(self) -> Path:
+        return self.datadir / "Jobs"
+
+    @property
+    def state_db(self) -> Path:
+        return self.datadir / "state.sqlite"
+
+    @property
+    def recorder_db(self) -> Path:
+        return self.datadir / "recorder.sqlite"
+
+    @property
+    def spool_dir(self) -> Path:
+        return self.datadir / "spool"
+
+    @property
+    def ws_port(self) -> int | None:
+        """The embedded broker's WebSocket port: None when switched off."""
+        if self.broker.ws_port is None:
+            return self.mqtt.port + 1
+        return self.broker.ws_port or None
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def default_dirs() -> tuple[Path, Path, Path]:
+    """The platform's appdir, datadir and logdir for tomato-mqtt."""
+    import platformdirs
+
+    return (
+        Path(platformdirs.user_config_dir(APPNAME, appauthor=False)),
+        Path(platformdirs.user_data_dir(APPNAME, appauthor=False)),
+        Path(platformdirs.user_log_dir(APPNAME, appauthor=False)),
+    )
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(path, None, f"not UTF-8 text ({e.reason})") from None
+    except OSError as e:
+        raise ConfigError(path, None, f"cannot be read: {e.strerror or e}") from None
+    try:
+        data: dict[str, Any] = tomllib.loads(text)
+        return data
+    except tomllib.TOMLDecodeError as e:
+        msg = str(e)
+        m = re.search(r"\s*\(at line (\d+), column (\d+)\)", msg)
+        where = None
+        if m:
+            where = f"line {m.group(1)}, column {m.group(2)}"
+            msg = msg[: m.start()] + msg[m.end() :]
+        elif "end of document" in msg:
+            where = "end of file"
+        raise ConfigError(path, where, f"invalid TOML: {msg[:1].lower() + msg[1:]}") from None
+
+
+def load_settings(
+    appdir: Path | None = None,
+    datadir: Path | None = None,
+    logdir: Path | None = None,
+    port: int | None = None,
+    host: str | None = None,
+) -> Settings:
+    """Settings from ``appdir/settings.toml`` (defaults if absent) and the CLI overrides."""
+    def_app, def_data, def_log = default_dirs()
+    app = Path(appdir).expanduser().absolute() if appdir is not None else def_app
+    path = app / SETTINGS_FILE
+    data: dict[str, Any] = _read_toml(path) if path.is_file() else {}
+    if "appdir" in data:
+        raise ConfigError(path, "appdir", "cannot be set in the file that the appdir holds")
+    doc = dict(data)
+    doc["appdir"] = app
+    doc.setdefault("datadir", def_data)
+    doc.setdefault("logdir", def_log)
+    if datadir is not None:
+        doc["datadir"] = Path(datadir).expanduser().absolute()
+    if logdir is not None:
+        doc["logdir"] = Path(logdir).expanduser().absolute()
+    if port is not None or host is not None:
+        mqtt = doc.get("mqtt", {})
+        mqtt = dict(mqtt) if isinstance(mqtt, dict) else mqtt
+        if isinstance(mqtt, dict):
+            if port is not None:
+                mqtt["port"] = port
+            if host is not None:
+                mqtt["host"] = host
+        doc["mqtt"] = mqtt
+    try:
+        return Settings.model_validate(doc)
+    except ValidationError as e:
+        raise ConfigError.from_validation_error(path, e, doc) from None
+
+
+def _template() -> str:
+    return (resources.files("tomato_mqtt") / "config" / "settings.toml.template").read_text(
+        encoding="utf-8"
+    )
+
+
+def _default_devices() -> str:
+    return (resources.files("tomato_mqtt") / "config" / DEVICES_FILE).read_text(encoding="utf-8")
+
+
+def render_default_settings(datadir: Path, logdir: Path, port: int | None = None) -> str:
+    """The commented settings.toml that `tomato init` writes."""
+    # json.dumps gives a valid TOML basic string (escapes backslashes of Windows paths)
+    text = _template()
+    text = text.replace('"@DATADIR@"', json.dumps(str(datadir)))
+    text = text.replace('"@LOGDIR@"', json.dumps(str(logdir)))
+    if port is not None:
+        text, n = re.subn(r"(?m)^# port = \d+$", f"port = {int(port)}", text, count=1)
+        if n != 1:  # the template and this function must change together
+            raise RuntimeError("settings template has no '# port = ...' line")
+    return text
+
+
+def write_default_files(
+    appdir: Path, datadir: Path, logdir: Path, port: int | None = None
+) -> list[Path]:
+    """`tomato init`: a commented settings.toml and a default devices.yml.
+
+    An existing file is never overwritten. Returns the files written.
+    """
+    app = Path(appdir).expanduser().absolute()
+    data = Path(datadir).expanduser().absolute()
+    log = Path(logdir).expanduser().absolute()
+    app.mkdir(parents=True, exist_ok=True)
+    written = []
+    for path, text in (
+        (app / SETTINGS_FILE, render_default_settings(data, log, port)),
+        (app / DEVICES_FILE, _default_devices()),
+    ):
+        try:
+            # "x": exclusive creation, so a file made meanwhile is not overwritten either
+            with path.open("x", encoding="utf-8", newline="\n") as f:
+                f.write(text)
+        except FileExistsError:
+            continue
+        written.append(path)
+    for d in (data, log):
+        d.mkdir(parents=True, exist_ok=True)
+    return written
+
+
+def settings_url(settings: Settings) -> BrokerURL:
+    """Where the broker of ``settings`` is, with credentials and TLS."""
+    m = settings.mqtt
+    return BrokerURL(
+        host=m.host,
+        port=m.port,
+        username=m.username,
+        password=m.password,
+        tls=m.tls,
+        ca_certs=m.ca_certs,
+        certfile=m.certfile,
+        keyfile=m.keyfile,
+        tls_insecure=m.tls_insecure,
+    )

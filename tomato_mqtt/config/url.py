@@ -1,0 +1,96 @@
+"""Where the broker is: :class:`BrokerURL`, light to import (no paho, no asyncio).
+
+The CLIs parse ``--broker`` and settings into one of these before deciding whether they
+need the asyncio client at all.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from urllib.parse import parse_qs, unquote, urlsplit
+
+__all__ = ["BrokerURL"]
+
+
+@dataclass(frozen=True)
+class BrokerURL:
+    """Where the broker is and how to log in: ``mqtt[s]://[user[:pass]@]host[:port]``.
+
+    A TLS URL may name its files in the query, e.g.
+    ``mqtts://lab-pc:8883?ca_certs=/etc/tomato/ca.crt&certfile=me.crt&keyfile=me.key``
+    (and ``tls_insecure=true`` to skip the host name check, for tests only).
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 1883
+    username: str | None = None
+    password: str | None = None
+    tls: bool = False
+    ca_certs: str | None = None
+    certfile: str | None = None
+    keyfile: str | None = None
+    tls_insecure: bool = False
+    transport: str = "tcp"  # or "websockets"
+
+    @classmethod
+    def parse(cls, url: str) -> BrokerURL:
+        if "://" not in url:
+            url = "mqtt://" + url
+        parts = urlsplit(url)
+        scheme = parts.scheme.lower()
+        if scheme not in {"mqtt", "tcp", "mqtts", "ssl", "ws", "wss"}:
+            raise ValueError(f"unsupported broker URL scheme {scheme!r} in {url!r}")
+        tls = scheme in {"mqtts", "ssl", "wss"}
+        default_port = 8883 if tls else 1883
+        try:
+            port = parts.port or default_port
+        except ValueError as e:
+            raise ValueError(f"bad port in broker URL {url!r}") from e
+        query = {k: v[-1] for k, v in parse_qs(parts.query, keep_blank_values=True).items()}
+        unknown = set(query) - {"ca_certs", "certfile", "keyfile", "tls_insecure"}
+        if unknown:
+            raise ValueError(
+                f"unknown option(s) {', '.join(sorted(unknown))} in broker URL {url!r} "
+                "(known: ca_certs, certfile, keyfile, tls_insecure)"
+            )
+        if query and not tls:
+            raise ValueError(f"TLS options in a URL without TLS: use mqtts:// or wss:// ({url!r})")
+        insecure = query.get("tls_insecure", "false").lower()
+        if insecure not in {"true", "false", "1", "0", "yes", "no"}:
+            raise ValueError(f"tls_insecure must be true or false in {url!r}")
+        return cls(
+            host=parts.hostname or "127.0.0.1",
+            port=port,
+            username=unquote(parts.username) if parts.username else None,
+            password=unquote(parts.password) if parts.password else None,
+            tls=tls,
+            ca_certs=query.get("ca_certs") or None,
+            certfile=query.get("certfile") or None,
+            keyfile=query.get("keyfile") or None,
+            tls_insecure=insecure in {"true", "1", "yes"},
+            transport="websockets" if scheme in {"ws", "wss"} else "tcp",
+        )
+
+    def with_tls_defaults(self, settings: dict[str, object]) -> BrokerURL:
+        """A TLS URL takes the files the URL does not name from ``[mqtt]`` settings
+        (ca_certs, certfile, keyfile, tls_insecure), so ``--broker mqtts://...`` keeps
+        them."""
+        if not self.tls:
+            return self
+
+        def pick(key: str) -> str | None:
+            own = getattr(self, key)
+            value = settings.get(key)
+            return own if own else (str(value) if isinstance(value, str) and value else None)
+
+        return replace(
+            self,
+            ca_certs=pick("ca_certs"),
+            certfile=pick("certfile"),
+            keyfile=pick("keyfile"),
+            tls_insecure=self.tls_insecure or settings.get("tls_insecure") is True,
+        )
+
+    def __str__(self) -> str:
+        scheme = {"tcp": "mqtt", "websockets": "ws"}[self.transport] + ("s" if self.tls else "")
+        return f"{scheme}://{self.host}:{self.port}"

@@ -1,0 +1,1 @@
+"""The domain model: jobs, their transitions and matching. Pure: no MQTT, no I/O."""

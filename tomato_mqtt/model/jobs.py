@@ -1,0 +1,89 @@
+"""Jobs and pipelines as data: the models, tomato's status codes and their transitions.
+
+Pure: no I/O. The scheduler stores these in sqlite (``services/scheduler/store.py``);
+the wire carries them in ``job/<id>/status`` and replies.
+"""
+
+from __future__ import annotations
+
+import datetime
+from typing import Any, Literal, get_args
+
+from pydantic import BaseModel, Field
+
+__all__ = [
+    "ACTIVE_STATUSES",
+    "DONE_STATUSES",
+    "STATUS_CODES",
+    "Job",
+    "JobStatusCode",
+    "PipelineState",
+    "UnknownName",
+    "check_transition",
+    "utcnow",
+]
+
+JobStatusCode = Literal["q", "qw", "r", "rd", "c", "ce", "cd"]
+STATUS_CODES: tuple[str, ...] = get_args(JobStatusCode)
+DONE_STATUSES: frozenset[str] = frozenset({"c", "ce", "cd"})
+ACTIVE_STATUSES: frozenset[str] = frozenset({"r", "rd"})
+
+# tomato's job life cycle (qw -> q: after a reload, no pipeline matches any more)
+_TRANSITIONS: dict[str, frozenset[str]] = {
+    "q": frozenset({"qw", "r", "cd"}),
+    "qw": frozenset({"q", "r", "cd"}),
+    "r": frozenset({"rd", "c", "ce", "cd"}),
+    "rd": frozenset({"c", "ce", "cd"}),
+    "c": frozenset(),
+    "ce": frozenset(),
+    "cd": frozenset(),
+}
+
+
+def check_transition(old: str, new: str) -> None:
+    """Raise ValueError unless a job may go from status ``old`` to ``new``."""
+    for s in (old, new):
+        if s not in _TRANSITIONS:
+            raise ValueError(f"unknown job status {s!r} (known: {', '.join(_TRANSITIONS)})")
+    if new not in _TRANSITIONS[old]:
+        allowed = ", ".join(sorted(_TRANSITIONS[old])) or "none: the job has ended"
+        raise ValueError(f"a job cannot go from {old!r} to {new!r} (allowed: {allowed})")
+
+
+def utcnow() -> str:
+    """The current time, ISO 8601 in UTC."""
+    return datetime.datetime.now(datetime.timezone.utc).isoformat()
+
+
+class Job(BaseModel):
+    # travels in job/<id>/status too: unknown fields are ignored, so that an older client
+    # still reads the message of a newer scheduler
+    id: int
+    jobname: str | None = None
+    payload: dict[str, Any]
+    status: JobStatusCode = "q"
+    submitted_at: str
+    launched_at: str | None = None
+    completed_at: str | None = None
+    pipeline: str | None = None
+    submit_dir: str | None = None
+    respath: str | None = None
+    snappath: str | None = None
+    reason: str | None = None
+    progress: dict[str, Any] = Field(default_factory=dict)
+    #: the login that submitted the job (the {user} topic segment, pinned by the ACL)
+    owner: str | None = None
+
+
+class PipelineState(BaseModel):
+    name: str
+    sample: str | None = None
+    ready: bool = False
+    jobid: int | None = None
+
+
+class UnknownName(KeyError):
+    """A pipeline or job that the store does not hold; str() is the plain message."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else "not found"

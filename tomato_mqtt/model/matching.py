@@ -1,0 +1,191 @@
+"""Which pipelines can run a payload, and which queued jobs launch now. Pure: no I/O.
+
+A pipeline can run a payload when it has every role the payload uses, the component in
+each role is registered and online, supports the task's technique, and the driver's
+validator accepts the task's parameters. A job launches, in order of job id, on the first
+of its candidate pipelines that is ready, runs no job and holds the job's sample.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from tomato_mqtt.config.devices import PipelineLayout
+    from tomato_mqtt.model.jobs import Job, PipelineState
+
+__all__ = [
+    "ComponentView",
+    "MatchResult",
+    "TaskLike",
+    "Validator",
+    "match",
+    "next_launches",
+]
+
+
+@dataclass(frozen=True)
+class ComponentView:
+    """What matching needs to know of a component."""
+
+    name: str
+    capabilities: frozenset[str] | None  # None: not registered (yet)
+    attrs: Mapping[str, Any] = field(default_factory=dict)  # attr name -> spec, for validators
+    online: bool = True
+
+
+Validator = Callable[[ComponentView, str, Mapping[str, Any]], str | None]
+"""(component, technique name, task params) -> why the task is invalid, or None."""
+
+
+class TaskLike(Protocol):
+    component_role: str
+    technique_name: str
+    task_params: dict[str, Any]
+
+
+@dataclass
+class MatchResult:
+    candidates: list[str] = field(default_factory=list)
+    """Pipelines that can run the payload, in the order of the devices file."""
+    reason: str | None = None
+    """Why no pipeline can (None when there are candidates)."""
+
+
+@dataclass(frozen=True)
+class _Task:
+    index: int
+    role: str
+    technique: str
+    params: Mapping[str, Any]
+
+
+def _task(index: int, t: Mapping[str, Any] | TaskLike) -> _Task:
+    if isinstance(t, Mapping):
+        return _Task(
+            index,
+            str(t.get("component_role")),
+            str(t.get("technique_name")),
+            t.get("task_params") or {},
+        )
+    return _Task(index, t.component_role, t.technique_name, t.task_params or {})
+
+
+def _roles(roles: Iterable[str]) -> str:
+    return ", ".join(repr(r) for r in roles)
+
+
+def match(
+    payload_method: Sequence[Mapping[str, Any] | TaskLike],
+    pipelines: Mapping[str, PipelineLayout],
+    components: Mapping[str, ComponentView],
+    validator: Validator,
+) -> MatchResult:
+    """The pipelines that can run ``payload_method``, or the reason why none can."""
+    tasks = [_task(i, t) for i, t in enumerate(payload_method)]
+    if not tasks:
+        return MatchResult([], "the payload has no tasks")
+    needed = list(dict.fromkeys(t.role for t in tasks))
+    if not pipelines:
+        return MatchResult([], "no pipelines are configured")
+    with_roles = [p for p in pipelines.values() if set(needed) <= p.roles.keys()]
+    if not with_roles:
+        offered = sorted({_roles(p.roles) for p in pipelines.values()})
+        shown = "; ".join(offered[:5]) + ("; ..." if len(offered) > 5 else "")
+        return MatchResult(
+            [], f"no pipeline has roles {_roles(sorted(needed))} (pipelines have: {shown})"
+        )
+    candidates: list[str] = []
+    problems: list[str] = []
+    for pip in with_roles:
+        problem = _problem(pip, tasks, components, validator)
+        if problem is None:
+            candidates.append(pip.name)
+        else:
+            problems.append(problem)
+    if candidates:
+        return MatchResult(candidates, None)
+    reason = problems[0]
+    if len(problems) > 1:
+        reason += f" (and {len(problems) - 1} more pipeline(s) with roles {_roles(needed)})"
+    return MatchResult([], reason)
+
+
+def _problem(
+    pip: PipelineLayout,
+    tasks: Sequence[_Task],
+    components: Mapping[str, ComponentView],
+    validator: Validator,
+) -> str | None:
+    """Why ``pip`` cannot run ``tasks``, or None."""
+    for t in tasks:
+        comp = pip.roles[t.role]
+        view = components.get(comp)
+        head = f"role {t.role!r}"
+        if view is None or not view.online:
+            return f"{head}: component {comp} on {pip.name} is not online"
+        if view.capabilities is None:
+            return f"{head}: component {comp} on {pip.name} is not registered yet"
+        if t.technique not in view.capabilities:
+            caps = ", ".join(sorted(view.capabilities)) or "nothing"
+            return (
+                f"{head}: technique {t.technique!r} not supported by {comp} on {pip.name} "
+                f"(supports: {caps})"
+            )
+        try:
+            msg = validator(view, t.technique, t.params)
+        except Exception as e:  # an injected validator's bug must not stop the scheduler
+            msg = f"validation failed: {type(e).__name__}: {e}"
+        if msg:
+            return f"{head}, task {t.index} on {pip.name}: {msg}"
+    return None
+
+
+def next_launches(
+    queue: Sequence[Job],
+    pipelines: Mapping[str, PipelineState],
+    matches: Mapping[int, MatchResult],
+    sample_of: Callable[[Job], str],
+    layouts: Mapping[str, PipelineLayout] | None = None,
+) -> list[tuple[int, str]]:
+    """``(job id, pipeline)`` for every job that launches now, in order of job id.
+
+    A job launches on the first of its candidates that is ready, runs no job and holds
+    the job's sample; each pipeline takes one job. With ``layouts``, a pipeline is also
+    skipped while a component of it is busy in another pipeline (pipelines may share
+    components).
+    """
+    busy: set[str] = set()
+    if layouts is not None:
+        for p in pipelines.values():
+            if p.jobid is not None and p.name in layouts:
+                busy.update(layouts[p.name].roles.values())
+    taken: set[str] = set()
+    out: list[tuple[int, str]] = []
+    for job in sorted(queue, key=_job_id):
+        if job.status not in ("q", "qw"):
+            continue
+        m = matches.get(job.id)
+        if m is None or not m.candidates:
+            continue
+        sample = sample_of(job)
+        for name in m.candidates:
+            pip = pipelines.get(name)
+            if pip is None or name in taken or not pip.ready or pip.jobid is not None:
+                continue
+            if pip.sample is None or pip.sample != sample:
+                continue
+            comps = set(layouts[name].roles.values()) if layouts and name in layouts else set()
+            if comps & busy:
+                continue
+            out.append((job.id, name))
+            taken.add(name)
+            busy |= comps
+            break
+    return out
+
+
+def _job_id(job: Job) -> int:
+    return job.id

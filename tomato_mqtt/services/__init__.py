@@ -1,0 +1,1 @@
+"""The services: a Service base, and the scheduler, node, recorder and supervisor."""

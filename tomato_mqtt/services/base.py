@@ -1,0 +1,257 @@
+"""What every service shares: one lifecycle, presence, spawned tasks, signals, logging.
+
+A :class:`Service` follows uvicorn's split: the constructor only stores configuration;
+:meth:`Service.run` does the work, in this order:
+
+1. :meth:`~Service.setup` opens local state (stores, spools) before the broker is reached;
+2. the client connects with a last will (the small ``lost`` presence message);
+3. :meth:`~Service.started` subscribes and announces retained state;
+4. the message loop, the heartbeat and the subclass's :meth:`~Service.loops` run until
+   :meth:`~Service.request_stop` is called or one of them fails;
+5. shutdown: ``stopping`` is published, :meth:`~Service.drain` finishes in-flight work,
+   every spawned task is cancelled *and awaited*, ``offline`` is published, the client
+   disconnects and :meth:`~Service.teardown` closes local state.
+
+:meth:`Service.run_sync` wraps it for a foreground process: the first SIGINT/SIGTERM
+drains gracefully, a second one exits at once.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from tomato_mqtt.config.url import BrokerURL
+from tomato_mqtt.transport.client import AsyncClient, Message, Will
+from tomato_mqtt.wire.messages import PresenceState, encode
+from tomato_mqtt.wire.topics import Topics
+
+__all__ = ["Service", "install_signal_handlers", "run_until_stopped", "setup_logging"]
+
+log = logging.getLogger(__name__)
+
+
+async def run_until_stopped(stop: asyncio.Event, *coros: Coroutine[Any, Any, Any]) -> None:
+    """Run ``coros`` as tasks until ``stop`` is set or one of them fails.
+
+    A failing loop is re-raised after the others are cancelled and awaited, so a service
+    never keeps running half-dead. (A hand-made TaskGroup: Python 3.10 has none.)
+    """
+    tasks = [asyncio.ensure_future(c) for c in coros]
+    stopper = asyncio.ensure_future(stop.wait())
+    try:
+        done, _ = await asyncio.wait([*tasks, stopper], return_when=asyncio.FIRST_COMPLETED)
+        for t in done:
+            if t is not stopper and not t.cancelled() and t.exception() is not None:
+                raise t.exception()  # type: ignore[misc]
+    finally:
+        await cancel_and_wait([*tasks, stopper])
+
+
+async def cancel_and_wait(tasks: list[asyncio.Future[Any]] | set[asyncio.Task[Any]]) -> None:
+    """Cancel ``tasks`` and wait until each has really ended (none is left pending)."""
+    pending = list(tasks)
+    for t in pending:
+        t.cancel()
+    for t in pending:
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await t
+
+
+def install_signal_handlers(stop: asyncio.Event) -> None:
+    """First SIGINT/SIGTERM drains gracefully; a second one exits at once."""
+    loop = asyncio.get_running_loop()
+
+    def on_signal() -> None:
+        if stop.is_set():
+            sys.exit(1)
+        stop.set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, on_signal)
+
+
+def setup_logging(name: str, logdir: Path | None, verbosity: int = 0) -> None:
+    level = logging.DEBUG if verbosity > 0 else logging.INFO
+    handlers: list[logging.Handler] = [logging.StreamHandler()]
+    if logdir is not None:
+        logdir.mkdir(parents=True, exist_ok=True)
+        handlers = [logging.FileHandler(logdir / f"{name}.log")]
+    logging.basicConfig(
+        level=level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        handlers=handlers,
+        force=True,
+    )
+
+
+class Service(abc.ABC):
+    """Base of the scheduler, node and recorder (see the module docstring)."""
+
+    #: how long :meth:`run` keeps trying to reach the broker at start
+    connect_timeout: float = 30.0
+
+    def __init__(self, url: BrokerURL, topics: Topics, *, heartbeat: float = 2.0) -> None:
+        self.url = url
+        self.topics = topics
+        self.heartbeat = heartbeat
+        self.client: AsyncClient | None = None
+        self._stop = asyncio.Event()
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    # -- what a service says about itself ---------------------------------------------------
+    @property
+    @abc.abstractmethod
+    def client_id(self) -> str:
+        """The MQTT client id (unique per process)."""
+
+    @property
+    @abc.abstractmethod
+    def status_topic(self) -> str:
+        """The retained presence topic of this service."""
+
+    @abc.abstractmethod
+    def presence(self, state: PresenceState) -> BaseModel:
+        """The presence message for ``state`` (``lost`` is the last will: keep it small)."""
+
+    # -- hooks (all optional) ---------------------------------------------------------------
+    async def setup(self) -> None:  # noqa: B027 - optional hook
+        """Open local state before the broker is reached."""
+
+    async def started(self) -> None:  # noqa: B027 - optional hook
+        """Connected: subscribe and announce."""
+
+    def loops(self) -> list[Coroutine[Any, Any, Any]]:
+        """Long-running loops besides the message loop and the heartbeat."""
+        return []
+
+    async def on_message(self, msg: Message) -> None:  # noqa: B027 - optional hook
+        """One message of the stream (subscriptions without a handler)."""
+
+    async def on_connect(self) -> None:
+        """Every (re)connect: the broker may have lost every retained message."""
+        await self.publish_presence("online")
+
+    async def on_heartbeat(self) -> None:  # noqa: B027 - optional hook
+        """Called every ``heartbeat`` seconds after presence was refreshed."""
+
+    async def drain(self) -> None:  # noqa: B027 - optional hook
+        """Finish in-flight work before the spawned tasks are cancelled."""
+
+    async def teardown(self) -> None:  # noqa: B027 - optional hook
+        """Close local state; runs last, also when the start failed."""
+
+    # -- lifecycle --------------------------------------------------------------------------
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    def request_stop(self) -> None:
+        """Ask :meth:`run` to shut down in order; returns at once."""
+        self._stop.set()
+
+    async def wait_stopped(self, timeout: float | None = None) -> bool:
+        """True once a stop was requested (within ``timeout``)."""
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._stop.wait(), timeout)
+        return self._stop.is_set()
+
+    async def run(self) -> None:
+        try:
+            await self.setup()
+            self.client = AsyncClient(
+                self.url,
+                client_id=self.client_id,
+                will=Will(self.status_topic, encode(self.presence("lost"))),
+                on_connect=self.on_connect,
+            )
+            await self.connect()
+            if self.stopping:
+                return
+            await self.started()
+            await run_until_stopped(
+                self._stop, self._message_loop(), self._heartbeat_loop(), *self.loops()
+            )
+        finally:
+            await self._shutdown()
+
+    async def connect(self) -> None:
+        if self.client is not None:
+            await self.client.connect(timeout=self.connect_timeout, retry=True)
+
+    async def _shutdown(self) -> None:
+        connected = self.client is not None and self.client.is_connected
+        if connected:
+            with contextlib.suppress(Exception):
+                await self.publish_presence("stopping", timeout=2)
+        try:
+            await self.drain()
+        except Exception:
+            log.exception("%s: draining failed", self.client_id)
+        await cancel_and_wait(set(self._tasks))
+        if self.client is not None:
+            if self.client.is_connected:
+                with contextlib.suppress(Exception):
+                    await self.publish_presence("offline", timeout=2)
+            await self.client.disconnect()
+        await self.teardown()
+
+    def run_sync(self) -> None:
+        """Run in the foreground until a signal (first drains, second forces)."""
+
+        async def main() -> None:
+            install_signal_handlers(self._stop)
+            await self.run()
+
+        asyncio.run(main())
+
+    # -- helpers ----------------------------------------------------------------------------
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        """Run ``coro`` as a task that shutdown cancels and awaits; failures are logged."""
+        t: asyncio.Task[Any] = asyncio.ensure_future(coro)
+        self._tasks.add(t)
+        t.add_done_callback(self._task_done)
+        return t
+
+    def _task_done(self, t: asyncio.Task[Any]) -> None:
+        self._tasks.discard(t)
+        if not t.cancelled() and t.exception() is not None:
+            log.error("%s: task failed", self.client_id, exc_info=t.exception())
+
+    async def publish_presence(self, state: PresenceState, timeout: float | None = None) -> None:
+        if self.client is None:
+            return
+        payload = encode(self.presence(state))
+        if timeout is None:
+            await self.client.publish(self.status_topic, payload, retain=True, wait=False)
+        else:
+            await self.client.publish(self.status_topic, payload, retain=True, timeout=timeout)
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.heartbeat)
+            if self.client is not None and self.client.is_connected:
+                try:
+                    await self.publish_presence("online")
+                except Exception as e:
+                    log.debug("%s: heartbeat failed: %s", self.client_id, e)
+            await self.on_heartbeat()
+
+    async def _message_loop(self) -> None:
+        if self.client is None:
+            return
+        async for msg in self.client.messages():
+            try:
+                await self.on_message(msg)
+            except Exception:  # one bad message must never stop a service
+                log.exception("%s: handling a message on %s failed", self.client_id, msg.topic)

@@ -1,0 +1,188 @@
+"""The node's data path: measured points -> numbered, spooled batches -> the broker.
+
+Rules (DESIGN.md §4, issue 9):
+
+- **A point belongs to the task it was taken in.** The runner stamps each point with
+  its task (:attr:`~tomato_mqtt.driver.runner.Point.task`) when it takes it; a flush
+  splits the drained points into one batch per task (``job``/``task`` from that stamp),
+  so the job of a point is never inferred at flush time, idle points never carry a job
+  and a task's last points never lose theirs.
+- **Identity never repeats.** Each component's batches form a *stream* with a random
+  id drawn at every (re-)registration (:func:`new_stream`); ``seq`` counts from 0 in
+  it. A reload that removes and adds a component back, or a node restart, starts a new
+  stream, so ``(component, stream, seq)`` is unique for the life of the recorder.
+- **Durable before published.** A batch goes to the spool before it is published and
+  stays there until the recorder acknowledges it; at start the node replays what an
+  earlier run (or a crash) left unacknowledged.
+- **A task's end is announced after its last batch.** The component status with
+  ``last_task`` (points taken, deadlines missed, stream and last seq) is published
+  only after every point of the task is spooled and published.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+from typing import TYPE_CHECKING
+
+from tomato_mqtt.driver import TaskEnd
+from tomato_mqtt.driver.runner import Point
+from tomato_mqtt.services.node.hosted import HostedComponent, points_to_columns
+from tomato_mqtt.wire.messages import DataBatch, LastPoint, encode
+
+if TYPE_CHECKING:
+    from tomato_mqtt.services.node.service import NodeService
+
+__all__ = ["DataPath", "new_stream", "split_by_task"]
+
+log = logging.getLogger(__name__)
+
+
+def new_stream(epoch: int) -> str:
+    """A fresh stream id: the node's epoch (for the humans) and 64 random bits."""
+    return f"{epoch:x}-{secrets.token_hex(8)}"
+
+
+TaskKey = tuple[int | None, int | None]
+
+
+def split_by_task(points: list[Point]) -> list[tuple[TaskKey, list[Point]]]:
+    """Consecutive runs of points taken in the same task (``(None, None)``: idle)."""
+    out: list[tuple[TaskKey, list[Point]]] = []
+    for p in points:
+        key: TaskKey = (p.task.job, p.task.index) if p.task is not None else (None, None)
+        if out and out[-1][0] == key:
+            out[-1][1].append(p)
+        else:
+            out.append((key, [p]))
+    return out
+
+
+class DataPath:
+    """Flushes, task ends, replays and acknowledgements of one node's components."""
+
+    def __init__(self, node: NodeService) -> None:
+        self.node = node
+        self.flush_now = asyncio.Event()
+
+    async def loop(self) -> None:
+        while True:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self.flush_now.wait(), self.node.config.batch_interval)
+            self.flush_now.clear()
+            await self.flush_all()
+
+    async def flush_all(self) -> None:
+        for hc in list(self.node.components.values()):
+            await self.flush(hc)
+
+    async def flush(self, hc: HostedComponent) -> None:
+        """Publish the component's new points, one batch per task (spooled first)."""
+        node = self.node
+        spool = node.spool
+        if hc.runner is None or spool is None:
+            return
+        points, units = hc.runner.drain()
+        if not points:
+            return
+        out: list[tuple[bytes, DataBatch]] = []
+        # no await until every batch is numbered and spooled: concurrent flushes (the
+        # loop, a task end, a measure) never interleave their seqs
+        for (job, task), group in split_by_task(points):
+            uts, cols = points_to_columns(group)
+            hc.seq += 1
+            batch = DataBatch(
+                component=hc.name,
+                job=job,
+                task=task,
+                epoch=node.epoch,
+                stream=hc.stream,
+                seq=hc.seq,
+                uts=uts,
+                vars=cols,
+                units=units,
+            )
+            raw = encode(batch)
+            dropped = spool.put(hc.name, hc.stream, hc.seq, node.epoch, raw)
+            if dropped:
+                log.warning(
+                    "node %s: spool full (%d MiB): dropped %d unacknowledged batch(es); "
+                    "is the recorder running?",
+                    node.name,
+                    node.config.spool_max_bytes // 2**20,
+                    dropped,
+                )
+            out.append((raw, batch))
+        client = node.client
+        if client is None:
+            return
+        topic = node.topics.component_data(hc.name)
+        for raw, _ in out:
+            await client.publish(topic, raw, wait=False)
+        last = out[-1][1]
+        lp = LastPoint(
+            component=hc.name,
+            uts=last.uts[-1],
+            values={k: v[-1] for k, v in last.vars.items()},
+            units=units,
+            job=last.job,
+            task=last.task,
+        )
+        await client.publish(
+            node.topics.component_last(hc.name), encode(lp), retain=True, wait=False
+        )
+
+    async def task_ended(self, name: str, end: TaskEnd) -> None:
+        node = self.node
+        hc = node.components.get(name)
+        if hc is None:
+            return
+        await self.flush(hc)  # every point of the task is in a batch before its end is told
+        hc.last_task = {
+            "job": end.task.job,
+            "task": end.task.index,
+            "task_name": end.task.task_name,
+            "reason": end.reason,
+            "message": end.message,
+            "t_start": end.t_start,
+            "t_end": end.t_end,
+            "npoints": end.npoints,
+            "missed": end.missed,
+            "epoch": node.epoch,
+            "stream": hc.stream,
+            "last_seq": hc.seq,
+        }
+        if end.reason == "error":
+            hc.error = end.message
+        await node.publish_status(hc)
+
+    async def replay(self, component: str, stream: str, first: int, last: int) -> int:
+        """Publish the spooled batches ``first..last`` of a stream again; how many."""
+        node = self.node
+        if node.spool is None or node.client is None:
+            return 0
+        rows = node.spool.get(component, stream, first, last)
+        topic = node.topics.component_data(component)
+        for _seq, raw in rows:
+            await node.client.publish(topic, raw, wait=False)
+        return len(rows)
+
+    async def replay_pending(self) -> None:
+        """Batches of earlier runs (or streams) that the recorder never acknowledged."""
+        node = self.node
+        if node.spool is None:
+            return
+        current = {hc.stream for hc in node.components.values()}
+        for (component, stream), (first, last) in node.spool.pending().items():
+            if stream in current:
+                continue
+            n = await self.replay(component, stream, first, last)
+            log.info(
+                "node %s: replayed %d unacknowledged batch(es) of %s stream %s",
+                node.name,
+                n,
+                component,
+                stream,
+            )

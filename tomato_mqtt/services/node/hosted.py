@@ -1,0 +1,148 @@
+"""One component hosted on a driver node: its driver device, runner, meta and status.
+
+Pure bookkeeping plus calls into driver code; no MQTT here. Blocking driver calls are
+made by the node through ``asyncio.to_thread``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from tomato_mqtt.driver import ComponentRunner, ModelDevice, ModelInterface, TaskEnd, TaskSpec
+from tomato_mqtt.driver.runner import Point
+from tomato_mqtt.driver.validate import to_jsonable
+from tomato_mqtt.wire.messages import ComponentMeta, ComponentState, ComponentStatus, NodeComponent
+
+__all__ = ["HostedComponent", "points_to_columns"]
+
+
+@dataclass
+class HostedComponent:
+    config: NodeComponent
+    node: str
+    device: ModelDevice | None = None
+    runner: ComponentRunner | None = None
+    error: str | None = None
+    retries: int = 0
+    job: int | None = None
+    task: int | None = None
+    task_name: str | None = None
+    technique: str | None = None
+    started_at: float | None = None
+    last_task: dict[str, Any] | None = None
+    stream: str = ""  # the current data stream (new at each registration; see datapath)
+    seq: int = -1
+    closed: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.config.address, self.config.channel)
+
+    def register(
+        self,
+        driver: ModelInterface,
+        on_task_end: Callable[[TaskEnd], None],
+        on_error: Callable[[str], None],
+        on_buffer_full: Callable[[], None],
+        max_buffer: int,
+    ) -> None:
+        """Create the device (blocking driver code); RuntimeError means 'retry later'."""
+        self.device = driver.DeviceFactory(self.key)
+        self.runner = ComponentRunner(
+            self.device,
+            on_task_end=on_task_end,
+            on_error=on_error,
+            on_buffer_full=on_buffer_full,
+            max_buffer=max_buffer,
+        )
+        self.error = None
+        self.retries = 0
+
+    @property
+    def state(self) -> ComponentState:
+        if self.runner is None:
+            return "error" if self.error else "unregistered"
+        if self.runner.running:
+            return "running"
+        return "error" if self.error else "idle"
+
+    def meta(self) -> ComponentMeta:
+        c = self.config
+        attrs: dict[str, Any] = {}
+        caps: list[str] = []
+        consts: dict[str, Any] = {}
+        if self.device is not None:
+            attrs = {k: a.spec() for k, a in self.device.attrs().items()}
+            caps = sorted(self.device.capabilities())
+            consts = {k: to_jsonable(v) for k, v in self.device.constants.items()}
+        return ComponentMeta(
+            name=c.name,
+            device=c.device,
+            driver=c.driver,
+            address=c.address,
+            channel=c.channel,
+            node=self.node,
+            registered=self.device is not None,
+            error=self.error,
+            attrs=attrs,
+            capabilities=caps,
+            constants=consts,
+        )
+
+    def status(self, epoch: int) -> ComponentStatus:
+        attrs: dict[str, Any] = {}
+        if self.device is not None:
+            try:
+                attrs = {k: to_jsonable(v) for k, v in self.device.status().items()}
+            except Exception as e:  # a driver bug must not stop status reporting
+                attrs = {}
+                self.error = self.error or f"status() failed: {e}"
+        running = self.state == "running"
+        return ComponentStatus(
+            name=self.name,
+            node=self.node,
+            state=self.state,
+            time=time.time(),
+            job=self.job if running else None,
+            task=self.task if running else None,
+            task_name=self.task_name if running else None,
+            technique=self.technique if running else None,
+            started_at=self.started_at if running else None,
+            attrs=attrs,
+            error=self.error,
+            epoch=epoch,
+            stream=self.stream,
+            seq=self.seq,
+            last_task=self.last_task,
+        )
+
+    def begin(self, task: TaskSpec) -> None:
+        self.job = task.job
+        self.task = task.index
+        self.task_name = task.task_name
+        self.technique = task.technique_name
+        self.started_at = time.time()
+        self.error = None
+
+
+def points_to_columns(
+    points: list[Point],
+) -> tuple[list[float], dict[str, list[float | int | bool | str | None]]]:
+    """Turn points into the columns of a data batch (missing values become null)."""
+    uts = [p.uts for p in points]
+    names: dict[str, None] = {}
+    for p in points:
+        for k in p.values:
+            names.setdefault(k, None)
+    cols: dict[str, list[float | int | bool | str | None]] = {
+        k: [p.values.get(k) for p in points] for k in names
+    }
+    return uts, cols

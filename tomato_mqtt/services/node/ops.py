@@ -1,0 +1,203 @@
+"""The commands a node answers for each of its components (``component/<c>/cmd/<op>``).
+
+Each handler takes the hosted component and the request's args and returns a
+:class:`Result`, or raises :class:`CommandError` with a message for the user. Blocking
+driver calls run in a worker thread; a component's task start is serialised by a lock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from pydantic import JsonValue
+
+from tomato_mqtt.driver import ComponentRunner, TaskSpec, TaskValidationError
+from tomato_mqtt.driver.validate import to_jsonable
+from tomato_mqtt.services.node.hosted import HostedComponent
+from tomato_mqtt.transport.rpc import CommandError, Result
+from tomato_mqtt.wire.messages import AckArgs, ReplayArgs, stream_id
+
+if TYPE_CHECKING:
+    from tomato_mqtt.services.node.service import NodeService
+
+__all__ = ["ComponentOps"]
+
+
+class ComponentOps:
+    def __init__(self, node: NodeService) -> None:
+        self.node = node
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    def table(self) -> dict[str, Any]:
+        return {
+            "task_start": self.op_task_start,
+            "task_stop": self.op_task_stop,
+            "set_attr": self.op_set_attr,
+            "get_attr": self.op_get_attr,
+            "measure": self.op_measure,
+            "reset": self.op_reset,
+            "register": self.op_register,
+            "status": self.op_status,
+            "replay": self.op_replay,
+            "ack": self.op_ack,
+        }
+
+    def lock(self, hc: HostedComponent) -> asyncio.Lock:
+        return self._locks.setdefault(hc.name, asyncio.Lock())
+
+    def runner(self, hc: HostedComponent) -> ComponentRunner:
+        if hc.runner is None:
+            why = f": {hc.error}" if hc.error else ""
+            raise CommandError(f"component {hc.name} is not registered{why}")
+        return hc.runner
+
+    async def op_task_start(self, hc: HostedComponent, args: Mapping[str, JsonValue]) -> Result:
+        task = TaskSpec.model_validate(args.get("task"))
+        async with self.lock(hc):
+            runner = self.runner(hc)
+            if runner.running:
+                raise CommandError(f"component {hc.name} is busy with job {hc.job} task {hc.task}")
+            await self.node.data.flush(hc)  # leftovers (idle points) go out under their own tags
+            try:
+                await asyncio.to_thread(runner.start_task, task)
+            except TaskValidationError as e:
+                raise CommandError(f"task rejected by {hc.name}: {e}") from None
+            except Exception as e:
+                raise CommandError(f"task could not start on {hc.name}: {e}") from None
+            hc.begin(task)
+        await self.node.publish_status(hc)
+        return Result(
+            f"task {task.index} of job {task.job} started on {hc.name}",
+            {"started_at": hc.started_at, "epoch": self.node.epoch},
+        )
+
+    async def op_task_stop(self, hc: HostedComponent, args: Mapping[str, JsonValue]) -> Result:
+        runner = self.runner(hc)
+        job = args.get("job")
+        if not runner.running:
+            return Result(f"component {hc.name} has no running task", {"running": False})
+        if job is not None and hc.job != job:
+            raise CommandError(f"component {hc.name} runs job {hc.job}, not job {job}")
+        runner.stop_task(str(args.get("reason") or "stopped"))
+        return Result(f"task stopped on {hc.name}", {"running": True})
+
+    def _refuse_while_running(
+        self, hc: HostedComponent, what: str, args: Mapping[str, Any]
+    ) -> None:
+        if self.runner(hc).running and not args.get("force"):
+            raise CommandError(
+                f"cannot {what} {hc.name}: a task of job {hc.job} is running (use --force)"
+            )
+
+    async def op_set_attr(self, hc: HostedComponent, args: Mapping[str, JsonValue]) -> Result:
+        attr = str(args.get("attr"))
+        if "val" not in args:
+            raise CommandError("set_attr needs 'attr' and 'val'")
+        self._refuse_while_running(hc, f"set {attr!r} on", args)
+        dev = hc.device
+        if dev is None:
+            why = f": {hc.error}" if hc.error else ""
+            raise CommandError(f"component {hc.name} is not registered{why}")
+        try:
+            val = await asyncio.to_thread(dev.set_attr, attr, args["val"])
+        except (ValueError, TypeError, AttributeError, KeyError) as e:
+            raise CommandError(f"cannot set {attr!r} on {hc.name}: {e}") from None
+        except Exception as e:
+            raise CommandError(f"driver error setting {attr!r} on {hc.name}: {e}") from None
+        await self.node.publish_status(hc)
+        jv = to_jsonable(val)
+        return Result(f"{attr} of {hc.name} set to {jv}", {attr: jv})
+
+    async def op_get_attr(self, hc: HostedComponent, args: Mapping[str, JsonValue]) -> Result:
+        dev = hc.device
+        if dev is None:
+            why = f": {hc.error}" if hc.error else ""
+            raise CommandError(f"component {hc.name} is not registered{why}")
+        raw = args.get("attrs") or ([args["attr"]] if "attr" in args else [])
+        names = [str(a) for a in raw] if isinstance(raw, list) else [str(raw)]
+        if not names:
+            names = list(dev.attrs())
+        known = dev.attrs()
+        out: dict[str, JsonValue] = {}
+        for a in names:
+            if a not in known:
+                raise CommandError(
+                    f"unknown attr {a!r} on {hc.name} (known: {', '.join(sorted(known))})"
+                )
+            try:
+                out[a] = to_jsonable(await asyncio.to_thread(dev.get_attr, a))
+            except Exception as e:
+                raise CommandError(f"driver error reading {a!r} on {hc.name}: {e}") from None
+        return Result(", ".join(f"{k}={v}" for k, v in out.items()), out)
+
+    async def op_measure(self, hc: HostedComponent, args: Mapping[str, JsonValue]) -> Result:
+        runner = self.runner(hc)
+        try:
+            point = await asyncio.to_thread(runner.measure)
+        except RuntimeError as e:
+            raise CommandError(str(e)) from None
+        await self.node.data.flush(hc)
+        if point is None:
+            return Result(f"{hc.name} returned no data")
+        values: dict[str, JsonValue] = dict(point.values)
+        return Result(f"measured on {hc.name}", {"uts": point.uts, "values": values})
+
+    async def op_reset(self, hc: HostedComponent, args: Mapping[str, JsonValue]) -> Result:
+        runner = self.runner(hc)
+        if runner.running:
+            if not args.get("force"):
+                raise CommandError(
+                    f"cannot reset {hc.name}: a task of job {hc.job} is running (use --force)"
+                )
+            runner.stop_task("reset")
+        try:
+            await asyncio.to_thread(runner.reset)
+        except Exception as e:
+            raise CommandError(f"reset of {hc.name} failed: {e}") from None
+        hc.error = None
+        await self.node.publish_status(hc)
+        return Result(f"component {hc.name} reset")
+
+    async def op_register(self, hc: HostedComponent, args: Mapping[str, JsonValue]) -> Result:
+        if hc.runner is not None and hc.runner.running:
+            raise CommandError(f"cannot re-register {hc.name} while a task runs")
+        if hc.runner is not None:
+            await self.node.data.flush(hc)  # idle points of the old stream go out first
+            hc.runner.close()
+        hc.runner = None
+        hc.device = None
+        try:
+            await self.node.register(hc)
+        except Exception as e:
+            hc.error = f"registration failed: {e}"
+            await self.node.publish_status(hc)
+            raise CommandError(f"registration of {hc.name} failed: {e}") from None
+        return Result(f"component {hc.name} registered")
+
+    async def op_status(self, hc: HostedComponent, args: Mapping[str, JsonValue]) -> Result:
+        st = hc.status(self.node.epoch)
+        return Result(f"{hc.name} is {st.state}", st.model_dump(mode="json", by_alias=True))
+
+    async def op_replay(self, hc: HostedComponent, args: Mapping[str, JsonValue]) -> Result:
+        ra = ReplayArgs.model_validate(args)
+        if self.node.spool is None or self.node.client is None:
+            raise CommandError("spool not open")
+        n = await self.node.data.replay(
+            hc.name, self._stream(hc, ra.stream, ra.epoch), ra.first, ra.last
+        )
+        return Result(f"replayed {n} batch(es) of {hc.name}", {"replayed": n})
+
+    async def op_ack(self, hc: HostedComponent, args: Mapping[str, JsonValue]) -> Result:
+        aa = AckArgs.model_validate(args)
+        spool = self.node.spool
+        n = spool.ack(hc.name, self._stream(hc, aa.stream, aa.epoch), aa.upto) if spool else 0
+        return Result(f"{n} batch(es) acknowledged", {"acked": n})
+
+    def _stream(self, hc: HostedComponent, stream: str, epoch: int) -> str:
+        """The stream a replay/ack means; an older requester names only the epoch: the
+        component's current stream if it is this node's epoch."""
+        if not stream and epoch == self.node.epoch and hc.stream:
+            return hc.stream
+        return stream_id(stream, epoch)

@@ -1,0 +1,398 @@
+"""The driver node: hosts components on an instrument PC and runs their tasks.
+
+It announces itself (retained status, last will, heartbeat), takes its component list
+from the scheduler (``node/<n>/cmd/configure``), registers each component with its
+driver (retrying with back-off when the instrument is not there yet), answers component
+commands, and publishes measured points in numbered batches. Every batch is written to
+the local spool before it is published and stays there until the recorder acknowledges
+it, so a broker restart or a network cut loses nothing.
+
+Imports no amqtt, xarray or netCDF4.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import os
+import socket
+import time
+from collections.abc import Coroutine, Mapping
+from pathlib import Path
+from typing import Any
+
+from pydantic import JsonValue
+
+from tomato_mqtt import __version__
+from tomato_mqtt.driver import ModelInterface, TaskEnd
+from tomato_mqtt.driver.discovery import DriverNotFound, available_drivers, load_driver
+from tomato_mqtt.services.base import Service
+from tomato_mqtt.services.node.datapath import DataPath, new_stream
+from tomato_mqtt.services.node.hosted import HostedComponent
+from tomato_mqtt.services.node.ops import ComponentOps
+from tomato_mqtt.services.node.spool import Spool
+from tomato_mqtt.transport.client import BrokerURL, Message
+from tomato_mqtt.transport.rpc import CommandError, Handler, Responder, Result
+from tomato_mqtt.wire.commands import ShutdownArgs
+from tomato_mqtt.wire.messages import (
+    DriverInfo,
+    NodeConfigure,
+    NodeStatus,
+    PresenceState,
+    encode,
+)
+from tomato_mqtt.wire.topics import Topics, slug
+
+__all__ = ["NodeConfig", "NodeService"]
+
+log = logging.getLogger(__name__)
+
+
+class NodeConfig:
+    """What a node needs to start: who it is, where the broker is, where to spool."""
+
+    def __init__(
+        self,
+        name: str,
+        url: BrokerURL,
+        instance: str,
+        spool_dir: Path,
+        *,
+        heartbeat: float = 2.0,
+        batch_interval: float = 0.5,
+        batch_max_points: int = 2000,
+        spool_max_bytes: int = 512 * 2**20,
+        driver_settings: Mapping[str, Mapping[str, Any]] | None = None,
+    ) -> None:
+        self.name = name
+        self.url = url
+        self.instance = instance
+        self.spool_dir = spool_dir
+        self.heartbeat = heartbeat
+        self.batch_interval = batch_interval
+        self.batch_max_points = batch_max_points
+        self.spool_max_bytes = spool_max_bytes
+        self.driver_settings = {k: dict(v) for k, v in (driver_settings or {}).items()}
+
+
+def _load_units() -> None:
+    """Load pint's unit registry once, before any driver is registered.
+
+    pint fills its application registry lazily and not thread-safely: drivers registered
+    in parallel worker threads would otherwise race on it ("'second' is not defined").
+    """
+    import pint
+
+    pint.get_application_registry().Quantity(1, "s")  # type: ignore[no-untyped-call]
+
+
+class NodeService(Service):
+    def __init__(self, config: NodeConfig) -> None:
+        super().__init__(
+            config.url, Topics(config.instance, config.url.username), heartbeat=config.heartbeat
+        )
+        self.config = config
+        self.name = config.name
+        self.data = DataPath(self)
+        self.ops = ComponentOps(self)
+        self.components: dict[str, HostedComponent] = {}
+        self._by_slug: dict[str, str] = {}
+        self.drivers: dict[str, ModelInterface] = {}
+        self.driver_errors: dict[str, str] = {}
+        self.driver_settings = dict(config.driver_settings)
+        self.spool: Spool | None = None
+        self.epoch = 0
+        self._units_loaded: asyncio.Future[None] | None = None
+
+    @property
+    def client_id(self) -> str:
+        return f"node-{slug(self.name)}-{os.getpid()}"
+
+    @property
+    def status_topic(self) -> str:
+        return self.topics.node_status(self.name)
+
+    def presence(self, state: PresenceState) -> NodeStatus:
+        if state == "lost":
+            # the last will: small, and nothing in it goes stale while the node runs
+            return NodeStatus(
+                state="lost",
+                node=self.name,
+                epoch=self.epoch,
+                version=__version__,
+                host=socket.gethostname(),
+                pid=os.getpid(),
+            )
+        return self._status(state)
+
+    # -- lifecycle -----------------------------------------------------------------------
+    async def setup(self) -> None:
+        self.config.spool_dir.mkdir(parents=True, exist_ok=True)
+        self.spool = Spool(
+            self.config.spool_dir / f"{slug(self.name)}.sqlite",
+            max_bytes=self.config.spool_max_bytes,
+        )
+        self.epoch = self.spool.new_epoch()
+        # pint's registry takes ~0.5 s to load: do it while connecting, not at registration
+        self._units_loaded = asyncio.ensure_future(asyncio.to_thread(_load_units))
+        node_handlers: dict[str, Handler] = {
+            "configure": self._op_configure,
+            "rebirth": self._op_rebirth,
+            "shutdown": self._op_shutdown,
+        }
+        self._node_handlers = node_handlers
+
+    async def connect(self) -> None:
+        # the node may start before the broker (or lose it for long): keep trying until stopped
+        while not self.stopping and self.client is not None:
+            try:
+                await self.client.connect(timeout=3600 * 24 * 365, retry=True)
+                break
+            except Exception as e:
+                log.warning("node %s: %s", self.name, e)
+        log.info("node %s: connected to %s (epoch %d)", self.name, self.config.url, self.epoch)
+
+    async def started(self) -> None:
+        assert self.client is not None
+        self._node_responder = Responder(
+            self.client, self.topics, self._node_handlers, name=f"node {self.name}", kind="node"
+        )
+        self._cmp_responder = Responder(
+            self.client, self.topics, {}, name=f"node {self.name}", kind="component"
+        )
+        await self.client.subscribe(self.topics.node_cmds(self.name))
+        await self._announce()
+        # batches of an earlier epoch that the recorder never acknowledged
+        self.spawn(self.data.replay_pending())
+
+    def loops(self) -> list[Coroutine[Any, Any, Any]]:
+        return [self.data.loop()]
+
+    async def drain(self) -> None:
+        for hc in self.components.values():
+            if hc.runner is not None and hc.runner.running:
+                hc.runner.stop_task("node shutting down")
+        await self.data.flush_all()
+
+    async def teardown(self) -> None:
+        for hc in self.components.values():
+            if hc.runner is not None:
+                hc.runner.close()
+        if self._units_loaded is not None:
+            with contextlib.suppress(Exception):
+                await self._units_loaded
+        if self.spool is not None:
+            self.spool.close()
+
+    async def on_connect(self) -> None:
+        # the broker may have lost every retained message (amqtt keeps none across restarts)
+        await self._announce()
+
+    # -- presence ------------------------------------------------------------------------
+    def _status(self, state: str) -> NodeStatus:
+        drivers = {
+            name: DriverInfo(version=ver, loaded=name in self.drivers, error=None)
+            for name, ver in available_drivers().items()
+        }
+        for name, err in self.driver_errors.items():
+            drivers[name] = DriverInfo(loaded=False, error=err)
+        pending = 0
+        dropped = 0
+        if self.spool is not None:
+            pending = sum(last - first + 1 for first, last in self.spool.pending().values())
+            dropped = self.spool.dropped_total
+        return NodeStatus(
+            state=state,
+            node=self.name,
+            epoch=self.epoch,
+            heartbeat=time.time(),
+            version=__version__,
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            drivers=drivers,
+            components=sorted(self.components),
+            streams={n: hc.seq for n, hc in self.components.items()},
+            stream_ids={n: hc.stream for n, hc in self.components.items() if hc.stream},
+            spool_pending=pending,
+            spool_dropped=dropped,
+        )
+
+    async def _publish_node_status(self) -> None:
+        if self.client is None:
+            return
+        await self.client.publish(
+            self.topics.node_status(self.name), encode(self._status("online")), retain=True
+        )
+
+    async def _announce(self) -> None:
+        await self._publish_node_status()
+        for hc in list(self.components.values()):
+            await self._publish_meta(hc)
+            await self.publish_status(hc)
+
+    async def _publish_meta(self, hc: HostedComponent) -> None:
+        if self.client is not None:
+            await self.client.publish(
+                self.topics.component_meta(hc.name), encode(hc.meta()), retain=True, wait=False
+            )
+
+    async def publish_status(self, hc: HostedComponent) -> None:
+        if self.client is not None:
+            await self.client.publish(
+                self.topics.component_status(hc.name),
+                encode(hc.status(self.epoch)),
+                retain=True,
+                wait=False,
+            )
+
+    # -- messages ------------------------------------------------------------------------
+    async def on_message(self, msg: Message) -> None:
+        parsed = self.topics.parse(msg.topic)
+        if parsed is None or parsed.op is None:
+            return
+        if parsed.kind == "node_cmd":
+            self.spawn(self._node_responder.handle(msg, parsed.op))
+        elif parsed.kind == "component_cmd" and parsed.name is not None:
+            name = self._by_slug.get(parsed.name)
+            if name is not None:
+                self.spawn(self._component_request(name, msg, parsed.op))
+
+    async def _component_request(self, name: str, msg: Message, op: str) -> None:
+        hc = self.components.get(name)
+        if hc is None:
+            return
+        table: dict[str, Handler] = {
+            op_name: functools.partial(method, hc) for op_name, method in self.ops.table().items()
+        }
+        await self._cmp_responder.handle(msg, op, table)
+
+    # -- node operations -----------------------------------------------------------------
+    async def _op_configure(self, args: Mapping[str, JsonValue]) -> Result:
+        cfg = NodeConfigure.model_validate(args)
+        log.info("node %s: configured with %d component(s)", self.name, len(cfg.components))
+        for drv, settings in cfg.driver_settings.items():
+            self.driver_settings[drv] = dict(settings)
+        if cfg.batch_interval:
+            self.config.batch_interval = cfg.batch_interval
+        wanted = {c.name: c for c in cfg.components}
+        removed = [n for n in self.components if n not in wanted]
+        for n in removed:
+            await self._remove_component(n)
+        added = []
+        for n, c in wanted.items():
+            hc = self.components.get(n)
+            if hc is not None and hc.config == c:
+                continue
+            if hc is not None:
+                await self._remove_component(n)
+            self.components[n] = HostedComponent(config=c, node=self.name)
+            self._by_slug[slug(n)] = n
+            await self.client.subscribe(self.topics.component_cmds(n))  # type: ignore[union-attr]
+            added.append(n)
+        await self._publish_node_status()
+        for n in added:
+            self.spawn(self._register_loop(self.components[n]))
+        return Result(
+            f"node {self.name}: {len(added)} component(s) added, {len(removed)} removed",
+            {"added": list[JsonValue](added), "removed": list[JsonValue](removed)},
+        )
+
+    async def _remove_component(self, name: str) -> None:
+        hc = self.components.pop(name)
+        hc.closed = True
+        self._by_slug.pop(slug(name), None)
+        if hc.runner is not None:
+            hc.runner.stop_task("component removed")
+            await self.data.flush(hc)
+            hc.runner.close()
+        if self.client is not None:
+            with contextlib.suppress(Exception):
+                await self.client.unsubscribe(self.topics.component_cmds(name))
+            # clear the retained topics of a component that is gone
+            for t in (self.topics.component_meta(name), self.topics.component_status(name)):
+                await self.client.publish(t, b"", retain=True, wait=False)
+
+    async def _op_rebirth(self, args: Mapping[str, JsonValue]) -> Result:
+        await self._announce()
+        return Result(f"node {self.name} re-announced {len(self.components)} component(s)")
+
+    async def _op_shutdown(self, args: Mapping[str, JsonValue]) -> Result:
+        # destructive: only a well-formed request ({} or {"force": true|false}); the
+        # broker's ACL lets only an admin send it (docs/security.md)
+        a = ShutdownArgs.model_validate(args)
+        running = [n for n, hc in self.components.items() if hc.state == "running"]
+        if running and not a.force:
+            raise CommandError(
+                f"node {self.name} has running tasks on {', '.join(running)}", code="conflict"
+            )
+        log.warning("node %s: shutting down on request (force=%s)", self.name, a.force)
+        self.request_stop()
+        return Result(f"node {self.name} shutting down")
+
+    # -- registration --------------------------------------------------------------------
+    def _driver(self, name: str) -> ModelInterface:
+        drv = self.drivers.get(name)
+        if drv is None:
+            try:
+                cls = load_driver(name)
+            except DriverNotFound as e:
+                self.driver_errors[name] = str(e)
+                raise
+            drv = cls(self.driver_settings.get(name, {}))
+            self.drivers[name] = drv
+            self.driver_errors.pop(name, None)
+        return drv
+
+    async def _register_loop(self, hc: HostedComponent) -> None:
+        delay = 1.0
+        while not hc.closed and not self.stopping:
+            try:
+                await self.register(hc)
+                return
+            except DriverNotFound as e:
+                hc.error = str(e)
+                await self._publish_node_status()
+                await self._publish_meta(hc)
+                await self.publish_status(hc)
+                return  # nothing to retry until the driver is installed and the node restarted
+            except Exception as e:
+                hc.retries += 1
+                hc.error = (
+                    f"registration failed (attempt {hc.retries}, retrying in {delay:g} s): {e}"
+                )
+                log.warning("node %s: %s: %s", self.name, hc.name, hc.error)
+                await self._publish_meta(hc)
+                await self.publish_status(hc)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), delay)
+            delay = min(delay * 2, 30.0)
+
+    async def register(self, hc: HostedComponent) -> None:
+        if self._units_loaded is not None:
+            await asyncio.shield(self._units_loaded)
+        drv = self._driver(hc.config.driver)
+        loop = asyncio.get_running_loop()
+        name = hc.name
+
+        def on_task_end(end: TaskEnd) -> None:
+            loop.call_soon_threadsafe(lambda: self.spawn(self.data.task_ended(name, end)))
+
+        def on_error(msg: str) -> None:
+            log.warning("node %s: component %s: %s", self.name, name, msg)
+
+        def on_full() -> None:
+            loop.call_soon_threadsafe(self.data.flush_now.set)
+
+        await asyncio.to_thread(
+            hc.register, drv, on_task_end, on_error, on_full, self.config.batch_max_points
+        )
+        # a new stream for every registration: a component reloaded, re-registered or
+        # renamed back never reuses a (component, stream, seq) the recorder holds
+        hc.stream = new_stream(self.epoch)
+        hc.seq = -1
+        log.info("node %s: registered %s", self.name, name)
+        await self._publish_meta(hc)
+        await self.publish_status(hc)
+        await self._publish_node_status()  # its drivers are loaded now: say so at once

@@ -1,0 +1,131 @@
+"""The node's crash-safe spool: every data batch until the recorder says it is stored.
+
+A batch is written here *before* it is published, so a node killed or cut off from the
+broker loses nothing it measured: on restart (or on a replay request) the batches are
+sent again, and the recorder drops the duplicates by ``(component, stream, seq)``.
+
+sqlite in WAL mode with ``synchronous=NORMAL``: a committed batch survives a crash of
+the process (not of the operating system, which is the trade-off that keeps a commit
+in the tens of microseconds). Retention is bounded by ``max_bytes``: when full, the
+oldest unacknowledged batches are dropped and counted, and the node warns.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from pathlib import Path
+
+__all__ = ["Spool"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS spooled (
+    component TEXT NOT NULL,
+    stream TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    epoch INTEGER NOT NULL,
+    raw BLOB NOT NULL,
+    PRIMARY KEY (component, stream, seq)
+);
+"""
+
+# a spool of a version that keyed batches by (component, epoch, seq): its streams are
+# e<epoch>, as the recorder names the streams of batches without a stream id
+_MIGRATE = """
+INSERT OR IGNORE INTO spooled (component, stream, seq, epoch, raw)
+    SELECT component, 'e' || epoch, seq, epoch, raw FROM batches;
+DROP TABLE batches;
+"""
+
+
+class Spool:
+    """Unacknowledged data batches of one node, keyed by ``(component, stream, seq)``."""
+
+    def __init__(self, path: Path, max_bytes: int = 256 * 2**20) -> None:
+        self.path = Path(path)
+        self.max_bytes = max_bytes
+        self.dropped_total = 0
+        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(_SCHEMA)
+        old = self._db.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'batches'"
+        ).fetchone()
+        if old:
+            self._db.executescript("BEGIN;" + _MIGRATE + "COMMIT;")
+        row = self._db.execute("SELECT COALESCE(SUM(LENGTH(raw)), 0) FROM spooled").fetchone()
+        self._bytes = int(row[0])
+
+    def close(self) -> None:
+        self._db.close()
+
+    def new_epoch(self) -> int:
+        """A number never used before by this spool (and, being time-based, by a lost one)."""
+        row = self._db.execute("SELECT value FROM meta WHERE key = 'epoch'").fetchone()
+        last = int(row[0]) if row else 0
+        epoch = max(last + 1, int(time.time()))
+        self._db.execute(
+            "INSERT INTO meta (key, value) VALUES ('epoch', ?) "
+            "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            (epoch,),
+        )
+        return epoch
+
+    def put(self, component: str, stream: str, seq: int, epoch: int, raw: bytes) -> int:
+        """Store one batch; returns how many old batches had to be dropped to make room."""
+        self._db.execute(
+            "INSERT OR REPLACE INTO spooled (component, stream, seq, epoch, raw) "
+            "VALUES (?, ?, ?, ?, ?)",
+            (component, stream, seq, epoch, raw),
+        )
+        self._bytes += len(raw)
+        dropped = 0
+        while self._bytes > self.max_bytes:
+            oldest = self._db.execute(
+                "SELECT rowid, LENGTH(raw) FROM spooled ORDER BY rowid LIMIT 1"
+            ).fetchone()
+            if oldest is None:
+                break
+            self._db.execute("DELETE FROM spooled WHERE rowid = ?", (oldest[0],))
+            self._bytes -= int(oldest[1])
+            dropped += 1
+        self.dropped_total += dropped
+        return dropped
+
+    def get(self, component: str, stream: str, first: int, last: int) -> list[tuple[int, bytes]]:
+        """The batches still held in ``first..last`` (inclusive), by seq."""
+        rows = self._db.execute(
+            "SELECT seq, raw FROM spooled WHERE component = ? AND stream = ? "
+            "AND seq BETWEEN ? AND ? ORDER BY seq",
+            (component, stream, first, last),
+        ).fetchall()
+        return [(int(s), bytes(r)) for s, r in rows]
+
+    def ack(self, component: str, stream: str, upto: int) -> int:
+        """Forget every batch up to ``upto`` (the recorder has stored them); how many."""
+        size = self._db.execute(
+            "SELECT COUNT(*), COALESCE(SUM(LENGTH(raw)), 0) FROM spooled "
+            "WHERE component = ? AND stream = ? AND seq <= ?",
+            (component, stream, upto),
+        ).fetchone()
+        if not size[0]:
+            return 0
+        self._db.execute(
+            "DELETE FROM spooled WHERE component = ? AND stream = ? AND seq <= ?",
+            (component, stream, upto),
+        )
+        self._bytes -= int(size[1])
+        return int(size[0])
+
+    def pending(self) -> dict[tuple[str, str], tuple[int, int]]:
+        """``{(component, stream): (first, last)}`` of what is not yet acknowledged."""
+        rows = self._db.execute(
+            "SELECT component, stream, MIN(seq), MAX(seq) FROM spooled GROUP BY component, stream"
+        ).fetchall()
+        return {(str(c), str(st)): (int(a), int(b)) for c, st, a, b in rows}
+
+    @property
+    def size_bytes(self) -> int:
+        return self._bytes

@@ -1,0 +1,240 @@
+"""The recorder's files: the completeness check, the NetCDF writes, late merges, fetches.
+
+- **Completeness is counted per task.** The scheduler's ``finalize`` names, for every
+  task that ended with a known count, the points the runner took
+  (:class:`Expect`). The recorder waits (asking nodes to replay gaps) until the store
+  holds exactly that many points of that task, or the wait is over; the reply lists each
+  task that lacks points or has extra ones, with both counts.
+- **Late data is merged.** A final file's arguments are remembered (in memory and in
+  the store's ``finals``); a batch of that job stored later schedules a rewrite of the
+  same file (coalesced), a ``late_data_merged`` job event and a fresh recorder status,
+  whose ``merged`` count tells the scheduler to update the job.
+- **A path that cannot be written** gets the file in the job's fallback folder, and the
+  reply's message names that fallback file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import sqlite3
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from tomato_mqtt import __version__
+from tomato_mqtt.transport.rpc import CommandError
+from tomato_mqtt.wire.commands import Expect, FetchArgs, FinalizeArgs
+from tomato_mqtt.wire.messages import stream_id
+
+if TYPE_CHECKING:
+    from tomato_mqtt.services.recorder.service import RecorderService
+
+__all__ = ["CHUNK", "Expect", "FetchArgs", "Files", "FinalizeArgs", "count_problems"]
+
+log = logging.getLogger(__name__)
+
+CHUNK = 256 * 1024
+MERGE_DELAY = 0.5  # s: late batches of a replay arrive in a burst: one rewrite for all
+
+
+@dataclass
+class Written:
+    path: Path
+    size: int
+    created: float = field(default_factory=time.time)
+    owner: str | None = None  # the job's owner: only they (or an admin) may fetch it
+
+
+def count_problems(
+    expect: list[Expect], stored: dict[tuple[str, int | None], int]
+) -> tuple[list[str], list[str]]:
+    """(tasks lacking points, tasks with extra points), each described with both counts."""
+    missing: list[str] = []
+    extra: list[str] = []
+    for e in expect:
+        if e.npoints is None or e.task is None:
+            continue
+        got = stored.get((e.component, e.task), 0)
+        if got < e.npoints:
+            missing.append(f"task {e.task} on {e.component}: {got} of {e.npoints} points stored")
+        elif got > e.npoints:
+            extra.append(
+                f"task {e.task} on {e.component}: {got} points stored, "
+                f"but its runner took {e.npoints}"
+            )
+    return missing, extra
+
+
+class Files:
+    def __init__(self, svc: RecorderService) -> None:
+        self.svc = svc
+        self.tokens: dict[str, Written] = {}
+        self.finals: dict[int, dict[str, Any]] = {}  # job -> FinalizeArgs (+ "written")
+        self._merging: set[int] = set()
+        self._lock = asyncio.Lock()
+
+    # -- completeness ---------------------------------------------------------------------
+    async def wait_complete(self, job: int, expect: list[Expect], wait: float) -> list[str]:
+        """Wait until no task lacks points (asking for replays); the shortfalls left."""
+        store = self.svc.store
+        if store is None:
+            return []
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait
+        while True:
+            missing, _ = count_problems(expect, store.task_points(job))
+            if not missing or loop.time() >= deadline:
+                return missing
+            for e in expect:
+                if e.last_seq >= 0:
+                    self.svc.request_missing(e.component, stream_id(e.stream, e.epoch), e.last_seq)
+            await self.svc.wait_stored(min(1.0, deadline - loop.time()))
+
+    # -- writing --------------------------------------------------------------------------
+    async def write(self, a: FinalizeArgs, path: Path) -> tuple[Path, str]:
+        """Write the job's file at ``path``, else in the fallback folder: (path, note)."""
+        from tomato_mqtt.services.recorder.netcdf import RoleInput, write_job_file
+
+        store = self.svc.store
+        assert store is not None
+        jobid = int(a.job["id"])  # type: ignore[arg-type]
+        comp_to_role = {str(m.get("name")): role for role, m in a.roles.items()}
+        per_role: dict[str, list[bytes]] = {role: [] for role in a.roles}
+        async with self._lock:
+            for component, _stream, _seq, _task, raw in store.job_batches(jobid):
+                role = comp_to_role.get(component)
+                if role is not None:
+                    per_role[role].append(raw)
+            roles = [
+                RoleInput(
+                    role=role,
+                    component_json=json.dumps(a.roles[role]),
+                    batches=raws,
+                    attrs=(
+                        {"tomato_clock_offset": a.clock_offsets[role]}
+                        if role in a.clock_offsets
+                        else {}
+                    ),
+                )
+                for role, raws in per_role.items()
+            ]
+            root = {"tomato_version": __version__, "tomato_Job": json.dumps(a.job)}
+            guard = self.svc.guard
+            try:
+                # only below the allowed roots, never over a file of another job
+                path = guard.check_path(path, a.job)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                return await asyncio.to_thread(write_job_file, path, roles, root), ""
+            except (OSError, CommandError) as e:
+                log.warning("job %d: %s", jobid, e)
+                # keep the data: the job folder (checked the same way) instead
+                fallback = guard.check_path(Path(a.fallback_dir) / path.name, a.job)
+                fallback.parent.mkdir(parents=True, exist_ok=True)
+                written = await asyncio.to_thread(write_job_file, fallback, roles, root)
+                return written, (
+                    f"{path} could not be written ({e}); the file was written to the "
+                    f"fallback file {written} instead"
+                )
+
+    def remember_final(self, a: FinalizeArgs) -> None:
+        """From now on, a batch of this job stored later is merged into its file."""
+        jobid = int(a.job["id"])  # type: ignore[arg-type]
+        args = a.model_dump(mode="json")
+        self.finals[jobid] = args
+        while len(self.finals) > 200:  # the store keeps them all: load older ones on demand
+            self.finals.pop(next(iter(self.finals)))
+        if self.svc.store is not None:
+            try:
+                self.svc.store.set_final(jobid, args)
+            except sqlite3.Error as e:  # a full disk: late merges still work until restart
+                log.warning("job %d: cannot remember its final file: %s", jobid, e)
+
+    def written(self, jobid: int, path: Path) -> None:
+        if jobid in self.finals:
+            self.finals[jobid]["written"] = str(path)
+            if self.svc.store is not None:
+                with contextlib.suppress(sqlite3.Error):
+                    self.svc.store.set_final(jobid, self.finals[jobid])
+
+    def token(self, path: Path, owner: str | None = None) -> tuple[str, int]:
+        size = path.stat().st_size
+        token = uuid.uuid4().hex
+        self.tokens[token] = Written(path, size, owner=owner)
+        while len(self.tokens) > 100:
+            self.tokens.pop(next(iter(self.tokens)))
+        return token, size
+
+    # -- late data ------------------------------------------------------------------------
+    def final_args(self, jobid: int) -> dict[str, Any] | None:
+        if jobid in self.finals:
+            return self.finals[jobid]
+        store = self.svc.store
+        got = store.final(jobid) if store is not None else None
+        if got is not None:
+            self.finals[jobid] = got[0]
+            return got[0]
+        return None
+
+    def late_batch(self, jobid: int) -> None:
+        """A new batch of ``jobid`` was stored: merge it if the job's file is final."""
+        if jobid in self._merging or self.final_args(jobid) is None:
+            return
+        self._merging.add(jobid)
+        self.svc.spawn(self._merge(jobid))
+
+    async def _merge(self, jobid: int) -> None:
+        await asyncio.sleep(MERGE_DELAY)
+        self._merging.discard(jobid)  # batches from now on schedule another merge
+        args = self.finals.get(jobid)
+        store = self.svc.store
+        if args is None or store is None:
+            return
+        a = FinalizeArgs.model_validate({k: v for k, v in args.items() if k != "written"})
+        target = Path(str(args.get("written") or a.path))
+        try:
+            written, note = await self.write(a, target)
+        except Exception as e:
+            log.error("job %d: merging late data into %s failed: %s", jobid, target, e)
+            return
+        merged = 0
+        with contextlib.suppress(sqlite3.Error):
+            merged = store.count_merge(jobid)
+        self.svc.merged[jobid] = max(merged, self.svc.merged.get(jobid, 0) + 1)
+        points = store.job_points(jobid)
+        log.info("job %d: late data merged into %s (%s points)", jobid, written, points)
+        self.svc.job_event(
+            jobid,
+            "late_data_merged",
+            {"path": str(written), "points": dict(points), "note": note or None},
+        )
+        await self.svc.publish_presence("online")
+
+
+def warm_up_writer() -> None:
+    """Import xarray/netCDF4 and write one tiny file, before the first job ends.
+
+    Both load lazily and the first file otherwise takes ~1 s longer than the next ones;
+    that second belongs to startup, not to the user waiting for a results file.
+    """
+    import tempfile
+
+    from tomato_mqtt.services.recorder.netcdf import RoleInput, write_job_file
+
+    try:
+        with tempfile.TemporaryDirectory(prefix="tomato-mqtt-warmup-") as d:
+            write_job_file(Path(d) / "warmup.nc", [RoleInput("r", "{}", [])], {"x": "y"})
+    except Exception as e:  # a warm-up must never take the recorder down
+        log.debug("writer warm-up failed: %s", e)
+
+
+def epoch_of(stream: str) -> int:
+    """The node epoch a stream id starts with (``<epoch hex>-<random>`` or ``e<epoch>``)."""
+    try:
+        return int(stream[1:]) if stream.startswith("e") else int(stream.split("-", 1)[0], 16)
+    except ValueError:
+        return 0

@@ -1,0 +1,94 @@
+"""Where the recorder may write, what it may overwrite, and who may fetch (issue 10).
+
+``finalize`` writes a file at a path that arrives over MQTT. Even with the broker's ACL
+(only the scheduler may send it) the path is checked here: resolved (symlinks, ``..``)
+and required to lie under an allowed root (``[recorder] output_roots``, default the
+datadir and the recorder user's home); an existing file is replaced only when it is a
+previous version of the same job's output (its ``tomato_Job`` root attribute names the
+same job id and submission time), never an unrelated file. ``fetch`` hands a written
+file only to the job's owner, an admin, or the scheduler.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from pydantic import JsonValue
+
+from tomato_mqtt.config.roles import is_admin
+from tomato_mqtt.config.users import RoleBook
+from tomato_mqtt.transport.rpc import CommandError, requester
+
+__all__ = ["WriteGuard"]
+
+
+class WriteGuard:
+    def __init__(self, roots: Sequence[Path], users_file: Path | None = None) -> None:
+        self.roots = [Path(r).resolve() for r in roots]
+        self.roles = RoleBook(users_file)
+
+    def check_path(self, path: str | Path, job: Mapping[str, JsonValue]) -> Path:
+        """The resolved path to write, or CommandError saying why not."""
+        raw = Path(path)
+        if not raw.is_absolute():
+            raise CommandError(f"refused to write {path}: not an absolute path")
+        target = raw.resolve()
+        if not any(target == r or r in target.parents for r in self.roots):
+            roots = ", ".join(str(r) for r in self.roots) or "(none)"
+            raise CommandError(
+                f"refused to write {path}: outside the folders the recorder may write to "
+                f"({roots}; [recorder] output_roots)"
+            )
+        if target.exists() or target.is_symlink():
+            if not target.is_file():
+                raise CommandError(f"refused to write {path}: it exists and is not a file")
+            if not _same_job(target, job):
+                raise CommandError(
+                    f"refused to overwrite {path}: it is not an earlier version of job "
+                    f"{job.get('id')}'s output"
+                )
+        return target
+
+    def require_scheduler(self, op: str) -> None:
+        user = requester()
+        if user is None or self.roles.open:
+            return
+        role = self.roles.role_of(user)
+        if role != "scheduler":
+            raise CommandError(
+                f"not allowed: user {user!r} (role {role or 'none'}) may not {op}",
+                code="not_allowed",
+            )
+
+    def require_fetch(self, owner: str | None) -> None:
+        user = requester()
+        if user is None or self.roles.open:
+            return
+        role = self.roles.role_of(user)
+        if is_admin(role) or role == "scheduler" or (owner is not None and user == owner):
+            return
+        raise CommandError(
+            f"not allowed: user {user!r} (role {role or 'none'}) may not fetch the data of a "
+            f"job owned by {owner or 'nobody'}",
+            code="not_allowed",
+        )
+
+
+def _same_job(path: Path, job: Mapping[str, JsonValue]) -> bool:
+    """Whether the NetCDF file at ``path`` was written for this very job."""
+    try:
+        import netCDF4
+
+        with netCDF4.Dataset(path, "r") as ds:
+            if "tomato_Job" not in ds.ncattrs():
+                return False
+            old = json.loads(ds.getncattr("tomato_Job"))
+    except Exception:  # not NetCDF, unreadable, not JSON: not ours
+        return False
+    return (
+        isinstance(old, dict)
+        and old.get("id") == job.get("id")
+        and old.get("submitted_at") == job.get("submitted_at")
+    )

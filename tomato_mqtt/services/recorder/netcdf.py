@@ -1,0 +1,127 @@
+"""The NetCDF file of a job: one xarray DataTree, written once with the netCDF4 engine.
+
+Pure (no MQTT). Layout, compatible with tomato's: root attrs ``tomato_version`` and
+``tomato_Job`` (JSON); one group per role with the coordinate ``uts`` (unix time, s),
+the driver's variables with CF ``units`` attrs, a ``task`` variable (index of the payload
+task that produced each point, -1 for none) and the group attrs ``tomato_Component``
+(JSON) and ``role`` (plus ``tomato_clock_offset``, s, when the node's clock was off).
+The file is written next to its final place and renamed, so a reader never sees half a
+file.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+__all__ = ["RoleInput", "build_tree", "write_job_file"]
+
+
+@dataclass
+class RoleInput:
+    role: str
+    component_json: str
+    batches: list[bytes] = field(default_factory=list)  # raw DataBatch JSON
+    attrs: dict[str, Any] = field(default_factory=dict)  # more group attrs (clock offset)
+
+
+def _chunk(vals: Sequence[Any]) -> np.ndarray[Any, Any]:
+    """One batch's values of one variable, typed by numpy (C speed for the usual case)."""
+    a = np.asarray(vals)
+    if a.dtype.kind in "biufU":
+        return a
+    # None among them, or a mix of kinds: decide per value (rare: slow path)
+    if all(v is None or isinstance(v, (int, float, bool)) for v in vals):
+        return np.asarray([math.nan if v is None else float(v) for v in vals], dtype=float)
+    return np.asarray(["" if v is None else str(v) for v in vals], dtype=object)
+
+
+def _column(chunks: Sequence[np.ndarray[Any, Any] | None], lens: Sequence[int]) -> Any:
+    """Join a variable's per-batch arrays; a batch without it gets NaN (or "")."""
+    kinds = {c.dtype.kind for c in chunks if c is not None}
+    gaps = any(c is None for c in chunks)
+    if not gaps and kinds <= {"b"}:
+        dtype: Any = np.int8  # netCDF has no bool
+    elif not gaps and kinds <= {"i", "u"}:
+        dtype = np.int64
+    elif kinds <= {"b", "i", "u", "f"}:
+        dtype = float
+    else:
+        dtype = object
+    fill: Any = math.nan if dtype is float else ""
+    parts = []
+    for c, n in zip(chunks, lens, strict=True):
+        if c is None:
+            parts.append(np.full(n, fill, dtype=dtype))
+        elif dtype is object:
+            parts.append(c.astype(str).astype(object) if c.dtype.kind != "O" else c)
+        else:
+            parts.append(c.astype(dtype, copy=False))
+    if not parts:
+        return np.asarray([], dtype=float)
+    return np.concatenate(parts)
+
+
+def _role_dataset(ri: RoleInput) -> xr.Dataset:
+    batches = [json.loads(raw) for raw in ri.batches]
+    # in the order the points were taken: a job's batches may come from several streams
+    # (a node restarted, a component re-registered) whose seqs say nothing of each other
+    batches.sort(key=lambda b: (b["uts"][0] if b["uts"] else math.inf, b["seq"]))
+    lens = [len(b["uts"]) for b in batches]
+    names: dict[str, None] = {}
+    units: dict[str, str] = {}
+    for b in batches:
+        names.update(dict.fromkeys(b["vars"]))
+        units.update(b.get("units") or {})
+    data_vars: dict[str, Any] = {}
+    for name in names:
+        chunks = [_chunk(b["vars"][name]) if name in b["vars"] else None for b in batches]
+        attrs = {"units": units[name]} if units.get(name) else {}
+        data_vars[name] = xr.Variable(("uts",), _column(chunks, lens), attrs)
+    task = [
+        np.full(n, -1 if b.get("task") is None else int(b["task"]), dtype=np.int64)
+        for b, n in zip(batches, lens, strict=True)
+    ]
+    data_vars["task"] = xr.Variable(
+        ("uts",),
+        np.concatenate(task) if task else np.asarray([], dtype=np.int64),
+        {"long_name": "index of the payload task that produced the point (-1: none)"},
+    )
+    uts = [np.asarray(b["uts"], dtype=float) for b in batches]
+    ds = xr.Dataset(
+        data_vars,
+        coords={"uts": ("uts", np.concatenate(uts) if uts else np.asarray([]), {"units": "s"})},
+        attrs={"tomato_Component": ri.component_json, "role": ri.role, **ri.attrs},
+    )
+    return ds
+
+
+def build_tree(roles: Sequence[RoleInput], root_attrs: Mapping[str, str]) -> xr.DataTree:
+    tree = xr.DataTree(xr.Dataset(attrs=dict(root_attrs)))
+    for ri in roles:
+        tree[ri.role] = xr.DataTree(_role_dataset(ri))
+    return tree
+
+
+def write_job_file(path: Path, roles: Sequence[RoleInput], root_attrs: Mapping[str, str]) -> Path:
+    """Write the job's file atomically at ``path``; returns the path written."""
+    path = Path(path)
+    tree = build_tree(roles, root_attrs)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        tree.to_netcdf(tmp, engine="netcdf4")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path

@@ -1,0 +1,420 @@
+"""The recorder: stores every data batch durably and writes the NetCDF file of a job.
+
+Each batch is committed to sqlite (WAL) keyed by (component, stream, seq) before it is
+acknowledged to its node; a repeated identity is dropped only when its content is the
+same, else it is a conflict that surfaces in the job (see store.py). Gaps (a seq
+skipped, or a node's heartbeat announcing batches we never got) are replayed from the
+node's spool. A store that cannot be written (disk full, read-only, permission) is
+reported in ``recorder/status`` (``storage_error``) and as a job event while it lasts;
+nothing is acknowledged meanwhile, so the nodes keep the data and storage resumes by
+itself. Files (completeness per task, late merges, fallbacks, fetches): files.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import logging
+import sqlite3
+import time
+import uuid
+from collections.abc import Coroutine, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, JsonValue
+
+from tomato_mqtt import __version__
+from tomato_mqtt.services.base import Service
+from tomato_mqtt.services.recorder.files import (
+    CHUNK,
+    FetchArgs,
+    Files,
+    FinalizeArgs,
+    count_problems,
+    epoch_of,
+    warm_up_writer,
+)
+from tomato_mqtt.services.recorder.guard import WriteGuard
+from tomato_mqtt.services.recorder.store import BatchStore
+from tomato_mqtt.transport.client import BrokerURL, Message
+from tomato_mqtt.transport.rpc import (
+    CommandError,
+    Handler,
+    NoResponder,
+    Requester,
+    Responder,
+    Result,
+)
+from tomato_mqtt.wire.messages import (
+    AckArgs,
+    DataBatch,
+    DecodeError,
+    JobEvent,
+    JobProgress,
+    NodeStatus,
+    PresenceState,
+    RecorderStatus,
+    ReplayArgs,
+    decode,
+    encode,
+    stream_id,
+)
+from tomato_mqtt.wire.topics import Topics
+
+__all__ = ["RecorderService"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Stream:
+    last_replay_request: float = 0.0
+    acked: int = -1
+
+
+class RecorderService(Service):
+    def __init__(
+        self,
+        url: BrokerURL,
+        instance: str,
+        db_path: Path,
+        *,
+        heartbeat: float = 2.0,
+        output_roots: list[Path] | None = None,
+        users_file: Path | None = None,
+    ) -> None:
+        super().__init__(url, Topics(instance, url.username), heartbeat=heartbeat)
+        self.db_path = db_path
+        self.started_at = time.time()
+        # default: only below the recorder's own data folder (settings give datadir + home)
+        self.guard = WriteGuard(output_roots or [db_path.parent], users_file)
+        self._client_id = f"recorder-{instance}-{uuid.uuid4().hex[:6]}"
+        self._stored = asyncio.Condition()
+        self.store: BatchStore | None = None
+        self.requester: Requester | None = None
+        self.streams: dict[tuple[str, str], _Stream] = {}  # (component, stream)
+        self.jobs_seen: set[int] = set()
+        self.files = Files(self)
+        self.storage_error: str | None = None
+        self._storage_told: set[int] = set()  # jobs told of the current storage fault
+        self._storage_logged = 0.0
+        self.conflicts: dict[int, int] = {}  # job -> conflicting batches seen
+        self.merged: dict[int, int] = {}  # job -> late merges into its final file
+
+    @property
+    def client_id(self) -> str:
+        return self._client_id
+
+    @property
+    def status_topic(self) -> str:
+        return self.topics.recorder_status()
+
+    def presence(self, state: PresenceState) -> RecorderStatus:
+        return self._status(state)
+
+    # -- lifecycle -------------------------------------------------------------------------
+    async def setup(self) -> None:
+        self.db_path.parent.mkdir(parents=True, exist_ok=True)
+        self.store = BatchStore(self.db_path)
+
+    async def started(self) -> None:
+        assert self.client is not None
+        self.requester = Requester(self.client, self.topics)
+        handlers: dict[str, Handler] = {
+            "finalize": self.op_finalize,
+            "fetch": self.op_fetch,
+            "status": self.op_status,
+        }
+        self.responder = Responder(
+            self.client, self.topics, handlers, name="recorder", kind="recorder"
+        )
+        await self.requester.start()
+        # data batches may be dropped when we fall behind: the nodes replay them
+        await self.client.subscribe(self.topics.all_component_data(), droppable=True)
+        await self.client.subscribe(self.topics.recorder_cmds())
+        await self.client.subscribe(self.topics.all_node_status())
+        await self.publish_presence("online")
+        self.spawn(asyncio.to_thread(warm_up_writer))
+
+    def loops(self) -> list[Coroutine[Any, Any, Any]]:
+        return [self._ack_loop()]
+
+    async def teardown(self) -> None:
+        if self.store is not None:
+            self.store.close()
+
+    # -- status ----------------------------------------------------------------------------
+    def _status(self, state: str) -> RecorderStatus:
+        jobs: dict[str, JobProgress] = {}
+        if self.store is not None:
+            gaps = self._gaps()
+            # the newest jobs, and every job whose file got late data (the scheduler
+            # updates the job from this)
+            for job in sorted(set(sorted(self.jobs_seen)[-50:]) | set(self.merged)):
+                try:
+                    points = self.store.job_points(job)
+                except sqlite3.Error:
+                    points = {}
+                jobs[str(job)] = JobProgress(
+                    points=points,
+                    gaps=gaps,
+                    conflicts=self.conflicts.get(job, 0),
+                    merged=self.merged.get(job, 0),
+                )
+        return RecorderStatus(
+            state=state,
+            heartbeat=time.time(),
+            version=__version__,
+            started_at=self.started_at,
+            jobs=jobs,
+            storage_error=self.storage_error,
+        )
+
+    def _gaps(self) -> int:
+        if self.store is None:
+            return 0
+        n = 0
+        for component, stream in self.streams:
+            top = self.store.max_seq(component, stream)
+            n += len(self.store.missing(component, stream, top))
+        return n
+
+    # -- data ------------------------------------------------------------------------------
+    def _on_data(self, msg: Message) -> None:
+        """Store a batch (committed before it is acknowledged to its node)."""
+        if self.store is None:
+            return
+        try:
+            b = decode(DataBatch, msg.payload, msg.topic)
+        except DecodeError as e:
+            log.warning("%s", e)
+            return
+        stream = b.stream_id()
+        try:
+            res = self.store.add(
+                b.component,
+                stream,
+                b.seq,
+                epoch=b.epoch,
+                job=b.job,
+                task=b.task,
+                npoints=len(b.uts),
+                raw=msg.payload,
+            )
+        except (sqlite3.Error, OSError) as e:
+            self._storage_failed(e, b.job)
+            return
+        self._storage_ok()
+        if b.job is not None:
+            self.jobs_seen.add(b.job)
+        self.streams.setdefault((b.component, stream), _Stream())
+        if res == "conflict":
+            self._conflict(b, stream)
+        elif res == "new":
+            if b.seq > 0 and self.store.high_water(b.component, stream) < b.seq - 1:
+                self.request_missing(b.component, stream, b.seq)
+            if b.job is not None:
+                self.files.late_batch(b.job)
+        self.spawn(self._notify())
+
+    def _conflict(self, b: DataBatch, stream: str) -> None:
+        log.error(
+            "conflicting duplicate: %s stream %s seq %d (job %s task %s) differs from the "
+            "batch stored under that identity; kept the stored one",
+            b.component,
+            stream,
+            b.seq,
+            b.job,
+            b.task,
+        )
+        if b.job is not None:
+            self.conflicts[b.job] = self.conflicts.get(b.job, 0) + 1
+            self.job_event(
+                b.job,
+                "warning",
+                {
+                    "message": f"conflicting duplicate batch {b.component} stream {stream} "
+                    f"seq {b.seq}: same identity, other content (not stored)"
+                },
+            )
+
+    def _storage_failed(self, e: BaseException, job: int | None) -> None:
+        first = self.storage_error is None
+        self.storage_error = (
+            f"the recorder cannot store data in {self.db_path}: {e} "
+            "(the nodes keep it in their spools until it can)"
+        )
+        now = time.monotonic()
+        if first or now - self._storage_logged > 30:
+            self._storage_logged = now
+            log.error("%s", self.storage_error)
+        if first:
+            self.spawn(self.publish_presence("online"))
+        if job is not None and job not in self._storage_told:
+            self._storage_told.add(job)
+            self.job_event(job, "storage_fault", {"error": self.storage_error})
+
+    def _storage_ok(self) -> None:
+        if self.storage_error is None:
+            return
+        log.info("storing data again (was: %s)", self.storage_error)
+        self.storage_error = None
+        for job in self._storage_told:
+            self.job_event(job, "storage_resumed", {})
+        self._storage_told.clear()
+        self.spawn(self.publish_presence("online"))
+
+    def job_event(self, job: int, event: str, detail: dict[str, Any]) -> None:
+        if self.client is None:
+            return
+        ev = JobEvent(job=job, event=event, time=time.time(), detail=detail)
+        self.spawn(self.client.publish(self.topics.job_event(job), encode(ev), wait=False))
+
+    async def wait_stored(self, timeout: float) -> None:
+        async with self._stored:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._stored.wait(), max(0.0, timeout))
+
+    async def _notify(self) -> None:
+        async with self._stored:
+            self._stored.notify_all()
+
+    def request_missing(self, component: str, stream: str, upto: int, force: bool = False) -> None:
+        if self.store is None:
+            return
+        st = self.streams.setdefault((component, stream), _Stream())
+        now = time.monotonic()
+        if not force and now - st.last_replay_request < 1.0:
+            return
+        gaps = self.store.missing(component, stream, upto)
+        if not gaps:
+            return
+        st.last_replay_request = now
+        epoch = epoch_of(stream)
+        for first, last in gaps[:20]:
+            log.info("asking for replay of %s stream %s seq %d..%d", component, stream, first, last)
+            args = ReplayArgs(epoch=epoch, first=first, last=last, stream=stream)
+            self.spawn(self._node_request(component, "replay", args))
+
+    async def _node_request(self, component: str, op: str, args: BaseModel) -> None:
+        if self.requester is None:
+            return
+        try:
+            await self.requester.request(
+                self.topics.component_cmd(component, op), args, timeout=5, who="node"
+            )
+        except NoResponder as e:
+            log.debug("%s", e)
+
+    async def on_message(self, msg: Message) -> None:
+        parsed = self.topics.parse(msg.topic)
+        if parsed is None:
+            return
+        if parsed.kind == "component_data":
+            self._on_data(msg)
+        elif parsed.kind == "recorder_cmd" and parsed.op is not None:
+            self.spawn(self.responder.handle(msg, parsed.op))
+        elif parsed.kind == "node_status" and msg.payload:
+            try:
+                st = decode(NodeStatus, msg.payload, msg.topic)
+            except DecodeError as e:
+                log.warning("%s", e)
+                return
+                # the node says how far each stream got: anything beyond what we hold is a gap
+            for component, seq in st.streams.items():
+                stream = stream_id(st.stream_ids.get(component, ""), st.epoch)
+                if (
+                    seq >= 0
+                    and self.store is not None
+                    and (self.store.high_water(component, stream) < seq)
+                ):
+                    self.streams.setdefault((component, stream), _Stream())
+                    self.request_missing(component, stream, seq)
+
+    async def _ack_loop(self) -> None:
+        # acknowledge stored batches to the nodes about once a second, per stream
+        while True:
+            await asyncio.sleep(1.0)
+            if self.store is None:
+                continue
+            for (component, stream), st in list(self.streams.items()):
+                hw = self.store.high_water(component, stream)
+                if hw > st.acked:
+                    st.acked = hw
+                    args = AckArgs(epoch=epoch_of(stream), upto=hw, stream=stream)
+                    self.spawn(self._node_request(component, "ack", args))
+
+    # -- files -----------------------------------------------------------------------------
+    async def op_finalize(self, args: Mapping[str, JsonValue]) -> Result:
+        self.guard.require_scheduler("finalize")
+        a = FinalizeArgs.model_validate(args)
+        store = self.store
+        if store is None:
+            raise CommandError("recorder store not open")
+        jobid = int(a.job["id"])  # type: ignore[arg-type]
+        self.jobs_seen.add(jobid)
+        t0 = time.monotonic()
+        if not a.snapshot:
+            await self.files.wait_complete(jobid, a.expect, a.wait)
+            # from here on, a batch of this job is late: it is merged into the file
+            self.files.remember_final(a)
+        t_wait = time.monotonic() - t0
+        written, note = await self.files.write(a, Path(a.path))
+        if not a.snapshot:
+            self.files.written(jobid, written)
+        owner = a.job.get("owner")
+        token, size = self.files.token(written, owner if isinstance(owner, str) else None)
+        log.info(
+            "job %d: %s written to %s (%d bytes; waited %.3f s for data, wrote in %.3f s)",
+            jobid,
+            "snapshot" if a.snapshot else "file",
+            written,
+            size,
+            t_wait,
+            time.monotonic() - t0 - t_wait,
+        )
+        stored = store.job_points(jobid)
+        points = {role: stored.get(str(a.roles[role].get("name")), 0) for role in a.roles}
+        missing, extra = count_problems(a.expect, store.task_points(jobid))
+        conflicts = store.conflicts(jobid)
+        kind = "snapshot" if a.snapshot else "file"
+        msg = f"{kind} of job {jobid} written to {written}" + (f" ({note})" if note else "")
+        if missing and not a.snapshot:
+            msg += f"; still missing after {a.wait:g} s: {', '.join(missing)}"
+        await self.publish_presence("online")
+        return Result(
+            msg,
+            {
+                "path": str(written),
+                "size": size,
+                "token": token,
+                "chunks": max(1, -(-size // CHUNK)),
+                "points": points,  # type: ignore[dict-item]
+                "missing": missing,  # type: ignore[dict-item]
+                "extra": extra,  # type: ignore[dict-item]
+                "conflicts": conflicts,  # type: ignore[dict-item]
+                "fallback": note or None,
+                "storage_error": self.storage_error,
+            },
+        )
+
+    async def op_fetch(self, args: Mapping[str, JsonValue]) -> Result:
+        a = FetchArgs.model_validate(args)
+        w = self.files.tokens.get(a.token)
+        if w is None:
+            raise CommandError("unknown or expired file token: ask for the snapshot again")
+        self.guard.require_fetch(w.owner)
+        with w.path.open("rb") as f:
+            f.seek(a.index * CHUNK)
+            chunk = f.read(CHUNK)
+        return Result(
+            f"chunk {a.index} of {w.path.name}",
+            {"index": a.index, "data": base64.b64encode(chunk).decode()},
+        )
+
+    async def op_status(self, args: Mapping[str, JsonValue]) -> Result:
+        st = self._status("online")
+        return Result("recorder is running", st.model_dump(mode="json", by_alias=True))

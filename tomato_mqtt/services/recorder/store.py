@@ -1,0 +1,245 @@
+"""The recorder's durable store: every data batch, once, keyed by ``(component, stream, seq)``.
+
+Pure (no MQTT). sqlite in WAL mode; each batch is committed before it is acknowledged
+to the node, so a ``kill -9`` of the recorder loses nothing it acknowledged. Batches are
+kept as the JSON that arrived (the NetCDF writer decodes them once, at the end), which
+makes storing a batch one insert, whatever its size: no re-writing of a data file per
+batch (upstream tomato's quadratic cost).
+
+A batch whose identity is already stored is a duplicate only when its content is the
+same (a digest of the bytes: QoS 1 redelivery, a replay): it is dropped. Same identity,
+other content is a *conflict*: the first batch is kept, the other is recorded in
+``conflicts`` and surfaces in the job (DESIGN.md §4: identity never repeats).
+
+Per stream the store keeps its *high water*: the largest ``seq`` such that every batch
+``0..seq`` is stored. Anything above it that is not stored is a gap.
+
+``finals`` remembers, per job, how its final file was written, so that data arriving
+after the job ended is merged into that file (late data, DESIGN.md §5).
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+import json
+import sqlite3
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+__all__ = ["AddResult", "BatchRow", "BatchStore", "digest"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS stored (
+    component TEXT NOT NULL,
+    stream TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    epoch INTEGER NOT NULL,
+    job INTEGER,
+    task INTEGER,
+    npoints INTEGER NOT NULL,
+    digest TEXT NOT NULL,
+    raw BLOB NOT NULL,
+    PRIMARY KEY (component, stream, seq)
+);
+CREATE INDEX IF NOT EXISTS stored_job ON stored (job);
+CREATE TABLE IF NOT EXISTS conflicts (
+    job INTEGER,
+    component TEXT NOT NULL,
+    stream TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    time REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS finals (
+    job INTEGER PRIMARY KEY,
+    args TEXT NOT NULL,
+    merged INTEGER NOT NULL DEFAULT 0
+);
+"""
+
+BatchRow = tuple[str, str, int, "int | None", bytes]
+"""``(component, stream, seq, task, raw)`` as returned by :meth:`BatchStore.job_batches`."""
+
+AddResult = Literal["new", "duplicate", "conflict"]
+
+
+def digest(raw: bytes) -> str:
+    return hashlib.blake2b(raw, digest_size=16).hexdigest()
+
+
+@dataclass
+class _Stream:
+    high_water: int = -1
+    above: list[int] = field(default_factory=list)  # sorted seqs stored beyond high_water
+
+    def add(self, seq: int) -> None:
+        if seq == self.high_water + 1:
+            self.high_water = seq
+            while self.above and self.above[0] == self.high_water + 1:
+                self.high_water = self.above.pop(0)
+        elif seq > self.high_water + 1:
+            i = bisect.bisect_left(self.above, seq)
+            if i == len(self.above) or self.above[i] != seq:
+                self.above.insert(i, seq)
+
+    def missing(self, upto: int) -> list[tuple[int, int]]:
+        gaps: list[tuple[int, int]] = []
+        nxt = self.high_water + 1
+        for s in self.above:
+            if s > upto:
+                break
+            if s > nxt:
+                gaps.append((nxt, s - 1))
+            nxt = s + 1
+        if nxt <= upto:
+            gaps.append((nxt, upto))
+        return gaps
+
+
+class BatchStore:
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(_SCHEMA)
+        self._migrate()
+        self._streams: dict[tuple[str, str], _Stream] = {}
+        for c, st, s in self._db.execute(
+            "SELECT component, stream, seq FROM stored ORDER BY component, stream, seq"
+        ):
+            self._stream(str(c), str(st)).add(int(s))
+
+    def _migrate(self) -> None:
+        """A store of the version keyed by (component, epoch, seq): streams e<epoch>."""
+        old = self._db.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'batches'"
+        ).fetchone()
+        if not old:
+            return
+        self._db.execute("BEGIN")
+        rows = self._db.execute(
+            "SELECT component, epoch, seq, job, task, npoints, raw FROM batches"
+        ).fetchall()
+        self._db.executemany(
+            "INSERT OR IGNORE INTO stored VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [(c, f"e{e}", s, e, j, t, n, digest(bytes(r)), r) for c, e, s, j, t, n, r in rows],
+        )
+        self._db.execute("DROP TABLE batches")
+        self._db.execute("COMMIT")
+
+    def close(self) -> None:
+        self._db.close()
+
+    def _stream(self, component: str, stream: str) -> _Stream:
+        st = self._streams.get((component, stream))
+        if st is None:
+            st = self._streams[(component, stream)] = _Stream()
+        return st
+
+    def add(
+        self,
+        component: str,
+        stream: str,
+        seq: int,
+        *,
+        epoch: int,
+        job: int | None,
+        task: int | None,
+        npoints: int,
+        raw: bytes,
+    ) -> AddResult:
+        """Store a batch durably (raises sqlite3.Error when it cannot: disk full, ...)."""
+        d = digest(raw)
+        cur = self._db.execute(
+            "INSERT OR IGNORE INTO stored "
+            "(component, stream, seq, epoch, job, task, npoints, digest, raw) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (component, stream, seq, epoch, job, task, npoints, d, raw),
+        )
+        if cur.rowcount == 1:
+            self._stream(component, stream).add(seq)
+            return "new"
+        row = self._db.execute(
+            "SELECT digest, job FROM stored WHERE component = ? AND stream = ? AND seq = ?",
+            (component, stream, seq),
+        ).fetchone()
+        if row is not None and row[0] == d:
+            return "duplicate"
+        jobs = {j for j in (job, row[1] if row else None) if j is not None} or {None}
+        self._db.executemany(
+            "INSERT INTO conflicts (job, component, stream, seq, time) VALUES (?, ?, ?, ?, ?)",
+            [(j, component, stream, seq, time.time()) for j in jobs],
+        )
+        return "conflict"
+
+    @property
+    def streams(self) -> list[tuple[str, str]]:
+        return list(self._streams)
+
+    def high_water(self, component: str, stream: str) -> int:
+        st = self._streams.get((component, stream))
+        return st.high_water if st is not None else -1
+
+    def max_seq(self, component: str, stream: str) -> int:
+        st = self._streams.get((component, stream))
+        if st is None:
+            return -1
+        return st.above[-1] if st.above else st.high_water
+
+    def missing(self, component: str, stream: str, upto: int) -> list[tuple[int, int]]:
+        """Gaps ``(first, last)`` (inclusive) of the stream in ``0..upto``."""
+        st = self._streams.get((component, stream))
+        if st is None:
+            return [(0, upto)] if upto >= 0 else []
+        return st.missing(upto)
+
+    def job_batches(self, job: int) -> list[BatchRow]:
+        rows = self._db.execute(
+            "SELECT component, stream, seq, task, raw FROM stored WHERE job = ? "
+            "ORDER BY component, epoch, stream, seq",
+            (job,),
+        ).fetchall()
+        return [(str(c), str(st), int(s), t, bytes(r)) for c, st, s, t, r in rows]
+
+    def job_points(self, job: int) -> dict[str, int]:
+        rows = self._db.execute(
+            "SELECT component, SUM(npoints) FROM stored WHERE job = ? GROUP BY component",
+            (job,),
+        ).fetchall()
+        return {str(c): int(n) for c, n in rows}
+
+    def task_points(self, job: int) -> dict[tuple[str, int | None], int]:
+        """Points stored per ``(component, task)`` of a job."""
+        rows = self._db.execute(
+            "SELECT component, task, SUM(npoints) FROM stored WHERE job = ? "
+            "GROUP BY component, task",
+            (job,),
+        ).fetchall()
+        return {(str(c), None if t is None else int(t)): int(n) for c, t, n in rows}
+
+    def conflicts(self, job: int) -> list[str]:
+        rows = self._db.execute(
+            "SELECT component, stream, seq FROM conflicts WHERE job = ? ORDER BY rowid", (job,)
+        ).fetchall()
+        return [f"{c} stream {st} seq {s}" for c, st, s in rows]
+
+    # -- final files (for late data) ------------------------------------------------------
+    def set_final(self, job: int, args: dict[str, Any]) -> None:
+        self._db.execute(
+            "INSERT INTO finals (job, args, merged) VALUES (?, ?, 0) "
+            "ON CONFLICT(job) DO UPDATE SET args = excluded.args",
+            (job, json.dumps(args)),
+        )
+
+    def final(self, job: int) -> tuple[dict[str, Any], int] | None:
+        """How the job's final file was written, and how often late data was merged."""
+        row = self._db.execute("SELECT args, merged FROM finals WHERE job = ?", (job,)).fetchone()
+        return None if row is None else (json.loads(row[0]), int(row[1]))
+
+    def count_merge(self, job: int) -> int:
+        self._db.execute("UPDATE finals SET merged = merged + 1 WHERE job = ?", (job,))
+        got = self.final(job)
+        return got[1] if got else 0

@@ -1,0 +1,97 @@
+"""Who may do what at the scheduler: the service-side half of the role model (issue 10).
+
+The broker's ACL already keeps a reader's ``job_cancel`` or an operator's ``stop`` from
+ever arriving; these checks are the second line (and the only one on a broker configured
+by hand): the requester is the ``{user}`` segment of the request topic
+(:func:`~tomato_mqtt.transport.rpc.requester`), which the ACL pins to the login, and its
+role comes from the users file. Job ownership is per login: an operator cancels and
+snapshots their own jobs, an admin any. Payload bounds keep a job of 10¹⁸ points out of
+the queue.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from tomato_mqtt.config.roles import ADMIN_OPS, OPERATOR_OPS, READ_OPS, is_admin
+from tomato_mqtt.config.settings import Settings
+from tomato_mqtt.config.users import RoleBook
+from tomato_mqtt.model.jobs import Job
+from tomato_mqtt.transport.rpc import CommandError, requester
+
+__all__ = ["Access"]
+
+
+class Access:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.roles = RoleBook(settings.users_file)
+
+    def who(self) -> tuple[str | None, str | None]:
+        """(login, role) of the request being handled; (None, 'admin') for internal calls."""
+        user = requester()
+        if user is None:
+            return None, "admin"
+        return user, self.roles.role_of(user)
+
+    def require(self, op: str) -> None:
+        """Refuse ``op`` unless the requester's role lists it."""
+        user, role = self.who()
+        if op not in self.whoami()["ops"]:
+            raise CommandError(
+                f"not allowed: user {user!r} (role {role or 'none'}) may not {op}"
+                + ("; it needs the admin role" if op in ADMIN_OPS[len(OPERATOR_OPS) :] else ""),
+                code="not_allowed",
+            )
+
+    def owner(self) -> str | None:
+        return self.who()[0]
+
+    def require_job(self, job: Job, what: str) -> None:
+        """An operator acts on their own jobs only; an admin on any."""
+        user, role = self.who()
+        if is_admin(role):
+            return
+        if job.owner is None or job.owner != user:
+            raise CommandError(
+                f"not allowed: job {job.id} belongs to {job.owner or 'nobody'}; user {user!r} "
+                f"(role {role or 'none'}) may {what} only their own jobs",
+                code="not_allowed",
+            )
+
+    def whoami(self) -> dict[str, Any]:
+        user, role = self.who()
+        ops: tuple[str, ...] = ()
+        if is_admin(role):
+            ops = ADMIN_OPS
+        elif role == "operator":
+            ops = OPERATOR_OPS
+        elif role == "reader":
+            ops = READ_OPS
+        return {"user": user, "role": role, "ops": list(ops), "open": self.roles.open}
+
+    def check_bounds(self, method: list[Mapping[str, Any]]) -> None:
+        """Refuse a payload whose tasks would take too many points or sample too fast."""
+        lim = self.settings.jobs
+        for i, task in enumerate(method):
+            dt = task.get("sampling_interval")
+            dur = task.get("max_duration")
+            name = task.get("task_name") or task.get("technique_name") or f"#{i}"
+            if not isinstance(dt, (int, float)) or not math.isfinite(dt) or dt <= 0:
+                raise CommandError(f"payload refused: task {name}: sampling_interval must be > 0")
+            if dt < lim.min_sampling_interval:
+                raise CommandError(
+                    f"payload refused: task {name}: sampling_interval {dt:g} s is below the "
+                    f"floor of {lim.min_sampling_interval:g} s ([jobs] min_sampling_interval)"
+                )
+            if not isinstance(dur, (int, float)) or not math.isfinite(dur) or dur < 0:
+                raise CommandError(f"payload refused: task {name}: max_duration must be >= 0")
+            points = dur / dt
+            if points > lim.max_points_per_task:
+                raise CommandError(
+                    f"payload refused: task {name} would take {points:.3g} points "
+                    f"(max_duration {dur:g} s / sampling_interval {dt:g} s), more than the limit "
+                    f"of {lim.max_points_per_task} ([jobs] max_points_per_task)"
+                )

@@ -1,0 +1,187 @@
+"""A running job's life after launch: its runner, periodic snapshots, the final file.
+
+:meth:`JobLifecycle.job_done` asks the recorder for the file and decides the final
+status from its reply (:func:`judge_file`): ``c`` only when, for every task, the file
+holds exactly the points the runner took and no batch conflicted; otherwise ``ce`` with
+each problem (task, counts) in the reason; a file that had to go to the fallback folder
+is named there. Warnings (deadlines missed) keep ``c`` and are in the reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import logging
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pydantic import JsonValue
+
+from tomato_mqtt.model.jobs import Job
+from tomato_mqtt.services.scheduler.runner import JobRunner
+from tomato_mqtt.services.scheduler.tasks import TaskState, expectations, tasks_of
+
+if TYPE_CHECKING:
+    from tomato_mqtt.services.scheduler.service import SchedulerService
+
+__all__ = ["JobLifecycle", "judge_file"]
+
+log = logging.getLogger(__name__)
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat()
+
+
+class JobLifecycle:
+    def __init__(self, svc: SchedulerService) -> None:
+        self.svc = svc
+
+    @property
+    def store(self) -> Any:
+        return self.svc.store
+
+    def start_runner(self, job: Job, readopt: bool = False) -> None:
+        roles = dict(job.progress.get("roles") or {})
+        if not roles and job.pipeline in self.svc.layout.pipelines:
+            roles = dict(self.svc.layout.pipelines[job.pipeline].roles)
+        runner = JobRunner(job=job, roles=roles, host=self.svc, on_done=self.job_done)
+        self.svc.runners[job.id] = runner
+        if job.status == "rd":  # re-adopted while being cancelled: finish the cancel
+            runner.cancelled = True
+            runner.cancel_at = time.monotonic()
+            self.svc.spawn(runner.cancel())
+        self.svc.spawn(runner.run())
+        snap = (job.payload.get("settings") or {}).get("snapshot")
+        if snap:
+            self.svc.spawn(self._periodic_snapshots(runner, snap))
+
+    async def _periodic_snapshots(self, runner: JobRunner, snap: Mapping[str, Any]) -> None:
+        interval = float(snap.get("interval") or 3600.0)
+        job = runner.job
+        base = Path(snap.get("path") or job.submit_dir or self.svc.settings.jobs_dir / str(job.id))
+        prefix = snap.get("prefix") or f"snapshot.{job.id}"
+        while job.id in self.svc.runners:
+            await asyncio.sleep(interval)
+            if job.id not in self.svc.runners:
+                return
+            ok, msg, _ = await self.svc.recorder_request(
+                "finalize",
+                self.recorder_args(self.store.job(job.id), base / f"{prefix}.nc", snapshot=True),
+            )
+            if ok:
+                self.svc.job_event(job.id, "snapshot_written", detail={"path": str(base)})
+            else:
+                log.warning("job %d: periodic snapshot failed: %s", job.id, msg)
+
+    def recorder_args(self, job: Job, path: Path, snapshot: bool) -> dict[str, JsonValue]:
+        roles = dict(job.progress.get("roles") or {})
+        metas: dict[str, JsonValue] = {}
+        for role, comp in roles.items():
+            meta = self.svc.metas.get(comp)
+            metas[role] = meta.model_dump(mode="json", by_alias=True) if meta else {"name": comp}
+        runner = self.svc.runners.get(job.id)
+        expect: list[JsonValue] = list(runner.expectations() if runner else _expect(job))
+        offsets: dict[str, JsonValue] = {}
+        for role, comp in roles.items():
+            node = self.svc.node_of(comp)
+            off = self.svc.presence_view.clock_offset(node.node) if node else None
+            if off is not None:
+                offsets[role] = round(off, 3)
+        return {
+            "job": job.model_dump(mode="json"),
+            "roles": metas,
+            "expect": expect,
+            "path": str(path),
+            "fallback_dir": str(self.svc.settings.jobs_dir / str(job.id)),
+            "snapshot": snapshot,
+            "clock_offsets": offsets,
+        }
+
+    async def job_done(self, runner: JobRunner, status: str, reason: str | None) -> None:
+        svc = self.svc
+        job = self.store.job(runner.job.id)
+        path = Path(job.respath or svc.settings.jobs_dir / str(job.id) / f"results.{job.id}.nc")
+        ok, msg, data = False, "", None
+        ended = _now()
+        log.info("job %d: tasks over (%s); asking the recorder for the file", job.id, status)
+        # the file carries the job as it ends (status, times, reason), not as it ran
+        final = job.model_copy(update={"status": status, "completed_at": ended, "reason": reason})
+        for _attempt in range(3):  # the supervisor restarts a crashed recorder
+            ok, msg, data = await svc.recorder_request(
+                "finalize", self.recorder_args(final, path, snapshot=False), timeout=60
+            )
+            if ok:
+                break
+        progress = dict(job.progress)
+        if ok and isinstance(data, dict) and data.get("path"):
+            respath = str(data["path"])
+            svc.job_event(job.id, "file_written", detail={"path": respath})
+            status, reason = judge_file(status, reason, data)
+            if isinstance(data.get("points"), dict):
+                progress["points"] = data["points"]
+        else:
+            respath = job.respath
+            if status == "c":
+                status = "ce"
+            reason = reason or f"the recorder could not write the output file: {msg}"
+        svc.runners.pop(job.id, None)
+        job = self.store.update_job(
+            job.id,
+            status=status,
+            completed_at=ended,
+            reason=reason,
+            respath=respath,
+            progress=progress,
+        )
+        pip = job.pipeline
+        if pip:
+            unlock = bool((job.payload.get("settings") or {}).get("unlock_when_done"))
+            ready = self.store.pipeline(pip).ready and status == "c" and unlock
+            self.store.update_pipeline(pip, jobid=None, ready=ready)
+            await svc.publish_pipeline(pip)
+        await svc.publish_job(job)
+        log.info(
+            "job %d ended %s%s; file %s", job.id, status, f" ({reason})" if reason else "", respath
+        )
+        svc.job_event(job.id, "completed", status=status, detail={"reason": reason})
+        svc.kick()
+
+
+def judge_file(status: str, reason: str | None, data: dict[str, Any]) -> tuple[str, str | None]:
+    """The job's final status and reason, given the recorder's finalize reply.
+
+    ``c`` only when every task's count is exactly in the file and no batch conflicted;
+    otherwise ``ce`` (a cancelled job stays ``cd``) with each problem in the reason.
+    A file written to the fallback folder is named in the reason.
+    """
+    problems: list[str] = []
+    for key, what in (
+        ("missing", "lacks points"),
+        ("extra", "has points no runner reported"),
+        ("conflicts", "has conflicting duplicate batches"),
+    ):
+        items = data.get(key)
+        if isinstance(items, list) and items:
+            problems.append(f"the file {what}: " + "; ".join(map(str, items)))
+    notes = problems[:]
+    if data.get("fallback"):
+        notes.append(str(data["fallback"]))
+    if problems and status == "c":
+        status = "ce"
+    if notes:
+        reason = "; ".join(([reason] if reason else []) + notes)
+    return status, reason
+
+
+def _expect(job: Job) -> list[dict[str, Any]]:
+    """The per-task expectations of a job whose runner is gone (from its progress)."""
+    saved = job.progress.get("tasks") or {}
+    states = []
+    for role, spec in tasks_of(job.payload, job.id):
+        ts = TaskState(role, spec, None, None)
+        ts.end = (saved.get(str(spec.index)) or {}).get("end")
+        states.append(ts)
+    return expectations(states, dict(job.progress.get("roles") or {}))

@@ -1,0 +1,399 @@
+"""The scheduler's operations: one method per ``scheduler/cmd/<op>``, plus the queue.
+
+Dispatched through the explicit table of :meth:`SchedulerOps.table`. Each operation
+validates its arguments, changes the durable state, publishes what changed, and returns
+a :class:`Result`; refusals raise :class:`CommandError` with a message for the user.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pydantic import JsonValue
+
+from tomato_mqtt.config.devices import load_devices
+from tomato_mqtt.config.payloads import PayloadError, parse_payload
+from tomato_mqtt.config.settings import load_settings
+from tomato_mqtt.driver.validate import TaskValidationError, validate_task
+from tomato_mqtt.errors import ConfigError
+from tomato_mqtt.model.jobs import Job
+from tomato_mqtt.model.matching import ComponentView, MatchResult, match, next_launches
+from tomato_mqtt.services.scheduler.access import Access
+from tomato_mqtt.services.scheduler.lifecycle import JobLifecycle
+from tomato_mqtt.services.scheduler.status import status_section
+from tomato_mqtt.transport.rpc import CommandError, Handler, Result
+from tomato_mqtt.wire.commands import (
+    JobIdsArgs,
+    LoadArgs,
+    NoArgs,
+    PipelineArgs,
+    SearchArgs,
+    SnapshotArgs,
+    StatusArgs,
+    SubmitArgs,
+)
+
+if TYPE_CHECKING:
+    from tomato_mqtt.services.scheduler.service import SchedulerService
+
+__all__ = ["SchedulerOps"]
+
+log = logging.getLogger(__name__)
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat()
+
+
+class SchedulerOps:
+    def __init__(self, svc: SchedulerService) -> None:
+        self.svc = svc
+        self.jobs = JobLifecycle(svc)
+        self.access = Access(svc.settings)
+
+    @property
+    def store(self) -> Any:
+        if self.svc.store is None:
+            raise CommandError("scheduler state is not open", code="unavailable")
+        return self.svc.store
+
+    def table(self) -> dict[str, Handler]:
+        return {
+            "status": self.status,
+            "reload": self.reload,
+            "stop": self.stop,
+            "pipeline_load": self.pipeline_load,
+            "pipeline_eject": self.pipeline_eject,
+            "pipeline_ready": self.pipeline_ready,
+            "job_submit": self.job_submit,
+            "job_status": self.job_status,
+            "job_cancel": self.job_cancel,
+            "job_search": self.job_search,
+            "job_snapshot": self.job_snapshot,
+            "whoami": self.whoami,
+        }
+
+    async def whoami(self, args: Mapping[str, JsonValue]) -> Result:
+        """Who the scheduler thinks asked, and what that role may send."""
+        NoArgs.model_validate(args)
+        me = self.access.whoami()
+        return Result(f"you are {me['user']} (role {me['role'] or 'none'})", me)
+
+    # -- status ----------------------------------------------------------------------------
+    async def status(self, args: Mapping[str, JsonValue]) -> Result:
+        self.access.require("status")
+        a = StatusArgs.model_validate(args)
+        return status_section(self.svc, self.store, a.what)
+
+    # -- reload ----------------------------------------------------------------------------
+    async def reload(self, args: Mapping[str, JsonValue]) -> Result:
+        self.access.require("reload")
+        NoArgs.model_validate(args)
+        svc = self.svc
+        old = svc.settings
+        try:
+            new_settings = load_settings(
+                appdir=old.appdir,
+                datadir=old.datadir,
+                logdir=old.logdir,
+                port=old.mqtt.port,
+                host=old.mqtt.host,
+            )
+            new_layout = load_devices(new_settings.devices_file, new_settings.node.name)
+        except ConfigError as e:
+            raise CommandError(f"reload refused, nothing changed: {e}") from None
+        diff = svc.layout.diff(new_layout)
+        busy_components: set[str] = set()
+        busy_pipelines: set[str] = set()
+        for job in self.store.jobs(statuses=["r", "rd"]):
+            if job.pipeline:
+                busy_pipelines.add(job.pipeline)
+                lay = svc.layout.pipelines.get(job.pipeline)
+                if lay:
+                    busy_components.update(lay.roles.values())
+        touched = []
+        for name in busy_pipelines:
+            if svc.layout.pipelines.get(name) != new_layout.pipelines.get(name):
+                touched.append(f"pipeline {name}")
+        for name in busy_components:
+            if svc.layout.components.get(name) != new_layout.components.get(name):
+                touched.append(f"component {name}")
+            drv = svc.layout.components[name].driver
+            if old.drivers.get(drv) != new_settings.drivers.get(drv):
+                touched.append(f"settings of driver {drv}")
+        if touched:
+            raise CommandError(
+                "reload refused, nothing changed: it would modify "
+                + ", ".join(sorted(set(touched)))
+                + " of a running job",
+                code="conflict",
+            )
+        removed_pips = set(svc.layout.pipelines) - set(new_layout.pipelines)
+        svc.settings = new_settings
+        svc.layout = new_layout
+        self.store.sync_pipelines(new_layout.pipelines)
+        for name in removed_pips:
+            await svc.clear_pipeline(name)
+        for p in self.store.pipelines():
+            await svc.publish_pipeline(p.name)
+        await svc.configure_nodes()
+        svc.kick()
+        return Result("reload done: " + _describe_diff(diff), _jsonable_diff(diff))
+
+    async def stop(self, args: Mapping[str, JsonValue]) -> Result:
+        self.access.require("stop")
+        NoArgs.model_validate(args)
+        running = self.store.jobs(statuses=["r", "rd"])
+        if running:
+            ids = ", ".join(str(j.id) for j in running)
+            raise CommandError(
+                f"cannot stop: job(s) {ids} are running (cancel them first)", code="conflict"
+            )
+        self.svc.exit_requested = True
+        self.svc.spawn(self._stop_soon())
+        return Result("stopping tomato-mqtt")
+
+    async def _stop_soon(self) -> None:
+        await self.svc.publish(self.svc.topics.scheduler_status(), self.svc._presence("stopping"))
+        self.svc.request_stop()
+
+    # -- pipelines -------------------------------------------------------------------------
+    def _pipeline(self, name: str) -> Any:
+        try:
+            return self.store.pipeline(name)
+        except KeyError:
+            known = ", ".join(p.name for p in self.store.pipelines()) or "none"
+            raise CommandError(
+                f"no pipeline named {name!r} (known: {known})", code="not_found"
+            ) from None
+
+    async def pipeline_load(self, args: Mapping[str, JsonValue]) -> Result:
+        self.access.require("pipeline_load")
+        a = LoadArgs.model_validate(args)
+        p = self._pipeline(a.pipeline)
+        if p.sample is not None:
+            raise CommandError(
+                f"pipeline {a.pipeline} already holds sample {p.sample!r}: eject it first",
+                code="conflict",
+            )
+        if not a.sample.strip():
+            raise CommandError("the sample name must not be empty", code="bad_request")
+        p = self.store.update_pipeline(a.pipeline, sample=a.sample)
+        await self.svc.publish_pipeline(a.pipeline)
+        self.svc.kick()
+        return Result(f"sample {a.sample!r} loaded into {a.pipeline}", p.model_dump(mode="json"))
+
+    async def pipeline_eject(self, args: Mapping[str, JsonValue]) -> Result:
+        self.access.require("pipeline_eject")
+        a = PipelineArgs.model_validate(args)
+        p = self._pipeline(a.pipeline)
+        if p.jobid is not None:
+            raise CommandError(
+                f"cannot eject from {a.pipeline}: job {p.jobid} is running", code="conflict"
+            )
+        p = self.store.update_pipeline(a.pipeline, sample=None, ready=False)
+        await self.svc.publish_pipeline(a.pipeline)
+        return Result(f"pipeline {a.pipeline} ejected", p.model_dump(mode="json"))
+
+    async def pipeline_ready(self, args: Mapping[str, JsonValue]) -> Result:
+        self.access.require("pipeline_ready")
+        a = PipelineArgs.model_validate(args)
+        self._pipeline(a.pipeline)
+        p = self.store.update_pipeline(a.pipeline, ready=True)
+        await self.svc.publish_pipeline(a.pipeline)
+        self.svc.kick()
+        return Result(f"pipeline {a.pipeline} is ready", p.model_dump(mode="json"))
+
+    # -- jobs ------------------------------------------------------------------------------
+    async def job_submit(self, args: Mapping[str, JsonValue]) -> Result:
+        self.access.require("job_submit")
+        a = SubmitArgs.model_validate(args)
+        try:
+            payload = parse_payload(dict(a.payload), user=a.user)
+        except PayloadError as e:
+            raise CommandError(f"payload refused: {e}") from None
+        pdict = payload.model_dump(mode="json")
+        self.access.check_bounds(pdict.get("method") or [])
+        job = self.store.add_job(pdict, a.jobname, a.submit_dir, owner=self.access.owner())
+        out = pdict.get("settings", {}).get("output", {})
+        base = Path(out.get("path") or a.submit_dir or self.svc.settings.jobs_dir / str(job.id))
+        prefix = out.get("prefix") or f"results.{job.id}"
+        job = self.store.update_job(job.id, respath=str(base / f"{prefix}.nc"))
+        await self.svc.publish_job(job)
+        log.info("job %d submitted (%s)", job.id, job.jobname or "no name")
+        self.svc.job_event(job.id, "queued", status=job.status)
+        await self.schedule()
+        job = self.store.job(job.id)
+        return Result(
+            f"job submitted successfully with jobid {job.id}", job.model_dump(mode="json")
+        )
+
+    def _jobs(self, ids: list[int] | None) -> list[Job]:
+        if not ids:
+            return list(self.store.jobs())
+        out = []
+        for i in ids:
+            try:
+                out.append(self.store.job(i))
+            except KeyError:
+                raise CommandError(f"no job with id {i}", code="not_found") from None
+        return out
+
+    async def job_status(self, args: Mapping[str, JsonValue]) -> Result:
+        self.access.require("job_status")
+        a = JobIdsArgs.model_validate(args)
+        jobs = self._jobs(a.jobids)
+        return Result(f"{len(jobs)} job(s)", [j.model_dump(mode="json") for j in jobs])
+
+    async def job_search(self, args: Mapping[str, JsonValue]) -> Result:
+        self.access.require("job_search")
+        a = SearchArgs.model_validate(args)
+        jobs = self.store.search(a.name, complete=a.complete)
+        return Result(
+            f"{len(jobs)} job(s) match {a.name!r}", [j.model_dump(mode="json") for j in jobs]
+        )
+
+    async def job_cancel(self, args: Mapping[str, JsonValue]) -> Result:
+        self.access.require("job_cancel")
+        a = JobIdsArgs.model_validate(args)
+        if not a.jobids:
+            raise CommandError("give the id of the job(s) to cancel", code="bad_request")
+        jobs = self._jobs(a.jobids)
+        for job in jobs:  # all or nothing: no job is cancelled if one is not theirs
+            self.access.require_job(job, "cancel")
+        out: list[JsonValue] = []
+        msgs = []
+        for job in jobs:
+            if job.status in ("q", "qw"):
+                job = self.store.update_job(job.id, status="cd", completed_at=_now())
+                await self.svc.publish_job(job)
+                self.svc.job_event(job.id, "completed", status="cd")
+                msgs.append(f"job {job.id} cancelled")
+            elif job.status == "r":
+                job = self.store.update_job(job.id, status="rd")
+                await self.svc.publish_job(job)
+                self.svc.job_event(job.id, "cancel_requested", status="rd")
+                runner = self.svc.runners.get(job.id)
+                if runner is not None:
+                    self.svc.spawn(runner.cancel())
+                msgs.append(f"job {job.id} is being cancelled")
+            elif job.status == "rd":
+                msgs.append(f"job {job.id} is already being cancelled")
+            else:
+                msgs.append(f"job {job.id} has already ended ({job.status})")
+            out.append(job.model_dump(mode="json"))
+        return Result("; ".join(msgs), out)
+
+    async def job_snapshot(self, args: Mapping[str, JsonValue]) -> Result:
+        self.access.require("job_snapshot")
+        a = SnapshotArgs.model_validate(args)
+        job = self._jobs([a.jobid])[0]
+        self.access.require_job(job, "snapshot")
+        if job.status in ("q", "qw"):
+            raise CommandError(
+                f"job {job.id} has not started yet: no data to snapshot", code="conflict"
+            )
+        path = Path(self.svc.settings.jobs_dir) / str(job.id) / f"snapshot.{job.id}.nc"
+        ok, msg, data = await self.svc.recorder_request(
+            "finalize", self.recorder_args(job, path, snapshot=True), timeout=60
+        )
+        if not ok:
+            raise CommandError(f"snapshot of job {job.id} failed: {msg}", code="unavailable")
+        return Result(msg, data)
+
+    # -- the queue -------------------------------------------------------------------------
+    def _views(self) -> dict[str, ComponentView]:
+        out = {}
+        for name in self.svc.layout.components:
+            meta = self.svc.metas.get(name)
+            node = self.svc.node_of(name)
+            online = node is not None and node.state == "online"
+            caps = frozenset(meta.capabilities) if meta and meta.registered else None
+            out[name] = ComponentView(
+                name=name, capabilities=caps, attrs=meta.attrs if meta else {}, online=online
+            )
+        return out
+
+    @staticmethod
+    def _validator(view: ComponentView, technique: str, params: Mapping[str, Any]) -> str | None:
+        try:
+            validate_task(view.capabilities or (), view.attrs, technique, params)
+        except TaskValidationError as e:
+            return str(e)
+        return None
+
+    async def schedule(self) -> None:
+        """Match queued jobs, explain the ones that cannot match, launch what can."""
+        svc = self.svc
+        queue = list(self.store.jobs(statuses=["q", "qw"]))
+        if not queue:
+            return
+        views = self._views()
+        matches: dict[int, MatchResult] = {}
+        for job in queue:
+            res = match(job.payload.get("method", []), svc.layout.pipelines, views, self._validator)
+            matches[job.id] = res
+            new_status = "qw" if res.candidates else job.status
+            reason = None if res.candidates else res.reason
+            if new_status != job.status or reason != job.reason:
+                job = self.store.update_job(job.id, status=new_status, reason=reason)
+                await svc.publish_job(job)
+                if new_status == "qw":
+                    svc.job_event(job.id, "matched", status="qw")
+        queue = list(self.store.jobs(statuses=["q", "qw"]))
+        pips = {p.name: p for p in self.store.pipelines()}
+        launches = next_launches(
+            queue,
+            pips,
+            matches,
+            lambda j: str(j.payload.get("sample", {}).get("identifier")),
+            layouts=svc.layout.pipelines,
+        )
+        for jobid, pipeline in launches:
+            await self._launch(self.store.job(jobid), pipeline)
+
+    async def _launch(self, job: Job, pipeline: str) -> None:
+        svc = self.svc
+        roles = dict(svc.layout.pipelines[pipeline].roles)
+        job = self.store.update_job(
+            job.id,
+            status="r",
+            pipeline=pipeline,
+            launched_at=_now(),
+            reason=None,
+            progress={"roles": roles, "tasks": {}},
+        )
+        self.store.update_pipeline(pipeline, jobid=job.id)
+        await svc.publish_pipeline(pipeline)
+        await svc.publish_job(job)
+        log.info("job %d launched on %s", job.id, pipeline)
+        svc.job_event(job.id, "launched", status="r", detail={"pipeline": pipeline})
+        self.start_runner(job)
+
+    def start_runner(self, job: Job, readopt: bool = False) -> None:
+        self.jobs.start_runner(job, readopt)
+
+    def recorder_args(self, job: Job, path: Path, snapshot: bool) -> dict[str, JsonValue]:
+        return self.jobs.recorder_args(job, path, snapshot)
+
+
+def _jsonable_diff(diff: Any) -> JsonValue:
+    if hasattr(diff, "model_dump"):
+        return diff.model_dump(mode="json")  # type: ignore[no-any-return]
+    if hasattr(diff, "__dict__"):
+        return {k: sorted(v) if isinstance(v, set) else v for k, v in vars(diff).items()}
+    return str(diff)
+
+
+def _describe_diff(diff: Any) -> str:
+    d = _jsonable_diff(diff)
+    if isinstance(d, dict):
+        parts = [
+            f"{k}: {', '.join(map(str, v))}" for k, v in d.items() if isinstance(v, list) and v
+        ]
+        return "; ".join(parts) or "no changes"
+    return str(d)

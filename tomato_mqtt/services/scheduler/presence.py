@@ -1,0 +1,184 @@
+"""What the scheduler learns from the others' retained statuses, judged on its own clock.
+
+- **Staleness by the receiver's clock.** A node counts as lost when no status arrived
+  from it for ``lost_after`` seconds of the scheduler's monotonic clock; the
+  ``heartbeat`` field (the node's wall clock) is never compared with ours for that.
+- **Clock skew.** It is compared only to estimate the node's clock offset (the largest
+  of the last few ``heartbeat - now``: transport delay only makes it smaller); beyond
+  ``clock_tolerance`` the node is flagged in ``tomato status nodes`` and the jobs
+  running on it get a ``warning`` event. The offset goes into the job's file.
+- **The recorder's storage faults** become the ``reason`` of the running jobs while they
+  last (``ketchup status`` shows them) and are cleared when storage resumes.
+- **Late data and late task ends** of jobs that already ended update the job: the point
+  counts of its file after a late merge, and the task end (with the runner's count) that
+  a node cut off during the task reports when it comes back. Statuses stay as they
+  ended (see docs/reliability.md); the reason says what changed.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+from pydantic import JsonValue
+
+from tomato_mqtt.model.jobs import DONE_STATUSES
+from tomato_mqtt.wire.messages import ComponentStatus, NodeStatus, RecorderStatus
+
+if TYPE_CHECKING:
+    from tomato_mqtt.services.scheduler.service import SchedulerService
+
+__all__ = ["Presence"]
+
+log = logging.getLogger(__name__)
+
+STORAGE_PREFIX = "the recorder cannot store data"
+
+
+class Presence:
+    def __init__(self, svc: SchedulerService) -> None:
+        self.svc = svc
+        self.seen: dict[str, float] = {}  # node -> monotonic time its last status arrived
+        self.offsets: dict[str, collections.deque[float]] = {}
+        self.skewed: set[str] = set()
+        self.storage_error: str | None = None
+
+    # -- nodes ------------------------------------------------------------------------------
+    def received(self, st: NodeStatus, retained: bool) -> None:
+        self.seen[st.node] = time.monotonic()
+        if st.state != "online" or retained or st.heartbeat <= 0:
+            return  # a retained status may be old: it says nothing about the node's clock
+        q = self.offsets.setdefault(st.node, collections.deque(maxlen=5))
+        q.append(st.heartbeat - time.time())
+        off = self.clock_offset(st.node)
+        tol = self.svc.settings.scheduler.clock_tolerance
+        if off is None:
+            return
+        if abs(off) > tol and st.node not in self.skewed:
+            self.skewed.add(st.node)
+            msg = self.skew_message(st.node, off)
+            log.warning("%s", msg)
+            for job in self._running_jobs_on(st.node):
+                self.svc.job_event(job, "warning", detail={"message": msg, "node": st.node})
+        elif abs(off) <= tol and st.node in self.skewed:
+            self.skewed.discard(st.node)
+            log.info("node %s: clock back within %g s of the scheduler's", st.node, tol)
+
+    def clock_offset(self, node: str) -> float | None:
+        q = self.offsets.get(node)
+        return max(q) if q else None
+
+    def skew_message(self, node: str, off: float) -> str:
+        tol = self.svc.settings.scheduler.clock_tolerance
+        return (
+            f"node {node}: clock differs from the scheduler's by {off:+.1f} s (tolerance "
+            f"{tol:g} s); its data keep the node's timestamps"
+        )
+
+    def check_stale(self) -> bool:
+        """Count nodes silent for ``lost_after`` (our clock) as lost; True if any changed."""
+        now = time.monotonic()
+        lost_after = self.svc.settings.scheduler.lost_after
+        changed = False
+        for name, st in list(self.svc.nodes.items()):
+            age = now - self.seen.get(name, now)
+            if st.state == "online" and age > lost_after:
+                self.svc.nodes[name] = st.model_copy(update={"state": "lost"})
+                log.warning("node %s: no heartbeat for %.0f s, counted as lost", name, age)
+                changed = True
+        return changed
+
+    def node_view(self, name: str) -> dict[str, JsonValue]:
+        st = self.svc.nodes[name]
+        out: dict[str, JsonValue] = st.model_dump(mode="json", by_alias=True)
+        seen = self.seen.get(name)
+        out["heartbeat_age"] = None if seen is None else round(time.monotonic() - seen, 3)
+        off = self.clock_offset(name)
+        out["clock_offset"] = None if off is None else round(off, 3)
+        out["clock_skewed"] = name in self.skewed
+        if name in self.skewed and off is not None:
+            out["clock_warning"] = self.skew_message(name, off)
+        return out
+
+    def _running_jobs_on(self, node: str) -> list[int]:
+        out = []
+        for jobid, runner in self.svc.runners.items():
+            for comp in runner.roles.values():
+                st = self.svc.node_of(comp)
+                if st is not None and st.node == node:
+                    out.append(jobid)
+                    break
+        return out
+
+    # -- the recorder -----------------------------------------------------------------------
+    async def recorder(self, rst: RecorderStatus) -> None:
+        store = self.svc.store
+        if store is None or rst.state == "lost":
+            return
+        if rst.storage_error != self.storage_error:
+            await self._storage(rst.storage_error)
+        for key, prog in rst.jobs.items():
+            if prog.merged:
+                await self._merged(int(key), prog.merged, prog.points)
+
+    async def _storage(self, error: str | None) -> None:
+        svc = self.svc
+        assert svc.store is not None
+        old, self.storage_error = self.storage_error, error
+        for job in svc.store.jobs(statuses=["r", "rd"]):
+            if error is not None and (job.reason is None or job.reason == old):
+                reason = error if error.startswith(STORAGE_PREFIX) else f"{STORAGE_PREFIX}: {error}"
+                job = svc.store.update_job(job.id, reason=reason)
+            elif error is None and job.reason and job.reason.startswith(STORAGE_PREFIX):
+                job = svc.store.update_job(job.id, reason=None)
+            else:
+                continue
+            await svc.publish_job(job)
+
+    async def _merged(self, jobid: int, merged: int, points: dict[str, int]) -> None:
+        svc = self.svc
+        assert svc.store is not None
+        try:
+            job = svc.store.job(jobid)
+        except KeyError:
+            return
+        if job.status not in DONE_STATUSES or merged <= int(job.progress.get("merged", 0)):
+            return
+        roles = dict(job.progress.get("roles") or {})
+        per_role = {role: points.get(comp, 0) for role, comp in roles.items()}
+        progress = dict(job.progress) | {"merged": merged, "points": per_role}
+        total = sum(per_role.values())
+        note = f"late data merged into the file (now {total} points)"
+        base = (job.reason or "").split(" | late data merged")[0]
+        reason = f"{base} | {note}" if base else note
+        job = svc.store.update_job(jobid, progress=progress, reason=reason)
+        await svc.publish_job(job)
+        log.info("job %d: %s", jobid, note)
+
+    # -- late task ends -----------------------------------------------------------------------
+    def late_task_end(self, st: ComponentStatus) -> None:
+        """A node cut off during a task reports its end after the job ended: keep it."""
+        lt = st.last_task
+        store = self.svc.store
+        if lt is None or lt.job is None or lt.task is None or store is None:
+            return
+        if lt.job in self.svc.runners:
+            return  # the runner takes it
+        try:
+            job = store.job(lt.job)
+        except KeyError:
+            return
+        if job.status not in DONE_STATUSES:
+            return
+        tasks: dict[str, Any] = dict(job.progress.get("tasks") or {})
+        t = dict(tasks.get(str(lt.task)) or {})
+        end = dict(t.get("end") or {})
+        if isinstance(end.get("npoints"), int):
+            return
+        new_end = lt.model_dump(mode="json") | {"late": True, "ended_job_as": end.get("message")}
+        tasks[str(lt.task)] = t | {"state": "ended", "end": new_end}
+        store.update_job(lt.job, progress=dict(job.progress) | {"tasks": tasks})
+        log.info("job %d: task %d end reported late (%d points)", lt.job, lt.task, lt.npoints)
+        self.svc.spawn(self.svc.publish_job(store.job(lt.job)))

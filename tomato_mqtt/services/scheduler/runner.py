@@ -1,0 +1,389 @@
+"""Runs one job: the tasks of each role in order, roles in parallel.
+
+Event-driven throughout: a task's end is seen in the component's retained status
+(``last_task``), triggers (``start_with_task_name`` / ``stop_with_task_name``) fire the
+moment the named task has started, and a cancel stops every running task at once.
+Progress is persisted before each step, so a restarted scheduler re-adopts the job:
+tasks that kept running on their nodes are waited for, not started again.
+
+A task never hangs its job (issue 9):
+
+- the node epoch the task started in is kept; a node that comes back with another
+  epoch (it crashed or was restarted) has lost the task, and so has a component that
+  reports a status taken after the task started that neither runs it nor ended it (it
+  was reloaded or reset): the job ends ``ce`` at once, naming the component;
+- a cancel waits at most :data:`CANCEL_WAIT` for a node to confirm each stop; a node
+  that answers "no running task", does not answer or is gone does not hold the job;
+- a node lost for longer than the grace period ends the job ``ce``.
+
+Each ended task carries the points its runner took (``npoints``) and the deadlines it
+missed; :meth:`JobRunner.expectations` hands the counts to the recorder, which checks
+them per task (DESIGN.md §5).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from tomato_mqtt.model.jobs import Job
+from tomato_mqtt.services.scheduler.tasks import TaskState, expectations, tasks_of
+from tomato_mqtt.wire.messages import ComponentStatus, NodeStatus
+
+__all__ = ["CANCEL_WAIT", "JobRunner", "RunnerHost", "expectations", "tasks_of"]
+
+log = logging.getLogger(__name__)
+
+CANCEL_WAIT = 2.0  # s a cancel waits for a node to confirm that its task stopped
+RESET_WAIT = 10.0  # s the reset of a component after a job may take (3 s after a cancel)
+
+
+class RunnerHost(Protocol):
+    """What a runner needs from the scheduler (kept narrow so it can be tested alone)."""
+
+    cond: asyncio.Condition
+    node_grace_period: float
+
+    def component_status(self, name: str) -> ComponentStatus | None: ...
+    def node_of(self, component: str) -> NodeStatus | None: ...
+    def save_progress(self, job: int, progress: dict[str, Any]) -> None: ...
+    def job_event(self, job: int, event: str, **kw: Any) -> None: ...
+    async def component_request(
+        self, component: str, op: str, args: Mapping[str, Any], timeout: float = 5.0
+    ) -> tuple[bool, str, Any]: ...
+
+
+@dataclass
+class JobRunner:
+    job: Job
+    roles: dict[str, str]  # role -> component name
+    host: RunnerHost
+    on_done: Callable[[JobRunner, str, str | None], Awaitable[None]]
+    tasks: list[TaskState] = field(default_factory=list)
+    cancelled: bool = False
+    error: str | None = None
+    started_names: set[str] = field(default_factory=set)
+    warnings: list[str] = field(default_factory=list)
+    cancel_at: float | None = None  # monotonic
+    unconfirmed: set[str] = field(default_factory=set)  # components that never confirmed
+    seen_running: set[str] = field(default_factory=set)  # seen running this job's task
+    _bg: set[asyncio.Future[None]] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        method = self.job.payload.get("method", [])
+        saved = self.job.progress.get("tasks", {})
+        for (role, spec), raw in zip(tasks_of(self.job.payload, self.job.id), method, strict=True):
+            ts = TaskState(
+                role, spec, raw.get("start_with_task_name"), raw.get("stop_with_task_name")
+            )
+            prev = saved.get(str(spec.index))
+            if prev:
+                ts.state = prev.get("state", "pending")
+                ts.end = prev.get("end")
+                ts.epoch = prev.get("epoch")
+                ts.started_at = prev.get("started_at")
+            if ts.state in ("running", "ended") and spec.task_name:
+                self.started_names.add(spec.task_name)
+            self.tasks.append(ts)
+
+    # -- persistence -----------------------------------------------------------------------
+    def _save(self) -> None:
+        progress = dict(self.job.progress)
+        progress["roles"] = self.roles
+        progress["tasks"] = {
+            str(t.spec.index): {
+                "state": t.state,
+                "end": t.end,
+                "epoch": t.epoch,
+                "started_at": t.started_at,
+            }
+            for t in self.tasks
+        }
+        self.job.progress = progress
+        self.host.save_progress(self.job.id, progress)
+
+    def expectations(self) -> list[dict[str, Any]]:
+        """Per ended task with a known count: the points its runner took, for the
+        recorder's per-task check (and where its batches end, to ask for replays)."""
+        return expectations(self.tasks, self.roles)
+
+    # -- running ---------------------------------------------------------------------------
+    async def run(self) -> None:
+        by_role: dict[str, list[TaskState]] = {}
+        for t in self.tasks:
+            by_role.setdefault(t.role, []).append(t)
+        try:
+            await asyncio.gather(*(self._run_role(role, ts) for role, ts in by_role.items()))
+        except Exception as e:  # a bug in one role must still end the job
+            log.exception("job %d: runner failed", self.job.id)
+            self.error = self.error or f"internal error: {e}"
+        await self._reset_components()
+        if self.cancelled:
+            status = "cd"
+        elif self.error:
+            status = "ce"
+        else:
+            status = "c"
+        reason = self.error
+        if self.warnings and status != "ce":
+            reason = "; ".join(([reason] if reason else []) + self.warnings)
+        await self.on_done(self, status, reason)
+
+    async def cancel(self) -> None:
+        """Stop every running task of this job at once (bounded: see CANCEL_WAIT)."""
+        self.cancelled = True
+        self.cancel_at = time.monotonic()
+        async with self.host.cond:
+            self.host.cond.notify_all()
+        running = [t for t in self.tasks if t.state in ("starting", "running")]
+        await asyncio.gather(
+            *(self._stop_task(t, "job cancelled") for t in running), return_exceptions=True
+        )
+        async with self.host.cond:
+            self.host.cond.notify_all()
+
+    async def _stop_task(self, t: TaskState, reason: str) -> None:
+        ok, msg, data = await self.host.component_request(
+            self.roles[t.role],
+            "task_stop",
+            {"job": self.job.id, "reason": reason},
+            timeout=CANCEL_WAIT,
+        )
+        if not ok:
+            log.warning("job %d: stopping task %d: %s", self.job.id, t.spec.index, msg)
+        elif isinstance(data, dict) and data.get("running") is False:
+            t.no_task = True  # nothing to wait for: the node holds no task
+            async with self.host.cond:
+                self.host.cond.notify_all()
+
+    def _failed(self) -> bool:
+        return self.cancelled or self.error is not None
+
+    async def _run_role(self, role: str, tasks: Sequence[TaskState]) -> None:
+        for t in tasks:
+            if self._failed():
+                return
+            if t.state in ("ended", "skipped"):
+                continue
+            if t.state == "pending":
+                if t.start_with and t.start_with not in self.started_names:
+                    await self._wait(functools.partial(self._has_started, t.start_with))
+                    if self._failed():
+                        return
+                if t.stop_with and t.stop_with in self.started_names:
+                    t.state = "skipped"
+                    self._save()
+                    continue
+                if not await self._start(t):
+                    return
+            await self._wait_end(t)
+
+    async def _start(self, t: TaskState) -> bool:
+        component = self.roles[t.role]
+        t.state = "starting"
+        self._save()
+        # a re-adopted "starting" task may have started before the old scheduler died
+        st = self.host.component_status(component)
+        if (st is not None and self._is_running(st, t)) or (st is not None and self._ended(st, t)):
+            t.state = "running"
+            self._save()
+            return True
+        ok, msg, data = await self.host.component_request(
+            component, "task_start", {"task": t.spec.model_dump(mode="json")}, timeout=10.0
+        )
+        if not ok:
+            self.error = f"task {t.spec.index} ({t.spec.technique_name}) on role {t.role!r}: {msg}"
+            t.state = "ended"
+            t.end = {"reason": "error", "message": msg}
+            self._save()
+            async with self.host.cond:
+                self.host.cond.notify_all()
+            return False
+        t.state = "running"
+        if isinstance(data, dict):
+            epoch, started = data.get("epoch"), data.get("started_at")
+            t.epoch = epoch if isinstance(epoch, int) else None
+            t.started_at = float(started) if isinstance(started, int | float) else None
+        self._save()
+        self.host.job_event(self.job.id, "task_started", role=t.role, task=t.spec.index)
+        if t.spec.task_name:
+            self.started_names.add(t.spec.task_name)
+            # stop_with triggers fire now, on every role
+            for other in self.tasks:
+                if other.stop_with == t.spec.task_name and other.state in ("starting", "running"):
+                    self._bg.add(
+                        asyncio.ensure_future(
+                            self._stop_task(other, f"stopped by {t.spec.task_name}")
+                        )
+                    )
+            async with self.host.cond:
+                self.host.cond.notify_all()
+        return True
+
+    def _is_running(self, st: ComponentStatus, t: TaskState) -> bool:
+        return st.state == "running" and st.job == self.job.id and st.task == t.spec.index
+
+    def _ended(self, st: ComponentStatus, t: TaskState) -> bool:
+        lt = st.last_task
+        return lt is not None and lt.job == self.job.id and lt.task == t.spec.index
+
+    def _has_started(self, task_name: str) -> bool:
+        return task_name in self.started_names
+
+    async def _wait(self, pred: Callable[[], bool]) -> None:
+        async with self.host.cond:
+            await self.host.cond.wait_for(lambda: pred() or self._failed())
+
+    def _gone(self, t: TaskState, component: str) -> str | None:
+        """Why the node no longer holds the task (None: it may still run it)."""
+        node = self.host.node_of(component)
+        if node is None or node.state != "online":
+            return None
+        if t.epoch is None:  # re-adopted from an older scheduler: this is its epoch
+            t.epoch = node.epoch
+            self._save()
+            return None
+        if node.epoch != t.epoch:
+            return (
+                f"node {node.node} restarted mid-task (epoch {t.epoch} -> {node.epoch}): "
+                f"task {t.spec.index} ({t.spec.technique_name}) on {component} is gone"
+            )
+        st = self.host.component_status(component)
+        if st is None and t.started_at is not None and component in self.seen_running:
+            return (
+                f"component {component} is no longer hosted by node {node.node} "
+                f"(task {t.spec.index} ({t.spec.technique_name}) is gone)"
+            )
+        if st is not None and self._is_running(st, t):
+            self.seen_running.add(component)
+        if (
+            st is not None
+            and t.started_at is not None
+            and st.epoch == t.epoch
+            and st.time >= t.started_at
+            and not self._is_running(st, t)
+            and not self._ended(st, t)
+        ):
+            return (
+                f"component {component} reports no task ({st.state}) since "
+                f"task {t.spec.index} ({t.spec.technique_name}) started: it was reloaded "
+                "or reset, or its node restarted mid-task"
+            )
+        return None
+
+    def _end_now(self, t: TaskState, end: dict[str, Any]) -> None:
+        t.state = "ended"
+        t.end = end
+        self._save()
+        self.host.cond.notify_all()
+
+    async def _wait_end(self, t: TaskState) -> None:
+        component = self.roles[t.role]
+        lost_since: float | None = None
+        async with self.host.cond:
+            while True:
+                st = self.host.component_status(component)
+                if st is not None and self._ended(st, t) and st.last_task is not None:
+                    end = st.last_task.model_dump(mode="json")
+                    break
+                if self.error is not None and not self.cancelled:
+                    return
+                timeout: float | None = None
+                if self.cancelled:
+                    waited = time.monotonic() - (self.cancel_at or time.monotonic())
+                    if t.no_task or waited >= CANCEL_WAIT:
+                        why = (
+                            "the node reports no running task"
+                            if t.no_task
+                            else (f"the node did not confirm the stop within {CANCEL_WAIT:g} s")
+                        )
+                        if not t.no_task:
+                            self.unconfirmed.add(component)
+                        self._end_now(t, {"reason": "stopped", "message": f"cancelled; {why}"})
+                        return
+                    timeout = CANCEL_WAIT - waited
+                gone = self._gone(t, component)
+                if gone is not None:
+                    # a fresh component needs no reset (and may not be registered yet)
+                    self.unconfirmed.add(component)
+                    if not self.cancelled:
+                        self.error = gone
+                    self._end_now(t, {"reason": "error", "message": gone})
+                    return
+                node = self.host.node_of(component)
+                if node is None or node.state != "online":
+                    lost_since = lost_since or time.monotonic()
+                    left = self.host.node_grace_period - (time.monotonic() - lost_since)
+                    if left <= 0:
+                        name = node.node if node else "?"
+                        self.error = self.error or (
+                            f"node {name} hosting {component} was lost for more than "
+                            f"{self.host.node_grace_period:g} s during task {t.spec.index}"
+                        )
+                        self.unconfirmed.add(component)
+                        self._end_now(t, {"reason": "error", "message": self.error})
+                        return
+                    timeout = left if timeout is None else min(timeout, left)
+                else:
+                    lost_since = None
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self.host.cond.wait(), timeout)
+        t.state = "ended"
+        t.end = end
+        self._save()
+        detail = {"reason": end.get("reason"), "npoints": end.get("npoints")}
+        missed = int(end.get("missed") or 0)
+        if missed:
+            detail["missed"] = missed
+            n = t.spec.npoints
+            warning = (
+                f"task {t.spec.index} ({t.spec.technique_name}) on {component} missed "
+                f"{missed} of {n} sampling deadlines (the driver or node was behind; "
+                "nothing was measured for them)"
+            )
+            self.warnings.append(warning)
+            self.host.job_event(
+                self.job.id, "warning", task=t.spec.index, detail={"message": warning}
+            )
+        self.host.job_event(
+            self.job.id, "task_ended", role=t.role, task=t.spec.index, detail=detail
+        )
+        message = str(end.get("message") or "")
+        if end.get("reason") == "error" and not self.cancelled:
+            self.error = (
+                f"task {t.spec.index} ({t.spec.technique_name}) on {component} failed: {message}"
+            )
+        elif (
+            end.get("reason") == "stopped"
+            and not self.cancelled
+            and not message.startswith("stopped by ")  # a stop_with trigger: as planned
+        ):
+            # stopped by no one in this job (node shut down, component removed or reset)
+            self.error = (
+                f"task {t.spec.index} ({t.spec.technique_name}) on {component} was stopped "
+                f"before its end: {message or 'no reason given'}"
+            )
+        if self.error is not None:
+            async with self.host.cond:
+                self.host.cond.notify_all()
+
+    async def _reset_components(self) -> None:
+        wait = 3.0 if self.cancelled else RESET_WAIT
+
+        async def reset(component: str) -> None:
+            node = self.host.node_of(component)
+            if component in self.unconfirmed or node is None or node.state != "online":
+                return  # it would not answer; the next task_start finds it idle anyway
+            ok, msg, _ = await self.host.component_request(
+                component, "reset", {"force": True}, timeout=wait
+            )
+            if not ok:
+                log.warning("job %d: reset of %s: %s", self.job.id, component, msg)
+
+        await asyncio.gather(*(reset(c) for c in set(self.roles.values())), return_exceptions=True)

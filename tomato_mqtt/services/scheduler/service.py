@@ -1,0 +1,431 @@
+"""The scheduler: configuration, pipelines, the job queue and job state.
+
+It owns the durable state (sqlite), publishes it retained for everyone (pipelines,
+jobs, its own presence and the AsyncAPI contract), configures the driver nodes,
+matches queued jobs to pipelines and runs them through :class:`JobRunner`. Every
+request on ``scheduler/cmd/<op>`` gets a Reply; bad input never stops the service.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import Coroutine, Mapping
+from typing import Any
+
+from pydantic import JsonValue
+
+from tomato_mqtt import __version__
+from tomato_mqtt.config.devices import Layout, load_devices
+from tomato_mqtt.config.settings import Settings, settings_url
+from tomato_mqtt.model.jobs import Job
+from tomato_mqtt.services.base import Service
+from tomato_mqtt.services.scheduler.ops import SchedulerOps
+from tomato_mqtt.services.scheduler.presence import Presence
+from tomato_mqtt.services.scheduler.runner import JobRunner
+from tomato_mqtt.services.scheduler.store import StateStore
+from tomato_mqtt.transport.client import BrokerURL, Message
+from tomato_mqtt.transport.rpc import NoResponder, Requester, Responder
+from tomato_mqtt.wire.messages import (
+    ComponentMeta,
+    ComponentStatus,
+    DecodeError,
+    JobEvent,
+    JobStatus,
+    NodeComponent,
+    NodeConfigure,
+    NodeStatus,
+    PipelineStatus,
+    PresenceState,
+    RecorderStatus,
+    SchedulerStatus,
+    decode,
+    encode,
+)
+from tomato_mqtt.wire.topics import Topics, slug
+
+__all__ = ["SchedulerService"]
+
+log = logging.getLogger(__name__)
+
+
+class SchedulerService(Service):
+    def __init__(self, settings: Settings, url: BrokerURL | None = None) -> None:
+        url = url or settings_url(settings)
+        super().__init__(
+            url,
+            Topics(settings.mqtt.instance, url.username),
+            heartbeat=settings.scheduler.heartbeat,
+        )
+        self.settings = settings
+        self._client_id = f"scheduler-{settings.mqtt.instance}-{uuid.uuid4().hex[:6]}"
+        self.node_grace_period = settings.scheduler.node_grace_period
+        self._kick = asyncio.Event()
+        self.cond = asyncio.Condition()
+        self.metas: dict[str, ComponentMeta] = {}
+        self.cstatus: dict[str, ComponentStatus] = {}
+        self.nodes: dict[str, NodeStatus] = {}
+        self.runners: dict[int, JobRunner] = {}
+        self.layout: Layout = Layout(components={}, pipelines={})
+        self.store: StateStore | None = None
+        self.requester: Requester | None = None
+        self.epoch = int(time.time() * 1000)
+        self.started_at = time.time()
+        self.exit_requested = False  # `tomato stop`: the supervisor then stops the stack
+        self._configured: dict[str, tuple[int, str]] = {}
+        # recorder incarnations: a request pending at a restart is sent again
+        self._recorder_started: float | None = None
+        self._recorder_gen = 0
+        self._recorder_cond = asyncio.Condition()
+        self.presence_view = Presence(self)
+
+    @property
+    def client_id(self) -> str:
+        return self._client_id
+
+    @property
+    def status_topic(self) -> str:
+        return self.topics.scheduler_status()
+
+    def presence(self, state: PresenceState) -> SchedulerStatus:
+        return self._presence(state)
+
+    # -- lifecycle -------------------------------------------------------------------------
+    async def setup(self) -> None:
+        self.layout = load_devices(self.settings.devices_file, self.settings.node.name)
+        self.settings.datadir.mkdir(parents=True, exist_ok=True)
+        self.store = StateStore(self.settings.state_db)
+        self.store.sync_pipelines(self.layout.pipelines)
+
+    async def started(self) -> None:
+        assert self.client is not None
+        self.requester = Requester(self.client, self.topics)
+        self.ops = SchedulerOps(self)
+        self.responder = Responder(
+            self.client, self.topics, self.ops.table(), name="scheduler", kind="scheduler"
+        )
+        await self.requester.start()
+        for f in (
+            self.topics.scheduler_cmds(),
+            self.topics.all_node_status(),
+            self.topics.all_component_meta(),
+            self.topics.all_component_status(),
+            self.topics.recorder_status(),
+        ):
+            await self.client.subscribe(f)
+        await self._announce()
+        self.spawn(asyncio.to_thread(_warm_up_payloads))
+        self._readopt()
+
+    def loops(self) -> list[Coroutine[Any, Any, Any]]:
+        return [self._schedule_loop()]
+
+    async def on_connect(self) -> None:
+        await self._announce()
+
+    async def on_heartbeat(self) -> None:
+        self._check_stale_nodes()
+
+    async def teardown(self) -> None:
+        if self.store is not None:
+            self.store.close()
+
+    def kick(self) -> None:
+        """Something changed that may let a job match or launch."""
+        self._kick.set()
+
+    # -- publishing ------------------------------------------------------------------------
+    def _presence(self, state: str) -> SchedulerStatus:
+        jobs = self.store.jobs(statuses=["r", "rd", "q", "qw"]) if self.store else []
+        return SchedulerStatus(
+            state=state,
+            instance=self.settings.mqtt.instance,
+            epoch=self.epoch,
+            heartbeat=time.time(),
+            version=__version__,
+            started_at=self.started_at,
+            broker=str(self.url),
+            jobs_running=sum(1 for j in jobs if j.status in ("r", "rd")),
+            jobs_queued=sum(1 for j in jobs if j.status in ("q", "qw")),
+        )
+
+    async def publish(self, topic: str, msg: Any, retain: bool = True) -> None:
+        if self.client is None:
+            return
+        payload = msg if isinstance(msg, bytes) else encode(msg)
+        await self.client.publish(topic, payload, retain=retain, wait=False)
+
+    async def _announce(self) -> None:
+        """(Re)publish everything retained: after start and after every reconnect."""
+        from tomato_mqtt.wire.asyncapi import schema_json
+
+        await self.publish(self.topics.scheduler_status(), self._presence("online"))
+        await self.publish(self.topics.meta_schema(), schema_json(self.topics.instance).encode())
+        if self.store is None:
+            return
+        for p in self.store.pipelines():
+            await self.publish_pipeline(p.name)
+        for j in self.store.jobs():
+            await self.publish_job(j)
+        for node in self.nodes:
+            self._configured.pop(node, None)
+        await self.configure_nodes()
+
+    async def publish_pipeline(self, name: str) -> None:
+        if self.store is None:
+            return
+        p = self.store.pipeline(name)
+        lay = self.layout.pipelines.get(name)
+        msg = PipelineStatus(
+            name=name,
+            sample=p.sample,
+            ready=p.ready,
+            job=p.jobid,
+            roles=dict(lay.roles) if lay else {},
+        )
+        await self.publish(self.topics.pipeline_status(name), msg)
+
+    async def publish_job(self, job: Job) -> None:
+        await self.publish(self.topics.job_status(job.id), JobStatus(job=job))
+
+    async def clear_pipeline(self, name: str) -> None:
+        await self.publish(self.topics.pipeline_status(name), b"")
+
+    def job_event(self, job: int, event: str, **kw: Any) -> None:
+        ev = JobEvent(job=job, event=event, time=time.time(), **kw)
+        self.spawn(self.publish(self.topics.job_event(job), ev, retain=False))
+
+    def _check_stale_nodes(self) -> None:
+        if self.presence_view.check_stale():
+            self.spawn(self._notify())
+
+    async def _notify(self) -> None:
+        async with self.cond:
+            self.cond.notify_all()
+
+    # -- incoming --------------------------------------------------------------------------
+    async def on_message(self, msg: Message) -> None:
+        parsed = self.topics.parse(msg.topic)
+        if parsed is None:
+            return
+        try:
+            if parsed.kind == "scheduler_cmd" and parsed.op is not None:
+                self.spawn(self.responder.handle(msg, parsed.op))
+            elif not msg.payload:
+                if parsed.kind == "component_status" and parsed.name is not None:
+                    await self._component_gone(parsed.name)
+                return  # a cleared retained topic
+            elif parsed.kind == "node_status":
+                nst = decode(NodeStatus, msg.payload, msg.topic)
+                if self._topic_agrees(parsed.name, nst.node, msg.topic):
+                    self.presence_view.received(nst, retained=msg.retain)
+                    await self._on_node_status(nst)
+            elif parsed.kind == "recorder_status":
+                rst = decode(RecorderStatus, msg.payload, msg.topic)
+                await self._recorder_incarnation(rst)
+                await self.presence_view.recorder(rst)
+            elif parsed.kind == "component_meta":
+                meta = decode(ComponentMeta, msg.payload, msg.topic)
+                if self._topic_agrees(parsed.name, meta.name, msg.topic):
+                    self.metas[meta.name] = meta
+                    self.kick()
+            elif parsed.kind == "component_status":
+                st = decode(ComponentStatus, msg.payload, msg.topic)
+                if not self._topic_agrees(parsed.name, st.name, msg.topic):
+                    return
+                self.cstatus[st.name] = st
+                if st.last_task is not None:
+                    self.presence_view.late_task_end(st)
+                async with self.cond:
+                    self.cond.notify_all()
+        except DecodeError as e:
+            log.warning("%s", e)
+
+    async def _component_gone(self, slugged: str) -> None:
+        """A node cleared a component's status: it no longer hosts it (a runner waiting
+        for a task on it must not wait for ever)."""
+        for name in [n for n in self.cstatus if slug(n) == slugged]:
+            del self.cstatus[name]
+        async with self.cond:
+            self.cond.notify_all()
+
+    @staticmethod
+    def _topic_agrees(segment: str | None, name: str, topic: str) -> bool:
+        """Trust topics, not payloads: the broker's ACL guarantees who may publish on a
+        node's or component's topic, nothing guarantees the name inside the payload. A
+        payload about another name (forged or retained junk) is dropped, with a log."""
+        if segment is not None and slug(name) == segment:
+            return True
+        log.warning(
+            "dropped a message on %s about %r: the name disagrees with the topic", topic, name
+        )
+        return False
+
+    async def _on_node_status(self, st: NodeStatus) -> None:
+        self.nodes[st.node] = st
+        async with self.cond:
+            self.cond.notify_all()
+        if st.state == "online":
+            want = self._node_config_key(st.node)
+            if self._configured.get(st.node) != (st.epoch, want) or set(st.components) != set(
+                c.name for c in self.layout.components_of_node(st.node)
+            ):
+                self._configured[st.node] = (st.epoch, want)
+                self.spawn(self.configure_node(st.node))
+        self.kick()
+
+    def _node_config_key(self, node: str) -> str:
+        return self._configure_args(node).model_dump_json()
+
+    def _configure_args(self, node: str) -> NodeConfigure:
+        comps = [
+            NodeComponent(
+                name=c.name,
+                device=c.device,
+                driver=c.driver,
+                address=c.address,
+                channel=c.channel,
+                pollrate=c.pollrate,
+            )
+            for c in self.layout.components_of_node(node)
+        ]
+        drivers = {c.driver for c in comps}
+        return NodeConfigure(
+            components=comps,
+            driver_settings={d: s for d, s in self.settings.drivers.items() if d in drivers},
+            batch_interval=self.settings.node.batch_interval,
+        )
+
+    async def configure_node(self, node: str) -> None:
+        if self.requester is None:
+            return
+        try:
+            reply = await self.requester.request(
+                self.topics.node_cmd(node, "configure"),
+                self._configure_args(node),
+                who=f"node {node}",
+                timeout=10,
+            )
+            if not reply.success:
+                log.warning("configuring node %s failed: %s", node, reply.msg)
+        except NoResponder as e:
+            log.warning("%s", e)
+            self._configured.pop(node, None)
+
+    async def configure_nodes(self) -> None:
+        for node, st in self.nodes.items():
+            if st.state == "online":
+                self._configured[node] = (st.epoch, self._node_config_key(node))
+                self.spawn(self.configure_node(node))
+
+    # -- views used by ops and runners -----------------------------------------------------
+    def component_status(self, name: str) -> ComponentStatus | None:
+        return self.cstatus.get(name)
+
+    def node_of(self, component: str) -> NodeStatus | None:
+        c = self.layout.components.get(component)
+        meta = self.metas.get(component)
+        node = meta.node if meta else (c.node if c else None)
+        return self.nodes.get(node) if node else None
+
+    def save_progress(self, job: int, progress: dict[str, Any]) -> None:
+        if self.store is not None:
+            self.store.update_job(job, progress=progress)
+
+    async def component_request(
+        self, component: str, op: str, args: Mapping[str, Any], timeout: float = 5.0
+    ) -> tuple[bool, str, Any]:
+        if self.requester is None:
+            return False, "scheduler not connected", None
+        try:
+            reply = await self.requester.request(
+                self.topics.component_cmd(component, op),
+                dict(args),
+                timeout=timeout,
+                who=f"node hosting {component}",
+            )
+        except NoResponder as e:
+            return False, str(e), None
+        return reply.success, reply.msg, reply.data
+
+    async def _recorder_incarnation(self, rst: RecorderStatus) -> None:
+        """Count recorder (re)starts: a request the old recorder took is lost with it."""
+        if rst.state != "online" or rst.started_at is None:
+            return
+        if rst.started_at != self._recorder_started:
+            self._recorder_started = rst.started_at
+            async with self._recorder_cond:
+                self._recorder_gen += 1
+                self._recorder_cond.notify_all()
+
+    async def _recorder_restarted(self, gen: int) -> None:
+        async with self._recorder_cond:
+            await self._recorder_cond.wait_for(lambda: self._recorder_gen != gen)
+
+    async def recorder_request(
+        self, op: str, args: Mapping[str, JsonValue], timeout: float = 60.0
+    ) -> tuple[bool, str, Any]:
+        """A request to the recorder, sent again at once if the recorder restarts (a
+        killed recorder takes the request with it; its successor must not be waited for
+        until the timeout)."""
+        if self.requester is None:
+            return False, "scheduler not connected", None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            gen = self._recorder_gen
+            left = max(0.1, deadline - loop.time())
+            req = asyncio.ensure_future(
+                self.requester.request(
+                    self.topics.recorder_cmd(op), args, timeout=left, who="recorder"
+                )
+            )
+            restarted = asyncio.ensure_future(self._recorder_restarted(gen))
+            try:
+                done, _ = await asyncio.wait({req, restarted}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for t in (req, restarted):
+                    if not t.done():
+                        t.cancel()
+                await asyncio.gather(req, restarted, return_exceptions=True)
+            if req in done and not req.cancelled():
+                try:
+                    reply = req.result()
+                except NoResponder as e:
+                    return False, str(e), None
+                return reply.success, reply.msg, reply.data
+            if loop.time() >= deadline:
+                return False, f"no recorder answered {op} within {timeout:g} s", None
+            log.info("the recorder restarted while %s was pending: sending it again", op)
+
+    # -- the queue -------------------------------------------------------------------------
+    async def _schedule_loop(self) -> None:
+        while True:
+            await self._kick.wait()
+            self._kick.clear()
+            try:
+                await self.ops.schedule()
+            except Exception:
+                log.exception("scheduling pass failed")
+
+    def _readopt(self) -> None:
+        """Jobs that were running when the scheduler stopped keep running: adopt them."""
+        if self.store is None:
+            return
+        for job in self.store.jobs(statuses=["r", "rd"]):
+            log.info("re-adopting running job %d on %s", job.id, job.pipeline)
+            self.ops.start_runner(job, readopt=True)
+        self.kick()
+
+
+def _warm_up_payloads() -> None:
+    """Load dgbowl-schemas and pint now, not while the first ``ketchup submit`` waits."""
+    from tomato_mqtt.config.payloads import PayloadError, parse_payload
+
+    with contextlib.suppress(PayloadError):
+        parse_payload({"version": "2.2", "sample": {"name": "warm-up"}, "method": []})
+    with contextlib.suppress(Exception):
+        from tomato_mqtt.driver.validate import coerce_value  # noqa: F401 - pint, once

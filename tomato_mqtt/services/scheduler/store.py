@@ -1,0 +1,239 @@
+"""The scheduler's durable state: pipelines and jobs in sqlite.
+
+WAL journal, one connection per store, every change committed on its own, so a
+``kill -9`` at any moment leaves the last committed state behind. SQL is parametrised
+throughout; JSON columns hold the payload and the job runner's progress.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from tomato_mqtt.model.jobs import Job, PipelineState, UnknownName, check_transition, utcnow
+
+__all__ = ["StateStore"]
+
+_SCHEMA_VERSION = 2  # 2: jobs.owner (issue 10)
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS pipelines (
+    name TEXT PRIMARY KEY,
+    position INTEGER NOT NULL DEFAULT 0,
+    sample TEXT,
+    ready INTEGER NOT NULL DEFAULT 0,
+    jobid INTEGER
+);
+CREATE TABLE IF NOT EXISTS jobs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    jobname TEXT,
+    payload TEXT NOT NULL,
+    status TEXT NOT NULL,
+    submitted_at TEXT NOT NULL,
+    launched_at TEXT,
+    completed_at TEXT,
+    pipeline TEXT,
+    submit_dir TEXT,
+    respath TEXT,
+    snappath TEXT,
+    reason TEXT,
+    progress TEXT NOT NULL DEFAULT '{}',
+    owner TEXT
+);
+CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status);
+"""
+
+_JOB_COLUMNS = tuple(Job.model_fields)
+_JSON_COLUMNS = frozenset({"payload", "progress"})
+_PIPELINE_FIELDS = frozenset(PipelineState.model_fields) - {"name"}
+
+
+class StateStore:
+    """Pipelines and jobs of one scheduler. Not thread-safe: use it from one thread."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # autocommit mode: transactions are explicit (see _write)
+        self._db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
+        self._db.row_factory = sqlite3.Row
+        self._db.execute("PRAGMA journal_mode=WAL")
+        # FULL: a committed change survives a power cut too, not only a crash
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute("PRAGMA foreign_keys=ON")
+        version = self._db.execute("PRAGMA user_version").fetchone()[0]
+        if version > _SCHEMA_VERSION:
+            self._db.close()
+            raise RuntimeError(
+                f"{self.path} was written by a newer tomato-mqtt (schema {version}, "
+                f"this one knows {_SCHEMA_VERSION})"
+            )
+        with self._write():
+            for stmt in _SCHEMA.split(";"):
+                if stmt.strip():
+                    self._db.execute(stmt)
+            cols = {r["name"] for r in self._db.execute("PRAGMA table_info(jobs)")}
+            if "owner" not in cols:  # a version-1 file: jobs had no owner
+                self._db.execute("ALTER TABLE jobs ADD COLUMN owner TEXT")
+            self._db.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> StateStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        # IMMEDIATE: take the write lock up front, so a read-check-write is atomic
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._db
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    # -- pipelines -------------------------------------------------------------------------
+    def sync_pipelines(self, names: Iterable[str]) -> None:
+        """Make the stored pipelines those of the devices file.
+
+        New ones are added empty and not ready; existing ones keep sample, ready and job;
+        vanished ones are removed unless a job runs on them.
+        """
+        wanted = list(dict.fromkeys(names))
+        with self._write() as db:
+            have = {r["name"]: r for r in db.execute("SELECT name, jobid FROM pipelines")}
+            for pos, name in enumerate(wanted):
+                if name in have:
+                    db.execute("UPDATE pipelines SET position = ? WHERE name = ?", (pos, name))
+                else:
+                    db.execute("INSERT INTO pipelines (name, position) VALUES (?, ?)", (name, pos))
+            keep = set(wanted)
+            gone = [n for n, r in have.items() if n not in keep and r["jobid"] is None]
+            db.executemany("DELETE FROM pipelines WHERE name = ?", [(n,) for n in gone])
+
+    def pipelines(self) -> list[PipelineState]:
+        rows = self._db.execute(
+            "SELECT name, sample, ready, jobid FROM pipelines ORDER BY position, name"
+        )
+        return [_pipeline(r) for r in rows]
+
+    def pipeline(self, name: str) -> PipelineState:
+        row = self._db.execute(
+            "SELECT name, sample, ready, jobid FROM pipelines WHERE name = ?", (name,)
+        ).fetchone()
+        if row is None:
+            raise UnknownName(f"no pipeline named {name!r}")
+        return _pipeline(row)
+
+    def update_pipeline(self, name: str, /, **fields: Any) -> PipelineState:
+        unknown = set(fields) - _PIPELINE_FIELDS
+        if unknown:
+            raise ValueError(
+                f"unknown pipeline field(s) {', '.join(sorted(unknown))} "
+                f"(known: {', '.join(sorted(_PIPELINE_FIELDS))})"
+            )
+        with self._write() as db:
+            new = PipelineState.model_validate(self.pipeline(name).model_dump() | fields)
+            db.execute(
+                "UPDATE pipelines SET sample = ?, ready = ?, jobid = ? WHERE name = ?",
+                (new.sample, int(new.ready), new.jobid, name),
+            )
+        return new
+
+    # -- jobs ------------------------------------------------------------------------------
+    def add_job(
+        self,
+        payload: dict[str, Any],
+        jobname: str | None,
+        submit_dir: str | None,
+        owner: str | None = None,
+    ) -> Job:
+        """Queue a job; ids count up from 1 and are never reused."""
+        with self._write() as db:
+            cur = db.execute(
+                "INSERT INTO jobs (jobname, payload, status, submitted_at, submit_dir, owner) "
+                "VALUES (?, ?, 'q', ?, ?, ?)",
+                (jobname, json.dumps(payload), utcnow(), submit_dir, owner),
+            )
+            jobid = cur.lastrowid
+        if jobid is None:  # pragma: no cover - sqlite sets it on every INSERT
+            raise RuntimeError("sqlite gave no id for the new job")
+        return self.job(jobid)
+
+    def job(self, id: int) -> Job:
+        row = self._db.execute("SELECT * FROM jobs WHERE id = ?", (id,)).fetchone()
+        if row is None:
+            raise UnknownName(f"no job with id {id}")
+        return _job(row)
+
+    def jobs(
+        self, ids: Iterable[int] | None = None, statuses: Iterable[str] | None = None
+    ) -> list[Job]:
+        """Jobs ordered by id; ``ids`` and ``statuses`` narrow the selection."""
+        where: list[str] = []
+        args: list[Any] = []
+        for column, values in (("id", ids), ("status", statuses)):
+            if values is None:
+                continue
+            vals = list(values)
+            if not vals:
+                return []
+            # only "?" placeholders are spliced in, never values
+            where.append(f"{column} IN ({', '.join('?' * len(vals))})")
+            args.extend(vals)
+        sql = "SELECT * FROM jobs"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        return [_job(r) for r in self._db.execute(sql + " ORDER BY id", args)]
+
+    def update_job(self, id: int, /, **fields: Any) -> Job:
+        """Change fields of a job; a status change must be a valid transition."""
+        unknown = set(fields) - set(_JOB_COLUMNS)
+        if unknown or "id" in fields:
+            bad = ", ".join(sorted(unknown | ({"id"} & set(fields))))
+            raise ValueError(f"cannot update job field(s) {bad}")
+        with self._write() as db:
+            old = self.job(id)
+            if "status" in fields and fields["status"] != old.status:
+                check_transition(old.status, str(fields["status"]))
+            new = Job.model_validate(old.model_dump() | fields)
+            dumped = new.model_dump()
+            # column names come from the Job model, never from the caller
+            cols = [c for c in _JOB_COLUMNS if c != "id"]
+            values = [json.dumps(dumped[c]) if c in _JSON_COLUMNS else dumped[c] for c in cols]
+            db.execute(
+                f"UPDATE jobs SET {', '.join(f'{c} = ?' for c in cols)} WHERE id = ?",
+                (*values, id),
+            )
+        return new
+
+    def search(self, name: str, complete: bool = False) -> list[Job]:
+        """Jobs whose name contains ``name`` (case-insensitive); ended jobs only when
+        ``complete``."""
+        escaped = name.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        sql = "SELECT * FROM jobs WHERE jobname LIKE ? ESCAPE '\\'"
+        args: list[Any] = [f"%{escaped}%"]
+        if not complete:
+            sql += " AND status NOT IN ('c', 'ce', 'cd')"
+        return [_job(r) for r in self._db.execute(sql + " ORDER BY id", args)]
+
+
+def _pipeline(row: sqlite3.Row) -> PipelineState:
+    return PipelineState(
+        name=row["name"], sample=row["sample"], ready=bool(row["ready"]), jobid=row["jobid"]
+    )
+
+
+def _job(row: sqlite3.Row) -> Job:
+    data = {c: row[c] for c in _JOB_COLUMNS}
+    for c in _JSON_COLUMNS:
+        data[c] = json.loads(data[c])
+    return Job.model_validate(data)

@@ -1,0 +1,69 @@
+"""The tasks of a job as the runner tracks them, and what the recorder is told of them.
+
+Pure: no I/O. ``tasks_of`` turns a payload's method into driver task specs;
+:class:`TaskState` is one task's progress (persisted in the job's ``progress``);
+:func:`expectations` lists, per ended task whose runner's count is known, the points
+the file must hold for it (the recorder's per-task completeness check).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from tomato_mqtt.driver.spec import TaskSpec
+
+__all__ = ["TaskState", "expectations", "tasks_of"]
+
+
+def tasks_of(payload: Mapping[str, Any], job: int) -> list[tuple[str, TaskSpec]]:
+    """(role, task) for every task of the payload, in payload order."""
+    out = []
+    for i, t in enumerate(payload.get("method", [])):
+        out.append(
+            (
+                str(t["component_role"]),
+                TaskSpec(
+                    technique_name=t["technique_name"],
+                    max_duration=float(t["max_duration"]),
+                    sampling_interval=float(t["sampling_interval"]),
+                    task_params=dict(t.get("task_params") or {}),
+                    task_name=t.get("task_name"),
+                    job=job,
+                    index=i,
+                ),
+            )
+        )
+    return out
+
+
+@dataclass
+class TaskState:
+    role: str
+    spec: TaskSpec
+    start_with: str | None
+    stop_with: str | None
+    state: str = "pending"  # pending / starting / running / ended / skipped
+    end: dict[str, Any] | None = None
+    epoch: int | None = None  # the node's epoch when the task started
+    started_at: float | None = None  # on the node's clock (compared with its statuses)
+    no_task: bool = False  # the node answered a stop with "no running task"
+
+
+def expectations(tasks: Sequence[TaskState], roles: Mapping[str, str]) -> list[dict[str, Any]]:
+    out = []
+    for t in tasks:
+        end = t.end or {}
+        if isinstance(end.get("npoints"), int) and end.get("job") is not None:
+            out.append(
+                {
+                    "component": roles[t.role],
+                    "task": t.spec.index,
+                    "npoints": end["npoints"],
+                    "epoch": end.get("epoch", 0),
+                    "stream": end.get("stream", ""),
+                    "last_seq": end.get("last_seq", -1),
+                }
+            )
+    return out

@@ -1,0 +1,191 @@
+"""Runs the local stack in the background and keeps it running.
+
+``tomato start`` launches ``tomato supervise``, detached; the supervisor starts the
+embedded broker (unless an external one is configured), then the scheduler, the
+recorder and the local driver node as child processes, each logging into the logdir,
+and restarts any that crashes (with back-off). It stops everything when the scheduler
+exits because of ``tomato stop`` (exit code :data:`EXIT_STOP_REQUESTED`) or on SIGTERM.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+__all__ = [
+    "EXIT_STOP_REQUESTED",
+    "Supervisor",
+    "pid_alive",
+    "pidfile_path",
+    "port_in_use",
+    "read_pidfile",
+]
+
+log = logging.getLogger(__name__)
+
+EXIT_STOP_REQUESTED = 3
+
+
+def pidfile_path(datadir: Path, port: int) -> Path:
+    return datadir / f"tomato-mqtt.{port}.pid"
+
+
+def read_pidfile(path: Path) -> dict[str, object] | None:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def pid_alive(pid: int, marker: str = "tomato_mqtt") -> bool:
+    """Whether ``pid`` is a live tomato-mqtt process (for a pid file left by a crash).
+
+    A zombie (killed, not yet reaped by a parent that may never do it) is dead; so is a
+    pid the system reused for another program (its command line does not name
+    ``marker``). Where /proc is missing, a process that exists counts as alive.
+    """
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # exists, owned by someone else
+    proc = Path("/proc") / str(pid)
+    if not proc.exists():
+        return not Path("/proc/self").exists()
+    try:
+        state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        cmdline = (proc / "cmdline").read_bytes()
+    except (OSError, IndexError):
+        return False  # it went away meanwhile
+    if state in ("Z", "X"):
+        return False
+    return marker.encode() in cmdline or b"tomato" in cmdline
+
+
+def port_in_use(host: str, port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex((host, port)) == 0
+
+
+@dataclass
+class Child:
+    name: str
+    argv: list[str]
+    proc: asyncio.subprocess.Process | None = None
+    restarts: int = 0
+    started: float = 0.0
+    log_path: Path | None = None
+    fails: list[float] = field(default_factory=list)
+
+
+class Supervisor:
+    def __init__(
+        self,
+        common_args: list[str],
+        *,
+        logdir: Path,
+        pidfile: Path,
+        embedded_broker: bool,
+        broker_host: str,
+        port: int,
+        node_name: str,
+    ) -> None:
+        exe = [sys.executable, "-m", "tomato_mqtt.cli.tomato"]
+        self.logdir = logdir
+        self.pidfile = pidfile
+        self.port = port
+        self.broker_host = broker_host
+        self.children: list[Child] = []
+        if embedded_broker:
+            self.children.append(Child("broker", [*exe, "broker", *common_args]))
+        self.children += [
+            Child("scheduler", [*exe, "scheduler", *common_args]),
+            Child("recorder", [*exe, "recorder", *common_args]),
+            Child("node", [*exe, "node", "--name", node_name, *common_args]),
+        ]
+        self._stop = asyncio.Event()
+        self.stopping = False
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self._stop.set)
+        self.logdir.mkdir(parents=True, exist_ok=True)
+        self.pidfile.parent.mkdir(parents=True, exist_ok=True)
+        self.pidfile.write_text(json.dumps({"pid": os.getpid(), "port": self.port}))
+        try:
+            # all at once: the services retry their connection until the broker listens,
+            # so its start-up (~0.5 s of imports) overlaps with theirs
+            watchers = [asyncio.ensure_future(self._watch(c)) for c in self.children]
+            await self._stop.wait()
+            self.stopping = True
+            for w in watchers:
+                w.cancel()
+            # nodes first (they flush data), broker last
+            for name in ("node", "scheduler", "recorder", "broker"):
+                for c in self.children:
+                    if c.name == name:
+                        await self._terminate(c)
+            return 0
+        finally:
+            with contextlib.suppress(OSError):
+                self.pidfile.unlink()
+
+    async def _spawn(self, c: Child) -> None:
+        c.log_path = self.logdir / f"{c.name}.stderr.log"
+        with c.log_path.open("ab") as err:
+            c.proc = await asyncio.create_subprocess_exec(
+                *c.argv, stdin=asyncio.subprocess.DEVNULL, stdout=err, stderr=err
+            )
+        c.started = time.monotonic()
+        log.info("started %s (pid %d)", c.name, c.proc.pid)
+
+    async def _watch(self, c: Child) -> None:
+        while not self.stopping:
+            if c.proc is None or c.proc.returncode is not None:
+                await self._spawn(c)
+            if c.proc is None:
+                return
+            rc = await c.proc.wait()
+            if self.stopping:
+                return
+            if c.name == "scheduler" and rc == EXIT_STOP_REQUESTED:
+                log.info("scheduler stopped on request: stopping the stack")
+                self._stop.set()
+                return
+            now = time.monotonic()
+            c.fails = [t for t in c.fails if now - t < 60] + [now]
+            c.restarts += 1
+            delay = min(0.2 * 2 ** (len(c.fails) - 1), 10.0)
+            log.warning("%s exited with code %s; restarting in %.1f s", c.name, rc, delay)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), delay)
+            c.proc = None
+
+    async def _terminate(self, c: Child) -> None:
+        p = c.proc
+        if p is None or p.returncode is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            p.terminate()
+        try:
+            await asyncio.wait_for(p.wait(), 10.0)
+        except asyncio.TimeoutError:
+            log.warning("%s did not stop within 10 s: killing it", c.name)
+            with contextlib.suppress(ProcessLookupError):
+                p.kill()
+            await p.wait()

@@ -1,0 +1,128 @@
+"""Socket plumbing of :class:`~tomato_mqtt.transport.client.AsyncClient`.
+
+paho tells the client which socket it opened; the asyncio loop then drives its reads
+and writes (``add_reader``/``add_writer``), as aiomqtt does, so there is no network
+thread. Also the ack bookkeeping (a future per message id). Kept apart from ``client.py`` only
+for size: paho is imported here for types only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import paho.mqtt.client as paho
+
+__all__: list[str] = []
+
+
+class _LoopDriven:
+    _paho: paho.Client | None
+    _loop: asyncio.AbstractEventLoop | None
+    _loop_thread: int | None
+    _connected: asyncio.Event
+    _sock: Any
+    _acks: dict[int, asyncio.Future[Any]]
+    _connack: asyncio.Future[int] | None
+
+    def _running_loop(self) -> asyncio.AbstractEventLoop:
+        raise NotImplementedError  # AsyncClient's
+
+    # acks: a future per message id, resolved by paho's callbacks
+    def _ack_future(self, mid: int) -> asyncio.Future[Any]:
+        fut = self._acks.get(mid)
+        if fut is None:
+            fut = self._running_loop().create_future()
+            self._acks[mid] = fut
+        return fut
+
+    def _resolve(self, mid: int, value: Any) -> None:
+        fut = self._acks.get(mid)
+        if fut is None:
+            # the ack beat the waiter: leave a resolved future behind
+            if self._loop is None:
+                return
+            fut = self._loop.create_future()
+            self._acks[mid] = fut
+        if not fut.done():
+            fut.set_result(value)
+
+    def _fail_pending(self, exc: Exception) -> None:
+        for fut in self._acks.values():
+            if not fut.done():
+                fut.set_exception(exc)
+                fut.exception()  # mark retrieved: nobody may be waiting any more
+        self._acks.clear()
+        if self._connack is not None and not self._connack.done():
+            self._connack.set_exception(exc)
+            self._connack.exception()
+
+    def _on_publish(self, c: paho.Client, ud: Any, mid: int, rc: Any, props: Any) -> None:
+        self._resolve(mid, None)
+
+    def _on_subscribe(self, c: paho.Client, ud: Any, mid: int, granted: Any, props: Any) -> None:
+        self._resolve(mid, [getattr(g, "value", g) for g in granted])
+
+    def _on_unsubscribe(self, c: paho.Client, ud: Any, mid: int, rcs: Any, props: Any) -> None:
+        self._resolve(mid, None)
+
+    # socket plumbing: paho tells us its socket; the asyncio loop drives reads/writes
+    def _in_loop(self, fn: Callable[[], None]) -> None:
+        # paho opens the socket inside reconnect(), which runs in an executor thread
+        if threading.get_ident() == self._loop_thread:
+            fn()
+        else:
+            self._running_loop().call_soon_threadsafe(fn)
+
+    def _on_socket_open(self, c: paho.Client, ud: Any, sock: Any) -> None:
+        with contextlib.suppress(OSError, AttributeError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._sock = sock
+
+        def add() -> None:
+            self._running_loop().add_reader(sock, self._do_read)
+
+        self._in_loop(add)
+
+    def _on_socket_close(self, c: paho.Client, ud: Any, sock: Any) -> None:
+        def rm() -> None:
+            with contextlib.suppress(Exception):
+                loop = self._running_loop()
+                loop.remove_reader(sock)
+                loop.remove_writer(sock)
+
+        self._in_loop(rm)
+
+    def _on_socket_register_write(self, c: paho.Client, ud: Any, sock: Any) -> None:
+        def add() -> None:
+            with contextlib.suppress(Exception):
+                self._running_loop().add_writer(sock, self._do_write)
+
+        self._in_loop(add)
+
+    def _on_socket_unregister_write(self, c: paho.Client, ud: Any, sock: Any) -> None:
+        def rm() -> None:
+            with contextlib.suppress(Exception):
+                self._running_loop().remove_writer(sock)
+
+        self._in_loop(rm)
+
+    def _do_read(self) -> None:
+        if self._paho is not None:
+            self._paho.loop_read(max_packets=100)
+
+    def _do_write(self) -> None:
+        if self._paho is not None:
+            self._paho.loop_write()
+
+    async def _misc_loop(self) -> None:
+        # keep-alive pings and paho's retry bookkeeping; paho wants this about once a second
+        while True:
+            await asyncio.sleep(1.0)
+            if self._paho is not None and self._connected.is_set():
+                self._paho.loop_misc()

@@ -1,0 +1,418 @@
+"""The only module that imports paho-mqtt: an asyncio MQTT 3.1.1 client.
+
+paho's network I/O is driven by the asyncio loop (``add_reader``/``add_writer``, as
+aiomqtt does), so there is no second thread and paho's callbacks only hand results to
+asyncio. ``publish`` and ``subscribe`` return after the broker's ack, with a timeout;
+failures are exceptions. The client reconnects by itself and re-subscribes. Every
+socket gets TCP_NODELAY: without it each request/reply hop waits ~40 ms for a delayed
+ACK.
+
+Inbound messages are only *queued* in paho's callback (handler subscriptions, used for
+request/reply, only resolve a future); the service consumes :meth:`AsyncClient.messages`
+in its own task. Overflow policy: at most ``max_queued_droppable`` messages of
+*droppable* subscriptions (data batches, which every node keeps in its spool and the
+recorder asks to replay when it sees a gap) wait in the queue; beyond that they are
+dropped and counted in :attr:`AsyncClient.dropped`. Commands, replies and statuses are
+never dropped: they are small and come at human or heartbeat rates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+import threading
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+
+from tomato_mqtt.config.url import BrokerURL
+from tomato_mqtt.transport._loop import _LoopDriven
+from tomato_mqtt.transport._tls import TrackingContext, client_tls_context
+from tomato_mqtt.transport.types import Message, MqttError, MqttTimeout, Will, topic_matches
+
+__all__ = [
+    "AsyncClient",
+    "BrokerURL",
+    "Message",
+    "MqttError",
+    "MqttTimeout",
+    "Will",
+    "topic_matches",
+]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Subscription:
+    filter: str
+    qos: int
+    handler: Callable[[Message], None] | None = None
+    droppable: bool = False
+
+
+class AsyncClient(_LoopDriven):
+    """An asyncio MQTT client with reconnect, acked publish/subscribe and a message stream.
+
+    Use as ``async with AsyncClient(url, client_id=...) as c:``. Messages that match a
+    filter subscribed without a handler go to :meth:`messages`; a handler given to
+    :meth:`subscribe` gets its matches directly (used for replies, so request/reply
+    never waits behind a busy stream).
+    """
+
+    def __init__(
+        self,
+        url: BrokerURL | str = BrokerURL(),
+        *,
+        client_id: str | None = None,
+        will: Will | None = None,
+        keepalive: int = 30,
+        reconnect: bool = True,
+        on_connect: Callable[[], Awaitable[None]] | None = None,
+        clean_session: bool = True,
+        max_queued_droppable: int = 2000,
+    ) -> None:
+        self.url = BrokerURL.parse(url) if isinstance(url, str) else url
+        self.client_id = client_id or f"tomato-{uuid.uuid4().hex[:12]}"
+        self._will = will
+        self._keepalive = keepalive
+        self._reconnect_enabled = reconnect
+        self._on_connect_hook = on_connect
+        self._clean_session = clean_session
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._paho: paho.Client | None = None
+        self._connected = asyncio.Event()
+        self._connack: asyncio.Future[int] | None = None
+        self._acks: dict[int, asyncio.Future[Any]] = {}
+        self._subs: dict[str, _Subscription] = {}
+        # unbounded only for non-droppable messages; see the module docstring
+        self._queue: asyncio.Queue[tuple[Message, bool]] = asyncio.Queue()
+        self._max_droppable = max_queued_droppable
+        self._droppable_queued = 0
+        self.dropped = 0  # droppable messages dropped because the consumer fell behind
+        self._closing = False
+        self._misc_task: asyncio.Task[None] | None = None
+        self._reconnect_task: asyncio.Task[None] | None = None
+        self._hook_task: asyncio.Task[None] | None = None
+        self._sock: Any = None
+        self._loop_thread: int | None = None
+        self.connects = 0  # how many times a CONNACK was received (1 + reconnects)
+
+    # -- lifecycle -------------------------------------------------------------------
+    async def __aenter__(self) -> AsyncClient:
+        await self.connect()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.disconnect()
+
+    @property
+    def is_connected(self) -> bool:
+        return self._connected.is_set()
+
+    def _make_paho(self) -> paho.Client:
+        c = paho.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=self.client_id,
+            clean_session=self._clean_session,
+            protocol=paho.MQTTv311,
+            transport="websockets" if self.url.transport == "websockets" else "tcp",
+        )
+        if self.url.username is not None:
+            c.username_pw_set(self.url.username, self.url.password)
+        if self.url.tls:
+            ctx = client_tls_context(self.url)
+            c.tls_set_context(ctx)
+        if self._will is not None:
+            c.will_set(self._will.topic, self._will.payload, self._will.qos, self._will.retain)
+        c.max_inflight_messages_set(1000)
+        c.on_connect = self._on_connect
+        c.on_disconnect = self._on_disconnect
+        c.on_message = self._on_message
+        c.on_publish = self._on_publish
+        c.on_subscribe = self._on_subscribe
+        c.on_unsubscribe = self._on_unsubscribe
+        c.on_socket_open = self._on_socket_open
+        c.on_socket_close = self._on_socket_close
+        c.on_socket_register_write = self._on_socket_register_write
+        c.on_socket_unregister_write = self._on_socket_unregister_write
+        return c
+
+    async def connect(self, timeout: float = 5.0, *, retry: bool = False) -> None:
+        """Connect; with ``retry`` keep trying (with back-off) until ``timeout``."""
+        self._loop = asyncio.get_running_loop()
+        self._closing = False
+        self._loop_thread = threading.get_ident()
+        self._paho = self._make_paho()
+        self._paho.connect_async(self.url.host, self.url.port, self._keepalive)
+        deadline = self._loop.time() + timeout
+        delay = 0.05
+        while True:
+            try:
+                await asyncio.wait_for(self._connect_once(), max(0.1, deadline - self._loop.time()))
+                break
+            except (OSError, MqttError, asyncio.TimeoutError) as e:
+                if not retry or self._loop.time() + delay >= deadline:
+                    self._drop_socket()
+                    if isinstance(e, asyncio.TimeoutError):
+                        raise MqttTimeout(
+                            f"no answer from the MQTT broker at {self.url} within {timeout:g} s"
+                        ) from None
+                    raise MqttError(f"cannot connect to the MQTT broker at {self.url}: {e}") from e
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+        self._misc_task = asyncio.create_task(self._misc_loop(), name=f"mqtt-misc-{self.client_id}")
+
+    async def _connect_once(self) -> None:
+        loop = self._running_loop()
+        c = self._require_client()
+        self._connack = loop.create_future()
+        try:
+            # blocking socket connect (DNS, TCP, TLS): off the loop
+            await loop.run_in_executor(None, c.reconnect)
+        except (OSError, ssl.SSLError) as e:
+            # paho does not close a TLS socket whose handshake failed: one fd per retry
+            ctx = getattr(c, "_ssl_context", None)
+            if isinstance(ctx, TrackingContext):
+                ctx.close_last()
+            raise MqttError(str(e) or type(e).__name__) from e
+        rc = await self._connack
+        if rc != 0:
+            raise MqttError(f"broker refused the connection: {paho.connack_string(rc)}")
+
+    async def disconnect(self) -> None:
+        """Disconnect cleanly (no last will is sent)."""
+        self._closing = True
+        for t in (self._reconnect_task, self._misc_task, self._hook_task):
+            if t is not None and not t.done():
+                t.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await t
+        if self._paho is not None and self._connected.is_set():
+            self._paho.disconnect()
+            # let the DISCONNECT packet leave before the socket closes
+            with contextlib.suppress(Exception):
+                self._paho.loop_write()
+        self._drop_socket()
+        self._connected.clear()
+        self._fail_pending(MqttError("client disconnected"))
+
+    def _drop_socket(self) -> None:
+        if self._sock is not None and self._loop is not None:
+            with contextlib.suppress(Exception):
+                self._loop.remove_reader(self._sock)
+                self._loop.remove_writer(self._sock)
+        if self._paho is not None:
+            with contextlib.suppress(Exception):
+                self._paho._sock_close()
+        self._sock = None
+
+    # -- operations ------------------------------------------------------------------
+    async def publish(
+        self,
+        topic: str,
+        payload: bytes | str,
+        *,
+        qos: int = 1,
+        retain: bool = False,
+        wait: bool = True,
+        timeout: float = 5.0,
+    ) -> None:
+        """Publish; with ``wait`` (and QoS > 0) return after the broker's PUBACK.
+
+        While disconnected, QoS > 0 messages are queued by paho and sent on reconnect.
+        """
+        c = self._require_client()
+        data = payload.encode() if isinstance(payload, str) else payload
+        info = c.publish(topic, data, qos=qos, retain=retain)
+        if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
+            raise MqttError(f"publish to {topic} failed: {paho.error_string(info.rc)}")
+        if not wait or qos == 0:
+            return
+        # is_published() raises for MQTT_ERR_NO_CONN, though the message is queued
+        if info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS and info.is_published():
+            return
+        fut = self._ack_future(info.mid)
+        try:
+            await asyncio.wait_for(fut, timeout)
+        except asyncio.TimeoutError:
+            raise MqttTimeout(
+                f"the broker at {self.url} did not acknowledge a publish to {topic} "
+                f"within {timeout:g} s"
+            ) from None
+        finally:
+            self._acks.pop(info.mid, None)
+
+    async def subscribe(
+        self,
+        filter_: str,
+        *,
+        qos: int = 1,
+        handler: Callable[[Message], None] | None = None,
+        droppable: bool = False,
+        timeout: float = 5.0,
+    ) -> None:
+        """Subscribe and wait for the SUBACK. Re-subscribed after every reconnect.
+
+        ``handler`` is called in paho's callback and must only hand over (resolve a
+        future); without one, matches go to :meth:`messages`. ``droppable`` messages may
+        be dropped when the consumer falls behind (see the module docstring).
+        """
+        self._subs[filter_] = _Subscription(filter_, qos, handler, droppable)
+        await self._send_subscribe(filter_, qos, timeout)
+
+    async def _send_subscribe(self, filter_: str, qos: int, timeout: float) -> None:
+        c = self._require_client()
+        rc, mid = c.subscribe(filter_, qos)
+        if rc == MQTTErrorCode.MQTT_ERR_NO_CONN:
+            return  # done on reconnect
+        if rc != MQTTErrorCode.MQTT_ERR_SUCCESS or mid is None:
+            raise MqttError(f"subscribe to {filter_} failed: {paho.error_string(rc)}")
+        fut = self._ack_future(mid)
+        try:
+            granted = await asyncio.wait_for(fut, timeout)
+        except asyncio.TimeoutError:
+            raise MqttTimeout(
+                f"the broker at {self.url} did not acknowledge a subscription to {filter_} "
+                f"within {timeout:g} s"
+            ) from None
+        finally:
+            self._acks.pop(mid, None)
+        if any(int(g) >= 0x80 for g in granted):
+            raise MqttError(f"the broker refused the subscription to {filter_} (not authorised?)")
+
+    async def unsubscribe(self, filter_: str, timeout: float = 5.0) -> None:
+        self._subs.pop(filter_, None)
+        c = self._require_client()
+        rc, mid = c.unsubscribe(filter_)
+        if rc != MQTTErrorCode.MQTT_ERR_SUCCESS or mid is None:
+            return
+        fut = self._ack_future(mid)
+        try:
+            await asyncio.wait_for(fut, timeout)
+        except asyncio.TimeoutError:
+            raise MqttTimeout(f"no UNSUBACK for {filter_} within {timeout:g} s") from None
+        finally:
+            self._acks.pop(mid, None)
+
+    async def messages(self) -> AsyncIterator[Message]:
+        """Every message matching a handler-less subscription, in arrival order."""
+        while True:
+            yield self._taken(await self._queue.get())
+
+    async def next_message(self, timeout: float) -> Message:
+        try:
+            return self._taken(await asyncio.wait_for(self._queue.get(), timeout))
+        except asyncio.TimeoutError:
+            raise MqttTimeout(f"no message within {timeout:g} s") from None
+
+    def take_message(self) -> Message | None:
+        """The next message of the stream if one is waiting, else None (never waits)."""
+        try:
+            return self._taken(self._queue.get_nowait())
+        except asyncio.QueueEmpty:
+            return None
+
+    def _taken(self, item: tuple[Message, bool]) -> Message:
+        msg, droppable = item
+        if droppable:
+            self._droppable_queued -= 1
+        return msg
+
+    async def wait_connected(self, timeout: float | None = None) -> None:
+        await asyncio.wait_for(self._connected.wait(), timeout)
+
+    # -- internals: paho callbacks (called on the loop thread) --------------------------
+    def _require_client(self) -> paho.Client:
+        if self._paho is None:
+            raise MqttError("not connected: call connect() first")
+        return self._paho
+
+    def _running_loop(self) -> asyncio.AbstractEventLoop:
+        if self._loop is None:
+            raise MqttError("not connected: call connect() first")
+        return self._loop
+
+    def _on_connect(self, c: paho.Client, ud: Any, flags: Any, rc: Any, props: Any) -> None:
+        code = rc.value if hasattr(rc, "value") else int(rc)
+        if self._connack is not None and not self._connack.done():
+            self._connack.set_result(code)
+        if code != 0:
+            return
+        first = self.connects == 0
+        self.connects += 1
+        self._connected.set()
+        # Re-subscribe (clean session) and tell the owner, so it can re-announce state.
+        for sub in self._subs.values():
+            c.subscribe(sub.filter, sub.qos)
+        if not first and self._on_connect_hook is not None:
+            self._hook_task = asyncio.ensure_future(self._run_hook())
+        log.debug("%s connected to %s", self.client_id, self.url)
+
+    async def _run_hook(self) -> None:
+        if self._on_connect_hook is None:
+            return
+        try:
+            await self._on_connect_hook()
+        except Exception:  # the hook must not kill the client
+            log.exception("on_connect hook of %s failed", self.client_id)
+
+    def _on_disconnect(self, c: paho.Client, ud: Any, flags: Any, rc: Any, props: Any) -> None:
+        was_connected = self._connected.is_set()
+        self._connected.clear()
+        if self._closing:
+            return
+        if was_connected:
+            log.warning("%s lost the connection to %s (%s)", self.client_id, self.url, rc)
+        idle = self._reconnect_task is None or self._reconnect_task.done()
+        if self._reconnect_enabled and was_connected and self._loop is not None and idle:
+            self._reconnect_task = self._loop.create_task(self._reconnect_loop())
+
+    async def _reconnect_loop(self) -> None:
+        delay = 0.05
+        while not self._closing and not self._connected.is_set():
+            self._drop_socket()
+            try:
+                await asyncio.wait_for(self._connect_once(), 5.0)
+                return
+            except (OSError, MqttError, asyncio.TimeoutError) as e:
+                log.debug("%s: reconnect to %s failed: %s", self.client_id, self.url, e)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+    def _on_message(self, c: paho.Client, ud: Any, msg: paho.MQTTMessage) -> None:
+        m = Message(msg.topic, bytes(msg.payload), msg.qos, bool(msg.retain))
+        routed = False
+        droppable = True
+        for sub in self._subs.values():
+            if not topic_matches(sub.filter, m.topic):
+                continue
+            if sub.handler is not None:
+                routed = True
+                try:
+                    sub.handler(m)
+                except Exception:  # a handler must not kill the client
+                    log.exception("message handler for %s failed", sub.filter)
+            else:
+                droppable = droppable and sub.droppable
+        if routed:
+            return
+        if droppable:
+            if self._droppable_queued >= self._max_droppable:
+                self.dropped += 1
+                if self.dropped == 1 or self.dropped % 1000 == 0:
+                    log.warning(
+                        "%s: consumer behind, %d droppable message(s) dropped so far "
+                        "(data is replayed from the nodes' spools)",
+                        self.client_id,
+                        self.dropped,
+                    )
+                return
+            self._droppable_queued += 1
+        self._queue.put_nowait((m, droppable))

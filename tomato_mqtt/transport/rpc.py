@@ -1,0 +1,323 @@
+"""Request/reply over MQTT 3.1.1: correlation id + reply topic in the payload.
+
+A requester publishes ``Request{id, reply_to, args}`` on a ``.../cmd/<op>[/<user>]`` topic
+and waits for the ``Reply`` with the same id on its own ``reply/<user>/<client-id>``
+topic. The ``<user>`` segment of a request is the requester's identity: the broker's ACL
+pins it to the login, so a handler reads it (:func:`requester`) instead of trusting the
+payload; a reply_to outside that user's reply topics is refused. A
+responder dispatches through an explicit table of operations, answers every request
+(also malformed ones, when it can find out where to), and de-duplicates by id, since
+QoS 1 may deliver a request twice. Args are validated against the operation's model in
+``wire/commands.py`` before the handler runs; every failed reply carries an error
+``code`` (``wire.messages.ErrorCode``) so that clients never match text.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import logging
+import re
+import uuid
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel, JsonValue, ValidationError
+
+from tomato_mqtt.transport.client import AsyncClient, Message, MqttTimeout
+from tomato_mqtt.wire.commands import Command, commands_of
+from tomato_mqtt.wire.commands import Responder as ResponderKind
+from tomato_mqtt.wire.messages import DecodeError, ErrorCode, Reply, Request, decode, encode
+from tomato_mqtt.wire.topics import Topics
+
+__all__ = [
+    "CommandError",
+    "Handler",
+    "NoResponder",
+    "ReplyError",
+    "Requester",
+    "Responder",
+    "Result",
+    "requester",
+]
+
+log = logging.getLogger(__name__)
+
+
+class NoResponder(MqttTimeout):
+    """Nobody answered a request in time (``topic``: where it was sent)."""
+
+    def __init__(self, msg: str, topic: str = "") -> None:
+        super().__init__(msg)
+        self.topic = topic
+
+
+class CommandError(Exception):
+    """A command that cannot be carried out; its message goes to the user as is."""
+
+    def __init__(self, msg: str, data: JsonValue = None, code: ErrorCode = "refused") -> None:
+        super().__init__(msg)
+        self.data = data
+        self.code: ErrorCode = code
+
+
+class ReplyError(Exception):
+    """A request answered with ``success: false`` (raised by :meth:`Requester.call`)."""
+
+    def __init__(self, reply: Reply) -> None:
+        super().__init__(reply.msg)
+        self.reply = reply
+        self.code = reply.code
+
+
+@dataclass
+class Result:
+    msg: str
+    data: JsonValue = None
+
+
+Handler = Callable[[Mapping[str, JsonValue]], Awaitable[Result]]
+
+# who sent the request being handled: the <user> topic segment, or None on topics that
+# carry no identity (node and component commands, whose senders the ACL restricts)
+_requester: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "tomato_requester", default=None
+)
+
+
+def requester() -> str | None:
+    """The identity (topic segment) of the request being handled, if its topic has one."""
+    return _requester.get()
+
+
+class Requester:
+    """Sends requests and matches replies by id, for one connected client."""
+
+    def __init__(self, client: AsyncClient, topics: Topics) -> None:
+        self.client = client
+        self.topics = topics
+        self.reply_topic = topics.reply(client.client_id)
+        self._waiting: dict[str, asyncio.Future[Reply]] = {}
+        self._started = False
+
+    async def start(self) -> None:
+        if not self._started:
+            await self.client.subscribe(self.reply_topic, handler=self._on_reply)
+            self._started = True
+
+    def _on_reply(self, msg: Message) -> None:
+        try:
+            reply = decode(Reply, msg.payload, msg.topic)
+        except DecodeError as e:
+            log.warning("%s", e)
+            return
+        fut = self._waiting.get(reply.id)
+        if fut is not None and not fut.done():
+            fut.set_result(reply)
+
+    async def request(
+        self,
+        topic: str,
+        args: Mapping[str, JsonValue] | BaseModel | None = None,
+        *,
+        timeout: float = 5.0,
+        who: str = "responder",
+    ) -> Reply:
+        """Send a request and wait for its reply.
+
+        Raises :class:`NoResponder` naming the topic and the wait when nobody answers.
+        """
+        await self.start()
+        if isinstance(args, BaseModel):
+            payload_args = args.model_dump(mode="json", by_alias=True)
+        else:
+            payload_args = dict(args or {})
+        req = Request(id=uuid.uuid4().hex, reply_to=self.reply_topic, args=payload_args)
+        fut: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
+        self._waiting[req.id] = fut
+        try:
+            await self.client.publish(topic, encode(req), qos=1, timeout=timeout)
+            return await asyncio.wait_for(fut, timeout)
+        except asyncio.TimeoutError:
+            raise NoResponder(
+                f"no {who} answered on {topic} within {timeout:g} s — is it running?", topic
+            ) from None
+        finally:
+            self._waiting.pop(req.id, None)
+
+    async def call(
+        self,
+        topic: str,
+        command: Command,
+        args: Mapping[str, JsonValue] | BaseModel | None = None,
+        *,
+        timeout: float = 5.0,
+        who: str = "responder",
+    ) -> Any:
+        """Send a typed command: args checked before sending, reply data parsed.
+
+        Returns the reply data as typed objects; raises :class:`ReplyError` (with the
+        reply's ``code``) when the responder refused, :class:`NoResponder` on timeout.
+        """
+        if not isinstance(args, BaseModel):
+            args = command.parse_args(dict(args or {}))
+        reply = await self.request(topic, args, timeout=timeout, who=who)
+        if not reply.success:
+            raise ReplyError(reply)
+        return command.parse_data(reply.data)
+
+
+class _ContractBroken(Exception):
+    """A handler's reply data does not match its command's declared type (a bug)."""
+
+
+def _check_data(cmd: Command, data: JsonValue) -> None:
+    """Both sides validate: the reply data must match the command's declared type."""
+    try:
+        cmd.parse_data(data)
+    except ValidationError as e:
+        first = e.errors(include_url=False)[0]
+        where = ".".join(str(x) for x in first["loc"]) or "data"
+        raise _ContractBroken(
+            f"reply data of {cmd.responder}/{cmd.op} breaks its contract at {where}: {first['msg']}"
+        ) from None
+
+
+_REPLY_TO = re.compile(rb'"reply_to"\s*:\s*"([^"\\]+)"')
+_ID = re.compile(rb'"id"\s*:\s*"([^"\\]+)"')
+
+
+class Responder:
+    """Answers requests through an explicit operation table, de-duplicating by id."""
+
+    def __init__(
+        self,
+        client: AsyncClient,
+        topics: Topics,
+        handlers: Mapping[str, Handler],
+        *,
+        name: str,
+        kind: ResponderKind | None = None,
+        remember: int = 2000,
+    ) -> None:
+        self.client = client
+        self.topics = topics
+        self.handlers = dict(handlers)
+        self.name = name
+        # the typed contract of each op (args checked before the handler runs)
+        self.commands: dict[str, Command] = commands_of(kind) if kind else {}
+        self._seen: OrderedDict[str, None] = OrderedDict()
+        self._remember = remember
+
+    async def handle(
+        self, msg: Message, op: str, handlers: Mapping[str, Handler] | None = None
+    ) -> None:
+        """Handle one request message published on ``.../cmd/<op>``.
+
+        ``handlers`` replaces the table for this call (e.g. bound to one component),
+        sharing the de-duplication memory of this responder.
+        """
+        table = self.handlers if handlers is None else handlers
+        try:
+            req = decode(Request, msg.payload, msg.topic)
+        except DecodeError as e:
+            await self._reply_to_malformed(msg, str(e))
+            return
+        parsed = self.topics.parse(msg.topic)
+        user = parsed.user if parsed is not None else None
+        if not self._reply_allowed(req.reply_to, user):
+            log.warning(
+                "%s: ignoring request %s on %s with reply_to %s outside the requester's "
+                "reply topics",
+                self.name,
+                req.id,
+                msg.topic,
+                req.reply_to[:200],
+            )
+            return
+        if req.id in self._seen:
+            log.debug("duplicate request %s on %s dropped", req.id, msg.topic)
+            return
+        self._seen[req.id] = None
+        while len(self._seen) > self._remember:
+            self._seen.popitem(last=False)
+
+        handler = table.get(op)
+        if handler is None:
+            known = ", ".join(sorted(table))
+            reply = Reply(
+                id=req.id,
+                success=False,
+                msg=f"unknown operation {op!r} on {self.name} (known: {known})",
+                code="unknown_op",
+            )
+        else:
+            token = _requester.set(user)
+            try:
+                reply = await self._run(handler, req, op)
+            finally:
+                _requester.reset(token)
+        await self._send(req.reply_to, reply)
+
+    def _reply_allowed(self, reply_to: str, user: str | None) -> bool:
+        parsed = self.topics.parse(reply_to)
+        if parsed is None or parsed.kind != "reply":
+            return False
+        # a request that names its sender is answered only on that sender's replies, so
+        # nobody can make a service send data to another user
+        return user is None or parsed.user == user
+
+    async def _run(self, handler: Handler, req: Request, op: str) -> Reply:
+        def fail(msg: str, code: ErrorCode, data: JsonValue = None) -> Reply:
+            return Reply(id=req.id, success=False, msg=msg, data=data, code=code)
+
+        try:
+            cmd = self.commands.get(op)
+            if cmd is not None:
+                cmd.parse_args(req.args)
+            res = await handler(req.args)
+            if cmd is not None:
+                _check_data(cmd, res.data)
+            return Reply(id=req.id, success=True, msg=res.msg, data=res.data)
+        except _ContractBroken as e:
+            log.error("%s: %s", self.name, e)
+            return fail(f"internal error in {self.name}: {e}", "internal")
+        except CommandError as e:
+            return fail(str(e), e.code, e.data)
+        except ValidationError as e:
+            errs = "; ".join(
+                f"{'.'.join(str(x) for x in err['loc']) or 'args'}: {err['msg']}"
+                for err in e.errors(include_url=False)[:3]
+            )
+            return fail(f"invalid arguments for {op}: {errs}", "bad_request")
+        except (KeyError, LookupError) as e:
+            text = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+            return fail(str(text), "not_found")
+        except (ValueError, TypeError) as e:
+            return fail(str(e), "bad_request")
+        except OSError as e:
+            return fail(str(e), "unavailable")
+        except Exception as e:  # a bug must not take the service down
+            log.exception("%s: operation %s failed", self.name, op)
+            return fail(f"internal error in {self.name}: {e!r}", "internal")
+
+    async def _reply_to_malformed(self, msg: Message, reason: str) -> None:
+        m = _REPLY_TO.search(msg.payload)
+        if m is None:
+            log.warning("%s: dropped a request nobody can be told about: %s", self.name, reason)
+            return
+        reply_to = m.group(1).decode(errors="replace")
+        parsed = self.topics.parse(msg.topic)
+        if not self._reply_allowed(reply_to, parsed.user if parsed is not None else None):
+            return
+        idm = _ID.search(msg.payload)
+        rid = idm.group(1).decode(errors="replace") if idm else ""
+        await self._send(reply_to, Reply(id=rid, success=False, msg=reason, code="bad_request"))
+
+    async def _send(self, topic: str, reply: Reply) -> None:
+        try:
+            await self.client.publish(topic, encode(reply), qos=1, wait=False)
+        except Exception as e:
+            log.warning("%s: could not send reply to %s: %s", self.name, topic, e)

@@ -1,0 +1,1 @@
+"""The wire contract: topics, messages, command models, the AsyncAPI document. No I/O."""

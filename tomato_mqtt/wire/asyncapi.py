@@ -1,0 +1,248 @@
+"""The machine-readable wire contract: an AsyncAPI 3.0 document.
+
+Built from the channel table of :mod:`tomato_mqtt.wire.topics` and the JSON schemas of the
+pydantic models of :mod:`tomato_mqtt.wire.messages`, so it cannot drift from the code. The
+scheduler publishes it retained on ``meta/schema``; ``tomato schema`` prints it.
+
+Every channel carries the MQTT facts an integrator needs as extensions next to the
+standard fields: ``x-retained``, ``x-qos``, ``x-publisher`` and ``x-subscribers``; the
+same facts are in the MQTT operation bindings (``qos``, ``retain``).
+
+Light to import: pydantic and the message models only (no pint, xarray or paho).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from pydantic import BaseModel, TypeAdapter
+from pydantic.json_schema import models_json_schema
+
+from tomato_mqtt import __version__
+from tomato_mqtt.wire.commands import COMMANDS
+from tomato_mqtt.wire.examples import example_messages
+from tomato_mqtt.wire.messages import (
+    MESSAGES,
+    WireModel,
+)
+from tomato_mqtt.wire.topics import CHANNELS, PROTOCOL, ChannelDef, Topics
+
+__all__ = [
+    "ASYNCAPI_VERSION",
+    "PARAMETERS",
+    "QOS",
+    "build_asyncapi",
+    "example_messages",
+    "schema_json",
+]
+
+ASYNCAPI_VERSION = "3.0.0"
+
+#: Every message is published with QoS 1 (at least once); requests are de-duplicated
+#: by id and data batches by (component, stream, seq) and content, so a second delivery
+#: is harmless.
+QOS = 1
+
+#: The placeholders of the channel templates, as AsyncAPI channel parameters.
+PARAMETERS: dict[str, str] = {
+    "op": "Operation name (a slug), e.g. 'status', 'submit', 'task_start', 'configure'.",
+    "client_id": "Slug of the requester's MQTT client id; the requester subscribes to it.",
+    "node": "Slug of the driver node's name (see slugging rules in docs/topics.md).",
+    "component": "Slug of the component's full name, e.g. "
+    "'example_counter:(example-addr,1)' -> 'example_counter-example-addr-1--<hash>'; "
+    "the full name is in every payload.",
+    "pipeline": "Slug of the pipeline's name.",
+    "job": "The job id (a decimal integer).",
+    "user": "The requester's login (a slug; 'anonymous' on an open local stack). The broker "
+    "ACL pins it to the authenticated user (Mosquitto '%u'), so services read who asked "
+    "from the topic, never from the payload (docs/security.md).",
+}
+
+#: Models that travel as ``args`` of a request (one per command of wire/commands.py).
+_ARGS_MODELS: tuple[type[BaseModel], ...] = tuple(dict.fromkeys(c.args for c in COMMANDS))
+
+_PLACEHOLDER = re.compile(r"\{([a-z_]+)\}")
+
+
+def _camel(kind: str) -> str:
+    head, *rest = kind.split("_")
+    return head + "".join(p.capitalize() for p in rest)
+
+
+def _wire_models() -> list[type[WireModel]]:
+    seen: dict[str, type[WireModel]] = {}
+    for models in MESSAGES.values():
+        for m in models:
+            seen.setdefault(m.__name__, m)
+    return list(seen.values())
+
+
+def _schemas() -> dict[str, Any]:
+    models: list[type[BaseModel]] = [*_wire_models(), *_ARGS_MODELS]
+    keyed, top = models_json_schema(
+        [(m, "validation") for m in models],
+        ref_template="#/components/schemas/{model}",
+        title="tomato-mqtt messages",
+    )
+    schemas: dict[str, Any] = dict(top.get("$defs", {}))
+    # every model must be a named definition under its own name (pydantic renames clashes)
+    for (m, _mode), ref in keyed.items():
+        name = ref["$ref"].rsplit("/", 1)[-1]
+        if name != m.__name__ or name not in schemas:
+            raise RuntimeError(f"no schema named {m.__name__} (got {name})")
+    for c in COMMANDS:  # reply data: models, lists and unions, with their definitions
+        if c.data is None:
+            continue
+        data = TypeAdapter(c.data).json_schema(ref_template="#/components/schemas/{model}")
+        for name, sch in data.get("$defs", {}).items():
+            if schemas.setdefault(name, sch) != sch:
+                raise RuntimeError(f"two different schemas named {name}")
+    return dict(sorted(schemas.items()))
+
+
+def _commands() -> dict[str, Any]:
+    """``x-commands``: per responder and operation, the args model and the reply data."""
+    out: dict[str, dict[str, Any]] = {}
+    for c in COMMANDS:
+        entry: dict[str, Any] = {
+            "summary": c.doc,
+            "args": {"$ref": f"#/components/schemas/{c.args.__name__}"},
+        }
+        if c.data is None:
+            entry["data"] = {"type": "null"}
+        else:
+            data = TypeAdapter(c.data).json_schema(ref_template="#/components/schemas/{model}")
+            data.pop("$defs", None)
+            entry["data"] = data
+        out.setdefault(c.responder, {})[c.op] = entry
+    return out
+
+
+def _meta_schema_message() -> dict[str, Any]:
+    return {
+        "name": "AsyncAPIDocument",
+        "title": "This document",
+        "summary": "The AsyncAPI 3.0 document of this instance (what you are reading).",
+        "contentType": "application/json",
+        "payload": {"type": "object", "description": "An AsyncAPI 3.0.0 document."},
+    }
+
+
+def _message(model: type[WireModel], example: BaseModel | None) -> dict[str, Any]:
+    doc = (model.__doc__ or "").strip()
+    if doc.startswith(("Usage docs:", "!!!")) or model.__doc__ == WireModel.__doc__:
+        doc = ""
+    msg: dict[str, Any] = {
+        "name": model.__name__,
+        "title": model.__name__,
+        "contentType": "application/json",
+        "payload": {"$ref": f"#/components/schemas/{model.__name__}"},
+    }
+    if doc:
+        msg["summary"] = " ".join(doc.split("\n\n", 1)[0].split())
+    if example is not None:
+        msg["examples"] = [
+            {"name": f"{model.__name__}-example", "payload": example.model_dump(mode="json")}
+        ]
+    return msg
+
+
+def _channel(topics: Topics, ch: ChannelDef, message_names: list[str]) -> dict[str, Any]:
+    params = _PLACEHOLDER.findall(ch.template)
+    channel: dict[str, Any] = {
+        "address": topics.channel_address(ch),
+        "title": ch.template,
+        "description": ch.description,
+        "messages": {n: {"$ref": f"#/components/messages/{n}"} for n in message_names},
+        "x-retained": ch.retained,
+        "x-qos": QOS,
+        "x-publisher": ch.publisher,
+        "x-subscribers": ch.subscribers,
+    }
+    if params:
+        channel["parameters"] = {p: {"description": PARAMETERS[p]} for p in params}
+    return channel
+
+
+def _operation(ch: ChannelDef, message_names: list[str], has_reply: bool) -> dict[str, Any]:
+    cid = _camel(ch.kind)
+    op: dict[str, Any] = {
+        "action": "send",
+        "title": f"{ch.publisher} publishes on {ch.template}",
+        "channel": {"$ref": f"#/channels/{cid}"},
+        "messages": [{"$ref": f"#/channels/{cid}/messages/{n}"} for n in message_names],
+        "bindings": {"mqtt": {"qos": QOS, "retain": ch.retained, "bindingVersion": "0.2.0"}},
+    }
+    if has_reply:
+        op["reply"] = {
+            "address": {
+                "description": "The requester's reply topic, given in the request.",
+                "location": "$message.payload#/reply_to",
+            },
+            "channel": {"$ref": "#/channels/reply"},
+            "messages": [{"$ref": "#/channels/reply/messages/Reply"}],
+        }
+    return op
+
+
+def build_asyncapi(instance: str) -> dict[str, Any]:
+    """The AsyncAPI 3.0 document of the wire contract of one instance."""
+    topics = Topics(instance)
+    examples = example_messages()
+    messages: dict[str, Any] = {"AsyncAPIDocument": _meta_schema_message()}
+    for model in _wire_models():
+        messages[model.__name__] = _message(model, examples.get(model.__name__))
+
+    channels: dict[str, Any] = {}
+    operations: dict[str, Any] = {}
+    for ch in CHANNELS:
+        names = [m.__name__ for m in MESSAGES.get(ch.kind, ())] or ["AsyncAPIDocument"]
+        cid = _camel(ch.kind)
+        channels[cid] = _channel(topics, ch, names)
+        operations[f"publish{cid[0].upper()}{cid[1:]}"] = _operation(
+            ch, names, has_reply="Request" in names
+        )
+
+    return {
+        "asyncapi": ASYNCAPI_VERSION,
+        "id": f"urn:tomato-mqtt:{PROTOCOL.replace('/', ':')}:{instance}",
+        "info": {
+            "title": f"tomato-mqtt wire contract ({instance})",
+            "version": __version__,
+            "description": (
+                "MQTT 3.1.1 topics and JSON messages of tomato-mqtt, under the root "
+                f"'{topics.root}/'. Every message is UTF-8 JSON with a 'schema' version "
+                "field; readers ignore unknown fields. Retained channels hold the current "
+                "state; presence is retained status + last will + heartbeat time. "
+                "Requests carry {id, reply_to, args} and are answered on reply_to."
+            ),
+            "license": {"name": "MIT"},
+        },
+        "defaultContentType": "application/json",
+        "servers": {
+            "embedded": {
+                "host": "127.0.0.1:1883",
+                "protocol": "mqtt",
+                "protocolVersion": "3.1.1",
+                "description": "The embedded broker started by 'tomato start' (default).",
+            },
+            "embeddedWebSocket": {
+                "host": "127.0.0.1:9001",
+                "protocol": "ws",
+                "protocolVersion": "3.1.1",
+                "description": "Its WebSocket listener for browser dashboards, when enabled.",
+            },
+        },
+        "channels": channels,
+        "operations": operations,
+        "components": {"messages": messages, "schemas": _schemas()},
+        # the typed commands: args on .../cmd/<op>, data in the Reply (error codes in Reply)
+        "x-commands": _commands(),
+    }
+
+
+def schema_json(instance: str) -> str:
+    """The AsyncAPI document as indented JSON text (printed by ``tomato schema``)."""
+    return json.dumps(build_asyncapi(instance), indent=2, ensure_ascii=False)

@@ -1,0 +1,352 @@
+"""Every command on the wire: its args model, its reply-data type, and the error codes.
+
+One :class:`Command` per ``(responder, op)``; :data:`COMMANDS` lists them all. The
+responder (``transport/rpc.py``) validates ``args`` against the model before a handler
+runs and the reply ``data`` against its type after; a Python requester can validate the
+data it gets back with :meth:`Command.parse_data`. The AsyncAPI document lists every
+model, so an integrator sees the same contract.
+
+Failed replies carry a machine-readable ``code`` (:data:`ErrorCode`): clients branch on
+it, never on the text of ``msg``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any, Literal, get_args
+
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, TypeAdapter
+
+from tomato_mqtt.model.jobs import Job, PipelineState
+from tomato_mqtt.wire.messages import (
+    AckArgs,
+    ComponentStatus,
+    ErrorCode,
+    NodeConfigure,
+    NodeStatus,
+    RecorderStatus,
+    ReplayArgs,
+    SchedulerStatus,
+    TaskStartArgs,
+)
+
+__all__ = [
+    "COMMANDS",
+    "ERROR_CODES",
+    "Command",
+    "ErrorCode",
+    "Responder",
+    "command",
+    "commands_of",
+]
+
+ERROR_CODES: tuple[str, ...] = get_args(ErrorCode)
+
+Responder = Literal["scheduler", "node", "component", "recorder"]
+
+
+class _Args(BaseModel):
+    """Request args: unknown keys are refused (a typo never silently defaults)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class _Data(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class NoArgs(_Args):
+    pass
+
+
+# -- scheduler ---------------------------------------------------------------------------
+StatusSection = Literal["scheduler", "pipelines", "devices", "components", "nodes", "drivers"]
+
+
+class StatusArgs(_Args):
+    what: StatusSection = "scheduler"
+
+
+class PipelineArgs(_Args):
+    pipeline: str
+
+
+class LoadArgs(_Args):
+    pipeline: str
+    sample: str
+
+
+class SubmitArgs(_Args):
+    payload: dict[str, JsonValue]
+    jobname: str | None = None
+    submit_dir: str | None = None
+    user: str | None = Field(None, description="who ran ketchup (for payloads older than 2.2)")
+
+
+class JobIdsArgs(_Args):
+    jobids: list[int] | None = None
+
+
+class SearchArgs(_Args):
+    name: str
+    complete: bool = False
+
+
+class SnapshotArgs(_Args):
+    jobid: int
+
+
+class SchedulerInfo(SchedulerStatus):
+    datadir: str
+    devices_file: str
+
+
+class PipelineInfo(PipelineState):
+    roles: dict[str, str] = Field(default_factory=dict)
+
+
+class DeviceInfo(_Data):
+    name: str
+    driver: str
+    address: str
+    channels: list[str]
+    node: str
+
+
+class ComponentInfo(_Data):
+    name: str
+    device: str
+    driver: str
+    address: str
+    channel: str
+    node: str
+    state: str
+    registered: bool
+    capabilities: list[str]
+    job: int | None = None
+    error: str | None = None
+
+
+class NodeInfo(NodeStatus):
+    """A node as the scheduler sees it: its status plus what the receiver measured."""
+
+    heartbeat_age: float | None = Field(None, description="s since the last heartbeat arrived")
+    clock_offset: float | None = Field(
+        None, description="s the node's clock is ahead of the scheduler's (estimate)"
+    )
+    clock_skewed: bool = False
+    clock_warning: str | None = None
+
+
+class DriverNodes(_Data):
+    name: str
+    nodes: dict[str, dict[str, JsonValue]]
+    settings: dict[str, JsonValue]
+
+
+StatusData = (
+    SchedulerInfo
+    | list[PipelineInfo]
+    | list[DeviceInfo]
+    | list[ComponentInfo]
+    | list[NodeInfo]
+    | list[DriverNodes]
+)
+
+
+class WhoamiData(_Data):
+    user: str | None = Field(description="the login the scheduler saw (null: an open stack)")
+    role: str | None
+    ops: list[str] = Field(description="the scheduler operations this role may send")
+    open: bool = Field(description="true when the broker admits anyone (no users file)")
+
+
+class ReloadData(_Data):
+    added_components: list[str] = Field(default_factory=list)
+    removed_components: list[str] = Field(default_factory=list)
+    changed_components: list[str] = Field(default_factory=list)
+    added_pipelines: list[str] = Field(default_factory=list)
+    removed_pipelines: list[str] = Field(default_factory=list)
+    changed_pipelines: list[str] = Field(default_factory=list)
+    added_drivers: list[str] = Field(default_factory=list)
+    removed_drivers: list[str] = Field(default_factory=list)
+
+
+# -- recorder ----------------------------------------------------------------------------
+class Expect(BaseModel):
+    """One ended task: its component, and how many points its runner took."""
+
+    model_config = ConfigDict(extra="ignore")
+    component: str
+    task: int | None = None
+    npoints: int | None = None
+    epoch: int = 0
+    stream: str = ""
+    last_seq: int = -1
+
+
+class FinalizeArgs(_Args):
+    job: dict[str, JsonValue]
+    roles: dict[str, dict[str, JsonValue]]
+    expect: list[Expect] = Field(default_factory=list)
+    path: str
+    fallback_dir: str
+    snapshot: bool = False
+    wait: float = 30.0
+    clock_offsets: dict[str, float] = Field(
+        default_factory=dict, description="role -> node clock minus scheduler clock, s"
+    )
+
+
+class FileData(_Data):
+    """A written results file or snapshot; fetch its bytes with ``token``."""
+
+    path: str
+    size: int
+    token: str
+    chunks: int
+    points: dict[str, int]
+    missing: list[str] = Field(default_factory=list, description="tasks short of points")
+    extra: list[str] = Field(default_factory=list, description="tasks with points too many")
+    conflicts: list[str] = Field(
+        default_factory=list, description="batches whose identity repeated with other data"
+    )
+    fallback: str | None = Field(None, description="why the file went to the job folder")
+    storage_error: str | None = Field(None, description="the recorder cannot store now: why")
+
+
+class FetchArgs(_Args):
+    token: str
+    index: int = Field(ge=0)
+
+
+class ChunkData(_Data):
+    index: int
+    data: str = Field(description="base64 of up to 256 KiB of the file")
+
+
+# -- node and components -----------------------------------------------------------------
+class ShutdownArgs(_Args):
+    """Destructive, so strict: unknown keys and non-booleans are refused, not defaulted."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    force: bool = False
+
+
+class ConfigureData(_Data):
+    added: list[str]
+    removed: list[str]
+
+
+class TaskStopArgs(_Args):
+    job: int | None = None
+    reason: str | None = None
+
+
+class SetAttrArgs(_Args):
+    attr: str
+    val: JsonValue
+    force: bool = False
+
+
+class GetAttrArgs(_Args):
+    attrs: list[str] | None = None
+    attr: str | None = None
+
+
+class ForceArgs(_Args):
+    force: bool = False
+
+
+class StartedData(_Data):
+    started_at: float | None
+    epoch: int
+
+
+class StopData(_Data):
+    running: bool
+
+
+class MeasureData(_Data):
+    uts: float
+    values: dict[str, JsonValue]
+
+
+class ReplayData(_Data):
+    replayed: int
+
+
+class AckData(_Data):
+    acked: int
+
+
+# -- the registry ------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Command:
+    responder: Responder
+    op: str
+    args: type[BaseModel]
+    data: Any  # a type pydantic can validate (a model, a list of models, a union), or None
+    doc: str
+
+    @cached_property
+    def _adapter(self) -> TypeAdapter[Any]:
+        return TypeAdapter(self.data)
+
+    def parse_args(self, args: Any) -> BaseModel:
+        return self.args.model_validate(args)
+
+    def parse_data(self, data: Any) -> Any:
+        """The reply data as typed objects (raises pydantic's ValidationError)."""
+        return self._adapter.validate_python(data)
+
+    def data_schema(self) -> dict[str, Any]:
+        return self._adapter.json_schema(mode="serialization")
+
+
+def _c(responder: Responder, op: str, args: type[BaseModel], data: Any, doc: str) -> Command:
+    return Command(responder, op, args, data, doc)
+
+
+COMMANDS: tuple[Command, ...] = (
+    _c("scheduler", "status", StatusArgs, StatusData, "scheduler, pipelines, devices, …"),
+    _c("scheduler", "reload", NoArgs, ReloadData, "re-read settings and devices file"),
+    _c("scheduler", "stop", NoArgs, None, "stop the stack (refused while jobs run)"),
+    _c("scheduler", "pipeline_load", LoadArgs, PipelineState, "load a sample"),
+    _c("scheduler", "pipeline_eject", PipelineArgs, PipelineState, "eject the sample"),
+    _c("scheduler", "pipeline_ready", PipelineArgs, PipelineState, "mark ready"),
+    _c("scheduler", "job_submit", SubmitArgs, Job, "queue a payload"),
+    _c("scheduler", "job_status", JobIdsArgs, list[Job], "jobs (all, or by id)"),
+    _c("scheduler", "job_cancel", JobIdsArgs, list[Job], "cancel jobs"),
+    _c("scheduler", "job_search", SearchArgs, list[Job], "jobs by name"),
+    _c("scheduler", "job_snapshot", SnapshotArgs, FileData, "up-to-date file of a job"),
+    _c("scheduler", "whoami", NoArgs, WhoamiData, "who the scheduler sees, what they may do"),
+    _c("node", "configure", NodeConfigure, ConfigureData, "the node's components"),
+    _c("node", "rebirth", NoArgs, None, "re-publish every retained topic"),
+    _c("node", "shutdown", ShutdownArgs, None, "stop the node"),
+    _c("component", "task_start", TaskStartArgs, StartedData, "start a task"),
+    _c("component", "task_stop", TaskStopArgs, StopData, "stop the running task"),
+    _c("component", "set_attr", SetAttrArgs, dict[str, JsonValue], "set an attribute"),
+    _c("component", "get_attr", GetAttrArgs, dict[str, JsonValue], "read attributes"),
+    _c("component", "measure", NoArgs, MeasureData | None, "one measurement now"),
+    _c("component", "reset", ForceArgs, None, "reset the device"),
+    _c("component", "register", NoArgs, None, "register the device again"),
+    _c("component", "status", NoArgs, ComponentStatus, "the component's status"),
+    _c("component", "replay", ReplayArgs, ReplayData, "re-send spooled batches"),
+    _c("component", "ack", AckArgs, AckData, "batches stored: drop them from the spool"),
+    _c("recorder", "finalize", FinalizeArgs, FileData, "write a job's file or snapshot"),
+    _c("recorder", "fetch", FetchArgs, ChunkData, "a chunk of a written file"),
+    _c("recorder", "status", NoArgs, RecorderStatus, "the recorder's status"),
+)
+
+_BY_KEY = {(c.responder, c.op): c for c in COMMANDS}
+
+
+def command(responder: Responder, op: str) -> Command:
+    """The command ``op`` of ``responder``; KeyError if there is none."""
+    return _BY_KEY[(responder, op)]
+
+
+def commands_of(responder: Responder) -> dict[str, Command]:
+    return {c.op: c for c in COMMANDS if c.responder == responder}

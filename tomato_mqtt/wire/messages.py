@@ -1,0 +1,398 @@
+"""Every message on the wire: pydantic models serialised as UTF-8 JSON.
+
+Each model carries ``schema`` (its version). Readers are tolerant: unknown fields are
+ignored, so a newer publisher does not break an older dashboard; a payload that is not
+JSON, has the wrong shape or a version this code does not know becomes one
+:class:`DecodeError`, never an exception that kills a loop.
+"""
+
+from __future__ import annotations
+
+from typing import Final, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError
+
+from tomato_mqtt.driver.spec import AttrSpec, TaskSpec
+from tomato_mqtt.model.jobs import Job
+
+__all__ = [
+    "MESSAGES",
+    "AckArgs",
+    "ComponentMeta",
+    "ComponentStatus",
+    "DataBatch",
+    "DecodeError",
+    "DriverInfo",
+    "ErrorCode",
+    "JobEvent",
+    "JobProgress",
+    "JobStatus",
+    "LastPoint",
+    "NodeComponent",
+    "NodeConfigure",
+    "NodeStatus",
+    "PipelineStatus",
+    "RecorderStatus",
+    "ReplayArgs",
+    "Reply",
+    "Request",
+    "SchedulerStatus",
+    "TaskEndInfo",
+    "WireModel",
+    "decode",
+    "encode",
+    "stream_id",
+]
+
+SCHEMA: Final = 1
+
+
+class WireModel(BaseModel):
+    """Base of every message: JSON, versioned by ``schema``, tolerant of extra fields."""
+
+    model_config = ConfigDict(
+        extra="ignore",
+        populate_by_name=True,
+        serialize_by_alias=True,
+    )
+
+    schema_: Literal[1] = Field(default=SCHEMA, alias="schema")
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class DecodeError(ValueError):
+    """A payload that is not a valid message of the expected kind."""
+
+    def __init__(self, model: type[BaseModel], topic: str | None, reason: str) -> None:
+        self.model = model
+        self.topic = topic
+        self.reason = reason
+        where = f" on {topic}" if topic else ""
+        super().__init__(f"bad {model.__name__} message{where}: {reason}")
+
+
+def _summarise(e: ValidationError) -> str:
+    parts = []
+    for err in e.errors(include_url=False)[:3]:
+        loc = ".".join(str(x) for x in err["loc"]) or "(message)"
+        parts.append(f"{loc}: {err['msg']}")
+    more = e.error_count() - len(parts)
+    return "; ".join(parts) + (f" (+{more} more)" if more > 0 else "")
+
+
+def decode(model: type[M], payload: bytes | str, topic: str | None = None) -> M:
+    """Decode ``payload`` as ``model``; any failure is a :class:`DecodeError`."""
+    try:
+        return model.model_validate_json(payload)
+    except ValidationError as e:
+        if any(err["type"] == "json_invalid" for err in e.errors()):
+            raise DecodeError(model, topic, "not valid JSON") from None
+        raise DecodeError(model, topic, _summarise(e)) from None
+    except (UnicodeDecodeError, ValueError) as e:
+        raise DecodeError(model, topic, f"not UTF-8 JSON ({e})") from None
+
+
+def encode(msg: BaseModel) -> bytes:
+    return msg.model_dump_json(by_alias=True).encode()
+
+
+# -- request / reply -------------------------------------------------------------------
+class Request(WireModel):
+    """A command: published on ``.../cmd/<op>``, answered on ``reply_to``."""
+
+    id: str
+    reply_to: str
+    args: dict[str, JsonValue] = Field(default_factory=dict)
+
+
+ErrorCode = Literal[
+    "bad_request",  # args missing, malformed or out of range
+    "unknown_op",  # no such operation on this responder
+    "not_found",  # a named job, pipeline, component or attr does not exist
+    "conflict",  # not now: busy, already in that state, a job runs
+    "refused",  # understood and not acceptable (e.g. a payload, a reload)
+    "not_allowed",  # the caller's role may not do this
+    "unavailable",  # a service this needs did not answer
+    "internal",  # a bug: the responder logged it
+]
+
+
+class Reply(WireModel):
+    """tomato's Reply, plus the id of the request it answers and, on failure, a code."""
+
+    id: str
+    success: bool
+    msg: str
+    data: JsonValue = None
+    code: ErrorCode | None = Field(
+        None, description="why it failed, for programs (null on success); msg is for people"
+    )
+
+
+# -- presence --------------------------------------------------------------------------
+PresenceState = Literal["online", "stopping", "offline", "lost"]
+
+
+class SchedulerStatus(WireModel):
+    state: PresenceState
+    instance: str
+    epoch: int = 0
+    heartbeat: float = 0.0
+    version: str = ""
+    started_at: float | None = None
+    broker: str | None = None
+    jobs_running: int = 0
+    jobs_queued: int = 0
+
+
+class DriverInfo(WireModel):
+    version: str | None = None
+    loaded: bool = False
+    error: str | None = None
+
+
+class NodeStatus(WireModel):
+    state: PresenceState
+    node: str
+    epoch: int = 0
+    heartbeat: float = 0.0
+    version: str = ""
+    host: str | None = None
+    pid: int | None = None
+    drivers: dict[str, DriverInfo] = Field(default_factory=dict)
+    components: list[str] = Field(default_factory=list)
+    streams: dict[str, int] = Field(
+        default_factory=dict, description="component -> last data seq of its current stream"
+    )
+    stream_ids: dict[str, str] = Field(
+        default_factory=dict,
+        description="component -> id of its current data stream (see DataBatch.stream)",
+    )
+    spool_pending: int = 0
+    spool_dropped: int = 0
+
+
+class RecorderStatus(WireModel):
+    state: PresenceState
+    heartbeat: float = 0.0
+    version: str = ""
+    started_at: float | None = Field(
+        default=None,
+        description="when this recorder process started (s since the epoch): a new value "
+        "means a restart, and requests sent to the old one must be sent again",
+    )
+    jobs: dict[str, JobProgress] = Field(default_factory=dict)
+    storage_error: str | None = Field(
+        default=None,
+        description="why the recorder cannot store data right now (disk full, read-only, "
+        "permission); null when it can. Unstored batches stay in the nodes' spools.",
+    )
+
+
+class JobProgress(WireModel):
+    points: dict[str, int] = Field(default_factory=dict)
+    gaps: int = 0
+    file: str | None = None
+    conflicts: int = Field(
+        default=0, description="batches that repeated a stored identity with other content"
+    )
+    merged: int = Field(
+        default=0, description="times late data was merged into the job's final file"
+    )
+
+
+# -- nodes and components ----------------------------------------------------------------
+class NodeComponent(WireModel):
+    """A component as the scheduler assigns it to a node."""
+
+    name: str
+    device: str
+    driver: str
+    address: str
+    channel: str
+    pollrate: float = 1.0
+
+
+class NodeConfigure(WireModel):
+    """Args of ``node/<n>/cmd/configure``: the full set of components the node hosts."""
+
+    # required: a configure without its component list is refused, never read as "none"
+    components: list[NodeComponent]
+    driver_settings: dict[str, dict[str, JsonValue]] = Field(default_factory=dict)
+    batch_interval: float | None = None
+
+
+class ComponentMeta(WireModel):
+    name: str
+    device: str
+    driver: str
+    address: str
+    channel: str
+    node: str
+    registered: bool = False
+    error: str | None = None
+    attrs: dict[str, AttrSpec] = Field(default_factory=dict)
+    capabilities: list[str] = Field(default_factory=list)
+    constants: dict[str, JsonValue] = Field(default_factory=dict)
+
+
+class TaskEndInfo(WireModel):
+    job: int | None
+    task: int | None
+    task_name: str | None = None
+    reason: Literal["done", "stopped", "error"]
+    message: str | None = None
+    t_start: float
+    t_end: float
+    npoints: int = Field(default=0, description="points the runner took in this task")
+    missed: int = Field(
+        default=0, description="sampling deadlines skipped because the runner was behind"
+    )
+    epoch: int = 0
+    stream: str = Field(default="", description="the data stream the task's points went to")
+    last_seq: int = Field(default=-1, description="last batch of the task in its stream")
+
+
+ComponentState = Literal["unregistered", "idle", "running", "error", "lost"]
+
+
+class ComponentStatus(WireModel):
+    name: str
+    node: str
+    state: ComponentState
+    time: float
+    job: int | None = None
+    task: int | None = None
+    task_name: str | None = None
+    technique: str | None = None
+    started_at: float | None = None
+    attrs: dict[str, JsonValue] = Field(default_factory=dict)
+    error: str | None = None
+    epoch: int = 0
+    stream: str = ""  # the component's current data stream (see DataBatch.stream)
+    seq: int = -1  # last data batch published in that stream
+    last_task: TaskEndInfo | None = None
+
+
+class DataBatch(WireModel):
+    """A batch of points of one component stream.
+
+    ``vars`` maps each variable to one value per entry of ``uts``; ``job`` and ``task``
+    are those the points were taken in (null for idle measurements): all points of a
+    batch belong to the same task.
+
+    Identity: ``(component, stream, seq)``. ``stream`` is a random id the node draws
+    whenever a component's stream starts (node start, registration, re-registration,
+    reload), so an identity is never reused; ``seq`` numbers the stream's batches from 0
+    without gaps. Batches of older nodes carry no ``stream``: their stream is
+    ``e<epoch>`` (:meth:`stream_id`).
+    """
+
+    component: str
+    job: int | None = None
+    task: int | None = None
+    epoch: int
+    stream: str = ""
+    seq: int
+    uts: list[float]
+    vars: dict[str, list[float | int | bool | str | None]]
+    units: dict[str, str] = Field(default_factory=dict)
+
+    def stream_id(self) -> str:
+        return stream_id(self.stream, self.epoch)
+
+
+class LastPoint(WireModel):
+    component: str
+    uts: float
+    values: dict[str, float | int | bool | str | None]
+    units: dict[str, str] = Field(default_factory=dict)
+    job: int | None = None
+    task: int | None = None
+
+
+def stream_id(stream: str, epoch: int) -> str:
+    """A stream's identity: its id, or ``e<epoch>`` for a node that sends none."""
+    return stream or f"e{epoch}"
+
+
+class ReplayArgs(WireModel):
+    epoch: int
+    first: int
+    last: int
+    stream: str = ""  # "" : the stream e<epoch> of an older recorder
+
+
+class AckArgs(WireModel):
+    epoch: int
+    upto: int
+    stream: str = ""
+
+
+class TaskStartArgs(WireModel):
+    task: TaskSpec
+
+
+# -- pipelines and jobs ----------------------------------------------------------------
+class PipelineStatus(WireModel):
+    name: str
+    sample: str | None = None
+    ready: bool = False
+    job: int | None = None
+    roles: dict[str, str] = Field(default_factory=dict)
+
+
+class JobStatus(WireModel):
+    job: Job
+
+
+JobEventKind = Literal[
+    "queued",
+    "matched",
+    "launched",
+    "task_started",
+    "task_ended",
+    "cancel_requested",
+    "snapshot_written",
+    "file_written",
+    "completed",
+    "warning",  # something the user should know that does not fail the job (detail.message)
+    "storage_fault",  # the recorder cannot store data (detail.error); the spools keep it
+    "storage_resumed",
+    "late_data_merged",  # points that arrived after the job ended are now in its file
+]
+
+
+class JobEvent(WireModel):
+    job: int
+    event: JobEventKind
+    time: float
+    role: str | None = None
+    task: int | None = None
+    status: str | None = None
+    detail: dict[str, JsonValue] = Field(default_factory=dict)
+
+
+RecorderStatus.model_rebuild()
+
+#: Every message model, by channel kind (for the AsyncAPI document and tests).
+MESSAGES: dict[str, tuple[type[WireModel], ...]] = {
+    "meta_schema": (),  # the AsyncAPI document itself
+    "scheduler_status": (SchedulerStatus,),
+    "scheduler_cmd": (Request,),
+    "reply": (Reply,),
+    "node_status": (NodeStatus,),
+    "node_cmd": (Request,),
+    "component_meta": (ComponentMeta,),
+    "component_status": (ComponentStatus,),
+    "component_cmd": (Request,),
+    "component_data": (DataBatch,),
+    "component_last": (LastPoint,),
+    "pipeline_status": (PipelineStatus,),
+    "job_status": (JobStatus,),
+    "job_event": (JobEvent,),
+    "recorder_status": (RecorderStatus,),
+    "recorder_cmd": (Request,),
+}

@@ -1,0 +1,58 @@
+"""The contract as text for people: the table of every command in docs/topics.md.
+
+Generated from ``commands.py`` and ``topics.py`` (a test compares it with the docs).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel
+
+from tomato_mqtt.wire.commands import COMMANDS
+from tomato_mqtt.wire.topics import CHANNELS
+
+__all__ = ["commands_markdown"]
+
+# each responder's command channel, as topics.py defines it
+_TOPIC = {c.kind.removesuffix("_cmd"): c.template for c in CHANNELS if c.kind.endswith("_cmd")}
+
+
+def _type_name(ann: Any) -> str:
+    text = getattr(ann, "__name__", None) if isinstance(ann, type) else None
+    text = text or str(ann).replace("typing.", "")
+    for mod in (
+        "tomato_mqtt.",
+        "wire.messages.",
+        "wire.commands.",
+        "model.jobs.",
+        "pydantic.types.",
+    ):
+        text = text.replace(mod, "")
+    text = text.replace("NoneType", "null").replace("JsonValue", "json").replace("None", "null")
+    # a markdown table cell: no pipes
+    return text.replace(" | ", " or ").replace("Literal[", "one of [")
+
+
+def _args_text(model: type[BaseModel]) -> str:
+    fields = []
+    for name, f in model.model_fields.items():
+        if name == "schema_":
+            continue
+        opt = "" if f.is_required() else "?"
+        fields.append(f"`{name}{opt}`: {_type_name(f.annotation)}")
+    return ", ".join(fields) or "—"
+
+
+def commands_markdown() -> str:
+    """The table of every command for docs/topics.md (a test keeps the docs in step)."""
+    rows = [
+        "| topic | op | args (`?` optional) | reply `data` | what |",
+        "|---|---|---|---|---|",
+    ]
+    for c in COMMANDS:
+        data = "null" if c.data is None else _type_name(c.data)
+        rows.append(
+            f"| `{_TOPIC[c.responder]}` | `{c.op}` | {_args_text(c.args)} | {data} | {c.doc} |"
+        )
+    return "\n".join(rows) + "\n"

@@ -1,0 +1,40 @@
+"""Topic-safe names: tomato's names (``example_counter:(example-addr,1)``, ``COM3``,
+``/dev/ttyUSB0``) mapped to topic segments, stably and without collisions.
+
+Used by ``topics.py`` (which re-exports both functions); no topic strings here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+__all__ = ["is_slug", "slug"]
+
+_SLUG_RE = re.compile(r"[a-z0-9][a-z0-9_.-]*")
+_INVALID_RUN = re.compile(r"[^a-z0-9_.-]+")
+_HASHED_TAIL = re.compile(r"--[0-9a-f]{10}$")
+_MAX_READABLE = 48
+
+
+def is_slug(name: str) -> bool:
+    """True when ``name`` can stand as a topic segment unchanged."""
+    return bool(_SLUG_RE.fullmatch(name))
+
+
+def slug(name: str) -> str:
+    """Map any name to a topic-safe segment, stably and without collisions.
+
+    A name that is already a slug maps to itself, so simple names stay readable in
+    topics. Any other name maps to a readable part plus ``--`` and ten hex digits of a
+    hash of the whole name. The hash keeps distinct names distinct (``COM3`` and
+    ``com3``); a slug-like name that happens to end in that ``--hex`` pattern is hashed
+    too, so an identity mapping can never collide with a hashed one.
+    """
+    if is_slug(name) and len(name) <= _MAX_READABLE + 12 and not _HASHED_TAIL.search(name):
+        return name
+    readable = _INVALID_RUN.sub("-", name.lower()).strip("-._")[:_MAX_READABLE].rstrip("-._")
+    if not readable or not readable[0].isalnum():
+        readable = "x" + readable
+    digest = hashlib.blake2b(name.encode("utf-8"), digest_size=5).hexdigest()
+    return f"{readable}--{digest}"
