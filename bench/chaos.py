@@ -21,7 +21,16 @@ import tempfile
 import time
 from pathlib import Path
 
-from tests.chaos.harness import FAST_HZ, RATE_HZ, RUNS, Params, Run, Unavailable, format_table
+from tests.chaos.harness import (
+    FAST_HZ,
+    RATE_HZ,
+    RUNS,
+    Params,
+    Run,
+    Unavailable,
+    format_table,
+    record,
+)
 from tests.chaos.scenarios import SCENARIOS, run_scenario
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -78,16 +87,14 @@ def main(argv: list[str] | None = None) -> int:
                     except Unavailable as e:
                         skipped[name] = str(e)
                     except Exception as e:  # a broken run is a row, not the end of the bench
-                        r = Run(name, hz, run=i, problems=[f"{type(e).__name__}: {e}"[:200]])
-                        RUNS.append(r)
-                        print(r.line(), flush=True)
+                        record(Run(name, hz, run=i, problems=[f"{type(e).__name__}: {e}"[:200]]))
     finally:
         if args.keep:
             print(f"work directories kept in {work}", file=sys.stderr)
         else:
             shutil.rmtree(work, ignore_errors=True)
     report(args, skipped, time.monotonic() - t0)
-    return 1 if any(r.problems for r in RUNS) else 0
+    return 1 if any(r.faults() for r in RUNS) else 0
 
 
 def progress(msg: str, t0: float) -> None:
@@ -95,7 +102,7 @@ def progress(msg: str, t0: float) -> None:
 
 
 def report(args: argparse.Namespace, skipped: dict[str, str], elapsed: float) -> None:
-    ok = sum(1 for r in RUNS if not r.problems)
+    ok = sum(1 for r in RUNS if not r.faults())
     head = (
         f"issue 9 — chaos scenarios, {args.reps} run(s) each, {args.duration:g} s tasks, "
         f"faults {args.down:g} s long; {ok}/{len(RUNS)} run(s) as specified; "

@@ -8,6 +8,7 @@ skips, saying why. Registered in tests/chaos/scenarios.py.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import glob
 import os
 import re
@@ -23,6 +24,7 @@ import yaml
 from tests.chaos.harness import (
     GRACE,
     HEARTBEAT,
+    JOB_S,
     LOST_AFTER,
     SHORT_GRACE,
     Params,
@@ -38,7 +40,7 @@ from tests.stack import BIN, CONFIG, Stack, free_port
 from tests.test_netns import Link, Procs, netns_unavailable
 from tomato_mqtt.config.users import UsersFile
 
-__all__ = ["netns_cut", "skew", "store_full"]
+__all__ = ["netns_cut", "skew", "skew_shown", "store_full", "store_full_shown"]
 
 
 # -- a remote node cut off longer than lost_after + grace ----------------------------------
@@ -53,7 +55,9 @@ def netns_cut(root: Path, p: Params) -> Run:
         raise Unavailable(why)
     # the job ends ce only after lost_after + grace + the runner's reset of the component
     # (which waits RESET_WAIT for the unreachable node): cut longer than all of it
-    cut = LOST_AFTER + SHORT_GRACE + RESET_WAIT + p.down
+    cut = LOST_AFTER + SHORT_GRACE + RESET_WAIT + 1.0
+    # most of the task in the cut, and room for a slow poll of the job before it
+    p = dataclasses.replace(p, duration=max(p.duration, 2 * JOB_S))
     link = Link()
     st = Stack(root=root, port=free_port(), instance="ns" + os.urandom(4).hex())
     for d in (st.appdir, st.datadir, st.logdir, st.workdir):
@@ -102,7 +106,7 @@ def netns_cut(root: Path, p: Params) -> Run:
             return t_fault + cut + p.end_bound  # it should end ce during the cut
 
         try:
-            run = fault_job(st, "netns-cut", p, fault, pipeline="pip-remote", deadline=deadline)
+            run = fault_job(st, "netns-cut", p, fault, "pip-remote", deadline)
         finally:
             for t in timers:
                 t.join()  # the link is back
@@ -166,6 +170,13 @@ def _fill(path: Path) -> Path:
     finally:
         os.close(fd)
     return filler
+
+
+def store_full_shown(run: Run) -> str | None:
+    """Issue 9: ``ketchup status`` shows why the job waits while the store is full."""
+    if run.seen.get("reasons_while_full"):
+        return None
+    return "no reason in `ketchup status` while the store was full"
 
 
 def store_full(root: Path, p: Params) -> Run:
@@ -235,6 +246,17 @@ def libfaketime() -> str:
     return found[0]
 
 
+def skew_shown(run: Run) -> str | None:
+    """Issue 9: staleness judged on receipt (never counted lost), the offset flagged."""
+    missing = []
+    if run.seen.get("node_states") != ["online"] or run.seen.get("lost_logged"):
+        missing.append(f"the node counted lost {run.seen.get('lost_logged')} time(s)")
+    status = str(run.seen.get("node_status", "")).lower()
+    if not any(w in status for w in ("skew", "clock", "offset")):
+        missing.append("no clock offset in `tomato status nodes`")
+    return "; ".join(missing) or None
+
+
 def skew(offset: str) -> Callable[[Path, Params], Run]:
     def scenario(root: Path, p: Params) -> Run:
         lib = libfaketime()
@@ -277,7 +299,7 @@ def skew(offset: str) -> Callable[[Path, Params], Run]:
             with chaos_stack(
                 root / "stack", devices, before_start=start_node, scheduler=relaxed
             ) as st:
-                run = fault_job(st, f"skew{offset}", p, fault, pipeline="pip-pc2")
+                run = fault_job(st, f"skew{offset}", p, fault, "pip-pc2", guard=False)
         finally:
             procs.stop_all()
         run.seen["node_states"] = sorted(set(states))

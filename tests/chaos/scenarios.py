@@ -29,10 +29,11 @@ from tests.chaos.harness import (
     check,
     fault_job,
     payload,
+    record,
     signal_service,
     wait_end,
 )
-from tests.chaos.host_faults import netns_cut, skew, store_full
+from tests.chaos.host_faults import netns_cut, skew, skew_shown, store_full, store_full_shown
 from tests.stack import Stack, kill_stack, start_stack
 
 __all__ = ["SCENARIOS", "Scenario", "run_scenario"]
@@ -48,6 +49,8 @@ class Scenario:
     bound: float | None = None  # s from the fault to the end (None: the run's own deadline)
     honest: bool = False  # no burst of points after a stall (see harness.check)
     reason_has: str | None = None  # what the job's reason must name
+    # what the user must have been shown meanwhile: what was not (None: all of it)
+    shows: Callable[[Run], str | None] | None = None
 
 
 def run_scenario(name: str, root: Path, p: Params | None = None, run: int = 1) -> Run:
@@ -55,7 +58,11 @@ def run_scenario(name: str, root: Path, p: Params | None = None, run: int = 1) -
     r = sc.fn(root, p or Params())
     r.scenario, r.run = name, run
     want = set(sc.want.split("|"))
-    return check(r, want, sc.exact, sc.bound, honest=sc.honest, reason_has=sc.reason_has)
+    check(r, want, sc.exact, sc.bound, honest=sc.honest, reason_has=sc.reason_has)
+    missing = sc.shows(r) if sc.shows else None
+    if missing:
+        r.unseen.append(missing)
+    return record(r)
 
 
 # -- kill -9 of services -------------------------------------------------------------------
@@ -112,7 +119,7 @@ def _cancel(sig: signal.Signals) -> Callable[[Path, Params], Run]:
             st.run("ketchup", "cancel", str(jobid), timeout=30)
 
         def deadline(_t_run: float, t_fault: float) -> float:
-            return t_fault + 2 * CANCEL_BOUND  # long enough to see it end late, if it does
+            return t_fault + CANCEL_BOUND + 3.0  # long enough to see it end late, if it does
 
         with chaos_stack(root) as st:
             try:
@@ -161,7 +168,7 @@ def reload_readd(root: Path, p: Params) -> Run:
         def nothing(_st: Stack, _job: int) -> None:
             pass
 
-        return fault_job(st, "reload-readd", p, nothing, pipeline="pip-b")
+        return fault_job(st, "reload-readd", p, nothing, "pip-b", guard=False)
 
 
 KILLED, STOPPED = signal.SIGKILL, signal.SIGSTOP
@@ -181,8 +188,8 @@ SCENARIOS: dict[str, Scenario] = {
         Scenario("cancel-stopped-node", _cancel(STOPPED), "cd", exact=False, bound=CANCEL_BOUND),
         Scenario("reload-readd", reload_readd, "c"),
         Scenario("netns-cut", netns_cut, "c|ce"),
-        Scenario("store-full", store_full, "c"),
-        Scenario("skew+60", skew("+60s"), "c"),
-        Scenario("skew-60", skew("-60s"), "c"),
+        Scenario("store-full", store_full, "c", shows=store_full_shown),
+        Scenario("skew+60", skew("+60s"), "c", shows=skew_shown),
+        Scenario("skew-60", skew("-60s"), "c", shows=skew_shown),
     )
 }
