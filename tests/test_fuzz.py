@@ -70,6 +70,9 @@ def check_survived(st: Stack, pids: dict[str, int | None], stats: dict[str, int]
     assert job["status"] == "c", (job, st.logs())
     logs = st.logs()
     assert "Traceback" not in logs and "internal error" not in logs, logs
+    broker_log = st.logdir / "broker.log"
+    if broker_log.exists():
+        stats["dropped by the broker's ACL"] = broker_log.read_text().count(" may not ")
     print(f"fuzz {stats}")
 
 

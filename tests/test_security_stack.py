@@ -58,9 +58,13 @@ def test_roles_on_a_secured_stack(
             ("ketchup", "submit", str(CONFIG / "counter_1_0.1.yml")),
         ):
             refused(st, "rita", *args)
-        # an operator cannot stop or reload
+        # an operator cannot stop or reload, nor drive an instrument directly
         assert "role operator" in refused(st, "olga", "tomato", "stop")
         refused(st, "olga", "tomato", "reload")
+        cmp = "example_counter:(example-addr,1)"
+        assert "'set_attr'" in refused(st, "olga", "passata", "set", cmp, "max", "5")
+        assert "idle" in allowed(st, "olga", "passata", "status", cmp)
+        refused(st, "rita", "passata", "status", cmp)
         # ... but runs jobs, and only their own
         allowed(st, "olga", "tomato", "pipeline", "load", "pip-counter-1", "counter_1_0.1")
         allowed(st, "olga", "tomato", "pipeline", "ready", "pip-counter-1")

@@ -362,12 +362,22 @@ def _denied(ctx: CallContext, topic: str) -> str | None:
         )
     except oneshot.OneShotError:
         return None
+    from tomato_mqtt.config import roles
+
     data = me.data if me.success and isinstance(me.data, dict) else {}
+    role = str(data.get("role") or "")
+    allowed: tuple[str, ...] = tuple(data.get("ops") or ())
     target = {"scheduler_cmd": "", "recorder_cmd": "the recorder's "}.get(parsed.kind)
-    if target is None:
-        target = "component or node command "
-    elif parsed.kind == "scheduler_cmd" and parsed.op in (data.get("ops") or []):
-        return None  # allowed: the scheduler is just slow or busy
+    if parsed.kind == "recorder_cmd":
+        allowed = ("fetch", "status") if role in ("admin", "operator") else ("status",)
+    elif parsed.kind == "component_cmd":
+        target = "the component command "
+        allowed = {"admin": roles.CMP_ADMIN_OPS, "operator": roles.CMP_READ_OPS}.get(role, ())
+    elif parsed.kind == "node_cmd":
+        target = "the node command "
+        allowed = ("rebirth", "shutdown") if role == "admin" else ()
+    if target is None or parsed.op in allowed:
+        return None  # allowed: the responder is just down, slow or busy
     return (
         f"not allowed: user {ctx.url.username!r} (role {data.get('role') or 'unknown'}) may not "
         f"send {target}{parsed.op!r}; the broker dropped the request (see the role table in "

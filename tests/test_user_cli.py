@@ -1,0 +1,72 @@
+"""``tomato user`` and ``tomato broker-config``, run as a lab admin would."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+from tests.stack import BIN
+from tomato_mqtt.config.users import load_users, verify_argon2, verify_mosquitto
+
+
+def tomato(app: Path, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(BIN / "tomato"), *args, "-A", str(app)],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_user_commands(tmp_path: Path) -> None:
+    app = tmp_path / "app"
+    app.mkdir()
+    res = tomato(app, "user", "list")
+    assert res.returncode == 1 and "password_file" in res.stderr  # no users file configured
+    (app / "settings.toml").write_text('[broker]\npassword_file = "users"\n')
+    assert tomato(app, "user", "add", "olga", "--role", "operator", "--password-stdin",
+                  stdin="s3cret\n").returncode == 0  # fmt: skip
+    users = load_users(app / "users")
+    olga = users.users["olga"]
+    assert olga.role == "operator" and verify_argon2("s3cret", olga.hash)
+    assert olga.mosquitto_hash and verify_mosquitto("s3cret", olga.mosquitto_hash)
+    assert (app / "users").stat().st_mode & 0o777 == 0o600
+    for args, why in (
+        (("add", "olga", "--role", "reader", "--password", "x"), "already exists"),
+        (("add", "Olga", "--role", "reader", "--password", "x"), "not allowed"),
+        (("add", "bob", "--role", "boss", "--password", "x"), "unknown role"),
+        (("add", "bob", "--role", "reader", "--password", ""), "must not be empty"),
+        (("remove", "nobody"), "no user"),
+    ):
+        res = tomato(app, "user", *args)
+        assert res.returncode == 1 and why in res.stderr, (args, res.stderr)
+    assert tomato(app, "user", "passwd", "olga", "--password", "new").returncode == 0
+    assert verify_argon2("new", load_users(app / "users").users["olga"].hash)
+    assert tomato(app, "user", "role", "olga", "dashboard").returncode == 0
+    assert load_users(app / "users").users["olga"].role == "reader"
+    assert "olga  reader" in tomato(app, "user", "list").stdout
+    assert tomato(app, "user", "remove", "olga").returncode == 0
+    assert "olga" not in load_users(app / "users").users
+
+
+def test_broker_config_for_mosquitto(tmp_path: Path) -> None:
+    app = tmp_path / "app"
+    app.mkdir()
+    (app / "settings.toml").write_text(
+        '[mqtt]\ninstance = "lab1"\n[broker]\npassword_file = "users"\n'
+    )
+    assert tomato(app, "init", "-D", str(tmp_path / "d"), "-L", str(tmp_path / "l")).returncode == 0
+    tomato(app, "user", "add", "ada", "--role", "admin", "--password", "pw")
+    out = tmp_path / "mq"
+    res = tomato(app, "broker-config", "--mosquitto", str(out), "-D", str(tmp_path / "d"))
+    assert res.returncode == 0, res.stderr
+    acl = (out / "acl_file").read_text()
+    assert "pattern read tomato/v2/lab1/reply/%u/#" in acl
+    assert "user ada\ntopic read tomato/v2/lab1/#" in acl
+    # the services' own logins are there too, the local node with its components
+    assert "user tomato-scheduler" in acl and "user tomato-node-local" in acl
+    assert "topic write tomato/v2/lab1/component/dev-counter" not in acl  # slugs, not names
+    pw = dict(line.split(":", 1) for line in (out / "password_file").read_text().split())
+    assert verify_mosquitto("pw", pw["ada"])
+    assert "allow_anonymous false" in (out / "tomato.conf").read_text()
