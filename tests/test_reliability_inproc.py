@@ -286,3 +286,34 @@ async def test_a_request_pending_when_the_recorder_restarts_is_sent_again(
         assert ok, msg
         assert isinstance(data, dict) and data["state"] == "online"
         assert time.monotonic() - t0 < 5  # answered on the recorder's arrival, not at 30 s
+
+
+async def test_a_batch_naming_another_component_than_its_topic_is_dropped(
+    broker: RunningBroker, instance: str, tmp_path: Path
+) -> None:
+    """Trust topics, not payloads: the ACL lets only a component's node publish on its
+    data topic, so the recorder stores a batch only under the component of that topic."""
+    url = BrokerURL.parse(broker.url)
+    rec = RecorderService(url, instance, tmp_path / "rec.sqlite", heartbeat=0.5)
+    t = Topics(instance)
+
+    def batch(component: str, value: int) -> bytes:
+        b = DataBatch(
+            component=component, job=7, task=0, epoch=1, stream="s1", seq=0,
+            uts=[1.0], vars={"x": [value]},
+        )  # fmt: skip
+        return encode(b)
+
+    forged, real = batch("cmp-b", 999), batch("cmp-b", 1)
+    async with running(rec), client(broker.url) as c:
+        # forged first, on A's topic but about B; then B's real batch on its own topic
+        await c.publish(t.component_data("cmp-a"), forged)
+        await c.publish(t.component_data("cmp-b"), real)
+        assert rec.store is not None
+        store = rec.store
+        for _ in range(250):  # the recorder stores in its own task: give it a moment
+            if store.job_points(7):
+                break
+            await asyncio.sleep(0.02)
+        rows = store.job_batches(7)
+        assert [(r[0], r[-1]) for r in rows] == [("cmp-b", real)]  # the real one, only

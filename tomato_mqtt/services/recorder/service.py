@@ -62,7 +62,7 @@ from tomato_mqtt.wire.messages import (
     encode,
     stream_id,
 )
-from tomato_mqtt.wire.topics import Topics
+from tomato_mqtt.wire.topics import Topics, slug
 
 __all__ = ["RecorderService"]
 
@@ -183,14 +183,25 @@ class RecorderService(Service):
         return n
 
     # -- data ------------------------------------------------------------------------------
-    def _on_data(self, msg: Message) -> None:
-        """Store a batch (committed before it is acknowledged to its node)."""
+    def _on_data(self, msg: Message, topic_name: str | None) -> None:
+        """Store a batch (committed before it is acknowledged to its node).
+
+        Trust topics, not payloads: the broker's ACL lets only the component's own node
+        publish on its data topic, so a batch naming another component is dropped.
+        """
         if self.store is None:
             return
         try:
             b = decode(DataBatch, msg.payload, msg.topic)
         except DecodeError as e:
             log.warning("%s", e)
+            return
+        if topic_name is None or slug(b.component) != topic_name:
+            log.warning(
+                "dropped a batch on %s about %r: the component disagrees with the topic",
+                msg.topic,
+                b.component,
+            )
             return
         stream = b.stream_id()
         try:
@@ -314,7 +325,7 @@ class RecorderService(Service):
         if parsed is None:
             return
         if parsed.kind == "component_data":
-            self._on_data(msg)
+            self._on_data(msg, parsed.name)
         elif parsed.kind == "recorder_cmd" and parsed.op is not None:
             self.spawn(self.responder.handle(msg, parsed.op))
         elif parsed.kind == "node_status" and msg.payload:
