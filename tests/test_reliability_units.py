@@ -259,3 +259,19 @@ def test_zombie_and_reused_pids_count_as_dead(tmp_path: Path) -> None:
         sleeper.kill()
         sleeper.wait()
     assert not pid_alive(2**22 + 12345)
+
+
+# -- 8. `tomato status nodes` shows the scheduler's view of a skewed clock -------------------
+def test_status_nodes_table_shows_clock_offset_and_age_by_the_schedulers_clock() -> None:
+    from tomato_mqtt.cli.status import _nodes
+
+    row = {
+        "node": "pc2",
+        "state": "online",
+        "heartbeat": time.time() + 60,  # the node's clock: 60 s ahead
+        "heartbeat_age": 0.3,
+        "clock_offset": 60.04,
+        "clock_skewed": True,
+    }
+    out = _nodes("", [row])
+    assert "0.3 s ago" in out and "+60.0 s (clock skew!)" in out
