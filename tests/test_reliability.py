@@ -88,10 +88,13 @@ def test_node_killed_mid_task_ends_ce_at_once_and_frees_the_pipeline(tmp_path: P
 
 
 def test_cancel_with_a_stopped_node_ends_cd_within_a_bound(tmp_path: Path) -> None:
-    with running_stack(tmp_path) as st:
+    # batches every 2 s: when the node is stopped 1 s into the task, its last ~20 points
+    # are still in its memory, and reach the recorder only after the job ended (late data)
+    with running_stack(tmp_path, settings="[node]\nbatch_interval = 2.0\n") as st:
         st.load_ready("pip-counter-1", "s-cancel")
         jobid = st.submit(_payload(st, "s-cancel", 30.0, 0.05, "counter"))
         _wait_running(st, jobid)
+        time.sleep(1.0)
         pid = st.child_pid("node")
         os.kill(pid, signal.SIGSTOP)
         try:
