@@ -226,11 +226,16 @@ def test_node_in_a_namespace_loses_nothing_when_the_link_is_cut(link: Link, tmp_
         tree.close()
         ds = tree["counter"].to_dataset()
         uts = ds["uts"].values
-        assert uts.size == 60, (uts.size, procs.output())
-        assert np.unique(uts).size == 60 and np.all(np.diff(uts) > 0)
-        # no gap: a missing point would show as a step of ~0.2 s (jitter of a busy PC aside)
-        assert float(np.max(np.diff(uts))) < 0.16, np.diff(uts)
-        assert ds["task"].values.tolist() == [0] * 60
+        # every point the runner took (a deadline it missed on a loaded PC is counted, not
+        # taken late: issue 9)
+        end = job["progress"]["tasks"]["0"]["end"]
+        n, missed = end["npoints"], end["missed"]
+        assert n + missed == 60 and missed <= 3, end
+        assert uts.size == n, (uts.size, procs.output())
+        assert np.unique(uts).size == n and np.all(np.diff(uts) > 0)
+        # no gap: a lost point would show as a step of ~0.2 s (jitter of a busy PC aside)
+        assert float(np.max(np.diff(uts))) < 0.16 + 0.1 * missed, np.diff(uts)
+        assert ds["task"].values.tolist() == [0] * n
         assert node.poll() is None, procs.output()
     finally:
         procs.stop_all()

@@ -88,10 +88,13 @@ def test_node_killed_mid_task_ends_ce_at_once_and_frees_the_pipeline(tmp_path: P
 
 
 def test_cancel_with_a_stopped_node_ends_cd_within_a_bound(tmp_path: Path) -> None:
-    with running_stack(tmp_path) as st:
+    # batches every 2 s: when the node is stopped 1 s into the task, its last ~20 points
+    # are still in its memory, and reach the recorder only after the job ended (late data)
+    with running_stack(tmp_path, settings="[node]\nbatch_interval = 2.0\n") as st:
         st.load_ready("pip-counter-1", "s-cancel")
         jobid = st.submit(_payload(st, "s-cancel", 30.0, 0.05, "counter"))
         _wait_running(st, jobid)
+        time.sleep(1.0)
         pid = st.child_pid("node")
         os.kill(pid, signal.SIGSTOP)
         try:
@@ -104,6 +107,62 @@ def test_cancel_with_a_stopped_node_ends_cd_within_a_bound(tmp_path: Path) -> No
         assert job["status"] == "cd", job
         assert took < 6, took
         assert job["respath"] and Path(job["respath"]).exists()
+        before = _file_uts(job["respath"]).get(0, np.asarray([])).size
+        # late data: the node runs again, gets the stop, and its last points reach the
+        # recorder after the job ended: they are merged into the file, and said so
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            job = st.job(jobid)
+            if "late data merged" in (job.get("reason") or ""):
+                break
+            time.sleep(0.2)
+        assert "late data merged" in (job.get("reason") or ""), job
+        after = _file_uts(job["respath"])[0]
+        assert after.size > before and after.size == np.unique(after).size
+        assert sum(job["progress"]["points"].values()) == after.size
+        end = job["progress"]["tasks"]["0"]["end"]
+        if isinstance(end.get("npoints"), int):  # the node's own end, reported late
+            assert end["npoints"] == after.size
+
+
+def test_stalled_node_skips_missed_deadlines_and_ends_c_with_a_warning(tmp_path: Path) -> None:
+    with running_stack(tmp_path) as st:
+        st.load_ready("pip-counter-1", "s-stall")
+        jobid = st.submit(_payload(st, "s-stall", 4.0, 0.02, "counter"))
+        _wait_running(st, jobid)
+        time.sleep(1.0)
+        pid = st.child_pid("node")
+        os.kill(pid, signal.SIGSTOP)
+        time.sleep(1.5)
+        os.kill(pid, signal.SIGCONT)
+        job = st.wait_job(jobid, {"c", "ce", "cd"}, timeout=30)
+        assert job["status"] == "c", job
+        end = job["progress"]["tasks"]["0"]["end"]
+        assert end["missed"] >= 50  # ~75 deadlines fell in the stall
+        assert end["npoints"] + end["missed"] == 200
+        assert "missed" in job["reason"] and "sampling deadlines" in job["reason"]
+        uts = _file_uts(job["respath"])[0]
+        assert uts.size == end["npoints"]
+        assert np.min(np.diff(uts)) > 0.0099  # no burst after SIGCONT: half an interval
+
+
+def test_start_right_after_the_whole_tree_was_killed(tmp_path: Path) -> None:
+    from tests.stack import make_stack, started
+
+    st = make_stack(tmp_path)
+    with started(st):
+        sup = st.supervisor_pid()
+        assert sup is not None
+        os.killpg(sup, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and st.service_pid("scheduler") is not None:
+            time.sleep(0.05)
+    # the pid file is still there, and its pid may be a zombie: start at once anyway
+    assert (st.datadir / f"tomato-mqtt.{st.port}.pid").exists()
+    with started(st):
+        st.load_ready("pip-counter-1", "s-again")
+        j = st.submit(_payload(st, "s-again", 0.5, 0.1, "counter"))
+        assert st.wait_job(j, {"c", "ce", "cd"}, timeout=30)["status"] == "c"
 
 
 TWO = {

@@ -259,3 +259,48 @@ def test_zombie_and_reused_pids_count_as_dead(tmp_path: Path) -> None:
         sleeper.kill()
         sleeper.wait()
     assert not pid_alive(2**22 + 12345)
+
+
+# -- 8. `tomato status nodes` shows the scheduler's view of a skewed clock -------------------
+def test_status_nodes_table_shows_clock_offset_and_age_by_the_schedulers_clock() -> None:
+    from tomato_mqtt.cli.status import _nodes
+
+    row = {
+        "node": "pc2",
+        "state": "online",
+        "heartbeat": time.time() + 60,  # the node's clock: 60 s ahead
+        "heartbeat_age": 0.3,
+        "clock_offset": 60.04,
+        "clock_skewed": True,
+    }
+    out = _nodes("", [row])
+    assert "0.3 s ago" in out and "+60.0 s (clock skew!)" in out
+
+
+# -- 8. staleness by the receiver's clock -----------------------------------------------------
+def test_staleness_uses_receipt_time_and_skips_a_round_of_a_blocked_scheduler() -> None:
+    from types import SimpleNamespace
+
+    from tomato_mqtt.services.scheduler.presence import Presence
+
+    nodes = {"pc": NodeStatus(state="online", node="pc", epoch=1, heartbeat=1.0)}  # 1970!
+    svc: Any = SimpleNamespace(
+        settings=SimpleNamespace(scheduler=SimpleNamespace(lost_after=0.3, clock_tolerance=2)),
+        heartbeat=0.1,
+        nodes=nodes,
+        runners={},
+    )
+    p = Presence(svc)
+    p.received(nodes["pc"], retained=False)
+    assert not p.check_stale()  # received just now: its old timestamp does not matter
+    assert p.clock_offset("pc") is not None and "pc" in p.skewed
+    for _ in range(6):  # 0.6 s of regular rounds without a status: lost
+        time.sleep(0.1)
+        if p.check_stale():
+            break
+    assert nodes["pc"].state == "lost"
+    nodes["pc"] = nodes["pc"].model_copy(update={"state": "online"})
+    p.received(nodes["pc"], retained=False)
+    p.check_stale()
+    time.sleep(0.5)  # our own loop was blocked for longer than lost_after
+    assert not p.check_stale() and nodes["pc"].state == "online"  # not judged this round

@@ -134,11 +134,20 @@ def _nodes(msg: str, data: Any) -> str:
     rows = []
     for r in _rows(data):
         beat = r.get("heartbeat")
+        # the scheduler's own clock (heartbeat_age): the node's clock may be off
+        age = r.get("heartbeat_age")
+        if not isinstance(age, int | float):
+            age = now - beat if isinstance(beat, int | float) else None
+        off = r.get("clock_offset")
+        clock = f"{off:+.1f} s" if isinstance(off, int | float) else None
+        if clock and r.get("clock_skewed"):
+            clock += " (clock skew!)"
         drivers = r.get("drivers") if isinstance(r.get("drivers"), Mapping) else {}
         rows.append(
             {
                 **r,
-                "beat": f"{now - beat:.1f} s ago" if isinstance(beat, int | float) else None,
+                "beat": f"{age:.1f} s ago" if age is not None else None,
+                "clock": clock,
                 "ncomp": len(r.get("components") or []),
                 "drv": [k for k, v in (drivers or {}).items() if (v or {}).get("loaded")],
             }
@@ -156,6 +165,7 @@ def _nodes(msg: str, data: Any) -> str:
             ("drv", "drivers loaded"),
             ("spool_pending", "spooled"),
             ("beat", "heartbeat"),
+            ("clock", "clock offset"),
         ],
     )
 

@@ -44,6 +44,7 @@ class Presence:
         self.offsets: dict[str, collections.deque[float]] = {}
         self.skewed: set[str] = set()
         self.storage_error: str | None = None
+        self._last_check: float | None = None
 
     # -- nodes ------------------------------------------------------------------------------
     def received(self, st: NodeStatus, retained: bool) -> None:
@@ -78,8 +79,15 @@ class Presence:
         )
 
     def check_stale(self) -> bool:
-        """Count nodes silent for ``lost_after`` (our clock) as lost; True if any changed."""
+        """Count nodes silent for ``lost_after`` (our clock) as lost; True if any changed.
+
+        Not in a round that comes late: then our own loop was blocked, and the statuses
+        that arrived meanwhile are still queued (they are read before the next round).
+        """
         now = time.monotonic()
+        last, self._last_check = self._last_check, now
+        if last is not None and now - last > 2 * self.svc.heartbeat:
+            return False
         lost_after = self.svc.settings.scheduler.lost_after
         changed = False
         for name, st in list(self.svc.nodes.items()):
