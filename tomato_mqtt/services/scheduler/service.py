@@ -25,6 +25,7 @@ from tomato_mqtt.model.jobs import Job
 from tomato_mqtt.services.base import Service
 from tomato_mqtt.services.scheduler.ops import SchedulerOps
 from tomato_mqtt.services.scheduler.presence import Presence
+from tomato_mqtt.services.scheduler.recorder_link import RecorderLink
 from tomato_mqtt.services.scheduler.runner import JobRunner
 from tomato_mqtt.services.scheduler.store import StateStore
 from tomato_mqtt.transport.client import BrokerURL, Message
@@ -76,10 +77,7 @@ class SchedulerService(Service):
         self.started_at = time.time()
         self.exit_requested = False  # `tomato stop`: the supervisor then stops the stack
         self._configured: dict[str, tuple[int, str]] = {}
-        # recorder incarnations: a request pending at a restart is sent again
-        self._recorder_started: float | None = None
-        self._recorder_gen = 0
-        self._recorder_cond = asyncio.Condition()
+        self.recorder = RecorderLink(self.topics)  # requests survive a recorder restart
         self.presence_view = Presence(self)
 
     @property
@@ -225,7 +223,7 @@ class SchedulerService(Service):
                     await self._on_node_status(nst)
             elif parsed.kind == "recorder_status":
                 rst = decode(RecorderStatus, msg.payload, msg.topic)
-                await self._recorder_incarnation(rst)
+                await self.recorder.seen(rst)
                 await self.presence_view.recorder(rst)
             elif parsed.kind == "component_meta":
                 meta = decode(ComponentMeta, msg.payload, msg.topic)
@@ -351,55 +349,12 @@ class SchedulerService(Service):
             return False, str(e), None
         return reply.success, reply.msg, reply.data
 
-    async def _recorder_incarnation(self, rst: RecorderStatus) -> None:
-        """Count recorder (re)starts: a request the old recorder took is lost with it."""
-        if rst.state != "online" or rst.started_at is None:
-            return
-        if rst.started_at != self._recorder_started:
-            self._recorder_started = rst.started_at
-            async with self._recorder_cond:
-                self._recorder_gen += 1
-                self._recorder_cond.notify_all()
-
-    async def _recorder_restarted(self, gen: int) -> None:
-        async with self._recorder_cond:
-            await self._recorder_cond.wait_for(lambda: self._recorder_gen != gen)
-
     async def recorder_request(
         self, op: str, args: Mapping[str, JsonValue], timeout: float = 60.0
     ) -> tuple[bool, str, Any]:
-        """A request to the recorder, sent again at once if the recorder restarts (a
-        killed recorder takes the request with it; its successor must not be waited for
-        until the timeout)."""
         if self.requester is None:
             return False, "scheduler not connected", None
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while True:
-            gen = self._recorder_gen
-            left = max(0.1, deadline - loop.time())
-            req = asyncio.ensure_future(
-                self.requester.request(
-                    self.topics.recorder_cmd(op), args, timeout=left, who="recorder"
-                )
-            )
-            restarted = asyncio.ensure_future(self._recorder_restarted(gen))
-            try:
-                done, _ = await asyncio.wait({req, restarted}, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                for t in (req, restarted):
-                    if not t.done():
-                        t.cancel()
-                await asyncio.gather(req, restarted, return_exceptions=True)
-            if req in done and not req.cancelled():
-                try:
-                    reply = req.result()
-                except NoResponder as e:
-                    return False, str(e), None
-                return reply.success, reply.msg, reply.data
-            if loop.time() >= deadline:
-                return False, f"no recorder answered {op} within {timeout:g} s", None
-            log.info("the recorder restarted while %s was pending: sending it again", op)
+        return await self.recorder.request(self.requester, op, args, timeout)
 
     # -- the queue -------------------------------------------------------------------------
     async def _schedule_loop(self) -> None:

@@ -1,0 +1,77 @@
+"""The scheduler's requests to the recorder, which survive a recorder restart.
+
+A recorder killed with a request in hand (a ``finalize`` at the end of a job) takes it
+with it; its successor announces a new ``started_at`` in its retained status, and every
+pending request is sent again at once instead of waiting out its timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from pydantic import JsonValue
+
+from tomato_mqtt.transport.rpc import NoResponder, Requester
+from tomato_mqtt.wire.messages import RecorderStatus
+from tomato_mqtt.wire.topics import Topics
+
+__all__ = ["RecorderLink"]
+
+log = logging.getLogger(__name__)
+
+
+class RecorderLink:
+    def __init__(self, topics: Topics) -> None:
+        self.topics = topics
+        self._started: float | None = None
+        self._gen = 0
+        self._cond = asyncio.Condition()
+
+    async def seen(self, rst: RecorderStatus) -> None:
+        """Count recorder (re)starts: a request the old recorder took is lost with it."""
+        if rst.state != "online" or rst.started_at is None:
+            return
+        if rst.started_at != self._started:
+            self._started = rst.started_at
+            async with self._cond:
+                self._gen += 1
+                self._cond.notify_all()
+
+    async def _restarted(self, gen: int) -> None:
+        async with self._cond:
+            await self._cond.wait_for(lambda: self._gen != gen)
+
+    async def request(
+        self, requester: Requester, op: str, args: Mapping[str, JsonValue], timeout: float
+    ) -> tuple[bool, str, Any]:
+        """A request to the recorder, sent again at once if the recorder restarts (a
+        killed recorder takes the request with it; its successor must not be waited for
+        until the timeout)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            gen = self._gen
+            left = max(0.1, deadline - loop.time())
+            req = asyncio.ensure_future(
+                requester.request(self.topics.recorder_cmd(op), args, timeout=left, who="recorder")
+            )
+            restarted = asyncio.ensure_future(self._restarted(gen))
+            try:
+                done, _ = await asyncio.wait({req, restarted}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for t in (req, restarted):
+                    if not t.done():
+                        t.cancel()
+                await asyncio.gather(req, restarted, return_exceptions=True)
+            if req in done and not req.cancelled():
+                try:
+                    reply = req.result()
+                except NoResponder as e:
+                    return False, str(e), None
+                return reply.success, reply.msg, reply.data
+            if loop.time() >= deadline:
+                return False, f"no recorder answered {op} within {timeout:g} s", None
+            log.info("the recorder restarted while %s was pending: sending it again", op)
