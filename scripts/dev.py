@@ -68,9 +68,10 @@ def pytest(extra: list[str]) -> None:
         old.unlink()
     os.environ["COVERAGE_RCFILE"] = str(REPO / "pyproject.toml")
     # most tests wait on real services, not on the CPU: 3 workers on a 2-core machine;
-    # loadfile keeps each file (and its module-scoped stacks) on one worker
+    # loadgroup keeps each file (and its module-scoped stacks) on one worker, but spreads
+    # the chaos scenarios (tests/conftest.py, tests/chaos/conftest.py)
     workers = os.environ.get("TOMATO_TEST_WORKERS", "3")
-    par = [] if workers in ("0", "1") else ["-n", workers, "--dist", "loadfile"]
+    par = [] if workers in ("0", "1") else ["-n", workers, "--dist", "loadgroup"]
     sh(PY, "-m", "coverage", "run", "-m", "pytest", "-q", *par, *extra)
     sh(PY, "-m", "coverage", "combine", "--quiet")
     sh(PY, "-m", "coverage", "report")

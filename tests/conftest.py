@@ -76,6 +76,17 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
         item.obj = fn  # type: ignore[attr-defined]
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Parallel runs (``-n N --dist loadgroup``): each test file stays on one worker (its
+    module-scoped stacks start once), except where a file groups its tests itself (the
+    chaos suite spreads its scenarios over the workers)."""
+    for item in items:
+        if "tests/chaos/" in item.nodeid:
+            continue  # grouped by scenario in tests/chaos/conftest.py
+        if item.get_closest_marker("xdist_group") is None:
+            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::", 1)[0]))
+
+
 def _truthy(value: str | None) -> bool:
     return (value or "").strip().lower() not in {"", "0", "false", "no", "off"}
 
