@@ -18,6 +18,7 @@ from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, TypeAdapter
 
+from tomato_mqtt.config.devices import LayoutDiff
 from tomato_mqtt.model.jobs import Job, PipelineState
 from tomato_mqtt.wire.messages import (
     AckArgs,
@@ -162,17 +163,6 @@ class WhoamiData(_Data):
     open: bool = Field(description="true when the broker admits anyone (no users file)")
 
 
-class ReloadData(_Data):
-    added_components: list[str] = Field(default_factory=list)
-    removed_components: list[str] = Field(default_factory=list)
-    changed_components: list[str] = Field(default_factory=list)
-    added_pipelines: list[str] = Field(default_factory=list)
-    removed_pipelines: list[str] = Field(default_factory=list)
-    changed_pipelines: list[str] = Field(default_factory=list)
-    added_drivers: list[str] = Field(default_factory=list)
-    removed_drivers: list[str] = Field(default_factory=list)
-
-
 # -- recorder ----------------------------------------------------------------------------
 class Expect(BaseModel):
     """One ended task: its component, and how many points its runner took."""
@@ -311,7 +301,7 @@ def _c(responder: Responder, op: str, args: type[BaseModel], data: Any, doc: str
 
 COMMANDS: tuple[Command, ...] = (
     _c("scheduler", "status", StatusArgs, StatusData, "scheduler, pipelines, devices, …"),
-    _c("scheduler", "reload", NoArgs, ReloadData, "re-read settings and devices file"),
+    _c("scheduler", "reload", NoArgs, LayoutDiff, "re-read settings and devices file"),
     _c("scheduler", "stop", NoArgs, None, "stop the stack (refused while jobs run)"),
     _c("scheduler", "pipeline_load", LoadArgs, PipelineState, "load a sample"),
     _c("scheduler", "pipeline_eject", PipelineArgs, PipelineState, "eject the sample"),
