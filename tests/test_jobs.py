@@ -105,10 +105,17 @@ def test_cancel_running_keeps_data_and_cancel_queued(stack: Stack) -> None:
     job = stack.wait_job(first, {"cd"}, timeout=20)
     assert stack.job(queued)["status"] == "cd"
     uts = open_tree(job["respath"])["counter"].to_dataset()["uts"].values
-    # every point up to the cancel is in the file, and the task stopped at the cancel
-    assert uts.size >= round((t_cancel - uts[0]) / 0.1), (uts.size, t_cancel - uts[0])
+    # every point up to the cancel is in the file (a deadline the runner could not meet
+    # on a loaded machine is skipped and counted), and the task stopped at the cancel
+    n, missed = taken(job)
+    assert uts.size == n, (uts.size, n)
+    assert n + missed >= round((t_cancel - uts[0]) / 0.1) - 1, (n, missed, t_cancel - uts[0])
     assert uts[-1] <= t_answered + 0.2
-    assert np.allclose(np.diff(uts), 0.1, atol=0.02)
+    # on time: each point within half an interval of its deadline, so no two points are
+    # closer than half an interval, and the typical gap is the interval
+    gaps = np.diff(uts)
+    assert gaps.min() > 0.05, gaps.min()
+    assert abs(float(np.median(gaps)) - 0.1) < 0.01, np.median(gaps)
     stack.run("tomato", "pipeline", "eject", "pip-counter-3", check=True)
 
 
