@@ -369,13 +369,13 @@ def _denied(ctx: CallContext, topic: str) -> str | None:
     allowed: tuple[str, ...] = tuple(data.get("ops") or ())
     target = {"scheduler_cmd": "", "recorder_cmd": "the recorder's "}.get(parsed.kind)
     if parsed.kind == "recorder_cmd":
-        allowed = ("fetch", "status") if role in ("admin", "operator") else ("status",)
+        allowed = roles.REC_OPERATOR_OPS if role in ("admin", "operator") else roles.REC_READ_OPS
     elif parsed.kind == "component_cmd":
         target = "the component command "
         allowed = {"admin": roles.CMP_ADMIN_OPS, "operator": roles.CMP_READ_OPS}.get(role, ())
     elif parsed.kind == "node_cmd":
         target = "the node command "
-        allowed = ("rebirth", "shutdown") if role == "admin" else ()
+        allowed = roles.NODE_ADMIN_OPS if role == "admin" else ()
     if target is None or parsed.op in allowed:
         return None  # allowed: the responder is just down, slow or busy
     return (

@@ -14,8 +14,13 @@ __all__ = [
     "CMP_READ_OPS",
     "CMP_RECORDER_OPS",
     "CMP_SCHEDULER_OPS",
+    "NODE_ADMIN_OPS",
+    "NODE_SCHEDULER_OPS",
     "OPERATOR_OPS",
     "READ_OPS",
+    "REC_OPERATOR_OPS",
+    "REC_READ_OPS",
+    "REC_SCHEDULER_OPS",
     "ROLES",
     "is_admin",
     "node_of_role",
@@ -42,6 +47,13 @@ CMP_READ_OPS = ("get_attr", "status")
 CMP_ADMIN_OPS = (*CMP_READ_OPS, "set_attr", "measure", "reset", "register")
 CMP_SCHEDULER_OPS = ("task_start", "task_stop", "reset", "register", "status", "get_attr")
 CMP_RECORDER_OPS = ("ack", "replay")
+
+#: recorder and node commands: what users may send, and what the scheduler sends
+REC_READ_OPS = ("status",)
+REC_OPERATOR_OPS = ("fetch", "status")
+REC_SCHEDULER_OPS = ("finalize", "status")
+NODE_ADMIN_OPS = ("rebirth", "shutdown")
+NODE_SCHEDULER_OPS = ("configure", "rebirth")
 
 ROLES = ("admin", "operator", "reader", "dashboard", "scheduler", "recorder", "node:<name>")
 

@@ -153,6 +153,13 @@ class Service(abc.ABC):
 
     # -- lifecycle --------------------------------------------------------------------------
     @property
+    def mqtt(self) -> AsyncClient:
+        """The connected client (from :meth:`started` on)."""
+        if self.client is None:
+            raise RuntimeError(f"{self.client_id}: not connected yet")
+        return self.client
+
+    @property
     def stopping(self) -> bool:
         return self._stop.is_set()
 

@@ -39,8 +39,13 @@ from tomato_mqtt.config.roles import (
     CMP_READ_OPS,
     CMP_RECORDER_OPS,
     CMP_SCHEDULER_OPS,
+    NODE_ADMIN_OPS,
+    NODE_SCHEDULER_OPS,
     OPERATOR_OPS,
     READ_OPS,
+    REC_OPERATOR_OPS,
+    REC_READ_OPS,
+    REC_SCHEDULER_OPS,
     ROLES,
     is_admin,
     node_of_role,
@@ -110,16 +115,16 @@ def rules(topics: Topics, role: str, user: str, components: Iterable[str] = ()) 
         return [
             Rule(t.all(), "subscribe", "everything"),
             *_requests(t, "scheduler_cmd", ADMIN_OPS, user),
-            *_requests(t, "recorder_cmd", ("fetch", "status"), user),
+            *_requests(t, "recorder_cmd", REC_OPERATOR_OPS, user),
             *(Rule(p("component_cmd", op=op), "publish", op) for op in CMP_ADMIN_OPS),
-            *(Rule(p("node_cmd", op=op), "publish", op) for op in ("rebirth", "shutdown")),
+            *(Rule(p("node_cmd", op=op), "publish", op) for op in NODE_ADMIN_OPS),
         ]
     if role == "operator":
         return [
             *_reads(t),
             own_replies,
             *_requests(t, "scheduler_cmd", OPERATOR_OPS, user),
-            *_requests(t, "recorder_cmd", ("fetch", "status"), user),
+            *_requests(t, "recorder_cmd", REC_OPERATOR_OPS, user),
             *(Rule(p("component_cmd", op=op), "publish", op) for op in CMP_READ_OPS),
         ]
     if role == "reader":
@@ -127,7 +132,7 @@ def rules(topics: Topics, role: str, user: str, components: Iterable[str] = ()) 
             *_reads(t),
             own_replies,
             *_requests(t, "scheduler_cmd", READ_OPS, user),
-            *_requests(t, "recorder_cmd", ("status",), user),
+            *_requests(t, "recorder_cmd", REC_READ_OPS, user),
         ]
     if role == "scheduler":
         return [
@@ -138,9 +143,9 @@ def rules(topics: Topics, role: str, user: str, components: Iterable[str] = ()) 
             Rule(p("pipeline_status"), "publish", "pipeline status"),
             Rule(p("job_status"), "publish", "job status"),
             Rule(p("job_event"), "publish", "job events"),
-            *(Rule(p("node_cmd", op=op), "publish", op) for op in ("configure", "rebirth")),
+            *(Rule(p("node_cmd", op=op), "publish", op) for op in NODE_SCHEDULER_OPS),
             *(Rule(p("component_cmd", op=op), "publish", op) for op in CMP_SCHEDULER_OPS),
-            *_requests(t, "recorder_cmd", ("finalize", "status"), user),
+            *_requests(t, "recorder_cmd", REC_SCHEDULER_OPS, user),
         ]
     if role == "recorder":
         return [

@@ -155,14 +155,13 @@ class NodeService(Service):
         log.info("node %s: connected to %s (epoch %d)", self.name, self.config.url, self.epoch)
 
     async def started(self) -> None:
-        assert self.client is not None
         self._node_responder = Responder(
-            self.client, self.topics, self._node_handlers, name=f"node {self.name}", kind="node"
+            self.mqtt, self.topics, self._node_handlers, name=f"node {self.name}", kind="node"
         )
         self._cmp_responder = Responder(
-            self.client, self.topics, {}, name=f"node {self.name}", kind="component"
+            self.mqtt, self.topics, {}, name=f"node {self.name}", kind="component"
         )
-        await self.client.subscribe(self.topics.node_cmds(self.name))
+        await self.mqtt.subscribe(self.topics.node_cmds(self.name))
         await self._announce()
         # batches of an earlier epoch that the recorder never acknowledged
         self.spawn(self.data.replay_pending())

@@ -121,21 +121,20 @@ class RecorderService(Service):
         self.store = BatchStore(self.db_path)
 
     async def started(self) -> None:
-        assert self.client is not None
-        self.requester = Requester(self.client, self.topics)
+        self.requester = Requester(self.mqtt, self.topics)
         handlers: dict[str, Handler] = {
             "finalize": self.op_finalize,
             "fetch": self.op_fetch,
             "status": self.op_status,
         }
         self.responder = Responder(
-            self.client, self.topics, handlers, name="recorder", kind="recorder"
+            self.mqtt, self.topics, handlers, name="recorder", kind="recorder"
         )
         await self.requester.start()
         # data batches may be dropped when we fall behind: the nodes replay them
-        await self.client.subscribe(self.topics.all_component_data(), droppable=True)
-        await self.client.subscribe(self.topics.recorder_cmds())
-        await self.client.subscribe(self.topics.all_node_status())
+        await self.mqtt.subscribe(self.topics.all_component_data(), droppable=True)
+        await self.mqtt.subscribe(self.topics.recorder_cmds())
+        await self.mqtt.subscribe(self.topics.all_node_status())
         await self.publish_presence("online")
         self.spawn(asyncio.to_thread(warm_up_writer))
 

@@ -99,11 +99,10 @@ class SchedulerService(Service):
         self.store.sync_pipelines(self.layout.pipelines)
 
     async def started(self) -> None:
-        assert self.client is not None
-        self.requester = Requester(self.client, self.topics)
+        self.requester = Requester(self.mqtt, self.topics)
         self.ops = SchedulerOps(self)
         self.responder = Responder(
-            self.client, self.topics, self.ops.table(), name="scheduler", kind="scheduler"
+            self.mqtt, self.topics, self.ops.table(), name="scheduler", kind="scheduler"
         )
         await self.requester.start()
         for f in (
@@ -113,7 +112,7 @@ class SchedulerService(Service):
             self.topics.all_component_status(),
             self.topics.recorder_status(),
         ):
-            await self.client.subscribe(f)
+            await self.mqtt.subscribe(f)
         await self._announce()
         self.spawn(asyncio.to_thread(_warm_up_payloads))
         self._readopt()
