@@ -26,6 +26,30 @@ CONFIG = REPO / "config"
 BIN = Path(sys.executable).parent
 
 
+# Coverage of CLI calls: the test command measures every subprocess (coverage's
+# ``patch = subprocess``), which costs ~0.1 CPU-s per short CLI call and adds up to minutes
+# over the suite's ~750 calls. The CLI's own tests keep it; elsewhere a CLI call is a means
+# (polling a status, loading a pipeline), so its coverage is dropped there. Services keep
+# theirs: ``tomato start`` does not go through ``cli_env``.
+CLI_MEASURED = ("tests/test_cli.py", "tests/test_passata.py", "tests/test_stack.py")
+
+
+SERVICES = {"start", "supervise", "broker", "scheduler", "recorder", "node", "dashboard"}
+
+
+def cli_env(extra: dict[str, str] | None = None, *argv: str) -> dict[str, str]:
+    """The environment for a CLI call from a test (see ``CLI_MEASURED``); ``argv`` is the
+    call (``tomato start`` and the services stay measured)."""
+    env = {**os.environ, **(extra or {})}
+    starts_services = argv[:1] == ("tomato",) and argv[1:2] and argv[1] in SERVICES
+    if not starts_services and not os.environ.get("PYTEST_CURRENT_TEST", "").startswith(
+        CLI_MEASURED
+    ):
+        env.pop("COVERAGE_PROCESS_CONFIG", None)
+        env.pop("COVERAGE_PROCESS_START", None)
+    return env
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -75,7 +99,7 @@ class Stack:
             text=True,
             timeout=timeout,
             cwd=cwd or self.workdir,
-            env={**os.environ, **self.env},
+            env=cli_env(self.env, tool, *args),
         )
         if check and res.returncode != 0:
             raise AssertionError(
