@@ -142,7 +142,7 @@ class ComponentOps:
         if point is None:
             return Result(f"{hc.name} returned no data")
         values: dict[str, JsonValue] = dict(point.values)
-        return Result(f"measured on {hc.name}", {"uts": point.uts, "values": values})
+        return Result(f"measured on {hc.name}", {"uts": point.uts, "vars": values})
 
     async def op_reset(self, hc: HostedComponent, args: Mapping[str, JsonValue]) -> Result:
         runner = self.runner(hc)

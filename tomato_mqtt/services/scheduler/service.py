@@ -73,7 +73,7 @@ class SchedulerService(Service):
         self.layout: Layout = Layout(components={}, pipelines={})
         self.store: StateStore | None = None
         self.requester: Requester | None = None
-        self.epoch = int(time.time() * 1000)
+        self.epoch = int(time.time())  # s, as the nodes' (schema 2; was ms)
         self.started_at = time.time()
         self.exit_requested = False  # `tomato stop`: the supervisor then stops the stack
         self._configured: dict[str, tuple[int, str]] = {}
@@ -178,7 +178,7 @@ class SchedulerService(Service):
         lay = self.layout.pipelines.get(name)
         msg = PipelineStatus(
             name=name,
-            sample=p.sample,
+            sample=p.sampleid,
             ready=p.ready,
             job=p.jobid,
             roles=dict(lay.roles) if lay else {},
@@ -186,7 +186,7 @@ class SchedulerService(Service):
         await self.publish(self.topics.pipeline_status(name), msg)
 
     async def publish_job(self, job: Job) -> None:
-        await self.publish(self.topics.job_status(job.id), JobStatus(job=job))
+        await self.publish(self.topics.job_status(job.id), JobStatus.of(job))
 
     async def clear_pipeline(self, name: str) -> None:
         await self.publish(self.topics.pipeline_status(name), b"")
