@@ -35,7 +35,7 @@ def schema(opts: common.Opts) -> None:
     from tomato_mqtt.wire.asyncapi import schema_json
 
     s = opts.settings()
-    common.emit(schema_json(opts.instance or s.mqtt.instance))
+    common.emit(schema_json(opts.instance or s.mqtt.instance, s))
 
 
 app.add_typer(stack.app)

@@ -196,6 +196,17 @@ class StateStore:
             sql += " WHERE " + " AND ".join(where)
         return [_job(r) for r in self._db.execute(sql + " ORDER BY id", args)]
 
+    def recent_finished(self, n: int) -> list[Job]:
+        """The ``n`` finished jobs that ended last (newest first)."""
+        if n <= 0:
+            return []
+        rows = self._db.execute(
+            "SELECT * FROM jobs WHERE status IN ('c', 'ce', 'cd') "
+            "ORDER BY completed_at DESC, id DESC LIMIT ?",
+            (n,),
+        )
+        return [_job(r) for r in rows]
+
     def update_job(self, id: int, /, **fields: Any) -> Job:
         """Change fields of a job; a status change must be a valid transition."""
         unknown = set(fields) - set(_JOB_COLUMNS)
