@@ -136,6 +136,6 @@ class Progress:
     def bar(self, width: int = 30) -> str:
         """A progress bar line for a terminal."""
         f = self.fraction()
-        filled = int(round((f or 0.0) * width))
+        filled = round((f or 0.0) * width)
         pct = f"{100 * f:3.0f}%" if f is not None else "  ?%"
         return f"[{'#' * filled}{'.' * (width - filled)}] {pct} {self.line()}"

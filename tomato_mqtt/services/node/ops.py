@@ -115,7 +115,7 @@ class ComponentOps:
         if dev is None:
             why = f": {hc.error}" if hc.error else ""
             raise CommandError(f"component {hc.name} is not registered{why}")
-        raw = args.get("attrs") or ([args["attr"]] if "attr" in args else [])
+        raw = args.get("attrs") or ([args["attr"]] if args.get("attr") is not None else [])
         names = [str(a) for a in raw] if isinstance(raw, list) else [str(raw)]
         if not names:
             names = list(dev.attrs())
