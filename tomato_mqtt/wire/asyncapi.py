@@ -22,6 +22,7 @@ from pydantic.json_schema import models_json_schema
 
 from tomato_mqtt import __version__
 from tomato_mqtt.wire.commands import COMMANDS
+from tomato_mqtt.wire.events import EVENT_DETAILS
 from tomato_mqtt.wire.examples import example_messages
 from tomato_mqtt.wire.messages import (
     MESSAGES,
@@ -249,6 +250,8 @@ def build_asyncapi(instance: str, servers: dict[str, Any] | None = None) -> dict
         "components": {"messages": messages, "schemas": _schemas()},
         # the typed commands: args on .../cmd/<op>, data in the Reply (error codes in Reply)
         "x-commands": _commands(),
+        # per JobEvent kind, the keys its free-form 'detail' may hold (wire/events.py)
+        "x-event-details": EVENT_DETAILS,
     }
 
 

@@ -170,7 +170,7 @@ def example_messages() -> dict[str, BaseModel]:
             time=t0 + 10,
             role="counter",
             task=0,
-            detail=task_end.model_dump(mode="json"),
+            detail={"reason": "done", "npoints": 10},
         ),
         RecorderStatus(
             state="online",
