@@ -27,6 +27,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
+common.add_version(app)
 
 
 @app.command()

@@ -22,6 +22,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
+common.add_version(app)
 
 # a sub-app of its own only to keep its place in --help (typer lists a group's own
 # commands before the merged ones)

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from tomato_mqtt.client.progress import Progress
     from tomato_mqtt.model.jobs import Job as JobInfo
     from tomato_mqtt.model.jobs import PipelineState
+    from tomato_mqtt.wire.commands import FileData
     from tomato_mqtt.wire.messages import DataBatch
 
 __all__ = ["Job", "Tomato"]
@@ -219,6 +220,12 @@ class Tomato:
 
     def results(self, jobid: int, path: str | os.PathLike[str] | None = None) -> Any:
         return self._run(self.aio.results(jobid, path))
+
+    def fetch_file(self, info: FileData, target: str | os.PathLike[str]) -> int:
+        """The bytes of a file the recorder wrote (``FileData`` of a reply) to ``target``."""
+        from pathlib import Path
+
+        return self._run(self.aio.fetch_file(info, Path(target)))
 
     def pipeline_load(self, pipeline: str, sampleid: str) -> PipelineState:
         return self._run(self.aio.pipeline_load(pipeline, sampleid))
