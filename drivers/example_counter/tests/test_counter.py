@@ -80,7 +80,7 @@ def test_attrs_capabilities_constants(dev: Device) -> None:
     assert specs(dev) == {
         "min": AttrSpec(type="float", rw=True),
         "max": AttrSpec(type="float", rw=True),
-        "param": AttrSpec(type="quantity", units="seconds", rw=True, minimum=0.1),
+        "param": AttrSpec(type="quantity", units="second", rw=True, minimum=0.1),
         "choice": AttrSpec(type="str", rw=True, options=["red", "green", "blue"]),
     }
     assert dev.constants == {"example_meta": "example string"}
