@@ -96,3 +96,15 @@ def _umask() -> int:
     m = os.umask(0o022)
     os.umask(m)
     return m
+
+
+def test_import_is_light() -> None:
+    """The CLI's requests go through the client: importing it must stay cheap."""
+    import subprocess
+
+    code = (
+        "import sys, tomato_mqtt.client; "
+        "print([m for m in ('pydantic', 'asyncio', 'xarray', 'amqtt') if m in sys.modules])"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr

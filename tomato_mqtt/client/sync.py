@@ -9,7 +9,6 @@ thread and keeps it for the life of this object (``close()`` or ``with`` ends it
 
 from __future__ import annotations
 
-import asyncio
 import os
 import queue
 import threading
@@ -20,7 +19,9 @@ from tomato_mqtt.config.url import BrokerURL
 from tomato_mqtt.transport import oneshot
 from tomato_mqtt.wire.topics import Topics
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # asyncio (~25 ms) only when a call needs it: the CLI's fast path
+    import asyncio
+
     from tomato_mqtt.client.aio import AsyncTomato
     from tomato_mqtt.client.progress import Progress
     from tomato_mqtt.model.jobs import Job as JobInfo
@@ -112,6 +113,8 @@ class Tomato:
     def close(self) -> None:
         if self._loop is None:
             return
+        import asyncio
+
         if self._aio is not None:
             asyncio.run_coroutine_threadsafe(self._aio.close(), self._loop).result(10)
         self._loop.call_soon_threadsafe(self._loop.stop)
@@ -136,10 +139,14 @@ class Tomato:
 
     # -- the rest runs on an asyncio client in a background thread --------------------
     def _run(self, coro: Coroutine[Any, Any, T]) -> T:
+        import asyncio
+
         return asyncio.run_coroutine_threadsafe(coro, self._start()).result()
 
     def _start(self) -> asyncio.AbstractEventLoop:
         if self._loop is None:
+            import asyncio
+
             from tomato_mqtt.client.aio import AsyncTomato
 
             loop = asyncio.new_event_loop()
@@ -166,6 +173,8 @@ class Tomato:
         return self._run(self.aio.call(op, args, **kw))
 
     def _iterate(self, agen: Any) -> Iterator[Any]:
+        import asyncio
+
         q: queue.Queue[Any] = queue.Queue()
 
         async def pump() -> None:
