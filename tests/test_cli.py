@@ -63,8 +63,8 @@ def test_pipeline_load_ready_eject(stack: Stack) -> None:
     res = stack.run("tomato", "pipeline", "load", pip, "sample-pip")
     assert res.returncode == 0, res.stderr
     assert "sample-pip" in res.stdout and pip in res.stdout
-    pips = {p["name"]: p for p in stack.json("tomato", "status", "pipelines")["data"]}
-    assert pips[pip]["sample"] == "sample-pip" and not pips[pip]["ready"]
+    pips = stack.json("tomato", "status", "pipelines")["data"]  # name -> pipeline
+    assert pips[pip]["sampleid"] == "sample-pip" and not pips[pip]["ready"]
     assert pips[pip]["roles"] == {"counter": "example_counter:(example-addr,4)"}
 
     # only into an empty pipeline
@@ -82,7 +82,7 @@ def test_pipeline_load_ready_eject(stack: Stack) -> None:
     res = stack.run("tomato", "pipeline", "eject", pip, "--yaml")
     assert res.returncode == 0
     doc = yaml.safe_load(res.stdout)
-    assert doc["success"] and doc["data"]["sample"] is None and doc["data"]["ready"] is False
+    assert doc["success"] and doc["data"]["sampleid"] is None and doc["data"]["ready"] is False
 
 
 @pytest.mark.parametrize(
@@ -116,7 +116,7 @@ def test_status_sections_human_and_json(stack: Stack) -> None:
         assert word in res.stdout, (section, res.stdout)
         out = stack.json("tomato", "status", section)
         assert out["success"] and isinstance(out["data"], list) and out["data"], section
-    comps = stack.json("tomato", "status", "components")["data"]
+    comps = list(stack.json("tomato", "status", "components")["data"].values())
     assert {c["name"] for c in comps} == {
         f"example_counter:(example-addr,{i})" for i in range(1, 5)
     }

@@ -163,7 +163,7 @@ def sample_of(j: Job) -> str:
 def pip(
     name: str, sample: str | None = "s", ready: bool = True, jobid: int | None = None
 ) -> PipelineState:
-    return PipelineState(name=name, sample=sample, ready=ready, jobid=jobid)
+    return PipelineState(name=name, sampleid=sample, ready=ready, jobid=jobid)
 
 
 def pips(*states: PipelineState) -> dict[str, PipelineState]:
@@ -258,7 +258,7 @@ def test_launch_invariants(
             and p in matches[j.id].candidates
             and st_.ready
             and st_.jobid is None
-            and st_.sample == sample_of(j)
+            and st_.sampleid == sample_of(j)
         )
 
     for jid, p in out:

@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import functools
 import inspect
-import os
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,6 +56,7 @@ from tomato_mqtt.config.url import BrokerURL
 from tomato_mqtt.wire.topics import Topics
 
 if TYPE_CHECKING:  # the long-lived client is imported only by commands that need it
+    from tomato_mqtt.client.sync import Tomato
     from tomato_mqtt.config.settings import Settings
     from tomato_mqtt.transport.rpc import Requester
 
@@ -67,6 +67,8 @@ __all__ = [
     "CallContext",
     "Opts",
     "Output",
+    "add_version",
+    "client",
     "context",
     "emit",
     "fail",
@@ -298,6 +300,38 @@ def context(
     return ctx
 
 
+def _show_version(ctx: typer.Context, value: bool) -> None:
+    if value:
+        from tomato_mqtt import __version__
+
+        typer.echo(f"{ctx.find_root().info_name} (tomato-mqtt) {__version__}")
+        raise typer.Exit()
+
+
+VersionOpt = Annotated[
+    bool,
+    typer.Option(
+        "--version", help="print the version and exit", is_eager=True, callback=_show_version
+    ),
+]
+
+
+def _version_main(version: VersionOpt = False) -> None:
+    pass
+
+
+def add_version(app: typer.Typer) -> None:
+    """``--version`` on an app (an eager option of its callback)."""
+    app.callback()(_version_main)
+
+
+def client(ctx: CallContext, timeout: float = 10.0) -> Tomato:
+    """The Python client for this call (tomato_mqtt.client: the CLI's one code path)."""
+    from tomato_mqtt.client.sync import Tomato
+
+    return Tomato(ctx.url, ctx.instance, timeout=timeout)
+
+
 def fail(msg: str, code: int = 1) -> NoReturn:
     typer.echo(f"error: {msg}", err=True)
     raise typer.Exit(code)
@@ -306,19 +340,18 @@ def fail(msg: str, code: int = 1) -> NoReturn:
 async def _with_requester(
     ctx: CallContext, fn: Callable[[Requester], Awaitable[T]], timeout: float
 ) -> T:
-    from tomato_mqtt.transport.client import AsyncClient, MqttError
-    from tomato_mqtt.transport.rpc import Requester
+    from tomato_mqtt.client.aio import AsyncTomato, ClientError
+    from tomato_mqtt.transport.client import MqttError
 
-    client = AsyncClient(ctx.url, client_id=f"cli-{os.getpid()}-{os.urandom(3).hex()}")
+    t = AsyncTomato(ctx.url, ctx.instance, timeout=timeout)
     try:
-        await client.connect(timeout=timeout)
-    except MqttError as e:
-        raise MqttError(f"{e} — is tomato-mqtt running? ({ctx.where()})") from None
+        await t.connect()
+    except ClientError as e:
+        raise MqttError(f"{e} ({ctx.where()})") from None
     try:
-        req = Requester(client, ctx.topics)
-        return await fn(req)
+        return await fn(t.requester)
     finally:
-        await client.disconnect()
+        await t.close()
 
 
 def run_request(
@@ -333,7 +366,7 @@ def run_request(
     from tomato_mqtt.transport import oneshot
 
     try:
-        return oneshot.request(ctx.url, topic, ctx.topics.reply, args, timeout=timeout, who=who)
+        return client(ctx).request(topic, args, timeout=timeout, who=who)
     except oneshot.NoAnswer as e:
         fail(_denied(ctx, topic) or f"{e} ({ctx.where()})")
     except oneshot.Refused as e:

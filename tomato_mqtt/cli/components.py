@@ -119,8 +119,9 @@ async def resolve(req: Requester, want: str, timeout: float) -> str:
         )
     except NoResponder:
         r = None
-    if r is not None and r.success and isinstance(r.data, list):
-        comps = [c for c in r.data if isinstance(c, Mapping)]
+    if r is not None and r.success and isinstance(r.data, Mapping | list):
+        rows = r.data.values() if isinstance(r.data, Mapping) else r.data  # name -> object
+        comps = [c for c in rows if isinstance(c, Mapping)]
         name = _pick(want, comps)
         if name is None:
             raise Refused(f"unknown component {want!r} (known: {_known(comps)})")

@@ -8,11 +8,9 @@ sent); every other command stays light.
 
 from __future__ import annotations
 
-import base64
 import datetime
 import getpass
 import json
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -22,7 +20,7 @@ import typer
 from tomato_mqtt.cli import common
 
 if TYPE_CHECKING:
-    from tomato_mqtt.transport.rpc import Requester
+    pass
 
 __all__ = ["app", "main"]
 
@@ -33,6 +31,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
+common.add_version(app)
 
 JOB_COLUMNS = (
     ("id", "id"),
@@ -108,6 +107,14 @@ def status(
     jobids: Annotated[
         list[int] | None, typer.Argument(help="job ids (default: the whole queue)")
     ] = None,
+    follow: Annotated[
+        bool,
+        typer.Option(
+            "--follow",
+            help="watch one job until it ends: a progress bar on a terminal, plain lines "
+            "otherwise; exits 1 if it ends ce or cd",
+        ),
+    ] = False,
     *,
     opts: common.Opts,
 ) -> None:
@@ -117,12 +124,48 @@ def status(
     rd cancel requested, c completed, ce completed with error, cd cancelled.
     """
     ctx = opts.context()
+    if follow:
+        if not jobids or len(jobids) != 1:
+            common.fail("--follow watches one job: give exactly one job id")
+        _follow(ctx, jobids[0], opts)
     args = {"jobids": list(jobids) if jobids else None}
     reply = common.run_request(
         ctx, ctx.topics.scheduler_cmd("job_status"), args, timeout=opts.timeout
     )
     one = bool(jobids) and len(jobids or []) == 1
     opts.output().reply(reply, _job_detail if one else _job_table)
+    final = reply.data[0] if reply.success and isinstance(reply.data, list) and reply.data else {}
+    if follow and final.get("status") in ("ce", "cd"):
+        raise typer.Exit(1)
+
+
+def _follow(ctx: common.CallContext, jobid: int, opts: common.Opts) -> None:
+    """Progress of one job until it ends (pushed by the stack, not polled)."""
+    import sys
+
+    from tomato_mqtt.client import ClientError
+
+    # -y/--json keep stdout for the final Reply: progress goes to stderr then
+    out = sys.stderr if (opts.yaml or opts.json) else sys.stdout
+    tty = out.isatty()
+    last = ""
+    with common.client(ctx, timeout=opts.timeout) as t:
+        try:
+            for p in t.follow(jobid):
+                if tty:
+                    out.write("\r\x1b[2K" + p.bar()[:200])
+                    out.flush()
+                elif p.line() != last:
+                    last = p.line()
+                    out.write(last + "\n")
+                    out.flush()
+        except ClientError as e:
+            common.fail(f"{e} ({ctx.where()})")
+        except KeyboardInterrupt:
+            raise typer.Exit(130) from None
+        finally:
+            if tty:
+                out.write("\n")
 
 
 @app.command()
@@ -222,68 +265,44 @@ def snapshot(
     The recorder writes the file; its content comes here over MQTT in chunks, so this
     works from any PC that reaches the broker.
     """
-    from tomato_mqtt.wire.messages import Reply
+    from tomato_mqtt.client import ClientError
+    from tomato_mqtt.transport import oneshot
 
     ctx = opts.context()
     target = Path.cwd() / f"snapshot.{jobid}.nc"
-
-    async def go(req: Requester) -> Reply:
-        r = await req.request(
-            ctx.topics.scheduler_cmd("job_snapshot"),
-            {"jobid": jobid},
-            timeout=opts.timeout,
-            who="scheduler",
-        )
-        if not r.success or not isinstance(r.data, dict):
-            return r
-        info = r.data
-        token, chunks, size = info.get("token"), info.get("chunks"), info.get("size")
-        if not isinstance(token, str) or not isinstance(chunks, int):
-            return Reply(id=r.id, success=False, msg=f"snapshot reply without a file: {r.msg}")
-        part = target.with_name(target.name + ".part")
+    with common.client(ctx, timeout=opts.timeout) as t:
         try:
-            with part.open("wb") as f:
-                for index in range(chunks):
-                    c = await req.request(
-                        ctx.topics.recorder_cmd("fetch"),
-                        {"token": token, "index": index},
-                        timeout=opts.timeout,
-                        who="recorder",
-                    )
-                    data = c.data.get("data") if isinstance(c.data, dict) else None
-                    if not c.success or not isinstance(data, str):
-                        return Reply(
-                            id=c.id,
-                            success=False,
-                            msg=f"fetching chunk {index} of the snapshot failed: {c.msg}",
-                        )
-                    f.write(base64.b64decode(data))
-            got = part.stat().st_size
-            if isinstance(size, int) and got != size:
-                return Reply(
-                    id=r.id,
-                    success=False,
-                    msg=f"snapshot transfer incomplete: {got} of {size} bytes",
-                )
-            os.replace(part, target)
-        except OSError as e:
-            return Reply(id=r.id, success=False, msg=f"cannot write {target}: {e}")
-        finally:
-            part.unlink(missing_ok=True)
-        data_out: dict[str, Any] = {
-            "path": str(target),
-            "size": got,
-            "source": info.get("path"),
-            "points": info.get("points"),
-            "missing": info.get("missing"),
-        }
-        msg = f"snapshot of job {jobid} written to {target}"
-        missing = info.get("missing")
-        if isinstance(missing, list) and missing:
-            msg += f" (still missing: {', '.join(str(m) for m in missing)})"
-        return Reply(id=r.id, success=True, msg=msg, data=data_out)
+            r = t.request(ctx.topics.scheduler_cmd("job_snapshot"), {"jobid": jobid})
+        except oneshot.OneShotError as e:
+            common.fail(f"{e} ({ctx.where()})")
+        if not r.success or not isinstance(r.data, dict):
+            opts.output().reply(r, lambda _d: r.msg)
+            return
+        from tomato_mqtt.wire.commands import FileData
 
-    reply = common.run_async(ctx, go, opts.timeout)
+        try:
+            info = FileData.model_validate(r.data)
+        except ValueError:
+            r = oneshot.Reply(r.id, False, f"snapshot reply without a file: {r.msg}")
+            opts.output().reply(r, lambda _d: r.msg)
+            return
+        try:  # the recorder's file, in chunks over MQTT (works from any PC)
+            got = t.fetch_file(info, target)
+        except (ClientError, OSError) as e:
+            r = oneshot.Reply(r.id, False, f"cannot write {target}: {e}")
+            opts.output().reply(r, lambda _d: r.msg)
+            return
+    data_out: dict[str, Any] = {
+        "path": str(target),
+        "size": got,
+        "source": info.path,
+        "points": info.points,
+        "missing": info.missing,
+    }
+    msg = f"snapshot of job {jobid} written to {target}"
+    if info.missing:
+        msg += f" (still missing: {', '.join(str(m) for m in info.missing)})"
+    reply = oneshot.Reply(r.id, True, msg, data_out)
     opts.output().reply(reply, lambda _d: reply.msg)
 
 

@@ -180,7 +180,7 @@ def _wait_ready(
                     )
                 except NoResponder:
                     continue
-                comps = r.data if isinstance(r.data, list) else []
+                comps = list(r.data.values()) if isinstance(r.data, dict) else []
                 ok = sum(1 for x in comps if isinstance(x, dict) and x.get("registered"))
                 last = (ok, len(comps))
                 if ok == len(comps):

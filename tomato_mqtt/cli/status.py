@@ -55,6 +55,8 @@ def reload(opts: common.Opts) -> None:
 
 # -- human output, one per section ---------------------------------------------------------
 def _rows(data: Any) -> list[Mapping[str, Any]]:
+    if isinstance(data, Mapping):  # a section is a name -> object mapping (as in tomato)
+        data = list(data.values())
     if not isinstance(data, Sequence):
         return []
     return [r for r in data if isinstance(r, Mapping)]
@@ -87,7 +89,7 @@ def _pipelines(msg: str, data: Any) -> str:
         rows,
         [
             ("name", "pipeline"),
-            ("sample", "sample"),
+            ("sampleid", "sample"),
             ("ready", "ready"),
             ("jobid", "job"),
             ("roles", "roles"),
@@ -121,7 +123,7 @@ def _components(msg: str, data: Any) -> str:
         ("node", "node"),
         ("state", "state"),
         ("registered", "registered"),
-        ("job", "job"),
+        ("jobid", "job"),
         ("capabilities", "capabilities"),
     ]
     if any(r.get("error") for r in rows):

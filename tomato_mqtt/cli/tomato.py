@@ -22,6 +22,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
+common.add_version(app)
 
 # a sub-app of its own only to keep its place in --help (typer lists a group's own
 # commands before the merged ones)
@@ -35,7 +36,7 @@ def schema(opts: common.Opts) -> None:
     from tomato_mqtt.wire.asyncapi import schema_json
 
     s = opts.settings()
-    common.emit(schema_json(opts.instance or s.mqtt.instance))
+    common.emit(schema_json(opts.instance or s.mqtt.instance, s))
 
 
 app.add_typer(stack.app)

@@ -148,6 +148,11 @@ class JobLimits(_Section):
     max_points_per_task: int = Field(default=10_000_000, ge=1)
     #: the shortest sampling interval (s) of a driver that declares none
     min_sampling_interval: float = Field(default=0.001, gt=0)
+    #: retained ``job/<id>/status`` of finished jobs: at most this many (the newest) ...
+    retain_finished: int = Field(default=20, ge=0)
+    #: ... and none older than this (s after the job ended). The job itself stays in the
+    #: scheduler: ``ketchup status``/``search`` and the client still find it.
+    retain_finished_age: float = Field(default=3600.0, ge=0)
 
 
 class RecorderSettings(_Section):

@@ -175,7 +175,7 @@ def next_launches(
             pip = pipelines.get(name)
             if pip is None or name in taken or not pip.ready or pip.jobid is not None:
                 continue
-            if pip.sample is None or pip.sample != sample:
+            if pip.sampleid is None or pip.sampleid != sample:
                 continue
             comps = set(layouts[name].roles.values()) if layouts and name in layouts else set()
             if comps & busy:

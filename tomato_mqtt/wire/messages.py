@@ -8,12 +8,12 @@ JSON, has the wrong shape or a version this code does not know becomes one
 
 from __future__ import annotations
 
-from typing import Final, Literal, TypeVar
+from typing import Any, Final, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, JsonValue, ValidationError
 
 from tomato_mqtt.driver.spec import AttrSpec, TaskSpec
-from tomato_mqtt.model.jobs import Job
+from tomato_mqtt.model.jobs import Job, JobStatusCode
 
 __all__ = [
     "MESSAGES",
@@ -44,7 +44,15 @@ __all__ = [
     "stream_id",
 ]
 
-SCHEMA: Final = 1
+#: The message schema version this code writes. 2 (issue 14): one name per concept, as
+#: tomato 2.2 spells it (``jobid``, ``sampleid``, ``vars``); epochs in s; retained job
+#: status is a summary. Readers accept 1 as well: old names are read as aliases.
+SCHEMA: Final = 2
+
+
+def _renamed(new: str, old: str) -> Any:
+    """A field written as ``new`` (schema 2) and read as ``new`` or ``old`` (schema 1)."""
+    return AliasChoices(new, old)
 
 
 class WireModel(BaseModel):
@@ -56,7 +64,7 @@ class WireModel(BaseModel):
         serialize_by_alias=True,
     )
 
-    schema_: Literal[1] = Field(default=SCHEMA, alias="schema")
+    schema_: Literal[1, 2] = Field(default=SCHEMA, alias="schema")
 
 
 M = TypeVar("M", bound=BaseModel)
@@ -239,7 +247,7 @@ class ComponentMeta(WireModel):
 
 
 class TaskEndInfo(WireModel):
-    job: int | None
+    job: int | None = Field(alias="jobid", validation_alias=_renamed("jobid", "job"))
     task: int | None
     task_name: str | None = None
     reason: Literal["done", "stopped", "error"]
@@ -263,7 +271,7 @@ class ComponentStatus(WireModel):
     node: str
     state: ComponentState
     time: float
-    job: int | None = None
+    job: int | None = Field(None, alias="jobid", validation_alias=_renamed("jobid", "job"))
     task: int | None = None
     task_name: str | None = None
     technique: str | None = None
@@ -291,7 +299,7 @@ class DataBatch(WireModel):
     """
 
     component: str
-    job: int | None = None
+    job: int | None = Field(None, alias="jobid", validation_alias=_renamed("jobid", "job"))
     task: int | None = None
     epoch: int
     stream: str = ""
@@ -305,11 +313,15 @@ class DataBatch(WireModel):
 
 
 class LastPoint(WireModel):
+    """The latest point of a component: ``vars`` as in :class:`DataBatch`, one value each."""
+
     component: str
     uts: float
-    values: dict[str, float | int | bool | str | None]
+    values: dict[str, float | int | bool | str | None] = Field(
+        alias="vars", validation_alias=_renamed("vars", "values")
+    )
     units: dict[str, str] = Field(default_factory=dict)
-    job: int | None = None
+    job: int | None = Field(None, alias="jobid", validation_alias=_renamed("jobid", "job"))
     task: int | None = None
 
 
@@ -337,15 +349,61 @@ class TaskStartArgs(WireModel):
 
 # -- pipelines and jobs ----------------------------------------------------------------
 class PipelineStatus(WireModel):
+    """A pipeline, named as tomato 2.2's ``Pipeline`` (``sampleid``, ``jobid``)."""
+
     name: str
-    sample: str | None = None
+    sample: str | None = Field(
+        None, alias="sampleid", validation_alias=_renamed("sampleid", "sample")
+    )
     ready: bool = False
-    job: int | None = None
+    job: int | None = Field(None, alias="jobid", validation_alias=_renamed("jobid", "job"))
     roles: dict[str, str] = Field(default_factory=dict)
 
 
 class JobStatus(WireModel):
-    job: Job
+    """The retained summary of a job (schema 2): no payload; ``job_status`` has it all.
+
+    Kept small so that retained state stays bounded: a finished job's status is cleared
+    from the broker after the retention of ``[jobs] retain_status`` (its history stays
+    in the scheduler, reachable with ``ketchup status``/``search`` and the client).
+    """
+
+    jobid: int
+    jobname: str | None = None
+    status: JobStatusCode
+    pipeline: str | None = None
+    sampleid: str | None = None
+    owner: str | None = None
+    submitted_at: str | None = None
+    launched_at: str | None = None
+    completed_at: str | None = None
+    respath: str | None = None
+    snappath: str | None = None
+    reason: str | None = None
+    points: dict[str, int] = Field(
+        default_factory=dict, description="role -> points stored (set when the job ends)"
+    )
+
+    @classmethod
+    def of(cls, job: Job) -> JobStatus:
+        sample = job.payload.get("sample")
+        sid = (sample.get("identifier") or sample.get("name")) if isinstance(sample, dict) else None
+        pts = job.progress.get("points")
+        return cls(
+            jobid=job.id,
+            jobname=job.jobname,
+            status=job.status,
+            pipeline=job.pipeline,
+            sampleid=sid if isinstance(sid, str) else None,
+            owner=job.owner,
+            submitted_at=job.submitted_at,
+            launched_at=job.launched_at,
+            completed_at=job.completed_at,
+            respath=job.respath,
+            snappath=job.snappath,
+            reason=job.reason,
+            points={str(k): int(v) for k, v in pts.items()} if isinstance(pts, dict) else {},
+        )
 
 
 JobEventKind = Literal[
@@ -366,7 +424,7 @@ JobEventKind = Literal[
 
 
 class JobEvent(WireModel):
-    job: int
+    job: int = Field(alias="jobid", validation_alias=_renamed("jobid", "job"))
     event: JobEventKind
     time: float
     role: str | None = None

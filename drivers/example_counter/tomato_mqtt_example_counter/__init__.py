@@ -63,7 +63,7 @@ class Device(ModelDevice):
         return {
             "min": Attr(type=float, rw=True),
             "max": Attr(type=float, rw=True),
-            "param": Attr(type=pint.Quantity, rw=True, units="seconds", minimum=0.1),
+            "param": Attr(type=pint.Quantity, rw=True, units="second", minimum=0.1),
             "choice": Attr(type=str, rw=True, options=CHOICES),
         }
 

@@ -115,7 +115,7 @@ class ComponentOps:
         if dev is None:
             why = f": {hc.error}" if hc.error else ""
             raise CommandError(f"component {hc.name} is not registered{why}")
-        raw = args.get("attrs") or ([args["attr"]] if "attr" in args else [])
+        raw = args.get("attrs") or ([args["attr"]] if args.get("attr") is not None else [])
         names = [str(a) for a in raw] if isinstance(raw, list) else [str(raw)]
         if not names:
             names = list(dev.attrs())
@@ -142,7 +142,7 @@ class ComponentOps:
         if point is None:
             return Result(f"{hc.name} returned no data")
         values: dict[str, JsonValue] = dict(point.values)
-        return Result(f"measured on {hc.name}", {"uts": point.uts, "values": values})
+        return Result(f"measured on {hc.name}", {"uts": point.uts, "vars": values})
 
     async def op_reset(self, hc: HostedComponent, args: Mapping[str, JsonValue]) -> Result:
         runner = self.runner(hc)

@@ -204,7 +204,8 @@ class Files:
         merged = 0
         with contextlib.suppress(sqlite3.Error):
             merged = store.count_merge(jobid)
-        self.svc.merged[jobid] = max(merged, self.svc.merged.get(jobid, 0) + 1)
+        merged = max(merged, self.svc.merged.pop(jobid, 0) + 1)
+        self.svc.merged[jobid] = merged  # re-inserted: the most recent merge comes last
         points = store.job_points(jobid)
         log.info("job %d: late data merged into %s (%s points)", jobid, written, points)
         self.svc.job_event(

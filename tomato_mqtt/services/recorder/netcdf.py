@@ -112,6 +112,13 @@ def build_tree(roles: Sequence[RoleInput], root_attrs: Mapping[str, str]) -> xr.
     return tree
 
 
+def _umask() -> int:
+    """The process umask (read by setting it back at once: there is no getter)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def write_job_file(path: Path, roles: Sequence[RoleInput], root_attrs: Mapping[str, str]) -> Path:
     """Write the job's file atomically at ``path``; returns the path written."""
     path = Path(path)
@@ -120,6 +127,7 @@ def write_job_file(path: Path, roles: Sequence[RoleInput], root_attrs: Mapping[s
     os.close(fd)
     try:
         tree.to_netcdf(tmp, engine="netcdf4")
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600: lab colleagues read results
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

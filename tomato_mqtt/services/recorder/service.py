@@ -75,6 +75,10 @@ class _Stream:
     acked: int = -1
 
 
+#: jobs shown in recorder/status: the newest, and those merged into most recently
+STATUS_JOBS = 10
+
+
 class RecorderService(Service):
     def __init__(
         self,
@@ -102,7 +106,8 @@ class RecorderService(Service):
         self._storage_told: set[int] = set()  # jobs told of the current storage fault
         self._storage_logged = 0.0
         self.conflicts: dict[int, int] = {}  # job -> conflicting batches seen
-        self.merged: dict[int, int] = {}  # job -> late merges into its final file
+        self.merged: dict[int, int] = {}  # job -> late merges (most recent last)
+        self.filenames: dict[int, str] = {}  # job -> its last file written (recent ones)
 
     @property
     def client_id(self) -> str:
@@ -150,9 +155,11 @@ class RecorderService(Service):
         jobs: dict[str, JobProgress] = {}
         if self.store is not None:
             gaps = self._gaps()
-            # the newest jobs, and every job whose file got late data (the scheduler
-            # updates the job from this)
-            for job in sorted(set(sorted(self.jobs_seen)[-50:]) | set(self.merged)):
+            # bounded whatever the history (issue 14): the newest jobs, and the jobs whose
+            # file got late data most recently (the scheduler updates the job from this)
+            recent = set(sorted(self.jobs_seen)[-STATUS_JOBS:])
+            recent |= set(list(self.merged)[-STATUS_JOBS:])
+            for job in sorted(recent):
                 try:
                     points = self.store.job_points(job)
                 except sqlite3.Error:
@@ -162,6 +169,7 @@ class RecorderService(Service):
                     gaps=gaps,
                     conflicts=self.conflicts.get(job, 0),
                     merged=self.merged.get(job, 0),
+                    file=self.filenames.get(job),
                 )
         return RecorderStatus(
             state=state,
@@ -375,6 +383,10 @@ class RecorderService(Service):
         written, note = await self.files.write(a, Path(a.path))
         if not a.snapshot:
             self.files.written(jobid, written)
+        self.filenames.pop(jobid, None)
+        self.filenames[jobid] = str(written)
+        while len(self.filenames) > 4 * STATUS_JOBS:
+            self.filenames.pop(next(iter(self.filenames)))
         owner = a.job.get("owner")
         token, size = self.files.token(written, owner if isinstance(owner, str) else None)
         log.info(

@@ -20,11 +20,11 @@ from tomato_mqtt.config.payloads import PayloadError, parse_payload
 from tomato_mqtt.config.settings import load_settings
 from tomato_mqtt.driver.validate import TaskValidationError, validate_task
 from tomato_mqtt.errors import ConfigError
-from tomato_mqtt.model.jobs import Job
+from tomato_mqtt.model.jobs import Job, PipelineState
 from tomato_mqtt.model.matching import ComponentView, MatchResult, match, next_launches
 from tomato_mqtt.services.scheduler.access import Access
 from tomato_mqtt.services.scheduler.lifecycle import JobLifecycle
-from tomato_mqtt.services.scheduler.status import status_section
+from tomato_mqtt.services.scheduler.status import pipeline_info, status_section
 from tomato_mqtt.transport.rpc import CommandError, Handler, Result
 from tomato_mqtt.wire.commands import (
     JobIdsArgs,
@@ -175,17 +175,17 @@ class SchedulerOps:
         self.access.require("pipeline_load")
         a = LoadArgs.model_validate(args)
         p = self._pipeline(a.pipeline)
-        if p.sample is not None:
+        if p.sampleid is not None:
             raise CommandError(
-                f"pipeline {a.pipeline} already holds sample {p.sample!r}: eject it first",
+                f"pipeline {a.pipeline} already holds sample {p.sampleid!r}: eject it first",
                 code="conflict",
             )
-        if not a.sample.strip():
+        if not a.sampleid.strip():
             raise CommandError("the sample name must not be empty", code="bad_request")
-        p = self.store.update_pipeline(a.pipeline, sample=a.sample)
+        p = self.store.update_pipeline(a.pipeline, sampleid=a.sampleid)
         await self.svc.publish_pipeline(a.pipeline)
         self.svc.kick()
-        return Result(f"sample {a.sample!r} loaded into {a.pipeline}", p.model_dump(mode="json"))
+        return Result(f"sample {a.sampleid!r} loaded into {a.pipeline}", self._pip_data(p))
 
     async def pipeline_eject(self, args: Mapping[str, JsonValue]) -> Result:
         self.access.require("pipeline_eject")
@@ -195,9 +195,9 @@ class SchedulerOps:
             raise CommandError(
                 f"cannot eject from {a.pipeline}: job {p.jobid} is running", code="conflict"
             )
-        p = self.store.update_pipeline(a.pipeline, sample=None, ready=False)
+        p = self.store.update_pipeline(a.pipeline, sampleid=None, ready=False)
         await self.svc.publish_pipeline(a.pipeline)
-        return Result(f"pipeline {a.pipeline} ejected", p.model_dump(mode="json"))
+        return Result(f"pipeline {a.pipeline} ejected", self._pip_data(p))
 
     async def pipeline_ready(self, args: Mapping[str, JsonValue]) -> Result:
         self.access.require("pipeline_ready")
@@ -206,7 +206,11 @@ class SchedulerOps:
         p = self.store.update_pipeline(a.pipeline, ready=True)
         await self.svc.publish_pipeline(a.pipeline)
         self.svc.kick()
-        return Result(f"pipeline {a.pipeline} is ready", p.model_dump(mode="json"))
+        return Result(f"pipeline {a.pipeline} is ready", self._pip_data(p))
+
+    def _pip_data(self, p: PipelineState) -> JsonValue:
+        """tomato 2.2's Pipeline (name, ready, jobid, sampleid, components) + roles."""
+        return pipeline_info(self.svc, p)
 
     # -- jobs ------------------------------------------------------------------------------
     async def job_submit(self, args: Mapping[str, JsonValue]) -> Result:
@@ -303,6 +307,11 @@ class SchedulerOps:
         )
         if not ok:
             raise CommandError(f"snapshot of job {job.id} failed: {msg}", code="unavailable")
+        written = str(data["path"]) if isinstance(data, dict) and data.get("path") else str(path)
+        # the file's own path (issue 14), kept as the job's snappath as tomato does
+        job = self.store.update_job(job.id, snappath=written)
+        await self.svc.publish_job(job)
+        self.svc.job_event(job.id, "snapshot_written", detail={"path": written})
         return Result(msg, data)
 
     # -- the queue -------------------------------------------------------------------------

@@ -55,7 +55,8 @@ def expectations(tasks: Sequence[TaskState], roles: Mapping[str, str]) -> list[d
     out = []
     for t in tasks:
         end = t.end or {}
-        if isinstance(end.get("npoints"), int) and end.get("job") is not None:
+        job = end.get("jobid", end.get("job"))  # TaskEndInfo: "jobid" since schema 2
+        if isinstance(end.get("npoints"), int) and job is not None:
             out.append(
                 {
                     "component": roles[t.role],
