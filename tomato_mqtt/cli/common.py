@@ -100,7 +100,52 @@ InstanceOpt = Annotated[
 AppDirOpt = Annotated[Path | None, typer.Option("-A", "--appdir", help="settings directory")]
 DataDirOpt = Annotated[Path | None, typer.Option("-D", "--datadir", help="data directory")]
 LogDirOpt = Annotated[Path | None, typer.Option("-L", "--logdir", help="log directory")]
-TimeoutOpt = Annotated[float, typer.Option("--timeout", "-t", help="seconds to wait for an answer")]
+
+AMBIGUOUS_TIMEOUT = 1000.0  # bare --timeout values from here up are refused (tomato's ms?)
+
+
+def parse_timeout(text: str | float) -> float:
+    """``--timeout``: seconds, or with a unit (``500ms``, ``2s``); tomato's bare milliseconds
+    (``--timeout 2000``) are refused as ambiguous instead of waiting 2000 s.
+
+    tomato 2.2 counts ``--timeout`` in milliseconds, tomato-mqtt in seconds. A bare number
+    below :data:`AMBIGUOUS_TIMEOUT` is seconds; a bare number from there up is almost
+    surely a tomato script's milliseconds, so it is refused with the two ways to say it.
+    """
+    if isinstance(text, (int, float)):
+        return float(text)
+    raw = text.strip().lower()
+    scale = 1.0
+    for unit, factor in (("ms", 0.001), ("s", 1.0)):
+        if raw.endswith(unit):
+            raw, scale = raw[: -len(unit)].strip(), factor
+            break
+    try:
+        value = float(raw)
+    except ValueError:
+        raise typer.BadParameter(
+            f"{text!r} is not a duration: give seconds (5, 0.5) or a unit (500ms, 2s)"
+        ) from None
+    if value <= 0:
+        raise typer.BadParameter(f"{text!r}: the timeout must be positive")
+    if scale == 1.0 and raw == text.strip() and value >= AMBIGUOUS_TIMEOUT:
+        raise typer.BadParameter(
+            f"{text} is ambiguous: tomato-mqtt counts --timeout in seconds, tomato 2.2 in "
+            f"milliseconds; write {text}ms (tomato's meaning) or {text}s"
+        )
+    return value * scale
+
+
+TimeoutOpt = Annotated[
+    float,
+    typer.Option(
+        "--timeout",
+        "-t",
+        help="seconds to wait for an answer, or with a unit: 500ms, 2s "
+        "(tomato's bare milliseconds, 1000 and up, are refused as ambiguous)",
+        parser=parse_timeout,
+    ),
+]
 YamlOpt = Annotated[bool, typer.Option("-y", "--yaml", help="print the Reply as YAML")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="print the Reply as JSON")]
 
@@ -207,7 +252,9 @@ def options(names: Sequence[str] = CLIENT, *, timeout: float = 5.0) -> Callable[
         @functools.wraps(func)
         def command(*args: Any, **kwargs: Any) -> Any:
             given = {n: kwargs.pop(n) for n in chosen if n in kwargs}
-            kwargs[slot] = Opts(**{"timeout": timeout, **given})
+            opts = Opts(**{"timeout": timeout, **given})
+            kwargs[slot] = opts
+            _REPLY_FORMAT[0] = "json" if opts.json else "yaml" if opts.yaml else None
             return func(*args, **kwargs)
 
         # typer reads inspect.signature() (which stops at __signature__) for the
@@ -298,8 +345,21 @@ def context(
     return ctx
 
 
+# -y/--json of the command running now: then a failure is also a Reply on stdout
+_REPLY_FORMAT: list[str | None] = [None]
+
+
 def fail(msg: str, code: int = 1) -> NoReturn:
+    """The one way a command fails: ``error: msg`` on stderr and exit ``code``.
+
+    Under ``-y``/``--json`` the failure is also printed on stdout as a Reply with
+    ``success: false`` (as tomato does, e.g. ``tomato status -y`` with no stack), so a
+    script that parses stdout always gets a Reply.
+    """
     typer.echo(f"error: {msg}", err=True)
+    fmt = _REPLY_FORMAT[0]
+    if fmt is not None:
+        Output(fmt == "yaml", fmt == "json").print_doc({"success": False, "msg": msg, "data": None})
     raise typer.Exit(code)
 
 

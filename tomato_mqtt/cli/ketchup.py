@@ -87,8 +87,10 @@ def submit(
 def _submitted(msg: str, job: Any) -> str:
     lines = [msg]
     if isinstance(job, Mapping):
-        if job.get("reason"):
+        if job.get("reason") and job.get("status") == "q":
             lines.append(f"note: no pipeline can run it yet: {job['reason']}")
+        elif job.get("reason"):
+            lines.append(f"note: {job['reason']}")
         if job.get("respath"):
             lines.append(f"output: {job['respath']}")
     return "\n".join(lines)
@@ -122,7 +124,9 @@ def status(
         ctx, ctx.topics.scheduler_cmd("job_status"), args, timeout=opts.timeout
     )
     one = bool(jobids) and len(jobids or []) == 1
-    opts.output().reply(reply, _job_detail if one else _job_table)
+    show = _job_detail if one else _job_table
+    # tomato's summary line ("found 1 job with status ['r']") above the table
+    opts.output().reply(reply, lambda jobs: f"{reply.msg}\n{show(jobs)}" if jobs else reply.msg)
 
 
 @app.command()
@@ -130,17 +134,23 @@ def status(
 def search(
     name: Annotated[str, typer.Argument(help="(part of) the job name")],
     complete: Annotated[
-        bool, typer.Option("-c", "--complete", help="also search completed jobs")
+        bool,
+        typer.Option(
+            "-c", "--complete", help="accepted for tomato; ended jobs are always searched"
+        ),
     ] = False,
     *,
     opts: common.Opts,
 ) -> None:
-    """Find jobs by name (queued and running ones; with -c also completed ones)."""
+    """Find jobs by name, whatever their status (as tomato 2.2: also ended ones).
+
+    No match is a failure (exit 1), as in tomato: "no job matching 'x' found".
+    """
     ctx = opts.context()
     reply = common.run_request(
         ctx,
         ctx.topics.scheduler_cmd("job_search"),
-        {"name": name, "complete": complete},
+        {"name": name, "complete": True},
         timeout=opts.timeout,
     )
     opts.output().reply(reply, _job_table)
@@ -214,77 +224,99 @@ def cancel(
 @app.command()
 @common.options(common.CLIENT, timeout=60.0)
 def snapshot(
-    jobid: Annotated[int, typer.Argument(help="the job to snapshot")],
+    jobids: Annotated[list[int], typer.Argument(help="the job(s) to snapshot")],
     opts: common.Opts,
 ) -> None:
-    """Write an up-to-date snapshot.<jobid>.nc of a job into the current directory.
+    """Write an up-to-date snapshot.<jobid>.nc of each job into the current directory.
 
     The recorder writes the file; its content comes here over MQTT in chunks, so this
-    works from any PC that reaches the broker.
+    works from any PC that reaches the broker. Several ids as in tomato; the first
+    failure stops there (files already written stay).
     """
     from tomato_mqtt.wire.messages import Reply
 
     ctx = opts.context()
-    target = Path.cwd() / f"snapshot.{jobid}.nc"
 
     async def go(req: Requester) -> Reply:
-        r = await req.request(
-            ctx.topics.scheduler_cmd("job_snapshot"),
-            {"jobid": jobid},
-            timeout=opts.timeout,
-            who="scheduler",
+        done: list[Any] = []
+        last: Reply | None = None
+        for jobid in jobids:
+            last = await _snapshot_one(req, ctx, jobid, opts.timeout)
+            if not last.success:
+                if done:
+                    last.msg += f" (written before: {', '.join(d['path'] for d in done)})"
+                return last
+            done.append(last.data)
+        assert last is not None  # typer requires at least one id
+        if len(jobids) == 1:
+            return last
+        paths = ", ".join(str(d["path"]) for d in done)
+        return Reply(
+            id=last.id, success=True, msg=f"snapshots of jobs {jobids}: {paths}", data=done
         )
-        if not r.success or not isinstance(r.data, dict):
-            return r
-        info = r.data
-        token, chunks, size = info.get("token"), info.get("chunks"), info.get("size")
-        if not isinstance(token, str) or not isinstance(chunks, int):
-            return Reply(id=r.id, success=False, msg=f"snapshot reply without a file: {r.msg}")
-        part = target.with_name(target.name + ".part")
-        try:
-            with part.open("wb") as f:
-                for index in range(chunks):
-                    c = await req.request(
-                        ctx.topics.recorder_cmd("fetch"),
-                        {"token": token, "index": index},
-                        timeout=opts.timeout,
-                        who="recorder",
-                    )
-                    data = c.data.get("data") if isinstance(c.data, dict) else None
-                    if not c.success or not isinstance(data, str):
-                        return Reply(
-                            id=c.id,
-                            success=False,
-                            msg=f"fetching chunk {index} of the snapshot failed: {c.msg}",
-                        )
-                    f.write(base64.b64decode(data))
-            got = part.stat().st_size
-            if isinstance(size, int) and got != size:
-                return Reply(
-                    id=r.id,
-                    success=False,
-                    msg=f"snapshot transfer incomplete: {got} of {size} bytes",
-                )
-            os.replace(part, target)
-        except OSError as e:
-            return Reply(id=r.id, success=False, msg=f"cannot write {target}: {e}")
-        finally:
-            part.unlink(missing_ok=True)
-        data_out: dict[str, Any] = {
-            "path": str(target),
-            "size": got,
-            "source": info.get("path"),
-            "points": info.get("points"),
-            "missing": info.get("missing"),
-        }
-        msg = f"snapshot of job {jobid} written to {target}"
-        missing = info.get("missing")
-        if isinstance(missing, list) and missing:
-            msg += f" (still missing: {', '.join(str(m) for m in missing)})"
-        return Reply(id=r.id, success=True, msg=msg, data=data_out)
 
     reply = common.run_async(ctx, go, opts.timeout)
     opts.output().reply(reply, lambda _d: reply.msg)
+
+
+async def _snapshot_one(req: Requester, ctx: common.CallContext, jobid: int, timeout: float) -> Any:
+    from tomato_mqtt.wire.messages import Reply
+
+    target = Path.cwd() / f"snapshot.{jobid}.nc"
+    r = await req.request(
+        ctx.topics.scheduler_cmd("job_snapshot"),
+        {"jobid": jobid},
+        timeout=timeout,
+        who="scheduler",
+    )
+    if not r.success or not isinstance(r.data, dict):
+        return r
+    info = r.data
+    token, chunks, size = info.get("token"), info.get("chunks"), info.get("size")
+    if not isinstance(token, str) or not isinstance(chunks, int):
+        return Reply(id=r.id, success=False, msg=f"snapshot reply without a file: {r.msg}")
+    part = target.with_name(target.name + ".part")
+    try:
+        with part.open("wb") as f:
+            for index in range(chunks):
+                c = await req.request(
+                    ctx.topics.recorder_cmd("fetch"),
+                    {"token": token, "index": index},
+                    timeout=timeout,
+                    who="recorder",
+                )
+                data = c.data.get("data") if isinstance(c.data, dict) else None
+                if not c.success or not isinstance(data, str):
+                    return Reply(
+                        id=c.id,
+                        success=False,
+                        msg=f"fetching chunk {index} of the snapshot failed: {c.msg}",
+                    )
+                f.write(base64.b64decode(data))
+        got = part.stat().st_size
+        if isinstance(size, int) and got != size:
+            return Reply(
+                id=r.id,
+                success=False,
+                msg=f"snapshot transfer incomplete: {got} of {size} bytes",
+            )
+        os.replace(part, target)
+    except OSError as e:
+        return Reply(id=r.id, success=False, msg=f"cannot write {target}: {e}")
+    finally:
+        part.unlink(missing_ok=True)
+    data_out: dict[str, Any] = {
+        "path": str(target),
+        "size": got,
+        "source": info.get("path"),
+        "points": info.get("points"),
+        "missing": info.get("missing"),
+    }
+    msg = f"snapshot of job {jobid} written to {target}"
+    missing = info.get("missing")
+    if isinstance(missing, list) and missing:
+        msg += f" (still missing: {', '.join(str(m) for m in missing)})"
+    return Reply(id=r.id, success=True, msg=msg, data=data_out)
 
 
 def main() -> None:

@@ -21,7 +21,13 @@ from tomato_mqtt.config.settings import load_settings
 from tomato_mqtt.driver.validate import TaskValidationError, validate_task
 from tomato_mqtt.errors import ConfigError
 from tomato_mqtt.model.jobs import Job
-from tomato_mqtt.model.matching import ComponentView, MatchResult, match, next_launches
+from tomato_mqtt.model.matching import (
+    ComponentView,
+    MatchResult,
+    match,
+    next_launches,
+    waiting_reason,
+)
 from tomato_mqtt.services.scheduler.access import Access
 from tomato_mqtt.services.scheduler.lifecycle import JobLifecycle
 from tomato_mqtt.services.scheduler.status import status_section
@@ -133,6 +139,11 @@ class SchedulerOps:
                 code="conflict",
             )
         removed_pips = set(svc.layout.pipelines) - set(new_layout.pipelines)
+        drivers_changed = sorted(
+            d
+            for d in set(old.drivers) | set(new_settings.drivers)
+            if old.drivers.get(d) != new_settings.drivers.get(d)
+        )
         svc.settings = new_settings
         svc.layout = new_layout
         self.store.sync_pipelines(new_layout.pipelines)
@@ -142,7 +153,11 @@ class SchedulerOps:
             await svc.publish_pipeline(p.name)
         await svc.configure_nodes()
         svc.kick()
-        return Result("reload done: " + _describe_diff(diff), _jsonable_diff(diff))
+        what = _describe_diff(diff)
+        if drivers_changed:  # not part of the layout's diff, but a change all the same
+            more = f"settings of driver(s): {', '.join(drivers_changed)}"
+            what = more if what == "no changes" else f"{what}; {more}"
+        return Result("reload done: " + what, _jsonable_diff(diff))
 
     async def stop(self, args: Mapping[str, JsonValue]) -> Result:
         self.access.require("stop")
@@ -197,6 +212,7 @@ class SchedulerOps:
             )
         p = self.store.update_pipeline(a.pipeline, sample=None, ready=False)
         await self.svc.publish_pipeline(a.pipeline)
+        self.svc.kick()  # queued jobs for that sample now wait for the user again: say so
         return Result(f"pipeline {a.pipeline} ejected", p.model_dump(mode="json"))
 
     async def pipeline_ready(self, args: Mapping[str, JsonValue]) -> Result:
@@ -247,14 +263,18 @@ class SchedulerOps:
         self.access.require("job_status")
         a = JobIdsArgs.model_validate(args)
         jobs = self._jobs(a.jobids)
-        return Result(f"{len(jobs)} job(s)", [j.model_dump(mode="json") for j in jobs])
+        return Result(_found_text(jobs), [j.model_dump(mode="json") for j in jobs])
 
     async def job_search(self, args: Mapping[str, JsonValue]) -> Result:
         self.access.require("job_search")
         a = SearchArgs.model_validate(args)
         jobs = self.store.search(a.name, complete=a.complete)
+        if not jobs:  # as tomato: no match is a failure
+            raise CommandError(f"no job matching {a.name!r} found", code="not_found")
+        ids = [j.id for j in jobs]
+        what = "job" if len(ids) == 1 else "jobs"
         return Result(
-            f"{len(jobs)} job(s) match {a.name!r}", [j.model_dump(mode="json") for j in jobs]
+            f"{what} matching {a.name!r} found: {ids}", [j.model_dump(mode="json") for j in jobs]
         )
 
     async def job_cancel(self, args: Mapping[str, JsonValue]) -> Result:
@@ -334,11 +354,15 @@ class SchedulerOps:
             return
         views = self._views()
         matches: dict[int, MatchResult] = {}
+        pips = {p.name: p for p in self.store.pipelines()}
         for job in queue:
             res = match(job.payload.get("method", []), svc.layout.pipelines, views, self._validator)
             matches[job.id] = res
             new_status = "qw" if res.candidates else job.status
-            reason = None if res.candidates else res.reason
+            if res.candidates:  # it can run: say when it waits for the user (a sample)
+                reason = waiting_reason(res.candidates, pips, _sample_of(job))
+            else:
+                reason = res.reason
             if new_status != job.status or reason != job.reason:
                 job = self.store.update_job(job.id, status=new_status, reason=reason)
                 await svc.publish_job(job)
@@ -346,13 +370,7 @@ class SchedulerOps:
                     svc.job_event(job.id, "matched", status="qw")
         queue = list(self.store.jobs(statuses=["q", "qw"]))
         pips = {p.name: p for p in self.store.pipelines()}
-        launches = next_launches(
-            queue,
-            pips,
-            matches,
-            lambda j: str(j.payload.get("sample", {}).get("identifier")),
-            layouts=svc.layout.pipelines,
-        )
+        launches = next_launches(queue, pips, matches, _sample_of, layouts=svc.layout.pipelines)
         for jobid, pipeline in launches:
             await self._launch(self.store.job(jobid), pipeline)
 
@@ -379,6 +397,27 @@ class SchedulerOps:
 
     def recorder_args(self, job: Job, path: Path, snapshot: bool) -> dict[str, JsonValue]:
         return self.jobs.recorder_args(job, path, snapshot)
+
+
+def _sample_of(job: Job) -> str:
+    return str(job.payload.get("sample", {}).get("identifier"))
+
+
+def _found_text(jobs: list[Job]) -> str:
+    """tomato's summary of ``ketchup status``: ``found 1 job with status ['r']``, or one
+    line per status (``found 2 jobs with status 'qw' : [1, 2]``); an empty queue is not
+    an error here (tomato: "job queue is empty" as a failure)."""
+    if not jobs:
+        return "job queue is empty"
+    if len(jobs) == 1:
+        return f"found 1 job with status {[jobs[0].status]}"
+    lines = []
+    for st in ("q", "qw", "r", "rd", "c", "cd", "ce"):
+        ids = [j.id for j in jobs if j.status == st]
+        if ids:
+            what = "job" if len(ids) == 1 else "jobs"
+            lines.append(f"found {len(ids)} {what} with status {st!r:4s}: {ids}")
+    return "\n".join(lines)
 
 
 def _jsonable_diff(diff: Any) -> JsonValue:
