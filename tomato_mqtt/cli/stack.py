@@ -71,6 +71,8 @@ def start(verbose: VerboseOpt = 0, quiet: QuietOpt = 0, *, opts: common.Opts) ->
     from tomato_mqtt.services.supervisor import pidfile_path, port_in_use, read_pidfile
 
     s = opts.settings()
+    if not (s.appdir / "settings.toml").exists():  # as tomato: nothing to start from
+        fail(f"settings file not found in {s.appdir}, run 'tomato init' to create one")
     try:  # refuse a bad devices file here, with its reason, rather than in a log
         load_devices(s.devices_file, s.node.name)
     except ConfigError as e:

@@ -237,6 +237,8 @@ class SchedulerOps:
         job = self.store.add_job(pdict, a.jobname, a.submit_dir, owner=self.access.owner())
         out = pdict.get("settings", {}).get("output", {})
         base = Path(out.get("path") or a.submit_dir or self.svc.settings.jobs_dir / str(job.id))
+        if not base.is_absolute() and a.submit_dir:  # as tomato: relative to where submit ran
+            base = Path(a.submit_dir) / base
         prefix = out.get("prefix") or f"results.{job.id}"
         job = self.store.update_job(job.id, respath=str(base / f"{prefix}.nc"))
         await self.svc.publish_job(job)
@@ -405,7 +407,7 @@ def _sample_of(job: Job) -> str:
 
 def _found_text(jobs: list[Job]) -> str:
     """tomato's summary of ``ketchup status``: ``found 1 job with status ['r']``, or one
-    line per status (``found 2 jobs with status 'qw' : [1, 2]``); an empty queue is not
+    line per status (``found 2 jobs with status 'qw': [1, 2]``); an empty queue is not
     an error here (tomato: "job queue is empty" as a failure)."""
     if not jobs:
         return "job queue is empty"
