@@ -41,9 +41,7 @@ def test_readme_walkthrough_works_as_written(tmp_path: Path) -> None:
     (work / "config").symlink_to(REPO / "config")
     (work / ".venv").symlink_to(Path(sys.executable).parent.parent)
     home = tmp_path / "home"
-    env = {
-        k: v for k, v in os.environ.items() if not k.startswith(("TOMATO_", "XDG_", "VIRTUAL_"))
-    }
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TOMATO_", "XDG_", "VIRTUAL_"))}
     env.update(
         HOME=str(home),
         XDG_CONFIG_HOME=str(home / ".config"),
