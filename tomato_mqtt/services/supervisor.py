@@ -157,12 +157,14 @@ class Supervisor:
                 w.cancel()
             # nodes first (they flush data), broker last; after a failed start nothing
             # holds data and the services cannot reach a broker: do not wait long
-            grace = 2.0 if self.failed else 10.0
+            if self.failed:  # all at once, shortly: there is nothing to flush
+                await asyncio.gather(*(self._terminate(c, 2.0) for c in self.children))
+                return 1
             for name in ("node", "scheduler", "recorder", "broker"):
                 for c in self.children:
                     if c.name == name:
-                        await self._terminate(c, grace)
-            return 1 if self.failed else 0
+                        await self._terminate(c)
+            return 0
         finally:
             with contextlib.suppress(OSError):
                 self.pidfile.unlink()
