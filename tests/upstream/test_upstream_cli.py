@@ -44,9 +44,11 @@ async def test_01_tomato(
 
     async with inproc_stack(broker.port, tmp_path, instance, devices="devices_default.yml") as st:
         cli = Cli(st.settings.appdir, broker.port)
-        # upstream: test_tomato_status_up
+        # upstream: test_tomato_status_up (and tomato's name of the default section)
         r = await cli.json("tomato", "status", "pipelines")
         assert r["success"] and len(r["data"]) == 1
+        r = await cli.json("tomato", "status", "tomato")
+        assert r["success"] and r["data"]["state"] == "online"
 
         # upstream: test_tomato_pipeline
         r = await cli.json("tomato", "pipeline", "load", "pip-counter", "test")

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -40,7 +42,7 @@ def reply(res: subprocess.CompletedProcess[str]) -> dict[str, object]:
     return doc
 
 
-def processes_of(port: int) -> list[int]:
+def processes_of(port: int, service: str = "") -> list[int]:
     """Live processes whose command line names this stack's port (ours only)."""
     out = []
     for d in Path("/proc").iterdir():
@@ -51,9 +53,23 @@ def processes_of(port: int) -> list[int]:
             state = (d / "stat").read_text().rsplit(")", 1)[1].split()[0]
         except (OSError, IndexError):
             continue
-        if state != "Z" and b"tomato_mqtt.cli.tomato" in cmd and str(port).encode() in cmd:
+        ours = b"tomato_mqtt.cli.tomato" in cmd and str(port).encode() in cmd
+        if state != "Z" and ours and (not service or service.encode() in cmd):
             out.append(int(d.name))
     return out
+
+
+def wait_status(jobid: int, want: set[str], port: int, cwd: Path) -> dict[str, Any]:
+    """Upstream's wait_until_ketchup_status, on the -y Reply (not the human text)."""
+    deadline = time.monotonic() + 30
+    while True:
+        data = reply(tomato("ketchup", "status", str(jobid), "-p", str(port), "-y", cwd=cwd))[
+            "data"
+        ]
+        job: dict[str, Any] = data[0]  # type: ignore[index]
+        if job["status"] in want or time.monotonic() > deadline:
+            return job
+        time.sleep(0.1)
 
 
 def test_01_03_start_stop_state(tmp_path: Path) -> None:
@@ -116,6 +132,25 @@ def test_01_03_start_stop_state(tmp_path: Path) -> None:
         assert [j["jobname"] for j in doc["data"]] == ["job-1", "job-2"]  # type: ignore[union-attr]
         for log in ("supervisor.log", "broker.log"):
             assert (here / log).stat().st_size > 0
+
+        # upstream: test_restart_with_complete_jobs -- the job ends while the scheduler
+        # is not there to see it (here: stopped with SIGSTOP, then let go): it ends c,
+        # the pipeline is free and keeps its sample
+        for args in (("load", "pip-counter", "counter_1_0.1"), ("ready", "pip-counter")):
+            assert tomato("tomato", "pipeline", *args, *p, cwd=here).returncode == 0
+        wait_status(1, {"r"}, port, here)
+        (sched,) = processes_of(port, "scheduler")
+        os.kill(sched, signal.SIGSTOP)
+        try:
+            # the fault's length, not a wait for a condition: the 1 s job ends meanwhile
+            time.sleep(2.0)
+        finally:
+            os.kill(sched, signal.SIGCONT)
+        job = wait_status(1, {"c", "ce", "cd"}, port, here)
+        assert job["status"] == "c", job
+        pips = reply(tomato("tomato", "status", "pipelines", *p, "-y", cwd=here))["data"]
+        pip = pips["pip-counter"] if isinstance(pips, dict) else pips[0]  # type: ignore[index]
+        assert pip["jobid"] is None and pip.get("sampleid", pip.get("sample")) == "counter_1_0.1"
     finally:
         tomato("ketchup", "cancel", "1", "2", *p, cwd=here)
         tomato("tomato", "stop", "-A", ".", *p, cwd=here)
