@@ -53,6 +53,7 @@ import typer
 
 from tomato_mqtt.cli.fastsettings import light_mqtt
 from tomato_mqtt.cli.output import Output, emit, table
+from tomato_mqtt.cli.timeout import parse_timeout
 from tomato_mqtt.config.url import BrokerURL
 from tomato_mqtt.wire.topics import Topics
 
@@ -100,41 +101,6 @@ InstanceOpt = Annotated[
 AppDirOpt = Annotated[Path | None, typer.Option("-A", "--appdir", help="settings directory")]
 DataDirOpt = Annotated[Path | None, typer.Option("-D", "--datadir", help="data directory")]
 LogDirOpt = Annotated[Path | None, typer.Option("-L", "--logdir", help="log directory")]
-
-AMBIGUOUS_TIMEOUT = 1000.0  # bare --timeout values from here up are refused (tomato's ms?)
-
-
-def parse_timeout(text: str | float) -> float:
-    """``--timeout``: seconds, or with a unit (``500ms``, ``2s``); tomato's bare milliseconds
-    (``--timeout 2000``) are refused as ambiguous instead of waiting 2000 s.
-
-    tomato 2.2 counts ``--timeout`` in milliseconds, tomato-mqtt in seconds. A bare number
-    below :data:`AMBIGUOUS_TIMEOUT` is seconds; a bare number from there up is almost
-    surely a tomato script's milliseconds, so it is refused with the two ways to say it.
-    """
-    if isinstance(text, (int, float)):
-        return float(text)
-    raw = text.strip().lower()
-    scale = 1.0
-    for unit, factor in (("ms", 0.001), ("s", 1.0)):
-        if raw.endswith(unit):
-            raw, scale = raw[: -len(unit)].strip(), factor
-            break
-    try:
-        value = float(raw)
-    except ValueError:
-        raise typer.BadParameter(
-            f"{text!r} is not a duration: give seconds (5, 0.5) or a unit (500ms, 2s)"
-        ) from None
-    if value <= 0:
-        raise typer.BadParameter(f"{text!r}: the timeout must be positive")
-    if scale == 1.0 and raw == text.strip() and value >= AMBIGUOUS_TIMEOUT:
-        raise typer.BadParameter(
-            f"{text} is ambiguous: tomato-mqtt counts --timeout in seconds, tomato 2.2 in "
-            f"milliseconds; write {text}ms (tomato's meaning) or {text}s"
-        )
-    return value * scale
-
 
 TimeoutOpt = Annotated[
     float,

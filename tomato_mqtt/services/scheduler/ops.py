@@ -31,6 +31,7 @@ from tomato_mqtt.model.matching import (
 from tomato_mqtt.services.scheduler.access import Access
 from tomato_mqtt.services.scheduler.lifecycle import JobLifecycle
 from tomato_mqtt.services.scheduler.status import status_section
+from tomato_mqtt.services.scheduler.texts import found_text, sample_of
 from tomato_mqtt.transport.rpc import CommandError, Handler, Result
 from tomato_mqtt.wire.commands import (
     JobIdsArgs,
@@ -265,7 +266,7 @@ class SchedulerOps:
         self.access.require("job_status")
         a = JobIdsArgs.model_validate(args)
         jobs = self._jobs(a.jobids)
-        return Result(_found_text(jobs), [j.model_dump(mode="json") for j in jobs])
+        return Result(found_text(jobs), [j.model_dump(mode="json") for j in jobs])
 
     async def job_search(self, args: Mapping[str, JsonValue]) -> Result:
         self.access.require("job_search")
@@ -362,7 +363,7 @@ class SchedulerOps:
             matches[job.id] = res
             new_status = "qw" if res.candidates else job.status
             if res.candidates:  # it can run: say when it waits for the user (a sample)
-                reason = waiting_reason(res.candidates, pips, _sample_of(job))
+                reason = waiting_reason(res.candidates, pips, sample_of(job))
             else:
                 reason = res.reason
             if new_status != job.status or reason != job.reason:
@@ -372,7 +373,7 @@ class SchedulerOps:
                     svc.job_event(job.id, "matched", status="qw")
         queue = list(self.store.jobs(statuses=["q", "qw"]))
         pips = {p.name: p for p in self.store.pipelines()}
-        launches = next_launches(queue, pips, matches, _sample_of, layouts=svc.layout.pipelines)
+        launches = next_launches(queue, pips, matches, sample_of, layouts=svc.layout.pipelines)
         for jobid, pipeline in launches:
             await self._launch(self.store.job(jobid), pipeline)
 
@@ -399,27 +400,6 @@ class SchedulerOps:
 
     def recorder_args(self, job: Job, path: Path, snapshot: bool) -> dict[str, JsonValue]:
         return self.jobs.recorder_args(job, path, snapshot)
-
-
-def _sample_of(job: Job) -> str:
-    return str(job.payload.get("sample", {}).get("identifier"))
-
-
-def _found_text(jobs: list[Job]) -> str:
-    """tomato's summary of ``ketchup status``: ``found 1 job with status ['r']``, or one
-    line per status (``found 2 jobs with status 'qw': [1, 2]``); an empty queue is not
-    an error here (tomato: "job queue is empty" as a failure)."""
-    if not jobs:
-        return "job queue is empty"
-    if len(jobs) == 1:
-        return f"found 1 job with status {[jobs[0].status]}"
-    lines = []
-    for st in ("q", "qw", "r", "rd", "c", "cd", "ce"):
-        ids = [j.id for j in jobs if j.status == st]
-        if ids:
-            what = "job" if len(ids) == 1 else "jobs"
-            lines.append(f"found {len(ids)} {what} with status {st!r:4s}: {ids}")
-    return "\n".join(lines)
 
 
 def _jsonable_diff(diff: Any) -> JsonValue:
