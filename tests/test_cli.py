@@ -164,7 +164,9 @@ def test_submit_status_search_cancel(stack: Stack) -> None:
 
     human = stack.run("ketchup", "status")
     assert human.returncode == 0
-    head = human.stdout.splitlines()[0].split()
+    # tomato's summary ("found 2 jobs with status 'q' : [1, 2]"), then the table
+    assert human.stdout.startswith("found ")
+    head = _table_head(human.stdout).split()
     assert head[:4] == ["id", "name", "status", "pipeline"]
     assert any(line.split()[:2] == [str(b["id"]), "beta-run"] for line in human.stdout.splitlines())
     detail = stack.run("ketchup", "status", str(a["id"]))
@@ -182,13 +184,24 @@ def test_submit_status_search_cancel(stack: Stack) -> None:
         j["status"] for j in stack.json("ketchup", "status", str(a["id"]), str(b["id"]))["data"]
     ]
     assert statuses == ["cd", "cd"]
-    assert stack.json("ketchup", "search", "alpha-run")["data"] == []
-    assert [j["id"] for j in stack.json("ketchup", "search", "alpha-run", "-c")["data"]] == [
-        a["id"]
-    ]
+    # ended jobs are found without -c too (as tomato 2.2); -c is accepted
+    for extra in ((), ("-c",)):
+        found = stack.json("ketchup", "search", "alpha-run", *extra)
+        assert [j["id"] for j in found["data"]] == [a["id"]], found
+        assert found["msg"] == f"job matching 'alpha-run' found: [{a['id']}]"
+    nothing = stack.json("ketchup", "search", "nothing-like-this")
+    assert nothing == {
+        "success": False,
+        "msg": "no job matching 'nothing-like-this' found",
+        "data": None,
+    }
     # a second cancel says so, and succeeds
     res = stack.run("ketchup", "cancel", str(a["id"]))
     assert res.returncode == 0 and "already ended (cd)" in res.stdout
+
+
+def _table_head(out: str) -> str:
+    return next(line for line in out.splitlines() if line.startswith("id "))
 
 
 def test_unknown_job_ids(stack: Stack) -> None:
@@ -260,7 +273,7 @@ def test_unmatchable_payload_is_queued_with_its_reason(stack: Stack) -> None:
     job = stack.job(jobid)
     assert job["status"] == "q" and "unknown" in job["reason"]
     human = stack.run("ketchup", "status")
-    assert "reason" in human.stdout.splitlines()[0]
+    assert "reason" in _table_head(human.stdout)
     cancel(stack, jobid)
 
 
@@ -269,7 +282,6 @@ def test_yaml_and_json_outputs_parse(stack: Stack) -> None:
         ("ketchup", ("status",)),
         ("tomato", ("status",)),
         ("tomato", ("status", "components")),
-        ("ketchup", ("search", "nothing-like-this")),
     ):
         y = stack.run(tool, *args, "-y")
         assert y.returncode == 0, y.stderr
@@ -374,9 +386,9 @@ CLIENT_TIMEOUT = {
 }
 LOCAL = {"appdir", "datadir", "logdir", "port"}
 NOT_CLIENT = {
-    "tomato init": LOCAL,
-    "tomato start": LOCAL | {"timeout"},
-    "tomato stop": LOCAL | {"broker", "timeout"},
+    "tomato init": LOCAL | {"yaml", "json"},
+    "tomato start": LOCAL | {"timeout", "yaml", "json"},
+    "tomato stop": LOCAL | {"broker", "timeout", "yaml", "json"},
     "tomato schema": {"instance", "appdir"},
     "tomato broker": LOCAL,
     "tomato scheduler": LOCAL,
@@ -435,6 +447,18 @@ def test_every_command_declares_the_common_options_alike() -> None:
         ),
         (["tomato", "status", "nodes", "--instance", "lab2"], {"instance": "lab2"}),
         (["tomato", "node", "-n", "pc1", "-A", "/x", "-v"], {"name": "pc1", "verbose": 1}),
+        # tomato's flags: -y on init/start/stop, -v/-vv/--quiet on start, -f on reset
+        (["tomato", "init", "-A", ".", "-y"], {"yaml": True}),
+        (["tomato", "start", "-p", "1", "-vv"], {"verbose": 2, "quiet": 0}),
+        (["tomato", "start", "--quiet", "--json"], {"quiet": 1, "json": True}),
+        (["tomato", "stop", "-y"], {"yaml": True}),
+        (["passata", "reset", "dev/1", "-f"], {"force": True}),
+        (["passata", "constants", "dev/1", "max"], {"names": ("max",)}),
+        (["ketchup", "snapshot", "1", "2"], {"jobids": (1, 2)}),
+        # --timeout: seconds, or with a unit; tomato's milliseconds said explicitly
+        (["ketchup", "status", "--timeout", "2000ms"], {"timeout": 2.0}),
+        (["ketchup", "status", "-t", "0.5"], {"timeout": 0.5}),
+        (["ketchup", "status", "-t", "3s"], {"timeout": 3.0}),
     ],
 )
 def test_common_options_after_arguments(argv: list[str], expect: dict[str, object]) -> None:
@@ -445,6 +469,18 @@ def test_common_options_after_arguments(argv: list[str], expect: dict[str, objec
     ctx = cmds[" ".join(words)].make_context(words[-1], argv[n:])
     for k, v in expect.items():
         assert ctx.params[k] == v, (k, ctx.params)
+
+
+@pytest.mark.parametrize("value", ["2000", "3000", "1000"])
+def test_tomato_millisecond_timeout_is_refused_as_ambiguous(value: str) -> None:
+    """tomato's --timeout is in ms, ours in s: a bare 2000 would wait half an hour."""
+    from typer.testing import CliRunner
+
+    from tomato_mqtt.cli import ketchup
+
+    res = CliRunner().invoke(ketchup.app, ["status", "--timeout", value])
+    assert res.exit_code == 2
+    assert f"{value} is ambiguous" in res.output and f"{value}ms" in res.output
 
 
 def test_common_options_reach_the_command(tmp_path: Path) -> None:

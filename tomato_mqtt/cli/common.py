@@ -52,6 +52,7 @@ import typer
 
 from tomato_mqtt.cli.fastsettings import light_mqtt
 from tomato_mqtt.cli.output import Output, emit, table
+from tomato_mqtt.cli.timeout import parse_timeout
 from tomato_mqtt.config.url import BrokerURL
 from tomato_mqtt.wire.topics import Topics
 
@@ -102,7 +103,17 @@ InstanceOpt = Annotated[
 AppDirOpt = Annotated[Path | None, typer.Option("-A", "--appdir", help="settings directory")]
 DataDirOpt = Annotated[Path | None, typer.Option("-D", "--datadir", help="data directory")]
 LogDirOpt = Annotated[Path | None, typer.Option("-L", "--logdir", help="log directory")]
-TimeoutOpt = Annotated[float, typer.Option("--timeout", "-t", help="seconds to wait for an answer")]
+
+TimeoutOpt = Annotated[
+    float,
+    typer.Option(
+        "--timeout",
+        "-t",
+        help="seconds to wait for an answer, or with a unit: 500ms, 2s "
+        "(tomato's bare milliseconds, 1000 and up, are refused as ambiguous)",
+        parser=parse_timeout,
+    ),
+]
 YamlOpt = Annotated[bool, typer.Option("-y", "--yaml", help="print the Reply as YAML")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="print the Reply as JSON")]
 
@@ -209,7 +220,9 @@ def options(names: Sequence[str] = CLIENT, *, timeout: float = 5.0) -> Callable[
         @functools.wraps(func)
         def command(*args: Any, **kwargs: Any) -> Any:
             given = {n: kwargs.pop(n) for n in chosen if n in kwargs}
-            kwargs[slot] = Opts(**{"timeout": timeout, **given})
+            opts = Opts(**{"timeout": timeout, **given})
+            kwargs[slot] = opts
+            _REPLY_FORMAT[0] = "json" if opts.json else "yaml" if opts.yaml else None
             return func(*args, **kwargs)
 
         # typer reads inspect.signature() (which stops at __signature__) for the
@@ -332,8 +345,21 @@ def client(ctx: CallContext, timeout: float = 10.0) -> Tomato:
     return Tomato(ctx.url, ctx.instance, timeout=timeout)
 
 
+# -y/--json of the command running now: then a failure is also a Reply on stdout
+_REPLY_FORMAT: list[str | None] = [None]
+
+
 def fail(msg: str, code: int = 1) -> NoReturn:
+    """The one way a command fails: ``error: msg`` on stderr and exit ``code``.
+
+    Under ``-y``/``--json`` the failure is also printed on stdout as a Reply with
+    ``success: false`` (as tomato does, e.g. ``tomato status -y`` with no stack), so a
+    script that parses stdout always gets a Reply.
+    """
     typer.echo(f"error: {msg}", err=True)
+    fmt = _REPLY_FORMAT[0]
+    if fmt is not None:
+        Output(fmt == "yaml", fmt == "json").print_doc({"success": False, "msg": msg, "data": None})
     raise typer.Exit(code)
 
 

@@ -42,7 +42,7 @@ ComponentArg = Annotated[
     str,
     typer.Argument(help="component: 'driver:(address,channel)' or 'device/channel'"),
 ]
-ForceOpt = Annotated[bool, typer.Option("--force", help="also while a task runs")]
+ForceOpt = Annotated[bool, typer.Option("--force", "-f", help="also while a task runs")]
 
 # how long to wait for a retained message that should be there
 RETAINED_WAIT = 2.0

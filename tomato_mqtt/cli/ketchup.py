@@ -20,7 +20,8 @@ import typer
 from tomato_mqtt.cli import common
 
 if TYPE_CHECKING:
-    pass
+    from tomato_mqtt.client.sync import Tomato
+    from tomato_mqtt.transport import oneshot
 
 __all__ = ["app", "main"]
 
@@ -86,8 +87,10 @@ def submit(
 def _submitted(msg: str, job: Any) -> str:
     lines = [msg]
     if isinstance(job, Mapping):
-        if job.get("reason"):
+        if job.get("reason") and job.get("status") == "q":
             lines.append(f"note: no pipeline can run it yet: {job['reason']}")
+        elif job.get("reason"):
+            lines.append(f"note: {job['reason']}")
         if job.get("respath"):
             lines.append(f"output: {job['respath']}")
     return "\n".join(lines)
@@ -133,7 +136,9 @@ def status(
         ctx, ctx.topics.scheduler_cmd("job_status"), args, timeout=opts.timeout
     )
     one = bool(jobids) and len(jobids or []) == 1
-    opts.output().reply(reply, _job_detail if one else _job_table)
+    show = _job_detail if one else _job_table
+    # tomato's summary line ("found 1 job with status ['r']") above the table
+    opts.output().reply(reply, lambda jobs: f"{reply.msg}\n{show(jobs)}" if jobs else reply.msg)
     final = reply.data[0] if reply.success and isinstance(reply.data, list) and reply.data else {}
     if follow and final.get("status") in ("ce", "cd"):
         raise typer.Exit(1)
@@ -173,17 +178,23 @@ def _follow(ctx: common.CallContext, jobid: int, opts: common.Opts) -> None:
 def search(
     name: Annotated[str, typer.Argument(help="(part of) the job name")],
     complete: Annotated[
-        bool, typer.Option("-c", "--complete", help="also search completed jobs")
+        bool,
+        typer.Option(
+            "-c", "--complete", help="accepted for tomato; ended jobs are always searched"
+        ),
     ] = False,
     *,
     opts: common.Opts,
 ) -> None:
-    """Find jobs by name (queued and running ones; with -c also completed ones)."""
+    """Find jobs by name, whatever their status (as tomato 2.2: also ended ones).
+
+    No match is a failure (exit 1), as in tomato: "no job matching 'x' found".
+    """
     ctx = opts.context()
     reply = common.run_request(
         ctx,
         ctx.topics.scheduler_cmd("job_search"),
-        {"name": name, "complete": complete},
+        {"name": name, "complete": True},
         timeout=opts.timeout,
     )
     opts.output().reply(reply, _job_table)
@@ -257,41 +268,54 @@ def cancel(
 @app.command()
 @common.options(common.CLIENT, timeout=60.0)
 def snapshot(
-    jobid: Annotated[int, typer.Argument(help="the job to snapshot")],
+    jobids: Annotated[list[int], typer.Argument(help="the job(s) to snapshot")],
     opts: common.Opts,
 ) -> None:
-    """Write an up-to-date snapshot.<jobid>.nc of a job into the current directory.
+    """Write an up-to-date snapshot.<jobid>.nc of each job into the current directory.
 
     The recorder writes the file; its content comes here over MQTT in chunks, so this
-    works from any PC that reaches the broker.
+    works from any PC that reaches the broker. Several ids as in tomato; the first
+    failure stops there (files already written stay).
     """
-    from tomato_mqtt.client import ClientError
     from tomato_mqtt.transport import oneshot
 
     ctx = opts.context()
-    target = Path.cwd() / f"snapshot.{jobid}.nc"
+    done: list[Any] = []
     with common.client(ctx, timeout=opts.timeout) as t:
-        try:
-            r = t.request(ctx.topics.scheduler_cmd("job_snapshot"), {"jobid": jobid})
-        except oneshot.OneShotError as e:
-            common.fail(f"{e} ({ctx.where()})")
-        if not r.success or not isinstance(r.data, dict):
-            opts.output().reply(r, lambda _d: r.msg)
-            return
-        from tomato_mqtt.wire.commands import FileData
+        for jobid in jobids:
+            reply = _snapshot_one(t, ctx, jobid)
+            if not reply.success:
+                if done:
+                    reply.msg += f" (written before: {', '.join(d['path'] for d in done)})"
+                break
+            done.append(reply.data)
+    if reply.success and len(jobids) > 1:
+        paths = ", ".join(str(d["path"]) for d in done)
+        reply = oneshot.Reply(reply.id, True, f"snapshots of jobs {jobids}: {paths}", done)
+    opts.output().reply(reply, lambda _d: reply.msg)
 
-        try:
-            info = FileData.model_validate(r.data)
-        except ValueError:
-            r = oneshot.Reply(r.id, False, f"snapshot reply without a file: {r.msg}")
-            opts.output().reply(r, lambda _d: r.msg)
-            return
-        try:  # the recorder's file, in chunks over MQTT (works from any PC)
-            got = t.fetch_file(info, target)
-        except (ClientError, OSError) as e:
-            r = oneshot.Reply(r.id, False, f"cannot write {target}: {e}")
-            opts.output().reply(r, lambda _d: r.msg)
-            return
+
+def _snapshot_one(t: Tomato, ctx: common.CallContext, jobid: int) -> oneshot.Reply:
+    """One job's snapshot into ./snapshot.<jobid>.nc: the recorder's file, in chunks."""
+    from tomato_mqtt.client import ClientError
+    from tomato_mqtt.transport import oneshot
+    from tomato_mqtt.wire.commands import FileData
+
+    target = Path.cwd() / f"snapshot.{jobid}.nc"
+    try:
+        r = t.request(ctx.topics.scheduler_cmd("job_snapshot"), {"jobid": jobid})
+    except oneshot.OneShotError as e:
+        common.fail(f"{e} ({ctx.where()})")
+    if not r.success or not isinstance(r.data, dict):
+        return r
+    try:
+        info = FileData.model_validate(r.data)
+    except ValueError:
+        return oneshot.Reply(r.id, False, f"snapshot reply without a file: {r.msg}")
+    try:  # the recorder's file, in chunks over MQTT (works from any PC)
+        got = t.fetch_file(info, target)
+    except (ClientError, OSError) as e:
+        return oneshot.Reply(r.id, False, f"cannot write {target}: {e}")
     data_out: dict[str, Any] = {
         "path": str(target),
         "size": got,
@@ -302,8 +326,7 @@ def snapshot(
     msg = f"snapshot of job {jobid} written to {target}"
     if info.missing:
         msg += f" (still missing: {', '.join(str(m) for m in info.missing)})"
-    reply = oneshot.Reply(r.id, True, msg, data_out)
-    opts.output().reply(reply, lambda _d: reply.msg)
+    return oneshot.Reply(r.id, True, msg, data_out)
 
 
 def main() -> None:

@@ -24,6 +24,7 @@ class Section(str, enum.Enum):
     components = "components"
     nodes = "nodes"
     drivers = "drivers"
+    tomato = "tomato"  # tomato's name of the default section: the scheduler
 
 
 @app.command()
@@ -37,6 +38,8 @@ def status(
 ) -> None:
     """Show the scheduler, or its pipelines, devices, components, nodes or drivers."""
     ctx = opts.context()
+    if section is Section.tomato:
+        section = Section.scheduler
     reply = common.run_request(
         ctx, ctx.topics.scheduler_cmd("status"), {"what": section.value}, timeout=opts.timeout
     )

@@ -23,6 +23,7 @@ __all__ = [
     "Validator",
     "match",
     "next_launches",
+    "waiting_reason",
 ]
 
 
@@ -185,6 +186,31 @@ def next_launches(
             busy |= comps
             break
     return out
+
+
+def waiting_reason(
+    candidates: Sequence[str], pipelines: Mapping[str, PipelineState], sample: str
+) -> str | None:
+    """Why a job that some pipeline can run still waits, when the user must act.
+
+    A matching job (``qw``) launches only on a candidate pipeline that holds its sample
+    and is ready; without this it would sit at ``qw`` with no word. ``None`` when it just
+    waits for a running job to end.
+    """
+    holding = [n for n in candidates if n in pipelines and pipelines[n].sample == sample]
+    if not holding:
+        where = ", ".join(candidates)
+        return (
+            f"no pipeline holds sample {sample!r}: load it into one of {where} "
+            f"(tomato pipeline load <pipeline> {sample})"
+        )
+    if not any(pipelines[n].ready for n in holding):
+        names = ", ".join(holding)
+        return (
+            f"sample {sample!r} is in {names}, which is not ready "
+            "(tomato pipeline ready <pipeline>)"
+        )
+    return None
 
 
 def _job_id(job: Job) -> int:

@@ -26,6 +26,7 @@ __all__ = [
     "Supervisor",
     "pid_alive",
     "pidfile_path",
+    "port_free",
     "port_in_use",
     "read_pidfile",
 ]
@@ -81,6 +82,21 @@ def port_in_use(host: str, port: int) -> bool:
         return s.connect_ex((host, port)) == 0
 
 
+def port_free(host: str, port: int) -> bool:
+    """Whether a listener could bind ``host:port`` now (as asyncio's servers bind it)."""
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+        return True
+
+
+#: a broker that exits this soon after its first start could not listen: give up
+BROKER_STARTUP_WINDOW = 10.0
+
+
 @dataclass
 class Child:
     name: str
@@ -103,8 +119,10 @@ class Supervisor:
         broker_host: str,
         port: int,
         node_name: str,
+        service_flags: list[str] | None = None,
     ) -> None:
         exe = [sys.executable, "-m", "tomato_mqtt.cli.tomato"]
+        flags = list(service_flags or [])  # -v/-q of `tomato start`
         self.logdir = logdir
         self.pidfile = pidfile
         self.port = port
@@ -113,12 +131,14 @@ class Supervisor:
         if embedded_broker:
             self.children.append(Child("broker", [*exe, "broker", *common_args]))
         self.children += [
-            Child("scheduler", [*exe, "scheduler", *common_args]),
-            Child("recorder", [*exe, "recorder", *common_args]),
-            Child("node", [*exe, "node", "--name", node_name, *common_args]),
+            Child("scheduler", [*exe, "scheduler", *common_args, *flags]),
+            Child("recorder", [*exe, "recorder", *common_args, *flags]),
+            Child("node", [*exe, "node", "--name", node_name, *common_args, *flags]),
         ]
         self._stop = asyncio.Event()
         self.stopping = False
+        #: why the stack gave up at start (the broker could not listen), else None
+        self.failed: str | None = None
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
@@ -135,7 +155,11 @@ class Supervisor:
             self.stopping = True
             for w in watchers:
                 w.cancel()
-            # nodes first (they flush data), broker last
+            # nodes first (they flush data), broker last; after a failed start nothing
+            # holds data and the services cannot reach a broker: do not wait long
+            if self.failed:  # all at once, shortly: there is nothing to flush
+                await asyncio.gather(*(self._terminate(c, 2.0) for c in self.children))
+                return 1
             for name in ("node", "scheduler", "recorder", "broker"):
                 for c in self.children:
                     if c.name == name:
@@ -168,6 +192,12 @@ class Supervisor:
                 self._stop.set()
                 return
             now = time.monotonic()
+            if c.name == "broker" and c.restarts == 0 and now - c.started < BROKER_STARTUP_WINDOW:
+                # it never served (a port taken, a bad certificate): restarting cannot help
+                self.failed = _last_error(c.log_path) or f"the broker exited with code {rc}"
+                log.error("the broker could not start: %s", self.failed)
+                self._stop.set()
+                return
             c.fails = [t for t in c.fails if now - t < 60] + [now]
             c.restarts += 1
             delay = min(0.2 * 2 ** (len(c.fails) - 1), 10.0)
@@ -176,16 +206,31 @@ class Supervisor:
                 await asyncio.wait_for(self._stop.wait(), delay)
             c.proc = None
 
-    async def _terminate(self, c: Child) -> None:
+    async def _terminate(self, c: Child, grace: float = 10.0) -> None:
         p = c.proc
         if p is None or p.returncode is not None:
             return
         with contextlib.suppress(ProcessLookupError):
             p.terminate()
         try:
-            await asyncio.wait_for(p.wait(), 10.0)
+            await asyncio.wait_for(p.wait(), grace)
         except asyncio.TimeoutError:
-            log.warning("%s did not stop within 10 s: killing it", c.name)
+            log.warning("%s did not stop within %g s: killing it", c.name, grace)
             with contextlib.suppress(ProcessLookupError):
                 p.kill()
             await p.wait()
+
+
+def _last_error(path: Path | None) -> str | None:
+    """The last line of a child's stderr that names an error (its traceback's last line)."""
+    if path is None:
+        return None
+    try:
+        lines = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return None
+    for line in reversed(lines[-40:]):
+        line = line.strip()
+        if line and ("Error" in line.split(":", 1)[0] or line.startswith("error:")):
+            return line
+    return None

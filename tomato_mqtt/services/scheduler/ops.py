@@ -21,10 +21,17 @@ from tomato_mqtt.config.settings import load_settings
 from tomato_mqtt.driver.validate import TaskValidationError, validate_task
 from tomato_mqtt.errors import ConfigError
 from tomato_mqtt.model.jobs import Job, PipelineState
-from tomato_mqtt.model.matching import ComponentView, MatchResult, match, next_launches
+from tomato_mqtt.model.matching import (
+    ComponentView,
+    MatchResult,
+    match,
+    next_launches,
+    waiting_reason,
+)
 from tomato_mqtt.services.scheduler.access import Access
 from tomato_mqtt.services.scheduler.lifecycle import JobLifecycle
 from tomato_mqtt.services.scheduler.status import pipeline_info, status_section
+from tomato_mqtt.services.scheduler.texts import found_text, sample_of
 from tomato_mqtt.transport.rpc import CommandError, Handler, Result
 from tomato_mqtt.wire.commands import (
     JobIdsArgs,
@@ -133,6 +140,11 @@ class SchedulerOps:
                 code="conflict",
             )
         removed_pips = set(svc.layout.pipelines) - set(new_layout.pipelines)
+        drivers_changed = sorted(
+            d
+            for d in set(old.drivers) | set(new_settings.drivers)
+            if old.drivers.get(d) != new_settings.drivers.get(d)
+        )
         svc.settings = new_settings
         svc.layout = new_layout
         self.store.sync_pipelines(new_layout.pipelines)
@@ -142,7 +154,11 @@ class SchedulerOps:
             await svc.publish_pipeline(p.name)
         await svc.configure_nodes()
         svc.kick()
-        return Result("reload done: " + _describe_diff(diff), _jsonable_diff(diff))
+        what = _describe_diff(diff)
+        if drivers_changed:  # not part of the layout's diff, but a change all the same
+            more = f"settings of driver(s): {', '.join(drivers_changed)}"
+            what = more if what == "no changes" else f"{what}; {more}"
+        return Result("reload done: " + what, _jsonable_diff(diff))
 
     async def stop(self, args: Mapping[str, JsonValue]) -> Result:
         self.access.require("stop")
@@ -197,6 +213,7 @@ class SchedulerOps:
             )
         p = self.store.update_pipeline(a.pipeline, sampleid=None, ready=False)
         await self.svc.publish_pipeline(a.pipeline)
+        self.svc.kick()  # queued jobs for that sample now wait for the user again: say so
         return Result(f"pipeline {a.pipeline} ejected", self._pip_data(p))
 
     async def pipeline_ready(self, args: Mapping[str, JsonValue]) -> Result:
@@ -225,6 +242,8 @@ class SchedulerOps:
         job = self.store.add_job(pdict, a.jobname, a.submit_dir, owner=self.access.owner())
         out = pdict.get("settings", {}).get("output", {})
         base = Path(out.get("path") or a.submit_dir or self.svc.settings.jobs_dir / str(job.id))
+        if not base.is_absolute() and a.submit_dir:  # as tomato: relative to where submit ran
+            base = Path(a.submit_dir) / base
         prefix = out.get("prefix") or f"results.{job.id}"
         job = self.store.update_job(job.id, respath=str(base / f"{prefix}.nc"))
         await self.svc.publish_job(job)
@@ -251,14 +270,18 @@ class SchedulerOps:
         self.access.require("job_status")
         a = JobIdsArgs.model_validate(args)
         jobs = self._jobs(a.jobids)
-        return Result(f"{len(jobs)} job(s)", [j.model_dump(mode="json") for j in jobs])
+        return Result(found_text(jobs), [j.model_dump(mode="json") for j in jobs])
 
     async def job_search(self, args: Mapping[str, JsonValue]) -> Result:
         self.access.require("job_search")
         a = SearchArgs.model_validate(args)
         jobs = self.store.search(a.name, complete=a.complete)
+        if not jobs:  # as tomato: no match is a failure
+            raise CommandError(f"no job matching {a.name!r} found", code="not_found")
+        ids = [j.id for j in jobs]
+        what = "job" if len(ids) == 1 else "jobs"
         return Result(
-            f"{len(jobs)} job(s) match {a.name!r}", [j.model_dump(mode="json") for j in jobs]
+            f"{what} matching {a.name!r} found: {ids}", [j.model_dump(mode="json") for j in jobs]
         )
 
     async def job_cancel(self, args: Mapping[str, JsonValue]) -> Result:
@@ -343,11 +366,15 @@ class SchedulerOps:
             return
         views = self._views()
         matches: dict[int, MatchResult] = {}
+        pips = {p.name: p for p in self.store.pipelines()}
         for job in queue:
             res = match(job.payload.get("method", []), svc.layout.pipelines, views, self._validator)
             matches[job.id] = res
             new_status = "qw" if res.candidates else job.status
-            reason = None if res.candidates else res.reason
+            if res.candidates:  # it can run: say when it waits for the user (a sample)
+                reason = waiting_reason(res.candidates, pips, sample_of(job))
+            else:
+                reason = res.reason
             if new_status != job.status or reason != job.reason:
                 job = self.store.update_job(job.id, status=new_status, reason=reason)
                 await svc.publish_job(job)
@@ -355,13 +382,7 @@ class SchedulerOps:
                     svc.job_event(job.id, "matched", status="qw")
         queue = list(self.store.jobs(statuses=["q", "qw"]))
         pips = {p.name: p for p in self.store.pipelines()}
-        launches = next_launches(
-            queue,
-            pips,
-            matches,
-            lambda j: str(j.payload.get("sample", {}).get("identifier")),
-            layouts=svc.layout.pipelines,
-        )
+        launches = next_launches(queue, pips, matches, sample_of, layouts=svc.layout.pipelines)
         for jobid, pipeline in launches:
             await self._launch(self.store.job(jobid), pipeline)
 
