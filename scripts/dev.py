@@ -19,7 +19,14 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 VENV = Path(os.environ.get("TOMATO_VENV", REPO / ".venv"))
 PY = VENV / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
-PROJECTS = [".", "broker", "drivers/example_counter", "drivers/psutil", "tests/drivers/faulty"]
+PROJECTS = [
+    ".",
+    "broker",
+    "drivers/example_counter",
+    "drivers/psutil",
+    "drivers/daq_sim",
+    "tests/drivers/faulty",
+]
 LINT_PATHS = ["tomato_mqtt", "broker", "drivers", "tests", "bench", "scripts"]
 
 
