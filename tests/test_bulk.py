@@ -18,6 +18,7 @@ import xarray as xr
 
 from tests.conftest import RunningBroker
 from tests.inproc import inproc_stack
+from tests.tomato22 import read_with_tomato
 
 PAYLOAD = {
     "version": "2.2",
@@ -78,3 +79,7 @@ async def test_bulk_and_array_data_reach_the_file(
             assert np.all(np.abs(peak - ana["peak_freq"].values) < 100 / 31)
         finally:
             dt.close()
+    # tomato 2.2's own models read the file (issue 12)
+    got = read_with_tomato(done.respath)
+    assert set(got["components"]) == {"daq", "analyser"}
+    assert got["components"]["analyser"]["role"] == "analyser"

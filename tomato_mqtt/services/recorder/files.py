@@ -125,7 +125,7 @@ class Files:
                 )
                 for role, raws in per_role.items()
             ]
-            root = {"tomato_version": __version__, "tomato_Job": json.dumps(a.job)}
+            root = {"tomato_version": __version__, "tomato_Job": job_json(a)}
             guard = self.svc.guard
             try:
                 # only below the allowed roots, never over a file of another job
@@ -232,6 +232,17 @@ def roles_with_tasks(a: FinalizeArgs) -> list[str]:
         return list(a.roles)
     used = {t.get("component_role") for t in method if isinstance(t, dict)}
     return [r for r in a.roles if r in used]
+
+
+def job_json(a: FinalizeArgs) -> str:
+    """``tomato_Job``: the job with the fields of ``tomato.models.Job`` it lacks filled
+    (``connected_at``: when the tasks started, ``jobpath``: the job's folder, ``pid``:
+    none, no job process here)."""
+    job = dict(a.job)
+    job.setdefault("connected_at", job.get("launched_at"))
+    job.setdefault("jobpath", a.fallback_dir)
+    job.setdefault("pid", None)
+    return json.dumps(job, separators=(",", ":"))
 
 
 def component_json(role: str, meta: dict[str, Any]) -> str:
