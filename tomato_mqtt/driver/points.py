@@ -3,13 +3,18 @@
 
 from __future__ import annotations
 
+import logging
 import numbers
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
+
+import pint
 
 from tomato_mqtt.driver.spec import TaskSpec
 
-__all__ = ["Point", "TaskEnd", "Value"]
+__all__ = ["Point", "TaskEnd", "Value", "spelling"]
+
+log = logging.getLogger(__name__)
 
 Value = float | int | str | bool | None
 _PLAIN = (float, int, str, bool, type(None))
@@ -50,6 +55,19 @@ def _scalar(name: str, v: object) -> Value:
         f"variable {name!r}: a point value must be a number, text, bool or quantity,"
         f" not {type(v).__name__}"
     )
+
+
+def spelling(device: Any, name: str, units: Any) -> str:
+    """The units of a variable as the driver spells them: the ``units`` of its attr of
+    that name when they are these units (``MHz``, ``bytes``), else pint's name."""
+    try:
+        attr = device.attrs().get(name)
+        declared = attr.spec().units if attr is not None else None
+        if declared and pint.Unit(declared) == units:
+            return str(declared)
+    except Exception:  # a driver's attrs() failing must not lose the point
+        log.debug("units of %s: attrs() failed", name, exc_info=True)
+    return str(units)
 
 
 def _describe(task: TaskSpec) -> str:

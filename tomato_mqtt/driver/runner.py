@@ -34,7 +34,15 @@ import pint
 from tomato_mqtt.driver.base import ModelDevice
 from tomato_mqtt.driver.block import Block
 from tomato_mqtt.driver.bulk import execute_blocks
-from tomato_mqtt.driver.points import _PLAIN, Point, TaskEnd, Value, _describe, _scalar
+from tomato_mqtt.driver.points import (
+    _PLAIN,
+    Point,
+    TaskEnd,
+    Value,
+    _describe,
+    _scalar,
+    spelling,
+)
 from tomato_mqtt.driver.spec import AttrSpec, TaskSpec
 from tomato_mqtt.driver.validate import TaskValidationError, validate_task
 
@@ -274,7 +282,7 @@ class ComponentRunner:
             elif isinstance(v, pint.Quantity):
                 known = self._units.get(k)
                 if known is None:
-                    known = self._units.setdefault(k, (v.units, str(v.units)))
+                    known = self._units.setdefault(k, (v.units, spelling(self.device, k, v.units)))
                 mag = v.magnitude if v.units == known[0] else v.m_as(known[0])
                 values[k] = _scalar(k, mag)
                 if units is None:

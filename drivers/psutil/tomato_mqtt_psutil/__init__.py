@@ -2,7 +2,8 @@
 
 Techniques ``all_info``, ``cpu_info`` and ``mem_info`` (as in tomato-psutil); every attr
 is read-only and part of the component status. Values carry units (percent, bytes,
-megahertz). Any address and channel work: the component is always this PC.
+MHz), spelled as tomato-psutil spells them (kept so in the file). Any address and
+channel work: the component is always this PC.
 
 ``cpu_usage`` is the system-wide CPU load since this component's previous reading (at
 least 50 ms before; a quicker reading repeats the last value, the first one is the
@@ -89,9 +90,9 @@ class Device(ModelDevice):
 
     def attrs(self) -> dict[str, Attr]:
         return {
-            "mem_total": Attr(type=pint.Quantity, units="byte", status=True),
-            "mem_avail": Attr(type=pint.Quantity, units="byte", status=True),
-            "mem_used": Attr(type=pint.Quantity, units="byte", status=True),
+            "mem_total": Attr(type=pint.Quantity, units="bytes", status=True),
+            "mem_avail": Attr(type=pint.Quantity, units="bytes", status=True),
+            "mem_used": Attr(type=pint.Quantity, units="bytes", status=True),
             "mem_usage": Attr(type=pint.Quantity, units="percent", status=True),
             "cpu_count": Attr(type=int, status=True),
             "cpu_freq": Attr(type=pint.Quantity, units="MHz", status=True),
@@ -121,9 +122,9 @@ class Device(ModelDevice):
         if any(n.startswith("mem_") for n in names):
             vm = psutil.virtual_memory()
             mem = {
-                "mem_total": _q(vm.total, "byte"),
-                "mem_avail": _q(vm.available, "byte"),
-                "mem_used": _q(vm.used, "byte"),
+                "mem_total": _q(vm.total, "bytes"),
+                "mem_avail": _q(vm.available, "bytes"),
+                "mem_used": _q(vm.used, "bytes"),
                 "mem_usage": _q(vm.percent, "percent"),
             }
             out.update((n, mem[n]) for n in names if n in mem)
