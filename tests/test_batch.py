@@ -140,3 +140,31 @@ def test_a_bad_block_ends_the_task_in_error_saying_why() -> None:
     end, _ = _run(_Drv().DeviceFactory(("a", "1"), bad=True), task)
     assert end.reason == "error"
     assert end.message is not None and "bad block" in end.message and "timestamps" in end.message
+
+
+def test_the_adapter_example_in_the_docs_maps_a_dataset_to_a_block() -> None:
+    """docs/drivers.md: ``block_from_dataset`` (tomato 2.2 driver data -> Block) runs."""
+    import re
+    from pathlib import Path
+
+    import xarray as xr
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "drivers.md").read_text()
+    code = next(
+        c for c in re.findall(r"```python\n(.*?)```", text, re.S) if "def block_from_dataset" in c
+    )
+    ns: dict[str, Any] = {"Block": Block}
+    exec(code, ns)
+    freq = xr.DataArray([1.0, 2.0, 3.0], dims="freq", attrs={"units": "MHz"})
+    ds = xr.Dataset(
+        {
+            "s11": (("uts", "freq"), np.arange(6.0).reshape(2, 3), {"units": "dB"}),
+            "temp": ("uts", [20.0, 21.0], {"units": "degC"}),
+        },
+        coords={"uts": [1.0, 2.0], "freq": freq},
+    )
+    b = ns["block_from_dataset"](ds)
+    b.check()
+    assert b.dims == {"s11": ["freq"]} and list(b.coords["freq"]) == [1.0, 2.0, 3.0]
+    assert b.units == {"s11": "dB", "temp": "degC", "freq": "MHz"}
+    assert ns["block_from_dataset"](None) is None
