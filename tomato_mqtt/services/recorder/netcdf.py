@@ -188,9 +188,43 @@ def write_job_file(path: Path, roles: Sequence[RoleInput], root_attrs: Mapping[s
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
-        tree.to_netcdf(tmp, engine="netcdf4")
+        _write(tmp, tree)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def _write(path: str, tree: xr.DataTree) -> None:
+    """The tree with netCDF4 directly: the layout xarray writes (dimension coordinates,
+    ``_FillValue`` NaN for floats, text as variable-length strings), in one open file.
+
+    ``DataTree.to_netcdf`` re-opens the file for every group (~30 ms each): a job of 100
+    components spent seconds there before its file existed.
+    """
+    import netCDF4
+
+    with netCDF4.Dataset(path, "w", format="NETCDF4") as nc:
+        nc.setncatts({str(k): v for k, v in tree.attrs.items()})
+        for name, node in tree.children.items():
+            g = nc.createGroup(name)
+            ds = node.to_dataset()
+            for dim, size in ds.sizes.items():
+                g.createDimension(str(dim), size)
+            for vname, var in ds.variables.items():
+                values = var.values
+                kind = values.dtype.kind
+                if kind in "UO":
+                    v = g.createVariable(str(vname), str, tuple(map(str, var.dims)))
+                    if values.size:
+                        v[:] = values.astype(object)
+                else:
+                    fill = np.nan if kind == "f" else None
+                    v = g.createVariable(
+                        str(vname), values.dtype, tuple(map(str, var.dims)), fill_value=fill
+                    )
+                    if values.size:
+                        v[:] = values
+                v.setncatts({str(k): a for k, a in var.attrs.items()})
+            g.setncatts({str(k): a for k, a in ds.attrs.items()})
