@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import xarray as xr
 import yaml
 
 from tests.conftest import RunningBroker
@@ -31,6 +32,15 @@ async def test_tomato_models_read_our_file(
         job = await st.call("job_submit", {"payload": payload, "submit_dir": str(tmp_path)})
         done = await st.wait_job(job.id, {"c", "ce", "cd"})
         assert done.status == "c", done.reason
+    # dtypes as tomato 2.2 writes the counter's defaults (its tests/common/results.ref.nc)
+    dt = xr.open_datatree(done.respath, engine="netcdf4")
+    try:
+        ds = dt["counter"].to_dataset()
+        dtypes = {k: ds[k].dtype.kind + str(ds[k].dtype.itemsize) for k in ("val", "min", "max")}
+        assert dtypes == {"val": "i8", "min": "i8", "max": "i8"}
+        assert ds["param"].dtype == "float64"
+    finally:
+        dt.close()
     got = read_with_tomato(done.respath)
     j = got["job"]
     assert j["id"] == job.id and j["status"] == "c"

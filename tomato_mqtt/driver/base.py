@@ -174,6 +174,11 @@ class ModelDevice(ABC):
             raise AttributeError(f"unknown attr {attr!r}")
         return getattr(self, attr)
 
+    data_units: dict[str, str] = {}
+    """Variable -> units as the file should spell them (``"MHz"``, ``"bytes"``): a
+    quantity of that variable is converted to them and labelled with this exact string.
+    Without an entry, a quantity keeps its own units, labelled as pint names them."""
+
     block_interval: float | None = None
     """Seconds between :meth:`do_task_block` calls; set it to make this a *bulk* device.
 

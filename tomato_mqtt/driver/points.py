@@ -57,17 +57,17 @@ def _scalar(name: str, v: object) -> Value:
     )
 
 
-def spelling(device: Any, name: str, units: Any) -> str:
-    """The units of a variable as the driver spells them: the ``units`` of its attr of
-    that name when they are these units (``MHz``, ``bytes``), else pint's name."""
-    try:
-        attr = device.attrs().get(name)
-        declared = attr.spec().units if attr is not None else None
-        if declared and pint.Unit(declared) == units:
-            return str(declared)
-    except Exception:  # a driver's attrs() failing must not lose the point
-        log.debug("units of %s: attrs() failed", name, exc_info=True)
-    return str(units)
+def spelling(device: Any, name: str, units: Any) -> tuple[Any, str]:
+    """(pint units, label) of a quantity variable: the driver's ``data_units`` spelling
+    (``MHz``, ``bytes``: kept verbatim in the file) when it names the variable, else the
+    quantity's own units, labelled as pint names them (as tomato writes quantities)."""
+    spelled = (getattr(device, "data_units", None) or {}).get(name)
+    if spelled:
+        try:
+            return pint.Unit(spelled), str(spelled)
+        except Exception:
+            log.warning("data_units[%r] = %r is not known to pint: ignored", name, spelled)
+    return units, str(units)
 
 
 def _describe(task: TaskSpec) -> str:

@@ -282,7 +282,7 @@ class ComponentRunner:
             elif isinstance(v, pint.Quantity):
                 known = self._units.get(k)
                 if known is None:
-                    known = self._units.setdefault(k, (v.units, spelling(self.device, k, v.units)))
+                    known = self._units.setdefault(k, spelling(self.device, k, v.units))
                 mag = v.magnitude if v.units == known[0] else v.m_as(known[0])
                 values[k] = _scalar(k, mag)
                 if units is None:

@@ -83,6 +83,14 @@ def _cpu_freq() -> float | None:
 
 
 class Device(ModelDevice):
+    # the file spells them as tomato-psutil does
+    data_units = {
+        "mem_total": "bytes",
+        "mem_avail": "bytes",
+        "mem_used": "bytes",
+        "cpu_freq": "MHz",
+    }
+
     def __init__(self, driver: DriverInterface, key: tuple[str, str], **kwargs: Any) -> None:
         super().__init__(driver, key, **kwargs)
         self.cpu = CpuUsage()
@@ -122,9 +130,9 @@ class Device(ModelDevice):
         if any(n.startswith("mem_") for n in names):
             vm = psutil.virtual_memory()
             mem = {
-                "mem_total": _q(vm.total, "bytes"),
-                "mem_avail": _q(vm.available, "bytes"),
-                "mem_used": _q(vm.used, "bytes"),
+                "mem_total": _q(vm.total, "byte"),
+                "mem_avail": _q(vm.available, "byte"),
+                "mem_used": _q(vm.used, "byte"),
                 "mem_usage": _q(vm.percent, "percent"),
             }
             out.update((n, mem[n]) for n in names if n in mem)
