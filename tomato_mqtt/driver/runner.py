@@ -29,20 +29,10 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
-import pint
-
 from tomato_mqtt.driver.base import ModelDevice
 from tomato_mqtt.driver.block import Block
 from tomato_mqtt.driver.bulk import execute_blocks
-from tomato_mqtt.driver.points import (
-    _PLAIN,
-    Point,
-    TaskEnd,
-    Value,
-    _describe,
-    _scalar,
-    spelling,
-)
+from tomato_mqtt.driver.points import Point, TaskEnd, _describe, to_values
 from tomato_mqtt.driver.spec import AttrSpec, TaskSpec
 from tomato_mqtt.driver.validate import TaskValidationError, validate_task
 
@@ -50,6 +40,10 @@ __all__ = ["ComponentRunner", "Point", "TaskEnd"]  # Point, TaskEnd: from points
 
 log = logging.getLogger(__name__)
 
+
+# Waits shorter than this are sleeps (the stop flag is read after them): at 1 kHz an
+# Event.wait per point was most of the runner's CPU. A stop waits at most this long.
+SHORT_WAIT = 0.005
 
 # How long reset() waits for a task that was asked to stop, and close() for the worker.
 _STOP_WAIT = 10.0
@@ -103,7 +97,7 @@ class ComponentRunner:
         self._buf_n = 0  # points in _buf (a block counts its points)
         self._buf_units: dict[str, str] = {}
         # first units seen per variable: later quantities are converted to them
-        self._units: dict[str, tuple[Any, str]] = {}
+        self._units: dict[str, tuple[Any, str, Any]] = {}
 
         self._thread = threading.Thread(
             target=self._worker, name=f"runner-{device.key[0]},{device.key[1]}", daemon=True
@@ -274,22 +268,7 @@ class ComponentRunner:
 
     def _point(self, uts: float, raw: Mapping[str, Any], task: TaskSpec | None) -> Point:
         """Convert a driver's mapping (fast path: plain values) and buffer it."""
-        values: dict[str, Value] = {}
-        units: dict[str, str] | None = None
-        for k, v in raw.items():
-            if type(v) in _PLAIN:
-                values[k] = v
-            elif isinstance(v, pint.Quantity):
-                known = self._units.get(k)
-                if known is None:
-                    known = self._units.setdefault(k, spelling(self.device, k, v.units))
-                mag = v.magnitude if v.units == known[0] else v.m_as(known[0])
-                values[k] = _scalar(k, mag)
-                if units is None:
-                    units = {}
-                units[k] = known[1]
-            else:
-                values[k] = _scalar(k, v)
+        values, units = to_values(raw, self._units, self.device)
         point = Point(uts, values, task)
         self._append(point, units)
         return point
@@ -359,7 +338,13 @@ class ComponentRunner:
                 k += 1
                 deadline = p_start + k * si
                 remaining = deadline - perf()
-                if stop.wait(remaining) if remaining > 0 else stop.is_set():
+                if remaining > SHORT_WAIT:
+                    stopped = stop.wait(remaining)
+                else:  # a sleep costs a few µs of CPU, an Event.wait ~25 (a lock each)
+                    if remaining > 0:
+                        time.sleep(remaining)
+                    stopped = stop.is_set()
+                if stopped:
                     reason = "stopped"
                     message = run.stop_reason
                     break
