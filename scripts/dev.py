@@ -19,7 +19,14 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 VENV = Path(os.environ.get("TOMATO_VENV", REPO / ".venv"))
 PY = VENV / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
-PROJECTS = [".", "broker", "drivers/example_counter", "drivers/psutil", "tests/drivers/faulty"]
+PROJECTS = [
+    ".",
+    "broker",
+    "drivers/example_counter",
+    "drivers/psutil",
+    "drivers/daq_sim",
+    "tests/drivers/faulty",
+]
 LINT_PATHS = ["tomato_mqtt", "broker", "drivers", "tests", "bench", "scripts"]
 
 
@@ -63,6 +70,9 @@ def pytest(extra: list[str]) -> None:
     sh("bash", REPO / "scripts" / "ensure-faketime")
     # the test command installs Mosquitto: its compatibility tests must run, not skip
     os.environ.setdefault("TOMATO_REQUIRE_MOSQUITTO", "1")
+    # tomato 2.2's own models read our files, from a venv of their own (never ours)
+    sh(sys.executable, REPO / "scripts" / "ensure-tomato22.py")
+    os.environ.setdefault("TOMATO_REQUIRE_TOMATO22", "1")
     # coverage of tomato_mqtt, including the services the tests start as subprocesses
     for old in REPO.glob(".coverage*"):
         old.unlink()

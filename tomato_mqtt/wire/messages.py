@@ -10,7 +10,15 @@ from __future__ import annotations
 
 from typing import Any, Final, Literal, TypeVar
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, JsonValue, ValidationError
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    JsonValue,
+    ValidationError,
+    model_validator,
+)
 
 from tomato_mqtt.driver.spec import AttrSpec, TaskSpec
 from tomato_mqtt.model.jobs import Job, JobStatusCode
@@ -244,6 +252,11 @@ class ComponentMeta(WireModel):
     attrs: dict[str, AttrSpec] = Field(default_factory=dict)
     capabilities: list[str] = Field(default_factory=list)
     constants: dict[str, JsonValue] = Field(default_factory=dict)
+    block_interval: float | None = Field(
+        default=None,
+        description="a bulk component: s between the blocks of points its driver hands over "
+        "(the floor on sampling_interval does not apply to its tasks)",
+    )
 
 
 class TaskEndInfo(WireModel):
@@ -284,12 +297,23 @@ class ComponentStatus(WireModel):
     last_task: TaskEndInfo | None = None
 
 
+Cell = float | int | bool | str | None | list[Any]
+"""One value of a variable at one ``uts``: a scalar, or nested lists for extra dims."""
+
+
 class DataBatch(WireModel):
-    """A batch of points of one component stream.
+    """A batch of points of one component stream, as columns.
 
     ``vars`` maps each variable to one value per entry of ``uts``; ``job`` and ``task``
     are those the points were taken in (null for idle measurements): all points of a
-    batch belong to the same task.
+    batch belong to the same task. ``n`` is ``len(uts)`` (written before the columns, so
+    a reader can count points without parsing them). A value that could not be measured
+    is null (JSON has no NaN).
+
+    **Array-valued variables**: a variable named in ``dims`` has, per point, a nested
+    list whose axes are the extra dimensions listed there (in order); each extra
+    dimension's coordinate values are in ``coords``. ``units`` holds the units of
+    variables and of coordinates, as the driver spells them.
 
     Identity: ``(component, stream, seq)``. ``stream`` is a random id the node draws
     whenever a component's stream starts (node start, registration, re-registration,
@@ -304,9 +328,24 @@ class DataBatch(WireModel):
     epoch: int
     stream: str = ""
     seq: int
+    n: int | None = Field(default=None, description="number of points (len of uts)")
     uts: list[float]
-    vars: dict[str, list[float | int | bool | str | None]]
+    vars: dict[str, list[Cell]]
     units: dict[str, str] = Field(default_factory=dict)
+    dims: dict[str, list[str]] = Field(
+        default_factory=dict, description="variable -> its extra dimensions (after uts)"
+    )
+    coords: dict[str, list[float | int | str]] = Field(
+        default_factory=dict, description="extra dimension -> its coordinate values"
+    )
+
+    @model_validator(mode="after")
+    def _count(self) -> DataBatch:
+        if self.n is None:
+            self.n = len(self.uts)
+        elif self.n != len(self.uts):
+            raise ValueError(f"n is {self.n}, but uts has {len(self.uts)} entries")
+        return self
 
     def stream_id(self) -> str:
         return stream_id(self.stream, self.epoch)
@@ -317,12 +356,12 @@ class LastPoint(WireModel):
 
     component: str
     uts: float
-    values: dict[str, float | int | bool | str | None] = Field(
-        alias="vars", validation_alias=_renamed("vars", "values")
-    )
+    values: dict[str, Cell] = Field(alias="vars", validation_alias=_renamed("vars", "values"))
     units: dict[str, str] = Field(default_factory=dict)
     job: int | None = Field(None, alias="jobid", validation_alias=_renamed("jobid", "job"))
     task: int | None = None
+    dims: dict[str, list[str]] = Field(default_factory=dict)
+    coords: dict[str, list[float | int | str]] = Field(default_factory=dict)
 
 
 def stream_id(stream: str, epoch: int) -> str:

@@ -12,11 +12,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tomato_mqtt.driver import ComponentRunner, ModelDevice, ModelInterface, TaskEnd, TaskSpec
-from tomato_mqtt.driver.runner import Point
 from tomato_mqtt.driver.validate import to_jsonable
 from tomato_mqtt.wire.messages import ComponentMeta, ComponentState, ComponentStatus, NodeComponent
 
-__all__ = ["HostedComponent", "points_to_columns"]
+__all__ = ["HostedComponent"]
 
 
 @dataclass
@@ -95,6 +94,7 @@ class HostedComponent:
             attrs=attrs,
             capabilities=caps,
             constants=consts,
+            block_interval=self.device.block_interval if self.device is not None else None,
         )
 
     def status(self, epoch: int) -> ComponentStatus:
@@ -131,18 +131,3 @@ class HostedComponent:
         self.technique = task.technique_name
         self.started_at = time.time()
         self.error = None
-
-
-def points_to_columns(
-    points: list[Point],
-) -> tuple[list[float], dict[str, list[float | int | bool | str | None]]]:
-    """Turn points into the columns of a data batch (missing values become null)."""
-    uts = [p.uts for p in points]
-    names: dict[str, None] = {}
-    for p in points:
-        for k in p.values:
-            names.setdefault(k, None)
-    cols: dict[str, list[float | int | bool | str | None]] = {
-        k: [p.values.get(k) for p in points] for k in names
-    }
-    return uts, cols

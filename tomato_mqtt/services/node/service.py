@@ -26,7 +26,7 @@ from typing import Any
 from pydantic import JsonValue
 
 from tomato_mqtt import __version__
-from tomato_mqtt.driver import ModelInterface, TaskEnd
+from tomato_mqtt.driver import ModelInterface, TaskEnd, discovery
 from tomato_mqtt.driver.discovery import DriverNotFound, available_drivers, load_driver
 from tomato_mqtt.services.base import Service
 from tomato_mqtt.services.node.datapath import DataPath, new_stream
@@ -271,6 +271,7 @@ class NodeService(Service):
     async def _op_configure(self, args: Mapping[str, JsonValue]) -> Result:
         cfg = NodeConfigure.model_validate(args)
         log.info("node %s: configured with %d component(s)", self.name, len(cfg.components))
+        discovery.refresh()  # a reload finds driver packages installed since
         for drv, settings in cfg.driver_settings.items():
             self.driver_settings[drv] = dict(settings)
         if cfg.batch_interval:

@@ -238,7 +238,10 @@ class SchedulerOps:
         except PayloadError as e:
             raise CommandError(f"payload refused: {e}") from None
         pdict = payload.model_dump(mode="json")
-        self.access.check_bounds(pdict.get("method") or [])
+        bulk = frozenset(
+            t for m in self.svc.metas.values() if m.block_interval for t in m.capabilities
+        )
+        self.access.check_bounds(pdict.get("method") or [], bulk)
         job = self.store.add_job(pdict, a.jobname, a.submit_dir, owner=self.access.owner())
         out = pdict.get("settings", {}).get("output", {})
         base = Path(out.get("path") or a.submit_dir or self.svc.settings.jobs_dir / str(job.id))

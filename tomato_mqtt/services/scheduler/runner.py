@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 
 CANCEL_WAIT = 2.0  # s a cancel waits for a node to confirm that its task stopped
 RESET_WAIT = 10.0  # s the reset of a component after a job may take (3 s after a cancel)
+SAVE_DELAY = 0.2  # s: progress changes are stored together (see JobRunner._save)
 
 
 class RunnerHost(Protocol):
@@ -74,6 +75,7 @@ class JobRunner:
     unconfirmed: set[str] = field(default_factory=set)  # components that never confirmed
     seen_running: set[str] = field(default_factory=set)  # seen running this job's task
     _bg: set[asyncio.Future[None]] = field(default_factory=set)
+    _save_at: asyncio.TimerHandle | None = None
 
     def __post_init__(self) -> None:
         method = self.job.payload.get("method", [])
@@ -94,6 +96,20 @@ class JobRunner:
 
     # -- persistence -----------------------------------------------------------------------
     def _save(self) -> None:
+        """Progress in memory now; in the store (an fsync) at most every SAVE_DELAY s:
+        100 roles starting and ending are 200 changes, and one fsync each kept the
+        scheduler busy for seconds. The last change is stored before the job ends."""
+        self._progress()
+        if self._save_at is None:
+            self._save_at = asyncio.get_running_loop().call_later(SAVE_DELAY, self.save_now)
+
+    def save_now(self) -> None:
+        if self._save_at is not None:
+            self._save_at.cancel()
+            self._save_at = None
+        self.host.save_progress(self.job.id, self.job.progress)
+
+    def _progress(self) -> None:
         progress = dict(self.job.progress)
         progress["roles"] = self.roles
         progress["tasks"] = {
@@ -106,7 +122,6 @@ class JobRunner:
             for t in self.tasks
         }
         self.job.progress = progress
-        self.host.save_progress(self.job.id, progress)
 
     def expectations(self) -> list[dict[str, Any]]:
         """Per ended task with a known count: the points its runner took, for the
@@ -133,6 +148,7 @@ class JobRunner:
         reason = self.error
         if self.warnings and status != "ce":
             reason = "; ".join(([reason] if reason else []) + self.warnings)
+        self.save_now()
         await self.on_done(self, status, reason)
 
     async def cancel(self) -> None:

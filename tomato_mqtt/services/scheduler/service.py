@@ -134,6 +134,8 @@ class SchedulerService(Service):
 
     async def teardown(self) -> None:
         if self.store is not None:
+            for runner in self.runners.values():  # progress not yet stored (SAVE_DELAY)
+                runner.save_now()
             self.store.close()
 
     def kick(self) -> None:
