@@ -12,4 +12,10 @@ from tomato_mqtt.driver.upstream.adapter import UpstreamDevice, UpstreamDriver
 from tomato_mqtt.driver.upstream.env import UpstreamDriverInfo, UpstreamEnv
 from tomato_mqtt.driver.upstream.runner import UpstreamRunner
 
-__all__ = ["UpstreamDevice", "UpstreamDriver", "UpstreamDriverInfo", "UpstreamEnv", "UpstreamRunner"]
+__all__ = [
+    "UpstreamDevice",
+    "UpstreamDriver",
+    "UpstreamDriverInfo",
+    "UpstreamEnv",
+    "UpstreamRunner",
+]

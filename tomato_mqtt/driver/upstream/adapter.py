@@ -43,9 +43,7 @@ class UpstreamDriver(ModelInterface):
         self.settings.pop(SOURCE_KEY, None)  # ours, not the driver's
         self.host = HostProcess(self.python, self.info.name)
         try:
-            loaded = self.host.call(
-                "load", module=self.info.module, settings=dict(self.settings)
-            )
+            loaded = self.host.call("load", module=self.info.module, settings=dict(self.settings))
         except HostCallError:
             self.host.close(timeout=2)
             raise
@@ -85,7 +83,7 @@ class UpstreamDevice(ModelDevice):
     def __init__(self, driver: UpstreamDriver, key: tuple[str, str], **kwargs: Any) -> None:
         super().__init__(driver, key, **kwargs)
         self.host = driver.host
-        self._args = {"address": key[0], "channel": key[1]}
+        self._args: dict[str, Any] = {"address": key[0], "channel": key[1]}
         try:
             meta = self.host.call("register", **self._args)
         except HostCallError as e:

@@ -8,6 +8,7 @@ an error naming its exit code, never a hang of the node.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import logging
@@ -117,10 +118,8 @@ class HostProcess:
     def close(self, timeout: float = 10.0) -> None:
         """Close stdin (the host resets its components and exits); kill it if it hangs."""
         if self._proc.stdin is not None:
-            try:
+            with contextlib.suppress(OSError):
                 self._proc.stdin.close()
-            except OSError:
-                pass
         try:
             self._proc.wait(timeout)
         except subprocess.TimeoutExpired:

@@ -266,8 +266,13 @@ class UpstreamRunner:
             log.warning("%s", message)
             self._call(self._on_error, message)
         end = TaskEnd(task, reason, message, t_start, time.time(), npoints)
-        log.info("%s: upstream task %r ended: %s (%d points)", dev.key, task.technique_name,
-                 reason, npoints)
+        log.info(
+            "%s: upstream task %r ended: %s (%d points)",
+            dev.key,
+            task.technique_name,
+            reason,
+            npoints,
+        )
         with self._cv:
             self._run = None
             self._cv.notify_all()

@@ -13,6 +13,8 @@ from typing import Any
 
 from tomato_mqtt.driver import ComponentRunner, ModelDevice, ModelInterface, TaskEnd, TaskSpec
 from tomato_mqtt.driver.runner import Point
+from tomato_mqtt.driver.upstream.adapter import UpstreamDevice
+from tomato_mqtt.driver.upstream.runner import UpstreamRunner
 from tomato_mqtt.driver.validate import to_jsonable
 from tomato_mqtt.wire.messages import ComponentMeta, ComponentState, ComponentStatus, NodeComponent
 
@@ -24,8 +26,10 @@ class HostedComponent:
     config: NodeComponent
     node: str
     device: ModelDevice | None = None
-    runner: ComponentRunner | None = None
+    runner: ComponentRunner | UpstreamRunner | None = None
     error: str | None = None
+    driver_missing: bool = False
+    """Registration failed because the driver is not installed (retried at reload)."""
     retries: int = 0
     job: int | None = None
     task: int | None = None
@@ -56,8 +60,10 @@ class HostedComponent:
     ) -> None:
         """Create the device (blocking driver code); RuntimeError means 'retry later'."""
         self.device = driver.DeviceFactory(self.key)
-        self.runner = ComponentRunner(
-            self.device,
+        # an upstream tomato driver runs its tasks in its own thread (in its host process)
+        runner_cls = UpstreamRunner if isinstance(self.device, UpstreamDevice) else ComponentRunner
+        self.runner = runner_cls(
+            self.device,  # type: ignore[arg-type]
             on_task_end=on_task_end,
             on_error=on_error,
             on_buffer_full=on_buffer_full,
@@ -65,6 +71,11 @@ class HostedComponent:
         )
         self.error = None
         self.retries = 0
+
+    @property
+    def busy(self) -> bool:
+        """A task runs (or is stopping) on it."""
+        return self.runner is not None and self.runner.running
 
     @property
     def state(self) -> ComponentState:
