@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -47,6 +48,7 @@ def up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         # both names clash with tomato-mqtt's own ports: pick the upstream packages
         '[drivers.example_counter]\nsource = "upstream"\n'
         '[drivers.psutil]\nsource = "upstream"\n'
+        "idle_measurement_interval = 0.5\n"  # tomato's own setting: read from settings
     )
     st = make_stack(tmp_path_factory.mktemp("up"), "devices_upstream.yml", settings)
     t0 = time.monotonic()
@@ -228,3 +230,49 @@ def test_missing_driver_says_how_to_install(tmp_path: Path) -> None:
     with pytest.raises(DriverNotFound, match="source must be"):
         resolve_driver("psutil", {"source": "pypi"}, tmp_path / "venv")
     assert resolve_driver("psutil", {}, tmp_path / "venv").__name__ == "DriverInterface"
+
+
+def test_idle_measurements_between_jobs(up: Stack) -> None:
+    first = up.json("passata", "last", PSUTIL)["data"]
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        now = up.json("passata", "last", PSUTIL)["data"]
+        if now and first and now["uts"] > first["uts"] and "cpu_usage" in now["values"]:
+            break
+        time.sleep(0.2)
+    else:
+        raise AssertionError(f"no idle measurement in 20 s: {first} {now}")
+
+
+def _host_pid(st: Stack, driver: str) -> int:
+    node = st.child_pid("node")
+    for proc in Path("/proc").iterdir():
+        try:
+            stat = (proc / "stat").read_text()
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+        except (OSError, ValueError):
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        if ppid == node and b"host.py" in b" ".join(argv) and driver.encode() in argv:
+            return int(proc.name)
+    raise AssertionError(f"no driver host of {driver} under node pid {node}")
+
+
+def test_a_dead_driver_host_is_restarted_by_reload(up: Stack) -> None:
+    os.kill(_host_pid(up, "psutil"), signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        out = up.json("passata", "measure", PSUTIL)
+        if not out["success"]:
+            break
+        time.sleep(0.1)
+    assert not out["success"] and "driver host of psutil" in out["msg"], out
+    up.run("tomato", "reload", check=True)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        out = up.json("passata", "measure", PSUTIL)
+        if out["success"]:
+            break
+        time.sleep(0.2)
+    assert out["success"], out
+    assert "cpu_usage" in out["data"]["values"]

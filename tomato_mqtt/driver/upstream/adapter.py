@@ -61,6 +61,11 @@ class UpstreamDriver(ModelInterface):
     def DeviceFactory(self, key: tuple[str, str], **kwargs: Any) -> UpstreamDevice:
         return UpstreamDevice(self, key, **kwargs)
 
+    @property
+    def alive(self) -> bool:
+        """False once the host process has exited: the node starts a new one."""
+        return self.host.alive()
+
     def close(self) -> None:
         """End the host process (it resets its components as tomato's driver does)."""
         self.host.close()
@@ -95,6 +100,7 @@ class UpstreamDevice(ModelDevice):
         self._caps = {str(c) for c in meta["capabilities"]}
         self.constants = dict(meta.get("constants") or {})
         self._closed = threading.Event()
+        self._status: dict[str, Any] = {}
 
     def call(self, op: str, timeout: float | None = None, **args: Any) -> Any:
         return self.host.call(op, timeout=timeout, **self._args, **args)
@@ -126,7 +132,16 @@ class UpstreamDevice(ModelDevice):
             raise
 
     def status(self) -> dict[str, Any]:
-        return dict(self.call("status", timeout=10))
+        """The status attrs. Called on the node's event loop, so it never waits behind a
+        long request to the host (a reset, a measurement): then the last values known."""
+        try:
+            fresh = self.host.try_call("status", **self._args)
+        except HostCallError as e:
+            log.warning("status of %s: %s", self.key, e)
+            fresh = None
+        if fresh is not None:
+            self._status = dict(fresh)
+        return dict(self._status)
 
     def do_measure(self) -> Mapping[str, Any] | None:
         rows = columns_rows(self.call("measure"))

@@ -49,7 +49,7 @@ class HostProcess:
         self._answers: queue.Queue[Any] = queue.Queue()
         # -I: the venv's own site-packages only (no user site, no PYTHONPATH, no cwd)
         self._proc = subprocess.Popen(
-            [str(python), "-I", str(HOST_SCRIPT)],
+            [str(python), "-I", str(HOST_SCRIPT), name],  # the name: for ps, ignored
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=None,  # the driver's own logging ends up in the node's log
@@ -79,38 +79,53 @@ class HostProcess:
                 log.warning("driver host %s wrote a non-protocol line: %r", self.name, line)
         self._answers.put(_EOF)
 
+    def try_call(self, op: str, timeout: float = 2.0, **args: Any) -> Any:
+        """:meth:`call`, unless another request is in progress: then ``None`` at once.
+
+        For callers that must not wait behind a long request (the node's event loop).
+        """
+        if not self._lock.acquire(blocking=False):
+            return None
+        try:
+            return self._call(op, timeout, args)
+        finally:
+            self._lock.release()
+
     def call(self, op: str, timeout: float | None = None, **args: Any) -> Any:
         """Send one request and return its ``data``; raises :class:`HostCallError`."""
         with self._lock:
-            if not self.alive():
-                raise HostDied(f"the driver host of {self.name} exited ({self._proc.returncode})")
-            rid = next(self._ids)
-            line = json.dumps({"id": rid, "op": op, "args": args}, default=str)
-            stdin = self._proc.stdin
+            return self._call(op, timeout, args)
+
+    def _call(self, op: str, timeout: float | None, args: dict[str, Any]) -> Any:
+        if not self.alive():
+            raise HostDied(f"the driver host of {self.name} exited ({self._proc.returncode})")
+        rid = next(self._ids)
+        line = json.dumps({"id": rid, "op": op, "args": args}, default=str)
+        stdin = self._proc.stdin
+        try:
+            assert stdin is not None
+            stdin.write(line + "\n")
+            stdin.flush()
+        except OSError as e:
+            raise HostDied(f"the driver host of {self.name} is gone: {e}") from None
+        wait = self.timeout if timeout is None else timeout
+        while True:
             try:
-                assert stdin is not None
-                stdin.write(line + "\n")
-                stdin.flush()
-            except OSError as e:
-                raise HostDied(f"the driver host of {self.name} is gone: {e}") from None
-            wait = self.timeout if timeout is None else timeout
-            while True:
-                try:
-                    ans = self._answers.get(timeout=wait)
-                except queue.Empty:
-                    raise HostDied(
-                        f"the driver host of {self.name} did not answer {op!r} within {wait:g} s"
-                    ) from None
-                if ans is _EOF:
-                    self._answers.put(_EOF)  # every later call sees it too
-                    code = self._proc.wait(5)
-                    raise HostDied(
-                        f"the driver host of {self.name} exited (code {code}) during {op!r};"
-                        " see the node's log"
-                    )
-                if isinstance(ans, dict) and ans.get("id") == rid:
-                    break
-                log.warning("driver host %s: dropped a stale answer %r", self.name, ans)
+                ans = self._answers.get(timeout=wait)
+            except queue.Empty:
+                raise HostDied(
+                    f"the driver host of {self.name} did not answer {op!r} within {wait:g} s"
+                ) from None
+            if ans is _EOF:
+                self._answers.put(_EOF)  # every later call sees it too
+                code = self._proc.wait(5)
+                raise HostDied(
+                    f"the driver host of {self.name} exited (code {code}) during {op!r};"
+                    " see the node's log"
+                )
+            if isinstance(ans, dict) and ans.get("id") == rid:
+                break
+            log.warning("driver host %s: dropped a stale answer %r", self.name, ans)
         if ans.get("ok"):
             return ans.get("data")
         raise HostCallError(str(ans.get("error")), str(ans.get("kind") or "driver"))

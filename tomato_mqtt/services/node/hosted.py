@@ -73,6 +73,12 @@ class HostedComponent:
         self.retries = 0
 
     @property
+    def host_died(self) -> bool:
+        """An upstream driver whose host process has exited (register again to recover)."""
+        dev = self.device
+        return isinstance(dev, UpstreamDevice) and not dev.driver.alive
+
+    @property
     def busy(self) -> bool:
         """A task runs (or is stopping) on it."""
         return self.runner is not None and self.runner.running

@@ -26,10 +26,11 @@ from typing import Any
 from pydantic import JsonValue
 
 from tomato_mqtt import __version__
-from tomato_mqtt.driver import ModelInterface, TaskEnd
-from tomato_mqtt.driver.discovery import DriverNotFound, all_drivers, resolve_driver
+from tomato_mqtt.driver import TaskEnd
+from tomato_mqtt.driver.discovery import DriverNotFound
 from tomato_mqtt.services.base import Service
 from tomato_mqtt.services.node.datapath import DataPath, new_stream
+from tomato_mqtt.services.node.drivers import NodeDrivers
 from tomato_mqtt.services.node.hosted import HostedComponent
 from tomato_mqtt.services.node.ops import ComponentOps
 from tomato_mqtt.services.node.spool import Spool
@@ -37,7 +38,6 @@ from tomato_mqtt.transport.client import BrokerURL, Message
 from tomato_mqtt.transport.rpc import CommandError, Handler, Responder, Result
 from tomato_mqtt.wire.commands import ShutdownArgs
 from tomato_mqtt.wire.messages import (
-    DriverInfo,
     NodeConfigure,
     NodeStatus,
     PresenceState,
@@ -102,10 +102,7 @@ class NodeService(Service):
         self.ops = ComponentOps(self)
         self.components: dict[str, HostedComponent] = {}
         self._by_slug: dict[str, str] = {}
-        self.drivers: dict[str, ModelInterface] = {}
-        self.driver_errors: dict[str, str] = {}
-        self.driver_settings = dict(config.driver_settings)
-        self._driver_locks: dict[str, asyncio.Lock] = {}
+        self.drivers = NodeDrivers(config.driver_settings, config.upstream_env)
         self.spool: Spool | None = None
         self.epoch = 0
         self._units_loaded: asyncio.Future[None] | None = None
@@ -183,8 +180,7 @@ class NodeService(Service):
         for hc in self.components.values():
             if hc.runner is not None:
                 hc.runner.close()
-        for drv in self.drivers.values():
-            _close_driver(drv)  # an upstream driver's host process ends here
+        self.drivers.close_all()  # an upstream driver's host process ends here
         if self._units_loaded is not None:
             with contextlib.suppress(Exception):
                 await self._units_loaded
@@ -197,13 +193,7 @@ class NodeService(Service):
 
     # -- presence ------------------------------------------------------------------------
     def _status(self, state: str) -> NodeStatus:
-        drivers: dict[str, DriverInfo] = {}
-        for d in all_drivers(self.driver_settings, self.config.upstream_env):
-            if d.used:  # the one `driver: <name>` resolves to on this node
-                ver = d.version if d.source == "native" else f"{d.version} (tomato {d.package})"
-                drivers[d.name] = DriverInfo(version=ver, loaded=d.name in self.drivers)
-        for name, err in self.driver_errors.items():
-            drivers[name] = DriverInfo(loaded=False, error=err)
+        drivers = self.drivers.infos()
         pending = 0
         dropped = 0
         if self.spool is not None:
@@ -278,11 +268,7 @@ class NodeService(Service):
     async def _op_configure(self, args: Mapping[str, JsonValue]) -> Result:
         cfg = NodeConfigure.model_validate(args)
         log.info("node %s: configured with %d component(s)", self.name, len(cfg.components))
-        changed_drivers = set()
-        for drv, settings in cfg.driver_settings.items():
-            if self.driver_settings.get(drv) != dict(settings):
-                changed_drivers.add(drv)
-            self.driver_settings[drv] = dict(settings)
+        changed_drivers = self.drivers.update_settings(cfg.driver_settings)
         if cfg.batch_interval:
             self.config.batch_interval = cfg.batch_interval
         wanted = {c.name: c for c in cfg.components}
@@ -290,18 +276,24 @@ class NodeService(Service):
         for n in removed:
             await self._remove_component(n)
         added = []
-        # a driver installed since (`tomato reload` finds it), or new settings for a
-        # driver: register its idle components again, with a fresh driver instance
+        # a driver installed since (`tomato reload` finds it), an upstream driver whose
+        # host process died, or new settings for a driver: register its idle components
+        # again, with a fresh driver instance
         again = [
             n
             for n, hc in self.components.items()
             if n in wanted
-            and (hc.driver_missing or (hc.config.driver in changed_drivers and not hc.busy))
+            and (
+                hc.driver_missing
+                or hc.host_died
+                or (hc.config.driver in changed_drivers and not hc.busy)
+            )
         ]
         for n in again:
             drv = self.components[n].config.driver
             await self._remove_component(n)
-            self._drop_driver(drv)
+            if all(hc.config.driver != drv for hc in self.components.values()):
+                self.drivers.drop(drv)
         for n, c in wanted.items():
             hc = self.components.get(n)
             if hc is not None and hc.config == c:
@@ -353,31 +345,6 @@ class NodeService(Service):
         return Result(f"node {self.name} shutting down")
 
     # -- registration --------------------------------------------------------------------
-    async def _driver(self, name: str) -> ModelInterface:
-        async with self._driver_locks.setdefault(name, asyncio.Lock()):
-            drv = self.drivers.get(name)
-            if drv is None:
-                settings = self.driver_settings.get(name, {})
-                try:
-                    cls = resolve_driver(name, settings, self.config.upstream_env)
-                except DriverNotFound as e:
-                    self.driver_errors[name] = str(e)
-                    raise
-                ours = {k: v for k, v in settings.items() if k != "source"}
-                # an upstream driver starts its host process here: off the event loop
-                drv = await asyncio.to_thread(cls, ours)
-                self.drivers[name] = drv
-                self.driver_errors.pop(name, None)
-            return drv
-
-    def _drop_driver(self, name: str) -> None:
-        """Forget a driver instance no component uses any more (closing its host)."""
-        if any(hc.config.driver == name for hc in self.components.values()):
-            return
-        drv = self.drivers.pop(name, None)
-        if drv is not None:
-            _close_driver(drv)
-
     async def _register_loop(self, hc: HostedComponent) -> None:
         delay = 1.0
         while not hc.closed and not self.stopping:
@@ -406,7 +373,7 @@ class NodeService(Service):
     async def register(self, hc: HostedComponent) -> None:
         if self._units_loaded is not None:
             await asyncio.shield(self._units_loaded)
-        drv = await self._driver(hc.config.driver)
+        drv = await self.drivers.get(hc.config.driver)
         hc.driver_missing = False
         loop = asyncio.get_running_loop()
         name = hc.name
@@ -431,12 +398,3 @@ class NodeService(Service):
         await self._publish_meta(hc)
         await self.publish_status(hc)
         await self._publish_node_status()  # its drivers are loaded now: say so at once
-
-
-def _close_driver(drv: ModelInterface) -> None:
-    close = getattr(drv, "close", None)  # upstream drivers: end the host process
-    if callable(close):
-        try:
-            close()
-        except Exception:
-            log.exception("closing driver %s failed", type(drv).__name__)
