@@ -86,6 +86,30 @@ def test_list_shows_native_and_upstream(up: Stack) -> None:
     assert rows[("example_counter", "upstream")]["used"] is True
 
 
+def test_list_as_docs_drivers_md_shows_it(up: Stack, tmp_path: Path) -> None:
+    """The table in docs/drivers.md: only psutil set to ``source = "upstream"``."""
+    import re
+
+    app = tmp_path / "app"
+    app.mkdir()
+    (app / "settings.toml").write_text(
+        f'[node]\nupstream_env = "{_env_dir()}"\n[drivers.psutil]\nsource = "upstream"\n'
+    )
+    res = subprocess.run(
+        [str(Path(sys.executable).parent / "tomato"), "drivers", "list", "-A", str(app)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert res.returncode == 0, res.stderr
+    row = re.compile(r"^(\w+)\s+(native|upstream)\s+(\S+)\s+\S+\s+(yes|no)$", re.M)
+    doc = (Path(__file__).parents[1] / "docs" / "drivers.md").read_text()
+    want = set(row.findall(doc))
+    assert len(want) == 4, want
+    got = {r for r in row.findall(res.stdout) if r[0] in {w[0] for w in want}}
+    assert got == want, res.stdout
+
+
 def test_start_names_the_missing_driver_at_once(up: Stack) -> None:
     # dev-spectrum's driver is not installed yet: start says so instead of waiting 30 s
     res = up.start_result  # type: ignore[attr-defined]
