@@ -75,34 +75,61 @@ class UpstreamEnv:
         return time.monotonic() - t0
 
     def drivers(self) -> dict[str, UpstreamDriverInfo]:
-        """The driver packages installed in the venv (nothing if it does not exist)."""
+        """The driver packages installed in the venv (nothing if it does not exist).
+
+        Cached until a site-packages folder changes (pip installing or removing a
+        package changes its mtime): the node asks at every status it publishes.
+        """
+        sps = self.site_packages()
+        key = tuple((str(sp), sp.stat().st_mtime_ns) for sp in sps)
+        hit = _CACHE.get(self.path)
+        if hit is not None and hit[0] == key:
+            return dict(hit[1])
         out: dict[str, UpstreamDriverInfo] = {}
-        for sp in self.site_packages():
-            for dist in metadata.distributions(path=[str(sp)]):
-                for mod in _top_level(dist, sp):
-                    if not mod.startswith("tomato_") or mod in ("tomato_mqtt",):
-                        continue
-                    name = mod[len("tomato_") :]
-                    out.setdefault(
-                        name,
-                        UpstreamDriverInfo(
-                            name=name,
-                            module=mod,
-                            package=str(dist.metadata["Name"]),
-                            version=str(dist.version),
-                        ),
-                    )
-        return dict(sorted(out.items()))
+        for sp in sps:
+            for mod, dist in _driver_modules(sp).items():
+                name = mod[len("tomato_") :]
+                out.setdefault(
+                    name,
+                    UpstreamDriverInfo(
+                        name=name,
+                        module=mod,
+                        package=str(dist.metadata["Name"]),
+                        version=str(dist.version),
+                    ),
+                )
+        found = dict(sorted(out.items()))
+        _CACHE[self.path] = (key, found)
+        return dict(found)
 
 
-def _top_level(dist: metadata.Distribution, sp: Path) -> list[str]:
-    """The top-level packages a distribution installs (with an ``__init__.py``)."""
-    names: set[str] = set()
-    for f in dist.files or []:
-        parts = Path(str(f)).parts
-        if len(parts) == 2 and parts[1] == "__init__.py":
-            names.add(parts[0])
-    return sorted(n for n in names if (sp / n).is_dir())
+_CACHE: dict[Path, tuple[tuple[tuple[str, int], ...], dict[str, UpstreamDriverInfo]]] = {}
+
+
+def _driver_modules(sp: Path) -> dict[str, metadata.Distribution]:
+    """``tomato_<name>`` packages in ``sp`` and the distributions that installed them."""
+    wanted = {
+        p.name
+        for p in sp.iterdir()
+        if p.name.startswith("tomato_") and p.name != "tomato_mqtt" and (p / "__init__.py").exists()
+    }
+    found: dict[str, metadata.Distribution] = {}
+    if not wanted:
+        return found
+    dists = list(metadata.distributions(path=[str(sp)]))
+    for dist in dists:  # cheap first: top_level.txt, or the distribution's own name
+        tops = set((dist.read_text("top_level.txt") or "").split())
+        tops.add(str(dist.metadata["Name"] or "").lower().replace("-", "_"))
+        for mod in wanted & tops:
+            found.setdefault(mod, dist)
+    for dist in dists:  # the rest: the files the distribution installed
+        if wanted <= set(found):
+            break
+        for f in dist.files or []:
+            parts = Path(str(f)).parts
+            if len(parts) == 2 and parts[1] == "__init__.py" and parts[0] in wanted:
+                found.setdefault(parts[0], dist)
+    return found
 
 
 def _run(cmd: list[str], what: str) -> None:
