@@ -209,6 +209,18 @@ def test_installed_after_start_found_by_reload(up: Stack) -> None:
     n, _ = taken(job, "spectrum")
     assert _points(job["respath"], "spectrum") == n == 5
 
+    # a driver exception kills tomato's task thread: the job ends ce saying why, and the
+    # reset after the job (tomato's cmp_reset restarts the thread) makes it usable again
+    boom = up.workdir / "boom.yml"
+    boom.write_text(payload.read_text().replace("sweep", "explode"))
+    up.run("tomato", "pipeline", "ready", "pip-spectrum", check=True)
+    job = up.wait_job(up.submit(boom), {"c", "ce", "cd"}, timeout=60)
+    assert job["status"] == "ce", job
+    assert "simulated instrument fault" in str(job), job
+    up.run("tomato", "pipeline", "ready", "pip-spectrum", check=True)
+    job = up.wait_job(up.submit(payload), {"c", "ce", "cd"}, timeout=60)
+    assert job["status"] == "c", job
+
 
 def test_dataset_to_columns_keeps_extra_dimensions() -> None:
     """The one conversion of an upstream Dataset (in the host script), arrays included."""

@@ -4,8 +4,8 @@ points (as in tomato), this runner starts it, watches it and collects its data.
 Same interface to the node as :class:`~tomato_mqtt.driver.runner.ComponentRunner`
 (``start_task``, ``stop_task``, ``measure``, ``reset``, ``close``, ``drain`` and the
 callbacks), so the node's data path, spool and commands are unchanged. Like tomato's
-job process, it fetches the driver's data (``task_data``) while the task runs, a few
-times per sampling interval at most, and once more when the task has ended.
+job process, it fetches the driver's data (``get_data``) while the task runs, every
+sampling interval (between 0.1 and 0.5 s), and once more when the task has ended.
 Every point keeps the ``uts`` the driver stamped it with; a task's point count is the
 number of points the driver produced.
 
@@ -237,7 +237,9 @@ class UpstreamRunner:
 
     def _watch(self, run: _Run) -> None:
         task = run.task
-        poll = min(max(task.sampling_interval / 2, 0.05), 0.5)
+        # tomato's job process polls every pollrate (1 s); a little more often here, so
+        # short tasks end promptly, but never faster than 10 Hz (each poll is a request)
+        poll = min(max(task.sampling_interval, 0.1), 0.5)
         reason: Literal["done", "stopped", "error"] = "done"
         message: str | None = None
         npoints = 0

@@ -1,5 +1,6 @@
 """A tomato 2.2 driver (``tomato.driverinterface_2_1``) for tests: a scalar ``val`` and
-an array-valued ``spectrum`` (dimension ``freq``, with units) at every point."""
+an array-valued ``spectrum`` (dimension ``freq``, with units) at every point; the
+technique ``explode`` raises in ``do_task`` (which kills tomato's task thread)."""
 
 import time
 
@@ -28,6 +29,8 @@ class Device(ModelDevice):
         )
 
     def do_task(self, task, t_start, t_now, **kwargs):
+        if task.technique_name == "explode":
+            raise RuntimeError("simulated instrument fault")
         self.last_data = self._point(t_now - t_start)
         if self.data is None:
             self.data = self.last_data
@@ -51,7 +54,7 @@ class Device(ModelDevice):
         }
 
     def capabilities(self, **kwargs):
-        return {"sweep"}
+        return {"sweep", "explode"}
 
 
 class DriverInterface(ModelInterface):
