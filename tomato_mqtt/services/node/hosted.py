@@ -59,16 +59,18 @@ class HostedComponent:
         max_buffer: int,
     ) -> None:
         """Create the device (blocking driver code); RuntimeError means 'retry later'."""
-        self.device = driver.DeviceFactory(self.key)
-        # an upstream tomato driver runs its tasks in its own thread (in its host process)
-        runner_cls = UpstreamRunner if isinstance(self.device, UpstreamDevice) else ComponentRunner
-        self.runner = runner_cls(
-            self.device,  # type: ignore[arg-type]
-            on_task_end=on_task_end,
-            on_error=on_error,
-            on_buffer_full=on_buffer_full,
-            max_buffer=max_buffer,
-        )
+        device = self.device = driver.DeviceFactory(self.key)
+        hooks: dict[str, Any] = {
+            "on_task_end": on_task_end,
+            "on_error": on_error,
+            "on_buffer_full": on_buffer_full,
+            "max_buffer": max_buffer,
+        }
+        if isinstance(device, UpstreamDevice):
+            # an upstream tomato driver runs its tasks in its own thread (in its host process)
+            self.runner = UpstreamRunner(device, **hooks)
+        else:
+            self.runner = ComponentRunner(device, **hooks)
         self.error = None
         self.retries = 0
 
