@@ -66,11 +66,18 @@ def up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     st.start_seconds = time.monotonic() - t0  # type: ignore[attr-defined]
     st.start_result = res  # type: ignore[attr-defined]
     print(f"tomato start (3 components, 1 driver missing): {st.start_seconds:.1f} s")  # type: ignore[attr-defined]
+    hosts: list[int] = []
     try:
         assert res.returncode == 0, f"{res.stdout}\n{res.stderr}\n{st.logs()}"
         yield st
+        hosts = _host_pids(st)
     finally:
         stop_stack(st)
+    # `tomato stop` ends the driver-host processes too: nothing is left running
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and any(Path(f"/proc/{p}").exists() for p in hosts):
+        time.sleep(0.1)
+    assert hosts and not [p for p in hosts if Path(f"/proc/{p}").exists()], hosts
 
 
 def _points(path: str, role: str) -> int:
@@ -281,8 +288,10 @@ def test_idle_measurements_between_jobs(up: Stack) -> None:
         raise AssertionError(f"no idle measurement in 20 s: {first} {now}")
 
 
-def _host_pid(st: Stack, driver: str) -> int:
+def _host_pids(st: Stack, driver: str | None = None) -> list[int]:
+    """The driver-host processes of the stack's node (of ``driver``, or all)."""
     node = st.child_pid("node")
+    out = []
     for proc in Path("/proc").iterdir():
         try:
             stat = (proc / "stat").read_text()
@@ -290,9 +299,16 @@ def _host_pid(st: Stack, driver: str) -> int:
         except (OSError, ValueError):
             continue
         ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        if ppid == node and b"host.py" in b" ".join(argv) and driver.encode() in argv:
-            return int(proc.name)
-    raise AssertionError(f"no driver host of {driver} under node pid {node}")
+        mine = ppid == node and any(a.endswith(b"host.py") for a in argv)
+        if mine and (driver is None or driver.encode() in argv):
+            out.append(int(proc.name))
+    return out
+
+
+def _host_pid(st: Stack, driver: str) -> int:
+    pids = _host_pids(st, driver)
+    assert len(pids) == 1, (driver, pids)
+    return pids[0]
 
 
 def test_a_dead_driver_host_is_restarted_by_reload(up: Stack) -> None:
