@@ -151,6 +151,7 @@ async def inproc_stack(
             heartbeat=s.scheduler.heartbeat,
             batch_interval=0.1,
             driver_settings=s.drivers,
+            upstream_env=s.upstream_env,
         )
     )
     services = [sched, rec, node]

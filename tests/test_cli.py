@@ -397,6 +397,8 @@ NOT_CLIENT = {
     "tomato supervise": LOCAL,
     "tomato broker-config": {"appdir", "datadir", "port"},
     **{f"tomato user {c}": {"appdir"} for c in ("add", "passwd", "role", "remove", "list")},
+    # local to this PC's node: its upstream-driver venv
+    **{f"tomato drivers {c}": LOCAL | {"yaml", "json"} for c in ("install", "list")},
 }
 
 

@@ -127,6 +127,7 @@ def node(
             batch_max_points=s.node.batch_max_points,
             spool_max_bytes=int(s.node.spool_max_mb * 2**20),
             driver_settings=s.drivers,
+            upstream_env=s.upstream_env,
         )
     )
     svc.run_sync()

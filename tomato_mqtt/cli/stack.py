@@ -118,12 +118,12 @@ def start(verbose: VerboseOpt = 0, quiet: QuietOpt = 0, *, opts: common.Opts) ->
         if why:
             fail(f"tomato-mqtt could not start: {why} (logs in {s.logdir})")
         fail(f"tomato-mqtt did not come up within {opts.timeout:g} s; see the logs in {s.logdir}")
-    n_ok, n_all = ready
+    n_ok, n_all, missing = ready
     msg = (
         f"tomato-mqtt started on {ctx.url} (instance {ctx.instance}, pid {proc.pid}); "
         f"{n_ok}/{n_all} component(s) ready"
     )
-    data = {
+    data: dict[str, Any] = {
         "port": ctx.url.port,
         "instance": ctx.instance,
         "pid": proc.pid,
@@ -131,7 +131,18 @@ def start(verbose: VerboseOpt = 0, quiet: QuietOpt = 0, *, opts: common.Opts) ->
         "components_ready": n_ok,
         "components": n_all,
     }
+    data["missing_drivers"] = [
+        {"node": node, "driver": driver, "why": why, "components": sorted(comps)}
+        for (node, driver), (why, comps) in sorted(missing.items())
+    ]
     opts.output().reply(_Done(msg, data))
+    for (node, driver), (why, comps) in sorted(missing.items()):
+        typer.echo(
+            f"warning: driver {driver!r} is missing on node {node}, so {len(comps)}"
+            f" component(s) cannot register ({', '.join(sorted(comps))}): {why}."
+            " Install it, then run `tomato reload`.",
+            err=True,
+        )
 
 
 def _check_listener_ports(s: Any) -> None:
@@ -230,16 +241,38 @@ def _is_online(payload: bytes) -> bool:
     return isinstance(doc, dict) and doc.get("state") == "online"
 
 
+def _missing_drivers(payload: bytes) -> dict[str, str]:
+    """driver -> error, from a retained node status (cheaply: no pydantic here)."""
+    import json
+
+    try:
+        doc = json.loads(payload)
+    except ValueError:
+        return {}
+    drivers = doc.get("drivers") if isinstance(doc, dict) else None
+    if not isinstance(drivers, dict):
+        return {}
+    return {
+        str(name): str(info["error"])
+        for name, info in drivers.items()
+        if isinstance(info, dict) and info.get("error")
+    }
+
+
+Missing = dict[tuple[str, str], tuple[str, list[str]]]
+
+
 def _wait_ready(
     ctx: common.CallContext, proc: subprocess.Popen[bytes], timeout: float
-) -> tuple[int, int] | None:
-    """Wait until the scheduler answers and every component is registered."""
+) -> tuple[int, int, Missing] | None:
+    """Wait until the scheduler answers and every component is registered, or cannot be
+    because its node says its driver is not installed (waiting would not help)."""
     import asyncio
 
-    from tomato_mqtt.transport.client import AsyncClient, MqttError, MqttTimeout
+    from tomato_mqtt.transport.client import AsyncClient, Message, MqttError, MqttTimeout
     from tomato_mqtt.transport.rpc import NoResponder, Requester
 
-    async def go() -> tuple[int, int] | None:
+    async def go() -> tuple[int, int, Missing] | None:
         deadline = time.monotonic() + timeout
         c = AsyncClient(ctx.url, client_id=f"cli-start-{os.getpid()}")
         while True:
@@ -257,17 +290,25 @@ def _wait_ready(
             # meta changes (both retained), and once a second in case a request was lost
             await c.subscribe(ctx.topics.scheduler_status())
             await c.subscribe(ctx.topics.all_component_meta())
+            await c.subscribe(ctx.topics.all_node_status())
             req = Requester(c, ctx.topics)
-            last: tuple[int, int] | None = None
+            last: tuple[int, int, Missing] | None = None
             online = False
+            gone: dict[str, dict[str, str]] = {}  # node topic -> driver -> error
+            node_prefix = ctx.topics.node_status("x")[: -len("x/status")]
+
+            def seen(m: Message) -> None:
+                nonlocal online
+                if m.topic == ctx.topics.scheduler_status():
+                    online = _is_online(m.payload)
+                elif m.topic.startswith(node_prefix):
+                    gone[m.topic] = _missing_drivers(m.payload)
+
             while time.monotonic() < deadline and proc.poll() is None:
                 with contextlib.suppress(MqttTimeout):
-                    msg = await c.next_message(1.0)
-                    if msg.topic == ctx.topics.scheduler_status():
-                        online = _is_online(msg.payload)
+                    seen(await c.next_message(1.0))
                     while (more := c.take_message()) is not None:  # a burst: ask once
-                        if more.topic == ctx.topics.scheduler_status():
-                            online = _is_online(more.payload)
+                        seen(more)
                 if not online:
                     continue
                 try:
@@ -279,10 +320,17 @@ def _wait_ready(
                     )
                 except NoResponder:
                     continue
-                comps = list(r.data.values()) if isinstance(r.data, dict) else []
-                ok = sum(1 for x in comps if isinstance(x, dict) and x.get("registered"))
-                last = (ok, len(comps))
-                if ok == len(comps):
+                raw = r.data.values() if isinstance(r.data, dict) else []
+                comps = [x for x in raw if isinstance(x, dict)]
+                ok = sum(1 for x in comps if x.get("registered"))
+                missing: Missing = {}
+                for x in comps:
+                    node, drv = str(x.get("node")), str(x.get("driver"))
+                    why = gone.get(ctx.topics.node_status(node), {}).get(drv)
+                    if not x.get("registered") and why:
+                        missing.setdefault((node, drv), (why, []))[1].append(str(x.get("name")))
+                last = (ok, len(comps), missing)
+                if ok + sum(len(v[1]) for v in missing.values()) == len(comps):
                     return last
             return last
         finally:

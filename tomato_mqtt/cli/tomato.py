@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import typer
 
-from tomato_mqtt.cli import common, pipeline, services, stack, status, user
+from tomato_mqtt.cli import common, drivers, pipeline, services, stack, status, user
 
 __all__ = ["app", "main"]
 
@@ -45,6 +45,11 @@ app.add_typer(services.app)
 app.add_typer(status.app)
 app.add_typer(pipeline.app, name="pipeline", help="Load, eject and mark pipelines ready.")
 app.add_typer(user.app, name="user", help="Users, passwords and roles of the broker.")
+app.add_typer(
+    drivers.app,
+    name="drivers",
+    help="Install upstream tomato driver packages; list native and upstream drivers.",
+)
 app.command("broker-config")(user.broker_config_cmd)
 
 

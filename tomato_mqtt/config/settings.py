@@ -166,6 +166,9 @@ class NodeSettings(_Section):
     spool_max_mb: float = Field(default=512, gt=0)
     batch_interval: float = Field(default=0.5, gt=0)
     batch_max_points: int = Field(default=2000, ge=1)
+    #: the venv of upstream tomato driver packages (``tomato drivers install``);
+    #: default ``<datadir>/upstream-drivers``; relative paths are relative to the appdir
+    upstream_env: Path | None = None
 
     @field_validator("name")
     @classmethod
@@ -201,6 +204,8 @@ class Settings(_Section):
             if value:
                 setattr(b, key, str(self._abs(Path(value))))
         self.recorder.output_roots = [self._abs(p) for p in self.recorder.output_roots]
+        if self.node.upstream_env is not None:
+            self.node.upstream_env = self._abs(self.node.upstream_env)
         return self
 
     def _abs(self, p: Path) -> Path:
@@ -240,6 +245,11 @@ class Settings(_Section):
     @property
     def spool_dir(self) -> Path:
         return self.datadir / "spool"
+
+    @property
+    def upstream_env(self) -> Path:
+        """The venv of upstream tomato driver packages on this PC's node."""
+        return self.node.upstream_env or self.datadir / "upstream-drivers"
 
     @property
     def ws_port(self) -> int | None:

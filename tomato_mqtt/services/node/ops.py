@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import JsonValue
 
 from tomato_mqtt.driver import ComponentRunner, TaskSpec, TaskValidationError
+from tomato_mqtt.driver.upstream.runner import UpstreamRunner
 from tomato_mqtt.driver.validate import to_jsonable
 from tomato_mqtt.services.node.hosted import HostedComponent
 from tomato_mqtt.transport.rpc import CommandError, Result
@@ -47,7 +48,7 @@ class ComponentOps:
     def lock(self, hc: HostedComponent) -> asyncio.Lock:
         return self._locks.setdefault(hc.name, asyncio.Lock())
 
-    def runner(self, hc: HostedComponent) -> ComponentRunner:
+    def runner(self, hc: HostedComponent) -> ComponentRunner | UpstreamRunner:
         if hc.runner is None:
             why = f": {hc.error}" if hc.error else ""
             raise CommandError(f"component {hc.name} is not registered{why}")
