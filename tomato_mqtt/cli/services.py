@@ -149,5 +149,6 @@ def supervise(opts: common.Opts) -> None:
         broker_host=s.broker.host,
         port=s.mqtt.port,
         node_name=s.node.name,
+        dashboard=s.dashboard.enabled,
     )
     raise typer.Exit(asyncio.run(sup.run()))

@@ -103,6 +103,7 @@ class Supervisor:
         broker_host: str,
         port: int,
         node_name: str,
+        dashboard: bool = False,
     ) -> None:
         exe = [sys.executable, "-m", "tomato_mqtt.cli.tomato"]
         self.logdir = logdir
@@ -117,6 +118,8 @@ class Supervisor:
             Child("recorder", [*exe, "recorder", *common_args]),
             Child("node", [*exe, "node", "--name", node_name, *common_args]),
         ]
+        if dashboard:  # [dashboard] enabled: the web UI is one more supervised service
+            self.children.append(Child("dashboard", [*exe, "dashboard", *common_args]))
         self._stop = asyncio.Event()
         self.stopping = False
 
@@ -136,7 +139,7 @@ class Supervisor:
             for w in watchers:
                 w.cancel()
             # nodes first (they flush data), broker last
-            for name in ("node", "scheduler", "recorder", "broker"):
+            for name in ("dashboard", "node", "scheduler", "recorder", "broker"):
                 for c in self.children:
                     if c.name == name:
                         await self._terminate(c)
