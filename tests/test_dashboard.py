@@ -149,3 +149,60 @@ async def test_dashboard_read_only(
         )
         assert not r["success"] and r["code"] == "not_allowed", r
         assert "✗" in await _reply(page)
+
+
+async def test_dashboard_roles_on_secured_mosquitto(
+    mosquitto_path: str, tmp_path: Path, instance: str
+) -> None:
+    """On Mosquitto with the generated ACL: the dashboard's own login (role dashboard)
+    shows no controls; an operator who signs in gets them, and acts as themself; a
+    reader who signs in gets none; a wrong password is refused in the page."""
+    from tests.inproc import running
+    from tests.security_env import DEVICES, secured
+    from tomato_mqtt.config.settings import load_settings
+    from tomato_mqtt.services.scheduler.service import SchedulerService
+
+    async with secured("mosquitto", tmp_path / "b", instance, mosquitto_path) as b:
+        app = tmp_path / "app"
+        app.mkdir()
+        (app / "devices.yml").write_text(DEVICES)
+        (app / "settings.toml").write_text(
+            f'[mqtt]\ninstance = "{instance}"\nport = {b.port}\n'
+            'username = "sched"\npassword = "pw-sched"\n'
+            f'[broker]\nembedded = false\npassword_file = "{b.workdir / "users"}"\n'
+            "[scheduler]\nheartbeat = 0.5\n"
+        )
+        s = load_settings(appdir=app, datadir=tmp_path / "data", logdir=tmp_path / "log")
+        async with (
+            running(SchedulerService(s)),
+            running_dashboard(b.url("dash"), instance) as dash,
+            chromium_page() as (_, page),
+        ):
+            await page.goto(dash.address())
+            await page.locator('#pipelines tr[data-key="pip-a"]').wait_for(timeout=10_000)
+            await page.wait_for_function("() => window.S.me && window.S.me.role === 'reader'")
+            assert await page.locator("main button:visible, main input:visible").count() == 0
+            assert await page.locator("#login").is_visible()
+
+            async def sign_in(user: str, password: str) -> str:
+                await page.evaluate("document.getElementById('reply').hidden = true")
+                await page.fill("#login-user", user)
+                await page.fill("#login-pass", password)
+                await page.click("#login button")
+                return await _reply(page)
+
+            assert "✗" in await sign_in("olga", "wrong")
+            assert "✓" in await sign_in("olga", "pw-olga")
+            await page.wait_for_function("() => window.S.me && window.S.me.user === 'olga'")
+            await page.locator("#submit-controls").wait_for(state="visible", timeout=5_000)
+            await page.select_option("#pc-pipeline", "pip-a")
+            await page.fill("#pc-sample", "olgas-sample")
+            await _act(page, '#pipeline-controls button[data-op="pipeline_load"]', "✓")
+            pip = page.locator('#pipelines tr[data-key="pip-a"] td.sample')
+            await pip.filter(has_text="olgas-sample").wait_for(timeout=5_000)
+
+            await page.click("#logout")
+            await page.wait_for_function("() => window.S.me && !window.S.me.signed_in")
+            assert "✓" in await sign_in("rita", "pw-rita")
+            await page.wait_for_function("() => window.S.me && window.S.me.user === 'rita'")
+            assert await page.locator("main button:visible, main input:visible").count() == 0

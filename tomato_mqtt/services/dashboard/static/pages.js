@@ -17,6 +17,7 @@ function loadPlotly() {
   }
   return plotlyReady;
 }
+window.loadPlotly = loadPlotly;
 
 window.enterPage = (r) => {
   if (r.page === "job") {
@@ -125,7 +126,10 @@ async function drawQueued() {
     }
     await Promise.all(draws);
     const last = s.last;
-    requestAnimationFrame(() => { window.__dash.drawn[cmp] = { last, points: s.points, at: Date.now() }; });
+    requestAnimationFrame(() => {
+      window.__dash.drawn[cmp] = { last, points: s.points, at: Date.now() };
+      timing("plot", cmp, last);
+    });
   }
 }
 
