@@ -41,11 +41,12 @@ async def _reply(page: Any) -> str:
     return str(await box.text_content())
 
 
-async def _act(page: Any, click: str, expect: str) -> None:
+async def _act(page: Any, click: str, expect: str) -> str:
     await page.evaluate("document.getElementById('reply').hidden = true")
     await page.click(click)
     text = await _reply(page)
     assert expect in text, text
+    return text
 
 
 async def test_dashboard_live_controls(
@@ -126,6 +127,17 @@ async def test_dashboard_live_controls(
         await page.locator('#jp-status[data-status="cd"]').wait_for(timeout=20_000)
         job = await st.wait_job(jobid, {"cd"}, timeout=5)
         assert job.status == "cd"
+
+        # the component page: attrs with units and limits, capabilities; passata get/set
+        await page.goto(dash.address() + "#/")
+        await pip.locator("a.cmp").click()
+        await page.locator("#cp-attrs td", has_text="param").wait_for(timeout=5_000)
+        assert "count" in str(await page.locator("#cp-caps").text_content())
+        await page.select_option("#cp-attr", "param")
+        await _act(page, '#cp-controls button[data-op="get_attr"]', "✓")
+        await page.fill("#cp-value", "-5")
+        refused = await _act(page, '#cp-controls button[data-op="set_attr"]', "✗")
+        assert "minimum" in refused, refused
 
 
 @pytest.mark.parametrize("role", ["reader"])

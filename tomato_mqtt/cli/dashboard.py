@@ -27,13 +27,16 @@ def dashboard(
     *,
     opts: common.Opts,
     host: Annotated[
-        str | None, typer.Option("--host", help="address to serve on ([dashboard] host)")
+        str | None, typer.Option("--host", help="address to serve on (default: settings dashboard.host)")
     ] = None,
     web_port: Annotated[
-        int | None, typer.Option("--web-port", help="HTTP port ([dashboard] port)")
+        int | None, typer.Option("--web-port", help="HTTP port (default: settings dashboard.port, 8765)")
     ] = None,
     read_only: Annotated[
         bool, typer.Option("--read-only", help="show no controls to anyone")
+    ] = False,
+    open_browser: Annotated[
+        bool, typer.Option("--open", help="open the page in this PC's web browser")
     ] = False,
     verbose: Annotated[int, typer.Option("-v", "--verbose", count=True)] = 0,
 ) -> None:
@@ -62,6 +65,11 @@ def dashboard(
             lost_after=s.scheduler.lost_after,
         )
     )
+    if open_browser:
+        import webbrowser
+
+        svc.on_ready = webbrowser.open
+    typer.echo(f"dashboard: http://{svc.cfg.host}:{svc.cfg.port}/ (Ctrl-C stops it)", err=True)
     try:
         svc.run_sync()
     except OSError as e:

@@ -24,6 +24,7 @@ import json
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -81,6 +82,8 @@ class DashboardService:
         self.port: int | None = None  # the bound port, once serving
         self.ready = asyncio.Event()
         self.bad_messages = 0
+        #: called with the page's address once it is served (``tomato dashboard --open``)
+        self.on_ready: Callable[[str], object] | None = None
         self._stop = asyncio.Event()
 
     def request_stop(self) -> None:
@@ -132,6 +135,8 @@ class DashboardService:
             self.port = sockets[0].getsockname()[1] if sockets else self.cfg.port
             log.info("dashboard on %s (broker %s)", self.address(), self.cfg.url)
             self.ready.set()
+            if self.on_ready is not None:
+                self.on_ready(self.address())
             await run_until_stopped(
                 self._stop, self._message_loop(), self._flush_loop(), self._whoami_loop()
             )
