@@ -27,10 +27,10 @@ def dashboard(
     *,
     opts: common.Opts,
     host: Annotated[
-        str | None, typer.Option("--host", help="address to serve on (default: settings dashboard.host)")
+        str | None, typer.Option("--host", help="address to serve on (default: dashboard.host)")
     ] = None,
     web_port: Annotated[
-        int | None, typer.Option("--web-port", help="HTTP port (default: settings dashboard.port, 8765)")
+        int | None, typer.Option("--web-port", help="HTTP port (default: dashboard.port, 8765)")
     ] = None,
     read_only: Annotated[
         bool, typer.Option("--read-only", help="show no controls to anyone")
