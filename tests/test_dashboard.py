@@ -122,6 +122,19 @@ async def test_dashboard_live_controls(
         DOCS.mkdir(exist_ok=True)
         await page.screenshot(path=str(DOCS / "dashboard.png"), full_page=False)
 
+        # a dashboard started while the job runs: its plot starts with the stored points
+        stored = await page.evaluate(
+            "Math.max(...Object.values(window.__dash.drawn).map(d => d.points))"
+        )
+        async with running_dashboard(url, instance) as late, chromium_page() as (_, page2):
+            await page2.goto(f"{late.address()}#/job/{jobid}")
+            before = late.started_at - 1.0  # points older than the late dashboard
+            await page2.wait_for_function(
+                f"() => Object.values(window.__dash.drawn).some(d => d.points >= {stored} "
+                f"&& d.first < {before})",
+                timeout=15_000,
+            )
+
         # cancel from the page: the job ends cd
         await _act(page, "#jp-cancel", "✓")
         await page.locator('#jp-status[data-status="cd"]').wait_for(timeout=20_000)

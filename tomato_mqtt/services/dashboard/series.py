@@ -74,6 +74,7 @@ class Series:
         self.variables: list[str] = []  # in order of first appearance
         self.points = 0
         self.last_t: float | None = None
+        self.first_t: float | None = None
         self._dirty_from: int | None = None  # position of the first bucket changed
         self._reset = True  # the page must take everything
 
@@ -101,6 +102,7 @@ class Series:
             self._rebase(t)
         self.points += 1
         self.last_t = t if self.last_t is None else max(self.last_t, t)
+        self.first_t = t if self.first_t is None else min(self.first_t, t)
         idx = int((t - self.t0) / self.width)
         pos = self._find(idx)
         if pos < len(self.buckets) and self.buckets[pos].index == idx:
@@ -182,4 +184,9 @@ class Series:
         return {"from": start, **self._head(), **self.columns(start)}
 
     def _head(self) -> dict[str, Any]:
-        return {"units": self.units, "points": self.points, "last": self.last_t}
+        return {
+            "units": self.units,
+            "points": self.points,
+            "first": self.first_t,
+            "last": self.last_t,
+        }

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import json
 import logging
 import time
@@ -29,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tomato_mqtt.config.url import BrokerURL
-from tomato_mqtt.services.base import install_signal_handlers, run_until_stopped
+from tomato_mqtt.services.base import cancel_and_wait, install_signal_handlers, run_until_stopped
 from tomato_mqtt.services.dashboard.sessions import Session, Sessions
 from tomato_mqtt.services.dashboard.state import LabState
 from tomato_mqtt.transport.client import AsyncClient, Message
@@ -39,6 +40,11 @@ from tomato_mqtt.wire.topics import Topics
 __all__ = ["DashboardConfig", "DashboardService", "Viewer"]
 
 log = logging.getLogger(__name__)
+
+#: a job launched this long (s) after the dashboard started was seen live from its start
+BACKFILL_MARGIN = 5.0
+#: job files larger than this are not loaded into the plots (the download still works)
+BACKFILL_MAX_BYTES = 256 * 2**20
 
 
 @dataclass
@@ -85,6 +91,9 @@ class DashboardService:
         #: called with the page's address once it is served (``tomato dashboard --open``)
         self.on_ready: Callable[[str], object] | None = None
         self._stop = asyncio.Event()
+        self.started_at = time.time()
+        self._backfilled: set[int] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -141,6 +150,7 @@ class DashboardService:
                 self._stop, self._message_loop(), self._flush_loop(), self._whoami_loop()
             )
         finally:
+            await cancel_and_wait(set(self._tasks))
             for v in list(self.viewers):
                 v.send({"t": "bye"})
             if runner is not None:
@@ -201,6 +211,50 @@ class DashboardService:
         viewer.job = job
         if job is not None:
             viewer.send({"t": "job", "id": job, "now": time.time(), **self.state.job_detail(job)})
+            self._maybe_backfill(job, viewer.session)
+
+    # -- stored data first ------------------------------------------------------------------
+    def _maybe_backfill(self, job: int, session: Session) -> None:
+        """A job that began before this dashboard: load its stored points once."""
+        j = self.state.jobs.get(job)
+        if job in self._backfilled or j is None or j.status in ("q", "qw") or not j.launched_at:
+            return
+        with contextlib.suppress(ValueError):
+            launched = datetime.datetime.fromisoformat(j.launched_at).timestamp()
+            if launched > self.started_at + BACKFILL_MARGIN:
+                return  # seen live from its start
+        who = (session, self.sessions.shared)
+        s = next((x for x in who if x is not None and x.me and "job_snapshot" in x.me.ops), None)
+        if s is None:
+            return  # this login may not take snapshots: the plots start with live data
+        self._backfilled.add(job)
+        task = asyncio.ensure_future(self._backfill(job, s))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _backfill(self, job: int, s: Session) -> None:
+        from tomato_mqtt.services.dashboard.files import chunks, read_job_file, take_snapshot
+
+        try:
+            snap = await take_snapshot(s, job)
+            if snap.size > BACKFILL_MAX_BYTES:
+                log.info("job %d: file of %d bytes not loaded into the plots", job, snap.size)
+                return
+            data = b"".join([c async for c in chunks(s, snap)])
+            roles = await asyncio.to_thread(read_job_file, data)
+        except ImportError:
+            log.warning("netCDF4 is not installed: plots start with live data only")
+            return
+        except Exception as e:  # a refusal, a timeout, a bad file: the page goes on live
+            log.warning("job %d: stored data not loaded: %s", job, e)
+            return
+        n = 0
+        for r in roles:
+            n += self.state.backfill(job, r.component, r.role, r.uts, r.columns, r.units, r.task)
+        log.info("job %d: %d stored points loaded", job, n)
+        for v in list(self.viewers):
+            if v.job == job:
+                self.watch(v, job)
 
     async def _flush_loop(self) -> None:
         next_tick = 0.0
@@ -223,6 +277,10 @@ class DashboardService:
         }
         if not self.viewers:
             return
+        if tick:  # a login that could not snapshot before may now (whoami answered)
+            for v in list(self.viewers):
+                if v.job is not None and v.job not in self._backfilled:
+                    self._maybe_backfill(v.job, v.session)
         msg = {"t": "items", "now": now, "items": items} if items else None
         for v in self.viewers:
             if msg is not None:

@@ -167,9 +167,11 @@ class LabState:
         if per_job is None:
             per_job = self.series[batch.job] = {}
             while len(self.series) > KEEP_JOB_DATA:
-                old, _ = self.series.popitem(last=False)
+                old, gone = self.series.popitem(last=False)
                 self.marks.pop(old, None)
                 self.events.pop(old, None)
+                for c in gone:
+                    self._last_task.pop((old, c), None)
         else:
             self.series.move_to_end(batch.job)
         s = per_job.get(cmp)
@@ -183,6 +185,40 @@ class LabState:
             )
         s.add(batch.uts, dict(batch.vars), batch.units)
         self._series_changed.add(batch.job)
+
+    def backfill(
+        self,
+        job: int,
+        component: str,
+        role: str,
+        uts: list[float],
+        columns: dict[str, list[Any]],
+        units: dict[str, str],
+        task: list[int],
+    ) -> int:
+        """Stored points of a job from before this dashboard saw it (its file): those
+        older than the first point received live are added. Returns how many."""
+        per_job = self.series.setdefault(job, {})
+        s = per_job.get(component)
+        if s is None:
+            s = per_job[component] = Series()
+        before = s.first_t if s.first_t is not None else float("inf")
+        keep = [i for i, t in enumerate(uts) if t < before]
+        if keep:
+            s.add(
+                [uts[i] for i in keep], {k: [c[i] for i in keep] for k, c in columns.items()}, units
+            )
+            prev: int | None = None
+            marks = self.marks.setdefault(job, [])
+            for i in keep:
+                tk = task[i] if i < len(task) else None
+                if tk != prev:
+                    marks.append({"t": uts[i], "component": component, "task": tk, "kind": "file"})
+                    prev = tk
+            marks.sort(key=lambda m: m["t"])
+        self.roles.setdefault(job, {}).setdefault(component, role)
+        self._series_changed.add(job)
+        return len(keep)
 
     def _mark(self, kind: str, key: str) -> None:
         self._changed[(kind, key)] = None

@@ -14,7 +14,6 @@ then the broker's ACL and the scheduler check it again for that login.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import json
 import tempfile
@@ -24,11 +23,11 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
+from tomato_mqtt.services.dashboard.files import chunks, take_snapshot
 from tomato_mqtt.services.dashboard.service import DashboardService, Viewer
 from tomato_mqtt.services.dashboard.sessions import LoginFailed, Session
 from tomato_mqtt.transport.client import MqttError
 from tomato_mqtt.transport.rpc import NoResponder, ReplyError
-from tomato_mqtt.wire.commands import ChunkData, FileData, command
 from tomato_mqtt.wire.messages import Reply
 
 __all__ = ["COOKIE", "make_app"]
@@ -211,15 +210,7 @@ async def _download(request: web.Request) -> web.StreamResponse:
     if "job_snapshot" not in s.controls:
         raise web.HTTPForbidden(text="your role may not take snapshots of jobs")
     try:
-        snap = await s.requester.call(
-            s.topics.scheduler_cmd("job_snapshot"),
-            command("scheduler", "job_snapshot"),
-            {"jobid": job},
-            timeout=60,
-            who="scheduler",
-        )
-        if not isinstance(snap, FileData):
-            raise web.HTTPBadGateway(text="the scheduler's reply has no file")
+        snap = await take_snapshot(s, job)
         resp = web.StreamResponse(
             headers={
                 "Content-Type": "application/x-netcdf",
@@ -227,17 +218,8 @@ async def _download(request: web.Request) -> web.StreamResponse:
             }
         )
         await resp.prepare(request)
-        fetch = command("recorder", "fetch")
-        for index in range(snap.chunks):
-            chunk = await s.requester.call(
-                s.topics.recorder_cmd("fetch"),
-                fetch,
-                {"token": snap.token, "index": index},
-                timeout=30,
-                who="recorder",
-            )
-            if isinstance(chunk, ChunkData):
-                await resp.write(base64.b64decode(chunk.data))
+        async for data in chunks(s, snap):
+            await resp.write(data)
         await resp.write_eof()
         return resp
     except ReplyError as e:

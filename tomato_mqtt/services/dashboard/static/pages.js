@@ -56,7 +56,7 @@ function merge(cmp, u) {
   const cut = (a, b) => a.slice(0, u.from).concat(b);
   s.t = cut(s.t, u.t); s.n = cut(s.n, u.n);
   for (const v of Object.keys(u.lo)) { s.lo[v] = cut(s.lo[v] || [], u.lo[v]); s.hi[v] = cut(s.hi[v] || [], u.hi[v]); }
-  s.units = u.units; s.points = u.points; s.last = u.last;
+  s.units = u.units; s.points = u.points; s.first = u.first; s.last = u.last;
   queue(cmp);
 }
 
@@ -125,9 +125,9 @@ async function drawQueued() {
       draws.push(Plotly.react(box, [{ x, y, mode: "lines", type: "scatter", line: { width: 1 } }], layout, { displayModeBar: false, responsive: true }));
     }
     await Promise.all(draws);
-    const last = s.last;
+    const last = s.last, first = s.first;
     requestAnimationFrame(() => {
-      window.__dash.drawn[cmp] = { last, points: s.points, at: Date.now() };
+      window.__dash.drawn[cmp] = { first, last, points: s.points, at: Date.now() };
       timing("plot", cmp, last);
     });
   }
