@@ -15,10 +15,9 @@ import time
 from collections import OrderedDict, deque
 from typing import Any
 
-from pydantic import BaseModel
-
 from tomato_mqtt.model.jobs import Job
 from tomato_mqtt.services.dashboard.series import Series
+from tomato_mqtt.services.dashboard.views import event_view, meta_view, status_view
 from tomato_mqtt.wire.messages import (
     ComponentMeta,
     ComponentStatus,
@@ -51,10 +50,6 @@ STATUS_MEANING = {
 KEEP_JOB_DATA = 20
 #: events kept per job
 KEEP_EVENTS = 200
-
-
-def _dump(m: BaseModel) -> dict[str, Any]:
-    return m.model_dump(mode="json", by_alias=False, exclude={"schema_"})
 
 
 class LabState:
@@ -153,7 +148,7 @@ class LabState:
     def _event(self, ev: JobEvent, topic_id: int) -> None:
         if ev.job != topic_id:
             return
-        self.events.setdefault(ev.job, deque(maxlen=KEEP_EVENTS)).append(_dump(ev))
+        self.events.setdefault(ev.job, deque(maxlen=KEEP_EVENTS)).append(event_view(ev))
         if ev.event == "task_started" and ev.role is not None:
             self.marks.setdefault(ev.job, []).append(
                 {"t": ev.time, "role": ev.role, "task": ev.task, "kind": "start"}
@@ -238,7 +233,14 @@ class LabState:
         """One item of the page: ``{k: kind, id: key, v: value or null (gone)}``."""
         v: Any = None
         if kind == "scheduler" and self.scheduler is not None:
-            v = {**_dump(self.scheduler), "rx": self.rx.get("scheduler")}
+            sch = self.scheduler
+            v = {
+                "state": sch.state,
+                "version": sch.version,
+                "jobs_running": sch.jobs_running,
+                "jobs_queued": sch.jobs_queued,
+                "rx": self.rx.get("scheduler"),
+            }
         elif kind == "recorder" and self.recorder is not None:
             r = self.recorder
             v = {"state": r.state, "version": r.version, "storage_error": r.storage_error}
@@ -251,17 +253,27 @@ class LabState:
                 "version": n.version,
                 "host": n.host,
                 "components": n.components,
-                "drivers": {d: _dump(i) for d, i in n.drivers.items()},
+                "drivers": {
+                    d: {"loaded": i.loaded, "error": i.error} for d, i in n.drivers.items()
+                },
                 "spool_pending": n.spool_pending,
                 "rx": self.rx.get(f"node:{key}"),
             }
         elif kind == "component":
             v = self.component_view(key)
         elif kind == "last" and key in self.lasts:
-            v = _dump(self.lasts[key])
+            last = self.lasts[key]
+            v = {"uts": last.uts, "values": last.values, "units": last.units}
         elif kind == "pipeline" and key in self.pipelines:
             pip = self.pipelines[key]
-            v = {**_dump(pip), "slugs": {role: slug(c) for role, c in pip.roles.items()}}
+            v = {
+                "name": pip.name,
+                "sample": pip.sample,
+                "ready": pip.ready,
+                "job": pip.job,
+                "roles": pip.roles,
+                "slugs": {role: slug(c) for role, c in pip.roles.items()},
+            }
         elif kind == "job" and key.isdigit() and int(key) in self.jobs:
             v = self.job_summary(self.jobs[int(key)])
         elif kind == "event" and key.isdigit():
@@ -274,8 +286,8 @@ class LabState:
         if meta is None and status is None:
             return None
         return {
-            "meta": _dump(meta) if meta else None,
-            "status": _dump(status) if status else None,
+            "meta": meta_view(meta) if meta else None,
+            "status": status_view(status) if status else None,
         }
 
     def points(self, jobid: int) -> int | None:
