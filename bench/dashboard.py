@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import statistics
 import sys
 import time
@@ -298,6 +299,11 @@ async def run(args: argparse.Namespace) -> int:
         ("point-to-screen, plot at 1 kHz (ms)", _stats(plot_lat), "≤ 500"),
         ("point-to-screen, latest value in the overview (ms)", _stats(value_lat), "≤ 500"),
         ("DOM elements: overview / job page", f"{dom_overview} / {dom_job}", "bounded"),
+        (
+            "machine: load average (1 min) / CPUs",
+            f"{os.getloadavg()[0]:.1f} / {os.cpu_count()}",
+            "",
+        ),
     ]
     print("| figure | median / p95 / max | target |")
     print("|---|---|---|")
