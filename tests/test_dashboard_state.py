@@ -129,3 +129,15 @@ def test_controls_follow_the_role() -> None:
     assert "set_attr" in controls_for(admin, False)
     assert controls_for(admin, read_only=True) == []
     assert controls_for(None, False) == []
+
+
+def test_an_unsigned_page_gets_controls_only_on_an_open_loopback_stack() -> None:
+    from tomato_mqtt.services.dashboard.sessions import Session
+
+    def page(role: str, open_: bool, exposed: bool) -> list[str]:
+        me = WhoamiData(user="x", role=role, ops=["job_cancel"], open=open_)
+        return Session("", None, None, T, me, exposed=exposed).controls  # type: ignore[arg-type]
+
+    assert page("admin", open_=True, exposed=False) == ["job_cancel", "get_attr", "set_attr"]
+    assert page("admin", open_=True, exposed=True) == []  # an open stack on the network
+    assert page("admin", open_=False, exposed=False) == []  # secured: a person signs in

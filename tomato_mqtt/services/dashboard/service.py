@@ -82,7 +82,8 @@ class DashboardService:
         self.cfg = cfg
         self.topics = Topics(cfg.instance, cfg.url.username)
         self.state = LabState()
-        self.sessions = Sessions(cfg.url, cfg.instance, cfg.read_only)
+        exposed = cfg.host not in ("127.0.0.1", "localhost", "::1")
+        self.sessions = Sessions(cfg.url, cfg.instance, cfg.read_only, exposed)
         self.viewers: set[Viewer] = set()
         self.client: AsyncClient | None = None
         self.port: int | None = None  # the bound port, once serving

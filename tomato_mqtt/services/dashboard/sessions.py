@@ -6,9 +6,12 @@ more MQTT connection with that person's login and password, asks the scheduler
 ``whoami``, and sends every command of that session on that connection. So the broker's
 ACL and the scheduler's role checks see the real user (``scheduler/cmd/<op>/<user>``),
 exactly as for ``ketchup`` on that person's PC; the dashboard adds no trust of its own.
-Without signing in, a page acts as the dashboard's own login: read-only on a secured
-stack, everything on an open one (every client may do everything there anyway), unless
-``[dashboard] read_only`` hides every control.
+Without signing in, a page reads through the dashboard's own login and shows no
+controls on a secured stack, whatever that login's role: acting needs a person. On an
+open stack (no users file, loopback only) every client may do everything anyway, so a
+page served on loopback shows every control; served on a network address, an open
+stack's dashboard shows none and refuses sign-in (the broker would accept any name).
+``[dashboard] read_only`` hides every control everywhere.
 """
 
 from __future__ import annotations
@@ -64,10 +67,13 @@ class Session:
     me: WhoamiData | None = None
     read_only: bool = False
     client: AsyncClient | None = None  # own connection (signed in), closed on sign-out
+    exposed: bool = False  # served on a network address, not loopback only
     created: float = field(default_factory=time.time)
 
     @property
     def controls(self) -> list[str]:
+        if self.client is None and self.me is not None and (not self.me.open or self.exposed):
+            return []  # not signed in: controls only on an open stack served on loopback
         return controls_for(self.me, self.read_only)
 
     def describe(self) -> dict[str, Any]:
@@ -97,10 +103,13 @@ class Sessions:
     #: how many signed-in sessions may hold a broker connection at once
     MAX_SIGNED_IN = 50
 
-    def __init__(self, url: BrokerURL, instance: str, read_only: bool) -> None:
+    def __init__(
+        self, url: BrokerURL, instance: str, read_only: bool, exposed: bool = False
+    ) -> None:
         self.url = url
         self.instance = instance
         self.read_only = read_only
+        self.exposed = exposed
         self._by_token: dict[str, Session] = {}
         self.shared: Session | None = None
 
@@ -108,7 +117,7 @@ class Sessions:
         topics = Topics(self.instance, self.url.username)
         req = Requester(client, topics)
         await req.start()
-        self.shared = Session("", None, req, topics, read_only=self.read_only)
+        self.shared = Session("", None, req, topics, read_only=self.read_only, exposed=self.exposed)
 
     async def refresh_shared(self) -> None:
         """Ask ``whoami`` for the dashboard's own identity (again: the scheduler may have
@@ -144,6 +153,12 @@ class Sessions:
         if me is None:
             await client.disconnect()
             raise LoginFailed("no scheduler answered whoami: is it running?")
+        if me.open and self.exposed:
+            await client.disconnect()
+            raise LoginFailed(
+                "this stack is open (no users file): anyone could sign in as anyone from the "
+                "network; secure it (docs/security.md) to use controls on a served dashboard"
+            )
         s = Session(secrets.token_urlsafe(24), username, req, topics, me, self.read_only, client)
         self._by_token[s.token] = s
         return s
