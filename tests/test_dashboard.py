@@ -112,6 +112,10 @@ async def test_dashboard_live_controls(
         assert await page.locator("#jp-plots .plot .main-svg").count() >= 1
         assert await page.locator("#jp-plots .gtitle", has_text="counter: val").count() == 1
         assert await page.locator("#jp-plots .annotation-text", has_text="task 0").count() >= 1
+        # variables can be chosen: unticked, its plot goes away
+        await page.locator('#jp-vars input[data-key$="|max"]').uncheck()
+        assert await page.locator('#jp-plots .plot[data-key$="|max"]').is_hidden()
+        assert await page.locator('#jp-plots .plot[data-key$="|val"]').is_visible()
         # the snapshot download: a NetCDF file fetched from the recorder over MQTT
         async with page.expect_download() as dl:
             await page.click("#jp-download")
@@ -119,8 +123,6 @@ async def test_dashboard_live_controls(
         await (await dl.value).save_as(snap)
         assert snap.read_bytes()[:4] in (b"\x89HDF", b"CDF\x01", b"CDF\x02")
         await page.locator("#jp-tasks td.current").wait_for(timeout=5_000)
-        DOCS.mkdir(exist_ok=True)
-        await page.screenshot(path=str(DOCS / "dashboard.png"), full_page=False)
 
         # a dashboard started while the job runs: its plot starts with the stored points
         stored = await page.evaluate(
@@ -134,6 +136,12 @@ async def test_dashboard_live_controls(
                 f"&& d.first < {before})",
                 timeout=15_000,
             )
+
+        # the screenshot of docs/ and the README: the job page of a running job
+        await page.locator('#jp-vars input[data-key$="|max"]').check()
+        await page.evaluate("document.getElementById('reply').hidden = true")
+        DOCS.mkdir(exist_ok=True)
+        await page.screenshot(path=str(DOCS / "dashboard.png"), full_page=False)
 
         # cancel from the page: the job ends cd
         await _act(page, "#jp-cancel", "✓")

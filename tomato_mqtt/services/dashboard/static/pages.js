@@ -107,6 +107,7 @@ async function drawQueued() {
     }
     const draws = [];
     for (const v of Object.keys(s.lo)) {
+      if (!s.lo[v].some((x) => x != null)) continue;  // text or arrays: nothing to plot
       const box = ensureVar(cmp, v, s.units[v]);
       if (J.hidden.has(`${cmp}|${v}`)) continue;
       const x = [], y = [], lo = s.lo[v], hi = s.hi[v];
@@ -143,7 +144,7 @@ function renderPayload() {
   }
   renderRows($("jp-tasks").tBodies[0], method.map((t, i) => {
     const cls = running.has(i) ? "current" : "";
-    return [String(i), `<td class="${cls}">${i}</td><td>${esc(t.component_tag || t.role)}</td><td>${esc(t.task_name)}</td><td>${esc(t.technique_name)}</td>` +
+    return [String(i), `<td class="${cls}">${i}</td><td>${esc(t.component_role || t.component_tag || t.device)}</td><td>${esc(t.task_name)}</td><td>${esc(t.technique_name)}</td>` +
       `<td>${esc(t.max_duration)}</td><td>${esc(t.sampling_interval)}</td><td>${esc(JSON.stringify(t.task_params || {}))}</td>`];
   }));
   $("jp-payload").textContent = JSON.stringify(job.payload, null, 2);
