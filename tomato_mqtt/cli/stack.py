@@ -87,6 +87,8 @@ def start(opts: common.Opts) -> None:
         f"tomato-mqtt started on {ctx.url} (instance {ctx.instance}, pid {proc.pid}); "
         f"{n_ok}/{n_all} component(s) ready"
     )
+    if s.dashboard.enabled:
+        common.emit(f"dashboard: http://{s.dashboard.host}:{s.dashboard.port}/")
 
 
 def _alive(pid: int) -> bool:
