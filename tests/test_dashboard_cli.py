@@ -96,3 +96,15 @@ def test_instrument_pc_install_does_not_pull_the_dashboard() -> None:
     )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_the_settings_in_the_docs_are_the_defaults(tmp_path: Path) -> None:
+    """docs/dashboard.md's [dashboard] block loads, and says what the defaults are."""
+    from tomato_mqtt.config.settings import DashboardSettings, load_settings
+
+    doc = (ROOT / "docs" / "dashboard.md").read_text()
+    block = doc.split("```toml\n[dashboard]\n", 1)[1].split("```", 1)[0]
+    (tmp_path / "settings.toml").write_text("[dashboard]\n" + block)
+    s = load_settings(appdir=tmp_path, datadir=tmp_path, logdir=tmp_path)
+    assert s.dashboard == DashboardSettings()
+    assert "--open" in doc and "tomato dashboard --open" in (ROOT / "README.md").read_text()
