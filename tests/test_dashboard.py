@@ -99,14 +99,14 @@ async def test_dashboard_live_controls(
 
         # the plot gains points while the job runs
         await page.wait_for_function(
-            "() => Object.values(window.__dash.drawn).some(d => d.points > 5)", timeout=10_000
+            "() => Object.values(window.__dash.drawn).some(d => d.points > 5)", timeout=20_000
         )
         first = await page.evaluate(
             "Math.max(...Object.values(window.__dash.drawn).map(d => d.points))"
         )
         await page.wait_for_function(
             f"() => Object.values(window.__dash.drawn).some(d => d.points > {first} + 10)",
-            timeout=10_000,
+            timeout=20_000,
         )
         # one plot per variable of the role, titled role: variable, task start marked
         assert await page.locator("#jp-plots .plot .main-svg").count() >= 1
@@ -134,7 +134,7 @@ async def test_dashboard_live_controls(
             await page2.wait_for_function(
                 f"() => Object.values(window.__dash.drawn).some(d => d.points >= {stored} "
                 f"&& d.first < {before})",
-                timeout=15_000,
+                timeout=30_000,
             )
 
         # the screenshot of docs/ and the README: the job page of a running job
