@@ -7,8 +7,9 @@ what a stack would: the scheduler's, the recorder's and 10 nodes' presence, 100
 components (meta, status, a latest value every 0.5 s each), one pipeline per component,
 1,000 jobs in the queue's history, and one job running on component 0 at 1 kHz (batches
 of 100 points every 0.1 s, as a node sends them), with a minute of its data sent before
-the page opens. ``tomato dashboard`` runs in-process; Debian's Chromium (headless,
-Playwright) opens it. All times are taken by the page itself (``window.__dash``):
+the page opens. ``tomato dashboard`` runs in its own process, as in a lab; Debian's
+Chromium (headless, Playwright) opens it. All times are taken by the page itself
+(``window.__dash``):
 
 - first paint: from navigation start to the first frame on screen with the full state
   (``performance.now()`` one animation frame after the state was rendered), per reload;
@@ -26,8 +27,13 @@ import asyncio
 import contextlib
 import os
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
+import urllib.request
+from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 from tomato_mqtt.config.url import BrokerURL
@@ -215,6 +221,25 @@ def latencies(log: list[dict[str, Any]], kind: str, sent: list[tuple[float, floa
     return out
 
 
+def breakdown(
+    log: list[dict[str, Any]], sent: list[tuple[float, float]]
+) -> tuple[list[float], list[float], list[float]]:
+    """Where a plotted point's time goes: publish → flush (server), flush → the page's
+    receipt (WebSocket), receipt → on screen (drawing). Each ms, per published batch."""
+    recv = sorted((e["at"], e["last"], e["srv"]) for e in log if e["kind"] == "recv" and e["last"])
+    shown = sorted((e["at"], e["last"]) for e in log if e["kind"] == "plot" and e["last"])
+    a, b, c = [], [], []
+    for wall, last in sent:
+        r = next((x for x in recv if x[1] >= last - 1e-9), None)
+        s = next((at for at, v in shown if v >= last - 1e-9), None)
+        if r is None or s is None:
+            continue
+        a.append(r[2] * 1000 - wall * 1000)
+        b.append(r[0] - r[2] * 1000)
+        c.append(s - r[0])
+    return a, b, c
+
+
 def value_latencies(log: list[dict[str, Any]], rounds: list[float]) -> list[float]:
     """For each round of latest values (all components at once, ``uts`` = publish time),
     ms until the *last* of its cells was on screen."""
@@ -231,56 +256,100 @@ def value_latencies(log: list[dict[str, Any]], rounds: list[float]) -> list[floa
     return out
 
 
+@contextlib.asynccontextmanager
+async def dashboard_process(port: int, root: Path) -> AsyncIterator[str]:
+    """``tomato dashboard`` in its own process, as it runs in a lab; yields its address."""
+    from bench.harness import free_port
+
+    web = free_port()
+    app = root / "app"
+    app.mkdir(parents=True)
+    (app / "settings.toml").write_text(
+        f'[mqtt]\ninstance = "{INSTANCE}"\nport = {port}\n'
+        f"[broker]\nembedded = false\n[dashboard]\nport = {web}\n"
+    )
+    exe = Path(sys.executable).parent / "tomato"
+    with (root / "dashboard.out").open("wb") as out:
+        proc = subprocess.Popen(
+            [str(exe), "dashboard", "-A", str(app), "-L", str(root / "log")],
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    address = f"http://127.0.0.1:{web}/"
+    try:
+        for _ in range(300):
+            try:
+                await asyncio.to_thread(urllib.request.urlopen, address, None, 2)
+                break
+            except OSError:
+                if proc.poll() is not None:
+                    raise RuntimeError((root / "dashboard.out").read_text()) from None
+                await asyncio.sleep(0.1)
+        yield address
+    finally:
+        proc.terminate()
+        try:
+            await asyncio.to_thread(proc.wait, 15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 async def run(args: argparse.Namespace) -> int:
     from tomato_mqtt_broker import BrokerConfig, EmbeddedBroker
 
     from bench.harness import free_port
-    from tests.browser import chromium_page, running_dashboard
+    from tests.browser import chromium_page
 
     port = free_port()
     broker = EmbeddedBroker(BrokerConfig(host="127.0.0.1", port=port))
     await broker.start()
     url = f"mqtt://127.0.0.1:{port}"
     stop = asyncio.Event()
-    rows: list[tuple[str, str, str]] = []
+    cmp = Topics(INSTANCE).component_data(_cmp(0)).split("/")[-2]
     try:
-        async with AsyncClient(BrokerURL.parse(url)) as c:
-            lab = Lab(c, args.components, args.jobs, args.rate)
-            async with running_dashboard(url, INSTANCE) as dash:
+        with tempfile.TemporaryDirectory(prefix="bench-dashboard-") as tmp:
+            async with (
+                AsyncClient(BrokerURL.parse(url)) as c,
+                dashboard_process(port, Path(tmp)) as address,
+                chromium_page() as (_, page),
+            ):
+                lab = Lab(c, args.components, args.jobs, args.rate)
+                await page.goto(address)
                 t0 = time.perf_counter()
                 await lab.retained_state()
                 await lab.history(60.0)
-                series = dash.state.series
-                while len(dash.state.jobs) < args.jobs or lab.job not in series:
-                    await asyncio.sleep(0.05)
+                await page.wait_for_function(
+                    f"() => Object.keys(window.S.jobs).length >= {args.jobs}", timeout=60_000
+                )
                 setup = time.perf_counter() - t0
                 streamer = asyncio.ensure_future(lab.stream(stop))
-                async with chromium_page() as (_, page):
-                    paints = []
-                    for _ in range(args.reloads):
-                        await page.goto(dash.address(), wait_until="commit")
-                        await page.wait_for_function("() => window.__dash.firstPaint !== null")
-                        paints.append(await page.evaluate("window.__dash.firstPaint"))
-                    dom_overview = await page.evaluate("document.getElementsByTagName('*').length")
-                    lab.values.clear()
-                    await asyncio.sleep(args.seconds / 2)
-                    log = await page.evaluate("window.__dash.log")
-                    value_lat = value_latencies(log, [w for w, _ in lab.values[:-2]])
+                paints = []
+                for _ in range(args.reloads):
+                    await page.goto(address, wait_until="commit")
+                    await page.wait_for_function("() => window.__dash.firstPaint !== null")
+                    paints.append(await page.evaluate("window.__dash.firstPaint"))
+                dom_overview = await page.evaluate("document.getElementsByTagName('*').length")
+                lab.values.clear()
+                await asyncio.sleep(args.seconds / 2)
+                log = await page.evaluate("window.__dash.log")
+                value_lat = value_latencies(log, [w for w, _ in lab.values[:-2]])
 
-                    cmp = Topics(INSTANCE).component_data(_cmp(0)).split("/")[-2]
-                    t_click = await page.evaluate("Date.now()")
-                    await page.evaluate(f"location.hash = '#/job/{lab.job}'")
-                    await page.wait_for_function(
-                        f"() => window.__dash.drawn[{cmp!r}] !== undefined", timeout=30_000
-                    )
-                    job_paint = await page.evaluate(f"window.__dash.drawn[{cmp!r}].at") - t_click
-                    lab.published.clear()
-                    await asyncio.sleep(args.seconds / 2)
-                    log = await page.evaluate("window.__dash.log")
-                    plot_lat = latencies(log, "plot", lab.published[:-3])
-                    dom_job = await page.evaluate("document.getElementsByTagName('*').length")
-                    buckets = len(dash.state.series[lab.job][cmp].buckets)
-                    points = dash.state.series[lab.job][cmp].points
+                t_click = await page.evaluate("Date.now()")
+                await page.evaluate(f"location.hash = '#/job/{lab.job}'")
+                await page.wait_for_function(
+                    f"() => window.__dash.drawn[{cmp!r}] !== undefined", timeout=30_000
+                )
+                job_paint = await page.evaluate(f"window.__dash.drawn[{cmp!r}].at") - t_click
+                lab.published.clear()
+                await asyncio.sleep(args.seconds / 2)
+                log = await page.evaluate("window.__dash.log")
+                plot_lat = latencies(log, "plot", lab.published[:-3])
+                hops = breakdown(log, lab.published[:-3])
+                dom_job = await page.evaluate("document.getElementsByTagName('*').length")
+                buckets = await page.evaluate(f"J.series[{cmp!r}].t.length")
+                points = await page.evaluate(f"J.series[{cmp!r}].points")
                 stop.set()
                 await streamer
     finally:
@@ -298,6 +367,9 @@ async def run(args: argparse.Namespace) -> int:
         ("job page: click → plots drawn (ms)", f"{job_paint:.0f}", ""),
         ("point-to-screen, plot at 1 kHz (ms)", _stats(plot_lat), "≤ 500"),
         ("point-to-screen, latest value in the overview (ms)", _stats(value_lat), "≤ 500"),
+        ("… of the plot: publish → dashboard flushed it (ms)", _stats(hops[0]), ""),
+        ("… flushed → page received it (ms)", _stats(hops[1]), ""),
+        ("… received → on screen (ms)", _stats(hops[2]), ""),
         ("DOM elements: overview / job page", f"{dom_overview} / {dom_job}", "bounded"),
         (
             "machine: load average (1 min) / CPUs",

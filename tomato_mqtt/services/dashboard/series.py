@@ -20,8 +20,8 @@ from typing import Any
 
 __all__ = ["MAX_BUCKETS", "Series"]
 
-#: buckets kept per series (about one per pixel column of a wide plot)
-MAX_BUCKETS = 1000
+#: buckets kept per series (about one per pixel column of a plot)
+MAX_BUCKETS = 800
 #: the first bucket width (s): fine enough that a slow job shows every point
 FIRST_WIDTH = 0.001
 

@@ -55,7 +55,7 @@ class DashboardConfig:
     port: int = 8765  # 0: any free port (tests); see DashboardService.port
     read_only: bool = False
     lost_after: float = 10.0  # a presence silent this long shows as lost
-    flush_interval: float = 0.1
+    flush_interval: float = 0.05  # a point waits 25 ms on average before it goes out
     title: str = ""
 
 

@@ -9,9 +9,9 @@ const S = {
 };
 // browser-side timings for the tests and bench/dashboard.py
 window.__dash = { firstPaint: null, helloAt: null, drawn: {}, lastSeen: {}, log: [], ws: null };
-function timing(kind, id, last) {  // what reached the screen when (bench/dashboard.py)
+function timing(kind, id, last, srv) {  // what reached the screen when (bench/dashboard.py)
   const log = window.__dash.log;
-  log.push({ kind, id, last, at: Date.now() });
+  log.push({ kind, id, last, srv, at: Date.now() });
   if (log.length > 5000) log.splice(0, 1000);
 }
 window.timing = timing;

@@ -42,6 +42,7 @@ window.onPageMessage = (m) => {
     for (const [cmp, s] of Object.entries(m.series)) J.series[cmp] = s;
     renderPayload(); renderEvents(); queueAll();
   } else if (m.t === "series") {
+    for (const [cmp, u] of Object.entries(m.series)) timing("recv", cmp, u.last, m.now);
     J.marks = m.marks; J.roles = m.roles;
     for (const [cmp, u] of Object.entries(m.series)) merge(cmp, u);
   } else if (m.t === "events") {
