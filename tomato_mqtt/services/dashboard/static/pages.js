@@ -172,6 +172,22 @@ function renderJobPage() {
   renderPayload();
 }
 $("jp-cancel").addEventListener("click", () => command("job_cancel", { jobids: [J.id] }));
+$("jp-download").addEventListener("click", async (e) => {
+  // fetched here so that a refusal shows in the page instead of replacing it
+  e.preventDefault();
+  const a = e.currentTarget;
+  showReply({ success: true, msg: "the recorder is writing the file…" });
+  try {
+    const res = await fetch(a.href);
+    if (!res.ok) { showReply({ success: false, msg: `${res.status}: ${await res.text()}` }); return; }
+    const url = URL.createObjectURL(await res.blob());
+    const link = document.createElement("a");
+    link.href = url; link.download = `snapshot.${J.id}.nc`;
+    document.body.appendChild(link); link.click(); link.remove();
+    setTimeout(() => URL.revokeObjectURL(url), 60_000);
+    showReply({ success: true, msg: `downloaded snapshot.${J.id}.nc` });
+  } catch (err) { showReply({ success: false, msg: `download failed: ${err}` }); }
+});
 
 // -- component page --------------------------------------------------------------------------
 function renderComponentPage(slug) {
