@@ -70,7 +70,11 @@ def dashboard(
 
         svc.on_ready = webbrowser.open
     typer.echo(f"dashboard: http://{svc.cfg.host}:{svc.cfg.port}/ (Ctrl-C stops it)", err=True)
+    from tomato_mqtt.transport.client import MqttError
+
     try:
         svc.run_sync()
+    except MqttError as e:
+        fail(f"the dashboard cannot reach the broker at {url}: {e}")
     except OSError as e:
-        fail(f"the dashboard cannot serve on {host or s.dashboard.host}: {e}")
+        fail(f"the dashboard cannot serve on {svc.cfg.host}:{svc.cfg.port}: {e}")

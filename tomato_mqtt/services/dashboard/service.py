@@ -140,9 +140,8 @@ class DashboardService:
             await runner.setup()
             site = web.TCPSite(runner, self.cfg.host, self.cfg.port)
             await site.start()
-            server = getattr(site, "_server", None)
-            sockets = getattr(server, "sockets", None) or []
-            self.port = sockets[0].getsockname()[1] if sockets else self.cfg.port
+            addresses = runner.addresses  # the bound port, also when asked for port 0
+            self.port = int(addresses[0][1]) if addresses else self.cfg.port
             log.info("dashboard on %s (broker %s)", self.address(), self.cfg.url)
             self.ready.set()
             if self.on_ready is not None:
