@@ -50,7 +50,7 @@ def install() -> None:
     stamp = VENV / ".installed"
     if stamp.exists() and stamp.read_text() == digest.hexdigest():
         return
-    args = ["-e", ".[server,dev]"]
+    args = ["-e", ".[server,dashboard,dev]"]
     for p in PROJECTS[1:]:
         args += ["-e", p]
     sh(PY, "-m", "pip", "install", "--quiet", *args)
@@ -68,6 +68,8 @@ def pytest(extra: list[str]) -> None:
     sh("bash", REPO / "scripts" / "ensure-mosquitto")
     # libfaketime: the chaos suite's clock-skew scenarios (they skip, saying why, without it)
     sh("bash", REPO / "scripts" / "ensure-faketime")
+    # Debian's chromium: the dashboard's browser tests drive it through Playwright
+    sh("bash", REPO / "scripts" / "ensure-chromium")
     # the test command installs Mosquitto: its compatibility tests must run, not skip
     os.environ.setdefault("TOMATO_REQUIRE_MOSQUITTO", "1")
     # tomato 2.2's own models read our files, from a venv of their own (never ours)

@@ -394,6 +394,7 @@ NOT_CLIENT = {
     "tomato scheduler": LOCAL,
     "tomato recorder": LOCAL,
     "tomato node": LOCAL | {"broker", "instance"},
+    "tomato dashboard": LOCAL | {"broker", "instance"},
     "tomato supervise": LOCAL,
     "tomato broker-config": {"appdir", "datadir", "port"},
     **{f"tomato user {c}": {"appdir"} for c in ("add", "passwd", "role", "remove", "list")},

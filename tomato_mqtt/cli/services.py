@@ -154,5 +154,6 @@ def supervise(opts: common.Opts, verbose: VerboseOpt = 0, quiet: QuietOpt = 0) -
         port=s.mqtt.port,
         node_name=s.node.name,
         service_flags=["-v"] * verbose + ["-q"] * quiet,
+        dashboard=s.dashboard.enabled,
     )
     raise typer.Exit(asyncio.run(sup.run()))

@@ -135,6 +135,9 @@ def start(verbose: VerboseOpt = 0, quiet: QuietOpt = 0, *, opts: common.Opts) ->
         {"node": node, "driver": driver, "why": why, "components": sorted(comps)}
         for (node, driver), (why, comps) in sorted(missing.items())
     ]
+    if s.dashboard.enabled:
+        data["dashboard"] = f"http://{s.dashboard.host}:{s.dashboard.port}/"
+        msg += f"\ndashboard: {data['dashboard']}"
     opts.output().reply(_Done(msg, data))
     for (node, driver), (why, comps) in sorted(missing.items()):
         typer.echo(

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import typer
 
-from tomato_mqtt.cli import common, drivers, pipeline, services, stack, status, user
+from tomato_mqtt.cli import common, dashboard, drivers, pipeline, services, stack, status, user
 
 __all__ = ["app", "main"]
 
@@ -42,6 +42,7 @@ def schema(opts: common.Opts) -> None:
 app.add_typer(stack.app)
 app.add_typer(_schema)
 app.add_typer(services.app)
+app.add_typer(dashboard.app)
 app.add_typer(status.app)
 app.add_typer(pipeline.app, name="pipeline", help="Load, eject and mark pipelines ready.")
 app.add_typer(user.app, name="user", help="Users, passwords and roles of the broker.")

@@ -29,6 +29,7 @@ __all__ = [
     "APPNAME",
     "SETTINGS_FILE",
     "BrokerSettings",
+    "DashboardSettings",
     "JobLimits",
     "MqttSettings",
     "NodeSettings",
@@ -178,6 +179,16 @@ class NodeSettings(_Section):
         return v
 
 
+class DashboardSettings(_Section):
+    """``tomato dashboard`` (issue 11): where it listens, and whether ``tomato start`` runs it."""
+
+    enabled: bool = False  # run it under `tomato start` too
+    host: str = "127.0.0.1"
+    port: int = Field(default=8765, ge=0, le=65535)
+    #: show no controls to anyone, whatever their role
+    read_only: bool = False
+
+
 class Settings(_Section):
     appdir: Path
     datadir: Path
@@ -189,6 +200,7 @@ class Settings(_Section):
     jobs: JobLimits = Field(default_factory=JobLimits)
     recorder: RecorderSettings = Field(default_factory=RecorderSettings)
     node: NodeSettings = Field(default_factory=NodeSettings)
+    dashboard: DashboardSettings = Field(default_factory=DashboardSettings)
     drivers: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
     @model_validator(mode="after")

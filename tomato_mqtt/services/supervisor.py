@@ -120,6 +120,7 @@ class Supervisor:
         port: int,
         node_name: str,
         service_flags: list[str] | None = None,
+        dashboard: bool = False,
     ) -> None:
         exe = [sys.executable, "-m", "tomato_mqtt.cli.tomato"]
         flags = list(service_flags or [])  # -v/-q of `tomato start`
@@ -135,6 +136,8 @@ class Supervisor:
             Child("recorder", [*exe, "recorder", *common_args, *flags]),
             Child("node", [*exe, "node", "--name", node_name, *common_args, *flags]),
         ]
+        if dashboard:  # [dashboard] enabled: the web UI is one more supervised service
+            self.children.append(Child("dashboard", [*exe, "dashboard", *common_args]))
         self._stop = asyncio.Event()
         self.stopping = False
         #: why the stack gave up at start (the broker could not listen), else None
@@ -160,7 +163,7 @@ class Supervisor:
             if self.failed:  # all at once, shortly: there is nothing to flush
                 await asyncio.gather(*(self._terminate(c, 2.0) for c in self.children))
                 return 1
-            for name in ("node", "scheduler", "recorder", "broker"):
+            for name in ("dashboard", "node", "scheduler", "recorder", "broker"):
                 for c in self.children:
                     if c.name == name:
                         await self._terminate(c)
