@@ -197,7 +197,7 @@ def waiting_reason(
     and is ready; without this it would sit at ``qw`` with no word. ``None`` when it just
     waits for a running job to end.
     """
-    holding = [n for n in candidates if n in pipelines and pipelines[n].sample == sample]
+    holding = [n for n in candidates if n in pipelines and pipelines[n].sampleid == sample]
     if not holding:
         where = ", ".join(candidates)
         return (

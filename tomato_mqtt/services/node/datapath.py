@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import logging
 import secrets
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from tomato_mqtt.driver import TaskEnd
@@ -52,7 +53,7 @@ TaskKey = tuple[int | None, int | None]
 
 
 def split_by_task(
-    points: list[Point | Block],
+    points: Sequence[Point | Block],
 ) -> list[tuple[TaskKey, list[Point | Block]]]:
     """Consecutive runs of points (and blocks) taken in the same task (``(None, None)``:
     idle)."""

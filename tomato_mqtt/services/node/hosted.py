@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tomato_mqtt.driver import ComponentRunner, ModelDevice, ModelInterface, TaskEnd, TaskSpec
-from tomato_mqtt.driver.runner import Point
 from tomato_mqtt.driver.upstream.adapter import UpstreamDevice
 from tomato_mqtt.driver.upstream.runner import UpstreamRunner
 from tomato_mqtt.driver.validate import to_jsonable
