@@ -115,7 +115,14 @@ def test_status_sections_human_and_json(stack: Stack) -> None:
         assert res.returncode == 0, res.stderr
         assert word in res.stdout, (section, res.stdout)
         out = stack.json("tomato", "status", section)
-        assert out["success"] and isinstance(out["data"], list) and out["data"], section
+        # a name -> object mapping, as tomato 2.2's -y data
+        data = out["data"]
+        assert out["success"] and isinstance(data, dict) and data, section
+        assert all(v.get("name", v.get("node")) == k for k, v in data.items()), section
+    top = stack.json("tomato", "status")["data"]  # tomato's Daemon fields, pips included
+    assert top["status"] == "running" and top["port"] == stack.port, top
+    assert set(top["pips"]) == {f"pip-counter-{i}" for i in range(1, 5)}, top
+    assert {"devs", "drvs", "cmps"} <= set(top), top
     comps = list(stack.json("tomato", "status", "components")["data"].values())
     assert {c["name"] for c in comps} == {
         f"example_counter:(example-addr,{i})" for i in range(1, 5)
