@@ -47,7 +47,7 @@ async def test_follow_snapshot_and_exit_codes(
     broker: RunningBroker, tmp_path: Path, instance: str
 ) -> None:
     payload = yaml.safe_load((CONFIG / "counter_1_0.1.yml").read_text())
-    payload["method"][0]["time"] = 3.0
+    payload["method"][0]["time"] = 8.0  # the follower starts while it runs, even under load
     async with inproc_stack(broker.port, tmp_path, instance) as st:
         work = st.settings.datadir / "work"
         work.mkdir(parents=True)
@@ -58,7 +58,7 @@ async def test_follow_snapshot_and_exit_codes(
         assert rc == 0, out
         lines = [ln for ln in out.splitlines() if ln.startswith(f"job {job.id}: ")]
         assert lines[-1].startswith(f"job {job.id}: c |"), out  # plain lines: not a tty
-        assert any(re.search(r": r \|.* / 3 s", ln) for ln in lines), out  # elapsed/expected
+        assert any(re.search(r": r \|.* / 8 s", ln) for ln in lines), out  # elapsed/expected
         assert re.search(r"^status:\s+c$", out, flags=re.M), out  # then the usual detail
 
         # snapshot: the file here, 0644 per umask, an event with its path, snappath set

@@ -286,7 +286,7 @@ def skew(offset: str) -> Callable[[Path, Params], Run]:
             # the fault is there from the start; watch the node's presence meanwhile
             while (job_or_none(st, jobid) or {}).get("status") == "r":
                 out = st.json("tomato", "status", "nodes")
-                for n in out.get("data") or []:
+                for n in (out.get("data") or {}).values():  # node -> status
                     if n.get("node") == "pc2":
                         states.append(str(n.get("state")))
                         text.append(str(n))

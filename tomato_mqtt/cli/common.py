@@ -68,7 +68,6 @@ __all__ = [
     "CallContext",
     "Opts",
     "Output",
-    "add_version",
     "client",
     "context",
     "emit",
@@ -311,31 +310,6 @@ def context(
     ctx.url = url
     ctx.instance = instance or str(light.get("instance") or "default")
     return ctx
-
-
-def _show_version(ctx: typer.Context, value: bool) -> None:
-    if value:
-        from tomato_mqtt import __version__
-
-        typer.echo(f"{ctx.find_root().info_name} (tomato-mqtt) {__version__}")
-        raise typer.Exit()
-
-
-VersionOpt = Annotated[
-    bool,
-    typer.Option(
-        "--version", help="print the version and exit", is_eager=True, callback=_show_version
-    ),
-]
-
-
-def _version_main(version: VersionOpt = False) -> None:
-    pass
-
-
-def add_version(app: typer.Typer) -> None:
-    """``--version`` on an app (an eager option of its callback)."""
-    app.callback()(_version_main)
 
 
 def client(ctx: CallContext, timeout: float = 10.0) -> Tomato:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from tomato_mqtt.cli import common
+from tomato_mqtt.cli.version import add_version
 
 if TYPE_CHECKING:
     from tomato_mqtt.client.sync import Tomato
@@ -32,7 +33,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-common.add_version(app)
+add_version(app)
 
 JOB_COLUMNS = (
     ("id", "id"),

@@ -15,6 +15,7 @@ import typer
 
 from tomato_mqtt.cli import common, components, passata_attrs
 from tomato_mqtt.cli.components import ComponentArg, ForceOpt, Refused
+from tomato_mqtt.cli.version import add_version
 from tomato_mqtt.transport.rpc import Requester
 from tomato_mqtt.wire.messages import DecodeError, LastPoint, Reply, decode
 
@@ -27,7 +28,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-common.add_version(app)
+add_version(app)
 
 
 @app.command()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import typer
 
 from tomato_mqtt.cli import common, dashboard, drivers, pipeline, services, stack, status, user
+from tomato_mqtt.cli.version import add_version
 
 __all__ = ["app", "main"]
 
@@ -22,7 +23,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-common.add_version(app)
+add_version(app)
 
 # a sub-app of its own only to keep its place in --help (typer lists a group's own
 # commands before the merged ones)

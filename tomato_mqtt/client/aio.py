@@ -33,7 +33,7 @@ from tomato_mqtt.model.jobs import PipelineState
 from tomato_mqtt.transport.client import AsyncClient, Message, MqttError
 from tomato_mqtt.transport.rpc import NoResponder, ReplyError, Requester
 from tomato_mqtt.wire.commands import FileData, command
-from tomato_mqtt.wire.messages import DataBatch, Reply, decode
+from tomato_mqtt.wire.messages import DataBatch, DecodeError, Reply, decode
 from tomato_mqtt.wire.topics import Topics
 
 __all__ = ["AsyncTomato", "ClientError", "Job", "NoResponder", "ReplyError"]
@@ -261,9 +261,12 @@ class AsyncTomato:
                     msg = await asyncio.wait_for(inbox.queue.get(), left)
                 except asyncio.TimeoutError:
                     continue
-                if not msg.payload:
+                try:
+                    doc = json.loads(msg.payload) if msg.payload else None
+                except ValueError:
+                    doc = None
+                if not isinstance(doc, dict):
                     continue
-                doc = json.loads(msg.payload)
                 if msg.topic == filters[0]:
                     p.job(doc)
                 elif msg.topic == filters[1]:
@@ -301,7 +304,10 @@ class AsyncTomato:
                     if msg.payload and json.loads(msg.payload).get("status") in FINAL:
                         return
                     continue
-                batch = decode(DataBatch, msg.payload, msg.topic)
+                try:
+                    batch = decode(DataBatch, msg.payload, msg.topic)
+                except DecodeError:  # not ours to judge: the recorder logs bad batches
+                    continue
                 if batch.job == jobid:
                     yield batch
         finally:

@@ -20,7 +20,7 @@ from tomato_mqtt.config.payloads import PayloadError, parse_payload
 from tomato_mqtt.config.settings import load_settings
 from tomato_mqtt.driver.validate import TaskValidationError, validate_task
 from tomato_mqtt.errors import ConfigError
-from tomato_mqtt.model.jobs import Job, PipelineState
+from tomato_mqtt.model.jobs import Job
 from tomato_mqtt.model.matching import (
     ComponentView,
     MatchResult,
@@ -201,7 +201,7 @@ class SchedulerOps:
         p = self.store.update_pipeline(a.pipeline, sampleid=a.sampleid)
         await self.svc.publish_pipeline(a.pipeline)
         self.svc.kick()
-        return Result(f"sample {a.sampleid!r} loaded into {a.pipeline}", self._pip_data(p))
+        return Result(f"sample {a.sampleid!r} loaded into {a.pipeline}", pipeline_info(self.svc, p))
 
     async def pipeline_eject(self, args: Mapping[str, JsonValue]) -> Result:
         self.access.require("pipeline_eject")
@@ -214,7 +214,7 @@ class SchedulerOps:
         p = self.store.update_pipeline(a.pipeline, sampleid=None, ready=False)
         await self.svc.publish_pipeline(a.pipeline)
         self.svc.kick()  # queued jobs for that sample now wait for the user again: say so
-        return Result(f"pipeline {a.pipeline} ejected", self._pip_data(p))
+        return Result(f"pipeline {a.pipeline} ejected", pipeline_info(self.svc, p))
 
     async def pipeline_ready(self, args: Mapping[str, JsonValue]) -> Result:
         self.access.require("pipeline_ready")
@@ -223,11 +223,7 @@ class SchedulerOps:
         p = self.store.update_pipeline(a.pipeline, ready=True)
         await self.svc.publish_pipeline(a.pipeline)
         self.svc.kick()
-        return Result(f"pipeline {a.pipeline} is ready", self._pip_data(p))
-
-    def _pip_data(self, p: PipelineState) -> JsonValue:
-        """tomato 2.2's Pipeline (name, ready, jobid, sampleid, components) + roles."""
-        return pipeline_info(self.svc, p)
+        return Result(f"pipeline {a.pipeline} is ready", pipeline_info(self.svc, p))
 
     # -- jobs ------------------------------------------------------------------------------
     async def job_submit(self, args: Mapping[str, JsonValue]) -> Result:
