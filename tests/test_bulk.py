@@ -66,6 +66,7 @@ async def test_bulk_and_array_data_reach_the_file(
             assert daq["voltage"].attrs["units"] == "V"
             assert float(np.abs(daq["voltage"]).max()) <= 2.0 + 0.01  # the task's amplitude
             assert np.all(np.diff(daq["uts"].values) > 0)
+            assert daq["uts"].attrs["units"] == "second"  # our axis: pint's canonical name
             comp = json.loads(daq.attrs["tomato_Component"])
             assert comp["role"] == "daq" and comp["driver"] == "daq_sim"
             ana = dt["analyser"].to_dataset()

@@ -162,7 +162,8 @@ def _role_dataset(ri: RoleInput) -> xr.Dataset:
     )
     uts = [np.asarray(b["uts"], dtype=float) for b in batches]
     coord_vars: dict[str, Any] = {
-        "uts": ("uts", np.concatenate(uts) if uts else np.asarray([]), {"units": "s"})
+        # our own axis: pint's canonical name (a driver's variables keep their spelling)
+        "uts": ("uts", np.concatenate(uts) if uts else np.asarray([]), {"units": "second"})
     }
     for d, vals in coords.items():
         coord_vars[d] = (d, np.asarray(vals), {"units": units[d]} if units.get(d) else {})
