@@ -4,12 +4,14 @@ by ``tomato reload`` (no restart), in-process against the embedded broker."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import RunningBroker
 from tests.inproc import inproc_stack
+from tomato_mqtt.wire.messages import ComponentMeta
 
 LATE = "late_counter:(late-addr,1)"
 
@@ -39,9 +41,9 @@ async def test_driver_installed_after_start_is_found_by_reload(
         )
         await st.call("reload")
 
-        async def meta_says(pred: object) -> None:
+        async def meta_says(pred: Callable[[ComponentMeta], bool]) -> None:
             async with st.changed:
-                await st.changed.wait_for(lambda: LATE in st.metas and pred(st.metas[LATE]))  # type: ignore[operator]
+                await st.changed.wait_for(lambda: LATE in st.metas and pred(st.metas[LATE]))
 
         await asyncio.wait_for(meta_says(lambda m: bool(m.error)), 20)
         err = st.metas[LATE].error or ""
