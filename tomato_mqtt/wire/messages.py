@@ -8,7 +8,7 @@ JSON, has the wrong shape or a version this code does not know becomes one
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, JsonValue, model_validator
 
