@@ -181,7 +181,7 @@ def test_passata_on_upstream_components(up: Stack) -> None:
     low = up.json("passata", "set", COUNTER, "param", "0.01 s")
     assert not low["success"] and "minimum" in low["msg"]
     point = ok("measure", COUNTER)
-    assert 3.0 <= point["values"]["val"] <= 10.0
+    assert 3.0 <= point["vars"]["val"] <= 10.0
     ok("reset", COUNTER)
     ok("measure", PSUTIL)
     st = ok("status", PSUTIL)
@@ -196,8 +196,8 @@ def test_installed_after_start_found_by_reload(up: Stack) -> None:
     up.run("tomato", "reload", check=True)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
-        comps = up.json("tomato", "status", "components")["data"]
-        spec = next(c for c in comps if c["driver"] == "spectrum")
+        comps = up.json("tomato", "status", "components")["data"]  # name -> component
+        spec = next(c for c in comps.values() if c["driver"] == "spectrum")
         if spec["registered"]:
             break
         time.sleep(0.2)
@@ -281,7 +281,7 @@ def test_idle_measurements_between_jobs(up: Stack) -> None:
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         now = up.json("passata", "last", PSUTIL)["data"]
-        if now and first and now["uts"] > first["uts"] and "cpu_usage" in now["values"]:
+        if now and first and now["uts"] > first["uts"] and "cpu_usage" in now["vars"]:
             break
         time.sleep(0.2)
     else:
@@ -328,4 +328,4 @@ def test_a_dead_driver_host_is_restarted_by_reload(up: Stack) -> None:
             break
         time.sleep(0.2)
     assert out["success"], out
-    assert "cpu_usage" in out["data"]["values"]
+    assert "cpu_usage" in out["data"]["vars"]

@@ -17,8 +17,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import orjson
-from pydantic import ValidationError
+from pydantic import Field, ValidationError
 
+from tomato_mqtt.wire.base import renamed
 from tomato_mqtt.wire.messages import SCHEMA, DecodeError, WireModel, stream_id
 
 __all__ = ["BatchHeader", "encode_batch", "encode_json", "read_header"]
@@ -32,7 +33,7 @@ class BatchHeader(WireModel):
     """The fields of a data batch the recorder stores it by (not its columns)."""
 
     component: str
-    job: int | None = None
+    job: int | None = Field(None, alias="jobid", validation_alias=renamed("jobid", "job"))
     task: int | None = None
     epoch: int
     stream: str = ""
@@ -75,7 +76,7 @@ def encode_batch(
     msg: dict[str, Any] = {
         "schema": SCHEMA,
         "component": component,
-        "job": job,
+        "jobid": job,
         "task": task,
         "epoch": epoch,
         "stream": stream,
