@@ -40,8 +40,20 @@ def status_section(svc: SchedulerService, store: StateStore, what: str) -> Resul
                 pips.append(p.model_dump(mode="json") | {"roles": dict(lay.roles) if lay else {}})
             return Result(f"{len(pips)} pipeline(s)", pips)
         case "devices":
-            devs: dict[str, Any] = {}
-            for c in svc.layout.components.values():
+            devs: dict[str, Any] = {
+                d.name: {
+                    "name": d.name,
+                    "driver": d.driver,
+                    "address": d.address,
+                    "channels": list(d.channels),
+                    "node": d.node,
+                }
+                for d in svc.layout.devices.values()
+            }
+            listed = set(devs)
+            for c in svc.layout.components.values():  # (a layout built without devices)
+                if c.device in listed:
+                    continue
                 d = devs.setdefault(
                     c.device,
                     {
