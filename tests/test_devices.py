@@ -134,6 +134,10 @@ def test_tomato_multidev_json(tmp_path: Path) -> None:
             "counter-2": "example_counter:(example-addr-2,5)",
         },
     }
+    # every device is listed (as tomato's devs), with all its channels
+    assert sorted(layout.devices) == ["dev-counter-1", "dev-counter-2"]
+    assert layout.devices["dev-counter-2"].channels == ["5", "6", "7", "8"]
+    assert layout.devices["dev-counter-2"].node == "local"
     # as tomato: only the channels pipelines use are components (3 of the 8 declared)
     assert sorted(layout.components) == [
         "example_counter:(example-addr-1,1)",

@@ -87,6 +87,12 @@ async def test_04_tomato_reload(
         settings.write_text(original)
         assert (await cli.json("tomato", "reload"))["success"]
 
+        # a device no pipeline uses: listed (as tomato's devs), without components
+        spare = {"name": "spare", "driver": "example_counter", "address": "x", "channels": ["1"]}
+        r = await reload_with(devices(spare))
+        assert r["success"], r
+        assert await counts(cli) == (1, 2, 1, 1)
+
         # upstream: test_reload_cmps_pips
         r = await reload_with(CONFIG / "devices_counter.yml")
         assert r["success"], r

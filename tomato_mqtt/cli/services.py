@@ -42,10 +42,14 @@ def broker(opts: common.Opts) -> None:
 
     s = opts.settings()
     setup_logging("broker", s.logdir)
+    from tomato_mqtt.services.supervisor import EXIT_CANNOT_LISTEN
+
     try:
         run_broker(_user.broker_config(s))
     except ValueError as e:  # BrokerConfigError: an insecure or impossible set-up
         fail(f"the broker refuses to start: {e}")
+    except OSError as e:  # a port is taken: the supervisor gives up on this exit code
+        fail(str(e), code=EXIT_CANNOT_LISTEN)
 
 
 @app.command()

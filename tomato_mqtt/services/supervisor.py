@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 __all__ = [
+    "EXIT_CANNOT_LISTEN",
     "EXIT_STOP_REQUESTED",
     "Supervisor",
     "pid_alive",
@@ -34,6 +35,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 EXIT_STOP_REQUESTED = 3
+#: ``tomato broker`` exits with this when a listener cannot bind (a port is taken)
+EXIT_CANNOT_LISTEN = 4
 
 
 def pidfile_path(datadir: Path, port: int) -> Path:
@@ -195,8 +198,10 @@ class Supervisor:
                 self._stop.set()
                 return
             now = time.monotonic()
-            if c.name == "broker" and c.restarts == 0 and now - c.started < BROKER_STARTUP_WINDOW:
-                # it never served (a port taken, a bad certificate): restarting cannot help
+            first = c.name == "broker" and c.restarts == 0
+            if first and (rc == EXIT_CANNOT_LISTEN or now - c.started < BROKER_STARTUP_WINDOW):
+                # it never served (a port taken, a bad certificate): restarting cannot help;
+                # the exit code says so however long its start took on a busy machine
                 self.failed = _last_error(c.log_path) or f"the broker exited with code {rc}"
                 log.error("the broker could not start: %s", self.failed)
                 self._stop.set()

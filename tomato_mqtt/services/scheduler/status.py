@@ -44,8 +44,20 @@ def _pipelines(svc: SchedulerService, store: StateStore) -> dict[str, JsonValue]
 
 
 def _devices(svc: SchedulerService) -> dict[str, JsonValue]:
-    devs: dict[str, Any] = {}
-    for c in svc.layout.components.values():
+    """Every device of the devices file with all its channels, also one no pipeline
+    uses (as tomato lists them), by name."""
+    devs: dict[str, Any] = {
+        d.name: {
+            "name": d.name,
+            "driver": d.driver,
+            "address": d.address,
+            "channels": list(d.channels),
+            "pollrate": d.pollrate,
+            "node": d.node,
+        }
+        for d in svc.layout.devices.values()
+    }
+    for c in svc.layout.components.values():  # (a layout built without devices)
         d = devs.setdefault(
             c.device,
             {
@@ -57,7 +69,8 @@ def _devices(svc: SchedulerService) -> dict[str, JsonValue]:
                 "node": c.node,
             },
         )
-        d["channels"].append(c.channel)
+        if c.channel not in d["channels"]:
+            d["channels"].append(c.channel)
     return devs
 
 
