@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -50,8 +51,42 @@ def cli_env(extra: dict[str, str] | None = None, *argv: str) -> dict[str, str]:
     return env
 
 
-def free_port() -> int:
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        lo, hi = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(lo), int(hi)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
+_EPHEMERAL = _ephemeral_range()
+_rng = random.Random(os.getpid() ^ time.monotonic_ns())
+
+
+def _bindable(port: int) -> bool:
     with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port() -> int:
+    """A free port below the kernel's ephemeral range, with the next one free as well.
+
+    A port the kernel hands out for ``bind(0)`` comes from the ephemeral range, where any
+    outgoing connection of a parallel test may take it before our server binds it (the
+    "address already in use" of a busy run); below the range only servers bind. The next
+    port is the embedded broker's WebSocket listener by default.
+    """
+    lo = 20000
+    hi = min(_EPHEMERAL[0], 32768) - 2
+    for _ in range(200):
+        port = _rng.randrange(lo, hi)
+        if _bindable(port) and _bindable(port + 1):
+            return port
+    with socket.socket() as s:  # a crowded machine: fall back on the kernel's choice
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 
