@@ -83,9 +83,9 @@ def test_state_trusts_topics_and_coalesces_changes() -> None:
     assert [c["k"] for c in changes] == ["node"] and changes[0]["v"]["state"] == "online"
     assert st.take_changes() == []
     # a job status whose id disagrees with its topic is dropped
-    _apply(st, T.job_status(7), encode(JobStatus(job=_job(8))))
+    _apply(st, T.job_status(7), encode(JobStatus.of(_job(8))))
     assert 8 not in st.jobs and 7 not in st.jobs
-    _apply(st, T.job_status(7), encode(JobStatus(job=_job(7, "qw"))))
+    _apply(st, T.job_status(7), encode(JobStatus.of(_job(7, "qw"))))
     view = st.view("job", "7")["v"]
     assert view["status"] == "qw" and view["meaning"].startswith("queued")
     with pytest.raises(DecodeError):
@@ -98,7 +98,7 @@ def test_state_keeps_series_per_job_with_roles_and_task_marks() -> None:
     pip = PipelineStatus(name="p1", roles={"counter": cmp}, job=3, ready=True, sample="s")
     _apply(st, T.pipeline_status("p1"), encode(pip))
     job = _job(3, "r").model_copy(update={"pipeline": "p1"})
-    _apply(st, T.job_status(3), encode(JobStatus(job=job)))
+    _apply(st, T.job_status(3), encode(JobStatus.of(job)))
     for seq, task in enumerate([0, 0, 1]):
         b = DataBatch(
             component=cmp, job=3, task=task, epoch=1, seq=seq, uts=[float(seq)], vars={"v": [seq]}

@@ -212,6 +212,38 @@ class DashboardService:
         if job is not None:
             viewer.send({"t": "job", "id": job, "now": time.time(), **self.state.job_detail(job)})
             self._maybe_backfill(job, viewer.session)
+            self._fetch_job(job, viewer.session)
+
+    # -- the whole job (its payload) --------------------------------------------------------
+    def _fetch_job(self, job: int, session: Session) -> None:
+        """Ask the scheduler for the whole job: retained statuses are summaries without the
+        payload (schema 2), and a job page shows the payload and its current task."""
+        who = (session, self.sessions.shared)
+        s = next((x for x in who if x is not None and x.me and "job_status" in x.me.ops), None)
+        if s is None:
+            return  # this login may not read jobs: the page shows the summary only
+        task = asyncio.ensure_future(self._fetch(job, s))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _fetch(self, job: int, s: Session) -> None:
+        from tomato_mqtt.model.jobs import Job
+
+        try:
+            r = await s.requester.request(
+                s.topics.scheduler_cmd("job_status"), {"jobids": [job]}, timeout=10
+            )
+            data = r.data if r.success and isinstance(r.data, list) and r.data else None
+            whole = Job.model_validate(data[0]) if data else None
+        except Exception as e:  # a refusal, a timeout, a shape this code does not know
+            log.warning("job %d: whole job not fetched: %s", job, e)
+            return
+        if whole is None:
+            return
+        self.state.job_fetched(whole)
+        for v in list(self.viewers):
+            if v.job == job:
+                v.send({"t": "jobdata", "id": job, "job": whole.model_dump(mode="json")})
 
     # -- stored data first ------------------------------------------------------------------
     def _maybe_backfill(self, job: int, session: Session) -> None:
@@ -289,15 +321,11 @@ class DashboardService:
                 v.send({"t": "tick", "now": now})
             if v.job in updates:
                 v.send({"t": "series", "job": v.job, "now": now, **updates[v.job]})
-            if v.job in jobs:
-                job = self.state.jobs.get(v.job)
-                v.send(
-                    {
-                        "t": "jobdata",
-                        "id": v.job,
-                        "job": job.model_dump(mode="json") if job else None,
-                    }
-                )
+        for job in jobs:  # a watched job's status changed: its page gets the whole job again
+            page = next((v for v in self.viewers if v.job == job), None)
+            if page is not None:
+                self._fetch_job(job, page.session)
+        for v in self.viewers:
             if v.job in events:
                 evs = list(self.state.events.get(v.job, ()))
                 v.send({"t": "events", "job": v.job, "events": evs})

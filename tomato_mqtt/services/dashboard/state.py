@@ -64,7 +64,8 @@ class LabState:
         self.statuses: dict[str, ComponentStatus] = {}
         self.lasts: dict[str, LastPoint] = {}
         self.pipelines: dict[str, PipelineStatus] = {}
-        self.jobs: dict[int, Job] = {}
+        self.jobs: dict[int, JobStatus] = {}  # the retained summaries (schema 2)
+        self.details: dict[int, Job] = {}  # whole jobs (payload), asked for by job pages
         self.events: dict[int, deque[dict[str, Any]]] = {}
         self.series: OrderedDict[int, dict[str, Series]] = OrderedDict()
         self.marks: dict[int, list[dict[str, Any]]] = {}  # job -> task boundaries
@@ -107,7 +108,7 @@ class LabState:
                 self.pipelines[name] = decode(PipelineStatus, payload, topic)
                 self._mark("pipeline", name)
             case "job_status":
-                self._job(decode(JobStatus, payload, topic).job, name)
+                self._job(decode(JobStatus, payload, topic), name)
             case "job_event":
                 self._event(decode(JobEvent, payload, topic), int(name))
             case "component_data":
@@ -133,17 +134,23 @@ class LabState:
         )
         self._mark(kind, name)
 
-    def _job(self, job: Job, topic_id: str) -> None:
-        if str(job.id) != topic_id:
+    def _job(self, job: JobStatus, topic_id: str) -> None:
+        if str(job.jobid) != topic_id:
             return  # a payload that disagrees with its topic is dropped
-        self.jobs[job.id] = job
-        if job.pipeline and job.status in ("r", "rd") and job.id not in self.roles:
+        self.jobs[job.jobid] = job
+        if job.pipeline and job.status in ("r", "rd") and job.jobid not in self.roles:
             pip = self.pipelines.get(job.pipeline) or next(
                 (p for p in self.pipelines.values() if p.name == job.pipeline), None
             )
             if pip is not None:
-                self.roles[job.id] = {slug(cmp): role for role, cmp in pip.roles.items()}
-        self._mark("job", str(job.id))
+                self.roles[job.jobid] = {slug(cmp): role for role, cmp in pip.roles.items()}
+        self._mark("job", str(job.jobid))
+
+    def job_fetched(self, job: Job) -> None:
+        """The whole job (with its payload), as ``job_status`` replied: for its page."""
+        self.details[job.id] = job
+        while len(self.details) > KEEP_JOB_DATA:
+            self.details.pop(next(iter(self.details)))
 
     def _event(self, ev: JobEvent, topic_id: int) -> None:
         if ev.job != topic_id:
@@ -296,19 +303,21 @@ class LabState:
         prog = self.recorder.jobs.get(str(jobid))
         return sum(prog.points.values()) if prog is not None else None
 
-    def job_summary(self, job: Job) -> dict[str, Any]:
+    def job_summary(self, job: JobStatus) -> dict[str, Any]:
+        stored = sum(job.points.values()) if job.points else self.points(job.jobid)
         return {
-            "id": job.id,
+            "id": job.jobid,
             "jobname": job.jobname,
             "status": job.status,
             "meaning": STATUS_MEANING.get(job.status, job.status),
             "pipeline": job.pipeline,
+            "sampleid": job.sampleid,
             "owner": job.owner,
             "submitted_at": job.submitted_at,
             "launched_at": job.launched_at,
             "completed_at": job.completed_at,
             "reason": job.reason,
-            "points": self.points(job.id),
+            "points": stored,
             "respath": job.respath,
         }
 
@@ -325,10 +334,11 @@ class LabState:
     def job_detail(self, jobid: int) -> dict[str, Any]:
         """A job page: the job with its payload, events, task marks and every series."""
         job = self.jobs.get(jobid)
+        whole = self.details.get(jobid)
         roles = self.roles.get(jobid, {})
         series = self.series.get(jobid, {})
         return {
-            "job": job.model_dump(mode="json") if job else None,
+            "job": whole.model_dump(mode="json") if whole else None,
             "summary": self.job_summary(job) if job else None,
             "events": list(self.events.get(jobid, ())),
             "marks": self.marks.get(jobid, []),
