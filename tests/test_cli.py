@@ -396,15 +396,18 @@ NOT_CLIENT = {
     "tomato init": LOCAL | {"yaml", "json"},
     "tomato start": LOCAL | {"timeout", "yaml", "json"},
     "tomato stop": LOCAL | {"broker", "timeout", "yaml", "json"},
-    "tomato schema": {"instance", "appdir"},
+    "tomato schema": {"instance", "appdir", "yaml", "json"},
     "tomato broker": LOCAL,
     "tomato scheduler": LOCAL,
     "tomato recorder": LOCAL,
     "tomato node": LOCAL | {"broker", "instance"},
     "tomato dashboard": LOCAL | {"broker", "instance"},
     "tomato supervise": LOCAL,
-    "tomato broker-config": {"appdir", "datadir", "port"},
-    **{f"tomato user {c}": {"appdir"} for c in ("add", "passwd", "role", "remove", "list")},
+    "tomato broker-config": {"appdir", "datadir", "port", "yaml", "json"},
+    **{
+        f"tomato user {c}": {"appdir", "yaml", "json"}
+        for c in ("add", "passwd", "role", "remove", "list")
+    },
     # local to this PC's node: its upstream-driver venv
     **{f"tomato drivers {c}": LOCAL | {"yaml", "json"} for c in ("install", "list")},
 }
@@ -527,3 +530,58 @@ def test_options_decorator_refuses_mistakes() -> None:
     # called directly, the command gets the defaults of the options it does not take
     got = common.options(("port",), timeout=7.0)(ok)(port=3)
     assert (got.port, got.timeout, got.yaml, got.broker) == (3, 7.0, False, None)
+
+
+def test_local_commands_answer_with_a_reply_under_json_and_yaml(tmp_path: Path) -> None:
+    """tomato takes -y on every command: the local ones (users, schema) print a Reply too."""
+    users = str(tmp_path / "users")
+    add = subprocess.run(
+        [
+            str(BIN / "tomato"),
+            "user",
+            "add",
+            "ada",
+            "--role",
+            "admin",
+            "--password",
+            "pw1234567",
+            "--file",
+            users,
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert add.returncode == 0, add.stderr
+    out = json.loads(add.stdout)
+    assert out["success"] and out["data"]["user"] == "ada" and out["data"]["role"] == "admin"
+    lst = subprocess.run(
+        [str(BIN / "tomato"), "user", "list", "--file", users, "-y"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert lst.returncode == 0, lst.stderr
+    doc = yaml.safe_load(lst.stdout)
+    assert doc["success"] and doc["data"] == [{"user": "ada", "role": "admin"}], doc
+    bad = subprocess.run(
+        [str(BIN / "tomato"), "user", "role", "nobody", "operator", "--file", users, "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert bad.returncode == 1 and json.loads(bad.stdout)["success"] is False, bad
+    dirs = ["-A", str(tmp_path / "app"), "-D", str(tmp_path / "data"), "-L", str(tmp_path / "log")]
+    init = subprocess.run(
+        [str(BIN / "tomato"), "init", *dirs, "-y"], capture_output=True, text=True
+    )
+    assert init.returncode == 0 and yaml.safe_load(init.stdout)["success"], init
+    sch = subprocess.run(
+        [str(BIN / "tomato"), "schema", "-A", str(tmp_path / "app"), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert sch.returncode == 0, sch.stderr
+    assert json.loads(sch.stdout)["data"]["asyncapi"].startswith("3."), sch.stdout[:200]

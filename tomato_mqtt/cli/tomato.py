@@ -31,13 +31,18 @@ _schema = typer.Typer()
 
 
 @_schema.command()
-@common.options(("instance", "appdir"))
+@common.options(("instance", "appdir", "yaml", "json"))
 def schema(opts: common.Opts) -> None:
-    """Print the AsyncAPI 3.0 document of the wire contract."""
+    """Print the AsyncAPI document of the wire contract (with -y/--json: in a Reply)."""
+    import json
+    from types import SimpleNamespace
+
     from tomato_mqtt.wire.asyncapi import schema_json
 
     s = opts.settings()
-    common.emit(schema_json(opts.instance or s.mqtt.instance, s))
+    text = schema_json(opts.instance or s.mqtt.instance, s)
+    reply = SimpleNamespace(success=True, msg="the AsyncAPI document", data=json.loads(text))
+    opts.output().reply(reply, lambda _d: text)
 
 
 app.add_typer(stack.app)
