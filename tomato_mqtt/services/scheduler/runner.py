@@ -76,6 +76,7 @@ class JobRunner:
     seen_running: set[str] = field(default_factory=set)  # seen running this job's task
     _bg: set[asyncio.Future[None]] = field(default_factory=set)
     _save_at: asyncio.TimerHandle | None = None
+    _saved_at: float = -1e9  # loop time of the last store write
 
     def __post_init__(self) -> None:
         method = self.job.payload.get("method", [])
@@ -96,17 +97,26 @@ class JobRunner:
 
     # -- persistence -----------------------------------------------------------------------
     def _save(self) -> None:
-        """Progress in memory now; in the store (an fsync) at most every SAVE_DELAY s:
-        100 roles starting and ending are 200 changes, and one fsync each kept the
-        scheduler busy for seconds. The last change is stored before the job ends."""
+        """Progress in memory now; in the store (an fsync) at once after a quiet spell,
+        else with the other changes of the next SAVE_DELAY s: 100 roles starting and
+        ending are 200 changes, and one fsync each kept the scheduler busy for seconds.
+        The last change is stored before the job ends (and at the scheduler's stop)."""
         self._progress()
-        if self._save_at is None:
-            self._save_at = asyncio.get_running_loop().call_later(SAVE_DELAY, self.save_now)
+        if self._save_at is not None:
+            return  # a save is due: it stores this change too
+        loop = asyncio.get_running_loop()
+        wait = self._saved_at + SAVE_DELAY - loop.time()
+        if wait <= 0:
+            self.save_now()  # the first change after a quiet spell is stored at once
+        else:
+            self._save_at = loop.call_later(wait, self.save_now)
 
     def save_now(self) -> None:
         if self._save_at is not None:
             self._save_at.cancel()
             self._save_at = None
+        with contextlib.suppress(RuntimeError):  # no loop: at teardown
+            self._saved_at = asyncio.get_running_loop().time()
         self.host.save_progress(self.job.id, self.job.progress)
 
     def _progress(self) -> None:
