@@ -101,6 +101,7 @@ class UpstreamDevice(ModelDevice):
         self.constants = dict(meta.get("constants") or {})
         self._closed = threading.Event()
         self._status: dict[str, Any] = {}
+        self.refresh_status()
 
     def call(self, op: str, timeout: float | None = None, **args: Any) -> Any:
         return self.host.call(op, timeout=timeout, **self._args, **args)
@@ -120,6 +121,7 @@ class UpstreamDevice(ModelDevice):
             if e.kind == "value":
                 raise ValueError(str(e)) from None
             raise
+        self.refresh_status()
 
     def get_attr(self, attr: str) -> Any:
         if attr not in self._attrs:
@@ -132,16 +134,19 @@ class UpstreamDevice(ModelDevice):
             raise
 
     def status(self) -> dict[str, Any]:
-        """The status attrs. Called on the node's event loop, so it never waits behind a
-        long request to the host (a reset, a measurement): then the last values known."""
+        """The status attrs as last read. Called on the node's event loop, so it never
+        talks to the host (a real instrument may take long to answer): the values are
+        read by :meth:`refresh_status`, from the runner's thread."""
+        return dict(self._status)
+
+    def refresh_status(self) -> None:
+        """Read the status attrs from the driver (blocking; a failure keeps the old)."""
+        if not self.host.alive():
+            return
         try:
-            fresh = self.host.try_call("status", **self._args)
+            self._status = dict(self.call("status", timeout=10))
         except HostCallError as e:
             log.warning("status of %s: %s", self.key, e)
-            fresh = None
-        if fresh is not None:
-            self._status = dict(fresh)
-        return dict(self._status)
 
     def do_measure(self) -> Mapping[str, Any] | None:
         rows = columns_rows(self.call("measure"))
@@ -149,6 +154,7 @@ class UpstreamDevice(ModelDevice):
 
     def reset(self) -> None:
         self.call("reset")
+        self.refresh_status()
 
     def close(self) -> None:
         if self._closed.is_set():

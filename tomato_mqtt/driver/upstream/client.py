@@ -79,18 +79,6 @@ class HostProcess:
                 log.warning("driver host %s wrote a non-protocol line: %r", self.name, line)
         self._answers.put(_EOF)
 
-    def try_call(self, op: str, timeout: float = 2.0, **args: Any) -> Any:
-        """:meth:`call`, unless another request is in progress: then ``None`` at once.
-
-        For callers that must not wait behind a long request (the node's event loop).
-        """
-        if not self._lock.acquire(blocking=False):
-            return None
-        try:
-            return self._call(op, timeout, args)
-        finally:
-            self._lock.release()
-
     def call(self, op: str, timeout: float | None = None, **args: Any) -> Any:
         """Send one request and return its ``data``; raises :class:`HostCallError`."""
         with self._lock:

@@ -305,7 +305,8 @@ class Host:
         return dataset_to_columns(after)
 
     def op_reset(self, args: dict[str, Any]) -> Any:
-        return self._reply(self.interface.cmp_reset(key=self._key(args))) and None
+        self._reply(self.interface.cmp_reset(key=self._key(args)))
+        return None
 
     def op_teardown(self, args: dict[str, Any]) -> Any:
         key = (str(args["address"]), str(args["channel"]))

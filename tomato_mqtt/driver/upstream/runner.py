@@ -33,6 +33,8 @@ __all__ = ["UpstreamRunner"]
 log = logging.getLogger(__name__)
 
 _STOP_WAIT = 15.0
+#: seconds between reads of the status attrs while a task runs or the component idles
+_STATUS_EVERY = 2.0
 
 
 class _Run:
@@ -208,11 +210,13 @@ class UpstreamRunner:
     # -- the worker -----------------------------------------------------------------------
     def _worker(self) -> None:
         next_idle = time.monotonic() + self._idle if self._idle else None
+        next_status = time.monotonic() + _STATUS_EVERY
         while True:
             with self._cv:
                 while self._pending is None and not self._closed:
-                    timeout = None if next_idle is None else next_idle - time.monotonic()
-                    if timeout is not None and timeout <= 0:
+                    wake = next_status if next_idle is None else min(next_idle, next_status)
+                    timeout = wake - time.monotonic()
+                    if timeout <= 0:
                         break
                     self._cv.wait(timeout)
                 if self._closed and self._pending is None:
@@ -222,9 +226,14 @@ class UpstreamRunner:
                 self._watch(run)
                 if self._idle:
                     next_idle = time.monotonic() + self._idle
-            elif self._idle and next_idle is not None:
-                next_idle = max(next_idle + self._idle, time.monotonic())
+                continue
+            if next_idle is not None and time.monotonic() >= next_idle:
+                next_idle = max(next_idle + (self._idle or 0.0), time.monotonic())
                 self._idle_measure()
+            if time.monotonic() >= next_status:
+                next_status = time.monotonic() + _STATUS_EVERY
+                if self._run is None:
+                    self.device.refresh_status()
 
     def _idle_measure(self) -> None:
         if self._run is not None:
@@ -245,6 +254,7 @@ class UpstreamRunner:
         npoints = 0
         t_start = time.time()
         dev = self.device
+        next_status = time.monotonic() + _STATUS_EVERY
         try:
             while True:
                 if run.stop.wait(poll):
@@ -256,6 +266,9 @@ class UpstreamRunner:
                     reason, message = "stopped", run.stop_reason
                     break
                 npoints += len(self._deliver(dev.call("task_data"), task))
+                if time.monotonic() >= next_status:
+                    dev.refresh_status()
+                    next_status = time.monotonic() + _STATUS_EVERY
                 st = dev.call("task_status")
                 if st.get("error"):
                     raise RuntimeError(st["error"])
@@ -267,6 +280,7 @@ class UpstreamRunner:
             message = f"{task.technique_name}: driver error on {self._who}: {e}"
             log.warning("%s", message)
             self._call(self._on_error, message)
+        dev.refresh_status()  # the status published with the task's end
         end = TaskEnd(task, reason, message, t_start, time.time(), npoints)
         log.info(
             "%s: upstream task %r ended: %s (%d points)",
