@@ -181,8 +181,19 @@ class UpstreamRunner:
 
         Today the node's data path takes scalar points, so the columns become one
         :class:`Point` per ``uts`` and array-valued variables are left out (with one
-        warning each). When the bulk/array API lands, pass ``cols`` (uts, vars, units,
-        arrays with their dims and coords) to it here whole, in one call.
+        warning each). When the bulk/array API lands (``driver/block.py``), buffer ONE
+        block here instead, as ``ComponentRunner.append_block`` does::
+
+            arrays = cols["arrays"]
+            Block(uts=cols["uts"], data=cols["vars"],
+                  units={**cols["units"], **{d: u for a in arrays.values()
+                                             for d, u in a["coord_units"].items()}},
+                  dims={n: a["dims"] for n, a in arrays.items()},
+                  coords={d: v for a in arrays.values() for d, v in a["coords"].items()},
+                  task=task)
+
+        (``drain`` then returns ``list[Point | Block]``); ``columns_rows`` and the
+        warning go away. The host (``dataset_to_columns``) already sends all of it.
         """
         if not cols:
             return []
