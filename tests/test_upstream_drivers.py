@@ -216,10 +216,17 @@ def test_installed_after_start_found_by_reload(up: Stack) -> None:
     jobid = up.submit(payload)
     job = up.wait_job(jobid, {"c", "ce", "cd"}, timeout=60)
     assert job["status"] == "c", job
-    # the scalar variable arrives point by point; the array-valued "spectrum" needs the
-    # bulk/array data path (not recorded yet: the node warns once)
+    # the driver's Dataset travels as one block: the scalar and the array-valued
+    # "spectrum" (its extra dimension, coordinates and units) land in the file whole
     n, _ = taken(job, "spectrum")
     assert _points(job["respath"], "spectrum") == n == 5
+    with xr.open_datatree(job["respath"]) as tree:
+        ds = tree["spectrum"].to_dataset()
+        assert ds["spectrum"].dims == ("uts", "freq"), ds
+        assert ds["spectrum"].shape == (5, ds.sizes["freq"]) and ds.sizes["freq"] > 1, ds
+        assert ds["spectrum"].attrs.get("units") == "dB", ds["spectrum"].attrs
+        assert ds["freq"].attrs.get("units") == "Hz", ds["freq"].attrs
+        assert ds["spectrum"].notnull().all(), ds["spectrum"]
 
     # a driver exception kills tomato's task thread: the job ends ce saying why, and the
     # reset after the job (tomato's cmp_reset restarts the thread) makes it usable again
@@ -263,9 +270,18 @@ def test_dataset_to_columns_keeps_extra_dimensions() -> None:
             "coord_units": {"freq": "Hz"},
         }
     }
-    from tomato_mqtt.driver.upstream.adapter import columns_rows
+    from tomato_mqtt.driver.block import Block
 
-    assert columns_rows(cols) == [(10.0, {"val": 1.0}), (11.0, {"val": None})]
+    # the node turns them into one block as they are (no per-point rows)
+    block = Block(
+        uts=cols["uts"],
+        data=cols["vars"],
+        units=cols["units"],
+        dims={"spec": ["freq"]},
+        coords={"freq": [1e6, 2e6, 3e6]},
+    )
+    block.check()
+    assert len(block) == 2
 
 
 def test_missing_driver_says_how_to_install(tmp_path: Path) -> None:

@@ -24,7 +24,7 @@ from tomato_mqtt.driver.upstream.client import HostCallError, HostProcess
 from tomato_mqtt.driver.upstream.env import UpstreamDriverInfo
 from tomato_mqtt.driver.validate import to_jsonable
 
-__all__ = ["UpstreamDevice", "UpstreamDriver", "columns_rows", "upstream_driver_class"]
+__all__ = ["UpstreamDevice", "UpstreamDriver", "upstream_driver_class"]
 
 log = logging.getLogger(__name__)
 
@@ -149,8 +149,10 @@ class UpstreamDevice(ModelDevice):
             log.warning("status of %s: %s", self.key, e)
 
     def do_measure(self) -> Mapping[str, Any] | None:
-        rows = columns_rows(self.call("measure"))
-        return rows[-1][1] if rows else None
+        cols = self.call("measure")
+        if not cols or not cols.get("uts"):
+            return None
+        return {k: v[-1] for k, v in dict(cols.get("vars") or {}).items()}  # the newest
 
     def reset(self) -> None:
         self.call("reset")
@@ -182,23 +184,3 @@ def _attr_from_spec(name: str, spec: AttrSpec) -> Attr:
         # e.g. units pint does not know: keep the attr, drop what cannot be checked
         log.warning("upstream attr %r: %s; published without units", name, e)
         return Attr(type=spec.type, rw=spec.rw, status=spec.status, options=spec.options)
-
-
-Row = tuple[float, dict[str, Any]]
-
-
-def columns_rows(cols: Mapping[str, Any] | None) -> list[Row]:
-    """The columns of :func:`.host.dataset_to_columns` as ``(uts, {var: value})`` rows.
-
-    Scalar variables only: a variable with extra dimensions (``cols["arrays"]``) is
-    left out here, as the node's per-point data path carries scalars. When the bulk,
-    array-aware data path exists, hand ``cols`` to it whole instead (see
-    :meth:`.runner.UpstreamRunner._deliver`).
-    """
-    if not cols:
-        return []
-    uts = list(cols.get("uts") or [])
-    arrays = set(cols.get("arrays") or {})
-    names = [k for k in dict(cols.get("vars") or {}) if k not in arrays]
-    vars_ = cols["vars"]
-    return [(float(t), {k: vars_[k][i] for k in names}) for i, t in enumerate(uts)]

@@ -22,9 +22,10 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
+from tomato_mqtt.driver.block import Block, BlockError
 from tomato_mqtt.driver.runner import Point, TaskEnd
 from tomato_mqtt.driver.spec import TaskSpec
-from tomato_mqtt.driver.upstream.adapter import UpstreamDevice, columns_rows
+from tomato_mqtt.driver.upstream.adapter import UpstreamDevice
 from tomato_mqtt.driver.upstream.client import HostCallError
 from tomato_mqtt.driver.validate import TaskValidationError, validate_task
 
@@ -68,8 +69,8 @@ class UpstreamRunner:
         self._pending: _Run | None = None
         self._closed = False
         self._buf_lock = threading.Lock()
-        self._buf: list[Point] = []
-        self._buf_units: dict[str, str] = {}
+        self._buf: list[Point | Block] = []
+        self._buf_n = 0  # points in the buffer
         self._warned: set[str] = set()
         self._thread = threading.Thread(
             target=self._worker, name=f"upstream-{device.key[0]},{device.key[1]}", daemon=True
@@ -137,8 +138,11 @@ class UpstreamRunner:
             cols = self.device.call("measure")
         except HostCallError as e:
             raise RuntimeError(f"measurement on {self._who} failed: {e}") from e
-        points = self._deliver(cols, None)
-        return points[-1] if points else None
+        block = self._block(cols, None)
+        if block is None or not self._deliver(cols, None):
+            return None
+        last = {k: v[-1] for k, v in block.data.items()}  # the newest point, as a reply
+        return Point(float(block.uts[-1]), last, None)
 
     def reset(self) -> None:
         run = self._run
@@ -170,53 +174,57 @@ class UpstreamRunner:
         self.device.close()
 
     # -- the buffer -----------------------------------------------------------------------
-    def drain(self) -> tuple[list[Point], dict[str, str]]:
+    def drain(self) -> tuple[list[Point | Block], dict[str, str]]:
+        """The blocks taken since the last drain (each carries its own units)."""
         with self._buf_lock:
-            points, self._buf = self._buf, []
-            units, self._buf_units = self._buf_units, {}
-        return points, units
+            items, self._buf = self._buf, []
+            self._buf_n = 0
+        return items, {}
 
-    def _deliver(self, cols: Mapping[str, Any] | None, task: TaskSpec | None) -> list[Point]:
-        """Columns from the host into the node's buffer: THE seam to the data path.
-
-        Today the node's data path takes scalar points, so the columns become one
-        :class:`Point` per ``uts`` and array-valued variables are left out (with one
-        warning each). When the bulk/array API lands (``driver/block.py``), buffer ONE
-        block here instead, as ``ComponentRunner.append_block`` does::
-
-            arrays = cols["arrays"]
-            Block(uts=cols["uts"], data=cols["vars"],
-                  units={**cols["units"], **{d: u for a in arrays.values()
-                                             for d, u in a["coord_units"].items()}},
-                  dims={n: a["dims"] for n, a in arrays.items()},
-                  coords={d: v for a in arrays.values() for d, v in a["coords"].items()},
-                  task=task)
-
-        (``drain`` then returns ``list[Point | Block]``); ``columns_rows`` and the
-        warning go away. The host (``dataset_to_columns``) already sends all of it.
-        """
-        if not cols:
-            return []
-        for name, arr in dict(cols.get("arrays") or {}).items():
-            if name not in self._warned:
-                self._warned.add(name)
-                msg = (
-                    f"variable {name!r} of {self._who} has extra dimensions"
-                    f" {arr.get('dims')}: not recorded (array-valued data needs the bulk path)"
-                )
-                log.warning("%s", msg)
-                self._call(self._on_error, msg)
-        points = [Point(uts, values, task) for uts, values in columns_rows(cols)]
-        if not points:
-            return []
-        units = {k: str(u) for k, u in dict(cols.get("units") or {}).items()}
+    def _deliver(self, cols: Mapping[str, Any] | None, task: TaskSpec | None) -> int:
+        """Columns from the host into the node's buffer as ONE block (the bulk path):
+        no per-point objects, and array-valued variables (``cols["arrays"]``: their
+        extra dimensions, coordinates and coordinate units) travel to the file whole.
+        Returns the number of points buffered."""
+        block = self._block(cols, task)
+        if block is None:
+            return 0
         with self._buf_lock:
-            self._buf.extend(points)
-            self._buf_units.update(units)
-            full = len(self._buf) >= self._max_buffer
+            self._buf.append(block)
+            self._buf_n += len(block)
+            full = self._buf_n >= self._max_buffer
         if full and self._on_buffer_full is not None:
             self._call(self._on_buffer_full)
-        return points
+        return len(block)
+
+    def _block(self, cols: Mapping[str, Any] | None, task: TaskSpec | None) -> Block | None:
+        """:func:`.host.dataset_to_columns`'s columns as a :class:`Block` (None: empty)."""
+        if not cols or not cols.get("uts"):
+            return None
+        arrays = dict(cols.get("arrays") or {})
+        units = {k: str(u) for k, u in dict(cols.get("units") or {}).items()}
+        coords: dict[str, Any] = {}
+        for a in arrays.values():
+            units.update({d: str(u) for d, u in dict(a.get("coord_units") or {}).items()})
+            coords.update(dict(a.get("coords") or {}))
+        block = Block(
+            uts=list(cols["uts"]),
+            data=dict(cols.get("vars") or {}),
+            units=units,
+            dims={n: list(a.get("dims") or []) for n, a in arrays.items()},
+            coords=coords,
+            task=task,
+        )
+        try:
+            block.check()
+        except BlockError as e:  # the driver's Dataset does not fit together: say so once
+            if str(e) not in self._warned:
+                self._warned.add(str(e))
+                msg = f"data of {self._who} dropped: {e}"
+                log.warning("%s", msg)
+                self._call(self._on_error, msg)
+            return None
+        return block
 
     # -- the worker -----------------------------------------------------------------------
     def _worker(self) -> None:
@@ -269,14 +277,14 @@ class UpstreamRunner:
         try:
             while True:
                 if run.stop.wait(poll):
-                    npoints += len(self._deliver(dev.call("task_stop"), task))
+                    npoints += self._deliver(dev.call("task_stop"), task)
                     deadline = time.monotonic() + _STOP_WAIT
                     while dev.call("task_status")["running"] and time.monotonic() < deadline:
                         time.sleep(0.02)
-                    npoints += len(self._deliver(dev.call("task_data"), task))
+                    npoints += self._deliver(dev.call("task_data"), task)
                     reason, message = "stopped", run.stop_reason
                     break
-                npoints += len(self._deliver(dev.call("task_data"), task))
+                npoints += self._deliver(dev.call("task_data"), task)
                 if time.monotonic() >= next_status:
                     dev.refresh_status()
                     next_status = time.monotonic() + _STATUS_EVERY
@@ -284,7 +292,7 @@ class UpstreamRunner:
                 if st.get("error"):
                     raise RuntimeError(st["error"])
                 if not st["running"]:
-                    npoints += len(self._deliver(dev.call("task_data"), task))
+                    npoints += self._deliver(dev.call("task_data"), task)
                     break
         except Exception as e:
             reason = "error"
