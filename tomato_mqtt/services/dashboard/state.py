@@ -185,7 +185,9 @@ class LabState:
             self.marks.setdefault(batch.job, []).append(
                 {"t": batch.uts[0], "component": cmp, "task": batch.task, "kind": "data"}
             )
-        s.add(batch.uts, dict(batch.vars), batch.units)
+        # array-valued variables (a spectrum per point) are in the file, not in the plots
+        scalars = {k: v for k, v in batch.vars.items() if k not in batch.dims}
+        s.add(batch.uts, scalars, batch.units)
         self._series_changed.add(batch.job)
 
     def backfill(
