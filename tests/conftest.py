@@ -76,14 +76,25 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
         item.obj = fn  # type: ignore[attr-defined]
 
 
+def _uses_module_fixture(item: pytest.Item) -> bool:
+    """Does the test use a fixture that lives for its whole module (a shared stack)?"""
+    info = getattr(item, "_fixtureinfo", None)
+    if info is None:
+        return False
+    return any(
+        d.scope in ("module", "package") for defs in info.name2fixturedefs.values() for d in defs
+    )
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Parallel runs (``-n N --dist loadgroup``): each test file stays on one worker (its
-    module-scoped stacks start once), except where a file groups its tests itself (the
-    chaos suite spreads its scenarios over the workers)."""
+    """Parallel runs (``-n N --dist loadgroup``): tests that share a module-scoped stack
+    stay on one worker (the stack starts once); every other test goes to whichever worker
+    is free, so a file of long end-to-end tests no longer queues on one worker. The chaos
+    suite groups its tests by scenario itself (tests/chaos/conftest.py)."""
     for item in items:
         if "tests/chaos/" in item.nodeid:
             continue  # grouped by scenario in tests/chaos/conftest.py
-        if item.get_closest_marker("xdist_group") is None:
+        if item.get_closest_marker("xdist_group") is None and _uses_module_fixture(item):
             item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::", 1)[0]))
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -26,8 +27,66 @@ CONFIG = REPO / "config"
 BIN = Path(sys.executable).parent
 
 
-def free_port() -> int:
+# Coverage of CLI calls: the test command measures every subprocess (coverage's
+# ``patch = subprocess``), which costs ~0.1 CPU-s per short CLI call and adds up to minutes
+# over the suite's ~750 calls. The CLI's own tests keep it; elsewhere a CLI call is a means
+# (polling a status, loading a pipeline), so its coverage is dropped there. Services keep
+# theirs: ``tomato start`` does not go through ``cli_env``.
+CLI_MEASURED = ("tests/test_cli.py", "tests/test_passata.py", "tests/test_stack.py")
+
+
+SERVICES = {"start", "supervise", "broker", "scheduler", "recorder", "node", "dashboard"}
+
+
+def cli_env(extra: dict[str, str] | None = None, *argv: str) -> dict[str, str]:
+    """The environment for a CLI call from a test (see ``CLI_MEASURED``); ``argv`` is the
+    call (``tomato start`` and the services stay measured)."""
+    env = {**os.environ, **(extra or {})}
+    starts_services = argv[:1] == ("tomato",) and argv[1:2] and argv[1] in SERVICES
+    if not starts_services and not os.environ.get("PYTEST_CURRENT_TEST", "").startswith(
+        CLI_MEASURED
+    ):
+        env.pop("COVERAGE_PROCESS_CONFIG", None)
+        env.pop("COVERAGE_PROCESS_START", None)
+    return env
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        lo, hi = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(lo), int(hi)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
+_EPHEMERAL = _ephemeral_range()
+_rng = random.Random(os.getpid() ^ time.monotonic_ns())
+
+
+def _bindable(port: int) -> bool:
     with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port() -> int:
+    """A free port below the kernel's ephemeral range, with the next one free as well.
+
+    A port the kernel hands out for ``bind(0)`` comes from the ephemeral range, where any
+    outgoing connection of a parallel test may take it before our server binds it (the
+    "address already in use" of a busy run); below the range only servers bind. The next
+    port is the embedded broker's WebSocket listener by default.
+    """
+    lo = 20000
+    hi = min(_EPHEMERAL[0], 32768) - 2
+    for _ in range(200):
+        port = _rng.randrange(lo, hi)
+        if _bindable(port) and _bindable(port + 1):
+            return port
+    with socket.socket() as s:  # a crowded machine: fall back on the kernel's choice
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 
@@ -75,7 +134,7 @@ class Stack:
             text=True,
             timeout=timeout,
             cwd=cwd or self.workdir,
-            env={**os.environ, **self.env},
+            env=cli_env(self.env, tool, *args),
         )
         if check and res.returncode != 0:
             raise AssertionError(

@@ -9,11 +9,9 @@ ACK.
 
 Inbound messages are only *queued* in paho's callback (handler subscriptions, used for
 request/reply, only resolve a future); the service consumes :meth:`AsyncClient.messages`
-in its own task. Overflow policy: at most ``max_queued_droppable`` messages of
-*droppable* subscriptions (data batches, which every node keeps in its spool and the
-recorder asks to replay when it sees a gap) wait in the queue; beyond that they are
-dropped and counted in :attr:`AsyncClient.dropped`. Commands, replies and statuses are
-never dropped: they are small and come at human or heartbeat rates.
+in its own task. The queue and its overflow policy (droppable data batches are bounded
+and dropped beyond ``max_queued_droppable``, counted in :attr:`AsyncClient.dropped`;
+nothing else is ever dropped) are in :mod:`tomato_mqtt.transport.inbox`.
 """
 
 from __future__ import annotations
@@ -25,7 +23,6 @@ import ssl
 import threading
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any
 
 import paho.mqtt.client as paho
@@ -34,6 +31,8 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from tomato_mqtt.config.url import BrokerURL
 from tomato_mqtt.transport._loop import _LoopDriven
 from tomato_mqtt.transport._tls import TrackingContext, client_tls_context
+from tomato_mqtt.transport.inbox import Inbox
+from tomato_mqtt.transport.inbox import Subscription as _Subscription
 from tomato_mqtt.transport.types import Message, MqttError, MqttTimeout, Will, topic_matches
 
 __all__ = [
@@ -47,14 +46,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class _Subscription:
-    filter: str
-    qos: int
-    handler: Callable[[Message], None] | None = None
-    droppable: bool = False
 
 
 class AsyncClient(_LoopDriven):
@@ -91,11 +82,7 @@ class AsyncClient(_LoopDriven):
         self._connack: asyncio.Future[int] | None = None
         self._acks: dict[int, asyncio.Future[Any]] = {}
         self._subs: dict[str, _Subscription] = {}
-        # unbounded only for non-droppable messages; see the module docstring
-        self._queue: asyncio.Queue[tuple[Message, bool]] = asyncio.Queue()
-        self._max_droppable = max_queued_droppable
-        self._droppable_queued = 0
-        self.dropped = 0  # droppable messages dropped because the consumer fell behind
+        self._inbox = Inbox(self.client_id, max_queued_droppable)
         self._closing = False
         self._misc_task: asyncio.Task[None] | None = None
         self._reconnect_task: asyncio.Task[None] | None = None
@@ -304,26 +291,19 @@ class AsyncClient(_LoopDriven):
     async def messages(self) -> AsyncIterator[Message]:
         """Every message matching a handler-less subscription, in arrival order."""
         while True:
-            yield self._taken(await self._queue.get())
+            yield await self._inbox.get()
 
     async def next_message(self, timeout: float) -> Message:
-        try:
-            return self._taken(await asyncio.wait_for(self._queue.get(), timeout))
-        except asyncio.TimeoutError:
-            raise MqttTimeout(f"no message within {timeout:g} s") from None
+        return await self._inbox.get_within(timeout)
 
     def take_message(self) -> Message | None:
         """The next message of the stream if one is waiting, else None (never waits)."""
-        try:
-            return self._taken(self._queue.get_nowait())
-        except asyncio.QueueEmpty:
-            return None
+        return self._inbox.get_nowait()
 
-    def _taken(self, item: tuple[Message, bool]) -> Message:
-        msg, droppable = item
-        if droppable:
-            self._droppable_queued -= 1
-        return msg
+    @property
+    def dropped(self) -> int:
+        """Droppable messages (data batches) dropped because the consumer fell behind."""
+        return self._inbox.dropped
 
     async def wait_connected(self, timeout: float | None = None) -> None:
         await asyncio.wait_for(self._connected.wait(), timeout)
@@ -388,31 +368,4 @@ class AsyncClient(_LoopDriven):
 
     def _on_message(self, c: paho.Client, ud: Any, msg: paho.MQTTMessage) -> None:
         m = Message(msg.topic, bytes(msg.payload), msg.qos, bool(msg.retain))
-        routed = False
-        droppable = True
-        for sub in self._subs.values():
-            if not topic_matches(sub.filter, m.topic):
-                continue
-            if sub.handler is not None:
-                routed = True
-                try:
-                    sub.handler(m)
-                except Exception:  # a handler must not kill the client
-                    log.exception("message handler for %s failed", sub.filter)
-            else:
-                droppable = droppable and sub.droppable
-        if routed:
-            return
-        if droppable:
-            if self._droppable_queued >= self._max_droppable:
-                self.dropped += 1
-                if self.dropped == 1 or self.dropped % 1000 == 0:
-                    log.warning(
-                        "%s: consumer behind, %d droppable message(s) dropped so far "
-                        "(data is replayed from the nodes' spools)",
-                        self.client_id,
-                        self.dropped,
-                    )
-                return
-            self._droppable_queued += 1
-        self._queue.put_nowait((m, droppable))
+        self._inbox.deliver(m, self._subs.values())

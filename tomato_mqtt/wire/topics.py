@@ -15,8 +15,8 @@ Names that are not topic-safe (tomato's component names such as
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
+from tomato_mqtt.wire.channels import CHANNELS, ChannelDef, Kind
 from tomato_mqtt.wire.slugs import is_slug, slug
 
 __all__ = [
@@ -24,6 +24,7 @@ __all__ = [
     "CHANNELS",
     "PROTOCOL",
     "ChannelDef",
+    "Kind",
     "ParsedTopic",
     "Topics",
     "is_slug",
@@ -34,173 +35,6 @@ PROTOCOL = "tomato/v2"
 
 #: the identity of a client that logged in without a username (open local stacks)
 ANONYMOUS = "anonymous"
-
-Kind = Literal[
-    "meta_schema",
-    "scheduler_status",
-    "scheduler_cmd",
-    "reply",
-    "node_status",
-    "node_cmd",
-    "component_meta",
-    "component_status",
-    "component_cmd",
-    "component_data",
-    "component_last",
-    "pipeline_status",
-    "job_status",
-    "job_event",
-    "recorder_status",
-    "recorder_cmd",
-]
-
-
-@dataclass(frozen=True)
-class ChannelDef:
-    """One channel of the wire contract (used for the AsyncAPI document and docs)."""
-
-    kind: Kind
-    template: str  # below the root, with {placeholders}
-    publisher: str
-    subscribers: str
-    retained: bool
-    description: str
-
-
-CHANNELS: tuple[ChannelDef, ...] = (
-    ChannelDef(
-        "meta_schema",
-        "meta/schema",
-        "scheduler",
-        "anyone",
-        True,
-        "Machine-readable description of every channel and message (AsyncAPI 3.0).",
-    ),
-    ChannelDef(
-        "scheduler_status",
-        "scheduler/status",
-        "scheduler (+ last will)",
-        "all",
-        True,
-        "Presence of the scheduler: online / stopping / offline / lost, with heartbeat.",
-    ),
-    ChannelDef(
-        "scheduler_cmd",
-        "scheduler/cmd/{op}/{user}",
-        "CLI, dashboards, scripts",
-        "scheduler",
-        False,
-        "Requests to the scheduler; envelope {id, reply_to, args}; answered on reply_to. "
-        "{user} is the requester's login, pinned by the broker ACL.",
-    ),
-    ChannelDef(
-        "reply",
-        "reply/{user}/{client_id}",
-        "any responder",
-        "the requester",
-        False,
-        "Replies {id, success, msg, data} to a request, on the requester's reply topic; "
-        "only {user} may subscribe.",
-    ),
-    ChannelDef(
-        "node_status",
-        "node/{node}/status",
-        "driver node (+ last will)",
-        "all",
-        True,
-        "Presence of a driver node: drivers loaded, components hosted, heartbeat.",
-    ),
-    ChannelDef(
-        "node_cmd",
-        "node/{node}/cmd/{op}",
-        "scheduler",
-        "driver node",
-        False,
-        "Commands to a node: configure, rebirth, shutdown.",
-    ),
-    ChannelDef(
-        "component_meta",
-        "component/{component}/meta",
-        "driver node",
-        "all",
-        True,
-        "What a component is: device, driver, address, channel, attrs, capabilities.",
-    ),
-    ChannelDef(
-        "component_status",
-        "component/{component}/status",
-        "driver node",
-        "all",
-        True,
-        "State of a component: idle / running / error / lost, current task and job.",
-    ),
-    ChannelDef(
-        "component_cmd",
-        "component/{component}/cmd/{op}",
-        "scheduler, passata, recorder",
-        "driver node",
-        False,
-        "Commands to a component: task_start, task_stop, set_attr, get_attr, measure, "
-        "reset, register, status, replay, ack.",
-    ),
-    ChannelDef(
-        "component_data",
-        "component/{component}/data",
-        "driver node",
-        "recorder, dashboards",
-        False,
-        "Batches of measured points, one task each, identified by (component, stream, seq).",
-    ),
-    ChannelDef(
-        "component_last",
-        "component/{component}/last",
-        "driver node",
-        "dashboards",
-        True,
-        "The latest measured point of a component.",
-    ),
-    ChannelDef(
-        "pipeline_status",
-        "pipeline/{pipeline}/status",
-        "scheduler",
-        "all",
-        True,
-        "Sample, ready flag, job and role -> component map of a pipeline.",
-    ),
-    ChannelDef(
-        "job_status",
-        "job/{job}/status",
-        "scheduler",
-        "all",
-        True,
-        "Status of a job (tomato's codes q qw r rd c ce cd), timestamps, output path.",
-    ),
-    ChannelDef(
-        "job_event",
-        "job/{job}/event",
-        "scheduler, recorder",
-        "all",
-        False,
-        "Lifecycle and task events of a job.",
-    ),
-    ChannelDef(
-        "recorder_status",
-        "recorder/status",
-        "recorder (+ last will)",
-        "all",
-        True,
-        "Presence of the recorder and per-job progress (points stored, gaps open).",
-    ),
-    ChannelDef(
-        "recorder_cmd",
-        "recorder/cmd/{op}/{user}",
-        "scheduler, CLI",
-        "recorder",
-        False,
-        "Requests to the recorder: finalize (write a job's file), fetch, status. "
-        "{user} is the requester's login, pinned by the broker ACL.",
-    ),
-)
 
 
 @dataclass(frozen=True)
