@@ -25,7 +25,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -67,6 +67,7 @@ class Viewer:
     queue: asyncio.Queue[str] = field(default_factory=lambda: asyncio.Queue(maxsize=200))
     job: int | None = None
     behind: bool = False  # the queue overflowed: send the full state again
+    close: Callable[[], Awaitable[object]] | None = None  # closes the page's socket
 
     def send(self, msg: dict[str, Any]) -> None:
         if self.behind:
@@ -151,8 +152,10 @@ class DashboardService:
             )
         finally:
             await cancel_and_wait(set(self._tasks))
-            for v in list(self.viewers):
-                v.send({"t": "bye"})
+            for v in list(self.viewers):  # closed here, not left to the garbage collector
+                if v.close is not None:
+                    with contextlib.suppress(Exception):
+                        await asyncio.wait_for(v.close(), 2.0)
             if runner is not None:
                 await runner.cleanup()
             await self.sessions.close()

@@ -87,7 +87,7 @@ async def _ws(request: web.Request) -> web.StreamResponse:
     svc = request.app[SVC]
     ws = web.WebSocketResponse(heartbeat=20, compress=False)
     await ws.prepare(request)
-    viewer = Viewer(_session(request))
+    viewer = Viewer(_session(request), close=ws.close)
     viewer.send(svc.hello(viewer))
     svc.viewers.add(viewer)
     writer = asyncio.ensure_future(svc.writer(viewer, ws.send_str))
