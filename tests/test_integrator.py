@@ -21,9 +21,10 @@ from typing import Any
 
 import paho.mqtt.client as paho
 import pytest
+import yaml
 from paho.mqtt.enums import CallbackAPIVersion
 
-from tests.stack import make_stack, started
+from tests.stack import CONFIG, make_stack, started
 from tomato_mqtt.wire.messages import MESSAGES
 from tomato_mqtt.wire.topics import Topics
 
@@ -107,7 +108,10 @@ def test_capture_validates_against_the_published_asyncapi_document(tmp_path: Pat
         assert st.run("ketchup", "snapshot", str(j1), cwd=st.workdir).returncode == 0
         # a job cancelled while it runs
         st.load_ready("pip-counter-2", "counter_5_0.2")
-        j2 = st.submit("counter_5_0.2.yml")
+        long = yaml.safe_load((CONFIG / "counter_5_0.2.yml").read_text())
+        long["method"][0]["time"] = 120.0  # still running when the cancel comes, under load
+        (st.workdir / "long.yml").write_text(yaml.safe_dump(long))
+        j2 = st.submit(st.workdir / "long.yml")
         st.wait_job(j2, {"r"}, timeout=30)
         assert st.json("ketchup", "cancel", str(j2))["success"]
         st.wait_job(j2, {"cd"}, timeout=30)
