@@ -32,13 +32,17 @@ async def test_driver_installed_after_start_is_found_by_reload(
 ) -> None:
     async with inproc_stack(broker.port, tmp_path / "st", instance, components=4) as st:
         devices = st.settings.devices_file
-        devices.write_text(
-            devices.read_text().replace(
-                "pipelines:",
-                "  - {name: dev-late, driver: late_counter, address: late-addr,"
-                " channels: ['1']}\npipelines:",
-            )
+        text = devices.read_text().replace(
+            "pipelines:",
+            "  - {name: dev-late, driver: late_counter, address: late-addr,"
+            " channels: ['1']}\npipelines:",
         )
+        # a component exists only for a channel some pipeline uses (as in tomato)
+        text = text.rstrip("\n") + (
+            "\n  - name: pip-late\n    devices:\n"
+            "      - {role: counter, device: dev-late, channel: '1'}\n"
+        )
+        devices.write_text(text)
         await st.call("reload")
 
         async def meta_says(pred: Callable[[ComponentMeta], bool]) -> None:

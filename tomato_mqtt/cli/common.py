@@ -50,6 +50,7 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar, cast
 
 import typer
 
+from tomato_mqtt.cli.denied import denied
 from tomato_mqtt.cli.fastsettings import light_mqtt
 from tomato_mqtt.cli.output import Output, emit, table
 from tomato_mqtt.cli.timeout import parse_timeout
@@ -368,54 +369,11 @@ def run_request(
     try:
         return client(ctx).request(topic, args, timeout=timeout, who=who)
     except oneshot.NoAnswer as e:
-        fail(_denied(ctx, topic) or f"{e} ({ctx.where()})")
+        fail(denied(ctx, topic) or f"{e} ({ctx.where()})")
     except oneshot.Refused as e:
         fail(f"{e} ({ctx.where()})")
     except oneshot.OneShotError as e:
         fail(f"{e} — is tomato-mqtt running? ({ctx.where()})")
-
-
-def _denied(ctx: CallContext, topic: str) -> str | None:
-    """After a request went unanswered: was it the broker's ACL that dropped it?
-
-    MQTT 3.1.1 has no negative PUBACK, so a forbidden request just vanishes. If the
-    scheduler answers ``whoami`` (every role may send it) and the op is not among the
-    requester's, say so plainly instead of "is it running?".
-    """
-    if not ctx.url.username:
-        return None  # an open stack has no ACL
-    from tomato_mqtt.transport import oneshot
-
-    parsed = ctx.topics.parse(topic)
-    if parsed is None or parsed.op is None or parsed.op == "whoami":
-        return None
-    try:
-        me = oneshot.request(
-            ctx.url, ctx.topics.scheduler_cmd("whoami"), ctx.topics.reply, {}, timeout=2.0
-        )
-    except oneshot.OneShotError:
-        return None
-    from tomato_mqtt.config import roles
-
-    data = me.data if me.success and isinstance(me.data, dict) else {}
-    role = str(data.get("role") or "")
-    allowed: tuple[str, ...] = tuple(data.get("ops") or ())
-    target = {"scheduler_cmd": "", "recorder_cmd": "the recorder's "}.get(parsed.kind)
-    if parsed.kind == "recorder_cmd":
-        allowed = roles.REC_OPERATOR_OPS if role in ("admin", "operator") else roles.REC_READ_OPS
-    elif parsed.kind == "component_cmd":
-        target = "the component command "
-        allowed = {"admin": roles.CMP_ADMIN_OPS, "operator": roles.CMP_READ_OPS}.get(role, ())
-    elif parsed.kind == "node_cmd":
-        target = "the node command "
-        allowed = roles.NODE_ADMIN_OPS if role == "admin" else ()
-    if target is None or parsed.op in allowed:
-        return None  # allowed: the responder is just down, slow or busy
-    return (
-        f"not allowed: user {ctx.url.username!r} (role {data.get('role') or 'unknown'}) may not "
-        f"send {target}{parsed.op!r}; the broker dropped the request (see the role table in "
-        f"docs/security.md) ({ctx.where()})"
-    )
 
 
 def run_async(ctx: CallContext, fn: Callable[[Requester], Awaitable[T]], timeout: float) -> T:
@@ -428,6 +386,6 @@ def run_async(ctx: CallContext, fn: Callable[[Requester], Awaitable[T]], timeout
     try:
         return asyncio.run(_with_requester(ctx, fn, timeout))
     except NoResponder as e:
-        fail(_denied(ctx, e.topic) or f"{e} ({ctx.where()})")
+        fail(denied(ctx, e.topic) or f"{e} ({ctx.where()})")
     except MqttError as e:
         fail(str(e))

@@ -8,15 +8,19 @@ defaults. Relative paths in the file are relative to the appdir. A bad file rais
 from __future__ import annotations
 
 import ipaddress
-import json
 import re
 import sys
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from tomato_mqtt.config.initfiles import (
+    DEVICES_FILE,
+    SETTINGS_FILE,
+    render_default_settings,
+    write_default_files,
+)
 from tomato_mqtt.config.url import BrokerURL
 from tomato_mqtt.errors import ConfigError
 
@@ -44,8 +48,6 @@ __all__ = [
 ]
 
 APPNAME = "tomato-mqtt"
-SETTINGS_FILE = "settings.toml"
-DEVICES_FILE = "devices.yml"
 
 _SLUG = re.compile(r"[a-z0-9][a-z0-9_.-]*")
 
@@ -348,57 +350,6 @@ def load_settings(
         return Settings.model_validate(doc)
     except ValidationError as e:
         raise ConfigError.from_validation_error(path, e, doc) from None
-
-
-def _template() -> str:
-    return (resources.files("tomato_mqtt") / "config" / "settings.toml.template").read_text(
-        encoding="utf-8"
-    )
-
-
-def _default_devices() -> str:
-    return (resources.files("tomato_mqtt") / "config" / DEVICES_FILE).read_text(encoding="utf-8")
-
-
-def render_default_settings(datadir: Path, logdir: Path, port: int | None = None) -> str:
-    """The commented settings.toml that `tomato init` writes."""
-    # json.dumps gives a valid TOML basic string (escapes backslashes of Windows paths)
-    text = _template()
-    text = text.replace('"@DATADIR@"', json.dumps(str(datadir)))
-    text = text.replace('"@LOGDIR@"', json.dumps(str(logdir)))
-    if port is not None:
-        text, n = re.subn(r"(?m)^# port = \d+$", f"port = {int(port)}", text, count=1)
-        if n != 1:  # the template and this function must change together
-            raise RuntimeError("settings template has no '# port = ...' line")
-    return text
-
-
-def write_default_files(
-    appdir: Path, datadir: Path, logdir: Path, port: int | None = None
-) -> list[Path]:
-    """`tomato init`: a commented settings.toml and a default devices.yml.
-
-    An existing file is never overwritten. Returns the files written.
-    """
-    app = Path(appdir).expanduser().absolute()
-    data = Path(datadir).expanduser().absolute()
-    log = Path(logdir).expanduser().absolute()
-    app.mkdir(parents=True, exist_ok=True)
-    written = []
-    for path, text in (
-        (app / SETTINGS_FILE, render_default_settings(data, log, port)),
-        (app / DEVICES_FILE, _default_devices()),
-    ):
-        try:
-            # "x": exclusive creation, so a file made meanwhile is not overwritten either
-            with path.open("x", encoding="utf-8", newline="\n") as f:
-                f.write(text)
-        except FileExistsError:
-            continue
-        written.append(path)
-    for d in (data, log):
-        d.mkdir(parents=True, exist_ok=True)
-    return written
 
 
 def settings_url(settings: Settings) -> BrokerURL:

@@ -8,14 +8,15 @@ JSON, has the wrong shape or a version this code does not know becomes one
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
-from pydantic import Field, JsonValue, model_validator
+from pydantic import Field, JsonValue
 
 from tomato_mqtt.driver.spec import AttrSpec, TaskSpec
 from tomato_mqtt.model.jobs import Job, JobStatusCode
 from tomato_mqtt.wire.base import SCHEMA, DecodeError, WireModel, decode, encode
 from tomato_mqtt.wire.base import renamed as _renamed
+from tomato_mqtt.wire.data import AckArgs, DataBatch, LastPoint, ReplayArgs, stream_id
 
 __all__ = [
     "MESSAGES",
@@ -230,91 +231,6 @@ class ComponentStatus(WireModel):
     stream: str = ""  # the component's current data stream (see DataBatch.stream)
     seq: int = -1  # last data batch published in that stream
     last_task: TaskEndInfo | None = None
-
-
-Cell = float | int | bool | str | None | list[Any]
-"""One value of a variable at one ``uts``: a scalar, or nested lists for extra dims."""
-
-
-class DataBatch(WireModel):
-    """A batch of points of one component stream, as columns.
-
-    ``vars`` maps each variable to one value per entry of ``uts``; ``job`` and ``task``
-    are those the points were taken in (null for idle measurements): all points of a
-    batch belong to the same task. ``n`` is ``len(uts)`` (written before the columns, so
-    a reader can count points without parsing them). A value that could not be measured
-    is null (JSON has no NaN).
-
-    **Array-valued variables**: a variable named in ``dims`` has, per point, a nested
-    list whose axes are the extra dimensions listed there (in order); each extra
-    dimension's coordinate values are in ``coords``. ``units`` holds the units of
-    variables and of coordinates, as the driver spells them.
-
-    Identity: ``(component, stream, seq)``. ``stream`` is a random id the node draws
-    whenever a component's stream starts (node start, registration, re-registration,
-    reload), so an identity is never reused; ``seq`` numbers the stream's batches from 0
-    without gaps. Batches of older nodes carry no ``stream``: their stream is
-    ``e<epoch>`` (:meth:`stream_id`).
-    """
-
-    component: str
-    job: int | None = Field(None, alias="jobid", validation_alias=_renamed("jobid", "job"))
-    task: int | None = None
-    epoch: int
-    stream: str = ""
-    seq: int
-    n: int | None = Field(default=None, description="number of points (len of uts)")
-    uts: list[float]
-    vars: dict[str, list[Cell]]
-    units: dict[str, str] = Field(default_factory=dict)
-    dims: dict[str, list[str]] = Field(
-        default_factory=dict, description="variable -> its extra dimensions (after uts)"
-    )
-    coords: dict[str, list[float | int | str]] = Field(
-        default_factory=dict, description="extra dimension -> its coordinate values"
-    )
-
-    @model_validator(mode="after")
-    def _count(self) -> DataBatch:
-        if self.n is None:
-            self.n = len(self.uts)
-        elif self.n != len(self.uts):
-            raise ValueError(f"n is {self.n}, but uts has {len(self.uts)} entries")
-        return self
-
-    def stream_id(self) -> str:
-        return stream_id(self.stream, self.epoch)
-
-
-class LastPoint(WireModel):
-    """The latest point of a component: ``vars`` as in :class:`DataBatch`, one value each."""
-
-    component: str
-    uts: float
-    values: dict[str, Cell] = Field(alias="vars", validation_alias=_renamed("vars", "values"))
-    units: dict[str, str] = Field(default_factory=dict)
-    job: int | None = Field(None, alias="jobid", validation_alias=_renamed("jobid", "job"))
-    task: int | None = None
-    dims: dict[str, list[str]] = Field(default_factory=dict)
-    coords: dict[str, list[float | int | str]] = Field(default_factory=dict)
-
-
-def stream_id(stream: str, epoch: int) -> str:
-    """A stream's identity: its id, or ``e<epoch>`` for a node that sends none."""
-    return stream or f"e{epoch}"
-
-
-class ReplayArgs(WireModel):
-    epoch: int
-    first: int
-    last: int
-    stream: str = ""  # "" : the stream e<epoch> of an older recorder
-
-
-class AckArgs(WireModel):
-    epoch: int
-    upto: int
-    stream: str = ""
 
 
 class TaskStartArgs(WireModel):

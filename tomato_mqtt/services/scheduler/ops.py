@@ -15,11 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import JsonValue
 
-from tomato_mqtt.config.devices import load_devices
 from tomato_mqtt.config.payloads import PayloadError, parse_payload
-from tomato_mqtt.config.settings import load_settings
 from tomato_mqtt.driver.validate import TaskValidationError, validate_task
-from tomato_mqtt.errors import ConfigError
 from tomato_mqtt.model.jobs import Job
 from tomato_mqtt.model.matching import (
     ComponentView,
@@ -30,6 +27,7 @@ from tomato_mqtt.model.matching import (
 )
 from tomato_mqtt.services.scheduler.access import Access
 from tomato_mqtt.services.scheduler.lifecycle import JobLifecycle
+from tomato_mqtt.services.scheduler.reload import reload
 from tomato_mqtt.services.scheduler.status import pipeline_info, status_section
 from tomato_mqtt.services.scheduler.texts import found_text, sample_of
 from tomato_mqtt.transport.rpc import CommandError, Handler, Result
@@ -98,67 +96,7 @@ class SchedulerOps:
 
     # -- reload ----------------------------------------------------------------------------
     async def reload(self, args: Mapping[str, JsonValue]) -> Result:
-        self.access.require("reload")
-        NoArgs.model_validate(args)
-        svc = self.svc
-        old = svc.settings
-        try:
-            new_settings = load_settings(
-                appdir=old.appdir,
-                datadir=old.datadir,
-                logdir=old.logdir,
-                port=old.mqtt.port,
-                host=old.mqtt.host,
-            )
-            new_layout = load_devices(new_settings.devices_file, new_settings.node.name)
-        except ConfigError as e:
-            raise CommandError(f"reload refused, nothing changed: {e}") from None
-        diff = svc.layout.diff(new_layout)
-        busy_components: set[str] = set()
-        busy_pipelines: set[str] = set()
-        for job in self.store.jobs(statuses=["r", "rd"]):
-            if job.pipeline:
-                busy_pipelines.add(job.pipeline)
-                lay = svc.layout.pipelines.get(job.pipeline)
-                if lay:
-                    busy_components.update(lay.roles.values())
-        touched = []
-        for name in busy_pipelines:
-            if svc.layout.pipelines.get(name) != new_layout.pipelines.get(name):
-                touched.append(f"pipeline {name}")
-        for name in busy_components:
-            if svc.layout.components.get(name) != new_layout.components.get(name):
-                touched.append(f"component {name}")
-            drv = svc.layout.components[name].driver
-            if old.drivers.get(drv) != new_settings.drivers.get(drv):
-                touched.append(f"settings of driver {drv}")
-        if touched:
-            raise CommandError(
-                "reload refused, nothing changed: it would modify "
-                + ", ".join(sorted(set(touched)))
-                + " of a running job",
-                code="conflict",
-            )
-        removed_pips = set(svc.layout.pipelines) - set(new_layout.pipelines)
-        drivers_changed = sorted(
-            d
-            for d in set(old.drivers) | set(new_settings.drivers)
-            if old.drivers.get(d) != new_settings.drivers.get(d)
-        )
-        svc.settings = new_settings
-        svc.layout = new_layout
-        self.store.sync_pipelines(new_layout.pipelines)
-        for name in removed_pips:
-            await svc.clear_pipeline(name)
-        for p in self.store.pipelines():
-            await svc.publish_pipeline(p.name)
-        await svc.configure_nodes()
-        svc.kick()
-        what = _describe_diff(diff)
-        if drivers_changed:  # not part of the layout's diff, but a change all the same
-            more = f"settings of driver(s): {', '.join(drivers_changed)}"
-            what = more if what == "no changes" else f"{what}; {more}"
-        return Result("reload done: " + what, _jsonable_diff(diff))
+        return await reload(self, args)
 
     async def stop(self, args: Mapping[str, JsonValue]) -> Result:
         self.access.require("stop")
@@ -408,21 +346,3 @@ class SchedulerOps:
 
     def recorder_args(self, job: Job, path: Path, snapshot: bool) -> dict[str, JsonValue]:
         return self.jobs.recorder_args(job, path, snapshot)
-
-
-def _jsonable_diff(diff: Any) -> JsonValue:
-    if hasattr(diff, "model_dump"):
-        return diff.model_dump(mode="json")  # type: ignore[no-any-return]
-    if hasattr(diff, "__dict__"):
-        return {k: sorted(v) if isinstance(v, set) else v for k, v in vars(diff).items()}
-    return str(diff)
-
-
-def _describe_diff(diff: Any) -> str:
-    d = _jsonable_diff(diff)
-    if isinstance(d, dict):
-        parts = [
-            f"{k}: {', '.join(map(str, v))}" for k, v in d.items() if isinstance(v, list) and v
-        ]
-        return "; ".join(parts) or "no changes"
-    return str(d)

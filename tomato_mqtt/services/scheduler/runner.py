@@ -28,13 +28,13 @@ import contextlib
 import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from tomato_mqtt.model.jobs import Job
-from tomato_mqtt.services.scheduler.tasks import TaskState, expectations, tasks_of
-from tomato_mqtt.wire.messages import ComponentStatus, NodeStatus
+from tomato_mqtt.services.scheduler.tasks import RunnerHost, TaskState, expectations, tasks_of
+from tomato_mqtt.wire.messages import ComponentStatus
 
 __all__ = ["CANCEL_WAIT", "JobRunner", "RunnerHost", "expectations", "tasks_of"]
 
@@ -43,21 +43,6 @@ log = logging.getLogger(__name__)
 CANCEL_WAIT = 2.0  # s a cancel waits for a node to confirm that its task stopped
 RESET_WAIT = 10.0  # s the reset of a component after a job may take (3 s after a cancel)
 SAVE_DELAY = 0.2  # s: progress changes are stored together (see JobRunner._save)
-
-
-class RunnerHost(Protocol):
-    """What a runner needs from the scheduler (kept narrow so it can be tested alone)."""
-
-    cond: asyncio.Condition
-    node_grace_period: float
-
-    def component_status(self, name: str) -> ComponentStatus | None: ...
-    def node_of(self, component: str) -> NodeStatus | None: ...
-    def save_progress(self, job: int, progress: dict[str, Any]) -> None: ...
-    def job_event(self, job: int, event: str, **kw: Any) -> None: ...
-    async def component_request(
-        self, component: str, op: str, args: Mapping[str, Any], timeout: float = 5.0
-    ) -> tuple[bool, str, Any]: ...
 
 
 @dataclass
