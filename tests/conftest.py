@@ -86,16 +86,51 @@ def _uses_module_fixture(item: pytest.Item) -> bool:
     )
 
 
+#: the long end-to-end files (a real stack per test, or one per module, and jobs that take
+#: seconds), started first in a parallel run: started last, one of them is the run's tail
+#: while the other workers idle. In this order; everything else follows as collected.
+SLOW_FIRST = (
+    "tests/test_security_docs.py",
+    "tests/test_tls.py",
+    "tests/test_security_stack.py",
+    "tests/test_upstream_drivers.py",
+    "tests/test_integrator.py",
+    "tests/test_jobs.py",
+    "tests/chaos/",
+    "tests/test_fuzz.py",
+    "tests/test_forgery.py",
+    "tests/upstream/test_upstream_stack.py",
+    "tests/test_netns.py",
+    "tests/test_dashboard.py",
+    "tests/test_scheduler.py",
+    "tests/test_reliability.py",
+    "tests/test_readme.py",
+    "tests/test_cli.py",
+    "tests/test_stack.py",
+    "tests/test_faults.py",
+    "tests/test_passata.py",
+)
+
+
+def _slow_rank(item: pytest.Item) -> int:
+    for i, prefix in enumerate(SLOW_FIRST):
+        if item.nodeid.startswith(prefix):
+            return i
+    return len(SLOW_FIRST)
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Parallel runs (``-n N --dist loadgroup``): tests that share a module-scoped stack
     stay on one worker (the stack starts once); every other test goes to whichever worker
     is free, so a file of long end-to-end tests no longer queues on one worker. The chaos
-    suite groups its tests by scenario itself (tests/chaos/conftest.py)."""
+    suite groups its tests by scenario itself (tests/chaos/conftest.py). The long files
+    of :data:`SLOW_FIRST` start first (a stable sort: their own order is kept)."""
     for item in items:
         if "tests/chaos/" in item.nodeid:
             continue  # grouped by scenario in tests/chaos/conftest.py
         if item.get_closest_marker("xdist_group") is None and _uses_module_fixture(item):
             item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::", 1)[0]))
+    items.sort(key=_slow_rank)
 
 
 def _truthy(value: str | None) -> bool:
