@@ -199,9 +199,12 @@ class Supervisor:
                 return
             now = time.monotonic()
             first = c.name == "broker" and c.restarts == 0
-            if first and (rc == EXIT_CANNOT_LISTEN or now - c.started < BROKER_STARTUP_WINDOW):
-                # it never served (a port taken, a bad certificate): restarting cannot help;
-                # the exit code says so however long its start took on a busy machine
+            # a broker that exited by itself soon after its first start never served (a
+            # port taken, a bad certificate): restarting cannot help; the exit code says so
+            # however long its start took on a busy machine. One killed by a signal
+            # (rc < 0: kill -9, the OOM killer) did serve, or could have: restart it.
+            soon = rc is not None and rc > 0 and now - c.started < BROKER_STARTUP_WINDOW
+            if first and (rc == EXIT_CANNOT_LISTEN or soon):
                 self.failed = _last_error(c.log_path) or f"the broker exited with code {rc}"
                 log.error("the broker could not start: %s", self.failed)
                 self._stop.set()

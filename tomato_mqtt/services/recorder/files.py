@@ -240,8 +240,9 @@ def job_json(a: FinalizeArgs) -> str:
     (``connected_at``: when the tasks started, ``jobpath``: the job's folder, ``pid``:
     none, no job process here)."""
     job = dict(a.job)
-    job.setdefault("connected_at", job.get("launched_at"))
-    job.setdefault("jobpath", a.fallback_dir)
+    # the scheduler's Job has these fields (schema 2) but may leave them null
+    job["connected_at"] = job.get("connected_at") or job.get("launched_at")
+    job["jobpath"] = job.get("jobpath") or a.fallback_dir
     job.setdefault("pid", None)
     return json.dumps(job, separators=(",", ":"))
 
