@@ -9,6 +9,7 @@ real CLI, as a lab user would type it.
 from __future__ import annotations
 
 import json
+import shlex
 import shutil
 import socket
 import subprocess
@@ -29,7 +30,9 @@ def free_port() -> int:
 
 
 def run(*cmd: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    print("$", " ".join(cmd[:1] + tuple(a for a in cmd[1:] if not a.startswith(str(DEMO)))))
+    # the whole command, real paths included, so that pasting it (with the venv active)
+    # does the same again
+    print("$", shlex.join(cmd))
     res = subprocess.run([str(BIN / cmd[0]), *cmd[1:]], capture_output=True, text=True, cwd=DEMO)
     out = (res.stdout + res.stderr).strip()
     if out and "--json" not in cmd:

@@ -19,7 +19,14 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 VENV = Path(os.environ.get("TOMATO_VENV", REPO / ".venv"))
 PY = VENV / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
-PROJECTS = [".", "broker", "drivers/example_counter", "drivers/psutil", "tests/drivers/faulty"]
+PROJECTS = [
+    ".",
+    "broker",
+    "drivers/example_counter",
+    "drivers/psutil",
+    "drivers/daq_sim",
+    "tests/drivers/faulty",
+]
 LINT_PATHS = ["tomato_mqtt", "broker", "drivers", "tests", "bench", "scripts"]
 
 
@@ -43,7 +50,7 @@ def install() -> None:
     stamp = VENV / ".installed"
     if stamp.exists() and stamp.read_text() == digest.hexdigest():
         return
-    args = ["-e", ".[server,dev]"]
+    args = ["-e", ".[server,dashboard,dev]"]
     for p in PROJECTS[1:]:
         args += ["-e", p]
     sh(PY, "-m", "pip", "install", "--quiet", *args)
@@ -61,8 +68,13 @@ def pytest(extra: list[str]) -> None:
     sh("bash", REPO / "scripts" / "ensure-mosquitto")
     # libfaketime: the chaos suite's clock-skew scenarios (they skip, saying why, without it)
     sh("bash", REPO / "scripts" / "ensure-faketime")
+    # Debian's chromium: the dashboard's browser tests drive it through Playwright
+    sh("bash", REPO / "scripts" / "ensure-chromium")
     # the test command installs Mosquitto: its compatibility tests must run, not skip
     os.environ.setdefault("TOMATO_REQUIRE_MOSQUITTO", "1")
+    # tomato 2.2's own models read our files, from a venv of their own (never ours)
+    sh(sys.executable, REPO / "scripts" / "ensure-tomato22.py")
+    os.environ.setdefault("TOMATO_REQUIRE_TOMATO22", "1")
     # coverage of tomato_mqtt, including the services the tests start as subprocesses
     for old in REPO.glob(".coverage*"):
         old.unlink()

@@ -77,7 +77,7 @@ def _payload(r: random.Random, t: Topics, user: str, op: str) -> bytes:
     if kind < 20:
         reply_to = r.choice([t.reply("x", "ada"), "elsewhere/reply", t.root + "/reply/../x", ""])
     doc: dict[str, object] = {
-        "schema": r.choice([1, 1, 1, 2, "1", None]),
+        "schema": r.choice([2, 2, 1, 3, "1", None]),
         "id": r.choice([f"fz-{r.randrange(10**9)}", "", 5, None]),
         "reply_to": reply_to,
         "args": _args(r, op in DESTRUCTIVE),

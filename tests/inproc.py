@@ -92,8 +92,22 @@ class InProc:
             if parsed is None or not msg.payload:
                 continue
             if parsed.kind == "job_status":
-                job = decode(JobStatus, msg.payload, msg.topic).job
-                self.jobs[job.id] = job
+                js = decode(JobStatus, msg.payload, msg.topic)  # a summary (schema 2)
+                self.jobs[js.jobid] = Job(
+                    id=js.jobid,
+                    jobname=js.jobname,
+                    payload={},
+                    status=js.status,
+                    submitted_at=js.submitted_at or "",
+                    launched_at=js.launched_at,
+                    completed_at=js.completed_at,
+                    pipeline=js.pipeline,
+                    respath=js.respath,
+                    snappath=js.snappath,
+                    reason=js.reason,
+                    owner=js.owner,
+                    progress={"points": js.points},
+                )
             elif parsed.kind == "component_meta":
                 meta = decode(ComponentMeta, msg.payload, msg.topic)
                 self.metas[meta.name] = meta
@@ -137,6 +151,7 @@ async def inproc_stack(
             heartbeat=s.scheduler.heartbeat,
             batch_interval=0.1,
             driver_settings=s.drivers,
+            upstream_env=s.upstream_env,
         )
     )
     services = [sched, rec, node]

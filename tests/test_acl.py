@@ -68,9 +68,12 @@ def checks(t: Topics) -> list[tuple[str, str, str, bool]]:
         # -- what only a node (its own) or a service publishes
         add(user, "pub", t.node_status("pc1"), user == "pc1")
         add(user, "pub", t.node_status("pc2"), False)
-        for build in (t.component_data, t.component_meta, t.component_status, t.component_last):
+        for build in (t.component_data, t.component_meta, t.component_last):
             add(user, "pub", build(CMP_A), user == "pc1")
             add(user, "pub", build(CMP_B), False)
+        # ... and the scheduler shows a lost node's components lost (scheduler/lost.py)
+        add(user, "pub", t.component_status(CMP_A), user in ("pc1", "sched"))
+        add(user, "pub", t.component_status(CMP_B), user == "sched")
         add(user, "pub", t.job_status(1), role == "scheduler")
         add(user, "pub", t.pipeline_status("pip-a"), role == "scheduler")
         add(user, "pub", t.scheduler_status(), role == "scheduler")

@@ -63,8 +63,8 @@ def test_pipeline_load_ready_eject(stack: Stack) -> None:
     res = stack.run("tomato", "pipeline", "load", pip, "sample-pip")
     assert res.returncode == 0, res.stderr
     assert "sample-pip" in res.stdout and pip in res.stdout
-    pips = {p["name"]: p for p in stack.json("tomato", "status", "pipelines")["data"]}
-    assert pips[pip]["sample"] == "sample-pip" and not pips[pip]["ready"]
+    pips = stack.json("tomato", "status", "pipelines")["data"]  # name -> pipeline
+    assert pips[pip]["sampleid"] == "sample-pip" and not pips[pip]["ready"]
     assert pips[pip]["roles"] == {"counter": "example_counter:(example-addr,4)"}
 
     # only into an empty pipeline
@@ -82,7 +82,7 @@ def test_pipeline_load_ready_eject(stack: Stack) -> None:
     res = stack.run("tomato", "pipeline", "eject", pip, "--yaml")
     assert res.returncode == 0
     doc = yaml.safe_load(res.stdout)
-    assert doc["success"] and doc["data"]["sample"] is None and doc["data"]["ready"] is False
+    assert doc["success"] and doc["data"]["sampleid"] is None and doc["data"]["ready"] is False
 
 
 @pytest.mark.parametrize(
@@ -115,8 +115,15 @@ def test_status_sections_human_and_json(stack: Stack) -> None:
         assert res.returncode == 0, res.stderr
         assert word in res.stdout, (section, res.stdout)
         out = stack.json("tomato", "status", section)
-        assert out["success"] and isinstance(out["data"], list) and out["data"], section
-    comps = stack.json("tomato", "status", "components")["data"]
+        # a name -> object mapping, as tomato 2.2's -y data
+        data = out["data"]
+        assert out["success"] and isinstance(data, dict) and data, section
+        assert all(v.get("name", v.get("node")) == k for k, v in data.items()), section
+    top = stack.json("tomato", "status")["data"]  # tomato's Daemon fields, pips included
+    assert top["status"] == "running" and top["port"] == stack.port, top
+    assert set(top["pips"]) == {f"pip-counter-{i}" for i in range(1, 5)}, top
+    assert {"devs", "drvs", "cmps"} <= set(top), top
+    comps = list(stack.json("tomato", "status", "components")["data"].values())
     assert {c["name"] for c in comps} == {
         f"example_counter:(example-addr,{i})" for i in range(1, 5)
     }
@@ -164,7 +171,9 @@ def test_submit_status_search_cancel(stack: Stack) -> None:
 
     human = stack.run("ketchup", "status")
     assert human.returncode == 0
-    head = human.stdout.splitlines()[0].split()
+    # tomato's summary ("found 2 jobs with status 'q' : [1, 2]"), then the table
+    assert human.stdout.startswith("found ")
+    head = _table_head(human.stdout).split()
     assert head[:4] == ["id", "name", "status", "pipeline"]
     assert any(line.split()[:2] == [str(b["id"]), "beta-run"] for line in human.stdout.splitlines())
     detail = stack.run("ketchup", "status", str(a["id"]))
@@ -182,13 +191,24 @@ def test_submit_status_search_cancel(stack: Stack) -> None:
         j["status"] for j in stack.json("ketchup", "status", str(a["id"]), str(b["id"]))["data"]
     ]
     assert statuses == ["cd", "cd"]
-    assert stack.json("ketchup", "search", "alpha-run")["data"] == []
-    assert [j["id"] for j in stack.json("ketchup", "search", "alpha-run", "-c")["data"]] == [
-        a["id"]
-    ]
+    # ended jobs are found without -c too (as tomato 2.2); -c is accepted
+    for extra in ((), ("-c",)):
+        found = stack.json("ketchup", "search", "alpha-run", *extra)
+        assert [j["id"] for j in found["data"]] == [a["id"]], found
+        assert found["msg"] == f"job matching 'alpha-run' found: [{a['id']}]"
+    nothing = stack.json("ketchup", "search", "nothing-like-this")
+    assert nothing == {
+        "success": False,
+        "msg": "no job matching 'nothing-like-this' found",
+        "data": None,
+    }
     # a second cancel says so, and succeeds
     res = stack.run("ketchup", "cancel", str(a["id"]))
     assert res.returncode == 0 and "already ended (cd)" in res.stdout
+
+
+def _table_head(out: str) -> str:
+    return next(line for line in out.splitlines() if line.startswith("id "))
 
 
 def test_unknown_job_ids(stack: Stack) -> None:
@@ -260,7 +280,7 @@ def test_unmatchable_payload_is_queued_with_its_reason(stack: Stack) -> None:
     job = stack.job(jobid)
     assert job["status"] == "q" and "unknown" in job["reason"]
     human = stack.run("ketchup", "status")
-    assert "reason" in human.stdout.splitlines()[0]
+    assert "reason" in _table_head(human.stdout)
     cancel(stack, jobid)
 
 
@@ -269,7 +289,6 @@ def test_yaml_and_json_outputs_parse(stack: Stack) -> None:
         ("ketchup", ("status",)),
         ("tomato", ("status",)),
         ("tomato", ("status", "components")),
-        ("ketchup", ("search", "nothing-like-this")),
     ):
         y = stack.run(tool, *args, "-y")
         assert y.returncode == 0, y.stderr
@@ -374,17 +393,23 @@ CLIENT_TIMEOUT = {
 }
 LOCAL = {"appdir", "datadir", "logdir", "port"}
 NOT_CLIENT = {
-    "tomato init": LOCAL,
-    "tomato start": LOCAL | {"timeout"},
-    "tomato stop": LOCAL | {"broker", "timeout"},
-    "tomato schema": {"instance", "appdir"},
+    "tomato init": LOCAL | {"yaml", "json"},
+    "tomato start": LOCAL | {"timeout", "yaml", "json"},
+    "tomato stop": LOCAL | {"broker", "timeout", "yaml", "json"},
+    "tomato schema": {"instance", "appdir", "yaml", "json"},
     "tomato broker": LOCAL,
     "tomato scheduler": LOCAL,
     "tomato recorder": LOCAL,
     "tomato node": LOCAL | {"broker", "instance"},
+    "tomato dashboard": LOCAL | {"broker", "instance"},
     "tomato supervise": LOCAL,
-    "tomato broker-config": {"appdir", "datadir", "port"},
-    **{f"tomato user {c}": {"appdir"} for c in ("add", "passwd", "role", "remove", "list")},
+    "tomato broker-config": {"appdir", "datadir", "port", "yaml", "json"},
+    **{
+        f"tomato user {c}": {"appdir", "yaml", "json"}
+        for c in ("add", "passwd", "role", "remove", "list")
+    },
+    # local to this PC's node: its upstream-driver venv
+    **{f"tomato drivers {c}": LOCAL | {"yaml", "json"} for c in ("install", "list")},
 }
 
 
@@ -435,6 +460,18 @@ def test_every_command_declares_the_common_options_alike() -> None:
         ),
         (["tomato", "status", "nodes", "--instance", "lab2"], {"instance": "lab2"}),
         (["tomato", "node", "-n", "pc1", "-A", "/x", "-v"], {"name": "pc1", "verbose": 1}),
+        # tomato's flags: -y on init/start/stop, -v/-vv/--quiet on start, -f on reset
+        (["tomato", "init", "-A", ".", "-y"], {"yaml": True}),
+        (["tomato", "start", "-p", "1", "-vv"], {"verbose": 2, "quiet": 0}),
+        (["tomato", "start", "--quiet", "--json"], {"quiet": 1, "json": True}),
+        (["tomato", "stop", "-y"], {"yaml": True}),
+        (["passata", "reset", "dev/1", "-f"], {"force": True}),
+        (["passata", "constants", "dev/1", "max"], {"names": ("max",)}),
+        (["ketchup", "snapshot", "1", "2"], {"jobids": (1, 2)}),
+        # --timeout: seconds, or with a unit; tomato's milliseconds said explicitly
+        (["ketchup", "status", "--timeout", "2000ms"], {"timeout": 2.0}),
+        (["ketchup", "status", "-t", "0.5"], {"timeout": 0.5}),
+        (["ketchup", "status", "-t", "3s"], {"timeout": 3.0}),
     ],
 )
 def test_common_options_after_arguments(argv: list[str], expect: dict[str, object]) -> None:
@@ -445,6 +482,18 @@ def test_common_options_after_arguments(argv: list[str], expect: dict[str, objec
     ctx = cmds[" ".join(words)].make_context(words[-1], argv[n:])
     for k, v in expect.items():
         assert ctx.params[k] == v, (k, ctx.params)
+
+
+@pytest.mark.parametrize("value", ["2000", "3000", "1000"])
+def test_tomato_millisecond_timeout_is_refused_as_ambiguous(value: str) -> None:
+    """tomato's --timeout is in ms, ours in s: a bare 2000 would wait half an hour."""
+    from typer.testing import CliRunner
+
+    from tomato_mqtt.cli import ketchup
+
+    res = CliRunner().invoke(ketchup.app, ["status", "--timeout", value])
+    assert res.exit_code == 2
+    assert f"{value} is ambiguous" in res.output and f"{value}ms" in res.output
 
 
 def test_common_options_reach_the_command(tmp_path: Path) -> None:
@@ -481,3 +530,58 @@ def test_options_decorator_refuses_mistakes() -> None:
     # called directly, the command gets the defaults of the options it does not take
     got = common.options(("port",), timeout=7.0)(ok)(port=3)
     assert (got.port, got.timeout, got.yaml, got.broker) == (3, 7.0, False, None)
+
+
+def test_local_commands_answer_with_a_reply_under_json_and_yaml(tmp_path: Path) -> None:
+    """tomato takes -y on every command: the local ones (users, schema) print a Reply too."""
+    users = str(tmp_path / "users")
+    add = subprocess.run(
+        [
+            str(BIN / "tomato"),
+            "user",
+            "add",
+            "ada",
+            "--role",
+            "admin",
+            "--password",
+            "pw1234567",
+            "--file",
+            users,
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert add.returncode == 0, add.stderr
+    out = json.loads(add.stdout)
+    assert out["success"] and out["data"]["user"] == "ada" and out["data"]["role"] == "admin"
+    lst = subprocess.run(
+        [str(BIN / "tomato"), "user", "list", "--file", users, "-y"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert lst.returncode == 0, lst.stderr
+    doc = yaml.safe_load(lst.stdout)
+    assert doc["success"] and doc["data"] == [{"user": "ada", "role": "admin"}], doc
+    bad = subprocess.run(
+        [str(BIN / "tomato"), "user", "role", "nobody", "operator", "--file", users, "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert bad.returncode == 1 and json.loads(bad.stdout)["success"] is False, bad
+    dirs = ["-A", str(tmp_path / "app"), "-D", str(tmp_path / "data"), "-L", str(tmp_path / "log")]
+    init = subprocess.run(
+        [str(BIN / "tomato"), "init", *dirs, "-y"], capture_output=True, text=True
+    )
+    assert init.returncode == 0 and yaml.safe_load(init.stdout)["success"], init
+    sch = subprocess.run(
+        [str(BIN / "tomato"), "schema", "-A", str(tmp_path / "app"), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert sch.returncode == 0, sch.stderr
+    assert json.loads(sch.stdout)["data"]["asyncapi"].startswith("3."), sch.stdout[:200]

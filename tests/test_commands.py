@@ -41,9 +41,9 @@ async def test_scheduler_replies_match_their_types(
             data = await st.call("status", {"what": what})
             assert data, what
         pip = await st.call(
-            "pipeline_load", {"pipeline": "pip-counter-1", "sample": "counter_1_0.1"}
+            "pipeline_load", {"pipeline": "pip-counter-1", "sampleid": "counter_1_0.1"}
         )
-        assert isinstance(pip, PipelineState) and pip.sample == "counter_1_0.1"
+        assert isinstance(pip, PipelineState) and pip.sampleid == "counter_1_0.1"
         pip = await st.call("pipeline_ready", {"pipeline": "pip-counter-1"})
         assert pip.ready
         payload = yaml.safe_load((CONFIG / "counter_1_0.1.yml").read_text())
@@ -59,7 +59,7 @@ async def test_scheduler_replies_match_their_types(
         assert isinstance(snap, FileData) and snap.size > 0
         assert (await st.call("job_search", {"name": "typ", "complete": True}))[0].id == job.id
         ejected = await st.call("pipeline_eject", {"pipeline": "pip-counter-1"})
-        assert ejected.sample is None
+        assert ejected.sampleid is None
 
 
 @pytest.mark.parametrize(

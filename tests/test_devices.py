@@ -134,8 +134,16 @@ def test_tomato_multidev_json(tmp_path: Path) -> None:
             "counter-2": "example_counter:(example-addr-2,5)",
         },
     }
-    # every declared channel is a component, in a pipeline or not
-    assert len(layout.components) == 8
+    # every device is listed (as tomato's devs), with all its channels
+    assert sorted(layout.devices) == ["dev-counter-1", "dev-counter-2"]
+    assert layout.devices["dev-counter-2"].channels == ["5", "6", "7", "8"]
+    assert layout.devices["dev-counter-2"].node == "local"
+    # as tomato: only the channels pipelines use are components (3 of the 8 declared)
+    assert sorted(layout.components) == [
+        "example_counter:(example-addr-1,1)",
+        "example_counter:(example-addr-1,4)",
+        "example_counter:(example-addr-2,5)",
+    ]
     assert layout.pipelines_of_component("example_counter:(example-addr-1,2)") == []
     assert layout.pipelines_of_component("example_counter:(example-addr-1,4)") == ["pip-multidev"]
 
@@ -185,7 +193,8 @@ def test_numbers_in_yaml_become_strings(tmp_path: Path) -> None:
     )
     layout = load_devices(p)
     assert roles(layout) == {"p": {"r": "drv:(5,2)"}}
-    assert layout.components["drv:(5,1)"].channel == "1"
+    assert layout.components["drv:(5,2)"].channel == "2"
+    assert "drv:(5,1)" not in layout.components  # in no pipeline: no component (as tomato)
 
 
 def test_wildcard_with_a_shared_fixed_component(tmp_path: Path) -> None:
@@ -215,7 +224,9 @@ def test_node_defaults_to_the_local_node(tmp_path: Path) -> None:
         devices:
           - {name: here, driver: d, address: a, channels: ["1"]}
           - {name: there, driver: d, address: b, channels: ["1", "2"], node: pc-7}
-        pipelines: []
+        pipelines:
+          - {name: p1, devices: [{role: r, device: here, channel: "1"}]}
+          - {name: q-*, devices: [{role: r, device: there, channel: each}]}
         """,
     )
     layout = load_devices(p, default_node="bench-pc")
@@ -400,11 +411,10 @@ def test_diff(tmp_path: Path) -> None:
     new = _layout(tmp_path, new_doc, "new.yml")
     d = old.diff(new)
     assert not d.empty
-    assert d.added_components == sorted(
-        [f"example_counter:(moved,{c})" for c in "1234"] + ["psutil:(x,1)"]
-    )
-    assert d.removed_components == [f"example_counter:(example-addr-1,{c})" for c in "1234"]
-    assert d.changed_components == [f"example_counter:(example-addr-2,{c})" for c in "5678"]
+    # components only for channels in pipelines (as tomato)
+    assert d.added_components == ["example_counter:(moved,4)", "psutil:(x,1)"]
+    assert d.removed_components == [f"example_counter:(example-addr-1,{c})" for c in "14"]
+    assert d.changed_components == ["example_counter:(example-addr-2,5)"]
     assert d.added_pipelines == ["pip-ps"]
     assert d.removed_pipelines == ["pip-counter"]
     assert d.changed_pipelines == ["pip-multidev"]  # its counter-1 role moved

@@ -63,7 +63,7 @@ def check_survived(st: Stack, pids: dict[str, int | None], stats: dict[str, int]
     jobs = st.json("ketchup", "status")
     assert jobs["success"] and jobs["data"] == [], jobs  # the fuzz created no job
     pips = st.json("tomato", "status", "pipelines")
-    assert all(p["sample"] is None and not p["ready"] for p in pips["data"]), pips
+    assert all(p["sampleid"] is None and not p["ready"] for p in pips["data"].values()), pips
     st.load_ready("pip-counter-1", "counter_1_0.1")
     jobid = st.submit("counter_1_0.1.yml")
     job = st.wait_job(jobid, {"c", "ce", "cd"}, timeout=60)

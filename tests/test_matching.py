@@ -163,7 +163,7 @@ def sample_of(j: Job) -> str:
 def pip(
     name: str, sample: str | None = "s", ready: bool = True, jobid: int | None = None
 ) -> PipelineState:
-    return PipelineState(name=name, sample=sample, ready=ready, jobid=jobid)
+    return PipelineState(name=name, sampleid=sample, ready=ready, jobid=jobid)
 
 
 def pips(*states: PipelineState) -> dict[str, PipelineState]:
@@ -258,7 +258,7 @@ def test_launch_invariants(
             and p in matches[j.id].candidates
             and st_.ready
             and st_.jobid is None
-            and st_.sample == sample_of(j)
+            and st_.sampleid == sample_of(j)
         )
 
     for jid, p in out:
@@ -271,3 +271,21 @@ def test_launch_invariants(
         for p in states:
             if eligible(j, p):
                 assert p in taken_by and taken_by[p] < j.id
+
+
+def test_a_matching_job_says_which_sample_it_waits_for() -> None:
+    from tomato_mqtt.model.matching import waiting_reason
+
+    pips = {
+        "p1": pip("p1", sample=None),
+        "p2": pip("p2", sample="other"),
+        "p3": pip("p3", sample="s", ready=False),
+    }
+    why = waiting_reason(["p1", "p2"], pips, "s")
+    assert why is not None and why.startswith(
+        "no pipeline holds sample 's': load it into one of p1, p2"
+    )
+    why = waiting_reason(["p1", "p3"], pips, "s")
+    assert why is not None and "sample 's' is in p3, which is not ready" in why
+    pips["p3"] = pip("p3", sample="s", ready=True, jobid=7)
+    assert waiting_reason(["p3"], pips, "s") is None  # it waits for job 7: nothing to do

@@ -10,6 +10,7 @@ from tomato_mqtt.wire import messages
 from tomato_mqtt.wire.asyncapi import example_messages
 from tomato_mqtt.wire.messages import (
     MESSAGES,
+    SCHEMA,
     DataBatch,
     DecodeError,
     NodeStatus,
@@ -49,7 +50,7 @@ def test_round_trip_through_json(name: str) -> None:
     assert isinstance(raw, bytes)
     doc = json.loads(raw)  # plain UTF-8 JSON
     if isinstance(msg, WireModel):
-        assert doc["schema"] == 1  # the version travels on the wire under "schema"
+        assert doc["schema"] == SCHEMA  # the version travels on the wire under "schema"
         assert "schema_" not in doc
     back = decode(type(msg), raw)
     assert back == msg
@@ -60,7 +61,7 @@ def test_round_trip_through_json(name: str) -> None:
 def test_every_model_declares_schema_version(model: type[WireModel]) -> None:
     schema = model.model_json_schema(by_alias=True)
     assert "schema" in schema["properties"]
-    assert schema["properties"]["schema"]["const"] == 1
+    assert schema["properties"]["schema"]["enum"] == [1, 2]  # 2 written, 1 still read
 
 
 def test_unknown_fields_are_ignored() -> None:
@@ -80,7 +81,7 @@ BAD: list[tuple[str, bytes, str]] = [
     ("null", b"null", ""),
     ("missing-field", b'{"id": "1", "msg": "x"}', "success"),
     ("wrong-type", b'{"id": "1", "success": "perhaps", "msg": "x"}', "success"),
-    ("wrong-version", b'{"schema": 2, "id": "1", "success": true, "msg": "x"}', "schema"),
+    ("wrong-version", b'{"schema": 3, "id": "1", "success": true, "msg": "x"}', "schema"),
     ("version-as-text", b'{"schema": "1", "id": "1", "success": true, "msg": "x"}', "schema"),
 ]
 

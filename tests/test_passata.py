@@ -90,7 +90,7 @@ def test_measure_last_reset_register(stack: Stack) -> None:
     c = "dev-counter/3"
     out = stack.json("passata", "measure", c)
     assert out["success"], out
-    assert isinstance(out["data"]["uts"], float) and out["data"]["values"]
+    assert isinstance(out["data"]["uts"], float) and out["data"]["vars"]
     measured = out["data"]["uts"]
     deadline = time.monotonic() + 5
     last = stack.json("passata", "last", c)
@@ -99,8 +99,8 @@ def test_measure_last_reset_register(stack: Stack) -> None:
         last = stack.json("passata", "last", c)
     assert last["success"], last
     assert last["data"]["component"] == FULL.format(3)
-    assert last["data"]["uts"] >= measured and last["data"]["values"]
-    assert last["data"]["job"] is None
+    assert last["data"]["uts"] >= measured and last["data"]["vars"]
+    assert last["data"]["jobid"] is None
     human = stack.run("passata", "last", c)
     assert human.returncode == 0 and "time:" in human.stdout
 
@@ -162,7 +162,7 @@ def test_running_component_refuses_set_and_reset_without_force(stack: Stack) -> 
         while time.monotonic() < deadline and st["state"] != "running":
             time.sleep(0.1)
             st = stack.json("passata", "status", c)["data"]
-        assert st["state"] == "running" and st["job"] == jobid, st
+        assert st["state"] == "running" and st["jobid"] == jobid, st
 
         res = stack.run("passata", "set", c, "max", "20")
         assert res.returncode == 1

@@ -294,3 +294,31 @@ def test_reading_imports_neither_pint_nor_dgbowl() -> None:
     )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stderr
+
+
+@pytest.mark.parametrize(
+    ("method", "where", "why"),
+    [
+        ([], "method", "the payload has no tasks"),
+        (
+            [
+                {
+                    "component_role": "c",
+                    "technique_name": "count",
+                    "max_duration": 0.05,
+                    "sampling_interval": 0.1,
+                }
+            ],
+            "method[0].max_duration",
+            "would take no data point: max_duration (0.05 s) is shorter than "
+            "sampling_interval (0.1 s)",
+        ),
+    ],
+)
+def test_payloads_that_cannot_produce_data_are_refused(
+    method: list[dict[str, Any]], where: str, why: str
+) -> None:
+    doc = {"version": "2.2", "sample": {"identifier": "s"}, "user": {"identifier": "u"}}
+    with pytest.raises(PayloadError) as ei:
+        parse_payload({**doc, "method": method})
+    assert ei.value.location == where and why in ei.value.reason

@@ -199,7 +199,9 @@ def test_reload_readd_then_job_keeps_every_point(tmp_path: Path) -> None:
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:  # the component is registered again
             res = st.json("tomato", "status", "components")
-            if any(c["device"] == "dev-b" and c["registered"] for c in res.get("data") or []):
+            if any(
+                c["device"] == "dev-b" and c["registered"] for c in (res.get("data") or {}).values()
+            ):
                 break
             time.sleep(0.2)
         st.load_ready("pip-b", "after")

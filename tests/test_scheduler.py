@@ -126,8 +126,8 @@ def test_queued_jobs_and_pipelines_survive_kill_9_and_stop_start(tmp_path: Path)
         # the supervisor restarts it; the state comes back from sqlite
         wait_until(lambda: st.child_pid("scheduler") != old, 20, "a new scheduler")
         wait_until(lambda: job(st, jobid)["status"] == "qw", 20, "job still qw")
-        pips = {p["name"]: p for p in ok(st, "status", what="pipelines")}
-        assert pips["pip-counter-2"]["sample"] == "kept-sample"
+        pips = ok(st, "status", what="pipelines")  # name -> pipeline, as tomato's
+        assert pips["pip-counter-2"]["sampleid"] == "kept-sample"
         second = submit(st, counter_doc())
         assert second == jobid + 1  # ids are never reused
         # a clean stop (refused while jobs run, but these only wait) and a new start
@@ -163,11 +163,11 @@ def test_reload_applies_changes_and_refuses_those_touching_a_running_job(
         )
         _write_devices(st, grown)
         ok(st, "reload")
-        names = {p["name"] for p in ok(st, "status", what="pipelines")}
+        names = set(ok(st, "status", what="pipelines"))
         assert {"pip-ps-1", "pip-ps-2", "pip-counter-1"} <= names
 
         def ps_registered() -> bool:
-            comps = {c["name"]: c for c in ok(st, "status", what="components")}
+            comps = ok(st, "status", what="components")
             return all(comps[f"psutil:(a,{ch})"]["registered"] for ch in ("1", "2"))
 
         wait_until(ps_registered, 20, "psutil components registered")
@@ -183,7 +183,7 @@ def test_reload_applies_changes_and_refuses_those_touching_a_running_job(
         rep = ask(st, "reload")
         assert not rep.success
         assert "running job" in rep.msg and "example_counter:(example-addr,1)" in rep.msg, rep
-        names = {p["name"] for p in ok(st, "status", what="pipelines")}
+        names = set(ok(st, "status", what="pipelines"))
         assert "pip-counter-1" in names
         # removing the pipeline of the running job is refused as well
         shrunk = json.loads(json.dumps(grown))
@@ -195,7 +195,7 @@ def test_reload_applies_changes_and_refuses_those_touching_a_running_job(
         # removing what no job uses is applied while the job runs
         _write_devices(st, base)
         ok(st, "reload")
-        names = {p["name"] for p in ok(st, "status", what="pipelines")}
+        names = set(ok(st, "status", what="pipelines"))
         assert "pip-ps-1" not in names and "pip-counter-1" in names
         assert job(st, jobid)["status"] == "r"
 

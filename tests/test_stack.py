@@ -35,9 +35,9 @@ def test_start_status_start_twice_stop(tmp_path: Path) -> None:
         assert out["success"] and out["data"]["state"] == "online"
         assert out["data"]["instance"] == st.instance
         comps = st.json("tomato", "status", "components")["data"]
-        assert len(comps) == 4 and all(c["registered"] for c in comps)
+        assert len(comps) == 4 and all(c["registered"] for c in comps.values())
         pips = st.json("tomato", "status", "pipelines")["data"]
-        assert sorted(p["name"] for p in pips) == [f"pip-counter-{i}" for i in range(1, 5)]
+        assert sorted(pips) == [f"pip-counter-{i}" for i in range(1, 5)]
         # a second start on the same port is refused, and the first stack is unharmed
         res = subprocess.run(
             [str(BIN / "tomato"), "start", *st.dirs(), "-p", str(st.port)],
@@ -62,10 +62,10 @@ def test_start_status_start_twice_stop(tmp_path: Path) -> None:
 def test_two_stacks_on_one_pc_do_not_interfere(tmp_path: Path) -> None:
     with running_stack(tmp_path / "one") as a, running_stack(tmp_path / "two") as b:
         a.load_ready("pip-counter-1", "s-a")
-        pa = {p["name"]: p for p in a.json("tomato", "status", "pipelines")["data"]}
-        pb = {p["name"]: p for p in b.json("tomato", "status", "pipelines")["data"]}
-        assert pa["pip-counter-1"]["sample"] == "s-a"
-        assert pb["pip-counter-1"]["sample"] is None
+        pa = a.json("tomato", "status", "pipelines")["data"]
+        pb = b.json("tomato", "status", "pipelines")["data"]
+        assert pa["pip-counter-1"]["sampleid"] == "s-a"
+        assert pb["pip-counter-1"]["sampleid"] is None
 
 
 def test_crashed_service_is_restarted(tmp_path: Path) -> None:
@@ -83,8 +83,8 @@ def test_crashed_service_is_restarted(tmp_path: Path) -> None:
             pytest.fail("scheduler was not restarted:\n" + st.logs())
         assert st.service_pid("scheduler") not in (None, sched)
         # state survived the kill
-        pips = {p["name"]: p for p in st.json("tomato", "status", "pipelines")["data"]}
-        assert pips["pip-counter-1"]["sample"] == "s1" and pips["pip-counter-1"]["ready"]
+        pips = st.json("tomato", "status", "pipelines")["data"]
+        assert pips["pip-counter-1"]["sampleid"] == "s1" and pips["pip-counter-1"]["ready"]
 
 
 def test_stop_refused_while_a_job_runs(tmp_path: Path) -> None:

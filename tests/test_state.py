@@ -72,11 +72,11 @@ def test_survives_reopen(tmp_path: Path) -> None:
     path = tmp_path / "state.sqlite"
     with StateStore(path) as s:
         s.sync_pipelines(["a", "b"])
-        s.update_pipeline("a", sample="s1", ready=True)
+        s.update_pipeline("a", sampleid="s1", ready=True)
         job = s.add_job(PAYLOAD, "j", None)
         s.update_job(job.id, status="qw", reason=None)
     with StateStore(path) as s:
-        assert s.pipeline("a") == PipelineState(name="a", sample="s1", ready=True, jobid=None)
+        assert s.pipeline("a") == PipelineState(name="a", sampleid="s1", ready=True, jobid=None)
         assert s.job(1).status == "qw"
         assert s.job(1).payload == PAYLOAD
 
@@ -86,11 +86,11 @@ def test_concurrent_open_after_a_crash_sees_every_commit(tmp_path: Path) -> None
     first = StateStore(path)
     first.sync_pipelines(["a"])
     first.add_job(PAYLOAD, "j1", None)
-    first.update_pipeline("a", sample="x")
+    first.update_pipeline("a", sampleid="x")
     # the first connection is never closed: as after a crash of its process
     second = StateStore(path)
     assert [j.jobname for j in second.jobs()] == ["j1"]
-    assert second.pipeline("a").sample == "x"
+    assert second.pipeline("a").sampleid == "x"
     second.add_job(PAYLOAD, "j2", None)
     assert [j.id for j in first.jobs()] == [1, 2]  # and each sees the other's commits
     second.close()
@@ -160,11 +160,11 @@ def test_sync_pipelines(store: StateStore) -> None:
     store.sync_pipelines(["b", "a", "c"])
     assert [p.name for p in store.pipelines()] == ["b", "a", "c"]  # devices-file order
     assert all(p == PipelineState(name=p.name) for p in store.pipelines())
-    store.update_pipeline("a", sample="s", ready=True)
-    store.update_pipeline("c", sample="t", jobid=5)
+    store.update_pipeline("a", sampleid="s", ready=True)
+    store.update_pipeline("c", sampleid="t", jobid=5)
     store.sync_pipelines(["a", "d"])  # b and c vanish; c runs a job
     assert [p.name for p in store.pipelines()] == ["a", "d", "c"]
-    assert store.pipeline("a") == PipelineState(name="a", sample="s", ready=True)
+    assert store.pipeline("a") == PipelineState(name="a", sampleid="s", ready=True)
     assert store.pipeline("d") == PipelineState(name="d")
     assert store.pipeline("c").jobid == 5  # kept while its job runs
     store.update_pipeline("c", jobid=None)
@@ -179,9 +179,9 @@ def test_update_pipeline_checks_fields(store: StateStore) -> None:
     with pytest.raises(ValidationError):
         store.update_pipeline("a", jobid="not a number")
     assert store.pipeline("a") == PipelineState(name="a")
-    p = store.update_pipeline("a", sample="s", ready=True)
-    assert p == store.pipeline("a") == PipelineState(name="a", sample="s", ready=True)
-    assert store.update_pipeline("a", sample=None, ready=False) == PipelineState(name="a")
+    p = store.update_pipeline("a", sampleid="s", ready=True)
+    assert p == store.pipeline("a") == PipelineState(name="a", sampleid="s", ready=True)
+    assert store.update_pipeline("a", sampleid=None, ready=False) == PipelineState(name="a")
 
 
 ALLOWED = {

@@ -142,6 +142,21 @@ def _broker_class() -> Any:
             super().__init__(*args, **kwargs)
             plugins = getattr(self.plugins_manager, "_topic_plugins", [])
             self._acl = next((p for p in plugins if isinstance(p, RoleAclPlugin)), None)
+            #: every accepted TCP connection: amqtt leaves some open at shutdown (one
+            #: refused at CONNECT, garbage that never became a session), and an unclosed
+            #: transport outlives the event loop
+            self.connections: set[asyncio.StreamWriter] = set()
+
+        async def stream_connected(
+            self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, listener_name: str
+        ) -> None:
+            self.connections.add(writer)
+            try:
+                await super().stream_connected(reader, writer, listener_name)
+            finally:
+                self.connections.discard(writer)
+                if not writer.is_closing():
+                    writer.close()
 
         async def _topic_filtering(self, session: Any, topic: str, action: Any) -> bool:
             # amqtt awaits this inside `for ... in self._subscriptions.items()` when it
@@ -210,6 +225,8 @@ class EmbeddedBroker:
                         h.reader.feed_eof()
             with contextlib.suppress(Exception):
                 await shutdown
+            for writer in list(getattr(broker, "connections", ())):
+                writer.close()  # what amqtt's shutdown left open (see _Broker.connections)
 
     async def __aenter__(self) -> EmbeddedBroker:
         await self.start()

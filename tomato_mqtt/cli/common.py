@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import functools
 import inspect
-import os
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,12 +50,15 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar, cast
 
 import typer
 
+from tomato_mqtt.cli.denied import denied
 from tomato_mqtt.cli.fastsettings import light_mqtt
 from tomato_mqtt.cli.output import Output, emit, table
+from tomato_mqtt.cli.timeout import parse_timeout
 from tomato_mqtt.config.url import BrokerURL
 from tomato_mqtt.wire.topics import Topics
 
 if TYPE_CHECKING:  # the long-lived client is imported only by commands that need it
+    from tomato_mqtt.client.sync import Tomato
     from tomato_mqtt.config.settings import Settings
     from tomato_mqtt.transport.rpc import Requester
 
@@ -67,6 +69,7 @@ __all__ = [
     "CallContext",
     "Opts",
     "Output",
+    "client",
     "context",
     "emit",
     "fail",
@@ -100,7 +103,17 @@ InstanceOpt = Annotated[
 AppDirOpt = Annotated[Path | None, typer.Option("-A", "--appdir", help="settings directory")]
 DataDirOpt = Annotated[Path | None, typer.Option("-D", "--datadir", help="data directory")]
 LogDirOpt = Annotated[Path | None, typer.Option("-L", "--logdir", help="log directory")]
-TimeoutOpt = Annotated[float, typer.Option("--timeout", "-t", help="seconds to wait for an answer")]
+
+TimeoutOpt = Annotated[
+    float,
+    typer.Option(
+        "--timeout",
+        "-t",
+        help="seconds to wait for an answer, or with a unit: 500ms, 2s "
+        "(tomato's bare milliseconds, 1000 and up, are refused as ambiguous)",
+        parser=parse_timeout,
+    ),
+]
 YamlOpt = Annotated[bool, typer.Option("-y", "--yaml", help="print the Reply as YAML")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="print the Reply as JSON")]
 
@@ -207,7 +220,9 @@ def options(names: Sequence[str] = CLIENT, *, timeout: float = 5.0) -> Callable[
         @functools.wraps(func)
         def command(*args: Any, **kwargs: Any) -> Any:
             given = {n: kwargs.pop(n) for n in chosen if n in kwargs}
-            kwargs[slot] = Opts(**{"timeout": timeout, **given})
+            opts = Opts(**{"timeout": timeout, **given})
+            kwargs[slot] = opts
+            _REPLY_FORMAT[0] = "json" if opts.json else "yaml" if opts.yaml else None
             return func(*args, **kwargs)
 
         # typer reads inspect.signature() (which stops at __signature__) for the
@@ -298,27 +313,46 @@ def context(
     return ctx
 
 
+def client(ctx: CallContext, timeout: float = 10.0) -> Tomato:
+    """The Python client for this call (tomato_mqtt.client: the CLI's one code path)."""
+    from tomato_mqtt.client.sync import Tomato
+
+    return Tomato(ctx.url, ctx.instance, timeout=timeout)
+
+
+# -y/--json of the command running now: then a failure is also a Reply on stdout
+_REPLY_FORMAT: list[str | None] = [None]
+
+
 def fail(msg: str, code: int = 1) -> NoReturn:
+    """The one way a command fails: ``error: msg`` on stderr and exit ``code``.
+
+    Under ``-y``/``--json`` the failure is also printed on stdout as a Reply with
+    ``success: false`` (as tomato does, e.g. ``tomato status -y`` with no stack), so a
+    script that parses stdout always gets a Reply.
+    """
     typer.echo(f"error: {msg}", err=True)
+    fmt = _REPLY_FORMAT[0]
+    if fmt is not None:
+        Output(fmt == "yaml", fmt == "json").print_doc({"success": False, "msg": msg, "data": None})
     raise typer.Exit(code)
 
 
 async def _with_requester(
     ctx: CallContext, fn: Callable[[Requester], Awaitable[T]], timeout: float
 ) -> T:
-    from tomato_mqtt.transport.client import AsyncClient, MqttError
-    from tomato_mqtt.transport.rpc import Requester
+    from tomato_mqtt.client.aio import AsyncTomato, ClientError
+    from tomato_mqtt.transport.client import MqttError
 
-    client = AsyncClient(ctx.url, client_id=f"cli-{os.getpid()}-{os.urandom(3).hex()}")
+    t = AsyncTomato(ctx.url, ctx.instance, timeout=timeout)
     try:
-        await client.connect(timeout=timeout)
-    except MqttError as e:
-        raise MqttError(f"{e} — is tomato-mqtt running? ({ctx.where()})") from None
+        await t.connect()
+    except ClientError as e:
+        raise MqttError(f"{e} ({ctx.where()})") from None
     try:
-        req = Requester(client, ctx.topics)
-        return await fn(req)
+        return await fn(t.requester)
     finally:
-        await client.disconnect()
+        await t.close()
 
 
 def run_request(
@@ -333,56 +367,13 @@ def run_request(
     from tomato_mqtt.transport import oneshot
 
     try:
-        return oneshot.request(ctx.url, topic, ctx.topics.reply, args, timeout=timeout, who=who)
+        return client(ctx).request(topic, args, timeout=timeout, who=who)
     except oneshot.NoAnswer as e:
-        fail(_denied(ctx, topic) or f"{e} ({ctx.where()})")
+        fail(denied(ctx, topic) or f"{e} ({ctx.where()})")
     except oneshot.Refused as e:
         fail(f"{e} ({ctx.where()})")
     except oneshot.OneShotError as e:
         fail(f"{e} — is tomato-mqtt running? ({ctx.where()})")
-
-
-def _denied(ctx: CallContext, topic: str) -> str | None:
-    """After a request went unanswered: was it the broker's ACL that dropped it?
-
-    MQTT 3.1.1 has no negative PUBACK, so a forbidden request just vanishes. If the
-    scheduler answers ``whoami`` (every role may send it) and the op is not among the
-    requester's, say so plainly instead of "is it running?".
-    """
-    if not ctx.url.username:
-        return None  # an open stack has no ACL
-    from tomato_mqtt.transport import oneshot
-
-    parsed = ctx.topics.parse(topic)
-    if parsed is None or parsed.op is None or parsed.op == "whoami":
-        return None
-    try:
-        me = oneshot.request(
-            ctx.url, ctx.topics.scheduler_cmd("whoami"), ctx.topics.reply, {}, timeout=2.0
-        )
-    except oneshot.OneShotError:
-        return None
-    from tomato_mqtt.config import roles
-
-    data = me.data if me.success and isinstance(me.data, dict) else {}
-    role = str(data.get("role") or "")
-    allowed: tuple[str, ...] = tuple(data.get("ops") or ())
-    target = {"scheduler_cmd": "", "recorder_cmd": "the recorder's "}.get(parsed.kind)
-    if parsed.kind == "recorder_cmd":
-        allowed = roles.REC_OPERATOR_OPS if role in ("admin", "operator") else roles.REC_READ_OPS
-    elif parsed.kind == "component_cmd":
-        target = "the component command "
-        allowed = {"admin": roles.CMP_ADMIN_OPS, "operator": roles.CMP_READ_OPS}.get(role, ())
-    elif parsed.kind == "node_cmd":
-        target = "the node command "
-        allowed = roles.NODE_ADMIN_OPS if role == "admin" else ()
-    if target is None or parsed.op in allowed:
-        return None  # allowed: the responder is just down, slow or busy
-    return (
-        f"not allowed: user {ctx.url.username!r} (role {data.get('role') or 'unknown'}) may not "
-        f"send {target}{parsed.op!r}; the broker dropped the request (see the role table in "
-        f"docs/security.md) ({ctx.where()})"
-    )
 
 
 def run_async(ctx: CallContext, fn: Callable[[Requester], Awaitable[T]], timeout: float) -> T:
@@ -395,6 +386,6 @@ def run_async(ctx: CallContext, fn: Callable[[Requester], Awaitable[T]], timeout
     try:
         return asyncio.run(_with_requester(ctx, fn, timeout))
     except NoResponder as e:
-        fail(_denied(ctx, e.topic) or f"{e} ({ctx.where()})")
+        fail(denied(ctx, e.topic) or f"{e} ({ctx.where()})")
     except MqttError as e:
         fail(str(e))

@@ -42,7 +42,7 @@ ComponentArg = Annotated[
     str,
     typer.Argument(help="component: 'driver:(address,channel)' or 'device/channel'"),
 ]
-ForceOpt = Annotated[bool, typer.Option("--force", help="also while a task runs")]
+ForceOpt = Annotated[bool, typer.Option("--force", "-f", help="also while a task runs")]
 
 # how long to wait for a retained message that should be there
 RETAINED_WAIT = 2.0
@@ -119,8 +119,9 @@ async def resolve(req: Requester, want: str, timeout: float) -> str:
         )
     except NoResponder:
         r = None
-    if r is not None and r.success and isinstance(r.data, list):
-        comps = [c for c in r.data if isinstance(c, Mapping)]
+    if r is not None and r.success and isinstance(r.data, Mapping | list):
+        rows = r.data.values() if isinstance(r.data, Mapping) else r.data  # name -> object
+        comps = [c for c in rows if isinstance(c, Mapping)]
         name = _pick(want, comps)
         if name is None:
             raise Refused(f"unknown component {want!r} (known: {_known(comps)})")

@@ -8,11 +8,9 @@ sent); every other command stays light.
 
 from __future__ import annotations
 
-import base64
 import datetime
 import getpass
 import json
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -20,9 +18,11 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from tomato_mqtt.cli import common
+from tomato_mqtt.cli.version import add_version
 
 if TYPE_CHECKING:
-    from tomato_mqtt.transport.rpc import Requester
+    from tomato_mqtt.client.sync import Tomato
+    from tomato_mqtt.transport import oneshot
 
 __all__ = ["app", "main"]
 
@@ -33,6 +33,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
+add_version(app)
 
 JOB_COLUMNS = (
     ("id", "id"),
@@ -87,8 +88,10 @@ def submit(
 def _submitted(msg: str, job: Any) -> str:
     lines = [msg]
     if isinstance(job, Mapping):
-        if job.get("reason"):
+        if job.get("reason") and job.get("status") == "q":
             lines.append(f"note: no pipeline can run it yet: {job['reason']}")
+        elif job.get("reason"):
+            lines.append(f"note: {job['reason']}")
         if job.get("respath"):
             lines.append(f"output: {job['respath']}")
     return "\n".join(lines)
@@ -108,6 +111,14 @@ def status(
     jobids: Annotated[
         list[int] | None, typer.Argument(help="job ids (default: the whole queue)")
     ] = None,
+    follow: Annotated[
+        bool,
+        typer.Option(
+            "--follow",
+            help="watch one job until it ends: a progress bar on a terminal, plain lines "
+            "otherwise; exits 1 if it ends ce or cd",
+        ),
+    ] = False,
     *,
     opts: common.Opts,
 ) -> None:
@@ -117,12 +128,50 @@ def status(
     rd cancel requested, c completed, ce completed with error, cd cancelled.
     """
     ctx = opts.context()
+    if follow:
+        if not jobids or len(jobids) != 1:
+            common.fail("--follow watches one job: give exactly one job id")
+        _follow(ctx, jobids[0], opts)
     args = {"jobids": list(jobids) if jobids else None}
     reply = common.run_request(
         ctx, ctx.topics.scheduler_cmd("job_status"), args, timeout=opts.timeout
     )
     one = bool(jobids) and len(jobids or []) == 1
-    opts.output().reply(reply, _job_detail if one else _job_table)
+    show = _job_detail if one else _job_table
+    # tomato's summary line ("found 1 job with status ['r']") above the table
+    opts.output().reply(reply, lambda jobs: f"{reply.msg}\n{show(jobs)}" if jobs else reply.msg)
+    final = reply.data[0] if reply.success and isinstance(reply.data, list) and reply.data else {}
+    if follow and final.get("status") in ("ce", "cd"):
+        raise typer.Exit(1)
+
+
+def _follow(ctx: common.CallContext, jobid: int, opts: common.Opts) -> None:
+    """Progress of one job until it ends (pushed by the stack, not polled)."""
+    import sys
+
+    from tomato_mqtt.client import ClientError
+
+    # -y/--json keep stdout for the final Reply: progress goes to stderr then
+    out = sys.stderr if (opts.yaml or opts.json) else sys.stdout
+    tty = out.isatty()
+    last = ""
+    with common.client(ctx, timeout=opts.timeout) as t:
+        try:
+            for p in t.follow(jobid):
+                if tty:
+                    out.write("\r\x1b[2K" + p.bar()[:200])
+                    out.flush()
+                elif p.line() != last:
+                    last = p.line()
+                    out.write(last + "\n")
+                    out.flush()
+        except ClientError as e:
+            common.fail(f"{e} ({ctx.where()})")
+        except KeyboardInterrupt:
+            raise typer.Exit(130) from None
+        finally:
+            if tty:
+                out.write("\n")
 
 
 @app.command()
@@ -130,17 +179,23 @@ def status(
 def search(
     name: Annotated[str, typer.Argument(help="(part of) the job name")],
     complete: Annotated[
-        bool, typer.Option("-c", "--complete", help="also search completed jobs")
+        bool,
+        typer.Option(
+            "-c", "--complete", help="accepted for tomato; ended jobs are always searched"
+        ),
     ] = False,
     *,
     opts: common.Opts,
 ) -> None:
-    """Find jobs by name (queued and running ones; with -c also completed ones)."""
+    """Find jobs by name, whatever their status (as tomato 2.2: also ended ones).
+
+    No match is a failure (exit 1), as in tomato: "no job matching 'x' found".
+    """
     ctx = opts.context()
     reply = common.run_request(
         ctx,
         ctx.topics.scheduler_cmd("job_search"),
-        {"name": name, "complete": complete},
+        {"name": name, "complete": True},
         timeout=opts.timeout,
     )
     opts.output().reply(reply, _job_table)
@@ -214,77 +269,65 @@ def cancel(
 @app.command()
 @common.options(common.CLIENT, timeout=60.0)
 def snapshot(
-    jobid: Annotated[int, typer.Argument(help="the job to snapshot")],
+    jobids: Annotated[list[int], typer.Argument(help="the job(s) to snapshot")],
     opts: common.Opts,
 ) -> None:
-    """Write an up-to-date snapshot.<jobid>.nc of a job into the current directory.
+    """Write an up-to-date snapshot.<jobid>.nc of each job into the current directory.
 
     The recorder writes the file; its content comes here over MQTT in chunks, so this
-    works from any PC that reaches the broker.
+    works from any PC that reaches the broker. Several ids as in tomato; the first
+    failure stops there (files already written stay).
     """
-    from tomato_mqtt.wire.messages import Reply
+    from tomato_mqtt.transport import oneshot
 
     ctx = opts.context()
-    target = Path.cwd() / f"snapshot.{jobid}.nc"
-
-    async def go(req: Requester) -> Reply:
-        r = await req.request(
-            ctx.topics.scheduler_cmd("job_snapshot"),
-            {"jobid": jobid},
-            timeout=opts.timeout,
-            who="scheduler",
-        )
-        if not r.success or not isinstance(r.data, dict):
-            return r
-        info = r.data
-        token, chunks, size = info.get("token"), info.get("chunks"), info.get("size")
-        if not isinstance(token, str) or not isinstance(chunks, int):
-            return Reply(id=r.id, success=False, msg=f"snapshot reply without a file: {r.msg}")
-        part = target.with_name(target.name + ".part")
-        try:
-            with part.open("wb") as f:
-                for index in range(chunks):
-                    c = await req.request(
-                        ctx.topics.recorder_cmd("fetch"),
-                        {"token": token, "index": index},
-                        timeout=opts.timeout,
-                        who="recorder",
-                    )
-                    data = c.data.get("data") if isinstance(c.data, dict) else None
-                    if not c.success or not isinstance(data, str):
-                        return Reply(
-                            id=c.id,
-                            success=False,
-                            msg=f"fetching chunk {index} of the snapshot failed: {c.msg}",
-                        )
-                    f.write(base64.b64decode(data))
-            got = part.stat().st_size
-            if isinstance(size, int) and got != size:
-                return Reply(
-                    id=r.id,
-                    success=False,
-                    msg=f"snapshot transfer incomplete: {got} of {size} bytes",
-                )
-            os.replace(part, target)
-        except OSError as e:
-            return Reply(id=r.id, success=False, msg=f"cannot write {target}: {e}")
-        finally:
-            part.unlink(missing_ok=True)
-        data_out: dict[str, Any] = {
-            "path": str(target),
-            "size": got,
-            "source": info.get("path"),
-            "points": info.get("points"),
-            "missing": info.get("missing"),
-        }
-        msg = f"snapshot of job {jobid} written to {target}"
-        missing = info.get("missing")
-        if isinstance(missing, list) and missing:
-            msg += f" (still missing: {', '.join(str(m) for m in missing)})"
-        return Reply(id=r.id, success=True, msg=msg, data=data_out)
-
-    reply = common.run_async(ctx, go, opts.timeout)
+    done: list[Any] = []
+    with common.client(ctx, timeout=opts.timeout) as t:
+        for jobid in jobids:
+            reply = _snapshot_one(t, ctx, jobid)
+            if not reply.success:
+                if done:
+                    reply.msg += f" (written before: {', '.join(d['path'] for d in done)})"
+                break
+            done.append(reply.data)
+    if reply.success and len(jobids) > 1:
+        paths = ", ".join(str(d["path"]) for d in done)
+        reply = oneshot.Reply(reply.id, True, f"snapshots of jobs {jobids}: {paths}", done)
     opts.output().reply(reply, lambda _d: reply.msg)
+
+
+def _snapshot_one(t: Tomato, ctx: common.CallContext, jobid: int) -> oneshot.Reply:
+    """One job's snapshot into ./snapshot.<jobid>.nc: the recorder's file, in chunks."""
+    from tomato_mqtt.client import ClientError
+    from tomato_mqtt.transport import oneshot
+    from tomato_mqtt.wire.commands import FileData
+
+    target = Path.cwd() / f"snapshot.{jobid}.nc"
+    try:
+        r = t.request(ctx.topics.scheduler_cmd("job_snapshot"), {"jobid": jobid})
+    except oneshot.OneShotError as e:
+        common.fail(f"{e} ({ctx.where()})")
+    if not r.success or not isinstance(r.data, dict):
+        return r
+    try:
+        info = FileData.model_validate(r.data)
+    except ValueError:
+        return oneshot.Reply(r.id, False, f"snapshot reply without a file: {r.msg}")
+    try:  # the recorder's file, in chunks over MQTT (works from any PC)
+        got = t.fetch_file(info, target)
+    except (ClientError, OSError) as e:
+        return oneshot.Reply(r.id, False, f"cannot write {target}: {e}")
+    data_out: dict[str, Any] = {
+        "path": str(target),
+        "size": got,
+        "source": info.path,
+        "points": info.points,
+        "missing": info.missing,
+    }
+    msg = f"snapshot of job {jobid} written to {target}"
+    if info.missing:
+        msg += f" (still missing: {', '.join(str(m) for m in info.missing)})"
+    return oneshot.Reply(r.id, True, msg, data_out)
 
 
 def main() -> None:

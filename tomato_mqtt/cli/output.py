@@ -25,18 +25,23 @@ class Output:
 
     def reply(self, reply: Any, human: Callable[[Any], str] | None = None) -> None:
         doc = {"success": reply.success, "msg": reply.msg, "data": reply.data}
-        if self.json:
-            typer.echo(json.dumps(doc, indent=2, default=str))
-        elif self.yaml:
-            import yaml
-
-            typer.echo(yaml.safe_dump(doc, sort_keys=False, allow_unicode=True).rstrip())
+        if self.json or self.yaml:
+            self.print_doc(doc)
         elif not reply.success:
             typer.echo(f"error: {reply.msg}", err=True)
         else:
             typer.echo(human(reply.data) if human and reply.data is not None else reply.msg)
         if not reply.success:
             raise typer.Exit(1)
+
+    def print_doc(self, doc: Mapping[str, Any]) -> None:
+        """A Reply-shaped document as JSON or YAML (whichever was asked for)."""
+        if self.json:
+            typer.echo(json.dumps(doc, indent=2, default=str))
+        elif self.yaml:
+            import yaml
+
+            typer.echo(yaml.safe_dump(dict(doc), sort_keys=False, allow_unicode=True).rstrip())
 
 
 def emit(text: str) -> None:

@@ -15,6 +15,7 @@ import typer
 
 from tomato_mqtt.cli import common, components, passata_attrs
 from tomato_mqtt.cli.components import ComponentArg, ForceOpt, Refused
+from tomato_mqtt.cli.version import add_version
 from tomato_mqtt.transport.rpc import Requester
 from tomato_mqtt.wire.messages import DecodeError, LastPoint, Reply, decode
 
@@ -27,6 +28,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
+add_version(app)
 
 
 @app.command()
@@ -88,7 +90,7 @@ def _status_human(msg: str, data: Any) -> str:
         "component": data.get("name"),
         "node": data.get("node"),
         "state": data.get("state"),
-        "job": data.get("job"),
+        "job": data.get("jobid", data.get("job")),
         "task": data.get("task"),
         "technique": data.get("technique"),
         "started": components.when(data.get("started_at")) if data.get("started_at") else None,
@@ -98,7 +100,8 @@ def _status_human(msg: str, data: Any) -> str:
     last = data.get("last_task")
     if isinstance(last, Mapping):
         fields["last task"] = (
-            f"job {last.get('job')} task {last.get('task')}: {last.get('reason')}, "
+            f"job {last.get('jobid', last.get('job'))} task {last.get('task')}: "
+            f"{last.get('reason')}, "
             f"{last.get('npoints')} point(s)"
         )
     return components.kv({k: v for k, v in fields.items() if v is not None})
@@ -108,13 +111,15 @@ def _point_human(msg: str, data: Any) -> str:
     if not isinstance(data, Mapping):
         return msg
     units = data.get("units") if isinstance(data.get("units"), Mapping) else {}
-    values = data.get("values") if isinstance(data.get("values"), Mapping) else {}
+    values = data.get("vars", data.get("values"))  # LastPoint: "vars" since schema 2
+    values = values if isinstance(values, Mapping) else {}
     out: dict[str, Any] = {"time": components.when(data.get("uts"))}
     for k, v in (values or {}).items():
         u = (units or {}).get(k)
         out[k] = f"{v} {u}" if u else v
-    if data.get("job") is not None:
-        out["job"] = f"{data['job']} (task {data.get('task')})"
+    job = data.get("jobid", data.get("job"))
+    if job is not None:
+        out["job"] = f"{job} (task {data.get('task')})"
     return components.kv(out)
 
 

@@ -55,9 +55,34 @@ def capabilities(component: ComponentArg, opts: common.Opts) -> None:
 
 @app.command()
 @common.options(common.CLIENT)
-def constants(component: ComponentArg, opts: common.Opts) -> None:
-    """The component's constants (fixed facts the driver reports)."""
-    op = components.meta_op(lambda m: dict(m.constants), "constants", opts.timeout)
+def constants(
+    component: ComponentArg,
+    names: Annotated[
+        list[str] | None, typer.Argument(metavar="[NAMES]...", help="only these constants")
+    ] = None,
+    *,
+    opts: common.Opts,
+) -> None:
+    """The component's constants (fixed facts the driver reports), or only those named.
+
+    tomato accepts (and ignores) names after the component; here they pick constants,
+    and a name that is not one is reported in the message, not as a failure.
+    """
+    wanted = list(names or [])
+
+    def pick(m: Any) -> dict[str, Any]:
+        have = dict(m.constants)
+        return {k: have[k] for k in wanted if k in have} if wanted else have
+
+    base = components.meta_op(pick, "constants", opts.timeout)
+
+    async def op(req: Any, name: str) -> Any:
+        reply = await base(req, name)
+        unknown = [k for k in wanted if not isinstance(reply.data, dict) or k not in reply.data]
+        if unknown:
+            reply.msg += f" (not constants of it: {', '.join(unknown)})"
+        return reply
+
     components.run(component, op, _dict_human, opts)
 
 

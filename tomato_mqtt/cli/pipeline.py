@@ -35,7 +35,7 @@ def load(
     opts: common.Opts,
 ) -> None:
     """Load a sample into an empty pipeline."""
-    _call("pipeline_load", {"pipeline": pipeline, "sample": sample}, opts)
+    _call("pipeline_load", {"pipeline": pipeline, "sampleid": sample}, opts)
 
 
 @app.command()

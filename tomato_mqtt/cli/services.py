@@ -22,6 +22,7 @@ __all__ = ["app", "service_args"]
 app = typer.Typer(pretty_exceptions_enable=False, add_completion=False)
 
 VerboseOpt = Annotated[int, typer.Option("-v", "--verbose", count=True, help="more logging")]
+QuietOpt = Annotated[int, typer.Option("-q", "--quiet", count=True, help="less logging")]
 
 
 def service_args(s: Any) -> list[str]:
@@ -41,15 +42,19 @@ def broker(opts: common.Opts) -> None:
 
     s = opts.settings()
     setup_logging("broker", s.logdir)
+    from tomato_mqtt.services.supervisor import EXIT_CANNOT_LISTEN
+
     try:
         run_broker(_user.broker_config(s))
     except ValueError as e:  # BrokerConfigError: an insecure or impossible set-up
         fail(f"the broker refuses to start: {e}")
+    except OSError as e:  # a port is taken: the supervisor gives up on this exit code
+        fail(str(e), code=EXIT_CANNOT_LISTEN)
 
 
 @app.command()
 @common.options(common.LOCAL)
-def scheduler(opts: common.Opts, verbose: VerboseOpt = 0) -> None:
+def scheduler(opts: common.Opts, verbose: VerboseOpt = 0, quiet: QuietOpt = 0) -> None:
     """Run the scheduler in the foreground."""
     from tomato_mqtt.config.settings import settings_url
     from tomato_mqtt.errors import ConfigError
@@ -58,7 +63,7 @@ def scheduler(opts: common.Opts, verbose: VerboseOpt = 0) -> None:
     from tomato_mqtt.services.supervisor import EXIT_STOP_REQUESTED
 
     s = opts.settings()
-    setup_logging("scheduler", s.logdir, verbose)
+    setup_logging("scheduler", s.logdir, verbose - quiet)
     _user.ensure_services(s, ["scheduler"])  # a secured stack: its own login
     svc = SchedulerService(s, url=_user.service_url(s, "scheduler", settings_url(s)))
     try:
@@ -71,14 +76,14 @@ def scheduler(opts: common.Opts, verbose: VerboseOpt = 0) -> None:
 
 @app.command()
 @common.options(common.LOCAL)
-def recorder(opts: common.Opts, verbose: VerboseOpt = 0) -> None:
+def recorder(opts: common.Opts, verbose: VerboseOpt = 0, quiet: QuietOpt = 0) -> None:
     """Run the recorder in the foreground."""
     from tomato_mqtt.config.settings import settings_url
     from tomato_mqtt.services.base import setup_logging
     from tomato_mqtt.services.recorder.service import RecorderService
 
     s = opts.settings()
-    setup_logging("recorder", s.logdir, verbose)
+    setup_logging("recorder", s.logdir, verbose - quiet)
     _user.ensure_services(s, ["recorder"])
     svc = RecorderService(
         _user.service_url(s, "recorder", settings_url(s)),
@@ -99,6 +104,7 @@ def node(
     opts: common.Opts,
     spool_dir: Annotated[Path | None, typer.Option("--spool-dir", help="spool folder")] = None,
     verbose: VerboseOpt = 0,
+    quiet: QuietOpt = 0,
 ) -> None:
     """Run a driver node in the foreground (e.g. on an instrument PC)."""
     from tomato_mqtt.services.base import setup_logging
@@ -108,7 +114,8 @@ def node(
     s = ctx.settings
     node_name = name or s.node.name
     # a node started by hand without -A/-L logs to the console only
-    setup_logging(f"node-{node_name}", s.logdir if opts.logdir or opts.appdir else None, verbose)
+    logdir = s.logdir if opts.logdir or opts.appdir else None
+    setup_logging(f"node-{node_name}", logdir, verbose - quiet)
     # the local node of a secured stack logs in as its own service user
     if not opts.broker:
         _user.ensure_services(s, [f"node:{node_name}"])
@@ -124,6 +131,7 @@ def node(
             batch_max_points=s.node.batch_max_points,
             spool_max_bytes=int(s.node.spool_max_mb * 2**20),
             driver_settings=s.drivers,
+            upstream_env=s.upstream_env,
         )
     )
     svc.run_sync()
@@ -131,7 +139,7 @@ def node(
 
 @app.command(hidden=True)
 @common.options(common.LOCAL)
-def supervise(opts: common.Opts) -> None:
+def supervise(opts: common.Opts, verbose: VerboseOpt = 0, quiet: QuietOpt = 0) -> None:
     """Run the local stack under supervision (started by ``tomato start``)."""
     import asyncio
 
@@ -149,5 +157,7 @@ def supervise(opts: common.Opts) -> None:
         broker_host=s.broker.host,
         port=s.mqtt.port,
         node_name=s.node.name,
+        service_flags=["-v"] * verbose + ["-q"] * quiet,
+        dashboard=s.dashboard.enabled,
     )
     raise typer.Exit(asyncio.run(sup.run()))

@@ -11,6 +11,8 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
+from typing import Annotated, Any
 
 import typer
 
@@ -25,8 +27,23 @@ __all__ = ["app"]
 app = typer.Typer(pretty_exceptions_enable=False, add_completion=False)
 
 
+VerboseOpt = Annotated[
+    int, typer.Option("-v", "--verbose", count=True, help="more logging by the services (-vv)")
+]
+QuietOpt = Annotated[
+    int, typer.Option("-q", "--quiet", count=True, help="less logging by the services (-qq)")
+]
+
+
+class _Done:
+    """A Reply made here (init, start, stop ask no service, or more than one)."""
+
+    def __init__(self, msg: str, data: Any = None, success: bool = True) -> None:
+        self.success, self.msg, self.data = success, msg, data
+
+
 @app.command()
-@common.options(common.LOCAL)
+@common.options((*common.LOCAL, "yaml", "json"))
 def init(opts: common.Opts) -> None:
     """Write a commented settings.toml and a default devices.yml (never overwrites)."""
     from tomato_mqtt.config.settings import default_dirs, write_default_files
@@ -36,21 +53,26 @@ def init(opts: common.Opts) -> None:
         opts.appdir or a, opts.datadir or d, opts.logdir or lg, port=opts.port
     )
     if written:
-        for p in written:
-            common.emit(f"wrote {p}")
+        msg = "\n".join(f"wrote {p}" for p in written)
     else:
-        common.emit(f"nothing to do: settings already exist in {opts.appdir or a}")
+        msg = f"nothing to do: settings already exist in {opts.appdir or a}"
+    opts.output().reply(_Done(msg, {"written": [str(p) for p in written]}))
 
 
 @app.command()
-@common.options((*common.LOCAL, "timeout"), timeout=30.0)
-def start(opts: common.Opts) -> None:
-    """Start the local stack in the background; return when it answers."""
+@common.options((*common.LOCAL, "timeout", "yaml", "json"), timeout=30.0)
+def start(verbose: VerboseOpt = 0, quiet: QuietOpt = 0, *, opts: common.Opts) -> None:
+    """Start the local stack in the background; return when it answers.
+
+    -v/-vv and -q/-qq set how much the services log (as tomato's start does).
+    """
     from tomato_mqtt.config.devices import load_devices
     from tomato_mqtt.errors import ConfigError
     from tomato_mqtt.services.supervisor import pidfile_path, port_in_use, read_pidfile
 
     s = opts.settings()
+    if not (s.appdir / "settings.toml").exists():  # as tomato: nothing to start from
+        fail(f"settings file not found in {s.appdir}, run 'tomato init' to create one")
     try:  # refuse a bad devices file here, with its reason, rather than in a log
         load_devices(s.devices_file, s.node.name)
     except ConfigError as e:
@@ -68,12 +90,22 @@ def start(opts: common.Opts) -> None:
         fail(f"port {s.mqtt.port} on {s.broker.host} is already in use by another program")
     if not s.broker.embedded and _scheduler_answers(ctx, 2.0):
         fail(f"a tomato-mqtt scheduler already answers on {ctx.where()}")
+    if s.broker.embedded:
+        _check_listener_ports(s)
     s.logdir.mkdir(parents=True, exist_ok=True)
     s.datadir.mkdir(parents=True, exist_ok=True)
     log_path = s.logdir / "supervisor.log"
     with log_path.open("ab") as out:
+        level = ["-v"] * verbose + ["-q"] * quiet
         proc = subprocess.Popen(
-            [sys.executable, "-m", "tomato_mqtt.cli.tomato", "supervise", *service_args(s)],
+            [
+                sys.executable,
+                "-m",
+                "tomato_mqtt.cli.tomato",
+                "supervise",
+                *service_args(s),
+                *level,
+            ],
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=out,
@@ -81,12 +113,93 @@ def start(opts: common.Opts) -> None:
         )
     ready = _wait_ready(ctx, proc, opts.timeout)
     if ready is None:
+        why = _startup_error(s.logdir) if proc.poll() is not None else None
+        _take_down(proc)  # nothing of a failed start is left running
+        if why:
+            fail(f"tomato-mqtt could not start: {why} (logs in {s.logdir})")
         fail(f"tomato-mqtt did not come up within {opts.timeout:g} s; see the logs in {s.logdir}")
-    n_ok, n_all = ready
-    common.emit(
+    n_ok, n_all, missing = ready
+    msg = (
         f"tomato-mqtt started on {ctx.url} (instance {ctx.instance}, pid {proc.pid}); "
         f"{n_ok}/{n_all} component(s) ready"
     )
+    data: dict[str, Any] = {
+        "port": ctx.url.port,
+        "instance": ctx.instance,
+        "pid": proc.pid,
+        "appdir": str(s.appdir),
+        "components_ready": n_ok,
+        "components": n_all,
+    }
+    data["missing_drivers"] = [
+        {"node": node, "driver": driver, "why": why, "components": sorted(comps)}
+        for (node, driver), (why, comps) in sorted(missing.items())
+    ]
+    if s.dashboard.enabled:
+        data["dashboard"] = f"http://{s.dashboard.host}:{s.dashboard.port}/"
+        msg += f"\ndashboard: {data['dashboard']}"
+    opts.output().reply(_Done(msg, data))
+    for (node, driver), (why, comps) in sorted(missing.items()):
+        typer.echo(
+            f"warning: driver {driver!r} is missing on node {node}, so {len(comps)}"
+            f" component(s) cannot register ({', '.join(sorted(comps))}): {why}."
+            " Install it, then run `tomato reload`.",
+            err=True,
+        )
+
+
+def _check_listener_ports(s: Any) -> None:
+    """Refuse at once when a listener of the embedded broker cannot bind (not after 30 s).
+
+    The WebSocket listener takes the MQTT port + 1 unless ``[broker] ws_port`` says
+    otherwise, so two stacks on neighbouring ports clash there.
+    """
+    from tomato_mqtt.services.supervisor import port_free
+
+    host = s.broker.host
+    listeners = []
+    if s.ws_port:
+        how = "[broker] ws_port" if s.broker.ws_port else "by default the MQTT port + 1"
+        listeners.append((s.ws_port, f"the embedded broker's WebSocket listener ({how})"))
+    if s.broker.certfile:
+        listeners.append(
+            (s.broker.tls_port, "the embedded broker's TLS listener ([broker] tls_port)")
+        )
+    for port, what in listeners:
+        if not port_free(host, port):
+            fail(
+                f"port {port} on {host}, for {what}, is already in use by another program; "
+                f"nothing was started. Set another port in {s.appdir / 'settings.toml'} "
+                "([broker] ws_port = N, or 0 to switch the WebSocket listener off)"
+            )
+
+
+def _startup_error(logdir: Path) -> str | None:
+    """The reason the supervisor gave up, from the last error line of its log."""
+    try:
+        lines = (logdir / "supervisor.log").read_text(errors="replace").splitlines()
+    except OSError:
+        return None
+    for line in reversed(lines[-50:]):
+        if " ERROR " in line:
+            return line.split(": ", 1)[-1]
+    return None
+
+
+def _take_down(proc: subprocess.Popen[bytes]) -> None:
+    """Stop the supervisor of a failed start and everything it started (its session)."""
+    import signal
+
+    if proc.poll() is None:
+        with contextlib.suppress(OSError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(5)
+    # its children are in the same session and process group (start_new_session)
+    with contextlib.suppress(OSError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(5)
 
 
 def _alive(pid: int) -> bool:
@@ -131,16 +244,38 @@ def _is_online(payload: bytes) -> bool:
     return isinstance(doc, dict) and doc.get("state") == "online"
 
 
+def _missing_drivers(payload: bytes) -> dict[str, str]:
+    """driver -> error, from a retained node status (cheaply: no pydantic here)."""
+    import json
+
+    try:
+        doc = json.loads(payload)
+    except ValueError:
+        return {}
+    drivers = doc.get("drivers") if isinstance(doc, dict) else None
+    if not isinstance(drivers, dict):
+        return {}
+    return {
+        str(name): str(info["error"])
+        for name, info in drivers.items()
+        if isinstance(info, dict) and info.get("error")
+    }
+
+
+Missing = dict[tuple[str, str], tuple[str, list[str]]]
+
+
 def _wait_ready(
     ctx: common.CallContext, proc: subprocess.Popen[bytes], timeout: float
-) -> tuple[int, int] | None:
-    """Wait until the scheduler answers and every component is registered."""
+) -> tuple[int, int, Missing] | None:
+    """Wait until the scheduler answers and every component is registered, or cannot be
+    because its node says its driver is not installed (waiting would not help)."""
     import asyncio
 
-    from tomato_mqtt.transport.client import AsyncClient, MqttError, MqttTimeout
+    from tomato_mqtt.transport.client import AsyncClient, Message, MqttError, MqttTimeout
     from tomato_mqtt.transport.rpc import NoResponder, Requester
 
-    async def go() -> tuple[int, int] | None:
+    async def go() -> tuple[int, int, Missing] | None:
         deadline = time.monotonic() + timeout
         c = AsyncClient(ctx.url, client_id=f"cli-start-{os.getpid()}")
         while True:
@@ -158,17 +293,25 @@ def _wait_ready(
             # meta changes (both retained), and once a second in case a request was lost
             await c.subscribe(ctx.topics.scheduler_status())
             await c.subscribe(ctx.topics.all_component_meta())
+            await c.subscribe(ctx.topics.all_node_status())
             req = Requester(c, ctx.topics)
-            last: tuple[int, int] | None = None
+            last: tuple[int, int, Missing] | None = None
             online = False
+            gone: dict[str, dict[str, str]] = {}  # node topic -> driver -> error
+            node_prefix = ctx.topics.node_status("x")[: -len("x/status")]
+
+            def seen(m: Message) -> None:
+                nonlocal online
+                if m.topic == ctx.topics.scheduler_status():
+                    online = _is_online(m.payload)
+                elif m.topic.startswith(node_prefix):
+                    gone[m.topic] = _missing_drivers(m.payload)
+
             while time.monotonic() < deadline and proc.poll() is None:
                 with contextlib.suppress(MqttTimeout):
-                    msg = await c.next_message(1.0)
-                    if msg.topic == ctx.topics.scheduler_status():
-                        online = _is_online(msg.payload)
+                    seen(await c.next_message(1.0))
                     while (more := c.take_message()) is not None:  # a burst: ask once
-                        if more.topic == ctx.topics.scheduler_status():
-                            online = _is_online(more.payload)
+                        seen(more)
                 if not online:
                     continue
                 try:
@@ -180,10 +323,17 @@ def _wait_ready(
                     )
                 except NoResponder:
                     continue
-                comps = r.data if isinstance(r.data, list) else []
-                ok = sum(1 for x in comps if isinstance(x, dict) and x.get("registered"))
-                last = (ok, len(comps))
-                if ok == len(comps):
+                raw = r.data.values() if isinstance(r.data, dict) else []
+                comps = [x for x in raw if isinstance(x, dict)]
+                ok = sum(1 for x in comps if x.get("registered"))
+                missing: Missing = {}
+                for x in comps:
+                    node, drv = str(x.get("node")), str(x.get("driver"))
+                    why = gone.get(ctx.topics.node_status(node), {}).get(drv)
+                    if not x.get("registered") and why:
+                        missing.setdefault((node, drv), (why, []))[1].append(str(x.get("name")))
+                last = (ok, len(comps), missing)
+                if ok + sum(len(v[1]) for v in missing.values()) == len(comps):
                     return last
             return last
         finally:
@@ -193,7 +343,7 @@ def _wait_ready(
 
 
 @app.command()
-@common.options((*common.LOCAL, "broker", "timeout"), timeout=20.0)
+@common.options((*common.LOCAL, "broker", "timeout", "yaml", "json"), timeout=20.0)
 def stop(opts: common.Opts) -> None:
     """Stop the stack (refused while jobs run)."""
     from tomato_mqtt.services.supervisor import pidfile_path, read_pidfile
@@ -203,7 +353,7 @@ def stop(opts: common.Opts) -> None:
         ctx, ctx.topics.scheduler_cmd("stop"), {}, timeout=min(opts.timeout, 5)
     )
     if not reply.success:
-        fail(reply.msg)
+        opts.output().reply(reply)
     s = ctx.settings
     info = read_pidfile(pidfile_path(s.datadir, ctx.url.port)) if s else None
     if info:
@@ -213,4 +363,5 @@ def stop(opts: common.Opts) -> None:
             time.sleep(0.05)
         if _alive(pid):
             fail(f"the supervisor (pid {pid}) did not stop within {opts.timeout:g} s")
-    common.emit("tomato-mqtt stopped")
+    msg = f"tomato-mqtt on port {ctx.url.port} stopped"
+    opts.output().reply(_Done(msg, {"port": ctx.url.port, "instance": ctx.instance}))

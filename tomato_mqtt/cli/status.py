@@ -24,6 +24,7 @@ class Section(str, enum.Enum):
     components = "components"
     nodes = "nodes"
     drivers = "drivers"
+    tomato = "tomato"  # tomato's name of the default section: the scheduler
 
 
 @app.command()
@@ -37,6 +38,8 @@ def status(
 ) -> None:
     """Show the scheduler, or its pipelines, devices, components, nodes or drivers."""
     ctx = opts.context()
+    if section is Section.tomato:
+        section = Section.scheduler
     reply = common.run_request(
         ctx, ctx.topics.scheduler_cmd("status"), {"what": section.value}, timeout=opts.timeout
     )
@@ -55,6 +58,8 @@ def reload(opts: common.Opts) -> None:
 
 # -- human output, one per section ---------------------------------------------------------
 def _rows(data: Any) -> list[Mapping[str, Any]]:
+    if isinstance(data, Mapping):  # a section is a name -> object mapping (as in tomato)
+        data = list(data.values())
     if not isinstance(data, Sequence):
         return []
     return [r for r in data if isinstance(r, Mapping)]
@@ -87,7 +92,7 @@ def _pipelines(msg: str, data: Any) -> str:
         rows,
         [
             ("name", "pipeline"),
-            ("sample", "sample"),
+            ("sampleid", "sample"),
             ("ready", "ready"),
             ("jobid", "job"),
             ("roles", "roles"),
@@ -121,7 +126,7 @@ def _components(msg: str, data: Any) -> str:
         ("node", "node"),
         ("state", "state"),
         ("registered", "registered"),
-        ("job", "job"),
+        ("jobid", "job"),
         ("capabilities", "capabilities"),
     ]
     if any(r.get("error") for r in rows):

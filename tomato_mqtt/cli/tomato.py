@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import typer
 
-from tomato_mqtt.cli import common, pipeline, services, stack, status, user
+from tomato_mqtt.cli import common, dashboard, drivers, pipeline, services, stack, status, user
+from tomato_mqtt.cli.version import add_version
 
 __all__ = ["app", "main"]
 
@@ -22,6 +23,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
+add_version(app)
 
 # a sub-app of its own only to keep its place in --help (typer lists a group's own
 # commands before the merged ones)
@@ -29,21 +31,32 @@ _schema = typer.Typer()
 
 
 @_schema.command()
-@common.options(("instance", "appdir"))
+@common.options(("instance", "appdir", "yaml", "json"))
 def schema(opts: common.Opts) -> None:
-    """Print the AsyncAPI 3.0 document of the wire contract."""
+    """Print the AsyncAPI document of the wire contract (with -y/--json: in a Reply)."""
+    import json
+    from types import SimpleNamespace
+
     from tomato_mqtt.wire.asyncapi import schema_json
 
     s = opts.settings()
-    common.emit(schema_json(opts.instance or s.mqtt.instance))
+    text = schema_json(opts.instance or s.mqtt.instance, s)
+    reply = SimpleNamespace(success=True, msg="the AsyncAPI document", data=json.loads(text))
+    opts.output().reply(reply, lambda _d: text)
 
 
 app.add_typer(stack.app)
 app.add_typer(_schema)
 app.add_typer(services.app)
+app.add_typer(dashboard.app)
 app.add_typer(status.app)
 app.add_typer(pipeline.app, name="pipeline", help="Load, eject and mark pipelines ready.")
 app.add_typer(user.app, name="user", help="Users, passwords and roles of the broker.")
+app.add_typer(
+    drivers.app,
+    name="drivers",
+    help="Install upstream tomato driver packages; list native and upstream drivers.",
+)
 app.command("broker-config")(user.broker_config_cmd)
 
 

@@ -79,7 +79,7 @@ def _password(password: str | None, stdin: bool) -> str:
     return str(typer.prompt("password", hide_input=True, confirmation_prompt=True))
 
 
-def _edit(path: Path, change: str, fn: object) -> None:
+def _edit(path: Path, change: str, fn: object, opts: common.Opts, name: str) -> None:
     from tomato_mqtt.config.users import load_users
     from tomato_mqtt.errors import ConfigError
 
@@ -89,11 +89,21 @@ def _edit(path: Path, change: str, fn: object) -> None:
         users.save()
     except (ValueError, ConfigError) as e:
         fail(str(e))
-    common.emit(f"{change} ({path})")
+    u = users.users.get(name)
+    data = {"user": name, "role": u.role if u else None, "file": str(path)}
+    _reply(opts, f"{change} ({path})", data)
+
+
+def _reply(opts: common.Opts, msg: str, data: Any, human: Any = None) -> None:
+    """Text by default; a Reply with ``-y``/``--json`` (as every command, like tomato)."""
+    from types import SimpleNamespace
+
+    reply = SimpleNamespace(success=True, msg=msg, data=data)
+    opts.output().reply(reply, human or (lambda _d: msg))
 
 
 @app.command("add")
-@common.options(("appdir",))
+@common.options(("appdir", "yaml", "json"))
 def add(
     name: Annotated[str, typer.Argument(help="login (lower-case letters, digits, _ . -)")],
     role: RoleOpt,
@@ -106,11 +116,11 @@ def add(
     """Add a user with a role (argon2 hash; asks for the password unless given)."""
     path = users_path(file, opts.appdir)
     pw = _password(password, password_stdin)
-    _edit(path, f"added {name} ({role})", lambda u: u.add(name, pw, role))
+    _edit(path, f"added {name} ({role})", lambda u: u.add(name, pw, role), opts, name)
 
 
 @app.command("passwd")
-@common.options(("appdir",))
+@common.options(("appdir", "yaml", "json"))
 def passwd(
     name: str,
     password: PasswordOpt = None,
@@ -122,27 +132,27 @@ def passwd(
     """Set a user's password."""
     path = users_path(file, opts.appdir)
     pw = _password(password, password_stdin)
-    _edit(path, f"changed the password of {name}", lambda u: u.set_password(name, pw))
+    _edit(path, f"changed the password of {name}", lambda u: u.set_password(name, pw), opts, name)
 
 
 @app.command("role")
-@common.options(("appdir",))
+@common.options(("appdir", "yaml", "json"))
 def role(name: str, new_role: str, file: FileOpt = None, *, opts: common.Opts) -> None:
     """Change a user's role."""
     path = users_path(file, opts.appdir)
-    _edit(path, f"{name} is now {new_role}", lambda u: u.set_role(name, new_role))
+    _edit(path, f"{name} is now {new_role}", lambda u: u.set_role(name, new_role), opts, name)
 
 
 @app.command("remove")
-@common.options(("appdir",))
+@common.options(("appdir", "yaml", "json"))
 def remove(name: str, file: FileOpt = None, *, opts: common.Opts) -> None:
     """Remove a user."""
     path = users_path(file, opts.appdir)
-    _edit(path, f"removed {name}", lambda u: u.remove(name))
+    _edit(path, f"removed {name}", lambda u: u.remove(name), opts, name)
 
 
 @app.command("list")
-@common.options(("appdir",))
+@common.options(("appdir", "yaml", "json"))
 def list_(file: FileOpt = None, *, opts: common.Opts) -> None:
     """List the users and their roles."""
     from tomato_mqtt.config.users import load_users
@@ -155,7 +165,8 @@ def list_(file: FileOpt = None, *, opts: common.Opts) -> None:
         fail(str(e))
     rows = [{"user": u.name, "role": u.role or "(none)"} for u in users.users.values()]
     rows.sort(key=lambda r: r["user"])
-    common.emit(common.table(rows, [("user", "user"), ("role", "role")]))
+    text = common.table(rows, [("user", "user"), ("role", "role")])
+    _reply(opts, f"{len(rows)} user(s) in {path}", rows, lambda _d: text)
 
 
 # -- what the stack's commands need from the users file ------------------------------------
@@ -226,7 +237,7 @@ def broker_config(s: Settings) -> Any:
     )
 
 
-@common.options(("appdir", "datadir", "port"))
+@common.options(("appdir", "datadir", "port", "yaml", "json"))
 def broker_config_cmd(
     mosquitto: Annotated[
         Path, typer.Option("--mosquitto", help="folder for password_file, acl_file, tomato.conf")
@@ -272,4 +283,4 @@ def broker_config_cmd(
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
             f.write(text)
-    common.emit(f"wrote {', '.join(str(p) for p in files)}")
+    _reply(opts, f"wrote {', '.join(str(p) for p in files)}", {"files": [str(p) for p in files]})

@@ -130,6 +130,9 @@ class LayoutDiff(_Model):
 class Layout(_Model):
     components: dict[str, ComponentConfig] = Field(default_factory=dict)
     pipelines: dict[str, PipelineLayout] = Field(default_factory=dict)
+    #: every device of the file, also one no pipeline uses (it has no components, but
+    #: `tomato status devices` lists it, as tomato does), with the node it is on
+    devices: dict[str, DeviceConfig] = Field(default_factory=dict)
 
     @property
     def drivers(self) -> set[str]:
@@ -315,7 +318,14 @@ def build_layout(doc: DevicesFile, default_node: str = "local", file: str | Path
                 )
             made_by[pname] = i
             pipelines[pname] = PipelineLayout(name=pname, roles=pl)
-    return Layout(components=components, pipelines=pipelines)
+    # as tomato: a component exists only for a channel some pipeline uses (upstream's
+    # devices_multidev.json gives 3 components, not 8); a node hosts no idle channels
+    in_use = {cmp for pl in pipelines.values() for cmp in pl.roles.values()}
+    components = {n: c for n, c in components.items() if n in in_use}
+    devs = {
+        n: d.model_copy(update={"node": d.node or default_node}) for n, (_, d) in devices.items()
+    }
+    return Layout(components=components, pipelines=pipelines, devices=devs)
 
 
 def _expand(

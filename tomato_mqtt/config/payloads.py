@@ -246,6 +246,9 @@ def _username() -> str:
 
 
 def _check_values(payload: Any) -> None:
+    """What the schema lets through but no job can do: refused here, with where and why."""
+    if not payload.method:
+        raise PayloadError("method", "the payload has no tasks: there is nothing to run")
     for i, task in enumerate(payload.method):
         if task.max_duration < 0:
             raise PayloadError(
@@ -255,6 +258,12 @@ def _check_values(payload: Any) -> None:
             raise PayloadError(
                 f"method[{i}].sampling_interval",
                 f"must be positive (got {task.sampling_interval:g})",
+            )
+        if task.max_duration < task.sampling_interval:
+            raise PayloadError(
+                f"method[{i}].max_duration",
+                f"the task would take no data point: max_duration ({task.max_duration:g} s) "
+                f"is shorter than sampling_interval ({task.sampling_interval:g} s)",
             )
 
 

@@ -8,15 +8,19 @@ defaults. Relative paths in the file are relative to the appdir. A bad file rais
 from __future__ import annotations
 
 import ipaddress
-import json
 import re
 import sys
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from tomato_mqtt.config.initfiles import (
+    DEVICES_FILE,
+    SETTINGS_FILE,
+    render_default_settings,
+    write_default_files,
+)
 from tomato_mqtt.config.url import BrokerURL
 from tomato_mqtt.errors import ConfigError
 
@@ -29,6 +33,7 @@ __all__ = [
     "APPNAME",
     "SETTINGS_FILE",
     "BrokerSettings",
+    "DashboardSettings",
     "JobLimits",
     "MqttSettings",
     "NodeSettings",
@@ -43,8 +48,6 @@ __all__ = [
 ]
 
 APPNAME = "tomato-mqtt"
-SETTINGS_FILE = "settings.toml"
-DEVICES_FILE = "devices.yml"
 
 _SLUG = re.compile(r"[a-z0-9][a-z0-9_.-]*")
 
@@ -148,6 +151,11 @@ class JobLimits(_Section):
     max_points_per_task: int = Field(default=10_000_000, ge=1)
     #: the shortest sampling interval (s) of a driver that declares none
     min_sampling_interval: float = Field(default=0.001, gt=0)
+    #: retained ``job/<id>/status`` of finished jobs: at most this many (the newest) ...
+    retain_finished: int = Field(default=20, ge=0)
+    #: ... and none older than this (s after the job ended). The job itself stays in the
+    #: scheduler: ``ketchup status``/``search`` and the client still find it.
+    retain_finished_age: float = Field(default=3600.0, ge=0)
 
 
 class RecorderSettings(_Section):
@@ -161,6 +169,9 @@ class NodeSettings(_Section):
     spool_max_mb: float = Field(default=512, gt=0)
     batch_interval: float = Field(default=0.5, gt=0)
     batch_max_points: int = Field(default=2000, ge=1)
+    #: the venv of upstream tomato driver packages (``tomato drivers install``);
+    #: default ``<datadir>/upstream-drivers``; relative paths are relative to the appdir
+    upstream_env: Path | None = None
 
     @field_validator("name")
     @classmethod
@@ -168,6 +179,16 @@ class NodeSettings(_Section):
         if not v.strip():
             raise ValueError("must not be empty")
         return v
+
+
+class DashboardSettings(_Section):
+    """``tomato dashboard`` (issue 11): where it listens, and whether ``tomato start`` runs it."""
+
+    enabled: bool = False  # run it under `tomato start` too
+    host: str = "127.0.0.1"
+    port: int = Field(default=8765, ge=0, le=65535)
+    #: show no controls to anyone, whatever their role
+    read_only: bool = False
 
 
 class Settings(_Section):
@@ -181,6 +202,7 @@ class Settings(_Section):
     jobs: JobLimits = Field(default_factory=JobLimits)
     recorder: RecorderSettings = Field(default_factory=RecorderSettings)
     node: NodeSettings = Field(default_factory=NodeSettings)
+    dashboard: DashboardSettings = Field(default_factory=DashboardSettings)
     drivers: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
     @model_validator(mode="after")
@@ -196,6 +218,8 @@ class Settings(_Section):
             if value:
                 setattr(b, key, str(self._abs(Path(value))))
         self.recorder.output_roots = [self._abs(p) for p in self.recorder.output_roots]
+        if self.node.upstream_env is not None:
+            self.node.upstream_env = self._abs(self.node.upstream_env)
         return self
 
     def _abs(self, p: Path) -> Path:
@@ -235,6 +259,11 @@ class Settings(_Section):
     @property
     def spool_dir(self) -> Path:
         return self.datadir / "spool"
+
+    @property
+    def upstream_env(self) -> Path:
+        """The venv of upstream tomato driver packages on this PC's node."""
+        return self.node.upstream_env or self.datadir / "upstream-drivers"
 
     @property
     def ws_port(self) -> int | None:
@@ -321,57 +350,6 @@ def load_settings(
         return Settings.model_validate(doc)
     except ValidationError as e:
         raise ConfigError.from_validation_error(path, e, doc) from None
-
-
-def _template() -> str:
-    return (resources.files("tomato_mqtt") / "config" / "settings.toml.template").read_text(
-        encoding="utf-8"
-    )
-
-
-def _default_devices() -> str:
-    return (resources.files("tomato_mqtt") / "config" / DEVICES_FILE).read_text(encoding="utf-8")
-
-
-def render_default_settings(datadir: Path, logdir: Path, port: int | None = None) -> str:
-    """The commented settings.toml that `tomato init` writes."""
-    # json.dumps gives a valid TOML basic string (escapes backslashes of Windows paths)
-    text = _template()
-    text = text.replace('"@DATADIR@"', json.dumps(str(datadir)))
-    text = text.replace('"@LOGDIR@"', json.dumps(str(logdir)))
-    if port is not None:
-        text, n = re.subn(r"(?m)^# port = \d+$", f"port = {int(port)}", text, count=1)
-        if n != 1:  # the template and this function must change together
-            raise RuntimeError("settings template has no '# port = ...' line")
-    return text
-
-
-def write_default_files(
-    appdir: Path, datadir: Path, logdir: Path, port: int | None = None
-) -> list[Path]:
-    """`tomato init`: a commented settings.toml and a default devices.yml.
-
-    An existing file is never overwritten. Returns the files written.
-    """
-    app = Path(appdir).expanduser().absolute()
-    data = Path(datadir).expanduser().absolute()
-    log = Path(logdir).expanduser().absolute()
-    app.mkdir(parents=True, exist_ok=True)
-    written = []
-    for path, text in (
-        (app / SETTINGS_FILE, render_default_settings(data, log, port)),
-        (app / DEVICES_FILE, _default_devices()),
-    ):
-        try:
-            # "x": exclusive creation, so a file made meanwhile is not overwritten either
-            with path.open("x", encoding="utf-8", newline="\n") as f:
-                f.write(text)
-        except FileExistsError:
-            continue
-        written.append(path)
-    for d in (data, log):
-        d.mkdir(parents=True, exist_ok=True)
-    return written
 
 
 def settings_url(settings: Settings) -> BrokerURL:

@@ -14,6 +14,7 @@ from tomato_mqtt.driver.spec import AttrSpec, TaskSpec
 
 if TYPE_CHECKING:
     from tomato_mqtt.driver.base import Attr, ModelDevice, ModelInterface
+    from tomato_mqtt.driver.block import Block, BlockError
     from tomato_mqtt.driver.discovery import (
         DriverLoadError,
         DriverNotFound,
@@ -31,6 +32,8 @@ if TYPE_CHECKING:
 __all__ = [
     "Attr",
     "AttrSpec",
+    "Block",
+    "BlockError",
     "ComponentRunner",
     "DriverLoadError",
     "DriverNotFound",
@@ -51,9 +54,11 @@ _WHERE = {
     "Attr": "base",
     "ModelDevice": "base",
     "ModelInterface": "base",
+    "Block": "block",
+    "BlockError": "block",
     "ComponentRunner": "runner",
-    "Point": "runner",
-    "TaskEnd": "runner",
+    "Point": "points",
+    "TaskEnd": "points",
     "DriverLoadError": "discovery",
     "DriverNotFound": "discovery",
     "available_drivers": "discovery",

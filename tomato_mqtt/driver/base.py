@@ -19,6 +19,7 @@ from typing import Any
 
 import pint
 
+from tomato_mqtt.driver.block import Block
 from tomato_mqtt.driver.spec import AttrSpec, AttrType, TaskSpec
 from tomato_mqtt.driver.validate import coerce_value
 
@@ -172,6 +173,30 @@ class ModelDevice(ABC):
         if attr not in self.attrs():
             raise AttributeError(f"unknown attr {attr!r}")
         return getattr(self, attr)
+
+    data_units: dict[str, str] = {}
+    """Variable -> units as the file should spell them (``"MHz"``, ``"bytes"``): a
+    quantity of that variable is converted to them and labelled with this exact string.
+    Without an entry, a quantity keeps its own units, labelled as pint names them."""
+
+    block_interval: float | None = None
+    """Seconds between :meth:`do_task_block` calls; set it to make this a *bulk* device.
+
+    A bulk device is not called once per ``sampling_interval``: it measures on its own
+    (hardware buffer, acquisition thread) and hands over every point it took since the
+    previous call as a :class:`~tomato_mqtt.driver.block.Block`. See docs/drivers.md."""
+
+    def do_task_block(self, task: TaskSpec, t_start: float, t_now: float) -> Block | None:
+        """Bulk devices: the points of ``task`` taken since the previous call, or None.
+
+        Called every :attr:`block_interval` seconds while the task runs (the first call
+        one interval after ``t_start``), and once more when it ends or is stopped, to
+        collect the rest. ``t_now`` is the wall time of the call. Each point's ``uts``
+        is when it was taken; the task's point count is the sum of the blocks' lengths.
+        """
+        raise NotImplementedError(
+            f"{type(self).__name__} sets block_interval but does not implement do_task_block"
+        )
 
     def do_task(self, task: TaskSpec, t_start: float, t_now: float) -> Mapping[str, Any] | None:
         """Take ONE point of ``task``: a mapping of variable name to value, or None.

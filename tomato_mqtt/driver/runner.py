@@ -24,50 +24,29 @@ the worker calls ``do_measure`` that often and buffers the points with ``task=No
 from __future__ import annotations
 
 import logging
-import numbers
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import Any, Literal
 
-import pint
-
 from tomato_mqtt.driver.base import ModelDevice
+from tomato_mqtt.driver.block import Block
+from tomato_mqtt.driver.bulk import execute_blocks
+from tomato_mqtt.driver.points import Point, TaskEnd, _describe, to_values
 from tomato_mqtt.driver.spec import AttrSpec, TaskSpec
 from tomato_mqtt.driver.validate import TaskValidationError, validate_task
 
-__all__ = ["ComponentRunner", "Point", "TaskEnd"]
+__all__ = ["ComponentRunner", "Point", "TaskEnd"]  # Point, TaskEnd: from points.py
 
 log = logging.getLogger(__name__)
 
-Value = float | int | str | bool | None
-_PLAIN = (float, int, str, bool, type(None))
+
+# Waits shorter than this are sleeps (the stop flag is read after them): at 1 kHz an
+# Event.wait per point was most of the runner's CPU. A stop waits at most this long.
+SHORT_WAIT = 0.005
 
 # How long reset() waits for a task that was asked to stop, and close() for the worker.
 _STOP_WAIT = 10.0
-
-
-@dataclass(slots=True)
-class Point:
-    """One measured point: quantities are reduced to magnitudes (units go with drain)."""
-
-    uts: float
-    values: dict[str, Value]
-    task: TaskSpec | None = None
-    """The task that took the point; None for idle and ad-hoc measurements."""
-
-
-@dataclass(slots=True)
-class TaskEnd:
-    task: TaskSpec
-    reason: Literal["done", "stopped", "error"]
-    message: str | None
-    t_start: float
-    t_end: float
-    npoints: int
-    missed: int = 0
-    """Deadlines skipped because the runner was behind (see the module docstring)."""
 
 
 class _Run:
@@ -114,10 +93,11 @@ class ComponentRunner:
         self._closed = False
 
         self._buf_lock = threading.Lock()
-        self._buf: list[Point] = []
+        self._buf: list[Point | Block] = []
+        self._buf_n = 0  # points in _buf (a block counts its points)
         self._buf_units: dict[str, str] = {}
         # first units seen per variable: later quantities are converted to them
-        self._units: dict[str, tuple[Any, str]] = {}
+        self._units: dict[str, tuple[Any, str, Any]] = {}
 
         self._thread = threading.Thread(
             target=self._worker, name=f"runner-{device.key[0]},{device.key[1]}", daemon=True
@@ -261,40 +241,34 @@ class ComponentRunner:
             log.exception("closing device %s failed", self.device.key)
 
     # -- the buffer -----------------------------------------------------------------------
-    def drain(self) -> tuple[list[Point], dict[str, str]]:
-        """The points since the last drain and the units of their quantity variables."""
+    def drain(self) -> tuple[list[Point | Block], dict[str, str]]:
+        """What was taken since the last drain, in order: points of one-point calls and
+        blocks of bulk calls; and the units of the points' quantity variables (a block
+        carries its own)."""
         with self._buf_lock:
-            points, self._buf = self._buf, []
+            items, self._buf = self._buf, []
+            self._buf_n = 0
             units, self._buf_units = self._buf_units, {}
-        return points, units
+        return items, units
 
-    def _append(self, point: Point, units: dict[str, str] | None) -> None:
+    def _append(self, item: Point | Block, units: dict[str, str] | None, n: int = 1) -> None:
         with self._buf_lock:
-            self._buf.append(point)
+            self._buf.append(item)
             if units:
                 self._buf_units.update(units)
-            full = len(self._buf) == self._max_buffer
+            before = self._buf_n
+            self._buf_n += n
+            full = before < self._max_buffer <= self._buf_n
         if full and self._on_buffer_full is not None:
             self._call(self._on_buffer_full)
 
+    def append_block(self, block: Block) -> None:
+        """Buffer a block the device returned (the bulk loop calls this)."""
+        self._append(block, None, len(block))
+
     def _point(self, uts: float, raw: Mapping[str, Any], task: TaskSpec | None) -> Point:
         """Convert a driver's mapping (fast path: plain values) and buffer it."""
-        values: dict[str, Value] = {}
-        units: dict[str, str] | None = None
-        for k, v in raw.items():
-            if type(v) in _PLAIN:
-                values[k] = v
-            elif isinstance(v, pint.Quantity):
-                known = self._units.get(k)
-                if known is None:
-                    known = self._units.setdefault(k, (v.units, str(v.units)))
-                mag = v.magnitude if v.units == known[0] else v.m_as(known[0])
-                values[k] = _scalar(k, mag)
-                if units is None:
-                    units = {}
-                units[k] = known[1]
-            else:
-                values[k] = _scalar(k, v)
+        values, units = to_values(raw, self._units, self.device)
         point = Point(uts, values, task)
         self._append(point, units)
         return point
@@ -313,7 +287,10 @@ class ComponentRunner:
                     return
                 run, self._pending = self._pending, None
             if run is not None:
-                self._execute(run)
+                if self.device.block_interval:
+                    execute_blocks(self, run)
+                else:
+                    self._execute(run)
                 if self._idle:
                     next_idle = time.monotonic() + self._idle
             elif self._idle and next_idle is not None:
@@ -361,7 +338,13 @@ class ComponentRunner:
                 k += 1
                 deadline = p_start + k * si
                 remaining = deadline - perf()
-                if stop.wait(remaining) if remaining > 0 else stop.is_set():
+                if remaining > SHORT_WAIT:
+                    stopped = stop.wait(remaining)
+                else:  # a sleep costs a few µs of CPU, an Event.wait ~25 (a lock each)
+                    if remaining > 0:
+                        time.sleep(remaining)
+                    stopped = stop.is_set()
+                if stopped:
                     reason = "stopped"
                     message = run.stop_reason
                     break
@@ -389,43 +372,28 @@ class ComponentRunner:
             )
             log.warning("%s: task %s failed", device.key, _describe(task), exc_info=True)
             self._call(self._on_error, message)
-        end = TaskEnd(task, reason, message, t_start, wall(), npoints, missed)
+        self.finish(TaskEnd(task, reason, message, t_start, wall(), npoints, missed))
+
+    def finish(self, end: TaskEnd) -> None:
+        """The task is over: free the runner, then tell (from the worker thread)."""
         log.info(
             "%s: task %s ended: %s (%d points, %d deadlines missed)",
-            device.key,
-            _describe(task),
-            reason,
-            npoints,
-            missed,
+            self.device.key,
+            _describe(end.task),
+            end.reason,
+            end.npoints,
+            end.missed,
         )
         with self._cv:
             self._run = None
             self._cv.notify_all()
         self._call(self._on_task_end, end)
 
+    def error(self, message: str) -> None:
+        self._call(self._on_error, message)
+
     def _call(self, fn: Callable[..., None], *args: Any) -> None:
         try:
             fn(*args)
         except Exception:
             log.exception("callback %r of runner %s failed", fn, self.device.key)
-
-
-def _scalar(name: str, v: object) -> Value:
-    if v is None or isinstance(v, bool | int | float | str):
-        return v
-    if isinstance(v, numbers.Integral):
-        return int(v)
-    if isinstance(v, numbers.Real):
-        return float(v)
-    if type(v).__name__ == "bool_":  # numpy.bool_ is not a numbers.Integral
-        return bool(v)
-    raise TypeError(
-        f"variable {name!r}: a point value must be a number, text, bool or quantity,"
-        f" not {type(v).__name__}"
-    )
-
-
-def _describe(task: TaskSpec) -> str:
-    who = f" (job {task.job}, task {task.index})" if task.job is not None else ""
-    name = f" {task.task_name!r}" if task.task_name else ""
-    return f"{task.technique_name!r}{name}{who}"

@@ -73,11 +73,19 @@ class Job(BaseModel):
     progress: dict[str, Any] = Field(default_factory=dict)
     #: the login that submitted the job (the {user} topic segment, pinned by the ACL)
     owner: str | None = None
+    # tomato 2.2's Job has these too (its -y replies and tomato_Job carry them): the
+    # process that ran the job (none here: tasks run on nodes), when it connected to its
+    # components (= launched_at) and its job folder
+    pid: int | None = None
+    connected_at: str | None = None
+    jobpath: str | None = None
 
 
 class PipelineState(BaseModel):
+    """A pipeline's state, named as tomato 2.2's ``Pipeline`` (``sampleid``, ``jobid``)."""
+
     name: str
-    sample: str | None = None
+    sampleid: str | None = None
     ready: bool = False
     jobid: int | None = None
 

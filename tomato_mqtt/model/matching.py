@@ -23,6 +23,7 @@ __all__ = [
     "Validator",
     "match",
     "next_launches",
+    "waiting_reason",
 ]
 
 
@@ -175,7 +176,7 @@ def next_launches(
             pip = pipelines.get(name)
             if pip is None or name in taken or not pip.ready or pip.jobid is not None:
                 continue
-            if pip.sample is None or pip.sample != sample:
+            if pip.sampleid is None or pip.sampleid != sample:
                 continue
             comps = set(layouts[name].roles.values()) if layouts and name in layouts else set()
             if comps & busy:
@@ -185,6 +186,31 @@ def next_launches(
             busy |= comps
             break
     return out
+
+
+def waiting_reason(
+    candidates: Sequence[str], pipelines: Mapping[str, PipelineState], sample: str
+) -> str | None:
+    """Why a job that some pipeline can run still waits, when the user must act.
+
+    A matching job (``qw``) launches only on a candidate pipeline that holds its sample
+    and is ready; without this it would sit at ``qw`` with no word. ``None`` when it just
+    waits for a running job to end.
+    """
+    holding = [n for n in candidates if n in pipelines and pipelines[n].sampleid == sample]
+    if not holding:
+        where = ", ".join(candidates)
+        return (
+            f"no pipeline holds sample {sample!r}: load it into one of {where} "
+            f"(tomato pipeline load <pipeline> {sample})"
+        )
+    if not any(pipelines[n].ready for n in holding):
+        names = ", ".join(holding)
+        return (
+            f"sample {sample!r} is in {names}, which is not ready "
+            "(tomato pipeline ready <pipeline>)"
+        )
+    return None
 
 
 def _job_id(job: Job) -> int:

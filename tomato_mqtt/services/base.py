@@ -82,7 +82,9 @@ def install_signal_handlers(stop: asyncio.Event) -> None:
 
 
 def setup_logging(name: str, logdir: Path | None, verbosity: int = 0) -> None:
-    level = logging.DEBUG if verbosity > 0 else logging.INFO
+    """Log to ``logdir/<name>.log``; ``verbosity`` is -v count minus -q count, as in
+    tomato: 0 INFO, 1+ DEBUG, -1 WARNING, -2 ERROR, -3 CRITICAL."""
+    level = min(max(logging.INFO - 10 * verbosity, logging.DEBUG), logging.CRITICAL)
     handlers: list[logging.Handler] = [logging.StreamHandler()]
     if logdir is not None:
         logdir.mkdir(parents=True, exist_ok=True)

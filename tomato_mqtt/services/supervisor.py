@@ -22,10 +22,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 __all__ = [
+    "EXIT_CANNOT_LISTEN",
     "EXIT_STOP_REQUESTED",
     "Supervisor",
     "pid_alive",
     "pidfile_path",
+    "port_free",
     "port_in_use",
     "read_pidfile",
 ]
@@ -33,6 +35,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 EXIT_STOP_REQUESTED = 3
+#: ``tomato broker`` exits with this when a listener cannot bind (a port is taken)
+EXIT_CANNOT_LISTEN = 4
 
 
 def pidfile_path(datadir: Path, port: int) -> Path:
@@ -81,6 +85,21 @@ def port_in_use(host: str, port: int) -> bool:
         return s.connect_ex((host, port)) == 0
 
 
+def port_free(host: str, port: int) -> bool:
+    """Whether a listener could bind ``host:port`` now (as asyncio's servers bind it)."""
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+        return True
+
+
+#: a broker that exits this soon after its first start could not listen: give up
+BROKER_STARTUP_WINDOW = 10.0
+
+
 @dataclass
 class Child:
     name: str
@@ -103,8 +122,11 @@ class Supervisor:
         broker_host: str,
         port: int,
         node_name: str,
+        service_flags: list[str] | None = None,
+        dashboard: bool = False,
     ) -> None:
         exe = [sys.executable, "-m", "tomato_mqtt.cli.tomato"]
+        flags = list(service_flags or [])  # -v/-q of `tomato start`
         self.logdir = logdir
         self.pidfile = pidfile
         self.port = port
@@ -113,12 +135,16 @@ class Supervisor:
         if embedded_broker:
             self.children.append(Child("broker", [*exe, "broker", *common_args]))
         self.children += [
-            Child("scheduler", [*exe, "scheduler", *common_args]),
-            Child("recorder", [*exe, "recorder", *common_args]),
-            Child("node", [*exe, "node", "--name", node_name, *common_args]),
+            Child("scheduler", [*exe, "scheduler", *common_args, *flags]),
+            Child("recorder", [*exe, "recorder", *common_args, *flags]),
+            Child("node", [*exe, "node", "--name", node_name, *common_args, *flags]),
         ]
+        if dashboard:  # [dashboard] enabled: the web UI is one more supervised service
+            self.children.append(Child("dashboard", [*exe, "dashboard", *common_args]))
         self._stop = asyncio.Event()
         self.stopping = False
+        #: why the stack gave up at start (the broker could not listen), else None
+        self.failed: str | None = None
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
@@ -135,8 +161,12 @@ class Supervisor:
             self.stopping = True
             for w in watchers:
                 w.cancel()
-            # nodes first (they flush data), broker last
-            for name in ("node", "scheduler", "recorder", "broker"):
+            # nodes first (they flush data), broker last; after a failed start nothing
+            # holds data and the services cannot reach a broker: do not wait long
+            if self.failed:  # all at once, shortly: there is nothing to flush
+                await asyncio.gather(*(self._terminate(c, 2.0) for c in self.children))
+                return 1
+            for name in ("dashboard", "node", "scheduler", "recorder", "broker"):
                 for c in self.children:
                     if c.name == name:
                         await self._terminate(c)
@@ -168,6 +198,17 @@ class Supervisor:
                 self._stop.set()
                 return
             now = time.monotonic()
+            first = c.name == "broker" and c.restarts == 0
+            # a broker that exited by itself soon after its first start never served (a
+            # port taken, a bad certificate): restarting cannot help; the exit code says so
+            # however long its start took on a busy machine. One killed by a signal
+            # (rc < 0: kill -9, the OOM killer) did serve, or could have: restart it.
+            soon = rc is not None and rc > 0 and now - c.started < BROKER_STARTUP_WINDOW
+            if first and (rc == EXIT_CANNOT_LISTEN or soon):
+                self.failed = _last_error(c.log_path) or f"the broker exited with code {rc}"
+                log.error("the broker could not start: %s", self.failed)
+                self._stop.set()
+                return
             c.fails = [t for t in c.fails if now - t < 60] + [now]
             c.restarts += 1
             delay = min(0.2 * 2 ** (len(c.fails) - 1), 10.0)
@@ -176,16 +217,31 @@ class Supervisor:
                 await asyncio.wait_for(self._stop.wait(), delay)
             c.proc = None
 
-    async def _terminate(self, c: Child) -> None:
+    async def _terminate(self, c: Child, grace: float = 10.0) -> None:
         p = c.proc
         if p is None or p.returncode is not None:
             return
         with contextlib.suppress(ProcessLookupError):
             p.terminate()
         try:
-            await asyncio.wait_for(p.wait(), 10.0)
+            await asyncio.wait_for(p.wait(), grace)
         except asyncio.TimeoutError:
-            log.warning("%s did not stop within 10 s: killing it", c.name)
+            log.warning("%s did not stop within %g s: killing it", c.name, grace)
             with contextlib.suppress(ProcessLookupError):
                 p.kill()
             await p.wait()
+
+
+def _last_error(path: Path | None) -> str | None:
+    """The last line of a child's stderr that names an error (its traceback's last line)."""
+    if path is None:
+        return None
+    try:
+        lines = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return None
+    for line in reversed(lines[-40:]):
+        line = line.strip()
+        if line and ("Error" in line.split(":", 1)[0] or line.startswith("error:")):
+            return line
+    return None

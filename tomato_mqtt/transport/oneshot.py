@@ -26,7 +26,7 @@ from tomato_mqtt.config.url import BrokerURL
 
 __all__ = ["NoAnswer", "OneShotError", "Refused", "Reply", "request"]
 
-SCHEMA = 1  # tomato_mqtt.wire.messages.SCHEMA
+SCHEMA = 2  # tomato_mqtt.wire.messages.SCHEMA
 
 
 class OneShotError(Exception):

@@ -21,7 +21,8 @@ Roles:
   answers requests on reply topics.
 - ``scheduler``, ``recorder``: the services' own logins. Only the recorder publishes the
   spool commands ``ack`` and ``replay``; only the scheduler publishes the retained
-  pipeline and job status and commands tasks.
+  pipeline and job status and commands tasks; besides a node, only the scheduler
+  publishes a component's status (``lost``, when the component's node is lost).
 
 Every user reads only their own replies (``reply/<user>/#``); requests carry the login as
 their ``{user}`` segment and may only be published with one's own login there.
@@ -143,6 +144,9 @@ def rules(topics: Topics, role: str, user: str, components: Iterable[str] = ()) 
             Rule(p("pipeline_status"), "publish", "pipeline status"),
             Rule(p("job_status"), "publish", "job status"),
             Rule(p("job_event"), "publish", "job events"),
+            # a lost node's components are shown lost by the scheduler (services/
+            # scheduler/lost.py): a node cannot leave a last will per component
+            Rule(p("component_status"), "publish", "lost status of a lost node's components"),
             *(Rule(p("node_cmd", op=op), "publish", op) for op in NODE_SCHEDULER_OPS),
             *(Rule(p("component_cmd", op=op), "publish", op) for op in CMP_SCHEDULER_OPS),
             *_requests(t, "recorder_cmd", REC_SCHEDULER_OPS, user),

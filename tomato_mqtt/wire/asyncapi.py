@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, TypeAdapter
 from pydantic.json_schema import models_json_schema
 
 from tomato_mqtt import __version__
 from tomato_mqtt.wire.commands import COMMANDS
+from tomato_mqtt.wire.events import EVENT_DETAILS
 from tomato_mqtt.wire.examples import example_messages
 from tomato_mqtt.wire.messages import (
     MESSAGES,
@@ -29,11 +30,15 @@ from tomato_mqtt.wire.messages import (
 )
 from tomato_mqtt.wire.topics import CHANNELS, PROTOCOL, ChannelDef, Topics
 
+if TYPE_CHECKING:
+    from tomato_mqtt.config.settings import Settings
+
 __all__ = [
     "ASYNCAPI_VERSION",
     "PARAMETERS",
     "QOS",
     "build_asyncapi",
+    "deployment_servers",
     "example_messages",
     "schema_json",
 ]
@@ -99,7 +104,21 @@ def _schemas() -> dict[str, Any]:
         for name, sch in data.get("$defs", {}).items():
             if schemas.setdefault(name, sch) != sch:
                 raise RuntimeError(f"two different schemas named {name}")
-    return dict(sorted(schemas.items()))
+    return {k: _untitled(v) for k, v in sorted(schemas.items())}
+
+
+def _untitled(node: Any, in_properties: bool = False) -> Any:
+    """A JSON schema without pydantic's generated ``title`` keys (a third of the bytes of
+    ``meta/schema``; the names are the keys already). A property *named* title stays."""
+    if isinstance(node, dict):
+        return {
+            k: _untitled(v, k == "properties" and not in_properties)
+            for k, v in node.items()
+            if in_properties or not (k == "title" and isinstance(v, str))
+        }
+    if isinstance(node, list):
+        return [_untitled(v) for v in node]
+    return node
 
 
 def _commands() -> dict[str, Any]:
@@ -115,7 +134,7 @@ def _commands() -> dict[str, Any]:
         else:
             data = TypeAdapter(c.data).json_schema(ref_template="#/components/schemas/{model}")
             data.pop("$defs", None)
-            entry["data"] = data
+            entry["data"] = _untitled(data)
         out.setdefault(c.responder, {})[c.op] = entry
     return out
 
@@ -187,8 +206,12 @@ def _operation(ch: ChannelDef, message_names: list[str], has_reply: bool) -> dic
     return op
 
 
-def build_asyncapi(instance: str) -> dict[str, Any]:
-    """The AsyncAPI 3.0 document of the wire contract of one instance."""
+def build_asyncapi(instance: str, servers: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The AsyncAPI 3.0 document of the wire contract of one instance.
+
+    ``servers``: the deployment's listeners (:func:`deployment_servers` of its settings);
+    without it, those of a default stack.
+    """
     topics = Topics(instance)
     examples = example_messages()
     messages: dict[str, Any] = {"AsyncAPIDocument": _meta_schema_message()}
@@ -221,28 +244,73 @@ def build_asyncapi(instance: str) -> dict[str, Any]:
             "license": {"name": "MIT"},
         },
         "defaultContentType": "application/json",
-        "servers": {
-            "embedded": {
-                "host": "127.0.0.1:1883",
-                "protocol": "mqtt",
-                "protocolVersion": "3.1.1",
-                "description": "The embedded broker started by 'tomato start' (default).",
-            },
-            "embeddedWebSocket": {
-                "host": "127.0.0.1:9001",
-                "protocol": "ws",
-                "protocolVersion": "3.1.1",
-                "description": "Its WebSocket listener for browser dashboards, when enabled.",
-            },
-        },
+        "servers": servers if servers is not None else deployment_servers(None),
         "channels": channels,
         "operations": operations,
         "components": {"messages": messages, "schemas": _schemas()},
         # the typed commands: args on .../cmd/<op>, data in the Reply (error codes in Reply)
         "x-commands": _commands(),
+        # per JobEvent kind, the keys its free-form 'detail' may hold (wire/events.py)
+        "x-event-details": EVENT_DETAILS,
     }
 
 
-def schema_json(instance: str) -> str:
-    """The AsyncAPI document as indented JSON text (printed by ``tomato schema``)."""
-    return json.dumps(build_asyncapi(instance), indent=2, ensure_ascii=False)
+def schema_json(instance: str, settings: Settings | None = None, *, compact: bool = False) -> str:
+    """The AsyncAPI document as JSON text: indented for people (``tomato schema``),
+    compact on ``meta/schema`` (a retained message every subscriber to ``#`` receives)."""
+    doc = build_asyncapi(instance, deployment_servers(settings))
+    if compact:
+        return json.dumps(doc, separators=(",", ":"), ensure_ascii=False)
+    return json.dumps(doc, indent=2, ensure_ascii=False)
+
+
+def _server(host: str, port: int, protocol: str, description: str, **extra: Any) -> Any:
+    return {
+        "host": f"{host}:{port}",
+        "protocol": protocol,
+        "protocolVersion": "3.1.1",
+        "description": description,
+        **extra,
+    }
+
+
+def deployment_servers(settings: Settings | None) -> dict[str, Any]:
+    """The ``servers`` of the document: the listeners this deployment's settings give.
+
+    With the embedded broker: its plain MQTT listener (on loopback when TLS serves the
+    network), the TLS listener (``secure-mqtt``) when a certificate is set, and the
+    WebSocket listener (``ws``, or ``wss`` with TLS; any path, ``/mqtt`` by convention)
+    on ``[broker] ws_port`` (default: MQTT port + 1; 0 switches it off). With an
+    external broker: the one ``[mqtt]`` names.
+    """
+    if settings is None:
+        return {
+            "mqtt": _server("127.0.0.1", 1883, "mqtt", "The embedded broker (defaults)."),
+            "websocket": _server(
+                "127.0.0.1", 1884, "ws", "Its WebSocket listener.", pathname="/mqtt"
+            ),
+        }
+    m, b = settings.mqtt, settings.broker
+    if not b.embedded:
+        proto = "secure-mqtt" if m.tls else "mqtt"
+        return {"mqtt": _server(m.host, m.port, proto, "The site's MQTT broker ([mqtt]).")}
+    tls = bool(b.certfile and b.keyfile)
+    plain = "127.0.0.1" if tls and not _loopback(b.host) else b.host
+    out: dict[str, Any] = {
+        "mqtt": _server(plain, m.port, "mqtt", "The embedded broker started by 'tomato start'.")
+    }
+    if tls:
+        out["mqtts"] = _server(b.host, b.tls_port, "secure-mqtt", "Its TLS listener.")
+    if settings.ws_port:
+        out["websocket"] = _server(
+            b.host,
+            settings.ws_port,
+            "wss" if tls else "ws",
+            "Its WebSocket listener, for browser dashboards (any path; '/mqtt' by convention).",
+            pathname="/mqtt",
+        )
+    return out
+
+
+def _loopback(host: str) -> bool:
+    return host in ("localhost", "127.0.0.1", "::1") or host.startswith("127.")

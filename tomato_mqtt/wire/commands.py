@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue, TypeAdapter
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, JsonValue, TypeAdapter
 
 from tomato_mqtt.config.devices import LayoutDiff
 from tomato_mqtt.model.jobs import Job, PipelineState
@@ -75,7 +75,10 @@ class PipelineArgs(_Args):
 
 class LoadArgs(_Args):
     pipeline: str
-    sample: str
+    sampleid: str = Field(
+        validation_alias=AliasChoices("sampleid", "sample"),
+        description="the sample to load (tomato's name; 'sample' is read too)",
+    )
 
 
 class SubmitArgs(_Args):
@@ -98,34 +101,38 @@ class SnapshotArgs(_Args):
     jobid: int
 
 
-class SchedulerInfo(SchedulerStatus):
-    datadir: str
-    devices_file: str
-
-
 class PipelineInfo(PipelineState):
+    """tomato 2.2's ``Pipeline`` plus ``roles`` (role -> component)."""
+
+    components: list[str] = Field(default_factory=list)
     roles: dict[str, str] = Field(default_factory=dict)
 
 
 class DeviceInfo(_Data):
+    """tomato 2.2's ``Device`` plus the ``node`` that hosts it."""
+
     name: str
     driver: str
     address: str
     channels: list[str]
+    pollrate: float = 1.0
     node: str
 
 
 class ComponentInfo(_Data):
+    """tomato 2.2's ``Component`` plus what the scheduler knows of it now."""
+
     name: str
-    device: str
     driver: str
+    device: str
     address: str
     channel: str
+    role: str | None = Field(None, description="its role in the first pipeline naming it")
+    capabilities: list[str]
     node: str
     state: str
     registered: bool
-    capabilities: list[str]
-    job: int | None = None
+    jobid: int | None = None
     error: str | None = None
 
 
@@ -141,18 +148,40 @@ class NodeInfo(NodeStatus):
 
 
 class DriverNodes(_Data):
+    """tomato 2.2's ``Driver`` (no process of its own here: null port/pid/times) + nodes."""
+
     name: str
-    nodes: dict[str, dict[str, JsonValue]]
+    version: str | None = None
+    port: int | None = None
+    pid: int | None = None
+    spawned_at: str | None = None
+    connected_at: str | None = None
     settings: dict[str, JsonValue]
+    nodes: dict[str, dict[str, JsonValue]]
 
 
+class SchedulerInfo(SchedulerStatus):
+    """Our scheduler status plus tomato 2.2's ``Daemon`` fields (``tomato status -y``)."""
+
+    datadir: str
+    devices_file: str
+    status: Literal["running"] = "running"
+    port: int
+    appdir: str | None = None
+    pips: dict[str, PipelineInfo] = Field(default_factory=dict)
+    devs: dict[str, DeviceInfo] = Field(default_factory=dict)
+    drvs: dict[str, DriverNodes] = Field(default_factory=dict)
+    cmps: dict[str, ComponentInfo] = Field(default_factory=dict)
+
+
+# each section a name -> object mapping, as tomato 2.2's status replies
 StatusData = (
     SchedulerInfo
-    | list[PipelineInfo]
-    | list[DeviceInfo]
-    | list[ComponentInfo]
-    | list[NodeInfo]
-    | list[DriverNodes]
+    | dict[str, PipelineInfo]
+    | dict[str, DeviceInfo]
+    | dict[str, ComponentInfo]
+    | dict[str, NodeInfo]
+    | dict[str, DriverNodes]
 )
 
 
@@ -260,7 +289,7 @@ class StopData(_Data):
 
 class MeasureData(_Data):
     uts: float
-    values: dict[str, JsonValue]
+    vars: dict[str, JsonValue] = Field(description="variable -> value (as LastPoint.vars)")
 
 
 class ReplayData(_Data):
@@ -303,9 +332,9 @@ COMMANDS: tuple[Command, ...] = (
     _c("scheduler", "status", StatusArgs, StatusData, "scheduler, pipelines, devices, …"),
     _c("scheduler", "reload", NoArgs, LayoutDiff, "re-read settings and devices file"),
     _c("scheduler", "stop", NoArgs, None, "stop the stack (refused while jobs run)"),
-    _c("scheduler", "pipeline_load", LoadArgs, PipelineState, "load a sample"),
-    _c("scheduler", "pipeline_eject", PipelineArgs, PipelineState, "eject the sample"),
-    _c("scheduler", "pipeline_ready", PipelineArgs, PipelineState, "mark ready"),
+    _c("scheduler", "pipeline_load", LoadArgs, PipelineInfo, "load a sample"),
+    _c("scheduler", "pipeline_eject", PipelineArgs, PipelineInfo, "eject the sample"),
+    _c("scheduler", "pipeline_ready", PipelineArgs, PipelineInfo, "mark ready"),
     _c("scheduler", "job_submit", SubmitArgs, Job, "queue a payload"),
     _c("scheduler", "job_status", JobIdsArgs, list[Job], "jobs (all, or by id)"),
     _c("scheduler", "job_cancel", JobIdsArgs, list[Job], "cancel jobs"),

@@ -153,8 +153,8 @@ def example_messages() -> dict[str, BaseModel]:
             job=7,
             roles={"counter": cmp},
         ),
-        JobStatus(
-            job=Job(
+        JobStatus.of(
+            Job(
                 id=7,
                 jobname="counter-demo",
                 payload={"version": "2.2", "sample": {"name": "counter_1_0.1"}, "method": []},
@@ -170,7 +170,7 @@ def example_messages() -> dict[str, BaseModel]:
             time=t0 + 10,
             role="counter",
             task=0,
-            detail=task_end.model_dump(mode="json"),
+            detail={"reason": "done", "npoints": 10},
         ),
         RecorderStatus(
             state="online",

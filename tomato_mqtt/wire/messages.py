@@ -8,15 +8,19 @@ JSON, has the wrong shape or a version this code does not know becomes one
 
 from __future__ import annotations
 
-from typing import Final, Literal, TypeVar
+from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError
+from pydantic import Field, JsonValue
 
 from tomato_mqtt.driver.spec import AttrSpec, TaskSpec
-from tomato_mqtt.model.jobs import Job
+from tomato_mqtt.model.jobs import Job, JobStatusCode
+from tomato_mqtt.wire.base import SCHEMA, DecodeError, WireModel, decode, encode
+from tomato_mqtt.wire.base import renamed as _renamed
+from tomato_mqtt.wire.data import AckArgs, DataBatch, LastPoint, ReplayArgs, stream_id
 
 __all__ = [
     "MESSAGES",
+    "SCHEMA",
     "AckArgs",
     "ComponentMeta",
     "ComponentStatus",
@@ -44,60 +48,8 @@ __all__ = [
     "stream_id",
 ]
 
-SCHEMA: Final = 1
 
-
-class WireModel(BaseModel):
-    """Base of every message: JSON, versioned by ``schema``, tolerant of extra fields."""
-
-    model_config = ConfigDict(
-        extra="ignore",
-        populate_by_name=True,
-        serialize_by_alias=True,
-    )
-
-    schema_: Literal[1] = Field(default=SCHEMA, alias="schema")
-
-
-M = TypeVar("M", bound=BaseModel)
-
-
-class DecodeError(ValueError):
-    """A payload that is not a valid message of the expected kind."""
-
-    def __init__(self, model: type[BaseModel], topic: str | None, reason: str) -> None:
-        self.model = model
-        self.topic = topic
-        self.reason = reason
-        where = f" on {topic}" if topic else ""
-        super().__init__(f"bad {model.__name__} message{where}: {reason}")
-
-
-def _summarise(e: ValidationError) -> str:
-    parts = []
-    for err in e.errors(include_url=False)[:3]:
-        loc = ".".join(str(x) for x in err["loc"]) or "(message)"
-        parts.append(f"{loc}: {err['msg']}")
-    more = e.error_count() - len(parts)
-    return "; ".join(parts) + (f" (+{more} more)" if more > 0 else "")
-
-
-def decode(model: type[M], payload: bytes | str, topic: str | None = None) -> M:
-    """Decode ``payload`` as ``model``; any failure is a :class:`DecodeError`."""
-    try:
-        return model.model_validate_json(payload)
-    except ValidationError as e:
-        if any(err["type"] == "json_invalid" for err in e.errors()):
-            raise DecodeError(model, topic, "not valid JSON") from None
-        raise DecodeError(model, topic, _summarise(e)) from None
-    except (UnicodeDecodeError, ValueError) as e:
-        raise DecodeError(model, topic, f"not UTF-8 JSON ({e})") from None
-
-
-def encode(msg: BaseModel) -> bytes:
-    return msg.model_dump_json(by_alias=True).encode()
-
-
+# the base (WireModel, SCHEMA, decode, encode) lives in wire/base.py; re-exported here
 # -- request / reply -------------------------------------------------------------------
 class Request(WireModel):
     """A command: published on ``.../cmd/<op>``, answered on ``reply_to``."""
@@ -236,10 +188,15 @@ class ComponentMeta(WireModel):
     attrs: dict[str, AttrSpec] = Field(default_factory=dict)
     capabilities: list[str] = Field(default_factory=list)
     constants: dict[str, JsonValue] = Field(default_factory=dict)
+    block_interval: float | None = Field(
+        default=None,
+        description="a bulk component: s between the blocks of points its driver hands over "
+        "(the floor on sampling_interval does not apply to its tasks)",
+    )
 
 
 class TaskEndInfo(WireModel):
-    job: int | None
+    job: int | None = Field(alias="jobid", validation_alias=_renamed("jobid", "job"))
     task: int | None
     task_name: str | None = None
     reason: Literal["done", "stopped", "error"]
@@ -263,7 +220,7 @@ class ComponentStatus(WireModel):
     node: str
     state: ComponentState
     time: float
-    job: int | None = None
+    job: int | None = Field(None, alias="jobid", validation_alias=_renamed("jobid", "job"))
     task: int | None = None
     task_name: str | None = None
     technique: str | None = None
@@ -276,76 +233,67 @@ class ComponentStatus(WireModel):
     last_task: TaskEndInfo | None = None
 
 
-class DataBatch(WireModel):
-    """A batch of points of one component stream.
-
-    ``vars`` maps each variable to one value per entry of ``uts``; ``job`` and ``task``
-    are those the points were taken in (null for idle measurements): all points of a
-    batch belong to the same task.
-
-    Identity: ``(component, stream, seq)``. ``stream`` is a random id the node draws
-    whenever a component's stream starts (node start, registration, re-registration,
-    reload), so an identity is never reused; ``seq`` numbers the stream's batches from 0
-    without gaps. Batches of older nodes carry no ``stream``: their stream is
-    ``e<epoch>`` (:meth:`stream_id`).
-    """
-
-    component: str
-    job: int | None = None
-    task: int | None = None
-    epoch: int
-    stream: str = ""
-    seq: int
-    uts: list[float]
-    vars: dict[str, list[float | int | bool | str | None]]
-    units: dict[str, str] = Field(default_factory=dict)
-
-    def stream_id(self) -> str:
-        return stream_id(self.stream, self.epoch)
-
-
-class LastPoint(WireModel):
-    component: str
-    uts: float
-    values: dict[str, float | int | bool | str | None]
-    units: dict[str, str] = Field(default_factory=dict)
-    job: int | None = None
-    task: int | None = None
-
-
-def stream_id(stream: str, epoch: int) -> str:
-    """A stream's identity: its id, or ``e<epoch>`` for a node that sends none."""
-    return stream or f"e{epoch}"
-
-
-class ReplayArgs(WireModel):
-    epoch: int
-    first: int
-    last: int
-    stream: str = ""  # "" : the stream e<epoch> of an older recorder
-
-
-class AckArgs(WireModel):
-    epoch: int
-    upto: int
-    stream: str = ""
-
-
 class TaskStartArgs(WireModel):
     task: TaskSpec
 
 
 # -- pipelines and jobs ----------------------------------------------------------------
 class PipelineStatus(WireModel):
+    """A pipeline, named as tomato 2.2's ``Pipeline`` (``sampleid``, ``jobid``)."""
+
     name: str
-    sample: str | None = None
+    sample: str | None = Field(
+        None, alias="sampleid", validation_alias=_renamed("sampleid", "sample")
+    )
     ready: bool = False
-    job: int | None = None
+    job: int | None = Field(None, alias="jobid", validation_alias=_renamed("jobid", "job"))
     roles: dict[str, str] = Field(default_factory=dict)
 
 
 class JobStatus(WireModel):
-    job: Job
+    """The retained summary of a job (schema 2): no payload; ``job_status`` has it all.
+
+    Kept small so that retained state stays bounded: a finished job's status is cleared
+    from the broker after the retention of ``[jobs] retain_status`` (its history stays
+    in the scheduler, reachable with ``ketchup status``/``search`` and the client).
+    """
+
+    jobid: int
+    jobname: str | None = None
+    status: JobStatusCode
+    pipeline: str | None = None
+    sampleid: str | None = None
+    owner: str | None = None
+    submitted_at: str | None = None
+    launched_at: str | None = None
+    completed_at: str | None = None
+    respath: str | None = None
+    snappath: str | None = None
+    reason: str | None = None
+    points: dict[str, int] = Field(
+        default_factory=dict, description="role -> points stored (set when the job ends)"
+    )
+
+    @classmethod
+    def of(cls, job: Job) -> JobStatus:
+        sample = job.payload.get("sample")
+        sid = (sample.get("identifier") or sample.get("name")) if isinstance(sample, dict) else None
+        pts = job.progress.get("points")
+        return cls(
+            jobid=job.id,
+            jobname=job.jobname,
+            status=job.status,
+            pipeline=job.pipeline,
+            sampleid=sid if isinstance(sid, str) else None,
+            owner=job.owner,
+            submitted_at=job.submitted_at,
+            launched_at=job.launched_at,
+            completed_at=job.completed_at,
+            respath=job.respath,
+            snappath=job.snappath,
+            reason=job.reason,
+            points={str(k): int(v) for k, v in pts.items()} if isinstance(pts, dict) else {},
+        )
 
 
 JobEventKind = Literal[
@@ -366,7 +314,7 @@ JobEventKind = Literal[
 
 
 class JobEvent(WireModel):
-    job: int
+    job: int = Field(alias="jobid", validation_alias=_renamed("jobid", "job"))
     event: JobEventKind
     time: float
     role: str | None = None

@@ -80,7 +80,7 @@ def test_attrs_capabilities_constants(dev: Device) -> None:
     assert specs(dev) == {
         "min": AttrSpec(type="float", rw=True),
         "max": AttrSpec(type="float", rw=True),
-        "param": AttrSpec(type="quantity", units="seconds", rw=True, minimum=0.1),
+        "param": AttrSpec(type="quantity", units="second", rw=True, minimum=0.1),
         "choice": AttrSpec(type="str", rw=True, options=["red", "green", "blue"]),
     }
     assert dev.constants == {"example_meta": "example string"}
@@ -175,7 +175,7 @@ def test_tomato_example_payloads_validate_unchanged(dev: Device, name: str) -> N
     ("name", "message"),
     [
         ("counter_invalid_1.yml", "technique 'unknown' is not supported"),
-        ("counter_invalid_2.yml", "param: cannot read 'wrong type' as a quantity in seconds"),
+        ("counter_invalid_2.yml", "param: cannot read 'wrong type' as a quantity in second"),
         ("counter_invalid_3.yml", "param: 1 ms is below the minimum 0.1 s"),
         ("counter_invalid_4.yml", "unknown parameter 'unknown' for technique 'count'"),
     ],

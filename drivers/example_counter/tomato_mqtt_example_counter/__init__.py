@@ -39,8 +39,6 @@ CHOICES = ["red", "green", "blue"]
 
 
 class Device(ModelDevice):
-    min: float
-    max: float
     param: pint.Quantity[Any]
     choice: str
 
@@ -52,8 +50,10 @@ class Device(ModelDevice):
             int(opts["fail_task_after"]) if opts.get("fail_task_after") is not None else None
         )
         self.constants["example_meta"] = "example string"
-        self.min = 0.0
-        self.max = 10.0
+        # ints until a task sets them (then floats): tomato's counter writes its defaults
+        # as int64 in the file, and a reader comparing dtypes notices
+        self.min: float = 0
+        self.max: float = 10
         self.param = pint.Quantity(1.0, "second")
         self.choice = "green"
         self._task_points = 0
@@ -63,7 +63,7 @@ class Device(ModelDevice):
         return {
             "min": Attr(type=float, rw=True),
             "max": Attr(type=float, rw=True),
-            "param": Attr(type=pint.Quantity, rw=True, units="seconds", minimum=0.1),
+            "param": Attr(type=pint.Quantity, rw=True, units="second", minimum=0.1),
             "choice": Attr(type=str, rw=True, options=CHOICES),
         }
 
@@ -92,7 +92,7 @@ class Device(ModelDevice):
         return {"min": self.min, "max": self.max, "param": self.param, "choice": self.choice}
 
     def reset(self) -> None:
-        self.min, self.max = 0.0, 10.0
+        self.min, self.max = 0, 10
         self.param = pint.Quantity(1.0, "second")
         self.choice = "green"
 

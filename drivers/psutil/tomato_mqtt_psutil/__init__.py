@@ -2,7 +2,8 @@
 
 Techniques ``all_info``, ``cpu_info`` and ``mem_info`` (as in tomato-psutil); every attr
 is read-only and part of the component status. Values carry units (percent, bytes,
-megahertz). Any address and channel work: the component is always this PC.
+MHz), spelled as tomato-psutil spells them (kept so in the file). Any address and
+channel work: the component is always this PC.
 
 ``cpu_usage`` is the system-wide CPU load since this component's previous reading (at
 least 50 ms before; a quicker reading repeats the last value, the first one is the
@@ -82,6 +83,14 @@ def _cpu_freq() -> float | None:
 
 
 class Device(ModelDevice):
+    # the file spells them as tomato-psutil does
+    data_units = {
+        "mem_total": "bytes",
+        "mem_avail": "bytes",
+        "mem_used": "bytes",
+        "cpu_freq": "MHz",
+    }
+
     def __init__(self, driver: DriverInterface, key: tuple[str, str], **kwargs: Any) -> None:
         super().__init__(driver, key, **kwargs)
         self.cpu = CpuUsage()
@@ -89,9 +98,9 @@ class Device(ModelDevice):
 
     def attrs(self) -> dict[str, Attr]:
         return {
-            "mem_total": Attr(type=pint.Quantity, units="byte", status=True),
-            "mem_avail": Attr(type=pint.Quantity, units="byte", status=True),
-            "mem_used": Attr(type=pint.Quantity, units="byte", status=True),
+            "mem_total": Attr(type=pint.Quantity, units="bytes", status=True),
+            "mem_avail": Attr(type=pint.Quantity, units="bytes", status=True),
+            "mem_used": Attr(type=pint.Quantity, units="bytes", status=True),
             "mem_usage": Attr(type=pint.Quantity, units="percent", status=True),
             "cpu_count": Attr(type=int, status=True),
             "cpu_freq": Attr(type=pint.Quantity, units="MHz", status=True),

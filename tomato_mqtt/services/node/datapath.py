@@ -25,12 +25,16 @@ import asyncio
 import contextlib
 import logging
 import secrets
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from tomato_mqtt.driver import TaskEnd
-from tomato_mqtt.driver.runner import Point
-from tomato_mqtt.services.node.hosted import HostedComponent, points_to_columns
-from tomato_mqtt.wire.messages import DataBatch, LastPoint, encode
+from tomato_mqtt.driver.block import Block
+from tomato_mqtt.driver.points import Point
+from tomato_mqtt.services.node.columns import Columns, to_columns
+from tomato_mqtt.services.node.hosted import HostedComponent
+from tomato_mqtt.wire.batch import encode_batch, encode_json
+from tomato_mqtt.wire.messages import SCHEMA
 
 if TYPE_CHECKING:
     from tomato_mqtt.services.node.service import NodeService
@@ -48,9 +52,12 @@ def new_stream(epoch: int) -> str:
 TaskKey = tuple[int | None, int | None]
 
 
-def split_by_task(points: list[Point]) -> list[tuple[TaskKey, list[Point]]]:
-    """Consecutive runs of points taken in the same task (``(None, None)``: idle)."""
-    out: list[tuple[TaskKey, list[Point]]] = []
+def split_by_task(
+    points: Sequence[Point | Block],
+) -> list[tuple[TaskKey, list[Point | Block]]]:
+    """Consecutive runs of points (and blocks) taken in the same task (``(None, None)``:
+    idle)."""
+    out: list[tuple[TaskKey, list[Point | Block]]] = []
     for p in points:
         key: TaskKey = (p.task.job, p.task.index) if p.task is not None else (None, None)
         if out and out[-1][0] == key:
@@ -84,54 +91,60 @@ class DataPath:
         spool = node.spool
         if hc.runner is None or spool is None:
             return
-        points, units = hc.runner.drain()
-        if not points:
+        items, units = hc.runner.drain()
+        if not items:
             return
-        out: list[tuple[bytes, DataBatch]] = []
+        out: list[bytes] = []
+        last: Columns | None = None
         # no await until every batch is numbered and spooled: concurrent flushes (the
         # loop, a task end, a measure) never interleave their seqs
-        for (job, task), group in split_by_task(points):
-            uts, cols = points_to_columns(group)
-            hc.seq += 1
-            batch = DataBatch(
-                component=hc.name,
-                job=job,
-                task=task,
-                epoch=node.epoch,
-                stream=hc.stream,
-                seq=hc.seq,
-                uts=uts,
-                vars=cols,
-                units=units,
-            )
-            raw = encode(batch)
-            dropped = spool.put(hc.name, hc.stream, hc.seq, node.epoch, raw)
-            if dropped:
-                log.warning(
-                    "node %s: spool full (%d MiB): dropped %d unacknowledged batch(es); "
-                    "is the recorder running?",
-                    node.name,
-                    node.config.spool_max_bytes // 2**20,
-                    dropped,
+        for (job, task), group in split_by_task(items):
+            for cols in to_columns(group, units):
+                hc.seq += 1
+                raw = encode_batch(
+                    component=hc.name,
+                    job=job,
+                    task=task,
+                    epoch=node.epoch,
+                    stream=hc.stream,
+                    seq=hc.seq,
+                    uts=cols.uts,
+                    vars=cols.vars,
+                    units=cols.units,
+                    dims=cols.dims,
+                    coords=cols.coords,
                 )
-            out.append((raw, batch))
+                dropped = spool.put(hc.name, hc.stream, hc.seq, node.epoch, raw)
+                if dropped:
+                    log.warning(
+                        "node %s: spool full (%d MiB): dropped %d unacknowledged batch(es); "
+                        "is the recorder running?",
+                        node.name,
+                        node.config.spool_max_bytes // 2**20,
+                        dropped,
+                    )
+                out.append(raw)
+                last = cols
+                last.job, last.task = job, task
         client = node.client
-        if client is None:
+        if client is None or last is None:
             return
         topic = node.topics.component_data(hc.name)
-        for raw, _ in out:
+        for raw in out:
             await client.publish(topic, raw, wait=False)
-        last = out[-1][1]
-        lp = LastPoint(
-            component=hc.name,
-            uts=last.uts[-1],
-            values={k: v[-1] for k, v in last.vars.items()},
-            units=units,
-            job=last.job,
-            task=last.task,
-        )
+        lp = {
+            "schema": SCHEMA,
+            "component": hc.name,
+            "uts": last.uts[-1],
+            "vars": {k: v[-1] for k, v in last.vars.items()},
+            "units": last.units,
+            "jobid": last.job,
+            "task": last.task,
+            "dims": {k: list(v) for k, v in last.dims.items()},
+            "coords": last.coords,
+        }
         await client.publish(
-            node.topics.component_last(hc.name), encode(lp), retain=True, wait=False
+            node.topics.component_last(hc.name), encode_json(lp), retain=True, wait=False
         )
 
     async def task_ended(self, name: str, end: TaskEnd) -> None:

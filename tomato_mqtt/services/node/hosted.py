@@ -12,11 +12,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tomato_mqtt.driver import ComponentRunner, ModelDevice, ModelInterface, TaskEnd, TaskSpec
-from tomato_mqtt.driver.runner import Point
+from tomato_mqtt.driver.upstream.adapter import UpstreamDevice
+from tomato_mqtt.driver.upstream.runner import UpstreamRunner
 from tomato_mqtt.driver.validate import to_jsonable
 from tomato_mqtt.wire.messages import ComponentMeta, ComponentState, ComponentStatus, NodeComponent
 
-__all__ = ["HostedComponent", "points_to_columns"]
+__all__ = ["HostedComponent"]
 
 
 @dataclass
@@ -24,8 +25,10 @@ class HostedComponent:
     config: NodeComponent
     node: str
     device: ModelDevice | None = None
-    runner: ComponentRunner | None = None
+    runner: ComponentRunner | UpstreamRunner | None = None
     error: str | None = None
+    driver_missing: bool = False
+    """Registration failed because the driver is not installed (retried at reload)."""
     retries: int = 0
     job: int | None = None
     task: int | None = None
@@ -55,16 +58,31 @@ class HostedComponent:
         max_buffer: int,
     ) -> None:
         """Create the device (blocking driver code); RuntimeError means 'retry later'."""
-        self.device = driver.DeviceFactory(self.key)
-        self.runner = ComponentRunner(
-            self.device,
-            on_task_end=on_task_end,
-            on_error=on_error,
-            on_buffer_full=on_buffer_full,
-            max_buffer=max_buffer,
-        )
+        device = self.device = driver.DeviceFactory(self.key)
+        hooks: dict[str, Any] = {
+            "on_task_end": on_task_end,
+            "on_error": on_error,
+            "on_buffer_full": on_buffer_full,
+            "max_buffer": max_buffer,
+        }
+        if isinstance(device, UpstreamDevice):
+            # an upstream tomato driver runs its tasks in its own thread (in its host process)
+            self.runner = UpstreamRunner(device, **hooks)
+        else:
+            self.runner = ComponentRunner(device, **hooks)
         self.error = None
         self.retries = 0
+
+    @property
+    def host_died(self) -> bool:
+        """An upstream driver whose host process has exited (register again to recover)."""
+        dev = self.device
+        return isinstance(dev, UpstreamDevice) and not dev.driver.alive
+
+    @property
+    def busy(self) -> bool:
+        """A task runs (or is stopping) on it."""
+        return self.runner is not None and self.runner.running
 
     @property
     def state(self) -> ComponentState:
@@ -95,6 +113,7 @@ class HostedComponent:
             attrs=attrs,
             capabilities=caps,
             constants=consts,
+            block_interval=self.device.block_interval if self.device is not None else None,
         )
 
     def status(self, epoch: int) -> ComponentStatus:
@@ -131,18 +150,3 @@ class HostedComponent:
         self.technique = task.technique_name
         self.started_at = time.time()
         self.error = None
-
-
-def points_to_columns(
-    points: list[Point],
-) -> tuple[list[float], dict[str, list[float | int | bool | str | None]]]:
-    """Turn points into the columns of a data batch (missing values become null)."""
-    uts = [p.uts for p in points]
-    names: dict[str, None] = {}
-    for p in points:
-        for k in p.values:
-            names.setdefault(k, None)
-    cols: dict[str, list[float | int | bool | str | None]] = {
-        k: [p.values.get(k) for p in points] for k in names
-    }
-    return uts, cols

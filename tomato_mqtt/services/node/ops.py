@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import JsonValue
 
 from tomato_mqtt.driver import ComponentRunner, TaskSpec, TaskValidationError
+from tomato_mqtt.driver.upstream.runner import UpstreamRunner
 from tomato_mqtt.driver.validate import to_jsonable
 from tomato_mqtt.services.node.hosted import HostedComponent
 from tomato_mqtt.transport.rpc import CommandError, Result
@@ -47,7 +48,7 @@ class ComponentOps:
     def lock(self, hc: HostedComponent) -> asyncio.Lock:
         return self._locks.setdefault(hc.name, asyncio.Lock())
 
-    def runner(self, hc: HostedComponent) -> ComponentRunner:
+    def runner(self, hc: HostedComponent) -> ComponentRunner | UpstreamRunner:
         if hc.runner is None:
             why = f": {hc.error}" if hc.error else ""
             raise CommandError(f"component {hc.name} is not registered{why}")
@@ -115,7 +116,7 @@ class ComponentOps:
         if dev is None:
             why = f": {hc.error}" if hc.error else ""
             raise CommandError(f"component {hc.name} is not registered{why}")
-        raw = args.get("attrs") or ([args["attr"]] if "attr" in args else [])
+        raw = args.get("attrs") or ([args["attr"]] if args.get("attr") is not None else [])
         names = [str(a) for a in raw] if isinstance(raw, list) else [str(raw)]
         if not names:
             names = list(dev.attrs())
@@ -142,7 +143,7 @@ class ComponentOps:
         if point is None:
             return Result(f"{hc.name} returned no data")
         values: dict[str, JsonValue] = dict(point.values)
-        return Result(f"measured on {hc.name}", {"uts": point.uts, "values": values})
+        return Result(f"measured on {hc.name}", {"uts": point.uts, "vars": values})
 
     async def op_reset(self, hc: HostedComponent, args: Mapping[str, JsonValue]) -> Result:
         runner = self.runner(hc)

@@ -26,10 +26,11 @@ from typing import Any
 from pydantic import JsonValue
 
 from tomato_mqtt import __version__
-from tomato_mqtt.driver import ModelInterface, TaskEnd
-from tomato_mqtt.driver.discovery import DriverNotFound, available_drivers, load_driver
+from tomato_mqtt.driver import TaskEnd, discovery
+from tomato_mqtt.driver.discovery import DriverNotFound
 from tomato_mqtt.services.base import Service
 from tomato_mqtt.services.node.datapath import DataPath, new_stream
+from tomato_mqtt.services.node.drivers import NodeDrivers
 from tomato_mqtt.services.node.hosted import HostedComponent
 from tomato_mqtt.services.node.ops import ComponentOps
 from tomato_mqtt.services.node.spool import Spool
@@ -37,7 +38,6 @@ from tomato_mqtt.transport.client import BrokerURL, Message
 from tomato_mqtt.transport.rpc import CommandError, Handler, Responder, Result
 from tomato_mqtt.wire.commands import ShutdownArgs
 from tomato_mqtt.wire.messages import (
-    DriverInfo,
     NodeConfigure,
     NodeStatus,
     PresenceState,
@@ -65,6 +65,7 @@ class NodeConfig:
         batch_max_points: int = 2000,
         spool_max_bytes: int = 512 * 2**20,
         driver_settings: Mapping[str, Mapping[str, Any]] | None = None,
+        upstream_env: Path | None = None,
     ) -> None:
         self.name = name
         self.url = url
@@ -75,6 +76,8 @@ class NodeConfig:
         self.batch_max_points = batch_max_points
         self.spool_max_bytes = spool_max_bytes
         self.driver_settings = {k: dict(v) for k, v in (driver_settings or {}).items()}
+        #: the venv of upstream tomato driver packages (None: native drivers only)
+        self.upstream_env = upstream_env
 
 
 def _load_units() -> None:
@@ -99,9 +102,7 @@ class NodeService(Service):
         self.ops = ComponentOps(self)
         self.components: dict[str, HostedComponent] = {}
         self._by_slug: dict[str, str] = {}
-        self.drivers: dict[str, ModelInterface] = {}
-        self.driver_errors: dict[str, str] = {}
-        self.driver_settings = dict(config.driver_settings)
+        self.drivers = NodeDrivers(config.driver_settings, config.upstream_env)
         self.spool: Spool | None = None
         self.epoch = 0
         self._units_loaded: asyncio.Future[None] | None = None
@@ -179,6 +180,7 @@ class NodeService(Service):
         for hc in self.components.values():
             if hc.runner is not None:
                 hc.runner.close()
+        self.drivers.close_all()  # an upstream driver's host process ends here
         if self._units_loaded is not None:
             with contextlib.suppress(Exception):
                 await self._units_loaded
@@ -191,12 +193,7 @@ class NodeService(Service):
 
     # -- presence ------------------------------------------------------------------------
     def _status(self, state: str) -> NodeStatus:
-        drivers = {
-            name: DriverInfo(version=ver, loaded=name in self.drivers, error=None)
-            for name, ver in available_drivers().items()
-        }
-        for name, err in self.driver_errors.items():
-            drivers[name] = DriverInfo(loaded=False, error=err)
+        drivers = self.drivers.infos()
         pending = 0
         dropped = 0
         if self.spool is not None:
@@ -271,8 +268,8 @@ class NodeService(Service):
     async def _op_configure(self, args: Mapping[str, JsonValue]) -> Result:
         cfg = NodeConfigure.model_validate(args)
         log.info("node %s: configured with %d component(s)", self.name, len(cfg.components))
-        for drv, settings in cfg.driver_settings.items():
-            self.driver_settings[drv] = dict(settings)
+        discovery.refresh()  # a reload finds driver packages installed since
+        changed_drivers = self.drivers.update_settings(cfg.driver_settings)
         if cfg.batch_interval:
             self.config.batch_interval = cfg.batch_interval
         wanted = {c.name: c for c in cfg.components}
@@ -280,6 +277,24 @@ class NodeService(Service):
         for n in removed:
             await self._remove_component(n)
         added = []
+        # a driver installed since (`tomato reload` finds it), an upstream driver whose
+        # host process died, or new settings for a driver: register its idle components
+        # again, with a fresh driver instance
+        again = [
+            n
+            for n, hc in self.components.items()
+            if n in wanted
+            and (
+                hc.driver_missing
+                or hc.host_died
+                or (hc.config.driver in changed_drivers and not hc.busy)
+            )
+        ]
+        for n in again:
+            drv = self.components[n].config.driver
+            await self._remove_component(n)
+            if all(hc.config.driver != drv for hc in self.components.values()):
+                self.drivers.drop(drv)
         for n, c in wanted.items():
             hc = self.components.get(n)
             if hc is not None and hc.config == c:
@@ -331,19 +346,6 @@ class NodeService(Service):
         return Result(f"node {self.name} shutting down")
 
     # -- registration --------------------------------------------------------------------
-    def _driver(self, name: str) -> ModelInterface:
-        drv = self.drivers.get(name)
-        if drv is None:
-            try:
-                cls = load_driver(name)
-            except DriverNotFound as e:
-                self.driver_errors[name] = str(e)
-                raise
-            drv = cls(self.driver_settings.get(name, {}))
-            self.drivers[name] = drv
-            self.driver_errors.pop(name, None)
-        return drv
-
     async def _register_loop(self, hc: HostedComponent) -> None:
         delay = 1.0
         while not hc.closed and not self.stopping:
@@ -352,10 +354,11 @@ class NodeService(Service):
                 return
             except DriverNotFound as e:
                 hc.error = str(e)
+                hc.driver_missing = True
                 await self._publish_node_status()
                 await self._publish_meta(hc)
                 await self.publish_status(hc)
-                return  # nothing to retry until the driver is installed and the node restarted
+                return  # nothing to retry until the driver is installed and `tomato reload`
             except Exception as e:
                 hc.retries += 1
                 hc.error = (
@@ -371,7 +374,8 @@ class NodeService(Service):
     async def register(self, hc: HostedComponent) -> None:
         if self._units_loaded is not None:
             await asyncio.shield(self._units_loaded)
-        drv = self._driver(hc.config.driver)
+        drv = await self.drivers.get(hc.config.driver)
+        hc.driver_missing = False
         loop = asyncio.get_running_loop()
         name = hc.name
 

@@ -76,6 +76,7 @@ class Files:
         self.tokens: dict[str, Written] = {}
         self.finals: dict[int, dict[str, Any]] = {}  # job -> FinalizeArgs (+ "written")
         self._merging: set[int] = set()
+        self._running: set[int] = set()  # jobs known to have no final file yet
         self._lock = asyncio.Lock()
 
     # -- completeness ---------------------------------------------------------------------
@@ -104,7 +105,8 @@ class Files:
         assert store is not None
         jobid = int(a.job["id"])  # type: ignore[arg-type]
         comp_to_role = {str(m.get("name")): role for role, m in a.roles.items()}
-        per_role: dict[str, list[bytes]] = {role: [] for role in a.roles}
+        # as tomato: a group per role that had a task (a role without one gets none)
+        per_role: dict[str, list[bytes]] = {role: [] for role in roles_with_tasks(a)}
         async with self._lock:
             for component, _stream, _seq, _task, raw in store.job_batches(jobid):
                 role = comp_to_role.get(component)
@@ -113,7 +115,7 @@ class Files:
             roles = [
                 RoleInput(
                     role=role,
-                    component_json=json.dumps(a.roles[role]),
+                    component_json=component_json(role, a.roles[role]),
                     batches=raws,
                     attrs=(
                         {"tomato_clock_offset": a.clock_offsets[role]}
@@ -123,7 +125,7 @@ class Files:
                 )
                 for role, raws in per_role.items()
             ]
-            root = {"tomato_version": __version__, "tomato_Job": json.dumps(a.job)}
+            root = {"tomato_version": __version__, "tomato_Job": job_json(a)}
             guard = self.svc.guard
             try:
                 # only below the allowed roots, never over a file of another job
@@ -145,6 +147,7 @@ class Files:
         """From now on, a batch of this job stored later is merged into its file."""
         jobid = int(a.job["id"])  # type: ignore[arg-type]
         args = a.model_dump(mode="json")
+        self._running.discard(jobid)
         self.finals[jobid] = args
         while len(self.finals) > 200:  # the store keeps them all: load older ones on demand
             self.finals.pop(next(iter(self.finals)))
@@ -182,7 +185,13 @@ class Files:
 
     def late_batch(self, jobid: int) -> None:
         """A new batch of ``jobid`` was stored: merge it if the job's file is final."""
-        if jobid in self._merging or self.final_args(jobid) is None:
+        if jobid in self._merging or jobid in self._running:
+            return
+        if self.final_args(jobid) is None:
+            # a running job: no store query per batch (remember_final forgets it)
+            self._running.add(jobid)
+            while len(self._running) > 1000:
+                self._running.pop()
             return
         self._merging.add(jobid)
         self.svc.spawn(self._merge(jobid))
@@ -204,7 +213,8 @@ class Files:
         merged = 0
         with contextlib.suppress(sqlite3.Error):
             merged = store.count_merge(jobid)
-        self.svc.merged[jobid] = max(merged, self.svc.merged.get(jobid, 0) + 1)
+        merged = max(merged, self.svc.merged.pop(jobid, 0) + 1)
+        self.svc.merged[jobid] = merged  # re-inserted: the most recent merge comes last
         points = store.job_points(jobid)
         log.info("job %d: late data merged into %s (%s points)", jobid, written, points)
         self.svc.job_event(
@@ -213,6 +223,35 @@ class Files:
             {"path": str(written), "points": dict(points), "note": note or None},
         )
         await self.svc.publish_presence("online")
+
+
+def roles_with_tasks(a: FinalizeArgs) -> list[str]:
+    """The job's roles that have a task in its payload, in the pipeline's order."""
+    payload = a.job.get("payload")
+    method = payload.get("method") if isinstance(payload, dict) else None
+    if not isinstance(method, list):
+        return list(a.roles)
+    used = {t.get("component_role") for t in method if isinstance(t, dict)}
+    return [r for r in a.roles if r in used]
+
+
+def job_json(a: FinalizeArgs) -> str:
+    """``tomato_Job``: the job with the fields of ``tomato.models.Job`` it lacks filled
+    (``connected_at``: when the tasks started, ``jobpath``: the job's folder, ``pid``:
+    none, no job process here)."""
+    job = dict(a.job)
+    # the scheduler's Job has these fields (schema 2) but may leave them null
+    job["connected_at"] = job.get("connected_at") or job.get("launched_at")
+    job["jobpath"] = job.get("jobpath") or a.fallback_dir
+    job.setdefault("pid", None)
+    return json.dumps(job, separators=(",", ":"))
+
+
+def component_json(role: str, meta: dict[str, Any]) -> str:
+    """``tomato_Component``: the component's meta with its ``role``, as
+    ``tomato.models.Component`` requires (name, driver, device, address, channel, role,
+    capabilities)."""
+    return json.dumps({**meta, "role": role}, separators=(",", ":"))
 
 
 def warm_up_writer() -> None:

@@ -13,7 +13,6 @@ itself. Files (completeness per task, late merges, fallbacks, fetches): files.py
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import logging
 import sqlite3
@@ -28,12 +27,9 @@ from pydantic import BaseModel, JsonValue
 
 from tomato_mqtt import __version__
 from tomato_mqtt.services.base import Service
+from tomato_mqtt.services.recorder.fileops import FileOps
 from tomato_mqtt.services.recorder.files import (
-    CHUNK,
-    FetchArgs,
     Files,
-    FinalizeArgs,
-    count_problems,
     epoch_of,
     warm_up_writer,
 )
@@ -41,16 +37,15 @@ from tomato_mqtt.services.recorder.guard import WriteGuard
 from tomato_mqtt.services.recorder.store import BatchStore
 from tomato_mqtt.transport.client import BrokerURL, Message
 from tomato_mqtt.transport.rpc import (
-    CommandError,
     Handler,
     NoResponder,
     Requester,
     Responder,
     Result,
 )
+from tomato_mqtt.wire.batch import BatchHeader, read_header
 from tomato_mqtt.wire.messages import (
     AckArgs,
-    DataBatch,
     DecodeError,
     JobEvent,
     JobProgress,
@@ -75,6 +70,10 @@ class _Stream:
     acked: int = -1
 
 
+#: jobs shown in recorder/status: the newest, and those merged into most recently
+STATUS_JOBS = 10
+
+
 class RecorderService(Service):
     def __init__(
         self,
@@ -93,16 +92,19 @@ class RecorderService(Service):
         self.guard = WriteGuard(output_roots or [db_path.parent], users_file)
         self._client_id = f"recorder-{instance}-{uuid.uuid4().hex[:6]}"
         self._stored = asyncio.Condition()
+        self._waiting = 0  # finalize calls waiting for the next stored batch
         self.store: BatchStore | None = None
         self.requester: Requester | None = None
         self.streams: dict[tuple[str, str], _Stream] = {}  # (component, stream)
         self.jobs_seen: set[int] = set()
         self.files = Files(self)
+        self.fileops = FileOps(self)
         self.storage_error: str | None = None
         self._storage_told: set[int] = set()  # jobs told of the current storage fault
         self._storage_logged = 0.0
         self.conflicts: dict[int, int] = {}  # job -> conflicting batches seen
-        self.merged: dict[int, int] = {}  # job -> late merges into its final file
+        self.merged: dict[int, int] = {}  # job -> late merges (most recent last)
+        self.filenames: dict[int, str] = {}  # job -> its last file written (recent ones)
 
     @property
     def client_id(self) -> str:
@@ -123,8 +125,8 @@ class RecorderService(Service):
     async def started(self) -> None:
         self.requester = Requester(self.mqtt, self.topics)
         handlers: dict[str, Handler] = {
-            "finalize": self.op_finalize,
-            "fetch": self.op_fetch,
+            "finalize": self.fileops.finalize,
+            "fetch": self.fileops.fetch,
             "status": self.op_status,
         }
         self.responder = Responder(
@@ -150,9 +152,11 @@ class RecorderService(Service):
         jobs: dict[str, JobProgress] = {}
         if self.store is not None:
             gaps = self._gaps()
-            # the newest jobs, and every job whose file got late data (the scheduler
-            # updates the job from this)
-            for job in sorted(set(sorted(self.jobs_seen)[-50:]) | set(self.merged)):
+            # bounded whatever the history (issue 14): the newest jobs, and the jobs whose
+            # file got late data most recently (the scheduler updates the job from this)
+            recent = set(sorted(self.jobs_seen)[-STATUS_JOBS:])
+            recent |= set(list(self.merged)[-STATUS_JOBS:])
+            for job in sorted(recent):
                 try:
                     points = self.store.job_points(job)
                 except sqlite3.Error:
@@ -162,6 +166,7 @@ class RecorderService(Service):
                     gaps=gaps,
                     conflicts=self.conflicts.get(job, 0),
                     merged=self.merged.get(job, 0),
+                    file=self.filenames.get(job),
                 )
         return RecorderStatus(
             state=state,
@@ -191,7 +196,7 @@ class RecorderService(Service):
         if self.store is None:
             return
         try:
-            b = decode(DataBatch, msg.payload, msg.topic)
+            b = read_header(msg.payload, msg.topic)  # the columns are not parsed here
         except DecodeError as e:
             log.warning("%s", e)
             return
@@ -211,7 +216,7 @@ class RecorderService(Service):
                 epoch=b.epoch,
                 job=b.job,
                 task=b.task,
-                npoints=len(b.uts),
+                npoints=b.n,
                 raw=msg.payload,
             )
         except (sqlite3.Error, OSError) as e:
@@ -228,9 +233,10 @@ class RecorderService(Service):
                 self.request_missing(b.component, stream, b.seq)
             if b.job is not None:
                 self.files.late_batch(b.job)
-        self.spawn(self._notify())
+        if self._waiting:
+            self.spawn(self._notify())
 
-    def _conflict(self, b: DataBatch, stream: str) -> None:
+    def _conflict(self, b: BatchHeader, stream: str) -> None:
         log.error(
             "conflicting duplicate: %s stream %s seq %d (job %s task %s) differs from the "
             "batch stored under that identity; kept the stored one",
@@ -284,9 +290,14 @@ class RecorderService(Service):
         self.spawn(self.client.publish(self.topics.job_event(job), encode(ev), wait=False))
 
     async def wait_stored(self, timeout: float) -> None:
-        async with self._stored:
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._stored.wait(), max(0.0, timeout))
+        """Until the next batch is stored (or ``timeout``): finalize waits on this."""
+        self._waiting += 1
+        try:
+            async with self._stored:
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._stored.wait(), max(0.0, timeout))
+        finally:
+            self._waiting -= 1
 
     async def _notify(self) -> None:
         async with self._stored:
@@ -357,73 +368,12 @@ class RecorderService(Service):
                     args = AckArgs(epoch=epoch_of(stream), upto=hw, stream=stream)
                     self.spawn(self._node_request(component, "ack", args))
 
-    # -- files -----------------------------------------------------------------------------
-    async def op_finalize(self, args: Mapping[str, JsonValue]) -> Result:
-        self.guard.require_scheduler("finalize")
-        a = FinalizeArgs.model_validate(args)
-        store = self.store
-        if store is None:
-            raise CommandError("recorder store not open")
-        jobid = int(a.job["id"])  # type: ignore[arg-type]
-        self.jobs_seen.add(jobid)
-        t0 = time.monotonic()
-        if not a.snapshot:
-            await self.files.wait_complete(jobid, a.expect, a.wait)
-            # from here on, a batch of this job is late: it is merged into the file
-            self.files.remember_final(a)
-        t_wait = time.monotonic() - t0
-        written, note = await self.files.write(a, Path(a.path))
-        if not a.snapshot:
-            self.files.written(jobid, written)
-        owner = a.job.get("owner")
-        token, size = self.files.token(written, owner if isinstance(owner, str) else None)
-        log.info(
-            "job %d: %s written to %s (%d bytes; waited %.3f s for data, wrote in %.3f s)",
-            jobid,
-            "snapshot" if a.snapshot else "file",
-            written,
-            size,
-            t_wait,
-            time.monotonic() - t0 - t_wait,
-        )
-        stored = store.job_points(jobid)
-        points = {role: stored.get(str(a.roles[role].get("name")), 0) for role in a.roles}
-        missing, extra = count_problems(a.expect, store.task_points(jobid))
-        conflicts = store.conflicts(jobid)
-        kind = "snapshot" if a.snapshot else "file"
-        msg = f"{kind} of job {jobid} written to {written}" + (f" ({note})" if note else "")
-        if missing and not a.snapshot:
-            msg += f"; still missing after {a.wait:g} s: {', '.join(missing)}"
-        await self.publish_presence("online")
-        return Result(
-            msg,
-            {
-                "path": str(written),
-                "size": size,
-                "token": token,
-                "chunks": max(1, -(-size // CHUNK)),
-                "points": points,  # type: ignore[dict-item]
-                "missing": missing,  # type: ignore[dict-item]
-                "extra": extra,  # type: ignore[dict-item]
-                "conflicts": conflicts,  # type: ignore[dict-item]
-                "fallback": note or None,
-                "storage_error": self.storage_error,
-            },
-        )
-
-    async def op_fetch(self, args: Mapping[str, JsonValue]) -> Result:
-        a = FetchArgs.model_validate(args)
-        w = self.files.tokens.get(a.token)
-        if w is None:
-            raise CommandError("unknown or expired file token: ask for the snapshot again")
-        self.guard.require_fetch(w.owner)
-        with w.path.open("rb") as f:
-            f.seek(a.index * CHUNK)
-            chunk = f.read(CHUNK)
-        return Result(
-            f"chunk {a.index} of {w.path.name}",
-            {"index": a.index, "data": base64.b64encode(chunk).decode()},
-        )
+    def remember_file(self, jobid: int, written: Path) -> None:
+        """The job's last file, named in recorder/status (bounded: recent jobs only)."""
+        self.filenames.pop(jobid, None)
+        self.filenames[jobid] = str(written)
+        while len(self.filenames) > 4 * STATUS_JOBS:
+            self.filenames.pop(next(iter(self.filenames)))
 
     async def op_status(self, args: Mapping[str, JsonValue]) -> Result:
         st = self._status("online")

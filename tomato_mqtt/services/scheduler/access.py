@@ -72,8 +72,14 @@ class Access:
             ops = READ_OPS
         return {"user": user, "role": role, "ops": list(ops), "open": self.roles.open}
 
-    def check_bounds(self, method: list[Mapping[str, Any]]) -> None:
-        """Refuse a payload whose tasks would take too many points or sample too fast."""
+    def check_bounds(
+        self, method: list[Mapping[str, Any]], bulk: frozenset[str] = frozenset()
+    ) -> None:
+        """Refuse a payload whose tasks would take too many points or sample too fast.
+
+        ``bulk``: techniques a bulk component offers (its driver samples on its own
+        clock and hands over blocks): the floor on ``sampling_interval`` is for
+        one-point drivers, which are called once per point."""
         lim = self.settings.jobs
         for i, task in enumerate(method):
             dt = task.get("sampling_interval")
@@ -81,7 +87,7 @@ class Access:
             name = task.get("task_name") or task.get("technique_name") or f"#{i}"
             if not isinstance(dt, (int, float)) or not math.isfinite(dt) or dt <= 0:
                 raise CommandError(f"payload refused: task {name}: sampling_interval must be > 0")
-            if dt < lim.min_sampling_interval:
+            if dt < lim.min_sampling_interval and task.get("technique_name") not in bulk:
                 raise CommandError(
                     f"payload refused: task {name}: sampling_interval {dt:g} s is below the "
                     f"floor of {lim.min_sampling_interval:g} s ([jobs] min_sampling_interval)"

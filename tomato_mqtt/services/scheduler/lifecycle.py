@@ -67,12 +67,18 @@ class JobLifecycle:
             await asyncio.sleep(interval)
             if job.id not in self.svc.runners:
                 return
-            ok, msg, _ = await self.svc.recorder_request(
+            target = base / f"{prefix}.nc"
+            ok, msg, data = await self.svc.recorder_request(
                 "finalize",
-                self.recorder_args(self.store.job(job.id), base / f"{prefix}.nc", snapshot=True),
+                self.recorder_args(self.store.job(job.id), target, snapshot=True),
             )
             if ok:
-                self.svc.job_event(job.id, "snapshot_written", detail={"path": str(base)})
+                # the file itself (it may have fallen back to the job folder), not the dir
+                written = str(data["path"]) if isinstance(data, dict) and data.get("path") else ""
+                written = written or str(target)
+                if job.id in self.svc.runners:
+                    await self.svc.publish_job(self.store.update_job(job.id, snappath=written))
+                self.svc.job_event(job.id, "snapshot_written", detail={"path": written})
             else:
                 log.warning("job %d: periodic snapshot failed: %s", job.id, msg)
 

@@ -15,16 +15,21 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import JsonValue
 
-from tomato_mqtt.config.devices import load_devices
 from tomato_mqtt.config.payloads import PayloadError, parse_payload
-from tomato_mqtt.config.settings import load_settings
 from tomato_mqtt.driver.validate import TaskValidationError, validate_task
-from tomato_mqtt.errors import ConfigError
 from tomato_mqtt.model.jobs import Job
-from tomato_mqtt.model.matching import ComponentView, MatchResult, match, next_launches
+from tomato_mqtt.model.matching import (
+    ComponentView,
+    MatchResult,
+    match,
+    next_launches,
+    waiting_reason,
+)
 from tomato_mqtt.services.scheduler.access import Access
 from tomato_mqtt.services.scheduler.lifecycle import JobLifecycle
-from tomato_mqtt.services.scheduler.status import status_section
+from tomato_mqtt.services.scheduler.reload import reload
+from tomato_mqtt.services.scheduler.status import pipeline_info, status_section
+from tomato_mqtt.services.scheduler.texts import found_text, sample_of
 from tomato_mqtt.transport.rpc import CommandError, Handler, Result
 from tomato_mqtt.wire.commands import (
     JobIdsArgs,
@@ -91,58 +96,7 @@ class SchedulerOps:
 
     # -- reload ----------------------------------------------------------------------------
     async def reload(self, args: Mapping[str, JsonValue]) -> Result:
-        self.access.require("reload")
-        NoArgs.model_validate(args)
-        svc = self.svc
-        old = svc.settings
-        try:
-            new_settings = load_settings(
-                appdir=old.appdir,
-                datadir=old.datadir,
-                logdir=old.logdir,
-                port=old.mqtt.port,
-                host=old.mqtt.host,
-            )
-            new_layout = load_devices(new_settings.devices_file, new_settings.node.name)
-        except ConfigError as e:
-            raise CommandError(f"reload refused, nothing changed: {e}") from None
-        diff = svc.layout.diff(new_layout)
-        busy_components: set[str] = set()
-        busy_pipelines: set[str] = set()
-        for job in self.store.jobs(statuses=["r", "rd"]):
-            if job.pipeline:
-                busy_pipelines.add(job.pipeline)
-                lay = svc.layout.pipelines.get(job.pipeline)
-                if lay:
-                    busy_components.update(lay.roles.values())
-        touched = []
-        for name in busy_pipelines:
-            if svc.layout.pipelines.get(name) != new_layout.pipelines.get(name):
-                touched.append(f"pipeline {name}")
-        for name in busy_components:
-            if svc.layout.components.get(name) != new_layout.components.get(name):
-                touched.append(f"component {name}")
-            drv = svc.layout.components[name].driver
-            if old.drivers.get(drv) != new_settings.drivers.get(drv):
-                touched.append(f"settings of driver {drv}")
-        if touched:
-            raise CommandError(
-                "reload refused, nothing changed: it would modify "
-                + ", ".join(sorted(set(touched)))
-                + " of a running job",
-                code="conflict",
-            )
-        removed_pips = set(svc.layout.pipelines) - set(new_layout.pipelines)
-        svc.settings = new_settings
-        svc.layout = new_layout
-        self.store.sync_pipelines(new_layout.pipelines)
-        for name in removed_pips:
-            await svc.clear_pipeline(name)
-        for p in self.store.pipelines():
-            await svc.publish_pipeline(p.name)
-        await svc.configure_nodes()
-        svc.kick()
-        return Result("reload done: " + _describe_diff(diff), _jsonable_diff(diff))
+        return await reload(self, args)
 
     async def stop(self, args: Mapping[str, JsonValue]) -> Result:
         self.access.require("stop")
@@ -175,17 +129,17 @@ class SchedulerOps:
         self.access.require("pipeline_load")
         a = LoadArgs.model_validate(args)
         p = self._pipeline(a.pipeline)
-        if p.sample is not None:
+        if p.sampleid is not None:
             raise CommandError(
-                f"pipeline {a.pipeline} already holds sample {p.sample!r}: eject it first",
+                f"pipeline {a.pipeline} already holds sample {p.sampleid!r}: eject it first",
                 code="conflict",
             )
-        if not a.sample.strip():
+        if not a.sampleid.strip():
             raise CommandError("the sample name must not be empty", code="bad_request")
-        p = self.store.update_pipeline(a.pipeline, sample=a.sample)
+        p = self.store.update_pipeline(a.pipeline, sampleid=a.sampleid)
         await self.svc.publish_pipeline(a.pipeline)
         self.svc.kick()
-        return Result(f"sample {a.sample!r} loaded into {a.pipeline}", p.model_dump(mode="json"))
+        return Result(f"sample {a.sampleid!r} loaded into {a.pipeline}", pipeline_info(self.svc, p))
 
     async def pipeline_eject(self, args: Mapping[str, JsonValue]) -> Result:
         self.access.require("pipeline_eject")
@@ -195,9 +149,10 @@ class SchedulerOps:
             raise CommandError(
                 f"cannot eject from {a.pipeline}: job {p.jobid} is running", code="conflict"
             )
-        p = self.store.update_pipeline(a.pipeline, sample=None, ready=False)
+        p = self.store.update_pipeline(a.pipeline, sampleid=None, ready=False)
         await self.svc.publish_pipeline(a.pipeline)
-        return Result(f"pipeline {a.pipeline} ejected", p.model_dump(mode="json"))
+        self.svc.kick()  # queued jobs for that sample now wait for the user again: say so
+        return Result(f"pipeline {a.pipeline} ejected", pipeline_info(self.svc, p))
 
     async def pipeline_ready(self, args: Mapping[str, JsonValue]) -> Result:
         self.access.require("pipeline_ready")
@@ -206,7 +161,7 @@ class SchedulerOps:
         p = self.store.update_pipeline(a.pipeline, ready=True)
         await self.svc.publish_pipeline(a.pipeline)
         self.svc.kick()
-        return Result(f"pipeline {a.pipeline} is ready", p.model_dump(mode="json"))
+        return Result(f"pipeline {a.pipeline} is ready", pipeline_info(self.svc, p))
 
     # -- jobs ------------------------------------------------------------------------------
     async def job_submit(self, args: Mapping[str, JsonValue]) -> Result:
@@ -217,10 +172,15 @@ class SchedulerOps:
         except PayloadError as e:
             raise CommandError(f"payload refused: {e}") from None
         pdict = payload.model_dump(mode="json")
-        self.access.check_bounds(pdict.get("method") or [])
+        bulk = frozenset(
+            t for m in self.svc.metas.values() if m.block_interval for t in m.capabilities
+        )
+        self.access.check_bounds(pdict.get("method") or [], bulk)
         job = self.store.add_job(pdict, a.jobname, a.submit_dir, owner=self.access.owner())
         out = pdict.get("settings", {}).get("output", {})
         base = Path(out.get("path") or a.submit_dir or self.svc.settings.jobs_dir / str(job.id))
+        if not base.is_absolute() and a.submit_dir:  # as tomato: relative to where submit ran
+            base = Path(a.submit_dir) / base
         prefix = out.get("prefix") or f"results.{job.id}"
         job = self.store.update_job(job.id, respath=str(base / f"{prefix}.nc"))
         await self.svc.publish_job(job)
@@ -247,14 +207,18 @@ class SchedulerOps:
         self.access.require("job_status")
         a = JobIdsArgs.model_validate(args)
         jobs = self._jobs(a.jobids)
-        return Result(f"{len(jobs)} job(s)", [j.model_dump(mode="json") for j in jobs])
+        return Result(found_text(jobs), [j.model_dump(mode="json") for j in jobs])
 
     async def job_search(self, args: Mapping[str, JsonValue]) -> Result:
         self.access.require("job_search")
         a = SearchArgs.model_validate(args)
         jobs = self.store.search(a.name, complete=a.complete)
+        if not jobs:  # as tomato: no match is a failure
+            raise CommandError(f"no job matching {a.name!r} found", code="not_found")
+        ids = [j.id for j in jobs]
+        what = "job" if len(ids) == 1 else "jobs"
         return Result(
-            f"{len(jobs)} job(s) match {a.name!r}", [j.model_dump(mode="json") for j in jobs]
+            f"{what} matching {a.name!r} found: {ids}", [j.model_dump(mode="json") for j in jobs]
         )
 
     async def job_cancel(self, args: Mapping[str, JsonValue]) -> Result:
@@ -303,6 +267,11 @@ class SchedulerOps:
         )
         if not ok:
             raise CommandError(f"snapshot of job {job.id} failed: {msg}", code="unavailable")
+        written = str(data["path"]) if isinstance(data, dict) and data.get("path") else str(path)
+        # the file's own path (issue 14), kept as the job's snappath as tomato does
+        job = self.store.update_job(job.id, snappath=written)
+        await self.svc.publish_job(job)
+        self.svc.job_event(job.id, "snapshot_written", detail={"path": written})
         return Result(msg, data)
 
     # -- the queue -------------------------------------------------------------------------
@@ -334,11 +303,15 @@ class SchedulerOps:
             return
         views = self._views()
         matches: dict[int, MatchResult] = {}
+        pips = {p.name: p for p in self.store.pipelines()}
         for job in queue:
             res = match(job.payload.get("method", []), svc.layout.pipelines, views, self._validator)
             matches[job.id] = res
             new_status = "qw" if res.candidates else job.status
-            reason = None if res.candidates else res.reason
+            if res.candidates:  # it can run: say when it waits for the user (a sample)
+                reason = waiting_reason(res.candidates, pips, sample_of(job))
+            else:
+                reason = res.reason
             if new_status != job.status or reason != job.reason:
                 job = self.store.update_job(job.id, status=new_status, reason=reason)
                 await svc.publish_job(job)
@@ -346,13 +319,7 @@ class SchedulerOps:
                     svc.job_event(job.id, "matched", status="qw")
         queue = list(self.store.jobs(statuses=["q", "qw"]))
         pips = {p.name: p for p in self.store.pipelines()}
-        launches = next_launches(
-            queue,
-            pips,
-            matches,
-            lambda j: str(j.payload.get("sample", {}).get("identifier")),
-            layouts=svc.layout.pipelines,
-        )
+        launches = next_launches(queue, pips, matches, sample_of, layouts=svc.layout.pipelines)
         for jobid, pipeline in launches:
             await self._launch(self.store.job(jobid), pipeline)
 
@@ -379,21 +346,3 @@ class SchedulerOps:
 
     def recorder_args(self, job: Job, path: Path, snapshot: bool) -> dict[str, JsonValue]:
         return self.jobs.recorder_args(job, path, snapshot)
-
-
-def _jsonable_diff(diff: Any) -> JsonValue:
-    if hasattr(diff, "model_dump"):
-        return diff.model_dump(mode="json")  # type: ignore[no-any-return]
-    if hasattr(diff, "__dict__"):
-        return {k: sorted(v) if isinstance(v, set) else v for k, v in vars(diff).items()}
-    return str(diff)
-
-
-def _describe_diff(diff: Any) -> str:
-    d = _jsonable_diff(diff)
-    if isinstance(d, dict):
-        parts = [
-            f"{k}: {', '.join(map(str, v))}" for k, v in d.items() if isinstance(v, list) and v
-        ]
-        return "; ".join(parts) or "no changes"
-    return str(d)

@@ -28,13 +28,13 @@ import contextlib
 import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from tomato_mqtt.model.jobs import Job
-from tomato_mqtt.services.scheduler.tasks import TaskState, expectations, tasks_of
-from tomato_mqtt.wire.messages import ComponentStatus, NodeStatus
+from tomato_mqtt.services.scheduler.tasks import RunnerHost, TaskState, expectations, tasks_of
+from tomato_mqtt.wire.messages import ComponentStatus
 
 __all__ = ["CANCEL_WAIT", "JobRunner", "RunnerHost", "expectations", "tasks_of"]
 
@@ -42,21 +42,7 @@ log = logging.getLogger(__name__)
 
 CANCEL_WAIT = 2.0  # s a cancel waits for a node to confirm that its task stopped
 RESET_WAIT = 10.0  # s the reset of a component after a job may take (3 s after a cancel)
-
-
-class RunnerHost(Protocol):
-    """What a runner needs from the scheduler (kept narrow so it can be tested alone)."""
-
-    cond: asyncio.Condition
-    node_grace_period: float
-
-    def component_status(self, name: str) -> ComponentStatus | None: ...
-    def node_of(self, component: str) -> NodeStatus | None: ...
-    def save_progress(self, job: int, progress: dict[str, Any]) -> None: ...
-    def job_event(self, job: int, event: str, **kw: Any) -> None: ...
-    async def component_request(
-        self, component: str, op: str, args: Mapping[str, Any], timeout: float = 5.0
-    ) -> tuple[bool, str, Any]: ...
+SAVE_DELAY = 0.2  # s: progress changes are stored together (see JobRunner._save)
 
 
 @dataclass
@@ -74,6 +60,8 @@ class JobRunner:
     unconfirmed: set[str] = field(default_factory=set)  # components that never confirmed
     seen_running: set[str] = field(default_factory=set)  # seen running this job's task
     _bg: set[asyncio.Future[None]] = field(default_factory=set)
+    _save_at: asyncio.TimerHandle | None = None
+    _saved_at: float = -1e9  # loop time of the last store write
 
     def __post_init__(self) -> None:
         method = self.job.payload.get("method", [])
@@ -94,6 +82,29 @@ class JobRunner:
 
     # -- persistence -----------------------------------------------------------------------
     def _save(self) -> None:
+        """Progress in memory now; in the store (an fsync) at once after a quiet spell,
+        else with the other changes of the next SAVE_DELAY s: 100 roles starting and
+        ending are 200 changes, and one fsync each kept the scheduler busy for seconds.
+        The last change is stored before the job ends (and at the scheduler's stop)."""
+        self._progress()
+        if self._save_at is not None:
+            return  # a save is due: it stores this change too
+        loop = asyncio.get_running_loop()
+        wait = self._saved_at + SAVE_DELAY - loop.time()
+        if wait <= 0:
+            self.save_now()  # the first change after a quiet spell is stored at once
+        else:
+            self._save_at = loop.call_later(wait, self.save_now)
+
+    def save_now(self) -> None:
+        if self._save_at is not None:
+            self._save_at.cancel()
+            self._save_at = None
+        with contextlib.suppress(RuntimeError):  # no loop: at teardown
+            self._saved_at = asyncio.get_running_loop().time()
+        self.host.save_progress(self.job.id, self.job.progress)
+
+    def _progress(self) -> None:
         progress = dict(self.job.progress)
         progress["roles"] = self.roles
         progress["tasks"] = {
@@ -106,7 +117,6 @@ class JobRunner:
             for t in self.tasks
         }
         self.job.progress = progress
-        self.host.save_progress(self.job.id, progress)
 
     def expectations(self) -> list[dict[str, Any]]:
         """Per ended task with a known count: the points its runner took, for the
@@ -133,6 +143,7 @@ class JobRunner:
         reason = self.error
         if self.warnings and status != "ce":
             reason = "; ".join(([reason] if reason else []) + self.warnings)
+        self.save_now()
         await self.on_done(self, status, reason)
 
     async def cancel(self) -> None:

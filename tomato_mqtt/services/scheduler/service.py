@@ -23,9 +23,11 @@ from tomato_mqtt.config.devices import Layout, load_devices
 from tomato_mqtt.config.settings import Settings, settings_url
 from tomato_mqtt.model.jobs import Job
 from tomato_mqtt.services.base import Service
+from tomato_mqtt.services.scheduler.lost import LostComponents
 from tomato_mqtt.services.scheduler.ops import SchedulerOps
 from tomato_mqtt.services.scheduler.presence import Presence
 from tomato_mqtt.services.scheduler.recorder_link import RecorderLink
+from tomato_mqtt.services.scheduler.retention import Retention
 from tomato_mqtt.services.scheduler.runner import JobRunner
 from tomato_mqtt.services.scheduler.store import StateStore
 from tomato_mqtt.transport.client import BrokerURL, Message
@@ -35,7 +37,6 @@ from tomato_mqtt.wire.messages import (
     ComponentStatus,
     DecodeError,
     JobEvent,
-    JobStatus,
     NodeComponent,
     NodeConfigure,
     NodeStatus,
@@ -73,12 +74,14 @@ class SchedulerService(Service):
         self.layout: Layout = Layout(components={}, pipelines={})
         self.store: StateStore | None = None
         self.requester: Requester | None = None
-        self.epoch = int(time.time() * 1000)
+        self.epoch = int(time.time())  # s, as the nodes' (schema 2; was ms)
         self.started_at = time.time()
         self.exit_requested = False  # `tomato stop`: the supervisor then stops the stack
         self._configured: dict[str, tuple[int, str]] = {}
         self.recorder = RecorderLink(self.topics)  # requests survive a recorder restart
         self.presence_view = Presence(self)
+        self.retention = Retention(self)
+        self.lost = LostComponents(self)
 
     @property
     def client_id(self) -> str:
@@ -111,6 +114,7 @@ class SchedulerService(Service):
             self.topics.all_component_meta(),
             self.topics.all_component_status(),
             self.topics.recorder_status(),
+            self.topics.all_job_status(),  # to clear stale retained ones (retention.py)
         ):
             await self.mqtt.subscribe(f)
         await self._announce()
@@ -125,9 +129,13 @@ class SchedulerService(Service):
 
     async def on_heartbeat(self) -> None:
         self._check_stale_nodes()
+        await self.retention.sweep()
+        await self.lost.sweep()
 
     async def teardown(self) -> None:
         if self.store is not None:
+            for runner in self.runners.values():  # progress not yet stored (SAVE_DELAY)
+                runner.save_now()
             self.store.close()
 
     def kick(self) -> None:
@@ -160,13 +168,13 @@ class SchedulerService(Service):
         from tomato_mqtt.wire.asyncapi import schema_json
 
         await self.publish(self.topics.scheduler_status(), self._presence("online"))
-        await self.publish(self.topics.meta_schema(), schema_json(self.topics.instance).encode())
+        doc = schema_json(self.topics.instance, self.settings, compact=True)
+        await self.publish(self.topics.meta_schema(), doc.encode())
         if self.store is None:
             return
         for p in self.store.pipelines():
             await self.publish_pipeline(p.name)
-        for j in self.store.jobs():
-            await self.publish_job(j)
+        await self.retention.announce()
         for node in self.nodes:
             self._configured.pop(node, None)
         await self.configure_nodes()
@@ -178,7 +186,7 @@ class SchedulerService(Service):
         lay = self.layout.pipelines.get(name)
         msg = PipelineStatus(
             name=name,
-            sample=p.sample,
+            sample=p.sampleid,
             ready=p.ready,
             job=p.jobid,
             roles=dict(lay.roles) if lay else {},
@@ -186,7 +194,7 @@ class SchedulerService(Service):
         await self.publish(self.topics.pipeline_status(name), msg)
 
     async def publish_job(self, job: Job) -> None:
-        await self.publish(self.topics.job_status(job.id), JobStatus(job=job))
+        await self.retention.publish(job)
 
     async def clear_pipeline(self, name: str) -> None:
         await self.publish(self.topics.pipeline_status(name), b"")
@@ -211,6 +219,9 @@ class SchedulerService(Service):
         try:
             if parsed.kind == "scheduler_cmd" and parsed.op is not None:
                 self.spawn(self.responder.handle(msg, parsed.op))
+            elif parsed.kind == "job_status" and parsed.name is not None:
+                if msg.payload and parsed.name.isdigit():
+                    await self.retention.seen(int(parsed.name), msg.retain)
             elif not msg.payload:
                 if parsed.kind == "component_status" and parsed.name is not None:
                     await self._component_gone(parsed.name)
@@ -232,6 +243,8 @@ class SchedulerService(Service):
             elif parsed.kind == "component_status":
                 st = decode(ComponentStatus, msg.payload, msg.topic)
                 if not self._topic_agrees(parsed.name, st.name, msg.topic):
+                    return
+                if st.state == "lost":  # ours (lost.py): the node's last word stands
                     return
                 self.cstatus[st.name] = st
                 if st.last_task is not None:
@@ -263,6 +276,7 @@ class SchedulerService(Service):
 
     async def _on_node_status(self, st: NodeStatus) -> None:
         self.nodes[st.node] = st
+        await self.lost.node_status(st)
         async with self.cond:
             self.cond.notify_all()
         if st.state == "online":

@@ -10,23 +10,147 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import JsonValue
 
+from tomato_mqtt.model.jobs import PipelineState
 from tomato_mqtt.services.scheduler.store import StateStore
 from tomato_mqtt.transport.rpc import CommandError, Result
 
 if TYPE_CHECKING:
     from tomato_mqtt.services.scheduler.service import SchedulerService
 
-__all__ = ["status_section"]
+__all__ = ["pipeline_info", "status_section"]
+
+
+def pipeline_info(svc: SchedulerService, p: PipelineState) -> dict[str, JsonValue]:
+    """tomato 2.2's ``Pipeline`` (name, ready, jobid, sampleid, components) plus ``roles``."""
+    lay = svc.layout.pipelines.get(p.name)
+    roles = dict(lay.roles) if lay else {}
+    out: dict[str, JsonValue] = p.model_dump(mode="json")
+    out["components"] = list(roles.values())
+    out["roles"] = dict(roles)
+    return out
+
+
+def _roles(svc: SchedulerService) -> dict[str, str]:
+    """component -> its role (the first pipeline naming it), as tomato's Component.role."""
+    out: dict[str, str] = {}
+    for lay in svc.layout.pipelines.values():
+        for role, cmp in lay.roles.items():
+            out.setdefault(cmp, role)
+    return out
+
+
+def _pipelines(svc: SchedulerService, store: StateStore) -> dict[str, JsonValue]:
+    return {p.name: pipeline_info(svc, p) for p in store.pipelines()}
+
+
+def _devices(svc: SchedulerService) -> dict[str, JsonValue]:
+    """Every device of the devices file with all its channels, also one no pipeline
+    uses (as tomato lists them), by name."""
+    devs: dict[str, Any] = {
+        d.name: {
+            "name": d.name,
+            "driver": d.driver,
+            "address": d.address,
+            "channels": list(d.channels),
+            "pollrate": d.pollrate,
+            "node": d.node,
+        }
+        for d in svc.layout.devices.values()
+    }
+    for c in svc.layout.components.values():  # (a layout built without devices)
+        d = devs.setdefault(
+            c.device,
+            {
+                "name": c.device,
+                "driver": c.driver,
+                "address": c.address,
+                "channels": [],
+                "pollrate": c.pollrate,
+                "node": c.node,
+            },
+        )
+        if c.channel not in d["channels"]:
+            d["channels"].append(c.channel)
+    return devs
+
+
+def _components(svc: SchedulerService) -> dict[str, JsonValue]:
+    roles = _roles(svc)
+    out: dict[str, JsonValue] = {}
+    for name, c in svc.layout.components.items():
+        meta = svc.metas.get(name)
+        st = svc.cstatus.get(name)
+        node = svc.nodes.get(c.node)
+        state: str = st.state if st else "unregistered"
+        if node is None or node.state != "online":
+            state = "lost" if node else "no node"
+        out[name] = {
+            "name": name,
+            "driver": c.driver,
+            "device": c.device,
+            "address": c.address,
+            "channel": c.channel,
+            "role": roles.get(name),
+            "capabilities": list[JsonValue](meta.capabilities) if meta else [],
+            "node": c.node,
+            "state": state,
+            "registered": bool(meta and meta.registered),
+            "jobid": st.job if st else None,
+            "error": (meta.error if meta else None) or (st.error if st else None),
+        }
+    return out
+
+
+def _drivers(svc: SchedulerService) -> dict[str, JsonValue]:
+    drivers: dict[str, Any] = {}
+    for c in svc.layout.components.values():
+        d = drivers.setdefault(
+            c.driver,
+            {
+                "name": c.driver,
+                "version": None,
+                # tomato runs a process per driver; here drivers live in the nodes
+                "port": None,
+                "pid": None,
+                "spawned_at": None,
+                "connected_at": None,
+                "settings": {},
+                "nodes": {},
+            },
+        )
+        d["settings"] = svc.settings.drivers.get(c.driver, {})
+        node = svc.nodes.get(c.node)
+        info = node.drivers.get(c.driver) if node else None
+        d["nodes"][c.node] = (
+            info.model_dump(mode="json", by_alias=True)
+            if info
+            else {"loaded": False, "error": "node not online" if not node else None}
+        )
+        if info and info.version and d["version"] is None:
+            d["version"] = info.version
+    return drivers
 
 
 def status_section(svc: SchedulerService, store: StateStore, what: str) -> Result:
-    """The reply of ``status`` for one section (see ``wire.commands.StatusData``)."""
+    """The reply of ``status`` for one section (see ``wire.commands.StatusData``).
+
+    Shaped as tomato 2.2's replies: a section is a name -> object mapping, and the
+    scheduler's own status carries tomato's Daemon fields (``status``, ``port``,
+    ``appdir``, ``pips``, ``devs``, ``drvs``, ``cmps``) next to ours.
+    """
     match what:
         case "scheduler":
             pres = svc._presence("online")
             data: Any = pres.model_dump(mode="json", by_alias=True)
             data["datadir"] = str(svc.settings.datadir)
             data["devices_file"] = str(svc.settings.devices_file)
+            data["status"] = "running"
+            data["port"] = svc.settings.mqtt.port
+            data["appdir"] = str(svc.settings.appdir) if svc.settings.appdir else None
+            data["pips"] = _pipelines(svc, store)
+            data["devs"] = _devices(svc)
+            data["drvs"] = _drivers(svc)
+            data["cmps"] = _components(svc)
             return Result(
                 f"scheduler of {svc.settings.mqtt.instance} is running "
                 f"(pid {os.getpid()}, {pres.jobs_running} job(s) running, "
@@ -34,65 +158,18 @@ def status_section(svc: SchedulerService, store: StateStore, what: str) -> Resul
                 data,
             )
         case "pipelines":
-            pips: list[JsonValue] = []
-            for p in store.pipelines():
-                lay = svc.layout.pipelines.get(p.name)
-                pips.append(p.model_dump(mode="json") | {"roles": dict(lay.roles) if lay else {}})
+            pips = _pipelines(svc, store)
             return Result(f"{len(pips)} pipeline(s)", pips)
         case "devices":
-            devs: dict[str, Any] = {}
-            for c in svc.layout.components.values():
-                d = devs.setdefault(
-                    c.device,
-                    {
-                        "name": c.device,
-                        "driver": c.driver,
-                        "address": c.address,
-                        "channels": [],
-                        "node": c.node,
-                    },
-                )
-                d["channels"].append(c.channel)
-            return Result(f"{len(devs)} device(s)", list(devs.values()))
+            devs = _devices(svc)
+            return Result(f"{len(devs)} device(s)", devs)
         case "components":
-            out: list[JsonValue] = []
-            for name, c in svc.layout.components.items():
-                meta = svc.metas.get(name)
-                st = svc.cstatus.get(name)
-                node = svc.nodes.get(c.node)
-                state: str = st.state if st else "unregistered"
-                if node is None or node.state != "online":
-                    state = "lost" if node else "no node"
-                out.append(
-                    {
-                        "name": name,
-                        "device": c.device,
-                        "driver": c.driver,
-                        "address": c.address,
-                        "channel": c.channel,
-                        "node": c.node,
-                        "state": state,
-                        "registered": bool(meta and meta.registered),
-                        "capabilities": list[JsonValue](meta.capabilities) if meta else [],
-                        "job": st.job if st else None,
-                        "error": (meta.error if meta else None) or (st.error if st else None),
-                    }
-                )
-            return Result(f"{len(out)} component(s)", out)
+            cmps = _components(svc)
+            return Result(f"{len(cmps)} component(s)", cmps)
         case "nodes":
-            nodes: list[JsonValue] = [svc.presence_view.node_view(n) for n in svc.nodes]
+            nodes: dict[str, JsonValue] = {n: svc.presence_view.node_view(n) for n in svc.nodes}
             return Result(f"{len(nodes)} node(s)", nodes)
         case "drivers":
-            drivers: dict[str, Any] = {}
-            for c in svc.layout.components.values():
-                d = drivers.setdefault(c.driver, {"name": c.driver, "nodes": {}, "settings": {}})
-                d["settings"] = svc.settings.drivers.get(c.driver, {})
-                node = svc.nodes.get(c.node)
-                info = node.drivers.get(c.driver) if node else None
-                d["nodes"][c.node] = (
-                    info.model_dump(mode="json", by_alias=True)
-                    if info
-                    else {"loaded": False, "error": "node not online" if not node else None}
-                )
-            return Result(f"{len(drivers)} driver(s)", list(drivers.values()))
+            drvs = _drivers(svc)
+            return Result(f"{len(drvs)} driver(s)", drvs)
     raise CommandError(f"unknown status section {what!r}", code="bad_request")

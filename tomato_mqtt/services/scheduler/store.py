@@ -46,7 +46,9 @@ CREATE TABLE IF NOT EXISTS jobs (
 CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status);
 """
 
-_JOB_COLUMNS = tuple(Job.model_fields)
+# tomato's pid / connected_at / jobpath are derived on reading (see _job), not stored
+_DERIVED = frozenset({"pid", "connected_at", "jobpath"})
+_JOB_COLUMNS = tuple(f for f in Job.model_fields if f not in _DERIVED)
 _JSON_COLUMNS = frozenset({"payload", "progress"})
 _PIPELINE_FIELDS = frozenset(PipelineState.model_fields) - {"name"}
 
@@ -144,7 +146,7 @@ class StateStore:
             new = PipelineState.model_validate(self.pipeline(name).model_dump() | fields)
             db.execute(
                 "UPDATE pipelines SET sample = ?, ready = ?, jobid = ? WHERE name = ?",
-                (new.sample, int(new.ready), new.jobid, name),
+                (new.sampleid, int(new.ready), new.jobid, name),
             )
         return new
 
@@ -194,6 +196,17 @@ class StateStore:
             sql += " WHERE " + " AND ".join(where)
         return [_job(r) for r in self._db.execute(sql + " ORDER BY id", args)]
 
+    def recent_finished(self, n: int) -> list[Job]:
+        """The ``n`` finished jobs that ended last (newest first)."""
+        if n <= 0:
+            return []
+        rows = self._db.execute(
+            "SELECT * FROM jobs WHERE status IN ('c', 'ce', 'cd') "
+            "ORDER BY completed_at DESC, id DESC LIMIT ?",
+            (n,),
+        )
+        return [_job(r) for r in rows]
+
     def update_job(self, id: int, /, **fields: Any) -> Job:
         """Change fields of a job; a status change must be a valid transition."""
         unknown = set(fields) - set(_JOB_COLUMNS)
@@ -205,6 +218,7 @@ class StateStore:
             if "status" in fields and fields["status"] != old.status:
                 check_transition(old.status, str(fields["status"]))
             new = Job.model_validate(old.model_dump() | fields)
+            new.connected_at = new.launched_at
             dumped = new.model_dump()
             # column names come from the Job model, never from the caller
             cols = [c for c in _JOB_COLUMNS if c != "id"]
@@ -228,7 +242,7 @@ class StateStore:
 
 def _pipeline(row: sqlite3.Row) -> PipelineState:
     return PipelineState(
-        name=row["name"], sample=row["sample"], ready=bool(row["ready"]), jobid=row["jobid"]
+        name=row["name"], sampleid=row["sample"], ready=bool(row["ready"]), jobid=row["jobid"]
     )
 
 
@@ -236,4 +250,5 @@ def _job(row: sqlite3.Row) -> Job:
     data = {c: row[c] for c in _JOB_COLUMNS}
     for c in _JSON_COLUMNS:
         data[c] = json.loads(data[c])
+    data["connected_at"] = data["launched_at"]  # tasks start on the nodes at launch
     return Job.model_validate(data)

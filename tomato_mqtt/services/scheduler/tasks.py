@@ -1,6 +1,7 @@
 """The tasks of a job as the runner tracks them, and what the recorder is told of them.
 
-Pure: no I/O. ``tasks_of`` turns a payload's method into driver task specs;
+Pure: no I/O. :class:`RunnerHost` is all a job runner needs from the scheduler (narrow,
+so a runner can be tested alone); ``tasks_of`` turns a payload's method into driver task specs;
 :class:`TaskState` is one task's progress (persisted in the job's ``progress``);
 :func:`expectations` lists, per ended task whose runner's count is known, the points
 the file must hold for it (the recorder's per-task completeness check).
@@ -8,13 +9,30 @@ the file must hold for it (the recorder's per-task completeness check).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from tomato_mqtt.driver.spec import TaskSpec
+from tomato_mqtt.wire.messages import ComponentStatus, NodeStatus
 
-__all__ = ["TaskState", "expectations", "tasks_of"]
+__all__ = ["RunnerHost", "TaskState", "expectations", "tasks_of"]
+
+
+class RunnerHost(Protocol):
+    """What a runner needs from the scheduler (kept narrow so it can be tested alone)."""
+
+    cond: asyncio.Condition
+    node_grace_period: float
+
+    def component_status(self, name: str) -> ComponentStatus | None: ...
+    def node_of(self, component: str) -> NodeStatus | None: ...
+    def save_progress(self, job: int, progress: dict[str, Any]) -> None: ...
+    def job_event(self, job: int, event: str, **kw: Any) -> None: ...
+    async def component_request(
+        self, component: str, op: str, args: Mapping[str, Any], timeout: float = 5.0
+    ) -> tuple[bool, str, Any]: ...
 
 
 def tasks_of(payload: Mapping[str, Any], job: int) -> list[tuple[str, TaskSpec]]:
@@ -55,7 +73,8 @@ def expectations(tasks: Sequence[TaskState], roles: Mapping[str, str]) -> list[d
     out = []
     for t in tasks:
         end = t.end or {}
-        if isinstance(end.get("npoints"), int) and end.get("job") is not None:
+        job = end.get("jobid", end.get("job"))  # TaskEndInfo: "jobid" since schema 2
+        if isinstance(end.get("npoints"), int) and job is not None:
             out.append(
                 {
                     "component": roles[t.role],

@@ -1,0 +1,110 @@
+"""The Python client against a live in-process stack, and docs/client.md's script."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import RunningBroker
+from tests.inproc import CONFIG, inproc_stack
+from tomato_mqtt.client import AsyncTomato, ClientError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _doc_script() -> str:
+    text = (ROOT / "docs" / "client.md").read_text()
+    m = re.search(r"<!-- client-example -->\n```python\n(.*?)\n```", text, flags=re.S)
+    assert m, "docs/client.md lost its example"
+    return m.group(1)
+
+
+async def test_docs_client_script_runs(
+    broker: RunningBroker, tmp_path: Path, instance: str
+) -> None:
+    script = tmp_path / "script.py"
+    script.write_text(_doc_script())
+    payload = tmp_path / "payload.yml"
+    payload.write_text((CONFIG / "counter_1_0.1.yml").read_text())
+    async with inproc_stack(broker.port, tmp_path, instance) as st:
+        work = st.settings.datadir / "work"  # where the recorder may write the file
+        work.mkdir(parents=True)
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            str(script),
+            f"mqtt://127.0.0.1:{broker.port}",
+            instance,
+            str(payload),
+            cwd=work,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+        )
+        out, _ = await asyncio.wait_for(proc.communicate(), 120)
+    text = out.decode()
+    assert proc.returncode == 0, text
+    assert "ended c" in text, text
+    m = re.search(r"^(\d+) points of \[.*'val'", text, flags=re.M)
+    assert m, text
+    n = int(m.group(1))
+    assert 9 <= n <= 11, text  # 1 s at 0.1 s
+    assert re.search(r"job \d+: r .*point", text), text  # progress lines while it ran
+    assert "could not be written" not in text, text
+
+
+async def test_async_client_jobs_stream_snapshot_and_components(
+    broker: RunningBroker, tmp_path: Path, instance: str
+) -> None:
+    payload = yaml.safe_load((CONFIG / "counter_1_0.1.yml").read_text())
+    payload["method"][0]["time"] = 3.0
+    async with inproc_stack(broker.port, tmp_path, instance) as st:
+        url = f"mqtt://127.0.0.1:{broker.port}"
+        async with AsyncTomato(url, instance) as t:
+            pip = await t.pipeline_load("pip-counter-2", "counter_1_0.1")
+            assert pip.sampleid == "counter_1_0.1"
+            await t.pipeline_ready("pip-counter-2")
+            job = await t.submit(payload, jobname="aio")
+            seen = []
+            async for batch in job.stream():
+                seen.append(batch)
+                if len(seen) == 2:
+                    break
+            assert all(b.job == job.id and "val" in b.vars for b in seen)
+            snap = await job.snapshot(tmp_path / "snap.nc")
+            assert snap.is_file() and (snap.stat().st_mode & 0o777) == 0o644 & ~_umask()
+            ended = await job.wait(timeout=60)
+            assert ended.status == "c"
+            assert Path(str(ended.respath)).stat().st_mode & 0o044  # readable by the group
+            tree = await job.results()
+            assert tree["counter"].to_dataset().sizes["uts"] > 20
+            cmp = st.scheduler.layout.pipelines["pip-counter-2"].roles["counter"]
+            got = await t.component_get(cmp)
+            assert got, got
+            with pytest.raises(ClientError) as e:
+                await t.status(99999)
+            assert e.value.code == "not_found"
+            await t.pipeline_eject("pip-counter-2")
+
+
+def _umask() -> int:
+    m = os.umask(0o022)
+    os.umask(m)
+    return m
+
+
+def test_import_is_light() -> None:
+    """The CLI's requests go through the client: importing it must stay cheap."""
+    import subprocess
+
+    code = (
+        "import sys, tomato_mqtt.client; "
+        "print([m for m in ('pydantic', 'asyncio', 'xarray', 'amqtt') if m in sys.modules])"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr

@@ -1,0 +1,241 @@
+"""`tomato dashboard` in a real headless Chromium (issue 11).
+
+A stack in the test's event loop (scheduler, recorder, node on the in-process amqtt
+broker), the dashboard as one more client on a free port, and Debian's Chromium driven
+by Playwright: everything the page shows comes over MQTT and the WebSocket, and every
+control goes back through the real scheduler.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.browser import chromium_page, running_dashboard
+from tests.conftest import RunningBroker
+from tests.inproc import client, inproc_stack
+from tomato_mqtt.wire.messages import NodeStatus, encode
+from tomato_mqtt.wire.topics import Topics
+
+DOCS = Path(__file__).resolve().parents[1] / "docs"
+
+PAYLOAD = """\
+version: "0.2"
+sample:
+    name: s1
+method:
+  - device: "counter"
+    technique: "count"
+    time: 60.0
+    delay: 0.05
+"""
+
+
+async def _reply(page: Any) -> str:
+    """The text of the reply box once it shows (each action shows reply or error)."""
+    box = page.locator("#reply")
+    await box.wait_for(state="visible", timeout=10_000)
+    return str(await box.text_content())
+
+
+async def _act(page: Any, click: str, expect: str) -> str:
+    await page.evaluate("document.getElementById('reply').hidden = true")
+    await page.click(click)
+    text = await _reply(page)
+    assert expect in text, text
+    return text
+
+
+async def test_dashboard_live_controls(
+    broker: RunningBroker, tmp_path: Path, instance: str
+) -> None:
+    url = f"mqtt://127.0.0.1:{broker.port}"
+    async with (
+        inproc_stack(broker.port, tmp_path, instance) as st,
+        running_dashboard(url, instance, lost_after=1.5) as dash,
+        chromium_page() as (_, page),
+        client(url) as other,
+    ):
+        await page.goto(dash.address())
+        # presence and pipelines appear (retained state, pushed at once)
+        for who in ("scheduler", "recorder", "node:local"):
+            row = page.locator(f'#presence tr[data-key="{who}"] [data-state="online"]')
+            await row.wait_for(timeout=10_000)
+        pip = page.locator('#pipelines tr[data-key="pip-counter-1"]')
+        await pip.wait_for(timeout=10_000)
+        assert "counter" in str(await pip.text_content())
+        assert await page.evaluate("window.__dash.firstPaint") is not None
+
+        # a node that falls silent shows as lost (by the dashboard's clock), as does one
+        # whose last will arrives
+        topics = Topics(instance)
+        silent = NodeStatus(state="online", node="pc9", heartbeat=time.time())
+        await other.publish(topics.node_status("pc9"), encode(silent), retain=True)
+        lost = page.locator('#presence tr[data-key="node:pc9"] [data-state="lost"]')
+        await lost.wait_for(timeout=10_000)
+
+        # load a sample and mark the pipeline ready, from the page
+        await page.select_option("#pc-pipeline", "pip-counter-1")
+        await page.fill("#pc-sample", "s1")
+        await _act(page, '#pipeline-controls button[data-op="pipeline_load"]', "✓")
+        await pip.locator("td.sample", has_text="s1").wait_for(timeout=5_000)
+        await _act(page, '#pipeline-controls button[data-op="pipeline_ready"]', "✓")
+        await pip.locator("td.ready", has_text="ready").wait_for(timeout=5_000)
+        # a refused action shows the scheduler's error
+        await page.fill("#pc-sample", "s2")
+        await _act(page, '#pipeline-controls button[data-op="pipeline_load"]', "✗")
+
+        # submit a payload file from the page: it opens the job page
+        payload = tmp_path / "payload.yml"
+        payload.write_text(PAYLOAD)
+        await page.set_input_files("#sc-file", str(payload))
+        await page.click("#submit-controls button[type=submit]")
+        await page.wait_for_url("**/#/job/*", timeout=10_000)
+        jobid = int(page.url.rsplit("/", 1)[1])
+        await page.locator('#jp-status[data-status="r"]').wait_for(timeout=20_000)
+
+        # the plot gains points while the job runs
+        await page.wait_for_function(
+            "() => Object.values(window.__dash.drawn).some(d => d.points > 5)", timeout=20_000
+        )
+        first = await page.evaluate(
+            "Math.max(...Object.values(window.__dash.drawn).map(d => d.points))"
+        )
+        await page.wait_for_function(
+            f"() => Object.values(window.__dash.drawn).some(d => d.points > {first} + 10)",
+            timeout=20_000,
+        )
+        # one plot per variable of the role, titled role: variable, task start marked
+        assert await page.locator("#jp-plots .plot .main-svg").count() >= 1
+        assert await page.locator("#jp-plots .gtitle", has_text="counter: val").count() == 1
+        assert await page.locator("#jp-plots .annotation-text", has_text="task 0").count() >= 1
+        # variables can be chosen: unticked, its plot goes away
+        await page.locator('#jp-vars input[data-key$="|max"]').uncheck()
+        assert await page.locator('#jp-plots .plot[data-key$="|max"]').is_hidden()
+        assert await page.locator('#jp-plots .plot[data-key$="|val"]').is_visible()
+        # the snapshot download: a NetCDF file fetched from the recorder over MQTT
+        async with page.expect_download() as dl:
+            await page.click("#jp-download")
+        snap = tmp_path / "snap.nc"
+        await (await dl.value).save_as(snap)
+        assert snap.read_bytes()[:4] in (b"\x89HDF", b"CDF\x01", b"CDF\x02")
+        await page.locator("#jp-tasks td.current").wait_for(timeout=5_000)
+
+        # a dashboard started while the job runs: its plot starts with the stored points
+        stored = await page.evaluate(
+            "Math.max(...Object.values(window.__dash.drawn).map(d => d.points))"
+        )
+        async with running_dashboard(url, instance) as late, chromium_page() as (_, page2):
+            await page2.goto(f"{late.address()}#/job/{jobid}")
+            before = late.started_at - 1.0  # points older than the late dashboard
+            await page2.wait_for_function(
+                f"() => Object.values(window.__dash.drawn).some(d => d.points >= {stored} "
+                f"&& d.first < {before})",
+                timeout=30_000,
+            )
+
+        # the screenshot of docs/ and the README: the job page of a running job
+        await page.locator('#jp-vars input[data-key$="|max"]').check()
+        await page.evaluate("document.getElementById('reply').hidden = true")
+        DOCS.mkdir(exist_ok=True)
+        await page.screenshot(path=str(DOCS / "dashboard.png"), full_page=False)
+
+        # cancel from the page: the job ends cd
+        await _act(page, "#jp-cancel", "✓")
+        await page.locator('#jp-status[data-status="cd"]').wait_for(timeout=20_000)
+        job = await st.wait_job(jobid, {"cd"}, timeout=5)
+        assert job.status == "cd"
+
+        # the component page: attrs with units and limits, capabilities; passata get/set
+        await page.goto(dash.address() + "#/")
+        await pip.locator("a.cmp").click()
+        await page.locator("#cp-attrs td", has_text="param").wait_for(timeout=5_000)
+        assert "count" in str(await page.locator("#cp-caps").text_content())
+        await page.select_option("#cp-attr", "param")
+        await _act(page, '#cp-controls button[data-op="get_attr"]', "✓")
+        await page.fill("#cp-value", "-5")
+        refused = await _act(page, '#cp-controls button[data-op="set_attr"]', "✗")
+        assert "minimum" in refused, refused
+
+
+@pytest.mark.parametrize("role", ["reader"])
+async def test_dashboard_read_only(
+    broker: RunningBroker, tmp_path: Path, instance: str, role: str
+) -> None:
+    """`[dashboard] read_only`: no control is shown, and a forged one is refused."""
+    url = f"mqtt://127.0.0.1:{broker.port}"
+    async with (
+        inproc_stack(broker.port, tmp_path, instance),
+        running_dashboard(url, instance, read_only=True) as dash,
+        chromium_page() as (_, page),
+    ):
+        await page.goto(dash.address())
+        await page.locator('#pipelines tr[data-key="pip-counter-1"]').wait_for(timeout=10_000)
+        await page.wait_for_function("() => window.S.me && window.S.me.role === 'admin'")
+        assert await page.locator("button:visible").count() == 0
+        assert await page.locator("input:visible, select:visible").count() == 0
+        r = await page.evaluate(
+            "window.command('pipeline_load', {pipeline: 'pip-counter-1', sample: 'x'})"
+        )
+        assert not r["success"] and r["code"] == "not_allowed", r
+        assert "✗" in await _reply(page)
+
+
+async def test_dashboard_roles_on_secured_mosquitto(
+    mosquitto_path: str, tmp_path: Path, instance: str
+) -> None:
+    """On Mosquitto with the generated ACL: the dashboard's own login (role dashboard)
+    shows no controls; an operator who signs in gets them, and acts as themself; a
+    reader who signs in gets none; a wrong password is refused in the page."""
+    from tests.inproc import running
+    from tests.security_env import DEVICES, secured
+    from tomato_mqtt.config.settings import load_settings
+    from tomato_mqtt.services.scheduler.service import SchedulerService
+
+    async with secured("mosquitto", tmp_path / "b", instance, mosquitto_path) as b:
+        app = tmp_path / "app"
+        app.mkdir()
+        (app / "devices.yml").write_text(DEVICES)
+        (app / "settings.toml").write_text(
+            f'[mqtt]\ninstance = "{instance}"\nport = {b.port}\n'
+            'username = "sched"\npassword = "pw-sched"\n'
+            f'[broker]\nembedded = false\npassword_file = "{b.workdir / "users"}"\n'
+            "[scheduler]\nheartbeat = 0.5\n"
+        )
+        s = load_settings(appdir=app, datadir=tmp_path / "data", logdir=tmp_path / "log")
+        async with (
+            running(SchedulerService(s)),
+            running_dashboard(b.url("dash"), instance) as dash,
+            chromium_page() as (_, page),
+        ):
+            await page.goto(dash.address())
+            await page.locator('#pipelines tr[data-key="pip-a"]').wait_for(timeout=10_000)
+            await page.wait_for_function("() => window.S.me && window.S.me.role === 'reader'")
+            assert await page.locator("main button:visible, main input:visible").count() == 0
+            assert await page.locator("#login").is_visible()
+
+            async def sign_in(user: str, password: str) -> str:
+                await page.evaluate("document.getElementById('reply').hidden = true")
+                await page.fill("#login-user", user)
+                await page.fill("#login-pass", password)
+                await page.click("#login button")
+                return await _reply(page)
+
+            assert "✗" in await sign_in("olga", "wrong")
+            assert "✓" in await sign_in("olga", "pw-olga")
+            await page.wait_for_function("() => window.S.me && window.S.me.user === 'olga'")
+            await page.locator("#submit-controls").wait_for(state="visible", timeout=5_000)
+            await page.select_option("#pc-pipeline", "pip-a")
+            await page.fill("#pc-sample", "olgas-sample")
+            await _act(page, '#pipeline-controls button[data-op="pipeline_load"]', "✓")
+            pip = page.locator('#pipelines tr[data-key="pip-a"] td.sample')
+            await pip.filter(has_text="olgas-sample").wait_for(timeout=5_000)
+
+            await page.click("#logout")
+            await page.wait_for_function("() => window.S.me && !window.S.me.signed_in")
+            assert "✓" in await sign_in("rita", "pw-rita")
+            await page.wait_for_function("() => window.S.me && window.S.me.user === 'rita'")
+            assert await page.locator("main button:visible, main input:visible").count() == 0

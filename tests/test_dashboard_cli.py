@@ -1,0 +1,110 @@
+"""``tomato dashboard`` as a command: settings, the page and plotly from its wheel, and
+``tomato start``'s supervisor running it when ``[dashboard] enabled``."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import urllib.request
+from pathlib import Path
+
+from tests.conftest import RunningBroker
+from tests.stack import BIN, free_port
+from tomato_mqtt.services.supervisor import Supervisor
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _get(url: str) -> tuple[int, bytes]:
+    with urllib.request.urlopen(url, timeout=5) as r:
+        return int(r.status), bytes(r.read())
+
+
+async def test_tomato_dashboard_serves_page_and_plotly(
+    broker: RunningBroker, tmp_path: Path, instance: str
+) -> None:
+    web = free_port()
+    app = tmp_path / "app"
+    app.mkdir()
+    (app / "settings.toml").write_text(
+        f'[mqtt]\ninstance = "{instance}"\nport = {broker.port}\n'
+        f"[broker]\nembedded = false\n[dashboard]\nport = {web}\n"
+    )
+    out = tmp_path / "out.txt"
+    with out.open("wb") as f:
+        proc = subprocess.Popen(
+            [str(BIN / "tomato"), "dashboard", "-A", str(app), "-L", str(tmp_path / "log")],
+            stdin=subprocess.DEVNULL,
+            stdout=f,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        status, body = 0, b""
+        for _ in range(200):  # up to 20 s: the process imports aiohttp, then connects
+            try:
+                status, body = await asyncio.to_thread(_get, f"http://127.0.0.1:{web}/")
+                break
+            except OSError:
+                if proc.poll() is not None:
+                    raise AssertionError(f"tomato dashboard exited: {out.read_text()}") from None
+                await asyncio.sleep(0.1)
+        assert status == 200 and b"tomato-mqtt" in body
+        status, js = await asyncio.to_thread(_get, f"http://127.0.0.1:{web}/vendor/plotly.min.js")
+        assert status == 200 and len(js) > 1_000_000  # plotly.min.js of the plotly wheel
+    finally:
+        proc.terminate()
+        proc.wait(timeout=15)
+    assert proc.returncode == 0, out.read_text()
+
+
+def test_supervisor_runs_the_dashboard_only_when_enabled(tmp_path: Path) -> None:
+    def names(dashboard: bool) -> list[str]:
+        sup = Supervisor(
+            [],
+            logdir=tmp_path,
+            pidfile=tmp_path / "pid",
+            embedded_broker=True,
+            broker_host="127.0.0.1",
+            port=1883,
+            node_name="local",
+            dashboard=dashboard,
+        )
+        return [c.name for c in sup.children]
+
+    assert "dashboard" not in names(False)
+    assert names(True)[-1] == "dashboard"
+
+
+def test_instrument_pc_install_does_not_pull_the_dashboard() -> None:
+    """The dashboard's packages are an extra, and nothing but the dashboard imports them."""
+    import sys
+
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:
+        import tomli as tomllib
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    core = " ".join(project["dependencies"])
+    assert "aiohttp" not in core and "plotly" not in core
+    extra = " ".join(project["optional-dependencies"]["dashboard"])
+    assert "aiohttp" in extra and "plotly" in extra
+    code = (
+        "import sys\n"
+        "import tomato_mqtt.services.node.service, tomato_mqtt.cli.tomato\n"
+        "bad = [m for m in ('aiohttp', 'plotly') if m in sys.modules]\n"
+        "sys.exit(f'imported {bad}' if bad else 0)\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_the_settings_in_the_docs_are_the_defaults(tmp_path: Path) -> None:
+    """docs/dashboard.md's [dashboard] block loads, and says what the defaults are."""
+    from tomato_mqtt.config.settings import DashboardSettings, load_settings
+
+    doc = (ROOT / "docs" / "dashboard.md").read_text()
+    block = doc.split("```toml\n[dashboard]\n", 1)[1].split("```", 1)[0]
+    (tmp_path / "settings.toml").write_text("[dashboard]\n" + block)
+    s = load_settings(appdir=tmp_path, datadir=tmp_path, logdir=tmp_path)
+    assert s.dashboard == DashboardSettings()
+    assert "--open" in doc and "tomato dashboard --open" in (ROOT / "README.md").read_text()

@@ -1,0 +1,143 @@
+"""The dashboard's pure parts: decimation (series.py), the lab state (state.py), roles."""
+
+from __future__ import annotations
+
+import pytest
+
+from tomato_mqtt.model.jobs import Job
+from tomato_mqtt.services.dashboard.series import Series
+from tomato_mqtt.services.dashboard.sessions import controls_for
+from tomato_mqtt.services.dashboard.state import LabState
+from tomato_mqtt.wire.commands import WhoamiData
+from tomato_mqtt.wire.messages import (
+    DataBatch,
+    DecodeError,
+    JobStatus,
+    NodeStatus,
+    PipelineStatus,
+    encode,
+)
+from tomato_mqtt.wire.topics import Topics
+
+T = Topics("lab")
+
+
+def test_series_stays_bounded_and_keeps_extremes() -> None:
+    s = Series(max_buckets=100)
+    n = 100_000  # 100 s at 1 kHz
+    uts = [1000.0 + i * 0.001 for i in range(n)]
+    vals: list[float | int | bool | str | None] = [0.0] * n
+    vals[54_321] = 99.0  # one spike
+    vals[77_777] = -7.0
+    s.add(uts, {"x": vals}, {"x": "V"})
+    assert len(s.buckets) <= 100
+    assert s.points == n
+    cols = s.snapshot()
+    assert max(v for v in cols["hi"]["x"] if v is not None) == 99.0
+    assert min(v for v in cols["lo"]["x"] if v is not None) == -7.0
+    assert sum(cols["n"]) == n
+    assert cols["units"] == {"x": "V"} and cols["last"] == uts[-1]
+
+
+def test_series_updates_send_only_the_tail_until_a_merge() -> None:
+    s = Series(max_buckets=1000, first_width=1.0)
+    s.add([0.0, 1.0, 2.0], {"x": [1, 2, 3]}, {})
+    first = s.take_update()
+    assert first is not None and first["from"] == 0 and first["t"] == [0.0, 1.0, 2.0]
+    assert s.take_update() is None
+    s.add([2.5, 3.0], {"x": [9, 4]}, {})  # bucket 2 changes, bucket 3 is new
+    upd = s.take_update()
+    assert upd is not None and upd["from"] == 2
+    assert upd["lo"]["x"] == [3.0, 4.0] and upd["hi"]["x"] == [9.0, 4.0]
+    # strings, booleans and NaN are not plotted; they do not break the numbers
+    s.add([4.0], {"x": [float("nan")], "y": ["text"], "z": [True]}, {})
+    assert s.take_update() is not None
+
+
+def test_series_merge_resends_everything() -> None:
+    s = Series(max_buckets=4, first_width=1.0)
+    s.add([0.0, 1.0, 2.0, 3.0], {"x": [0, 1, 2, 3]}, {})
+    s.take_update()
+    s.add([4.0], {"x": [4]}, {})  # a fifth bucket: widths double, pairs merge
+    upd = s.take_update()
+    assert upd is not None and upd["from"] == 0 and len(upd["t"]) == 3
+    assert upd["hi"]["x"] == [1.0, 3.0, 4.0]
+
+
+def _job(jobid: int, status: str = "q") -> Job:
+    return Job(id=jobid, payload={"method": []}, status=status, submitted_at="2026-01-01T00:00:00")
+
+
+def _apply(st: LabState, topic: str, payload: bytes) -> None:
+    parsed = T.parse(topic)
+    assert parsed is not None
+    st.apply(parsed, topic, payload)
+
+
+def test_state_trusts_topics_and_coalesces_changes() -> None:
+    st = LabState()
+    for i in range(5):  # five statuses of one node between two flushes: one change
+        msg = NodeStatus(state="online", node="pc1", heartbeat=float(i))
+        _apply(st, T.node_status("pc1"), encode(msg))
+    changes = st.take_changes()
+    assert [c["k"] for c in changes] == ["node"] and changes[0]["v"]["state"] == "online"
+    assert st.take_changes() == []
+    # a job status whose id disagrees with its topic is dropped
+    _apply(st, T.job_status(7), encode(JobStatus.of(_job(8))))
+    assert 8 not in st.jobs and 7 not in st.jobs
+    _apply(st, T.job_status(7), encode(JobStatus.of(_job(7, "qw"))))
+    view = st.view("job", "7")["v"]
+    assert view["status"] == "qw" and view["meaning"].startswith("queued")
+    with pytest.raises(DecodeError):
+        _apply(st, T.node_status("pc1"), b'{"state": "sideways"}')
+
+
+def test_state_keeps_series_per_job_with_roles_and_task_marks() -> None:
+    st = LabState()
+    cmp = "example_counter:(addr,1)"
+    pip = PipelineStatus(name="p1", roles={"counter": cmp}, job=3, ready=True, sample="s")
+    _apply(st, T.pipeline_status("p1"), encode(pip))
+    job = _job(3, "r").model_copy(update={"pipeline": "p1"})
+    _apply(st, T.job_status(3), encode(JobStatus.of(job)))
+    for seq, task in enumerate([0, 0, 1]):
+        b = DataBatch(
+            component=cmp, job=3, task=task, epoch=1, seq=seq, uts=[float(seq)], vars={"v": [seq]}
+        )
+        _apply(st, T.component_data(cmp), encode(b))
+    detail = st.job_detail(3)
+    slugged = T.component_data(cmp).split("/")[-2]
+    assert detail["roles"] == {slugged: "counter"}
+    assert detail["series"][slugged]["points"] == 3
+    assert [m["task"] for m in detail["marks"]] == [0, 1]  # where each task's data begins
+    assert st.take_series_changed() == {3}
+
+
+def test_controls_follow_the_role() -> None:
+    def me(role: str | None, ops: list[str]) -> WhoamiData:
+        return WhoamiData(user="u", role=role, ops=ops, open=False)
+
+    reader = me("reader", ["status", "job_status", "job_search", "whoami"])
+    assert controls_for(reader, read_only=False) == []
+    operator = me("operator", ["whoami", "job_submit", "job_cancel", "pipeline_load"])
+    assert controls_for(operator, False) == [
+        "pipeline_load",
+        "job_submit",
+        "job_cancel",
+        "get_attr",
+    ]
+    admin = me("admin", ["job_cancel"])
+    assert "set_attr" in controls_for(admin, False)
+    assert controls_for(admin, read_only=True) == []
+    assert controls_for(None, False) == []
+
+
+def test_an_unsigned_page_gets_controls_only_on_an_open_loopback_stack() -> None:
+    from tomato_mqtt.services.dashboard.sessions import Session
+
+    def page(role: str, open_: bool, exposed: bool) -> list[str]:
+        me = WhoamiData(user="x", role=role, ops=["job_cancel"], open=open_)
+        return Session("", None, None, T, me, exposed=exposed).controls  # type: ignore[arg-type]
+
+    assert page("admin", open_=True, exposed=False) == ["job_cancel", "get_attr", "set_attr"]
+    assert page("admin", open_=True, exposed=True) == []  # an open stack on the network
+    assert page("admin", open_=False, exposed=False) == []  # secured: a person signs in

@@ -1,0 +1,61 @@
+"""Driver discovery on a running node: a driver package installed after start is found
+by ``tomato reload`` (no restart), in-process against the embedded broker."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import RunningBroker
+from tests.inproc import inproc_stack
+from tomato_mqtt.wire.messages import ComponentMeta
+
+LATE = "late_counter:(late-addr,1)"
+
+
+def _fake_dist(root: Path) -> None:
+    """A distribution that registers a native driver under the entry-point group, as
+    ``pip install`` would leave it (its code is the bundled counter's)."""
+    info = root / "tomato_mqtt_late-0.1.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: tomato-mqtt-late\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text(
+        "[tomato_mqtt.drivers]\nlate_counter = tomato_mqtt_example_counter:DriverInterface\n"
+    )
+
+
+async def test_driver_installed_after_start_is_found_by_reload(
+    broker: RunningBroker, tmp_path: Path, instance: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with inproc_stack(broker.port, tmp_path / "st", instance, components=4) as st:
+        devices = st.settings.devices_file
+        text = devices.read_text().replace(
+            "pipelines:",
+            "  - {name: dev-late, driver: late_counter, address: late-addr,"
+            " channels: ['1']}\npipelines:",
+        )
+        # a component exists only for a channel some pipeline uses (as in tomato)
+        text = text.rstrip("\n") + (
+            "\n  - name: pip-late\n    devices:\n"
+            "      - {role: counter, device: dev-late, channel: '1'}\n"
+        )
+        devices.write_text(text)
+        await st.call("reload")
+
+        async def meta_says(pred: Callable[[ComponentMeta], bool]) -> None:
+            async with st.changed:
+                await st.changed.wait_for(lambda: LATE in st.metas and pred(st.metas[LATE]))
+
+        await asyncio.wait_for(meta_says(lambda m: bool(m.error)), 20)
+        err = st.metas[LATE].error or ""
+        assert "late_counter" in err and "not installed" in err, err
+        assert "tomato drivers install" in err  # says how
+
+        _fake_dist(tmp_path / "site")
+        monkeypatch.syspath_prepend(str(tmp_path / "site"))
+        await st.call("reload")
+        await asyncio.wait_for(meta_says(lambda m: m.registered), 20)
+        assert sorted(st.metas[LATE].capabilities) == ["count", "random"]

@@ -1,0 +1,96 @@
+"""``ketchup status ID --follow``, ``ketchup snapshot`` and ``--version`` against a live
+in-process stack (the CLI as a subprocess, as a user runs it)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import RunningBroker
+from tests.inproc import CONFIG, InProc, inproc_stack
+
+BIN = Path(__file__).resolve().parents[1] / ".venv" / "bin"
+
+
+async def cli(st: InProc, port: int, *args: str, cwd: Path | None = None) -> tuple[int, str]:
+    proc = await asyncio.create_subprocess_exec(
+        str(BIN / args[0]),
+        *args[1:],
+        "-A",
+        str(st.settings.appdir),
+        "-p",
+        str(port),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        cwd=cwd,
+    )
+    out, _ = await asyncio.wait_for(proc.communicate(), 90)
+    return proc.returncode or 0, out.decode()
+
+
+@pytest.mark.parametrize("prog", ["tomato", "ketchup", "passata"])
+def test_version(prog: str) -> None:
+    import subprocess
+
+    from tomato_mqtt import __version__
+
+    out = subprocess.run([str(BIN / prog), "--version"], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip() == f"{prog} (tomato-mqtt) {__version__}"
+
+
+async def test_follow_snapshot_and_exit_codes(
+    broker: RunningBroker, tmp_path: Path, instance: str
+) -> None:
+    payload = yaml.safe_load((CONFIG / "counter_1_0.1.yml").read_text())
+    payload["method"][0]["time"] = 8.0  # the follower starts while it runs, even under load
+    async with inproc_stack(broker.port, tmp_path, instance) as st:
+        work = st.settings.datadir / "work"
+        work.mkdir(parents=True)
+        await st.call("pipeline_load", {"pipeline": "pip-counter-1", "sampleid": "counter_1_0.1"})
+        await st.call("pipeline_ready", {"pipeline": "pip-counter-1"})
+        job = await st.call("job_submit", {"payload": payload, "submit_dir": str(work)})
+        rc, out = await cli(st, broker.port, "ketchup", "status", str(job.id), "--follow")
+        assert rc == 0, out
+        lines = [ln for ln in out.splitlines() if ln.startswith(f"job {job.id}: ")]
+        assert lines[-1].startswith(f"job {job.id}: c |"), out  # plain lines: not a tty
+        assert any(re.search(r": r \|.* / 8 s", ln) for ln in lines), out  # elapsed/expected
+        assert re.search(r"^status:\s+c$", out, flags=re.M), out  # then the usual detail
+
+        # snapshot: the file here, 0644 per umask, an event with its path, snappath set
+        events: list[bytes] = []
+        await st.client.subscribe(
+            st.topics.job_event(job.id), handler=lambda m: events.append(m.payload)
+        )
+        rc, out = await cli(st, broker.port, "ketchup", "snapshot", str(job.id), cwd=work)
+        assert rc == 0, out
+        snap = work / f"snapshot.{job.id}.nc"
+        mask = os.umask(0o022)
+        os.umask(mask)
+        assert (snap.stat().st_mode & 0o777) == 0o666 & ~mask, oct(snap.stat().st_mode)
+        info = (await st.call("job_status", {"jobids": [job.id]}))[0]
+        assert info.snappath and info.snappath.endswith(f"snapshot.{job.id}.nc"), info
+
+        async def event() -> bytes:
+            while not any(b"snapshot_written" in e for e in events):
+                await asyncio.sleep(0.05)
+            return next(e for e in events if b"snapshot_written" in e)
+
+        ev = await asyncio.wait_for(event(), 10)
+        assert info.snappath.encode() in ev, ev
+
+        # a cancelled job: --follow exits non-zero
+        payload["method"][0]["time"] = 60.0
+        await st.call("pipeline_ready", {"pipeline": "pip-counter-1"})
+        job2 = await st.call("job_submit", {"payload": payload, "submit_dir": str(work)})
+        await st.wait_job(job2.id, {"r"})
+        follower = asyncio.ensure_future(
+            cli(st, broker.port, "ketchup", "status", str(job2.id), "--follow")
+        )
+        await st.call("job_cancel", {"jobids": [job2.id]})
+        rc, out = await follower
+        assert rc == 1 and f"job {job2.id}: cd" in out, out

@@ -1,0 +1,37 @@
+"""A stack whose broker cannot listen gives up at once instead of restarting for ever.
+
+`tomato start` checks the broker's ports before it starts anything; this is the case it
+cannot see (the port taken between the check and the bind): the supervisor itself must
+give up when the broker exits at its first start, and take every service down.
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.stack import free_port
+from tests.upstream.test_upstream_stack import processes_of
+
+pytestmark = pytest.mark.timeout(240)
+
+
+def test_supervisor_gives_up_when_the_broker_cannot_listen(tmp_path: Path) -> None:
+    port = free_port()
+    dirs = ["-A", str(tmp_path), "-D", str(tmp_path), "-L", str(tmp_path), "-p", str(port)]
+    exe = [sys.executable, "-m", "tomato_mqtt.cli.tomato"]
+    subprocess.run([*exe, "init", *dirs], check=True, capture_output=True, timeout=60)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", port + 1))  # the WebSocket listener's port
+        taken.listen()
+        # it ends by itself (a restart loop would run into the timeout)
+        res = subprocess.run([*exe, "supervise", *dirs], capture_output=True, timeout=180)
+    assert res.returncode == 1, res
+    log = (tmp_path / "supervisor.log").read_text()
+    assert "the broker could not start" in log and "address already in use" in log, log
+    assert log.count("started broker") == 1  # given up after its first exit, not restarted
+    assert processes_of(port) == []

@@ -1,0 +1,80 @@
+"""``tomato dashboard``: serve the live web UI (issue 11; see docs/dashboard.md).
+
+Runs in the foreground (``tomato start`` runs it as one more supervised service when
+``[dashboard] enabled = true``). It is an ordinary MQTT client: ``--broker`` points it at
+any broker from any PC. Needs the ``dashboard`` extra (aiohttp, plotly), which the
+instrument-PC install does not pull in.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from tomato_mqtt.cli import common
+from tomato_mqtt.cli import user as _user
+from tomato_mqtt.cli.common import fail
+
+__all__ = ["app"]
+
+app = typer.Typer(pretty_exceptions_enable=False, add_completion=False)
+
+
+@app.command()
+@common.options(("broker", "instance", *common.LOCAL))
+def dashboard(
+    *,
+    opts: common.Opts,
+    host: Annotated[
+        str | None, typer.Option("--host", help="address to serve on (default: dashboard.host)")
+    ] = None,
+    web_port: Annotated[
+        int | None, typer.Option("--web-port", help="HTTP port (default: dashboard.port, 8765)")
+    ] = None,
+    read_only: Annotated[
+        bool, typer.Option("--read-only", help="show no controls to anyone")
+    ] = False,
+    open_browser: Annotated[
+        bool, typer.Option("--open", help="open the page in this PC's web browser")
+    ] = False,
+    verbose: Annotated[int, typer.Option("-v", "--verbose", count=True)] = 0,
+) -> None:
+    """Serve the live dashboard (default http://127.0.0.1:8765/)."""
+    try:
+        import aiohttp  # noqa: F401
+    except ImportError:
+        fail("the dashboard is not installed here: pip install 'tomato-mqtt[dashboard]'")
+    from tomato_mqtt.services.base import setup_logging
+    from tomato_mqtt.services.dashboard.service import DashboardConfig, DashboardService
+
+    ctx = opts.context()
+    s = ctx.settings
+    setup_logging("dashboard", s.logdir if opts.logdir or opts.appdir else None, verbose)
+    url = ctx.url
+    if not opts.broker:  # the local stack's own dashboard login (role dashboard = reader)
+        _user.ensure_services(s, ["dashboard"])
+        url = _user.service_url(s, "dashboard", ctx.url)
+    svc = DashboardService(
+        DashboardConfig(
+            url=url,
+            instance=ctx.instance,
+            host=host or s.dashboard.host,
+            port=s.dashboard.port if web_port is None else web_port,
+            read_only=read_only or s.dashboard.read_only,
+            lost_after=s.scheduler.lost_after,
+        )
+    )
+    if open_browser:
+        import webbrowser
+
+        svc.on_ready = webbrowser.open
+    typer.echo(f"dashboard: http://{svc.cfg.host}:{svc.cfg.port}/ (Ctrl-C stops it)", err=True)
+    from tomato_mqtt.transport.client import MqttError
+
+    try:
+        svc.run_sync()
+    except MqttError as e:
+        fail(f"the dashboard cannot reach the broker at {url}: {e}")
+    except OSError as e:
+        fail(f"the dashboard cannot serve on {svc.cfg.host}:{svc.cfg.port}: {e}")

@@ -1,0 +1,394 @@
+"""The asyncio client of tomato-mqtt: jobs, pipelines and components from Python.
+
+One connection (the transport's :class:`~tomato_mqtt.transport.client.AsyncClient`),
+typed commands (``wire/commands.py``: args checked before sending, reply data parsed),
+and subscriptions for what a script waits on: a job's retained status and events, the
+recorder's point counts, the live data batches. Everything the CLI can do, a script can
+do here without parsing CLI text::
+
+    async with AsyncTomato.from_settings() as t:
+        job = await t.submit("payload.yml")
+        await job.wait(timeout=600)
+        tree = await job.results()
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from pydantic import JsonValue
+
+from tomato_mqtt.client.progress import FINAL, Progress
+from tomato_mqtt.config.url import BrokerURL
+from tomato_mqtt.model.jobs import Job as JobInfo
+from tomato_mqtt.model.jobs import PipelineState
+from tomato_mqtt.transport.client import AsyncClient, Message, MqttError
+from tomato_mqtt.transport.rpc import NoResponder, ReplyError, Requester
+from tomato_mqtt.wire.commands import FileData, command
+from tomato_mqtt.wire.messages import DataBatch, DecodeError, Reply, decode
+from tomato_mqtt.wire.topics import Topics
+
+__all__ = ["AsyncTomato", "ClientError", "Job", "NoResponder", "ReplyError"]
+
+
+class ClientError(Exception):
+    """A request that failed: ``code`` is the reply's error code (``wire.messages``)."""
+
+    def __init__(self, msg: str, code: str | None = None) -> None:
+        super().__init__(msg)
+        self.code = code
+
+
+class _Inbox:
+    """Messages of some subscriptions, handed from paho's thread to this loop."""
+
+    def __init__(self) -> None:
+        self.queue: asyncio.Queue[Message] = asyncio.Queue()
+        self._loop = asyncio.get_running_loop()
+
+    def __call__(self, msg: Message) -> None:  # paho's thread: hand over only
+        self._loop.call_soon_threadsafe(self.queue.put_nowait, msg)
+
+
+def _payload(src: str | os.PathLike[str] | Mapping[str, Any]) -> dict[str, JsonValue]:
+    if isinstance(src, Mapping):
+        doc: Any = dict(src)
+    else:
+        from tomato_mqtt.config.payloads import read_payload_file
+
+        doc = read_payload_file(Path(src))
+    # YAML may hold dates and the like: send what JSON can carry
+    return json.loads(json.dumps(doc, default=str))  # type: ignore[no-any-return]
+
+
+class Job:
+    """A submitted job: a handle with the id; every method asks the stack afresh."""
+
+    def __init__(self, client: AsyncTomato, info: JobInfo) -> None:
+        self.client = client
+        self.info = info  # as last seen
+
+    @property
+    def id(self) -> int:
+        return self.info.id
+
+    def __repr__(self) -> str:
+        return f"<Job {self.id} {self.info.status}>"
+
+    async def status(self) -> JobInfo:
+        self.info = await self.client.status(self.id)
+        return self.info
+
+    async def wait(self, timeout: float | None = None, final: frozenset[str] = FINAL) -> JobInfo:
+        self.info = await self.client.wait(self.id, timeout=timeout, final=final)
+        return self.info
+
+    async def cancel(self) -> JobInfo:
+        self.info = await self.client.cancel(self.id)
+        return self.info
+
+    async def snapshot(self, path: str | os.PathLike[str] | None = None) -> Any:
+        return await self.client.snapshot(self.id, path)
+
+    async def results(self, path: str | os.PathLike[str] | None = None) -> Any:
+        return await self.client.results(self.id, path)
+
+    def stream(self) -> AsyncIterator[DataBatch]:
+        return self.client.stream(self.id)
+
+    def follow(self) -> AsyncIterator[Progress]:
+        return self.client.follow(self.id)
+
+
+class AsyncTomato:
+    """A connection to one tomato-mqtt instance (see the module docstring)."""
+
+    def __init__(
+        self,
+        url: str | BrokerURL = "mqtt://127.0.0.1:1883",
+        instance: str = "default",
+        *,
+        timeout: float = 10.0,
+    ) -> None:
+        self.url = url if isinstance(url, BrokerURL) else BrokerURL.parse(url)
+        self.topics = Topics(instance, self.url.username)
+        self.timeout = timeout
+        cid = f"client-{os.getpid()}-{os.urandom(3).hex()}"
+        self.mqtt = AsyncClient(self.url, client_id=cid)
+        self.requester = Requester(self.mqtt, self.topics)
+
+    @classmethod
+    def from_settings(
+        cls, appdir: str | os.PathLike[str] | None = None, *, timeout: float = 10.0
+    ) -> AsyncTomato:
+        """Broker and instance from ``settings.toml`` (the default appdir, or ``appdir``)."""
+        from tomato_mqtt.config.settings import load_settings, settings_url
+
+        s = load_settings(appdir=Path(appdir) if appdir else None)
+        return cls(settings_url(s), s.mqtt.instance, timeout=timeout)
+
+    async def connect(self) -> AsyncTomato:
+        try:
+            await self.mqtt.connect(timeout=self.timeout)
+        except MqttError as e:
+            raise ClientError(f"{e} — is tomato-mqtt running?", "unavailable") from None
+        await self.requester.start()
+        return self
+
+    async def close(self) -> None:
+        await self.mqtt.disconnect()
+
+    async def __aenter__(self) -> AsyncTomato:
+        return await self.connect()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # -- requests ----------------------------------------------------------------------
+    async def request(
+        self, topic: str, args: Mapping[str, Any] | None = None, *, timeout: float | None = None
+    ) -> Reply:
+        """A raw request on ``topic``: the :class:`Reply`, whatever it says."""
+        who = "recorder" if "/recorder/" in topic else "responder"
+        if "/scheduler/" in topic:
+            who = "scheduler"
+        return await self.requester.request(
+            topic, dict(args or {}), timeout=timeout or self.timeout, who=who
+        )
+
+    async def call(self, op: str, args: Mapping[str, Any] | None = None, **kw: Any) -> Any:
+        """A scheduler operation: typed reply data, or :class:`ClientError`."""
+        try:
+            return await self.requester.call(
+                self.topics.scheduler_cmd(op),
+                command("scheduler", op),
+                dict(args or {}),
+                timeout=kw.get("timeout") or self.timeout,
+                who="scheduler",
+            )
+        except ReplyError as e:
+            raise ClientError(str(e), e.code) from None
+        except NoResponder as e:
+            raise ClientError(str(e), "unavailable") from None
+
+    async def _component(self, name: str, op: str, args: Mapping[str, Any]) -> Any:
+        try:
+            return await self.requester.call(
+                self.topics.component_cmd(name, op),
+                command("component", op),
+                dict(args),
+                timeout=self.timeout,
+                who=f"component {name}",
+            )
+        except ReplyError as e:
+            raise ClientError(str(e), e.code) from None
+        except NoResponder as e:
+            raise ClientError(str(e), "unavailable") from None
+
+    # -- jobs --------------------------------------------------------------------------
+    async def submit(
+        self, payload: str | os.PathLike[str] | Mapping[str, Any], jobname: str | None = None
+    ) -> Job:
+        """Queue a payload (a file of any tomato version, or a dict); output goes to the
+        current directory unless the payload says otherwise."""
+        args = {"payload": _payload(payload), "jobname": jobname, "submit_dir": os.getcwd()}
+        return Job(self, await self.call("job_submit", args))
+
+    def job(self, jobid: int) -> Job:
+        """A handle on an existing job (nothing is asked until a method is called)."""
+        return Job(self, JobInfo(id=jobid, payload={}, submitted_at=""))
+
+    async def status(self, jobid: int) -> JobInfo:
+        jobs: list[JobInfo] = await self.call("job_status", {"jobids": [jobid]})
+        return jobs[0]
+
+    async def jobs(self, *jobids: int) -> list[JobInfo]:
+        return await self.call("job_status", {"jobids": list(jobids) or None})  # type: ignore[no-any-return]
+
+    async def search(self, name: str, complete: bool = True) -> list[JobInfo]:
+        return await self.call("job_search", {"name": name, "complete": complete})  # type: ignore[no-any-return]
+
+    async def cancel(self, jobid: int) -> JobInfo:
+        await self.call("job_cancel", {"jobids": [jobid]})
+        return await self.status(jobid)
+
+    async def wait(
+        self, jobid: int, *, timeout: float | None = None, final: frozenset[str] = FINAL
+    ) -> JobInfo:
+        """Until the job's status is in ``final`` (pushed, not polled); TimeoutError."""
+        async for p in self.follow(jobid, final=final, timeout=timeout):
+            if p.status in final:
+                break
+        return await self.status(jobid)
+
+    async def follow(
+        self, jobid: int, *, final: frozenset[str] = FINAL, timeout: float | None = None
+    ) -> AsyncIterator[Progress]:
+        """A :class:`Progress` at every change of the job, up to a status in ``final``.
+
+        From the job's retained status and its events, and the recorder's point counts
+        (refreshed with its heartbeat). Subscribes first, then asks, so nothing between
+        the two is missed.
+        """
+        inbox = _Inbox()
+        filters = (
+            self.topics.job_status(jobid),
+            self.topics.job_event(jobid),
+            self.topics.recorder_status(),
+        )
+        for f in filters:
+            await self.mqtt.subscribe(f, handler=inbox)
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        try:
+            p = Progress(jobid)
+            job = await self.status(jobid)
+            p.job(job.model_dump(mode="json"))
+            yield p
+            while p.status not in final:
+                left = None if deadline is None else deadline - loop.time()
+                if left is not None and left <= 0:
+                    raise TimeoutError(f"job {jobid} still {p.status} after {timeout:g} s")
+                try:
+                    msg = await asyncio.wait_for(inbox.queue.get(), left)
+                except asyncio.TimeoutError:
+                    continue
+                try:
+                    doc = json.loads(msg.payload) if msg.payload else None
+                except ValueError:
+                    doc = None
+                if not isinstance(doc, dict):
+                    continue
+                if msg.topic == filters[0]:
+                    p.job(doc)
+                elif msg.topic == filters[1]:
+                    p.event(doc)
+                    if doc.get("event") == "completed":
+                        p.job((await self.status(jobid)).model_dump(mode="json"))
+                else:
+                    prog = (doc.get("jobs") or {}).get(str(jobid))
+                    if not isinstance(prog, dict):
+                        continue
+                    p.recorder(prog.get("points") or {})
+                yield p
+        finally:
+            for f in filters:
+                with contextlib.suppress(Exception):
+                    await self.mqtt.unsubscribe(f)
+
+    async def stream(self, jobid: int) -> AsyncIterator[DataBatch]:
+        """The job's data batches as its components publish them, until it ends.
+
+        Live only (what is published after the call); the stored data of a job is in
+        :meth:`snapshot` / :meth:`results`. A batch may come twice (QoS 1): its identity
+        is ``(component, stream, seq)``.
+        """
+        inbox = _Inbox()
+        data, status = self.topics.all_component_data(), self.topics.job_status(jobid)
+        await self.mqtt.subscribe(data, handler=inbox)
+        await self.mqtt.subscribe(status, handler=inbox)
+        try:
+            if (await self.status(jobid)).status in FINAL:
+                return
+            while True:
+                msg = await inbox.queue.get()
+                if msg.topic == status:
+                    if msg.payload and json.loads(msg.payload).get("status") in FINAL:
+                        return
+                    continue
+                try:
+                    batch = decode(DataBatch, msg.payload, msg.topic)
+                except DecodeError:  # not ours to judge: the recorder logs bad batches
+                    continue
+                if batch.job == jobid:
+                    yield batch
+        finally:
+            for f in (data, status):
+                with contextlib.suppress(Exception):
+                    await self.mqtt.unsubscribe(f)
+
+    async def snapshot(self, jobid: int, path: str | os.PathLike[str] | None = None) -> Any:
+        """An up-to-date file of the job: written to ``path`` (returns the Path), or
+        opened as an ``xarray.DataTree`` (loaded into memory) without one."""
+        info: FileData = await self.call("job_snapshot", {"jobid": jobid}, timeout=60)
+        return await self._deliver(info, path)
+
+    async def results(self, jobid: int, path: str | os.PathLike[str] | None = None) -> Any:
+        """The job's data: its results file when it has ended and the file is readable
+        here, else an up-to-date snapshot fetched over MQTT (as :meth:`snapshot`)."""
+        job = await self.status(jobid)
+        if job.status in FINAL and job.respath and Path(job.respath).is_file():
+            if path is None:
+                return _open_tree(Path(job.respath))
+            import shutil
+
+            return Path(shutil.copyfile(job.respath, path))
+        return await self.snapshot(jobid, path)
+
+    async def fetch_file(self, info: FileData, target: Path) -> int:
+        """The bytes of a file the recorder wrote, in chunks over MQTT, to ``target``."""
+        part = target.with_name(target.name + ".part")
+        try:
+            with part.open("wb") as f:
+                for index in range(info.chunks):
+                    r = await self.request(
+                        self.topics.recorder_cmd("fetch"), {"token": info.token, "index": index}
+                    )
+                    chunk = r.data.get("data") if isinstance(r.data, dict) else None
+                    if not r.success or not isinstance(chunk, str):
+                        raise ClientError(f"fetching chunk {index} failed: {r.msg}", r.code)
+                    f.write(base64.b64decode(chunk))
+            got = part.stat().st_size
+            if got != info.size:
+                raise ClientError(f"transfer incomplete: {got} of {info.size} bytes")
+            os.replace(part, target)
+            return got
+        finally:
+            part.unlink(missing_ok=True)
+
+    async def _deliver(self, info: FileData, path: str | os.PathLike[str] | None) -> Any:
+        if path is not None:
+            await self.fetch_file(info, Path(path))
+            return Path(path)
+        with tempfile.TemporaryDirectory() as tmp:
+            target = Path(tmp) / Path(info.path).name
+            await self.fetch_file(info, target)
+            return _open_tree(target)
+
+    # -- pipelines and components ----------------------------------------------------
+    async def pipeline_load(self, pipeline: str, sampleid: str) -> PipelineState:
+        return await self.call("pipeline_load", {"pipeline": pipeline, "sampleid": sampleid})  # type: ignore[no-any-return]
+
+    async def pipeline_eject(self, pipeline: str) -> PipelineState:
+        return await self.call("pipeline_eject", {"pipeline": pipeline})  # type: ignore[no-any-return]
+
+    async def pipeline_ready(self, pipeline: str) -> PipelineState:
+        return await self.call("pipeline_ready", {"pipeline": pipeline})  # type: ignore[no-any-return]
+
+    async def component_get(self, component: str, *attrs: str) -> dict[str, Any]:
+        """Attribute values of a component (all of them without names)."""
+        return await self._component(component, "get_attr", {"attrs": list(attrs) or None})  # type: ignore[no-any-return]
+
+    async def component_set(
+        self, component: str, attr: str, val: Any, force: bool = False
+    ) -> dict[str, Any]:
+        """Set an attribute (needs the admin role on a secured stack)."""
+        return await self._component(  # type: ignore[no-any-return]
+            component, "set_attr", {"attr": attr, "val": val, "force": force}
+        )
+
+
+def _open_tree(path: Path) -> Any:
+    """The file as an ``xarray.DataTree``, read into memory (the file may go away)."""
+    import xarray as xr
+
+    with xr.open_datatree(path, engine="netcdf4") as tree:
+        return tree.load()

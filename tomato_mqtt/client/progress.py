@@ -1,0 +1,141 @@
+"""How far a job is: what ``ketchup status --follow`` and ``Tomato.follow`` show.
+
+Pure and light (no pydantic, no asyncio): built from plain dicts of the wire messages
+(the job from ``job_status``, its retained ``JobStatus`` summary, its ``JobEvent``s and
+the recorder's per-job point counts), so the CLI can render it without heavy imports.
+"""
+
+from __future__ import annotations
+
+import datetime
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["FINAL", "Progress", "expected_duration"]
+
+#: tomato's final job statuses
+FINAL = frozenset({"c", "ce", "cd"})
+
+
+def _seconds(v: Any) -> float:
+    if isinstance(v, int | float):
+        return float(v)
+    if isinstance(v, str):  # "10 s", "2 min", ... as payloads allow: a light parse
+        num, _, unit = v.strip().partition(" ")
+        try:
+            x = float(num)
+        except ValueError:
+            return 0.0
+        scale = {"ms": 1e-3, "min": 60.0, "h": 3600.0, "hour": 3600.0, "minute": 60.0}
+        return x * scale.get(unit.strip().rstrip("s") if unit.strip() != "ms" else "ms", 1.0)
+    return 0.0
+
+
+def expected_duration(payload: Mapping[str, Any]) -> float | None:
+    """The longest role's sum of ``max_duration`` (roles run in parallel), in s."""
+    per_role: dict[str, float] = {}
+    for task in payload.get("method") or []:
+        if not isinstance(task, Mapping):
+            continue
+        role = str(task.get("component_role") or task.get("component_tag") or "")
+        per_role[role] = per_role.get(role, 0.0) + _seconds(task.get("max_duration"))
+    return max(per_role.values()) if per_role else None
+
+
+def _ts(iso: Any) -> float | None:
+    if not isinstance(iso, str) or not iso:
+        return None
+    try:
+        return datetime.datetime.fromisoformat(iso).timestamp()
+    except ValueError:
+        return None
+
+
+@dataclass
+class Progress:
+    """One moment of a job, as the follower saw it."""
+
+    jobid: int
+    status: str = "q"
+    tasks: dict[str, str] = field(default_factory=dict)  # role -> current task
+    points: dict[str, int] = field(default_factory=dict)  # role -> points stored
+    launched: float | None = None
+    ended: float | None = None
+    expected: float | None = None
+    reason: str | None = None
+    respath: str | None = None
+
+    @property
+    def final(self) -> bool:
+        return self.status in FINAL
+
+    @property
+    def elapsed(self) -> float | None:
+        if self.launched is None:
+            return None
+        return max(0.0, (self.ended or time.time()) - self.launched)
+
+    @property
+    def total_points(self) -> int:
+        return sum(self.points.values())
+
+    def fraction(self) -> float | None:
+        e = self.elapsed
+        if self.final:
+            return 1.0
+        if e is None or not self.expected:
+            return None
+        return min(1.0, e / self.expected)
+
+    # -- updates from the wire (plain dicts) -------------------------------------------
+    def job(self, job: Mapping[str, Any]) -> None:
+        """From ``job_status`` (the whole job) or a ``JobStatus`` summary."""
+        self.status = str(job.get("status") or self.status)
+        self.launched = _ts(job.get("launched_at")) or self.launched
+        self.ended = _ts(job.get("completed_at")) or self.ended
+        self.reason = job.get("reason") or None
+        self.respath = job.get("respath") or self.respath
+        payload = job.get("payload")
+        if isinstance(payload, Mapping) and self.expected is None:
+            self.expected = expected_duration(payload)
+        pts = job.get("points") or (job.get("progress") or {}).get("points")
+        if isinstance(pts, Mapping) and pts:
+            self.points = {str(k): int(v) for k, v in pts.items()}
+
+    def event(self, ev: Mapping[str, Any]) -> None:
+        kind = ev.get("event")
+        role = str(ev.get("role") or "")
+        if kind == "task_started":
+            self.tasks[role] = f"task {ev.get('task')}"
+        elif kind == "task_ended":
+            self.tasks[role] = f"task {ev.get('task')} ended"
+        if ev.get("status"):
+            self.status = str(ev["status"])
+
+    def recorder(self, points: Mapping[str, Any]) -> None:
+        """The recorder's count of stored points of this job (component -> n)."""
+        if points:
+            self.points = {str(k): int(v) for k, v in points.items() if isinstance(v, int)}
+
+    # -- text ----------------------------------------------------------------------------
+    def line(self) -> str:
+        """One plain line (logs, pipes): status, tasks, points, elapsed / expected."""
+        parts = [f"job {self.jobid}: {self.status}"]
+        if self.tasks:
+            parts.append(", ".join(f"{r}: {t}" for r, t in sorted(self.tasks.items())))
+        parts.append(f"{self.total_points} point(s)")
+        e = self.elapsed
+        if e is not None:
+            parts.append(f"{e:.0f} s" + (f" / {self.expected:.0f} s" if self.expected else ""))
+        if self.reason and self.final:
+            parts.append(self.reason)
+        return " | ".join(parts)
+
+    def bar(self, width: int = 30) -> str:
+        """A progress bar line for a terminal."""
+        f = self.fraction()
+        filled = round((f or 0.0) * width)
+        pct = f"{100 * f:3.0f}%" if f is not None else "  ?%"
+        return f"[{'#' * filled}{'.' * (width - filled)}] {pct} {self.line()}"

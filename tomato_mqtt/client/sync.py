@@ -1,0 +1,254 @@
+"""The synchronous client: the same operations as :class:`~tomato_mqtt.client.aio.AsyncTomato`
+for scripts and the CLI, without asyncio in sight.
+
+Light to import (the CLI's fast path, issue 3): a plain request goes over the transport's
+one-shot path (paho's blocking API, no asyncio, no pydantic); the first call that needs
+more (waiting, following, streaming, files) starts an asyncio client on a background
+thread and keeps it for the life of this object (``close()`` or ``with`` ends it).
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+from collections.abc import Coroutine, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from tomato_mqtt.config.url import BrokerURL
+from tomato_mqtt.transport import oneshot
+from tomato_mqtt.wire.topics import Topics
+
+if TYPE_CHECKING:  # asyncio (~25 ms) only when a call needs it: the CLI's fast path
+    import asyncio
+
+    from tomato_mqtt.client.aio import AsyncTomato
+    from tomato_mqtt.client.progress import Progress
+    from tomato_mqtt.model.jobs import Job as JobInfo
+    from tomato_mqtt.model.jobs import PipelineState
+    from tomato_mqtt.wire.commands import FileData
+    from tomato_mqtt.wire.messages import DataBatch
+
+__all__ = ["Job", "Tomato"]
+
+T = TypeVar("T")
+_END = object()
+
+
+class Job:
+    """A submitted job (see :class:`tomato_mqtt.client.aio.Job`), synchronously."""
+
+    def __init__(self, client: Tomato, info: JobInfo) -> None:
+        self.client = client
+        self.info = info
+
+    @property
+    def id(self) -> int:
+        return self.info.id
+
+    def __repr__(self) -> str:
+        return f"<Job {self.id} {self.info.status}>"
+
+    def status(self) -> JobInfo:
+        self.info = self.client.status(self.id)
+        return self.info
+
+    def wait(self, timeout: float | None = None) -> JobInfo:
+        self.info = self.client.wait(self.id, timeout=timeout)
+        return self.info
+
+    def cancel(self) -> JobInfo:
+        self.info = self.client.cancel(self.id)
+        return self.info
+
+    def snapshot(self, path: str | os.PathLike[str] | None = None) -> Any:
+        return self.client.snapshot(self.id, path)
+
+    def results(self, path: str | os.PathLike[str] | None = None) -> Any:
+        return self.client.results(self.id, path)
+
+    def stream(self) -> Iterator[DataBatch]:
+        return self.client.stream(self.id)
+
+    def follow(self, timeout: float | None = None) -> Iterator[Progress]:
+        return self.client.follow(self.id, timeout=timeout)
+
+
+class Tomato:
+    """A synchronous connection to one tomato-mqtt instance."""
+
+    def __init__(
+        self,
+        url: str | BrokerURL = "mqtt://127.0.0.1:1883",
+        instance: str = "default",
+        *,
+        timeout: float = 10.0,
+    ) -> None:
+        self.url = url if isinstance(url, BrokerURL) else BrokerURL.parse(url)
+        self.instance = instance
+        self.topics = Topics(instance, self.url.username)
+        self.timeout = timeout
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._aio: AsyncTomato | None = None
+
+    @classmethod
+    def from_settings(
+        cls, appdir: str | os.PathLike[str] | None = None, *, timeout: float = 10.0
+    ) -> Tomato:
+        """Broker and instance from ``settings.toml`` (the default appdir, or ``appdir``)."""
+        from pathlib import Path
+
+        from tomato_mqtt.config.settings import load_settings, settings_url
+
+        s = load_settings(appdir=Path(appdir) if appdir else None)
+        return cls(settings_url(s), s.mqtt.instance, timeout=timeout)
+
+    def __enter__(self) -> Tomato:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._loop is None:
+            return
+        import asyncio
+
+        if self._aio is not None:
+            asyncio.run_coroutine_threadsafe(self._aio.close(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        if self._thread is not None:
+            self._thread.join(10)
+        self._loop.close()
+        self._loop = self._thread = self._aio = None
+
+    # -- the fast path: one request, one reply ----------------------------------------
+    def request(
+        self,
+        topic: str,
+        args: Mapping[str, Any] | None = None,
+        *,
+        timeout: float | None = None,
+        who: str = "scheduler",
+    ) -> oneshot.Reply:
+        """A raw request (plain dicts in and out); raises ``oneshot.OneShotError``s."""
+        return oneshot.request(
+            self.url, topic, self.topics.reply, args, timeout=timeout or self.timeout, who=who
+        )
+
+    # -- the rest runs on an asyncio client in a background thread --------------------
+    def _run(self, coro: Coroutine[Any, Any, T]) -> T:
+        import asyncio
+
+        return asyncio.run_coroutine_threadsafe(coro, self._start()).result()
+
+    def _start(self) -> asyncio.AbstractEventLoop:
+        if self._loop is None:
+            import asyncio
+
+            from tomato_mqtt.client.aio import AsyncTomato
+
+            loop = asyncio.new_event_loop()
+            self._thread = threading.Thread(target=loop.run_forever, daemon=True)
+            self._thread.start()
+            self._loop = loop
+            aio = AsyncTomato(self.url, self.instance, timeout=self.timeout)
+            try:
+                asyncio.run_coroutine_threadsafe(aio.connect(), loop).result()
+            except BaseException:
+                self.close()
+                raise
+            self._aio = aio
+        return self._loop
+
+    @property
+    def aio(self) -> AsyncTomato:
+        self._start()
+        assert self._aio is not None
+        return self._aio
+
+    def call(self, op: str, args: Mapping[str, Any] | None = None, **kw: Any) -> Any:
+        """A scheduler operation: typed reply data, or ``ClientError``."""
+        return self._run(self.aio.call(op, args, **kw))
+
+    def _iterate(self, agen: Any) -> Iterator[Any]:
+        import asyncio
+
+        q: queue.Queue[Any] = queue.Queue()
+
+        async def pump() -> None:
+            try:
+                async for item in agen:
+                    q.put(item)
+            except BaseException as e:  # handed to the consumer's thread
+                q.put(e)
+            finally:
+                q.put(_END)
+
+        fut = asyncio.run_coroutine_threadsafe(pump(), self._start())
+        try:
+            while (item := q.get()) is not _END:
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            fut.cancel()
+
+    def submit(
+        self, payload: str | os.PathLike[str] | Mapping[str, Any], jobname: str | None = None
+    ) -> Job:
+        return Job(self, self._run(self.aio.submit(payload, jobname)).info)
+
+    def job(self, jobid: int) -> Job:
+        return Job(self, self.aio.job(jobid).info)
+
+    def status(self, jobid: int) -> JobInfo:
+        return self._run(self.aio.status(jobid))
+
+    def jobs(self, *jobids: int) -> list[JobInfo]:
+        return self._run(self.aio.jobs(*jobids))
+
+    def search(self, name: str, complete: bool = True) -> list[JobInfo]:
+        return self._run(self.aio.search(name, complete))
+
+    def cancel(self, jobid: int) -> JobInfo:
+        return self._run(self.aio.cancel(jobid))
+
+    def wait(self, jobid: int, timeout: float | None = None) -> JobInfo:
+        return self._run(self.aio.wait(jobid, timeout=timeout))
+
+    def follow(self, jobid: int, timeout: float | None = None) -> Iterator[Progress]:
+        return self._iterate(self.aio.follow(jobid, timeout=timeout))
+
+    def stream(self, jobid: int) -> Iterator[DataBatch]:
+        return self._iterate(self.aio.stream(jobid))
+
+    def snapshot(self, jobid: int, path: str | os.PathLike[str] | None = None) -> Any:
+        return self._run(self.aio.snapshot(jobid, path))
+
+    def results(self, jobid: int, path: str | os.PathLike[str] | None = None) -> Any:
+        return self._run(self.aio.results(jobid, path))
+
+    def fetch_file(self, info: FileData, target: str | os.PathLike[str]) -> int:
+        """The bytes of a file the recorder wrote (``FileData`` of a reply) to ``target``."""
+        from pathlib import Path
+
+        return self._run(self.aio.fetch_file(info, Path(target)))
+
+    def pipeline_load(self, pipeline: str, sampleid: str) -> PipelineState:
+        return self._run(self.aio.pipeline_load(pipeline, sampleid))
+
+    def pipeline_eject(self, pipeline: str) -> PipelineState:
+        return self._run(self.aio.pipeline_eject(pipeline))
+
+    def pipeline_ready(self, pipeline: str) -> PipelineState:
+        return self._run(self.aio.pipeline_ready(pipeline))
+
+    def component_get(self, component: str, *attrs: str) -> dict[str, Any]:
+        return self._run(self.aio.component_get(component, *attrs))
+
+    def component_set(
+        self, component: str, attr: str, val: Any, force: bool = False
+    ) -> dict[str, Any]:
+        return self._run(self.aio.component_set(component, attr, val, force))

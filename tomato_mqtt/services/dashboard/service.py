@@ -1,0 +1,347 @@
+"""``tomato dashboard``: an ordinary subscriber of the topic contract that serves a page.
+
+One MQTT connection (the dashboard's own login, read-only on a secured stack) subscribes
+to every retained status and to the data stream; :class:`~.state.LabState` keeps the
+latest of each; every ``flush_interval`` the changed views go to every open page over a
+WebSocket, coalesced (a component that published ten times since the last flush is sent
+once). Pages that show a job also get that job's decimated series (``series.py``).
+
+Why a server and not the browser on the broker's WebSocket listener: the page then works
+with any broker (Mosquitto without a WebSocket listener, a site broker behind a
+firewall), the decimation of a 1 kHz stream happens once instead of in every browser,
+a page that opens gets the full state in one message, and the users' passwords go to
+one place the lab controls.
+
+Nothing is published but requests (``whoami`` and the controls of signed-in users), so
+the dashboard has no presence topic and needs no write rights of its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+import json
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from tomato_mqtt.config.url import BrokerURL
+from tomato_mqtt.services.base import cancel_and_wait, install_signal_handlers, run_until_stopped
+from tomato_mqtt.services.dashboard.sessions import Session, Sessions
+from tomato_mqtt.services.dashboard.state import LabState
+from tomato_mqtt.transport.client import AsyncClient, Message
+from tomato_mqtt.wire.messages import DecodeError
+from tomato_mqtt.wire.topics import Topics
+
+__all__ = ["DashboardConfig", "DashboardService", "Viewer"]
+
+log = logging.getLogger(__name__)
+
+#: a job launched this long (s) after the dashboard started was seen live from its start
+BACKFILL_MARGIN = 5.0
+#: job files larger than this are not loaded into the plots (the download still works)
+BACKFILL_MAX_BYTES = 256 * 2**20
+
+
+@dataclass
+class DashboardConfig:
+    url: BrokerURL
+    instance: str
+    host: str = "127.0.0.1"
+    port: int = 8765  # 0: any free port (tests); see DashboardService.port
+    read_only: bool = False
+    lost_after: float = 10.0  # a presence silent this long shows as lost
+    flush_interval: float = 0.05  # a point waits 25 ms on average before it goes out
+    title: str = ""
+
+
+@dataclass(eq=False)  # kept in a set, by identity
+class Viewer:
+    """One open page: its session, the job it shows, and its outgoing queue."""
+
+    session: Session
+    queue: asyncio.Queue[str] = field(default_factory=lambda: asyncio.Queue(maxsize=200))
+    job: int | None = None
+    behind: bool = False  # the queue overflowed: send the full state again
+    close: Callable[[], Awaitable[object]] | None = None  # closes the page's socket
+
+    def send(self, msg: dict[str, Any]) -> None:
+        if self.behind:
+            return
+        try:
+            self.queue.put_nowait(json.dumps(msg, separators=(",", ":")))
+        except asyncio.QueueFull:
+            self.behind = True  # the writer resyncs it (drops the queue, sends hello)
+
+
+class DashboardService:
+    def __init__(self, cfg: DashboardConfig) -> None:
+        self.cfg = cfg
+        self.topics = Topics(cfg.instance, cfg.url.username)
+        self.state = LabState()
+        exposed = cfg.host not in ("127.0.0.1", "localhost", "::1")
+        self.sessions = Sessions(cfg.url, cfg.instance, cfg.read_only, exposed)
+        self.viewers: set[Viewer] = set()
+        self.client: AsyncClient | None = None
+        self.port: int | None = None  # the bound port, once serving
+        self.ready = asyncio.Event()
+        self.bad_messages = 0
+        #: called with the page's address once it is served (``tomato dashboard --open``)
+        self.on_ready: Callable[[str], object] | None = None
+        self._stop = asyncio.Event()
+        self.started_at = time.time()
+        self._backfilled: set[int] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    @property
+    def mqtt(self) -> AsyncClient:
+        if self.client is None:
+            raise RuntimeError("the dashboard is not connected yet")
+        return self.client
+
+    def address(self) -> str:
+        host = self.cfg.host if self.cfg.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
+        return f"http://{host}:{self.port}/"
+
+    # -- life -------------------------------------------------------------------------------
+    async def run(self) -> None:
+        from aiohttp import web  # the [dashboard] extra: imported only where it serves
+
+        from tomato_mqtt.services.dashboard.web import make_app
+
+        runner: web.AppRunner | None = None
+        self.client = AsyncClient(
+            self.cfg.url, client_id=f"tomato-dashboard-{uuid.uuid4().hex[:8]}"
+        )
+        try:
+            await self.client.connect(timeout=30, retry=True)
+            t = self.topics
+            for f in (
+                t.scheduler_status(),
+                t.recorder_status(),
+                t.all_node_status(),
+                t.all_component_meta(),
+                t.all_component_status(),
+                t.pattern("component_last"),
+                t.all_pipeline_status(),
+                t.all_job_status(),
+                t.all_job_events(),
+            ):
+                await self.client.subscribe(f)
+            await self.client.subscribe(t.all_component_data(), droppable=True)
+            await self.sessions.start_shared(self.client)
+            runner = web.AppRunner(make_app(self), access_log=None)
+            await runner.setup()
+            site = web.TCPSite(runner, self.cfg.host, self.cfg.port)
+            await site.start()
+            addresses = runner.addresses  # the bound port, also when asked for port 0
+            self.port = int(addresses[0][1]) if addresses else self.cfg.port
+            log.info("dashboard on %s (broker %s)", self.address(), self.cfg.url)
+            self.ready.set()
+            if self.on_ready is not None:
+                self.on_ready(self.address())
+            await run_until_stopped(
+                self._stop, self._message_loop(), self._flush_loop(), self._whoami_loop()
+            )
+        finally:
+            await cancel_and_wait(set(self._tasks))
+            for v in list(self.viewers):  # closed here, not left to the garbage collector
+                if v.close is not None:
+                    with contextlib.suppress(Exception):
+                        await asyncio.wait_for(v.close(), 2.0)
+            if runner is not None:
+                await runner.cleanup()
+            await self.sessions.close()
+            await self.client.disconnect()
+
+    def run_sync(self) -> None:
+        async def main() -> None:
+            install_signal_handlers(self._stop)
+            await self.run()
+
+        asyncio.run(main())
+
+    # -- input ------------------------------------------------------------------------------
+    async def _message_loop(self) -> None:
+        async for msg in self.mqtt.messages():
+            self.on_message(msg)
+
+    def on_message(self, msg: Message) -> None:
+        parsed = self.topics.parse(msg.topic)
+        if parsed is None:
+            return
+        if not msg.payload:
+            self.state.forget(parsed)
+            return
+        try:
+            self.state.apply(parsed, msg.topic, msg.payload)
+        except DecodeError as e:
+            self.bad_messages += 1
+            log.warning("%s", e)
+
+    async def _whoami_loop(self) -> None:
+        # the scheduler may start after the dashboard: ask until it answers
+        while True:
+            await self.sessions.refresh_shared()
+            if self.sessions.shared is not None and self.sessions.shared.me is not None:
+                for v in list(self.viewers):
+                    if v.session is self.sessions.shared:
+                        v.send({"t": "me", "me": v.session.describe()})
+                await self._stop.wait()  # a loop that returns would stop the service
+            await asyncio.sleep(1.0)
+
+    # -- output -----------------------------------------------------------------------------
+    def hello(self, viewer: Viewer) -> dict[str, Any]:
+        """The first message of a page: who it is, and the full state."""
+        return {
+            "t": "hello",
+            "now": time.time(),
+            "instance": self.cfg.instance,
+            "title": self.cfg.title or self.cfg.instance,
+            "lost_after": self.cfg.lost_after,
+            "me": viewer.session.describe(),
+            **self.state.full(),
+        }
+
+    def watch(self, viewer: Viewer, job: int | None) -> None:
+        viewer.job = job
+        if job is not None:
+            viewer.send({"t": "job", "id": job, "now": time.time(), **self.state.job_detail(job)})
+            self._maybe_backfill(job, viewer.session)
+            self._fetch_job(job, viewer.session)
+
+    # -- the whole job (its payload) --------------------------------------------------------
+    def _fetch_job(self, job: int, session: Session) -> None:
+        """Ask the scheduler for the whole job: retained statuses are summaries without the
+        payload (schema 2), and a job page shows the payload and its current task."""
+        who = (session, self.sessions.shared)
+        s = next((x for x in who if x is not None and x.me and "job_status" in x.me.ops), None)
+        if s is None:
+            return  # this login may not read jobs: the page shows the summary only
+        task = asyncio.ensure_future(self._fetch(job, s))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _fetch(self, job: int, s: Session) -> None:
+        from tomato_mqtt.model.jobs import Job
+
+        try:
+            r = await s.requester.request(
+                s.topics.scheduler_cmd("job_status"), {"jobids": [job]}, timeout=10
+            )
+            data = r.data if r.success and isinstance(r.data, list) and r.data else None
+            whole = Job.model_validate(data[0]) if data else None
+        except Exception as e:  # a refusal, a timeout, a shape this code does not know
+            log.warning("job %d: whole job not fetched: %s", job, e)
+            return
+        if whole is None:
+            return
+        self.state.job_fetched(whole)
+        for v in list(self.viewers):
+            if v.job == job:
+                v.send({"t": "jobdata", "id": job, "job": whole.model_dump(mode="json")})
+
+    # -- stored data first ------------------------------------------------------------------
+    def _maybe_backfill(self, job: int, session: Session) -> None:
+        """A job that began before this dashboard: load its stored points once."""
+        j = self.state.jobs.get(job)
+        if job in self._backfilled or j is None or j.status in ("q", "qw") or not j.launched_at:
+            return
+        with contextlib.suppress(ValueError):
+            launched = datetime.datetime.fromisoformat(j.launched_at).timestamp()
+            if launched > self.started_at + BACKFILL_MARGIN:
+                return  # seen live from its start
+        who = (session, self.sessions.shared)
+        s = next((x for x in who if x is not None and x.me and "job_snapshot" in x.me.ops), None)
+        if s is None:
+            return  # this login may not take snapshots: the plots start with live data
+        self._backfilled.add(job)
+        task = asyncio.ensure_future(self._backfill(job, s))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _backfill(self, job: int, s: Session) -> None:
+        from tomato_mqtt.services.dashboard.files import chunks, read_job_file, take_snapshot
+
+        try:
+            snap = await take_snapshot(s, job)
+            if snap.size > BACKFILL_MAX_BYTES:
+                log.info("job %d: file of %d bytes not loaded into the plots", job, snap.size)
+                return
+            data = b"".join([c async for c in chunks(s, snap)])
+            roles = await asyncio.to_thread(read_job_file, data)
+        except ImportError:
+            log.warning("netCDF4 is not installed: plots start with live data only")
+            return
+        except Exception as e:  # a refusal, a timeout, a bad file: the page goes on live
+            log.warning("job %d: stored data not loaded: %s", job, e)
+            return
+        n = 0
+        for r in roles:
+            n += self.state.backfill(job, r.component, r.role, r.uts, r.columns, r.units, r.task)
+        log.info("job %d: %d stored points loaded", job, n)
+        for v in list(self.viewers):
+            if v.job == job:
+                self.watch(v, job)
+
+    async def _flush_loop(self) -> None:
+        next_tick = 0.0
+        while True:
+            await asyncio.sleep(self.cfg.flush_interval)
+            now = time.time()
+            self.flush(now, tick=now >= next_tick)
+            if now >= next_tick:
+                next_tick = now + 1.0
+
+    def flush(self, now: float, tick: bool = False) -> None:
+        items = self.state.take_changes()
+        events = {int(i["id"]) for i in items if i["k"] == "event"}
+        items = [i for i in items if i["k"] != "event"]
+        watched = {v.job for v in self.viewers if v.job is not None}
+        # a watched job whose status changed: its page gets the whole job (payload too)
+        jobs = {int(i["id"]) for i in items if i["k"] == "job" and int(i["id"]) in watched}
+        updates = {
+            j: self.state.series_updates(j) for j in self.state.take_series_changed() & watched
+        }
+        if not self.viewers:
+            return
+        if tick:  # a login that could not snapshot before may now (whoami answered)
+            for v in list(self.viewers):
+                if v.job is not None and v.job not in self._backfilled:
+                    self._maybe_backfill(v.job, v.session)
+        msg = {"t": "items", "now": now, "items": items} if items else None
+        for v in self.viewers:
+            if msg is not None:
+                v.send(msg)
+            elif tick:
+                v.send({"t": "tick", "now": now})
+            if v.job in updates:
+                v.send({"t": "series", "job": v.job, "now": now, **updates[v.job]})
+        for job in jobs:  # a watched job's status changed: its page gets the whole job again
+            page = next((v for v in self.viewers if v.job == job), None)
+            if page is not None:
+                self._fetch_job(job, page.session)
+        for v in self.viewers:
+            if v.job in events:
+                evs = list(self.state.events.get(v.job, ()))
+                v.send({"t": "events", "job": v.job, "events": evs})
+
+    async def writer(self, viewer: Viewer, send: Any) -> None:
+        """Drain one page's queue into its socket (``send``: the socket's send_str)."""
+        while True:
+            if viewer.behind:
+                while not viewer.queue.empty():
+                    viewer.queue.get_nowait()
+                viewer.behind = False
+                viewer.send(self.hello(viewer))
+                self.watch(viewer, viewer.job)
+            text = await viewer.queue.get()
+            with contextlib.suppress(ConnectionResetError):
+                await send(text)

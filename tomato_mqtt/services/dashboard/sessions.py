@@ -1,0 +1,174 @@
+"""Who is using the page, and what they may do: one MQTT identity per signed-in user.
+
+The dashboard subscribes with its own login (role ``dashboard`` = ``reader`` on a
+secured stack). A person who signs in on the page gets a *session*: the server opens one
+more MQTT connection with that person's login and password, asks the scheduler
+``whoami``, and sends every command of that session on that connection. So the broker's
+ACL and the scheduler's role checks see the real user (``scheduler/cmd/<op>/<user>``),
+exactly as for ``ketchup`` on that person's PC; the dashboard adds no trust of its own.
+Without signing in, a page reads through the dashboard's own login and shows no
+controls on a secured stack, whatever that login's role: acting needs a person. On an
+open stack (no users file, loopback only) every client may do everything anyway, so a
+page served on loopback shows every control; served on a network address, an open
+stack's dashboard shows none and refuses sign-in (the broker would accept any name).
+``[dashboard] read_only`` hides every control everywhere.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import secrets
+import time
+import uuid
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from tomato_mqtt.config.url import BrokerURL
+from tomato_mqtt.transport.client import AsyncClient, MqttError
+from tomato_mqtt.transport.rpc import NoResponder, Requester
+from tomato_mqtt.wire.commands import WhoamiData, command
+from tomato_mqtt.wire.topics import Topics
+
+__all__ = ["CONTROL_OPS", "LoginFailed", "Session", "Sessions", "controls_for"]
+
+#: scheduler operations the page offers as controls (when the role lists them)
+CONTROL_OPS = (
+    "pipeline_load",
+    "pipeline_eject",
+    "pipeline_ready",
+    "job_submit",
+    "job_cancel",
+    "job_snapshot",
+)
+
+
+class LoginFailed(Exception):
+    """The broker or the scheduler did not accept a sign-in; the text says why."""
+
+
+def controls_for(me: WhoamiData | None, read_only: bool) -> list[str]:
+    """The controls a page shows: the role's control ops, plus passata get/set."""
+    if me is None or read_only:
+        return []
+    ops = [op for op in CONTROL_OPS if op in me.ops]
+    if me.role in ("admin", "operator"):
+        ops.append("get_attr")
+    if me.role == "admin":
+        ops.append("set_attr")
+    return ops
+
+
+@dataclass
+class Session:
+    token: str
+    user: str | None  # the login; None: the dashboard's own
+    requester: Requester
+    topics: Topics
+    me: WhoamiData | None = None
+    read_only: bool = False
+    client: AsyncClient | None = None  # own connection (signed in), closed on sign-out
+    exposed: bool = False  # served on a network address, not loopback only
+    created: float = field(default_factory=time.time)
+
+    @property
+    def controls(self) -> list[str]:
+        if self.client is None and self.me is not None and (not self.me.open or self.exposed):
+            return []  # not signed in: controls only on an open stack served on loopback
+        return controls_for(self.me, self.read_only)
+
+    def describe(self) -> dict[str, Any]:
+        me = self.me
+        return {
+            "user": me.user if me else self.user,
+            "role": me.role if me else None,
+            "open": me.open if me else False,
+            "signed_in": self.client is not None,
+            "read_only": self.read_only,
+            "controls": self.controls,
+        }
+
+
+async def whoami(req: Requester, topics: Topics) -> WhoamiData | None:
+    """The scheduler's view of this identity; None if no scheduler answers now."""
+    try:
+        data = await req.call(topics.scheduler_cmd("whoami"), command("scheduler", "whoami"), {})
+    except (NoResponder, MqttError):
+        return None
+    return data if isinstance(data, WhoamiData) else None
+
+
+class Sessions:
+    """The sessions of one dashboard, by cookie token."""
+
+    #: how many signed-in sessions may hold a broker connection at once
+    MAX_SIGNED_IN = 50
+
+    def __init__(
+        self, url: BrokerURL, instance: str, read_only: bool, exposed: bool = False
+    ) -> None:
+        self.url = url
+        self.instance = instance
+        self.read_only = read_only
+        self.exposed = exposed
+        self._by_token: dict[str, Session] = {}
+        self.shared: Session | None = None
+
+    async def start_shared(self, client: AsyncClient) -> None:
+        topics = Topics(self.instance, self.url.username)
+        req = Requester(client, topics)
+        await req.start()
+        self.shared = Session("", None, req, topics, read_only=self.read_only, exposed=self.exposed)
+
+    async def refresh_shared(self) -> None:
+        """Ask ``whoami`` for the dashboard's own identity (again: the scheduler may have
+        started after the dashboard)."""
+        if self.shared is not None and self.shared.me is None:
+            self.shared.me = await whoami(self.shared.requester, self.shared.topics)
+
+    def get(self, token: str | None) -> Session | None:
+        if token and token in self._by_token:
+            return self._by_token[token]
+        return self.shared
+
+    async def sign_in(self, username: str, password: str) -> Session:
+        if len([s for s in self._by_token.values() if s.client]) >= self.MAX_SIGNED_IN:
+            raise LoginFailed("too many people are signed in to this dashboard")
+        try:
+            topics = Topics(self.instance, username)
+        except ValueError as e:
+            raise LoginFailed(str(e)) from None
+        url = replace(self.url, username=username, password=password)
+        client = AsyncClient(url, client_id=f"tomato-dash-{uuid.uuid4().hex[:10]}", reconnect=False)
+        try:
+            await client.connect(timeout=5)
+        except (MqttError, OSError) as e:
+            raise LoginFailed(f"the broker did not accept {username!r}: {e}") from None
+        req = Requester(client, topics)
+        try:
+            await req.start()
+            me = await whoami(req, topics)
+        except MqttError as e:
+            await client.disconnect()
+            raise LoginFailed(f"{username!r} may not use this instance: {e}") from None
+        if me is None:
+            await client.disconnect()
+            raise LoginFailed("no scheduler answered whoami: is it running?")
+        if me.open and self.exposed:
+            await client.disconnect()
+            raise LoginFailed(
+                "this stack is open (no users file): anyone could sign in as anyone from the "
+                "network; secure it (docs/security.md) to use controls on a served dashboard"
+            )
+        s = Session(secrets.token_urlsafe(24), username, req, topics, me, self.read_only, client)
+        self._by_token[s.token] = s
+        return s
+
+    async def sign_out(self, token: str | None) -> None:
+        s = self._by_token.pop(token or "", None)
+        if s is not None and s.client is not None:
+            with contextlib.suppress(Exception):
+                await s.client.disconnect()
+
+    async def close(self) -> None:
+        for token in list(self._by_token):
+            await self.sign_out(token)

@@ -1,0 +1,358 @@
+"""What the dashboard knows: the lab as seen on the topic contract, and what changed.
+
+Every received message is decoded through its model in ``wire/messages.py`` (a field
+renamed there is a type error here, not a silently empty cell) and stored by the name in
+its *topic* (DESIGN §4: trust topics, never payloads). :meth:`LabState.apply` returns
+nothing; it records which views changed, and :meth:`LabState.take_changes` hands them to
+the server, coalesced, so 100 components publishing at once cost one message per flush.
+
+Pure: no I/O, no MQTT (the service feeds it).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict, deque
+from typing import Any
+
+from tomato_mqtt.model.jobs import Job
+from tomato_mqtt.services.dashboard.series import Series
+from tomato_mqtt.services.dashboard.views import event_view, meta_view, status_view
+from tomato_mqtt.wire.messages import (
+    ComponentMeta,
+    ComponentStatus,
+    DataBatch,
+    JobEvent,
+    JobStatus,
+    LastPoint,
+    NodeStatus,
+    PipelineStatus,
+    RecorderStatus,
+    SchedulerStatus,
+    decode,
+)
+from tomato_mqtt.wire.topics import ParsedTopic, slug
+
+__all__ = ["STATUS_MEANING", "LabState"]
+
+#: tomato's job status codes, in words (the page shows both)
+STATUS_MEANING = {
+    "q": "queued",
+    "qw": "queued, a pipeline can run it",
+    "r": "running",
+    "rd": "cancel requested",
+    "c": "completed",
+    "ce": "completed with error",
+    "cd": "cancelled",
+}
+
+#: jobs whose series, events and task marks are kept (the newest ones)
+KEEP_JOB_DATA = 20
+#: events kept per job
+KEEP_EVENTS = 200
+
+
+class LabState:
+    """The latest retained state of one instance, plus live series of recent jobs."""
+
+    def __init__(self) -> None:
+        self.scheduler: SchedulerStatus | None = None
+        self.recorder: RecorderStatus | None = None
+        self.rx: dict[str, float] = {}  # presence key -> when its last status arrived
+        self.nodes: dict[str, NodeStatus] = {}
+        self.metas: dict[str, ComponentMeta] = {}
+        self.statuses: dict[str, ComponentStatus] = {}
+        self.lasts: dict[str, LastPoint] = {}
+        self.pipelines: dict[str, PipelineStatus] = {}
+        self.jobs: dict[int, JobStatus] = {}  # the retained summaries (schema 2)
+        self.details: dict[int, Job] = {}  # whole jobs (payload), asked for by job pages
+        self.events: dict[int, deque[dict[str, Any]]] = {}
+        self.series: OrderedDict[int, dict[str, Series]] = OrderedDict()
+        self.marks: dict[int, list[dict[str, Any]]] = {}  # job -> task boundaries
+        self._last_task: dict[tuple[int, str], int | None] = {}
+        self.roles: dict[int, dict[str, str]] = {}  # job -> component -> role
+        self._changed: dict[tuple[str, str], None] = {}
+        self._series_changed: set[int] = set()
+
+    # -- input ----------------------------------------------------------------------------
+    def apply(self, parsed: ParsedTopic, topic: str, payload: bytes) -> None:
+        """Take one message (raises ``DecodeError`` for a bad one; the caller logs it)."""
+        now = time.time()
+        name = parsed.name or ""
+        match parsed.kind:
+            case "scheduler_status":
+                self.scheduler = decode(SchedulerStatus, payload, topic)
+                self.rx["scheduler"] = now
+                self._mark("scheduler", "")
+            case "recorder_status":
+                self.recorder = decode(RecorderStatus, payload, topic)
+                self.rx["recorder"] = now
+                self._mark("recorder", "")
+                for jid in self.recorder.jobs:
+                    if jid.isdigit() and int(jid) in self.jobs:
+                        self._mark("job", jid)
+            case "node_status":
+                self.nodes[name] = decode(NodeStatus, payload, topic)
+                self.rx[f"node:{name}"] = now
+                self._mark("node", name)
+            case "component_meta":
+                self.metas[name] = decode(ComponentMeta, payload, topic)
+                self._mark("component", name)
+            case "component_status":
+                self.statuses[name] = decode(ComponentStatus, payload, topic)
+                self._mark("component", name)
+            case "component_last":
+                self.lasts[name] = decode(LastPoint, payload, topic)
+                self._mark("last", name)
+            case "pipeline_status":
+                self.pipelines[name] = decode(PipelineStatus, payload, topic)
+                self._mark("pipeline", name)
+            case "job_status":
+                self._job(decode(JobStatus, payload, topic), name)
+            case "job_event":
+                self._event(decode(JobEvent, payload, topic), int(name))
+            case "component_data":
+                self._data(decode(DataBatch, payload, topic), name)
+
+    def forget(self, parsed: ParsedTopic) -> None:
+        """An empty retained message: the topic was cleared (e.g. a job archived)."""
+        name = parsed.name or ""
+        stores: dict[str, dict[str, Any]] = {
+            "node_status": self.nodes,
+            "component_meta": self.metas,
+            "component_status": self.statuses,
+            "component_last": self.lasts,
+            "pipeline_status": self.pipelines,
+        }
+        store = stores.get(parsed.kind)
+        if store is not None:
+            store.pop(name, None)
+        elif parsed.kind == "job_status" and name.isdigit():
+            self.jobs.pop(int(name), None)
+        kind = {"node_status": "node", "pipeline_status": "pipeline", "job_status": "job"}.get(
+            parsed.kind, "component"
+        )
+        self._mark(kind, name)
+
+    def _job(self, job: JobStatus, topic_id: str) -> None:
+        if str(job.jobid) != topic_id:
+            return  # a payload that disagrees with its topic is dropped
+        self.jobs[job.jobid] = job
+        if job.pipeline and job.status in ("r", "rd") and job.jobid not in self.roles:
+            pip = self.pipelines.get(job.pipeline) or next(
+                (p for p in self.pipelines.values() if p.name == job.pipeline), None
+            )
+            if pip is not None:
+                self.roles[job.jobid] = {slug(cmp): role for role, cmp in pip.roles.items()}
+        self._mark("job", str(job.jobid))
+
+    def job_fetched(self, job: Job) -> None:
+        """The whole job (with its payload), as ``job_status`` replied: for its page."""
+        self.details[job.id] = job
+        while len(self.details) > KEEP_JOB_DATA:
+            self.details.pop(next(iter(self.details)))
+
+    def _event(self, ev: JobEvent, topic_id: int) -> None:
+        if ev.job != topic_id:
+            return
+        self.events.setdefault(ev.job, deque(maxlen=KEEP_EVENTS)).append(event_view(ev))
+        if ev.event == "task_started" and ev.role is not None:
+            self.marks.setdefault(ev.job, []).append(
+                {"t": ev.time, "role": ev.role, "task": ev.task, "kind": "start"}
+            )
+        self._mark("event", str(ev.job))
+
+    def _data(self, batch: DataBatch, cmp: str) -> None:
+        if batch.job is None or not batch.uts:
+            return  # idle measurements: only their latest value shows (component/last)
+        per_job = self.series.get(batch.job)
+        if per_job is None:
+            per_job = self.series[batch.job] = {}
+            while len(self.series) > KEEP_JOB_DATA:
+                old, gone = self.series.popitem(last=False)
+                self.marks.pop(old, None)
+                self.events.pop(old, None)
+                for c in gone:
+                    self._last_task.pop((old, c), None)
+        else:
+            self.series.move_to_end(batch.job)
+        s = per_job.get(cmp)
+        if s is None:
+            s = per_job[cmp] = Series()
+        key = (batch.job, cmp)
+        if key not in self._last_task or self._last_task[key] != batch.task:
+            self._last_task[key] = batch.task
+            self.marks.setdefault(batch.job, []).append(
+                {"t": batch.uts[0], "component": cmp, "task": batch.task, "kind": "data"}
+            )
+        # array-valued variables (a spectrum per point) are in the file, not in the plots
+        scalars = {k: v for k, v in batch.vars.items() if k not in batch.dims}
+        s.add(batch.uts, scalars, batch.units)
+        self._series_changed.add(batch.job)
+
+    def backfill(
+        self,
+        job: int,
+        component: str,
+        role: str,
+        uts: list[float],
+        columns: dict[str, list[Any]],
+        units: dict[str, str],
+        task: list[int],
+    ) -> int:
+        """Stored points of a job from before this dashboard saw it (its file): those
+        older than the first point received live are added. Returns how many."""
+        per_job = self.series.setdefault(job, {})
+        s = per_job.get(component)
+        if s is None:
+            s = per_job[component] = Series()
+        before = s.first_t if s.first_t is not None else float("inf")
+        keep = [i for i, t in enumerate(uts) if t < before]
+        if keep:
+            s.add(
+                [uts[i] for i in keep], {k: [c[i] for i in keep] for k, c in columns.items()}, units
+            )
+            prev: int | None = None
+            marks = self.marks.setdefault(job, [])
+            for i in keep:
+                tk = task[i] if i < len(task) else None
+                if tk != prev:
+                    marks.append({"t": uts[i], "component": component, "task": tk, "kind": "file"})
+                    prev = tk
+            marks.sort(key=lambda m: m["t"])
+        self.roles.setdefault(job, {}).setdefault(component, role)
+        self._series_changed.add(job)
+        return len(keep)
+
+    def _mark(self, kind: str, key: str) -> None:
+        self._changed[(kind, key)] = None
+
+    # -- output ---------------------------------------------------------------------------
+    def take_changes(self) -> list[dict[str, Any]]:
+        """The views changed since the last call, each once."""
+        out = [self.view(kind, key) for kind, key in self._changed]
+        self._changed.clear()
+        return out
+
+    def take_series_changed(self) -> set[int]:
+        out, self._series_changed = self._series_changed, set()
+        return out
+
+    def view(self, kind: str, key: str) -> dict[str, Any]:
+        """One item of the page: ``{k: kind, id: key, v: value or null (gone)}``."""
+        v: Any = None
+        if kind == "scheduler" and self.scheduler is not None:
+            sch = self.scheduler
+            v = {
+                "state": sch.state,
+                "version": sch.version,
+                "jobs_running": sch.jobs_running,
+                "jobs_queued": sch.jobs_queued,
+                "rx": self.rx.get("scheduler"),
+            }
+        elif kind == "recorder" and self.recorder is not None:
+            r = self.recorder
+            v = {"state": r.state, "version": r.version, "storage_error": r.storage_error}
+            v["rx"] = self.rx.get("recorder")
+        elif kind == "node" and key in self.nodes:
+            n = self.nodes[key]
+            v = {
+                "node": n.node,
+                "state": n.state,
+                "version": n.version,
+                "host": n.host,
+                "components": n.components,
+                "drivers": {
+                    d: {"loaded": i.loaded, "error": i.error} for d, i in n.drivers.items()
+                },
+                "spool_pending": n.spool_pending,
+                "rx": self.rx.get(f"node:{key}"),
+            }
+        elif kind == "component":
+            v = self.component_view(key)
+        elif kind == "last" and key in self.lasts:
+            last = self.lasts[key]
+            v = {"uts": last.uts, "values": last.values, "units": last.units}
+        elif kind == "pipeline" and key in self.pipelines:
+            pip = self.pipelines[key]
+            v = {
+                "name": pip.name,
+                "sample": pip.sample,
+                "ready": pip.ready,
+                "job": pip.job,
+                "roles": pip.roles,
+                "slugs": {role: slug(c) for role, c in pip.roles.items()},
+            }
+        elif kind == "job" and key.isdigit() and int(key) in self.jobs:
+            v = self.job_summary(self.jobs[int(key)])
+        elif kind == "event" and key.isdigit():
+            evs = self.events.get(int(key))
+            v = evs[-1] if evs else None
+        return {"k": kind, "id": key, "v": v}
+
+    def component_view(self, key: str) -> dict[str, Any] | None:
+        meta, status = self.metas.get(key), self.statuses.get(key)
+        if meta is None and status is None:
+            return None
+        return {
+            "meta": meta_view(meta) if meta else None,
+            "status": status_view(status) if status else None,
+        }
+
+    def points(self, jobid: int) -> int | None:
+        if self.recorder is None:
+            return None
+        prog = self.recorder.jobs.get(str(jobid))
+        return sum(prog.points.values()) if prog is not None else None
+
+    def job_summary(self, job: JobStatus) -> dict[str, Any]:
+        stored = sum(job.points.values()) if job.points else self.points(job.jobid)
+        return {
+            "id": job.jobid,
+            "jobname": job.jobname,
+            "status": job.status,
+            "meaning": STATUS_MEANING.get(job.status, job.status),
+            "pipeline": job.pipeline,
+            "sampleid": job.sampleid,
+            "owner": job.owner,
+            "submitted_at": job.submitted_at,
+            "launched_at": job.launched_at,
+            "completed_at": job.completed_at,
+            "reason": job.reason,
+            "points": stored,
+            "respath": job.respath,
+        }
+
+    def full(self) -> dict[str, Any]:
+        """Everything the overview shows, for a page that just connected."""
+        keys: list[tuple[str, str]] = [("scheduler", ""), ("recorder", "")]
+        keys += [("node", k) for k in self.nodes]
+        keys += [("component", k) for k in set(self.metas) | set(self.statuses)]
+        keys += [("last", k) for k in self.lasts]
+        keys += [("pipeline", k) for k in self.pipelines]
+        keys += [("job", str(k)) for k in self.jobs]
+        return {"items": [self.view(k, i) for k, i in keys]}
+
+    def job_detail(self, jobid: int) -> dict[str, Any]:
+        """A job page: the job with its payload, events, task marks and every series."""
+        job = self.jobs.get(jobid)
+        whole = self.details.get(jobid)
+        roles = self.roles.get(jobid, {})
+        series = self.series.get(jobid, {})
+        return {
+            "job": whole.model_dump(mode="json") if whole else None,
+            "summary": self.job_summary(job) if job else None,
+            "events": list(self.events.get(jobid, ())),
+            "marks": self.marks.get(jobid, []),
+            "roles": roles,
+            "series": {cmp: s.snapshot() for cmp, s in series.items()},
+        }
+
+    def series_updates(self, jobid: int) -> dict[str, Any]:
+        out = {}
+        for cmp, s in self.series.get(jobid, {}).items():
+            upd = s.take_update()
+            if upd is not None:
+                out[cmp] = upd
+        marks, roles = self.marks.get(jobid, []), self.roles.get(jobid, {})
+        return {"series": out, "marks": marks, "roles": roles}

@@ -1,0 +1,272 @@
+// tomato-mqtt dashboard: the live state over one WebSocket, the overview, the controls.
+// No framework: the server sends coalesced views ({k, id, v}); each section re-renders
+// only the rows whose HTML changed (keyed rows), once per animation frame.
+"use strict";
+
+const S = {
+  scheduler: null, recorder: null, nodes: {}, components: {}, lasts: {}, pipelines: {}, jobs: {},
+  me: null, lostAfter: 10, offset: 0, instance: "",
+};
+// browser-side timings for the tests and bench/dashboard.py
+window.__dash = { firstPaint: null, helloAt: null, drawn: {}, lastSeen: {}, log: [], ws: null };
+function timing(kind, id, last, srv) {  // what reached the screen when (bench/dashboard.py)
+  const log = window.__dash.log;
+  log.push({ kind, id, last, srv, at: Date.now() });
+  if (log.length > 5000) log.splice(0, 1000);
+}
+window.timing = timing;
+const MAX_JOB_ROWS = 100;   // newest finished jobs shown (running and queued: all)
+
+const $ = (id) => document.getElementById(id);
+const esc = (x) => String(x ?? "").replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" }[c]));
+const now = () => Date.now() / 1000 + S.offset;  // the server's clock
+const fmtTime = (iso) => (iso ? new Date(iso).toLocaleTimeString() : "");
+const fmtVal = (v) => (typeof v === "number" ? (Number.isInteger(v) ? String(v) : v.toPrecision(5)) : esc(v));
+const can = (op) => !!(S.me && S.me.controls.includes(op));
+
+// -- keyed rows: touch only what changed ---------------------------------------------------
+function renderRows(tbody, rows) {
+  // rows: [[key, html]] in order
+  const seen = tbody._rows || (tbody._rows = new Map());
+  const keep = new Set();
+  let prev = null;
+  for (const [key, html] of rows) {
+    keep.add(key);
+    let r = seen.get(key);
+    if (!r) {
+      const tr = document.createElement("tr");
+      tr.dataset.key = key;
+      r = { tr, html: null };
+      seen.set(key, r);
+    }
+    if (r.html !== html) { r.tr.innerHTML = html; r.html = html; }
+    const want = prev ? prev.nextSibling : tbody.firstChild;
+    if (want !== r.tr) tbody.insertBefore(r.tr, want);
+    prev = r.tr;
+  }
+  for (const [key, r] of seen) if (!keep.has(key)) { r.tr.remove(); seen.delete(key); }
+}
+
+// -- state ---------------------------------------------------------------------------------
+const dirty = new Set();
+let frame = 0;
+function mark(what) { dirty.add(what); if (!frame) frame = requestAnimationFrame(render); }
+
+function apply(item) {
+  const { k, id, v } = item;
+  if (k === "scheduler") S.scheduler = v;
+  else if (k === "recorder") S.recorder = v;
+  else if (k === "node") { if (v) S.nodes[id] = v; else delete S.nodes[id]; }
+  else if (k === "component") { if (v) S.components[id] = v; else delete S.components[id]; mark("component"); }
+  else if (k === "last") { if (v) S.lasts[id] = v; else delete S.lasts[id]; mark("component"); }
+  else if (k === "pipeline") { if (v) S.pipelines[id] = v; else delete S.pipelines[id]; }
+  else if (k === "job") { if (v) S.jobs[id] = v; else delete S.jobs[id]; mark("job"); }
+  mark(k === "scheduler" || k === "recorder" || k === "node" ? "presence" : k === "job" ? "jobs" : "pipelines");
+}
+
+function setMe(me) {
+  S.me = me;
+  const who = me.user ? `${esc(me.user)} (${esc(me.role || "no role")})` : me.role ? `(${esc(me.role)})` : "";
+  $("who").innerHTML = who + (me.read_only ? " · read-only" : "") + (me.open ? " · open stack" : "");
+  $("login").hidden = me.signed_in || me.open;
+  $("logout").hidden = !me.signed_in;
+  $("pipeline-controls").hidden = !["pipeline_load", "pipeline_eject", "pipeline_ready"].some(can);
+  for (const b of $("pipeline-controls").querySelectorAll("button")) b.hidden = !can(b.dataset.op);
+  $("pc-sample").hidden = !can("pipeline_load");
+  $("submit-controls").hidden = !can("job_submit");
+  document.body.classList.toggle("readonly", !(me.controls || []).length);
+  mark("jobs"); mark("pipelines"); mark("job"); mark("component");
+}
+
+// -- the socket ----------------------------------------------------------------------------
+function connect() {
+  const ws = new WebSocket(`${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/ws`);
+  window.__dash.ws = ws;
+  ws.onopen = () => { $("conn").textContent = "live"; $("conn").className = "pill on"; watchRoute(); };
+  ws.onclose = () => {
+    $("conn").textContent = "disconnected: retrying"; $("conn").className = "pill off";
+    setTimeout(connect, 1000);
+  };
+  ws.onmessage = (e) => {
+    const m = JSON.parse(e.data);
+    if (m.now) S.offset = m.now - Date.now() / 1000;
+    switch (m.t) {
+      case "hello":
+        window.__dash.helloAt = performance.now();
+        S.nodes = {}; S.components = {}; S.lasts = {}; S.pipelines = {}; S.jobs = {};
+        S.lostAfter = m.lost_after; S.instance = m.instance;
+        $("instance").textContent = m.title;
+        m.items.forEach(apply);
+        setMe(m.me);
+        mark("presence"); mark("pipelines"); mark("jobs"); mark("first");
+        break;
+      case "items": m.items.forEach(apply); break;
+      case "me": setMe(m.me); break;
+      case "tick": mark("presence"); break;
+      default: if (window.onPageMessage) window.onPageMessage(m);
+    }
+  };
+}
+
+// -- rendering -----------------------------------------------------------------------------
+function presenceState(v, key) {
+  if (!v) return ["absent", "off", ""];
+  const age = v.rx ? Math.max(0, now() - v.rx) : null;
+  let state = v.state;
+  if (state === "online" && age !== null && age > S.lostAfter) state = "lost";
+  return [state, state === "online" ? "on" : state === "lost" ? "lost" : "off", age === null ? "" : `${age.toFixed(1)} s`];
+}
+
+function renderPresence() {
+  const rows = [];
+  const row = (key, label, v, detail) => {
+    const [state, cls, age] = presenceState(v, key);
+    rows.push([key, `<td>${esc(label)}</td><td><span class="pill ${cls}" data-state="${esc(state)}">${esc(state)}</span></td><td>${age}</td><td>${esc(v && v.version)}</td><td>${detail}</td>`]);
+  };
+  const sch = S.scheduler;
+  row("scheduler", "scheduler", sch, sch ? `${sch.jobs_running} running, ${sch.jobs_queued} queued` : "");
+  const rec = S.recorder;
+  row("recorder", "recorder", rec, rec && rec.storage_error ? `<span class="err">${esc(rec.storage_error)}</span>` : "");
+  for (const id of Object.keys(S.nodes).sort()) {
+    const n = S.nodes[id];
+    const drv = Object.entries(n.drivers || {}).map(([d, i]) => `${esc(d)}${i.loaded ? "" : " (not loaded)"}`).join(", ");
+    row(`node:${id}`, `node ${n.node}`, n, `${n.components.length} components · ${drv}${n.spool_pending ? ` · spool ${n.spool_pending}` : ""}`);
+  }
+  renderRows($("presence").tBodies[0], rows);
+}
+
+function cmpCell(role, slug) {
+  const c = S.components[slug], last = S.lasts[slug];
+  const st = c && c.status ? c.status.state : "unknown";
+  let vals = "";
+  if (last) {
+    vals = Object.entries(last.values).slice(0, 4).map(([k, v]) => `${esc(k)}=${fmtVal(v)}${last.units[k] ? " " + esc(last.units[k]) : ""}`).join(", ");
+    const seen = window.__dash.lastSeen[slug];
+    if (!seen || seen.uts !== last.uts) {
+      window.__dash.lastSeen[slug] = { uts: last.uts, at: Date.now() };
+      requestAnimationFrame(() => timing("value", slug, last.uts));
+    }
+  }
+  return `<a class="cmp" href="#/component/${encodeURIComponent(slug)}"><b>${esc(role)}</b>: <span class="st-${esc(st)}">${esc(st)}</span> <span class="val">${vals}</span></a>`;
+}
+
+function renderPipelines() {
+  const rows = [];
+  for (const id of Object.keys(S.pipelines).sort()) {
+    const p = S.pipelines[id];
+    const job = p.job != null ? S.jobs[p.job] : null;
+    const prog = job ? `${esc(job.meaning)}${job.points != null ? ` · ${job.points} points` : ""}` : "";
+    const cmps = Object.entries(p.slugs || {}).map(([role, slug]) => cmpCell(role, slug)).join("<br>");
+    rows.push([id, `<td>${esc(p.name)}</td><td class="sample">${esc(p.sample ?? "—")}</td><td class="ready">${p.ready ? "ready" : "not ready"}</td>` +
+      `<td>${p.job != null ? `<a href="#/job/${p.job}">job ${p.job}</a>` : ""}</td><td>${prog}</td><td>${cmps}</td>`]);
+  }
+  renderRows($("pipelines").tBodies[0], rows);
+  const sel = $("pc-pipeline"), names = Object.values(S.pipelines).map((p) => p.name).sort();
+  if (sel._names !== names.join("\n")) {
+    const cur = sel.value;
+    sel.innerHTML = names.map((n) => `<option>${esc(n)}</option>`).join("");
+    if (names.includes(cur)) sel.value = cur;
+    sel._names = names.join("\n");
+  }
+}
+
+function renderJobs() {
+  const all = Object.values(S.jobs).sort((a, b) => b.id - a.id);
+  const active = all.filter((j) => !["c", "ce", "cd"].includes(j.status));
+  const done = all.filter((j) => ["c", "ce", "cd"].includes(j.status)).slice(0, MAX_JOB_ROWS);
+  const rows = [...active, ...done].map((j) => {
+    const cancel = can("job_cancel") && ["q", "qw", "r"].includes(j.status) ? `<button class="cancel" data-job="${j.id}">cancel</button>` : "";
+    return [String(j.id), `<td><a href="#/job/${j.id}">${j.id}</a></td><td>${esc(j.jobname)}</td>` +
+      `<td><span class="code s-${esc(j.status)}" data-status="${esc(j.status)}">${esc(j.status)}</span> ${esc(j.meaning)}</td>` +
+      `<td>${esc(j.pipeline)}</td><td>${esc(j.owner)}</td><td>${fmtTime(j.submitted_at)}</td><td>${fmtTime(j.launched_at)}</td>` +
+      `<td>${fmtTime(j.completed_at)}</td><td>${j.points ?? ""}</td><td class="reason">${esc(j.reason)}</td><td>${cancel}</td>`];
+  });
+  renderRows($("jobs").tBodies[0], rows);
+  $("jobs-count").textContent = `(${active.length} active, ${all.length} in all${all.length - active.length > MAX_JOB_ROWS ? `, newest ${MAX_JOB_ROWS} finished shown` : ""})`;
+}
+
+function render() {
+  frame = 0;
+  const d = new Set(dirty); dirty.clear();
+  if (d.has("presence")) renderPresence();
+  if (d.has("pipelines") || d.has("component") || d.has("jobs")) renderPipelines();
+  if (d.has("jobs")) renderJobs();
+  if (window.renderPage) window.renderPage(d);
+  if (d.has("first") && window.__dash.firstPaint === null) {
+    // painted once this frame is on screen
+    requestAnimationFrame(() => {
+      window.__dash.firstPaint = performance.now();
+      // the job pages' plotting library, fetched while the user reads the overview
+      setTimeout(() => window.loadPlotly && window.loadPlotly(), 200);
+    });
+  }
+}
+setInterval(() => mark("presence"), 1000);  // heartbeat ages, lost by silence
+
+// -- controls ------------------------------------------------------------------------------
+function showReply(r) {
+  const box = $("reply");
+  box.hidden = false;
+  box.className = r.success ? "ok" : "err";
+  box.textContent = (r.success ? "✓ " : "✗ ") + (r.msg || "") + (r.code && !r.success ? ` [${r.code}]` : "");
+}
+
+async function post(url, body) {
+  try {
+    const res = await fetch(url, { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) });
+    const text = await res.text();
+    try { return JSON.parse(text); } catch { return { success: false, msg: `${res.status}: ${text}` }; }
+  } catch (e) { return { success: false, msg: `the dashboard did not answer: ${e}` }; }
+}
+
+async function command(op, args) {
+  const r = await post("/api/cmd", { op, args });
+  showReply(r);
+  return r;
+}
+window.command = command;
+
+$("pipeline-controls").addEventListener("click", (e) => {
+  const op = e.target.dataset && e.target.dataset.op;
+  if (!op) return;
+  const args = { pipeline: $("pc-pipeline").value };
+  if (op === "pipeline_load") args.sample = $("pc-sample").value;
+  command(op, args);
+});
+$("jobs").addEventListener("click", (e) => {
+  if (e.target.classList.contains("cancel")) command("job_cancel", { jobids: [Number(e.target.dataset.job)] });
+});
+$("submit-controls").addEventListener("submit", async (e) => {
+  e.preventDefault();
+  const f = $("sc-file").files[0];
+  if (!f) { showReply({ success: false, msg: "choose a payload file" }); return; }
+  const r = await command("job_submit", { text: await f.text(), filename: f.name, jobname: $("sc-jobname").value || null });
+  if (r.success && r.data && r.data.id != null) location.hash = `#/job/${r.data.id}`;
+});
+$("login").addEventListener("submit", async (e) => {
+  e.preventDefault();
+  const r = await post("/api/login", { username: $("login-user").value, password: $("login-pass").value });
+  showReply(r);
+  if (r.success) { $("login-pass").value = ""; window.__dash.ws.close(); }  // reconnect as that user
+});
+$("logout").addEventListener("click", async () => { showReply(await post("/api/logout", {})); window.__dash.ws.close(); });
+
+// -- routing -------------------------------------------------------------------------------
+function route() {
+  const h = location.hash.replace(/^#\/?/, "").split("/");
+  if (h[0] === "job" && h[1]) return { page: "job", id: Number(h[1]) };
+  if (h[0] === "component" && h[1]) return { page: "component", id: decodeURIComponent(h[1]) };
+  return { page: "overview" };
+}
+function watchRoute() {
+  const r = route();
+  $("overview").hidden = r.page !== "overview";
+  $("jobpage").hidden = r.page !== "job";
+  $("cmppage").hidden = r.page !== "component";
+  const ws = window.__dash.ws;
+  if (ws && ws.readyState === 1) ws.send(JSON.stringify({ t: "watch", job: r.page === "job" ? r.id : null }));
+  if (window.enterPage) window.enterPage(r);
+}
+window.addEventListener("hashchange", watchRoute);
+window.S = S; window.esc = esc; window.mark = mark; window.can = can; window.fmtVal = fmtVal; window.route = route; window.renderRows = renderRows;
+connect();

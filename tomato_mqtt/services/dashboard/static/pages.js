@@ -1,0 +1,225 @@
+// The job page (payload, events, live decimated plots) and the component page.
+// Plotly comes from the installed plotly wheel (/vendor/plotly.min.js), loaded only when
+// a job page opens, so the overview paints without it.
+"use strict";
+
+const J = { id: null, job: null, events: [], marks: [], roles: {}, series: {}, hidden: new Set(), drawQ: new Set(), frame: 0 };
+let plotlyReady = null;
+
+function loadPlotly() {
+  if (!plotlyReady) {
+    plotlyReady = new Promise((ok, bad) => {
+      const s = document.createElement("script");
+      s.src = "/vendor/plotly.min.js";
+      s.onload = ok; s.onerror = () => bad(new Error("plotly did not load"));
+      document.head.appendChild(s);
+    });
+  }
+  return plotlyReady;
+}
+window.loadPlotly = loadPlotly;
+
+window.enterPage = (r) => {
+  if (r.page === "job") {
+    if (J.id !== r.id) {
+      J.id = r.id; J.job = null; J.events = []; J.marks = []; J.roles = {}; J.series = {};
+      $("jp-plots").innerHTML = ""; $("jp-vars").innerHTML = ""; $("jp-events").innerHTML = "";
+      $("jp-tasks").tBodies[0].innerHTML = ""; $("jp-payload").textContent = "";
+    }
+    $("jp-title").textContent = `Job ${r.id}`;
+    loadPlotly().then(() => queueAll()).catch((e) => showReply({ success: false, msg: String(e) }));
+  } else {
+    J.id = null;
+  }
+  mark("job"); mark("component");
+};
+
+window.onPageMessage = (m) => {
+  if ((m.t === "job" || m.t === "jobdata" ? m.id : m.job) !== J.id) return;
+  if (m.t === "jobdata") { J.job = m.job; renderPayload(); }
+  if (m.t === "job") {
+    J.job = m.job; J.events = m.events; J.marks = m.marks; J.roles = m.roles; J.series = {};
+    for (const [cmp, s] of Object.entries(m.series)) J.series[cmp] = s;
+    renderPayload(); renderEvents(); queueAll();
+  } else if (m.t === "series") {
+    for (const [cmp, u] of Object.entries(m.series)) timing("recv", cmp, u.last, m.now);
+    J.marks = m.marks; J.roles = m.roles;
+    for (const [cmp, u] of Object.entries(m.series)) merge(cmp, u);
+  } else if (m.t === "events") {
+    J.events = m.events; renderEvents();
+  }
+  mark("job");
+};
+
+function merge(cmp, u) {
+  const s = J.series[cmp];
+  if (!s || u.from === 0) { J.series[cmp] = u; queue(cmp); return; }
+  const cut = (a, b) => a.slice(0, u.from).concat(b);
+  s.t = cut(s.t, u.t); s.n = cut(s.n, u.n);
+  for (const v of Object.keys(u.lo)) { s.lo[v] = cut(s.lo[v] || [], u.lo[v]); s.hi[v] = cut(s.hi[v] || [], u.hi[v]); }
+  s.units = u.units; s.points = u.points; s.first = u.first; s.last = u.last;
+  queue(cmp);
+}
+
+function queueAll() { for (const cmp of Object.keys(J.series)) queue(cmp); }
+function queue(cmp) {
+  J.drawQ.add(cmp);
+  if (!J.frame) J.frame = requestAnimationFrame(drawQueued);
+}
+
+const roleOf = (cmp) => J.roles[cmp] || cmp;
+const plotId = (cmp, v) => `plot-${cmp}-${v}`.replace(/[^A-Za-z0-9_-]/g, "_");
+
+function ensureVar(cmp, v, unit) {
+  const key = `${cmp}|${v}`;
+  let box = document.getElementById(plotId(cmp, v));
+  if (box) return box;
+  const label = document.createElement("label");
+  label.innerHTML = `<input type="checkbox" checked data-key="${esc(key)}"> ${esc(roleOf(cmp))}: ${esc(v)}${unit ? ` [${esc(unit)}]` : ""}`;
+  $("jp-vars").appendChild(label);
+  box = document.createElement("div");
+  box.id = plotId(cmp, v); box.className = "plot"; box.dataset.key = key;
+  $("jp-plots").appendChild(box);
+  return box;
+}
+
+$("jp-vars").addEventListener("change", (e) => {
+  const key = e.target.dataset.key;
+  if (!key) return;
+  if (e.target.checked) J.hidden.delete(key); else J.hidden.add(key);
+  const [cmp, v] = key.split("|");
+  document.getElementById(plotId(cmp, v)).hidden = !e.target.checked;
+  queue(cmp);
+});
+
+async function drawQueued() {
+  J.frame = 0;
+  if (!window.Plotly || J.id === null) return;
+  const todo = [...J.drawQ]; J.drawQ.clear();
+  for (const cmp of todo) {
+    const s = J.series[cmp];
+    if (!s) continue;
+    const shapes = [], notes = [];
+    for (const m of J.marks) {
+      if (m.component !== cmp) continue;  // a task's first point of this component
+      const x = m.t * 1000;
+      shapes.push({ type: "line", xref: "x", yref: "paper", x0: x, x1: x, y0: 0, y1: 1, line: { dash: "dot", width: 1, color: "#c33" } });
+      notes.push({ x, y: 1, xref: "x", yref: "paper", text: m.task == null ? "idle" : `task ${m.task}`, showarrow: false, font: { size: 10, color: "#c33" }, xanchor: "left", yanchor: "top" });
+    }
+    const draws = [];
+    for (const v of Object.keys(s.lo)) {
+      if (!s.lo[v].some((x) => x != null)) continue;  // text or arrays: nothing to plot
+      const box = ensureVar(cmp, v, s.units[v]);
+      if (J.hidden.has(`${cmp}|${v}`)) continue;
+      const x = [], y = [], lo = s.lo[v], hi = s.hi[v];
+      for (let i = 0; i < s.t.length; i++) {
+        if (lo[i] == null) continue;
+        const t = s.t[i] * 1000;
+        x.push(t); y.push(lo[i]);
+        if (hi[i] !== lo[i]) { x.push(t); y.push(hi[i]); }
+      }
+      const unit = s.units[v] ? ` [${s.units[v]}]` : "";
+      const layout = {
+        title: { text: `${roleOf(cmp)}: ${v}`, font: { size: 13 } }, height: 230, margin: { l: 60, r: 10, t: 30, b: 40 },
+        xaxis: { type: "date", title: { text: "time" } }, yaxis: { title: { text: `${v}${unit}` } },
+        shapes, annotations: notes, showlegend: false, uirevision: "keep",
+      };
+      draws.push(Plotly.react(box, [{ x, y, mode: "lines", type: "scatter", line: { width: 1 } }], layout, { displayModeBar: false, responsive: true }));
+    }
+    await Promise.all(draws);
+    const last = s.last, first = s.first;
+    requestAnimationFrame(() => {
+      window.__dash.drawn[cmp] = { first, last, points: s.points, at: Date.now() };
+      timing("plot", cmp, last);
+    });
+  }
+}
+
+function renderPayload() {
+  const job = J.job;
+  if (!job) return;
+  const method = (job.payload && job.payload.method) || [];
+  const running = new Set();  // indices of the tasks running now (on any component)
+  for (const c of Object.values(S.components)) {
+    if (c.status && c.status.job === job.id && c.status.state === "running" && c.status.task != null) running.add(c.status.task);
+  }
+  renderRows($("jp-tasks").tBodies[0], method.map((t, i) => {
+    const cls = running.has(i) ? "current" : "";
+    return [String(i), `<td class="${cls}">${i}</td><td>${esc(t.component_role || t.component_tag || t.device)}</td><td>${esc(t.task_name)}</td><td>${esc(t.technique_name)}</td>` +
+      `<td>${esc(t.max_duration)}</td><td>${esc(t.sampling_interval)}</td><td>${esc(JSON.stringify(t.task_params || {}))}</td>`];
+  }));
+  $("jp-payload").textContent = JSON.stringify(job.payload, null, 2);
+}
+
+function renderEvents() {
+  $("jp-events").innerHTML = J.events.slice(-50).reverse().map((e) =>
+    `<li>${new Date(e.time * 1000).toLocaleTimeString()} <b>${esc(e.event)}</b> ${esc(e.role || "")} ${e.task != null ? "task " + e.task : ""} ${esc(e.status || "")} ${esc(e.detail && e.detail.message ? e.detail.message : "")}</li>`).join("");
+}
+
+function renderJobPage() {
+  const j = S.jobs[J.id];
+  if (!j) { $("jp-summary").textContent = "no such job (yet)"; return; }
+  const pts = Object.values(J.series).reduce((a, s) => a + (s.points || 0), 0);
+  $("jp-summary").innerHTML = `<span class="code s-${esc(j.status)}" id="jp-status" data-status="${esc(j.status)}">${esc(j.status)}</span> ${esc(j.meaning)} · pipeline ${esc(j.pipeline ?? "—")} · user ${esc(j.owner ?? "—")}` +
+    ` · submitted ${esc(j.submitted_at)} · started ${esc(j.launched_at ?? "—")} · ended ${esc(j.completed_at ?? "—")}` +
+    ` · points stored ${j.points ?? "—"} · points on screen ${pts}` + (j.reason ? `<br><span class="reason">${esc(j.reason)}</span>` : "") +
+    (j.respath ? `<br>results: <code>${esc(j.respath)}</code>` : "");
+  $("jp-cancel").hidden = !(can("job_cancel") && ["q", "qw", "r"].includes(j.status));
+  const dl = $("jp-download");
+  dl.hidden = !(can("job_snapshot") && !["q", "qw"].includes(j.status));
+  dl.href = `/api/job/${J.id}/download`;
+  dl.textContent = ["c", "ce", "cd"].includes(j.status) ? "download results (.nc)" : "download snapshot (.nc)";
+  renderPayload();
+}
+$("jp-cancel").addEventListener("click", () => command("job_cancel", { jobids: [J.id] }));
+$("jp-download").addEventListener("click", async (e) => {
+  // fetched here so that a refusal shows in the page instead of replacing it
+  e.preventDefault();
+  const a = e.currentTarget;
+  showReply({ success: true, msg: "the recorder is writing the file…" });
+  try {
+    const res = await fetch(a.href);
+    if (!res.ok) { showReply({ success: false, msg: `${res.status}: ${await res.text()}` }); return; }
+    const url = URL.createObjectURL(await res.blob());
+    const link = document.createElement("a");
+    link.href = url; link.download = `snapshot.${J.id}.nc`;
+    document.body.appendChild(link); link.click(); link.remove();
+    setTimeout(() => URL.revokeObjectURL(url), 60_000);
+    showReply({ success: true, msg: `downloaded snapshot.${J.id}.nc` });
+  } catch (err) { showReply({ success: false, msg: `download failed: ${err}` }); }
+});
+
+// -- component page --------------------------------------------------------------------------
+function renderComponentPage(slug) {
+  const c = S.components[slug] || {}, meta = c.meta, st = c.status, last = S.lasts[slug];
+  $("cp-title").textContent = meta ? meta.name : slug;
+  $("cp-summary").innerHTML = meta ? `device ${esc(meta.device)} · driver ${esc(meta.driver)} · address ${esc(meta.address)} · channel ${esc(meta.channel)} · node ${esc(meta.node)}` +
+    ` · state <b>${esc(st ? st.state : "unknown")}</b>${st && st.job != null ? ` · job <a href="#/job/${st.job}">${st.job}</a> task ${esc(st.task)}` : ""}${meta.error ? ` · <span class="err">${esc(meta.error)}</span>` : ""}` : "no metadata yet";
+  const attrs = (meta && meta.attrs) || {};
+  renderRows($("cp-attrs").tBodies[0], Object.entries(attrs).map(([k, a]) => [k,
+    `<td>${esc(k)}</td><td>${esc(a.type)}</td><td>${esc(a.units)}</td><td>${a.rw ? "rw" : "r"}</td><td>${esc(a.minimum)}</td><td>${esc(a.maximum)}</td>` +
+    `<td>${esc((a.options || []).join(", "))}</td><td class="attr-val" data-attr="${esc(k)}">${st && k in st.attrs ? fmtVal(st.attrs[k]) : ""}</td>`]));
+  $("cp-caps").innerHTML = ((meta && meta.capabilities) || []).map((x) => `<li>${esc(x)}</li>`).join("");
+  $("cp-consts").textContent = JSON.stringify((meta && meta.constants) || {}, null, 2);
+  $("cp-last").textContent = last ? `${new Date(last.uts * 1000).toLocaleTimeString()}\n` + Object.entries(last.values).map(([k, v]) => `${k} = ${v}${last.units[k] ? " " + last.units[k] : ""}`).join("\n") : "—";
+  $("cp-controls").hidden = !(can("get_attr") || can("set_attr"));
+  $("cp-set").hidden = !can("set_attr"); $("cp-value").hidden = !can("set_attr");
+  const sel = $("cp-attr"), names = Object.keys(attrs).join("\n");
+  if (sel._names !== names) { sel.innerHTML = Object.keys(attrs).map((k) => `<option>${esc(k)}</option>`).join(""); sel._names = names; }
+}
+$("cp-controls").addEventListener("click", (e) => {
+  const op = e.target.dataset && e.target.dataset.op;
+  if (!op) return;
+  const slug = route().id, c = S.components[slug];
+  const component = c && c.meta ? c.meta.name : slug, attr = $("cp-attr").value;
+  if (op === "get_attr") { command(op, { component, attrs: [attr] }); return; }
+  let val = $("cp-value").value;
+  try { val = JSON.parse(val); } catch { /* a plain string */ }
+  command(op, { component, attr, val });
+});
+
+window.renderPage = (d) => {
+  const r = route();
+  if (r.page === "job" && (d.has("job") || d.has("jobs") || d.has("component"))) renderJobPage();
+  if (r.page === "component" && (d.has("component") || d.has("pipelines"))) renderComponentPage(r.id);
+};

@@ -1,0 +1,228 @@
+"""The dashboard's HTTP side (aiohttp): the page, its WebSocket, sign-in and controls.
+
+Routes: ``/`` the page; ``/static/*`` its own JS and CSS (in this package);
+``/vendor/plotly.min.js`` from the installed ``plotly`` wheel (nothing third-party is
+copied into the repository); ``/ws`` the live state; ``/api/login``, ``/api/logout``;
+``/api/cmd`` (a control: the reply or the error goes back to the page as is);
+``/api/job/<id>/download`` (a snapshot of the job's NetCDF file, fetched from the
+recorder over MQTT, so this works from any PC).
+
+A control is sent only if the session's role lists it (the page hides the others), and
+then the broker's ACL and the scheduler check it again for that login.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import tempfile
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from aiohttp import WSMsgType, web
+
+from tomato_mqtt.services.dashboard.files import chunks, take_snapshot
+from tomato_mqtt.services.dashboard.service import DashboardService, Viewer
+from tomato_mqtt.services.dashboard.sessions import LoginFailed, Session
+from tomato_mqtt.transport.client import MqttError
+from tomato_mqtt.transport.rpc import NoResponder, ReplyError
+from tomato_mqtt.wire.messages import Reply
+
+__all__ = ["COOKIE", "make_app"]
+
+COOKIE = "tomato_dashboard"
+STATIC = Path(__file__).with_name("static")
+SVC: web.AppKey[DashboardService] = web.AppKey("svc", DashboardService)
+
+
+def make_app(svc: DashboardService) -> web.Application:
+    app = web.Application(client_max_size=8 * 2**20, middlewares=[_same_origin])
+    app[SVC] = svc
+    app.router.add_get("/", _index)
+    app.router.add_static("/static/", STATIC)
+    app.router.add_get("/vendor/plotly.min.js", _plotly)
+    app.router.add_get("/ws", _ws)
+    app.router.add_post("/api/login", _login)
+    app.router.add_post("/api/logout", _logout)
+    app.router.add_post("/api/cmd", _cmd)
+    app.router.add_get("/api/job/{job:\\d+}/download", _download)
+    return app
+
+
+@web.middleware
+async def _same_origin(request: web.Request, handler: Any) -> web.StreamResponse:
+    # a page of another site must not drive a signed-in user's controls (CSRF)
+    origin = request.headers.get("Origin")
+    if request.method == "POST" and origin and origin.split("://", 1)[-1] != request.host:
+        raise web.HTTPForbidden(text="cross-origin request refused")
+    resp: web.StreamResponse = await handler(request)
+    return resp
+
+
+def _session(request: web.Request) -> Session:
+    s = request.app[SVC].sessions.get(request.cookies.get(COOKIE))
+    if s is None:
+        raise web.HTTPServiceUnavailable(text="the dashboard is not connected to the broker yet")
+    return s
+
+
+async def _index(request: web.Request) -> web.StreamResponse:
+    return web.FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
+
+
+async def _plotly(request: web.Request) -> web.StreamResponse:
+    try:
+        js = resources.files("plotly") / "package_data" / "plotly.min.js"
+        path = Path(str(js))
+    except ModuleNotFoundError:
+        path = Path("-")
+    if not path.is_file():
+        raise web.HTTPNotFound(text="plotly is not installed: pip install 'tomato-mqtt[dashboard]'")
+    return web.FileResponse(path, headers={"Cache-Control": "max-age=86400"})
+
+
+async def _ws(request: web.Request) -> web.StreamResponse:
+    svc = request.app[SVC]
+    ws = web.WebSocketResponse(heartbeat=20, compress=False)
+    await ws.prepare(request)
+    viewer = Viewer(_session(request), close=ws.close)
+    viewer.send(svc.hello(viewer))
+    svc.viewers.add(viewer)
+    writer = asyncio.ensure_future(svc.writer(viewer, ws.send_str))
+    try:
+        async for msg in ws:
+            if msg.type != WSMsgType.TEXT:
+                continue
+            with contextlib.suppress(ValueError, TypeError, KeyError):
+                data = json.loads(msg.data)
+                if data.get("t") == "watch":
+                    job = data.get("job")
+                    svc.watch(viewer, int(job) if job is not None else None)
+    finally:
+        svc.viewers.discard(viewer)
+        writer.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await writer
+    return ws
+
+
+async def _json(request: web.Request) -> dict[str, Any]:
+    try:
+        data = await request.json()
+    except (ValueError, UnicodeDecodeError):
+        raise web.HTTPBadRequest(text="the request body is not JSON") from None
+    if not isinstance(data, dict):
+        raise web.HTTPBadRequest(text="the request body must be a JSON object")
+    return data
+
+
+async def _login(request: web.Request) -> web.StreamResponse:
+    data = await _json(request)
+    user, password = str(data.get("username") or ""), str(data.get("password") or "")
+    if not user:
+        return web.json_response({"success": False, "msg": "give a user name"})
+    svc = request.app[SVC]
+    try:
+        s = await svc.sessions.sign_in(user, password)
+    except LoginFailed as e:
+        return web.json_response({"success": False, "msg": str(e)})
+    resp = web.json_response({"success": True, "msg": f"signed in as {user}", "me": s.describe()})
+    resp.set_cookie(COOKIE, s.token, httponly=True, samesite="Strict")
+    return resp
+
+
+async def _logout(request: web.Request) -> web.StreamResponse:
+    await request.app[SVC].sessions.sign_out(request.cookies.get(COOKIE))
+    resp = web.json_response({"success": True, "msg": "signed out"})
+    resp.del_cookie(COOKIE)
+    return resp
+
+
+def _reply(r: Reply) -> web.Response:
+    return web.json_response({"success": r.success, "msg": r.msg, "code": r.code, "data": r.data})
+
+
+def _fail(msg: str, code: str = "bad_request") -> web.Response:
+    return web.json_response({"success": False, "msg": msg, "code": code, "data": None})
+
+
+async def _cmd(request: web.Request) -> web.StreamResponse:
+    """One control: ``{op, args}``; the answer is the scheduler's (or node's) reply."""
+    s = _session(request)
+    data = await _json(request)
+    op, args = str(data.get("op") or ""), data.get("args") or {}
+    if not isinstance(args, dict):
+        return _fail("args must be an object")
+    if op not in s.controls:
+        role = s.describe()["role"] or "none"
+        return _fail(f"not allowed here: {op or '(no op)'} (role {role})", "not_allowed")
+    try:
+        if op in ("get_attr", "set_attr"):
+            component = str(args.pop("component", ""))
+            if not component:
+                return _fail("name the component")
+            topic = s.topics.component_cmd(component, op)
+            return _reply(await s.requester.request(topic, args, timeout=10, who="node"))
+        if op == "job_submit":
+            args = _payload_args(args, s.user)
+        topic = s.topics.scheduler_cmd(op)
+        return _reply(await s.requester.request(topic, args, timeout=15, who="scheduler"))
+    except _BadUpload as e:
+        return _fail(str(e), "refused")
+    except NoResponder as e:
+        return _fail(str(e), "unavailable")
+    except (MqttError, ValueError) as e:
+        return _fail(str(e), "unavailable")
+
+
+class _BadUpload(ValueError):
+    pass
+
+
+def _payload_args(args: dict[str, Any], user: str | None) -> dict[str, Any]:
+    """An uploaded payload file, read as ``ketchup submit`` reads one (YAML or JSON)."""
+    from tomato_mqtt.config.payloads import PayloadError, read_payload_file
+
+    text, name = args.get("text"), Path(str(args.get("filename") or "payload.yml")).name
+    if not isinstance(text, str) or not text.strip():
+        raise _BadUpload("choose a payload file")
+    with tempfile.TemporaryDirectory(prefix="tomato-dash-") as tmp:
+        path = Path(tmp) / (name or "payload.yml")
+        path.write_text(text, encoding="utf-8")
+        try:
+            doc = read_payload_file(path)
+        except PayloadError as e:
+            raise _BadUpload(f"payload refused: {name}: {e.location}: {e.reason}") from None
+    out: dict[str, Any] = {"payload": json.loads(json.dumps(doc, default=str))}
+    if args.get("jobname"):
+        out["jobname"] = str(args["jobname"])
+    if user:
+        out["user"] = user
+    return out
+
+
+async def _download(request: web.Request) -> web.StreamResponse:
+    """A snapshot of the job's file: written by the recorder now, fetched chunk by chunk."""
+    s = _session(request)
+    job = int(request.match_info["job"])
+    if "job_snapshot" not in s.controls:
+        raise web.HTTPForbidden(text="your role may not take snapshots of jobs")
+    try:
+        snap = await take_snapshot(s, job)
+        resp = web.StreamResponse(
+            headers={
+                "Content-Type": "application/x-netcdf",
+                "Content-Disposition": f'attachment; filename="snapshot.{job}.nc"',
+            }
+        )
+        await resp.prepare(request)
+        async for data in chunks(s, snap):
+            await resp.write(data)
+        await resp.write_eof()
+        return resp
+    except ReplyError as e:
+        raise web.HTTPConflict(text=str(e)) from None
+    except (NoResponder, MqttError) as e:
+        raise web.HTTPServiceUnavailable(text=str(e)) from None

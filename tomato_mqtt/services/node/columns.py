@@ -1,0 +1,115 @@
+"""Points and blocks of one task -> the columns of data batches.
+
+One-point drivers give :class:`~tomato_mqtt.driver.points.Point` objects: a run of them
+becomes one set of columns (a missing value is null). Bulk drivers give
+:class:`~tomato_mqtt.driver.block.Block` columns: consecutive blocks with the same
+variables and extra dimensions are joined into one batch (lists by concatenation, numpy
+arrays with numpy, which the driver that made them has already imported), so a flush
+sends one message per component and task whatever the block size; the values are never
+unpacked into per-point Python objects.
+"""
+
+from __future__ import annotations
+
+import itertools
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from tomato_mqtt.driver.block import Block
+from tomato_mqtt.driver.points import Point
+
+__all__ = ["Columns", "points_to_columns", "to_columns"]
+
+
+@dataclass
+class Columns:
+    uts: Any
+    vars: dict[str, Any]
+    units: dict[str, str]
+    dims: dict[str, Sequence[str]] = field(default_factory=dict)
+    coords: dict[str, Any] = field(default_factory=dict)
+    job: int | None = None
+    task: int | None = None
+
+
+def points_to_columns(
+    points: Sequence[Point],
+) -> tuple[list[float], dict[str, list[float | int | bool | str | None]]]:
+    """Turn points into the columns of a data batch (missing values become null)."""
+    uts = [p.uts for p in points]
+    names: dict[str, None] = {}
+    for p in points:
+        for k in p.values:
+            names.setdefault(k, None)
+    cols: dict[str, list[float | int | bool | str | None]] = {
+        k: [p.values.get(k) for p in points] for k in names
+    }
+    return uts, cols
+
+
+def _layout(b: Block) -> tuple[Any, ...]:
+    return (
+        tuple(b.data),
+        tuple((k, tuple(v)) for k, v in b.dims.items()),
+        tuple((k, _values(v)) for k, v in b.coords.items()),
+        tuple(sorted(b.units.items())),
+    )
+
+
+def _values(v: Any) -> tuple[Any, ...]:
+    return tuple(v.tolist() if hasattr(v, "tolist") else v)
+
+
+def _concat(parts: list[Any]) -> Any:
+    if len(parts) == 1:
+        return parts[0]
+    if all(isinstance(p, list) for p in parts):
+        return list(itertools.chain.from_iterable(parts))
+    np = sys.modules.get("numpy")
+    if np is None:  # arrays of another kind (tuples, array.array): join as lists
+        return list(itertools.chain.from_iterable(parts))
+    return np.concatenate([np.asarray(p) for p in parts])
+
+
+def _join(blocks: list[Block]) -> Columns:
+    first = blocks[0]
+    return Columns(
+        uts=_concat([b.uts for b in blocks]),
+        vars={k: _concat([b.data[k] for b in blocks]) for k in first.data},
+        units=dict(first.units),
+        dims={k: list(v) for k, v in first.dims.items()},
+        coords=dict(first.coords),
+    )
+
+
+def to_columns(items: Sequence[Point | Block], units: dict[str, str]) -> list[Columns]:
+    """The batches of one task's items, in order (``units``: of the points' quantities)."""
+    out: list[Columns] = []
+    points: list[Point] = []
+    blocks: list[Block] = []
+
+    def flush_points() -> None:
+        if points:
+            uts, cols = points_to_columns(points)
+            out.append(Columns(uts, dict(cols), {k: u for k, u in units.items() if k in cols}))
+            points.clear()
+
+    def flush_blocks() -> None:
+        if blocks:
+            out.append(_join(blocks))
+            blocks.clear()
+
+    for it in items:
+        if isinstance(it, Point):
+            flush_blocks()
+            points.append(it)
+        else:
+            flush_points()
+            if blocks and _layout(blocks[0]) != _layout(it):
+                flush_blocks()
+            blocks.append(it)
+    flush_points()
+    flush_blocks()
+    return out

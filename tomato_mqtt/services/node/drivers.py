@@ -1,0 +1,100 @@
+"""The drivers of a node: which class ``driver: <name>`` means here, one instance each,
+their settings, and why a driver could not be had.
+
+Native drivers and upstream tomato driver packages alike (``resolve_driver``); an
+upstream driver's instance owns a host process, so instances are created off the event
+loop, closed when dropped, and made anew when that process has died.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from tomato_mqtt.driver import ModelInterface
+from tomato_mqtt.driver.discovery import DriverNotFound, all_drivers, resolve_driver
+from tomato_mqtt.wire.messages import DriverInfo
+
+__all__ = ["NodeDrivers"]
+
+log = logging.getLogger(__name__)
+
+#: keys of ``[drivers.<name>]`` that are tomato-mqtt's, not the driver's
+_OURS = ("source",)
+
+
+class NodeDrivers:
+    def __init__(
+        self, settings: Mapping[str, Mapping[str, Any]], upstream_env: Path | None
+    ) -> None:
+        self.settings = {k: dict(v) for k, v in settings.items()}
+        self.upstream_env = upstream_env
+        self.instances: dict[str, ModelInterface] = {}
+        self.errors: dict[str, str] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    def update_settings(self, settings: Mapping[str, Mapping[str, Any]]) -> set[str]:
+        """Take the scheduler's settings; returns the drivers whose settings changed."""
+        changed = set()
+        for name, table in settings.items():
+            if self.settings.get(name) != dict(table):
+                changed.add(name)
+            self.settings[name] = dict(table)
+        return changed
+
+    async def get(self, name: str) -> ModelInterface:
+        """The instance of driver ``name``; raises :class:`DriverNotFound`."""
+        async with self._locks.setdefault(name, asyncio.Lock()):
+            drv = self.instances.get(name)
+            if drv is not None and not getattr(drv, "alive", True):
+                # an upstream driver's host process died: registering starts a new one
+                log.warning("the host process of driver %s died; starting a new one", name)
+                self.drop(name)
+                drv = None
+            if drv is None:
+                settings = self.settings.get(name, {})
+                try:
+                    cls = resolve_driver(name, settings, self.upstream_env)
+                except DriverNotFound as e:
+                    self.errors[name] = str(e)
+                    raise
+                theirs = {k: v for k, v in settings.items() if k not in _OURS}
+                # an upstream driver starts its host process here: off the event loop
+                drv = await asyncio.to_thread(cls, theirs)
+                self.instances[name] = drv
+                self.errors.pop(name, None)
+            return drv
+
+    def drop(self, name: str) -> None:
+        """Forget (and close) the instance of ``name``; the next :meth:`get` makes one."""
+        drv = self.instances.pop(name, None)
+        if drv is not None:
+            _close(drv)
+
+    def close_all(self) -> None:
+        for name in list(self.instances):
+            self.drop(name)
+
+    def infos(self) -> dict[str, DriverInfo]:
+        """For the node's status: installed drivers (the one each name resolves to) and
+        the errors of those that could not be had."""
+        out: dict[str, DriverInfo] = {}
+        for d in all_drivers(self.settings, self.upstream_env):
+            if d.used:
+                ver = d.version if d.source == "native" else f"{d.version} (tomato {d.package})"
+                out[d.name] = DriverInfo(version=ver, loaded=d.name in self.instances)
+        for name, err in self.errors.items():
+            out[name] = DriverInfo(loaded=False, error=err)
+        return out
+
+
+def _close(drv: ModelInterface) -> None:
+    close = getattr(drv, "close", None)  # upstream drivers: end the host process
+    if callable(close):
+        try:
+            close()
+        except Exception:
+            log.exception("closing driver %s failed", type(drv).__name__)

@@ -1,0 +1,103 @@
+"""The recorder's file commands: ``finalize`` (a job's file or a snapshot) and ``fetch``.
+
+``finalize`` waits until every task's points are stored (no fixed wait: it wakes on each
+stored batch, asking nodes to replay gaps), writes the file and replies with what is in
+it; ``fetch`` hands a written file out in chunks to a CLI on another PC.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from pydantic import JsonValue
+
+from tomato_mqtt.services.recorder.files import CHUNK, FetchArgs, FinalizeArgs, count_problems
+from tomato_mqtt.transport.rpc import CommandError, Result
+
+if TYPE_CHECKING:
+    from tomato_mqtt.services.recorder.service import RecorderService
+
+__all__ = ["FileOps"]
+
+log = logging.getLogger(__name__)
+
+
+class FileOps:
+    def __init__(self, svc: RecorderService) -> None:
+        self.svc = svc
+
+    # -- files------------------------------------------------------------------------
+    async def finalize(self, args: Mapping[str, JsonValue]) -> Result:
+        svc = self.svc
+        svc.guard.require_scheduler("finalize")
+        a = FinalizeArgs.model_validate(args)
+        store = svc.store
+        if store is None:
+            raise CommandError("recorder store not open")
+        jobid = int(a.job["id"])  # type: ignore[arg-type]
+        svc.jobs_seen.add(jobid)
+        t0 = time.monotonic()
+        if not a.snapshot:
+            await svc.files.wait_complete(jobid, a.expect, a.wait)
+            # from here on, a batch of this job is late: it is merged into the file
+            svc.files.remember_final(a)
+        t_wait = time.monotonic() - t0
+        written, note = await svc.files.write(a, Path(a.path))
+        if not a.snapshot:
+            svc.files.written(jobid, written)
+        svc.remember_file(jobid, written)
+        owner = a.job.get("owner")
+        token, size = svc.files.token(written, owner if isinstance(owner, str) else None)
+        log.info(
+            "job %d: %s written to %s (%d bytes; waited %.3f s for data, wrote in %.3f s)",
+            jobid,
+            "snapshot" if a.snapshot else "file",
+            written,
+            size,
+            t_wait,
+            time.monotonic() - t0 - t_wait,
+        )
+        stored = store.job_points(jobid)
+        points = {role: stored.get(str(a.roles[role].get("name")), 0) for role in a.roles}
+        missing, extra = count_problems(a.expect, store.task_points(jobid))
+        conflicts = store.conflicts(jobid)
+        kind = "snapshot" if a.snapshot else "file"
+        msg = f"{kind} of job {jobid} written to {written}" + (f" ({note})" if note else "")
+        if missing and not a.snapshot:
+            msg += f"; still missing after {a.wait:g} s: {', '.join(missing)}"
+        await svc.publish_presence("online")
+        return Result(
+            msg,
+            {
+                "path": str(written),
+                "size": size,
+                "token": token,
+                "chunks": max(1, -(-size // CHUNK)),
+                "points": points,  # type: ignore[dict-item]
+                "missing": missing,  # type: ignore[dict-item]
+                "extra": extra,  # type: ignore[dict-item]
+                "conflicts": conflicts,  # type: ignore[dict-item]
+                "fallback": note or None,
+                "storage_error": svc.storage_error,
+            },
+        )
+
+    async def fetch(self, args: Mapping[str, JsonValue]) -> Result:
+        svc = self.svc
+        a = FetchArgs.model_validate(args)
+        w = svc.files.tokens.get(a.token)
+        if w is None:
+            raise CommandError("unknown or expired file token: ask for the snapshot again")
+        svc.guard.require_fetch(w.owner)
+        with w.path.open("rb") as f:
+            f.seek(a.index * CHUNK)
+            chunk = f.read(CHUNK)
+        return Result(
+            f"chunk {a.index} of {w.path.name}",
+            {"index": a.index, "data": base64.b64encode(chunk).decode()},
+        )

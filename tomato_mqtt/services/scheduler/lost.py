@@ -1,0 +1,77 @@
+"""Components of a lost node are shown ``lost`` to every subscriber (issue 14).
+
+A node's last will says the node is lost, but the retained ``component/<c>/status`` of
+its components would say ``running`` or ``idle`` for ever. MQTT has one will per
+connection, so the node cannot leave one per component; the scheduler, which owns the
+layout (which component lives on which node), publishes a retained ``lost`` status for
+each of them instead. The broker's ACL lets the scheduler publish on component status
+topics for exactly this (``wire/acl.py``); nodes still publish only their own.
+
+When the node comes back, the scheduler asks it to ``rebirth`` (re-publish every
+retained topic), so a ``lost`` status that crossed the node's own fresh one on the wire
+is overwritten with the truth.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING
+
+from tomato_mqtt.wire.messages import ComponentStatus, NodeStatus
+
+if TYPE_CHECKING:
+    from tomato_mqtt.services.scheduler.service import SchedulerService
+
+__all__ = ["LostComponents"]
+
+log = logging.getLogger(__name__)
+
+
+class LostComponents:
+    def __init__(self, svc: SchedulerService) -> None:
+        self.svc = svc
+        self.marked: set[str] = set()  # nodes whose components were published lost
+
+    async def node_status(self, st: NodeStatus) -> None:
+        if st.state == "lost":
+            await self.mark(st.node, "its last will arrived")
+        elif st.state == "online" and st.node in self.marked:
+            self.marked.discard(st.node)
+            self.svc.spawn(self._rebirth(st.node))
+
+    async def sweep(self) -> None:
+        """Nodes counted lost by a stale heartbeat (no will: a hung node)."""
+        for name, st in list(self.svc.nodes.items()):
+            if st.state == "lost" and name not in self.marked:
+                await self.mark(name, "its heartbeat stopped")
+
+    async def mark(self, node: str, why: str) -> None:
+        if node in self.marked:
+            return
+        self.marked.add(node)
+        comps = self.svc.layout.components_of_node(node)
+        log.warning("node %s is lost (%s): %d component(s) shown lost", node, why, len(comps))
+        now = time.time()
+        for c in comps:
+            prev = self.svc.cstatus.get(c.name)
+            msg = ComponentStatus(
+                name=c.name,
+                node=node,
+                state="lost",
+                time=now,
+                job=prev.job if prev else None,
+                task=prev.task if prev else None,
+                error=f"node {node} is lost ({why})",
+                epoch=prev.epoch if prev else 0,
+            )
+            await self.svc.publish(self.svc.topics.component_status(c.name), msg)
+
+    async def _rebirth(self, node: str) -> None:
+        req = self.svc.requester
+        if req is None:
+            return
+        try:
+            await req.request(self.svc.topics.node_cmd(node, "rebirth"), {}, timeout=10.0)
+        except Exception as e:  # the node re-announces on its own reconnect anyway
+            log.info("node %s: rebirth after lost not answered: %s", node, e)

@@ -1,0 +1,109 @@
+"""``tomato reload``: the scheduler's one way to take a changed configuration.
+
+The new settings and devices file are loaded and compared with the running ones; a
+change that touches a running job's pipeline, components or driver settings is refused
+whole (nothing changes), anything else is applied and pushed to the nodes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from pydantic import JsonValue
+
+from tomato_mqtt.config.devices import load_devices
+from tomato_mqtt.config.settings import load_settings
+from tomato_mqtt.errors import ConfigError
+from tomato_mqtt.transport.rpc import CommandError, Result
+from tomato_mqtt.wire.commands import NoArgs
+
+if TYPE_CHECKING:
+    from tomato_mqtt.services.scheduler.ops import SchedulerOps
+
+__all__ = ["reload"]
+
+
+async def reload(ops: SchedulerOps, args: Mapping[str, JsonValue]) -> Result:
+    """``tomato reload``: apply a changed settings.toml and devices file, unless the
+    change touches a running job (then nothing changes; the reply says what it would touch).
+    """
+    ops.access.require("reload")
+    NoArgs.model_validate(args)
+    svc = ops.svc
+    old = svc.settings
+    try:
+        new_settings = load_settings(
+            appdir=old.appdir,
+            datadir=old.datadir,
+            logdir=old.logdir,
+            port=old.mqtt.port,
+            host=old.mqtt.host,
+        )
+        new_layout = load_devices(new_settings.devices_file, new_settings.node.name)
+    except ConfigError as e:
+        raise CommandError(f"reload refused, nothing changed: {e}") from None
+    diff = svc.layout.diff(new_layout)
+    busy_components: set[str] = set()
+    busy_pipelines: set[str] = set()
+    for job in ops.store.jobs(statuses=["r", "rd"]):
+        if job.pipeline:
+            busy_pipelines.add(job.pipeline)
+            lay = svc.layout.pipelines.get(job.pipeline)
+            if lay:
+                busy_components.update(lay.roles.values())
+    touched = []
+    for name in busy_pipelines:
+        if svc.layout.pipelines.get(name) != new_layout.pipelines.get(name):
+            touched.append(f"pipeline {name}")
+    for name in busy_components:
+        if svc.layout.components.get(name) != new_layout.components.get(name):
+            touched.append(f"component {name}")
+        drv = svc.layout.components[name].driver
+        if old.drivers.get(drv) != new_settings.drivers.get(drv):
+            touched.append(f"settings of driver {drv}")
+    if touched:
+        raise CommandError(
+            "reload refused, nothing changed: it would modify "
+            + ", ".join(sorted(set(touched)))
+            + " of a running job",
+            code="conflict",
+        )
+    removed_pips = set(svc.layout.pipelines) - set(new_layout.pipelines)
+    drivers_changed = sorted(
+        d
+        for d in set(old.drivers) | set(new_settings.drivers)
+        if old.drivers.get(d) != new_settings.drivers.get(d)
+    )
+    svc.settings = new_settings
+    svc.layout = new_layout
+    ops.store.sync_pipelines(new_layout.pipelines)
+    for name in removed_pips:
+        await svc.clear_pipeline(name)
+    for p in ops.store.pipelines():
+        await svc.publish_pipeline(p.name)
+    await svc.configure_nodes()
+    svc.kick()
+    what = _describe_diff(diff)
+    if drivers_changed:  # not part of the layout's diff, but a change all the same
+        more = f"settings of driver(s): {', '.join(drivers_changed)}"
+        what = more if what == "no changes" else f"{what}; {more}"
+    return Result("reload done: " + what, _jsonable_diff(diff))
+
+
+def _jsonable_diff(diff: Any) -> JsonValue:
+    if hasattr(diff, "model_dump"):
+        return diff.model_dump(mode="json")  # type: ignore[no-any-return]
+    if hasattr(diff, "__dict__"):
+        return {k: sorted(v) if isinstance(v, set) else v for k, v in vars(diff).items()}
+    return str(diff)
+
+
+def _describe_diff(diff: Any) -> str:
+    d = _jsonable_diff(diff)
+    if isinstance(d, dict):
+        parts = [
+            f"{k}: {', '.join(map(str, v))}" for k, v in d.items() if isinstance(v, list) and v
+        ]
+        return "; ".join(parts) or "no changes"
+    return str(d)

@@ -1,0 +1,74 @@
+"""The base of every wire message: ``WireModel``, the schema version, decode / encode.
+
+Split from :mod:`tomato_mqtt.wire.messages` (which re-exports all of it) to keep that
+module to the messages themselves.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final, Literal, TypeVar
+
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError
+
+__all__ = ["SCHEMA", "DecodeError", "WireModel", "decode", "encode", "renamed"]
+
+#: The message schema version this code writes. 2 (issue 14): one name per concept, as
+#: tomato 2.2 spells it (``jobid``, ``sampleid``, ``vars``); epochs in s; retained job
+#: status is a summary. Readers accept 1 as well: old names are read as aliases.
+SCHEMA: Final = 2
+
+
+def renamed(new: str, old: str) -> Any:
+    """A field written as ``new`` (schema 2) and read as ``new`` or ``old`` (schema 1)."""
+    return AliasChoices(new, old)
+
+
+class WireModel(BaseModel):
+    """Base of every message: JSON, versioned by ``schema``, tolerant of extra fields."""
+
+    model_config = ConfigDict(
+        extra="ignore",
+        populate_by_name=True,
+        serialize_by_alias=True,
+    )
+
+    schema_: Literal[1, 2] = Field(default=SCHEMA, alias="schema")
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class DecodeError(ValueError):
+    """A payload that is not a valid message of the expected kind."""
+
+    def __init__(self, model: type[BaseModel], topic: str | None, reason: str) -> None:
+        self.model = model
+        self.topic = topic
+        self.reason = reason
+        where = f" on {topic}" if topic else ""
+        super().__init__(f"bad {model.__name__} message{where}: {reason}")
+
+
+def _summarise(e: ValidationError) -> str:
+    parts = []
+    for err in e.errors(include_url=False)[:3]:
+        loc = ".".join(str(x) for x in err["loc"]) or "(message)"
+        parts.append(f"{loc}: {err['msg']}")
+    more = e.error_count() - len(parts)
+    return "; ".join(parts) + (f" (+{more} more)" if more > 0 else "")
+
+
+def decode(model: type[M], payload: bytes | str, topic: str | None = None) -> M:
+    """Decode ``payload`` as ``model``; any failure is a :class:`DecodeError`."""
+    try:
+        return model.model_validate_json(payload)
+    except ValidationError as e:
+        if any(err["type"] == "json_invalid" for err in e.errors()):
+            raise DecodeError(model, topic, "not valid JSON") from None
+        raise DecodeError(model, topic, _summarise(e)) from None
+    except (UnicodeDecodeError, ValueError) as e:
+        raise DecodeError(model, topic, f"not UTF-8 JSON ({e})") from None
+
+
+def encode(msg: BaseModel) -> bytes:
+    return msg.model_dump_json(by_alias=True).encode()

@@ -1,0 +1,131 @@
+"""Data batches at C speed: the hot path's encoder and the recorder's header reader.
+
+A :class:`~tomato_mqtt.wire.messages.DataBatch` is the contract (its JSON Schema is in
+the AsyncAPI document, and every batch this module writes validates against it), but
+the hot path does not build the model: building it validates every value in Python.
+:func:`encode_batch` writes the same JSON with orjson straight from the columns (numpy
+arrays serialise natively, NaN becomes null), header fields first and ``n`` (the point
+count) before the columns, so :func:`read_header` gets everything the recorder needs to
+store and count a batch by parsing only those first few hundred bytes. A batch in any
+other key order (a third-party publisher, an older node) is parsed whole and checked
+the same way. Neither side makes one Python object per point.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import orjson
+from pydantic import Field, ValidationError
+
+from tomato_mqtt.wire.base import renamed
+from tomato_mqtt.wire.messages import SCHEMA, DecodeError, WireModel, stream_id
+
+__all__ = ["BatchHeader", "encode_batch", "encode_json", "read_header"]
+
+_OPTS = orjson.OPT_SERIALIZE_NUMPY
+_UTS = b',"uts":'
+_HEAD_MAX = 4096  # the header of our own batches is far shorter
+
+
+class BatchHeader(WireModel):
+    """The fields of a data batch the recorder stores it by (not its columns)."""
+
+    component: str
+    job: int | None = Field(None, alias="jobid", validation_alias=renamed("jobid", "job"))
+    task: int | None = None
+    epoch: int
+    stream: str = ""
+    seq: int
+    n: int
+
+    def stream_id(self) -> str:
+        return stream_id(self.stream, self.epoch)
+
+
+def _default(obj: Any) -> Any:
+    # numpy arrays orjson cannot take as they are (non-contiguous, float16, objects):
+    # the rare slow path
+    tolist = getattr(obj, "tolist", None)
+    if tolist is not None:
+        return tolist()
+    raise TypeError(f"cannot put a {type(obj).__name__} on the wire")
+
+
+def encode_json(obj: Any) -> bytes:
+    """JSON for wire messages built from columns (numpy arrays, NaN → null)."""
+    return orjson.dumps(obj, option=_OPTS, default=_default)
+
+
+def encode_batch(
+    *,
+    component: str,
+    job: int | None,
+    task: int | None,
+    epoch: int,
+    stream: str,
+    seq: int,
+    uts: Sequence[float] | Any,
+    vars: Mapping[str, Any],
+    units: Mapping[str, str],
+    dims: Mapping[str, Sequence[str]] | None = None,
+    coords: Mapping[str, Any] | None = None,
+) -> bytes:
+    """One data batch as JSON, header first (see the module docstring)."""
+    msg: dict[str, Any] = {
+        "schema": SCHEMA,
+        "component": component,
+        "jobid": job,
+        "task": task,
+        "epoch": epoch,
+        "stream": stream,
+        "seq": seq,
+        "n": len(uts),
+        "uts": uts,
+        "vars": vars,
+        "units": units,
+    }
+    if dims:
+        msg["dims"] = {k: list(v) for k, v in dims.items()}
+        msg["coords"] = dict(coords or {})
+    return encode_json(msg)
+
+
+def read_header(raw: bytes, topic: str | None = None) -> BatchHeader:
+    """The header of a data batch; :class:`DecodeError` for anything malformed."""
+    head: Any = None
+    i = raw.find(_UTS, 0, _HEAD_MAX)
+    if i > 0:
+        try:
+            head = orjson.loads(raw[:i] + b"}")
+        except orjson.JSONDecodeError:
+            head = None
+    if not isinstance(head, dict) or not isinstance(head.get("n"), int):
+        head = _whole(raw, topic)
+    try:
+        return BatchHeader.model_validate(head)
+    except ValidationError as e:
+        err = e.errors(include_url=False)[0]
+        loc = ".".join(str(x) for x in err["loc"]) or "(message)"
+        raise DecodeError(BatchHeader, topic, f"{loc}: {err['msg']}") from None
+
+
+def _whole(raw: bytes, topic: str | None) -> dict[str, Any]:
+    try:
+        msg = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise DecodeError(BatchHeader, topic, "not valid JSON") from None
+    if not isinstance(msg, dict):
+        raise DecodeError(BatchHeader, topic, "not a JSON object")
+    uts = msg.get("uts")
+    cols = msg.get("vars")
+    if not isinstance(uts, list) or not isinstance(cols, dict):
+        raise DecodeError(BatchHeader, topic, "uts and vars are required (a list, an object)")
+    for name, col in cols.items():
+        if not isinstance(col, list) or len(col) != len(uts):
+            raise DecodeError(
+                BatchHeader, topic, f"vars.{name}: one value per uts ({len(uts)}) is required"
+            )
+    msg["n"] = len(uts)
+    return msg
