@@ -274,7 +274,8 @@ async def test_a_request_pending_when_the_recorder_restarts_is_sent_again(
     s = load_settings(appdir=app, datadir=tmp_path / "data", logdir=tmp_path / "log")
     sched = SchedulerService(s)
     url = BrokerURL.parse(broker.url)
-    async with running(sched):
+    # connected is not enough: the requester comes right after (in started())
+    async with running(sched, ready=lambda: sched.requester is not None):
         # no recorder yet: the request goes nowhere
         pending = asyncio.ensure_future(sched.recorder_request("status", {}, timeout=30))
         done, _ = await asyncio.wait({pending}, timeout=0.5)
