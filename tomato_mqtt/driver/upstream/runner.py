@@ -139,8 +139,9 @@ class UpstreamRunner:
         except HostCallError as e:
             raise RuntimeError(f"measurement on {self._who} failed: {e}") from e
         block = self._block(cols, None)
-        if block is None or not self._deliver(cols, None):
+        if block is None:
             return None
+        self._buffer(block)
         last = {k: v[-1] for k, v in block.data.items()}  # the newest point, as a reply
         return Point(float(block.uts[-1]), last, None)
 
@@ -189,13 +190,16 @@ class UpstreamRunner:
         block = self._block(cols, task)
         if block is None:
             return 0
+        self._buffer(block)
+        return len(block)
+
+    def _buffer(self, block: Block) -> None:
         with self._buf_lock:
             self._buf.append(block)
             self._buf_n += len(block)
             full = self._buf_n >= self._max_buffer
         if full and self._on_buffer_full is not None:
             self._call(self._on_buffer_full)
-        return len(block)
 
     def _block(self, cols: Mapping[str, Any] | None, task: TaskSpec | None) -> Block | None:
         """:func:`.host.dataset_to_columns`'s columns as a :class:`Block` (None: empty)."""
