@@ -284,17 +284,18 @@ def skew(offset: str) -> Callable[[Path, Params], Run]:
 
         def fault(st: Stack, jobid: int) -> None:
             # the fault is there from the start; watch the node's presence until the job
-            # ends (a status query that fails once, on a busy machine, is asked again)
+            # ends, at least once (a short job may end before a busy machine polls), and
+            # ask again after a status query that fails
             deadline = time.monotonic() + 120
             while time.monotonic() < deadline:
-                job = job_or_none(st, jobid)
-                if job is not None and job.get("status") not in ("q", "qw", "r", "rd"):
-                    break
                 out = st.json("tomato", "status", "nodes")
                 for n in (out.get("data") or {}).values():  # node -> status
                     if n.get("node") == "pc2":
                         states.append(str(n.get("state")))
                         text.append(str(n))
+                job = job_or_none(st, jobid)
+                if states and job is not None and job.get("status") not in ("q", "qw", "r", "rd"):
+                    break
                 time.sleep(0.2)
 
         try:
