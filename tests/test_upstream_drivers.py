@@ -9,6 +9,8 @@ install is a pip no-op of a few seconds: set ``TOMATO_TEST_CACHE`` to move the c
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import os
 import signal
@@ -42,9 +44,37 @@ def _env_dir() -> Path:
     return root / f"upstream-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
 
 
+@contextlib.contextmanager
+def _env_lock(env: Path) -> Iterator[None]:
+    """Hold the cached venv for this module alone: another test run on the same machine
+    (a second checkout, a CI job next to a local run) shares the cache, and its
+    ``test_installed_after_start_found_by_reload`` installing the spectrum driver between
+    our uninstall and our start made our start find 3 of 3 drivers."""
+    env.parent.mkdir(parents=True, exist_ok=True)
+    with open(env.parent / f"{env.name}.lock", "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _uninstall_spectrum(env: Path) -> None:
+    if UpstreamEnv(env).drivers().get("spectrum"):
+        subprocess.run(
+            [str(UpstreamEnv(env).python), "-m", "pip", "uninstall", "-q", "-y", "tomato-spectrum"],
+            check=True,
+        )
+
+
 @pytest.fixture(scope="module")
 def up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     env = _env_dir()
+    with _env_lock(env):
+        yield from _up(tmp_path_factory, env)
+
+
+def _up(tmp_path_factory: pytest.TempPathFactory, env: Path) -> Iterator[Stack]:
     settings = (
         f'[node]\nupstream_env = "{env}"\n'
         # both names clash with tomato-mqtt's own ports: pick the upstream packages
@@ -58,11 +88,7 @@ def up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     assert res.returncode == 0, res.stderr
     print(f"tomato drivers install {' '.join(REQS)}: {time.monotonic() - t0:.1f} s")
     # the spectrum driver is installed only after start (test_installed_after_start)
-    if UpstreamEnv(env).drivers().get("spectrum"):
-        subprocess.run(
-            [str(UpstreamEnv(env).python), "-m", "pip", "uninstall", "-q", "-y", "tomato-spectrum"],
-            check=True,
-        )
+    _uninstall_spectrum(env)
     t0 = time.monotonic()
     # a long timeout: start must return long before it, not wait for the missing driver
     res = start_stack(st, timeout=START_TIMEOUT)
@@ -76,6 +102,7 @@ def up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         hosts = _host_pids(st)
     finally:
         stop_stack(st)
+        _uninstall_spectrum(env)  # leave the shared cache as the next run expects it
     # `tomato stop` ends the driver-host processes too: nothing is left running
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline and any(Path(f"/proc/{p}").exists() for p in hosts):
