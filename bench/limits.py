@@ -86,10 +86,10 @@ def print_table(rows: Sequence[Row], title: str, out: Callable[[str], None] = pr
     table = [head, *[r.cells() for r in rows]]
     widths = [max(len(r[i]) for r in table) for i in range(len(head))]
     lines = [f"## {title}", ""]
-    lines.append("| " + " | ".join(h.ljust(w) for h, w in zip(head, widths)) + " |")
+    lines.append("| " + " | ".join(h.ljust(w) for h, w in zip(head, widths, strict=True)) + " |")
     lines.append("|" + "|".join("-" * (w + 2) for w in widths) + "|")
     for r in table[1:]:
-        lines.append("| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |")
+        lines.append("| " + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) + " |")
     text = "\n".join(lines)
     out(text)
     return text
