@@ -1,25 +1,36 @@
-"""What ``passata``'s commands share: find a component by name, ask it, print the Reply.
+"""What ``passata``'s commands share on the asyncio client: the retained metas and last
+points of a component, and the command path over WebSockets.
 
 A component is named as in tomato, ``driver:(address,channel)``, or as
 ``device/channel``; the latter is resolved through the scheduler's list of components,
-or, without a scheduler, the retained metas the nodes publish.
+or, without a scheduler, the retained metas the nodes publish. The commands that only ask
+the component's node run without asyncio or typer (passata_core.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Annotated, Any
 
 import typer
 
 from tomato_mqtt.cli import common
+from tomato_mqtt.cli.passata_core import (
+    RETAINED_WAIT,
+    SCHEDULER_WAIT,
+    Refused,
+    is_full_name,
+    known,
+    kv,
+    message,
+    pick,
+    when,
+)
 from tomato_mqtt.transport.client import Message
 from tomato_mqtt.transport.rpc import NoResponder, Requester
 from tomato_mqtt.wire.messages import ComponentMeta, DecodeError, Reply, decode
-from tomato_mqtt.wire.topics import slug
 
 __all__ = [
     "RETAINED_WAIT",
@@ -43,16 +54,6 @@ ComponentArg = Annotated[
     typer.Argument(help="component: 'driver:(address,channel)' or 'device/channel'"),
 ]
 ForceOpt = Annotated[bool, typer.Option("--force", "-f", help="also while a task runs")]
-
-# how long to wait for a retained message that should be there
-RETAINED_WAIT = 2.0
-# the scheduler normally answers in milliseconds; without one, fall back to the metas
-SCHEDULER_WAIT = 1.5
-
-
-class Refused(Exception):
-    """A problem found on this side (unknown component, nothing retained)."""
-
 
 Op = Callable[[Requester, str], Awaitable[Reply]]
 
@@ -84,29 +85,6 @@ def cmd(op: str, args: Mapping[str, Any], timeout: float) -> Op:
 
 
 # -- resolving names -----------------------------------------------------------------------
-def _is_full_name(name: str) -> bool:
-    return ":(" in name and name.endswith(")")
-
-
-def _pick(want: str, comps: Sequence[Mapping[str, Any]]) -> str | None:
-    """The full name of the component ``want`` names, among the known ones."""
-    for c in comps:
-        if want == c.get("name"):
-            return str(c["name"])
-    for c in comps:
-        if want == f"{c.get('device')}/{c.get('channel')}" or want == slug(str(c.get("name"))):
-            return str(c["name"])
-    of_device = [c for c in comps if c.get("device") == want]
-    if len(of_device) == 1:
-        return str(of_device[0]["name"])
-    return None
-
-
-def _known(comps: Sequence[Mapping[str, Any]]) -> str:
-    names = sorted(f"{c.get('device')}/{c.get('channel')} = {c.get('name')}" for c in comps)
-    return "; ".join(names) or "none"
-
-
 async def resolve(req: Requester, want: str, timeout: float) -> str:
     """The full component name for ``want`` (full name, device/channel, or slug)."""
     topics = req.topics
@@ -122,11 +100,11 @@ async def resolve(req: Requester, want: str, timeout: float) -> str:
     if r is not None and r.success and isinstance(r.data, Mapping | list):
         rows = r.data.values() if isinstance(r.data, Mapping) else r.data  # name -> object
         comps = [c for c in rows if isinstance(c, Mapping)]
-        name = _pick(want, comps)
+        name = pick(want, comps)
         if name is None:
-            raise Refused(f"unknown component {want!r} (known: {_known(comps)})")
+            raise Refused(f"unknown component {want!r} (known: {known(comps)})")
         return name
-    if _is_full_name(want):
+    if is_full_name(want):
         return want
     # no scheduler: find it among the components the nodes have announced
     metas: list[Mapping[str, Any]] = []
@@ -138,7 +116,7 @@ async def resolve(req: Requester, want: str, timeout: float) -> str:
         except DecodeError:
             return
         metas.append(meta.model_dump())
-        name = _pick(want, metas)
+        name = pick(want, metas)
         if name is not None and not found.done():
             found.set_result(name)
 
@@ -149,7 +127,7 @@ async def resolve(req: Requester, want: str, timeout: float) -> str:
     except asyncio.TimeoutError:
         raise Refused(
             f"unknown component {want!r}: no scheduler answered and no node has announced "
-            f"it (announced: {_known(metas)})"
+            f"it (announced: {known(metas)})"
         ) from None
     finally:
         with contextlib.suppress(Exception):
@@ -194,31 +172,3 @@ def meta_op(pick: Callable[[ComponentMeta], Any], what: str, timeout: float) -> 
         return Reply(id="", success=True, msg=text, data=pick(m))
 
     return call
-
-
-# -- human output, shared ----------------------------------------------------------------
-def message(msg: str, _data: Any) -> str:
-    """Human output that is just the Reply's message."""
-    return msg
-
-
-def kv(data: Mapping[str, Any], indent: str = "") -> str:
-    width = max((len(str(k)) for k in data), default=0) + 1
-    return "\n".join(f"{indent}{str(k) + ':':<{width}} {show(v)}" for k, v in data.items())
-
-
-def show(v: Any) -> str:
-    if v is None:
-        return "-"
-    if isinstance(v, Mapping):
-        return ", ".join(f"{k}={show(x)}" for k, x in v.items()) or "-"
-    if isinstance(v, list):
-        return ", ".join(show(x) for x in v) or "-"
-    return str(v)
-
-
-def when(uts: Any) -> str:
-    if not isinstance(uts, int | float):
-        return "-"
-    t = datetime.datetime.fromtimestamp(uts).astimezone()
-    return t.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]

@@ -11,9 +11,15 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-import typer
+__all__ = ["Output", "echo", "emit", "table"]
 
-__all__ = ["Output", "emit", "table"]
+
+def echo(text: str, err: bool = False) -> None:
+    """A line on stdout (or stderr): the CLIs' one way to print (typer-free, so the
+    fast path of :mod:`tomato_mqtt.cli.fast` prints exactly what the typer commands do)."""
+    out = sys.stderr if err else sys.stdout
+    out.write(f"{text}\n")
+    out.flush()
 
 
 class Output:
@@ -28,24 +34,24 @@ class Output:
         if self.json or self.yaml:
             self.print_doc(doc)
         elif not reply.success:
-            typer.echo(f"error: {reply.msg}", err=True)
+            echo(f"error: {reply.msg}", err=True)
         else:
-            typer.echo(human(reply.data) if human and reply.data is not None else reply.msg)
+            echo(human(reply.data) if human and reply.data is not None else reply.msg)
         if not reply.success:
-            raise typer.Exit(1)
+            raise SystemExit(1)
 
     def print_doc(self, doc: Mapping[str, Any]) -> None:
         """A Reply-shaped document as JSON or YAML (whichever was asked for)."""
         if self.json:
-            typer.echo(json.dumps(doc, indent=2, default=str))
+            echo(json.dumps(doc, indent=2, default=str))
         elif self.yaml:
             import yaml
 
-            typer.echo(yaml.safe_dump(dict(doc), sort_keys=False, allow_unicode=True).rstrip())
+            echo(yaml.safe_dump(dict(doc), sort_keys=False, allow_unicode=True).rstrip())
 
 
 def emit(text: str) -> None:
-    typer.echo(text)
+    echo(text)
 
 
 def table(rows: Sequence[Mapping[str, Any]], columns: Sequence[tuple[str, str]]) -> str:

@@ -8,12 +8,9 @@ attribute commands (attrs, capabilities, constants, get, set) are in passata_att
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
-
 import typer
 
-from tomato_mqtt.cli import common, components, passata_attrs
+from tomato_mqtt.cli import common, components, passata_attrs, passata_core
 from tomato_mqtt.cli.components import ComponentArg, ForceOpt, Refused
 from tomato_mqtt.cli.version import add_version
 from tomato_mqtt.transport.rpc import Requester
@@ -35,31 +32,28 @@ add_version(app)
 @common.options(common.CLIENT)
 def status(component: ComponentArg, opts: common.Opts) -> None:
     """The component's state: idle / running / error, its job and task, status attrs."""
-    components.run(component, components.cmd("status", {}, opts.timeout), _status_human, opts)
+    passata_core.run_cmd(component, "status", {}, passata_core.status_human, opts)
 
 
 @app.command()
 @common.options(common.CLIENT, timeout=10.0)
 def reset(component: ComponentArg, force: ForceOpt = False, *, opts: common.Opts) -> None:
     """Reset the component; refused while a task runs unless --force (which stops it)."""
-    op = components.cmd("reset", {"force": force}, opts.timeout)
-    components.run(component, op, components.message, opts)
+    passata_core.run_cmd(component, "reset", {"force": force}, passata_core.message, opts)
 
 
 @app.command()
 @common.options(common.CLIENT, timeout=10.0)
 def register(component: ComponentArg, opts: common.Opts) -> None:
     """Register the component with its driver again (e.g. after re-plugging)."""
-    op = components.cmd("register", {}, opts.timeout)
-    components.run(component, op, components.message, opts)
+    passata_core.run_cmd(component, "register", {}, passata_core.message, opts)
 
 
 @app.command()
 @common.options(common.CLIENT)
 def measure(component: ComponentArg, opts: common.Opts) -> None:
     """Take one measurement now (outside any task)."""
-    op = components.cmd("measure", {}, opts.timeout)
-    components.run(component, op, _point_human, opts)
+    passata_core.run_cmd(component, "measure", {}, passata_core.point_human, opts)
 
 
 @app.command()
@@ -79,48 +73,7 @@ def last(component: ComponentArg, opts: common.Opts) -> None:
         data = point.model_dump(mode="json", exclude={"schema_"})
         return Reply(id="", success=True, msg=f"last point of {name}", data=data)
 
-    components.run(component, call, _point_human, opts)
-
-
-# -- human output --------------------------------------------------------------------------
-def _status_human(msg: str, data: Any) -> str:
-    if not isinstance(data, Mapping):
-        return msg
-    fields: dict[str, Any] = {
-        "component": data.get("name"),
-        "node": data.get("node"),
-        "state": data.get("state"),
-        "job": data.get("jobid", data.get("job")),
-        "task": data.get("task"),
-        "technique": data.get("technique"),
-        "started": components.when(data.get("started_at")) if data.get("started_at") else None,
-        "attrs": data.get("attrs") or None,
-        "error": data.get("error"),
-    }
-    last = data.get("last_task")
-    if isinstance(last, Mapping):
-        fields["last task"] = (
-            f"job {last.get('jobid', last.get('job'))} task {last.get('task')}: "
-            f"{last.get('reason')}, "
-            f"{last.get('npoints')} point(s)"
-        )
-    return components.kv({k: v for k, v in fields.items() if v is not None})
-
-
-def _point_human(msg: str, data: Any) -> str:
-    if not isinstance(data, Mapping):
-        return msg
-    units = data.get("units") if isinstance(data.get("units"), Mapping) else {}
-    values = data.get("vars", data.get("values"))  # LastPoint: "vars" since schema 2
-    values = values if isinstance(values, Mapping) else {}
-    out: dict[str, Any] = {"time": components.when(data.get("uts"))}
-    for k, v in (values or {}).items():
-        u = (units or {}).get(k)
-        out[k] = f"{v} {u}" if u else v
-    job = data.get("jobid", data.get("job"))
-    if job is not None:
-        out["job"] = f"{job} (task {data.get('task')})"
-    return components.kv(out)
+    components.run(component, call, passata_core.point_human, opts)
 
 
 app.add_typer(passata_attrs.app)

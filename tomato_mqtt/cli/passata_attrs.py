@@ -12,7 +12,7 @@ from typing import Annotated, Any
 
 import typer
 
-from tomato_mqtt.cli import common, components
+from tomato_mqtt.cli import common, components, passata_core
 from tomato_mqtt.cli.components import ComponentArg, ForceOpt
 from tomato_mqtt.transport.rpc import NoResponder, Requester
 from tomato_mqtt.wire.messages import Reply
@@ -83,7 +83,7 @@ def constants(
             reply.msg += f" (not constants of it: {', '.join(unknown)})"
         return reply
 
-    components.run(component, op, _dict_human, opts)
+    components.run(component, op, passata_core.dict_human, opts)
 
 
 @app.command()
@@ -94,8 +94,8 @@ def get(
     opts: common.Opts,
 ) -> None:
     """Read attributes of the component."""
-    op = components.cmd("get_attr", {"attrs": list(names)}, opts.timeout)
-    components.run(component, op, _dict_human, opts)
+    args = {"attrs": list(names)}
+    passata_core.run_cmd(component, "get_attr", args, passata_core.dict_human, opts)
 
 
 @app.command("set")
@@ -110,8 +110,8 @@ def set_(
 ) -> None:
     """Set an attribute (the driver converts and checks the value); refused while a task
     runs unless --force."""
-    op = components.cmd("set_attr", {"attr": attr, "val": val, "force": force}, opts.timeout)
-    components.run(component, op, components.message, opts)
+    args = {"attr": attr, "val": val, "force": force}
+    passata_core.run_cmd(component, "set_attr", args, passata_core.message, opts)
 
 
 # -- human output --------------------------------------------------------------------------
@@ -137,9 +137,3 @@ def _list_human(msg: str, data: Any) -> str:
     if not data:
         return f"{msg}: none"
     return "\n".join(str(x) for x in data)
-
-
-def _dict_human(msg: str, data: Any) -> str:
-    if not isinstance(data, Mapping) or not data:
-        return f"{msg}: none"
-    return components.kv(data)

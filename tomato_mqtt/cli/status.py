@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import enum
-import time
-from collections.abc import Mapping, Sequence
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
-from tomato_mqtt.cli import common
+from tomato_mqtt.cli import common, status_text
 
 __all__ = ["Section", "app"]
 
@@ -37,14 +35,7 @@ def status(
     opts: common.Opts,
 ) -> None:
     """Show the scheduler, or its pipelines, devices, components, nodes or drivers."""
-    ctx = opts.context()
-    if section is Section.tomato:
-        section = Section.scheduler
-    reply = common.run_request(
-        ctx, ctx.topics.scheduler_cmd("status"), {"what": section.value}, timeout=opts.timeout
-    )
-    human = _HUMAN[section]
-    opts.output().reply(reply, lambda data: human(reply.msg, data))
+    status_text.show(opts, section.value)
 
 
 @app.command()
@@ -54,154 +45,3 @@ def reload(opts: common.Opts) -> None:
     ctx = opts.context()
     reply = common.run_request(ctx, ctx.topics.scheduler_cmd("reload"), {}, timeout=opts.timeout)
     opts.output().reply(reply, lambda _d: reply.msg)
-
-
-# -- human output, one per section ---------------------------------------------------------
-def _rows(data: Any) -> list[Mapping[str, Any]]:
-    if isinstance(data, Mapping):  # a section is a name -> object mapping (as in tomato)
-        data = list(data.values())
-    if not isinstance(data, Sequence):
-        return []
-    return [r for r in data if isinstance(r, Mapping)]
-
-
-def _scheduler(msg: str, data: Any) -> str:
-    if not isinstance(data, Mapping):
-        return msg
-    beat = data.get("heartbeat")
-    fields = [
-        ("state", data.get("state")),
-        ("instance", data.get("instance")),
-        ("version", data.get("version")),
-        ("broker", data.get("broker")),
-        ("running", data.get("jobs_running")),
-        ("queued", data.get("jobs_queued")),
-        ("heartbeat", f"{time.time() - beat:.1f} s ago" if isinstance(beat, float) else None),
-        ("datadir", data.get("datadir")),
-        ("devices", data.get("devices_file")),
-    ]
-    lines = [msg] + [f"  {k + ':':<10} {v}" for k, v in fields if v is not None]
-    return "\n".join(lines)
-
-
-def _pipelines(msg: str, data: Any) -> str:
-    rows = _rows(data)
-    if not rows:
-        return "no pipelines"
-    return common.table(
-        rows,
-        [
-            ("name", "pipeline"),
-            ("sampleid", "sample"),
-            ("ready", "ready"),
-            ("jobid", "job"),
-            ("roles", "roles"),
-        ],
-    )
-
-
-def _devices(msg: str, data: Any) -> str:
-    rows = _rows(data)
-    if not rows:
-        return "no devices"
-    return common.table(
-        rows,
-        [
-            ("name", "device"),
-            ("driver", "driver"),
-            ("address", "address"),
-            ("channels", "channels"),
-            ("node", "node"),
-        ],
-    )
-
-
-def _components(msg: str, data: Any) -> str:
-    rows = [{**r, "where": f"{r.get('device')}/{r.get('channel')}"} for r in _rows(data)]
-    if not rows:
-        return "no components"
-    cols = [
-        ("where", "device/channel"),
-        ("name", "component"),
-        ("node", "node"),
-        ("state", "state"),
-        ("registered", "registered"),
-        ("jobid", "job"),
-        ("capabilities", "capabilities"),
-    ]
-    if any(r.get("error") for r in rows):
-        cols.append(("error", "error"))
-    return common.table(rows, cols)
-
-
-def _nodes(msg: str, data: Any) -> str:
-    now = time.time()
-    rows = []
-    for r in _rows(data):
-        beat = r.get("heartbeat")
-        # the scheduler's own clock (heartbeat_age): the node's clock may be off
-        age = r.get("heartbeat_age")
-        if not isinstance(age, int | float):
-            age = now - beat if isinstance(beat, int | float) else None
-        off = r.get("clock_offset")
-        clock = f"{off:+.1f} s" if isinstance(off, int | float) else None
-        if clock and r.get("clock_skewed"):
-            clock += " (clock skew!)"
-        drivers = r.get("drivers") if isinstance(r.get("drivers"), Mapping) else {}
-        rows.append(
-            {
-                **r,
-                "beat": f"{age:.1f} s ago" if age is not None else None,
-                "clock": clock,
-                "ncomp": len(r.get("components") or []),
-                "drv": [k for k, v in (drivers or {}).items() if (v or {}).get("loaded")],
-            }
-        )
-    if not rows:
-        return "no nodes"
-    return common.table(
-        rows,
-        [
-            ("node", "node"),
-            ("state", "state"),
-            ("host", "host"),
-            ("pid", "pid"),
-            ("ncomp", "components"),
-            ("drv", "drivers loaded"),
-            ("spool_pending", "spooled"),
-            ("beat", "heartbeat"),
-            ("clock", "clock offset"),
-        ],
-    )
-
-
-def _drivers(msg: str, data: Any) -> str:
-    rows = []
-    for r in _rows(data):
-        nodes = r.get("nodes") if isinstance(r.get("nodes"), Mapping) else {}
-        where = []
-        errors = []
-        for node, info in (nodes or {}).items():
-            info = info if isinstance(info, Mapping) else {}
-            ok = "loaded" if info.get("loaded") else "not loaded"
-            ver = f" {info['version']}" if info.get("version") else ""
-            where.append(f"{node}: {ok}{ver}")
-            if info.get("error"):
-                errors.append(f"{node}: {info['error']}")
-        rows.append({**r, "where": where, "errors": errors or None})
-    if not rows:
-        return "no drivers"
-    cols = [("name", "driver"), ("where", "nodes"), ("settings", "settings")]
-    if any(r["errors"] for r in rows):
-        cols.append(("errors", "error"))
-    return common.table(rows, cols)
-
-
-_HUMAN = {
-    Section.scheduler: _scheduler,
-    Section.pipelines: _pipelines,
-    Section.devices: _devices,
-    Section.components: _components,
-    Section.nodes: _nodes,
-    Section.drivers: _drivers,
-}

@@ -1,10 +1,12 @@
-"""One request, one reply, then exit: the CLI's fast path, on paho's blocking API.
+"""One request, one reply, then exit: the CLI's fast path.
 
-This is the one place besides :mod:`tomato_mqtt.transport.client` that imports paho, on purpose: a
-``tomato status`` or ``ketchup status`` process makes a single request and exits, and
-for it asyncio (~35 ms to import) and pydantic (~60 ms, plus building the message
-models) are most of its wall time (issue #3 asks ≤ 0.15 s per call). The envelope is
-the same :class:`~tomato_mqtt.wire.messages.Request` / :class:`~tomato_mqtt.wire.messages.Reply`
+A ``tomato status``, ``ketchup status`` or ``passata get`` process makes one request (or
+two on one connection) and exits; for it asyncio (~35 ms to import), pydantic (~60 ms,
+plus building the message models) and paho (~20 ms) are most of its wall time (issue 15
+asks for at most 3 times a bare interpreter start). So this path speaks MQTT 3.1.1 itself on a
+plain socket (:mod:`tomato_mqtt.transport.session`, TCP and TLS); over WebSockets it
+uses paho's blocking API. The envelope is the same
+:class:`~tomato_mqtt.wire.messages.Request` / :class:`~tomato_mqtt.wire.messages.Reply`
 JSON (tests check both directions against the models); everything long-lived uses the
 asyncio client.
 """
@@ -13,20 +15,26 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
-
-import paho.mqtt.client as paho
-from paho.mqtt.enums import CallbackAPIVersion
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from tomato_mqtt.config.url import BrokerURL
 
-__all__ = ["NoAnswer", "OneShotError", "Refused", "Reply", "request"]
+if TYPE_CHECKING:
+    import paho.mqtt.client as paho
+
+__all__ = ["Exchange", "NoAnswer", "OneShotError", "Refused", "Reply", "request"]
+
+T = TypeVar("T")
 
 SCHEMA = 2  # tomato_mqtt.wire.messages.SCHEMA
+
+_REFUSED_HINT = (
+    "check the username and password (--broker mqtt://user:pass@host:port or settings.toml)"
+)
 
 
 class OneShotError(Exception):
@@ -51,6 +59,9 @@ class Reply:
 
 
 def _client(url: BrokerURL, client_id: str) -> paho.Client:
+    import paho.mqtt.client as paho
+    from paho.mqtt.enums import CallbackAPIVersion
+
     c = paho.Client(
         CallbackAPIVersion.VERSION2,
         client_id=client_id,
@@ -66,7 +77,7 @@ def _client(url: BrokerURL, client_id: str) -> paho.Client:
     return c
 
 
-def request(
+def _request_paho(
     url: BrokerURL,
     topic: str,
     reply_topic: Callable[[str], str],
@@ -75,11 +86,11 @@ def request(
     timeout: float = 5.0,
     who: str = "responder",
 ) -> Reply:
-    """Publish a request on ``topic`` and wait for the reply on ``reply_topic(client_id)``.
+    """:func:`request` over WebSockets (paho's transport)."""
+    import socket
 
-    Raises :class:`OneShotError` when the broker is unreachable and :class:`NoAnswer`
-    (naming the topic and the wait) when nobody replies within ``timeout``.
-    """
+    import paho.mqtt.client as paho
+
     client_id = f"cli-{os.getpid()}-{os.urandom(3).hex()}"
     reply_to = reply_topic(client_id)
     req_id = os.urandom(16).hex()
@@ -93,8 +104,7 @@ def request(
     def on_connect(cl: paho.Client, ud: Any, flags: Any, rc: Any, props: Any) -> None:
         if rc.is_failure:
             state["error"] = (
-                f"the MQTT broker at {url} refused the connection ({rc}): check the "
-                "username and password (--broker mqtt://user:pass@host:port or settings.toml)"
+                f"the MQTT broker at {url} refused the connection ({rc}): {_REFUSED_HINT}"
             )
             return
         cl.subscribe(reply_to, qos=1)
@@ -139,10 +149,7 @@ def request(
             if "error" in state:
                 break
             if rc == paho.MQTT_ERR_CONN_REFUSED:
-                raise Refused(
-                    f"the MQTT broker at {url} refused the connection: check the username "
-                    "and password (--broker mqtt://user:pass@host:port or settings.toml)"
-                )
+                raise Refused(f"the MQTT broker at {url} refused the connection: {_REFUSED_HINT}")
             if rc not in (paho.MQTT_ERR_SUCCESS, paho.MQTT_ERR_AGAIN):
                 raise OneShotError(
                     f"lost the connection to the MQTT broker at {url}: {paho.error_string(rc)}"
@@ -153,3 +160,129 @@ def request(
     finally:
         c.disconnect()
         c.loop(timeout=0.01)  # let DISCONNECT leave, so no last will, no broker-side error
+
+
+def request(
+    url: BrokerURL,
+    topic: str,
+    reply_topic: Callable[[str], str],
+    args: Mapping[str, Any] | None = None,
+    *,
+    timeout: float = 5.0,
+    who: str = "responder",
+) -> Reply:
+    """Publish a request on ``topic`` and wait for the reply on ``reply_topic(client_id)``.
+
+    Raises :class:`OneShotError` when the broker is unreachable, :class:`Refused` when it
+    refuses us, and :class:`NoAnswer` (naming the topic and the wait) when nobody
+    replies within ``timeout``.
+    """
+    if url.transport == "websockets":
+        return _request_paho(url, topic, reply_topic, args, timeout=timeout, who=who)
+    with Exchange(url, reply_topic, timeout=timeout) as ex:
+        return ex.request(topic, args, timeout=timeout, who=who)
+
+
+class Exchange:
+    """One connection for a few requests in a row (``passata``: resolve, then ask)::
+
+        with Exchange(url, topics.reply, timeout=5) as ex:
+            r = ex.request(topic, {"what": "components"}, timeout=5, who="scheduler")
+
+    TCP and TLS only (WebSockets: :func:`request`, one call per connection).
+    """
+
+    def __init__(self, url: BrokerURL, reply_topic: Callable[[str], str], timeout: float) -> None:
+        from tomato_mqtt.transport.session import Session
+
+        self.url = url
+        self.client_id = f"cli-{os.getpid()}-{os.urandom(3).hex()}"
+        self.reply_to = reply_topic(self.client_id)
+        self._timeout = timeout
+        self._session = Session(url, self.client_id, keepalive=max(5, int(timeout) + 5))
+
+    def __enter__(self) -> Exchange:
+        from tomato_mqtt.transport.session import SessionError, SessionRefused
+
+        try:
+            self._session.connect(self._timeout)
+            self._session.subscribe(self.reply_to, 1, self._timeout)
+        except SessionRefused as e:
+            self._session.close()
+            raise Refused(f"{e}: {_REFUSED_HINT}") from None
+        except SessionError as e:
+            self._session.close()
+            raise OneShotError(str(e)) from None
+        return self
+
+    def __exit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._session.close()
+
+    def request(
+        self,
+        topic: str,
+        args: Mapping[str, Any] | None = None,
+        *,
+        timeout: float = 5.0,
+        who: str = "responder",
+    ) -> Reply:
+        from tomato_mqtt.transport.session import SessionError, SessionTimeout
+
+        req_id = os.urandom(16).hex()
+        payload = json.dumps(
+            {"schema": SCHEMA, "id": req_id, "reply_to": self.reply_to, "args": dict(args or {})},
+            separators=(",", ":"),
+        )
+        deadline = time.monotonic() + timeout
+        try:
+            self._session.publish(topic, payload.encode(), qos=1)
+            while True:
+                got_topic, raw, _retained = self._session.receive(deadline)
+                if got_topic != self.reply_to:
+                    continue
+                try:
+                    doc = json.loads(raw)
+                except ValueError:
+                    continue
+                if isinstance(doc, dict) and doc.get("id") == req_id:
+                    return Reply(
+                        id=req_id,
+                        success=bool(doc.get("success")),
+                        msg=str(doc.get("msg", "")),
+                        data=doc.get("data"),
+                        code=doc.get("code"),
+                    )
+        except SessionTimeout:
+            raise NoAnswer(
+                f"no {who} answered on {topic} within {timeout:g} s — is it running?"
+            ) from None
+        except SessionError as e:
+            raise OneShotError(str(e)) from None
+
+    def retained(self, topic: str, wait: float) -> bytes | None:
+        """The retained message on ``topic`` (None if none comes within ``wait``)."""
+        return self.watch(topic, wait, lambda t, raw: raw if t == topic and raw else None)
+
+    def watch(
+        self, topic_filter: str, wait: float, on: Callable[[str, bytes], T | None]
+    ) -> T | None:
+        """Subscribe to ``topic_filter``; the first non-None ``on(topic, payload)`` of the
+        messages that come within ``wait`` (retained ones first), else None."""
+        from tomato_mqtt.transport.session import SessionError, SessionTimeout
+
+        deadline = time.monotonic() + wait
+        try:
+            self._session.subscribe(topic_filter, 1, wait)
+            while True:
+                got_topic, raw, _retained = self._session.receive(deadline)
+                if got_topic == self.reply_to:
+                    continue
+                found = on(got_topic, raw)
+                if found is not None:
+                    return found
+        except SessionTimeout:
+            return None
+        except SessionError as e:
+            raise OneShotError(str(e)) from None

@@ -1,0 +1,123 @@
+"""The CLIs' fast path (cli/fast.py): the same output as the typer commands, without typer.
+
+A real in-process stack (broker, scheduler, recorder, node) answers; each command line
+runs twice as a process — once through the console script (the fast path) and once
+through the typer app itself (``python -m tomato_mqtt.cli.<prog>``) — and stdout,
+stderr and the exit code must be the same. Command lines the fast path does not own
+(help, unknown options, bad values) must reach typer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import RunningBroker
+from tests.inproc import inproc_stack
+from tomato_mqtt.cli.fast import parse
+
+BIN = Path(sys.executable).parent
+COMP = "example_counter:(example-addr,1)"
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["status", "--help"],
+        ["status", "-h"],
+        ["status", "-p1883"],  # attached values: typer's spelling
+        ["status", "--port", "x"],
+        ["status", "--timeout", "2000"],  # tomato's milliseconds: typer explains
+        ["status", "-p"],
+        ["status", "queue"],  # not a section
+        ["status", "pipelines", "extra"],
+        ["status", "--verbose"],
+        ["stop"],
+        [],
+    ],
+)
+def test_what_typer_owns_goes_to_typer(argv: list[str]) -> None:
+    assert parse("tomato", argv) is None
+
+
+@pytest.mark.parametrize(
+    ("prog", "argv"),
+    [
+        ("tomato", ["status"]),
+        ("tomato", ["status", "Pipelines", "-p", "1", "-y"]),
+        ("tomato", ["status", "--port=1", "--json", "-t", "500ms", "-A", "/x", "--instance", "i"]),
+        ("passata", ["status", COMP, "-b", "mqtt://h:1"]),
+        ("passata", ["get", COMP, "max", "min"]),
+        ("passata", ["set", COMP, "max", "5", "--force"]),
+        ("passata", ["reset", "-f", COMP]),
+    ],
+)
+def test_the_fast_commands_are_taken(prog: str, argv: list[str]) -> None:
+    assert parse(prog, argv) is not None
+    assert parse("passata", ["get", COMP]) is None  # get needs an attribute
+
+
+def _run(cmd: list[str], env: dict[str, str]) -> tuple[int, str, str]:
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=60, env=env)
+    return res.returncode, res.stdout, res.stderr
+
+
+async def test_fast_and_typer_print_the_same(
+    broker: RunningBroker, tmp_path: Path, instance: str
+) -> None:
+    async with inproc_stack(broker.port, tmp_path, instance) as st:
+        app = st.settings.appdir
+        env = {**os.environ, "COLUMNS": "200"}
+        env.pop("TOMATO_BROKER", None)
+        common = ["-p", str(broker.port), "-A", str(app)]
+        lines = [
+            ("tomato", ["status", "pipelines", *common]),
+            ("tomato", ["status", "devices", *common, "--json"]),
+            ("tomato", ["status", "components", *common, "-y"]),
+            ("tomato", ["status", "drivers", *common]),
+            ("passata", ["get", "dev-counter/1", "max", *common]),
+            ("passata", ["get", COMP, "max", *common, "--json"]),
+            ("passata", ["get", "dev-counter/9", "max", *common]),  # unknown: exit 1
+            ("passata", ["get", COMP, "nosuch", *common, "-y"]),  # refused by the node
+            ("passata", ["set", COMP, "max", "7", *common]),
+            ("passata", ["get", COMP, "max", *common]),
+            ("tomato", ["status", *common, "--instance", "nobody", "-t", "0.3"]),  # no answer
+        ]
+        for prog, argv in lines:
+            fast = await asyncio.to_thread(_run, [str(BIN / prog), *argv], env)
+            slow = await asyncio.to_thread(
+                _run, [sys.executable, "-m", f"tomato_mqtt.cli.{prog}", *argv], env
+            )
+            assert fast == slow, (prog, argv)
+        # and the set above took effect on the component
+        code, out, _ = await asyncio.to_thread(
+            _run, [str(BIN / "passata"), "get", COMP, "max", *common], env
+        )
+        assert (code, out.strip()) == (0, "max: 7.0")
+
+
+def test_fast_path_imports_no_typer_paho_asyncio_or_pydantic(tmp_path: Path) -> None:
+    """A fast call (here one that finds no broker) loads none of the heavy modules."""
+    from tests.stack import free_port
+
+    code = (
+        "import sys\n"
+        "from tomato_mqtt.cli import fast\n"
+        f"sys.argv = ['tomato', 'status', '-A', {str(tmp_path)!r}, '-p', '{free_port()}']\n"
+        "try:\n"
+        "    fast.tomato()\n"
+        "except SystemExit as e:\n"
+        "    assert e.code == 1, e.code\n"
+        "heavy = ('typer', 'click', 'paho', 'asyncio', 'pydantic', 'yaml', 'ssl',\n"
+        "         'urllib.request', 'http', 'logging', 'platformdirs.android')\n"
+        "print(sorted(set(sys.modules) & set(heavy)))\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "[]", res.stdout
+    assert "cannot connect to the MQTT broker" in res.stderr

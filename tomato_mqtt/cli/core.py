@@ -1,0 +1,193 @@
+"""What every CLI command stands on, without typer: the common options' values, where
+to send a request, one request, and the one way to fail.
+
+:mod:`tomato_mqtt.cli.common` declares the options for typer and re-exports all of this;
+:mod:`tomato_mqtt.cli.fast` runs the read-only commands on it without importing typer
+(~45 ms of a call). Nothing here imports pydantic, asyncio or paho at import time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NoReturn
+
+from tomato_mqtt.cli.denied import denied
+from tomato_mqtt.cli.fastsettings import light_mqtt
+from tomato_mqtt.cli.output import Output, echo
+from tomato_mqtt.config.url import BrokerURL
+from tomato_mqtt.wire.topics import Topics
+
+if TYPE_CHECKING:  # the long-lived client is imported only by commands that need it
+    from tomato_mqtt.client.sync import Tomato
+    from tomato_mqtt.config.settings import Settings
+
+__all__ = [
+    "CallContext",
+    "Opts",
+    "client",
+    "context",
+    "fail",
+    "load_settings",
+    "run_request",
+]
+
+
+@dataclass
+class Opts:
+    """The common options a command was called with (those it does not take: defaults)."""
+
+    port: int | None = None
+    broker: str | None = None
+    instance: str | None = None
+    appdir: Path | None = None
+    datadir: Path | None = None
+    logdir: Path | None = None
+    timeout: float = 5.0
+    yaml: bool = False
+    json: bool = False
+    _ctx: CallContext | None = field(default=None, init=False, repr=False, compare=False)
+
+    def context(self) -> CallContext:
+        """Where to send requests: settings.toml (if any), overridden by these options."""
+        if self._ctx is None:
+            self._ctx = context(
+                port=self.port,
+                broker=self.broker,
+                instance=self.instance,
+                appdir=self.appdir,
+                datadir=self.datadir,
+                logdir=self.logdir,
+            )
+        return self._ctx
+
+    def output(self) -> Output:
+        return Output(self.yaml, self.json)
+
+    def settings(self) -> Settings:
+        """The full, validated settings for -A/-D/-L/-p (a bad file: message + exit 1)."""
+        return load_settings(self.appdir, self.datadir, self.logdir, self.port)
+
+
+def load_settings(
+    appdir: Path | None, datadir: Path | None, logdir: Path | None, port: int | None
+) -> Settings:
+    """The full, validated settings (pydantic: not on the fast path); errors exit 1."""
+    from tomato_mqtt.config import settings
+    from tomato_mqtt.errors import ConfigError
+
+    try:
+        return settings.load_settings(appdir=appdir, datadir=datadir, logdir=logdir, port=port)
+    except ConfigError as e:
+        fail(str(e))
+
+
+@dataclass
+class CallContext:
+    url: BrokerURL
+    instance: str
+    appdir: Path | None = None
+    datadir: Path | None = None
+    logdir: Path | None = None
+    port: int | None = None
+    _settings: Settings | None = None
+
+    @property
+    def topics(self) -> Topics:
+        # the login is the {user} segment of requests and replies (issue 10)
+        try:
+            return Topics(self.instance, self.url.username)
+        except ValueError as e:
+            fail(str(e))
+
+    @property
+    def settings(self) -> Settings:
+        """The full, validated settings (loaded on first use: pydantic is not cheap)."""
+        if self._settings is None:
+            self._settings = load_settings(self.appdir, self.datadir, self.logdir, self.port)
+        return self._settings
+
+    def where(self) -> str:
+        return f"broker {self.url}, instance {self.instance}"
+
+
+def context(
+    port: int | None = None,
+    broker: str | None = None,
+    instance: str | None = None,
+    appdir: Path | None = None,
+    datadir: Path | None = None,
+    logdir: Path | None = None,
+) -> CallContext:
+    """Where to send requests: settings.toml (if any), overridden by the options."""
+    ctx = CallContext(
+        url=BrokerURL(), instance="", appdir=appdir, datadir=datadir, logdir=logdir, port=port
+    )
+    light = light_mqtt(appdir)
+    if light is None:
+        m = ctx.settings.mqtt
+        light = m.model_dump()
+    if broker:
+        try:
+            url = BrokerURL.parse(broker)
+        except ValueError as e:
+            fail(str(e))
+        if port is not None:
+            url = BrokerURL(**{**url.__dict__, "port": port})
+        url = url.with_tls_defaults(light)  # settings' CA and client cert stay in force
+    else:
+        fields = {k: v for k, v in light.items() if k in BrokerURL.__dataclass_fields__}
+        if port is not None:
+            fields["port"] = port
+        url = BrokerURL(**fields)
+    ctx.url = url
+    ctx.instance = instance or str(light.get("instance") or "default")
+    return ctx
+
+
+def client(ctx: CallContext, timeout: float = 10.0) -> Tomato:
+    """The Python client for this call (tomato_mqtt.client: the CLI's one code path)."""
+    from tomato_mqtt.client.sync import Tomato
+
+    return Tomato(ctx.url, ctx.instance, timeout=timeout)
+
+
+# -y/--json of the command running now: then a failure is also a Reply on stdout
+_REPLY_FORMAT: list[str | None] = [None]
+
+
+def fail(msg: str, code: int = 1) -> NoReturn:
+    """The one way a command fails: ``error: msg`` on stderr and exit ``code``.
+
+    Under ``-y``/``--json`` the failure is also printed on stdout as a Reply with
+    ``success: false`` (as tomato does, e.g. ``tomato status -y`` with no stack), so a
+    script that parses stdout always gets a Reply.
+    """
+    echo(f"error: {msg}", err=True)
+    fmt = _REPLY_FORMAT[0]
+    if fmt is not None:
+        Output(fmt == "yaml", fmt == "json").print_doc({"success": False, "msg": msg, "data": None})
+    raise SystemExit(code)
+
+
+def run_request(
+    ctx: CallContext,
+    topic: str,
+    args: Mapping[str, Any] | None,
+    *,
+    timeout: float,
+    who: str = "scheduler",
+) -> Any:
+    """One request, synchronously, on the fast path (:mod:`~tomato_mqtt.transport.oneshot`,
+    as the Python client's ``request``); problems become a message + exit 1."""
+    from tomato_mqtt.transport import oneshot
+
+    try:
+        return oneshot.request(ctx.url, topic, ctx.topics.reply, args, timeout=timeout, who=who)
+    except oneshot.NoAnswer as e:
+        fail(denied(ctx, topic) or f"{e} ({ctx.where()})")
+    except oneshot.Refused as e:
+        fail(f"{e} ({ctx.where()})")
+    except oneshot.OneShotError as e:
+        fail(f"{e} — is tomato-mqtt running? ({ctx.where()})")

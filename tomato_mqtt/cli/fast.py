@@ -1,0 +1,201 @@
+"""The entry points of ``tomato``, ``ketchup`` and ``passata``: the commands that send one
+request run here without typer; everything else goes to the typer apps.
+
+Importing typer (and click) is ~45 ms, a third of a ``tomato status`` call; issue 15 asks
+for a call within 3 times a bare interpreter start. So the console scripts land here:
+when the command line is one of :data:`FAST` with only the common options in their plain
+spellings (``-p 1883``, ``--port=1883``, ``-y``…), it runs on the typer-free core of the
+same command (:mod:`.core`, :mod:`.status_text`, :mod:`.passata_core`), which prints
+exactly what the typer command prints. Anything else — ``--help``, an unknown or
+misspelt option, a bad value, a missing argument — goes to typer, which owns the
+messages, the help and the exit codes.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from tomato_mqtt.cli import core
+
+__all__ = ["FAST", "ketchup", "parse", "passata", "tomato"]
+
+#: the common options of a command that asks a service (common.CLIENT): spelling -> name
+_VALUED = {
+    "-p": "port",
+    "--port": "port",
+    "-b": "broker",
+    "--broker": "broker",
+    "--instance": "instance",
+    "-A": "appdir",
+    "--appdir": "appdir",
+    "-t": "timeout",
+    "--timeout": "timeout",
+}
+_FLAGS = {"-y": "yaml", "--yaml": "yaml", "--json": "json"}
+
+
+@dataclass(frozen=True)
+class Fast:
+    """A command the fast path runs: how many positionals, which flags of its own."""
+
+    run: Callable[[core.Opts, list[str], set[str]], None]
+    min_args: int
+    max_args: int | None
+    flags: tuple[str, ...] = ()  # its own boolean options (``--force``)
+    timeout: float = 5.0  # the command's default ``-t`` (common.options(timeout=…))
+    check: Callable[[list[str]], bool] = lambda _args: True  # are the positionals valid?
+
+
+def _tomato_status(opts: core.Opts, args: list[str], _flags: set[str]) -> None:
+    from tomato_mqtt.cli import status_text
+
+    status_text.show(opts, args[0].lower() if args else "scheduler")
+
+
+def _status_section_ok(args: list[str]) -> bool:
+    return not args or args[0].lower() in {
+        "scheduler",
+        "pipelines",
+        "devices",
+        "components",
+        "nodes",
+        "drivers",
+        "tomato",
+    }
+
+
+Build = Callable[[list[str], set[str]], dict[str, object]]
+
+
+def _passata(op: str, human: str, build: Build) -> Callable[[core.Opts, list[str], set[str]], None]:
+    def run(opts: core.Opts, args: list[str], flags: set[str]) -> None:
+        from tomato_mqtt.cli import passata_core
+
+        fn = getattr(passata_core, human)
+        passata_core.run_cmd(args[0], op, build(args, flags), fn, opts)
+
+    return run
+
+
+FAST: dict[tuple[str, str], Fast] = {
+    ("tomato", "status"): Fast(_tomato_status, 0, 1, check=_status_section_ok),
+    ("passata", "status"): Fast(_passata("status", "status_human", lambda a, f: {}), 1, 1),
+    ("passata", "measure"): Fast(_passata("measure", "point_human", lambda a, f: {}), 1, 1),
+    ("passata", "get"): Fast(
+        _passata("get_attr", "dict_human", lambda a, f: {"attrs": a[1:]}), 2, None
+    ),
+    ("passata", "set"): Fast(
+        _passata(
+            "set_attr",
+            "message",
+            lambda a, f: {"attr": a[1], "val": a[2], "force": "force" in f},
+        ),
+        3,
+        3,
+        flags=("--force", "-f"),
+    ),
+    ("passata", "reset"): Fast(
+        _passata("reset", "message", lambda a, f: {"force": "force" in f}),
+        1,
+        1,
+        flags=("--force", "-f"),
+        timeout=10.0,
+    ),
+    ("passata", "register"): Fast(
+        _passata("register", "message", lambda a, f: {}), 1, 1, timeout=10.0
+    ),
+}
+
+
+def parse(prog: str, argv: Sequence[str]) -> Callable[[], None] | None:
+    """The call ``argv`` asks for, if the fast path can run it exactly as typer would."""
+    if not argv or (prog, argv[0]) not in FAST:
+        return None
+    spec = FAST[(prog, argv[0])]
+    given: dict[str, str] = {}
+    flags: set[str] = set()
+    args: list[str] = []
+    rest = list(argv[1:])
+    while rest:
+        a = rest.pop(0)
+        if a.startswith("--") and "=" in a:
+            name, value = a.split("=", 1)
+            if name not in _VALUED:
+                return None
+            given[_VALUED[name]] = value
+        elif a in _VALUED:
+            if not rest:
+                return None
+            given[_VALUED[a]] = rest.pop(0)
+        elif a in _FLAGS:
+            flags.add(_FLAGS[a])
+        elif a in spec.flags:
+            flags.add(a.lstrip("-") if a.startswith("--") else "force")
+        elif a.startswith("-") and a != "-":
+            return None  # --help, -p1883, a misspelt option: typer says what is wrong
+        else:
+            args.append(a)
+    if len(args) < spec.min_args or (spec.max_args is not None and len(args) > spec.max_args):
+        return None
+    if not spec.check(args):
+        return None
+    opts = _opts(given, flags, spec.timeout)
+    if opts is None:
+        return None
+    return lambda: spec.run(opts, args, flags)
+
+
+def _opts(given: dict[str, str], flags: set[str], default_timeout: float) -> core.Opts | None:
+    from tomato_mqtt.cli.timeout import seconds
+
+    broker = given.get("broker")
+    if broker is None and "TOMATO_BROKER" in os.environ:
+        broker = os.environ["TOMATO_BROKER"]
+        if not broker:
+            return None  # click's reading of an empty variable: leave it to typer
+    try:
+        port = int(given["port"]) if "port" in given else None
+        timeout = seconds(given["timeout"]) if "timeout" in given else default_timeout
+    except ValueError:
+        return None
+    opts = core.Opts(
+        port=port,
+        broker=broker,
+        instance=given.get("instance"),
+        appdir=Path(given["appdir"]) if "appdir" in given else None,
+        timeout=timeout,
+        yaml="yaml" in flags,
+        json="json" in flags,
+    )
+    core._REPLY_FORMAT[0] = "json" if opts.json else "yaml" if opts.yaml else None
+    return opts
+
+
+def _main(prog: str) -> None:
+    call = parse(prog, sys.argv[1:])
+    if call is None:
+        import importlib
+
+        importlib.import_module(f"tomato_mqtt.cli.{prog}").main()
+        return
+    try:
+        call()
+    except BrokenPipeError:  # `tomato status | head -1`: as click, quietly
+        sys.stderr.close()
+        raise SystemExit(1) from None
+
+
+def tomato() -> None:
+    _main("tomato")
+
+
+def ketchup() -> None:
+    _main("ketchup")
+
+
+def passata() -> None:
+    _main("passata")

@@ -1,0 +1,232 @@
+"""What ``passata``'s commands on a component's node share, without typer or asyncio:
+naming a component, asking it over one connection, and the text views.
+
+passata.py / passata_attrs.py declare the commands; :mod:`tomato_mqtt.cli.fast` runs
+``status``, ``get``, ``measure``, ``set``, ``reset`` and ``register`` through
+:func:`run_cmd` without importing typer. A component is named as in tomato,
+``driver:(address,channel)``, or as ``device/channel``; the latter is resolved through
+the scheduler's list of components or, without a scheduler, the retained metas the nodes
+publish. Over WebSockets the asyncio path of components.py does the same.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from tomato_mqtt.cli.core import Opts, fail
+from tomato_mqtt.cli.denied import denied
+from tomato_mqtt.wire.topics import slug
+
+if TYPE_CHECKING:
+    from tomato_mqtt.transport.oneshot import Exchange
+    from tomato_mqtt.wire.topics import Topics
+
+__all__ = [
+    "RETAINED_WAIT",
+    "SCHEDULER_WAIT",
+    "Refused",
+    "dict_human",
+    "is_full_name",
+    "known",
+    "kv",
+    "message",
+    "pick",
+    "point_human",
+    "resolve",
+    "run_cmd",
+    "show",
+    "status_human",
+    "when",
+]
+
+# how long to wait for a retained message that should be there
+RETAINED_WAIT = 2.0
+# the scheduler normally answers in milliseconds; without one, fall back to the metas
+SCHEDULER_WAIT = 1.5
+
+
+class Refused(Exception):
+    """A problem found on this side (unknown component, nothing retained)."""
+
+
+def run_cmd(
+    component: str,
+    op: str,
+    args: Mapping[str, Any],
+    human: Callable[[str, Any], str],
+    opts: Opts,
+) -> None:
+    """Resolve ``component``, send it ``op``, print the Reply, exit 0 or 1."""
+    from tomato_mqtt.transport import oneshot
+
+    ctx = opts.context()
+    if ctx.url.transport == "websockets":  # the one-shot session speaks TCP and TLS only
+        from tomato_mqtt.cli import components
+
+        components.run(component, components.cmd(op, args, opts.timeout), human, opts)
+        return
+    topic = ""
+    try:
+        with oneshot.Exchange(ctx.url, ctx.topics.reply, timeout=opts.timeout) as ex:
+            name = resolve(ex, ctx.topics, component, opts.timeout)
+            topic = ctx.topics.component_cmd(name, op)
+            reply: Any = ex.request(
+                topic, dict(args), timeout=opts.timeout, who=f"node hosting {name}"
+            )
+    except Refused as e:
+        reply = oneshot.Reply(id="", success=False, msg=str(e))
+    except oneshot.NoAnswer as e:
+        fail(denied(ctx, topic) or f"{e} ({ctx.where()})")
+    except oneshot.Refused as e:
+        fail(f"{e} ({ctx.where()})")
+    except oneshot.OneShotError as e:
+        fail(f"{e} — is tomato-mqtt running? ({ctx.where()})")
+    opts.output().reply(reply, lambda data: human(reply.msg, data))
+
+
+def resolve(ex: Exchange, topics: Topics, want: str, timeout: float) -> str:
+    """The full component name for ``want`` (full name, device/channel, or slug)."""
+    from tomato_mqtt.transport.oneshot import NoAnswer
+
+    try:
+        r = ex.request(
+            topics.scheduler_cmd("status"),
+            {"what": "components"},
+            timeout=min(timeout, SCHEDULER_WAIT),
+            who="scheduler",
+        )
+    except NoAnswer:
+        r = None
+    if r is not None and r.success and isinstance(r.data, Mapping | list):
+        rows = r.data.values() if isinstance(r.data, Mapping) else r.data  # name -> object
+        comps = [c for c in rows if isinstance(c, Mapping)]
+        name = pick(want, comps)
+        if name is None:
+            raise Refused(f"unknown component {want!r} (known: {known(comps)})")
+        return name
+    if is_full_name(want):
+        return want
+    # no scheduler: find it among the components the nodes have announced
+    metas: list[Mapping[str, Any]] = []
+
+    def on_meta(_topic: str, raw: bytes) -> str | None:
+        try:
+            meta = json.loads(raw)
+        except ValueError:
+            return None
+        if not isinstance(meta, dict) or not all(
+            isinstance(meta.get(k), str) for k in ("name", "device", "channel")
+        ):
+            return None
+        metas.append(meta)
+        return pick(want, metas)
+
+    found = ex.watch(topics.all_component_meta(), min(timeout, RETAINED_WAIT), on_meta)
+    if found is None:
+        raise Refused(
+            f"unknown component {want!r}: no scheduler answered and no node has announced "
+            f"it (announced: {known(metas)})"
+        )
+    return found
+
+
+# -- resolving names -----------------------------------------------------------------------
+def is_full_name(name: str) -> bool:
+    return ":(" in name and name.endswith(")")
+
+
+def pick(want: str, comps: Sequence[Mapping[str, Any]]) -> str | None:
+    """The full name of the component ``want`` names, among the known ones."""
+    for c in comps:
+        if want == c.get("name"):
+            return str(c["name"])
+    for c in comps:
+        if want == f"{c.get('device')}/{c.get('channel')}" or want == slug(str(c.get("name"))):
+            return str(c["name"])
+    of_device = [c for c in comps if c.get("device") == want]
+    if len(of_device) == 1:
+        return str(of_device[0]["name"])
+    return None
+
+
+def known(comps: Sequence[Mapping[str, Any]]) -> str:
+    names = sorted(f"{c.get('device')}/{c.get('channel')} = {c.get('name')}" for c in comps)
+    return "; ".join(names) or "none"
+
+
+# -- human output, shared ----------------------------------------------------------------
+def message(msg: str, _data: Any) -> str:
+    """Human output that is just the Reply's message."""
+    return msg
+
+
+def kv(data: Mapping[str, Any], indent: str = "") -> str:
+    width = max((len(str(k)) for k in data), default=0) + 1
+    return "\n".join(f"{indent}{str(k) + ':':<{width}} {show(v)}" for k, v in data.items())
+
+
+def show(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, Mapping):
+        return ", ".join(f"{k}={show(x)}" for k, x in v.items()) or "-"
+    if isinstance(v, list):
+        return ", ".join(show(x) for x in v) or "-"
+    return str(v)
+
+
+def when(uts: Any) -> str:
+    if not isinstance(uts, int | float):
+        return "-"
+    t = datetime.datetime.fromtimestamp(uts).astimezone()
+    return t.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+
+
+# -- human output --------------------------------------------------------------------------
+def status_human(msg: str, data: Any) -> str:
+    if not isinstance(data, Mapping):
+        return msg
+    fields: dict[str, Any] = {
+        "component": data.get("name"),
+        "node": data.get("node"),
+        "state": data.get("state"),
+        "job": data.get("jobid", data.get("job")),
+        "task": data.get("task"),
+        "technique": data.get("technique"),
+        "started": when(data.get("started_at")) if data.get("started_at") else None,
+        "attrs": data.get("attrs") or None,
+        "error": data.get("error"),
+    }
+    last = data.get("last_task")
+    if isinstance(last, Mapping):
+        fields["last task"] = (
+            f"job {last.get('jobid', last.get('job'))} task {last.get('task')}: "
+            f"{last.get('reason')}, "
+            f"{last.get('npoints')} point(s)"
+        )
+    return kv({k: v for k, v in fields.items() if v is not None})
+
+
+def point_human(msg: str, data: Any) -> str:
+    if not isinstance(data, Mapping):
+        return msg
+    units = data.get("units") if isinstance(data.get("units"), Mapping) else {}
+    values = data.get("vars", data.get("values"))  # LastPoint: "vars" since schema 2
+    values = values if isinstance(values, Mapping) else {}
+    out: dict[str, Any] = {"time": when(data.get("uts"))}
+    for k, v in (values or {}).items():
+        u = (units or {}).get(k)
+        out[k] = f"{v} {u}" if u else v
+    job = data.get("jobid", data.get("job"))
+    if job is not None:
+        out["job"] = f"{job} (task {data.get('task')})"
+    return kv(out)
+
+
+def dict_human(msg: str, data: Any) -> str:
+    if not isinstance(data, Mapping) or not data:
+        return f"{msg}: none"
+    return kv(data)

@@ -1,0 +1,179 @@
+"""What ``tomato status <section>`` prints: one text view per section (typer-free).
+
+status.py declares the command; :mod:`tomato_mqtt.cli.fast` runs it without typer.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from tomato_mqtt.cli.core import Opts, run_request
+from tomato_mqtt.cli.output import table
+
+__all__ = ["HUMAN", "show"]
+
+
+# -- human output, one per section ---------------------------------------------------------
+def _rows(data: Any) -> list[Mapping[str, Any]]:
+    if isinstance(data, Mapping):  # a section is a name -> object mapping (as in tomato)
+        data = list(data.values())
+    if not isinstance(data, Sequence):
+        return []
+    return [r for r in data if isinstance(r, Mapping)]
+
+
+def _scheduler(msg: str, data: Any) -> str:
+    if not isinstance(data, Mapping):
+        return msg
+    beat = data.get("heartbeat")
+    fields = [
+        ("state", data.get("state")),
+        ("instance", data.get("instance")),
+        ("version", data.get("version")),
+        ("broker", data.get("broker")),
+        ("running", data.get("jobs_running")),
+        ("queued", data.get("jobs_queued")),
+        ("heartbeat", f"{time.time() - beat:.1f} s ago" if isinstance(beat, float) else None),
+        ("datadir", data.get("datadir")),
+        ("devices", data.get("devices_file")),
+    ]
+    lines = [msg] + [f"  {k + ':':<10} {v}" for k, v in fields if v is not None]
+    return "\n".join(lines)
+
+
+def _pipelines(msg: str, data: Any) -> str:
+    rows = _rows(data)
+    if not rows:
+        return "no pipelines"
+    return table(
+        rows,
+        [
+            ("name", "pipeline"),
+            ("sampleid", "sample"),
+            ("ready", "ready"),
+            ("jobid", "job"),
+            ("roles", "roles"),
+        ],
+    )
+
+
+def _devices(msg: str, data: Any) -> str:
+    rows = _rows(data)
+    if not rows:
+        return "no devices"
+    return table(
+        rows,
+        [
+            ("name", "device"),
+            ("driver", "driver"),
+            ("address", "address"),
+            ("channels", "channels"),
+            ("node", "node"),
+        ],
+    )
+
+
+def _components(msg: str, data: Any) -> str:
+    rows = [{**r, "where": f"{r.get('device')}/{r.get('channel')}"} for r in _rows(data)]
+    if not rows:
+        return "no components"
+    cols = [
+        ("where", "device/channel"),
+        ("name", "component"),
+        ("node", "node"),
+        ("state", "state"),
+        ("registered", "registered"),
+        ("jobid", "job"),
+        ("capabilities", "capabilities"),
+    ]
+    if any(r.get("error") for r in rows):
+        cols.append(("error", "error"))
+    return table(rows, cols)
+
+
+def _nodes(msg: str, data: Any) -> str:
+    now = time.time()
+    rows = []
+    for r in _rows(data):
+        beat = r.get("heartbeat")
+        # the scheduler's own clock (heartbeat_age): the node's clock may be off
+        age = r.get("heartbeat_age")
+        if not isinstance(age, int | float):
+            age = now - beat if isinstance(beat, int | float) else None
+        off = r.get("clock_offset")
+        clock = f"{off:+.1f} s" if isinstance(off, int | float) else None
+        if clock and r.get("clock_skewed"):
+            clock += " (clock skew!)"
+        drivers = r.get("drivers") if isinstance(r.get("drivers"), Mapping) else {}
+        rows.append(
+            {
+                **r,
+                "beat": f"{age:.1f} s ago" if age is not None else None,
+                "clock": clock,
+                "ncomp": len(r.get("components") or []),
+                "drv": [k for k, v in (drivers or {}).items() if (v or {}).get("loaded")],
+            }
+        )
+    if not rows:
+        return "no nodes"
+    return table(
+        rows,
+        [
+            ("node", "node"),
+            ("state", "state"),
+            ("host", "host"),
+            ("pid", "pid"),
+            ("ncomp", "components"),
+            ("drv", "drivers loaded"),
+            ("spool_pending", "spooled"),
+            ("beat", "heartbeat"),
+            ("clock", "clock offset"),
+        ],
+    )
+
+
+def _drivers(msg: str, data: Any) -> str:
+    rows = []
+    for r in _rows(data):
+        nodes = r.get("nodes") if isinstance(r.get("nodes"), Mapping) else {}
+        where = []
+        errors = []
+        for node, info in (nodes or {}).items():
+            info = info if isinstance(info, Mapping) else {}
+            ok = "loaded" if info.get("loaded") else "not loaded"
+            ver = f" {info['version']}" if info.get("version") else ""
+            where.append(f"{node}: {ok}{ver}")
+            if info.get("error"):
+                errors.append(f"{node}: {info['error']}")
+        rows.append({**r, "where": where, "errors": errors or None})
+    if not rows:
+        return "no drivers"
+    cols = [("name", "driver"), ("where", "nodes"), ("settings", "settings")]
+    if any(r["errors"] for r in rows):
+        cols.append(("errors", "error"))
+    return table(rows, cols)
+
+
+HUMAN = {
+    "scheduler": _scheduler,
+    "pipelines": _pipelines,
+    "devices": _devices,
+    "components": _components,
+    "nodes": _nodes,
+    "drivers": _drivers,
+}
+
+
+def show(opts: Opts, section: str) -> None:
+    """``tomato status <section>``: one request, the Reply printed (typer-free: also the
+    fast path's)."""
+    if section == "tomato":  # tomato's name of the default section: the scheduler
+        section = "scheduler"
+    ctx = opts.context()
+    reply = run_request(
+        ctx, ctx.topics.scheduler_cmd("status"), {"what": section}, timeout=opts.timeout
+    )
+    human = HUMAN[section]
+    opts.output().reply(reply, lambda data: human(reply.msg, data))

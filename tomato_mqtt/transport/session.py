@@ -1,0 +1,248 @@
+"""A blocking MQTT 3.1.1 session on a plain socket: the CLI's one-shot calls.
+
+A CLI call connects, subscribes to its reply topic, publishes one or two requests, reads
+the replies and exits. paho does that well but costs ~20 ms to import (it pulls in
+``urllib.request``, ``http.client``, ``email``, ``ssl`` and ``logging``), which was a
+sixth of a ``tomato status`` call; the few packets a call needs are written here instead
+(CONNECT, SUBSCRIBE, PUBLISH at QoS 0/1, PUBACK, DISCONNECT; OASIS MQTT 3.1.1 §3).
+Everything long-lived uses paho (:mod:`tomato_mqtt.transport.client`), and so does a
+call over WebSockets (:mod:`tomato_mqtt.transport.oneshot` picks).
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+import time
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from tomato_mqtt.config.url import BrokerURL
+
+__all__ = ["Session", "SessionError", "SessionRefused", "SessionTimeout"]
+
+CONNECT, CONNACK, PUBLISH, PUBACK, SUBSCRIBE, SUBACK, PINGRESP, DISCONNECT = (
+    1,
+    2,
+    3,
+    4,
+    8,
+    9,
+    13,
+    14,
+)
+_CONNACK_WHY = {
+    1: "unacceptable protocol version",
+    2: "client identifier rejected",
+    3: "server unavailable",
+    4: "bad user name or password",
+    5: "not authorised",
+}
+
+
+class SessionError(Exception):
+    """The broker cannot be reached, or the connection broke."""
+
+
+class SessionRefused(SessionError):
+    """The broker refused the connection (CONNACK code ``code``) or a subscription."""
+
+    def __init__(self, msg: str, code: int = 0) -> None:
+        super().__init__(msg)
+        self.code = code
+
+
+class SessionTimeout(SessionError):
+    """Nothing arrived before the deadline."""
+
+
+def _utf8(s: str) -> bytes:
+    b = s.encode("utf-8")
+    return struct.pack("!H", len(b)) + b
+
+
+def _packet(kind: int, flags: int, body: bytes) -> bytes:
+    n, length = len(body), bytearray()
+    while True:  # the remaining length: 7 bits per byte, low first
+        byte, n = n % 128, n // 128
+        length.append(byte | (0x80 if n else 0))
+        if not n:
+            break
+    return bytes([kind << 4 | flags]) + bytes(length) + body
+
+
+class Session:
+    """One connection: ``connect()``, ``subscribe()``, ``publish()``, ``receive()``,
+    ``close()``. Not thread-safe; for a process that lives for one exchange."""
+
+    def __init__(self, url: BrokerURL, client_id: str, keepalive: int = 30) -> None:
+        self.url, self.client_id, self.keepalive = url, client_id, keepalive
+        self._sock: socket.socket | None = None
+        self._buf = b""
+        self._mid = 0
+        self._pending: list[tuple[str, bytes, bool]] = []  # arrived while waiting for a SUBACK
+
+    # -- connection ---------------------------------------------------------------------
+    def connect(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        u = self.url
+        try:
+            sock = socket.create_connection((u.host, u.port), timeout=timeout)
+        except OSError as e:
+            raise SessionError(f"cannot connect to the MQTT broker at {u}: {e}") from None
+        # without it each hop of a round trip can wait ~40 ms for a delayed ACK
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if u.tls:
+            sock = self._wrap_tls(sock)
+        self._sock = sock
+        flags = 0x02  # clean session
+        payload = _utf8(self.client_id)
+        if u.username:
+            flags |= 0x80
+            payload += _utf8(u.username)
+            if u.password is not None:
+                flags |= 0x40
+                payload += _utf8(u.password)
+        head = _utf8("MQTT") + bytes([4, flags]) + struct.pack("!H", self.keepalive)
+        self._send(_packet(CONNECT, 0, head + payload))
+        try:
+            kind, _flags, body = self._read(deadline)
+        except SessionTimeout:
+            raise SessionError(
+                f"the MQTT broker at {u} did not answer the connection within {timeout:g} s"
+            ) from None
+        if kind != CONNACK or len(body) < 2:
+            raise SessionError(f"the MQTT broker at {u} answered CONNECT with packet {kind}")
+        if body[1]:
+            why = _CONNACK_WHY.get(body[1], f"code {body[1]}")
+            raise SessionRefused(f"the MQTT broker at {u} refused the connection ({why})", body[1])
+
+    def _wrap_tls(self, sock: socket.socket) -> socket.socket:
+        import ssl
+
+        from tomato_mqtt.transport._tls import client_tls_context
+
+        u = self.url
+        try:
+            return client_tls_context(u).wrap_socket(sock, server_hostname=u.host)
+        except (OSError, ssl.SSLError) as e:
+            sock.close()
+            raise SessionError(f"TLS with the MQTT broker at {u} failed: {e}") from None
+
+    def close(self) -> None:
+        """DISCONNECT (so the broker sends no last will and logs no error), then close."""
+        if self._sock is None:
+            return
+        try:
+            self._sock.sendall(_packet(DISCONNECT, 0, b""))
+        except OSError:
+            pass
+        finally:
+            self._sock.close()
+            self._sock = None
+
+    # -- packets -------------------------------------------------------------------------
+    def _next_mid(self) -> int:
+        self._mid = self._mid % 65535 + 1
+        return self._mid
+
+    def subscribe(self, topic: str, qos: int, timeout: float) -> None:
+        """Subscribe and wait for the SUBACK (a refused subscription raises)."""
+        deadline = time.monotonic() + timeout
+        mid = self._next_mid()
+        self._send(_packet(SUBSCRIBE, 0x02, struct.pack("!H", mid) + _utf8(topic) + bytes([qos])))
+        while True:
+            kind, _flags, body = self._read(deadline)
+            if kind == SUBACK and body[:2] == struct.pack("!H", mid):
+                if body[2:3] == b"\x80":
+                    raise SessionRefused(f"the MQTT broker refused the subscription to {topic}")
+                return
+            if kind == PUBLISH:  # a retained message on an earlier subscription: keep it
+                self._pending.append(self._publish(_flags, body))
+
+    def publish(self, topic: str, payload: bytes, qos: int = 1) -> None:
+        """Send a PUBLISH (its PUBACK is read, and dropped, with the next packets)."""
+        head = _utf8(topic)
+        if qos:
+            head += struct.pack("!H", self._next_mid())
+        self._send(_packet(PUBLISH, qos << 1, head + payload))
+
+    def receive(self, deadline: float) -> tuple[str, bytes, bool]:
+        """The next message (topic, payload, retained) before ``deadline`` (monotonic)."""
+        if self._pending:
+            return self._pending.pop(0)
+        while True:
+            kind, flags, body = self._read(deadline)
+            if kind == PUBLISH:
+                return self._publish(flags, body)
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _publish(self, flags: int, body: bytes) -> tuple[str, bytes, bool]:
+        (n,) = struct.unpack_from("!H", body)
+        topic = body[2 : 2 + n].decode("utf-8", "replace")
+        at = 2 + n
+        qos = (flags >> 1) & 3
+        if qos:
+            mid = body[at : at + 2]
+            at += 2
+            if qos == 1:
+                self._send(_packet(PUBACK, 0, mid))
+            else:  # QoS 2 is never asked for; answer as the protocol wants
+                self._send(_packet(5, 0, mid))  # PUBREC
+        return topic, body[at:], bool(flags & 1)
+
+    def _send(self, data: bytes) -> None:
+        assert self._sock is not None
+        try:
+            self._sock.sendall(data)
+        except OSError as e:
+            raise SessionError(
+                f"lost the connection to the MQTT broker at {self.url}: {e}"
+            ) from None
+
+    def _read(self, deadline: float) -> tuple[int, int, bytes]:
+        """One whole packet: (type, flags, body)."""
+        while True:
+            got = self._split()
+            if got is not None:
+                return got
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise SessionTimeout("nothing arrived in time")
+            assert self._sock is not None
+            self._sock.settimeout(left)
+            try:
+                chunk = self._sock.recv(65536)
+            except TimeoutError:
+                raise SessionTimeout("nothing arrived in time") from None
+            except OSError as e:
+                raise SessionError(
+                    f"lost the connection to the MQTT broker at {self.url}: {e}"
+                ) from None
+            if not chunk:
+                raise SessionError(f"the MQTT broker at {self.url} closed the connection")
+            self._buf += chunk
+
+    def _split(self) -> tuple[int, int, bytes] | None:
+        buf = self._buf
+        n, mult, i = 0, 1, 1
+        while True:
+            if i >= len(buf):
+                return None
+            byte = buf[i]
+            n += (byte & 0x7F) * mult
+            mult *= 128
+            i += 1
+            if not byte & 0x80:
+                break
+            if i > 4:
+                raise SessionError(f"a malformed packet from the MQTT broker at {self.url}")
+        if len(buf) < i + n:
+            return None
+        self._buf = buf[i + n :]
+        return buf[0] >> 4, buf[0] & 0x0F, buf[i : i + n]
