@@ -37,13 +37,12 @@ def light_mqtt(appdir: Path | None) -> dict[str, Any] | None:
     the file is absent the defaults apply, when anything looks unusual the full loader
     runs (and reports the problem with file and field).
     """
-    import platformdirs
+    if appdir:
+        app = Path(appdir).expanduser()
+    else:  # platformdirs (~10 ms with the tempfile and shutil it loads) only when needed
+        import platformdirs
 
-    app = (
-        Path(appdir).expanduser()
-        if appdir
-        else Path(platformdirs.user_config_dir("tomato-mqtt", appauthor=False))
-    )
+        app = Path(platformdirs.user_config_dir("tomato-mqtt", appauthor=False))
     path = app / "settings.toml"
     if not path.is_file():
         return {}
