@@ -55,6 +55,8 @@ def test_what_typer_owns_goes_to_typer(argv: list[str]) -> None:
         ("passata", ["get", COMP, "max", "min"]),
         ("passata", ["set", COMP, "max", "5", "--force"]),
         ("passata", ["reset", "-f", COMP]),
+        ("passata", ["capabilities", COMP]),
+        ("passata", ["constants", COMP, "a", "b"]),
     ],
 )
 def test_the_fast_commands_are_taken(prog: str, argv: list[str]) -> None:
@@ -85,6 +87,10 @@ async def test_fast_and_typer_print_the_same(
             ("passata", ["get", "dev-counter/9", "max", *common]),  # unknown: exit 1
             ("passata", ["get", COMP, "nosuch", *common, "-y"]),  # refused by the node
             ("passata", ["set", COMP, "max", "7", *common]),
+            ("passata", ["capabilities", "dev-counter/1", *common]),
+            ("passata", ["constants", COMP, *common, "-y"]),
+            ("passata", ["constants", COMP, "nosuch", *common]),
+            ("passata", ["status", COMP, *common]),  # (its JSON carries the time)
             ("passata", ["get", COMP, "max", *common]),
             ("tomato", ["status", *common, "--instance", "nobody", "-t", "0.3"]),  # no answer
         ]

@@ -42,7 +42,6 @@ __all__ = [
     "kv",
     "message",
     "meta",
-    "meta_op",
     "resolve",
     "retained",
     "run",
@@ -161,14 +160,3 @@ async def meta(req: Requester, name: str, timeout: float) -> ComponentMeta:
         return decode(ComponentMeta, raw, topic)
     except DecodeError as e:
         raise Refused(str(e)) from None
-
-
-def meta_op(pick: Callable[[ComponentMeta], Any], what: str, timeout: float) -> Op:
-    async def call(req: Requester, name: str) -> Reply:
-        m = await meta(req, name, timeout)
-        text = f"{what} of {name}"
-        if not m.registered:
-            text += f" (not registered: {m.error})" if m.error else " (not registered)"
-        return Reply(id="", success=True, msg=text, data=pick(m))
-
-    return call

@@ -81,9 +81,23 @@ def _passata(op: str, human: str, build: Build) -> Callable[[core.Opts, list[str
     return run
 
 
+def _passata_meta(what: str, human: str) -> Callable[[core.Opts, list[str], set[str]], None]:
+    def run(opts: core.Opts, args: list[str], _flags: set[str]) -> None:
+        from tomato_mqtt.cli import passata_core
+
+        pick = (
+            passata_core.constants(args[1:]) if what == "constants" else passata_core.capabilities
+        )
+        passata_core.run_meta(args[0], what, pick, getattr(passata_core, human), opts)
+
+    return run
+
+
 FAST: dict[tuple[str, str], Fast] = {
     ("tomato", "status"): Fast(_tomato_status, 0, 1, check=_status_section_ok),
     ("passata", "status"): Fast(_passata("status", "status_human", lambda a, f: {}), 1, 1),
+    ("passata", "capabilities"): Fast(_passata_meta("capabilities", "list_human"), 1, 1),
+    ("passata", "constants"): Fast(_passata_meta("constants", "dict_human"), 1, None),
     ("passata", "measure"): Fast(_passata("measure", "point_human", lambda a, f: {}), 1, 1),
     ("passata", "get"): Fast(
         _passata("get_attr", "dict_human", lambda a, f: {"attrs": a[1:]}), 2, None

@@ -49,8 +49,9 @@ def attrs(component: ComponentArg, opts: common.Opts) -> None:
 @common.options(common.CLIENT)
 def capabilities(component: ComponentArg, opts: common.Opts) -> None:
     """The techniques the component can run."""
-    op = components.meta_op(lambda m: sorted(m.capabilities), "capabilities", opts.timeout)
-    components.run(component, op, _list_human, opts)
+    passata_core.run_meta(
+        component, "capabilities", passata_core.capabilities, passata_core.list_human, opts
+    )
 
 
 @app.command()
@@ -68,22 +69,8 @@ def constants(
     tomato accepts (and ignores) names after the component; here they pick constants,
     and a name that is not one is reported in the message, not as a failure.
     """
-    wanted = list(names or [])
-
-    def pick(m: Any) -> dict[str, Any]:
-        have = dict(m.constants)
-        return {k: have[k] for k in wanted if k in have} if wanted else have
-
-    base = components.meta_op(pick, "constants", opts.timeout)
-
-    async def op(req: Any, name: str) -> Any:
-        reply = await base(req, name)
-        unknown = [k for k in wanted if not isinstance(reply.data, dict) or k not in reply.data]
-        if unknown:
-            reply.msg += f" (not constants of it: {', '.join(unknown)})"
-        return reply
-
-    components.run(component, op, passata_core.dict_human, opts)
+    pick = passata_core.constants(list(names or []))
+    passata_core.run_meta(component, "constants", pick, passata_core.dict_human, opts)
 
 
 @app.command()
@@ -131,9 +118,3 @@ def _attrs_human(msg: str, data: Any) -> str:
     if any("value" in r for r in rows):
         cols.append(("value", "value"))
     return common.table(rows, cols)
-
-
-def _list_human(msg: str, data: Any) -> str:
-    if not data:
-        return f"{msg}: none"
-    return "\n".join(str(x) for x in data)

@@ -28,15 +28,19 @@ __all__ = [
     "RETAINED_WAIT",
     "SCHEDULER_WAIT",
     "Refused",
+    "capabilities",
+    "constants",
     "dict_human",
     "is_full_name",
     "known",
     "kv",
+    "list_human",
     "message",
     "pick",
     "point_human",
     "resolve",
     "run_cmd",
+    "run_meta",
     "show",
     "status_human",
     "when",
@@ -85,6 +89,81 @@ def run_cmd(
     except oneshot.OneShotError as e:
         fail(f"{e} — is tomato-mqtt running? ({ctx.where()})")
     opts.output().reply(reply, lambda data: human(reply.msg, data))
+
+
+def run_meta(
+    component: str,
+    what: str,
+    pick: Callable[[Mapping[str, Any]], tuple[Any, str]],
+    human: Callable[[str, Any], str],
+    opts: Opts,
+) -> None:
+    """Print what ``pick`` takes from the component's retained meta (its JSON object):
+    ``(data, a note for the message)``; exit 0, or 1 if there is no such component."""
+    from tomato_mqtt.transport import oneshot
+
+    ctx = opts.context()
+    if ctx.url.transport == "websockets":
+        from tomato_mqtt.cli import components
+
+        async def op(req: Any, name: str) -> Any:
+            m = await components.meta(req, name, opts.timeout)
+            return _meta_reply(name, what, m.model_dump(mode="json"), pick)
+
+        components.run(component, op, human, opts)
+        return
+    try:
+        with oneshot.Exchange(ctx.url, ctx.topics.reply, timeout=opts.timeout) as ex:
+            name = resolve(ex, ctx.topics, component, opts.timeout)
+            topic = ctx.topics.component_meta(name)
+            raw = ex.retained(topic, min(opts.timeout, RETAINED_WAIT))
+        if raw is None:
+            raise Refused(f"no node has announced component {name} (nothing retained on {topic})")
+        try:
+            meta = json.loads(raw)
+        except ValueError:
+            meta = None
+        if not isinstance(meta, dict):
+            raise Refused(f"{topic}: the retained meta is not a JSON object")
+        reply: Any = _meta_reply(name, what, meta, pick)
+    except Refused as e:
+        reply = oneshot.Reply(id="", success=False, msg=str(e))
+    except oneshot.Refused as e:
+        fail(f"{e} ({ctx.where()})")
+    except oneshot.OneShotError as e:
+        fail(f"{e} — is tomato-mqtt running? ({ctx.where()})")
+    opts.output().reply(reply, lambda data: human(reply.msg, data))
+
+
+def _meta_reply(
+    name: str,
+    what: str,
+    meta: Mapping[str, Any],
+    pick: Callable[[Mapping[str, Any]], tuple[Any, str]],
+) -> Any:
+    from tomato_mqtt.transport.oneshot import Reply
+
+    data, note = pick(meta)
+    text = f"{what} of {name}"
+    if not meta.get("registered"):
+        text += f" (not registered: {meta['error']})" if meta.get("error") else " (not registered)"
+    return Reply(id="", success=True, msg=text + note, data=data)
+
+
+def capabilities(meta: Mapping[str, Any]) -> tuple[Any, str]:
+    return sorted(meta.get("capabilities") or []), ""
+
+
+def constants(wanted: Sequence[str]) -> Callable[[Mapping[str, Any]], tuple[Any, str]]:
+    """The constants named (all if none), and a note naming those that are not."""
+
+    def pick(meta: Mapping[str, Any]) -> tuple[Any, str]:
+        have = dict(meta.get("constants") or {})
+        data = {k: have[k] for k in wanted if k in have} if wanted else have
+        unknown = [k for k in wanted if k not in data]
+        return data, f" (not constants of it: {', '.join(unknown)})" if unknown else ""
+
+    return pick
 
 
 def resolve(ex: Exchange, topics: Topics, want: str, timeout: float) -> str:
@@ -230,3 +309,9 @@ def dict_human(msg: str, data: Any) -> str:
     if not isinstance(data, Mapping) or not data:
         return f"{msg}: none"
     return kv(data)
+
+
+def list_human(msg: str, data: Any) -> str:
+    if not data:
+        return f"{msg}: none"
+    return "\n".join(str(x) for x in data)
