@@ -38,7 +38,7 @@ def rows(reps: int, calls: int = 7) -> list[Row]:
 
 def _measure(s: TomatoMqtt, reps: int, calls: int) -> list[Row]:
     where = ["-p", str(s.port), "-A", str(s.root)]
-    cmds = {
+    cmds: dict[str, list[str | Path]] = {
         "`tomato status`": [BIN / "tomato", "status", *where],
         "`ketchup status`": [BIN / "ketchup", "status", *where],
         "`passata status <component>`": [BIN / "passata", "status", COMP, *where],
