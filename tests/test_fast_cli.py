@@ -56,12 +56,16 @@ def test_what_typer_owns_goes_to_typer(argv: list[str]) -> None:
         ("passata", ["set", COMP, "max", "5", "--force"]),
         ("passata", ["reset", "-f", COMP]),
         ("passata", ["capabilities", COMP]),
+        ("ketchup", ["submit", "p.yml", "--jobname=x"]),
+        ("ketchup", ["cancel", "1", "2", "-y"]),
         ("passata", ["constants", COMP, "a", "b"]),
     ],
 )
 def test_the_fast_commands_are_taken(prog: str, argv: list[str]) -> None:
     assert parse(prog, argv) is not None
     assert parse("passata", ["get", COMP]) is None  # get needs an attribute
+    assert parse("ketchup", ["cancel", "one"]) is None  # not a job id: typer says so
+    assert parse("ketchup", ["submit", "p.yml", "-j"]) is None
 
 
 def _run(cmd: list[str], env: dict[str, str]) -> tuple[int, str, str]:
@@ -77,6 +81,8 @@ async def test_fast_and_typer_print_the_same(
         env = {**os.environ, "COLUMNS": "200"}
         env.pop("TOMATO_BROKER", None)
         common = ["-p", str(broker.port), "-A", str(app)]
+        bad = tmp_path / "bad.yml"
+        bad.write_text("version: '2.2'\nsample: {identifier: s}\nmethod: []\n")
         lines = [
             ("tomato", ["status", "pipelines", *common]),
             ("tomato", ["status", "devices", *common, "--json"]),
@@ -93,6 +99,9 @@ async def test_fast_and_typer_print_the_same(
             ("passata", ["status", COMP, *common]),  # (its JSON carries the time)
             ("passata", ["get", COMP, "max", *common]),
             ("tomato", ["status", *common, "--instance", "nobody", "-t", "0.3"]),  # no answer
+            ("ketchup", ["submit", str(tmp_path / "none.yml"), *common]),  # no such file
+            ("ketchup", ["submit", str(bad), "-j", "x", *common, "--json"]),  # refused
+            ("ketchup", ["cancel", "99", "98", *common]),  # unknown jobs
         ]
         for prog, argv in lines:
             fast = await asyncio.to_thread(_run, [str(BIN / prog), *argv], env)

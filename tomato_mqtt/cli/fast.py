@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from tomato_mqtt.cli import core
@@ -38,19 +38,27 @@ _VALUED = {
 _FLAGS = {"-y": "yaml", "--yaml": "yaml", "--json": "json"}
 
 
+#: how a fast command runs: (the common options, its positionals, its own options)
+Run = Callable[[core.Opts, list[str], dict[str, str]], None]
+FORCE = {"--force": "force", "-f": "force"}
+
+
 @dataclass(frozen=True)
 class Fast:
     """A command the fast path runs: how many positionals, which flags of its own."""
 
-    run: Callable[[core.Opts, list[str], set[str]], None]
+    run: Run
     min_args: int
     max_args: int | None
-    flags: tuple[str, ...] = ()  # its own boolean options (``--force``)
+    #: its own options: spelling -> name; a flag's value is "" (``--force``), another
+    #: option's its argument (``-j NAME``)
+    flags: Mapping[str, str] = field(default_factory=dict)
+    values: Mapping[str, str] = field(default_factory=dict)
     timeout: float = 5.0  # the command's default ``-t`` (common.options(timeout=…))
     check: Callable[[list[str]], bool] = lambda _args: True  # are the positionals valid?
 
 
-def _tomato_status(opts: core.Opts, args: list[str], _flags: set[str]) -> None:
+def _tomato_status(opts: core.Opts, args: list[str], _own: dict[str, str]) -> None:
     from tomato_mqtt.cli import status_text
 
     status_text.show(opts, args[0].lower() if args else "scheduler")
@@ -68,21 +76,21 @@ def _status_section_ok(args: list[str]) -> bool:
     }
 
 
-Build = Callable[[list[str], set[str]], dict[str, object]]
+Build = Callable[[list[str], dict[str, str]], dict[str, object]]
 
 
-def _passata(op: str, human: str, build: Build) -> Callable[[core.Opts, list[str], set[str]], None]:
-    def run(opts: core.Opts, args: list[str], flags: set[str]) -> None:
+def _passata(op: str, human: str, build: Build) -> Run:
+    def run(opts: core.Opts, args: list[str], own: dict[str, str]) -> None:
         from tomato_mqtt.cli import passata_core
 
         fn = getattr(passata_core, human)
-        passata_core.run_cmd(args[0], op, build(args, flags), fn, opts)
+        passata_core.run_cmd(args[0], op, build(args, own), fn, opts)
 
     return run
 
 
-def _passata_meta(what: str, human: str) -> Callable[[core.Opts, list[str], set[str]], None]:
-    def run(opts: core.Opts, args: list[str], _flags: set[str]) -> None:
+def _passata_meta(what: str, human: str) -> Run:
+    def run(opts: core.Opts, args: list[str], _own: dict[str, str]) -> None:
         from tomato_mqtt.cli import passata_core
 
         pick = (
@@ -93,8 +101,32 @@ def _passata_meta(what: str, human: str) -> Callable[[core.Opts, list[str], set[
     return run
 
 
+def _ketchup_submit(opts: core.Opts, args: list[str], own: dict[str, str]) -> None:
+    from tomato_mqtt.cli import ketchup_core
+
+    ketchup_core.submit(opts, Path(args[0]), own.get("jobname"))
+
+
+def _ketchup_cancel(opts: core.Opts, args: list[str], _own: dict[str, str]) -> None:
+    from tomato_mqtt.cli import ketchup_core
+
+    ketchup_core.cancel(opts, [int(a) for a in args])
+
+
+def _ints(args: list[str]) -> bool:
+    try:
+        [int(a) for a in args]
+    except ValueError:
+        return False
+    return True
+
+
 FAST: dict[tuple[str, str], Fast] = {
     ("tomato", "status"): Fast(_tomato_status, 0, 1, check=_status_section_ok),
+    ("ketchup", "submit"): Fast(
+        _ketchup_submit, 1, 1, values={"--jobname": "jobname", "-j": "jobname"}
+    ),
+    ("ketchup", "cancel"): Fast(_ketchup_cancel, 1, None, check=_ints),
     ("passata", "status"): Fast(_passata("status", "status_human", lambda a, f: {}), 1, 1),
     ("passata", "capabilities"): Fast(_passata_meta("capabilities", "list_human"), 1, 1),
     ("passata", "constants"): Fast(_passata_meta("constants", "dict_human"), 1, None),
@@ -106,17 +138,17 @@ FAST: dict[tuple[str, str], Fast] = {
         _passata(
             "set_attr",
             "message",
-            lambda a, f: {"attr": a[1], "val": a[2], "force": "force" in f},
+            lambda a, o: {"attr": a[1], "val": a[2], "force": "force" in o},
         ),
         3,
         3,
-        flags=("--force", "-f"),
+        flags=FORCE,
     ),
     ("passata", "reset"): Fast(
-        _passata("reset", "message", lambda a, f: {"force": "force" in f}),
+        _passata("reset", "message", lambda a, o: {"force": "force" in o}),
         1,
         1,
-        flags=("--force", "-f"),
+        flags=FORCE,
         timeout=10.0,
     ),
     ("passata", "register"): Fast(
@@ -131,6 +163,7 @@ def parse(prog: str, argv: Sequence[str]) -> Callable[[], None] | None:
         return None
     spec = FAST[(prog, argv[0])]
     given: dict[str, str] = {}
+    own: dict[str, str] = {}
     flags: set[str] = set()
     args: list[str] = []
     rest = list(argv[1:])
@@ -138,17 +171,23 @@ def parse(prog: str, argv: Sequence[str]) -> Callable[[], None] | None:
         a = rest.pop(0)
         if a.startswith("--") and "=" in a:
             name, value = a.split("=", 1)
-            if name not in _VALUED:
+            if name in spec.values:
+                own[spec.values[name]] = value
+            elif name in _VALUED:
+                given[_VALUED[name]] = value
+            else:
                 return None
-            given[_VALUED[name]] = value
-        elif a in _VALUED:
+        elif a in spec.values or a in _VALUED:
             if not rest:
                 return None
-            given[_VALUED[a]] = rest.pop(0)
+            if a in spec.values:
+                own[spec.values[a]] = rest.pop(0)
+            else:
+                given[_VALUED[a]] = rest.pop(0)
         elif a in _FLAGS:
             flags.add(_FLAGS[a])
         elif a in spec.flags:
-            flags.add(a.lstrip("-") if a.startswith("--") else "force")
+            own[spec.flags[a]] = ""
         elif a.startswith("-") and a != "-":
             return None  # --help, -p1883, a misspelt option: typer says what is wrong
         else:
@@ -160,7 +199,7 @@ def parse(prog: str, argv: Sequence[str]) -> Callable[[], None] | None:
     opts = _opts(given, flags, spec.timeout)
     if opts is None:
         return None
-    return lambda: spec.run(opts, args, flags)
+    return lambda: spec.run(opts, args, own)
 
 
 def _opts(given: dict[str, str], flags: set[str], default_timeout: float) -> core.Opts | None:

@@ -9,15 +9,13 @@ sent); every other command stays light.
 from __future__ import annotations
 
 import datetime
-import getpass
-import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from tomato_mqtt.cli import common
+from tomato_mqtt.cli import common, ketchup_core
 from tomato_mqtt.cli.version import add_version
 
 if TYPE_CHECKING:
@@ -58,50 +56,7 @@ def submit(
     opts: common.Opts,
 ) -> None:
     """Submit a payload; the output goes to the current directory unless it says otherwise."""
-    from tomato_mqtt.config.payloads import PayloadError, read_payload_file
-
-    user = _username()
-    try:
-        # only read here: the scheduler validates (dgbowl-schemas would add ~0.5 s to
-        # every submit), and its refusal is given back with this file's name below
-        doc = read_payload_file(payload)
-    except PayloadError as e:
-        if e.file is None:
-            e = PayloadError(e.location, e.reason, payload)
-        common.fail(f"payload refused: {e}")
-    ctx = opts.context()
-    args = {
-        # YAML may hold dates and the like: send what JSON can carry
-        "payload": json.loads(json.dumps(doc, default=str)),
-        "jobname": jobname,
-        "submit_dir": str(Path.cwd().resolve()),
-        "user": user,
-    }
-    reply = common.run_request(
-        ctx, ctx.topics.scheduler_cmd("job_submit"), args, timeout=opts.timeout
-    )
-    if not reply.success and reply.code == "refused":
-        reply.msg = f"{payload}: {reply.msg}"  # the scheduler cannot know the file's name
-    opts.output().reply(reply, lambda job: _submitted(reply.msg, job))
-
-
-def _submitted(msg: str, job: Any) -> str:
-    lines = [msg]
-    if isinstance(job, Mapping):
-        if job.get("reason") and job.get("status") == "q":
-            lines.append(f"note: no pipeline can run it yet: {job['reason']}")
-        elif job.get("reason"):
-            lines.append(f"note: {job['reason']}")
-        if job.get("respath"):
-            lines.append(f"output: {job['respath']}")
-    return "\n".join(lines)
-
-
-def _username() -> str:
-    try:
-        return getpass.getuser()
-    except Exception:  # neither a login name in the environment nor a passwd entry
-        return "unknown"
+    ketchup_core.submit(opts, payload, jobname)
 
 
 # -- status, search --------------------------------------------------------------------
@@ -258,11 +213,7 @@ def cancel(
     opts: common.Opts,
 ) -> None:
     """Cancel jobs: queued ones end at once (cd), running ones stop their tasks (rd -> cd)."""
-    ctx = opts.context()
-    reply = common.run_request(
-        ctx, ctx.topics.scheduler_cmd("job_cancel"), {"jobids": list(jobids)}, timeout=opts.timeout
-    )
-    opts.output().reply(reply, lambda _jobs: reply.msg)
+    ketchup_core.cancel(opts, list(jobids))
 
 
 # -- snapshot ----------------------------------------------------------------------------
