@@ -38,6 +38,8 @@ COMP = "example_counter:(example-addr,1)"
         ["status", "pipelines", "extra"],
         ["status", "--verbose"],
         ["stop"],
+        ["pipeline", "load", "p"],  # the sample is missing: typer says so
+        ["pipeline", "--help"],
         [],
     ],
 )
@@ -58,6 +60,8 @@ def test_what_typer_owns_goes_to_typer(argv: list[str]) -> None:
         ("passata", ["capabilities", COMP]),
         ("ketchup", ["submit", "p.yml", "--jobname=x"]),
         ("ketchup", ["cancel", "1", "2", "-y"]),
+        ("tomato", ["pipeline", "load", "p", "s", "--json"]),
+        ("tomato", ["reload", "-t", "3"]),
         ("passata", ["constants", COMP, "a", "b"]),
     ],
 )
@@ -102,6 +106,10 @@ async def test_fast_and_typer_print_the_same(
             ("ketchup", ["submit", str(tmp_path / "none.yml"), *common]),  # no such file
             ("ketchup", ["submit", str(bad), "-j", "x", *common, "--json"]),  # refused
             ("ketchup", ["cancel", "99", "98", *common]),  # unknown jobs
+            ("tomato", ["pipeline", "load", "nosuch", "s1", *common]),
+            ("tomato", ["pipeline", "ready", "nosuch", *common, "-y"]),
+            ("tomato", ["pipeline", "eject", "pip-counter", *common]),  # empty: as it was
+            ("tomato", ["reload", *common]),  # nothing changed
         ]
         for prog, argv in lines:
             fast = await asyncio.to_thread(_run, [str(BIN / prog), *argv], env)

@@ -26,6 +26,7 @@ if TYPE_CHECKING:  # the long-lived client is imported only by commands that nee
 __all__ = [
     "CallContext",
     "Opts",
+    "ask_scheduler",
     "client",
     "context",
     "fail",
@@ -191,3 +192,11 @@ def run_request(
         fail(f"{e} ({ctx.where()})")
     except oneshot.OneShotError as e:
         fail(f"{e} — is tomato-mqtt running? ({ctx.where()})")
+
+
+def ask_scheduler(opts: Opts, op: str, args: Mapping[str, Any]) -> None:
+    """A scheduler command whose Reply message says it all (pipeline load/eject/ready,
+    reload): one request, the message printed (the whole Reply with -y/--json)."""
+    ctx = opts.context()
+    reply = run_request(ctx, ctx.topics.scheduler_cmd(op), args, timeout=opts.timeout)
+    opts.output().reply(reply, lambda _data: reply.msg)

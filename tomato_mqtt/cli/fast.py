@@ -121,8 +121,21 @@ def _ints(args: list[str]) -> bool:
     return True
 
 
+def _scheduler(op: str, *names: str) -> Run:
+    """A scheduler command that takes its positionals as ``names`` and prints the message."""
+
+    def run(opts: core.Opts, args: list[str], _own: dict[str, str]) -> None:
+        core.ask_scheduler(opts, op, dict(zip(names, args, strict=True)))
+
+    return run
+
+
 FAST: dict[tuple[str, str], Fast] = {
     ("tomato", "status"): Fast(_tomato_status, 0, 1, check=_status_section_ok),
+    ("tomato", "reload"): Fast(_scheduler("reload"), 0, 0, timeout=10.0),
+    ("tomato", "pipeline load"): Fast(_scheduler("pipeline_load", "pipeline", "sampleid"), 2, 2),
+    ("tomato", "pipeline eject"): Fast(_scheduler("pipeline_eject", "pipeline"), 1, 1),
+    ("tomato", "pipeline ready"): Fast(_scheduler("pipeline_ready", "pipeline"), 1, 1),
     ("ketchup", "submit"): Fast(
         _ketchup_submit, 1, 1, values={"--jobname": "jobname", "-j": "jobname"}
     ),
@@ -159,14 +172,18 @@ FAST: dict[tuple[str, str], Fast] = {
 
 def parse(prog: str, argv: Sequence[str]) -> Callable[[], None] | None:
     """The call ``argv`` asks for, if the fast path can run it exactly as typer would."""
-    if not argv or (prog, argv[0]) not in FAST:
+    if not argv:
         return None
-    spec = FAST[(prog, argv[0])]
+    if (prog, argv[0]) in FAST:
+        spec, rest = FAST[(prog, argv[0])], list(argv[1:])
+    elif len(argv) > 1 and (prog, f"{argv[0]} {argv[1]}") in FAST:  # a sub-app's command
+        spec, rest = FAST[(prog, f"{argv[0]} {argv[1]}")], list(argv[2:])
+    else:
+        return None
     given: dict[str, str] = {}
     own: dict[str, str] = {}
     flags: set[str] = set()
     args: list[str] = []
-    rest = list(argv[1:])
     while rest:
         a = rest.pop(0)
         if a.startswith("--") and "=" in a:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
 from tomato_mqtt.cli import common
+from tomato_mqtt.cli.core import ask_scheduler
 
 __all__ = ["app"]
 
@@ -21,12 +22,6 @@ app = typer.Typer(
 PipelineArg = Annotated[str, typer.Argument(help="pipeline name, e.g. pip-counter-1")]
 
 
-def _call(op: str, args: dict[str, Any], opts: common.Opts) -> None:
-    ctx = opts.context()
-    reply = common.run_request(ctx, ctx.topics.scheduler_cmd(op), args, timeout=opts.timeout)
-    opts.output().reply(reply, lambda _p: reply.msg)
-
-
 @app.command()
 @common.options(common.CLIENT)
 def load(
@@ -35,18 +30,18 @@ def load(
     opts: common.Opts,
 ) -> None:
     """Load a sample into an empty pipeline."""
-    _call("pipeline_load", {"pipeline": pipeline, "sampleid": sample}, opts)
+    ask_scheduler(opts, "pipeline_load", {"pipeline": pipeline, "sampleid": sample})
 
 
 @app.command()
 @common.options(common.CLIENT)
 def eject(pipeline: PipelineArg, opts: common.Opts) -> None:
     """Remove the sample from a pipeline and mark it not ready (refused while a job runs)."""
-    _call("pipeline_eject", {"pipeline": pipeline}, opts)
+    ask_scheduler(opts, "pipeline_eject", {"pipeline": pipeline})
 
 
 @app.command()
 @common.options(common.CLIENT)
 def ready(pipeline: PipelineArg, opts: common.Opts) -> None:
     """Mark a pipeline ready: a matching job for its sample may now run on it."""
-    _call("pipeline_ready", {"pipeline": pipeline}, opts)
+    ask_scheduler(opts, "pipeline_ready", {"pipeline": pipeline})

@@ -42,6 +42,4 @@ def status(
 @common.options(common.CLIENT, timeout=10.0)
 def reload(opts: common.Opts) -> None:
     """Re-read settings and devices; refused if it would touch a running job."""
-    ctx = opts.context()
-    reply = common.run_request(ctx, ctx.topics.scheduler_cmd("reload"), {}, timeout=opts.timeout)
-    opts.output().reply(reply, lambda _d: reply.msg)
+    common.ask_scheduler(opts, "reload", {})
