@@ -19,6 +19,7 @@ import pytest
 
 from tests.conftest import RunningBroker
 from tests.inproc import inproc_stack
+from tests.stack import free_port
 from tomato_mqtt.cli.fast import parse
 
 BIN = Path(sys.executable).parent
@@ -110,6 +111,7 @@ async def test_fast_and_typer_print_the_same(
             ("tomato", ["pipeline", "ready", "nosuch", *common, "-y"]),
             ("tomato", ["pipeline", "eject", "pip-counter", *common]),  # empty: as it was
             ("tomato", ["reload", *common]),  # nothing changed
+            ("passata", ["capabilities", COMP, "-p", str(free_port()), "-A", str(app)]),
         ]
         for prog, argv in lines:
             fast = await asyncio.to_thread(_run, [str(BIN / prog), *argv], env)
@@ -126,8 +128,6 @@ async def test_fast_and_typer_print_the_same(
 
 def test_fast_path_imports_no_typer_paho_asyncio_or_pydantic(tmp_path: Path) -> None:
     """A fast call (here one that finds no broker) loads none of the heavy modules."""
-    from tests.stack import free_port
-
     code = (
         "import sys\n"
         "from tomato_mqtt.cli import fast\n"

@@ -21,7 +21,7 @@ from tomato_mqtt.cli.passata_core import (
     RETAINED_WAIT,
     SCHEDULER_WAIT,
     Refused,
-    is_full_name,
+    from_scheduler,
     known,
     kv,
     message,
@@ -96,15 +96,9 @@ async def resolve(req: Requester, want: str, timeout: float) -> str:
         )
     except NoResponder:
         r = None
-    if r is not None and r.success and isinstance(r.data, Mapping | list):
-        rows = r.data.values() if isinstance(r.data, Mapping) else r.data  # name -> object
-        comps = [c for c in rows if isinstance(c, Mapping)]
-        name = pick(want, comps)
-        if name is None:
-            raise Refused(f"unknown component {want!r} (known: {known(comps)})")
+    name = from_scheduler(want, r)
+    if name is not None:
         return name
-    if is_full_name(want):
-        return want
     # no scheduler: find it among the components the nodes have announced
     metas: list[Mapping[str, Any]] = []
     found: asyncio.Future[str] = asyncio.get_running_loop().create_future()

@@ -31,6 +31,7 @@ __all__ = [
     "context",
     "fail",
     "load_settings",
+    "oneshot_failed",
     "run_request",
 ]
 
@@ -186,12 +187,20 @@ def run_request(
 
     try:
         return oneshot.request(ctx.url, topic, ctx.topics.reply, args, timeout=timeout, who=who)
-    except oneshot.NoAnswer as e:
-        fail(denied(ctx, topic) or f"{e} ({ctx.where()})")
-    except oneshot.Refused as e:
-        fail(f"{e} ({ctx.where()})")
     except oneshot.OneShotError as e:
-        fail(f"{e} — is tomato-mqtt running? ({ctx.where()})")
+        oneshot_failed(ctx, e, topic)
+
+
+def oneshot_failed(ctx: CallContext, e: Exception, topic: str) -> NoReturn:
+    """A one-shot call that went wrong, said plainly: nobody answered (or the ACL dropped
+    the request), the broker refused us, or it cannot be reached."""
+    from tomato_mqtt.transport import oneshot
+
+    if isinstance(e, oneshot.NoAnswer):
+        fail(denied(ctx, topic) or f"{e} ({ctx.where()})")
+    if isinstance(e, oneshot.Refused):
+        fail(f"{e} ({ctx.where()})")
+    fail(f"{e} — is tomato-mqtt running? ({ctx.where()})")
 
 
 def ask_scheduler(opts: Opts, op: str, args: Mapping[str, Any]) -> None:

@@ -16,8 +16,7 @@ import json
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from tomato_mqtt.cli.core import Opts, fail
-from tomato_mqtt.cli.denied import denied
+from tomato_mqtt.cli.core import Opts, oneshot_failed
 from tomato_mqtt.wire.topics import slug
 
 if TYPE_CHECKING:
@@ -31,6 +30,7 @@ __all__ = [
     "capabilities",
     "constants",
     "dict_human",
+    "from_scheduler",
     "is_full_name",
     "known",
     "kv",
@@ -82,12 +82,8 @@ def run_cmd(
             )
     except Refused as e:
         reply = oneshot.Reply(id="", success=False, msg=str(e))
-    except oneshot.NoAnswer as e:
-        fail(denied(ctx, topic) or f"{e} ({ctx.where()})")
-    except oneshot.Refused as e:
-        fail(f"{e} ({ctx.where()})")
     except oneshot.OneShotError as e:
-        fail(f"{e} — is tomato-mqtt running? ({ctx.where()})")
+        oneshot_failed(ctx, e, topic)
     opts.output().reply(reply, lambda data: human(reply.msg, data))
 
 
@@ -112,6 +108,7 @@ def run_meta(
 
         components.run(component, op, human, opts)
         return
+    topic = ""
     try:
         with oneshot.Exchange(ctx.url, ctx.topics.reply, timeout=opts.timeout) as ex:
             name = resolve(ex, ctx.topics, component, opts.timeout)
@@ -128,10 +125,8 @@ def run_meta(
         reply: Any = _meta_reply(name, what, meta, pick)
     except Refused as e:
         reply = oneshot.Reply(id="", success=False, msg=str(e))
-    except oneshot.Refused as e:
-        fail(f"{e} ({ctx.where()})")
     except oneshot.OneShotError as e:
-        fail(f"{e} — is tomato-mqtt running? ({ctx.where()})")
+        oneshot_failed(ctx, e, topic)
     opts.output().reply(reply, lambda data: human(reply.msg, data))
 
 
@@ -179,15 +174,9 @@ def resolve(ex: Exchange, topics: Topics, want: str, timeout: float) -> str:
         )
     except NoAnswer:
         r = None
-    if r is not None and r.success and isinstance(r.data, Mapping | list):
-        rows = r.data.values() if isinstance(r.data, Mapping) else r.data  # name -> object
-        comps = [c for c in rows if isinstance(c, Mapping)]
-        name = pick(want, comps)
-        if name is None:
-            raise Refused(f"unknown component {want!r} (known: {known(comps)})")
+    name = from_scheduler(want, r)
+    if name is not None:
         return name
-    if is_full_name(want):
-        return want
     # no scheduler: find it among the components the nodes have announced
     metas: list[Mapping[str, Any]] = []
 
@@ -210,6 +199,19 @@ def resolve(ex: Exchange, topics: Topics, want: str, timeout: float) -> str:
             f"it (announced: {known(metas)})"
         )
     return found
+
+
+def from_scheduler(want: str, r: Any) -> str | None:
+    """The full name of ``want`` given the scheduler's ``status components`` reply ``r``
+    (None: no answer); a full name as is without one; None: ask the nodes' metas."""
+    if r is not None and r.success and isinstance(r.data, Mapping | list):
+        rows = r.data.values() if isinstance(r.data, Mapping) else r.data  # name -> object
+        comps = [c for c in rows if isinstance(c, Mapping)]
+        name = pick(want, comps)
+        if name is None:
+            raise Refused(f"unknown component {want!r} (known: {known(comps)})")
+        return name
+    return want if is_full_name(want) else None
 
 
 # -- resolving names -----------------------------------------------------------------------
