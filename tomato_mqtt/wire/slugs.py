@@ -6,7 +6,6 @@ Used by ``topics.py`` (which re-exports both functions); no topic strings here.
 
 from __future__ import annotations
 
-import hashlib
 import re
 
 __all__ = ["is_slug", "slug"]
@@ -36,5 +35,7 @@ def slug(name: str) -> str:
     readable = _INVALID_RUN.sub("-", name.lower()).strip("-._")[:_MAX_READABLE].rstrip("-._")
     if not readable or not readable[0].isalnum():
         readable = "x" + readable
+    import hashlib  # here, not at import: ~3 ms of a CLI call that hashes no name
+
     digest = hashlib.blake2b(name.encode("utf-8"), digest_size=5).hexdigest()
     return f"{readable}--{digest}"
