@@ -144,7 +144,8 @@ class SchedulerService(Service):
 
     # -- publishing ------------------------------------------------------------------------
     def _presence(self, state: str) -> SchedulerStatus:
-        jobs = self.store.jobs(statuses=["r", "rd", "q", "qw"]) if self.store else []
+        # counts from the status index: the heartbeat costs the same at any queue depth
+        n = self.store.status_counts() if self.store else {}
         return SchedulerStatus(
             state=state,
             instance=self.settings.mqtt.instance,
@@ -153,8 +154,8 @@ class SchedulerService(Service):
             version=__version__,
             started_at=self.started_at,
             broker=str(self.url),
-            jobs_running=sum(1 for j in jobs if j.status in ("r", "rd")),
-            jobs_queued=sum(1 for j in jobs if j.status in ("q", "qw")),
+            jobs_running=n.get("r", 0) + n.get("rd", 0),
+            jobs_queued=n.get("q", 0) + n.get("qw", 0),
         )
 
     async def publish(self, topic: str, msg: Any, retain: bool = True) -> None:
