@@ -109,7 +109,7 @@ def _username() -> str:
 @common.options(common.CLIENT)
 def status(
     jobids: Annotated[
-        list[int] | None, typer.Argument(help="job ids (default: the whole queue)")
+        list[int] | None, typer.Argument(help="job ids (default: a summary of all jobs)")
     ] = None,
     follow: Annotated[
         bool,
@@ -119,23 +119,65 @@ def status(
             "otherwise; exits 1 if it ends ce or cd",
         ),
     ] = False,
+    all_: Annotated[
+        bool,
+        typer.Option("--all", "-a", help="every job as a table (paged: --limit, --offset)"),
+    ] = False,
+    summary: Annotated[
+        bool,
+        typer.Option("--summary", help="with -y/--json: the summary instead of the job list"),
+    ] = False,
+    limit: Annotated[
+        int | None,
+        typer.Option(
+            "--limit", min=1, max=1000, help="jobs per page of the whole listing (most: 1000)"
+        ),
+    ] = None,
+    offset: Annotated[
+        int | None,
+        typer.Option(
+            "--offset", min=0, help="first job of the page, 0 = the oldest (default: the last page)"
+        ),
+    ] = None,
     *,
     opts: common.Opts,
 ) -> None:
-    """Show the jobs given, or the whole queue.
+    """Show a summary of the queue, every job (--all), or the jobs given.
+
+    The summary groups the jobs by status as tomato does (ids cut to their ends when
+    many), then the running jobs, the first and last queued, why the queue waits and
+    the jobs per pipeline. -y/--json without ids print the job list (paged: the newest
+    1000 by default) as before, or the summary with --summary.
 
     Status codes as in tomato: q queued, qw a pipeline can run it, r running,
     rd cancel requested, c completed, ce completed with error, cd cancelled.
     """
+    paging = limit is not None or offset is not None
+    if jobids and (all_ or summary or paging):
+        common.fail(
+            "--all, --summary, --limit and --offset are for the whole listing: not with job ids"
+        )
+    if summary and (all_ or paging):
+        common.fail("--summary counts every job: not with --all, --limit or --offset")
     ctx = opts.context()
     if follow:
         if not jobids or len(jobids) != 1:
             common.fail("--follow watches one job: give exactly one job id")
         _follow(ctx, jobids[0], opts)
-    args = {"jobids": list(jobids) if jobids else None}
+    args: dict[str, Any] = {"jobids": list(jobids) if jobids else None}
+    as_doc = opts.yaml or opts.json
+    if not jobids and (summary or not (as_doc or all_ or paging)):
+        args["summary"] = True
+    if limit is not None:
+        args["limit"] = limit
+    if offset is not None:
+        args["offset"] = offset
     reply = common.run_request(
         ctx, ctx.topics.scheduler_cmd("job_status"), args, timeout=opts.timeout
     )
+    if args.get("summary"):
+        opts.output().reply(reply, lambda s: _summary(reply.msg, s))
+        return
     one = bool(jobids) and len(jobids or []) == 1
     show = _job_detail if one else _job_table
     # tomato's summary line ("found 1 job with status ['r']") above the table
@@ -143,6 +185,36 @@ def status(
     final = reply.data[0] if reply.success and isinstance(reply.data, list) and reply.data else {}
     if follow and final.get("status") in ("ce", "cd"):
         raise typer.Exit(1)
+
+
+def _summary(msg: str, s: Any) -> str:
+    """The grouped summary: tomato's lines by status, then a few tables, each bounded."""
+    if not isinstance(s, Mapping) or not s.get("total"):
+        return msg
+    out = [msg]
+    if s.get("running"):
+        out += ["", "running:", _job_table(s["running"])]
+    head, tail = list(s.get("queued_head") or []), list(s.get("queued_tail") or [])
+    if head:
+        n = int(s.get("queued") or 0)
+        shown = len(head) + len(tail)
+        which = "" if shown == n else f" (the first {len(head)} and the last {len(tail)})"
+        cut = [{"id": "…"}] if shown < n else []
+        out += ["", f"queued: {n}{which}", _job_table(head + cut + tail)]
+    waiting = [w for w in s.get("waiting") or [] if w and w[0]]
+    if waiting:
+        out += ["", "waiting because:"]
+        out += [f"{int(n):>7}  {reason}" for reason, n in waiting[:5]]
+        if len(waiting) > 5:
+            out.append(f"{'':>7}  … and {len(waiting) - 5} other reason(s)")
+    pips = s.get("pipelines") or {}
+    if pips:
+        codes = [c for c in ("r", "rd", "c", "ce", "cd") if any(c in v for v in pips.values())]
+        rows = [{"pipeline": p, **{c: v.get(c, 0) for c in codes}} for p, v in pips.items()]
+        cols = [("pipeline", "pipeline"), *((c, c) for c in codes)]
+        out += ["", "jobs per pipeline:", common.table(rows, cols)]
+    out += ["", "details: ketchup status --all (every job, paged), ketchup status <id> …"]
+    return "\n".join(out)
 
 
 def _follow(ctx: common.CallContext, jobid: int, opts: common.Opts) -> None:

@@ -8,27 +8,19 @@ a :class:`Result`; refusals raise :class:`CommandError` with a message for the u
 from __future__ import annotations
 
 import datetime
-import json
 import logging
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 
 from pydantic import JsonValue
 
 from tomato_mqtt.config.payloads import PayloadError, parse_payload
-from tomato_mqtt.driver.validate import TaskValidationError, validate_task
 from tomato_mqtt.model.jobs import Job
-from tomato_mqtt.model.matching import (
-    ComponentView,
-    MatchResult,
-    match,
-    next_launches,
-    waiting_reason,
-)
 from tomato_mqtt.services.scheduler.access import Access
 from tomato_mqtt.services.scheduler.jobstatus import job_status
 from tomato_mqtt.services.scheduler.lifecycle import JobLifecycle
+from tomato_mqtt.services.scheduler.queue import QueuePass
 from tomato_mqtt.services.scheduler.reload import reload
 from tomato_mqtt.services.scheduler.status import pipeline_info, status_section
 from tomato_mqtt.transport.rpc import CommandError, Handler, Result
@@ -52,20 +44,6 @@ __all__ = ["SchedulerOps"]
 log = logging.getLogger(__name__)
 
 
-class _Queued(NamedTuple):
-    """A queued job as launching sees it (model/matching.QueuedLike)."""
-
-    id: int
-    status: str
-
-
-def _method_key(payload: str) -> tuple[str, str]:
-    """A queued job's method (as canonical JSON) and sample, from its stored payload."""
-    p = json.loads(payload)
-    method = json.dumps(p.get("method", []), sort_keys=True)
-    return method, str((p.get("sample") or {}).get("identifier"))
-
-
 def _now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat()
 
@@ -73,9 +51,7 @@ def _now() -> str:
 class SchedulerOps:
     def __init__(self, svc: SchedulerService) -> None:
         self.svc = svc
-        # queued job -> (its method as JSON, its sample): payloads never change, so a
-        # scheduling pass parses each once, and matches each distinct method once
-        self._queued: dict[int, tuple[str, str]] = {}
+        self.queue = QueuePass(self)
         self.jobs = JobLifecycle(svc)
         self.access = Access(svc.settings)
 
@@ -205,7 +181,7 @@ class SchedulerOps:
         await self.svc.publish_job(job)
         log.info("job %d submitted (%s)", job.id, job.jobname or "no name")
         self.svc.job_event(job.id, "queued", status=job.status)
-        await self.schedule()
+        await self.queue.place(job)
         job = self.store.job(job.id)
         return Result(
             f"job submitted successfully with jobid {job.id}", job.model_dump(mode="json")
@@ -292,81 +268,10 @@ class SchedulerOps:
         return Result(msg, data)
 
     # -- the queue -------------------------------------------------------------------------
-    def _views(self) -> dict[str, ComponentView]:
-        out = {}
-        for name in self.svc.layout.components:
-            meta = self.svc.metas.get(name)
-            node = self.svc.node_of(name)
-            online = node is not None and node.state == "online"
-            caps = frozenset(meta.capabilities) if meta and meta.registered else None
-            out[name] = ComponentView(
-                name=name, capabilities=caps, attrs=meta.attrs if meta else {}, online=online
-            )
-        return out
-
-    @staticmethod
-    def _validator(view: ComponentView, technique: str, params: Mapping[str, Any]) -> str | None:
-        try:
-            validate_task(view.capabilities or (), view.attrs, technique, params)
-        except TaskValidationError as e:
-            return str(e)
-        return None
-
     async def schedule(self) -> None:
-        """Match queued jobs, explain the ones that cannot match, launch what can.
+        await self.queue.schedule()
 
-        One pass reads only (id, status, reason, payload) of the queued jobs, matches
-        each distinct method once, and stores every change in one transaction: 10,000
-        queued jobs cost a pass of tens of ms, not seconds (issue 15)."""
-        svc = self.svc
-        rows = self.store.queue_rows()
-        if not rows:
-            self._queued.clear()
-            return
-        views = self._views()
-        pips = {p.name: p for p in self.store.pipelines()}
-        results: dict[str, MatchResult] = {}
-        reasons: dict[tuple[str, str], str | None] = {}
-        matches: dict[int, MatchResult] = {}
-        queue: list[_Queued] = []
-        changes: list[tuple[int, str, str | None]] = []
-        known, self._queued = self._queued, {}
-        for jobid, status, reason, payload in rows:
-            key, sample = self._queued[jobid] = known.get(jobid) or _method_key(payload)
-            res = results.get(key)
-            if res is None:
-                method = json.loads(key)
-                res = results[key] = match(method, svc.layout.pipelines, views, self._validator)
-            matches[jobid] = res
-            new_status = "qw" if res.candidates else status
-            if res.candidates:  # it can run: say when it waits for the user (a sample)
-                if (key, sample) not in reasons:
-                    reasons[key, sample] = waiting_reason(res.candidates, pips, sample)
-                new_reason = reasons[key, sample]
-            else:
-                new_reason = res.reason
-            if new_status != status or new_reason != reason:
-                changes.append((jobid, new_status, new_reason))
-            if res.candidates:
-                queue.append(_Queued(jobid, new_status))
-        if changes:
-            changed = self.store.set_queue_states(changes)
-            was = {jobid: status for jobid, status, _r, _p in rows}
-            for job in self.store.jobs(ids=changed):
-                await svc.publish_job(job)
-                if job.status == "qw" and was.get(job.id) != "qw":
-                    svc.job_event(job.id, "matched", status="qw")
-        launches = next_launches(
-            queue,
-            pips,
-            matches,
-            lambda j: self._queued[j.id][1],
-            layouts=svc.layout.pipelines,
-        )
-        for jobid, pipeline in launches:
-            await self._launch(self.store.job(jobid), pipeline)
-
-    async def _launch(self, job: Job, pipeline: str) -> None:
+    async def launch(self, job: Job, pipeline: str) -> None:
         svc = self.svc
         roles = dict(svc.layout.pipelines[pipeline].roles)
         job = self.store.update_job(

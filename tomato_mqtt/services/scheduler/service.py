@@ -142,6 +142,10 @@ class SchedulerService(Service):
         """Something changed that may let a job match or launch."""
         self._kick.set()
 
+    def kick_pending(self) -> bool:
+        """A scheduling pass is due (something changed since the last one began)."""
+        return self._kick.is_set()
+
     # -- publishing ------------------------------------------------------------------------
     def _presence(self, state: str) -> SchedulerStatus:
         # counts from the status index: the heartbeat costs the same at any queue depth
