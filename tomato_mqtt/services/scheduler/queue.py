@@ -138,8 +138,10 @@ class QueuePass:
         if changes:
             changed = self.ops.store.set_queue_states(changes)
             was = {jobid: status for jobid, status, _r, _p in rows}
-            for job in self.ops.store.jobs(ids=changed):
-                await svc.publish_job(job)
+            for i, job in enumerate(self.ops.store.jobs(ids=changed)):
+                # thousands at once (a restart, a reload): wait for the broker now and
+                # then, as Retention.announce does
+                await svc.publish_job(job, wait=i % 200 == 199)
                 if job.status == "qw" and was.get(job.id) != "qw":
                     svc.job_event(job.id, "matched", status="qw")
         launches = next_launches(

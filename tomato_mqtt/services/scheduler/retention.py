@@ -27,6 +27,8 @@ if TYPE_CHECKING:
 
 __all__ = ["Retention"]
 
+_CHUNK = 200  # retained statuses published between two waits for the broker's ack
+
 
 def _ended(job: Job) -> float:
     try:
@@ -46,16 +48,17 @@ class Retention:
     def _wanted(self, jobid: int) -> bool:
         return jobid in self.active or jobid in self.finished
 
-    async def publish(self, job: Job) -> None:
-        """Publish the job's summary, or clear it if its retention is over."""
+    async def publish(self, job: Job, wait: bool = False) -> None:
+        """Publish the job's summary, or clear it if its retention is over; ``wait``:
+        until the broker has it (backpressure when publishing many)."""
         if job.status in DONE_STATUSES:
             self.active.discard(job.id)
             self.finished[job.id] = _ended(job)
-            await self.svc.publish(self.svc.topics.job_status(job.id), JobStatus.of(job))
+            await self.svc.publish(self.svc.topics.job_status(job.id), JobStatus.of(job), wait=wait)
             await self.sweep()
         else:
             self.active.add(job.id)
-            await self.svc.publish(self.svc.topics.job_status(job.id), JobStatus.of(job))
+            await self.svc.publish(self.svc.topics.job_status(job.id), JobStatus.of(job), wait=wait)
 
     async def sweep(self) -> None:
         """Clear the finished jobs beyond the count or past the age."""
@@ -72,9 +75,13 @@ class Retention:
         store = self.svc.store
         if store is None:
             return
-        for job in store.jobs(statuses=["q", "qw", "r", "rd"]):
+        for i, job in enumerate(store.jobs(statuses=["q", "qw", "r", "rd"])):
             self.active.add(job.id)
-            await self.svc.publish(self.svc.topics.job_status(job.id), JobStatus.of(job))
+            # a deep queue is thousands of statuses: wait for the broker's ack now and
+            # then, so they do not all sit in the connection's queue at once (requests
+            # and replies queue behind them, and the broker takes them at its pace)
+            wait = i % _CHUNK == _CHUNK - 1
+            await self.svc.publish(self.svc.topics.job_status(job.id), JobStatus.of(job), wait=wait)
         for job in store.recent_finished(self.count):
             self.finished[job.id] = _ended(job)
             await self.svc.publish(self.svc.topics.job_status(job.id), JobStatus.of(job))

@@ -30,7 +30,7 @@ from tomato_mqtt.services.scheduler.recorder_link import RecorderLink
 from tomato_mqtt.services.scheduler.retention import Retention
 from tomato_mqtt.services.scheduler.runner import JobRunner
 from tomato_mqtt.services.scheduler.store import StateStore
-from tomato_mqtt.transport.client import BrokerURL, Message
+from tomato_mqtt.transport.client import BrokerURL, Message, MqttTimeout
 from tomato_mqtt.transport.rpc import NoResponder, Requester, Responder
 from tomato_mqtt.wire.messages import (
     ComponentMeta,
@@ -162,11 +162,14 @@ class SchedulerService(Service):
             jobs_queued=n.get("q", 0) + n.get("qw", 0),
         )
 
-    async def publish(self, topic: str, msg: Any, retain: bool = True) -> None:
+    async def publish(self, topic: str, msg: Any, retain: bool = True, wait: bool = False) -> None:
         if self.client is None:
             return
         payload = msg if isinstance(msg, bytes) else encode(msg)
-        await self.client.publish(topic, payload, retain=retain, wait=False)
+        try:
+            await self.client.publish(topic, payload, retain=retain, wait=wait)
+        except MqttTimeout as e:  # only when waiting: paho still holds it and sends it
+            log.warning("%s", e)
 
     async def _announce(self) -> None:
         """(Re)publish everything retained: after start and after every reconnect."""
@@ -198,8 +201,8 @@ class SchedulerService(Service):
         )
         await self.publish(self.topics.pipeline_status(name), msg)
 
-    async def publish_job(self, job: Job) -> None:
-        await self.retention.publish(job)
+    async def publish_job(self, job: Job, wait: bool = False) -> None:
+        await self.retention.publish(job, wait)
 
     async def clear_pipeline(self, name: str) -> None:
         await self.publish(self.topics.pipeline_status(name), b"")
