@@ -8,16 +8,15 @@ sent); every other command stays light.
 
 from __future__ import annotations
 
-import datetime
 import getpass
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from tomato_mqtt.cli import common
+from tomato_mqtt.cli import common, jobview
 from tomato_mqtt.cli.version import add_version
 
 if TYPE_CHECKING:
@@ -35,15 +34,8 @@ app = typer.Typer(
 )
 add_version(app)
 
-JOB_COLUMNS = (
-    ("id", "id"),
-    ("jobname", "name"),
-    ("status", "status"),
-    ("pipeline", "pipeline"),
-    ("submitted", "submitted"),
-    ("started", "started"),
-    ("ended", "ended"),
-)
+#: wire.commands.JOB_PAGE_MAX (not imported: it would bring pydantic into every call)
+PAGE_MAX = 500
 
 
 # -- submit ------------------------------------------------------------------------------
@@ -130,7 +122,10 @@ def status(
     limit: Annotated[
         int | None,
         typer.Option(
-            "--limit", min=1, max=1000, help="jobs per page of the whole listing (most: 1000)"
+            "--limit",
+            min=1,
+            max=PAGE_MAX,
+            help=f"jobs per page of the whole listing (default and most: {PAGE_MAX})",
         ),
     ] = None,
     offset: Annotated[
@@ -147,7 +142,7 @@ def status(
     The summary groups the jobs by status as tomato does (ids cut to their ends when
     many), then the running jobs, the first and last queued, why the queue waits and
     the jobs per pipeline. -y/--json without ids print the job list (paged: the newest
-    1000 by default) as before, or the summary with --summary.
+    500 by default) as before, or the summary with --summary.
 
     Status codes as in tomato: q queued, qw a pipeline can run it, r running,
     rd cancel requested, c completed, ce completed with error, cd cancelled.
@@ -176,45 +171,15 @@ def status(
         ctx, ctx.topics.scheduler_cmd("job_status"), args, timeout=opts.timeout
     )
     if args.get("summary"):
-        opts.output().reply(reply, lambda s: _summary(reply.msg, s))
+        opts.output().reply(reply, lambda s: jobview.summary(reply.msg, s))
         return
     one = bool(jobids) and len(jobids or []) == 1
-    show = _job_detail if one else _job_table
+    show = jobview.job_detail if one else jobview.job_table
     # tomato's summary line ("found 1 job with status ['r']") above the table
     opts.output().reply(reply, lambda jobs: f"{reply.msg}\n{show(jobs)}" if jobs else reply.msg)
     final = reply.data[0] if reply.success and isinstance(reply.data, list) and reply.data else {}
     if follow and final.get("status") in ("ce", "cd"):
         raise typer.Exit(1)
-
-
-def _summary(msg: str, s: Any) -> str:
-    """The grouped summary: tomato's lines by status, then a few tables, each bounded."""
-    if not isinstance(s, Mapping) or not s.get("total"):
-        return msg
-    out = [msg]
-    if s.get("running"):
-        out += ["", "running:", _job_table(s["running"])]
-    head, tail = list(s.get("queued_head") or []), list(s.get("queued_tail") or [])
-    if head:
-        n = int(s.get("queued") or 0)
-        shown = len(head) + len(tail)
-        which = "" if shown == n else f" (the first {len(head)} and the last {len(tail)})"
-        cut = [{"id": "…"}] if shown < n else []
-        out += ["", f"queued: {n}{which}", _job_table(head + cut + tail)]
-    waiting = [w for w in s.get("waiting") or [] if w and w[0]]
-    if waiting:
-        out += ["", "waiting because:"]
-        out += [f"{int(n):>7}  {reason}" for reason, n in waiting[:5]]
-        if len(waiting) > 5:
-            out.append(f"{'':>7}  … and {len(waiting) - 5} other reason(s)")
-    pips = s.get("pipelines") or {}
-    if pips:
-        codes = [c for c in ("r", "rd", "c", "ce", "cd") if any(c in v for v in pips.values())]
-        rows = [{"pipeline": p, **{c: v.get(c, 0) for c in codes}} for p, v in pips.items()]
-        cols = [("pipeline", "pipeline"), *((c, c) for c in codes)]
-        out += ["", "jobs per pipeline:", common.table(rows, cols)]
-    out += ["", "details: ketchup status --all (every job, paged), ketchup status <id> …"]
-    return "\n".join(out)
 
 
 def _follow(ctx: common.CallContext, jobid: int, opts: common.Opts) -> None:
@@ -270,56 +235,7 @@ def search(
         {"name": name, "complete": True},
         timeout=opts.timeout,
     )
-    opts.output().reply(reply, _job_table)
-
-
-def _when(iso: Any) -> str | None:
-    if not iso:
-        return None
-    try:
-        t = datetime.datetime.fromisoformat(str(iso))
-    except ValueError:
-        return str(iso)
-    return t.astimezone().strftime("%Y-%m-%d %H:%M:%S")
-
-
-def _row(job: Mapping[str, Any]) -> dict[str, Any]:
-    return {
-        **job,
-        "submitted": _when(job.get("submitted_at")),
-        "started": _when(job.get("launched_at")),
-        "ended": _when(job.get("completed_at")),
-    }
-
-
-def _job_table(jobs: Any) -> str:
-    if not isinstance(jobs, Sequence) or not jobs:
-        return "no jobs"
-    rows = [_row(j) for j in jobs if isinstance(j, Mapping)]
-    cols: list[tuple[str, str]] = list(JOB_COLUMNS)
-    if any(r.get("reason") for r in rows):
-        cols.append(("reason", "reason"))
-    return common.table(rows, cols)
-
-
-def _job_detail(jobs: Any) -> str:
-    if not isinstance(jobs, Sequence) or len(jobs) != 1 or not isinstance(jobs[0], Mapping):
-        return _job_table(jobs)
-    j = _row(jobs[0])
-    sample = (j.get("payload") or {}).get("sample") or {}
-    fields = [
-        ("id", j.get("id")),
-        ("name", j.get("jobname")),
-        ("status", j.get("status")),
-        ("sample", sample.get("identifier") or sample.get("name")),
-        ("pipeline", j.get("pipeline")),
-        ("submitted", j["submitted"]),
-        ("started", j["started"]),
-        ("ended", j["ended"]),
-        ("output", j.get("respath")),
-        ("reason", j.get("reason")),
-    ]
-    return "\n".join(f"{k + ':':<10} {'-' if v is None else v}" for k, v in fields)
+    opts.output().reply(reply, jobview.job_table)
 
 
 # -- cancel ------------------------------------------------------------------------------

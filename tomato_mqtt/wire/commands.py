@@ -93,7 +93,7 @@ class JobIdsArgs(_Args):
 
 
 #: the most jobs one ``job_status`` reply lists (the whole listing is paged beyond it)
-JOB_PAGE_MAX = 1000
+JOB_PAGE_MAX = 500
 
 
 class JobStatusArgs(_Args):

@@ -39,7 +39,9 @@ def job_status(store: StateStore, a: JobStatusArgs) -> Result:
         return _by_id(store, a.jobids)
     if a.summary:
         if a.limit is not None or a.offset is not None:
-            raise CommandError("limit and offset page the listing, not the summary", "bad_request")
+            raise CommandError(
+                "limit and offset page the listing, not the summary", code="bad_request"
+            )
         return _summary(store)
     return _page(store, a.limit or JOB_PAGE_MAX, a.offset)
 

@@ -228,6 +228,13 @@ class StateStore:
         byid = {j.id: j for j in self.jobs(ids=head + tail)}
         return count, [byid[i] for i in head], [byid[i] for i in tail]
 
+    def job_ids(self, statuses: Iterable[str]) -> list[int]:
+        """The ids of every job with one of ``statuses``, ascending (from the index)."""
+        vals = list(statuses)
+        marks = ", ".join("?" * len(vals))  # only "?" placeholders are spliced in
+        sql = f"SELECT id FROM jobs WHERE status IN ({marks}) ORDER BY id"
+        return [r[0] for r in self._db.execute(sql, vals)]
+
     def status_ids(self, status: str, n: int, last: bool = False) -> list[int]:
         """The first (or last) ``n`` ids with ``status``, ascending."""
         order = "DESC" if last else "ASC"  # one of two literals, never the caller's text
