@@ -49,6 +49,7 @@ class QueuePass:
         self.svc = ops.svc
         # queued job -> (its method as JSON, its sample): payloads never change
         self._queued: dict[int, tuple[str, str]] = {}
+        self._last: tuple[Any, ...] | None = None
 
     def _views(self) -> dict[str, ComponentView]:
         out = {}
@@ -105,12 +106,20 @@ class QueuePass:
         each distinct method once, and stores every change in one transaction: 10,000
         queued jobs cost a pass of tens of ms, not seconds (issue 15)."""
         svc = self.svc
-        rows = self.ops.store.queue_rows()
+        store = self.ops.store
+        views = self._views()
+        pips = {p.name: p for p in store.pipelines()}
+        # a node's heartbeat kicks a pass too: with nothing changed since the last one
+        # (no write to the store, the same components, pipelines and layout) there is
+        # nothing to decide, and 10,000 queued jobs are not read again
+        seen = (store.writes, id(svc.layout), views, pips)
+        if seen == self._last:
+            return
+        rows = store.queue_rows()
         if not rows:
             self._queued.clear()
+            self._last = seen
             return
-        views = self._views()
-        pips = {p.name: p for p in self.ops.store.pipelines()}
         results: dict[str, MatchResult] = {}
         reasons: dict[tuple[str, str], str | None] = {}
         matches: dict[int, MatchResult] = {}
@@ -144,6 +153,11 @@ class QueuePass:
                 await svc.publish_job(job, wait=i % 200 == 199)
                 if job.status == "qw" and was.get(job.id) != "qw":
                     svc.job_event(job.id, "matched", status="qw")
+        # what this pass has decided on, unless the store changed under it while it
+        # published (then the next pass looks again); a launch writes, so the pass
+        # after a launch runs
+        ours = seen[0] + (1 if changes else 0)
+        self._last = (ours, *seen[1:]) if store.writes == ours else None
         launches = next_launches(
             queue,
             pips,

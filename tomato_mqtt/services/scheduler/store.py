@@ -62,6 +62,9 @@ class StateStore:
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
+        #: committed write transactions so far: a scheduling pass that finds the same
+        #: count (and the same components and pipelines) has nothing new to decide
+        self.writes = 0
         self.path.parent.mkdir(parents=True, exist_ok=True)
         # autocommit mode: transactions are explicit (see _write)
         self._db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
@@ -105,6 +108,7 @@ class StateStore:
             self._db.execute("ROLLBACK")
             raise
         self._db.execute("COMMIT")
+        self.writes += 1
 
     # -- pipelines -------------------------------------------------------------------------
     def sync_pipelines(self, names: Iterable[str]) -> None:
