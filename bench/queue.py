@@ -4,15 +4,16 @@
 embedded broker on a free port, 2 counter components), and times whole-process CLI
 calls (median of ``reps``):
 
-1. at 1 queued job (submitted through the client library ``tomato_mqtt.client``), with
-   ``python -c pass`` of the same interpreter as the floor;
-2. then the stack is stopped, the scheduler's own store (``state.sqlite``, through
-   :class:`StateStore` for the schema) gets ``depth - LIVE`` more queued jobs in one
-   transaction — a lab whose scheduler restarts with a deep queue — and the stack is
-   started again; the last ``LIVE`` jobs are submitted through the client library while
-   it runs (their latency is a row: a submit must not grow with the queue either);
-3. at ``depth`` queued jobs: ``ketchup status`` (the summary), its output size, and
-   ``ketchup status -y`` (a page of the listing: the newest 500 jobs).
+1. the deep stack: ``reps`` jobs submitted through the client library
+   (``tomato_mqtt.client``, timed: the shallow submit), stopped; its scheduler's own
+   store (``state.sqlite``, schema by :class:`StateStore`) gets ``depth - reps - LIVE``
+   more queued jobs in one transaction (a lab whose scheduler restarts with a deep
+   queue); started again; the last ``LIVE`` jobs are submitted through the client
+   library while it runs (a submit must not grow with the queue either);
+2. the 1-job stack: one job submitted through the client library;
+3. alternating, ``reps`` times: ``python -c pass`` (the floor), ``ketchup status`` at 1
+   job, ``ketchup status`` at ``depth`` (the summary; its size is a row too), and
+   ``ketchup status -y`` at ``depth`` (a page of the listing: the newest 500 jobs).
 
 Every job asks for a sample no pipeline holds, so the whole queue stays queued (``qw``,
 with its reason). Filling through ``ketchup submit`` would take minutes of process
@@ -40,16 +41,12 @@ DEPTH = 10_000
 LIVE = 50  # of the deep queue, submitted through the client library while it runs
 TARGET = 0.2  # s, issue 15
 PAGE = 500  # wire.commands.JOB_PAGE_MAX
+RTT = 10  # summary round trips per stack and repetition
 PAYLOAD: dict[str, Any] = {
     "version": "0.2",
     "sample": {"name": "bench-queue-never-loaded"},
     "method": [{"device": "counter", "technique": "count", "time": 1.0, "delay": 0.1}],
 }
-
-
-def _timed(cmd: list[str], reps: int, cwd: Path) -> tuple[list[float], harness.Call]:
-    calls = [harness.run(cmd, cwd=cwd).check() for _ in range(reps)]
-    return [c.wall for c in calls], calls[-1]
 
 
 def _submit(stack: TomatoMqtt, n: int) -> list[float]:
@@ -122,36 +119,79 @@ def _settled(stack: TomatoMqtt, depth: int, timeout: float = 180) -> dict[str, i
     return counts
 
 
+def _rtt(client: Any) -> float:
+    """One summary request through the client library, in ms."""
+    t0 = time.perf_counter()
+    client.call("job_status", {"summary": True})
+    return (time.perf_counter() - t0) * 1000
+
+
+def _stop_only(stack: TomatoMqtt) -> None:
+    """``tomato stop`` of one stack (TomatoMqtt.stop also ends every other descendant)."""
+    harness.run(
+        [str(BIN / "tomato"), "stop", *stack.dirs, "-p", str(stack.port), "--timeout", "15"],
+        timeout=30,
+    )
+
+
 def rows(reps: int, depth: int = DEPTH) -> list[Row]:
+    """Two stacks run side by side, one with 1 job and one with ``depth`` queued, and the
+    calls alternate between them (bare, 1 job, deep, deep -y; ``reps`` times): a busy
+    shared machine slows both alike, so the ratio holds even when the seconds do not."""
     harness.become_subreaper()
     root = Path(tempfile.mkdtemp(prefix="bench-queue-"))
-    stack = TomatoMqtt(root / "stack", 2)
-    stack.prepare()
-    port_args = ["-p", str(stack.port), "-A", str(stack.root)]
-    status = [str(BIN / "ketchup"), "status", *port_args]
-    bare, _ = _timed([sys.executable, "-c", "pass"], reps, root)
+    one_stack = TomatoMqtt(root / "one", 2)
+    deep_stack = TomatoMqtt(root / "deep", 2)
+    for st in (one_stack, deep_stack):
+        st.prepare()
+
+    def status(st: TomatoMqtt, *extra: str) -> list[str]:
+        return [str(BIN / "ketchup"), "status", "-p", str(st.port), "-A", str(st.root), *extra]
+
+    bare: list[float] = []
+    at1: list[float] = []
+    deep: list[float] = []
+    page: list[float] = []
+    rtt1: list[float] = []
+    rtt_deep: list[float] = []
     try:
-        stack.start()
-        shallow_submit = _submit(stack, 1)
-        _settled(stack, 1)
-        at1, one = _timed(status, reps, root)
-        shallow_submit += _submit(stack, max(0, reps - 1))
-        stack.stop()
-        _fill(stack.root / "state.sqlite", depth - reps - LIVE, root)
+        deep_stack.start()
+        shallow_submit = _submit(deep_stack, reps)
+        deep_stack.stop()
+        _fill(deep_stack.root / "state.sqlite", depth - reps - LIVE, root)
         t0 = time.monotonic()
-        stack.start(timeout=120)
-        _settled(stack, depth - LIVE)
+        deep_stack.start(timeout=120)
+        _settled(deep_stack, depth - LIVE)
         settle = time.monotonic() - t0
-        deep_submit = _submit(stack, LIVE)
-        counts = _settled(stack, depth)
-        deep, summary = _timed(status, reps, root)
-        page, listing = _timed([*status, "-y"], reps, root)
+        deep_submit = _submit(deep_stack, LIVE)
+        counts = _settled(deep_stack, depth)
+        one_stack.start()
+        _submit(one_stack, 1)
+        _settled(one_stack, 1)
+        from tomato_mqtt.client import Tomato
+
+        with (
+            Tomato.from_settings(one_stack.root, timeout=30) as c1,
+            Tomato.from_settings(deep_stack.root, timeout=30) as c2,
+        ):
+            for _ in range(reps):
+                bare.append(harness.run([sys.executable, "-c", "pass"], cwd=root).check().wall)
+                one = harness.run(status(one_stack), cwd=root).check()
+                summary = harness.run(status(deep_stack), cwd=root).check()
+                listing = harness.run(status(deep_stack, "-y"), cwd=root).check()
+                at1.append(one.wall)
+                deep.append(summary.wall)
+                page.append(listing.wall)
+                # the request alone (no process start): what the queue could make grow
+                for _ in range(RTT):
+                    rtt1.append(_rtt(c1))
+                    rtt_deep.append(_rtt(c2))
     finally:
-        stack.stop()
+        _stop_only(deep_stack)
+        one_stack.stop()
     print(
         f"queue: {counts}; {depth - LIVE} matched and announced {settle:.1f} s after "
-        f"tomato start; 1-job output "
-        f"{len(one.out)} B; summary at {depth}:\n{summary.out}",
+        f"tomato start; 1-job output {len(one.out)} B; summary at {depth}:\n{summary.out}",
         file=sys.stderr,
     )
     kb = len(summary.out.encode()) / 1000
@@ -164,6 +204,16 @@ def rows(reps: int, depth: int = DEPTH) -> list[Row]:
             statistics.median(deep) <= TARGET,
             "same call at 1 job",
             at1,
+        ),
+        Row(
+            f"summary request alone (client library), {depth:,} queued",
+            "ms",
+            rtt_deep,
+            "does not grow (≤ 1.5x at 1 job)",
+            statistics.median(rtt_deep) <= 1.5 * statistics.median(rtt1),
+            "at 1 job",
+            rtt1,
+            fmt="{:.1f}",
         ),
         Row(
             "ketchup status, 1 job (whole process)",
