@@ -8,14 +8,12 @@ sent); every other command stays light.
 
 from __future__ import annotations
 
-import datetime
-from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from tomato_mqtt.cli import common, ketchup_core
+from tomato_mqtt.cli import common, jobview, ketchup_core
 from tomato_mqtt.cli.version import add_version
 
 if TYPE_CHECKING:
@@ -33,15 +31,8 @@ app = typer.Typer(
 )
 add_version(app)
 
-JOB_COLUMNS = (
-    ("id", "id"),
-    ("jobname", "name"),
-    ("status", "status"),
-    ("pipeline", "pipeline"),
-    ("submitted", "submitted"),
-    ("started", "started"),
-    ("ended", "ended"),
-)
+#: wire.commands.JOB_PAGE_MAX (not imported: it would bring pydantic into every call)
+PAGE_MAX = 500
 
 
 # -- submit ------------------------------------------------------------------------------
@@ -64,7 +55,7 @@ def submit(
 @common.options(common.CLIENT)
 def status(
     jobids: Annotated[
-        list[int] | None, typer.Argument(help="job ids (default: the whole queue)")
+        list[int] | None, typer.Argument(help="job ids (default: a summary of all jobs)")
     ] = None,
     follow: Annotated[
         bool,
@@ -74,25 +65,70 @@ def status(
             "otherwise; exits 1 if it ends ce or cd",
         ),
     ] = False,
+    all_: Annotated[
+        bool,
+        typer.Option("--all", "-a", help="every job as a table (paged: --limit, --offset)"),
+    ] = False,
+    summary: Annotated[
+        bool,
+        typer.Option("--summary", help="with -y/--json: the summary instead of the job list"),
+    ] = False,
+    limit: Annotated[
+        int | None,
+        typer.Option(
+            "--limit",
+            min=1,
+            max=PAGE_MAX,
+            help=f"jobs per page of the whole listing (default and most: {PAGE_MAX})",
+        ),
+    ] = None,
+    offset: Annotated[
+        int | None,
+        typer.Option(
+            "--offset", min=0, help="first job of the page, 0 = the oldest (default: the last page)"
+        ),
+    ] = None,
     *,
     opts: common.Opts,
 ) -> None:
-    """Show the jobs given, or the whole queue.
+    """Show a summary of the queue, every job (--all), or the jobs given.
+
+    The summary groups the jobs by status as tomato does (ids cut to their ends when
+    many), then the running jobs, the first and last queued, why the queue waits and
+    the jobs per pipeline. -y/--json without ids print the job list (paged: the newest
+    500 by default) as before, or the summary with --summary.
 
     Status codes as in tomato: q queued, qw a pipeline can run it, r running,
     rd cancel requested, c completed, ce completed with error, cd cancelled.
     """
+    paging = limit is not None or offset is not None
+    if jobids and (all_ or summary or paging):
+        common.fail(
+            "--all, --summary, --limit and --offset are for the whole listing: not with job ids"
+        )
+    if summary and (all_ or paging):
+        common.fail("--summary counts every job: not with --all, --limit or --offset")
     ctx = opts.context()
     if follow:
         if not jobids or len(jobids) != 1:
             common.fail("--follow watches one job: give exactly one job id")
         _follow(ctx, jobids[0], opts)
-    args = {"jobids": list(jobids) if jobids else None}
+    args: dict[str, Any] = {"jobids": list(jobids) if jobids else None}
+    as_doc = opts.yaml or opts.json
+    if not jobids and (summary or not (as_doc or all_ or paging)):
+        args["summary"] = True
+    if limit is not None:
+        args["limit"] = limit
+    if offset is not None:
+        args["offset"] = offset
     reply = common.run_request(
         ctx, ctx.topics.scheduler_cmd("job_status"), args, timeout=opts.timeout
     )
+    if args.get("summary"):
+        opts.output().reply(reply, lambda s: jobview.summary(reply.msg, s))
+        return
     one = bool(jobids) and len(jobids or []) == 1
-    show = _job_detail if one else _job_table
+    show = jobview.job_detail if one else jobview.job_table
     # tomato's summary line ("found 1 job with status ['r']") above the table
     opts.output().reply(reply, lambda jobs: f"{reply.msg}\n{show(jobs)}" if jobs else reply.msg)
     final = reply.data[0] if reply.success and isinstance(reply.data, list) and reply.data else {}
@@ -153,56 +189,7 @@ def search(
         {"name": name, "complete": True},
         timeout=opts.timeout,
     )
-    opts.output().reply(reply, _job_table)
-
-
-def _when(iso: Any) -> str | None:
-    if not iso:
-        return None
-    try:
-        t = datetime.datetime.fromisoformat(str(iso))
-    except ValueError:
-        return str(iso)
-    return t.astimezone().strftime("%Y-%m-%d %H:%M:%S")
-
-
-def _row(job: Mapping[str, Any]) -> dict[str, Any]:
-    return {
-        **job,
-        "submitted": _when(job.get("submitted_at")),
-        "started": _when(job.get("launched_at")),
-        "ended": _when(job.get("completed_at")),
-    }
-
-
-def _job_table(jobs: Any) -> str:
-    if not isinstance(jobs, Sequence) or not jobs:
-        return "no jobs"
-    rows = [_row(j) for j in jobs if isinstance(j, Mapping)]
-    cols: list[tuple[str, str]] = list(JOB_COLUMNS)
-    if any(r.get("reason") for r in rows):
-        cols.append(("reason", "reason"))
-    return common.table(rows, cols)
-
-
-def _job_detail(jobs: Any) -> str:
-    if not isinstance(jobs, Sequence) or len(jobs) != 1 or not isinstance(jobs[0], Mapping):
-        return _job_table(jobs)
-    j = _row(jobs[0])
-    sample = (j.get("payload") or {}).get("sample") or {}
-    fields = [
-        ("id", j.get("id")),
-        ("name", j.get("jobname")),
-        ("status", j.get("status")),
-        ("sample", sample.get("identifier") or sample.get("name")),
-        ("pipeline", j.get("pipeline")),
-        ("submitted", j["submitted"]),
-        ("started", j["started"]),
-        ("ended", j["ended"]),
-        ("output", j.get("respath")),
-        ("reason", j.get("reason")),
-    ]
-    return "\n".join(f"{k + ':':<10} {'-' if v is None else v}" for k, v in fields)
+    opts.output().reply(reply, jobview.job_table)
 
 
 # -- cancel ------------------------------------------------------------------------------

@@ -32,7 +32,7 @@ from tomato_mqtt.model.jobs import Job as JobInfo
 from tomato_mqtt.model.jobs import PipelineState
 from tomato_mqtt.transport.client import AsyncClient, Message, MqttError
 from tomato_mqtt.transport.rpc import NoResponder, ReplyError, Requester
-from tomato_mqtt.wire.commands import FileData, command
+from tomato_mqtt.wire.commands import JOB_PAGE_MAX, FileData, JobSummary, command
 from tomato_mqtt.wire.messages import DataBatch, DecodeError, Reply, decode
 from tomato_mqtt.wire.topics import Topics
 
@@ -211,7 +211,21 @@ class AsyncTomato:
         return jobs[0]
 
     async def jobs(self, *jobids: int) -> list[JobInfo]:
-        return await self.call("job_status", {"jobids": list(jobids) or None})  # type: ignore[no-any-return]
+        """The jobs given, or every job (asked page by page: a reply holds at most
+        ``JOB_PAGE_MAX``)."""
+        if jobids:
+            return await self.call("job_status", {"jobids": list(jobids)})  # type: ignore[no-any-return]
+        out: list[JobInfo] = []
+        while True:
+            page = await self.call("job_status", {"offset": len(out), "limit": JOB_PAGE_MAX})
+            out += page
+            if len(page) < JOB_PAGE_MAX:
+                return out
+
+    async def summary(self) -> JobSummary:
+        """Counts per status and pipeline, the running jobs, the first and last queued:
+        one small reply however deep the queue (``ketchup status``)."""
+        return await self.call("job_status", {"summary": True})  # type: ignore[no-any-return]
 
     async def search(self, name: str, complete: bool = True) -> list[JobInfo]:
         return await self.call("job_search", {"name": name, "complete": complete})  # type: ignore[no-any-return]

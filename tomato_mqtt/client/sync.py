@@ -26,7 +26,7 @@ if TYPE_CHECKING:  # asyncio (~25 ms) only when a call needs it: the CLI's fast 
     from tomato_mqtt.client.progress import Progress
     from tomato_mqtt.model.jobs import Job as JobInfo
     from tomato_mqtt.model.jobs import PipelineState
-    from tomato_mqtt.wire.commands import FileData
+    from tomato_mqtt.wire.commands import FileData, JobSummary
     from tomato_mqtt.wire.messages import DataBatch
 
 __all__ = ["Job", "Tomato"]
@@ -208,6 +208,9 @@ class Tomato:
 
     def jobs(self, *jobids: int) -> list[JobInfo]:
         return self._run(self.aio.jobs(*jobids))
+
+    def summary(self) -> JobSummary:
+        return self._run(self.aio.summary())
 
     def search(self, name: str, complete: bool = True) -> list[JobInfo]:
         return self._run(self.aio.search(name, complete))

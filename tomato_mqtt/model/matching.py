@@ -14,11 +14,12 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from tomato_mqtt.config.devices import PipelineLayout
-    from tomato_mqtt.model.jobs import Job, PipelineState
+    from tomato_mqtt.model.jobs import PipelineState
 
 __all__ = [
     "ComponentView",
     "MatchResult",
+    "QueuedLike",
     "TaskLike",
     "Validator",
     "match",
@@ -39,6 +40,17 @@ class ComponentView:
 
 Validator = Callable[[ComponentView, str, Mapping[str, Any]], str | None]
 """(component, technique name, task params) -> why the task is invalid, or None."""
+
+
+class QueuedLike(Protocol):
+    """What launching reads of a queued job: a Job, or a light stand-in for one (a pass
+    over 10,000 queued jobs builds no model per job)."""
+
+    @property
+    def id(self) -> int: ...
+
+    @property
+    def status(self) -> str: ...
 
 
 class TaskLike(Protocol):
@@ -145,10 +157,10 @@ def _problem(
 
 
 def next_launches(
-    queue: Sequence[Job],
+    queue: Sequence[QueuedLike],
     pipelines: Mapping[str, PipelineState],
     matches: Mapping[int, MatchResult],
-    sample_of: Callable[[Job], str],
+    sample_of: Callable[[Any], str],
     layouts: Mapping[str, PipelineLayout] | None = None,
 ) -> list[tuple[int, str]]:
     """``(job id, pipeline)`` for every job that launches now, in order of job id.
@@ -213,5 +225,5 @@ def waiting_reason(
     return None
 
 
-def _job_id(job: Job) -> int:
+def _job_id(job: QueuedLike) -> int:
     return job.id

@@ -92,6 +92,59 @@ class JobIdsArgs(_Args):
     jobids: list[int] | None = None
 
 
+#: the most jobs one ``job_status`` reply lists (the whole listing is paged beyond it)
+JOB_PAGE_MAX = 500
+
+
+class JobStatusArgs(_Args):
+    """``job_status``: the jobs given, a page of the whole listing, or a summary."""
+
+    jobids: list[int] | None = Field(None, description="these jobs, in this order (not paged)")
+    summary: bool = Field(
+        False, description="counts per status and pipeline instead of jobs (JobSummary)"
+    )
+    limit: int | None = Field(
+        None,
+        ge=1,
+        le=JOB_PAGE_MAX,
+        description=f"jobs per page of the whole listing (default and most: {JOB_PAGE_MAX})",
+    )
+    offset: int | None = Field(
+        None,
+        ge=0,
+        description="position of the page's first job in the listing by id (default: the "
+        "last page, so the newest jobs are always in it)",
+    )
+
+
+class StatusIds(_Data):
+    """The jobs of one status: how many, and the first and last of their ids."""
+
+    count: int
+    head: list[int] = Field(description="the first ids, ascending")
+    tail: list[int] = Field(
+        description="the last ids, ascending, none of them in head: when "
+        "len(head) + len(tail) == count these are all the ids"
+    )
+
+
+class JobSummary(_Data):
+    """``job_status`` with ``summary``: a bounded reply however deep the queue."""
+
+    total: int = Field(description="jobs in the store, of any status")
+    statuses: dict[str, StatusIds] = Field(description="status code -> its jobs")
+    pipelines: dict[str, dict[str, int]] = Field(
+        description="pipeline -> status -> jobs that ran or run there"
+    )
+    running: list[Job] = Field(description="every job in r or rd (at most one per pipeline)")
+    queued: int = Field(description="jobs in q or qw")
+    queued_head: list[Job] = Field(description="the first queued jobs (they launch first)")
+    queued_tail: list[Job] = Field(description="the last queued jobs, none in queued_head")
+    waiting: list[tuple[str | None, int]] = Field(
+        description="(reason, number of queued jobs) — why the queue waits, most first"
+    )
+
+
 class SearchArgs(_Args):
     name: str
     complete: bool = False
@@ -336,7 +389,13 @@ COMMANDS: tuple[Command, ...] = (
     _c("scheduler", "pipeline_eject", PipelineArgs, PipelineInfo, "eject the sample"),
     _c("scheduler", "pipeline_ready", PipelineArgs, PipelineInfo, "mark ready"),
     _c("scheduler", "job_submit", SubmitArgs, Job, "queue a payload"),
-    _c("scheduler", "job_status", JobIdsArgs, list[Job], "jobs (all, or by id)"),
+    _c(
+        "scheduler",
+        "job_status",
+        JobStatusArgs,
+        list[Job] | JobSummary,
+        "jobs by id, a page of all, or a summary",
+    ),
     _c("scheduler", "job_cancel", JobIdsArgs, list[Job], "cancel jobs"),
     _c("scheduler", "job_search", SearchArgs, list[Job], "jobs by name"),
     _c("scheduler", "job_snapshot", SnapshotArgs, FileData, "up-to-date file of a job"),

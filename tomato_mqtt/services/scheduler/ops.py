@@ -16,23 +16,17 @@ from typing import TYPE_CHECKING, Any
 from pydantic import JsonValue
 
 from tomato_mqtt.config.payloads import PayloadError, parse_payload
-from tomato_mqtt.driver.validate import TaskValidationError, validate_task
 from tomato_mqtt.model.jobs import Job
-from tomato_mqtt.model.matching import (
-    ComponentView,
-    MatchResult,
-    match,
-    next_launches,
-    waiting_reason,
-)
 from tomato_mqtt.services.scheduler.access import Access
+from tomato_mqtt.services.scheduler.jobstatus import job_status
 from tomato_mqtt.services.scheduler.lifecycle import JobLifecycle
+from tomato_mqtt.services.scheduler.queue import QueuePass
 from tomato_mqtt.services.scheduler.reload import reload
 from tomato_mqtt.services.scheduler.status import pipeline_info, status_section
-from tomato_mqtt.services.scheduler.texts import found_text, sample_of
 from tomato_mqtt.transport.rpc import CommandError, Handler, Result
 from tomato_mqtt.wire.commands import (
     JobIdsArgs,
+    JobStatusArgs,
     LoadArgs,
     NoArgs,
     PipelineArgs,
@@ -57,6 +51,8 @@ def _now() -> str:
 class SchedulerOps:
     def __init__(self, svc: SchedulerService) -> None:
         self.svc = svc
+        self.queue = QueuePass(self)
+        self._summary: tuple[int, Result] | None = None  # (store writes, summary)
         self.jobs = JobLifecycle(svc)
         self.access = Access(svc.settings)
 
@@ -186,7 +182,7 @@ class SchedulerOps:
         await self.svc.publish_job(job)
         log.info("job %d submitted (%s)", job.id, job.jobname or "no name")
         self.svc.job_event(job.id, "queued", status=job.status)
-        await self.schedule()
+        await self.queue.place(job)
         job = self.store.job(job.id)
         return Result(
             f"job submitted successfully with jobid {job.id}", job.model_dump(mode="json")
@@ -205,9 +201,15 @@ class SchedulerOps:
 
     async def job_status(self, args: Mapping[str, JsonValue]) -> Result:
         self.access.require("job_status")
-        a = JobIdsArgs.model_validate(args)
-        jobs = self._jobs(a.jobids)
-        return Result(found_text(jobs), [j.model_dump(mode="json") for j in jobs])
+        a = JobStatusArgs.model_validate(args)
+        store = self.store
+        if not (a.summary and a.jobids is None and a.limit is None and a.offset is None):
+            return job_status(store, a)
+        # the summary depends on the store alone: while nothing was written, the last
+        # one stands (dashboards and CLIs asking in a row cost one set of counts)
+        if self._summary is None or self._summary[0] != store.writes:
+            self._summary = (store.writes, job_status(store, a))
+        return self._summary[1]
 
     async def job_search(self, args: Mapping[str, JsonValue]) -> Result:
         self.access.require("job_search")
@@ -275,55 +277,10 @@ class SchedulerOps:
         return Result(msg, data)
 
     # -- the queue -------------------------------------------------------------------------
-    def _views(self) -> dict[str, ComponentView]:
-        out = {}
-        for name in self.svc.layout.components:
-            meta = self.svc.metas.get(name)
-            node = self.svc.node_of(name)
-            online = node is not None and node.state == "online"
-            caps = frozenset(meta.capabilities) if meta and meta.registered else None
-            out[name] = ComponentView(
-                name=name, capabilities=caps, attrs=meta.attrs if meta else {}, online=online
-            )
-        return out
-
-    @staticmethod
-    def _validator(view: ComponentView, technique: str, params: Mapping[str, Any]) -> str | None:
-        try:
-            validate_task(view.capabilities or (), view.attrs, technique, params)
-        except TaskValidationError as e:
-            return str(e)
-        return None
-
     async def schedule(self) -> None:
-        """Match queued jobs, explain the ones that cannot match, launch what can."""
-        svc = self.svc
-        queue = list(self.store.jobs(statuses=["q", "qw"]))
-        if not queue:
-            return
-        views = self._views()
-        matches: dict[int, MatchResult] = {}
-        pips = {p.name: p for p in self.store.pipelines()}
-        for job in queue:
-            res = match(job.payload.get("method", []), svc.layout.pipelines, views, self._validator)
-            matches[job.id] = res
-            new_status = "qw" if res.candidates else job.status
-            if res.candidates:  # it can run: say when it waits for the user (a sample)
-                reason = waiting_reason(res.candidates, pips, sample_of(job))
-            else:
-                reason = res.reason
-            if new_status != job.status or reason != job.reason:
-                job = self.store.update_job(job.id, status=new_status, reason=reason)
-                await svc.publish_job(job)
-                if new_status == "qw":
-                    svc.job_event(job.id, "matched", status="qw")
-        queue = list(self.store.jobs(statuses=["q", "qw"]))
-        pips = {p.name: p for p in self.store.pipelines()}
-        launches = next_launches(queue, pips, matches, sample_of, layouts=svc.layout.pipelines)
-        for jobid, pipeline in launches:
-            await self._launch(self.store.job(jobid), pipeline)
+        await self.queue.schedule()
 
-    async def _launch(self, job: Job, pipeline: str) -> None:
+    async def launch(self, job: Job, pipeline: str) -> None:
         svc = self.svc
         roles = dict(svc.layout.pipelines[pipeline].roles)
         job = self.store.update_job(

@@ -27,6 +27,8 @@ if TYPE_CHECKING:
 
 __all__ = ["Retention"]
 
+_CHUNK = 200  # retained statuses published between two waits for the broker's ack
+
 
 def _ended(job: Job) -> float:
     try:
@@ -46,16 +48,17 @@ class Retention:
     def _wanted(self, jobid: int) -> bool:
         return jobid in self.active or jobid in self.finished
 
-    async def publish(self, job: Job) -> None:
-        """Publish the job's summary, or clear it if its retention is over."""
+    async def publish(self, job: Job, wait: bool = False) -> None:
+        """Publish the job's summary, or clear it if its retention is over; ``wait``:
+        until the broker has it (backpressure when publishing many)."""
         if job.status in DONE_STATUSES:
             self.active.discard(job.id)
             self.finished[job.id] = _ended(job)
-            await self.svc.publish(self.svc.topics.job_status(job.id), JobStatus.of(job))
+            await self.svc.publish(self.svc.topics.job_status(job.id), JobStatus.of(job), wait=wait)
             await self.sweep()
         else:
             self.active.add(job.id)
-            await self.svc.publish(self.svc.topics.job_status(job.id), JobStatus.of(job))
+            await self.svc.publish(self.svc.topics.job_status(job.id), JobStatus.of(job), wait=wait)
 
     async def sweep(self) -> None:
         """Clear the finished jobs beyond the count or past the age."""
@@ -68,16 +71,32 @@ class Retention:
             await self.svc.publish(self.svc.topics.job_status(j), b"")
 
     async def announce(self) -> None:
-        """After (re)connecting: the statuses to keep, and nothing else."""
+        """After (re)connecting: the statuses to keep, and nothing else.
+
+        What to keep is settled at once; the statuses go out in the background, a chunk
+        at a time, each chunk read afresh just before it is sent (so none is older than
+        a change published meanwhile), with a wait for the broker's ack between chunks:
+        a deep queue is thousands of statuses, and the nodes' configuration and the
+        replies to requests must not queue behind all of them (issue 15)."""
         store = self.svc.store
         if store is None:
             return
-        for job in store.jobs(statuses=["q", "qw", "r", "rd"]):
-            self.active.add(job.id)
-            await self.svc.publish(self.svc.topics.job_status(job.id), JobStatus.of(job))
-        for job in store.recent_finished(self.count):
+        ids = store.job_ids(["q", "qw", "r", "rd"])
+        self.active.update(ids)
+        recent = store.recent_finished(self.count)
+        for job in recent:
             self.finished[job.id] = _ended(job)
-            await self.svc.publish(self.svc.topics.job_status(job.id), JobStatus.of(job))
+        self.svc.spawn(self._publish_all([*ids, *(j.id for j in recent)]))
+
+    async def _publish_all(self, ids: list[int]) -> None:
+        for at in range(0, len(ids), _CHUNK):
+            store = self.svc.store
+            if store is None:
+                return
+            jobs = [j for j in store.jobs(ids=ids[at : at + _CHUNK]) if self._wanted(j.id)]
+            for k, job in enumerate(jobs):
+                topic = self.svc.topics.job_status(job.id)
+                await self.svc.publish(topic, JobStatus.of(job), wait=k == len(jobs) - 1)
         await self.sweep()
 
     async def seen(self, jobid: int, retained: bool) -> None:

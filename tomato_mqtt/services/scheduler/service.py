@@ -30,7 +30,7 @@ from tomato_mqtt.services.scheduler.recorder_link import RecorderLink
 from tomato_mqtt.services.scheduler.retention import Retention
 from tomato_mqtt.services.scheduler.runner import JobRunner
 from tomato_mqtt.services.scheduler.store import StateStore
-from tomato_mqtt.transport.client import BrokerURL, Message
+from tomato_mqtt.transport.client import BrokerURL, Message, MqttTimeout
 from tomato_mqtt.transport.rpc import NoResponder, Requester, Responder
 from tomato_mqtt.wire.messages import (
     ComponentMeta,
@@ -142,9 +142,14 @@ class SchedulerService(Service):
         """Something changed that may let a job match or launch."""
         self._kick.set()
 
+    def kick_pending(self) -> bool:
+        """A scheduling pass is due (something changed since the last one began)."""
+        return self._kick.is_set()
+
     # -- publishing ------------------------------------------------------------------------
     def _presence(self, state: str) -> SchedulerStatus:
-        jobs = self.store.jobs(statuses=["r", "rd", "q", "qw"]) if self.store else []
+        # counts from the status index: the heartbeat costs the same at any queue depth
+        n = self.store.status_counts() if self.store else {}
         return SchedulerStatus(
             state=state,
             instance=self.settings.mqtt.instance,
@@ -153,15 +158,18 @@ class SchedulerService(Service):
             version=__version__,
             started_at=self.started_at,
             broker=str(self.url),
-            jobs_running=sum(1 for j in jobs if j.status in ("r", "rd")),
-            jobs_queued=sum(1 for j in jobs if j.status in ("q", "qw")),
+            jobs_running=n.get("r", 0) + n.get("rd", 0),
+            jobs_queued=n.get("q", 0) + n.get("qw", 0),
         )
 
-    async def publish(self, topic: str, msg: Any, retain: bool = True) -> None:
+    async def publish(self, topic: str, msg: Any, retain: bool = True, wait: bool = False) -> None:
         if self.client is None:
             return
         payload = msg if isinstance(msg, bytes) else encode(msg)
-        await self.client.publish(topic, payload, retain=retain, wait=False)
+        try:
+            await self.client.publish(topic, payload, retain=retain, wait=wait)
+        except MqttTimeout as e:  # only when waiting: paho still holds it and sends it
+            log.warning("%s", e)
 
     async def _announce(self) -> None:
         """(Re)publish everything retained: after start and after every reconnect."""
@@ -193,8 +201,8 @@ class SchedulerService(Service):
         )
         await self.publish(self.topics.pipeline_status(name), msg)
 
-    async def publish_job(self, job: Job) -> None:
-        await self.retention.publish(job)
+    async def publish_job(self, job: Job, wait: bool = False) -> None:
+        await self.retention.publish(job, wait)
 
     async def clear_pipeline(self, name: str) -> None:
         await self.publish(self.topics.pipeline_status(name), b"")

@@ -44,12 +44,16 @@ CREATE TABLE IF NOT EXISTS jobs (
     owner TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status);
+-- the job-status summary (queries.py) reads counts from these alone, never the rows
+CREATE INDEX IF NOT EXISTS jobs_status_reason ON jobs (status, reason);
+CREATE INDEX IF NOT EXISTS jobs_pipeline_status ON jobs (pipeline, status);
 """
 
 # tomato's pid / connected_at / jobpath are derived on reading (see _job), not stored
 _DERIVED = frozenset({"pid", "connected_at", "jobpath"})
 _JOB_COLUMNS = tuple(f for f in Job.model_fields if f not in _DERIVED)
 _JSON_COLUMNS = frozenset({"payload", "progress"})
+_CHUNK = 500  # ids per "IN (...)": below every sqlite's limit of parameters
 _PIPELINE_FIELDS = frozenset(PipelineState.model_fields) - {"name"}
 
 
@@ -58,6 +62,9 @@ class StateStore:
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
+        #: committed write transactions so far: a scheduling pass that finds the same
+        #: count (and the same components and pipelines) has nothing new to decide
+        self.writes = 0
         self.path.parent.mkdir(parents=True, exist_ok=True)
         # autocommit mode: transactions are explicit (see _write)
         self._db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
@@ -101,6 +108,7 @@ class StateStore:
             self._db.execute("ROLLBACK")
             raise
         self._db.execute("COMMIT")
+        self.writes += 1
 
     # -- pipelines -------------------------------------------------------------------------
     def sync_pipelines(self, names: Iterable[str]) -> None:
@@ -180,6 +188,12 @@ class StateStore:
         self, ids: Iterable[int] | None = None, statuses: Iterable[str] | None = None
     ) -> list[Job]:
         """Jobs ordered by id; ``ids`` and ``statuses`` narrow the selection."""
+        if ids is not None:
+            ids = list(ids)
+            if len(ids) > _CHUNK:  # sqlite limits the number of "?" in one statement
+                parts = [ids[i : i + _CHUNK] for i in range(0, len(ids), _CHUNK)]
+                found = [j for part in parts for j in self.jobs(part, statuses)]
+                return sorted(found, key=lambda j: j.id)
         where: list[str] = []
         args: list[Any] = []
         for column, values in (("id", ids), ("status", statuses)):
@@ -195,6 +209,94 @@ class StateStore:
         if where:
             sql += " WHERE " + " AND ".join(where)
         return [_job(r) for r in self._db.execute(sql + " ORDER BY id", args)]
+
+    def jobs_page(self, offset: int, limit: int) -> list[Job]:
+        """``limit`` jobs from position ``offset`` of the whole listing (by id)."""
+        rows = self._db.execute("SELECT * FROM jobs ORDER BY id LIMIT ? OFFSET ?", (limit, offset))
+        return [_job(r) for r in rows]
+
+    def queue_ends(self, n: int) -> tuple[int, list[Job], list[Job]]:
+        """How many jobs are queued (q, qw), the first ``n`` and the last ``n`` of them
+        (none in both): one index range per status, however deep the queue."""
+        first: list[int] = []
+        last: list[int] = []
+        count = 0
+        for st in ("q", "qw"):
+            count += self._db.execute(
+                "SELECT COUNT(*) FROM jobs WHERE status = ?", (st,)
+            ).fetchone()[0]
+            first += self.status_ids(st, n)
+            last += self.status_ids(st, n, last=True)
+        head = sorted(first)[:n]
+        tail = sorted(set(last) - set(head))[-n:] if count > len(head) else []
+        byid = {j.id: j for j in self.jobs(ids=head + tail)}
+        return count, [byid[i] for i in head], [byid[i] for i in tail]
+
+    def job_ids(self, statuses: Iterable[str]) -> list[int]:
+        """The ids of every job with one of ``statuses``, ascending (from the index)."""
+        vals = list(statuses)
+        marks = ", ".join("?" * len(vals))  # only "?" placeholders are spliced in
+        sql = f"SELECT id FROM jobs WHERE status IN ({marks}) ORDER BY id"
+        return [r[0] for r in self._db.execute(sql, vals)]
+
+    def status_ids(self, status: str, n: int, last: bool = False) -> list[int]:
+        """The first (or last) ``n`` ids with ``status``, ascending."""
+        order = "DESC" if last else "ASC"  # one of two literals, never the caller's text
+        rows = self._db.execute(
+            f"SELECT id FROM jobs WHERE status = ? ORDER BY id {order} LIMIT ?", (status, n)
+        )
+        return sorted(r[0] for r in rows)
+
+    def status_counts(self) -> dict[str, int]:
+        """status -> number of jobs (from the index: no row is read)."""
+        rows = self._db.execute("SELECT status, COUNT(*) FROM jobs GROUP BY status")
+        return {r[0]: r[1] for r in rows}
+
+    def pipeline_counts(self) -> dict[str, dict[str, int]]:
+        """pipeline -> status -> number of jobs that ran (or run) there."""
+        out: dict[str, dict[str, int]] = {}
+        rows = self._db.execute(
+            "SELECT pipeline, status, COUNT(*) FROM jobs WHERE pipeline IS NOT NULL "
+            "GROUP BY pipeline, status"
+        )
+        for pip, st, n in rows:
+            out.setdefault(pip, {})[st] = n
+        return out
+
+    def reason_counts(self, statuses: Iterable[str]) -> list[tuple[str | None, int]]:
+        """(reason, number of jobs) among ``statuses``, the most frequent first."""
+        vals = list(statuses)
+        marks = ", ".join("?" * len(vals))  # only "?" placeholders are spliced in
+        rows = self._db.execute(
+            f"SELECT reason, COUNT(*) AS n FROM jobs WHERE status IN ({marks}) "
+            "GROUP BY reason ORDER BY n DESC, reason",
+            vals,
+        )
+        return [(r[0], r[1]) for r in rows]
+
+    def queue_rows(self) -> list[tuple[int, str, str | None, str]]:
+        """(id, status, reason, payload JSON) of every queued job, by id: what a
+        scheduling pass needs, without building a model per job."""
+        rows = self._db.execute(
+            "SELECT id, status, reason, payload FROM jobs WHERE status IN ('q', 'qw') ORDER BY id"
+        )
+        return [(r[0], r[1], r[2], r[3]) for r in rows]
+
+    def set_queue_states(self, changes: Iterable[tuple[int, str, str | None]]) -> list[int]:
+        """Status and reason of many queued jobs in one transaction (one fsync, not one
+        per job); returns the ids changed. Only q <-> qw: launching goes by update_job."""
+        done: list[int] = []
+        with self._write() as db:
+            for jobid, status, reason in changes:
+                if status not in ("q", "qw"):
+                    raise ValueError(f"set_queue_states only queues jobs, not {status!r}")
+                cur = db.execute(
+                    "UPDATE jobs SET status = ?, reason = ? WHERE id = ? AND status IN ('q', 'qw')",
+                    (status, reason, jobid),
+                )
+                if cur.rowcount:
+                    done.append(jobid)
+        return done
 
     def recent_finished(self, n: int) -> list[Job]:
         """The ``n`` finished jobs that ended last (newest first)."""

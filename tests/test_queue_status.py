@@ -1,0 +1,182 @@
+"""Deep queues (issue 15): ``job_status`` answers with a summary or a page, bounded at any
+depth, and ``ketchup status`` prints the grouped summary by default.
+
+In-process stacks on the test's broker; the deep queue is written into the scheduler's
+store before it starts (a scheduler restarted with 2,000 queued jobs), so the test takes
+seconds, not the minutes of 2,000 submits.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.conftest import RunningBroker
+from tests.inproc import CONFIG, InProc, inproc_stack
+from tests.upstream.cli import Cli
+from tomato_mqtt.cli import ketchup
+from tomato_mqtt.client import AsyncTomato
+from tomato_mqtt.config.payloads import parse_payload, read_payload_file
+from tomato_mqtt.config.settings import settings_url
+from tomato_mqtt.model.jobs import utcnow
+from tomato_mqtt.services.scheduler.store import StateStore
+from tomato_mqtt.wire.commands import JOB_PAGE_MAX, JobSummary
+
+DEEP = 600  # > JOB_PAGE_MAX: the listing has two pages
+REASON = (
+    "no pipeline holds sample 'deep-sample': load it into one of pip-counter-1 "
+    "(tomato pipeline load <pipeline> deep-sample)"
+)
+
+
+def _payload(sample: str, time: float = 1.0) -> dict[str, Any]:
+    return {
+        "version": "0.2",
+        "sample": {"name": sample},
+        "method": [{"device": "counter", "technique": "count", "time": time, "delay": 0.1}],
+    }
+
+
+async def _submit(st: InProc, payload: dict[str, Any], name: str | None = None) -> int:
+    job = await st.call("job_submit", {"payload": payload, "jobname": name})
+    return int(job.id)
+
+
+async def test_summary_counts_running_queued_and_why(
+    broker: RunningBroker, tmp_path: Path, instance: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    work = tmp_path / "data" / "work"  # the recorder may write into the datadir only
+    work.mkdir(parents=True)
+    monkeypatch.chdir(work)
+    async with inproc_stack(broker.port, tmp_path, instance, components=2) as st:
+        empty: JobSummary = await st.call("job_status", {"summary": True})
+        assert empty.total == 0 and empty.statuses == {} and empty.running == []
+        waiting = [await _submit(st, _payload("nobody-loads-it"), f"w{i}") for i in range(3)]
+        bad = read_payload_file(CONFIG / "counter_invalid_1.yml")
+        unmatchable = await _submit(st, bad, "bad")
+        cancelled = await _submit(st, _payload("nobody-loads-it"), "gone")
+        await st.call("job_cancel", {"jobids": [cancelled]})
+        await st.call("pipeline_load", {"pipeline": "pip-counter-1", "sampleid": "run-me"})
+        await st.call("pipeline_ready", {"pipeline": "pip-counter-1"})
+        running = await _submit(st, _payload("run-me", time=60), "long")
+        await st.wait_job(running, {"r"})
+
+        s: JobSummary = await st.call("job_status", {"summary": True})
+        counts = {k: v.count for k, v in s.statuses.items()}
+        assert counts == {"qw": 3, "q": 1, "r": 1, "cd": 1} and s.total == 6
+        assert s.statuses["qw"].head == waiting and s.statuses["qw"].tail == []
+        assert [j.id for j in s.running] == [running] and s.running[0].pipeline == "pip-counter-1"
+        assert s.queued == 4
+        assert [j.id for j in s.queued_head] == sorted([*waiting, unmatchable])
+        assert s.queued_tail == []
+        assert s.pipelines == {"pip-counter-1": {"r": 1}}
+        reasons = dict(s.waiting)
+        assert sum(reasons.values()) == 4
+        assert reasons[next(r for r in reasons if r and "nobody-loads-it" in r)] == 3
+
+        # ketchup status: the grouped summary (tomato's lines, then the tables)
+        cli = Cli(st.settings.appdir, broker.port)
+        human = await cli("ketchup", "status")
+        assert human.code == 0, human.stderr
+        lines = human.stdout.splitlines()
+        assert lines[0] == f"found 1 job with status 'q' : [{unmatchable}]"
+        assert lines[1] == f"found 3 jobs with status 'qw': {waiting}"
+        for part in ("running:", "queued: 4", "waiting because:", "jobs per pipeline:", "long"):
+            assert part in human.stdout, (part, human.stdout)
+        # -y/--json: the job list as before (tomato's shape), or the summary when asked
+        for fmt in ("--json", "-y"):
+            out = await cli("ketchup", "status", fmt)
+            doc = json.loads(out.stdout) if fmt == "--json" else yaml.safe_load(out.stdout)
+            assert set(doc) == {"success", "msg", "data"}
+            assert [j["id"] for j in doc["data"]] == list(range(1, 7))
+            assert "found 3 jobs with status 'qw'" in doc["msg"]
+        doc = (await cli("ketchup", "status", "--summary", "--json")).reply
+        assert doc["data"]["statuses"]["qw"]["count"] == 3
+        # details: --all is the table of every job, ids their rows
+        every = await cli("ketchup", "status", "--all")
+        assert all(f"w{i}" in every.stdout for i in range(3)) and "gone" in every.stdout
+        two = (await cli("ketchup", "status", str(running), str(cancelled), "--json")).reply
+        assert [j["status"] for j in two["data"]] == ["r", "cd"]
+        mixed = await cli("ketchup", "status", "1", "--all")
+        assert mixed.code == 1 and "not with job ids" in mixed.stderr
+
+        await st.call("job_cancel", {"jobids": [running]})
+        await st.wait_job(running, {"cd"})
+        s = await st.call("job_status", {"summary": True})
+        assert s.running == [] and s.pipelines == {"pip-counter-1": {"cd": 1}}
+
+
+def _fill(db: Path, n: int, status: str, reason: str | None) -> None:
+    """``n`` queued jobs, stored as a submit stores them, before the scheduler starts."""
+    payload = json.dumps(parse_payload(_payload("deep-sample")).model_dump(mode="json"))
+    StateStore(db).close()
+    con = sqlite3.connect(db)
+    with con:
+        con.executemany(
+            "INSERT INTO jobs (jobname, payload, status, reason, submitted_at) "
+            "VALUES (?, ?, ?, ?, ?)",
+            ((f"deep-{i}", payload, status, reason, utcnow()) for i in range(1, n + 1)),
+        )
+    con.close()
+
+
+async def test_a_deep_queue_is_answered_in_one_bounded_reply(
+    broker: RunningBroker, tmp_path: Path, instance: str
+) -> None:
+    # as the scheduler stored them before its restart (qw, waiting for their sample): one
+    # job is left in q, so the restarted scheduler's pass has one to match
+    _fill(tmp_path / "data" / "state.sqlite", DEEP - 1, "qw", REASON)
+    _fill(tmp_path / "data" / "state.sqlite", 1, "q", None)
+    async with inproc_stack(broker.port, tmp_path, instance) as st:
+        await st.wait_job(DEEP, {"qw"})  # the restarted scheduler matched the whole queue
+        reply = await st.raw(st.topics.scheduler_cmd("job_status"), {"summary": True})
+        assert reply.success and len(json.dumps(reply.data)) < 20_000
+        s = JobSummary.model_validate(reply.data)
+        assert s.total == DEEP and s.statuses["qw"].count == DEEP and s.queued == DEEP
+        assert s.statuses["qw"].head == [1, 2, 3, 4, 5]
+        assert s.statuses["qw"].tail == [DEEP - 4, DEEP - 3, DEEP - 2, DEEP - 1, DEEP]
+        assert [j.id for j in s.queued_tail] == s.statuses["qw"].tail
+        assert s.waiting[0][1] == DEEP and "deep-sample" in str(s.waiting[0][0])
+        assert (
+            reply.msg
+            == f"found {DEEP} jobs with status 'qw': [1, 2, 3, 4, 5, …, "
+            + ", ".join(str(i) for i in range(DEEP - 4, DEEP + 1))
+            + "]"
+        )
+
+        # the listing: the newest page by default, any page by offset/limit
+        assert ketchup.PAGE_MAX == JOB_PAGE_MAX
+        page = await st.raw(st.topics.scheduler_cmd("job_status"), {})
+        assert [j["id"] for j in page.data] == list(range(DEEP - JOB_PAGE_MAX + 1, DEEP + 1))
+        assert f"jobs {DEEP - JOB_PAGE_MAX + 1}-{DEEP} of {DEEP}" in page.msg
+        first = await st.call("job_status", {"offset": 0, "limit": 10})
+        assert [j.id for j in first] == list(range(1, 11))
+        last = await st.call("job_status", {"offset": DEEP - 3, "limit": 10})
+        assert [j.id for j in last] == [DEEP - 2, DEEP - 1, DEEP]
+        for bad in (
+            {"limit": JOB_PAGE_MAX + 1},
+            {"offset": -1},
+            {"jobids": [1], "summary": True},
+            {"summary": True, "limit": 5},
+        ):
+            refused = await st.raw(st.topics.scheduler_cmd("job_status"), bad)
+            assert not refused.success and refused.code == "bad_request", (bad, refused)
+
+        # the client library pages through the whole listing
+        async with AsyncTomato(settings_url(st.settings), instance) as t:
+            assert [j.id for j in await t.jobs()] == list(range(1, DEEP + 1))
+            assert (await t.summary()).statuses["qw"].count == DEEP
+
+        # the CLI: the summary by default, a page on request
+        cli = Cli(st.settings.appdir, broker.port)
+        human = await cli("ketchup", "status")
+        assert human.code == 0 and len(human.stdout) < 5000, human.stdout
+        assert f"queued: {DEEP} (the first 5 and the last 5)" in human.stdout
+        out = (await cli("ketchup", "status", "--offset", "10", "--limit", "3", "--json")).reply
+        assert [j["id"] for j in out["data"]] == [11, 12, 13]
+        assert f"jobs 11-13 of {DEEP}" in out["msg"]

@@ -1,0 +1,127 @@
+"""``ketchup status``: the jobs given, a page of the whole listing, or a summary.
+
+Every reply is bounded, however deep the queue: jobs by id are the ones asked for, the
+listing is paged (at most ``JOB_PAGE_MAX`` jobs a reply, the newest page by default),
+and the summary is counts from the store's indexes plus a few jobs (the running ones,
+the first and last queued). tomato 2.2 answered with every job ever run; its reply
+texts are kept ("found 2 jobs with status 'qw': [1, 2]"), with long id lists cut in
+the middle.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from pydantic import JsonValue
+
+from tomato_mqtt.model.jobs import STATUS_CODES, Job
+from tomato_mqtt.transport.rpc import CommandError, Result
+from tomato_mqtt.wire.commands import JOB_PAGE_MAX, JobStatusArgs
+
+if TYPE_CHECKING:
+    from tomato_mqtt.services.scheduler.store import StateStore
+
+__all__ = ["ENDS", "job_status", "summary_text"]
+
+#: how many ids (and queued jobs) a summary shows at each end of a long list
+ENDS = 5
+# tomato's order of the status lines
+_ORDER = ("q", "qw", "r", "rd", "c", "cd", "ce")
+
+
+def job_status(store: StateStore, a: JobStatusArgs) -> Result:
+    if a.jobids:
+        if a.summary or a.limit is not None or a.offset is not None:
+            raise CommandError(
+                "summary, limit and offset are for the whole listing: not with job ids",
+                code="bad_request",
+            )
+        return _by_id(store, a.jobids)
+    if a.summary:
+        if a.limit is not None or a.offset is not None:
+            raise CommandError(
+                "limit and offset page the listing, not the summary", code="bad_request"
+            )
+        return _summary(store)
+    return _page(store, a.limit or JOB_PAGE_MAX, a.offset)
+
+
+def _by_id(store: StateStore, ids: list[int]) -> Result:
+    found = {j.id: j for j in store.jobs(ids=ids)}
+    missing = [i for i in ids if i not in found]
+    if missing:
+        raise CommandError(f"no job with id {missing[0]}", code="not_found")
+    jobs = [found[i] for i in ids]
+    return Result(_found(jobs), [j.model_dump(mode="json") for j in jobs])
+
+
+def _page(store: StateStore, limit: int, offset: int | None) -> Result:
+    total = sum(store.status_counts().values())
+    start = max(0, total - limit) if offset is None else offset
+    jobs = store.jobs_page(start, limit)
+    msg = _found(jobs)
+    if start > 0 or start + len(jobs) < total:
+        shown = f"jobs {start + 1}-{start + len(jobs)}" if jobs else "no jobs"
+        msg += (
+            f"\n(listing page: {shown} of {total}, oldest first; others with --offset N --limit M)"
+        )
+    return Result(msg, [j.model_dump(mode="json") for j in jobs])
+
+
+def _found(jobs: list[Job]) -> str:
+    """tomato's text: ``found 1 job with status ['r']``, or a line per status."""
+    if not jobs:
+        return "job queue is empty"
+    if len(jobs) == 1:
+        return f"found 1 job with status {[jobs[0].status]}"
+    by: dict[str, list[int]] = {}
+    for j in jobs:
+        by.setdefault(j.status, []).append(j.id)
+    return "\n".join(_line(st, len(by[st]), by[st], []) for st in _ORDER if st in by)
+
+
+def _line(status: str, count: int, head: list[int], tail: list[int]) -> str:
+    what = "job" if count == 1 else "jobs"
+    ids = ", ".join(map(str, head))
+    if tail:  # a gap between head and tail is shown as "…"
+        sep = ", " if len(head) + len(tail) == count else ", …, "
+        ids += sep + ", ".join(map(str, tail))
+    return f"found {count} {what} with status {status!r:4s}: [{ids}]"
+
+
+def summary_text(statuses: dict[str, dict[str, JsonValue]]) -> str:
+    """The summary's msg: tomato's lines, each id list cut to its ends."""
+    lines = []
+    for st in _ORDER:
+        s = statuses.get(st)
+        if s is None:
+            continue
+        head = [int(str(i)) for i in s["head"]] if isinstance(s["head"], list) else []
+        tail = [int(str(i)) for i in s["tail"]] if isinstance(s["tail"], list) else []
+        lines.append(_line(st, int(str(s["count"])), head, tail))
+    return "\n".join(lines) or "job queue is empty"
+
+
+def _summary(store: StateStore) -> Result:
+    counts = store.status_counts()
+    statuses: dict[str, dict[str, JsonValue]] = {}
+    for st in STATUS_CODES:
+        n = counts.get(st, 0)
+        if not n:
+            continue
+        head = store.status_ids(st, ENDS)
+        tail = [i for i in store.status_ids(st, ENDS, last=True) if i not in head]
+        statuses[st] = {"count": n, "head": list[JsonValue](head), "tail": list[JsonValue](tail)}
+    queued, qhead, qtail = store.queue_ends(ENDS)
+    running = store.jobs(statuses=["r", "rd"])
+    data: dict[str, JsonValue] = {
+        "total": sum(counts.values()),
+        "statuses": dict[str, JsonValue](statuses),
+        "pipelines": {p: dict[str, JsonValue](c) for p, c in store.pipeline_counts().items()},
+        "running": [j.model_dump(mode="json") for j in running],
+        "queued": queued,
+        "queued_head": [j.model_dump(mode="json") for j in qhead],
+        "queued_tail": [j.model_dump(mode="json") for j in qtail],
+        "waiting": [[r, n] for r, n in store.reason_counts(["q", "qw"])],
+    }
+    return Result(summary_text(statuses), data)

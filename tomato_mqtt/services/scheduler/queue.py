@@ -1,0 +1,169 @@
+"""The queue: match queued jobs to pipelines, say why they wait, launch what can.
+
+A pass reads only (id, status, reason, payload) of the queued jobs, parses each payload
+once for as long as the job is queued, matches each distinct method once, and stores
+every change in one transaction: 10,000 queued jobs make a pass of tens of ms (it was
+seconds, and every submit ran one: filling a queue was quadratic). A submit matches
+its own job only, unless it may launch now (issue 15).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from tomato_mqtt.driver.validate import TaskValidationError, validate_task
+from tomato_mqtt.model.jobs import Job
+from tomato_mqtt.model.matching import (
+    ComponentView,
+    MatchResult,
+    match,
+    next_launches,
+    waiting_reason,
+)
+
+if TYPE_CHECKING:
+    from tomato_mqtt.services.scheduler.ops import SchedulerOps
+
+__all__ = ["QueuePass"]
+
+
+class _Queued(NamedTuple):
+    """A queued job as launching sees it (model/matching.QueuedLike)."""
+
+    id: int
+    status: str
+
+
+def _method_key(payload: str) -> tuple[str, str]:
+    """A queued job's method (as canonical JSON) and sample, from its stored payload."""
+    p = json.loads(payload)
+    method = json.dumps(p.get("method", []), sort_keys=True)
+    return method, str((p.get("sample") or {}).get("identifier"))
+
+
+class QueuePass:
+    def __init__(self, ops: SchedulerOps) -> None:
+        self.ops = ops
+        self.svc = ops.svc
+        # queued job -> (its method as JSON, its sample): payloads never change
+        self._queued: dict[int, tuple[str, str]] = {}
+        self._last: tuple[Any, ...] | None = None
+
+    def _views(self) -> dict[str, ComponentView]:
+        out = {}
+        for name in self.svc.layout.components:
+            meta = self.svc.metas.get(name)
+            node = self.svc.node_of(name)
+            online = node is not None and node.state == "online"
+            caps = frozenset(meta.capabilities) if meta and meta.registered else None
+            out[name] = ComponentView(
+                name=name, capabilities=caps, attrs=meta.attrs if meta else {}, online=online
+            )
+        return out
+
+    @staticmethod
+    def _validator(view: ComponentView, technique: str, params: Mapping[str, Any]) -> str | None:
+        try:
+            validate_task(view.capabilities or (), view.attrs, technique, params)
+        except TaskValidationError as e:
+            return str(e)
+        return None
+
+    async def place(self, job: Job) -> None:
+        """Match a new job. A whole pass only when it might launch now (the pass keeps
+        the queue's order) or one is due anyway; otherwise this job's status and reason
+        alone, so a submit costs the same at any queue depth."""
+        if self.svc.kick_pending():
+            await self.schedule()
+            return
+        method = job.payload.get("method", [])
+        res = match(method, self.svc.layout.pipelines, self._views(), self._validator)
+        pips = {p.name: p for p in self.ops.store.pipelines()}
+        sample = str((job.payload.get("sample") or {}).get("identifier"))
+        free = [
+            n
+            for n in res.candidates
+            if n in pips and pips[n].ready and pips[n].jobid is None and pips[n].sampleid == sample
+        ]
+        if free:
+            await self.schedule()
+            return
+        status = "qw" if res.candidates else job.status
+        reason = waiting_reason(res.candidates, pips, sample) if res.candidates else res.reason
+        if (status, reason) != (job.status, job.reason):
+            self.ops.store.set_queue_states([(job.id, status, reason)])
+            new = self.ops.store.job(job.id)
+            await self.svc.publish_job(new)
+            if new.status == "qw" and job.status != "qw":
+                self.svc.job_event(job.id, "matched", status="qw")
+
+    async def schedule(self) -> None:
+        """Match queued jobs, explain the ones that cannot match, launch what can.
+
+        One pass reads only (id, status, reason, payload) of the queued jobs, matches
+        each distinct method once, and stores every change in one transaction: 10,000
+        queued jobs cost a pass of tens of ms, not seconds (issue 15)."""
+        svc = self.svc
+        store = self.ops.store
+        views = self._views()
+        pips = {p.name: p for p in store.pipelines()}
+        # a node's heartbeat kicks a pass too: with nothing changed since the last one
+        # (no write to the store, the same components, pipelines and layout) there is
+        # nothing to decide, and 10,000 queued jobs are not read again
+        seen = (store.writes, id(svc.layout), views, pips)
+        if seen == self._last:
+            return
+        rows = store.queue_rows()
+        if not rows:
+            self._queued.clear()
+            self._last = seen
+            return
+        results: dict[str, MatchResult] = {}
+        reasons: dict[tuple[str, str], str | None] = {}
+        matches: dict[int, MatchResult] = {}
+        queue: list[_Queued] = []
+        changes: list[tuple[int, str, str | None]] = []
+        known, self._queued = self._queued, {}
+        for jobid, status, reason, payload in rows:
+            key, sample = self._queued[jobid] = known.get(jobid) or _method_key(payload)
+            res = results.get(key)
+            if res is None:
+                method = json.loads(key)
+                res = results[key] = match(method, svc.layout.pipelines, views, self._validator)
+            matches[jobid] = res
+            new_status = "qw" if res.candidates else status
+            if res.candidates:  # it can run: say when it waits for the user (a sample)
+                if (key, sample) not in reasons:
+                    reasons[key, sample] = waiting_reason(res.candidates, pips, sample)
+                new_reason = reasons[key, sample]
+            else:
+                new_reason = res.reason
+            if new_status != status or new_reason != reason:
+                changes.append((jobid, new_status, new_reason))
+            if res.candidates:
+                queue.append(_Queued(jobid, new_status))
+        if changes:
+            changed = self.ops.store.set_queue_states(changes)
+            was = {jobid: status for jobid, status, _r, _p in rows}
+            for i, job in enumerate(self.ops.store.jobs(ids=changed)):
+                # thousands at once (a restart, a reload): wait for the broker now and
+                # then, as Retention.announce does
+                await svc.publish_job(job, wait=i % 200 == 199)
+                if job.status == "qw" and was.get(job.id) != "qw":
+                    svc.job_event(job.id, "matched", status="qw")
+        # what this pass has decided on, unless the store changed under it while it
+        # published (then the next pass looks again); a launch writes, so the pass
+        # after a launch runs
+        ours = seen[0] + (1 if changes else 0)
+        self._last = (ours, *seen[1:]) if store.writes == ours else None
+        launches = next_launches(
+            queue,
+            pips,
+            matches,
+            lambda j: self._queued[j.id][1],
+            layouts=svc.layout.pipelines,
+        )
+        for jobid, pipeline in launches:
+            await self.ops.launch(self.ops.store.job(jobid), pipeline)
