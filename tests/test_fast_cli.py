@@ -63,6 +63,10 @@ def test_what_typer_owns_goes_to_typer(argv: list[str]) -> None:
         ("ketchup", ["cancel", "1", "2", "-y"]),
         ("tomato", ["pipeline", "load", "p", "s", "--json"]),
         ("tomato", ["reload", "-t", "3"]),
+        ("ketchup", ["status"]),
+        ("ketchup", ["status", "1", "2", "-y"]),
+        ("ketchup", ["status", "-a", "--limit", "10"]),
+        ("ketchup", ["search", "x", "--complete"]),
         ("passata", ["constants", COMP, "a", "b"]),
     ],
 )
@@ -71,6 +75,8 @@ def test_the_fast_commands_are_taken(prog: str, argv: list[str]) -> None:
     assert parse("passata", ["get", COMP]) is None  # get needs an attribute
     assert parse("ketchup", ["cancel", "one"]) is None  # not a job id: typer says so
     assert parse("ketchup", ["submit", "p.yml", "-j"]) is None
+    assert parse("ketchup", ["status", "--limit", "0"]) is None  # out of range: typer says
+    assert parse("ketchup", ["status", "1", "--follow"]) is None  # watched on the client
 
 
 def _run(cmd: list[str], env: dict[str, str]) -> tuple[int, str, str]:
@@ -86,6 +92,16 @@ async def test_fast_and_typer_print_the_same(
         env = {**os.environ, "COLUMNS": "200"}
         env.pop("TOMATO_BROKER", None)
         common = ["-p", str(broker.port), "-A", str(app)]
+        good = tmp_path / "queued.yml"  # no pipeline holds sample q1: it stays queued
+        good.write_text(
+            "version: '2.2'\nsample: {identifier: q1}\nuser: {identifier: me}\nmethod:\n"
+            "  - {component_role: counter, technique_name: count, max_duration: 1.0,"
+            " sampling_interval: 0.1}\n"
+        )
+        code, out, err = await asyncio.to_thread(
+            _run, [str(BIN / "ketchup"), "submit", str(good), "-j", "queued", *common], env
+        )
+        assert code == 0, err
         bad = tmp_path / "bad.yml"
         bad.write_text("version: '2.2'\nsample: {identifier: s}\nmethod: []\n")
         lines = [
@@ -107,6 +123,15 @@ async def test_fast_and_typer_print_the_same(
             ("ketchup", ["submit", str(tmp_path / "none.yml"), *common]),  # no such file
             ("ketchup", ["submit", str(bad), "-j", "x", *common, "--json"]),  # refused
             ("ketchup", ["cancel", "99", "98", *common]),  # unknown jobs
+            ("ketchup", ["status", *common]),  # the grouped summary
+            ("ketchup", ["status", "--all", *common]),
+            ("ketchup", ["status", "1", *common]),
+            ("ketchup", ["status", "1", "99", *common, "--json"]),
+            ("ketchup", ["status", *common, "-y", "--limit", "1", "--offset=0"]),
+            ("ketchup", ["status", *common, "--summary", "--json"]),
+            ("ketchup", ["status", "1", "--all", *common]),  # refused: ids and --all
+            ("ketchup", ["search", "queu", *common]),
+            ("ketchup", ["search", "nosuch", *common, "-c"]),
             ("tomato", ["pipeline", "load", "nosuch", "s1", *common]),
             ("tomato", ["pipeline", "ready", "nosuch", *common, "-y"]),
             ("tomato", ["pipeline", "eject", "pip-counter", *common]),  # empty: as it was

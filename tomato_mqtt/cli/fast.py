@@ -56,6 +56,8 @@ class Fast:
     values: Mapping[str, str] = field(default_factory=dict)
     timeout: float = 5.0  # the command's default ``-t`` (common.options(timeout=…))
     check: Callable[[list[str]], bool] = lambda _args: True  # are the positionals valid?
+    #: are the positionals and its own options valid (as typer would check them)?
+    check_own: Callable[[list[str], dict[str, str]], bool] = lambda _args, _own: True
 
 
 def _tomato_status(opts: core.Opts, args: list[str], _own: dict[str, str]) -> None:
@@ -113,6 +115,38 @@ def _ketchup_cancel(opts: core.Opts, args: list[str], _own: dict[str, str]) -> N
     ketchup_core.cancel(opts, [int(a) for a in args])
 
 
+def _ketchup_status(opts: core.Opts, args: list[str], own: dict[str, str]) -> None:
+    from tomato_mqtt.cli import ketchup_core
+
+    limit, offset = own.get("limit"), own.get("offset")
+    ketchup_core.status(
+        opts,
+        [int(a) for a in args],
+        all_="all" in own,
+        summary="summary" in own,
+        limit=int(limit) if limit is not None else None,
+        offset=int(offset) if offset is not None else None,
+    )
+
+
+def _ketchup_status_ok(args: list[str], own: dict[str, str]) -> bool:
+    """Job ids, and --limit / --offset in typer's ranges (else typer says what is wrong)."""
+    from tomato_mqtt.cli.ketchup_core import PAGE_MAX
+
+    try:
+        limit = int(own.get("limit", "1"))
+        offset = int(own.get("offset", "0"))
+    except ValueError:
+        return False
+    return _ints(args) and 1 <= limit <= PAGE_MAX and offset >= 0
+
+
+def _ketchup_search(opts: core.Opts, args: list[str], _own: dict[str, str]) -> None:
+    from tomato_mqtt.cli import ketchup_core
+
+    ketchup_core.search(opts, args[0])
+
+
 def _ints(args: list[str]) -> bool:
     try:
         [int(a) for a in args]
@@ -138,6 +172,17 @@ FAST: dict[tuple[str, str], Fast] = {
     ("tomato", "pipeline ready"): Fast(_scheduler("pipeline_ready", "pipeline"), 1, 1),
     ("ketchup", "submit"): Fast(
         _ketchup_submit, 1, 1, values={"--jobname": "jobname", "-j": "jobname"}
+    ),
+    ("ketchup", "status"): Fast(
+        _ketchup_status,
+        0,
+        None,
+        flags={"--all": "all", "-a": "all", "--summary": "summary"},
+        values={"--limit": "limit", "--offset": "offset"},
+        check_own=_ketchup_status_ok,
+    ),
+    ("ketchup", "search"): Fast(
+        _ketchup_search, 1, 1, flags={"--complete": "complete", "-c": "complete"}
     ),
     ("ketchup", "cancel"): Fast(_ketchup_cancel, 1, None, check=_ints),
     ("passata", "status"): Fast(_passata("status", "status_human", lambda a, f: {}), 1, 1),
@@ -211,7 +256,7 @@ def parse(prog: str, argv: Sequence[str]) -> Callable[[], None] | None:
             args.append(a)
     if len(args) < spec.min_args or (spec.max_args is not None and len(args) > spec.max_args):
         return None
-    if not spec.check(args):
+    if not spec.check(args) or not spec.check_own(args, own):
         return None
     opts = _opts(given, flags, spec.timeout)
     if opts is None:

@@ -9,7 +9,7 @@ import datetime
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from tomato_mqtt.cli import common
+from tomato_mqtt.cli.output import table
 
 __all__ = ["job_detail", "job_table", "summary"]
 
@@ -51,7 +51,7 @@ def summary(msg: str, s: Any) -> str:
         codes = [c for c in ("r", "rd", "c", "ce", "cd") if any(c in v for v in pips.values())]
         rows = [{"pipeline": p, **{c: v.get(c, 0) for c in codes}} for p, v in pips.items()]
         cols = [("pipeline", "pipeline"), *((c, c) for c in codes)]
-        out += ["", "jobs per pipeline:", common.table(rows, cols)]
+        out += ["", "jobs per pipeline:", table(rows, cols)]
     out += ["", "details: ketchup status --all (every job, paged), ketchup status <id> …"]
     return "\n".join(out)
 
@@ -83,7 +83,7 @@ def job_table(jobs: Any, reason: bool | None = None) -> str:
     cols: list[tuple[str, str]] = list(JOB_COLUMNS)
     if reason or (reason is None and any(r.get("reason") for r in rows)):
         cols.append(("reason", "reason"))
-    return common.table(rows, cols)
+    return table(rows, cols)
 
 
 def job_detail(jobs: Any) -> str:

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from tomato_mqtt.cli import common, jobview, ketchup_core
+from tomato_mqtt.cli import common, ketchup_core
 from tomato_mqtt.cli.version import add_version
 
 if TYPE_CHECKING:
@@ -31,8 +31,7 @@ app = typer.Typer(
 )
 add_version(app)
 
-#: wire.commands.JOB_PAGE_MAX (not imported: it would bring pydantic into every call)
-PAGE_MAX = 500
+PAGE_MAX = ketchup_core.PAGE_MAX
 
 
 # -- submit ------------------------------------------------------------------------------
@@ -101,36 +100,12 @@ def status(
     Status codes as in tomato: q queued, qw a pipeline can run it, r running,
     rd cancel requested, c completed, ce completed with error, cd cancelled.
     """
-    paging = limit is not None or offset is not None
-    if jobids and (all_ or summary or paging):
-        common.fail(
-            "--all, --summary, --limit and --offset are for the whole listing: not with job ids"
-        )
-    if summary and (all_ or paging):
-        common.fail("--summary counts every job: not with --all, --limit or --offset")
-    ctx = opts.context()
     if follow:
         if not jobids or len(jobids) != 1:
             common.fail("--follow watches one job: give exactly one job id")
-        _follow(ctx, jobids[0], opts)
-    args: dict[str, Any] = {"jobids": list(jobids) if jobids else None}
-    as_doc = opts.yaml or opts.json
-    if not jobids and (summary or not (as_doc or all_ or paging)):
-        args["summary"] = True
-    if limit is not None:
-        args["limit"] = limit
-    if offset is not None:
-        args["offset"] = offset
-    reply = common.run_request(
-        ctx, ctx.topics.scheduler_cmd("job_status"), args, timeout=opts.timeout
-    )
-    if args.get("summary"):
-        opts.output().reply(reply, lambda s: jobview.summary(reply.msg, s))
-        return
-    one = bool(jobids) and len(jobids or []) == 1
-    show = jobview.job_detail if one else jobview.job_table
-    # tomato's summary line ("found 1 job with status ['r']") above the table
-    opts.output().reply(reply, lambda jobs: f"{reply.msg}\n{show(jobs)}" if jobs else reply.msg)
+        ketchup_core.status_args(opts, list(jobids), all_, summary, limit, offset)  # refuse
+        _follow(opts.context(), jobids[0], opts)
+    reply = ketchup_core.status(opts, list(jobids or []), all_, summary, limit, offset)
     final = reply.data[0] if reply.success and isinstance(reply.data, list) and reply.data else {}
     if follow and final.get("status") in ("ce", "cd"):
         raise typer.Exit(1)
@@ -182,14 +157,7 @@ def search(
 
     No match is a failure (exit 1), as in tomato: "no job matching 'x' found".
     """
-    ctx = opts.context()
-    reply = common.run_request(
-        ctx,
-        ctx.topics.scheduler_cmd("job_search"),
-        {"name": name, "complete": True},
-        timeout=opts.timeout,
-    )
-    opts.output().reply(reply, jobview.job_table)
+    ketchup_core.search(opts, name)
 
 
 # -- cancel ------------------------------------------------------------------------------

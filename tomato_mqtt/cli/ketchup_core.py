@@ -1,5 +1,5 @@
-"""What ``ketchup submit`` and ``cancel`` do, without typer (:mod:`tomato_mqtt.cli.fast`
-runs them; ketchup.py declares them).
+"""What ``ketchup submit``, ``status``, ``search`` and ``cancel`` do, without typer
+(:mod:`tomato_mqtt.cli.fast` runs them; ketchup.py declares them; jobview.py shows jobs).
 
 ``submit`` only reads the payload file (YAML or JSON, tomato's ``samplefile`` /
 ``methodfile`` references resolved): the scheduler validates it, and its refusal comes
@@ -14,9 +14,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from tomato_mqtt.cli import jobview
 from tomato_mqtt.cli.core import Opts, fail, run_request
 
-__all__ = ["cancel", "submit"]
+__all__ = ["PAGE_MAX", "cancel", "search", "status", "status_args", "submit"]
+
+#: wire.commands.JOB_PAGE_MAX (not imported: it would bring pydantic into every call)
+PAGE_MAX = 500
 
 
 def submit(opts: Opts, payload: Path, jobname: str | None) -> None:
@@ -43,6 +47,65 @@ def submit(opts: Opts, payload: Path, jobname: str | None) -> None:
     if not reply.success and reply.code == "refused":
         reply.msg = f"{payload}: {reply.msg}"  # the scheduler cannot know the file's name
     opts.output().reply(reply, lambda job: _submitted(reply.msg, job))
+
+
+def status_args(
+    opts: Opts,
+    jobids: list[int],
+    all_: bool = False,
+    summary: bool = False,
+    limit: int | None = None,
+    offset: int | None = None,
+) -> dict[str, Any]:
+    """The ``job_status`` args of ``ketchup status``; contradictory options refused."""
+    paging = limit is not None or offset is not None
+    if jobids and (all_ or summary or paging):
+        fail("--all, --summary, --limit and --offset are for the whole listing: not with job ids")
+    if summary and (all_ or paging):
+        fail("--summary counts every job: not with --all, --limit or --offset")
+    args: dict[str, Any] = {"jobids": list(jobids) if jobids else None}
+    as_doc = opts.yaml or opts.json
+    if not jobids and (summary or not (as_doc or all_ or paging)):
+        args["summary"] = True
+    if limit is not None:
+        args["limit"] = limit
+    if offset is not None:
+        args["offset"] = offset
+    return args
+
+
+def status(
+    opts: Opts,
+    jobids: list[int],
+    all_: bool = False,
+    summary: bool = False,
+    limit: int | None = None,
+    offset: int | None = None,
+) -> Any:
+    """``ketchup status``: the summary, a page of every job, or the jobs given; printed.
+    Returns the Reply (``--follow`` looks at the job's final status)."""
+    args = status_args(opts, jobids, all_, summary, limit, offset)
+    ctx = opts.context()
+    reply = run_request(ctx, ctx.topics.scheduler_cmd("job_status"), args, timeout=opts.timeout)
+    if args.get("summary"):
+        opts.output().reply(reply, lambda s: jobview.summary(reply.msg, s))
+        return reply
+    show = jobview.job_detail if len(jobids) == 1 else jobview.job_table
+    # tomato's summary line ("found 1 job with status ['r']") above the table
+    opts.output().reply(reply, lambda jobs: f"{reply.msg}\n{show(jobs)}" if jobs else reply.msg)
+    return reply
+
+
+def search(opts: Opts, name: str) -> None:
+    """Jobs by (part of) their name, ended ones too (as tomato 2.2); none found: exit 1."""
+    ctx = opts.context()
+    reply = run_request(
+        ctx,
+        ctx.topics.scheduler_cmd("job_search"),
+        {"name": name, "complete": True},
+        timeout=opts.timeout,
+    )
+    opts.output().reply(reply, jobview.job_table)
 
 
 def cancel(opts: Opts, jobids: list[int]) -> None:
