@@ -141,6 +141,11 @@ def parse_payload(data: Mapping[str, Any], user: str | None = None) -> Payload:
 
     from pydantic import ValidationError
 
+    from tomato_mqtt.config.lazy import defer_import
+
+    # dgbowl-schemas imports pint (and so numpy, ~22 MB) for durations given as text,
+    # which _durations_in_seconds has converted already: load it only if it is used
+    defer_import("pint")
     module = importlib.import_module(f"dgbowl_schemas.tomato.payload_{version.replace('.', '_')}")
     try:
         payload: Any = module.Payload.model_validate(doc)
