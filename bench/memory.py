@@ -1,6 +1,6 @@
 """Issue 15, memory: RSS of every service of a stack, idle and during 20 concurrent jobs.
 
-``python -m bench.memory [--reps N] [--tomato22]`` starts a tomato-mqtt stack with 20
+``python -m bench.memory [--reps N] [--tomato22] [--imports]`` starts a tomato-mqtt stack with 20
 components (as ``bench.suite``'s ``many`` rows), reads each service's RSS from ``/proc``
 once it is idle, then samples every service every 0.1 s while 20 jobs at 10 Hz run
 (submitted in a row, as tomato's own stress test does) and once more after they ended.
@@ -11,6 +11,9 @@ service's idle and peak. The baseline, measured in the same run, is the floor: t
 peak RSS of a bare ``python -c`` (its ``VmHWM``) times the number of services.
 With ``--tomato22`` the same workload runs once on tomato 2.2 (its daemon, drivers and
 job processes) for comparison; it is off by default (~1 min more).
+
+``--imports`` prints instead what each library adds to each service's RSS (one fresh
+interpreter per service, importing in the order the service does): where the memory is.
 
 Only the services count (the supervisor and its children, by their command line): the
 ``ketchup submit`` calls of the workload and the bench's own helpers do not.
@@ -35,7 +38,7 @@ from bench import harness
 from bench.limits import Row, print_table
 from bench.mqtt_side import TomatoMqtt
 
-__all__ = ["RoleRss", "bare_python_rss", "main", "measure", "rows"]
+__all__ = ["RoleRss", "bare_python_rss", "import_costs", "main", "measure", "rows"]
 
 N_JOBS = 20
 DURATION = 10.0  # s, each job (10 Hz): as bench.suite's `many` rows
@@ -175,6 +178,109 @@ def measure(cls: Any, root: Path, roles: Sequence[str]) -> dict[str, Any]:
     }
 
 
+#: per service, the imports of its process in the order it makes them (``exec:`` runs
+#: code, e.g. a warm-up; ``  # `` starts a note); each step's RSS increment is what that
+#: library costs the service
+IMPORT_CHAINS: dict[str, list[str]] = {
+    "broker": [
+        "asyncio",
+        "tomato_mqtt.cli.tomato",
+        "tomato_mqtt.config.settings",
+        "tomato_mqtt.services.base",
+        "amqtt.broker",
+        "tomato_mqtt_broker.security",
+    ],
+    "scheduler": [
+        "asyncio",
+        "tomato_mqtt.cli.tomato",
+        "pydantic",
+        "tomato_mqtt.config.settings",
+        "paho.mqtt.client",
+        "tomato_mqtt.services.scheduler.service",
+        "exec:from tomato_mqtt.services.scheduler.service import _warm_up_payloads as w; w()"
+        "  # warm-up: dgbowl-schemas",
+        "exec:import pint; pint.Quantity('1 s')  # only once a payload has units",
+    ],
+    "node": [
+        "asyncio",
+        "tomato_mqtt.cli.tomato",
+        "tomato_mqtt.config.settings",
+        "paho.mqtt.client",
+        "numpy",
+        "pint",
+        "tomato_mqtt.services.node.service",
+        "tomato_mqtt_example_counter",
+        "exec:from tomato_mqtt.services.node.service import _load_units; _load_units()"
+        "  # pint's unit registry",
+    ],
+    "recorder": [
+        "asyncio",
+        "tomato_mqtt.cli.tomato",
+        "tomato_mqtt.config.settings",
+        "paho.mqtt.client",
+        "tomato_mqtt.services.recorder.service",
+        "numpy",
+        "netCDF4",
+        "exec:from tomato_mqtt.services.recorder.files import warm_up_writer as w; w()"
+        "  # warm-up: one file written",
+        "xarray  # not imported any more: the writer built xarray Datasets",
+    ],
+}
+
+_STEPS = """
+import importlib, json, sys
+def rss():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096
+out = [("(bare interpreter)", rss())]
+for label in json.loads(sys.argv[1]):
+    step = label.partition("  # ")[0]
+    if step.startswith("exec:"):
+        exec(step[5:])
+    else:
+        importlib.import_module(step)
+    out.append((label, rss()))
+print(json.dumps(out))
+"""
+
+
+def import_costs(python: str = sys.executable) -> dict[str, list[tuple[str, float]]]:
+    """Per service: (step, MB of RSS it adds) for each step of ``IMPORT_CHAINS``, each
+    service in a fresh interpreter (the last step of the recorder, xarray, is what the
+    writer no longer imports)."""
+    import json
+
+    costs: dict[str, list[tuple[str, float]]] = {}
+    for svc, steps in IMPORT_CHAINS.items():
+        res = subprocess.run(
+            [python, "-c", _STEPS, json.dumps(steps)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        if res.returncode != 0:
+            costs[svc] = [(f"failed: {res.stderr.strip().splitlines()[-1:]}", 0.0)]
+            continue
+        got = json.loads(res.stdout)
+        costs[svc] = [(got[0][0], got[0][1] / MB)] + [
+            (got[i][0], (got[i][1] - got[i - 1][1]) / MB) for i in range(1, len(got))
+        ]
+    return costs
+
+
+def print_import_costs(costs: dict[str, list[tuple[str, float]]]) -> None:
+    print("## RSS each import adds, per service (fresh interpreter per service)\n")
+    print("| service | step | + MB |")
+    print("|---|---|---|")
+    for svc, steps in costs.items():
+        for label, mb in steps:
+            step, _, note = label.partition("  # ")
+            shown = (
+                note if step.startswith("exec:") else f"`{step}`" + (f" ({note})" if note else "")
+            )
+            print(f"| {svc} | {shown} | {mb:.1f} |")
+
+
 def rows(reps: int, tomato22: bool = False) -> list[Row]:
     harness.become_subreaper()
     bare: list[float] = []
@@ -199,7 +305,7 @@ def rows(reps: int, tomato22: bool = False) -> list[Row]:
 
     def mb(key: str, role: str | None = None) -> list[float]:
         if role is None:
-            return [(r[key] if key == "peak_sum" else sum(r[key].values())) / MB for r in runs]
+            return [(r[key] if key.startswith("peak_") else sum(r[key].values())) / MB for r in runs]
         return [r[key][role] / MB for r in runs]
 
     peak = mb("peak_sum")
@@ -287,7 +393,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.memory", description=__doc__)
     ap.add_argument("--reps", type=int, default=3, help="repetitions (median)")
     ap.add_argument("--tomato22", action="store_true", help="also measure tomato 2.2 once")
+    ap.add_argument(
+        "--imports", action="store_true", help="only the RSS each import adds, per service"
+    )
     a = ap.parse_args(argv)
+    if a.imports:
+        print_import_costs(import_costs())
+        return 0
     t0 = time.monotonic()
     rs = rows(a.reps, tomato22=a.tomato22)
     print_table(rs, f"issue 15 — memory, {a.reps} repetitions, {time.monotonic() - t0:.0f} s")
