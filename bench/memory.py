@@ -305,7 +305,9 @@ def rows(reps: int, tomato22: bool = False) -> list[Row]:
 
     def mb(key: str, role: str | None = None) -> list[float]:
         if role is None:
-            return [(r[key] if key.startswith("peak_") else sum(r[key].values())) / MB for r in runs]
+            return [
+                (r[key] if key.startswith("peak_") else sum(r[key].values())) / MB for r in runs
+            ]
         return [r[key][role] / MB for r in runs]
 
     peak = mb("peak_sum")
