@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import subprocess
 import sys
 import tempfile
@@ -150,18 +151,35 @@ def measure(cls: Any, root: Path, roles: Sequence[str]) -> dict[str, Any]:
     """One stack of ``cls`` (TomatoMqtt or Tomato22): idle, peak and after, per role."""
     from bench.suite import DONE, payload, wait_done
 
-    s = cls(root, N_JOBS)
-    s.prepare()
-    s.start(timeout=180)
+    here = Path.cwd()
+    for attempt in range(3):
+        s = cls(root / f"try{attempt}", N_JOBS)
+        s.prepare()
+        # started from the stack's own folder: `python -m` services put the current
+        # folder first on sys.path, and a source tree there (the repository's root) would
+        # be what they import, whichever installation the bench is measuring
+        os.chdir(s.root)
+        try:
+            s.start(timeout=180)
+            break
+        except RuntimeError as e:  # a free port taken meanwhile on a shared machine
+            if attempt == 2 or "already in use" not in str(e):
+                raise
+            print(f"  {cls.title}: port taken, again on another", file=sys.stderr)
+            s.stop()
+        finally:
+            os.chdir(here)
     try:
         for i, p in enumerate(s.pipelines):
             s.load_ready(p, f"mem-{i}")
         meter = RoleRss(roles)
         idle = _settle(meter)
-        pls = [payload(root / f"job_mem_{i}.yml", DURATION, 0.1, f"mem-{i}") for i in range(N_JOBS)]
+        pls = [
+            payload(s.root / f"job_mem_{i}.yml", DURATION, 0.1, f"mem-{i}") for i in range(N_JOBS)
+        ]
         with meter:
-            ids = [s.submit(pl, root)[1] for pl in pls]
-            jobs = wait_done(s, ids, root, 3 * DURATION + 90)
+            ids = [s.submit(pl, s.root)[1] for pl in pls]
+            jobs = wait_done(s, ids, s.root, 3 * DURATION + 90)
         after = _settle(meter)
         done = sum(1 for i in ids if jobs.get(i, {}).get("status") in DONE)
     finally:
