@@ -1,10 +1,12 @@
-"""Modules imported for real only when first used.
+"""Import a dependency without the libraries it imports only for a rare path.
 
-A service that imports a library only because a dependency does so at module level
-(dgbowl-schemas imports pint in its task model, and pint imports numpy: ~22 MB of RSS)
-but uses it only on a rare path holds that memory for as long as it runs. Putting a
-stand-in into ``sys.modules`` before the dependency is imported defers the cost to the
-first use of one of the module's attributes, which may never come.
+dgbowl-schemas imports pint at module level (and pint imports numpy: ~22 MB of RSS) for
+durations given as text, which :func:`~tomato_mqtt.config.payloads.parse_payload` has
+converted to seconds already. While such a module is imported, :func:`deferred` puts
+a stand-in into ``sys.modules``; the module keeps the stand-in as its global, and the
+stand-in imports the real library at the first use of one of its attributes, which may
+never come. Once the import is done, the stand-in leaves ``sys.modules``: every other
+``import pint`` gets the real module, as always.
 
 Not ``importlib.util.LazyLoader``: on Python 3.11 the import statement itself reads the
 module's ``__spec__``, which makes a LazyLoader module load at once.
@@ -12,21 +14,23 @@ module's ``__spec__``, which makes a LazyLoader module load at once.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
 import sys
 import threading
 import types
+from collections.abc import Iterator
 from typing import Any
 
-__all__ = ["defer_import"]
+__all__ = ["deferred"]
 
 _lock = threading.Lock()
 
 
 class _Deferred(types.ModuleType):
-    """Stands for a module until one of its attributes is asked for, then imports it
-    (replacing itself in ``sys.modules``) and hands out the real module's attributes."""
+    """Stands for a module until one of its attributes is asked for; then imports the
+    real one and hands out its attributes."""
 
     def __getattr__(self, attr: str) -> Any:  # only for what the stand-in lacks
         real = self.__dict__.get("_deferred_real")
@@ -34,24 +38,26 @@ class _Deferred(types.ModuleType):
             with _lock:
                 real = self.__dict__.get("_deferred_real")
                 if real is None:
-                    if sys.modules.get(self.__name__) is self:
+                    if sys.modules.get(self.__name__) is self:  # used during the import
                         del sys.modules[self.__name__]
                     real = importlib.import_module(self.__name__)
                     self.__dict__["_deferred_real"] = real
         return getattr(real, attr)
 
 
-def defer_import(name: str) -> types.ModuleType | None:
-    """Make ``import name`` cheap until ``name.attr`` is used; None if not installed.
-
-    For a top-level module that is not imported yet (else: that module, unchanged).
-    ``from name import x`` and ``import name.sub`` load the real module at once, which
-    is correct, only not deferred.
-    """
-    if name in sys.modules:
-        return sys.modules[name]
-    if importlib.util.find_spec(name) is None:
-        return None
-    stand_in = _Deferred(name)
-    sys.modules[name] = stand_in
-    return stand_in
+@contextlib.contextmanager
+def deferred(*names: str) -> Iterator[None]:
+    """While in the block, ``import name`` (top-level, not imported yet) binds a stand-in
+    that imports ``name`` at its first attribute use. Only for ``import name`` followed
+    by ``name.attr``: ``from name import x`` loads the real module at once (correct, just
+    not deferred); a submodule import of ``name`` must not happen inside the block."""
+    added: dict[str, _Deferred] = {}
+    for name in names:
+        if name not in sys.modules and importlib.util.find_spec(name) is not None:
+            added[name] = sys.modules[name] = _Deferred(name)
+    try:
+        yield
+    finally:
+        for name, stand_in in added.items():
+            if sys.modules.get(name) is stand_in:
+                del sys.modules[name]
