@@ -1,7 +1,8 @@
 """Payload files: reading them (CLI side) and parsing them into a 2.2 Payload (scheduler).
 
 :func:`read_payload_file` imports neither pint nor dgbowl-schemas, so ``ketchup submit``
-starts fast; :func:`parse_payload` imports them when it is first called. Every payload
+starts fast; :func:`parse_payload` imports dgbowl-schemas when it is first called, and
+pint (with numpy, ~22 MB) only when a payload has a unit to parse. Every payload
 version tomato accepts (0.1 to 2.2) is parsed by its own dgbowl-schemas model and
 upgraded step by step to 2.2. A bad payload raises :class:`PayloadError` naming the field
 and the reason.
@@ -141,7 +142,14 @@ def parse_payload(data: Mapping[str, Any], user: str | None = None) -> Payload:
 
     from pydantic import ValidationError
 
-    module = importlib.import_module(f"dgbowl_schemas.tomato.payload_{version.replace('.', '_')}")
+    from tomato_mqtt.config.lazy import deferred
+
+    # dgbowl-schemas imports pint (and so numpy, ~22 MB) for durations given as text,
+    # which _durations_in_seconds has converted already: load it only if it is used
+    with deferred("pint"):
+        module = importlib.import_module(
+            f"dgbowl_schemas.tomato.payload_{version.replace('.', '_')}"
+        )
     try:
         payload: Any = module.Payload.model_validate(doc)
     except ValidationError as e:

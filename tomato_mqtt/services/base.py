@@ -26,14 +26,17 @@ import signal
 import sys
 from collections.abc import Coroutine
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel
+# The MQTT client (paho) and the message models are imported where a service runs, not
+# here: the broker's process imports this module for setup_logging only (~3 MB of RSS).
+if TYPE_CHECKING:
+    from pydantic import BaseModel
 
-from tomato_mqtt.config.url import BrokerURL
-from tomato_mqtt.transport.client import AsyncClient, Message, Will
-from tomato_mqtt.wire.messages import PresenceState, encode
-from tomato_mqtt.wire.topics import Topics
+    from tomato_mqtt.config.url import BrokerURL
+    from tomato_mqtt.transport.client import AsyncClient, Message
+    from tomato_mqtt.wire.messages import PresenceState
+    from tomato_mqtt.wire.topics import Topics
 
 __all__ = ["Service", "install_signal_handlers", "run_until_stopped", "setup_logging"]
 
@@ -178,6 +181,9 @@ class Service(abc.ABC):
     async def run(self) -> None:
         try:
             await self.setup()
+            from tomato_mqtt.transport.client import AsyncClient, Will
+            from tomato_mqtt.wire.messages import encode
+
             self.client = AsyncClient(
                 self.url,
                 client_id=self.client_id,
@@ -240,6 +246,8 @@ class Service(abc.ABC):
     async def publish_presence(self, state: PresenceState, timeout: float | None = None) -> None:
         if self.client is None:
             return
+        from tomato_mqtt.wire.messages import encode
+
         payload = encode(self.presence(state))
         if timeout is None:
             await self.client.publish(self.status_topic, payload, retain=True, wait=False)
