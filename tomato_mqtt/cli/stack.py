@@ -7,7 +7,9 @@ on MQTT, until the scheduler answers and every component is registered.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -94,23 +96,43 @@ def start(verbose: VerboseOpt = 0, quiet: QuietOpt = 0, *, opts: common.Opts) ->
         _check_listener_ports(s)
     s.logdir.mkdir(parents=True, exist_ok=True)
     s.datadir.mkdir(parents=True, exist_ok=True)
+    # socket activation (services/supervisor.py): the MQTT port listens from here on, so
+    # the services and this command connect at once and are served when the broker is
+    listener = _bind_mqtt_port(s) if s.broker.embedded else None
+    spec = {
+        "common_args": service_args(s),
+        "logdir": str(s.logdir),
+        "pidfile": str(pidfile),
+        "embedded_broker": s.broker.embedded,
+        "broker_host": s.broker.host,
+        "port": s.mqtt.port,
+        "node_name": s.node.name,
+        "service_flags": ["-v"] * verbose + ["-q"] * quiet,
+        "dashboard": s.dashboard.enabled,
+        "listen_fd": None if listener is None else listener.fileno(),
+    }
     log_path = s.logdir / "supervisor.log"
-    with log_path.open("ab") as out:
-        level = ["-v"] * verbose + ["-q"] * quiet
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "tomato_mqtt.cli.tomato",
-                "supervise",
-                *service_args(s),
-                *level,
-            ],
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=out,
-            start_new_session=True,
-        )
+    try:
+        with log_path.open("ab") as out:
+            # the supervisor imports no CLI and no pydantic (a lean, long-lived process)
+            proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "tomato_mqtt.services.supervisor",
+                    "--port",
+                    str(s.mqtt.port),
+                    json.dumps(spec),
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=out,
+                start_new_session=True,
+                pass_fds=() if listener is None else (listener.fileno(),),
+            )
+    finally:
+        if listener is not None:  # the supervisor holds it now: a failed start frees it
+            listener.close()
     ready = _wait_ready(ctx, proc, opts.timeout)
     if ready is None:
         why = _startup_error(s.logdir) if proc.poll() is not None else None
@@ -145,6 +167,24 @@ def start(verbose: VerboseOpt = 0, quiet: QuietOpt = 0, *, opts: common.Opts) ->
             f" component(s) cannot register ({', '.join(sorted(comps))}): {why}."
             " Install it, then run `tomato reload`.",
             err=True,
+        )
+
+
+def _bind_mqtt_port(s: Any) -> socket.socket:
+    """The embedded broker's MQTT listener, bound now (a port taken is one clear error,
+    and nothing was started)."""
+    from tomato_mqtt.services.supervisor import bind_listener
+
+    try:
+        host = _user.broker_config(s).plain_host
+    except (ImportError, ValueError):  # `tomato broker` says why in its log, as before
+        host = s.broker.host
+    try:
+        return bind_listener(host, s.mqtt.port)
+    except OSError as e:
+        fail(
+            f"port {s.mqtt.port} on {host} is already in use by another program ({e}); "
+            "nothing was started"
         )
 
 
@@ -265,6 +305,21 @@ def _missing_drivers(payload: bytes) -> dict[str, str]:
 Missing = dict[tuple[str, str], tuple[str, list[str]]]
 
 
+def _on_exit(proc: subprocess.Popen[bytes], event: Any) -> None:
+    """Set the asyncio ``event`` when ``proc`` exits (a daemon thread waits for it)."""
+    import asyncio
+    import threading
+
+    loop = asyncio.get_running_loop()
+
+    def wait() -> None:
+        proc.wait()
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
+            loop.call_soon_threadsafe(event.set)
+
+    threading.Thread(target=wait, daemon=True, name="supervisor-exit").start()
+
+
 def _wait_ready(
     ctx: common.CallContext, proc: subprocess.Popen[bytes], timeout: float
 ) -> tuple[int, int, Missing] | None:
@@ -278,16 +333,21 @@ def _wait_ready(
     async def go() -> tuple[int, int, Missing] | None:
         deadline = time.monotonic() + timeout
         c = AsyncClient(ctx.url, client_id=f"cli-start-{os.getpid()}")
-        while True:
-            if proc.poll() is not None:
-                return None
-            try:
-                await c.connect(timeout=0.5)
-                break
-            except MqttError:
-                if time.monotonic() > deadline:
-                    return None
-                await asyncio.sleep(0.05)
+        # the port listens already (socket activation): one connect, served when the
+        # broker is; unless the supervisor gives up first (its exit, pushed by a thread)
+        exited = asyncio.Event()
+        _on_exit(proc, exited)
+        connecting = asyncio.ensure_future(c.connect(timeout=timeout, retry=True))
+        died = asyncio.ensure_future(exited.wait())
+        await asyncio.wait({connecting, died}, return_when=asyncio.FIRST_COMPLETED)
+        died.cancel()
+        if not connecting.done():
+            connecting.cancel()
+        with contextlib.suppress(asyncio.CancelledError, MqttError):
+            await connecting
+        if not c.is_connected:
+            await c.disconnect()
+            return None
         try:
             # push, not poll: ask again whenever the scheduler's presence or a component's
             # meta changes (both retained), and once a second in case a request was lost
