@@ -324,11 +324,19 @@ def _wait_ready(
     ctx: common.CallContext, proc: subprocess.Popen[bytes], timeout: float
 ) -> tuple[int, int, Missing] | None:
     """Wait until the scheduler answers and every component is registered, or cannot be
-    because its node says its driver is not installed (waiting would not help)."""
+    because its node says its driver is not installed (waiting would not help).
+
+    Push, not poll: the retained scheduler, node and component topics say when to ask the
+    scheduler again; a timer asks again only if a request got no reply within a second.
+    The request is plain JSON (the Request/Reply envelope of wire.messages, as
+    transport/oneshot.py writes it): no pydantic models are built while the services
+    start on the same cores.
+    """
     import asyncio
+    import uuid
 
     from tomato_mqtt.transport.client import AsyncClient, Message, MqttError, MqttTimeout
-    from tomato_mqtt.transport.rpc import NoResponder, Requester
+    from tomato_mqtt.transport.oneshot import SCHEMA
 
     async def go() -> tuple[int, int, Missing] | None:
         deadline = time.monotonic() + timeout
@@ -349,52 +357,72 @@ def _wait_ready(
             await c.disconnect()
             return None
         try:
-            # push, not poll: ask again whenever the scheduler's presence or a component's
-            # meta changes (both retained), and once a second in case a request was lost
-            await c.subscribe(ctx.topics.scheduler_status())
-            await c.subscribe(ctx.topics.all_component_meta())
-            await c.subscribe(ctx.topics.all_node_status())
-            req = Requester(c, ctx.topics)
+            t = ctx.topics
+            reply_to = t.reply(c.client_id)
+            await c.subscribe(reply_to)
+            await c.subscribe(t.scheduler_status())
+            await c.subscribe(t.all_component_meta())
+            await c.subscribe(t.all_node_status())
             last: tuple[int, int, Missing] | None = None
             online = False
+            asked: str | None = None  # the id of the request in flight
+            asked_at = 0.0
+            dirty = False  # something changed since it was sent: ask again on its reply
             gone: dict[str, dict[str, str]] = {}  # node topic -> driver -> error
-            node_prefix = ctx.topics.node_status("x")[: -len("x/status")]
+            node_prefix = t.node_status("x")[: -len("x/status")]
 
-            def seen(m: Message) -> None:
-                nonlocal online
-                if m.topic == ctx.topics.scheduler_status():
-                    online = _is_online(m.payload)
-                elif m.topic.startswith(node_prefix):
-                    gone[m.topic] = _missing_drivers(m.payload)
+            async def ask() -> None:
+                nonlocal asked, asked_at, dirty
+                asked, asked_at, dirty = uuid.uuid4().hex, time.monotonic(), False
+                env = {"schema": SCHEMA, "id": asked, "reply_to": reply_to}
+                doc = {**env, "args": {"what": "components"}}
+                await c.publish(t.scheduler_cmd("status"), json.dumps(doc), wait=False)
 
-            while time.monotonic() < deadline and proc.poll() is None:
-                with contextlib.suppress(MqttTimeout):
-                    seen(await c.next_message(1.0))
-                    while (more := c.take_message()) is not None:  # a burst: ask once
-                        seen(more)
-                if not online:
-                    continue
+            def answer(m: Message) -> tuple[int, int, Missing] | None:
                 try:
-                    r = await req.request(
-                        ctx.topics.scheduler_cmd("status"),
-                        {"what": "components"},
-                        timeout=1.0,
-                        who="scheduler",
-                    )
-                except NoResponder:
-                    continue
-                raw = r.data.values() if isinstance(r.data, dict) else []
-                comps = [x for x in raw if isinstance(x, dict)]
+                    doc = json.loads(m.payload)
+                except ValueError:
+                    return None
+                if not isinstance(doc, dict) or doc.get("id") != asked or not doc.get("success"):
+                    return None
+                data = doc.get("data")
+                comps = [x for x in (data.values() if isinstance(data, dict) else [])]
+                comps = [x for x in comps if isinstance(x, dict)]
                 ok = sum(1 for x in comps if x.get("registered"))
                 missing: Missing = {}
                 for x in comps:
                     node, drv = str(x.get("node")), str(x.get("driver"))
-                    why = gone.get(ctx.topics.node_status(node), {}).get(drv)
+                    why = gone.get(t.node_status(node), {}).get(drv)
                     if not x.get("registered") and why:
                         missing.setdefault((node, drv), (why, []))[1].append(str(x.get("name")))
-                last = (ok, len(comps), missing)
-                if ok + sum(len(v[1]) for v in missing.values()) == len(comps):
-                    return last
+                return ok, len(comps), missing
+
+            while time.monotonic() < deadline and proc.poll() is None:
+                try:
+                    m = await c.next_message(1.0)
+                except MqttTimeout:  # a request (or its reply) was lost: ask again
+                    if online:
+                        await ask()
+                    continue
+                if m.topic == reply_to:
+                    got = answer(m)
+                    if got is None:
+                        continue
+                    last, asked = got, None
+                    ok, n, missing = got
+                    if ok + sum(len(v[1]) for v in missing.values()) == n:
+                        return last
+                elif m.topic == t.scheduler_status():
+                    online = _is_online(m.payload)
+                    dirty = True
+                else:
+                    if m.topic.startswith(node_prefix):
+                        gone[m.topic] = _missing_drivers(m.payload)
+                    dirty = True
+                # one request at a time; a change meanwhile asks again on its reply (or
+                # at once, if that reply is a second late: lost)
+                if online and dirty and (asked is None or time.monotonic() - asked_at > 1.0):
+                    await ask()
             return last
         finally:
             await c.disconnect()
