@@ -75,6 +75,8 @@ class SchedulerService(Service):
         self.store: StateStore | None = None
         self.requester: Requester | None = None
         self.epoch = int(time.time())  # s, as the nodes' (schema 2; was ms)
+        #: the AsyncAPI document, built once per settings (a reload may change its servers)
+        self._schema: tuple[Settings, bytes] | None = None
         self.started_at = time.time()
         self.exit_requested = False  # `tomato stop`: the supervisor then stops the stack
         self._configured: dict[str, tuple[int, str]] = {}
@@ -107,16 +109,16 @@ class SchedulerService(Service):
         self.responder = Responder(
             self.mqtt, self.topics, self.ops.table(), name="scheduler", kind="scheduler"
         )
-        await self.requester.start()
-        for f in (
+        filters = (
             self.topics.scheduler_cmds(),
             self.topics.all_node_status(),
             self.topics.all_component_meta(),
             self.topics.all_component_status(),
             self.topics.recorder_status(),
             self.topics.all_job_status(),  # to clear stale retained ones (retention.py)
-        ):
-            await self.mqtt.subscribe(f)
+        )
+        # all at once: one round trip to the broker, not seven in a row
+        await asyncio.gather(self.requester.start(), *(self.mqtt.subscribe(f) for f in filters))
         await self._announce()
         self.spawn(asyncio.to_thread(_warm_up_payloads))
         self._readopt()
@@ -165,11 +167,10 @@ class SchedulerService(Service):
 
     async def _announce(self) -> None:
         """(Re)publish everything retained: after start and after every reconnect."""
-        from tomato_mqtt.wire.asyncapi import schema_json
-
         await self.publish(self.topics.scheduler_status(), self._presence("online"))
-        doc = schema_json(self.topics.instance, self.settings, compact=True)
-        await self.publish(self.topics.meta_schema(), doc.encode())
+        # the AsyncAPI document takes ~0.1-0.2 CPU-s to build: in a thread, once, so that
+        # it does not hold up the nodes' configuration (what `tomato start` waits for)
+        self.spawn(self._publish_schema())
         if self.store is None:
             return
         for p in self.store.pipelines():
@@ -178,6 +179,15 @@ class SchedulerService(Service):
         for node in self.nodes:
             self._configured.pop(node, None)
         await self.configure_nodes()
+
+    async def _publish_schema(self) -> None:
+        from tomato_mqtt.wire.asyncapi import schema_json
+
+        settings = self.settings
+        if self._schema is None or self._schema[0] is not settings:
+            doc = await asyncio.to_thread(schema_json, self.topics.instance, settings, compact=True)
+            self._schema = (settings, doc.encode())
+        await self.publish(self.topics.meta_schema(), self._schema[1])
 
     async def publish_pipeline(self, name: str) -> None:
         if self.store is None:
