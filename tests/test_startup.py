@@ -20,9 +20,12 @@ from tomato_mqtt_broker import BrokerConfig, EmbeddedBroker
 
 from tests.stack import free_port
 from tests.upstream.test_upstream_stack import processes_of
+from tomato_mqtt.config.devices import load_devices
 from tomato_mqtt.config.url import BrokerURL
+from tomato_mqtt.services.scheduler.warmup import settled, warm_up_when
 from tomato_mqtt.services.supervisor import Supervisor, bind_listener
 from tomato_mqtt.transport.client import AsyncClient, MqttError
+from tomato_mqtt.wire.messages import ComponentMeta
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -131,3 +134,31 @@ def test_start_on_a_taken_port_is_one_error_and_nothing_runs(tmp_path: Path) -> 
     assert f"port {port} on 127.0.0.1 is already in use by another program" in res.stderr
     assert processes_of(port) == []
     assert not (tmp_path / f"tomato-mqtt.{port}.pid").exists()
+
+
+def _meta(name: str, **kw: object) -> ComponentMeta:
+    return ComponentMeta(
+        name=name, device="d", driver="example_counter", address="a", channel="1", node="n", **kw
+    )
+
+
+def test_the_scheduler_warms_up_once_every_component_has_registered(tmp_path: Path) -> None:
+    devices = tmp_path / "devices.yml"
+    devices.write_text(
+        "devices:\n  - {name: d, driver: example_counter, address: a, channels: ['1', '2']}\n"
+        "pipelines:\n  - name: p-*\n    devices: [{role: r, device: d, channel: each}]\n"
+    )
+    layout = load_devices(devices)
+    a, b = sorted(layout.components)
+    assert not settled(layout, {})
+    assert not settled(layout, {a: _meta(a, registered=True), b: _meta(b)})
+    assert settled(layout, {a: _meta(a, registered=True), b: _meta(b, error="no driver")})
+
+
+async def test_the_warm_up_waits_for_the_components_and_no_longer() -> None:
+    ready = asyncio.Event()
+    warm = asyncio.ensure_future(warm_up_when(ready, latest=60))
+    await asyncio.sleep(0)
+    assert not warm.done()
+    ready.set()
+    await asyncio.wait_for(warm, 60)  # it loads (once ready), not after the 60 s

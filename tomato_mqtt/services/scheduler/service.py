@@ -9,7 +9,6 @@ request on ``scheduler/cmd/<op>`` gets a Reply; bad input never stops the servic
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 import uuid
@@ -30,6 +29,7 @@ from tomato_mqtt.services.scheduler.recorder_link import RecorderLink
 from tomato_mqtt.services.scheduler.retention import Retention
 from tomato_mqtt.services.scheduler.runner import JobRunner
 from tomato_mqtt.services.scheduler.store import StateStore
+from tomato_mqtt.services.scheduler.warmup import settled, warm_up_when
 from tomato_mqtt.transport.client import BrokerURL, Message
 from tomato_mqtt.transport.rpc import NoResponder, Requester, Responder
 from tomato_mqtt.wire.messages import (
@@ -77,6 +77,7 @@ class SchedulerService(Service):
         self.epoch = int(time.time())  # s, as the nodes' (schema 2; was ms)
         #: the AsyncAPI document, built once per settings (a reload may change its servers)
         self._schema: tuple[Settings, bytes] | None = None
+        self._settled = asyncio.Event()  # every component registered (or failed to)
         self.started_at = time.time()
         self.exit_requested = False  # `tomato stop`: the supervisor then stops the stack
         self._configured: dict[str, tuple[int, str]] = {}
@@ -120,8 +121,15 @@ class SchedulerService(Service):
         # all at once: one round trip to the broker, not seven in a row
         await asyncio.gather(self.requester.start(), *(self.mqtt.subscribe(f) for f in filters))
         await self._announce()
-        self.spawn(asyncio.to_thread(_warm_up_payloads))
+        self.spawn(self._warm_up())
         self._readopt()
+
+    async def _warm_up(self) -> None:
+        await warm_up_when(self._settled)
+
+    def _check_settled(self) -> None:
+        if not self._settled.is_set() and settled(self.layout, self.metas):
+            self._settled.set()
 
     def loops(self) -> list[Coroutine[Any, Any, Any]]:
         return [self._schedule_loop()]
@@ -249,6 +257,7 @@ class SchedulerService(Service):
                 meta = decode(ComponentMeta, msg.payload, msg.topic)
                 if self._topic_agrees(parsed.name, meta.name, msg.topic):
                     self.metas[meta.name] = meta
+                    self._check_settled()
                     self.kick()
             elif parsed.kind == "component_status":
                 st = decode(ComponentStatus, msg.payload, msg.topic)
@@ -397,13 +406,3 @@ class SchedulerService(Service):
             log.info("re-adopting running job %d on %s", job.id, job.pipeline)
             self.ops.start_runner(job, readopt=True)
         self.kick()
-
-
-def _warm_up_payloads() -> None:
-    """Load dgbowl-schemas and pint now, not while the first ``ketchup submit`` waits."""
-    from tomato_mqtt.config.payloads import PayloadError, parse_payload
-
-    with contextlib.suppress(PayloadError):
-        parse_payload({"version": "2.2", "sample": {"name": "warm-up"}, "method": []})
-    with contextlib.suppress(Exception):
-        from tomato_mqtt.driver.validate import coerce_value  # noqa: F401 - pint, once
