@@ -157,8 +157,10 @@ def test_the_scheduler_warms_up_once_every_component_has_registered(tmp_path: Pa
 
 async def test_the_warm_up_waits_for_the_components_and_no_longer() -> None:
     ready = asyncio.Event()
-    warm = asyncio.ensure_future(warm_up_when(ready, latest=60))
+    loaded: list[bool] = []
+    warm = asyncio.ensure_future(warm_up_when(ready, lambda: loaded.append(True), latest=60))
     await asyncio.sleep(0)
-    assert not warm.done()
+    assert not warm.done() and not loaded
     ready.set()
     await asyncio.wait_for(warm, 60)  # it loads (once ready), not after the 60 s
+    assert loaded == [True]

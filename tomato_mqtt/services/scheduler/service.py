@@ -9,6 +9,7 @@ request on ``scheduler/cmd/<op>`` gets a Reply; bad input never stops the servic
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
@@ -29,7 +30,7 @@ from tomato_mqtt.services.scheduler.recorder_link import RecorderLink
 from tomato_mqtt.services.scheduler.retention import Retention
 from tomato_mqtt.services.scheduler.runner import JobRunner
 from tomato_mqtt.services.scheduler.store import StateStore
-from tomato_mqtt.services.scheduler.warmup import settled, warm_up_when
+from tomato_mqtt.services.scheduler.warmup import SchemaDoc, settled, warm_up_when
 from tomato_mqtt.transport.client import BrokerURL, Message
 from tomato_mqtt.transport.rpc import NoResponder, Requester, Responder
 from tomato_mqtt.wire.messages import (
@@ -75,8 +76,7 @@ class SchedulerService(Service):
         self.store: StateStore | None = None
         self.requester: Requester | None = None
         self.epoch = int(time.time())  # s, as the nodes' (schema 2; was ms)
-        #: the AsyncAPI document, built once per settings (a reload may change its servers)
-        self._schema: tuple[Settings, bytes] | None = None
+        self._schema = SchemaDoc(self.topics.instance)
         self._settled = asyncio.Event()  # every component registered (or failed to)
         self.started_at = time.time()
         self.exit_requested = False  # `tomato stop`: the supervisor then stops the stack
@@ -125,7 +125,7 @@ class SchedulerService(Service):
         self._readopt()
 
     async def _warm_up(self) -> None:
-        await warm_up_when(self._settled)
+        await warm_up_when(self._settled, _warm_up_payloads)
 
     def _check_settled(self) -> None:
         if not self._settled.is_set() and settled(self.layout, self.metas):
@@ -189,13 +189,7 @@ class SchedulerService(Service):
         await self.configure_nodes()
 
     async def _publish_schema(self) -> None:
-        from tomato_mqtt.wire.asyncapi import schema_json
-
-        settings = self.settings
-        if self._schema is None or self._schema[0] is not settings:
-            doc = await asyncio.to_thread(schema_json, self.topics.instance, settings, compact=True)
-            self._schema = (settings, doc.encode())
-        await self.publish(self.topics.meta_schema(), self._schema[1])
+        await self.publish(self.topics.meta_schema(), await self._schema.get(self.settings))
 
     async def publish_pipeline(self, name: str) -> None:
         if self.store is None:
@@ -406,3 +400,13 @@ class SchedulerService(Service):
             log.info("re-adopting running job %d on %s", job.id, job.pipeline)
             self.ops.start_runner(job, readopt=True)
         self.kick()
+
+
+def _warm_up_payloads() -> None:
+    """Load dgbowl-schemas and pint now, not while the first ``ketchup submit`` waits."""
+    from tomato_mqtt.config.payloads import PayloadError, parse_payload
+
+    with contextlib.suppress(PayloadError):
+        parse_payload({"version": "2.2", "sample": {"name": "warm-up"}, "method": []})
+    with contextlib.suppress(Exception):
+        from tomato_mqtt.driver.validate import coerce_value  # noqa: F401 - pint, once

@@ -1,4 +1,7 @@
-"""What the scheduler loads after start, off the path that `tomato start` waits on.
+"""What the scheduler builds and loads after start, off the path `tomato start` waits on.
+
+The AsyncAPI document (``meta/schema``) takes ~0.1-0.2 CPU-s to build: it is built once
+per settings, in a thread, after the nodes were configured (:class:`SchemaDoc`).
 
 dgbowl-schemas and pint take ~0.4 CPU-s to load. The first ``ketchup submit`` needs
 them, `tomato start` does not: loaded at once, they compete for the (two) cores with
@@ -11,12 +14,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from tomato_mqtt.config.devices import Layout
+from tomato_mqtt.config.settings import Settings
 from tomato_mqtt.wire.messages import ComponentMeta
 
-__all__ = ["WARM_UP_LATEST", "settled", "warm_up_payloads", "warm_up_when"]
+__all__ = ["WARM_UP_LATEST", "SchemaDoc", "settled", "warm_up_when"]
 
 #: s, the warm-up runs at the latest this long after start (components that never register)
 WARM_UP_LATEST = 10.0
@@ -30,18 +34,27 @@ def settled(layout: Layout, metas: Mapping[str, ComponentMeta]) -> bool:
     )
 
 
-async def warm_up_when(ready: asyncio.Event, latest: float = WARM_UP_LATEST) -> None:
-    """Load the payload schemas and pint once ``ready`` is set (or after ``latest`` s)."""
+async def warm_up_when(
+    ready: asyncio.Event, load: Callable[[], None], latest: float = WARM_UP_LATEST
+) -> None:
+    """Run ``load`` in a thread once ``ready`` is set (or after ``latest`` s)."""
     with contextlib.suppress(asyncio.TimeoutError):
         await asyncio.wait_for(ready.wait(), latest)
-    await asyncio.to_thread(warm_up_payloads)
+    await asyncio.to_thread(load)
 
 
-def warm_up_payloads() -> None:
-    """Load dgbowl-schemas and pint now, not while the first ``ketchup submit`` waits."""
-    from tomato_mqtt.config.payloads import PayloadError, parse_payload
+class SchemaDoc:
+    """The compact AsyncAPI document, built once per settings (a reload may change the
+    servers in it), in a thread so that the event loop keeps serving meanwhile."""
 
-    with contextlib.suppress(PayloadError):
-        parse_payload({"version": "2.2", "sample": {"name": "warm-up"}, "method": []})
-    with contextlib.suppress(Exception):
-        from tomato_mqtt.driver.validate import coerce_value  # noqa: F401 - pint, once
+    def __init__(self, instance: str) -> None:
+        self.instance = instance
+        self._built: tuple[Settings, bytes] | None = None
+
+    async def get(self, settings: Settings) -> bytes:
+        from tomato_mqtt.wire.asyncapi import schema_json
+
+        if self._built is None or self._built[0] is not settings:
+            doc = await asyncio.to_thread(schema_json, self.instance, settings, compact=True)
+            self._built = (settings, doc.encode())
+        return self._built[1]
