@@ -192,7 +192,7 @@ class Supervisor:
         self.pidfile.parent.mkdir(parents=True, exist_ok=True)
         self.pidfile.write_text(json.dumps({"pid": os.getpid(), "port": self.port}))
         try:
-            if self.embedded_broker and self.listen_fd is None:
+            if self.embedded_broker and self.listen_fd is None and os.name == "posix":
                 try:  # `tomato supervise` run by hand: bind here
                     self._listener = bind_listener(self.broker_host, self.port)
                 except OSError as e:
