@@ -71,6 +71,8 @@ def role_of(p: psutil.Process) -> str:
     for name in ("tomato-daemon", "tomato-driver", "tomato-job"):
         if name in cmd:
             return name
+    if "tomato_mqtt.services.supervisor" in cmd:  # `tomato start`'s lean supervisor
+        return "supervise"
     if "tomato_mqtt.cli.tomato" in cmd:
         for part in ("node", "recorder", "scheduler", "broker", "supervise"):
             if f"tomato_mqtt.cli.tomato {part}" in cmd:

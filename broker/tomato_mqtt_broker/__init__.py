@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import ipaddress
 import logging
 import os
 import signal
+import socket
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,10 +59,20 @@ class BrokerConfig:
     keyfile: str | None = None
     cafile: str | None = None  # CA of client certificates (verified when presented)
     tls_port: int = 8883
+    #: an already listening socket for the plain MQTT listener (handed down by the
+    #: supervisor, which binds it before anything starts): clients that connect while
+    #: this broker still imports wait in its backlog instead of retrying with back-off
+    listen_fd: int | None = None
 
     @property
     def tls(self) -> bool:
         return bool(self.certfile)
+
+    @property
+    def plain_host(self) -> str:
+        """The address of the plain MQTT listener: with TLS it stays on loopback for the
+        local services, and the network gets TLS (and WSS) only."""
+        return "127.0.0.1" if self.tls and not _is_loopback(self.host) else self.host
 
     def check(self) -> None:
         """Refuse what would let anyone in, with one clear message."""
@@ -92,9 +104,7 @@ class BrokerConfig:
             ssl = {"ssl": True, "certfile": self.certfile, "keyfile": self.keyfile}
             if self.cafile:
                 ssl["cafile"] = self.cafile
-        # with TLS, plain MQTT stays on loopback for the local services; the network
-        # gets TLS (and WSS) only
-        plain_host = "127.0.0.1" if self.tls and not _is_loopback(self.host) else self.host
+        plain_host = self.plain_host
         listeners: dict[str, Any] = {
             "default": {"type": "tcp", "bind": f"{plain_host}:{self.port}", "max_connections": 0}
         }
@@ -122,7 +132,7 @@ class BrokerConfig:
         return {"listeners": listeners, "plugins": plugins, "timeout_disconnect_delay": 0}
 
 
-def _broker_class() -> Any:
+def _broker_class(listen_fd: int | None = None) -> Any:
     """amqtt's Broker, without its retained-message leak.
 
     On every new connection amqtt 0.12 sends the client the retained messages of *every*
@@ -146,6 +156,23 @@ def _broker_class() -> Any:
             #: refused at CONNECT, garbage that never became a session), and an unclosed
             #: transport outlives the event loop
             self.connections: set[asyncio.StreamWriter] = set()
+
+        async def _create_server_instance(
+            self, listener_name: str, listener_type: Any, address: Any, port: int, ssl: Any
+        ) -> Any:
+            if listener_name != "default" or listen_fd is None:
+                return await super()._create_server_instance(
+                    listener_name, listener_type, address, port, ssl
+                )
+            # socket activation: serve the socket the supervisor bound (a duplicate, so
+            # that closing this server leaves the supervisor's one listening for a restart)
+            sock = socket.socket(fileno=os.dup(listen_fd))
+            sock.setblocking(False)
+            return await asyncio.start_server(
+                functools.partial(self.stream_connected, listener_name=listener_name),
+                sock=sock,
+                ssl=ssl,
+            )
 
         async def stream_connected(
             self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, listener_name: str
@@ -191,7 +218,7 @@ class EmbeddedBroker:
         for noisy in ("amqtt", "transitions", "websockets"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
         config = self.config.amqtt_config()  # BrokerConfigError: refused, with the reason
-        self._broker = _broker_class()(config)
+        self._broker = _broker_class(self.config.listen_fd)(config)
         try:
             await self._broker.start()
         except Exception as e:

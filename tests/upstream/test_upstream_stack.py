@@ -53,7 +53,8 @@ def processes_of(port: int, service: str = "") -> list[int]:
             state = (d / "stat").read_text().rsplit(")", 1)[1].split()[0]
         except (OSError, IndexError):
             continue
-        ours = b"tomato_mqtt.cli.tomato" in cmd and str(port).encode() in cmd
+        mod = b"tomato_mqtt.cli.tomato" in cmd or b"tomato_mqtt.services.supervisor" in cmd
+        ours = mod and str(port).encode() in cmd
         if state != "Z" and ours and (not service or service.encode() in cmd):
             out.append(int(d.name))
     return out

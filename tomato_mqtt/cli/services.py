@@ -7,6 +7,7 @@ inside the commands, so that ``tomato status`` stays fast.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -42,10 +43,14 @@ def broker(opts: common.Opts) -> None:
 
     s = opts.settings()
     setup_logging("broker", s.logdir)
-    from tomato_mqtt.services.supervisor import EXIT_CANNOT_LISTEN
+    from tomato_mqtt.services.supervisor import EXIT_CANNOT_LISTEN, LISTEN_FD_ENV
 
+    # socket activation: the supervisor bound the MQTT port and hands its socket down
+    fd = os.environ.get(LISTEN_FD_ENV, "")
     try:
-        run_broker(_user.broker_config(s))
+        config = _user.broker_config(s)
+        config.listen_fd = int(fd) if fd.isdigit() else None
+        run_broker(config)
     except ValueError as e:  # BrokerConfigError: an insecure or impossible set-up
         fail(f"the broker refuses to start: {e}")
     except OSError as e:  # a port is taken: the supervisor gives up on this exit code

@@ -7,7 +7,9 @@ on MQTT, until the scheduler answers and every component is registered.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -19,6 +21,7 @@ import typer
 from tomato_mqtt.cli import common
 from tomato_mqtt.cli import user as _user
 from tomato_mqtt.cli.common import fail
+from tomato_mqtt.cli.ready import wait_ready
 from tomato_mqtt.cli.services import service_args
 
 __all__ = ["app"]
@@ -94,24 +97,45 @@ def start(verbose: VerboseOpt = 0, quiet: QuietOpt = 0, *, opts: common.Opts) ->
         _check_listener_ports(s)
     s.logdir.mkdir(parents=True, exist_ok=True)
     s.datadir.mkdir(parents=True, exist_ok=True)
+    # socket activation (services/supervisor.py): the MQTT port listens from here on, so
+    # the services and this command connect at once and are served when the broker is
+    # (POSIX: Windows cannot hand a socket to a child this way; its services retry)
+    listener = _bind_mqtt_port(s) if s.broker.embedded and os.name == "posix" else None
+    spec = {
+        "common_args": service_args(s),
+        "logdir": str(s.logdir),
+        "pidfile": str(pidfile),
+        "embedded_broker": s.broker.embedded,
+        "broker_host": s.broker.host,
+        "port": s.mqtt.port,
+        "node_name": s.node.name,
+        "service_flags": ["-v"] * verbose + ["-q"] * quiet,
+        "dashboard": s.dashboard.enabled,
+        "listen_fd": None if listener is None else listener.fileno(),
+    }
     log_path = s.logdir / "supervisor.log"
-    with log_path.open("ab") as out:
-        level = ["-v"] * verbose + ["-q"] * quiet
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "tomato_mqtt.cli.tomato",
-                "supervise",
-                *service_args(s),
-                *level,
-            ],
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=out,
-            start_new_session=True,
-        )
-    ready = _wait_ready(ctx, proc, opts.timeout)
+    try:
+        with log_path.open("ab") as out:
+            # the supervisor imports no CLI and no pydantic (a lean, long-lived process)
+            proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "tomato_mqtt.services.supervisor",
+                    "--port",
+                    str(s.mqtt.port),
+                    json.dumps(spec),
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=out,
+                start_new_session=True,
+                pass_fds=() if listener is None else (listener.fileno(),),
+            )
+    finally:
+        if listener is not None:  # the supervisor holds it now: a failed start frees it
+            listener.close()
+    ready = wait_ready(ctx, proc, opts.timeout)
     if ready is None:
         why = _startup_error(s.logdir) if proc.poll() is not None else None
         _take_down(proc)  # nothing of a failed start is left running
@@ -145,6 +169,24 @@ def start(verbose: VerboseOpt = 0, quiet: QuietOpt = 0, *, opts: common.Opts) ->
             f" component(s) cannot register ({', '.join(sorted(comps))}): {why}."
             " Install it, then run `tomato reload`.",
             err=True,
+        )
+
+
+def _bind_mqtt_port(s: Any) -> socket.socket:
+    """The embedded broker's MQTT listener, bound now (a port taken is one clear error,
+    and nothing was started)."""
+    from tomato_mqtt.services.supervisor import bind_listener
+
+    try:
+        host = _user.broker_config(s).plain_host
+    except (ImportError, ValueError):  # `tomato broker` says why in its log, as before
+        host = s.broker.host
+    try:
+        return bind_listener(host, s.mqtt.port)
+    except OSError as e:
+        fail(
+            f"port {s.mqtt.port} on {host} is already in use by another program ({e}); "
+            "nothing was started"
         )
 
 
@@ -227,115 +269,6 @@ def _scheduler_answers(ctx: common.CallContext, timeout: float) -> bool:
             return bool(r.success)
         except NoResponder:
             return False
-        finally:
-            await c.disconnect()
-
-    return asyncio.run(go())
-
-
-def _is_online(payload: bytes) -> bool:
-    """Whether a retained scheduler status says online (cheaply: no pydantic here)."""
-    import json
-
-    try:
-        doc = json.loads(payload)
-    except ValueError:
-        return False
-    return isinstance(doc, dict) and doc.get("state") == "online"
-
-
-def _missing_drivers(payload: bytes) -> dict[str, str]:
-    """driver -> error, from a retained node status (cheaply: no pydantic here)."""
-    import json
-
-    try:
-        doc = json.loads(payload)
-    except ValueError:
-        return {}
-    drivers = doc.get("drivers") if isinstance(doc, dict) else None
-    if not isinstance(drivers, dict):
-        return {}
-    return {
-        str(name): str(info["error"])
-        for name, info in drivers.items()
-        if isinstance(info, dict) and info.get("error")
-    }
-
-
-Missing = dict[tuple[str, str], tuple[str, list[str]]]
-
-
-def _wait_ready(
-    ctx: common.CallContext, proc: subprocess.Popen[bytes], timeout: float
-) -> tuple[int, int, Missing] | None:
-    """Wait until the scheduler answers and every component is registered, or cannot be
-    because its node says its driver is not installed (waiting would not help)."""
-    import asyncio
-
-    from tomato_mqtt.transport.client import AsyncClient, Message, MqttError, MqttTimeout
-    from tomato_mqtt.transport.rpc import NoResponder, Requester
-
-    async def go() -> tuple[int, int, Missing] | None:
-        deadline = time.monotonic() + timeout
-        c = AsyncClient(ctx.url, client_id=f"cli-start-{os.getpid()}")
-        while True:
-            if proc.poll() is not None:
-                return None
-            try:
-                await c.connect(timeout=0.5)
-                break
-            except MqttError:
-                if time.monotonic() > deadline:
-                    return None
-                await asyncio.sleep(0.05)
-        try:
-            # push, not poll: ask again whenever the scheduler's presence or a component's
-            # meta changes (both retained), and once a second in case a request was lost
-            await c.subscribe(ctx.topics.scheduler_status())
-            await c.subscribe(ctx.topics.all_component_meta())
-            await c.subscribe(ctx.topics.all_node_status())
-            req = Requester(c, ctx.topics)
-            last: tuple[int, int, Missing] | None = None
-            online = False
-            gone: dict[str, dict[str, str]] = {}  # node topic -> driver -> error
-            node_prefix = ctx.topics.node_status("x")[: -len("x/status")]
-
-            def seen(m: Message) -> None:
-                nonlocal online
-                if m.topic == ctx.topics.scheduler_status():
-                    online = _is_online(m.payload)
-                elif m.topic.startswith(node_prefix):
-                    gone[m.topic] = _missing_drivers(m.payload)
-
-            while time.monotonic() < deadline and proc.poll() is None:
-                with contextlib.suppress(MqttTimeout):
-                    seen(await c.next_message(1.0))
-                    while (more := c.take_message()) is not None:  # a burst: ask once
-                        seen(more)
-                if not online:
-                    continue
-                try:
-                    r = await req.request(
-                        ctx.topics.scheduler_cmd("status"),
-                        {"what": "components"},
-                        timeout=1.0,
-                        who="scheduler",
-                    )
-                except NoResponder:
-                    continue
-                raw = r.data.values() if isinstance(r.data, dict) else []
-                comps = [x for x in raw if isinstance(x, dict)]
-                ok = sum(1 for x in comps if x.get("registered"))
-                missing: Missing = {}
-                for x in comps:
-                    node, drv = str(x.get("node")), str(x.get("driver"))
-                    why = gone.get(ctx.topics.node_status(node), {}).get(drv)
-                    if not x.get("registered") and why:
-                        missing.setdefault((node, drv), (why, []))[1].append(str(x.get("name")))
-                last = (ok, len(comps), missing)
-                if ok + sum(len(v[1]) for v in missing.values()) == len(comps):
-                    return last
-            return last
         finally:
             await c.disconnect()
 

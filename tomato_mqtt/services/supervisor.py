@@ -1,10 +1,22 @@
 """Runs the local stack in the background and keeps it running.
 
-``tomato start`` launches ``tomato supervise``, detached; the supervisor starts the
-embedded broker (unless an external one is configured), then the scheduler, the
-recorder and the local driver node as child processes, each logging into the logdir,
-and restarts any that crashes (with back-off). It stops everything when the scheduler
-exits because of ``tomato stop`` (exit code :data:`EXIT_STOP_REQUESTED`) or on SIGTERM.
+``tomato start`` launches this module (``python -m tomato_mqtt.services.supervisor
+SPEC``, detached; ``tomato supervise`` runs the same in the foreground). The supervisor
+starts the embedded broker (unless an external one is configured), the scheduler, the
+recorder and the local driver node as child processes, all at once, each logging into
+the logdir, and restarts any that crashes (with back-off). It stops everything when the
+scheduler exits because of ``tomato stop`` (exit code :data:`EXIT_STOP_REQUESTED`) or on
+SIGTERM.
+
+Socket activation: the MQTT port of the embedded broker is bound and listening *before*
+any service starts (by ``tomato start``, which hands the socket down, or else here), and
+the broker serves that socket. A service that connects while the broker still imports
+waits in the socket's backlog and gets its CONNACK the moment the broker serves: no
+connection is refused, so nobody retries with back-off, and the services' start-up
+overlaps the broker's. A broker that is restarted serves the same socket.
+
+This module imports only the standard library: the supervisor is a small, long-lived
+process (no CLI, no pydantic), started in a few tens of milliseconds.
 """
 
 from __future__ import annotations
@@ -24,7 +36,10 @@ from pathlib import Path
 __all__ = [
     "EXIT_CANNOT_LISTEN",
     "EXIT_STOP_REQUESTED",
+    "LISTEN_FD_ENV",
     "Supervisor",
+    "bind_listener",
+    "main",
     "pid_alive",
     "pidfile_path",
     "port_free",
@@ -32,11 +47,13 @@ __all__ = [
     "read_pidfile",
 ]
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("tomato_mqtt.services.supervisor")  # also when run as __main__
 
 EXIT_STOP_REQUESTED = 3
 #: ``tomato broker`` exits with this when a listener cannot bind (a port is taken)
 EXIT_CANNOT_LISTEN = 4
+#: the environment variable that hands the bound MQTT socket's fd to ``tomato broker``
+LISTEN_FD_ENV = "TOMATO_MQTT_LISTEN_FD"
 
 
 def pidfile_path(datadir: Path, port: int) -> Path:
@@ -96,6 +113,22 @@ def port_free(host: str, port: int) -> bool:
         return True
 
 
+def bind_listener(host: str, port: int) -> socket.socket:
+    """Bind and listen on ``host:port`` as asyncio's servers do (raises OSError if taken).
+
+    The backlog holds every service and CLI that connects before the broker serves.
+    """
+    s = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    try:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind((host, port))
+        s.listen(128)
+    except OSError:
+        s.close()
+        raise
+    return s
+
+
 #: a broker that exits this soon after its first start could not listen: give up
 BROKER_STARTUP_WINDOW = 10.0
 
@@ -124,6 +157,7 @@ class Supervisor:
         node_name: str,
         service_flags: list[str] | None = None,
         dashboard: bool = False,
+        listen_fd: int | None = None,
     ) -> None:
         exe = [sys.executable, "-m", "tomato_mqtt.cli.tomato"]
         flags = list(service_flags or [])  # -v/-q of `tomato start`
@@ -131,6 +165,10 @@ class Supervisor:
         self.pidfile = pidfile
         self.port = port
         self.broker_host = broker_host
+        self.embedded_broker = embedded_broker
+        #: the listening MQTT socket the broker serves (see the module docstring)
+        self.listen_fd = listen_fd
+        self._listener: socket.socket | None = None
         self.children: list[Child] = []
         if embedded_broker:
             self.children.append(Child("broker", [*exe, "broker", *common_args]))
@@ -154,6 +192,14 @@ class Supervisor:
         self.pidfile.parent.mkdir(parents=True, exist_ok=True)
         self.pidfile.write_text(json.dumps({"pid": os.getpid(), "port": self.port}))
         try:
+            if self.embedded_broker and self.listen_fd is None and os.name == "posix":
+                try:  # `tomato supervise` run by hand: bind here
+                    self._listener = bind_listener(self.broker_host, self.port)
+                except OSError as e:
+                    self.failed = f"cannot listen on {self.broker_host}:{self.port}: {e}"
+                    log.error("the broker could not start: %s", self.failed)
+                    return 1
+                self.listen_fd = self._listener.fileno()
             # all at once: the services retry their connection until the broker listens,
             # so its start-up (~0.5 s of imports) overlaps with theirs
             watchers = [asyncio.ensure_future(self._watch(c)) for c in self.children]
@@ -172,14 +218,26 @@ class Supervisor:
                         await self._terminate(c)
             return 0
         finally:
+            if self._listener is not None:
+                self._listener.close()
             with contextlib.suppress(OSError):
                 self.pidfile.unlink()
 
     async def _spawn(self, c: Child) -> None:
         c.log_path = self.logdir / f"{c.name}.stderr.log"
+        fds: tuple[int, ...] = ()
+        env = None
+        if c.name == "broker" and self.listen_fd is not None:
+            fds = (self.listen_fd,)
+            env = {**os.environ, LISTEN_FD_ENV: str(self.listen_fd)}
         with c.log_path.open("ab") as err:
             c.proc = await asyncio.create_subprocess_exec(
-                *c.argv, stdin=asyncio.subprocess.DEVNULL, stdout=err, stderr=err
+                *c.argv,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=err,
+                stderr=err,
+                pass_fds=fds,
+                env=env,
             )
         c.started = time.monotonic()
         log.info("started %s (pid %d)", c.name, c.proc.pid)
@@ -245,3 +303,47 @@ def _last_error(path: Path | None) -> str | None:
         if line and ("Error" in line.split(":", 1)[0] or line.startswith("error:")):
             return line
     return None
+
+
+def _setup_logging(logdir: Path, verbosity: int) -> None:
+    """As services.base.setup_logging (same file and format), without its imports."""
+    level = min(max(logging.INFO - 10 * verbosity, logging.DEBUG), logging.CRITICAL)
+    logdir.mkdir(parents=True, exist_ok=True)
+    logging.basicConfig(
+        level=level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        handlers=[logging.FileHandler(logdir / "supervisor.log")],
+        force=True,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m tomato_mqtt.services.supervisor --port PORT SPEC``: SPEC is a JSON
+    object of the :class:`Supervisor` arguments, written by ``tomato start`` (which has
+    parsed and checked the settings already: the supervisor does not read them again);
+    ``--port`` repeats the stack's port, so that ``ps`` tells the stacks apart."""
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 3 or args[0] != "--port":
+        print("usage: python -m tomato_mqtt.services.supervisor --port PORT SPEC", file=sys.stderr)
+        return 2
+    spec = json.loads(args[2])
+    logdir = Path(spec["logdir"])
+    _setup_logging(logdir, int(spec.get("verbosity", 0)))
+    fd = spec.get("listen_fd")
+    sup = Supervisor(
+        list(spec["common_args"]),
+        logdir=logdir,
+        pidfile=Path(spec["pidfile"]),
+        embedded_broker=bool(spec["embedded_broker"]),
+        broker_host=str(spec["broker_host"]),
+        port=int(spec["port"]),
+        node_name=str(spec["node_name"]),
+        service_flags=list(spec.get("service_flags", [])),
+        dashboard=bool(spec.get("dashboard", False)),
+        listen_fd=None if fd is None else int(fd),
+    )
+    return asyncio.run(sup.run())
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -160,6 +160,8 @@ class AsyncClient(_LoopDriven):
         loop = self._running_loop()
         c = self._require_client()
         self._connack = loop.create_future()
+        # failed by _on_disconnect after a cancelled attempt: nobody awaits it then
+        self._connack.add_done_callback(lambda f: f.cancelled() or f.exception())
         try:
             # blocking socket connect (DNS, TCP, TLS): off the loop
             await loop.run_in_executor(None, c.reconnect)
@@ -346,6 +348,10 @@ class AsyncClient(_LoopDriven):
     def _on_disconnect(self, c: paho.Client, ud: Any, flags: Any, rc: Any, props: Any) -> None:
         was_connected = self._connected.is_set()
         self._connected.clear()
+        if self._connack is not None and not self._connack.done():
+            # closed before the CONNACK (a broker that died while serving the listening
+            # socket's backlog): fail this attempt now, so that a retry follows at once
+            self._connack.set_exception(MqttError(f"connection closed before CONNACK ({rc})"))
         if self._closing:
             return
         if was_connected:

@@ -30,6 +30,7 @@ from tomato_mqtt.services.scheduler.recorder_link import RecorderLink
 from tomato_mqtt.services.scheduler.retention import Retention
 from tomato_mqtt.services.scheduler.runner import JobRunner
 from tomato_mqtt.services.scheduler.store import StateStore
+from tomato_mqtt.services.scheduler.warmup import SchemaDoc, settled, warm_up_when
 from tomato_mqtt.transport.client import BrokerURL, Message, MqttTimeout
 from tomato_mqtt.transport.rpc import NoResponder, Requester, Responder
 from tomato_mqtt.wire.messages import (
@@ -75,6 +76,8 @@ class SchedulerService(Service):
         self.store: StateStore | None = None
         self.requester: Requester | None = None
         self.epoch = int(time.time())  # s, as the nodes' (schema 2; was ms)
+        self._schema = SchemaDoc(self.topics.instance)
+        self._settled = asyncio.Event()  # every component registered (or failed to)
         self.started_at = time.time()
         self.exit_requested = False  # `tomato stop`: the supervisor then stops the stack
         self._configured: dict[str, tuple[int, str]] = {}
@@ -107,19 +110,26 @@ class SchedulerService(Service):
         self.responder = Responder(
             self.mqtt, self.topics, self.ops.table(), name="scheduler", kind="scheduler"
         )
-        await self.requester.start()
-        for f in (
+        filters = (
             self.topics.scheduler_cmds(),
             self.topics.all_node_status(),
             self.topics.all_component_meta(),
             self.topics.all_component_status(),
             self.topics.recorder_status(),
             self.topics.all_job_status(),  # to clear stale retained ones (retention.py)
-        ):
-            await self.mqtt.subscribe(f)
+        )
+        # all at once: one round trip to the broker, not seven in a row
+        await asyncio.gather(self.requester.start(), *(self.mqtt.subscribe(f) for f in filters))
         await self._announce()
-        self.spawn(asyncio.to_thread(_warm_up_payloads))
+        self.spawn(self._warm_up())
         self._readopt()
+
+    async def _warm_up(self) -> None:
+        await warm_up_when(self._settled, _warm_up_payloads)
+
+    def _check_settled(self) -> None:
+        if not self._settled.is_set() and settled(self.layout, self.metas):
+            self._settled.set()
 
     def loops(self) -> list[Coroutine[Any, Any, Any]]:
         return [self._schedule_loop()]
@@ -173,11 +183,10 @@ class SchedulerService(Service):
 
     async def _announce(self) -> None:
         """(Re)publish everything retained: after start and after every reconnect."""
-        from tomato_mqtt.wire.asyncapi import schema_json
-
         await self.publish(self.topics.scheduler_status(), self._presence("online"))
-        doc = schema_json(self.topics.instance, self.settings, compact=True)
-        await self.publish(self.topics.meta_schema(), doc.encode())
+        # the AsyncAPI document takes ~0.1-0.2 CPU-s to build: in a thread, once, so that
+        # it does not hold up the nodes' configuration (what `tomato start` waits for)
+        self.spawn(self._publish_schema())
         if self.store is None:
             return
         for p in self.store.pipelines():
@@ -186,6 +195,9 @@ class SchedulerService(Service):
         for node in self.nodes:
             self._configured.pop(node, None)
         await self.configure_nodes()
+
+    async def _publish_schema(self) -> None:
+        await self.publish(self.topics.meta_schema(), await self._schema.get(self.settings))
 
     async def publish_pipeline(self, name: str) -> None:
         if self.store is None:
@@ -247,6 +259,7 @@ class SchedulerService(Service):
                 meta = decode(ComponentMeta, msg.payload, msg.topic)
                 if self._topic_agrees(parsed.name, meta.name, msg.topic):
                     self.metas[meta.name] = meta
+                    self._check_settled()
                     self.kick()
             elif parsed.kind == "component_status":
                 st = decode(ComponentStatus, msg.payload, msg.topic)

@@ -1,0 +1,166 @@
+"""`tomato start`'s start sequence (issue 15): socket activation and a lean supervisor.
+
+The MQTT port listens before anything starts (bound by `tomato start`, or by the
+supervisor), and the embedded broker serves that socket: a client that connects while
+the broker still imports is served when it is, without a refused connect and a back-off
+retry; a restarted broker serves the same socket. A port that is taken is one clear
+error and nothing is left running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from tomato_mqtt_broker import BrokerConfig, EmbeddedBroker
+
+from tests.stack import free_port
+from tests.upstream.test_upstream_stack import processes_of
+from tomato_mqtt.config.devices import load_devices
+from tomato_mqtt.config.url import BrokerURL
+from tomato_mqtt.services.scheduler.warmup import settled, warm_up_when
+from tomato_mqtt.services.supervisor import Supervisor, bind_listener
+from tomato_mqtt.transport.client import AsyncClient, MqttError
+from tomato_mqtt.wire.messages import ComponentMeta
+
+pytestmark = pytest.mark.timeout(60)
+
+
+async def _until(pred: object, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not pred():  # type: ignore[operator]
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.005)
+
+
+async def test_a_client_early_is_served_when_the_broker_serves_the_bound_socket() -> None:
+    port = free_port()
+    sock = bind_listener("127.0.0.1", port)
+    url = BrokerURL.parse(f"mqtt://127.0.0.1:{port}")
+    c = AsyncClient(url, client_id="early")
+    try:
+        # no retry: a refused connect would fail this at once
+        connecting = asyncio.ensure_future(c.connect(timeout=20))
+        await _until(lambda: c._sock is not None or connecting.done())  # TCP is accepted
+        assert not connecting.done()  # ... by the kernel: no CONNACK before the broker
+        cfg = BrokerConfig(port=port, listen_fd=sock.fileno())
+        broker = EmbeddedBroker(cfg)
+        await broker.start()
+        try:
+            await asyncio.wait_for(connecting, 20)
+            assert c.is_connected
+        finally:
+            await broker.stop()
+        # a restarted broker (the supervisor restarts one killed) serves the same socket
+        await _until(lambda: not c.is_connected)
+        broker = EmbeddedBroker(cfg)
+        await broker.start()
+        try:
+            await c.wait_connected(20)
+        finally:
+            await c.disconnect()
+            await broker.stop()
+    finally:
+        sock.close()
+
+
+async def test_a_connection_closed_before_connack_fails_the_connect_at_once() -> None:
+    async def slam(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(1)  # the CONNECT arrived; the "broker" dies before answering
+        writer.close()
+
+    server = await asyncio.start_server(slam, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    c = AsyncClient(BrokerURL.parse(f"mqtt://127.0.0.1:{port}"), client_id="slammed")
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(MqttError, match="closed before CONNACK"):
+            await c.connect(timeout=20)
+        assert time.monotonic() - t0 < 10  # not the connect timeout
+    finally:
+        await c.disconnect()
+        server.close()
+        await server.wait_closed()
+
+
+async def test_supervisor_whose_port_is_taken_gives_up_and_starts_nothing(
+    tmp_path: Path,
+) -> None:
+    port = free_port()
+    taken = bind_listener("127.0.0.1", port)
+    try:
+        sup = Supervisor(
+            [],
+            logdir=tmp_path,
+            pidfile=tmp_path / "pid",
+            embedded_broker=True,
+            broker_host="127.0.0.1",
+            port=port,
+            node_name="local",
+        )
+        assert await asyncio.wait_for(sup.run(), 20) == 1
+    finally:
+        taken.close()
+    assert sup.failed and f"cannot listen on 127.0.0.1:{port}" in sup.failed
+    assert all(c.proc is None for c in sup.children)
+    assert not (tmp_path / "pid").exists()
+
+
+def test_the_supervisor_imports_no_cli_and_no_pydantic() -> None:
+    """It runs as long as the stack: small, and started in a few tens of milliseconds."""
+    code = (
+        "import sys, tomato_mqtt.services.supervisor\n"
+        "bad = [m for m in ('typer', 'click', 'pydantic', 'paho', 'tomato_mqtt.cli',"
+        " 'tomato_mqtt.config.settings') if m in sys.modules]\n"
+        "sys.exit(f'imported {bad}' if bad else 0)\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_start_on_a_taken_port_is_one_error_and_nothing_runs(tmp_path: Path) -> None:
+    port = free_port()
+    dirs = ["-A", str(tmp_path), "-D", str(tmp_path), "-L", str(tmp_path), "-p", str(port)]
+    exe = [sys.executable, "-m", "tomato_mqtt.cli.tomato"]
+    subprocess.run([*exe, "init", *dirs], check=True, capture_output=True, timeout=60)
+    with bind_listener("127.0.0.1", port) as taken:  # listening: another program's server
+        taken.settimeout(None)
+        res = subprocess.run([*exe, "start", *dirs], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 1, res
+    assert f"port {port} on 127.0.0.1 is already in use by another program" in res.stderr
+    assert processes_of(port) == []
+    assert not (tmp_path / f"tomato-mqtt.{port}.pid").exists()
+
+
+def _meta(name: str, **kw: object) -> ComponentMeta:
+    return ComponentMeta(
+        name=name, device="d", driver="example_counter", address="a", channel="1", node="n", **kw
+    )
+
+
+def test_the_scheduler_warms_up_once_every_component_has_registered(tmp_path: Path) -> None:
+    devices = tmp_path / "devices.yml"
+    devices.write_text(
+        "devices:\n  - {name: d, driver: example_counter, address: a, channels: ['1', '2']}\n"
+        "pipelines:\n  - name: p-*\n    devices: [{role: r, device: d, channel: each}]\n"
+    )
+    layout = load_devices(devices)
+    a, b = sorted(layout.components)
+    assert not settled(layout, {})
+    assert not settled(layout, {a: _meta(a, registered=True), b: _meta(b)})
+    assert settled(layout, {a: _meta(a, registered=True), b: _meta(b, error="no driver")})
+
+
+async def test_the_warm_up_waits_for_the_components_and_no_longer() -> None:
+    ready = asyncio.Event()
+    loaded: list[bool] = []
+    warm = asyncio.ensure_future(warm_up_when(ready, lambda: loaded.append(True), latest=60))
+    await asyncio.sleep(0)
+    assert not warm.done() and not loaded
+    ready.set()
+    await asyncio.wait_for(warm, 60)  # it loads (once ready), not after the 60 s
+    assert loaded == [True]

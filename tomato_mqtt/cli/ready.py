@@ -1,0 +1,177 @@
+"""``tomato start``'s wait: until the stack it started answers and its components are ready.
+
+Push, not poll (see docs/architecture.md, "tomato start, from the command to ready"):
+the MQTT port listens already (socket activation), so one connect is served the moment
+the broker is; the retained scheduler, node and component topics say when to ask the
+scheduler again; the supervisor's exit (it gave up) ends the wait at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import time
+from typing import Any
+
+from tomato_mqtt.cli import common
+
+__all__ = ["Missing", "wait_ready"]
+
+
+def _is_online(payload: bytes) -> bool:
+    """Whether a retained scheduler status says online (cheaply: no pydantic here)."""
+    import json
+
+    try:
+        doc = json.loads(payload)
+    except ValueError:
+        return False
+    return isinstance(doc, dict) and doc.get("state") == "online"
+
+
+def _missing_drivers(payload: bytes) -> dict[str, str]:
+    """driver -> error, from a retained node status (cheaply: no pydantic here)."""
+    import json
+
+    try:
+        doc = json.loads(payload)
+    except ValueError:
+        return {}
+    drivers = doc.get("drivers") if isinstance(doc, dict) else None
+    if not isinstance(drivers, dict):
+        return {}
+    return {
+        str(name): str(info["error"])
+        for name, info in drivers.items()
+        if isinstance(info, dict) and info.get("error")
+    }
+
+
+Missing = dict[tuple[str, str], tuple[str, list[str]]]
+
+
+def _on_exit(proc: subprocess.Popen[bytes], event: Any) -> None:
+    """Set the asyncio ``event`` when ``proc`` exits (a daemon thread waits for it)."""
+    import asyncio
+    import threading
+
+    loop = asyncio.get_running_loop()
+
+    def wait() -> None:
+        proc.wait()
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
+            loop.call_soon_threadsafe(event.set)
+
+    threading.Thread(target=wait, daemon=True, name="supervisor-exit").start()
+
+
+def wait_ready(
+    ctx: common.CallContext, proc: subprocess.Popen[bytes], timeout: float
+) -> tuple[int, int, Missing] | None:
+    """Wait until the scheduler answers and every component is registered, or cannot be
+    because its node says its driver is not installed (waiting would not help).
+
+    Push, not poll: the retained scheduler, node and component topics say when to ask the
+    scheduler again; a timer asks again only if a request got no reply within a second.
+    The request is plain JSON (the Request/Reply envelope of wire.messages, as
+    transport/oneshot.py writes it): no pydantic models are built while the services
+    start on the same cores.
+    """
+    import asyncio
+    import uuid
+
+    from tomato_mqtt.transport.client import AsyncClient, Message, MqttError, MqttTimeout
+    from tomato_mqtt.transport.oneshot import SCHEMA
+
+    async def go() -> tuple[int, int, Missing] | None:
+        deadline = time.monotonic() + timeout
+        c = AsyncClient(ctx.url, client_id=f"cli-start-{os.getpid()}")
+        # the port listens already (socket activation): one connect, served when the
+        # broker is; unless the supervisor gives up first (its exit, pushed by a thread)
+        exited = asyncio.Event()
+        _on_exit(proc, exited)
+        connecting = asyncio.ensure_future(c.connect(timeout=timeout, retry=True))
+        died = asyncio.ensure_future(exited.wait())
+        await asyncio.wait({connecting, died}, return_when=asyncio.FIRST_COMPLETED)
+        died.cancel()
+        if not connecting.done():
+            connecting.cancel()
+        with contextlib.suppress(asyncio.CancelledError, MqttError):
+            await connecting
+        if not c.is_connected:
+            await c.disconnect()
+            return None
+        try:
+            t = ctx.topics
+            reply_to = t.reply(c.client_id)
+            await c.subscribe(reply_to)
+            await c.subscribe(t.scheduler_status())
+            await c.subscribe(t.all_component_meta())
+            await c.subscribe(t.all_node_status())
+            last: tuple[int, int, Missing] | None = None
+            online = False
+            asked: str | None = None  # the id of the request in flight
+            asked_at = 0.0
+            dirty = False  # something changed since it was sent: ask again on its reply
+            gone: dict[str, dict[str, str]] = {}  # node topic -> driver -> error
+            node_prefix = t.node_status("x")[: -len("x/status")]
+
+            async def ask() -> None:
+                nonlocal asked, asked_at, dirty
+                asked, asked_at, dirty = uuid.uuid4().hex, time.monotonic(), False
+                env = {"schema": SCHEMA, "id": asked, "reply_to": reply_to}
+                doc = {**env, "args": {"what": "components"}}
+                await c.publish(t.scheduler_cmd("status"), json.dumps(doc), wait=False)
+
+            def answer(m: Message) -> tuple[int, int, Missing] | None:
+                try:
+                    doc = json.loads(m.payload)
+                except ValueError:
+                    return None
+                if not isinstance(doc, dict) or doc.get("id") != asked or not doc.get("success"):
+                    return None
+                data = doc.get("data")
+                comps = [x for x in (data.values() if isinstance(data, dict) else [])]
+                comps = [x for x in comps if isinstance(x, dict)]
+                ok = sum(1 for x in comps if x.get("registered"))
+                missing: Missing = {}
+                for x in comps:
+                    node, drv = str(x.get("node")), str(x.get("driver"))
+                    why = gone.get(t.node_status(node), {}).get(drv)
+                    if not x.get("registered") and why:
+                        missing.setdefault((node, drv), (why, []))[1].append(str(x.get("name")))
+                return ok, len(comps), missing
+
+            while time.monotonic() < deadline and proc.poll() is None:
+                try:
+                    m = await c.next_message(1.0)
+                except MqttTimeout:  # a request (or its reply) was lost: ask again
+                    if online:
+                        await ask()
+                    continue
+                if m.topic == reply_to:
+                    got = answer(m)
+                    if got is None:
+                        continue
+                    last, asked = got, None
+                    ok, n, missing = got
+                    if ok + sum(len(v[1]) for v in missing.values()) == n:
+                        return last
+                elif m.topic == t.scheduler_status():
+                    online = _is_online(m.payload)
+                    dirty = True
+                else:
+                    if m.topic.startswith(node_prefix):
+                        gone[m.topic] = _missing_drivers(m.payload)
+                    dirty = True
+                # one request at a time; a change meanwhile asks again on its reply (or
+                # at once, if that reply is a second late: lost)
+                if online and dirty and (asked is None or time.monotonic() - asked_at > 1.0):
+                    await ask()
+            return last
+        finally:
+            await c.disconnect()
+
+    return asyncio.run(go())

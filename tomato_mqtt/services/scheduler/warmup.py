@@ -1,0 +1,60 @@
+"""What the scheduler builds and loads after start, off the path `tomato start` waits on.
+
+The AsyncAPI document (``meta/schema``) takes ~0.1-0.2 CPU-s to build: it is built once
+per settings, in a thread, after the nodes were configured (:class:`SchemaDoc`).
+
+dgbowl-schemas and pint take ~0.4 CPU-s to load. The first ``ketchup submit`` needs
+them, `tomato start` does not: loaded at once, they compete for the (two) cores with
+the services' own start-up and the nodes' registration. So the scheduler loads them
+once every component has registered (or said why it cannot), and at the latest
+:data:`WARM_UP_LATEST` seconds after start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable, Mapping
+
+from tomato_mqtt.config.devices import Layout
+from tomato_mqtt.config.settings import Settings
+from tomato_mqtt.wire.messages import ComponentMeta
+
+__all__ = ["WARM_UP_LATEST", "SchemaDoc", "settled", "warm_up_when"]
+
+#: s, the warm-up runs at the latest this long after start (components that never register)
+WARM_UP_LATEST = 10.0
+
+
+def settled(layout: Layout, metas: Mapping[str, ComponentMeta]) -> bool:
+    """Every component of the layout has registered, or said why it cannot."""
+    return all(
+        (m := metas.get(name)) is not None and (m.registered or bool(m.error))
+        for name in layout.components
+    )
+
+
+async def warm_up_when(
+    ready: asyncio.Event, load: Callable[[], None], latest: float = WARM_UP_LATEST
+) -> None:
+    """Run ``load`` in a thread once ``ready`` is set (or after ``latest`` s)."""
+    with contextlib.suppress(asyncio.TimeoutError):
+        await asyncio.wait_for(ready.wait(), latest)
+    await asyncio.to_thread(load)
+
+
+class SchemaDoc:
+    """The compact AsyncAPI document, built once per settings (a reload may change the
+    servers in it), in a thread so that the event loop keeps serving meanwhile."""
+
+    def __init__(self, instance: str) -> None:
+        self.instance = instance
+        self._built: tuple[Settings, bytes] | None = None
+
+    async def get(self, settings: Settings) -> bytes:
+        from tomato_mqtt.wire.asyncapi import schema_json
+
+        if self._built is None or self._built[0] is not settings:
+            doc = await asyncio.to_thread(schema_json, self.instance, settings, compact=True)
+            self._built = (settings, doc.encode())
+        return self._built[1]
