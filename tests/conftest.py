@@ -89,13 +89,18 @@ def _uses_module_fixture(item: pytest.Item) -> bool:
 #: the long end-to-end files (a real stack per test, or one per module, and jobs that take
 #: seconds), started first in a parallel run: started last, one of them is the run's tail
 #: while the other workers idle. In this order; everything else follows as collected.
+#: First the files of one module stack: each is one xdist group, the run's longest units
+#: (test_cli.py's 37 tests run one after another on one worker).
 SLOW_FIRST = (
+    "tests/test_cli.py",
+    "tests/test_passata.py",
+    "tests/test_jobs.py",
+    "tests/test_upstream_drivers.py",
+    "tests/test_faults.py",
     "tests/test_security_docs.py",
     "tests/test_tls.py",
     "tests/test_security_stack.py",
-    "tests/test_upstream_drivers.py",
     "tests/test_integrator.py",
-    "tests/test_jobs.py",
     "tests/chaos/",
     "tests/test_fuzz.py",
     "tests/test_forgery.py",
@@ -105,10 +110,7 @@ SLOW_FIRST = (
     "tests/test_scheduler.py",
     "tests/test_reliability.py",
     "tests/test_readme.py",
-    "tests/test_cli.py",
     "tests/test_stack.py",
-    "tests/test_faults.py",
-    "tests/test_passata.py",
 )
 
 
