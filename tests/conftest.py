@@ -89,13 +89,18 @@ def _uses_module_fixture(item: pytest.Item) -> bool:
 #: the long end-to-end files (a real stack per test, or one per module, and jobs that take
 #: seconds), started first in a parallel run: started last, one of them is the run's tail
 #: while the other workers idle. In this order; everything else follows as collected.
+#: First the files of one module stack: each is one xdist group, the run's longest units
+#: (test_cli.py's 37 tests run one after another on one worker).
 SLOW_FIRST = (
+    "tests/test_cli.py",
+    "tests/test_passata.py",
+    "tests/test_jobs.py",
+    "tests/test_upstream_drivers.py",
+    "tests/test_faults.py",
     "tests/test_security_docs.py",
     "tests/test_tls.py",
     "tests/test_security_stack.py",
-    "tests/test_upstream_drivers.py",
     "tests/test_integrator.py",
-    "tests/test_jobs.py",
     "tests/chaos/",
     "tests/test_fuzz.py",
     "tests/test_forgery.py",
@@ -105,10 +110,7 @@ SLOW_FIRST = (
     "tests/test_scheduler.py",
     "tests/test_reliability.py",
     "tests/test_readme.py",
-    "tests/test_cli.py",
     "tests/test_stack.py",
-    "tests/test_faults.py",
-    "tests/test_passata.py",
 )
 
 
@@ -119,18 +121,53 @@ def _slow_rank(item: pytest.Item) -> int:
     return len(SLOW_FIRST)
 
 
+@pytest.hookimpl(tryfirst=True)  # the marks before xdist's hook reads them
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Parallel runs (``-n N --dist loadgroup``): tests that share a module-scoped stack
     stay on one worker (the stack starts once); every other test goes to whichever worker
     is free, so a file of long end-to-end tests no longer queues on one worker. The chaos
     suite groups its tests by scenario itself (tests/chaos/conftest.py). The long files
-    of :data:`SLOW_FIRST` start first (a stable sort: their own order is kept)."""
+    of :data:`SLOW_FIRST` start first (a stable sort: their own order is kept).
+    (:class:`GroupIds` makes xdist see the groups under pytest >= 9.2)."""
     for item in items:
         if "tests/chaos/" in item.nodeid:
             continue  # grouped by scenario in tests/chaos/conftest.py
         if item.get_closest_marker("xdist_group") is None and _uses_module_fixture(item):
             item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::", 1)[0]))
     items.sort(key=_slow_rank)
+
+
+class GroupIds:
+    """``--dist loadgroup`` under pytest >= 9.2: each test's group into its node id.
+
+    xdist's worker hands the controller each test's group as a suffix of its node id
+    (``tests/test_cli.py::test_x@tests/test_cli.py``), written into ``item._nodeid``; pytest
+    9.2 computes ``nodeid`` from a structured ``item._id`` instead, so the suffix is lost
+    and every test is spread on its own (pytest-xdist issue #1386): a module stack was then
+    started by each worker that got one of its tests (test_cli.py's 4 times, test_jobs.py's
+    twice per fixture, a chaos scenario twice). After xdist's hook, this writes the suffix
+    where pytest reads it; with a pytest where xdist's own suffix took, it does nothing.
+    """
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
+        for item in items:
+            marks = item.iter_markers("xdist_group")
+            groups = sorted(
+                {str(m.args[0] if m.args else m.kwargs.get("name", "default")) for m in marks}
+            )
+            nodeid = item.nodeid
+            if not groups or nodeid.rfind("@") > nodeid.rfind("]"):
+                continue  # no group, or xdist's suffix is there
+            ident = getattr(item, "_id", None)
+            if ident is None:  # pragma: no cover - pytest < 9.2 (xdist's suffix took)
+                continue
+            item._id = type(ident).parse(f"{nodeid}@{'_'.join(groups)}")  # type: ignore[attr-defined]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if getattr(config.option, "loadgroup", False):  # an xdist worker of --dist loadgroup
+        config.pluginmanager.register(GroupIds(), "tomato-xdist-group-ids")
 
 
 def _truthy(value: str | None) -> bool:

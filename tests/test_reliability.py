@@ -48,7 +48,7 @@ def _wait_running(st: Stack, jobid: int, timeout: float = 30) -> None:
         t = (job.get("progress") or {}).get("tasks", {}).get("0") or {}
         if job.get("status") == "r" and t.get("state") == "running":
             return
-        time.sleep(0.1)
+        st.pause(jobid, lambda s: s not in (None, "q", "qw"), 0.1)  # woken by the launch
     raise AssertionError(f"job {jobid} not running after {timeout} s")
 
 

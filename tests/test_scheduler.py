@@ -18,6 +18,8 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.conftest import RunningBroker
+from tests.inproc import client, inproc_stack
 from tests.stack import CONFIG, Stack, running_stack, started
 from tomato_mqtt.transport.client import AsyncClient, BrokerURL, Message
 from tomato_mqtt.transport.rpc import NoResponder, Requester
@@ -74,38 +76,35 @@ def counter_doc(seconds: float = 1.0) -> dict[str, Any]:
     return doc  # type: ignore[no-any-return]
 
 
-def test_malformed_requests_get_an_error_reply_and_scheduler_keeps_serving(
-    tmp_path: Path,
+async def test_malformed_requests_get_an_error_reply_and_scheduler_keeps_serving(
+    broker: RunningBroker, tmp_path: Path, instance: str
 ) -> None:
-    with running_stack(tmp_path) as st:
-        t = Topics(st.instance)
+    # in-process (tests/inproc.py): the scheduler's handling of what arrives, not processes
+    async with inproc_stack(broker.port, tmp_path, instance) as st:
+        t = st.topics
+        got: asyncio.Queue[Reply] = asyncio.Queue()
+        async with client(broker.url) as c:
+            reply_to = t.reply(c.client_id)
 
-        async def go() -> list[Reply]:
-            replies: asyncio.Queue[Reply] = asyncio.Queue()
-            async with AsyncClient(url(st)) as c:
-                reply_to = t.reply(c.client_id)
+            def on_reply(msg: Message) -> None:
+                got.put_nowait(decode(Reply, msg.payload))
 
-                def on_reply(msg: Message) -> None:
-                    replies.put_nowait(decode(Reply, msg.payload))
-
-                await c.subscribe(reply_to, handler=on_reply)
-                bad = [
-                    (t.scheduler_cmd("status"), b'{"id": "m1", "reply_to": "%s", "args": {'),
-                    (t.scheduler_cmd("no_such_op"), b'{"id": "m2", "reply_to": "%s", "args": {}}'),
-                    (
-                        t.scheduler_cmd("pipeline_load"),
-                        b'{"id": "m3", "reply_to": "%s", "args": {"pipeline": 5}}',
-                    ),
-                    (
-                        t.scheduler_cmd("job_status"),
-                        b'{"id": "m4", "reply_to": "%s", "args": {"jobids": "x"}}',
-                    ),
-                ]
-                for topic, raw in bad:
-                    await c.publish(topic, raw % reply_to.encode())
-                return [await asyncio.wait_for(replies.get(), 10) for _ in bad]
-
-        replies = {r.id: r for r in asyncio.run(go())}
+            await c.subscribe(reply_to, handler=on_reply)
+            bad = [
+                (t.scheduler_cmd("status"), b'{"id": "m1", "reply_to": "%s", "args": {'),
+                (t.scheduler_cmd("no_such_op"), b'{"id": "m2", "reply_to": "%s", "args": {}}'),
+                (
+                    t.scheduler_cmd("pipeline_load"),
+                    b'{"id": "m3", "reply_to": "%s", "args": {"pipeline": 5}}',
+                ),
+                (
+                    t.scheduler_cmd("job_status"),
+                    b'{"id": "m4", "reply_to": "%s", "args": {"jobids": "x"}}',
+                ),
+            ]
+            for topic, raw in bad:
+                await c.publish(topic, raw % reply_to.encode())
+            replies = {r.id: r for r in [await asyncio.wait_for(got.get(), 10) for _ in bad]}
         assert set(replies) == {"m1", "m2", "m3", "m4"}
         assert not any(r.success for r in replies.values())
         assert "not JSON" in replies["m1"].msg or "JSON" in replies["m1"].msg, replies["m1"]
@@ -113,7 +112,7 @@ def test_malformed_requests_get_an_error_reply_and_scheduler_keeps_serving(
         assert "pipeline" in replies["m3"].msg and "sample" in replies["m3"].msg
         assert "jobids" in replies["m4"].msg
         # still serving
-        assert ok(st, "status", what="scheduler") is not None
+        assert await st.call("status", {"what": "scheduler"}) is not None
 
 
 def test_queued_jobs_and_pipelines_survive_kill_9_and_stop_start(tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ import pytest
 from tests.chaos.harness import RUNS, format_table
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups (see tests/conftest.py)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """One xdist group per scenario (the tests that look at the same run share it), so a
     parallel run spreads the scenarios over the workers instead of queueing them."""

@@ -204,13 +204,16 @@ def wait_for(pred: Callable[[], bool], what: str, timeout: float) -> None:
 def wait_running(st: Stack, jobid: int, task: int = 0, timeout: float = 20) -> float:
     """Wait until ``task`` of the job runs on its node; returns when (monotonic)."""
 
-    def running() -> bool:
+    deadline = time.monotonic() + timeout
+    while True:
         job = job_or_none(st, jobid) or {}
         t = (job.get("progress") or {}).get("tasks", {}).get(str(task)) or {}
-        return job.get("status") == "r" and t.get("state") == "running"
-
-    wait_for(running, f"job {jobid} task {task} running", timeout)
-    return time.monotonic()
+        if job.get("status") == "r" and t.get("state") == "running":
+            return time.monotonic()
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"not job {jobid} task {task} running after {timeout:g} s")
+        # woken when the scheduler publishes it launched (tests/stack.py: JobWatch)
+        st.pause(jobid, lambda s: s not in (None, "q", "qw"), 0.1)
 
 
 def wait_end(st: Stack, jobid: int, deadline: float) -> tuple[dict[str, Any], float | None]:
@@ -225,7 +228,9 @@ def wait_end(st: Stack, jobid: int, deadline: float) -> tuple[dict[str, Any], fl
                 return job, now
         if now >= deadline:
             return job, None
-        time.sleep(0.3)  # each poll is a CLI process: spare the 2 cores the stack runs on
+        # each poll is a CLI process: spare the 2 cores the stack runs on, and look again
+        # when the scheduler publishes the end (tests/stack.py: JobWatch)
+        st.pause(jobid, lambda s: s in DONE, 0.3, longest=deadline - now)
 
 
 @dataclass
