@@ -158,6 +158,9 @@ async def test_a_deep_queue_is_answered_in_one_bounded_reply(
         assert [j.id for j in first] == list(range(1, 11))
         last = await st.call("job_status", {"offset": DEEP - 3, "limit": 10})
         assert [j.id for j in last] == [DEEP - 2, DEEP - 1, DEEP]
+        beyond = await st.raw(st.topics.scheduler_cmd("job_status"), {"offset": DEEP})
+        assert beyond.success and beyond.data == []
+        assert beyond.msg == f"no jobs from offset {DEEP}: the listing has {DEEP}"
         for bad in (
             {"limit": JOB_PAGE_MAX + 1},
             {"offset": -1},

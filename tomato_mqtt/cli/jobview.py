@@ -43,7 +43,7 @@ def summary(msg: str, s: Any) -> str:
     waiting = [w for w in s.get("waiting") or [] if w and w[0]]
     if waiting:
         out += ["", "waiting because:"]
-        out += [f"{int(n):>7}  {reason}" for reason, n in waiting[:5]]
+        out += [f"{int(n):>7}  {why}" for why, n in waiting[:5]]
         if len(waiting) > 5:
             out.append(f"{'':>7}  … and {len(waiting) - 5} other reason(s)")
     pips = s.get("pipelines") or {}

@@ -59,11 +59,13 @@ def _page(store: StateStore, limit: int, offset: int | None) -> Result:
     total = sum(store.status_counts().values())
     start = max(0, total - limit) if offset is None else offset
     jobs = store.jobs_page(start, limit)
+    if not jobs and total:
+        return Result(f"no jobs from offset {start}: the listing has {total}", [])
     msg = _found(jobs)
     if start > 0 or start + len(jobs) < total:
-        shown = f"jobs {start + 1}-{start + len(jobs)}" if jobs else "no jobs"
         msg += (
-            f"\n(listing page: {shown} of {total}, oldest first; others with --offset N --limit M)"
+            f"\n(listing page: jobs {start + 1}-{start + len(jobs)} of {total}, oldest first; "
+            "others with --offset N --limit M)"
         )
     return Result(msg, [j.model_dump(mode="json") for j in jobs])
 

@@ -112,7 +112,7 @@ class QueuePass:
         # a node's heartbeat kicks a pass too: with nothing changed since the last one
         # (no write to the store, the same components, pipelines and layout) there is
         # nothing to decide, and 10,000 queued jobs are not read again
-        seen = (store.writes, id(svc.layout), views, pips)
+        seen = (store.writes, svc.layout, views, pips)
         if seen == self._last:
             return
         rows = store.queue_rows()
