@@ -342,7 +342,7 @@ class ComponentRunner:
                     stopped = stop.wait(remaining)
                 else:  # a sleep costs a few µs of CPU, an Event.wait ~25 (a lock each)
                     if remaining > 0:
-                        time.sleep(remaining)
+                        _sleep(remaining, stop)
                     stopped = stop.is_set()
                 if stopped:
                     reason = "stopped"
@@ -397,3 +397,14 @@ class ComponentRunner:
             fn(*args)
         except Exception:
             log.exception("callback %r of runner %s failed", fn, self.device.key)
+
+
+def _sleep(seconds: float, stop: threading.Event) -> None:
+    """``time.sleep``, or the stop event's wait where the clock refuses the sleep: Python
+    sleeps until an absolute deadline (``clock_nanosleep``), which a faked or stepped
+    clock (libfaketime in the chaos suite's skew scenarios) can answer with EINVAL; a
+    point must not fail its task for that."""
+    try:
+        time.sleep(seconds)
+    except OSError:
+        stop.wait(seconds)
