@@ -232,6 +232,8 @@ _names = st.one_of(
 
 
 @settings(max_examples=100, database=None, suppress_health_check=[HealthCheck.too_slow])
+# the count check below reads what the property test saw: both on one worker, in order
+@pytest.mark.xdist_group("slug-property")
 @given(st.lists(_names, min_size=25, max_size=40, unique=True))
 def test_slug_is_topic_safe_stable_and_collision_free(names: list[str]) -> None:
     """Over all examples (a few thousand names), no two names share a slug."""
@@ -247,6 +249,7 @@ def test_slug_is_topic_safe_stable_and_collision_free(names: list[str]) -> None:
         assert first == name, f"collision: {first!r} and {name!r} -> {s!r}"
 
 
+@pytest.mark.xdist_group("slug-property")
 def test_many_generated_names_were_checked() -> None:
     # runs after the property test in file order; guards against a silently tiny sample
     if not _SEEN:
