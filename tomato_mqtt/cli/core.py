@@ -188,16 +188,16 @@ def run_request(
     try:
         return oneshot.request(ctx.url, topic, ctx.topics.reply, args, timeout=timeout, who=who)
     except oneshot.OneShotError as e:
-        oneshot_failed(ctx, e, topic)
+        oneshot_failed(ctx, e)
 
 
-def oneshot_failed(ctx: CallContext, e: Exception, topic: str) -> NoReturn:
+def oneshot_failed(ctx: CallContext, e: Exception) -> NoReturn:
     """A one-shot call that went wrong, said plainly: nobody answered (or the ACL dropped
     the request), the broker refused us, or it cannot be reached."""
     from tomato_mqtt.transport import oneshot
 
     if isinstance(e, oneshot.NoAnswer):
-        fail(denied(ctx, topic) or f"{e} ({ctx.where()})")
+        fail(denied(ctx, e.topic) or f"{e} ({ctx.where()})")
     if isinstance(e, oneshot.Refused):
         fail(f"{e} ({ctx.where()})")
     fail(f"{e} — is tomato-mqtt running? ({ctx.where()})")

@@ -67,15 +67,9 @@ def _tomato_status(opts: core.Opts, args: list[str], _own: dict[str, str]) -> No
 
 
 def _status_section_ok(args: list[str]) -> bool:
-    return not args or args[0].lower() in {
-        "scheduler",
-        "pipelines",
-        "devices",
-        "components",
-        "nodes",
-        "drivers",
-        "tomato",
-    }
+    from tomato_mqtt.cli.status_text import HUMAN
+
+    return not args or args[0].lower() in {*HUMAN, "tomato"}  # "tomato": tomato's name
 
 
 Build = Callable[[list[str], dict[str, str]], dict[str, object]]

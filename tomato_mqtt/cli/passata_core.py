@@ -64,27 +64,18 @@ def run_cmd(
     opts: Opts,
 ) -> None:
     """Resolve ``component``, send it ``op``, print the Reply, exit 0 or 1."""
-    from tomato_mqtt.transport import oneshot
-
     ctx = opts.context()
     if ctx.url.transport == "websockets":  # the one-shot session speaks TCP and TLS only
         from tomato_mqtt.cli import components
 
         components.run(component, components.cmd(op, args, opts.timeout), human, opts)
         return
-    topic = ""
-    try:
-        with oneshot.Exchange(ctx.url, ctx.topics.reply, timeout=opts.timeout) as ex:
-            name = resolve(ex, ctx.topics, component, opts.timeout)
-            topic = ctx.topics.component_cmd(name, op)
-            reply: Any = ex.request(
-                topic, dict(args), timeout=opts.timeout, who=f"node hosting {name}"
-            )
-    except Refused as e:
-        reply = oneshot.Reply(id="", success=False, msg=str(e))
-    except oneshot.OneShotError as e:
-        oneshot_failed(ctx, e, topic)
-    opts.output().reply(reply, lambda data: human(reply.msg, data))
+
+    def ask(ex: Exchange, name: str) -> Any:
+        topic = ctx.topics.component_cmd(name, op)
+        return ex.request(topic, dict(args), timeout=opts.timeout, who=f"node hosting {name}")
+
+    _on_component(component, ask, human, opts)
 
 
 def run_meta(
@@ -96,8 +87,6 @@ def run_meta(
 ) -> None:
     """Print what ``pick`` takes from the component's retained meta (its JSON object):
     ``(data, a note for the message)``; exit 0, or 1 if there is no such component."""
-    from tomato_mqtt.transport import oneshot
-
     ctx = opts.context()
     if ctx.url.transport == "websockets":
         from tomato_mqtt.cli import components
@@ -108,12 +97,10 @@ def run_meta(
 
         components.run(component, op, human, opts)
         return
-    topic = ""
-    try:
-        with oneshot.Exchange(ctx.url, ctx.topics.reply, timeout=opts.timeout) as ex:
-            name = resolve(ex, ctx.topics, component, opts.timeout)
-            topic = ctx.topics.component_meta(name)
-            raw = ex.retained(topic, min(opts.timeout, RETAINED_WAIT))
+
+    def ask(ex: Exchange, name: str) -> Any:
+        topic = ctx.topics.component_meta(name)
+        raw = ex.retained(topic, min(opts.timeout, RETAINED_WAIT))
         if raw is None:
             raise Refused(f"no node has announced component {name} (nothing retained on {topic})")
         try:
@@ -122,11 +109,29 @@ def run_meta(
             meta = None
         if not isinstance(meta, dict):
             raise Refused(f"{topic}: the retained meta is not a JSON object")
-        reply: Any = _meta_reply(name, what, meta, pick)
+        return _meta_reply(name, what, meta, pick)
+
+    _on_component(component, ask, human, opts)
+
+
+def _on_component(
+    component: str,
+    ask: Callable[[Exchange, str], Any],
+    human: Callable[[str, Any], str],
+    opts: Opts,
+) -> None:
+    """Resolve ``component`` and ``ask`` it (full name) over one connection; print the
+    Reply, exit 0 or 1 (a problem found here: a failed Reply; a broker problem: said)."""
+    from tomato_mqtt.transport import oneshot
+
+    ctx = opts.context()
+    try:
+        with oneshot.Exchange(ctx.url, ctx.topics.reply, timeout=opts.timeout) as ex:
+            reply = ask(ex, resolve(ex, ctx.topics, component, opts.timeout))
     except Refused as e:
         reply = oneshot.Reply(id="", success=False, msg=str(e))
     except oneshot.OneShotError as e:
-        oneshot_failed(ctx, e, topic)
+        oneshot_failed(ctx, e)
     opts.output().reply(reply, lambda data: human(reply.msg, data))
 
 

@@ -46,7 +46,11 @@ class Refused(OneShotError):
 
 
 class NoAnswer(OneShotError):
-    """Nobody answered the request in time."""
+    """Nobody answered the request sent on ``topic`` in time."""
+
+    def __init__(self, msg: str, topic: str = "") -> None:
+        super().__init__(msg)
+        self.topic = topic
 
 
 @dataclass
@@ -143,7 +147,7 @@ def _request_paho(
             left = deadline - time.monotonic()
             if left <= 0:
                 raise NoAnswer(
-                    f"no {who} answered on {topic} within {timeout:g} s — is it running?"
+                    f"no {who} answered on {topic} within {timeout:g} s — is it running?", topic
                 )
             rc = c.loop(timeout=min(left, 0.5))
             if "error" in state:
@@ -256,7 +260,7 @@ class Exchange:
                     )
         except SessionTimeout:
             raise NoAnswer(
-                f"no {who} answered on {topic} within {timeout:g} s — is it running?"
+                f"no {who} answered on {topic} within {timeout:g} s — is it running?", topic
             ) from None
         except SessionError as e:
             raise OneShotError(str(e)) from None

@@ -196,10 +196,15 @@ class Session:
                 self._send(_packet(5, 0, mid))  # PUBREC
         return topic, body[at:], bool(flags & 1)
 
+    def _connected(self) -> socket.socket:
+        if self._sock is None:
+            raise SessionError(f"not connected to the MQTT broker at {self.url}")
+        return self._sock
+
     def _send(self, data: bytes) -> None:
-        assert self._sock is not None
+        sock = self._connected()
         try:
-            self._sock.sendall(data)
+            sock.sendall(data)
         except OSError as e:
             raise SessionError(
                 f"lost the connection to the MQTT broker at {self.url}: {e}"
@@ -214,10 +219,10 @@ class Session:
             left = deadline - time.monotonic()
             if left <= 0:
                 raise SessionTimeout("nothing arrived in time")
-            assert self._sock is not None
-            self._sock.settimeout(left)
+            sock = self._connected()
+            sock.settimeout(left)
             try:
-                chunk = self._sock.recv(65536)
+                chunk = sock.recv(65536)
             except TimeoutError:
                 raise SessionTimeout("nothing arrived in time") from None
             except OSError as e:
