@@ -73,9 +73,10 @@ def role_of(p: psutil.Process) -> str:
             return name
     if "tomato_mqtt.services.supervisor" in cmd:  # `tomato start`'s lean supervisor
         return "supervise"
-    if "tomato_mqtt.cli.tomato" in cmd:
+    # the services' typer-free entry (cli/serve.py), or the typer CLI (`tomato node` by hand)
+    for entry in ("tomato_mqtt.cli.serve", "tomato_mqtt.cli.tomato"):
         for part in ("node", "recorder", "scheduler", "broker", "supervise"):
-            if f"tomato_mqtt.cli.tomato {part}" in cmd:
+            if f"{entry} {part}" in cmd:
                 return part
     return "other"
 

@@ -59,9 +59,10 @@ def test_scheduler_parses_payloads_without_pint_or_numpy(tmp_path: Path) -> None
     mods = _modules_after(
         """
         import sys
-        import tomato_mqtt.services.scheduler.service as s
+        import tomato_mqtt.services.scheduler.service
+        import tomato_mqtt.services.scheduler.warmup as s
         from tomato_mqtt.config.payloads import parse_payload
-        s._warm_up_payloads()
+        s.warm_up_payloads()
         task = {"component_role": "a", "technique_name": "t", "max_duration": 10.0,
                 "sampling_interval": 0.1}
         parse_payload({"version": "2.2", "user": {"username": "u", "identifier": "u"},

@@ -12,8 +12,7 @@ from typing import Annotated
 
 import typer
 
-from tomato_mqtt.cli import common
-from tomato_mqtt.cli import user as _user
+from tomato_mqtt.cli import common, serve
 from tomato_mqtt.cli.common import fail
 
 __all__ = ["app"]
@@ -53,8 +52,8 @@ def dashboard(
     setup_logging("dashboard", s.logdir if opts.logdir or opts.appdir else None, verbose)
     url = ctx.url
     if not opts.broker:  # the local stack's own dashboard login (role dashboard = reader)
-        _user.ensure_services(s, ["dashboard"])
-        url = _user.service_url(s, "dashboard", ctx.url)
+        serve.ensure_services(s, ["dashboard"])
+        url = serve.service_url(s, "dashboard", ctx.url)
     svc = DashboardService(
         DashboardConfig(
             url=url,

@@ -41,6 +41,8 @@ _FLAGS = {"-y": "yaml", "--yaml": "yaml", "--json": "json"}
 #: how a fast command runs: (the common options, its positionals, its own options)
 Run = Callable[[core.Opts, list[str], dict[str, str]], None]
 FORCE = {"--force": "force", "-f": "force"}
+#: ``tomato broker|scheduler|recorder|node``: run by cli/serve.py (as serve.SERVICES)
+_SERVICES = ("broker", "scheduler", "recorder", "node")
 
 
 @dataclass(frozen=True)
@@ -285,6 +287,11 @@ def _opts(given: dict[str, str], flags: set[str], default_timeout: float) -> cor
 
 
 def _main(prog: str) -> None:
+    if prog == "tomato" and sys.argv[1:2] and sys.argv[1] in _SERVICES:
+        from tomato_mqtt.cli import serve  # a service: its own typer-free entry
+
+        serve.main(sys.argv[1:])
+        return
     call = parse(prog, sys.argv[1:])
     if call is None:
         import importlib

@@ -18,11 +18,10 @@ from typing import Annotated, Any
 
 import typer
 
-from tomato_mqtt.cli import common
-from tomato_mqtt.cli import user as _user
+from tomato_mqtt.cli import common, serve
 from tomato_mqtt.cli.common import fail
 from tomato_mqtt.cli.ready import wait_ready
-from tomato_mqtt.cli.services import service_args
+from tomato_mqtt.cli.serve import service_args
 
 __all__ = ["app"]
 
@@ -80,7 +79,7 @@ def start(verbose: VerboseOpt = 0, quiet: QuietOpt = 0, *, opts: common.Opts) ->
         load_devices(s.devices_file, s.node.name)
     except ConfigError as e:
         fail(str(e))
-    _user.ensure_services(s)  # a secured stack: the services' own logins
+    serve.ensure_services(s)  # a secured stack: the services' own logins
     ctx = common.context(port=s.mqtt.port, appdir=s.appdir, datadir=s.datadir, logdir=s.logdir)
     pidfile = pidfile_path(s.datadir, s.mqtt.port)
     info = read_pidfile(pidfile)
@@ -178,7 +177,7 @@ def _bind_mqtt_port(s: Any) -> socket.socket:
     from tomato_mqtt.services.supervisor import bind_listener
 
     try:
-        host = _user.broker_config(s).plain_host
+        host = serve.broker_config(s).plain_host
     except (ImportError, ValueError):  # `tomato broker` says why in its log, as before
         host = s.broker.host
     try:

@@ -11,16 +11,15 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 import typer
 
 from tomato_mqtt.cli import common
 from tomato_mqtt.cli.common import fail
-from tomato_mqtt.config.url import BrokerURL
 
-if TYPE_CHECKING:
-    from tomato_mqtt.config.settings import Settings
+# the services' logins and the broker's configuration: shared with the typer-free entry
+from tomato_mqtt.cli.serve import broker_config, ensure_services, service_url
 
 __all__ = [
     "app",
@@ -167,74 +166,6 @@ def list_(file: FileOpt = None, *, opts: common.Opts) -> None:
     rows.sort(key=lambda r: r["user"])
     text = common.table(rows, [("user", "user"), ("role", "role")])
     _reply(opts, f"{len(rows)} user(s) in {path}", rows, lambda _d: text)
-
-
-# -- what the stack's commands need from the users file ------------------------------------
-def _creds_path(s: Settings) -> Path:
-    from tomato_mqtt.config.users import SERVICE_CREDENTIALS
-
-    return Path(s.datadir) / SERVICE_CREDENTIALS
-
-
-def service_keys(s: Settings) -> list[str]:
-    return ["scheduler", "recorder", f"node:{s.node.name}"]
-
-
-def ensure_services(s: Settings, keys: list[str] | None = None) -> None:
-    """On a secured stack, make sure the local services have their own logins.
-
-    A node run with ``--broker`` logs in as told; one run without it on a PC without the
-    users file (an instrument PC) has no service login to make.
-    """
-    if s.users_file is None or (keys is not None and not s.users_file.exists()):
-        return
-    if not s.users_file.exists():
-        fail(
-            f"the users file {s.users_file} does not exist: add an admin first "
-            "(tomato user add NAME --role admin)"
-        )
-    from tomato_mqtt.config.users import ensure_service_users
-    from tomato_mqtt.errors import ConfigError
-
-    try:
-        ensure_service_users(s.users_file, _creds_path(s), keys or service_keys(s))
-    except (ValueError, ConfigError, OSError) as e:
-        fail(f"cannot set up the services' logins in {s.users_file}: {e}")
-
-
-def service_url(s: Settings, key: str, base: BrokerURL) -> BrokerURL:
-    """``base`` with the service's own login, when the stack is secured and has one."""
-    if s.users_file is None:
-        return base
-    from dataclasses import replace
-
-    from tomato_mqtt.config.users import service_login
-
-    login = service_login(_creds_path(s), key)
-    if login is None:
-        return base
-    return replace(base, username=login[0], password=login[1])
-
-
-def broker_config(s: Settings) -> Any:
-    """The embedded broker's configuration from settings (raises BrokerConfigError)."""
-    from tomato_mqtt_broker import BrokerConfig
-
-    b = s.broker
-    return BrokerConfig(
-        host=b.host,
-        port=s.mqtt.port,
-        ws_port=s.ws_port,
-        password_file=b.password_file,
-        allow_anonymous=b.allow_anonymous and not b.password_file,
-        instance=s.mqtt.instance,
-        devices_file=str(s.devices_file),
-        default_node=s.node.name,
-        certfile=b.certfile,
-        keyfile=b.keyfile,
-        cafile=b.cafile,
-        tls_port=b.tls_port,
-    )
 
 
 @common.options(("appdir", "datadir", "port", "yaml", "json"))

@@ -30,6 +30,9 @@ class TaskValidationError(ValueError):
 def _pint() -> ModuleType:
     import pint
 
+    from tomato_mqtt.driver.units import load_registry
+
+    load_registry()  # the shared registry, from the parsed-definitions cache
     return pint
 
 

@@ -86,9 +86,9 @@ def _load_units() -> None:
     pint fills its application registry lazily and not thread-safely: drivers registered
     in parallel worker threads would otherwise race on it ("'second' is not defined").
     """
-    import pint
+    from tomato_mqtt.driver.units import load_registry
 
-    pint.get_application_registry().Quantity(1, "s")  # type: ignore[no-untyped-call]
+    load_registry()  # parsed from the user's cache folder: ~0.02 s instead of ~0.15
 
 
 class NodeService(Service):

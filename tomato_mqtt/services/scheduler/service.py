@@ -9,7 +9,6 @@ request on ``scheduler/cmd/<op>`` gets a Reply; bad input never stops the servic
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 import uuid
@@ -24,13 +23,19 @@ from tomato_mqtt.config.settings import Settings, settings_url
 from tomato_mqtt.model.jobs import Job
 from tomato_mqtt.services.base import Service
 from tomato_mqtt.services.scheduler.lost import LostComponents
+from tomato_mqtt.services.scheduler.nodeconfig import NodeConfigurator
 from tomato_mqtt.services.scheduler.ops import SchedulerOps
 from tomato_mqtt.services.scheduler.presence import Presence
 from tomato_mqtt.services.scheduler.recorder_link import RecorderLink
 from tomato_mqtt.services.scheduler.retention import Retention
 from tomato_mqtt.services.scheduler.runner import JobRunner
 from tomato_mqtt.services.scheduler.store import StateStore
-from tomato_mqtt.services.scheduler.warmup import SchemaDoc, settled, warm_up_when
+from tomato_mqtt.services.scheduler.warmup import (
+    SchemaDoc,
+    settled,
+    warm_up_payloads,
+    warm_up_when,
+)
 from tomato_mqtt.transport.client import BrokerURL, Message, MqttTimeout
 from tomato_mqtt.transport.rpc import NoResponder, Requester, Responder
 from tomato_mqtt.wire.messages import (
@@ -38,8 +43,6 @@ from tomato_mqtt.wire.messages import (
     ComponentStatus,
     DecodeError,
     JobEvent,
-    NodeComponent,
-    NodeConfigure,
     NodeStatus,
     PipelineStatus,
     PresenceState,
@@ -80,7 +83,7 @@ class SchedulerService(Service):
         self._settled = asyncio.Event()  # every component registered (or failed to)
         self.started_at = time.time()
         self.exit_requested = False  # `tomato stop`: the supervisor then stops the stack
-        self._configured: dict[str, tuple[int, str]] = {}
+        self.nodeconfig = NodeConfigurator(self)
         self.recorder = RecorderLink(self.topics)  # requests survive a recorder restart
         self.presence_view = Presence(self)
         self.retention = Retention(self)
@@ -125,7 +128,7 @@ class SchedulerService(Service):
         self._readopt()
 
     async def _warm_up(self) -> None:
-        await warm_up_when(self._settled, _warm_up_payloads)
+        await warm_up_when(self._settled, warm_up_payloads)
 
     def _check_settled(self) -> None:
         if not self._settled.is_set() and settled(self.layout, self.metas):
@@ -192,9 +195,7 @@ class SchedulerService(Service):
         for p in self.store.pipelines():
             await self.publish_pipeline(p.name)
         await self.retention.announce()
-        for node in self.nodes:
-            self._configured.pop(node, None)
-        await self.configure_nodes()
+        await self.nodeconfig.configure_all(again=True)
 
     async def _publish_schema(self) -> None:
         await self.publish(self.topics.meta_schema(), await self._schema.get(self.settings))
@@ -300,58 +301,12 @@ class SchedulerService(Service):
         await self.lost.node_status(st)
         async with self.cond:
             self.cond.notify_all()
-        if st.state == "online":
-            want = self._node_config_key(st.node)
-            if self._configured.get(st.node) != (st.epoch, want) or set(st.components) != set(
-                c.name for c in self.layout.components_of_node(st.node)
-            ):
-                self._configured[st.node] = (st.epoch, want)
-                self.spawn(self.configure_node(st.node))
+        self.nodeconfig.on_status(st)
         self.kick()
 
-    def _node_config_key(self, node: str) -> str:
-        return self._configure_args(node).model_dump_json()
-
-    def _configure_args(self, node: str) -> NodeConfigure:
-        comps = [
-            NodeComponent(
-                name=c.name,
-                device=c.device,
-                driver=c.driver,
-                address=c.address,
-                channel=c.channel,
-                pollrate=c.pollrate,
-            )
-            for c in self.layout.components_of_node(node)
-        ]
-        drivers = {c.driver for c in comps}
-        return NodeConfigure(
-            components=comps,
-            driver_settings={d: s for d, s in self.settings.drivers.items() if d in drivers},
-            batch_interval=self.settings.node.batch_interval,
-        )
-
-    async def configure_node(self, node: str) -> None:
-        if self.requester is None:
-            return
-        try:
-            reply = await self.requester.request(
-                self.topics.node_cmd(node, "configure"),
-                self._configure_args(node),
-                who=f"node {node}",
-                timeout=10,
-            )
-            if not reply.success:
-                log.warning("configuring node %s failed: %s", node, reply.msg)
-        except NoResponder as e:
-            log.warning("%s", e)
-            self._configured.pop(node, None)
-
     async def configure_nodes(self) -> None:
-        for node, st in self.nodes.items():
-            if st.state == "online":
-                self._configured[node] = (st.epoch, self._node_config_key(node))
-                self.spawn(self.configure_node(node))
+        """Send every online node its components again (after a reload changed them)."""
+        await self.nodeconfig.configure_all()
 
     # -- views used by ops and runners -----------------------------------------------------
     def component_status(self, name: str) -> ComponentStatus | None:
@@ -408,16 +363,3 @@ class SchedulerService(Service):
             log.info("re-adopting running job %d on %s", job.id, job.pipeline)
             self.ops.start_runner(job, readopt=True)
         self.kick()
-
-
-def _warm_up_payloads() -> None:
-    """Load dgbowl-schemas now, not while the first ``ketchup submit`` waits.
-
-    Not pint: it (and numpy) is ~22 MB of RSS for as long as the scheduler runs, and only
-    a duration given as text or a quantity-valued task parameter needs it; the first
-    such payload loads it (~0.3 s once).
-    """
-    from tomato_mqtt.config.payloads import PayloadError, parse_payload
-
-    with contextlib.suppress(PayloadError):
-        parse_payload({"version": "2.2", "sample": {"name": "warm-up"}, "method": []})

@@ -20,7 +20,7 @@ from tomato_mqtt.config.devices import Layout
 from tomato_mqtt.config.settings import Settings
 from tomato_mqtt.wire.messages import ComponentMeta
 
-__all__ = ["WARM_UP_LATEST", "SchemaDoc", "settled", "warm_up_when"]
+__all__ = ["WARM_UP_LATEST", "SchemaDoc", "settled", "warm_up_payloads", "warm_up_when"]
 
 #: s, the warm-up runs at the latest this long after start (components that never register)
 WARM_UP_LATEST = 10.0
@@ -58,3 +58,16 @@ class SchemaDoc:
             doc = await asyncio.to_thread(schema_json, self.instance, settings, compact=True)
             self._built = (settings, doc.encode())
         return self._built[1]
+
+
+def warm_up_payloads() -> None:
+    """Load dgbowl-schemas now, not while the first ``ketchup submit`` waits.
+
+    Not pint: it (and numpy) is ~22 MB of RSS for as long as the scheduler runs, and only
+    a duration given as text or a quantity-valued task parameter needs it; the first
+    such payload loads it (~0.3 s once).
+    """
+    from tomato_mqtt.config.payloads import PayloadError, parse_payload
+
+    with contextlib.suppress(PayloadError):
+        parse_payload({"version": "2.2", "sample": {"name": "warm-up"}, "method": []})

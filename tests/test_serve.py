@@ -1,0 +1,125 @@
+"""The services' typer-free entry (cli/serve.py) and pint's definitions cache
+(driver/units.py): what the supervisor starts, and what each start costs."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from tomato_mqtt.cli import serve
+
+BIN = Path(sys.executable).parent
+
+
+@pytest.mark.parametrize(
+    ("argv", "want"),
+    [
+        (
+            ["scheduler", "-A", "a", "-D", "d", "-L", "l", "-p", "1883", "-vv", "-q"],
+            ("scheduler", {"appdir": "a", "datadir": "d", "logdir": "l", "port": "1883"}, 1),
+        ),
+        (["recorder", "--appdir=a", "--quiet", "--quiet"], ("recorder", {"appdir": "a"}, -2)),
+        (
+            ["node", "--name=x", "-b", "mqtt://h:1", "--spool-dir", "s", "--instance", "i"],
+            ("node", {"name": "x", "broker": "mqtt://h:1", "spool_dir": "s", "instance": "i"}, 0),
+        ),
+        (["broker", "-p", "1"], ("broker", {"port": "1"}, 0)),
+    ],
+)
+def test_parse_takes_what_typer_takes(argv: list[str], want: object) -> None:
+    assert serve.parse(argv) == want
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["scheduler", "--help"],
+        ["scheduler", "-p"],  # no value
+        ["scheduler", "-p", "x"],  # not a port
+        ["scheduler", "--name", "n"],  # the node's option
+        ["broker", "-v"],  # the broker has no -v
+        ["recorder", "stray"],
+        ["status"],  # not a service
+        [],
+    ],
+)
+def test_parse_leaves_the_rest_to_typer(argv: list[str]) -> None:
+    assert serve.parse(argv) is None
+
+
+def test_a_bad_option_gets_typers_message() -> None:
+    res = subprocess.run(
+        [BIN / "tomato", "scheduler", "--bogus"], capture_output=True, text=True, timeout=60
+    )
+    assert res.returncode == 2
+    assert "No such option: --bogus" in res.stderr
+
+
+def test_the_entry_of_every_service_imports_no_typer() -> None:
+    code = textwrap.dedent(
+        """
+        import sys
+        from tomato_mqtt.cli import serve
+        import tomato_mqtt.services.scheduler.service
+        import tomato_mqtt.services.recorder.service
+        import tomato_mqtt.services.node.service
+        import tomato_mqtt_broker
+        assert serve.parse(["node", "-p", "1"]) is not None
+        print(sorted(m for m in ("typer", "click", "rich") if m in sys.modules))
+        """
+    )
+    res = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert res.stdout.strip() == "[]"
+
+
+_UNITS = """
+import logging, sys
+logging.basicConfig(level=logging.WARNING, stream=sys.stdout)
+import pint
+from tomato_mqtt.driver.units import load_registry
+reg = load_registry()
+assert load_registry() is reg  # once per process
+q = pint.Quantity(1500, "ms")
+print("value", q.to("s").magnitude, pint.get_application_registry().get() is reg)
+"""
+
+
+def _units(cache: Path) -> str:
+    env = {**os.environ, "TOMATO_MQTT_CACHE": str(cache)}
+    res = subprocess.run(
+        [sys.executable, "-c", _UNITS], capture_output=True, text=True, env=env, timeout=60
+    )
+    assert res.returncode == 0, res.stderr
+    return res.stdout
+
+
+def test_pint_definitions_are_cached_whole_and_a_broken_cache_is_not_trusted(
+    tmp_path: Path,
+) -> None:
+    import pint
+
+    out = _units(tmp_path)
+    assert "value 1.5 True" in out
+    folder = tmp_path / f"pint-{pint.__version__}"
+    files = [p for p in folder.rglob("*") if p.is_file()]
+    assert files, "the parsed definitions were not written"
+    assert [p.name for p in tmp_path.iterdir()] == [folder.name]  # no half-built folder left
+    assert "value 1.5 True" in _units(tmp_path)  # read from the cache
+    for p in files:  # a cache broken by anything: units still work
+        p.write_bytes(b"\x80garbage")
+    out = _units(tmp_path)
+    assert "value 1.5 True" in out
+    assert "definitions cache is not usable" in out
+    out = _units(tmp_path)  # the broken folder was removed: built anew, no warning
+    assert "value 1.5 True" in out and "not usable" not in out
+    assert [p.name for p in tmp_path.iterdir()] == [folder.name]
+    blocked = tmp_path / "file"
+    blocked.write_text("not a folder")  # the cache root cannot be made
+    assert "value 1.5 True" in _units(blocked)
