@@ -8,7 +8,6 @@ from tomato_mqtt.model.jobs import Job
 from tomato_mqtt.services.dashboard.series import Series
 from tomato_mqtt.services.dashboard.sessions import controls_for
 from tomato_mqtt.services.dashboard.state import LabState
-from tomato_mqtt.wire.commands import WhoamiData
 from tomato_mqtt.wire.messages import (
     DataBatch,
     DecodeError,
@@ -17,6 +16,7 @@ from tomato_mqtt.wire.messages import (
     PipelineStatus,
     encode,
 )
+from tomato_mqtt.wire.status import WhoamiData
 from tomato_mqtt.wire.topics import Topics
 
 T = Topics("lab")

@@ -25,7 +25,8 @@ from tomato_mqtt.config.payloads import parse_payload, read_payload_file
 from tomato_mqtt.config.settings import settings_url
 from tomato_mqtt.model.jobs import utcnow
 from tomato_mqtt.services.scheduler.store import StateStore
-from tomato_mqtt.wire.commands import JOB_PAGE_MAX, JobSummary
+from tomato_mqtt.wire.commands import JOB_PAGE_MAX
+from tomato_mqtt.wire.status import JobSummary
 
 DEEP = 600  # > JOB_PAGE_MAX: the listing has two pages
 REASON = (

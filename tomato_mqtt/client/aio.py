@@ -32,8 +32,9 @@ from tomato_mqtt.model.jobs import Job as JobInfo
 from tomato_mqtt.model.jobs import PipelineState
 from tomato_mqtt.transport.client import AsyncClient, Message, MqttError
 from tomato_mqtt.transport.rpc import NoResponder, ReplyError, Requester
-from tomato_mqtt.wire.commands import JOB_PAGE_MAX, FileData, JobSummary, command
+from tomato_mqtt.wire.commands import JOB_PAGE_MAX, FileData, command
 from tomato_mqtt.wire.messages import DataBatch, DecodeError, Reply, decode
+from tomato_mqtt.wire.status import JobSummary
 from tomato_mqtt.wire.topics import Topics
 
 __all__ = ["AsyncTomato", "ClientError", "Job", "NoResponder", "ReplyError"]

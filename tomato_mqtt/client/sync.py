@@ -26,8 +26,9 @@ if TYPE_CHECKING:  # asyncio (~25 ms) only when a call needs it: the CLI's fast 
     from tomato_mqtt.client.progress import Progress
     from tomato_mqtt.model.jobs import Job as JobInfo
     from tomato_mqtt.model.jobs import PipelineState
-    from tomato_mqtt.wire.commands import FileData, JobSummary
+    from tomato_mqtt.wire.commands import FileData
     from tomato_mqtt.wire.messages import DataBatch
+    from tomato_mqtt.wire.status import JobSummary
 
 __all__ = ["Job", "Tomato"]
 

@@ -19,17 +19,21 @@ from typing import Any, Literal, get_args
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, JsonValue, TypeAdapter
 
 from tomato_mqtt.config.devices import LayoutDiff
-from tomato_mqtt.model.jobs import Job, PipelineState
+from tomato_mqtt.model.jobs import Job
 from tomato_mqtt.wire.messages import (
     AckArgs,
     ComponentStatus,
     ErrorCode,
     NodeConfigure,
-    NodeStatus,
     RecorderStatus,
     ReplayArgs,
-    SchedulerStatus,
     TaskStartArgs,
+)
+from tomato_mqtt.wire.status import (
+    JobSummary,
+    PipelineInfo,
+    StatusData,
+    WhoamiData,
 )
 
 __all__ = [
@@ -117,34 +121,6 @@ class JobStatusArgs(_Args):
     )
 
 
-class StatusIds(_Data):
-    """The jobs of one status: how many, and the first and last of their ids."""
-
-    count: int
-    head: list[int] = Field(description="the first ids, ascending")
-    tail: list[int] = Field(
-        description="the last ids, ascending, none of them in head: when "
-        "len(head) + len(tail) == count these are all the ids"
-    )
-
-
-class JobSummary(_Data):
-    """``job_status`` with ``summary``: a bounded reply however deep the queue."""
-
-    total: int = Field(description="jobs in the store, of any status")
-    statuses: dict[str, StatusIds] = Field(description="status code -> its jobs")
-    pipelines: dict[str, dict[str, int]] = Field(
-        description="pipeline -> status -> jobs that ran or run there"
-    )
-    running: list[Job] = Field(description="every job in r or rd (at most one per pipeline)")
-    queued: int = Field(description="jobs in q or qw")
-    queued_head: list[Job] = Field(description="the first queued jobs (they launch first)")
-    queued_tail: list[Job] = Field(description="the last queued jobs, none in queued_head")
-    waiting: list[tuple[str | None, int]] = Field(
-        description="(reason, number of queued jobs) — why the queue waits, most first"
-    )
-
-
 class SearchArgs(_Args):
     name: str
     complete: bool = False
@@ -152,97 +128,6 @@ class SearchArgs(_Args):
 
 class SnapshotArgs(_Args):
     jobid: int
-
-
-class PipelineInfo(PipelineState):
-    """tomato 2.2's ``Pipeline`` plus ``roles`` (role -> component)."""
-
-    components: list[str] = Field(default_factory=list)
-    roles: dict[str, str] = Field(default_factory=dict)
-
-
-class DeviceInfo(_Data):
-    """tomato 2.2's ``Device`` plus the ``node`` that hosts it."""
-
-    name: str
-    driver: str
-    address: str
-    channels: list[str]
-    pollrate: float = 1.0
-    node: str
-
-
-class ComponentInfo(_Data):
-    """tomato 2.2's ``Component`` plus what the scheduler knows of it now."""
-
-    name: str
-    driver: str
-    device: str
-    address: str
-    channel: str
-    role: str | None = Field(None, description="its role in the first pipeline naming it")
-    capabilities: list[str]
-    node: str
-    state: str
-    registered: bool
-    jobid: int | None = None
-    error: str | None = None
-
-
-class NodeInfo(NodeStatus):
-    """A node as the scheduler sees it: its status plus what the receiver measured."""
-
-    heartbeat_age: float | None = Field(None, description="s since the last heartbeat arrived")
-    clock_offset: float | None = Field(
-        None, description="s the node's clock is ahead of the scheduler's (estimate)"
-    )
-    clock_skewed: bool = False
-    clock_warning: str | None = None
-
-
-class DriverNodes(_Data):
-    """tomato 2.2's ``Driver`` (no process of its own here: null port/pid/times) + nodes."""
-
-    name: str
-    version: str | None = None
-    port: int | None = None
-    pid: int | None = None
-    spawned_at: str | None = None
-    connected_at: str | None = None
-    settings: dict[str, JsonValue]
-    nodes: dict[str, dict[str, JsonValue]]
-
-
-class SchedulerInfo(SchedulerStatus):
-    """Our scheduler status plus tomato 2.2's ``Daemon`` fields (``tomato status -y``)."""
-
-    datadir: str
-    devices_file: str
-    status: Literal["running"] = "running"
-    port: int
-    appdir: str | None = None
-    pips: dict[str, PipelineInfo] = Field(default_factory=dict)
-    devs: dict[str, DeviceInfo] = Field(default_factory=dict)
-    drvs: dict[str, DriverNodes] = Field(default_factory=dict)
-    cmps: dict[str, ComponentInfo] = Field(default_factory=dict)
-
-
-# each section a name -> object mapping, as tomato 2.2's status replies
-StatusData = (
-    SchedulerInfo
-    | dict[str, PipelineInfo]
-    | dict[str, DeviceInfo]
-    | dict[str, ComponentInfo]
-    | dict[str, NodeInfo]
-    | dict[str, DriverNodes]
-)
-
-
-class WhoamiData(_Data):
-    user: str | None = Field(description="the login the scheduler saw (null: an open stack)")
-    role: str | None
-    ops: list[str] = Field(description="the scheduler operations this role may send")
-    open: bool = Field(description="true when the broker admits anyone (no users file)")
 
 
 # -- recorder ----------------------------------------------------------------------------

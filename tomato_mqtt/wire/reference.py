@@ -25,6 +25,7 @@ def _type_name(ann: Any) -> str:
         "tomato_mqtt.",
         "wire.messages.",
         "wire.commands.",
+        "wire.status.",
         "model.jobs.",
         "pydantic.types.",
     ):

@@ -26,7 +26,8 @@ from typing import Any
 from tomato_mqtt.config.url import BrokerURL
 from tomato_mqtt.transport.client import AsyncClient, MqttError
 from tomato_mqtt.transport.rpc import NoResponder, Requester
-from tomato_mqtt.wire.commands import WhoamiData, command
+from tomato_mqtt.wire.commands import command
+from tomato_mqtt.wire.status import WhoamiData
 from tomato_mqtt.wire.topics import Topics
 
 __all__ = ["CONTROL_OPS", "LoginFailed", "Session", "Sessions", "controls_for"]
