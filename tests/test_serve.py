@@ -123,3 +123,33 @@ def test_pint_definitions_are_cached_whole_and_a_broken_cache_is_not_trusted(
     blocked = tmp_path / "file"
     blocked.write_text("not a folder")  # the cache root cannot be made
     assert "value 1.5 True" in _units(blocked)
+
+
+def test_start_where_local_files_shadow_modules(tmp_path: Path) -> None:
+    """``python -m`` puts the working folder first on ``sys.path``: services started by
+    ``tomato start`` from a folder with a ``json.py`` or a ``tomato_mqtt`` source tree
+    must still import the real modules (they run in the logdir, with ``-P``)."""
+    from tests.stack import BIN as STACK_BIN
+    from tests.stack import make_stack, stop_stack
+
+    st = make_stack(tmp_path / "stack")
+    here = tmp_path / "lab-folder"
+    (here / "tomato_mqtt").mkdir(parents=True)
+    poison = "raise ImportError('imported from the working folder')\n"
+    for name in ("json.py", "signal.py", "pint.py", "tomato_mqtt/__init__.py"):
+        (here / name).write_text(poison)
+    try:
+        res = subprocess.run(
+            [STACK_BIN / "tomato", "start", *st.dirs(), "-p", str(st.port), "-t", "30"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=here,
+            env={**os.environ, **st.env},
+        )
+        assert res.returncode == 0, f"{res.stdout}\n{res.stderr}\n{st.logs()}"
+        assert "imported from the working folder" not in st.logs()
+        status = st.run("tomato", "status", "components", "-y", cwd=here)
+        assert status.returncode == 0 and "registered: true" in status.stdout, status.stdout
+    finally:
+        stop_stack(st)

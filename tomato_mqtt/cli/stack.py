@@ -11,7 +11,6 @@ import json
 import os
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -70,7 +69,12 @@ def start(verbose: VerboseOpt = 0, quiet: QuietOpt = 0, *, opts: common.Opts) ->
     """
     from tomato_mqtt.config.devices import load_devices
     from tomato_mqtt.errors import ConfigError
-    from tomato_mqtt.services.supervisor import pidfile_path, port_in_use, read_pidfile
+    from tomato_mqtt.services.supervisor import (
+        pidfile_path,
+        port_in_use,
+        python,
+        read_pidfile,
+    )
 
     s = opts.settings()
     if not (s.appdir / "settings.toml").exists():  # as tomato: nothing to start from
@@ -118,13 +122,14 @@ def start(verbose: VerboseOpt = 0, quiet: QuietOpt = 0, *, opts: common.Opts) ->
             # the supervisor imports no CLI and no pydantic (a lean, long-lived process)
             proc = subprocess.Popen(
                 [
-                    sys.executable,
+                    *python(),  # in the logdir, -P: nothing where start ran is imported
                     "-m",
                     "tomato_mqtt.services.supervisor",
                     "--port",
                     str(s.mqtt.port),
                     json.dumps(spec),
                 ],
+                cwd=s.logdir,
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=out,

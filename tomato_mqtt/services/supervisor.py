@@ -44,6 +44,7 @@ __all__ = [
     "pidfile_path",
     "port_free",
     "port_in_use",
+    "python",
     "read_pidfile",
 ]
 
@@ -54,6 +55,14 @@ EXIT_STOP_REQUESTED = 3
 EXIT_CANNOT_LISTEN = 4
 #: the environment variable that hands the bound MQTT socket's fd to ``tomato broker``
 LISTEN_FD_ENV = "TOMATO_MQTT_LISTEN_FD"
+
+
+def python() -> list[str]:
+    """The interpreter for a service started with ``-m``, which puts the working folder
+    first on ``sys.path``: a ``json.py``, ``signal.py`` or a ``tomato_mqtt`` source
+    folder where ``tomato start`` ran would shadow the real modules. So services run
+    in the logdir, and with ``-P`` (Python >= 3.11) the folder is not put there at all."""
+    return [sys.executable, "-P"] if sys.version_info >= (3, 11) else [sys.executable]
 
 
 def pidfile_path(datadir: Path, port: int) -> Path:
@@ -162,8 +171,8 @@ class Supervisor:
         # the services' typer-free entry (cli/serve.py): no typer, click or rich in a
         # long-lived process (~40 ms of CPU at start and ~5 MB each); the dashboard's
         # options are many and rarely used: it goes through the typer command
-        exe = [sys.executable, "-m", "tomato_mqtt.cli.serve"]
-        typer_exe = [sys.executable, "-m", "tomato_mqtt.cli.tomato"]
+        exe = [*python(), "-m", "tomato_mqtt.cli.serve"]
+        typer_exe = [*python(), "-m", "tomato_mqtt.cli.tomato"]
         flags = list(service_flags or [])  # -v/-q of `tomato start`
         self.logdir = logdir
         self.pidfile = pidfile
@@ -237,6 +246,7 @@ class Supervisor:
         with c.log_path.open("ab") as err:
             c.proc = await asyncio.create_subprocess_exec(
                 *c.argv,
+                cwd=self.logdir,  # see python(): never the folder tomato start ran in
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=err,
                 stderr=err,
