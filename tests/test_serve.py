@@ -153,3 +153,16 @@ def test_start_where_local_files_shadow_modules(tmp_path: Path) -> None:
         assert status.returncode == 0 and "registered: true" in status.stdout, status.stdout
     finally:
         stop_stack(st)
+
+
+def test_the_broker_configuration_travels_as_json() -> None:
+    from tomato_mqtt_broker import BrokerConfig, BrokerConfigError
+
+    c = BrokerConfig(host="0.0.0.0", port=1, ws_port=2, password_file="/x/users", listen_fd=7)
+    back = BrokerConfig.from_json(c.to_json())
+    assert back == BrokerConfig(host="0.0.0.0", port=1, ws_port=2, password_file="/x/users")
+    assert back.listen_fd is None  # a descriptor belongs to one process
+    with pytest.raises(BrokerConfigError, match="not a broker configuration"):
+        BrokerConfig.from_json('{"hots": "x"}')
+    with pytest.raises(BrokerConfigError, match="JSON object"):
+        BrokerConfig.from_json("[1]")

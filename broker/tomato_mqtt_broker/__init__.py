@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import ipaddress
+import json
 import logging
 import os
 import signal
@@ -63,6 +65,22 @@ class BrokerConfig:
     #: supervisor, which binds it before anything starts): clients that connect while
     #: this broker still imports wait in its backlog instead of retrying with back-off
     listen_fd: int | None = None
+
+    def to_json(self) -> str:
+        """The configuration as JSON (``listen_fd`` excluded: a descriptor is per process)."""
+        fields = {k: v for k, v in dataclasses.asdict(self).items() if k != "listen_fd"}
+        return json.dumps(fields)
+
+    @classmethod
+    def from_json(cls, text: str) -> BrokerConfig:
+        """The configuration :meth:`to_json` wrote (unknown keys are an error)."""
+        data = json.loads(text)
+        if not isinstance(data, dict):
+            raise BrokerConfigError(f"a broker configuration is a JSON object, not {text!r}")
+        try:
+            return cls(**data)
+        except TypeError as e:
+            raise BrokerConfigError(f"not a broker configuration: {e}") from None
 
     @property
     def tls(self) -> bool:

@@ -123,7 +123,8 @@ class RoleAclPlugin(BaseTopicPlugin):  # type: ignore[misc]
         self._node_components: dict[str, list[str]] = {}
         self._rules: dict[str, list[Rule]] = {}
         self._checked = time.monotonic()
-        self._refresh_devices()
+        if self._users is not None:  # an open broker has no ACL: no node map to keep
+            self._refresh_devices()
 
     def _refresh_devices(self) -> bool:
         path = self.config.devices_file

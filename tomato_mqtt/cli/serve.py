@@ -122,14 +122,27 @@ def broker(opts: Opts) -> None:
     except ImportError:
         fail("the embedded broker is not installed here: pip install tomato-mqtt-broker")
     from tomato_mqtt.services.base import setup_logging
-    from tomato_mqtt.services.supervisor import EXIT_CANNOT_LISTEN, LISTEN_FD_ENV
+    from tomato_mqtt.services.supervisor import (
+        BROKER_CONFIG_ENV,
+        EXIT_CANNOT_LISTEN,
+        LISTEN_FD_ENV,
+    )
 
-    s = opts.settings()
-    setup_logging("broker", s.logdir)
+    # under `tomato start` the supervisor hands down the configuration start checked:
+    # no settings to read (pydantic), and the broker serves sooner (everything waits
+    # for it); `tomato broker` run by hand reads the settings
+    given = os.environ.get(BROKER_CONFIG_ENV)
+    s = opts.settings() if given is None or opts.logdir is None else None
+    setup_logging("broker", opts.logdir if s is None else s.logdir)
     # socket activation: the supervisor bound the MQTT port and hands its socket down
     fd = os.environ.get(LISTEN_FD_ENV, "")
     try:
-        config = broker_config(s)
+        if s is not None:
+            config = broker_config(s)
+        else:
+            from tomato_mqtt_broker import BrokerConfig
+
+            config = BrokerConfig.from_json(given or "")
         config.listen_fd = int(fd) if fd.isdigit() else None
         run_broker(config)
     except ValueError as e:  # BrokerConfigError: an insecure or impossible set-up

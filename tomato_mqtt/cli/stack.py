@@ -115,6 +115,7 @@ def start(verbose: VerboseOpt = 0, quiet: QuietOpt = 0, *, opts: common.Opts) ->
         "service_flags": ["-v"] * verbose + ["-q"] * quiet,
         "dashboard": s.dashboard.enabled,
         "listen_fd": None if listener is None else listener.fileno(),
+        "broker_config": _broker_json(s) if s.broker.embedded else None,
     }
     log_path = s.logdir / "supervisor.log"
     try:
@@ -174,6 +175,15 @@ def start(verbose: VerboseOpt = 0, quiet: QuietOpt = 0, *, opts: common.Opts) ->
             " Install it, then run `tomato reload`.",
             err=True,
         )
+
+
+def _broker_json(s: Any) -> str | None:
+    """The embedded broker's configuration for the supervisor to hand down (the broker
+    then reads no settings of its own: no pydantic, and it serves sooner), or None."""
+    try:
+        return str(serve.broker_config(s).to_json())
+    except ImportError:  # not installed: `tomato broker` says so in its log, as before
+        return None
 
 
 def _bind_mqtt_port(s: Any) -> socket.socket:
