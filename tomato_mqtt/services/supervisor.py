@@ -21,6 +21,14 @@ process (no CLI, no pydantic), started in a few tens of milliseconds.
 
 from __future__ import annotations
 
+import sys
+
+if __name__ == "__main__" and "ssl" not in sys.modules:
+    # the supervisor process never speaks TLS; asyncio imports ssl (and with it OpenSSL,
+    # ~4 MB of RSS) only to offer it. Blocked here, asyncio runs without TLS support.
+    # (Only when this module *is* the supervisor: `tomato start` imports it too.)
+    sys.modules["ssl"] = None  # type: ignore[assignment]
+
 import asyncio
 import contextlib
 import json
@@ -28,7 +36,6 @@ import logging
 import os
 import signal
 import socket
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
