@@ -60,12 +60,29 @@ def test_start_status_start_twice_stop(tmp_path: Path) -> None:
 
 
 def test_two_stacks_on_one_pc_do_not_interfere(tmp_path: Path) -> None:
-    with running_stack(tmp_path / "one") as a, running_stack(tmp_path / "two") as b:
+    a, b = make_stack(tmp_path / "one"), make_stack(tmp_path / "two")
+    # both started at once (they share nothing, and the test waits for one start only)
+    starts = [
+        subprocess.Popen(
+            [str(BIN / "tomato"), "start", *st.dirs(), "-p", str(st.port), "-t", "60"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for st in (a, b)
+    ]
+    try:
+        for st, proc in zip((a, b), starts, strict=True):
+            out, err = proc.communicate(timeout=90)
+            assert proc.returncode == 0, f"{out}\n{err}\n{st.logs()}"
         a.load_ready("pip-counter-1", "s-a")
         pa = a.json("tomato", "status", "pipelines")["data"]
         pb = b.json("tomato", "status", "pipelines")["data"]
         assert pa["pip-counter-1"]["sampleid"] == "s-a"
         assert pb["pip-counter-1"]["sampleid"] is None
+    finally:
+        for st in (a, b):
+            stop_stack(st)
 
 
 def test_crashed_service_is_restarted(tmp_path: Path) -> None:
@@ -89,8 +106,14 @@ def test_crashed_service_is_restarted(tmp_path: Path) -> None:
 
 def test_stop_refused_while_a_job_runs(tmp_path: Path) -> None:
     with running_stack(tmp_path) as st:
-        st.load_ready("pip-counter-1", "counter_5_0.2")
-        jobid = st.submit("counter_5_0.2.yml")
+        st.load_ready("pip-counter-1", "s1")
+        payload = tmp_path / "short.yml"  # long enough to ask for a stop while it runs
+        payload.write_text(
+            'version: "1.0"\nsample:\n    name: s1\nmethod:\n'
+            '  - component_tag: "counter"\n    technique_name: "count"\n'
+            "    max_duration: 2.0\n    sampling_interval: 0.2\n"
+        )
+        jobid = st.submit(payload)
         st.wait_job(jobid, {"r"})
         res = st.run("tomato", "stop")
         assert res.returncode == 1
