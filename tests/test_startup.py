@@ -164,3 +164,68 @@ async def test_the_warm_up_waits_for_the_components_and_no_longer() -> None:
     ready.set()
     await asyncio.wait_for(warm, 60)  # it loads (once ready), not after the 60 s
     assert loaded == [True]
+
+
+def test_start_does_not_wait_out_its_timeout_for_a_remote_node_not_running(
+    tmp_path: Path,
+) -> None:
+    """A device on an instrument PC whose node is not started yet: `tomato start` says so
+    shortly after the stack is up (not after its 60 s timeout), and the components
+    register when that node is started later."""
+    from tests.stack import BIN, make_stack, stop_stack
+
+    st = make_stack(tmp_path)
+    devices = (st.appdir / "devices.yml").read_text()
+    remote = (Path(__file__).resolve().parents[1] / "config" / "netns_devices.yml").read_text()
+    (st.appdir / "devices.yml").write_text(_merge_devices(devices, remote))
+    node: subprocess.Popen[bytes] | None = None
+    try:
+        t0 = time.monotonic()
+        res = subprocess.run(
+            [BIN / "tomato", "start", *st.dirs(), "-p", str(st.port), "-t", "60", "--json"],
+            capture_output=True,
+            text=True,
+            timeout=90,
+        )
+        took = time.monotonic() - t0
+        assert res.returncode == 0, f"{res.stdout}\n{res.stderr}\n{st.logs()}"
+        assert took < 30, f"tomato start waited {took:.1f} s for a node that is not running"
+        import json
+
+        data = json.loads(res.stdout)["data"]
+        assert data["nodes_not_online"] == [{"node": "pc2", "components": [REMOTE]}]
+        assert data["components_ready"] == data["components"] - 1
+        assert "node 'pc2' is not online" in res.stderr and "tomato node --name pc2" in res.stderr
+        # started later, the node registers its component
+        node_log = (tmp_path / "pc2.log").open("w")
+        node = subprocess.Popen(
+            [BIN / "tomato", "node", "--name", "pc2", "-p", str(st.port), "-A", str(st.appdir)],
+            stdout=node_log,
+            stderr=subprocess.STDOUT,
+        )
+        node_log.close()
+        deadline = time.monotonic() + 30
+        while True:
+            comps = st.json("tomato", "status", "components")["data"]
+            if comps[REMOTE]["registered"]:
+                break
+            assert time.monotonic() < deadline, (tmp_path / "pc2.log").read_text()
+            time.sleep(0.2)
+    finally:
+        if node is not None:
+            node.terminate()
+            node.wait(timeout=30)
+        stop_stack(st)
+
+
+REMOTE = "example_counter:(remote-addr,1)"
+
+
+def _merge_devices(local: str, remote: str) -> str:
+    """Both devices files' devices and pipelines in one."""
+    import yaml
+
+    a, b = yaml.safe_load(local), yaml.safe_load(remote)
+    return yaml.safe_dump(
+        {"devices": a["devices"] + b["devices"], "pipelines": a["pipelines"] + b["pipelines"]}
+    )

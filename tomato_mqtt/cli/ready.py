@@ -17,7 +17,7 @@ from typing import Any
 
 from tomato_mqtt.cli import common
 
-__all__ = ["Missing", "wait_ready"]
+__all__ = ["REMOTE_GRACE", "Absent", "Missing", "wait_ready"]
 
 
 def _is_online(payload: bytes) -> bool:
@@ -50,6 +50,24 @@ def _missing_drivers(payload: bytes) -> dict[str, str]:
 
 
 Missing = dict[tuple[str, str], tuple[str, list[str]]]
+#: node -> its components, for remote nodes that were not online (not waited for)
+Absent = dict[str, list[str]]
+
+#: s after the scheduler is online that ``tomato start`` waits for a *remote* node (on
+#: another PC) to come online; a node that was running reconnects within ~2 s (its
+#: back-off), one that is not running is not waited for (its components register when
+#: it is started)
+REMOTE_GRACE = 5.0
+
+
+def _state(payload: bytes) -> str | None:
+    """The ``state`` of a retained node status (cheaply: no pydantic here)."""
+    try:
+        doc = json.loads(payload)
+    except ValueError:
+        return None
+    state = doc.get("state") if isinstance(doc, dict) else None
+    return state if isinstance(state, str) else None
 
 
 def _on_exit(proc: subprocess.Popen[bytes], event: Any) -> None:
@@ -68,10 +86,17 @@ def _on_exit(proc: subprocess.Popen[bytes], event: Any) -> None:
 
 
 def wait_ready(
-    ctx: common.CallContext, proc: subprocess.Popen[bytes], timeout: float
-) -> tuple[int, int, Missing] | None:
+    ctx: common.CallContext,
+    proc: subprocess.Popen[bytes],
+    timeout: float,
+    local_node: str,
+    remote_grace: float = REMOTE_GRACE,
+) -> tuple[int, int, Missing, Absent] | None:
     """Wait until the scheduler answers and every component is registered, or cannot be
-    because its node says its driver is not installed (waiting would not help).
+    because its node says its driver is not installed (waiting would not help), or it
+    is hosted by a remote node (not ``local_node``) that is not online ``remote_grace``
+    seconds after the scheduler is (a node on an instrument PC that is not started yet:
+    ``tomato start`` says so instead of waiting out its timeout).
 
     Push, not poll: the retained scheduler, node and component topics say when to ask the
     scheduler again; a timer asks again only if a request got no reply within a second.
@@ -85,7 +110,7 @@ def wait_ready(
     from tomato_mqtt.transport.client import AsyncClient, Message, MqttError, MqttTimeout
     from tomato_mqtt.transport.oneshot import SCHEMA
 
-    async def go() -> tuple[int, int, Missing] | None:
+    async def go() -> tuple[int, int, Missing, Absent] | None:
         deadline = time.monotonic() + timeout
         c = AsyncClient(ctx.url, client_id=f"cli-start-{os.getpid()}")
         # the port listens already (socket activation): one connect, served when the
@@ -110,8 +135,10 @@ def wait_ready(
             await c.subscribe(t.scheduler_status())
             await c.subscribe(t.all_component_meta())
             await c.subscribe(t.all_node_status())
-            last: tuple[int, int, Missing] | None = None
+            last: tuple[int, int, Missing, Absent] | None = None
             online = False
+            online_at = 0.0  # when the scheduler said online (the remote nodes' grace)
+            states: dict[str, str | None] = {}  # node topic -> its state
             asked: str | None = None  # the id of the request in flight
             asked_at = 0.0
             dirty = False  # something changed since it was sent: ask again on its reply
@@ -125,7 +152,10 @@ def wait_ready(
                 doc = {**env, "args": {"what": "components"}}
                 await c.publish(t.scheduler_cmd("status"), json.dumps(doc), wait=False)
 
-            def answer(m: Message) -> tuple[int, int, Missing] | None:
+            def up(node: str) -> bool:
+                return states.get(t.node_status(node)) == "online"
+
+            def answer(m: Message) -> tuple[int, int, Missing, Absent] | None:
                 try:
                     doc = json.loads(m.payload)
                 except ValueError:
@@ -137,12 +167,18 @@ def wait_ready(
                 comps = [x for x in comps if isinstance(x, dict)]
                 ok = sum(1 for x in comps if x.get("registered"))
                 missing: Missing = {}
+                absent: Absent = {}
+                late = online and time.monotonic() - online_at >= remote_grace
                 for x in comps:
-                    node, drv = str(x.get("node")), str(x.get("driver"))
+                    if x.get("registered"):
+                        continue
+                    node, drv, name = str(x.get("node")), str(x.get("driver")), str(x.get("name"))
                     why = gone.get(t.node_status(node), {}).get(drv)
-                    if not x.get("registered") and why:
-                        missing.setdefault((node, drv), (why, []))[1].append(str(x.get("name")))
-                return ok, len(comps), missing
+                    if why:
+                        missing.setdefault((node, drv), (why, []))[1].append(name)
+                    elif late and node != local_node and not up(node):
+                        absent.setdefault(node, []).append(name)
+                return ok, len(comps), missing, absent
 
             while time.monotonic() < deadline and proc.poll() is None:
                 try:
@@ -156,15 +192,19 @@ def wait_ready(
                     if got is None:
                         continue
                     last, asked = got, None
-                    ok, n, missing = got
-                    if ok + sum(len(v[1]) for v in missing.values()) == n:
+                    ok, n, missing, absent = got
+                    settled = sum(len(v[1]) for v in missing.values())
+                    if ok + settled + sum(len(v) for v in absent.values()) == n:
                         return last
                 elif m.topic == t.scheduler_status():
-                    online = _is_online(m.payload)
+                    was, online = online, _is_online(m.payload)
+                    if online and not was:
+                        online_at = time.monotonic()
                     dirty = True
                 else:
                     if m.topic.startswith(node_prefix):
                         gone[m.topic] = _missing_drivers(m.payload)
+                        states[m.topic] = _state(m.payload)
                     dirty = True
                 # one request at a time; a change meanwhile asks again on its reply (or
                 # at once, if that reply is a second late: lost)

@@ -140,14 +140,14 @@ def start(verbose: VerboseOpt = 0, quiet: QuietOpt = 0, *, opts: common.Opts) ->
     finally:
         if listener is not None:  # the supervisor holds it now: a failed start frees it
             listener.close()
-    ready = wait_ready(ctx, proc, opts.timeout)
+    ready = wait_ready(ctx, proc, opts.timeout, s.node.name)
     if ready is None:
         why = _startup_error(s.logdir) if proc.poll() is not None else None
         _take_down(proc)  # nothing of a failed start is left running
         if why:
             fail(f"tomato-mqtt could not start: {why} (logs in {s.logdir})")
         fail(f"tomato-mqtt did not come up within {opts.timeout:g} s; see the logs in {s.logdir}")
-    n_ok, n_all, missing = ready
+    n_ok, n_all, missing, absent = ready
     msg = (
         f"tomato-mqtt started on {ctx.url} (instance {ctx.instance}, pid {proc.pid}); "
         f"{n_ok}/{n_all} component(s) ready"
@@ -164,10 +164,21 @@ def start(verbose: VerboseOpt = 0, quiet: QuietOpt = 0, *, opts: common.Opts) ->
         {"node": node, "driver": driver, "why": why, "components": sorted(comps)}
         for (node, driver), (why, comps) in sorted(missing.items())
     ]
+    data["nodes_not_online"] = [
+        {"node": node, "components": sorted(comps)} for node, comps in sorted(absent.items())
+    ]
     if s.dashboard.enabled:
         data["dashboard"] = f"http://{s.dashboard.host}:{s.dashboard.port}/"
         msg += f"\ndashboard: {data['dashboard']}"
     opts.output().reply(_Done(msg, data))
+    for node, comps in sorted(absent.items()):
+        typer.echo(
+            f"warning: node {node!r} is not online, so {len(comps)} component(s) are not"
+            f" ready ({', '.join(sorted(comps))}): start it on its PC (`tomato node --name"
+            f" {node} --broker mqtt://<this PC's address>:{ctx.url.port}`); its components"
+            " register when it connects.",
+            err=True,
+        )
     for (node, driver), (why, comps) in sorted(missing.items()):
         typer.echo(
             f"warning: driver {driver!r} is missing on node {node}, so {len(comps)}"
