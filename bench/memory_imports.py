@@ -22,26 +22,25 @@ MB = 1e6
 IMPORT_CHAINS: dict[str, list[str]] = {
     "broker": [
         "asyncio",
-        "tomato_mqtt.cli.tomato",
-        "tomato_mqtt.config.settings",
+        "tomato_mqtt.cli.serve",  # under tomato start: its configuration as JSON, no settings
         "tomato_mqtt.services.base",
         "amqtt.broker",
         "tomato_mqtt_broker.security",
     ],
     "scheduler": [
         "asyncio",
-        "tomato_mqtt.cli.tomato",
+        "tomato_mqtt.cli.serve",
         "pydantic",
         "tomato_mqtt.config.settings",
         "paho.mqtt.client",
         "tomato_mqtt.services.scheduler.service",
-        "exec:from tomato_mqtt.services.scheduler.service import _warm_up_payloads as w; w()"
+        "exec:from tomato_mqtt.services.scheduler.warmup import warm_up_payloads as w; w()"
         "  # warm-up: dgbowl-schemas",
         "exec:import pint; pint.Quantity('1 s')  # only once a payload has units",
     ],
     "node": [
         "asyncio",
-        "tomato_mqtt.cli.tomato",
+        "tomato_mqtt.cli.serve",
         "tomato_mqtt.config.settings",
         "paho.mqtt.client",
         "numpy",
@@ -53,7 +52,7 @@ IMPORT_CHAINS: dict[str, list[str]] = {
     ],
     "recorder": [
         "asyncio",
-        "tomato_mqtt.cli.tomato",
+        "tomato_mqtt.cli.serve",
         "tomato_mqtt.config.settings",
         "paho.mqtt.client",
         "tomato_mqtt.services.recorder.service",

@@ -147,7 +147,7 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="tomato-profile-"))
     print("## 0. import cost of each service of `tomato start` (each is its own process)")
     for mod in (
-        "tomato_mqtt.cli.tomato",
+        "tomato_mqtt.cli.serve",
         "tomato_mqtt_broker",
         "amqtt.broker",
         "tomato_mqtt.services.scheduler.service",

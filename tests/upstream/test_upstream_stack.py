@@ -42,6 +42,10 @@ def reply(res: subprocess.CompletedProcess[str]) -> dict[str, object]:
     return doc
 
 
+#: the modules a process of a stack runs: the services' entry, the CLI, the supervisor
+_ENTRIES = (b"tomato_mqtt.cli.serve", b"tomato_mqtt.cli.tomato", b"tomato_mqtt.services.supervisor")
+
+
 def processes_of(port: int, service: str = "") -> list[int]:
     """Live processes whose command line names this stack's port (ours only)."""
     out = []
@@ -53,7 +57,12 @@ def processes_of(port: int, service: str = "") -> list[int]:
             state = (d / "stat").read_text().rsplit(")", 1)[1].split()[0]
         except (OSError, IndexError):
             continue
-        mod = b"tomato_mqtt.cli.tomato" in cmd or b"tomato_mqtt.services.supervisor" in cmd
+        entries = (
+            b"tomato_mqtt.cli.serve",
+            b"tomato_mqtt.cli.tomato",
+            b"tomato_mqtt.services.supervisor",
+        )
+        mod = any(e in cmd for e in entries)
         ours = mod and str(port).encode() in cmd
         if state != "Z" and ours and (not service or service.encode() in cmd):
             out.append(int(d.name))
