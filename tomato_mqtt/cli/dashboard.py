@@ -62,13 +62,16 @@ def dashboard(
             port=s.dashboard.port if web_port is None else web_port,
             read_only=read_only or s.dashboard.read_only,
             lost_after=s.scheduler.lost_after,
+            certfile=s.dashboard.certfile,
+            keyfile=s.dashboard.keyfile,
         )
     )
     if open_browser:
         import webbrowser
 
         svc.on_ready = webbrowser.open
-    typer.echo(f"dashboard: http://{svc.cfg.host}:{svc.cfg.port}/ (Ctrl-C stops it)", err=True)
+    scheme = "https" if svc.cfg.tls else "http"
+    typer.echo(f"dashboard: {scheme}://{svc.cfg.host}:{svc.cfg.port}/ (Ctrl-C stops it)", err=True)
     from tomato_mqtt.transport.client import MqttError
 
     try:

@@ -168,7 +168,8 @@ def start(verbose: VerboseOpt = 0, quiet: QuietOpt = 0, *, opts: common.Opts) ->
         {"node": node, "components": sorted(comps)} for node, comps in sorted(absent.items())
     ]
     if s.dashboard.enabled:
-        data["dashboard"] = f"http://{s.dashboard.host}:{s.dashboard.port}/"
+        scheme = "https" if s.dashboard.certfile else "http"
+        data["dashboard"] = f"{scheme}://{s.dashboard.host}:{s.dashboard.port}/"
         msg += f"\ndashboard: {data['dashboard']}"
     opts.output().reply(_Done(msg, data))
     for node, comps in sorted(absent.items()):

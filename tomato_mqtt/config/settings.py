@@ -189,6 +189,16 @@ class DashboardSettings(_Section):
     port: int = Field(default=8765, ge=0, le=65535)
     #: show no controls to anyone, whatever their role
     read_only: bool = False
+    #: HTTPS: the page (and the passwords typed into its sign-in form) over TLS, with
+    #: this certificate and key (PEM; may be the broker's); both or neither
+    certfile: str | None = None
+    keyfile: str | None = None
+
+    @model_validator(mode="after")
+    def _both_tls_files(self) -> DashboardSettings:
+        if bool(self.certfile) != bool(self.keyfile):
+            raise ValueError("both certfile and keyfile are needed for HTTPS")
+        return self
 
 
 class Settings(_Section):
@@ -217,6 +227,11 @@ class Settings(_Section):
             value = getattr(b, key)
             if value:
                 setattr(b, key, str(self._abs(Path(value))))
+        d = self.dashboard
+        for key in ("certfile", "keyfile"):
+            value = getattr(d, key)
+            if value:
+                setattr(d, key, str(self._abs(Path(value))))
         self.recorder.output_roots = [self._abs(p) for p in self.recorder.output_roots]
         if self.node.upstream_env is not None:
             self.node.upstream_env = self._abs(self.node.upstream_env)

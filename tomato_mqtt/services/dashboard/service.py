@@ -23,6 +23,7 @@ import contextlib
 import datetime
 import json
 import logging
+import ssl
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -57,6 +58,13 @@ class DashboardConfig:
     lost_after: float = 10.0  # a presence silent this long shows as lost
     flush_interval: float = 0.05  # a point waits 25 ms on average before it goes out
     title: str = ""
+    #: HTTPS with this certificate and key (PEM); None: plain HTTP
+    certfile: str | None = None
+    keyfile: str | None = None
+
+    @property
+    def tls(self) -> bool:
+        return bool(self.certfile and self.keyfile)
 
 
 @dataclass(eq=False)  # kept in a set, by identity
@@ -108,7 +116,16 @@ class DashboardService:
 
     def address(self) -> str:
         host = self.cfg.host if self.cfg.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
-        return f"http://{host}:{self.port}/"
+        return f"{'https' if self.cfg.tls else 'http'}://{host}:{self.port}/"
+
+    def _tls(self) -> ssl.SSLContext | None:
+        """The server's TLS context (HTTPS), or None for plain HTTP."""
+        if not self.cfg.tls:
+            return None
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        ctx.load_cert_chain(str(self.cfg.certfile), str(self.cfg.keyfile))
+        return ctx
 
     # -- life -------------------------------------------------------------------------------
     async def run(self) -> None:
@@ -139,8 +156,14 @@ class DashboardService:
             await self.sessions.start_shared(self.client)
             runner = web.AppRunner(make_app(self), access_log=None)
             await runner.setup()
-            site = web.TCPSite(runner, self.cfg.host, self.cfg.port)
+            site = web.TCPSite(runner, self.cfg.host, self.cfg.port, ssl_context=self._tls())
             await site.start()
+            if self.sessions.exposed and not self.cfg.tls:
+                log.warning(
+                    "the dashboard serves plain HTTP on %s: passwords typed into its sign-in"
+                    " form cross the network in clear; set [dashboard] certfile and keyfile",
+                    self.cfg.host,
+                )
             addresses = runner.addresses  # the bound port, also when asked for port 0
             self.port = int(addresses[0][1]) if addresses else self.cfg.port
             log.info("dashboard on %s (broker %s)", self.address(), self.cfg.url)

@@ -129,7 +129,8 @@ async def _login(request: web.Request) -> web.StreamResponse:
     except LoginFailed as e:
         return web.json_response({"success": False, "msg": str(e)})
     resp = web.json_response({"success": True, "msg": f"signed in as {user}", "me": s.describe()})
-    resp.set_cookie(COOKIE, s.token, httponly=True, samesite="Strict")
+    # over HTTPS the browser never sends the session's cookie over plain HTTP
+    resp.set_cookie(COOKIE, s.token, httponly=True, samesite="Strict", secure=svc.cfg.tls)
     return resp
 
 
