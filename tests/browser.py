@@ -47,8 +47,11 @@ def _require() -> None:
 
 
 @contextlib.asynccontextmanager
-async def chromium_page(width: int = 1280, height: int = 900) -> AsyncIterator[Any]:
-    """A new page in a fresh headless Chromium; yields ``(browser, page)``."""
+async def chromium_page(
+    width: int = 1280, height: int = 900, ignore_https_errors: bool = False
+) -> AsyncIterator[Any]:
+    """A new page in a fresh headless Chromium; yields ``(browser, page)``
+    (``ignore_https_errors``: accept a certificate of the test's own CA)."""
     _require()
     from playwright.async_api import async_playwright
 
@@ -60,6 +63,7 @@ async def chromium_page(width: int = 1280, height: int = 900) -> AsyncIterator[A
                 headless=True,
                 args=FLAGS,
                 viewport={"width": width, "height": height},
+                ignore_https_errors=ignore_https_errors,
             )
             try:
                 page = ctx.pages[0] if ctx.pages else await ctx.new_page()

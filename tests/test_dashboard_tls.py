@@ -9,7 +9,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.browser import running_dashboard
+from tests.browser import chromium_page, running_dashboard
 from tests.conftest import RunningBroker
 from tests.tls_ca import make_pki
 from tomato_mqtt.config.settings import load_settings
@@ -37,6 +37,11 @@ async def test_the_dashboard_serves_https_with_its_certificate(
             with pytest.raises(aiohttp.ClientError):
                 async with http.get(address.replace("https://", "http://")) as r:
                     await r.read()
+        # a real browser: the page, then its live updates over a WebSocket (wss://)
+        async with chromium_page(ignore_https_errors=True) as (_, page):
+            await page.goto(address)
+            await page.wait_for_function("() => window.__dash.helloAt !== null", timeout=20_000)
+            assert await page.evaluate("window.__dash.ws.url.startsWith('wss://')")
 
 
 def test_https_settings_are_checked_and_resolved(tmp_path: Path) -> None:
