@@ -20,21 +20,18 @@ from tomato_mqtt.cli import common
 __all__ = ["REMOTE_GRACE", "Absent", "Missing", "wait_ready"]
 
 
-def _is_online(payload: bytes) -> bool:
-    """Whether a retained scheduler status says online (cheaply: no pydantic here)."""
-    import json
-
+def _state(payload: bytes) -> str | None:
+    """The ``state`` of a retained presence (scheduler, node), cheaply: no pydantic here."""
     try:
         doc = json.loads(payload)
     except ValueError:
-        return False
-    return isinstance(doc, dict) and doc.get("state") == "online"
+        return None
+    state = doc.get("state") if isinstance(doc, dict) else None
+    return state if isinstance(state, str) else None
 
 
 def _missing_drivers(payload: bytes) -> dict[str, str]:
     """driver -> error, from a retained node status (cheaply: no pydantic here)."""
-    import json
-
     try:
         doc = json.loads(payload)
     except ValueError:
@@ -58,16 +55,6 @@ Absent = dict[str, list[str]]
 #: back-off), one that is not running is not waited for (its components register when
 #: it is started)
 REMOTE_GRACE = 5.0
-
-
-def _state(payload: bytes) -> str | None:
-    """The ``state`` of a retained node status (cheaply: no pydantic here)."""
-    try:
-        doc = json.loads(payload)
-    except ValueError:
-        return None
-    state = doc.get("state") if isinstance(doc, dict) else None
-    return state if isinstance(state, str) else None
 
 
 def _on_exit(proc: subprocess.Popen[bytes], event: Any) -> None:
@@ -197,7 +184,7 @@ def wait_ready(
                     if ok + settled + sum(len(v) for v in absent.values()) == n:
                         return last
                 elif m.topic == t.scheduler_status():
-                    was, online = online, _is_online(m.payload)
+                    was, online = online, _state(m.payload) == "online"
                     if online and not was:
                         online_at = time.monotonic()
                     dirty = True
