@@ -21,7 +21,8 @@ from tomato_mqtt.driver.block import BlockError
 from tomato_mqtt.driver.points import TaskEnd, _describe
 
 if TYPE_CHECKING:
-    from tomato_mqtt.driver.runner import ComponentRunner, _Run
+    from tomato_mqtt.driver.runner import ComponentRunner
+    from tomato_mqtt.driver.tasking import _Run
 
 __all__ = ["MIN_BLOCK_INTERVAL", "execute_blocks"]
 

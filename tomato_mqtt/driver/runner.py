@@ -34,6 +34,7 @@ from tomato_mqtt.driver.block import Block
 from tomato_mqtt.driver.bulk import execute_blocks
 from tomato_mqtt.driver.points import Point, TaskEnd, _describe, to_values
 from tomato_mqtt.driver.spec import AttrSpec, TaskSpec
+from tomato_mqtt.driver.tasking import TaskRunner, _Run
 from tomato_mqtt.driver.validate import TaskValidationError, validate_task
 
 __all__ = ["ComponentRunner", "Point", "TaskEnd"]  # Point, TaskEnd: from points.py
@@ -45,29 +46,10 @@ log = logging.getLogger(__name__)
 # Event.wait per point was most of the runner's CPU. A stop waits at most this long.
 SHORT_WAIT = 0.005
 
-# How long reset() waits for a task that was asked to stop, and close() for the worker.
-_STOP_WAIT = 10.0
 
-
-class _Run:
-    """The bookkeeping of one task, shared by the caller and the worker thread."""
-
-    __slots__ = ("stop", "stop_reason", "task")
-
-    def __init__(self, task: TaskSpec) -> None:
-        self.task = task
-        self.stop = threading.Event()
-        self.stop_reason: str | None = None
-
-
-class ComponentRunner:
-    """Drives one :class:`ModelDevice`: tasks, idle and ad-hoc measurements, the buffer.
-
-    ``on_task_end``, ``on_error`` and ``on_buffer_full`` are called from the worker
-    thread (or the caller's thread for :meth:`measure`); they must only hand over,
-    e.g. with ``loop.call_soon_threadsafe``. ``on_buffer_full`` fires when the buffer
-    reaches ``max_buffer`` points; points are never dropped here.
-    """
+class ComponentRunner(TaskRunner):
+    """Drives one :class:`ModelDevice`: tasks, idle and ad-hoc measurements, the buffer
+    (the task state, hand-off and buffer are :class:`~.tasking.TaskRunner`'s)."""
 
     def __init__(
         self,
@@ -78,108 +60,41 @@ class ComponentRunner:
         max_buffer: int = 10_000,
         on_buffer_full: Callable[[], None] | None = None,
     ) -> None:
+        super().__init__(
+            device.key,
+            on_task_end=on_task_end,
+            on_error=on_error,
+            max_buffer=max_buffer,
+            on_buffer_full=on_buffer_full,
+        )
         self.device = device
-        self._on_task_end = on_task_end
-        self._on_error = on_error
-        self._on_buffer_full = on_buffer_full
-        self._max_buffer = max_buffer
         interval = device.driver.idle_measurement_interval
         self._idle = float(interval) if interval else None
-
         self._dev_lock = threading.RLock()  # one call into the driver at a time
-        self._cv = threading.Condition()  # guards _run, _pending, _closed
-        self._run: _Run | None = None  # accepted task (starting, pending or running)
-        self._pending: _Run | None = None  # handed to the worker, not yet picked up
-        self._closed = False
-
-        self._buf_lock = threading.Lock()
-        self._buf: list[Point | Block] = []
-        self._buf_n = 0  # points in _buf (a block counts its points)
         self._buf_units: dict[str, str] = {}
         # first units seen per variable: later quantities are converted to them
         self._units: dict[str, tuple[Any, str, Any]] = {}
-
-        self._thread = threading.Thread(
-            target=self._worker, name=f"runner-{device.key[0]},{device.key[1]}", daemon=True
-        )
-        self._thread.start()
-
-    # -- state ----------------------------------------------------------------------------
-    @property
-    def running(self) -> bool:
-        """A task is accepted and has not ended (it may be stopping)."""
-        return self._run is not None
-
-    @property
-    def current_task(self) -> TaskSpec | None:
-        run = self._run
-        return run.task if run is not None else None
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
+        self._start_worker("runner")
 
     # -- tasks ----------------------------------------------------------------------------
-    def start_task(self, task: TaskSpec) -> None:
-        """Validate ``task``, apply its ``task_params`` and start it.
-
-        Raises :class:`TaskValidationError` (nothing started) for a task the component
-        cannot take, ``RuntimeError`` if busy, closed, or the driver fails to apply the
-        parameters. Blocking (calls the driver): run it off the event loop.
-        """
-        run = _Run(task)
-        with self._cv:
-            if self._closed:
-                raise RuntimeError("component runner is closed")
-            if self._run is not None:
-                raise RuntimeError(f"busy with task {_describe(self._run.task)}")
-            self._run = run
-        try:
-            specs = self._specs()
-            params = validate_task(
-                self.device.capabilities(), specs, task.technique_name, task.task_params
-            )
-            with self._dev_lock:
-                for name, val in params.items():
-                    try:
-                        self.device.set_attr(name, val)
-                    except (ValueError, TypeError, AttributeError) as e:
-                        raise TaskValidationError(f"{name}: {e}") from e
-                    except Exception as e:
-                        raise RuntimeError(
-                            f"driver failed to set {name!r} to {val} on {self._who}:"
-                            f" {type(e).__name__}: {e}"
-                        ) from e
-        except BaseException:
-            with self._cv:
-                self._run = None
-                self._cv.notify_all()
-            raise
-        with self._cv:
-            if self._closed:  # closed while the parameters were applied
-                self._run = None
-                self._cv.notify_all()
-                raise RuntimeError("component runner was closed before the task started")
-            self._pending = run
-            self._cv.notify_all()
-
-    def stop_task(self, reason: str = "stopped") -> None:
-        """Ask the running task to end; returns at once. Idempotent.
-
-        The worker ends the task at its next wait, i.e. promptly unless the driver is
-        inside a long ``do_task`` call. Points taken so far are kept.
-        """
-        run = self._run
-        if run is None:
-            return
-        if run.stop_reason is None:
-            run.stop_reason = reason
-        run.stop.set()
-
-    @property
-    def _who(self) -> str:
-        """The component in messages, as in tomato's ``driver:(address,channel)`` names."""
-        return f"component ({self.device.key[0]},{self.device.key[1]})"
+    def _prepare(self, task: TaskSpec) -> None:
+        """Validate ``task`` and apply its ``task_params``: raises
+        :class:`TaskValidationError` for a task the component cannot take,
+        ``RuntimeError`` when the driver fails to apply a parameter."""
+        params = validate_task(
+            self.device.capabilities(), self._specs(), task.technique_name, task.task_params
+        )
+        with self._dev_lock:
+            for name, val in params.items():
+                try:
+                    self.device.set_attr(name, val)
+                except (ValueError, TypeError, AttributeError) as e:
+                    raise TaskValidationError(f"{name}: {e}") from e
+                except Exception as e:
+                    raise RuntimeError(
+                        f"driver failed to set {name!r} to {val} on {self._who}:"
+                        f" {type(e).__name__}: {e}"
+                    ) from e
 
     def _specs(self) -> dict[str, AttrSpec]:
         return {k: a.spec() for k, a in self.device.attrs().items()}
@@ -204,10 +119,7 @@ class ComponentRunner:
 
     def reset(self) -> None:
         """``device.reset()``; refused while a task runs, waits for one that is stopping."""
-        run = self._run
-        if run is not None and run.stop.is_set():
-            with self._cv:
-                self._cv.wait_for(lambda: self._run is not run, timeout=_STOP_WAIT)
+        self._wait_stopping()
         self._refuse_if_busy("reset")
         with self._dev_lock:
             try:
@@ -215,25 +127,7 @@ class ComponentRunner:
             except Exception as e:
                 raise RuntimeError(f"reset of {self._who} failed: {type(e).__name__}: {e}") from e
 
-    def _refuse_if_busy(self, what: str) -> None:
-        if self._closed:
-            raise RuntimeError(f"cannot {what}: component runner is closed")
-        run = self._run
-        if run is not None:
-            raise RuntimeError(f"cannot {what}: task {_describe(run.task)} is running")
-
-    def close(self) -> None:
-        """Stop any task, end the worker thread and close the device. Idempotent."""
-        with self._cv:
-            if self._closed:
-                return
-            self._closed = True
-            self._cv.notify_all()
-        self.stop_task("component closed")
-        if threading.current_thread() is not self._thread:
-            self._thread.join(_STOP_WAIT)
-            if self._thread.is_alive():
-                log.warning("runner of %s: worker did not end in time", self.device.key)
+    def _close_device(self) -> None:
         try:
             with self._dev_lock:
                 self.device.close()
@@ -241,36 +135,22 @@ class ComponentRunner:
             log.exception("closing device %s failed", self.device.key)
 
     # -- the buffer -----------------------------------------------------------------------
-    def drain(self) -> tuple[list[Point | Block], dict[str, str]]:
-        """What was taken since the last drain, in order: points of one-point calls and
-        blocks of bulk calls; and the units of the points' quantity variables (a block
-        carries its own)."""
-        with self._buf_lock:
-            items, self._buf = self._buf, []
-            self._buf_n = 0
-            units, self._buf_units = self._buf_units, {}
-        return items, units
+    def _take_units(self) -> dict[str, str]:
+        units, self._buf_units = self._buf_units, {}
+        return units
 
-    def _append(self, item: Point | Block, units: dict[str, str] | None, n: int = 1) -> None:
-        with self._buf_lock:
-            self._buf.append(item)
-            if units:
-                self._buf_units.update(units)
-            before = self._buf_n
-            self._buf_n += n
-            full = before < self._max_buffer <= self._buf_n
-        if full and self._on_buffer_full is not None:
-            self._call(self._on_buffer_full)
+    def _add_units(self, units: dict[str, str]) -> None:
+        self._buf_units.update(units)
 
     def append_block(self, block: Block) -> None:
         """Buffer a block the device returned (the bulk loop calls this)."""
-        self._append(block, None, len(block))
+        self._append(block, len(block))
 
     def _point(self, uts: float, raw: Mapping[str, Any], task: TaskSpec | None) -> Point:
         """Convert a driver's mapping (fast path: plain values) and buffer it."""
         values, units = to_values(raw, self._units, self.device)
         point = Point(uts, values, task)
-        self._append(point, units)
+        self._append(point, 1, units)
         return point
 
     # -- the worker -----------------------------------------------------------------------
@@ -375,7 +255,6 @@ class ComponentRunner:
         self.finish(TaskEnd(task, reason, message, t_start, wall(), npoints, missed))
 
     def finish(self, end: TaskEnd) -> None:
-        """The task is over: free the runner, then tell (from the worker thread)."""
         log.info(
             "%s: task %s ended: %s (%d points, %d deadlines missed)",
             self.device.key,
@@ -384,19 +263,7 @@ class ComponentRunner:
             end.npoints,
             end.missed,
         )
-        with self._cv:
-            self._run = None
-            self._cv.notify_all()
-        self._call(self._on_task_end, end)
-
-    def error(self, message: str) -> None:
-        self._call(self._on_error, message)
-
-    def _call(self, fn: Callable[..., None], *args: Any) -> None:
-        try:
-            fn(*args)
-        except Exception:
-            log.exception("callback %r of runner %s failed", fn, self.device.key)
+        super().finish(end)
 
 
 def _sleep(seconds: float, stop: threading.Event) -> None:

@@ -3,7 +3,8 @@ points (as in tomato), this runner starts it, watches it and collects its data.
 
 Same interface to the node as :class:`~tomato_mqtt.driver.runner.ComponentRunner`
 (``start_task``, ``stop_task``, ``measure``, ``reset``, ``close``, ``drain`` and the
-callbacks), so the node's data path, spool and commands are unchanged. Like tomato's
+callbacks: :class:`~tomato_mqtt.driver.tasking.TaskRunner`), so the node's data path,
+spool and commands are unchanged. Like tomato's
 job process, it fetches the driver's data (``get_data``) while the task runs, every
 sampling interval (between 0.1 and 0.5 s), and once more when the task has ended.
 Every point keeps the ``uts`` the driver stamped it with; a task's point count is the
@@ -17,14 +18,14 @@ process does, and buffers the point with ``task=None``.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
 from tomato_mqtt.driver.block import Block, BlockError
-from tomato_mqtt.driver.runner import Point, TaskEnd
+from tomato_mqtt.driver.points import Point, TaskEnd
 from tomato_mqtt.driver.spec import TaskSpec
+from tomato_mqtt.driver.tasking import TaskRunner, _Run
 from tomato_mqtt.driver.upstream.adapter import UpstreamDevice
 from tomato_mqtt.driver.upstream.client import HostCallError
 from tomato_mqtt.driver.validate import TaskValidationError, validate_task
@@ -33,21 +34,13 @@ __all__ = ["UpstreamRunner"]
 
 log = logging.getLogger(__name__)
 
-_STOP_WAIT = 15.0
 #: seconds between reads of the status attrs while a task runs or the component idles
 _STATUS_EVERY = 2.0
 
 
-class _Run:
-    __slots__ = ("stop", "stop_reason", "task")
+class UpstreamRunner(TaskRunner):
+    stop_wait = 15.0
 
-    def __init__(self, task: TaskSpec) -> None:
-        self.task = task
-        self.stop = threading.Event()
-        self.stop_reason: str | None = None
-
-
-class UpstreamRunner:
     def __init__(
         self,
         device: UpstreamDevice,
@@ -57,79 +50,30 @@ class UpstreamRunner:
         max_buffer: int = 10_000,
         on_buffer_full: Callable[[], None] | None = None,
     ) -> None:
+        super().__init__(
+            device.key,
+            on_task_end=on_task_end,
+            on_error=on_error,
+            max_buffer=max_buffer,
+            on_buffer_full=on_buffer_full,
+        )
         self.device = device
-        self._on_task_end = on_task_end
-        self._on_error = on_error
-        self._on_buffer_full = on_buffer_full
-        self._max_buffer = max_buffer
         interval = device.driver.idle_measurement_interval
         self._idle = float(interval) if interval else None
-        self._cv = threading.Condition()
-        self._run: _Run | None = None
-        self._pending: _Run | None = None
-        self._closed = False
-        self._buf_lock = threading.Lock()
-        self._buf: list[Point | Block] = []
-        self._buf_n = 0  # points in the buffer
         self._warned: set[str] = set()
-        self._thread = threading.Thread(
-            target=self._worker, name=f"upstream-{device.key[0]},{device.key[1]}", daemon=True
-        )
-        self._thread.start()
-
-    # -- state ----------------------------------------------------------------------------
-    @property
-    def running(self) -> bool:
-        return self._run is not None
-
-    @property
-    def current_task(self) -> TaskSpec | None:
-        run = self._run
-        return run.task if run is not None else None
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
-
-    @property
-    def _who(self) -> str:
-        return f"component ({self.device.key[0]},{self.device.key[1]})"
+        self._start_worker("upstream")
 
     # -- tasks ----------------------------------------------------------------------------
-    def start_task(self, task: TaskSpec) -> None:
+    def _prepare(self, task: TaskSpec) -> None:
         """Validate ``task`` (our rules and messages), then hand it to the driver."""
-        run = _Run(task)
-        with self._cv:
-            if self._closed:
-                raise RuntimeError("component runner is closed")
-            if self._run is not None:
-                raise RuntimeError(f"busy with task {task.technique_name!r}")
-            self._run = run
+        specs = {k: a.spec() for k, a in self.device.attrs().items()}
+        validate_task(self.device.capabilities(), specs, task.technique_name, task.task_params)
         try:
-            specs = {k: a.spec() for k, a in self.device.attrs().items()}
-            validate_task(self.device.capabilities(), specs, task.technique_name, task.task_params)
-            try:
-                self.device.call("task_start", task=task.model_dump(mode="json"))
-            except HostCallError as e:
-                if e.kind == "value":
-                    raise TaskValidationError(str(e)) from None
-                raise RuntimeError(f"driver failed to start the task on {self._who}: {e}") from e
-        except BaseException:
-            with self._cv:
-                self._run = None
-                self._cv.notify_all()
-            raise
-        with self._cv:
-            self._pending = run
-            self._cv.notify_all()
-
-    def stop_task(self, reason: str = "stopped") -> None:
-        run = self._run
-        if run is None:
-            return
-        if run.stop_reason is None:
-            run.stop_reason = reason
-        run.stop.set()
+            self.device.call("task_start", task=task.model_dump(mode="json"))
+        except HostCallError as e:
+            if e.kind == "value":
+                raise TaskValidationError(str(e)) from None
+            raise RuntimeError(f"driver failed to start the task on {self._who}: {e}") from e
 
     # -- ad-hoc calls ---------------------------------------------------------------------
     def measure(self) -> Point | None:
@@ -141,47 +85,22 @@ class UpstreamRunner:
         block = self._block(cols, None)
         if block is None:
             return None
-        self._buffer(block)
+        self._append(block, len(block))
         last = {k: v[-1] for k, v in block.data.items()}  # the newest point, as a reply
         return Point(float(block.uts[-1]), last, None)
 
     def reset(self) -> None:
-        run = self._run
-        if run is not None and run.stop.is_set():
-            with self._cv:
-                self._cv.wait_for(lambda: self._run is not run, timeout=_STOP_WAIT)
+        self._wait_stopping()
         self._refuse_if_busy("reset")
         try:
             self.device.reset()
         except HostCallError as e:
             raise RuntimeError(f"reset of {self._who} failed: {e}") from e
 
-    def _refuse_if_busy(self, what: str) -> None:
-        if self._closed:
-            raise RuntimeError(f"cannot {what}: component runner is closed")
-        run = self._run
-        if run is not None:
-            raise RuntimeError(f"cannot {what}: task {run.task.technique_name!r} is running")
-
-    def close(self) -> None:
-        with self._cv:
-            if self._closed:
-                return
-            self._closed = True
-            self._cv.notify_all()
-        self.stop_task("component closed")
-        if threading.current_thread() is not self._thread:
-            self._thread.join(_STOP_WAIT)
+    def _close_device(self) -> None:
         self.device.close()
 
     # -- the buffer -----------------------------------------------------------------------
-    def drain(self) -> tuple[list[Point | Block], dict[str, str]]:
-        """The blocks taken since the last drain (each carries its own units)."""
-        with self._buf_lock:
-            items, self._buf = self._buf, []
-            self._buf_n = 0
-        return items, {}
-
     def _deliver(self, cols: Mapping[str, Any] | None, task: TaskSpec | None) -> int:
         """Columns from the host into the node's buffer as ONE block (the bulk path):
         no per-point objects, and array-valued variables (``cols["arrays"]``: their
@@ -190,16 +109,8 @@ class UpstreamRunner:
         block = self._block(cols, task)
         if block is None:
             return 0
-        self._buffer(block)
+        self._append(block, len(block))
         return len(block)
-
-    def _buffer(self, block: Block) -> None:
-        with self._buf_lock:
-            self._buf.append(block)
-            self._buf_n += len(block)
-            full = self._buf_n >= self._max_buffer
-        if full and self._on_buffer_full is not None:
-            self._call(self._on_buffer_full)
 
     def _block(self, cols: Mapping[str, Any] | None, task: TaskSpec | None) -> Block | None:
         """:func:`.host.dataset_to_columns`'s columns as a :class:`Block` (None: empty)."""
@@ -282,7 +193,7 @@ class UpstreamRunner:
             while True:
                 if run.stop.wait(poll):
                     npoints += self._deliver(dev.call("task_stop"), task)
-                    deadline = time.monotonic() + _STOP_WAIT
+                    deadline = time.monotonic() + self.stop_wait
                     while dev.call("task_status")["running"] and time.monotonic() < deadline:
                         time.sleep(0.02)
                     npoints += self._deliver(dev.call("task_data"), task)
@@ -312,13 +223,4 @@ class UpstreamRunner:
             reason,
             npoints,
         )
-        with self._cv:
-            self._run = None
-            self._cv.notify_all()
-        self._call(self._on_task_end, end)
-
-    def _call(self, fn: Callable[..., None], *args: Any) -> None:
-        try:
-            fn(*args)
-        except Exception:
-            log.exception("callback %r of runner %s failed", fn, self.device.key)
+        self.finish(end)
