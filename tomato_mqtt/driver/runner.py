@@ -26,7 +26,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any, Literal
 
 from tomato_mqtt.driver.base import ModelDevice
@@ -47,34 +47,15 @@ log = logging.getLogger(__name__)
 SHORT_WAIT = 0.005
 
 
-class ComponentRunner(TaskRunner):
+class ComponentRunner(TaskRunner[ModelDevice]):
     """Drives one :class:`ModelDevice`: tasks, idle and ad-hoc measurements, the buffer
     (the task state, hand-off and buffer are :class:`~.tasking.TaskRunner`'s)."""
 
-    def __init__(
-        self,
-        device: ModelDevice,
-        *,
-        on_task_end: Callable[[TaskEnd], None],
-        on_error: Callable[[str], None],
-        max_buffer: int = 10_000,
-        on_buffer_full: Callable[[], None] | None = None,
-    ) -> None:
-        super().__init__(
-            device.key,
-            on_task_end=on_task_end,
-            on_error=on_error,
-            max_buffer=max_buffer,
-            on_buffer_full=on_buffer_full,
-        )
-        self.device = device
-        interval = device.driver.idle_measurement_interval
-        self._idle = float(interval) if interval else None
+    def _setup(self) -> None:
         self._dev_lock = threading.RLock()  # one call into the driver at a time
         self._buf_units: dict[str, str] = {}
         # first units seen per variable: later quantities are converted to them
         self._units: dict[str, tuple[Any, str, Any]] = {}
-        self._start_worker("runner")
 
     # -- tasks ----------------------------------------------------------------------------
     def _prepare(self, task: TaskSpec) -> None:

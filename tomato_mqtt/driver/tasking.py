@@ -19,13 +19,18 @@ import abc
 import logging
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from tomato_mqtt.driver.block import Block
 from tomato_mqtt.driver.points import Point, TaskEnd, _describe
 from tomato_mqtt.driver.spec import TaskSpec
 
+if TYPE_CHECKING:
+    from tomato_mqtt.driver.base import ModelDevice
+
 __all__ = ["TaskRunner"]
+
+D = TypeVar("D", bound="ModelDevice")
 
 log = logging.getLogger(__name__)
 
@@ -41,28 +46,34 @@ class _Run:
         self.stop_reason: str | None = None
 
 
-class TaskRunner(abc.ABC):
+class TaskRunner(abc.ABC, Generic[D]):
     """One component's task state, worker thread and buffer (see the module docstring).
 
     ``on_task_end``, ``on_error`` and ``on_buffer_full`` are called from the worker
     thread (or the caller's thread); they must only hand over, e.g. with
     ``loop.call_soon_threadsafe``. ``on_buffer_full`` fires when the buffer reaches
-    ``max_buffer`` points; points are never dropped here.
+    ``max_buffer`` points; points are never dropped here. A subclass sets up its own
+    state in :meth:`_setup`; the worker thread starts after it.
     """
 
     #: how long reset() waits for a task that was asked to stop, and close() for the worker
     stop_wait: float = 10.0
+    #: the worker thread's name: ``<prefix>-<address>,<channel>``
+    thread_prefix: str = "runner"
 
     def __init__(
         self,
-        key: tuple[str, str],
+        device: D,
         *,
         on_task_end: Callable[[TaskEnd], None],
         on_error: Callable[[str], None],
         max_buffer: int = 10_000,
         on_buffer_full: Callable[[], None] | None = None,
     ) -> None:
-        self.key = key
+        self.device = device
+        self.key = device.key
+        interval = device.driver.idle_measurement_interval
+        self._idle = float(interval) if interval else None
         self._on_task_end = on_task_end
         self._on_error = on_error
         self._on_buffer_full = on_buffer_full
@@ -74,14 +85,13 @@ class TaskRunner(abc.ABC):
         self._buf_lock = threading.Lock()
         self._buf: list[Point | Block] = []
         self._buf_n = 0  # points in _buf (a block counts its points)
-        self._thread: threading.Thread | None = None
-
-    def _start_worker(self, prefix: str) -> None:
-        """Start the worker thread (last thing of a subclass's ``__init__``)."""
-        self._thread = threading.Thread(
-            target=self._worker, name=f"{prefix}-{self.key[0]},{self.key[1]}", daemon=True
-        )
+        self._setup()
+        name = f"{self.thread_prefix}-{self.key[0]},{self.key[1]}"
+        self._thread = threading.Thread(target=self._worker, name=name, daemon=True)
         self._thread.start()
+
+    def _setup(self) -> None:
+        """A subclass's own state, before the worker thread starts."""
 
     @abc.abstractmethod
     def _worker(self) -> None:
@@ -185,7 +195,7 @@ class TaskRunner(abc.ABC):
             self._cv.notify_all()
         self.stop_task("component closed")
         thread = self._thread
-        if thread is not None and threading.current_thread() is not thread:
+        if threading.current_thread() is not thread:
             thread.join(self.stop_wait)
             if thread.is_alive():
                 log.warning("runner of %s: worker did not end in time", self.key)
@@ -217,7 +227,7 @@ class TaskRunner(abc.ABC):
         if full and self._on_buffer_full is not None:
             self._call(self._on_buffer_full)
 
-    def _add_units(self, units: dict[str, str]) -> None:  # noqa: B027 - optional hook
+    def _add_units(self, units: dict[str, str]) -> None:
         """Keep the units of buffered points (under the buffer's lock)."""
 
     def error(self, message: str) -> None:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any, Literal
 
 from tomato_mqtt.driver.block import Block, BlockError
@@ -38,30 +38,12 @@ log = logging.getLogger(__name__)
 _STATUS_EVERY = 2.0
 
 
-class UpstreamRunner(TaskRunner):
+class UpstreamRunner(TaskRunner[UpstreamDevice]):
     stop_wait = 15.0
+    thread_prefix = "upstream"
 
-    def __init__(
-        self,
-        device: UpstreamDevice,
-        *,
-        on_task_end: Callable[[TaskEnd], None],
-        on_error: Callable[[str], None],
-        max_buffer: int = 10_000,
-        on_buffer_full: Callable[[], None] | None = None,
-    ) -> None:
-        super().__init__(
-            device.key,
-            on_task_end=on_task_end,
-            on_error=on_error,
-            max_buffer=max_buffer,
-            on_buffer_full=on_buffer_full,
-        )
-        self.device = device
-        interval = device.driver.idle_measurement_interval
-        self._idle = float(interval) if interval else None
+    def _setup(self) -> None:
         self._warned: set[str] = set()
-        self._start_worker("upstream")
 
     # -- tasks ----------------------------------------------------------------------------
     def _prepare(self, task: TaskSpec) -> None:
