@@ -109,6 +109,14 @@ class Job:
         return self.client.follow(self.id)
 
 
+def from_settings(appdir: str | os.PathLike[str] | None) -> tuple[BrokerURL, str]:
+    """(broker URL, instance) of ``settings.toml`` (the default appdir, or ``appdir``)."""
+    from tomato_mqtt.config.settings import load_settings, settings_url
+
+    s = load_settings(appdir=Path(appdir) if appdir else None)
+    return settings_url(s), s.mqtt.instance
+
+
 class AsyncTomato:
     """A connection to one tomato-mqtt instance (see the module docstring)."""
 
@@ -131,10 +139,7 @@ class AsyncTomato:
         cls, appdir: str | os.PathLike[str] | None = None, *, timeout: float = 10.0
     ) -> AsyncTomato:
         """Broker and instance from ``settings.toml`` (the default appdir, or ``appdir``)."""
-        from tomato_mqtt.config.settings import load_settings, settings_url
-
-        s = load_settings(appdir=Path(appdir) if appdir else None)
-        return cls(settings_url(s), s.mqtt.instance, timeout=timeout)
+        return cls(*from_settings(appdir), timeout=timeout)
 
     async def connect(self) -> AsyncTomato:
         try:

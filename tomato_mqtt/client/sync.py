@@ -98,12 +98,9 @@ class Tomato:
         cls, appdir: str | os.PathLike[str] | None = None, *, timeout: float = 10.0
     ) -> Tomato:
         """Broker and instance from ``settings.toml`` (the default appdir, or ``appdir``)."""
-        from pathlib import Path
+        from tomato_mqtt.client.aio import from_settings
 
-        from tomato_mqtt.config.settings import load_settings, settings_url
-
-        s = load_settings(appdir=Path(appdir) if appdir else None)
-        return cls(settings_url(s), s.mqtt.instance, timeout=timeout)
+        return cls(*from_settings(appdir), timeout=timeout)
 
     def __enter__(self) -> Tomato:
         return self
