@@ -24,8 +24,7 @@ from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from pydantic import JsonValue
-
+from tomato_mqtt.client.local import from_settings, payload_args
 from tomato_mqtt.client.progress import FINAL, Progress
 from tomato_mqtt.config.url import BrokerURL
 from tomato_mqtt.model.jobs import Job as JobInfo
@@ -57,17 +56,6 @@ class _Inbox:
 
     def __call__(self, msg: Message) -> None:  # paho's thread: hand over only
         self._loop.call_soon_threadsafe(self.queue.put_nowait, msg)
-
-
-def _payload(src: str | os.PathLike[str] | Mapping[str, Any]) -> dict[str, JsonValue]:
-    if isinstance(src, Mapping):
-        doc: Any = dict(src)
-    else:
-        from tomato_mqtt.config.payloads import read_payload_file
-
-        doc = read_payload_file(Path(src))
-    # YAML may hold dates and the like: send what JSON can carry
-    return json.loads(json.dumps(doc, default=str))  # type: ignore[no-any-return]
 
 
 class Job:
@@ -107,14 +95,6 @@ class Job:
 
     def follow(self) -> AsyncIterator[Progress]:
         return self.client.follow(self.id)
-
-
-def from_settings(appdir: str | os.PathLike[str] | None) -> tuple[BrokerURL, str]:
-    """(broker URL, instance) of ``settings.toml`` (the default appdir, or ``appdir``)."""
-    from tomato_mqtt.config.settings import load_settings, settings_url
-
-    s = load_settings(appdir=Path(appdir) if appdir else None)
-    return settings_url(s), s.mqtt.instance
 
 
 class AsyncTomato:
@@ -205,7 +185,7 @@ class AsyncTomato:
     ) -> Job:
         """Queue a payload (a file of any tomato version, or a dict); output goes to the
         current directory unless the payload says otherwise."""
-        args = {"payload": _payload(payload), "jobname": jobname, "submit_dir": os.getcwd()}
+        args = {"payload": payload_args(payload), "jobname": jobname, "submit_dir": os.getcwd()}
         return Job(self, await self.call("job_submit", args))
 
     def job(self, jobid: int) -> Job:

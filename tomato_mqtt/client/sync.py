@@ -98,7 +98,7 @@ class Tomato:
         cls, appdir: str | os.PathLike[str] | None = None, *, timeout: float = 10.0
     ) -> Tomato:
         """Broker and instance from ``settings.toml`` (the default appdir, or ``appdir``)."""
-        from tomato_mqtt.client.aio import from_settings
+        from tomato_mqtt.client.local import from_settings
 
         return cls(*from_settings(appdir), timeout=timeout)
 

@@ -1,0 +1,35 @@
+"""What a client reads on this PC: settings.toml's broker and instance, payload files."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from pydantic import JsonValue
+
+from tomato_mqtt.config.url import BrokerURL
+
+__all__ = ["from_settings", "payload_args"]
+
+
+def from_settings(appdir: str | os.PathLike[str] | None) -> tuple[BrokerURL, str]:
+    """(broker URL, instance) of ``settings.toml`` (the default appdir, or ``appdir``)."""
+    from tomato_mqtt.config.settings import load_settings, settings_url
+
+    s = load_settings(appdir=Path(appdir) if appdir else None)
+    return settings_url(s), s.mqtt.instance
+
+
+def payload_args(src: str | os.PathLike[str] | Mapping[str, Any]) -> dict[str, JsonValue]:
+    """A payload (a file of any tomato version, or a mapping) as a request's JSON."""
+    if isinstance(src, Mapping):
+        doc: Any = dict(src)
+    else:
+        from tomato_mqtt.config.payloads import read_payload_file
+
+        doc = read_payload_file(Path(src))
+    # YAML may hold dates and the like: send what JSON can carry
+    return json.loads(json.dumps(doc, default=str))  # type: ignore[no-any-return]
