@@ -24,6 +24,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "config"
 BIN = Path(sys.executable).parent
@@ -44,13 +49,16 @@ class JobWatch:
 
     Only a wake-up: the test still reads the job from ``ketchup status`` (what it asserts
     on), and polls it every ``SAFETY_POLL`` s whatever the push says, so a missed message
-    (a broker killed by the test) costs a second, never the test. Open stacks only: a
-    secured or TLS stack has no anonymous login to spare, and keeps the plain polling.
+    (a broker killed by the test) costs a second, never the test. A secured stack is
+    watched with the login of its settings (the CLI's own, which may read job statuses);
+    a stack whose CLI talks TLS or to another host keeps the plain polling.
     """
 
     SAFETY_POLL = 1.0
 
-    def __init__(self, port: int, instance: str) -> None:
+    def __init__(
+        self, port: int, instance: str, login: tuple[str, str | None] | None = None
+    ) -> None:
         import paho.mqtt.client as paho
         from paho.mqtt.enums import CallbackAPIVersion
 
@@ -78,6 +86,8 @@ class JobWatch:
                 self.status[int(rest[0])] = str(status)
                 self.cond.notify_all()
 
+        if login is not None:
+            self.c.username_pw_set(*login)
         self.c.on_connect = on_connect
         self.c.on_message = on_message
         self.c.reconnect_delay_set(0.05, 0.5)
@@ -222,10 +232,14 @@ class Stack:
     def watch(self) -> JobWatch | None:
         """The stack's :class:`JobWatch` (started on first use), or None where it has none."""
         if self._watch == "":
-            settings = (self.appdir / "settings.toml").read_text()
-            secured = any(w in settings for w in ("username", "tls", "password_file"))
+            mqtt = tomllib.loads((self.appdir / "settings.toml").read_text()).get("mqtt", {})
+            user = mqtt.get("username")
+            login = None if user is None else (str(user), mqtt.get("password"))
+            plain = not mqtt.get("tls") and mqtt.get("host", "127.0.0.1") == "127.0.0.1"
             try:
-                self._watch = None if secured or self.env else JobWatch(self.port, self.instance)
+                self._watch = (
+                    JobWatch(self.port, self.instance, login) if plain and not self.env else None
+                )
             except OSError:
                 self._watch = None  # nothing listens: poll, as before
         return self._watch if isinstance(self._watch, JobWatch) else None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -28,6 +29,15 @@ def refused(st: Stack, user: str, tool: str, *args: str) -> str:
     assert "not allowed" in res.stderr, (user, args, res.stderr)
     assert took < 10, took  # the request's timeout plus one whoami, never a hang
     return res.stderr
+
+
+def refused_all(st: Stack, calls: list[tuple[str, ...]]) -> list[str]:
+    """:func:`refused` of each ``(user, tool, *args)``, all at once: a refusal is an
+    unanswered request (the broker drops it), so each call waits out its ``--timeout``;
+    side by side they cost that wait once. Refused calls have no effect, so their order
+    does not matter (and a call that was wrongly allowed still fails its own check)."""
+    with ThreadPoolExecutor(len(calls)) as pool:
+        return list(pool.map(lambda c: refused(st, *c), calls))
 
 
 def allowed(st: Stack, user: str, tool: str, *args: str) -> str:
@@ -51,30 +61,40 @@ def test_roles_on_a_secured_stack(
     with secure_stack(tmp_path, extra=extra, mosquitto=mosquitto) as st:
         # a reader reads, and nothing else
         assert "running" in allowed(st, "rita", "tomato", "status")
-        for args in (
-            ("tomato", "stop"),
-            ("tomato", "reload"),
-            ("tomato", "pipeline", "load", "pip-counter-1", "x"),
-            ("ketchup", "submit", str(CONFIG / "counter_1_0.1.yml")),
-        ):
-            refused(st, "rita", *args)
-        # an operator cannot stop or reload, nor drive an instrument directly
-        assert "role operator" in refused(st, "olga", "tomato", "stop")
-        refused(st, "olga", "tomato", "reload")
         cmp = "example_counter:(example-addr,1)"
-        assert "'set_attr'" in refused(st, "olga", "passata", "set", cmp, "max", "5")
+        errs = refused_all(
+            st,
+            [
+                ("rita", "tomato", "stop"),
+                ("rita", "tomato", "reload"),
+                ("rita", "tomato", "pipeline", "load", "pip-counter-1", "x"),
+                ("rita", "ketchup", "submit", str(CONFIG / "counter_1_0.1.yml")),
+                # an operator cannot stop or reload, nor drive an instrument directly
+                ("olga", "tomato", "stop"),
+                ("olga", "tomato", "reload"),
+                ("olga", "passata", "set", cmp, "max", "5"),
+                ("rita", "passata", "status", cmp),
+            ],
+        )
+        assert "role operator" in errs[4]
+        assert "'set_attr'" in errs[6]
         assert "idle" in allowed(st, "olga", "passata", "status", cmp)
-        refused(st, "rita", "passata", "status", cmp)
+        assert "running" in allowed(st, "rita", "tomato", "status")  # none stopped it
         # ... but runs jobs, and only their own
         allowed(st, "olga", "tomato", "pipeline", "load", "pip-counter-1", "counter_1_0.1")
         allowed(st, "olga", "tomato", "pipeline", "ready", "pip-counter-1")
         jobid = submit_as(st, "olga", payload(tmp_path, sampling_interval=0.2, max_duration=120))
         job = st.wait_job(jobid, {"r"}, timeout=30)
         assert job["owner"] == "olga"
-        err = refused(st, "otto", "ketchup", "cancel", str(jobid))
+        err, _, _ = refused_all(
+            st,
+            [
+                ("otto", "ketchup", "cancel", str(jobid)),
+                ("otto", "ketchup", "snapshot", str(jobid)),
+                ("rita", "ketchup", "cancel", str(jobid)),
+            ],
+        )
         assert "belongs to olga" in err
-        refused(st, "otto", "ketchup", "snapshot", str(jobid))
-        refused(st, "rita", "ketchup", "cancel", str(jobid))
         assert st.job(jobid)["status"] == "r"  # none of that took effect
         allowed(st, "olga", "ketchup", "snapshot", str(jobid))
         # a payload beyond the bounds is refused with one message
