@@ -50,14 +50,18 @@ class JobWatch:
     Only a wake-up: the test still reads the job from ``ketchup status`` (what it asserts
     on), and polls it every ``SAFETY_POLL`` s whatever the push says, so a missed message
     (a broker killed by the test) costs a second, never the test. A secured stack is
-    watched with the login of its settings (the CLI's own, which may read job statuses);
-    a stack whose CLI talks TLS or to another host keeps the plain polling.
+    watched with the login and broker address of its settings (the CLI's own, which may
+    read job statuses); a stack whose CLI talks TLS keeps the plain polling.
     """
 
     SAFETY_POLL = 1.0
 
     def __init__(
-        self, port: int, instance: str, login: tuple[str, str | None] | None = None
+        self,
+        port: int,
+        instance: str,
+        login: tuple[str, str | None] | None = None,
+        host: str = "127.0.0.1",
     ) -> None:
         import paho.mqtt.client as paho
         from paho.mqtt.enums import CallbackAPIVersion
@@ -91,7 +95,7 @@ class JobWatch:
         self.c.on_connect = on_connect
         self.c.on_message = on_message
         self.c.reconnect_delay_set(0.05, 0.5)
-        self.c.connect("127.0.0.1", port)
+        self.c.connect(host, port)
         self.c.loop_start()
 
     def wait(self, jobid: int, ok: Callable[[str | None], bool], timeout: float) -> None:
@@ -105,6 +109,9 @@ class JobWatch:
         with contextlib.suppress(Exception):
             self.c.disconnect()
 
+
+#: ``--timeout`` of the status polls of a wait (a lost request is asked again after it)
+POLL_TIMEOUT = 2.0
 
 SERVICES = {"start", "supervise", "broker", "scheduler", "recorder", "node", "dashboard"}
 
@@ -224,8 +231,10 @@ class Stack:
                 f"not JSON ({res.returncode}): {res.stdout!r} {res.stderr!r}"
             ) from None
 
-    def job(self, jobid: int) -> dict[str, Any]:
-        out = self.json("ketchup", "status", str(jobid))
+    def job(self, jobid: int, timeout: float | None = None) -> dict[str, Any]:
+        """``ketchup status jobid`` (``timeout``: its ``--timeout``, else the CLI's 5 s)."""
+        extra = () if timeout is None else ("--timeout", f"{timeout:g}")
+        out = self.json("ketchup", "status", str(jobid), *extra)
         assert out["success"], out
         return out["data"][0]  # type: ignore[no-any-return]
 
@@ -235,10 +244,12 @@ class Stack:
             mqtt = tomllib.loads((self.appdir / "settings.toml").read_text()).get("mqtt", {})
             user = mqtt.get("username")
             login = None if user is None else (str(user), mqtt.get("password"))
-            plain = not mqtt.get("tls") and mqtt.get("host", "127.0.0.1") == "127.0.0.1"
+            host = str(mqtt.get("host", "127.0.0.1"))
             try:
                 self._watch = (
-                    JobWatch(self.port, self.instance, login) if plain and not self.env else None
+                    None
+                    if mqtt.get("tls") or self.env
+                    else JobWatch(self.port, self.instance, login, host)
                 )
             except OSError:
                 self._watch = None  # nothing listens: poll, as before
@@ -273,7 +284,9 @@ class Stack:
         job: dict[str, Any] = {}
         while time.monotonic() < deadline:
             try:
-                job = self.job(jobid)
+                # POLL_TIMEOUT: a request that reached a scheduler still starting (a test
+                # killed it) is lost; ask again soon rather than after the CLI's 5 s
+                job = self.job(jobid, POLL_TIMEOUT)
             except AssertionError as e:
                 # a service being restarted (the tests kill some): ask again, as a user would
                 job = {"error": str(e)}

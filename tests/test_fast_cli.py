@@ -138,12 +138,26 @@ async def test_fast_and_typer_print_the_same(
             ("tomato", ["reload", *common]),  # nothing changed
             ("passata", ["capabilities", COMP, "-p", str(free_port()), "-A", str(app)]),
         ]
-        for prog, argv in lines:
-            fast = await asyncio.to_thread(_run, [str(BIN / prog), *argv], env)
-            slow = await asyncio.to_thread(
-                _run, [sys.executable, "-m", f"tomato_mqtt.cli.{prog}", *argv], env
-            )
+        # The pair of each line runs side by side (the same state seen by both), and the
+        # lines of a phase as well, a few at a time: only `passata set` (line 8) changes
+        # what another line prints (the component's max), so it runs alone, between the
+        # lines before it and those after it; every other line reads, or is refused.
+        limit = asyncio.Semaphore(3)
+
+        async def same(prog: str, argv: list[str]) -> None:
+            async with limit:
+                fast, slow = await asyncio.gather(
+                    asyncio.to_thread(_run, [str(BIN / prog), *argv], env),
+                    asyncio.to_thread(
+                        _run, [sys.executable, "-m", f"tomato_mqtt.cli.{prog}", *argv], env
+                    ),
+                )
             assert fast == slow, (prog, argv)
+
+        setter = 8
+        assert lines[setter][1][:1] == ["set"]
+        for phase in (lines[:setter], lines[setter : setter + 1], lines[setter + 1 :]):
+            await asyncio.gather(*(same(prog, argv) for prog, argv in phase))
         # and the set above took effect on the component
         code, out, _ = await asyncio.to_thread(
             _run, [str(BIN / "passata"), "get", COMP, "max", *common], env

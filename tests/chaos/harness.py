@@ -28,7 +28,7 @@ import numpy as np
 import xarray as xr
 import yaml
 
-from tests.stack import Stack, kill_stack, make_stack, start_stack
+from tests.stack import POLL_TIMEOUT, Stack, kill_stack, make_stack, start_stack
 
 __all__ = [
     "DONE",
@@ -187,7 +187,7 @@ def payload(st: Stack, sample: str, p: Params, tasks: int = 1) -> Path:
 def job_or_none(st: Stack, jobid: int) -> dict[str, Any] | None:
     """The job as ``ketchup status`` shows it, or None while nothing answers."""
     try:
-        return st.job(jobid)
+        return st.job(jobid, POLL_TIMEOUT)  # lost by a restarting service: ask again soon
     except (AssertionError, OSError, ValueError, subprocess.TimeoutExpired):
         return None  # a service being restarted (the scenarios kill some): ask again
 
