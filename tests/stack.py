@@ -113,6 +113,10 @@ class JobWatch:
 #: ``--timeout`` of the status polls of a wait (a lost request is asked again after it)
 POLL_TIMEOUT = 2.0
 
+#: ``Stack.env`` of a stack whose processes coverage should leave alone: empty values
+#: switch off the start-up hook of ``patch = subprocess`` (its ``.pth`` file checks them)
+UNMEASURED = {"COVERAGE_PROCESS_CONFIG": "", "COVERAGE_PROCESS_START": ""}
+
 SERVICES = {"start", "supervise", "broker", "scheduler", "recorder", "node", "dashboard"}
 
 
@@ -246,9 +250,11 @@ class Stack:
             login = None if user is None else (str(user), mqtt.get("password"))
             host = str(mqtt.get("host", "127.0.0.1"))
             try:
+                # (an env of its own may point the CLI elsewhere: poll, as the CLI sees it)
+                elsewhere = set(self.env) - set(UNMEASURED)
                 self._watch = (
                     None
-                    if mqtt.get("tls") or self.env
+                    if mqtt.get("tls") or elsewhere
                     else JobWatch(self.port, self.instance, login, host)
                 )
             except OSError:
