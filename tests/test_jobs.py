@@ -26,6 +26,11 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         yield st
 
 
+#: the tests on :func:`multi`: a group of their own, so that a parallel run gives them
+#: another worker than the tests on :func:`stack` (each stack still starts once)
+MULTI = pytest.mark.xdist_group("tests/test_jobs.py::multi")
+
+
 @pytest.fixture(scope="module")
 def multi(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     with running_stack(tmp_path_factory.mktemp("multi"), devices="devices_psutil.yml") as st:
@@ -191,6 +196,7 @@ def test_invalid_payloads_never_launch_and_say_why(stack: Stack) -> None:
     stack.run("tomato", "pipeline", "eject", "pip-counter-2", check=True)
 
 
+@MULTI
 def test_two_roles_in_parallel_and_start_with_trigger(multi: Stack) -> None:
     multi.load_ready("pip-multidev", "psutil_counter_with_task_start")
     jobid = multi.submit("psutil_counter_with_task_start.yml")
@@ -211,6 +217,7 @@ def test_two_roles_in_parallel_and_start_with_trigger(multi: Stack) -> None:
     multi.run("tomato", "pipeline", "eject", "pip-multidev", check=True)
 
 
+@MULTI
 def test_stop_with_trigger(multi: Stack) -> None:
     multi.load_ready("pip-multidev", "psutil_counter_with_task_stop")
     jobid = multi.submit("psutil_counter_with_task_stop.yml")
