@@ -113,6 +113,7 @@ SLOW_FIRST = (
     "tests/test_reliability.py",
     "tests/test_external_broker.py",
     "tests/test_dashboard.py",
+    "tests/test_dashboard_tls.py",  # Chromium as well
     "tests/test_readme.py",
     "tests/test_stack.py",
     "tests/test_topics.py",  # a hypothesis property
