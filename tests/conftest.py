@@ -21,6 +21,7 @@ import inspect
 import os
 import shutil
 import subprocess
+import sys
 import uuid
 from collections.abc import AsyncIterator, Generator, Iterator
 from dataclasses import dataclass, field
@@ -31,6 +32,13 @@ import pytest
 from tomato_mqtt_broker import BrokerConfig, EmbeddedBroker
 
 from tests.stack import free_port
+
+# pytest's assertion rewriter caches the test modules it rewrote in tests/__pycache__,
+# unless bytecode writing is off, as this CI machine turns it off (PYTHONDONTWRITEBYTECODE;
+# scripts/dev.py compiles our sources for the same reason): then each of the 4 workers
+# rewrites every test module again on every run (~2.5 s of CPU each, while the first
+# stacks start). This process only: the environment its subprocesses get is unchanged.
+sys.dont_write_bytecode = False
 
 MOSQUITTO_CANDIDATES = ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto")
 

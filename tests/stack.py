@@ -49,12 +49,13 @@ class JobWatch:
 
     Only a wake-up: the test still reads the job from ``ketchup status`` (what it asserts
     on), and polls it every ``SAFETY_POLL`` s whatever the push says, so a missed message
-    (a broker killed by the test) costs a second, never the test. A secured stack is
+    (a broker killed by the test) costs two seconds, never the test (each poll is a CLI
+    process, of the CPU that the stacks of a parallel run share). A secured stack is
     watched with the login and broker address of its settings (the CLI's own, which may
     read job statuses); a stack whose CLI talks TLS keeps the plain polling.
     """
 
-    SAFETY_POLL = 1.0
+    SAFETY_POLL = 2.0
 
     def __init__(
         self,
@@ -268,7 +269,11 @@ class Stack:
             w.close()
 
     def pause(
-        self, jobid: int, ok: Callable[[str | None], bool], poll: float, longest: float = 1.0
+        self,
+        jobid: int,
+        ok: Callable[[str | None], bool],
+        poll: float,
+        longest: float = JobWatch.SAFETY_POLL,
     ) -> None:
         """Between two looks at a job with the CLI: until its pushed status satisfies ``ok``
         (at most ``longest`` s), but at least ``poll`` s from the call (the old polling
@@ -427,6 +432,7 @@ def stop_stack(st: Stack) -> None:
             [str(BIN / "tomato"), "stop", *st.dirs(), "-p", str(st.port), "--timeout", "15"],
             capture_output=True,
             timeout=30,
+            env=cli_env(None, "tomato", "stop"),  # measured only where the CLI is tested
         )
     if pid is None:
         return
