@@ -21,6 +21,7 @@ import inspect
 import os
 import shutil
 import subprocess
+import sys
 import uuid
 from collections.abc import AsyncIterator, Generator, Iterator
 from dataclasses import dataclass, field
@@ -31,6 +32,13 @@ import pytest
 from tomato_mqtt_broker import BrokerConfig, EmbeddedBroker
 
 from tests.stack import free_port
+
+# pytest's assertion rewriter caches the test modules it rewrote in tests/__pycache__,
+# unless bytecode writing is off, as this CI machine turns it off (PYTHONDONTWRITEBYTECODE;
+# scripts/dev.py compiles our sources for the same reason): then each of the 4 workers
+# rewrites every test module again on every run (~2.5 s of CPU each, while the first
+# stacks start). This process only: the environment its subprocesses get is unchanged.
+sys.dont_write_bytecode = False
 
 MOSQUITTO_CANDIDATES = ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto")
 
@@ -89,28 +97,40 @@ def _uses_module_fixture(item: pytest.Item) -> bool:
 #: the long end-to-end files (a real stack per test, or one per module, and jobs that take
 #: seconds), started first in a parallel run: started last, one of them is the run's tail
 #: while the other workers idle. In this order; everything else follows as collected.
-#: First the files of one module stack: each is one xdist group, the run's longest units
-#: (test_cli.py's 37 tests run one after another on one worker).
+#: xdist (``--dist loadgroup``, whose ``--loadscope-reorder`` is on by default) hands out
+#: the groups with the most tests first, so this order decides among groups of one size:
+#: first the files of one module stack, then single tests by how long they took in a full
+#: run (longest first; seconds under the load of 4 workers on 2 cores, issue 13).
 SLOW_FIRST = (
     "tests/test_cli.py",
     "tests/test_passata.py",
     "tests/test_jobs.py",
     "tests/test_upstream_drivers.py",
     "tests/test_faults.py",
-    "tests/test_security_docs.py",
-    "tests/test_tls.py",
+    "tests/test_fuzz.py",  # 2 x 35 s: 10,000 messages through the services
+    "tests/test_integrator.py",  # 40 s: a whole session, then node + the AsyncAPI parser
     "tests/test_security_stack.py",
-    "tests/test_integrator.py",
+    "tests/test_fast_cli.py",  # 65 CLI processes
     "tests/chaos/",
-    "tests/test_fuzz.py",
-    "tests/test_forgery.py",
     "tests/upstream/test_upstream_stack.py",
     "tests/test_netns.py",
-    "tests/test_dashboard.py",
+    "tests/test_forgery.py",
     "tests/test_scheduler.py",
+    "tests/test_security_docs.py",
+    "tests/test_tls.py",
     "tests/test_reliability.py",
+    "tests/test_external_broker.py",
+    "tests/test_dashboard.py",
+    "tests/test_dashboard_tls.py",  # Chromium as well
     "tests/test_readme.py",
     "tests/test_stack.py",
+    "tests/test_topics.py",  # a hypothesis property
+    "tests/test_user_cli.py",
+    "tests/test_follow.py",
+    "tests/test_acl.py",
+    "tests/test_supervisor_start.py",
+    "tests/test_retention.py",
+    "tests/test_node.py",
 )
 
 

@@ -24,6 +24,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "config"
 BIN = Path(sys.executable).parent
@@ -44,13 +49,21 @@ class JobWatch:
 
     Only a wake-up: the test still reads the job from ``ketchup status`` (what it asserts
     on), and polls it every ``SAFETY_POLL`` s whatever the push says, so a missed message
-    (a broker killed by the test) costs a second, never the test. Open stacks only: a
-    secured or TLS stack has no anonymous login to spare, and keeps the plain polling.
+    (a broker killed by the test) costs two seconds, never the test (each poll is a CLI
+    process, of the CPU that the stacks of a parallel run share). A secured stack is
+    watched with the login and broker address of its settings (the CLI's own, which may
+    read job statuses); a stack whose CLI talks TLS keeps the plain polling.
     """
 
-    SAFETY_POLL = 1.0
+    SAFETY_POLL = 2.0
 
-    def __init__(self, port: int, instance: str) -> None:
+    def __init__(
+        self,
+        port: int,
+        instance: str,
+        login: tuple[str, str | None] | None = None,
+        host: str = "127.0.0.1",
+    ) -> None:
         import paho.mqtt.client as paho
         from paho.mqtt.enums import CallbackAPIVersion
 
@@ -78,10 +91,12 @@ class JobWatch:
                 self.status[int(rest[0])] = str(status)
                 self.cond.notify_all()
 
+        if login is not None:
+            self.c.username_pw_set(*login)
         self.c.on_connect = on_connect
         self.c.on_message = on_message
         self.c.reconnect_delay_set(0.05, 0.5)
-        self.c.connect("127.0.0.1", port)
+        self.c.connect(host, port)
         self.c.loop_start()
 
     def wait(self, jobid: int, ok: Callable[[str | None], bool], timeout: float) -> None:
@@ -95,6 +110,13 @@ class JobWatch:
         with contextlib.suppress(Exception):
             self.c.disconnect()
 
+
+#: ``--timeout`` of the status polls of a wait (a lost request is asked again after it)
+POLL_TIMEOUT = 2.0
+
+#: ``Stack.env`` of a stack whose processes coverage should leave alone: empty values
+#: switch off the start-up hook of ``patch = subprocess`` (its ``.pth`` file checks them)
+UNMEASURED = {"COVERAGE_PROCESS_CONFIG": "", "COVERAGE_PROCESS_START": ""}
 
 SERVICES = {"start", "supervise", "broker", "scheduler", "recorder", "node", "dashboard"}
 
@@ -214,18 +236,28 @@ class Stack:
                 f"not JSON ({res.returncode}): {res.stdout!r} {res.stderr!r}"
             ) from None
 
-    def job(self, jobid: int) -> dict[str, Any]:
-        out = self.json("ketchup", "status", str(jobid))
+    def job(self, jobid: int, timeout: float | None = None) -> dict[str, Any]:
+        """``ketchup status jobid`` (``timeout``: its ``--timeout``, else the CLI's 5 s)."""
+        extra = () if timeout is None else ("--timeout", f"{timeout:g}")
+        out = self.json("ketchup", "status", str(jobid), *extra)
         assert out["success"], out
         return out["data"][0]  # type: ignore[no-any-return]
 
     def watch(self) -> JobWatch | None:
         """The stack's :class:`JobWatch` (started on first use), or None where it has none."""
         if self._watch == "":
-            settings = (self.appdir / "settings.toml").read_text()
-            secured = any(w in settings for w in ("username", "tls", "password_file"))
+            mqtt = tomllib.loads((self.appdir / "settings.toml").read_text()).get("mqtt", {})
+            user = mqtt.get("username")
+            login = None if user is None else (str(user), mqtt.get("password"))
+            host = str(mqtt.get("host", "127.0.0.1"))
             try:
-                self._watch = None if secured or self.env else JobWatch(self.port, self.instance)
+                # (an env of its own may point the CLI elsewhere: poll, as the CLI sees it)
+                elsewhere = set(self.env) - set(UNMEASURED)
+                self._watch = (
+                    None
+                    if mqtt.get("tls") or elsewhere
+                    else JobWatch(self.port, self.instance, login, host)
+                )
             except OSError:
                 self._watch = None  # nothing listens: poll, as before
         return self._watch if isinstance(self._watch, JobWatch) else None
@@ -237,7 +269,11 @@ class Stack:
             w.close()
 
     def pause(
-        self, jobid: int, ok: Callable[[str | None], bool], poll: float, longest: float = 1.0
+        self,
+        jobid: int,
+        ok: Callable[[str | None], bool],
+        poll: float,
+        longest: float = JobWatch.SAFETY_POLL,
     ) -> None:
         """Between two looks at a job with the CLI: until its pushed status satisfies ``ok``
         (at most ``longest`` s), but at least ``poll`` s from the call (the old polling
@@ -259,7 +295,9 @@ class Stack:
         job: dict[str, Any] = {}
         while time.monotonic() < deadline:
             try:
-                job = self.job(jobid)
+                # POLL_TIMEOUT: a request that reached a scheduler still starting (a test
+                # killed it) is lost; ask again soon rather than after the CLI's 5 s
+                job = self.job(jobid, POLL_TIMEOUT)
             except AssertionError as e:
                 # a service being restarted (the tests kill some): ask again, as a user would
                 job = {"error": str(e)}
@@ -394,6 +432,7 @@ def stop_stack(st: Stack) -> None:
             [str(BIN / "tomato"), "stop", *st.dirs(), "-p", str(st.port), "--timeout", "15"],
             capture_output=True,
             timeout=30,
+            env=cli_env(None, "tomato", "stop"),  # measured only where the CLI is tested
         )
     if pid is None:
         return

@@ -15,7 +15,7 @@ import xarray as xr
 import yaml
 
 from tests.counts import taken
-from tests.stack import CONFIG, Stack, running_stack
+from tests.stack import CONFIG, Stack, make_stack, running_stack, started
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -24,6 +24,11 @@ pytestmark = pytest.mark.timeout(300)
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     with running_stack(tmp_path_factory.mktemp("jobs")) as st:
         yield st
+
+
+#: the tests on :func:`multi`: a group of their own, so that a parallel run gives them
+#: another worker than the tests on :func:`stack` (each stack still starts once)
+MULTI = pytest.mark.xdist_group("tests/test_jobs.py::multi")
 
 
 @pytest.fixture(scope="module")
@@ -191,6 +196,7 @@ def test_invalid_payloads_never_launch_and_say_why(stack: Stack) -> None:
     stack.run("tomato", "pipeline", "eject", "pip-counter-2", check=True)
 
 
+@MULTI
 def test_two_roles_in_parallel_and_start_with_trigger(multi: Stack) -> None:
     multi.load_ready("pip-multidev", "psutil_counter_with_task_start")
     jobid = multi.submit("psutil_counter_with_task_start.yml")
@@ -211,6 +217,7 @@ def test_two_roles_in_parallel_and_start_with_trigger(multi: Stack) -> None:
     multi.run("tomato", "pipeline", "eject", "pip-multidev", check=True)
 
 
+@MULTI
 def test_stop_with_trigger(multi: Stack) -> None:
     multi.load_ready("pip-multidev", "psutil_counter_with_task_stop")
     jobid = multi.submit("psutil_counter_with_task_stop.yml")
@@ -232,26 +239,46 @@ def test_stop_with_trigger(multi: Stack) -> None:
     multi.run("tomato", "pipeline", "eject", "pip-multidev", check=True)
 
 
-@pytest.mark.parametrize("victim", ["recorder", "scheduler", "broker"])
-def test_kill_9_mid_job_loses_nothing(tmp_path: Path, victim: str) -> None:
-    with running_stack(tmp_path) as st:
-        doc = yaml.safe_load((CONFIG / "counter_1_0.1.yml").read_text())
-        doc["method"][0]["time"] = 4.0
-        st.load_ready("pip-counter-1", doc["sample"]["name"])
-        jobid = st.submit(payload_file(st, "k9", doc))
-        st.wait_job(jobid, {"r"})
-        time.sleep(1.0)
-        os.kill(st.child_pid(victim), signal.SIGKILL)
-        job = st.wait_job(jobid, {"c", "ce", "cd"}, timeout=60)
-        assert job["status"] == "c", (job, st.logs())
-        ds = open_tree(job["respath"])["counter"].to_dataset()
-        n, missed = taken(job)
-        assert ds["uts"].size == n and n + missed == 40
-        assert np.all(np.diff(ds["uts"].values) > 0)
+@pytest.fixture(scope="module")
+def victims(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """One stack for the kill -9 tests: the supervisor restarts the killed service, and
+    each test has a pipeline and a sample of its own, so the next test finds the stack
+    as a fresh one (a restart that failed fails that next test as well, saying so)."""
+    with running_stack(tmp_path_factory.mktemp("kill9")) as st:
+        yield st
+
+
+KILLED = ["recorder", "scheduler", "broker"]
+
+
+# a group of their own: on another worker than the `stack` and `multi` tests
+@pytest.mark.xdist_group("tests/test_jobs.py::kill_9")
+@pytest.mark.parametrize("victim", KILLED)
+def test_kill_9_mid_job_loses_nothing(victims: Stack, victim: str) -> None:
+    st = victims
+    doc = yaml.safe_load((CONFIG / "counter_1_0.1.yml").read_text())
+    doc["method"][0]["time"] = 4.0
+    doc["sample"]["name"] = f"k9-{victim}"
+    pip = f"pip-counter-{KILLED.index(victim) + 1}"
+    st.load_ready(pip, doc["sample"]["name"])
+    jobid = st.submit(payload_file(st, f"k9-{victim}", doc))
+    st.wait_job(jobid, {"r"})
+    time.sleep(1.0)
+    os.kill(st.child_pid(victim), signal.SIGKILL)
+    job = st.wait_job(jobid, {"c", "ce", "cd"}, timeout=60)
+    assert job["status"] == "c", (job, st.logs())
+    assert Path(job["respath"]).name == f"results.{jobid}.nc"
+    ds = open_tree(job["respath"])["counter"].to_dataset()
+    n, missed = taken(job)
+    assert ds["uts"].size == n and n + missed == 40
+    assert np.all(np.diff(ds["uts"].values) > 0)
 
 
 def test_node_lost_mid_job_ends_ce_with_data(tmp_path: Path) -> None:
-    with running_stack(tmp_path, settings="") as st:
+    # short presence timings (the chaos suite's): lost after 2 s without a heartbeat (4
+    # beats of 0.5 s), the job ends 1 s later, instead of 4 s + 5 s of the default stack
+    presence = "heartbeat = 0.5\nlost_after = 2.0\nnode_grace_period = 1.0\n"
+    with started(make_stack(tmp_path, scheduler=presence)) as st:
         doc = yaml.safe_load((CONFIG / "counter_1_0.1.yml").read_text())
         doc["method"][0]["time"] = 30.0
         st.load_ready("pip-counter-1", doc["sample"]["name"])

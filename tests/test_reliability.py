@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -62,29 +63,37 @@ def _file_uts(path: str) -> dict[int, np.ndarray[Any, Any]]:
     return {int(t): uts[task == t] for t in np.unique(task)}
 
 
-def test_node_killed_mid_task_ends_ce_at_once_and_frees_the_pipeline(tmp_path: Path) -> None:
-    with running_stack(tmp_path) as st:
-        st.load_ready("pip-counter-1", "s-kill")
-        jobid = st.submit(_payload(st, "s-kill", 30.0, 0.05, "counter"))
-        _wait_running(st, jobid)
-        time.sleep(1.5)
-        os.kill(st.child_pid("node"), signal.SIGKILL)
-        t0 = time.monotonic()
-        job = st.wait_job(jobid, {"c", "ce", "cd"}, timeout=20)
-        took = time.monotonic() - t0
-        assert job["status"] == "ce", job
-        assert "restarted mid-task" in job["reason"] and "example_counter" in job["reason"]
-        assert took < 10, took
-        per_task = _file_uts(job["respath"])
-        got = per_task.get(0, np.asarray([]))
-        assert got.size > 0 and got.size == np.unique(got).size  # spooled points, once
-        # the pipeline is free: the next job runs and ends c with every point
-        st.run("tomato", "pipeline", "ready", "pip-counter-1", check=True)
-        j2 = st.submit(_payload(st, "s-kill", 1.0, 0.05, "counter"))
-        job2 = st.wait_job(j2, {"c", "ce", "cd"}, timeout=30)
-        assert job2["status"] == "c", job2
-        n = job2["progress"]["tasks"]["0"]["end"]["npoints"]
-        assert _file_uts(job2["respath"])[0].size == n
+@pytest.fixture(scope="module")
+def node_faults(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """One stack for the tests that kill or stop its node (each on a pipeline of its own):
+    the supervisor restarts a killed node, a stopped one is let go again."""
+    with running_stack(tmp_path_factory.mktemp("node-faults")) as st:
+        yield st
+
+
+def test_node_killed_mid_task_ends_ce_at_once_and_frees_the_pipeline(node_faults: Stack) -> None:
+    st = node_faults
+    st.load_ready("pip-counter-1", "s-kill")
+    jobid = st.submit(_payload(st, "s-kill", 30.0, 0.05, "counter"))
+    _wait_running(st, jobid)
+    time.sleep(1.5)
+    os.kill(st.child_pid("node"), signal.SIGKILL)
+    t0 = time.monotonic()
+    job = st.wait_job(jobid, {"c", "ce", "cd"}, timeout=20)
+    took = time.monotonic() - t0
+    assert job["status"] == "ce", job
+    assert "restarted mid-task" in job["reason"] and "example_counter" in job["reason"]
+    assert took < 10, took
+    per_task = _file_uts(job["respath"])
+    got = per_task.get(0, np.asarray([]))
+    assert got.size > 0 and got.size == np.unique(got).size  # spooled points, once
+    # the pipeline is free: the next job runs and ends c with every point
+    st.run("tomato", "pipeline", "ready", "pip-counter-1", check=True)
+    j2 = st.submit(_payload(st, "s-kill", 1.0, 0.05, "counter"))
+    job2 = st.wait_job(j2, {"c", "ce", "cd"}, timeout=30)
+    assert job2["status"] == "c", job2
+    n = job2["progress"]["tasks"]["0"]["end"]["npoints"]
+    assert _file_uts(job2["respath"])[0].size == n
 
 
 def test_cancel_with_a_stopped_node_ends_cd_within_a_bound(tmp_path: Path) -> None:
@@ -125,29 +134,31 @@ def test_cancel_with_a_stopped_node_ends_cd_within_a_bound(tmp_path: Path) -> No
             assert end["npoints"] == after.size
 
 
-def test_stalled_node_skips_missed_deadlines_and_ends_c_with_a_warning(tmp_path: Path) -> None:
-    with running_stack(tmp_path) as st:
-        st.load_ready("pip-counter-1", "s-stall")
-        # 8 s at 50 Hz: long enough that the 1.5 s stall falls inside the task on a busy machine
-        jobid = st.submit(_payload(st, "s-stall", 8.0, 0.02, "counter"))
-        _wait_running(st, jobid)
-        time.sleep(1.0)
-        pid = st.child_pid("node")
-        os.kill(pid, signal.SIGSTOP)
-        time.sleep(1.5)
-        os.kill(pid, signal.SIGCONT)
-        job = st.wait_job(jobid, {"c", "ce", "cd"}, timeout=30)
-        assert job["status"] == "c", job
-        end = job["progress"]["tasks"]["0"]["end"]
-        assert end["npoints"] + end["missed"] == 400
-        assert "missed" in job["reason"] and "sampling deadlines" in job["reason"]
-        uts = _file_uts(job["respath"])[0]
-        assert uts.size == end["npoints"]
-        gap = float(np.max(np.diff(uts)))
-        assert gap >= 1.4, gap  # the stall, as a hole in the data
-        # every deadline that fell in the hole was skipped and counted (~75), not measured late
-        assert end["missed"] >= round(gap / 0.02) - 3, (end, gap)
-        assert np.min(np.diff(uts)) > 0.0099  # no burst after SIGCONT: half an interval
+def test_stalled_node_skips_missed_deadlines_and_ends_c_with_a_warning(
+    node_faults: Stack,
+) -> None:
+    st = node_faults
+    st.load_ready("pip-counter-2", "s-stall")
+    # 8 s at 50 Hz: long enough that the 1.5 s stall falls inside the task on a busy machine
+    jobid = st.submit(_payload(st, "s-stall", 8.0, 0.02, "counter"))
+    _wait_running(st, jobid)
+    time.sleep(1.0)
+    pid = st.child_pid("node")
+    os.kill(pid, signal.SIGSTOP)
+    time.sleep(1.5)
+    os.kill(pid, signal.SIGCONT)
+    job = st.wait_job(jobid, {"c", "ce", "cd"}, timeout=30)
+    assert job["status"] == "c", job
+    end = job["progress"]["tasks"]["0"]["end"]
+    assert end["npoints"] + end["missed"] == 400
+    assert "missed" in job["reason"] and "sampling deadlines" in job["reason"]
+    uts = _file_uts(job["respath"])[0]
+    assert uts.size == end["npoints"]
+    gap = float(np.max(np.diff(uts)))
+    assert gap >= 1.4, gap  # the stall, as a hole in the data
+    # every deadline that fell in the hole was skipped and counted (~75), not measured late
+    assert end["missed"] >= round(gap / 0.02) - 3, (end, gap)
+    assert np.min(np.diff(uts)) > 0.0099  # no burst after SIGCONT: half an interval
 
 
 def test_start_right_after_the_whole_tree_was_killed(tmp_path: Path) -> None:

@@ -70,6 +70,14 @@ def job(st: Stack, jobid: int) -> dict[str, Any]:
     return ok(st, "job_status", jobids=[jobid])[0]  # type: ignore[no-any-return]
 
 
+def polled_job(st: Stack, jobid: int) -> dict[str, Any]:
+    """:func:`job` inside a :func:`wait_until` loop: a request that reached a scheduler
+    still starting (after its kill) is lost, so ask again after 2 s, not 10."""
+    rep = ask(st, "job_status", timeout=2, jobids=[jobid])
+    assert rep.success, rep
+    return rep.data[0]  # type: ignore[no-any-return, index]
+
+
 def counter_doc(seconds: float = 1.0) -> dict[str, Any]:
     doc = yaml.safe_load((CONFIG / "counter_1_0.1.yml").read_text())
     doc["method"][0]["time"] = seconds
@@ -119,12 +127,12 @@ def test_queued_jobs_and_pipelines_survive_kill_9_and_stop_start(tmp_path: Path)
     with running_stack(tmp_path) as st:
         ok(st, "pipeline_load", pipeline="pip-counter-2", sample="kept-sample")
         jobid = submit(st, counter_doc())  # no pipeline holds its sample: stays qw
-        wait_until(lambda: job(st, jobid)["status"] == "qw", 10, "qw")
+        wait_until(lambda: polled_job(st, jobid)["status"] == "qw", 10, "qw")
         old = st.child_pid("scheduler")
         os.kill(old, signal.SIGKILL)
         # the supervisor restarts it; the state comes back from sqlite
         wait_until(lambda: st.child_pid("scheduler") != old, 20, "a new scheduler")
-        wait_until(lambda: job(st, jobid)["status"] == "qw", 20, "job still qw")
+        wait_until(lambda: polled_job(st, jobid)["status"] == "qw", 20, "job still qw")
         pips = ok(st, "status", what="pipelines")  # name -> pipeline, as tomato's
         assert pips["pip-counter-2"]["sampleid"] == "kept-sample"
         second = submit(st, counter_doc())
@@ -175,7 +183,7 @@ def test_reload_applies_changes_and_refuses_those_touching_a_running_job(
         ok(st, "pipeline_load", pipeline="pip-counter-1", sample="counter_1_0.1")
         ok(st, "pipeline_ready", pipeline="pip-counter-1")
         jobid = submit(st, counter_doc(20.0))
-        wait_until(lambda: job(st, jobid)["status"] == "r", 10, "job running")
+        wait_until(lambda: polled_job(st, jobid)["status"] == "r", 10, "job running")
         changed = json.loads(json.dumps(grown))
         changed["devices"][0]["address"] = "elsewhere"
         _write_devices(st, changed)
@@ -204,4 +212,4 @@ def test_reload_applies_changes_and_refuses_those_touching_a_running_job(
         assert not rep.success and "devices.yml" in rep.msg, rep
         _write_devices(st, base)
         ok(st, "job_cancel", jobids=[jobid])
-        wait_until(lambda: job(st, jobid)["status"] == "cd", 20, "job cancelled")
+        wait_until(lambda: polled_job(st, jobid)["status"] == "cd", 20, "job cancelled")

@@ -2,7 +2,8 @@
 
 Every ``sh`` block after a ``<!-- test -->`` marker runs in bash (``set -e``), in order,
 with ``LAB``, ``LAB_HOST``, ``MQTT_PORT`` and ``TLS_PORT`` set by the test; the block
-after ``<!-- test: background -->`` (the remote node) runs alongside the rest.
+after ``<!-- test: background -->`` (the remote node) runs alongside the rest, from the
+block before it (the one that starts the stack) on.
 """
 
 from __future__ import annotations
@@ -47,27 +48,29 @@ def test_lab_walkthrough_runs_as_written(tmp_path: Path) -> None:
     }
     env.pop("TOMATO_BROKER", None)
     parts = blocks()
-    assert [m for m, _ in parts].count("test: background") == 1 and len(parts) >= 6
+    markers = [m for m, _ in parts]
+    assert markers.count("test: background") == 1 and len(parts) >= 6
+    # the background block (the remote node) starts alongside the block before it, the
+    # one that runs `tomato start`: the node connects once the broker listens (it retries
+    # for 30 s), so `tomato start` finds its component ready instead of waiting its whole
+    # timeout (30 s) for a node that would only be started after it returned
+    bg = markers.index("test: background")
+    assert bg >= 2 and "tomato start" in parts[bg - 1][1]
     node: subprocess.Popen[bytes] | None = None
     log = tmp_path / "background.log"
-    script = "set -e\n"
     try:
-        for marker, text in parts:
-            if marker == "test: background":
-                run(script, env, tmp_path)
-                script = "set -e\n"
-                with log.open("wb") as out:
-                    node = subprocess.Popen(
-                        ["bash", "-c", "set -e\n" + text],
-                        env=env,
-                        cwd=tmp_path,
-                        stdout=out,
-                        stderr=out,
-                        start_new_session=True,
-                    )
-            else:
-                script += text
-        run(script, env, tmp_path, log)
+        run("set -e\n" + "".join(t for _, t in parts[: bg - 1]), env, tmp_path)
+        with log.open("wb") as out:
+            node = subprocess.Popen(
+                ["bash", "-c", "set -e\n" + parts[bg][1]],
+                env=env,
+                cwd=tmp_path,
+                stdout=out,
+                stderr=out,
+                start_new_session=True,
+            )
+        rest = [t for i, (_, t) in enumerate(parts) if i >= bg - 1 and i != bg]
+        run("set -e\n" + "".join(rest), env, tmp_path, log)
     finally:
         if node is not None:
             with contextlib.suppress(OSError):

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -30,6 +32,15 @@ def refused(st: Stack, user: str, tool: str, *args: str) -> str:
     return res.stderr
 
 
+def refused_all(st: Stack, calls: list[tuple[str, ...]]) -> list[str]:
+    """:func:`refused` of each ``(user, tool, *args)``, all at once: a refusal is an
+    unanswered request (the broker drops it), so each call waits out its ``--timeout``;
+    side by side they cost that wait once. Refused calls have no effect, so their order
+    does not matter (and a call that was wrongly allowed still fails its own check)."""
+    with ThreadPoolExecutor(len(calls)) as pool:
+        return list(pool.map(lambda c: refused(st, *c), calls))
+
+
 def allowed(st: Stack, user: str, tool: str, *args: str) -> str:
     res = st.run(tool, *args, *as_user(st, user), timeout=30)
     assert res.returncode == 0, (user, args, res.stdout, res.stderr)
@@ -42,54 +53,88 @@ def submit_as(st: Stack, user: str, payload: str | Path) -> int:
     return int(out["data"]["id"])
 
 
-@pytest.mark.parametrize("kind", ["amqtt", "mosquitto"])
+#: the tests on :func:`secured` (one worker runs them, one after the other)
+SHARED = pytest.mark.xdist_group("tests/test_security_stack.py::secured")
+
+
+@pytest.fixture(scope="module")
+def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """One secured stack on the embedded broker for the tests of this module that need
+    one, each on a pipeline and a sample of its own. The recorder may write under the
+    folder jobs are submitted from (``work/``) and under ``allowed/``, nowhere else."""
+    root = tmp_path_factory.mktemp("secured")
+    (root / "allowed").mkdir()
+    extra = f'[recorder]\noutput_roots = ["{root / "work"}", "{root / "allowed"}"]\n'
+    with secure_stack(root, extra=extra) as st:
+        yield st
+
+
+@pytest.mark.parametrize("kind", [pytest.param("amqtt", marks=SHARED), "mosquitto"])
 def test_roles_on_a_secured_stack(
     kind: str, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
-    mosquitto = request.getfixturevalue("mosquitto_path") if kind == "mosquitto" else ""
+    if kind == "amqtt":
+        roles(request.getfixturevalue("secured"), tmp_path)
+        return
+    mosquitto = request.getfixturevalue("mosquitto_path")
     extra = f'[recorder]\noutput_roots = ["{tmp_path}"]\n'
     with secure_stack(tmp_path, extra=extra, mosquitto=mosquitto) as st:
-        # a reader reads, and nothing else
-        assert "running" in allowed(st, "rita", "tomato", "status")
-        for args in (
-            ("tomato", "stop"),
-            ("tomato", "reload"),
-            ("tomato", "pipeline", "load", "pip-counter-1", "x"),
-            ("ketchup", "submit", str(CONFIG / "counter_1_0.1.yml")),
-        ):
-            refused(st, "rita", *args)
-        # an operator cannot stop or reload, nor drive an instrument directly
-        assert "role operator" in refused(st, "olga", "tomato", "stop")
-        refused(st, "olga", "tomato", "reload")
-        cmp = "example_counter:(example-addr,1)"
-        assert "'set_attr'" in refused(st, "olga", "passata", "set", cmp, "max", "5")
-        assert "idle" in allowed(st, "olga", "passata", "status", cmp)
-        refused(st, "rita", "passata", "status", cmp)
-        # ... but runs jobs, and only their own
-        allowed(st, "olga", "tomato", "pipeline", "load", "pip-counter-1", "counter_1_0.1")
-        allowed(st, "olga", "tomato", "pipeline", "ready", "pip-counter-1")
-        jobid = submit_as(st, "olga", payload(tmp_path, sampling_interval=0.2, max_duration=120))
-        job = st.wait_job(jobid, {"r"}, timeout=30)
-        assert job["owner"] == "olga"
-        err = refused(st, "otto", "ketchup", "cancel", str(jobid))
-        assert "belongs to olga" in err
-        refused(st, "otto", "ketchup", "snapshot", str(jobid))
-        refused(st, "rita", "ketchup", "cancel", str(jobid))
-        assert st.job(jobid)["status"] == "r"  # none of that took effect
-        allowed(st, "olga", "ketchup", "snapshot", str(jobid))
-        # a payload beyond the bounds is refused with one message
-        bad = payload(tmp_path, sampling_interval=1e-9, max_duration=1e9)
-        res = st.run("ketchup", "submit", str(bad), *as_user(st, "olga"))
-        assert res.returncode == 1 and "payload refused" in res.stderr, res.stderr
-        assert "sampling_interval" in res.stderr
-        bad = payload(tmp_path, sampling_interval=0.01, max_duration=1e6)
-        res = st.run("ketchup", "submit", str(bad), *as_user(st, "olga"))
-        assert res.returncode == 1 and "max_points_per_task" in res.stderr, res.stderr
-        # the owner cancels their job
-        allowed(st, "olga", "ketchup", "cancel", str(jobid))
-        job = st.wait_job(jobid, {"c", "ce", "cd"}, timeout=60)
-        assert job["status"] == "cd", (job, st.logs())
-        assert "running" in allowed(st, "ada", "tomato", "status")
+        roles(st, tmp_path)
+
+
+def roles(st: Stack, tmp_path: Path) -> None:
+    """Each role's CLI on a secured stack (pip-counter-1; jobs written to its work/)."""
+    # a reader reads, and nothing else
+    assert "running" in allowed(st, "rita", "tomato", "status")
+    cmp = "example_counter:(example-addr,1)"
+    errs = refused_all(
+        st,
+        [
+            ("rita", "tomato", "stop"),
+            ("rita", "tomato", "reload"),
+            ("rita", "tomato", "pipeline", "load", "pip-counter-1", "x"),
+            ("rita", "ketchup", "submit", str(CONFIG / "counter_1_0.1.yml")),
+            # an operator cannot stop or reload, nor drive an instrument directly
+            ("olga", "tomato", "stop"),
+            ("olga", "tomato", "reload"),
+            ("olga", "passata", "set", cmp, "max", "5"),
+            ("rita", "passata", "status", cmp),
+        ],
+    )
+    assert "role operator" in errs[4]
+    assert "'set_attr'" in errs[6]
+    assert "idle" in allowed(st, "olga", "passata", "status", cmp)
+    assert "running" in allowed(st, "rita", "tomato", "status")  # none stopped it
+    # ... but runs jobs, and only their own
+    allowed(st, "olga", "tomato", "pipeline", "load", "pip-counter-1", "counter_1_0.1")
+    allowed(st, "olga", "tomato", "pipeline", "ready", "pip-counter-1")
+    jobid = submit_as(st, "olga", payload(tmp_path, sampling_interval=0.2, max_duration=120))
+    job = st.wait_job(jobid, {"r"}, timeout=30)
+    assert job["owner"] == "olga"
+    err, _, _ = refused_all(
+        st,
+        [
+            ("otto", "ketchup", "cancel", str(jobid)),
+            ("otto", "ketchup", "snapshot", str(jobid)),
+            ("rita", "ketchup", "cancel", str(jobid)),
+        ],
+    )
+    assert "belongs to olga" in err
+    assert st.job(jobid)["status"] == "r"  # none of that took effect
+    allowed(st, "olga", "ketchup", "snapshot", str(jobid))
+    # a payload beyond the bounds is refused with one message
+    bad = payload(tmp_path, sampling_interval=1e-9, max_duration=1e9)
+    res = st.run("ketchup", "submit", str(bad), *as_user(st, "olga"))
+    assert res.returncode == 1 and "payload refused" in res.stderr, res.stderr
+    assert "sampling_interval" in res.stderr
+    bad = payload(tmp_path, sampling_interval=0.01, max_duration=1e6)
+    res = st.run("ketchup", "submit", str(bad), *as_user(st, "olga"))
+    assert res.returncode == 1 and "max_points_per_task" in res.stderr, res.stderr
+    # the owner cancels their job
+    allowed(st, "olga", "ketchup", "cancel", str(jobid))
+    job = st.wait_job(jobid, {"c", "ce", "cd"}, timeout=60)
+    assert job["status"] == "cd", (job, st.logs())
+    assert "running" in allowed(st, "ada", "tomato", "status")
 
 
 def payload(tmp: Path, *, sampling_interval: float, max_duration: float) -> Path:
@@ -101,43 +146,44 @@ def payload(tmp: Path, *, sampling_interval: float, max_duration: float) -> Path
     return path
 
 
-def test_recorder_never_writes_outside_its_roots_nor_over_a_foreign_file(tmp_path: Path) -> None:
-    allowed_dir = tmp_path / "allowed"
-    outside = tmp_path / "outside"
-    for d in (allowed_dir, outside):
-        d.mkdir()
+@SHARED
+def test_recorder_never_writes_outside_its_roots_nor_over_a_foreign_file(
+    secured: Stack, tmp_path: Path
+) -> None:
+    st = secured
+    allowed_dir = st.root / "allowed"  # an output root (work/ is the other)
+    outside = st.root / "outside"
+    outside.mkdir()
     thesis = allowed_dir / "thesis.nc"
     thesis.write_text("years of work")
-    extra = f'[recorder]\noutput_roots = ["{allowed_dir}"]\n'
-    with secure_stack(tmp_path, extra=extra) as st:
-        st.load_ready("pip-counter-1", "counter_1_0.1")
-        results = {}
-        cases = {
-            "outside": {"path": str(outside)},
-            "traversal": {"path": f"{allowed_dir}/../outside"},
-            "overwrite": {"path": str(allowed_dir), "prefix": "thesis"},
-        }
-        for name, out in cases.items():
-            doc = {
-                "version": "2.2",
-                "sample": {"identifier": "counter_1_0.1"},
-                "user": {"identifier": "olga"},
-                "settings": {"output": out},
-                "method": [{"component_role": "counter", "technique_name": "count",
-                            "max_duration": 0.3, "sampling_interval": 0.1}],
-            }  # fmt: skip
-            path = tmp_path / f"{name}.yml"
-            path.write_text(yaml.safe_dump(doc))
-            jobid = st.submit(path)
-            job = st.wait_job(jobid, {"c", "ce", "cd"}, timeout=60)
-            results[name] = job
-            st.run("tomato", "pipeline", "ready", "pip-counter-1", check=True)
-        for name, job in results.items():
-            assert job["status"] == "c", (name, job)
-            # the data are kept, in the job folder under the datadir
-            assert Path(job["respath"]).parent == st.datadir / "Jobs" / str(job["id"]), job
-            assert Path(job["respath"]).is_file()
-        assert list(outside.iterdir()) == []
-        assert thesis.read_text() == "years of work"
-        log = (st.logdir / "recorder.log").read_text()
-        assert "outside the folders" in log and "refused to overwrite" in log
+    st.load_ready("pip-counter-2", "rec-sample")
+    results = {}
+    cases = {
+        "outside": {"path": str(outside)},
+        "traversal": {"path": f"{allowed_dir}/../outside"},
+        "overwrite": {"path": str(allowed_dir), "prefix": "thesis"},
+    }
+    for name, out in cases.items():
+        doc = {
+            "version": "2.2",
+            "sample": {"identifier": "rec-sample"},
+            "user": {"identifier": "olga"},
+            "settings": {"output": out},
+            "method": [{"component_role": "counter", "technique_name": "count",
+                        "max_duration": 0.3, "sampling_interval": 0.1}],
+        }  # fmt: skip
+        path = tmp_path / f"{name}.yml"
+        path.write_text(yaml.safe_dump(doc))
+        jobid = st.submit(path)
+        job = st.wait_job(jobid, {"c", "ce", "cd"}, timeout=60)
+        results[name] = job
+        st.run("tomato", "pipeline", "ready", "pip-counter-2", check=True)
+    for name, job in results.items():
+        assert job["status"] == "c", (name, job)
+        # the data are kept, in the job folder under the datadir
+        assert Path(job["respath"]).parent == st.datadir / "Jobs" / str(job["id"]), job
+        assert Path(job["respath"]).is_file()
+    assert list(outside.iterdir()) == []
+    assert thesis.read_text() == "years of work"
+    log = (st.logdir / "recorder.log").read_text()
+    assert "outside the folders" in log and "refused to overwrite" in log

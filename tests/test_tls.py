@@ -87,64 +87,76 @@ def test_a_whole_job_over_tls_with_a_remote_node(tmp_path: Path) -> None:
         pw = LAB_USERS[user][0]
         return f"mqtts://{user}:{pw}@127.0.0.1:{tls_port}?ca_certs={pki.ca}"
 
-    with started(st):
-        node_dir = tmp_path / "pc2"
-        node_dir.mkdir()
-        log = (node_dir / "node.log").open("wb")
-        node = subprocess.Popen(
-            [
-                str(BIN / "tomato"),
-                "node",
-                "--name",
-                "pc2",
-                "--broker",
-                tls_url("pc2"),
-                "--instance",
-                st.instance,
-                "-A",
-                str(node_dir / "app"),
-                "-D",
-                str(node_dir / "data"),
-                "-L",
-                str(node_dir / "log"),
-            ],
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=log,
-            start_new_session=True,
-        )
-        try:
-
-            def cli(tool: str, *args: str) -> subprocess.CompletedProcess[str]:
-                return subprocess.run(
-                    [str(BIN / tool), *args, "--broker", tls_url("olga"), "-A", str(st.appdir)],
-                    capture_output=True,
-                    text=True,
-                    timeout=60,
-                    cwd=st.workdir,
-                )
-
-            # the remote node registers its component over TLS (polled as a user would)
-            deadline = time.monotonic() + 40
-            ok = cli("tomato", "status", "components", "--json")
-            while '"registered": true' not in ok.stdout and time.monotonic() < deadline:
-                time.sleep(0.5)
-                ok = cli("tomato", "status", "components", "--json")
-            assert '"registered": true' in ok.stdout, (ok.stdout, ok.stderr, st.logs())
-            for args in (("load", "pip-remote", "netns"), ("ready", "pip-remote")):
-                res = cli("tomato", "pipeline", *args)
-                assert res.returncode == 0, res.stderr
-            res = cli("ketchup", "submit", str(CONFIG / "netns_counter_6_0.1.yml"), "--json")
-            assert res.returncode == 0, res.stderr
-            jobid = json.loads(res.stdout)["data"]["id"]
-            job = st.wait_job(jobid, {"c", "ce", "cd"}, timeout=60)
-            assert job["status"] == "c", (job, st.logs())
-            assert job["owner"] == "olga"
-        finally:
-            os.killpg(node.pid, signal.SIGTERM)
+    # the remote node starts before the stack (it connects once the broker listens, as
+    # pc2 would in a lab where it runs already), so that `tomato start` finds its component
+    # ready instead of waiting its whole timeout (30 s) for it
+    node_dir = tmp_path / "pc2"
+    node_dir.mkdir()
+    log = (node_dir / "node.log").open("wb")
+    node = subprocess.Popen(
+        [
+            str(BIN / "tomato"),
+            "node",
+            "--name",
+            "pc2",
+            "--broker",
+            tls_url("pc2"),
+            "--instance",
+            st.instance,
+            "-A",
+            str(node_dir / "app"),
+            "-D",
+            str(node_dir / "data"),
+            "-L",
+            str(node_dir / "log"),
+        ],
+        stdin=subprocess.DEVNULL,
+        stdout=log,
+        stderr=log,
+        start_new_session=True,
+    )
+    try:
+        with started(st):
             try:
-                node.wait(15)
-            except subprocess.TimeoutExpired:
-                os.killpg(node.pid, signal.SIGKILL)
-                node.wait()
-            log.close()
+
+                def cli(tool: str, *args: str) -> subprocess.CompletedProcess[str]:
+                    return subprocess.run(
+                        [str(BIN / tool), *args, "--broker", tls_url("olga"), "-A", str(st.appdir)],
+                        capture_output=True,
+                        text=True,
+                        timeout=60,
+                        cwd=st.workdir,
+                    )
+
+                # the remote node registers its component over TLS (polled as a user would)
+                deadline = time.monotonic() + 40
+                ok = cli("tomato", "status", "components", "--json")
+                while '"registered": true' not in ok.stdout and time.monotonic() < deadline:
+                    time.sleep(0.5)
+                    ok = cli("tomato", "status", "components", "--json")
+                assert '"registered": true' in ok.stdout, (ok.stdout, ok.stderr, st.logs())
+                for args in (("load", "pip-remote", "netns"), ("ready", "pip-remote")):
+                    res = cli("tomato", "pipeline", *args)
+                    assert res.returncode == 0, res.stderr
+                res = cli("ketchup", "submit", str(CONFIG / "netns_counter_6_0.1.yml"), "--json")
+                assert res.returncode == 0, res.stderr
+                jobid = json.loads(res.stdout)["data"]["id"]
+                job = st.wait_job(jobid, {"c", "ce", "cd"}, timeout=60)
+                assert job["status"] == "c", (job, st.logs())
+                assert job["owner"] == "olga"
+            finally:
+                _stop_node(node)  # before the stack stops, as a lab would
+    finally:
+        _stop_node(node)  # (if `tomato start` failed)
+        log.close()
+
+
+def _stop_node(node: subprocess.Popen[bytes]) -> None:
+    if node.poll() is not None:
+        return
+    os.killpg(node.pid, signal.SIGTERM)
+    try:
+        node.wait(15)
+    except subprocess.TimeoutExpired:
+        os.killpg(node.pid, signal.SIGKILL)
+        node.wait()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from tests.stack import BIN
@@ -32,15 +33,20 @@ def test_user_commands(tmp_path: Path) -> None:
     assert olga.role == "operator" and verify_argon2("s3cret", olga.hash)
     assert olga.mosquitto_hash and verify_mosquitto("s3cret", olga.mosquitto_hash)
     assert (app / "users").stat().st_mode & 0o777 == 0o600
-    for args, why in (
+    refused = (
         (("add", "olga", "--role", "reader", "--password", "x"), "already exists"),
         (("add", "Olga", "--role", "reader", "--password", "x"), "not allowed"),
         (("add", "bob", "--role", "boss", "--password", "x"), "unknown role"),
         (("add", "bob", "--role", "reader", "--password", ""), "must not be empty"),
         (("remove", "nobody"), "no user"),
-    ):
-        res = tomato(app, "user", *args)
+    )
+    # side by side: each is refused and changes nothing (the file is compared after)
+    before = (app / "users").read_bytes()
+    with ThreadPoolExecutor(len(refused)) as pool:
+        results = list(pool.map(lambda r: tomato(app, "user", *r[0]), refused))
+    for (args, why), res in zip(refused, results, strict=True):
         assert res.returncode == 1 and why in res.stderr, (args, res.stderr)
+    assert (app / "users").read_bytes() == before
     assert tomato(app, "user", "passwd", "olga", "--password", "new").returncode == 0
     assert verify_argon2("new", load_users(app / "users").users["olga"].hash)
     assert tomato(app, "user", "role", "olga", "dashboard").returncode == 0

@@ -28,7 +28,7 @@ import numpy as np
 import xarray as xr
 import yaml
 
-from tests.stack import Stack, kill_stack, make_stack, start_stack
+from tests.stack import POLL_TIMEOUT, UNMEASURED, Stack, kill_stack, make_stack, start_stack
 
 __all__ = [
     "DONE",
@@ -152,6 +152,10 @@ def chaos_stack(
     """A stack with short presence timings; torn down by kill -9 of its process group
     (a chaos run leaves jobs hung on purpose, and ``tomato stop`` refuses while one runs)."""
     st = make_stack(root, devices, settings, scheduler=scheduler or scheduler_settings())
+    # not measured by coverage (the test command's `patch = subprocess` would trace every
+    # service of the tree): the tree ends by kill -9, which never lets coverage write its
+    # data, so tracing it only took CPU from the other tests of a parallel run
+    st.env.update(UNMEASURED)
     if before_start is not None:
         before_start(st)
     try:
@@ -187,7 +191,7 @@ def payload(st: Stack, sample: str, p: Params, tasks: int = 1) -> Path:
 def job_or_none(st: Stack, jobid: int) -> dict[str, Any] | None:
     """The job as ``ketchup status`` shows it, or None while nothing answers."""
     try:
-        return st.job(jobid)
+        return st.job(jobid, POLL_TIMEOUT)  # lost by a restarting service: ask again soon
     except (AssertionError, OSError, ValueError, subprocess.TimeoutExpired):
         return None  # a service being restarted (the scenarios kill some): ask again
 

@@ -21,14 +21,19 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.stack import BIN, CONFIG, free_port
+from tests.stack import BIN, CONFIG, cli_env, free_port
 
 pytestmark = pytest.mark.timeout(180)
 
 
 def tomato(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [str(BIN / args[0]), *args[1:]], capture_output=True, text=True, timeout=90, cwd=cwd
+        [str(BIN / args[0]), *args[1:]],
+        capture_output=True,
+        text=True,
+        timeout=90,
+        cwd=cwd,
+        env=cli_env(None, *args),  # (coverage: `tomato start` and its services only)
     )
 
 
