@@ -107,19 +107,24 @@ def test_crashed_service_is_restarted(tmp_path: Path) -> None:
 def test_stop_refused_while_a_job_runs(tmp_path: Path) -> None:
     with running_stack(tmp_path) as st:
         st.load_ready("pip-counter-1", "s1")
-        payload = tmp_path / "short.yml"  # long enough to ask for a stop while it runs
+        payload = tmp_path / "long.yml"  # runs until cancelled: no race with the stop
         payload.write_text(
             'version: "1.0"\nsample:\n    name: s1\nmethod:\n'
             '  - component_tag: "counter"\n    technique_name: "count"\n'
-            "    max_duration: 2.0\n    sampling_interval: 0.2\n"
+            "    max_duration: 120.0\n    sampling_interval: 0.2\n"
         )
         jobid = st.submit(payload)
         st.wait_job(jobid, {"r"})
         res = st.run("tomato", "stop")
         assert res.returncode == 1
         assert f"job(s) {jobid} are running" in res.stderr
+        # the stack and the job are unharmed by the refused stop: it still runs, and
+        # ends as a cancelled job ends, with its points
         assert st.json("tomato", "status")["success"]
-        st.wait_job(jobid, {"c"}, timeout=30)
+        assert st.job(jobid)["status"] == "r"
+        st.run("ketchup", "cancel", str(jobid), check=True)
+        job = st.wait_job(jobid, {"cd"}, timeout=30)
+        assert Path(job["respath"]).is_file(), job
 
 
 def test_bad_devices_file_is_refused_with_file_and_reason(tmp_path: Path) -> None:
