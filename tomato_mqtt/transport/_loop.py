@@ -2,8 +2,8 @@
 
 paho tells the client which socket it opened; the asyncio loop then drives its reads
 and writes (``add_reader``/``add_writer``), as aiomqtt does, so there is no network
-thread. Also the ack bookkeeping (a future per message id). Kept apart from ``client.py`` only
-for size: paho is imported here for types only.
+thread. Also the ack bookkeeping (a future per message id) and the clean disconnect.
+Kept apart from ``client.py`` only for size: paho is imported here for types only.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import ssl
 import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -19,6 +20,9 @@ if TYPE_CHECKING:
     import paho.mqtt.client as paho
 
 __all__: list[str] = []
+
+#: MQTT 3.1.1 DISCONNECT: packet type 14, no flags, remaining length 0
+_DISCONNECT = b"\xe0\x00"
 
 
 class _LoopDriven:
@@ -29,6 +33,7 @@ class _LoopDriven:
     _sock: Any
     _acks: dict[int, asyncio.Future[Any]]
     _connack: asyncio.Future[int] | None
+    _websockets: bool  # paho's WebSocket transport: its own DISCONNECT (no raw bytes)
 
     def _running_loop(self) -> asyncio.AbstractEventLoop:
         raise NotImplementedError  # AsyncClient's
@@ -126,3 +131,40 @@ class _LoopDriven:
             await asyncio.sleep(1.0)
             if self._paho is not None and self._connected.is_set():
                 self._paho.loop_misc()
+
+    async def _disconnect_cleanly(self, linger: float = 1.0) -> bool:
+        """DISCONNECT, then half-close and read until the broker closes (≤ ``linger`` s).
+
+        paho closes its socket right after writing DISCONNECT. A socket closed while
+        incoming messages wait unread in it sends a RST, and a broker that gets the RST
+        before it has read the DISCONNECT drops it unread and publishes the last will:
+        a service stopping in order (``offline``) was then shown ``lost``. A FIN after
+        the DISCONNECT, and reading on until the broker closes, leave no such race.
+        False when this way does not apply (WebSockets, a write still pending): then
+        paho's own DISCONNECT is used.
+        """
+        sock, loop, c = self._sock, self._loop, self._paho
+        if sock is None or loop is None or c is None or self._websockets:
+            return False
+        with contextlib.suppress(Exception):
+            c.loop_write()  # what paho still has queued goes first, whole
+        if c.want_write():
+            return False
+        with contextlib.suppress(Exception):
+            loop.remove_reader(sock)
+            loop.remove_writer(sock)
+        try:
+            sock.send(_DISCONNECT)
+            sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            return True  # the broker is gone: nothing more to say to it
+        deadline = loop.time() + linger
+        while loop.time() < deadline:
+            try:
+                if not sock.recv(65536):
+                    break  # the broker read the DISCONNECT and closed
+            except (BlockingIOError, InterruptedError, ssl.SSLWantReadError):
+                await asyncio.sleep(0.002)
+            except OSError:
+                break
+        return True

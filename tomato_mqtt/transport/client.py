@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import socket
 import ssl
 import threading
 import uuid
@@ -48,9 +47,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: MQTT 3.1.1 DISCONNECT: packet type 14, no flags, remaining length 0
-_DISCONNECT = b"\xe0\x00"
-
 
 class AsyncClient(_LoopDriven):
     """An asyncio MQTT client with reconnect, acked publish/subscribe and a message stream.
@@ -74,6 +70,7 @@ class AsyncClient(_LoopDriven):
         max_queued_droppable: int = 2000,
     ) -> None:
         self.url = BrokerURL.parse(url) if isinstance(url, str) else url
+        self._websockets = self.url.transport == "websockets"
         self.client_id = client_id or f"tomato-{uuid.uuid4().hex[:12]}"
         self._will = will
         self._keepalive = keepalive
@@ -196,43 +193,6 @@ class AsyncClient(_LoopDriven):
         self._drop_socket()
         self._connected.clear()
         self._fail_pending(MqttError("client disconnected"))
-
-    async def _disconnect_cleanly(self, linger: float = 1.0) -> bool:
-        """DISCONNECT, then half-close and read until the broker closes (≤ ``linger`` s).
-
-        paho closes its socket right after writing DISCONNECT. A socket closed while
-        incoming messages wait unread in it sends a RST, and a broker that gets the RST
-        before it has read the DISCONNECT drops it unread and publishes the last will:
-        a service stopping in order (``offline``) was then shown ``lost``. A FIN after
-        the DISCONNECT, and reading on until the broker closes, leave no such race.
-        False when this way does not apply (WebSockets, a write still pending): then
-        paho's own DISCONNECT is used.
-        """
-        sock, loop, c = self._sock, self._loop, self._paho
-        if sock is None or loop is None or c is None or self.url.transport == "websockets":
-            return False
-        with contextlib.suppress(Exception):
-            c.loop_write()  # what paho still has queued goes first, whole
-        if c.want_write():
-            return False
-        with contextlib.suppress(Exception):
-            loop.remove_reader(sock)
-            loop.remove_writer(sock)
-        try:
-            sock.send(_DISCONNECT)
-            sock.shutdown(socket.SHUT_WR)
-        except OSError:
-            return True  # the broker is gone: nothing more to say to it
-        deadline = loop.time() + linger
-        while loop.time() < deadline:
-            try:
-                if not sock.recv(65536):
-                    break  # the broker read the DISCONNECT and closed
-            except (BlockingIOError, InterruptedError, ssl.SSLWantReadError):
-                await asyncio.sleep(0.002)
-            except OSError:
-                break
-        return True
 
     def _drop_socket(self) -> None:
         if self._sock is not None and self._loop is not None:
