@@ -20,23 +20,23 @@ from tomato_mqtt.cli import common
 __all__ = ["REMOTE_GRACE", "Absent", "Missing", "wait_ready"]
 
 
-def _state(payload: bytes) -> str | None:
-    """The ``state`` of a retained presence (scheduler, node), cheaply: no pydantic here."""
-    try:
-        doc = json.loads(payload)
-    except ValueError:
-        return None
-    state = doc.get("state") if isinstance(doc, dict) else None
-    return state if isinstance(state, str) else None
-
-
-def _missing_drivers(payload: bytes) -> dict[str, str]:
-    """driver -> error, from a retained node status (cheaply: no pydantic here)."""
+def _doc(payload: bytes) -> dict[str, Any]:
+    """A retained presence (scheduler, node) as a plain dict, cheaply: no pydantic here."""
     try:
         doc = json.loads(payload)
     except ValueError:
         return {}
-    drivers = doc.get("drivers") if isinstance(doc, dict) else None
+    return doc if isinstance(doc, dict) else {}
+
+
+def _state(doc: dict[str, Any]) -> str | None:
+    state = doc.get("state")
+    return state if isinstance(state, str) else None
+
+
+def _missing_drivers(doc: dict[str, Any]) -> dict[str, str]:
+    """driver -> error, from a node status."""
+    drivers = doc.get("drivers")
     if not isinstance(drivers, dict):
         return {}
     return {
@@ -184,14 +184,15 @@ def wait_ready(
                     if ok + settled + sum(len(v) for v in absent.values()) == n:
                         return last
                 elif m.topic == t.scheduler_status():
-                    was, online = online, _state(m.payload) == "online"
+                    was, online = online, _state(_doc(m.payload)) == "online"
                     if online and not was:
                         online_at = time.monotonic()
                     dirty = True
                 else:
                     if m.topic.startswith(node_prefix):
-                        gone[m.topic] = _missing_drivers(m.payload)
-                        states[m.topic] = _state(m.payload)
+                        doc = _doc(m.payload)  # read once: its drivers and its state
+                        gone[m.topic] = _missing_drivers(doc)
+                        states[m.topic] = _state(doc)
                     dirty = True
                 # one request at a time; a change meanwhile asks again on its reply (or
                 # at once, if that reply is a second late: lost)

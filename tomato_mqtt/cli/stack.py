@@ -103,7 +103,9 @@ def start(verbose: VerboseOpt = 0, quiet: QuietOpt = 0, *, opts: common.Opts) ->
     # socket activation (services/supervisor.py): the MQTT port listens from here on, so
     # the services and this command connect at once and are served when the broker is
     # (POSIX: Windows cannot hand a socket to a child this way; its services retry)
-    listener = _bind_mqtt_port(s) if s.broker.embedded and os.name == "posix" else None
+    # the broker's configuration, also handed down (it then reads no settings of its own)
+    broker = _embedded_broker(s) if s.broker.embedded else None
+    listener = _bind_mqtt_port(s, broker) if s.broker.embedded and os.name == "posix" else None
     spec = {
         "common_args": service_args(s),
         "logdir": str(s.logdir),
@@ -115,7 +117,7 @@ def start(verbose: VerboseOpt = 0, quiet: QuietOpt = 0, *, opts: common.Opts) ->
         "service_flags": ["-v"] * verbose + ["-q"] * quiet,
         "dashboard": s.dashboard.enabled,
         "listen_fd": None if listener is None else listener.fileno(),
-        "broker_config": _broker_json(s) if s.broker.embedded else None,
+        "broker_config": None if broker is None else broker.to_json(),
     }
     log_path = s.logdir / "supervisor.log"
     try:
@@ -189,24 +191,21 @@ def start(verbose: VerboseOpt = 0, quiet: QuietOpt = 0, *, opts: common.Opts) ->
         )
 
 
-def _broker_json(s: Any) -> str | None:
-    """The embedded broker's configuration for the supervisor to hand down (the broker
-    then reads no settings of its own: no pydantic, and it serves sooner), or None."""
+def _embedded_broker(s: Any) -> Any:
+    """The embedded broker's configuration (a ``BrokerConfig``), or None when the broker
+    is not installed here (`tomato broker` then says so in its log, as before)."""
     try:
-        return str(serve.broker_config(s).to_json())
-    except ImportError:  # not installed: `tomato broker` says so in its log, as before
+        return serve.broker_config(s)
+    except ImportError:
         return None
 
 
-def _bind_mqtt_port(s: Any) -> socket.socket:
+def _bind_mqtt_port(s: Any, broker: Any) -> socket.socket:
     """The embedded broker's MQTT listener, bound now (a port taken is one clear error,
     and nothing was started)."""
     from tomato_mqtt.services.supervisor import bind_listener
 
-    try:
-        host = serve.broker_config(s).plain_host
-    except (ImportError, ValueError):  # `tomato broker` says why in its log, as before
-        host = s.broker.host
+    host = s.broker.host if broker is None else broker.plain_host
     try:
         return bind_listener(host, s.mqtt.port)
     except OSError as e:

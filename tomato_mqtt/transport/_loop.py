@@ -158,13 +158,22 @@ class _LoopDriven:
             sock.shutdown(socket.SHUT_WR)
         except OSError:
             return True  # the broker is gone: nothing more to say to it
-        deadline = loop.time() + linger
-        while loop.time() < deadline:
+        closed: asyncio.Future[None] = loop.create_future()
+
+        def readable() -> None:  # what still arrives is dropped; EOF: the broker closed
             try:
-                if not sock.recv(65536):
-                    break  # the broker read the DISCONNECT and closed
+                data = sock.recv(65536)
             except (BlockingIOError, InterruptedError, ssl.SSLWantReadError):
-                await asyncio.sleep(0.002)
+                return
             except OSError:
-                break
+                data = b""
+            if not data and not closed.done():
+                closed.set_result(None)
+
+        loop.add_reader(sock, readable)
+        try:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(closed, linger)
+        finally:
+            loop.remove_reader(sock)
         return True
