@@ -129,14 +129,25 @@ async def test_dashboard_live_controls(
         stored = await page.evaluate(
             "Math.max(...Object.values(window.__dash.drawn).map(d => d.points))"
         )
+        from playwright.async_api import TimeoutError as PlaywrightTimeout
+
         async with running_dashboard(url, instance) as late, chromium_page() as (_, page2):
             await page2.goto(f"{late.address()}#/job/{jobid}")
             before = late.started_at - 1.0  # points older than the late dashboard
-            await page2.wait_for_function(
-                f"() => Object.values(window.__dash.drawn).some(d => d.points >= {stored} "
-                f"&& d.first < {before})",
-                timeout=30_000,
-            )
+            try:
+                await page2.wait_for_function(
+                    f"() => Object.values(window.__dash.drawn).some(d => d.points >= {stored} "
+                    f"&& d.first < {before})",
+                    timeout=45_000,  # the snapshot's own wait is up to 60 s
+                )
+            except PlaywrightTimeout as e:  # say where it stopped: loading, drawing or counting
+                drawn = await page2.evaluate("window.__dash.drawn")
+                series = {c: (s.points, s.first_t) for c, s in late.state.series[jobid].items()}
+                raise AssertionError(
+                    f"late page: drawn {drawn}; wanted >= {stored} points, first < {before}; "
+                    f"its dashboard: stored data {late.backfill_state.get(jobid)!r}, "
+                    f"series (points, first) {series}"
+                ) from e
 
         # the screenshot of docs/ and the README: the job page of a running job. Taken
         # every run (it must work); written into docs/ only when asked, so that a test run

@@ -230,7 +230,9 @@ def test_node_in_a_namespace_loses_nothing_when_the_link_is_cut(link: Link, tmp_
         # taken late: issue 9)
         end = job["progress"]["tasks"]["0"]["end"]
         n, missed = end["npoints"], end["missed"]
-        assert n + missed == 60 and missed <= 3, end
+        # a runner that waited on the cut would miss its ~30 deadlines; a loaded 2-core PC
+        # misses a few (7 seen with a second test run beside this one)
+        assert n + missed == 60 and missed <= 10, end
         assert uts.size == n, (uts.size, procs.output())
         assert np.unique(uts).size == n and np.all(np.diff(uts) > 0)
         # no gap: a lost point would show as a step of ~0.2 s (jitter of a busy PC aside)

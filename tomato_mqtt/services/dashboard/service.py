@@ -46,6 +46,8 @@ log = logging.getLogger(__name__)
 BACKFILL_MARGIN = 5.0
 #: job files larger than this are not loaded into the plots (the download still works)
 BACKFILL_MAX_BYTES = 256 * 2**20
+#: a load of stored points that failed (a timeout, a refusal) is tried again after (s)
+BACKFILL_RETRY = 5.0
 
 
 @dataclass
@@ -103,6 +105,9 @@ class DashboardService:
         self._stop = asyncio.Event()
         self.started_at = time.time()
         self._backfilled: set[int] = set()
+        #: per job: how its stored points were loaded ("loading", "loaded N", "failed: …")
+        self.backfill_state: dict[int, str] = {}
+        self._backfill_after: dict[int, float] = {}  # job -> monotonic time of the retry
         self._tasks: set[asyncio.Task[None]] = set()
 
     def request_stop(self) -> None:
@@ -277,6 +282,8 @@ class DashboardService:
         j = self.state.jobs.get(job)
         if job in self._backfilled or j is None or j.status in ("q", "qw") or not j.launched_at:
             return
+        if time.monotonic() < self._backfill_after.get(job, 0.0):
+            return  # failed a moment ago: the next tick after the pause tries again
         with contextlib.suppress(ValueError):
             launched = datetime.datetime.fromisoformat(j.launched_at).timestamp()
             if launched > self.started_at + BACKFILL_MARGIN:
@@ -286,6 +293,7 @@ class DashboardService:
         if s is None:
             return  # this login may not take snapshots: the plots start with live data
         self._backfilled.add(job)
+        self.backfill_state[job] = "loading"
         task = asyncio.ensure_future(self._backfill(job, s))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -297,19 +305,27 @@ class DashboardService:
             snap = await take_snapshot(s, job)
             if snap.size > BACKFILL_MAX_BYTES:
                 log.info("job %d: file of %d bytes not loaded into the plots", job, snap.size)
+                self.backfill_state[job] = f"not loaded: {snap.size} bytes"
                 return
             data = b"".join([c async for c in chunks(s, snap)])
             roles = await asyncio.to_thread(read_job_file, data)
         except ImportError:
             log.warning("netCDF4 is not installed: plots start with live data only")
+            self.backfill_state[job] = "failed: netCDF4 is not installed"
             return
-        except Exception as e:  # a refusal, a timeout, a bad file: the page goes on live
-            log.warning("job %d: stored data not loaded: %s", job, e)
+        except Exception as e:  # a refusal, a timeout, a bad file: live now, again later
+            log.warning(
+                "job %d: stored data not loaded (tried again in %g s): %s", job, BACKFILL_RETRY, e
+            )
+            self.backfill_state[job] = f"failed: {e}"
+            self._backfill_after[job] = time.monotonic() + BACKFILL_RETRY
+            self._backfilled.discard(job)
             return
         n = 0
         for r in roles:
             n += self.state.backfill(job, r.component, r.role, r.uts, r.columns, r.units, r.task)
         log.info("job %d: %d stored points loaded", job, n)
+        self.backfill_state[job] = f"loaded {n}"
         for v in list(self.viewers):
             if v.job == job:
                 self.watch(v, job)

@@ -1,0 +1,104 @@
+"""A job page opened for a job that began before the dashboard starts its plots with the
+stored points (``job_snapshot`` + the recorder's ``fetch``; loaded and drawn in
+tests/test_dashboard.py). A load that fails — a refusal, a lost reply — leaves the page
+live and is tried again after a pause, not never.
+
+The scheduler here is a stand-in on the real broker (the real ``Responder``, two
+operations): the real one clears a retained status of a job it does not know, and a
+real snapshot cannot be made to fail on cue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable, Mapping
+
+import pytest
+from pydantic import JsonValue
+
+from tests.browser import running_dashboard
+from tests.conftest import RunningBroker
+from tomato_mqtt.services.dashboard import service as dash_service
+from tomato_mqtt.services.dashboard.service import Viewer
+from tomato_mqtt.transport.client import AsyncClient
+from tomato_mqtt.transport.rpc import CommandError, Responder, Result
+from tomato_mqtt.wire.messages import JobStatus, encode
+from tomato_mqtt.wire.topics import Topics
+
+
+class StandIn:
+    """Answers ``whoami`` (an open stack's admin) and refuses every ``job_snapshot``."""
+
+    def __init__(self) -> None:
+        self.snapshots = 0
+
+    async def whoami(self, args: Mapping[str, JsonValue]) -> Result:
+        ops: list[JsonValue] = ["job_status", "job_snapshot"]
+        return Result("you", {"user": None, "role": "admin", "ops": ops, "open": True})
+
+    async def job_snapshot(self, args: Mapping[str, JsonValue]) -> Result:
+        self.snapshots += 1
+        raise CommandError(f"snapshot of job {args.get('jobid')} failed: recorder busy")
+
+
+@contextlib.asynccontextmanager
+async def stand_in(b: RunningBroker, topics: Topics, svc: StandIn) -> AsyncIterator[None]:
+    async with AsyncClient(b.url, client_id=f"{topics.instance}-standin") as c:
+        table = {"whoami": svc.whoami, "job_snapshot": svc.job_snapshot}
+        responder = Responder(c, topics, table, name="scheduler")
+        await c.subscribe(topics.scheduler_cmds())
+
+        async def loop() -> None:
+            async for msg in c.messages():
+                parsed = topics.parse(msg.topic)
+                if parsed is not None and parsed.op is not None:
+                    await responder.handle(msg, parsed.op)
+
+        task = asyncio.create_task(loop())
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+async def _until(cond: Callable[[], bool], timeout: float, what: str) -> None:
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    while not cond():
+        if loop.time() > end:
+            raise AssertionError(f"not within {timeout} s: {what}")
+        await asyncio.sleep(0.05)
+
+
+async def test_a_failed_load_of_stored_points_is_tried_again(
+    broker: RunningBroker, instance: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(dash_service, "BACKFILL_RETRY", 0.5)
+    topics = Topics(instance)
+    svc = StandIn()
+    async with stand_in(broker, topics, svc), running_dashboard(broker.url, instance) as dash:
+        # a job running since long before this dashboard
+        running = JobStatus(jobid=7, status="r", launched_at="2020-01-01T00:00:00+00:00")
+        await dash.mqtt.publish(topics.job_status(7), encode(running), retain=True)
+        await _until(lambda: 7 in dash.state.jobs, 10, "the dashboard sees job 7")
+        shared = dash.sessions.shared
+        await _until(lambda: shared is not None and shared.me is not None, 10, "whoami")
+        assert shared is not None
+        page = Viewer(session=shared)
+        dash.viewers.add(page)
+        try:
+            dash.watch(page, 7)  # the page opens job 7: its stored points are asked for
+            await _until(lambda: svc.snapshots >= 1, 10, "a first snapshot request")
+            await _until(
+                lambda: dash.backfill_state.get(7, "").startswith("failed"), 10, "its failure"
+            )
+            assert "recorder busy" in dash.backfill_state[7], dash.backfill_state
+            # not asked again at once, but after the pause, by the page's flush tick
+            assert svc.snapshots == 1
+            await _until(lambda: svc.snapshots >= 2, 10, "a second request after the pause")
+        finally:
+            dash.viewers.discard(page)
+            await dash.mqtt.publish(topics.job_status(7), b"", retain=True)
