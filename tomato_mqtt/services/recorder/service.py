@@ -27,6 +27,7 @@ from pydantic import BaseModel, JsonValue
 
 from tomato_mqtt import __version__
 from tomato_mqtt.services.base import Service
+from tomato_mqtt.services.idle import run_when_idle
 from tomato_mqtt.services.recorder.fileops import FileOps
 from tomato_mqtt.services.recorder.files import (
     Files,
@@ -138,7 +139,7 @@ class RecorderService(Service):
         await self.mqtt.subscribe(self.topics.recorder_cmds())
         await self.mqtt.subscribe(self.topics.all_node_status())
         await self.publish_presence("online")
-        self.spawn(asyncio.to_thread(warm_up_writer))
+        self.spawn(run_when_idle(warm_up_writer, "recorder warm-up"))
 
     def loops(self) -> list[Coroutine[Any, Any, Any]]:
         return [self._ack_loop()]

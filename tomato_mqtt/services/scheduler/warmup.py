@@ -18,6 +18,7 @@ from collections.abc import Callable, Mapping
 
 from tomato_mqtt.config.devices import Layout
 from tomato_mqtt.config.settings import Settings
+from tomato_mqtt.services.idle import run_when_idle
 from tomato_mqtt.wire.messages import ComponentMeta
 
 __all__ = ["WARM_UP_LATEST", "SchemaDoc", "settled", "warm_up_payloads", "warm_up_when"]
@@ -37,10 +38,11 @@ def settled(layout: Layout, metas: Mapping[str, ComponentMeta]) -> bool:
 async def warm_up_when(
     ready: asyncio.Event, load: Callable[[], None], latest: float = WARM_UP_LATEST
 ) -> None:
-    """Run ``load`` in a thread once ``ready`` is set (or after ``latest`` s)."""
+    """Run ``load`` in a thread of low priority (services/idle.py) once ``ready`` is set
+    (or after ``latest`` s)."""
     with contextlib.suppress(asyncio.TimeoutError):
         await asyncio.wait_for(ready.wait(), latest)
-    await asyncio.to_thread(load)
+    await run_when_idle(load, "scheduler warm-up")
 
 
 class SchemaDoc:

@@ -1,0 +1,63 @@
+"""Work a service does for later, on CPU the start leaves idle: the warm-ups.
+
+The recorder loads netCDF4 and writes a tiny file, the scheduler loads dgbowl-schemas,
+so that the first results file and the first ``ketchup submit`` do not wait for them.
+Run at once, they compete for the machine's cores with what ``tomato start`` waits for
+(a node importing its drivers, the broker serving): on a 2-core PC the recorder's
+warm-up alone is ~0.1-0.15 CPU-s inside start's second. So a warm-up runs in a thread
+of its own at a low CPU priority (on Linux the nice value is per thread: only that
+thread is nice 10, ~1/10 of a normal thread's share when the cores are busy); it takes
+mostly what the other processes leave, and on an idle machine it runs as fast as
+before. Not nice 19: a job that ends while the warm-up still imports netCDF4 waits for
+that import (Python's per-module import lock), so the warm-up must still get somewhere
+on a machine kept busy. Elsewhere it runs at normal priority, as it did.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import sys
+import threading
+from collections.abc import Callable
+
+__all__ = ["NICE", "run_when_idle"]
+
+#: the nice value of a warm-up thread (Linux)
+NICE = 10
+
+
+def _lower_this_thread() -> None:
+    if sys.platform == "linux":  # a thread id is a process id for setpriority there only
+        with contextlib.suppress(OSError):
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), NICE)
+
+
+async def run_when_idle(fn: Callable[[], None], name: str = "warm-up") -> None:
+    """Run ``fn`` in a new daemon thread at a low CPU priority; returns (or raises what
+    ``fn`` raised) when it is done. Not the loop's executor: a thread of the pool would
+    stay niced for the real work it does later."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[None] = loop.create_future()
+
+    def settle(exc: BaseException | None) -> None:
+        if done.done():  # the awaiting task was cancelled (a stop)
+            return
+        if exc is None:
+            done.set_result(None)
+        else:
+            done.set_exception(exc)
+
+    def run() -> None:
+        _lower_this_thread()
+        exc: BaseException | None = None
+        try:
+            fn()
+        except BaseException as e:  # handed to the awaiting task, as to_thread does
+            exc = e
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+            loop.call_soon_threadsafe(settle, exc)
+
+    threading.Thread(target=run, name=name, daemon=True).start()
+    await done
