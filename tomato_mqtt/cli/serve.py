@@ -173,6 +173,15 @@ def scheduler(opts: Opts, verbosity: int = 0) -> None:
 
 def recorder(opts: Opts, verbosity: int = 0) -> None:
     """Run the recorder in the foreground."""
+    from tomato_mqtt.services.idle import import_when_idle
+
+    # nothing waits for the recorder at start: its imports take the CPU the broker,
+    # scheduler and nodes leave (services/idle.py); it runs at normal priority
+    import_when_idle(
+        "tomato_mqtt.config.settings",
+        "tomato_mqtt.services.base",
+        "tomato_mqtt.services.recorder.service",
+    )
     from tomato_mqtt.config.settings import settings_url
     from tomato_mqtt.services.base import setup_logging
     from tomato_mqtt.services.recorder.service import RecorderService

@@ -1,4 +1,5 @@
-"""Work a service does for later, on CPU the start leaves idle: the warm-ups.
+"""Work a service does for later, on CPU the start leaves idle: warm-ups, and the
+recorder's own imports.
 
 The recorder loads netCDF4 and writes a tiny file, the scheduler loads dgbowl-schemas,
 so that the first results file and the first ``ketchup submit`` do not wait for them.
@@ -11,18 +12,25 @@ mostly what the other processes leave, and on an idle machine it runs as fast as
 before. Not nice 19: a job that ends while the warm-up still imports netCDF4 waits for
 that import (Python's per-module import lock), so the warm-up must still get somewhere
 on a machine kept busy. Elsewhere it runs at normal priority, as it did.
+
+The recorder's imports (asyncio, paho, pydantic, numpy: ~0.2-0.3 CPU-s) are the same
+case: ``tomato start`` waits for the broker, the scheduler and the nodes, not for the
+recorder (a job's points wait in the nodes until the recorder acknowledges them). So
+``cli/serve.py`` imports the recorder in a thread at nice 10 (:func:`import_when_idle`)
+and runs it, once imported, in its main thread at normal priority: a thread cannot
+lower its nice value again without privileges, so the import gets a thread of its own.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
+import importlib
 import os
 import sys
 import threading
 from collections.abc import Callable
 
-__all__ = ["NICE", "run_when_idle"]
+__all__ = ["NICE", "import_when_idle", "run_when_idle"]
 
 #: the nice value of a warm-up thread (Linux)
 NICE = 10
@@ -38,6 +46,8 @@ async def run_when_idle(fn: Callable[[], None], name: str = "warm-up") -> None:
     """Run ``fn`` in a new daemon thread at a low CPU priority; returns (or raises what
     ``fn`` raised) when it is done. Not the loop's executor: a thread of the pool would
     stay niced for the real work it does later."""
+    import asyncio  # not at the top: import_when_idle runs before asyncio is imported
+
     loop = asyncio.get_running_loop()
     done: asyncio.Future[None] = loop.create_future()
 
@@ -61,3 +71,23 @@ async def run_when_idle(fn: Callable[[], None], name: str = "warm-up") -> None:
 
     threading.Thread(target=run, name=name, daemon=True).start()
     await done
+
+
+def import_when_idle(*modules: str) -> None:
+    """Import ``modules`` in a thread at a low CPU priority and wait for it (raises what
+    the import raised); the calling thread keeps its priority."""
+    failed: list[BaseException] = []
+
+    def run() -> None:
+        _lower_this_thread()
+        try:
+            for name in modules:
+                importlib.import_module(name)
+        except BaseException as e:  # handed to the caller
+            failed.append(e)
+
+    t = threading.Thread(target=run, name="imports", daemon=True)
+    t.start()
+    t.join()
+    if failed:
+        raise failed[0]
