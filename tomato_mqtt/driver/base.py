@@ -179,6 +179,14 @@ class ModelDevice(ABC):
     quantity of that variable is converted to them and labelled with this exact string.
     Without an entry, a quantity keeps its own units, labelled as pint names them."""
 
+    shared_clock: bool = False
+    """True when :meth:`do_task` never waits (a simulator, a read of memory or of a buffer
+    the instrument fills): tasks sampling every 50 ms or faster are then called from one
+    thread the node shares among such components, not from a thread of their own that
+    wakes up for every point (driver/clock.py). A call that waits would delay every
+    other component on that clock: leave it False for anything that talks to an
+    instrument."""
+
     block_interval: float | None = None
     """Seconds between :meth:`do_task_block` calls; set it to make this a *bulk* device.
 

@@ -27,11 +27,12 @@ import logging
 import threading
 import time
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Any
 
 from tomato_mqtt.driver.base import ModelDevice
 from tomato_mqtt.driver.block import Block
 from tomato_mqtt.driver.bulk import execute_blocks
+from tomato_mqtt.driver.clock import CLOCK_MAX_INTERVAL, Steps, shared_clock
 from tomato_mqtt.driver.points import Point, TaskEnd, _describe, to_values
 from tomato_mqtt.driver.spec import AttrSpec, TaskSpec
 from tomato_mqtt.driver.tasking import TaskRunner, _Run
@@ -177,27 +178,19 @@ class ComponentRunner(TaskRunner[ModelDevice]):
             )
 
     def _execute(self, run: _Run) -> None:
-        task = run.task
-        device = self.device
-        dev_lock = self._dev_lock
+        steps = Steps(self, run)
+        n, task = steps.n, run.task
+        log.info("%s: task %s started (%d points)", self.device.key, _describe(task), n)
+        if self.device.shared_clock and n and task.sampling_interval <= CLOCK_MAX_INTERVAL:
+            ended = threading.Event()  # the node's clock calls it on time (driver/clock.py)
+            shared_clock().add(steps, ended.set)
+            ended.wait()
+            self.finish(steps.end())
+            return
         stop = run.stop
-        si = task.sampling_interval
-        n = task.npoints
-        reason: Literal["done", "stopped", "error"] = "done"
-        message: str | None = None
-        npoints = 0
-        missed = 0
-        late_ok = si / 2
         perf = time.perf_counter
-        wall = time.time
-        t_start = wall()
-        p_start = perf()
-        log.info("%s: task %s started (%d points)", device.key, _describe(task), n)
-        k = 0
         try:
-            while k < n:
-                k += 1
-                deadline = p_start + k * si
+            while (deadline := steps.next_deadline()) is not None:
                 remaining = deadline - perf()
                 if remaining > SHORT_WAIT:
                     stopped = stop.wait(remaining)
@@ -206,34 +199,14 @@ class ComponentRunner(TaskRunner[ModelDevice]):
                         _sleep(remaining, stop)
                     stopped = stop.is_set()
                 if stopped:
-                    reason = "stopped"
-                    message = run.stop_reason
+                    steps.stopped()
                     break
-                uts = wall()
-                if perf() - deadline > late_ok:
-                    # behind (a slow driver, a stalled process): this deadline and every
-                    # other one already past are missed; the next point is the next
-                    # deadline still ahead, on time
-                    ahead = min(int((perf() - p_start) / si) + 1, n + 1)
-                    missed += ahead - k
-                    k = ahead - 1
-                    continue
-                with dev_lock:
-                    raw = device.do_task(task, t_start, t_start + k * si)
-                if raw is not None:
-                    self._point(uts, raw, task)
-                    npoints += 1
+                steps.take()
         except BaseException as e:
             # incl. SystemExit (tomato drivers' decorators call sys.exit): a worker thread
             # dies silently on it, and the task would never end
-            reason = "error"
-            message = (
-                f"{task.technique_name}: driver error on {self._who} at point {k}:"
-                f" {type(e).__name__}: {e}"
-            )
-            log.warning("%s: task %s failed", device.key, _describe(task), exc_info=True)
-            self._call(self._on_error, message)
-        self.finish(TaskEnd(task, reason, message, t_start, wall(), npoints, missed))
+            steps.failed(e)
+        self.finish(steps.end())
 
     def finish(self, end: TaskEnd) -> None:
         log.info(

@@ -41,6 +41,8 @@ CHOICES = ["red", "green", "blue"]
 class Device(ModelDevice):
     param: pint.Quantity[Any]
     choice: str
+    #: a simulated instrument: do_task never waits, so fast tasks share the node's clock
+    shared_clock = True
 
     def __init__(self, driver: DriverInterface, key: tuple[str, str], **kwargs: Any) -> None:
         super().__init__(driver, key, **kwargs)

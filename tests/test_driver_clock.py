@@ -1,0 +1,155 @@
+"""The node's shared clock (driver/clock.py): fast tasks of drivers whose calls never
+wait share one thread that calls them on time, with the same point counts, timing,
+stop and error handling as a task on its own worker thread.
+
+Real small drivers (tests/test_driver_runner.py's Probe), no mocks: they record the
+thread that called them.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import pytest
+
+from tests.test_driver_runner import Ends, Probe, ProbeDriver, task
+from tomato_mqtt.driver import ComponentRunner, ModelInterface, TaskSpec
+from tomato_mqtt.driver.clock import CLOCK_MAX_INTERVAL, shared_clock
+
+
+class Clocked(Probe):
+    shared_clock = True
+
+    def __init__(self, driver: ModelInterface, key: tuple[str, str], **kwargs: Any) -> None:
+        super().__init__(driver, key, **kwargs)
+        self.threads: set[str] = set()
+
+    def do_task(self, task: TaskSpec, t_start: float, t_now: float) -> Mapping[str, Any] | None:
+        self.threads.add(threading.current_thread().name)
+        return super().do_task(task, t_start, t_now)
+
+
+class ClockedDriver(ProbeDriver):
+    def DeviceFactory(self, key: tuple[str, str], **kwargs: Any) -> Clocked:
+        return Clocked(self, key, **kwargs)
+
+
+class Comp:
+    """One component: its device, runner and task ends."""
+
+    def __init__(self, driver: ModelInterface, channel: str = "1") -> None:
+        self.ends = Ends()
+        self.dev = driver.DeviceFactory(("COM3", channel))
+        assert isinstance(self.dev, Probe)
+        self.runner = ComponentRunner(
+            self.dev, on_task_end=self.ends.on_end, on_error=self.ends.errors.append
+        )
+        self.ends.runner = self.runner
+
+    def threads(self) -> set[str]:
+        return getattr(self.dev, "threads", set())
+
+
+@pytest.fixture
+def comps() -> Iterator[list[Comp]]:
+    made: list[Comp] = []
+    yield made
+    for c in made:
+        c.runner.close()
+
+
+def _new(comps: list[Comp], driver: ModelInterface, channel: str = "1") -> Comp:
+    c = Comp(driver, channel)
+    comps.append(c)
+    return c
+
+
+def test_a_fast_task_of_a_never_waiting_driver_runs_on_the_clock(comps: list[Comp]) -> None:
+    c = _new(comps, ClockedDriver())
+    c.runner.start_task(task(0.2, 0.01))
+    end = c.ends.wait(5)
+    points, _ = c.runner.drain()
+    assert c.threads() == {"clock"}
+    assert end.reason == "done" and end.npoints == len(points)
+    assert end.npoints + end.missed == 20 and end.missed <= 7  # a loaded PC skips a few
+    # t_now handed to the driver is each point's deadline, as on a worker thread
+    assert all(abs(o - 0.01 * round(o / 0.01)) < 1e-6 for o in c.dev.offsets), c.dev.offsets
+    assert c.dev.offsets[-1] == pytest.approx(0.2, abs=1e-6)
+    assert len(shared_clock()) == 0  # nothing left on the clock
+
+
+def test_slower_tasks_and_other_drivers_keep_their_own_thread(comps: list[Comp]) -> None:
+    slow = _new(comps, ClockedDriver())
+    slow.runner.start_task(task(0.3, CLOCK_MAX_INTERVAL * 2))  # slower than the clock takes
+    other = _new(comps, ProbeDriver())
+    other.runner.start_task(task(0.1, 0.01))  # fast, but its driver may wait
+    assert slow.ends.wait(5).reason == "done" and other.ends.wait(5).reason == "done"
+    assert slow.threads() and "clock" not in slow.threads()
+
+
+def test_many_components_share_the_clock_and_each_gets_every_deadline(
+    comps: list[Comp],
+) -> None:
+    drv = ClockedDriver()
+    cs = [_new(comps, drv, str(i)) for i in range(10)]
+    for c in cs:
+        c.runner.start_task(task(0.3, 0.005))
+    ends = [c.ends.wait(5) for c in cs]
+    for c, end in zip(cs, ends, strict=True):
+        points, _ = c.runner.drain()
+        assert c.threads() == {"clock"}
+        assert end.npoints == len(points) and end.npoints + end.missed == 60
+        steps = [b.uts - a.uts for a, b in itertools.pairwise(points)]
+        assert min(steps) > 0.0025, min(steps)  # never closer than half an interval
+    assert sum(e.npoints for e in ends) >= 0.8 * 600  # a loaded 2-core PC misses some
+
+
+def test_stop_on_the_clock_is_prompt_and_keeps_the_points(comps: list[Comp]) -> None:
+    c = _new(comps, ClockedDriver())
+    c.runner.start_task(task(30.0, 0.01))
+    c.dev.wait_points(3)
+    t0 = time.perf_counter()
+    c.runner.stop_task("cancelled by user")
+    end = c.ends.wait(2)
+    assert time.perf_counter() - t0 < 0.5
+    assert (end.reason, end.message) == ("stopped", "cancelled by user")
+    points, _ = c.runner.drain()
+    assert len(points) == end.npoints >= 3
+    assert len(shared_clock()) == 0
+
+
+def test_a_failing_driver_ends_its_task_only(comps: list[Comp]) -> None:
+    drv = ClockedDriver()
+    bad, good = _new(comps, drv, "1"), _new(comps, drv, "2")
+    bad.dev.fail_at = 3
+    bad.runner.start_task(task(0.3, 0.01))
+    good.runner.start_task(task(0.3, 0.01))
+    end = bad.ends.wait(5)
+    assert end.reason == "error" and end.message is not None
+    assert "instrument went away" in end.message and "at point 3" in end.message
+    assert bad.ends.errors and "instrument went away" in bad.ends.errors[0]
+    assert end.npoints == 2
+    ok = good.ends.wait(5)
+    assert ok.reason == "done" and ok.npoints + ok.missed == 30
+
+
+def test_a_late_call_on_the_clock_is_not_burst_called_and_is_counted(comps: list[Comp]) -> None:
+    c = _new(comps, ClockedDriver())
+    c.dev.late_at = 3  # blocks 50 ms: 5 intervals
+    c.runner.start_task(task(0.2, 0.01))
+    end = c.ends.wait(5)
+    points, _ = c.runner.drain()
+    assert end.npoints + end.missed == 20 and 3 <= end.missed <= 8, end
+    steps = [b.uts - a.uts for a, b in itertools.pairwise(points)]
+    assert sum(s < 0.005 for s in steps) <= 2, steps
+
+
+def test_a_task_of_no_points_ends_at_once(comps: list[Comp]) -> None:
+    c = _new(comps, ClockedDriver())
+    c.runner.start_task(task(0.0, 0.01))
+    end = c.ends.wait(2)
+    assert (end.reason, end.npoints, end.missed) == ("done", 0, 0)

@@ -1,0 +1,188 @@
+"""A task's points, on time: :class:`Steps` (one task's deadlines and points) and the
+node's :class:`SharedClock` (one thread calling many fast tasks on time).
+
+Every native task runs as :class:`Steps`: point ``k`` (1..N) is due at ``start + k *
+sampling_interval``; a point taken more than half an interval late is not taken, that
+deadline and every other one already past are counted as missed, and the next point is
+the next deadline still ahead (see :mod:`.runner`). Who waits for the deadlines differs:
+
+- by default the component's own worker thread sleeps until each deadline
+  (:meth:`ComponentRunner._execute`): a slow or blocking driver delays nobody else;
+- a driver whose calls never wait (``ModelDevice.shared_clock``: a simulator, a read of
+  memory) may share one thread per node with every other such task that samples at
+  least every :data:`CLOCK_MAX_INTERVAL`: the clock wakes at the earliest deadline and
+  calls every task that is due. At 50 components x 1 kHz that is 1,000 wake-ups a
+  second instead of 50,000, and the wake-ups (a sleep, the GIL taken back, 50 threads
+  contending for it) were most of the node's CPU per point.
+
+The component's worker thread still owns the task: it hands the steps to the clock and
+waits for them to end, then ends the task as before.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Literal
+
+from tomato_mqtt.driver.points import TaskEnd, _describe
+
+if TYPE_CHECKING:
+    from tomato_mqtt.driver.runner import ComponentRunner
+    from tomato_mqtt.driver.tasking import _Run
+
+__all__ = ["CLOCK_MAX_INTERVAL", "SharedClock", "Steps", "shared_clock"]
+
+log = logging.getLogger(__name__)
+
+#: tasks sampling at most this often (s) may share the clock (slower ones: a thread
+#: waking a few times a second costs nothing worth sharing)
+CLOCK_MAX_INTERVAL = 0.05
+
+
+class Steps:
+    """One task's deadlines, points and end; :meth:`take` is called at each deadline."""
+
+    def __init__(self, runner: ComponentRunner, run: _Run) -> None:
+        self.runner = runner
+        self.run = run
+        self.task = run.task
+        self.si = run.task.sampling_interval
+        self.n = run.task.npoints
+        self.k = 0
+        self.npoints = 0
+        self.missed = 0
+        self.reason: Literal["done", "stopped", "error"] = "done"
+        self.message: str | None = None
+        self.t_start = time.time()
+        self.p_start = time.perf_counter()
+
+    def next_deadline(self) -> float | None:
+        """The ``perf_counter`` time of the next point, None when every one is past."""
+        return None if self.k >= self.n else self.p_start + (self.k + 1) * self.si
+
+    def take(self) -> None:
+        """The next deadline has come: take its point, or count it (and every other one
+        already past) as missed when this is more than half an interval late."""
+        self.k += 1
+        deadline = self.p_start + self.k * self.si
+        uts = time.time()
+        now = time.perf_counter()
+        if now - deadline > self.si / 2:
+            ahead = min(int((now - self.p_start) / self.si) + 1, self.n + 1)
+            self.missed += ahead - self.k
+            self.k = ahead - 1
+            return
+        runner = self.runner
+        with runner._dev_lock:
+            raw = runner.device.do_task(self.task, self.t_start, self.t_start + self.k * self.si)
+        if raw is not None:
+            runner._point(uts, raw, self.task)
+            self.npoints += 1
+
+    def stopped(self) -> None:
+        self.reason = "stopped"
+        self.message = self.run.stop_reason
+
+    def failed(self, e: BaseException) -> None:
+        """The driver raised (incl. SystemExit: tomato drivers' decorators call sys.exit)."""
+        self.reason = "error"
+        self.message = (
+            f"{self.task.technique_name}: driver error on {self.runner._who} at point"
+            f" {self.k}: {type(e).__name__}: {e}"
+        )
+        log.warning("%s: task %s failed", self.runner.device.key, _describe(self.task), exc_info=e)
+        self.runner._call(self.runner._on_error, self.message)
+
+    def end(self) -> TaskEnd:
+        return TaskEnd(
+            self.task,
+            self.reason,
+            self.message,
+            self.t_start,
+            time.time(),
+            self.npoints,
+            self.missed,
+        )
+
+
+class SharedClock:
+    """One thread that calls the steps of many tasks on time (see the module docstring)."""
+
+    def __init__(self) -> None:
+        self._cv = threading.Condition()
+        self._heap: list[tuple[float, int, Steps, Callable[[], None]]] = []
+        self._seq = itertools.count()
+        self._thread: threading.Thread | None = None
+
+    def add(self, steps: Steps, done: Callable[[], None]) -> None:
+        """Call ``steps`` at its deadlines from now on; ``done()`` when the task ends."""
+        first = steps.next_deadline()
+        if first is None:
+            done()
+            return
+        with self._cv:
+            heapq.heappush(self._heap, (first, next(self._seq), steps, done))
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._loop, name="clock", daemon=True)
+                self._thread.start()
+            self._cv.notify()
+
+    def __len__(self) -> int:
+        with self._cv:
+            return len(self._heap)
+
+    def _loop(self) -> None:
+        perf = time.perf_counter
+        while True:
+            with self._cv:
+                while not self._heap:
+                    self._cv.wait()
+                remaining = self._heap[0][0] - perf()
+                if remaining > 0.002:  # a new task may be due sooner: wait on the cv
+                    self._cv.wait(remaining - 0.001)
+                    continue
+            if remaining > 0:
+                time.sleep(remaining)
+            due: list[tuple[float, int, Steps, Callable[[], None]]] = []
+            with self._cv:
+                now = perf()
+                while self._heap and self._heap[0][0] <= now:
+                    due.append(heapq.heappop(self._heap))
+            for _, _, steps, done in due:
+                nxt = self._step(steps)
+                if nxt is None:
+                    done()
+                else:
+                    with self._cv:
+                        heapq.heappush(self._heap, (nxt, next(self._seq), steps, done))
+
+    @staticmethod
+    def _step(steps: Steps) -> float | None:
+        """Take one point of ``steps``; its next deadline, or None when it has ended."""
+        if steps.run.stop.is_set():
+            steps.stopped()
+            return None
+        try:
+            steps.take()
+        except BaseException as e:
+            steps.failed(e)
+            return None
+        return steps.next_deadline()
+
+
+_clock: SharedClock | None = None
+_clock_lock = threading.Lock()
+
+
+def shared_clock() -> SharedClock:
+    """This process's clock (a node has one)."""
+    global _clock
+    with _clock_lock:
+        if _clock is None:
+            _clock = SharedClock()
+        return _clock
