@@ -3,6 +3,9 @@
 Drivers are blocking code, so each :class:`ComponentRunner` owns one thread that makes
 every periodic call into its device; the asyncio node only starts and stops tasks and
 drains the buffer. Calls into the device from any thread are serialised by one lock.
+A device that declares its calls never wait (``shared_clock``) has its fast tasks called
+by the node's shared clock instead, one thread for all of them (:mod:`.clock`); its
+worker thread then only waits for the task to end.
 
 Timing follows tomato's point count: a task takes ``N = round(max_duration /
 sampling_interval)`` points, point ``k`` (1..N) is due at ``t_start + k *
