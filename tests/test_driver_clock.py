@@ -153,3 +153,28 @@ def test_a_task_of_no_points_ends_at_once(comps: list[Comp]) -> None:
     c.runner.start_task(task(0.0, 0.01))
     end = c.ends.wait(2)
     assert (end.reason, end.npoints, end.missed) == ("done", 0, 0)
+
+
+def test_the_clock_survives_a_refused_sleep(
+    comps: list[Comp], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """libfaketime (the chaos suite's skew scenarios) can answer Python's sleep with
+    EINVAL: the clock then waits another way and every task still ends (before this, the
+    clock thread died and its tasks hung)."""
+    real_sleep = time.sleep
+    refused = itertools.count()
+
+    def refusing(seconds: float) -> None:
+        if threading.current_thread().name == "clock":
+            next(refused)
+            raise OSError(22, "Invalid argument")
+        real_sleep(seconds)
+
+    monkeypatch.setattr(time, "sleep", refusing)
+    c = _new(comps, ClockedDriver())
+    c.runner.start_task(task(0.3, 0.01))
+    end = c.ends.wait(5)
+    assert next(refused) > 0, "the clock never slept: the test proves nothing"
+    assert c.threads() == {"clock"}
+    assert end.reason == "done" and end.npoints + end.missed == 30
+    assert end.npoints >= 15

@@ -35,13 +35,24 @@ if TYPE_CHECKING:
     from tomato_mqtt.driver.runner import ComponentRunner
     from tomato_mqtt.driver.tasking import _Run
 
-__all__ = ["CLOCK_MAX_INTERVAL", "SharedClock", "Steps", "shared_clock"]
+__all__ = ["CLOCK_MAX_INTERVAL", "SharedClock", "Steps", "nap", "shared_clock"]
 
 log = logging.getLogger(__name__)
 
 #: tasks sampling at most this often (s) may share the clock (slower ones: a thread
 #: waking a few times a second costs nothing worth sharing)
 CLOCK_MAX_INTERVAL = 0.05
+
+
+def nap(seconds: float, stop: threading.Event) -> None:
+    """``time.sleep``, or the stop event's wait where the clock refuses the sleep: Python
+    sleeps until an absolute deadline (``clock_nanosleep``), which a faked or stepped
+    clock (libfaketime in the chaos suite's skew scenarios) can answer with EINVAL; a
+    point must not fail its task for that."""
+    try:
+        time.sleep(seconds)
+    except OSError:
+        stop.wait(seconds)
 
 
 class Steps:
@@ -118,6 +129,7 @@ class SharedClock:
         self._heap: list[tuple[float, int, Steps, Callable[[], None]]] = []
         self._seq = itertools.count()
         self._thread: threading.Thread | None = None
+        self._never = threading.Event()  # nap's fallback wait: never set
 
     def add(self, steps: Steps, done: Callable[[], None]) -> None:
         """Call ``steps`` at its deadlines from now on; ``done()`` when the task ends."""
@@ -137,29 +149,37 @@ class SharedClock:
             return len(self._heap)
 
     def _loop(self) -> None:
-        perf = time.perf_counter
         while True:
-            with self._cv:
-                while not self._heap:
-                    self._cv.wait()
-                remaining = self._heap[0][0] - perf()
-                if remaining > 0.002:  # a new task may be due sooner: wait on the cv
-                    self._cv.wait(remaining - 0.001)
-                    continue
-            if remaining > 0:
-                time.sleep(remaining)
-            due: list[tuple[float, int, Steps, Callable[[], None]]] = []
-            with self._cv:
-                now = perf()
-                while self._heap and self._heap[0][0] <= now:
-                    due.append(heapq.heappop(self._heap))
-            for _, _, steps, done in due:
-                nxt = self._step(steps)
-                if nxt is None:
-                    done()
-                else:
-                    with self._cv:
-                        heapq.heappush(self._heap, (nxt, next(self._seq), steps, done))
+            try:
+                self._tick()
+            except Exception:  # the thread must outlive anything: every task waits on it
+                log.exception("the shared clock failed a turn; it goes on")
+                self._never.wait(0.001)
+
+    def _tick(self) -> None:
+        """Wait for the earliest deadline, then call every task that is due."""
+        perf = time.perf_counter
+        with self._cv:
+            while not self._heap:
+                self._cv.wait()
+            remaining = self._heap[0][0] - perf()
+            if remaining > 0.002:  # a new task may be due sooner: wait on the cv
+                self._cv.wait(remaining - 0.001)
+                return
+        if remaining > 0:
+            nap(remaining, self._never)
+        due: list[tuple[float, int, Steps, Callable[[], None]]] = []
+        with self._cv:
+            now = perf()
+            while self._heap and self._heap[0][0] <= now:
+                due.append(heapq.heappop(self._heap))
+        for _, _, steps, done in due:
+            nxt = self._step(steps)
+            if nxt is None:
+                done()
+            else:
+                with self._cv:
+                    heapq.heappush(self._heap, (nxt, next(self._seq), steps, done))
 
     @staticmethod
     def _step(steps: Steps) -> float | None:

@@ -35,7 +35,7 @@ from typing import Any
 from tomato_mqtt.driver.base import ModelDevice
 from tomato_mqtt.driver.block import Block
 from tomato_mqtt.driver.bulk import execute_blocks
-from tomato_mqtt.driver.clock import CLOCK_MAX_INTERVAL, Steps, shared_clock
+from tomato_mqtt.driver.clock import CLOCK_MAX_INTERVAL, Steps, nap, shared_clock
 from tomato_mqtt.driver.points import Point, TaskEnd, _describe, to_values
 from tomato_mqtt.driver.spec import AttrSpec, TaskSpec
 from tomato_mqtt.driver.tasking import TaskRunner, _Run
@@ -199,7 +199,7 @@ class ComponentRunner(TaskRunner[ModelDevice]):
                     stopped = stop.wait(remaining)
                 else:  # a sleep costs a few µs of CPU, an Event.wait ~25 (a lock each)
                     if remaining > 0:
-                        _sleep(remaining, stop)
+                        nap(remaining, stop)
                     stopped = stop.is_set()
                 if stopped:
                     steps.stopped()
@@ -221,14 +221,3 @@ class ComponentRunner(TaskRunner[ModelDevice]):
             end.missed,
         )
         super().finish(end)
-
-
-def _sleep(seconds: float, stop: threading.Event) -> None:
-    """``time.sleep``, or the stop event's wait where the clock refuses the sleep: Python
-    sleeps until an absolute deadline (``clock_nanosleep``), which a faked or stepped
-    clock (libfaketime in the chaos suite's skew scenarios) can answer with EINVAL; a
-    point must not fail its task for that."""
-    try:
-        time.sleep(seconds)
-    except OSError:
-        stop.wait(seconds)
