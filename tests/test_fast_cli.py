@@ -22,7 +22,7 @@ import pytest
 from tests.conftest import RunningBroker
 from tests.inproc import inproc_stack
 from tests.stack import free_port
-from tomato_mqtt.cli.fast import parse
+from tomato_mqtt.cli.fast import parse, read_line
 
 BIN = Path(sys.executable).parent
 COMP = "example_counter:(example-addr,1)"
@@ -40,6 +40,11 @@ COMP = "example_counter:(example-addr,1)"
         ["status", "queue"],  # not a section
         ["status", "pipelines", "extra"],
         ["status", "--verbose"],
+        ["status", "-D", "/x"],  # status reads no data folder: typer refuses the option
+        ["start", "-b", "mqtt://h:1"],  # start takes no broker URL
+        ["start", "--instance", "i"],
+        ["start", "-vvv"],  # a cluster the fast path does not count: typer counts it
+        ["start", "extra"],
         ["stop"],
         ["pipeline", "load", "p"],  # the sample is missing: typer says so
         ["pipeline", "--help"],
@@ -70,6 +75,10 @@ def test_what_typer_owns_goes_to_typer(argv: list[str]) -> None:
         ("ketchup", ["status", "-a", "--limit", "10"]),
         ("ketchup", ["search", "x", "--complete"]),
         ("passata", ["constants", COMP, "a", "b"]),
+        ("tomato", ["start"]),
+        ("tomato", ["start", "-A", "/a", "-D", "/d", "--logdir=/l", "-p", "1", "-t", "9"]),
+        ("tomato", ["start", "-vv", "-q", "--json"]),
+        ("tomato", ["start", "--verbose", "-v", "--quiet"]),
     ],
 )
 def test_the_fast_commands_are_taken(prog: str, argv: list[str]) -> None:
@@ -184,6 +193,51 @@ async def test_fast_and_typer_print_the_same(
             _run, [str(BIN / "passata"), "get", COMP, "max", *common], env
         )
         assert (code, out.strip()) == (0, "max: 7.0")
+
+
+def test_tomato_start_reads_its_options_as_typer() -> None:
+    line = read_line("tomato", ["start", "-vv", "-q", "-v", "-D", "/d", "-t", "2s", "--json"])
+    assert line is not None
+    _, opts, args, own = line
+    assert (own, args) == ({"verbose": "3", "quiet": "1"}, [])  # click counts -vv -v as 3
+    assert (opts.datadir, opts.timeout, opts.json, opts.broker) == (Path("/d"), 2.0, True, None)
+    line = read_line("tomato", ["start"])
+    assert line is not None and line[1].timeout == 30.0  # start's own default
+
+
+def test_tomato_start_fails_alike_on_both_paths(tmp_path: Path) -> None:
+    """``tomato start`` runs on the fast path (cli/start_core.py) unless typer owns the
+    line: its refusals (no settings, a bad devices file, a taken port) read the same,
+    and neither path started anything."""
+    import socket
+
+    port = free_port()
+    env = {**os.environ, "COLUMNS": "200"}
+    env.pop("TOMATO_BROKER", None)
+    dirs = ["-A", str(tmp_path / "app"), "-D", str(tmp_path / "data")]
+    dirs += ["-L", str(tmp_path / "log"), "-p", str(port)]
+    fast_cmd = [str(BIN / "tomato"), "start", *dirs]
+    typer_cmd = [sys.executable, "-m", "tomato_mqtt.cli.tomato", "start", *dirs]
+
+    def both(expect: str) -> None:
+        got = [_run(c, env) for c in (fast_cmd, typer_cmd)]
+        assert got[0] == got[1], got
+        code, out, err = got[0]
+        assert code == 1 and out == "" and expect in err, got[0]
+        assert not (tmp_path / "log" / "supervisor.log").exists()  # nothing was started
+
+    both("settings file not found")
+    code, _, err = _run([str(BIN / "tomato"), "init", *dirs], env)
+    assert code == 0, err
+    devices = tmp_path / "app" / "devices.yml"
+    good = devices.read_text()
+    devices.write_text("devices: [\n")
+    both("devices")
+    devices.write_text(good)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", port))
+        taken.listen()
+        both(f"port {port} on 127.0.0.1 is already in use by another program")
 
 
 def test_fast_path_imports_no_typer_paho_asyncio_or_pydantic(tmp_path: Path) -> None:

@@ -29,6 +29,7 @@ __all__ = [
     "ask_scheduler",
     "client",
     "context",
+    "exit_now",
     "fail",
     "load_settings",
     "oneshot_failed",
@@ -157,6 +158,32 @@ def client(ctx: CallContext, timeout: float = 10.0) -> Tomato:
 
 # -y/--json of the command running now: then a failure is also a Reply on stdout
 _REPLY_FORMAT: list[str | None] = [None]
+
+
+def exit_now(code: int = 0) -> NoReturn:
+    """End a command whose work is done and printed, skipping the interpreter's teardown.
+
+    With pydantic, asyncio and paho loaded (~350 modules) that teardown (freeing modules
+    and objects: nothing of ours runs in it) took ~50 ms of ``tomato start``, after its
+    output was printed and before its caller could go on. Where something could still
+    be left to finish (another non-daemon thread running, output that cannot be
+    flushed) the command takes the ordinary way out.
+    """
+    import os
+    import sys
+    import threading
+
+    main = threading.main_thread()
+    if any(t is not main and not t.daemon and t.is_alive() for t in threading.enumerate()):
+        raise SystemExit(code)
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except (OSError, ValueError):  # a closed pipe: as Python's own exit reports it
+        raise SystemExit(code) from None
+    if "logging" in sys.modules:
+        sys.modules["logging"].shutdown()
+    os._exit(code)
 
 
 def fail(msg: str, code: int = 1) -> NoReturn:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from tomato_mqtt.cli import core
 
-__all__ = ["FAST", "ketchup", "parse", "passata", "tomato"]
+__all__ = ["FAST", "ketchup", "parse", "passata", "read_line", "tomato"]
 
 #: the common options of a command that asks a service (common.CLIENT): spelling -> name
 _VALUED = {
@@ -34,6 +34,10 @@ _VALUED = {
     "--appdir": "appdir",
     "-t": "timeout",
     "--timeout": "timeout",
+    "-D": "datadir",
+    "--datadir": "datadir",
+    "-L": "logdir",
+    "--logdir": "logdir",
 }
 _FLAGS = {"-y": "yaml", "--yaml": "yaml", "--json": "json"}
 
@@ -41,6 +45,10 @@ _FLAGS = {"-y": "yaml", "--yaml": "yaml", "--json": "json"}
 #: how a fast command runs: (the common options, its positionals, its own options)
 Run = Callable[[core.Opts, list[str], dict[str, str]], None]
 FORCE = {"--force": "force", "-f": "force"}
+#: the common options of a command that asks a service / reads settings on this PC (as
+#: common.CLIENT / common.LOCAL)
+CLIENT = frozenset({"port", "broker", "instance", "appdir", "timeout", "yaml", "json"})
+LOCAL = frozenset({"appdir", "datadir", "logdir", "port"})
 #: ``tomato broker|scheduler|recorder|node``: run by cli/serve.py (as serve.SERVICES)
 _SERVICES = ("broker", "scheduler", "recorder", "node")
 
@@ -60,6 +68,10 @@ class Fast:
     check: Callable[[list[str]], bool] = lambda _args: True  # are the positionals valid?
     #: are the positionals and its own options valid (as typer would check them)?
     check_own: Callable[[list[str], dict[str, str]], bool] = lambda _args, _own: True
+    #: the common options it takes (common.options(names)); others go to typer
+    common: frozenset[str] = CLIENT
+    #: its counted flags (``-v``/``-vv``): spelling -> (name, how many)
+    counted: Mapping[str, tuple[str, int]] = field(default_factory=dict)
 
 
 def _tomato_status(opts: core.Opts, args: list[str], _own: dict[str, str]) -> None:
@@ -143,6 +155,23 @@ def _ketchup_search(opts: core.Opts, args: list[str], _own: dict[str, str]) -> N
     ketchup_core.search(opts, args[0])
 
 
+def _tomato_start(opts: core.Opts, _args: list[str], own: dict[str, str]) -> None:
+    from tomato_mqtt.cli import start_core
+
+    start_core.start(opts, int(own.get("verbose", "0")), int(own.get("quiet", "0")))
+
+
+#: tomato's -v/-vv and -q/-qq of ``tomato start`` (click counts a cluster's letters)
+_LOUDNESS = {
+    "-v": ("verbose", 1),
+    "--verbose": ("verbose", 1),
+    "-vv": ("verbose", 2),
+    "-q": ("quiet", 1),
+    "--quiet": ("quiet", 1),
+    "-qq": ("quiet", 2),
+}
+
+
 def _ints(args: list[str]) -> bool:
     try:
         [int(a) for a in args]
@@ -161,6 +190,14 @@ def _scheduler(op: str, *names: str) -> Run:
 
 
 FAST: dict[tuple[str, str], Fast] = {
+    ("tomato", "start"): Fast(
+        _tomato_start,
+        0,
+        0,
+        timeout=30.0,
+        common=LOCAL | {"timeout", "yaml", "json"},
+        counted=_LOUDNESS,
+    ),
     ("tomato", "status"): Fast(_tomato_status, 0, 1, check=_status_section_ok),
     ("tomato", "reload"): Fast(_scheduler("reload"), 0, 0, timeout=10.0),
     ("tomato", "pipeline load"): Fast(_scheduler("pipeline_load", "pipeline", "sampleid"), 2, 2),
@@ -213,6 +250,18 @@ FAST: dict[tuple[str, str], Fast] = {
 
 def parse(prog: str, argv: Sequence[str]) -> Callable[[], None] | None:
     """The call ``argv`` asks for, if the fast path can run it exactly as typer would."""
+    line = read_line(prog, argv)
+    if line is None:
+        return None
+    spec, opts, args, own = line
+    return lambda: spec.run(opts, args, own)
+
+
+def read_line(
+    prog: str, argv: Sequence[str]
+) -> tuple[Fast, core.Opts, list[str], dict[str, str]] | None:
+    """``argv`` read as typer would: the command, its common options, positionals and its
+    own options (counted flags as their count); None where typer must read it."""
     if not argv:
         return None
     if (prog, argv[0]) in FAST:
@@ -231,21 +280,24 @@ def parse(prog: str, argv: Sequence[str]) -> Callable[[], None] | None:
             name, value = a.split("=", 1)
             if name in spec.values:
                 own[spec.values[name]] = value
-            elif name in _VALUED:
+            elif _VALUED.get(name) in spec.common:
                 given[_VALUED[name]] = value
             else:
                 return None
-        elif a in spec.values or a in _VALUED:
+        elif a in spec.values or _VALUED.get(a) in spec.common:
             if not rest:
                 return None
             if a in spec.values:
                 own[spec.values[a]] = rest.pop(0)
             else:
                 given[_VALUED[a]] = rest.pop(0)
-        elif a in _FLAGS:
+        elif _FLAGS.get(a) in spec.common:
             flags.add(_FLAGS[a])
         elif a in spec.flags:
             own[spec.flags[a]] = ""
+        elif a in spec.counted:
+            name, n = spec.counted[a]
+            own[name] = str(int(own.get(name, "0")) + n)
         elif a.startswith("-") and a != "-":
             return None  # --help, -p1883, a misspelt option: typer says what is wrong
         else:
@@ -254,17 +306,19 @@ def parse(prog: str, argv: Sequence[str]) -> Callable[[], None] | None:
         return None
     if not spec.check(args) or not spec.check_own(args, own):
         return None
-    opts = _opts(given, flags, spec.timeout)
+    opts = _opts(given, flags, spec.timeout, "broker" in spec.common)
     if opts is None:
         return None
-    return lambda: spec.run(opts, args, own)
+    return spec, opts, args, own
 
 
-def _opts(given: dict[str, str], flags: set[str], default_timeout: float) -> core.Opts | None:
+def _opts(
+    given: dict[str, str], flags: set[str], default_timeout: float, takes_broker: bool
+) -> core.Opts | None:
     from tomato_mqtt.cli.timeout import seconds
 
     broker = given.get("broker")
-    if broker is None and "TOMATO_BROKER" in os.environ:
+    if broker is None and takes_broker and "TOMATO_BROKER" in os.environ:
         broker = os.environ["TOMATO_BROKER"]
         if not broker:
             return None  # click's reading of an empty variable: leave it to typer
@@ -278,6 +332,8 @@ def _opts(given: dict[str, str], flags: set[str], default_timeout: float) -> cor
         broker=broker,
         instance=given.get("instance"),
         appdir=Path(given["appdir"]) if "appdir" in given else None,
+        datadir=Path(given["datadir"]) if "datadir" in given else None,
+        logdir=Path(given["logdir"]) if "logdir" in given else None,
         timeout=timeout,
         yaml="yaml" in flags,
         json="json" in flags,

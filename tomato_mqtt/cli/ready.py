@@ -15,7 +15,7 @@ import subprocess
 import time
 from typing import Any
 
-from tomato_mqtt.cli import common
+from tomato_mqtt.cli import core
 
 __all__ = ["REMOTE_GRACE", "Absent", "Missing", "wait_ready"]
 
@@ -73,7 +73,7 @@ def _on_exit(proc: subprocess.Popen[bytes], event: Any) -> None:
 
 
 def wait_ready(
-    ctx: common.CallContext,
+    ctx: core.CallContext,
     proc: subprocess.Popen[bytes],
     timeout: float,
     local_node: str,

@@ -6,21 +6,14 @@ on MQTT, until the scheduler answers and every component is registered.
 
 from __future__ import annotations
 
-import contextlib
-import json
-import os
-import socket
-import subprocess
 import time
-from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
-from tomato_mqtt.cli import common, serve
+from tomato_mqtt.cli import common
 from tomato_mqtt.cli.common import fail
-from tomato_mqtt.cli.ready import wait_ready
-from tomato_mqtt.cli.serve import service_args
+from tomato_mqtt.cli.start_core import Done, alive
 
 __all__ = ["app"]
 
@@ -34,13 +27,6 @@ VerboseOpt = Annotated[
 QuietOpt = Annotated[
     int, typer.Option("-q", "--quiet", count=True, help="less logging by the services (-qq)")
 ]
-
-
-class _Done:
-    """A Reply made here (init, start, stop ask no service, or more than one)."""
-
-    def __init__(self, msg: str, data: Any = None, success: bool = True) -> None:
-        self.success, self.msg, self.data = success, msg, data
 
 
 @app.command()
@@ -57,7 +43,7 @@ def init(opts: common.Opts) -> None:
         msg = "\n".join(f"wrote {p}" for p in written)
     else:
         msg = f"nothing to do: settings already exist in {opts.appdir or a}"
-    opts.output().reply(_Done(msg, {"written": [str(p) for p in written]}))
+    opts.output().reply(Done(msg, {"written": [str(p) for p in written]}))
 
 
 @app.command()
@@ -67,237 +53,9 @@ def start(verbose: VerboseOpt = 0, quiet: QuietOpt = 0, *, opts: common.Opts) ->
 
     -v/-vv and -q/-qq set how much the services log (as tomato's start does).
     """
-    from tomato_mqtt.config.devices import load_devices
-    from tomato_mqtt.errors import ConfigError
-    from tomato_mqtt.services.supervisor import (
-        pidfile_path,
-        port_in_use,
-        python,
-        read_pidfile,
-    )
+    from tomato_mqtt.cli import start_core
 
-    s = opts.settings()
-    if not (s.appdir / "settings.toml").exists():  # as tomato: nothing to start from
-        fail(f"settings file not found in {s.appdir}, run 'tomato init' to create one")
-    try:  # refuse a bad devices file here, with its reason, rather than in a log
-        load_devices(s.devices_file, s.node.name)
-    except ConfigError as e:
-        fail(str(e))
-    serve.ensure_services(s)  # a secured stack: the services' own logins
-    ctx = common.context(port=s.mqtt.port, appdir=s.appdir, datadir=s.datadir, logdir=s.logdir)
-    pidfile = pidfile_path(s.datadir, s.mqtt.port)
-    info = read_pidfile(pidfile)
-    # a zombie or a reused pid left by a crash is dead: start at once
-    if info and _alive(int(str(info.get("pid")))):
-        fail(f"tomato-mqtt is already running on port {s.mqtt.port} (pid {info['pid']})")
-    if s.broker.embedded and port_in_use(s.broker.host, s.mqtt.port):
-        if _scheduler_answers(ctx, 1.0):
-            fail(f"tomato-mqtt is already running on port {s.mqtt.port} ({ctx.where()})")
-        fail(f"port {s.mqtt.port} on {s.broker.host} is already in use by another program")
-    if not s.broker.embedded and _scheduler_answers(ctx, 2.0):
-        fail(f"a tomato-mqtt scheduler already answers on {ctx.where()}")
-    if s.broker.embedded:
-        _check_listener_ports(s)
-    s.logdir.mkdir(parents=True, exist_ok=True)
-    s.datadir.mkdir(parents=True, exist_ok=True)
-    # socket activation (services/supervisor.py): the MQTT port listens from here on, so
-    # the services and this command connect at once and are served when the broker is
-    # (POSIX: Windows cannot hand a socket to a child this way; its services retry)
-    # the broker's configuration, also handed down (it then reads no settings of its own)
-    broker = _embedded_broker(s) if s.broker.embedded else None
-    listener = _bind_mqtt_port(s, broker) if s.broker.embedded and os.name == "posix" else None
-    spec = {
-        "common_args": service_args(s),
-        "logdir": str(s.logdir),
-        "pidfile": str(pidfile),
-        "embedded_broker": s.broker.embedded,
-        "broker_host": s.broker.host,
-        "port": s.mqtt.port,
-        "node_name": s.node.name,
-        "service_flags": ["-v"] * verbose + ["-q"] * quiet,
-        "dashboard": s.dashboard.enabled,
-        "listen_fd": None if listener is None else listener.fileno(),
-        "broker_config": None if broker is None else broker.to_json(),
-    }
-    log_path = s.logdir / "supervisor.log"
-    try:
-        with log_path.open("ab") as out:
-            # the supervisor imports no CLI and no pydantic (a lean, long-lived process)
-            proc = subprocess.Popen(
-                [
-                    *python(),  # in the logdir, -P: nothing where start ran is imported
-                    "-m",
-                    "tomato_mqtt.services.supervisor",
-                    "--port",
-                    str(s.mqtt.port),
-                    json.dumps(spec),
-                ],
-                cwd=s.logdir,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=out,
-                start_new_session=True,
-                pass_fds=() if listener is None else (listener.fileno(),),
-            )
-    finally:
-        if listener is not None:  # the supervisor holds it now: a failed start frees it
-            listener.close()
-    ready = wait_ready(ctx, proc, opts.timeout, s.node.name)
-    if ready is None:
-        why = _startup_error(s.logdir) if proc.poll() is not None else None
-        _take_down(proc)  # nothing of a failed start is left running
-        if why:
-            fail(f"tomato-mqtt could not start: {why} (logs in {s.logdir})")
-        fail(f"tomato-mqtt did not come up within {opts.timeout:g} s; see the logs in {s.logdir}")
-    n_ok, n_all, missing, absent = ready
-    msg = (
-        f"tomato-mqtt started on {ctx.url} (instance {ctx.instance}, pid {proc.pid}); "
-        f"{n_ok}/{n_all} component(s) ready"
-    )
-    data: dict[str, Any] = {
-        "port": ctx.url.port,
-        "instance": ctx.instance,
-        "pid": proc.pid,
-        "appdir": str(s.appdir),
-        "components_ready": n_ok,
-        "components": n_all,
-    }
-    data["missing_drivers"] = [
-        {"node": node, "driver": driver, "why": why, "components": sorted(comps)}
-        for (node, driver), (why, comps) in sorted(missing.items())
-    ]
-    data["nodes_not_online"] = [
-        {"node": node, "components": sorted(comps)} for node, comps in sorted(absent.items())
-    ]
-    if s.dashboard.enabled:
-        scheme = "https" if s.dashboard.certfile else "http"
-        data["dashboard"] = f"{scheme}://{s.dashboard.host}:{s.dashboard.port}/"
-        msg += f"\ndashboard: {data['dashboard']}"
-    opts.output().reply(_Done(msg, data))
-    for node, comps in sorted(absent.items()):
-        typer.echo(
-            f"warning: node {node!r} is not online, so {len(comps)} component(s) are not"
-            f" ready ({', '.join(sorted(comps))}): start it on its PC (`tomato node --name"
-            f" {node} --broker mqtt://<this PC's address>:{ctx.url.port}`); its components"
-            " register when it connects.",
-            err=True,
-        )
-    for (node, driver), (why, comps) in sorted(missing.items()):
-        typer.echo(
-            f"warning: driver {driver!r} is missing on node {node}, so {len(comps)}"
-            f" component(s) cannot register ({', '.join(sorted(comps))}): {why}."
-            " Install it, then run `tomato reload`.",
-            err=True,
-        )
-
-
-def _embedded_broker(s: Any) -> Any:
-    """The embedded broker's configuration (a ``BrokerConfig``), or None when the broker
-    is not installed here (`tomato broker` then says so in its log, as before)."""
-    try:
-        return serve.broker_config(s)
-    except ImportError:
-        return None
-
-
-def _bind_mqtt_port(s: Any, broker: Any) -> socket.socket:
-    """The embedded broker's MQTT listener, bound now (a port taken is one clear error,
-    and nothing was started)."""
-    from tomato_mqtt.services.supervisor import bind_listener
-
-    host = s.broker.host if broker is None else broker.plain_host
-    try:
-        return bind_listener(host, s.mqtt.port)
-    except OSError as e:
-        fail(
-            f"port {s.mqtt.port} on {host} is already in use by another program ({e}); "
-            "nothing was started"
-        )
-
-
-def _check_listener_ports(s: Any) -> None:
-    """Refuse at once when a listener of the embedded broker cannot bind (not after 30 s).
-
-    The WebSocket listener takes the MQTT port + 1 unless ``[broker] ws_port`` says
-    otherwise, so two stacks on neighbouring ports clash there.
-    """
-    from tomato_mqtt.services.supervisor import port_free
-
-    host = s.broker.host
-    listeners = []
-    if s.ws_port:
-        how = "[broker] ws_port" if s.broker.ws_port else "by default the MQTT port + 1"
-        listeners.append((s.ws_port, f"the embedded broker's WebSocket listener ({how})"))
-    if s.broker.certfile:
-        listeners.append(
-            (s.broker.tls_port, "the embedded broker's TLS listener ([broker] tls_port)")
-        )
-    for port, what in listeners:
-        if not port_free(host, port):
-            fail(
-                f"port {port} on {host}, for {what}, is already in use by another program; "
-                f"nothing was started. Set another port in {s.appdir / 'settings.toml'} "
-                "([broker] ws_port = N, or 0 to switch the WebSocket listener off)"
-            )
-
-
-def _startup_error(logdir: Path) -> str | None:
-    """The reason the supervisor gave up, from the last error line of its log."""
-    try:
-        lines = (logdir / "supervisor.log").read_text(errors="replace").splitlines()
-    except OSError:
-        return None
-    for line in reversed(lines[-50:]):
-        if " ERROR " in line:
-            return line.split(": ", 1)[-1]
-    return None
-
-
-def _take_down(proc: subprocess.Popen[bytes]) -> None:
-    """Stop the supervisor of a failed start and everything it started (its session)."""
-    import signal
-
-    if proc.poll() is None:
-        with contextlib.suppress(OSError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(5)
-    # its children are in the same session and process group (start_new_session)
-    with contextlib.suppress(OSError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(5)
-
-
-def _alive(pid: int) -> bool:
-    from tomato_mqtt.services.supervisor import pid_alive
-
-    return pid_alive(pid)  # a zombie or stale pid left by a crash is not alive
-
-
-def _scheduler_answers(ctx: common.CallContext, timeout: float) -> bool:
-    import asyncio
-
-    from tomato_mqtt.transport.client import AsyncClient, MqttError
-    from tomato_mqtt.transport.rpc import NoResponder, Requester
-
-    async def go() -> bool:
-        c = AsyncClient(ctx.url, client_id=f"cli-probe-{os.getpid()}")
-        try:
-            await c.connect(timeout=timeout)
-        except MqttError:
-            return False
-        try:
-            r = await Requester(c, ctx.topics).request(
-                ctx.topics.scheduler_cmd("status"), {}, timeout=timeout, who="scheduler"
-            )
-            return bool(r.success)
-        except NoResponder:
-            return False
-        finally:
-            await c.disconnect()
-
-    return asyncio.run(go())
+    start_core.start(opts, verbose, quiet)
 
 
 @app.command()
@@ -317,9 +75,9 @@ def stop(opts: common.Opts) -> None:
     if info:
         pid = int(str(info.get("pid")))
         deadline = time.monotonic() + opts.timeout
-        while _alive(pid) and time.monotonic() < deadline:
+        while alive(pid) and time.monotonic() < deadline:
             time.sleep(0.05)
-        if _alive(pid):
+        if alive(pid):
             fail(f"the supervisor (pid {pid}) did not stop within {opts.timeout:g} s")
     msg = f"tomato-mqtt on port {ctx.url.port} stopped"
-    opts.output().reply(_Done(msg, {"port": ctx.url.port, "instance": ctx.instance}))
+    opts.output().reply(Done(msg, {"port": ctx.url.port, "instance": ctx.instance}))
