@@ -1,7 +1,8 @@
 """``tomato init``, ``start`` and ``stop``: set up the local stack, run it in the background.
 
-``start`` runs ``tomato supervise`` (cli/services.py) as a detached process and waits,
-on MQTT, until the scheduler answers and every component is registered.
+``start`` is declared here for typer; its body is :func:`.start_core.start` (the fast
+path runs it without typer): it launches the supervisor detached and waits, on MQTT,
+until the scheduler answers and every component is registered.
 """
 
 from __future__ import annotations
