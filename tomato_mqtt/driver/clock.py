@@ -55,6 +55,14 @@ def nap(seconds: float, stop: threading.Event) -> None:
         stop.wait(seconds)
 
 
+def _text(e: BaseException) -> str:
+    """``str(e)``, or what stands for it when the driver's exception cannot say it."""
+    try:
+        return str(e)
+    except Exception:
+        return "<its message could not be read>"
+
+
 class Steps:
     """One task's deadlines, points and end; :meth:`take` is called at each deadline."""
 
@@ -71,6 +79,8 @@ class Steps:
         self.message: str | None = None
         self.t_start = time.time()
         self.p_start = time.perf_counter()
+        #: ended on the shared clock (``done()`` called); guarded by the clock's lock
+        self.over = False
 
     def next_deadline(self) -> float | None:
         """The ``perf_counter`` time of the next point, None when every one is past."""
@@ -104,7 +114,7 @@ class Steps:
         self.reason = "error"
         self.message = (
             f"{self.task.technique_name}: driver error on {self.runner._who} at point"
-            f" {self.k}: {type(e).__name__}: {e}"
+            f" {self.k}: {type(e).__name__}: {_text(e)}"
         )
         log.warning("%s: task %s failed", self.runner.device.key, _describe(self.task), exc_info=e)
         self.runner._call(self.runner._on_error, self.message)
@@ -122,7 +132,16 @@ class Steps:
 
 
 class SharedClock:
-    """One thread that calls the steps of many tasks on time (see the module docstring)."""
+    """One thread that calls the steps of many tasks on time (see the module docstring).
+
+    Every task handed to :meth:`add` ends exactly once, with ``done()`` called: when its
+    last deadline is past, when its driver raises, or when it is stopped. A stop is
+    taken at once (:meth:`cancel`, from the thread that asks for it) unless the clock is
+    inside that task's driver call, which it then finishes first. When more tasks are
+    due at once than the clock can serve on time, those that have missed the most
+    deadlines go first, so an overload is shared out instead of always falling on the
+    same components.
+    """
 
     def __init__(self) -> None:
         self._cv = threading.Condition()
@@ -130,19 +149,37 @@ class SharedClock:
         self._seq = itertools.count()
         self._thread: threading.Thread | None = None
         self._never = threading.Event()  # nap's fallback wait: never set
+        self._busy: Steps | None = None  # the steps whose driver the clock is calling
 
     def add(self, steps: Steps, done: Callable[[], None]) -> None:
         """Call ``steps`` at its deadlines from now on; ``done()`` when the task ends."""
         first = steps.next_deadline()
         if first is None:
+            steps.over = True
             done()
             return
         with self._cv:
+            if steps.over:  # stopped before it got here (cancel)
+                return
             heapq.heappush(self._heap, (first, next(self._seq), steps, done))
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._loop, name="clock", daemon=True)
                 self._thread.start()
             self._cv.notify()
+
+    def cancel(self, steps: Steps, done: Callable[[], None]) -> None:
+        """The task of ``steps`` was asked to stop (its ``run.stop`` is set): end it now,
+        unless the clock is calling its driver (the clock then ends it right after)."""
+        with self._cv:
+            if steps.over or self._busy is steps:
+                return
+            steps.over = True
+            kept = [e for e in self._heap if e[2] is not steps]
+            if len(kept) != len(self._heap):
+                self._heap = kept
+                heapq.heapify(self._heap)
+        steps.stopped()
+        done()
 
     def __len__(self) -> int:
         with self._cv:
@@ -152,7 +189,7 @@ class SharedClock:
         while True:
             try:
                 self._tick()
-            except Exception:  # the thread must outlive anything: every task waits on it
+            except BaseException:  # the thread must outlive anything: every task waits on it
                 log.exception("the shared clock failed a turn; it goes on")
                 self._never.wait(0.001)
 
@@ -168,18 +205,46 @@ class SharedClock:
                 return
         if remaining > 0:
             nap(remaining, self._never)
-        due: list[tuple[float, int, Steps, Callable[[], None]]] = []
         with self._cv:
             now = perf()
+            due: list[tuple[float, int, Steps, Callable[[], None]]] = []
             while self._heap and self._heap[0][0] <= now:
                 due.append(heapq.heappop(self._heap))
-        for _, _, steps, done in due:
-            nxt = self._step(steps)
-            if nxt is None:
-                done()
-            else:
+        if len(due) > 1:  # those that missed the most go first (stable: then by deadline)
+            due.sort(key=lambda e: -e[2].missed)
+        for i, (_, _, steps, done) in enumerate(due):
+            try:
+                self._turn(steps, done)
+            except BaseException:
+                # nothing of a turn may be lost: the tasks not called yet go back, and
+                # this one ends (its worker waits for it)
                 with self._cv:
-                    heapq.heappush(self._heap, (nxt, next(self._seq), steps, done))
+                    self._busy = None
+                    for entry in due[i + 1 :]:
+                        heapq.heappush(self._heap, entry)
+                    ended, steps.over = steps.over, True
+                if not ended:
+                    if steps.reason == "done":
+                        steps.reason, steps.message = "error", "the node's shared clock failed"
+                    done()
+                raise
+
+    def _turn(self, steps: Steps, done: Callable[[], None]) -> None:
+        """One deadline of ``steps``: then it goes back on the heap, or it ends."""
+        with self._cv:
+            if steps.over:  # stopped (cancel) while it waited in this turn
+                return
+            self._busy = steps
+        nxt = self._step(steps)
+        with self._cv:
+            self._busy = None
+            if nxt is not None and not steps.run.stop.is_set():
+                heapq.heappush(self._heap, (nxt, next(self._seq), steps, done))
+                return
+            steps.over = True
+        if nxt is not None:  # asked to stop while its driver was called
+            steps.stopped()
+        done()
 
     @staticmethod
     def _step(steps: Steps) -> float | None:

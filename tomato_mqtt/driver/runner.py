@@ -29,7 +29,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from tomato_mqtt.driver.base import ModelDevice
@@ -57,6 +57,8 @@ class ComponentRunner(TaskRunner[ModelDevice]):
 
     def _setup(self) -> None:
         self._dev_lock = threading.RLock()  # one call into the driver at a time
+        #: the task on the node's shared clock, and what ends its wait (see _execute)
+        self._clocked: tuple[Steps, Callable[[], None]] | None = None
         self._buf_units: dict[str, str] = {}
         # first units seen per variable: later quantities are converted to them
         self._units: dict[str, tuple[Any, str, Any]] = {}
@@ -186,8 +188,12 @@ class ComponentRunner(TaskRunner[ModelDevice]):
         log.info("%s: task %s started (%d points)", self.device.key, _describe(task), n)
         if self.device.shared_clock and n and task.sampling_interval <= CLOCK_MAX_INTERVAL:
             ended = threading.Event()  # the node's clock calls it on time (driver/clock.py)
+            self._clocked = (steps, ended.set)
             shared_clock().add(steps, ended.set)
+            if run.stop.is_set():  # a stop that came before the clock had it
+                shared_clock().cancel(steps, ended.set)
             ended.wait()
+            self._clocked = None
             self.finish(steps.end())
             return
         stop = run.stop
@@ -210,6 +216,14 @@ class ComponentRunner(TaskRunner[ModelDevice]):
             # dies silently on it, and the task would never end
             steps.failed(e)
         self.finish(steps.end())
+
+    def stop_task(self, reason: str = "stopped") -> None:
+        """As :meth:`TaskRunner.stop_task`; a task on the shared clock ends at once, unless
+        the clock is calling its driver (then right after that call)."""
+        super().stop_task(reason)
+        clocked = self._clocked
+        if clocked is not None and clocked[0].run.stop.is_set():
+            shared_clock().cancel(*clocked)
 
     def finish(self, end: TaskEnd) -> None:
         log.info(
