@@ -56,7 +56,6 @@ class ComponentRunner(TaskRunner[ModelDevice]):
     (the task state, hand-off and buffer are :class:`~.tasking.TaskRunner`'s)."""
 
     def _setup(self) -> None:
-        self._dev_lock = threading.RLock()  # one call into the driver at a time
         #: the task on the node's shared clock, and what ends its wait (see _execute)
         self._clocked: tuple[Steps, Callable[[], None]] | None = None
         self._buf_units: dict[str, str] = {}

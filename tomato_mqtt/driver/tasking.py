@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 __all__ = ["TaskRunner"]
 
 D = TypeVar("D", bound="ModelDevice")
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +86,9 @@ class TaskRunner(abc.ABC, Generic[D]):
         self._buf_lock = threading.Lock()
         self._buf: list[Point | Block] = []
         self._buf_n = 0  # points in _buf (a block counts its points)
+        #: one call into the driver at a time: the runner's own (tasks, measurements,
+        #: reset, close) and the node's (attribute reads and writes, status)
+        self._dev_lock = threading.RLock()
         self._setup()
         name = f"{self.thread_prefix}-{self.key[0]},{self.key[1]}"
         self._thread = threading.Thread(target=self._worker, name=name, daemon=True)
@@ -92,6 +96,24 @@ class TaskRunner(abc.ABC, Generic[D]):
 
     def _setup(self) -> None:
         """A subclass's own state, before the worker thread starts."""
+
+    # -- calls into the device from other threads ----------------------------------------
+    def device_call(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)``, a call into the device (``get_attr``, ``set_attr``), made as the
+        runner makes its own: one at a time, so a driver needs no lock of its own
+        (docs/drivers.md). Blocking: call it from a worker thread, not the event loop."""
+        with self._dev_lock:
+            return fn(*args)
+
+    def device_call_now(self, fn: Callable[[], T]) -> T | None:
+        """``fn()`` if no other call into the device is under way, else None: for the
+        event loop, which must never wait for a driver."""
+        if not self._dev_lock.acquire(blocking=False):
+            return None
+        try:
+            return fn()
+        finally:
+            self._dev_lock.release()
 
     @abc.abstractmethod
     def _worker(self) -> None:

@@ -38,6 +38,8 @@ class HostedComponent:
     last_task: dict[str, Any] | None = None
     stream: str = ""  # the current data stream (new at each registration; see datapath)
     seq: int = -1
+    #: the status attrs last read (shown while a driver call is under way)
+    status_attrs: dict[str, Any] = field(default_factory=dict)
     closed: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -120,7 +122,16 @@ class HostedComponent:
         attrs: dict[str, Any] = {}
         if self.device is not None:
             try:
-                attrs = {k: to_jsonable(v) for k, v in self.device.status().items()}
+                # on the event loop: never wait for the driver; while it is busy (a task's
+                # call, an attr read), the values read last
+                got = (
+                    self.device.status()
+                    if self.runner is None
+                    else self.runner.device_call_now(self.device.status)
+                )
+                if got is not None:
+                    self.status_attrs = {k: to_jsonable(v) for k, v in got.items()}
+                attrs = dict(self.status_attrs)
             except Exception as e:  # a driver bug must not stop status reporting
                 attrs = {}
                 self.error = self.error or f"status() failed: {e}"

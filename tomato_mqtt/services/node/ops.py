@@ -101,8 +101,9 @@ class ComponentOps:
         if dev is None:
             why = f": {hc.error}" if hc.error else ""
             raise CommandError(f"component {hc.name} is not registered{why}")
+        call = self.runner(hc).device_call  # one call into the driver at a time
         try:
-            val = await asyncio.to_thread(dev.set_attr, attr, args["val"])
+            val = await asyncio.to_thread(call, dev.set_attr, attr, args["val"])
         except (ValueError, TypeError, AttributeError, KeyError) as e:
             raise CommandError(f"cannot set {attr!r} on {hc.name}: {e}") from None
         except Exception as e:
@@ -128,7 +129,8 @@ class ComponentOps:
                     f"unknown attr {a!r} on {hc.name} (known: {', '.join(sorted(known))})"
                 )
             try:
-                out[a] = to_jsonable(await asyncio.to_thread(dev.get_attr, a))
+                got = await asyncio.to_thread(self.runner(hc).device_call, dev.get_attr, a)
+                out[a] = to_jsonable(got)
             except Exception as e:
                 raise CommandError(f"driver error reading {a!r} on {hc.name}: {e}") from None
         return Result(", ".join(f"{k}={v}" for k, v in out.items()), out)
