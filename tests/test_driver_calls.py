@@ -67,16 +67,18 @@ def test_attr_reads_during_a_task_wait_for_the_drivers_call(
     stop = threading.Event()
     seen: list[object] = []
 
-    def reader() -> None:  # as the node's ops do, from a worker thread
+    def reader() -> None:  # as the node's ops do, from a worker thread (a busy client)
         while not stop.is_set():
             seen.append(runner.device_call(dev.get_attr, "level"))
+            time.sleep(0.001)
 
     t = threading.Thread(target=reader)
     t.start()
     end = ends.wait(5)
     stop.set()
     t.join(5)
-    assert end.reason == "done" and end.npoints > 10
+    # a loaded PC misses deadlines (counted); what matters is that both sides ran a lot
+    assert end.reason == "done" and end.npoints + end.missed == 42 and end.npoints >= 5
     assert len(seen) > 20, "the reader hardly ran: the test proves nothing"
     assert dev.overlaps == 0, f"{dev.overlaps} of {dev.reads} reads came during do_task"
 

@@ -132,9 +132,12 @@ def test_a_failing_driver_ends_its_task_only(comps: list[Comp]) -> None:
     good.runner.start_task(task(0.3, 0.01))
     end = bad.ends.wait(5)
     assert end.reason == "error" and end.message is not None
-    assert "instrument went away" in end.message and "at point 3" in end.message
-    assert bad.ends.errors and "instrument went away" in bad.ends.errors[0]
+    # "point" counts deadlines: the third call is at point 3, or later if a loaded PC
+    # skipped a deadline before it (counted as missed)
     assert end.npoints == 2
+    at = end.npoints + end.missed + 1
+    assert "instrument went away" in end.message and f"at point {at}" in end.message
+    assert bad.ends.errors and "instrument went away" in bad.ends.errors[0]
     ok = good.ends.wait(5)
     assert ok.reason == "done" and ok.npoints + ok.missed == 30
 
@@ -287,4 +290,6 @@ def test_an_overload_is_shared_out(comps: list[Comp]) -> None:
     got = [e.npoints for e in ends]
     assert all(e.npoints + e.missed == 1000 for e in ends)
     assert sum(e.missed for e in ends) > 0, "no overload: the test proves nothing"
-    assert min(got) >= 100, got
+    # the clock before the fix left some with 1 and 24 of 1,000; shared out, a quiet PC
+    # gives each ~680 and a loaded one (3 CPU hogs on 2 cores) still well over 100
+    assert min(got) >= 50, got
