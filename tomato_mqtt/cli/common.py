@@ -51,6 +51,8 @@ import typer
 
 from tomato_mqtt.cli.core import (
     _REPLY_FORMAT,
+    CLIENT,
+    LOCAL,
     CallContext,
     Opts,
     ask_scheduler,
@@ -135,9 +137,6 @@ OPTIONS: dict[str, Any] = {
     "yaml": YamlOpt,
     "json": JsonOpt,
 }
-# commands that ask a service something / commands that read settings on this PC
-CLIENT = ("port", "broker", "instance", "appdir", "timeout", "yaml", "json")
-LOCAL = ("appdir", "datadir", "logdir", "port")
 
 
 _DEFAULTS = {n: Opts.__dataclass_fields__[n].default for n in OPTIONS}

@@ -24,6 +24,10 @@ if TYPE_CHECKING:  # the long-lived client is imported only by commands that nee
     from tomato_mqtt.config.settings import Settings
 
 __all__ = [
+    "CLIENT",
+    "LOCAL",
+    "START",
+    "START_TIMEOUT",
     "CallContext",
     "Opts",
     "ask_scheduler",
@@ -35,6 +39,15 @@ __all__ = [
     "oneshot_failed",
     "run_request",
 ]
+
+
+#: the common options of commands that ask a service something / that read settings on
+#: this PC (cli/common.py declares them for typer, cli/fast.py reads them without it)
+CLIENT = ("port", "broker", "instance", "appdir", "timeout", "yaml", "json")
+LOCAL = ("appdir", "datadir", "logdir", "port")
+#: ``tomato start``'s common options and default ``--timeout`` (typer's and the fast path's)
+START = (*LOCAL, "timeout", "yaml", "json")
+START_TIMEOUT = 30.0
 
 
 @dataclass

@@ -45,10 +45,6 @@ _FLAGS = {"-y": "yaml", "--yaml": "yaml", "--json": "json"}
 #: how a fast command runs: (the common options, its positionals, its own options)
 Run = Callable[[core.Opts, list[str], dict[str, str]], None]
 FORCE = {"--force": "force", "-f": "force"}
-#: the common options of a command that asks a service / reads settings on this PC (as
-#: common.CLIENT / common.LOCAL)
-CLIENT = frozenset({"port", "broker", "instance", "appdir", "timeout", "yaml", "json"})
-LOCAL = frozenset({"appdir", "datadir", "logdir", "port"})
 #: ``tomato broker|scheduler|recorder|node``: run by cli/serve.py (as serve.SERVICES)
 _SERVICES = ("broker", "scheduler", "recorder", "node")
 
@@ -69,7 +65,7 @@ class Fast:
     #: are the positionals and its own options valid (as typer would check them)?
     check_own: Callable[[list[str], dict[str, str]], bool] = lambda _args, _own: True
     #: the common options it takes (common.options(names)); others go to typer
-    common: frozenset[str] = CLIENT
+    common: frozenset[str] = frozenset(core.CLIENT)
     #: its counted flags (``-v``/``-vv``): spelling -> (name, how many)
     counted: Mapping[str, tuple[str, int]] = field(default_factory=dict)
 
@@ -194,8 +190,8 @@ FAST: dict[tuple[str, str], Fast] = {
         _tomato_start,
         0,
         0,
-        timeout=30.0,
-        common=LOCAL | {"timeout", "yaml", "json"},
+        timeout=core.START_TIMEOUT,
+        common=frozenset(core.START),
         counted=_LOUDNESS,
     ),
     ("tomato", "status"): Fast(_tomato_status, 0, 1, check=_status_section_ok),

@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from tomato_mqtt.cli import common
+from tomato_mqtt.cli import common, core, start_core
 from tomato_mqtt.cli.common import fail
 from tomato_mqtt.cli.start_core import Done, alive
 
@@ -48,14 +48,12 @@ def init(opts: common.Opts) -> None:
 
 
 @app.command()
-@common.options((*common.LOCAL, "timeout", "yaml", "json"), timeout=30.0)
+@common.options(core.START, timeout=core.START_TIMEOUT)
 def start(verbose: VerboseOpt = 0, quiet: QuietOpt = 0, *, opts: common.Opts) -> None:
     """Start the local stack in the background; return when it answers.
 
     -v/-vv and -q/-qq set how much the services log (as tomato's start does).
     """
-    from tomato_mqtt.cli import start_core
-
     start_core.start(opts, verbose, quiet)
 
 

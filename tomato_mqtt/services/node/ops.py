@@ -122,6 +122,7 @@ class ComponentOps:
         if not names:
             names = list(dev.attrs())
         known = dev.attrs()
+        call = self.runner(hc).device_call  # one call into the driver at a time
         out: dict[str, JsonValue] = {}
         for a in names:
             if a not in known:
@@ -129,7 +130,7 @@ class ComponentOps:
                     f"unknown attr {a!r} on {hc.name} (known: {', '.join(sorted(known))})"
                 )
             try:
-                got = await asyncio.to_thread(self.runner(hc).device_call, dev.get_attr, a)
+                got = await asyncio.to_thread(call, dev.get_attr, a)
                 out[a] = to_jsonable(got)
             except Exception as e:
                 raise CommandError(f"driver error reading {a!r} on {hc.name}: {e}") from None
