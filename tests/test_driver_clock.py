@@ -293,3 +293,63 @@ def test_an_overload_is_shared_out(comps: list[Comp]) -> None:
     # the clock before the fix left some with 1 and 24 of 1,000; shared out, a quiet PC
     # gives each ~680 and a loaded one (3 CPU hogs on 2 cores) still well over 100
     assert min(got) >= 50, got
+
+
+class Timed(Clocked):
+    """Records when (perf_counter) and with which t_start each point was taken."""
+
+    def __init__(self, driver: ModelInterface, key: tuple[str, str], **kwargs: Any) -> None:
+        super().__init__(driver, key, **kwargs)
+        self.calls: list[tuple[float, float, float]] = []  # (perf, wall, t_now - t_start)
+
+    def do_task(self, task: TaskSpec, t_start: float, t_now: float) -> Mapping[str, Any] | None:
+        self.calls.append((time.perf_counter(), time.time(), t_now - t_start))
+        return super().do_task(task, t_start, t_now)
+
+
+class TimedDriver(ProbeDriver):
+    def DeviceFactory(self, key: tuple[str, str], **kwargs: Any) -> Timed:
+        return Timed(self, key, **kwargs)
+
+
+def test_tasks_of_one_rate_fall_due_together_and_no_point_is_taken_early(
+    comps: list[Comp],
+) -> None:
+    """The clock moves a task's start onto its grid of that interval (by less than one
+    interval), so tasks started apart share every wake-up; and it never takes a point
+    before its deadline (it wakes a little early and spins the rest)."""
+    drv = TimedDriver()
+    a, b = _new(comps, drv, "1"), _new(comps, drv, "2")
+    a.runner.start_task(task(0.3, 0.004))
+    time.sleep(0.0013)  # b starts a third of an interval later
+    b.runner.start_task(task(0.3, 0.004))
+    ea, eb = a.ends.wait(5), b.ends.wait(5)
+    assert ea.reason == eb.reason == "done"
+    for end in (ea, eb):  # the start (wall time) moved forward, onto the grid
+        assert end.npoints + end.missed == 75
+    da, db = a.dev, b.dev
+    assert isinstance(da, Timed) and isinstance(db, Timed)
+    # the two tasks' deadlines coincide: their t_start differ by a whole number of
+    # intervals, i.e. both are on one grid (within float rounding of the wall clock)
+    gap = (eb.t_start - ea.t_start) / 0.004
+    assert abs(gap - round(gap)) < 0.01, gap
+    # never early: every call comes at or after its deadline t_start + k * interval
+    for end, dev in ((ea, da), (eb, db)):
+        early = [end.t_start + off - wall for _, wall, off in dev.calls]
+        assert max(early) < 5e-6, max(early)  # wall vs perf clock: < 1 µs apart
+
+
+def test_a_task_s_points_are_buffered_as_one_run_of_columns(comps: list[Comp]) -> None:
+    """The runner keeps a task's points as columns (one PointRun), not one object and one
+    dict per point (which the garbage collector walked through while the clock waited)."""
+    from tomato_mqtt.driver.points import PointRun
+
+    c = _new(comps, ClockedDriver())
+    c.runner.start_task(task(0.1, 0.005))
+    end = c.ends.wait(5)
+    items, _ = c.runner.drain_runs()
+    assert len(items) == 1 and isinstance(items[0], PointRun)
+    run = items[0]
+    assert len(run) == len(run.uts) == end.npoints
+    assert run.task is not None and run.task.job == 1
+    assert all(len(col) == end.npoints for col in run.cols.values())

@@ -36,7 +36,7 @@ from tomato_mqtt.driver.base import ModelDevice
 from tomato_mqtt.driver.block import Block
 from tomato_mqtt.driver.bulk import execute_blocks
 from tomato_mqtt.driver.clock import CLOCK_MAX_INTERVAL, Steps, nap, shared_clock
-from tomato_mqtt.driver.points import Point, TaskEnd, _describe, to_values
+from tomato_mqtt.driver.points import Point, PointRun, TaskEnd, Value, _describe, to_values
 from tomato_mqtt.driver.spec import AttrSpec, TaskSpec
 from tomato_mqtt.driver.tasking import TaskRunner, _Run
 from tomato_mqtt.driver.validate import TaskValidationError, validate_task
@@ -97,7 +97,7 @@ class ComponentRunner(TaskRunner[ModelDevice]):
             uts = time.time()
             try:
                 raw = self.device.do_measure()
-                return None if raw is None else self._point(uts, raw, None)
+                return None if raw is None else Point(uts, self._point(uts, raw, None))
             except Exception as e:
                 raise RuntimeError(
                     f"measurement on {self._who} failed: {type(e).__name__}: {e}"
@@ -132,12 +132,24 @@ class ComponentRunner(TaskRunner[ModelDevice]):
         """Buffer a block the device returned (the bulk loop calls this)."""
         self._append(block, len(block))
 
-    def _point(self, uts: float, raw: Mapping[str, Any], task: TaskSpec | None) -> Point:
-        """Convert a driver's mapping (fast path: plain values) and buffer it."""
+    def _point(self, uts: float, raw: Mapping[str, Any], task: TaskSpec | None) -> dict[str, Value]:
+        """Convert a driver's mapping (fast path: plain values) and buffer it: onto the
+        buffer's last run when that is of the same task (:meth:`_append`'s work,
+        inlined: at 50 x 1 kHz this runs 50,000 times a second). Returns the values."""
         values, units = to_values(raw, self._units, self.device)
-        point = Point(uts, values, task)
-        self._append(point, 1, units)
-        return point
+        with self._buf_lock:
+            buf = self._buf
+            run = buf[-1] if buf else None
+            if not isinstance(run, PointRun) or run.task is not task:
+                run = PointRun(task)
+                buf.append(run)
+            run.add(uts, values)
+            if units:
+                self._buf_units.update(units)
+            n = self._buf_n = self._buf_n + 1
+        if n == self._max_buffer and self._on_buffer_full is not None:
+            self._call(self._on_buffer_full)
+        return values
 
     # -- the worker -----------------------------------------------------------------------
     def _worker(self) -> None:

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from tomato_mqtt.driver.block import Block
-from tomato_mqtt.driver.points import Point, TaskEnd, _describe
+from tomato_mqtt.driver.points import Point, PointRun, TaskEnd, _describe
 from tomato_mqtt.driver.spec import TaskSpec
 
 if TYPE_CHECKING:
@@ -84,7 +84,7 @@ class TaskRunner(abc.ABC, Generic[D]):
         self._pending: _Run | None = None  # handed to the worker, not yet picked up
         self._closed = False
         self._buf_lock = threading.Lock()
-        self._buf: list[Point | Block] = []
+        self._buf: list[PointRun | Block] = []
         self._buf_n = 0  # points in _buf (a block counts its points)
         #: one call into the driver at a time: the runner's own (tasks, measurements,
         #: reset, close) and the node's (attribute reads and writes, status)
@@ -227,6 +227,18 @@ class TaskRunner(abc.ABC, Generic[D]):
     def drain(self) -> tuple[list[Point | Block], dict[str, str]]:
         """What was taken since the last drain, in order, and the units of the points'
         quantity variables (a block carries its own)."""
+        items, units = self.drain_runs()
+        out: list[Point | Block] = []
+        for it in items:
+            if isinstance(it, PointRun):
+                out.extend(it.points())
+            else:
+                out.append(it)
+        return out, units
+
+    def drain_runs(self) -> tuple[list[PointRun | Block], dict[str, str]]:
+        """As :meth:`drain`, the points as the runner buffers them (the node's data
+        path): a task's consecutive points as one :class:`PointRun` of columns."""
         with self._buf_lock:
             items, self._buf = self._buf, []
             self._buf_n = 0
@@ -237,7 +249,7 @@ class TaskRunner(abc.ABC, Generic[D]):
         """The units gathered since the last drain (under the buffer's lock)."""
         return {}
 
-    def _append(self, item: Point | Block, n: int, units: dict[str, str] | None = None) -> None:
+    def _append(self, item: PointRun | Block, n: int, units: dict[str, str] | None = None) -> None:
         """Buffer ``item`` (``n`` points); tell the node once the buffer fills up."""
         with self._buf_lock:
             self._buf.append(item)

@@ -1,7 +1,8 @@
 """Points and blocks of one task -> the columns of data batches.
 
-One-point drivers give :class:`~tomato_mqtt.driver.points.Point` objects: a run of them
-becomes one set of columns (a missing value is null). Bulk drivers give
+One-point drivers' points come as :class:`~tomato_mqtt.driver.points.PointRun` columns
+(the runner buffers them so; :class:`~tomato_mqtt.driver.points.Point` objects are
+taken too): consecutive ones become one set of columns (a missing value is null). Bulk drivers give
 :class:`~tomato_mqtt.driver.block.Block` columns: consecutive blocks with the same
 variables and extra dimensions are joined into one batch (lists by concatenation, numpy
 arrays with numpy, which the driver that made them has already imported), so a flush
@@ -18,9 +19,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tomato_mqtt.driver.block import Block
-from tomato_mqtt.driver.points import Point
+from tomato_mqtt.driver.points import Point, PointRun, Value
 
-__all__ = ["Columns", "points_to_columns", "to_columns"]
+__all__ = ["Columns", "to_columns"]
 
 
 @dataclass
@@ -32,21 +33,6 @@ class Columns:
     coords: dict[str, Any] = field(default_factory=dict)
     job: int | None = None
     task: int | None = None
-
-
-def points_to_columns(
-    points: Sequence[Point],
-) -> tuple[list[float], dict[str, list[float | int | bool | str | None]]]:
-    """Turn points into the columns of a data batch (missing values become null)."""
-    uts = [p.uts for p in points]
-    names: dict[str, None] = {}
-    for p in points:
-        for k in p.values:
-            names.setdefault(k, None)
-    cols: dict[str, list[float | int | bool | str | None]] = {
-        k: [p.values.get(k) for p in points] for k in names
-    }
-    return uts, cols
 
 
 def _layout(b: Block) -> tuple[Any, ...]:
@@ -84,17 +70,32 @@ def _join(blocks: list[Block]) -> Columns:
     )
 
 
-def to_columns(items: Sequence[Point | Block], units: dict[str, str]) -> list[Columns]:
+def _runs_to_columns(runs: Sequence[PointRun]) -> tuple[list[float], dict[str, list[Value]]]:
+    """Join consecutive runs' columns (a variable missing from a run is null there)."""
+    if len(runs) == 1:
+        return runs[0].uts, runs[0].cols
+    names: dict[str, None] = {}
+    for r in runs:
+        names.update(dict.fromkeys(r.cols))
+    uts = list(itertools.chain.from_iterable(r.uts for r in runs))
+    cols = {
+        k: list(itertools.chain.from_iterable(r.cols.get(k) or [None] * r.n for r in runs))
+        for k in names
+    }
+    return uts, cols
+
+
+def to_columns(items: Sequence[Point | PointRun | Block], units: dict[str, str]) -> list[Columns]:
     """The batches of one task's items, in order (``units``: of the points' quantities)."""
     out: list[Columns] = []
-    points: list[Point] = []
+    runs: list[PointRun] = []
     blocks: list[Block] = []
 
     def flush_points() -> None:
-        if points:
-            uts, cols = points_to_columns(points)
+        if runs:
+            uts, cols = _runs_to_columns(runs)
             out.append(Columns(uts, dict(cols), {k: u for k, u in units.items() if k in cols}))
-            points.clear()
+            runs.clear()
 
     def flush_blocks() -> None:
         if blocks:
@@ -102,9 +103,13 @@ def to_columns(items: Sequence[Point | Block], units: dict[str, str]) -> list[Co
             blocks.clear()
 
     for it in items:
-        if isinstance(it, Point):
+        if isinstance(it, (Point, PointRun)):
             flush_blocks()
-            points.append(it)
+            if isinstance(it, Point):
+                run = PointRun(it.task)
+                run.add(it.uts, it.values)
+                it = run
+            runs.append(it)
         else:
             flush_points()
             if blocks and _layout(blocks[0]) != _layout(it):

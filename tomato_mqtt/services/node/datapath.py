@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 
 from tomato_mqtt.driver import TaskEnd
 from tomato_mqtt.driver.block import Block
-from tomato_mqtt.driver.points import Point
+from tomato_mqtt.driver.points import Point, PointRun
 from tomato_mqtt.services.node.columns import Columns, to_columns
 from tomato_mqtt.services.node.hosted import HostedComponent
 from tomato_mqtt.wire.batch import encode_batch, encode_json
@@ -52,12 +52,13 @@ def new_stream(epoch: int) -> str:
 TaskKey = tuple[int | None, int | None]
 
 
-def split_by_task(
-    points: Sequence[Point | Block],
-) -> list[tuple[TaskKey, list[Point | Block]]]:
+Item = Point | PointRun | Block
+
+
+def split_by_task(points: Sequence[Item]) -> list[tuple[TaskKey, list[Item]]]:
     """Consecutive runs of points (and blocks) taken in the same task (``(None, None)``:
     idle)."""
-    out: list[tuple[TaskKey, list[Point | Block]]] = []
+    out: list[tuple[TaskKey, list[Item]]] = []
     for p in points:
         key: TaskKey = (p.task.job, p.task.index) if p.task is not None else (None, None)
         if out and out[-1][0] == key:
@@ -91,7 +92,7 @@ class DataPath:
         spool = node.spool
         if hc.runner is None or spool is None:
             return
-        items, units = hc.runner.drain()
+        items, units = hc.runner.drain_runs()
         if not items:
             return
         out: list[bytes] = []
