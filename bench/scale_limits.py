@@ -10,7 +10,8 @@ table, each on a stack of its own started with ``tomato start`` (bench/scale.py'
   the file's lag)), ≤ 5 CPU-µs per point summed over node, broker, recorder and
   scheduler, 100 % of the points in the file;
 - *one-point*: 50 channels of ``example_counter`` at 1 kHz (one ``do_task`` call per
-  point) — the issue's "50 components x 1 kHz" row, same targets per point.
+  point) — the issue's "50 components x 1 kHz" row, same targets per point, except
+  that 50,000 points/s are all it offers: its points/s target is all of them.
 
 Baseline in the same run: raw paho → amqtt → paho with batches of the same shape
 (bench/scale.py's ``raw_limit``).
@@ -56,13 +57,17 @@ def rows(reps: int, duration: float = 5.0) -> list[Row]:
         pps = [p / (duration + lag) for p, lag in zip(r.points, r.lag, strict=True)]
         us = [sum(c.values()) * 1e6 / max(1, p) for c, p in zip(r.cpu, r.points, strict=True)]
         infile = [100.0 * p / r.expected for p in r.points]
+        # the issue's >= 100,000 points/s needs a shape that offers that many: the bulk
+        # one (200,000 offered); 50 x 1 kHz offers 50,000, and keeping up with all of
+        # them is its target
+        want = min(100_000, int(n * rate))
         out += [
             Row(
                 f"{label}: points/s into the file",
                 "points/s",
                 pps,
-                ">= 100,000",
-                r.pps >= 100_000,
+                f">= {want:,}" + ("" if want == 100_000 else " (all offered)"),
+                r.pps >= want,
                 baseline="raw paho → amqtt → paho",
                 baseline_values=[raw_pps],
                 fmt="{:.0f}",
