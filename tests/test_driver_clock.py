@@ -312,31 +312,60 @@ class TimedDriver(ProbeDriver):
         return Timed(self, key, **kwargs)
 
 
-def test_tasks_of_one_rate_fall_due_together_and_no_point_is_taken_early(
+def test_tasks_of_one_rate_go_onto_its_phases_and_no_point_is_taken_early(
     comps: list[Comp],
 ) -> None:
-    """The clock moves a task's start onto its grid of that interval (by less than one
-    interval), so tasks started apart share every wake-up; and it never takes a point
-    before its deadline (it wakes a little early and spins the rest)."""
+    """The clock moves a task's start onto one of its interval's phases (by less than
+    one interval): tasks of one rate fall due in a few groups, a new task in the group
+    with the fewest; no point is taken before its deadline."""
     drv = TimedDriver()
     a, b = _new(comps, drv, "1"), _new(comps, drv, "2")
-    a.runner.start_task(task(0.3, 0.004))
-    time.sleep(0.0013)  # b starts a third of an interval later
+    a.runner.start_task(task(0.3, 0.004))  # 0.004 / PHASE_SPACING: 8 phases of 0.5 ms
+    a.dev.wait_points(1)
     b.runner.start_task(task(0.3, 0.004))
     ea, eb = a.ends.wait(5), b.ends.wait(5)
     assert ea.reason == eb.reason == "done"
-    for end in (ea, eb):  # the start (wall time) moved forward, onto the grid
-        assert end.npoints + end.missed == 75
+    assert ea.npoints + ea.missed == eb.npoints + eb.missed == 75
     da, db = a.dev, b.dev
     assert isinstance(da, Timed) and isinstance(db, Timed)
-    # the two tasks' deadlines coincide: their t_start differ by a whole number of
-    # intervals, i.e. both are on one grid (within float rounding of the wall clock)
-    gap = (eb.t_start - ea.t_start) / 0.004
-    assert abs(gap - round(gap)) < 0.01, gap
+    # both starts are on the grid of eighths of the interval (within float rounding of
+    # the wall clock), and b is not on a's phase (that one had a task already)
+    eighths = (eb.t_start - ea.t_start) / (0.004 / 8)
+    assert abs(eighths - round(eighths)) < 0.05, eighths
+    assert round(eighths) % 8 != 0, eighths
     # never early: every call comes at or after its deadline t_start + k * interval
     for end, dev in ((ea, da), (eb, db)):
         early = [end.t_start + off - wall for _, wall, off in dev.calls]
         assert max(early) < 5e-6, max(early)  # wall vs perf clock: < 1 µs apart
+
+
+class Busy(Clocked):
+    """Each call keeps the clock busy for 3.5 ms."""
+
+    def do_task(self, task: TaskSpec, t_start: float, t_now: float) -> Mapping[str, Any] | None:
+        end = time.perf_counter() + 0.0035
+        while time.perf_counter() < end:
+            pass
+        return {"v": 1.0}
+
+
+class BusyDriver(ProbeDriver):
+    def DeviceFactory(self, key: tuple[str, str], **kwargs: Any) -> Busy:
+        return Busy(self, key, **kwargs)
+
+
+def test_tasks_of_one_rate_are_spread_so_the_clock_keeps_up(comps: list[Comp]) -> None:
+    """4 tasks at 20 ms whose calls take 3.5 ms each (70 % of the clock): on one phase
+    the last of each group is 10.5 ms late, past half the interval, and misses every
+    point (12-16 of 50 missed per task, review of the first grid); spread over the
+    phases each is at most ~3 ms late."""
+    drv = BusyDriver()
+    cs = [_new(comps, drv, str(i)) for i in range(4)]
+    for c in cs:
+        c.runner.start_task(task(0.6, 0.02))
+    ends = [c.ends.wait(10) for c in cs]
+    assert all(e.reason == "done" and e.npoints + e.missed == 30 for e in ends), ends
+    assert sum(e.missed for e in ends) <= 6, [e.missed for e in ends]
 
 
 def test_a_task_s_points_are_buffered_as_one_run_of_columns(comps: list[Comp]) -> None:
@@ -353,3 +382,15 @@ def test_a_task_s_points_are_buffered_as_one_run_of_columns(comps: list[Comp]) -
     assert len(run) == len(run.uts) == end.npoints
     assert run.task is not None and run.task.job == 1
     assert all(len(col) == end.npoints for col in run.cols.values())
+
+
+def test_an_interval_too_small_for_the_clock_s_grid_still_ends(comps: list[Comp]) -> None:
+    """An interval of 1e-310 s (TaskSpec only asks > 0; the scheduler's floor is a
+    setting) overflows the grid's arithmetic: the task is taken as it is and ends; it
+    left the component busy for good (its worker thread died)."""
+    c = _new(comps, ClockedDriver())
+    c.runner.start_task(task(1e-310, 1e-310))
+    end = c.ends.wait(5)
+    assert end.reason == "done" and end.npoints + end.missed == 1
+    c.runner.start_task(task(0.05, 0.01))  # not busy any more
+    assert c.ends.wait(5).reason == "done"

@@ -200,9 +200,15 @@ class ComponentRunner(TaskRunner[ModelDevice]):
         if self.device.shared_clock and n and task.sampling_interval <= CLOCK_MAX_INTERVAL:
             ended = threading.Event()  # the node's clock calls it on time (driver/clock.py)
             self._clocked = (steps, ended.set)
-            shared_clock().add(steps, ended.set)
-            if run.stop.is_set():  # a stop that came before the clock had it
-                shared_clock().cancel(steps, ended.set)
+            clock = shared_clock()
+            try:
+                clock.add(steps, ended.set)
+                if run.stop.is_set():  # a stop that came before the clock had it
+                    clock.cancel(steps, ended.set)
+            except BaseException as e:  # the clock could not take it: the task ends here
+                clock.cancel(steps, lambda: None)
+                steps.failed(e)
+                ended.set()
             ended.wait()
             self._clocked = None
             self.finish(steps.end())
