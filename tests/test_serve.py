@@ -159,10 +159,6 @@ def test_start_where_local_files_shadow_modules(tmp_path: Path) -> None:
         broker = st.child_pid("broker")
         assert "pydantic_core" not in _maps(broker)
         assert "/_ssl." in _maps(broker)  # the check can fail: the broker does load ssl
-        # the stack's connections are plain: scheduler, recorder and node load no ssl
-        # (the node's driver could still import it: test_plain_services_can_still_load_ssl)
-        for service in ("scheduler", "recorder", "node"):
-            assert "/_ssl." not in _maps(st.child_pid(service)), service
     finally:
         stop_stack(st)
 
@@ -183,25 +179,3 @@ def test_the_broker_configuration_travels_as_json() -> None:
         BrokerConfig.from_json('{"hots": "x"}')
     with pytest.raises(BrokerConfigError, match="JSON object"):
         BrokerConfig.from_json("[1]")
-
-
-def test_plain_services_can_still_load_ssl() -> None:
-    """A service started for a plain stack loads asyncio and paho without ssl, and a
-    driver that speaks HTTPS can still import it afterwards."""
-    from tomato_mqtt.cli.serve import PLAIN_MQTT_ENV
-    from tomato_mqtt.services.supervisor import PLAIN_MQTT_ENV as SUPERVISOR_ENV
-
-    assert PLAIN_MQTT_ENV == SUPERVISOR_ENV  # serve.py cannot import it (asyncio, ssl)
-    code = (
-        "import sys\n"
-        "from tomato_mqtt.cli import serve\n"
-        "serve._plain_mqtt()\n"
-        "import asyncio, paho.mqtt.client as p\n"
-        "import tomato_mqtt.services.node.service, tomato_mqtt.services.scheduler.service\n"
-        "print('before', 'ssl' in sys.modules)\n"
-        "import ssl, urllib.request\n"
-        "print('after', bool(ssl.OPENSSL_VERSION), p.ssl is None)\n"
-    )
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
-    assert res.returncode == 0, res.stderr
-    assert res.stdout.split() == ["before", "False", "after", "True", "True"], res.stdout

@@ -289,34 +289,7 @@ def parse(argv: Sequence[str]) -> tuple[str, dict[str, str], int] | None:
     return service, given, verbosity
 
 
-def _plain_mqtt() -> None:
-    """Load asyncio and paho without ssl: under ``tomato start`` when the stack's MQTT
-    connections are plain (the supervisor says so: ``PLAIN_MQTT_ENV``). Importing ssl is
-    ~13 ms of CPU alone, more while the whole stack starts on two cores (a start's CPU-s:
-    1.93-2.01 -> 1.85-1.88 in alternating runs), and ~1 MB of RSS (libcrypto comes with
-    hashlib anyway; issue 15: start, memory). ssl stays
-    importable afterwards (a driver may speak HTTPS to its instrument); asyncio and paho
-    keep doing without it, as they do where Python has no ssl."""
-    if "ssl" in sys.modules:
-        return
-    sys.modules["ssl"] = None  # type: ignore[assignment]
-    try:
-        import asyncio  # noqa: F401
-        import concurrent.futures  # noqa: F401
-
-        import paho.mqtt.client  # noqa: F401
-    finally:
-        del sys.modules["ssl"]
-
-
-#: services.supervisor.PLAIN_MQTT_ENV (importing that module would load asyncio, with ssl)
-PLAIN_MQTT_ENV = "TOMATO_MQTT_PLAIN"
-
-
 def _run(service: str, given: dict[str, str], verbosity: int) -> None:
-    if service != "broker" and os.environ.get(PLAIN_MQTT_ENV) == "1":
-        _plain_mqtt()  # (amqtt needs ssl whatever it serves)
-
     def path(key: str) -> Path | None:
         return Path(given[key]) if key in given else None
 

@@ -87,7 +87,6 @@ def start(opts: core.Opts, verbose: int = 0, quiet: int = 0) -> None:
         "dashboard": s.dashboard.enabled,
         "listen_fd": None if listener is None else listener.fileno(),
         "broker_config": None if broker is None else broker.to_json(),
-        "plain_mqtt": not _services_use_tls(s),
     }
     log_path = s.logdir / "supervisor.log"
     try:
@@ -160,13 +159,6 @@ def start(opts: core.Opts, verbose: int = 0, quiet: int = 0) -> None:
             err=True,
         )
     core.exit_now()  # the stack runs on its own: ~50 ms of teardown helps nobody
-
-
-def _services_use_tls(s: Any) -> bool:
-    """Whether the stack's own services connect to the broker over TLS."""
-    from tomato_mqtt.config.settings import settings_url
-
-    return bool(settings_url(s).tls)
 
 
 def _embedded_broker(s: Any) -> Any:

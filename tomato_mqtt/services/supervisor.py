@@ -45,7 +45,6 @@ __all__ = [
     "EXIT_CANNOT_LISTEN",
     "EXIT_STOP_REQUESTED",
     "LISTEN_FD_ENV",
-    "PLAIN_MQTT_ENV",
     "Supervisor",
     "bind_listener",
     "main",
@@ -67,9 +66,6 @@ LISTEN_FD_ENV = "TOMATO_MQTT_LISTEN_FD"
 #: the broker's configuration as JSON, checked by ``tomato start`` already: the broker
 #: then reads no settings (no pydantic: ~0.1 s less of the start's critical path)
 BROKER_CONFIG_ENV = "TOMATO_MQTT_BROKER_CONFIG"
-#: "1": the stack's MQTT connections are plain (``tomato start`` checked the settings),
-#: so the scheduler, recorder and node load asyncio and paho without ssl (cli/serve.py)
-PLAIN_MQTT_ENV = "TOMATO_MQTT_PLAIN"
 
 
 def python() -> list[str]:
@@ -183,7 +179,6 @@ class Supervisor:
         dashboard: bool = False,
         listen_fd: int | None = None,
         broker_config: str | None = None,
-        plain_mqtt: bool = False,
     ) -> None:
         # the services' typer-free entry (cli/serve.py): no typer, click or rich in a
         # long-lived process (~40 ms of CPU at start and ~5 MB each); the dashboard's
@@ -200,8 +195,6 @@ class Supervisor:
         self.listen_fd = listen_fd
         #: the embedded broker's configuration (JSON), or None: it reads the settings
         self.broker_config = broker_config
-        #: the services connect without TLS (see PLAIN_MQTT_ENV)
-        self.plain_mqtt = plain_mqtt
         self._listener: socket.socket | None = None
         self.children: list[Child] = []
         if embedded_broker:
@@ -268,8 +261,6 @@ class Supervisor:
                 env[LISTEN_FD_ENV] = str(self.listen_fd)
             if self.broker_config is not None:
                 env[BROKER_CONFIG_ENV] = self.broker_config
-        elif c.name in ("scheduler", "recorder", "node") and self.plain_mqtt:
-            env = {**os.environ, PLAIN_MQTT_ENV: "1"}
         with c.log_path.open("ab") as err:
             c.proc = await asyncio.create_subprocess_exec(
                 *c.argv,
@@ -383,7 +374,6 @@ def main(argv: list[str] | None = None) -> int:
         dashboard=bool(spec.get("dashboard", False)),
         listen_fd=None if fd is None else int(fd),
         broker_config=spec.get("broker_config"),
-        plain_mqtt=bool(spec.get("plain_mqtt", False)),
     )
     return asyncio.run(sup.run())
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-import sys
+import ssl
 import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -159,14 +159,11 @@ class _LoopDriven:
         except OSError:
             return True  # the broker is gone: nothing more to say to it
         closed: asyncio.Future[None] = loop.create_future()
-        # a TLS socket may want to read more first; ssl is loaded only where TLS is used
-        ssl = sys.modules.get("ssl")
-        again = (BlockingIOError, InterruptedError, *((ssl.SSLWantReadError,) if ssl else ()))
 
         def readable() -> None:  # what still arrives is dropped; EOF: the broker closed
             try:
                 data = sock.recv(65536)
-            except again:
+            except (BlockingIOError, InterruptedError, ssl.SSLWantReadError):
                 return
             except OSError:
                 data = b""

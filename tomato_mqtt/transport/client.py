@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 import threading
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -29,6 +30,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
 from tomato_mqtt.config.url import BrokerURL
 from tomato_mqtt.transport._loop import _LoopDriven
+from tomato_mqtt.transport._tls import TrackingContext, client_tls_context
 from tomato_mqtt.transport.inbox import Inbox
 from tomato_mqtt.transport.inbox import Subscription as _Subscription
 from tomato_mqtt.transport.types import Message, MqttError, MqttTimeout, Will, topic_matches
@@ -112,10 +114,9 @@ class AsyncClient(_LoopDriven):
         )
         if self.url.username is not None:
             c.username_pw_set(self.url.username, self.url.password)
-        if self.url.tls:  # ssl only here: a plain connection does without it
-            from tomato_mqtt.transport._tls import client_tls_context
-
-            c.tls_set_context(client_tls_context(self.url))
+        if self.url.tls:
+            ctx = client_tls_context(self.url)
+            c.tls_set_context(ctx)
         if self._will is not None:
             c.will_set(self._will.topic, self._will.payload, self._will.qos, self._will.retain)
         c.max_inflight_messages_set(1000)
@@ -165,11 +166,11 @@ class AsyncClient(_LoopDriven):
         try:
             # blocking socket connect (DNS, TCP, TLS): off the loop
             await loop.run_in_executor(None, c.reconnect)
-        except OSError as e:  # incl. ssl.SSLError
+        except (OSError, ssl.SSLError) as e:
             # paho does not close a TLS socket whose handshake failed: one fd per retry
-            close_last = getattr(getattr(c, "_ssl_context", None), "close_last", None)
-            if close_last is not None:  # our TrackingContext (_tls.py)
-                close_last()
+            ctx = getattr(c, "_ssl_context", None)
+            if isinstance(ctx, TrackingContext):
+                ctx.close_last()
             raise MqttError(str(e) or type(e).__name__) from e
         rc = await self._connack
         if rc != 0:
