@@ -394,3 +394,16 @@ def test_an_interval_too_small_for_the_clock_s_grid_still_ends(comps: list[Comp]
     assert end.reason == "done" and end.npoints + end.missed == 1
     c.runner.start_task(task(0.05, 0.01))  # not busy any more
     assert c.ends.wait(5).reason == "done"
+
+
+def test_the_clock_keeps_no_ended_task(comps: list[Comp]) -> None:
+    """The clock's record of the tasks on each interval's phases forgets ended tasks
+    and intervals no task uses any more (a node runs for months, with many intervals)."""
+    c = _new(comps, ClockedDriver())
+    for i in range(5):
+        c.runner.start_task(task(0.02, 0.005 + i * 0.001))  # a new interval each time
+        assert c.ends.wait(5).reason == "done"
+    c.runner.start_task(task(0.02, 0.004))
+    assert c.ends.wait(5).reason == "done"
+    phased = shared_clock()._phased
+    assert sum(len(ts) for ts in phased.values()) <= 1, phased  # the last one only

@@ -198,7 +198,13 @@ class SharedClock:
         """
         si = steps.si
         n = max(1, min(MAX_PHASES, int(si / PHASE_SPACING)))
-        live = [t for t in self._phased.get(si, []) if not t.over]
+        # the running tasks per interval (ended ones go, and intervals no task uses)
+        self._phased = {
+            k: running
+            for k, ts in self._phased.items()
+            if (running := [t for t in ts if not t.over])
+        }
+        live = self._phased.get(si, [])
         self._phased[si] = [*live, steps]
         counts = [0] * n
         for t in live:
