@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
+import netCDF4
 import numpy as np
 import pytest
 import xarray as xr
@@ -60,3 +64,44 @@ def test_layout_matches_tomato(tmp_path: Path) -> None:
 def test_unwritable_place_raises_and_leaves_nothing(tmp_path: Path) -> None:
     with pytest.raises(OSError):
         write_job_file(tmp_path / "missing-dir" / "x.nc", [], {"tomato_version": "x"})
+
+
+def test_job_files_written_from_threads_at_once(tmp_path: Path) -> None:
+    """netCDF-C and HDF5 are not thread-safe and netCDF4-python lets go of the GIL: the
+    recorder writes in worker threads (two jobs ending together, its warm-up), so its
+    writes take one lock (services/nclock.py). Without it, 3 threads x 40 files crashed
+    the process (Bus error) or left unreadable files. In a child process: a crash must
+    not take the test runner with it."""
+    code = textwrap.dedent(
+        f"""
+        import threading
+        from pathlib import Path
+        import orjson
+        from tomato_mqtt.services.recorder.netcdf import RoleInput, write_job_file
+
+        batch = orjson.dumps({{"schema": 1, "component": "c", "job": 1, "task": 0, "epoch": 1,
+            "stream": "s", "seq": 0, "n": 50, "uts": [float(i) for i in range(50)],
+            "vars": {{"v": [i * 0.5 for i in range(50)], "t": ["x"] * 50}}}})
+        errors = []
+        def work(t):
+            for i in range(40):
+                try:
+                    roles = [RoleInput(f"r{{j}}", "{{}}", [batch] * 5) for j in range(5)]
+                    out = Path({str(tmp_path)!r}) / f"t{{t}}-{{i}}.nc"
+                    write_job_file(out, roles, {{"x": "y"}})
+                except Exception as e:
+                    errors.append(repr(e))
+        threads = [threading.Thread(target=work, args=(t,)) for t in range(3)]
+        for t in threads: t.start()
+        for t in threads: t.join()
+        print("errors", len(errors), errors[:2])
+        """
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, (res.returncode, res.stdout, res.stderr[-2000:])
+    assert "errors 0 " in res.stdout, res.stdout
+    files = sorted(tmp_path.glob("*.nc"))
+    assert len(files) == 120
+    for f in files:
+        with netCDF4.Dataset(f) as nc:
+            assert len(nc.groups) == 5 and nc.groups["r0"].variables["v"].shape == (250,)

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tomato_mqtt.services.dashboard.sessions import Session
+from tomato_mqtt.services.nclock import NC_LOCK
 from tomato_mqtt.wire.commands import ChunkData, FileData, command
 from tomato_mqtt.wire.topics import slug
 
@@ -75,7 +76,8 @@ def read_job_file(data: bytes) -> list[StoredRole]:
     import netCDF4
 
     out = []
-    with netCDF4.Dataset("snapshot.nc", mode="r", memory=data) as ds:
+    # two pages may load at once: netCDF4 is not thread-safe (services/nclock.py)
+    with NC_LOCK, netCDF4.Dataset("snapshot.nc", mode="r", memory=data) as ds:
         for name, g in ds.groups.items():
             if "uts" not in g.variables:
                 continue

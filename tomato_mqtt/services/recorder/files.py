@@ -127,17 +127,22 @@ class Files:
             ]
             root = {"tomato_version": __version__, "tomato_Job": job_json(a)}
             guard = self.svc.guard
+
+            def checked_write(target: Path) -> Path:
+                # only below the allowed roots, never over a file of another job (the
+                # check reads an existing file: in the thread too, as the write may
+                # wait for another job's behind the netCDF lock)
+                target = guard.check_path(target, a.job)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                return write_job_file(target, roles, root)
+
             try:
-                # only below the allowed roots, never over a file of another job
-                path = guard.check_path(path, a.job)
-                path.parent.mkdir(parents=True, exist_ok=True)
-                return await asyncio.to_thread(write_job_file, path, roles, root), ""
+                return await asyncio.to_thread(checked_write, path), ""
             except (OSError, CommandError) as e:
                 log.warning("job %d: %s", jobid, e)
                 # keep the data: the job folder (checked the same way) instead
-                fallback = guard.check_path(Path(a.fallback_dir) / path.name, a.job)
-                fallback.parent.mkdir(parents=True, exist_ok=True)
-                written = await asyncio.to_thread(write_job_file, fallback, roles, root)
+                fallback = Path(a.fallback_dir) / path.name
+                written = await asyncio.to_thread(checked_write, fallback)
                 return written, (
                     f"{path} could not be written ({e}); the file was written to the "
                     f"fallback file {written} instead"
