@@ -14,10 +14,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import xarray as xr
 
 from tests.conftest import RunningBroker
 from tests.inproc import inproc_stack
+from tests.ncread import load_tree
 from tests.tomato22 import read_with_tomato
 
 PAYLOAD = {
@@ -57,7 +57,7 @@ async def test_bulk_and_array_data_reach_the_file(
         done = await st.wait_job(job.id, {"c", "ce", "cd"}, timeout=60)
         assert done.status == "c", done.reason
         assert done.respath is not None
-        dt = xr.open_datatree(done.respath, engine="netcdf4")
+        dt = load_tree(done.respath)
         try:
             assert set(dt.children) == {"daq", "analyser"}  # "spare" had no task
             daq = dt["daq"].to_dataset()

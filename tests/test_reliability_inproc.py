@@ -18,13 +18,12 @@ from typing import Any
 
 import numpy as np
 import pytest
-import xarray as xr
 
 from tests.conftest import RunningBroker
 from tests.inproc import Collector, client, running, write_settings
+from tests.ncread import load_tree
 from tests.stack import CONFIG
 from tomato_mqtt.config.settings import load_settings
-from tomato_mqtt.services.nclock import NC_LOCK
 from tomato_mqtt.services.recorder.service import RecorderService
 from tomato_mqtt.services.scheduler.service import SchedulerService
 from tomato_mqtt.transport.client import AsyncClient, BrokerURL
@@ -73,14 +72,7 @@ def _finalize_args(job: int, out: Path, expect: list[dict[str, Any]], **kw: Any)
 
 
 def _uts(path: str) -> np.ndarray[Any, Any]:
-    # the recorder runs in this process: its threads may be writing a file (a late
-    # merge, its warm-up), and netCDF4 is not thread-safe (services/nclock.py)
-    with NC_LOCK:
-        tree = xr.open_datatree(path)
-        try:
-            tree.load()
-        finally:
-            tree.close()
+    tree = load_tree(path)  # the recorder runs in this process
     return np.asarray(tree["counter"].to_dataset()["uts"].values)
 
 

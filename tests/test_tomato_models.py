@@ -10,11 +10,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import xarray as xr
 import yaml
 
 from tests.conftest import RunningBroker
 from tests.inproc import inproc_stack
+from tests.ncread import load_tree
 from tests.tomato22 import read_with_tomato, tomato22_python
 
 CONFIG = Path(__file__).resolve().parents[1] / "config"
@@ -33,7 +33,7 @@ async def test_tomato_models_read_our_file(
         done = await st.wait_job(job.id, {"c", "ce", "cd"})
         assert done.status == "c", done.reason
     # dtypes as tomato 2.2 writes the counter's defaults (its tests/common/results.ref.nc)
-    dt = xr.open_datatree(done.respath, engine="netcdf4")
+    dt = load_tree(done.respath)
     try:
         ds = dt["counter"].to_dataset()
         dtypes = {k: ds[k].dtype.kind + str(ds[k].dtype.itemsize) for k in ("val", "min", "max")}
