@@ -69,7 +69,7 @@ def test_unwritable_place_raises_and_leaves_nothing(tmp_path: Path) -> None:
 def test_job_files_written_from_threads_at_once(tmp_path: Path) -> None:
     """netCDF-C and HDF5 are not thread-safe and netCDF4-python lets go of the GIL: the
     recorder writes in worker threads (two jobs ending together, its warm-up), so its
-    writes take one lock (services/nclock.py). Without it, 3 threads x 40 files crashed
+    writes take one lock (tomato_mqtt/nclock.py). Without it, 3 threads x 40 files crashed
     the process (Bus error) or left unreadable files. In a child process: a crash must
     not take the test runner with it."""
     code = textwrap.dedent(
@@ -105,3 +105,44 @@ def test_job_files_written_from_threads_at_once(tmp_path: Path) -> None:
     for f in files:
         with netCDF4.Dataset(f) as nc:
             assert len(nc.groups) == 5 and nc.groups["r0"].variables["v"].shape == (250,)
+
+
+def test_the_client_reads_results_while_a_recorder_in_its_process_writes(
+    tmp_path: Path,
+) -> None:
+    """The client library opens results files with xarray (netCDF4); a script may run a
+    recorder in the same process (the tests do). Without the lock a reader thread and a
+    writer thread crashed the process (3 of 3 runs, review of the lock). In a child."""
+    code = textwrap.dedent(
+        f"""
+        import threading, time
+        from pathlib import Path
+        from tomato_mqtt.client.aio import _open_tree
+        from tomato_mqtt.services.recorder.netcdf import RoleInput, write_job_file
+
+        d = Path({str(tmp_path)!r})
+        write_job_file(d / "read.nc", [RoleInput("r", "{{}}", [])], {{"x": "y"}})
+        stop, errors = time.monotonic() + 2.0, []
+        def write():
+            i = 0
+            while time.monotonic() < stop:
+                try:
+                    write_job_file(d / f"w{{i % 3}}.nc", [RoleInput("r", "{{}}", [])], {{"x": "y"}})
+                except Exception as e:
+                    errors.append(repr(e))
+                i += 1
+        def read():
+            while time.monotonic() < stop:
+                try:
+                    assert _open_tree(d / "read.nc").attrs["x"] == "y"
+                except Exception as e:
+                    errors.append(repr(e))
+        threads = [threading.Thread(target=f) for f in (write, read)]
+        for t in threads: t.start()
+        for t in threads: t.join()
+        print("errors", len(errors), errors[:2])
+        """
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, (res.returncode, res.stdout, res.stderr[-2000:])
+    assert "errors 0 " in res.stdout, res.stdout

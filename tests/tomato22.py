@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import xarray as xr
+
+from tests.ncread import load_tree
 
 __all__ = ["read_with_tomato", "tomato22_python"]
 
@@ -51,14 +52,11 @@ def read_with_tomato(path: Path | str) -> dict[str, Any]:
     """``{"job": ..., "components": {role: ...}}`` as tomato 2.2's models parse them;
     a validation error fails the test with tomato's message."""
     py = tomato22_python()
-    dt = xr.open_datatree(path, engine="netcdf4")
-    try:
-        doc = {
-            "job": dt.attrs["tomato_Job"],
-            "components": {r: g.attrs["tomato_Component"] for r, g in dt.children.items()},
-        }
-    finally:
-        dt.close()
+    dt = load_tree(path)  # a recorder may run in this process: see ncread.py
+    doc = {
+        "job": dt.attrs["tomato_Job"],
+        "components": {r: g.attrs["tomato_Component"] for r, g in dt.children.items()},
+    }
     res = subprocess.run(
         [str(py), "-c", _CHECK],
         input=json.dumps(doc),

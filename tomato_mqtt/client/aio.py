@@ -327,7 +327,8 @@ class AsyncTomato:
         job = await self.status(jobid)
         if job.status in FINAL and job.respath and Path(job.respath).is_file():
             if path is None:
-                return _open_tree(Path(job.respath))
+                # in a thread: the lock may be held by a recorder in this process
+                return await asyncio.to_thread(_open_tree, Path(job.respath))
             import shutil
 
             return Path(shutil.copyfile(job.respath, path))
@@ -361,7 +362,7 @@ class AsyncTomato:
         with tempfile.TemporaryDirectory() as tmp:
             target = Path(tmp) / Path(info.path).name
             await self.fetch_file(info, target)
-            return _open_tree(target)
+            return await asyncio.to_thread(_open_tree, target)
 
     # -- pipelines and components ----------------------------------------------------
     async def pipeline_load(self, pipeline: str, sampleid: str) -> PipelineState:
@@ -387,8 +388,11 @@ class AsyncTomato:
 
 
 def _open_tree(path: Path) -> Any:
-    """The file as an ``xarray.DataTree``, read into memory (the file may go away)."""
+    """The file as an ``xarray.DataTree``, read into memory (the file may go away); under
+    the process's netCDF lock (netCDF4 is not thread-safe: tomato_mqtt/nclock.py)."""
     import xarray as xr
 
-    with xr.open_datatree(path, engine="netcdf4") as tree:
+    from tomato_mqtt.nclock import NC_LOCK
+
+    with NC_LOCK, xr.open_datatree(path, engine="netcdf4") as tree:
         return tree.load()

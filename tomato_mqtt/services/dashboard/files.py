@@ -15,8 +15,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from tomato_mqtt.nclock import NC_LOCK
 from tomato_mqtt.services.dashboard.sessions import Session
-from tomato_mqtt.services.nclock import NC_LOCK
 from tomato_mqtt.wire.commands import ChunkData, FileData, command
 from tomato_mqtt.wire.topics import slug
 
@@ -76,7 +76,7 @@ def read_job_file(data: bytes) -> list[StoredRole]:
     import netCDF4
 
     out = []
-    # two pages may load at once: netCDF4 is not thread-safe (services/nclock.py)
+    # two pages may load at once: netCDF4 is not thread-safe (tomato_mqtt/nclock.py)
     with NC_LOCK, netCDF4.Dataset("snapshot.nc", mode="r", memory=data) as ds:
         for name, g in ds.groups.items():
             if "uts" not in g.variables:

@@ -127,12 +127,13 @@ class Files:
             ]
             root = {"tomato_version": __version__, "tomato_Job": job_json(a)}
             guard = self.svc.guard
+            checked = [path]  # the path as the guard resolved it (a symlink followed)
 
             def checked_write(target: Path) -> Path:
                 # only below the allowed roots, never over a file of another job (the
-                # check reads an existing file: in the thread too, as the write may
-                # wait for another job's behind the netCDF lock)
-                target = guard.check_path(target, a.job)
+                # check reads an existing file: in the thread too, as it waits for the
+                # netCDF lock like the write: tomato_mqtt/nclock.py)
+                target = checked[0] = guard.check_path(target, a.job)
                 target.parent.mkdir(parents=True, exist_ok=True)
                 return write_job_file(target, roles, root)
 
@@ -140,6 +141,7 @@ class Files:
                 return await asyncio.to_thread(checked_write, path), ""
             except (OSError, CommandError) as e:
                 log.warning("job %d: %s", jobid, e)
+                path = checked[0]
                 # keep the data: the job folder (checked the same way) instead
                 fallback = Path(a.fallback_dir) / path.name
                 written = await asyncio.to_thread(checked_write, fallback)

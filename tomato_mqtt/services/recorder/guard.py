@@ -19,7 +19,7 @@ from pydantic import JsonValue
 
 from tomato_mqtt.config.roles import is_admin
 from tomato_mqtt.config.users import RoleBook
-from tomato_mqtt.services.nclock import NC_LOCK
+from tomato_mqtt.nclock import NC_LOCK
 from tomato_mqtt.transport.rpc import CommandError, requester
 
 __all__ = ["WriteGuard"]
@@ -82,7 +82,7 @@ def _same_job(path: Path, job: Mapping[str, JsonValue]) -> bool:
     try:
         import netCDF4
 
-        with NC_LOCK, netCDF4.Dataset(path, "r") as ds:  # see services/nclock.py
+        with NC_LOCK, netCDF4.Dataset(path, "r") as ds:  # see tomato_mqtt/nclock.py
             if "tomato_Job" not in ds.ncattrs():
                 return False
             old = json.loads(ds.getncattr("tomato_Job"))

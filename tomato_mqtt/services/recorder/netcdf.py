@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from tomato_mqtt.services.nclock import NC_LOCK
+from tomato_mqtt.nclock import NC_LOCK
 
 __all__ = ["Group", "RoleInput", "build_groups", "write_job_file"]
 
@@ -214,7 +214,7 @@ def write_job_file(path: Path, roles: Sequence[RoleInput], root_attrs: Mapping[s
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
-        with NC_LOCK:  # netCDF-C/HDF5 are not thread-safe (services/nclock.py)
+        with NC_LOCK:  # netCDF-C/HDF5 are not thread-safe (tomato_mqtt/nclock.py)
             _write(tmp, groups, root_attrs)
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600: lab colleagues read results
         os.replace(tmp, path)
