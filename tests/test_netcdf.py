@@ -66,6 +66,17 @@ def test_unwritable_place_raises_and_leaves_nothing(tmp_path: Path) -> None:
         write_job_file(tmp_path / "missing-dir" / "x.nc", [], {"tomato_version": "x"})
 
 
+def _run_threads(code: str) -> None:
+    """Run ``code`` (it makes ``threads`` and an ``errors`` list) in a child process,
+    starting and joining the threads there: a crash of netCDF must not take the test
+    runner with it. The child must exit 0 with no errors."""
+    code += "for t in threads: t.start()\nfor t in threads: t.join()\n"
+    code += "print('errors', len(errors), errors[:2])\n"
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, (res.returncode, res.stdout, res.stderr[-2000:])
+    assert "errors 0 " in res.stdout, res.stdout
+
+
 def test_job_files_written_from_threads_at_once(tmp_path: Path) -> None:
     """netCDF-C and HDF5 are not thread-safe and netCDF4-python lets go of the GIL: the
     recorder writes in worker threads (two jobs ending together, its warm-up), so its
@@ -92,14 +103,9 @@ def test_job_files_written_from_threads_at_once(tmp_path: Path) -> None:
                 except Exception as e:
                     errors.append(repr(e))
         threads = [threading.Thread(target=work, args=(t,)) for t in range(3)]
-        for t in threads: t.start()
-        for t in threads: t.join()
-        print("errors", len(errors), errors[:2])
         """
     )
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
-    assert res.returncode == 0, (res.returncode, res.stdout, res.stderr[-2000:])
-    assert "errors 0 " in res.stdout, res.stdout
+    _run_threads(code)
     files = sorted(tmp_path.glob("*.nc"))
     assert len(files) == 120
     for f in files:
@@ -138,11 +144,6 @@ def test_the_client_reads_results_while_a_recorder_in_its_process_writes(
                 except Exception as e:
                     errors.append(repr(e))
         threads = [threading.Thread(target=f) for f in (write, read)]
-        for t in threads: t.start()
-        for t in threads: t.join()
-        print("errors", len(errors), errors[:2])
         """
     )
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
-    assert res.returncode == 0, (res.returncode, res.stdout, res.stderr[-2000:])
-    assert "errors 0 " in res.stdout, res.stdout
+    _run_threads(code)
