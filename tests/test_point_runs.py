@@ -25,7 +25,7 @@ def test_a_variable_missing_from_some_points_is_null_there() -> None:
         "b": ["x", None, None, "y"],
         "c": [None, None, 3.5, 4.5],
     }
-    # as Point objects (ComponentRunner.drain): a null is no value
+    # as Point objects (ComponentRunner.drain): each with the values its driver gave
     pts = run.points()
     assert [p.values for p in pts] == [
         {"a": 1, "b": "x"},
@@ -34,6 +34,24 @@ def test_a_variable_missing_from_some_points_is_null_there() -> None:
         {"a": 4, "b": "y", "c": 4.5},
     ]
     assert all(p.task is run.task for p in pts)
+
+
+def test_a_value_of_none_the_driver_gave_is_kept() -> None:
+    """A driver may give None for a value it could not read: drain() hands it back as
+    given (a null on the wire either way), apart from a variable a point did not have."""
+    run = PointRun(_task())
+    run.add(1.0, {"a": None, "b": 1})
+    run.add(2.0, {"a": 2.0})
+    run.add(3.0, {"a": None, "b": None})
+    assert run.cols == {"a": [None, 2.0, None], "b": [1, None, None]}
+    assert [p.values for p in run.points()] == [
+        {"a": None, "b": 1},
+        {"a": 2.0},
+        {"a": None, "b": None},
+    ]
+    plain = PointRun(_task())  # no variable ever missing: the fast path
+    plain.add(1.0, {"a": None})
+    assert [p.values for p in plain.points()] == [{"a": None}]
 
 
 def test_runs_and_points_make_the_same_columns() -> None:

@@ -41,13 +41,16 @@ class PointRun:
     and the node publishes the columns as they are.
     """
 
-    __slots__ = ("cols", "n", "task", "uts")
+    __slots__ = ("absent", "cols", "n", "task", "uts")
 
     def __init__(self, task: TaskSpec | None) -> None:
         self.task = task
         self.uts: list[float] = []
         self.cols: dict[str, list[Value]] = {}
         self.n = 0
+        #: per variable, the points that had no value for it (their null is not a
+        #: value the driver gave: :meth:`points` leaves it out); rare, so kept apart
+        self.absent: dict[str, set[int]] = {}
 
     def __len__(self) -> int:
         return self.n
@@ -59,20 +62,31 @@ class PointRun:
             col = cols.get(k)
             if col is None:
                 col = cols[k] = [None] * n
+                if n:
+                    self.absent[k] = set(range(n))
             col.append(v)
         if len(values) != len(cols):  # a variable of earlier points is not in this one
-            for col in cols.values():
+            for k, col in cols.items():
                 if len(col) == n:
                     col.append(None)
+                    self.absent.setdefault(k, set()).add(n)
         self.uts.append(uts)
         self.n = n + 1
 
     def points(self) -> list[Point]:
-        """The run as :class:`Point` objects (a variable a point had no value for is
-        left out of its ``values``)."""
-        cols = self.cols
+        """The run as :class:`Point` objects, each with the values its driver gave."""
+        cols, absent = self.cols, self.absent
+        if not absent:
+            return [
+                Point(u, {k: c[i] for k, c in cols.items()}, self.task)
+                for i, u in enumerate(self.uts)
+            ]
         return [
-            Point(u, {k: c[i] for k, c in cols.items() if c[i] is not None}, self.task)
+            Point(
+                u,
+                {k: c[i] for k, c in cols.items() if i not in absent.get(k, ())},
+                self.task,
+            )
             for i, u in enumerate(self.uts)
         ]
 
