@@ -134,6 +134,19 @@ async def test_dashboard_live_controls(
         async with running_dashboard(url, instance) as late, chromium_page() as (_, page2):
             await page2.goto(f"{late.address()}#/job/{jobid}")
             before = late.started_at - 1.0  # points older than the late dashboard
+
+            async def held() -> dict[str, Any]:
+                """The page's side: its job, the series it holds, Plotly, what it said."""
+                got: dict[str, Any] = await page2.evaluate(
+                    "(() => { const J = window.__dash.job || {}; return {id: J.id,"
+                    " series: Object.fromEntries(Object.entries(J.series || {}).map("
+                    "([c, s]) => [c, s.points])), queued: [...(J.drawQ || [])],"
+                    " frame: J.frame, plotly: !!window.Plotly,"
+                    " reply: document.getElementById('reply').textContent,"
+                    " ws: window.__dash.ws && window.__dash.ws.readyState}; })()"
+                )
+                return got
+
             try:
                 await page2.wait_for_function(
                     f"() => Object.values(window.__dash.drawn).some(d => d.points >= {stored} "
@@ -145,9 +158,12 @@ async def test_dashboard_live_controls(
                 series = {c: (s.points, s.first_t) for c, s in late.state.series[jobid].items()}
                 raise AssertionError(
                     f"late page: drawn {drawn}; wanted >= {stored} points, first < {before}; "
+                    f"the page holds {await held()}; "
                     f"its dashboard: stored data {late.backfill_state.get(jobid)!r}, "
                     f"series (points, first) {series}"
                 ) from e
+            page_state = await held()  # what a failure would report, read once here too
+            assert page_state["id"] == jobid and page_state["plotly"], page_state
 
         # the screenshot of docs/ and the README: the job page of a running job. Taken
         # every run (it must work); written into docs/ only when asked, so that a test run

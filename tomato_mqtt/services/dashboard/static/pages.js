@@ -4,6 +4,7 @@
 "use strict";
 
 const J = { id: null, job: null, events: [], marks: [], roles: {}, series: {}, hidden: new Set(), drawQ: new Set(), frame: 0 };
+window.__dash.job = J;  // what the job page holds: for tests and bench/dashboard.py
 let plotlyReady = null;
 
 function loadPlotly() {
