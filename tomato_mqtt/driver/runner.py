@@ -125,12 +125,9 @@ class ComponentRunner(TaskRunner[ModelDevice]):
         units, self._buf_units = self._buf_units, {}
         return units
 
-    def _add_units(self, units: dict[str, str]) -> None:
-        self._buf_units.update(units)
-
     def append_block(self, block: Block) -> None:
         """Buffer a block the device returned (the bulk loop calls this)."""
-        self._append(block, len(block))
+        self._append(block)
 
     def _point(self, uts: float, raw: Mapping[str, Any], task: TaskSpec | None) -> dict[str, Value]:
         """Convert a driver's mapping (fast path: plain values) and buffer it: onto the

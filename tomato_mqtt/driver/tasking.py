@@ -249,20 +249,16 @@ class TaskRunner(abc.ABC, Generic[D]):
         """The units gathered since the last drain (under the buffer's lock)."""
         return {}
 
-    def _append(self, item: PointRun | Block, n: int, units: dict[str, str] | None = None) -> None:
-        """Buffer ``item`` (``n`` points); tell the node once the buffer fills up."""
+    def _append(self, block: Block) -> None:
+        """Buffer a block of points; tell the node once the buffer fills up. (A
+        one-point runner buffers its points itself: ``ComponentRunner._point``.)"""
         with self._buf_lock:
-            self._buf.append(item)
-            if units:
-                self._add_units(units)
+            self._buf.append(block)
             before = self._buf_n
-            self._buf_n += n
+            self._buf_n += len(block)
             full = before < self._max_buffer <= self._buf_n
         if full and self._on_buffer_full is not None:
             self._call(self._on_buffer_full)
-
-    def _add_units(self, units: dict[str, str]) -> None:
-        """Keep the units of buffered points (under the buffer's lock)."""
 
     def error(self, message: str) -> None:
         self._call(self._on_error, message)

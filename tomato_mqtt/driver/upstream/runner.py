@@ -67,7 +67,7 @@ class UpstreamRunner(TaskRunner[UpstreamDevice]):
         block = self._block(cols, None)
         if block is None:
             return None
-        self._append(block, len(block))
+        self._append(block)
         last = {k: v[-1] for k, v in block.data.items()}  # the newest point, as a reply
         return Point(float(block.uts[-1]), last, None)
 
@@ -91,7 +91,7 @@ class UpstreamRunner(TaskRunner[UpstreamDevice]):
         block = self._block(cols, task)
         if block is None:
             return 0
-        self._append(block, len(block))
+        self._append(block)
         return len(block)
 
     def _block(self, cols: Mapping[str, Any] | None, task: TaskSpec | None) -> Block | None:
