@@ -161,7 +161,12 @@ def _broker_class(listen_fd: int | None = None) -> Any:
     Here retained messages go only to a session that really holds the subscription; the
     guard returns without awaiting, so that loop no longer yields either.
     """
-    from amqtt.broker import Broker  # heavy import, only where a broker really runs
+    # heavy imports, only where a broker really runs
+    from amqtt.broker import Broker
+    from amqtt.contexts import Action
+    from amqtt.errors import MQTTError
+    from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
+    from amqtt.utils import gen_client_id
 
     from tomato_mqtt_broker.security import RoleAclPlugin
 
@@ -174,6 +179,127 @@ def _broker_class(listen_fd: int | None = None) -> Any:
             #: refused at CONNECT, garbage that never became a session), and an unclosed
             #: transport outlives the event loop
             self.connections: set[asyncio.StreamWriter] = set()
+            #: the throwaway client ids of logins refused at CONNECT (_initialize_client_session)
+            self._refused: set[str] = set()
+            #: id() of the sessions admitted there, for the check amqtt makes afterwards
+            self._admitted: set[int] = set()
+
+        async def _initialize_client_session(
+            self, reader: Any, writer: Any, remote_address: str, remote_port: int
+        ) -> tuple[Any, Any]:
+            # amqtt 0.12 reads the CONNECT and then, before the login is checked at all,
+            # deletes the session that holds the same client id (clean session: its
+            # subscriptions go, while its connection stays open and deaf) or writes the
+            # newcomer's user name, password and last will into it. So anyone who knows
+            # a node's client id could cut it off from its commands with a wrong
+            # password. Here the login is checked first; a refused one gets a throwaway
+            # id and touches no other session. The rest is amqtt's session handling.
+            try:
+                handler, session = await BrokerProtocolHandler.init_from_connect(
+                    reader, writer, self.plugins_manager
+                )
+            except MQTTError:
+                await writer.close()  # as amqtt: a malformed CONNECT closes the connection
+                raise
+            why = await self._refusal(session)
+            if why is not None:
+                log.warning(
+                    "refused the login %r (client id %r) from %s:%s: %s",
+                    session.username,
+                    session.client_id,
+                    remote_address,
+                    remote_port,
+                    why,
+                )
+                session.client_id = f"refused-{gen_client_id()}"
+                session.will_flag = False
+                self._refused.add(session.client_id)
+                return handler, session
+            if session.clean_session:
+                if session.client_id:
+                    await self._delete_session(session.client_id)
+                else:
+                    session.client_id = gen_client_id()
+                session.parent = 0
+            elif session.client_id in self._sessions:  # a persistent session resumed
+                held, _ = self._sessions[session.client_id]
+                for attr in (
+                    "will_flag",
+                    "will_message",
+                    "will_topic",
+                    "will_qos",
+                    "will_retain",
+                    "keep_alive",
+                    "username",
+                    "password",
+                ):
+                    setattr(held, attr, getattr(session, attr))
+                session = held
+                session.parent = 1
+            else:
+                session.parent = 0
+            delay = self.config.get("timeout-disconnect-delay", 0)
+            if session.keep_alive > 0 and isinstance(delay, int):
+                session.keep_alive += delay
+            self._admitted.add(id(session))
+            return handler, session
+
+        async def _refusal(self, session: Any) -> str | None:
+            """Why this CONNECT is refused, or None: the login, its last will (amqtt
+            publishes a will without the publish check: anyone could make the broker
+            send a `stop` or a data batch in another's name), and on a secured broker a
+            client id held by another login (no one takes over another's session)."""
+            if not await super()._authenticate(session, None):
+                return "wrong user name or password (or a user without a role)"
+            acl = self._acl
+            if acl is None or acl.rules_of(session.username) is None:
+                return None  # an open, loopback-only broker: no roles to enforce
+            if session.will_flag and not acl.check(session, session.will_topic, Action.PUBLISH):
+                return (
+                    f"its last will is on {session.will_topic!r}, "
+                    f"a topic {session.username!r} may not publish"
+                )
+            held = self._sessions.get(session.client_id) if session.client_id else None
+            if held is not None and held[0].username != session.username:
+                other = held[0]
+                if other.transitions.is_connected() or not other.clean_session:
+                    return f"the client id is in use by another login ({other.username!r})"
+            return None
+
+        async def _authenticate(self, session: Any, listener: Any) -> bool:
+            if session.client_id in self._refused:
+                return False
+            if id(session) in self._admitted:  # checked in _initialize_client_session
+                self._admitted.discard(id(session))
+                return True
+            return bool(await super()._authenticate(session, listener))
+
+        async def _handle_client_session(self, *args: Any, **kwargs: Any) -> None:
+            session = args[2] if len(args) > 2 else kwargs["client_session"]
+            try:
+                await super()._handle_client_session(*args, **kwargs)
+            finally:
+                if session.client_id in self._refused:  # amqtt keeps refused sessions
+                    self._refused.discard(session.client_id)
+                    self._sessions.pop(session.client_id, None)
+
+        async def _handle_disconnect(
+            self, client_session: Any, handler: Any, disconnect_waiter: Any
+        ) -> None:
+            # checked at CONNECT already; checked again in case the rules changed since
+            # (a component moved to another node, a user's role changed)
+            if (
+                client_session.will_flag
+                and self._acl is not None
+                and not self._acl.check(client_session, client_session.will_topic, Action.PUBLISH)
+            ):
+                log.warning(
+                    "dropped the last will of %r on %r: a topic it may no longer publish",
+                    client_session.username,
+                    client_session.will_topic,
+                )
+                client_session.will_flag = False
+            await super()._handle_disconnect(client_session, handler, disconnect_waiter)
 
         async def _create_server_instance(
             self, listener_name: str, listener_type: Any, address: Any, port: int, ssl: Any

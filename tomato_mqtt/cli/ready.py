@@ -99,7 +99,7 @@ def wait_ready(
 
     async def go() -> tuple[int, int, Missing, Absent] | None:
         deadline = time.monotonic() + timeout
-        c = AsyncClient(ctx.url, client_id=f"cli-start-{os.getpid()}")
+        c = AsyncClient(ctx.url, client_id=f"cli-start-{os.getpid()}-{os.urandom(3).hex()}")
         # the port listens already (socket activation): one connect, served when the
         # broker is; unless the supervisor gives up first (its exit, pushed by a thread)
         exited = asyncio.Event()

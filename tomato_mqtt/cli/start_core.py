@@ -252,7 +252,7 @@ def _scheduler_answers(ctx: core.CallContext, timeout: float) -> bool:
     from tomato_mqtt.transport.rpc import NoResponder, Requester
 
     async def go() -> bool:
-        c = AsyncClient(ctx.url, client_id=f"cli-probe-{os.getpid()}")
+        c = AsyncClient(ctx.url, client_id=f"cli-probe-{os.getpid()}-{os.urandom(3).hex()}")
         try:
             await c.connect(timeout=timeout)
         except MqttError:

@@ -106,10 +106,14 @@ class NodeService(Service):
         self.spool: Spool | None = None
         self.epoch = 0
         self._units_loaded: asyncio.Future[None] | None = None
+        # not guessable from what the node publishes (its pid is in its status): a
+        # broker that lets any login take over a client id (Mosquitto does) cannot be
+        # used to cut this node off by someone who reads its status
+        self._client_id = f"node-{slug(self.name)}-{os.getpid()}-{os.urandom(4).hex()}"
 
     @property
     def client_id(self) -> str:
-        return f"node-{slug(self.name)}-{os.getpid()}"
+        return self._client_id
 
     @property
     def status_topic(self) -> str:
