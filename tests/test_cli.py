@@ -262,6 +262,8 @@ def test_payload_problems_name_the_file(stack: Stack) -> None:
         res = stack.run("ketchup", "submit", str(path))
         assert res.returncode == 1, (path, res.stdout)
         assert str(path) in res.stderr, res.stderr
+        # one order whoever refused it (the CLI reading it, or the scheduler)
+        assert res.stderr.startswith(f"error: payload refused: {path}: "), res.stderr
         assert word in res.stderr, (word, res.stderr)
         assert res.stdout == ""
         assert time.monotonic() - t0 < 10

@@ -91,6 +91,10 @@ def test_measure_last_reset_register(stack: Stack) -> None:
     out = stack.json("passata", "measure", c)
     assert out["success"], out
     assert isinstance(out["data"]["uts"], float) and out["data"]["vars"]
+    # a quantity keeps its units, as in `passata last` (param is a pint quantity)
+    assert out["data"]["units"] == {"param": "second"}, out["data"]
+    human = stack.run("passata", "measure", c)
+    assert human.returncode == 0 and "param: 1.0 second" in " ".join(human.stdout.split()), human
     measured = out["data"]["uts"]
     deadline = time.monotonic() + 5
     last = stack.json("passata", "last", c)

@@ -298,6 +298,12 @@ def test_staleness_uses_receipt_time_and_skips_a_round_of_a_blocked_scheduler() 
     p.received(nodes["pc"], retained=False)
     assert not p.check_stale()  # received just now: its old timestamp does not matter
     assert p.clock_offset("pc") is not None and "pc" in p.skewed
+    # the file records the offset of a skewed node only (a results file's
+    # tomato_clock_offset), not the ~1 ms a heartbeat takes to arrive
+    assert p.skew_of("pc") == p.clock_offset("pc")
+    near = NodeStatus(state="online", node="near", epoch=1, heartbeat=time.time() - 0.002)
+    p.received(near, retained=False)
+    assert p.clock_offset("near") is not None and p.skew_of("near") is None
     for _ in range(6):  # 0.6 s of regular rounds without a status: lost
         time.sleep(0.1)
         if p.check_stale():

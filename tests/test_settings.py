@@ -187,6 +187,8 @@ def test_init_with_port_sets_the_port(tmp_path: Path) -> None:
     write_default_files(app, tmp_path / "d", tmp_path / "l", port=1234)
     s = load_settings(appdir=app)
     assert s.mqtt.port == 1234 and s.ws_port == 1235
+    # the commented default says what applies: the MQTT port + 1
+    assert "\n# ws_port = 1235\n" in (app / "settings.toml").read_text()
 
 
 def test_init_escapes_windows_like_paths(tmp_path: Path) -> None:

@@ -132,6 +132,8 @@ def test_start_on_a_taken_port_is_one_error_and_nothing_runs(tmp_path: Path) -> 
         res = subprocess.run([*exe, "start", *dirs], capture_output=True, text=True, timeout=60)
     assert res.returncode == 1, res
     assert f"port {port} on 127.0.0.1 is already in use by another program" in res.stderr
+    # ... says that nothing runs and how to take another port
+    assert "nothing was started" in res.stderr and "tomato start -p N" in res.stderr
     assert processes_of(port) == []
     assert not (tmp_path / f"tomato-mqtt.{port}.pid").exists()
 

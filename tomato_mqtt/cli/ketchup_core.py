@@ -44,8 +44,12 @@ def submit(opts: Opts, payload: Path, jobname: str | None) -> None:
         "user": user,
     }
     reply = run_request(ctx, ctx.topics.scheduler_cmd("job_submit"), args, timeout=opts.timeout)
-    if not reply.success and reply.code == "refused":
-        reply.msg = f"{payload}: {reply.msg}"  # the scheduler cannot know the file's name
+    if not reply.success and reply.code == "refused":  # the scheduler cannot know the file
+        head, sep, why = reply.msg.partition("payload refused: ")
+        # one order whoever refused it: "payload refused: <file>: <where>: <why>"
+        reply.msg = (
+            f"payload refused: {payload}: {why}" if sep and not head else f"{payload}: {reply.msg}"
+        )
     opts.output().reply(reply, lambda job: _submitted(reply.msg, job))
 
 

@@ -62,7 +62,10 @@ def start(opts: core.Opts, verbose: int = 0, quiet: int = 0) -> None:
     if s.broker.embedded and port_in_use(s.broker.host, s.mqtt.port):
         if _scheduler_answers(ctx, 1.0):
             fail(f"tomato-mqtt is already running on port {s.mqtt.port} ({ctx.where()})")
-        fail(f"port {s.mqtt.port} on {s.broker.host} is already in use by another program")
+        fail(
+            f"port {s.mqtt.port} on {s.broker.host} is already in use by another program; "
+            f"nothing was started. {_other_port(s)}"
+        )
     if not s.broker.embedded and _scheduler_answers(ctx, 2.0):
         fail(f"a tomato-mqtt scheduler already answers on {ctx.where()}")
     if s.broker.embedded:
@@ -181,8 +184,15 @@ def _bind_mqtt_port(s: Any, broker: Any) -> socket.socket:
     except OSError as e:
         fail(
             f"port {s.mqtt.port} on {host} is already in use by another program ({e}); "
-            "nothing was started"
+            f"nothing was started. {_other_port(s)}"
         )
+
+
+def _other_port(s: Any) -> str:
+    return (
+        "Use another port: `tomato start -p N` (and -p N on every command), or "
+        f"[mqtt] port = N in {s.appdir / 'settings.toml'}"
+    )
 
 
 def _check_listener_ports(s: Any) -> None:

@@ -34,6 +34,8 @@ def render_default_settings(datadir: Path, logdir: Path, port: int | None = None
         text, n = re.subn(r"(?m)^# port = \d+$", f"port = {int(port)}", text, count=1)
         if n != 1:  # the template and this function must change together
             raise RuntimeError("settings template has no '# port = ...' line")
+        # the commented default of the WebSocket port follows the MQTT port
+        text = text.replace("# ws_port = 1884", f"# ws_port = {int(port) + 1}", 1)
     return text
 
 

@@ -209,13 +209,19 @@ def _durations_in_seconds(method: Any) -> Any:
 def _seconds(text: str, where: str) -> float:
     import pint
 
+    hint = "give seconds (5, 0.5) or a number with a time unit (10 s, 2 min, 1.5 h)"
     try:
         q: Any = pint.Quantity(text)
-        if q.dimensionless:
-            return float(q.m)
+    except Exception:  # pint raises AttributeError, TypeError and ValueError alike
+        raise PayloadError(where, f"{text!r} is not a duration: {hint}") from None
+    if q.dimensionless:
+        return float(q.m)
+    try:
         return float(q.to("seconds").m)
-    except Exception as e:  # pint raises AttributeError, TypeError and ValueError alike
-        raise PayloadError(where, f"{text!r} is not a duration: {e}") from None
+    except Exception:  # a quantity of another kind (5 kg)
+        raise PayloadError(
+            where, f"{text!r} is not a duration ({q.units:~} is not a unit of time): {hint}"
+        ) from None
 
 
 def _upgrade(payload: Any, version: str, user: str | None) -> Any:

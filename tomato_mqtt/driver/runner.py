@@ -29,7 +29,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from tomato_mqtt.driver.base import ModelDevice
@@ -102,6 +102,11 @@ class ComponentRunner(TaskRunner[ModelDevice]):
                 raise RuntimeError(
                     f"measurement on {self._who} failed: {type(e).__name__}: {e}"
                 ) from e
+
+    def units_of(self, names: Iterable[str]) -> dict[str, str]:
+        """The units (as written to the file) of those ``names`` that were quantities."""
+        known = self._units
+        return {k: known[k][1] for k in names if k in known}
 
     def reset(self) -> None:
         """``device.reset()``; refused while a task runs, waits for one that is stopping."""

@@ -18,7 +18,7 @@ from __future__ import annotations
 import abc
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from tomato_mqtt.driver.block import Block
@@ -126,6 +126,11 @@ class TaskRunner(abc.ABC, Generic[D]):
     @abc.abstractmethod
     def _close_device(self) -> None:
         """Close the device, after the worker has ended."""
+
+    def units_of(self, names: Iterable[str]) -> dict[str, str]:
+        """The units (as written to the file) of those ``names`` the device measured as
+        quantities: for the reply of an ad-hoc measurement."""
+        return {}
 
     # -- state ----------------------------------------------------------------------------
     @property

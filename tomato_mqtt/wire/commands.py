@@ -228,6 +228,9 @@ class StopData(_Data):
 class MeasureData(_Data):
     uts: float
     vars: dict[str, JsonValue] = Field(description="variable -> value (as LastPoint.vars)")
+    units: dict[str, str] = Field(
+        default_factory=dict, description="variable -> units, for quantities (as LastPoint.units)"
+    )
 
 
 class ReplayData(_Data):

@@ -20,7 +20,7 @@ Cell = float | int | bool | str | None | list[Any]
 class DataBatch(WireModel):
     """A batch of points of one component stream, as columns.
 
-    ``vars`` maps each variable to one value per entry of ``uts``; ``job`` and ``task``
+    ``vars`` maps each variable to one value per entry of ``uts``; ``jobid`` and ``task``
     are those the points were taken in (null for idle measurements): all points of a
     batch belong to the same task. ``n`` is ``len(uts)`` (written before the columns, so
     a reader can count points without parsing them). A value that could not be measured

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, Literal
 
 from tomato_mqtt.driver.block import Block, BlockError
@@ -44,6 +44,7 @@ class UpstreamRunner(TaskRunner[UpstreamDevice]):
 
     def _setup(self) -> None:
         self._warned: set[str] = set()
+        self._measured_units: dict[str, str] = {}  # of the last ad-hoc measurement
 
     # -- tasks ----------------------------------------------------------------------------
     def _prepare(self, task: TaskSpec) -> None:
@@ -68,8 +69,13 @@ class UpstreamRunner(TaskRunner[UpstreamDevice]):
         if block is None:
             return None
         self._append(block)
+        self._measured_units = dict(block.units)
         last = {k: v[-1] for k, v in block.data.items()}  # the newest point, as a reply
         return Point(float(block.uts[-1]), last, None)
+
+    def units_of(self, names: Iterable[str]) -> dict[str, str]:
+        known = self._measured_units
+        return {k: known[k] for k in names if k in known}
 
     def reset(self) -> None:
         self._wait_stopping()

@@ -146,7 +146,8 @@ class ComponentOps:
         if point is None:
             return Result(f"{hc.name} returned no data")
         values: dict[str, JsonValue] = dict(point.values)
-        return Result(f"measured on {hc.name}", {"uts": point.uts, "vars": values})
+        units: dict[str, JsonValue] = dict(runner.units_of(values))
+        return Result(f"measured on {hc.name}", {"uts": point.uts, "vars": values, "units": units})
 
     async def op_reset(self, hc: HostedComponent, args: Mapping[str, JsonValue]) -> Result:
         runner = self.runner(hc)

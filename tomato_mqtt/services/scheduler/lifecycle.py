@@ -93,7 +93,7 @@ class JobLifecycle:
         offsets: dict[str, JsonValue] = {}
         for role, comp in roles.items():
             node = self.svc.node_of(comp)
-            off = self.svc.presence_view.clock_offset(node.node) if node else None
+            off = self.svc.presence_view.skew_of(node.node) if node else None
             if off is not None:
                 offsets[role] = round(off, 3)
         return {

@@ -71,6 +71,14 @@ class Presence:
         q = self.offsets.get(node)
         return max(q) if q else None
 
+    def skew_of(self, node: str) -> float | None:
+        """The node's clock offset when it is beyond ``clock_tolerance`` (what a results
+        file records as ``tomato_clock_offset``), else None: a measured offset within
+        the tolerance is mostly the heartbeat's own transit (~1 ms on one PC)."""
+        off = self.clock_offset(node)
+        tol = self.svc.settings.scheduler.clock_tolerance
+        return off if off is not None and abs(off) > tol else None
+
     def skew_message(self, node: str, off: float) -> str:
         tol = self.svc.settings.scheduler.clock_tolerance
         return (
