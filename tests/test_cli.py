@@ -360,6 +360,12 @@ def test_snapshot_of_a_queued_job_is_refused(stack: Stack) -> None:
     assert "not started" in res.stderr
     assert not (stack.workdir / f"snapshot.{jobid}.nc").exists()
     cancel(stack, jobid)
+    # cancelled before it ever ran: still nothing to snapshot (not an empty file)
+    stack.wait_job(jobid, {"cd"}, timeout=30)
+    res = stack.run("ketchup", "snapshot", str(jobid))
+    assert res.returncode == 1 and "never started" in res.stderr, res.stderr
+    assert not (stack.workdir / f"snapshot.{jobid}.nc").exists()
+    assert not (stack.datadir / "Jobs" / str(jobid) / f"snapshot.{jobid}.nc").exists()
 
 
 # -- the common options, declared once (cli/common.py); no stack needed ---------------------

@@ -60,6 +60,11 @@ async def test_scheduler_replies_match_their_types(
         assert (await st.call("job_search", {"name": "typ", "complete": True}))[0].id == job.id
         ejected = await st.call("pipeline_eject", {"pipeline": "pip-counter-1"})
         assert ejected.sampleid is None
+        # again: no error, and the reply says there was nothing to eject
+        again = await st.raw(
+            st.topics.scheduler_cmd("pipeline_eject"), {"pipeline": "pip-counter-1"}
+        )
+        assert again.success and again.msg == "pipeline pip-counter-1 was already empty", again
 
 
 @pytest.mark.parametrize(

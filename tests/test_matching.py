@@ -286,6 +286,9 @@ def test_a_matching_job_says_which_sample_it_waits_for() -> None:
         "no pipeline holds sample 's': load it into one of p1, p2"
     )
     why = waiting_reason(["p1", "p3"], pips, "s")
-    assert why is not None and "sample 's' is in p3, which is not ready" in why
+    assert why == "sample 's' is in p3, which is not ready (tomato pipeline ready p3)"
+    # one candidate: the exact command to type
+    why = waiting_reason(["p1"], pips, "s")
+    assert why == "no pipeline holds sample 's': load it into p1 (tomato pipeline load p1 s)"
     pips["p3"] = pip("p3", sample="s", ready=True, jobid=7)
     assert waiting_reason(["p3"], pips, "s") is None  # it waits for job 7: nothing to do

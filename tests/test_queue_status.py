@@ -30,8 +30,8 @@ from tomato_mqtt.wire.status import JobSummary
 
 DEEP = 600  # > JOB_PAGE_MAX: the listing has two pages
 REASON = (
-    "no pipeline holds sample 'deep-sample': load it into one of pip-counter-1 "
-    "(tomato pipeline load <pipeline> deep-sample)"
+    "no pipeline holds sample 'deep-sample': load it into pip-counter-1 "
+    "(tomato pipeline load pip-counter-1 deep-sample)"
 )
 
 

@@ -32,6 +32,7 @@ async def test_tomato_models_read_our_file(
         job = await st.call("job_submit", {"payload": payload, "submit_dir": str(tmp_path)})
         done = await st.wait_job(job.id, {"c", "ce", "cd"})
         assert done.status == "c", done.reason
+        (reply,) = await st.call("job_status", {"jobids": [job.id]})
     # dtypes as tomato 2.2 writes the counter's defaults (its tests/common/results.ref.nc)
     dt = load_tree(done.respath)
     try:
@@ -45,6 +46,8 @@ async def test_tomato_models_read_our_file(
     j = got["job"]
     assert j["id"] == job.id and j["status"] == "c"
     assert j["connected_at"] and j["jobpath"]  # filled: tomato's Job has them
+    # ... and the scheduler's replies say the same (null until the job launches)
+    assert reply.jobpath == j["jobpath"], (reply.jobpath, j["jobpath"])
     assert j["payload"]["method"][0]["technique_name"] == "count"
     comp = got["components"]["counter"]
     assert comp["role"] == "counter"

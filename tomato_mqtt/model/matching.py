@@ -211,15 +211,24 @@ def waiting_reason(
     """
     holding = [n for n in candidates if n in pipelines and pipelines[n].sampleid == sample]
     if not holding:
+        if len(candidates) == 1:  # the exact command
+            return (
+                f"no pipeline holds sample {sample!r}: load it into {candidates[0]} "
+                f"(tomato pipeline load {candidates[0]} {sample})"
+            )
         where = ", ".join(candidates)
         return (
             f"no pipeline holds sample {sample!r}: load it into one of {where} "
             f"(tomato pipeline load <pipeline> {sample})"
         )
     if not any(pipelines[n].ready for n in holding):
-        names = ", ".join(holding)
+        if len(holding) == 1:
+            return (
+                f"sample {sample!r} is in {holding[0]}, which is not ready "
+                f"(tomato pipeline ready {holding[0]})"
+            )
         return (
-            f"sample {sample!r} is in {names}, which is not ready "
+            f"sample {sample!r} is in {', '.join(holding)}, none of them ready "
             "(tomato pipeline ready <pipeline>)"
         )
     return None

@@ -145,10 +145,17 @@ class SchedulerOps:
             raise CommandError(
                 f"cannot eject from {a.pipeline}: job {p.jobid} is running", code="conflict"
             )
+        held = p.sampleid
         p = self.store.update_pipeline(a.pipeline, sampleid=None, ready=False)
         await self.svc.publish_pipeline(a.pipeline)
         self.svc.kick()  # queued jobs for that sample now wait for the user again: say so
-        return Result(f"pipeline {a.pipeline} ejected", pipeline_info(self.svc, p))
+        # as tomato: ejecting an empty pipeline is no error, and the reply says so
+        msg = (
+            f"sample {held!r} ejected from {a.pipeline}"
+            if held is not None
+            else f"pipeline {a.pipeline} was already empty"
+        )
+        return Result(msg, pipeline_info(self.svc, p))
 
     async def pipeline_ready(self, args: Mapping[str, JsonValue]) -> Result:
         self.access.require("pipeline_ready")
@@ -262,6 +269,12 @@ class SchedulerOps:
         if job.status in ("q", "qw"):
             raise CommandError(
                 f"job {job.id} has not started yet: no data to snapshot", code="conflict"
+            )
+        if job.launched_at is None:  # cancelled while it waited: it never ran
+            raise CommandError(
+                f"job {job.id} never started (it ended {job.status} while queued): "
+                "no data to snapshot",
+                code="conflict",
             )
         path = Path(self.svc.settings.jobs_dir) / str(job.id) / f"snapshot.{job.id}.nc"
         ok, msg, data = await self.svc.recorder_request(

@@ -104,7 +104,7 @@ class SchedulerService(Service):
     async def setup(self) -> None:
         self.layout = load_devices(self.settings.devices_file, self.settings.node.name)
         self.settings.datadir.mkdir(parents=True, exist_ok=True)
-        self.store = StateStore(self.settings.state_db)
+        self.store = StateStore(self.settings.state_db, self.settings.jobs_dir)
         self.store.sync_pipelines(self.layout.pipelines)
 
     async def started(self) -> None:

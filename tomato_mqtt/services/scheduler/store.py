@@ -60,8 +60,10 @@ _PIPELINE_FIELDS = frozenset(PipelineState.model_fields) - {"name"}
 class StateStore:
     """Pipelines and jobs of one scheduler. Not thread-safe: use it from one thread."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, jobs_dir: Path | None = None) -> None:
         self.path = Path(path)
+        #: the jobs' folders (``<jobs_dir>/<id>``): a launched job's ``jobpath``, as tomato
+        self.jobs_dir = jobs_dir
         #: committed write transactions so far: a scheduling pass that finds the same
         #: count (and the same components and pipelines) has nothing new to decide
         self.writes = 0
@@ -182,7 +184,7 @@ class StateStore:
         row = self._db.execute("SELECT * FROM jobs WHERE id = ?", (id,)).fetchone()
         if row is None:
             raise UnknownName(f"no job with id {id}")
-        return _job(row)
+        return self._job(row)
 
     def jobs(
         self, ids: Iterable[int] | None = None, statuses: Iterable[str] | None = None
@@ -208,12 +210,12 @@ class StateStore:
         sql = "SELECT * FROM jobs"
         if where:
             sql += " WHERE " + " AND ".join(where)
-        return [_job(r) for r in self._db.execute(sql + " ORDER BY id", args)]
+        return [self._job(r) for r in self._db.execute(sql + " ORDER BY id", args)]
 
     def jobs_page(self, offset: int, limit: int) -> list[Job]:
         """``limit`` jobs from position ``offset`` of the whole listing (by id)."""
         rows = self._db.execute("SELECT * FROM jobs ORDER BY id LIMIT ? OFFSET ?", (limit, offset))
-        return [_job(r) for r in rows]
+        return [self._job(r) for r in rows]
 
     def queue_ends(self, n: int) -> tuple[int, list[Job], list[Job]]:
         """How many jobs are queued (q, qw), the first ``n`` and the last ``n`` of them
@@ -307,7 +309,18 @@ class StateStore:
             "ORDER BY completed_at DESC, id DESC LIMIT ?",
             (n,),
         )
-        return [_job(r) for r in rows]
+        return [self._job(r) for r in rows]
+
+    def _job(self, row: sqlite3.Row) -> Job:
+        data = {c: row[c] for c in _JOB_COLUMNS}
+        for c in _JSON_COLUMNS:
+            data[c] = json.loads(data[c])
+        data["connected_at"] = data["launched_at"]  # tasks start on the nodes at launch
+        if self.jobs_dir is not None and data["launched_at"] is not None:
+            # the folder the recorder falls back to and writes snapshots into (the
+            # results file's tomato_Job says the same)
+            data["jobpath"] = str(self.jobs_dir / str(data["id"]))
+        return Job.model_validate(data)
 
     def update_job(self, id: int, /, **fields: Any) -> Job:
         """Change fields of a job; a status change must be a valid transition."""
@@ -339,18 +352,10 @@ class StateStore:
         args: list[Any] = [f"%{escaped}%"]
         if not complete:
             sql += " AND status NOT IN ('c', 'ce', 'cd')"
-        return [_job(r) for r in self._db.execute(sql + " ORDER BY id", args)]
+        return [self._job(r) for r in self._db.execute(sql + " ORDER BY id", args)]
 
 
 def _pipeline(row: sqlite3.Row) -> PipelineState:
     return PipelineState(
         name=row["name"], sampleid=row["sample"], ready=bool(row["ready"]), jobid=row["jobid"]
     )
-
-
-def _job(row: sqlite3.Row) -> Job:
-    data = {c: row[c] for c in _JOB_COLUMNS}
-    for c in _JSON_COLUMNS:
-        data[c] = json.loads(data[c])
-    data["connected_at"] = data["launched_at"]  # tasks start on the nodes at launch
-    return Job.model_validate(data)
