@@ -94,3 +94,34 @@ async def test_follow_snapshot_and_exit_codes(
         await st.call("job_cancel", {"jobids": [job2.id]})
         rc, out = await follower
         assert rc == 1 and f"job {job2.id}: cd" in out, out
+
+
+def test_a_follower_that_starts_mid_task_shows_the_task_at_once() -> None:
+    """The job's own progress says which task runs: no wait for the next task event."""
+    from tomato_mqtt.client.progress import Progress
+
+    job = {
+        "status": "r",
+        "launched_at": "2026-01-01T00:00:00+00:00",
+        "payload": {
+            "method": [
+                {"component_role": "counter", "max_duration": 5},
+                {"component_role": "counter", "max_duration": 5},
+                {"component_role": "other", "max_duration": 5},
+            ]
+        },
+        "progress": {
+            "tasks": {
+                "0": {"state": "ended"},
+                "1": {"state": "running"},
+                "2": {"state": "pending"},
+            }
+        },
+    }
+    p = Progress(7)
+    p.job(job)
+    assert p.tasks == {"counter": "task 1"}
+    assert p.line().startswith("job 7: r | counter: task 1 | 0 point(s)"), p.line()
+    p.event({"event": "task_ended", "role": "counter", "task": 1})  # events take over
+    p.job(job)  # a later summary does not undo what the events said
+    assert p.tasks == {"counter": "task 1 ended"}

@@ -103,6 +103,25 @@ class Progress:
         pts = job.get("points") or (job.get("progress") or {}).get("points")
         if isinstance(pts, Mapping) and pts:
             self.points = {str(k): int(v) for k, v in pts.items()}
+        self._running_tasks(job)
+
+    def _running_tasks(self, job: Mapping[str, Any]) -> None:
+        """The tasks running now, from the job's ``progress.tasks`` (a follower that
+        starts mid-task shows it at once; later task events take over)."""
+        payload, progress = job.get("payload"), job.get("progress")
+        if not isinstance(payload, Mapping) or not isinstance(progress, Mapping):
+            return
+        tasks, method = progress.get("tasks"), payload.get("method")
+        if not isinstance(tasks, Mapping) or not isinstance(method, list):
+            return
+        for index, t in tasks.items():
+            if not (isinstance(t, Mapping) and t.get("state") in ("starting", "running")):
+                continue
+            i = int(index) if str(index).isdigit() else -1
+            spec = method[i] if 0 <= i < len(method) else None
+            if isinstance(spec, Mapping):
+                role = str(spec.get("component_role") or spec.get("component_tag") or "")
+                self.tasks.setdefault(role, f"task {i}")
 
     def event(self, ev: Mapping[str, Any]) -> None:
         kind = ev.get("event")
