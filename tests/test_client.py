@@ -13,13 +13,17 @@ import yaml
 
 from tests.conftest import RunningBroker
 from tests.inproc import CONFIG, inproc_stack
-from tomato_mqtt.client import AsyncTomato, ClientError
+from tomato_mqtt.client import AsyncTomato, ClientError, Tomato
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def _doc_text() -> str:
+    return (ROOT / "docs" / "client.md").read_text()
+
+
 def _doc_script() -> str:
-    text = (ROOT / "docs" / "client.md").read_text()
+    text = _doc_text()
     m = re.search(r"<!-- client-example -->\n```python\n(.*?)\n```", text, flags=re.S)
     assert m, "docs/client.md lost its example"
     return m.group(1)
@@ -28,34 +32,54 @@ def _doc_script() -> str:
 async def test_docs_client_script_runs(
     broker: RunningBroker, tmp_path: Path, instance: str
 ) -> None:
+    """As the README sets a stack up (``tomato init``'s devices file: ``pip-counter``), and
+    with the usage line's payload: once on an empty pipeline, once after the README's
+    steps (the sample loaded, the pipeline ready); each time the pipeline is left as the
+    script found it."""
     script = tmp_path / "script.py"
     script.write_text(_doc_script())
-    payload = tmp_path / "payload.yml"
-    payload.write_text((CONFIG / "counter_1_0.1.yml").read_text())
-    async with inproc_stack(broker.port, tmp_path, instance) as st:
+    usage = re.search(r"(?i)run it as\s+`python script.py (\S+) (\S+) (\S+)`", _doc_text())
+    assert usage, "docs/client.md lost its usage line"
+    payload = ROOT / usage.group(3)
+    assert payload.is_file(), f"the usage line names {usage.group(3)}, which does not exist"
+    async with inproc_stack(broker.port, tmp_path, instance, devices="devices_default.yml") as st:
         work = st.settings.datadir / "work"  # where the recorder may write the file
         work.mkdir(parents=True)
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            str(script),
-            f"mqtt://127.0.0.1:{broker.port}",
-            instance,
-            str(payload),
-            cwd=work,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-            env={**os.environ, "PYTHONPATH": str(ROOT)},
-        )
-        out, _ = await asyncio.wait_for(proc.communicate(), 120)
-    text = out.decode()
-    assert proc.returncode == 0, text
-    assert "ended c" in text, text
-    m = re.search(r"^(\d+) points of \[.*'val'", text, flags=re.M)
-    assert m, text
-    n = int(m.group(1))
-    assert 9 <= n <= 11, text  # 1 s at 0.1 s
-    assert re.search(r"job \d+: r .*point", text), text  # progress lines while it ran
-    assert "could not be written" not in text, text
+
+        async def run() -> str:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                str(script),
+                f"mqtt://127.0.0.1:{broker.port}",
+                instance,
+                str(payload),
+                cwd=work,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
+                env={**os.environ, "PYTHONPATH": str(ROOT)},
+            )
+            out, _ = await asyncio.wait_for(proc.communicate(), 120)
+            text = out.decode()
+            assert proc.returncode == 0, text
+            assert "ended c" in text, text
+            m = re.search(r"^(\d+) points of \[.*'val'", text, flags=re.M)
+            assert m, text
+            assert 9 <= int(m.group(1)) <= 11, text  # 1 s at 0.1 s
+            assert re.search(r"job \d+: r .*point", text), text  # progress while it ran
+            assert "could not be written" not in text, text
+            return text
+
+        async def pip() -> tuple[str | None, bool]:
+            p = (await st.call("status", {"what": "pipelines"}))["pip-counter"]
+            return p.sampleid, p.ready
+
+        await run()  # an empty pipeline: loaded, run, ejected again
+        assert await pip() == (None, False)
+        # the README's steps: the sample loaded, the pipeline ready
+        await st.call("pipeline_load", {"pipeline": "pip-counter", "sampleid": "counter_1_0.1"})
+        await st.call("pipeline_ready", {"pipeline": "pip-counter"})
+        await run()
+        assert await pip() == ("counter_1_0.1", True)
 
 
 async def test_async_client_jobs_stream_snapshot_and_components(
@@ -108,3 +132,32 @@ def test_import_is_light() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+async def test_stream_times_out_as_follow_and_wait_do(
+    broker: RunningBroker, tmp_path: Path, instance: str
+) -> None:
+    """A job that waits for its sample: ``stream(timeout)`` raises ``TimeoutError``, as
+    ``follow`` and ``wait`` do, instead of waiting for ever (sync and asyncio)."""
+    payload = yaml.safe_load((CONFIG / "counter_1_0.1.yml").read_text())
+    async with inproc_stack(broker.port, tmp_path, instance):
+        url = f"mqtt://127.0.0.1:{broker.port}"
+        async with AsyncTomato(url, instance) as t:
+            job = await t.submit(payload, jobname="waits")  # no pipeline holds its sample
+            assert (await job.status()).status in ("q", "qw")
+            t0 = asyncio.get_running_loop().time()
+            with pytest.raises(TimeoutError, match=rf"job {job.id} still qw? after 0.5 s"):
+                async for _ in job.stream(timeout=0.5):
+                    pass
+            assert asyncio.get_running_loop().time() - t0 < 5
+            with pytest.raises(TimeoutError):
+                async for _ in job.follow(timeout=0.5):
+                    pass
+
+            def sync() -> None:
+                with Tomato(url, instance) as s, pytest.raises(TimeoutError, match="after 0.5 s"):
+                    for _ in s.job(job.id).stream(timeout=0.5):
+                        pass
+
+            await asyncio.wait_for(asyncio.to_thread(sync), 20)
+            await job.cancel()

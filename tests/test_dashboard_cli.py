@@ -4,7 +4,10 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import subprocess
+import sys
+import time
 import urllib.request
 from pathlib import Path
 
@@ -55,6 +58,101 @@ async def test_tomato_dashboard_serves_page_and_plotly(
         proc.terminate()
         proc.wait(timeout=15)
     assert proc.returncode == 0, out.read_text()
+    # the address, once, when it serves
+    assert out.read_text().count(f"dashboard: http://127.0.0.1:{web}/ (Ctrl-C stops it)") == 1
+
+
+def _settings(app: Path, instance: str, port: int, web: int) -> None:
+    app.mkdir(parents=True, exist_ok=True)
+    (app / "settings.toml").write_text(
+        f'[mqtt]\ninstance = "{instance}"\nport = {port}\n'
+        f"[broker]\nembedded = false\n[dashboard]\nport = {web}\n"
+    )
+
+
+#: ``tomato dashboard`` with the broker's wait shortened (it is 30 s)
+SHORT_WAIT = (
+    "import sys\n"
+    "import tomato_mqtt.services.dashboard.service as s\n"
+    "s.CONNECT_TIMEOUT = float(sys.argv.pop(1))\n"
+    "from tomato_mqtt.cli.fast import tomato\n"
+    "sys.argv[0] = 'tomato'\n"
+    "tomato()\n"
+)
+
+
+async def test_web_port_in_use_says_how_to_choose_another(
+    broker: RunningBroker, tmp_path: Path, instance: str
+) -> None:
+    """No address is announced, and the error names --web-port and [dashboard] port."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        web = int(taken.getsockname()[1])
+        _settings(tmp_path / "app", instance, broker.port, free_port())
+        res = await asyncio.to_thread(
+            subprocess.run,
+            [str(BIN / "tomato"), "dashboard", "-A", str(tmp_path / "app"), "--web-port", str(web)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert "dashboard: http" not in res.stdout + res.stderr
+    assert f"cannot serve on 127.0.0.1:{web}: the port is in use" in res.stderr, res.stderr
+    assert "--web-port N" in res.stderr and "[dashboard]" in res.stderr, res.stderr
+    assert "settings.toml" in res.stderr, res.stderr
+
+
+async def test_unreachable_broker_is_retried_then_given_up(
+    broker: RunningBroker, tmp_path: Path, instance: str
+) -> None:
+    """The broker is tried for CONNECT_TIMEOUT s: one that comes up meanwhile is used;
+    then the dashboard stops (exit 1), saying that it tried for that long and gave up."""
+    app, web = tmp_path / "app", free_port()
+    _settings(app, instance, broker.port, web)
+    await broker.stop()
+    cmd = [sys.executable, "-c", SHORT_WAIT, "20", "dashboard", "-A", str(app)]
+    out = tmp_path / "out.txt"
+    with out.open("wb") as f:
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=f, stderr=subprocess.STDOUT)
+    try:
+        await asyncio.sleep(1.5)  # refused meanwhile: still trying, nothing announced
+        assert proc.poll() is None, out.read_text()
+        assert "dashboard: http" not in out.read_text()
+        await broker.start()
+        for _ in range(200):  # the retry's back-off is at most 1 s
+            if f"dashboard: http://127.0.0.1:{web}/" in out.read_text():
+                break
+            assert proc.poll() is None, out.read_text()
+            await asyncio.sleep(0.1)
+        else:
+            raise AssertionError(f"never served: {out.read_text()}")
+        status, _ = await asyncio.to_thread(_get, f"http://127.0.0.1:{web}/")
+        assert status == 200
+    finally:
+        proc.terminate()
+        proc.wait(timeout=15)
+
+    # a broker that stays away: given up after the wait, and said so
+    await broker.stop()
+    t0 = time.monotonic()
+    res = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-c", SHORT_WAIT, "1", "dashboard", "-A", str(app)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert time.monotonic() - t0 < 30, res.stderr
+    assert "dashboard: http" not in res.stdout + res.stderr
+    assert (
+        f"cannot reach the broker (cannot connect to the MQTT broker at mqtt://127.0.0.1:{broker.port}"
+        in res.stderr
+    ), res.stderr
+    assert "It kept trying for 1 s and has stopped" in res.stderr, res.stderr
+    await broker.start()  # as the fixture left it
 
 
 def test_supervisor_runs_the_dashboard_only_when_enabled(tmp_path: Path) -> None:

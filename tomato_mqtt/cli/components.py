@@ -19,17 +19,13 @@ import typer
 from tomato_mqtt.cli import common
 from tomato_mqtt.cli.passata_core import (
     RETAINED_WAIT,
-    SCHEDULER_WAIT,
     Refused,
-    from_scheduler,
-    known,
     kv,
     message,
-    pick,
     when,
 )
 from tomato_mqtt.transport.client import Message
-from tomato_mqtt.transport.rpc import NoResponder, Requester
+from tomato_mqtt.transport.rpc import Requester
 from tomato_mqtt.wire.messages import ComponentMeta, DecodeError, Reply, decode
 
 __all__ = [
@@ -85,46 +81,14 @@ def cmd(op: str, args: Mapping[str, Any], timeout: float) -> Op:
 
 # -- resolving names -----------------------------------------------------------------------
 async def resolve(req: Requester, want: str, timeout: float) -> str:
-    """The full component name for ``want`` (full name, device/channel, or slug)."""
-    topics = req.topics
-    try:
-        r = await req.request(
-            topics.scheduler_cmd("status"),
-            {"what": "components"},
-            timeout=min(timeout, SCHEDULER_WAIT),
-            who="scheduler",
-        )
-    except NoResponder:
-        r = None
-    name = from_scheduler(want, r)
-    if name is not None:
-        return name
-    # no scheduler: find it among the components the nodes have announced
-    metas: list[Mapping[str, Any]] = []
-    found: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+    """The full component name for ``want`` (full name, device/channel, or slug): as the
+    client library resolves it (``client/names.py``), refused with the known names."""
+    from tomato_mqtt.client import names
 
-    def on_meta(msg: Message) -> None:
-        try:
-            meta = decode(ComponentMeta, msg.payload, msg.topic)
-        except DecodeError:
-            return
-        metas.append(meta.model_dump())
-        name = pick(want, metas)
-        if name is not None and not found.done():
-            found.set_result(name)
-
-    flt = topics.all_component_meta()
-    await req.client.subscribe(flt, handler=on_meta)
     try:
-        return await asyncio.wait_for(found, min(timeout, RETAINED_WAIT))
-    except asyncio.TimeoutError:
-        raise Refused(
-            f"unknown component {want!r}: no scheduler answered and no node has announced "
-            f"it (announced: {known(metas)})"
-        ) from None
-    finally:
-        with contextlib.suppress(Exception):
-            await req.client.unsubscribe(flt)
+        return await names.resolve(req, want, timeout)
+    except names.UnknownComponent as e:
+        raise Refused(str(e)) from None
 
 
 async def retained(req: Requester, topic: str, wait: float) -> bytes | None:

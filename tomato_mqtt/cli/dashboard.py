@@ -8,6 +8,7 @@ instrument-PC install does not pull in.
 
 from __future__ import annotations
 
+import errno
 from typing import Annotated
 
 import typer
@@ -66,17 +67,37 @@ def dashboard(
             keyfile=s.dashboard.keyfile,
         )
     )
-    if open_browser:
-        import webbrowser
 
-        svc.on_ready = webbrowser.open
-    scheme = "https" if svc.cfg.tls else "http"
-    typer.echo(f"dashboard: {scheme}://{svc.cfg.host}:{svc.cfg.port}/ (Ctrl-C stops it)", err=True)
+    def ready(address: str) -> None:  # bound and connected: only now is the URL true
+        typer.echo(f"dashboard: {address} (Ctrl-C stops it)", err=True)
+        if open_browser:
+            import webbrowser
+
+            webbrowser.open(address)
+
+    svc.on_ready = ready
+    from tomato_mqtt.services.dashboard.service import BrokerUnreachable
     from tomato_mqtt.transport.client import MqttError
 
     try:
         svc.run_sync()
+    except BrokerUnreachable as e:
+        fail(
+            f"the dashboard cannot reach the broker ({e}). It kept trying for "
+            f"{svc.cfg.connect_timeout:g} s and has stopped: start the stack (tomato start), "
+            "or name the broker with --broker URL or -p PORT"
+        )
     except MqttError as e:
-        fail(f"the dashboard cannot reach the broker at {url}: {e}")
+        fail(f"the dashboard stopped on an error of the broker at {url}: {e}")
     except OSError as e:
-        fail(f"the dashboard cannot serve on {svc.cfg.host}:{svc.cfg.port}: {e}")
+        where = f"{svc.cfg.host}:{svc.cfg.port}"
+        if e.errno == errno.EADDRINUSE:
+            fail(
+                f"the dashboard cannot serve on {where}: the port is in use (another "
+                "dashboard, or another program); choose a free one with --web-port N, or "
+                "set port = N under [dashboard] in settings.toml"
+            )
+        fail(
+            f"the dashboard cannot serve on {where}: {e}; serve another address with "
+            "--host ADDRESS or host = ... under [dashboard] in settings.toml"
+        )

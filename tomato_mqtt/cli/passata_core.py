@@ -17,7 +17,15 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from tomato_mqtt.cli.core import Opts, oneshot_failed
-from tomato_mqtt.wire.topics import slug
+from tomato_mqtt.wire.names import (
+    RETAINED_WAIT,
+    SCHEDULER_WAIT,
+    UnknownComponent,
+    from_scheduler,
+    is_full_name,
+    known,
+    pick,
+)
 
 if TYPE_CHECKING:
     from tomato_mqtt.transport.oneshot import Exchange
@@ -45,11 +53,6 @@ __all__ = [
     "status_human",
     "when",
 ]
-
-# how long to wait for a retained message that should be there
-RETAINED_WAIT = 2.0
-# the scheduler normally answers in milliseconds; without one, fall back to the metas
-SCHEDULER_WAIT = 1.5
 
 
 class Refused(Exception):
@@ -179,7 +182,10 @@ def resolve(ex: Exchange, topics: Topics, want: str, timeout: float) -> str:
         )
     except NoAnswer:
         r = None
-    name = from_scheduler(want, r)
+    try:
+        name = from_scheduler(want, r)
+    except UnknownComponent as e:
+        raise Refused(str(e)) from None
     if name is not None:
         return name
     # no scheduler: find it among the components the nodes have announced
@@ -204,43 +210,6 @@ def resolve(ex: Exchange, topics: Topics, want: str, timeout: float) -> str:
             f"it (announced: {known(metas)})"
         )
     return found
-
-
-def from_scheduler(want: str, r: Any) -> str | None:
-    """The full name of ``want`` given the scheduler's ``status components`` reply ``r``
-    (None: no answer); a full name as is without one; None: ask the nodes' metas."""
-    if r is not None and r.success and isinstance(r.data, Mapping | list):
-        rows = r.data.values() if isinstance(r.data, Mapping) else r.data  # name -> object
-        comps = [c for c in rows if isinstance(c, Mapping)]
-        name = pick(want, comps)
-        if name is None:
-            raise Refused(f"unknown component {want!r} (known: {known(comps)})")
-        return name
-    return want if is_full_name(want) else None
-
-
-# -- resolving names -----------------------------------------------------------------------
-def is_full_name(name: str) -> bool:
-    return ":(" in name and name.endswith(")")
-
-
-def pick(want: str, comps: Sequence[Mapping[str, Any]]) -> str | None:
-    """The full name of the component ``want`` names, among the known ones."""
-    for c in comps:
-        if want == c.get("name"):
-            return str(c["name"])
-    for c in comps:
-        if want == f"{c.get('device')}/{c.get('channel')}" or want == slug(str(c.get("name"))):
-            return str(c["name"])
-    of_device = [c for c in comps if c.get("device") == want]
-    if len(of_device) == 1:
-        return str(of_device[0]["name"])
-    return None
-
-
-def known(comps: Sequence[Mapping[str, Any]]) -> str:
-    names = sorted(f"{c.get('device')}/{c.get('channel')} = {c.get('name')}" for c in comps)
-    return "; ".join(names) or "none"
 
 
 # -- human output, shared ----------------------------------------------------------------

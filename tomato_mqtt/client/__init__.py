@@ -4,8 +4,9 @@
   settings (``Tomato.from_settings()``) or a URL (``Tomato("mqtt://lab-pc:1883", "lab1")``);
 - ``submit(file | dict) -> Job``; ``Job.status()``, ``wait(timeout)``, ``cancel()``,
   ``snapshot()`` (an ``xarray.DataTree``, or a file with a path), ``results()``,
-  ``stream()`` (live data batches) and ``follow()`` (progress);
-- ``pipeline_load/eject/ready``, ``component_get/set``.
+  ``stream(timeout)`` (live data batches) and ``follow(timeout)`` (progress);
+- ``pipelines()``, ``pipeline(name)``, ``pipeline_load/eject/ready``;
+  ``component_get/set`` with a component named as ``passata`` names it (``names.py``).
 
 A layer of its own between the transport and the CLI (import-linter keeps it there):
 the CLI makes its requests through :class:`Tomato`. Importing this package is light;

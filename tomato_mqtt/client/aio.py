@@ -24,6 +24,7 @@ from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from tomato_mqtt.client import names
 from tomato_mqtt.client.local import from_settings, payload_args
 from tomato_mqtt.client.progress import FINAL, Progress
 from tomato_mqtt.config.url import BrokerURL
@@ -33,7 +34,7 @@ from tomato_mqtt.transport.client import AsyncClient, Message, MqttError
 from tomato_mqtt.transport.rpc import NoResponder, ReplyError, Requester
 from tomato_mqtt.wire.commands import JOB_PAGE_MAX, FileData, command
 from tomato_mqtt.wire.messages import DataBatch, DecodeError, Reply, decode
-from tomato_mqtt.wire.status import JobSummary
+from tomato_mqtt.wire.status import JobSummary, PipelineInfo
 from tomato_mqtt.wire.topics import Topics
 
 __all__ = ["AsyncTomato", "ClientError", "Job", "NoResponder", "ReplyError"]
@@ -90,11 +91,13 @@ class Job:
     async def results(self, path: str | os.PathLike[str] | None = None) -> Any:
         return await self.client.results(self.id, path)
 
-    def stream(self) -> AsyncIterator[DataBatch]:
-        return self.client.stream(self.id)
+    def stream(self, timeout: float | None = None) -> AsyncIterator[DataBatch]:
+        return self.client.stream(self.id, timeout=timeout)
 
-    def follow(self) -> AsyncIterator[Progress]:
-        return self.client.follow(self.id)
+    def follow(
+        self, timeout: float | None = None, final: frozenset[str] = FINAL
+    ) -> AsyncIterator[Progress]:
+        return self.client.follow(self.id, final=final, timeout=timeout)
 
 
 class AsyncTomato:
@@ -165,7 +168,20 @@ class AsyncTomato:
         except NoResponder as e:
             raise ClientError(str(e), "unavailable") from None
 
-    async def _component(self, name: str, op: str, args: Mapping[str, Any]) -> Any:
+    async def component_name(self, component: str) -> str:
+        """The full name of a component named as ``passata`` takes it: the full name
+        ``driver:(address,channel)``, ``device/channel``, its slug, or a device of one
+        channel; ``ClientError`` (code ``not_found``, naming the known ones) at once when
+        no component has that name."""
+        try:
+            return await names.resolve(self.requester, component, self.timeout)
+        except names.UnknownComponent as e:
+            raise ClientError(str(e), "not_found") from None
+        except MqttError as e:
+            raise ClientError(str(e), "unavailable") from None
+
+    async def _component(self, component: str, op: str, args: Mapping[str, Any]) -> Any:
+        name = await self.component_name(component)
         try:
             return await self.requester.call(
                 self.topics.component_cmd(name, op),
@@ -284,25 +300,42 @@ class AsyncTomato:
                 with contextlib.suppress(Exception):
                     await self.mqtt.unsubscribe(f)
 
-    async def stream(self, jobid: int) -> AsyncIterator[DataBatch]:
+    async def stream(self, jobid: int, *, timeout: float | None = None) -> AsyncIterator[DataBatch]:
         """The job's data batches as its components publish them, until it ends.
 
         Live only (what is published after the call); the stored data of a job is in
         :meth:`snapshot` / :meth:`results`. A batch may come twice (QoS 1): its identity
-        is ``(component, stream, seq)``.
+        is ``(component, stream, seq)``. As :meth:`follow`: ``TimeoutError`` when the job
+        has not ended ``timeout`` s after the call (a job that waits for its sample
+        would otherwise keep the loop waiting for ever).
         """
         inbox = _Inbox()
         data, status = self.topics.all_component_data(), self.topics.job_status(jobid)
         await self.mqtt.subscribe(data, handler=inbox)
         await self.mqtt.subscribe(status, handler=inbox)
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
         try:
-            if (await self.status(jobid)).status in FINAL:
+            now = (await self.status(jobid)).status
+            if now in FINAL:
                 return
             while True:
-                msg = await inbox.queue.get()
+                left = None if deadline is None else deadline - loop.time()
+                if left is not None and left <= 0:
+                    raise TimeoutError(f"job {jobid} still {now} after {timeout:g} s")
+                try:
+                    msg = await asyncio.wait_for(inbox.queue.get(), left)
+                except asyncio.TimeoutError:
+                    continue
                 if msg.topic == status:
-                    if msg.payload and json.loads(msg.payload).get("status") in FINAL:
-                        return
+                    try:
+                        doc = json.loads(msg.payload) if msg.payload else None
+                    except ValueError:
+                        doc = None
+                    if isinstance(doc, dict) and isinstance(doc.get("status"), str):
+                        now = doc["status"]
+                        if now in FINAL:
+                            return
                     continue
                 try:
                     batch = decode(DataBatch, msg.payload, msg.topic)
@@ -374,14 +407,34 @@ class AsyncTomato:
     async def pipeline_ready(self, pipeline: str) -> PipelineState:
         return await self.call("pipeline_ready", {"pipeline": pipeline})  # type: ignore[no-any-return]
 
+    async def pipelines(self) -> dict[str, PipelineInfo]:
+        """Every pipeline by name: its sample, whether it is ready, its job, its roles."""
+        r = await self.request(self.topics.scheduler_cmd("status"), {"what": "pipelines"})
+        if not r.success or not isinstance(r.data, dict):
+            raise ClientError(r.msg, r.code)
+        return {name: PipelineInfo.model_validate(p) for name, p in r.data.items()}
+
+    async def pipeline(self, name: str) -> PipelineInfo:
+        """One pipeline (as :meth:`pipelines`); ``ClientError`` ``not_found`` naming the
+        known ones when there is none of that name."""
+        pips = await self.pipelines()
+        if name not in pips:
+            raise ClientError(
+                f"no pipeline named {name!r} (known: {', '.join(sorted(pips)) or 'none'})",
+                "not_found",
+            )
+        return pips[name]
+
     async def component_get(self, component: str, *attrs: str) -> dict[str, Any]:
-        """Attribute values of a component (all of them without names)."""
+        """Attribute values of a component (all of them without names); the component
+        named as :meth:`component_name` takes it."""
         return await self._component(component, "get_attr", {"attrs": list(attrs) or None})  # type: ignore[no-any-return]
 
     async def component_set(
         self, component: str, attr: str, val: Any, force: bool = False
     ) -> dict[str, Any]:
-        """Set an attribute (needs the admin role on a secured stack)."""
+        """Set an attribute (needs the admin role on a secured stack); the component
+        named as :meth:`component_name` takes it."""
         return await self._component(  # type: ignore[no-any-return]
             component, "set_attr", {"attr": attr, "val": val, "force": force}
         )

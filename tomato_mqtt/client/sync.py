@@ -28,7 +28,7 @@ if TYPE_CHECKING:  # asyncio (~25 ms) only when a call needs it: the CLI's fast 
     from tomato_mqtt.model.jobs import PipelineState
     from tomato_mqtt.wire.commands import FileData
     from tomato_mqtt.wire.messages import DataBatch
-    from tomato_mqtt.wire.status import JobSummary
+    from tomato_mqtt.wire.status import JobSummary, PipelineInfo
 
 __all__ = ["Job", "Tomato"]
 
@@ -68,8 +68,8 @@ class Job:
     def results(self, path: str | os.PathLike[str] | None = None) -> Any:
         return self.client.results(self.id, path)
 
-    def stream(self) -> Iterator[DataBatch]:
-        return self.client.stream(self.id)
+    def stream(self, timeout: float | None = None) -> Iterator[DataBatch]:
+        return self.client.stream(self.id, timeout=timeout)
 
     def follow(self, timeout: float | None = None) -> Iterator[Progress]:
         return self.client.follow(self.id, timeout=timeout)
@@ -222,8 +222,8 @@ class Tomato:
     def follow(self, jobid: int, timeout: float | None = None) -> Iterator[Progress]:
         return self._iterate(self.aio.follow(jobid, timeout=timeout))
 
-    def stream(self, jobid: int) -> Iterator[DataBatch]:
-        return self._iterate(self.aio.stream(jobid))
+    def stream(self, jobid: int, timeout: float | None = None) -> Iterator[DataBatch]:
+        return self._iterate(self.aio.stream(jobid, timeout=timeout))
 
     def snapshot(self, jobid: int, path: str | os.PathLike[str] | None = None) -> Any:
         return self._run(self.aio.snapshot(jobid, path))
@@ -245,6 +245,15 @@ class Tomato:
 
     def pipeline_ready(self, pipeline: str) -> PipelineState:
         return self._run(self.aio.pipeline_ready(pipeline))
+
+    def pipelines(self) -> dict[str, PipelineInfo]:
+        return self._run(self.aio.pipelines())
+
+    def pipeline(self, name: str) -> PipelineInfo:
+        return self._run(self.aio.pipeline(name))
+
+    def component_name(self, component: str) -> str:
+        return self._run(self.aio.component_name(component))
 
     def component_get(self, component: str, *attrs: str) -> dict[str, Any]:
         return self._run(self.aio.component_get(component, *attrs))

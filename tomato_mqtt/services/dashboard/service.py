@@ -34,11 +34,11 @@ from tomato_mqtt.config.url import BrokerURL
 from tomato_mqtt.services.base import cancel_and_wait, install_signal_handlers, run_until_stopped
 from tomato_mqtt.services.dashboard.sessions import Session, Sessions
 from tomato_mqtt.services.dashboard.state import LabState
-from tomato_mqtt.transport.client import AsyncClient, Message
+from tomato_mqtt.transport.client import AsyncClient, Message, MqttError
 from tomato_mqtt.wire.messages import DecodeError
 from tomato_mqtt.wire.topics import Topics
 
-__all__ = ["DashboardConfig", "DashboardService", "Viewer"]
+__all__ = ["BrokerUnreachable", "DashboardConfig", "DashboardService", "Viewer"]
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +48,15 @@ BACKFILL_MARGIN = 5.0
 BACKFILL_MAX_BYTES = 256 * 2**20
 #: a load of stored points that failed (a timeout, a refusal) is tried again after (s)
 BACKFILL_RETRY = 5.0
+#: how long (s) the first connection to the broker is tried before the dashboard gives
+#: up (then ``run`` raises ``BrokerUnreachable``; under ``tomato start`` the supervisor
+#: restarts it); once connected, the client reconnects by itself for as long as it runs
+CONNECT_TIMEOUT = 30.0
+
+
+class BrokerUnreachable(MqttError):
+    """The first connection to the broker failed for ``connect_timeout`` s: the
+    dashboard has given up (the text names the broker and the last failure)."""
 
 
 @dataclass
@@ -60,6 +69,8 @@ class DashboardConfig:
     lost_after: float = 10.0  # a presence silent this long shows as lost
     flush_interval: float = 0.05  # a point waits 25 ms on average before it goes out
     title: str = ""
+    #: see CONNECT_TIMEOUT (read when the config is made, so a test may shorten it)
+    connect_timeout: float = field(default_factory=lambda: CONNECT_TIMEOUT)
     #: HTTPS with this certificate and key (PEM); None: plain HTTP
     certfile: str | None = None
     keyfile: str | None = None
@@ -139,11 +150,21 @@ class DashboardService:
         from tomato_mqtt.services.dashboard.web import make_app
 
         runner: web.AppRunner | None = None
-        self.client = AsyncClient(
-            self.cfg.url, client_id=f"tomato-dashboard-{uuid.uuid4().hex[:8]}"
-        )
+        client = AsyncClient(self.cfg.url, client_id=f"tomato-dashboard-{uuid.uuid4().hex[:8]}")
         try:
-            await self.client.connect(timeout=30, retry=True)
+            # the port first: one in use is an OSError at once, not after the broker's
+            # wait; until connected, the page's socket and controls answer 503
+            runner = web.AppRunner(make_app(self), access_log=None)
+            await runner.setup()
+            site = web.TCPSite(runner, self.cfg.host, self.cfg.port, ssl_context=self._tls())
+            await site.start()
+            addresses = runner.addresses  # the bound port, also when asked for port 0
+            self.port = int(addresses[0][1]) if addresses else self.cfg.port
+            self.client = client
+            try:
+                await client.connect(timeout=self.cfg.connect_timeout, retry=True)
+            except MqttError as e:
+                raise BrokerUnreachable(str(e)) from e
             t = self.topics
             for f in (
                 t.scheduler_status(),
@@ -159,18 +180,12 @@ class DashboardService:
                 await self.client.subscribe(f)
             await self.client.subscribe(t.all_component_data(), droppable=True)
             await self.sessions.start_shared(self.client)
-            runner = web.AppRunner(make_app(self), access_log=None)
-            await runner.setup()
-            site = web.TCPSite(runner, self.cfg.host, self.cfg.port, ssl_context=self._tls())
-            await site.start()
             if self.sessions.exposed and not self.cfg.tls:
                 log.warning(
                     "the dashboard serves plain HTTP on %s: passwords typed into its sign-in"
                     " form cross the network in clear; set [dashboard] certfile and keyfile",
                     self.cfg.host,
                 )
-            addresses = runner.addresses  # the bound port, also when asked for port 0
-            self.port = int(addresses[0][1]) if addresses else self.cfg.port
             log.info("dashboard on %s (broker %s)", self.address(), self.cfg.url)
             self.ready.set()
             if self.on_ready is not None:
@@ -187,7 +202,7 @@ class DashboardService:
             if runner is not None:
                 await runner.cleanup()
             await self.sessions.close()
-            await self.client.disconnect()
+            await client.disconnect()
 
     def run_sync(self) -> None:
         async def main() -> None:

@@ -30,7 +30,7 @@ from tomato_mqtt.wire.commands import command
 from tomato_mqtt.wire.status import WhoamiData
 from tomato_mqtt.wire.topics import Topics
 
-__all__ = ["CONTROL_OPS", "LoginFailed", "Session", "Sessions", "controls_for"]
+__all__ = ["CONTROL_OPS", "KNOWN_OPS", "LoginFailed", "Session", "Sessions", "controls_for"]
 
 #: scheduler operations the page offers as controls (when the role lists them)
 CONTROL_OPS = (
@@ -41,6 +41,9 @@ CONTROL_OPS = (
     "job_cancel",
     "job_snapshot",
 )
+
+#: every op ``/api/cmd`` knows: the scheduler's controls, and passata get / set
+KNOWN_OPS = (*CONTROL_OPS, "get_attr", "set_attr")
 
 
 class LoginFailed(Exception):

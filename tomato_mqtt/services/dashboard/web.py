@@ -3,7 +3,8 @@
 Routes: ``/`` the page; ``/static/*`` its own JS and CSS (in this package);
 ``/vendor/plotly.min.js`` from the installed ``plotly`` wheel (nothing third-party is
 copied into the repository); ``/ws`` the live state; ``/api/login``, ``/api/logout``;
-``/api/cmd`` (a control: the reply or the error goes back to the page as is);
+``/api/cmd`` (a control: the reply or the error goes back to the page as is; a
+component is named as ``passata`` names it, see ``client/names.py``);
 ``/api/job/<id>/download`` (a snapshot of the job's NetCDF file, fetched from the
 recorder over MQTT, so this works from any PC).
 
@@ -23,9 +24,10 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
+from tomato_mqtt.client.names import UnknownComponent, resolve
 from tomato_mqtt.services.dashboard.files import chunks, take_snapshot
 from tomato_mqtt.services.dashboard.service import DashboardService, Viewer
-from tomato_mqtt.services.dashboard.sessions import LoginFailed, Session
+from tomato_mqtt.services.dashboard.sessions import KNOWN_OPS, LoginFailed, Session
 from tomato_mqtt.transport.client import MqttError
 from tomato_mqtt.transport.rpc import NoResponder, ReplyError
 from tomato_mqtt.wire.messages import Reply
@@ -156,22 +158,33 @@ async def _cmd(request: web.Request) -> web.StreamResponse:
     op, args = str(data.get("op") or ""), data.get("args") or {}
     if not isinstance(args, dict):
         return _fail("args must be an object")
+    if op not in KNOWN_OPS:
+        return _fail(
+            f"unknown operation {op or '(no op)'!r} (known: {', '.join(KNOWN_OPS)})", "unknown_op"
+        )
     if op not in s.controls:
         role = s.describe()["role"] or "none"
-        return _fail(f"not allowed here: {op or '(no op)'} (role {role})", "not_allowed")
+        return _fail(f"not allowed here: {op} (role {role})", "not_allowed")
     try:
         if op in ("get_attr", "set_attr"):
-            component = str(args.pop("component", ""))
-            if not component:
+            want = str(args.pop("component", ""))
+            if not want:
                 return _fail("name the component")
+            # named as passata names it (device/channel too), refused at once if unknown;
+            # without a scheduler, among the metas this dashboard holds
+            metas = [m.model_dump() for m in request.app[SVC].state.metas.values()]
+            component = await resolve(s.requester, want, timeout=10, announced=metas)
             topic = s.topics.component_cmd(component, op)
-            return _reply(await s.requester.request(topic, args, timeout=10, who="node"))
+            who = f"node hosting {component}"
+            return _reply(await s.requester.request(topic, args, timeout=10, who=who))
         if op == "job_submit":
             args = _payload_args(args, s.user)
         topic = s.topics.scheduler_cmd(op)
         return _reply(await s.requester.request(topic, args, timeout=15, who="scheduler"))
     except _BadUpload as e:
         return _fail(str(e), "refused")
+    except UnknownComponent as e:
+        return _fail(str(e), "not_found")
     except NoResponder as e:
         return _fail(str(e), "unavailable")
     except (MqttError, ValueError) as e:

@@ -1,0 +1,107 @@
+"""The dashboard's ``/api/cmd`` without a browser: an unknown op is ``unknown_op`` (with
+the known ones), a known op the session may not use is ``not_allowed``, and a component
+is named as ``passata`` names it (an unknown one refused at once, ``not_found``)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from tests.browser import running_dashboard
+from tests.conftest import RunningBroker
+from tests.inproc import client, inproc_stack
+from tomato_mqtt.services.dashboard.service import DashboardService
+from tomato_mqtt.services.dashboard.sessions import KNOWN_OPS
+from tomato_mqtt.wire.messages import ComponentMeta, encode
+from tomato_mqtt.wire.topics import Topics
+
+FULL = "example_counter:(example-addr,1)"
+
+
+async def _cmd(dash: DashboardService, op: str, args: dict[str, Any]) -> dict[str, Any]:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(dash.address() + "api/cmd", json={"op": op, "args": args}) as r,
+    ):
+        assert r.status == 200, await r.text()
+        got: dict[str, Any] = await r.json()
+        return got
+
+
+async def _controls(dash: DashboardService) -> list[str]:
+    """The shared session's controls, once the scheduler answered its whoami."""
+    for _ in range(200):
+        shared = dash.sessions.shared
+        if shared is not None and shared.me is not None:
+            return shared.controls
+        await asyncio.sleep(0.05)
+    raise AssertionError("the dashboard never learnt who it is")
+
+
+async def test_cmd_ops_and_component_names(
+    broker: RunningBroker, tmp_path: Path, instance: str
+) -> None:
+    url = f"mqtt://127.0.0.1:{broker.port}"
+    async with (
+        inproc_stack(broker.port, tmp_path, instance, components=4) as st,
+        running_dashboard(url, instance) as dash,
+    ):
+        assert "get_attr" in await _controls(dash)  # an open stack on loopback: every one
+
+        # an op that does not exist: unknown_op, with the ops there are
+        for op in ("bogus", ""):
+            r = await _cmd(dash, op, {})
+            assert not r["success"] and r["code"] == "unknown_op", r
+            assert all(k in r["msg"] for k in KNOWN_OPS), r
+
+        # a component named device/channel: answered at once
+        for name in ("dev-counter/1", FULL):
+            t0 = time.monotonic()
+            r = await _cmd(dash, "get_attr", {"component": name, "attrs": ["max"]})
+            assert r["success"] and set(r["data"]) == {"max"}, r
+            assert time.monotonic() - t0 < 3, r
+
+        # an unknown one: refused at once, naming the known ones
+        t0 = time.monotonic()
+        r = await _cmd(dash, "set_attr", {"component": "dev-counter/9", "attr": "max", "val": 1})
+        assert time.monotonic() - t0 < 3, r
+        assert not r["success"] and r["code"] == "not_found", r
+        assert f"dev-counter/1 = {FULL}" in r["msg"], r
+
+        # no scheduler: among the metas the dashboard holds (its own subscription to
+        # them stays: a meta published afterwards still reaches its state)
+        st.scheduler.request_stop()
+        for _ in range(100):
+            if st.scheduler.client is None or not st.scheduler.client.is_connected:
+                break
+            await asyncio.sleep(0.05)
+        r = await _cmd(dash, "get_attr", {"component": "dev-counter/2", "attrs": ["max"]})
+        assert r["success"] and set(r["data"]) == {"max"}, r
+        r = await _cmd(dash, "get_attr", {"component": "dev-counter/9", "attrs": ["max"]})
+        assert r["code"] == "not_found" and "no scheduler answered" in r["msg"], r
+        new = ComponentMeta(
+            name="x:(y,1)", device="dev-x", driver="x", address="y", channel="1", node="pc9"
+        )
+        async with client(url) as other:
+            await other.publish(Topics(instance).component_meta(new.name), encode(new))
+            for _ in range(100):
+                if any(m.name == new.name for m in dash.state.metas.values()):
+                    break
+                await asyncio.sleep(0.05)
+            else:
+                raise AssertionError("the dashboard no longer receives component metas")
+
+    # read only: a known op is not allowed, an unknown one is still unknown
+    async with (
+        inproc_stack(broker.port, tmp_path / "ro", instance),
+        running_dashboard(url, instance, read_only=True) as dash,
+    ):
+        assert await _controls(dash) == []
+        r = await _cmd(dash, "pipeline_load", {"pipeline": "pip-counter-1", "sampleid": "x"})
+        assert not r["success"] and r["code"] == "not_allowed", r
+        r = await _cmd(dash, "bogus", {})
+        assert not r["success"] and r["code"] == "unknown_op", r

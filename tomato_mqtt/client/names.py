@@ -1,0 +1,115 @@
+"""Naming a component as ``passata`` does: the full name, ``device/channel``, or a slug.
+
+A component's full name is tomato's ``driver:(address,channel)``; people know it as
+``device/channel`` (``dev-counter/1``), and topics carry its slug. :func:`resolve` maps
+any of these to the full name through the scheduler's list of components (``status
+components``), or, when no scheduler answers, through the retained metas the nodes
+publish; a name that matches no component is refused at once with the known ones
+(:class:`UnknownComponent`), instead of a request that nobody answers.
+
+The matching itself is :mod:`tomato_mqtt.wire.names` (pure and light: the CLI's
+one-shot path uses it too); this module asks the stack.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from tomato_mqtt.wire.names import (
+    RETAINED_WAIT,
+    SCHEDULER_WAIT,
+    UnknownComponent,
+    from_scheduler,
+    is_full_name,
+    known,
+    pick,
+)
+
+if TYPE_CHECKING:
+    from tomato_mqtt.transport.rpc import Requester
+
+__all__ = [
+    "RETAINED_WAIT",
+    "SCHEDULER_WAIT",
+    "UnknownComponent",
+    "from_scheduler",
+    "is_full_name",
+    "known",
+    "pick",
+    "resolve",
+]
+
+
+async def resolve(
+    req: Requester,
+    want: str,
+    timeout: float,
+    announced: Sequence[Mapping[str, Any]] | None = None,
+) -> str:
+    """The full name of the component ``want`` names (see the module docstring), asked
+    over ``req``'s connection; :class:`UnknownComponent` when there is none.
+
+    ``announced``: the metas a subscriber of them already holds (the dashboard), used
+    without a scheduler instead of subscribing to them again (a second subscription to
+    the same filter would replace, then remove, the subscriber's own)."""
+    # asyncio and the transport here, not at the top: the pure part above stays light
+    import asyncio
+    import contextlib
+
+    from tomato_mqtt.transport.client import Message
+    from tomato_mqtt.transport.rpc import NoResponder
+
+    topics = req.topics
+    try:
+        r = await req.request(
+            topics.scheduler_cmd("status"),
+            {"what": "components"},
+            timeout=min(timeout, SCHEDULER_WAIT),
+            who="scheduler",
+        )
+    except NoResponder:
+        r = None
+    name = from_scheduler(want, r)
+    if name is not None:
+        return name
+    # no scheduler: find it among the components the nodes have announced
+    if announced is not None:
+        name = pick(want, announced)
+        if name is None:
+            raise UnknownComponent(
+                f"unknown component {want!r}: no scheduler answered and no node has "
+                f"announced it (announced: {known(announced)})"
+            )
+        return name
+    metas: list[Mapping[str, Any]] = []
+    found: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+
+    def on_meta(msg: Message) -> None:  # paho's callback, on this loop: hand over only
+        import json
+
+        try:
+            meta = json.loads(msg.payload) if msg.payload else None
+        except ValueError:
+            return
+        if not isinstance(meta, dict) or not all(
+            isinstance(meta.get(k), str) for k in ("name", "device", "channel")
+        ):
+            return
+        metas.append(meta)
+        name = pick(want, metas)
+        if name is not None and not found.done():
+            found.set_result(name)
+
+    flt = topics.all_component_meta()
+    await req.client.subscribe(flt, handler=on_meta)
+    try:
+        return await asyncio.wait_for(found, min(timeout, RETAINED_WAIT))
+    except asyncio.TimeoutError:
+        raise UnknownComponent(
+            f"unknown component {want!r}: no scheduler answered and no node has announced "
+            f"it (announced: {known(metas)})"
+        ) from None
+    finally:
+        with contextlib.suppress(Exception):
+            await req.client.unsubscribe(flt)

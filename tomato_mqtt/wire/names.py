@@ -1,0 +1,79 @@
+"""Naming a component as people do: the full name, ``device/channel``, or a slug.
+
+A component's full name is tomato's ``driver:(address,channel)``; people know it as
+``device/channel`` (``dev-counter/1``), and topics carry its slug. The matching here is
+pure and light (no asyncio, no pydantic): the CLI's one-shot path, the client library
+(``client/names.py``: asking the scheduler or the nodes' metas) and the dashboard use it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from tomato_mqtt.wire.slugs import slug
+
+__all__ = [
+    "RETAINED_WAIT",
+    "SCHEDULER_WAIT",
+    "UnknownComponent",
+    "from_scheduler",
+    "is_full_name",
+    "known",
+    "pick",
+]
+
+#: how long a resolver waits for the retained metas that should be there (s)
+RETAINED_WAIT = 2.0
+#: the scheduler normally answers in milliseconds; without one, fall back to the metas
+SCHEDULER_WAIT = 1.5
+
+
+class UnknownComponent(LookupError):
+    """No component has that name; the text names the known ones (code ``not_found``)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else "unknown component"
+
+
+def is_full_name(name: str) -> bool:
+    """tomato's ``driver:(address,channel)``."""
+    return ":(" in name and name.endswith(")")
+
+
+def pick(want: str, comps: Sequence[Mapping[str, Any]]) -> str | None:
+    """The full name of the component ``want`` names among ``comps`` (objects with
+    ``name``, ``device``, ``channel``): its full name, ``device/channel``, its slug, or
+    the device's name when the device has one channel only."""
+    for c in comps:
+        if want == c.get("name"):
+            return str(c["name"])
+    for c in comps:
+        if want == f"{c.get('device')}/{c.get('channel')}" or want == slug(str(c.get("name"))):
+            return str(c["name"])
+    of_device = [c for c in comps if c.get("device") == want]
+    if len(of_device) == 1:
+        return str(of_device[0]["name"])
+    return None
+
+
+def known(comps: Sequence[Mapping[str, Any]]) -> str:
+    """The components as people name them: ``device/channel = full name; ...``."""
+    names = sorted(f"{c.get('device')}/{c.get('channel')} = {c.get('name')}" for c in comps)
+    return "; ".join(names) or "none"
+
+
+def from_scheduler(want: str, reply: Any) -> str | None:
+    """The full name of ``want`` given the scheduler's ``status components`` reply (a
+    ``Reply`` or None when none came): raises :class:`UnknownComponent` when the
+    scheduler knows no such component; without its answer a full name is taken as is,
+    and None means: ask the nodes' metas."""
+    data = getattr(reply, "data", None)
+    if reply is not None and getattr(reply, "success", False) and isinstance(data, Mapping | list):
+        rows = data.values() if isinstance(data, Mapping) else data  # name -> object
+        comps = [c for c in rows if isinstance(c, Mapping)]
+        name = pick(want, comps)
+        if name is None:
+            raise UnknownComponent(f"unknown component {want!r} (known: {known(comps)})")
+        return name
+    return want if is_full_name(want) else None
