@@ -60,6 +60,14 @@ async def test_scheduler_replies_match_their_types(
         assert (await st.call("job_search", {"name": "typ", "complete": True}))[0].id == job.id
         ejected = await st.call("pipeline_eject", {"pipeline": "pip-counter-1"})
         assert ejected.sampleid is None
+        # no submit folder (a dashboard, a script): a relative output path is taken in
+        # the job's own folder, where the recorder may write
+        rel = yaml.safe_load((CONFIG / "counter_v2.2.yml").read_text())
+        rel["settings"]["output"] = {"path": "runs"}
+        queued = await st.call("job_submit", {"payload": rel})
+        folder = st.settings.jobs_dir / str(queued.id)
+        assert queued.respath == str(folder / "runs" / f"results.{queued.id}.nc"), queued
+        await st.call("job_cancel", {"jobids": [queued.id]})
         # again: no error, and the reply says there was nothing to eject
         again = await st.raw(
             st.topics.scheduler_cmd("pipeline_eject"), {"pipeline": "pip-counter-1"}

@@ -181,9 +181,12 @@ class SchedulerOps:
         self.access.check_bounds(pdict.get("method") or [], bulk)
         job = self.store.add_job(pdict, a.jobname, a.submit_dir, owner=self.access.owner())
         out = pdict.get("settings", {}).get("output", {})
-        base = Path(out.get("path") or a.submit_dir or self.svc.settings.jobs_dir / str(job.id))
-        if not base.is_absolute() and a.submit_dir:  # as tomato: relative to where submit ran
-            base = Path(a.submit_dir) / base
+        folder = self.svc.settings.jobs_dir / str(job.id)
+        base = Path(out.get("path") or a.submit_dir or folder)
+        if not base.is_absolute():
+            # as tomato: relative to where submit ran; a job without one (submitted from
+            # a dashboard or a script) has its own folder in the datadir instead
+            base = (Path(a.submit_dir) if a.submit_dir else folder) / base
         prefix = out.get("prefix") or f"results.{job.id}"
         job = self.store.update_job(job.id, respath=str(base / f"{prefix}.nc"))
         await self.svc.publish_job(job)
