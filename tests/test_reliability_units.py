@@ -6,6 +6,7 @@ The end-to-end proofs (a real stack, real faults) are in tests/test_reliability.
 from __future__ import annotations
 
 import asyncio
+import json
 import subprocess
 import sys
 import time
@@ -102,7 +103,7 @@ class FakeHost:
         return self.node
 
     def save_progress(self, job: int, progress: dict[str, Any]) -> None:
-        pass
+        self.saved = json.loads(json.dumps(progress))  # as the store keeps it
 
     def job_event(self, job: int, event: str, **kw: Any) -> None:
         self.events.append((event, kw))
@@ -210,6 +211,39 @@ async def test_a_normal_end_is_c_and_carries_counts_and_missed_deadlines() -> No
         {"component": "cmp", "task": 0, "npoints": 50, "epoch": 0, "stream": "s", "last_seq": -1}
     ]
     assert any(e == "warning" for e, _ in host.events)
+
+
+@pytest.mark.parametrize("fault", ["node-restart", "missed-deadlines"])
+async def test_a_scheduler_restarted_as_the_job_ends_reaches_the_same_verdict(
+    fault: str,
+) -> None:
+    """Found by fault injection: the runner's error and warnings lived in memory only, so
+    a scheduler killed between 'tasks over' and the job's end re-adopted the job and
+    ended it c, with no reason (a node restart mid-task lost points: that is ce)."""
+    host = FakeHost()
+    _runner, done = await _run(host)
+    if fault == "node-restart":
+        await host.set(node=host.node.model_copy(update={"epoch": 2}))
+    else:
+        end = TaskEndInfo(
+            job=1, task=0, reason="done", t_start=0, t_end=1, npoints=50, missed=10, stream="s"
+        )
+        ended = ComponentStatus(
+            name="cmp", node="pc1", state="idle", time=time.time(), epoch=1, last_task=end
+        )
+        await host.set(cstatus={"cmp": ended})
+    first = await asyncio.wait_for(done, 5)
+    assert first[0] == ("ce" if fault == "node-restart" else "c") and first[1], first
+    # the scheduler dies now; its successor re-adopts the job from the store
+    job = _job().model_copy(update={"progress": host.saved})
+    again: asyncio.Future[tuple[str, str | None]] = asyncio.get_running_loop().create_future()
+
+    async def on_done(r: JobRunner, status: str, reason: str | None) -> None:
+        again.set_result((status, reason))
+
+    readopted = JobRunner(job=job, roles={"counter": "cmp"}, host=FakeHost(), on_done=on_done)
+    _KEEP.add(asyncio.ensure_future(readopted.run()))
+    assert await asyncio.wait_for(again, 15) == first
 
 
 @pytest.mark.parametrize("answer", ["no-task", "silent"])

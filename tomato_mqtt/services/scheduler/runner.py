@@ -79,6 +79,14 @@ class JobRunner:
             if ts.state in ("running", "ended") and spec.task_name:
                 self.started_names.add(spec.task_name)
             self.tasks.append(ts)
+        # what the job's verdict rests on, beside the task ends: a scheduler restarted
+        # between "tasks over" and the job's end re-adopts the job, and must reach the
+        # same verdict (a node restart mid-task is ce, not c; a stall keeps its warning)
+        error = self.job.progress.get("error")
+        self.error = error if isinstance(error, str) else self.error
+        warnings = self.job.progress.get("warnings")
+        if isinstance(warnings, list):
+            self.warnings = [str(w) for w in warnings]
 
     # -- persistence -----------------------------------------------------------------------
     def _save(self) -> None:
@@ -97,6 +105,7 @@ class JobRunner:
             self._save_at = loop.call_later(wait, self.save_now)
 
     def save_now(self) -> None:
+        self._progress()  # also what changed since the last _save (the verdict's error)
         if self._save_at is not None:
             self._save_at.cancel()
             self._save_at = None
@@ -116,6 +125,8 @@ class JobRunner:
             }
             for t in self.tasks
         }
+        progress["error"] = self.error
+        progress["warnings"] = list(self.warnings)
         self.job.progress = progress
 
     def expectations(self) -> list[dict[str, Any]]:
