@@ -316,3 +316,55 @@ async def test_a_batch_naming_another_component_than_its_topic_is_dropped(
             await asyncio.sleep(0.02)
         rows = store.job_batches(7)
         assert [(r[0], r[-1]) for r in rows] == [("cmp-b", real)]  # the real one, only
+
+
+async def test_a_file_short_of_points_says_ce_in_its_own_tomato_job(
+    broker: RunningBroker, instance: str, tmp_path: Path
+) -> None:
+    """Found by fault injection: the file was written before the count check turned the
+    job's c into ce, and kept "status": "c" in its tomato_Job. The recorder here loses
+    one point of the job (it stores a batch short by one) as a faulty store would."""
+    import json
+
+    import yaml
+
+    from tests.inproc import inproc_stack
+
+    async with inproc_stack(broker.port, tmp_path, instance) as st:
+        store = st.recorder.store
+        assert store is not None
+        add = store.add
+        lost: list[int] = []
+
+        def lossy(component: str, stream: str, seq: int, **kw: Any) -> Any:
+            if kw["job"] is not None and kw["npoints"] > 1 and not lost:
+                b = json.loads(kw["raw"])
+                b["uts"] = b["uts"][:-1]
+                b["vars"] = {k: v[:-1] for k, v in b["vars"].items()}
+                b["n"] = len(b["uts"])
+                kw |= {"raw": json.dumps(b).encode(), "npoints": b["n"]}
+                lost.append(seq)
+            return add(component, stream, seq, **kw)
+
+        store.add = lossy  # type: ignore[method-assign]
+        ask = st.scheduler.recorder_request
+
+        async def quick(op: str, args: dict[str, Any], **kw: Any) -> Any:
+            # the point is lost for good: no need to wait 30 s for it
+            return await ask(op, {"wait": 1.0, **args}, **kw)
+
+        st.scheduler.recorder_request = quick  # type: ignore[method-assign]
+        await st.call("pipeline_load", {"pipeline": "pip-counter-1", "sample": "counter_1_0.1"})
+        await st.call("pipeline_ready", {"pipeline": "pip-counter-1"})
+        payload = yaml.safe_load((CONFIG / "counter_v2.2.yml").read_text())
+        job = await st.call("job_submit", {"payload": payload, "submit_dir": str(tmp_path)})
+        done = await st.wait_job(job.id, {"c", "ce", "cd"}, timeout=60)
+        (final,) = await st.call("job_status", {"jobids": [job.id]})
+    assert lost and done.status == "ce", (lost, done)
+    assert final.reason and "lacks points" in final.reason, final.reason
+    dt = load_tree(final.respath)
+    try:
+        in_file = json.loads(dt.attrs["tomato_Job"])
+    finally:
+        dt.close()
+    assert (in_file["status"], in_file["reason"]) == ("ce", final.reason), in_file

@@ -106,6 +106,19 @@ class JobLifecycle:
             "clock_offsets": offsets,
         }
 
+    async def _rewrite_verdict(
+        self, final: Job, judged: tuple[str, str | None], written: Path
+    ) -> None:
+        """The file's ``tomato_Job`` carries the job's verdict: when the file itself
+        changed it (points missing, a fallback folder), write it again with the final
+        status and reason (the same data: no wait for points this time)."""
+        status, reason = judged
+        job = final.model_copy(update={"status": status, "reason": reason})
+        args = self.recorder_args(job, written, snapshot=False) | {"wait": 0.0}
+        ok, msg, _data = await self.svc.recorder_request("finalize", args, timeout=60)
+        if not ok:
+            log.warning("job %d: the file keeps the status %s: %s", job.id, final.status, msg)
+
     async def job_done(self, runner: JobRunner, status: str, reason: str | None) -> None:
         svc = self.svc
         job = self.store.job(runner.job.id)
@@ -125,7 +138,10 @@ class JobLifecycle:
         if ok and isinstance(data, dict) and data.get("path"):
             respath = str(data["path"])
             svc.job_event(job.id, "file_written", detail={"path": respath})
-            status, reason = judge_file(status, reason, data)
+            judged = judge_file(status, reason, data)
+            if judged != (status, reason):
+                await self._rewrite_verdict(final, judged, Path(respath))
+            status, reason = judged
             if isinstance(data.get("points"), dict):
                 progress["points"] = data["points"]
         else:
