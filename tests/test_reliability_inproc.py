@@ -368,3 +368,40 @@ async def test_a_file_short_of_points_says_ce_in_its_own_tomato_job(
     finally:
         dt.close()
     assert (in_file["status"], in_file["reason"]) == ("ce", final.reason), in_file
+
+
+async def test_a_node_whose_spool_disk_is_full_keeps_running_and_loses_no_point(
+    broker: RunningBroker, instance: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Found by fault injection: the node died on a full spool disk and lost the points it
+    had taken (ce, 34 of 44). Now it holds them in memory until the spool takes writes
+    again, and the job ends c with every point."""
+    import yaml
+
+    from tests.inproc import inproc_stack
+
+    async with inproc_stack(broker.port, tmp_path, instance) as st:
+        spool = st.node.spool
+        assert spool is not None
+        await st.call("pipeline_load", {"pipeline": "pip-counter-1", "sample": "counter_1_0.1"})
+        await st.call("pipeline_ready", {"pipeline": "pip-counter-1"})
+        payload = yaml.safe_load((CONFIG / "counter_v2.2.yml").read_text())
+        payload["method"][0]["max_duration"] = 2.0
+        payload["method"][0]["sampling_interval"] = 0.05
+        # the spool file takes no writes from here on (as on a full disk: test_store.py
+        # checks SQLITE_FULL itself; here every write fails the same way, at once)
+        spool._db.execute("PRAGMA query_only = 1")
+        job = await st.call("job_submit", {"payload": payload, "submit_dir": str(tmp_path)})
+        await asyncio.sleep(1.0)
+        assert spool.failing, "the spool took writes"
+        spool._db.execute("PRAGMA query_only = 0")  # writes again, mid-task
+        done = await st.wait_job(job.id, {"c", "ce", "cd"}, timeout=60)
+        (final,) = await st.call("job_status", {"jobids": [job.id]})
+    assert done.status == "c", done.reason
+    taken = final.progress["tasks"]["0"]["end"]["npoints"]
+    dt = load_tree(final.respath)
+    try:
+        assert dt["counter"].sizes["uts"] == taken == 40, (dt["counter"].sizes, taken)
+    finally:
+        dt.close()
+    assert "cannot write the spool" in caplog.text

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tomato_mqtt.services.node.spool import Spool
 from tomato_mqtt.services.recorder.store import BatchStore
 
@@ -112,6 +114,35 @@ def test_spool_keeps_until_acked_and_survives_restart(tmp_path: Path) -> None:
     assert e2 > e1  # a restarted node never reuses an epoch
     assert sp.pending() == {("c", "s1"): (3, 4)}
     assert sp.size_bytes == sum(len(_raw(s)) for s in (3, 4))
+    sp.close()
+
+
+def test_a_spool_whose_disk_is_full_holds_batches_and_loses_none(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by fault injection: a full disk made put() raise after the points had left
+    the runner (lost), and killed the node. SQLite's max_page_count gives the same
+    SQLITE_FULL a full disk gives."""
+    from tomato_mqtt.services.node import spool as spool_mod
+
+    monkeypatch.setattr(spool_mod, "RETRY", 0.0)
+    sp = Spool(tmp_path / "s.sqlite")
+    e = sp.new_epoch()
+    sp.put("c", "s", 0, e, _raw(0))
+    pages = sp._db.execute("PRAGMA page_count").fetchone()[0]
+    sp._db.execute(f"PRAGMA max_page_count = {pages}")  # the disk is full from here on
+    for seq in range(1, 40):
+        assert sp.put("c", "s", seq, e, _raw(seq, 200)) == 0  # no exception, nothing dropped
+    assert sp.failing and "full" in sp.failing
+    assert [q for q, _ in sp.get("c", "s", 0, 100)] == list(range(40))  # replays serve all
+    assert sp.pending() == {("c", "s"): (0, 39)}
+    assert sp.ack("c", "s", 9) == 10  # acknowledged: gone, from the file and from memory
+    sp._db.execute("PRAGMA max_page_count = 1000000")  # space again
+    sp.put("c", "s", 40, e, _raw(40))
+    assert sp.failing is None
+    sp.close()
+    sp = Spool(tmp_path / "s.sqlite")  # held batches reached the file: they survive a kill
+    assert [q for q, _ in sp.get("c", "s", 0, 100)] == list(range(10, 41))
     sp.close()
 
 

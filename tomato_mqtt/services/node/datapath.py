@@ -74,6 +74,26 @@ class DataPath:
     def __init__(self, node: NodeService) -> None:
         self.node = node
         self.flush_now = asyncio.Event()
+        self._spool_failing: str | None = None  # what was last said about the spool
+
+    def _tell_spool_state(self, failing: str | None) -> None:
+        """Say once when the spool file stops taking writes, and once when it takes them
+        again: meanwhile batches wait in memory, nothing is lost (node/spool.py)."""
+        if failing == self._spool_failing:
+            return
+        spool = self.node.spool
+        where = spool.path if spool is not None else "the spool"
+        if failing is not None and self._spool_failing is None:
+            log.warning(
+                "node %s: cannot write the spool %s (%s): unacknowledged batches are held "
+                "in memory until it can",
+                self.node.name,
+                where,
+                failing,
+            )
+        elif failing is None:
+            log.info("node %s: the spool %s takes writes again", self.node.name, where)
+        self._spool_failing = failing
 
     async def loop(self) -> None:
         while True:
@@ -116,6 +136,7 @@ class DataPath:
                     coords=cols.coords,
                 )
                 dropped = spool.put(hc.name, hc.stream, hc.seq, node.epoch, raw)
+                self._tell_spool_state(spool.failing)
                 if dropped:
                     log.warning(
                         "node %s: spool full (%d MiB): dropped %d unacknowledged batch(es); "

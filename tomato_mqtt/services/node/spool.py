@@ -8,6 +8,11 @@ sqlite in WAL mode with ``synchronous=NORMAL``: a committed batch survives a cra
 the process (not of the operating system, which is the trade-off that keeps a commit
 in the tens of microseconds). Retention is bounded by ``max_bytes``: when full, the
 oldest unacknowledged batches are dropped and counted, and the node warns.
+
+A spool that cannot be written (its disk is full, an I/O error) does not lose what it
+is given: the batches it could not write are held in memory (within the same
+``max_bytes``) and served from there (``get``, ``pending``) until acknowledged, and
+written to the file as soon as it takes writes again; ``failing`` says why meanwhile.
 """
 
 from __future__ import annotations
@@ -16,7 +21,10 @@ import sqlite3
 import time
 from pathlib import Path
 
-__all__ = ["Spool"]
+__all__ = ["RETRY", "Spool"]
+
+#: s between attempts to write held batches into a file that refused them
+RETRY = 1.0
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
@@ -57,6 +65,11 @@ class Spool:
             self._db.executescript("BEGIN;" + _MIGRATE + "COMMIT;")
         row = self._db.execute("SELECT COALESCE(SUM(LENGTH(raw)), 0) FROM spooled").fetchone()
         self._bytes = int(row[0])
+        #: batches the file did not take (disk full): (component, stream, seq) -> (epoch, raw)
+        self._held: dict[tuple[str, str, int], tuple[int, bytes]] = {}
+        #: why the file takes no writes now (None: it does)
+        self.failing: str | None = None
+        self._retry_at = 0.0  # monotonic: when to try the file again
 
     def close(self) -> None:
         self._db.close()
@@ -66,33 +79,66 @@ class Spool:
         row = self._db.execute("SELECT value FROM meta WHERE key = 'epoch'").fetchone()
         last = int(row[0]) if row else 0
         epoch = max(last + 1, int(time.time()))
-        self._db.execute(
-            "INSERT INTO meta (key, value) VALUES ('epoch', ?) "
-            "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-            (epoch,),
-        )
+        try:
+            self._db.execute(
+                "INSERT INTO meta (key, value) VALUES ('epoch', ?) "
+                "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                (epoch,),
+            )
+        except sqlite3.Error as e:  # time-based: still new after a restart with a full disk
+            self.failing = str(e)
         return epoch
 
     def put(self, component: str, stream: str, seq: int, epoch: int, raw: bytes) -> int:
-        """Store one batch; returns how many old batches had to be dropped to make room."""
-        self._db.execute(
-            "INSERT OR REPLACE INTO spooled (component, stream, seq, epoch, raw) "
-            "VALUES (?, ?, ?, ?, ?)",
-            (component, stream, seq, epoch, raw),
-        )
+        """Store one batch; returns how many old batches had to be dropped to make room.
+        Never raises for the file: a batch it does not take is held (see the module)."""
+        self._held[(component, stream, seq)] = (epoch, raw)
         self._bytes += len(raw)
+        now = time.monotonic()
+        if self.failing is None or now >= self._retry_at:  # a full disk: try once a second
+            try:
+                self._write_held()
+                self.failing = None
+            except sqlite3.Error as e:
+                self.failing = str(e)
+                self._retry_at = now + RETRY
+
         dropped = 0
         while self._bytes > self.max_bytes:
-            oldest = self._db.execute(
-                "SELECT rowid, LENGTH(raw) FROM spooled ORDER BY rowid LIMIT 1"
-            ).fetchone()
-            if oldest is None:
+            if self._held and (self.failing or not self._file_bytes()):
+                key = next(iter(self._held))  # the oldest held batch
+                self._bytes -= len(self._held.pop(key)[1])
+                dropped += 1
+                continue
+            try:
+                oldest = self._db.execute(
+                    "SELECT rowid, LENGTH(raw) FROM spooled ORDER BY rowid LIMIT 1"
+                ).fetchone()
+                if oldest is None:
+                    break
+                self._db.execute("DELETE FROM spooled WHERE rowid = ?", (oldest[0],))
+            except sqlite3.Error:
                 break
-            self._db.execute("DELETE FROM spooled WHERE rowid = ?", (oldest[0],))
             self._bytes -= int(oldest[1])
             dropped += 1
         self.dropped_total += dropped
         return dropped
+
+    def _write_held(self) -> None:
+        """Into the file, oldest first, what it has not taken yet (raises sqlite3.Error)."""
+        if not self._held:
+            return
+        with self._db:  # one transaction: all held batches, or none
+            self._db.execute("BEGIN")
+            self._db.executemany(
+                "INSERT OR REPLACE INTO spooled (component, stream, seq, epoch, raw) "
+                "VALUES (?, ?, ?, ?, ?)",
+                [(c, st, q, ep, raw) for (c, st, q), (ep, raw) in self._held.items()],
+            )
+        self._held.clear()
+
+    def _file_bytes(self) -> int:
+        return self._bytes - sum(len(raw) for _ep, raw in self._held.values())
 
     def get(self, component: str, stream: str, first: int, last: int) -> list[tuple[int, bytes]]:
         """The batches still held in ``first..last`` (inclusive), by seq."""
@@ -101,30 +147,45 @@ class Spool:
             "AND seq BETWEEN ? AND ? ORDER BY seq",
             (component, stream, first, last),
         ).fetchall()
-        return [(int(s), bytes(r)) for s, r in rows]
+        out = {int(s): bytes(r) for s, r in rows}
+        for (c, st, q), (_ep, raw) in self._held.items():
+            if c == component and st == stream and first <= q <= last:
+                out[q] = raw
+        return sorted(out.items())
 
     def ack(self, component: str, stream: str, upto: int) -> int:
         """Forget every batch up to ``upto`` (the recorder has stored them); how many."""
+        held = [k for k in self._held if k[0] == component and k[1] == stream and k[2] <= upto]
+        for k in held:
+            self._bytes -= len(self._held.pop(k)[1])
         size = self._db.execute(
             "SELECT COUNT(*), COALESCE(SUM(LENGTH(raw)), 0) FROM spooled "
             "WHERE component = ? AND stream = ? AND seq <= ?",
             (component, stream, upto),
         ).fetchone()
         if not size[0]:
-            return 0
-        self._db.execute(
-            "DELETE FROM spooled WHERE component = ? AND stream = ? AND seq <= ?",
-            (component, stream, upto),
-        )
+            return len(held)
+        try:
+            self._db.execute(
+                "DELETE FROM spooled WHERE component = ? AND stream = ? AND seq <= ?",
+                (component, stream, upto),
+            )
+        except sqlite3.Error as e:  # kept: sent again on a replay, dropped as a duplicate
+            self.failing = str(e)
+            return len(held)
         self._bytes -= int(size[1])
-        return int(size[0])
+        return int(size[0]) + len(held)
 
     def pending(self) -> dict[tuple[str, str], tuple[int, int]]:
         """``{(component, stream): (first, last)}`` of what is not yet acknowledged."""
         rows = self._db.execute(
             "SELECT component, stream, MIN(seq), MAX(seq) FROM spooled GROUP BY component, stream"
         ).fetchall()
-        return {(str(c), str(st)): (int(a), int(b)) for c, st, a, b in rows}
+        out = {(str(c), str(st)): (int(a), int(b)) for c, st, a, b in rows}
+        for c, st, q in self._held:
+            a, b = out.get((c, st), (q, q))
+            out[(c, st)] = (min(a, q), max(b, q))
+        return out
 
     @property
     def size_bytes(self) -> int:
