@@ -405,3 +405,51 @@ async def test_a_node_whose_spool_disk_is_full_keeps_running_and_loses_no_point(
     finally:
         dt.close()
     assert "cannot write the spool" in caplog.text
+
+
+async def test_a_job_ends_once_the_scheduler_s_state_file_takes_writes_again(
+    broker: RunningBroker, instance: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Found by fault injection: a full datadir made the scheduler's progress write raise
+    in the job's runner, which died: the job stayed r for good, a cancel never ended it
+    and `tomato stop` refused. Now the runner keeps going from memory, and the job's end
+    is stored as soon as the file takes writes (here: refused across the task's end)."""
+    import yaml
+
+    from tests.inproc import inproc_stack
+
+    async with inproc_stack(broker.port, tmp_path, instance) as st:
+        store = st.scheduler.store
+        assert store is not None
+        await st.call("pipeline_load", {"pipeline": "pip-counter-1", "sample": "counter_1_0.1"})
+        await st.call("pipeline_ready", {"pipeline": "pip-counter-1"})
+        payload = yaml.safe_load((CONFIG / "counter_v2.2.yml").read_text())
+        payload["method"][0]["max_duration"] = 1.5
+        payload["method"][0]["sampling_interval"] = 0.05
+        job = await st.call("job_submit", {"payload": payload, "submit_dir": str(tmp_path)})
+        await st.wait_job(job.id, {"r"})
+        store._db.execute("PRAGMA query_only = 1")  # the state file takes no writes
+        await asyncio.sleep(3.0)  # the task ends meanwhile
+        (during,) = await st.call("job_status", {"jobids": [job.id]})
+        assert during.status == "r"  # its end could not be stored yet
+        store._db.execute("PRAGMA query_only = 0")
+        done = await st.wait_job(job.id, {"c", "ce", "cd"}, timeout=30)
+        (final,) = await st.call("job_status", {"jobids": [job.id]})
+        # a cancel while the file refuses writes still stops the job; cd once it takes them
+        await st.call("pipeline_ready", {"pipeline": "pip-counter-1"})
+        payload["method"][0]["max_duration"] = 60
+        long = await st.call("job_submit", {"payload": payload, "submit_dir": str(tmp_path)})
+        await st.wait_job(long.id, {"r"})
+        store._db.execute("PRAGMA query_only = 1")
+        await st.call("job_cancel", {"jobids": [long.id]})
+        await asyncio.sleep(1.0)
+        store._db.execute("PRAGMA query_only = 0")
+        assert (await st.wait_job(long.id, {"c", "ce", "cd"}, timeout=15)).status == "cd"
+    assert done.status == "c", done.reason
+    taken = final.progress["tasks"]["0"]["end"]["npoints"]
+    dt = load_tree(final.respath)
+    try:
+        assert dt["counter"].sizes["uts"] == taken == 30, (dt["counter"].sizes, taken)
+    finally:
+        dt.close()
+    assert "cannot store" in caplog.text

@@ -12,10 +12,11 @@ from __future__ import annotations
 import asyncio
 import datetime
 import logging
+import sqlite3
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import JsonValue
 
@@ -29,6 +30,11 @@ if TYPE_CHECKING:
 __all__ = ["JobLifecycle", "judge_file"]
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+#: s between attempts to store a job's end in a state file that refused it (disk full)
+STORE_RETRY = 1.0
 
 
 def _now() -> str:
@@ -106,6 +112,29 @@ class JobLifecycle:
             "clock_offsets": offsets,
         }
 
+    async def _until_stored(self, jobid: int, what: str, write: Callable[[], T]) -> T:
+        """``write()`` to the state file, again every STORE_RETRY s while it refuses (a
+        full disk): a job's end waits for the file, it is never dropped or left hanging."""
+        told = False
+        while True:
+            try:
+                out = write()
+            except sqlite3.Error as e:
+                if not told:
+                    log.error(
+                        "job %d: cannot store %s (%s); trying again every %g s",
+                        jobid,
+                        what,
+                        e,
+                        STORE_RETRY,
+                    )
+                    told = True
+                await asyncio.sleep(STORE_RETRY)
+                continue
+            if told:
+                log.info("job %d: %s stored", jobid, what)
+            return out
+
     async def _rewrite_verdict(
         self, final: Job, judged: tuple[str, str | None], written: Path
     ) -> None:
@@ -121,7 +150,10 @@ class JobLifecycle:
 
     async def job_done(self, runner: JobRunner, status: str, reason: str | None) -> None:
         svc = self.svc
+        # the runner's progress, not the store's: the store may lag behind it (writes
+        # refused by a full disk are retried, see JobRunner.save_now)
         job = self.store.job(runner.job.id)
+        job = job.model_copy(update={"progress": job.progress | runner.job.progress})
         path = Path(job.respath or svc.settings.jobs_dir / str(job.id) / f"results.{job.id}.nc")
         ok, msg, data = False, "", None
         ended = _now()
@@ -150,19 +182,28 @@ class JobLifecycle:
                 status = "ce"
             reason = reason or f"the recorder could not write the output file: {msg}"
         svc.runners.pop(job.id, None)
-        job = self.store.update_job(
-            job.id,
-            status=status,
-            completed_at=ended,
-            reason=reason,
-            respath=respath,
-            progress=progress,
+        jobid = job.id
+        job = await self._until_stored(
+            jobid,
+            "its end",
+            lambda: self.store.update_job(
+                jobid,
+                status=status,
+                completed_at=ended,
+                reason=reason,
+                respath=respath,
+                progress=progress,
+            ),
         )
         pip = job.pipeline
         if pip:
             unlock = bool((job.payload.get("settings") or {}).get("unlock_when_done"))
-            ready = self.store.pipeline(pip).ready and status == "c" and unlock
-            self.store.update_pipeline(pip, jobid=None, ready=ready)
+
+            def free() -> None:
+                ready = self.store.pipeline(pip).ready and status == "c" and unlock
+                self.store.update_pipeline(pip, jobid=None, ready=ready)
+
+            await self._until_stored(jobid, f"that {pip} is free", free)
             await svc.publish_pipeline(pip)
         await svc.publish_job(job)
         log.info(

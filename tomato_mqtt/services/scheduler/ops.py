@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime
 import logging
+import sqlite3
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -250,12 +251,16 @@ class SchedulerOps:
                 self.svc.job_event(job.id, "completed", status="cd")
                 msgs.append(f"job {job.id} cancelled")
             elif job.status == "r":
-                job = self.store.update_job(job.id, status="rd")
+                runner = self.svc.runners.get(job.id)
+                if runner is not None:  # first: a state file that refuses writes (a full
+                    self.svc.spawn(runner.cancel())  # disk) must not keep a job running
+                try:
+                    job = self.store.update_job(job.id, status="rd")
+                except sqlite3.Error as e:  # its end (cd) is stored once the file takes it
+                    log.warning("job %d: cannot store its cancel (%s)", job.id, e)
+                    job = job.model_copy(update={"status": "rd"})
                 await self.svc.publish_job(job)
                 self.svc.job_event(job.id, "cancel_requested", status="rd")
-                runner = self.svc.runners.get(job.id)
-                if runner is not None:
-                    self.svc.spawn(runner.cancel())
                 msgs.append(f"job {job.id} is being cancelled")
             elif job.status == "rd":
                 msgs.append(f"job {job.id} is already being cancelled")

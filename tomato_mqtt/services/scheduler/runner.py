@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -43,6 +44,7 @@ log = logging.getLogger(__name__)
 CANCEL_WAIT = 2.0  # s a cancel waits for a node to confirm that its task stopped
 RESET_WAIT = 10.0  # s the reset of a component after a job may take (3 s after a cancel)
 SAVE_DELAY = 0.2  # s: progress changes are stored together (see JobRunner._save)
+SAVE_RETRY = 1.0  # s between attempts to store progress the state file refused
 
 
 @dataclass
@@ -62,6 +64,7 @@ class JobRunner:
     _bg: set[asyncio.Future[None]] = field(default_factory=set)
     _save_at: asyncio.TimerHandle | None = None
     _saved_at: float = -1e9  # loop time of the last store write
+    _unsaved: bool = False  # the last store write failed (it is retried)
 
     def __post_init__(self) -> None:
         method = self.job.payload.get("method", [])
@@ -109,9 +112,24 @@ class JobRunner:
         if self._save_at is not None:
             self._save_at.cancel()
             self._save_at = None
+        loop = None
         with contextlib.suppress(RuntimeError):  # no loop: at teardown
-            self._saved_at = asyncio.get_running_loop().time()
-        self.host.save_progress(self.job.id, self.job.progress)
+            loop = asyncio.get_running_loop()
+            self._saved_at = loop.time()
+        try:
+            self.host.save_progress(self.job.id, self.job.progress)
+        except sqlite3.Error as e:
+            # the state file takes no writes (a full disk): the job goes on from memory
+            # and its progress is stored as soon as the file takes it again
+            if not self._unsaved:
+                log.warning("job %d: cannot store its progress (%s); retrying", self.job.id, e)
+            self._unsaved = True
+            if loop is not None:
+                self._save_at = loop.call_later(SAVE_RETRY, self.save_now)
+            return
+        if self._unsaved:
+            log.info("job %d: progress stored again", self.job.id)
+            self._unsaved = False
 
     def _progress(self) -> None:
         progress = dict(self.job.progress)
