@@ -104,6 +104,39 @@ def test_crashed_service_is_restarted(tmp_path: Path) -> None:
         assert pips["pip-counter-1"]["sampleid"] == "s1" and pips["pip-counter-1"]["ready"]
 
 
+def test_services_stop_when_their_supervisor_is_killed(tmp_path: Path) -> None:
+    """Found by fault injection: after kill -9 of the supervisor the broker, recorder and
+    node ran on unsupervised (a recorder that then died was never restarted, the next
+    job hung 181 s), `tomato stop` said "stopped" while they ran, and `tomato start` was
+    refused (the old broker held the port). Now they stop with it, and start works."""
+    with running_stack(tmp_path) as st:
+        sup = st.supervisor_pid()
+        services = {n: st.service_pid(n) for n in ("broker", "scheduler", "recorder", "node")}
+        assert sup is not None and all(services.values()), services
+        os.kill(sup, signal.SIGKILL)
+        deadline = time.monotonic() + 20
+        left = dict(services)
+        while left and time.monotonic() < deadline:
+            for name, pid in list(left.items()):
+                assert pid is not None
+                try:
+                    os.kill(pid, 0)
+                    stat = Path(f"/proc/{pid}/stat").read_text()
+                    if stat.rsplit(")", 1)[1].split()[0] == "Z":
+                        del left[name]  # exited (a zombie its new parent has not reaped)
+                except (ProcessLookupError, FileNotFoundError):
+                    del left[name]
+            time.sleep(0.1)
+        for pid in left.values():  # ours (this test started them): leave nothing behind
+            assert pid is not None
+            os.kill(pid, signal.SIGKILL)
+        assert not left, f"still running 20 s after the supervisor died: {left}\n{st.logs()}"
+        assert "the supervisor" in st.logs() and "is gone" in st.logs()
+        res = st.run("tomato", "start")  # the port is free again: a fresh stack starts
+        assert res.returncode == 0, res.stderr + st.logs()
+        assert st.json("tomato", "status")["success"]
+
+
 def test_stop_refused_while_a_job_runs(tmp_path: Path) -> None:
     with running_stack(tmp_path) as st:
         st.load_ready("pip-counter-1", "s1")

@@ -117,6 +117,7 @@ def broker_config(s: Settings) -> Any:
 # -- the services ---------------------------------------------------------------------------
 def broker(opts: Opts) -> None:
     """Run the embedded MQTT broker in the foreground."""
+    _follow_supervisor()
     try:
         from tomato_mqtt_broker import run_broker
     except ImportError:
@@ -153,6 +154,7 @@ def broker(opts: Opts) -> None:
 
 def scheduler(opts: Opts, verbosity: int = 0) -> None:
     """Run the scheduler in the foreground (exits 3 after ``tomato stop``)."""
+    _follow_supervisor()
     from tomato_mqtt.config.settings import settings_url
     from tomato_mqtt.errors import ConfigError
     from tomato_mqtt.services.base import setup_logging
@@ -173,6 +175,7 @@ def scheduler(opts: Opts, verbosity: int = 0) -> None:
 
 def recorder(opts: Opts, verbosity: int = 0) -> None:
     """Run the recorder in the foreground."""
+    _follow_supervisor()
     from tomato_mqtt.services.idle import import_when_idle
 
     # nothing waits for the recorder at start: its imports take the CPU the broker,
@@ -204,6 +207,7 @@ def node(
     opts: Opts, name: str | None = None, spool_dir: Path | None = None, verbosity: int = 0
 ) -> None:
     """Run a driver node in the foreground (e.g. on an instrument PC)."""
+    _follow_supervisor()
     from tomato_mqtt.services.base import setup_logging
     from tomato_mqtt.services.node.service import NodeConfig, NodeService
 
@@ -287,6 +291,13 @@ def parse(argv: Sequence[str]) -> tuple[str, dict[str, str], int] | None:
     if service == "node" and "broker" not in given and os.environ.get("TOMATO_BROKER") == "":
         return None  # click's reading of an empty variable: leave it to typer
     return service, given, verbosity
+
+
+def _follow_supervisor() -> None:
+    """Stop with the stack when its supervisor is gone (services/supervisor.py)."""
+    from tomato_mqtt.services.supervisor import follow_supervisor
+
+    follow_supervisor()
 
 
 def _run(service: str, given: dict[str, str], verbosity: int) -> None:

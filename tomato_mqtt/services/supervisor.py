@@ -45,8 +45,10 @@ __all__ = [
     "EXIT_CANNOT_LISTEN",
     "EXIT_STOP_REQUESTED",
     "LISTEN_FD_ENV",
+    "SUPERVISOR_PID_ENV",
     "Supervisor",
     "bind_listener",
+    "follow_supervisor",
     "main",
     "pid_alive",
     "pidfile_path",
@@ -66,6 +68,33 @@ LISTEN_FD_ENV = "TOMATO_MQTT_LISTEN_FD"
 #: the broker's configuration as JSON, checked by ``tomato start`` already: the broker
 #: then reads no settings (no pydantic: ~0.1 s less of the start's critical path)
 BROKER_CONFIG_ENV = "TOMATO_MQTT_BROKER_CONFIG"
+#: the supervisor's pid, handed to every service it starts (see follow_supervisor)
+SUPERVISOR_PID_ENV = "TOMATO_MQTT_SUPERVISOR_PID"
+#: s between a service's looks at whether its supervisor is still there
+WATCH_INTERVAL = 0.5
+
+
+def follow_supervisor() -> None:
+    """Under a supervisor: stop this service (a clean stop, as on SIGTERM) once the
+    supervisor is gone. A stack whose supervisor was killed would otherwise run on with
+    no one to restart a crashed service, while `tomato stop` stopped only the scheduler
+    and `tomato start` found the port taken by the old broker. A thread that looks at
+    the parent pid twice a second (portable; a restarted supervisor starts new services).
+    """
+    import threading
+
+    given = os.environ.get(SUPERVISOR_PID_ENV, "")
+    if not given.isdigit():
+        return  # run by hand: no supervisor to follow
+    pid = int(given)
+
+    def watch() -> None:
+        while os.getppid() == pid:
+            time.sleep(WATCH_INTERVAL)
+        log.warning("the supervisor (pid %d) is gone: stopping, as the whole stack does", pid)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="supervisor-watch", daemon=True).start()
 
 
 def python() -> list[str]:
@@ -253,9 +282,9 @@ class Supervisor:
     async def _spawn(self, c: Child) -> None:
         c.log_path = self.logdir / f"{c.name}.stderr.log"
         fds: tuple[int, ...] = ()
-        env = None
+        env = dict(os.environ)
+        env[SUPERVISOR_PID_ENV] = str(os.getpid())  # the service stops when we are gone
         if c.name == "broker":
-            env = dict(os.environ)
             if self.listen_fd is not None:
                 fds = (self.listen_fd,)
                 env[LISTEN_FD_ENV] = str(self.listen_fd)
