@@ -66,6 +66,49 @@ def test_unwritable_place_raises_and_leaves_nothing(tmp_path: Path) -> None:
         write_job_file(tmp_path / "missing-dir" / "x.nc", [], {"tomato_version": "x"})
 
 
+def test_a_write_removes_what_an_interrupted_one_left_and_nothing_else(tmp_path: Path) -> None:
+    """Found by fault injection: a recorder killed mid-write left its partial temporary
+    file next to the results for good. The next write of the same file removes those of
+    a dead process (older than this one), not another file's, nor one being written."""
+    import os
+
+    from tomato_mqtt.services.recorder import netcdf
+
+    target = tmp_path / "results.1.nc"
+    stale = tmp_path / ".results.1.nc.k1ll3d.tmp"
+    other = tmp_path / ".results.2.nc.k1ll3d.tmp"  # another job's: not ours to touch
+    fresh = tmp_path / ".results.1.nc.n0w.tmp"  # newer than this process: a live writer's
+    for f in (stale, other, fresh):
+        f.write_bytes(b"partial")
+    old = netcdf._STARTED - 60
+    os.utime(stale, (old, old))
+    os.utime(other, (old, old))
+    write_job_file(target, [RoleInput("r", "{}", [])], {"x": "y"})
+    assert target.exists() and not stale.exists()
+    assert other.exists() and fresh.exists()
+
+
+def test_a_full_disk_is_named_as_such_not_as_the_error_hdf5_gave(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by fault injection: HDF5 reported a full output folder as "[Errno 13]
+    Permission denied". The folder's free space (faked here: filling a disk needs a
+    mount) decides which one the recorder tells."""
+    import errno
+    import shutil
+    from collections import namedtuple
+
+    from tomato_mqtt.services.recorder import netcdf
+
+    denied = PermissionError(errno.EACCES, "Permission denied")
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda _p: usage(10**9, 10**9 - 4096, 4096))
+    e = netcdf._why_not_written(denied, tmp_path)
+    assert e.errno == errno.ENOSPC and "no space left" in str(e) and "4096 bytes free" in str(e)
+    monkeypatch.setattr(shutil, "disk_usage", lambda _p: usage(10**9, 0, 10**9))
+    assert netcdf._why_not_written(denied, tmp_path) is denied  # room enough: as it was
+
+
 def _run_threads(code: str) -> None:
     """Run ``code`` (it makes ``threads`` and an ``errors`` list) in a child process,
     starting and joining the threads there: a crash of netCDF must not take the test

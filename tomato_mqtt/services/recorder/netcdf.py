@@ -14,10 +14,15 @@ file.
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import glob
 import logging
 import math
 import os
+import shutil
 import tempfile
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +36,9 @@ from tomato_mqtt.nclock import NC_LOCK
 __all__ = ["Group", "RoleInput", "build_groups", "write_job_file"]
 
 log = logging.getLogger(__name__)
+
+#: bytes free below which a failed write is taken for a full disk
+_FULL = 2**20
 
 
 @dataclass
@@ -211,17 +219,48 @@ def write_job_file(path: Path, roles: Sequence[RoleInput], root_attrs: Mapping[s
     """Write the job's file atomically at ``path``; returns the path written."""
     path = Path(path)
     groups = build_groups(roles)
+    _remove_stale_temps(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         with NC_LOCK:  # netCDF-C/HDF5 are not thread-safe (tomato_mqtt/nclock.py)
-            _write(tmp, groups, root_attrs)
+            try:
+                _write(tmp, groups, root_attrs)
+            except OSError as e:
+                raise _why_not_written(e, path.parent) from e
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600: lab colleagues read results
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+#: when this process started: a temporary file older than that is not one of ours
+_STARTED = time.time()
+
+
+def _remove_stale_temps(path: Path) -> None:
+    """The half-written temporary files of ``path`` that a killed recorder left (this
+    process removes its own on failure): a killed write must leave nothing behind in the
+    user's folder once the file is written again."""
+    for old in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        with contextlib.suppress(OSError):
+            if old.stat().st_mtime < _STARTED:
+                old.unlink()
+                log.info("removed %s, left by an interrupted write", old)
+
+
+def _why_not_written(e: OSError, folder: Path) -> OSError:
+    """HDF5 reports a full disk as whatever failed last (often EACCES, "Permission
+    denied"): a user then looks at permissions. Name the full disk when it is one."""
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return e
+    if e.errno != errno.ENOSPC and free < _FULL:
+        return OSError(errno.ENOSPC, f"no space left in {folder} ({free} bytes free; {e})")
+    return e
 
 
 def _write(path: str, groups: Mapping[str, Group], root_attrs: Mapping[str, str]) -> None:
