@@ -156,6 +156,14 @@ def test_reload_applies_changes_and_refuses_those_touching_a_running_job(
         rep = ok(st, "reload")
         base = yaml.safe_load((CONFIG / "devices_counter.yml").read_text())
         assert ask(st, "reload").msg.endswith("no changes")
+        # a section only a restart applies: said so, not "no changes"
+        toml = st.appdir / "settings.toml"
+        before = toml.read_text()
+        toml.write_text(before + "\n[node]\nbatch_interval = 0.2\n")
+        msg = ask(st, "reload").msg
+        assert "[node] changed, which reload does not apply" in msg, msg
+        toml.write_text(before)
+        assert ask(st, "reload").msg.endswith("no changes")
 
         # add a driver and a wildcard pipeline: they appear, and the node loads the driver
         grown = json.loads(json.dumps(base))

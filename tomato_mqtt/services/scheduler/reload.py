@@ -88,7 +88,19 @@ async def reload(ops: SchedulerOps, args: Mapping[str, JsonValue]) -> Result:
     if drivers_changed:  # not part of the layout's diff, but a change all the same
         more = f"settings of driver(s): {', '.join(drivers_changed)}"
         what = more if what == "no changes" else f"{what}; {more}"
+    # sections the running services read once, at their start: say so, not "no changes"
+    first = svc.started_with
+    later = [f"[{k}]" for k in _AT_START if getattr(first, k) != getattr(new_settings, k)]
+    if later:
+        what += (
+            f"; {', '.join(later)} changed, which reload does not apply: they take effect "
+            "when the stack restarts (tomato stop, then tomato start)"
+        )
     return Result("reload done: " + what, _jsonable_diff(diff))
+
+
+#: settings.toml sections the services read when they start (reload cannot apply them)
+_AT_START = ("mqtt", "broker", "recorder", "node", "dashboard")
 
 
 def _jsonable_diff(diff: Any) -> JsonValue:

@@ -67,6 +67,8 @@ class SchedulerService(Service):
             heartbeat=settings.scheduler.heartbeat,
         )
         self.settings = settings
+        #: as the stack started: what its services read once (reload compares with it)
+        self.started_with = settings
         self._client_id = f"scheduler-{settings.mqtt.instance}-{uuid.uuid4().hex[:6]}"
         self.node_grace_period = settings.scheduler.node_grace_period
         self._kick = asyncio.Event()
