@@ -95,6 +95,7 @@ class FakeHost:
         self.events: list[tuple[str, dict[str, Any]]] = []
         self.requests: list[tuple[str, str]] = []
         self.answer_stop: tuple[bool, str, Any] | None = (True, "stopped", {"running": True})
+        self.silent_reset = False
 
     def component_status(self, name: str) -> ComponentStatus | None:
         return self.cstatus.get(name)
@@ -118,6 +119,9 @@ class FakeHost:
                 name=component, node="pc1", state="running", time=started, job=1, task=0, epoch=1
             )
             return True, "started", {"epoch": 1, "started_at": started}
+        if op == "reset" and self.silent_reset:  # a node killed as the task ended
+            await asyncio.sleep(timeout)
+            return False, "no node answered", None
         if op == "task_stop":
             if self.answer_stop is None:  # the node does not answer
                 await asyncio.sleep(timeout)
@@ -244,6 +248,26 @@ async def test_a_scheduler_restarted_as_the_job_ends_reaches_the_same_verdict(
     readopted = JobRunner(job=job, roles={"counter": "cmp"}, host=FakeHost(), on_done=on_done)
     _KEEP.add(asyncio.ensure_future(readopted.run()))
     assert await asyncio.wait_for(again, 15) == first
+
+
+async def test_a_node_restarted_as_its_task_ends_is_not_waited_for_to_reset() -> None:
+    """Found by fault injection: a node killed just after its task ended never answered
+    the job's reset, and the job waited the whole RESET_WAIT (10 s) for it although the
+    node was back (idle, with a new epoch) in half a second."""
+    host = FakeHost()
+    host.silent_reset = True
+    _runner, done = await _run(host)
+    end = TaskEndInfo(job=1, task=0, reason="done", t_start=0, t_end=1, npoints=60, stream="s")
+    ended = ComponentStatus(
+        name="cmp", node="pc1", state="idle", time=time.time(), epoch=1, last_task=end
+    )
+    await host.set(cstatus={"cmp": ended})
+    await asyncio.sleep(0.3)  # the job asks for the reset; the node is gone
+    t0 = time.monotonic()
+    await host.set(node=host.node.model_copy(update={"epoch": 2}))  # ... and back
+    status, _reason = await asyncio.wait_for(done, 5)
+    assert status == "c" and time.monotonic() - t0 < 1.0
+    assert ("cmp", "reset") in host.requests
 
 
 @pytest.mark.parametrize("answer", ["no-task", "silent"])

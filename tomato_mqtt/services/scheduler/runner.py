@@ -420,9 +420,29 @@ class JobRunner:
             node = self.host.node_of(component)
             if component in self.unconfirmed or node is None or node.state != "online":
                 return  # it would not answer; the next task_start finds it idle anyway
-            ok, msg, _ = await self.host.component_request(
-                component, "reset", {"force": True}, timeout=wait
+            epoch = node.epoch
+
+            def restarted() -> bool:  # a node that comes back starts its components idle
+                n = self.host.node_of(component)
+                return n is None or n.epoch != epoch
+
+            async def node_restarted() -> None:
+                async with self.host.cond:
+                    await self.host.cond.wait_for(restarted)
+
+            # a node killed as its task ended never answers the reset: the job would
+            # wait the whole RESET_WAIT for it while the node is back in half a second
+            ask = asyncio.ensure_future(
+                self.host.component_request(component, "reset", {"force": True}, timeout=wait)
             )
+            watch = asyncio.ensure_future(node_restarted())
+            await asyncio.wait({ask, watch}, return_when=asyncio.FIRST_COMPLETED)
+            watch.cancel()
+            if not ask.done():
+                ask.cancel()
+                log.info("job %d: %s's node restarted: no reset needed", self.job.id, component)
+                return
+            ok, msg, _ = ask.result()
             if not ok:
                 log.warning("job %d: reset of %s: %s", self.job.id, component, msg)
 
