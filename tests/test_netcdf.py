@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -69,23 +70,24 @@ def test_unwritable_place_raises_and_leaves_nothing(tmp_path: Path) -> None:
 def test_a_write_removes_what_an_interrupted_one_left_and_nothing_else(tmp_path: Path) -> None:
     """Found by fault injection: a recorder killed mid-write left its partial temporary
     file next to the results for good. The next write of the same file removes those of
-    a dead process (older than this one), not another file's, nor one being written."""
-    import os
-
-    from tomato_mqtt.services.recorder import netcdf
-
-    target = tmp_path / "results.1.nc"
-    stale = tmp_path / ".results.1.nc.k1ll3d.tmp"
-    other = tmp_path / ".results.2.nc.k1ll3d.tmp"  # another job's: not ours to touch
-    fresh = tmp_path / ".results.1.nc.n0w.tmp"  # newer than this process: a live writer's
-    for f in (stale, other, fresh):
-        f.write_bytes(b"partial")
-    old = netcdf._STARTED - 60
-    os.utime(stale, (old, old))
-    os.utime(other, (old, old))
-    write_job_file(target, [RoleInput("r", "{}", [])], {"x": "y"})
-    assert target.exists() and not stale.exists()
-    assert other.exists() and fresh.exists()
+    a dead writer (the pid in the name), not another file's, nor a live writer's."""
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # its pid is free: the writer is gone
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        target = tmp_path / "results.1.nc"
+        stale = tmp_path / f".results.1.nc.{dead.pid}.k1ll3d.tmp"
+        other = tmp_path / f".results.2.nc.{dead.pid}.k1ll3d.tmp"  # another job's file
+        writing = tmp_path / f".results.1.nc.{live.pid}.busy.tmp"  # a live recorder's
+        for f in (stale, other, writing):
+            f.write_bytes(b"partial")
+        write_job_file(target, [RoleInput("r", "{}", [])], {"x": "y"})
+        assert target.exists() and not stale.exists()
+        assert other.exists() and writing.exists()
+        assert not list(tmp_path.glob(f".results.1.nc.{os.getpid()}.*"))  # nor its own
+    finally:
+        live.kill()
+        live.wait()
 
 
 def test_a_full_disk_is_named_as_such_not_as_the_error_hdf5_gave(

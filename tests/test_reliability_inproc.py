@@ -455,3 +455,74 @@ async def test_a_job_ends_once_the_scheduler_s_state_file_takes_writes_again(
     finally:
         dt.close()
     assert "cannot store" in caplog.text
+
+
+async def test_a_retried_progress_write_never_overwrites_the_job_s_end(
+    broker: RunningBroker, instance: str, tmp_path: Path
+) -> None:
+    """From review: the state file refused the runner's last progress write (a retry was
+    pending), took writes again as the file was finalized, and the retry then stored the
+    runner's progress over the job's end: the file's point counts were gone 2 s later."""
+    import yaml
+
+    from tests.inproc import inproc_stack
+
+    async with inproc_stack(broker.port, tmp_path, instance) as st:
+        store = st.scheduler.store
+        assert store is not None
+        await st.call("pipeline_load", {"pipeline": "pip-counter-1", "sample": "counter_1_0.1"})
+        await st.call("pipeline_ready", {"pipeline": "pip-counter-1"})
+        payload = yaml.safe_load((CONFIG / "counter_v2.2.yml").read_text())
+        payload["method"][0]["max_duration"] = 1.5
+        payload["method"][0]["sampling_interval"] = 0.05
+        ask = st.scheduler.recorder_request
+
+        async def finalize(op: str, args: dict[str, Any], **kw: Any) -> Any:
+            if op == "finalize":
+                store._db.execute("PRAGMA query_only = 0")  # room again as the file is made
+            return await ask(op, args, **kw)
+
+        st.scheduler.recorder_request = finalize  # type: ignore[method-assign]
+        job = await st.call("job_submit", {"payload": payload, "submit_dir": str(tmp_path)})
+        await st.wait_job(job.id, {"r"})
+        store._db.execute("PRAGMA query_only = 1")  # refused while the task ends
+        await st.wait_job(job.id, {"c", "ce", "cd"}, timeout=30)
+        (at_end,) = await st.call("job_status", {"jobids": [job.id]})
+        await asyncio.sleep(2.0)  # two retry periods
+        (later,) = await st.call("job_status", {"jobids": [job.id]})
+    assert at_end.progress.get("points") and later.progress == at_end.progress, later.progress
+
+
+async def test_a_stopped_scheduler_retries_nothing(
+    broker: RunningBroker, instance: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """From review: a scheduler stopped while its state file refused writes kept a retry
+    timer on the loop after its store closed ('Cannot operate on a closed database')."""
+    import yaml
+
+    from tests.inproc import inproc_stack
+
+    async with inproc_stack(broker.port, tmp_path, instance) as st:
+        store = st.scheduler.store
+        assert store is not None
+        await st.call("pipeline_load", {"pipeline": "pip-counter-1", "sample": "counter_1_0.1"})
+        await st.call("pipeline_ready", {"pipeline": "pip-counter-1"})
+        payload = yaml.safe_load((CONFIG / "counter_v2.2.yml").read_text())
+        payload["method"][0]["max_duration"] = 60
+        job = await st.call("job_submit", {"payload": payload, "submit_dir": str(tmp_path)})
+        await st.wait_job(job.id, {"r"})
+        store._db.execute("PRAGMA query_only = 1")
+        await asyncio.sleep(0.5)
+        sched = st.scheduler
+        save = sched.save_progress
+        calls: list[float] = []
+
+        def counted(job: int, progress: dict[str, Any]) -> None:
+            calls.append(time.monotonic())
+            save(job, progress)
+
+        sched.save_progress = counted  # type: ignore[method-assign]
+    stopped = time.monotonic()
+    await asyncio.sleep(2.5)  # the loop lives on after the stack (as when embedded)
+    late = [t for t in calls if t > stopped]
+    assert not late and "closed database" not in caplog.text, (late, caplog.text[-500:])

@@ -138,12 +138,25 @@ def test_a_spool_whose_disk_is_full_holds_batches_and_loses_none(
     assert sp.pending() == {("c", "s"): (0, 39)}
     assert sp.ack("c", "s", 9) == 10  # acknowledged: gone, from the file and from memory
     sp._db.execute("PRAGMA max_page_count = 1000000")  # space again
+    sp.retry()  # the node's flush round: the file takes them without a new batch coming
+    assert sp.failing is None and not sp._held
     sp.put("c", "s", 40, e, _raw(40))
-    assert sp.failing is None
     sp.close()
     sp = Spool(tmp_path / "s.sqlite")  # held batches reached the file: they survive a kill
     assert [q for q, _ in sp.get("c", "s", 0, 100)] == list(range(10, 41))
     sp.close()
+
+
+def test_a_spool_stopped_while_its_file_refuses_writes_says_what_it_loses(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    sp = Spool(tmp_path / "s.sqlite")
+    e = sp.new_epoch()
+    sp._db.execute("PRAGMA query_only = 1")  # the file takes no writes
+    for seq in range(3):
+        sp.put("c", "s", seq, e, _raw(seq))
+    sp.close()
+    assert "3 unacknowledged batch(es) could not be written" in caplog.text
 
 
 def test_spool_bounded_drops_oldest_and_counts(tmp_path: Path) -> None:

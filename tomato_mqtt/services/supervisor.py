@@ -75,17 +75,21 @@ WATCH_INTERVAL = 0.5
 
 
 def follow_supervisor() -> None:
-    """Under a supervisor: stop this service (a clean stop, as on SIGTERM) once the
-    supervisor is gone. A stack whose supervisor was killed would otherwise run on with
-    no one to restart a crashed service, while `tomato stop` stopped only the scheduler
-    and `tomato start` found the port taken by the old broker. A thread that looks at
-    the parent pid twice a second (portable; a restarted supervisor starts new services).
+    """Under a supervisor: stop this service (a clean stop: SIGTERM) once the supervisor
+    is gone. A stack whose supervisor was killed would otherwise run on with no one to
+    restart a crashed service, while `tomato stop` stopped only the scheduler and
+    `tomato start` found the port taken by the old broker. A thread that looks at the
+    parent pid twice a second (a restarted supervisor starts new services).
+
+    POSIX only: on Windows a venv's ``python.exe`` is a launcher that runs the real
+    interpreter as its child, so a service's parent is not the supervisor (and SIGTERM
+    is TerminateProcess there, no clean stop); services there are not followed.
     """
     import threading
 
     given = os.environ.get(SUPERVISOR_PID_ENV, "")
-    if not given.isdigit():
-        return  # run by hand: no supervisor to follow
+    if not given.isdigit() or os.name != "posix":
+        return  # run by hand (no supervisor to follow), or Windows (see above)
     pid = int(given)
 
     def watch() -> None:

@@ -101,6 +101,10 @@ class DataPath:
                 await asyncio.wait_for(self.flush_now.wait(), self.node.config.batch_interval)
             self.flush_now.clear()
             await self.flush_all()
+            spool = self.node.spool
+            if spool is not None:  # held batches reach the file also when no new ones come
+                spool.retry()
+                self._tell_spool_state(spool.failing)
 
     async def flush_all(self) -> None:
         for hc in list(self.node.components.values()):

@@ -17,6 +17,8 @@ written to the file as soon as it takes writes again; ``failing`` says why meanw
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import sqlite3
 import time
 from pathlib import Path
@@ -25,6 +27,8 @@ __all__ = ["RETRY", "Spool"]
 
 #: s between attempts to write held batches into a file that refused them
 RETRY = 1.0
+
+log = logging.getLogger(__name__)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
@@ -72,7 +76,29 @@ class Spool:
         self._retry_at = 0.0  # monotonic: when to try the file again
 
     def close(self) -> None:
+        self.retry(force=True)
+        if self._held:  # in memory only: a stop while the file refused writes loses them
+            log.warning(
+                "spool %s: %d unacknowledged batch(es) could not be written to the file "
+                "before the stop (%s): they are lost unless the recorder stored them",
+                self.path,
+                len(self._held),
+                self.failing,
+            )
         self._db.close()
+
+    def retry(self, force: bool = False) -> None:
+        """Write the held batches into the file if it takes writes now (at most once per
+        RETRY s unless ``force``): the node calls this with every flush round, so they
+        reach the file also when no new batch comes."""
+        if not self._held or (not force and time.monotonic() < self._retry_at):
+            return
+        try:
+            self._write_held()
+            self.failing = None
+        except sqlite3.Error as e:
+            self.failing = str(e)
+            self._retry_at = time.monotonic() + RETRY
 
     def new_epoch(self) -> int:
         """A number never used before by this spool (and, being time-based, by a lost one)."""
@@ -94,32 +120,23 @@ class Spool:
         Never raises for the file: a batch it does not take is held (see the module)."""
         self._held[(component, stream, seq)] = (epoch, raw)
         self._bytes += len(raw)
-        now = time.monotonic()
-        if self.failing is None or now >= self._retry_at:  # a full disk: try once a second
-            try:
-                self._write_held()
-                self.failing = None
-            except sqlite3.Error as e:
-                self.failing = str(e)
-                self._retry_at = now + RETRY
+        self.retry(force=self.failing is None)  # a file that refused: once per RETRY s
 
         dropped = 0
-        while self._bytes > self.max_bytes:
-            if self._held and (self.failing or not self._file_bytes()):
-                key = next(iter(self._held))  # the oldest held batch
-                self._bytes -= len(self._held.pop(key)[1])
-                dropped += 1
-                continue
-            try:
+        while self._bytes > self.max_bytes:  # the oldest go: in the file, else held ones
+            oldest = None
+            with contextlib.suppress(sqlite3.Error):  # a full disk may refuse a delete too
                 oldest = self._db.execute(
                     "SELECT rowid, LENGTH(raw) FROM spooled ORDER BY rowid LIMIT 1"
                 ).fetchone()
-                if oldest is None:
-                    break
-                self._db.execute("DELETE FROM spooled WHERE rowid = ?", (oldest[0],))
-            except sqlite3.Error:
+                if oldest is not None:
+                    self._db.execute("DELETE FROM spooled WHERE rowid = ?", (oldest[0],))
+            if oldest is not None:
+                self._bytes -= int(oldest[1])
+            elif self._held:
+                self._bytes -= len(self._held.pop(next(iter(self._held)))[1])
+            else:
                 break
-            self._bytes -= int(oldest[1])
             dropped += 1
         self.dropped_total += dropped
         return dropped
@@ -136,9 +153,6 @@ class Spool:
                 [(c, st, q, ep, raw) for (c, st, q), (ep, raw) in self._held.items()],
             )
         self._held.clear()
-
-    def _file_bytes(self) -> int:
-        return self._bytes - sum(len(raw) for _ep, raw in self._held.values())
 
     def get(self, component: str, stream: str, first: int, last: int) -> list[tuple[int, bytes]]:
         """The batches still held in ``first..last`` (inclusive), by seq."""

@@ -22,7 +22,6 @@ import math
 import os
 import shutil
 import tempfile
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -220,7 +219,10 @@ def write_job_file(path: Path, roles: Sequence[RoleInput], root_attrs: Mapping[s
     path = Path(path)
     groups = build_groups(roles)
     _remove_stale_temps(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    # the writer's pid in the name: a later write removes only a dead writer's leftovers
+    fd, tmp = tempfile.mkstemp(
+        prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent
+    )
     os.close(fd)
     try:
         with NC_LOCK:  # netCDF-C/HDF5 are not thread-safe (tomato_mqtt/nclock.py)
@@ -236,19 +238,38 @@ def write_job_file(path: Path, roles: Sequence[RoleInput], root_attrs: Mapping[s
     return path
 
 
-#: when this process started: a temporary file older than that is not one of ours
-_STARTED = time.time()
-
-
 def _remove_stale_temps(path: Path) -> None:
     """The half-written temporary files of ``path`` that a killed recorder left (this
     process removes its own on failure): a killed write must leave nothing behind in the
-    user's folder once the file is written again."""
-    for old in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+    user's folder once the file is written again. Only those whose writer (the pid in
+    the name) is gone: another recorder may be writing the same file right now."""
+    head = f".{path.name}."
+    for old in path.parent.glob(f"{glob.escape(head)}*.tmp"):
+        pid = old.name[len(head) :].split(".", 1)[0]
+        if not pid.isdigit() or int(pid) == os.getpid() or not _gone(int(pid)):
+            continue
         with contextlib.suppress(OSError):
-            if old.stat().st_mtime < _STARTED:
-                old.unlink()
-                log.info("removed %s, left by an interrupted write", old)
+            old.unlink()
+            log.info("removed %s, left by an interrupted write", old)
+
+
+def _gone(pid: int) -> bool:
+    """Whether process ``pid`` is certainly gone (POSIX; elsewhere it is never assumed:
+    a file is rather left than removed under a live writer). A reused pid counts as
+    alive, a zombie as gone."""
+    if os.name != "posix" or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state in ("Z", "X")
 
 
 def _why_not_written(e: OSError, folder: Path) -> OSError:

@@ -182,6 +182,7 @@ class JobLifecycle:
                 status = "ce"
             reason = reason or f"the recorder could not write the output file: {msg}"
         svc.runners.pop(job.id, None)
+        runner.done_saving()  # a retried progress write must not overwrite the end below
         jobid = job.id
         job = await self._until_stored(
             jobid,

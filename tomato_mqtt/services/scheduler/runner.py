@@ -65,6 +65,7 @@ class JobRunner:
     _save_at: asyncio.TimerHandle | None = None
     _saved_at: float = -1e9  # loop time of the last store write
     _unsaved: bool = False  # the last store write failed (it is retried)
+    _finished: bool = False  # the job's end is being stored: no more progress writes
 
     def __post_init__(self) -> None:
         method = self.job.payload.get("method", [])
@@ -107,7 +108,11 @@ class JobRunner:
         else:
             self._save_at = loop.call_later(wait, self.save_now)
 
-    def save_now(self) -> None:
+    def save_now(self, retry: bool = True) -> None:
+        """Store the progress now; if the state file refuses it, again every SAVE_RETRY s
+        (not with ``retry=False``: the scheduler's stop) until :meth:`done_saving`."""
+        if self._finished:
+            return  # the job's end is stored by its lifecycle: nothing may overwrite it
         self._progress()  # also what changed since the last _save (the verdict's error)
         if self._save_at is not None:
             self._save_at.cancel()
@@ -124,12 +129,21 @@ class JobRunner:
             if not self._unsaved:
                 log.warning("job %d: cannot store its progress (%s); retrying", self.job.id, e)
             self._unsaved = True
-            if loop is not None:
+            if loop is not None and retry:
                 self._save_at = loop.call_later(SAVE_RETRY, self.save_now)
             return
         if self._unsaved:
             log.info("job %d: progress stored again", self.job.id)
             self._unsaved = False
+
+    def done_saving(self) -> None:
+        """The job's lifecycle stores its end from here on: a pending or retried progress
+        write must not overwrite it (with the runner's progress, which lacks the file's
+        point counts)."""
+        self._finished = True
+        if self._save_at is not None:
+            self._save_at.cancel()
+            self._save_at = None
 
     def _progress(self) -> None:
         progress = dict(self.job.progress)
@@ -409,6 +423,8 @@ class JobRunner:
                 f"task {t.spec.index} ({t.spec.technique_name}) on {component} was stopped "
                 f"before its end: {message or 'no reason given'}"
             )
+        if missed or self.error is not None:
+            self._save()  # the verdict's warning or error too (a restart must see them)
         if self.error is not None:
             async with self.host.cond:
                 self.host.cond.notify_all()

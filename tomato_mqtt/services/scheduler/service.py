@@ -150,7 +150,7 @@ class SchedulerService(Service):
     async def teardown(self) -> None:
         if self.store is not None:
             for runner in self.runners.values():  # progress not yet stored (SAVE_DELAY)
-                runner.save_now()
+                runner.save_now(retry=False)  # no retry after the store closed
             self.store.close()
 
     def kick(self) -> None:
