@@ -170,10 +170,13 @@ class _LoopDriven:
             if not data and not closed.done():
                 closed.set_result(None)
 
-        loop.add_reader(sock, readable)
+        # by its number: the socket may be closed meanwhile (then sock.fileno() is -1
+        # and removing the reader by the socket object raised ValueError at a stop)
+        fd = sock.fileno()
+        loop.add_reader(fd, readable)
         try:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(closed, linger)
         finally:
-            loop.remove_reader(sock)
+            loop.remove_reader(fd)
         return True
