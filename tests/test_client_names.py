@@ -14,7 +14,7 @@ import pytest
 from tests.conftest import RunningBroker
 from tests.inproc import inproc_stack
 from tomato_mqtt.client import AsyncTomato, ClientError, Tomato
-from tomato_mqtt.client.names import UnknownComponent, from_scheduler, known, pick
+from tomato_mqtt.wire.names import UnknownComponent, from_scheduler, known, pick
 from tomato_mqtt.wire.topics import slug
 
 FULL = "example_counter:(example-addr,1)"

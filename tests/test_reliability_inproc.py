@@ -18,9 +18,10 @@ from typing import Any
 
 import numpy as np
 import pytest
+import yaml
 
 from tests.conftest import RunningBroker
-from tests.inproc import Collector, client, running, write_settings
+from tests.inproc import Collector, InProc, client, inproc_stack, running, write_settings
 from tests.ncread import load_tree
 from tests.stack import CONFIG
 from tomato_mqtt.config.settings import load_settings
@@ -318,6 +319,33 @@ async def test_a_batch_naming_another_component_than_its_topic_is_dropped(
         assert [(r[0], r[-1]) for r in rows] == [("cmp-b", real)]  # the real one, only
 
 
+def _counter_payload(duration: float | None = None, interval: float | None = None) -> Any:
+    """The counter's 2.2 payload, its one task made ``duration`` s at ``interval`` s."""
+    payload = yaml.safe_load((CONFIG / "counter_v2.2.yml").read_text())
+    if duration is not None:
+        payload["method"][0]["max_duration"] = duration
+    if interval is not None:
+        payload["method"][0]["sampling_interval"] = interval
+    return payload
+
+
+async def _ready(st: InProc) -> None:
+    """pip-counter-1 holds the payload's sample and is ready."""
+    await st.call("pipeline_load", {"pipeline": "pip-counter-1", "sample": "counter_1_0.1"})
+    await st.call("pipeline_ready", {"pipeline": "pip-counter-1"})
+
+
+def _all_taken_in_file(final: Any) -> None:
+    """Every point the task's runner took is in the file (a busy machine may take fewer
+    than the task's nominal count: that is a stall, not a loss)."""
+    taken = final.progress["tasks"]["0"]["end"]["npoints"]
+    dt = load_tree(final.respath)
+    try:
+        assert dt["counter"].sizes["uts"] == taken > 0, (dt["counter"].sizes, taken)
+    finally:
+        dt.close()
+
+
 async def test_a_file_short_of_points_says_ce_in_its_own_tomato_job(
     broker: RunningBroker, instance: str, tmp_path: Path
 ) -> None:
@@ -325,10 +353,6 @@ async def test_a_file_short_of_points_says_ce_in_its_own_tomato_job(
     job's c into ce, and kept "status": "c" in its tomato_Job. The recorder here loses
     one point of the job (it stores a batch short by one) as a faulty store would."""
     import json
-
-    import yaml
-
-    from tests.inproc import inproc_stack
 
     async with inproc_stack(broker.port, tmp_path, instance) as st:
         store = st.recorder.store
@@ -354,9 +378,8 @@ async def test_a_file_short_of_points_says_ce_in_its_own_tomato_job(
             return await ask(op, {"wait": 1.0, **args}, **kw)
 
         st.scheduler.recorder_request = quick  # type: ignore[method-assign]
-        await st.call("pipeline_load", {"pipeline": "pip-counter-1", "sample": "counter_1_0.1"})
-        await st.call("pipeline_ready", {"pipeline": "pip-counter-1"})
-        payload = yaml.safe_load((CONFIG / "counter_v2.2.yml").read_text())
+        await _ready(st)
+        payload = _counter_payload()
         job = await st.call("job_submit", {"payload": payload, "submit_dir": str(tmp_path)})
         done = await st.wait_job(job.id, {"c", "ce", "cd"}, timeout=60)
         (final,) = await st.call("job_status", {"jobids": [job.id]})
@@ -376,18 +399,11 @@ async def test_a_node_whose_spool_disk_is_full_keeps_running_and_loses_no_point(
     """Found by fault injection: the node died on a full spool disk and lost the points it
     had taken (ce, 34 of 44). Now it holds them in memory until the spool takes writes
     again, and the job ends c with every point."""
-    import yaml
-
-    from tests.inproc import inproc_stack
-
     async with inproc_stack(broker.port, tmp_path, instance) as st:
         spool = st.node.spool
         assert spool is not None
-        await st.call("pipeline_load", {"pipeline": "pip-counter-1", "sample": "counter_1_0.1"})
-        await st.call("pipeline_ready", {"pipeline": "pip-counter-1"})
-        payload = yaml.safe_load((CONFIG / "counter_v2.2.yml").read_text())
-        payload["method"][0]["max_duration"] = 2.0
-        payload["method"][0]["sampling_interval"] = 0.05
+        await _ready(st)
+        payload = _counter_payload(2.0, 0.05)
         # the spool file takes no writes from here on (as on a full disk: test_store.py
         # checks SQLITE_FULL itself; here every write fails the same way, at once)
         spool._db.execute("PRAGMA query_only = 1")
@@ -398,13 +414,7 @@ async def test_a_node_whose_spool_disk_is_full_keeps_running_and_loses_no_point(
         done = await st.wait_job(job.id, {"c", "ce", "cd"}, timeout=60)
         (final,) = await st.call("job_status", {"jobids": [job.id]})
     assert done.status == "c", done.reason
-    taken = final.progress["tasks"]["0"]["end"]["npoints"]
-    dt = load_tree(final.respath)
-    try:
-        # every point taken is in the file (a busy machine may take fewer than 40: a stall)
-        assert dt["counter"].sizes["uts"] == taken > 0, (dt["counter"].sizes, taken)
-    finally:
-        dt.close()
+    _all_taken_in_file(final)
     assert "cannot write the spool" in caplog.text
 
 
@@ -415,18 +425,11 @@ async def test_a_job_ends_once_the_scheduler_s_state_file_takes_writes_again(
     in the job's runner, which died: the job stayed r for good, a cancel never ended it
     and `tomato stop` refused. Now the runner keeps going from memory, and the job's end
     is stored as soon as the file takes writes (here: refused across the task's end)."""
-    import yaml
-
-    from tests.inproc import inproc_stack
-
     async with inproc_stack(broker.port, tmp_path, instance) as st:
         store = st.scheduler.store
         assert store is not None
-        await st.call("pipeline_load", {"pipeline": "pip-counter-1", "sample": "counter_1_0.1"})
-        await st.call("pipeline_ready", {"pipeline": "pip-counter-1"})
-        payload = yaml.safe_load((CONFIG / "counter_v2.2.yml").read_text())
-        payload["method"][0]["max_duration"] = 1.5
-        payload["method"][0]["sampling_interval"] = 0.05
+        await _ready(st)
+        payload = _counter_payload(1.5, 0.05)
         job = await st.call("job_submit", {"payload": payload, "submit_dir": str(tmp_path)})
         await st.wait_job(job.id, {"r"})
         store._db.execute("PRAGMA query_only = 1")  # the state file takes no writes
@@ -447,13 +450,7 @@ async def test_a_job_ends_once_the_scheduler_s_state_file_takes_writes_again(
         store._db.execute("PRAGMA query_only = 0")
         assert (await st.wait_job(long.id, {"c", "ce", "cd"}, timeout=15)).status == "cd"
     assert done.status == "c", done.reason
-    taken = final.progress["tasks"]["0"]["end"]["npoints"]
-    dt = load_tree(final.respath)
-    try:
-        # every point taken is in the file (a busy machine may take fewer than 30: a stall)
-        assert dt["counter"].sizes["uts"] == taken > 0, (dt["counter"].sizes, taken)
-    finally:
-        dt.close()
+    _all_taken_in_file(final)
     assert "cannot store" in caplog.text
 
 
@@ -463,18 +460,11 @@ async def test_a_retried_progress_write_never_overwrites_the_job_s_end(
     """From review: the state file refused the runner's last progress write (a retry was
     pending), took writes again as the file was finalized, and the retry then stored the
     runner's progress over the job's end: the file's point counts were gone 2 s later."""
-    import yaml
-
-    from tests.inproc import inproc_stack
-
     async with inproc_stack(broker.port, tmp_path, instance) as st:
         store = st.scheduler.store
         assert store is not None
-        await st.call("pipeline_load", {"pipeline": "pip-counter-1", "sample": "counter_1_0.1"})
-        await st.call("pipeline_ready", {"pipeline": "pip-counter-1"})
-        payload = yaml.safe_load((CONFIG / "counter_v2.2.yml").read_text())
-        payload["method"][0]["max_duration"] = 1.5
-        payload["method"][0]["sampling_interval"] = 0.05
+        await _ready(st)
+        payload = _counter_payload(1.5, 0.05)
         ask = st.scheduler.recorder_request
 
         async def finalize(op: str, args: dict[str, Any], **kw: Any) -> Any:
@@ -498,17 +488,11 @@ async def test_a_stopped_scheduler_retries_nothing(
 ) -> None:
     """From review: a scheduler stopped while its state file refused writes kept a retry
     timer on the loop after its store closed ('Cannot operate on a closed database')."""
-    import yaml
-
-    from tests.inproc import inproc_stack
-
     async with inproc_stack(broker.port, tmp_path, instance) as st:
         store = st.scheduler.store
         assert store is not None
-        await st.call("pipeline_load", {"pipeline": "pip-counter-1", "sample": "counter_1_0.1"})
-        await st.call("pipeline_ready", {"pipeline": "pip-counter-1"})
-        payload = yaml.safe_load((CONFIG / "counter_v2.2.yml").read_text())
-        payload["method"][0]["max_duration"] = 60
+        await _ready(st)
+        payload = _counter_payload(60)
         job = await st.call("job_submit", {"payload": payload, "submit_dir": str(tmp_path)})
         await st.wait_job(job.id, {"r"})
         store._db.execute("PRAGMA query_only = 1")

@@ -22,7 +22,6 @@ from tomato_mqtt.wire.names import (
     SCHEDULER_WAIT,
     UnknownComponent,
     from_scheduler,
-    is_full_name,
     known,
     pick,
 )
@@ -33,18 +32,13 @@ if TYPE_CHECKING:
 
 __all__ = [
     "RETAINED_WAIT",
-    "SCHEDULER_WAIT",
     "Refused",
     "capabilities",
     "constants",
     "dict_human",
-    "from_scheduler",
-    "is_full_name",
-    "known",
     "kv",
     "list_human",
     "message",
-    "pick",
     "point_human",
     "resolve",
     "run_cmd",

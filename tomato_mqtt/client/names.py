@@ -21,7 +21,6 @@ from tomato_mqtt.wire.names import (
     SCHEDULER_WAIT,
     UnknownComponent,
     from_scheduler,
-    is_full_name,
     known,
     pick,
 )
@@ -29,16 +28,7 @@ from tomato_mqtt.wire.names import (
 if TYPE_CHECKING:
     from tomato_mqtt.transport.rpc import Requester
 
-__all__ = [
-    "RETAINED_WAIT",
-    "SCHEDULER_WAIT",
-    "UnknownComponent",
-    "from_scheduler",
-    "is_full_name",
-    "known",
-    "pick",
-    "resolve",
-]
+__all__ = ["UnknownComponent", "resolve"]
 
 
 async def resolve(
