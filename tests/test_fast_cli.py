@@ -10,6 +10,8 @@ stderr and the exit code must be the same. Command lines the fast path does not 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -258,3 +260,20 @@ def test_fast_path_imports_no_typer_paho_asyncio_or_pydantic(tmp_path: Path) -> 
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == "[]", res.stdout
     assert "cannot connect to the MQTT broker" in res.stderr
+
+
+def test_naming_a_component_loads_no_openssl() -> None:
+    """passata hashes the component's name into its topic: with hashlib that loaded
+    OpenSSL (_hashlib), ~2-3 ms of every call (passata was 1.10-1.13x ketchup, which
+    hashes nothing; 1.02-1.04x without). The hash is hashlib's blake2b all the same."""
+    code = (
+        "import sys, json\n"
+        "from tomato_mqtt.wire.slugs import slug\n"
+        "s = slug('example_counter:(example-addr,1)')\n"
+        "print(json.dumps([s, '_hashlib' in sys.modules]))\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    name, openssl = json.loads(res.stdout)
+    want = hashlib.blake2b(b"example_counter:(example-addr,1)", digest_size=5).hexdigest()
+    assert name == f"example_counter-example-addr-1--{want}" and openssl is False, res.stdout

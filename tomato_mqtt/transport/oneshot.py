@@ -232,16 +232,33 @@ class Exchange:
         timeout: float = 5.0,
         who: str = "responder",
     ) -> Reply:
-        from tomato_mqtt.transport.session import SessionError, SessionTimeout
+        req_id = self.send(topic, args)
+        return self.first_reply({req_id: (topic, who)}, time.monotonic() + timeout, timeout)[1]
+
+    def send(self, topic: str, args: Mapping[str, Any] | None = None) -> str:
+        """Publish a request (QoS 1); its id, for :meth:`first_reply`."""
+        from tomato_mqtt.transport.session import SessionError
 
         req_id = os.urandom(16).hex()
         payload = json.dumps(
             {"schema": SCHEMA, "id": req_id, "reply_to": self.reply_to, "args": dict(args or {})},
             separators=(",", ":"),
         )
-        deadline = time.monotonic() + timeout
         try:
             self._session.publish(topic, payload.encode(), qos=1)
+        except SessionError as e:
+            raise OneShotError(str(e)) from None
+        return req_id
+
+    def first_reply(
+        self, waiting: Mapping[str, tuple[str, str]], deadline: float, timeout: float
+    ) -> tuple[str, Reply]:
+        """(id, reply) of the first reply to one of the requests ``waiting`` (id ->
+        (topic, who answers)), by ``deadline``; :class:`NoAnswer` naming the first of
+        them (``timeout``: the wait it was given, for the message) when none came."""
+        from tomato_mqtt.transport.session import SessionError, SessionTimeout
+
+        try:
             while True:
                 got_topic, raw, _retained = self._session.receive(deadline)
                 if got_topic != self.reply_to:
@@ -250,15 +267,16 @@ class Exchange:
                     doc = json.loads(raw)
                 except ValueError:
                     continue
-                if isinstance(doc, dict) and doc.get("id") == req_id:
-                    return Reply(
-                        id=req_id,
+                if isinstance(doc, dict) and doc.get("id") in waiting:
+                    return str(doc["id"]), Reply(
+                        id=str(doc["id"]),
                         success=bool(doc.get("success")),
                         msg=str(doc.get("msg", "")),
                         data=doc.get("data"),
                         code=doc.get("code"),
                     )
         except SessionTimeout:
+            topic, who = next(iter(waiting.values()))
             raise NoAnswer(
                 f"no {who} answered on {topic} within {timeout:g} s — is it running?", topic
             ) from None
