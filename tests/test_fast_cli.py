@@ -272,7 +272,11 @@ def test_naming_a_component_loads_no_openssl() -> None:
         "s = slug('example_counter:(example-addr,1)')\n"
         "print(json.dumps([s, '_hashlib' in sys.modules]))\n"
     )
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    # without the coverage hook of a `.ci/run` (it imports hashlib itself at start)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("COV_", "COVERAGE_"))}
+    res = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env
+    )
     assert res.returncode == 0, res.stderr
     name, openssl = json.loads(res.stdout)
     want = hashlib.blake2b(b"example_counter:(example-addr,1)", digest_size=5).hexdigest()
