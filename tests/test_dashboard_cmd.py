@@ -105,3 +105,30 @@ async def test_cmd_ops_and_component_names(
         assert not r["success"] and r["code"] == "not_allowed", r
         r = await _cmd(dash, "bogus", {})
         assert not r["success"] and r["code"] == "unknown_op", r
+
+
+async def test_an_upload_may_not_make_the_server_read_its_files(
+    broker: RunningBroker, tmp_path: Path, instance: str
+) -> None:
+    """Found by a security review: an uploaded payload's ``samplefile`` was read on the
+    dashboard's host (a root-only file became a job's sample, readable by any reader; a
+    FIFO froze the dashboard for everyone). An upload may not name other files."""
+    url = f"mqtt://127.0.0.1:{broker.port}"
+    secret = tmp_path / "secret.yml"
+    secret.write_text("sample: {name: top-secret-value}\n")
+    secret.chmod(0o600)
+    upload = (
+        "version: '0.2'\n"
+        f"samplefile: {secret}\n"
+        "method: [{device: counter, technique: count, time: 1.0}]\n"
+    )
+    async with (
+        inproc_stack(broker.port, tmp_path / "st", instance),
+        running_dashboard(url, instance) as dash,
+    ):
+        await _controls(dash)
+        r = await _cmd(dash, "job_submit", {"text": upload, "filename": "up.yml"})
+        assert not r["success"] and r["code"] == "refused", r
+        assert "cannot name another file" in r["msg"] and "top-secret" not in r["msg"], r
+        r = await _cmd(dash, "job_submit", {"text": upload, "filename": ".."})  # was a 500
+        assert not r["success"] and r["code"] == "refused", r

@@ -34,6 +34,7 @@ __all__ = [
     "PayloadError",
     "parse_payload",
     "read_payload_file",
+    "read_payload_text",
 ]
 
 SUPPORTED_VERSIONS = ("0.1", "0.2", "1.0", "2.0", "2.1", "2.2")
@@ -92,6 +93,27 @@ def read_payload_file(path: Path | str) -> dict[str, Any]:
         if not isinstance(doc, dict) or field not in doc:
             raise PayloadError(None, f"the file named by {key} must have a {field!r} key", other)
         data[field] = doc[field]
+    return data
+
+
+def read_payload_text(text: str, name: str) -> dict[str, Any]:
+    """A payload uploaded as text (the dashboard): as :func:`read_payload_file`, but a
+    reference to another file (``samplefile``, ``methodfile``) is refused: an upload
+    must not make the server read its own files (and say whether they exist)."""
+    try:
+        data = parse_document(text, json_only=name.lower().endswith(".json"))
+    except DocumentError as e:
+        raise PayloadError(e.location, e.reason, name) from None
+    if not isinstance(data, dict):
+        raise PayloadError(None, f"a payload is a mapping, not {_kind(data)}", name)
+    for key, field in (("samplefile", "sample"), ("methodfile", "method")):
+        if key in data:
+            raise PayloadError(
+                key,
+                f"an uploaded payload cannot name another file: put its {field!r} in the "
+                "payload itself (or submit the file with ketchup submit)",
+                name,
+            )
     return data
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import tempfile
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -178,7 +177,7 @@ async def _cmd(request: web.Request) -> web.StreamResponse:
             who = f"node hosting {component}"
             return _reply(await s.requester.request(topic, args, timeout=10, who=who))
         if op == "job_submit":
-            args = _payload_args(args, s.user)
+            args = await asyncio.to_thread(_payload_args, args, s.user)  # a big upload
         topic = s.topics.scheduler_cmd(op)
         return _reply(await s.requester.request(topic, args, timeout=15, who="scheduler"))
     except _BadUpload as e:
@@ -196,19 +195,20 @@ class _BadUpload(ValueError):
 
 
 def _payload_args(args: dict[str, Any], user: str | None) -> dict[str, Any]:
-    """An uploaded payload file, read as ``ketchup submit`` reads one (YAML or JSON)."""
-    from tomato_mqtt.config.payloads import PayloadError, read_payload_file
+    """An uploaded payload file, read as ``ketchup submit`` reads one (YAML or JSON),
+    except that it may not name other files (the server's own: found by a security
+    review, an upload's ``samplefile`` read a root-only file into a job)."""
+    from tomato_mqtt.config.payloads import PayloadError, read_payload_text
 
-    text, name = args.get("text"), Path(str(args.get("filename") or "payload.yml")).name
+    text = args.get("text")
+    name = Path(str(args.get("filename") or "payload.yml")).name[:200] or "payload.yml"
     if not isinstance(text, str) or not text.strip():
         raise _BadUpload("choose a payload file")
-    with tempfile.TemporaryDirectory(prefix="tomato-dash-") as tmp:
-        path = Path(tmp) / (name or "payload.yml")
-        path.write_text(text, encoding="utf-8")
-        try:
-            doc = read_payload_file(path)
-        except PayloadError as e:
-            raise _BadUpload(f"payload refused: {name}: {e.location}: {e.reason}") from None
+    try:
+        doc = read_payload_text(text, name)
+    except PayloadError as e:
+        where = f"{e.location}: " if e.location else ""
+        raise _BadUpload(f"payload refused: {name}: {where}{e.reason}") from None
     out: dict[str, Any] = {"payload": json.loads(json.dumps(doc, default=str))}
     if args.get("jobname"):
         out["jobname"] = str(args["jobname"])
