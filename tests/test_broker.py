@@ -27,3 +27,35 @@ async def test_retained_messages_do_not_leak_to_other_clients(
             await c.subscribe(f"{root}/private/#")
             msg = await c.next_message(5)
             assert (msg.topic, msg.payload) == (f"{root}/private/status", b"secret")
+
+
+async def test_an_open_stack_s_websocket_listener_takes_no_page_of_another_site(
+    tmp_path: object,
+) -> None:
+    """Found by a security review: on an open stack (no logins, the default) any web page
+    the lab PC's browser opened could connect to the broker's WebSocket listener and, as
+    every client there may, stop the stack. Browsers send their page's Origin: only this
+    PC's own pages are taken; MQTT clients (no Origin) as before."""
+    import websockets
+    from tomato_mqtt_broker import BrokerConfig, EmbeddedBroker
+
+    from tests.stack import free_port
+
+    ws = free_port()
+    b = EmbeddedBroker(BrokerConfig(port=free_port(), ws_port=ws))
+    await b.start()
+    try:
+        uri = f"ws://127.0.0.1:{ws}/"
+        for origin in ("http://evil.example", "http://127.0.0.1.evil.example:8765", "null"):
+            try:
+                async with websockets.connect(uri, subprotocols=["mqtt"], origin=origin):  # type: ignore[list-item,arg-type]
+                    raise AssertionError(f"a page of {origin} was let in")
+            except websockets.InvalidStatus as e:
+                assert e.response.status_code == 403, e
+        for local in (None, "http://localhost:8765", "http://127.0.0.1:9000"):
+            async with websockets.connect(uri, subprotocols=["mqtt"], origin=local) as c:  # type: ignore[list-item,arg-type]
+                assert c.subprotocol == "mqtt"
+        async with AsyncClient(f"ws://127.0.0.1:{ws}") as c:  # an MQTT client over WebSockets
+            assert c.is_connected
+    finally:
+        await b.stop()

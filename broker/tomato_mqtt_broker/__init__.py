@@ -21,6 +21,7 @@ import ipaddress
 import json
 import logging
 import os
+import re
 import signal
 import socket
 from dataclasses import dataclass
@@ -29,6 +30,10 @@ from typing import Any
 __all__ = ["BrokerConfig", "BrokerConfigError", "EmbeddedBroker", "run_broker"]
 
 log = logging.getLogger(__name__)
+
+
+#: the origins of web pages an open stack's WebSocket listener accepts: this PC's own
+LOCAL_ORIGIN = re.compile(r"https?://(localhost|127\.0\.0\.1|\[::1\])(:[0-9]+)?")
 
 
 class BrokerConfigError(ValueError):
@@ -150,7 +155,7 @@ class BrokerConfig:
         return {"listeners": listeners, "plugins": plugins, "timeout_disconnect_delay": 0}
 
 
-def _broker_class(listen_fd: int | None = None) -> Any:
+def _broker_class(listen_fd: int | None = None, open_stack: bool = False) -> Any:
     """amqtt's Broker, without its retained-message leak.
 
     On every new connection amqtt 0.12 sends the client the retained messages of *every*
@@ -162,8 +167,9 @@ def _broker_class(listen_fd: int | None = None) -> Any:
     guard returns without awaiting, so that loop no longer yields either.
     """
     # heavy imports, only where a broker really runs
+    import websockets
     from amqtt.broker import Broker
-    from amqtt.contexts import Action
+    from amqtt.contexts import Action, ListenerType
     from amqtt.errors import MQTTError
     from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
     from amqtt.utils import gen_client_id
@@ -304,6 +310,19 @@ def _broker_class(listen_fd: int | None = None) -> Any:
         async def _create_server_instance(
             self, listener_name: str, listener_type: Any, address: Any, port: int, ssl: Any
         ) -> Any:
+            if open_stack and listener_type == ListenerType.WS:
+                # an open stack has no logins: any web page the lab PC's browser opens
+                # could otherwise connect to it (found by a security review: a page of
+                # another site stopped the stack). Browsers send their page's Origin;
+                # MQTT clients send none. Pages of this PC (localhost) stay welcome.
+                return await websockets.serve(
+                    functools.partial(self.ws_connected, listener_name=listener_name),
+                    address,
+                    port,
+                    ssl=ssl,
+                    subprotocols=[websockets.Subprotocol("mqtt")],
+                    origins=[None, LOCAL_ORIGIN],
+                )
             if listener_name != "default" or listen_fd is None:
                 return await super()._create_server_instance(
                     listener_name, listener_type, address, port, ssl
@@ -362,7 +381,8 @@ class EmbeddedBroker:
         for noisy in ("amqtt", "transitions", "websockets"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
         config = self.config.amqtt_config()  # BrokerConfigError: refused, with the reason
-        self._broker = _broker_class(self.config.listen_fd)(config)
+        open_stack = not self.config.password_file
+        self._broker = _broker_class(self.config.listen_fd, open_stack)(config)
         try:
             await self._broker.start()
         except Exception as e:
