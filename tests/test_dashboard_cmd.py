@@ -132,3 +132,42 @@ async def test_an_upload_may_not_make_the_server_read_its_files(
         assert "cannot name another file" in r["msg"] and "top-secret" not in r["msg"], r
         r = await _cmd(dash, "job_submit", {"text": upload, "filename": ".."})  # was a 500
         assert not r["success"] and r["code"] == "refused", r
+
+
+async def test_a_dashboard_on_loopback_answers_to_this_pc_s_names_only(
+    broker: RunningBroker, tmp_path: Path, instance: str
+) -> None:
+    """Found by a security review: with Host and Origin both attacker.example:PORT (what
+    a browser sends after DNS rebinding) the dashboard of an open stack loaded and
+    ejected samples; its /ws took any Origin. Now: this PC's names only, Origin checked
+    on POST and on /ws, scripts (no Origin) as before."""
+    url = f"mqtt://127.0.0.1:{broker.port}"
+    async with (
+        inproc_stack(broker.port, tmp_path / "st", instance),
+        running_dashboard(url, instance) as dash,
+        aiohttp.ClientSession() as http,
+    ):
+        await _controls(dash)
+        base, port = dash.address(), dash.port
+        body = {"op": "pipeline_eject", "args": {"pipeline": "pip-counter-1"}}
+        evil = {"Host": f"attacker.example:{port}", "Origin": f"http://attacker.example:{port}"}
+        async with http.post(base + "api/cmd", json=body, headers=evil) as r:
+            assert r.status == 403, await r.text()
+        async with http.get(base, headers={"Host": f"attacker.example:{port}"}) as r:
+            assert r.status == 403
+        for origin in ("http://evil.example", f"http://127.0.0.1:{port + 1}"):
+            async with http.post(base + "api/cmd", json=body, headers={"Origin": origin}) as r:
+                assert r.status == 403, origin
+            try:
+                async with http.ws_connect(base + "ws", headers={"Origin": origin}):
+                    raise AssertionError(f"/ws took a page of {origin}")
+            except aiohttp.WSServerHandshakeError as e:
+                assert e.status == 403, e
+        for host in (f"localhost:{port}", f"127.0.0.1:{port}"):  # this PC's own pages
+            own = {"Host": host, "Origin": f"http://{host}"}
+            async with http.post(base + "api/cmd", json=body, headers=own) as r:
+                assert r.status == 200 and (await r.json())["success"], await r.text()
+        async with http.post(base + "api/cmd", json=body) as r:  # a script: no Origin
+            assert r.status == 200 and (await r.json())["success"]
+        async with http.ws_connect(base + "ws", headers={"Origin": base.rstrip("/")}) as ws:
+            assert not ws.closed

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import json
 from importlib import resources
 from pathlib import Path
@@ -52,14 +53,34 @@ def make_app(svc: DashboardService) -> web.Application:
     return app
 
 
+#: the names a dashboard bound to loopback answers to (any other: DNS rebinding)
+LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
+
+
 @web.middleware
 async def _same_origin(request: web.Request, handler: Any) -> web.StreamResponse:
-    # a page of another site must not drive a signed-in user's controls (CSRF)
+    # a dashboard on loopback answers only to this PC's own names: a site whose name
+    # is re-pointed at 127.0.0.1 (DNS rebinding) sends its own name as Host, and an
+    # open stack's controls are anyone's (found by a security review)
+    if _on_loopback(request.app[SVC].cfg.host) and request.url.host not in LOOPBACK_NAMES:
+        raise web.HTTPForbidden(text=f"this dashboard does not answer to {request.host!r}")
+    # a page of another site must not drive a signed-in user's controls (CSRF), nor
+    # open the live socket in the user's name; scripts send no Origin
     origin = request.headers.get("Origin")
-    if request.method == "POST" and origin and origin.split("://", 1)[-1] != request.host:
+    guarded = request.method == "POST" or request.path == "/ws"
+    if guarded and origin and origin.split("://", 1)[-1] != request.host:
         raise web.HTTPForbidden(text="cross-origin request refused")
     resp: web.StreamResponse = await handler(request)
     return resp
+
+
+def _on_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _session(request: web.Request) -> Session:
