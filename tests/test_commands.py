@@ -81,6 +81,10 @@ async def test_scheduler_replies_match_their_types(
         ("pipeline_load", {"pipeline": "nope", "sample": "s"}, "not_found"),
         ("pipeline_load", {"pipeline": "pip-counter-1"}, "bad_request"),
         ("job_status", {"jobids": [999]}, "not_found"),
+        # beyond what the store holds: a bad request, not an internal OverflowError
+        ("job_status", {"jobids": [2**70]}, "bad_request"),
+        ("job_snapshot", {"jobid": 2**63}, "bad_request"),
+        ("job_cancel", {"jobids": [-1]}, "bad_request"),
         ("job_cancel", {}, "bad_request"),
         ("job_submit", {"payload": {"version": "2.2", "method": "x"}}, "refused"),
         ("stop", {"now": True}, "bad_request"),  # a fuzzed stop never stops the stack

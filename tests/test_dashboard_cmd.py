@@ -132,6 +132,11 @@ async def test_an_upload_may_not_make_the_server_read_its_files(
         assert "cannot name another file" in r["msg"] and "top-secret" not in r["msg"], r
         r = await _cmd(dash, "job_submit", {"text": upload, "filename": ".."})  # was a 500
         assert not r["success"] and r["code"] == "refused", r
+        async with (
+            aiohttp.ClientSession() as http,
+            http.post(dash.address() + "api/cmd", data="[" * 100_000 + "]" * 100_000) as resp,
+        ):
+            assert resp.status == 400 and "nested" in await resp.text()  # was a 500
 
 
 async def test_a_dashboard_on_loopback_answers_to_this_pc_s_names_only(

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any, Literal, get_args
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, JsonValue, TypeAdapter
 
@@ -92,8 +92,13 @@ class SubmitArgs(_Args):
     user: str | None = Field(None, description="who ran ketchup (for payloads older than 2.2)")
 
 
+#: a job id: what the scheduler's store can hold (a bigger one was an OverflowError
+#: deep in SQLite, answered "internal error" with a traceback in the log)
+JobId = Annotated[int, Field(ge=0, le=2**63 - 1)]
+
+
 class JobIdsArgs(_Args):
-    jobids: list[int] | None = None
+    jobids: list[JobId] | None = None
 
 
 #: the most jobs one ``job_status`` reply lists (the whole listing is paged beyond it)
@@ -103,7 +108,7 @@ JOB_PAGE_MAX = 500
 class JobStatusArgs(_Args):
     """``job_status``: the jobs given, a page of the whole listing, or a summary."""
 
-    jobids: list[int] | None = Field(None, description="these jobs, in this order (not paged)")
+    jobids: list[JobId] | None = Field(None, description="these jobs, in this order (not paged)")
     summary: bool = Field(
         False, description="counts per status and pipeline instead of jobs (JobSummary)"
     )
@@ -116,6 +121,7 @@ class JobStatusArgs(_Args):
     offset: int | None = Field(
         None,
         ge=0,
+        le=2**63 - 1,
         description="position of the page's first job in the listing by id (default: the "
         "last page, so the newest jobs are always in it)",
     )
@@ -127,7 +133,7 @@ class SearchArgs(_Args):
 
 
 class SnapshotArgs(_Args):
-    jobid: int
+    jobid: JobId
 
 
 # -- recorder ----------------------------------------------------------------------------

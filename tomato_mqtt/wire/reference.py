@@ -21,6 +21,7 @@ _TOPIC = {c.kind.removesuffix("_cmd"): c.template for c in CHANNELS if c.kind.en
 def _type_name(ann: Any) -> str:
     text = getattr(ann, "__name__", None) if isinstance(ann, type) else None
     text = text or str(ann).replace("typing.", "")
+    text = _without_annotated(text)
     for mod in (
         "tomato_mqtt.",
         "wire.messages.",
@@ -33,6 +34,19 @@ def _type_name(ann: Any) -> str:
     text = text.replace("NoneType", "null").replace("JsonValue", "json").replace("None", "null")
     # a markdown table cell: no pipes
     return text.replace(" | ", " or ").replace("Literal[", "one of [")
+
+
+def _without_annotated(text: str) -> str:
+    """``Annotated[int, FieldInfo(...)]`` (a bounded int such as ``JobId``) as ``int``."""
+    while (start := text.find("Annotated[")) >= 0:
+        inner = start + len("Annotated[")
+        depth, end = 1, inner
+        while depth and end < len(text):
+            depth += {"[": 1, "]": -1}.get(text[end], 0)
+            end += 1
+        head = text[inner : end - 1].split(",", 1)[0]
+        text = text[:start] + head + text[end:]
+    return text
 
 
 def _args_text(model: type[BaseModel]) -> str:

@@ -135,6 +135,8 @@ async def _json(request: web.Request) -> dict[str, Any]:
         data = await request.json()
     except (ValueError, UnicodeDecodeError):
         raise web.HTTPBadRequest(text="the request body is not JSON") from None
+    except RecursionError:  # [[[[...]]]] thousands deep: was a 500
+        raise web.HTTPBadRequest(text="the request body is nested too deeply") from None
     if not isinstance(data, dict):
         raise web.HTTPBadRequest(text="the request body must be a JSON object")
     return data
