@@ -42,10 +42,14 @@ class Raw:
         password: str | None = None,
         client_id: str | None = None,
         will: tuple[str, bytes] | None = None,
+        clean: bool = True,
     ) -> None:
         self.c = paho.Client(
-            CallbackAPIVersion.VERSION2, client_id=client_id or f"raw-{uuid.uuid4().hex[:8]}"
+            CallbackAPIVersion.VERSION2,
+            client_id=client_id or f"raw-{uuid.uuid4().hex[:8]}",
+            clean_session=clean,
         )
+        self.session_present: bool | None = None
         self.c.username_pw_set(user, USERS[user][0] if password is None else password)
         if will is not None:
             self.c.will_set(will[0], will[1], qos=1)
@@ -58,7 +62,8 @@ class Raw:
         self.c.on_message = lambda _c, _u, m: self.got.append(m.topic)
         self.c.on_subscribe = lambda *_a: self.subscribed.set()
 
-    def _on_connect(self, _c: Any, _u: Any, _f: Any, rc: Any, _p: Any) -> None:
+    def _on_connect(self, _c: Any, _u: Any, flags: Any, rc: Any, _p: Any) -> None:
+        self.session_present = bool(flags.session_present)
         if rc.is_failure:
             self.refused = rc
             self.c.disconnect()  # no reconnect attempts of a refused login
@@ -216,3 +221,20 @@ async def test_a_will_the_rules_forbid_since_the_connect_is_dropped(
             assert got == [t.node_status("pc2")], got
         finally:
             await w.disconnect()
+
+
+async def test_a_persistent_connect_never_inherits_another_login_s_ended_session(
+    tmp_path: Path, instance: str
+) -> None:
+    """From a security review: for ~1 s after the admin's clean session ended, a reader
+    connecting with its client id and clean_session=False got "session present" and the
+    admin's subscription to everything (deliveries were still filtered by role)."""
+    async with secured("amqtt", tmp_path, instance) as b:
+        admin = Raw(b, "ada", client_id="shared-id")
+        assert await admin.connect()
+        await admin.subscribe(b.topics.all())
+        admin.close()  # a clean DISCONNECT
+        reader = Raw(b, "rita", client_id="shared-id", clean=False)
+        assert await reader.connect(), reader.refused
+        assert reader.session_present is False
+        reader.close()

@@ -227,6 +227,11 @@ def _broker_class(listen_fd: int | None = None, open_stack: bool = False) -> Any
                 else:
                     session.client_id = gen_client_id()
                 session.parent = 0
+            elif self._held_by_another(session):
+                # a clean session another login just ended (_refusal let it by): none of
+                # its subscriptions is this login's to inherit
+                await self._delete_session(session.client_id)
+                session.parent = 0
             elif session.client_id in self._sessions:  # a persistent session resumed
                 held, _ = self._sessions[session.client_id]
                 for attr in (
@@ -271,6 +276,10 @@ def _broker_class(listen_fd: int | None = None, open_stack: bool = False) -> Any
                 if other.transitions.is_connected() or not other.clean_session:
                     return f"the client id is in use by another login ({other.username!r})"
             return None
+
+        def _held_by_another(self, session: Any) -> bool:
+            held = self._sessions.get(session.client_id) if session.client_id else None
+            return held is not None and held[0].username != session.username
 
         async def _authenticate(self, session: Any, listener: Any) -> bool:
             if session.client_id in self._refused:
