@@ -16,6 +16,7 @@ stack's dashboard shows none and refuses sign-in (the broker would accept any na
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import secrets
 import time
@@ -73,6 +74,7 @@ class Session:
     client: AsyncClient | None = None  # own connection (signed in), closed on sign-out
     exposed: bool = False  # served on a network address, not loopback only
     created: float = field(default_factory=time.time)
+    used: float = field(default_factory=time.monotonic)  # its last request
 
     @property
     def controls(self) -> list[str]:
@@ -106,6 +108,13 @@ class Sessions:
 
     #: how many signed-in sessions may hold a broker connection at once
     MAX_SIGNED_IN = 50
+    #: a login's sessions at once: its oldest is signed out for a new one (one user
+    #: signing in again and again must not lock everyone else out)
+    MAX_PER_USER = 5
+    #: s without a request after which a session is signed out
+    IDLE = 12 * 3600.0
+    #: failed sign-ins of one login before each further try waits (2, 4, ... 60 s)
+    FREE_FAILURES = 3
 
     def __init__(
         self, url: BrokerURL, instance: str, read_only: bool, exposed: bool = False
@@ -116,6 +125,9 @@ class Sessions:
         self.exposed = exposed
         self._by_token: dict[str, Session] = {}
         self.shared: Session | None = None
+        #: login -> (failed sign-ins in a row, monotonic time of the last)
+        self._failures: dict[str, tuple[int, float]] = {}
+        self._closing: set[asyncio.Future[None]] = set()  # connections of dropped sessions
 
     async def start_shared(self, client: AsyncClient) -> None:
         topics = Topics(self.instance, self.url.username)
@@ -130,11 +142,60 @@ class Sessions:
             self.shared.me = await whoami(self.shared.requester, self.shared.topics)
 
     def get(self, token: str | None) -> Session | None:
-        if token and token in self._by_token:
-            return self._by_token[token]
-        return self.shared
+        s = self._by_token.get(token) if token else None
+        if s is None:
+            return self.shared
+        now = time.monotonic()
+        if now - s.used > self.IDLE:  # signed out: the page signs in again
+            self._drop(s)
+            return self.shared
+        s.used = now
+        return s
+
+    def _drop(self, s: Session) -> None:
+        """Forget ``s`` now; its broker connection closes in the background."""
+        self._by_token.pop(s.token, None)
+        if s.client is not None:
+            task = asyncio.ensure_future(_disconnect(s.client))
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
+
+    def _check_failures(self, username: str) -> None:
+        count, last = self._failures.get(username, (0, 0.0))
+        if count < self.FREE_FAILURES:
+            return
+        wait = min(60.0, 2.0 ** (count - self.FREE_FAILURES + 1))
+        left = last + wait - time.monotonic()
+        if left > 0:
+            raise LoginFailed(
+                f"{count} failed sign-ins for {username!r} in a row: try again in {left:.0f} s"
+            )
+
+    def _failed(self, username: str) -> None:
+        count, _last = self._failures.get(username, (0, 0.0))
+        self._failures[username] = (count + 1, time.monotonic())
+        while len(self._failures) > 10_000:  # bounded, whatever names are tried
+            self._failures.pop(next(iter(self._failures)))
 
     async def sign_in(self, username: str, password: str) -> Session:
+        self._check_failures(username)
+        try:
+            s = await self._sign_in(username, password)
+        except LoginFailed:
+            self._failed(username)
+            raise
+        self._failures.pop(username, None)
+        return s
+
+    async def _sign_in(self, username: str, password: str) -> Session:
+        now = time.monotonic()
+        for old in [s for s in self._by_token.values() if now - s.used > self.IDLE]:
+            self._drop(old)
+        mine = sorted(
+            (s for s in self._by_token.values() if s.user == username), key=lambda s: s.used
+        )
+        for old in mine[: max(0, len(mine) - self.MAX_PER_USER + 1)]:
+            self._drop(old)  # the login's oldest: it signs in again elsewhere
         if len([s for s in self._by_token.values() if s.client]) >= self.MAX_SIGNED_IN:
             raise LoginFailed("too many people are signed in to this dashboard")
         try:
@@ -176,3 +237,8 @@ class Sessions:
     async def close(self) -> None:
         for token in list(self._by_token):
             await self.sign_out(token)
+
+
+async def _disconnect(client: AsyncClient) -> None:
+    with contextlib.suppress(Exception):
+        await client.disconnect()

@@ -1,0 +1,60 @@
+"""The dashboard's sign-in sessions (found by a security review: they never expired,
+50 sign-ins by one reader locked everyone out, wrong passwords were not slowed down).
+
+The policies are checked on the session table itself; signing in for real (a broker,
+a scheduler's whoami) is in tests/test_dashboard.py.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+
+from tests.stack import free_port
+from tomato_mqtt.config.url import BrokerURL
+from tomato_mqtt.services.dashboard.sessions import LoginFailed, Session, Sessions
+from tomato_mqtt.wire.topics import Topics
+
+
+def _sessions() -> Sessions:
+    # nobody listens on this port: a real sign-in fails at once ("did not accept")
+    return Sessions(BrokerURL.parse(f"mqtt://127.0.0.1:{free_port()}"), "lab", read_only=False)
+
+
+def _held(ss: Sessions, user: str, n: int, used: float | None = None) -> list[Session]:
+    out = []
+    for i in range(n):
+        s = Session(f"{user}-{i}", user, None, Topics("lab", user))  # type: ignore[arg-type]
+        s.used = time.monotonic() - n + i if used is None else used
+        ss._by_token[s.token] = s
+        out.append(s)
+    return out
+
+
+async def test_wrong_passwords_make_the_next_tries_wait() -> None:
+    ss = _sessions()
+    for _ in range(Sessions.FREE_FAILURES):
+        with pytest.raises(LoginFailed, match="did not accept"):
+            await ss.sign_in("olga", "wrong")
+    with pytest.raises(LoginFailed, match="failed sign-ins for 'olga' in a row: try again"):
+        await ss.sign_in("olga", "right-but-too-soon")
+    with pytest.raises(LoginFailed, match="did not accept"):  # another login: not held up
+        await ss.sign_in("otto", "x")
+
+
+async def test_a_login_holds_a_few_sessions_and_idle_ones_end() -> None:
+    ss = _sessions()
+    rita = _held(ss, "rita", 8)
+    olga = _held(ss, "olga", 1)
+    with pytest.raises(LoginFailed):  # the broker is not there; the table is tidied first
+        await ss.sign_in("rita", "pw")
+    left = [s for s in ss._by_token.values() if s.user == "rita"]
+    assert len(left) == Sessions.MAX_PER_USER - 1  # room for the new one
+    assert {s.token for s in left} == {s.token for s in rita[-len(left) :]}  # newest kept
+    assert ss.get(olga[0].token) is olga[0]  # another login's session is untouched
+    stale: Any = olga[0]
+    stale.used = time.monotonic() - Sessions.IDLE - 1
+    assert ss.get(olga[0].token) is ss.shared  # idle too long: signed out
+    assert olga[0].token not in ss._by_token
