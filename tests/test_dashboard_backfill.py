@@ -102,3 +102,44 @@ async def test_a_failed_load_of_stored_points_is_tried_again(
         finally:
             dash.viewers.discard(page)
             await dash.mqtt.publish(topics.job_status(7), b"", retain=True)
+
+
+class ReaderStandIn(StandIn):
+    """A secured stack: the dashboard's own login is a reader (no snapshots)."""
+
+    async def whoami(self, args: Mapping[str, JsonValue]) -> Result:
+        ops: list[JsonValue] = ["job_status"]
+        return Result("you", {"user": "dash", "role": "reader", "ops": ops, "open": False})
+
+
+async def test_stored_points_are_never_loaded_with_a_person_s_right_to_them(
+    broker: RunningBroker, instance: str
+) -> None:
+    """Found by a security review: the points a job's owner could fetch were loaded with
+    her login when her page opened the job, and then every page showing it, one nobody
+    signed in to included, got them. Stored points are loaded with the dashboard's own
+    login only (a reader on a secured stack: none then)."""
+    from tomato_mqtt.services.dashboard.sessions import Session
+    from tomato_mqtt.wire.commands import WhoamiData
+
+    topics = Topics(instance)
+    svc = ReaderStandIn()
+    async with stand_in(broker, topics, svc), running_dashboard(broker.url, instance) as dash:
+        running = JobStatus(jobid=7, status="r", launched_at="2020-01-01T00:00:00+00:00")
+        await dash.mqtt.publish(topics.job_status(7), encode(running), retain=True)
+        await _until(lambda: 7 in dash.state.jobs, 10, "the dashboard sees job 7")
+        shared = dash.sessions.shared
+        await _until(lambda: shared is not None and shared.me is not None, 10, "whoami")
+        assert shared is not None
+        olga = WhoamiData(
+            user="olga", role="operator", ops=["job_status", "job_snapshot"], open=False
+        )
+        page = Viewer(session=Session("t", "olga", shared.requester, shared.topics, olga))
+        dash.viewers.add(page)
+        try:
+            dash.watch(page, 7)  # the owner's page opens the job
+            await asyncio.sleep(1.5)  # a flush tick or two
+            assert svc.snapshots == 0 and 7 not in dash.backfill_state, dash.backfill_state
+        finally:
+            dash.viewers.discard(page)
+            await dash.mqtt.publish(topics.job_status(7), b"", retain=True)

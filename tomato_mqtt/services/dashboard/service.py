@@ -257,7 +257,7 @@ class DashboardService:
         viewer.job = job
         if job is not None:
             viewer.send({"t": "job", "id": job, "now": time.time(), **self.state.job_detail(job)})
-            self._maybe_backfill(job, viewer.session)
+            self._maybe_backfill(job)
             self._fetch_job(job, viewer.session)
 
     # -- the whole job (its payload) --------------------------------------------------------
@@ -292,7 +292,7 @@ class DashboardService:
                 v.send({"t": "jobdata", "id": job, "job": whole.model_dump(mode="json")})
 
     # -- stored data first ------------------------------------------------------------------
-    def _maybe_backfill(self, job: int, session: Session) -> None:
+    def _maybe_backfill(self, job: int) -> None:
         """A job that began before this dashboard: load its stored points once."""
         j = self.state.jobs.get(job)
         if job in self._backfilled or j is None or j.status in ("q", "qw") or not j.launched_at:
@@ -303,10 +303,14 @@ class DashboardService:
             launched = datetime.datetime.fromisoformat(j.launched_at).timestamp()
             if launched > self.started_at + BACKFILL_MARGIN:
                 return  # seen live from its start
-        who = (session, self.sessions.shared)
-        s = next((x for x in who if x is not None and x.me and "job_snapshot" in x.me.ops), None)
-        if s is None:
-            return  # this login may not take snapshots: the plots start with live data
+        # with the dashboard's own login only: the points loaded go to every page that
+        # shows the job, so a person's right to the job's file must not fetch them (found
+        # by a security review: an owner's page loaded them, then a page nobody signed in
+        # to showed them). On a secured stack that login is a reader: the plots of a job
+        # that began before the dashboard start with the live data there.
+        s = self.sessions.shared
+        if s is None or s.me is None or "job_snapshot" not in s.me.ops:
+            return
         self._backfilled.add(job)
         self.backfill_state[job] = "loading"
         task = asyncio.ensure_future(self._backfill(job, s))
@@ -366,10 +370,10 @@ class DashboardService:
         }
         if not self.viewers:
             return
-        if tick:  # a login that could not snapshot before may now (whoami answered)
+        if tick:  # the dashboard's login may snapshot now (its whoami answered late)
             for v in list(self.viewers):
                 if v.job is not None and v.job not in self._backfilled:
-                    self._maybe_backfill(v.job, v.session)
+                    self._maybe_backfill(v.job)
         msg = {"t": "items", "now": now, "items": items} if items else None
         for v in self.viewers:
             if msg is not None:
