@@ -41,6 +41,7 @@ __all__ = [
     "SchedulerSettings",
     "Settings",
     "default_dirs",
+    "is_loopback",
     "load_settings",
     "render_default_settings",
     "settings_url",
@@ -117,7 +118,7 @@ class BrokerSettings(_Section):
                 "allow_anonymous = false needs a password_file, or every login would be "
                 "accepted: set password_file and add users with `tomato user add`"
             )
-        if not _is_loopback(self.host) and (self.allow_anonymous or not self.password_file):
+        if not is_loopback(self.host) and (self.allow_anonymous or not self.password_file):
             raise ValueError(
                 f"the embedded broker listens on {self.host}, not a loopback address: "
                 "set allow_anonymous = false and a password_file"
@@ -288,7 +289,8 @@ class Settings(_Section):
         return self.broker.ws_port or None
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (a name or an address) is this machine's loopback."""
     if host == "localhost":
         return True
     try:

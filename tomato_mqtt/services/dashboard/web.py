@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import json
 from importlib import resources
 from pathlib import Path
@@ -25,6 +24,7 @@ from typing import Any
 from aiohttp import WSMsgType, web
 
 from tomato_mqtt.client.names import UnknownComponent, resolve
+from tomato_mqtt.config.settings import is_loopback
 from tomato_mqtt.services.dashboard.files import chunks, take_snapshot
 from tomato_mqtt.services.dashboard.service import DashboardService, Viewer
 from tomato_mqtt.services.dashboard.sessions import KNOWN_OPS, LoginFailed, Session
@@ -62,7 +62,7 @@ async def _same_origin(request: web.Request, handler: Any) -> web.StreamResponse
     # a dashboard on loopback answers only to this PC's own names: a site whose name
     # is re-pointed at 127.0.0.1 (DNS rebinding) sends its own name as Host, and an
     # open stack's controls are anyone's (found by a security review)
-    if _on_loopback(request.app[SVC].cfg.host) and request.url.host not in LOOPBACK_NAMES:
+    if is_loopback(request.app[SVC].cfg.host) and request.url.host not in LOOPBACK_NAMES:
         raise web.HTTPForbidden(text=f"this dashboard does not answer to {request.host!r}")
     # a page of another site must not drive a signed-in user's controls (CSRF), nor
     # open the live socket in the user's name; scripts send no Origin
@@ -72,15 +72,6 @@ async def _same_origin(request: web.Request, handler: Any) -> web.StreamResponse
         raise web.HTTPForbidden(text="cross-origin request refused")
     resp: web.StreamResponse = await handler(request)
     return resp
-
-
-def _on_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _session(request: web.Request) -> Session:
