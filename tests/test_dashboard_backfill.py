@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable, Mapping
+from typing import Any
 
 import pytest
 from pydantic import JsonValue
@@ -73,6 +74,18 @@ async def _until(cond: Callable[[], bool], timeout: float, what: str) -> None:
         await asyncio.sleep(0.05)
 
 
+async def _old_job_7(dash: Any, topics: Topics) -> Any:
+    """Job 7, running since long before this dashboard, seen by it; its own session,
+    once the stand-in answered its whoami."""
+    running = JobStatus(jobid=7, status="r", launched_at="2020-01-01T00:00:00+00:00")
+    await dash.mqtt.publish(topics.job_status(7), encode(running), retain=True)
+    await _until(lambda: 7 in dash.state.jobs, 10, "the dashboard sees job 7")
+    shared = dash.sessions.shared
+    await _until(lambda: shared is not None and shared.me is not None, 10, "whoami")
+    assert shared is not None
+    return shared
+
+
 async def test_a_failed_load_of_stored_points_is_tried_again(
     broker: RunningBroker, instance: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -80,13 +93,7 @@ async def test_a_failed_load_of_stored_points_is_tried_again(
     topics = Topics(instance)
     svc = StandIn()
     async with stand_in(broker, topics, svc), running_dashboard(broker.url, instance) as dash:
-        # a job running since long before this dashboard
-        running = JobStatus(jobid=7, status="r", launched_at="2020-01-01T00:00:00+00:00")
-        await dash.mqtt.publish(topics.job_status(7), encode(running), retain=True)
-        await _until(lambda: 7 in dash.state.jobs, 10, "the dashboard sees job 7")
-        shared = dash.sessions.shared
-        await _until(lambda: shared is not None and shared.me is not None, 10, "whoami")
-        assert shared is not None
+        shared = await _old_job_7(dash, topics)
         page = Viewer(session=shared)
         dash.viewers.add(page)
         try:
@@ -125,12 +132,7 @@ async def test_stored_points_are_never_loaded_with_a_person_s_right_to_them(
     topics = Topics(instance)
     svc = ReaderStandIn()
     async with stand_in(broker, topics, svc), running_dashboard(broker.url, instance) as dash:
-        running = JobStatus(jobid=7, status="r", launched_at="2020-01-01T00:00:00+00:00")
-        await dash.mqtt.publish(topics.job_status(7), encode(running), retain=True)
-        await _until(lambda: 7 in dash.state.jobs, 10, "the dashboard sees job 7")
-        shared = dash.sessions.shared
-        await _until(lambda: shared is not None and shared.me is not None, 10, "whoami")
-        assert shared is not None
+        shared = await _old_job_7(dash, topics)
         olga = WhoamiData(
             user="olga", role="operator", ops=["job_status", "job_snapshot"], open=False
         )
