@@ -72,6 +72,8 @@ BROKER_CONFIG_ENV = "TOMATO_MQTT_BROKER_CONFIG"
 SUPERVISOR_PID_ENV = "TOMATO_MQTT_SUPERVISOR_PID"
 #: s between a service's looks at whether its supervisor is still there
 WATCH_INTERVAL = 0.5
+#: s a service has to stop cleanly once its supervisor is gone, before it just exits
+STOP_GRACE = 5.0
 
 
 def follow_supervisor() -> None:
@@ -97,6 +99,12 @@ def follow_supervisor() -> None:
             time.sleep(WATCH_INTERVAL)
         log.warning("the supervisor (pid %d) is gone: stopping, as the whole stack does", pid)
         os.kill(os.getpid(), signal.SIGTERM)
+        # a clean stop may not come: the signal's handler runs in the main thread, which
+        # may wait for a lock (a full run once saw a recorder, still importing at low
+        # priority, outlive its supervisor by 20 s); an orphan must not stay
+        time.sleep(STOP_GRACE)
+        log.error("not stopped %g s after the supervisor left: exiting now", STOP_GRACE)
+        os._exit(1)
 
     threading.Thread(target=watch, name="supervisor-watch", daemon=True).start()
 
