@@ -270,6 +270,28 @@ async def test_a_node_restarted_as_its_task_ends_is_not_waited_for_to_reset() ->
     assert ("cmp", "reset") in host.requests
 
 
+async def test_a_node_merely_gone_is_still_waited_for_to_reset(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Its last will (state lost; epoch 0: built before the node knew its epoch) is no
+    restart: the reset is waited for as before (a full run's network cut ended its job
+    during the cut otherwise, before the node's data could come back)."""
+    monkeypatch.setattr(runner_mod, "RESET_WAIT", 1.0)
+    host = FakeHost()
+    host.silent_reset = True
+    _runner, done = await _run(host)
+    end = TaskEndInfo(job=1, task=0, reason="done", t_start=0, t_end=1, npoints=60, stream="s")
+    ended = ComponentStatus(
+        name="cmp", node="pc1", state="idle", time=time.time(), epoch=1, last_task=end
+    )
+    await host.set(cstatus={"cmp": ended})
+    await asyncio.sleep(0.2)
+    t0 = time.monotonic()
+    await host.set(node=host.node.model_copy(update={"state": "lost", "epoch": 0}))
+    status, _reason = await asyncio.wait_for(done, 5)
+    assert status == "c" and time.monotonic() - t0 > 0.5  # the reset's whole wait
+
+
 @pytest.mark.parametrize("answer", ["no-task", "silent"])
 async def test_cancel_ends_cd_within_a_bound_whatever_the_node_answers(
     answer: str, monkeypatch: pytest.MonkeyPatch

@@ -440,7 +440,9 @@ class JobRunner:
 
             def restarted() -> bool:  # a node that comes back starts its components idle
                 n = self.host.node_of(component)
-                return n is None or n.epoch != epoch
+                # back online with a new epoch: not merely gone (its last will, or a
+                # status from before, says nothing of its components)
+                return n is not None and n.state == "online" and n.epoch != epoch
 
             async def node_restarted() -> None:
                 async with self.host.cond:
