@@ -90,7 +90,10 @@ def test_multistep_task_variable_marks_boundaries(stack: Stack) -> None:
     assert job["status"] == "c", job
     ds = open_tree(job["respath"])["counter"].to_dataset()
     tasks = ds["task"].values.tolist()
-    assert tasks == [0] * 10 + [1] * 5
+    # each task's points, as many as its runner took (10 and 5; fewer when a busy
+    # machine made it miss a deadline: counted, not measured)
+    taken = [job["progress"]["tasks"][str(i)]["end"]["npoints"] for i in (0, 1)]
+    assert tasks == [0] * taken[0] + [1] * taken[1] and taken[0] >= 8 and taken[1] >= 4
     stack.run("tomato", "pipeline", "eject", "pip-counter-2", check=True)
 
 
