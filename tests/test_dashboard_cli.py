@@ -54,9 +54,17 @@ async def test_tomato_dashboard_serves_page_and_plotly(
         assert status == 200 and b"tomato-mqtt" in body
         status, js = await asyncio.to_thread(_get, f"http://127.0.0.1:{web}/vendor/plotly.min.js")
         assert status == 200 and len(js) > 1_000_000  # plotly.min.js of the plotly wheel
+        # the page is served before the broker is reached: stop it once it says it is up
+        # (its address line), not in the middle of its subscriptions
+        line = f"dashboard: http://127.0.0.1:{web}/ (Ctrl-C stops it)"
+        for _ in range(200):
+            if line in out.read_text() or proc.poll() is not None:
+                break
+            await asyncio.sleep(0.1)
     finally:
         proc.terminate()
-        proc.wait(timeout=15)
+        # not a blocking wait: the broker runs on this test's event loop
+        await asyncio.to_thread(proc.wait, 15)
     assert proc.returncode == 0, out.read_text()
     # the address, once, when it serves
     assert out.read_text().count(f"dashboard: http://127.0.0.1:{web}/ (Ctrl-C stops it)") == 1
@@ -132,7 +140,7 @@ async def test_unreachable_broker_is_retried_then_given_up(
         assert status == 200
     finally:
         proc.terminate()
-        proc.wait(timeout=15)
+        await asyncio.to_thread(proc.wait, 15)  # the broker runs on this event loop
 
     # a broker that stays away: given up after the wait, and said so
     await broker.stop()
