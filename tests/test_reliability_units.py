@@ -273,9 +273,11 @@ async def test_a_node_restarted_as_its_task_ends_is_not_waited_for_to_reset() ->
 async def test_a_node_merely_gone_is_still_waited_for_to_reset(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Its last will (state lost; epoch 0: built before the node knew its epoch) is no
-    restart: the reset is waited for as before (a full run's network cut ended its job
-    during the cut otherwise, before the node's data could come back)."""
+    """A node that is gone (here: lost, and a status that differs in its epoch) has not
+    restarted: the reset is waited for as before. The first version of the skip ended
+    the wait for a node merely cut off in a full run's chaos netns-cut (which status
+    triggered it was not pinned down), and the job ended during the cut, before the
+    node's data could come back. Only a node back online with a new epoch ends it."""
     monkeypatch.setattr(runner_mod, "RESET_WAIT", 1.0)
     host = FakeHost()
     host.silent_reset = True

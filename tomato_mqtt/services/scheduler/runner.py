@@ -440,8 +440,8 @@ class JobRunner:
 
             def restarted() -> bool:  # a node that comes back starts its components idle
                 n = self.host.node_of(component)
-                # back online with a new epoch: not merely gone (its last will, or a
-                # status from before, says nothing of its components)
+                # back online with a new epoch: not merely gone (a lost node's status
+                # says nothing of its components; the node may come back as it was)
                 return n is not None and n.state == "online" and n.epoch != epoch
 
             async def node_restarted() -> None:
