@@ -22,9 +22,10 @@ from tomato_mqtt.wire.names import (
     RETAINED_WAIT,
     SCHEDULER_WAIT,
     UnknownComponent,
+    announced_meta,
     from_scheduler,
     is_full_name,
-    known,
+    not_announced,
     pick,
 )
 
@@ -228,23 +229,15 @@ def resolve(ex: Exchange, topics: Topics, want: str, timeout: float) -> str:
     metas: list[Mapping[str, Any]] = []
 
     def on_meta(_topic: str, raw: bytes) -> str | None:
-        try:
-            meta = json.loads(raw)
-        except ValueError:
-            return None
-        if not isinstance(meta, dict) or not all(
-            isinstance(meta.get(k), str) for k in ("name", "device", "channel")
-        ):
+        meta = announced_meta(raw)
+        if meta is None:
             return None
         metas.append(meta)
         return pick(want, metas)
 
     found = ex.watch(topics.all_component_meta(), min(timeout, RETAINED_WAIT), on_meta)
     if found is None:
-        raise Refused(
-            f"unknown component {want!r}: no scheduler answered and no node has announced "
-            f"it (announced: {known(metas)})"
-        )
+        raise Refused(str(not_announced(want, metas)))
     return found
 
 

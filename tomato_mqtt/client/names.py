@@ -20,8 +20,9 @@ from tomato_mqtt.wire.names import (
     RETAINED_WAIT,
     SCHEDULER_WAIT,
     UnknownComponent,
+    announced_meta,
     from_scheduler,
-    known,
+    not_announced,
     pick,
 )
 
@@ -67,24 +68,14 @@ async def resolve(
     if announced is not None:
         name = pick(want, announced)
         if name is None:
-            raise UnknownComponent(
-                f"unknown component {want!r}: no scheduler answered and no node has "
-                f"announced it (announced: {known(announced)})"
-            )
+            raise not_announced(want, announced)
         return name
     metas: list[Mapping[str, Any]] = []
     found: asyncio.Future[str] = asyncio.get_running_loop().create_future()
 
     def on_meta(msg: Message) -> None:  # paho's callback, on this loop: hand over only
-        import json
-
-        try:
-            meta = json.loads(msg.payload) if msg.payload else None
-        except ValueError:
-            return
-        if not isinstance(meta, dict) or not all(
-            isinstance(meta.get(k), str) for k in ("name", "device", "channel")
-        ):
+        meta = announced_meta(msg.payload)
+        if meta is None:
             return
         metas.append(meta)
         name = pick(want, metas)
@@ -96,10 +87,7 @@ async def resolve(
     try:
         return await asyncio.wait_for(found, min(timeout, RETAINED_WAIT))
     except asyncio.TimeoutError:
-        raise UnknownComponent(
-            f"unknown component {want!r}: no scheduler answered and no node has announced "
-            f"it (announced: {known(metas)})"
-        ) from None
+        raise not_announced(want, metas) from None
     finally:
         with contextlib.suppress(Exception):
             await req.client.unsubscribe(flt)

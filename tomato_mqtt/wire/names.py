@@ -8,6 +8,7 @@ pure and light (no asyncio, no pydantic): the CLI's one-shot path, the client li
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -17,9 +18,11 @@ __all__ = [
     "RETAINED_WAIT",
     "SCHEDULER_WAIT",
     "UnknownComponent",
+    "announced_meta",
     "from_scheduler",
     "is_full_name",
     "known",
+    "not_announced",
     "pick",
 ]
 
@@ -77,3 +80,25 @@ def from_scheduler(want: str, reply: Any) -> str | None:
             raise UnknownComponent(f"unknown component {want!r} (known: {known(comps)})")
         return name
     return want if is_full_name(want) else None
+
+
+def announced_meta(raw: bytes) -> dict[str, Any] | None:
+    """A node's retained component meta as a resolver reads it (name, device, channel
+    present), None for anything else on the meta topics."""
+    try:
+        meta = json.loads(raw) if raw else None
+    except ValueError:
+        return None
+    if not isinstance(meta, dict) or not all(
+        isinstance(meta.get(k), str) for k in ("name", "device", "channel")
+    ):
+        return None
+    return meta
+
+
+def not_announced(want: str, metas: Sequence[Mapping[str, Any]]) -> UnknownComponent:
+    """The refusal of a name when no scheduler answered and no node announced it."""
+    return UnknownComponent(
+        f"unknown component {want!r}: no scheduler answered and no node has announced "
+        f"it (announced: {known(metas)})"
+    )
