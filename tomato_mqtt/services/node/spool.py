@@ -124,15 +124,16 @@ class Spool:
 
         dropped = 0
         while self._bytes > self.max_bytes:  # the oldest go: in the file, else held ones
-            oldest = None
+            freed = 0
             with contextlib.suppress(sqlite3.Error):  # a full disk may refuse a delete too
                 oldest = self._db.execute(
                     "SELECT rowid, LENGTH(raw) FROM spooled ORDER BY rowid LIMIT 1"
                 ).fetchone()
                 if oldest is not None:
                     self._db.execute("DELETE FROM spooled WHERE rowid = ?", (oldest[0],))
-            if oldest is not None:
-                self._bytes -= int(oldest[1])
+                    freed = int(oldest[1])  # only once the delete went through
+            if freed:
+                self._bytes -= freed
             elif self._held:
                 self._bytes -= len(self._held.pop(next(iter(self._held)))[1])
             else:
