@@ -390,7 +390,6 @@ class JobRunner:
                     await asyncio.wait_for(self.host.cond.wait(), timeout)
         t.state = "ended"
         t.end = end
-        self._save()
         detail = {"reason": end.get("reason"), "npoints": end.get("npoints")}
         missed = int(end.get("missed") or 0)
         if missed:
@@ -423,8 +422,7 @@ class JobRunner:
                 f"task {t.spec.index} ({t.spec.technique_name}) on {component} was stopped "
                 f"before its end: {message or 'no reason given'}"
             )
-        if missed or self.error is not None:
-            self._save()  # the verdict's warning or error too (a restart must see them)
+        self._save()  # the task's end with its warning or error (a restart must see them)
         if self.error is not None:
             async with self.host.cond:
                 self.host.cond.notify_all()
