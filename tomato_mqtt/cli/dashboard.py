@@ -47,7 +47,7 @@ def dashboard(
         fail("the dashboard is not installed here: pip install 'tomato-mqtt[dashboard]'")
     from tomato_mqtt.services.base import setup_logging
     from tomato_mqtt.services.dashboard.service import DashboardConfig, DashboardService
-    from tomato_mqtt.services.supervisor import follow_supervisor
+    from tomato_mqtt.services.watchdog import follow_supervisor
 
     follow_supervisor()  # under tomato start: stop with the stack's supervisor
 

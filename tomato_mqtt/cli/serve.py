@@ -295,7 +295,7 @@ def parse(argv: Sequence[str]) -> tuple[str, dict[str, str], int] | None:
 
 def _follow_supervisor() -> None:
     """Stop with the stack when its supervisor is gone (services/supervisor.py)."""
-    from tomato_mqtt.services.supervisor import follow_supervisor
+    from tomato_mqtt.services.watchdog import follow_supervisor
 
     follow_supervisor()
 

@@ -15,8 +15,9 @@ waits in the socket's backlog and gets its CONNACK the moment the broker serves:
 connection is refused, so nobody retries with back-off, and the services' start-up
 overlaps the broker's. A broker that is restarted serves the same socket.
 
-This module imports only the standard library: the supervisor is a small, long-lived
-process (no CLI, no pydantic), started in a few tens of milliseconds.
+This module imports only the standard library (and services/watchdog.py, stdlib only):
+the supervisor is a small, long-lived process (no CLI, no pydantic), started in a few
+tens of milliseconds.
 """
 
 from __future__ import annotations
@@ -40,15 +41,15 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tomato_mqtt.services.watchdog import SUPERVISOR_PID_ENV
+
 __all__ = [
     "BROKER_CONFIG_ENV",
     "EXIT_CANNOT_LISTEN",
     "EXIT_STOP_REQUESTED",
     "LISTEN_FD_ENV",
-    "SUPERVISOR_PID_ENV",
     "Supervisor",
     "bind_listener",
-    "follow_supervisor",
     "main",
     "pid_alive",
     "pidfile_path",
@@ -68,45 +69,6 @@ LISTEN_FD_ENV = "TOMATO_MQTT_LISTEN_FD"
 #: the broker's configuration as JSON, checked by ``tomato start`` already: the broker
 #: then reads no settings (no pydantic: ~0.1 s less of the start's critical path)
 BROKER_CONFIG_ENV = "TOMATO_MQTT_BROKER_CONFIG"
-#: the supervisor's pid, handed to every service it starts (see follow_supervisor)
-SUPERVISOR_PID_ENV = "TOMATO_MQTT_SUPERVISOR_PID"
-#: s between a service's looks at whether its supervisor is still there
-WATCH_INTERVAL = 0.5
-#: s a service has to stop cleanly once its supervisor is gone, before it just exits
-STOP_GRACE = 5.0
-
-
-def follow_supervisor() -> None:
-    """Under a supervisor: stop this service (a clean stop: SIGTERM) once the supervisor
-    is gone. A stack whose supervisor was killed would otherwise run on with no one to
-    restart a crashed service, while `tomato stop` stopped only the scheduler and
-    `tomato start` found the port taken by the old broker. A thread that looks at the
-    parent pid twice a second (a restarted supervisor starts new services).
-
-    POSIX only: on Windows a venv's ``python.exe`` is a launcher that runs the real
-    interpreter as its child, so a service's parent is not the supervisor (and SIGTERM
-    is TerminateProcess there, no clean stop); services there are not followed.
-    """
-    import threading
-
-    given = os.environ.get(SUPERVISOR_PID_ENV, "")
-    if not given.isdigit() or os.name != "posix":
-        return  # run by hand (no supervisor to follow), or Windows (see above)
-    pid = int(given)
-
-    def watch() -> None:
-        while os.getppid() == pid:
-            time.sleep(WATCH_INTERVAL)
-        log.warning("the supervisor (pid %d) is gone: stopping, as the whole stack does", pid)
-        os.kill(os.getpid(), signal.SIGTERM)
-        # a clean stop may not come: the signal's handler runs in the main thread, which
-        # may wait for a lock (a full run once saw a recorder, still importing at low
-        # priority, outlive its supervisor by 20 s); an orphan must not stay
-        time.sleep(STOP_GRACE)
-        log.error("not stopped %g s after the supervisor left: exiting now", STOP_GRACE)
-        os._exit(1)
-
-    threading.Thread(target=watch, name="supervisor-watch", daemon=True).start()
 
 
 def python() -> list[str]:
