@@ -157,6 +157,7 @@ async def _run(host: FakeHost) -> tuple[JobRunner, asyncio.Future[tuple[str, str
     done: asyncio.Future[tuple[str, str | None]] = asyncio.get_running_loop().create_future()
 
     async def on_done(r: JobRunner, status: str, reason: str | None) -> None:
+        await r.reset_done()  # as JobLifecycle.job_done: the job ends once reset
         done.set_result((status, reason))
 
     runner = JobRunner(job=_job(), roles={"counter": "cmp"}, host=host, on_done=on_done)

@@ -275,3 +275,35 @@ def test_newer_schema_is_refused(tmp_path: Path) -> None:
     db.close()
     with pytest.raises(RuntimeError, match="newer tomato-mqtt"):
         StateStore(path)
+
+
+def test_a_transaction_commits_its_writes_once_and_whole(tmp_path: Path) -> None:
+    """What one decision changes (a launch: the job and its pipeline) is one commit, one
+    fsync; a write that fails inside it takes the others back with it."""
+    store = StateStore(tmp_path / "state.sqlite")
+    store.sync_pipelines(["pip-1"])
+    job = store.add_job(PAYLOAD, None, None)
+    commits: list[str] = []
+    store._db.set_trace_callback(lambda sql: commits.append(sql) if sql == "COMMIT" else None)
+    writes = store.writes
+    with store.transaction():
+        store.update_job(job.id, status="r", pipeline="pip-1")
+        store.update_pipeline("pip-1", jobid=job.id)
+    assert commits == ["COMMIT"]
+    assert store.writes == writes + 2  # each write still counts (scheduling passes)
+    other = StateStore(tmp_path / "state.sqlite")  # a restarted scheduler sees both
+    assert (other.job(job.id).status, other.pipeline("pip-1").jobid) == ("r", job.id)
+
+    second = store.add_job(PAYLOAD, None, None)
+    with pytest.raises(ValueError), store.transaction():
+        store.update_pipeline("pip-1", jobid=None)
+        store.update_job(second.id, status="c")  # q -> c: not a valid transition
+    assert other.pipeline("pip-1").jobid == job.id  # the first write was taken back
+    with pytest.raises(KeyError), store.transaction():
+        store.update_pipeline("pip-1", jobid=None)
+        with store.transaction():
+            store.update_job(second.id, reason="inner")
+        store.pipeline("no-such-pipeline")
+    assert other.pipeline("pip-1").jobid == job.id and other.job(second.id).reason is None
+    other.close()
+    store.close()

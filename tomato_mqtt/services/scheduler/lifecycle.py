@@ -181,6 +181,7 @@ class JobLifecycle:
             if status == "c":
                 status = "ce"
             reason = reason or f"the recorder could not write the output file: {msg}"
+        await runner.reset_done()  # the pipeline is free once its components are reset
         svc.runners.pop(job.id, None)
         runner.done_saving()  # a retried progress write must not overwrite the end below
         jobid = job.id

@@ -180,16 +180,17 @@ class SchedulerOps:
             t for m in self.svc.metas.values() if m.block_interval for t in m.capabilities
         )
         self.access.check_bounds(pdict.get("method") or [], bulk)
-        job = self.store.add_job(pdict, a.jobname, a.submit_dir, owner=self.access.owner())
-        out = pdict.get("settings", {}).get("output", {})
-        folder = self.svc.settings.jobs_dir / str(job.id)
-        base = Path(out.get("path") or a.submit_dir or folder)
-        if not base.is_absolute():
-            # as tomato: relative to where submit ran; a job without one (submitted from
-            # a dashboard or a script) has its own folder in the datadir instead
-            base = (Path(a.submit_dir) if a.submit_dir else folder) / base
-        prefix = out.get("prefix") or f"results.{job.id}"
-        job = self.store.update_job(job.id, respath=str(base / f"{prefix}.nc"))
+        with self.store.transaction():  # the job and its file's path: one fsync
+            job = self.store.add_job(pdict, a.jobname, a.submit_dir, owner=self.access.owner())
+            out = pdict.get("settings", {}).get("output", {})
+            folder = self.svc.settings.jobs_dir / str(job.id)
+            base = Path(out.get("path") or a.submit_dir or folder)
+            if not base.is_absolute():
+                # as tomato: relative to where submit ran; a job without one (submitted
+                # from a dashboard or a script) has its own folder in the datadir instead
+                base = (Path(a.submit_dir) if a.submit_dir else folder) / base
+            prefix = out.get("prefix") or f"results.{job.id}"
+            job = self.store.update_job(job.id, respath=str(base / f"{prefix}.nc"))
         await self.svc.publish_job(job)
         log.info("job %d submitted (%s)", job.id, job.jobname or "no name")
         self.svc.job_event(job.id, "queued", status=job.status)
@@ -302,8 +303,14 @@ class SchedulerOps:
         await self.queue.schedule()
 
     async def launch(self, job: Job, pipeline: str) -> None:
-        svc = self.svc
-        roles = dict(svc.layout.pipelines[pipeline].roles)
+        with self.store.transaction():
+            job = self.store_launch(job, pipeline)
+        await self.announce_launch(job, pipeline)
+
+    def store_launch(self, job: Job, pipeline: str) -> Job:
+        """A launch's writes (the job runs, the pipeline is taken), to be committed
+        before :meth:`announce_launch` tells anyone and starts its tasks."""
+        roles = dict(self.svc.layout.pipelines[pipeline].roles)
         job = self.store.update_job(
             job.id,
             status="r",
@@ -313,6 +320,10 @@ class SchedulerOps:
             progress={"roles": roles, "tasks": {}},
         )
         self.store.update_pipeline(pipeline, jobid=job.id)
+        return job
+
+    async def announce_launch(self, job: Job, pipeline: str) -> None:
+        svc = self.svc
         await svc.publish_pipeline(pipeline)
         await svc.publish_job(job)
         log.info("job %d launched on %s", job.id, pipeline)

@@ -144,20 +144,6 @@ class QueuePass:
                 changes.append((jobid, new_status, new_reason))
             if res.candidates:
                 queue.append(_Queued(jobid, new_status))
-        if changes:
-            changed = self.ops.store.set_queue_states(changes)
-            was = {jobid: status for jobid, status, _r, _p in rows}
-            for i, job in enumerate(self.ops.store.jobs(ids=changed)):
-                # thousands at once (a restart, a reload): wait for the broker now and
-                # then, as Retention.announce does
-                await svc.publish_job(job, wait=i % 200 == 199)
-                if job.status == "qw" and was.get(job.id) != "qw":
-                    svc.job_event(job.id, "matched", status="qw")
-        # what this pass has decided on, unless the store changed under it while it
-        # published (then the next pass looks again); a launch writes, so the pass
-        # after a launch runs
-        ours = seen[0] + (1 if changes else 0)
-        self._last = (ours, *seen[1:]) if store.writes == ours else None
         launches = next_launches(
             queue,
             pips,
@@ -165,5 +151,26 @@ class QueuePass:
             lambda j: self._queued[j.id][1],
             layouts=svc.layout.pipelines,
         )
-        for jobid, pipeline in launches:
-            await self.ops.launch(self.ops.store.job(jobid), pipeline)
+        # the queue's changes and the launches they allow: one transaction (one fsync
+        # between a submit and its first task, not one per step); told once stored
+        queued: list[Job] = []
+        launched: list[tuple[Job, str]] = []
+        with store.transaction():
+            if changes:
+                queued = store.jobs(ids=store.set_queue_states(changes))
+            for jobid, pipeline in launches:
+                launched.append((self.ops.store_launch(store.job(jobid), pipeline), pipeline))
+        was = {jobid: status for jobid, status, _r, _p in rows}
+        for i, job in enumerate(queued):
+            # thousands at once (a restart, a reload): wait for the broker now and
+            # then, as Retention.announce does
+            await svc.publish_job(job, wait=i % 200 == 199)
+            if job.status == "qw" and was.get(job.id) != "qw":
+                svc.job_event(job.id, "matched", status="qw")
+        # what this pass has decided on, unless the store changed under it while it
+        # published (then the next pass looks again); a launch writes, so the pass
+        # after a launch runs
+        ours = seen[0] + (1 if changes else 0)
+        self._last = (ours, *seen[1:]) if store.writes == ours else None
+        for job, pipeline in launched:
+            await self.ops.announce_launch(job, pipeline)

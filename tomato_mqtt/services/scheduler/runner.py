@@ -66,6 +66,7 @@ class JobRunner:
     _saved_at: float = -1e9  # loop time of the last store write
     _unsaved: bool = False  # the last store write failed (it is retried)
     _finished: bool = False  # the job's end is being stored: no more progress writes
+    _resetting: asyncio.Future[None] | None = None  # the components' reset after the tasks
 
     def __post_init__(self) -> None:
         method = self.job.payload.get("method", [])
@@ -176,7 +177,6 @@ class JobRunner:
         except Exception as e:  # a bug in one role must still end the job
             log.exception("job %d: runner failed", self.job.id)
             self.error = self.error or f"internal error: {e}"
-        await self._reset_components()
         if self.cancelled:
             status = "cd"
         elif self.error:
@@ -186,8 +186,17 @@ class JobRunner:
         reason = self.error
         if self.warnings and status != "ce":
             reason = "; ".join(([reason] if reason else []) + self.warnings)
-        self.save_now()
+        self.save_now()  # the tasks' ends and what the verdict rests on, in one write
+        # the components are reset while the recorder writes the file (the file does not
+        # depend on it); the job's end and its pipeline's release wait for the reset
+        self._resetting = asyncio.ensure_future(self._reset_components())
         await self.on_done(self, status, reason)
+
+    async def reset_done(self) -> None:
+        """Once the components of this job were reset (or found restarted or gone)."""
+        if self._resetting is not None:
+            with contextlib.suppress(Exception):
+                await self._resetting
 
     async def cancel(self) -> None:
         """Stop every running task of this job at once (bounded: see CANCEL_WAIT)."""
@@ -422,7 +431,10 @@ class JobRunner:
                 f"task {t.spec.index} ({t.spec.technique_name}) on {component} was stopped "
                 f"before its end: {message or 'no reason given'}"
             )
-        self._save()  # the task's end with its warning or error (a restart must see them)
+        if all(x.state == "ended" for x in self.tasks):
+            self._progress()  # the job's last task: run() stores it with the verdict
+        else:
+            self._save()  # the task's end with its warning or error (a restart must see them)
         if self.error is not None:
             async with self.host.cond:
                 self.host.cond.notify_all()

@@ -67,6 +67,7 @@ class StateStore:
         #: committed write transactions so far: a scheduling pass that finds the same
         #: count (and the same components and pipelines) has nothing new to decide
         self.writes = 0
+        self._depth = 0  # nesting of _write: the outermost commits
         self.path.parent.mkdir(parents=True, exist_ok=True)
         # autocommit mode: transactions are explicit (see _write)
         self._db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
@@ -101,16 +102,41 @@ class StateStore:
         self.close()
 
     @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
+    def transaction(self) -> Iterator[None]:
+        """The writes inside commit together (one fsync): what one decision changes
+        (a job and its pipeline at launch) is stored whole or not at all. Synchronous
+        code only: no ``await`` inside, so no other coroutine's write joins it."""
+        with self._write(count=False):
+            yield
+
+    @contextmanager
+    def _write(self, count: bool = True) -> Iterator[sqlite3.Connection]:
+        if self._depth:  # inside transaction(): a savepoint, committed with it
+            self._depth += 1
+            self._db.execute("SAVEPOINT w")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK TO w")
+                self._db.execute("RELEASE w")
+                raise
+            finally:
+                self._depth -= 1
+            self._db.execute("RELEASE w")
+            self.writes += 1
+            return
         # IMMEDIATE: take the write lock up front, so a read-check-write is atomic
         self._db.execute("BEGIN IMMEDIATE")
+        self._depth = 1
         try:
             yield self._db
         except BaseException:
             self._db.execute("ROLLBACK")
             raise
+        finally:
+            self._depth = 0
         self._db.execute("COMMIT")
-        self.writes += 1
+        self.writes += count
 
     # -- pipelines -------------------------------------------------------------------------
     def sync_pipelines(self, names: Iterable[str]) -> None:

@@ -1,0 +1,65 @@
+"""The path of a job through the scheduler on a real stack: what is stored (and when its
+fsyncs happen) between a submit and the first task, and between the last task and the
+file, with the statuses and events a dashboard sees unchanged in order."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import RunningBroker
+from tests.inproc import CONFIG, Collector, inproc_stack
+from tests.ncread import load_tree
+from tomato_mqtt.wire.messages import JobEvent, JobStatus, decode
+
+pytestmark = pytest.mark.timeout(120)
+
+
+async def test_a_submit_to_a_ready_pipeline_is_stored_in_two_commits_then_told(
+    broker: RunningBroker, tmp_path: Path, instance: str
+) -> None:
+    payload = yaml.safe_load((CONFIG / "counter_1_0.1.yml").read_text())
+    payload["method"][0]["time"] = 0.5
+    async with inproc_stack(broker.port, tmp_path, instance) as st:
+        await st.call("pipeline_load", {"pipeline": "pip-counter-1", "sampleid": "counter_1_0.1"})
+        await st.call("pipeline_ready", {"pipeline": "pip-counter-1"})
+        work = st.settings.datadir / "work"  # where the recorder may write
+        work.mkdir(parents=True)
+        statuses, events = Collector(), Collector()
+        await st.client.subscribe(st.topics.job_status(1), handler=statuses)
+        await st.client.subscribe(st.topics.job_event(1), handler=events)
+        sql: list[str] = []
+        st.scheduler.store._db.set_trace_callback(sql.append)
+
+        job = await st.call("job_submit", {"payload": payload, "submit_dir": str(work)})
+        assert job.id == 1
+        await events.wait(lambda m: decode(JobEvent, m.payload).event == "completed", 30)
+
+    # stored: the job with its file's path (one commit), then its queue state, the job
+    # running and its pipeline taken (one commit); only then is anything told or started
+    first = next(i for i, s in enumerate(sql) if s.startswith("INSERT INTO jobs"))
+    taken = next(i for i, s in enumerate(sql) if s.startswith("UPDATE pipelines"))
+    commits = [i for i, s in enumerate(sql) if s == "COMMIT"]
+    between = [i for i in commits if first < i < taken]
+    assert len(between) == 1, sql[first : taken + 2]
+    after = next(i for i in commits if i > taken)
+    assert not [s for s in sql[taken + 1 : after] if s.startswith(("UPDATE", "INSERT"))]
+
+    # what a dashboard sees is as before: q, qw, r, c and the events in their order
+    seen = [decode(JobStatus, m.payload).status for m in statuses.items if m.payload]
+    assert [s for i, s in enumerate(seen) if i == 0 or seen[i - 1] != s] == ["q", "qw", "r", "c"]
+    names = [decode(JobEvent, m.payload).event for m in events.items]
+    order = ["queued", "matched", "launched", "task_started", "task_ended", "file_written"]
+    assert [n for n in names if n in order] == order, names
+    assert names[-1] == "completed", names
+    ended = json.loads(next(m.payload for m in events.items if b'"completed"' in m.payload))
+    assert ended["status"] == "c", ended
+
+    tree = load_tree(work / "results.1.nc")
+    n = 0
+    for group in tree.children.values():
+        n += group.ds["uts"].size
+    assert n == 5  # 0.5 s at 0.1 s: every point in the file
