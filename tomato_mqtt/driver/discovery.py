@@ -64,9 +64,18 @@ def _version(ep: EntryPoint) -> str:
     return str(dist.version) if dist is not None else "unknown"
 
 
+_versions: tuple[dict[str, EntryPoint], dict[str, str]] | None = None
+
+
 def available_drivers() -> dict[str, str]:
-    """Installed drivers: name -> version of the package that provides it."""
-    return {name: _version(ep) for name, ep in sorted(_entry_points().items())}
+    """Installed drivers: name -> version of the package that provides it. Kept with
+    the scan: a version is read from the package's metadata file, and a node reports
+    its drivers in every heartbeat."""
+    global _versions
+    found = _entry_points()
+    if _versions is None or _versions[0] is not found:
+        _versions = (found, {name: _version(ep) for name, ep in sorted(found.items())})
+    return dict(_versions[1])
 
 
 def load_driver(name: str) -> type[ModelInterface]:
