@@ -132,6 +132,20 @@ async def test_an_upload_may_not_make_the_server_read_its_files(
         assert "cannot name another file" in r["msg"] and "top-secret" not in r["msg"], r
         r = await _cmd(dash, "job_submit", {"text": upload, "filename": ".."})  # was a 500
         assert not r["success"] and r["code"] == "refused", r
+        # found by a review: 600 bytes of nested YAML aliases expanded to 2.5 GB of JSON
+        # in the dashboard (these 7 levels: 28 MB in 0.8 s; each level more x9)
+        levels = ['a0: &a0 ["x","x","x","x","x","x","x","x","x"]']
+        levels += [f"a{i}: &a{i} [{','.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 7)]
+        bomb = (
+            "version: '2.2'\nuser: {identifier: u}\nsample:\n  identifier: s\n"
+            + "".join(f"  {line}\n" for line in levels)
+            + "method: [{component_role: counter, technique_name: count,"
+            + " max_duration: 1, sampling_interval: 0.1}]\n"
+        )
+        t0 = time.monotonic()
+        r = await _cmd(dash, "job_submit", {"text": bomb, "filename": "bomb.yml"})
+        assert not r["success"] and "expand to more than 100,000 values" in r["msg"], r
+        assert time.monotonic() - t0 < 5
         async with (
             aiohttp.ClientSession() as http,
             http.post(dash.address() + "api/cmd", data="[" * 100_000 + "]" * 100_000) as resp,

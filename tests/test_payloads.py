@@ -327,3 +327,23 @@ def test_payloads_that_cannot_produce_data_are_refused(
     with pytest.raises(PayloadError) as ei:
         parse_payload({**doc, "method": method})
     assert ei.value.location == where and why in ei.value.reason
+
+
+def test_yaml_aliases_may_repeat_parts_but_not_expand_without_bound(tmp_path: Path) -> None:
+    """Aliases are fine for a payload's repeated parts; nested ones that expand to
+    millions of values (a few hundred bytes) are refused before anything walks them."""
+    ok = tmp_path / "anchors.yml"
+    ok.write_text(
+        "version: '2.2'\nuser: {identifier: u}\nsample: {identifier: s}\nmethod:\n"
+        "  - &t {component_role: counter, technique_name: count,\n"
+        "        max_duration: 1, sampling_interval: 0.1}\n"
+        "  - *t\n  - *t\n"
+    )
+    assert len(parse_payload(read_payload_file(ok)).method) == 3
+    levels = ['a0: &a0 ["x","x","x","x","x","x","x","x","x"]']
+    levels += [f"a{i}: &a{i} [{','.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 7)]
+    bomb = tmp_path / "bomb.yml"
+    bomb.write_text("sample:\n" + "".join(f"  {line}\n" for line in levels))
+    with pytest.raises(PayloadError, match="expand to more than 100,000 values") as e:
+        read_payload_file(bomb)
+    assert str(bomb) in str(e.value)

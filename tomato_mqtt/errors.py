@@ -143,7 +143,7 @@ def parse_document(text: str, json_only: bool = False) -> Any:
     import yaml
 
     try:
-        return yaml.safe_load(text)
+        data = yaml.safe_load(text)
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else None
@@ -151,3 +151,31 @@ def parse_document(text: str, json_only: bool = False) -> Any:
         raise DocumentError(where, f"invalid YAML: {what}") from None
     except yaml.YAMLError as e:
         raise DocumentError(None, f"invalid YAML: {e}") from None
+    if "*" in text:  # aliases: what they expand to is bounded, not only the text
+        _check_expansion(data)
+    return data
+
+
+#: values a YAML document may expand to through its aliases (``*name``): a few hundred
+#: bytes of nested aliases expand to millions of values (28 MB of JSON from 500 bytes),
+#: which every later step (validation, JSON, the state file) would walk
+MAX_VALUES = 100_000
+
+
+def _check_expansion(data: Any) -> None:
+    seen = 0
+    stack = [data]
+    while stack:
+        v = stack.pop()
+        seen += 1
+        if seen > MAX_VALUES:
+            raise DocumentError(
+                None,
+                f"its aliases (*name) expand to more than {MAX_VALUES:,} values: "
+                "write the repeated parts out, or use fewer levels of aliases",
+            )
+        if isinstance(v, dict):
+            stack.extend(v.keys())
+            stack.extend(v.values())
+        elif isinstance(v, list):
+            stack.extend(v)
