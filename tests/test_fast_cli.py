@@ -281,3 +281,71 @@ def test_naming_a_component_loads_no_openssl() -> None:
     name, openssl = json.loads(res.stdout)
     want = hashlib.blake2b(b"example_counter:(example-addr,1)", digest_size=5).hexdigest()
     assert name == f"example_counter-example-addr-1--{want}" and openssl is False, res.stdout
+
+
+async def test_submit_sends_a_yaml_payload_as_text_and_loads_no_yaml_parser(
+    broker: RunningBroker, tmp_path: Path, instance: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``ketchup submit job.yml`` sends the file's text: the scheduler parses it (the CLI
+    process saves the ~9 ms of importing PyYAML). A file naming other files is read
+    here as before; a scheduler that does not know ``payload_text`` gets it parsed."""
+    from pydantic import BaseModel, ConfigDict, JsonValue
+
+    from tomato_mqtt.services.scheduler import ops
+
+    async with inproc_stack(broker.port, tmp_path, instance) as st:
+        common = ["-p", str(broker.port), "-A", str(st.settings.appdir)]
+        job = tmp_path / "job.yml"
+        job.write_text(
+            "version: '2.2'\nsample: {identifier: q1, when: 2026-01-01}\nuser: {identifier: me}\n"
+            "method:\n  - {component_role: counter, technique_name: count, max_duration: 1.0,"
+            " sampling_interval: 0.1}\n"
+        )
+        code = (
+            "import sys\n"
+            "from tomato_mqtt.cli import fast\n"
+            f"sys.argv = ['ketchup', 'submit', {str(job)!r}, '--json', *{common!r}]\n"
+            "try:\n"
+            "    fast.ketchup()\n"
+            "finally:\n"
+            "    print(sorted(m for m in sys.modules if m in ('yaml', 'dataclasses')),"
+            " file=sys.stderr)\n"
+        )
+        res = await asyncio.to_thread(
+            subprocess.run, [sys.executable, "-c", code], capture_output=True, text=True
+        )
+        assert res.returncode == 0, res.stderr
+        assert "'yaml'" not in res.stderr.splitlines()[-1], res.stderr
+        sent = json.loads(res.stdout)["data"]
+        sample = sent["payload"]["sample"]
+        assert (sample["identifier"], sample["when"]) == ("q1", "2026-01-01")  # a YAML date
+
+        # refusals name this file, once
+        bad = tmp_path / "bad.yml"
+        bad.write_text("version: '2.2'\nsample: {identifier: q1\nmethod: []\n")
+        rc, _out, err = await asyncio.to_thread(
+            _run, [str(BIN / "ketchup"), "submit", str(bad), *common], dict(os.environ)
+        )
+        assert rc == 1 and err.count("bad.yml") == 1, err
+        assert f"payload refused: {bad}: line 3, column 7: invalid YAML" in err, err
+
+        # a scheduler of before payload_text (its args had payload only, nothing else)
+        class OldSubmitArgs(BaseModel):
+            model_config = ConfigDict(extra="forbid")
+            payload: dict[str, JsonValue]
+            jobname: str | None = None
+            submit_dir: str | None = None
+            user: str | None = None
+
+        class Old:  # refuses what the old model refused, then as now
+            @staticmethod
+            def model_validate(args: Any) -> Any:
+                OldSubmitArgs.model_validate(args)
+                return real.model_validate(args)
+
+        real = ops.SubmitArgs
+        monkeypatch.setattr(ops, "SubmitArgs", Old)
+        rc, out, err = await asyncio.to_thread(
+            _run, [str(BIN / "ketchup"), "submit", str(job), *common], dict(os.environ)
+        )
+        assert rc == 0 and "job submitted successfully with jobid 2" in out, (out, err)

@@ -16,7 +16,15 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Annotated, Any, Literal, get_args
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, JsonValue, TypeAdapter
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    JsonValue,
+    TypeAdapter,
+    model_validator,
+)
 
 from tomato_mqtt.config.devices import LayoutDiff
 from tomato_mqtt.model.jobs import Job
@@ -85,11 +93,31 @@ class LoadArgs(_Args):
     )
 
 
+#: the longest payload text a submit may carry (a payload file of tomato is a few kB)
+PAYLOAD_TEXT_MAX = 1_000_000
+
+
 class SubmitArgs(_Args):
-    payload: dict[str, JsonValue]
+    payload: dict[str, JsonValue] | None = Field(
+        None, description="the payload, parsed (one of payload and payload_text)"
+    )
+    payload_text: str | None = Field(
+        None,
+        max_length=PAYLOAD_TEXT_MAX,
+        description=(
+            "the payload file's text (YAML or JSON), parsed by the scheduler; it may not "
+            "name other files (samplefile, methodfile)"
+        ),
+    )
     jobname: str | None = None
     submit_dir: str | None = None
     user: str | None = Field(None, description="who ran ketchup (for payloads older than 2.2)")
+
+    @model_validator(mode="after")
+    def _one_payload(self) -> SubmitArgs:
+        if (self.payload is None) == (self.payload_text is None):
+            raise ValueError("give one of payload and payload_text")
+        return self
 
 
 #: a job id: what the scheduler's store can hold (a bigger one was an OverflowError

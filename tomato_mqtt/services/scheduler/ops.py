@@ -7,7 +7,9 @@ a :class:`Result`; refusals raise :class:`CommandError` with a message for the u
 
 from __future__ import annotations
 
+import asyncio
 import datetime
+import json
 import logging
 import sqlite3
 from collections.abc import Mapping
@@ -16,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import JsonValue
 
-from tomato_mqtt.config.payloads import PayloadError, parse_payload
+from tomato_mqtt.config.payloads import PayloadError, parse_payload, read_payload_text
 from tomato_mqtt.model.jobs import Job
 from tomato_mqtt.services.scheduler.access import Access
 from tomato_mqtt.services.scheduler.jobstatus import job_status
@@ -43,6 +45,18 @@ if TYPE_CHECKING:
 __all__ = ["SchedulerOps"]
 
 log = logging.getLogger(__name__)
+
+
+def _payload_from_text(text: str) -> dict[str, Any]:
+    """A payload sent as its file's text (``ketchup submit``: the CLI need not load a
+    YAML parser). Refusals name no file: the submitter adds its own path."""
+    try:
+        doc = read_payload_text(text, "")
+    except PayloadError as e:
+        raise PayloadError(e.location, e.reason) from None
+    # YAML may hold dates and the like: what JSON can carry, as the CLI sends it
+    out: dict[str, Any] = json.loads(json.dumps(doc, default=str))
+    return out
 
 
 def _now() -> str:
@@ -172,7 +186,11 @@ class SchedulerOps:
         self.access.require("job_submit")
         a = SubmitArgs.model_validate(args)
         try:
-            payload = parse_payload(dict(a.payload), user=a.user)
+            if a.payload_text is not None:
+                doc = await asyncio.to_thread(_payload_from_text, a.payload_text)
+            else:
+                doc = dict(a.payload or {})
+            payload = parse_payload(doc, user=a.user)
         except PayloadError as e:
             raise CommandError(f"payload refused: {e}") from None
         pdict = payload.model_dump(mode="json")
