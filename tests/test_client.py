@@ -161,3 +161,50 @@ async def test_stream_times_out_as_follow_and_wait_do(
 
             await asyncio.wait_for(asyncio.to_thread(sync), 20)
             await job.cancel()
+
+
+async def test_every_failure_is_a_client_error_with_a_code(
+    broker: RunningBroker, tmp_path: Path, instance: str
+) -> None:
+    """Found by an integrator's audit: client.md says failures raise ClientError with a
+    code to branch on; an unknown op raised KeyError, bad args a pydantic
+    ValidationError, ``pipelines()`` with no scheduler NoResponder, and an unknown
+    attribute was ``refused`` where topics.md says ``not_found``."""
+    url = f"mqtt://127.0.0.1:{broker.port}"
+    async with AsyncTomato(url, instance, timeout=1.0) as t:  # nothing behind the broker
+        with pytest.raises(ClientError) as e:
+            await t.pipelines()
+        assert e.value.code == "unavailable" and "is it running" in str(e.value)
+    async with inproc_stack(broker.port, tmp_path, instance) as st, AsyncTomato(url, instance) as t:
+        cases = [
+            (t.call("nosuchop"), "unknown_op", "known: "),
+            (t.call("status", {"what": "bogus"}), "bad_request", "bad args for 'status': what"),
+            (t.call("job_status", {"jobids": "x"}), "bad_request", "jobids"),
+            (t.component_get("dev-counter/1", "nope"), "not_found", "known: choice, max"),
+            (t.component_set("dev-counter/1", "nope", 1), "not_found", "unknown attr 'nope'"),
+        ]
+        for coro, code, words in cases:
+            with pytest.raises(ClientError) as e:
+                await coro
+            assert e.value.code == code and words in str(e.value), e.value
+        assert st.scheduler is not None
+
+
+async def test_one_tomato_may_be_shared_by_threads(broker: RunningBroker) -> None:
+    """Found by an integrator's audit: calls from several threads at once on one Tomato
+    failed at once (AssertionError, 'future belongs to a different loop'): each started
+    a client of its own. Now the first starts it and the others wait for it."""
+    t = Tomato(f"mqtt://127.0.0.1:{broker.port}", "nobody", timeout=1.0)
+
+    def one() -> str:
+        try:
+            t.summary()
+        except ClientError as e:
+            return str(e.code)
+        return "answered"
+
+    try:  # threads: the broker runs on this test's loop
+        got = await asyncio.gather(*(asyncio.to_thread(one) for _ in range(8)))
+    finally:
+        await asyncio.to_thread(t.close)
+    assert got == ["unavailable"] * 8, got  # no scheduler of that instance: each says so

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -261,6 +262,16 @@ async def test_broker_killed_mid_task_spool_keeps_every_batch(procs: Procs) -> N
     assert end is not None and end.npoints + end.missed == 40, end
     assert len(job_points) == end.npoints, (len(job_points), end, procs.output())
     assert len(set(job_points)) == end.npoints
+
+    # found by an integrator's audit: a broker that came back without its retained
+    # messages got every retained topic of the node again except ``last`` (a dashboard
+    # showed no value until the next job); the node re-announces it too
+    procs.kill("broker")
+    procs.start_broker()
+    async with connected(procs.url) as c:
+        raw = await wait_retained(c, t.component_last(cname), bool, 30)
+    newest = json.loads(raw)
+    assert newest["uts"] == max(job_points) and newest["jobid"] == 1, newest
 
 
 async def test_unknown_driver_is_a_clear_error_on_the_component(procs: Procs) -> None:

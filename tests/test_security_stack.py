@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.secure_stack import as_user, secure_stack
+from tests.secure_stack import LAB_USERS, as_user, secure_stack
 from tests.stack import CONFIG, Stack
 
 pytestmark = pytest.mark.timeout(240)
@@ -130,11 +130,44 @@ def roles(st: Stack, tmp_path: Path) -> None:
     bad = payload(tmp_path, sampling_interval=0.01, max_duration=1e6)
     res = st.run("ketchup", "submit", str(bad), *as_user(st, "olga"))
     assert res.returncode == 1 and "max_points_per_task" in res.stderr, res.stderr
+    client_roles(st, jobid, cmp)
     # the owner cancels their job
     allowed(st, "olga", "ketchup", "cancel", str(jobid))
     job = st.wait_job(jobid, {"c", "ce", "cd"}, timeout=60)
     assert job["status"] == "cd", (job, st.logs())
     assert "running" in allowed(st, "ada", "tomato", "status")
+
+
+def client_roles(st: Stack, jobid: int, cmp: str) -> None:
+    """Found by an integrator's audit: the client library said "unavailable ... is it
+    running?" after its whole timeout where the CLI says "not allowed" (the broker drops
+    a forbidden request silently), and a wrong password on Mosquitto read "unknown
+    reason ... is it running?"."""
+    from tomato_mqtt.client import ClientError, Tomato
+
+    def url(user: str, password: str | None = None) -> str:
+        return f"mqtt://{user}:{password or LAB_USERS[user][0]}@127.0.0.1:{st.port}"
+
+    with Tomato(url("rita"), st.instance, timeout=1.5) as rita:
+        for call in (
+            lambda: rita.job(jobid).cancel(),
+            lambda: rita.component_get(cmp, "max"),
+            lambda: rita.call("pipeline_eject", {"pipeline": "pip-counter-2"}),
+        ):
+            with pytest.raises(ClientError) as e:
+                call()
+            assert e.value.code == "not_allowed", e.value
+            assert "user 'rita' (role reader) may not send" in str(e.value), e.value
+    with Tomato(url("olga"), st.instance, timeout=1.5) as olga:
+        with pytest.raises(ClientError) as e:
+            olga.component_set(cmp, "max", 5)
+        assert e.value.code == "not_allowed" and "'set_attr'" in str(e.value), e.value
+        assert olga.component_get(cmp, "max")  # what the role may: as before
+    with pytest.raises(ClientError) as e, Tomato(url("olga", "wrong"), st.instance) as bad:
+        bad.summary()
+    assert e.value.code == "not_allowed", e.value
+    assert "refused the connection (" in str(e.value), e.value
+    assert "unknown reason" not in str(e.value) and "is it running" not in str(e.value)
 
 
 def payload(tmp: Path, *, sampling_interval: float, max_duration: float) -> Path:

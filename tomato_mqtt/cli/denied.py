@@ -37,21 +37,5 @@ def denied(ctx: CallContext, topic: str) -> str | None:
     from tomato_mqtt.config import roles
 
     data = me.data if me.success and isinstance(me.data, dict) else {}
-    role = str(data.get("role") or "")
-    allowed: tuple[str, ...] = tuple(data.get("ops") or ())
-    target = {"scheduler_cmd": "", "recorder_cmd": "the recorder's "}.get(parsed.kind)
-    if parsed.kind == "recorder_cmd":
-        allowed = roles.REC_OPERATOR_OPS if role in ("admin", "operator") else roles.REC_READ_OPS
-    elif parsed.kind == "component_cmd":
-        target = "the component command "
-        allowed = {"admin": roles.CMP_ADMIN_OPS, "operator": roles.CMP_READ_OPS}.get(role, ())
-    elif parsed.kind == "node_cmd":
-        target = "the node command "
-        allowed = roles.NODE_ADMIN_OPS if role == "admin" else ()
-    if target is None or parsed.op in allowed:
-        return None  # allowed: the responder is just down, slow or busy
-    return (
-        f"not allowed: user {ctx.url.username!r} (role {data.get('role') or 'unknown'}) may not "
-        f"send {target}{parsed.op!r}; the broker dropped the request (see the role table in "
-        f"docs/security.md) ({ctx.where()})"
-    )
+    why = roles.refusal(parsed.kind, parsed.op, ctx.url.username, data)
+    return None if why is None else f"{why} ({ctx.where()})"

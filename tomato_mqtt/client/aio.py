@@ -24,15 +24,18 @@ from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from tomato_mqtt.client import names
 from tomato_mqtt.client.local import from_settings, payload_args
 from tomato_mqtt.client.progress import FINAL, Progress
+from tomato_mqtt.config import roles
 from tomato_mqtt.config.url import BrokerURL
 from tomato_mqtt.model.jobs import Job as JobInfo
 from tomato_mqtt.model.jobs import PipelineState
-from tomato_mqtt.transport.client import AsyncClient, Message, MqttError
+from tomato_mqtt.transport.client import AsyncClient, Message, MqttError, MqttRefused
 from tomato_mqtt.transport.rpc import NoResponder, ReplyError, Requester
-from tomato_mqtt.wire.commands import JOB_PAGE_MAX, FileData, command
+from tomato_mqtt.wire.commands import JOB_PAGE_MAX, FileData, Responder, command, commands_of
 from tomato_mqtt.wire.messages import DataBatch, DecodeError, Reply, decode
 from tomato_mqtt.wire.status import JobSummary, PipelineInfo
 from tomato_mqtt.wire.topics import Topics
@@ -127,6 +130,8 @@ class AsyncTomato:
     async def connect(self) -> AsyncTomato:
         try:
             await self.mqtt.connect(timeout=self.timeout)
+        except MqttRefused as e:  # it is running, and does not take this login
+            raise ClientError(str(e), "not_allowed" if e.final else "unavailable") from None
         except MqttError as e:
             raise ClientError(f"{e} — is tomato-mqtt running?", "unavailable") from None
         await self.requester.start()
@@ -149,24 +154,70 @@ class AsyncTomato:
         who = "recorder" if "/recorder/" in topic else "responder"
         if "/scheduler/" in topic:
             who = "scheduler"
-        return await self.requester.request(
-            topic, dict(args or {}), timeout=timeout or self.timeout, who=who
-        )
+        try:
+            return await self.requester.request(
+                topic, dict(args or {}), timeout=timeout or self.timeout, who=who
+            )
+        except NoResponder as e:
+            raise await self._unanswered(e) from None
 
-    async def call(self, op: str, args: Mapping[str, Any] | None = None, **kw: Any) -> Any:
-        """A scheduler operation: typed reply data, or :class:`ClientError`."""
+    async def _unanswered(self, e: NoResponder) -> ClientError:
+        """A request nobody answered: ``unavailable``, or ``not_allowed`` when the broker's
+        ACL dropped it (MQTT 3.1.1 has no negative PUBACK; ``whoami`` says the role, as
+        the CLI asks it)."""
+        parsed = self.topics.parse(e.topic) if e.topic else None
+        if self.url.username and parsed is not None and parsed.op not in (None, "whoami"):
+            try:
+                me = await self.requester.request(
+                    self.topics.scheduler_cmd("whoami"),
+                    {},
+                    timeout=min(2.0, self.timeout),
+                    who="scheduler",
+                )
+            except MqttError:
+                me = None
+            if me is not None and me.success and isinstance(me.data, dict):
+                why = roles.refusal(parsed.kind, parsed.op, self.url.username, me.data)
+                if why is not None:
+                    return ClientError(why, "not_allowed")
+        return ClientError(str(e), "unavailable")
+
+    async def _typed(
+        self,
+        responder: Responder,
+        op: str,
+        topic: str,
+        args: Any,
+        who: str,
+        timeout: float | None = None,
+    ) -> Any:
+        """A typed command: its reply data, or :class:`ClientError` for every failure."""
+        try:
+            cmd = command(responder, op)
+        except KeyError:
+            known = ", ".join(sorted(commands_of(responder)))
+            raise ClientError(
+                f"no operation {op!r} of the {responder} (known: {known})", "unknown_op"
+            ) from None
         try:
             return await self.requester.call(
-                self.topics.scheduler_cmd(op),
-                command("scheduler", op),
-                dict(args or {}),
-                timeout=kw.get("timeout") or self.timeout,
-                who="scheduler",
+                topic, cmd, dict(args or {}), timeout=timeout or self.timeout, who=who
             )
+        except ValidationError as e:  # the args, checked before anything is sent
+            problems = "; ".join(
+                f"{'.'.join(str(x) for x in err['loc']) or 'args'}: {err['msg']}"
+                for err in e.errors()
+            )
+            raise ClientError(f"bad args for {op!r}: {problems}", "bad_request") from None
         except ReplyError as e:
             raise ClientError(str(e), e.code) from None
         except NoResponder as e:
-            raise ClientError(str(e), "unavailable") from None
+            raise await self._unanswered(e) from None
+
+    async def call(self, op: str, args: Mapping[str, Any] | None = None, **kw: Any) -> Any:
+        """A scheduler operation: typed reply data, or :class:`ClientError`."""
+        topic = self.topics.scheduler_cmd(op)
+        return await self._typed("scheduler", op, topic, args, "scheduler", kw.get("timeout"))
 
     async def component_name(self, component: str) -> str:
         """The full name of a component named as ``passata`` takes it: the full name
@@ -182,18 +233,8 @@ class AsyncTomato:
 
     async def _component(self, component: str, op: str, args: Mapping[str, Any]) -> Any:
         name = await self.component_name(component)
-        try:
-            return await self.requester.call(
-                self.topics.component_cmd(name, op),
-                command("component", op),
-                dict(args),
-                timeout=self.timeout,
-                who=f"component {name}",
-            )
-        except ReplyError as e:
-            raise ClientError(str(e), e.code) from None
-        except NoResponder as e:
-            raise ClientError(str(e), "unavailable") from None
+        topic = self.topics.component_cmd(name, op)
+        return await self._typed("component", op, topic, args, f"component {name}")
 
     # -- jobs --------------------------------------------------------------------------
     async def submit(

@@ -92,6 +92,7 @@ class Tomato:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._aio: AsyncTomato | None = None
+        self._starting = threading.Lock()
 
     @classmethod
     def from_settings(
@@ -142,23 +143,27 @@ class Tomato:
         return asyncio.run_coroutine_threadsafe(coro, self._start()).result()
 
     def _start(self) -> asyncio.AbstractEventLoop:
-        if self._loop is None:
-            import asyncio
+        # threads may share one Tomato: the first call starts the client, once, and the
+        # others wait for it (each call then runs on its loop: run_coroutine_threadsafe)
+        with self._starting:
+            if self._loop is None:
+                import asyncio
 
-            from tomato_mqtt.client.aio import AsyncTomato
+                from tomato_mqtt.client.aio import AsyncTomato
 
-            loop = asyncio.new_event_loop()
-            self._thread = threading.Thread(target=loop.run_forever, daemon=True)
-            self._thread.start()
-            self._loop = loop
-            aio = AsyncTomato(self.url, self.instance, timeout=self.timeout)
-            try:
-                asyncio.run_coroutine_threadsafe(aio.connect(), loop).result()
-            except BaseException:
-                self.close()
-                raise
-            self._aio = aio
-        return self._loop
+                loop = asyncio.new_event_loop()
+                thread = threading.Thread(target=loop.run_forever, daemon=True)
+                thread.start()
+                aio = AsyncTomato(self.url, self.instance, timeout=self.timeout)
+                try:
+                    asyncio.run_coroutine_threadsafe(aio.connect(), loop).result()
+                except BaseException:
+                    loop.call_soon_threadsafe(loop.stop)
+                    thread.join(10)
+                    loop.close()
+                    raise
+                self._thread, self._aio, self._loop = thread, aio, loop
+            return self._loop
 
     @property
     def aio(self) -> AsyncTomato:

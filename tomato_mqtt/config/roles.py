@@ -7,6 +7,7 @@ part that settings, the users file and the services need without knowing topics.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 
 __all__ = [
     "ADMIN_OPS",
@@ -25,6 +26,7 @@ __all__ = [
     "is_admin",
     "node_of_role",
     "parse_role",
+    "refusal",
 ]
 
 #: scheduler operations a reader may send (queries, no effect)
@@ -84,3 +86,29 @@ def node_of_role(role: str | None) -> str | None:
 
 def is_admin(role: str | None) -> bool:
     return role == "admin"
+
+
+def refusal(kind: str, op: str, user: str, me: Mapping[str, object]) -> str | None:
+    """Why the broker dropped a request ``op`` on a topic of ``kind`` (``scheduler_cmd``,
+    ``recorder_cmd``, ``component_cmd``, ``node_cmd``) that nobody answered, given what
+    ``whoami`` said of its sender (``me``: role and scheduler ops); None when the role
+    may send it (the responder is just down, slow or busy). MQTT 3.1.1 has no negative
+    PUBACK: a publish the ACL forbids just vanishes."""
+    role = str(me.get("role") or "")
+    ops = me.get("ops")
+    allowed: tuple[str, ...] = tuple(str(o) for o in ops) if isinstance(ops, list) else ()
+    target = {"scheduler_cmd": "", "recorder_cmd": "the recorder's "}.get(kind)
+    if kind == "recorder_cmd":
+        allowed = REC_OPERATOR_OPS if role in ("admin", "operator") else REC_READ_OPS
+    elif kind == "component_cmd":
+        target = "the component command "
+        allowed = {"admin": CMP_ADMIN_OPS, "operator": CMP_READ_OPS}.get(role, ())
+    elif kind == "node_cmd":
+        target = "the node command "
+        allowed = NODE_ADMIN_OPS if role == "admin" else ()
+    if target is None or op in allowed:
+        return None
+    return (
+        f"not allowed: user {user!r} (role {role or 'unknown'}) may not send {target}{op!r}; "
+        "the broker dropped the request (see the role table in docs/security.md)"
+    )

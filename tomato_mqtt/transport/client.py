@@ -33,13 +33,23 @@ from tomato_mqtt.transport._loop import _LoopDriven
 from tomato_mqtt.transport._tls import TrackingContext, client_tls_context
 from tomato_mqtt.transport.inbox import Inbox
 from tomato_mqtt.transport.inbox import Subscription as _Subscription
-from tomato_mqtt.transport.types import Message, MqttError, MqttTimeout, Will, topic_matches
+from tomato_mqtt.transport.types import (
+    CONNACK_WHY,
+    LOGIN_REFUSED,
+    Message,
+    MqttError,
+    MqttRefused,
+    MqttTimeout,
+    Will,
+    topic_matches,
+)
 
 __all__ = [
     "AsyncClient",
     "BrokerURL",
     "Message",
     "MqttError",
+    "MqttRefused",
     "MqttTimeout",
     "Will",
     "topic_matches",
@@ -146,6 +156,10 @@ class AsyncClient(_LoopDriven):
                 await asyncio.wait_for(self._connect_once(), max(0.1, deadline - self._loop.time()))
                 break
             except (OSError, MqttError, asyncio.TimeoutError) as e:
+                if isinstance(e, MqttRefused) and (e.final or not retry):
+                    # a login refused stays refused: no retry, no "cannot connect"
+                    self._drop_socket()
+                    raise MqttRefused(f"the MQTT broker at {self.url} {e}", e.code) from None
                 if not retry or self._loop.time() + delay >= deadline:
                     self._drop_socket()
                     if isinstance(e, asyncio.TimeoutError):
@@ -174,7 +188,13 @@ class AsyncClient(_LoopDriven):
             raise MqttError(str(e) or type(e).__name__) from e
         rc = await self._connack
         if rc != 0:
-            raise MqttError(f"broker refused the connection: {paho.connack_string(rc)}")
+            why = CONNACK_WHY.get(rc, f"code {rc}")
+            hint = (
+                ": check the username and password (mqtt://user:pass@host:port)"
+                if rc in LOGIN_REFUSED
+                else ""
+            )
+            raise MqttRefused(f"refused the connection ({why}){hint}", rc)
 
     async def disconnect(self) -> None:
         """Disconnect cleanly (no last will is sent)."""

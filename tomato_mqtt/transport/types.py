@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["Message", "MqttError", "MqttTimeout", "Will", "topic_matches"]
+__all__ = ["Message", "MqttError", "MqttRefused", "MqttTimeout", "Will", "topic_matches"]
 
 
 class MqttError(Exception):
@@ -17,6 +17,39 @@ class MqttError(Exception):
 
 class MqttTimeout(MqttError, TimeoutError):
     """The broker (or a responder) did not answer in time."""
+
+
+class MqttRefused(MqttError):
+    """The broker answered the CONNECT with a refusal (``code``: its CONNACK code)."""
+
+    def __init__(self, msg: str, code: int) -> None:
+        super().__init__(msg)
+        self.code = code
+
+    @property
+    def final(self) -> bool:
+        """A login or client id the broker does not take: trying again will not help."""
+        return self.code in LOGIN_REFUSED or self.code in (2, 133)
+
+
+#: CONNACK refusals: MQTT 3.1.1 return codes and the MQTT 5 reason codes paho 2 maps
+#: them to (paho's connack_string knows only the former: "unknown reason" for the rest)
+CONNACK_WHY = {
+    1: "unacceptable protocol version",
+    2: "client identifier rejected",
+    3: "server unavailable",
+    4: "bad user name or password",
+    5: "not authorised",
+    128: "unspecified error",
+    132: "unacceptable protocol version",
+    133: "client identifier rejected",
+    134: "bad user name or password",
+    135: "not authorised",
+    136: "server unavailable",
+    138: "banned",
+}
+#: the refusals that are about the login
+LOGIN_REFUSED = frozenset({4, 5, 134, 135})
 
 
 @dataclass(frozen=True)

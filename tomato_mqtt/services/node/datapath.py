@@ -169,8 +169,9 @@ class DataPath:
             "dims": {k: list(v) for k, v in last.dims.items()},
             "coords": last.coords,
         }
+        hc.last_point = encode_json(lp)
         await client.publish(
-            node.topics.component_last(hc.name), encode_json(lp), retain=True, wait=False
+            node.topics.component_last(hc.name), hc.last_point, retain=True, wait=False
         )
 
     async def task_ended(self, name: str, end: TaskEnd) -> None:

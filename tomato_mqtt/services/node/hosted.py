@@ -42,6 +42,9 @@ class HostedComponent:
     status_attrs: dict[str, Any] = field(default_factory=dict)
     closed: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
+    #: the retained ``last`` message as published (re-published by a rebirth: a broker
+    #: restarted without its retained messages would otherwise show none until new data)
+    last_point: bytes | None = None
 
     @property
     def name(self) -> str:

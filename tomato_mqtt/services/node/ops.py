@@ -101,6 +101,12 @@ class ComponentOps:
         if dev is None:
             why = f": {hc.error}" if hc.error else ""
             raise CommandError(f"component {hc.name} is not registered{why}")
+        known = dev.attrs()
+        if attr not in known:
+            raise CommandError(
+                f"unknown attr {attr!r} on {hc.name} (known: {', '.join(sorted(known))})",
+                code="not_found",
+            )
         call = self.runner(hc).device_call  # one call into the driver at a time
         try:
             val = await asyncio.to_thread(call, dev.set_attr, attr, args["val"])
@@ -127,7 +133,8 @@ class ComponentOps:
         for a in names:
             if a not in known:
                 raise CommandError(
-                    f"unknown attr {a!r} on {hc.name} (known: {', '.join(sorted(known))})"
+                    f"unknown attr {a!r} on {hc.name} (known: {', '.join(sorted(known))})",
+                    code="not_found",
                 )
             try:
                 got = await asyncio.to_thread(call, dev.get_attr, a)

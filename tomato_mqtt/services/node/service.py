@@ -231,6 +231,10 @@ class NodeService(Service):
         for hc in list(self.components.values()):
             await self._publish_meta(hc)
             await self.publish_status(hc)
+            if hc.last_point is not None and self.client is not None:
+                await self.client.publish(
+                    self.topics.component_last(hc.name), hc.last_point, retain=True, wait=False
+                )
 
     async def _publish_meta(self, hc: HostedComponent) -> None:
         if self.client is not None:
@@ -329,7 +333,11 @@ class NodeService(Service):
             with contextlib.suppress(Exception):
                 await self.client.unsubscribe(self.topics.component_cmds(name))
             # clear the retained topics of a component that is gone
-            for t in (self.topics.component_meta(name), self.topics.component_status(name)):
+            for t in (
+                self.topics.component_meta(name),
+                self.topics.component_status(name),
+                self.topics.component_last(name),
+            ):
                 await self.client.publish(t, b"", retain=True, wait=False)
 
     async def _op_rebirth(self, args: Mapping[str, JsonValue]) -> Result:
