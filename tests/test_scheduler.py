@@ -145,6 +145,38 @@ def test_queued_jobs_and_pipelines_survive_kill_9_and_stop_start(tmp_path: Path)
         ok(st, "job_cancel", jobids=[jobid, jobid + 1])
 
 
+def test_a_new_state_file_never_gives_a_used_job_id_again(tmp_path: Path) -> None:
+    """Found by fault injection (2 of 2 runs): with state.sqlite removed between a stop
+    and a start, job ids started again at 1; the recorder took the new job 1's points for
+    late data of the old job 1, rewrote its finished file (10 -> 27 points, still `c`),
+    and the new job ended ce with both jobs' points in a fallback file."""
+    import xarray as xr
+
+    def points(path: Path) -> int:
+        with xr.open_datatree(path) as tree:
+            return int(tree["counter"].to_dataset()["uts"].size)
+
+    with running_stack(tmp_path) as st:
+        st.load_ready("pip-counter-1", "counter_1_0.1")
+        first = st.submit("counter_1_0.1.yml")
+        job = st.wait_job(first, {"c", "ce", "cd"}, timeout=60)
+        assert job["status"] == "c", job
+        old_file = Path(job["respath"])
+        assert points(old_file) == 10
+    for f in st.datadir.glob("state.sqlite*"):
+        f.unlink()
+    with started(st):
+        st.load_ready("pip-counter-1", "counter_1_0.1")
+        second = st.submit("counter_1_0.1.yml")
+        assert second == first + 1, second  # not the old id again
+        job = st.wait_job(second, {"c", "ce", "cd"}, timeout=60)
+        assert job["status"] == "c", job
+        assert points(Path(job["respath"])) == 10
+        assert points(old_file) == 10  # the finished file is as it was
+        log = (st.logdir / "scheduler.log").read_text()
+        assert f"job ids continue after {first}" in log, log[-2000:]
+
+
 def _write_devices(st: Stack, doc: dict[str, Any]) -> None:
     (st.appdir / "devices.yml").write_text(yaml.safe_dump(doc))
 

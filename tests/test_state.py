@@ -307,3 +307,36 @@ def test_a_transaction_commits_its_writes_once_and_whole(tmp_path: Path) -> None
     assert other.pipeline("pip-1").jobid == job.id and other.job(second.id).reason is None
     other.close()
     store.close()
+
+
+def test_ids_continue_after_those_the_recorder_and_job_folders_know(tmp_path: Path) -> None:
+    """A state file removed, emptied or restored from a backup started its ids again
+    below ids already used; found by fault injection: the recorder then merged the new
+    job 1's points into the old job 1's finished file as late data."""
+    from tomato_mqtt.services.recorder.store import BatchStore
+    from tomato_mqtt.services.scheduler.store import highest_job_elsewhere
+
+    rec, jobs = tmp_path / "recorder.sqlite", tmp_path / "Jobs"
+    assert highest_job_elsewhere(rec, jobs) == (0, "")  # nothing anywhere: a fresh lab
+    bs = BatchStore(rec)
+    bs.add("c", "s1", 0, epoch=1, job=7, task=0, npoints=1, raw=b'{"seq": 0}')
+    bs.close()
+    (jobs / "9").mkdir(parents=True)
+    (jobs / "notes").mkdir()
+    assert highest_job_elsewhere(rec, jobs) == (9, f"the job folder {jobs / '9'}")
+    (jobs / "9").rmdir()
+    assert highest_job_elsewhere(rec, jobs) == (7, f"the recorder's store {rec}")
+
+    store = StateStore(tmp_path / "state.sqlite")  # a fresh state file
+    assert store.continue_ids_after(7) is True
+    assert store.add_job(PAYLOAD, None, None).id == 8
+    assert store.continue_ids_after(7) is False  # already beyond: nothing moves
+    assert store.add_job(PAYLOAD, None, None).id == 9
+    store.close()
+    restored = StateStore(tmp_path / "state.sqlite")
+    assert restored.continue_ids_after(20) is True
+    assert restored.add_job(PAYLOAD, None, None).id == 21
+    restored.close()
+
+    (tmp_path / "bad.sqlite").write_bytes(b"not a database" * 100)  # unreadable: ignored
+    assert highest_job_elsewhere(tmp_path / "bad.sqlite", tmp_path / "none") == (0, "")

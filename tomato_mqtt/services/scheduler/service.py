@@ -29,7 +29,7 @@ from tomato_mqtt.services.scheduler.presence import Presence
 from tomato_mqtt.services.scheduler.recorder_link import RecorderLink
 from tomato_mqtt.services.scheduler.retention import Retention
 from tomato_mqtt.services.scheduler.runner import JobRunner
-from tomato_mqtt.services.scheduler.store import StateStore
+from tomato_mqtt.services.scheduler.store import StateStore, highest_job_elsewhere
 from tomato_mqtt.services.scheduler.warmup import (
     SchemaDoc,
     settled,
@@ -108,6 +108,16 @@ class SchedulerService(Service):
         self.settings.datadir.mkdir(parents=True, exist_ok=True)
         self.store = StateStore(self.settings.state_db, self.settings.jobs_dir)
         self.store.sync_pipelines(self.layout.pipelines)
+        used, where = highest_job_elsewhere(self.settings.recorder_db, self.settings.jobs_dir)
+        if self.store.continue_ids_after(used):
+            log.warning(
+                "job ids continue after %d (seen in %s, unknown to %s: a state file "
+                "removed, emptied or restored from a backup?): an id is never given to "
+                "two jobs, so no job's file takes another's points",
+                used,
+                where,
+                self.settings.state_db,
+            )
 
     async def started(self) -> None:
         self.requester = Requester(self.mqtt, self.topics)

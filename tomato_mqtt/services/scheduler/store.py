@@ -16,7 +16,7 @@ from typing import Any
 
 from tomato_mqtt.model.jobs import Job, PipelineState, UnknownName, check_transition, utcnow
 
-__all__ = ["StateStore"]
+__all__ = ["StateStore", "highest_job_elsewhere"]
 
 _SCHEMA_VERSION = 2  # 2: jobs.owner (issue 10)
 _SCHEMA = """
@@ -187,6 +187,24 @@ class StateStore:
         return new
 
     # -- jobs ------------------------------------------------------------------------------
+    def last_id(self) -> int:
+        """The highest job id given out so far (0 for none): the next is above it."""
+        row = self._db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'jobs'").fetchone()
+        top = self._db.execute("SELECT max(id) FROM jobs").fetchone()[0]
+        return max(int(row[0]) if row else 0, int(top or 0))
+
+    def continue_ids_after(self, n: int) -> bool:
+        """Make the next job id at least ``n + 1`` (ids used elsewhere: see
+        :func:`highest_job_elsewhere`); True when that moved it."""
+        if n <= self.last_id():
+            return False
+        with self._write() as db:
+            if db.execute("SELECT 1 FROM sqlite_sequence WHERE name = 'jobs'").fetchone():
+                db.execute("UPDATE sqlite_sequence SET seq = ? WHERE name = 'jobs'", (n,))
+            else:
+                db.execute("INSERT INTO sqlite_sequence (name, seq) VALUES ('jobs', ?)", (n,))
+        return True
+
     def add_job(
         self,
         payload: dict[str, Any],
@@ -385,3 +403,29 @@ def _pipeline(row: sqlite3.Row) -> PipelineState:
     return PipelineState(
         name=row["name"], sampleid=row["sample"], ready=bool(row["ready"]), jobid=row["jobid"]
     )
+
+
+def highest_job_elsewhere(recorder_db: Path, jobs_dir: Path) -> tuple[int, str]:
+    """The highest job id this PC's recorder store or job folders know, and where it was
+    seen. A state file that was removed, emptied or restored from a backup would start
+    its ids again at 1 (or below ids already used): the recorder would then take a new
+    job's points for late data of the old job of that id and rewrite its finished file.
+    Read only (the recorder's file is its own; WAL lets a reader in while it writes)."""
+    best, where = 0, ""
+    if recorder_db.is_file():
+        try:
+            db = sqlite3.connect(f"file:{recorder_db}?mode=ro", uri=True, timeout=5.0)
+            try:
+                for table in ("stored", "finals"):
+                    got = db.execute(f"SELECT max(job) FROM {table}").fetchone()[0]
+                    if got is not None and int(got) > best:
+                        best, where = int(got), f"the recorder's store {recorder_db}"
+            finally:
+                db.close()
+        except sqlite3.Error:
+            pass  # unreadable: the recorder says so itself; the folders below still count
+    if jobs_dir.is_dir():
+        for d in jobs_dir.iterdir():
+            if d.name.isdigit() and int(d.name) > best:
+                best, where = int(d.name), f"the job folder {d}"
+    return best, where
