@@ -138,6 +138,50 @@ def test_start_on_a_taken_port_is_one_error_and_nothing_runs(tmp_path: Path) -> 
     assert not (tmp_path / f"tomato-mqtt.{port}.pid").exists()
 
 
+@pytest.mark.parametrize(
+    ("name", "damage", "words"),
+    [
+        ("state.sqlite", "garbage", "the scheduler's state file"),
+        ("state.sqlite", "truncated", "the scheduler's state file"),
+        ("recorder.sqlite", "garbage", "the recorder's store"),
+        ("spool/local.sqlite", "garbage", "the node's spool"),
+    ],
+)
+def test_start_refuses_a_state_file_it_cannot_read_at_once(
+    tmp_path: Path, name: str, damage: str, words: str
+) -> None:
+    """Found by fault injection: with a corrupt state file its service crashed at every
+    restart; `tomato start` waited its whole timeout and said "did not come up" (the
+    reason in a stderr log), or exited 0 with "0/6 component(s) ready" for a node."""
+    import sqlite3
+
+    port = free_port()
+    dirs = ["-A", str(tmp_path), "-D", str(tmp_path), "-L", str(tmp_path), "-p", str(port)]
+    exe = [sys.executable, "-m", "tomato_mqtt.cli.tomato"]
+    subprocess.run([*exe, "init", *dirs], check=True, capture_output=True, timeout=60)
+    path = tmp_path / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if damage == "garbage":
+        path.write_bytes(bytes(range(256)) * 64)
+    else:  # a real database with rows, cut in half
+        db = sqlite3.connect(path)
+        db.execute("CREATE TABLE t (x TEXT)")
+        db.executemany("INSERT INTO t VALUES (?)", [("x" * 500,)] * 200)
+        db.commit()
+        db.close()
+        data = path.read_bytes()
+        path.write_bytes(data[: len(data) // 2])
+    before = path.read_bytes()
+    t0 = time.monotonic()
+    res = subprocess.run([*exe, "start", *dirs, "-t", "60"], capture_output=True, text=True)
+    assert res.returncode == 1, res
+    assert time.monotonic() - t0 < 15  # not the start's whole timeout
+    assert f"{words} {path} cannot be read (" in res.stderr, res.stderr
+    assert "nothing was started" in res.stderr and "move it away" in res.stderr, res.stderr
+    assert processes_of(port) == []
+    assert path.read_bytes() == before  # left as it was, for whoever can rescue it
+
+
 def _meta(name: str, **kw: object) -> ComponentMeta:
     return ComponentMeta(
         name=name, device="d", driver="example_counter", address="a", channel="1", node="n", **kw
@@ -231,3 +275,24 @@ def _merge_devices(local: str, remote: str) -> str:
     return yaml.safe_dump(
         {"devices": a["devices"] + b["devices"], "pipelines": a["pipelines"] + b["pipelines"]}
     )
+
+
+def test_a_node_whose_spool_cannot_be_read_says_so_in_one_line(tmp_path: Path) -> None:
+    """An instrument PC's `tomato node` (no `tomato start` to check for it) with a
+    corrupt spool printed a traceback ending in 'file is not a database'."""
+    spool = tmp_path / "data" / "spool" / "pcx.sqlite"
+    spool.parent.mkdir(parents=True)
+    spool.write_bytes(bytes(range(256)) * 32)
+    res = subprocess.run(
+        [
+            *(sys.executable, "-m", "tomato_mqtt.cli.tomato", "node", "--name", "pcx"),
+            *("--broker", f"mqtt://127.0.0.1:{free_port()}", "--instance", "x"),
+            *("-D", str(tmp_path / "data"), "-L", str(tmp_path / "log")),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert res.returncode == 1, res
+    assert res.stderr.startswith(f"error: the node's spool {spool} cannot be read (file is not")
+    assert "node pcx cannot start" in res.stderr and "Traceback" not in res.stderr, res.stderr

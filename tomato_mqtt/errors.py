@@ -16,11 +16,17 @@ if TYPE_CHECKING:  # kept off the CLI's import path (pydantic is ~60 ms)
 __all__ = [
     "ConfigError",
     "DocumentError",
+    "StartupError",
     "describe_validation_error",
     "format_location",
     "one_line",
     "parse_document",
 ]
+
+
+class StartupError(Exception):
+    """A service cannot start (a state file it cannot open): one line for the user, no
+    traceback; the service exits 1."""
 
 
 class ConfigError(ValueError):

@@ -52,6 +52,7 @@ def start(opts: core.Opts, verbose: int = 0, quiet: int = 0) -> None:
         load_devices(s.devices_file, s.node.name)
     except ConfigError as e:
         fail(str(e))
+    _check_state_files(s)
     serve.ensure_services(s)  # a secured stack: the services' own logins
     ctx = core.context(port=s.mqtt.port, appdir=s.appdir, datadir=s.datadir, logdir=s.logdir)
     pidfile = pidfile_path(s.datadir, s.mqtt.port)
@@ -219,6 +220,22 @@ def _check_listener_ports(s: Any) -> None:
                 f"nothing was started. Set another port in {s.appdir / 'settings.toml'} "
                 "([broker] ws_port = N, or 0 to switch the WebSocket listener off)"
             )
+
+
+def _check_state_files(s: Any) -> None:
+    """Refuse at once a state file its service could not open (it would crash at every
+    restart, and this command wait its whole timeout for nothing)."""
+    from tomato_mqtt.config.statefiles import unreadable, what_to_do
+    from tomato_mqtt.wire.slugs import slug
+
+    for kind, path in (
+        ("state", s.state_db),
+        ("recorder", s.recorder_db),
+        ("spool", s.spool_dir / f"{slug(s.node.name)}.sqlite"),
+    ):
+        why = unreadable(path)
+        if why is not None:
+            fail(what_to_do(kind, path, why))
 
 
 def _startup_error(logdir: Path) -> str | None:

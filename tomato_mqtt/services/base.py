@@ -28,6 +28,8 @@ from collections.abc import Coroutine
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from tomato_mqtt.errors import StartupError
+
 # The MQTT client (paho) and the message models are imported where a service runs, not
 # here: the broker's process imports this module for setup_logging only (~3 MB of RSS).
 if TYPE_CHECKING:
@@ -228,7 +230,12 @@ class Service(abc.ABC):
             install_signal_handlers(self._stop)
             await self.run()
 
-        asyncio.run(main())
+        try:
+            asyncio.run(main())
+        except StartupError as e:  # one line, no traceback (a state file, say)
+            log.error("%s", e)
+            print(f"error: {e}", file=sys.stderr)
+            raise SystemExit(1) from None
 
     # -- helpers ----------------------------------------------------------------------------
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:

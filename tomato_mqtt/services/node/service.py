@@ -26,6 +26,7 @@ from typing import Any
 from pydantic import JsonValue
 
 from tomato_mqtt import __version__
+from tomato_mqtt.config.statefiles import opened
 from tomato_mqtt.driver import TaskEnd, discovery
 from tomato_mqtt.driver.discovery import DriverNotFound
 from tomato_mqtt.services.base import Service
@@ -135,9 +136,12 @@ class NodeService(Service):
     # -- lifecycle -----------------------------------------------------------------------
     async def setup(self) -> None:
         self.config.spool_dir.mkdir(parents=True, exist_ok=True)
-        self.spool = Spool(
-            self.config.spool_dir / f"{slug(self.name)}.sqlite",
-            max_bytes=self.config.spool_max_bytes,
+        path = self.config.spool_dir / f"{slug(self.name)}.sqlite"
+        self.spool = opened(
+            "spool",
+            path,
+            f"node {self.name}",
+            lambda: Spool(path, max_bytes=self.config.spool_max_bytes),
         )
         self.epoch = self.spool.new_epoch()
         # pint's registry takes ~0.5 s to load: do it while connecting, not at registration

@@ -26,6 +26,7 @@ from typing import Any
 from pydantic import BaseModel, JsonValue
 
 from tomato_mqtt import __version__
+from tomato_mqtt.config.statefiles import opened
 from tomato_mqtt.services.base import Service
 from tomato_mqtt.services.idle import run_when_idle
 from tomato_mqtt.services.recorder.fileops import FileOps
@@ -121,7 +122,9 @@ class RecorderService(Service):
     # -- lifecycle -------------------------------------------------------------------------
     async def setup(self) -> None:
         self.db_path.parent.mkdir(parents=True, exist_ok=True)
-        self.store = BatchStore(self.db_path)
+        self.store = opened(
+            "recorder", self.db_path, "the recorder", lambda: BatchStore(self.db_path)
+        )
 
     async def started(self) -> None:
         self.requester = Requester(self.mqtt, self.topics)

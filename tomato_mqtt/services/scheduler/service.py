@@ -20,6 +20,7 @@ from pydantic import JsonValue
 from tomato_mqtt import __version__
 from tomato_mqtt.config.devices import Layout, load_devices
 from tomato_mqtt.config.settings import Settings, settings_url
+from tomato_mqtt.config.statefiles import opened
 from tomato_mqtt.model.jobs import Job
 from tomato_mqtt.services.base import Service
 from tomato_mqtt.services.scheduler.lost import LostComponents
@@ -106,7 +107,10 @@ class SchedulerService(Service):
     async def setup(self) -> None:
         self.layout = load_devices(self.settings.devices_file, self.settings.node.name)
         self.settings.datadir.mkdir(parents=True, exist_ok=True)
-        self.store = StateStore(self.settings.state_db, self.settings.jobs_dir)
+        db = self.settings.state_db
+        self.store = opened(
+            "state", db, "the scheduler", lambda: StateStore(db, self.settings.jobs_dir)
+        )
         self.store.sync_pipelines(self.layout.pipelines)
         used, where = highest_job_elsewhere(self.settings.recorder_db, self.settings.jobs_dir)
         if self.store.continue_ids_after(used):

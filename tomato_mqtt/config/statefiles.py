@@ -1,0 +1,87 @@
+"""The services' SQLite files, checked before anything starts on them.
+
+A state file that cannot be read (garbage, a truncated copy, a disk error) made its
+service crash at every restart: ``tomato start`` waited its whole timeout, then said
+only "did not come up", the reason in a service's stderr log. :func:`unreadable` is a
+cheap probe (the header, the schema and the file's length; not a full integrity check,
+which would read a large store whole), and :func:`what_to_do` says what moving the file
+away costs.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+from tomato_mqtt.errors import StartupError
+
+__all__ = ["opened", "unreadable", "what_to_do"]
+
+T = TypeVar("T")
+
+
+def unreadable(path: Path) -> str | None:
+    """Why the SQLite file at ``path`` cannot be used, or None (also when it does not
+    exist: a service creates it)."""
+    if not path.exists():
+        return None
+    try:
+        size = path.stat().st_size
+        if size == 0:
+            return None  # an empty file is a new database to SQLite
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5.0)
+        try:
+            db.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            pages = db.execute("PRAGMA page_count").fetchone()[0]
+            page = db.execute("PRAGMA page_size").fetchone()[0]
+        finally:
+            db.close()
+    except sqlite3.OperationalError as e:
+        if "locked" in str(e):
+            return None  # a running service holds it: not ours to judge
+        return str(e)
+    except (sqlite3.DatabaseError, OSError) as e:
+        return str(e)
+    wal = path.with_name(path.name + "-wal")
+    if pages * page > size and not (wal.exists() and wal.stat().st_size > 0):
+        # pages past the end of the file, and no WAL that holds them: cut short
+        return f"truncated: {size} bytes of the {pages * page} its header describes"
+    return None
+
+
+#: what moving each file away costs, for the message that names it
+_COSTS = {
+    "state": (
+        "the queue and the pipelines' samples are lost (finished files are not touched; "
+        "job ids continue after those the recorder and the job folders know)"
+    ),
+    "recorder": (
+        "points of jobs that have not ended are lost unless a node's spool still holds "
+        "them (finished files are not touched)"
+    ),
+    "spool": "the batches in it that the recorder has not stored are lost",
+}
+
+
+def opened(kind: str, path: Path, who: str, open_: Callable[[], T]) -> T:
+    """``open_()`` of a service's SQLite file; a file SQLite cannot use becomes a
+    :class:`~tomato_mqtt.errors.StartupError` naming it and the way out."""
+    try:
+        return open_()
+    except sqlite3.DatabaseError as e:
+        raise StartupError(what_to_do(kind, path, str(e), f"{who} cannot start")) from None
+
+
+def what_to_do(kind: str, path: Path, why: str, outcome: str = "nothing was started") -> str:
+    """One message: which file, why, and what moving it away costs."""
+    what = {
+        "state": "the scheduler's state file",
+        "recorder": "the recorder's store",
+        "spool": "the node's spool",
+    }[kind]
+    return (
+        f"{what} {path} cannot be read ({why}): {outcome}. Restore it from a "
+        f"backup, or move it away to start afresh ({_COSTS[kind]})"
+    )
