@@ -197,6 +197,23 @@ def test_reload_applies_changes_and_refuses_those_touching_a_running_job(
         toml.write_text(before)
         assert ask(st, "reload").msg.endswith("no changes")
 
+        # a driver's settings added, then removed again: both reach the node (found by
+        # fault injection: the removal was reported applied, and the node kept them)
+        def counters(registered: bool) -> bool:
+            comps = ok(st, "status", what="components")
+            return all(
+                c["registered"] is registered
+                for n, c in comps.items()
+                if n.startswith("example_counter:")
+            )
+
+        toml.write_text(before + "\n[drivers.example_counter]\nfail_on_connect = true\n")
+        assert "settings of driver(s): example_counter" in ask(st, "reload").msg
+        wait_until(lambda: counters(False), 20, "counters failing to connect")
+        toml.write_text(before)
+        assert "settings of driver(s): example_counter" in ask(st, "reload").msg
+        wait_until(lambda: counters(True), 20, "counters registered again")
+
         # add a driver and a wildcard pipeline: they appear, and the node loads the driver
         grown = json.loads(json.dumps(base))
         grown["devices"].append(

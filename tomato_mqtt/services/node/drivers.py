@@ -35,14 +35,24 @@ class NodeDrivers:
         self.instances: dict[str, ModelInterface] = {}
         self.errors: dict[str, str] = {}
         self._locks: dict[str, asyncio.Lock] = {}
+        self._sent: set[str] = set()  # drivers whose settings the scheduler sent last
 
     def update_settings(self, settings: Mapping[str, Mapping[str, Any]]) -> set[str]:
-        """Take the scheduler's settings; returns the drivers whose settings changed."""
+        """Take the scheduler's settings; returns the drivers whose settings changed.
+
+        A driver whose table the scheduler sent before and sends no more had its
+        settings removed: it changed too (found by fault injection: removing
+        ``fail_on_connect`` was reported applied, and the node kept it). A table the
+        scheduler never sent (this node's own settings) is kept."""
         changed = set()
         for name, table in settings.items():
             if self.settings.get(name) != dict(table):
                 changed.add(name)
             self.settings[name] = dict(table)
+        for name in self._sent - set(settings):
+            if self.settings.pop(name, None):
+                changed.add(name)
+        self._sent = set(settings)
         return changed
 
     async def get(self, name: str) -> ModelInterface:
