@@ -161,6 +161,33 @@ def test_stalled_node_skips_missed_deadlines_and_ends_c_with_a_warning(
     assert np.min(np.diff(uts)) > 0.0099  # no burst after SIGCONT: half an interval
 
 
+def test_a_recorder_that_does_not_answer_is_the_running_job_s_reason(
+    node_faults: Stack,
+) -> None:
+    """Found by fault injection: with the recorder stopped (SIGSTOP 40 s) or crash-looping,
+    the running jobs showed no reason at all: `r` and nothing else for minutes. Now the
+    reason says so while it lasts, and the job ends c with every point once it is back."""
+    st = node_faults
+    st.load_ready("pip-counter-3", "s-recorder")
+    jobid = st.submit(_payload(st, "s-recorder", 3.0, 0.1, "counter"))
+    _wait_running(st, jobid)
+    pid = st.child_pid("recorder")
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        deadline = time.monotonic() + 30
+        reason = ""
+        while time.monotonic() < deadline and not reason.startswith("the recorder is not"):
+            reason = st.job(jobid).get("reason") or ""
+            time.sleep(0.3)
+        assert reason.startswith("the recorder is not answering (no status for "), reason
+        assert "the points wait in the nodes' spools" in reason, reason
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    job = st.wait_job(jobid, {"c", "ce", "cd"}, timeout=60)
+    assert job["status"] == "c" and not job["reason"], job
+    assert _file_uts(job["respath"])[0].size == job["progress"]["tasks"]["0"]["end"]["npoints"]
+
+
 def test_start_right_after_the_whole_tree_was_killed(tmp_path: Path) -> None:
     from tests.stack import make_stack, started
 

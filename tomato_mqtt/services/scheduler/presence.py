@@ -35,6 +35,8 @@ __all__ = ["Presence"]
 log = logging.getLogger(__name__)
 
 STORAGE_PREFIX = "the recorder cannot store data"
+#: the reason of the running jobs while the recorder does not answer (stopped, crashed)
+RECORDER_DOWN = "the recorder is not answering"
 
 
 class Presence:
@@ -45,6 +47,8 @@ class Presence:
         self.skewed: set[str] = set()
         self.storage_error: str | None = None
         self._last_check: float | None = None
+        self.recorder_seen: float | None = None  # monotonic time of its last status
+        self.recorder_down: str | None = None  # the running jobs' reason while it is
 
     # -- nodes ------------------------------------------------------------------------------
     def received(self, st: NodeStatus, retained: bool) -> None:
@@ -98,6 +102,12 @@ class Presence:
             return False
         lost_after = self.svc.settings.scheduler.lost_after
         changed = False
+        if self.recorder_seen is not None and self.recorder_down is None:
+            age = now - self.recorder_seen
+            if age > lost_after:  # stopped or hung: its last will comes much later
+                self.svc.spawn(self._recorder_gone(f"no status for {age:.0f} s"))
+        elif self.recorder_down is not None and self.svc.runners:
+            self.svc.spawn(self._recorder_reason(self.recorder_down))  # jobs launched since
         for name, st in list(self.svc.nodes.items()):
             age = now - self.seen.get(name, now)
             if st.state == "online" and age > lost_after:
@@ -131,13 +141,48 @@ class Presence:
     # -- the recorder -----------------------------------------------------------------------
     async def recorder(self, rst: RecorderStatus) -> None:
         store = self.svc.store
-        if store is None or rst.state == "lost":
+        if store is None:
             return
+        if rst.state in ("lost", "offline"):
+            self.recorder_seen = None
+            await self._recorder_gone(rst.state)
+            return
+        self.recorder_seen = time.monotonic()
+        if self.recorder_down is not None and rst.state == "online":
+            log.info("the recorder answers again")
+            await self._recorder_reason(None)
         if rst.storage_error != self.storage_error:
             await self._storage(rst.storage_error)
         for key, prog in rst.jobs.items():
             if prog.merged:
                 await self._merged(int(key), prog.merged, prog.points)
+
+    async def _recorder_gone(self, how: str) -> None:
+        if self.recorder_down is not None:
+            return
+        jobs = await self._recorder_reason(
+            f"{RECORDER_DOWN} ({how}): the points wait in the nodes' spools and are "
+            "stored, and the file written, once it is back (see `tomato status`)"
+        )
+        if jobs:
+            log.warning("the recorder is not answering (%s); running jobs: %s", how, jobs)
+
+    async def _recorder_reason(self, why: str | None) -> list[int]:
+        """The running jobs' reason while the recorder is down; cleared when it is back
+        (a reason of another kind is left as it is). Returns the running jobs."""
+        svc = self.svc
+        assert svc.store is not None
+        self.recorder_down = why
+        running = svc.store.jobs(statuses=["r", "rd"])
+        for job in running:
+            if why is not None and job.reason is None:
+                job = svc.store.update_job(job.id, reason=why)
+            elif why is None and job.reason and job.reason.startswith(RECORDER_DOWN):
+                job = svc.store.update_job(job.id, reason=None)
+            else:
+                continue
+            await svc.publish_job(job)
+        return [job.id for job in running]
 
     async def _storage(self, error: str | None) -> None:
         svc = self.svc
