@@ -96,6 +96,7 @@ class FakeHost:
         self.requests: list[tuple[str, str]] = []
         self.answer_stop: tuple[bool, str, Any] | None = (True, "stopped", {"running": True})
         self.silent_reset = False
+        self.reasons: list[str] = []
 
     def component_status(self, name: str) -> ComponentStatus | None:
         return self.cstatus.get(name)
@@ -105,6 +106,9 @@ class FakeHost:
 
     def save_progress(self, job: int, progress: dict[str, Any]) -> None:
         self.saved = json.loads(json.dumps(progress))  # as the store keeps it
+
+    def show_reason(self, job: int, reason: str) -> None:
+        self.reasons.append(reason)
 
     def job_event(self, job: int, event: str, **kw: Any) -> None:
         self.events.append((event, kw))
@@ -397,3 +401,32 @@ def test_staleness_uses_receipt_time_and_skips_a_round_of_a_blocked_scheduler() 
     p.check_stale()
     time.sleep(0.5)  # our own loop was blocked for longer than lost_after
     assert not p.check_stale() and nodes["pc"].state == "online"  # not judged this round
+
+
+async def test_a_task_far_past_its_max_duration_is_said_to_overrun(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Found by fault injection: a driver call that never returned left the job `r` with
+    no reason for good. Once the task runs past its max_duration (plus a grace) the job's
+    reason and a warning say so; the job still waits for its end (or a cancel)."""
+    monkeypatch.setattr(runner_mod, "OVERRUN_GRACE", 0.3)
+    host = FakeHost()
+    job = _job()
+    job.payload["method"][0]["max_duration"] = 0.2
+    done: asyncio.Future[tuple[str, str | None]] = asyncio.get_running_loop().create_future()
+
+    async def on_done(r: JobRunner, status: str, reason: str | None) -> None:
+        await r.reset_done()
+        done.set_result((status, reason))
+
+    runner = JobRunner(job=job, roles={"counter": "cmp"}, host=host, on_done=on_done)
+    _KEEP.add(asyncio.ensure_future(runner.run()))
+    await asyncio.sleep(1.0)  # the node says nothing: its driver call hangs
+    assert not done.done()
+    assert len(host.reasons) == 1, host.reasons
+    assert host.reasons[0].startswith("task 0 (count) on cmp ran at least 0 s past its")
+    assert "a driver call did not return" in host.reasons[0]
+    assert any(e == "warning" for e, _ in host.events)
+    await runner.cancel()  # ends it as ever
+    status, reason = await asyncio.wait_for(done, 10)
+    assert status == "cd" and "a driver call did not return" in str(reason), reason

@@ -45,6 +45,10 @@ CANCEL_WAIT = 2.0  # s a cancel waits for a node to confirm that its task stoppe
 RESET_WAIT = 10.0  # s the reset of a component after a job may take (3 s after a cancel)
 SAVE_DELAY = 0.2  # s: progress changes are stored together (see JobRunner._save)
 SAVE_RETRY = 1.0  # s between attempts to store progress the state file refused
+#: s past its max_duration (at least; or this share of it) after which a task whose end
+#: has not come is said to overrun: a driver call that does not return
+OVERRUN_GRACE = 10.0
+OVERRUN_SHARE = 0.1
 
 
 @dataclass
@@ -269,6 +273,7 @@ class JobRunner:
                 self.host.cond.notify_all()
             return False
         t.state = "running"
+        t.running_since = time.monotonic()
         if isinstance(data, dict):
             epoch, started = data.get("epoch"), data.get("started_at")
             t.epoch = epoch if isinstance(epoch, int) else None
@@ -395,6 +400,9 @@ class JobRunner:
                     timeout = left if timeout is None else min(timeout, left)
                 else:
                     lost_since = None
+                left = self._until_overrun(t, component)
+                if left is not None:
+                    timeout = left if timeout is None else min(timeout, left)
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(self.host.cond.wait(), timeout)
         t.state = "ended"
@@ -438,6 +446,34 @@ class JobRunner:
         if self.error is not None:
             async with self.host.cond:
                 self.host.cond.notify_all()
+
+    def _until_overrun(self, t: TaskState, component: str) -> float | None:
+        """Seconds until the task counts as overrunning (None: said already, or not
+        running); once it does, the job's reason and a warning say so (found by fault
+        injection: a driver call that never returned left the job `r`, no reason, for
+        good)."""
+        if t.overrun or self.cancelled:
+            return None
+        if t.running_since is None:
+            t.running_since = time.monotonic()  # re-adopted: from now on
+        limit = t.spec.max_duration + max(OVERRUN_GRACE, OVERRUN_SHARE * t.spec.max_duration)
+        ran = time.monotonic() - t.running_since
+        if ran < limit:
+            return limit - ran
+        t.overrun = True
+        warning = (
+            f"task {t.spec.index} ({t.spec.technique_name}) on {component} ran at least "
+            f"{ran - t.spec.max_duration:.0f} s past its max_duration "
+            f"({t.spec.max_duration:g} s): a driver call did not return; `ketchup cancel "
+            f"{self.job.id}` ends the job, and a component whose call never returns is "
+            "freed by restarting its node"
+        )
+        log.warning("job %d: %s", self.job.id, warning)
+        self.warnings.append(warning)
+        self._save()
+        self.host.job_event(self.job.id, "warning", task=t.spec.index, detail={"message": warning})
+        self.host.show_reason(self.job.id, warning)
+        return None
 
     async def _reset_components(self) -> None:
         wait = 3.0 if self.cancelled else RESET_WAIT

@@ -9,7 +9,9 @@ request on ``scheduler/cmd/<op>`` gets a Reply; bad input never stops the servic
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import sqlite3
 import time
 import uuid
 from collections.abc import Coroutine, Mapping
@@ -333,6 +335,16 @@ class SchedulerService(Service):
         meta = self.metas.get(component)
         node = meta.node if meta else (c.node if c else None)
         return self.nodes.get(node) if node else None
+
+    def show_reason(self, job: int, reason: str) -> None:
+        """A running job's reason (what `ketchup status` shows while it runs), unless it
+        has one already (a storage fault, the recorder gone)."""
+        if self.store is None:
+            return
+        with contextlib.suppress(KeyError, sqlite3.Error):
+            current = self.store.job(job)
+            if current.reason is None and current.status in ("r", "rd"):
+                self.spawn(self.publish_job(self.store.update_job(job, reason=reason)))
 
     def save_progress(self, job: int, progress: dict[str, Any]) -> None:
         if self.store is not None:

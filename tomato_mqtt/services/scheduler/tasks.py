@@ -30,6 +30,7 @@ class RunnerHost(Protocol):
     def node_of(self, component: str) -> NodeStatus | None: ...
     def save_progress(self, job: int, progress: dict[str, Any]) -> None: ...
     def job_event(self, job: int, event: str, **kw: Any) -> None: ...
+    def show_reason(self, job: int, reason: str) -> None: ...
     async def component_request(
         self, component: str, op: str, args: Mapping[str, Any], timeout: float = 5.0
     ) -> tuple[bool, str, Any]: ...
@@ -67,6 +68,8 @@ class TaskState:
     epoch: int | None = None  # the node's epoch when the task started
     started_at: float | None = None  # on the node's clock (compared with its statuses)
     no_task: bool = False  # the node answered a stop with "no running task"
+    running_since: float | None = None  # monotonic, on the scheduler's clock
+    overrun: bool = False  # said that it runs far past its max_duration
 
 
 def expectations(tasks: Sequence[TaskState], roles: Mapping[str, str]) -> list[dict[str, Any]]:
