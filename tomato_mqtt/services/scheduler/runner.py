@@ -400,9 +400,9 @@ class JobRunner:
                     timeout = left if timeout is None else min(timeout, left)
                 else:
                     lost_since = None
-                left = self._until_overrun(t, component)
-                if left is not None:
-                    timeout = left if timeout is None else min(timeout, left)
+                overrun_in = self._until_overrun(t, component)
+                if overrun_in is not None:
+                    timeout = overrun_in if timeout is None else min(timeout, overrun_in)
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(self.host.cond.wait(), timeout)
         t.state = "ended"
