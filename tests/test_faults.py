@@ -270,3 +270,26 @@ def test_get_and_set_on_unregistered_component_say_why(stack: Stack) -> None:
         assert res.returncode == 1, (args, res.stdout, res.stderr)
         assert "faulty:(fail-connect,1) is not registered" in res.stderr, res.stderr
         assert CONNECT_ERROR in res.stderr, (args, res.stderr)
+
+
+def test_start_names_the_components_not_ready_and_why(tmp_path: Path) -> None:
+    """Found by fault injection: `tomato start` exited 0 with "5/6 component(s) ready"
+    (or "0/6" with its node crash-looping) and nothing named the component or why."""
+    st = make_stack(tmp_path, "faulty_devices.yml")
+    try:
+        res = subprocess.run(
+            [str(BIN / "tomato"), "start", *st.dirs(), "-p", str(st.port), "-t", "4", "--json"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert res.returncode == 0, (res.stdout, res.stderr)
+        data = json.loads(res.stdout)["data"]
+        name = "faulty:(fail-connect,1)"
+        assert list(data["not_ready"]) == [name], data
+        assert data["not_ready"][name].startswith("registration failed (attempt "), data
+        assert CONNECT_ERROR in data["not_ready"][name], data
+        assert "1 component(s) not ready after 4 s" in res.stderr, res.stderr
+        assert f"  {name}: registration failed" in res.stderr, res.stderr
+    finally:
+        stop_stack(st)

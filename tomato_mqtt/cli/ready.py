@@ -17,7 +17,7 @@ from typing import Any
 
 from tomato_mqtt.cli import core
 
-__all__ = ["REMOTE_GRACE", "Absent", "Missing", "wait_ready"]
+__all__ = ["REMOTE_GRACE", "Absent", "Missing", "Pending", "wait_ready"]
 
 
 def _doc(payload: bytes) -> dict[str, Any]:
@@ -46,6 +46,9 @@ def _missing_drivers(doc: dict[str, Any]) -> dict[str, str]:
     }
 
 
+#: component -> why it is not ready (none of the cases above: an error of its own, its
+#: driver still connecting, its local node not running)
+Pending = dict[str, str]
 Missing = dict[tuple[str, str], tuple[str, list[str]]]
 #: node -> its components, for remote nodes that were not online (not waited for)
 Absent = dict[str, list[str]]
@@ -78,7 +81,7 @@ def wait_ready(
     timeout: float,
     local_node: str,
     remote_grace: float = REMOTE_GRACE,
-) -> tuple[int, int, Missing, Absent] | None:
+) -> tuple[int, int, Missing, Absent, Pending] | None:
     """Wait until the scheduler answers and every component is registered, or cannot be
     because its node says its driver is not installed (waiting would not help), or it
     is hosted by a remote node (not ``local_node``) that is not online ``remote_grace``
@@ -97,7 +100,7 @@ def wait_ready(
     from tomato_mqtt.transport.client import AsyncClient, Message, MqttError, MqttTimeout
     from tomato_mqtt.transport.oneshot import SCHEMA
 
-    async def go() -> tuple[int, int, Missing, Absent] | None:
+    async def go() -> tuple[int, int, Missing, Absent, Pending] | None:
         deadline = time.monotonic() + timeout
         c = AsyncClient(ctx.url, client_id=f"cli-start-{os.getpid()}-{os.urandom(3).hex()}")
         # the port listens already (socket activation): one connect, served when the
@@ -122,7 +125,7 @@ def wait_ready(
             await c.subscribe(t.scheduler_status())
             await c.subscribe(t.all_component_meta())
             await c.subscribe(t.all_node_status())
-            last: tuple[int, int, Missing, Absent] | None = None
+            last: tuple[int, int, Missing, Absent, Pending] | None = None
             online = False
             online_at = 0.0  # when the scheduler said online (the remote nodes' grace)
             states: dict[str, str | None] = {}  # node topic -> its state
@@ -142,7 +145,7 @@ def wait_ready(
             def up(node: str) -> bool:
                 return states.get(t.node_status(node)) == "online"
 
-            def answer(m: Message) -> tuple[int, int, Missing, Absent] | None:
+            def answer(m: Message) -> tuple[int, int, Missing, Absent, Pending] | None:
                 try:
                     doc = json.loads(m.payload)
                 except ValueError:
@@ -155,6 +158,7 @@ def wait_ready(
                 ok = sum(1 for x in comps if x.get("registered"))
                 missing: Missing = {}
                 absent: Absent = {}
+                pending: Pending = {}
                 late = online and time.monotonic() - online_at >= remote_grace
                 for x in comps:
                     if x.get("registered"):
@@ -165,7 +169,13 @@ def wait_ready(
                         missing.setdefault((node, drv), (why, []))[1].append(name)
                     elif late and node != local_node and not up(node):
                         absent.setdefault(node, []).append(name)
-                return ok, len(comps), missing, absent
+                    elif x.get("error"):
+                        pending[name] = str(x["error"])
+                    elif not up(node):
+                        pending[name] = f"its node {node} is not online"
+                    else:
+                        pending[name] = "not registered yet: its driver has not connected"
+                return ok, len(comps), missing, absent, pending
 
             while time.monotonic() < deadline and proc.poll() is None:
                 try:
@@ -179,7 +189,7 @@ def wait_ready(
                     if got is None:
                         continue
                     last, asked = got, None
-                    ok, n, missing, absent = got
+                    ok, n, missing, absent, _pending = got
                     settled = sum(len(v[1]) for v in missing.values())
                     if ok + settled + sum(len(v) for v in absent.values()) == n:
                         return last

@@ -122,7 +122,7 @@ def start(opts: core.Opts, verbose: int = 0, quiet: int = 0) -> None:
         if why:
             fail(f"tomato-mqtt could not start: {why} (logs in {s.logdir})")
         fail(f"tomato-mqtt did not come up within {opts.timeout:g} s; see the logs in {s.logdir}")
-    n_ok, n_all, missing, absent = ready
+    n_ok, n_all, missing, absent, pending = ready
     msg = (
         f"tomato-mqtt started on {ctx.url} (instance {ctx.instance}, pid {proc.pid}); "
         f"{n_ok}/{n_all} component(s) ready"
@@ -142,6 +142,7 @@ def start(opts: core.Opts, verbose: int = 0, quiet: int = 0) -> None:
     data["nodes_not_online"] = [
         {"node": node, "components": sorted(comps)} for node, comps in sorted(absent.items())
     ]
+    data["not_ready"] = dict(sorted(pending.items()))
     if s.dashboard.enabled:
         scheme = "https" if s.dashboard.certfile else "http"
         data["dashboard"] = f"{scheme}://{s.dashboard.host}:{s.dashboard.port}/"
@@ -162,6 +163,14 @@ def start(opts: core.Opts, verbose: int = 0, quiet: int = 0) -> None:
             " Install it, then run `tomato reload`.",
             err=True,
         )
+    if pending:  # not ready when the wait ended: say which, and why, not only a count
+        echo(
+            f"warning: {len(pending)} component(s) not ready after {opts.timeout:g} s"
+            f" (`tomato status components` shows them; logs in {s.logdir}):",
+            err=True,
+        )
+        for name, why in sorted(pending.items()):
+            echo(f"  {name}: {why}", err=True)
     core.exit_now()  # the stack runs on its own: ~50 ms of teardown helps nobody
 
 
