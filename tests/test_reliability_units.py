@@ -119,8 +119,9 @@ class FakeHost:
         self.requests.append((component, op))
         if op == "task_start":
             started = time.time()
+            task = int(args["task"]["index"])
             self.cstatus[component] = ComponentStatus(
-                name=component, node="pc1", state="running", time=started, job=1, task=0, epoch=1
+                name=component, node="pc1", state="running", time=started, job=1, task=task, epoch=1
             )
             return True, "started", {"epoch": 1, "started_at": started}
         if op == "reset" and self.silent_reset:  # a node killed as the task ended
@@ -430,3 +431,27 @@ async def test_a_task_far_past_its_max_duration_is_said_to_overrun(
     await runner.cancel()  # ends it as ever
     status, reason = await asyncio.wait_for(done, 10)
     assert status == "cd" and "a driver call did not return" in str(reason), reason
+
+
+async def test_a_node_restart_names_every_task_it_cut_off() -> None:
+    """Found by fault injection (2 of 2 runs): a node killed with tasks of two roles
+    running ended the job ce naming only the first task; the second was cut off too."""
+    host = FakeHost()
+    job = _job()
+    job.payload["method"].append(dict(job.payload["method"][0], component_role="other"))
+    done: asyncio.Future[tuple[str, str | None]] = asyncio.get_running_loop().create_future()
+
+    async def on_done(r: JobRunner, status: str, reason: str | None) -> None:
+        done.set_result((status, reason))
+
+    runner = JobRunner(job=job, roles={"counter": "c1", "other": "c2"}, host=host, on_done=on_done)
+    _KEEP.add(asyncio.ensure_future(runner.run()))
+    for _ in range(100):
+        if all(t.state == "running" for t in runner.tasks):
+            break
+        await asyncio.sleep(0.01)
+    await host.set(node=host.node.model_copy(update={"epoch": 2}))
+    status, reason = await asyncio.wait_for(done, 5)
+    assert status == "ce"
+    assert "task 0 (count) on c1 is gone" in str(reason), reason
+    assert "task 1 (count) on c2 is gone" in str(reason), reason

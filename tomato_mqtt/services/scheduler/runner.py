@@ -361,6 +361,10 @@ class JobRunner:
                     end = st.last_task.model_dump(mode="json")
                     break
                 if self.error is not None and not self.cancelled:
+                    gone = self._gone(t, component)  # the same fault: named too
+                    if gone is not None and gone not in self.error:
+                        self.error = f"{self.error}; {gone}"
+                        self._end_now(t, {"reason": "error", "message": gone})
                     return
                 timeout: float | None = None
                 if self.cancelled:
