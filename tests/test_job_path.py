@@ -4,6 +4,7 @@ file, with the statuses and events a dashboard sees unchanged in order."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
@@ -63,3 +64,43 @@ async def test_a_submit_to_a_ready_pipeline_is_stored_in_two_commits_then_told(
     for group in tree.children.values():
         n += group.ds["uts"].size
     assert n == 5  # 0.5 s at 0.1 s: every point in the file
+
+
+async def test_a_cancel_while_a_launch_is_announced_is_not_lost(
+    broker: RunningBroker, tmp_path: Path, instance: str
+) -> None:
+    """Found by a review: a launch was stored, then the queue's other changes published
+    (every 200th publish waits for the broker), and only then the runner started, from
+    the job as it was before: a cancel handled in between stored rd but reached no
+    runner; the job ran to its end and every later cancel did nothing. Needs a pass that
+    changes 200+ queued jobs and launches one (a restart, a reload, a sample loaded)."""
+    payload = yaml.safe_load((CONFIG / "counter_1_0.1.yml").read_text())
+    payload["method"][0]["time"] = 30.0
+    payload["sample"]["name"] = "later"
+    async with inproc_stack(broker.port, tmp_path, instance) as st:
+        work = st.settings.datadir / "work"
+        work.mkdir(parents=True)
+        ids = []
+        for _ in range(240):  # no pipeline holds "later": each waits, with a reason
+            job = await st.call("job_submit", {"payload": payload, "submit_dir": str(work)})
+            ids.append(job.id)
+        store, ops = st.scheduler.store, st.scheduler.ops
+        await st.call("pipeline_load", {"pipeline": "pip-counter-1", "sampleid": "later"})
+        first = ids[0]
+        reply: list[str] = []
+
+        async def cancel_as_soon_as_stored() -> None:
+            while store.job(first).status != "r":
+                await asyncio.sleep(0)  # every step of the loop: the window is short
+            reply.append((await ops.job_cancel({"jobids": [first]})).msg)
+
+        watcher = asyncio.ensure_future(cancel_as_soon_as_stored())
+        try:
+            await st.call("pipeline_ready", {"pipeline": "pip-counter-1"})
+            await asyncio.wait_for(watcher, 20)
+        finally:
+            watcher.cancel()
+        assert reply == [f"job {first} is being cancelled"], reply
+        job = await st.wait_job(first, {"c", "ce", "cd"}, timeout=15)  # not its 30 s
+        assert job.status == "cd", job
+        await st.call("job_cancel", {"jobids": ids[1:]})

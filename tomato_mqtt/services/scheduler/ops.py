@@ -346,7 +346,9 @@ class SchedulerOps:
         await svc.publish_job(job)
         log.info("job %d launched on %s", job.id, pipeline)
         svc.job_event(job.id, "launched", status="r", detail={"pipeline": pipeline})
-        self.start_runner(job)
+        # as stored now: a cancel handled since the launch was stored made it rd, and
+        # the runner then starts cancelled (JobLifecycle.start_runner)
+        self.start_runner(self.store.job(job.id))
 
     def start_runner(self, job: Job, readopt: bool = False) -> None:
         self.jobs.start_runner(job, readopt)

@@ -161,16 +161,28 @@ class QueuePass:
             for jobid, pipeline in launches:
                 launched.append((self.ops.store_launch(store.job(jobid), pipeline), pipeline))
         was = {jobid: status for jobid, status, _r, _p in rows}
-        for i, job in enumerate(queued):
+        ids = {job.id for job, _pipeline in launched}
+
+        def told(job: Job) -> None:
+            if job.status == "qw" and was.get(job.id) != "qw":
+                svc.job_event(job.id, "matched", status="qw")
+
+        # the launched jobs first, their runners started before anything can wait: a
+        # cancel handled while the others are published (every 200th waits for the
+        # broker) must find its runner (found by a review: it was lost, the job ran on)
+        for job in queued:
+            if job.id in ids:
+                await svc.publish_job(job)  # its qw, told before its r
+                told(job)
+        for job, pipeline in launched:
+            await self.ops.announce_launch(job, pipeline)
+        for i, job in enumerate(j for j in queued if j.id not in ids):
             # thousands at once (a restart, a reload): wait for the broker now and
             # then, as Retention.announce does
             await svc.publish_job(job, wait=i % 200 == 199)
-            if job.status == "qw" and was.get(job.id) != "qw":
-                svc.job_event(job.id, "matched", status="qw")
+            told(job)
         # what this pass has decided on, unless the store changed under it while it
         # published (then the next pass looks again); a launch writes, so the pass
         # after a launch runs
         ours = seen[0] + (1 if changes else 0)
         self._last = (ours, *seen[1:]) if store.writes == ours else None
-        for job, pipeline in launched:
-            await self.ops.announce_launch(job, pipeline)
