@@ -6,6 +6,7 @@ matrix (repeated, at 20 Hz and 1 kHz) is the chaos suite (tests/chaos/, bench/ch
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
@@ -169,7 +170,7 @@ def test_a_recorder_that_does_not_answer_is_the_running_job_s_reason(
     reason says so while it lasts, and the job ends c with every point once it is back."""
     st = node_faults
     st.load_ready("pip-counter-3", "s-recorder")
-    jobid = st.submit(_payload(st, "s-recorder", 3.0, 0.1, "counter"))
+    jobid = st.submit(_payload(st, "s-recorder", 14.0, 0.1, "counter"))
     _wait_running(st, jobid)
     pid = st.child_pid("recorder")
     os.kill(pid, signal.SIGSTOP)
@@ -181,8 +182,26 @@ def test_a_recorder_that_does_not_answer_is_the_running_job_s_reason(
             time.sleep(0.3)
         assert reason.startswith("the recorder is not answering (no status for "), reason
         assert "the points wait in the nodes' spools" in reason, reason
+        # found by a review: a scheduler restarted meanwhile never cleared the reason
+        old = st.child_pid("scheduler")
+        os.kill(old, signal.SIGKILL)
+        deadline = time.monotonic() + 20
+        new = old
+        while new == old:
+            assert time.monotonic() < deadline, "no new scheduler"
+            time.sleep(0.1)
+            with contextlib.suppress(AssertionError):  # none between the two
+                new = st.child_pid("scheduler")
     finally:
         os.kill(pid, signal.SIGCONT)
+    deadline = time.monotonic() + 30
+    job: dict[str, Any] = {"reason": "the recorder is not answering (not asked yet)"}
+    while (job.get("reason") or "").startswith("the recorder is not"):
+        assert time.monotonic() < deadline, job
+        time.sleep(0.2)
+        with contextlib.suppress(AssertionError):  # the new scheduler is starting
+            job = st.job(jobid)
+    assert job["status"] == "r", job  # cleared while it runs, not by its end
     job = st.wait_job(jobid, {"c", "ce", "cd"}, timeout=60)
     assert job["status"] == "c" and not job["reason"], job
     assert _file_uts(job["respath"])[0].size == job["progress"]["tasks"]["0"]["end"]["npoints"]

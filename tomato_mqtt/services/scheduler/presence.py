@@ -49,6 +49,7 @@ class Presence:
         self._last_check: float | None = None
         self.recorder_seen: float | None = None  # monotonic time of its last status
         self.recorder_down: str | None = None  # the running jobs' reason while it is
+        self._cleared = False  # a live "online" seen since this scheduler started
 
     # -- nodes ------------------------------------------------------------------------------
     def received(self, st: NodeStatus, retained: bool) -> None:
@@ -105,7 +106,7 @@ class Presence:
         if self.recorder_seen is not None and self.recorder_down is None:
             age = now - self.recorder_seen
             if age > lost_after:  # stopped or hung: its last will comes much later
-                self.svc.spawn(self._recorder_gone(f"no status for {age:.0f} s"))
+                self.svc.spawn(self._recorder_gone(f"no status for {age:.0f} s", lost_after))
         elif self.recorder_down is not None and self.svc.runners:
             self.svc.spawn(self._recorder_reason(self.recorder_down))  # jobs launched since
         for name, st in list(self.svc.nodes.items()):
@@ -148,8 +149,12 @@ class Presence:
             await self._recorder_gone(rst.state)
             return
         self.recorder_seen = time.monotonic()
-        if self.recorder_down is not None and rst.state == "online":
-            log.info("the recorder answers again")
+        if rst.state == "online" and (self.recorder_down is not None or not self._cleared):
+            # also once after this scheduler's start: a reason stored by its predecessor
+            # (found by a review: it stayed on the job for the rest of its run)
+            if self.recorder_down is not None:
+                log.info("the recorder answers again")
+            self._cleared = True
             await self._recorder_reason(None)
         if rst.storage_error != self.storage_error:
             await self._storage(rst.storage_error)
@@ -157,12 +162,16 @@ class Presence:
             if prog.merged:
                 await self._merged(int(key), prog.merged, prog.points)
 
-    async def _recorder_gone(self, how: str) -> None:
+    async def _recorder_gone(self, how: str, silent_for: float | None = None) -> None:
         if self.recorder_down is not None:
             return
+        seen = self.recorder_seen
+        if silent_for is not None and seen is not None and time.monotonic() - seen < silent_for:
+            return  # a status came between the check and now: it answers
         jobs = await self._recorder_reason(
             f"{RECORDER_DOWN} ({how}): the points wait in the nodes' spools and are "
-            "stored, and the file written, once it is back (see `tomato status`)"
+            "stored, and the file written, once it is back (the supervisor restarts a "
+            "recorder that exits; why it stopped is in recorder.log in the logdir)"
         )
         if jobs:
             log.warning("the recorder is not answering (%s); running jobs: %s", how, jobs)
