@@ -107,8 +107,11 @@ class FakeHost:
     def save_progress(self, job: int, progress: dict[str, Any]) -> None:
         self.saved = json.loads(json.dumps(progress))  # as the store keeps it
 
-    def show_reason(self, job: int, reason: str) -> None:
-        self.reasons.append(reason)
+    def show_reason(self, job: int, reason: str | None, replacing: str | None = None) -> None:
+        if reason is not None:
+            self.reasons.append(reason)
+        elif self.reasons and self.reasons[-1] == replacing:
+            self.reasons.append("")  # cleared
 
     def job_event(self, job: int, event: str, **kw: Any) -> None:
         self.events.append((event, kw))
@@ -404,8 +407,9 @@ def test_staleness_uses_receipt_time_and_skips_a_round_of_a_blocked_scheduler() 
     assert not p.check_stale() and nodes["pc"].state == "online"  # not judged this round
 
 
+@pytest.mark.parametrize("ends", ["cancel", "late"])
 async def test_a_task_far_past_its_max_duration_is_said_to_overrun(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, ends: str
 ) -> None:
     """Found by fault injection: a driver call that never returned left the job `r` with
     no reason for good. Once the task runs past its max_duration (plus a grace) the job's
@@ -426,11 +430,22 @@ async def test_a_task_far_past_its_max_duration_is_said_to_overrun(
     assert not done.done()
     assert len(host.reasons) == 1, host.reasons
     assert host.reasons[0].startswith("task 0 (count) on cmp ran at least 0 s past its")
-    assert "a driver call did not return" in host.reasons[0]
+    assert "a driver call did not return in time; `ketchup cancel 1`" in host.reasons[0]
     assert any(e == "warning" for e, _ in host.events)
-    await runner.cancel()  # ends it as ever
+    if ends == "cancel":
+        await runner.cancel()  # ends it as ever
+    else:  # a late call that returned after all: the advice goes, what happened stays
+        end = TaskEndInfo(job=1, task=0, reason="done", t_start=0, t_end=1, npoints=1, stream="s")
+        ended = ComponentStatus(
+            name="cmp", node="pc1", state="idle", time=time.time(), epoch=1, last_task=end
+        )
+        await host.set(cstatus={"cmp": ended})
     status, reason = await asyncio.wait_for(done, 10)
-    assert status == "cd" and "a driver call did not return" in str(reason), reason
+    assert status == ("cd" if ends == "cancel" else "c"), (status, reason)
+    assert "a driver call did not return in time" in str(reason), reason
+    assert "ketchup cancel" not in str(reason), reason  # found by a review: it stayed
+    if ends == "late":
+        assert host.reasons[-1] == "", host.reasons  # the live reason cleared at the end
 
 
 async def test_a_node_restart_names_every_task_it_cut_off() -> None:

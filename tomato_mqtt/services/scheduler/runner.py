@@ -411,6 +411,8 @@ class JobRunner:
                     await asyncio.wait_for(self.host.cond.wait(), timeout)
         t.state = "ended"
         t.end = end
+        if t.overrun_reason is not None:  # it ended after all: the advice is stale
+            self.host.show_reason(self.job.id, None, replacing=t.overrun_reason)
         detail = {"reason": end.get("reason"), "npoints": end.get("npoints")}
         missed = int(end.get("missed") or 0)
         if missed:
@@ -465,18 +467,21 @@ class JobRunner:
         if ran < limit:
             return limit - ran
         t.overrun = True
-        warning = (
+        what = (
             f"task {t.spec.index} ({t.spec.technique_name}) on {component} ran at least "
             f"{ran - t.spec.max_duration:.0f} s past its max_duration "
-            f"({t.spec.max_duration:g} s): a driver call did not return; `ketchup cancel "
-            f"{self.job.id}` ends the job, and a component whose call never returns is "
-            "freed by restarting its node"
+            f"({t.spec.max_duration:g} s): a driver call did not return in time"
         )
-        log.warning("job %d: %s", self.job.id, warning)
-        self.warnings.append(warning)
+        # while it lasts: what to do about it (cleared if the task ends after all)
+        t.overrun_reason = (
+            f"{what}; `ketchup cancel {self.job.id}` ends the job, and a component whose "
+            "call never returns is freed by restarting its node"
+        )
+        log.warning("job %d: %s", self.job.id, what)
+        self.warnings.append(what)  # the job's final reason: what happened, no advice
         self._save()
-        self.host.job_event(self.job.id, "warning", task=t.spec.index, detail={"message": warning})
-        self.host.show_reason(self.job.id, warning)
+        self.host.job_event(self.job.id, "warning", task=t.spec.index, detail={"message": what})
+        self.host.show_reason(self.job.id, t.overrun_reason)
         return None
 
     async def _reset_components(self) -> None:

@@ -336,15 +336,17 @@ class SchedulerService(Service):
         node = meta.node if meta else (c.node if c else None)
         return self.nodes.get(node) if node else None
 
-    def show_reason(self, job: int, reason: str) -> None:
+    def show_reason(self, job: int, reason: str | None, replacing: str | None = None) -> None:
         """A running job's reason (what `ketchup status` shows while it runs), unless it
-        has one already (a storage fault, the recorder gone)."""
+        has one already (a storage fault, the recorder gone); ``None`` clears the reason
+        if it is still ``replacing``."""
         if self.store is None:
             return
         with contextlib.suppress(KeyError, sqlite3.Error):
             current = self.store.job(job)
-            if current.reason is None and current.status in ("r", "rd"):
-                self.spawn(self.publish_job(self.store.update_job(job, reason=reason)))
+            if current.status not in ("r", "rd") or current.reason != replacing:
+                return
+            self.spawn(self.publish_job(self.store.update_job(job, reason=reason)))
 
     def save_progress(self, job: int, progress: dict[str, Any]) -> None:
         if self.store is not None:
