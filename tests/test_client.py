@@ -208,3 +208,45 @@ async def test_one_tomato_may_be_shared_by_threads(broker: RunningBroker) -> Non
     finally:
         await asyncio.to_thread(t.close)
     assert got == ["unavailable"] * 8, got  # no scheduler of that instance: each says so
+
+
+async def test_a_reply_this_client_cannot_read_is_bad_reply_not_bad_request(
+    broker: RunningBroker, instance: str
+) -> None:
+    """Found by a review: a reply whose data did not fit the contract (another version of
+    the scheduler) was reported as ``bad_request`` "bad args", though the op had run: a
+    script would submit again and queue the job twice."""
+    from tomato_mqtt.transport.client import AsyncClient
+    from tomato_mqtt.wire.messages import Reply, Request, decode, encode
+    from tomato_mqtt.wire.topics import Topics
+
+    url = f"mqtt://127.0.0.1:{broker.port}"
+    ran: list[str] = []
+    fake = AsyncClient(url, client_id="fake-scheduler")
+    await fake.connect(timeout=5)
+
+    async def answer(topic: str) -> None:
+        await fake.subscribe(topic)
+        while True:
+            m = await fake.next_message(30)
+            req = decode(Request, m.payload, m.topic)
+            ran.append(m.topic)
+            data = {"id": 99, "payload": {}, "status": "q"}  # no submitted_at
+            await fake.publish(
+                req.reply_to, encode(Reply(id=req.id, success=True, msg="ok", data=data))
+            )
+
+    task = asyncio.ensure_future(answer(Topics(instance).scheduler_cmds()))
+    try:
+        async with AsyncTomato(url, instance, timeout=3.0) as t:
+            with pytest.raises(ClientError) as e:
+                await t.submit({"version": "2.2", "sample": {"identifier": "s"}, "method": []})
+            assert e.value.code == "bad_reply", e.value
+            assert "another version of tomato-mqtt" in str(e.value), e.value
+            assert len(ran) == 1  # it was sent once, and ran
+            with pytest.raises(ClientError) as e:  # what is checked before sending
+                await t.call("job_status", {"jobids": "x"})
+            assert e.value.code == "bad_request" and len(ran) == 1, e.value
+    finally:
+        task.cancel()
+        await fake.disconnect()

@@ -43,6 +43,12 @@ from tomato_mqtt.wire.topics import Topics
 __all__ = ["AsyncTomato", "ClientError", "Job", "NoResponder", "ReplyError"]
 
 
+def _problems(e: ValidationError) -> str:
+    return "; ".join(
+        f"{'.'.join(str(x) for x in err['loc']) or 'args'}: {err['msg']}" for err in e.errors()
+    )
+
+
 class ClientError(Exception):
     """A request that failed: ``code`` is the reply's error code (``wire.messages``)."""
 
@@ -199,16 +205,20 @@ class AsyncTomato:
             raise ClientError(
                 f"no operation {op!r} of the {responder} (known: {known})", "unknown_op"
             ) from None
+        try:  # the args, checked before anything is sent
+            checked = cmd.parse_args(dict(args or {}))
+        except ValidationError as e:
+            raise ClientError(f"bad args for {op!r}: {_problems(e)}", "bad_request") from None
         try:
             return await self.requester.call(
-                topic, cmd, dict(args or {}), timeout=timeout or self.timeout, who=who
+                topic, cmd, checked, timeout=timeout or self.timeout, who=who
             )
-        except ValidationError as e:  # the args, checked before anything is sent
-            problems = "; ".join(
-                f"{'.'.join(str(x) for x in err['loc']) or 'args'}: {err['msg']}"
-                for err in e.errors()
-            )
-            raise ClientError(f"bad args for {op!r}: {problems}", "bad_request") from None
+        except ValidationError as e:  # the reply's data: the op ran, its answer is odd
+            raise ClientError(
+                f"the {who} answered {op!r} with data this client cannot read (is it "
+                f"another version of tomato-mqtt?): {_problems(e)}",
+                "bad_reply",
+            ) from None
         except ReplyError as e:
             raise ClientError(str(e), e.code) from None
         except NoResponder as e:
