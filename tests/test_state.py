@@ -339,4 +339,8 @@ def test_ids_continue_after_those_the_recorder_and_job_folders_know(tmp_path: Pa
     restored.close()
 
     (tmp_path / "bad.sqlite").write_bytes(b"not a database" * 100)  # unreadable: ignored
+    # found by a review: a huge folder name stopped the scheduler (OverflowError)
+    (jobs / "99999999999999999999").mkdir()
+    (jobs / str(2**63 - 1)).mkdir()
+    assert highest_job_elsewhere(tmp_path / "bad.sqlite", jobs) == (0, "")
     assert highest_job_elsewhere(tmp_path / "bad.sqlite", tmp_path / "none") == (0, "")

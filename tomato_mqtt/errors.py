@@ -148,8 +148,9 @@ def parse_document(text: str, json_only: bool = False) -> Any:
             ) from None
     import yaml
 
+    loader = _loader()(text)
     try:
-        data = yaml.safe_load(text)
+        data = loader.get_single_data()
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else None
@@ -157,9 +158,33 @@ def parse_document(text: str, json_only: bool = False) -> Any:
         raise DocumentError(where, f"invalid YAML: {what}") from None
     except yaml.YAMLError as e:
         raise DocumentError(None, f"invalid YAML: {e}") from None
-    if "*" in text:  # aliases: what they expand to is bounded, not only the text
+    finally:
+        loader.dispose()
+    if loader.aliases:  # what aliases expand to is bounded, not only the text
         _check_expansion(data)
     return data
+
+
+_LOADER: Any = None
+
+
+def _loader() -> Any:
+    """``yaml.SafeLoader`` that counts the aliases (``*name``) it resolves (made on first
+    use: PyYAML is imported only when a YAML document is read)."""
+    global _LOADER
+    if _LOADER is None:
+        import yaml
+
+        class CountingLoader(yaml.SafeLoader):
+            aliases = 0
+
+            def compose_node(self, parent: Any, index: Any) -> Any:
+                if self.check_event(yaml.AliasEvent):
+                    self.aliases += 1
+                return super().compose_node(parent, index)
+
+        _LOADER = CountingLoader
+    return _LOADER
 
 
 #: values a YAML document may expand to through its aliases (``*name``): a few hundred

@@ -131,7 +131,8 @@ class StateStore:
         try:
             yield self._db
         except BaseException:
-            self._db.execute("ROLLBACK")
+            if self._db.in_transaction:  # SQLite may have rolled back itself (SQLITE_FULL)
+                self._db.execute("ROLLBACK")
             raise
         finally:
             self._depth = 0
@@ -405,6 +406,12 @@ def _pipeline(row: sqlite3.Row) -> PipelineState:
     )
 
 
+#: the highest job id taken as evidence of ids in use (found by a review: a folder named
+#: 99999999999999999999 stopped the scheduler with an OverflowError, and one at 2**63-1
+#: made every later submit fail): a trillion jobs are beyond any lab
+PLAUSIBLE_ID = 10**12
+
+
 def highest_job_elsewhere(recorder_db: Path, jobs_dir: Path) -> tuple[int, str]:
     """The highest job id this PC's recorder store or job folders know, and where it was
     seen. A state file that was removed, emptied or restored from a backup would start
@@ -417,7 +424,9 @@ def highest_job_elsewhere(recorder_db: Path, jobs_dir: Path) -> tuple[int, str]:
             db = sqlite3.connect(f"file:{recorder_db}?mode=ro", uri=True, timeout=5.0)
             try:
                 for table in ("stored", "finals"):
-                    got = db.execute(f"SELECT max(job) FROM {table}").fetchone()[0]
+                    got = db.execute(
+                        f"SELECT max(job) FROM {table} WHERE job <= ?", (PLAUSIBLE_ID,)
+                    ).fetchone()[0]
                     if got is not None and int(got) > best:
                         best, where = int(got), f"the recorder's store {recorder_db}"
             finally:
@@ -426,6 +435,6 @@ def highest_job_elsewhere(recorder_db: Path, jobs_dir: Path) -> tuple[int, str]:
             pass  # unreadable: the recorder says so itself; the folders below still count
     if jobs_dir.is_dir():
         for d in jobs_dir.iterdir():
-            if d.name.isdigit() and int(d.name) > best:
+            if d.name.isdigit() and best < int(d.name) <= PLAUSIBLE_ID:
                 best, where = int(d.name), f"the job folder {d}"
     return best, where
