@@ -145,3 +145,54 @@ async def test_stored_points_are_never_loaded_with_a_person_s_right_to_them(
         finally:
             dash.viewers.discard(page)
             await dash.mqtt.publish(topics.job_status(7), b"", retain=True)
+
+
+async def test_an_ended_job_whose_plots_missed_points_is_made_anew_from_its_file(
+    broker: RunningBroker, instance: str, tmp_path: Any
+) -> None:
+    """Found by a user's audit (1 of 4 broker kills): the 2 points published as the
+    broker was killed never reached the dashboard; its page showed "190 stored, 188 on
+    screen" for good. Here the dashboard misses a second of live data (its subscription
+    dropped, as a broker restart or a busy dashboard drops them): once the job has ended
+    and a page shows it, its plots are made anew from the file, every point in them."""
+    import yaml
+
+    from tests.inproc import CONFIG, inproc_stack
+
+    payload = yaml.safe_load((CONFIG / "counter_1_0.1.yml").read_text())
+    payload["method"][0].update(time=3.0, delay=0.05)
+    topics = Topics(instance)
+
+    def held(job: int) -> int:  # the points the dashboard's pages plot
+        return sum(x.points for x in dash.state.series.get(job, {}).values())
+
+    async with (
+        inproc_stack(broker.port, tmp_path, instance) as st,
+        running_dashboard(broker.url, instance) as dash,
+    ):
+        work = st.settings.datadir / "work"
+        work.mkdir(parents=True)
+        await st.call("pipeline_load", {"pipeline": "pip-counter-1", "sampleid": "counter_1_0.1"})
+        await st.call("pipeline_ready", {"pipeline": "pip-counter-1"})
+        job = await st.call("job_submit", {"payload": payload, "submit_dir": str(work)})
+        await _until(lambda: held(job.id) > 0, 10, "live points")
+        await dash.mqtt.unsubscribe(topics.all_component_data())  # a second unheard
+        await asyncio.sleep(1.0)
+        await dash.mqtt.subscribe(topics.all_component_data(), droppable=True)
+        ended = await st.wait_job(job.id, {"c", "ce", "cd"}, timeout=30)
+        assert ended.status == "c", ended
+        await _until(
+            lambda: bool(dash.state.jobs.get(job.id) and dash.state.jobs[job.id].points),
+            10,
+            "counts",
+        )
+        stored = sum(dash.state.jobs[job.id].points.values())
+        assert 0 < held(job.id) < stored  # the page missed some
+        page = Viewer(session=dash.sessions.shared)
+        dash.viewers.add(page)
+        try:
+            dash.watch(page, job.id)
+            await _until(lambda: held(job.id) == stored, 15, "the plots made anew")
+            assert dash.backfill_state[job.id] == f"loaded {stored}", dash.backfill_state
+        finally:
+            dash.viewers.discard(page)

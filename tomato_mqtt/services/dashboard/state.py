@@ -224,6 +224,28 @@ class LabState:
         self._series_changed.add(job)
         return len(keep)
 
+    def held(self, job: int) -> int:
+        """The points of ``job`` this dashboard holds (what its pages plot)."""
+        return sum(s.points for s in self.series.get(job, {}).values())
+
+    def replace(
+        self,
+        job: int,
+        component: str,
+        role: str,
+        uts: list[float],
+        columns: dict[str, list[Any]],
+        units: dict[str, str],
+        task: list[int],
+    ) -> int:
+        """A component's series of ``job`` made anew from its stored points (the job's
+        file): live deliveries it missed (a broker restart, messages dropped under
+        load) are in it. Returns how many points it holds now."""
+        per_job = self.series.setdefault(job, {})
+        per_job[component] = Series()
+        self.marks[job] = [m for m in self.marks.get(job, []) if m.get("component") != component]
+        return self.backfill(job, component, role, uts, columns, units, task)
+
     def _mark(self, kind: str, key: str) -> None:
         self._changed[(kind, key)] = None
 
