@@ -259,6 +259,9 @@ async def test_dashboard_roles_on_secured_mosquitto(
             assert "✓" in await sign_in("olga", "pw-olga")
             await page.wait_for_function("() => window.S.me && window.S.me.user === 'olga'")
             await page.locator("#submit-controls").wait_for(state="visible", timeout=5_000)
+            # her own jobs get cancel and download, another operator's not (a user's audit)
+            acts = "(owner) => window.mayActOn({owner})"
+            assert await page.evaluate(acts, "olga") and not await page.evaluate(acts, "otto")
             await page.select_option("#pc-pipeline", "pip-a")
             await page.fill("#pc-sample", "olgas-sample")
             await _act(page, '#pipeline-controls button[data-op="pipeline_load"]', "✓")

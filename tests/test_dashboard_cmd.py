@@ -132,6 +132,9 @@ async def test_an_upload_may_not_make_the_server_read_its_files(
         assert "cannot name another file" in r["msg"] and "top-secret" not in r["msg"], r
         r = await _cmd(dash, "job_submit", {"text": upload, "filename": ".."})  # was a 500
         assert not r["success"] and r["code"] == "refused", r
+        # found by a user's audit: an empty file chosen read "choose a payload file"
+        r = await _cmd(dash, "job_submit", {"text": "", "filename": "empty.yml"})
+        assert r["msg"] == "payload refused: empty.yml: the file is empty", r
         # found by a review: 600 bytes of nested YAML aliases expanded to 2.5 GB of JSON
         # in the dashboard (these 7 levels: 28 MB in 0.8 s; each level more x9)
         levels = ['a0: &a0 ["x","x","x","x","x","x","x","x","x"]']

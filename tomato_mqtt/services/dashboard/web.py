@@ -216,8 +216,10 @@ def _payload_args(args: dict[str, Any], user: str | None) -> dict[str, Any]:
 
     text = args.get("text")
     name = Path(str(args.get("filename") or "payload.yml")).name[:200] or "payload.yml"
-    if not isinstance(text, str) or not text.strip():
+    if not isinstance(text, str):
         raise _BadUpload("choose a payload file")
+    if not text.strip():  # a file was chosen: say what is wrong with it, as ketchup does
+        raise _BadUpload(f"payload refused: {name}: the file is empty")
     try:
         doc = read_payload_text(text, name)
     except PayloadError as e:

@@ -23,6 +23,10 @@ const now = () => Date.now() / 1000 + S.offset;  // the server's clock
 const fmtTime = (iso) => (iso ? new Date(iso).toLocaleTimeString() : "");
 const fmtVal = (v) => (typeof v === "number" ? (Number.isInteger(v) ? String(v) : v.toPrecision(5)) : esc(v));
 const can = (op) => !!(S.me && S.me.controls.includes(op));
+// an operator acts on their own jobs only (the scheduler refuses the others: found by a
+// user's audit, the page offered cancel and download on other users' jobs all the same)
+const mayActOn = (j) => !!S.me && (S.me.open || S.me.role === "admin" || !j.owner || j.owner === S.me.user);
+window.mayActOn = mayActOn;
 
 // -- keyed rows: touch only what changed ---------------------------------------------------
 function renderRows(tbody, rows) {
@@ -175,7 +179,7 @@ function renderJobs() {
   const active = all.filter((j) => !["c", "ce", "cd"].includes(j.status));
   const done = all.filter((j) => ["c", "ce", "cd"].includes(j.status)).slice(0, MAX_JOB_ROWS);
   const rows = [...active, ...done].map((j) => {
-    const cancel = can("job_cancel") && ["q", "qw", "r"].includes(j.status) ? `<button class="cancel" data-job="${j.id}">cancel</button>` : "";
+    const cancel = can("job_cancel") && mayActOn(j) && ["q", "qw", "r"].includes(j.status) ? `<button class="cancel" data-job="${j.id}">cancel</button>` : "";
     return [String(j.id), `<td><a href="#/job/${j.id}">${j.id}</a></td><td>${esc(j.jobname)}</td>` +
       `<td><span class="code s-${esc(j.status)}" data-status="${esc(j.status)}">${esc(j.status)}</span> ${esc(j.meaning)}</td>` +
       `<td>${esc(j.pipeline)}</td><td>${esc(j.owner)}</td><td>${fmtTime(j.submitted_at)}</td><td>${fmtTime(j.launched_at)}</td>` +

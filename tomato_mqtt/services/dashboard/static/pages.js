@@ -165,9 +165,9 @@ function renderJobPage() {
     ` · submitted ${esc(j.submitted_at)} · started ${esc(j.launched_at ?? "—")} · ended ${esc(j.completed_at ?? "—")}` +
     ` · points stored ${j.points ?? "—"} · points on screen ${pts}` + (j.reason ? `<br><span class="reason">${esc(j.reason)}</span>` : "") +
     (j.respath ? `<br>results: <code>${esc(j.respath)}</code>` : "");
-  $("jp-cancel").hidden = !(can("job_cancel") && ["q", "qw", "r"].includes(j.status));
+  $("jp-cancel").hidden = !(can("job_cancel") && mayActOn(j) && ["q", "qw", "r"].includes(j.status));
   const dl = $("jp-download");
-  dl.hidden = !(can("job_snapshot") && !["q", "qw"].includes(j.status));
+  dl.hidden = !(can("job_snapshot") && mayActOn(j) && !["q", "qw"].includes(j.status));
   dl.href = `/api/job/${J.id}/download`;
   dl.textContent = ["c", "ce", "cd"].includes(j.status) ? "download results (.nc)" : "download snapshot (.nc)";
   renderPayload();
