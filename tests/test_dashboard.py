@@ -262,6 +262,10 @@ async def test_dashboard_roles_on_secured_mosquitto(
             # her own jobs get cancel and download, another operator's not (a user's audit)
             acts = "(owner) => window.mayActOn({owner})"
             assert await page.evaluate(acts, "olga") and not await page.evaluate(acts, "otto")
+            # a hole in the data breaks the plotted line (a user's audit: drawn straight)
+            steps = [0.2 * i for i in range(50)] + [32.0 + 0.2 * i for i in range(10)]
+            assert await page.evaluate("(ts) => window.gapOf(ts)", steps) == pytest.approx(2.0)
+            assert await page.evaluate("(ts) => window.gapOf(ts)", [0, 5, 10, 15]) == 50.0
             await page.select_option("#pc-pipeline", "pip-a")
             await page.fill("#pc-sample", "olgas-sample")
             await _act(page, '#pipeline-controls button[data-op="pipeline_load"]', "✓")

@@ -93,6 +93,18 @@ $("jp-vars").addEventListener("change", (e) => {
   queue(cmp);
 });
 
+// a hole in the data (a stalled node, a cut network) is drawn as a break in the line,
+// not as a straight line across it (found by a user's audit): a step longer than ten
+// times the usual one (at least 2 s)
+function gapOf(ts) {
+  if (ts.length < 3) return Infinity;
+  const d = [];
+  for (let i = 1; i < ts.length; i++) d.push(ts[i] - ts[i - 1]);
+  d.sort((a, b) => a - b);
+  return Math.max(10 * d[Math.floor(d.length / 2)], 2.0);
+}
+window.gapOf = gapOf;
+
 async function drawQueued() {
   J.frame = 0;
   if (!window.Plotly || J.id === null) return;
@@ -112,10 +124,13 @@ async function drawQueued() {
       if (!s.lo[v].some((x) => x != null)) continue;  // text or arrays: nothing to plot
       const box = ensureVar(cmp, v, s.units[v]);
       if (J.hidden.has(`${cmp}|${v}`)) continue;
-      const x = [], y = [], lo = s.lo[v], hi = s.hi[v];
+      const x = [], y = [], lo = s.lo[v], hi = s.hi[v], gap = gapOf(s.t);
+      let prev = null;
       for (let i = 0; i < s.t.length; i++) {
         if (lo[i] == null) continue;
         const t = s.t[i] * 1000;
+        if (prev !== null && s.t[i] - prev > gap) { x.push(t - 1); y.push(null); }
+        prev = s.t[i];
         x.push(t); y.push(lo[i]);
         if (hi[i] !== lo[i]) { x.push(t); y.push(hi[i]); }
       }
