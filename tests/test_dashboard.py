@@ -191,6 +191,22 @@ async def test_dashboard_live_controls(
         refused = await _act(page, '#cp-controls button[data-op="set_attr"]', "✗")
         assert "minimum" in refused, refused
 
+        # the broker goes away: the page's socket to the dashboard stays up, but the pill
+        # says that nothing comes from the stack (a user's audit: "live" all along)
+        assert await page.text_content("#conn") == "live"
+        await broker.stop()
+        try:
+            await page.wait_for_function(
+                "() => document.getElementById('conn').textContent.includes("
+                "'no status from the stack')",
+                timeout=15_000,
+            )
+        finally:
+            await broker.start()
+        await page.wait_for_function(
+            "() => document.getElementById('conn').textContent === 'live'", timeout=20_000
+        )
+
 
 @pytest.mark.parametrize("role", ["reader"])
 async def test_dashboard_read_only(
@@ -266,6 +282,9 @@ async def test_dashboard_roles_on_secured_mosquitto(
             steps = [0.2 * i for i in range(50)] + [32.0 + 0.2 * i for i in range(10)]
             assert await page.evaluate("(ts) => window.gapOf(ts)", steps) == pytest.approx(2.0)
             assert await page.evaluate("(ts) => window.gapOf(ts)", [0, 5, 10, 15]) == 50.0
+            # every service heard from lately: no alarm in the pill (a stopped broker:
+            # test_dashboard_live_controls)
+            assert await page.evaluate("() => window.silentFor()") is None
             await page.select_option("#pc-pipeline", "pip-a")
             await page.fill("#pc-sample", "olgas-sample")
             await _act(page, '#pipeline-controls button[data-op="pipeline_load"]', "✓")

@@ -137,6 +137,26 @@ function renderPresence() {
     row(`node:${id}`, `node ${n.node}`, n, `${n.components.length} components · ${drv}${n.spool_pending ? ` · spool ${n.spool_pending}` : ""}`);
   }
   renderRows($("presence").tBodies[0], rows);
+  renderConn();
+}
+
+// the pill says "live" for the page's socket to the dashboard; when nothing at all has
+// come from the stack for lost_after (every service silent: most likely the broker, or
+// the dashboard's way to it), it says so (found by a user's audit: "live" while the
+// broker was stopped for 32 s)
+function silentFor() {
+  const seen = [S.scheduler, S.recorder, ...Object.values(S.nodes)].map((v) => v && v.rx).filter((x) => x);
+  if (!seen.length) return null;
+  const age = now() - Math.max(...seen);
+  return age > S.lostAfter ? age : null;
+}
+window.silentFor = silentFor;
+function renderConn() {
+  const c = $("conn");
+  if (!window.__dash.ws || window.__dash.ws.readyState !== 1) return;  // onclose says it
+  const quiet = silentFor();
+  c.textContent = quiet === null ? "live" : `live · no status from the stack for ${quiet.toFixed(0)} s (broker unreachable?)`;
+  c.className = quiet === null ? "pill on" : "pill lost";
 }
 
 function cmpCell(role, slug) {
