@@ -193,7 +193,12 @@ class NodeService(Service):
             with contextlib.suppress(Exception):
                 await self._units_loaded
         if self.spool is not None:
+            # the points the runners took since the drain go to the spool (replayed at
+            # the next start); a task end told after this finds no spool, not a closed one
+            with contextlib.suppress(Exception):
+                await self.data.flush_all()
             self.spool.close()
+            self.spool = None
 
     async def on_connect(self) -> None:
         # the broker may have lost every retained message (amqtt keeps none across restarts)

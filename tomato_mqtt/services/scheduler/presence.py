@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import sqlite3
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -184,11 +185,15 @@ class Presence:
         self.recorder_down = why
         running = svc.store.jobs(statuses=["r", "rd"])
         for job in running:
-            if why is not None and job.reason is None:
-                job = svc.store.update_job(job.id, reason=why)
-            elif why is None and job.reason and job.reason.startswith(RECORDER_DOWN):
-                job = svc.store.update_job(job.id, reason=None)
-            else:
+            try:
+                if why is not None and job.reason is None:
+                    job = svc.store.update_job(job.id, reason=why)
+                elif why is None and job.reason and job.reason.startswith(RECORDER_DOWN):
+                    job = svc.store.update_job(job.id, reason=None)
+                else:
+                    continue
+            except sqlite3.Error as e:  # a state file that takes no writes: advisory only
+                log.warning("job %d: its reason not stored (%s)", job.id, e)
                 continue
             await svc.publish_job(job)
         return [job.id for job in running]
