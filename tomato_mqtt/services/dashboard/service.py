@@ -364,9 +364,10 @@ class DashboardService:
             (self._refilled if replace else self._backfilled).discard(job)
             return
         n = 0
-        load = self.state.replace if replace else self.state.backfill
         for r in roles:
-            n += load(job, r.component, r.role, r.uts, r.columns, r.units, r.task)
+            n += self.state.backfill(
+                job, r.component, r.role, r.uts, r.columns, r.units, r.task, fresh=replace
+            )
         log.info("job %d: %d stored points loaded%s", job, n, " (the plots made anew)" * replace)
         self.backfill_state[job] = f"loaded {n}"
         for v in list(self.viewers):

@@ -199,13 +199,19 @@ class LabState:
         columns: dict[str, list[Any]],
         units: dict[str, str],
         task: list[int],
+        fresh: bool = False,
     ) -> int:
         """Stored points of a job from before this dashboard saw it (its file): those
-        older than the first point received live are added. Returns how many."""
+        older than the first point received live are added. Returns how many.
+
+        ``fresh``: the component's series made anew from them all (an ended job whose
+        live view missed deliveries: a broker restart, messages dropped under load)."""
         per_job = self.series.setdefault(job, {})
         s = per_job.get(component)
-        if s is None:
+        if s is None or fresh:
             s = per_job[component] = Series()
+            marks = self.marks.get(job, [])
+            self.marks[job] = [m for m in marks if m.get("component") != component]
         before = s.first_t if s.first_t is not None else float("inf")
         keep = [i for i, t in enumerate(uts) if t < before]
         if keep:
@@ -227,24 +233,6 @@ class LabState:
     def held(self, job: int) -> int:
         """The points of ``job`` this dashboard holds (what its pages plot)."""
         return sum(s.points for s in self.series.get(job, {}).values())
-
-    def replace(
-        self,
-        job: int,
-        component: str,
-        role: str,
-        uts: list[float],
-        columns: dict[str, list[Any]],
-        units: dict[str, str],
-        task: list[int],
-    ) -> int:
-        """A component's series of ``job`` made anew from its stored points (the job's
-        file): live deliveries it missed (a broker restart, messages dropped under
-        load) are in it. Returns how many points it holds now."""
-        per_job = self.series.setdefault(job, {})
-        per_job[component] = Series()
-        self.marks[job] = [m for m in self.marks.get(job, []) if m.get("component") != component]
-        return self.backfill(job, component, role, uts, columns, units, task)
 
     def _mark(self, kind: str, key: str) -> None:
         self._changed[(kind, key)] = None
