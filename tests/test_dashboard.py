@@ -190,6 +190,23 @@ async def test_dashboard_live_controls(
         await page.fill("#cp-value", "-5")
         refused = await _act(page, '#cp-controls button[data-op="set_attr"]', "✗")
         assert "minimum" in refused, refused
+        # the value column shows what was read when the page opened, and what was set
+        # (a user's audit: it stayed empty; the counter's status carries no attrs)
+        cell = page.locator('#cp-attrs td.attr-val[data-attr="max"]')
+        await page.wait_for_function(
+            "() => document.querySelector('#cp-attrs td.attr-val[data-attr=\"max\"]')"
+            ".textContent !== ''",
+            timeout=10_000,
+        )
+        await page.select_option("#cp-attr", "max")
+        await page.fill("#cp-value", "12.5")
+        await _act(page, '#cp-controls button[data-op="set_attr"]', "✓")
+        await page.wait_for_function(
+            "() => document.querySelector('#cp-attrs td.attr-val[data-attr=\"max\"]')"
+            ".textContent.startsWith('12.5')",
+            timeout=10_000,
+        )
+        assert "12.5" in str(await cell.text_content())
 
         # the broker goes away: the page's socket to the dashboard stays up, but the pill
         # says that nothing comes from the stack (a user's audit: "live" all along)

@@ -206,6 +206,13 @@ $("jp-download").addEventListener("click", async (e) => {
 });
 
 // -- component page --------------------------------------------------------------------------
+// attr values as read or set from this page (a driver's status need not carry them: found
+// by a user's audit, the value column stayed empty); read once when the page opens
+const attrValues = {};
+const attrsAsked = new Set();
+function noteAttrs(slug, data) {
+  if (data && typeof data === "object") Object.assign(attrValues[slug] ||= {}, data);
+}
 function renderComponentPage(slug) {
   const c = S.components[slug] || {}, meta = c.meta, st = c.status, last = S.lasts[slug];
   $("cp-title").textContent = meta ? meta.name : slug;
@@ -214,7 +221,13 @@ function renderComponentPage(slug) {
   const attrs = (meta && meta.attrs) || {};
   renderRows($("cp-attrs").tBodies[0], Object.entries(attrs).map(([k, a]) => [k,
     `<td>${esc(k)}</td><td>${esc(a.type)}</td><td>${esc(a.units)}</td><td>${a.rw ? "rw" : "r"}</td><td>${esc(a.minimum)}</td><td>${esc(a.maximum)}</td>` +
-    `<td>${esc((a.options || []).join(", "))}</td><td class="attr-val" data-attr="${esc(k)}">${st && k in st.attrs ? fmtVal(st.attrs[k]) : ""}</td>`]));
+    `<td>${esc((a.options || []).join(", "))}</td><td class="attr-val" data-attr="${esc(k)}">${st && k in st.attrs ? fmtVal(st.attrs[k]) : k in (attrValues[slug] || {}) ? fmtVal(attrValues[slug][k]) : ""}</td>`]));
+  if (meta && can("get_attr") && !attrsAsked.has(slug)) {
+    attrsAsked.add(slug);
+    post("/api/cmd", { op: "get_attr", args: { component: meta.name, attrs: [] } }).then((r) => {
+      if (r.success) { noteAttrs(slug, r.data); if (route().id === slug) renderComponentPage(slug); }
+    });
+  }
   $("cp-caps").innerHTML = ((meta && meta.capabilities) || []).map((x) => `<li>${esc(x)}</li>`).join("");
   $("cp-consts").textContent = JSON.stringify((meta && meta.constants) || {}, null, 2);
   $("cp-last").textContent = last ? `${new Date(last.uts * 1000).toLocaleTimeString()}\n` + Object.entries(last.values).map(([k, v]) => `${k} = ${v}${last.units[k] ? " " + last.units[k] : ""}`).join("\n") : "—";
@@ -228,10 +241,11 @@ $("cp-controls").addEventListener("click", (e) => {
   if (!op) return;
   const slug = route().id, c = S.components[slug];
   const component = c && c.meta ? c.meta.name : slug, attr = $("cp-attr").value;
-  if (op === "get_attr") { command(op, { component, attrs: [attr] }); return; }
+  const done = (r) => { if (r.success) { noteAttrs(slug, r.data); renderComponentPage(slug); } };
+  if (op === "get_attr") { command(op, { component, attrs: [attr] }).then(done); return; }
   let val = $("cp-value").value;
   try { val = JSON.parse(val); } catch { /* a plain string */ }
-  command(op, { component, attr, val });
+  command(op, { component, attr, val }).then(done);
 });
 
 window.renderPage = (d) => {
