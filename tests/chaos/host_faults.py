@@ -45,7 +45,12 @@ __all__ = ["netns_cut", "skew", "skew_shown", "store_full", "store_full_shown"]
 
 # -- a remote node cut off longer than lost_after + grace ----------------------------------
 USER = "lab"
-LATE_BOUND = 8.0  # s after the link is back for the late points to reach the file
+#: s after the link is back for the late points to reach the file. The node's TCP
+#: connection outlives a 16 s cut (keepalive 30 s), so its queued data go out on TCP's
+#: next retransmission, whose back-off doubles through the cut (0.2, 0.4 ... 6.4, 12.8 s):
+#: up to ~13 s after the link is back. 8 s failed once in a loaded full run (96 of 120
+#: points at the bound, 2026-12-01); every other run merged within ~1 s
+LATE_BOUND = 20.0
 RESET_WAIT = 10.0  # the scheduler's timeout for a component's reset after a job
 
 
