@@ -173,13 +173,17 @@ def test_start_refuses_a_state_file_it_cannot_read_at_once(
         path.write_bytes(data[: len(data) // 2])
     before = path.read_bytes()
     t0 = time.monotonic()
-    res = subprocess.run([*exe, "start", *dirs, "-t", "60"], capture_output=True, text=True)
-    assert res.returncode == 1, res
-    assert time.monotonic() - t0 < 15  # not the start's whole timeout
-    assert f"{words} {path} cannot be read (" in res.stderr, res.stderr
-    assert "nothing was started" in res.stderr and "move it away" in res.stderr, res.stderr
-    assert processes_of(port) == []
-    assert path.read_bytes() == before  # left as it was, for whoever can rescue it
+    try:
+        res = subprocess.run([*exe, "start", *dirs, "-t", "60"], capture_output=True, text=True)
+        assert res.returncode == 1, res
+        assert time.monotonic() - t0 < 15  # not the start's whole timeout
+        assert f"{words} {path} cannot be read (" in res.stderr, res.stderr
+        assert "nothing was started" in res.stderr and "move it away" in res.stderr, res.stderr
+        assert processes_of(port) == []
+        assert path.read_bytes() == before  # left as it was, for whoever can rescue it
+    finally:  # a start that was not refused (the code before the fix) leaves no stack
+        if processes_of(port):
+            subprocess.run([*exe, "stop", *dirs], capture_output=True, timeout=60)
 
 
 def _meta(name: str, **kw: object) -> ComponentMeta:
