@@ -147,6 +147,15 @@ class FakeHost:
 _KEEP: set[asyncio.Future[Any]] = set()
 
 
+async def _task_ended(host: FakeHost, npoints: int = 60) -> None:
+    """The node says: task 0 of job 1 ended, idle again (as its retained status does)."""
+    end = TaskEndInfo(job=1, task=0, reason="done", t_start=0, t_end=1, npoints=npoints, stream="s")
+    ended = ComponentStatus(
+        name="cmp", node="pc1", state="idle", time=time.time(), epoch=1, last_task=end
+    )
+    await host.set(cstatus={"cmp": ended})
+
+
 def _job() -> Job:
     payload = {
         "method": [
@@ -266,11 +275,7 @@ async def test_a_node_restarted_as_its_task_ends_is_not_waited_for_to_reset() ->
     host = FakeHost()
     host.silent_reset = True
     _runner, done = await _run(host)
-    end = TaskEndInfo(job=1, task=0, reason="done", t_start=0, t_end=1, npoints=60, stream="s")
-    ended = ComponentStatus(
-        name="cmp", node="pc1", state="idle", time=time.time(), epoch=1, last_task=end
-    )
-    await host.set(cstatus={"cmp": ended})
+    await _task_ended(host)
     await asyncio.sleep(0.3)  # the job asks for the reset; the node is gone
     t0 = time.monotonic()
     await host.set(node=host.node.model_copy(update={"epoch": 2}))  # ... and back
@@ -291,11 +296,7 @@ async def test_a_node_merely_gone_is_still_waited_for_to_reset(
     host = FakeHost()
     host.silent_reset = True
     _runner, done = await _run(host)
-    end = TaskEndInfo(job=1, task=0, reason="done", t_start=0, t_end=1, npoints=60, stream="s")
-    ended = ComponentStatus(
-        name="cmp", node="pc1", state="idle", time=time.time(), epoch=1, last_task=end
-    )
-    await host.set(cstatus={"cmp": ended})
+    await _task_ended(host)
     await asyncio.sleep(0.2)
     t0 = time.monotonic()
     await host.set(node=host.node.model_copy(update={"state": "lost", "epoch": 0}))

@@ -309,14 +309,8 @@ class DashboardService:
         # by a security review: an owner's page loaded them, then a page nobody signed in
         # to showed them). On a secured stack that login is a reader: the plots of a job
         # that began before the dashboard start with the live data there.
-        s = self.sessions.shared
-        if s is None or s.me is None or "job_snapshot" not in s.me.ops:
-            return
-        self._backfilled.add(job)
-        self.backfill_state[job] = "loading"
-        task = asyncio.ensure_future(self._backfill(job, s))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        if self._load_stored(job, replace=False):
+            self._backfilled.add(job)
 
     def _maybe_refill(self, job: int) -> None:
         """An ended job whose stored points outnumber those this dashboard holds: the live
@@ -331,14 +325,20 @@ class DashboardService:
         stored = sum(j.points.values()) if j.points else 0
         if stored <= self.state.held(job):
             return
-        s = self.sessions.shared  # the dashboard's own login, as for the backfill
+        if self._load_stored(job, replace=True):
+            self._refilled.add(job)
+
+    def _load_stored(self, job: int, replace: bool) -> bool:
+        """Start loading the job's stored points with the dashboard's own login (see
+        _maybe_backfill); False when that login may not take snapshots."""
+        s = self.sessions.shared
         if s is None or s.me is None or "job_snapshot" not in s.me.ops:
-            return
-        self._refilled.add(job)
+            return False
         self.backfill_state[job] = "loading"
-        task = asyncio.ensure_future(self._backfill(job, s, replace=True))
+        task = asyncio.ensure_future(self._backfill(job, s, replace=replace))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return True
 
     async def _backfill(self, job: int, s: Session, replace: bool = False) -> None:
         from tomato_mqtt.services.dashboard.files import chunks, read_job_file, take_snapshot

@@ -178,39 +178,42 @@ class Presence:
             log.warning("the recorder is not answering (%s); running jobs: %s", how, jobs)
 
     async def _recorder_reason(self, why: str | None) -> list[int]:
-        """The running jobs' reason while the recorder is down; cleared when it is back
-        (a reason of another kind is left as it is). Returns the running jobs."""
-        svc = self.svc
-        assert svc.store is not None
+        """The running jobs' reason while the recorder is down; cleared when it is back.
+        Returns the running jobs."""
         self.recorder_down = why
+        return await self._fault_reason(why, RECORDER_DOWN)
+
+    async def _storage(self, error: str | None) -> None:
+        old, self.storage_error = self.storage_error, error
+        if error is not None and not error.startswith(STORAGE_PREFIX):
+            error = f"{STORAGE_PREFIX}: {error}"
+        await self._fault_reason(error, STORAGE_PREFIX, replaces=old)
+
+    async def _fault_reason(
+        self, why: str | None, prefix: str, replaces: str | None = None
+    ) -> list[int]:
+        """A fault of the stack as the running jobs' reason while it lasts: ``why`` on
+        each with no reason (or ``replaces``, the same fault's previous text); None clears
+        each whose reason starts with ``prefix`` (a reason of another kind stays). A state
+        file that takes no writes only loses the reason (it is advisory). Returns the
+        running jobs."""
+        svc = self.svc
+        if svc.store is None:
+            return []
         running = svc.store.jobs(statuses=["r", "rd"])
         for job in running:
             try:
-                if why is not None and job.reason is None:
+                if why is not None and job.reason in (None, replaces):
                     job = svc.store.update_job(job.id, reason=why)
-                elif why is None and job.reason and job.reason.startswith(RECORDER_DOWN):
+                elif why is None and job.reason and job.reason.startswith(prefix):
                     job = svc.store.update_job(job.id, reason=None)
                 else:
                     continue
-            except sqlite3.Error as e:  # a state file that takes no writes: advisory only
+            except sqlite3.Error as e:
                 log.warning("job %d: its reason not stored (%s)", job.id, e)
                 continue
             await svc.publish_job(job)
         return [job.id for job in running]
-
-    async def _storage(self, error: str | None) -> None:
-        svc = self.svc
-        assert svc.store is not None
-        old, self.storage_error = self.storage_error, error
-        for job in svc.store.jobs(statuses=["r", "rd"]):
-            if error is not None and (job.reason is None or job.reason == old):
-                reason = error if error.startswith(STORAGE_PREFIX) else f"{STORAGE_PREFIX}: {error}"
-                job = svc.store.update_job(job.id, reason=reason)
-            elif error is None and job.reason and job.reason.startswith(STORAGE_PREFIX):
-                job = svc.store.update_job(job.id, reason=None)
-            else:
-                continue
-            await svc.publish_job(job)
 
     async def _merged(self, jobid: int, merged: int, points: dict[str, int]) -> None:
         svc = self.svc
