@@ -432,7 +432,7 @@ ALL_COMMANDS = {
 
 
 def test_every_command_declares_the_common_options_alike() -> None:
-    assert set(common.OPTIONS) == {f for f in common.Opts.__dataclass_fields__ if f[0] != "_"}
+    assert set(common.OPTIONS) == set(common.Opts.fields())
     seen: dict[str, tuple[object, ...]] = {}
     paths = []
     for path, cmd, func in _commands():

@@ -139,7 +139,7 @@ OPTIONS: dict[str, Any] = {
 }
 
 
-_DEFAULTS = {n: Opts.__dataclass_fields__[n].default for n in OPTIONS}
+_DEFAULTS = {n: inspect.signature(Opts).parameters[n].default for n in OPTIONS}
 
 
 def options(names: Sequence[str] = CLIENT, *, timeout: float = 5.0) -> Callable[[F], F]:

@@ -8,20 +8,27 @@ to send a request, one request, and the one way to fail.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
-
 from tomato_mqtt.cli.denied import denied
 from tomato_mqtt.cli.fastsettings import light_mqtt
 from tomato_mqtt.cli.output import Output, echo
 from tomato_mqtt.config.url import BrokerURL
+from tomato_mqtt.record import Record
 from tomato_mqtt.wire.topics import Topics
 
+# typing, pathlib and dataclasses are not imported at run time: this module is on every
+# one-request call, which issue 15 wants within three interpreter starts
+TYPE_CHECKING = False
 if TYPE_CHECKING:  # the long-lived client is imported only by commands that need it
+    from collections.abc import Mapping
+    from os import PathLike
+    from pathlib import Path
+    from typing import Any, NoReturn
+
     from tomato_mqtt.client.sync import Tomato
     from tomato_mqtt.config.settings import Settings
+
+    #: a directory given on the command line (typer: a Path; the fast path: as typed)
+    Dir = str | PathLike[str]
 
 __all__ = [
     "CLIENT",
@@ -30,6 +37,7 @@ __all__ = [
     "START_TIMEOUT",
     "CallContext",
     "Opts",
+    "as_path",
     "ask_scheduler",
     "client",
     "context",
@@ -50,20 +58,46 @@ START = (*LOCAL, "timeout", "yaml", "json")
 START_TIMEOUT = 30.0
 
 
-@dataclass
-class Opts:
+class Opts(Record):
     """The common options a command was called with (those it does not take: defaults)."""
 
-    port: int | None = None
-    broker: str | None = None
-    instance: str | None = None
-    appdir: Path | None = None
-    datadir: Path | None = None
-    logdir: Path | None = None
-    timeout: float = 5.0
-    yaml: bool = False
-    json: bool = False
-    _ctx: CallContext | None = field(default=None, init=False, repr=False, compare=False)
+    __slots__ = (
+        "_ctx",
+        "appdir",
+        "broker",
+        "datadir",
+        "instance",
+        "json",
+        "logdir",
+        "port",
+        "timeout",
+        "yaml",
+    )
+    _frozen = False
+    port: int | None
+    broker: str | None
+    instance: str | None
+    appdir: Dir | None
+    datadir: Dir | None
+    logdir: Dir | None
+    timeout: float
+    yaml: bool
+    json: bool
+    _ctx: CallContext | None
+
+    def __init__(
+        self,
+        port: int | None = None,
+        broker: str | None = None,
+        instance: str | None = None,
+        appdir: Dir | None = None,
+        datadir: Dir | None = None,
+        logdir: Dir | None = None,
+        timeout: float = 5.0,
+        yaml: bool = False,
+        json: bool = False,
+    ) -> None:
+        self._init(locals())
 
     def context(self) -> CallContext:
         """Where to send requests: settings.toml (if any), overridden by these options."""
@@ -86,28 +120,49 @@ class Opts:
         return load_settings(self.appdir, self.datadir, self.logdir, self.port)
 
 
+def as_path(d: Dir | None) -> Path | None:
+    """A directory option as a Path (pathlib is imported by the commands that use it)."""
+    from pathlib import Path
+
+    return None if d is None else Path(d)
+
+
 def load_settings(
-    appdir: Path | None, datadir: Path | None, logdir: Path | None, port: int | None
+    appdir: Dir | None, datadir: Dir | None, logdir: Dir | None, port: int | None
 ) -> Settings:
     """The full, validated settings (pydantic: not on the fast path); errors exit 1."""
     from tomato_mqtt.config import settings
     from tomato_mqtt.errors import ConfigError
 
     try:
-        return settings.load_settings(appdir=appdir, datadir=datadir, logdir=logdir, port=port)
+        return settings.load_settings(
+            appdir=as_path(appdir), datadir=as_path(datadir), logdir=as_path(logdir), port=port
+        )
     except ConfigError as e:
         fail(str(e))
 
 
-@dataclass
-class CallContext:
+class CallContext(Record):
+    __slots__ = ("_settings", "appdir", "datadir", "instance", "logdir", "port", "url")
+    _frozen = False
     url: BrokerURL
     instance: str
-    appdir: Path | None = None
-    datadir: Path | None = None
-    logdir: Path | None = None
-    port: int | None = None
-    _settings: Settings | None = None
+    appdir: Dir | None
+    datadir: Dir | None
+    logdir: Dir | None
+    port: int | None
+    _settings: Settings | None
+
+    def __init__(
+        self,
+        url: BrokerURL,
+        instance: str,
+        appdir: Dir | None = None,
+        datadir: Dir | None = None,
+        logdir: Dir | None = None,
+        port: int | None = None,
+    ) -> None:
+        self._init(locals())
 
     @property
     def topics(self) -> Topics:
@@ -132,9 +187,9 @@ def context(
     port: int | None = None,
     broker: str | None = None,
     instance: str | None = None,
-    appdir: Path | None = None,
-    datadir: Path | None = None,
-    logdir: Path | None = None,
+    appdir: Dir | None = None,
+    datadir: Dir | None = None,
+    logdir: Dir | None = None,
 ) -> CallContext:
     """Where to send requests: settings.toml (if any), overridden by the options."""
     ctx = CallContext(
@@ -150,10 +205,10 @@ def context(
         except ValueError as e:
             fail(str(e))
         if port is not None:
-            url = BrokerURL(**{**url.__dict__, "port": port})
+            url = url.replace(port=port)
         url = url.with_tls_defaults(light)  # settings' CA and client cert stay in force
     else:
-        fields = {k: v for k, v in light.items() if k in BrokerURL.__dataclass_fields__}
+        fields = {k: v for k, v in light.items() if k in BrokerURL.fields()}
         if port is not None:
             fields["port"] = port
         url = BrokerURL(**fields)
@@ -184,11 +239,13 @@ def exit_now(code: int = 0) -> NoReturn:
     """
     import os
     import sys
-    import threading
 
-    main = threading.main_thread()
-    if any(t is not main and not t.daemon and t.is_alive() for t in threading.enumerate()):
-        raise SystemExit(code)
+    if "threading" in sys.modules:  # else no thread was started (the fast path's calls)
+        import threading
+
+        main = threading.main_thread()
+        if any(t is not main and not t.daemon and t.is_alive() for t in threading.enumerate()):
+            raise SystemExit(code)
     try:
         sys.stdout.flush()
         sys.stderr.flush()

@@ -15,11 +15,19 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
 
 from tomato_mqtt.cli import core
+from tomato_mqtt.record import Record
+
+# no typing, dataclasses or pathlib at run time: a call here should take about three
+# interpreter starts (issue 15), and those three were ~10 ms of it
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping, Sequence
+
+    #: how a fast command runs: (the common options, its positionals, its own options)
+    Run = Callable[[core.Opts, list[str], dict[str, str]], None]
+    Build = Callable[[list[str], dict[str, str]], dict[str, object]]
 
 __all__ = ["FAST", "ketchup", "parse", "passata", "read_line", "tomato"]
 
@@ -42,32 +50,65 @@ _VALUED = {
 _FLAGS = {"-y": "yaml", "--yaml": "yaml", "--json": "json"}
 
 
-#: how a fast command runs: (the common options, its positionals, its own options)
-Run = Callable[[core.Opts, list[str], dict[str, str]], None]
 FORCE = {"--force": "force", "-f": "force"}
 #: ``tomato broker|scheduler|recorder|node``: run by cli/serve.py (as serve.SERVICES)
 _SERVICES = ("broker", "scheduler", "recorder", "node")
 
 
-@dataclass(frozen=True)
-class Fast:
+def _any_args(_args: list[str]) -> bool:
+    return True
+
+
+def _any_own(_args: list[str], _own: dict[str, str]) -> bool:
+    return True
+
+
+class Fast(Record):
     """A command the fast path runs: how many positionals, which flags of its own."""
 
+    __slots__ = (
+        "check",
+        "check_own",
+        "common",
+        "counted",
+        "flags",
+        "max_args",
+        "min_args",
+        "run",
+        "timeout",
+        "values",
+    )
     run: Run
     min_args: int
     max_args: int | None
     #: its own options: spelling -> name; a flag's value is "" (``--force``), another
     #: option's its argument (``-j NAME``)
-    flags: Mapping[str, str] = field(default_factory=dict)
-    values: Mapping[str, str] = field(default_factory=dict)
-    timeout: float = 5.0  # the command's default ``-t`` (common.options(timeout=…))
-    check: Callable[[list[str]], bool] = lambda _args: True  # are the positionals valid?
+    flags: Mapping[str, str]
+    values: Mapping[str, str]
+    timeout: float  # the command's default ``-t`` (common.options(timeout=…))
+    check: Callable[[list[str]], bool]  # are the positionals valid?
     #: are the positionals and its own options valid (as typer would check them)?
-    check_own: Callable[[list[str], dict[str, str]], bool] = lambda _args, _own: True
+    check_own: Callable[[list[str], dict[str, str]], bool]
     #: the common options it takes (common.options(names)); others go to typer
-    common: frozenset[str] = frozenset(core.CLIENT)
+    common: frozenset[str]
     #: its counted flags (``-v``/``-vv``): spelling -> (name, how many)
-    counted: Mapping[str, tuple[str, int]] = field(default_factory=dict)
+    counted: Mapping[str, tuple[str, int]]
+
+    def __init__(
+        self,
+        run: Run,
+        min_args: int,
+        max_args: int | None,
+        flags: Mapping[str, str] | None = None,
+        values: Mapping[str, str] | None = None,
+        timeout: float = 5.0,
+        check: Callable[[list[str]], bool] = _any_args,
+        check_own: Callable[[list[str], dict[str, str]], bool] = _any_own,
+        common: frozenset[str] = frozenset(core.CLIENT),
+        counted: Mapping[str, tuple[str, int]] | None = None,
+    ) -> None:
+        flags, values, counted = flags or {}, values or {}, counted or {}
+        self._init(locals())
 
 
 def _tomato_status(opts: core.Opts, args: list[str], _own: dict[str, str]) -> None:
@@ -80,9 +121,6 @@ def _status_section_ok(args: list[str]) -> bool:
     from tomato_mqtt.cli.status_text import HUMAN
 
     return not args or args[0].lower() in {*HUMAN, "tomato"}  # "tomato": tomato's name
-
-
-Build = Callable[[list[str], dict[str, str]], dict[str, object]]
 
 
 def _passata(op: str, human: str, build: Build) -> Run:
@@ -110,7 +148,7 @@ def _passata_meta(what: str, human: str) -> Run:
 def _ketchup_submit(opts: core.Opts, args: list[str], own: dict[str, str]) -> None:
     from tomato_mqtt.cli import ketchup_core
 
-    ketchup_core.submit(opts, Path(args[0]), own.get("jobname"))
+    ketchup_core.submit(opts, args[0], own.get("jobname"))
 
 
 def _ketchup_cancel(opts: core.Opts, args: list[str], _own: dict[str, str]) -> None:
@@ -327,9 +365,9 @@ def _opts(
         port=port,
         broker=broker,
         instance=given.get("instance"),
-        appdir=Path(given["appdir"]) if "appdir" in given else None,
-        datadir=Path(given["datadir"]) if "datadir" in given else None,
-        logdir=Path(given["logdir"]) if "logdir" in given else None,
+        appdir=given.get("appdir"),
+        datadir=given.get("datadir"),
+        logdir=given.get("logdir"),
         timeout=timeout,
         yaml="yaml" in flags,
         json="json" in flags,
@@ -355,6 +393,12 @@ def _main(prog: str) -> None:
     except BrokenPipeError:  # `tomato status | head -1`: as click, quietly
         sys.stderr.close()
         raise SystemExit(1) from None
+    except SystemExit as e:  # fail(): its message is printed
+        if e.code is None or isinstance(e.code, int):
+            core.exit_now(e.code or 0)
+        raise
+    # printed and done: without the interpreter's teardown (~3 ms of a ~25 ms call)
+    core.exit_now(0)
 
 
 def tomato() -> None:

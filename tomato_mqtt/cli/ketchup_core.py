@@ -8,14 +8,18 @@ back with this file's name.
 
 from __future__ import annotations
 
-import getpass
 import json
-from collections.abc import Mapping
-from pathlib import Path
-from typing import Any
+import os
 
 from tomato_mqtt.cli import jobview
 from tomato_mqtt.cli.core import Opts, fail, run_request
+
+TYPE_CHECKING = False  # typing is ~2 ms of a one-request call: for the type checker only
+if TYPE_CHECKING:
+    from typing import Any
+
+    #: the payload file as given (typer: a Path; the fast path: the argument)
+    File = str | os.PathLike[str]
 
 __all__ = ["PAGE_MAX", "cancel", "search", "status", "status_args", "submit"]
 
@@ -28,15 +32,16 @@ PAGE_MAX = 500
 TEXT_MAX = 256_000
 
 
-def _as_text(payload: Path) -> str | None:
+def _as_text(payload: File) -> str | None:
     """The payload file's text to send as it is (the scheduler parses it: this process
     need not load a YAML parser, ~9 ms), or None to parse it here: a JSON file (cheap to
     parse), a file naming other files (``samplefile``, ``methodfile``: they are on this
     PC), a long one, or one that cannot be read (the reader below says why)."""
-    if payload.suffix.lower() == ".json":
+    if os.fspath(payload).lower().endswith(".json"):
         return None
     try:
-        text = payload.read_text(encoding="utf-8")
+        with open(payload, encoding="utf-8") as f:
+            text = f.read()
     except (OSError, UnicodeDecodeError):
         return None
     if len(text) > TEXT_MAX or "samplefile" in text or "methodfile" in text:
@@ -44,29 +49,31 @@ def _as_text(payload: Path) -> str | None:
     return text
 
 
-def _parsed(payload: Path) -> dict[str, Any]:
+def _parsed(payload: File) -> dict[str, Any]:
+    from pathlib import Path
+
     from tomato_mqtt.config.payloads import PayloadError, read_payload_file
 
     try:
         # only read here: the scheduler validates (dgbowl-schemas would add ~0.5 s to
         # every submit), and its refusal is given back with this file's name below
-        doc = read_payload_file(payload)
+        doc = read_payload_file(Path(payload))
     except PayloadError as e:
         if e.file is None:
-            e = PayloadError(e.location, e.reason, payload)
+            e = PayloadError(e.location, e.reason, Path(payload))
         fail(f"payload refused: {e}")
     # YAML may hold dates and the like: send what JSON can carry
     out: dict[str, Any] = json.loads(json.dumps(doc, default=str))
     return out
 
 
-def submit(opts: Opts, payload: Path, jobname: str | None) -> None:
+def submit(opts: Opts, payload: File, jobname: str | None) -> None:
     user = _username()
     text = _as_text(payload)
     ctx = opts.context()
     args: dict[str, Any] = {
         "jobname": jobname,
-        "submit_dir": str(Path.cwd().resolve()),
+        "submit_dir": os.path.realpath(os.getcwd()),
         "user": user,
     }
     topic = ctx.topics.scheduler_cmd("job_submit")
@@ -154,7 +161,7 @@ def cancel(opts: Opts, jobids: list[int]) -> None:
 
 def _submitted(msg: str, job: Any) -> str:
     lines = [msg]
-    if isinstance(job, Mapping):
+    if isinstance(job, dict):
         if job.get("reason") and job.get("status") == "q":
             lines.append(f"note: no pipeline can run it yet: {job['reason']}")
         elif job.get("reason"):
@@ -165,6 +172,11 @@ def _submitted(msg: str, job: Any) -> str:
 
 
 def _username() -> str:
+    for name in ("LOGNAME", "USER", "LNAME", "USERNAME"):  # as getpass.getuser() looks
+        if os.environ.get(name):
+            return os.environ[name]
+    import getpass  # the password database (with termios and warnings: not on every call)
+
     try:
         return getpass.getuser()
     except Exception:  # neither a login name in the environment nor a passwd entry

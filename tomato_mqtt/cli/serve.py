@@ -19,11 +19,10 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tomato_mqtt.cli.core import Opts, fail
+from tomato_mqtt.cli.core import Opts, as_path, fail
 from tomato_mqtt.config.url import BrokerURL
 
 if TYPE_CHECKING:
@@ -90,7 +89,7 @@ def service_url(s: Settings, key: str, base: BrokerURL) -> BrokerURL:
     login = service_login(_creds_path(s), key)
     if login is None:
         return base
-    return replace(base, username=login[0], password=login[1])
+    return base.replace(username=login[0], password=login[1])
 
 
 def broker_config(s: Settings) -> Any:
@@ -134,7 +133,7 @@ def broker(opts: Opts) -> None:
     # for it); `tomato broker` run by hand reads the settings
     given = os.environ.get(BROKER_CONFIG_ENV)
     s = opts.settings() if given is None or opts.logdir is None else None
-    setup_logging("broker", opts.logdir if s is None else s.logdir)
+    setup_logging("broker", as_path(opts.logdir) if s is None else s.logdir)
     # socket activation: the supervisor bound the MQTT port and hands its socket down
     fd = os.environ.get(LISTEN_FD_ENV, "")
     try:

@@ -38,7 +38,10 @@ def init(opts: common.Opts) -> None:
 
     a, d, lg = default_dirs()
     written = write_default_files(
-        opts.appdir or a, opts.datadir or d, opts.logdir or lg, port=opts.port
+        core.as_path(opts.appdir) or a,
+        core.as_path(opts.datadir) or d,
+        core.as_path(opts.logdir) or lg,
+        port=opts.port,
     )
     if written:
         msg = "\n".join(f"wrote {p}" for p in written)

@@ -17,6 +17,7 @@ import typer
 
 from tomato_mqtt.cli import common
 from tomato_mqtt.cli.common import fail
+from tomato_mqtt.cli.core import as_path
 
 # the services' logins and the broker's configuration: shared with the typer-free entry
 from tomato_mqtt.cli.serve import broker_config, ensure_services, service_url
@@ -113,7 +114,7 @@ def add(
     opts: common.Opts,
 ) -> None:
     """Add a user with a role (argon2 hash; asks for the password unless given)."""
-    path = users_path(file, opts.appdir)
+    path = users_path(file, as_path(opts.appdir))
     pw = _password(password, password_stdin)
     _edit(path, f"added {name} ({role})", lambda u: u.add(name, pw, role), opts, name)
 
@@ -129,7 +130,7 @@ def passwd(
     opts: common.Opts,
 ) -> None:
     """Set a user's password."""
-    path = users_path(file, opts.appdir)
+    path = users_path(file, as_path(opts.appdir))
     pw = _password(password, password_stdin)
     _edit(path, f"changed the password of {name}", lambda u: u.set_password(name, pw), opts, name)
 
@@ -138,7 +139,7 @@ def passwd(
 @common.options(("appdir", "yaml", "json"))
 def role(name: str, new_role: str, file: FileOpt = None, *, opts: common.Opts) -> None:
     """Change a user's role."""
-    path = users_path(file, opts.appdir)
+    path = users_path(file, as_path(opts.appdir))
     _edit(path, f"{name} is now {new_role}", lambda u: u.set_role(name, new_role), opts, name)
 
 
@@ -146,7 +147,7 @@ def role(name: str, new_role: str, file: FileOpt = None, *, opts: common.Opts) -
 @common.options(("appdir", "yaml", "json"))
 def remove(name: str, file: FileOpt = None, *, opts: common.Opts) -> None:
     """Remove a user."""
-    path = users_path(file, opts.appdir)
+    path = users_path(file, as_path(opts.appdir))
     _edit(path, f"removed {name}", lambda u: u.remove(name), opts, name)
 
 
@@ -157,7 +158,7 @@ def list_(file: FileOpt = None, *, opts: common.Opts) -> None:
     from tomato_mqtt.config.users import load_users
     from tomato_mqtt.errors import ConfigError
 
-    path = users_path(file, opts.appdir)
+    path = users_path(file, as_path(opts.appdir))
     try:
         users = load_users(path, missing_ok=True)
     except ConfigError as e:
@@ -185,7 +186,9 @@ def broker_config_cmd(
     from tomato_mqtt.wire.topics import Topics
 
     try:
-        s = load_settings(appdir=opts.appdir, datadir=opts.datadir, port=opts.port)
+        s = load_settings(
+            appdir=as_path(opts.appdir), datadir=as_path(opts.datadir), port=opts.port
+        )
         if s.users_file is None:
             fail("set [broker] password_file (the users file) first: see docs/security.md")
         ensure_services(s)  # the services' logins go into Mosquitto's files too

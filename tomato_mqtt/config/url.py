@@ -6,34 +6,64 @@ need the asyncio client at all.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
-from urllib.parse import parse_qs, unquote, urlsplit
+from tomato_mqtt.record import Record
 
 __all__ = ["BrokerURL"]
 
 
-@dataclass(frozen=True)
-class BrokerURL:
+class BrokerURL(Record):
     """Where the broker is and how to log in: ``mqtt[s]://[user[:pass]@]host[:port]``.
 
     A TLS URL may name its files in the query, e.g.
     ``mqtts://lab-pc:8883?ca_certs=/etc/tomato/ca.crt&certfile=me.crt&keyfile=me.key``
     (and ``tls_insecure=true`` to skip the host name check, for tests only).
+
+    Immutable (a :class:`~tomato_mqtt.record.Record`, not a dataclass: the CLI's
+    one-request calls import this module).
     """
 
-    host: str = "127.0.0.1"
-    port: int = 1883
-    username: str | None = None
-    password: str | None = None
-    tls: bool = False
-    ca_certs: str | None = None
-    certfile: str | None = None
-    keyfile: str | None = None
-    tls_insecure: bool = False
-    transport: str = "tcp"  # or "websockets"
+    __slots__ = (
+        "ca_certs",
+        "certfile",
+        "host",
+        "keyfile",
+        "password",
+        "port",
+        "tls",
+        "tls_insecure",
+        "transport",
+        "username",
+    )
+    host: str
+    port: int
+    username: str | None
+    password: str | None
+    tls: bool
+    ca_certs: str | None
+    certfile: str | None
+    keyfile: str | None
+    tls_insecure: bool
+    transport: str  # "tcp" or "websockets"
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 1883,
+        username: str | None = None,
+        password: str | None = None,
+        tls: bool = False,
+        ca_certs: str | None = None,
+        certfile: str | None = None,
+        keyfile: str | None = None,
+        tls_insecure: bool = False,
+        transport: str = "tcp",
+    ) -> None:
+        self._init(locals())
 
     @classmethod
     def parse(cls, url: str) -> BrokerURL:
+        from urllib.parse import parse_qs, unquote, urlsplit
+
         if "://" not in url:
             url = "mqtt://" + url
         parts = urlsplit(url)
@@ -83,8 +113,7 @@ class BrokerURL:
             value = settings.get(key)
             return own if own else (str(value) if isinstance(value, str) and value else None)
 
-        return replace(
-            self,
+        return self.replace(
             ca_certs=pick("ca_certs"),
             certfile=pick("certfile"),
             keyfile=pick("keyfile"),

@@ -5,41 +5,57 @@ document, the docs' channel table and the topic builders' kinds all come.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
+from tomato_mqtt.record import Record
 
 __all__ = ["CHANNELS", "ChannelDef", "Kind"]
 
-Kind = Literal[
-    "meta_schema",
-    "scheduler_status",
-    "scheduler_cmd",
-    "reply",
-    "node_status",
-    "node_cmd",
-    "component_meta",
-    "component_status",
-    "component_cmd",
-    "component_data",
-    "component_last",
-    "pipeline_status",
-    "job_status",
-    "job_event",
-    "recorder_status",
-    "recorder_cmd",
-]
+TYPE_CHECKING = False  # typing is not imported by the CLI's one-request calls
+if TYPE_CHECKING:
+    from typing import Literal
+
+    Kind = Literal[
+        "meta_schema",
+        "scheduler_status",
+        "scheduler_cmd",
+        "reply",
+        "node_status",
+        "node_cmd",
+        "component_meta",
+        "component_status",
+        "component_cmd",
+        "component_data",
+        "component_last",
+        "pipeline_status",
+        "job_status",
+        "job_event",
+        "recorder_status",
+        "recorder_cmd",
+    ]
+else:
+    Kind = str
 
 
-@dataclass(frozen=True)
-class ChannelDef:
+class ChannelDef(Record):
     """One channel of the wire contract (used for the AsyncAPI document and docs)."""
 
+    __slots__ = ("description", "kind", "publisher", "retained", "subscribers", "template")
     kind: Kind
     template: str  # below the root, with {placeholders}
     publisher: str
     subscribers: str
     retained: bool
     description: str
+
+    def __init__(
+        self,
+        kind: Kind,
+        template: str,
+        publisher: str,
+        subscribers: str,
+        retained: bool,
+        description: str,
+    ) -> None:
+        self._init(locals())
 
 
 CHANNELS: tuple[ChannelDef, ...] = (

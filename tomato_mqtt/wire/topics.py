@@ -14,8 +14,7 @@ Names that are not topic-safe (tomato's component names such as
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
+from tomato_mqtt.record import Record
 from tomato_mqtt.wire.channels import CHANNELS, ChannelDef, Kind
 from tomato_mqtt.wire.slugs import is_slug, slug
 
@@ -37,14 +36,19 @@ PROTOCOL = "tomato/v2"
 ANONYMOUS = "anonymous"
 
 
-@dataclass(frozen=True)
-class ParsedTopic:
+class ParsedTopic(Record):
     """A received topic taken apart. ``name`` is the slug segment, never the full name."""
 
+    __slots__ = ("kind", "name", "op", "user")
     kind: Kind
-    name: str | None = None
-    op: str | None = None
-    user: str | None = None  # the requester's identity, for *_cmd with a user and reply
+    name: str | None
+    op: str | None
+    user: str | None  # the requester's identity, for *_cmd with a user and reply
+
+    def __init__(
+        self, kind: Kind, name: str | None = None, op: str | None = None, user: str | None = None
+    ) -> None:
+        self._init(locals())
 
 
 class Topics:

@@ -21,7 +21,7 @@ import contextlib
 import secrets
 import time
 import uuid
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from tomato_mqtt.config.url import BrokerURL
@@ -202,7 +202,7 @@ class Sessions:
             topics = Topics(self.instance, username)
         except ValueError as e:
             raise LoginFailed(str(e)) from None
-        url = replace(self.url, username=username, password=password)
+        url = self.url.replace(username=username, password=password)
         client = AsyncClient(url, client_id=f"tomato-dash-{uuid.uuid4().hex[:10]}", reconnect=False)
         try:
             await client.connect(timeout=5)
