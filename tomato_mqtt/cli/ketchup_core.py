@@ -8,7 +8,6 @@ back with this file's name.
 
 from __future__ import annotations
 
-import json
 import os
 
 from tomato_mqtt.cli import jobview
@@ -50,6 +49,7 @@ def _as_text(payload: File) -> str | None:
 
 
 def _parsed(payload: File) -> dict[str, Any]:
+    import json
     from pathlib import Path
 
     from tomato_mqtt.config.payloads import PayloadError, read_payload_file

@@ -11,10 +11,10 @@ publish. Over WebSockets the asyncio path of components.py does the same.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Mapping, Sequence
 
+from tomato_mqtt import jsonlite
 from tomato_mqtt.cli.core import Opts, oneshot_failed
 from tomato_mqtt.wire.names import (
     RETAINED_WAIT,
@@ -137,7 +137,7 @@ def run_meta(
         if raw is None:
             raise Refused(f"no node has announced component {name} (nothing retained on {topic})")
         try:
-            meta = json.loads(raw)
+            meta = jsonlite.loads(raw)
         except ValueError:
             meta = None
         if not isinstance(meta, dict):

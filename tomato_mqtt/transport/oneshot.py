@@ -13,10 +13,10 @@ asyncio client.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 
+from tomato_mqtt import jsonlite
 from tomato_mqtt.record import Record
 
 TYPE_CHECKING = False  # typing is ~2 ms of a one-request call: for the type checker only
@@ -109,9 +109,8 @@ def _request_paho(
     client_id = f"cli-{os.getpid()}-{os.urandom(3).hex()}"
     reply_to = reply_topic(client_id)
     req_id = os.urandom(16).hex()
-    payload = json.dumps(
-        {"schema": SCHEMA, "id": req_id, "reply_to": reply_to, "args": dict(args or {})},
-        separators=(",", ":"),
+    payload = jsonlite.dumps(
+        {"schema": SCHEMA, "id": req_id, "reply_to": reply_to, "args": dict(args or {})}
     )
     c = _client(url, client_id)
     state: dict[str, Any] = {}
@@ -129,7 +128,7 @@ def _request_paho(
 
     def on_message(cl: paho.Client, ud: Any, msg: paho.MQTTMessage) -> None:
         try:
-            doc = json.loads(msg.payload)
+            doc = jsonlite.loads(msg.payload)
         except ValueError:
             return
         if isinstance(doc, dict) and doc.get("id") == req_id:
@@ -251,9 +250,8 @@ class Exchange:
         from tomato_mqtt.transport.session import SessionError
 
         req_id = os.urandom(16).hex()
-        payload = json.dumps(
-            {"schema": SCHEMA, "id": req_id, "reply_to": self.reply_to, "args": dict(args or {})},
-            separators=(",", ":"),
+        payload = jsonlite.dumps(
+            {"schema": SCHEMA, "id": req_id, "reply_to": self.reply_to, "args": dict(args or {})}
         )
         try:
             self._session.publish(topic, payload.encode(), qos=1)
@@ -275,7 +273,7 @@ class Exchange:
                 if got_topic != self.reply_to:
                     continue
                 try:
-                    doc = json.loads(raw)
+                    doc = jsonlite.loads(raw)
                 except ValueError:
                     continue
                 if isinstance(doc, dict) and doc.get("id") in waiting:

@@ -11,12 +11,14 @@ call over WebSockets (:mod:`tomato_mqtt.transport.oneshot` picks).
 
 from __future__ import annotations
 
-import socket
+import _socket
 import struct
 import time
 
 TYPE_CHECKING = False  # typing is ~2 ms of a one-request call: for the type checker only
 if TYPE_CHECKING:
+    import socket
+
     from tomato_mqtt.config.url import BrokerURL
 
 __all__ = ["Session", "SessionError", "SessionRefused", "SessionTimeout"]
@@ -71,13 +73,42 @@ def _packet(kind: int, flags: int, body: bytes) -> bytes:
     return bytes([kind << 4 | flags]) + bytes(length) + body
 
 
+def _tcp(host: str, port: int, timeout: float, tls: bool) -> _socket.socket:
+    """A TCP connection, as ``socket.create_connection`` makes it.
+
+    A plain one is made with ``_socket`` itself: the ``socket`` module imports ``enum``
+    and ``selectors`` (~3 ms of a CLI call); ``ssl`` wants a ``socket.socket``. An ASCII
+    host name is looked up as bytes: a str goes through the ``idna`` codec, whose import
+    (``unicodedata``, ``stringprep``) is ~1.5 ms more.
+    """
+    if tls:
+        import socket
+
+        return socket.create_connection((host, port), timeout=timeout)
+    name: str | bytes = host.encode("ascii") if host.isascii() else host
+    error: OSError | None = None
+    for family, kind, proto, _canon, addr in _socket.getaddrinfo(
+        name, port, 0, _socket.SOCK_STREAM
+    ):
+        sock = _socket.socket(family, kind, proto)
+        try:
+            sock.settimeout(timeout)
+            sock.connect(addr)
+        except OSError as e:
+            sock.close()
+            error = e  # as create_connection: the last one's
+            continue
+        return sock
+    raise error or OSError(f"no address for {host}")
+
+
 class Session:
     """One connection: ``connect()``, ``subscribe()``, ``publish()``, ``receive()``,
     ``close()``. Not thread-safe; for a process that lives for one exchange."""
 
     def __init__(self, url: BrokerURL, client_id: str, keepalive: int = 30) -> None:
         self.url, self.client_id, self.keepalive = url, client_id, keepalive
-        self._sock: socket.socket | None = None
+        self._sock: _socket.socket | None = None
         self._buf = b""
         self._mid = 0
         self._pending: list[tuple[str, bytes, bool]] = []  # arrived while waiting for a SUBACK
@@ -87,16 +118,13 @@ class Session:
         deadline = time.monotonic() + timeout
         u = self.url
         try:
-            # an ASCII host name as bytes: a str goes through the "idna" codec, whose
-            # import (unicodedata, stringprep) is ~1.5 ms of a CLI call
-            host = u.host.encode("ascii") if u.host.isascii() else u.host
-            sock = socket.create_connection((host, u.port), timeout=timeout)  # type: ignore[arg-type]
+            sock = _tcp(u.host, u.port, timeout, tls=u.tls)
         except OSError as e:
             raise SessionError(f"cannot connect to the MQTT broker at {u}: {e}") from None
         # without it each hop of a round trip can wait ~40 ms for a delayed ACK
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1)
         if u.tls:
-            sock = self._wrap_tls(sock)
+            sock = self._wrap_tls(sock)  # type: ignore[arg-type]
         self._sock = sock
         flags = 0x02  # clean session
         payload = _utf8(self.client_id)
@@ -199,7 +227,7 @@ class Session:
                 self._send(_packet(5, 0, mid))  # PUBREC
         return topic, body[at:], bool(flags & 1)
 
-    def _connected(self) -> socket.socket:
+    def _connected(self) -> _socket.socket:
         if self._sock is None:
             raise SessionError(f"not connected to the MQTT broker at {self.url}")
         return self._sock

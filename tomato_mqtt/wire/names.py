@@ -8,9 +8,9 @@ pure and light (no asyncio, no pydantic): the CLI's one-shot path, the client li
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 
+from tomato_mqtt import jsonlite
 from tomato_mqtt.wire.slugs import slug
 
 TYPE_CHECKING = False  # typing is ~2 ms of a one-request call: for the type checker only
@@ -89,7 +89,7 @@ def announced_meta(raw: bytes) -> dict[str, Any] | None:
     """A node's retained component meta as a resolver reads it (name, device, channel
     present), None for anything else on the meta topics."""
     try:
-        meta = json.loads(raw) if raw else None
+        meta = jsonlite.loads(raw) if raw else None
     except ValueError:
         return None
     if not isinstance(meta, dict) or not all(

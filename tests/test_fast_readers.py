@@ -1,0 +1,182 @@
+"""The CLI's one-request calls read settings, JSON and names without tomllib, json or re
+(issue 15: ~15 ms of a ~25 ms call). Each light reader must give exactly what the
+standard one gives, or step aside: compared here on the same inputs."""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import tomllib
+
+from tomato_mqtt import jsonlite
+from tomato_mqtt.cli.fastsettings import light_mqtt, plain_mqtt_table
+from tomato_mqtt.config.initfiles import render_default_settings
+from tomato_mqtt.wire import slugs
+
+# -- settings.toml ------------------------------------------------------------------
+
+#: files the plain reader must read (as tomllib does)
+PLAIN = [
+    "",
+    "# nothing\n",
+    '[mqtt]\nport = 2883\ninstance = "lab1"\n',
+    '[mqtt]\r\nhost = "10.0.0.7"\r\nport = +1884\r\n',
+    "datadir = '/data'\n[mqtt] # the broker\n  port=1\t# comment\ntls = true\n"
+    "tls_insecure = false\nusername = 'me'\npassword = \"p#w\" # not a comment inside\n",
+    '[ mqtt ]\nhost = "\u00e9x"\n[broker]\nport = 0\nws_port = 9001\nlist = [1, 2, [3]]\n'
+    't = {a = 1}\nwhen = 1979-05-27T07:32:00Z\nf = 1.5e3\ns = "a\\"b" # escaped\n',
+    '[jobs]\nx = "[mqtt]"\n[mqtt]\nport = 0\n[recorder]\nport = 5\n',
+    "[mqtt]\nport = -0\n",
+]
+
+#: files it must leave to tomllib (None): multi-line, escapes, dotted, duplicates, junk
+NOT_PLAIN = [
+    '[mqtt]\nhost = "a\\tb"\n',  # an escape in an [mqtt] string
+    '[mqtt]\nhost = """x"""\n',
+    "[jobs]\nnote = '''\n[mqtt]\nport = 1\n'''\n",  # [mqtt] inside a multi-line string
+    '[node]\nx = [\n  "a",\n]\n[mqtt]\nport = 1\n',  # an array over lines
+    '[node]\nx = ["]"]\n[mqtt]\nport = 1\n',
+    "mqtt.port = 1\n",
+    "mqtt = {port = 1}\n",
+    '["mqtt"]\nport = 1\n',
+    "[mqtt.tls]\nx = 1\n",
+    "[[mqtt]]\nport = 1\n",
+    "[mqtt]\nport = 1\n[mqtt]\nhost = 'x'\n",
+    "[mqtt]\nport = 1\nport = 2\n",
+    "[mqtt]\nport = 1_000\n",
+    "[mqtt]\nport = 0x10\n",
+    "[mqtt]\nport = 01\n",
+    "[mqtt]\nkeepalive = 1.5\n",
+    "[mqtt]\nport = 1 2\n",
+    '[mqtt]\nhost = "unterminated\n',
+    "[mqtt]\nhost = 'x' junk\n",
+    "[mqtt]\n= 1\n",
+    "[mqtt]\nport\n",
+    "[mqtt]\nport = \n",
+    "[mqtt]\nport = 1\x0b\n",
+    '"quoted key" = 1\n',
+    "[node]\nx = 'open\n",
+    "\ufeff[mqtt]\nport = 1\n",
+]
+
+
+@pytest.mark.parametrize("text", PLAIN)
+def test_the_plain_settings_reader_reads_what_tomllib_reads(text: str) -> None:
+    assert plain_mqtt_table(text) == tomllib.loads(text).get("mqtt", {})
+
+
+@pytest.mark.parametrize("text", NOT_PLAIN)
+def test_the_plain_settings_reader_leaves_anything_else_to_tomllib(text: str) -> None:
+    assert plain_mqtt_table(text) is None
+
+
+def test_the_settings_files_tomato_writes_are_plain(tmp_path: Path) -> None:
+    """``tomato init`` / ``tomato start`` write the template: the fast path reads it."""
+    text = render_default_settings(tmp_path / "data", tmp_path / "log", port=2999)
+    assert plain_mqtt_table(text) == tomllib.loads(text).get("mqtt", {}) == {"port": 2999}
+
+
+def test_a_settings_file_that_is_not_plain_is_read_by_tomllib(tmp_path: Path) -> None:
+    (tmp_path / "settings.toml").write_text('[mqtt]\nhost = "a\\u0062c"\nport = 1_883\n')
+    assert light_mqtt(tmp_path) == {"host": "abc", "port": 1883}
+    (tmp_path / "settings.toml").write_text("[mqtt]\nport = [\n")  # not TOML: the loader says
+    assert light_mqtt(tmp_path) is None
+
+
+def test_the_plain_reader_agrees_with_tomllib_on_mutated_files() -> None:
+    """Random edits of plain files: whatever the reader returns, tomllib reads too."""
+    rng = random.Random(7)
+    pieces = ["[mqtt]", "[broker]", "port = 1", "host = 'h'", 'x = "a#b"', "tls = true",
+              "# c", "", "y = [1, 2]", "mqtt.port = 2", "z = 1.5", "k = '''", " = 3",
+              "[mqtt.a]", 'u = "\\u00e9"', "port=3 # c", "v = {a = 1}"]  # fmt: skip
+    checked = 0
+    for _ in range(4000):
+        text = "\n".join(rng.choice(pieces) for _ in range(rng.randint(1, 8))) + "\n"
+        got = plain_mqtt_table(text)
+        try:
+            want = tomllib.loads(text).get("mqtt", {})
+        except tomllib.TOMLDecodeError:
+            want = "invalid"
+        if got is not None:
+            checked += 1
+            assert got == want, text
+    assert checked > 200  # it did read many
+
+
+# -- JSON ---------------------------------------------------------------------------
+
+DOCS = [None, True, 0, -7, 10**30, 2.5, -1e-300, 1e400, "", "é\u2028\"\\\n\x00", [],
+        {}, [1, [2, {"a": None}]], {"ü": {"b": [True, False]}, "n": 1.0}]  # fmt: skip
+
+
+@pytest.mark.parametrize("doc", DOCS)
+def test_jsonlite_writes_and_reads_what_json_does(doc: object) -> None:
+    text = json.dumps(doc, separators=(",", ":"))
+    assert jsonlite.dumps(doc) == text
+    assert repr(jsonlite.loads(text)) == repr(json.loads(text))
+    assert repr(jsonlite.loads(f" \n{text}\t".encode())) == repr(json.loads(text))
+
+
+@pytest.mark.parametrize("bad", ["", " ", "{", "1 2", "[1,]", "nul", '"ab', '{"a":1} x', b"\xff"])
+def test_jsonlite_refuses_what_json_refuses_with_its_message(bad: str | bytes) -> None:
+    with pytest.raises(ValueError) as want:
+        json.loads(bad)
+    with pytest.raises(ValueError) as got:
+        jsonlite.loads(bad)
+    assert str(got.value) == str(want.value)
+
+
+def test_jsonlite_refuses_what_json_cannot_write() -> None:
+    loop: list[object] = []
+    loop.append(loop)
+    for doc, err in ((object(), TypeError), ({1j: 1}, TypeError), (loop, ValueError)):
+        with pytest.raises(err):
+            jsonlite.dumps(doc)
+
+
+# -- names --------------------------------------------------------------------------
+
+
+def test_slugs_without_re_are_the_slugs_with_it() -> None:
+    """The topic-safe names were made with regular expressions; these are the same."""
+    slug_re = re.compile(r"[a-z0-9][a-z0-9_.-]*")
+    invalid_run = re.compile(r"[^a-z0-9_.-]+")
+    hashed_tail = re.compile(r"--[0-9a-f]{10}$")
+    rng = random.Random(3)
+    alphabet = "abz09_.-:/ ()AZ\u00e9\t-f"
+    for _ in range(20000):
+        name = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 16)))
+        if rng.random() < 0.2:
+            name += "--" + "".join(rng.choice("0123456789abcdefg") for _ in range(10))
+        assert slugs.is_slug(name) == bool(slug_re.fullmatch(name)), name
+        assert slugs._dash_runs(name) == invalid_run.sub("-", name), name
+        if slugs.is_slug(name):
+            assert slugs._hashed_tail(name) == bool(hashed_tail.search(name)), name
+
+
+def test_a_one_request_call_loads_no_toml_json_or_re_parser(tmp_path: Path) -> None:
+    """With a plain settings.toml (as tomato writes it) a call loads none of them."""
+    from tests.stack import free_port
+
+    (tmp_path / "settings.toml").write_text(f"[mqtt]\nport = {free_port()}\n")
+    code = (
+        "import sys\n"
+        "from tomato_mqtt.cli import fast\n"
+        f"argv = ['get', 'example_counter:(example-addr,1)', 'max', '-A', {str(tmp_path)!r}]\n"
+        "try:\n"
+        "    fast.parse('passata', argv)()\n"
+        "except SystemExit as e:\n"
+        "    assert e.code == 1, e.code\n"
+        "light = ('tomllib', 'json', 're', 'socket', 'typing', 'dataclasses')\n"
+        "print(sorted(m for m in light if m in sys.modules))\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "[]", res.stdout
+    assert "cannot connect to the MQTT broker" in res.stderr
