@@ -5,6 +5,7 @@ standard one gives, or step aside: compared here on the same inputs."""
 from __future__ import annotations
 
 import json
+import os
 import random
 import re
 import subprocess
@@ -15,7 +16,7 @@ import pytest
 import tomllib
 
 from tomato_mqtt import jsonlite
-from tomato_mqtt.cli.fastsettings import light_mqtt, plain_mqtt_table
+from tomato_mqtt.cli.fastsettings import config_dir, light_mqtt, plain_mqtt_table
 from tomato_mqtt.config.initfiles import render_default_settings
 from tomato_mqtt.wire import slugs
 
@@ -109,6 +110,27 @@ def test_the_plain_reader_agrees_with_tomllib_on_mutated_files() -> None:
     assert checked > 200  # it did read many
 
 
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"HOME": "/home/lab"},
+        {"HOME": "/home/lab/", "XDG_CONFIG_HOME": ""},
+        {"HOME": "/root"},
+        {"HOME": "/home/lab", "XDG_CONFIG_HOME": "/etc/xdg-lab"},  # platformdirs' own
+        {"HOME": "/home/lab", "XDG_CONFIG_HOME": "relative/dir"},
+    ],
+)
+def test_the_settings_folder_is_platformdirs_own(
+    env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import platformdirs
+
+    monkeypatch.delenv("XDG_CONFIG_HOME", raising=False)
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    assert config_dir() == platformdirs.user_config_dir("tomato-mqtt", appauthor=False)
+
+
 # -- JSON ---------------------------------------------------------------------------
 
 DOCS = [None, True, 0, -7, 10**30, 2.5, -1e-300, 1e400, "", "é\u2028\"\\\n\x00", [],
@@ -161,22 +183,30 @@ def test_slugs_without_re_are_the_slugs_with_it() -> None:
 
 
 def test_a_one_request_call_loads_no_toml_json_or_re_parser(tmp_path: Path) -> None:
-    """With a plain settings.toml (as tomato writes it) a call loads none of them."""
+    """With a plain settings.toml (as tomato writes it) in the default folder (no -A),
+    a call loads none of them, nor platformdirs."""
     from tests.stack import free_port
 
-    (tmp_path / "settings.toml").write_text(f"[mqtt]\nport = {free_port()}\n")
+    app = tmp_path / ".config" / "tomato-mqtt"
+    app.mkdir(parents=True)
+    port = free_port()
+    (app / "settings.toml").write_text(f"[mqtt]\nport = {port}\n")
     code = (
         "import sys\n"
         "from tomato_mqtt.cli import fast\n"
-        f"argv = ['get', 'example_counter:(example-addr,1)', 'max', '-A', {str(tmp_path)!r}]\n"
+        "argv = ['get', 'example_counter:(example-addr,1)', 'max']\n"
         "try:\n"
         "    fast.parse('passata', argv)()\n"
         "except SystemExit as e:\n"
         "    assert e.code == 1, e.code\n"
-        "light = ('tomllib', 'json', 're', 'socket', 'typing', 'dataclasses')\n"
+        "light = ('tomllib', 'json', 're', 'socket', 'typing', 'dataclasses', 'platformdirs')\n"
         "print(sorted(m for m in light if m in sys.modules))\n"
     )
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    env = {k: v for k, v in os.environ.items() if k != "XDG_CONFIG_HOME"} | {"HOME": str(tmp_path)}
+    res = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env
+    )
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == "[]", res.stdout
-    assert "cannot connect to the MQTT broker" in res.stderr
+    # it read that file: the port there, refused
+    assert f"cannot connect to the MQTT broker at mqtt://127.0.0.1:{port}" in res.stderr

@@ -33,6 +33,26 @@ MQTT_KEYS = {
 }
 
 
+def config_dir() -> str:
+    """platformdirs' ``user_config_dir("tomato-mqtt")``, where settings.toml is.
+
+    On Linux with the defaults (``$XDG_CONFIG_HOME`` unset, an absolute ``$HOME``) that
+    is ``~/.config/tomato-mqtt``, said here: platformdirs loads ``tempfile``, ``shutil``
+    and ``random`` (~10 ms of a CLI call that should take ~15). Anything else (another
+    system, an XDG variable, Android) asks platformdirs itself."""
+    home = os.environ.get("HOME", "")
+    if (
+        sys.platform.startswith("linux")
+        and not os.environ.get("XDG_CONFIG_HOME")
+        and "ANDROID_DATA" not in os.environ
+        and home.startswith("/")
+    ):
+        return os.path.join(os.path.expanduser("~/.config"), "tomato-mqtt")
+    import platformdirs
+
+    return platformdirs.user_config_dir("tomato-mqtt", appauthor=False)
+
+
 def light_mqtt(appdir: str | os.PathLike[str] | None) -> dict[str, Any] | None:
     """The ``[mqtt]`` table of settings.toml without pydantic, or None if unsure.
 
@@ -40,12 +60,7 @@ def light_mqtt(appdir: str | os.PathLike[str] | None) -> dict[str, Any] | None:
     the file is absent the defaults apply, when anything looks unusual the full loader
     runs (and reports the problem with file and field).
     """
-    if appdir:
-        app = os.path.expanduser(appdir)
-    else:  # platformdirs (~10 ms with the tempfile and shutil it loads) only when needed
-        import platformdirs
-
-        app = platformdirs.user_config_dir("tomato-mqtt", appauthor=False)
+    app = os.path.expanduser(appdir) if appdir else config_dir()
     path = os.path.join(app, "settings.toml")  # os.path: pathlib is ~3 ms of a call
     if not os.path.isfile(path):
         return {}
