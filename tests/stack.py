@@ -11,6 +11,7 @@ import contextlib
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import socket
@@ -386,10 +387,24 @@ def running_stack(
         yield st
 
 
+def _other_ports(st: Stack) -> None:
+    """New free ports for the stack's broker (MQTT and, if set, WebSocket listener)."""
+    st.port = free_port()
+    settings = st.appdir / "settings.toml"
+    text = settings.read_text()
+    settings.write_text(re.sub(r"(?m)^ws_port = \d+$", f"ws_port = {free_port()}", text))
+
+
 @contextlib.contextmanager
 def started(st: Stack) -> Iterator[Stack]:
     """``tomato start`` on the stack's directories (again), ``tomato stop`` after."""
     res = start_stack(st)
+    for _ in range(2):  # a free port taken meanwhile by a parallel test: again on others
+        if res.returncode == 0 or "address already in use" not in res.stdout + res.stderr:
+            break
+        stop_stack(st)
+        _other_ports(st)
+        res = start_stack(st)
     if res.returncode != 0:
         stop_stack(st)
         raise AssertionError(f"tomato start failed:\n{res.stdout}\n{res.stderr}\n{st.logs()}")
