@@ -471,3 +471,55 @@ async def test_a_node_restart_names_every_task_it_cut_off() -> None:
     assert status == "ce"
     assert "task 0 (count) on c1 is gone" in str(reason), reason
     assert "task 1 (count) on c2 is gone" in str(reason), reason
+
+
+async def test_a_scheduler_dead_before_the_task_start_answer_does_not_start_it_twice() -> None:
+    """The runner stores a task's start only with the node's answer (no fsync between a
+    launch and its task). A scheduler killed after asking the node, before the answer,
+    leaves the task pending in the store: its successor must take the task the node
+    runs (its retained status) for running, not start it a second time, and the job
+    must end as it would have."""
+
+    class DiesMidStart(FakeHost):
+        async def component_request(
+            self, component: str, op: str, args: Mapping[str, Any], timeout: float = 5.0
+        ) -> tuple[bool, str, Any]:
+            if op != "task_start":
+                return await super().component_request(component, op, args, timeout)
+            await super().component_request(component, op, args, timeout)  # the node runs it
+            await asyncio.sleep(3600)  # ... and the scheduler dies before the answer
+            raise AssertionError("unreachable")
+
+    first = DiesMidStart()
+    dead = JobRunner(job=_job(), roles={"counter": "cmp"}, host=first, on_done=_never_done)
+    task = asyncio.ensure_future(dead.run())
+    for _ in range(100):
+        if ("cmp", "task_start") in first.requests:
+            break
+        await asyncio.sleep(0.01)
+    assert ("cmp", "task_start") in first.requests
+    stored = getattr(first, "saved", None)
+    task.cancel()
+
+    host = FakeHost()
+    host.cstatus = dict(first.cstatus)  # the node's retained status: running job 1, task 0
+    job = _job().model_copy(update={"progress": stored or {}})
+    done: asyncio.Future[tuple[str, str | None]] = asyncio.get_running_loop().create_future()
+
+    async def on_done(r: JobRunner, status: str, reason: str | None) -> None:
+        done.set_result((status, reason))
+
+    readopted = JobRunner(job=job, roles={"counter": "cmp"}, host=host, on_done=on_done)
+    _KEEP.add(asyncio.ensure_future(readopted.run()))
+    for _ in range(100):
+        if readopted.tasks[0].state == "running":
+            break
+        await asyncio.sleep(0.01)
+    assert readopted.tasks[0].state == "running"
+    assert ("cmp", "task_start") not in host.requests  # not started a second time
+    await _task_ended(host)
+    assert await asyncio.wait_for(done, 5) == ("c", None)
+
+
+async def _never_done(r: JobRunner, status: str, reason: str | None) -> None:
+    raise AssertionError(f"the dead scheduler's runner ended the job {status}: {reason}")
