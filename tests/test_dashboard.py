@@ -97,6 +97,24 @@ async def test_dashboard_live_controls(
         await page.wait_for_url("**/#/job/*", timeout=10_000)
         jobid = int(page.url.rsplit("/", 1)[1])
         await page.locator('#jp-status[data-status="r"]').wait_for(timeout=20_000)
+        assert await page.locator("#jp-trouble").is_hidden()
+
+        # its node falls silent (no heartbeat for longer than lost_after): the job page
+        # says so, not only the overview (a user's audit: "r running", a frozen plot and
+        # nothing to explain them); the scheduler's own lost_after (10 s) is not reached
+        beat = st.node.publish_presence
+
+        async def no_heartbeat(*_a: Any, **_k: Any) -> None:
+            return None
+
+        st.node.publish_presence = no_heartbeat  # type: ignore[method-assign]
+        try:
+            trouble = page.locator("#jp-trouble", has_text="node local is lost")
+            await trouble.wait_for(timeout=10_000)
+            assert "wait in its spool" in str(await trouble.text_content())
+        finally:
+            st.node.publish_presence = beat  # type: ignore[method-assign]
+        await page.locator("#jp-trouble").wait_for(state="hidden", timeout=10_000)
 
         # the plot gains points while the job runs
         await page.wait_for_function(

@@ -172,8 +172,33 @@ function renderEvents() {
     `<li>${new Date(e.time * 1000).toLocaleTimeString()} <b>${esc(e.event)}</b> ${esc(e.role || "")} ${e.task != null ? "task " + e.task : ""} ${esc(e.status || "")} ${esc(e.detail && e.detail.message ? e.detail.message : "")}</li>`).join("");
 }
 
+// a running job whose node is gone, or whose stack is silent, says so on its page (found
+// by a user's audit: "r running" and a frozen plot while the node was stopped for 22 s;
+// only the overview said "lost")
+function jobTrouble(j) {
+  if (!j || !["r", "rd"].includes(j.status)) return "";
+  const quiet = window.silentFor();
+  if (quiet !== null) return `nothing has come from the stack for ${quiet.toFixed(0)} s (broker unreachable?): this page shows the job as it was then`;
+  const said = new Set(), out = [];
+  for (const slug of Object.keys(J.roles)) {
+    const c = S.components[slug];
+    const node = c && ((c.meta && c.meta.node) || (c.status && c.status.node));
+    if (!node || said.has(node)) continue;
+    said.add(node);
+    const [state, , age] = presenceState(Object.values(S.nodes).find((n) => n.node === node));
+    if (state !== "online") out.push(`node ${node} is ${state}${age ? ` (last heard ${age} ago)` : ""}: its points for this job wait in its spool until it is back`);
+  }
+  return out.join("; ");
+}
+function renderTrouble() {
+  const el = $("jp-trouble"), why = jobTrouble(S.jobs[J.id]);
+  el.textContent = why;
+  el.hidden = !why;
+}
+
 function renderJobPage() {
   const j = S.jobs[J.id];
+  renderTrouble();
   if (!j) { $("jp-summary").textContent = "no such job (yet)"; return; }
   const pts = Object.values(J.series).reduce((a, s) => a + (s.points || 0), 0);
   $("jp-summary").innerHTML = `<span class="code s-${esc(j.status)}" id="jp-status" data-status="${esc(j.status)}">${esc(j.status)}</span> ${esc(j.meaning)} · pipeline ${esc(j.pipeline ?? "—")} · user ${esc(j.owner ?? "—")}` +
@@ -251,5 +276,6 @@ $("cp-controls").addEventListener("click", (e) => {
 window.renderPage = (d) => {
   const r = route();
   if (r.page === "job" && (d.has("job") || d.has("jobs") || d.has("component"))) renderJobPage();
+  else if (r.page === "job" && d.has("presence")) renderTrouble();  // ages, by the page's clock
   if (r.page === "component" && (d.has("component") || d.has("pipelines"))) renderComponentPage(r.id);
 };
