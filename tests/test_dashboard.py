@@ -141,6 +141,10 @@ async def test_dashboard_live_controls(
         snap = tmp_path / "snap.nc"
         await (await dl.value).save_as(snap)
         assert snap.read_bytes()[:4] in (b"\x89HDF", b"CDF\x01", b"CDF\x02")
+        assert (await dl.value).suggested_filename == f"snapshot.{jobid}.nc"
+        # times as the page's clock reads them, not ISO strings
+        summary = str(await page.locator("#jp-summary").text_content())
+        assert "T" not in summary.split("submitted", 1)[1].split("·", 1)[0], summary
         await page.locator("#jp-tasks td.current").wait_for(timeout=5_000)
 
         # a dashboard started while the job runs: its plot starts with the stored points
@@ -197,6 +201,10 @@ async def test_dashboard_live_controls(
         await page.locator('#jp-status[data-status="cd"]').wait_for(timeout=20_000)
         job = await st.wait_job(jobid, {"cd"}, timeout=5)
         assert job.status == "cd"
+        # the ended job's download is its results file, named as ketchup names it
+        async with page.expect_download() as dl:
+            await page.click("#jp-download")
+        assert (await dl.value).suggested_filename == f"results.{jobid}.nc"
 
         # the component page: attrs with units and limits, capabilities; passata get/set
         await page.goto(dash.address() + "#/")

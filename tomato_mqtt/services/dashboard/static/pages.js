@@ -196,13 +196,16 @@ function renderTrouble() {
   el.hidden = !why;
 }
 
+// the job's times in the page's own time zone, to the second (the ISO strings were shown)
+const fmtWhen = (iso) => (iso ? new Date(iso).toLocaleString() : "—");
+
 function renderJobPage() {
   const j = S.jobs[J.id];
   renderTrouble();
   if (!j) { $("jp-summary").textContent = "no such job (yet)"; return; }
   const pts = Object.values(J.series).reduce((a, s) => a + (s.points || 0), 0);
   $("jp-summary").innerHTML = `<span class="code s-${esc(j.status)}" id="jp-status" data-status="${esc(j.status)}">${esc(j.status)}</span> ${esc(j.meaning)} · pipeline ${esc(j.pipeline ?? "—")} · user ${esc(j.owner ?? "—")}` +
-    ` · submitted ${esc(j.submitted_at)} · started ${esc(j.launched_at ?? "—")} · ended ${esc(j.completed_at ?? "—")}` +
+    ` · submitted ${esc(fmtWhen(j.submitted_at))} · started ${esc(fmtWhen(j.launched_at))} · ended ${esc(fmtWhen(j.completed_at))}` +
     ` · points stored ${j.points ?? "—"} · points on screen ${pts}` + (j.reason ? `<br><span class="reason">${esc(j.reason)}</span>` : "") +
     (j.respath ? `<br>results: <code>${esc(j.respath)}</code>` : "");
   $("jp-cancel").hidden = !(can("job_cancel") && mayActOn(j) && ["q", "qw", "r"].includes(j.status));
@@ -222,11 +225,14 @@ $("jp-download").addEventListener("click", async (e) => {
     const res = await fetch(a.href);
     if (!res.ok) { showReply({ success: false, msg: `${res.status}: ${await res.text()}` }); return; }
     const url = URL.createObjectURL(await res.blob());
+    // an ended job's file is its results (the name ketchup gives it), a running one's a snapshot
+    const j = S.jobs[J.id], ended = j && ["c", "ce", "cd"].includes(j.status);
+    const name = `${ended ? "results" : "snapshot"}.${J.id}.nc`;
     const link = document.createElement("a");
-    link.href = url; link.download = `snapshot.${J.id}.nc`;
+    link.href = url; link.download = name;
     document.body.appendChild(link); link.click(); link.remove();
     setTimeout(() => URL.revokeObjectURL(url), 60_000);
-    showReply({ success: true, msg: `downloaded snapshot.${J.id}.nc` });
+    showReply({ success: true, msg: `downloaded ${name}` });
   } catch (err) { showReply({ success: false, msg: `download failed: ${err}` }); }
 });
 
