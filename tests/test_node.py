@@ -296,6 +296,52 @@ async def test_unknown_driver_is_a_clear_error_on_the_component(procs: Procs) ->
     assert procs.procs["node"].poll() is None
 
 
+async def test_a_task_start_asked_again_answers_the_first_start(procs: Procs) -> None:
+    """A scheduler that restarted while it asked for a task asks again (it stores the
+    task's start only with the node's answer): the node answers with the start it made,
+    while the task runs and after it ended, instead of "busy" (the job would end ce) or
+    a second run. A task of another job is still refused while one runs."""
+    procs.start_broker()
+    procs.start_node()
+    t = procs.topics
+    cname = COUNTER.name
+    async with connected(procs.url) as c:
+        await wait_retained(c, t.node_status("pc1"), _online, 20)
+        req = Requester(c, t)
+        rep = await req.request(
+            t.node_cmd("pc1", "configure"),
+            NodeConfigure(components=[COUNTER], batch_interval=0.2),
+            timeout=10,
+        )
+        assert rep.success, rep
+        await wait_retained(c, t.component_meta(cname), _registered, 20)
+        task = TaskSpec(
+            technique_name="count", max_duration=1.0, sampling_interval=0.1, job=7, index=0
+        )
+        topic = t.component_cmd(cname, "task_start")
+        first, again = await asyncio.gather(
+            req.request(topic, TaskStartArgs(task=task), timeout=10),
+            req.request(topic, TaskStartArgs(task=task), timeout=10),
+        )
+        assert first.success and again.success, (first, again)
+        assert first.data == again.data  # the same start: its time and the node's epoch
+        other = task.model_copy(update={"job": 8})
+        busy = await req.request(topic, TaskStartArgs(task=other), timeout=10)
+        assert not busy.success and "busy with job 7" in busy.msg, busy
+
+        def idle(raw: bytes) -> bool:
+            st = decode(ComponentStatus, raw)
+            return st.state == "idle" and st.last_task is not None
+
+        ended = decode(ComponentStatus, await wait_retained(c, t.component_status(cname), idle, 20))
+        assert ended.last_task is not None and ended.last_task.job == 7
+        late = await req.request(topic, TaskStartArgs(task=task), timeout=10)
+        assert late.success and "already" in late.msg, late
+        await asyncio.sleep(0.5)  # a second run would show as running again
+        raw = await wait_retained(c, t.component_status(cname), lambda r: True, 5)
+        assert decode(ComponentStatus, raw).state == "idle"
+
+
 def test_node_does_not_import_server_packages() -> None:
     """An instrument PC needs neither amqtt nor xarray nor netCDF4."""
     code = (

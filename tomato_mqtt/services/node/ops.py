@@ -58,6 +58,9 @@ class ComponentOps:
         task = TaskSpec.model_validate(args.get("task"))
         async with self.lock(hc):
             runner = self.runner(hc)
+            again = self._started_already(hc, task)
+            if again is not None:
+                return again
             if runner.running:
                 raise CommandError(f"component {hc.name} is busy with job {hc.job} task {hc.task}")
             await self.node.data.flush(hc)  # leftovers (idle points) go out under their own tags
@@ -72,6 +75,30 @@ class ComponentOps:
         return Result(
             f"task {task.index} of job {task.job} started on {hc.name}",
             {"started_at": hc.started_at, "epoch": self.node.epoch},
+        )
+
+    def _started_already(self, hc: HostedComponent, task: TaskSpec) -> Result | None:
+        """The answer to a task_start of a task this node started already in this epoch
+        (running or ended), or None: a scheduler that restarted while it asked for the
+        task asks again, and must hear what the first request started, not "busy" (the
+        job would end ce) and not a second start (found by a review: the runner stores
+        a task's start only with this answer)."""
+        if task.job is None:
+            return None
+        last = hc.last_task or {}
+        epoch = self.node.epoch
+        runs = hc.job == task.job and hc.task == task.index and hc.started_at is not None
+        ended = (last.get("job"), last.get("task"), last.get("epoch")) == (
+            task.job,
+            task.index,
+            epoch,
+        )
+        if not (runs or ended):
+            return None
+        started = hc.started_at if runs else last.get("t_start")
+        return Result(
+            f"task {task.index} of job {task.job} was started on {hc.name} already",
+            {"started_at": started, "epoch": epoch},
         )
 
     async def op_task_stop(self, hc: HostedComponent, args: Mapping[str, JsonValue]) -> Result:
