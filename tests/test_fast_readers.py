@@ -30,8 +30,9 @@ PLAIN = [
     '[mqtt]\r\nhost = "10.0.0.7"\r\nport = +1884\r\n',
     "datadir = '/data'\n[mqtt] # the broker\n  port=1\t# comment\ntls = true\n"
     "tls_insecure = false\nusername = 'me'\npassword = \"p#w\" # not a comment inside\n",
-    '[ mqtt ]\nhost = "\u00e9x"\n[broker]\nport = 0\nws_port = 9001\nlist = [1, 2, [3]]\n'
-    't = {a = 1}\nwhen = 1979-05-27T07:32:00Z\nf = 1.5e3\ns = "a\\"b" # escaped\n',
+    '[ mqtt ]\nhost = "\u00e9x"\n[broker]\nport = 0\nws_port = 9001\nf = 1.5e3\ng = -0.25\n'
+    "h = +inf\ni = 3E-02\nj = 1e05\n",
+    "[mqtt]\nkeepalive = 1.5\n",  # read as tomllib reads it (light_mqtt then refuses the type)
     '[jobs]\nx = "[mqtt]"\n[mqtt]\nport = 0\n[recorder]\nport = 5\n',
     "[mqtt]\nport = -0\n",
 ]
@@ -53,7 +54,6 @@ NOT_PLAIN = [
     "[mqtt]\nport = 1_000\n",
     "[mqtt]\nport = 0x10\n",
     "[mqtt]\nport = 01\n",
-    "[mqtt]\nkeepalive = 1.5\n",
     "[mqtt]\nport = 1 2\n",
     '[mqtt]\nhost = "unterminated\n',
     "[mqtt]\nhost = 'x' junk\n",
@@ -64,6 +64,25 @@ NOT_PLAIN = [
     '"quoted key" = 1\n',
     "[node]\nx = 'open\n",
     "\ufeff[mqtt]\nport = 1\n",
+    # valid TOML, but not plain: tomllib reads them
+    "[node]\nlist = [1, 2, [3]]\n[mqtt]\nport = 1\n",
+    "[node]\nt = {a = 1}\n",
+    "[node]\nwhen = 1979-05-27T07:32:00Z\n",
+    '[node]\ns = "a\\"b"\n',
+    # not TOML at all (found by a review: these were read as plain)
+    "[node]\nmode = fast\n[mqtt]\nport = 1\n",
+    "[node]\nb = 1 2\n",
+    "[node]\nx = ][\n",
+    "[node]\nf = True\n",
+    "[node]\nd = 1979-13-45\n",
+    "[node]\nv = 1.5.3\n",
+    "[node]\ni = {,}\n",
+    "[node]\nz = 01.5\n",
+    "[node]\nz = 1.\n",
+    "x = 1\n[x]\ny = 2\n",
+    "[mqtt]\nhost = 'a\x7fb'\n",
+    "[mqtt]\nport = 1 # \x7f\n",
+    "[mqtt]\nport = 1\r",
 ]
 
 
@@ -215,3 +234,82 @@ def test_a_one_request_call_loads_no_toml_json_or_re_parser(tmp_path: Path) -> N
     assert res.stdout.strip() == "[]", res.stdout
     # it read that file: the port there, refused
     assert f"cannot connect to the MQTT broker at mqtt://127.0.0.1:{port}" in res.stderr
+
+
+# -- found by a review of the above -----------------------------------------------------
+
+
+def test_jsonlite_forgets_an_object_that_failed_half_way() -> None:
+    """The circular-reference markers lived as long as the module: an object whose
+    encoding failed (a TypeError half-way) was 'circular' in every later call."""
+    doc: dict[str, object] = {"args": [object()]}
+    with pytest.raises(TypeError):
+        jsonlite.dumps(doc)
+    doc["args"] = ["fine now"]
+    assert jsonlite.dumps(doc) == json.dumps(doc, separators=(",", ":"))
+
+
+#: UTF-16 and UTF-32 (json detects them), a UTF-8 BOM, a lone surrogate (surrogatepass)
+ODD_BYTES = [
+    '{"a": "\u00e9"}'.encode("utf-16"),
+    "[1]".encode("utf-32-le"),
+    b"\xef\xbb\xbf[2]",
+    b'"\xed\xa0\x80"',
+]
+
+
+@pytest.mark.parametrize("raw", ODD_BYTES)
+def test_jsonlite_reads_bytes_as_json_does(raw: bytes) -> None:
+    assert repr(jsonlite.loads(raw)) == repr(json.loads(raw))
+
+
+def test_an_empty_appdir_is_the_current_folder_as_for_typer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "settings.toml").write_text("[mqtt]\nport = 1999\n")
+    monkeypatch.chdir(tmp_path)
+    assert light_mqtt("") == {"port": 1999}
+
+
+def test_a_host_without_ipv6_connects_over_ipv4(monkeypatch: pytest.MonkeyPatch) -> None:
+    """localhost resolves to ::1 first; a kernel without IPv6 refuses to make that socket
+    (EAFNOSUPPORT), and the connection must go on to 127.0.0.1 as create_connection's."""
+    import _socket
+    import errno
+    import socket
+
+    from tomato_mqtt.transport import session
+
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        real_socket = _socket.socket
+
+        def no_ipv6(family: int, kind: int, proto: int) -> _socket.socket:
+            if family == _socket.AF_INET6:
+                raise OSError(errno.EAFNOSUPPORT, "Address family not supported by protocol")
+            return real_socket(family, kind, proto)
+
+        both = [
+            (_socket.AF_INET6, _socket.SOCK_STREAM, 6, "", ("::1", port, 0, 0)),
+            (_socket.AF_INET, _socket.SOCK_STREAM, 6, "", ("127.0.0.1", port)),
+        ]
+        monkeypatch.setattr(_socket, "getaddrinfo", lambda *a, **k: both)
+        monkeypatch.setattr(_socket, "socket", no_ipv6)
+        sock = session._tcp("localhost", port, 2.0, tls=False)
+        try:
+            assert sock.getpeername() == ("127.0.0.1", port)
+        finally:
+            sock.close()
+
+
+def test_a_record_subclass_keeps_its_base_s_fields() -> None:
+    from tomato_mqtt.config.url import BrokerURL
+
+    class Sub(BrokerURL):
+        pass
+
+    a, b = Sub(host="a"), Sub(host="b")
+    assert Sub.fields() == BrokerURL.fields() and a != b and hash(a) != hash(b)
+    assert repr(a).startswith("Sub(host='a', port=1883")

@@ -351,3 +351,14 @@ def test_yaml_aliases_may_repeat_parts_but_not_expand_without_bound(tmp_path: Pa
     # a big document without aliases is not counted (a review: a '*' in a comment did)
     big = "a: [" + ",".join(str(i) for i in range(150_000)) + "]  # 3 * 50,000 values\n"
     assert len(parse_document(big)["a"]) == 150_000
+
+
+@pytest.mark.parametrize("json_only", [False, True])
+def test_a_document_nested_too_deeply_is_refused_plainly(json_only: bool) -> None:
+    """[[[[...]]]] a few thousand deep made PyYAML's composer (and json) recurse out of
+    the stack: the submitter got "internal error: RecursionError" (found by a review)."""
+    from tomato_mqtt.errors import DocumentError
+
+    text = "[" * 5000 + "]" * 5000
+    with pytest.raises(DocumentError, match="nested too deeply"):
+        parse_document(text, json_only=json_only)

@@ -46,8 +46,13 @@ def _no_default(o: object) -> object:
 
 if _json is not None:
     _scan = _json.make_scanner(_Context())  # type: ignore[arg-type]
-    _encode = _json.make_encoder(
-        {},  # markers: circular references are refused, as json.dumps does
+
+
+def _encoder() -> Any:
+    """A C encoder as ``json.dumps`` makes one, for one call (its markers, which refuse
+    circular references, must not outlive a call that failed half-way)."""
+    return _json.make_encoder(
+        {},  # markers
         _no_default,
         _json.encode_basestring_ascii,
         None,  # indent
@@ -67,17 +72,31 @@ def dumps(obj: Any) -> str:
         return json.dumps(obj, separators=(",", ":"))
     if isinstance(obj, str):
         return _json.encode_basestring_ascii(obj)
-    return "".join(_encode(obj, 0))
+    return "".join(_encoder()(obj, 0))
 
 
 def loads(s: str | bytes | bytearray) -> Any:
-    """``json.loads(s)`` of a UTF-8 document (no byte order mark: MQTT payloads are
-    UTF-8); ``ValueError`` (json's ``JSONDecodeError``) if it is not JSON."""
+    """``json.loads(s)``; ``ValueError`` (json's ``JSONDecodeError``) if it is not JSON."""
     if _json is None or not isinstance(s, str | bytes | bytearray):  # pragma: no cover
         import json
 
         return json.loads(s)
-    text = s if isinstance(s, str) else bytes(s).decode("utf-8")
+    if isinstance(s, str):
+        if s.startswith("\ufeff"):  # json refuses it in its own words
+            import json
+
+            return json.loads(s)
+        text = s
+    else:  # UTF-8 (as MQTT payloads are); json itself for a BOM, UTF-16/32, bad bytes
+        raw = bytes(s)
+        try:
+            if raw[:3] == b"\xef\xbb\xbf" or (len(raw) > 1 and not (raw[0] and raw[1])):
+                raise UnicodeDecodeError("utf-8", raw, 0, 1, "not plain UTF-8")
+            text = raw.decode("utf-8", "surrogatepass")
+        except UnicodeDecodeError:
+            import json
+
+            return json.loads(raw)
     start = len(text) - len(text.lstrip(_WS))
     try:
         obj, end = _scan(text, start)

@@ -34,11 +34,17 @@ class Record:
     #: a frozen record cannot be changed after ``__init__`` (and is hashable)
     _frozen: ClassVar[bool] = True
     _fields: ClassVar[tuple[str, ...]] = ()
+    _slots: ClassVar[tuple[str, ...]] = ()  # every slot, the base classes' too
 
     def __init_subclass__(cls) -> None:
         super().__init_subclass__()
+        inherited = cls._fields  # a subclass of a record has its fields, then its own
+        slots = tuple(dict.fromkeys(n for k in cls.__mro__ for n in getattr(k, "__slots__", ())))
         own = cls.__annotations__  # its own (3.10+), in the order written
-        cls._fields = tuple(n for n in own if n[0] != "_" and n in cls.__slots__)
+        cls._fields = inherited + tuple(
+            n for n in own if n[0] != "_" and n in slots and n not in inherited
+        )
+        cls._slots = slots
 
     @classmethod
     def fields(cls) -> tuple[str, ...]:
@@ -46,8 +52,7 @@ class Record:
         return cls._fields
 
     def _init(self, values: dict[str, Any]) -> None:
-        slots: tuple[str, ...] = self.__slots__
-        for name in slots:
+        for name in self._slots:
             object.__setattr__(self, name, values[name] if name[0] != "_" else None)
 
     def _values(self) -> tuple[Any, ...]:

@@ -60,7 +60,8 @@ def light_mqtt(appdir: str | os.PathLike[str] | None) -> dict[str, Any] | None:
     the file is absent the defaults apply, when anything looks unusual the full loader
     runs (and reports the problem with file and field).
     """
-    app = os.path.expanduser(appdir) if appdir else config_dir()
+    # -A "" is the current folder, as typer's Path("") reads it
+    app = os.path.expanduser(os.fspath(appdir) or ".") if appdir is not None else config_dir()
     path = os.path.join(app, "settings.toml")  # os.path: pathlib is ~3 ms of a call
     if not os.path.isfile(path):
         return {}
@@ -92,27 +93,26 @@ _BARE = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz012345678
 _DIGITS = frozenset("0123456789")
 
 
-def plain_mqtt_table(text: str) -> dict[str, str | int | bool] | None:
+def plain_mqtt_table(text: str) -> dict[str, object] | None:
     """The ``[mqtt]`` table of a settings.toml written plainly, without a TOML parser;
-    None for anything else (then ``tomllib`` reads it).
+    None for anything else (then ``tomllib`` reads it, and says what is wrong).
 
     ``tomllib`` imports ``re``, ``typing`` and ``datetime``: ~10 ms of a CLI call that
     issue 15 wants within ~25 ms. The settings files tomato-mqtt writes and documents
     are plain: ``[table]`` headers, ``key = value`` on one line, comments. Here every
-    line must be one of those, the ``[mqtt]`` values strings without escapes, decimal
-    integers or booleans, and nothing may span lines (no multi-line strings, no arrays
-    or inline tables that do not close on their line, no dotted or quoted keys): what
-    is read is then what ``tomllib`` reads (tests/test_fastsettings.py compares them).
+    line must be one of those, with bare keys and headers, each value a string without
+    escapes, a decimal integer, a float or a boolean: nothing spans lines, nothing needs
+    a TOML parser to be understood. Such a file reads as ``tomllib`` reads it, and a file
+    ``tomllib`` refuses is never plain (tests/test_fast_readers.py compares them).
     """
-    if '"""' in text or "'''" in text:
-        return None
-    mqtt: dict[str, str | int | bool] = {}
+    mqtt: dict[str, object] = {}
     table = ""  # the root table
-    seen: set[str] = set()  # tables, and keys as "table.key"
-    for raw in text.split("\n"):
-        line = raw[:-1] if raw.endswith("\r") else raw
-        if any(c < " " and c != "\t" for c in line):
-            return None
+    seen: set[str] = set()  # tables as "name", keys as "table.key" (root keys: ".key")
+    lines = text.split("\n")
+    for i, raw in enumerate(lines):
+        line = raw[:-1] if raw.endswith("\r") and i < len(lines) - 1 else raw  # CRLF
+        if any((c < " " and c != "\t") or c == "\x7f" for c in line):
+            return None  # control characters (a lone CR too): TOML refuses them
         line = line.strip(" \t")
         if not line or line[0] == "#":
             continue
@@ -121,8 +121,8 @@ def plain_mqtt_table(text: str) -> dict[str, str | int | bool] | None:
             name = head.strip(" \t")
             if rest.strip(" \t")[:1] not in ("", "#") or not name or not _BARE.issuperset(name):
                 return None  # [[array]], [a.b], ["quoted"], junk: TOML's reader
-            if name in seen:
-                return None
+            if name in seen or f".{name}" in seen:
+                return None  # a table twice, or a table named as a root key
             seen.add(name)
             table = name
             continue
@@ -130,59 +130,57 @@ def plain_mqtt_table(text: str) -> dict[str, str | int | bool] | None:
         key, value = key.strip(" \t"), value.strip(" \t")
         if not eq or not key or not _BARE.issuperset(key) or not value:
             return None
-        if (table == "" and key == "mqtt") or f"{table}.{key}" in seen:
-            return None  # mqtt = {...} (an inline table), a key given twice
+        if f"{table}.{key}" in seen or (table == "" and (key in seen or key == "mqtt")):
+            return None  # a key twice, a root key named as a table, or mqtt = ... itself
         seen.add(f"{table}.{key}")
-        if table == "mqtt":
-            got = _scalar(value)
-            if got is None:
-                return None
-            mqtt[key] = got
-        elif not _one_line(value):
+        ok, got = _value(value)
+        if not ok:
             return None
+        if table == "mqtt":
+            mqtt[key] = got
     return mqtt
 
 
-def _scalar(value: str) -> str | int | bool | None:
-    """A plain ``[mqtt]`` value (and only a comment after it), else None."""
+def _value(value: str) -> tuple[bool, object]:
+    """(True, the value) of a plain one-line value with at most a comment after it: a
+    string without escapes, a decimal integer, a float, a boolean; else (False, None)."""
     if value[0] in "\"'":
-        end = _string_end(value)
-        body = value[1 : end - 1] if end else ""
-        if not end or (value[0] == '"' and "\\" in body):
-            return None  # unterminated, junk after it, or escapes: TOML's reader
-        return body
+        quote = value[0]
+        end = value.find(quote, 1)
+        body = value[1:end]
+        if end < 0 or (quote == '"' and "\\" in body):
+            return False, None  # unterminated, or escapes: TOML's reader
+        rest = value[end + 1 :].strip(" \t")
+        return (True, body) if rest[:1] in ("", "#") else (False, None)
     token, _, _comment = value.partition("#")
     token = token.strip(" \t")
     if token in ("true", "false"):
-        return token == "true"
-    digits = token[1:] if token[:1] in "+-" else token
-    if not digits or not _DIGITS.issuperset(digits) or (len(digits) > 1 and digits[0] == "0"):
-        return None
-    return int(token)
+        return True, token == "true"
+    if _is_int(token):
+        return True, int(token)
+    if _is_float(token):
+        return True, float(token)
+    return False, None  # arrays, inline tables, dates, 1_000, 0x10...: TOML's reader
 
 
-def _string_end(value: str) -> int:
-    """Where the string ``value`` starts with ends (past its closing quote), if only
-    blanks or a comment follow it; else 0."""
-    quote, i = value[0], 1
-    while i < len(value):
-        c = value[i]
-        if c == "\\" and quote == '"':
-            i += 2
-            continue
-        if c == quote:
-            rest = value[i + 1 :].strip(" \t")
-            return i + 1 if rest[:1] in ("", "#") else 0
-        i += 1
-    return 0
-
-
-def _one_line(value: str) -> bool:
-    """Whether a value of another table surely ends on its line: a string that closes,
-    an array or inline table without strings (whose text could hold brackets) whose
-    brackets close, or a bare value (a number, a boolean, a date) without quotes."""
-    if value[0] in "\"'":
-        return bool(_string_end(value))
-    if '"' in value or "'" in value:
+def _is_int(token: str, signed: bool = True, leading_zero: bool = False) -> bool:
+    """A decimal integer as TOML writes it (no underscores: those go to tomllib)."""
+    digits = token[1:] if signed and token[:1] in "+-" else token
+    if not digits or not _DIGITS.issuperset(digits):
         return False
-    return value.count("[") == value.count("]") and value.count("{") == value.count("}")
+    return leading_zero or len(digits) == 1 or digits[0] != "0"
+
+
+def _is_float(token: str) -> bool:
+    """A float as TOML writes it: an integer part, then a fraction and/or an exponent;
+    or inf / nan (signed or not)."""
+    body = token[1:] if token[:1] in "+-" else token
+    if body in ("inf", "nan"):
+        return True
+    mantissa, e, exponent = body.replace("E", "e").partition("e")
+    whole, dot, fraction = mantissa.partition(".")
+    if not _is_int(whole, signed=False) or (dot and not _is_int(fraction, False, True)):
+        return False
+    if e:
+        return _is_int(exponent, signed=True, leading_zero=True)
+    return bool(dot)

@@ -90,12 +90,14 @@ def _tcp(host: str, port: int, timeout: float, tls: bool) -> _socket.socket:
     for family, kind, proto, _canon, addr in _socket.getaddrinfo(
         name, port, 0, _socket.SOCK_STREAM
     ):
-        sock = _socket.socket(family, kind, proto)
+        sock = None
         try:
+            sock = _socket.socket(family, kind, proto)  # no IPv6 in the kernel: next one
             sock.settimeout(timeout)
             sock.connect(addr)
         except OSError as e:
-            sock.close()
+            if sock is not None:
+                sock.close()
             error = e  # as create_connection: the last one's
             continue
         return sock

@@ -47,11 +47,6 @@ __all__ = ["SchedulerOps"]
 log = logging.getLogger(__name__)
 
 
-#: a payload text up to this long is parsed in the event loop (a tomato payload of a
-#: kB or two parses in under a millisecond); a longer one in a thread
-INLINE_TEXT = 4_000
-
-
 def _payload_from_text(text: str) -> dict[str, Any]:
     """A payload sent as its file's text (``ketchup submit``: the CLI need not load a
     YAML parser). Refusals name no file: the submitter adds its own path."""
@@ -191,10 +186,8 @@ class SchedulerOps:
         self.access.require("job_submit")
         a = SubmitArgs.model_validate(args)
         try:
-            if a.payload_text is not None and len(a.payload_text) > INLINE_TEXT:
+            if a.payload_text is not None:
                 doc = await asyncio.to_thread(_payload_from_text, a.payload_text)
-            elif a.payload_text is not None:  # a payload of tomato: <1 ms, no thread hop
-                doc = _payload_from_text(a.payload_text)
             else:
                 doc = dict(a.payload or {})
             payload = parse_payload(doc, user=a.user)
