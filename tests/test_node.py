@@ -195,6 +195,20 @@ async def test_node_started_before_broker_connects_and_reannounces_after_restart
     assert procs.procs["node"].poll() is None, procs.output()
 
 
+async def _counter_hosted(c: AsyncClient, t: Topics) -> Requester:
+    """Node pc1 online, told to host COUNTER (as the scheduler does), and it registered."""
+    await wait_retained(c, t.node_status("pc1"), _online, 20)
+    req = Requester(c, t)
+    rep = await req.request(
+        t.node_cmd("pc1", "configure"),
+        NodeConfigure(components=[COUNTER], batch_interval=0.2),
+        timeout=10,
+    )
+    assert rep.success, rep
+    await wait_retained(c, t.component_meta(COUNTER.name), _registered, 20)
+    return req
+
+
 async def test_broker_killed_mid_task_spool_keeps_every_batch(procs: Procs) -> None:
     """Batches published while the broker was down are replayed from the node's spool."""
     procs.start_broker()
@@ -202,15 +216,7 @@ async def test_broker_killed_mid_task_spool_keeps_every_batch(procs: Procs) -> N
     t = procs.topics
     cname = COUNTER.name
     async with connected(procs.url) as c:
-        await wait_retained(c, t.node_status("pc1"), _online, 20)
-        req = Requester(c, t)
-        rep = await req.request(
-            t.node_cmd("pc1", "configure"),
-            NodeConfigure(components=[COUNTER], batch_interval=0.2),
-            timeout=10,
-        )
-        assert rep.success, rep
-        await wait_retained(c, t.component_meta(cname), _registered, 20)
+        req = await _counter_hosted(c, t)
         task = TaskSpec(
             technique_name="count",
             max_duration=4.0,
@@ -306,15 +312,7 @@ async def test_a_task_start_asked_again_answers_the_first_start(procs: Procs) ->
     t = procs.topics
     cname = COUNTER.name
     async with connected(procs.url) as c:
-        await wait_retained(c, t.node_status("pc1"), _online, 20)
-        req = Requester(c, t)
-        rep = await req.request(
-            t.node_cmd("pc1", "configure"),
-            NodeConfigure(components=[COUNTER], batch_interval=0.2),
-            timeout=10,
-        )
-        assert rep.success, rep
-        await wait_retained(c, t.component_meta(cname), _registered, 20)
+        req = await _counter_hosted(c, t)
         task = TaskSpec(
             technique_name="count", max_duration=1.0, sampling_interval=0.1, job=7, index=0
         )
