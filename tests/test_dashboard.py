@@ -60,6 +60,10 @@ async def test_dashboard_live_controls(
         chromium_page() as (_, page),
         client(url) as other,
     ):
+        failed: list[str] = []
+        page.on(
+            "response", lambda r: failed.append(f"{r.status} {r.url}") if r.status >= 400 else None
+        )
         await page.goto(dash.address())
         # presence and pipelines appear (retained state, pushed at once)
         for who in ("scheduler", "recorder", "node:local"):
@@ -69,6 +73,10 @@ async def test_dashboard_live_controls(
         await pip.wait_for(timeout=10_000)
         assert "counter" in str(await pip.text_content())
         assert await page.evaluate("window.__dash.firstPaint") is not None
+        assert not failed, failed  # nothing the page asks for is missing
+        # its icon is inline (a browser with a tab bar asked for /favicon.ico: a 404)
+        icon = await page.get_attribute('link[rel="icon"]', "href")
+        assert icon is not None and icon.startswith("data:image/svg+xml,"), icon
 
         # a node that falls silent shows as lost (by the dashboard's clock), as does one
         # whose last will arrives
