@@ -8,6 +8,7 @@ control goes back through the real scheduler.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from pathlib import Path
@@ -291,6 +292,7 @@ async def test_dashboard_roles_on_secured_mosquitto(
     from tests.inproc import running
     from tests.security_env import DEVICES, secured
     from tomato_mqtt.config.settings import load_settings
+    from tomato_mqtt.services.dashboard.web import COOKIE
     from tomato_mqtt.services.scheduler.service import SchedulerService
 
     async with secured("mosquitto", tmp_path / "b", instance, mosquitto_path) as b:
@@ -307,7 +309,7 @@ async def test_dashboard_roles_on_secured_mosquitto(
         async with (
             running(SchedulerService(s)),
             running_dashboard(b.url("dash"), instance) as dash,
-            chromium_page() as (_, page),
+            chromium_page() as (browser, page),
         ):
             await page.goto(dash.address())
             await page.locator('#pipelines tr[data-key="pip-a"]').wait_for(timeout=10_000)
@@ -347,3 +349,21 @@ async def test_dashboard_roles_on_secured_mosquitto(
             assert "✓" in await sign_in("rita", "pw-rita")
             await page.wait_for_function("() => window.S.me && window.S.me.user === 'rita'")
             assert await page.locator("main button:visible, main input:visible").count() == 0
+
+            # the dashboard restarted (here: another one, which has never seen her cookie;
+            # a browser sends a host's cookies to every port): her page says that her
+            # sign-in ended, instead of showing the read-only view without a word
+            async with running_dashboard(b.url("dash"), instance) as again:
+                await page.goto(again.address())
+                await page.wait_for_function("() => window.S.me && !window.S.me.signed_in")
+                said = await _reply(page)
+                assert "✗" in said and "sign-in has ended" in said and "restarted" in said, said
+                # said once: the stale cookie is dropped
+                for _ in range(50):
+                    if not [c for c in await browser.cookies() if c["name"] == COOKIE]:
+                        break
+                    await asyncio.sleep(0.1)
+                assert not [c for c in await browser.cookies() if c["name"] == COOKIE]
+                await page.reload()
+                await page.wait_for_function("() => window.S.me && !window.S.me.signed_in")
+                assert await page.locator("#reply").is_hidden()

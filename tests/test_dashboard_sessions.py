@@ -58,3 +58,22 @@ async def test_a_login_holds_a_few_sessions_and_idle_ones_end() -> None:
     stale.used = time.monotonic() - Sessions.IDLE - 1
     assert ss.get(olga[0].token) is ss.shared  # idle too long: signed out
     assert olga[0].token not in ss._by_token
+
+
+async def test_a_page_whose_sign_in_ended_is_told_why() -> None:
+    """A cookie that no longer signs anyone in was shown the shared read-only view
+    without a word (a user's audit: a restarted dashboard 'signed everyone out')."""
+    ss = _sessions()
+    rita = _held(ss, "rita", 8)
+    olga = _held(ss, "olga", 1)
+    assert ss.ended(None) is None and ss.ended(olga[0].token) is None  # none / still on
+    with pytest.raises(LoginFailed):
+        await ss.sign_in("rita", "pw")  # her oldest sessions make room
+    said = ss.ended(rita[0].token) or ""
+    assert "sign-in has ended" in said and "signed in more than" in said, said
+    stale: Any = olga[0]
+    stale.used = time.monotonic() - Sessions.IDLE - 1
+    ss.get(olga[0].token)
+    assert "12 h without use" in (ss.ended(olga[0].token) or "")
+    # a token this dashboard never made: one that ran before it made it
+    assert "dashboard was restarted" in (ss.ended("from-before") or "")

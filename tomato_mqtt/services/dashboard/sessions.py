@@ -115,6 +115,8 @@ class Sessions:
     IDLE = 12 * 3600.0
     #: failed sign-ins of one login before each further try waits (2, 4, ... 60 s)
     FREE_FAILURES = 3
+    #: ended sessions whose reason is kept, to tell their page
+    ENDED_KEPT = 1000
 
     def __init__(
         self, url: BrokerURL, instance: str, read_only: bool, exposed: bool = False
@@ -128,6 +130,9 @@ class Sessions:
         #: login -> (failed sign-ins in a row, monotonic time of the last)
         self._failures: dict[str, tuple[int, float]] = {}
         self._closing: set[asyncio.Future[None]] = set()  # connections of dropped sessions
+        #: why a token no longer signs anyone in (the newest ENDED_KEPT); a token this
+        #: dashboard never made was made by one that ran before it
+        self._ended: dict[str, str] = {}
 
     async def start_shared(self, client: AsyncClient) -> None:
         topics = Topics(self.instance, self.url.username)
@@ -147,13 +152,25 @@ class Sessions:
             return self.shared
         now = time.monotonic()
         if now - s.used > self.IDLE:  # signed out: the page signs in again
-            self._drop(s)
+            self._drop(s, f"{self.IDLE / 3600:g} h without use")
             return self.shared
         s.used = now
         return s
 
-    def _drop(self, s: Session) -> None:
+    def ended(self, token: str | None) -> str | None:
+        """What to tell a page whose cookie no longer signs anyone in (None: nothing, it
+        had none or it still does): found by a user's audit, a restarted dashboard showed
+        the shared read-only view to everyone signed in, without a word."""
+        if not token or token in self._by_token:
+            return None
+        why = self._ended.get(token, "the dashboard was restarted since")
+        return f"your sign-in has ended ({why}): sign in again"
+
+    def _drop(self, s: Session, why: str) -> None:
         """Forget ``s`` now; its broker connection closes in the background."""
+        self._ended[s.token] = why
+        while len(self._ended) > self.ENDED_KEPT:
+            del self._ended[next(iter(self._ended))]
         self._by_token.pop(s.token, None)
         if s.client is not None:
             task = asyncio.ensure_future(_disconnect(s.client))
@@ -190,12 +207,13 @@ class Sessions:
     async def _sign_in(self, username: str, password: str) -> Session:
         now = time.monotonic()
         for old in [s for s in self._by_token.values() if now - s.used > self.IDLE]:
-            self._drop(old)
+            self._drop(old, f"{self.IDLE / 3600:g} h without use")
         mine = sorted(
             (s for s in self._by_token.values() if s.user == username), key=lambda s: s.used
         )
         for old in mine[: max(0, len(mine) - self.MAX_PER_USER + 1)]:
-            self._drop(old)  # the login's oldest: it signs in again elsewhere
+            # the login's oldest: it signs in again elsewhere
+            self._drop(old, f"{username!r} signed in more than {self.MAX_PER_USER} times since")
         if len([s for s in self._by_token.values() if s.client]) >= self.MAX_SIGNED_IN:
             raise LoginFailed("too many people are signed in to this dashboard")
         try:

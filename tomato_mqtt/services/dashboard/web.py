@@ -101,7 +101,7 @@ async def _ws(request: web.Request) -> web.StreamResponse:
     ws = web.WebSocketResponse(heartbeat=20, compress=False)
     await ws.prepare(request)
     viewer = Viewer(_session(request), close=ws.close)
-    viewer.send(svc.hello(viewer))
+    viewer.send(svc.hello(viewer) | {"ended": svc.sessions.ended(request.cookies.get(COOKIE))})
     svc.viewers.add(viewer)
     writer = asyncio.ensure_future(svc.writer(viewer, ws.send_str))
     try:

@@ -102,6 +102,10 @@ function connect() {
         $("instance").textContent = m.title;
         m.items.forEach(apply);
         setMe(m.me);
+        if (m.ended) {  // the cookie signs no one in any more: say so once, and drop it
+          showReply({ success: false, msg: m.ended });
+          post("/api/logout", {});
+        }
         mark("presence"); mark("pipelines"); mark("jobs"); mark("first");
         break;
       case "items": m.items.forEach(apply); break;
