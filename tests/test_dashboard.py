@@ -205,8 +205,22 @@ async def test_dashboard_live_controls(
         png = await page.screenshot(path=None if shot is None else str(shot), full_page=False)
         assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000, len(png)
 
-        # cancel from the page: the job ends cd
+        # cancel from the page asks first (a running job cannot be resumed): declined,
+        # the job runs on; accepted, it ends cd
+        asked: list[str] = []
+
+        async def answer(dialog: Any, accept: bool) -> None:
+            asked.append(dialog.message)
+            await (dialog.accept() if accept else dialog.dismiss())
+
+        page.once("dialog", lambda d: asyncio.ensure_future(answer(d, False)))
+        await page.click("#jp-cancel")
+        await asyncio.sleep(1.0)
+        assert asked and f"Cancel job {jobid}?" in asked[0] and "stop it now" in asked[0], asked
+        assert st.jobs[jobid].status == "r"  # as the stack last said
+        page.once("dialog", lambda d: asyncio.ensure_future(answer(d, True)))
         await _act(page, "#jp-cancel", "✓")
+        assert len(asked) == 2
         await page.locator('#jp-status[data-status="cd"]').wait_for(timeout=20_000)
         job = await st.wait_job(jobid, {"cd"}, timeout=5)
         assert job.status == "cd"

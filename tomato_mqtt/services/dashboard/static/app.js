@@ -232,6 +232,14 @@ function render() {
 setInterval(() => mark("presence"), 1000);  // heartbeat ages, lost by silence
 
 // -- controls ------------------------------------------------------------------------------
+// a cancelled job cannot be resumed: asked first (the last audit: one click ended it)
+function cancelJob(id) {
+  const j = S.jobs[id];
+  const what = j && j.status === "r" ? "stop it now (its file keeps what was measured)" : "take it off the queue";
+  if (window.confirm(`Cancel job ${id}? This will ${what}.`)) command("job_cancel", { jobids: [id] });
+}
+window.cancelJob = cancelJob;
+
 function showReply(r) {
   const box = $("reply");
   box.hidden = false;
@@ -262,7 +270,7 @@ $("pipeline-controls").addEventListener("click", (e) => {
   command(op, args);
 });
 $("jobs").addEventListener("click", (e) => {
-  if (e.target.classList.contains("cancel")) command("job_cancel", { jobids: [Number(e.target.dataset.job)] });
+  if (e.target.classList.contains("cancel")) cancelJob(Number(e.target.dataset.job));
 });
 $("submit-controls").addEventListener("submit", async (e) => {
   e.preventDefault();

@@ -215,7 +215,7 @@ function renderJobPage() {
   dl.textContent = ["c", "ce", "cd"].includes(j.status) ? "download results (.nc)" : "download snapshot (.nc)";
   renderPayload();
 }
-$("jp-cancel").addEventListener("click", () => command("job_cancel", { jobids: [J.id] }));
+$("jp-cancel").addEventListener("click", () => cancelJob(J.id));
 $("jp-download").addEventListener("click", async (e) => {
   // fetched here so that a refusal shows in the page instead of replacing it
   e.preventDefault();
