@@ -178,6 +178,32 @@ def test_a_new_state_file_never_gives_a_used_job_id_again(tmp_path: Path) -> Non
         assert f"job ids continue after {first}" in log, log[-2000:]
 
 
+async def test_a_recorder_on_another_pc_tells_the_scheduler_which_ids_are_used(
+    broker: RunningBroker, tmp_path: Path, instance: str
+) -> None:
+    """The ids continue after those the recorder has stored even when the scheduler
+    cannot read its store (a recorder on another PC): its retained status says the
+    highest. A fresh state file here, a recorder that has stored job 41: the next
+    submit is job 42, not job 1 (whose points the recorder would take for job 1's)."""
+    from tomato_mqtt.wire.messages import RecorderStatus, encode
+
+    topics = Topics(instance)
+    async with client(f"mqtt://127.0.0.1:{broker.port}") as c:
+        seen = RecorderStatus(state="online", heartbeat=time.time(), highest_job=41)
+        await c.publish(topics.recorder_status(), encode(seen), retain=True)
+    async with inproc_stack(broker.port, tmp_path, instance) as st:
+        await st.call("pipeline_load", {"pipeline": "pip-counter-1", "sampleid": "s1"})
+        doc = yaml.safe_load((CONFIG / "counter_v2.2.yml").read_text())
+        job = await st.call("job_submit", {"payload": doc, "submit_dir": str(tmp_path)})
+        assert job.id == 42, job
+        await st.call("job_cancel", {"jobids": [job.id]})
+        # the recorder that runs here tells its own highest (none: a fresh store) and
+        # the ids do not go back
+        again = await st.call("job_submit", {"payload": doc, "submit_dir": str(tmp_path)})
+        assert again.id == 43, again
+        await st.call("job_cancel", {"jobids": [again.id]})
+
+
 def _write_devices(st: Stack, doc: dict[str, Any]) -> None:
     (st.appdir / "devices.yml").write_text(yaml.safe_dump(doc))
 

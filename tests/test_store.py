@@ -191,3 +191,16 @@ def test_old_spool_is_migrated_and_its_batches_replayable(tmp_path: Path) -> Non
     assert [s for s, _ in sp.get("c", "e7", 0, 5)] == [0, 1]
     assert sp.ack("c", "e7", 1) == 2 and sp.pending() == {}
     sp.close()
+
+
+def test_the_store_says_the_highest_job_it_holds(tmp_path: Path) -> None:
+    """What the recorder's status tells a scheduler whose state file was replaced (the
+    ids continue after it); an implausible id (10**13) does not count."""
+    st = BatchStore(tmp_path / "r.sqlite")
+    assert st.highest_job() is None
+    _add(st, "s1", 0, 7, 2, _raw(0))
+    _add(st, "s1", 1, None, 2, _raw(1))  # idle points: no job
+    _add(st, "s1", 2, 10**13, 2, _raw(2))
+    assert st.highest_job() == 7
+    st.close()
+    assert BatchStore(tmp_path / "r.sqlite").highest_job() == 7  # as a restarted recorder

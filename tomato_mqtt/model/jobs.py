@@ -14,6 +14,7 @@ from pydantic import BaseModel, Field
 __all__ = [
     "ACTIVE_STATUSES",
     "DONE_STATUSES",
+    "PLAUSIBLE_ID",
     "STATUS_CODES",
     "Job",
     "JobStatusCode",
@@ -27,6 +28,11 @@ JobStatusCode = Literal["q", "qw", "r", "rd", "c", "ce", "cd"]
 STATUS_CODES: tuple[str, ...] = get_args(JobStatusCode)
 DONE_STATUSES: frozenset[str] = frozenset({"c", "ce", "cd"})
 ACTIVE_STATUSES: frozenset[str] = frozenset({"r", "rd"})
+
+#: the highest job id taken as evidence of ids in use (found by a review: a folder named
+#: 99999999999999999999 stopped the scheduler with an OverflowError, and one at 2**63-1
+#: made every later submit fail): a trillion jobs are beyond any lab
+PLAUSIBLE_ID = 10**12
 
 # tomato's job life cycle (qw -> q: after a reload, no pipeline matches any more)
 _TRANSITIONS: dict[str, frozenset[str]] = {

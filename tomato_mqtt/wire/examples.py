@@ -177,6 +177,7 @@ def example_messages() -> dict[str, BaseModel]:
             heartbeat=t0 + 42,
             version="0.1.0",
             jobs={"7": progress},
+            highest_job=7,
         ),
         NodeConfigure(
             components=[node_component],

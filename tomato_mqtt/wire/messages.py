@@ -136,6 +136,12 @@ class RecorderStatus(WireModel):
         "means a restart, and requests sent to the old one must be sent again",
     )
     jobs: dict[str, JobProgress] = Field(default_factory=dict)
+    highest_job: int | None = Field(
+        default=None,
+        description="the highest job id whose data this recorder has stored: a scheduler "
+        "whose state file was replaced (removed, restored from a backup) continues its job "
+        "ids after it, so that no new job takes a used id (and an old job's file its points)",
+    )
     storage_error: str | None = Field(
         default=None,
         description="why the recorder cannot store data right now (disk full, read-only, "

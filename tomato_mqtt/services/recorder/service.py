@@ -27,6 +27,7 @@ from pydantic import BaseModel, JsonValue
 
 from tomato_mqtt import __version__
 from tomato_mqtt.config.statefiles import opened
+from tomato_mqtt.model.jobs import PLAUSIBLE_ID
 from tomato_mqtt.services.base import Service
 from tomato_mqtt.services.idle import run_when_idle
 from tomato_mqtt.services.recorder.fileops import FileOps
@@ -99,6 +100,9 @@ class RecorderService(Service):
         self.requester: Requester | None = None
         self.streams: dict[tuple[str, str], _Stream] = {}  # (component, stream)
         self.jobs_seen: set[int] = set()
+        #: the highest job id stored (told in the status: a scheduler with a new state
+        #: file continues its ids after it)
+        self.highest_job: int | None = None
         self.files = Files(self)
         self.fileops = FileOps(self)
         self.storage_error: str | None = None
@@ -125,6 +129,7 @@ class RecorderService(Service):
         self.store = opened(
             "recorder", self.db_path, "the recorder", lambda: BatchStore(self.db_path)
         )
+        self.highest_job = self.store.highest_job()
 
     async def started(self) -> None:
         self.requester = Requester(self.mqtt, self.topics)
@@ -178,6 +183,7 @@ class RecorderService(Service):
             version=__version__,
             started_at=self.started_at,
             jobs=jobs,
+            highest_job=self.highest_job,
             storage_error=self.storage_error,
         )
 
@@ -229,6 +235,8 @@ class RecorderService(Service):
         self._storage_ok()
         if b.job is not None:
             self.jobs_seen.add(b.job)
+            if self.highest_job is None or self.highest_job < b.job <= PLAUSIBLE_ID:
+                self.highest_job = b.job
         self.streams.setdefault((b.component, stream), _Stream())
         if res == "conflict":
             self._conflict(b, stream)

@@ -29,6 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from tomato_mqtt.model.jobs import PLAUSIBLE_ID
+
 __all__ = ["AddResult", "BatchRow", "BatchStore", "digest"]
 
 _SCHEMA = """
@@ -203,6 +205,18 @@ class BatchStore:
             (job,),
         ).fetchall()
         return [(str(c), str(st), int(s), t, bytes(r)) for c, st, s, t, r in rows]
+
+    def highest_job(self) -> int | None:
+        """The highest job id stored (batches or final files; model.jobs.PLAUSIBLE_ID
+        at most)."""
+        best: int | None = None
+        for table in ("stored", "finals"):
+            got = self._db.execute(
+                f"SELECT max(job) FROM {table} WHERE job <= ?", (PLAUSIBLE_ID,)
+            ).fetchone()[0]
+            if got is not None and (best is None or int(got) > best):
+                best = int(got)
+        return best
 
     def job_points(self, job: int) -> dict[str, int]:
         rows = self._db.execute(

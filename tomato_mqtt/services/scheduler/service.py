@@ -105,6 +105,29 @@ class SchedulerService(Service):
     def presence(self, state: PresenceState) -> SchedulerStatus:
         return self._presence(state)
 
+    def _ids_after(self, used: int | None, where: str) -> None:
+        """Job ids continue after ``used``, an id seen in ``where`` that the state file
+        does not know (it was removed, emptied or restored from a backup): an id is never
+        given to two jobs, so no job's file takes another's points. ``where`` is this
+        PC's recorder store or job folders at start, and a recorder's status (it may run
+        on another PC) whenever one comes."""
+        if self.store is None or not used:
+            return
+        try:
+            moved = self.store.continue_ids_after(used)
+        except sqlite3.Error as e:  # a state file that takes no writes: said elsewhere
+            log.warning("cannot move the job ids past %d (%s): %s", used, where, e)
+            return
+        if moved:
+            log.warning(
+                "job ids continue after %d (seen in %s, unknown to %s: a state file "
+                "removed, emptied or restored from a backup?): an id is never given to "
+                "two jobs, so no job's file takes another's points",
+                used,
+                where,
+                self.settings.state_db,
+            )
+
     # -- lifecycle -------------------------------------------------------------------------
     async def setup(self) -> None:
         self.layout = load_devices(self.settings.devices_file, self.settings.node.name)
@@ -115,15 +138,7 @@ class SchedulerService(Service):
         )
         self.store.sync_pipelines(self.layout.pipelines)
         used, where = highest_job_elsewhere(self.settings.recorder_db, self.settings.jobs_dir)
-        if self.store.continue_ids_after(used):
-            log.warning(
-                "job ids continue after %d (seen in %s, unknown to %s: a state file "
-                "removed, emptied or restored from a backup?): an id is never given to "
-                "two jobs, so no job's file takes another's points",
-                used,
-                where,
-                self.settings.state_db,
-            )
+        self._ids_after(used, where)
 
     async def started(self) -> None:
         self.requester = Requester(self.mqtt, self.topics)
@@ -272,6 +287,7 @@ class SchedulerService(Service):
                     await self._on_node_status(nst)
             elif parsed.kind == "recorder_status":
                 rst = decode(RecorderStatus, msg.payload, msg.topic)
+                self._ids_after(rst.highest_job, "the recorder's status")
                 await self.recorder.seen(rst)
                 await self.presence_view.recorder(rst)
             elif parsed.kind == "component_meta":

@@ -14,7 +14,14 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from tomato_mqtt.model.jobs import Job, PipelineState, UnknownName, check_transition, utcnow
+from tomato_mqtt.model.jobs import (
+    PLAUSIBLE_ID,
+    Job,
+    PipelineState,
+    UnknownName,
+    check_transition,
+    utcnow,
+)
 
 __all__ = ["StateStore", "highest_job_elsewhere"]
 
@@ -404,12 +411,6 @@ def _pipeline(row: sqlite3.Row) -> PipelineState:
     return PipelineState(
         name=row["name"], sampleid=row["sample"], ready=bool(row["ready"]), jobid=row["jobid"]
     )
-
-
-#: the highest job id taken as evidence of ids in use (found by a review: a folder named
-#: 99999999999999999999 stopped the scheduler with an OverflowError, and one at 2**63-1
-#: made every later submit fail): a trillion jobs are beyond any lab
-PLAUSIBLE_ID = 10**12
 
 
 def highest_job_elsewhere(recorder_db: Path, jobs_dir: Path) -> tuple[int, str]:
