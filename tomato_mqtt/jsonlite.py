@@ -78,25 +78,19 @@ def dumps(obj: Any) -> str:
 def loads(s: str | bytes | bytearray) -> Any:
     """``json.loads(s)``; ``ValueError`` (json's ``JSONDecodeError``) if it is not JSON."""
     if _json is None or not isinstance(s, str | bytes | bytearray):  # pragma: no cover
-        import json
-
-        return json.loads(s)
+        return _by_json(s)
     if isinstance(s, str):
         if s.startswith("\ufeff"):  # json refuses it in its own words
-            import json
-
-            return json.loads(s)
+            return _by_json(s)
         text = s
     else:  # UTF-8 (as MQTT payloads are); json itself for a BOM, UTF-16/32, bad bytes
         raw = bytes(s)
+        if raw[:3] == b"\xef\xbb\xbf" or (len(raw) > 1 and not (raw[0] and raw[1])):
+            return _by_json(raw)
         try:
-            if raw[:3] == b"\xef\xbb\xbf" or (len(raw) > 1 and not (raw[0] and raw[1])):
-                raise UnicodeDecodeError("utf-8", raw, 0, 1, "not plain UTF-8")
             text = raw.decode("utf-8", "surrogatepass")
         except UnicodeDecodeError:
-            import json
-
-            return json.loads(raw)
+            return _by_json(raw)
     start = len(text) - len(text.lstrip(_WS))
     try:
         obj, end = _scan(text, start)
@@ -105,6 +99,13 @@ def loads(s: str | bytes | bytearray) -> Any:
     if text[end:].strip(_WS):
         return _fail("Extra data", text, end + len(text[end:]) - len(text[end:].lstrip(_WS)))
     return obj
+
+
+def _by_json(s: Any) -> Any:
+    """What ``json`` itself makes of ``s`` (what this module does not read itself)."""
+    import json
+
+    return json.loads(s)
 
 
 def _fail(msg: str, text: str, pos: int) -> Any:
