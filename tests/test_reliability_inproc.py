@@ -408,7 +408,12 @@ async def test_a_node_whose_spool_disk_is_full_keeps_running_and_loses_no_point(
         # checks SQLITE_FULL itself; here every write fails the same way, at once)
         spool._db.execute("PRAGMA query_only = 1")
         job = await st.call("job_submit", {"payload": payload, "submit_dir": str(tmp_path)})
-        await asyncio.sleep(1.0)
+        # until the node has tried to spool a batch of the job (a loaded full run had
+        # not yet, 1 s after the submit)
+        for _ in range(100):
+            if spool.failing:
+                break
+            await asyncio.sleep(0.1)
         assert spool.failing, "the spool took writes"
         spool._db.execute("PRAGMA query_only = 0")  # writes again, mid-task
         done = await st.wait_job(job.id, {"c", "ce", "cd"}, timeout=60)
