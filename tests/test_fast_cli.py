@@ -355,3 +355,20 @@ async def test_submit_sends_a_yaml_payload_as_text_and_loads_no_yaml_parser(
             _run, [str(BIN / "ketchup"), "submit", str(job), *common], dict(os.environ)
         )
         assert rc == 0 and "job submitted successfully with jobid 2" in out, (out, err)
+
+
+async def test_a_submit_nobody_answered_says_the_job_may_still_come(
+    broker: RunningBroker, tmp_path: Path
+) -> None:
+    """Found by a user: with the scheduler paused, `ketchup submit` said nobody answered;
+    the scheduler took the job once it went on, and the job submitted again ran twice.
+    The message says so, on both paths (here no scheduler listens at all)."""
+    job = tmp_path / "job.yml"
+    job.write_text("version: '2.2'\nsample: {name: s}\nmethod: []\n")
+    env = {k: v for k, v in os.environ.items() if k != "TOMATO_BROKER"}
+    line = ["submit", str(job), "-p", str(broker.port), "-A", str(tmp_path), "-t", "1"]
+    typer = [sys.executable, "-m", "tomato_mqtt.cli.ketchup"]
+    for cmd in ([str(BIN / "ketchup"), *line], [*typer, *line]):
+        rc, _out, err = await asyncio.to_thread(_run, cmd, env)
+        assert rc == 1 and "no scheduler answered" in err, err
+        assert "before submitting it again" in err and "ketchup search" in err, err

@@ -75,6 +75,13 @@ async def test_summary_counts_running_queued_and_why(
         assert s.queued == 4
         assert [j.id for j in s.queued_head] == sorted([*waiting, unmatchable])
         assert s.queued_tail == []
+        # the summary's jobs carry their payload cut to sample and task count (a user's
+        # queue of 5,000-task payloads made it 13 MB); the whole one is asked by id
+        light = s.running[0].payload
+        assert light["tasks"] == 1 and light["sample"]["identifier"] == "run-me", light
+        assert all(set(j.payload) == {"sample", "tasks"} for j in s.queued_head)
+        (whole,) = await st.call("job_status", {"jobids": [running]})
+        assert whole.payload["method"] and whole.payload["version"]
         assert s.pipelines == {"pip-counter-1": {"r": 1}}
         reasons = dict(s.waiting)
         assert sum(reasons.values()) == 4

@@ -344,3 +344,15 @@ def test_ids_continue_after_those_the_recorder_and_job_folders_know(tmp_path: Pa
     (jobs / str(2**63 - 1)).mkdir()
     assert highest_job_elsewhere(tmp_path / "bad.sqlite", jobs) == (0, "")
     assert highest_job_elsewhere(tmp_path / "bad.sqlite", tmp_path / "none") == (0, "")
+
+
+def test_search_ignores_case_beyond_ascii(store: StateStore) -> None:
+    """Found by a user: SQLite's LIKE folds ASCII letters only, so 'ESSAI-É' did not
+    find 'essai-é' (docs/cli.md: the search ignores case)."""
+    for n in ["essai-é", "Straße 1", "plain", None]:
+        store.add_job(PAYLOAD, n, None)
+    assert [j.id for j in store.search("ESSAI-É")] == [1]
+    assert [j.id for j in store.search("É")] == [1]
+    assert [j.id for j in store.search("STRASSE")] == []  # an ASCII name: LIKE, where ß is not ss
+    assert [j.id for j in store.search("STRAẞE")] == [2]
+    assert [j.id for j in store.search("essai")] == [1]  # ASCII: SQLite's own LIKE

@@ -277,24 +277,26 @@ def run_request(
     *,
     timeout: float,
     who: str = "scheduler",
+    unanswered: str = "",
 ) -> Any:
     """One request, synchronously, on the fast path (:mod:`~tomato_mqtt.transport.oneshot`,
-    as the Python client's ``request``); problems become a message + exit 1."""
+    as the Python client's ``request``); problems become a message + exit 1.
+    ``unanswered`` is added to the message when no answer came (what may still happen)."""
     from tomato_mqtt.transport import oneshot
 
     try:
         return oneshot.request(ctx.url, topic, ctx.topics.reply, args, timeout=timeout, who=who)
     except oneshot.OneShotError as e:
-        oneshot_failed(ctx, e)
+        oneshot_failed(ctx, e, unanswered)
 
 
-def oneshot_failed(ctx: CallContext, e: Exception) -> NoReturn:
+def oneshot_failed(ctx: CallContext, e: Exception, unanswered: str = "") -> NoReturn:
     """A one-shot call that went wrong, said plainly: nobody answered (or the ACL dropped
     the request), the broker refused us, or it cannot be reached."""
     from tomato_mqtt.transport import oneshot
 
     if isinstance(e, oneshot.NoAnswer):
-        fail(denied(ctx, e.topic) or f"{e} ({ctx.where()})")
+        fail(denied(ctx, e.topic) or f"{e} ({ctx.where()}){unanswered}")
     if isinstance(e, oneshot.Refused):
         fail(f"{e} ({ctx.where()})")
     fail(f"{e} — is tomato-mqtt running? ({ctx.where()})")

@@ -77,12 +77,21 @@ def submit(opts: Opts, payload: File, jobname: str | None) -> None:
         "user": user,
     }
     topic = ctx.topics.scheduler_cmd("job_submit")
+    # a scheduler that is busy or paused still takes the job once it answers (found by a
+    # user: submitted again after the error, the job ran twice)
+    later = (
+        "; a scheduler that answers later still queues the job: look for it with "
+        "`ketchup status` or `ketchup search` before submitting it again"
+    )
     if text is not None:
-        reply = run_request(ctx, topic, args | {"payload_text": text}, timeout=opts.timeout)
+        reply = run_request(
+            ctx, topic, args | {"payload_text": text}, timeout=opts.timeout, unanswered=later
+        )
         if not reply.success and "payload_text" in (reply.msg or ""):
             text = None  # a scheduler older than payload_text: send it parsed
     if text is None:
-        reply = run_request(ctx, topic, args | {"payload": _parsed(payload)}, timeout=opts.timeout)
+        full = args | {"payload": _parsed(payload)}
+        reply = run_request(ctx, topic, full, timeout=opts.timeout, unanswered=later)
     if not reply.success and reply.code == "refused":  # the scheduler cannot know the file
         head, sep, why = reply.msg.partition("payload refused: ")
         # one order whoever refused it: "payload refused: <file>: <where>: <why>"

@@ -52,10 +52,18 @@ class JobSummary(_Data):
     pipelines: dict[str, dict[str, int]] = Field(
         description="pipeline -> status -> jobs that ran or run there"
     )
-    running: list[Job] = Field(description="every job in r or rd (at most one per pipeline)")
+    running: list[Job] = Field(
+        description="every job in r or rd (at most one per pipeline); in the jobs of a "
+        "summary the payload is cut to its sample and the number of its tasks "
+        "({sample, tasks}): the whole one is in job_status with the job's id"
+    )
     queued: int = Field(description="jobs in q or qw")
-    queued_head: list[Job] = Field(description="the first queued jobs (they launch first)")
-    queued_tail: list[Job] = Field(description="the last queued jobs, none in queued_head")
+    queued_head: list[Job] = Field(
+        description="the first queued jobs (they launch first; payloads as in running)"
+    )
+    queued_tail: list[Job] = Field(
+        description="the last queued jobs, none in queued_head (payloads as in running)"
+    )
     waiting: list[tuple[str | None, int]] = Field(
         description="(reason, number of queued jobs) — why the queue waits, most first"
     )

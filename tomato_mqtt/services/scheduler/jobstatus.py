@@ -104,6 +104,19 @@ def summary_text(statuses: dict[str, dict[str, JsonValue]]) -> str:
     return "\n".join(lines) or "job queue is empty"
 
 
+def _light(job: Job) -> JsonValue:
+    """A job of the summary with its payload cut to its sample and the number of its
+    tasks: a payload can be megabytes (found by a user: 10 queued jobs of 5,000 tasks
+    made the summary 13 MB, and ``ketchup status`` took a second); the whole one is in
+    ``ketchup status <id>``."""
+    payload = job.payload or {}
+    method = payload.get("method")
+    tasks = len(method) if isinstance(method, list) else 0
+    light = {"sample": payload.get("sample"), "tasks": tasks}
+    dumped: JsonValue = job.model_copy(update={"payload": light}).model_dump(mode="json")
+    return dumped
+
+
 def _summary(store: StateStore) -> Result:
     counts = store.status_counts()
     statuses: dict[str, dict[str, JsonValue]] = {}
@@ -120,10 +133,10 @@ def _summary(store: StateStore) -> Result:
         "total": sum(counts.values()),
         "statuses": dict[str, JsonValue](statuses),
         "pipelines": {p: dict[str, JsonValue](c) for p, c in store.pipeline_counts().items()},
-        "running": [j.model_dump(mode="json") for j in running],
+        "running": [_light(j) for j in running],
         "queued": queued,
-        "queued_head": [j.model_dump(mode="json") for j in qhead],
-        "queued_tail": [j.model_dump(mode="json") for j in qtail],
+        "queued_head": [_light(j) for j in qhead],
+        "queued_tail": [_light(j) for j in qtail],
         "waiting": [[r, n] for r, n in store.reason_counts(["q", "qw"])],
     }
     return Result(summary_text(statuses), data)

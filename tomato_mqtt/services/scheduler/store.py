@@ -400,11 +400,17 @@ class StateStore:
         """Jobs whose name contains ``name`` (case-insensitive); ended jobs only when
         ``complete``."""
         escaped = name.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-        sql = "SELECT * FROM jobs WHERE jobname LIKE ? ESCAPE '\\'"
-        args: list[Any] = [f"%{escaped}%"]
+        # SQLite's LIKE ignores the case of ASCII letters only: for any other name the
+        # candidates are every named job, matched here (found by a user: 'ESSAI-É' did
+        # not find 'essai-é')
+        sql = "SELECT id, jobname FROM jobs WHERE jobname LIKE ? ESCAPE '\\'"
+        args: list[Any] = [f"%{escaped}%" if name.isascii() else "%"]
         if not complete:
             sql += " AND status NOT IN ('c', 'ce', 'cd')"
-        return [self._job(r) for r in self._db.execute(sql + " ORDER BY id", args)]
+        rows = self._db.execute(sql + " ORDER BY id", args).fetchall()
+        want = name.casefold()
+        ids = [int(r[0]) for r in rows if name.isascii() or want in str(r[1]).casefold()]
+        return self.jobs(ids=ids) if ids else []
 
 
 def _pipeline(row: sqlite3.Row) -> PipelineState:
