@@ -313,3 +313,28 @@ def test_a_record_subclass_keeps_its_base_s_fields() -> None:
     a, b = Sub(host="a"), Sub(host="b")
     assert Sub.fields() == BrokerURL.fields() and a != b and hash(a) != hash(b)
     assert repr(a).startswith("Sub(host='a', port=1883")
+
+
+@pytest.mark.parametrize(
+    "mqtt", ["port = -1", "port = 70000", "keepalive = 0", 'instance = "Bad Name!"']
+)
+def test_a_value_the_loader_refuses_is_said_with_the_file(tmp_path: Path, mqtt: str) -> None:
+    """Found by a user: port = -1 reached the socket ("Servname not supported"), a bad
+    instance was refused without naming the file; the full loader says where."""
+    (tmp_path / "settings.toml").write_text(f"[mqtt]\n{mqtt}\n")
+    assert light_mqtt(tmp_path) is None  # not read on the light path: the loader's
+    res = subprocess.run(
+        [str(Path(sys.executable).parent / "ketchup"), "status", "-A", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert res.returncode == 1 and "settings.toml" in res.stderr, res.stderr
+    assert "Traceback" not in res.stderr
+
+
+def test_an_ipv6_broker_is_written_with_brackets() -> None:
+    from tomato_mqtt.config.url import BrokerURL
+
+    url = BrokerURL.parse("mqtt://[::1]:21883")
+    assert (url.host, url.port, str(url)) == ("::1", 21883, "mqtt://[::1]:21883")

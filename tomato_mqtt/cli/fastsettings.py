@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 import sys
 
+from tomato_mqtt.wire.slugs import is_slug
+
 TYPE_CHECKING = False  # typing is ~2 ms of a one-request call: for the type checker only
 if TYPE_CHECKING:
     from typing import Any
@@ -86,6 +88,15 @@ def light_mqtt(appdir: str | os.PathLike[str] | None) -> dict[str, Any] | None:
         want = MQTT_KEYS.get(k)
         if want is None or type(v) is not want:
             return None
+    # values the full loader refuses go to it, which names the file and field (found by a
+    # user: port = -1 became "Servname not supported", a bad instance named no file)
+    port, keepalive = mqtt.get("port", 1883), mqtt.get("keepalive", 30)
+    if not (isinstance(port, int) and 1 <= port <= 65535) or not (
+        isinstance(keepalive, int) and keepalive > 0
+    ):
+        return None
+    if not is_slug(str(mqtt.get("instance", "default"))):
+        return None
     return mqtt
 
 

@@ -122,4 +122,5 @@ class BrokerURL(Record):
 
     def __str__(self) -> str:
         scheme = {"tcp": "mqtt", "websockets": "ws"}[self.transport] + ("s" if self.tls else "")
-        return f"{scheme}://{self.host}:{self.port}"
+        host = f"[{self.host}]" if ":" in self.host else self.host  # IPv6, as it is written
+        return f"{scheme}://{host}:{self.port}"

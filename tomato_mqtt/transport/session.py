@@ -185,7 +185,13 @@ class Session:
         mid = self._next_mid()
         self._send(_packet(SUBSCRIBE, 0x02, struct.pack("!H", mid) + _utf8(topic) + bytes([qos])))
         while True:
-            kind, _flags, body = self._read(deadline)
+            try:
+                kind, _flags, body = self._read(deadline)
+            except SessionTimeout:
+                raise SessionTimeout(
+                    f"the MQTT broker at {self.url} did not acknowledge the subscription to "
+                    f"{topic} within {timeout:g} s"
+                ) from None
             if kind == SUBACK and body[:2] == struct.pack("!H", mid):
                 if body[2:3] == b"\x80":
                     raise SessionRefused(f"the MQTT broker refused the subscription to {topic}")
