@@ -167,3 +167,16 @@ def test_payload_bounds_are_settings(tmp_path: Path) -> None:
     a.check_bounds([{"sampling_interval": 0.5, "max_duration": 50}])
     with pytest.raises(CommandError, match="limit of 100"):
         a.check_bounds([{"sampling_interval": 0.5, "max_duration": 51}])
+
+
+def test_a_payload_of_too_many_tasks_is_refused(tmp_path: Path) -> None:
+    """Found by a user: a 200,000-task payload (21 MB) was queued, and every status and
+    the cancel carried it (36 s). [jobs] max_tasks bounds it (default 10,000)."""
+    task = {"sampling_interval": 1.0, "max_duration": 1.0}
+    access(tmp_path).check_bounds([task] * 10_000)
+    with pytest.raises(CommandError, match=r"10,001 tasks, more than the 10,000 .*max_tasks"):
+        access(tmp_path).check_bounds([task] * 10_001)
+    few = access(tmp_path, "[jobs]\nmax_tasks = 3\n")
+    few.check_bounds([task] * 3)
+    with pytest.raises(CommandError, match="split it into several jobs"):
+        few.check_bounds([task] * 4)

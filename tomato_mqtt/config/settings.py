@@ -150,6 +150,9 @@ class JobLimits(_Section):
 
     #: points a task may take at most (max_duration / sampling_interval)
     max_points_per_task: int = Field(default=10_000_000, ge=1)
+    #: tasks a payload may hold (a user's 200,000-task payload, 21 MB, was stored, shown
+    #: and cancelled at that size: a cancel took 36 s)
+    max_tasks: int = Field(default=10_000, ge=1)
     #: the shortest sampling interval (s) of a driver that declares none
     min_sampling_interval: float = Field(default=0.001, gt=0)
     #: retained ``job/<id>/status`` of finished jobs: at most this many (the newest) ...

@@ -81,6 +81,11 @@ class Access:
         clock and hands over blocks): the floor on ``sampling_interval`` is for
         one-point drivers, which are called once per point."""
         lim = self.settings.jobs
+        if len(method) > lim.max_tasks:
+            raise CommandError(
+                f"payload refused: {len(method):,} tasks, more than the {lim.max_tasks:,} a "
+                "job may hold ([jobs] max_tasks): split it into several jobs"
+            )
         for i, task in enumerate(method):
             dt = task.get("sampling_interval")
             dur = task.get("max_duration")
