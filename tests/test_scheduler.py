@@ -204,6 +204,22 @@ async def test_a_recorder_on_another_pc_tells_the_scheduler_which_ids_are_used(
         await st.call("job_cancel", {"jobids": [again.id]})
 
 
+async def test_a_payload_of_too_many_tasks_is_refused_before_its_tasks_are_read(
+    broker: RunningBroker, tmp_path: Path, instance: str
+) -> None:
+    """[jobs] max_tasks (10,000): a 10,001-task payload is refused by the scheduler with
+    the bound named, and nothing is queued."""
+    from tomato_mqtt.transport.rpc import ReplyError
+
+    doc = yaml.safe_load((CONFIG / "counter_v2.2.yml").read_text())
+    doc["method"] = doc["method"][:1] * 10_001
+    async with inproc_stack(broker.port, tmp_path, instance) as st:
+        with pytest.raises(ReplyError, match="10,001 tasks.*max_tasks"):
+            await st.call("job_submit", {"payload": doc, "submit_dir": str(tmp_path)})
+        summary = await st.call("job_status", {"summary": True})
+        assert summary.total == 0
+
+
 def _write_devices(st: Stack, doc: dict[str, Any]) -> None:
     (st.appdir / "devices.yml").write_text(yaml.safe_dump(doc))
 

@@ -72,6 +72,16 @@ class Access:
             ops = READ_OPS
         return {"user": user, "role": role, "ops": list(ops), "open": self.roles.open}
 
+    def check_task_count(self, n: int) -> None:
+        """Refuse a payload of more than ``[jobs] max_tasks`` tasks (also before its tasks
+        are validated: 200,000 of them took seconds)."""
+        most = self.settings.jobs.max_tasks
+        if n > most:
+            raise CommandError(
+                f"payload refused: {n:,} tasks, more than the {most:,} a job may hold "
+                "([jobs] max_tasks): split it into several jobs"
+            )
+
     def check_bounds(
         self, method: list[Mapping[str, Any]], bulk: frozenset[str] = frozenset()
     ) -> None:
@@ -81,11 +91,7 @@ class Access:
         clock and hands over blocks): the floor on ``sampling_interval`` is for
         one-point drivers, which are called once per point."""
         lim = self.settings.jobs
-        if len(method) > lim.max_tasks:
-            raise CommandError(
-                f"payload refused: {len(method):,} tasks, more than the {lim.max_tasks:,} a "
-                "job may hold ([jobs] max_tasks): split it into several jobs"
-            )
+        self.check_task_count(len(method))
         for i, task in enumerate(method):
             dt = task.get("sampling_interval")
             dur = task.get("max_duration")

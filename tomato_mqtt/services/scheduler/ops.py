@@ -190,6 +190,9 @@ class SchedulerOps:
                 doc = await asyncio.to_thread(_payload_from_text, a.payload_text)
             else:
                 doc = dict(a.payload or {})
+            method = doc.get("method")
+            if isinstance(method, list):  # before each task is validated
+                self.access.check_task_count(len(method))
             payload = parse_payload(doc, user=a.user)
         except PayloadError as e:
             raise CommandError(f"payload refused: {e}") from None
