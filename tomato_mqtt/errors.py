@@ -137,6 +137,13 @@ def parse_document(text: str, json_only: bool = False) -> Any:
 
     ``json_only`` parses with :mod:`json` (stricter and faster for ``.json`` files).
     """
+    try:
+        return _parse(text, json_only)
+    except RecursionError:  # [[[[...]]]]: both parsers recurse per level
+        raise DocumentError(None, "nested too deeply to be a payload") from None
+
+
+def _parse(text: str, json_only: bool) -> Any:
     import json
 
     if json_only:
@@ -146,8 +153,6 @@ def parse_document(text: str, json_only: bool = False) -> Any:
             raise DocumentError(
                 f"line {e.lineno}, column {e.colno}", f"invalid JSON: {e.msg}"
             ) from None
-        except RecursionError:
-            raise DocumentError(None, "nested too deeply to be a payload") from None
     import yaml
 
     loader = _loader()(text)
@@ -160,8 +165,6 @@ def parse_document(text: str, json_only: bool = False) -> Any:
         raise DocumentError(where, f"invalid YAML: {what}") from None
     except yaml.YAMLError as e:
         raise DocumentError(None, f"invalid YAML: {e}") from None
-    except RecursionError:  # [[[[...]]]]: PyYAML's composer recurses per level
-        raise DocumentError(None, "nested too deeply to be a payload") from None
     finally:
         loader.dispose()
     if loader.aliases:  # what aliases expand to is bounded, not only the text

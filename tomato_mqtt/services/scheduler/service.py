@@ -82,6 +82,7 @@ class SchedulerService(Service):
         self.runners: dict[int, JobRunner] = {}
         self.layout: Layout = Layout(components={}, pipelines={})
         self.store: StateStore | None = None
+        self._ids_past = 0  # the highest id seen elsewhere that the store was told of
         self.requester: Requester | None = None
         self.epoch = int(time.time())  # s, as the nodes' (schema 2; was ms)
         self._schema = SchemaDoc(self.topics.instance)
@@ -111,13 +112,14 @@ class SchedulerService(Service):
         given to two jobs, so no job's file takes another's points. ``where`` is this
         PC's recorder store or job folders at start, and a recorder's status (it may run
         on another PC) whenever one comes."""
-        if self.store is None or not used:
-            return
+        if self.store is None or not used or used <= self._ids_past:
+            return  # a recorder's status comes every heartbeat: the store asked once
         try:
             moved = self.store.continue_ids_after(used)
         except sqlite3.Error as e:  # a state file that takes no writes: said elsewhere
             log.warning("cannot move the job ids past %d (%s): %s", used, where, e)
-            return
+            return  # asked again with the next status
+        self._ids_past = used
         if moved:
             log.warning(
                 "job ids continue after %d (seen in %s, unknown to %s: a state file "
