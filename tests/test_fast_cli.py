@@ -372,3 +372,22 @@ async def test_a_submit_nobody_answered_says_the_job_may_still_come(
         rc, _out, err = await asyncio.to_thread(_run, cmd, env)
         assert rc == 1 and "no scheduler answered" in err, err
         assert "before submitting it again" in err and "ketchup search" in err, err
+
+
+@pytest.mark.parametrize("command", ["start", "node", "scheduler", "dashboard"])
+def test_a_counting_flag_shows_no_value_in_help(command: str) -> None:
+    """``-v``/``-vv`` count: the help showed ``-v <int> [default: 0]`` (an outside user
+    took it for ``-v 2``)."""
+    out = subprocess.run(
+        [str(BIN / "tomato"), command, "--help"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "COLUMNS": "120", "NO_COLOR": "1"},
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    lines = [ln for ln in out.stdout.splitlines() if "--verbose" in ln or "--quiet" in ln]
+    assert lines and any("--verbose" in ln for ln in lines), out.stdout
+    for ln in lines:
+        assert "<int>" not in ln and "default" not in ln, ln
+        assert "(-vv)" in ln or "(-qq)" in ln, ln

@@ -79,6 +79,7 @@ __all__ = [
     "ask_scheduler",
     "client",
     "context",
+    "counter",
     "emit",
     "fail",
     "load_settings",
@@ -122,6 +123,14 @@ TimeoutOpt = Annotated[
         parser=parse_timeout,
     ),
 ]
+
+
+def counter(short: str, long: str, help: str) -> Any:
+    """A flag that counts (``-v``, ``-vv``): no value shown in ``--help`` (typer shows
+    ``<int>`` for a count, as if ``-v 2`` were how to write it), no default."""
+    return typer.Option(short, long, count=True, help=help, metavar=" ", show_default=False)
+
+
 YamlOpt = Annotated[bool, typer.Option("-y", "--yaml", help="print the Reply as YAML")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="print the Reply as JSON")]
 

@@ -38,7 +38,7 @@ def dashboard(
     open_browser: Annotated[
         bool, typer.Option("--open", help="open the page in this PC's web browser")
     ] = False,
-    verbose: Annotated[int, typer.Option("-v", "--verbose", count=True)] = 0,
+    verbose: Annotated[int, common.counter("-v", "--verbose", "more logging (-vv)")] = 0,
 ) -> None:
     """Serve the live dashboard (default http://127.0.0.1:8765/)."""
     try:

@@ -22,8 +22,8 @@ __all__ = ["app", "service_args"]
 # merged into ``tomato`` (no name): ``tomato scheduler`` etc.
 app = typer.Typer(pretty_exceptions_enable=False, add_completion=False)
 
-VerboseOpt = Annotated[int, typer.Option("-v", "--verbose", count=True, help="more logging")]
-QuietOpt = Annotated[int, typer.Option("-q", "--quiet", count=True, help="less logging")]
+VerboseOpt = Annotated[int, common.counter("-v", "--verbose", "more logging (-vv)")]
+QuietOpt = Annotated[int, common.counter("-q", "--quiet", "less logging (-qq)")]
 
 
 @app.command()

@@ -22,12 +22,8 @@ __all__ = ["app"]
 app = typer.Typer(pretty_exceptions_enable=False, add_completion=False)
 
 
-VerboseOpt = Annotated[
-    int, typer.Option("-v", "--verbose", count=True, help="more logging by the services (-vv)")
-]
-QuietOpt = Annotated[
-    int, typer.Option("-q", "--quiet", count=True, help="less logging by the services (-qq)")
-]
+VerboseOpt = Annotated[int, common.counter("-v", "--verbose", "more logging by the services (-vv)")]
+QuietOpt = Annotated[int, common.counter("-q", "--quiet", "less logging by the services (-qq)")]
 
 
 @app.command()
