@@ -299,3 +299,36 @@ def test_node_lost_mid_job_ends_ce_with_data(tmp_path: Path) -> None:
         assert "lost" in job["reason"]
         ds = open_tree(job["respath"])["counter"].to_dataset()
         assert ds["uts"].size >= 5
+
+
+def test_a_job_queued_while_its_node_was_lost_waits_for_the_stale_task(tmp_path: Path) -> None:
+    """A node frozen (SIGSTOP) past the grace period: its job ends ``ce``, but the task
+    runs on once the node is back. The next job on that pipeline was launched onto it
+    at once: the node refused its task as busy, and it ended ``ce`` with no points
+    (found by an outside admin). Now it waits until the scheduler has the stale task
+    stopped (the component reset), then runs and ends ``c`` with every point."""
+    presence = "heartbeat = 0.5\nlost_after = 2.0\nnode_grace_period = 1.0\n"
+    with started(make_stack(tmp_path, scheduler=presence)) as st:
+        doc = yaml.safe_load((CONFIG / "counter_1_0.1.yml").read_text())
+        first = {**doc, "method": [{**doc["method"][0], "time": 60.0}]}
+        second = {**doc, "method": [{**doc["method"][0], "time": 2.0}]}
+        pipeline = "pip-counter-1"
+        st.load_ready(pipeline, doc["sample"]["name"])
+        a = st.submit(payload_file(st, "stale-a", first))
+        st.wait_job(a, {"r"})
+        time.sleep(1.0)
+        node = st.child_pid("node")
+        os.kill(node, signal.SIGSTOP)
+        try:
+            assert st.wait_job(a, {"c", "ce", "cd"}, timeout=60)["status"] == "ce"
+            st.run("tomato", "pipeline", "ready", pipeline, check=True)
+            b = st.submit(payload_file(st, "stale-b", second))
+            assert st.wait_job(b, {"q", "qw"})["status"] in ("q", "qw")
+        finally:
+            os.kill(node, signal.SIGCONT)
+        job = st.wait_job(b, {"c", "ce", "cd"}, timeout=60)
+        assert job["status"] == "c", (job, st.logs())
+        n, missed = taken(job)
+        ds = open_tree(job["respath"])["counter"].to_dataset()
+        assert ds["uts"].size == n and n + missed == 20, (n, missed)
+        assert "still runs task 0 of job" in st.logs()  # the scheduler said what it stopped

@@ -10,7 +10,13 @@ from hypothesis import strategies as st
 
 from tomato_mqtt.config.devices import PipelineLayout
 from tomato_mqtt.model.jobs import Job, PipelineState
-from tomato_mqtt.model.matching import ComponentView, MatchResult, match, next_launches
+from tomato_mqtt.model.matching import (
+    ComponentView,
+    MatchResult,
+    match,
+    next_launches,
+    waiting_reason,
+)
 
 C1 = "example_counter:(example-addr,1)"
 C2 = "example_counter:(example-addr,2)"
@@ -213,6 +219,26 @@ def test_shared_components_are_not_used_twice() -> None:
     assert next_launches([job(1), job(2)], both, m, sample_of, layouts) == [(1, "a")]
     busy = pips(pip("a", jobid=9), pip("b"))
     assert next_launches([job(1)], busy, m, sample_of, layouts) == []
+
+
+def test_a_component_still_running_a_task_is_not_launched_onto() -> None:
+    """A task of a job that ended while its node was lost runs on once the node is
+    back: no job launches onto its component until it is stopped, and the job says why
+    it waits."""
+    layouts = {
+        "a": PipelineLayout(name="a", roles={"x": C1}),
+        "b": PipelineLayout(name="b", roles={"x": C2}),
+    }
+    m = {1: ALL, 2: ALL}
+    both = pips(pip("a"), pip("b"))
+    got = next_launches([job(1), job(2)], both, m, sample_of, layouts, occupied={C1})
+    assert got == [(1, "b")]
+    assert next_launches([job(1)], both, m, sample_of, layouts, occupied={C1, C2}) == []
+    held = {"a": f"component {C1} still runs task 0 of job 7"}
+    reason = waiting_reason(["a"], pips(pip("a")), "s", held)
+    assert reason == f"a waits: component {C1} still runs task 0 of job 7"
+    assert waiting_reason(["a", "b"], both, "s", held) is None  # b is free: no word
+    assert waiting_reason(["a"], pips(pip("a", jobid=3)), "s", held) is None  # its own job
 
 
 @st.composite

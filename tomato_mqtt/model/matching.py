@@ -162,15 +162,18 @@ def next_launches(
     matches: Mapping[int, MatchResult],
     sample_of: Callable[[Any], str],
     layouts: Mapping[str, PipelineLayout] | None = None,
+    occupied: Iterable[str] = (),
 ) -> list[tuple[int, str]]:
     """``(job id, pipeline)`` for every job that launches now, in order of job id.
 
     A job launches on the first of its candidates that is ready, runs no job and holds
     the job's sample; each pipeline takes one job. With ``layouts``, a pipeline is also
     skipped while a component of it is busy in another pipeline (pipelines may share
-    components).
+    components) or ``occupied``: its node says it runs a task (of a job that ended while
+    the node was lost, until the scheduler has it stopped: launched on it, a job's first
+    task was refused as "busy" and the job ended ``ce`` with no points).
     """
-    busy: set[str] = set()
+    busy: set[str] = set(occupied)
     if layouts is not None:
         for p in pipelines.values():
             if p.jobid is not None and p.name in layouts:
@@ -201,13 +204,18 @@ def next_launches(
 
 
 def waiting_reason(
-    candidates: Sequence[str], pipelines: Mapping[str, PipelineState], sample: str
+    candidates: Sequence[str],
+    pipelines: Mapping[str, PipelineState],
+    sample: str,
+    blocked: Mapping[str, str] | None = None,
 ) -> str | None:
-    """Why a job that some pipeline can run still waits, when the user must act.
+    """Why a job that some pipeline can run still waits, when the user must act or
+    something other than a job of the queue holds it up.
 
     A matching job (``qw``) launches only on a candidate pipeline that holds its sample
-    and is ready; without this it would sit at ``qw`` with no word. ``None`` when it just
-    waits for a running job to end.
+    and is ready; without this it would sit at ``qw`` with no word. ``blocked``: per
+    pipeline that runs no job, what keeps it from taking one (a component still running
+    a task of an ended job). ``None`` when it just waits for a running job to end.
     """
     holding = [n for n in candidates if n in pipelines and pipelines[n].sampleid == sample]
     if not holding:
@@ -231,6 +239,9 @@ def waiting_reason(
             f"sample {sample!r} is in {', '.join(holding)}, none of them ready "
             "(tomato pipeline ready <pipeline>)"
         )
+    free = [n for n in holding if pipelines[n].ready and pipelines[n].jobid is None]
+    if blocked and free and all(n in blocked for n in free):
+        return "; ".join(f"{n} waits: {blocked[n]}" for n in free)
     return None
 
 

@@ -24,6 +24,7 @@ from tomato_mqtt.model.matching import (
 )
 
 if TYPE_CHECKING:
+    from tomato_mqtt.model.jobs import PipelineState
     from tomato_mqtt.services.scheduler.ops import SchedulerOps
 
 __all__ = ["QueuePass"]
@@ -62,6 +63,25 @@ class QueuePass:
                 name=name, capabilities=caps, attrs=meta.attrs if meta else {}, online=online
             )
         return out
+
+    def _occupied(self, pips: Mapping[str, PipelineState]) -> tuple[set[str], dict[str, str]]:
+        """Components whose node says they run a task, and per pipeline that runs no job,
+        what of it is so occupied (a task of a job that ended while its node was lost
+        runs on once the node is back, until the scheduler has it stopped: stale.py)."""
+        running = {name: st for name, st in self.svc.cstatus.items() if st.state == "running"}
+        blocked: dict[str, str] = {}
+        for name, pip in pips.items():
+            layout = self.svc.layout.pipelines.get(name)
+            if pip.jobid is not None or layout is None:
+                continue
+            held = [
+                f"component {c} still runs task {running[c].task} of job {running[c].job}"
+                for c in layout.roles.values()
+                if c in running
+            ]
+            if held:
+                blocked[name] = "; ".join(held)
+        return set(running), blocked
 
     @staticmethod
     def _validator(view: ComponentView, technique: str, params: Mapping[str, Any]) -> str | None:
@@ -112,7 +132,8 @@ class QueuePass:
         # a node's heartbeat kicks a pass too: with nothing changed since the last one
         # (no write to the store, the same components, pipelines and layout) there is
         # nothing to decide, and 10,000 queued jobs are not read again
-        seen = (store.writes, svc.layout, views, pips)
+        occupied, blocked = self._occupied(pips)
+        seen = (store.writes, svc.layout, views, pips, occupied)
         if seen == self._last:
             return
         rows = store.queue_rows()
@@ -136,7 +157,7 @@ class QueuePass:
             new_status = "qw" if res.candidates else status
             if res.candidates:  # it can run: say when it waits for the user (a sample)
                 if (key, sample) not in reasons:
-                    reasons[key, sample] = waiting_reason(res.candidates, pips, sample)
+                    reasons[key, sample] = waiting_reason(res.candidates, pips, sample, blocked)
                 new_reason = reasons[key, sample]
             else:
                 new_reason = res.reason
@@ -150,6 +171,7 @@ class QueuePass:
             matches,
             lambda j: self._queued[j.id][1],
             layouts=svc.layout.pipelines,
+            occupied=occupied,
         )
         # the queue's changes and the launches they allow: one transaction (one fsync
         # between a submit and its first task, not one per step); told once stored

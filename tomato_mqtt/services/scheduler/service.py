@@ -32,6 +32,7 @@ from tomato_mqtt.services.scheduler.presence import Presence
 from tomato_mqtt.services.scheduler.recorder_link import RecorderLink
 from tomato_mqtt.services.scheduler.retention import Retention
 from tomato_mqtt.services.scheduler.runner import JobRunner
+from tomato_mqtt.services.scheduler.stale import StaleTasks
 from tomato_mqtt.services.scheduler.store import StateStore, highest_job_elsewhere
 from tomato_mqtt.services.scheduler.warmup import (
     SchemaDoc,
@@ -94,6 +95,7 @@ class SchedulerService(Service):
         self.presence_view = Presence(self)
         self.retention = Retention(self)
         self.lost = LostComponents(self)
+        self.stale = StaleTasks(self)
 
     @property
     def client_id(self) -> str:
@@ -304,7 +306,11 @@ class SchedulerService(Service):
                     return
                 if st.state == "lost":  # ours (lost.py): the node's last word stands
                     return
+                prev = self.cstatus.get(st.name)
                 self.cstatus[st.name] = st
+                if (prev is not None and prev.state == "running") != (st.state == "running"):
+                    self.kick()  # a component the queue could not launch onto is free
+                self.stale.seen(st)
                 if st.last_task is not None:
                     self.presence_view.late_task_end(st)
                 async with self.cond:

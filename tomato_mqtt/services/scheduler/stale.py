@@ -1,0 +1,79 @@
+"""Tasks that outlived their job: stopped, so that the next job can have the component.
+
+A job whose node is lost for longer than ``node_grace_period`` ends ``ce``; its end
+cannot reset the components (the node does not answer). A node that was only frozen
+(SIGSTOP, a suspended VM, a network cut) comes back with the task still running, and
+the job queued next on that pipeline was launched onto it: the node refused its first
+task as "busy" and the job ended ``ce`` with no points (found by an outside admin).
+
+Now the queue does not launch onto a component whose node says it runs a task
+(``QueuePass._occupied``: the job waits, saying for what), and this module has such a
+task stopped when its job is over: the component is reset (``force``: the task stops
+with ``reset``, its points so far are merged into the ended job's file as late data),
+as the job's own end would have done.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING
+
+from tomato_mqtt.model.jobs import DONE_STATUSES
+from tomato_mqtt.wire.messages import ComponentStatus
+
+if TYPE_CHECKING:
+    from tomato_mqtt.services.scheduler.service import SchedulerService
+
+__all__ = ["ASK_AGAIN", "StaleTasks"]
+
+log = logging.getLogger(__name__)
+
+#: s before a component still running the same stale task is asked again
+ASK_AGAIN = 10.0
+
+
+class StaleTasks:
+    def __init__(self, svc: SchedulerService) -> None:
+        self.svc = svc
+        # component -> (job, task, epoch) last asked to stop, and when
+        self._asked: dict[str, tuple[tuple[int, int | None, int], float]] = {}
+
+    def seen(self, st: ComponentStatus) -> None:
+        """A component's status: when it runs a task of a job that is over, stop it."""
+        if st.state != "running" or st.job is None:
+            self._asked.pop(st.name, None)
+            return
+        svc = self.svc
+        if st.job in svc.runners or svc.store is None:
+            return  # its job runs (or is re-adopted): its runner owns the task
+        key = (st.job, st.task, st.epoch)
+        last = self._asked.get(st.name)
+        if last is not None and last[0] == key and time.monotonic() - last[1] < ASK_AGAIN:
+            return
+        try:
+            status = svc.store.job(st.job).status
+        except Exception:  # an id this state file does not know: not ours to stop
+            return
+        if status not in DONE_STATUSES:
+            return
+        self._asked[st.name] = (key, time.monotonic())
+        log.warning(
+            "component %s still runs task %s of job %d, which ended %s (its node was "
+            "lost or did not answer at the job's end): stopping it and resetting the "
+            "component, as the job's end would have",
+            st.name,
+            st.task,
+            st.job,
+            status,
+        )
+        svc.spawn(self._reset(st.name, st.job))
+
+    async def _reset(self, component: str, job: int) -> None:
+        ok, msg, _ = await self.svc.component_request(
+            component, "reset", {"force": True}, timeout=10.0
+        )
+        if not ok:
+            log.warning(
+                "component %s: reset after job %d's stale task failed: %s", component, job, msg
+            )
