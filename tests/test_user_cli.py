@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+import getpass
+import os
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from tests.stack import BIN
+from tests.secure_stack import wait_listening
+from tests.stack import BIN, free_port
+from tests.tls_ca import make_pki
+from tomato_mqtt.config.url import BrokerURL
 from tomato_mqtt.config.users import load_users, verify_argon2, verify_mosquitto
+from tomato_mqtt.transport.client import AsyncClient
 
 
 def tomato(app: Path, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
@@ -76,3 +83,50 @@ def test_broker_config_for_mosquitto(tmp_path: Path) -> None:
     pw = dict(line.split(":", 1) for line in (out / "password_file").read_text().split())
     assert verify_mosquitto("pw", pw["ada"])
     assert "allow_anonymous false" in (out / "tomato.conf").read_text()
+
+
+def test_broker_config_with_tls_but_no_ca_starts_mosquitto(
+    tmp_path: Path, mosquitto_path: str
+) -> None:
+    """A TLS listener with a certificate and key but no `cafile` (docs/security.md: the
+    CA is only for client certificates): the generated tomato.conf had an empty `cafile`
+    line, on which Mosquitto refused to start ("Empty cafile value")."""
+    pki = make_pki(tmp_path / "pki")
+    app = tmp_path / "app"
+    app.mkdir()
+    port, tls_port = free_port(), free_port()
+    (app / "settings.toml").write_text(
+        f'[mqtt]\nport = {port}\n[broker]\nembedded = false\npassword_file = "users"\n'
+        f'host = "127.0.0.1"\ncertfile = "{pki.server_cert}"\nkeyfile = "{pki.server_key}"\n'
+        f"tls_port = {tls_port}\n"
+    )
+    assert tomato(app, "init", "-D", str(tmp_path / "d"), "-L", str(tmp_path / "l")).returncode == 0
+    assert tomato(app, "user", "add", "ada", "--role", "admin", "--password", "pw").returncode == 0
+    out = tmp_path / "mq"
+    res = tomato(app, "broker-config", "--mosquitto", str(out), "-D", str(tmp_path / "d"))
+    assert res.returncode == 0, res.stderr
+    conf = (out / "tomato.conf").read_text()
+    assert f"listener {tls_port} 127.0.0.1" in conf and "cafile" not in conf
+    run = out / "run.conf"  # as root, Mosquitto drops to a user who cannot read tmp_path
+    run.write_text(conf + (f"user {getpass.getuser()}\n" if os.geteuid() == 0 else ""))
+    proc = subprocess.Popen(
+        [mosquitto_path, "-c", str(run)],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_listening(tls_port)
+        url = BrokerURL.parse(f"mqtts://ada:pw@127.0.0.1:{tls_port}?ca_certs={pki.ca}")
+
+        async def login() -> None:
+            client = AsyncClient(url, client_id="broker-config-test")
+            await client.connect(timeout=10)
+            await client.disconnect()
+
+        asyncio.run(login())
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=10)
+    assert "Error" not in err, err

@@ -82,10 +82,11 @@ def config_snippet(
         f"listener {port} {plain}",
     ]
     if tls is not None:
+        out += ["", f"listener {tls.port} {host}"]
+        # only with a CA: Mosquitto refuses to start on an empty `cafile` line (it needs
+        # one only to check client certificates, which require_certificate asks for)
+        out += [f"cafile {tls.cafile}"] if tls.cafile else []
         out += [
-            "",
-            f"listener {tls.port} {host}",
-            f"cafile {tls.cafile}",
             f"certfile {tls.certfile}",
             f"keyfile {tls.keyfile}",
             f"require_certificate {'true' if tls.require_certificate else 'false'}",
