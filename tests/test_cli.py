@@ -403,7 +403,7 @@ LOCAL = {"appdir", "datadir", "logdir", "port"}
 NOT_CLIENT = {
     "tomato init": LOCAL | {"yaml", "json"},
     "tomato start": LOCAL | {"timeout", "yaml", "json"},
-    "tomato stop": LOCAL | {"broker", "timeout", "yaml", "json"},
+    "tomato stop": LOCAL | {"broker", "instance", "timeout", "yaml", "json"},
     "tomato schema": {"instance", "appdir", "yaml", "json"},
     "tomato broker": LOCAL,
     "tomato scheduler": LOCAL,

@@ -151,6 +151,16 @@ def test_stop_refused_while_a_job_runs(tmp_path: Path) -> None:
         res = st.run("tomato", "stop")
         assert res.returncode == 1
         assert f"job(s) {jobid} are running" in res.stderr
+        # from another PC (no settings there): --broker and --instance reach the same
+        # scheduler (stop had no --instance: an admin could not name the stack's)
+        elsewhere = tmp_path / "elsewhere"
+        elsewhere.mkdir()
+        remote = subprocess.run(
+            [str(BIN / "tomato"), "stop", "-A", str(elsewhere), "--instance", st.instance,
+             "--broker", f"mqtt://127.0.0.1:{st.port}"],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert remote.returncode == 1 and f"job(s) {jobid} are running" in remote.stderr, remote
         # the stack and the job are unharmed by the refused stop: it still runs, and
         # ends as a cancelled job ends, with its points
         assert st.json("tomato", "status")["success"]

@@ -57,7 +57,7 @@ def start(verbose: VerboseOpt = 0, quiet: QuietOpt = 0, *, opts: common.Opts) ->
 
 
 @app.command()
-@common.options((*common.LOCAL, "broker", "timeout", "yaml", "json"), timeout=20.0)
+@common.options((*common.LOCAL, "broker", "instance", "timeout", "yaml", "json"), timeout=20.0)
 def stop(opts: common.Opts) -> None:
     """Stop the stack (refused while jobs run)."""
     from tomato_mqtt.services.supervisor import pidfile_path, read_pidfile
