@@ -16,7 +16,13 @@ from typing import TYPE_CHECKING
 
 from pydantic import JsonValue
 
-from tomato_mqtt.services.recorder.files import CHUNK, FetchArgs, FinalizeArgs, count_problems
+from tomato_mqtt.services.recorder.files import (
+    CHUNK,
+    FetchArgs,
+    FinalizeArgs,
+    count_problems,
+    role_points,
+)
 from tomato_mqtt.transport.rpc import CommandError, Result
 
 if TYPE_CHECKING:
@@ -62,8 +68,7 @@ class FileOps:
             t_wait,
             time.monotonic() - t0 - t_wait,
         )
-        stored = store.job_points(jobid)
-        points = {role: stored.get(str(a.roles[role].get("name")), 0) for role in a.roles}
+        points = role_points(a, store.job_points(jobid))
         missing, extra = count_problems(a.expect, store.task_points(jobid))
         conflicts = store.conflicts(jobid)
         kind = "snapshot" if a.snapshot else "file"

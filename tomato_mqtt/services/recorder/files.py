@@ -22,6 +22,7 @@ import logging
 import sqlite3
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -222,14 +223,19 @@ class Files:
             merged = store.count_merge(jobid)
         merged = max(merged, self.svc.merged.pop(jobid, 0) + 1)
         self.svc.merged[jobid] = merged  # re-inserted: the most recent merge comes last
-        points = store.job_points(jobid)
+        points = role_points(a, store.job_points(jobid))
         log.info("job %d: late data merged into %s (%s points)", jobid, written, points)
         self.svc.job_event(
             jobid,
-            "late_data_merged",
-            {"path": str(written), "points": dict(points), "note": note or None},
+            "late_data_merged",  # points per role, as the job's status counts them
+            {"path": str(written), "points": points, "note": note or None},
         )
         await self.svc.publish_presence("online")
+
+
+def role_points(a: FinalizeArgs, stored: Mapping[str, int]) -> dict[str, int]:
+    """Points per role of the job (the store counts them per component)."""
+    return {role: stored.get(str(a.roles[role].get("name")), 0) for role in a.roles}
 
 
 def roles_with_tasks(a: FinalizeArgs) -> list[str]:
