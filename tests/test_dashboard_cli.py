@@ -12,6 +12,7 @@ import urllib.request
 from pathlib import Path
 
 from tests.conftest import RunningBroker
+from tests.security_env import start_amqtt, stop
 from tests.stack import BIN, free_port
 from tomato_mqtt.services.supervisor import Supervisor
 
@@ -214,3 +215,29 @@ def test_the_settings_in_the_docs_are_the_defaults(tmp_path: Path) -> None:
     s = load_settings(appdir=tmp_path, datadir=tmp_path, logdir=tmp_path)
     assert s.dashboard == DashboardSettings()
     assert "--open" in doc and "tomato dashboard --open" in (ROOT / "README.md").read_text()
+
+
+async def test_a_refused_login_is_said_at_once_not_as_a_broker_away(
+    tmp_path: Path, instance: str
+) -> None:
+    """A broker that refuses the dashboard's login: said as such, at once. It said "It
+    kept trying for 30 s … start the stack" after half a second (an admin on Mosquitto,
+    whose files did not have the dashboard's login yet)."""
+    b = await start_amqtt(tmp_path, instance)
+    try:
+        app = tmp_path / "app"
+        app.mkdir()
+        t0 = time.monotonic()
+        res = await asyncio.to_thread(
+            subprocess.run,
+            [str(BIN / "tomato"), "dashboard", "-A", str(app), "--instance", instance,
+             "--broker", b.url("ada", "wrong"), "--web-port", str(free_port())],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert res.returncode == 1, res.stdout + res.stderr
+        assert time.monotonic() - t0 < 20, res.stderr
+        assert "the broker refused the dashboard's login 'ada'" in res.stderr, res.stderr
+        assert "Check the user and password of --broker" in res.stderr, res.stderr
+        assert "kept trying" not in res.stderr and "tomato start" not in res.stderr
+    finally:
+        await stop(b)

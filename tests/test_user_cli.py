@@ -79,6 +79,9 @@ def test_broker_config_for_mosquitto(tmp_path: Path) -> None:
     assert "user ada\ntopic read tomato/v2/lab1/#" in acl
     # the services' own logins are there too, the local node with its components
     assert "user tomato-scheduler" in acl and "user tomato-node-local" in acl
+    # and the dashboard's (a reader), before the dashboard first starts: Mosquitto
+    # refused it until broker-config ran again after that
+    assert "# reader\nuser tomato-dashboard" in acl
     assert "topic write tomato/v2/lab1/component/dev-counter" not in acl  # slugs, not names
     pw = dict(line.split(":", 1) for line in (out / "password_file").read_text().split())
     assert verify_mosquitto("pw", pw["ada"])

@@ -80,10 +80,23 @@ def dashboard(
 
     svc.on_ready = ready
     from tomato_mqtt.services.dashboard.service import BrokerUnreachable
-    from tomato_mqtt.transport.client import MqttError
+    from tomato_mqtt.transport.client import MqttError, MqttRefused
 
     try:
         svc.run_sync()
+    except MqttRefused as e:
+        login = url.username or "(anonymous)"
+        fail(
+            f"the broker refused the dashboard's login {login!r}: {e}. "
+            + (
+                "Check the user and password of --broker."
+                if opts.broker
+                else "The dashboard adds its login to the users file when it first starts: "
+                "on the embedded broker that is all; on Mosquitto, run `tomato "
+                "broker-config --mosquitto DIR` again and have Mosquitto read its files "
+                "(kill -HUP <its pid>), then start the dashboard again (docs/dashboard.md)."
+            )
+        )
     except BrokerUnreachable as e:
         fail(
             f"the dashboard cannot reach the broker ({e}). It kept trying for "

@@ -73,7 +73,9 @@ def ensure_services(s: Settings, keys: list[str] | None = None) -> None:
     from tomato_mqtt.config.users import ensure_service_users
     from tomato_mqtt.errors import ConfigError
 
-    default = ["scheduler", "recorder", f"node:{s.node.name}"]
+    # the dashboard's too (a reader): `broker-config --mosquitto` then writes it into
+    # Mosquitto's files before the dashboard first starts (it was refused there)
+    default = ["scheduler", "recorder", f"node:{s.node.name}", "dashboard"]
     try:
         ensure_service_users(s.users_file, _creds_path(s), keys or default)
     except (ValueError, ConfigError, OSError) as e:

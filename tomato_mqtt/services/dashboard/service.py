@@ -34,7 +34,7 @@ from tomato_mqtt.config.url import BrokerURL
 from tomato_mqtt.services.base import cancel_and_wait, install_signal_handlers, run_until_stopped
 from tomato_mqtt.services.dashboard.sessions import Session, Sessions
 from tomato_mqtt.services.dashboard.state import LabState
-from tomato_mqtt.transport.client import AsyncClient, Message, MqttError
+from tomato_mqtt.transport.client import AsyncClient, Message, MqttError, MqttRefused
 from tomato_mqtt.wire.messages import DecodeError
 from tomato_mqtt.wire.topics import Topics
 
@@ -164,6 +164,8 @@ class DashboardService:
             self.client = client
             try:
                 await client.connect(timeout=self.cfg.connect_timeout, retry=True)
+            except MqttRefused:
+                raise  # a login refused at once: not "kept trying" (cli/dashboard.py)
             except MqttError as e:
                 raise BrokerUnreachable(str(e)) from e
             t = self.topics
