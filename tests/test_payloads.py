@@ -221,6 +221,26 @@ def _task(ver: str, **changes: Any) -> dict[str, Any]:
         pytest.param(
             _task("2.2", max_duration=-1), "method[0].max_duration", "negative", id="negative"
         ),
+        # "inf s", "nan", .inf: said as such (it was "task count: max_duration must be
+        # >= 0", naming the technique as the task and infinity as negative)
+        pytest.param(
+            _task("2.2", max_duration="inf s"),
+            "method[0].max_duration",
+            "a finite number of seconds (got inf)",
+            id="inf-text",
+        ),
+        pytest.param(
+            _task("2.2", max_duration="nan"),
+            "method[0].max_duration",
+            "a finite number of seconds (got nan)",
+            id="nan-text",
+        ),
+        pytest.param(
+            _task("2.2", sampling_interval=float("inf")),
+            "method[0].sampling_interval",
+            "a finite number of seconds (got inf)",
+            id="inf-interval",
+        ),
         pytest.param(
             _task("2.2", start_with_task_name="nope"), "method", "required task_names", id="trigger"
         ),

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import io
 import itertools
+import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -286,6 +287,12 @@ def _check_values(payload: Any) -> None:
     if not payload.method:
         raise PayloadError("method", "the payload has no tasks: there is nothing to run")
     for i, task in enumerate(payload.method):
+        for field in ("max_duration", "sampling_interval"):
+            value = getattr(task, field)
+            if not math.isfinite(value):  # "inf s", "nan", 1e999: no task ends or samples
+                raise PayloadError(
+                    f"method[{i}].{field}", f"must be a finite number of seconds (got {value})"
+                )
         if task.max_duration < 0:
             raise PayloadError(
                 f"method[{i}].max_duration", f"must not be negative (got {task.max_duration:g})"

@@ -97,14 +97,20 @@ class Access:
             dur = task.get("max_duration")
             name = task.get("task_name") or task.get("technique_name") or f"#{i}"
             if not isinstance(dt, (int, float)) or not math.isfinite(dt) or dt <= 0:
-                raise CommandError(f"payload refused: task {name}: sampling_interval must be > 0")
+                raise CommandError(
+                    f"payload refused: task {name}: method[{i}].sampling_interval must be "
+                    f"a finite number of seconds > 0 (got {dt!r})"
+                )
             if dt < lim.min_sampling_interval and task.get("technique_name") not in bulk:
                 raise CommandError(
                     f"payload refused: task {name}: sampling_interval {dt:g} s is below the "
                     f"floor of {lim.min_sampling_interval:g} s ([jobs] min_sampling_interval)"
                 )
             if not isinstance(dur, (int, float)) or not math.isfinite(dur) or dur < 0:
-                raise CommandError(f"payload refused: task {name}: max_duration must be >= 0")
+                raise CommandError(
+                    f"payload refused: task {name}: method[{i}].max_duration must be "
+                    f"a finite number of seconds >= 0 (got {dur!r})"
+                )
             points = dur / dt
             if points > lim.max_points_per_task:
                 raise CommandError(
