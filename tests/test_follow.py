@@ -122,6 +122,11 @@ def test_a_follower_that_starts_mid_task_shows_the_task_at_once() -> None:
     p.job(job)
     assert p.tasks == {"counter": "task 1"}
     assert p.line().startswith("job 7: r | counter: task 1 | 0 point(s)"), p.line()
+    # the reason of a job that waits (or runs with a fault) is on the line, not only at
+    # the end: a follower of a job waiting for its sample saw "qw | 0 point(s)" for ever
+    q = Progress(8)
+    q.job({"status": "qw", "reason": "no pipeline holds sample 's-none'", "payload": {}})
+    assert q.line() == "job 8: qw | 0 point(s) | no pipeline holds sample 's-none'", q.line()
     p.event({"event": "task_ended", "role": "counter", "task": 1})  # events take over
     p.job(job)  # a later summary does not undo what the events said
     assert p.tasks == {"counter": "task 1 ended"}

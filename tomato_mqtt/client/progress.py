@@ -148,7 +148,7 @@ class Progress:
         e = self.elapsed
         if e is not None:
             parts.append(f"{e:.0f} s" + (f" / {self.expected:.0f} s" if self.expected else ""))
-        if self.reason and self.final:
+        if self.reason:  # also while it waits (for its sample, a node) or runs (a fault)
             parts.append(self.reason)
         return " | ".join(parts)
 
