@@ -132,6 +132,21 @@ async def test_an_upload_may_not_make_the_server_read_its_files(
         assert "cannot name another file" in r["msg"] and "top-secret" not in r["msg"], r
         r = await _cmd(dash, "job_submit", {"text": upload, "filename": ".."})  # was a 500
         assert not r["success"] and r["code"] == "refused", r
+        # the scheduler's own arguments (topics.md) are taken too (a user's script was
+        # told "choose a payload file"), and checked there the same way
+        r = await _cmd(dash, "job_submit", {"payload_text": upload})
+        assert not r["success"] and "cannot name another file" in r["msg"], r
+        assert "top-secret" not in r["msg"], r
+        as_doc = {"version": "0.2", "samplefile": str(secret), "method": []}
+        r = await _cmd(dash, "job_submit", {"payload": as_doc})
+        assert not r["success"] and "top-secret" not in r["msg"], r
+        plain = (
+            "version: '2.2'\nuser: {identifier: u}\nsample: {identifier: s1}\nmethod: "
+            "[{component_role: counter, technique_name: count, max_duration: 1,"
+            " sampling_interval: 0.1}]\n"
+        )
+        r = await _cmd(dash, "job_submit", {"payload_text": plain, "jobname": "from-a-script"})
+        assert r["success"] and r["data"]["jobname"] == "from-a-script", r
         # found by a user's audit: an empty file chosen read "choose a payload file"
         r = await _cmd(dash, "job_submit", {"text": "", "filename": "empty.yml"})
         assert r["msg"] == "payload refused: empty.yml: the file is empty", r

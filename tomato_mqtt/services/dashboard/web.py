@@ -214,10 +214,17 @@ def _payload_args(args: dict[str, Any], user: str | None) -> dict[str, Any]:
     review, an upload's ``samplefile`` read a root-only file into a job)."""
     from tomato_mqtt.config.payloads import PayloadError, read_payload_text
 
+    if "payload" in args or "payload_text" in args:  # the scheduler's own arguments
+        # (topics.md): passed on as they are, the scheduler reads and checks them (a
+        # payload_text may not name other files there either)
+        out = {k: args[k] for k in ("payload", "payload_text", "jobname") if k in args}
+        return {**out, "user": user} if user else out
     text = args.get("text")
     name = Path(str(args.get("filename") or "payload.yml")).name[:200] or "payload.yml"
     if not isinstance(text, str):
-        raise _BadUpload("choose a payload file")
+        raise _BadUpload(
+            "choose a payload file (or give args.payload, args.payload_text or args.text)"
+        )
     if not text.strip():  # a file was chosen: say what is wrong with it, as ketchup does
         raise _BadUpload(f"payload refused: {name}: the file is empty")
     try:
