@@ -269,3 +269,24 @@ def test_reload_readd_then_job_keeps_every_point(tmp_path: Path) -> None:
         n = job["progress"]["tasks"]["0"]["end"]["npoints"]
         got = _file_uts(job["respath"])[0]
         assert n == got.size == np.unique(got).size and n >= 9
+
+
+def test_a_submit_while_the_scheduler_restarts_is_queued_once(tmp_path: Path) -> None:
+    """The scheduler killed: a submit (and a status) sent before its successor subscribed
+    was dropped by the broker, nobody listening: `ketchup submit` waited its -t and said
+    a scheduler answering later would still queue the job, which never came (an outside
+    user, 3 of 3). The CLI sends the request again while no answer comes; the submit's
+    token makes a copy that a scheduler took already answer with the same job."""
+    with running_stack(tmp_path) as st:
+        st.load_ready("pip-counter-1", "s-restart")
+        for n in range(2):
+            os.kill(st.child_pid("scheduler"), signal.SIGKILL)
+            res = st.run(
+                "ketchup", "submit", str(_payload(st, "s-restart", 0.5, 0.1, "counter")),
+                "-j", f"during-restart-{n}", "-t", "15", "--json",
+            )  # fmt: skip
+            assert res.returncode == 0, res.stdout + res.stderr + st.logs()
+        found = st.json("ketchup", "search", "during-restart", timeout=30)
+        assert found["success"], found
+        names = sorted(j["jobname"] for j in found["data"])
+        assert names == ["during-restart-0", "during-restart-1"], found  # each once

@@ -21,6 +21,7 @@ import yaml
 from tests.conftest import RunningBroker
 from tests.inproc import client, inproc_stack
 from tests.stack import CONFIG, Stack, running_stack, started
+from tomato_mqtt.services.scheduler.store import StateStore
 from tomato_mqtt.transport.client import AsyncClient, BrokerURL, Message
 from tomato_mqtt.transport.rpc import NoResponder, Requester
 from tomato_mqtt.wire.messages import Reply, decode
@@ -218,6 +219,29 @@ async def test_a_payload_of_too_many_tasks_is_refused_before_its_tasks_are_read(
             await st.call("job_submit", {"payload": doc, "submit_dir": str(tmp_path)})
         summary = await st.call("job_status", {"summary": True})
         assert summary.total == 0
+
+
+async def test_a_submit_sent_again_with_its_token_is_one_job(
+    broker: RunningBroker, tmp_path: Path, instance: str
+) -> None:
+    """A client sends a submit again when no answer comes (the scheduler restarting):
+    one that was queued already (by a scheduler that died before it answered) is
+    answered with its job, not queued twice; the token is remembered in the state file,
+    so also by the next scheduler."""
+    doc = yaml.safe_load((CONFIG / "counter_v2.2.yml").read_text())
+    args = {"payload": doc, "submit_dir": str(tmp_path), "token": "a1b2c3d4e5f6a7b8"}
+    async with inproc_stack(broker.port, tmp_path, instance) as st:
+        first = await st.call("job_submit", args)
+        again = await st.call("job_submit", args)
+        other = await st.call("job_submit", {**args, "token": "ffffeeeeddddcccc"})
+        plain = await st.call("job_submit", {k: v for k, v in args.items() if k != "token"})
+        assert again.id == first.id and len({first.id, other.id, plain.id}) == 3
+        assert (await st.call("job_status", {"summary": True})).total == 3
+        db = st.settings.state_db
+    with StateStore(db) as store:  # what the next scheduler reads
+        known = store.submitted(first.owner, "a1b2c3d4e5f6a7b8")
+        assert known is not None and known.id == first.id
+        assert store.submitted(first.owner, "0000111122223333") is None
 
 
 def _write_devices(st: Stack, doc: dict[str, Any]) -> None:

@@ -75,18 +75,26 @@ def submit(opts: Opts, payload: File, jobname: str | None) -> None:
         "jobname": jobname,
         "submit_dir": os.path.realpath(os.getcwd()),
         "user": user,
+        # the request is sent again while no answer comes (a scheduler restarting): with
+        # this, a scheduler that queued it already answers with that job
+        "token": os.urandom(16).hex(),
     }
     topic = ctx.topics.scheduler_cmd("job_submit")
-    # a scheduler that is busy or paused still takes the job once it answers (found by a
-    # user: submitted again after the error, the job ran twice)
+    # a scheduler that is busy or paused may still take the job once it answers (found
+    # by a user: submitted again after the error, the job ran twice)
     later = (
-        "; a scheduler that answers later still queues the job: look for it with "
-        "`ketchup status` or `ketchup search` before submitting it again"
+        "; the job may still be queued if a scheduler got the request and answers later: "
+        "look for it with `ketchup status` or `ketchup search` before submitting it again"
     )
     if text is not None:
         reply = run_request(
             ctx, topic, args | {"payload_text": text}, timeout=opts.timeout, unanswered=later
         )
+        if not reply.success and reply.code == "bad_request" and "token" in (reply.msg or ""):
+            del args["token"]  # a scheduler older than the token: without it, as before
+            reply = run_request(
+                ctx, topic, args | {"payload_text": text}, timeout=opts.timeout, unanswered=later
+            )
         if not reply.success and "payload_text" in (reply.msg or ""):
             text = None  # a scheduler older than payload_text: send it parsed
     if text is None:

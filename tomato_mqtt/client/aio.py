@@ -211,7 +211,12 @@ class AsyncTomato:
             raise ClientError(f"bad args for {op!r}: {_problems(e)}", "bad_request") from None
         try:
             return await self.requester.call(
-                topic, cmd, checked, timeout=timeout or self.timeout, who=who
+                topic,
+                cmd,
+                checked,
+                timeout=timeout or self.timeout,
+                who=who,
+                resend=responder == "scheduler",  # it may be restarting (oneshot.RESEND_AFTER)
             )
         except ValidationError as e:  # the reply's data: the op ran, its answer is odd
             raise ClientError(
@@ -252,7 +257,12 @@ class AsyncTomato:
     ) -> Job:
         """Queue a payload (a file of any tomato version, or a dict); output goes to the
         current directory unless the payload says otherwise."""
-        args = {"payload": payload_args(payload), "jobname": jobname, "submit_dir": os.getcwd()}
+        args = {
+            "payload": payload_args(payload),
+            "jobname": jobname,
+            "submit_dir": os.getcwd(),
+            "token": os.urandom(16).hex(),  # sent again, it is still one job
+        }
         return Job(self, await self.call("job_submit", args))
 
     def job(self, jobid: int) -> Job:

@@ -35,6 +35,14 @@ __all__ = ["Exchange", "NoAnswer", "OneShotError", "Refused", "Reply", "request"
 
 SCHEMA = 2  # tomato_mqtt.wire.messages.SCHEMA
 
+#: s without an answer before a request is sent again (then after 2, 4, ... s more),
+#: with the same id: a responder that restarted meanwhile (the supervisor restarts a
+#: crashed scheduler within about a second) never got the first, which the broker drops
+#: while nobody subscribes; one that did drops the copy (rpc.Responder, by id), and a
+#: job_submit carries a token, so a scheduler that queued it before it died answers with
+#: that job (found by an outside user: a submit during a restart was lost)
+RESEND_AFTER = 1.0
+
 _REFUSED_HINT = (
     "check the username and password (--broker mqtt://user:pass@host:port or settings.toml)"
 )
@@ -144,6 +152,7 @@ def _request_paho(
     c.on_subscribe = on_subscribe
     c.on_message = on_message
     deadline = time.monotonic() + timeout
+    resend_at, gap = time.monotonic() + RESEND_AFTER, RESEND_AFTER
     try:
         c.connect(url.host, url.port, keepalive=max(5, int(timeout) + 5))
     except (OSError, ValueError) as e:
@@ -162,6 +171,10 @@ def _request_paho(
             rc = c.loop(timeout=min(left, 0.5))
             if "error" in state:
                 break
+            if "reply" not in state and time.monotonic() >= resend_at:  # see RESEND_AFTER
+                c.publish(topic, payload, qos=1)
+                gap *= 2
+                resend_at = time.monotonic() + gap
             if rc == paho.MQTT_ERR_CONN_REFUSED:
                 raise Refused(f"the MQTT broker at {url} refused the connection: {_REFUSED_HINT}")
             if rc not in (paho.MQTT_ERR_SUCCESS, paho.MQTT_ERR_AGAIN):
@@ -242,22 +255,42 @@ class Exchange:
         timeout: float = 5.0,
         who: str = "responder",
     ) -> Reply:
-        req_id = self.send(topic, args)
-        return self.first_reply({req_id: (topic, who)}, time.monotonic() + timeout, timeout)[1]
+        """One request and its reply, sent again (same id) while no answer comes
+        (:data:`RESEND_AFTER`)."""
+        req_id, payload = self._envelope(args)
+        self._publish(topic, payload)
+        deadline = time.monotonic() + timeout
+        gap = RESEND_AFTER
+        while True:
+            step = min(deadline, time.monotonic() + gap)
+            try:
+                return self.first_reply({req_id: (topic, who)}, step, timeout)[1]
+            except NoAnswer:
+                if time.monotonic() >= deadline:
+                    raise
+            self._publish(topic, payload)
+            gap *= 2
 
     def send(self, topic: str, args: Mapping[str, Any] | None = None) -> str:
         """Publish a request (QoS 1); its id, for :meth:`first_reply`."""
-        from tomato_mqtt.transport.session import SessionError
+        req_id, payload = self._envelope(args)
+        self._publish(topic, payload)
+        return req_id
 
+    def _envelope(self, args: Mapping[str, Any] | None) -> tuple[str, bytes]:
         req_id = os.urandom(16).hex()
         payload = jsonlite.dumps(
             {"schema": SCHEMA, "id": req_id, "reply_to": self.reply_to, "args": dict(args or {})}
         )
+        return req_id, payload.encode()
+
+    def _publish(self, topic: str, payload: bytes) -> None:
+        from tomato_mqtt.transport.session import SessionError
+
         try:
-            self._session.publish(topic, payload.encode(), qos=1)
+            self._session.publish(topic, payload, qos=1)
         except SessionError as e:
             raise OneShotError(str(e)) from None
-        return req_id
 
     def first_reply(
         self, waiting: Mapping[str, tuple[str, str]], deadline: float, timeout: float

@@ -27,6 +27,7 @@ from typing import Any
 from pydantic import BaseModel, JsonValue, ValidationError
 
 from tomato_mqtt.transport.client import AsyncClient, Message, MqttTimeout
+from tomato_mqtt.transport.oneshot import RESEND_AFTER
 from tomato_mqtt.wire.commands import Command, commands_of
 from tomato_mqtt.wire.commands import Responder as ResponderKind
 from tomato_mqtt.wire.messages import DecodeError, ErrorCode, Reply, Request, decode, encode
@@ -124,8 +125,11 @@ class Requester:
         *,
         timeout: float = 5.0,
         who: str = "responder",
+        resend: bool = False,
     ) -> Reply:
-        """Send a request and wait for its reply.
+        """Send a request and wait for its reply; with ``resend``, send it again (same
+        id) while no answer comes (``oneshot.RESEND_AFTER``: a client's request to the
+        scheduler, which may be restarting; never a service's own, e.g. a task_start).
 
         Raises :class:`NoResponder` naming the topic and the wait when nobody answers.
         """
@@ -137,9 +141,21 @@ class Requester:
         req = Request(id=uuid.uuid4().hex, reply_to=self.reply_topic, args=payload_args)
         fut: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
         self._waiting[req.id] = fut
+        data = encode(req)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        gap = RESEND_AFTER if resend else timeout
         try:
-            await self.client.publish(topic, encode(req), qos=1, timeout=timeout)
-            return await asyncio.wait_for(fut, timeout)
+            await self.client.publish(topic, data, qos=1, timeout=timeout)
+            while True:
+                try:
+                    wait = max(0.0, min(gap, deadline - loop.time()))
+                    return await asyncio.wait_for(asyncio.shield(fut), wait)
+                except asyncio.TimeoutError:
+                    if loop.time() >= deadline:
+                        raise
+                await self.client.publish(topic, data, qos=1, timeout=deadline - loop.time())
+                gap *= 2
         except asyncio.TimeoutError:
             raise NoResponder(
                 f"no {who} answered on {topic} within {timeout:g} s — is it running?", topic
@@ -155,6 +171,7 @@ class Requester:
         *,
         timeout: float = 5.0,
         who: str = "responder",
+        resend: bool = False,
     ) -> Any:
         """Send a typed command: args checked before sending, reply data parsed.
 
@@ -163,7 +180,7 @@ class Requester:
         """
         if not isinstance(args, BaseModel):
             args = command.parse_args(dict(args or {}))
-        reply = await self.request(topic, args, timeout=timeout, who=who)
+        reply = await self.request(topic, args, timeout=timeout, who=who, resend=resend)
         if not reply.success:
             raise ReplyError(reply)
         return command.parse_data(reply.data)

@@ -112,6 +112,16 @@ class SubmitArgs(_Args):
     jobname: str | None = None
     submit_dir: str | None = None
     user: str | None = Field(None, description="who ran ketchup (for payloads older than 2.2)")
+    token: str | None = Field(
+        None,
+        min_length=8,
+        max_length=64,
+        description=(
+            "the client's id for this submission (random): a submit with a token the same "
+            "login used before is answered with that job, not queued again (a client "
+            "sends its request again when no answer comes, e.g. across a scheduler restart)"
+        ),
+    )
 
     @model_validator(mode="after")
     def _one_payload(self) -> SubmitArgs:

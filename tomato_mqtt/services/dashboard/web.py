@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -192,8 +193,10 @@ async def _cmd(request: web.Request) -> web.StreamResponse:
             return _reply(await s.requester.request(topic, args, timeout=10, who=who))
         if op == "job_submit":
             args = await asyncio.to_thread(_payload_args, args, s.user)  # a big upload
+            args.setdefault("token", os.urandom(16).hex())  # sent again: still one job
         topic = s.topics.scheduler_cmd(op)
-        return _reply(await s.requester.request(topic, args, timeout=15, who="scheduler"))
+        reply = await s.requester.request(topic, args, timeout=15, who="scheduler", resend=True)
+        return _reply(reply)
     except _BadUpload as e:
         return _fail(str(e), "refused")
     except UnknownComponent as e:
@@ -217,8 +220,10 @@ def _payload_args(args: dict[str, Any], user: str | None) -> dict[str, Any]:
     if "payload" in args or "payload_text" in args:  # the scheduler's own arguments
         # (topics.md): passed on as they are, the scheduler reads and checks them (a
         # payload_text may not name other files there either)
-        out = {k: args[k] for k in ("payload", "payload_text", "jobname") if k in args}
-        return {**out, "user": user} if user else out
+        given: dict[str, Any] = {
+            k: args[k] for k in ("payload", "payload_text", "jobname", "token") if k in args
+        }
+        return {**given, "user": user} if user else given
     text = args.get("text")
     name = Path(str(args.get("filename") or "payload.yml")).name[:200] or "payload.yml"
     if not isinstance(text, str):

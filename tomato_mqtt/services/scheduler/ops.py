@@ -185,6 +185,16 @@ class SchedulerOps:
     async def job_submit(self, args: Mapping[str, JsonValue]) -> Result:
         self.access.require("job_submit")
         a = SubmitArgs.model_validate(args)
+        if a.token is not None:  # the same submission again (sent once more): its job
+            known = self.store.submitted(self.access.owner(), a.token)
+            if known is not None:
+                log.info(
+                    "job %d: its submit came again (token %s): not queued twice", known.id, a.token
+                )
+                return Result(
+                    f"job submitted successfully with jobid {known.id}",
+                    known.model_dump(mode="json"),
+                )
         try:
             if a.payload_text is not None:
                 doc = await asyncio.to_thread(_payload_from_text, a.payload_text)
@@ -202,7 +212,9 @@ class SchedulerOps:
         )
         self.access.check_bounds(pdict.get("method") or [], bulk)
         with self.store.transaction():  # the job and its file's path: one fsync
-            job = self.store.add_job(pdict, a.jobname, a.submit_dir, owner=self.access.owner())
+            job = self.store.add_job(
+                pdict, a.jobname, a.submit_dir, owner=self.access.owner(), token=a.token
+            )
             out = pdict.get("settings", {}).get("output", {})
             folder = self.svc.settings.jobs_dir / str(job.id)
             base = Path(out.get("path") or a.submit_dir or folder)

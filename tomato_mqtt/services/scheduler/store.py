@@ -54,6 +54,14 @@ CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status);
 -- the job-status summary (queries.py) reads counts from these alone, never the rows
 CREATE INDEX IF NOT EXISTS jobs_status_reason ON jobs (status, reason);
 CREATE INDEX IF NOT EXISTS jobs_pipeline_status ON jobs (pipeline, status);
+-- a submit's token (SubmitArgs.token) -> its job: a submit sent again is not queued twice
+-- (a table of its own: a file with it still opens in a tomato-mqtt that predates it)
+CREATE TABLE IF NOT EXISTS submit_tokens (
+    owner TEXT NOT NULL,
+    token TEXT NOT NULL,
+    jobid INTEGER NOT NULL,
+    PRIMARY KEY (owner, token)
+);
 """
 
 # tomato's pid / connected_at / jobpath are derived on reading (see _job), not stored
@@ -219,8 +227,10 @@ class StateStore:
         jobname: str | None,
         submit_dir: str | None,
         owner: str | None = None,
+        token: str | None = None,
     ) -> Job:
-        """Queue a job; ids count up from 1 and are never reused."""
+        """Queue a job; ids count up from 1 and are never reused. ``token``: the
+        submission's id, remembered with the job (:meth:`submitted`)."""
         with self._write() as db:
             cur = db.execute(
                 "INSERT INTO jobs (jobname, payload, status, submitted_at, submit_dir, owner) "
@@ -228,9 +238,26 @@ class StateStore:
                 (jobname, json.dumps(payload), utcnow(), submit_dir, owner),
             )
             jobid = cur.lastrowid
+            if token is not None and jobid is not None:
+                db.execute(
+                    "INSERT INTO submit_tokens (owner, token, jobid) VALUES (?, ?, ?)",
+                    (owner or "", token, jobid),
+                )
         if jobid is None:  # pragma: no cover - sqlite sets it on every INSERT
             raise RuntimeError("sqlite gave no id for the new job")
         return self.job(jobid)
+
+    def submitted(self, owner: str | None, token: str) -> Job | None:
+        """The job that ``owner``'s submission ``token`` queued, if one did."""
+        row = self._db.execute(
+            "SELECT jobid FROM submit_tokens WHERE owner = ? AND token = ?", (owner or "", token)
+        ).fetchone()
+        if row is None:
+            return None
+        try:
+            return self.job(int(row[0]))
+        except UnknownName:  # its job is gone (a state file edited by hand): a new one
+            return None
 
     def job(self, id: int) -> Job:
         row = self._db.execute("SELECT * FROM jobs WHERE id = ?", (id,)).fetchone()
