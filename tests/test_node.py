@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -19,6 +20,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import RunningBroker
+from tests.inproc import inproc_stack
 from tests.stack import BIN, free_port
 from tomato_mqtt.driver.spec import TaskSpec
 from tomato_mqtt.transport.client import AsyncClient, BrokerURL, Message
@@ -352,3 +355,34 @@ def test_node_does_not_import_server_packages() -> None:
     )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stdout + res.stderr
+
+
+async def test_a_node_that_gets_no_configuration_says_why(
+    broker: RunningBroker, tmp_path: Path, instance: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """No ``configure`` from the scheduler after connecting: the node says what may be
+    wrong. A node run under another node's login on Mosquitto logged "connected" and ran
+    on, silent, every publish dropped (an outside admin)."""
+    from tomato_mqtt.services.node.service import NodeConfig, NodeService
+
+    caplog.set_level(logging.INFO)
+    url = BrokerURL.parse(f"mqtt://pc2:secret@127.0.0.1:{broker.port}")
+    node = NodeService(NodeConfig("pc3", url, instance, tmp_path / "spool", configure_wait=0.5))
+    task = asyncio.create_task(node.run())
+    try:
+        for _ in range(200):
+            if "no configuration from the scheduler" in caplog.text:
+                break
+            await asyncio.sleep(0.05)
+        assert "node pc3: no configuration from the scheduler 0.5 s after connecting" in (
+            caplog.text
+        )
+        assert "Does the login 'pc2' belong to this node" in caplog.text, caplog.text
+    finally:
+        node.request_stop()
+        await asyncio.wait([task], timeout=15)
+    # a node the scheduler configures says nothing of the kind
+    caplog.clear()
+    async with inproc_stack(broker.port, tmp_path / "st", instance) as st:
+        assert st.node._configured is not None and st.node._configured.is_set()
+    assert "no configuration from the scheduler" not in caplog.text

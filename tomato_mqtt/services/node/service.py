@@ -50,6 +50,10 @@ __all__ = ["NodeConfig", "NodeService"]
 
 log = logging.getLogger(__name__)
 
+#: s after connecting by which the scheduler's first ``configure`` should have come; then
+#: the node says why it may not have (it ran on, silent, under another node's login)
+CONFIGURE_WAIT = 30.0
+
 
 class NodeConfig:
     """What a node needs to start: who it is, where the broker is, where to spool."""
@@ -67,8 +71,10 @@ class NodeConfig:
         spool_max_bytes: int = 512 * 2**20,
         driver_settings: Mapping[str, Mapping[str, Any]] | None = None,
         upstream_env: Path | None = None,
+        configure_wait: float = CONFIGURE_WAIT,
     ) -> None:
         self.name = name
+        self.configure_wait = configure_wait
         self.url = url
         self.instance = instance
         self.spool_dir = spool_dir
@@ -98,6 +104,8 @@ class NodeService(Service):
             config.url, Topics(config.instance, config.url.username), heartbeat=config.heartbeat
         )
         self.config = config
+        self._configured: asyncio.Event | None = None  # set by the first configure
+        self._warned_unconfigured = False
         self.name = config.name
         self.data = DataPath(self)
         self.ops = ComponentOps(self)
@@ -170,10 +178,36 @@ class NodeService(Service):
         self._cmp_responder = Responder(
             self.mqtt, self.topics, {}, name=f"node {self.name}", kind="component"
         )
+        if self._configured is None:  # before anything can answer: the first connect
+            self._configured = asyncio.Event()
+            self.spawn(self._expect_configure(self._configured))
         await self.mqtt.subscribe(self.topics.node_cmds(self.name))
         await self._announce()
         # batches of an earlier epoch that the recorder never acknowledged
         self.spawn(self.data.replay_pending())
+
+    async def _expect_configure(self, configured: asyncio.Event) -> None:
+        """Say so when no ``configure`` comes: a node whose status or commands the broker
+        drops (another node's login: a secured broker drops what a login may not publish
+        or read without a word) logged "connected" and ran on, silent (an outside admin)."""
+        wait = self.config.configure_wait
+        try:
+            await asyncio.wait_for(configured.wait(), wait)
+        except asyncio.TimeoutError:
+            login = self.config.url.username
+            log.warning(
+                "node %s: no configuration from the scheduler %g s after connecting: is "
+                "the scheduler running (tomato status), on instance %r?%s",
+                self.name,
+                wait,
+                self.config.instance,
+                f" Does the login {login!r} belong to this node (tomato user role {login} "
+                f"node:{self.name})? A secured broker drops without a word what a login may "
+                "not publish or read"
+                if login
+                else "",
+            )
+            self._warned_unconfigured = True
 
     def loops(self) -> list[Coroutine[Any, Any, Any]]:
         return [self.data.loop()]
@@ -284,7 +318,14 @@ class NodeService(Service):
     # -- node operations -----------------------------------------------------------------
     async def _op_configure(self, args: Mapping[str, JsonValue]) -> Result:
         cfg = NodeConfigure.model_validate(args)
-        log.info("node %s: configured with %d component(s)", self.name, len(cfg.components))
+        log.info(
+            "node %s: configured with %d component(s)%s",
+            self.name,
+            len(cfg.components),
+            " (after all)" if self._warned_unconfigured else "",
+        )
+        if self._configured is not None:
+            self._configured.set()
         discovery.refresh()  # a reload finds driver packages installed since
         changed_drivers = self.drivers.update_settings(cfg.driver_settings)
         if cfg.batch_interval:
