@@ -301,12 +301,17 @@ def test_node_lost_mid_job_ends_ce_with_data(tmp_path: Path) -> None:
         assert ds["uts"].size >= 5
 
 
-def test_a_job_queued_while_its_node_was_lost_waits_for_the_stale_task(tmp_path: Path) -> None:
+@pytest.mark.parametrize("restart", [False, True], ids=["", "scheduler-restarted"])
+def test_a_job_queued_while_its_node_was_lost_waits_for_the_stale_task(
+    tmp_path: Path, restart: bool
+) -> None:
     """A node frozen (SIGSTOP) past the grace period: its job ends ``ce``, but the task
     runs on once the node is back. The next job on that pipeline was launched onto it
     at once: the node refused its task as busy, and it ended ``ce`` with no points
     (found by an outside admin). Now it waits until the scheduler has the stale task
-    stopped (the component reset), then runs and ends ``c`` with every point."""
+    stopped (the component reset), then runs and ends ``c`` with every point. Also
+    when the scheduler restarted meanwhile (it then knows the component only as lost,
+    and the node says it is online before it says what its components do: a review)."""
     presence = "heartbeat = 0.5\nlost_after = 2.0\nnode_grace_period = 1.0\n"
     with started(make_stack(tmp_path, scheduler=presence)) as st:
         doc = yaml.safe_load((CONFIG / "counter_1_0.1.yml").read_text())
@@ -321,6 +326,13 @@ def test_a_job_queued_while_its_node_was_lost_waits_for_the_stale_task(tmp_path:
         os.kill(node, signal.SIGSTOP)
         try:
             assert st.wait_job(a, {"c", "ce", "cd"}, timeout=60)["status"] == "ce"
+            if restart:
+                old = st.child_pid("scheduler")
+                os.kill(old, signal.SIGKILL)
+                deadline = time.monotonic() + 30
+                while st.service_pid("scheduler") in (None, old):
+                    assert time.monotonic() < deadline, st.logs()
+                    time.sleep(0.1)
             st.run("tomato", "pipeline", "ready", pipeline, check=True)
             b = st.submit(payload_file(st, "stale-b", second))
             assert st.wait_job(b, {"q", "qw"})["status"] in ("q", "qw")

@@ -285,7 +285,15 @@ def run_request(
     from tomato_mqtt.transport import oneshot
 
     try:
-        return oneshot.request(ctx.url, topic, ctx.topics.reply, args, timeout=timeout, who=who)
+        return oneshot.request(
+            ctx.url,
+            topic,
+            ctx.topics.reply,
+            args,
+            timeout=timeout,
+            who=who,
+            resend=who == "scheduler",  # it may be restarting; a node's ops are not resent
+        )
     except oneshot.OneShotError as e:
         oneshot_failed(ctx, e, unanswered)
 

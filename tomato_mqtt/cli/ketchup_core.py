@@ -12,6 +12,7 @@ import os
 
 from tomato_mqtt.cli import jobview
 from tomato_mqtt.cli.core import Opts, fail, run_request
+from tomato_mqtt.transport.oneshot import refused_token
 
 TYPE_CHECKING = False  # typing is ~2 ms of a one-request call: for the type checker only
 if TYPE_CHECKING:
@@ -86,20 +87,20 @@ def submit(opts: Opts, payload: File, jobname: str | None) -> None:
         "; the job may still be queued if a scheduler got the request and answers later: "
         "look for it with `ketchup status` or `ketchup search` before submitting it again"
     )
-    if text is not None:
-        reply = run_request(
-            ctx, topic, args | {"payload_text": text}, timeout=opts.timeout, unanswered=later
-        )
-        if not reply.success and reply.code == "bad_request" and "token" in (reply.msg or ""):
+
+    def ask(what: dict[str, Any]) -> Any:
+        reply = run_request(ctx, topic, args | what, timeout=opts.timeout, unanswered=later)
+        if not reply.success and refused_token(reply.code, reply.msg):
             del args["token"]  # a scheduler older than the token: without it, as before
-            reply = run_request(
-                ctx, topic, args | {"payload_text": text}, timeout=opts.timeout, unanswered=later
-            )
+            reply = run_request(ctx, topic, args | what, timeout=opts.timeout, unanswered=later)
+        return reply
+
+    if text is not None:
+        reply = ask({"payload_text": text})
         if not reply.success and "payload_text" in (reply.msg or ""):
             text = None  # a scheduler older than payload_text: send it parsed
     if text is None:
-        full = args | {"payload": _parsed(payload)}
-        reply = run_request(ctx, topic, full, timeout=opts.timeout, unanswered=later)
+        reply = ask({"payload": _parsed(payload)})
     if not reply.success and reply.code == "refused":  # the scheduler cannot know the file
         head, sep, why = reply.msg.partition("payload refused: ")
         # one order whoever refused it: "payload refused: <file>: <where>: <why>"

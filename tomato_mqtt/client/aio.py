@@ -34,6 +34,7 @@ from tomato_mqtt.config.url import BrokerURL
 from tomato_mqtt.model.jobs import Job as JobInfo
 from tomato_mqtt.model.jobs import PipelineState
 from tomato_mqtt.transport.client import AsyncClient, Message, MqttError, MqttRefused
+from tomato_mqtt.transport.oneshot import refused_token
 from tomato_mqtt.transport.rpc import NoResponder, ReplyError, Requester
 from tomato_mqtt.wire.commands import JOB_PAGE_MAX, FileData, Responder, command, commands_of
 from tomato_mqtt.wire.messages import DataBatch, DecodeError, Reply, decode
@@ -263,7 +264,13 @@ class AsyncTomato:
             "submit_dir": os.getcwd(),
             "token": os.urandom(16).hex(),  # sent again, it is still one job
         }
-        return Job(self, await self.call("job_submit", args))
+        try:
+            return Job(self, await self.call("job_submit", args))
+        except ClientError as e:
+            if not refused_token(e.code, str(e)):
+                raise
+            del args["token"]  # a scheduler older than the token: as before
+            return Job(self, await self.call("job_submit", args))
 
     def job(self, jobid: int) -> Job:
         """A handle on an existing job (nothing is asked until a method is called)."""

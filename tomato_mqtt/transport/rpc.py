@@ -154,7 +154,8 @@ class Requester:
                 except asyncio.TimeoutError:
                     if loop.time() >= deadline:
                         raise
-                await self.client.publish(topic, data, qos=1, timeout=deadline - loop.time())
+                # a copy, not waited for: a reply that comes meanwhile is taken at once
+                await self.client.publish(topic, data, qos=1, wait=False)
                 gap *= 2
         except asyncio.TimeoutError:
             raise NoResponder(

@@ -30,6 +30,7 @@ from tomato_mqtt.services.dashboard.files import chunks, take_snapshot
 from tomato_mqtt.services.dashboard.service import DashboardService, Viewer
 from tomato_mqtt.services.dashboard.sessions import KNOWN_OPS, LoginFailed, Session
 from tomato_mqtt.transport.client import MqttError
+from tomato_mqtt.transport.oneshot import refused_token
 from tomato_mqtt.transport.rpc import NoResponder, ReplyError
 from tomato_mqtt.wire.messages import Reply
 
@@ -196,6 +197,9 @@ async def _cmd(request: web.Request) -> web.StreamResponse:
             args.setdefault("token", os.urandom(16).hex())  # sent again: still one job
         topic = s.topics.scheduler_cmd(op)
         reply = await s.requester.request(topic, args, timeout=15, who="scheduler", resend=True)
+        if not reply.success and refused_token(reply.code, reply.msg):
+            args.pop("token", None)  # a scheduler older than the token: as before
+            reply = await s.requester.request(topic, args, timeout=15, who="scheduler")
         return _reply(reply)
     except _BadUpload as e:
         return _fail(str(e), "refused")

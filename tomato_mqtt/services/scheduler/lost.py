@@ -38,7 +38,7 @@ class LostComponents:
             await self.mark(st.node, "its last will arrived")
         elif st.state == "online" and st.node in self.marked:
             self.marked.discard(st.node)
-            self.svc.spawn(self._rebirth(st.node))
+            self.svc.spawn(self.rebirth(st.node))
 
     async def sweep(self) -> None:
         """Nodes counted lost by a stale heartbeat (no will: a hung node)."""
@@ -67,7 +67,8 @@ class LostComponents:
             )
             await self.svc.publish(self.svc.topics.component_status(c.name), msg)
 
-    async def _rebirth(self, node: str) -> None:
+    async def rebirth(self, node: str) -> None:
+        """Ask ``node`` to publish all its retained topics again."""
         req = self.svc.requester
         if req is None:
             return

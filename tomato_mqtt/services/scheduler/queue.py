@@ -64,24 +64,45 @@ class QueuePass:
             )
         return out
 
-    def _occupied(self, pips: Mapping[str, PipelineState]) -> tuple[set[str], dict[str, str]]:
-        """Components whose node says they run a task, and per pipeline that runs no job,
-        what of it is so occupied (a task of a job that ended while its node was lost
-        runs on once the node is back, until the scheduler has it stopped: stale.py)."""
-        running = {name: st for name, st in self.svc.cstatus.items() if st.state == "running"}
+    def _occupied(self, pips: Mapping[str, PipelineState]) -> tuple[frozenset[str], dict[str, str]]:
+        """Components no job may be launched onto now, and per pipeline that runs no job,
+        why it cannot take one (when it is not a running job of the queue's that holds it).
+
+        Occupied: a component whose node says it runs a task (a job's, or a task of a job
+        that ended while its node was lost and runs on once the node is back, until the
+        scheduler has the component reset: stale.py), one being so reset, and one whose
+        state the scheduler does not know yet (a scheduler started while the node was
+        lost sees only its own ``lost`` status, and the node's ``online`` comes before
+        its components' statuses: found by a review, the stale task was launched onto).
+        """
+        svc = self.svc
+        running_jobs = {p.jobid for p in pips.values() if p.jobid is not None}
+        why: dict[str, str] = {}
+        occupied: set[str] = set()
+        for name in svc.layout.components:
+            st = svc.cstatus.get(name)
+            if st is None:
+                occupied.add(name)
+                why[name] = f"component {name} has not said its state yet"
+                node = svc.node_of(name)
+                if node is not None and node.state == "online":
+                    svc.stale.unknown(node.node)  # ask it
+            elif st.state == "running":
+                occupied.add(name)
+                if st.job not in running_jobs and st.job not in svc.runners:
+                    why[name] = f"component {name} still runs task {st.task} of job {st.job}"
+            elif name in svc.stale.resetting:
+                occupied.add(name)
+                why[name] = f"component {name} is being reset after job {svc.stale.resetting[name]}"
         blocked: dict[str, str] = {}
         for name, pip in pips.items():
-            layout = self.svc.layout.pipelines.get(name)
+            layout = svc.layout.pipelines.get(name)
             if pip.jobid is not None or layout is None:
                 continue
-            held = [
-                f"component {c} still runs task {running[c].task} of job {running[c].job}"
-                for c in layout.roles.values()
-                if c in running
-            ]
+            held = [why[c] for c in dict.fromkeys(layout.roles.values()) if c in why]
             if held:
                 blocked[name] = "; ".join(held)
-        return set(running), blocked
+        return frozenset(occupied), blocked
 
     @staticmethod
     def _validator(view: ComponentView, technique: str, params: Mapping[str, Any]) -> str | None:

@@ -308,8 +308,8 @@ class SchedulerService(Service):
                     return
                 prev = self.cstatus.get(st.name)
                 self.cstatus[st.name] = st
-                if (prev is not None and prev.state == "running") != (st.state == "running"):
-                    self.kick()  # a component the queue could not launch onto is free
+                if prev is None or (prev.state == "running") != (st.state == "running"):
+                    self.kick()  # a component the queue could not launch onto may be free
                 self.stale.seen(st)
                 if st.last_task is not None:
                     self.presence_view.late_task_end(st)

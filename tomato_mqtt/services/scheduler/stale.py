@@ -38,6 +38,10 @@ class StaleTasks:
         self.svc = svc
         # component -> (job, task, epoch) last asked to stop, and when
         self._asked: dict[str, tuple[tuple[int, int | None, int], float]] = {}
+        #: component -> the ended job whose stale task it is being reset after: no job is
+        #: launched onto it until the reset is over (its task ends before the reset does)
+        self.resetting: dict[str, int] = {}
+        self._asked_rebirth: dict[str, float] = {}  # node -> when last asked (unknown())
 
     def seen(self, st: ComponentStatus) -> None:
         """A component's status: when it runs a task of a job that is over, stop it."""
@@ -69,10 +73,34 @@ class StaleTasks:
         )
         svc.spawn(self._reset(st.name, st.job))
 
-    async def _reset(self, component: str, job: int) -> None:
-        ok, msg, _ = await self.svc.component_request(
-            component, "reset", {"force": True}, timeout=10.0
+    def unknown(self, node: str) -> None:
+        """A component of ``node`` (online) whose state the scheduler does not know: a
+        scheduler started while the node was lost has only its own ``lost`` status of
+        it, and a node that comes back before it is counted lost again says nothing
+        new until something changes (a stale task then held the pipeline until it ended,
+        a minute: found by a review). Ask the node to say everything again (``rebirth``),
+        at most every ASK_AGAIN s."""
+        now = time.monotonic()
+        last = self._asked_rebirth.get(node)
+        if last is not None and now - last < ASK_AGAIN:
+            return
+        log.log(
+            logging.DEBUG if last is not None else logging.INFO,
+            "node %s: asking it for its components' state (not known here)",
+            node,
         )
+        self._asked_rebirth[node] = now
+        self.svc.spawn(self.svc.lost.rebirth(node))
+
+    async def _reset(self, component: str, job: int) -> None:
+        self.resetting[component] = job
+        try:
+            ok, msg, _ = await self.svc.component_request(
+                component, "reset", {"force": True}, timeout=10.0
+            )
+        finally:
+            self.resetting.pop(component, None)
+            self.svc.kick()
         if not ok:
             log.warning(
                 "component %s: reset after job %d's stale task failed: %s", component, job, msg
