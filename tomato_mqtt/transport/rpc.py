@@ -135,7 +135,9 @@ class Requester:
         """
         await self.start()
         if isinstance(args, BaseModel):
-            payload_args = args.model_dump(mode="json", by_alias=True)
+            # only what the caller gave: a responder of an older version refuses fields it
+            # does not know, also a new optional one left at its default (job_submit token)
+            payload_args = args.model_dump(mode="json", by_alias=True, exclude_unset=True)
         else:
             payload_args = dict(args or {})
         req = Request(id=uuid.uuid4().hex, reply_to=self.reply_topic, args=payload_args)

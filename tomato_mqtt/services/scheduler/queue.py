@@ -79,14 +79,15 @@ class QueuePass:
         running_jobs = {p.jobid for p in pips.values() if p.jobid is not None}
         why: dict[str, str] = {}
         occupied: set[str] = set()
+        unknown: set[str] = set()  # online nodes with registered components of no state
         for name in svc.layout.components:
             st = svc.cstatus.get(name)
             if st is None:
                 occupied.add(name)
                 why[name] = f"component {name} has not said its state yet"
-                node = svc.node_of(name)
-                if node is not None and node.state == "online":
-                    svc.stale.unknown(node.node)  # ask it
+                node, meta = svc.node_of(name), svc.metas.get(name)
+                if node is not None and node.state == "online" and meta and meta.registered:
+                    unknown.add(node.node)
             elif st.state == "running":
                 occupied.add(name)
                 if st.job not in running_jobs and st.job not in svc.runners:
@@ -94,6 +95,7 @@ class QueuePass:
             elif name in svc.stale.resetting:
                 occupied.add(name)
                 why[name] = f"component {name} is being reset after job {svc.stale.resetting[name]}"
+        svc.stale.unknown(unknown)  # asked for it, if that lasts
         blocked: dict[str, str] = {}
         for name, pip in pips.items():
             layout = svc.layout.pipelines.get(name)

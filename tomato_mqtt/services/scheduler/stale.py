@@ -25,12 +25,15 @@ from tomato_mqtt.wire.messages import ComponentStatus
 if TYPE_CHECKING:
     from tomato_mqtt.services.scheduler.service import SchedulerService
 
-__all__ = ["ASK_AGAIN", "StaleTasks"]
+__all__ = ["ASK_AGAIN", "UNKNOWN_GRACE", "StaleTasks"]
 
 log = logging.getLogger(__name__)
 
 #: s before a component still running the same stale task is asked again
 ASK_AGAIN = 10.0
+#: s a registered component of an online node may stay without a known state before
+#: its node is asked for it (stale.unknown)
+UNKNOWN_GRACE = 2.0
 
 
 class StaleTasks:
@@ -42,6 +45,7 @@ class StaleTasks:
         #: launched onto it until the reset is over (its task ends before the reset does)
         self.resetting: dict[str, int] = {}
         self._asked_rebirth: dict[str, float] = {}  # node -> when last asked (unknown())
+        self._unknown_since: dict[str, float] = {}  # node -> since when (unknown())
 
     def seen(self, st: ComponentStatus) -> None:
         """A component's status: when it runs a task of a job that is over, stop it."""
@@ -73,24 +77,30 @@ class StaleTasks:
         )
         svc.spawn(self._reset(st.name, st.job))
 
-    def unknown(self, node: str) -> None:
-        """A component of ``node`` (online) whose state the scheduler does not know: a
-        scheduler started while the node was lost has only its own ``lost`` status of
-        it, and a node that comes back before it is counted lost again says nothing
-        new until something changes (a stale task then held the pipeline until it ended,
-        a minute: found by a review). Ask the node to say everything again (``rebirth``),
-        at most every ASK_AGAIN s."""
+    def unknown(self, nodes: set[str]) -> None:
+        """``nodes`` (online) have registered components whose state the scheduler does
+        not know: a scheduler started while a node was lost has only its own ``lost``
+        status of them, and a node that comes back before it is counted lost again says
+        nothing new until something changes (a stale task then held the pipeline until
+        it ended, a minute: found by a review). A node whose components stay unknown for
+        UNKNOWN_GRACE s (not the moment between a registration's meta and status) is
+        asked to say everything again (``rebirth``), at most every ASK_AGAIN s."""
         now = time.monotonic()
-        last = self._asked_rebirth.get(node)
-        if last is not None and now - last < ASK_AGAIN:
-            return
-        log.log(
-            logging.DEBUG if last is not None else logging.INFO,
-            "node %s: asking it for its components' state (not known here)",
-            node,
-        )
-        self._asked_rebirth[node] = now
-        self.svc.spawn(self.svc.lost.rebirth(node))
+        for node in list(self._unknown_since):
+            if node not in nodes:
+                del self._unknown_since[node]
+        for node in nodes:
+            since = self._unknown_since.setdefault(node, now)
+            last = self._asked_rebirth.get(node)
+            if now - since < UNKNOWN_GRACE or (last is not None and now - last < ASK_AGAIN):
+                continue
+            log.log(
+                logging.DEBUG if last is not None else logging.INFO,
+                "node %s: asking it for its components' state (not known here)",
+                node,
+            )
+            self._asked_rebirth[node] = now
+            self.svc.spawn(self.svc.lost.rebirth(node))
 
     async def _reset(self, component: str, job: int) -> None:
         self.resetting[component] = job
