@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tomato_mqtt.errors import StartupError
+from tomato_mqtt.services.idle import freeze_heap, own_process
 
 # The MQTT client (paho) and the message models are imported where a service runs, not
 # here: the broker's process imports this module for setup_logging only (~3 MB of RSS).
@@ -196,6 +197,7 @@ class Service(abc.ABC):
             if self.stopping:
                 return
             await self.started()
+            freeze_heap()
             await run_until_stopped(
                 self._stop, self._message_loop(), self._heartbeat_loop(), *self.loops()
             )
@@ -225,6 +227,7 @@ class Service(abc.ABC):
 
     def run_sync(self) -> None:
         """Run in the foreground until a signal (first drains, second forces)."""
+        own_process()  # the process is this service's: its heap may be frozen
 
         async def main() -> None:
             install_signal_handlers(self._stop)

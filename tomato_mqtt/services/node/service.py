@@ -30,6 +30,7 @@ from tomato_mqtt.config.statefiles import opened
 from tomato_mqtt.driver import TaskEnd, discovery
 from tomato_mqtt.driver.discovery import DriverNotFound
 from tomato_mqtt.services.base import Service
+from tomato_mqtt.services.idle import freeze_heap
 from tomato_mqtt.services.node.datapath import DataPath, new_stream
 from tomato_mqtt.services.node.drivers import NodeDrivers
 from tomato_mqtt.services.node.hosted import HostedComponent
@@ -154,6 +155,8 @@ class NodeService(Service):
         self.epoch = self.spool.new_epoch()
         # pint's registry takes ~0.5 s to load: do it while connecting, not at registration
         self._units_loaded = asyncio.ensure_future(asyncio.to_thread(_load_units))
+        # pint's registry is for good: out of the garbage collector's way (idle.py)
+        self._units_loaded.add_done_callback(lambda _f: freeze_heap())
         node_handlers: dict[str, Handler] = {
             "configure": self._op_configure,
             "rebirth": self._op_rebirth,
