@@ -55,23 +55,26 @@ async def _responder(port: int, topics: Topics, calls: list[float]) -> AsyncClie
     return c
 
 
+async def _ping(url: BrokerURL, topics: Topics) -> oneshot.Reply:
+    """The CLI's one-shot request to the scheduler (resent while unanswered), in a thread."""
+    return await asyncio.to_thread(
+        oneshot.request,
+        url,
+        topics.scheduler_cmd("ping"),
+        topics.reply,
+        {},
+        timeout=10,
+        who="scheduler",
+        resend=True,
+    )
+
+
 async def test_a_request_sent_before_the_scheduler_listens_is_answered(instance: str) -> None:
     topics = Topics(instance)
     calls: list[float] = []
     async with _broker(instance) as (port, _ws):
         url = BrokerURL.parse(f"mqtt://127.0.0.1:{port}")
-        ask = asyncio.create_task(
-            asyncio.to_thread(
-                oneshot.request,
-                url,
-                topics.scheduler_cmd("ping"),
-                topics.reply,
-                {},
-                timeout=10,
-                who="scheduler",
-                resend=True,
-            )
-        )
+        ask = asyncio.create_task(_ping(url, topics))
         await asyncio.sleep(1.5)  # the first send went to nobody: the broker dropped it
         late = await _responder(port, topics, calls)
         try:
@@ -119,16 +122,7 @@ async def test_a_slow_websocket_link_is_answered_once(instance: str) -> None:
         resp = await _responder(port, topics, calls)
         try:
             url = BrokerURL.parse(f"ws://127.0.0.1:{proxy}")
-            reply = await asyncio.to_thread(
-                oneshot.request,
-                url,
-                topics.scheduler_cmd("ping"),
-                topics.reply,
-                {},
-                timeout=10,
-                who="scheduler",
-                resend=True,
-            )
+            reply = await _ping(url, topics)
             assert reply.success and reply.msg == "pong"
             assert len(calls) == 1
         finally:
