@@ -122,9 +122,8 @@ def test_a_crashing_validator_does_not_crash_matching() -> None:
 def test_unregistered_or_offline_components_are_not_candidates_yet() -> None:
     unregistered = views(c1=ComponentView(C1, None, {}))
     r = match([task()], {"pip-counter-1": PIPELINES["pip-counter-1"]}, unregistered, validator)
-    assert r == MatchResult(
-        [], f"role 'counter': component {C1} on pip-counter-1 is not registered yet"
-    )
+    why = f"role 'counter': component {C1} on pip-counter-1 is not registered yet"
+    assert r == MatchResult([], why, {"pip-counter-1": why})
     offline = views(c1=ComponentView(C1, frozenset({"count"}), {}, online=False))
     r = match([task()], PIPELINES, offline, validator)
     assert r.candidates == ["pip-counter-2", "pip-multidev"]
@@ -132,6 +131,22 @@ def test_unregistered_or_offline_components_are_not_candidates_yet() -> None:
     assert r.reason == f"role 'counter': component {C1} on pip-counter-1 is not online"
     r = match([task()], {"pip-counter-1": PIPELINES["pip-counter-1"]}, {}, validator)
     assert r.reason == f"role 'counter': component {C1} on pip-counter-1 is not online"
+
+
+def test_the_reason_is_told_about_the_pipeline_that_holds_the_sample() -> None:
+    """No pipeline can run it: the reason named the first pipeline with the roles, not
+    the one the user loaded the sample into (found by a fault-injection run)."""
+    offline = views(
+        c1=ComponentView(C1, frozenset({"count"}), {}, online=False),
+        c2=ComponentView(C2, frozenset({"count"}), {}, online=False),
+    )
+    two = {k: PIPELINES[k] for k in ("pip-counter-1", "pip-counter-2")}
+    r = match([task()], two, offline, validator)
+    first = f"role 'counter': component {C1} on pip-counter-1 is not online"
+    assert r.reason == first + " (and 1 more pipeline(s) with roles 'counter')"
+    mine = f"role 'counter': component {C2} on pip-counter-2 is not online"
+    assert r.reason_for("pip-counter-2") == mine + " (and 1 more pipeline(s) with roles 'counter')"
+    assert r.reason_for(None) == r.reason_for("elsewhere") == r.reason
 
 
 def test_empty_cases() -> None:

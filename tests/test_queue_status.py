@@ -191,3 +191,42 @@ async def test_a_deep_queue_is_answered_in_one_bounded_reply(
         out = (await cli("ketchup", "status", "--offset", "10", "--limit", "3", "--json")).reply
         assert [j["id"] for j in out["data"]] == [11, 12, 13]
         assert f"jobs 11-13 of {DEEP}" in out["msg"]
+
+
+async def test_a_waiting_job_says_why_about_its_own_pipeline(
+    broker: RunningBroker, tmp_path: Path, instance: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two pipelines share a component (found by a fault-injection run): a job whose
+    pipeline is free and ready but whose component a job on the other pipeline holds
+    showed `qw` and no word why; and a job no pipeline can run was told about the first
+    pipeline with its roles, not the one that holds its sample."""
+    devices = tmp_path / "shared.yml"
+    devices.write_text(
+        "devices:\n  - {name: dev, driver: example_counter, address: example-addr,"
+        " channels: ['1'], pollrate: 1}\n"
+        "pipelines:\n"
+        "  - {name: pip-a, devices: [{role: counter, device: dev, channel: '1'}]}\n"
+        "  - {name: pip-b, devices: [{role: counter, device: dev, channel: '1'}]}\n"
+    )
+    work = tmp_path / "data" / "work"
+    work.mkdir(parents=True)
+    monkeypatch.chdir(work)
+    async with inproc_stack(broker.port, tmp_path, instance, devices=str(devices)) as st:
+        for pip, sample in (("pip-a", "s-a"), ("pip-b", "s-b")):
+            await st.call("pipeline_load", {"pipeline": pip, "sampleid": sample})
+            await st.call("pipeline_ready", {"pipeline": pip})
+        a = await _submit(st, _payload("s-a", time=30), "holds-it")
+        await st.wait_job(a, {"r"})
+        b = await _submit(st, _payload("s-b"), "waits")
+        job = (await st.call("job_status", {"jobids": [b]}))[0]
+        assert job.status == "qw", job
+        assert job.reason == (
+            f"pip-b waits: component example_counter:(example-addr,1) is in use by job {a} on pip-a"
+        ), job.reason
+        bad = _payload("s-b")
+        bad["method"][0]["technique"] = "nothing-like-it"
+        c = await _submit(st, bad, "cannot")
+        job = (await st.call("job_status", {"jobids": [c]}))[0]
+        assert job.status == "q" and "on pip-b" in str(job.reason), job.reason
+        assert "(and 1 more pipeline(s)" in str(job.reason), job.reason
+        await st.call("job_cancel", {"jobids": [a, b, c]})

@@ -65,6 +65,17 @@ class MatchResult:
     """Pipelines that can run the payload, in the order of the devices file."""
     reason: str | None = None
     """Why no pipeline can (None when there are candidates)."""
+    problems: dict[str, str] = field(default_factory=dict)
+    """Per pipeline with the payload's roles, why it cannot (``reason_for`` picks one)."""
+
+    def reason_for(self, holding: str | None) -> str | None:
+        """The reason, told about ``holding`` (the pipeline that holds the job's sample)
+        when it is one of those that cannot: the first pipeline's problem named another
+        pipeline than the user's (found by a fault-injection run)."""
+        if holding is None or holding not in self.problems or self.reason is None:
+            return self.reason
+        first = next(iter(self.problems.values()))  # the reason is it, and what follows
+        return self.problems[holding] + self.reason[len(first) :]
 
 
 @dataclass(frozen=True)
@@ -111,19 +122,19 @@ def match(
             [], f"no pipeline has roles {_roles(sorted(needed))} (pipelines have: {shown})"
         )
     candidates: list[str] = []
-    problems: list[str] = []
+    problems: dict[str, str] = {}
     for pip in with_roles:
         problem = _problem(pip, tasks, components, validator)
         if problem is None:
             candidates.append(pip.name)
         else:
-            problems.append(problem)
+            problems[pip.name] = problem
     if candidates:
         return MatchResult(candidates, None)
-    reason = problems[0]
+    first = next(iter(problems.values()))
     if len(problems) > 1:
-        reason += f" (and {len(problems) - 1} more pipeline(s) with roles {_roles(needed)})"
-    return MatchResult([], reason)
+        first += f" (and {len(problems) - 1} more pipeline(s) with roles {_roles(needed)})"
+    return MatchResult([], first, problems)
 
 
 def _problem(

@@ -44,6 +44,11 @@ def _method_key(payload: str) -> tuple[str, str]:
     return method, str((p.get("sample") or {}).get("identifier"))
 
 
+def _holding(pips: Mapping[str, PipelineState], sample: str) -> str | None:
+    """The pipeline that holds ``sample`` (the first, should several)."""
+    return next((n for n, p in pips.items() if p.sampleid == sample), None)
+
+
 class QueuePass:
     def __init__(self, ops: SchedulerOps) -> None:
         self.ops = ops
@@ -96,12 +101,22 @@ class QueuePass:
                 occupied.add(name)
                 why[name] = f"component {name} is being reset after job {svc.stale.resetting[name]}"
         svc.stale.unknown(unknown)  # asked for it, if that lasts
+        # a component another pipeline's running job holds (pipelines may share one): for
+        # as long as that job runs, also between its tasks (found by a fault-injection run:
+        # the job waiting for it showed `qw` and no word why)
+        in_use: dict[str, str] = {}
+        for name, pip in pips.items():
+            layout = svc.layout.pipelines.get(name)
+            if pip.jobid is not None and layout is not None:
+                for c in layout.roles.values():
+                    in_use.setdefault(c, f"component {c} is in use by job {pip.jobid} on {name}")
         blocked: dict[str, str] = {}
         for name, pip in pips.items():
             layout = svc.layout.pipelines.get(name)
             if pip.jobid is not None or layout is None:
                 continue
-            held = [why[c] for c in dict.fromkeys(layout.roles.values()) if c in why]
+            comps = dict.fromkeys(layout.roles.values())
+            held = [why.get(c) or in_use[c] for c in comps if c in why or c in in_use]
             if held:
                 blocked[name] = "; ".join(held)
         return frozenset(occupied), blocked
@@ -134,7 +149,11 @@ class QueuePass:
             await self.schedule()
             return
         status = "qw" if res.candidates else job.status
-        reason = waiting_reason(res.candidates, pips, sample) if res.candidates else res.reason
+        reason = (
+            waiting_reason(res.candidates, pips, sample)
+            if res.candidates
+            else res.reason_for(_holding(pips, sample))
+        )
         if (status, reason) != (job.status, job.reason):
             self.ops.store.set_queue_states([(job.id, status, reason)])
             new = self.ops.store.job(job.id)
@@ -178,12 +197,14 @@ class QueuePass:
                 res = results[key] = match(method, svc.layout.pipelines, views, self._validator)
             matches[jobid] = res
             new_status = "qw" if res.candidates else status
-            if res.candidates:  # it can run: say when it waits for the user (a sample)
-                if (key, sample) not in reasons:
-                    reasons[key, sample] = waiting_reason(res.candidates, pips, sample, blocked)
-                new_reason = reasons[key, sample]
-            else:
-                new_reason = res.reason
+            if (key, sample) not in reasons:
+                reasons[key, sample] = (
+                    # it can run: say when it waits for the user (a sample) or a component
+                    waiting_reason(res.candidates, pips, sample, blocked)
+                    if res.candidates
+                    else res.reason_for(_holding(pips, sample))  # the user's pipeline's
+                )
+            new_reason = reasons[key, sample]
             if new_status != status or new_reason != reason:
                 changes.append((jobid, new_status, new_reason))
             if res.candidates:
