@@ -70,7 +70,8 @@ async def test_topics_paho_examples_and_output_example_run(
 
         reply = await run(block(TOPICS, "paho-request"), tmp_path, env=env)
         assert reply.startswith("True 4 pipeline(s)"), reply
-        assert "pip-counter-1 counter_1_0.1 True" in reply, reply
+        # running: not ready, with its job (as tomato: a launch takes `ready`)
+        assert f"pip-counter-1 counter_1_0.1 False {job.id}" in reply, reply
 
         done = await st.wait_job(job.id, {"c", "ce", "cd"}, timeout=60)
         assert done.status == "c", done.reason

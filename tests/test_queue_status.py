@@ -230,3 +230,50 @@ async def test_a_waiting_job_says_why_about_its_own_pipeline(
         assert job.status == "q" and "on pip-b" in str(job.reason), job.reason
         assert "(and 1 more pipeline(s)" in str(job.reason), job.reason
         await st.call("job_cancel", {"jobids": [a, b, c]})
+
+
+async def test_a_running_pipeline_is_not_ready_as_in_tomato(
+    broker: RunningBroker, tmp_path: Path, instance: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As tomato 2.2: a launch takes the pipeline's `ready`, a running pipeline cannot
+    be marked ready (it answered "is ready" and dropped the flag at the job's end), and
+    only unlock_when_done makes it ready again by itself (found comparing the two)."""
+    from tomato_mqtt.transport.rpc import ReplyError
+
+    work = tmp_path / "data" / "work"
+    work.mkdir(parents=True)
+    monkeypatch.chdir(work)
+    async with inproc_stack(broker.port, tmp_path, instance) as st:
+
+        async def ready() -> bool:
+            info = await st.call("status", {"what": "pipelines"})
+            return bool(info["pip-counter-1"].ready)
+
+        await st.call("pipeline_load", {"pipeline": "pip-counter-1", "sampleid": "s1"})
+        await st.call("pipeline_ready", {"pipeline": "pip-counter-1"})
+        a = await _submit(st, _payload("s1", time=1.0))
+        await st.wait_job(a, {"r"})
+        assert not await ready()
+        with pytest.raises(ReplyError, match="cannot mark a running pipeline as ready") as e:
+            await st.call("pipeline_ready", {"pipeline": "pip-counter-1"})
+        assert e.value.code == "conflict"
+        await st.wait_job(a, {"c"})
+        assert not await ready()  # until the user says so again
+        await st.call("pipeline_ready", {"pipeline": "pip-counter-1"})
+        unlocked = {
+            "version": "2.2",
+            "user": {"identifier": "u"},
+            "sample": {"identifier": "s1"},
+            "method": [
+                {
+                    "component_role": "counter",
+                    "technique_name": "count",
+                    "max_duration": 0.5,
+                    "sampling_interval": 0.1,
+                }
+            ],
+            "settings": {"unlock_when_done": True},
+        }
+        b = await _submit(st, unlocked)
+        await st.wait_job(b, {"c"})
+        assert await ready()

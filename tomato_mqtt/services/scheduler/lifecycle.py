@@ -201,9 +201,8 @@ class JobLifecycle:
         if pip:
             unlock = bool((job.payload.get("settings") or {}).get("unlock_when_done"))
 
-            def free() -> None:
-                ready = self.store.pipeline(pip).ready and status == "c" and unlock
-                self.store.update_pipeline(pip, jobid=None, ready=ready)
+            def free() -> None:  # ready again only with unlock_when_done, as tomato
+                self.store.update_pipeline(pip, jobid=None, ready=status == "c" and unlock)
 
             await self._until_stored(jobid, f"that {pip} is free", free)
             await svc.publish_pipeline(pip)

@@ -175,7 +175,16 @@ class SchedulerOps:
     async def pipeline_ready(self, args: Mapping[str, JsonValue]) -> Result:
         self.access.require("pipeline_ready")
         a = PipelineArgs.model_validate(args)
-        self._pipeline(a.pipeline)
+        running = self._pipeline(a.pipeline).jobid
+        if running is not None:  # as tomato: the flag was cleared at the launch, and was
+            # set again here without a word, to be cleared at the job's end (a user's
+            # "ready" for the next job was dropped; found comparing with tomato 2.2)
+            raise CommandError(
+                f"cannot mark a running pipeline as ready: job {running} runs on "
+                f"{a.pipeline}; mark it ready once that job has ended (or submit with "
+                "settings.unlock_when_done for the next job to start by itself)",
+                code="conflict",
+            )
         p = self.store.update_pipeline(a.pipeline, ready=True)
         await self.svc.publish_pipeline(a.pipeline)
         self.svc.kick()
@@ -352,7 +361,9 @@ class SchedulerOps:
             reason=None,
             progress={"roles": roles, "tasks": {}},
         )
-        self.store.update_pipeline(pipeline, jobid=job.id)
+        # as tomato: a launch takes the pipeline's "ready" (set again at the job's end
+        # only with unlock_when_done; `tomato status` showed a running pipeline ready)
+        self.store.update_pipeline(pipeline, jobid=job.id, ready=False)
         return job
 
     async def announce_launch(self, job: Job, pipeline: str) -> None:
