@@ -31,6 +31,7 @@ def test_status_by_either_name(stack: Stack) -> None:
         assert out["success"], out
         assert out["data"]["name"] == FULL.format(1)
         assert out["data"]["state"] == "idle"
+        assert out["data"]["running"] is False  # tomato 2.2's key, for its scripts
     res = stack.run("passata", "status", "dev-counter/1")
     assert res.returncode == 0, res.stderr
     assert "idle" in res.stdout and FULL.format(1) in res.stdout
@@ -182,3 +183,17 @@ def test_running_component_refuses_set_and_reset_without_force(stack: Stack) -> 
         stack.run("ketchup", "cancel", str(jobid), check=True)
         stack.wait_job(jobid, {"c", "ce", "cd"}, timeout=30)
         stack.run("tomato", "pipeline", "eject", pip, check=True)
+
+
+def test_status_carries_tomato_s_running_while_a_task_runs() -> None:
+    """tomato 2.2's `passata status -y` data is `{running: false}` or `{running: Task}`:
+    a script reading `data.running` broke on ours (found comparing the two)."""
+    from tomato_mqtt.cli.passata_core import _as_tomato
+    from tomato_mqtt.transport.oneshot import Reply
+
+    status = {"state": "running", "job": 7, "task": 1, "technique": "count", "task_name": "a"}
+    out = _as_tomato(Reply(id="x", success=True, msg="", data=dict(status))).data
+    assert out["running"] == {"technique_name": "count", "task_name": "a", "jobid": 7, "index": 1}
+    assert {k: out[k] for k in status} == status  # the component's own fields stay
+    failed = Reply(id="x", success=False, msg="no", data=None)
+    assert _as_tomato(failed).data is None

@@ -66,25 +66,56 @@ def run_cmd(
 ) -> None:
     """Resolve ``component``, send it ``op``, print the Reply, exit 0 or 1."""
     ctx = opts.context()
+    shaped = _as_tomato if op == "status" else _unchanged
     if ctx.url.transport == "websockets":  # the one-shot session speaks TCP and TLS only
         from tomato_mqtt.cli import components
 
-        components.run(component, components.cmd(op, args, opts.timeout), human, opts)
+        base = components.cmd(op, args, opts.timeout)
+
+        async def op_shaped(req: Any, name: str) -> Any:
+            return shaped(await base(req, name))
+
+        components.run(component, op_shaped, human, opts)
         return
 
     if is_full_name(component):  # one round trip: the request and the name's check at once
 
         def at_once(ex: Exchange) -> Any:
-            return _asked_and_checked(ex, ctx.topics, component, op, args, opts.timeout)
+            return shaped(_asked_and_checked(ex, ctx.topics, component, op, args, opts.timeout))
 
         _in_exchange(at_once, human, opts)
         return
 
     def ask(ex: Exchange, name: str) -> Any:
         topic = ctx.topics.component_cmd(name, op)
-        return ex.request(topic, dict(args), timeout=opts.timeout, who=f"node hosting {name}")
+        who = f"node hosting {name}"
+        return shaped(ex.request(topic, dict(args), timeout=opts.timeout, who=who))
 
     _on_component(component, ask, human, opts)
+
+
+def _unchanged(reply: Any) -> Any:
+    return reply
+
+
+def _as_tomato(reply: Any) -> Any:
+    """``passata status``'s data with tomato 2.2's ``running`` too: ``false``, or the
+    running task (a script reading tomato's ``data.running`` broke: found comparing the
+    two); the component's status fields stay as they are."""
+    data = reply.data
+    if reply.success and isinstance(data, dict) and "state" in data:
+        running = data.get("state") == "running"
+        data["running"] = (
+            {
+                "technique_name": data.get("technique"),
+                "task_name": data.get("task_name"),
+                "jobid": data.get("job"),
+                "index": data.get("task"),
+            }
+            if running
+            else False
+        )
+    return reply
 
 
 def _asked_and_checked(
