@@ -331,5 +331,5 @@ def test_a_matching_job_says_which_sample_it_waits_for() -> None:
     # one candidate: the exact command to type
     why = waiting_reason(["p1"], pips, "s")
     assert why == "no pipeline holds sample 's': load it into p1 (tomato pipeline load p1 s)"
-    pips["p3"] = pip("p3", sample="s", ready=True, jobid=7)
+    pips["p3"] = pip("p3", sample="s", ready=False, jobid=7)  # a launch took `ready`
     assert waiting_reason(["p3"], pips, "s") is None  # it waits for job 7: nothing to do

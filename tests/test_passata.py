@@ -190,8 +190,13 @@ def test_status_carries_tomato_s_running_while_a_task_runs() -> None:
     a script reading `data.running` broke on ours (found comparing the two)."""
     from tomato_mqtt.cli.passata_core import _as_tomato
     from tomato_mqtt.transport.oneshot import Reply
+    from tomato_mqtt.wire.messages import ComponentStatus
 
-    status = {"state": "running", "job": 7, "task": 1, "technique": "count", "task_name": "a"}
+    st = ComponentStatus(
+        name=FULL.format(1), node="local", state="running", time=0.0, job=7, task=1,
+        technique="count", task_name="a",
+    )  # fmt: skip
+    status = st.model_dump(mode="json", by_alias=True)  # as the node answers
     out = _as_tomato(Reply(id="x", success=True, msg="", data=dict(status))).data
     assert out["running"] == {"technique_name": "count", "task_name": "a", "jobid": 7, "index": 1}
     assert {k: out[k] for k in status} == status  # the component's own fields stay

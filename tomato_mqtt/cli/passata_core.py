@@ -109,7 +109,7 @@ def _as_tomato(reply: Any) -> Any:
             {
                 "technique_name": data.get("technique"),
                 "task_name": data.get("task_name"),
-                "jobid": data.get("job"),
+                "jobid": data.get("jobid", data.get("job")),  # the wire's alias
                 "index": data.get("task"),
             }
             if running

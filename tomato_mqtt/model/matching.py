@@ -240,7 +240,10 @@ def waiting_reason(
             f"no pipeline holds sample {sample!r}: load it into one of {where} "
             f"(tomato pipeline load <pipeline> {sample})"
         )
-    if not any(pipelines[n].ready for n in holding):
+    # a pipeline running a job comes free by itself (a launch takes `ready`, as in tomato:
+    # telling the user to mark it ready would be refused, and the text would flip at
+    # every launch and end for every job behind it)
+    if not any(pipelines[n].ready or pipelines[n].jobid is not None for n in holding):
         if len(holding) == 1:
             return (
                 f"sample {sample!r} is in {holding[0]}, which is not ready "

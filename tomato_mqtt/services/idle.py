@@ -96,6 +96,10 @@ def freeze_heap() -> None:
         return
     import gc
 
+    # collected first: a cycle that is garbage now would otherwise stay for good (and
+    # any later cycle through it); the first collection walks the imports once, at
+    # start, the later ones only what came since
+    gc.collect()
     gc.freeze()
 
 

@@ -149,7 +149,7 @@ def example_messages() -> dict[str, BaseModel]:
         PipelineStatus(
             name="pip-counter",
             sample="counter_1_0.1",
-            ready=True,
+            ready=False,  # a launch takes it (as in tomato)
             job=7,
             roles={"counter": cmp},
         ),
