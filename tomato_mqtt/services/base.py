@@ -197,7 +197,7 @@ class Service(abc.ABC):
             if self.stopping:
                 return
             await self.started()
-            freeze_heap()
+            freeze_heap(collect=False)  # the imports: out of the collector's way
             await run_until_stopped(
                 self._stop, self._message_loop(), self._heartbeat_loop(), *self.loops()
             )

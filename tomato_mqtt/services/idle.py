@@ -85,7 +85,7 @@ def own_process() -> None:
     _OWN_PROCESS = True
 
 
-def freeze_heap() -> None:
+def freeze_heap(collect: bool = True) -> None:
     """Move every object alive now out of the garbage collector's way (``gc.freeze``): a
     service's imports, models, registries and warm-ups are never garbage, and a full
     collection walking them held the event loop 10-15 ms at a random moment (timing the
@@ -97,9 +97,11 @@ def freeze_heap() -> None:
     import gc
 
     # collected first: a cycle that is garbage now would otherwise stay for good (and
-    # any later cycle through it); the first collection walks the imports once, at
-    # start, the later ones only what came since
-    gc.collect()
+    # any later cycle through it). Not at start (``collect=False``): that one walks all
+    # the imports (~10 ms) while the service's first messages wait, for the little
+    # garbage imports leave; the later ones walk only what came since the last freeze
+    if collect:
+        gc.collect()
     gc.freeze()
 
 
