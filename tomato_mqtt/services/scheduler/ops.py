@@ -47,6 +47,11 @@ __all__ = ["SchedulerOps"]
 log = logging.getLogger(__name__)
 
 
+def _submitted(job: Job) -> Result:
+    """A submit's answer: the job it queued (also to the same submission sent again)."""
+    return Result(f"job submitted successfully with jobid {job.id}", job.model_dump(mode="json"))
+
+
 def _payload_from_text(text: str) -> dict[str, Any]:
     """A payload sent as its file's text (``ketchup submit``: the CLI need not load a
     YAML parser). Refusals name no file: the submitter adds its own path."""
@@ -200,10 +205,7 @@ class SchedulerOps:
                 log.info(
                     "job %d: its submit came again (token %s): not queued twice", known.id, a.token
                 )
-                return Result(
-                    f"job submitted successfully with jobid {known.id}",
-                    known.model_dump(mode="json"),
-                )
+                return _submitted(known)
         try:
             if a.payload_text is not None:
                 doc = await asyncio.to_thread(_payload_from_text, a.payload_text)
@@ -237,10 +239,7 @@ class SchedulerOps:
         log.info("job %d submitted (%s)", job.id, job.jobname or "no name")
         self.svc.job_event(job.id, "queued", status=job.status)
         await self.queue.place(job)
-        job = self.store.job(job.id)
-        return Result(
-            f"job submitted successfully with jobid {job.id}", job.model_dump(mode="json")
-        )
+        return _submitted(self.store.job(job.id))
 
     def _jobs(self, ids: list[int] | None) -> list[Job]:
         if not ids:
