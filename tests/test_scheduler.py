@@ -10,6 +10,7 @@ import asyncio
 import json
 import os
 import signal
+import sqlite3
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -242,6 +243,63 @@ async def test_a_submit_sent_again_with_its_token_is_one_job(
         known = store.submitted(first.owner, "a1b2c3d4e5f6a7b8")
         assert known is not None and known.id == first.id
         assert store.submitted(first.owner, "0000111122223333") is None
+
+
+async def test_a_request_sent_again_gets_the_first_answer_also_from_the_next_scheduler(
+    broker: RunningBroker, tmp_path: Path, instance: str
+) -> None:
+    """A client sends a request again (same id) while no answer comes. A copy of a load
+    that a scheduler carried out before it died (the answer lost with it) reached the
+    next scheduler, which loaded again and answered "already holds sample": the user
+    was told their load failed. Now the state file keeps such answers, and a running
+    scheduler answers a copy too (it dropped copies: a lost first answer was never
+    given again). A copy of a read is answered anew."""
+    replies: asyncio.Queue[Reply] = asyncio.Queue()
+
+    async def send(c: AsyncClient, t: Topics, op: str, rid: str, args: dict[str, Any]) -> None:
+        req = {"id": rid, "reply_to": t.reply(c.client_id), "args": args}
+        await c.publish(t.scheduler_cmd(op), json.dumps(req).encode())
+
+    async def answer(rid: str) -> Reply:
+        while True:
+            r = await asyncio.wait_for(replies.get(), 10)
+            if r.id == rid:
+                return r
+
+    def on_reply(m: Message) -> None:
+        replies.put_nowait(decode(Reply, m.payload))
+
+    load = {"pipeline": "pip-counter-1", "sampleid": "s-1"}
+    async with inproc_stack(broker.port, tmp_path, instance) as st, client(broker.url) as c:
+        await c.subscribe(
+            st.topics.reply(c.client_id),
+            handler=lambda m: replies.put_nowait(decode(Reply, m.payload)),
+        )
+        await send(c, st.topics, "pipeline_load", "load-1", load)
+        first = await answer("load-1")
+        assert first.success, first
+        await send(c, st.topics, "pipeline_load", "load-1", load)  # the same scheduler
+        again = await answer("load-1")
+        assert (again.success, again.msg, again.data) == (True, first.msg, first.data)
+        for _ in range(2):  # a read: carried out each time (two answers)
+            await send(c, st.topics, "status", "read-1", {"what": "scheduler"})
+            assert (await answer("read-1")).success
+    async with inproc_stack(broker.port, tmp_path, instance) as st, client(broker.url) as c:
+        await c.subscribe(
+            st.topics.reply(c.client_id),
+            handler=lambda m: replies.put_nowait(decode(Reply, m.payload)),
+        )
+        await send(c, st.topics, "pipeline_load", "load-1", load)  # the next scheduler
+        late = await answer("load-1")
+        assert (late.success, late.msg) == (True, first.msg), late
+        # a new request is carried out, not masked by the kept answer
+        await send(c, st.topics, "pipeline_load", "load-2", load)
+        fresh = await answer("load-2")
+        assert not fresh.success and "already holds sample 's-1'" in fresh.msg, fresh
+    with sqlite3.connect(st.settings.state_db) as db:
+        kept = dict(db.execute("SELECT id, user FROM replies").fetchall())
+    # refusals are kept too (the answer is what a copy gets), reads are not; by login
+    assert set(kept) == {"load-1", "load-2"} and set(kept.values()) == {st.topics.user}
 
 
 def _write_devices(st: Stack, doc: dict[str, Any]) -> None:

@@ -47,9 +47,11 @@ SCHEMA = 2  # tomato_mqtt.wire.messages.SCHEMA
 #: s without an answer before a request is sent again (then after 2, 4, ... s more),
 #: with the same id: a responder that restarted meanwhile (the supervisor restarts a
 #: crashed scheduler within about a second) never got the first, which the broker drops
-#: while nobody subscribes; one that did drops the copy (rpc.Responder, by id), and a
-#: job_submit carries a token, so a scheduler that queued it before it died answers with
-#: that job (found by an outside user: a submit during a restart was lost)
+#: while nobody subscribes; one that did answers the copy as the first, without carrying
+#: it out again (rpc.Responder, by id; the state file keeps the answers of pipeline and
+#: cancel requests for the next scheduler), and a job_submit carries a token, so a
+#: scheduler that queued it before it died answers with that job (found by an outside
+#: user: a submit during a restart was lost)
 RESEND_AFTER = 1.0
 
 

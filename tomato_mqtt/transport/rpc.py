@@ -7,7 +7,11 @@ pins it to the login, so a handler reads it (:func:`requester`) instead of trust
 payload; a reply_to outside that user's reply topics is refused. A
 responder dispatches through an explicit table of operations, answers every request
 (also malformed ones, when it can find out where to), and de-duplicates by id, since
-QoS 1 may deliver a request twice. Args are validated against the operation's model in
+QoS 1 may deliver a request twice and a client sends it again while no answer comes: a
+copy of a request that changes something gets the first one's reply again (kept in
+memory, and in a :class:`ReplyJournal` where the service has one, so a copy reaching a
+restarted scheduler is answered as the one its predecessor carried out); a copy of a
+read (``Command.reads``) is answered anew. Args are validated against the operation's model in
 ``wire/commands.py`` before the handler runs; every failed reply carries an error
 ``code`` (``wire.messages.ErrorCode``) so that clients never match text.
 """
@@ -22,7 +26,7 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from pydantic import BaseModel, JsonValue, ValidationError
 
@@ -38,6 +42,7 @@ __all__ = [
     "Handler",
     "NoResponder",
     "ReplyError",
+    "ReplyJournal",
     "Requester",
     "Responder",
     "Result",
@@ -209,6 +214,23 @@ _REPLY_TO = re.compile(rb'"reply_to"\s*:\s*"([^"\\]+)"')
 _ID = re.compile(rb'"id"\s*:\s*"([^"\\]+)"')
 
 
+class ReplyJournal(Protocol):
+    """Where a responder keeps the replies of requests that changed something, across a
+    restart (the scheduler's state file): ``user`` is the request topic's identity
+    segment ("" on topics without one), ``rid`` the request's id."""
+
+    def reply_for(self, user: str, rid: str) -> bytes | None: ...
+
+    def keep_reply(self, user: str, rid: str, reply: bytes) -> None: ...
+
+
+#: a request being answered (its copies wait for that answer: dropped), or answered with
+#: a reply too large to keep (as before replies were kept: a copy is dropped)
+_ANSWERING = b""
+#: the largest reply kept for copies (bytes): a job's reply holds its payload
+_KEEP_AT_MOST = 64 * 1024
+
+
 class Responder:
     """Answers requests through an explicit operation table, de-duplicating by id."""
 
@@ -221,6 +243,8 @@ class Responder:
         name: str,
         kind: ResponderKind | None = None,
         remember: int = 2000,
+        journal: ReplyJournal | None = None,
+        journaled: frozenset[str] = frozenset(),
     ) -> None:
         self.client = client
         self.topics = topics
@@ -228,8 +252,13 @@ class Responder:
         self.name = name
         # the typed contract of each op (args checked before the handler runs)
         self.commands: dict[str, Command] = commands_of(kind) if kind else {}
-        self._seen: OrderedDict[str, None] = OrderedDict()
+        # (user, id) -> the encoded reply, or _ANSWERING while the handler runs
+        self._seen: OrderedDict[tuple[str, str], bytes] = OrderedDict()
         self._remember = remember
+        #: the ops whose replies also go to the journal (those a repeat would not answer
+        #: as the first time, e.g. pipeline_load: "already holds the sample")
+        self.journal = journal
+        self.journaled = journaled
 
     async def handle(
         self, msg: Message, op: str, handlers: Mapping[str, Handler] | None = None
@@ -257,10 +286,18 @@ class Responder:
                 req.reply_to[:200],
             )
             return
-        if req.id in self._seen:
-            log.debug("duplicate request %s on %s dropped", req.id, msg.topic)
+        key = (user or "", req.id)
+        kept = self._seen.get(key)
+        if kept is None and op in self.journaled and self.journal is not None:
+            kept = self._from_journal(key)
+        if kept is not None:
+            if kept == _ANSWERING:
+                log.debug("duplicate request %s on %s dropped: being answered", req.id, msg.topic)
+            else:  # the first reply may be what got lost: the same answer again
+                log.info("request %s on %s came again: its reply sent again", req.id, msg.topic)
+                await self._send_encoded(req.reply_to, kept)
             return
-        self._seen[req.id] = None
+        self._seen[key] = _ANSWERING
         while len(self._seen) > self._remember:
             self._seen.popitem(last=False)
 
@@ -279,7 +316,33 @@ class Responder:
                 reply = await self._run(handler, req, op)
             finally:
                 _requester.reset(token)
-        await self._send(req.reply_to, reply)
+        data = encode(reply)
+        cmd = self.commands.get(op)
+        if cmd is not None and cmd.reads:
+            self._seen.pop(key, None)  # a copy is answered anew: a read changes nothing
+        elif len(data) > _KEEP_AT_MOST:
+            self._seen[key] = _ANSWERING
+        else:
+            self._seen[key] = data
+            if op in self.journaled and self.journal is not None:
+                self._to_journal(key, data)
+        await self._send_encoded(req.reply_to, data)
+
+    def _from_journal(self, key: tuple[str, str]) -> bytes | None:
+        assert self.journal is not None
+        try:
+            return self.journal.reply_for(*key)
+        except Exception as e:  # a state file that cannot be read: answered anew
+            log.warning("%s: cannot read the kept replies: %s", self.name, e)
+            return None
+
+    def _to_journal(self, key: tuple[str, str], data: bytes) -> None:
+        assert self.journal is not None
+        try:
+            self.journal.keep_reply(*key, data)
+        except Exception as e:  # a full disk: the reply still goes; only a copy reaching
+            # a restarted responder would be carried out again
+            log.warning("%s: cannot keep the reply to %s: %s", self.name, key[1], e)
 
     def _reply_allowed(self, reply_to: str, user: str | None) -> bool:
         parsed = self.topics.parse(reply_to)
@@ -337,7 +400,10 @@ class Responder:
         await self._send(reply_to, Reply(id=rid, success=False, msg=reason, code="bad_request"))
 
     async def _send(self, topic: str, reply: Reply) -> None:
+        await self._send_encoded(topic, encode(reply))
+
+    async def _send_encoded(self, topic: str, data: bytes) -> None:
         try:
-            await self.client.publish(topic, encode(reply), qos=1, wait=False)
+            await self.client.publish(topic, data, qos=1, wait=False)
         except Exception as e:
             log.warning("%s: could not send reply to %s: %s", self.name, topic, e)

@@ -293,6 +293,9 @@ class Command:
     args: type[BaseModel]
     data: Any  # a type pydantic can validate (a model, a list of models, a union), or None
     doc: str
+    #: changes nothing a second call would find changed (a copy of the request, sent again
+    #: while no answer came, is simply answered anew): see rpc.Responder
+    reads: bool = False
 
     @cached_property
     def _adapter(self) -> TypeAdapter[Any]:
@@ -309,12 +312,27 @@ class Command:
         return self._adapter.json_schema(mode="serialization")
 
 
-def _c(responder: Responder, op: str, args: type[BaseModel], data: Any, doc: str) -> Command:
-    return Command(responder, op, args, data, doc)
+def _c(
+    responder: Responder,
+    op: str,
+    args: type[BaseModel],
+    data: Any,
+    doc: str,
+    *,
+    reads: bool = False,
+) -> Command:
+    return Command(responder, op, args, data, doc, reads)
 
 
 COMMANDS: tuple[Command, ...] = (
-    _c("scheduler", "status", StatusArgs, StatusData, "scheduler, pipelines, devices, …"),
+    _c(
+        "scheduler",
+        "status",
+        StatusArgs,
+        StatusData,
+        "scheduler, pipelines, devices, …",
+        reads=True,
+    ),
     _c("scheduler", "reload", NoArgs, LayoutDiff, "re-read settings and devices file"),
     _c("scheduler", "stop", NoArgs, None, "stop the stack (refused while jobs run)"),
     _c("scheduler", "pipeline_load", LoadArgs, PipelineInfo, "load a sample"),
@@ -327,27 +345,35 @@ COMMANDS: tuple[Command, ...] = (
         JobStatusArgs,
         list[Job] | JobSummary,
         "jobs by id, a page of all, or a summary",
+        reads=True,
     ),
     _c("scheduler", "job_cancel", JobIdsArgs, list[Job], "cancel jobs"),
-    _c("scheduler", "job_search", SearchArgs, list[Job], "jobs by name"),
-    _c("scheduler", "job_snapshot", SnapshotArgs, FileData, "up-to-date file of a job"),
-    _c("scheduler", "whoami", NoArgs, WhoamiData, "who the scheduler sees, what they may do"),
+    _c("scheduler", "job_search", SearchArgs, list[Job], "jobs by name", reads=True),
+    _c("scheduler", "job_snapshot", SnapshotArgs, FileData, "up-to-date file of a job", reads=True),
+    _c(
+        "scheduler",
+        "whoami",
+        NoArgs,
+        WhoamiData,
+        "who the scheduler sees, what they may do",
+        reads=True,
+    ),
     _c("node", "configure", NodeConfigure, ConfigureData, "the node's components"),
     _c("node", "rebirth", NoArgs, None, "re-publish every retained topic"),
     _c("node", "shutdown", ShutdownArgs, None, "stop the node"),
     _c("component", "task_start", TaskStartArgs, StartedData, "start a task"),
     _c("component", "task_stop", TaskStopArgs, StopData, "stop the running task"),
     _c("component", "set_attr", SetAttrArgs, dict[str, JsonValue], "set an attribute"),
-    _c("component", "get_attr", GetAttrArgs, dict[str, JsonValue], "read attributes"),
+    _c("component", "get_attr", GetAttrArgs, dict[str, JsonValue], "read attributes", reads=True),
     _c("component", "measure", NoArgs, MeasureData | None, "one measurement now"),
     _c("component", "reset", ForceArgs, None, "reset the device"),
     _c("component", "register", NoArgs, None, "register the device again"),
-    _c("component", "status", NoArgs, ComponentStatus, "the component's status"),
-    _c("component", "replay", ReplayArgs, ReplayData, "re-send spooled batches"),
+    _c("component", "status", NoArgs, ComponentStatus, "the component's status", reads=True),
+    _c("component", "replay", ReplayArgs, ReplayData, "re-send spooled batches", reads=True),
     _c("component", "ack", AckArgs, AckData, "batches stored: drop them from the spool"),
     _c("recorder", "finalize", FinalizeArgs, FileData, "write a job's file or snapshot"),
-    _c("recorder", "fetch", FetchArgs, ChunkData, "a chunk of a written file"),
-    _c("recorder", "status", NoArgs, RecorderStatus, "the recorder's status"),
+    _c("recorder", "fetch", FetchArgs, ChunkData, "a chunk of a written file", reads=True),
+    _c("recorder", "status", NoArgs, RecorderStatus, "the recorder's status", reads=True),
 )
 
 _BY_KEY = {(c.responder, c.op): c for c in COMMANDS}

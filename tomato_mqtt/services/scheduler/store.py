@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -62,6 +63,17 @@ CREATE TABLE IF NOT EXISTS submit_tokens (
     jobid INTEGER NOT NULL,
     PRIMARY KEY (owner, token)
 );
+-- the replies to requests that changed something (rpc.ReplyJournal): a copy of one, sent
+-- again by a client while no answer came, that reaches the next scheduler is answered as
+-- the first was (not "already holds the sample" for a load its predecessor carried out)
+CREATE TABLE IF NOT EXISTS replies (
+    user TEXT NOT NULL,
+    id TEXT NOT NULL,
+    at REAL NOT NULL,
+    reply BLOB NOT NULL,
+    PRIMARY KEY (user, id)
+);
+CREATE INDEX IF NOT EXISTS replies_at ON replies (at);
 """
 
 # tomato's pid / connected_at / jobpath are derived on reading (see _job), not stored
@@ -70,6 +82,8 @@ _JOB_COLUMNS = tuple(f for f in Job.model_fields if f not in _DERIVED)
 _JSON_COLUMNS = frozenset({"payload", "progress"})
 _CHUNK = 500  # ids per "IN (...)": below every sqlite's limit of parameters
 _PIPELINE_FIELDS = frozenset(PipelineState.model_fields) - {"name"}
+#: how long a kept reply is given again (s): far beyond a client's resends (-t)
+REPLY_KEEP = 3600.0
 
 
 class StateStore:
@@ -258,6 +272,26 @@ class StateStore:
             return self.job(int(row[0]))
         except UnknownName:  # its job is gone (a state file edited by hand): a new one
             return None
+
+    # -- rpc.ReplyJournal: not state (``writes`` does not count them) ------------------------
+    def reply_for(self, user: str, rid: str) -> bytes | None:
+        """The reply kept for ``user``'s request ``rid`` (:data:`REPLY_KEEP`), if any."""
+        row = self._db.execute(
+            "SELECT reply FROM replies WHERE user = ? AND id = ? AND at > ?",
+            (user, rid, time.time() - REPLY_KEEP),
+        ).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def keep_reply(self, user: str, rid: str, reply: bytes) -> None:
+        """Keep the reply to ``user``'s request ``rid``; older ones than
+        :data:`REPLY_KEEP` go."""
+        now = time.time()
+        with self._write(count=False) as db:
+            db.execute("DELETE FROM replies WHERE at < ?", (now - REPLY_KEEP,))
+            db.execute(
+                "INSERT OR REPLACE INTO replies (user, id, at, reply) VALUES (?, ?, ?, ?)",
+                (user, rid, now, reply),
+            )
 
     def job(self, id: int) -> Job:
         row = self._db.execute("SELECT * FROM jobs WHERE id = ?", (id,)).fetchone()
