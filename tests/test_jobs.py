@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -301,9 +302,11 @@ def test_node_lost_mid_job_ends_ce_with_data(tmp_path: Path) -> None:
         assert ds["uts"].size >= 5
 
 
-@pytest.mark.parametrize("restart", [False, True], ids=["", "scheduler-restarted"])
+@pytest.mark.parametrize(
+    "restart", ["", "restart", "restore"], ids=["", "scheduler-restarted", "state-restored"]
+)
 def test_a_job_queued_while_its_node_was_lost_waits_for_the_stale_task(
-    tmp_path: Path, restart: bool
+    tmp_path: Path, restart: str
 ) -> None:
     """A node frozen (SIGSTOP) past the grace period: its job ends ``ce``, but the task
     runs on once the node is back. The next job on that pipeline was launched onto it
@@ -311,7 +314,9 @@ def test_a_job_queued_while_its_node_was_lost_waits_for_the_stale_task(
     (found by an outside admin). Now it waits until the scheduler has the stale task
     stopped (the component reset), then runs and ends ``c`` with every point. Also
     when the scheduler restarted meanwhile (it then knows the component only as lost,
-    and the node says it is online before it says what its components do: a review)."""
+    and the node says it is online before it says what its components do: a review),
+    and when the state file it restarted with does not know the first job (restored from
+    a backup: the task was "not ours to stop", and held the pipeline until it ended)."""
     presence = "heartbeat = 0.5\nlost_after = 2.0\nnode_grace_period = 1.0\n"
     with started(make_stack(tmp_path, scheduler=presence)) as st:
         doc = yaml.safe_load((CONFIG / "counter_1_0.1.yml").read_text())
@@ -326,6 +331,9 @@ def test_a_job_queued_while_its_node_was_lost_waits_for_the_stale_task(
         os.kill(node, signal.SIGSTOP)
         try:
             assert st.wait_job(a, {"c", "ce", "cd"}, timeout=60)["status"] == "ce"
+            if restart == "restore":  # as a backup taken before the job was submitted
+                with sqlite3.connect(st.datadir / "state.sqlite") as db:
+                    db.execute("DELETE FROM jobs WHERE id = ?", (a,))
             if restart:
                 old = st.child_pid("scheduler")
                 os.kill(old, signal.SIGKILL)

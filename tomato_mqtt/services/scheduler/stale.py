@@ -10,7 +10,8 @@ Now the queue does not launch onto a component whose node says it runs a task
 (``QueuePass._occupied``: the job waits, saying for what), and this module has such a
 task stopped when its job is over: the component is reset (``force``: the task stops
 with ``reset``, its points so far are merged into the ended job's file as late data),
-as the job's own end would have done.
+as the job's own end would have done. So is a task of a job the state file does not
+know (one restored from a backup): no job of this scheduler can be running it.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
-from tomato_mqtt.model.jobs import DONE_STATUSES
+from tomato_mqtt.model.jobs import DONE_STATUSES, UnknownName
 from tomato_mqtt.wire.messages import ComponentStatus
 
 if TYPE_CHECKING:
@@ -61,19 +62,26 @@ class StaleTasks:
             return
         try:
             status = svc.store.job(st.job).status
-        except Exception:  # an id this state file does not know: not ours to stop
+        except UnknownName:
+            # not in this state file (restored from a backup, or removed): no job of
+            # this scheduler runs it (a launch is stored before its task is sent), and
+            # it held the pipeline until the task ended (found by a review)
+            ended = "this scheduler's state file does not know (restored or removed)"
+        except Exception as e:  # a state file that cannot be read now: asked again later
+            log.debug("component %s: job %d's status unreadable: %s", st.name, st.job, e)
             return
-        if status not in DONE_STATUSES:
-            return
+        else:
+            if status not in DONE_STATUSES:
+                return
+            ended = f"ended {status} (its node was lost or did not answer at the job's end)"
         self._asked[st.name] = (key, time.monotonic())
         log.warning(
-            "component %s still runs task %s of job %d, which ended %s (its node was "
-            "lost or did not answer at the job's end): stopping it and resetting the "
-            "component, as the job's end would have",
+            "component %s still runs task %s of job %d, which %s: stopping it and "
+            "resetting the component, as the job's end would have",
             st.name,
             st.task,
             st.job,
-            status,
+            ended,
         )
         svc.spawn(self._reset(st.name, st.job))
 
