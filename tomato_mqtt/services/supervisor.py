@@ -48,6 +48,7 @@ __all__ = [
     "EXIT_CANNOT_LISTEN",
     "EXIT_STOP_REQUESTED",
     "LISTEN_FD_ENV",
+    "STABLE_RUN",
     "Supervisor",
     "bind_listener",
     "main",
@@ -57,6 +58,7 @@ __all__ = [
     "port_in_use",
     "python",
     "read_pidfile",
+    "restart_delay",
 ]
 
 log = logging.getLogger("tomato_mqtt.services.supervisor")  # also when run as __main__
@@ -154,6 +156,25 @@ def bind_listener(host: str, port: int) -> socket.socket:
 
 #: a broker that exits this soon after its first start could not listen: give up
 BROKER_STARTUP_WINDOW = 10.0
+
+
+#: a run at least this long (s) served: its end is a fault (a kill), not a crash loop, so
+#: the back-off starts afresh. Counted over the last minute alone, a scheduler killed a
+#: few times within a minute, however long each run served, came back after seconds,
+#: beyond a CLI's -t (a fault-injection run: submits failed that a 0.2 s restart takes)
+STABLE_RUN = 5.0
+FIRST_DELAY = 0.2
+MAX_DELAY = 10.0
+
+
+def restart_delay(fails: list[float], started: float, now: float) -> tuple[list[float], float]:
+    """The exits that count towards the back-off (``fails``, monotonic times, with this
+    one at ``now``) and the delay before a restart: 0.2 s, doubling per exit within a
+    minute of runs shorter than :data:`STABLE_RUN` (a service that cannot start), at most
+    :data:`MAX_DELAY`."""
+    kept = [] if now - started >= STABLE_RUN else [t for t in fails if now - t < 60]
+    kept.append(now)
+    return kept, min(FIRST_DELAY * 2 ** (len(kept) - 1), MAX_DELAY)
 
 
 @dataclass
@@ -302,9 +323,8 @@ class Supervisor:
                 log.error("the broker could not start: %s", self.failed)
                 self._stop.set()
                 return
-            c.fails = [t for t in c.fails if now - t < 60] + [now]
+            c.fails, delay = restart_delay(c.fails, c.started, now)
             c.restarts += 1
-            delay = min(0.2 * 2 ** (len(c.fails) - 1), 10.0)
             log.warning("%s exited with code %s; restarting in %.1f s", c.name, rc, delay)
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), delay)
