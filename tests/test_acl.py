@@ -61,8 +61,14 @@ def checks(t: Topics) -> list[tuple[str, str, str, bool]]:
         add(user, "pub", t.node_cmd("pc1", "shutdown"), admin)
         add(user, "pub", t.node_cmd("pc1", "configure"), role == "scheduler")
         add(user, "pub", t.component_cmd(CMP_A, "task_start"), role == "scheduler")
-        add(user, "pub", t.component_cmd(CMP_A, "set_attr"), admin)
-        add(user, "pub", t.component_cmd(CMP_A, "get_attr"), op or role == "scheduler")
+        add(user, "pub", t.component_user_cmd(CMP_A, "set_attr", user), admin)
+        add(user, "pub", t.component_user_cmd(CMP_A, "get_attr", user), op)
+        # a user's command without their login, or with another's: the node could not
+        # tell whose replies it may answer on (an operator made it answer into another
+        # user's reply topic)
+        add(user, "pub", t.component_cmd(CMP_A, "set_attr"), False)
+        add(user, "pub", t.component_cmd(CMP_A, "get_attr"), role == "scheduler")
+        add(user, "pub", t.component_user_cmd(CMP_A, "get_attr", "otto"), False)
         add(user, "pub", t.component_cmd(CMP_A, "ack"), role == "recorder")
         add(user, "pub", t.component_cmd(CMP_A, "replay"), role == "recorder")
         # -- what only a node (its own) or a service publishes
@@ -96,6 +102,12 @@ def checks(t: Topics) -> list[tuple[str, str, str, bool]]:
                 user == "pc1" or admin or svc,
             ),
             (t.component_cmds(CMP_B), t.component_cmd(CMP_B, "task_start"), "sched", admin or svc),
+            (
+                t.component_user_cmds(CMP_A),
+                t.component_user_cmd(CMP_A, "status", "ada"),
+                "ada",
+                user == "pc1" or admin or svc,
+            ),
             (
                 t.node_cmds("pc1"),
                 t.node_cmd("pc1", "configure"),

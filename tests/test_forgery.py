@@ -151,3 +151,57 @@ def test_retained_junk_does_not_change_scheduling_on_an_open_stack(tmp_path: Pat
         nodes = list(st.json("tomato", "status", "nodes")["data"])
         assert nodes == ["local"], nodes
         assert "disagrees with the topic" in (st.logdir / "scheduler.log").read_text()
+
+
+async def _reply_hijack(st: Stack) -> tuple[list[str], list[str]]:
+    """olga (operator) asks CMP's node for its status three ways, naming ada's reply
+    topic or her own; returns (ids ada received, ids olga received)."""
+    url = "mqtt://{}:{}@127.0.0.1:" + str(st.port)
+    ada_t, olga_t = Topics(st.instance, "ada"), Topics(st.instance, "olga")
+    got: dict[str, list[str]] = {"ada": [], "olga": []}
+    async with (
+        AsyncClient(url.format("ada", LAB_USERS["ada"][0])) as ada,
+        AsyncClient(url.format("olga", LAB_USERS["olga"][0])) as olga,
+    ):
+        for who, c, t in (("ada", ada, ada_t), ("olga", olga, olga_t)):
+            await c.subscribe(
+                t.reply(c.client_id),
+                handler=lambda m, who=who: got[who].append(m.payload.decode()),
+            )
+
+        def ask(rid: str, reply_to: str) -> bytes:
+            return encode(Request(id=rid, reply_to=reply_to, args={}))
+
+        into_ada = ada_t.reply(ada.client_id)
+        # the services' form (no login): the broker drops it for a user
+        await olga.publish(olga_t.component_cmd(CMP, "status"), ask("h-bare", into_ada))
+        # her own login, ada's replies: the node does not answer
+        await olga.publish(olga_t.component_user_cmd(CMP, "status"), ask("h-user", into_ada))
+        # her own login and replies: answered
+        mine = olga_t.reply(olga.client_id)
+        await olga.publish(olga_t.component_user_cmd(CMP, "status"), ask("h-own", mine))
+        deadline = time.monotonic() + 10
+        while not got["olga"] and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(1.0)  # time for any answer into ada's topic to arrive too
+    return got["ada"], got["olga"]
+
+
+def test_a_node_answers_a_users_command_only_on_that_users_replies(tmp_path: Path) -> None:
+    """An operator could make a node answer ``status`` or ``get_attr`` into another
+    user's reply topic: component commands carried no login (found by a review). A user's
+    command now carries it (``component/<c>/cmd/<op>/<user>``, pinned by the ACL), the
+    node answers only on that user's replies, and the form without a login is the
+    services' alone."""
+    with secure_stack(tmp_path) as st:
+        into_ada, into_olga = asyncio.run(_reply_hijack(st))
+        assert into_ada == [], into_ada
+        assert (
+            len(into_olga) == 1
+            and '"h-own"' in into_olga[0]
+            and '"success":true' in (into_olga[0].replace(" ", ""))
+        ), into_olga
+        assert "h-user" in (st.logdir / "node-local.log").read_text()  # the node said why not
+        # passata as the operator: the form with her login, end to end
+        res = st.run("passata", "status", CMP, *as_user(st, "olga"))
+        assert res.returncode == 0 and "idle" in res.stdout, (res.stdout, res.stderr)

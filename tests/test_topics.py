@@ -114,6 +114,11 @@ CASES: list[tuple[str, ParsedTopic, list[str]]] = [
         [T.component_cmds(CMP)],
     ),
     (
+        T.component_user_cmd(CMP, "get_attr", "olga"),
+        ParsedTopic("component_user_cmd", name=CMP_SLUG, op="get_attr", user="olga"),
+        [T.component_user_cmds(CMP)],
+    ),
+    (
         T.component_data(CMP),
         ParsedTopic("component_data", name=CMP_SLUG),
         [T.all_component_data()],

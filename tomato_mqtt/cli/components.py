@@ -70,7 +70,7 @@ def run(component: str, op: Op, human: Callable[[str, Any], str], opts: common.O
 def cmd(op: str, args: Mapping[str, Any], timeout: float) -> Op:
     async def call(req: Requester, name: str) -> Reply:
         return await req.request(
-            req.topics.component_cmd(name, op),
+            req.topics.component_user_cmd(name, op),
             dict(args),
             timeout=timeout,
             who=f"node hosting {name}",

@@ -87,7 +87,7 @@ def run_cmd(
         return
 
     def ask(ex: Exchange, name: str) -> Any:
-        topic = ctx.topics.component_cmd(name, op)
+        topic = ctx.topics.component_user_cmd(name, op)
         who = f"node hosting {name}"
         return shaped(ex.request(topic, dict(args), timeout=opts.timeout, who=who))
 
@@ -125,7 +125,7 @@ def _asked_and_checked(
     asked at the same time, says whether there is such a component: an unknown name is
     refused as soon as that list comes, a known one costs no round trip more than the
     request itself (``passata`` as fast as ``ketchup``)."""
-    topic = topics.component_cmd(name, op)
+    topic = topics.component_user_cmd(name, op)
     ask_id = ex.send(topic, dict(args))
     check = ex.send(topics.scheduler_cmd("status"), {"what": "components"})
     # the first entry is the one a timeout names: the component's node

@@ -249,7 +249,7 @@ class AsyncTomato:
 
     async def _component(self, component: str, op: str, args: Mapping[str, Any]) -> Any:
         name = await self.component_name(component)
-        topic = self.topics.component_cmd(name, op)
+        topic = self.topics.component_user_cmd(name, op)
         return await self._typed("component", op, topic, args, f"component {name}")
 
     # -- jobs --------------------------------------------------------------------------

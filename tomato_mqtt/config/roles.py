@@ -90,7 +90,7 @@ def is_admin(role: str | None) -> bool:
 
 def refusal(kind: str, op: str, user: str, me: Mapping[str, object]) -> str | None:
     """Why the broker dropped a request ``op`` on a topic of ``kind`` (``scheduler_cmd``,
-    ``recorder_cmd``, ``component_cmd``, ``node_cmd``) that nobody answered, given what
+    ``recorder_cmd``, ``component_user_cmd``, ``node_cmd``) that nobody answered, given what
     ``whoami`` said of its sender (``me``: role and scheduler ops); None when the role
     may send it (the responder is just down, slow or busy). MQTT 3.1.1 has no negative
     PUBACK: a publish the ACL forbids just vanishes."""
@@ -100,7 +100,7 @@ def refusal(kind: str, op: str, user: str, me: Mapping[str, object]) -> str | No
     target = {"scheduler_cmd": "", "recorder_cmd": "the recorder's "}.get(kind)
     if kind == "recorder_cmd":
         allowed = REC_OPERATOR_OPS if role in ("admin", "operator") else REC_READ_OPS
-    elif kind == "component_cmd":
+    elif kind in ("component_cmd", "component_user_cmd"):
         target = "the component command "
         allowed = {"admin": CMP_ADMIN_OPS, "operator": CMP_READ_OPS}.get(role, ())
     elif kind == "node_cmd":

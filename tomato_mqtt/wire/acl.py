@@ -25,7 +25,9 @@ Roles:
   publishes a component's status (``lost``, when the component's node is lost).
 
 Every user reads only their own replies (``reply/<user>/#``); requests carry the login as
-their ``{user}`` segment and may only be published with one's own login there.
+their ``{user}`` segment and may only be published with one's own login there. Users'
+component commands too (``component/<c>/cmd/<op>/<user>``, answered only on that user's
+replies); the form without a login is the services' (scheduler, recorder).
 """
 
 from __future__ import annotations
@@ -100,7 +102,10 @@ def _reads(t: Topics) -> list[Rule]:
 
 
 def _requests(
-    t: Topics, kind: Literal["scheduler_cmd", "recorder_cmd"], ops: Iterable[str], user: str
+    t: Topics,
+    kind: Literal["scheduler_cmd", "recorder_cmd", "component_user_cmd"],
+    ops: Iterable[str],
+    user: str,
 ) -> list[Rule]:
     return [Rule(t.pattern(kind, op=op, user=user), "publish", op) for op in ops]
 
@@ -117,7 +122,10 @@ def rules(topics: Topics, role: str, user: str, components: Iterable[str] = ()) 
             Rule(t.all(), "subscribe", "everything"),
             *_requests(t, "scheduler_cmd", ADMIN_OPS, user),
             *_requests(t, "recorder_cmd", REC_OPERATOR_OPS, user),
-            *(Rule(p("component_cmd", op=op), "publish", op) for op in CMP_ADMIN_OPS),
+            *(
+                Rule(p("component_user_cmd", op=op, user=user), "publish", op)
+                for op in CMP_ADMIN_OPS
+            ),
             *(Rule(p("node_cmd", op=op), "publish", op) for op in NODE_ADMIN_OPS),
         ]
     if role == "operator":
@@ -126,7 +134,10 @@ def rules(topics: Topics, role: str, user: str, components: Iterable[str] = ()) 
             own_replies,
             *_requests(t, "scheduler_cmd", OPERATOR_OPS, user),
             *_requests(t, "recorder_cmd", REC_OPERATOR_OPS, user),
-            *(Rule(p("component_cmd", op=op), "publish", op) for op in CMP_READ_OPS),
+            *(
+                Rule(p("component_user_cmd", op=op, user=user), "publish", op)
+                for op in CMP_READ_OPS
+            ),
         ]
     if role == "reader":
         return [
@@ -175,6 +186,7 @@ def rules(topics: Topics, role: str, user: str, components: Iterable[str] = ()) 
             Rule(p("component_data", component=c), "publish", "own components"),
             Rule(p("component_last", component=c), "publish", "own components"),
             Rule(p("component_cmd", component=c), "subscribe", "own components' commands"),
+            Rule(p("component_user_cmd", component=c), "subscribe", "own components' commands"),
         ]
     return out
 

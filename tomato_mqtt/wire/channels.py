@@ -23,6 +23,7 @@ if TYPE_CHECKING:
         "component_meta",
         "component_status",
         "component_cmd",
+        "component_user_cmd",
         "component_data",
         "component_last",
         "pipeline_status",
@@ -128,11 +129,22 @@ CHANNELS: tuple[ChannelDef, ...] = (
     ChannelDef(
         "component_cmd",
         "component/{component}/cmd/{op}",
-        "scheduler, passata, recorder",
+        "scheduler, recorder",
         "driver node",
         False,
-        "Commands to a component: task_start, task_stop, set_attr, get_attr, measure, "
-        "reset, register, status, replay, ack.",
+        "Commands to a component from the services: task_start, task_stop, reset, "
+        "register, status, get_attr (scheduler), replay, ack (recorder). Users send "
+        "theirs with their login: component/{component}/cmd/{op}/{user}.",
+    ),
+    ChannelDef(
+        "component_user_cmd",
+        "component/{component}/cmd/{op}/{user}",
+        "passata, dashboards, scripts",
+        "driver node",
+        False,
+        "Commands to a component from a user: get_attr, status, set_attr, measure, reset, "
+        "register. {user} is the requester's login, pinned by the broker ACL; the node "
+        "answers only on that user's reply topics.",
     ),
     ChannelDef(
         "component_data",

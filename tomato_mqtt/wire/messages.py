@@ -342,6 +342,7 @@ MESSAGES: dict[str, tuple[type[WireModel], ...]] = {
     "component_meta": (ComponentMeta,),
     "component_status": (ComponentStatus,),
     "component_cmd": (Request,),
+    "component_user_cmd": (Request,),
     "component_data": (DataBatch,),
     "component_last": (LastPoint,),
     "pipeline_status": (PipelineStatus,),

@@ -102,7 +102,13 @@ class Topics:
         return self._t("component", slug(component), "status")
 
     def component_cmd(self, component: str, op: str) -> str:
+        """A service's command (scheduler, recorder): the ACL lets only them send it."""
         return self._t("component", slug(component), "cmd", _op(op))
+
+    def component_user_cmd(self, component: str, op: str, user: str | None = None) -> str:
+        """A user's command (passata, a dashboard, a script), with their login: the node
+        answers it only on that login's reply topics."""
+        return self._t("component", slug(component), "cmd", _op(op), _user(user or self.user))
 
     def component_data(self, component: str) -> str:
         return self._t("component", slug(component), "data")
@@ -140,6 +146,9 @@ class Topics:
 
     def component_cmds(self, component: str) -> str:
         return self._t("component", slug(component), "cmd", "+")
+
+    def component_user_cmds(self, component: str) -> str:
+        return self._t("component", slug(component), "cmd", "+", "+")
 
     def all_component_meta(self) -> str:
         return self._t("component", "+", "meta")
@@ -208,6 +217,8 @@ class Topics:
                 return ParsedTopic("component_status", name=cmp)
             case ["component", cmp, "cmd", op]:
                 return ParsedTopic("component_cmd", name=cmp, op=op)
+            case ["component", cmp, "cmd", op, user]:
+                return ParsedTopic("component_user_cmd", name=cmp, op=op, user=user)
             case ["component", cmp, "data"]:
                 return ParsedTopic("component_data", name=cmp)
             case ["component", cmp, "last"]:

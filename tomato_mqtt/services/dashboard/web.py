@@ -189,7 +189,7 @@ async def _cmd(request: web.Request) -> web.StreamResponse:
             # without a scheduler, among the metas this dashboard holds
             metas = [m.model_dump() for m in request.app[SVC].state.metas.values()]
             component = await resolve(s.requester, want, timeout=10, announced=metas)
-            topic = s.topics.component_cmd(component, op)
+            topic = s.topics.component_user_cmd(component, op)
             who = f"node hosting {component}"
             return _reply(await s.requester.request(topic, args, timeout=10, who=who))
         if op == "job_submit":

@@ -304,7 +304,7 @@ class NodeService(Service):
             return
         if parsed.kind == "node_cmd":
             self.spawn(self._node_responder.handle(msg, parsed.op))
-        elif parsed.kind == "component_cmd" and parsed.name is not None:
+        elif parsed.kind in ("component_cmd", "component_user_cmd") and parsed.name is not None:
             name = self._by_slug.get(parsed.name)
             if name is not None:
                 self.spawn(self._component_request(name, msg, parsed.op))
@@ -364,7 +364,9 @@ class NodeService(Service):
                 await self._remove_component(n)
             self.components[n] = HostedComponent(config=c, node=self.name)
             self._by_slug[slug(n)] = n
-            await self.client.subscribe(self.topics.component_cmds(n))  # type: ignore[union-attr]
+            # the services' commands and the users' (with their login): one round trip
+            cmds = (self.topics.component_cmds(n), self.topics.component_user_cmds(n))
+            await asyncio.gather(*(self.client.subscribe(f) for f in cmds))  # type: ignore[union-attr]
             added.append(n)
         await self._publish_node_status()
         for n in added:
@@ -384,7 +386,8 @@ class NodeService(Service):
             hc.runner.close()
         if self.client is not None:
             with contextlib.suppress(Exception):
-                await self.client.unsubscribe(self.topics.component_cmds(name))
+                for f in (self.topics.component_cmds(name), self.topics.component_user_cmds(name)):
+                    await self.client.unsubscribe(f)
             # clear the retained topics of a component that is gone
             for t in (
                 self.topics.component_meta(name),
