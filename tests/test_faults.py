@@ -247,6 +247,32 @@ def test_sys_exit_in_do_task_ends_ce_and_node_lives(stack: Stack) -> None:
     assert_node_unchanged(stack, node)
 
 
+@pytest.mark.parametrize(
+    ("pipeline", "said"),
+    [
+        ("pip-intkey", "variable names must be text, not int (1)"),
+        ("pip-surrogate", "could not be encoded for sending"),
+    ],
+)
+def test_a_point_the_wire_cannot_carry_ends_its_task_not_the_node(
+    stack: Stack, pipeline: str, said: str
+) -> None:
+    """A driver returned ``{1: 2.0}``: the node's flush died of it (orjson: "Dict key
+    must be str"), the node restarted, and every job on it ended ``ce`` (found by a
+    newcomer writing a driver). Now such a point ends its own task with an error naming
+    it, and the node and its other components go on; so does text the wire cannot carry
+    (a lone surrogate), caught where the batch is encoded."""
+    node = local_node(stack)
+    job = run_job(stack, pipeline, f"bad-point-{pipeline}")
+    assert job["status"] == "ce", job
+    assert said in (job["reason"] or ""), job["reason"]
+    if pipeline == "pip-intkey":  # caught at the point: the points before it are kept
+        assert role_data(job["respath"])["k"].values.tolist() == [1, 2]
+    assert_node_unchanged(stack, node)
+    assert_normal_job_completes(stack, "pip-ok-1", f"after-{pipeline}")
+    assert_node_unchanged(stack, node)
+
+
 def test_connect_failures_then_registers(tmp_path: Path) -> None:
     settings = "[drivers.faulty]\nconnect_failures = 2\n"
     with faulty_stack(tmp_path, "faulty_retry_devices.yml", settings, start_timeout=20) as st:

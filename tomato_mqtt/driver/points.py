@@ -142,7 +142,16 @@ def to_values(
     """
     values: dict[str, Value] = {}
     units: dict[str, str] | None = None
-    for k, v in raw.items():
+    try:
+        items = raw.items()
+    except AttributeError:
+        raise TypeError(
+            "a point must be a mapping of variable name -> value (or None for no point),"
+            f" not {type(raw).__name__}"
+        ) from None
+    for k, v in items:
+        if type(k) is not str:  # the batch's JSON needs text keys (a node died of it)
+            raise TypeError(f"variable names must be text, not {type(k).__name__} ({k!r})")
         t = type(v)
         if t is float or t is int or t is str or t is bool or v is None:
             values[k] = v

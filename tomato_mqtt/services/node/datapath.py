@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import secrets
 from collections.abc import Sequence
@@ -125,20 +126,26 @@ class DataPath:
         # loop, a task end, a measure) never interleave their seqs
         for (job, task), group in split_by_task(items):
             for cols in to_columns(group, units):
+                try:
+                    raw = encode_batch(
+                        component=hc.name,
+                        job=job,
+                        task=task,
+                        epoch=node.epoch,
+                        stream=hc.stream,
+                        seq=hc.seq + 1,
+                        uts=cols.uts,
+                        vars=cols.vars,
+                        units=cols.units,
+                        dims=cols.dims,
+                        coords=cols.coords,
+                    )
+                except Exception as e:  # a value the driver's checks let through: this
+                    # task fails, the node and every other component's task go on (a
+                    # driver's dict with an int key took the node and all its jobs down)
+                    self._unsendable(hc, job, task, len(cols.uts), e)
+                    continue
                 hc.seq += 1
-                raw = encode_batch(
-                    component=hc.name,
-                    job=job,
-                    task=task,
-                    epoch=node.epoch,
-                    stream=hc.stream,
-                    seq=hc.seq,
-                    uts=cols.uts,
-                    vars=cols.vars,
-                    units=cols.units,
-                    dims=cols.dims,
-                    coords=cols.coords,
-                )
                 dropped = spool.put(hc.name, hc.stream, hc.seq, node.epoch, raw)
                 self._tell_spool_state(spool.failing)
                 if dropped:
@@ -174,12 +181,31 @@ class DataPath:
             node.topics.component_last(hc.name), hc.last_point, retain=True, wait=False
         )
 
+    def _unsendable(
+        self, hc: HostedComponent, job: int | None, task: int | None, n: int, e: Exception
+    ) -> None:
+        why = (
+            f"{n} point(s) of {hc.name} could not be encoded for sending "
+            f"({type(e).__name__}: {e}): the driver returned values the wire cannot carry"
+        )
+        log.error("node %s: job %s task %s: %s", self.node.name, job, task, why)
+        known = hc.unsent.get((job, task))
+        hc.unsent[(job, task)] = (known[0] if known else why, (known[1] if known else 0) + n)
+        if known is None and hc.runner is not None and hc.job == job and hc.task == task:
+            hc.runner.stop_task(why)
+
     async def task_ended(self, name: str, end: TaskEnd) -> None:
         node = self.node
         hc = node.components.get(name)
         if hc is None:
             return
         await self.flush(hc)  # every point of the task is in a batch before its end is told
+        unsent = hc.unsent.pop((end.task.job, end.task.index), None)
+        if unsent is not None:  # points are missing: never "done"
+            why, n = unsent
+            end = dataclasses.replace(
+                end, reason="error", message=why, npoints=max(0, end.npoints - n)
+            )
         hc.last_task = {
             "job": end.task.job,
             "task": end.task.index,

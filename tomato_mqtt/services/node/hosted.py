@@ -45,6 +45,10 @@ class HostedComponent:
     #: the retained ``last`` message as published (re-published by a rebirth: a broker
     #: restarted without its retained messages would otherwise show none until new data)
     last_point: bytes | None = None
+    #: (job, task) -> (why some of its points could not be sent, how many: datapath.flush):
+    #: its end is then an error, never "done" with points missing from the file, and
+    #: counts only the points sent (the recorder waits for every point an end counts)
+    unsent: dict[tuple[int | None, int | None], tuple[str, int]] = field(default_factory=dict)
 
     @property
     def name(self) -> str:

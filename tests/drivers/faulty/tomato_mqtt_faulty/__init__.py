@@ -18,6 +18,12 @@ Where it fails comes from the component's address and from ``[drivers.faulty]``:
 ``exit``
     ``do_task`` calls ``sys.exit()`` at that point, as tomato's ``log_errors`` decorator
     does in ported drivers.
+``intkey``
+    ``do_task`` returns a point whose variable name is not text (``{1: 2.0}``) at that
+    point, as a driver might with channel numbers.
+``surrogate``
+    ``do_task`` returns text that is no valid UTF-8 (a lone surrogate, as bytes read
+    with ``errors="surrogateescape"``) at that point: the wire cannot carry it.
 ``set``
     ``do_set_attr`` raises ``RuntimeError`` (``set_attr`` and tasks with parameters fail).
 ``measure``
@@ -41,7 +47,9 @@ from tomato_mqtt.driver import Attr, ModelDevice, ModelInterface, TaskSpec
 
 __all__ = ["FAULTS", "Device", "DriverInterface"]
 
-FAULTS = frozenset({"connect", "task", "exit", "set", "measure", "reset", "status"})
+FAULTS = frozenset(
+    {"connect", "task", "exit", "intkey", "surrogate", "set", "measure", "reset", "status"}
+)
 
 
 def faults_of(address: str, settings: Mapping[str, Any]) -> frozenset[str]:
@@ -109,6 +117,10 @@ class Device(ModelDevice):
                 raise RuntimeError(f"faulty: do_task failed at point {k} (simulated)")
             if "exit" in self.faults:
                 sys.exit(f"faulty: do_task exits at point {k} (simulated)")
+            if "intkey" in self.faults:
+                return {1: 2.0, "k": k}  # type: ignore[dict-item]
+            if "surrogate" in self.faults:
+                return {"k": k, "level": self.level, "mode": "a\udcff"}
         return {"k": k, "level": self.level, "mode": self.mode}
 
     def do_measure(self) -> Mapping[str, Any]:
