@@ -61,6 +61,25 @@ def test_wrong_type_for_a_quantity() -> None:
     assert msg.startswith("param: cannot read 'wrong type' as a quantity in seconds")
 
 
+def test_offset_units_as_text() -> None:
+    """A setpoint in degC given as text was refused ("cannot read '30 degC' as a
+    quantity ... write e.g. '1.5 s'"): pint refuses 30 * degC for an offset unit."""
+    attrs = {"setpoint": AttrSpec(type="quantity", units="degC", rw=True, maximum=100)}
+    got = validate_task(CAPS, attrs, "count", {"setpoint": "30 degC"})["setpoint"]
+    assert got == pint.Quantity(30.0, "degC"), got
+    kelvin = validate_task(CAPS, attrs, "count", {"setpoint": "300 K"})["setpoint"]
+    assert abs(kelvin.m_as("degC") - 26.85) < 1e-9
+    for text in ("-5.5 degC", "1e1degC", "30 °C"):
+        validate_task(CAPS, attrs, "count", {"setpoint": text})
+    with pytest.raises(TaskValidationError) as e:
+        validate_task(CAPS, attrs, "count", {"setpoint": "warm"})
+    assert (
+        str(e.value) == "setpoint: cannot read 'warm' as a quantity in degC (write e.g. '1.5 degC')"
+    )
+    with pytest.raises(TaskValidationError, match="above the maximum"):
+        validate_task(CAPS, attrs, "count", {"setpoint": "120 degC"})
+
+
 def test_quantity_below_minimum_is_compared_in_the_attr_units() -> None:
     assert reject("count", {"param": "1 ms"}) == "param: 1 ms is below the minimum 0.1 s"
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import re
 from collections.abc import Collection, Mapping
 from functools import cache
 from types import ModuleType
@@ -106,6 +107,23 @@ def _to_str(name: str, val: object) -> str:
     raise TaskValidationError(f"{name}: expected text, got {_show(val)}")
 
 
+_NUMBER_THEN_UNITS = re.compile(r"\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*(.*?)\s*")
+
+
+def _parse_quantity(pm: Any, text: str) -> Any:
+    """``text`` as a pint quantity. pint parses ``"30 degC"`` as 30 times a degree
+    Celsius, which offset units refuse (OffsetUnitCalculusError): a number followed by
+    units is read as magnitude and units instead (a setpoint of "30 degC" was refused)."""
+    try:
+        # pint raises anything from UndefinedUnitError to AssertionError on bad text
+        return pm.Quantity(text)
+    except Exception:
+        m = _NUMBER_THEN_UNITS.fullmatch(text)
+        if m is None or not m.group(2):
+            raise
+        return pm.Quantity(float(m.group(1)), m.group(2))
+
+
 def _to_quantity(name: str, spec: AttrSpec, val: object) -> Any:
     pm = _pint()
     units = spec.units
@@ -122,11 +140,11 @@ def _to_quantity(name: str, spec: AttrSpec, val: object) -> Any:
         q = pm.Quantity(float(val))
     elif isinstance(val, str):
         try:
-            # pint raises anything from UndefinedUnitError to AssertionError on bad text
-            q = pm.Quantity(val)
+            q = _parse_quantity(pm, val)
         except Exception:
             raise TaskValidationError(
-                f"{name}: cannot read {val!r} as a quantity{where} (write e.g. '1.5 s')"
+                f"{name}: cannot read {val!r} as a quantity{where}"
+                f" (write e.g. '1.5 {units or 's'}')"
             ) from None
         if not isinstance(q, pm.Quantity):  # pint returns a plain number for "5"
             q = pm.Quantity(q)
