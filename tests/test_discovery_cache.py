@@ -3,6 +3,8 @@ when a name is not found (a package installed since)."""
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -56,3 +58,38 @@ def test_versions_are_read_once_per_scan(monkeypatch: pytest.MonkeyPatch) -> Non
     discovery.refresh()
     discovery.available_drivers()
     assert len(reads) == 2 * n  # a reload reads them again (a package upgraded)
+
+
+def test_a_driver_installed_editable_since_the_start_is_imported(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``pip install -e`` of a driver while the node runs: its metadata is found, but its
+    code is reachable only through a .pth file that Python reads at start, so `tomato
+    reload` said "installed but cannot be imported: ModuleNotFoundError" (found by a
+    newcomer). The node reads the site-packages' .pth files again and imports it. Built
+    as pip builds it: a dist-info with the entry point, the source elsewhere, a .pth."""
+    site_dir, src = tmp_path / "site-packages", tmp_path / "src"
+    (src / "zz_editable_drv").mkdir(parents=True)
+    (src / "zz_editable_drv" / "__init__.py").write_text(
+        "from tomato_mqtt.driver import ModelInterface\n"
+        "class DriverInterface(ModelInterface):\n    pass\n"
+    )
+    info = site_dir / "zz_editable_drv-0.1.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: zz-editable-drv\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text(
+        "[tomato_mqtt.drivers]\nzz_editable = zz_editable_drv:DriverInterface\n"
+    )
+    monkeypatch.syspath_prepend(str(site_dir))  # its metadata is there; its code is not
+    monkeypatch.setattr(discovery.site, "getsitepackages", lambda: [str(site_dir)])
+    monkeypatch.setattr(discovery.site, "getusersitepackages", lambda: str(site_dir))
+    discovery.refresh()
+    (site_dir / "__editable__.zz_editable_drv-0.1.pth").write_text(f"{src}\n")  # after start
+    try:
+        cls = discovery.load_driver("zz_editable")
+        assert cls.__name__ == "DriverInterface" and cls.__module__ == "zz_editable_drv"
+    finally:
+        sys.modules.pop("zz_editable_drv", None)
+        if str(src) in sys.path:
+            sys.path.remove(str(src))
+        discovery.refresh()

@@ -174,7 +174,7 @@ def test_connect_failure_is_shown_retried_and_others_work(stack: Stack) -> None:
 
     node = local_node(stack)
     assert node["state"] == "online" and name in node["components"], node
-    others = {n: c for n, c in components(stack).items() if n != name}
+    others = {n: c for n, c in components(stack).items() if n not in (name, BROKEN)}
     assert others and all(c["registered"] and c["state"] == "idle" for c in others.values())
     # another component on the same node runs a job to the end
     assert_normal_job_completes(stack, "pip-ok-2", "beside-connect-failure")
@@ -184,6 +184,27 @@ def test_connect_failure_is_shown_retried_and_others_work(stack: Stack) -> None:
     later = components(stack)[name]
     assert later["state"] == "error" and CONNECT_ERROR in later["error"], later
     assert int(later["error"].split("attempt ")[1].split(",")[0]) >= attempt
+
+
+BROKEN = "faulty:(fail-badattrs,1)"
+
+
+def test_a_broken_driver_is_said_once_clearly_and_not_retried(stack: Stack) -> None:
+    """A driver whose ``attrs()`` returned a list: the node logged it "registered", then
+    "registration failed (attempt 1, retrying in 1 s): 'list' object has no attribute
+    'items'", never retried, and the status showed it unregistered with no error (found
+    by a newcomer writing a driver). Now the device is checked before it counts as
+    registered, the error says what is wrong and what to do, everywhere, and the node
+    does not retry what cannot succeed."""
+    comp = wait_component(stack, BROKEN, lambda c: bool(c.get("error")), "in error")
+    want = "the driver is broken: Device.attrs() must return a dict of name -> Attr, not list"
+    assert comp["state"] == "error" and comp["registered"] is False, comp
+    assert want in comp["error"] and "restart node local" in comp["error"], comp
+    log = (stack.logdir / "node-local.log").read_text()
+    assert f"registered {BROKEN}" not in log
+    assert log.count(want) == 1, log  # not retried
+    res = stack.run("passata", "status", "dev-badattrs/1")
+    assert want in res.stdout + res.stderr, (res.stdout, res.stderr)
 
 
 def test_task_error_ends_ce_with_reason_and_keeps_points(stack: Stack) -> None:
@@ -313,6 +334,10 @@ def test_start_names_the_components_not_ready_and_why(tmp_path: Path) -> None:
         data = json.loads(res.stdout)["data"]
         name = "faulty:(fail-connect,1)"
         assert list(data["not_ready"]) == [name], data
+        # a broken driver is not waited for (it is not retried), and said as such
+        broken = [d for d in data["missing_drivers"] if BROKEN in d["components"]]
+        assert broken and "restart node local" in broken[0]["why"], data
+        assert "warning: driver 'faulty' cannot be used on node local" in res.stderr
         assert data["not_ready"][name].startswith("registration failed (attempt "), data
         assert CONNECT_ERROR in data["not_ready"][name], data
         assert "1 component(s) not ready after 4 s" in res.stderr, res.stderr

@@ -14,6 +14,7 @@ if TYPE_CHECKING:  # kept off the CLI's import path (pydantic is ~60 ms)
     from pydantic import ValidationError
 
 __all__ = [
+    "BROKEN_DRIVER",
     "ConfigError",
     "DocumentError",
     "StartupError",
@@ -22,6 +23,11 @@ __all__ = [
     "one_line",
     "parse_document",
 ]
+
+
+#: how a component's error starts when its driver's code is wrong for it (the node does
+#: not retry it; ``tomato start`` does not wait for it)
+BROKEN_DRIVER = "the driver is broken: "
 
 
 class StartupError(Exception):

@@ -97,6 +97,7 @@ def wait_ready(
     import asyncio
     import uuid
 
+    from tomato_mqtt.errors import BROKEN_DRIVER
     from tomato_mqtt.transport.client import AsyncClient, Message, MqttError, MqttTimeout
     from tomato_mqtt.transport.oneshot import SCHEMA
 
@@ -165,6 +166,9 @@ def wait_ready(
                         continue
                     node, drv, name = str(x.get("node")), str(x.get("driver")), str(x.get("name"))
                     why = gone.get(t.node_status(node), {}).get(drv)
+                    error = str(x.get("error") or "")
+                    if error.startswith(BROKEN_DRIVER):  # not retried: nothing to wait for
+                        why = error.removeprefix(BROKEN_DRIVER)
                     if why:
                         missing.setdefault((node, drv), (why, []))[1].append(name)
                     elif late and node != local_node and not up(node):

@@ -157,10 +157,19 @@ def start(opts: core.Opts, verbose: int = 0, quiet: int = 0) -> None:
             err=True,
         )
     for (node, driver), (why, comps) in sorted(missing.items()):
+        # not installed, or installed but its code is wrong (advice to install it again
+        # misled a newcomer whose driver did not import)
+        installed = "is not installed" not in why
+        what = "cannot be used" if installed else "is missing"
+        if "restart node" in why:  # a broken driver's error says what to do itself
+            todo = ""
+        elif installed:
+            todo = " Fix it (or install what it imports), then run `tomato reload`."
+        else:
+            todo = " Install it, then run `tomato reload`."
         echo(
-            f"warning: driver {driver!r} is missing on node {node}, so {len(comps)}"
-            f" component(s) cannot register ({', '.join(sorted(comps))}): {why}."
-            " Install it, then run `tomato reload`.",
+            f"warning: driver {driver!r} {what} on node {node}, so {len(comps)}"
+            f" component(s) cannot register ({', '.join(sorted(comps))}): {why}.{todo}",
             err=True,
         )
     if pending:  # not ready when the wait ended: say which, and why, not only a count

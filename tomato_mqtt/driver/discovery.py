@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import importlib
+import os
+import site
 from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib.metadata import EntryPoint, entry_points
@@ -78,6 +80,15 @@ def available_drivers() -> dict[str, str]:
     return dict(_versions[1])
 
 
+def _read_new_pth_files() -> None:
+    """Process the site-packages' ``.pth`` files again (an editable install made since
+    this process started); paths already on ``sys.path`` are not added twice."""
+    for d in {*site.getsitepackages(), site.getusersitepackages()}:
+        if os.path.isdir(d):
+            site.addsitedir(d)
+    importlib.invalidate_caches()
+
+
 def load_driver(name: str) -> type[ModelInterface]:
     """The driver class registered as ``name``; raises :class:`DriverNotFound`."""
     eps = _entry_points()
@@ -93,7 +104,14 @@ def load_driver(name: str) -> type[ModelInterface]:
             f" {have}); install its package, e.g. pip install {pkg}"
         )
     try:
-        obj = ep.load()
+        try:
+            obj = ep.load()
+        except ModuleNotFoundError:
+            # installed with `pip install -e` since this process started: its path finder
+            # comes from a .pth file, which Python reads only at start (found by a
+            # newcomer: `tomato reload` said "cannot be imported"); read them again
+            _read_new_pth_files()
+            obj = ep.load()
     except Exception as e:
         raise DriverLoadError(
             f"driver {name!r} ({ep.value}, version {_version(ep)}) is installed but cannot be"

@@ -7,7 +7,7 @@ made by the node through ``asyncio.to_thread``.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,7 +17,50 @@ from tomato_mqtt.driver.upstream.runner import UpstreamRunner
 from tomato_mqtt.driver.validate import to_jsonable
 from tomato_mqtt.wire.messages import ComponentMeta, ComponentState, ComponentStatus, NodeComponent
 
-__all__ = ["HostedComponent"]
+__all__ = ["BrokenDriver", "HostedComponent", "declarations"]
+
+
+class BrokenDriver(Exception):
+    """The driver's code is wrong for this component (its declarations, a class that
+    cannot be made): retrying cannot help until the driver is fixed and registered again
+    (``tomato reload``, ``passata register``)."""
+
+
+def declarations(device: Any) -> tuple[dict[str, Any], list[str], dict[str, Any]]:
+    """(attr specs, capabilities, constants) of a device, as its meta publishes them;
+    raises :class:`BrokenDriver` saying what is wrong with them."""
+    where = type(device).__name__
+    try:
+        raw = device.attrs()
+    except Exception as e:
+        raise BrokenDriver(f"{where}.attrs() raised {type(e).__name__}: {e}") from None
+    if not isinstance(raw, Mapping):
+        raise BrokenDriver(
+            f"{where}.attrs() must return a dict of name -> Attr, not {type(raw).__name__}"
+        )
+    attrs: dict[str, Any] = {}
+    for k, a in raw.items():
+        if not isinstance(k, str) or not callable(getattr(a, "spec", None)):
+            raise BrokenDriver(
+                f"{where}.attrs(): {k!r} must be a text name with an Attr(...),"
+                f" not {type(a).__name__}"
+            )
+        try:
+            attrs[k] = a.spec()
+        except Exception as e:
+            raise BrokenDriver(f"{where}.attrs()[{k!r}]: {type(e).__name__}: {e}") from None
+    try:
+        got = device.capabilities()
+        caps = sorted(got)
+    except Exception as e:
+        raise BrokenDriver(f"{where}.capabilities(): {type(e).__name__}: {e}") from None
+    if isinstance(got, str) or not all(isinstance(c, str) for c in caps):
+        raise BrokenDriver(f"{where}.capabilities() must return a set of technique names")
+    try:
+        consts = {str(k): to_jsonable(v) for k, v in device.constants.items()}
+    except Exception as e:
+        raise BrokenDriver(f"{where}.constants: {type(e).__name__}: {e}") from None
+    return attrs, caps, consts
 
 
 @dataclass
@@ -66,8 +109,24 @@ class HostedComponent:
         on_buffer_full: Callable[[], None],
         max_buffer: int,
     ) -> None:
-        """Create the device (blocking driver code); RuntimeError means 'retry later'."""
-        device = self.device = driver.DeviceFactory(self.key)
+        """Create the device (blocking driver code) and check its declarations:
+        :class:`BrokenDriver` when they (or the device's class) are wrong, any other
+        exception (e.g. RuntimeError: the instrument is not reachable) means 'retry later'.
+        The component is registered only once the device is whole: a driver whose
+        ``attrs()`` returned a list was logged "registered", then failed its meta, and its
+        registration was never tried again."""
+        try:
+            device = driver.DeviceFactory(self.key)
+        except TypeError as e:  # an abstract method left out, a wrong signature: code
+            raise BrokenDriver(f"{type(driver).__name__}.DeviceFactory: {e}") from None
+        if not isinstance(device, ModelDevice):
+            raise BrokenDriver(
+                f"{type(driver).__name__}.DeviceFactory must return a ModelDevice, not"
+                f" {type(device).__name__}"
+            )
+        if not isinstance(device, UpstreamDevice):
+            declarations(device)
+        self.device = device
         hooks: dict[str, Any] = {
             "on_task_end": on_task_end,
             "on_error": on_error,
@@ -107,9 +166,7 @@ class HostedComponent:
         caps: list[str] = []
         consts: dict[str, Any] = {}
         if self.device is not None:
-            attrs = {k: a.spec() for k, a in self.device.attrs().items()}
-            caps = sorted(self.device.capabilities())
-            consts = {k: to_jsonable(v) for k, v in self.device.constants.items()}
+            attrs, caps, consts = declarations(self.device)
         return ComponentMeta(
             name=c.name,
             device=c.device,

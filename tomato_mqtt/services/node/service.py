@@ -29,11 +29,12 @@ from tomato_mqtt import __version__
 from tomato_mqtt.config.statefiles import opened
 from tomato_mqtt.driver import TaskEnd, discovery
 from tomato_mqtt.driver.discovery import DriverNotFound
+from tomato_mqtt.errors import BROKEN_DRIVER
 from tomato_mqtt.services.base import Service
 from tomato_mqtt.services.idle import freeze_heap
 from tomato_mqtt.services.node.datapath import DataPath, new_stream
 from tomato_mqtt.services.node.drivers import NodeDrivers
-from tomato_mqtt.services.node.hosted import HostedComponent
+from tomato_mqtt.services.node.hosted import BrokenDriver, HostedComponent
 from tomato_mqtt.services.node.ops import ComponentOps
 from tomato_mqtt.services.node.spool import Spool
 from tomato_mqtt.transport.client import BrokerURL, Message
@@ -427,10 +428,22 @@ class NodeService(Service):
                 await self._publish_meta(hc)
                 await self.publish_status(hc)
                 return  # nothing to retry until the driver is installed and `tomato reload`
+            except BrokenDriver as e:
+                self._unregister(hc)
+                hc.error = (
+                    f"{BROKEN_DRIVER}{e} (fix it, then restart node {self.name}:"
+                    " a node imports a driver's code once)"
+                )
+                log.error("node %s: %s: %s", self.name, hc.name, hc.error)
+                await self._publish_meta(hc)
+                await self.publish_status(hc)
+                return  # retrying cannot help
             except Exception as e:
+                self._unregister(hc)
                 hc.retries += 1
                 hc.error = (
-                    f"registration failed (attempt {hc.retries}, retrying in {delay:g} s): {e}"
+                    f"registration failed (attempt {hc.retries}, retrying in {delay:g} s):"
+                    f" {type(e).__name__}: {e}"
                 )
                 log.warning("node %s: %s: %s", self.name, hc.name, hc.error)
                 await self._publish_meta(hc)
@@ -438,6 +451,14 @@ class NodeService(Service):
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), delay)
             delay = min(delay * 2, 30.0)
+
+    @staticmethod
+    def _unregister(hc: HostedComponent) -> None:
+        """A registration that failed half-way leaves no device behind (its meta would
+        call the broken driver again)."""
+        if hc.runner is not None:
+            hc.runner.close()
+        hc.device, hc.runner = None, None
 
     async def register(self, hc: HostedComponent) -> None:
         if self._units_loaded is not None:

@@ -24,6 +24,9 @@ Where it fails comes from the component's address and from ``[drivers.faulty]``:
 ``surrogate``
     ``do_task`` returns text that is no valid UTF-8 (a lone surrogate, as bytes read
     with ``errors="surrogateescape"``) at that point: the wire cannot carry it.
+``badattrs``
+    ``attrs()`` returns a list, not a dict: a driver's code that is wrong (registering
+    again cannot help).
 ``set``
     ``do_set_attr`` raises ``RuntimeError`` (``set_attr`` and tasks with parameters fail).
 ``measure``
@@ -48,7 +51,18 @@ from tomato_mqtt.driver import Attr, ModelDevice, ModelInterface, TaskSpec
 __all__ = ["FAULTS", "Device", "DriverInterface"]
 
 FAULTS = frozenset(
-    {"connect", "task", "exit", "intkey", "surrogate", "set", "measure", "reset", "status"}
+    {
+        "connect",
+        "task",
+        "exit",
+        "intkey",
+        "surrogate",
+        "badattrs",
+        "set",
+        "measure",
+        "reset",
+        "status",
+    }
 )
 
 
@@ -91,6 +105,8 @@ class Device(ModelDevice):
         self.constants["faults"] = ",".join(sorted(self.faults))
 
     def attrs(self) -> dict[str, Attr]:
+        if "badattrs" in self.faults:
+            return [Attr(type=float)]  # type: ignore[return-value]
         return {
             "level": Attr(type=float, rw=True, minimum=0, maximum=10),
             "mode": Attr(type=str, rw=True, options=["a", "b"]),
