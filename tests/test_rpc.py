@@ -10,7 +10,7 @@ import contextlib
 from collections.abc import AsyncIterator, Mapping
 
 import pytest
-from pydantic import JsonValue
+from pydantic import JsonValue, ValidationError
 
 from tests.conftest import RunningBroker
 from tomato_mqtt.transport.client import AsyncClient, Message
@@ -188,3 +188,79 @@ async def test_a_model_s_defaults_are_not_sent(broker: RunningBroker, instance: 
         args = SubmitArgs.model_validate({"payload": {"x": 1}, "jobname": "j"})
         reply = await Requester(cli, topics).request(topics.scheduler_cmd("echo"), args, timeout=T)
         assert reply.data == {"payload": {"x": 1}, "jobname": "j"}, reply.data
+
+
+async def test_a_retained_request_is_not_carried_out_again(
+    broker: RunningBroker, instance: str
+) -> None:
+    """A request published with retain was kept by the broker and carried out at every
+    (re)start of its responder: an admin's retained node `shutdown` stopped that node at
+    each start (an outside audit). A retained request is ignored, said in the log."""
+    topics = Topics(instance)
+    svc = Echo()
+    async with AsyncClient(broker.url, client_id=f"{instance}-cli") as cli:
+        got: asyncio.Queue[Reply] = asyncio.Queue()
+        reply_topic = topics.reply(cli.client_id)
+        await cli.subscribe(reply_topic, handler=lambda m: got.put_nowait(decode(Reply, m.payload)))
+        kept = encode(Request(id="kept-1", reply_to=reply_topic, args={"n": 1}))
+        await cli.publish(topics.scheduler_cmd("echo"), kept, retain=True)
+        try:
+            async with serving(broker, topics, svc):  # a responder (re)started after it
+                fresh = encode(Request(id="fresh-1", reply_to=reply_topic, args={"n": 2}))
+                await cli.publish(topics.scheduler_cmd("echo"), fresh)
+                assert (await asyncio.wait_for(got.get(), T)).id == "fresh-1"
+            assert svc.calls == [{"n": 2}] and got.empty()
+        finally:
+            await cli.publish(topics.scheduler_cmd("echo"), b"", retain=True)
+
+
+async def test_ids_and_args_are_bounded_and_of_their_json_type(
+    broker: RunningBroker, instance: str
+) -> None:
+    """A reader's 10 MB request ids were all remembered (a scheduler at 850 MB), and
+    ``"2"``/``true`` were read as job ids, ``"on"`` as ``force`` (an outside audit)."""
+    from tomato_mqtt.wire.commands import JOB_IDS_MAX, command
+
+    topics = Topics(instance)
+    async with (
+        serving(broker, topics, Echo()),
+        AsyncClient(broker.url, client_id=f"{instance}-cli") as cli,
+    ):
+        got: asyncio.Queue[Reply] = asyncio.Queue()
+        reply_topic = topics.reply(cli.client_id)
+        await cli.subscribe(reply_topic, handler=lambda m: got.put_nowait(decode(Reply, m.payload)))
+        huge = b'{"id": "%s", "reply_to": "%s", "args": {}}' % (
+            b"x" * 100_000,
+            reply_topic.encode(),
+        )
+        await cli.publish(topics.scheduler_cmd("echo"), huge)
+        reply = await asyncio.wait_for(got.get(), T)
+        assert not reply.success and reply.code == "bad_request" and reply.id == "x" * 128
+    for op, args in (
+        ("job_cancel", {"jobids": [True]}),
+        ("job_status", {"jobids": ["2"]}),
+        ("job_status", {"summary": "yes"}),
+        ("job_snapshot", {"jobid": "1"}),
+        ("job_status", {"jobids": [1] * (JOB_IDS_MAX + 1)}),
+        ("job_search", {"name": "a" * 50_000}),
+    ):
+        with pytest.raises(ValidationError):
+            command("scheduler", op).parse_args(args)
+    for op, args in (("reset", {"force": "on"}), ("set_attr", {"attr": "a", "val": 1, "force": 1})):
+        with pytest.raises(ValidationError):
+            command("component", op).parse_args(args)
+    assert command("scheduler", "job_status").parse_args({"jobids": [1, 2]})
+
+
+def test_the_contract_says_pipeline_load_takes_sample_or_sampleid() -> None:
+    """The AsyncAPI schema of pipeline_load required ``sampleid``, so an integrator who
+    validated requests against it refused the documented ``sample`` (an outside audit)."""
+    from tomato_mqtt.wire.commands import LoadArgs
+
+    schema = LoadArgs.model_json_schema()
+    assert schema["required"] == ["pipeline"] and {"sample", "sampleid"} <= set(
+        schema["properties"]
+    )
+    assert schema["oneOf"] == [{"required": ["sampleid"]}, {"required": ["sample"]}]
+    for key in ("sample", "sampleid"):
+        assert LoadArgs.model_validate({"pipeline": "p", key: "s"}).sampleid == "s"

@@ -34,7 +34,15 @@ from tomato_mqtt.transport.client import AsyncClient, Message, MqttTimeout
 from tomato_mqtt.transport.oneshot import RESEND_AFTER
 from tomato_mqtt.wire.commands import Command, commands_of
 from tomato_mqtt.wire.commands import Responder as ResponderKind
-from tomato_mqtt.wire.messages import DecodeError, ErrorCode, Reply, Request, decode, encode
+from tomato_mqtt.wire.messages import (
+    MAX_ID,
+    DecodeError,
+    ErrorCode,
+    Reply,
+    Request,
+    decode,
+    encode,
+)
 from tomato_mqtt.wire.topics import Topics
 
 __all__ = [
@@ -227,8 +235,9 @@ class ReplyJournal(Protocol):
 #: a request being answered (its copies wait for that answer: dropped), or answered with
 #: a reply too large to keep (as before replies were kept: a copy is dropped)
 _ANSWERING = b""
-#: the largest reply kept for copies (bytes): a job's reply holds its payload
-_KEEP_AT_MOST = 64 * 1024
+#: the largest reply kept for copies (bytes): a job's reply holds its payload (2000
+#: remembered ids: at most ~32 MB)
+_KEEP_AT_MOST = 16 * 1024
 
 
 class Responder:
@@ -252,8 +261,8 @@ class Responder:
         self.name = name
         # the typed contract of each op (args checked before the handler runs)
         self.commands: dict[str, Command] = commands_of(kind) if kind else {}
-        # (user, id) -> the encoded reply, or _ANSWERING while the handler runs
-        self._seen: OrderedDict[tuple[str, str], bytes] = OrderedDict()
+        # (user, op, id) -> the encoded reply, or _ANSWERING while the handler runs
+        self._seen: OrderedDict[tuple[str, str, str], bytes] = OrderedDict()
         self._remember = remember
         #: the ops whose replies also go to the journal (those a repeat would not answer
         #: as the first time, e.g. pipeline_load: "already holds the sample")
@@ -269,6 +278,17 @@ class Responder:
         sharing the de-duplication memory of this responder.
         """
         table = self.handlers if handlers is None else handlers
+        if msg.retain:
+            # a request kept by the broker (published with retain): sent again at every
+            # restart or subscription (an admin's retained `shutdown` stopped its node at
+            # each start: found by an outside audit). A request is one-shot
+            log.warning(
+                "%s: ignoring a retained request on %s (requests are one-shot: an admin"
+                " clears it by publishing an empty retained message there)",
+                self.name,
+                msg.topic,
+            )
+            return
         try:
             req = decode(Request, msg.payload, msg.topic)
         except DecodeError as e:
@@ -286,7 +306,7 @@ class Responder:
                 req.reply_to[:200],
             )
             return
-        key = (user or "", req.id)
+        key = (user or "", op, req.id)
         kept = self._seen.get(key)
         if kept is None and op in self.journaled and self.journal is not None:
             kept = self._from_journal(key)
@@ -328,21 +348,21 @@ class Responder:
                 self._to_journal(key, data)
         await self._send_encoded(req.reply_to, data)
 
-    def _from_journal(self, key: tuple[str, str]) -> bytes | None:
+    def _from_journal(self, key: tuple[str, str, str]) -> bytes | None:
         assert self.journal is not None
         try:
-            return self.journal.reply_for(*key)
+            return self.journal.reply_for(key[0], key[2])
         except Exception as e:  # a state file that cannot be read: answered anew
             log.warning("%s: cannot read the kept replies: %s", self.name, e)
             return None
 
-    def _to_journal(self, key: tuple[str, str], data: bytes) -> None:
+    def _to_journal(self, key: tuple[str, str, str], data: bytes) -> None:
         assert self.journal is not None
         try:
-            self.journal.keep_reply(*key, data)
+            self.journal.keep_reply(key[0], key[2], data)
         except Exception as e:  # a full disk: the reply still goes; only a copy reaching
             # a restarted responder would be carried out again
-            log.warning("%s: cannot keep the reply to %s: %s", self.name, key[1], e)
+            log.warning("%s: cannot keep the reply to %s: %s", self.name, key[2], e)
 
     def _reply_allowed(self, reply_to: str, user: str | None) -> bool:
         parsed = self.topics.parse(reply_to)
@@ -396,7 +416,7 @@ class Responder:
         if not self._reply_allowed(reply_to, parsed.user if parsed is not None else None):
             return
         idm = _ID.search(msg.payload)
-        rid = idm.group(1).decode(errors="replace") if idm else ""
+        rid = idm.group(1).decode(errors="replace")[:MAX_ID] if idm else ""
         await self._send(reply_to, Reply(id=rid, success=False, msg=reason, code="bad_request"))
 
     async def _send(self, topic: str, reply: Reply) -> None:

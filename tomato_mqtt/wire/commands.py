@@ -60,9 +60,11 @@ Responder = Literal["scheduler", "node", "component", "recorder"]
 
 
 class _Args(BaseModel):
-    """Request args: unknown keys are refused (a typo never silently defaults)."""
+    """Request args: unknown keys are refused (a typo never silently defaults), and so
+    are values of another JSON type (strict: ``"2"`` or ``true`` for a job id, ``"on"``
+    for ``force`` were read as 2, 1 and true: found by an outside audit)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class _Data(BaseModel):
@@ -85,7 +87,17 @@ class PipelineArgs(_Args):
     pipeline: str
 
 
+def _sample_or_sampleid(schema: dict[str, Any]) -> None:
+    """The JSON Schema of LoadArgs as the responder reads it: ``sampleid`` or ``sample``
+    (an integrator validating against the contract refused the documented ``sample``)."""
+    props = schema.setdefault("properties", {})
+    props["sample"] = {**props["sampleid"], "title": "Sample"}
+    schema["required"] = [r for r in schema.get("required", []) if r != "sampleid"]
+    schema["oneOf"] = [{"required": ["sampleid"]}, {"required": ["sample"]}]
+
+
 class LoadArgs(_Args):
+    model_config = ConfigDict(json_schema_extra=_sample_or_sampleid)
     pipeline: str
     sampleid: str = Field(
         validation_alias=AliasChoices("sampleid", "sample"),
@@ -135,8 +147,13 @@ class SubmitArgs(_Args):
 JobId = Annotated[int, Field(ge=0, le=2**63 - 1)]
 
 
+#: the most job ids one request may name (``[1] * 120000`` made a 200 MB reply, and the
+#: scheduler's heartbeat stopped for 12 s while it was built: an outside audit)
+JOB_IDS_MAX = 1000
+
+
 class JobIdsArgs(_Args):
-    jobids: list[JobId] | None = None
+    jobids: list[JobId] | None = Field(None, max_length=JOB_IDS_MAX)
 
 
 #: the most jobs one ``job_status`` reply lists (the whole listing is paged beyond it)
@@ -146,7 +163,11 @@ JOB_PAGE_MAX = 500
 class JobStatusArgs(_Args):
     """``job_status``: the jobs given, a page of the whole listing, or a summary."""
 
-    jobids: list[JobId] | None = Field(None, description="these jobs, in this order (not paged)")
+    jobids: list[JobId] | None = Field(
+        None,
+        max_length=JOB_IDS_MAX,
+        description=f"these jobs, in this order (not paged; at most {JOB_IDS_MAX})",
+    )
     summary: bool = Field(
         False, description="counts per status and pipeline instead of jobs (JobSummary)"
     )
@@ -166,7 +187,7 @@ class JobStatusArgs(_Args):
 
 
 class SearchArgs(_Args):
-    name: str
+    name: str = Field(max_length=1000)  # SQLite refuses a LIKE pattern past 50,000
     complete: bool = False
 
 
@@ -231,7 +252,6 @@ class ChunkData(_Data):
 class ShutdownArgs(_Args):
     """Destructive, so strict: unknown keys and non-booleans are refused, not defaulted."""
 
-    model_config = ConfigDict(extra="forbid", strict=True)
     force: bool = False
 
 

@@ -51,11 +51,18 @@ __all__ = [
 
 # the base (WireModel, SCHEMA, decode, encode) lives in wire/base.py; re-exported here
 # -- request / reply -------------------------------------------------------------------
+#: the longest request id (a client's is a 32-digit uuid) and reply topic taken
+MAX_ID = 128
+MAX_TOPIC = 512
+
+
 class Request(WireModel):
     """A command: published on ``.../cmd/<op>``, answered on ``reply_to``."""
 
-    id: str
-    reply_to: str
+    # bounded: a responder remembers the ids it answered (a reader's 10 MB ids took a
+    # scheduler to 850 MB: found by an outside audit)
+    id: str = Field(min_length=1, max_length=MAX_ID)
+    reply_to: str = Field(max_length=MAX_TOPIC)
     args: dict[str, JsonValue] = Field(default_factory=dict)
 
 
