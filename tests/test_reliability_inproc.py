@@ -45,11 +45,13 @@ pytestmark = pytest.mark.timeout(60)
 CMP = "example_counter:(a,1)"
 
 
-def _batch(job: int | None, task: int | None, stream: str, seq: int, n: int, v0: int = 0) -> bytes:
+def _batch(
+    job: int | None, task: int | None, stream: str, seq: int, n: int, v0: int = 0, cmp: str = CMP
+) -> bytes:
     t0 = 1_750_000_000.0 + seq * 10
     return encode(
         DataBatch(
-            component=CMP,
+            component=cmp,
             job=job,
             task=task,
             epoch=1,
@@ -136,6 +138,19 @@ async def test_per_task_counts_conflicts_and_late_merge(
         assert _uts(str(out)).size == 13
         st = decode(RecorderStatus, encode(svc.presence("online")))
         assert st.jobs["1"].merged == 1 and st.jobs["1"].points == {CMP: 13}
+
+        # another node's component naming this ended job (its login may publish its own
+        # components' data with any job id): not merged, the file not rewritten (it was,
+        # at each such batch: found by an outside audit)
+        other = "example_counter:(b,1)"
+        before = out.stat().st_mtime_ns
+        await c.publish(t.component_data(other), _batch(1, 0, "s9", 0, 6, cmp=other), qos=1)
+        await asyncio.sleep(1.0)
+        assert svc.store is not None and svc.store.job_points(1) == {CMP: 13}
+        assert out.stat().st_mtime_ns == before and _uts(str(out)).size == 13
+        assert not [
+            m for m in events.items if decode(JobEvent, m.payload).event == "late_data_merged"
+        ][1:]
 
         # a conflicting duplicate: same identity, other content -> kept out, surfaced
         await c.publish(data, _batch(1, 0, "s1", 0, 5, v0=100), qos=1)

@@ -131,9 +131,17 @@ class Tomato:
         timeout: float | None = None,
         who: str = "scheduler",
     ) -> oneshot.Reply:
-        """A raw request (plain dicts in and out); raises ``oneshot.OneShotError``s."""
+        """A raw request (plain dicts in and out); raises ``oneshot.OneShotError``s. One
+        to the scheduler is sent again while no answer comes (a scheduler restarting:
+        ``ketchup snapshot`` waited out its 60 s and failed, found by fault injection)."""
         return oneshot.request(
-            self.url, topic, self.topics.reply, args, timeout=timeout or self.timeout, who=who
+            self.url,
+            topic,
+            self.topics.reply,
+            args,
+            timeout=timeout or self.timeout,
+            who=who,
+            resend=who == "scheduler",
         )
 
     # -- the rest runs on an asyncio client in a background thread --------------------

@@ -191,6 +191,24 @@ class Files:
             return got[0]
         return None
 
+    def foreign(self, jobid: int, component: str) -> bool:
+        """A batch of ``component`` for a job whose file is final and which had no such
+        component: a node's login may publish its own components' data naming any job,
+        and such a batch was merged into another job's file, rewritten at each one (found
+        by an outside audit)."""
+        if jobid in self._running:
+            return False
+        args = self.final_args(jobid)
+        if args is None:
+            return False
+        roles = args.get("roles")
+        names = (
+            {str(r.get("name")) for r in roles.values() if isinstance(r, dict)}
+            if isinstance(roles, dict)
+            else set()
+        )
+        return component not in names
+
     def late_batch(self, jobid: int) -> None:
         """A new batch of ``jobid`` was stored: merge it if the job's file is final."""
         if jobid in self._merging or jobid in self._running:

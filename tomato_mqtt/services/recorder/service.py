@@ -217,6 +217,13 @@ class RecorderService(Service):
                 b.component,
             )
             return
+        if b.job is not None and self.files.foreign(b.job, b.component):
+            log.warning(
+                "dropped a batch of %s for job %d, which ended without that component",
+                b.component,
+                b.job,
+            )
+            return
         stream = b.stream_id()
         try:
             res = self.store.add(
