@@ -19,6 +19,7 @@ import pytest
 import xarray as xr
 import yaml
 
+from tests.counts import taken
 from tests.stack import Stack, running_stack
 
 pytestmark = pytest.mark.timeout(180)
@@ -332,3 +333,38 @@ def test_a_job_on_a_restarted_node_ends_without_waiting_for_its_resets(tmp_path:
             assert job["status"] == "ce" and "restarted" in (job["reason"] or ""), job
             assert took < 6.0, (n, took, st.logs())
             st.run("tomato", "pipeline", "ready", "pip-multidev", check=True)
+
+
+def test_a_second_node_of_the_same_name_is_refused(tmp_path: Path) -> None:
+    """A second `tomato node --name local` next to the running one: both took every
+    task (a job's points doubled, two interleaved series), the scheduler took their
+    alternating statuses for restarts (reconfiguring ~250 times a second, the running
+    job ended ce "node restarted mid-task"). The second one now finds the name held by
+    a live node and stops, saying so; the running job is untouched (fault injection)."""
+    import subprocess
+
+    from tests.stack import BIN
+
+    with running_stack(tmp_path) as st:
+        st.load_ready("pip-counter-1", "s-dup")
+        jobid = st.submit(_payload(st, "s-dup", 3.0, 0.1, "counter"))
+        st.wait_job(jobid, {"r"}, timeout=30)
+        before = st.json("tomato", "status", "nodes")["data"]["local"]
+        res = subprocess.run(
+            [str(BIN / "tomato"), "node", "--name", "local", "-p", str(st.port),
+             "-A", str(st.appdir), "-D", str(tmp_path / "other-data")],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert res.returncode == 1, (res.stdout, res.stderr)
+        assert "a node named 'local' is running already (pid " in res.stderr, res.stderr
+        job = st.wait_job(jobid, {"c", "ce", "cd"}, timeout=30)
+        assert job["status"] == "c", job
+        n, missed = taken(job)
+        got = sum(v.size for v in _file_uts(job["respath"]).values())
+        assert n + missed == 30 and got == n, (n, missed, got)
+        after = st.json("tomato", "status", "nodes")["data"]["local"]
+        assert (after["epoch"], after["pid"], after["state"]) == (
+            before["epoch"],
+            before["pid"],
+            "online",
+        )

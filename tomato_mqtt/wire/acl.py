@@ -176,6 +176,7 @@ def rules(topics: Topics, role: str, user: str, components: Iterable[str] = ()) 
         answer,
         own_replies,
         Rule(p("node_status", node=node), "publish", "own presence"),
+        Rule(p("node_status", node=node), "subscribe", "own presence (is its name free?)"),
         Rule(p("node_cmd", node=node), "subscribe", "own commands"),
         Rule(p("scheduler_status"), "subscribe", "presence"),
     ]

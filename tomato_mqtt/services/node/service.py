@@ -29,7 +29,7 @@ from tomato_mqtt import __version__
 from tomato_mqtt.config.statefiles import opened
 from tomato_mqtt.driver import TaskEnd, discovery
 from tomato_mqtt.driver.discovery import DriverNotFound
-from tomato_mqtt.errors import BROKEN_DRIVER
+from tomato_mqtt.errors import BROKEN_DRIVER, StartupError
 from tomato_mqtt.services.base import Service
 from tomato_mqtt.services.idle import freeze_heap
 from tomato_mqtt.services.node.datapath import DataPath, new_stream
@@ -44,6 +44,7 @@ from tomato_mqtt.wire.messages import (
     NodeConfigure,
     NodeStatus,
     PresenceState,
+    decode,
     encode,
 )
 from tomato_mqtt.wire.topics import Topics, slug
@@ -107,6 +108,10 @@ class NodeService(Service):
         )
         self.config = config
         self._configured: asyncio.Event | None = None  # set by the first configure
+        #: the node's name checked free (at each connect: _claim_name); None: not yet
+        self._claimed: bool | None = None
+        #: why it stopped at once: its name is another running node's (_refuse)
+        self.refused: str | None = None
         self._warned_unconfigured = False
         self.name = config.name
         self.data = DataPath(self)
@@ -176,6 +181,8 @@ class NodeService(Service):
         log.info("node %s: connected to %s (epoch %d)", self.name, self.config.url, self.epoch)
 
     async def started(self) -> None:
+        if not await self._claim_name():
+            return
         self._node_responder = Responder(
             self.mqtt, self.topics, self._node_handlers, name=f"node {self.name}", kind="node"
         )
@@ -238,9 +245,103 @@ class NodeService(Service):
             self.spool.close()
             self.spool = None
 
-    async def on_connect(self) -> None:
+    async def on_connect(self) -> None:  # a reconnect
+        if not await self._claim_name():
+            return
         # the broker may have lost every retained message (amqtt keeps none across restarts)
         await self._announce()
+
+    async def _claim_name(self) -> bool:
+        """Whether this node may go on under its name (else it stops: :meth:`_refuse`)."""
+        other = await self._name_in_use()
+        if other is not None:
+            self._claimed = False
+            self._refuse(other)
+            return False
+        self._claimed = True
+        return True
+
+    async def run(self) -> None:
+        await super().run()
+        if self.refused is not None:
+            raise StartupError(self.refused)
+
+    async def publish_presence(self, state: PresenceState, timeout: float | None = None) -> None:
+        if self._claimed:  # a node refused its name says nothing on the other's topic
+            await super().publish_presence(state, timeout)
+
+    def _refuse(self, other: str) -> None:
+        msg = (
+            f"a node named {self.name!r} is running already ({other}) on instance"
+            f" {self.config.instance!r}: two would both run every task of its components"
+            " and mix their points. Stop that one first, or give this one another name"
+            " (tomato node --name)"
+        )
+        log.error("node %s: %s", self.name, msg)
+        self.refused = msg
+        self.request_stop()
+
+    async def _name_in_use(self) -> str | None:
+        """Who holds this node's name, if another node does: its retained status says it
+        is online, and it is not provably gone (a dead pid on this host, a heartbeat long
+        past) and it sends a heartbeat within 1.5 of its intervals. Two nodes of one name
+        each took every task: a job's points doubled, and the scheduler took the other's
+        status for a restart, ending the running job ce (found by fault injection).
+
+        Costs one round trip when the name is free: a marker published to this node's own
+        topic comes back after any retained status (the broker's order on a connection).
+        """
+        loop = asyncio.get_running_loop()
+        statuses: asyncio.Queue[NodeStatus] = asyncio.Queue()
+        marked = asyncio.Event()
+        marker = os.urandom(8).hex().encode()
+        probe = self.topics.reply(f"{self.client_id}-probe")
+
+        def on_status(m: Message) -> None:
+            with contextlib.suppress(Exception):
+                st = decode(NodeStatus, m.payload, m.topic)
+                loop.call_soon_threadsafe(statuses.put_nowait, st)
+
+        def on_marker(m: Message) -> None:
+            if m.payload == marker:
+                loop.call_soon_threadsafe(marked.set)
+
+        mine = self.topics.node_status(self.name)
+        try:
+            await self.mqtt.subscribe(mine, handler=on_status)
+            await self.mqtt.subscribe(probe, handler=on_marker)
+            await self.mqtt.publish(probe, marker)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(marked.wait(), 2.0)
+            last: NodeStatus | None = None
+            while not statuses.empty():
+                last = statuses.get_nowait()
+            if last is None or last.state != "online" or last.epoch == self.epoch:
+                return None
+            if last.host == socket.gethostname() and last.pid and not _alive(last.pid):
+                return None
+            if time.time() - last.heartbeat > 2.5 * self.heartbeat:
+                return None  # its heartbeats stopped: gone (its will not sent yet)
+            deadline = loop.time() + 1.5 * self.heartbeat
+            while (left := deadline - loop.time()) > 0:
+                try:
+                    st = await asyncio.wait_for(statuses.get(), left)
+                except asyncio.TimeoutError:
+                    break
+                if (
+                    st.epoch == last.epoch
+                    and st.state == "online"
+                    and st.heartbeat > last.heartbeat
+                ):
+                    return f"pid {st.pid} on {st.host}, epoch {st.epoch}"
+            return None
+        except Exception as e:  # the check must not keep a node from starting
+            log.warning("node %s: could not check whether its name is free: %s", self.name, e)
+            return None
+        finally:
+            for f in (mine, probe):
+                with contextlib.suppress(Exception):
+                    await self.mqtt.unsubscribe(f)
 
     # -- presence ------------------------------------------------------------------------
     def _status(self, state: str) -> NodeStatus:
@@ -488,3 +589,14 @@ class NodeService(Service):
         await self._publish_meta(hc)
         await self.publish_status(hc)
         await self._publish_node_status()  # its drivers are loaded now: say so at once
+
+
+def _alive(pid: int) -> bool:
+    """Whether a process of that pid exists on this host."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # another user's: it exists
+        return True
+    return True
