@@ -395,3 +395,32 @@ def test_reload_applies_changes_and_refuses_those_touching_a_running_job(
         _write_devices(st, base)
         ok(st, "job_cancel", jobids=[jobid])
         wait_until(lambda: polled_job(st, jobid)["status"] == "cd", 20, "job cancelled")
+
+
+async def test_names_with_control_characters_are_refused_and_never_printed_raw(
+    broker: RunningBroker, tmp_path: Path, instance: str
+) -> None:
+    """A job named "x\\nstatus:    c" made another user's `ketchup status N` print a fake
+    status line (a script grepping it took a queued job for done), and escape sequences
+    retitled and cleared their terminal (an outside audit). The scheduler refuses such
+    names; what reaches a terminal anyway (older jobs, a driver's message) is escaped."""
+    from tomato_mqtt.cli.jobview import job_detail, job_table
+    from tomato_mqtt.transport.rpc import ReplyError
+
+    doc = yaml.safe_load((CONFIG / "counter_v2.2.yml").read_text())
+    async with inproc_stack(broker.port, tmp_path, instance) as st:
+        for args in (
+            {"payload": doc, "jobname": "x\nstatus:    c"},
+            {"payload": doc, "jobname": "evil\x1b]0;PWNED\x07"},
+            {"payload": {**doc, "sample": {**doc["sample"], "identifier": "s\x1b[2J"}}},
+        ):
+            with pytest.raises(ReplyError) as e:
+                await st.call("job_submit", {**args, "submit_dir": str(tmp_path)})
+            assert e.value.code == "bad_request" and "control characters" in str(e.value)
+        with pytest.raises(ReplyError, match="control characters"):
+            await st.call("pipeline_load", {"pipeline": "pip-counter-1", "sampleid": "a\rb"})
+        assert (await st.call("job_status", {"summary": True})).total == 0
+    job = {"id": 1, "jobname": "x\nstatus:    c", "status": "q", "reason": "r\x1b[2J"}
+    for text in (job_detail([job]), job_table([job])):
+        assert "\x1b" not in text and "\nstatus:    c" not in text, text
+        assert "x\\x0astatus:    c" in text and "r\\x1b[2J" in text, text

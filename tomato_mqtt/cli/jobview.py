@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from tomato_mqtt.cli.output import table
+from tomato_mqtt.cli.output import safe, table
 
 TYPE_CHECKING = False  # typing is ~2 ms of a one-request call: for the type checker only
 if TYPE_CHECKING:
@@ -107,4 +107,4 @@ def job_detail(jobs: Any) -> str:
         ("output", j.get("respath")),
         ("reason", j.get("reason")),
     ]
-    return "\n".join(f"{k + ':':<10} {'-' if v is None else v}" for k, v in fields)
+    return "\n".join(f"{k + ':':<10} {'-' if v is None else safe(str(v))}" for k, v in fields)

@@ -13,7 +13,20 @@ TYPE_CHECKING = False  # typing is ~2 ms of a one-request call: for the type che
 if TYPE_CHECKING:
     from typing import Any
 
-__all__ = ["Output", "echo", "emit", "table"]
+__all__ = ["Output", "echo", "emit", "safe", "table"]
+
+#: what a terminal would act on (C0/C1 controls, DEL, bidirectional overrides), shown as
+#: escapes instead: a job named "x\nstatus:    c" or "\x1b]0;…" printed a fake status
+#: line or retitled and cleared the admin's terminal (an outside audit)
+_UNSAFE = {
+    **{c: f"\\x{c:02x}" for c in [*range(0x20), *range(0x7F, 0xA0)]},
+    **{c: f"\\u{c:04x}" for c in [*range(0x202A, 0x202F), *range(0x2066, 0x206A)]},
+}
+
+
+def safe(text: str) -> str:
+    """``text`` (a value a user or a driver chose) with what a terminal acts on escaped."""
+    return text.translate(_UNSAFE)
 
 
 def echo(text: str, err: bool = False) -> None:
@@ -89,10 +102,10 @@ def _cell(v: Any) -> str:
     if isinstance(v, bool):
         return "yes" if v else "no"
     if isinstance(v, (list, tuple, set)):
-        return ", ".join(map(str, v))
+        return safe(", ".join(map(str, v)))
     if isinstance(v, dict):
-        return ", ".join(f"{k}={x}" for k, x in v.items())
-    return str(v)
+        return safe(", ".join(f"{k}={x}" for k, x in v.items()))
+    return safe(str(v))
 
 
 def _fit(v: str, w: int) -> str:

@@ -64,6 +64,16 @@ def _payload_from_text(text: str) -> dict[str, Any]:
     return out
 
 
+def _no_controls(what: str, text: object) -> None:
+    """Names people read in terminals hold no control characters: a job named
+    "x\nstatus:    c" printed a fake status line in another user's `ketchup status`,
+    and an escape sequence retitled and cleared their terminal (an outside audit)."""
+    if isinstance(text, str) and any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 for c in text):
+        raise CommandError(
+            f"{what} may not hold control characters (got {text!r})", code="bad_request"
+        )
+
+
 def _now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat()
 
@@ -152,6 +162,7 @@ class SchedulerOps:
             )
         if not a.sampleid.strip():
             raise CommandError("the sample name must not be empty", code="bad_request")
+        _no_controls("the sample name", a.sampleid)
         p = self.store.update_pipeline(a.pipeline, sampleid=a.sampleid)
         await self.svc.publish_pipeline(a.pipeline)
         self.svc.kick()
@@ -218,6 +229,9 @@ class SchedulerOps:
         except PayloadError as e:
             raise CommandError(f"payload refused: {e}") from None
         pdict = payload.model_dump(mode="json")
+        _no_controls("the job name", a.jobname)
+        sample = pdict.get("sample") or {}
+        _no_controls("the sample name", sample.get("identifier") or sample.get("name"))
         bulk = frozenset(
             t for m in self.svc.metas.values() if m.block_interval for t in m.capabilities
         )
