@@ -188,6 +188,27 @@ async def test_every_failure_is_a_client_error_with_a_code(
                 await coro
             assert e.value.code == code and words in str(e.value), e.value
         assert st.scheduler is not None
+        # keywords are args too: they were ignored (a newcomer got the scheduler section
+        # for what="nodes", and bogus=1 succeeded)
+        nodes = await t.call("status", what="nodes", timeout=5)
+        assert set(nodes) == {"local"}, nodes
+        with pytest.raises(ClientError) as e:
+            await t.call("status", bogus=1)
+        assert e.value.code == "bad_request", e.value
+        # a handle on an existing job says it has not asked yet (it showed `q`)
+        assert repr(t.job(7)) == "<Job 7 (status not asked yet: .status())>"
+
+
+def test_the_documented_payload_error_and_a_missing_appdir(tmp_path: Path) -> None:
+    """client.md says submit() raises PayloadError: it could not be imported from the
+    client; from_settings(appdir=<a typo>) connected to the default broker."""
+    from tomato_mqtt.client import PayloadError
+    from tomato_mqtt.config.payloads import PayloadError as Real
+
+    assert PayloadError is Real and issubclass(PayloadError, ValueError)
+    for cls in (Tomato, AsyncTomato):
+        with pytest.raises(FileNotFoundError, match="no settings.toml in"):
+            cls.from_settings(appdir=tmp_path / "typo")
 
 
 async def test_one_tomato_may_be_shared_by_threads(broker: RunningBroker) -> None:

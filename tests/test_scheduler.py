@@ -424,3 +424,19 @@ async def test_names_with_control_characters_are_refused_and_never_printed_raw(
     for text in (job_detail([job]), job_table([job])):
         assert "\x1b" not in text and "\nstatus:    c" not in text, text
         assert "x\\x0astatus:    c" in text and "r\\x1b[2J" in text, text
+
+
+async def test_a_job_cancelled_while_it_waits_drops_its_waiting_reason(
+    broker: RunningBroker, tmp_path: Path, instance: str
+) -> None:
+    """A queued job cancelled kept "no pipeline holds sample …" as its reason, shown on
+    its final `cd` line by `follow()` and `ketchup status` (a newcomer's tour)."""
+    doc = yaml.safe_load((CONFIG / "counter_v2.2.yml").read_text())
+    doc["sample"]["identifier"] = "never-loaded"
+    async with inproc_stack(broker.port, tmp_path, instance) as st:
+        job = await st.call("job_submit", {"payload": doc, "submit_dir": str(tmp_path)})
+        waiting = await st.wait_job(job.id, {"qw"})
+        assert waiting.reason and "never-loaded" in waiting.reason, waiting
+        await st.call("job_cancel", {"jobids": [job.id]})
+        done = (await st.call("job_status", {"jobids": [job.id]}))[0]
+        assert (done.status, done.reason) == ("cd", None), done

@@ -23,8 +23,9 @@ from tomato_mqtt.client.sync import Job, Tomato
 
 if TYPE_CHECKING:
     from tomato_mqtt.client.aio import AsyncTomato, ClientError
+    from tomato_mqtt.config.payloads import PayloadError
 
-__all__ = ["FINAL", "AsyncTomato", "ClientError", "Job", "Progress", "Tomato"]
+__all__ = ["FINAL", "AsyncTomato", "ClientError", "Job", "PayloadError", "Progress", "Tomato"]
 
 
 def __getattr__(name: str) -> Any:
@@ -32,4 +33,8 @@ def __getattr__(name: str) -> Any:
         from tomato_mqtt.client import aio
 
         return getattr(aio, name)
+    if name == "PayloadError":  # what submit() raises for a payload file it cannot read
+        from tomato_mqtt.config.payloads import PayloadError
+
+        return PayloadError
     raise AttributeError(name)

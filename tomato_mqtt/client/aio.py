@@ -69,6 +69,14 @@ class _Inbox:
         self._loop.call_soon_threadsafe(self.queue.put_nowait, msg)
 
 
+def _job_repr(info: JobInfo) -> str:
+    """``<Job 3 r>``; a handle made by ``job(id)`` has not asked yet (it showed ``q`` for
+    a completed job)."""
+    if not info.submitted_at:
+        return f"<Job {info.id} (status not asked yet: .status())>"
+    return f"<Job {info.id} {info.status}>"
+
+
 class Job:
     """A submitted job: a handle with the id; every method asks the stack afresh."""
 
@@ -81,7 +89,7 @@ class Job:
         return self.info.id
 
     def __repr__(self) -> str:
-        return f"<Job {self.id} {self.info.status}>"
+        return _job_repr(self.info)
 
     async def status(self) -> JobInfo:
         self.info = await self.client.status(self.id)
@@ -233,7 +241,10 @@ class AsyncTomato:
     async def call(self, op: str, args: Mapping[str, Any] | None = None, **kw: Any) -> Any:
         """A scheduler operation: typed reply data, or :class:`ClientError`."""
         topic = self.topics.scheduler_cmd(op)
-        return await self._typed("scheduler", op, topic, args, "scheduler", kw.get("timeout"))
+        timeout = kw.pop("timeout", None)
+        if kw:  # call("status", what="nodes"): keywords are args too (they were ignored)
+            args = {**(args or {}), **kw}
+        return await self._typed("scheduler", op, topic, args, "scheduler", timeout)
 
     async def component_name(self, component: str) -> str:
         """The full name of a component named as ``passata`` takes it: the full name
@@ -336,6 +347,7 @@ class AsyncTomato:
             p = Progress(jobid)
             job = await self.status(jobid)
             p.job(job.model_dump(mode="json"))
+            shown = p.line()
             yield p
             while p.status not in final:
                 left = None if deadline is None else deadline - loop.time()
@@ -362,6 +374,9 @@ class AsyncTomato:
                     if not isinstance(prog, dict):
                         continue
                     p.recorder(prog.get("points") or {})
+                if p.line() == shown and p.status not in final:
+                    continue  # a heartbeat with the same counts: no change to show
+                shown = p.line()
                 yield p
         finally:
             for f in filters:

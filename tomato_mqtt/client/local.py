@@ -19,6 +19,13 @@ def from_settings(appdir: str | os.PathLike[str] | None) -> tuple[BrokerURL, str
     """(broker URL, instance) of ``settings.toml`` (the default appdir, or ``appdir``)."""
     from tomato_mqtt.config.settings import load_settings, settings_url
 
+    if appdir is not None and not (Path(appdir) / "settings.toml").is_file():
+        # an appdir with a typo connected to the default broker (127.0.0.1:1883): on a
+        # shared PC, perhaps someone else's stack
+        raise FileNotFoundError(
+            f"no settings.toml in {appdir}: is that the appdir of a tomato-mqtt set-up?"
+            " (`tomato status` shows the appdir it uses)"
+        )
     s = load_settings(appdir=Path(appdir) if appdir else None)
     return settings_url(s), s.mqtt.instance
 

@@ -48,7 +48,9 @@ class Job:
         return self.info.id
 
     def __repr__(self) -> str:
-        return f"<Job {self.id} {self.info.status}>"
+        from tomato_mqtt.client.aio import _job_repr
+
+        return _job_repr(self.info)
 
     def status(self) -> JobInfo:
         self.info = self.client.status(self.id)

@@ -302,7 +302,8 @@ class SchedulerOps:
         msgs = []
         for job in jobs:
             if job.status in ("q", "qw"):
-                job = self.store.update_job(job.id, status="cd", completed_at=_now())
+                # its waiting reason goes ("no pipeline holds sample …" stayed on it)
+                job = self.store.update_job(job.id, status="cd", completed_at=_now(), reason=None)
                 await self.svc.publish_job(job)
                 self.svc.job_event(job.id, "completed", status="cd")
                 msgs.append(f"job {job.id} cancelled")
