@@ -48,6 +48,8 @@ class Presence:
         self.skewed: set[str] = set()
         self.storage_error: str | None = None
         self._last_check: float | None = None
+        #: the broker passed nothing for a while (check_stale): no loss verdicts
+        self.broker_quiet = False
         self.recorder_seen: float | None = None  # monotonic time of its last status
         self.recorder_down: str | None = None  # the running jobs' reason while it is
         self._cleared = False  # a live "online" seen since this scheduler started
@@ -103,6 +105,28 @@ class Presence:
         if last is not None and now - last > 2 * self.svc.heartbeat:
             return False
         lost_after = self.svc.settings.scheduler.lost_after
+        quiet = now - self.svc.broker_heard
+        if quiet > 2.5 * self.svc.heartbeat:
+            # nothing from the broker, not even this scheduler's own heartbeat: the broker
+            # stalls (a frozen broker ended a job ce, "node lost", while every node ran on:
+            # found by fault injection). Nobody is counted lost until it passes messages
+            # again; then each gets a full lost_after from that moment
+            if not self.broker_quiet:
+                log.warning(
+                    "no message from the broker for %.0f s (not even this scheduler's own"
+                    " heartbeat): it stalls; nodes and the recorder are not counted lost"
+                    " meanwhile",
+                    quiet,
+                )
+            self.broker_quiet = True
+            return False
+        if self.broker_quiet:
+            self.broker_quiet = False
+            log.warning("the broker passes messages again")
+            for name in self.seen:
+                self.seen[name] = now
+            if self.recorder_seen is not None:
+                self.recorder_seen = now
         changed = False
         if self.recorder_seen is not None and self.recorder_down is None:
             age = now - self.recorder_seen

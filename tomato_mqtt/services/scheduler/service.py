@@ -70,6 +70,8 @@ JOURNALED = frozenset({"pipeline_load", "pipeline_eject", "pipeline_ready", "job
 
 class SchedulerService(Service):
     def __init__(self, settings: Settings, url: BrokerURL | None = None) -> None:
+        #: when a message last came from the broker (monotonic): presence.check_stale
+        self.broker_heard = time.monotonic()
         url = url or settings_url(settings)
         super().__init__(
             url,
@@ -169,6 +171,9 @@ class SchedulerService(Service):
             self.topics.all_component_status(),
             self.topics.recorder_status(),
             self.topics.all_job_status(),  # to clear stale retained ones (retention.py)
+            # its own heartbeat comes back through the broker: a broker that stalls is told
+            # from nodes that went silent (presence.check_stale)
+            self.topics.scheduler_status(),
         )
         # all at once: one round trip to the broker, not seven in a row
         await asyncio.gather(self.requester.start(), *(self.mqtt.subscribe(f) for f in filters))
@@ -283,6 +288,7 @@ class SchedulerService(Service):
 
     # -- incoming --------------------------------------------------------------------------
     async def on_message(self, msg: Message) -> None:
+        self.broker_heard = time.monotonic()  # any message (its own heartbeat's echo too)
         parsed = self.topics.parse(msg.topic)
         if parsed is None:
             return
