@@ -535,3 +535,66 @@ async def test_a_stopped_scheduler_retries_nothing(
     # (a full run: the recorder's offline status at the stop, the reason of the job)
     errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
     assert not errors, errors
+
+
+async def test_a_hung_recorder_gets_the_jobs_verdict_last(
+    broker: RunningBroker, instance: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A recorder hung past the job's finalize attempts: the job ended ce "could not
+    write the output file", then the recorder came back, carried out the finalizes it
+    had queued (the verdict of the moment: c) and the file said c for good (found by
+    fault injection, SIGSTOP for 200 s). Now the scheduler sends the job's verdict once
+    the recorder is back, after those: file and job agree."""
+    import json
+
+    import xarray as xr
+
+    from tests.inproc import inproc_stack
+    from tomato_mqtt.services.recorder.service import RecorderService
+    from tomato_mqtt.services.scheduler import lifecycle
+
+    monkeypatch.setattr(lifecycle, "FINALIZE_TIMEOUT", 1.0)
+    hung = asyncio.Event()
+    free = asyncio.Event()
+    real = RecorderService.on_message
+
+    async def on_message(self: RecorderService, msg: Any) -> None:
+        if hung.is_set() and "/recorder/cmd/" in msg.topic:
+            await free.wait()  # its loop stuck: what comes meanwhile waits, in order
+        await real(self, msg)
+
+    monkeypatch.setattr(RecorderService, "on_message", on_message)
+    async with inproc_stack(broker.port, tmp_path, instance) as st:
+        await st.call("pipeline_load", {"pipeline": "pip-counter-1", "sampleid": "hung"})
+        await st.call("pipeline_ready", {"pipeline": "pip-counter-1"})
+        doc = {
+            "version": "2.2",
+            "sample": {"identifier": "hung"},
+            "user": {"identifier": "t"},
+            "method": [{"component_role": "counter", "technique_name": "count",
+                        "max_duration": 1.0, "sampling_interval": 0.1}],
+        }  # fmt: skip
+        job = await st.call("job_submit", {"payload": doc, "submit_dir": str(tmp_path)})
+        await st.wait_job(job.id, {"r"})
+        hung.set()
+        ended = await st.wait_job(job.id, {"c", "ce", "cd"}, timeout=30)
+        assert ended.status == "ce" and "could not write the output file" in (ended.reason or "")
+        free.set()
+        # outside the recorder's output roots here: it goes to the job's own folder
+        path = st.settings.jobs_dir / str(job.id) / Path(ended.respath or "").name
+
+        async def verdict() -> str | None:
+            for _ in range(100):
+                if path.is_file():
+                    with xr.open_datatree(path) as tree:
+                        got = json.loads(tree.attrs["tomato_Job"])
+                    if got.get("status") == "ce":
+                        return "ce"
+                await asyncio.sleep(0.1)
+            return None
+
+        assert await verdict() == "ce"
+        await asyncio.sleep(1.0)  # nothing written after it says otherwise
+        with xr.open_datatree(path) as tree:
+            assert json.loads(tree.attrs["tomato_Job"])["status"] == "ce"
+            assert tree["counter"].to_dataset()["uts"].size == 10

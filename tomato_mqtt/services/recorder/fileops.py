@@ -48,14 +48,18 @@ class FileOps:
         jobid = int(a.job["id"])  # type: ignore[arg-type]
         svc.jobs_seen.add(jobid)
         t0 = time.monotonic()
-        if not a.snapshot:
-            await svc.files.wait_complete(jobid, a.expect, a.wait)
-            # from here on, a batch of this job is late: it is merged into the file
-            svc.files.remember_final(a)
-        t_wait = time.monotonic() - t0
-        written, note = await svc.files.write(a, Path(a.path))
-        if not a.snapshot:
-            svc.files.written(jobid, written)
+        # one job's finalizes one after the other, in the order they came: a recorder that
+        # hung has several queued, and the scheduler's last one (the job's verdict, sent
+        # once it is back) must be the file's last word (scheduler/lifecycle.py)
+        async with svc.files.final_lock(jobid, a.snapshot):
+            if not a.snapshot:
+                await svc.files.wait_complete(jobid, a.expect, a.wait)
+                # from here on, a batch of this job is late: it is merged into the file
+                svc.files.remember_final(a)
+            t_wait = time.monotonic() - t0
+            written, note = await svc.files.write(a, Path(a.path))
+            if not a.snapshot:
+                svc.files.written(jobid, written)
         svc.remember_file(jobid, written)
         owner = a.job.get("owner")
         token, size = svc.files.token(written, owner if isinstance(owner, str) else None)

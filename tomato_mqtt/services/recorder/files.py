@@ -22,7 +22,7 @@ import logging
 import sqlite3
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -79,6 +79,7 @@ class Files:
         self._merging: set[int] = set()
         self._running: set[int] = set()  # jobs known to have no final file yet
         self._lock = asyncio.Lock()
+        self._final_locks: dict[int, list[Any]] = {}  # job -> [Lock, users]: final_lock
 
     # -- completeness ---------------------------------------------------------------------
     async def wait_complete(self, job: int, expect: list[Expect], wait: float) -> list[str]:
@@ -190,6 +191,25 @@ class Files:
             self.finals[jobid] = got[0]
             return got[0]
         return None
+
+    def final_lock(
+        self, jobid: int, snapshot: bool
+    ) -> contextlib.AbstractAsyncContextManager[None]:
+        """Held while a job's file is finalized (not for a snapshot): in arrival order."""
+        return contextlib.nullcontext() if snapshot else self._final_locked(jobid)
+
+    @contextlib.asynccontextmanager
+    async def _final_locked(self, jobid: int) -> AsyncIterator[None]:
+        # (lock, how many hold or wait for it): forgotten when nobody does
+        entry = self._final_locks.setdefault(jobid, [asyncio.Lock(), 0])
+        entry[1] += 1
+        try:
+            async with entry[0]:
+                yield
+        finally:
+            entry[1] -= 1
+            if entry[1] == 0:
+                del self._final_locks[jobid]
 
     def foreign(self, jobid: int, component: str) -> bool:
         """A batch of ``component`` for a job whose file is final and which had no such

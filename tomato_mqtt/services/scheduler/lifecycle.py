@@ -37,6 +37,10 @@ T = TypeVar("T")
 STORE_RETRY = 1.0
 
 
+#: s a finalize may take before it is asked again (three times, then the job ends ce)
+FINALIZE_TIMEOUT = 60.0
+
+
 def _now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat()
 
@@ -148,6 +152,25 @@ class JobLifecycle:
         if not ok:
             log.warning("job %d: the file keeps the status %s: %s", job.id, final.status, msg)
 
+    async def _write_when_back(self, final: Job, path: Path, seen: int) -> None:
+        """The recorder did not answer the job's finalize (hung, not dead: the
+        supervisor restarts a dead one): once it says it is online again, have it write
+        the file with the job's verdict. It carries out the requests it got meanwhile
+        too, which carried the verdict of the moment (a job ``ce`` "could not write the
+        output file" got a file saying ``c``: found by fault injection); this one,
+        sent after them, is the last word."""
+        while self.svc.presence_view.recorder_online == seen:
+            await asyncio.sleep(1.0)
+        args = self.recorder_args(final, path, snapshot=False) | {"wait": 0.0}
+        ok, msg, data = await self.svc.recorder_request("finalize", args, timeout=60)
+        if not ok:
+            log.warning("job %d: the recorder, back, did not write its file: %s", final.id, msg)
+            return
+        written = str(data["path"]) if isinstance(data, dict) and data.get("path") else None
+        log.info("job %d: its file was written once the recorder was back: %s", final.id, written)
+        if written is not None:
+            self.svc.job_event(final.id, "file_written", detail={"path": written})
+
     async def job_done(self, runner: JobRunner, status: str, reason: str | None) -> None:
         svc = self.svc
         # the runner's progress, not the store's: the store may lag behind it (writes
@@ -162,7 +185,9 @@ class JobLifecycle:
         final = job.model_copy(update={"status": status, "completed_at": ended, "reason": reason})
         for _attempt in range(3):  # the supervisor restarts a crashed recorder
             ok, msg, data = await svc.recorder_request(
-                "finalize", self.recorder_args(final, path, snapshot=False), timeout=60
+                "finalize",
+                self.recorder_args(final, path, snapshot=False),
+                timeout=FINALIZE_TIMEOUT,
             )
             if ok:
                 break
@@ -181,6 +206,8 @@ class JobLifecycle:
             if status == "c":
                 status = "ce"
             reason = reason or f"the recorder could not write the output file: {msg}"
+            done = final.model_copy(update={"status": status, "reason": reason})
+            svc.spawn(self._write_when_back(done, path, svc.presence_view.recorder_online))
         await runner.reset_done()  # the pipeline is free once its components are reset
         svc.runners.pop(job.id, None)
         runner.done_saving()  # a retried progress write must not overwrite the end below

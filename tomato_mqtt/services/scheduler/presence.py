@@ -51,6 +51,7 @@ class Presence:
         #: the broker passed nothing for a while (check_stale): no loss verdicts
         self.broker_quiet = False
         self.recorder_seen: float | None = None  # monotonic time of its last status
+        self.recorder_online = 0  # "online" statuses of the recorder received so far
         self.recorder_down: str | None = None  # the running jobs' reason while it is
         self._cleared = False  # a live "online" seen since this scheduler started
 
@@ -174,6 +175,8 @@ class Presence:
             await self._recorder_gone(rst.state)
             return
         self.recorder_seen = time.monotonic()
+        if rst.state == "online":
+            self.recorder_online += 1
         if rst.state == "online" and (self.recorder_down is not None or not self._cleared):
             # also once after this scheduler's start: a reason stored by its predecessor
             # (found by a review: it stayed on the job for the rest of its run)
