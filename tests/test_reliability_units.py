@@ -385,6 +385,7 @@ def test_staleness_uses_receipt_time_and_skips_a_round_of_a_blocked_scheduler() 
         heartbeat=0.1,
         nodes=nodes,
         runners={},
+        broker_heard=float("inf"),  # the broker passes messages (a stall: test_jobs.py)
     )
     p = Presence(svc)
     p.received(nodes["pc"], retained=False)

@@ -44,6 +44,7 @@ from tomato_mqtt.wire.messages import (
     NodeConfigure,
     NodeStatus,
     PresenceState,
+    Reply,
     decode,
     encode,
 )
@@ -294,7 +295,9 @@ class NodeService(Service):
         loop = asyncio.get_running_loop()
         statuses: asyncio.Queue[NodeStatus] = asyncio.Queue()
         marked = asyncio.Event()
-        marker = os.urandom(8).hex().encode()
+        # a reply as the contract has it (reply topics carry Reply messages: a bare marker
+        # broke an integrator's schema check of every message)
+        marker = encode(Reply(id=os.urandom(8).hex(), success=True, msg="is this name free?"))
         probe = self.topics.reply(f"{self.client_id}-probe")
 
         def on_status(m: Message) -> None:
