@@ -93,6 +93,8 @@ async def test_dashboard_live_controls(
         await _act(page, '#pipeline-controls button[data-op="pipeline_load"]', "✓")
         await pip.locator("td.sample", has_text="s1").wait_for(timeout=5_000)
         await _act(page, '#pipeline-controls button[data-op="pipeline_ready"]', "✓")
+        await page.click("#reply")  # the answer closes on a click (it stayed for good)
+        assert await page.locator("#reply").is_hidden()
         await pip.locator("td.ready", has_text="ready").wait_for(timeout=5_000)
         # a refused action shows the scheduler's error
         await page.fill("#pc-sample", "s2")
@@ -338,7 +340,11 @@ async def test_dashboard_roles_on_secured_mosquitto(
                 await page.click("#login button")
                 return await _reply(page)
 
-            assert "✗" in await sign_in("olga", "wrong")
+            wrong = await sign_in("olga", "wrong")
+            # said for a person at a form (it showed the broker's URL and "check the
+            # username and password (mqtt://user:pass@host:port)": a newcomer's tour)
+            assert "✗" in wrong and "wrong user name or password for 'olga'" in wrong, wrong
+            assert "mqtt://" not in wrong, wrong
             assert "✓" in await sign_in("olga", "pw-olga")
             await page.wait_for_function("() => window.S.me && window.S.me.user === 'olga'")
             await page.locator("#submit-controls").wait_for(state="visible", timeout=5_000)

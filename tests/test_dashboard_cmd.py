@@ -150,6 +150,12 @@ async def test_an_upload_may_not_make_the_server_read_its_files(
         # found by a user's audit: an empty file chosen read "choose a payload file"
         r = await _cmd(dash, "job_submit", {"text": "", "filename": "empty.yml"})
         assert r["msg"] == "payload refused: empty.yml: the file is empty", r
+        # a refusal by the scheduler names the uploaded file too, as ketchup's does (only
+        # the page's own checks did: a newcomer's tour)
+        short = plain.replace("max_duration: 1", "max_duration: -1")
+        r = await _cmd(dash, "job_submit", {"text": short, "filename": "short.yml"})
+        assert not r["success"] and r["msg"].startswith("payload refused: short.yml: "), r
+        assert "max_duration" in r["msg"], r
         # found by a review: 600 bytes of nested YAML aliases expanded to 2.5 GB of JSON
         # in the dashboard (these 7 levels: 28 MB in 0.8 s; each level more x9)
         levels = ['a0: &a0 ["x","x","x","x","x","x","x","x","x"]']
@@ -208,3 +214,27 @@ async def test_a_dashboard_on_loopback_answers_to_this_pc_s_names_only(
             assert r.status == 200 and (await r.json())["success"]
         async with http.ws_connect(base + "ws", headers={"Origin": base.rstrip("/")}) as ws:
             assert not ws.closed
+
+
+async def test_a_download_refused_says_why_with_its_http_code(
+    broker: RunningBroker, tmp_path: Path, instance: str
+) -> None:
+    """A read-only dashboard told an admin "your role may not take snapshots" (the
+    reason is the read-only mode), and refusals came as 409 or 403 by chance (a
+    newcomer's tour): read-only is 403 saying so, a job that does not exist 404."""
+    url = f"mqtt://127.0.0.1:{broker.port}"
+    async with inproc_stack(broker.port, tmp_path / "st", instance):
+        async with running_dashboard(url, instance, read_only=True) as dash:
+            await _controls(dash)
+            async with (
+                aiohttp.ClientSession() as http,
+                http.get(dash.address() + "api/job/1/download") as r,
+            ):
+                assert r.status == 403 and "read-only" in await r.text()
+        async with running_dashboard(url, instance) as dash:
+            await _controls(dash)
+            async with (
+                aiohttp.ClientSession() as http,
+                http.get(dash.address() + "api/job/999/download") as r,
+            ):
+                assert r.status == 404 and "999" in await r.text(), await r.text()

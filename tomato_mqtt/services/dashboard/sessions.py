@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tomato_mqtt.config.url import BrokerURL
-from tomato_mqtt.transport.client import AsyncClient, MqttError
+from tomato_mqtt.transport.client import AsyncClient, MqttError, MqttRefused
 from tomato_mqtt.transport.rpc import NoResponder, Requester
 from tomato_mqtt.wire.commands import command
 from tomato_mqtt.wire.status import WhoamiData
@@ -224,8 +224,17 @@ class Sessions:
         client = AsyncClient(url, client_id=f"tomato-dash-{uuid.uuid4().hex[:10]}", reconnect=False)
         try:
             await client.connect(timeout=5)
-        except (MqttError, OSError) as e:
-            raise LoginFailed(f"the broker did not accept {username!r}: {e}") from None
+        except MqttRefused as e:  # said for people at a sign-in form, not as a URL
+            if e.final:
+                raise LoginFailed(f"wrong user name or password for {username!r}") from None
+            raise LoginFailed(
+                f"the broker did not accept {username!r} now ({e}): try again in a moment"
+            ) from None
+        except (MqttError, OSError):
+            raise LoginFailed(
+                f"the broker did not accept {username!r}: it cannot be reached now (is"
+                " tomato-mqtt running?)"
+            ) from None
         req = Requester(client, topics)
         try:
             await req.start()

@@ -192,7 +192,9 @@ async def _cmd(request: web.Request) -> web.StreamResponse:
             topic = s.topics.component_user_cmd(component, op)
             who = f"node hosting {component}"
             return _reply(await s.requester.request(topic, args, timeout=10, who=who))
+        upload = None
         if op == "job_submit":
+            upload = _upload_name(args)
             args = await asyncio.to_thread(_payload_args, args, s.user)  # a big upload
             args.setdefault("token", os.urandom(16).hex())  # sent again: still one job
         topic = s.topics.scheduler_cmd(op)
@@ -200,6 +202,10 @@ async def _cmd(request: web.Request) -> web.StreamResponse:
         if not reply.success and refused_token(reply.code, reply.msg):
             args.pop("token", None)  # a scheduler older than the token: as before
             reply = await s.requester.request(topic, args, timeout=15, who="scheduler")
+        head = "payload refused: "
+        if upload and not reply.success and reply.msg.startswith(head):
+            # the file's name, as ketchup and the page's own checks give it (dashboard.md)
+            reply = reply.model_copy(update={"msg": f"{head}{upload}: {reply.msg[len(head) :]}"})
         return _reply(reply)
     except _BadUpload as e:
         return _fail(str(e), "refused")
@@ -213,6 +219,13 @@ async def _cmd(request: web.Request) -> web.StreamResponse:
 
 class _BadUpload(ValueError):
     pass
+
+
+def _upload_name(args: dict[str, Any]) -> str | None:
+    """The uploaded file's name (``filename``), for the messages about it."""
+    if "payload" in args or "payload_text" in args or not isinstance(args.get("text"), str):
+        return None
+    return Path(str(args.get("filename") or "payload.yml")).name[:200] or "payload.yml"
 
 
 def _payload_args(args: dict[str, Any], user: str | None) -> dict[str, Any]:
@@ -254,6 +267,8 @@ async def _download(request: web.Request) -> web.StreamResponse:
     s = _session(request)
     job = int(request.match_info["job"])
     if "job_snapshot" not in s.controls:
+        if s.read_only:  # the reason, not the role (an admin was told its role may not)
+            raise web.HTTPForbidden(text="this dashboard is read-only: no snapshots here")
         raise web.HTTPForbidden(text="your role may not take snapshots of jobs")
     try:
         snap = await take_snapshot(s, job)
@@ -269,6 +284,10 @@ async def _download(request: web.Request) -> web.StreamResponse:
         await resp.write_eof()
         return resp
     except ReplyError as e:
+        if e.code == "not_allowed":  # another user's job: forbidden, as for a reader
+            raise web.HTTPForbidden(text=str(e)) from None
+        if e.code == "not_found":
+            raise web.HTTPNotFound(text=str(e)) from None
         raise web.HTTPConflict(text=str(e)) from None
     except (NoResponder, MqttError) as e:
         raise web.HTTPServiceUnavailable(text=str(e)) from None

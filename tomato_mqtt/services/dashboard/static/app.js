@@ -240,12 +240,19 @@ function cancelJob(id) {
 }
 window.cancelJob = cancelJob;
 
+// the answer to a control: a click closes it, a success goes by itself after a while
+// (it stayed for good, over the job page's plots: a newcomer's tour)
+let replyTimer = null;
 function showReply(r) {
   const box = $("reply");
   box.hidden = false;
   box.className = r.success ? "ok" : "err";
+  box.title = "click to close";
   box.textContent = (r.success ? "✓ " : "✗ ") + (r.msg || "") + (r.code && !r.success ? ` [${r.code}]` : "");
+  clearTimeout(replyTimer);
+  if (r.success) replyTimer = setTimeout(() => { box.hidden = true; }, 8000);
 }
+$("reply").addEventListener("click", () => { $("reply").hidden = true; });
 
 async function post(url, body) {
   try {
