@@ -88,6 +88,18 @@ def test_a_driver_installed_editable_since_the_start_is_imported(
     try:
         cls = discovery.load_driver("zz_editable")
         assert cls.__name__ == "DriverInterface" and cls.__module__ == "zz_editable_drv"
+        # a dependency missing is said as it is, without reading .pth files again (which
+        # added ~/.local to a venv's sys.path: a review)
+        (src / "zz_editable_drv" / "needs.py").write_text("import zz_not_installed_dep\n")
+        (info / "entry_points.txt").write_text(
+            "[tomato_mqtt.drivers]\nzz_editable = zz_editable_drv:DriverInterface\n"
+            "zz_needs = zz_editable_drv.needs:DriverInterface\n"
+        )
+        discovery.refresh()
+        before = list(sys.path)
+        with pytest.raises(discovery.DriverNotFound, match="zz_not_installed_dep"):
+            discovery.load_driver("zz_needs")
+        assert sys.path == before
     finally:
         sys.modules.pop("zz_editable_drv", None)
         if str(src) in sys.path:

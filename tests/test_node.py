@@ -386,3 +386,54 @@ async def test_a_node_that_gets_no_configuration_says_why(
     async with inproc_stack(broker.port, tmp_path / "st", instance) as st:
         assert st.node._configured is not None and st.node._configured.is_set()
     assert "no configuration from the scheduler" not in caplog.text
+
+
+def test_what_a_broken_driver_is_and_what_is_retried() -> None:
+    """A class that cannot be made (an abstract method left out) is a broken driver,
+    not retried; a TypeError from the instrument's side (int(None) of a port that did
+    not answer) is retried as before, and a device whose declarations are wrong is
+    closed (its port was left open at each try: a review)."""
+    from typing import Any
+
+    import pytest
+
+    from tomato_mqtt.driver import Attr, ModelDevice, ModelInterface
+    from tomato_mqtt.services.node.hosted import BrokenDriver, HostedComponent
+
+    closed: list[str] = []
+
+    class Lacking(ModelDevice):  # no attrs/capabilities/do_measure: abstract
+        pass
+
+    class Listy(ModelDevice):
+        def attrs(self) -> Any:
+            return [Attr(type=float)]
+
+        def capabilities(self) -> set[str]:
+            return {"count"}
+
+        def do_measure(self) -> Any:
+            return None
+
+        def close(self) -> None:
+            closed.append("listy")
+
+    def driver(make: Any) -> ModelInterface:
+        class Drv(ModelInterface):
+            def DeviceFactory(self, key: tuple[str, str], **kw: Any) -> Any:
+                return make(self, key)
+
+        return Drv()
+
+    def off(drv: Any, key: Any) -> Any:
+        return int(None)  # type: ignore[arg-type]
+
+    hc = HostedComponent(config=COUNTER, node="local")
+    hooks: tuple[Any, ...] = (lambda end: None, lambda msg: None, lambda: None, 100)
+    with pytest.raises(BrokenDriver, match="Can't instantiate abstract class"):
+        hc.register(driver(Lacking), *hooks)
+    with pytest.raises(TypeError, match="int"):  # the instrument's: retried
+        hc.register(driver(off), *hooks)
+    with pytest.raises(BrokenDriver, match="must return a dict of name -> Attr, not list"):
+        hc.register(driver(Listy), *hooks)
+    assert closed == ["listy"] and hc.device is None

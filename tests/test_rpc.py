@@ -250,6 +250,13 @@ async def test_ids_and_args_are_bounded_and_of_their_json_type(
         with pytest.raises(ValidationError):
             command("component", op).parse_args(args)
     assert command("scheduler", "job_status").parse_args({"jobids": [1, 2]})
+    # strict as JSON carries them, not as Python holds them: a script's tuple or numpy
+    # integers are what they become on the wire (a review: `jobs(*df["id"])` was refused)
+    import numpy as np
+
+    got = command("scheduler", "job_status").parse_args({"jobids": (np.int64(3), 4)})
+    assert got.jobids == [3, 4]  # type: ignore[attr-defined]
+    assert command("component", "reset").parse_args({"force": np.True_}).force is True  # type: ignore[attr-defined]
 
 
 def test_the_contract_says_pipeline_load_takes_sample_or_sampleid() -> None:

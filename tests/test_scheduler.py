@@ -296,10 +296,22 @@ async def test_a_request_sent_again_gets_the_first_answer_also_from_the_next_sch
         await send(c, st.topics, "pipeline_load", "load-2", load)
         fresh = await answer("load-2")
         assert not fresh.success and "already holds sample 's-1'" in fresh.msg, fresh
+        # the same id for another op (a client numbering its requests, restarted) is
+        # that op, carried out: an eject was answered "loaded" from the kept load (a review)
+        eject = {"pipeline": "pip-counter-1"}
+        await send(c, st.topics, "pipeline_eject", "load-1", eject)
+        ejected = await answer("load-1")
+        assert ejected.success and "ejected" in ejected.msg, ejected
+        assert (await st.call("status", {"what": "pipelines"}))["pip-counter-1"].sampleid is None
     with sqlite3.connect(st.settings.state_db) as db:
-        kept = dict(db.execute("SELECT id, user FROM replies").fetchall())
+        kept = db.execute("SELECT op, id, user FROM kept_replies").fetchall()
     # refusals are kept too (the answer is what a copy gets), reads are not; by login
-    assert set(kept) == {"load-1", "load-2"} and set(kept.values()) == {st.topics.user}
+    assert sorted(k[:2] for k in kept) == [
+        ("pipeline_eject", "load-1"),
+        ("pipeline_load", "load-1"),
+        ("pipeline_load", "load-2"),
+    ]
+    assert {k[2] for k in kept} == {st.topics.user}
 
 
 def _write_devices(st: Stack, doc: dict[str, Any]) -> None:

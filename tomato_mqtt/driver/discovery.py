@@ -83,7 +83,10 @@ def available_drivers() -> dict[str, str]:
 def _read_new_pth_files() -> None:
     """Process the site-packages' ``.pth`` files again (an editable install made since
     this process started); paths already on ``sys.path`` are not added twice."""
-    for d in {*site.getsitepackages(), site.getusersitepackages()}:
+    dirs = set(site.getsitepackages())
+    if site.ENABLE_USER_SITE:  # never the user's own packages into a venv that excludes them
+        dirs.add(site.getusersitepackages())
+    for d in dirs:
         if os.path.isdir(d):
             site.addsitedir(d)
     importlib.invalidate_caches()
@@ -106,10 +109,13 @@ def load_driver(name: str) -> type[ModelInterface]:
     try:
         try:
             obj = ep.load()
-        except ModuleNotFoundError:
-            # installed with `pip install -e` since this process started: its path finder
-            # comes from a .pth file, which Python reads only at start (found by a
-            # newcomer: `tomato reload` said "cannot be imported"); read them again
+        except ModuleNotFoundError as e:
+            # its own package not found: installed with `pip install -e` since this
+            # process started, its path finder comes from a .pth file, which Python reads
+            # only at start (a newcomer: `tomato reload` said "cannot be imported"); read
+            # them again. A missing dependency is not looked for that way (a review)
+            if (e.name or "").split(".")[0] != ep.value.split(":")[0].split(".")[0]:
+                raise
             _read_new_pth_files()
             obj = ep.load()
     except Exception as e:

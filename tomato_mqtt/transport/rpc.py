@@ -225,11 +225,11 @@ _ID = re.compile(rb'"id"\s*:\s*"([^"\\]+)"')
 class ReplyJournal(Protocol):
     """Where a responder keeps the replies of requests that changed something, across a
     restart (the scheduler's state file): ``user`` is the request topic's identity
-    segment ("" on topics without one), ``rid`` the request's id."""
+    segment ("" on topics without one), ``op`` the operation, ``rid`` the request's id."""
 
-    def reply_for(self, user: str, rid: str) -> bytes | None: ...
+    def reply_for(self, user: str, op: str, rid: str) -> bytes | None: ...
 
-    def keep_reply(self, user: str, rid: str, reply: bytes) -> None: ...
+    def keep_reply(self, user: str, op: str, rid: str, reply: bytes) -> None: ...
 
 
 #: a request being answered (its copies wait for that answer: dropped), or answered with
@@ -351,7 +351,7 @@ class Responder:
     def _from_journal(self, key: tuple[str, str, str]) -> bytes | None:
         assert self.journal is not None
         try:
-            return self.journal.reply_for(key[0], key[2])
+            return self.journal.reply_for(*key)
         except Exception as e:  # a state file that cannot be read: answered anew
             log.warning("%s: cannot read the kept replies: %s", self.name, e)
             return None
@@ -359,7 +359,7 @@ class Responder:
     def _to_journal(self, key: tuple[str, str, str], data: bytes) -> None:
         assert self.journal is not None
         try:
-            self.journal.keep_reply(key[0], key[2], data)
+            self.journal.keep_reply(*key, data)
         except Exception as e:  # a full disk: the reply still goes; only a copy reaching
             # a restarted responder would be carried out again
             log.warning("%s: cannot keep the reply to %s: %s", self.name, key[2], e)

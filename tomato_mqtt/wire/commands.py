@@ -322,7 +322,10 @@ class Command:
         return TypeAdapter(self.data)
 
     def parse_args(self, args: Any) -> BaseModel:
-        return self.args.model_validate(args)
+        """The args as a responder reads them: strictly of their JSON type, as they travel
+        (a caller's tuple is an array, numpy's integers are integers: strict checks of
+        the Python objects refused a script's ``jobs(*df["id"])``, found by a review)."""
+        return self.args.model_validate(_as_sent(args))
 
     def parse_data(self, data: Any) -> Any:
         """The reply data as typed objects (raises pydantic's ValidationError)."""
@@ -330,6 +333,16 @@ class Command:
 
     def data_schema(self) -> dict[str, Any]:
         return self._adapter.json_schema(mode="serialization")
+
+
+def _as_sent(args: Any) -> Any:
+    """``args`` as JSON carries them; as they are when JSON cannot (refused then)."""
+    import orjson
+
+    try:
+        return orjson.loads(orjson.dumps(args, option=orjson.OPT_SERIALIZE_NUMPY))
+    except (TypeError, orjson.JSONEncodeError):
+        return args
 
 
 def _c(

@@ -9,6 +9,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from tomato_mqtt.config.roles import CMP_ADMIN_OPS, CMP_READ_OPS
 from tomato_mqtt.wire.commands import COMMANDS
 from tomato_mqtt.wire.topics import CHANNELS
 
@@ -16,6 +17,13 @@ __all__ = ["commands_markdown"]
 
 # each responder's command channel, as topics.py defines it
 _TOPIC = {c.kind.removesuffix("_cmd"): c.template for c in CHANNELS if c.kind.endswith("_cmd")}
+
+
+def _topic(responder: str, op: str) -> str:
+    """Where a command is sent: a user sends a component command with its login."""
+    if responder == "component" and op in CMP_ADMIN_OPS + CMP_READ_OPS:
+        return _TOPIC["component_user"]
+    return _TOPIC[responder]
 
 
 def _type_name(ann: Any) -> str:
@@ -68,6 +76,7 @@ def commands_markdown() -> str:
     for c in COMMANDS:
         data = "null" if c.data is None else _type_name(c.data)
         rows.append(
-            f"| `{_TOPIC[c.responder]}` | `{c.op}` | {_args_text(c.args)} | {data} | {c.doc} |"
+            f"| `{_topic(c.responder, c.op)}` | `{c.op}` | {_args_text(c.args)} | {data} |"
+            f" {c.doc} |"
         )
     return "\n".join(rows) + "\n"

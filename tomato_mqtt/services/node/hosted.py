@@ -6,6 +6,8 @@ made by the node through ``asyncio.to_thread``.
 
 from __future__ import annotations
 
+import logging
+import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -19,11 +21,29 @@ from tomato_mqtt.wire.messages import ComponentMeta, ComponentState, ComponentSt
 
 __all__ = ["BrokenDriver", "HostedComponent", "declarations"]
 
+log = logging.getLogger(__name__)
+
 
 class BrokenDriver(Exception):
     """The driver's code is wrong for this component (its declarations, a class that
     cannot be made): retrying cannot help until the driver is fixed and registered again
     (``tomato reload``, ``passata register``)."""
+
+
+#: what Python says of a class that cannot be made as called (3.10-3.13)
+_CANNOT_MAKE = re.compile(
+    r"Can't instantiate abstract class|required positional argument|positional arguments? but"
+    r"|unexpected keyword argument|takes no arguments"
+)
+
+
+def _close(device: Any) -> None:
+    close = getattr(device, "close", None)
+    if callable(close):
+        try:
+            close()
+        except Exception:
+            log.exception("closing %s failed", type(device).__name__)
 
 
 def declarations(device: Any) -> tuple[dict[str, Any], list[str], dict[str, Any]]:
@@ -117,15 +137,24 @@ class HostedComponent:
         registration was never tried again."""
         try:
             device = driver.DeviceFactory(self.key)
-        except TypeError as e:  # an abstract method left out, a wrong signature: code
-            raise BrokenDriver(f"{type(driver).__name__}.DeviceFactory: {e}") from None
+        except TypeError as e:
+            # an abstract method left out, a wrong signature: the class cannot be made.
+            # Any other TypeError may be the instrument's (int(None) of a port that did
+            # not answer): retried, as before (a review)
+            if _CANNOT_MAKE.search(str(e)):
+                raise BrokenDriver(f"{type(driver).__name__}.DeviceFactory: {e}") from None
+            raise
         if not isinstance(device, ModelDevice):
             raise BrokenDriver(
                 f"{type(driver).__name__}.DeviceFactory must return a ModelDevice, not"
                 f" {type(device).__name__}"
             )
         if not isinstance(device, UpstreamDevice):
-            declarations(device)
+            try:
+                declarations(device)
+            except BrokenDriver:
+                _close(device)  # its port or handle, opened in __init__
+                raise
         self.device = device
         hooks: dict[str, Any] = {
             "on_task_end": on_task_end,

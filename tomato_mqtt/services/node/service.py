@@ -371,7 +371,7 @@ class NodeService(Service):
         )
 
     async def _publish_node_status(self) -> None:
-        if self.client is None:
+        if self.client is None or self._claimed is False:  # refused: the name is another's
             return
         await self.client.publish(
             self.topics.node_status(self.name), encode(self._status("online")), retain=True
@@ -388,13 +388,13 @@ class NodeService(Service):
                 )
 
     async def _publish_meta(self, hc: HostedComponent) -> None:
-        if self.client is not None:
+        if self.client is not None and self._claimed is not False:
             await self.client.publish(
                 self.topics.component_meta(hc.name), encode(hc.meta()), retain=True, wait=False
             )
 
     async def publish_status(self, hc: HostedComponent) -> None:
-        if self.client is not None:
+        if self.client is not None and self._claimed is not False:
             await self.client.publish(
                 self.topics.component_status(hc.name),
                 encode(hc.status(self.epoch)),

@@ -154,11 +154,13 @@ class JobLifecycle:
 
     async def _write_when_back(self, final: Job, path: Path, seen: int) -> None:
         """The recorder did not answer the job's finalize (hung, not dead: the
-        supervisor restarts a dead one): once it says it is online again, have it write
-        the file with the job's verdict. It carries out the requests it got meanwhile
-        too, which carried the verdict of the moment (a job ``ce`` "could not write the
-        output file" got a file saying ``c``: found by fault injection); this one,
-        sent after them, is the last word."""
+        supervisor restarts a dead one): at its next "online" status (a recorder stopped
+        whole sends none until it goes on; one whose loop runs but whose finalize is stuck
+        sends them meanwhile), have it write the file with the job's verdict. It carries
+        out the requests it got before too, which carried the verdict of the moment (a
+        job ``ce`` "could not write the output file" got a file saying ``c``: found by
+        fault injection); one job's finalizes run in the order they came (the recorder's
+        ``final_lock``), so this one, sent after them, is the last word."""
         while self.svc.presence_view.recorder_online == seen:
             await asyncio.sleep(1.0)
         args = self.recorder_args(final, path, snapshot=False) | {"wait": 0.0}

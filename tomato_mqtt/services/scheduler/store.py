@@ -66,14 +66,15 @@ CREATE TABLE IF NOT EXISTS submit_tokens (
 -- the replies to requests that changed something (rpc.ReplyJournal): a copy of one, sent
 -- again by a client while no answer came, that reaches the next scheduler is answered as
 -- the first was (not "already holds the sample" for a load its predecessor carried out)
-CREATE TABLE IF NOT EXISTS replies (
+CREATE TABLE IF NOT EXISTS kept_replies (
     user TEXT NOT NULL,
+    op TEXT NOT NULL,
     id TEXT NOT NULL,
     at REAL NOT NULL,
     reply BLOB NOT NULL,
-    PRIMARY KEY (user, id)
+    PRIMARY KEY (user, op, id)
 );
-CREATE INDEX IF NOT EXISTS replies_at ON replies (at);
+CREATE INDEX IF NOT EXISTS kept_replies_at ON kept_replies (at);
 """
 
 # tomato's pid / connected_at / jobpath are derived on reading (see _job), not stored
@@ -274,23 +275,26 @@ class StateStore:
             return None
 
     # -- rpc.ReplyJournal: not state (``writes`` does not count them) ------------------------
-    def reply_for(self, user: str, rid: str) -> bytes | None:
-        """The reply kept for ``user``'s request ``rid`` (:data:`REPLY_KEEP`), if any."""
+    def reply_for(self, user: str, op: str, rid: str) -> bytes | None:
+        """The reply kept for ``user``'s request ``rid`` of ``op`` (:data:`REPLY_KEEP`):
+        by op too, so an id a client uses again for another op is never answered with
+        the first op's reply (a review: an eject answered "loaded", not carried out)."""
         row = self._db.execute(
-            "SELECT reply FROM replies WHERE user = ? AND id = ? AND at > ?",
-            (user, rid, time.time() - REPLY_KEEP),
+            "SELECT reply FROM kept_replies WHERE user = ? AND op = ? AND id = ? AND at > ?",
+            (user, op, rid, time.time() - REPLY_KEEP),
         ).fetchone()
         return None if row is None else bytes(row[0])
 
-    def keep_reply(self, user: str, rid: str, reply: bytes) -> None:
-        """Keep the reply to ``user``'s request ``rid``; older ones than
+    def keep_reply(self, user: str, op: str, rid: str, reply: bytes) -> None:
+        """Keep the reply to ``user``'s request ``rid`` of ``op``; older ones than
         :data:`REPLY_KEEP` go."""
         now = time.time()
         with self._write(count=False) as db:
-            db.execute("DELETE FROM replies WHERE at < ?", (now - REPLY_KEEP,))
+            db.execute("DELETE FROM kept_replies WHERE at < ?", (now - REPLY_KEEP,))
             db.execute(
-                "INSERT OR REPLACE INTO replies (user, id, at, reply) VALUES (?, ?, ?, ?)",
-                (user, rid, now, reply),
+                "INSERT OR REPLACE INTO kept_replies (user, op, id, at, reply)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (user, op, rid, now, reply),
             )
 
     def job(self, id: int) -> Job:
