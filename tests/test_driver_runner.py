@@ -436,3 +436,16 @@ def test_status_reads_the_status_attrs(rig: Rig) -> None:
     with pytest.raises(AttributeError, match="unknown attr 'colour'"):
         rig.dev.set_attr("colour", "red")
     assert rig.dev.set_attr("level", "7") == 7.0 and rig.dev.get_attr("level") == 7.0
+
+
+def test_the_idle_interval_of_a_native_driver_comes_from_its_settings_too() -> None:
+    """`[drivers.x] idle_measurement_interval = 1` was ignored by native drivers (only
+    tomato's honoured it, and drivers.md says it overrides the class attribute: a
+    newcomer's tour). 0 turns it off; what is no number is said so."""
+    from tomato_mqtt_example_counter import DriverInterface
+
+    assert DriverInterface().idle_measurement_interval is None
+    assert DriverInterface({"idle_measurement_interval": 1}).idle_measurement_interval == 1.0
+    assert DriverInterface({"idle_measurement_interval": 0}).idle_measurement_interval is None
+    with pytest.raises(ValueError, match="must be a number of seconds, not 'soon'"):
+        DriverInterface({"idle_measurement_interval": "soon"})

@@ -207,6 +207,19 @@ def test_a_broken_driver_is_said_once_clearly_and_not_retried(stack: Stack) -> N
     assert want in res.stdout + res.stderr, (res.stdout, res.stderr)
 
 
+def test_passata_attrs_keeps_the_values_it_can_read(stack: Stack) -> None:
+    """One attribute the driver cannot read dropped every value from `passata attrs`,
+    without a word (a newcomer's tour): the others' values, and that one's error."""
+    out = stack.json("passata", "attrs", "dev-oneattr/1")
+    assert out["success"], out
+    attrs = out["data"]
+    assert attrs["level"]["value"] == 1.0 and attrs["serial"]["value"], attrs
+    assert "value" not in attrs["mode"], attrs
+    assert "faulty: cannot read 'mode' (simulated)" in attrs["mode"]["error"], attrs
+    human = stack.run("passata", "attrs", "dev-oneattr/1").stdout
+    assert "error" in human.splitlines()[0] and "driver error reading 'mode'" in human, human
+
+
 def test_task_error_ends_ce_with_reason_and_keeps_points(stack: Stack) -> None:
     node = local_node(stack)
     job = run_job(stack, "pip-task", "task-error")

@@ -40,6 +40,15 @@ def attrs(component: ComponentArg, opts: common.Opts) -> None:
                     for k, v in r.data.items():
                         if k in data:
                             data[k]["value"] = v
+                else:  # one attr the driver cannot read: the others' values, its error
+                    # (every value was dropped without a word: a newcomer's tour)
+                    for k in sorted(data):
+                        one = components.cmd("get_attr", {"attrs": [k]}, opts.timeout)
+                        r = await one(req, name)
+                        if r.success and isinstance(r.data, dict) and k in r.data:
+                            data[k]["value"] = r.data[k]
+                        else:
+                            data[k]["error"] = r.msg
         return Reply(id="", success=True, msg=f"{len(data)} attr(s) of {name}", data=data)
 
     components.run(component, call, _attrs_human, opts)
@@ -117,4 +126,6 @@ def _attrs_human(msg: str, data: Any) -> str:
     ]
     if any("value" in r for r in rows):
         cols.append(("value", "value"))
+    if any("error" in r for r in rows):
+        cols.append(("error", "error"))
     return common.table(rows, cols)

@@ -35,6 +35,8 @@ Where it fails comes from the component's address and from ``[drivers.faulty]``:
     ``reset`` raises ``RuntimeError``.
 ``status``
     ``get_attr`` raises ``RuntimeError`` (so does ``status()``).
+``oneattr``
+    ``get_attr("mode")`` raises ``RuntimeError``; the other attributes read.
 
 The setting ``idle_measurement_interval`` (seconds) turns idle measurements on.
 """
@@ -62,6 +64,7 @@ FAULTS = frozenset(
         "measure",
         "reset",
         "status",
+        "oneattr",
     }
 )
 
@@ -122,7 +125,7 @@ class Device(ModelDevice):
         setattr(self, attr, val)
 
     def get_attr(self, attr: str) -> Any:
-        if "status" in self.faults:
+        if "status" in self.faults or ("oneattr" in self.faults and attr == "mode"):
             raise RuntimeError(f"faulty: cannot read {attr!r} (simulated)")
         return super().get_attr(attr)
 
