@@ -121,6 +121,12 @@ async def test_per_task_counts_conflicts_and_late_merge(
         assert rep.success, rep
         assert rep.data["missing"] == [] and rep.data["extra"] == []  # type: ignore[index]
         assert _uts(str(out)).size == 10
+        # a chunk past the file's end is refused, not an empty success (an outside audit)
+        token = rep.data["token"]  # type: ignore[index]
+        past = await req.request(
+            t.recorder_cmd("fetch"), {"token": token, "index": 1_000_000}, timeout=5
+        )
+        assert not past.success and past.code == "not_found" and "chunk(s)" in past.msg, past
 
         # the runner said 12: the reply names the task and both counts
         more = [dict(exact[0], npoints=12)]

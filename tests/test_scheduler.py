@@ -24,7 +24,7 @@ from tests.inproc import client, inproc_stack
 from tests.stack import CONFIG, Stack, running_stack, started
 from tomato_mqtt.services.scheduler.store import StateStore
 from tomato_mqtt.transport.client import AsyncClient, BrokerURL, Message
-from tomato_mqtt.transport.rpc import NoResponder, Requester
+from tomato_mqtt.transport.rpc import NoResponder, ReplyError, Requester
 from tomato_mqtt.wire.messages import Reply, decode
 from tomato_mqtt.wire.topics import Topics
 
@@ -238,6 +238,12 @@ async def test_a_submit_sent_again_with_its_token_is_one_job(
         plain = await st.call("job_submit", {k: v for k, v in args.items() if k != "token"})
         assert again.id == first.id and len({first.id, other.id, plain.id}) == 3
         assert (await st.call("job_status", {"summary": True})).total == 3
+        # the same token with another payload or name is not that submission: refused
+        # (it was answered with the first job, the new payload dropped: an outside audit)
+        for change in ({"jobname": "another"}, {"payload": {**doc, "sample": {"identifier": "x"}}}):
+            with pytest.raises(ReplyError) as e:
+                await st.call("job_submit", {**args, **change})
+            assert e.value.code == "conflict" and f"job {first.id}" in str(e.value), e.value
         db = st.settings.state_db
     with StateStore(db) as store:  # what the next scheduler reads
         known = store.submitted(first.owner, "a1b2c3d4e5f6a7b8")

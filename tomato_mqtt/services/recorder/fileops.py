@@ -103,6 +103,11 @@ class FileOps:
         if w is None:
             raise CommandError("unknown or expired file token: ask for the snapshot again")
         svc.guard.require_fetch(w.owner)
+        chunks = max(1, -(-w.size // CHUNK))
+        if a.index >= chunks:  # an empty success read as the file's end (an outside audit)
+            raise CommandError(
+                f"{w.path.name} has {chunks} chunk(s): no chunk {a.index}", code="not_found"
+            )
         with w.path.open("rb") as f:
             f.seek(a.index * CHUNK)
             chunk = f.read(CHUNK)

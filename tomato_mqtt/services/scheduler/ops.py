@@ -210,13 +210,9 @@ class SchedulerOps:
     async def job_submit(self, args: Mapping[str, JsonValue]) -> Result:
         self.access.require("job_submit")
         a = SubmitArgs.model_validate(args)
+        known = None
         if a.token is not None:  # the same submission again (sent once more): its job
             known = self.store.submitted(self.access.owner(), a.token)
-            if known is not None:
-                log.info(
-                    "job %d: its submit came again (token %s): not queued twice", known.id, a.token
-                )
-                return _submitted(known)
         try:
             if a.payload_text is not None:
                 doc = await asyncio.to_thread(_payload_from_text, a.payload_text)
@@ -229,6 +225,19 @@ class SchedulerOps:
         except PayloadError as e:
             raise CommandError(f"payload refused: {e}") from None
         pdict = payload.model_dump(mode="json")
+        if known is not None:
+            if known.payload != pdict or known.jobname != a.jobname:
+                # a token is one submission: another payload under it was answered with
+                # the first job, the new payload dropped without a word (an outside audit)
+                raise CommandError(
+                    f"the submit token {a.token} was used for job {known.id}, with another"
+                    " payload or name: give a new token for a new job",
+                    code="conflict",
+                )
+            log.info(
+                "job %d: its submit came again (token %s): not queued twice", known.id, a.token
+            )
+            return _submitted(known)
         _no_controls("the job name", a.jobname)
         sample = pdict.get("sample") or {}
         _no_controls("the sample name", sample.get("identifier") or sample.get("name"))
