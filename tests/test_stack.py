@@ -170,6 +170,22 @@ def test_stop_refused_while_a_job_runs(tmp_path: Path) -> None:
         assert Path(job["respath"]).is_file(), job
 
 
+def test_a_stop_a_frozen_scheduler_gets_later_is_said_so(tmp_path: Path) -> None:
+    """`tomato stop` with the scheduler frozen said "no scheduler answered … is it
+    running?", and once it went on the stack stopped without a word (fault injection):
+    the message says that it may."""
+    with running_stack(tmp_path) as st:
+        sched = st.child_pid("scheduler")
+        os.kill(sched, signal.SIGSTOP)
+        try:
+            res = st.run("tomato", "stop", "-t", "2")
+        finally:
+            os.kill(sched, signal.SIGCONT)
+        assert res.returncode == 1, (res.stdout, res.stderr)
+        assert "no scheduler answered" in res.stderr, res.stderr
+        assert "if it is only slow, it stops the stack when it gets to the request" in res.stderr
+
+
 def test_bad_devices_file_is_refused_with_file_and_reason(tmp_path: Path) -> None:
     st = make_stack(tmp_path)
     (st.appdir / "devices.yml").write_text(

@@ -64,7 +64,16 @@ def stop(opts: common.Opts) -> None:
 
     ctx = opts.context()
     reply = common.run_request(
-        ctx, ctx.topics.scheduler_cmd("stop"), {}, timeout=min(opts.timeout, 5)
+        ctx,
+        ctx.topics.scheduler_cmd("stop"),
+        {},
+        timeout=min(opts.timeout, 5),
+        # a scheduler that is only slow (stopped, swapped out) gets the request later and
+        # stops the stack then (a fault-injection run: "is it running?", then it stopped)
+        unanswered=(
+            "; if it is only slow, it stops the stack when it gets to the request"
+            " (`tomato status` shows whether it runs)"
+        ),
     )
     if not reply.success:
         opts.output().reply(reply)
