@@ -101,3 +101,9 @@ async def test_client_takes_passata_names(
         with pytest.raises(ClientError) as e:
             await t.component_name("dev-counter/9")
         assert e.value.code == "not_found" and "no scheduler answered" in str(e.value)
+        # a wrong instance (nothing there) is not a wrong name: unavailable, saying so
+        async with AsyncTomato(url, instance + "x", timeout=3) as other:
+            with pytest.raises(ClientError) as e:
+                await other.component_get("dev-counter/1", "max")
+            assert e.value.code == "unavailable", e.value
+            assert f"on instance '{instance}x'" in str(e.value), e.value

@@ -87,6 +87,13 @@ async def resolve(
     try:
         return await asyncio.wait_for(found, min(timeout, RETAINED_WAIT))
     except asyncio.TimeoutError:
+        if not metas:  # nothing at all on this instance: not a wrong name (a newcomer's
+            # wrong instance was told "unknown component", code not_found)
+            raise NoResponder(
+                f"no scheduler answered and no node has announced any component on"
+                f" instance {topics.instance!r}: is tomato-mqtt running, on that instance?",
+                topics.scheduler_cmd("status"),
+            ) from None
         raise not_announced(want, metas) from None
     finally:
         with contextlib.suppress(Exception):
