@@ -238,3 +238,26 @@ async def test_a_download_refused_says_why_with_its_http_code(
                 http.get(dash.address() + "api/job/999/download") as r,
             ):
                 assert r.status == 404 and "999" in await r.text(), await r.text()
+
+
+async def test_a_page_signed_out_elsewhere_is_told_so_at_its_next_control(
+    broker: RunningBroker, tmp_path: Path, instance: str
+) -> None:
+    """A sign-in ended elsewhere (the login signed in more often since): its page kept
+    its controls, and a click answered "not allowed here: … (role reader)" (a newcomer's
+    tour). The answer now says the sign-in ended and who the page is now."""
+    url = f"mqtt://127.0.0.1:{broker.port}"
+    async with (
+        inproc_stack(broker.port, tmp_path / "st", instance),
+        running_dashboard(url, instance, read_only=True) as dash,
+    ):
+        await _controls(dash)
+        dash.sessions._ended["tok-1"] = "'olga' signed in more than 5 times since"
+        async with (
+            aiohttp.ClientSession(cookies={"tomato_dashboard": "tok-1"}) as http,
+            http.post(dash.address() + "api/cmd", json={"op": "pipeline_ready", "args": {}}) as r,
+        ):
+            got = await r.json()
+        assert not got["success"] and got["ended"] is True, got
+        assert got["msg"].startswith("your sign-in has ended ('olga' signed in more"), got
+        assert got["me"]["controls"] == [], got

@@ -178,6 +178,14 @@ async def _cmd(request: web.Request) -> web.StreamResponse:
             f"unknown operation {op or '(no op)'!r} (known: {', '.join(KNOWN_OPS)})", "unknown_op"
         )
     if op not in s.controls:
+        ended = request.app[SVC].sessions.ended(request.cookies.get(COOKIE))
+        if ended:  # signed out elsewhere since the page loaded: say that, and who it is now
+            # (it answered "not allowed here: … (role reader)" with the controls still
+            # shown: a newcomer's tour with six sign-ins of one login)
+            return web.json_response(
+                {"success": False, "msg": ended, "code": "not_allowed", "data": None}
+                | {"ended": True, "me": s.describe()}
+            )
         role = s.describe()["role"] or "none"
         return _fail(f"not allowed here: {op} (role {role})", "not_allowed")
     try:

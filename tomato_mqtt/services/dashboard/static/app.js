@@ -265,6 +265,10 @@ async function post(url, body) {
 async function command(op, args) {
   const r = await post("/api/cmd", { op, args });
   showReply(r);
+  if (r.ended) {  // signed out elsewhere: the page shows who it is now (no controls)
+    setMe(r.me);
+    post("/api/logout", {});
+  }
   return r;
 }
 window.command = command;
