@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -278,24 +279,40 @@ def test_kill_9_mid_job_loses_nothing(victims: Stack, victim: str) -> None:
     assert np.all(np.diff(ds["uts"].values) > 0)
 
 
-def test_node_lost_mid_job_ends_ce_with_data(tmp_path: Path) -> None:
-    # short presence timings (the chaos suite's): lost after 2 s without a heartbeat (4
-    # beats of 0.5 s), the job ends 1 s later, instead of 4 s + 5 s of the default stack
-    presence = "heartbeat = 0.5\nlost_after = 2.0\nnode_grace_period = 1.0\n"
-    with started(make_stack(tmp_path, scheduler=presence)) as st:
+#: short presence timings (the chaos suite's): lost after 2 s without a heartbeat (4
+#: beats of 0.5 s), a job ends 1 s later, instead of 4 s + 5 s of the default stack
+CHAOS_PRESENCE = "heartbeat = 0.5\nlost_after = 2.0\nnode_grace_period = 1.0\n"
+
+
+@contextlib.contextmanager
+def _job_running(tmp_path: Path, seconds: float, name: str) -> Iterator[tuple[Stack, int]]:
+    """A stack with the chaos suite's presence timings and a counter job of ``seconds``
+    running on it: (stack, job id)."""
+    with started(make_stack(tmp_path, scheduler=CHAOS_PRESENCE)) as st:
         doc = yaml.safe_load((CONFIG / "counter_1_0.1.yml").read_text())
-        doc["method"][0]["time"] = 30.0
+        doc["method"][0]["time"] = seconds
         st.load_ready("pip-counter-1", doc["sample"]["name"])
-        jobid = st.submit(payload_file(st, "lost", doc))
+        jobid = st.submit(payload_file(st, name, doc))
         st.wait_job(jobid, {"r"})
+        yield st, jobid
+
+
+@contextlib.contextmanager
+def _frozen(pid: int) -> Iterator[None]:
+    """The process stopped (SIGSTOP) inside the block, going on (SIGCONT) after it."""
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(pid, signal.SIGCONT)
+
+
+def test_node_lost_mid_job_ends_ce_with_data(tmp_path: Path) -> None:
+    with _job_running(tmp_path, 30.0, "lost") as (st, jobid):
         time.sleep(1.5)
         # stop the supervisor from restarting it: SIGSTOP the node (hung), so it is lost
-        node = st.child_pid("node")
-        os.kill(node, signal.SIGSTOP)
-        try:
+        with _frozen(st.child_pid("node")):
             job = st.wait_job(jobid, {"c", "ce", "cd"}, timeout=60)
-        finally:
-            os.kill(node, signal.SIGCONT)
         assert job["status"] == "ce", job
         assert "lost" in job["reason"]
         ds = open_tree(job["respath"])["counter"].to_dataset()
@@ -309,20 +326,10 @@ def test_a_stalled_broker_is_not_taken_for_a_lost_node(tmp_path: Path) -> None:
     timings it also stopped the node's task: 963 of 1,200 points). The scheduler hears
     its own heartbeat through the broker: silent too, so it is the broker, and nobody is
     counted lost until messages pass again."""
-    presence = "heartbeat = 0.5\nlost_after = 2.0\nnode_grace_period = 1.0\n"
-    with started(make_stack(tmp_path, scheduler=presence)) as st:
-        doc = yaml.safe_load((CONFIG / "counter_1_0.1.yml").read_text())
-        doc["method"][0]["time"] = 8.0
-        st.load_ready("pip-counter-1", doc["sample"]["name"])
-        jobid = st.submit(payload_file(st, "stall", doc))
-        st.wait_job(jobid, {"r"})
+    with _job_running(tmp_path, 8.0, "stall") as (st, jobid):
         time.sleep(1.0)
-        broker = st.child_pid("broker")
-        os.kill(broker, signal.SIGSTOP)
-        try:
+        with _frozen(st.child_pid("broker")):
             time.sleep(5.0)  # > lost_after + node_grace_period
-        finally:
-            os.kill(broker, signal.SIGCONT)
         job = st.wait_job(jobid, {"c", "ce", "cd"}, timeout=60)
         assert job["status"] == "c", (job, st.logs())
         n, missed = taken(job)
@@ -346,8 +353,7 @@ def test_a_job_queued_while_its_node_was_lost_waits_for_the_stale_task(
     and the node says it is online before it says what its components do: a review),
     and when the state file it restarted with does not know the first job (restored from
     a backup: the task was "not ours to stop", and held the pipeline until it ended)."""
-    presence = "heartbeat = 0.5\nlost_after = 2.0\nnode_grace_period = 1.0\n"
-    with started(make_stack(tmp_path, scheduler=presence)) as st:
+    with started(make_stack(tmp_path, scheduler=CHAOS_PRESENCE)) as st:
         doc = yaml.safe_load((CONFIG / "counter_1_0.1.yml").read_text())
         first = {**doc, "method": [{**doc["method"][0], "time": 60.0}]}
         second = {**doc, "method": [{**doc["method"][0], "time": 2.0}]}
