@@ -209,6 +209,14 @@ def test_the_documented_payload_error_and_a_missing_appdir(tmp_path: Path) -> No
     for cls in (Tomato, AsyncTomato):
         with pytest.raises(FileNotFoundError, match="no settings.toml in"):
             cls.from_settings(appdir=tmp_path / "typo")
+        # a timeout that is no number is said where it is given (it failed at the first
+        # call with "unsupported operand type(s) for +"), as is a payload of no known kind
+        with pytest.raises(ValueError, match="timeout must be a positive number of seconds"):
+            cls("mqtt://127.0.0.1:1", "lab", timeout="abc")  # type: ignore[arg-type]
+    from tomato_mqtt.client.local import payload_args
+
+    with pytest.raises(TypeError, match="a payload is a file's path or a dict, not int"):
+        payload_args(42)  # type: ignore[arg-type]
 
 
 async def test_one_tomato_may_be_shared_by_threads(broker: RunningBroker) -> None:

@@ -27,6 +27,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from tomato_mqtt.client import names
+from tomato_mqtt.client.checks import seconds
 from tomato_mqtt.client.local import from_settings, payload_args
 from tomato_mqtt.client.progress import FINAL, Progress
 from tomato_mqtt.config import roles
@@ -130,7 +131,7 @@ class AsyncTomato:
     ) -> None:
         self.url = url if isinstance(url, BrokerURL) else BrokerURL.parse(url)
         self.topics = Topics(instance, self.url.username)
-        self.timeout = timeout
+        self.timeout = seconds(timeout)
         cid = f"client-{os.getpid()}-{os.urandom(3).hex()}"
         self.mqtt = AsyncClient(self.url, client_id=cid)
         self.requester = Requester(self.mqtt, self.topics)

@@ -34,6 +34,8 @@ def payload_args(src: str | os.PathLike[str] | Mapping[str, Any]) -> dict[str, J
     """A payload (a file of any tomato version, or a mapping) as a request's JSON."""
     if isinstance(src, Mapping):
         doc: Any = dict(src)
+    elif not isinstance(src, (str, os.PathLike)):  # submit(42): said, not a raw TypeError
+        raise TypeError(f"a payload is a file's path or a dict, not {type(src).__name__} ({src!r})")
     else:
         from tomato_mqtt.config.payloads import read_payload_file
 

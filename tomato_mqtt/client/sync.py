@@ -90,7 +90,9 @@ class Tomato:
         self.url = url if isinstance(url, BrokerURL) else BrokerURL.parse(url)
         self.instance = instance
         self.topics = Topics(instance, self.url.username)
-        self.timeout = timeout
+        from tomato_mqtt.client.checks import seconds
+
+        self.timeout = seconds(timeout)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._aio: AsyncTomato | None = None
