@@ -441,11 +441,22 @@ def test_status_reads_the_status_attrs(rig: Rig) -> None:
 def test_the_idle_interval_of_a_native_driver_comes_from_its_settings_too() -> None:
     """`[drivers.x] idle_measurement_interval = 1` was ignored by native drivers (only
     tomato's honoured it, and drivers.md says it overrides the class attribute: a
-    newcomer's tour). 0 turns it off; what is no number is said so."""
-    from tomato_mqtt_example_counter import DriverInterface
+    newcomer's tour). The node applies it after making the driver, so it overrides what
+    the driver's own __init__ set too (a review); 0 turns it off; what is no number is
+    said so, before the driver is made."""
+    import asyncio
 
-    assert DriverInterface().idle_measurement_interval is None
-    assert DriverInterface({"idle_measurement_interval": 1}).idle_measurement_interval == 1.0
-    assert DriverInterface({"idle_measurement_interval": 0}).idle_measurement_interval is None
-    with pytest.raises(ValueError, match="must be a number of seconds, not 'soon'"):
-        DriverInterface({"idle_measurement_interval": "soon"})
+    from tomato_mqtt.driver.discovery import DriverNotFound
+    from tomato_mqtt.services.node.drivers import NodeDrivers
+
+    def idle(settings: dict[str, Any]) -> float | None:
+        drivers = NodeDrivers({"faulty": settings}, None)
+        drv = asyncio.run(drivers.get("faulty"))
+        return drv.idle_measurement_interval
+
+    assert idle({}) is None
+    assert idle({"idle_measurement_interval": 1}) == 1.0
+    assert idle({"idle_measurement_interval": 0}) is None
+    for bad in ("soon", True, float("inf")):
+        with pytest.raises(DriverNotFound, match=r"\[drivers.faulty\] idle_measurement_interval"):
+            idle({"idle_measurement_interval": bad})

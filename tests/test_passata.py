@@ -137,8 +137,13 @@ def test_no_scheduler_and_no_node(stack: Stack) -> None:
     )
     assert res.returncode == 1
     assert "no node hosting" in res.stderr and "instance nobody-here" in res.stderr
-    res = stack.run("passata", "status", "dev-counter/1", "--instance", "nobody-here", "-t", "1")
-    assert res.returncode == 1 and "unknown component" in res.stderr
+    # a name to look up: nothing there is no wrong name (it said "unknown component":
+    # a newcomer's wrong instance; the client said "unavailable" by then)
+    for cmd in (("get", "dev-counter/1", "max"), ("status", "dev-counter/1")):
+        res = stack.run("passata", *cmd, "--instance", "nobody-here", "-t", "1")
+        assert res.returncode == 1, (res.stdout, res.stderr)
+        assert "on instance 'nobody-here'" in res.stderr, res.stderr
+        assert "unknown component" not in res.stderr, res.stderr
 
 
 def test_running_component_refuses_set_and_reset_without_force(stack: Stack) -> None:

@@ -247,8 +247,14 @@ async def test_a_submit_sent_again_with_its_token_is_one_job(
         db = st.settings.state_db
     with StateStore(db) as store:  # what the next scheduler reads
         known = store.submitted(first.owner, "a1b2c3d4e5f6a7b8")
-        assert known is not None and known.id == first.id
+        assert known is not None and known[0].id == first.id and known[1]
         assert store.submitted(first.owner, "0000111122223333") is None
+    # a copy reaching a scheduler restarted with other limits is still its job, not
+    # checked again and refused (a review: "payload refused", the job queued all along)
+    tight = "[jobs]\nmax_points_per_task = 1\n"
+    async with inproc_stack(broker.port, tmp_path, instance, settings=tight) as st:
+        again = await st.call("job_submit", args)
+        assert again.id == first.id
 
 
 async def test_a_request_sent_again_gets_the_first_answer_also_from_the_next_scheduler(

@@ -40,15 +40,20 @@ def attrs(component: ComponentArg, opts: common.Opts) -> None:
                     for k, v in r.data.items():
                         if k in data:
                             data[k]["value"] = v
-                else:  # one attr the driver cannot read: the others' values, its error
+                elif "driver error reading" in r.msg:
+                    # one attr the driver cannot read: the others' values, its error
                     # (every value was dropped without a word: a newcomer's tour)
                     for k in sorted(data):
                         one = components.cmd("get_attr", {"attrs": [k]}, opts.timeout)
-                        r = await one(req, name)
-                        if r.success and isinstance(r.data, dict) and k in r.data:
-                            data[k]["value"] = r.data[k]
+                        try:
+                            r1 = await one(req, name)
+                        except NoResponder as e:
+                            data[k]["error"] = str(e)
+                            continue
+                        if r1.success and isinstance(r1.data, dict) and k in r1.data:
+                            data[k]["value"] = r1.data[k]
                         else:
-                            data[k]["error"] = r.msg
+                            data[k]["error"] = r1.msg
         return Reply(id="", success=True, msg=f"{len(data)} attr(s) of {name}", data=data)
 
     components.run(component, call, _attrs_human, opts)

@@ -24,6 +24,7 @@ from tomato_mqtt.wire.names import (
     from_scheduler,
     is_full_name,
     not_announced,
+    nothing_on,
     pick,
 )
 
@@ -269,6 +270,8 @@ def resolve(ex: Exchange, topics: Topics, want: str, timeout: float) -> str:
 
     found = ex.watch(topics.all_component_meta(), min(timeout, RETAINED_WAIT), on_meta)
     if found is None:
+        if not metas:  # nothing on this instance: not a wrong name (as the client says)
+            raise NoAnswer(nothing_on(topics.instance), topics.scheduler_cmd("status"))
         raise Refused(str(not_announced(want, metas)))
     return found
 

@@ -71,7 +71,7 @@ def stop(opts: common.Opts) -> None:
         # a scheduler that is only slow (stopped, swapped out) gets the request later and
         # stops the stack then (a fault-injection run: "is it running?", then it stopped)
         unanswered=(
-            "; if it is only slow, it stops the stack when it gets to the request"
+            "; if it is only slow, it may still stop the stack when it gets to the request"
             " (`tomato status` shows whether it runs)"
         ),
     )

@@ -23,6 +23,7 @@ from tomato_mqtt.wire.names import (
     announced_meta,
     from_scheduler,
     not_announced,
+    nothing_on,
     pick,
 )
 
@@ -68,6 +69,8 @@ async def resolve(
     if announced is not None:
         name = pick(want, announced)
         if name is None:
+            if not announced:
+                raise NoResponder(nothing_on(topics.instance), topics.scheduler_cmd("status"))
             raise not_announced(want, announced)
         return name
     metas: list[Mapping[str, Any]] = []
@@ -87,13 +90,8 @@ async def resolve(
     try:
         return await asyncio.wait_for(found, min(timeout, RETAINED_WAIT))
     except asyncio.TimeoutError:
-        if not metas:  # nothing at all on this instance: not a wrong name (a newcomer's
-            # wrong instance was told "unknown component", code not_found)
-            raise NoResponder(
-                f"no scheduler answered and no node has announced any component on"
-                f" instance {topics.instance!r}: is tomato-mqtt running, on that instance?",
-                topics.scheduler_cmd("status"),
-            ) from None
+        if not metas:  # nothing at all on this instance: not a wrong name
+            raise NoResponder(nothing_on(topics.instance), topics.scheduler_cmd("status")) from None
         raise not_announced(want, metas) from None
     finally:
         with contextlib.suppress(Exception):

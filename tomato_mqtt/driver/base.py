@@ -250,17 +250,6 @@ class ModelInterface(ABC):
     def __init__(self, settings: Mapping[str, Any] | None = None) -> None:
         self.settings = dict(settings) if settings is not None else {}
         self.constants = {}
-        idle = self.settings.get("idle_measurement_interval")
-        if idle is not None:  # as for tomato's drivers: the setting overrides the class
-            # (a native driver's [drivers.x] idle_measurement_interval was ignored: a
-            # newcomer's tour); 0 or a negative number turns it off
-            try:
-                seconds = float(idle)
-            except (TypeError, ValueError):
-                raise ValueError(
-                    f"[drivers] idle_measurement_interval must be a number of seconds, not {idle!r}"
-                ) from None
-            self.idle_measurement_interval = seconds if seconds > 0 else None
 
     @abstractmethod
     def DeviceFactory(self, key: tuple[str, str], **kwargs: Any) -> ModelDevice:

@@ -26,6 +26,7 @@ __all__ = [
     "is_full_name",
     "known",
     "not_announced",
+    "nothing_on",
     "pick",
 ]
 
@@ -97,6 +98,16 @@ def announced_meta(raw: bytes) -> dict[str, Any] | None:
     ):
         return None
     return meta
+
+
+def nothing_on(instance: str) -> str:
+    """Why a name could not be looked up when no scheduler answered and no node announced
+    any component: not a wrong name, an instance with nothing on it (a wrong instance was
+    told "unknown component": a newcomer's tour)."""
+    return (
+        "no scheduler answered and no node has announced any component on instance"
+        f" {instance!r}: is tomato-mqtt running, on that instance?"
+    )
 
 
 def not_announced(want: str, metas: Sequence[Mapping[str, Any]]) -> UnknownComponent:

@@ -277,7 +277,8 @@ async def _download(request: web.Request) -> web.StreamResponse:
     if "job_snapshot" not in s.controls:
         if s.read_only:  # the reason, not the role (an admin was told its role may not)
             raise web.HTTPForbidden(text="this dashboard is read-only: no snapshots here")
-        raise web.HTTPForbidden(text="your role may not take snapshots of jobs")
+        ended = request.app[SVC].sessions.ended(request.cookies.get(COOKIE))
+        raise web.HTTPForbidden(text=ended or "your role may not take snapshots of jobs")
     try:
         snap = await take_snapshot(s, job)
         resp = web.StreamResponse(
@@ -296,6 +297,8 @@ async def _download(request: web.Request) -> web.StreamResponse:
             raise web.HTTPForbidden(text=str(e)) from None
         if e.code == "not_found":
             raise web.HTTPNotFound(text=str(e)) from None
+        if e.code == "unavailable":  # the recorder could not give it now
+            raise web.HTTPServiceUnavailable(text=str(e)) from None
         raise web.HTTPConflict(text=str(e)) from None
     except (NoResponder, MqttError) as e:
         raise web.HTTPServiceUnavailable(text=str(e)) from None

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ log = logging.getLogger(__name__)
 
 #: keys of ``[drivers.<name>]`` that are tomato-mqtt's, not the driver's
 _OURS = ("source",)
+_UNSET: Any = object()
 
 
 class NodeDrivers:
@@ -72,8 +74,16 @@ class NodeDrivers:
                     self.errors[name] = str(e)
                     raise
                 theirs = {k: v for k, v in settings.items() if k not in _OURS}
+                # the setting overrides what the driver sets (its class or __init__), as
+                # the upstream host does for tomato's drivers (a native driver's was
+                # ignored: a newcomer's tour); checked before a host process starts
+                idle = settings.get("idle_measurement_interval", _UNSET)
+                if idle is not _UNSET:
+                    idle = idle_interval(name, idle)
                 # an upstream driver starts its host process here: off the event loop
                 drv = await asyncio.to_thread(cls, theirs)
+                if idle is not _UNSET:
+                    drv.idle_measurement_interval = idle
                 self.instances[name] = drv
                 self.errors.pop(name, None)
             return drv
@@ -108,3 +118,14 @@ def _close(drv: ModelInterface) -> None:
             close()
         except Exception:
             log.exception("closing driver %s failed", type(drv).__name__)
+
+
+def idle_interval(driver: str, value: object) -> float | None:
+    """``[drivers.<driver>] idle_measurement_interval``: seconds, 0 (or less) for off."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not ok or not math.isfinite(value):  # type: ignore[arg-type]
+        raise DriverNotFound(
+            f"[drivers.{driver}] idle_measurement_interval must be a number of seconds"
+            f" (0: off), not {value!r}"
+        )
+    return float(value) if value > 0 else None  # type: ignore[operator,arg-type]

@@ -64,6 +64,15 @@ def _payload_from_text(text: str) -> dict[str, Any]:
     return out
 
 
+def _digest(a: SubmitArgs) -> str:
+    """What a submission asked for, as sent (its copies are byte for byte the same)."""
+    import hashlib
+
+    sent = {"payload": a.payload, "payload_text": a.payload_text, "jobname": a.jobname}
+    text = json.dumps(sent, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
 def _no_controls(what: str, text: object) -> None:
     """Names people read in terminals hold no control characters: a job named
     "x\nstatus:    c" printed a fake status line in another user's `ketchup status`,
@@ -210,9 +219,27 @@ class SchedulerOps:
     async def job_submit(self, args: Mapping[str, JsonValue]) -> Result:
         self.access.require("job_submit")
         a = SubmitArgs.model_validate(args)
-        known = None
+        digest = _digest(a) if a.token is not None else None
         if a.token is not None:  # the same submission again (sent once more): its job
-            known = self.store.submitted(self.access.owner(), a.token)
+            found = self.store.submitted(self.access.owner(), a.token)
+            if found is not None:
+                known, kept = found
+                if kept is not None and kept != digest:
+                    # a token is one submission: another payload under it was answered
+                    # with the first job, the new one dropped without a word (an audit)
+                    raise CommandError(
+                        f"the submit token {a.token} was used for job {known.id}, with"
+                        " another payload or name: give a new token for a new job",
+                        code="conflict",
+                    )
+                # answered as it is, not checked again: a scheduler restarted with other
+                # limits (or parsers) refused a copy of a job it had queued (a review)
+                log.info(
+                    "job %d: its submit came again (token %s): not queued twice",
+                    known.id,
+                    a.token,
+                )
+                return _submitted(known)
         try:
             if a.payload_text is not None:
                 doc = await asyncio.to_thread(_payload_from_text, a.payload_text)
@@ -225,19 +252,6 @@ class SchedulerOps:
         except PayloadError as e:
             raise CommandError(f"payload refused: {e}") from None
         pdict = payload.model_dump(mode="json")
-        if known is not None:
-            if known.payload != pdict or known.jobname != a.jobname:
-                # a token is one submission: another payload under it was answered with
-                # the first job, the new payload dropped without a word (an outside audit)
-                raise CommandError(
-                    f"the submit token {a.token} was used for job {known.id}, with another"
-                    " payload or name: give a new token for a new job",
-                    code="conflict",
-                )
-            log.info(
-                "job %d: its submit came again (token %s): not queued twice", known.id, a.token
-            )
-            return _submitted(known)
         _no_controls("the job name", a.jobname)
         sample = pdict.get("sample") or {}
         _no_controls("the sample name", sample.get("identifier") or sample.get("name"))
@@ -247,7 +261,12 @@ class SchedulerOps:
         self.access.check_bounds(pdict.get("method") or [], bulk)
         with self.store.transaction():  # the job and its file's path: one fsync
             job = self.store.add_job(
-                pdict, a.jobname, a.submit_dir, owner=self.access.owner(), token=a.token
+                pdict,
+                a.jobname,
+                a.submit_dir,
+                owner=self.access.owner(),
+                token=a.token,
+                digest=digest,
             )
             out = pdict.get("settings", {}).get("output", {})
             folder = self.svc.settings.jobs_dir / str(job.id)

@@ -120,6 +120,9 @@ class StateStore:
             cols = {r["name"] for r in self._db.execute("PRAGMA table_info(jobs)")}
             if "owner" not in cols:  # a version-1 file: jobs had no owner
                 self._db.execute("ALTER TABLE jobs ADD COLUMN owner TEXT")
+            tcols = {r["name"] for r in self._db.execute("PRAGMA table_info(submit_tokens)")}
+            if "digest" not in tcols:  # what each submission asked for (ops._digest)
+                self._db.execute("ALTER TABLE submit_tokens ADD COLUMN digest TEXT")
             self._db.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
 
     def close(self) -> None:
@@ -243,6 +246,7 @@ class StateStore:
         submit_dir: str | None,
         owner: str | None = None,
         token: str | None = None,
+        digest: str | None = None,
     ) -> Job:
         """Queue a job; ids count up from 1 and are never reused. ``token``: the
         submission's id, remembered with the job (:meth:`submitted`)."""
@@ -255,22 +259,24 @@ class StateStore:
             jobid = cur.lastrowid
             if token is not None and jobid is not None:
                 db.execute(
-                    "INSERT INTO submit_tokens (owner, token, jobid) VALUES (?, ?, ?)",
-                    (owner or "", token, jobid),
+                    "INSERT INTO submit_tokens (owner, token, jobid, digest) VALUES (?, ?, ?, ?)",
+                    (owner or "", token, jobid, digest),
                 )
         if jobid is None:  # pragma: no cover - sqlite sets it on every INSERT
             raise RuntimeError("sqlite gave no id for the new job")
         return self.job(jobid)
 
-    def submitted(self, owner: str | None, token: str) -> Job | None:
-        """The job that ``owner``'s submission ``token`` queued, if one did."""
+    def submitted(self, owner: str | None, token: str) -> tuple[Job, str | None] | None:
+        """The job that ``owner``'s submission ``token`` queued, if one did, and the
+        digest of what that submission asked for (None: kept before digests were)."""
         row = self._db.execute(
-            "SELECT jobid FROM submit_tokens WHERE owner = ? AND token = ?", (owner or "", token)
+            "SELECT jobid, digest FROM submit_tokens WHERE owner = ? AND token = ?",
+            (owner or "", token),
         ).fetchone()
         if row is None:
             return None
         try:
-            return self.job(int(row[0]))
+            return self.job(int(row[0])), row[1]
         except UnknownName:  # its job is gone (a state file edited by hand): a new one
             return None
 

@@ -265,9 +265,10 @@ async function post(url, body) {
 async function command(op, args) {
   const r = await post("/api/cmd", { op, args });
   showReply(r);
-  if (r.ended) {  // signed out elsewhere: the page shows who it is now (no controls)
+  if (r.ended) {  // signed out elsewhere: the page shows who it is now (no controls),
+    // and its live socket is made again for that (it kept the dropped session)
     setMe(r.me);
-    post("/api/logout", {});
+    post("/api/logout", {}).then(() => window.__dash.ws && window.__dash.ws.close());
   }
   return r;
 }
