@@ -37,6 +37,11 @@ def test_series_stays_bounded_and_keeps_extremes() -> None:
     assert min(v for v in cols["lo"]["x"] if v is not None) == -7.0
     assert sum(cols["n"]) == n
     assert cols["units"] == {"x": "V"} and cols["last"] == uts[-1]
+    # each bucket spans its first to its last point, so the plotted line reaches the last
+    # point (drawn at each bucket's first, it ended up to a bucket early: a user's tour)
+    assert cols["t1"][-1] == uts[-1] and cols["t"][0] == uts[0]
+    assert all(a <= b for a, b in zip(cols["t"], cols["t1"], strict=True))
+    assert all(b1 < a2 for b1, a2 in zip(cols["t1"], cols["t"][1:], strict=False))
 
 
 def test_series_updates_send_only_the_tail_until_a_merge() -> None:

@@ -33,9 +33,13 @@ class _Bucket:
     n: int
     lo: dict[str, float] = field(default_factory=dict)
     hi: dict[str, float] = field(default_factory=dict)
+    #: time of the last point in the bucket (the page draws the bucket from t to t1: drawn
+    #: at t alone, a line ended up to one bucket before the last point: a newcomer's tour)
+    t1: float = -math.inf
 
-    def add(self, values: dict[str, float]) -> None:
+    def add(self, values: dict[str, float], t: float) -> None:
         self.n += 1
+        self.t1 = max(self.t1, t)
         for k, v in values.items():
             lo = self.lo.get(k)
             if lo is None or v < lo:
@@ -47,6 +51,7 @@ class _Bucket:
     def merge(self, other: _Bucket) -> None:
         self.n += other.n
         self.t = min(self.t, other.t)
+        self.t1 = max(self.t1, other.t1)
         for k, v in other.lo.items():
             if k not in self.lo or v < self.lo[k]:
                 self.lo[k] = v
@@ -106,10 +111,11 @@ class Series:
         idx = int((t - self.t0) / self.width)
         pos = self._find(idx)
         if pos < len(self.buckets) and self.buckets[pos].index == idx:
-            self.buckets[pos].add(values)
+            self.buckets[pos].add(values, t)
+            self.buckets[pos].t = min(self.buckets[pos].t, t)
         else:
             b = _Bucket(idx, t, 0)
-            b.add(values)
+            b.add(values, t)
             self.buckets.insert(pos, b)
         self._touch(pos)
         while len(self.buckets) > self.max_buckets:
@@ -161,6 +167,7 @@ class Series:
         part = self.buckets[start:]
         return {
             "t": [b.t for b in part],
+            "t1": [b.t1 for b in part],
             "n": [b.n for b in part],
             "lo": {v: [b.lo.get(v) for b in part] for v in self.variables},
             "hi": {v: [b.hi.get(v) for b in part] for v in self.variables},

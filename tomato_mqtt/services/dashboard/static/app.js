@@ -250,7 +250,7 @@ function showReply(r) {
   box.title = "click to close";
   box.textContent = (r.success ? "✓ " : "✗ ") + (r.msg || "") + (r.code && !r.success ? ` [${r.code}]` : "");
   clearTimeout(replyTimer);
-  if (r.success) replyTimer = setTimeout(() => { box.hidden = true; }, 8000);
+  if (r.success) replyTimer = setTimeout(() => { box.hidden = true; }, 20000);
 }
 $("reply").addEventListener("click", () => { $("reply").hidden = true; });
 

@@ -56,7 +56,7 @@ function merge(cmp, u) {
   const s = J.series[cmp];
   if (!s || u.from === 0) { J.series[cmp] = u; queue(cmp); return; }
   const cut = (a, b) => a.slice(0, u.from).concat(b);
-  s.t = cut(s.t, u.t); s.n = cut(s.n, u.n);
+  s.t = cut(s.t, u.t); s.t1 = cut(s.t1 || [], u.t1 || []); s.n = cut(s.n, u.n);
   for (const v of Object.keys(u.lo)) { s.lo[v] = cut(s.lo[v] || [], u.lo[v]); s.hi[v] = cut(s.hi[v] || [], u.hi[v]); }
   s.units = u.units; s.points = u.points; s.first = u.first; s.last = u.last;
   queue(cmp);
@@ -131,8 +131,10 @@ async function drawQueued() {
         const t = s.t[i] * 1000;
         if (prev !== null && s.t[i] - prev > gap) { x.push(t - 1); y.push(null); }
         prev = s.t[i];
+        // a bucket from its first point to its last: the line ends at the last point
+        const t1 = s.t1 && s.t1[i] != null ? s.t1[i] * 1000 : t;
         x.push(t); y.push(lo[i]);
-        if (hi[i] !== lo[i]) { x.push(t); y.push(hi[i]); }
+        if (hi[i] !== lo[i] || t1 > t) { x.push(t1); y.push(hi[i]); }
       }
       const unit = s.units[v] ? ` [${s.units[v]}]` : "";
       const layout = {
