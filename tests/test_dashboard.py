@@ -109,6 +109,21 @@ async def test_dashboard_live_controls(
         jobid = int(page.url.rsplit("/", 1)[1])
         await page.locator('#jp-status[data-status="r"]').wait_for(timeout=20_000)
         assert await page.locator("#jp-trouble").is_hidden()
+        # one for a sample no pipeline holds: queued, and the answer says why it waits,
+        # as ketchup submit's note does (the page said only "submitted": a newcomer's tour)
+        await page.go_back()
+        await page.evaluate("document.getElementById('reply').hidden = true")
+        waits = tmp_path / "waits.yml"
+        waits.write_text(PAYLOAD.replace("name: s1", "name: never-loaded"))
+        await page.set_input_files("#sc-file", str(waits))
+        await page.click("#submit-controls button[type=submit]")
+        text = await _reply(page)
+        assert "✓" in text and "note: " in text and "never-loaded" in text, text
+        await page.wait_for_url(f"**/#/job/{jobid + 1}", timeout=10_000)
+        cancel = f"command('job_cancel', {{jobids: [{jobid + 1}]}}).then(r => r.success)"
+        assert await page.evaluate(cancel)
+        await page.goto(page.url.rsplit("/", 1)[0] + f"/{jobid}")
+        await page.locator('#jp-status[data-status="r"]').wait_for(timeout=20_000)
 
         # its node falls silent (no heartbeat for longer than lost_after): the job page
         # says so, not only the overview (a user's audit: "r running", a frozen plot and

@@ -248,7 +248,12 @@ function showReply(r) {
   box.hidden = false;
   box.className = r.success ? "ok" : "err";
   box.title = "click to close";
-  box.textContent = (r.success ? "✓ " : "✗ ") + (r.msg || "") + (r.code && !r.success ? ` [${r.code}]` : "");
+  let text = r.msg || "";
+  const d = r.data;  // a job just queued that waits: why, as ketchup submit says it
+  if (r.success && d && !Array.isArray(d) && d.reason && (d.status === "q" || d.status === "qw")) {
+    text += ` — note: ${d.status === "q" ? "no pipeline can run it yet: " : ""}${d.reason}`;
+  }
+  box.textContent = (r.success ? "✓ " : "✗ ") + text + (r.code && !r.success ? ` [${r.code}]` : "");
   clearTimeout(replyTimer);
   if (r.success) replyTimer = setTimeout(() => { box.hidden = true; }, 20000);
 }
