@@ -29,6 +29,22 @@ async def test_retained_messages_do_not_leak_to_other_clients(
             assert (msg.topic, msg.payload) == (f"{root}/private/status", b"secret")
 
 
+async def test_a_message_is_delivered_at_most_at_its_published_qos(
+    broker: RunningBroker, instance: str
+) -> None:
+    """MQTT 3.1.1 delivers at min(published, granted) QoS [MQTT-3.8.4-6]: amqtt 0.12
+    delivered at the subscription's, so a QoS 0 publish reached a QoS 2 subscriber as
+    QoS 2 (an outside audit; Mosquitto was right)."""
+    topic = f"tomato/v2/{instance}/qos/probe"
+    async with AsyncClient(broker.url) as sub, AsyncClient(broker.url) as pub:
+        await sub.subscribe(topic, qos=2)
+        got: list[int] = []
+        for qos in (0, 1, 2):
+            await pub.publish(topic, f"q{qos}".encode(), qos=qos)
+            got.append((await sub.next_message(5)).qos)
+        assert got == [0, 1, 2], got
+
+
 async def test_an_open_stack_s_websocket_listener_takes_no_page_of_another_site(
     tmp_path: object,
 ) -> None:

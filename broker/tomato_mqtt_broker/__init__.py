@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import dataclasses
 import functools
 import ipaddress
@@ -155,6 +156,39 @@ class BrokerConfig:
         return {"listeners": listeners, "plugins": plugins, "timeout_disconnect_delay": 0}
 
 
+#: the QoS a message was published with, while it is broadcast (see _Broker)
+_PUB_QOS: contextvars.ContextVar[int | None] = contextvars.ContextVar(
+    "tomato_pub_qos", default=None
+)
+
+
+class _QosQueue(asyncio.Queue):  # type: ignore[type-arg]
+    """amqtt's broadcast queue; taking a message sets its published QoS for the rest of
+    the broadcast task that took it (each message is broadcast by a task of its own)."""
+
+    async def get(self) -> Any:
+        item = await super().get()
+        _PUB_QOS.set(item.get("pub_qos") if isinstance(item, dict) else None)
+        return item
+
+
+class _AtMostQos:
+    """A client's protocol handler that publishes at most at ``most``."""
+
+    def __init__(self, handler: Any, most: int) -> None:
+        self._handler = handler
+        self._most = most
+
+    def mqtt_publish(
+        self, topic: str, data: Any, qos: int | None, retain: bool, *a: Any, **k: Any
+    ) -> Any:
+        qos = self._most if qos is None else min(qos, self._most)
+        return self._handler.mqtt_publish(topic, data, qos, retain, *a, **k)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._handler, name)
+
+
 def _broker_class(listen_fd: int | None = None, open_stack: bool = False) -> Any:
     """amqtt's Broker, without its retained-message leak.
 
@@ -189,6 +223,39 @@ def _broker_class(listen_fd: int | None = None, open_stack: bool = False) -> Any
             self._refused: set[str] = set()
             #: id() of the sessions admitted there, for the check amqtt makes afterwards
             self._admitted: set[int] = set()
+            self._broadcast_queue = _QosQueue()
+
+        # -- delivery QoS: min(published, granted), as MQTT 3.1.1 says [MQTT-3.8.4-6] ---
+        # amqtt 0.12 delivers at the subscription's QoS: a QoS 0 publish reached a QoS 2
+        # subscriber as QoS 2 (an outside audit). The published QoS travels with the
+        # message to the broadcast task, whose handlers deliver at most that.
+        async def _handle_message_delivery(
+            self, client_session: Any, handler: Any, wait_deliver: Any
+        ) -> bool:
+            msg = wait_deliver.result() if wait_deliver.done() else None
+            token = _PUB_QOS.set(getattr(msg, "qos", None))
+            try:
+                return bool(
+                    await super()._handle_message_delivery(client_session, handler, wait_deliver)
+                )
+            finally:
+                _PUB_QOS.reset(token)
+
+        async def _broadcast_message(
+            self, session: Any, topic: Any, data: Any, force_qos: int | None = None
+        ) -> None:
+            broadcast: dict[str, Any] = {"session": session, "topic": topic, "data": data}
+            if force_qos is not None:
+                broadcast["qos"] = force_qos
+            pub = _PUB_QOS.get()
+            if pub is not None:
+                broadcast["pub_qos"] = pub
+            await self._broadcast_queue.put(broadcast)
+
+        def _get_handler(self, session: Any) -> Any:
+            handler = super()._get_handler(session)
+            most = _PUB_QOS.get()  # set in the broadcast task by _QosQueue.get
+            return handler if handler is None or most is None else _AtMostQos(handler, most)
 
         async def _initialize_client_session(
             self, reader: Any, writer: Any, remote_address: str, remote_port: int
