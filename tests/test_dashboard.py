@@ -113,9 +113,10 @@ async def test_dashboard_live_controls(
         # as ketchup submit's note does (the page said only "submitted": a newcomer's tour)
         await page.go_back()
         await page.evaluate("document.getElementById('reply').hidden = true")
-        waits = tmp_path / "waits.yml"
-        waits.write_text(PAYLOAD.replace("name: s1", "name: never-loaded"))
-        await page.set_input_files("#sc-file", str(waits))
+        # pasted into the page this time (it took files only: a newcomer's tour)
+        await page.set_input_files("#sc-file", [])
+        await page.click("#sc-paste summary")
+        await page.fill("#sc-text", PAYLOAD.replace("name: s1", "name: never-loaded"))
         await page.click("#submit-controls button[type=submit]")
         text = await _reply(page)
         assert "✓" in text and "note: " in text and "never-loaded" in text, text

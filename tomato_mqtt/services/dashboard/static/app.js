@@ -291,9 +291,12 @@ $("jobs").addEventListener("click", (e) => {
 });
 $("submit-controls").addEventListener("submit", async (e) => {
   e.preventDefault();
+  // a file chosen, or a payload pasted (the page took files only: a newcomer's tour)
   const f = $("sc-file").files[0];
-  if (!f) { showReply({ success: false, msg: "choose a payload file" }); return; }
-  const r = await command("job_submit", { text: await f.text(), filename: f.name, jobname: $("sc-jobname").value || null });
+  const pasted = $("sc-text").value;
+  if (!f && !pasted.trim()) { showReply({ success: false, msg: "choose a payload file, or paste one" }); return; }
+  const text = f ? await f.text() : pasted;
+  const r = await command("job_submit", { text, filename: f ? f.name : "pasted.yml", jobname: $("sc-jobname").value || null });
   if (r.success && r.data && r.data.id != null) location.hash = `#/job/${r.data.id}`;
 });
 $("login").addEventListener("submit", async (e) => {
