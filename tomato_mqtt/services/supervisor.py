@@ -41,7 +41,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tomato_mqtt.services.watchdog import SUPERVISOR_PID_ENV
+from tomato_mqtt.services.watchdog import SUPERVISOR_PID_ENV, pid_alive
 
 __all__ = [
     "BROKER_CONFIG_ENV",
@@ -91,34 +91,6 @@ def read_pidfile(path: Path) -> dict[str, object] | None:
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None
-
-
-def pid_alive(pid: int, marker: str = "tomato_mqtt") -> bool:
-    """Whether ``pid`` is a live tomato-mqtt process (for a pid file left by a crash).
-
-    A zombie (killed, not yet reaped by a parent that may never do it) is dead; so is a
-    pid the system reused for another program (its command line does not name
-    ``marker``). Where /proc is missing, a process that exists counts as alive.
-    """
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass  # exists, owned by someone else
-    proc = Path("/proc") / str(pid)
-    if not proc.exists():
-        return not Path("/proc/self").exists()
-    try:
-        state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
-        cmdline = (proc / "cmdline").read_bytes()
-    except (OSError, IndexError):
-        return False  # it went away meanwhile
-    if state in ("Z", "X"):
-        return False
-    return marker.encode() in cmdline or b"tomato" in cmdline
 
 
 def port_in_use(host: str, port: int) -> bool:

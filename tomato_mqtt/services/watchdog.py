@@ -1,4 +1,5 @@
-"""A supervised service stops when its supervisor is gone (``tomato start``).
+"""A supervised service stops when its supervisor is gone (``tomato start``); whether a
+pid is a live tomato-mqtt process (the supervisor's pid file, a node's name).
 
 Stdlib only and light: every service calls :func:`follow_supervisor` first thing, before
 its own imports (the supervisor's module would bring asyncio in at normal priority).
@@ -10,8 +11,15 @@ import logging
 import os
 import signal
 import time
+from pathlib import Path
 
-__all__ = ["STOP_GRACE", "SUPERVISOR_PID_ENV", "WATCH_INTERVAL", "follow_supervisor"]
+__all__ = [
+    "STOP_GRACE",
+    "SUPERVISOR_PID_ENV",
+    "WATCH_INTERVAL",
+    "follow_supervisor",
+    "pid_alive",
+]
 
 log = logging.getLogger(__name__)
 
@@ -54,3 +62,31 @@ def follow_supervisor() -> None:
         os._exit(1)
 
     threading.Thread(target=watch, name="supervisor-watch", daemon=True).start()
+
+
+def pid_alive(pid: int, marker: str = "tomato_mqtt") -> bool:
+    """Whether ``pid`` is a live tomato-mqtt process (for a pid file left by a crash).
+
+    A zombie (killed, not yet reaped by a parent that may never do it) is dead; so is a
+    pid the system reused for another program (its command line does not name
+    ``marker``). Where /proc is missing, a process that exists counts as alive.
+    """
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # exists, owned by someone else
+    proc = Path("/proc") / str(pid)
+    if not proc.exists():
+        return not Path("/proc/self").exists()
+    try:
+        state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        cmdline = (proc / "cmdline").read_bytes()
+    except (OSError, IndexError):
+        return False  # it went away meanwhile
+    if state in ("Z", "X"):
+        return False
+    return marker.encode() in cmdline or b"tomato" in cmdline

@@ -37,6 +37,7 @@ from tomato_mqtt.services.node.drivers import NodeDrivers
 from tomato_mqtt.services.node.hosted import BrokenDriver, HostedComponent
 from tomato_mqtt.services.node.ops import ComponentOps
 from tomato_mqtt.services.node.spool import Spool
+from tomato_mqtt.services.watchdog import pid_alive
 from tomato_mqtt.transport.client import BrokerURL, Message
 from tomato_mqtt.transport.rpc import CommandError, Handler, Responder, Result
 from tomato_mqtt.wire.commands import ShutdownArgs
@@ -319,9 +320,13 @@ class NodeService(Service):
             last: NodeStatus | None = None
             while not statuses.empty():
                 last = statuses.get_nowait()
-            if last is None or last.state != "online" or last.epoch == self.epoch:
+            me = (self.epoch, os.getpid(), socket.gethostname())
+            # its own status (a reconnect) by epoch, pid and host: two nodes started in
+            # one second have one epoch (it is time-based), and the second took the
+            # first's status for its own (seen in a parallel test run)
+            if last is None or last.state != "online" or (last.epoch, last.pid, last.host) == me:
                 return None
-            if last.host == socket.gethostname() and last.pid and not _alive(last.pid):
+            if last.host == socket.gethostname() and last.pid and not pid_alive(last.pid):
                 return None
             if time.time() - last.heartbeat > 2.5 * self.heartbeat:
                 return None  # its heartbeats stopped: gone (its will not sent yet)
@@ -331,11 +336,8 @@ class NodeService(Service):
                     st = await asyncio.wait_for(statuses.get(), left)
                 except asyncio.TimeoutError:
                     break
-                if (
-                    st.epoch == last.epoch
-                    and st.state == "online"
-                    and st.heartbeat > last.heartbeat
-                ):
+                same = (st.epoch, st.pid, st.host) == (last.epoch, last.pid, last.host)
+                if same and st.state == "online" and st.heartbeat > last.heartbeat:
                     return f"pid {st.pid} on {st.host}, epoch {st.epoch}"
             return None
         except Exception as e:  # the check must not keep a node from starting
@@ -592,14 +594,3 @@ class NodeService(Service):
         await self._publish_meta(hc)
         await self.publish_status(hc)
         await self._publish_node_status()  # its drivers are loaded now: say so at once
-
-
-def _alive(pid: int) -> bool:
-    """Whether a process of that pid exists on this host."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # another user's: it exists
-        return True
-    return True
