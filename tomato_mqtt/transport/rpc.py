@@ -308,7 +308,7 @@ class Responder:
             return
         key = (user or "", op, req.id)
         kept = self._seen.get(key)
-        if kept is None and op in self.journaled and self.journal is not None:
+        if kept is None:
             kept = self._from_journal(key)
         if kept is not None:
             if kept == _ANSWERING:
@@ -344,22 +344,29 @@ class Responder:
             self._seen[key] = _ANSWERING
         else:
             self._seen[key] = data
-            if op in self.journaled and self.journal is not None:
-                self._to_journal(key, data)
+            self._to_journal(key, data)
         await self._send_encoded(req.reply_to, data)
 
+    def _journal_of(self, op: str) -> ReplyJournal | None:
+        """Where the replies of ``op`` are kept across a restart, if they are."""
+        return self.journal if op in self.journaled else None
+
     def _from_journal(self, key: tuple[str, str, str]) -> bytes | None:
-        assert self.journal is not None
+        journal = self._journal_of(key[1])
+        if journal is None:
+            return None
         try:
-            return self.journal.reply_for(*key)
+            return journal.reply_for(*key)
         except Exception as e:  # a state file that cannot be read: answered anew
             log.warning("%s: cannot read the kept replies: %s", self.name, e)
             return None
 
     def _to_journal(self, key: tuple[str, str, str], data: bytes) -> None:
-        assert self.journal is not None
+        journal = self._journal_of(key[1])
+        if journal is None:
+            return
         try:
-            self.journal.keep_reply(*key, data)
+            journal.keep_reply(*key, data)
         except Exception as e:  # a full disk: the reply still goes; only a copy reaching
             # a restarted responder would be carried out again
             log.warning("%s: cannot keep the reply to %s: %s", self.name, key[2], e)

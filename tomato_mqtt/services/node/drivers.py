@@ -19,7 +19,7 @@ from tomato_mqtt.driver import ModelInterface
 from tomato_mqtt.driver.discovery import DriverNotFound, all_drivers, resolve_driver
 from tomato_mqtt.wire.messages import DriverInfo
 
-__all__ = ["NodeDrivers"]
+__all__ = ["NodeDrivers", "close_quietly", "idle_interval"]
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +92,7 @@ class NodeDrivers:
         """Forget (and close) the instance of ``name``; the next :meth:`get` makes one."""
         drv = self.instances.pop(name, None)
         if drv is not None:
-            _close(drv)
+            close_quietly(drv)
 
     def close_all(self) -> None:
         for name in list(self.instances):
@@ -111,13 +111,15 @@ class NodeDrivers:
         return out
 
 
-def _close(drv: ModelInterface) -> None:
-    close = getattr(drv, "close", None)  # upstream drivers: end the host process
+def close_quietly(obj: Any) -> None:
+    """``obj.close()`` if it has one (a driver: an upstream one ends its host process; a
+    device: its port), logging what it raises."""
+    close = getattr(obj, "close", None)
     if callable(close):
         try:
             close()
         except Exception:
-            log.exception("closing driver %s failed", type(drv).__name__)
+            log.exception("closing %s failed", type(obj).__name__)
 
 
 def idle_interval(driver: str, value: object) -> float | None:

@@ -6,7 +6,6 @@ made by the node through ``asyncio.to_thread``.
 
 from __future__ import annotations
 
-import logging
 import re
 import time
 from collections.abc import Callable, Mapping
@@ -17,11 +16,10 @@ from tomato_mqtt.driver import ComponentRunner, ModelDevice, ModelInterface, Tas
 from tomato_mqtt.driver.upstream.adapter import UpstreamDevice
 from tomato_mqtt.driver.upstream.runner import UpstreamRunner
 from tomato_mqtt.driver.validate import to_jsonable
+from tomato_mqtt.services.node.drivers import close_quietly
 from tomato_mqtt.wire.messages import ComponentMeta, ComponentState, ComponentStatus, NodeComponent
 
 __all__ = ["BrokenDriver", "HostedComponent", "declarations"]
-
-log = logging.getLogger(__name__)
 
 
 class BrokenDriver(Exception):
@@ -35,15 +33,6 @@ _CANNOT_MAKE = re.compile(
     r"Can't instantiate abstract class|required positional argument|positional arguments? but"
     r"|unexpected keyword argument|takes no arguments"
 )
-
-
-def _close(device: Any) -> None:
-    close = getattr(device, "close", None)
-    if callable(close):
-        try:
-            close()
-        except Exception:
-            log.exception("closing %s failed", type(device).__name__)
 
 
 def declarations(device: Any) -> tuple[dict[str, Any], list[str], dict[str, Any]]:
@@ -153,7 +142,7 @@ class HostedComponent:
             try:
                 declarations(device)
             except BrokenDriver:
-                _close(device)  # its port or handle, opened in __init__
+                close_quietly(device)  # its port or handle, opened in __init__
                 raise
         self.device = device
         hooks: dict[str, Any] = {

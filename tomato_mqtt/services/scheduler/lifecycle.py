@@ -161,8 +161,9 @@ class JobLifecycle:
         job ``ce`` "could not write the output file" got a file saying ``c``: found by
         fault injection); one job's finalizes run in the order they came (the recorder's
         ``final_lock``), so this one, sent after them, is the last word."""
-        while self.svc.presence_view.recorder_online == seen:
-            await asyncio.sleep(1.0)
+        presence = self.svc.presence_view
+        async with presence.recorder_said:
+            await presence.recorder_said.wait_for(lambda: presence.recorder_online != seen)
         args = self.recorder_args(final, path, snapshot=False) | {"wait": 0.0}
         ok, msg, data = await self.svc.recorder_request("finalize", args, timeout=60)
         if not ok:

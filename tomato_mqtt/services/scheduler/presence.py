@@ -17,6 +17,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import logging
 import sqlite3
@@ -52,6 +53,7 @@ class Presence:
         self.broker_quiet = False
         self.recorder_seen: float | None = None  # monotonic time of its last status
         self.recorder_online = 0  # "online" statuses of the recorder received so far
+        self.recorder_said = asyncio.Condition()  # notified at each of them
         self.recorder_down: str | None = None  # the running jobs' reason while it is
         self._cleared = False  # a live "online" seen since this scheduler started
 
@@ -177,6 +179,8 @@ class Presence:
         self.recorder_seen = time.monotonic()
         if rst.state == "online":
             self.recorder_online += 1
+            async with self.recorder_said:
+                self.recorder_said.notify_all()
         if rst.state == "online" and (self.recorder_down is not None or not self._cleared):
             # also once after this scheduler's start: a reason stored by its predecessor
             # (found by a review: it stayed on the job for the rest of its run)
