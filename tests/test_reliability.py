@@ -368,3 +368,55 @@ def test_a_second_node_of_the_same_name_is_refused(tmp_path: Path) -> None:
             before["pid"],
             "online",
         )
+
+
+def test_two_nodes_of_one_name_that_check_it_at_once_leave_one(tmp_path: Path) -> None:
+    """Two nodes of one name that connect at the same moment (both waiting for the
+    broker: a boot after a power cut) each found the name free, as neither had said
+    anything yet, and both ran on (left fragile by session 27). Each now hears the
+    other's heartbeats on the status topic they share; the one started later stops,
+    saying so, and the other stays online under the name."""
+    import subprocess
+
+    from tests.stack import BIN
+
+    with running_stack(tmp_path) as st:
+        broker = st.child_pid("broker")
+        procs: list[subprocess.Popen[str]] = []
+        os.kill(broker, signal.SIGSTOP)  # both connect, then wait for its answers together
+        try:
+            for i in range(2):
+                argv = [str(BIN / "tomato"), "node", "--name", "spare", "-p", str(st.port),
+                        "-A", str(st.appdir), "-D", str(tmp_path / f"spare-{i}")]  # fmt: skip
+                procs.append(
+                    subprocess.Popen(
+                        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+                    )
+                )
+            time.sleep(3.0)  # both started (imports ~0.5 s) and sent CONNECT
+        finally:
+            os.kill(broker, signal.SIGCONT)
+        try:
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and all(p.poll() is None for p in procs):
+                time.sleep(0.2)
+            ended = [p for p in procs if p.poll() is not None]
+            assert len(ended) == 1, "both nodes named 'spare' still run 30 s later"
+            (loser,) = ended
+            (winner,) = [p for p in procs if p is not loser]
+            err = loser.communicate(timeout=10)[1]
+            assert loser.returncode == 1, err
+            assert f"a node named 'spare' is running already (pid {winner.pid} on " in err, err
+            time.sleep(3.0)  # a few heartbeats: the name stays the winner's
+            assert winner.poll() is None
+            nodes = st.json("tomato", "status", "nodes")["data"]
+            assert (nodes["spare"]["state"], nodes["spare"]["pid"]) == ("online", winner.pid)
+        finally:
+            for p in procs:
+                if p.poll() is None:
+                    p.terminate()
+                    with contextlib.suppress(subprocess.TimeoutExpired):
+                        p.communicate(timeout=20)
+                if p.poll() is None:
+                    p.kill()
+                    p.communicate()

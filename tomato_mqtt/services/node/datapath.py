@@ -118,7 +118,7 @@ class DataPath:
         if hc.runner is None or spool is None:
             return
         items, units = hc.runner.drain_runs()
-        if not items:
+        if not items or node.refused is not None:  # its name is another node's: so are they
             return
         out: list[bytes] = []
         last: Columns | None = None
@@ -228,6 +228,8 @@ class DataPath:
         """Publish the spooled batches ``first..last`` of a stream again; how many."""
         node = self.node
         if node.spool is None or node.client is None:
+            return 0
+        if node.refused is not None:
             return 0
         rows = node.spool.get(component, stream, first, last)
         topic = node.topics.component_data(component)

@@ -112,6 +112,8 @@ class NodeService(Service):
         self._configured: asyncio.Event | None = None  # set by the first configure
         #: the node's name checked free (at each connect: _claim_name); None: not yet
         self._claimed: bool | None = None
+        #: other nodes heard on this node's own status topic: (epoch, pid, host) -> heartbeat
+        self._rivals: dict[tuple[int, int, str], float] = {}
         #: why it stopped at once: its name is another running node's (_refuse)
         self.refused: str | None = None
         self._warned_unconfigured = False
@@ -261,7 +263,52 @@ class NodeService(Service):
             self._refuse(other)
             return False
         self._claimed = True
+        self._rivals = {}
+        loop = asyncio.get_running_loop()
+
+        def on_status(m: Message) -> None:  # paho's thread: hand over only
+            with contextlib.suppress(Exception):
+                st = decode(NodeStatus, m.payload, m.topic)
+                loop.call_soon_threadsafe(self._heard_own_status, st)
+
+        # heard for as long as it runs
+        await self.mqtt.subscribe(self.status_topic, handler=on_status)
         return True
+
+    def _me(self) -> tuple[int, int, str]:
+        return (self.epoch, os.getpid(), socket.gethostname())
+
+    def _heard_own_status(self, st: NodeStatus) -> None:
+        """Two nodes of one name that checked it at the same moment (both connecting when
+        the broker came up, a boot after a power cut) each found it free: both would run
+        every task. Each hears the other's heartbeats on the topic they share; the node
+        started later (by epoch, then host and pid: both judge alike) stops, without a
+        word on the shared topics and with its spooled batches forgotten (the other
+        measured the same tasks), and the other says its status again."""
+        key = (st.epoch, st.pid, st.host)
+        if st.state != "online" or key == self._me() or self._claimed is not True:
+            return
+        last = self._rivals.get(key)
+        self._rivals[key] = st.heartbeat
+        if last is None or st.heartbeat <= last:
+            return  # once may be a retained status of a node long gone: twice is alive
+        other = f"pid {st.pid} on {st.host}, epoch {st.epoch}"
+        mine = (self.epoch, socket.gethostname(), os.getpid())
+        if mine < (st.epoch, st.host, st.pid):
+            log.warning(
+                "node %s: another node started under this name at the same time (%s): "
+                "it was started later and stops",
+                self.name,
+                other,
+            )
+            self.spawn(self._announce())
+            return
+        self._claimed = False  # from here on nothing more on the shared topics
+        spool = self.spool
+        for hc in self.components.values():
+            if spool is not None and hc.stream:
+                spool.ack(hc.name, hc.stream, 2**62)
+        self._refuse(f"{other}, started under this name at the same time as this one")
 
     async def run(self) -> None:
         await super().run()
@@ -320,7 +367,7 @@ class NodeService(Service):
             last: NodeStatus | None = None
             while not statuses.empty():
                 last = statuses.get_nowait()
-            me = (self.epoch, os.getpid(), socket.gethostname())
+            me = self._me()
             # its own status (a reconnect) by epoch, pid and host: two nodes started in
             # one second have one epoch (it is time-based), and the second took the
             # first's status for its own (seen in a parallel test run)
