@@ -113,7 +113,7 @@ class NodeService(Service):
         #: the node's name checked free (at each connect: _claim_name); None: not yet
         self._claimed: bool | None = None
         #: other nodes heard on this node's own status topic: (epoch, pid, host) -> heartbeat
-        self._rivals: dict[tuple[int, int, str], float] = {}
+        self._rivals: dict[tuple[int, int | None, str | None], float] = {}
         #: why it stopped at once: its name is another running node's (_refuse)
         self.refused: str | None = None
         self._warned_unconfigured = False
@@ -294,7 +294,7 @@ class NodeService(Service):
             return  # once may be a retained status of a node long gone: twice is alive
         other = f"pid {st.pid} on {st.host}, epoch {st.epoch}"
         mine = (self.epoch, socket.gethostname(), os.getpid())
-        if mine < (st.epoch, st.host, st.pid):
+        if mine < (st.epoch, st.host or "", st.pid or 0):
             log.warning(
                 "node %s: another node started under this name at the same time (%s): "
                 "it was started later and stops",
