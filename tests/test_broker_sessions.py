@@ -58,6 +58,10 @@ class Raw:
         self.refused: Any = None  # the CONNACK's reason when refused
         self.got: list[str] = []
         self.subscribed = threading.Event()
+        #: the broker closed the connection (paho would come back only after 60 s)
+        self.disconnected = threading.Event()
+        self.c.reconnect_delay_set(60, 60)
+        self.c.on_disconnect = lambda *_a: self.disconnected.set()
         self.c.on_connect = self._on_connect
         self.c.on_message = lambda _c, _u, m: self.got.append(m.topic)
         self.c.on_subscribe = lambda *_a: self.subscribed.set()
@@ -177,17 +181,33 @@ async def test_a_refused_login_leaves_the_session_of_its_client_id_alone(
             await sched.disconnect()
 
 
+@pytest.mark.parametrize("kind", ["amqtt", "mosquitto"])
 async def test_a_login_may_take_its_own_client_id_over_and_reuse_another_s_ended_one(
-    tmp_path: Path, instance: str
+    kind: str, tmp_path: Path, instance: str, request: pytest.FixtureRequest
 ) -> None:
-    async with secured("amqtt", tmp_path, instance) as b:
+    binary = request.getfixturevalue("mosquitto_path") if kind == "mosquitto" else ""
+    async with secured(kind, tmp_path, instance, binary) as b:
         t = b.topics
         # a node restarting with the id it had (the old connection is half-dead)
         first = Raw(b, "pc1", client_id="node-pc1-1")
         assert await first.connect()
+        await first.subscribe(t.component_cmds(CMP_A))
         second = Raw(b, "pc1", client_id="node-pc1-1")
         assert await second.connect()
         await second.subscribe(t.component_cmds(CMP_A))
+        await second.subscribe(t.component_user_cmds(CMP_A))
+        # the broker closes the first connection [MQTT-3.1.4-2]: amqtt 0.12 left it open
+        # and deaf (connected, its subscriptions gone), a client that never learns it
+        assert await asyncio.to_thread(first.disconnected.wait, 5), "the first is still open"
+        w, _seen = await _watch(b)
+        try:
+            await w.publish(t.component_user_cmd(CMP_A, "status", "ada"), b"{}")
+            deadline = time.monotonic() + 5
+            while not second.got and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            assert second.got == [t.component_user_cmd(CMP_A, "status", "ada")], second.got
+        finally:
+            await w.disconnect()
         # a client id another login used and left (clean session, disconnected)
         rita = Raw(b, "rita", client_id="cli-1234")
         assert await rita.connect()

@@ -288,6 +288,9 @@ def _broker_class(listen_fd: int | None = None, open_stack: bool = False) -> Any
                 session.will_flag = False
                 self._refused.add(session.client_id)
                 return handler, session
+            held = self._sessions.get(session.client_id) if session.client_id else None
+            if held is not None and held[0].transitions.is_connected():
+                await self._take_over(held[0], held[1], remote_address, remote_port)
             if session.clean_session:
                 if session.client_id:
                     await self._delete_session(session.client_id)
@@ -321,6 +324,32 @@ def _broker_class(listen_fd: int | None = None, open_stack: bool = False) -> Any
                 session.keep_alive += delay
             self._admitted.add(id(session))
             return handler, session
+
+        async def _take_over(
+            self, old: Any, old_handler: Any, remote_address: str, remote_port: int
+        ) -> None:
+            """The server disconnects the client that holds the id [MQTT-3.1.4-2]. amqtt
+            0.12 deleted a clean session's subscriptions and left its connection open:
+            that client believed itself connected and heard nothing, ever (an outside
+            audit). Its last will is not sent: the same login is connecting again, it is
+            not gone. Waits until amqtt's loop of the old connection has ended, so that
+            nothing of it acts on the session afterwards (a persistent session is the
+            newcomer's object from here on)."""
+            log.info(
+                "client id %r connected again (login %r, from %s:%s): its earlier connection "
+                "is closed",
+                old.client_id,
+                old.username,
+                remote_address,
+                remote_port,
+            )
+            old.will_flag = False
+            with contextlib.suppress(Exception):
+                await old_handler.handle_connection_closed()
+                await old_handler.stop()
+            deadline = asyncio.get_running_loop().time() + 5.0
+            while old.transitions.is_connected() and asyncio.get_running_loop().time() < deadline:
+                await asyncio.sleep(0.005)
 
         async def _refusal(self, session: Any) -> str | None:
             """Why this CONNECT is refused, or None: the login, its last will (amqtt
