@@ -149,6 +149,9 @@ def test_submit_status_search_cancel(stack: Stack) -> None:
     assert first["success"], first
     a = first["data"]
     assert a["jobname"] == "alpha-run" and a["status"] in ("q", "qw")
+    # the name in the message, as tomato says it (it was left out: a parity audit)
+    said = f"job submitted successfully with jobid {a['id']} and jobname 'alpha-run'"
+    assert first["msg"] == said, first["msg"]
     # the output goes where submit ran
     assert a["submit_dir"] == str(sub.resolve())
     assert a["respath"] == str(sub.resolve() / f"results.{a['id']}.nc")

@@ -133,6 +133,7 @@ def test_snapshot_while_running_and_periodic(stack: Stack) -> None:
     doc = yaml.safe_load((CONFIG / "counter_1_0.1.yml").read_text())
     doc["method"][0]["time"] = 6.0  # long enough that a busy machine still snapshots mid-job
     doc["tomato"]["snapshot"] = {"frequency": 1, "prefix": "snap"}
+    doc["tomato"]["output"] = {"path": "out_rel"}
     p = payload_file(stack, "snapjob", doc)
     stack.load_ready("pip-counter-4", doc["sample"]["name"])
     jobid = stack.submit(p)
@@ -147,8 +148,19 @@ def test_snapshot_while_running_and_periodic(stack: Stack) -> None:
     n, missed = taken(job)
     assert n_final == n and n + missed == 60
     assert 5 <= n_snap < n_final
-    periodic = stack.workdir / "snap.nc"
-    assert periodic.exists()
+    # next to the results, as tomato 2.2 writes them (it went to where submit ran)
+    assert Path(job["respath"]) == stack.workdir / "out_rel" / f"results.{jobid}.nc"
+    assert (stack.workdir / "out_rel" / "snap.nc").exists()
+    assert Path(job["snappath"]).parent == stack.workdir / "out_rel"
+    # a relative snapshot.path: as a relative output.path, from where submit ran (it
+    # went to the job's folder in the datadir, with "not an absolute path" in the log)
+    doc["method"][0]["time"] = 3.0
+    doc["tomato"]["snapshot"] = {"frequency": 1, "prefix": "snap2", "path": "snaps_rel"}
+    stack.run("tomato", "pipeline", "ready", "pip-counter-4", check=True)
+    jobid = stack.submit(payload_file(stack, "snapjob2", doc))
+    job = stack.wait_job(jobid, {"c"}, timeout=30)
+    assert (stack.workdir / "snaps_rel" / "snap2.nc").exists(), job
+    assert job["snappath"] == str(stack.workdir / "snaps_rel" / "snap2.nc"), job
     stack.run("tomato", "pipeline", "eject", "pip-counter-4", check=True)
 
 

@@ -156,6 +156,33 @@ def test_sample_and_method_files_are_read_in(tmp_path: Path) -> None:
     assert method_of(p) == [("counter", "count", 2.0, 1.0)]
 
 
+def test_sample_files_of_tomato_2_2_payloads_are_found_where_ketchup_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """tomato 2.2 reads ``samplefile`` from where ketchup runs, tomato-mqtt next to the
+    payload: a payload written for tomato (``cd sf; ketchup submit sub/p.yml`` naming
+    ``sub/sample.yml``) was refused, "sub/sub/sample.yml: file not found" (an outside
+    parity audit). Next to the payload first, then the current folder, else both named."""
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "sample.yml").write_text("sample:\n  name: s-cwd\n")
+    (tmp_path / "sub" / "p.yml").write_text(
+        'version: "0.2"\nsamplefile: sub/sample.yml\nmethod: []\n'
+    )
+    monkeypatch.chdir(tmp_path)
+    assert read_payload_file(Path("sub/p.yml"))["sample"] == {"name": "s-cwd"}
+    # next to the payload wins when both exist
+    (tmp_path / "sub" / "sub").mkdir()
+    (tmp_path / "sub" / "sub" / "sample.yml").write_text("sample:\n  name: s-next\n")
+    assert read_payload_file(Path("sub/p.yml"))["sample"] == {"name": "s-next"}
+    (tmp_path / "sub" / "p.yml").write_text('version: "0.2"\nsamplefile: nope.yml\n')
+    with pytest.raises(PayloadError) as ei:
+        read_payload_file(Path("sub/p.yml"))
+    assert ei.value.location == "samplefile"
+    assert "nope.yml: no such file next to the payload (sub/nope.yml) nor in the current" in str(
+        ei.value
+    ), str(ei.value)
+
+
 def test_file_references_are_refused_by_the_parser() -> None:
     with pytest.raises(PayloadError) as ei:
         parse_payload({"version": "0.2", "samplefile": "x.yml", "method": []})

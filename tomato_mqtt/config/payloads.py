@@ -73,7 +73,8 @@ class PayloadError(ValueError):
 
 def read_payload_file(path: Path | str) -> dict[str, Any]:
     """The payload in a YAML or JSON file, as a dict, with ``samplefile`` and ``methodfile``
-    (tomato's references to other files) read in, relative to the payload file.
+    (tomato's references to other files) read in, relative to the payload file (or, as
+    tomato 2.2 reads them, to the current folder when no such file is next to it).
 
     Only the syntax is checked here; :func:`parse_payload` checks the content.
     """
@@ -89,7 +90,17 @@ def read_payload_file(path: Path | str) -> dict[str, Any]:
             raise PayloadError(key, f"must be a file name, not {_kind(ref)}", path)
         other = Path(ref).expanduser()
         if not other.is_absolute():
-            other = path.parent / other
+            # next to the payload; else, as tomato 2.2 reads it, where ketchup runs
+            here = path.parent / other
+            if here.exists() or other.exists():
+                other = here if here.exists() else other
+            else:
+                raise PayloadError(
+                    key,
+                    f"{ref}: no such file next to the payload ({here}) nor in the current "
+                    f"folder ({Path.cwd() / other})",
+                    path,
+                )
         doc = _read_document(other)
         if not isinstance(doc, dict) or field not in doc:
             raise PayloadError(None, f"the file named by {key} must have a {field!r} key", other)

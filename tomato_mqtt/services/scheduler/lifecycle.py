@@ -45,6 +45,16 @@ def _now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat()
 
 
+def output_dir(path: str | None, submit_dir: str | None, own: Path) -> Path:
+    """The folder of a job's file (``settings.output.path``, ``settings.snapshot.path``)
+    as tomato resolves it: relative to where submit ran; a job without one (submitted
+    from a dashboard or a script) has its own folder ``own`` in the datadir instead."""
+    base = Path(path or submit_dir or own)
+    if not base.is_absolute():
+        base = (Path(submit_dir) if submit_dir else own) / base
+    return base
+
+
 class JobLifecycle:
     def __init__(self, svc: SchedulerService) -> None:
         self.svc = svc
@@ -71,7 +81,13 @@ class JobLifecycle:
     async def _periodic_snapshots(self, runner: JobRunner, snap: Mapping[str, Any]) -> None:
         interval = float(snap.get("interval") or 3600.0)
         job = runner.job
-        base = Path(snap.get("path") or job.submit_dir or self.svc.settings.jobs_dir / str(job.id))
+        own = self.svc.settings.jobs_dir / str(job.id)
+        if snap.get("path"):  # relative: as output.path (it went to the job folder)
+            base = output_dir(snap["path"], job.submit_dir, own)
+        elif job.respath:  # next to the results, as tomato writes them
+            base = Path(job.respath).parent
+        else:
+            base = output_dir(None, job.submit_dir, own)
         prefix = snap.get("prefix") or f"snapshot.{job.id}"
         while job.id in self.svc.runners:
             await asyncio.sleep(interval)

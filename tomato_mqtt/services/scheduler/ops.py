@@ -22,7 +22,7 @@ from tomato_mqtt.config.payloads import PayloadError, parse_payload, read_payloa
 from tomato_mqtt.model.jobs import Job
 from tomato_mqtt.services.scheduler.access import Access
 from tomato_mqtt.services.scheduler.jobstatus import job_status
-from tomato_mqtt.services.scheduler.lifecycle import JobLifecycle
+from tomato_mqtt.services.scheduler.lifecycle import JobLifecycle, output_dir
 from tomato_mqtt.services.scheduler.queue import QueuePass
 from tomato_mqtt.services.scheduler.reload import reload
 from tomato_mqtt.services.scheduler.status import pipeline_info, status_section
@@ -49,7 +49,10 @@ log = logging.getLogger(__name__)
 
 def _submitted(job: Job) -> Result:
     """A submit's answer: the job it queued (also to the same submission sent again)."""
-    return Result(f"job submitted successfully with jobid {job.id}", job.model_dump(mode="json"))
+    named = f" and jobname {job.jobname!r}" if job.jobname else ""  # as tomato says it
+    return Result(
+        f"job submitted successfully with jobid {job.id}{named}", job.model_dump(mode="json")
+    )
 
 
 def _payload_from_text(text: str) -> dict[str, Any]:
@@ -269,12 +272,8 @@ class SchedulerOps:
                 digest=digest,
             )
             out = pdict.get("settings", {}).get("output", {})
-            folder = self.svc.settings.jobs_dir / str(job.id)
-            base = Path(out.get("path") or a.submit_dir or folder)
-            if not base.is_absolute():
-                # as tomato: relative to where submit ran; a job without one (submitted
-                # from a dashboard or a script) has its own folder in the datadir instead
-                base = (Path(a.submit_dir) if a.submit_dir else folder) / base
+            own = self.svc.settings.jobs_dir / str(job.id)
+            base = output_dir(out.get("path"), a.submit_dir, own)
             prefix = out.get("prefix") or f"results.{job.id}"
             job = self.store.update_job(job.id, respath=str(base / f"{prefix}.nc"))
         await self.svc.publish_job(job)
