@@ -71,6 +71,7 @@ class TaskState:
     running_since: float | None = None  # monotonic, on the scheduler's clock
     overrun: bool = False  # said that it runs far past its max_duration
     overrun_reason: str | None = None  # the job's reason while it did
+    overrun_warning: str | None = None  # what the job's final reason says about it
 
 
 def expectations(tasks: Sequence[TaskState], roles: Mapping[str, str]) -> list[dict[str, Any]]:
