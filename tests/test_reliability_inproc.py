@@ -169,6 +169,65 @@ async def test_per_task_counts_conflicts_and_late_merge(
         assert svc.store is not None and svc.store.job_points(1) == {CMP: 13}
 
 
+async def test_gaps_no_node_can_fill_are_asked_for_less_often_and_said_why(
+    broker: RunningBroker,
+    instance: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Found by fault injection: a gap no node could fill (its batches acknowledged to an
+    earlier store, or dropped by a broker's message size limit) was asked for every
+    second for as long as the recorder ran, and the job's verdict gave only the counts.
+    Requests that bring nothing now come less and less often (1, 2, 4 … s), and the log
+    and the verdict say why: here the node no longer holds them."""
+    from tomato_mqtt.services.recorder import service as recorder_mod
+    from tomato_mqtt.transport.rpc import Responder, Result
+
+    monkeypatch.setattr(recorder_mod, "REPLAY_TELL", 3, raising=False)
+    caplog.set_level("INFO", logger=recorder_mod.__name__)
+    async with recorder(broker, instance, tmp_path / "r.sqlite") as (svc, c, req, t):
+        asked: list[float] = []
+
+        async def replay(args: Any) -> Result:
+            asked.append(time.monotonic())
+            return Result("replayed 0 batch(es)", {"replayed": 0})  # not in its spool
+
+        node = Responder(c, t, {"replay": replay}, name="node pc")
+        keep: set[asyncio.Task[None]] = set()
+
+        def on_cmd(m: Any) -> None:
+            task = loop.create_task(node.handle(m, "replay"))
+            keep.add(task)
+            task.add_done_callback(keep.discard)
+
+        loop = asyncio.get_running_loop()
+        await c.subscribe(
+            t.component_cmd(CMP, "replay"), handler=lambda m: loop.call_soon_threadsafe(on_cmd, m)
+        )
+        await c.publish(t.component_data(CMP), _batch(1, 0, "s2", 4, 5), qos=1)  # 0..3 gone
+        await _stored(svc, 1, 5)
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 7.5:  # the node's heartbeat says it got to seq 4
+            st = NodeStatus(
+                state="online", node="pc", epoch=1, heartbeat=time.time(),
+                streams={CMP: 4}, stream_ids={CMP: "s2"},
+            )  # fmt: skip
+            await c.publish(t.node_status("pc"), encode(st), qos=1)
+            await asyncio.sleep(0.3)
+        # at ~0, 1, 3 and 7 s (it was once a second: 8 requests)
+        assert 3 <= len(asked) <= 4, [round(a - t0, 1) for a in asked]
+        said = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+        assert any("were asked for 3 times and its node no longer holds them" in m for m in said)
+        out = tmp_path / "out" / "results.1.nc"
+        expect = [{"component": CMP, "task": 0, "npoints": 25, "stream": "s2", "last_seq": 4}]
+        rep = await _finalize(req, t, _finalize_args(1, out, expect, wait=0.5))
+        missing = rep.data["missing"]  # type: ignore[index]
+        assert missing[0] == f"task 0 on {CMP}: 5 of 25 points stored", missing
+        assert "batches 0..3 were asked for" in missing[1], missing
+        assert "no longer holds them" in missing[1], missing
+
+
 @contextlib.contextmanager
 def tmpfs(path: Path, size: str) -> Iterator[Path]:
     if os.geteuid() != 0 or shutil.which("mount") is None:

@@ -74,6 +74,8 @@ class FileOps:
         )
         points = role_points(a, store.job_points(jobid))
         missing, extra = count_problems(a.expect, store.task_points(jobid))
+        if missing:  # and why replays did not fill them, where that is known
+            missing += svc.files.stuck_reasons(a.expect)
         conflicts = store.conflicts(jobid)
         kind = "snapshot" if a.snapshot else "file"
         msg = f"{kind} of job {jobid} written to {written}" + (f" ({note})" if note else "")

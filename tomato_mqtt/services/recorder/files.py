@@ -95,8 +95,25 @@ class Files:
                 return missing
             for e in expect:
                 if e.last_seq >= 0:
-                    self.svc.request_missing(e.component, stream_id(e.stream, e.epoch), e.last_seq)
+                    self.svc.request_missing(
+                        e.component, stream_id(e.stream, e.epoch), e.last_seq, finalizing=True
+                    )
             await self.svc.wait_stored(min(1.0, deadline - loop.time()))
+
+    def stuck_reasons(self, expect: list[Expect]) -> list[str]:
+        """Why the replays asked for did not fill the gaps of these tasks' streams (a
+        batch the broker dropped as too large left a job ce with only the counts: fault
+        injection), once they were asked for twice."""
+        out: list[str] = []
+        for e in expect:
+            sid = stream_id(e.stream, e.epoch)
+            st = self.svc.streams.get((e.component, sid))
+            if st is None or st.asked < 2 or st.asked_for is None:
+                continue
+            why = self.svc.why_stuck(e.component, sid, list(st.asked_for[1]), st)
+            if why not in out:
+                out.append(why)
+        return out
 
     # -- writing --------------------------------------------------------------------------
     async def write(self, a: FinalizeArgs, path: Path) -> tuple[Path, str]:

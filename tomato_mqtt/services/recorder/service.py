@@ -56,6 +56,7 @@ from tomato_mqtt.wire.messages import (
     PresenceState,
     RecorderStatus,
     ReplayArgs,
+    Reply,
     decode,
     encode,
     stream_id,
@@ -71,6 +72,19 @@ log = logging.getLogger(__name__)
 class _Stream:
     last_replay_request: float = 0.0
     acked: int = -1
+    #: replay requests in a row that brought nothing (the same gaps, the same high water)
+    asked: int = 0
+    asked_for: tuple[int, tuple[tuple[int, int], ...]] | None = None  # (high water, gaps)
+    next_ask: float = 0.0  # monotonic: when the gaps are asked for again
+    replayed: int | None = None  # what the node said it sent again, the last time
+    #: why the gaps stay open, once they were asked for REPLAY_TELL times (said once)
+    stuck: str | None = None
+
+
+#: replay requests without any result before the recorder says why (and asks less often)
+REPLAY_TELL = 5
+#: the longest wait between two replay requests for the same gaps (s)
+REPLAY_BACKOFF_MAX = 60.0
 
 
 #: jobs shown in recorder/status: the newest, and those merged into most recently
@@ -322,32 +336,80 @@ class RecorderService(Service):
         async with self._stored:
             self._stored.notify_all()
 
-    def request_missing(self, component: str, stream: str, upto: int, force: bool = False) -> None:
+    def request_missing(
+        self, component: str, stream: str, upto: int, finalizing: bool = False
+    ) -> None:
+        """Ask the node to send the batches of ``stream`` up to ``upto`` that the store
+        lacks again. At most once a second; gaps that requests do not fill are asked for
+        less and less often (up to every REPLAY_BACKOFF_MAX s), and after REPLAY_TELL
+        requests the log says why once (the node no longer holds them, or they do not
+        arrive): a gap no node can fill was asked for every second, for good (fault
+        injection). A finalize waiting for the job's points asks once a second still."""
         if self.store is None:
             return
         st = self.streams.setdefault((component, stream), _Stream())
         now = time.monotonic()
-        if not force and now - st.last_replay_request < 1.0:
+        if now - st.last_replay_request < 1.0:
             return
         gaps = self.store.missing(component, stream, upto)
         if not gaps:
+            st.asked, st.asked_for, st.stuck = 0, None, None
+            return
+        state = (self.store.high_water(component, stream), tuple(gaps[:20]))
+        if state != st.asked_for:  # something came since the last request: a fresh start
+            st.asked, st.asked_for, st.stuck, st.next_ask = 0, state, None, 0.0
+        if not finalizing and now < st.next_ask:
             return
         st.last_replay_request = now
+        st.asked += 1
+        st.next_ask = now + min(REPLAY_BACKOFF_MAX, 2.0 ** (st.asked - 1))
+        if st.asked == REPLAY_TELL:
+            st.stuck = self.why_stuck(component, stream, gaps, st)
+            log.warning("%s", st.stuck)
+        level = logging.INFO if st.asked < REPLAY_TELL else logging.DEBUG
         epoch = epoch_of(stream)
         for first, last in gaps[:20]:
-            log.info("asking for replay of %s stream %s seq %d..%d", component, stream, first, last)
+            what = "asking for replay of %s stream %s seq %d..%d"
+            log.log(level, what, component, stream, first, last)
             args = ReplayArgs(epoch=epoch, first=first, last=last, stream=stream)
-            self.spawn(self._node_request(component, "replay", args))
+            self.spawn(self._replay(component, st, args))
 
-    async def _node_request(self, component: str, op: str, args: BaseModel) -> None:
+    @staticmethod
+    def why_stuck(component: str, stream: str, gaps: list[tuple[int, int]], st: _Stream) -> str:
+        """Why the batches ``gaps`` of a stream are still missing after replay requests."""
+        seqs = ", ".join(f"{a}..{b}" if a != b else str(a) for a, b in gaps[:5])
+        more = f" and {len(gaps) - 5} more" if len(gaps) > 5 else ""
+        head = f"{component} stream {stream}: batches {seqs}{more} were asked for {st.asked} times"
+        if st.replayed is None:
+            return f"{head} and its node did not answer: is it running?"
+        if st.replayed == 0:
+            return (
+                f"{head} and its node no longer holds them (acknowledged to an earlier store "
+                "of this recorder, or dropped from its full spool): a job that needs them "
+                "ends ce with the count"
+            )
+        return (
+            f"{head}; its node sent them again and they did not arrive: does the broker "
+            "drop them (a message size limit, e.g. Mosquitto's message_size_limit, below "
+            "the size of a batch)?"
+        )
+
+    async def _replay(self, component: str, st: _Stream, args: ReplayArgs) -> None:
+        reply = await self._node_request(component, "replay", args)
+        if reply is not None and reply.success and isinstance(reply.data, dict):
+            n = reply.data.get("replayed")
+            st.replayed = n if isinstance(n, int) else st.replayed
+
+    async def _node_request(self, component: str, op: str, args: BaseModel) -> Reply | None:
         if self.requester is None:
-            return
+            return None
         try:
-            await self.requester.request(
+            return await self.requester.request(
                 self.topics.component_cmd(component, op), args, timeout=5, who="node"
             )
         except NoResponder as e:
             log.debug("%s", e)
+            return None
 
     async def on_message(self, msg: Message) -> None:
         parsed = self.topics.parse(msg.topic)
