@@ -318,11 +318,19 @@ async def test_cancel_ends_cd_within_a_bound_whatever_the_node_answers(
     runner, done = await _run(host)
     t0 = time.monotonic()
     _KEEP.add(asyncio.ensure_future(runner.cancel()))
-    status, _reason = await asyncio.wait_for(done, 5)
+    status, reason = await asyncio.wait_for(done, 5)
     assert status == "cd"
     assert time.monotonic() - t0 < 2.0
     if answer == "silent":  # a node that does not answer is not asked to reset either
         assert ("cmp", "reset") not in host.requests
+        # and the job says that its stop may not have reached the instrument (it ended
+        # cd without a word while the cut-off node measured on: fault injection)
+        assert str(reason).startswith(
+            "cancelled; task 0 on cmp: its node did not confirm the stop within 0.5 s"
+        ), reason
+        assert "may go on measuring until its node is back" in str(reason), reason
+    else:
+        assert reason is None, reason
 
 
 # -- 10. a crashed supervisor's pid file ------------------------------------------------------
@@ -533,3 +541,16 @@ async def test_a_scheduler_dead_before_the_task_start_answer_does_not_start_it_t
 
 async def _never_done(r: JobRunner, status: str, reason: str | None) -> None:
     raise AssertionError(f"the dead scheduler's runner ended the job {status}: {reason}")
+
+
+def test_a_late_merge_note_replaces_the_one_before() -> None:
+    """Found by fault injection: a job whose reason was only a merge note read "late
+    data merged into the file (now 320 points) | late data merged … (now 370 points)"."""
+    from tomato_mqtt.services.scheduler.presence import merge_noted
+
+    first = merge_noted(None, "late data merged into the file (now 320 points)")
+    assert first == "late data merged into the file (now 320 points)"
+    again = merge_noted(first, "late data merged into the file (now 370 points)")
+    assert again == "late data merged into the file (now 370 points)"
+    kept = merge_noted("node lost | late data merged into the file (now 5 points)", "late x")
+    assert kept == "node lost | late x"

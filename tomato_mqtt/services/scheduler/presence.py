@@ -41,6 +41,15 @@ STORAGE_PREFIX = "the recorder cannot store data"
 RECORDER_DOWN = "the recorder is not answering"
 
 
+def merge_noted(reason: str | None, note: str) -> str:
+    """A job's reason with its latest late-merge note in place of any earlier one (a
+    reason that was only such a note grew one per merge: fault injection)."""
+    base = (reason or "").split(" | late data merged")[0]
+    if base.startswith("late data merged"):
+        base = ""
+    return f"{base} | {note}" if base else note
+
+
 class Presence:
     def __init__(self, svc: SchedulerService) -> None:
         self.svc = svc
@@ -260,9 +269,7 @@ class Presence:
         progress = dict(job.progress) | {"merged": merged, "points": per_role}
         total = sum(per_role.values())
         note = f"late data merged into the file (now {total} points)"
-        base = (job.reason or "").split(" | late data merged")[0]
-        reason = f"{base} | {note}" if base else note
-        job = svc.store.update_job(jobid, progress=progress, reason=reason)
+        job = svc.store.update_job(jobid, progress=progress, reason=merge_noted(job.reason, note))
         await svc.publish_job(job)
         log.info("job %d: %s", jobid, note)
 

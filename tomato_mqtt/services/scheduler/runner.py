@@ -76,6 +76,8 @@ class JobRunner:
     error: str | None = None
     started_names: set[str] = field(default_factory=set)
     warnings: list[str] = field(default_factory=list)
+    #: the cancelled tasks whose stop no node confirmed (the job's reason says so)
+    stop_unsure: list[str] = field(default_factory=list)
     cancel_at: float | None = None  # monotonic
     unconfirmed: set[str] = field(default_factory=set)  # components that never confirmed
     seen_running: set[str] = field(default_factory=set)  # seen running this job's task
@@ -202,6 +204,9 @@ class JobRunner:
         else:
             status = "c"
         reason = self.error
+        if status == "cd" and self.stop_unsure:  # a cancel is not always a stop (fault
+            # injection: cd without a word while the cut-off node measured on)
+            reason = "; ".join(["cancelled", *self.stop_unsure])
         if self.warnings and status != "ce":
             reason = "; ".join(([reason] if reason else []) + self.warnings)
         self.save_now()  # the tasks' ends and what the verdict rests on, in one write
@@ -395,6 +400,12 @@ class JobRunner:
                         )
                         if not t.no_task:
                             self.unconfirmed.add(component)
+                            self.stop_unsure.append(
+                                f"task {t.spec.index} on {component}: its node did not confirm "
+                                f"the stop within {CANCEL_WAIT:g} s (cut off or stalled?), so "
+                                "the instrument may go on measuring until its node is back; "
+                                "the points it takes are merged into the file"
+                            )
                         self._end_now(t, {"reason": "stopped", "message": f"cancelled; {why}"})
                         return
                     timeout = CANCEL_WAIT - waited
