@@ -62,6 +62,28 @@ def test_layout_matches_tomato(tmp_path: Path) -> None:
     tree.close()
 
 
+def test_points_are_in_the_order_taken_also_across_a_clock_step(tmp_path: Path) -> None:
+    """Found by fault injection: a node's clock stepped back an hour mid-task, and the
+    file sorted its batches by their first uts, so a batch taken across the step landed
+    among later ones. Within a stream the order is its seq (as taken, uts as measured);
+    streams (a node restarted) go by the time of their first point."""
+
+    def b(stream: str, seq: int, uts: list[float]) -> bytes:
+        raw = json.loads(_batch(seq, uts, 0, val=[int(u) for u in uts]))
+        return json.dumps(raw | {"stream": stream}).encode()
+
+    batches = [
+        b("later", 0, [9000.0, 9001.0]),  # a restarted node's stream: after the other
+        b("s", 1, [5002.0, 1403.0]),  # the step back happened in this batch
+        b("s", 2, [1404.0]),
+        b("s", 0, [5000.0, 5001.0]),
+    ]
+    out = write_job_file(tmp_path / "r.nc", [RoleInput("counter", "{}", batches)], {"x": "y"})
+    with xr.open_datatree(out) as tree:
+        uts = tree["counter"].to_dataset()["uts"].values
+    np.testing.assert_array_equal(uts, [5000, 5001, 5002, 1403, 1404, 9000, 9001])
+
+
 def test_unwritable_place_raises_and_leaves_nothing(tmp_path: Path) -> None:
     with pytest.raises(OSError):
         write_job_file(tmp_path / "missing-dir" / "x.nc", [], {"tomato_version": "x"})

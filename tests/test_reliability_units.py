@@ -554,3 +554,53 @@ def test_a_late_merge_note_replaces_the_one_before() -> None:
     assert again == "late data merged into the file (now 370 points)"
     kept = merge_noted("node lost | late data merged into the file (now 5 points)", "late x")
     assert kept == "node lost | late x"
+
+
+def test_a_step_of_a_node_clock_is_told_to_its_running_jobs_and_a_backlog_is_not(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Found by fault injection: a node's clock stepped back an hour mid-task, the job
+    ended c without a word (its uts jump back), and a step forward had the file record
+    one offset for all its points. A new offset that holds (STEP_HOLDS) is a step, told
+    to each running job on that node; one that passes (a paused scheduler's backlog of
+    statuses, oldest first) is not."""
+    from types import SimpleNamespace
+
+    from tomato_mqtt.services.scheduler import presence as presence_mod
+    from tomato_mqtt.services.scheduler.presence import Presence
+
+    monkeypatch.setattr(presence_mod, "STEP_HOLDS", 0.3)
+    told: list[tuple[str, str]] = []
+    runner = SimpleNamespace(
+        roles={"counter": "cmp"}, clock_stepped=lambda node, msg: told.append((node, msg))
+    )
+    svc: Any = SimpleNamespace(
+        settings=SimpleNamespace(scheduler=SimpleNamespace(lost_after=5, clock_tolerance=2)),
+        heartbeat=0.05,
+        nodes={},
+        runners={7: runner},
+        node_of=lambda comp: SimpleNamespace(node="pc"),
+        job_event=lambda *a, **k: None,
+    )
+    p = Presence(svc)
+
+    def beat(offset: float) -> None:
+        st = NodeStatus(state="online", node="pc", epoch=1, heartbeat=time.time() + offset)
+        p.received(st, retained=False)
+
+    for _ in range(5):
+        beat(0.0)
+    for late in [*range(-50, 1, 2), 0, 0, 0, 0, 0]:  # a backlog, oldest first
+        beat(late)
+    assert "pc" not in p.step_seen  # it passed
+    time.sleep(0.4)
+    beat(0.0)
+    assert told == []
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < 0.6:  # the clock stepped back an hour, and stays so
+        beat(-3600.0)
+        time.sleep(0.05)
+    assert len(told) == 1, told
+    node, msg = told[0]
+    assert node == "pc" and msg.startswith("the clock of node pc stepped by -3600.0 s at about")
+    assert "the points keep the node's timestamps, so uts jump there" in msg

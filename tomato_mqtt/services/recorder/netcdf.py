@@ -153,9 +153,20 @@ class Group:
 
 def _role_group(ri: RoleInput) -> Group:
     batches = _load(ri.batches)
-    # in the order the points were taken: a job's batches may come from several streams
-    # (a node restarted, a component re-registered) whose seqs say nothing of each other
-    batches.sort(key=lambda b: (b["uts"][0] if b["uts"] else math.inf, b["seq"]))
+
+    # in the order the points were taken: by seq within a stream (its node's clock may
+    # have stepped: the uts then jump, as measured; sorted by uts, a batch across a step
+    # back landed among later ones, found by fault injection), and a job's streams (a
+    # node restarted, a component re-registered: their seqs say nothing of each other)
+    # by the time of their first point
+    def stream(b: dict[str, Any]) -> tuple[str, str]:
+        return (str(b.get("epoch")), str(b.get("stream")))
+
+    began: dict[tuple[str, str], tuple[int, float]] = {}
+    for b in batches:
+        first = (b["seq"], b["uts"][0] if b["uts"] else math.inf)
+        began[stream(b)] = min(began.get(stream(b), first), first)
+    batches.sort(key=lambda b: (began[stream(b)][1], stream(b), b["seq"]))
     lens = [len(b["uts"]) for b in batches]
     names: dict[str, None] = {}
     units: dict[str, str] = {}

@@ -117,9 +117,12 @@ class JobLifecycle:
         runner = self.svc.runners.get(job.id)
         expect: list[JsonValue] = list(runner.expectations() if runner else _expect(job))
         offsets: dict[str, JsonValue] = {}
+        stepped = runner.clock_steps if runner else set()
         for role, comp in roles.items():
             node = self.svc.node_of(comp)
-            off = self.svc.presence_view.skew_of(node.node) if node else None
+            if node is None or node.node in stepped:  # no one offset fits all its points
+                continue
+            off = self.svc.presence_view.skew_of(node.node)
             if off is not None:
                 offsets[role] = round(off, 3)
         return {

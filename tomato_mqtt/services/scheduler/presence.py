@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import datetime
 import logging
 import sqlite3
 import time
@@ -50,12 +51,20 @@ def merge_noted(reason: str | None, note: str) -> str:
     return f"{base} | {note}" if base else note
 
 
+#: s a new clock offset must hold before it counts as a step of the node's clock
+STEP_HOLDS = 2.0
+
+
 class Presence:
     def __init__(self, svc: SchedulerService) -> None:
         self.svc = svc
         self.seen: dict[str, float] = {}  # node -> monotonic time its last status arrived
         self.offsets: dict[str, collections.deque[float]] = {}
         self.skewed: set[str] = set()
+        #: the offset each node's clock was taken to have (a change beyond the tolerance
+        #: is a step: _clock_stepped)
+        self.taken: dict[str, float] = {}
+        self.step_seen: dict[str, tuple[float, float]] = {}  # node -> (offset, monotonic)
         self.storage_error: str | None = None
         self._last_check: float | None = None
         #: the broker passed nothing for a while (check_stale): no loss verdicts
@@ -86,6 +95,41 @@ class Presence:
         elif abs(off) <= tol and st.node in self.skewed:
             self.skewed.discard(st.node)
             log.info("node %s: clock back within %g s of the scheduler's", st.node, tol)
+        self._step_check(st.node, off, tol)
+
+    def _step_check(self, node: str, off: float, tol: float) -> None:
+        """A new offset beyond the tolerance of the one taken (the first is the node's own)
+        that holds for a while is a step of the node's clock; one that passes is a backlog
+        of statuses (a scheduler that was paused gets the oldest first)."""
+        was = self.taken.setdefault(node, off)
+        if abs(off - was) <= tol:
+            self.step_seen.pop(node, None)
+            return
+        now = time.monotonic()
+        seen = self.step_seen.get(node)
+        if seen is None or abs(off - seen[0]) > tol:
+            self.step_seen[node] = (off, now)
+        elif now - seen[1] >= max(STEP_HOLDS, 3 * self.svc.heartbeat):
+            self.taken[node] = off
+            self.step_seen.pop(node, None)
+            self._clock_stepped(node, off - was, off)
+
+    def _clock_stepped(self, node: str, step: float, off: float) -> None:
+        """A node's clock stepped while it ran (found by fault injection: a step back made
+        a job's uts jump back with no word, and a step forward had the file claim one
+        offset for all its points). Each running job on it says so in its reason, and its
+        file records no single offset for that node's roles."""
+        at = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+        msg = (
+            f"the clock of node {node} stepped by {step:+.1f} s at about {at} (the "
+            f"scheduler's time; now {off:+.1f} s from it): the points keep the node's "
+            "timestamps, so uts jump there"
+        )
+        log.warning("%s", msg)
+        for job in self._running_jobs_on(node):
+            runner = self.svc.runners.get(job)
+            if runner is not None:
+                runner.clock_stepped(node, msg)
 
     def clock_offset(self, node: str) -> float | None:
         q = self.offsets.get(node)

@@ -78,6 +78,8 @@ class JobRunner:
     warnings: list[str] = field(default_factory=list)
     #: the cancelled tasks whose stop no node confirmed (the job's reason says so)
     stop_unsure: list[str] = field(default_factory=list)
+    #: nodes whose clock stepped while this job ran (its file gives them no offset)
+    clock_steps: set[str] = field(default_factory=set)
     cancel_at: float | None = None  # monotonic
     unconfirmed: set[str] = field(default_factory=set)  # components that never confirmed
     seen_running: set[str] = field(default_factory=set)  # seen running this job's task
@@ -220,6 +222,14 @@ class JobRunner:
         if self._resetting is not None:
             with contextlib.suppress(Exception):
                 await self._resetting
+
+    def clock_stepped(self, node: str, what: str) -> None:
+        """The clock of ``node``, which hosts one of this job's components, stepped."""
+        self.clock_steps.add(node)
+        if what not in self.warnings:
+            self.warnings.append(what)
+            self._save()
+            self.host.job_event(self.job.id, "warning", detail={"message": what, "node": node})
 
     async def cancel(self) -> None:
         """Stop every running task of this job at once (bounded: see CANCEL_WAIT)."""
