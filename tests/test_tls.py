@@ -7,6 +7,7 @@ TLS; plain MQTT to the TLS port and TLS with the wrong CA are refused.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -27,7 +28,10 @@ pytestmark = pytest.mark.timeout(240)
 
 
 async def test_tls_listener_refuses_plain_mqtt_and_a_wrong_ca(
-    tmp_path: Path, instance: str
+    tmp_path: Path,
+    instance: str,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     pki = make_pki(tmp_path / "pki")
     other = make_pki(tmp_path / "other")
@@ -55,6 +59,27 @@ async def test_tls_listener_refuses_plain_mqtt_and_a_wrong_ca(
             with pytest.raises(MqttError):
                 async with AsyncClient(bad, reconnect=False):
                     pass
+        # tls_insecure verifies nothing, and says so (a security audit: it connected to
+        # any certificate without a word); the one-request CLI path alike (it checked the
+        # CA but not the name: the two paths meant different things by it)
+        from tomato_mqtt.config import url as url_mod
+
+        monkeypatch.setattr(url_mod, "_warned_insecure", False, raising=False)
+        capsys.readouterr()
+        insecure = f"mqtts://olga:pw-olga@127.0.0.1:{b.tls_port}?ca_certs={other.ca}&tls_insecure=1"
+        async with AsyncClient(insecure, reconnect=False) as c:
+            await c.subscribe(b.topics.all_job_status())
+        said = capsys.readouterr().err
+        assert "warning: TLS without verifying the broker's certificate" in said, said
+        res = await asyncio.to_thread(  # the broker runs in this event loop
+            subprocess.run,
+            [str(BIN / "tomato"), "status", "--broker", insecure, "--instance", instance,
+             "-t", "1"],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert "warning: TLS without verifying the broker's certificate" in res.stderr
+        assert "certificate verify failed" not in res.stderr, res.stderr
+        assert "no scheduler answered" in res.stderr, res.stderr
     finally:
         await stop(b)
 

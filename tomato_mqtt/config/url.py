@@ -8,7 +8,24 @@ from __future__ import annotations
 
 from tomato_mqtt.record import Record
 
-__all__ = ["BrokerURL"]
+__all__ = ["BrokerURL", "warn_insecure"]
+
+_warned_insecure = False
+
+
+def warn_insecure() -> None:
+    """Say once per process that TLS runs without verifying the broker (``tls_insecure``):
+    it connected to any certificate without a word (found by a security audit)."""
+    global _warned_insecure
+    if not _warned_insecure:
+        _warned_insecure = True
+        import sys
+
+        print(
+            "warning: TLS without verifying the broker's certificate (tls_insecure): anyone "
+            "between this PC and the broker can read the password and every message",
+            file=sys.stderr,
+        )
 
 
 class BrokerURL(Record):

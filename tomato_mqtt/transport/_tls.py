@@ -13,7 +13,7 @@ import contextlib
 import ssl
 from typing import Any
 
-from tomato_mqtt.config.url import BrokerURL
+from tomato_mqtt.config.url import BrokerURL, warn_insecure
 
 __all__ = ["TrackingContext", "client_tls_context"]
 
@@ -44,6 +44,7 @@ def client_tls_context(url: BrokerURL) -> TrackingContext:
     if url.certfile:
         ctx.load_cert_chain(url.certfile, url.keyfile)
     if url.tls_insecure:
+        warn_insecure()
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE
     return ctx

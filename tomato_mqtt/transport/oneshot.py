@@ -113,7 +113,20 @@ def _client(url: BrokerURL, client_id: str) -> paho.Client:
     if url.username:
         c.username_pw_set(url.username, url.password)
     if url.tls:
-        c.tls_set(ca_certs=url.ca_certs, certfile=url.certfile, keyfile=url.keyfile)
+        if url.tls_insecure:  # no verification at all, as the other clients' (_tls.py)
+            import ssl
+
+            from tomato_mqtt.config.url import warn_insecure
+
+            warn_insecure()
+            c.tls_set(
+                ca_certs=url.ca_certs,
+                certfile=url.certfile,
+                keyfile=url.keyfile,
+                cert_reqs=ssl.CERT_NONE,
+            )
+        else:
+            c.tls_set(ca_certs=url.ca_certs, certfile=url.certfile, keyfile=url.keyfile)
         c.tls_insecure_set(url.tls_insecure)
     return c
 
