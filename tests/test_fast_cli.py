@@ -107,6 +107,14 @@ def _run(cmd: list[str], env: dict[str, str]) -> tuple[int, str, str]:
     return res.returncode, res.stdout, res.stderr
 
 
+def _reply_of(out: str, argv: list[str]) -> dict[str, Any]:
+    import yaml
+
+    doc = json.loads(out) if "--json" in argv else yaml.safe_load(out)
+    assert isinstance(doc, dict) and set(doc) == {"success", "msg", "data"}, out
+    return doc
+
+
 async def test_fast_and_typer_print_the_same(
     broker: RunningBroker, tmp_path: Path, instance: str
 ) -> None:
@@ -151,6 +159,7 @@ async def test_fast_and_typer_print_the_same(
             ("ketchup", ["status", "--all", *common]),
             ("ketchup", ["status", "1", *common]),
             ("ketchup", ["status", "1", "99", *common, "--json"]),
+            ("ketchup", ["status", "999", *common, "-y"]),  # unknown: the Reply and error:
             ("ketchup", ["status", *common, "-y", "--limit", "1", "--offset=0"]),
             ("ketchup", ["status", *common, "--summary", "--json"]),
             ("ketchup", ["status", "1", "--all", *common]),  # refused: ids and --all
@@ -181,6 +190,11 @@ async def test_fast_and_typer_print_the_same(
                     fast = await asyncio.to_thread(_run, fast_cmd, env)
                     slow = await asyncio.to_thread(_run, slow_cmd, env)
             assert fast == slow, (prog, argv)
+            # a failure says why on stderr, also when stdout carries the Reply (-y/--json)
+            code, out, err = fast
+            assert code == 0 or err.startswith("error: "), (prog, argv, fast)
+            if code and {"-y", "--json"} & set(argv):
+                assert _reply_of(out, argv)["success"] is False, (prog, argv, out)
 
         reads: list[Coroutine[Any, Any, None]] = []
         for prog, argv in lines:
