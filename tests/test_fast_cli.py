@@ -38,6 +38,8 @@ COMP = "example_counter:(example-addr,1)"
         ["status", "-p1883"],  # attached values: typer's spelling
         ["status", "--port", "x"],
         ["status", "--timeout", "2000"],  # tomato's milliseconds: typer explains
+        ["status", "--timeout", "500"],
+        ["start", "-t", "120"],  # a bare wait above a minute: say its unit
         ["status", "-p"],
         ["status", "queue"],  # not a section
         ["status", "pipelines", "extra"],
