@@ -326,6 +326,14 @@ devices:
             id="component-twice-in-a-pipeline",
         ),
         pytest.param(
+            BASE_DEVICES + "pipelines:\n  - name: p\n    devices:\n"
+            "      - {role: a/b, device: dev-counter, channel: '1'}\n",
+            "pipelines[0] 'p' devices[0].role: 'a/b' cannot contain '/': the role names the "
+            "component's group in the results file, where '/' would nest groups (use e.g. "
+            "'a-b')",
+            id="slash-in-role",
+        ),
+        pytest.param(
             BASE_DEVICES + "    pollrate: fast\n",
             "devices[0] 'dev-counter' pollrate: input should be a valid number, unable to "
             "parse string as a number (got 'fast')",

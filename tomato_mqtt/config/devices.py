@@ -83,6 +83,19 @@ class PipelineEntry(_Model):
     device: Label
     channel: Label
 
+    @field_validator("role")
+    @classmethod
+    def _role_names_a_group(cls, v: str) -> str:
+        # the role names the component's group in the results file: NetCDF reads a '/'
+        # as a path, so 'a/b' became the nested groups /a/b that readers (and tomato's
+        # own) do not find; tomato 2.2 refuses it at start too
+        if "/" in v:
+            raise ValueError(
+                f"{v!r} cannot contain '/': the role names the component's group in the "
+                f"results file, where '/' would nest groups (use e.g. {v.replace('/', '-')!r})"
+            )
+        return v
+
 
 class PipelineConfig(_Model):
     name: Label
