@@ -24,6 +24,7 @@ import pytest
 from tests.conftest import RunningBroker
 from tests.inproc import inproc_stack
 from tests.stack import free_port
+from tests.test_settings import tomato22_settings
 from tomato_mqtt.cli.fast import parse, read_line
 
 BIN = Path(sys.executable).parent
@@ -238,11 +239,11 @@ def test_tomato_start_fails_alike_on_both_paths(tmp_path: Path) -> None:
     fast_cmd = [str(BIN / "tomato"), "start", *dirs]
     typer_cmd = [sys.executable, "-m", "tomato_mqtt.cli.tomato", "start", *dirs]
 
-    def both(expect: str) -> None:
+    def both(*expect: str) -> None:
         got = [_run(c, env) for c in (fast_cmd, typer_cmd)]
         assert got[0] == got[1], got
         code, out, err = got[0]
-        assert code == 1 and out == "" and expect in err, got[0]
+        assert code == 1 and out == "" and all(e in err for e in expect), got[0]
         assert not (tmp_path / "log" / "supervisor.log").exists()  # nothing was started
 
     both("settings file not found")
@@ -252,15 +253,27 @@ def test_tomato_start_fails_alike_on_both_paths(tmp_path: Path) -> None:
     good = devices.read_text()
     devices.write_text("devices: [\n")
     both("devices")
-    # keys tomato 2.2 ignores (a comment) are named on stderr before anything else
+    # a tomato 2.2 devices file with a key nothing reads (a comment), and tomato 2.2's
+    # settings.toml naming it: both are read, and what is ignored or not used is said on
+    # stderr before anything else
     devices.write_text(good.replace("    pollrate:", "    comment: bench 2\n    pollrate:", 1))
+    settings = tmp_path / "app" / "settings.toml"
+    settings.write_text(
+        tomato22_settings(tmp_path / "t22").replace(
+            f"config = '{tmp_path / 't22' / 'devices.yml'}'", f"config = '{devices}'"
+        )
+    )
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", port))
         taken.listen()
-        both(f"port {port} on 127.0.0.1 is already in use by another program")
         both(
+            f"port {port} on 127.0.0.1 is already in use by another program",
             f"warning: {devices}: devices[0] 'dev-counter': unknown key 'comment' ignored,"
-            " as tomato 2.2 ignores it"
+            " as tomato 2.2 ignores it",
+            f"note: {settings}: [jobs] storage (tomato 2.2's job folders) is not used:"
+            f" tomato-mqtt keeps each job's folder in the datadir's Jobs,"
+            f" {tmp_path / 'data' / 'Jobs'}",
+            f"note: {settings}: [jobs] dbpath (tomato 2.2's job database) is not used",
         )
 
 
