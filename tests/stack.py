@@ -239,7 +239,7 @@ class Stack:
 
     def job(self, jobid: int, timeout: float | None = None) -> dict[str, Any]:
         """``ketchup status jobid`` (``timeout``: its ``--timeout``, else the CLI's 5 s)."""
-        extra = () if timeout is None else ("--timeout", f"{timeout:g}")
+        extra = () if timeout is None else ("--timeout", f"{timeout:g}s")
         out = self.json("ketchup", "status", str(jobid), *extra)
         assert out["success"], out
         return out["data"][0]  # type: ignore[no-any-return]
@@ -417,7 +417,7 @@ def started(st: Stack) -> Iterator[Stack]:
 def start_stack(st: Stack, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
     """``tomato start -t timeout``: returns once the stack answers (or start gave up)."""
     return subprocess.run(
-        [str(BIN / "tomato"), "start", *st.dirs(), "-p", str(st.port), "-t", f"{timeout:g}"],
+        [str(BIN / "tomato"), "start", *st.dirs(), "-p", str(st.port), "-t", f"{timeout:g}s"],
         capture_output=True,
         text=True,
         timeout=timeout + 30,

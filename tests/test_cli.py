@@ -483,6 +483,9 @@ def test_every_command_declares_the_common_options_alike() -> None:
         (["ketchup", "status", "--timeout", "2000ms"], {"timeout": 2.0}),
         (["ketchup", "status", "-t", "0.5"], {"timeout": 0.5}),
         (["ketchup", "status", "-t", "3s"], {"timeout": 3.0}),
+        (["ketchup", "status", "-t", "60"], {"timeout": 60.0}),  # bare: up to a minute
+        (["tomato", "start", "-t", "120s"], {"timeout": 120.0}),  # longer: with its unit
+        (["tomato", "start", "--timeout", "500ms"], {"timeout": 0.5}),
     ],
 )
 def test_common_options_after_arguments(argv: list[str], expect: dict[str, object]) -> None:
@@ -495,9 +498,10 @@ def test_common_options_after_arguments(argv: list[str], expect: dict[str, objec
         assert ctx.params[k] == v, (k, ctx.params)
 
 
-@pytest.mark.parametrize("value", ["2000", "3000", "1000"])
+@pytest.mark.parametrize("value", ["2000", "3000", "1000", "500", "100", "61", "60.5"])
 def test_tomato_millisecond_timeout_is_refused_as_ambiguous(value: str) -> None:
-    """tomato's --timeout is in ms, ours in s: a bare 2000 would wait half an hour."""
+    """tomato's --timeout is in ms, ours in s: a bare 2000 would wait half an hour, a
+    bare 500 (tomato's half a second) over 8 minutes; above 60 the unit must be said."""
     from typer.testing import CliRunner
 
     from tomato_mqtt.cli import ketchup

@@ -326,14 +326,23 @@ devices:
             id="component-twice-in-a-pipeline",
         ),
         pytest.param(
+            BASE_DEVICES + "pipelines:\n  - name: p\n    devices:\n"
+            "      - {role: a/b, device: dev-counter, channel: '1'}\n",
+            "pipelines[0] 'p' devices[0].role: 'a/b' cannot contain '/': the role names the "
+            "component's group in the results file, where '/' would nest groups (use e.g. "
+            "'a-b')",
+            id="slash-in-role",
+        ),
+        pytest.param(
             BASE_DEVICES + "    pollrate: fast\n",
             "devices[0] 'dev-counter' pollrate: input should be a valid number, unable to "
             "parse string as a number (got 'fast')",
             id="bad-type",
         ),
-        pytest.param(
-            BASE_DEVICES + "    chanels: ['3']\n",
-            "devices[0] 'dev-counter' chanels: unknown field",
+        pytest.param(  # a misspelt key is ignored (as tomato does), and named with
+            # the field it left missing
+            "devices:\n  - {name: d, driver: x, address: y, chanels: ['1']}\n",
+            "devices[0] 'd' channels: field required (unknown keys: devices[0] 'd': 'chanels')",
             id="misspelt-key",
         ),
         pytest.param(
@@ -363,6 +372,42 @@ def test_each_mistake_names_file_entry_and_reason(tmp_path: Path, text: str, exp
     with pytest.raises(ConfigError) as ei:
         load_devices(p)
     assert str(ei.value) == f"{p}: {expected}"
+
+
+def test_unknown_keys_are_ignored_as_tomato_does_and_named(tmp_path: Path) -> None:
+    """tomato 2.2 ignores keys it does not know (a ``comment:`` anywhere): its files load
+    here too, but each such key is named (file, entry, key), so a typo shows."""
+    plain = BASE_DEVICES + (
+        "pipelines:\n  - name: pip\n    devices:\n"
+        "      - {role: counter, device: dev-counter, channel: '1'}\n"
+    )
+    commented = (
+        "comment: the lab's counters\n"
+        + BASE_DEVICES
+        + "    comment: on the bench\n"
+        + "    pollrat: 5\n"
+        + "pipelines:\n  - name: pip\n    comment: one counter\n    devices:\n"
+        "      - {role: counter, device: dev-counter, channel: '1', note: x}\n"
+    )
+    p = write(tmp_path, commented)
+    layout = load_devices(p)
+    assert layout.ignored == [
+        f"{p}: top level: unknown key 'comment' ignored, as tomato 2.2 ignores it (the "
+        "file has: devices, pipelines)",
+        f"{p}: devices[0] 'dev-counter': unknown key 'comment' ignored, as tomato 2.2 "
+        "ignores it (a device has: name, driver, address, channels, pollrate, node)",
+        f"{p}: devices[0] 'dev-counter': unknown key 'pollrat' ignored, as tomato 2.2 "
+        "ignores it (did you mean 'pollrate'? a device has: name, driver, address, "
+        "channels, pollrate, node)",
+        f"{p}: pipelines[0] 'pip': unknown key 'comment' ignored, as tomato 2.2 ignores it "
+        "(a pipeline has: name, devices)",
+        f"{p}: pipelines[0] 'pip' devices[0]: unknown key 'note' ignored, as tomato 2.2 "
+        "ignores it (a pipeline's entry has: role, device, channel)",
+    ]
+    bare = load_devices(write(tmp_path, plain, "plain.yml"))
+    assert bare.ignored == []
+    assert layout.model_copy(update={"ignored": []}) == bare  # nothing else differs
+    assert layout.devices["dev-counter"].pollrate == 1.0  # the typo did not set it
 
 
 def test_yaml_syntax_error_names_the_line(tmp_path: Path) -> None:

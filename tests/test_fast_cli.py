@@ -24,6 +24,7 @@ import pytest
 from tests.conftest import RunningBroker
 from tests.inproc import inproc_stack
 from tests.stack import free_port
+from tests.test_settings import tomato22_settings
 from tomato_mqtt.cli.fast import parse, read_line
 
 BIN = Path(sys.executable).parent
@@ -38,6 +39,8 @@ COMP = "example_counter:(example-addr,1)"
         ["status", "-p1883"],  # attached values: typer's spelling
         ["status", "--port", "x"],
         ["status", "--timeout", "2000"],  # tomato's milliseconds: typer explains
+        ["status", "--timeout", "500"],
+        ["start", "-t", "120"],  # a bare wait above a minute: say its unit
         ["status", "-p"],
         ["status", "queue"],  # not a section
         ["status", "pipelines", "extra"],
@@ -107,6 +110,14 @@ def _run(cmd: list[str], env: dict[str, str]) -> tuple[int, str, str]:
     return res.returncode, res.stdout, res.stderr
 
 
+def _reply_of(out: str, argv: list[str]) -> dict[str, Any]:
+    import yaml
+
+    doc = json.loads(out) if "--json" in argv else yaml.safe_load(out)
+    assert isinstance(doc, dict) and set(doc) == {"success", "msg", "data"}, out
+    return doc
+
+
 async def test_fast_and_typer_print_the_same(
     broker: RunningBroker, tmp_path: Path, instance: str
 ) -> None:
@@ -151,6 +162,7 @@ async def test_fast_and_typer_print_the_same(
             ("ketchup", ["status", "--all", *common]),
             ("ketchup", ["status", "1", *common]),
             ("ketchup", ["status", "1", "99", *common, "--json"]),
+            ("ketchup", ["status", "999", *common, "-y"]),  # unknown: the Reply and error:
             ("ketchup", ["status", *common, "-y", "--limit", "1", "--offset=0"]),
             ("ketchup", ["status", *common, "--summary", "--json"]),
             ("ketchup", ["status", "1", "--all", *common]),  # refused: ids and --all
@@ -181,6 +193,11 @@ async def test_fast_and_typer_print_the_same(
                     fast = await asyncio.to_thread(_run, fast_cmd, env)
                     slow = await asyncio.to_thread(_run, slow_cmd, env)
             assert fast == slow, (prog, argv)
+            # a failure says why on stderr, also when stdout carries the Reply (-y/--json)
+            code, out, err = fast
+            assert code == 0 or err.startswith("error: "), (prog, argv, fast)
+            if code and {"-y", "--json"} & set(argv):
+                assert _reply_of(out, argv)["success"] is False, (prog, argv, out)
 
         reads: list[Coroutine[Any, Any, None]] = []
         for prog, argv in lines:
@@ -222,11 +239,11 @@ def test_tomato_start_fails_alike_on_both_paths(tmp_path: Path) -> None:
     fast_cmd = [str(BIN / "tomato"), "start", *dirs]
     typer_cmd = [sys.executable, "-m", "tomato_mqtt.cli.tomato", "start", *dirs]
 
-    def both(expect: str) -> None:
+    def both(*expect: str) -> None:
         got = [_run(c, env) for c in (fast_cmd, typer_cmd)]
         assert got[0] == got[1], got
         code, out, err = got[0]
-        assert code == 1 and out == "" and expect in err, got[0]
+        assert code == 1 and out == "" and all(e in err for e in expect), got[0]
         assert not (tmp_path / "log" / "supervisor.log").exists()  # nothing was started
 
     both("settings file not found")
@@ -236,11 +253,28 @@ def test_tomato_start_fails_alike_on_both_paths(tmp_path: Path) -> None:
     good = devices.read_text()
     devices.write_text("devices: [\n")
     both("devices")
-    devices.write_text(good)
+    # a tomato 2.2 devices file with a key nothing reads (a comment), and tomato 2.2's
+    # settings.toml naming it: both are read, and what is ignored or not used is said on
+    # stderr before anything else
+    devices.write_text(good.replace("    pollrate:", "    comment: bench 2\n    pollrate:", 1))
+    settings = tmp_path / "app" / "settings.toml"
+    settings.write_text(
+        tomato22_settings(tmp_path / "t22").replace(
+            f"config = '{tmp_path / 't22' / 'devices.yml'}'", f"config = '{devices}'"
+        )
+    )
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", port))
         taken.listen()
-        both(f"port {port} on 127.0.0.1 is already in use by another program")
+        both(
+            f"port {port} on 127.0.0.1 is already in use by another program",
+            f"warning: {devices}: devices[0] 'dev-counter': unknown key 'comment' ignored,"
+            " as tomato 2.2 ignores it",
+            f"note: {settings}: [jobs] storage (tomato 2.2's job folders) is not used:"
+            f" tomato-mqtt keeps each job's folder in the datadir's Jobs,"
+            f" {tmp_path / 'data' / 'Jobs'}",
+            f"note: {settings}: [jobs] dbpath (tomato 2.2's job database) is not used",
+        )
 
 
 def test_fast_path_imports_no_typer_paho_asyncio_or_pydantic(tmp_path: Path) -> None:

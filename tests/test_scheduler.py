@@ -206,6 +206,29 @@ async def test_a_recorder_on_another_pc_tells_the_scheduler_which_ids_are_used(
         await st.call("job_cancel", {"jobids": [again.id]})
 
 
+async def test_reload_names_the_keys_of_the_devices_file_it_ignores(
+    broker: RunningBroker, tmp_path: Path, instance: str
+) -> None:
+    """A tomato 2.2 devices file with keys nothing reads (``comment:``) reloads, and the
+    reply names each (file, entry, key), so that a misspelt one (``pollrat``) is seen."""
+    async with inproc_stack(broker.port, tmp_path, instance) as st:
+        devices = st.settings.devices_file
+        text = devices.read_text()
+        devices.write_text(
+            text.replace("    pollrate: 1\n", "    pollrate: 1\n    comment: bench 2\n")
+        )
+        rep = await st.raw(st.topics.scheduler_cmd("reload"))
+        assert rep.success, rep
+        assert rep.msg == (
+            f"reload done: no changes; warning: {devices}: devices[0] 'dev-counter': unknown "
+            "key 'comment' ignored, as tomato 2.2 ignores it (a device has: name, driver, "
+            "address, channels, pollrate, node)"
+        ), rep.msg
+        devices.write_text(text)
+        rep = await st.raw(st.topics.scheduler_cmd("reload"))
+        assert rep.msg == "reload done: no changes", rep.msg
+
+
 async def test_a_payload_of_too_many_tasks_is_refused_before_its_tasks_are_read(
     broker: RunningBroker, tmp_path: Path, instance: str
 ) -> None:

@@ -11,6 +11,7 @@ from pydantic import BaseModel
 
 from tomato_mqtt.config.settings import (
     BrokerSettings,
+    JobLimits,
     MqttSettings,
     NodeSettings,
     SchedulerSettings,
@@ -127,6 +128,12 @@ def test_bad_toml_names_file_and_line(tmp_path: Path) -> None:
         ("[scheduler]\nheartbeat = 5.0\nlost_after = 4.0\n", "scheduler", "longer than"),
         ("mqtt = 5\n", "mqtt", "dictionary"),
         ('appdir = "/x"\n', "appdir", "cannot be set"),
+        # tomato 2.2's keys are taken, but a misspelt one is still refused
+        ("[jobs]\nstorag = '/x'\n", "jobs.storag", "unknown field"),
+        ("[devices]\nconfg = '/x.yml'\n", "devices.confg", "unknown field"),
+        ("[repositorie]\n", "repositorie", "unknown field"),
+        ("devices = '/x.yml'\n", "devices", "must be a table"),
+        ("[devices]\nconfig = 5\n", "devices.config", "must be a path"),
     ],
 )
 def test_bad_field_names_path_and_reason(
@@ -139,6 +146,57 @@ def test_bad_field_names_path_and_reason(
     assert (e.file, e.location) == (str(path), location)
     assert words in e.reason
     assert str(e) == f"{path}: {location}: {e.reason}"
+
+
+def tomato22_settings(root: Path) -> str:
+    """settings.toml as tomato 2.2's `tomato init` writes it (for a datadir ``root``)."""
+    return (
+        f"datadir = '{root}'\nlogdir = '{root}'\n"
+        f"[jobs]\nstorage = '{root / 'Jobs'}'\ndbpath = '{root / 'Jobs' / 'dbpath.sqlite'}'\n"
+        f"[devices]\nconfig = '{root / 'devices.yml'}'\n"
+        "[repositories]\n# default.endpoint = ...\n"
+        "[drivers]\nexample_counter.idle_measurement_interval = 1\n"
+    )
+
+
+def test_a_tomato22_settings_file_is_read(tmp_path: Path) -> None:
+    """tomato 2.2's file loads: [devices] config is the devices file; [jobs] storage,
+    dbpath and [repositories] are not used here, and the notes say where things are."""
+    root = tmp_path / "t22"
+    path = write(tmp_path / "app" / "settings.toml", tomato22_settings(root))
+    s = load_settings(appdir=path.parent)
+    assert (s.datadir, s.logdir, s.devices_file) == (root, root, root / "devices.yml")
+    assert s.drivers == {"example_counter": {"idle_measurement_interval": 1}}
+    assert s.jobs == JobLimits()  # our [jobs] keys keep their defaults
+    assert s.notes == [
+        "[jobs] storage (tomato 2.2's job folders) is not used: tomato-mqtt keeps each "
+        f"job's folder in the datadir's Jobs, {root / 'Jobs'} (the folder it names)",
+        "[jobs] dbpath (tomato 2.2's job database) is not used: tomato-mqtt keeps its jobs "
+        f"and pipelines in {root / 'state.sqlite'}; the jobs in "
+        f"'{root / 'Jobs' / 'dbpath.sqlite'}' are not taken over",
+    ]  # an empty [repositories] (as tomato init writes it) holds nothing to mention
+    write(path, "[jobs]\nstorage = 'elsewhere'\nmax_tasks = 5\n[repositories]\nzenodo.x = 1\n")
+    s = load_settings(appdir=path.parent)
+    assert s.jobs.max_tasks == 5
+    assert "(not in 'elsewhere')" in s.notes[0]
+    assert s.notes[1].startswith("[repositories] (tomato 2.2's upload of results")
+    assert load_settings(appdir=tmp_path / "none").notes == []
+
+
+def test_devices_config_and_devices_file_must_agree(tmp_path: Path) -> None:
+    path = write(
+        tmp_path / "settings.toml",
+        "devices_file = 'devices.yml'\n[devices]\nconfig = 'lab.yml'\n",
+    )
+    with pytest.raises(ConfigError) as ei:
+        load_settings(appdir=tmp_path)
+    assert str(ei.value) == (
+        f"{path}: devices.config: names the devices file 'lab.yml', but devices_file names "
+        "'devices.yml': keep one of the two (devices_file, or tomato 2.2's [devices] config)"
+    )
+    # the same file, said both ways (one relative to the appdir): no conflict
+    write(path, f"devices_file = 'lab.yml'\n[devices]\nconfig = '{tmp_path / 'lab.yml'}'\n")
+    assert load_settings(appdir=tmp_path).devices_file == tmp_path / "lab.yml"
 
 
 def test_bad_port_on_the_command_line_is_refused(tmp_path: Path) -> None:

@@ -46,11 +46,14 @@ class Output:
 
     def reply(self, reply: Any, human: Callable[[Any], str] | None = None) -> None:
         doc = {"success": reply.success, "msg": reply.msg, "data": reply.data}
+        if not reply.success:
+            # stderr says why, also under -y/--json (stdout then carries the Reply): a
+            # script that only checks the exit code and logs stderr learns the reason,
+            # as from ``fail`` (an outside audit: `ketchup status 999 -y 2>err` was empty)
+            echo(f"error: {reply.msg}", err=True)
         if self.json or self.yaml:
             self.print_doc(doc)
-        elif not reply.success:
-            echo(f"error: {reply.msg}", err=True)
-        else:
+        elif reply.success:
             echo(human(reply.data) if human and reply.data is not None else reply.msg)
         if not reply.success:
             raise SystemExit(1)

@@ -48,10 +48,16 @@ def start(opts: core.Opts, verbose: int = 0, quiet: int = 0) -> None:
     s = opts.settings()
     if not (s.appdir / "settings.toml").exists():  # as tomato: nothing to start from
         fail(f"settings file not found in {s.appdir}, run 'tomato init' to create one")
+    for line in s.notes:  # a tomato 2.2 file: what it says that is not used here, once
+        echo(f"note: {s.appdir / 'settings.toml'}: {line}", err=True)
     try:  # refuse a bad devices file here, with its reason, rather than in a log
-        load_devices(s.devices_file, s.node.name)
+        layout = load_devices(s.devices_file, s.node.name)
     except ConfigError as e:
         fail(str(e))
+    # keys nothing reads (tomato 2.2 ignores them too): said here, where the user looks,
+    # so a misspelt one is seen (the scheduler's log says it again)
+    for line in layout.ignored:
+        echo(f"warning: {line}", err=True)
     _check_state_files(s)
     serve.ensure_services(s)  # a secured stack: the services' own logins
     ctx = core.context(port=s.mqtt.port, appdir=s.appdir, datadir=s.datadir, logdir=s.logdir)

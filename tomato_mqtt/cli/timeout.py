@@ -2,16 +2,21 @@
 
 tomato 2.2 counts ``--timeout`` in milliseconds, tomato-mqtt in seconds. Silently
 reading a tomato script's ``--timeout 2000`` as 2000 s (or quietly as 2 s) would be
-wrong either way, so a bare number of :data:`AMBIGUOUS_TIMEOUT` or more is refused with
-the two ways to say it (``2000ms``, ``2000s``). Light to import (typer only when a
-value is refused).
+wrong either way, so a bare number above :data:`AMBIGUOUS_TIMEOUT` is refused with the
+two ways to say it (``2000ms``, ``2000s``). Light to import (typer only when a value is
+refused).
 """
 
 from __future__ import annotations
 
 __all__ = ["AMBIGUOUS_TIMEOUT", "parse_timeout", "seconds"]
 
-AMBIGUOUS_TIMEOUT = 1000.0  # bare --timeout values from here up are refused (tomato's ms?)
+#: bare --timeout values above this are refused as ambiguous. tomato's values are
+#: milliseconds, typically 500 to 10000 (its default 3000), while no CLI wait here needs
+#: more than a minute written bare (the longest default: ketchup snapshot's 60 s); a
+#: longer one says its unit (``tomato start -t 120s``). ``--timeout 500`` from a tomato
+#: script waited 500 s before (only 1000 and up were refused: an outside audit).
+AMBIGUOUS_TIMEOUT = 60.0
 
 
 def parse_timeout(text: str | float) -> float:
@@ -29,8 +34,8 @@ def seconds(text: str | float) -> float:
     (``--timeout 2000``) are refused as ambiguous instead of waiting 2000 s.
 
     tomato 2.2 counts ``--timeout`` in milliseconds, tomato-mqtt in seconds. A bare number
-    below :data:`AMBIGUOUS_TIMEOUT` is seconds; a bare number from there up is almost
-    surely a tomato script's milliseconds, so it is refused with the two ways to say it.
+    up to :data:`AMBIGUOUS_TIMEOUT` is seconds; a bare number above it is likely a tomato
+    script's milliseconds, so it is refused with the two ways to say it.
     """
     if isinstance(text, (int, float)):
         return float(text)
@@ -48,9 +53,10 @@ def seconds(text: str | float) -> float:
         ) from None
     if value <= 0:
         raise ValueError(f"{text!r}: the timeout must be positive")
-    if scale == 1.0 and raw == text.strip() and value >= AMBIGUOUS_TIMEOUT:
+    if scale == 1.0 and raw == text.strip() and value > AMBIGUOUS_TIMEOUT:
         raise ValueError(
             f"{text} is ambiguous: tomato-mqtt counts --timeout in seconds, tomato 2.2 in "
-            f"milliseconds; write {text}ms (tomato's meaning) or {text}s"
+            f"milliseconds, and a bare number above {AMBIGUOUS_TIMEOUT:g} is not taken as "
+            f"either; write {text}ms (tomato's meaning) or {text}s"
         )
     return value * scale

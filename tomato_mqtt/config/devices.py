@@ -21,7 +21,7 @@ from pydantic import (
     field_validator,
 )
 
-from tomato_mqtt.errors import ConfigError, DocumentError, parse_document
+from tomato_mqtt.errors import ConfigError, DocumentError, format_location, parse_document
 
 __all__ = [
     "EACH",
@@ -83,6 +83,19 @@ class PipelineEntry(_Model):
     device: Label
     channel: Label
 
+    @field_validator("role")
+    @classmethod
+    def _role_names_a_group(cls, v: str) -> str:
+        # the role names the component's group in the results file: NetCDF reads a '/'
+        # as a path, so 'a/b' became the nested groups /a/b that readers (and tomato's
+        # own) do not find; tomato 2.2 refuses it at start too
+        if "/" in v:
+            raise ValueError(
+                f"{v!r} cannot contain '/': the role names the component's group in the "
+                f"results file, where '/' would nest groups (use e.g. {v.replace('/', '-')!r})"
+            )
+        return v
+
 
 class PipelineConfig(_Model):
     name: Label
@@ -133,6 +146,9 @@ class Layout(_Model):
     #: every device of the file, also one no pipeline uses (it has no components, but
     #: `tomato status devices` lists it, as tomato does), with the node it is on
     devices: dict[str, DeviceConfig] = Field(default_factory=dict)
+    #: keys of the file that nothing reads, one line each (file, entry, key): ignored,
+    #: as tomato 2.2 ignores them, but said at `tomato start` and `tomato reload`
+    ignored: list[str] = Field(default_factory=list)
 
     @property
     def drivers(self) -> set[str]:
@@ -203,11 +219,75 @@ def parse_devices(data: Any, file: str | Path = "<devices>", default_node: str =
         raise ConfigError(
             file, None, f"expected a mapping with 'devices' and 'pipelines', not {_kind(data)}"
         )
+    known, unknown = _known_keys(data)
+    ignored = [f"{file}: {_unknown_key(where, key, kind)}" for where, key, kind in unknown]
     try:
-        doc = DevicesFile.model_validate(data)
+        doc = DevicesFile.model_validate(known)
     except ValidationError as e:
-        raise ConfigError.from_validation_error(file, e, data) from None
-    return build_layout(doc, default_node, file)
+        err = ConfigError.from_validation_error(file, e, data)
+        if unknown:  # a misspelt key is likely why a field is missing: show both
+            keys = "; ".join(f"{where or 'top level'}: {key!r}" for where, key, _ in unknown)
+            err = ConfigError(err.file, err.location, f"{err.reason} (unknown keys: {keys})")
+        raise err from None
+    layout = build_layout(doc, default_node, file)
+    layout.ignored = ignored
+    return layout
+
+
+#: what each kind of entry of a devices file holds (the models' fields)
+_ENTRIES: dict[str, type[_Model]] = {
+    "the file": DevicesFile,
+    "a device": DeviceConfig,
+    "a pipeline": PipelineConfig,
+    "a pipeline's entry": PipelineEntry,
+}
+
+
+def _known_keys(data: dict[str, Any]) -> tuple[dict[str, Any], list[tuple[str, str, str]]]:
+    """``data`` without the keys no model has, and those keys as (where, key, kind).
+
+    tomato 2.2 ignores keys it does not know (``comment:`` on a device, a pipeline or the
+    file), so its files are accepted here too; but silently dropping them would hide a
+    typo (``pollrat: 5`` leaving the default pollrate), so each is named to the user.
+    """
+    unknown: list[tuple[str, str, str]] = []
+
+    def keep(entry: Any, kind: str, loc: tuple[int | str, ...]) -> Any:
+        if not isinstance(entry, dict):
+            return entry  # not a mapping: the model says what is wrong with it
+        fields = _ENTRIES[kind].model_fields
+        for key in entry:
+            if key not in fields:
+                unknown.append((format_location(loc, data), str(key), kind))
+        return {k: v for k, v in entry.items() if k in fields}
+
+    def each(items: Any, kind: str, loc: tuple[int | str, ...]) -> Any:
+        if not isinstance(items, list):
+            return items
+        return [keep(item, kind, (*loc, i)) for i, item in enumerate(items)]
+
+    out = keep(data, "the file", ())
+    if "devices" in out:
+        out["devices"] = each(out["devices"], "a device", ("devices",))
+    if "pipelines" in out:
+        out["pipelines"] = each(out["pipelines"], "a pipeline", ("pipelines",))
+        for i, pip in enumerate(out["pipelines"] if isinstance(out["pipelines"], list) else []):
+            if isinstance(pip, dict) and "devices" in pip:
+                loc = ("pipelines", i, "devices")
+                pip["devices"] = each(pip["devices"], "a pipeline's entry", loc)
+    return out, unknown
+
+
+def _unknown_key(where: str, key: str, kind: str) -> str:
+    import difflib
+
+    fields = list(_ENTRIES[kind].model_fields)
+    near = difflib.get_close_matches(key, fields, n=1)
+    hint = f"did you mean {near[0]!r}? " if near else ""
+    return (
+        f"{where or 'top level'}: unknown key {key!r} ignored, as tomato 2.2 ignores it "
+        f"({hint}{kind} has: {', '.join(fields)})"
+    )
 
 
 def _kind(v: Any) -> str:

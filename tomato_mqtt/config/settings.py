@@ -13,7 +13,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from tomato_mqtt.config.initfiles import (
     DEVICES_FILE,
@@ -218,6 +226,8 @@ class Settings(_Section):
     node: NodeSettings = Field(default_factory=NodeSettings)
     dashboard: DashboardSettings = Field(default_factory=DashboardSettings)
     drivers: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    #: tomato 2.2's keys of the file that nothing here reads (key -> value), for :attr:`notes`
+    _unused: dict[str, Any] = PrivateAttr(default_factory=dict)
 
     @model_validator(mode="after")
     def _relative_to_appdir(self) -> Settings:
@@ -285,6 +295,36 @@ class Settings(_Section):
         return self.node.upstream_env or self.datadir / "upstream-drivers"
 
     @property
+    def notes(self) -> list[str]:
+        """What the file holds for tomato 2.2 that tomato-mqtt does not use, and where it
+        keeps those things instead (``tomato start`` says so, once)."""
+        out = []
+        if "jobs.storage" in self._unused:
+            storage = str(self._unused["jobs.storage"])
+            where = (
+                "the folder it names"
+                if self._abs(Path(storage)) == self.jobs_dir
+                else f"not in {storage!r}"
+            )
+            out.append(
+                f"[jobs] storage (tomato 2.2's job folders) is not used: tomato-mqtt keeps "
+                f"each job's folder in the datadir's Jobs, {self.jobs_dir} ({where})"
+            )
+        if "jobs.dbpath" in self._unused:
+            out.append(
+                f"[jobs] dbpath (tomato 2.2's job database) is not used: tomato-mqtt keeps "
+                f"its jobs and pipelines in {self.state_db}; the jobs in "
+                f"{str(self._unused['jobs.dbpath'])!r} are not taken over"
+            )
+        if self._unused.get("repositories"):
+            out.append(
+                "[repositories] (tomato 2.2's upload of results to data repositories) is "
+                "not used: tomato-mqtt uploads nothing; each job's results stay where its "
+                "payload's output says"
+            )
+        return out
+
+    @property
     def ws_port(self) -> int | None:
         """The embedded broker's WebSocket port: None when switched off."""
         if self.broker.ws_port is None:
@@ -350,6 +390,7 @@ def load_settings(
     if "appdir" in data:
         raise ConfigError(path, "appdir", "cannot be set in the file that the appdir holds")
     doc = dict(data)
+    unused = _tomato22_keys(doc, path, app)
     doc["appdir"] = app
     doc.setdefault("datadir", def_data)
     doc.setdefault("logdir", def_log)
@@ -367,9 +408,65 @@ def load_settings(
                 mqtt["host"] = host
         doc["mqtt"] = mqtt
     try:
-        return Settings.model_validate(doc)
+        settings = Settings.model_validate(doc)
     except ValidationError as e:
         raise ConfigError.from_validation_error(path, e, doc) from None
+    settings._unused = unused
+    return settings
+
+
+def _tomato22_keys(doc: dict[str, Any], path: Path, app: Path) -> dict[str, Any]:
+    """Take tomato 2.2's keys out of ``doc`` (its `tomato init` writes them): ``[devices]
+    config`` becomes ``devices_file``; ``[jobs] storage``, ``[jobs] dbpath`` and
+    ``[repositories]``, which nothing here reads, are returned (key -> value) for the
+    notes. Anything else stays, so an unknown key is still refused (a typo is caught)."""
+    unused: dict[str, Any] = {}
+    jobs = doc.get("jobs")
+    if isinstance(jobs, dict) and ("storage" in jobs or "dbpath" in jobs):
+        jobs = dict(jobs)  # our [jobs] holds the job limits; these two are tomato's
+        for key in ("storage", "dbpath"):
+            if key in jobs:
+                unused[f"jobs.{key}"] = jobs.pop(key)
+        doc["jobs"] = jobs
+    if "repositories" in doc:
+        unused["repositories"] = doc.pop("repositories")
+    if "devices" in doc:
+        devices = doc.pop("devices")
+        if not isinstance(devices, dict):
+            raise ConfigError(
+                path,
+                "devices",
+                "must be a table: tomato 2.2's [devices], with config = the "
+                "devices file (or set devices_file)",
+            )
+        for key in devices:
+            if key != "config":
+                raise ConfigError(
+                    path,
+                    f"devices.{key}",
+                    "unknown field ([devices] holds only config, the "
+                    "devices file, as in tomato 2.2)",
+                )
+        if "config" in devices:
+            config = devices["config"]
+            if not isinstance(config, str):
+                raise ConfigError(path, "devices.config", "must be a path (a string)")
+            ours = doc.get("devices_file")
+            if ours is not None and _in(app, str(ours)) != _in(app, config):
+                raise ConfigError(
+                    path,
+                    "devices.config",
+                    f"names the devices file {config!r}, but devices_file names {ours!r}: "
+                    "keep one of the two (devices_file, or tomato 2.2's [devices] config)",
+                )
+            doc["devices_file"] = config
+    return unused
+
+
+def _in(app: Path, p: str) -> Path:
+    """A path of the file as it is used: relative ones are relative to the appdir."""
+    q = Path(p).expanduser()
+    return q if q.is_absolute() else app / q
 
 
 def settings_url(settings: Settings) -> BrokerURL:

@@ -96,6 +96,8 @@ async def reload(ops: SchedulerOps, args: Mapping[str, JsonValue]) -> Result:
             f"; {', '.join(later)} changed, which reload does not apply: they take effect "
             "when the stack restarts (tomato stop, then tomato start)"
         )
+    if new_layout.ignored:  # said at every reload: the user is looking at the file now
+        what += "; warning: " + "; warning: ".join(new_layout.ignored)
     return Result("reload done: " + what, _jsonable_diff(diff))
 
 

@@ -143,6 +143,8 @@ class SchedulerService(Service):
     # -- lifecycle -------------------------------------------------------------------------
     async def setup(self) -> None:
         self.layout = load_devices(self.settings.devices_file, self.settings.node.name)
+        for line in self.layout.ignored:  # (tomato start said so on its stderr too)
+            log.warning("%s", line)
         self.settings.datadir.mkdir(parents=True, exist_ok=True)
         db = self.settings.state_db
         self.store = opened(
