@@ -420,3 +420,43 @@ def test_two_nodes_of_one_name_that_check_it_at_once_leave_one(tmp_path: Path) -
                 if p.poll() is None:
                     p.kill()
                     p.communicate()
+
+
+def test_a_node_that_cannot_reach_the_broker_says_so_and_stops_on_sigterm(
+    tmp_path: Path,
+) -> None:
+    """A node started by hand against a broker that is not there kept trying without a
+    word (nothing on the console, nothing in its log) and did not stop on SIGTERM until
+    the broker came (a security audit: a `timeout 12` run was up 10 minutes later). It
+    now says so (once a minute, on the console too) and stops on the first SIGTERM."""
+    import subprocess
+
+    from tests.stack import BIN, free_port
+
+    app = tmp_path / "app"
+    subprocess.run(
+        [str(BIN / "tomato"), "init", "-A", str(app), "-D", str(app / "d"), "-L", str(app / "l")],
+        capture_output=True, check=True,
+    )  # fmt: skip
+    url = f"mqtt://127.0.0.1:{free_port()}"  # nothing listens there
+    proc = subprocess.Popen(
+        [str(BIN / "tomato"), "node", "--name", "pc9", "-A", str(app), "--broker", url],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 20
+        log = app / "l" / "node-pc9.log"
+        while time.monotonic() < deadline and "cannot reach" not in (
+            log.read_text() if log.exists() else ""
+        ):
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        _out, err = proc.communicate(timeout=10)  # it was still up 10 s and 20 s later
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    said = f"cannot reach the MQTT broker at {url} ([Errno 111] Connection refused): trying again"
+    assert said in log.read_text(), log.read_text()
+    assert said in err, err
+    assert proc.returncode == 0, (proc.returncode, err)

@@ -80,6 +80,27 @@ async def test_tls_listener_refuses_plain_mqtt_and_a_wrong_ca(
         assert "warning: TLS without verifying the broker's certificate" in res.stderr
         assert "certificate verify failed" not in res.stderr, res.stderr
         assert "no scheduler answered" in res.stderr, res.stderr
+        # a node whose CA does not trust the broker stops at once, saying why (it kept
+        # trying without a word for good, and a SIGTERM went unheard: a security audit)
+        untrusted = f"mqtts://pc2:pw-pc2@127.0.0.1:{b.tls_port}?ca_certs={other.ca}"
+        app = tmp_path / "pc2"
+        await asyncio.to_thread(
+            subprocess.run,
+            [str(BIN / "tomato"), "init", "-A", str(app), "-D", str(app / "d"),
+             "-L", str(app / "l")],
+            capture_output=True, check=True,
+        )  # fmt: skip
+        t0 = time.monotonic()
+        res = await asyncio.to_thread(
+            subprocess.run,
+            [str(BIN / "tomato"), "node", "--name", "pc2", "--instance", instance,
+             "-A", str(app), "--broker", untrusted],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert res.returncode == 1, (res.returncode, res.stderr)
+        assert "error: TLS with the MQTT broker at mqtts://" in res.stderr, res.stderr
+        assert "certificate verify failed" in res.stderr, res.stderr
+        assert time.monotonic() - t0 < 30
     finally:
         await stop(b)
 

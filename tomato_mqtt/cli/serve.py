@@ -211,13 +211,16 @@ def node(
     _follow_supervisor()
     from tomato_mqtt.services.base import setup_logging
     from tomato_mqtt.services.node.service import NodeConfig, NodeService
+    from tomato_mqtt.services.watchdog import SUPERVISOR_PID_ENV
 
     ctx = opts.context()
     s = ctx.settings
     node_name = name or s.node.name
     # a node started by hand without -A/-L logs to the console only
     logdir = s.logdir if opts.logdir or opts.appdir else None
-    setup_logging(f"node-{node_name}", logdir, verbosity)
+    # by hand (no supervisor): its warnings on the console too ("cannot reach the broker")
+    by_hand = not os.environ.get(SUPERVISOR_PID_ENV)
+    setup_logging(f"node-{node_name}", logdir, verbosity, warnings_to_stderr=by_hand)
     # the local node of a secured stack logs in as its own service user
     if not opts.broker:
         ensure_services(s, [f"node:{node_name}"])

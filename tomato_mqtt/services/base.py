@@ -22,8 +22,10 @@ import abc
 import asyncio
 import contextlib
 import logging
+import math
 import signal
 import sys
+import time
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -44,6 +46,9 @@ if TYPE_CHECKING:
 __all__ = ["Service", "install_signal_handlers", "run_until_stopped", "setup_logging"]
 
 log = logging.getLogger(__name__)
+
+#: s between two warnings that the broker cannot be reached (while trying again)
+RETRY_TOLD_EVERY = 60.0
 
 
 async def run_until_stopped(stop: asyncio.Event, *coros: Coroutine[Any, Any, Any]) -> None:
@@ -87,14 +92,21 @@ def install_signal_handlers(stop: asyncio.Event) -> None:
             loop.add_signal_handler(sig, on_signal)
 
 
-def setup_logging(name: str, logdir: Path | None, verbosity: int = 0) -> None:
+def setup_logging(
+    name: str, logdir: Path | None, verbosity: int = 0, *, warnings_to_stderr: bool = False
+) -> None:
     """Log to ``logdir/<name>.log``; ``verbosity`` is -v count minus -q count, as in
-    tomato: 0 INFO, 1+ DEBUG, -1 WARNING, -2 ERROR, -3 CRITICAL."""
+    tomato: 0 INFO, 1+ DEBUG, -1 WARNING, -2 ERROR, -3 CRITICAL. With
+    ``warnings_to_stderr`` (a service run by hand) warnings go to the console as well."""
     level = min(max(logging.INFO - 10 * verbosity, logging.DEBUG), logging.CRITICAL)
     handlers: list[logging.Handler] = [logging.StreamHandler()]
     if logdir is not None:
         logdir.mkdir(parents=True, exist_ok=True)
         handlers = [logging.FileHandler(logdir / f"{name}.log")]
+        if warnings_to_stderr:
+            console = logging.StreamHandler()
+            console.setLevel(logging.WARNING)
+            handlers.append(console)
     logging.basicConfig(
         level=level,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -205,8 +217,45 @@ class Service(abc.ABC):
             await self._shutdown()
 
     async def connect(self) -> None:
-        if self.client is not None:
-            await self.client.connect(timeout=self.connect_timeout, retry=True)
+        """Connect, trying again for ``connect_timeout`` (each failure logged, once a
+        minute) unless a stop comes first. A login or certificate the broker will never
+        take ends it with a StartupError (one line: the service exits 1)."""
+        if self.client is None:
+            return
+        from tomato_mqtt.transport.client import MqttRefused, MqttUntrusted
+
+        told = -math.inf
+
+        def failed(e: Exception) -> None:
+            nonlocal told
+            now = time.monotonic()
+            if now - told >= RETRY_TOLD_EVERY:
+                told = now
+                log.warning(
+                    "%s: cannot reach the MQTT broker at %s (%s): trying again",
+                    self.client_id,
+                    self.url,
+                    e,
+                )
+
+        connecting = asyncio.ensure_future(
+            self.client.connect(timeout=self.connect_timeout, retry=True, on_retry=failed)
+        )
+        stop = asyncio.ensure_future(self._stop.wait())
+        try:
+            await asyncio.wait({connecting, stop}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+            if not connecting.done():  # stopped while it waited for the broker
+                await cancel_and_wait({connecting})
+        if connecting.cancelled():
+            return
+        e = connecting.exception()
+        if isinstance(e, MqttUntrusted) or (isinstance(e, MqttRefused) and e.final):
+            raise StartupError(str(e))
+        if isinstance(e, OSError):  # the TLS files named cannot be read, say
+            raise StartupError(f"cannot connect to the MQTT broker at {self.url}: {e}")
+        connecting.result()
 
     async def _shutdown(self) -> None:
         connected = self.client is not None and self.client.is_connected

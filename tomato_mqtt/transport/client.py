@@ -40,6 +40,7 @@ from tomato_mqtt.transport.types import (
     MqttError,
     MqttRefused,
     MqttTimeout,
+    MqttUntrusted,
     Will,
     topic_matches,
 )
@@ -51,6 +52,7 @@ __all__ = [
     "MqttError",
     "MqttRefused",
     "MqttTimeout",
+    "MqttUntrusted",
     "Will",
     "topic_matches",
 ]
@@ -142,8 +144,16 @@ class AsyncClient(_LoopDriven):
         c.on_socket_unregister_write = self._on_socket_unregister_write
         return c
 
-    async def connect(self, timeout: float = 5.0, *, retry: bool = False) -> None:
-        """Connect; with ``retry`` keep trying (with back-off) until ``timeout``."""
+    async def connect(
+        self,
+        timeout: float = 5.0,
+        *,
+        retry: bool = False,
+        on_retry: Callable[[Exception], None] | None = None,
+    ) -> None:
+        """Connect; with ``retry`` keep trying (with back-off) until ``timeout``, telling
+        ``on_retry`` each failed attempt. A login the broker refuses, or a certificate
+        that is not trusted, ends it at once: trying again will not help."""
         self._loop = asyncio.get_running_loop()
         self._closing = False
         self._loop_thread = threading.get_ident()
@@ -160,6 +170,9 @@ class AsyncClient(_LoopDriven):
                     # a login refused stays refused: no retry, no "cannot connect"
                     self._drop_socket()
                     raise MqttRefused(f"the MQTT broker at {self.url} {e}", e.code) from None
+                if isinstance(e, MqttUntrusted):
+                    self._drop_socket()
+                    raise
                 if not retry or self._loop.time() + delay >= deadline:
                     self._drop_socket()
                     if isinstance(e, asyncio.TimeoutError):
@@ -167,6 +180,8 @@ class AsyncClient(_LoopDriven):
                             f"no answer from the MQTT broker at {self.url} within {timeout:g} s"
                         ) from None
                     raise MqttError(f"cannot connect to the MQTT broker at {self.url}: {e}") from e
+                if on_retry is not None:
+                    on_retry(e)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 1.0)
         self._misc_task = asyncio.create_task(self._misc_loop(), name=f"mqtt-misc-{self.client_id}")
@@ -185,6 +200,8 @@ class AsyncClient(_LoopDriven):
             ctx = getattr(c, "_ssl_context", None)
             if isinstance(ctx, TrackingContext):
                 ctx.close_last()
+            if isinstance(e, ssl.SSLCertVerificationError):
+                raise MqttUntrusted(f"TLS with the MQTT broker at {self.url} failed: {e}") from e
             raise MqttError(str(e) or type(e).__name__) from e
         rc = await self._connack
         if rc != 0:

@@ -8,7 +8,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["Message", "MqttError", "MqttRefused", "MqttTimeout", "Will", "topic_matches"]
+__all__ = [
+    "Message",
+    "MqttError",
+    "MqttRefused",
+    "MqttTimeout",
+    "MqttUntrusted",
+    "Will",
+    "topic_matches",
+]
 
 
 class MqttError(Exception):
@@ -30,6 +38,11 @@ class MqttRefused(MqttError):
     def final(self) -> bool:
         """A login or client id the broker does not take: trying again will not help."""
         return self.code in LOGIN_REFUSED or self.code in (2, 133)
+
+
+class MqttUntrusted(MqttError):
+    """TLS failed on a certificate (the broker's not trusted, or its name not the one
+    asked for): trying again will not help until the set-up changes."""
 
 
 #: CONNACK refusals: MQTT 3.1.1 return codes and the MQTT 5 reason codes paho 2 maps

@@ -174,15 +174,16 @@ class NodeService(Service):
         }
         self._node_handlers = node_handlers
 
+    #: the node may start before the broker (or lose it for long): it keeps trying
+    #: (saying so once a minute) until stopped; a login or certificate the broker will
+    #: never take stops it at once, saying why (it hung without a word, and a SIGTERM
+    #: went unheard until the broker came: found by a security audit)
+    connect_timeout = 3600 * 24 * 365.0
+
     async def connect(self) -> None:
-        # the node may start before the broker (or lose it for long): keep trying until stopped
-        while not self.stopping and self.client is not None:
-            try:
-                await self.client.connect(timeout=3600 * 24 * 365, retry=True)
-                break
-            except Exception as e:
-                log.warning("node %s: %s", self.name, e)
-        log.info("node %s: connected to %s (epoch %d)", self.name, self.config.url, self.epoch)
+        await super().connect()
+        if not self.stopping:
+            log.info("node %s: connected to %s (epoch %d)", self.name, self.config.url, self.epoch)
 
     async def started(self) -> None:
         if not await self._claim_name():
