@@ -7,11 +7,14 @@ a scheduler's whoami) is in tests/test_dashboard.py.
 
 from __future__ import annotations
 
+import asyncio
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.security_env import secured
 from tests.stack import free_port
 from tomato_mqtt.config.url import BrokerURL
 from tomato_mqtt.services.dashboard.sessions import LoginFailed, Session, Sessions
@@ -42,6 +45,35 @@ async def test_wrong_passwords_make_the_next_tries_wait() -> None:
         await ss.sign_in("olga", "right-but-too-soon")
     with pytest.raises(LoginFailed, match="did not accept"):  # another login: not held up
         await ss.sign_in("otto", "x")
+
+
+async def test_tries_sent_at_once_do_not_pass_the_wait_together(
+    tmp_path: Path, instance: str
+) -> None:
+    """Found by a security audit: after 3 wrong passwords a 4th try waited 2 s, but once
+    the wait had passed, 20 tries sent at once all reached the broker's password check
+    (each was checked before any had failed). Counted from their start, one goes."""
+    async with secured("amqtt", tmp_path, instance) as b:
+        ss = Sessions(BrokerURL.parse(b.url()), instance, read_only=False)
+        for _ in range(Sessions.FREE_FAILURES):
+            with pytest.raises(LoginFailed, match="wrong user name or password"):
+                await ss.sign_in("olga", "wrong")
+        count, last = ss._failures["olga"]
+        ss._failures["olga"] = (count, last - 60)  # the wait has passed
+        tries = [ss.sign_in("olga", f"guess-{i}") for i in range(20)]
+        said = [str(e) for e in await asyncio.gather(*tries, return_exceptions=True)]
+        checked = [m for m in said if "wrong user name or password" in m]
+        assert len(checked) == 1, said
+        assert all("try again in" in m for m in said if m not in checked), said
+        # many logins tried at once from one address: a few at a time reach the broker
+        tries = [ss.sign_in(f"guess{i}", "x", peer="192.0.2.7") for i in range(20)]
+        said = [str(e) for e in await asyncio.gather(*tries, return_exceptions=True)]
+        checked = [m for m in said if "wrong user name or password" in m]
+        assert len(checked) == Sessions.MAX_IN_FLIGHT_PER_PEER, said
+        assert all("under way" in m for m in said if m not in checked), said
+        assert not ss._in_flight  # and nothing left counted once they are done
+        with pytest.raises(LoginFailed, match="wrong user name or password"):
+            await ss.sign_in("ada", "wrong", peer="192.0.2.7")
 
 
 async def test_a_login_holds_a_few_sessions_and_idle_ones_end() -> None:

@@ -115,6 +115,9 @@ class Sessions:
     IDLE = 12 * 3600.0
     #: failed sign-ins of one login before each further try waits (2, 4, ... 60 s)
     FREE_FAILURES = 3
+    #: sign-ins from one client address under way at once (a page makes one at a time;
+    #: many at once are a run of guesses spread over logins)
+    MAX_IN_FLIGHT_PER_PEER = 4
     #: ended sessions whose reason is kept, to tell their page
     ENDED_KEPT = 1000
 
@@ -129,6 +132,7 @@ class Sessions:
         self.shared: Session | None = None
         #: login -> (failed sign-ins in a row, monotonic time of the last)
         self._failures: dict[str, tuple[int, float]] = {}
+        self._in_flight: dict[str, int] = {}  # client address -> sign-ins under way
         self._closing: set[asyncio.Future[None]] = set()  # connections of dropped sessions
         #: why a token no longer signs anyone in (the newest ENDED_KEPT); a token this
         #: dashboard never made was made by one that ran before it
@@ -194,13 +198,29 @@ class Sessions:
         while len(self._failures) > 10_000:  # bounded, whatever names are tried
             self._failures.pop(next(iter(self._failures)))
 
-    async def sign_in(self, username: str, password: str) -> Session:
+    async def sign_in(self, username: str, password: str, peer: str | None = None) -> Session:
+        """Sign ``username`` in (``peer``: the client's address, if known)."""
         self._check_failures(username)
+        if peer is not None and self._in_flight.get(peer, 0) >= self.MAX_IN_FLIGHT_PER_PEER:
+            raise LoginFailed("other sign-ins from your address are under way: try again")
+        # a try counts as failed from its start, until it succeeds: the check above came
+        # before the broker's answer, so once a wait had passed, 20 tries sent at once all
+        # reached the broker's password check (found by a security audit); now the first
+        # of them makes the others wait
+        self._failed(username)
+        if peer is not None:
+            self._in_flight[peer] = self._in_flight.get(peer, 0) + 1
         try:
             s = await self._sign_in(username, password)
         except LoginFailed:
-            self._failed(username)
+            if username in self._failures:  # the wait runs from the refusal
+                self._failures[username] = (self._failures[username][0], time.monotonic())
             raise
+        finally:
+            if peer is not None:
+                left = self._in_flight.pop(peer, 1) - 1
+                if left:
+                    self._in_flight[peer] = left
         self._failures.pop(username, None)
         return s
 

@@ -142,7 +142,7 @@ async def _login(request: web.Request) -> web.StreamResponse:
         return web.json_response({"success": False, "msg": "give a user name"})
     svc = request.app[SVC]
     try:
-        s = await svc.sessions.sign_in(user, password)
+        s = await svc.sessions.sign_in(user, password, peer=request.remote)
     except LoginFailed as e:
         return web.json_response({"success": False, "msg": str(e)})
     resp = web.json_response({"success": True, "msg": f"signed in as {user}", "me": s.describe()})
