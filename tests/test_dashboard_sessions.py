@@ -12,12 +12,17 @@ import time
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 
-from tests.security_env import secured
+from tests.browser import running_dashboard
+from tests.inproc import running
+from tests.security_env import DEVICES, SecureBroker, secured
 from tests.stack import free_port
+from tomato_mqtt.config.settings import load_settings
 from tomato_mqtt.config.url import BrokerURL
 from tomato_mqtt.services.dashboard.sessions import LoginFailed, Session, Sessions
+from tomato_mqtt.services.scheduler.service import SchedulerService
 from tomato_mqtt.wire.topics import Topics
 
 
@@ -109,3 +114,39 @@ async def test_a_page_whose_sign_in_ended_is_told_why() -> None:
     assert "12 h without use" in (ss.ended(olga[0].token) or "")
     # a token this dashboard never made: one that ran before it made it
     assert "dashboard was restarted" in (ss.ended("from-before") or "")
+
+
+def _scheduler(b: SecureBroker, root: Path) -> SchedulerService:
+    """A scheduler with its own login on the secured broker ``b``."""
+    app = root / "app"
+    app.mkdir(parents=True)
+    (app / "devices.yml").write_text(DEVICES)
+    (app / "settings.toml").write_text(
+        f'[mqtt]\ninstance = "{b.instance}"\nport = {b.port}\n'
+        'username = "sched"\npassword = "pw-sched"\n'
+        f'[broker]\nembedded = false\npassword_file = "{b.workdir / "users"}"\n'
+    )
+    return SchedulerService(load_settings(appdir=app, datadir=root / "d", logdir=root / "l"))
+
+
+async def test_a_node_login_is_told_its_role_cannot_use_the_dashboard(
+    tmp_path: Path, instance: str
+) -> None:
+    """A node's login (role node:pc1) with its right password was told "no scheduler
+    answered whoami: is it running?" while the scheduler ran (a node may not ask it)."""
+    async with (
+        secured("amqtt", tmp_path / "b", instance) as b,
+        running(_scheduler(b, tmp_path)),
+        running_dashboard(b.url("dash"), instance) as dash,
+        aiohttp.ClientSession() as http,
+    ):
+        for user, password in (("pc1", "pw-pc1"), ("rita", "pw-rita")):
+            async with http.post(
+                dash.address() + "api/login", json={"username": user, "password": password}
+            ) as r:
+                got = await r.json()
+            if user == "pc1":
+                assert not got["success"], got
+                assert "'pc1' cannot use the dashboard: its role" in got["msg"], got
+            else:  # a person's login: signed in
+                assert got["success"] and got["me"]["role"] == "reader", got

@@ -94,10 +94,12 @@ class Session:
         }
 
 
-async def whoami(req: Requester, topics: Topics) -> WhoamiData | None:
+async def whoami(req: Requester, topics: Topics, timeout: float = 5.0) -> WhoamiData | None:
     """The scheduler's view of this identity; None if no scheduler answers now."""
     try:
-        data = await req.call(topics.scheduler_cmd("whoami"), command("scheduler", "whoami"), {})
+        data = await req.call(
+            topics.scheduler_cmd("whoami"), command("scheduler", "whoami"), {}, timeout=timeout
+        )
     except (NoResponder, MqttError):
         return None
     return data if isinstance(data, WhoamiData) else None
@@ -264,6 +266,15 @@ class Sessions:
             raise LoginFailed(f"{username!r} may not use this instance: {e}") from None
         if me is None:
             await client.disconnect()
+            shared = self.shared
+            if shared is not None and await whoami(shared.requester, shared.topics, 2.0):
+                # the scheduler answers the dashboard's own login: the broker dropped this
+                # login's question (a node's login signed in was told "is it running?")
+                raise LoginFailed(
+                    f"{username!r} cannot use the dashboard: its role may not ask the"
+                    " scheduler who it is (a node's login, role node:<name>, is for its node"
+                    " only); sign in with a person's login"
+                )
             raise LoginFailed("no scheduler answered whoami: is it running?")
         if me.open and self.exposed:
             await client.disconnect()
