@@ -10,12 +10,14 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import yaml
 
 from tests.browser import running_dashboard
 from tests.conftest import RunningBroker
 from tests.inproc import client, inproc_stack
 from tomato_mqtt.services.dashboard.service import DashboardService
 from tomato_mqtt.services.dashboard.sessions import KNOWN_OPS
+from tomato_mqtt.wire.commands import PAYLOAD_TEXT_MAX
 from tomato_mqtt.wire.messages import ComponentMeta, encode
 from tomato_mqtt.wire.topics import Topics
 
@@ -261,3 +263,36 @@ async def test_a_page_signed_out_elsewhere_is_told_so_at_its_next_control(
         assert not got["success"] and got["ended"] is True, got
         assert got["msg"].startswith("your sign-in has ended ('olga' signed in more"), got
         assert got["me"]["controls"] == [], got
+
+
+async def test_an_upload_is_no_longer_than_the_scheduler_takes_a_payload_text(
+    broker: RunningBroker, tmp_path: Path, instance: str
+) -> None:
+    """Found by a security audit: security.md says a payload sent as text has at most
+    1,000,000 characters, but the dashboard parsed uploads itself up to the 8 MiB of a
+    request (a 7.9 MB file and a payload with a 7 MB string were queued). Every form of
+    upload is held to the scheduler's limit, and the refusal names the file and it."""
+    url = f"mqtt://127.0.0.1:{broker.port}"
+    plain = (
+        "version: '2.2'\nuser: {identifier: u}\nsample: {identifier: s1}\nmethod: "
+        "[{component_role: counter, technique_name: count, max_duration: 1,"
+        " sampling_interval: 0.1}]\n"
+    )
+    long = plain + "# " + "x" * PAYLOAD_TEXT_MAX + "\n"  # a valid payload, too long
+    doc = yaml.safe_load(plain)
+    doc["sample"]["description"] = "x" * PAYLOAD_TEXT_MAX
+    async with (
+        inproc_stack(broker.port, tmp_path / "st", instance),
+        running_dashboard(url, instance) as dash,
+    ):
+        await _controls(dash)
+        limit = f"more than a payload may have ({PAYLOAD_TEXT_MAX:,})"
+        r = await _cmd(dash, "job_submit", {"text": long, "filename": "big.yml"})
+        assert not r["success"] and r["code"] == "refused", r["msg"][:300]
+        assert r["msg"].startswith("payload refused: big.yml: 1,000,") and limit in r["msg"]
+        for form in ("payload_text", "payload"):
+            r = await _cmd(dash, "job_submit", {form: long if form == "payload_text" else doc})
+            assert not r["success"] and r["code"] == "refused", r["msg"][:300]
+            assert r["msg"].startswith(f"payload refused: {form}: ") and limit in r["msg"]
+        r = await _cmd(dash, "job_submit", {"text": plain, "filename": "fine.yml"})
+        assert r["success"] and r["data"]["id"] == 1, r  # the first job: none queued before

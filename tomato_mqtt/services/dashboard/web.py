@@ -32,17 +32,20 @@ from tomato_mqtt.services.dashboard.sessions import KNOWN_OPS, LoginFailed, Sess
 from tomato_mqtt.transport.client import MqttError
 from tomato_mqtt.transport.oneshot import refused_token
 from tomato_mqtt.transport.rpc import NoResponder, ReplyError
+from tomato_mqtt.wire.commands import PAYLOAD_TEXT_MAX
 from tomato_mqtt.wire.messages import Reply
 
 __all__ = ["COOKIE", "make_app"]
 
 COOKIE = "tomato_dashboard"
 STATIC = Path(__file__).with_name("static")
+#: the largest request body: a payload of PAYLOAD_TEXT_MAX characters as JSON (escaped)
+MAX_BODY = 8 * 2**20
 SVC: web.AppKey[DashboardService] = web.AppKey("svc", DashboardService)
 
 
 def make_app(svc: DashboardService) -> web.Application:
-    app = web.Application(client_max_size=8 * 2**20, middlewares=[_same_origin])
+    app = web.Application(client_max_size=MAX_BODY, middlewares=[_same_origin])
     app[SVC] = svc
     app.router.add_get("/", _index)
     app.router.add_static("/static/", STATIC)
@@ -126,6 +129,12 @@ async def _ws(request: web.Request) -> web.StreamResponse:
 async def _json(request: web.Request) -> dict[str, Any]:
     try:
         data = await request.json()
+    except web.HTTPRequestEntityTooLarge as e:  # said for a person choosing a file
+        raise web.HTTPRequestEntityTooLarge(
+            MAX_BODY,
+            request.content_length or 0,
+            text=f"{e.text}; a payload may have at most {PAYLOAD_TEXT_MAX:,} characters",
+        ) from None
     except (ValueError, UnicodeDecodeError):
         raise web.HTTPBadRequest(text="the request body is not JSON") from None
     except RecursionError:  # [[[[...]]]] thousands deep: was a 500
@@ -236,6 +245,17 @@ def _upload_name(args: dict[str, Any]) -> str | None:
     return Path(str(args.get("filename") or "payload.yml")).name[:200] or "payload.yml"
 
 
+def _bounded(name: str, size: int) -> None:
+    """A payload at most as long as the scheduler takes one as text: an upload parsed
+    here went up to the 8 MiB of a request (found by a security audit: a 7.9 MB file and
+    a payload with a 7 MB string were queued)."""
+    if size > PAYLOAD_TEXT_MAX:
+        raise _BadUpload(
+            f"payload refused: {name}: {size:,} characters, more than a payload may have"
+            f" ({PAYLOAD_TEXT_MAX:,})"
+        )
+
+
 def _payload_args(args: dict[str, Any], user: str | None) -> dict[str, Any]:
     """An uploaded payload file, read as ``ketchup submit`` reads one (YAML or JSON),
     except that it may not name other files (the server's own: found by a security
@@ -245,6 +265,10 @@ def _payload_args(args: dict[str, Any], user: str | None) -> dict[str, Any]:
     if "payload" in args or "payload_text" in args:  # the scheduler's own arguments
         # (topics.md): passed on as they are, the scheduler reads and checks them (a
         # payload_text may not name other files there either)
+        if isinstance(args.get("payload_text"), str):
+            _bounded("payload_text", len(args["payload_text"]))
+        if "payload" in args:  # as the scheduler gets it: JSON
+            _bounded("payload", len(json.dumps(args["payload"], separators=(",", ":"))))
         given: dict[str, Any] = {
             k: args[k] for k in ("payload", "payload_text", "jobname", "token") if k in args
         }
@@ -255,6 +279,7 @@ def _payload_args(args: dict[str, Any], user: str | None) -> dict[str, Any]:
         raise _BadUpload(
             "choose a payload file (or give args.payload, args.payload_text or args.text)"
         )
+    _bounded(name, len(text))
     if not text.strip():  # a file was chosen: say what is wrong with it, as ketchup does
         raise _BadUpload(f"payload refused: {name}: the file is empty")
     try:
