@@ -17,6 +17,7 @@ from tests.conftest import RunningBroker
 from tests.inproc import client, inproc_stack
 from tomato_mqtt.services.dashboard.service import DashboardService
 from tomato_mqtt.services.dashboard.sessions import KNOWN_OPS
+from tomato_mqtt.services.dashboard.web import cookie_name
 from tomato_mqtt.wire.commands import PAYLOAD_TEXT_MAX
 from tomato_mqtt.wire.messages import ComponentMeta, encode
 from tomato_mqtt.wire.topics import Topics
@@ -256,7 +257,7 @@ async def test_a_page_signed_out_elsewhere_is_told_so_at_its_next_control(
         await _controls(dash)
         dash.sessions._ended["tok-1"] = "'olga' signed in more than 5 times since"
         async with (
-            aiohttp.ClientSession(cookies={"tomato_dashboard": "tok-1"}) as http,
+            aiohttp.ClientSession(cookies={cookie_name(dash.port): "tok-1"}) as http,
             http.post(dash.address() + "api/cmd", json={"op": "pipeline_ready", "args": {}}) as r,
         ):
             got = await r.json()
@@ -296,3 +297,38 @@ async def test_an_upload_is_no_longer_than_the_scheduler_takes_a_payload_text(
             assert r["msg"].startswith(f"payload refused: {form}: ") and limit in r["msg"]
         r = await _cmd(dash, "job_submit", {"text": plain, "filename": "fine.yml"})
         assert r["success"] and r["data"]["id"] == 1, r  # the first job: none queued before
+
+
+async def _hello(http: aiohttp.ClientSession, dash: DashboardService) -> dict[str, Any]:
+    async with http.ws_connect(dash.address() + "ws") as ws:
+        got: dict[str, Any] = await ws.receive_json(timeout=10)
+        assert got["t"] == "hello", got
+        return got
+
+
+async def test_two_dashboards_on_one_pc_keep_their_own_sign_ins(
+    broker: RunningBroker, tmp_path: Path, instance: str
+) -> None:
+    """Found by a security audit: a browser sends a host's cookies to every port, so a
+    sign-in on the dashboard at :23311 replaced the cookie of the one at :23310 and
+    signed the user out there, "(the dashboard was restarted since)"."""
+    url = f"mqtt://127.0.0.1:{broker.port}"
+    jar = aiohttp.CookieJar(unsafe=True)  # cookies of 127.0.0.1, by host as a browser's
+    async with (
+        inproc_stack(broker.port, tmp_path / "st", instance),
+        running_dashboard(url, instance) as one,
+        running_dashboard(url, instance) as two,
+        aiohttp.ClientSession(cookie_jar=jar) as http,
+    ):
+        for dash, user in ((one, "olga"), (two, "otto")):
+            await _controls(dash)
+            body = {"username": user, "password": "pw"}
+            async with http.post(dash.address() + "api/login", json=body) as r:
+                assert (await r.json())["success"], await r.text()
+        for dash, user in ((one, "olga"), (two, "otto")):
+            hello = await _hello(http, dash)
+            assert hello["me"]["signed_in"] and hello["me"]["user"] == user, hello["me"]
+            assert hello["ended"] is None, hello["ended"]
+        async with http.post(one.address() + "api/logout", json={}) as r:
+            assert r.status == 200
+        assert (await _hello(http, two))["me"]["user"] == "otto"  # still signed in there

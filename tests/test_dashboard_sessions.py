@@ -112,8 +112,14 @@ async def test_a_page_whose_sign_in_ended_is_told_why() -> None:
     stale.used = time.monotonic() - Sessions.IDLE - 1
     ss.get(olga[0].token)
     assert "12 h without use" in (ss.ended(olga[0].token) or "")
-    # a token this dashboard never made: one that ran before it made it
-    assert "dashboard was restarted" in (ss.ended("from-before") or "")
+    # a token of a dashboard that ran before on this port: said so
+    said = ss.ended(_sessions().new_token()) or ""
+    assert "sign-in has ended (the dashboard was restarted since)" in said, said
+    # one it cannot place: no restart claimed (it was said for any cookie: a security
+    # audit, a sign-in on another port's dashboard); one signed out: said so
+    assert ss.ended("from-elsewhere") == "your sign-in has ended; sign in again"
+    await ss.sign_out(rita[-1].token)
+    assert ss.ended(rita[-1].token) == "your sign-in has ended (signed out): sign in again"
 
 
 def _scheduler(b: SecureBroker, root: Path) -> SchedulerService:

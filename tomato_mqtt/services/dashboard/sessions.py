@@ -136,9 +136,11 @@ class Sessions:
         self._failures: dict[str, tuple[int, float]] = {}
         self._in_flight: dict[str, int] = {}  # client address -> sign-ins under way
         self._closing: set[asyncio.Future[None]] = set()  # connections of dropped sessions
-        #: why a token no longer signs anyone in (the newest ENDED_KEPT); a token this
-        #: dashboard never made was made by one that ran before it
+        #: why a token no longer signs anyone in (the newest ENDED_KEPT)
         self._ended: dict[str, str] = {}
+        #: this run's mark, the start of every token it makes: a token with another mark
+        #: was made by a dashboard that ran on this port before
+        self._run = secrets.token_hex(4)
 
     async def start_shared(self, client: AsyncClient) -> None:
         topics = Topics(self.instance, self.url.username)
@@ -169,14 +171,27 @@ class Sessions:
         the shared read-only view to everyone signed in, without a word."""
         if not token or token in self._by_token:
             return None
-        why = self._ended.get(token, "the dashboard was restarted since")
+        why = self._ended.get(token)
+        run, dot, _ = token.partition(".")
+        if why is None and dot and run != self._run and len(run) == 8:
+            why = "the dashboard was restarted since"
+        if why is None:  # not known why: it claimed a restart, also after a sign-out or
+            # for another dashboard's cookie (a security audit)
+            return "your sign-in has ended; sign in again"
         return f"your sign-in has ended ({why}): sign in again"
+
+    def new_token(self) -> str:
+        """A session's cookie value: this run's mark and 32 random characters."""
+        return f"{self._run}.{secrets.token_urlsafe(24)}"
+
+    def _ending(self, token: str, why: str) -> None:
+        self._ended[token] = why
+        while len(self._ended) > self.ENDED_KEPT:
+            del self._ended[next(iter(self._ended))]
 
     def _drop(self, s: Session, why: str) -> None:
         """Forget ``s`` now; its broker connection closes in the background."""
-        self._ended[s.token] = why
-        while len(self._ended) > self.ENDED_KEPT:
-            del self._ended[next(iter(self._ended))]
+        self._ending(s.token, why)
         self._by_token.pop(s.token, None)
         if s.client is not None:
             task = asyncio.ensure_future(_disconnect(s.client))
@@ -282,12 +297,14 @@ class Sessions:
                 "this stack is open (no users file): anyone could sign in as anyone from the "
                 "network; secure it (docs/security.md) to use controls on a served dashboard"
             )
-        s = Session(secrets.token_urlsafe(24), username, req, topics, me, self.read_only, client)
+        s = Session(self.new_token(), username, req, topics, me, self.read_only, client)
         self._by_token[s.token] = s
         return s
 
     async def sign_out(self, token: str | None) -> None:
         s = self._by_token.pop(token or "", None)
+        if s is not None:
+            self._ending(s.token, "signed out")
         if s is not None and s.client is not None:
             with contextlib.suppress(Exception):
                 await s.client.disconnect()

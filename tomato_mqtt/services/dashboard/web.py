@@ -35,9 +35,7 @@ from tomato_mqtt.transport.rpc import NoResponder, ReplyError
 from tomato_mqtt.wire.commands import PAYLOAD_TEXT_MAX
 from tomato_mqtt.wire.messages import Reply
 
-__all__ = ["COOKIE", "make_app"]
-
-COOKIE = "tomato_dashboard"
+__all__ = ["cookie_name", "make_app"]
 STATIC = Path(__file__).with_name("static")
 #: the largest request body: a payload of PAYLOAD_TEXT_MAX characters as JSON (escaped)
 MAX_BODY = 8 * 2**20
@@ -79,8 +77,19 @@ async def _same_origin(request: web.Request, handler: Any) -> web.StreamResponse
     return resp
 
 
+def cookie_name(port: int | None) -> str:
+    """The session cookie of the dashboard serving on ``port``: a browser sends a host's
+    cookies to every port, so two dashboards on one PC with one name signed each other's
+    users out (found by a security audit)."""
+    return f"tomato_dashboard_{port}"
+
+
+def _token(request: web.Request) -> str | None:
+    return request.cookies.get(cookie_name(request.app[SVC].port))
+
+
 def _session(request: web.Request) -> Session:
-    s = request.app[SVC].sessions.get(request.cookies.get(COOKIE))
+    s = request.app[SVC].sessions.get(_token(request))
     if s is None:
         raise web.HTTPServiceUnavailable(text="the dashboard is not connected to the broker yet")
     return s
@@ -106,7 +115,7 @@ async def _ws(request: web.Request) -> web.StreamResponse:
     ws = web.WebSocketResponse(heartbeat=20, compress=False)
     await ws.prepare(request)
     viewer = Viewer(_session(request), close=ws.close)
-    viewer.send(svc.hello(viewer) | {"ended": svc.sessions.ended(request.cookies.get(COOKIE))})
+    viewer.send(svc.hello(viewer) | {"ended": svc.sessions.ended(_token(request))})
     svc.viewers.add(viewer)
     writer = asyncio.ensure_future(svc.writer(viewer, ws.send_str))
     try:
@@ -156,14 +165,16 @@ async def _login(request: web.Request) -> web.StreamResponse:
         return web.json_response({"success": False, "msg": str(e)})
     resp = web.json_response({"success": True, "msg": f"signed in as {user}", "me": s.describe()})
     # over HTTPS the browser never sends the session's cookie over plain HTTP
-    resp.set_cookie(COOKIE, s.token, httponly=True, samesite="Strict", secure=svc.cfg.tls)
+    resp.set_cookie(
+        cookie_name(svc.port), s.token, httponly=True, samesite="Strict", secure=svc.cfg.tls
+    )
     return resp
 
 
 async def _logout(request: web.Request) -> web.StreamResponse:
-    await request.app[SVC].sessions.sign_out(request.cookies.get(COOKIE))
+    await request.app[SVC].sessions.sign_out(_token(request))
     resp = web.json_response({"success": True, "msg": "signed out"})
-    resp.del_cookie(COOKIE)
+    resp.del_cookie(cookie_name(request.app[SVC].port))
     return resp
 
 
@@ -187,7 +198,7 @@ async def _cmd(request: web.Request) -> web.StreamResponse:
             f"unknown operation {op or '(no op)'!r} (known: {', '.join(KNOWN_OPS)})", "unknown_op"
         )
     if op not in s.controls:
-        ended = request.app[SVC].sessions.ended(request.cookies.get(COOKIE))
+        ended = request.app[SVC].sessions.ended(_token(request))
         if ended:  # signed out elsewhere since the page loaded: say that, and who it is now
             # (it answered "not allowed here: … (role reader)" with the controls still
             # shown: a newcomer's tour with six sign-ins of one login)
@@ -302,7 +313,7 @@ async def _download(request: web.Request) -> web.StreamResponse:
     if "job_snapshot" not in s.controls:
         if s.read_only:  # the reason, not the role (an admin was told its role may not)
             raise web.HTTPForbidden(text="this dashboard is read-only: no snapshots here")
-        ended = request.app[SVC].sessions.ended(request.cookies.get(COOKIE))
+        ended = request.app[SVC].sessions.ended(_token(request))
         raise web.HTTPForbidden(text=ended or "your role may not take snapshots of jobs")
     try:
         snap = await take_snapshot(s, job)
