@@ -5,16 +5,19 @@ is named as ``passata`` names it (an unknown one refused at once, ``not_found``)
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 import yaml
 
 from tests.browser import running_dashboard
 from tests.conftest import RunningBroker
 from tests.inproc import client, inproc_stack
+from tomato_mqtt.config.settings import DashboardSettings
 from tomato_mqtt.services.dashboard.service import DashboardService
 from tomato_mqtt.services.dashboard.sessions import KNOWN_OPS
 from tomato_mqtt.services.dashboard.web import cookie_name
@@ -332,3 +335,51 @@ async def test_two_dashboards_on_one_pc_keep_their_own_sign_ins(
         async with http.post(one.address() + "api/logout", json={}) as r:
             assert r.status == 200
         assert (await _hello(http, two))["me"]["user"] == "otto"  # still signed in there
+
+
+async def test_a_dashboard_on_the_network_answers_to_this_pc_s_names_only(
+    broker: RunningBroker, tmp_path: Path, instance: str
+) -> None:
+    """Found by a security audit: served on 0.0.0.0 over plain HTTP, the dashboard
+    answered any Host, so a page of rebind.evil.example (re-pointed at the lab PC) read
+    the whole state over the live socket and could try sign-ins. Now only this PC's names
+    and addresses and those of ``[dashboard] hosts``; and one served on 127.0.0.2 answers
+    to the address it prints (it refused every request)."""
+    url = f"mqtt://127.0.0.1:{broker.port}"
+    async with (
+        inproc_stack(broker.port, tmp_path / "st", instance),
+        running_dashboard(url, instance, host="0.0.0.0", hosts=("dash.lab.example",)) as dash,
+        aiohttp.ClientSession() as http,
+    ):
+        base, port = dash.address(), dash.port
+        evil = {"Host": f"rebind.evil.example:{port}"}
+        async with http.get(base, headers=evil) as r:
+            said = await r.text()
+            assert r.status == 403 and "'rebind.evil.example:" in said, said
+            assert "hosts = [...] under [dashboard]" in said, said
+        body = {"username": "olga", "password": "pw"}
+        async with http.post(base + "api/login", json=body, headers=evil) as r:
+            assert r.status == 403
+        try:
+            async with http.ws_connect(base + "ws", headers=evil):
+                raise AssertionError("/ws answered to rebind.evil.example")
+        except aiohttp.WSServerHandshakeError as e:
+            assert e.status == 403, e
+        own = [socket.gethostname(), socket.getfqdn(), "localhost", "127.0.0.1", "[::1]"]
+        for host in [*own, "192.0.2.10", "DASH.lab.example", "dash.lab.example."]:
+            async with http.get(base, headers={"Host": f"{host}:{port}"}) as r:
+                assert r.status == 200, (host, await r.text())
+            async with http.ws_connect(base + "ws", headers={"Host": f"{host}:{port}"}) as ws:
+                assert (await ws.receive_json(timeout=10))["t"] == "hello"
+    async with running_dashboard(url, instance, host="127.0.0.2") as dash:
+        assert dash.address() == f"http://127.0.0.2:{dash.port}/"
+        assert not dash.sessions.exposed  # a loopback address: an open stack's controls
+        async with aiohttp.ClientSession() as http, http.get(dash.address()) as r:
+            assert r.status == 200, await r.text()
+
+
+def test_dashboard_hosts_setting_takes_names_only() -> None:
+    assert DashboardSettings(hosts=["Lab-Dash.example.org."]).hosts == ["lab-dash.example.org"]
+    for bad in ("http://lab-dash", "lab-dash:8765", "", ".example.org"):
+        with pytest.raises(ValueError, match="not a host name"):
+            DashboardSettings(hosts=[bad])

@@ -30,6 +30,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from tomato_mqtt.config.settings import is_loopback
 from tomato_mqtt.config.url import BrokerURL
 from tomato_mqtt.services.base import cancel_and_wait, install_signal_handlers, run_until_stopped
 from tomato_mqtt.services.dashboard.sessions import Session, Sessions
@@ -74,6 +75,8 @@ class DashboardConfig:
     #: HTTPS with this certificate and key (PEM); None: plain HTTP
     certfile: str | None = None
     keyfile: str | None = None
+    #: names the page answers to besides this PC's own (``[dashboard] hosts``)
+    hosts: tuple[str, ...] = ()
 
     @property
     def tls(self) -> bool:
@@ -104,11 +107,13 @@ class DashboardService:
         self.cfg = cfg
         self.topics = Topics(cfg.instance, cfg.url.username)
         self.state = LabState()
-        exposed = cfg.host not in ("127.0.0.1", "localhost", "::1")
+        exposed = not is_loopback(cfg.host)  # 127.0.0.2 too: any loopback address
         self.sessions = Sessions(cfg.url, cfg.instance, cfg.read_only, exposed)
         self.viewers: set[Viewer] = set()
         self.client: AsyncClient | None = None
         self.port: int | None = None  # the bound port, once serving
+        #: the host names the page answers to (``web.this_pc_names``, set by ``run``)
+        self.names: frozenset[str] = frozenset({"localhost", *cfg.hosts})
         self.ready = asyncio.Event()
         self.bad_messages = 0
         #: called with the page's address once it is served (``tomato dashboard --open``)
@@ -148,8 +153,9 @@ class DashboardService:
     async def run(self) -> None:
         from aiohttp import web  # the [dashboard] extra: imported only where it serves
 
-        from tomato_mqtt.services.dashboard.web import make_app
+        from tomato_mqtt.services.dashboard.web import make_app, this_pc_names
 
+        self.names = frozenset(await asyncio.to_thread(this_pc_names)) | self.names
         runner: web.AppRunner | None = None
         client = AsyncClient(self.cfg.url, client_id=f"tomato-dashboard-{uuid.uuid4().hex[:8]}")
         try:

@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import json
 import os
+import socket
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -25,7 +27,6 @@ from typing import Any
 from aiohttp import WSMsgType, web
 
 from tomato_mqtt.client.names import UnknownComponent, resolve
-from tomato_mqtt.config.settings import is_loopback
 from tomato_mqtt.services.dashboard.files import chunks, take_snapshot
 from tomato_mqtt.services.dashboard.service import DashboardService, Viewer
 from tomato_mqtt.services.dashboard.sessions import KNOWN_OPS, LoginFailed, Session
@@ -35,7 +36,7 @@ from tomato_mqtt.transport.rpc import NoResponder, ReplyError
 from tomato_mqtt.wire.commands import PAYLOAD_TEXT_MAX
 from tomato_mqtt.wire.messages import Reply
 
-__all__ = ["cookie_name", "make_app"]
+__all__ = ["answers_to", "cookie_name", "make_app", "this_pc_names"]
 STATIC = Path(__file__).with_name("static")
 #: the largest request body: a payload of PAYLOAD_TEXT_MAX characters as JSON (escaped)
 MAX_BODY = 8 * 2**20
@@ -56,17 +57,45 @@ def make_app(svc: DashboardService) -> web.Application:
     return app
 
 
-#: the names a dashboard bound to loopback answers to (any other: DNS rebinding)
-LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
+def this_pc_names() -> set[str]:
+    """This PC's own host names (short, as given, fully qualified), lower case; may ask
+    the resolver (``getfqdn``), so called once, in a thread."""
+    names = {"localhost"}
+    for name in (socket.gethostname(), socket.getfqdn()):
+        name = name.lower().rstrip(".")
+        if name:
+            names |= {name, name.split(".", 1)[0]}
+    return names
+
+
+def answers_to(host: str, names: frozenset[str]) -> bool:
+    """Whether the page answers to ``host`` (a Host header's name): one of ``names``, or
+    an address. An address is what the browser was pointed at (the page's origin is that
+    address); DNS rebinding needs a name of the attacker's, sent as Host."""
+    host = host.lower().rstrip(".")
+    if host in names:
+        return True
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    return True
 
 
 @web.middleware
 async def _same_origin(request: web.Request, handler: Any) -> web.StreamResponse:
-    # a dashboard on loopback answers only to this PC's own names: a site whose name
-    # is re-pointed at 127.0.0.1 (DNS rebinding) sends its own name as Host, and an
-    # open stack's controls are anyone's (found by a security review)
-    if is_loopback(request.app[SVC].cfg.host) and request.url.host not in LOOPBACK_NAMES:
-        raise web.HTTPForbidden(text=f"this dashboard does not answer to {request.host!r}")
+    # the page answers only to this PC's own names and addresses (and those of
+    # [dashboard] hosts): a site whose name is re-pointed at this PC (DNS rebinding) sends
+    # its own name as Host; its page read the whole state over the live socket of a
+    # dashboard served on 0.0.0.0 and could try sign-ins (found by security reviews; on
+    # loopback, an open stack's controls are anyone's)
+    if not answers_to(request.url.host or "", request.app[SVC].names):
+        raise web.HTTPForbidden(
+            text=f"this dashboard does not answer to {request.host!r}: not a name of this PC"
+            " (a site re-pointed at this PC by DNS rebinding sends its own name). To reach"
+            " it under this name, add the name to hosts = [...] under [dashboard] in"
+            " settings.toml and start the dashboard again"
+        )
     # a page of another site must not drive a signed-in user's controls (CSRF), nor
     # open the live socket in the user's name; scripts send no Origin
     origin = request.headers.get("Origin")
