@@ -28,7 +28,7 @@ from aiohttp import WSMsgType, web
 
 from tomato_mqtt.client.names import UnknownComponent, resolve
 from tomato_mqtt.services.dashboard.files import chunks, take_snapshot
-from tomato_mqtt.services.dashboard.service import DashboardService, Viewer
+from tomato_mqtt.services.dashboard.service import VIEWERS_MAX, DashboardService, Viewer
 from tomato_mqtt.services.dashboard.sessions import KNOWN_OPS, LoginFailed, Session
 from tomato_mqtt.transport.client import MqttError
 from tomato_mqtt.transport.oneshot import refused_token
@@ -40,6 +40,8 @@ __all__ = ["answers_to", "cookie_name", "make_app", "this_pc_names"]
 STATIC = Path(__file__).with_name("static")
 #: the largest request body: a payload of PAYLOAD_TEXT_MAX characters as JSON (escaped)
 MAX_BODY = 8 * 2**20
+#: the largest job id (wire.commands.JobId)
+JOB_ID_MAX = 2**63 - 1
 SVC: web.AppKey[DashboardService] = web.AppKey("svc", DashboardService)
 
 
@@ -141,7 +143,10 @@ async def _plotly(request: web.Request) -> web.StreamResponse:
 
 async def _ws(request: web.Request) -> web.StreamResponse:
     svc = request.app[SVC]
-    ws = web.WebSocketResponse(heartbeat=20, compress=False)
+    if len(svc.viewers) >= VIEWERS_MAX:
+        raise web.HTTPServiceUnavailable(text=f"{VIEWERS_MAX} pages are open here: try later")
+    # a page sends only {"t": "watch", "job": N}: a few dozen bytes
+    ws = web.WebSocketResponse(heartbeat=20, compress=False, max_msg_size=4096)
     await ws.prepare(request)
     viewer = Viewer(_session(request), close=ws.close)
     viewer.send(svc.hello(viewer) | {"ended": svc.sessions.ended(_token(request))})
@@ -151,11 +156,14 @@ async def _ws(request: web.Request) -> web.StreamResponse:
         async for msg in ws:
             if msg.type != WSMsgType.TEXT:
                 continue
-            with contextlib.suppress(ValueError, TypeError, KeyError):
+            # not a watch of ours (a list, a float too big for an id): ignored
+            with contextlib.suppress(ValueError, TypeError, AttributeError, OverflowError):
                 data = json.loads(msg.data)
                 if data.get("t") == "watch":
                     job = data.get("job")
-                    svc.watch(viewer, int(job) if job is not None else None)
+                    job = int(job) if job is not None else None
+                    if job is None or 0 <= job <= JOB_ID_MAX:  # any other: no such job
+                        svc.ask_watch(viewer, job)
     finally:
         svc.viewers.discard(viewer)
         writer.cancel()
