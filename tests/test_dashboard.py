@@ -324,7 +324,7 @@ async def test_dashboard_roles_on_secured_mosquitto(
     from tests.inproc import running
     from tests.security_env import DEVICES, secured
     from tomato_mqtt.config.settings import load_settings
-    from tomato_mqtt.services.dashboard.web import COOKIE
+    from tomato_mqtt.services.dashboard.web import cookie_name
     from tomato_mqtt.services.scheduler.service import SchedulerService
 
     async with secured("mosquitto", tmp_path / "b", instance, mosquitto_path) as b:
@@ -386,20 +386,25 @@ async def test_dashboard_roles_on_secured_mosquitto(
             await page.wait_for_function("() => window.S.me && window.S.me.user === 'rita'")
             assert await page.locator("main button:visible, main input:visible").count() == 0
 
-            # the dashboard restarted (here: another one, which has never seen her cookie;
-            # a browser sends a host's cookies to every port): her page says that her
-            # sign-in ended, instead of showing the read-only view without a word
+            # the dashboard restarted (here: another one, given her cookie as the browser
+            # keeps it for a dashboard that ran on that port before): her page says that
+            # her sign-in ended, instead of showing the read-only view without a word
+            token = next(c for c in await browser.cookies() if c["name"] == cookie_name(dash.port))
             async with running_dashboard(b.url("dash"), instance) as again:
+                name = cookie_name(again.port)
+                await browser.add_cookies(
+                    [{"name": name, "value": token["value"], "url": again.address()}]
+                )
                 await page.goto(again.address())
                 await page.wait_for_function("() => window.S.me && !window.S.me.signed_in")
                 said = await _reply(page)
                 assert "✗" in said and "sign-in has ended" in said and "restarted" in said, said
                 # said once: the stale cookie is dropped
                 for _ in range(50):
-                    if not [c for c in await browser.cookies() if c["name"] == COOKIE]:
+                    if not [c for c in await browser.cookies() if c["name"] == name]:
                         break
                     await asyncio.sleep(0.1)
-                assert not [c for c in await browser.cookies() if c["name"] == COOKIE]
+                assert not [c for c in await browser.cookies() if c["name"] == name]
                 await page.reload()
                 await page.wait_for_function("() => window.S.me && !window.S.me.signed_in")
                 assert await page.locator("#reply").is_hidden()

@@ -5,17 +5,23 @@ is named as ``passata`` names it (an unknown one refused at once, ``not_found``)
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
+import yaml
 
 from tests.browser import running_dashboard
 from tests.conftest import RunningBroker
 from tests.inproc import client, inproc_stack
+from tomato_mqtt.config.settings import DashboardSettings
 from tomato_mqtt.services.dashboard.service import DashboardService
 from tomato_mqtt.services.dashboard.sessions import KNOWN_OPS
+from tomato_mqtt.services.dashboard.web import cookie_name
+from tomato_mqtt.wire.commands import PAYLOAD_TEXT_MAX
 from tomato_mqtt.wire.messages import ComponentMeta, encode
 from tomato_mqtt.wire.topics import Topics
 
@@ -254,10 +260,126 @@ async def test_a_page_signed_out_elsewhere_is_told_so_at_its_next_control(
         await _controls(dash)
         dash.sessions._ended["tok-1"] = "'olga' signed in more than 5 times since"
         async with (
-            aiohttp.ClientSession(cookies={"tomato_dashboard": "tok-1"}) as http,
+            aiohttp.ClientSession(cookies={cookie_name(dash.port): "tok-1"}) as http,
             http.post(dash.address() + "api/cmd", json={"op": "pipeline_ready", "args": {}}) as r,
         ):
             got = await r.json()
         assert not got["success"] and got["ended"] is True, got
         assert got["msg"].startswith("your sign-in has ended ('olga' signed in more"), got
         assert got["me"]["controls"] == [], got
+
+
+async def test_an_upload_is_no_longer_than_the_scheduler_takes_a_payload_text(
+    broker: RunningBroker, tmp_path: Path, instance: str
+) -> None:
+    """Found by a security audit: security.md says a payload sent as text has at most
+    1,000,000 characters, but the dashboard parsed uploads itself up to the 8 MiB of a
+    request (a 7.9 MB file and a payload with a 7 MB string were queued). Every form of
+    upload is held to the scheduler's limit, and the refusal names the file and it."""
+    url = f"mqtt://127.0.0.1:{broker.port}"
+    plain = (
+        "version: '2.2'\nuser: {identifier: u}\nsample: {identifier: s1}\nmethod: "
+        "[{component_role: counter, technique_name: count, max_duration: 1,"
+        " sampling_interval: 0.1}]\n"
+    )
+    long = plain + "# " + "x" * PAYLOAD_TEXT_MAX + "\n"  # a valid payload, too long
+    doc = yaml.safe_load(plain)
+    doc["sample"]["description"] = "x" * PAYLOAD_TEXT_MAX
+    async with (
+        inproc_stack(broker.port, tmp_path / "st", instance),
+        running_dashboard(url, instance) as dash,
+    ):
+        await _controls(dash)
+        limit = f"more than a payload may have ({PAYLOAD_TEXT_MAX:,})"
+        r = await _cmd(dash, "job_submit", {"text": long, "filename": "big.yml"})
+        assert not r["success"] and r["code"] == "refused", r["msg"][:300]
+        assert r["msg"].startswith("payload refused: big.yml: 1,000,") and limit in r["msg"]
+        for form in ("payload_text", "payload"):
+            r = await _cmd(dash, "job_submit", {form: long if form == "payload_text" else doc})
+            assert not r["success"] and r["code"] == "refused", r["msg"][:300]
+            assert r["msg"].startswith(f"payload refused: {form}: ") and limit in r["msg"]
+        r = await _cmd(dash, "job_submit", {"text": plain, "filename": "fine.yml"})
+        assert r["success"] and r["data"]["id"] == 1, r  # the first job: none queued before
+
+
+async def _hello(http: aiohttp.ClientSession, dash: DashboardService) -> dict[str, Any]:
+    async with http.ws_connect(dash.address() + "ws") as ws:
+        got: dict[str, Any] = await ws.receive_json(timeout=10)
+        assert got["t"] == "hello", got
+        return got
+
+
+async def test_two_dashboards_on_one_pc_keep_their_own_sign_ins(
+    broker: RunningBroker, tmp_path: Path, instance: str
+) -> None:
+    """Found by a security audit: a browser sends a host's cookies to every port, so a
+    sign-in on the dashboard at :23311 replaced the cookie of the one at :23310 and
+    signed the user out there, "(the dashboard was restarted since)"."""
+    url = f"mqtt://127.0.0.1:{broker.port}"
+    jar = aiohttp.CookieJar(unsafe=True)  # cookies of 127.0.0.1, by host as a browser's
+    async with (
+        inproc_stack(broker.port, tmp_path / "st", instance),
+        running_dashboard(url, instance) as one,
+        running_dashboard(url, instance) as two,
+        aiohttp.ClientSession(cookie_jar=jar) as http,
+    ):
+        for dash, user in ((one, "olga"), (two, "otto")):
+            await _controls(dash)
+            body = {"username": user, "password": "pw"}
+            async with http.post(dash.address() + "api/login", json=body) as r:
+                assert (await r.json())["success"], await r.text()
+        for dash, user in ((one, "olga"), (two, "otto")):
+            hello = await _hello(http, dash)
+            assert hello["me"]["signed_in"] and hello["me"]["user"] == user, hello["me"]
+            assert hello["ended"] is None, hello["ended"]
+        async with http.post(one.address() + "api/logout", json={}) as r:
+            assert r.status == 200
+        assert (await _hello(http, two))["me"]["user"] == "otto"  # still signed in there
+
+
+async def test_a_dashboard_on_the_network_answers_to_this_pc_s_names_only(
+    broker: RunningBroker, tmp_path: Path, instance: str
+) -> None:
+    """Found by a security audit: served on 0.0.0.0 over plain HTTP, the dashboard
+    answered any Host, so a page of rebind.evil.example (re-pointed at the lab PC) read
+    the whole state over the live socket and could try sign-ins. Now only this PC's names
+    and addresses and those of ``[dashboard] hosts``; and one served on 127.0.0.2 answers
+    to the address it prints (it refused every request)."""
+    url = f"mqtt://127.0.0.1:{broker.port}"
+    async with (
+        inproc_stack(broker.port, tmp_path / "st", instance),
+        running_dashboard(url, instance, host="0.0.0.0", hosts=("dash.lab.example",)) as dash,
+        aiohttp.ClientSession() as http,
+    ):
+        base, port = dash.address(), dash.port
+        evil = {"Host": f"rebind.evil.example:{port}"}
+        async with http.get(base, headers=evil) as r:
+            said = await r.text()
+            assert r.status == 403 and "'rebind.evil.example:" in said, said
+            assert "hosts = [...] under [dashboard]" in said, said
+        body = {"username": "olga", "password": "pw"}
+        async with http.post(base + "api/login", json=body, headers=evil) as r:
+            assert r.status == 403
+        try:
+            async with http.ws_connect(base + "ws", headers=evil):
+                raise AssertionError("/ws answered to rebind.evil.example")
+        except aiohttp.WSServerHandshakeError as e:
+            assert e.status == 403, e
+        own = [socket.gethostname(), socket.getfqdn(), "localhost", "127.0.0.1", "[::1]"]
+        for host in [*own, "192.0.2.10", "DASH.lab.example", "dash.lab.example."]:
+            async with http.get(base, headers={"Host": f"{host}:{port}"}) as r:
+                assert r.status == 200, (host, await r.text())
+            async with http.ws_connect(base + "ws", headers={"Host": f"{host}:{port}"}) as ws:
+                assert (await ws.receive_json(timeout=10))["t"] == "hello"
+    async with running_dashboard(url, instance, host="127.0.0.2") as dash:
+        assert dash.address() == f"http://127.0.0.2:{dash.port}/"
+        assert not dash.sessions.exposed  # a loopback address: an open stack's controls
+        async with aiohttp.ClientSession() as http, http.get(dash.address()) as r:
+            assert r.status == 200, await r.text()
+
+
+def test_dashboard_hosts_setting_takes_names_only() -> None:
+    assert DashboardSettings(hosts=["Lab-Dash.example.org."]).hosts == ["lab-dash.example.org"]
+    for bad in ("http://lab-dash", "lab-dash:8765", "", ".example.org"):
+        with pytest.raises(ValueError, match="not a host name"):
+            DashboardSettings(hosts=[bad])

@@ -7,14 +7,22 @@ a scheduler's whoami) is in tests/test_dashboard.py.
 
 from __future__ import annotations
 
+import asyncio
 import time
+from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 
+from tests.browser import running_dashboard
+from tests.inproc import running
+from tests.security_env import DEVICES, SecureBroker, secured
 from tests.stack import free_port
+from tomato_mqtt.config.settings import load_settings
 from tomato_mqtt.config.url import BrokerURL
 from tomato_mqtt.services.dashboard.sessions import LoginFailed, Session, Sessions
+from tomato_mqtt.services.scheduler.service import SchedulerService
 from tomato_mqtt.wire.topics import Topics
 
 
@@ -42,6 +50,35 @@ async def test_wrong_passwords_make_the_next_tries_wait() -> None:
         await ss.sign_in("olga", "right-but-too-soon")
     with pytest.raises(LoginFailed, match="did not accept"):  # another login: not held up
         await ss.sign_in("otto", "x")
+
+
+async def test_tries_sent_at_once_do_not_pass_the_wait_together(
+    tmp_path: Path, instance: str
+) -> None:
+    """Found by a security audit: after 3 wrong passwords a 4th try waited 2 s, but once
+    the wait had passed, 20 tries sent at once all reached the broker's password check
+    (each was checked before any had failed). Counted from their start, one goes."""
+    async with secured("amqtt", tmp_path, instance) as b:
+        ss = Sessions(BrokerURL.parse(b.url()), instance, read_only=False)
+        for _ in range(Sessions.FREE_FAILURES):
+            with pytest.raises(LoginFailed, match="wrong user name or password"):
+                await ss.sign_in("olga", "wrong")
+        count, last = ss._failures["olga"]
+        ss._failures["olga"] = (count, last - 60)  # the wait has passed
+        tries = [ss.sign_in("olga", f"guess-{i}") for i in range(20)]
+        said = [str(e) for e in await asyncio.gather(*tries, return_exceptions=True)]
+        checked = [m for m in said if "wrong user name or password" in m]
+        assert len(checked) == 1, said
+        assert all("try again in" in m for m in said if m not in checked), said
+        # many logins tried at once from one address: a few at a time reach the broker
+        tries = [ss.sign_in(f"guess{i}", "x", peer="192.0.2.7") for i in range(20)]
+        said = [str(e) for e in await asyncio.gather(*tries, return_exceptions=True)]
+        checked = [m for m in said if "wrong user name or password" in m]
+        assert len(checked) == Sessions.MAX_IN_FLIGHT_PER_PEER, said
+        assert all("under way" in m for m in said if m not in checked), said
+        assert not ss._in_flight  # and nothing left counted once they are done
+        with pytest.raises(LoginFailed, match="wrong user name or password"):
+            await ss.sign_in("ada", "wrong", peer="192.0.2.7")
 
 
 async def test_a_login_holds_a_few_sessions_and_idle_ones_end() -> None:
@@ -75,5 +112,47 @@ async def test_a_page_whose_sign_in_ended_is_told_why() -> None:
     stale.used = time.monotonic() - Sessions.IDLE - 1
     ss.get(olga[0].token)
     assert "12 h without use" in (ss.ended(olga[0].token) or "")
-    # a token this dashboard never made: one that ran before it made it
-    assert "dashboard was restarted" in (ss.ended("from-before") or "")
+    # a token of a dashboard that ran before on this port: said so
+    said = ss.ended(_sessions().new_token()) or ""
+    assert "sign-in has ended (the dashboard was restarted since)" in said, said
+    # one it cannot place: no restart claimed (it was said for any cookie: a security
+    # audit, a sign-in on another port's dashboard); one signed out: said so
+    assert ss.ended("from-elsewhere") == "your sign-in has ended; sign in again"
+    await ss.sign_out(rita[-1].token)
+    assert ss.ended(rita[-1].token) == "your sign-in has ended (signed out): sign in again"
+
+
+def _scheduler(b: SecureBroker, root: Path) -> SchedulerService:
+    """A scheduler with its own login on the secured broker ``b``."""
+    app = root / "app"
+    app.mkdir(parents=True)
+    (app / "devices.yml").write_text(DEVICES)
+    (app / "settings.toml").write_text(
+        f'[mqtt]\ninstance = "{b.instance}"\nport = {b.port}\n'
+        'username = "sched"\npassword = "pw-sched"\n'
+        f'[broker]\nembedded = false\npassword_file = "{b.workdir / "users"}"\n'
+    )
+    return SchedulerService(load_settings(appdir=app, datadir=root / "d", logdir=root / "l"))
+
+
+async def test_a_node_login_is_told_its_role_cannot_use_the_dashboard(
+    tmp_path: Path, instance: str
+) -> None:
+    """A node's login (role node:pc1) with its right password was told "no scheduler
+    answered whoami: is it running?" while the scheduler ran (a node may not ask it)."""
+    async with (
+        secured("amqtt", tmp_path / "b", instance) as b,
+        running(_scheduler(b, tmp_path)),
+        running_dashboard(b.url("dash"), instance) as dash,
+        aiohttp.ClientSession() as http,
+    ):
+        for user, password in (("pc1", "pw-pc1"), ("rita", "pw-rita")):
+            async with http.post(
+                dash.address() + "api/login", json={"username": user, "password": password}
+            ) as r:
+                got = await r.json()
+            if user == "pc1":
+                assert not got["success"], got
+                assert "'pc1' cannot use the dashboard: its role" in got["msg"], got
+            else:  # a person's login: signed in
+                assert got["success"] and got["me"]["role"] == "reader", got

@@ -68,6 +68,7 @@ def dashboard(
             lost_after=s.scheduler.lost_after,
             certfile=s.dashboard.certfile,
             keyfile=s.dashboard.keyfile,
+            hosts=tuple(s.dashboard.hosts),
         )
     )
 

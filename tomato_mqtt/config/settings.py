@@ -205,6 +205,20 @@ class DashboardSettings(_Section):
     #: this certificate and key (PEM; may be the broker's); both or neither
     certfile: str | None = None
     keyfile: str | None = None
+    #: host names the page answers to besides this PC's own (its names, its addresses,
+    #: localhost): e.g. an alias in the lab's DNS, or a reverse proxy's name
+    hosts: list[str] = Field(default_factory=list)
+
+    @field_validator("hosts")
+    @classmethod
+    def _host_names(cls, v: list[str]) -> list[str]:
+        for name in v:
+            if not name or any(c in name for c in "/:@ \t") or name.startswith("."):
+                raise ValueError(
+                    f"{name!r} is not a host name: give the name alone, as in"
+                    ' hosts = ["lab-dash.example.org"] (no scheme, port or path)'
+                )
+        return [name.lower().rstrip(".") for name in v]
 
     @model_validator(mode="after")
     def _both_tls_files(self) -> DashboardSettings:

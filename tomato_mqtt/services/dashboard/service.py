@@ -30,6 +30,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from tomato_mqtt.config.settings import is_loopback
 from tomato_mqtt.config.url import BrokerURL
 from tomato_mqtt.services.base import cancel_and_wait, install_signal_handlers, run_until_stopped
 from tomato_mqtt.services.dashboard.sessions import Session, Sessions
@@ -52,6 +53,22 @@ BACKFILL_RETRY = 5.0
 #: up (then ``run`` raises ``BrokerUnreachable``; under ``tomato start`` the supervisor
 #: restarts it); once connected, the client reconnects by itself for as long as it runs
 CONNECT_TIMEOUT = 30.0
+#: a whole job fetched this recently (s) goes to a page that opens it from memory; found
+#: by a security audit: each page's ``watch`` asked the scheduler for the whole job, and
+#: 300 of them on 8 anonymous sockets took the dashboard to 1.4 GB
+JOB_FRESH = 2.0
+#: whole jobs kept for that (the newest)
+JOB_KEPT = 16
+#: requests for whole jobs under way at once, whatever the pages ask
+FETCHES_MAX = 4
+#: job pages one socket may open per second, and at once (a burst); a ``watch`` over the
+#: rate waits, and a newer one replaces it
+WATCH_RATE = 4.0
+WATCH_BURST = 8.0
+#: pages open at once, and what one page's queue may hold (bytes; a page that does not
+#: read is sent the full state again instead)
+VIEWERS_MAX = 100
+QUEUE_BYTES_MAX = 16 * 2**20
 
 
 class BrokerUnreachable(MqttError):
@@ -74,6 +91,8 @@ class DashboardConfig:
     #: HTTPS with this certificate and key (PEM); None: plain HTTP
     certfile: str | None = None
     keyfile: str | None = None
+    #: names the page answers to besides this PC's own (``[dashboard] hosts``)
+    hosts: tuple[str, ...] = ()
 
     @property
     def tls(self) -> bool:
@@ -89,14 +108,35 @@ class Viewer:
     job: int | None = None
     behind: bool = False  # the queue overflowed: send the full state again
     close: Callable[[], Awaitable[object]] | None = None  # closes the page's socket
+    queued: int = 0  # characters in the queue
+    #: a ``watch`` over the rate, applied when the rate allows (only the newest waits)
+    wanted: int | None = None
+    wanting: bool = False
+    allowance: float = WATCH_BURST  # watches it may apply now (a token bucket)
+    allowed_at: float = field(default_factory=time.monotonic)
 
     def send(self, msg: dict[str, Any]) -> None:
         if self.behind:
             return
+        text = json.dumps(msg, separators=(",", ":"))
+        if self.queued and self.queued + len(text) > QUEUE_BYTES_MAX:
+            self.behind = True  # (the first message always goes: a hello may be big)
+            return
         try:
-            self.queue.put_nowait(json.dumps(msg, separators=(",", ":")))
+            self.queue.put_nowait(text)
         except asyncio.QueueFull:
             self.behind = True  # the writer resyncs it (drops the queue, sends hello)
+            return
+        self.queued += len(text)
+
+    def allowed(self, now: float) -> bool:
+        """Whether the rate lets this page open a job now (takes one if so)."""
+        self.allowance = min(WATCH_BURST, self.allowance + (now - self.allowed_at) * WATCH_RATE)
+        self.allowed_at = now
+        if self.allowance < 1.0:
+            return False
+        self.allowance -= 1.0
+        return True
 
 
 class DashboardService:
@@ -104,11 +144,13 @@ class DashboardService:
         self.cfg = cfg
         self.topics = Topics(cfg.instance, cfg.url.username)
         self.state = LabState()
-        exposed = cfg.host not in ("127.0.0.1", "localhost", "::1")
+        exposed = not is_loopback(cfg.host)  # 127.0.0.2 too: any loopback address
         self.sessions = Sessions(cfg.url, cfg.instance, cfg.read_only, exposed)
         self.viewers: set[Viewer] = set()
         self.client: AsyncClient | None = None
         self.port: int | None = None  # the bound port, once serving
+        #: the host names the page answers to (``web.this_pc_names``, set by ``run``)
+        self.names: frozenset[str] = frozenset({"localhost", *cfg.hosts})
         self.ready = asyncio.Event()
         self.bad_messages = 0
         #: called with the page's address once it is served (``tomato dashboard --open``)
@@ -121,6 +163,13 @@ class DashboardService:
         self.backfill_state: dict[int, str] = {}
         self._backfill_after: dict[int, float] = {}  # job -> monotonic time of the retry
         self._tasks: set[asyncio.Task[None]] = set()
+        #: whole jobs: the one request under way per job, what came lately (monotonic
+        #: time, the page message), jobs whose status changed during their request
+        self._fetching: dict[int, asyncio.Task[None]] = {}
+        self._fetched: dict[int, tuple[float, dict[str, Any]]] = {}
+        self._refetch: set[int] = set()
+        self._fetch_slots = asyncio.Semaphore(FETCHES_MAX)
+        self.fetches = 0  # requests for whole jobs sent
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -148,8 +197,9 @@ class DashboardService:
     async def run(self) -> None:
         from aiohttp import web  # the [dashboard] extra: imported only where it serves
 
-        from tomato_mqtt.services.dashboard.web import make_app
+        from tomato_mqtt.services.dashboard.web import make_app, this_pc_names
 
+        self.names = frozenset(await asyncio.to_thread(this_pc_names)) | self.names
         runner: web.AppRunner | None = None
         client = AsyncClient(self.cfg.url, client_id=f"tomato-dashboard-{uuid.uuid4().hex[:8]}")
         try:
@@ -256,43 +306,101 @@ class DashboardService:
             **self.state.full(),
         }
 
+    def ask_watch(self, viewer: Viewer, job: int | None) -> None:
+        """A page's ``watch``: applied now if its rate allows, else when it does (one
+        waits per page: a newer one replaces it)."""
+        viewer.wanted, viewer.wanting = job, True
+        self._apply_watch(viewer, time.monotonic())
+
+    def _apply_watch(self, viewer: Viewer, now: float) -> None:
+        if viewer.wanting and viewer.allowed(now):
+            viewer.wanting = False
+            self.watch(viewer, viewer.wanted)
+
     def watch(self, viewer: Viewer, job: int | None) -> None:
-        viewer.job = job
+        old, viewer.job = viewer.job, job
+        if old is not None and old != job:
+            self._maybe_abandon(old)
         if job is not None:
             viewer.send({"t": "job", "id": job, "now": time.time(), **self.state.job_detail(job)})
             self._maybe_backfill(job)
-            self._fetch_job(job, viewer.session)
+            self._fetch_job(job, viewer)
 
     # -- the whole job (its payload) --------------------------------------------------------
-    def _fetch_job(self, job: int, session: Session) -> None:
+    def _fetch_job(self, job: int, page: Viewer, changed: bool = False) -> None:
         """Ask the scheduler for the whole job: retained statuses are summaries without the
-        payload (schema 2), and a job page shows the payload and its current task."""
-        who = (session, self.sessions.shared)
+        payload (schema 2), and a job page shows the payload and its current task. One
+        request per job at a time, for every page; one that came lately is reused unless
+        the job ``changed``."""
+        who = (page.session, self.sessions.shared)
         s = next((x for x in who if x is not None and x.me and "job_status" in x.me.ops), None)
         if s is None:
             return  # this login may not read jobs: the page shows the summary only
+        got = self._fetched.get(job)
+        if changed:
+            self._fetched.pop(job, None)
+        elif got is not None and time.monotonic() - got[0] < JOB_FRESH:
+            page.send(got[1])
+            return
+        if job in self._fetching:
+            if changed:  # the request under way may have left before the change
+                self._refetch.add(job)
+            return
         task = asyncio.ensure_future(self._fetch(job, s))
+        self._fetching[job] = task
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._fetch_done)  # also one cancelled before it ran
+
+    def _fetch_done(self, task: asyncio.Future[None]) -> None:
+        for job, t in list(self._fetching.items()):
+            if t is task:
+                del self._fetching[job]
+
+    def _maybe_abandon(self, job: int) -> None:
+        """No page shows ``job`` any more: its request, if still waiting for a slot, is
+        dropped (so a page has at most one waiting: the newest watch replaces it)."""
+        task = self._fetching.get(job)
+        if task is not None and not any(v.job == job for v in self.viewers):
+            task.cancel()  # it checks again once it has a slot, if it had one already
 
     async def _fetch(self, job: int, s: Session) -> None:
         from tomato_mqtt.model.jobs import Job
 
+        me = asyncio.current_task()
+        whole = None
         try:
-            r = await s.requester.request(
-                s.topics.scheduler_cmd("job_status"), {"jobids": [job]}, timeout=10
-            )
+            async with self._fetch_slots:
+                if not any(v.job == job for v in self.viewers):
+                    return  # no page shows it any more
+                self.fetches += 1
+                r = await s.requester.request(
+                    s.topics.scheduler_cmd("job_status"), {"jobids": [job]}, timeout=10
+                )
             data = r.data if r.success and isinstance(r.data, list) and r.data else None
             whole = Job.model_validate(data[0]) if data else None
+        except asyncio.CancelledError:
+            raise
         except Exception as e:  # a refusal, a timeout, a shape this code does not know
             log.warning("job %d: whole job not fetched: %s", job, e)
-            return
-        if whole is None:
-            return
-        self.state.job_fetched(whole)
-        for v in list(self.viewers):
-            if v.job == job:
-                v.send({"t": "jobdata", "id": job, "job": whole.model_dump(mode="json")})
+        finally:
+            if self._fetching.get(job) is me:
+                del self._fetching[job]
+        if whole is not None:
+            self.state.job_fetched(whole)
+            msg = {"t": "jobdata", "id": job, "job": whole.model_dump(mode="json")}
+            self._fetched.pop(job, None)
+            self._fetched[job] = (time.monotonic(), msg)
+            while len(self._fetched) > JOB_KEPT:
+                del self._fetched[next(iter(self._fetched))]
+            for v in list(self.viewers):
+                if v.job == job:
+                    v.send(msg)
+        if job in self._refetch:
+            self._refetch.discard(job)
+            page = next((v for v in self.viewers if v.job == job), None)
+            if page is not None:
+                self._fetch_job(job, page, changed=True)
 
     # -- stored data first ------------------------------------------------------------------
     def _maybe_backfill(self, job: int) -> None:
@@ -386,6 +494,9 @@ class DashboardService:
                 next_tick = now + 1.0
 
     def flush(self, now: float, tick: bool = False) -> None:
+        mono = time.monotonic()
+        for v in list(self.viewers):  # watches that waited for their page's rate
+            self._apply_watch(v, mono)
         items = self.state.take_changes()
         events = {int(i["id"]) for i in items if i["k"] == "event"}
         items = [i for i in items if i["k"] != "event"]
@@ -414,7 +525,7 @@ class DashboardService:
         for job in jobs:  # a watched job's status changed: its page gets the whole job again
             page = next((v for v in self.viewers if v.job == job), None)
             if page is not None:
-                self._fetch_job(job, page.session)
+                self._fetch_job(job, page, changed=True)
         for v in self.viewers:
             if v.job in events:
                 evs = list(self.state.events.get(v.job, ()))
@@ -426,9 +537,11 @@ class DashboardService:
             if viewer.behind:
                 while not viewer.queue.empty():
                     viewer.queue.get_nowait()
+                viewer.queued = 0
                 viewer.behind = False
                 viewer.send(self.hello(viewer))
                 self.watch(viewer, viewer.job)
             text = await viewer.queue.get()
+            viewer.queued -= len(text)
             with contextlib.suppress(ConnectionResetError):
                 await send(text)

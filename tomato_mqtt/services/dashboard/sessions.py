@@ -94,10 +94,12 @@ class Session:
         }
 
 
-async def whoami(req: Requester, topics: Topics) -> WhoamiData | None:
+async def whoami(req: Requester, topics: Topics, timeout: float = 5.0) -> WhoamiData | None:
     """The scheduler's view of this identity; None if no scheduler answers now."""
     try:
-        data = await req.call(topics.scheduler_cmd("whoami"), command("scheduler", "whoami"), {})
+        data = await req.call(
+            topics.scheduler_cmd("whoami"), command("scheduler", "whoami"), {}, timeout=timeout
+        )
     except (NoResponder, MqttError):
         return None
     return data if isinstance(data, WhoamiData) else None
@@ -115,6 +117,9 @@ class Sessions:
     IDLE = 12 * 3600.0
     #: failed sign-ins of one login before each further try waits (2, 4, ... 60 s)
     FREE_FAILURES = 3
+    #: sign-ins from one client address under way at once (a page makes one at a time;
+    #: many at once are a run of guesses spread over logins)
+    MAX_IN_FLIGHT_PER_PEER = 4
     #: ended sessions whose reason is kept, to tell their page
     ENDED_KEPT = 1000
 
@@ -129,10 +134,13 @@ class Sessions:
         self.shared: Session | None = None
         #: login -> (failed sign-ins in a row, monotonic time of the last)
         self._failures: dict[str, tuple[int, float]] = {}
+        self._in_flight: dict[str, int] = {}  # client address -> sign-ins under way
         self._closing: set[asyncio.Future[None]] = set()  # connections of dropped sessions
-        #: why a token no longer signs anyone in (the newest ENDED_KEPT); a token this
-        #: dashboard never made was made by one that ran before it
+        #: why a token no longer signs anyone in (the newest ENDED_KEPT)
         self._ended: dict[str, str] = {}
+        #: this run's mark, the start of every token it makes: a token with another mark
+        #: was made by a dashboard that ran on this port before
+        self._run = secrets.token_hex(4)
 
     async def start_shared(self, client: AsyncClient) -> None:
         topics = Topics(self.instance, self.url.username)
@@ -163,14 +171,27 @@ class Sessions:
         the shared read-only view to everyone signed in, without a word."""
         if not token or token in self._by_token:
             return None
-        why = self._ended.get(token, "the dashboard was restarted since")
+        why = self._ended.get(token)
+        run, dot, _ = token.partition(".")
+        if why is None and dot and run != self._run and len(run) == 8:
+            why = "the dashboard was restarted since"
+        if why is None:  # not known why: it claimed a restart, also after a sign-out or
+            # for another dashboard's cookie (a security audit)
+            return "your sign-in has ended; sign in again"
         return f"your sign-in has ended ({why}): sign in again"
+
+    def new_token(self) -> str:
+        """A session's cookie value: this run's mark and 32 random characters."""
+        return f"{self._run}.{secrets.token_urlsafe(24)}"
+
+    def _ending(self, token: str, why: str) -> None:
+        self._ended[token] = why
+        while len(self._ended) > self.ENDED_KEPT:
+            del self._ended[next(iter(self._ended))]
 
     def _drop(self, s: Session, why: str) -> None:
         """Forget ``s`` now; its broker connection closes in the background."""
-        self._ended[s.token] = why
-        while len(self._ended) > self.ENDED_KEPT:
-            del self._ended[next(iter(self._ended))]
+        self._ending(s.token, why)
         self._by_token.pop(s.token, None)
         if s.client is not None:
             task = asyncio.ensure_future(_disconnect(s.client))
@@ -194,13 +215,29 @@ class Sessions:
         while len(self._failures) > 10_000:  # bounded, whatever names are tried
             self._failures.pop(next(iter(self._failures)))
 
-    async def sign_in(self, username: str, password: str) -> Session:
+    async def sign_in(self, username: str, password: str, peer: str | None = None) -> Session:
+        """Sign ``username`` in (``peer``: the client's address, if known)."""
         self._check_failures(username)
+        if peer is not None and self._in_flight.get(peer, 0) >= self.MAX_IN_FLIGHT_PER_PEER:
+            raise LoginFailed("other sign-ins from your address are under way: try again")
+        # a try counts as failed from its start, until it succeeds: the check above came
+        # before the broker's answer, so once a wait had passed, 20 tries sent at once all
+        # reached the broker's password check (found by a security audit); now the first
+        # of them makes the others wait
+        self._failed(username)
+        if peer is not None:
+            self._in_flight[peer] = self._in_flight.get(peer, 0) + 1
         try:
             s = await self._sign_in(username, password)
         except LoginFailed:
-            self._failed(username)
+            if username in self._failures:  # the wait runs from the refusal
+                self._failures[username] = (self._failures[username][0], time.monotonic())
             raise
+        finally:
+            if peer is not None:
+                left = self._in_flight.pop(peer, 1) - 1
+                if left:
+                    self._in_flight[peer] = left
         self._failures.pop(username, None)
         return s
 
@@ -244,6 +281,15 @@ class Sessions:
             raise LoginFailed(f"{username!r} may not use this instance: {e}") from None
         if me is None:
             await client.disconnect()
+            shared = self.shared
+            if shared is not None and await whoami(shared.requester, shared.topics, 2.0):
+                # the scheduler answers the dashboard's own login: the broker dropped this
+                # login's question (a node's login signed in was told "is it running?")
+                raise LoginFailed(
+                    f"{username!r} cannot use the dashboard: its role may not ask the"
+                    " scheduler who it is (a node's login, role node:<name>, is for its node"
+                    " only); sign in with a person's login"
+                )
             raise LoginFailed("no scheduler answered whoami: is it running?")
         if me.open and self.exposed:
             await client.disconnect()
@@ -251,12 +297,14 @@ class Sessions:
                 "this stack is open (no users file): anyone could sign in as anyone from the "
                 "network; secure it (docs/security.md) to use controls on a served dashboard"
             )
-        s = Session(secrets.token_urlsafe(24), username, req, topics, me, self.read_only, client)
+        s = Session(self.new_token(), username, req, topics, me, self.read_only, client)
         self._by_token[s.token] = s
         return s
 
     async def sign_out(self, token: str | None) -> None:
         s = self._by_token.pop(token or "", None)
+        if s is not None:
+            self._ending(s.token, "signed out")
         if s is not None and s.client is not None:
             with contextlib.suppress(Exception):
                 await s.client.disconnect()

@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import json
 import os
+import socket
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -25,24 +27,26 @@ from typing import Any
 from aiohttp import WSMsgType, web
 
 from tomato_mqtt.client.names import UnknownComponent, resolve
-from tomato_mqtt.config.settings import is_loopback
 from tomato_mqtt.services.dashboard.files import chunks, take_snapshot
-from tomato_mqtt.services.dashboard.service import DashboardService, Viewer
+from tomato_mqtt.services.dashboard.service import VIEWERS_MAX, DashboardService, Viewer
 from tomato_mqtt.services.dashboard.sessions import KNOWN_OPS, LoginFailed, Session
 from tomato_mqtt.transport.client import MqttError
 from tomato_mqtt.transport.oneshot import refused_token
 from tomato_mqtt.transport.rpc import NoResponder, ReplyError
+from tomato_mqtt.wire.commands import PAYLOAD_TEXT_MAX
 from tomato_mqtt.wire.messages import Reply
 
-__all__ = ["COOKIE", "make_app"]
-
-COOKIE = "tomato_dashboard"
+__all__ = ["answers_to", "cookie_name", "make_app", "this_pc_names"]
 STATIC = Path(__file__).with_name("static")
+#: the largest request body: a payload of PAYLOAD_TEXT_MAX characters as JSON (escaped)
+MAX_BODY = 8 * 2**20
+#: the largest job id (wire.commands.JobId)
+JOB_ID_MAX = 2**63 - 1
 SVC: web.AppKey[DashboardService] = web.AppKey("svc", DashboardService)
 
 
 def make_app(svc: DashboardService) -> web.Application:
-    app = web.Application(client_max_size=8 * 2**20, middlewares=[_same_origin])
+    app = web.Application(client_max_size=MAX_BODY, middlewares=[_same_origin])
     app[SVC] = svc
     app.router.add_get("/", _index)
     app.router.add_static("/static/", STATIC)
@@ -55,17 +59,45 @@ def make_app(svc: DashboardService) -> web.Application:
     return app
 
 
-#: the names a dashboard bound to loopback answers to (any other: DNS rebinding)
-LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
+def this_pc_names() -> set[str]:
+    """This PC's own host names (short, as given, fully qualified), lower case; may ask
+    the resolver (``getfqdn``), so called once, in a thread."""
+    names = {"localhost"}
+    for name in (socket.gethostname(), socket.getfqdn()):
+        name = name.lower().rstrip(".")
+        if name:
+            names |= {name, name.split(".", 1)[0]}
+    return names
+
+
+def answers_to(host: str, names: frozenset[str]) -> bool:
+    """Whether the page answers to ``host`` (a Host header's name): one of ``names``, or
+    an address. An address is what the browser was pointed at (the page's origin is that
+    address); DNS rebinding needs a name of the attacker's, sent as Host."""
+    host = host.lower().rstrip(".")
+    if host in names:
+        return True
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    return True
 
 
 @web.middleware
 async def _same_origin(request: web.Request, handler: Any) -> web.StreamResponse:
-    # a dashboard on loopback answers only to this PC's own names: a site whose name
-    # is re-pointed at 127.0.0.1 (DNS rebinding) sends its own name as Host, and an
-    # open stack's controls are anyone's (found by a security review)
-    if is_loopback(request.app[SVC].cfg.host) and request.url.host not in LOOPBACK_NAMES:
-        raise web.HTTPForbidden(text=f"this dashboard does not answer to {request.host!r}")
+    # the page answers only to this PC's own names and addresses (and those of
+    # [dashboard] hosts): a site whose name is re-pointed at this PC (DNS rebinding) sends
+    # its own name as Host; its page read the whole state over the live socket of a
+    # dashboard served on 0.0.0.0 and could try sign-ins (found by security reviews; on
+    # loopback, an open stack's controls are anyone's)
+    if not answers_to(request.url.host or "", request.app[SVC].names):
+        raise web.HTTPForbidden(
+            text=f"this dashboard does not answer to {request.host!r}: not a name of this PC"
+            " (a site re-pointed at this PC by DNS rebinding sends its own name). To reach"
+            " it under this name, add the name to hosts = [...] under [dashboard] in"
+            " settings.toml and start the dashboard again"
+        )
     # a page of another site must not drive a signed-in user's controls (CSRF), nor
     # open the live socket in the user's name; scripts send no Origin
     origin = request.headers.get("Origin")
@@ -76,8 +108,19 @@ async def _same_origin(request: web.Request, handler: Any) -> web.StreamResponse
     return resp
 
 
+def cookie_name(port: int | None) -> str:
+    """The session cookie of the dashboard serving on ``port``: a browser sends a host's
+    cookies to every port, so two dashboards on one PC with one name signed each other's
+    users out (found by a security audit)."""
+    return f"tomato_dashboard_{port}"
+
+
+def _token(request: web.Request) -> str | None:
+    return request.cookies.get(cookie_name(request.app[SVC].port))
+
+
 def _session(request: web.Request) -> Session:
-    s = request.app[SVC].sessions.get(request.cookies.get(COOKIE))
+    s = request.app[SVC].sessions.get(_token(request))
     if s is None:
         raise web.HTTPServiceUnavailable(text="the dashboard is not connected to the broker yet")
     return s
@@ -100,21 +143,27 @@ async def _plotly(request: web.Request) -> web.StreamResponse:
 
 async def _ws(request: web.Request) -> web.StreamResponse:
     svc = request.app[SVC]
-    ws = web.WebSocketResponse(heartbeat=20, compress=False)
+    if len(svc.viewers) >= VIEWERS_MAX:
+        raise web.HTTPServiceUnavailable(text=f"{VIEWERS_MAX} pages are open here: try later")
+    # a page sends only {"t": "watch", "job": N}: a few dozen bytes
+    ws = web.WebSocketResponse(heartbeat=20, compress=False, max_msg_size=4096)
     await ws.prepare(request)
     viewer = Viewer(_session(request), close=ws.close)
-    viewer.send(svc.hello(viewer) | {"ended": svc.sessions.ended(request.cookies.get(COOKIE))})
+    viewer.send(svc.hello(viewer) | {"ended": svc.sessions.ended(_token(request))})
     svc.viewers.add(viewer)
     writer = asyncio.ensure_future(svc.writer(viewer, ws.send_str))
     try:
         async for msg in ws:
             if msg.type != WSMsgType.TEXT:
                 continue
-            with contextlib.suppress(ValueError, TypeError, KeyError):
+            # not a watch of ours (a list, a float too big for an id): ignored
+            with contextlib.suppress(ValueError, TypeError, AttributeError, OverflowError):
                 data = json.loads(msg.data)
                 if data.get("t") == "watch":
                     job = data.get("job")
-                    svc.watch(viewer, int(job) if job is not None else None)
+                    job = int(job) if job is not None else None
+                    if job is None or 0 <= job <= JOB_ID_MAX:  # any other: no such job
+                        svc.ask_watch(viewer, job)
     finally:
         svc.viewers.discard(viewer)
         writer.cancel()
@@ -126,6 +175,12 @@ async def _ws(request: web.Request) -> web.StreamResponse:
 async def _json(request: web.Request) -> dict[str, Any]:
     try:
         data = await request.json()
+    except web.HTTPRequestEntityTooLarge as e:  # said for a person choosing a file
+        raise web.HTTPRequestEntityTooLarge(
+            MAX_BODY,
+            request.content_length or 0,
+            text=f"{e.text}; a payload may have at most {PAYLOAD_TEXT_MAX:,} characters",
+        ) from None
     except (ValueError, UnicodeDecodeError):
         raise web.HTTPBadRequest(text="the request body is not JSON") from None
     except RecursionError:  # [[[[...]]]] thousands deep: was a 500
@@ -142,19 +197,21 @@ async def _login(request: web.Request) -> web.StreamResponse:
         return web.json_response({"success": False, "msg": "give a user name"})
     svc = request.app[SVC]
     try:
-        s = await svc.sessions.sign_in(user, password)
+        s = await svc.sessions.sign_in(user, password, peer=request.remote)
     except LoginFailed as e:
         return web.json_response({"success": False, "msg": str(e)})
     resp = web.json_response({"success": True, "msg": f"signed in as {user}", "me": s.describe()})
     # over HTTPS the browser never sends the session's cookie over plain HTTP
-    resp.set_cookie(COOKIE, s.token, httponly=True, samesite="Strict", secure=svc.cfg.tls)
+    resp.set_cookie(
+        cookie_name(svc.port), s.token, httponly=True, samesite="Strict", secure=svc.cfg.tls
+    )
     return resp
 
 
 async def _logout(request: web.Request) -> web.StreamResponse:
-    await request.app[SVC].sessions.sign_out(request.cookies.get(COOKIE))
+    await request.app[SVC].sessions.sign_out(_token(request))
     resp = web.json_response({"success": True, "msg": "signed out"})
-    resp.del_cookie(COOKIE)
+    resp.del_cookie(cookie_name(request.app[SVC].port))
     return resp
 
 
@@ -178,7 +235,7 @@ async def _cmd(request: web.Request) -> web.StreamResponse:
             f"unknown operation {op or '(no op)'!r} (known: {', '.join(KNOWN_OPS)})", "unknown_op"
         )
     if op not in s.controls:
-        ended = request.app[SVC].sessions.ended(request.cookies.get(COOKIE))
+        ended = request.app[SVC].sessions.ended(_token(request))
         if ended:  # signed out elsewhere since the page loaded: say that, and who it is now
             # (it answered "not allowed here: … (role reader)" with the controls still
             # shown: a newcomer's tour with six sign-ins of one login)
@@ -236,6 +293,17 @@ def _upload_name(args: dict[str, Any]) -> str | None:
     return Path(str(args.get("filename") or "payload.yml")).name[:200] or "payload.yml"
 
 
+def _bounded(name: str, size: int) -> None:
+    """A payload at most as long as the scheduler takes one as text: an upload parsed
+    here went up to the 8 MiB of a request (found by a security audit: a 7.9 MB file and
+    a payload with a 7 MB string were queued)."""
+    if size > PAYLOAD_TEXT_MAX:
+        raise _BadUpload(
+            f"payload refused: {name}: {size:,} characters, more than a payload may have"
+            f" ({PAYLOAD_TEXT_MAX:,})"
+        )
+
+
 def _payload_args(args: dict[str, Any], user: str | None) -> dict[str, Any]:
     """An uploaded payload file, read as ``ketchup submit`` reads one (YAML or JSON),
     except that it may not name other files (the server's own: found by a security
@@ -245,6 +313,10 @@ def _payload_args(args: dict[str, Any], user: str | None) -> dict[str, Any]:
     if "payload" in args or "payload_text" in args:  # the scheduler's own arguments
         # (topics.md): passed on as they are, the scheduler reads and checks them (a
         # payload_text may not name other files there either)
+        if isinstance(args.get("payload_text"), str):
+            _bounded("payload_text", len(args["payload_text"]))
+        if "payload" in args:  # as the scheduler gets it: JSON
+            _bounded("payload", len(json.dumps(args["payload"], separators=(",", ":"))))
         given: dict[str, Any] = {
             k: args[k] for k in ("payload", "payload_text", "jobname", "token") if k in args
         }
@@ -255,6 +327,7 @@ def _payload_args(args: dict[str, Any], user: str | None) -> dict[str, Any]:
         raise _BadUpload(
             "choose a payload file (or give args.payload, args.payload_text or args.text)"
         )
+    _bounded(name, len(text))
     if not text.strip():  # a file was chosen: say what is wrong with it, as ketchup does
         raise _BadUpload(f"payload refused: {name}: the file is empty")
     try:
@@ -277,7 +350,7 @@ async def _download(request: web.Request) -> web.StreamResponse:
     if "job_snapshot" not in s.controls:
         if s.read_only:  # the reason, not the role (an admin was told its role may not)
             raise web.HTTPForbidden(text="this dashboard is read-only: no snapshots here")
-        ended = request.app[SVC].sessions.ended(request.cookies.get(COOKIE))
+        ended = request.app[SVC].sessions.ended(_token(request))
         raise web.HTTPForbidden(text=ended or "your role may not take snapshots of jobs")
     try:
         snap = await take_snapshot(s, job)

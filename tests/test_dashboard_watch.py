@@ -1,0 +1,136 @@
+"""What pages may make the dashboard ask the scheduler (found by a security audit: each
+``{"t": "watch"}`` on the live socket asked for the whole job, payload included, without
+a limit; 300 of them on 8 anonymous sockets took the dashboard to 1.4 GB and the
+scheduler to 10 s of CPU). Measured here as requests that reach the scheduler."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from tests.browser import running_dashboard
+from tests.conftest import RunningBroker
+from tests.inproc import client, inproc_stack
+from tests.test_dashboard_cmd import _controls
+from tomato_mqtt.services.dashboard import web
+from tomato_mqtt.services.dashboard.service import QUEUE_BYTES_MAX, WATCH_BURST, Viewer
+from tomato_mqtt.transport.client import AsyncClient
+from tomato_mqtt.wire.topics import Topics
+
+PLAIN = (
+    "version: '2.2'\nuser: {identifier: u}\nsample: {identifier: s1}\nmethod: "
+    "[{component_role: counter, technique_name: count, max_duration: 1,"
+    " sampling_interval: 0.1}]\n"
+)
+
+
+async def _count(spy: AsyncClient, asked: list[str]) -> None:
+    async for m in spy.messages():
+        if "/cmd/job_status/" in m.topic:
+            asked.append(m.topic)
+
+
+async def _until(ws: aiohttp.ClientWebSocketResponse, t: str, job: int) -> list[Any]:
+    """The page's messages up to the first ``t`` about ``job``."""
+    seen = []
+    while True:
+        m = await ws.receive_json(timeout=10)
+        seen.append(m)
+        if m["t"] == t and m.get("id") == job:
+            return seen
+
+
+async def test_watches_without_limit_ask_the_scheduler_a_bounded_number_of_times(
+    broker: RunningBroker, tmp_path: Path, instance: str
+) -> None:
+    url = f"mqtt://127.0.0.1:{broker.port}"
+    asked: list[str] = []
+    async with (
+        inproc_stack(broker.port, tmp_path / "st", instance) as st,
+        running_dashboard(url, instance) as dash,
+        client(url) as spy,
+        aiohttp.ClientSession() as http,
+    ):
+        await _controls(dash)  # its login may read jobs: a watch asks for the whole job
+        job = int((await st.call("job_submit", {"payload_text": PLAIN})).id)
+        await spy.subscribe(Topics(instance).scheduler_cmds())
+        counter = asyncio.ensure_future(_count(spy, asked))
+        try:
+            socks = [await http.ws_connect(dash.address() + "ws") for _ in range(8)]
+            for ws in socks:
+                assert (await ws.receive_json(timeout=10))["t"] == "hello"
+            t0 = time.monotonic()
+            for _ in range(40):  # 320 watches of one job on 8 sockets: one request
+                for ws in socks:
+                    await ws.send_json({"t": "watch", "job": job})
+            for ws in socks:  # every page gets the whole job
+                await _until(ws, "jobdata", job)
+            assert time.monotonic() - t0 < 2, "took longer than a kept job is fresh"
+            assert len(asked) == 1, asked
+            # one socket opening 200 jobs in a row, then the one it stays on: a few
+            # requests, pages opened at its rate, and it ends on the last it asked for
+            ws = await http.ws_connect(dash.address() + "ws")
+            socks.append(ws)
+            assert (await ws.receive_json(timeout=10))["t"] == "hello"
+            for other in range(1000, 1200):
+                await ws.send_json({"t": "watch", "job": other})
+            await ws.send_json({"t": "watch", "job": job})
+            seen = await _until(ws, "jobdata", job)
+            opened = [m["id"] for m in seen if m["t"] == "job"]
+            assert opened[-1] == job and len(opened) <= WATCH_BURST + 4, opened
+            assert len(asked) <= 1 + WATCH_BURST + 4, len(asked)
+            # not ours: ignored, the socket stays open
+            for junk in ("[1]", '{"t": "watch", "job": 1e999}', '{"t": "watch", "job": -1}'):
+                await ws.send_str(junk)
+            await ws.send_json({"t": "watch", "job": None})
+            await ws.send_json({"t": "watch", "job": job})
+            await _until(ws, "job", job)
+            assert len(dash._fetching) <= 1 and len(dash._fetched) <= 2
+            for w in socks:
+                await w.close()
+        finally:
+            counter.cancel()
+            await asyncio.gather(counter, return_exceptions=True)
+
+
+def test_a_page_that_does_not_read_holds_a_bounded_queue() -> None:
+    """A socket that reads nothing while it asks for job after job: its queue was bounded
+    by count only (200 messages of a whole job each); now by size too, and the page is
+    sent the full state again once it reads."""
+    page = Viewer(session=None)  # type: ignore[arg-type]
+    page.send({"t": "hello", "big": "x" * (2 * QUEUE_BYTES_MAX)})  # the first always goes
+    assert not page.behind
+    page.queue.get_nowait()
+    page.queued = 0
+    while not page.behind:
+        page.send({"t": "jobdata", "job": "x" * 2**20})
+    assert page.queued <= QUEUE_BYTES_MAX
+
+
+async def test_pages_open_at_once_are_bounded(
+    broker: RunningBroker, tmp_path: Path, instance: str, monkeypatch: Any
+) -> None:
+    monkeypatch.setattr(web, "VIEWERS_MAX", 3)
+    url = f"mqtt://127.0.0.1:{broker.port}"
+    async with running_dashboard(url, instance) as dash, aiohttp.ClientSession() as http:
+        socks = [await http.ws_connect(dash.address() + "ws") for _ in range(3)]
+        for ws in socks:
+            assert (await ws.receive_json(timeout=10))["t"] == "hello"
+        try:
+            async with http.ws_connect(dash.address() + "ws"):
+                raise AssertionError("a 4th page was served")
+        except aiohttp.WSServerHandshakeError as e:
+            assert e.status == 503, e
+        await socks[0].close()
+        for _ in range(100):  # its place is free again
+            if len(dash.viewers) < 3:
+                break
+            await asyncio.sleep(0.05)
+        async with http.ws_connect(dash.address() + "ws") as ws:
+            assert (await ws.receive_json(timeout=10))["t"] == "hello"
+        for ws in socks[1:]:
+            await ws.close()
