@@ -106,6 +106,8 @@ def setup_logging(
         if warnings_to_stderr:
             console = logging.StreamHandler()
             console.setLevel(logging.WARNING)
+            # what the service prints itself as its last word ("error: …") comes once
+            console.addFilter(lambda r: not getattr(r, "printed", False))
             handlers.append(console)
     logging.basicConfig(
         level=level,
@@ -285,7 +287,7 @@ class Service(abc.ABC):
         try:
             asyncio.run(main())
         except StartupError as e:  # one line, no traceback (a state file, say)
-            log.error("%s", e)
+            log.error("%s", e, extra={"printed": True})
             print(f"error: {e}", file=sys.stderr)
             raise SystemExit(1) from None
 
