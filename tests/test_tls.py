@@ -80,6 +80,17 @@ async def test_tls_listener_refuses_plain_mqtt_and_a_wrong_ca(
         assert "warning: TLS without verifying the broker's certificate" in res.stderr
         assert "certificate verify failed" not in res.stderr, res.stderr
         assert "no scheduler answered" in res.stderr, res.stderr
+        # a CA that does not trust the broker is said as such, not as a stack that may
+        # not be running ("— is tomato-mqtt running?": a security audit)
+        wrong_ca = f"mqtts://olga:pw-olga@127.0.0.1:{b.tls_port}?ca_certs={other.ca}"
+        res = await asyncio.to_thread(
+            subprocess.run,
+            [str(BIN / "tomato"), "status", "--broker", wrong_ca, "--instance", instance],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert res.returncode == 1 and "certificate verify failed" in res.stderr, res.stderr
+        assert "is tomato-mqtt running" not in res.stderr, res.stderr
+        assert "give the lab's CA (ca_certs=" in res.stderr, res.stderr
         # a node whose CA does not trust the broker stops at once, saying why (it kept
         # trying without a word for good, and a SIGTERM went unheard: a security audit)
         untrusted = f"mqtts://pc2:pw-pc2@127.0.0.1:{b.tls_port}?ca_certs={other.ca}"

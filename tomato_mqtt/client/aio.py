@@ -34,7 +34,13 @@ from tomato_mqtt.config import roles
 from tomato_mqtt.config.url import BrokerURL
 from tomato_mqtt.model.jobs import Job as JobInfo
 from tomato_mqtt.model.jobs import PipelineState
-from tomato_mqtt.transport.client import AsyncClient, Message, MqttError, MqttRefused
+from tomato_mqtt.transport.client import (
+    AsyncClient,
+    Message,
+    MqttError,
+    MqttRefused,
+    MqttUntrusted,
+)
 from tomato_mqtt.transport.oneshot import refused_token
 from tomato_mqtt.transport.rpc import NoResponder, ReplyError, Requester
 from tomato_mqtt.wire.commands import JOB_PAGE_MAX, FileData, Responder, command, commands_of
@@ -148,6 +154,8 @@ class AsyncTomato:
             await self.mqtt.connect(timeout=self.timeout)
         except MqttRefused as e:  # it is running, and does not take this login
             raise ClientError(str(e), "not_allowed" if e.final else "unavailable") from None
+        except MqttUntrusted as e:  # it is running, and its certificate is not trusted
+            raise ClientError(str(e), "not_allowed") from None
         except MqttError as e:
             raise ClientError(f"{e} — is tomato-mqtt running?", "unavailable") from None
         await self.requester.start()

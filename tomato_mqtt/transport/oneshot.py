@@ -66,6 +66,12 @@ _REFUSED_HINT = (
 )
 
 
+_UNTRUSTED_HINT = (
+    "give the lab's CA (ca_certs=... in the --broker URL, or [mqtt] ca_certs in "
+    "settings.toml) and the broker's name as its certificate has it"
+)
+
+
 class OneShotError(Exception):
     """The broker could not be reached or refused the connection."""
 
@@ -268,7 +274,7 @@ class Exchange:
         self._session = Session(url, self.client_id, keepalive=max(5, int(timeout) + 5))
 
     def __enter__(self) -> Exchange:
-        from tomato_mqtt.transport.session import SessionError, SessionRefused
+        from tomato_mqtt.transport.session import SessionError, SessionRefused, SessionUntrusted
 
         try:
             self._session.connect(self._timeout)
@@ -276,6 +282,9 @@ class Exchange:
         except SessionRefused as e:
             self._session.close()
             raise Refused(f"{e}: {_REFUSED_HINT}") from None
+        except SessionUntrusted as e:  # it runs, and its certificate is not trusted here
+            self._session.close()
+            raise Refused(f"{e}: {_UNTRUSTED_HINT}") from None
         except SessionError as e:
             self._session.close()
             raise OneShotError(str(e)) from None

@@ -54,6 +54,10 @@ class SessionRefused(SessionError):
         self.code = code
 
 
+class SessionUntrusted(SessionError):
+    """TLS failed on a certificate: the broker is there, and not trusted."""
+
+
 class SessionTimeout(SessionError):
     """Nothing arrived before the deadline."""
 
@@ -160,7 +164,8 @@ class Session:
             return client_tls_context(u).wrap_socket(sock, server_hostname=u.host)
         except (OSError, ssl.SSLError) as e:
             sock.close()
-            raise SessionError(f"TLS with the MQTT broker at {u} failed: {e}") from None
+            kind = SessionUntrusted if isinstance(e, ssl.SSLCertVerificationError) else SessionError
+            raise kind(f"TLS with the MQTT broker at {u} failed: {e}") from None
 
     def close(self) -> None:
         """DISCONNECT (so the broker sends no last will and logs no error), then close."""
