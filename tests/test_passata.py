@@ -115,6 +115,17 @@ def test_measure_last_reset_register(stack: Stack) -> None:
     res = stack.run("passata", "register", c)
     assert res.returncode == 0, res.stderr
     assert stack.json("passata", "status", c)["data"]["state"] == "idle"
+    # as tomato's: the component (its data was null: a parity audit)
+    reg = stack.json("passata", "register", c)["data"]
+    assert reg["name"] == FULL.format(3) and reg["driver"] == "example_counter", reg
+    assert set(reg) >= {"name", "device", "driver", "address", "channel", "capabilities", "role"}
+    assert "count" in reg["capabilities"] and reg["role"] is None, reg
+    # and attrs with every key of tomato's Attr, the unset ones null (they were left out)
+    attrs = stack.json("passata", "attrs", c)["data"]
+    assert attrs["min"]["maximum"] is None and attrs["min"]["options"] is None, attrs["min"]
+    assert {"type", "rw", "status", "units", "minimum", "maximum", "options"} <= set(
+        attrs["min"]
+    ), attrs["min"]
 
 
 def test_unknown_component(stack: Stack) -> None:

@@ -29,8 +29,8 @@ def attrs(component: ComponentArg, opts: common.Opts) -> None:
 
     async def call(req: Requester, name: str) -> Reply:
         meta = await components.meta(req, name, opts.timeout)
-        data: dict[str, Any] = {
-            k: v.model_dump(mode="json", exclude_none=True) for k, v in meta.attrs.items()
+        data: dict[str, Any] = {  # every key of tomato's Attr, unset ones null
+            k: v.model_dump(mode="json") for k, v in meta.attrs.items()
         }
         if meta.registered and data:
             with contextlib.suppress(NoResponder):

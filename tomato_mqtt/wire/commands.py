@@ -297,6 +297,19 @@ class MeasureData(_Data):
     )
 
 
+class RegisteredData(_Data):
+    """The component registered again, as tomato's ``Component`` (its ``role`` is the
+    pipeline's: null from a node, which knows no pipelines)."""
+
+    name: str
+    device: str
+    driver: str
+    address: str
+    channel: str
+    capabilities: list[str]
+    role: str | None = None
+
+
 class ReplayData(_Data):
     replayed: int
 
@@ -400,7 +413,7 @@ COMMANDS: tuple[Command, ...] = (
     _c("component", "get_attr", GetAttrArgs, dict[str, JsonValue], "read attributes", reads=True),
     _c("component", "measure", NoArgs, MeasureData | None, "one measurement now"),
     _c("component", "reset", ForceArgs, None, "reset the device"),
-    _c("component", "register", NoArgs, None, "register the device again"),
+    _c("component", "register", NoArgs, RegisteredData, "register the device again"),
     _c("component", "status", NoArgs, ComponentStatus, "the component's status", reads=True),
     _c("component", "replay", ReplayArgs, ReplayData, "re-send spooled batches", reads=True),
     _c("component", "ack", AckArgs, AckData, "batches stored: drop them from the spool"),

@@ -18,6 +18,7 @@ from tomato_mqtt.driver.upstream.runner import UpstreamRunner
 from tomato_mqtt.driver.validate import to_jsonable
 from tomato_mqtt.services.node.hosted import HostedComponent
 from tomato_mqtt.transport.rpc import CommandError, Result
+from tomato_mqtt.wire.commands import RegisteredData
 from tomato_mqtt.wire.messages import AckArgs, ReplayArgs, stream_id
 
 if TYPE_CHECKING:
@@ -213,7 +214,16 @@ class ComponentOps:
             hc.error = f"registration failed: {e}"
             await self.node.publish_status(hc)
             raise CommandError(f"registration of {hc.name} failed: {e}") from None
-        return Result(f"component {hc.name} registered")
+        c = hc.config
+        data = RegisteredData(
+            name=c.name,
+            device=c.device,
+            driver=c.driver,
+            address=c.address,
+            channel=c.channel,
+            capabilities=hc.meta().capabilities,
+        )  # as tomato's register answers: the component (its data was null)
+        return Result(f"component {hc.name} registered", data.model_dump(mode="json"))
 
     async def op_status(self, hc: HostedComponent, args: Mapping[str, JsonValue]) -> Result:
         st = hc.status(self.node.epoch)
