@@ -16,6 +16,7 @@ from tomato_mqtt.config.payloads import (
     PayloadError,
     parse_payload,
     read_payload_file,
+    read_payload_text,
 )
 from tomato_mqtt.errors import parse_document
 
@@ -265,7 +266,7 @@ def _task(ver: str, **changes: Any) -> dict[str, Any]:
         pytest.param(
             _task("2.2", sampling_interval=float("inf")),
             "method[0].sampling_interval",
-            "a finite number of seconds (got inf)",
+            "inf is not a value tomato-mqtt takes: give a finite number",
             id="inf-interval",
         ),
         pytest.param(
@@ -409,3 +410,38 @@ def test_a_document_nested_too_deeply_is_refused_plainly(json_only: bool) -> Non
     text = "[" * 5000 + "]" * 5000
     with pytest.raises(DocumentError, match="nested too deeply"):
         parse_document(text, json_only=json_only)
+
+
+@pytest.mark.parametrize(
+    ("text", "where", "said"),
+    [
+        ("max_duration: .nan", "method[0].max_duration", "nan is not a value tomato-mqtt takes"),
+        ("max_duration: 1\n    task_params: {x: .inf}", "method[0].task_params.x", "inf is not"),
+        ("max_duration: 1\n    task_params: {x: !!binary aGVsbG8=}", "method[0].task_params.x",
+         "binary data (!!binary) is not a value tomato-mqtt takes"),
+        ("max_duration: " + "9" * 5000, None, "a number with more than 4300 digits"),
+    ],
+)  # fmt: skip
+def test_values_json_cannot_carry_are_refused_naming_where(
+    tmp_path: Path, text: str, where: str | None, said: str
+) -> None:
+    """Found by a security audit: NaN as max_duration said "input should be a valid
+    number (got None)", NaN and infinity in task_params became null, ``!!binary`` the
+    text "b'hello'", and a 5000-digit number Python's own message, no file or place."""
+    doc = (
+        'version: "2.2"\nsample: {identifier: s}\nmethod:\n  - component_role: counter\n'
+        f"    technique_name: count\n    sampling_interval: 0.1\n    {text}\n"
+    )
+    (tmp_path / "p.yml").write_text(doc)
+    for read in (
+        lambda: read_payload_file(tmp_path / "p.yml"),  # ketchup submit
+        lambda: read_payload_text(doc, "p.yml"),  # the scheduler, a dashboard upload
+    ):
+        with pytest.raises(PayloadError) as ei:
+            read()
+        assert (ei.value.location, said in ei.value.reason) == (where, True), str(ei.value)
+    if where is not None and "binary" not in said:  # a script's parsed payload alike
+        parsed = yaml.safe_load(doc)
+        with pytest.raises(PayloadError) as ei:
+            parse_payload(parsed)
+        assert ei.value.location == where and said in ei.value.reason, str(ei.value)

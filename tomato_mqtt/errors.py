@@ -18,6 +18,7 @@ __all__ = [
     "ConfigError",
     "DocumentError",
     "StartupError",
+    "check_values",
     "describe_validation_error",
     "format_location",
     "one_line",
@@ -154,11 +155,15 @@ def _parse(text: str, json_only: bool) -> Any:
 
     if json_only:
         try:
-            return json.loads(text)
+            data = json.loads(text)
         except json.JSONDecodeError as e:
             raise DocumentError(
                 f"line {e.lineno}, column {e.colno}", f"invalid JSON: {e.msg}"
             ) from None
+        except ValueError:  # Python's limit on the digits of an int
+            raise DocumentError(None, _HUGE) from None
+        check_values(data)
+        return data
     import yaml
 
     loader = _loader()(text)
@@ -171,11 +176,40 @@ def _parse(text: str, json_only: bool) -> Any:
         raise DocumentError(where, f"invalid YAML: {what}") from None
     except yaml.YAMLError as e:
         raise DocumentError(None, f"invalid YAML: {e}") from None
+    except ValueError:  # Python's limit on the digits of an int
+        raise DocumentError(None, _HUGE) from None
     finally:
         loader.dispose()
     if loader.aliases:  # what aliases expand to is bounded, not only the text
         _check_expansion(data)
+    check_values(data)
     return data
+
+
+_HUGE = "a number with more than 4300 digits: no value of a payload or settings is that long"
+
+
+def check_values(data: Any) -> None:
+    """Refuse what JSON cannot carry as it is: NaN and infinity (they became null on the
+    way, "input should be a valid number (got None)"), binary data (``!!binary``: it
+    became the text "b'...'"); found by a security audit. A date stays (as text)."""
+    import math
+
+    stack: list[tuple[list[str | int], Any]] = [([], data)]
+    while stack:
+        path, v = stack.pop()
+        if isinstance(v, float) and not math.isfinite(v):
+            why = f"{v!r} is not a value tomato-mqtt takes: give a finite number"
+        elif isinstance(v, (bytes, bytearray)):
+            why = "binary data (!!binary) is not a value tomato-mqtt takes: give text"
+        else:
+            if isinstance(v, dict):
+                stack.extend(([*path, str(k)], x) for k, x in v.items())
+            elif isinstance(v, list):
+                stack.extend(([*path, i], x) for i, x in enumerate(v))
+            continue
+        where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in path).lstrip(".")
+        raise DocumentError(where or None, why)
 
 
 _LOADER: Any = None

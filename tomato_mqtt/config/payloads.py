@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from tomato_mqtt.errors import (
     DocumentError,
+    check_values,
     describe_validation_error,
     one_line,
     parse_document,
@@ -162,6 +163,10 @@ def parse_payload(data: Mapping[str, Any], user: str | None = None) -> Payload:
     """
     if not isinstance(data, Mapping):
         raise PayloadError(None, f"a payload is a mapping, not {_kind(data)}")
+    try:  # a script's parsed payload too: its NaN became null, or NaN on the wire
+        check_values(data)
+    except DocumentError as e:
+        raise PayloadError(e.location, e.reason) from None
     doc = dict(data)
     version = _version(doc.get("version"))
     doc["version"] = version
