@@ -96,6 +96,7 @@ class FakeHost:
         self.requests: list[tuple[str, str]] = []
         self.answer_stop: tuple[bool, str, Any] | None = (True, "stopped", {"running": True})
         self.silent_reset = False
+        self.lose_start_reply = False  # the node starts the task; its answer is lost
         self.reasons: list[str] = []
 
     def component_status(self, name: str) -> ComponentStatus | None:
@@ -126,6 +127,8 @@ class FakeHost:
             self.cstatus[component] = ComponentStatus(
                 name=component, node="pc1", state="running", time=started, job=1, task=task, epoch=1
             )
+            if self.lose_start_reply:
+                return False, "no node hosting cmp answered on .../task_start within 10 s", None
             return True, "started", {"epoch": 1, "started_at": started}
         if op == "reset" and self.silent_reset:  # a node killed as the task ended
             await asyncio.sleep(timeout)
@@ -604,3 +607,18 @@ def test_a_step_of_a_node_clock_is_told_to_its_running_jobs_and_a_backlog_is_not
     node, msg = told[0]
     assert node == "pc" and msg.startswith("the clock of node pc stepped by -3600.0 s at about")
     assert "the points keep the node's timestamps, so uts jump there" in msg
+
+
+async def test_a_task_start_whose_answer_was_lost_runs_on() -> None:
+    """Found by fault injection (a broker with tiny queues): the node started the task,
+    its answer was lost, and the job ended ce "no node hosting … answered … is it
+    running?" while the node measured on. The component's own status says it runs the
+    task: it is taken as started."""
+    host = FakeHost()
+    host.lose_start_reply = True
+    runner, done = await _run(host)
+    await asyncio.sleep(0.2)
+    assert not done.done() and runner.error is None, runner.error
+    await _task_ended(host)
+    status, reason = await asyncio.wait_for(done, 10)
+    assert (status, reason) == ("c", None), (status, reason)
