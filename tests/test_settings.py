@@ -286,3 +286,26 @@ def test_template_comments_show_the_true_defaults(tmp_path: Path) -> None:
     write(tmp_path / "a" / "settings.toml", "\n".join(out))
     s = load_settings(appdir=tmp_path / "a")
     assert s == Settings(appdir=tmp_path / "a", datadir=tmp_path / "d", logdir=tmp_path / "l")
+
+
+def test_settings_that_let_others_read_passwords_are_said(tmp_path: Path) -> None:
+    """Found by a security audit: a settings.toml holding the admin's password was left
+    readable by every user of the PC (tomato init writes 0644), and a broker on the
+    network without TLS sent every password in clear, both without a word. tomato start
+    and tomato broker-config now warn (Settings.exposed)."""
+    app = tmp_path / "app"
+    app.mkdir()
+    (app / "users").write_text("")
+    f = app / "settings.toml"
+    f.write_text('[mqtt]\nusername = "ada"\npassword = "ada-secret"\n')
+    f.chmod(0o644)
+    said = load_settings(appdir=app).exposed
+    assert said == [
+        f"{f} holds a password ([mqtt] password) and other users of this PC may read it "
+        f"(mode 0644): chmod 600 {f}"
+    ], said
+    f.chmod(0o600)
+    assert load_settings(appdir=app).exposed == []
+    f.write_text('[broker]\nhost = "0.0.0.0"\npassword_file = "users"\nallow_anonymous = false\n')
+    said = load_settings(appdir=app).exposed
+    assert len(said) == 1 and said[0].startswith("[broker] host = '0.0.0.0' without TLS"), said

@@ -50,6 +50,8 @@ def start(opts: core.Opts, verbose: int = 0, quiet: int = 0) -> None:
         fail(f"settings file not found in {s.appdir}, run 'tomato init' to create one")
     for line in s.notes:  # a tomato 2.2 file: what it says that is not used here, once
         echo(f"note: {s.appdir / 'settings.toml'}: {line}", err=True)
+    for line in s.exposed:  # passwords others could read
+        echo(f"warning: {line}", err=True)
     try:  # refuse a bad devices file here, with its reason, rather than in a log
         layout = load_devices(s.devices_file, s.node.name)
     except ConfigError as e:

@@ -213,6 +213,8 @@ def broker_config_cmd(
             host=b.host, port=s.mqtt.port, password_path=str(pw), acl_path=str(acl), tls=tls
         ),
     }
+    for line in s.exposed:  # passwords others could read (a plain listener on the network)
+        print(f"warning: {line}", file=sys.stderr)
     for path, text in files.items():
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:

@@ -7,7 +7,9 @@ defaults. Relative paths in the file are relative to the appdir. A bad file rais
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
+import os
 import re
 import sys
 from pathlib import Path
@@ -336,6 +338,29 @@ class Settings(_Section):
                 "not used: tomato-mqtt uploads nothing; each job's results stay where its "
                 "payload's output says"
             )
+        return out
+
+    @property
+    def exposed(self) -> list[str]:
+        """What of these settings lets others read passwords (``tomato start`` and
+        ``tomato broker-config`` say so: found by a security audit, they said nothing)."""
+        out = []
+        b = self.broker
+        if not is_loopback(b.host) and not (b.certfile and b.keyfile):
+            out.append(
+                f"[broker] host = {b.host!r} without TLS: MQTT on the network in clear, so "
+                "every password and message can be read on the way; give [broker] certfile "
+                "and keyfile (docs/security.md, TLS)"
+            )
+        path = self.appdir / SETTINGS_FILE
+        if self.mqtt.password and os.name == "posix":
+            with contextlib.suppress(OSError):
+                mode = path.stat().st_mode & 0o777
+                if mode & 0o077:
+                    out.append(
+                        f"{path} holds a password ([mqtt] password) and other users of "
+                        f"this PC may read it (mode {mode:04o}): chmod 600 {path}"
+                    )
         return out
 
     @property
