@@ -460,3 +460,59 @@ def test_a_node_that_cannot_reach_the_broker_says_so_and_stops_on_sigterm(
     assert said in log.read_text(), log.read_text()
     assert said in err, err
     assert proc.returncode == 0, (proc.returncode, err)
+
+
+def test_a_node_back_from_a_freeze_yields_to_the_one_that_took_its_name(tmp_path: Path) -> None:
+    """A review of the name check: a node frozen (SIGSTOP, a suspended VM) past the
+    time others wait for it is gone for them, and a node of its name started meanwhile
+    takes the name and its work. The frozen one, resumed, kept its connection (amqtt
+    does not enforce keep-alive) and its next heartbeat made the live node, started
+    later, yield to it. Back from a freeze, a node checks its name before it says a
+    word, and yields."""
+    import subprocess
+
+    from tests.stack import BIN
+
+    def node(data: str) -> subprocess.Popen[str]:
+        argv = [str(BIN / "tomato"), "node", "--name", "spare", "-p", str(st.port),
+                "-A", str(st.appdir), "-D", str(tmp_path / data)]  # fmt: skip
+        return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def online_pid(pid: int, within: float) -> bool:
+        deadline = time.monotonic() + within
+        while time.monotonic() < deadline:
+            spare = st.json("tomato", "status", "nodes")["data"].get("spare") or {}
+            if (spare.get("state"), spare.get("pid")) == ("online", pid):
+                return True
+            time.sleep(0.3)
+        return False
+
+    with running_stack(tmp_path) as st:
+        first = node("first")
+        second: subprocess.Popen[str] | None = None
+        try:
+            assert online_pid(first.pid, 30)
+            os.kill(first.pid, signal.SIGSTOP)
+            time.sleep(6.0)  # past 2.5 heartbeats (2 s): gone for the others
+            second = node("second")
+            assert online_pid(second.pid, 30), "the second did not take the free name"
+            os.kill(first.pid, signal.SIGCONT)
+            err = first.communicate(timeout=30)[1]
+            assert first.returncode == 1, err
+            assert f"a node named 'spare' is running already (pid {second.pid} on " in err, err
+            time.sleep(3.0)
+            assert second.poll() is None, second.communicate()[1]
+            assert online_pid(second.pid, 5)
+        finally:
+            for p in (first, second):
+                if p is None:
+                    continue
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(p.pid, signal.SIGCONT)
+                if p.poll() is None:
+                    p.terminate()
+                    with contextlib.suppress(subprocess.TimeoutExpired):
+                        p.communicate(timeout=20)
+                if p.poll() is None:
+                    p.kill()
+                    p.communicate()

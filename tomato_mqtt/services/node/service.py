@@ -103,6 +103,10 @@ def _load_units() -> None:
     load_registry()  # parsed from the user's cache folder: ~0.02 s instead of ~0.15
 
 
+#: heartbeats a node may miss before another of its name takes it for gone
+GONE_AFTER = 2.5
+
+
 class NodeService(Service):
     def __init__(self, config: NodeConfig) -> None:
         super().__init__(
@@ -112,6 +116,10 @@ class NodeService(Service):
         self._configured: asyncio.Event | None = None  # set by the first configure
         #: the node's name checked free (at each connect: _claim_name); None: not yet
         self._claimed: bool | None = None
+        #: when it last said it is online (monotonic; None: not yet)
+        self._beat_at: float | None = None
+        #: the check of its name after a freeze, while it runs (_may_speak)
+        self._recheck: asyncio.Future[bool] | None = None
         #: other nodes heard on this node's own status topic: (epoch, pid, host) -> heartbeat
         self._rivals: dict[tuple[int, int | None, str | None], float] = {}
         #: why it stopped at once: its name is another running node's (_refuse)
@@ -265,6 +273,8 @@ class NodeService(Service):
             return False
         self._claimed = True
         self._rivals = {}
+        if self._beat_at is not None:  # checked just now: not silent (_may_speak)
+            self._beat_at = time.monotonic()
         loop = asyncio.get_running_loop()
 
         def on_status(m: Message) -> None:  # paho's thread: hand over only
@@ -295,7 +305,9 @@ class NodeService(Service):
             return  # once may be a retained status of a node long gone: twice is alive
         other = f"pid {st.pid} on {st.host}, epoch {st.epoch}"
         mine = (self.epoch, socket.gethostname(), os.getpid())
-        if mine < (st.epoch, st.host or "", st.pid or 0):
+        # a node back from a freeze, silent for longer than others wait, is the one that
+        # yields: the other took the name while it was gone (and runs its jobs now)
+        if not self._silent() and mine < (st.epoch, st.host or "", st.pid or 0):
             log.warning(
                 "node %s: another node started under this name at the same time (%s): "
                 "it was started later and stops",
@@ -317,8 +329,36 @@ class NodeService(Service):
             raise StartupError(self.refused)
 
     async def publish_presence(self, state: PresenceState, timeout: float | None = None) -> None:
-        if self._claimed:  # a node refused its name says nothing on the other's topic
-            await super().publish_presence(state, timeout)
+        if not self._claimed:  # a node refused its name says nothing on the other's topic
+            return
+        if state == "online" and not await self._may_speak():
+            return
+        await super().publish_presence(state, timeout)
+        if state == "online":
+            self._beat_at = time.monotonic()
+
+    async def _may_speak(self) -> bool:
+        """Whether this node may say something on its shared topics (its status, its
+        components' meta and status): not once it gave its name up; back from a freeze
+        (SIGSTOP, a suspended VM) longer than others wait for it, only after it checked
+        that no node took the name meanwhile. Its first word after the freeze (a
+        heartbeat, a configure's status) made the live node, started later, yield to
+        it (a review). One check, however many ask at once."""
+        if self._claimed is False:
+            return False
+        if self._silent():
+            if self._recheck is None or self._recheck.done():
+                self._recheck = asyncio.ensure_future(self._claim_name())
+            if not await asyncio.shield(self._recheck):
+                return False
+            self._beat_at = time.monotonic()
+        return True
+
+    def _silent(self) -> bool:
+        """Whether this node said nothing for longer than others take it for gone."""
+        return self._beat_at is not None and time.monotonic() - self._beat_at > GONE_AFTER * (
+            self.heartbeat
+        )
 
     def _refuse(self, other: str) -> None:
         msg = (
@@ -376,7 +416,7 @@ class NodeService(Service):
                 return None
             if last.host == socket.gethostname() and last.pid and not pid_alive(last.pid):
                 return None
-            if time.time() - last.heartbeat > 2.5 * self.heartbeat:
+            if time.time() - last.heartbeat > GONE_AFTER * self.heartbeat:
                 return None  # its heartbeats stopped: gone (its will not sent yet)
             deadline = loop.time() + 1.5 * self.heartbeat
             while (left := deadline - loop.time()) > 0:
@@ -421,11 +461,12 @@ class NodeService(Service):
         )
 
     async def _publish_node_status(self) -> None:
-        if self.client is None or self._claimed is False:  # refused: the name is another's
+        if self.client is None or not await self._may_speak():  # the name is another's
             return
         await self.client.publish(
             self.topics.node_status(self.name), encode(self._status("online")), retain=True
         )
+        self._beat_at = time.monotonic()
 
     async def _announce(self) -> None:
         await self._publish_node_status()
@@ -438,13 +479,13 @@ class NodeService(Service):
                 )
 
     async def _publish_meta(self, hc: HostedComponent) -> None:
-        if self.client is not None and self._claimed is not False:
+        if self.client is not None and await self._may_speak():
             await self.client.publish(
                 self.topics.component_meta(hc.name), encode(hc.meta()), retain=True, wait=False
             )
 
     async def publish_status(self, hc: HostedComponent) -> None:
-        if self.client is not None and self._claimed is not False:
+        if self.client is not None and await self._may_speak():
             await self.client.publish(
                 self.topics.component_status(hc.name),
                 encode(hc.status(self.epoch)),
