@@ -134,3 +134,23 @@ async def test_pages_open_at_once_are_bounded(
             assert (await ws.receive_json(timeout=10))["t"] == "hello"
         for ws in socks[1:]:
             await ws.close()
+
+
+async def test_one_address_holds_only_a_few_pages(
+    broker: RunningBroker, tmp_path: Path, instance: str, monkeypatch: Any
+) -> None:
+    """A review: one address could hold all the pages (the limit was global only), so
+    one client on the lab network locked every user out with idle sockets."""
+    monkeypatch.setattr(web, "VIEWERS_PER_ADDRESS", 2)
+    url = f"mqtt://127.0.0.1:{broker.port}"
+    async with running_dashboard(url, instance) as dash, aiohttp.ClientSession() as http:
+        socks = [await http.ws_connect(dash.address() + "ws") for _ in range(2)]
+        for ws in socks:
+            assert (await ws.receive_json(timeout=10))["t"] == "hello"
+        try:
+            async with http.ws_connect(dash.address() + "ws"):
+                raise AssertionError("a 3rd page of one address was served")
+        except aiohttp.WSServerHandshakeError as e:
+            assert e.status == 429, e
+        for ws in socks:
+            await ws.close()

@@ -300,3 +300,16 @@ def test_a_node_whose_spool_cannot_be_read_says_so_in_one_line(tmp_path: Path) -
     assert res.returncode == 1, res
     assert res.stderr.startswith(f"error: the node's spool {spool} cannot be read (file is not")
     assert "node pcx cannot start" in res.stderr and "Traceback" not in res.stderr, res.stderr
+    # without -L (an instrument PC's usual command) it logs to the console: still once
+    res = subprocess.run(
+        [
+            *(sys.executable, "-m", "tomato_mqtt.cli.tomato", "node", "--name", "pcx"),
+            *("--broker", f"mqtt://127.0.0.1:{free_port()}", "--instance", "x"),
+            *("-D", str(tmp_path / "data")),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert res.returncode == 1, res
+    assert res.stderr.count("cannot be read (file is not") == 1, res.stderr

@@ -99,15 +99,15 @@ def setup_logging(
     tomato: 0 INFO, 1+ DEBUG, -1 WARNING, -2 ERROR, -3 CRITICAL. With
     ``warnings_to_stderr`` (a service run by hand) warnings go to the console as well."""
     level = min(max(logging.INFO - 10 * verbosity, logging.DEBUG), logging.CRITICAL)
-    handlers: list[logging.Handler] = [logging.StreamHandler()]
+    console = logging.StreamHandler()
+    # what the service prints itself as its last word ("error: …") comes once
+    console.addFilter(lambda r: not getattr(r, "printed", False))
+    handlers: list[logging.Handler] = [console]
     if logdir is not None:
         logdir.mkdir(parents=True, exist_ok=True)
         handlers = [logging.FileHandler(logdir / f"{name}.log")]
         if warnings_to_stderr:
-            console = logging.StreamHandler()
             console.setLevel(logging.WARNING)
-            # what the service prints itself as its last word ("error: …") comes once
-            console.addFilter(lambda r: not getattr(r, "printed", False))
             handlers.append(console)
     logging.basicConfig(
         level=level,

@@ -65,10 +65,13 @@ FETCHES_MAX = 4
 #: rate waits, and a newer one replaces it
 WATCH_RATE = 4.0
 WATCH_BURST = 8.0
-#: pages open at once, and what one page's queue may hold (bytes; a page that does not
-#: read is sent the full state again instead)
+#: pages open at once, and from one client address (a review: one address could hold
+#: them all; a lab PC's own tabs share one), and what one page's queue may hold (bytes;
+#: a page that does not read is sent the full state again instead): at most ~200 MB
+#: queued in all, whatever is asked
 VIEWERS_MAX = 100
-QUEUE_BYTES_MAX = 16 * 2**20
+VIEWERS_PER_ADDRESS = 16
+QUEUE_BYTES_MAX = 2 * 2**20
 
 
 class BrokerUnreachable(MqttError):
@@ -113,6 +116,7 @@ class Viewer:
     wanted: int | None = None
     wanting: bool = False
     allowance: float = WATCH_BURST  # watches it may apply now (a token bucket)
+    peer: str | None = None  # the client's address
     allowed_at: float = field(default_factory=time.monotonic)
 
     def send(self, msg: dict[str, Any]) -> None:
@@ -363,6 +367,7 @@ class DashboardService:
         task = self._fetching.get(job)
         if task is not None and not any(v.job == job for v in self.viewers):
             task.cancel()  # it checks again once it has a slot, if it had one already
+            self._refetch.discard(job)  # nobody waits for it again (a review: it stayed)
 
     async def _fetch(self, job: int, s: Session) -> None:
         from tomato_mqtt.model.jobs import Job

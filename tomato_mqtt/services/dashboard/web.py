@@ -28,7 +28,12 @@ from aiohttp import WSMsgType, web
 
 from tomato_mqtt.client.names import UnknownComponent, resolve
 from tomato_mqtt.services.dashboard.files import chunks, take_snapshot
-from tomato_mqtt.services.dashboard.service import VIEWERS_MAX, DashboardService, Viewer
+from tomato_mqtt.services.dashboard.service import (
+    VIEWERS_MAX,
+    VIEWERS_PER_ADDRESS,
+    DashboardService,
+    Viewer,
+)
 from tomato_mqtt.services.dashboard.sessions import KNOWN_OPS, LoginFailed, Session
 from tomato_mqtt.transport.client import MqttError
 from tomato_mqtt.transport.oneshot import refused_token
@@ -145,10 +150,15 @@ async def _ws(request: web.Request) -> web.StreamResponse:
     svc = request.app[SVC]
     if len(svc.viewers) >= VIEWERS_MAX:
         raise web.HTTPServiceUnavailable(text=f"{VIEWERS_MAX} pages are open here: try later")
+    peer = request.remote
+    if sum(v.peer == peer for v in svc.viewers) >= VIEWERS_PER_ADDRESS:
+        raise web.HTTPTooManyRequests(
+            text=f"{VIEWERS_PER_ADDRESS} pages are open from {peer}: close one, then reload"
+        )
     # a page sends only {"t": "watch", "job": N}: a few dozen bytes
     ws = web.WebSocketResponse(heartbeat=20, compress=False, max_msg_size=4096)
     await ws.prepare(request)
-    viewer = Viewer(_session(request), close=ws.close)
+    viewer = Viewer(_session(request), close=ws.close, peer=peer)
     viewer.send(svc.hello(viewer) | {"ended": svc.sessions.ended(_token(request))})
     svc.viewers.add(viewer)
     writer = asyncio.ensure_future(svc.writer(viewer, ws.send_str))

@@ -208,7 +208,7 @@ class JobRunner:
         reason = self.error
         if status == "cd" and self.stop_unsure:  # a cancel is not always a stop (fault
             # injection: cd without a word while the cut-off node measured on)
-            reason = "; ".join(["cancelled", *self.stop_unsure])
+            reason = "; ".join([reason or "cancelled", *self.stop_unsure])
         if self.warnings and status != "ce":
             reason = "; ".join(([reason] if reason else []) + self.warnings)
         self.save_now()  # the tasks' ends and what the verdict rests on, in one write
