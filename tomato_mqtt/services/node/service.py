@@ -264,9 +264,9 @@ class NodeService(Service):
         # the broker may have lost every retained message (amqtt keeps none across restarts)
         await self._announce()
 
-    async def _claim_name(self) -> bool:
+    async def _claim_name(self, after_freeze: bool = False) -> bool:
         """Whether this node may go on under its name (else it stops: :meth:`_refuse`)."""
-        other = await self._name_in_use()
+        other = await self._name_in_use(after_freeze)
         if other is not None:
             self._claimed = False
             self._refuse(other)
@@ -299,6 +299,8 @@ class NodeService(Service):
         key = (st.epoch, st.pid, st.host)
         if st.state != "online" or key == self._me() or self._claimed is not True:
             return
+        if time.time() - st.heartbeat > GONE_AFTER * self.heartbeat:
+            return  # sent before a freeze, delivered late: it says nothing of a live node
         last = self._rivals.get(key)
         self._rivals[key] = st.heartbeat
         if last is None or st.heartbeat <= last:
@@ -348,7 +350,7 @@ class NodeService(Service):
             return False
         if self._silent():
             if self._recheck is None or self._recheck.done():
-                self._recheck = asyncio.ensure_future(self._claim_name())
+                self._recheck = asyncio.ensure_future(self._claim_name(after_freeze=True))
             if not await asyncio.shield(self._recheck):
                 return False
             self._beat_at = time.monotonic()
@@ -371,7 +373,7 @@ class NodeService(Service):
         self.refused = msg
         self.request_stop()
 
-    async def _name_in_use(self) -> str | None:
+    async def _name_in_use(self, after_freeze: bool = False) -> str | None:
         """Who holds this node's name, if another node does: its retained status says it
         is online, and it is not provably gone (a dead pid on this host, a heartbeat long
         past) and it sends a heartbeat within 1.5 of its intervals. Two nodes of one name
@@ -409,6 +411,10 @@ class NodeService(Service):
             while not statuses.empty():
                 last = statuses.get_nowait()
             me = self._me()
+            if after_freeze:
+                # the retained status may be this node's own, sent late: what it had
+                # queued before the freeze went out when it resumed. Listen instead
+                return await self._another_heard(statuses, loop, last)
             # its own status (a reconnect) by epoch, pid and host: two nodes started in
             # one second have one epoch (it is time-based), and the second took the
             # first's status for its own (seen in a parallel test run)
@@ -435,6 +441,31 @@ class NodeService(Service):
             for f in (mine, probe):
                 with contextlib.suppress(Exception):
                     await self.mqtt.unsubscribe(f)
+
+    async def _another_heard(
+        self,
+        statuses: asyncio.Queue[NodeStatus],
+        loop: asyncio.AbstractEventLoop,
+        first: NodeStatus | None,
+    ) -> str | None:
+        """Another node of this name heard alive on its topic within GONE_AFTER heartbeats
+        (a status it sent within that time, by its clock: what a frozen node had queued
+        goes out late and old), or None."""
+        pending = [first] if first is not None else []
+        deadline = loop.time() + GONE_AFTER * self.heartbeat
+        while True:
+            while pending:
+                st = pending.pop()
+                fresh = time.time() - st.heartbeat <= GONE_AFTER * self.heartbeat
+                if st.state == "online" and fresh and (st.epoch, st.pid, st.host) != self._me():
+                    return f"pid {st.pid} on {st.host}, epoch {st.epoch}"
+            left = deadline - loop.time()
+            if left <= 0:
+                return None
+            try:
+                pending.append(await asyncio.wait_for(statuses.get(), left))
+            except asyncio.TimeoutError:
+                return None
 
     # -- presence ------------------------------------------------------------------------
     def _status(self, state: str) -> NodeStatus:
