@@ -243,9 +243,13 @@ async def test_ids_and_args_are_bounded_and_of_their_json_type(
         ("job_snapshot", {"jobid": "1"}),
         ("job_status", {"jobids": [1] * (JOB_IDS_MAX + 1)}),
         ("job_search", {"name": "a" * 50_000}),
+        # a parsed payload as large as its text may be (a script's 7 MB payload was
+        # queued: only payload_text was bounded; a security audit)
+        ("job_submit", {"payload": {"version": "2.2", "x": "a" * 1_000_000}}),
     ):
         with pytest.raises(ValidationError):
             command("scheduler", op).parse_args(args)
+    assert command("scheduler", "job_submit").parse_args({"payload": {"x": "a" * 999_000}})
     for op, args in (("reset", {"force": "on"}), ("set_attr", {"attr": "a", "val": 1, "force": 1})):
         with pytest.raises(ValidationError):
             command("component", op).parse_args(args)

@@ -139,6 +139,15 @@ class SubmitArgs(_Args):
     def _one_payload(self) -> SubmitArgs:
         if (self.payload is None) == (self.payload_text is None):
             raise ValueError("give one of payload and payload_text")
+        if self.payload is not None:  # as large as its text may be, parsed or not
+            import json
+
+            size = len(json.dumps(self.payload, separators=(",", ":")))
+            if size > PAYLOAD_TEXT_MAX:
+                raise ValueError(
+                    f"the payload is {size:,} characters as JSON, more than a payload may "
+                    f"have ({PAYLOAD_TEXT_MAX:,})"
+                )
         return self
 
 
