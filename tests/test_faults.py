@@ -338,7 +338,8 @@ def test_start_names_the_components_not_ready_and_why(tmp_path: Path) -> None:
     st = make_stack(tmp_path, "faulty_devices.yml")
     try:
         res = subprocess.run(
-            [str(BIN / "tomato"), "start", *st.dirs(), "-p", str(st.port), "-t", "4", "--json"],
+            # 8 s: a loaded CI runner took longer than 4 s to register the ready ones
+            [str(BIN / "tomato"), "start", *st.dirs(), "-p", str(st.port), "-t", "8", "--json"],
             capture_output=True,
             text=True,
             timeout=60,
@@ -353,7 +354,7 @@ def test_start_names_the_components_not_ready_and_why(tmp_path: Path) -> None:
         assert "warning: driver 'faulty' cannot be used on node local" in res.stderr
         assert data["not_ready"][name].startswith("registration failed (attempt "), data
         assert CONNECT_ERROR in data["not_ready"][name], data
-        assert "1 component(s) not ready after 4 s" in res.stderr, res.stderr
+        assert "1 component(s) not ready after 8 s" in res.stderr, res.stderr
         assert f"  {name}: registration failed" in res.stderr, res.stderr
     finally:
         stop_stack(st)
