@@ -154,3 +154,17 @@ async def test_one_address_holds_only_a_few_pages(
             assert e.status == 429, e
         for ws in socks:
             await ws.close()
+
+
+async def test_going_back_to_the_overview_costs_no_watch(
+    broker: RunningBroker, tmp_path: Path, instance: str
+) -> None:
+    """A review: a page going back to the overview (``job: null``) spent one of its
+    watches a second, so the next job it opened could wait."""
+    url = f"mqtt://127.0.0.1:{broker.port}"
+    async with running_dashboard(url, instance) as dash:
+        page = Viewer(session=None)  # type: ignore[arg-type]
+        page.job, page.allowance = 5, 1.0
+        dash.ask_watch(page, None)
+        assert page.job is None and not page.wanting
+        assert page.allowance >= 1.0, page.allowance  # its one token is still there

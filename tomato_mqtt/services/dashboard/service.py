@@ -313,6 +313,10 @@ class DashboardService:
     def ask_watch(self, viewer: Viewer, job: int | None) -> None:
         """A page's ``watch``: applied now if its rate allows, else when it does (one
         waits per page: a newer one replaces it)."""
+        if job is None:  # back to the overview: it asks the scheduler nothing (a review:
+            viewer.wanting = False  # it spent a token, delaying the next job opened)
+            self.watch(viewer, None)
+            return
         viewer.wanted, viewer.wanting = job, True
         self._apply_watch(viewer, time.monotonic())
 
