@@ -59,10 +59,15 @@ def as_user(st: Stack, user: str) -> list[str]:
 
 @contextlib.contextmanager
 def secure_stack(
-    root: Path, devices: str = "devices_counter.yml", extra: str = "", mosquitto: str = ""
+    root: Path,
+    devices: str = "devices_counter.yml",
+    extra: str = "",
+    mosquitto: str = "",
+    mosquitto_conf: str = "",
 ) -> Iterator[Stack]:
     """A secured stack on the embedded broker, or, given Mosquitto's binary, on a Mosquitto
-    configured by ``tomato broker-config --mosquitto`` (as docs/security.md says)."""
+    configured by ``tomato broker-config --mosquitto`` (as docs/security.md says), with
+    ``mosquitto_conf`` lines of the site's own."""
     st = make_secure_stack(root, devices, extra, embedded=not mosquitto)
     if not mosquitto:
         with started(st):
@@ -76,6 +81,7 @@ def secure_stack(
         # run as root, Mosquitto drops to user 'mosquitto', who cannot read the test's files
         + (f"user {getpass.getuser()}\n" if os.geteuid() == 0 else "")
         + f"persistence false\nlog_dest file {conf / 'mosquitto.log'}\n"
+        + mosquitto_conf
     )
     proc = subprocess.Popen(
         [mosquitto, "-c", str(conf / "run.conf")],

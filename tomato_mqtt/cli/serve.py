@@ -234,6 +234,7 @@ def node(
             heartbeat=s.scheduler.heartbeat,
             batch_interval=s.node.batch_interval,
             batch_max_points=s.node.batch_max_points,
+            batch_max_bytes=s.node.batch_max_bytes,
             spool_max_bytes=int(s.node.spool_max_mb * 2**20),
             driver_settings=s.drivers,
             upstream_env=s.upstream_env,

@@ -183,6 +183,10 @@ class NodeSettings(_Section):
     spool_max_mb: float = Field(default=512, gt=0)
     batch_interval: float = Field(default=0.5, gt=0)
     batch_max_points: int = Field(default=2000, ge=1)
+    #: the largest data message a node sends (bytes): a batch larger than this goes as
+    #: several. A broker drops larger messages without a word (EMQX's max_packet_size is
+    #: 1 MB by default, Mosquitto's message_size_limit whatever the site sets)
+    batch_max_bytes: int = Field(default=512 * 1024, ge=1024)
     #: the venv of upstream tomato driver packages (``tomato drivers install``);
     #: default ``<datadir>/upstream-drivers``; relative paths are relative to the appdir
     upstream_env: Path | None = None

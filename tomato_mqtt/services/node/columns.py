@@ -21,7 +21,7 @@ from typing import Any
 from tomato_mqtt.driver.block import Block
 from tomato_mqtt.driver.points import Point, PointRun, Value
 
-__all__ = ["Columns", "to_columns"]
+__all__ = ["Columns", "halves", "to_columns"]
 
 
 @dataclass
@@ -33,6 +33,24 @@ class Columns:
     coords: dict[str, Any] = field(default_factory=dict)
     job: int | None = None
     task: int | None = None
+
+
+def halves(cols: Columns) -> tuple[Columns, Columns]:
+    """The first and the second half of a batch's points (lists or numpy arrays alike)."""
+    mid = len(cols.uts) // 2
+
+    def part(a: int, b: int | None) -> Columns:
+        return Columns(
+            uts=cols.uts[a:b],
+            vars={k: v[a:b] for k, v in cols.vars.items()},
+            units=cols.units,
+            dims=cols.dims,
+            coords=cols.coords,
+            job=cols.job,
+            task=cols.task,
+        )
+
+    return part(0, mid), part(mid, None)
 
 
 def _layout(b: Block) -> tuple[Any, ...]:

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 from tomato_mqtt.driver import TaskEnd
 from tomato_mqtt.driver.block import Block
 from tomato_mqtt.driver.points import Point, PointRun
-from tomato_mqtt.services.node.columns import Columns, to_columns
+from tomato_mqtt.services.node.columns import Columns, halves, to_columns
 from tomato_mqtt.services.node.hosted import HostedComponent
 from tomato_mqtt.wire.batch import encode_batch, encode_json
 from tomato_mqtt.wire.messages import SCHEMA
@@ -124,8 +124,11 @@ class DataPath:
         last: Columns | None = None
         # no await until every batch is numbered and spooled: concurrent flushes (the
         # loop, a task end, a measure) never interleave their seqs
+        limit = node.config.batch_max_bytes
         for (job, task), group in split_by_task(items):
-            for cols in to_columns(group, units):
+            parts = list(to_columns(group, units))
+            while parts:
+                cols = parts.pop(0)
                 try:
                     raw = encode_batch(
                         component=hc.name,
@@ -144,6 +147,9 @@ class DataPath:
                     # task fails, the node and every other component's task go on (a
                     # driver's dict with an int key took the node and all its jobs down)
                     self._unsendable(hc, job, task, len(cols.uts), e)
+                    continue
+                if len(raw) > limit and len(cols.uts) > 1:  # as several: a broker drops
+                    parts[:0] = halves(cols)  # what exceeds its limit without a word
                     continue
                 hc.seq += 1
                 dropped = spool.put(hc.name, hc.stream, hc.seq, node.epoch, raw)

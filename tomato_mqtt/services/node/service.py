@@ -73,6 +73,7 @@ class NodeConfig:
         heartbeat: float = 2.0,
         batch_interval: float = 0.5,
         batch_max_points: int = 2000,
+        batch_max_bytes: int = 512 * 1024,
         spool_max_bytes: int = 512 * 2**20,
         driver_settings: Mapping[str, Mapping[str, Any]] | None = None,
         upstream_env: Path | None = None,
@@ -86,6 +87,7 @@ class NodeConfig:
         self.heartbeat = heartbeat
         self.batch_interval = batch_interval
         self.batch_max_points = batch_max_points
+        self.batch_max_bytes = batch_max_bytes
         self.spool_max_bytes = spool_max_bytes
         self.driver_settings = {k: dict(v) for k, v in (driver_settings or {}).items()}
         #: the venv of upstream tomato driver packages (None: native drivers only)
