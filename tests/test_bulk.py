@@ -84,3 +84,27 @@ async def test_bulk_and_array_data_reach_the_file(
     got = read_with_tomato(done.respath)
     assert set(got["components"]) == {"daq", "analyser"}
     assert got["components"]["analyser"]["role"] == "analyser"
+
+
+def test_a_batch_goes_as_pieces_in_order_lists_and_arrays_alike() -> None:
+    """A batch over ``[node] batch_max_bytes`` goes as several (a broker drops a larger
+    message without a word): consecutive pieces of one size, spectra (2-d arrays) cut
+    along their points, none empty."""
+    from tomato_mqtt.services.node.columns import Columns, pieces
+
+    cols = Columns(
+        uts=np.arange(10.0),
+        vars={"power": np.arange(30.0).reshape(10, 3), "n": list(range(10))},
+        units={"power": "dBm"},
+        dims={"power": ["freq"]},
+        coords={"freq": [1.0, 2.0, 3.0]},
+        job=4,
+        task=0,
+    )
+    parts = pieces(cols, 3)
+    assert [len(p.uts) for p in parts] == [3, 3, 4]
+    assert np.concatenate([p.uts for p in parts]).tolist() == cols.uts.tolist()
+    assert np.concatenate([p.vars["power"] for p in parts]).tolist() == cols.vars["power"].tolist()
+    assert [x for p in parts for x in p.vars["n"]] == cols.vars["n"]
+    assert all((p.job, p.task, p.dims, p.coords) == (4, 0, cols.dims, cols.coords) for p in parts)
+    assert [len(p.uts) for p in pieces(cols, 50)] == [1] * 10  # never an empty piece

@@ -21,7 +21,7 @@ from typing import Any
 from tomato_mqtt.driver.block import Block
 from tomato_mqtt.driver.points import Point, PointRun, Value
 
-__all__ = ["Columns", "halves", "to_columns"]
+__all__ = ["Columns", "pieces", "to_columns"]
 
 
 @dataclass
@@ -35,22 +35,24 @@ class Columns:
     task: int | None = None
 
 
-def halves(cols: Columns) -> tuple[Columns, Columns]:
-    """The first and the second half of a batch's points (lists or numpy arrays alike)."""
-    mid = len(cols.uts) // 2
-
-    def part(a: int, b: int | None) -> Columns:
-        return Columns(
+def pieces(cols: Columns, k: int) -> list[Columns]:
+    """A batch's points in ``k`` consecutive parts of (nearly) one size (lists or numpy
+    arrays alike), none empty."""
+    n = len(cols.uts)
+    k = max(1, min(k, n))
+    bounds = [n * i // k for i in range(k + 1)]
+    return [
+        Columns(
             uts=cols.uts[a:b],
-            vars={k: v[a:b] for k, v in cols.vars.items()},
+            vars={name: v[a:b] for name, v in cols.vars.items()},
             units=cols.units,
             dims=cols.dims,
             coords=cols.coords,
             job=cols.job,
             task=cols.task,
         )
-
-    return part(0, mid), part(mid, None)
+        for a, b in itertools.pairwise(bounds)
+    ]
 
 
 def _layout(b: Block) -> tuple[Any, ...]:

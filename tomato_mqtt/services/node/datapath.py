@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 from tomato_mqtt.driver import TaskEnd
 from tomato_mqtt.driver.block import Block
 from tomato_mqtt.driver.points import Point, PointRun
-from tomato_mqtt.services.node.columns import Columns, halves, to_columns
+from tomato_mqtt.services.node.columns import Columns, pieces, to_columns
 from tomato_mqtt.services.node.hosted import HostedComponent
 from tomato_mqtt.wire.batch import encode_batch, encode_json
 from tomato_mqtt.wire.messages import SCHEMA
@@ -149,7 +149,9 @@ class DataPath:
                     self._unsendable(hc, job, task, len(cols.uts), e)
                     continue
                 if len(raw) > limit and len(cols.uts) > 1:  # as several: a broker drops
-                    parts[:0] = halves(cols)  # what exceeds its limit without a word
+                    # what exceeds its limit without a word (a size per point is the
+                    # same along a batch: one more part than the size says, one encoding)
+                    parts[:0] = pieces(cols, len(raw) // limit + 2)
                     continue
                 hc.seq += 1
                 dropped = spool.put(hc.name, hc.stream, hc.seq, node.epoch, raw)
