@@ -111,10 +111,21 @@ def test_a_page_that_does_not_read_holds_a_bounded_queue() -> None:
     assert page.queued <= QUEUE_BYTES_MAX
 
 
+_WS_HEADERS = {
+    "Connection": "Upgrade",
+    "Upgrade": "websocket",
+    "Sec-WebSocket-Version": "13",
+    "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+}
+
+
 async def test_pages_open_at_once_are_bounded(
     broker: RunningBroker, tmp_path: Path, instance: str, monkeypatch: Any
 ) -> None:
-    monkeypatch.setattr(web, "VIEWERS_MAX", 3)
+    # 4 places, one kept for signed-in users: 3 for pages nobody signed in to (100 such
+    # pages from 7 addresses locked everyone out: an outside check)
+    monkeypatch.setattr(web, "VIEWERS_MAX", 4)
+    monkeypatch.setattr(web, "VIEWERS_SIGNED_IN", 1)
     url = f"mqtt://127.0.0.1:{broker.port}"
     async with running_dashboard(url, instance) as dash, aiohttp.ClientSession() as http:
         socks = [await http.ws_connect(dash.address() + "ws") for _ in range(3)]
@@ -125,6 +136,9 @@ async def test_pages_open_at_once_are_bounded(
                 raise AssertionError("a 4th page was served")
         except aiohttp.WSServerHandshakeError as e:
             assert e.status == 503, e
+        async with aiohttp.ClientSession() as plain:
+            resp = await plain.get(dash.address() + "ws", headers=_WS_HEADERS)
+            assert resp.status == 503 and "or sign in" in await resp.text()
         await socks[0].close()
         for _ in range(100):  # its place is free again
             if len(dash.viewers) < 3:

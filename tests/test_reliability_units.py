@@ -607,6 +607,19 @@ def test_a_step_of_a_node_clock_is_told_to_its_running_jobs_and_a_backlog_is_not
     node, msg = told[0]
     assert node == "pc" and msg.startswith("the clock of node pc stepped by -3600.0 s at about")
     assert "the points keep the node's timestamps, so uts jump there" in msg
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < 0.6:  # and forward again: a second step, told too
+        beat(0.0)
+        time.sleep(0.05)
+    assert len(told) == 2 and "stepped by +3600.0 s" in told[1][1], told
+    # a restarted node (a new epoch) with another clock: its own offset, no step (an
+    # outside check found "stepped by -3600 s" in a job after such a restart)
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < 0.6:
+        st = NodeStatus(state="online", node="pc", epoch=2, heartbeat=time.time() + 7200)
+        p.received(st, retained=False)
+        time.sleep(0.05)
+    assert len(told) == 2, told
 
 
 async def test_a_task_start_whose_answer_was_lost_runs_on() -> None:

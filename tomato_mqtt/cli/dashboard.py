@@ -81,7 +81,7 @@ def dashboard(
 
     svc.on_ready = ready
     from tomato_mqtt.services.dashboard.service import BrokerUnreachable
-    from tomato_mqtt.transport.client import MqttError, MqttRefused
+    from tomato_mqtt.transport.client import MqttError, MqttRefused, MqttUntrusted
 
     try:
         svc.run_sync()
@@ -104,6 +104,8 @@ def dashboard(
             f"{svc.cfg.connect_timeout:g} s and has stopped: start the stack (tomato start), "
             "or name the broker with --broker URL or -p PORT"
         )
+    except MqttUntrusted as e:  # it runs, and its certificate is not trusted here
+        fail(f"the dashboard cannot use the broker: {e}")
     except MqttError as e:
         fail(f"the dashboard stopped on an error of the broker at {url}: {e}")
     except OSError as e:

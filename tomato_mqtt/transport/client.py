@@ -59,6 +59,9 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+#: s one connection attempt may take (TCP, TLS, the CONNACK) before it is made again
+ATTEMPT_MAX = 10.0
+
 
 class AsyncClient(_LoopDriven):
     """An asyncio MQTT client with reconnect, acked publish/subscribe and a message stream.
@@ -163,7 +166,10 @@ class AsyncClient(_LoopDriven):
         delay = 0.05
         while True:
             try:
-                await asyncio.wait_for(self._connect_once(), max(0.1, deadline - self._loop.time()))
+                # each attempt bounded: a broker that takes the TCP connection and never
+                # answers (frozen) kept a node waiting without a word (an outside check)
+                left = deadline - self._loop.time()
+                await asyncio.wait_for(self._connect_once(), max(0.1, min(left, ATTEMPT_MAX)))
                 break
             except (OSError, MqttError, asyncio.TimeoutError) as e:
                 if isinstance(e, MqttRefused) and (e.final or not retry):
@@ -201,7 +207,11 @@ class AsyncClient(_LoopDriven):
             if isinstance(ctx, TrackingContext):
                 ctx.close_last()
             if isinstance(e, ssl.SSLCertVerificationError):
-                raise MqttUntrusted(f"TLS with the MQTT broker at {self.url} failed: {e}") from e
+                raise MqttUntrusted(
+                    f"TLS with the MQTT broker at {self.url} failed: {e}: give the lab's CA "
+                    "(ca_certs=... in the broker URL, or [mqtt] ca_certs in settings.toml) "
+                    "and the broker's name as its certificate has it"
+                ) from e
             raise MqttError(str(e) or type(e).__name__) from e
         rc = await self._connack
         if rc != 0:

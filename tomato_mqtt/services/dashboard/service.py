@@ -35,7 +35,13 @@ from tomato_mqtt.config.url import BrokerURL
 from tomato_mqtt.services.base import cancel_and_wait, install_signal_handlers, run_until_stopped
 from tomato_mqtt.services.dashboard.sessions import Session, Sessions
 from tomato_mqtt.services.dashboard.state import LabState
-from tomato_mqtt.transport.client import AsyncClient, Message, MqttError, MqttRefused
+from tomato_mqtt.transport.client import (
+    AsyncClient,
+    Message,
+    MqttError,
+    MqttRefused,
+    MqttUntrusted,
+)
 from tomato_mqtt.wire.messages import DecodeError
 from tomato_mqtt.wire.topics import Topics
 
@@ -71,6 +77,8 @@ WATCH_BURST = 8.0
 #: queued in all, whatever is asked
 VIEWERS_MAX = 100
 VIEWERS_PER_ADDRESS = 16
+#: of VIEWERS_MAX, the places only pages of signed-in users may take
+VIEWERS_SIGNED_IN = 20
 QUEUE_BYTES_MAX = 2 * 2**20
 
 
@@ -218,8 +226,8 @@ class DashboardService:
             self.client = client
             try:
                 await client.connect(timeout=self.cfg.connect_timeout, retry=True)
-            except MqttRefused:
-                raise  # a login refused at once: not "kept trying" (cli/dashboard.py)
+            except (MqttRefused, MqttUntrusted):
+                raise  # a login or certificate refused at once: not "kept trying"
             except MqttError as e:
                 raise BrokerUnreachable(str(e)) from e
             t = self.topics

@@ -31,6 +31,7 @@ from tomato_mqtt.services.dashboard.files import chunks, take_snapshot
 from tomato_mqtt.services.dashboard.service import (
     VIEWERS_MAX,
     VIEWERS_PER_ADDRESS,
+    VIEWERS_SIGNED_IN,
     DashboardService,
     Viewer,
 )
@@ -148,8 +149,18 @@ async def _plotly(request: web.Request) -> web.StreamResponse:
 
 async def _ws(request: web.Request) -> web.StreamResponse:
     svc = request.app[SVC]
-    if len(svc.viewers) >= VIEWERS_MAX:
-        raise web.HTTPServiceUnavailable(text=f"{VIEWERS_MAX} pages are open here: try later")
+    session = _session(request)
+    signed_in = session is not svc.sessions.shared
+    # the last places are kept for signed-in users: pages nobody signed in to (anyone who
+    # reaches the page) could fill them all and lock everyone out (an outside check)
+    anonymous = sum(v.session is svc.sessions.shared for v in svc.viewers)
+    if len(svc.viewers) >= VIEWERS_MAX or (
+        not signed_in and anonymous >= VIEWERS_MAX - VIEWERS_SIGNED_IN
+    ):
+        raise web.HTTPServiceUnavailable(
+            text=f"{len(svc.viewers)} pages are open here: try later"
+            + ("" if signed_in else ", or sign in")
+        )
     peer = request.remote
     if sum(v.peer == peer for v in svc.viewers) >= VIEWERS_PER_ADDRESS:
         raise web.HTTPTooManyRequests(
@@ -158,7 +169,7 @@ async def _ws(request: web.Request) -> web.StreamResponse:
     # a page sends only {"t": "watch", "job": N}: a few dozen bytes
     ws = web.WebSocketResponse(heartbeat=20, compress=False, max_msg_size=4096)
     await ws.prepare(request)
-    viewer = Viewer(_session(request), close=ws.close, peer=peer)
+    viewer = Viewer(session, close=ws.close, peer=peer)
     viewer.send(svc.hello(viewer) | {"ended": svc.sessions.ended(_token(request))})
     svc.viewers.add(viewer)
     writer = asyncio.ensure_future(svc.writer(viewer, ws.send_str))

@@ -65,6 +65,8 @@ class Presence:
         #: is a step: _clock_stepped)
         self.taken: dict[str, float] = {}
         self.step_seen: dict[str, tuple[float, float]] = {}  # node -> (offset, monotonic)
+        self.recent: dict[str, collections.deque[float]] = {}  # the last two offsets
+        self.epochs: dict[str, int] = {}  # each node's epoch its offsets are of
         self.storage_error: str | None = None
         self._last_check: float | None = None
         #: the broker passed nothing for a while (check_stale): no loss verdicts
@@ -80,8 +82,17 @@ class Presence:
         self.seen[st.node] = time.monotonic()
         if st.state != "online" or retained or st.heartbeat <= 0:
             return  # a retained status may be old: it says nothing about the node's clock
+        if self.epochs.get(st.node, st.epoch) != st.epoch:
+            # another run of the node (a restart): its clock is taken afresh, not as a
+            # step (an outside check: a node restarted with a right clock after running
+            # an hour ahead put "stepped by -3600 s" into the next job's reason)
+            for kept in (self.offsets, self.recent, self.taken, self.step_seen):
+                kept.pop(st.node, None)
+        self.epochs[st.node] = st.epoch
         q = self.offsets.setdefault(st.node, collections.deque(maxlen=5))
         q.append(st.heartbeat - time.time())
+        r = self.recent.setdefault(st.node, collections.deque(maxlen=2))
+        r.append(q[-1])
         off = self.clock_offset(st.node)
         tol = self.svc.settings.scheduler.clock_tolerance
         if off is None:
@@ -95,7 +106,10 @@ class Presence:
         elif abs(off) <= tol and st.node in self.skewed:
             self.skewed.discard(st.node)
             log.info("node %s: clock back within %g s of the scheduler's", st.node, tol)
-        self._step_check(st.node, off, tol)
+        # steps by the last two offsets (the largest: one late status is no step), so a
+        # step back shows within two heartbeats, not five (an hour back for 12 s went
+        # unreported: an outside check); a backlog passes within the hold below
+        self._step_check(st.node, max(r), tol)
 
     def _step_check(self, node: str, off: float, tol: float) -> None:
         """A new offset beyond the tolerance of the one taken (the first is the node's own)
@@ -109,7 +123,7 @@ class Presence:
         seen = self.step_seen.get(node)
         if seen is None or abs(off - seen[0]) > tol:
             self.step_seen[node] = (off, now)
-        elif now - seen[1] >= max(STEP_HOLDS, 3 * self.svc.heartbeat):
+        elif now - seen[1] >= STEP_HOLDS:
             self.taken[node] = off
             self.step_seen.pop(node, None)
             self._clock_stepped(node, off - was, off)
