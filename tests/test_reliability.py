@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -341,8 +342,6 @@ def test_a_second_node_of_the_same_name_is_refused(tmp_path: Path) -> None:
     alternating statuses for restarts (reconfiguring ~250 times a second, the running
     job ended ce "node restarted mid-task"). The second one now finds the name held by
     a live node and stops, saying so; the running job is untouched (fault injection)."""
-    import subprocess
-
     from tests.stack import BIN
 
     with running_stack(tmp_path) as st:
@@ -370,14 +369,25 @@ def test_a_second_node_of_the_same_name_is_refused(tmp_path: Path) -> None:
         )
 
 
+def _end(p: subprocess.Popen[str]) -> None:
+    """Stop a node the test started (also a stopped one: SIGCONT first), reaping it."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(p.pid, signal.SIGCONT)
+    if p.poll() is None:
+        p.terminate()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            p.communicate(timeout=20)
+    if p.poll() is None:
+        p.kill()
+        p.communicate()
+
+
 def test_two_nodes_of_one_name_that_check_it_at_once_leave_one(tmp_path: Path) -> None:
     """Two nodes of one name that connect at the same moment (both waiting for the
     broker: a boot after a power cut) each found the name free, as neither had said
     anything yet, and both ran on (left fragile by session 27). Each now hears the
     other's heartbeats on the status topic they share; the one started later stops,
     saying so, and the other stays online under the name."""
-    import subprocess
-
     from tests.stack import BIN
 
     with running_stack(tmp_path) as st:
@@ -413,13 +423,7 @@ def test_two_nodes_of_one_name_that_check_it_at_once_leave_one(tmp_path: Path) -
             assert (nodes["spare"]["state"], nodes["spare"]["pid"]) == ("online", winner.pid)
         finally:
             for p in procs:
-                if p.poll() is None:
-                    p.terminate()
-                    with contextlib.suppress(subprocess.TimeoutExpired):
-                        p.communicate(timeout=20)
-                if p.poll() is None:
-                    p.kill()
-                    p.communicate()
+                _end(p)
 
 
 def test_a_node_that_cannot_reach_the_broker_says_so_and_stops_on_sigterm(
@@ -429,8 +433,6 @@ def test_a_node_that_cannot_reach_the_broker_says_so_and_stops_on_sigterm(
     word (nothing on the console, nothing in its log) and did not stop on SIGTERM until
     the broker came (a security audit: a `timeout 12` run was up 10 minutes later). It
     now says so (once a minute, on the console too) and stops on the first SIGTERM."""
-    import subprocess
-
     from tests.stack import BIN, free_port
 
     app = tmp_path / "app"
@@ -469,8 +471,6 @@ def test_a_node_back_from_a_freeze_yields_to_the_one_that_took_its_name(tmp_path
     does not enforce keep-alive) and its next heartbeat made the live node, started
     later, yield to it. Back from a freeze, a node checks its name before it says a
     word, and yields."""
-    import subprocess
-
     from tests.stack import BIN
 
     def node(data: str) -> subprocess.Popen[str]:
@@ -505,14 +505,5 @@ def test_a_node_back_from_a_freeze_yields_to_the_one_that_took_its_name(tmp_path
             assert online_pid(second.pid, 5)
         finally:
             for p in (first, second):
-                if p is None:
-                    continue
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(p.pid, signal.SIGCONT)
-                if p.poll() is None:
-                    p.terminate()
-                    with contextlib.suppress(subprocess.TimeoutExpired):
-                        p.communicate(timeout=20)
-                if p.poll() is None:
-                    p.kill()
-                    p.communicate()
+                if p is not None:
+                    _end(p)

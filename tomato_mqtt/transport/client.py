@@ -36,6 +36,7 @@ from tomato_mqtt.transport.inbox import Subscription as _Subscription
 from tomato_mqtt.transport.types import (
     CONNACK_WHY,
     LOGIN_REFUSED,
+    UNTRUSTED_HINT,
     Message,
     MqttError,
     MqttRefused,
@@ -208,9 +209,7 @@ class AsyncClient(_LoopDriven):
                 ctx.close_last()
             if isinstance(e, ssl.SSLCertVerificationError):
                 raise MqttUntrusted(
-                    f"TLS with the MQTT broker at {self.url} failed: {e}: give the lab's CA "
-                    "(ca_certs=... in the broker URL, or [mqtt] ca_certs in settings.toml) "
-                    "and the broker's name as its certificate has it"
+                    f"TLS with the MQTT broker at {self.url} failed: {e}: {UNTRUSTED_HINT}"
                 ) from e
             raise MqttError(str(e) or type(e).__name__) from e
         rc = await self._connack

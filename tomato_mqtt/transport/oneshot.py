@@ -66,12 +66,6 @@ _REFUSED_HINT = (
 )
 
 
-_UNTRUSTED_HINT = (
-    "give the lab's CA (ca_certs=... in the --broker URL, or [mqtt] ca_certs in "
-    "settings.toml) and the broker's name as its certificate has it"
-)
-
-
 class OneShotError(Exception):
     """The broker could not be reached or refused the connection."""
 
@@ -119,20 +113,18 @@ def _client(url: BrokerURL, client_id: str) -> paho.Client:
     if url.username:
         c.username_pw_set(url.username, url.password)
     if url.tls:
-        if url.tls_insecure:  # no verification at all, as the other clients' (_tls.py)
-            import ssl
+        import ssl  # (paho has imported it)
 
+        if url.tls_insecure:  # no verification at all, as the other clients' (_tls.py)
             from tomato_mqtt.config.url import warn_insecure
 
             warn_insecure()
-            c.tls_set(
-                ca_certs=url.ca_certs,
-                certfile=url.certfile,
-                keyfile=url.keyfile,
-                cert_reqs=ssl.CERT_NONE,
-            )
-        else:
-            c.tls_set(ca_certs=url.ca_certs, certfile=url.certfile, keyfile=url.keyfile)
+        c.tls_set(
+            ca_certs=url.ca_certs,
+            certfile=url.certfile,
+            keyfile=url.keyfile,
+            cert_reqs=ssl.CERT_NONE if url.tls_insecure else ssl.CERT_REQUIRED,
+        )
         c.tls_insecure_set(url.tls_insecure)
     return c
 
@@ -283,8 +275,10 @@ class Exchange:
             self._session.close()
             raise Refused(f"{e}: {_REFUSED_HINT}") from None
         except SessionUntrusted as e:  # it runs, and its certificate is not trusted here
+            from tomato_mqtt.transport.types import UNTRUSTED_HINT
+
             self._session.close()
-            raise Refused(f"{e}: {_UNTRUSTED_HINT}") from None
+            raise Refused(f"{e}: {UNTRUSTED_HINT}") from None
         except SessionError as e:
             self._session.close()
             raise OneShotError(str(e)) from None

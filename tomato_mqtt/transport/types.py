@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 __all__ = [
+    "UNTRUSTED_HINT",
     "Message",
     "MqttError",
     "MqttRefused",
@@ -43,6 +44,13 @@ class MqttRefused(MqttError):
 class MqttUntrusted(MqttError):
     """TLS failed on a certificate (the broker's not trusted, or its name not the one
     asked for): trying again will not help until the set-up changes."""
+
+
+#: what to do about a certificate TLS did not trust (every client says it alike)
+UNTRUSTED_HINT = (
+    "give the lab's CA (ca_certs=... in the broker URL, or [mqtt] ca_certs in "
+    "settings.toml) and the broker's name as its certificate has it"
+)
 
 
 #: CONNACK refusals: MQTT 3.1.1 return codes and the MQTT 5 reason codes paho 2 maps

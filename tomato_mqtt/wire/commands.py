@@ -109,6 +109,14 @@ class LoadArgs(_Args):
 PAYLOAD_TEXT_MAX = 1_000_000
 
 
+def json_chars(payload: Any) -> int:
+    """How long a parsed payload is as the scheduler gets it (compact JSON): held to
+    PAYLOAD_TEXT_MAX as its text is."""
+    import json
+
+    return len(json.dumps(payload, separators=(",", ":")))
+
+
 class SubmitArgs(_Args):
     payload: dict[str, JsonValue] | None = Field(
         None, description="the payload, parsed (one of payload and payload_text)"
@@ -140,9 +148,7 @@ class SubmitArgs(_Args):
         if (self.payload is None) == (self.payload_text is None):
             raise ValueError("give one of payload and payload_text")
         if self.payload is not None:  # as large as its text may be, parsed or not
-            import json
-
-            size = len(json.dumps(self.payload, separators=(",", ":")))
+            size = json_chars(self.payload)
             if size > PAYLOAD_TEXT_MAX:
                 raise ValueError(
                     f"the payload is {size:,} characters as JSON, more than a payload may "
@@ -153,7 +159,8 @@ class SubmitArgs(_Args):
 
 #: a job id: what the scheduler's store can hold (a bigger one was an OverflowError
 #: deep in SQLite, answered "internal error" with a traceback in the log)
-JobId = Annotated[int, Field(ge=0, le=2**63 - 1)]
+JOB_ID_MAX = 2**63 - 1
+JobId = Annotated[int, Field(ge=0, le=JOB_ID_MAX)]
 
 
 #: the most job ids one request may name (``[1] * 120000`` made a 200 MB reply, and the

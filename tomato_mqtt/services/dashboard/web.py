@@ -39,15 +39,13 @@ from tomato_mqtt.services.dashboard.sessions import KNOWN_OPS, LoginFailed, Sess
 from tomato_mqtt.transport.client import MqttError
 from tomato_mqtt.transport.oneshot import refused_token
 from tomato_mqtt.transport.rpc import NoResponder, ReplyError
-from tomato_mqtt.wire.commands import PAYLOAD_TEXT_MAX
+from tomato_mqtt.wire.commands import JOB_ID_MAX, PAYLOAD_TEXT_MAX, json_chars
 from tomato_mqtt.wire.messages import Reply
 
 __all__ = ["answers_to", "cookie_name", "make_app", "this_pc_names"]
 STATIC = Path(__file__).with_name("static")
 #: the largest request body: a payload of PAYLOAD_TEXT_MAX characters as JSON (escaped)
 MAX_BODY = 8 * 2**20
-#: the largest job id (wire.commands.JobId)
-JOB_ID_MAX = 2**63 - 1
 SVC: web.AppKey[DashboardService] = web.AppKey("svc", DashboardService)
 
 
@@ -337,7 +335,7 @@ def _payload_args(args: dict[str, Any], user: str | None) -> dict[str, Any]:
         if isinstance(args.get("payload_text"), str):
             _bounded("payload_text", len(args["payload_text"]))
         if "payload" in args:  # as the scheduler gets it: JSON
-            _bounded("payload", len(json.dumps(args["payload"], separators=(",", ":"))))
+            _bounded("payload", json_chars(args["payload"]))
         given: dict[str, Any] = {
             k: args[k] for k in ("payload", "payload_text", "jobname", "token") if k in args
         }

@@ -235,10 +235,8 @@ class DataPath:
     async def replay(self, component: str, stream: str, first: int, last: int) -> int:
         """Publish the spooled batches ``first..last`` of a stream again; how many."""
         node = self.node
-        if node.spool is None or node.client is None:
-            return 0
-        if node.refused is not None:
-            return 0
+        if node.spool is None or node.client is None or node.refused is not None:
+            return 0  # (refused: its name, and its batches, are another node's)
         rows = node.spool.get(component, stream, first, last)
         topic = node.topics.component_data(component)
         for _seq, raw in rows:

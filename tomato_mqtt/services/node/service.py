@@ -109,6 +109,12 @@ def _load_units() -> None:
 GONE_AFTER = 2.5
 
 
+def _who(st: NodeStatus) -> tuple[int, int | None, str | None]:
+    """Which run of a node sent ``st``: epoch, pid and host (two nodes started within one
+    second share a time-based epoch)."""
+    return (st.epoch, st.pid, st.host)
+
+
 class NodeService(Service):
     def __init__(self, config: NodeConfig) -> None:
         super().__init__(
@@ -288,8 +294,13 @@ class NodeService(Service):
         await self.mqtt.subscribe(self.status_topic, handler=on_status)
         return True
 
-    def _me(self) -> tuple[int, int, str]:
+    def _me(self) -> tuple[int, int | None, str | None]:
         return (self.epoch, os.getpid(), socket.gethostname())
+
+    def _fresh(self, st: NodeStatus) -> bool:
+        """Whether ``st`` was sent (by its node's clock) within GONE_AFTER heartbeats: an
+        older one is of a node gone, or was queued before a freeze and delivered late."""
+        return time.time() - st.heartbeat <= GONE_AFTER * self.heartbeat
 
     def _heard_own_status(self, st: NodeStatus) -> None:
         """Two nodes of one name that checked it at the same moment (both connecting when
@@ -298,10 +309,10 @@ class NodeService(Service):
         started later (by epoch, then host and pid: both judge alike) stops, without a
         word on the shared topics and with its spooled batches forgotten (the other
         measured the same tasks), and the other says its status again."""
-        key = (st.epoch, st.pid, st.host)
+        key = _who(st)
         if st.state != "online" or key == self._me() or self._claimed is not True:
             return
-        if time.time() - st.heartbeat > GONE_AFTER * self.heartbeat:
+        if not self._fresh(st):
             return  # sent before a freeze, delivered late: it says nothing of a live node
         last = self._rivals.get(key)
         self._rivals[key] = st.heartbeat
@@ -353,9 +364,8 @@ class NodeService(Service):
         if self._silent():
             if self._recheck is None or self._recheck.done():
                 self._recheck = asyncio.ensure_future(self._claim_name(after_freeze=True))
-            if not await asyncio.shield(self._recheck):
+            if not await asyncio.shield(self._recheck):  # (it marks the node not silent)
                 return False
-            self._beat_at = time.monotonic()
         return True
 
     def _silent(self) -> bool:
@@ -420,11 +430,11 @@ class NodeService(Service):
             # its own status (a reconnect) by epoch, pid and host: two nodes started in
             # one second have one epoch (it is time-based), and the second took the
             # first's status for its own (seen in a parallel test run)
-            if last is None or last.state != "online" or (last.epoch, last.pid, last.host) == me:
+            if last is None or last.state != "online" or _who(last) == me:
                 return None
             if last.host == socket.gethostname() and last.pid and not pid_alive(last.pid):
                 return None
-            if time.time() - last.heartbeat > GONE_AFTER * self.heartbeat:
+            if not self._fresh(last):
                 return None  # its heartbeats stopped: gone (its will not sent yet)
             deadline = loop.time() + 1.5 * self.heartbeat
             while (left := deadline - loop.time()) > 0:
@@ -432,8 +442,8 @@ class NodeService(Service):
                     st = await asyncio.wait_for(statuses.get(), left)
                 except asyncio.TimeoutError:
                     break
-                same = (st.epoch, st.pid, st.host) == (last.epoch, last.pid, last.host)
-                if same and st.state == "online" and st.heartbeat > last.heartbeat:
+                newer = st.state == "online" and st.heartbeat > last.heartbeat
+                if newer and _who(st) == _who(last):
                     return f"pid {st.pid} on {st.host}, epoch {st.epoch}"
             return None
         except Exception as e:  # the check must not keep a node from starting
@@ -458,8 +468,7 @@ class NodeService(Service):
         while True:
             while pending:
                 st = pending.pop()
-                fresh = time.time() - st.heartbeat <= GONE_AFTER * self.heartbeat
-                if st.state == "online" and fresh and (st.epoch, st.pid, st.host) != self._me():
+                if st.state == "online" and self._fresh(st) and _who(st) != self._me():
                     return f"pid {st.pid} on {st.host}, epoch {st.epoch}"
             left = deadline - loop.time()
             if left <= 0:

@@ -77,8 +77,6 @@ class _Stream:
     asked_for: tuple[int, tuple[tuple[int, int], ...]] | None = None  # (high water, gaps)
     next_ask: float = 0.0  # monotonic: when the gaps are asked for again
     replayed: int | None = None  # what the node said it sent again, the last time
-    #: why the gaps stay open, once they were asked for REPLAY_TELL times (said once)
-    stuck: str | None = None
 
 
 #: replay requests without any result before the recorder says why (and asks less often)
@@ -353,19 +351,18 @@ class RecorderService(Service):
             return
         gaps = self.store.missing(component, stream, upto)
         if not gaps:
-            st.asked, st.asked_for, st.stuck = 0, None, None
+            st.asked, st.asked_for = 0, None
             return
         state = (self.store.high_water(component, stream), tuple(gaps[:20]))
         if state != st.asked_for:  # something came since the last request: a fresh start
-            st.asked, st.asked_for, st.stuck, st.next_ask = 0, state, None, 0.0
+            st.asked, st.asked_for, st.next_ask = 0, state, 0.0
         if not finalizing and now < st.next_ask:
             return
         st.last_replay_request = now
         st.asked += 1
         st.next_ask = now + min(REPLAY_BACKOFF_MAX, 2.0 ** (st.asked - 1))
-        if st.asked == REPLAY_TELL:
-            st.stuck = self.why_stuck(component, stream, gaps, st)
-            log.warning("%s", st.stuck)
+        if st.asked == REPLAY_TELL:  # said once (the verdict says it too: Files.stuck_reasons)
+            log.warning("%s", self.why_stuck(component, stream, gaps, st))
         level = logging.INFO if st.asked < REPLAY_TELL else logging.DEBUG
         epoch = epoch_of(stream)
         for first, last in gaps[:20]:

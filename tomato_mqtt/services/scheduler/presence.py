@@ -65,7 +65,6 @@ class Presence:
         #: is a step: _clock_stepped)
         self.taken: dict[str, float] = {}
         self.step_seen: dict[str, tuple[float, float]] = {}  # node -> (offset, monotonic)
-        self.recent: dict[str, collections.deque[float]] = {}  # the last two offsets
         self.epochs: dict[str, int] = {}  # each node's epoch its offsets are of
         self.storage_error: str | None = None
         self._last_check: float | None = None
@@ -86,13 +85,11 @@ class Presence:
             # another run of the node (a restart): its clock is taken afresh, not as a
             # step (an outside check: a node restarted with a right clock after running
             # an hour ahead put "stepped by -3600 s" into the next job's reason)
-            for kept in (self.offsets, self.recent, self.taken, self.step_seen):
+            for kept in (self.offsets, self.taken, self.step_seen):
                 kept.pop(st.node, None)
         self.epochs[st.node] = st.epoch
         q = self.offsets.setdefault(st.node, collections.deque(maxlen=5))
         q.append(st.heartbeat - time.time())
-        r = self.recent.setdefault(st.node, collections.deque(maxlen=2))
-        r.append(q[-1])
         off = self.clock_offset(st.node)
         tol = self.svc.settings.scheduler.clock_tolerance
         if off is None:
@@ -109,7 +106,7 @@ class Presence:
         # steps by the last two offsets (the largest: one late status is no step), so a
         # step back shows within two heartbeats, not five (an hour back for 12 s went
         # unreported: an outside check); a backlog passes within the hold below
-        self._step_check(st.node, max(r), tol)
+        self._step_check(st.node, max(q[-1], q[-2] if len(q) > 1 else q[-1]), tol)
 
     def _step_check(self, node: str, off: float, tol: float) -> None:
         """A new offset beyond the tolerance of the one taken (the first is the node's own)
