@@ -25,6 +25,7 @@ import os
 import re
 import signal
 import socket
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -67,6 +68,12 @@ class BrokerConfig:
     keyfile: str | None = None
     cafile: str | None = None  # CA of client certificates (verified when presented)
     tls_port: int = 8883
+    #: bytes of messages the broker may hold for one client (sent but not yet taken by
+    #: it, or waiting for its acknowledgement); beyond it, messages for that client are
+    #: dropped and the log says so, as Mosquitto's max_queued_bytes: a client that stops
+    #: reading (a laptop asleep, a stuck script) costs the broker this much, not all
+    #: the lab's data since
+    max_queued_bytes: int = 32 * 1024 * 1024
     #: an already listening socket for the plain MQTT listener (handed down by the
     #: supervisor, which binds it before anything starts): clients that connect while
     #: this broker still imports wait in its backlog instead of retrying with back-off
@@ -172,24 +179,102 @@ class _QosQueue(asyncio.Queue):  # type: ignore[type-arg]
         return item
 
 
-class _AtMostQos:
-    """A client's protocol handler that publishes at most at ``most``."""
+class _Backlog:
+    """What the broker holds for one client: bytes of messages on their way to it (in the
+    connection's buffer, or waiting for its acknowledgement), and what it gave up."""
 
-    def __init__(self, handler: Any, most: int) -> None:
+    __slots__ = ("bytes", "dropped", "since", "unacked")
+
+    def __init__(self) -> None:
+        self.bytes = 0
+        #: messages not sent to it since ``since``: over max_queued_bytes
+        self.dropped = 0
+        self.since = 0.0
+        #: QoS 1/2 messages it did not acknowledge in time (amqtt does not send them again)
+        self.unacked = 0
+
+
+def _backlog(session: Any) -> _Backlog:
+    b = getattr(session, "tomato_backlog", None)
+    if b is None:
+        b = session.tomato_backlog = _Backlog()
+    return b
+
+
+def _transport(handler: Any) -> Any:
+    """The asyncio transport under amqtt's writer adapter (TCP, TLS or WebSocket), or None."""
+    writer = getattr(handler, "writer", None)
+    inner = getattr(writer, "_writer", None) or getattr(writer, "_protocol", None)
+    return getattr(inner, "transport", None)
+
+
+def _buffered(handler: Any) -> int:
+    """Bytes written to a client's connection that it has not taken yet."""
+    try:
+        return int(_transport(handler).get_write_buffer_size())
+    except Exception:  # no transport (closed, or an adapter without one)
+        return 0
+
+
+#: seconds a message may take to reach a client (taken and, at QoS 1/2, acknowledged):
+#: amqtt waits 5 s for an acknowledgement; a write stuck behind a client that does not
+#: read is given up too (amqtt would keep it, and every delivery after it, for ever)
+DELIVERY_WAIT = 10.0
+
+
+class _Delivery:
+    """A client's protocol handler as a broadcast uses it: publishes at most at ``most``
+    (None: at the QoS asked) and counts the bytes on their way in ``backlog``."""
+
+    def __init__(self, handler: Any, most: int | None, backlog: _Backlog) -> None:
         self._handler = handler
         self._most = most
+        self._backlog = backlog
 
     def mqtt_publish(
         self, topic: str, data: Any, qos: int | None, retain: bool, *a: Any, **k: Any
     ) -> Any:
-        qos = self._most if qos is None else min(qos, self._most)
-        return self._handler.mqtt_publish(topic, data, qos, retain, *a, **k)
+        if self._most is not None:
+            qos = self._most if qos is None else min(qos, self._most)
+        sending = self._handler.mqtt_publish(topic, data, qos, retain, *a, **k)
+        return self._carry(sending, len(data) if data else 0)
+
+    async def _carry(self, sending: Any, size: int) -> None:
+        # None, not amqtt's message: amqtt keeps each finished delivery task, with its
+        # result, until every task started before it has finished too
+        backlog = self._backlog
+        backlog.bytes += size
+        try:
+            await asyncio.wait_for(sending, DELIVERY_WAIT)
+        except Exception as e:
+            from amqtt.errors import ProtocolHandlerError
+
+            if isinstance(e, (ConnectionError, asyncio.IncompleteReadError)):
+                return  # the connection went: its end is told where it is handled
+            if not isinstance(e, (TimeoutError, asyncio.TimeoutError, ProtocolHandlerError)):
+                raise
+            # not taken or not acknowledged in time: amqtt waits 5 s for the
+            # acknowledgement and does not send the message again
+            if not backlog.unacked:
+                session = self._handler.session
+                log.warning(
+                    "client %r (login %r) did not take or acknowledge a message within "
+                    "%g s: it is not sent again (the count follows when it answers)",
+                    getattr(session, "client_id", None),
+                    getattr(session, "username", None),
+                    DELIVERY_WAIT,
+                )
+            backlog.unacked += 1
+        finally:
+            backlog.bytes -= size
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._handler, name)
 
 
-def _broker_class(listen_fd: int | None = None, open_stack: bool = False) -> Any:
+def _broker_class(
+    listen_fd: int | None = None, open_stack: bool = False, max_queued: int = 32 * 1024 * 1024
+) -> Any:
     """amqtt's Broker, without its retained-message leak.
 
     On every new connection amqtt 0.12 sends the client the retained messages of *every*
@@ -224,6 +309,11 @@ def _broker_class(listen_fd: int | None = None, open_stack: bool = False) -> Any
             #: id() of the sessions admitted there, for the check amqtt makes afterwards
             self._admitted: set[int] = set()
             self._broadcast_queue = _QosQueue()
+            #: when this broker's event loop last stood still (_watch_loop)
+            self._stood_still_at = -1e9
+            self._watcher: asyncio.Future[None] | None = None
+            #: connections being closed for their silence
+            self._closing: set[asyncio.Future[None]] = set()
 
         # -- delivery QoS: min(published, granted), as MQTT 3.1.1 says [MQTT-3.8.4-6] ---
         # amqtt 0.12 delivers at the subscription's QoS: a QoS 0 publish reached a QoS 2
@@ -254,8 +344,42 @@ def _broker_class(listen_fd: int | None = None, open_stack: bool = False) -> Any
 
         def _get_handler(self, session: Any) -> Any:
             handler = super()._get_handler(session)
-            most = _PUB_QOS.get()  # set in the broadcast task by _QosQueue.get
-            return handler if handler is None or most is None else _AtMostQos(handler, most)
+            if handler is None:
+                return None
+            backlog = _backlog(session)
+            if max(backlog.bytes, _buffered(handler)) >= max_queued:
+                if not backlog.dropped:
+                    backlog.since = time.time()
+                    log.warning(
+                        "client %r (login %r) does not take its messages: %d bytes wait for "
+                        "it (max_queued_bytes %d); messages for it are dropped until it does",
+                        session.client_id,
+                        session.username,
+                        backlog.bytes,
+                        max_queued,
+                    )
+                backlog.dropped += 1
+                return None
+            if backlog.dropped:
+                log.warning(
+                    "client %r (login %r) takes its messages again: %d were dropped for it "
+                    "in %.0f s",
+                    session.client_id,
+                    session.username,
+                    backlog.dropped,
+                    time.time() - backlog.since,
+                )
+                backlog.dropped = 0
+            if backlog.unacked and not session.inflight_out:
+                log.warning(
+                    "client %r (login %r) acknowledges again: %d messages to it were not "
+                    "acknowledged in time and are lost for it",
+                    session.client_id,
+                    session.username,
+                    backlog.unacked,
+                )
+                backlog.unacked = 0
+            return _Delivery(handler, _PUB_QOS.get(), backlog)  # _PUB_QOS: see _QosQueue
 
         async def _initialize_client_session(
             self, reader: Any, writer: Any, remote_address: str, remote_port: int
@@ -320,10 +444,66 @@ def _broker_class(listen_fd: int | None = None, open_stack: bool = False) -> Any
             else:
                 session.parent = 0
             delay = self.config.get("timeout-disconnect-delay", 0)
-            if session.keep_alive > 0 and isinstance(delay, int):
-                session.keep_alive += delay
+            keep_alive = session.keep_alive
+            if keep_alive > 0 and isinstance(delay, int):
+                # amqtt waits this long for the next packet and then does nothing; here
+                # the connection is closed as a failed one (its last will goes out) when
+                # nothing came for 1.5 times the keep-alive [MQTT-3.1.2-24]: a client
+                # asleep or cut off (a half-open connection) does not stay connected,
+                # holding its messages, until TCP gives up (~15 minutes)
+                session.keep_alive = keep_alive + (keep_alive + 1) // 2 + delay
+                handler.handle_read_timeout = functools.partial(
+                    self._silent_too_long, handler, keep_alive
+                )
             self._admitted.add(id(session))
             return handler, session
+
+        def _silent_too_long(self, handler: Any, keep_alive: int) -> None:
+            session = handler.session
+            now = asyncio.get_running_loop().time()
+            if session is None or now - self._stood_still_at < session.keep_alive:
+                # this broker itself stood still (stopped, a swap storm) within the
+                # wait: what the client sent meanwhile is not read yet. Wait once more.
+                return
+            log.warning(
+                "client %r (login %r) sent nothing for %d s, 1.5 times its keep-alive of "
+                "%d s: its connection is closed as a failed one",
+                session.client_id,
+                session.username,
+                session.keep_alive,
+                keep_alive,
+            )
+            task = asyncio.ensure_future(self._close_silent(handler))
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
+
+        async def _close_silent(self, handler: Any) -> None:
+            transport = _transport(handler)
+            if transport is not None:
+                transport.abort()  # not a graceful close: that waits for the client to read
+            with contextlib.suppress(Exception):
+                await handler.handle_connection_closed()  # as a lost connection: the will
+                await handler.stop()
+
+        async def _watch_loop(self) -> None:
+            """Note when this broker's event loop stood still (see _silent_too_long)."""
+            loop = asyncio.get_running_loop()
+            last = loop.time()
+            while True:
+                await asyncio.sleep(0.5)
+                now = loop.time()
+                if now - last > 1.5:
+                    self._stood_still_at = now
+                last = now
+
+        async def start(self) -> None:
+            await super().start()
+            self._watcher = asyncio.ensure_future(self._watch_loop())
+
+        async def shutdown(self) -> None:
+            if self._watcher is not None:
+                self._watcher.cancel()
+            await super().shutdown()
 
         async def _take_over(
             self, old: Any, old_handler: Any, remote_address: str, remote_port: int
@@ -474,6 +654,14 @@ def _broker_class(listen_fd: int | None = None, open_stack: bool = False) -> Any
     return _Broker
 
 
+class _OneLinePerClient(logging.Filter):
+    """amqtt warns once per message a client did not acknowledge; _Delivery says it once
+    per client and gives the count."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Timeout waiting for PUBACK")
+
+
 class EmbeddedBroker:
     """amqtt in this process: ``await start()``, ``await stop()``."""
 
@@ -485,9 +673,13 @@ class EmbeddedBroker:
         # amqtt logs every connection at INFO; keep our logs about our services
         for noisy in ("amqtt", "transitions", "websockets"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
+        handler_log = logging.getLogger("amqtt.mqtt.protocol.handler")
+        if not any(isinstance(f, _OneLinePerClient) for f in handler_log.filters):
+            handler_log.addFilter(_OneLinePerClient())
         config = self.config.amqtt_config()  # BrokerConfigError: refused, with the reason
         open_stack = not self.config.password_file
-        self._broker = _broker_class(self.config.listen_fd, open_stack)(config)
+        cls = _broker_class(self.config.listen_fd, open_stack, self.config.max_queued_bytes)
+        self._broker = cls(config)
         try:
             await self._broker.start()
         except Exception as e:

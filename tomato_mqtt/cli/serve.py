@@ -112,6 +112,7 @@ def broker_config(s: Settings) -> Any:
         keyfile=b.keyfile,
         cafile=b.cafile,
         tls_port=b.tls_port,
+        max_queued_bytes=b.max_queued_bytes,
     )
 
 

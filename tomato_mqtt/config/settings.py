@@ -113,6 +113,9 @@ class BrokerSettings(_Section):
     keyfile: str | None = None
     cafile: str | None = None
     tls_port: int = Field(default=8883, ge=1, le=65535)
+    #: bytes the broker may hold for one client that does not take its messages;
+    #: beyond it, messages for that client are dropped (Mosquitto's max_queued_bytes)
+    max_queued_bytes: int = Field(default=32 * 1024 * 1024, ge=64 * 1024)
 
     @model_validator(mode="after")
     def _network_needs_auth(self) -> BrokerSettings:

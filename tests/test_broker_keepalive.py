@@ -1,0 +1,266 @@
+"""A client that is gone, or that stops reading, costs the broker a bounded amount.
+
+amqtt 0.12 waits for a client's next packet for its keep-alive and then does nothing: a
+client asleep (a laptop's lid closed) or cut off behind a half-open connection stayed
+connected until TCP gave up (~15 minutes), its last will unsent, and every message for
+it piled up in the broker (measured: 1.6 MB/s for as long as a 50-component job ran,
+never given back). MQTT 3.1.1 says the server closes such a connection after 1.5 times
+the keep-alive [MQTT-3.1.2-24], as Mosquitto does; a client that pings but does not
+read is held to ``max_queued_bytes``, as Mosquitto's option of that name.
+
+The embedded broker runs in its own process here (a real ``run_broker``), so that the
+tests can stop it (a broker that stood still must not drop the clients that spoke
+meanwhile) and read its memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as paho
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+from tests.conftest import AmqttBroker, MosquittoBroker, RunningBroker, _wait_listening
+from tests.stack import free_port
+
+pytestmark = pytest.mark.timeout(90)
+
+RUN_BROKER = (
+    "import logging, sys\n"
+    "logging.basicConfig(stream=sys.stderr, level=logging.INFO,"
+    " format='%(levelname)s %(message)s')\n"
+    "from tomato_mqtt_broker import BrokerConfig, run_broker\n"
+    "run_broker(BrokerConfig.from_json(sys.argv[1]))\n"
+)
+
+
+class BrokerProcess:
+    """The embedded broker in a process of its own, its log in ``log``."""
+
+    def __init__(self, tmp: Path, **config: Any) -> None:
+        self.port = free_port()
+        self.log = tmp / "broker.log"
+        cfg = json.dumps({"host": "127.0.0.1", "port": self.port, **config})
+        with self.log.open("wb") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-c", RUN_BROKER, cfg], stdout=out, stderr=subprocess.STDOUT
+            )
+
+    def rss_kb(self) -> int:
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+        raise AssertionError("no VmRSS")
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+@pytest.fixture
+def broker_process(tmp_path: Path) -> Iterator[BrokerProcess]:
+    b = BrokerProcess(tmp_path, max_queued_bytes=1024 * 1024)
+    try:
+        asyncio.run(_wait_listening(b.port, 20.0, "the embedded broker"))
+        yield b
+    finally:
+        b.stop()
+
+
+class Client:
+    """A paho client in its own thread that counts what it receives."""
+
+    def __init__(self, port: int, keepalive: int = 30, will: str | None = None) -> None:
+        self.c = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"ka-{uuid.uuid4().hex[:8]}")
+        if will is not None:
+            self.c.will_set(will, b"gone", qos=1)
+        self.c.reconnect_delay_set(60, 60)  # no reconnect within a test
+        self.connected = threading.Event()
+        self.disconnected = threading.Event()
+        self.got: list[paho.MQTTMessage] = []
+        self.c.on_connect = lambda *_a: self.connected.set()
+        self.c.on_disconnect = lambda *_a: self.disconnected.set()
+        self.c.on_message = lambda _c, _u, m: self.got.append(m)
+        self.c.connect("127.0.0.1", port, keepalive=keepalive)
+        self.c.loop_start()
+        assert self.connected.wait(10), "no CONNACK within 10 s"
+
+    def subscribe(self, topic: str) -> None:
+        done = threading.Event()
+        self.c.on_subscribe = lambda *_a: done.set()
+        self.c.subscribe(topic, qos=1)
+        assert done.wait(10), "no SUBACK within 10 s"
+
+    def freeze(self) -> None:
+        """Send and read nothing from now on, the connection left open (a client asleep,
+        or the far end of a half-open connection)."""
+        self.c.loop_stop()
+
+    def close(self) -> None:
+        self.c.loop_stop()
+        self.c.disconnect()
+        sock = self.c.socket()
+        if isinstance(sock, socket.socket):
+            sock.close()
+
+
+@pytest.mark.parametrize("kind", ["amqtt", "mosquitto"])
+async def test_a_client_silent_for_one_and_a_half_keep_alives_is_cut_and_its_will_sent(
+    kind: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    b: RunningBroker
+    if kind == "amqtt":
+        b = AmqttBroker(kind="amqtt", port=free_port())
+    else:
+        b = MosquittoBroker(
+            kind="mosquitto",
+            port=free_port(),
+            binary=request.getfixturevalue("mosquitto_path"),
+            workdir=tmp_path,
+        )
+    await b.start()
+    try:
+        will = f"t/{uuid.uuid4().hex[:8]}/will"
+        watcher = await asyncio.to_thread(Client, b.port)
+        await asyncio.to_thread(watcher.subscribe, will)
+        sleeper = await asyncio.to_thread(Client, b.port, 2, will)
+        t0 = time.monotonic()
+        sleeper.freeze()
+        while not watcher.got and time.monotonic() - t0 < 15:
+            await asyncio.sleep(0.05)
+        took = time.monotonic() - t0
+        assert [m.payload for m in watcher.got] == [b"gone"], (
+            f"{kind}: no last will within {took:.1f} s of a client going silent "
+            "with a keep-alive of 2 s"
+        )
+        # 1.5 x 2 s [MQTT-3.1.2-24]; Mosquitto counts from the last packet, to the second
+        assert 1.5 <= took <= 6.0, f"{kind}: the will came {took:.1f} s after silence"
+        watcher.close()
+        sleeper.close()
+    finally:
+        await b.stop()
+
+
+def _utf8(b: bytes) -> bytes:
+    return struct.pack("!H", len(b)) + b
+
+
+def _raw(port: int, keepalive: int, will: str | None = None) -> socket.socket:
+    """A raw MQTT 3.1.1 client, connected (clean session, QoS 1 will if given): it pings
+    as its caller says and, unlike paho, never gives up on a broker that is slow to
+    answer its pings."""
+    s = socket.create_connection(("127.0.0.1", port))
+    flags = 0x02 | (0x04 | 0x08 if will else 0)
+    body = b"\x00\x04MQTT\x04" + bytes([flags]) + struct.pack("!H", keepalive)
+    body += _utf8(f"raw-{uuid.uuid4().hex[:6]}".encode())
+    if will:
+        body += _utf8(will.encode()) + _utf8(b"gone")
+    s.sendall(bytes([0x10, len(body)]) + body)
+    assert s.recv(4)[:1] == b"\x20", "no CONNACK"
+    return s
+
+
+def test_a_broker_that_stood_still_keeps_the_clients_that_spoke_meanwhile(
+    broker_process: BrokerProcess,
+) -> None:
+    will = f"t/{uuid.uuid4().hex[:8]}/will"
+    watcher = Client(broker_process.port)
+    watcher.subscribe(will)
+    live = _raw(broker_process.port, keepalive=2, will=will)
+    stop = threading.Event()
+    answers: list[bytes] = []
+
+    def ping() -> None:  # every second, reading what comes back
+        live.settimeout(0.5)
+        while not stop.wait(1.0):
+            live.sendall(b"\xc0\x00")
+            with contextlib.suppress(TimeoutError):
+                answers.append(live.recv(64))
+
+    threading.Thread(target=ping, daemon=True).start()
+    # the broker stops for longer than 1.5 keep-alives, the client pings on meanwhile
+    broker_process.proc.send_signal(signal.SIGSTOP)
+    time.sleep(5)
+    broker_process.proc.send_signal(signal.SIGCONT)
+    time.sleep(4)  # two more keep-alives: the broker read what came while it stood
+    stop.set()
+    time.sleep(1.1)
+    assert watcher.got == [], "a client that pinged all along was cut for a stopped broker"
+    assert answers and answers[-1] not in (b"",), "the broker closed the connection"
+    assert "sent nothing for" not in broker_process.text()
+    # and silence is still noticed after a stop: nothing more from the client now
+    deadline = time.monotonic() + 10
+    while not watcher.got and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert [m.payload for m in watcher.got] == [b"gone"], broker_process.text()
+    watcher.close()
+    live.close()
+
+
+def _pinger(port: int) -> socket.socket:
+    """A raw MQTT client that subscribes to everything, pings, and never reads again."""
+    s = _raw(port, keepalive=30)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sub = struct.pack("!H", 1) + _utf8(b"#") + b"\x01"
+    s.sendall(bytes([0x82, len(sub)]) + sub)
+    assert s.recv(5)[:1] == b"\x90", "no SUBACK"
+    return s
+
+
+def test_a_client_that_pings_but_does_not_read_costs_at_most_max_queued_bytes(
+    broker_process: BrokerProcess,
+) -> None:
+    reader = Client(broker_process.port)
+    reader.subscribe("t/data")
+    pinger = _pinger(broker_process.port)
+    stop = threading.Event()
+
+    def ping() -> None:
+        while not stop.wait(1.0):
+            pinger.sendall(b"\xc0\x00")
+
+    threading.Thread(target=ping, daemon=True).start()
+    writer = Client(broker_process.port)
+    before = broker_process.rss_kb()
+    payload = os.urandom(16_000)
+    sent = 2_500  # 40 MB: 40 times the broker's max_queued_bytes of this test (1 MiB)
+    for i in range(sent):
+        info = writer.c.publish("t/data", payload, qos=1)
+        if i % 50 == 49:
+            info.wait_for_publish(10)
+    deadline = time.monotonic() + 30
+    while len(reader.got) < sent and time.monotonic() < deadline:
+        time.sleep(0.05)
+    grew_mb = (broker_process.rss_kb() - before) / 1024
+    stop.set()
+    assert len(reader.got) == sent, "a client that reads lost messages to one that does not"
+    assert "does not take its messages" in broker_process.text()
+    # before: the 40 MB stayed in the broker for the client that did not read
+    assert grew_mb < 15, f"the broker grew by {grew_mb:.0f} MB for a client that does not read"
+    pinger.close()
+    writer.close()
+    reader.close()
