@@ -275,3 +275,42 @@ def test_the_contract_says_pipeline_load_takes_sample_or_sampleid() -> None:
     assert schema["oneOf"] == [{"required": ["sampleid"]}, {"required": ["sample"]}]
     for key in ("sample", "sampleid"):
         assert LoadArgs.model_validate({"pipeline": "p", key: "s"}).sampleid == "s"
+
+
+async def test_the_scheduler_asks_the_recorder_again_when_a_finalize_or_its_answer_is_lost(
+    broker: RunningBroker, instance: str
+) -> None:
+    """Found by an outside check on a broker with tiny queues (Mosquitto
+    ``max_queued_messages 2``): a finalize whose answer the broker dropped kept a finished
+    job ``r`` for the request's 60 s. The scheduler now sends it again, the same id, while
+    no answer comes; here the first copy is lost on its way to the recorder."""
+    from tomato_mqtt.services.scheduler.recorder_link import RecorderLink
+
+    topics = Topics(instance)
+    copies: list[str] = []
+    async with AsyncClient(broker.url, client_id=f"{instance}-rec") as rec, AsyncClient(
+        broker.url, client_id=f"{instance}-sched"
+    ) as sched:
+
+        async def recorder() -> None:
+            async for msg in rec.messages():
+                req = decode(Request, msg.payload, msg.topic)
+                copies.append(req.id)
+                if len(copies) == 1:
+                    continue  # lost
+                reply = Reply(id=req.id, success=True, msg="written", data={"path": "x.nc"})
+                await rec.publish(req.reply_to, encode(reply), qos=1)
+
+        await rec.subscribe(topics.recorder_cmd("finalize"))
+        serving_task = asyncio.create_task(recorder())
+        link = RecorderLink(topics)
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        ok, msg, data = await link.request(Requester(sched, topics), "finalize", {"job": 1}, 60)
+        took = loop.time() - t0
+        serving_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await serving_task
+    assert (ok, msg, data) == (True, "written", {"path": "x.nc"})
+    assert len(copies) == 2 and copies[0] == copies[1], copies  # the same request again
+    assert took < 5, f"answered after {took:.1f} s: the lost copy was waited out"

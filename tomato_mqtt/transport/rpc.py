@@ -141,8 +141,8 @@ class Requester:
         resend: bool = False,
     ) -> Reply:
         """Send a request and wait for its reply; with ``resend``, send it again (same
-        id) while no answer comes (``oneshot.RESEND_AFTER``: a client's request to the
-        scheduler, which may be restarting; never a service's own, e.g. a task_start).
+        id) while no answer comes (``oneshot.RESEND_AFTER``, doubling: a client's request
+        to the scheduler, which may be restarting; the scheduler's to the recorder).
 
         Raises :class:`NoResponder` naming the topic and the wait when nobody answers.
         """

@@ -2,7 +2,10 @@
 
 A recorder killed with a request in hand (a ``finalize`` at the end of a job) takes it
 with it; its successor announces a new ``started_at`` in its retained status, and every
-pending request is sent again at once instead of waiting out its timeout.
+pending request is sent again at once instead of waiting out its timeout. While no
+answer comes, a request is also sent again (the same id: the recorder carries it out
+once and answers every copy), 1, 2, 4 … s apart: a broker with full queues may drop
+the request or its answer.
 """
 
 from __future__ import annotations
@@ -56,7 +59,11 @@ class RecorderLink:
             gen = self._gen
             left = max(0.1, deadline - loop.time())
             req = asyncio.ensure_future(
-                requester.request(self.topics.recorder_cmd(op), args, timeout=left, who="recorder")
+                # sent again while no answer comes: a finalize or its answer lost by a
+                # broker (full queues) kept a finished job `r` for the whole timeout
+                requester.request(
+                    self.topics.recorder_cmd(op), args, timeout=left, who="recorder", resend=True
+                )
             )
             restarted = asyncio.ensure_future(self._restarted(gen))
             try:
