@@ -361,11 +361,16 @@ def test_tasks_of_one_rate_are_spread_so_the_clock_keeps_up(comps: list[Comp]) -
     phases each is at most ~3 ms late."""
     drv = BusyDriver()
     cs = [_new(comps, drv, str(i)) for i in range(4)]
-    for c in cs:
-        c.runner.start_task(task(0.6, 0.02))
-    ends = [c.ends.wait(10) for c in cs]
-    assert all(e.reason == "done" and e.npoints + e.missed == 30 for e in ends), ends
-    assert sum(e.missed for e in ends) <= 6, [e.missed for e in ends]
+    missed: list[list[int]] = []
+    for _attempt in range(2):  # a second try only for a machine busy with other tests:
+        for c in cs:  # on one phase the misses are structural, and come every time
+            c.runner.start_task(task(0.6, 0.02))
+        ends = [c.ends.wait(10) for c in cs]
+        assert all(e.reason == "done" and e.npoints + e.missed == 30 for e in ends), ends
+        missed.append([e.missed for e in ends])
+        if sum(missed[-1]) <= 6:
+            break
+    assert sum(missed[-1]) <= 6, missed
 
 
 def test_a_task_s_points_are_buffered_as_one_run_of_columns(comps: list[Comp]) -> None:
