@@ -370,10 +370,10 @@ def _broker_class(
                     time.time() - backlog.since,
                 )
                 backlog.dropped = 0
-            if backlog.unacked and not session.inflight_out:
+            if backlog.unacked and not session.inflight_out and session.transitions.is_connected():
                 log.warning(
-                    "client %r (login %r) acknowledges again: %d messages to it were not "
-                    "acknowledged in time and are lost for it",
+                    "client %r (login %r) takes its messages again: %d before were not "
+                    "taken or acknowledged in time and are lost for it",
                     session.client_id,
                     session.username,
                     backlog.unacked,
