@@ -78,7 +78,9 @@ def test_attr_reads_during_a_task_wait_for_the_drivers_call(
     stop.set()
     t.join(5)
     # a loaded PC misses deadlines (counted); what matters is that both sides ran a lot
-    assert end.reason == "done" and end.npoints + end.missed == 42 and end.npoints >= 5
+    assert (
+        end.reason == "done" and end.npoints + end.missed == 41 and end.npoints >= 5
+    )  # 0.5 / 0.012 = 41.7
     assert len(seen) > 20, "the reader hardly ran: the test proves nothing"
     assert dev.overlaps == 0, f"{dev.overlaps} of {dev.reads} reads came during do_task"
 

@@ -192,6 +192,31 @@ def test_point_count_and_deadlines(rig: Rig, duration: float, interval: float) -
     assert rig.ends.running_at_end == [False]  # on_task_end sees an idle runner
 
 
+@pytest.mark.parametrize("clocked", [False, True], ids=["own-thread", "shared-clock"])
+@pytest.mark.parametrize(
+    ("duration", "interval", "n"), [(1.0, 0.6, 1), (0.6, 0.25, 2), (0.3, 0.1, 3), (0.2, 0.5, 0)]
+)
+def test_a_task_takes_the_points_within_its_max_duration_and_lasts_it(
+    duration: float, interval: float, n: int, clocked: bool
+) -> None:
+    """Found side by side with tomato 2.2: a task whose interval does not divide its
+    duration took ``round(duration / interval)`` points and ran past its end (1 s at
+    0.6 s: 2 points, 1.2 s; 3 s at 2 s: 2 points, 4 s), delaying every later task of
+    its role. tomato's driver loop takes a point at each interval within the duration
+    (0.3 / 0.1, 2.9999999999999996 in floats, is still 3) and the task lasts its duration."""
+    from tests.test_driver_clock import ClockedDriver
+
+    r = Rig(ClockedDriver() if clocked else None)
+    try:
+        end = r.run(duration, interval)
+        points, _ = r.runner.drain()
+    finally:
+        r.runner.close()
+    assert end.reason == "done" and end.npoints == len(points) == n, end
+    assert task(duration, interval).npoints == n
+    assert end.t_end - end.t_start == pytest.approx(duration, abs=0.08), end
+
+
 def test_one_kilohertz_delivers_every_point(rig: Rig) -> None:
     t0 = time.perf_counter()
     end = rig.run(1.0, 0.001)

@@ -152,6 +152,10 @@ def test_snapshot_while_running_and_periodic(stack: Stack) -> None:
     assert Path(job["respath"]) == stack.workdir / "out_rel" / f"results.{jobid}.nc"
     assert (stack.workdir / "out_rel" / "snap.nc").exists()
     assert Path(job["snappath"]).parent == stack.workdir / "out_rel"
+    # a snapshot on demand of the ended job leaves the job's own snapshot path (it
+    # became the recorder's copy in the datadir: found side by side with tomato 2.2)
+    assert stack.run("ketchup", "snapshot", str(jobid)).returncode == 0
+    assert stack.job(jobid)["snappath"] == job["snappath"]
     # a relative snapshot.path: as a relative output.path, from where submit ran (it
     # went to the job's folder in the datadir, with "not an absolute path" in the log)
     doc["method"][0]["time"] = 3.0

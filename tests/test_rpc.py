@@ -288,9 +288,10 @@ async def test_the_scheduler_asks_the_recorder_again_when_a_finalize_or_its_answ
 
     topics = Topics(instance)
     copies: list[str] = []
-    async with AsyncClient(broker.url, client_id=f"{instance}-rec") as rec, AsyncClient(
-        broker.url, client_id=f"{instance}-sched"
-    ) as sched:
+    async with (
+        AsyncClient(broker.url, client_id=f"{instance}-rec") as rec,
+        AsyncClient(broker.url, client_id=f"{instance}-sched") as sched,
+    ):
 
         async def recorder() -> None:
             async for msg in rec.messages():

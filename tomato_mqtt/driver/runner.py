@@ -7,9 +7,10 @@ A device that declares its calls never wait (``shared_clock``) has its fast task
 by the node's shared clock instead, one thread for all of them (:mod:`.clock`); its
 worker thread then only waits for the task to end.
 
-Timing follows tomato's point count: a task takes ``N = round(max_duration /
-sampling_interval)`` points, point ``k`` (1..N) is due at ``t_start + k *
-sampling_interval``. Deadlines are absolute (no drift). Every point's ``uts`` is when it
+Timing follows tomato's driver loop: point ``k`` is due at ``t_start + k *
+sampling_interval`` for every ``k >= 1`` within ``max_duration`` (``TaskSpec.npoints``),
+and the task lasts its ``max_duration`` (after the last point, the rest of it, unless
+stopped). Deadlines are absolute (no drift). Every point's ``uts`` is when it
 was taken: a runner that falls behind (a slow driver, a stalled node, a suspended
 process) is never burst-called to "catch up" with points that were not measured on time.
 A point is taken within half a sampling interval of its deadline, or not at all: a
@@ -213,6 +214,7 @@ class ComponentRunner(TaskRunner[ModelDevice]):
                 ended.set()
             ended.wait()
             self._clocked = None
+            self._rest_of(steps, run.stop)
             self.finish(steps.end())
             return
         stop = run.stop
@@ -234,7 +236,18 @@ class ComponentRunner(TaskRunner[ModelDevice]):
             # incl. SystemExit (tomato drivers' decorators call sys.exit): a worker thread
             # dies silently on it, and the task would never end
             steps.failed(e)
+        self._rest_of(steps, stop)
         self.finish(steps.end())
+
+    @staticmethod
+    def _rest_of(steps: Steps, stop: threading.Event) -> None:
+        """A task lasts its max_duration, as in tomato: after its last point (2 s at
+        0.75 s: points at 0.75 and 1.5 s), the rest of it, unless it is stopped."""
+        if steps.reason != "done":
+            return
+        left = steps.p_start + steps.task.max_duration - time.perf_counter()
+        if left > 0 and stop.wait(left):
+            steps.stopped()
 
     def stop_task(self, reason: str = "stopped") -> None:
         """As :meth:`TaskRunner.stop_task`; a task on the shared clock ends at once, unless

@@ -6,6 +6,7 @@ commands, and the CLI and dashboards read them without importing any driver code
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, model_validator
@@ -48,7 +49,8 @@ class TaskSpec(BaseModel):
 
     technique_name: str
     max_duration: float = Field(ge=0, allow_inf_nan=False)
-    """Seconds; the task takes ``round(max_duration / sampling_interval)`` points."""
+    """Seconds the task lasts; it takes a point every ``sampling_interval``, the last one
+    at or before ``max_duration`` (:attr:`npoints`)."""
     sampling_interval: float = Field(gt=0, allow_inf_nan=False)
     """Seconds between points."""
     task_params: dict[str, JsonValue] = Field(default_factory=dict)
@@ -60,5 +62,9 @@ class TaskSpec(BaseModel):
 
     @property
     def npoints(self) -> int:
-        """How many points the task takes when it runs to the end."""
-        return round(self.max_duration / self.sampling_interval)
+        """How many points the task takes when it runs to the end: one at each
+        ``k * sampling_interval`` within ``max_duration``, as tomato's driver loop takes
+        them (1 s at 0.1 s: 10; 1 s at 0.6 s: 1, not ``round``'s 2, which ran 20 % past
+        the task's end). A quotient a hair below a whole number (0.3 / 0.1 =
+        2.9999999999999996) counts as that number."""
+        return math.floor(self.max_duration / self.sampling_interval + 1e-6)

@@ -111,6 +111,19 @@ class Access:
                     f"payload refused: task {name}: method[{i}].max_duration must be "
                     f"a finite number of seconds >= 0 (got {dur!r})"
                 )
+            waits_for = task.get("start_with_task_name")
+            role = task.get("component_role")
+            later = [
+                j
+                for j, other in enumerate(method[i + 1 :], start=i + 1)
+                if other.get("task_name") == waits_for and other.get("component_role") == role
+            ]
+            if waits_for is not None and later:
+                raise CommandError(
+                    f"payload refused: task {name} (method[{i}]) starts with {waits_for!r}, "
+                    f"a later task of the same role {role!r} (method[{later[0]}]): a role runs "
+                    "its tasks one after the other, so it would wait for ever"
+                )
             points = dur / dt
             if points > lim.max_points_per_task:
                 raise CommandError(

@@ -375,9 +375,14 @@ class SchedulerOps:
         if not ok:
             raise CommandError(f"snapshot of job {job.id} failed: {msg}", code="unavailable")
         written = str(data["path"]) if isinstance(data, dict) and data.get("path") else str(path)
-        # the file's own path (issue 14), kept as the job's snappath as tomato does
-        job = self.store.update_job(job.id, snappath=written)
-        await self.svc.publish_job(job)
+        # the file's own path (issue 14) becomes the job's snappath, unless the job writes
+        # periodic snapshots of its own (settings.snapshot): that path stays the job's
+        # (it was overwritten with this copy's, also in the results file: found side by
+        # side with tomato 2.2, whose ketchup snapshot stores nothing)
+        settings = job.payload.get("settings")
+        if not (isinstance(settings, dict) and settings.get("snapshot")):
+            job = self.store.update_job(job.id, snappath=written)
+            await self.svc.publish_job(job)
         self.svc.job_event(job.id, "snapshot_written", detail={"path": written})
         return Result(msg, data)
 

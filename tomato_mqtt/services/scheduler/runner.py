@@ -75,6 +75,10 @@ class JobRunner:
     cancelled: bool = False
     error: str | None = None
     started_names: set[str] = field(default_factory=set)
+    #: the names of tasks a stop_with trigger skipped (a task that starts with one never could)
+    skipped_names: set[str] = field(default_factory=set)
+    #: task name -> the name it waits for (start_with_task_name), while it waits
+    waiting: dict[str, str] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     #: the cancelled tasks whose stop no node confirmed (the job's reason says so)
     stop_unsure: list[str] = field(default_factory=list)
@@ -269,12 +273,19 @@ class JobRunner:
                 continue
             if t.state == "pending":
                 if t.start_with and t.start_with not in self.started_names:
-                    await self._wait(functools.partial(self._has_started, t.start_with))
+                    await self._wait_for_start_with(t)
                     if self._failed():
                         return
+                    if t.start_with in self.skipped_names:
+                        await self._skip(
+                            t,
+                            f"task {t.spec.index} ({t.spec.technique_name}) on role "
+                            f"{t.role!r} was skipped: it starts with {t.start_with!r}, "
+                            "which was skipped",
+                        )
+                        continue
                 if t.stop_with and t.stop_with in self.started_names:
-                    t.state = "skipped"
-                    self._save()
+                    await self._skip(t, None)
                     continue
                 if not await self._start(t):
                     return
@@ -347,8 +358,50 @@ class JobRunner:
         lt = st.last_task
         return lt is not None and lt.job == self.job.id and lt.task == t.spec.index
 
-    def _has_started(self, task_name: str) -> bool:
-        return task_name in self.started_names
+    async def _skip(self, t: TaskState, why: str | None) -> None:
+        """A task that will not run (``why``: a warning of the job's; None: its stop_with
+        trigger started before it, as planned)."""
+        t.state = "skipped"
+        if t.spec.task_name:
+            self.skipped_names.add(t.spec.task_name)
+        if why is not None:
+            log.warning("job %d: %s", self.job.id, why)
+            self.warnings.append(why)
+            self.host.job_event(self.job.id, "warning", task=t.spec.index, detail={"message": why})
+        self._save()
+        await self._notify()  # tasks that start with it
+
+    async def _notify(self) -> None:
+        async with self.host.cond:
+            self.host.cond.notify_all()
+
+    async def _wait_for_start_with(self, t: TaskState) -> None:
+        """Until the task ``t`` starts with has started (or was skipped). Tasks that
+        start with each other (a with b, b with a; or round a longer ring) start
+        together, as in tomato, where a task that waits already counts as started (they
+        waited for each other for ever, the job `r` with no reason: found side by side
+        with tomato 2.2)."""
+        name = t.spec.task_name
+        if name:
+            self.waiting[name] = str(t.start_with)
+            await self._notify()  # a task waiting for this one may now see the ring
+        try:
+            await self._wait(functools.partial(self._may_start, t))
+        finally:
+            if name:
+                self.waiting.pop(name, None)
+
+    def _may_start(self, t: TaskState) -> bool:
+        x: str | None = t.start_with
+        if x in self.started_names or x in self.skipped_names:
+            return True
+        seen: set[str] = set()
+        while x is not None and x not in seen:  # a ring of waits back to t
+            if x == t.spec.task_name:
+                return True
+            seen.add(x)
+            x = self.waiting.get(x)
+        return False
 
     async def _wait(self, pred: Callable[[], bool]) -> None:
         async with self.host.cond:
