@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import re
+import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -25,7 +27,7 @@ import pytest
 import xarray as xr
 import yaml
 
-from tests.stack import BIN, CONFIG, Stack, make_stack, stop_stack
+from tests.stack import BIN, CONFIG, Stack, make_stack, started, stop_stack
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -358,3 +360,43 @@ def test_start_names_the_components_not_ready_and_why(tmp_path: Path) -> None:
         assert f"  {name}: registration failed" in res.stderr, res.stderr
     finally:
         stop_stack(st)
+
+
+def test_a_driver_call_that_never_returns_ends_its_job_and_holds_the_next(
+    tmp_path: Path,
+) -> None:
+    """A driver call that never returned kept its job `r` for good (only a cancel ended
+    it). Past ``[scheduler] stuck_after`` (here 1 s; the overrun warning comes first, at
+    max_duration + 10 s) the task is given up: ce, the points before the hang in the
+    file; the pipeline's next job waits, saying for what, until the node restarts."""
+    devices = tmp_path / "hang.yml"
+    devices.write_text(
+        "devices:\n"
+        "  - {name: dev-hang, driver: faulty, address: fail-hang, channels: ['1'], pollrate: 1}\n"
+        "pipelines:\n"
+        "  - name: pip-hang\n"
+        "    devices: [{role: dev, device: dev-hang, channel: '1'}]\n"
+    )
+    st = make_stack(tmp_path, str(devices), scheduler="stuck_after = 1\n")
+    with started(st):
+        st.load_ready("pip-hang", "s1")
+        t0 = time.monotonic()
+        first = st.submit(payload(st, "s1", duration=1.0))
+        job = st.wait_job(first, {"c", "ce", "cd"}, timeout=60)
+        took = time.monotonic() - t0
+        assert job["status"] == "ce", job
+        assert "was given up" in job["reason"] and "a driver call did not return" in job["reason"]
+        assert "stays busy until its node restarts" in job["reason"], job
+        assert 10 < took < 40, took  # the overrun warning's 1 + 10 s, then given up
+        assert role_data(job["respath"])["k"].values.tolist() == [1, 2], job  # before the hang
+        st.run("tomato", "pipeline", "ready", "pip-hang", check=True)
+        second = st.submit(payload(st, "s1", duration=1.0))
+        deadline = time.monotonic() + 20
+        while "still runs task 0 of job" not in (st.job(second).get("reason") or ""):
+            assert time.monotonic() < deadline, st.job(second)
+            time.sleep(0.2)
+        assert st.job(second)["status"] == "qw"
+        os.kill(st.child_pid("node"), signal.SIGKILL)  # the supervisor restarts it
+        st.wait_job(second, {"r"}, timeout=60)
+        st.run("ketchup", "cancel", str(second), check=True)
+        assert st.wait_job(second, {"cd", "ce", "c"}, timeout=30)["status"] == "cd"

@@ -90,6 +90,7 @@ class FakeHost:
     def __init__(self) -> None:
         self.cond = asyncio.Condition()
         self.node_grace_period = 30.0
+        self.stuck_after = 300.0
         self.cstatus: dict[str, ComponentStatus] = {}
         self.node = NodeStatus(state="online", node="pc1", epoch=1, heartbeat=time.time())
         self.events: list[tuple[str, dict[str, Any]]] = []
@@ -468,6 +469,36 @@ async def test_a_task_far_past_its_max_duration_is_said_to_overrun(
     assert "ketchup cancel" not in str(reason), reason  # found by a review: it stayed
     if ends == "late":
         assert host.reasons[-1] == "", host.reasons  # the live reason cleared at the end
+
+
+async def test_a_task_whose_driver_call_never_returns_is_given_up(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A driver call that never returns kept its job `r` for good (the reason said so,
+    only a cancel ended it). ``[scheduler] stuck_after`` past its max_duration the task
+    is given up: the job ends ce, saying so and that the component stays busy."""
+    monkeypatch.setattr(runner_mod, "OVERRUN_GRACE", 0.3)
+    host = FakeHost()
+    host.stuck_after = 0.8
+    job = _job()
+    job.payload["method"][0]["max_duration"] = 0.2
+    done: asyncio.Future[tuple[str, str | None]] = asyncio.get_running_loop().create_future()
+
+    async def on_done(r: JobRunner, status: str, reason: str | None) -> None:
+        await r.reset_done()
+        done.set_result((status, reason))
+
+    runner = JobRunner(job=job, roles={"counter": "cmp"}, host=host, on_done=on_done)
+    _KEEP.add(asyncio.ensure_future(runner.run()))
+    t0 = time.monotonic()
+    status, reason = await asyncio.wait_for(done, 10)  # the node says nothing: it hangs
+    took = time.monotonic() - t0
+    assert status == "ce", (status, reason)
+    assert "task 0 (count) on cmp was given up" in str(reason), reason
+    assert "cmp stays busy until its node restarts" in str(reason), reason
+    assert 0.9 <= took < 3, took  # 0.2 s + stuck_after 0.8 s
+    assert host.reasons[-1] == "", host.reasons  # the live "cancel it" advice is gone
+    assert ("cmp", "reset") not in host.requests  # it could not answer one
 
 
 async def test_a_node_restart_names_every_task_it_cut_off() -> None:

@@ -144,6 +144,9 @@ class BrokerSettings(_Section):
 class SchedulerSettings(_Section):
     heartbeat: float = Field(default=2.0, gt=0)
     node_grace_period: float = Field(default=30.0, ge=0)
+    #: s past a task's max_duration after which a task whose end has not come (a driver
+    #: call that does not return) is given up: its job ends ce, its file is written
+    stuck_after: float = Field(default=300.0, gt=0)
     lost_after: float = Field(default=10.0, gt=0)
     # a node whose clock differs from the scheduler's by more than this is flagged
     clock_tolerance: float = Field(default=2.0, gt=0)

@@ -512,6 +512,22 @@ class JobRunner:
                 overrun_in = self._until_overrun(t, component)
                 if overrun_in is not None:
                     timeout = overrun_in if timeout is None else min(timeout, overrun_in)
+                stuck_in = self._until_given_up(t)
+                if stuck_in is not None and stuck_in <= 0:
+                    ran = time.monotonic() - (t.running_since or time.monotonic())
+                    self.error = self.error or (
+                        f"task {t.spec.index} ({t.spec.technique_name}) on {component} was "
+                        f"given up {ran - t.spec.max_duration:.0f} s past its max_duration "
+                        f"({t.spec.max_duration:g} s): a driver call did not return; "
+                        f"{component} stays busy until its node restarts"
+                    )
+                    if t.overrun_reason is not None:
+                        self.host.show_reason(self.job.id, None, replacing=t.overrun_reason)
+                    self.unconfirmed.add(component)
+                    self._end_now(t, {"reason": "error", "message": self.error})
+                    return
+                if stuck_in is not None:
+                    timeout = stuck_in if timeout is None else min(timeout, stuck_in)
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(self.host.cond.wait(), timeout)
         t.state = "ended"
@@ -601,6 +617,18 @@ class JobRunner:
         self.host.job_event(self.job.id, "warning", task=t.spec.index, detail={"message": what})
         self.host.show_reason(self.job.id, t.overrun_reason)
         return None
+
+    def _until_given_up(self, t: TaskState) -> float | None:
+        """Seconds until a task that overran is given up (``[scheduler] stuck_after`` past
+        its max_duration, or 10 % of it if longer): a driver call that never returns
+        kept its job `r` for good (the pipeline's next job waits, saying why, until the
+        node restarts). None: not overrunning, or cancelled (a cancel has its own bound)."""
+        if not t.overrun or self.cancelled or t.running_since is None:
+            return None
+        limit = t.spec.max_duration + max(
+            self.host.stuck_after, OVERRUN_SHARE * t.spec.max_duration
+        )
+        return limit - (time.monotonic() - t.running_since)
 
     async def _reset_components(self) -> None:
         wait = 3.0 if self.cancelled else RESET_WAIT

@@ -83,6 +83,7 @@ class SchedulerService(Service):
         self.started_with = settings
         self._client_id = f"scheduler-{settings.mqtt.instance}-{uuid.uuid4().hex[:6]}"
         self.node_grace_period = settings.scheduler.node_grace_period
+        self.stuck_after = settings.scheduler.stuck_after
         self._kick = asyncio.Event()
         self.cond = asyncio.Condition()
         self.metas: dict[str, ComponentMeta] = {}

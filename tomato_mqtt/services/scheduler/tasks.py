@@ -25,6 +25,7 @@ class RunnerHost(Protocol):
 
     cond: asyncio.Condition
     node_grace_period: float
+    stuck_after: float
 
     def component_status(self, name: str) -> ComponentStatus | None: ...
     def node_of(self, component: str) -> NodeStatus | None: ...

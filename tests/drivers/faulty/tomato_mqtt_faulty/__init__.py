@@ -18,6 +18,9 @@ Where it fails comes from the component's address and from ``[drivers.faulty]``:
 ``exit``
     ``do_task`` calls ``sys.exit()`` at that point, as tomato's ``log_errors`` decorator
     does in ported drivers.
+``hang``
+    ``do_task`` never returns from that point on (an instrument that stopped answering
+    a read without a timeout).
 ``intkey``
     ``do_task`` returns a point whose variable name is not text (``{1: 2.0}``) at that
     point, as a driver might with channel numbers.
@@ -44,6 +47,7 @@ The setting ``idle_measurement_interval`` (seconds) turns idle measurements on.
 from __future__ import annotations
 
 import sys
+import threading
 from collections import defaultdict
 from collections.abc import Mapping
 from typing import Any
@@ -57,6 +61,7 @@ FAULTS = frozenset(
         "connect",
         "task",
         "exit",
+        "hang",
         "intkey",
         "surrogate",
         "badattrs",
@@ -136,6 +141,8 @@ class Device(ModelDevice):
                 raise RuntimeError(f"faulty: do_task failed at point {k} (simulated)")
             if "exit" in self.faults:
                 sys.exit(f"faulty: do_task exits at point {k} (simulated)")
+            if "hang" in self.faults:
+                threading.Event().wait()  # for ever
             if "intkey" in self.faults:
                 return {1: 2.0, "k": k}  # type: ignore[dict-item]
             if "surrogate" in self.faults:
