@@ -303,10 +303,24 @@ class JobRunner:
         st = self.host.component_status(component)
         if (st is not None and self._is_running(st, t)) or (st is not None and self._ended(st, t)):
             t.state = "running"
+            # with the run it is (the node's epoch): a node that restarts now must be
+            # seen to have cut it off (taken for the restarted node's own, the job hung
+            # `r`: found by random-timing fault injection, a scheduler and then its node
+            # killed just as a task started)
+            t.epoch, t.started_at = st.epoch, st.started_at
+            t.running_since = time.monotonic()
             self._save()
             return True
+        # sent again while no answer comes (the same id: a node starts it once): a
+        # restarted node takes a moment to subscribe to its components' commands, and a
+        # task_start sent meanwhile was lost (the job ended ce after 10 s "no node ...
+        # answered ... is it running?": found by random-timing fault injection)
         ok, msg, data = await self.host.component_request(
-            component, "task_start", {"task": t.spec.model_dump(mode="json")}, timeout=10.0
+            component,
+            "task_start",
+            {"task": t.spec.model_dump(mode="json")},
+            timeout=10.0,
+            resend=True,
         )
         st = self.host.component_status(component)
         if not ok and st is not None and (self._is_running(st, t) or self._ended(st, t)):

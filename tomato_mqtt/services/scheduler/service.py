@@ -398,7 +398,12 @@ class SchedulerService(Service):
             self.store.update_job(job, progress=progress)
 
     async def component_request(
-        self, component: str, op: str, args: Mapping[str, Any], timeout: float = 5.0
+        self,
+        component: str,
+        op: str,
+        args: Mapping[str, Any],
+        timeout: float = 5.0,
+        resend: bool = False,
     ) -> tuple[bool, str, Any]:
         if self.requester is None:
             return False, "scheduler not connected", None
@@ -408,6 +413,7 @@ class SchedulerService(Service):
                 dict(args),
                 timeout=timeout,
                 who=f"node hosting {component}",
+                resend=resend,
             )
         except NoResponder as e:
             return False, str(e), None

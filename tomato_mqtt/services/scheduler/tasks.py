@@ -33,7 +33,12 @@ class RunnerHost(Protocol):
     def job_event(self, job: int, event: str, **kw: Any) -> None: ...
     def show_reason(self, job: int, reason: str | None, replacing: str | None = None) -> None: ...
     async def component_request(
-        self, component: str, op: str, args: Mapping[str, Any], timeout: float = 5.0
+        self,
+        component: str,
+        op: str,
+        args: Mapping[str, Any],
+        timeout: float = 5.0,
+        resend: bool = False,
     ) -> tuple[bool, str, Any]: ...
 
 
