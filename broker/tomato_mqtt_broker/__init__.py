@@ -309,9 +309,10 @@ def _broker_class(
             #: id() of the sessions admitted there, for the check amqtt makes afterwards
             self._admitted: set[int] = set()
             self._broadcast_queue = _QosQueue()
-            #: when this broker's event loop last stood still (_watch_loop)
+            #: when this broker's event loop last stood still (_tick)
             self._stood_still_at = -1e9
-            self._watcher: asyncio.Future[None] | None = None
+            self._ticked_at = 0.0
+            self._ticker: asyncio.TimerHandle | None = None
             #: connections being closed for their silence
             self._closing: set[asyncio.Future[None]] = set()
 
@@ -485,24 +486,26 @@ def _broker_class(
                 await handler.handle_connection_closed()  # as a lost connection: the will
                 await handler.stop()
 
-        async def _watch_loop(self) -> None:
-            """Note when this broker's event loop stood still (see _silent_too_long)."""
+        def _tick(self) -> None:
+            """Note when this broker's event loop stood still (see _silent_too_long); a
+            timer, not a task: it holds nothing a broker's user must wait for."""
             loop = asyncio.get_running_loop()
-            last = loop.time()
-            while True:
-                await asyncio.sleep(0.5)
-                now = loop.time()
-                if now - last > 1.5:
-                    self._stood_still_at = now
-                last = now
+            now = loop.time()
+            if now - self._ticked_at > 1.5:
+                self._stood_still_at = now
+            self._ticked_at = now
+            self._ticker = loop.call_later(0.5, self._tick)
 
         async def start(self) -> None:
             await super().start()
-            self._watcher = asyncio.ensure_future(self._watch_loop())
+            loop = asyncio.get_running_loop()
+            self._ticked_at = loop.time()
+            self._ticker = loop.call_later(0.5, self._tick)
 
         async def shutdown(self) -> None:
-            if self._watcher is not None:
-                self._watcher.cancel()
+            if self._ticker is not None:
+                self._ticker.cancel()
+                self._ticker = None
             await super().shutdown()
 
         async def _take_over(
