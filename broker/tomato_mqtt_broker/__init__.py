@@ -74,6 +74,11 @@ class BrokerConfig:
     #: reading (a laptop asleep, a stuck script) costs the broker this much, not all
     #: the lab's data since
     max_queued_bytes: int = 32 * 1024 * 1024
+    #: messages kept for a persistent session (clean_session false) while its client is
+    #: away; beyond it, newer ones are dropped and the log says so, as Mosquitto's
+    #: max_queued_messages (amqtt kept every one: a script that died held the broker's
+    #: memory for all the data that came since)
+    max_queued_messages: int = 1000
     #: an already listening socket for the plain MQTT listener (handed down by the
     #: supervisor, which binds it before anything starts): clients that connect while
     #: this broker still imports wait in its backlog instead of retrying with back-off
@@ -272,8 +277,16 @@ class _Delivery:
         return getattr(self._handler, name)
 
 
+#: s a new connection has to send its CONNECT; amqtt waited for ever (300 connections
+#: that sent nothing held 300 descriptors of the broker)
+CONNECT_WAIT = 10.0
+
+
 def _broker_class(
-    listen_fd: int | None = None, open_stack: bool = False, max_queued: int = 32 * 1024 * 1024
+    listen_fd: int | None = None,
+    open_stack: bool = False,
+    max_queued: int = 32 * 1024 * 1024,
+    max_offline: int = 1000,
 ) -> Any:
     """amqtt's Broker, without its retained-message leak.
 
@@ -343,6 +356,26 @@ def _broker_class(
                 broadcast["pub_qos"] = pub
             await self._broadcast_queue.put(broadcast)
 
+        async def _retain_broadcast_message(
+            self, broadcast: dict[str, Any], qos: int, target_session: Any
+        ) -> None:
+            kept = target_session.retained_messages.qsize()
+            backlog = _backlog(target_session)
+            if kept >= max_offline:
+                if not backlog.dropped:
+                    backlog.since = time.time()
+                    log.warning(
+                        "client %r (login %r) is away with %d messages kept for it "
+                        "(max_queued_messages %d): newer ones are dropped until it is back",
+                        target_session.client_id,
+                        target_session.username,
+                        kept,
+                        max_offline,
+                    )
+                backlog.dropped += 1
+                return
+            await super()._retain_broadcast_message(broadcast, qos, target_session)
+
         def _get_handler(self, session: Any) -> Any:
             handler = super()._get_handler(session)
             if handler is None:
@@ -393,12 +426,23 @@ def _broker_class(
             # password. Here the login is checked first; a refused one gets a throwaway
             # id and touches no other session. The rest is amqtt's session handling.
             try:
-                handler, session = await BrokerProtocolHandler.init_from_connect(
-                    reader, writer, self.plugins_manager
+                handler, session = await asyncio.wait_for(
+                    BrokerProtocolHandler.init_from_connect(reader, writer, self.plugins_manager),
+                    CONNECT_WAIT,
                 )
             except MQTTError:
                 await writer.close()  # as amqtt: a malformed CONNECT closes the connection
                 raise
+            except (TimeoutError, asyncio.TimeoutError):
+                transport = getattr(getattr(writer, "_writer", None), "transport", None)
+                if transport is not None:
+                    transport.abort()
+                else:
+                    await writer.close()
+                raise MQTTError(
+                    f"no CONNECT from {remote_address}:{remote_port} within {CONNECT_WAIT:g} s: "
+                    "the connection is closed"
+                ) from None
             why = await self._refusal(session)
             if why is not None:
                 log.warning(
@@ -681,7 +725,12 @@ class EmbeddedBroker:
             handler_log.addFilter(_OneLinePerClient())
         config = self.config.amqtt_config()  # BrokerConfigError: refused, with the reason
         open_stack = not self.config.password_file
-        cls = _broker_class(self.config.listen_fd, open_stack, self.config.max_queued_bytes)
+        cls = _broker_class(
+            self.config.listen_fd,
+            open_stack,
+            self.config.max_queued_bytes,
+            self.config.max_queued_messages,
+        )
         self._broker = cls(config)
         try:
             await self._broker.start()

@@ -113,6 +113,7 @@ def broker_config(s: Settings) -> Any:
         cafile=b.cafile,
         tls_port=b.tls_port,
         max_queued_bytes=b.max_queued_bytes,
+        max_queued_messages=b.max_queued_messages,
     )
 
 
