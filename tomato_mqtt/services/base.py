@@ -105,7 +105,9 @@ def setup_logging(
     handlers: list[logging.Handler] = [console]
     if logdir is not None:
         logdir.mkdir(parents=True, exist_ok=True)
-        handlers = [logging.FileHandler(logdir / f"{name}.log")]
+        from tomato_mqtt.services.logfile import RotatingLog
+
+        handlers = [RotatingLog(logdir / f"{name}.log")]
         if warnings_to_stderr:
             console.setLevel(logging.WARNING)
             handlers.append(console)

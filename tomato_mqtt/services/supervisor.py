@@ -334,12 +334,14 @@ def _last_error(path: Path | None) -> str | None:
 
 def _setup_logging(logdir: Path, verbosity: int) -> None:
     """As services.base.setup_logging (same file and format), without its imports."""
+    from tomato_mqtt.services.logfile import RotatingLog
+
     level = min(max(logging.INFO - 10 * verbosity, logging.DEBUG), logging.CRITICAL)
     logdir.mkdir(parents=True, exist_ok=True)
     logging.basicConfig(
         level=level,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        handlers=[logging.FileHandler(logdir / "supervisor.log")],
+        handlers=[RotatingLog(logdir / "supervisor.log")],
         force=True,
     )
 
