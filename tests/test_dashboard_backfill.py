@@ -196,3 +196,49 @@ async def test_an_ended_job_whose_plots_missed_points_is_made_anew_from_its_file
             assert dash.backfill_state[job.id] == f"loaded {stored}", dash.backfill_state
         finally:
             dash.viewers.discard(page)
+
+
+async def test_a_finished_job_no_longer_retained_has_its_page(
+    broker: RunningBroker, instance: str, tmp_path: Any
+) -> None:
+    """Found by a soak run: the page of a finished job that is no longer among the
+    retained ones (``[jobs] retain_finished``, the newest 20) said "no such job (yet)",
+    though the dashboard fetched the whole job for it. The page's messages now carry the
+    summary made from the whole job."""
+    import json
+
+    import yaml
+
+    from tests.inproc import CONFIG, inproc_stack
+
+    payload = yaml.safe_load((CONFIG / "counter_1_0.1.yml").read_text())
+    payload["method"][0].update(time=0.3, delay=0.1)
+    async with (
+        inproc_stack(
+            broker.port, tmp_path, instance, settings="[jobs]\nretain_finished = 0\n"
+        ) as st,
+        running_dashboard(broker.url, instance) as dash,
+    ):
+        work = st.settings.datadir / "work"
+        work.mkdir(parents=True)
+        await st.call("pipeline_load", {"pipeline": "pip-counter-1", "sampleid": "counter_1_0.1"})
+        await st.call("pipeline_ready", {"pipeline": "pip-counter-1"})
+        job = await st.call("job_submit", {"payload": payload, "submit_dir": str(work)})
+        assert (await st.wait_job(job.id, {"c", "ce", "cd"}, timeout=30)).status == "c"
+        await _until(lambda: job.id not in dash.state.jobs, 10, "its retained status cleared")
+        page = Viewer(session=dash.sessions.shared)
+        dash.viewers.add(page)
+        try:
+            dash.watch(page, job.id)
+            summary: dict[str, Any] | None = None
+            deadline = asyncio.get_running_loop().time() + 15
+            while summary is None:
+                left = deadline - asyncio.get_running_loop().time()
+                assert left > 0, "no message of the page carried the job's summary"
+                msg = json.loads(await asyncio.wait_for(page.queue.get(), left))
+                if msg.get("t") in ("job", "jobdata") and msg.get("id") == job.id:
+                    summary = msg.get("summary")
+        finally:
+            dash.viewers.discard(page)
+    assert summary["status"] == "c" and summary["id"] == job.id, summary
+    assert summary["meaning"] and summary["respath"], summary

@@ -405,7 +405,12 @@ class DashboardService:
                 del self._fetching[job]
         if whole is not None:
             self.state.job_fetched(whole)
-            msg = {"t": "jobdata", "id": job, "job": whole.model_dump(mode="json")}
+            msg = {
+                "t": "jobdata",
+                "id": job,
+                "job": whole.model_dump(mode="json"),
+                "summary": self.state.whole_summary(whole),
+            }
             self._fetched.pop(job, None)
             self._fetched[job] = (time.monotonic(), msg)
             while len(self._fetched) > JOB_KEPT:

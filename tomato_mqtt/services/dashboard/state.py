@@ -333,6 +333,28 @@ class LabState:
             "respath": job.respath,
         }
 
+    def whole_summary(self, whole: Job) -> dict[str, Any]:
+        """A job's summary from the whole job (``job_status``): a finished job no longer
+        retained has no summary of its own, and its page said "no such job (yet)"
+        (found by a soak run)."""
+        return {
+            "id": whole.id,
+            "jobname": whole.jobname,
+            "status": whole.status,
+            "meaning": STATUS_MEANING.get(whole.status, whole.status),
+            "pipeline": whole.pipeline,
+            "sampleid": (whole.payload.get("sample") or {}).get("identifier")
+            if isinstance(whole.payload.get("sample"), dict)
+            else None,
+            "owner": whole.owner,
+            "submitted_at": whole.submitted_at,
+            "launched_at": whole.launched_at,
+            "completed_at": whole.completed_at,
+            "reason": whole.reason,
+            "points": self.points(whole.id),
+            "respath": whole.respath,
+        }
+
     def full(self) -> dict[str, Any]:
         """Everything the overview shows, for a page that just connected."""
         keys: list[tuple[str, str]] = [("scheduler", ""), ("recorder", "")]
@@ -351,7 +373,9 @@ class LabState:
         series = self.series.get(jobid, {})
         return {
             "job": whole.model_dump(mode="json") if whole else None,
-            "summary": self.job_summary(job) if job else None,
+            "summary": self.job_summary(job)
+            if job
+            else (self.whole_summary(whole) if whole else None),
             "events": list(self.events.get(jobid, ())),
             "marks": self.marks.get(jobid, []),
             "roles": roles,

@@ -23,7 +23,7 @@ window.loadPlotly = loadPlotly;
 window.enterPage = (r) => {
   if (r.page === "job") {
     if (J.id !== r.id) {
-      J.id = r.id; J.job = null; J.events = []; J.marks = []; J.roles = {}; J.series = {};
+      J.id = r.id; J.job = null; J.summary = null; J.events = []; J.marks = []; J.roles = {}; J.series = {};
       $("jp-plots").innerHTML = ""; $("jp-vars").innerHTML = ""; $("jp-events").innerHTML = "";
       $("jp-tasks").tBodies[0].innerHTML = ""; $("jp-payload").textContent = "";
     }
@@ -37,11 +37,12 @@ window.enterPage = (r) => {
 
 window.onPageMessage = (m) => {
   if ((m.t === "job" || m.t === "jobdata" ? m.id : m.job) !== J.id) return;
-  if (m.t === "jobdata") { J.job = m.job; renderPayload(); }
+  if (m.t === "jobdata") { J.job = m.job; J.summary = m.summary || null; renderJobPage(); }
   if (m.t === "job") {
-    J.job = m.job; J.events = m.events; J.marks = m.marks; J.roles = m.roles; J.series = {};
+    J.job = m.job; J.summary = m.summary || null;
+    J.events = m.events; J.marks = m.marks; J.roles = m.roles; J.series = {};
     for (const [cmp, s] of Object.entries(m.series)) J.series[cmp] = s;
-    renderPayload(); renderEvents(); queueAll();
+    renderJobPage(); renderEvents(); queueAll();
   } else if (m.t === "series") {
     for (const [cmp, u] of Object.entries(m.series)) timing("recv", cmp, u.last, m.now);
     J.marks = m.marks; J.roles = m.roles;
@@ -202,7 +203,9 @@ function renderTrouble() {
 const fmtWhen = (iso) => (iso ? new Date(iso).toLocaleString() : "—");
 
 function renderJobPage() {
-  const j = S.jobs[J.id];
+  // a finished job no longer retained (only the newest are) has the summary of its
+  // whole job, fetched for this page: it said "no such job (yet)" (found by a soak run)
+  const j = S.jobs[J.id] || J.summary;
   renderTrouble();
   if (!j) { $("jp-summary").textContent = "no such job (yet)"; return; }
   const pts = Object.values(J.series).reduce((a, s) => a + (s.points || 0), 0);
@@ -228,7 +231,7 @@ $("jp-download").addEventListener("click", async (e) => {
     if (!res.ok) { showReply({ success: false, msg: `${res.status}: ${await res.text()}` }); return; }
     const url = URL.createObjectURL(await res.blob());
     // an ended job's file is its results (the name ketchup gives it), a running one's a snapshot
-    const j = S.jobs[J.id], ended = j && ["c", "ce", "cd"].includes(j.status);
+    const j = S.jobs[J.id] || J.summary, ended = j && ["c", "ce", "cd"].includes(j.status);
     const name = `${ended ? "results" : "snapshot"}.${J.id}.nc`;
     const link = document.createElement("a");
     link.href = url; link.download = name;
