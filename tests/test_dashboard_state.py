@@ -146,3 +146,24 @@ def test_an_unsigned_page_gets_controls_only_on_an_open_loopback_stack() -> None
     assert page("admin", open_=True, exposed=False) == ["job_cancel", "get_attr", "set_attr"]
     assert page("admin", open_=True, exposed=True) == []  # an open stack on the network
     assert page("admin", open_=False, exposed=False) == []  # secured: a person signs in
+
+
+def test_the_state_of_jobs_without_plotted_data_stays_bounded() -> None:
+    """Found by a soak run: the events, task marks and roles of every job that never had
+    plotted data (cancelled while queued, say) were kept for good, ~2 KB a job."""
+    from tomato_mqtt.services.dashboard.state import KEEP_JOB_STATE
+    from tomato_mqtt.wire.messages import JobEvent
+
+    st = LabState()
+    pip = PipelineStatus(name="p1", roles={"counter": "cmp"}, job=None, ready=True, sample="s")
+    _apply(st, T.pipeline_status("p1"), encode(pip))
+    n = KEEP_JOB_STATE * 3
+    for jid in range(1, n + 1):
+        job = _job(jid, "r").model_copy(update={"pipeline": "p1"})
+        _apply(st, T.job_status(jid), encode(JobStatus.of(job)))
+        ev = JobEvent(jobid=jid, event="task_started", time=float(jid), role="counter", task=0)
+        _apply(st, T.job_event(jid), encode(ev))
+    assert len(st.events) <= KEEP_JOB_STATE and len(st.marks) <= KEEP_JOB_STATE
+    assert len(st.roles) <= KEEP_JOB_STATE
+    assert n in st.events and n in st.roles  # the newest kept
+    assert st.job_detail(n)["marks"] and st.job_detail(n)["roles"] == {"cmp": "counter"}

@@ -48,6 +48,9 @@ STATUS_MEANING = {
 
 #: jobs whose series, events and task marks are kept (the newest ones)
 KEEP_JOB_DATA = 20
+#: jobs whose events, task marks and roles are kept (a soak run: ~2 KB per job for good,
+#: for the jobs that never had plotted data: cancelled while queued, say)
+KEEP_JOB_STATE = 200
 #: events kept per job
 KEEP_EVENTS = 200
 
@@ -71,6 +74,8 @@ class LabState:
         self.marks: dict[int, list[dict[str, Any]]] = {}  # job -> task boundaries
         self._last_task: dict[tuple[int, str], int | None] = {}
         self.roles: dict[int, dict[str, str]] = {}  # job -> component -> role
+        #: the jobs with events, marks or roles, the newest last (_touch)
+        self._touched: OrderedDict[int, None] = OrderedDict()
         self._changed: dict[tuple[str, str], None] = {}
         self._series_changed: set[int] = set()
 
@@ -144,6 +149,7 @@ class LabState:
             )
             if pip is not None:
                 self.roles[job.jobid] = {slug(cmp): role for role, cmp in pip.roles.items()}
+                self._touch(job.jobid)
         self._mark("job", str(job.jobid))
 
     def job_fetched(self, job: Job) -> None:
@@ -152,9 +158,23 @@ class LabState:
         while len(self.details) > KEEP_JOB_DATA:
             self.details.pop(next(iter(self.details)))
 
+    def _touch(self, job: int) -> None:
+        """A job's events, marks or roles changed: keep them, and forget those of the
+        oldest jobs beyond KEEP_JOB_STATE (its plotted data have their own bound)."""
+        self._touched[job] = None
+        self._touched.move_to_end(job)
+        while len(self._touched) > KEEP_JOB_STATE:
+            old, _ = self._touched.popitem(last=False)
+            if old in self.series:
+                continue  # plotted: goes with its data (_data)
+            self.events.pop(old, None)
+            self.marks.pop(old, None)
+            self.roles.pop(old, None)
+
     def _event(self, ev: JobEvent, topic_id: int) -> None:
         if ev.job != topic_id:
             return
+        self._touch(ev.job)
         self.events.setdefault(ev.job, deque(maxlen=KEEP_EVENTS)).append(event_view(ev))
         if ev.event == "task_started" and ev.role is not None:
             self.marks.setdefault(ev.job, []).append(
@@ -172,6 +192,8 @@ class LabState:
                 old, gone = self.series.popitem(last=False)
                 self.marks.pop(old, None)
                 self.events.pop(old, None)
+                self.roles.pop(old, None)
+                self._touched.pop(old, None)
                 for c in gone:
                     self._last_task.pop((old, c), None)
         else:
