@@ -663,3 +663,40 @@ async def test_a_hung_recorder_gets_the_jobs_verdict_last(
         with xr.open_datatree(path) as tree:
             assert json.loads(tree.attrs["tomato_Job"])["status"] == "ce"
             assert tree["counter"].to_dataset()["uts"].size == 10
+
+
+async def test_a_job_whose_points_were_released_keeps_its_file_and_says_why(
+    broker: RunningBroker, instance: str, tmp_path: Path
+) -> None:
+    """Found by a soak run: the recorder's store kept every point for good (~27 GB a
+    month for one 100 Hz component). ``[recorder] keep_days`` after a job's file was
+    written its points are released from the store; the file stays as it is, and a
+    snapshot of the job, which would now hold none of them, is refused, saying why."""
+    import yaml
+
+    from tests.inproc import CONFIG, inproc_stack
+    from tomato_mqtt.transport.rpc import ReplyError
+
+    payload = yaml.safe_load((CONFIG / "counter_1_0.1.yml").read_text())
+    payload["method"][0].update(time=0.5, delay=0.1)
+    async with inproc_stack(broker.port, tmp_path, instance) as st:
+        work = st.settings.datadir / "work"
+        work.mkdir(parents=True)
+        await st.call("pipeline_load", {"pipeline": "pip-counter-1", "sampleid": "counter_1_0.1"})
+        await st.call("pipeline_ready", {"pipeline": "pip-counter-1"})
+        job = await st.call("job_submit", {"payload": payload, "submit_dir": str(work)})
+        ended = await st.wait_job(job.id, {"c", "ce", "cd"}, timeout=30)
+        assert ended.status == "c" and ended.respath, ended
+        results = Path(ended.respath)
+        before = results.read_bytes()
+        store = st.recorder.store
+        assert store is not None and store.job_points(job.id)
+        st.recorder.keep_days = 1e-6  # 0.09 s
+        await asyncio.sleep(0.2)
+        st.recorder.release_old()
+        assert store.released(job.id) and store.job_points(job.id) == {}
+        with pytest.raises(ReplyError) as e:
+            await st.call("job_snapshot", {"jobid": job.id}, timeout=30)
+        assert "points were released from the recorder's store" in str(e.value), e.value
+        assert str(results) in str(e.value), e.value
+        assert results.read_bytes() == before  # the file is left as it was

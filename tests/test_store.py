@@ -64,6 +64,38 @@ def test_old_store_is_migrated_to_streams(tmp_path: Path) -> None:
     st.close()
 
 
+def test_a_released_job_s_batches_go_and_its_streams_show_no_gap_after_a_restart(
+    tmp_path: Path,
+) -> None:
+    """Found by a soak run: the store kept every batch for good (~117 bytes a point).
+    A job whose file was written long ago is released: its batches go, its streams'
+    high water stays (a restarted recorder asked nodes for the released batches as
+    gaps otherwise), the other jobs' batches stay."""
+    import time
+
+    db = tmp_path / "r.sqlite"
+    st = BatchStore(db)
+    for seq in range(3):
+        _add(st, "s1", seq, 1, 2, _raw(seq))
+    _add(st, "s1", 4, 1, 2, _raw(4))  # seq 3 never came: a gap of job 1
+    for seq in range(5, 8):
+        _add(st, "s1", seq, 2, 2, _raw(seq))
+    st.set_final(1, {"path": "x.nc"})
+    assert st.releasable(time.time() - 60) == []  # written just now
+    assert st.releasable(time.time() + 1) == [1]
+    assert st.release(1) == 4 and st.released(1) and not st.released(2)
+    assert st.job_points(1) == {} and st.job_points(2) == {"c": 6}
+    assert st.high_water("c", "s1") == 7 and st.missing("c", "s1", 7) == []
+    assert st.releasable(time.time() + 1) == []
+    st.close()
+    again = BatchStore(db)  # a restarted recorder
+    assert again.high_water("c", "s1") == 7 and again.missing("c", "s1", 7) == []
+    assert again.released(1) and len(again.job_batches(2)) == 3
+    _add(again, "s1", 8, 2, 2, _raw(8))
+    assert again.high_water("c", "s1") == 8
+    again.close()
+
+
 def test_store_reports_gaps_until_they_are_filled(tmp_path: Path) -> None:
     st = BatchStore(tmp_path / "r.sqlite")
     for seq in (0, 1, 4, 5, 8):

@@ -202,6 +202,7 @@ def recorder(opts: Opts, verbosity: int = 0) -> None:
         heartbeat=s.scheduler.heartbeat,
         output_roots=s.output_roots,
         users_file=s.users_file,
+        keep_days=s.recorder.keep_days,
     )
     svc.run_sync()
 

@@ -42,7 +42,7 @@ class RotatingLog(logging.FileHandler):
         path = self.baseFilename
         if self.stream is not None:
             self.stream.close()
-            self.stream = None  # type: ignore[assignment]
+            self.stream = None
         for i in range(self.keep - 1, 0, -1):
             if os.path.exists(f"{path}.{i}"):
                 os.replace(f"{path}.{i}", f"{path}.{i + 1}")

@@ -80,6 +80,8 @@ class Files:
         self._running: set[int] = set()  # jobs known to have no final file yet
         self._lock = asyncio.Lock()
         self._final_locks: dict[int, list[Any]] = {}  # job -> [Lock, users]: final_lock
+        #: released jobs whose late data was said to be kept unmerged (late_batch)
+        self._released_told: set[int] = set()
 
     # -- completeness ---------------------------------------------------------------------
     async def wait_complete(self, job: int, expect: list[Expect], wait: float) -> list[str]:
@@ -123,6 +125,14 @@ class Files:
         store = self.svc.store
         assert store is not None
         jobid = int(a.job["id"])  # type: ignore[arg-type]
+        if store.released(jobid):
+            # its batches are gone: a file written now would hold none of its points
+            raise CommandError(
+                f"job {jobid}'s points were released from the recorder's store "
+                f"{self.svc.keep_days:g} days after its file was written ([recorder] "
+                f"keep_days): its file {self.written_file(jobid) or a.path} is the one to use",
+                code="conflict",
+            )
         comp_to_role = {str(m.get("name")): role for role, m in a.roles.items()}
         # as tomato: a group per role that had a task (a role without one gets none)
         per_role: dict[str, list[bytes]] = {role: [] for role in roles_with_tasks(a)}
@@ -246,9 +256,31 @@ class Files:
         )
         return component not in names
 
+    def written_file(self, jobid: int) -> str | None:
+        args = self.final_args(jobid)
+        if args is None:
+            return None
+        return str(args.get("written") or args.get("path") or "") or None
+
+    def busy(self, jobid: int) -> bool:
+        """A finalize or a late merge of the job is under way or waiting."""
+        return jobid in self._final_locks or jobid in self._merging
+
     def late_batch(self, jobid: int) -> None:
         """A new batch of ``jobid`` was stored: merge it if the job's file is final."""
         if jobid in self._merging or jobid in self._running:
+            return
+        store = self.svc.store
+        if store is not None and jobid not in self._released_told and store.released(jobid):
+            # its other batches are gone: a merge would write a file of these alone
+            self._released_told.add(jobid)
+            log.warning(
+                "job %d: late data arrived after its points were released from the store "
+                "([recorder] keep_days): kept in the store, its file is not rewritten",
+                jobid,
+            )
+            return
+        if jobid in self._released_told:
             return
         if self.final_args(jobid) is None:
             # a running job: no store query per batch (remember_final forgets it)

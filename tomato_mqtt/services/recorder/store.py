@@ -16,6 +16,12 @@ Per stream the store keeps its *high water*: the largest ``seq`` such that every
 
 ``finals`` remembers, per job, how its final file was written, so that data arriving
 after the job ended is merged into that file (late data, DESIGN.md §5).
+
+A job whose final file was written long enough ago is *released* (:meth:`release`):
+its batches are deleted (the store kept every point of every job for good: ~117 bytes
+a point, 45 MB an hour in a soak run), its ``finals`` row says so, and ``floors``
+keeps each of its streams' high water, so that a restarted recorder sees no gap where
+the released batches were.
 """
 
 from __future__ import annotations
@@ -59,6 +65,12 @@ CREATE TABLE IF NOT EXISTS finals (
     args TEXT NOT NULL,
     merged INTEGER NOT NULL DEFAULT 0
 );
+CREATE TABLE IF NOT EXISTS floors (
+    component TEXT NOT NULL,
+    stream TEXT NOT NULL,
+    high_water INTEGER NOT NULL,
+    PRIMARY KEY (component, stream)
+);
 """
 
 BatchRow = tuple[str, str, int, "int | None", bytes]
@@ -86,6 +98,14 @@ class _Stream:
             if i == len(self.above) or self.above[i] != seq:
                 self.above.insert(i, seq)
 
+    def raise_to(self, seq: int) -> None:
+        """Everything up to ``seq`` counts as stored (released batches)."""
+        if seq > self.high_water:
+            self.high_water = seq
+            self.above = [s for s in self.above if s > seq]
+            while self.above and self.above[0] == self.high_water + 1:
+                self.high_water = self.above.pop(0)
+
     def missing(self, upto: int) -> list[tuple[int, int]]:
         gaps: list[tuple[int, int]] = []
         nxt = self.high_water + 1
@@ -109,13 +129,23 @@ class BatchStore:
         self._db.executescript(_SCHEMA)
         self._migrate()
         self._streams: dict[tuple[str, str], _Stream] = {}
+        for c, st, hw in self._db.execute("SELECT component, stream, high_water FROM floors"):
+            self._stream(str(c), str(st)).high_water = int(hw)
         for c, st, s in self._db.execute(
             "SELECT component, stream, seq FROM stored ORDER BY component, stream, seq"
         ):
             self._stream(str(c), str(st)).add(int(s))
 
     def _migrate(self) -> None:
-        """A store of the version keyed by (component, epoch, seq): streams e<epoch>."""
+        """A store of the version keyed by (component, epoch, seq): streams e<epoch>; a
+        ``finals`` table without ``written_at``/``released`` (its jobs count as written
+        now)."""
+        cols = {str(r[1]) for r in self._db.execute("PRAGMA table_info(finals)")}
+        if "written_at" not in cols:
+            self._db.execute("ALTER TABLE finals ADD COLUMN written_at REAL")
+            self._db.execute("UPDATE finals SET written_at = ?", (time.time(),))
+        if "released" not in cols:
+            self._db.execute("ALTER TABLE finals ADD COLUMN released INTEGER NOT NULL DEFAULT 0")
         old = self._db.execute(
             "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'batches'"
         ).fetchone()
@@ -243,10 +273,54 @@ class BatchStore:
     # -- final files (for late data) ------------------------------------------------------
     def set_final(self, job: int, args: dict[str, Any]) -> None:
         self._db.execute(
-            "INSERT INTO finals (job, args, merged) VALUES (?, ?, 0) "
-            "ON CONFLICT(job) DO UPDATE SET args = excluded.args",
-            (job, json.dumps(args)),
+            "INSERT INTO finals (job, args, merged, written_at) VALUES (?, ?, 0, ?) "
+            "ON CONFLICT(job) DO UPDATE SET args = excluded.args, "
+            "written_at = excluded.written_at",
+            (job, json.dumps(args), time.time()),
         )
+
+    # -- releasing the batches of jobs written long ago ----------------------------------
+    def released(self, job: int) -> bool:
+        row = self._db.execute("SELECT released FROM finals WHERE job = ?", (job,)).fetchone()
+        return bool(row and row[0])
+
+    def releasable(self, written_before: float) -> list[int]:
+        """Jobs whose final file was last written before that time, not released yet."""
+        rows = self._db.execute(
+            "SELECT job FROM finals WHERE released = 0 AND written_at < ? ORDER BY job",
+            (written_before,),
+        ).fetchall()
+        return [int(r[0]) for r in rows]
+
+    def release(self, job: int) -> int:
+        """Delete the job's batches (its file is written); returns how many. Each of its
+        streams keeps its high water in ``floors``, raised past the released batches: a
+        restarted recorder must not take them for gaps and ask nodes for them."""
+        tops = self._db.execute(
+            "SELECT component, stream, max(seq), count(*) FROM stored WHERE job = ? "
+            "GROUP BY component, stream",
+            (job,),
+        ).fetchall()
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            for c, st, top, _n in tops:
+                stream = self._stream(str(c), str(st))
+                floor = max(stream.high_water, int(top))
+                self._db.execute(
+                    "INSERT INTO floors (component, stream, high_water) VALUES (?, ?, ?) "
+                    "ON CONFLICT(component, stream) DO UPDATE SET high_water = "
+                    "max(high_water, excluded.high_water)",
+                    (str(c), str(st), floor),
+                )
+            self._db.execute("DELETE FROM stored WHERE job = ?", (job,))
+            self._db.execute("UPDATE finals SET released = 1 WHERE job = ?", (job,))
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        for c, st, top, _n in tops:
+            self._stream(str(c), str(st)).raise_to(int(top))
+        return sum(int(n) for *_x, n in tops)
 
     def final(self, job: int) -> tuple[dict[str, Any], int] | None:
         """How the job's final file was written, and how often late data was merged."""
