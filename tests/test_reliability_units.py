@@ -179,14 +179,16 @@ def _job() -> Job:
     return Job(id=1, payload=payload, submitted_at="now")
 
 
-async def _run(host: FakeHost) -> tuple[JobRunner, asyncio.Future[tuple[str, str | None]]]:
+async def _run(
+    host: FakeHost, job: Job | None = None
+) -> tuple[JobRunner, asyncio.Future[tuple[str, str | None]]]:
     done: asyncio.Future[tuple[str, str | None]] = asyncio.get_running_loop().create_future()
 
     async def on_done(r: JobRunner, status: str, reason: str | None) -> None:
         await r.reset_done()  # as JobLifecycle.job_done: the job ends once reset
         done.set_result((status, reason))
 
-    runner = JobRunner(job=_job(), roles={"counter": "cmp"}, host=host, on_done=on_done)
+    runner = JobRunner(job=job or _job(), roles={"counter": "cmp"}, host=host, on_done=on_done)
     _KEEP.add(asyncio.ensure_future(runner.run()))
     for _ in range(100):
         if runner.tasks[0].state == "running":
@@ -437,14 +439,7 @@ async def test_a_task_far_past_its_max_duration_is_said_to_overrun(
     host = FakeHost()
     job = _job()
     job.payload["method"][0]["max_duration"] = 0.2
-    done: asyncio.Future[tuple[str, str | None]] = asyncio.get_running_loop().create_future()
-
-    async def on_done(r: JobRunner, status: str, reason: str | None) -> None:
-        await r.reset_done()
-        done.set_result((status, reason))
-
-    runner = JobRunner(job=job, roles={"counter": "cmp"}, host=host, on_done=on_done)
-    _KEEP.add(asyncio.ensure_future(runner.run()))
+    runner, done = await _run(host, job)
     await asyncio.sleep(1.0)  # the node says nothing: its driver call hangs
     assert not done.done()
     assert len(host.reasons) == 1, host.reasons
@@ -487,14 +482,7 @@ async def test_a_task_whose_driver_call_never_returns_is_given_up(
     host.stuck_after = 0.8
     job = _job()
     job.payload["method"][0]["max_duration"] = 0.2
-    done: asyncio.Future[tuple[str, str | None]] = asyncio.get_running_loop().create_future()
-
-    async def on_done(r: JobRunner, status: str, reason: str | None) -> None:
-        await r.reset_done()
-        done.set_result((status, reason))
-
-    runner = JobRunner(job=job, roles={"counter": "cmp"}, host=host, on_done=on_done)
-    _KEEP.add(asyncio.ensure_future(runner.run()))
+    _runner, done = await _run(host, job)
     t0 = time.monotonic()
     status, reason = await asyncio.wait_for(done, 10)  # the node says nothing: it hangs
     took = time.monotonic() - t0
