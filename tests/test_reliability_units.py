@@ -478,6 +478,7 @@ async def test_a_task_whose_driver_call_never_returns_is_given_up(
     only a cancel ended it). ``[scheduler] stuck_after`` past its max_duration the task
     is given up: the job ends ce, saying so and that the component stays busy."""
     monkeypatch.setattr(runner_mod, "OVERRUN_GRACE", 0.3)
+    monkeypatch.setattr(runner_mod, "GIVE_UP_CONFIRM", 0.3)
     host = FakeHost()
     host.stuck_after = 0.8
     job = _job()
@@ -492,6 +493,28 @@ async def test_a_task_whose_driver_call_never_returns_is_given_up(
     assert 0.9 <= took < 3, took  # 0.2 s + stuck_after 0.8 s
     assert host.reasons[-1] == "", host.reasons  # the live "cancel it" advice is gone
     assert ("cmp", "reset") not in host.requests  # it could not answer one
+
+
+async def test_a_task_that_ended_while_the_scheduler_stood_still_is_not_given_up(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A review: a scheduler paused past a task's ``stuck_after`` gave the task up in
+    its first pass after the pause, before it read the task's end that had come
+    meanwhile: the job ended ce, "a driver call did not return; … stays busy", for a
+    task that had ended on time. The give-up waits until the loop has run a while."""
+    monkeypatch.setattr(runner_mod, "OVERRUN_GRACE", 0.3)
+    monkeypatch.setattr(runner_mod, "GIVE_UP_CONFIRM", 0.5)
+    host = FakeHost()
+    host.stuck_after = 0.3
+    job = _job()
+    job.payload["method"][0]["max_duration"] = 0.2
+    _runner, done = await _run(host, job)
+    time.sleep(1.5)  # the scheduler's loop stands still (SIGSTOP, a paused VM)
+    await asyncio.sleep(0.05)  # its first pass after the pause
+    await _task_ended(host)  # ... then the end that had come meanwhile is read
+    status, reason = await asyncio.wait_for(done, 10)
+    assert status == "c", (status, reason)
+    assert "given up" not in str(reason), reason
 
 
 async def test_a_node_restart_names_every_task_it_cut_off() -> None:

@@ -131,3 +131,30 @@ def test_a_task_that_starts_with_a_later_task_of_its_own_role_is_refused(tmp_pat
     assert "task a (method[0]) starts with 'b', a later task of the same role 'r1'" in str(e.value)
     ok = [_task("r1", "a"), _task("r1", "b", start_with_task_name="a")]
     Access(Settings(appdir=tmp_path, datadir=tmp_path, logdir=tmp_path)).check_bounds(ok)
+
+
+async def test_a_task_that_starts_with_a_skipped_one_is_skipped_after_a_restart_too() -> None:
+    """A review: a scheduler restarted after the skip re-adopted the job with the skip in
+    its stored progress but not in what it waits on: the job hung `r` with no reason."""
+    method = [
+        _task("r1", "x"),
+        _task("r2", "y", stop_with_task_name="x"),
+        _task("r3", "z", start_with_task_name="y"),
+    ]
+    end = {"reason": "done", "t_start": 0, "t_end": 1, "npoints": 1}
+    progress = {"tasks": {"0": {"state": "ended", "end": end}, "1": {"state": "skipped"}}}
+    host = FakeHost()
+    done: asyncio.Future[tuple[str, str | None]] = asyncio.get_running_loop().create_future()
+
+    async def on_done(r: JobRunner, status: str, reason: str | None) -> None:
+        await r.reset_done()
+        done.set_result((status, reason))
+
+    job = Job(id=1, payload={"method": method}, submitted_at="now", progress=progress)
+    runner = JobRunner(
+        job=job, roles={"r1": "c1", "r2": "c2", "r3": "c3"}, host=host, on_done=on_done
+    )
+    _KEEP.add(asyncio.ensure_future(runner.run()))
+    status, reason = await asyncio.wait_for(done, 10)
+    assert status == "c", (status, reason)
+    assert "it starts with 'y', which was skipped" in str(reason), reason

@@ -48,6 +48,11 @@ SAVE_RETRY = 1.0  # s between attempts to store progress the state file refused
 #: s past its max_duration (at least; or this share of it) after which a task whose end
 #: has not come is said to overrun: a driver call that does not return
 OVERRUN_GRACE = 10.0
+#: s the scheduler's loop must have run (not stood still: SIGSTOP, a paused VM) since a
+#: task was found overrunning before it is given up: the task's end may be in the
+#: backlog a paused scheduler has not read yet (a review: a 306 s pause gave up a task
+#: that had ended on time, and the job ended ce saying its component was stuck)
+GIVE_UP_CONFIRM = 5.0
 OVERRUN_SHARE = 0.1
 
 
@@ -85,6 +90,8 @@ class JobRunner:
     #: nodes whose clock stepped while this job ran (its file gives them no offset)
     clock_steps: set[str] = field(default_factory=set)
     cancel_at: float | None = None  # monotonic
+    #: when this runner's loop was last woken much later than asked (it stood still)
+    stood_still_at: float = -1e9
     unconfirmed: set[str] = field(default_factory=set)  # components that never confirmed
     seen_running: set[str] = field(default_factory=set)  # seen running this job's task
     _bg: set[asyncio.Future[None]] = field(default_factory=set)
@@ -109,6 +116,10 @@ class JobRunner:
                 ts.started_at = prev.get("started_at")
             if ts.state in ("running", "ended") and spec.task_name:
                 self.started_names.add(spec.task_name)
+            if ts.state == "skipped" and spec.task_name:
+                # a task that starts with it is skipped too, also after a scheduler
+                # restart (it waited for ever, the job `r`: a review)
+                self.skipped_names.add(spec.task_name)
             self.tasks.append(ts)
         # what the job's verdict rests on, beside the task ends: a scheduler restarted
         # between "tasks over" and the job's end re-adopts the job, and must reach the
@@ -542,8 +553,11 @@ class JobRunner:
                     return
                 if stuck_in is not None:
                     timeout = stuck_in if timeout is None else min(timeout, stuck_in)
+                waited_from = time.monotonic()
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(self.host.cond.wait(), timeout)
+                if timeout is not None and time.monotonic() - waited_from > timeout + 1.0:
+                    self.stood_still_at = time.monotonic()  # woken late: the loop stood
         t.state = "ended"
         t.end = end
         if t.overrun_reason is not None:  # it ended after all: the advice is stale
@@ -614,6 +628,7 @@ class JobRunner:
         if ran < limit:
             return limit - ran
         t.overrun = True
+        t.overrun_at = time.monotonic()
         what = (
             f"task {t.spec.index} ({t.spec.technique_name}) on {component} ran at least "
             f"{ran - t.spec.max_duration:.0f} s past its max_duration "
@@ -639,10 +654,15 @@ class JobRunner:
         node restarts). None: not overrunning, or cancelled (a cancel has its own bound)."""
         if not t.overrun or self.cancelled or t.running_since is None:
             return None
+        now = time.monotonic()
         limit = t.spec.max_duration + max(
             self.host.stuck_after, OVERRUN_SHARE * t.spec.max_duration
         )
-        return limit - (time.monotonic() - t.running_since)
+        left = limit - (now - t.running_since)
+        # and only once the loop has run a while since the overrun was found and since it
+        # last stood still: what came meanwhile (the task's end) is read first
+        confirmed = max(t.overrun_at or now, self.stood_still_at) + GIVE_UP_CONFIRM - now
+        return max(left, confirmed)
 
     async def _reset_components(self) -> None:
         wait = 3.0 if self.cancelled else RESET_WAIT
