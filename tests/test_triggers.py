@@ -119,7 +119,7 @@ async def test_a_task_that_starts_with_a_skipped_one_is_skipped_and_said() -> No
     )
 
 
-def test_a_task_that_starts_with_a_later_task_of_its_own_role_is_refused(tmp_path: Path) -> None:
+def test_a_task_whose_wait_leads_back_through_a_role_s_order_is_refused(tmp_path: Path) -> None:
     from tomato_mqtt.config.settings import Settings
 
     method = [
@@ -128,7 +128,23 @@ def test_a_task_that_starts_with_a_later_task_of_its_own_role_is_refused(tmp_pat
     ]
     with pytest.raises(CommandError) as e:
         Access(Settings(appdir=tmp_path, datadir=tmp_path, logdir=tmp_path)).check_bounds(method)
-    assert "task a (method[0]) starts with 'b', a later task of the same role 'r1'" in str(e.value)
+    assert "task a (method[0]) starts with 'b', which can only start after" in str(e.value)
+    # the same through another role (a review): a waits for b, b for c, c is behind a
+    chain = [
+        _task("r1", "a", start_with_task_name="b"),
+        _task("r1", "c"),
+        _task("r2", "b", start_with_task_name="c"),
+    ]
+    with pytest.raises(CommandError) as e:
+        Access(Settings(appdir=tmp_path, datadir=tmp_path, logdir=tmp_path)).check_bounds(chain)
+    assert "tasks [0, 1, 2] wait for each other through their roles' order" in str(e.value)
+    # a ring of waits alone is fine (they start together), also behind other tasks
+    ring = [
+        _task("r1", "a", start_with_task_name="b"),
+        _task("r2", "x"),
+        _task("r2", "b", start_with_task_name="a"),
+    ]
+    Access(Settings(appdir=tmp_path, datadir=tmp_path, logdir=tmp_path)).check_bounds(ring)
     ok = [_task("r1", "a"), _task("r1", "b", start_with_task_name="a")]
     Access(Settings(appdir=tmp_path, datadir=tmp_path, logdir=tmp_path)).check_bounds(ok)
 

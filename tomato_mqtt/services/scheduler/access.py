@@ -85,6 +85,53 @@ class Access:
     def check_bounds(
         self, method: list[Mapping[str, Any]], bulk: frozenset[str] = frozenset()
     ) -> None:
+        self._check_waits(method)
+        self._check_each(method, bulk)
+
+    @staticmethod
+    def _check_waits(method: list[Mapping[str, Any]]) -> None:
+        """Refuse tasks whose ``start_with_task_name`` can never be met: a wait that
+        leads back to itself through a role's order (a task waits for one queued behind
+        it on its own role, or for one that waits for such a task). Tasks that start with
+        each other in a ring of waits alone start together (runner._may_start). Both
+        queued such payloads and waited for ever, the job `r` with no reason (tomato 2.2
+        too; found side by side and by a review)."""
+        waits = [
+            (i, t.get("start_with_task_name"))
+            for i, t in enumerate(method)
+            if t.get("start_with_task_name") is not None
+        ]
+        if not waits:
+            return
+        named = {t.get("task_name"): i for i, t in enumerate(method) if t.get("task_name")}
+        last: dict[Any, int] = {}
+        after: dict[int, int] = {}  # task -> the task before it on its role
+        for i, t in enumerate(method):
+            role = t.get("component_role")
+            if role in last:
+                after[i] = last[role]
+            last[role] = i
+        edges: dict[int, list[tuple[int, bool]]] = {}  # i -> [(j, through a role's order)]
+        for i, j in after.items():
+            edges.setdefault(i, []).append((j, True))
+        for i, name in waits:
+            if name in named:
+                edges.setdefault(i, []).append((named[name], False))
+        for comp in _cycles(len(method), edges):
+            if any(j in comp and by_role for i in comp for j, by_role in edges.get(i, ())):
+                first = min(i for i, _ in waits if i in comp)
+                t = method[first]
+                name = t.get("task_name") or t.get("technique_name") or f"#{first}"
+                raise CommandError(
+                    f"payload refused: task {name} (method[{first}]) starts with "
+                    f"{t.get('start_with_task_name')!r}, which can only start after a task "
+                    f"queued behind it on a role has ended (tasks {sorted(comp)} wait for "
+                    "each other through their roles' order): it would wait for ever"
+                )
+
+    def _check_each(
+        self, method: list[Mapping[str, Any]], bulk: frozenset[str] = frozenset()
+    ) -> None:
         """Refuse a payload whose tasks would take too many points or sample too fast.
 
         ``bulk``: techniques a bulk component offers (its driver samples on its own
@@ -111,19 +158,6 @@ class Access:
                     f"payload refused: task {name}: method[{i}].max_duration must be "
                     f"a finite number of seconds >= 0 (got {dur!r})"
                 )
-            waits_for = task.get("start_with_task_name")
-            role = task.get("component_role")
-            later = [
-                j
-                for j, other in enumerate(method[i + 1 :], start=i + 1)
-                if other.get("task_name") == waits_for and other.get("component_role") == role
-            ]
-            if waits_for is not None and later:
-                raise CommandError(
-                    f"payload refused: task {name} (method[{i}]) starts with {waits_for!r}, "
-                    f"a later task of the same role {role!r} (method[{later[0]}]): a role runs "
-                    "its tasks one after the other, so it would wait for ever"
-                )
             points = dur / dt
             if points > lim.max_points_per_task:
                 raise CommandError(
@@ -131,3 +165,48 @@ class Access:
                     f"(max_duration {dur:g} s / sampling_interval {dt:g} s), more than the limit "
                     f"of {lim.max_points_per_task} ([jobs] max_points_per_task)"
                 )
+
+
+def _cycles(n: int, edges: Mapping[int, list[tuple[int, bool]]]) -> list[set[int]]:
+    """The strongly connected groups of more than one task (Tarjan, without recursion:
+    a payload may hold 10,000 tasks)."""
+    index: dict[int, int] = {}
+    low: dict[int, int] = {}
+    on: set[int] = set()
+    stack: list[int] = []
+    out: list[set[int]] = []
+    counter = 0
+    for root in range(n):
+        if root in index:
+            continue
+        work: list[tuple[int, int]] = [(root, 0)]
+        while work:
+            v, k = work.pop()
+            if k == 0:
+                index[v] = low[v] = counter
+                counter += 1
+                stack.append(v)
+                on.add(v)
+            succ = edges.get(v, [])
+            if k < len(succ):
+                work.append((v, k + 1))
+                w = succ[k][0]
+                if w not in index:
+                    work.append((w, 0))
+                elif w in on:
+                    low[v] = min(low[v], index[w])
+                continue
+            if low[v] == index[v]:
+                comp: set[int] = set()
+                while True:
+                    w = stack.pop()
+                    on.discard(w)
+                    comp.add(w)
+                    if w == v:
+                        break
+                if len(comp) > 1:
+                    out.append(comp)
+            if work:
+                parent = work[-1][0]
+                low[parent] = min(low[parent], low[v])
+    return out
