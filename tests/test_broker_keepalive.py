@@ -169,11 +169,16 @@ def _utf8(b: bytes) -> bytes:
     return struct.pack("!H", len(b)) + b
 
 
-def _raw(port: int, keepalive: int, will: str | None = None) -> socket.socket:
+def _raw(
+    port: int, keepalive: int, will: str | None = None, rcvbuf: int | None = None
+) -> socket.socket:
     """A raw MQTT 3.1.1 client, connected (clean session, QoS 1 will if given): it pings
     as its caller says and, unlike paho, never gives up on a broker that is slow to
     answer its pings."""
-    s = socket.create_connection(("127.0.0.1", port))
+    s = socket.socket()
+    if rcvbuf is not None:  # before the connect: the window it offers follows it
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    s.connect(("127.0.0.1", port))
     flags = 0x02 | (0x04 | 0x08 if will else 0)
     body = b"\x00\x04MQTT\x04" + bytes([flags]) + struct.pack("!H", keepalive)
     body += _utf8(f"raw-{uuid.uuid4().hex[:6]}".encode())
@@ -223,8 +228,7 @@ def test_a_broker_that_stood_still_keeps_the_clients_that_spoke_meanwhile(
 
 def _pinger(port: int) -> socket.socket:
     """A raw MQTT client that subscribes to everything, pings, and never reads again."""
-    s = _raw(port, keepalive=30)
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    s = _raw(port, keepalive=30, rcvbuf=4096)
     sub = struct.pack("!H", 1) + _utf8(b"#") + b"\x01"
     s.sendall(bytes([0x82, len(sub)]) + sub)
     assert s.recv(5)[:1] == b"\x90", "no SUBACK"

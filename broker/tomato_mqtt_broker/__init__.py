@@ -242,12 +242,13 @@ class _Delivery:
         if self._most is not None:
             qos = self._most if qos is None else min(qos, self._most)
         sending = self._handler.mqtt_publish(topic, data, qos, retain, *a, **k)
-        return self._carry(sending, len(data) if data else 0)
+        return self._carry(sending, topic, data)
 
-    async def _carry(self, sending: Any, size: int) -> None:
+    async def _carry(self, sending: Any, topic: str, data: Any) -> None:
         # None, not amqtt's message: amqtt keeps each finished delivery task, with its
         # result, until every task started before it has finished too
         backlog = self._backlog
+        size = len(data) if data else 0
         backlog.bytes += size
         try:
             await asyncio.wait_for(sending, DELIVERY_WAIT)
@@ -259,12 +260,21 @@ class _Delivery:
             if not isinstance(e, (TimeoutError, asyncio.TimeoutError, ProtocolHandlerError)):
                 raise
             # not taken or not acknowledged in time: amqtt waits 5 s for the
-            # acknowledgement and does not send the message again
+            # acknowledgement and does not send the message again. Given up while it was
+            # being written, the message stayed in amqtt's in-flight list for good (a
+            # review: 7 left per stall of a client): it goes
+            session = self._handler.session
+            inflight = getattr(session, "inflight_out", None)
+            if isinstance(inflight, dict):
+                for pid, m in list(inflight.items()):
+                    if getattr(m, "data", None) is data and getattr(m, "topic", None) == topic:
+                        inflight.pop(pid, None)
             if not backlog.unacked:
                 session = self._handler.session
                 log.warning(
                     "client %r (login %r) did not take or acknowledge a message within "
-                    "%g s: it is not sent again (the count follows when it answers)",
+                    "%g s: it is not sent again, if it did not arrive (the count follows "
+                    "when the client takes its messages again)",
                     getattr(session, "client_id", None),
                     getattr(session, "username", None),
                     DELIVERY_WAIT,
@@ -407,10 +417,12 @@ def _broker_class(
             if backlog.unacked and not session.inflight_out and session.transitions.is_connected():
                 log.warning(
                     "client %r (login %r) takes its messages again: %d before were not "
-                    "taken or acknowledged in time and are lost for it",
+                    "taken or acknowledged within %g s and were not sent again (those "
+                    "already on their way may have arrived)",
                     session.client_id,
                     session.username,
                     backlog.unacked,
+                    DELIVERY_WAIT,
                 )
                 backlog.unacked = 0
             return _Delivery(handler, _PUB_QOS.get(), backlog)  # _PUB_QOS: see _QosQueue
@@ -706,7 +718,9 @@ class _OneLinePerClient(logging.Filter):
     per client and gives the count."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith("Timeout waiting for PUBACK")
+        msg = str(record.msg)
+        # and the acknowledgements that come after it gave up
+        return not msg.startswith(("Timeout waiting for PUBACK", "Received PUBACK for unknown"))
 
 
 class EmbeddedBroker:
