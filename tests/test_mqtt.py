@@ -257,3 +257,18 @@ async def test_a_slow_consumer_drops_only_droppable_messages(
         assert len(data) + c.dropped == 20
         assert c.dropped >= 15 - 5  # at most 5 waited at any time, plus those taken meanwhile
         assert [m.payload for m in status] == [str(i).encode() for i in range(20)]
+
+
+async def test_publishes_nobody_waits_for_leave_nothing_behind(
+    broker: RunningBroker, instance: str
+) -> None:
+    """Found by a soak run (the scheduler 45 -> 80 MB over 1,850 jobs) and tracemalloc: an
+    ack of a publish nobody waited for (``wait=False``) left a resolved future behind,
+    up to 65,535 per client, and a later message of the same id, after the ids wrapped,
+    took that old ack for its own."""
+    async with AsyncClient(broker.url, client_id=f"{instance}-quiet") as c:
+        for i in range(500):
+            await c.publish(f"t/{instance}/x", str(i).encode(), wait=False)
+        await c.publish(f"t/{instance}/x", b"last")  # waits: every ack before it came
+        await asyncio.sleep(0.2)
+        assert c._acks == {}, len(c._acks)
