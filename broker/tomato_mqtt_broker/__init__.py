@@ -198,6 +198,14 @@ class _Backlog:
         #: QoS 1/2 messages it did not acknowledge in time (amqtt does not send them again)
         self.unacked = 0
 
+    def drop(self) -> bool:
+        """One more message not sent to it; True for the first of a spell (to be told)."""
+        first = not self.dropped
+        if first:
+            self.since = time.time()
+        self.dropped += 1
+        return first
+
 
 def _backlog(session: Any) -> _Backlog:
     b = getattr(session, "tomato_backlog", None)
@@ -206,9 +214,8 @@ def _backlog(session: Any) -> _Backlog:
     return b
 
 
-def _transport(handler: Any) -> Any:
+def _transport(writer: Any) -> Any:
     """The asyncio transport under amqtt's writer adapter (TCP, TLS or WebSocket), or None."""
-    writer = getattr(handler, "writer", None)
     inner = getattr(writer, "_writer", None) or getattr(writer, "_protocol", None)
     return getattr(inner, "transport", None)
 
@@ -216,7 +223,7 @@ def _transport(handler: Any) -> Any:
 def _buffered(handler: Any) -> int:
     """Bytes written to a client's connection that it has not taken yet."""
     try:
-        return int(_transport(handler).get_write_buffer_size())
+        return int(_transport(handler.writer).get_write_buffer_size())
     except Exception:  # no transport (closed, or an adapter without one)
         return 0
 
@@ -270,7 +277,6 @@ class _Delivery:
                     if getattr(m, "data", None) is data and getattr(m, "topic", None) == topic:
                         inflight.pop(pid, None)
             if not backlog.unacked:
-                session = self._handler.session
                 log.warning(
                     "client %r (login %r) did not take or acknowledge a message within "
                     "%g s: it is not sent again, if it did not arrive (the count follows "
@@ -293,10 +299,7 @@ CONNECT_WAIT = 10.0
 
 
 def _broker_class(
-    listen_fd: int | None = None,
-    open_stack: bool = False,
-    max_queued: int = 32 * 1024 * 1024,
-    max_offline: int = 1000,
+    listen_fd: int | None, open_stack: bool, max_queued: int, max_offline: int
 ) -> Any:
     """amqtt's Broker, without its retained-message leak.
 
@@ -372,8 +375,7 @@ def _broker_class(
             kept = target_session.retained_messages.qsize()
             backlog = _backlog(target_session)
             if kept >= max_offline:
-                if not backlog.dropped:
-                    backlog.since = time.time()
+                if backlog.drop():
                     log.warning(
                         "client %r (login %r) is away with %d messages kept for it "
                         "(max_queued_messages %d): newer ones are dropped until it is back",
@@ -382,7 +384,6 @@ def _broker_class(
                         kept,
                         max_offline,
                     )
-                backlog.dropped += 1
                 return
             await super()._retain_broadcast_message(broadcast, qos, target_session)
 
@@ -392,8 +393,7 @@ def _broker_class(
                 return None
             backlog = _backlog(session)
             if max(backlog.bytes, _buffered(handler)) >= max_queued:
-                if not backlog.dropped:
-                    backlog.since = time.time()
+                if backlog.drop():
                     log.warning(
                         "client %r (login %r) does not take its messages: %d bytes wait for "
                         "it (max_queued_bytes %d); messages for it are dropped until it does",
@@ -402,7 +402,6 @@ def _broker_class(
                         backlog.bytes,
                         max_queued,
                     )
-                backlog.dropped += 1
                 return None
             if backlog.dropped:
                 log.warning(
@@ -446,7 +445,7 @@ def _broker_class(
                 await writer.close()  # as amqtt: a malformed CONNECT closes the connection
                 raise
             except (TimeoutError, asyncio.TimeoutError):
-                transport = getattr(getattr(writer, "_writer", None), "transport", None)
+                transport = _transport(writer)
                 if transport is not None:
                     transport.abort()
                 else:
@@ -535,7 +534,7 @@ def _broker_class(
             task.add_done_callback(self._closing.discard)
 
         async def _close_silent(self, handler: Any) -> None:
-            transport = _transport(handler)
+            transport = _transport(handler.writer)
             if transport is not None:
                 transport.abort()  # not a graceful close: that waits for the client to read
             with contextlib.suppress(Exception):

@@ -359,23 +359,7 @@ class LabState:
         """A job's summary from the whole job (``job_status``): a finished job no longer
         retained has no summary of its own, and its page said "no such job (yet)"
         (found by a soak run)."""
-        return {
-            "id": whole.id,
-            "jobname": whole.jobname,
-            "status": whole.status,
-            "meaning": STATUS_MEANING.get(whole.status, whole.status),
-            "pipeline": whole.pipeline,
-            "sampleid": (whole.payload.get("sample") or {}).get("identifier")
-            if isinstance(whole.payload.get("sample"), dict)
-            else None,
-            "owner": whole.owner,
-            "submitted_at": whole.submitted_at,
-            "launched_at": whole.launched_at,
-            "completed_at": whole.completed_at,
-            "reason": whole.reason,
-            "points": self.points(whole.id),
-            "respath": whole.respath,
-        }
+        return self.job_summary(JobStatus.of(whole))
 
     def full(self) -> dict[str, Any]:
         """Everything the overview shows, for a page that just connected."""

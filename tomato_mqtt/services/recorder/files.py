@@ -268,10 +268,16 @@ class Files:
 
     def late_batch(self, jobid: int) -> None:
         """A new batch of ``jobid`` was stored: merge it if the job's file is final."""
-        if jobid in self._merging or jobid in self._running:
+        if jobid in self._merging or jobid in self._running or jobid in self._released_told:
+            return
+        if self.final_args(jobid) is None:
+            # a running job: no store query per batch (remember_final forgets it)
+            self._running.add(jobid)
+            while len(self._running) > 1000:
+                self._running.pop()
             return
         store = self.svc.store
-        if store is not None and jobid not in self._released_told and store.released(jobid):
+        if store is not None and store.released(jobid):
             # its other batches are gone: a merge would write a file of these alone
             self._released_told.add(jobid)
             log.warning(
@@ -279,14 +285,6 @@ class Files:
                 "([recorder] keep_days): kept in the store, its file is not rewritten",
                 jobid,
             )
-            return
-        if jobid in self._released_told:
-            return
-        if self.final_args(jobid) is None:
-            # a running job: no store query per batch (remember_final forgets it)
-            self._running.add(jobid)
-            while len(self._running) > 1000:
-                self._running.pop()
             return
         self._merging.add(jobid)
         self.svc.spawn(self._merge(jobid))

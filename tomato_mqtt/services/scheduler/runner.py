@@ -250,14 +250,12 @@ class JobRunner:
         """Stop every running task of this job at once (bounded: see CANCEL_WAIT)."""
         self.cancelled = True
         self.cancel_at = time.monotonic()
-        async with self.host.cond:
-            self.host.cond.notify_all()
+        await self._notify()
         running = [t for t in self.tasks if t.state in ("starting", "running")]
         await asyncio.gather(
             *(self._stop_task(t, "job cancelled") for t in running), return_exceptions=True
         )
-        async with self.host.cond:
-            self.host.cond.notify_all()
+        await self._notify()
 
     async def _stop_task(self, t: TaskState, reason: str) -> None:
         ok, msg, data = await self.host.component_request(
@@ -270,8 +268,7 @@ class JobRunner:
             log.warning("job %d: stopping task %d: %s", self.job.id, t.spec.index, msg)
         elif isinstance(data, dict) and data.get("running") is False:
             t.no_task = True  # nothing to wait for: the node holds no task
-            async with self.host.cond:
-                self.host.cond.notify_all()
+            await self._notify()
 
     def _failed(self) -> bool:
         return self.cancelled or self.error is not None
@@ -351,8 +348,7 @@ class JobRunner:
             t.state = "ended"
             t.end = {"reason": "error", "message": msg}
             self._save()
-            async with self.host.cond:
-                self.host.cond.notify_all()
+            await self._notify()
             return False
         t.state = "running"
         t.running_since = time.monotonic()
@@ -372,8 +368,7 @@ class JobRunner:
                             self._stop_task(other, f"stopped by {t.spec.task_name}")
                         )
                     )
-            async with self.host.cond:
-                self.host.cond.notify_all()
+            await self._notify()
         return True
 
     def _is_running(self, st: ComponentStatus, t: TaskState) -> bool:
@@ -611,15 +606,14 @@ class JobRunner:
         else:
             self._save()  # the task's end with its warning or error (a restart must see them)
         if self.error is not None:
-            async with self.host.cond:
-                self.host.cond.notify_all()
+            await self._notify()
 
     def _until_overrun(self, t: TaskState, component: str) -> float | None:
         """Seconds until the task counts as overrunning (None: said already, or not
         running); once it does, the job's reason and a warning say so (found by fault
         injection: a driver call that never returned left the job `r`, no reason, for
         good)."""
-        if t.overrun or self.cancelled:
+        if t.overrun_at is not None or self.cancelled:
             return None
         if t.running_since is None:
             t.running_since = time.monotonic()  # re-adopted: from now on
@@ -627,7 +621,6 @@ class JobRunner:
         ran = time.monotonic() - t.running_since
         if ran < limit:
             return limit - ran
-        t.overrun = True
         t.overrun_at = time.monotonic()
         what = (
             f"task {t.spec.index} ({t.spec.technique_name}) on {component} ran at least "
@@ -652,7 +645,7 @@ class JobRunner:
         its max_duration, or 10 % of it if longer): a driver call that never returns
         kept its job `r` for good (the pipeline's next job waits, saying why, until the
         node restarts). None: not overrunning, or cancelled (a cancel has its own bound)."""
-        if not t.overrun or self.cancelled or t.running_since is None:
+        if t.overrun_at is None or self.cancelled or t.running_since is None:
             return None
         now = time.monotonic()
         limit = t.spec.max_duration + max(
@@ -661,7 +654,7 @@ class JobRunner:
         left = limit - (now - t.running_since)
         # and only once the loop has run a while since the overrun was found and since it
         # last stood still: what came meanwhile (the task's end) is read first
-        confirmed = max(t.overrun_at or now, self.stood_still_at) + GIVE_UP_CONFIRM - now
+        confirmed = max(t.overrun_at, self.stood_still_at) + GIVE_UP_CONFIRM - now
         return max(left, confirmed)
 
     async def _reset_components(self) -> None:

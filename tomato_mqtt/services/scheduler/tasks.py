@@ -75,8 +75,8 @@ class TaskState:
     started_at: float | None = None  # on the node's clock (compared with its statuses)
     no_task: bool = False  # the node answered a stop with "no running task"
     running_since: float | None = None  # monotonic, on the scheduler's clock
-    overrun: bool = False  # said that it runs far past its max_duration
-    overrun_at: float | None = None  # monotonic: when that was found
+    #: monotonic: when it was found to run far past its max_duration (None: it does not)
+    overrun_at: float | None = None
     overrun_reason: str | None = None  # the job's reason while it did
     overrun_warning: str | None = None  # what the job's final reason says about it
 
