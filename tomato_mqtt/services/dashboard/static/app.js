@@ -325,4 +325,7 @@ function watchRoute() {
 }
 window.addEventListener("hashchange", watchRoute);
 window.S = S; window.esc = esc; window.mark = mark; window.can = can; window.fmtVal = fmtVal; window.route = route; window.renderRows = renderRows;
-connect();
+// connected once every script ran: on a busy machine the WebSocket opened before pages.js
+// had defined the job page, and a page opened at #/job/N stayed empty (a CI run)
+if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", connect);
+else connect();
