@@ -10,11 +10,12 @@ socket and queue into every service, and the supervisor stays lean.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from pathlib import Path
 
-__all__ = ["KEEP", "MAX_BYTES", "RotatingLog"]
+__all__ = ["KEEP", "MAX_BYTES", "RotatingFile", "RotatingLog"]
 
 #: bytes of one log file before the next one is started
 MAX_BYTES = 10 * 1024 * 1024
@@ -39,15 +40,49 @@ class RotatingLog(logging.FileHandler):
         super().emit(record)
 
     def _rotate(self) -> None:
-        path = self.baseFilename
         if self.stream is not None:
             self.stream.close()
             self.stream = None
-        for i in range(self.keep - 1, 0, -1):
-            if os.path.exists(f"{path}.{i}"):
-                os.replace(f"{path}.{i}", f"{path}.{i + 1}")
-        if self.keep > 0:
-            os.replace(path, f"{path}.1")
-        else:
-            os.remove(path)
+        _turn_over(self.baseFilename, self.keep)
         self.stream = self._open()
+
+
+class RotatingFile:
+    """What a child process prints (its stdout and stderr, as bytes), kept as
+    :class:`RotatingLog` keeps a log: the supervisor wrote it straight into a file that
+    grew for good (a driver that prints each point fills a disk in days)."""
+
+    def __init__(self, path: Path, max_bytes: int = MAX_BYTES, keep: int = KEEP) -> None:
+        self.path = str(path)
+        self.max_bytes = max_bytes
+        self.keep = keep
+        self._file = open(self.path, "ab")  # noqa: SIM115 (closed by close())
+
+    def write(self, data: bytes) -> None:
+        """Append ``data``; a file that cannot be written (a full disk) loses it, the
+        child goes on (it must never block on its output)."""
+        try:
+            if self._file.tell() >= self.max_bytes:
+                self._file.close()
+                _turn_over(self.path, self.keep)
+                self._file = open(self.path, "ab")  # noqa: SIM115
+            self._file.write(data)
+            self._file.flush()
+        except (OSError, ValueError):
+            pass
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self._file.close()
+
+
+def _turn_over(path: str, keep: int) -> None:
+    """``path`` becomes ``path.1`` (``path.1`` becomes ``path.2``, ...); ``keep`` older
+    files stay, the oldest goes."""
+    for i in range(keep - 1, 0, -1):
+        if os.path.exists(f"{path}.{i}"):
+            os.replace(f"{path}.{i}", f"{path}.{i + 1}")
+    if keep > 0:
+        os.replace(path, f"{path}.1")
+    else:
+        os.remove(path)

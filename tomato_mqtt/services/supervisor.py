@@ -15,7 +15,8 @@ waits in the socket's backlog and gets its CONNACK the moment the broker serves:
 connection is refused, so nobody retries with back-off, and the services' start-up
 overlaps the broker's. A broker that is restarted serves the same socket.
 
-This module imports only the standard library (and services/watchdog.py, stdlib only):
+This module imports only the standard library (and services/watchdog.py and
+services/logfile.py, stdlib only):
 the supervisor is a small, long-lived process (no CLI, no pydantic), started in a few
 tens of milliseconds.
 """
@@ -41,6 +42,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tomato_mqtt.services.logfile import RotatingFile, RotatingLog
 from tomato_mqtt.services.watchdog import SUPERVISOR_PID_ENV, pid_alive
 
 __all__ = [
@@ -158,6 +160,8 @@ class Child:
     started: float = 0.0
     log_path: Path | None = None
     fails: list[float] = field(default_factory=list)
+    #: copies what the process prints into its rotating stderr log (see _spawn)
+    pump: asyncio.Task[None] | None = None
 
 
 class Supervisor:
@@ -239,6 +243,9 @@ class Supervisor:
                 for c in self.children:
                     if c.name == name:
                         await self._terminate(c)
+            pumps = [c.pump for c in self.children if c.pump is not None]
+            if pumps:  # their last words reach their logs
+                await asyncio.wait(pumps, timeout=2.0)
             return 0
         finally:
             if self._listener is not None:
@@ -257,16 +264,24 @@ class Supervisor:
                 env[LISTEN_FD_ENV] = str(self.listen_fd)
             if self.broker_config is not None:
                 env[BROKER_CONFIG_ENV] = self.broker_config
-        with c.log_path.open("ab") as err:
+        # through a pipe into a file kept to a bounded size (services.logfile): written
+        # straight into the file, a driver that prints each point filled the disk
+        out = RotatingFile(c.log_path)
+        try:
             c.proc = await asyncio.create_subprocess_exec(
                 *c.argv,
                 cwd=self.logdir,  # see python(): never the folder tomato start ran in
                 stdin=asyncio.subprocess.DEVNULL,
-                stdout=err,
-                stderr=err,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
                 pass_fds=fds,
                 env=env,
             )
+        except BaseException:
+            out.close()
+            raise
+        assert c.proc.stdout is not None
+        c.pump = asyncio.ensure_future(_pump(c.proc.stdout, out))
         c.started = time.monotonic()
         log.info("started %s (pid %d)", c.name, c.proc.pid)
 
@@ -277,6 +292,9 @@ class Supervisor:
             if c.proc is None:
                 return
             rc = await c.proc.wait()
+            if c.pump is not None:  # what it printed last is in its log (_last_error)
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(c.pump), 2.0)
             if self.stopping:
                 return
             if c.name == "scheduler" and rc == EXIT_STOP_REQUESTED:
@@ -317,6 +335,15 @@ class Supervisor:
             await p.wait()
 
 
+async def _pump(stream: asyncio.StreamReader, out: RotatingFile) -> None:
+    """Copy a child's output into its log until the child closes it (exits)."""
+    try:
+        while chunk := await stream.read(65536):
+            out.write(chunk)
+    finally:
+        out.close()
+
+
 def _last_error(path: Path | None) -> str | None:
     """The last line of a child's stderr that names an error (its traceback's last line)."""
     if path is None:
@@ -334,8 +361,6 @@ def _last_error(path: Path | None) -> str | None:
 
 def _setup_logging(logdir: Path, verbosity: int) -> None:
     """As services.base.setup_logging (same file and format), without its imports."""
-    from tomato_mqtt.services.logfile import RotatingLog
-
     level = min(max(logging.INFO - 10 * verbosity, logging.DEBUG), logging.CRITICAL)
     logdir.mkdir(parents=True, exist_ok=True)
     logging.basicConfig(
