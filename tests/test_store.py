@@ -96,6 +96,52 @@ def test_a_released_job_s_batches_go_and_its_streams_show_no_gap_after_a_restart
     again.close()
 
 
+def test_idle_measurements_go_keep_days_after_they_were_stored(tmp_path: Path) -> None:
+    """Batches measured between jobs (a driver's idle_measurement_interval: no job, no
+    file, read by nothing) were kept for good, and each one's seq read into memory at
+    every start. They go as a job's batches do, keep_days after they were stored; the
+    jobs' batches stay, and the stream shows no gap after a restart."""
+    import sqlite3
+    import time
+
+    db = tmp_path / "r.sqlite"
+    st = BatchStore(db)
+    for seq in range(3):
+        _add(st, "s1", seq, None, 2, _raw(seq))  # idle
+    for seq in range(3, 5):
+        _add(st, "s1", seq, 9, 2, _raw(seq))  # job 9, not finished
+    _add(st, "s1", 5, None, 2, _raw(5))  # idle again
+    assert st.release_idle(time.time() - 60) == 0  # stored just now
+    assert st.release_idle(time.time() + 1) == 4
+    assert st.job_points(9) == {"c": 4} and len(st.job_batches(9)) == 2
+    assert st.release_idle(time.time() + 1) == 0
+    st.close()
+    again = BatchStore(db)  # a restarted recorder
+    assert again.high_water("c", "s1") == 5 and again.missing("c", "s1", 5) == []
+    again.close()
+    rows = sqlite3.connect(db).execute("SELECT count(*) FROM stored").fetchone()
+    assert rows == (2,)
+
+
+def test_a_store_from_before_stored_at_keeps_its_idle_batches_keep_days_more(
+    tmp_path: Path,
+) -> None:
+    import sqlite3
+    import time
+
+    db = tmp_path / "r.sqlite"
+    st = BatchStore(db)
+    _add(st, "s1", 0, None, 2, _raw(0))
+    st.close()
+    con = sqlite3.connect(db)  # the store as the version before wrote it
+    con.executescript("ALTER TABLE stored DROP COLUMN stored_at;")
+    con.close()
+    old = BatchStore(db)
+    assert old.release_idle(time.time() - 60) == 0  # counted as stored now
+    assert old.release_idle(time.time() + 1) == 1
+    old.close()
+
+
 def test_store_reports_gaps_until_they_are_filled(tmp_path: Path) -> None:
     st = BatchStore(tmp_path / "r.sqlite")
     for seq in (0, 1, 4, 5, 8):

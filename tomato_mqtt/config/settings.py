@@ -186,7 +186,8 @@ class RecorderSettings(_Section):
     #: paths are relative to the appdir. Empty on a secured stack: the datadir only.
     output_roots: list[Path] = Field(default_factory=list)
     #: days a job's points stay in the recorder's store after its file was written
-    #: (late data is merged into the file until then); 0: for ever
+    #: (late data is merged into the file until then), and idle measurements (no job)
+    #: after they arrived; 0: for ever
     keep_days: float = Field(default=30.0, ge=0)
 
 

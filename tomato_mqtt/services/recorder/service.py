@@ -175,7 +175,8 @@ class RecorderService(Service):
         """Release the batches of jobs whose file was written more than ``keep_days``
         ago: the store kept every point for good (a soak run: 45 MB an hour, ~27 GB a
         month for one 100 Hz component). Their files are not touched; late data for
-        them is kept in the store, not merged (see Files.late_batch)."""
+        them is kept in the store, not merged (see Files.late_batch). Batches of idle
+        measurements (no job) go ``keep_days`` after they were stored."""
         if self.keep_days <= 0:
             return
         await asyncio.sleep(RELEASE_FIRST)
@@ -187,8 +188,21 @@ class RecorderService(Service):
         store = self.store
         if store is None:
             return
+        before = time.time() - self.keep_days * 86400
         try:
-            jobs = store.releasable(time.time() - self.keep_days * 86400)
+            idle = store.release_idle(before)
+        except sqlite3.Error as e:
+            log.warning("cannot release idle measurements from the store: %s", e)
+            return
+        if idle:
+            log.info(
+                "%d batches of idle measurements (no job) released from the store: stored "
+                "more than %g days ago ([recorder] keep_days)",
+                idle,
+                self.keep_days,
+            )
+        try:
+            jobs = store.releasable(before)
         except sqlite3.Error as e:
             log.warning("cannot look for jobs to release from the store: %s", e)
             return

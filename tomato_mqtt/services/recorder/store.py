@@ -50,6 +50,7 @@ CREATE TABLE IF NOT EXISTS stored (
     npoints INTEGER NOT NULL,
     digest TEXT NOT NULL,
     raw BLOB NOT NULL,
+    stored_at REAL,
     PRIMARY KEY (component, stream, seq)
 );
 CREATE INDEX IF NOT EXISTS stored_job ON stored (job);
@@ -140,6 +141,10 @@ class BatchStore:
         """A store of the version keyed by (component, epoch, seq): streams e<epoch>; a
         ``finals`` table without ``written_at``/``released`` (its jobs count as written
         now)."""
+        if "stored_at" not in {str(r[1]) for r in self._db.execute("PRAGMA table_info(stored)")}:
+            # idle batches stored before count as stored now (released keep_days later)
+            self._db.execute("ALTER TABLE stored ADD COLUMN stored_at REAL")
+            self._db.execute("UPDATE stored SET stored_at = ?", (time.time(),))
         cols = {str(r[1]) for r in self._db.execute("PRAGMA table_info(finals)")}
         if "written_at" not in cols:
             self._db.execute("ALTER TABLE finals ADD COLUMN written_at REAL")
@@ -155,9 +160,12 @@ class BatchStore:
         rows = self._db.execute(
             "SELECT component, epoch, seq, job, task, npoints, raw FROM batches"
         ).fetchall()
+        now = time.time()
         self._db.executemany(
-            "INSERT OR IGNORE INTO stored VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [(c, f"e{e}", s, e, j, t, n, digest(bytes(r)), r) for c, e, s, j, t, n, r in rows],
+            "INSERT OR IGNORE INTO stored "
+            "(component, stream, seq, epoch, job, task, npoints, digest, raw, stored_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [(c, f"e{e}", s, e, j, t, n, digest(bytes(r)), r, now) for c, e, s, j, t, n, r in rows],
         )
         self._db.execute("DROP TABLE batches")
         self._db.execute("COMMIT")
@@ -187,9 +195,9 @@ class BatchStore:
         d = digest(raw)
         cur = self._db.execute(
             "INSERT OR IGNORE INTO stored "
-            "(component, stream, seq, epoch, job, task, npoints, digest, raw) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (component, stream, seq, epoch, job, task, npoints, d, raw),
+            "(component, stream, seq, epoch, job, task, npoints, digest, raw, stored_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (component, stream, seq, epoch, job, task, npoints, d, raw, time.time()),
         )
         if cur.rowcount == 1:
             self._stream(component, stream).add(seq)
@@ -296,11 +304,23 @@ class BatchStore:
         """Delete the job's batches (its file is written); returns how many. Each of its
         streams keeps its high water in ``floors``, raised past the released batches: a
         restarted recorder must not take them for gaps and ask nodes for them."""
+        return self._release("job = ?", (job,), "UPDATE finals SET released = 1 WHERE job = ?")
+
+    def release_idle(self, stored_before: float) -> int:
+        """Delete the batches measured between jobs (a driver's idle measurements: no job,
+        no file, read by nothing) stored before that time; returns how many. They were
+        kept for good, and each one's seq is read into memory at every start."""
+        return self._release("job IS NULL AND stored_at < ?", (stored_before,))
+
+    def _release(self, where: str, params: tuple[Any, ...], then: str | None = None) -> int:
         tops = self._db.execute(
-            "SELECT component, stream, max(seq), count(*) FROM stored WHERE job = ? "
-            "GROUP BY component, stream",
-            (job,),
+            "SELECT component, stream, max(seq), count(*) FROM stored WHERE "
+            + where
+            + " GROUP BY component, stream",
+            params,
         ).fetchall()
+        if not tops and then is None:
+            return 0
         self._db.execute("BEGIN IMMEDIATE")
         try:
             for c, st, top, _n in tops:
@@ -312,8 +332,9 @@ class BatchStore:
                     "max(high_water, excluded.high_water)",
                     (str(c), str(st), floor),
                 )
-            self._db.execute("DELETE FROM stored WHERE job = ?", (job,))
-            self._db.execute("UPDATE finals SET released = 1 WHERE job = ?", (job,))
+            self._db.execute("DELETE FROM stored WHERE " + where, params)
+            if then is not None:
+                self._db.execute(then, params)
             self._db.execute("COMMIT")
         except BaseException:
             self._db.execute("ROLLBACK")
