@@ -527,3 +527,56 @@ def test_a_node_back_from_a_freeze_yields_to_the_one_that_took_its_name(tmp_path
             for p in (first, second):
                 if p is not None:
                     _end(p)
+
+
+def test_a_node_of_a_taken_name_on_a_pc_whose_clock_is_ahead_is_refused(tmp_path: Path) -> None:
+    """The name check judged a heartbeat by comparing the other node's clock with its own:
+    on an instrument PC whose clock ran 60 s ahead (no NTP on a lab network), the running
+    node's heartbeats looked a minute old, so a second node of its name (a settings file
+    copied from one PC to the next) took the name, ignored the other's heartbeats for good,
+    and both ran every task. Liveness is now judged by what arrives, not by clocks."""
+    from tests.chaos.host_faults import Unavailable, libfaketime
+    from tests.stack import BIN
+
+    try:
+        lib = libfaketime()
+    except Unavailable as e:
+        pytest.fail(f"{e}: the test command installs it")
+
+    def node(data: str, env: dict[str, str]) -> subprocess.Popen[str]:
+        argv = [str(BIN / "tomato"), "node", "--name", "spare", "-p", str(st.port),
+                "-A", str(st.appdir), "-D", str(tmp_path / data)]  # fmt: skip
+        return subprocess.Popen(
+            argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env={**os.environ, **env},
+        )  # fmt: skip
+
+    def online_pid(pid: int, within: float) -> bool:
+        deadline = time.monotonic() + within
+        while time.monotonic() < deadline:
+            spare = st.json("tomato", "status", "nodes")["data"].get("spare") or {}
+            if (spare.get("state"), spare.get("pid")) == ("online", pid):
+                return True
+            time.sleep(0.3)
+        return False
+
+    with running_stack(tmp_path) as st:
+        first = node("first", {})
+        ahead: subprocess.Popen[str] | None = None
+        try:
+            assert online_pid(first.pid, 30)
+            skewed = {"LD_PRELOAD": lib, "FAKETIME": "+60s", "DONT_FAKE_MONOTONIC": "1"}
+            ahead = node("ahead", skewed)
+            try:
+                err = ahead.communicate(timeout=30)[1]
+            except subprocess.TimeoutExpired:
+                pytest.fail("the node whose clock is 60 s ahead runs under the taken name")
+            assert ahead.returncode == 1, err
+            assert f"a node named 'spare' is running already (pid {first.pid} on " in err, err
+            time.sleep(3.0)
+            assert first.poll() is None, first.communicate()[1]
+            assert online_pid(first.pid, 5)
+        finally:
+            for p in (first, ahead):
+                if p is not None:
+                    _end(p)

@@ -700,3 +700,27 @@ async def test_a_task_start_whose_answer_was_lost_runs_on() -> None:
     await _task_ended(host)
     status, reason = await asyncio.wait_for(done, 10)
     assert (status, reason) == ("c", None), (status, reason)
+
+
+def test_a_node_is_heard_alive_by_what_arrives_never_by_its_clock(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The name check's liveness (services/node/service.py _Liveness): two heartbeats of
+    one node as far apart as they were sent prove it alive, whatever its clock says (an
+    hour off); a retained status alone does not, nor do heartbeats queued in a stall and
+    delivered at once, nor one older than the last."""
+    from tomato_mqtt.services.node import service as node_service
+
+    now = [1000.0]
+    monkeypatch.setattr(node_service.time, "monotonic", lambda: now[0])
+    heard = node_service._Liveness()
+    key = (1, 42, "pc2")
+    h = 5_000_000.0  # its clock, far from this one's
+    assert not heard.alive(key, h)  # its retained status
+    now[0] += 0.01
+    assert not heard.alive(key, h + 2) and not heard.alive(key, h + 4)  # a stall's queue
+    now[0] += 2.0
+    assert heard.alive(key, h + 6)  # a live heartbeat, 2 s after the last one
+    now[0] += 2.0
+    assert not heard.alive(key, h + 5)  # older than the last one heard
+    assert not heard.alive((2, 43, "pc3"), h + 8)  # another node: first word

@@ -109,6 +109,28 @@ def _load_units() -> None:
 GONE_AFTER = 2.5
 
 
+class _Liveness:
+    """Whether other nodes are alive, judged by what arrives: a heartbeat of a node newer
+    than the last one heard of it, that came at least half as long after that one as it
+    was sent after it. Never by comparing another PC's clock with this one's (an
+    instrument PC without NTP may be minutes off: a live node's heartbeats looked old, and
+    two nodes ran under one name). A retained status alone proves nothing (a node long
+    gone), nor do heartbeats queued in a stall and delivered at once."""
+
+    def __init__(self) -> None:
+        #: (epoch, pid, host) -> (its heartbeat, when it arrived: monotonic)
+        self._last: dict[tuple[int, int | None, str | None], tuple[float, float]] = {}
+
+    def alive(self, key: tuple[int, int | None, str | None], heartbeat: float) -> bool:
+        now = time.monotonic()
+        last = self._last.get(key)
+        if last is None or heartbeat > last[0]:
+            self._last[key] = (heartbeat, now)
+        if last is None or heartbeat <= last[0]:
+            return False
+        return now - last[1] >= 0.5 * (heartbeat - last[0])
+
+
 def _who(st: NodeStatus) -> tuple[int, int | None, str | None]:
     """Which run of a node sent ``st``: epoch, pid and host (two nodes started within one
     second share a time-based epoch)."""
@@ -128,8 +150,8 @@ class NodeService(Service):
         self._beat_at: float | None = None
         #: the check of its name after a freeze, while it runs (_may_speak)
         self._recheck: asyncio.Future[bool] | None = None
-        #: other nodes heard on this node's own status topic: (epoch, pid, host) -> heartbeat
-        self._rivals: dict[tuple[int, int | None, str | None], float] = {}
+        #: other nodes heard on this node's own status topic (_heard_own_status)
+        self._rivals = _Liveness()
         #: why it stopped at once: its name is another running node's (_refuse)
         self.refused: str | None = None
         self._warned_unconfigured = False
@@ -280,7 +302,7 @@ class NodeService(Service):
             self._refuse(other)
             return False
         self._claimed = True
-        self._rivals = {}
+        self._rivals = _Liveness()
         if self._beat_at is not None:  # checked just now: not silent (_may_speak)
             self._beat_at = time.monotonic()
         loop = asyncio.get_running_loop()
@@ -297,11 +319,6 @@ class NodeService(Service):
     def _me(self) -> tuple[int, int | None, str | None]:
         return (self.epoch, os.getpid(), socket.gethostname())
 
-    def _fresh(self, st: NodeStatus) -> bool:
-        """Whether ``st`` was sent (by its node's clock) within GONE_AFTER heartbeats: an
-        older one is of a node gone, or was queued before a freeze and delivered late."""
-        return time.time() - st.heartbeat <= GONE_AFTER * self.heartbeat
-
     def _heard_own_status(self, st: NodeStatus) -> None:
         """Two nodes of one name that checked it at the same moment (both connecting when
         the broker came up, a boot after a power cut) each found it free: both would run
@@ -312,12 +329,8 @@ class NodeService(Service):
         key = _who(st)
         if st.state != "online" or key == self._me() or self._claimed is not True:
             return
-        if not self._fresh(st):
-            return  # sent before a freeze, delivered late: it says nothing of a live node
-        last = self._rivals.get(key)
-        self._rivals[key] = st.heartbeat
-        if last is None or st.heartbeat <= last:
-            return  # once may be a retained status of a node long gone: twice is alive
+        if not self._rivals.alive(key, st.heartbeat):
+            return  # once may be a retained status of a node long gone: see _Liveness
         other = f"pid {st.pid} on {st.host}, epoch {st.epoch}"
         mine = (self.epoch, socket.gethostname(), os.getpid())
         # a node back from a freeze, silent for longer than others wait, is the one that
@@ -434,8 +447,9 @@ class NodeService(Service):
                 return None
             if last.host == socket.gethostname() and last.pid and not pid_alive(last.pid):
                 return None
-            if not self._fresh(last):
-                return None  # its heartbeats stopped: gone (its will not sent yet)
+            # alive if a newer heartbeat of it comes (its clock is not compared with this
+            # one's: a heartbeat "a minute old" was of a live node on a PC whose clock
+            # ran a minute behind, and a second node took its name)
             deadline = loop.time() + 1.5 * self.heartbeat
             while (left := deadline - loop.time()) > 0:
                 try:
@@ -461,14 +475,16 @@ class NodeService(Service):
         first: NodeStatus | None,
     ) -> str | None:
         """Another node of this name heard alive on its topic within GONE_AFTER heartbeats
-        (a status it sent within that time, by its clock: what a frozen node had queued
-        goes out late and old), or None."""
+        (two heartbeats of it as far apart as they were sent: see _Liveness), or None."""
         pending = [first] if first is not None else []
         deadline = loop.time() + GONE_AFTER * self.heartbeat
+        heard = _Liveness()
         while True:
             while pending:
                 st = pending.pop()
-                if st.state == "online" and self._fresh(st) and _who(st) != self._me():
+                if st.state != "online" or _who(st) == self._me():
+                    continue
+                if heard.alive(_who(st), st.heartbeat):
                     return f"pid {st.pid} on {st.host}, epoch {st.epoch}"
             left = deadline - loop.time()
             if left <= 0:
