@@ -27,6 +27,7 @@ import pytest
 import xarray as xr
 import yaml
 
+from tests.counts import taken
 from tests.stack import BIN, CONFIG, Stack, make_stack, started, stop_stack
 
 pytestmark = pytest.mark.timeout(180)
@@ -407,3 +408,29 @@ def test_a_driver_call_that_never_returns_ends_its_job_and_holds_the_next(
         st.wait_job(second, {"r"}, timeout=60)
         st.run("ketchup", "cancel", str(second), check=True)
         assert st.wait_job(second, {"cd", "ce", "c"}, timeout=30)["status"] == "cd"
+
+
+def test_a_job_that_starts_as_its_node_registers_the_component_waits_for_it(
+    tmp_path: Path,
+) -> None:
+    """An outside fault run: a job submitted while its node restarted (kill -9) ended `ce`
+    "component … is not registered", with no points, in 3 of 15 tries. The node came back
+    online, the scheduler launched the queued job at once (the component's meta of before
+    said registered) and its task_start came while the new node registered the component
+    (~10 ms for the counter; here an instrument that takes 1.5 s to answer). A task_start
+    now waits for the component's registration to end."""
+    settings = "[drivers.faulty]\nconnect_seconds = 1.5\n"
+    with faulty_stack(tmp_path, "faulty_retry_devices.yml", settings, start_timeout=20) as st:
+        name = "faulty:(ok,1)"
+        wait_component(st, name, lambda c: c.get("registered") and c.get("state") == "idle", "idle")
+        st.load_ready("pip-ok", "during-restart")
+        node = st.child_pid("node")
+        os.kill(node, signal.SIGKILL)
+        # queued while the node is away: launched the moment the new one is online
+        jobid = st.submit(payload(st, "during-restart", 1.0))
+        job = st.wait_job(jobid, {"c", "ce", "cd"}, timeout=60)
+        assert st.child_pid("node") != node
+        assert job["status"] == "c", (job, st.logs())
+        n, missed = taken(job)
+        got = role_data(job["respath"])["k"].values.tolist()
+        assert n + missed == 10 and len(got) == n and got == sorted(set(got)), (n, missed, got)

@@ -6,6 +6,7 @@ made by the node through ``asyncio.to_thread``.
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 from collections.abc import Callable, Mapping
@@ -101,6 +102,9 @@ class HostedComponent:
     #: its end is then an error, never "done" with points missing from the file, and
     #: counts only the points sent (the recorder waits for every point an end counts)
     unsent: dict[tuple[int | None, int | None], tuple[str, int]] = field(default_factory=dict)
+    #: set once its first registration ended (registered, or failed: see ``error``); a
+    #: task_start that comes meanwhile waits for it (ops.op_task_start)
+    settled: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
     def name(self) -> str:

@@ -8,6 +8,7 @@ driver calls run in a worker thread; a component's task start is serialised by a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +26,10 @@ if TYPE_CHECKING:
     from tomato_mqtt.services.node.service import NodeService
 
 __all__ = ["ComponentOps"]
+
+#: s a task_start waits for its component's first registration to end (the scheduler
+#: waits 10 s for the answer)
+REGISTER_WAIT = 8.0
 
 
 class ComponentOps:
@@ -57,6 +62,14 @@ class ComponentOps:
 
     async def op_task_start(self, hc: HostedComponent, args: Mapping[str, JsonValue]) -> Result:
         task = TaskSpec.model_validate(args.get("task"))
+        if hc.runner is None and not hc.settled.is_set():
+            # registering: a node just started (or reloaded it). The scheduler took the
+            # component for ready from its meta of before, and a job submitted as its
+            # node restarted ended ce "is not registered" a few ms before it was (an
+            # outside fault run: 3 of 15). A driver's registration may take a while
+            # (an instrument to connect to); the scheduler waits 10 s for this answer
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(hc.settled.wait(), REGISTER_WAIT)
         async with self.lock(hc):
             runner = self.runner(hc)
             again = self._started_already(hc, task)

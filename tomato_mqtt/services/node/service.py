@@ -669,6 +669,12 @@ class NodeService(Service):
 
     # -- registration --------------------------------------------------------------------
     async def _register_loop(self, hc: HostedComponent) -> None:
+        try:
+            await self._register_until_done(hc)
+        finally:
+            hc.settled.set()
+
+    async def _register_until_done(self, hc: HostedComponent) -> None:
         delay = 1.0
         while not hc.closed and not self.stopping:
             try:
@@ -701,6 +707,7 @@ class NodeService(Service):
                 log.warning("node %s: %s: %s", self.name, hc.name, hc.error)
                 await self._publish_meta(hc)
                 await self.publish_status(hc)
+                hc.settled.set()  # a task_start waiting for it hears why (retried later)
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), delay)
             delay = min(delay * 2, 30.0)

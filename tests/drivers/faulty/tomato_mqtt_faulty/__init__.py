@@ -41,13 +41,16 @@ Where it fails comes from the component's address and from ``[drivers.faulty]``:
 ``oneattr``
     ``get_attr("mode")`` raises ``RuntimeError``; the other attributes read.
 
-The setting ``idle_measurement_interval`` (seconds) turns idle measurements on.
+The setting ``idle_measurement_interval`` (seconds) turns idle measurements on;
+``connect_seconds`` makes every ``Device.__init__`` take that long (an instrument that
+takes a while to answer when a node registers it).
 """
 
 from __future__ import annotations
 
 import sys
 import threading
+import time
 from collections import defaultdict
 from collections.abc import Mapping
 from typing import Any
@@ -98,6 +101,7 @@ class Device(ModelDevice):
     def __init__(self, driver: DriverInterface, key: tuple[str, str], **kwargs: Any) -> None:
         super().__init__(driver, key, **kwargs)
         self.faults = faults_of(key[0], driver.settings)
+        time.sleep(float(driver.settings.get("connect_seconds", 0)))
         driver.attempts[key] += 1
         if "connect" in self.faults:
             limit = driver.settings.get("connect_failures")
