@@ -197,6 +197,18 @@ async def test_every_failure_is_a_client_error_with_a_code(
         assert e.value.code == "bad_request", e.value
         # a handle on an existing job says it has not asked yet (it showed `q`)
         assert repr(t.job(7)) == "<Job 7 (status not asked yet: .status())>"
+        # a job cancelled while queued has no file: results() says so (it spoke of a
+        # snapshot, an integrator's audit)
+        queued = await t.submit(
+            {"version": "0.2", "sample": {"name": "nobody-holds-it"},
+             "method": [{"device": "counter", "technique": "count", "time": 1.0, "delay": 0.1}]},
+        )  # fmt: skip
+        await queued.cancel()
+        assert (await queued.wait(10)).status == "cd"
+        with pytest.raises(ClientError) as e:
+            await queued.results()
+        assert e.value.code == "conflict", e.value
+        assert "never started (it ended cd while queued): it has no data" in str(e.value)
 
 
 def test_the_documented_payload_error_and_a_missing_appdir(tmp_path: Path) -> None:

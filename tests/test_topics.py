@@ -273,3 +273,19 @@ def test_any_name_builds_a_parseable_topic(name: str) -> None:
         parsed = T.parse(build(name))
         assert parsed is not None
         assert parsed.name == slug(name)
+
+
+def test_the_slug_table_of_topics_md_is_what_slug_computes() -> None:
+    """docs/topics.md is the rule an integrator re-implements (a JS dashboard): its table
+    is checked, including names whose ends are trimmed and one with no readable part
+    (an integrator's audit: the doc did not say so, and a re-implementation differed)."""
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "topics.md").read_text()
+    table = text.split("| name | slug |", 1)[1].split("\n\n", 1)[0]
+    rows = [r.split("|")[1:3] for r in table.strip().splitlines()[1:]]
+    pairs = [(n.strip().strip("`"), sl.strip().strip("`")) for n, sl in rows]
+    assert len(pairs) >= 6, pairs
+    assert ("é", "x--5326bb9925") in pairs and ("-lead", "lead--32ed32d5f0") in pairs
+    for name, expected in pairs:
+        assert slug(name) == expected, (name, slug(name), expected)

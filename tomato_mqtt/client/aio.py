@@ -450,6 +450,14 @@ class AsyncTomato:
         """The job's data: its results file when it has ended and the file is readable
         here, else an up-to-date snapshot fetched over MQTT (as :meth:`snapshot`)."""
         job = await self.status(jobid)
+        if job.status in FINAL and job.launched_at is None:
+            # it ended while queued: no data, and no file at its respath (an
+            # integrator's audit: the answer spoke of a snapshot never asked for)
+            raise ClientError(
+                f"job {jobid} never started (it ended {job.status} while queued): it has no "
+                "data and no results file",
+                "conflict",
+            )
         if job.status in FINAL and job.respath and Path(job.respath).is_file():
             if path is None:
                 # in a thread: the lock may be held by a recorder in this process
