@@ -295,6 +295,38 @@ async def test_full_store_is_visible_and_storage_resumes_by_itself(
             assert b'"first":1' in rp.payload.replace(b" ", b"")
 
 
+async def test_storing_resumes_once_space_is_freed_and_the_reason_names_the_store(
+    broker: RunningBroker, instance: str, tmp_path: Path
+) -> None:
+    """An outside fault run (the recorder's disk full past a finalize's wait): the job's
+    reason said its node "sent them again and they did not arrive: does the broker drop
+    them?", though the broker dropped nothing and the store refused them; and once space
+    was freed the refused batches came back only with the next replay request, 38 s
+    later. The reason now names the store, and storing resumes within seconds of the
+    space coming back, without a new batch to store."""
+    with tmpfs(tmp_path / "store", "1m") as store:
+        async with recorder(broker, instance, store / "r.sqlite") as (svc, c, _req, t):
+            events = Collector()
+            await c.subscribe(t.job_event(4), handler=events)
+            data = t.component_data(CMP)
+            await c.publish(data, _batch(4, 0, "s", 0, 5), qos=1)
+            await _stored(svc, 4, 5)
+            filler = _fill(store)
+            await c.publish(data, _batch(4, 0, "s", 1, 2000), qos=1)
+            await events.wait(lambda m: decode(JobEvent, m.payload).event == "storage_fault")
+            ((cmp, stream), st) = next(iter(svc.streams.items()))
+            st.next_ask = time.monotonic() + 3600  # as after a few replay requests
+            why = svc.why_stuck(cmp, stream, [(1, 1)], st)
+            assert "cannot store data" in why and "broker" not in why, why
+            filler.unlink()  # and nothing more arrives
+            began = time.monotonic()
+            await events.wait(
+                lambda m: decode(JobEvent, m.payload).event == "storage_resumed", timeout=10
+            )
+            assert svc.storage_error is None and time.monotonic() - began < 8
+            assert st.next_ask == 0.0  # the refused batches are asked for at once
+
+
 async def test_presence_by_receipt_and_clock_skew_flagged(
     broker: RunningBroker, instance: str, tmp_path: Path
 ) -> None:

@@ -83,6 +83,8 @@ class _Stream:
 REPLAY_TELL = 5
 #: the longest wait between two replay requests for the same gaps (s)
 REPLAY_BACKOFF_MAX = 60.0
+#: s between two tries of a store that took no writes (_storage_watch)
+STORAGE_PROBE = 2.0
 
 
 #: jobs shown in recorder/status: the newest, and those merged into most recently
@@ -169,7 +171,22 @@ class RecorderService(Service):
         self.spawn(run_when_idle(warm_up_writer, "recorder warm-up"))
 
     def loops(self) -> list[Coroutine[Any, Any, Any]]:
-        return [self._ack_loop(), self._release_loop()]
+        return [self._ack_loop(), self._release_loop(), self._storage_watch()]
+
+    async def _storage_watch(self) -> None:
+        """While the store takes no writes, try one every STORAGE_PROBE s: storing works
+        again when space is freed, not only when a batch next arrives (the batches the
+        store refused came back with the next replay request, up to a minute later: an
+        outside fault run saw a job's late data merged 38 s after its disk was freed)."""
+        while True:
+            await asyncio.sleep(STORAGE_PROBE)
+            if self.storage_error is None or self.store is None:
+                continue
+            try:
+                self.store.probe()
+            except (sqlite3.Error, OSError):
+                continue
+            self._storage_ok()
 
     async def _release_loop(self) -> None:
         """Release the batches of jobs whose file was written more than ``keep_days``
@@ -367,6 +384,8 @@ class RecorderService(Service):
             return
         log.info("storing data again (was: %s)", self.storage_error)
         self.storage_error = None
+        for st in self.streams.values():  # what was refused is asked for at once
+            st.next_ask = 0.0
         for job in self._storage_told:
             self.job_event(job, "storage_resumed", {})
         self._storage_told.clear()
@@ -429,12 +448,16 @@ class RecorderService(Service):
             args = ReplayArgs(epoch=epoch, first=first, last=last, stream=stream)
             self.spawn(self._replay(component, st, args))
 
-    @staticmethod
-    def why_stuck(component: str, stream: str, gaps: list[tuple[int, int]], st: _Stream) -> str:
+    def why_stuck(
+        self, component: str, stream: str, gaps: list[tuple[int, int]], st: _Stream
+    ) -> str:
         """Why the batches ``gaps`` of a stream are still missing after replay requests."""
         seqs = ", ".join(f"{a}..{b}" if a != b else str(a) for a, b in gaps[:5])
         more = f" and {len(gaps) - 5} more" if len(gaps) > 5 else ""
         head = f"{component} stream {stream}: batches {seqs}{more} were asked for {st.asked} times"
+        if self.storage_error is not None:
+            # they came, and the store refused them (it blamed the broker: an outside run)
+            return f"{head}; {self.storage_error}"
         if st.replayed is None:
             return f"{head} and its node did not answer: is it running?"
         if st.replayed == 0:

@@ -27,6 +27,7 @@ the released batches were.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import hashlib
 import json
 import sqlite3
@@ -172,6 +173,20 @@ class BatchStore:
 
     def close(self) -> None:
         self._db.close()
+
+    def probe(self) -> None:
+        """A write that stores nothing (raises sqlite3.Error when the store cannot take
+        writes: a full disk): whether storing works again, without a batch to store."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            self._db.execute("CREATE TABLE IF NOT EXISTS probe (t REAL)")
+            self._db.execute("INSERT INTO probe VALUES (?)", (time.time(),))
+            self._db.execute("DELETE FROM probe")
+            self._db.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                self._db.execute("ROLLBACK")
+            raise
 
     def _stream(self, component: str, stream: str) -> _Stream:
         st = self._streams.get((component, stream))
