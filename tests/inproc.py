@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from tomato_mqtt.config.settings import Settings, load_settings, settings_url
 from tomato_mqtt.model.jobs import Job
 from tomato_mqtt.services.base import Service
@@ -59,6 +61,19 @@ class InProc:
 
     async def raw(self, topic: str, args: dict[str, Any] | None = None) -> Reply:
         return await self.requester.request(topic, args or {}, timeout=10)
+
+    async def short_job(self) -> Job:
+        """counter_1_0.1 for 0.3 s on pip-counter-1 (loaded and made ready), ended ``c``."""
+        payload = yaml.safe_load((CONFIG / "counter_1_0.1.yml").read_text())
+        payload["method"][0].update(time=0.3, delay=0.1)
+        work = self.settings.datadir / "work"
+        work.mkdir(parents=True, exist_ok=True)
+        await self.call("pipeline_load", {"pipeline": "pip-counter-1", "sampleid": "counter_1_0.1"})
+        await self.call("pipeline_ready", {"pipeline": "pip-counter-1"})
+        job = await self.call("job_submit", {"payload": payload, "submit_dir": str(work)})
+        done = await self.wait_job(job.id, {"c", "ce", "cd"}, timeout=30)
+        assert done.status == "c", done
+        return done
 
     async def wait_job(self, jobid: int, statuses: set[str], timeout: float = 30) -> Job:
         async def seen() -> Job:

@@ -207,24 +207,15 @@ async def test_a_finished_job_no_longer_retained_has_its_page(
     summary made from the whole job."""
     import json
 
-    import yaml
+    from tests.inproc import inproc_stack
 
-    from tests.inproc import CONFIG, inproc_stack
-
-    payload = yaml.safe_load((CONFIG / "counter_1_0.1.yml").read_text())
-    payload["method"][0].update(time=0.3, delay=0.1)
     async with (
         inproc_stack(
             broker.port, tmp_path, instance, settings="[jobs]\nretain_finished = 0\n"
         ) as st,
         running_dashboard(broker.url, instance) as dash,
     ):
-        work = st.settings.datadir / "work"
-        work.mkdir(parents=True)
-        await st.call("pipeline_load", {"pipeline": "pip-counter-1", "sampleid": "counter_1_0.1"})
-        await st.call("pipeline_ready", {"pipeline": "pip-counter-1"})
-        job = await st.call("job_submit", {"payload": payload, "submit_dir": str(work)})
-        assert (await st.wait_job(job.id, {"c", "ce", "cd"}, timeout=30)).status == "c"
+        job = await st.short_job()
         await _until(lambda: job.id not in dash.state.jobs, 10, "its retained status cleared")
         page = Viewer(session=dash.sessions.shared)
         dash.viewers.add(page)

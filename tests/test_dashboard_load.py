@@ -14,29 +14,20 @@ import contextlib
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from tests.browser import chromium_page, running_dashboard
 from tests.conftest import RunningBroker
-from tests.inproc import CONFIG, inproc_stack
+from tests.inproc import inproc_stack
 
 
 async def test_a_job_page_opened_while_its_script_is_slow_shows_the_job(
     broker: RunningBroker, tmp_path: Path, instance: str
 ) -> None:
-    payload = yaml.safe_load((CONFIG / "counter_1_0.1.yml").read_text())
-    payload["method"][0].update(time=0.3, delay=0.1)
     async with (
         inproc_stack(broker.port, tmp_path, instance) as st,
         running_dashboard(broker.url, instance) as dash,
         chromium_page() as (_, page),
     ):
-        work = st.settings.datadir / "work"
-        work.mkdir(parents=True)
-        await st.call("pipeline_load", {"pipeline": "pip-counter-1", "sampleid": "counter_1_0.1"})
-        await st.call("pipeline_ready", {"pipeline": "pip-counter-1"})
-        job = await st.call("job_submit", {"payload": payload, "submit_dir": str(work)})
-        assert (await st.wait_job(job.id, {"c", "ce", "cd"}, timeout=30)).status == "c"
+        job = await st.short_job()
 
         opened = asyncio.Event()
 

@@ -402,6 +402,29 @@ def _end(p: subprocess.Popen[str]) -> None:
         p.communicate()
 
 
+def _spare(st: Stack, data: Path, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    """A node named ``spare`` the test runs itself (its data folder ``data``)."""
+    from tests.stack import BIN
+
+    argv = [str(BIN / "tomato"), "node", "--name", "spare", "-p", str(st.port),
+            "-A", str(st.appdir), "-D", str(data)]  # fmt: skip
+    return subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, **(env or {})},
+    )  # fmt: skip
+
+
+def _spare_online(st: Stack, pid: int, within: float) -> bool:
+    """Whether the scheduler shows node ``spare`` online as process ``pid`` in time."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        spare = st.json("tomato", "status", "nodes")["data"].get("spare") or {}
+        if (spare.get("state"), spare.get("pid")) == ("online", pid):
+            return True
+        time.sleep(0.3)
+    return False
+
+
 def test_two_nodes_of_one_name_that_check_it_at_once_leave_one(tmp_path: Path) -> None:
     """Two nodes of one name that connect at the same moment (both waiting for the
     broker: a boot after a power cut) each found the name free, as neither had said
@@ -491,38 +514,22 @@ def test_a_node_back_from_a_freeze_yields_to_the_one_that_took_its_name(tmp_path
     does not enforce keep-alive) and its next heartbeat made the live node, started
     later, yield to it. Back from a freeze, a node checks its name before it says a
     word, and yields."""
-    from tests.stack import BIN
-
-    def node(data: str) -> subprocess.Popen[str]:
-        argv = [str(BIN / "tomato"), "node", "--name", "spare", "-p", str(st.port),
-                "-A", str(st.appdir), "-D", str(tmp_path / data)]  # fmt: skip
-        return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-    def online_pid(pid: int, within: float) -> bool:
-        deadline = time.monotonic() + within
-        while time.monotonic() < deadline:
-            spare = st.json("tomato", "status", "nodes")["data"].get("spare") or {}
-            if (spare.get("state"), spare.get("pid")) == ("online", pid):
-                return True
-            time.sleep(0.3)
-        return False
-
     with running_stack(tmp_path) as st:
-        first = node("first")
+        first = _spare(st, tmp_path / "first")
         second: subprocess.Popen[str] | None = None
         try:
-            assert online_pid(first.pid, 30)
+            assert _spare_online(st, first.pid, 30)
             os.kill(first.pid, signal.SIGSTOP)
             time.sleep(6.0)  # past 2.5 heartbeats (2 s): gone for the others
-            second = node("second")
-            assert online_pid(second.pid, 30), "the second did not take the free name"
+            second = _spare(st, tmp_path / "second")
+            assert _spare_online(st, second.pid, 30), "the second did not take the free name"
             os.kill(first.pid, signal.SIGCONT)
             err = first.communicate(timeout=30)[1]
             assert first.returncode == 1, err
             assert f"a node named 'spare' is running already (pid {second.pid} on " in err, err
             time.sleep(3.0)
             assert second.poll() is None, second.communicate()[1]
-            assert online_pid(second.pid, 5)
+            assert _spare_online(st, second.pid, 5)
         finally:
             for p in (first, second):
                 if p is not None:
@@ -536,37 +543,19 @@ def test_a_node_of_a_taken_name_on_a_pc_whose_clock_is_ahead_is_refused(tmp_path
     copied from one PC to the next) took the name, ignored the other's heartbeats for good,
     and both ran every task. Liveness is now judged by what arrives, not by clocks."""
     from tests.chaos.host_faults import Unavailable, libfaketime
-    from tests.stack import BIN
 
     try:
         lib = libfaketime()
     except Unavailable as e:
         pytest.fail(f"{e}: the test command installs it")
 
-    def node(data: str, env: dict[str, str]) -> subprocess.Popen[str]:
-        argv = [str(BIN / "tomato"), "node", "--name", "spare", "-p", str(st.port),
-                "-A", str(st.appdir), "-D", str(tmp_path / data)]  # fmt: skip
-        return subprocess.Popen(
-            argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            env={**os.environ, **env},
-        )  # fmt: skip
-
-    def online_pid(pid: int, within: float) -> bool:
-        deadline = time.monotonic() + within
-        while time.monotonic() < deadline:
-            spare = st.json("tomato", "status", "nodes")["data"].get("spare") or {}
-            if (spare.get("state"), spare.get("pid")) == ("online", pid):
-                return True
-            time.sleep(0.3)
-        return False
-
     with running_stack(tmp_path) as st:
-        first = node("first", {})
+        first = _spare(st, tmp_path / "first")
         ahead: subprocess.Popen[str] | None = None
         try:
-            assert online_pid(first.pid, 30)
+            assert _spare_online(st, first.pid, 30)
             skewed = {"LD_PRELOAD": lib, "FAKETIME": "+60s", "DONT_FAKE_MONOTONIC": "1"}
-            ahead = node("ahead", skewed)
+            ahead = _spare(st, tmp_path / "ahead", skewed)
             try:
                 err = ahead.communicate(timeout=30)[1]
             except subprocess.TimeoutExpired:
@@ -575,7 +564,7 @@ def test_a_node_of_a_taken_name_on_a_pc_whose_clock_is_ahead_is_refused(tmp_path
             assert f"a node named 'spare' is running already (pid {first.pid} on " in err, err
             time.sleep(3.0)
             assert first.poll() is None, first.communicate()[1]
-            assert online_pid(first.pid, 5)
+            assert _spare_online(st, first.pid, 5)
         finally:
             for p in (first, ahead):
                 if p is not None:
