@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from tests.conftest import RunningBroker
 from tomato_mqtt.transport.client import AsyncClient, Message
 
@@ -73,5 +75,49 @@ async def test_an_open_stack_s_websocket_listener_takes_no_page_of_another_site(
                 assert c.subprotocol == "mqtt"
         async with AsyncClient(f"ws://127.0.0.1:{ws}") as c:  # an MQTT client over WebSockets
             assert c.is_connected
+    finally:
+        await b.stop()
+
+
+async def test_filters_nobody_holds_leave_nothing_in_the_broker() -> None:
+    """A soak: the embedded broker grew ~1 MB per 1,000 jobs for good. amqtt kept an
+    empty entry (and its key) for every topic filter once unsubscribed, also after the
+    client disconnected: the client library's Job.wait subscribes to two filters per job
+    and unsubscribes. Filters nobody holds now go; those still held stay."""
+    from tomato_mqtt_broker import BrokerConfig, EmbeddedBroker
+
+    from tests.stack import free_port
+
+    port = free_port()
+    b = EmbeddedBroker(BrokerConfig(port=port, ws_port=0))
+    await b.start()
+    try:
+        table = b._broker._subscriptions
+        async with AsyncClient(f"mqtt://127.0.0.1:{port}") as other:
+            await other.subscribe("lab/keep/#")
+            async with AsyncClient(f"mqtt://127.0.0.1:{port}") as c:
+                await c.subscribe("lab/keep/#")
+                before = len(table)
+                for i in range(300):
+                    await c.subscribe(f"lab/job/{i}/status")
+                    await c.unsubscribe(f"lab/job/{i}/status")
+                assert len(table) == before, len(table)  # 300 more before
+                for i in range(50):  # held when the client goes
+                    await c.subscribe(f"lab/held/{i}")
+                assert len(table) == before + 50
+            for _ in range(100):
+                if len(table) < before + 50:
+                    break
+                await asyncio.sleep(0.05)
+            assert set(table) == {"lab/keep/#"}, sorted(table)[:5]
+            assert [s.client_id for s, _qos in table["lab/keep/#"]] == [other.client_id]
+            got: list[bytes] = []
+            await other.subscribe("lab/keep/x", handler=lambda m: got.append(m.payload))
+            await other.publish("lab/keep/x", b"still routed", qos=1)
+            for _ in range(100):
+                if got:
+                    break
+                await asyncio.sleep(0.05)
+            assert got and got[0] == b"still routed", got
     finally:
         await b.stop()

@@ -89,10 +89,24 @@ def test_unwritable_place_raises_and_leaves_nothing(tmp_path: Path) -> None:
         write_job_file(tmp_path / "missing-dir" / "x.nc", [], {"tomato_version": "x"})
 
 
-def test_a_write_removes_what_an_interrupted_one_left_and_nothing_else(tmp_path: Path) -> None:
+def test_a_write_removes_what_an_interrupted_one_left_and_nothing_else(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Found by fault injection: a recorder killed mid-write left its partial temporary
-    file next to the results for good. The next write of the same file removes those of
-    a dead writer (the pid in the name), not another file's, nor a live writer's."""
+    file next to the results for good. The first write into a folder removes those of a
+    dead writer (the pid in the name), not a live writer's, nor files of other shapes.
+    Once per folder and process (a soak: a scan of the folder at every write cost 4 ms
+    at 4,000 results files, growing with each)."""
+    from tomato_mqtt.services.recorder import netcdf
+
+    scans: list[object] = []
+    real_scandir = os.scandir
+
+    def counting(path: object) -> object:
+        scans.append(path)
+        return real_scandir(path)  # type: ignore[call-overload]
+
+    monkeypatch.setattr(netcdf.os, "scandir", counting)
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()  # its pid is free: the writer is gone
     live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
@@ -101,12 +115,17 @@ def test_a_write_removes_what_an_interrupted_one_left_and_nothing_else(tmp_path:
         stale = tmp_path / f".results.1.nc.{dead.pid}.k1ll3d.tmp"
         other = tmp_path / f".results.2.nc.{dead.pid}.k1ll3d.tmp"  # another job's file
         writing = tmp_path / f".results.1.nc.{live.pid}.busy.tmp"  # a live recorder's
-        for f in (stale, other, writing):
+        mine = tmp_path / f".notes.{dead.pid}.tmp"  # not a results file's shape
+        for f in (stale, other, writing, mine):
             f.write_bytes(b"partial")
         write_job_file(target, [RoleInput("r", "{}", [])], {"x": "y"})
-        assert target.exists() and not stale.exists()
-        assert other.exists() and writing.exists()
+        assert scans == [str(tmp_path)]
+        assert target.exists() and not stale.exists() and not other.exists()
+        assert writing.exists() and mine.exists()
         assert not list(tmp_path.glob(f".results.1.nc.{os.getpid()}.*"))  # nor its own
+        scans.clear()
+        write_job_file(tmp_path / "results.3.nc", [RoleInput("r", "{}", [])], {"x": "y"})
+        assert scans == []  # the folder was looked through once
     finally:
         live.kill()
         live.wait()

@@ -298,6 +298,22 @@ class _Delivery:
 CONNECT_WAIT = 10.0
 
 
+class _Subscriptions(dict):  # type: ignore[type-arg]
+    """amqtt's table of topic filters -> subscribers, iterated over a copy of its keys.
+
+    amqtt iterates it while awaiting (sending a reconnected session the retained messages
+    of its filters): a filter added or removed meanwhile by another client ended that
+    loop with "dictionary changed size during iteration". With a copy, the table can
+    drop filters nobody holds any more (see ``_Broker._del_subscription``).
+    """
+
+    def __iter__(self) -> Any:
+        return iter(list(super().keys()))
+
+    def items(self) -> Any:
+        return list(super().items())
+
+
 def _broker_class(
     listen_fd: int | None, open_stack: bool, max_queued: int, max_offline: int
 ) -> Any:
@@ -335,6 +351,7 @@ def _broker_class(
             #: id() of the sessions admitted there, for the check amqtt makes afterwards
             self._admitted: set[int] = set()
             self._broadcast_queue = _QosQueue()
+            self._subscriptions = _Subscriptions()
             #: when this broker's event loop last stood still (_tick)
             self._stood_still_at = -1e9
             self._ticked_at = 0.0
@@ -690,6 +707,20 @@ def _broker_class(
                 self.connections.discard(writer)
                 if not writer.is_closing():
                     writer.close()
+
+        # -- filters nobody holds go (a soak: +1 MB per 1,000 jobs, for good) -------------
+        # amqtt keeps an empty entry for every filter once unsubscribed (and its string
+        # key): a script that waits on each job (client Job.wait: two filters a job)
+        # grew the broker by ~0.26 MB per 1,000 filters, never given back
+        def _del_subscription(self, a_filter: str, session: Any) -> int:
+            deleted = int(super()._del_subscription(a_filter, session))
+            if deleted and not self._subscriptions.get(a_filter, True):
+                del self._subscriptions[a_filter]
+            return deleted
+
+        async def _del_all_subscriptions(self, session: Any) -> None:
+            for a_filter in list(self._subscriptions):
+                self._del_subscription(a_filter, session)
 
         async def _topic_filtering(self, session: Any, topic: str, action: Any) -> bool:
             # amqtt awaits this inside `for ... in self._subscriptions.items()` when it
