@@ -4,7 +4,10 @@ logs in 45 minutes)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
+import signal
 import sys
 from pathlib import Path
 
@@ -65,10 +68,64 @@ async def test_what_a_service_prints_is_kept_to_a_bounded_size(tmp_path: Path) -
     assert _last_error(child.log_path) == "ValueError: the last words"
 
 
-def test_a_full_disk_does_not_stop_what_a_service_prints(tmp_path: Path) -> None:
-    out = RotatingFile(tmp_path / "node.stderr.log", max_bytes=100, keep=1)
+def test_what_a_service_prints_is_kept_again_after_a_write_or_turn_over_failed(
+    tmp_path: Path,
+) -> None:
+    """A review: after one failed turn-over (a full disk as the file reached its size,
+    or the file removed by an admin) the file stayed closed and nothing was written any
+    more until the service restarted."""
+    log = tmp_path / "node.stderr.log"
+    out = RotatingFile(log, max_bytes=100, keep=1)
     out.write(b"a" * 150)
-    out._file.close()  # as a write that fails (ENOSPC): the data is lost, no exception
-    out.write(b"b" * 10)
+    out._file.close()  # as after a flush that failed (ENOSPC): closed under it
+    out.write(b"b" * 10)  # opened again, and turned over: it was past its size
+    assert (tmp_path / "node.stderr.log.1").read_bytes() == b"a" * 150
+    assert log.read_bytes() == b"b" * 10
+    out.write(b"c" * 100)
+    log.unlink()  # removed by an admin just before the file turns over
+    out.write(b"d" * 10)
     out.close()
-    assert (tmp_path / "node.stderr.log").read_bytes() == b"a" * 150
+    assert log.read_bytes() == b"d" * 10
+
+
+async def test_a_service_whose_helper_holds_its_output_is_restarted_at_once(
+    tmp_path: Path,
+) -> None:
+    """A review: with asyncio's own pipes, a service's exit was seen only once every
+    process holding its output had closed it. A helper the service left behind (a
+    driver's) kept a killed node from being restarted (40 s, or for good) and made
+    `tomato stop` wait its grace out. The supervisor's own pipe sees the exit at once."""
+    sup = Supervisor(
+        [], logdir=tmp_path, pidfile=tmp_path / "pid", embedded_broker=False,
+        broker_host="127.0.0.1", port=1, node_name="local",
+    )  # fmt: skip
+    pids = tmp_path / "helpers"
+    leaves_a_helper = (
+        "import subprocess, sys\n"
+        "h = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\n"
+        f"open({str(pids)!r}, 'a').write(f'{{h.pid}}\\n')\n"
+        "print('leaving a helper', flush=True)\n"
+        "sys.exit(1)\n"
+    )
+    child = Child("node", [sys.executable, "-c", leaves_a_helper])
+    watch = asyncio.ensure_future(sup._watch(child))
+    try:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 20
+        while child.restarts < 2:  # exits at once each time: 0.2, 0.4 s of back-off
+            assert loop.time() < deadline, f"restarted {child.restarts} times in 20 s"
+            await asyncio.sleep(0.05)
+        assert "leaving a helper" in (tmp_path / "node.stderr.log").read_text()
+    finally:
+        sup.stopping = True
+        watch.cancel()
+        await asyncio.gather(watch, return_exceptions=True)
+        if child.proc is not None and child.proc.returncode is None:
+            child.proc.kill()
+            await child.proc.wait()
+        for pid in pids.read_text().split() if pids.exists() else []:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(pid), signal.SIGKILL)
+        if child.pump is not None:
+            child.pump.cancel()
+            await asyncio.gather(child.pump, return_exceptions=True)

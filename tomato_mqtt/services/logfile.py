@@ -59,17 +59,22 @@ class RotatingFile:
         self._file = open(self.path, "ab")  # noqa: SIM115 (closed by close())
 
     def write(self, data: bytes) -> None:
-        """Append ``data``; a file that cannot be written (a full disk) loses it, the
-        child goes on (it must never block on its output)."""
+        """Append ``data``; what cannot be written (a full disk) is lost, the child goes
+        on (it must never block on its output), and the next write opens the file
+        again (a failed turn-over left it closed: nothing was written any more)."""
         try:
+            if self._file.closed:
+                self._file = open(self.path, "ab")  # noqa: SIM115
             if self._file.tell() >= self.max_bytes:
                 self._file.close()
-                _turn_over(self.path, self.keep)
+                with contextlib.suppress(OSError):  # (a file removed meanwhile)
+                    _turn_over(self.path, self.keep)
                 self._file = open(self.path, "ab")  # noqa: SIM115
             self._file.write(data)
             self._file.flush()
         except (OSError, ValueError):
-            pass
+            with contextlib.suppress(OSError, ValueError):
+                self._file.close()  # opened again by the next write
 
     def close(self) -> None:
         with contextlib.suppress(OSError):

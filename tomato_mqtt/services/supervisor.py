@@ -245,7 +245,10 @@ class Supervisor:
                         await self._terminate(c)
             pumps = [c.pump for c in self.children if c.pump is not None]
             if pumps:  # their last words reach their logs
-                await asyncio.wait(pumps, timeout=2.0)
+                _done, held = await asyncio.wait(pumps, timeout=2.0)
+                for p in held:  # a process the service left behind holds its output
+                    p.cancel()
+                await asyncio.gather(*held, return_exceptions=True)
             return 0
         finally:
             if self._listener is not None:
@@ -265,23 +268,32 @@ class Supervisor:
             if self.broker_config is not None:
                 env[BROKER_CONFIG_ENV] = self.broker_config
         # through a pipe into a file kept to a bounded size (services.logfile): written
-        # straight into the file, a driver that prints each point filled the disk
+        # straight into the file, a driver that prints each point filled the disk. A
+        # pipe of our own, not asyncio's: its Process.wait() waits for its pipes to
+        # close, and a process the service left behind (a driver's helper) holding
+        # them kept a killed node from being restarted and `tomato stop` waiting (a
+        # review)
+        if c.pump is not None and not c.pump.done():
+            c.pump.cancel()  # the last run's output, held open by what it left behind
         out = RotatingFile(c.log_path)
+        read_end, write_end = os.pipe()
         try:
             c.proc = await asyncio.create_subprocess_exec(
                 *c.argv,
                 cwd=self.logdir,  # see python(): never the folder tomato start ran in
                 stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.STDOUT,
+                stdout=write_end,
+                stderr=write_end,
                 pass_fds=fds,
                 env=env,
             )
         except BaseException:
+            os.close(read_end)
             out.close()
             raise
-        assert c.proc.stdout is not None
-        c.pump = asyncio.ensure_future(_pump(c.proc.stdout, out))
+        finally:
+            os.close(write_end)
+        c.pump = asyncio.ensure_future(_pump(read_end, out))
         c.started = time.monotonic()
         log.info("started %s (pid %d)", c.name, c.proc.pid)
 
@@ -335,12 +347,22 @@ class Supervisor:
             await p.wait()
 
 
-async def _pump(stream: asyncio.StreamReader, out: RotatingFile) -> None:
-    """Copy a child's output into its log until the child closes it (exits)."""
+async def _pump(fd: int, out: RotatingFile) -> None:
+    """Copy a child's output (the read end ``fd`` of its pipe) into its log until every
+    process that holds the pipe closed it."""
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    transport = None
     try:
-        while chunk := await stream.read(65536):
+        pipe = os.fdopen(fd, "rb", buffering=0)
+        transport, _ = await loop.connect_read_pipe(
+            lambda: asyncio.StreamReaderProtocol(reader), pipe
+        )
+        while chunk := await reader.read(65536):
             out.write(chunk)
     finally:
+        if transport is not None:
+            transport.close()
         out.close()
 
 
