@@ -327,6 +327,33 @@ async def test_storing_resumes_once_space_is_freed_and_the_reason_names_the_stor
             assert st.next_ask == 0.0  # the refused batches are asked for at once
 
 
+def test_the_store_is_not_said_to_work_again_while_a_batch_still_fails(tmp_path: Path) -> None:
+    """A review: the write that tells whether a full store works again was a few bytes,
+    which fitted into room a refused batch had left: storing was said to resume (job
+    events, the recorder's status) while every batch still failed. It now writes as
+    much as the batch that was refused."""
+    import sqlite3
+
+    from tomato_mqtt.services.recorder.store import BatchStore
+
+    with tmpfs(tmp_path / "store", "1m") as disk:
+        st = BatchStore(disk / "r.sqlite")
+        big = _batch(4, 0, "s", 0, 2000)
+        refused = None
+        for seq in range(1000):  # the store fills the disk itself
+            try:
+                st.add(CMP, "s", seq, epoch=1, job=4, task=0, npoints=2000, raw=big)
+            except sqlite3.Error as e:
+                refused = e
+                break
+        assert refused is not None and "full" in str(refused), refused
+        with pytest.raises(sqlite3.Error):
+            st.probe(len(big))
+        with pytest.raises(sqlite3.Error):  # and the batch itself, again
+            st.add(CMP, "s", seq, epoch=1, job=4, task=0, npoints=2000, raw=big)
+        st.close()
+
+
 async def test_presence_by_receipt_and_clock_skew_flagged(
     broker: RunningBroker, instance: str, tmp_path: Path
 ) -> None:

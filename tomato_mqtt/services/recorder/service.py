@@ -85,6 +85,8 @@ REPLAY_TELL = 5
 REPLAY_BACKOFF_MAX = 60.0
 #: s between two tries of a store that took no writes (_storage_watch)
 STORAGE_PROBE = 2.0
+#: idle batches released in one transaction (release_idle)
+IDLE_RELEASE_CHUNK = 2000
 
 
 #: jobs shown in recorder/status: the newest, and those merged into most recently
@@ -129,6 +131,8 @@ class RecorderService(Service):
         self.storage_error: str | None = None
         self._storage_told: set[int] = set()  # jobs told of the current storage fault
         self._storage_logged = 0.0
+        #: the size of the last batch the store refused (what _storage_watch tries)
+        self._refused_bytes = 0
         self.conflicts: dict[int, int] = {}  # job -> conflicting batches seen
         self.merged: dict[int, int] = {}  # job -> late merges (most recent last)
         self.filenames: dict[int, str] = {}  # job -> its last file written (recent ones)
@@ -183,7 +187,7 @@ class RecorderService(Service):
             if self.storage_error is None or self.store is None:
                 continue
             try:
-                self.store.probe()
+                self.store.probe(self._refused_bytes)
             except (sqlite3.Error, OSError):
                 continue
             self._storage_ok()
@@ -198,28 +202,39 @@ class RecorderService(Service):
             return
         await asyncio.sleep(RELEASE_FIRST)
         while True:
+            await self.release_idle()
             self.release_old()
             await asyncio.sleep(RELEASE_EVERY)
+
+    async def release_idle(self) -> None:
+        """Release the idle measurements (no job) stored more than ``keep_days`` ago, a
+        few thousand at a time: data goes on being stored in between."""
+        before = time.time() - self.keep_days * 86400
+        total = 0
+        while self.store is not None:
+            try:
+                n = self.store.release_idle(before, IDLE_RELEASE_CHUNK)
+            except sqlite3.Error as e:
+                log.warning("cannot release idle measurements from the store: %s", e)
+                break
+            total += n
+            if n < IDLE_RELEASE_CHUNK:
+                break
+            await asyncio.sleep(0.05)
+        if total:
+            log.info(
+                "%d batches of idle measurements (no job) released from the store: stored "
+                "more than %g days ago ([recorder] keep_days)",
+                total,
+                self.keep_days,
+            )
 
     def release_old(self) -> None:
         store = self.store
         if store is None:
             return
-        before = time.time() - self.keep_days * 86400
         try:
-            idle = store.release_idle(before)
-        except sqlite3.Error as e:
-            log.warning("cannot release idle measurements from the store: %s", e)
-            return
-        if idle:
-            log.info(
-                "%d batches of idle measurements (no job) released from the store: stored "
-                "more than %g days ago ([recorder] keep_days)",
-                idle,
-                self.keep_days,
-            )
-        try:
-            jobs = store.releasable(before)
+            jobs = store.releasable(time.time() - self.keep_days * 86400)
         except sqlite3.Error as e:
             log.warning("cannot look for jobs to release from the store: %s", e)
             return
@@ -324,6 +339,7 @@ class RecorderService(Service):
                 raw=msg.payload,
             )
         except (sqlite3.Error, OSError) as e:
+            self._refused_bytes = len(msg.payload)
             self._storage_failed(e, b.job)
             return
         self._storage_ok()

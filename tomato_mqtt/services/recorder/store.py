@@ -143,9 +143,11 @@ class BatchStore:
         ``finals`` table without ``written_at``/``released`` (its jobs count as written
         now)."""
         if "stored_at" not in {str(r[1]) for r in self._db.execute("PRAGMA table_info(stored)")}:
-            # idle batches stored before count as stored now (released keep_days later)
-            self._db.execute("ALTER TABLE stored ADD COLUMN stored_at REAL")
-            self._db.execute("UPDATE stored SET stored_at = ?", (time.time(),))
+            # idle batches stored before count as stored now (released keep_days later):
+            # a default, not an UPDATE, which rewrote every batch (as much free space as
+            # the store's size: a review) and could fail half-way on a full disk
+            now = float(time.time())
+            self._db.execute(f"ALTER TABLE stored ADD COLUMN stored_at REAL DEFAULT {now!r}")
         cols = {str(r[1]) for r in self._db.execute("PRAGMA table_info(finals)")}
         if "written_at" not in cols:
             self._db.execute("ALTER TABLE finals ADD COLUMN written_at REAL")
@@ -174,19 +176,18 @@ class BatchStore:
     def close(self) -> None:
         self._db.close()
 
-    def probe(self) -> None:
-        """A write that stores nothing (raises sqlite3.Error when the store cannot take
-        writes: a full disk): whether storing works again, without a batch to store."""
-        self._db.execute("BEGIN IMMEDIATE")
+    def probe(self, nbytes: int) -> None:
+        """Whether the store takes a batch of ``nbytes`` again (raises sqlite3.Error when
+        it does not: a full disk), without a batch to store: that many bytes written
+        and committed, then deleted. (A write of a few bytes fitted into room a refused
+        batch had left, and storing was said to work again while batches still failed:
+        a review.)"""
+        self._db.execute("CREATE TABLE IF NOT EXISTS probe (b BLOB)")
         try:
-            self._db.execute("CREATE TABLE IF NOT EXISTS probe (t REAL)")
-            self._db.execute("INSERT INTO probe VALUES (?)", (time.time(),))
-            self._db.execute("DELETE FROM probe")
-            self._db.execute("COMMIT")
-        except BaseException:
+            self._db.execute("INSERT INTO probe VALUES (zeroblob(?))", (max(1, nbytes),))
+        finally:
             with contextlib.suppress(sqlite3.Error):
-                self._db.execute("ROLLBACK")
-            raise
+                self._db.execute("DELETE FROM probe")
 
     def _stream(self, component: str, stream: str) -> _Stream:
         st = self._streams.get((component, stream))
@@ -321,11 +322,40 @@ class BatchStore:
         restarted recorder must not take them for gaps and ask nodes for them."""
         return self._release("job = ?", (job,), "UPDATE finals SET released = 1 WHERE job = ?")
 
-    def release_idle(self, stored_before: float) -> int:
-        """Delete the batches measured between jobs (a driver's idle measurements: no job,
-        no file, read by nothing) stored before that time; returns how many. They were
-        kept for good, and each one's seq is read into memory at every start."""
-        return self._release("job IS NULL AND stored_at < ?", (stored_before,))
+    def release_idle(self, stored_before: float, limit: int = 2000) -> int:
+        """Delete at most ``limit`` batches measured between jobs (a driver's idle
+        measurements: no job, no file, read by nothing) stored before that time; returns
+        how many (call again while it returns ``limit``: a month of them at once held
+        the recorder for seconds). They were kept for good, and each one's seq was read
+        into memory at every start. Only those at or below their stream's high water: a
+        batch of a job still missing below them stays a gap (a review)."""
+        done = 0
+        for (c, st), stream in list(self._streams.items()):
+            hw = stream.high_water
+            if hw < 0 or done >= limit:
+                continue
+            rows = self._db.execute(
+                "SELECT rowid FROM stored WHERE component = ? AND stream = ? AND seq <= ? "
+                "AND job IS NULL AND stored_at < ? LIMIT ?",
+                (c, st, hw, stored_before, limit - done),
+            ).fetchall()
+            if not rows:
+                continue
+            self._db.execute("BEGIN IMMEDIATE")
+            try:  # the high water stays when the batches below it go (_release)
+                self._db.execute(
+                    "INSERT INTO floors (component, stream, high_water) VALUES (?, ?, ?) "
+                    "ON CONFLICT(component, stream) DO UPDATE SET high_water = "
+                    "max(high_water, excluded.high_water)",
+                    (c, st, hw),
+                )
+                self._db.executemany("DELETE FROM stored WHERE rowid = ?", rows)
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            done += len(rows)
+        return done
 
     def _release(self, where: str, params: tuple[Any, ...], then: str | None = None) -> int:
         tops = self._db.execute(
