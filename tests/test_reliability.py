@@ -324,6 +324,40 @@ def test_a_submit_while_the_scheduler_restarts_is_queued_once(tmp_path: Path) ->
         assert (st.workdir / f"snapshot.{jobid}.nc").is_file() and took < 15, took
 
 
+def test_a_submit_while_the_broker_restarts_is_queued_once_and_said(tmp_path: Path) -> None:
+    """A fault fuzzer: the broker killed while `ketchup submit` waited for its answer: it
+    failed "the MQTT broker … closed the connection — is tomato-mqtt running?" (exit 1),
+    while its job was queued or not, as it happened (a user who tried again got two).
+    The CLI connects again and sends the same request; the submit's token makes a copy
+    the scheduler took already answer with the same job."""
+    import threading
+
+    with running_stack(tmp_path) as st:
+        st.load_ready("pip-counter-1", "s-broker")
+        before = len(st.json("ketchup", "status")["data"])
+        scheduler = st.child_pid("scheduler")
+        os.kill(scheduler, signal.SIGSTOP)  # the request waits in its socket meanwhile
+        try:
+            got: dict[str, subprocess.CompletedProcess[str]] = {}
+            payload = str(_payload(st, "s-broker", 0.5, 0.1, "counter"))
+            argv = ["submit", payload, "-j", "during-broker-restart", "-t", "20", "--json"]
+            submit = threading.Thread(
+                target=lambda: got.update(res=st.run("ketchup", *argv, timeout=60))
+            )
+            submit.start()
+            time.sleep(2.0)
+            os.kill(st.child_pid("broker"), signal.SIGKILL)
+            time.sleep(0.5)
+        finally:
+            os.kill(scheduler, signal.SIGCONT)
+        submit.join(60)
+        res = got["res"]
+        assert res.returncode == 0, res.stdout + res.stderr + st.logs()
+        jobs = st.json("ketchup", "status", timeout=30)["data"]
+        assert len(jobs) == before + 1, jobs  # once
+        assert [j["jobname"] for j in jobs].count("during-broker-restart") == 1, jobs
+
+
 def test_a_job_on_a_restarted_node_ends_without_waiting_for_its_resets(tmp_path: Path) -> None:
     """The node of a two-component pipeline killed mid-task: the job ended 10 s after the
     node was back in half the runs, its end's reset sent to a component the new node

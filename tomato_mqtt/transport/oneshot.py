@@ -263,7 +263,8 @@ class Exchange:
         self.client_id = f"cli-{os.getpid()}-{os.urandom(3).hex()}"
         self.reply_to = reply_topic(self.client_id)
         self._timeout = timeout
-        self._session = Session(url, self.client_id, keepalive=max(5, int(timeout) + 5))
+        self._keepalive = max(5, int(timeout) + 5)
+        self._session = Session(url, self.client_id, keepalive=self._keepalive)
 
     def __enter__(self) -> Exchange:
         from tomato_mqtt.transport.session import SessionError, SessionRefused, SessionUntrusted
@@ -299,20 +300,52 @@ class Exchange:
         resend: bool = False,
     ) -> Reply:
         """One request and its reply; with ``resend``, sent again (same id) while no
-        answer comes (:data:`RESEND_AFTER`)."""
+        answer comes (:data:`RESEND_AFTER`), also over a new connection when the broker
+        closed this one (a broker restarted: ``ketchup submit`` failed "closed the
+        connection — is tomato-mqtt running?" while its job was queued, found by a
+        fault fuzzer; the responder answers a copy of a request it answered already
+        with the same answer)."""
         req_id, payload = self._envelope(args)
-        self._publish(topic, payload)
         deadline = time.monotonic() + timeout
         gap = RESEND_AFTER if resend else timeout
         while True:
-            step = min(deadline, time.monotonic() + gap)
             try:
+                self._publish(topic, payload)
+                step = min(deadline, time.monotonic() + gap)
                 return self.first_reply({req_id: (topic, who)}, step, timeout)[1]
             except NoAnswer:
                 if time.monotonic() >= deadline:
                     raise
-            self._publish(topic, payload)
+            except OneShotError:
+                if not resend or time.monotonic() >= deadline:
+                    raise
+                self._reconnect(deadline)
             gap *= 2
+
+    def _reconnect(self, deadline: float) -> None:
+        """A new connection (the same client id and reply topic), tried until
+        ``deadline``: the broker closed the last one."""
+        from tomato_mqtt.transport.session import (
+            Session,
+            SessionError,
+            SessionRefused,
+            SessionUntrusted,
+        )
+
+        while True:
+            self._session.close()
+            self._session = Session(self.url, self.client_id, keepalive=self._keepalive)
+            wait = max(0.1, min(deadline - time.monotonic(), 2.0))
+            try:
+                self._session.connect(wait)
+                self._session.subscribe(self.reply_to, 1, wait)
+                return
+            except (SessionRefused, SessionUntrusted) as e:
+                raise Refused(f"{e}: {_REFUSED_HINT}") from None
+            except SessionError as e:
+                if time.monotonic() + 0.2 >= deadline:
+                    raise OneShotError(str(e)) from None
+            time.sleep(0.2)
 
     def send(self, topic: str, args: Mapping[str, Any] | None = None) -> str:
         """Publish a request (QoS 1); its id, for :meth:`first_reply`."""
