@@ -724,3 +724,9 @@ def test_a_node_is_heard_alive_by_what_arrives_never_by_its_clock(
     now[0] += 2.0
     assert not heard.alive(key, h + 5)  # older than the last one heard
     assert not heard.alive((2, 43, "pc3"), h + 8)  # another node: first word
+    # a gone node's retained status, and 20 s later one heartbeat of it, delivered late
+    # (sent 2 s after it): a review saw a running node yield its name to it
+    gone = (3, 44, "pc4")
+    assert not heard.alive(gone, h)
+    now[0] += 20.0
+    assert not heard.alive(gone, h + 2)

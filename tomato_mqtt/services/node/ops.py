@@ -28,8 +28,8 @@ if TYPE_CHECKING:
 __all__ = ["ComponentOps"]
 
 #: s a task_start waits for its component's first registration to end (the scheduler
-#: waits 10 s for the answer)
-REGISTER_WAIT = 8.0
+#: waits 10 s for the answer, which must leave time for the task's own start)
+REGISTER_WAIT = 6.0
 
 
 class ComponentOps:

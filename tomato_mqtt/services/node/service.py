@@ -111,11 +111,13 @@ GONE_AFTER = 2.5
 
 class _Liveness:
     """Whether other nodes are alive, judged by what arrives: a heartbeat of a node newer
-    than the last one heard of it, that came at least half as long after that one as it
-    was sent after it. Never by comparing another PC's clock with this one's (an
-    instrument PC without NTP may be minutes off: a live node's heartbeats looked old, and
-    two nodes ran under one name). A retained status alone proves nothing (a node long
-    gone), nor do heartbeats queued in a stall and delivered at once."""
+    than the last one heard of it, that came about as long after that one as it was sent
+    after it (at least half as long, at most twice and a second). Never by comparing
+    another PC's clock with this one's (an instrument PC without NTP may be minutes off:
+    a live node's heartbeats looked old, and two nodes ran under one name). A retained
+    status alone proves nothing (a node long gone), nor do heartbeats queued in a stall
+    and delivered at once, nor one heartbeat of a gone node delivered late (a review: a
+    running node yielded its name to it)."""
 
     def __init__(self) -> None:
         #: (epoch, pid, host) -> (its heartbeat, when it arrived: monotonic)
@@ -128,7 +130,8 @@ class _Liveness:
             self._last[key] = (heartbeat, now)
         if last is None or heartbeat <= last[0]:
             return False
-        return now - last[1] >= 0.5 * (heartbeat - last[0])
+        sent, came = heartbeat - last[0], now - last[1]
+        return 0.5 * sent <= came <= 2 * sent + 1.0
 
 
 def _who(st: NodeStatus) -> tuple[int, int | None, str | None]:
@@ -451,13 +454,16 @@ class NodeService(Service):
             # one's: a heartbeat "a minute old" was of a live node on a PC whose clock
             # ran a minute behind, and a second node took its name)
             deadline = loop.time() + 1.5 * self.heartbeat
+            heard = _Liveness()
+            heard.alive(_who(last), last.heartbeat)
             while (left := deadline - loop.time()) > 0:
                 try:
                     st = await asyncio.wait_for(statuses.get(), left)
                 except asyncio.TimeoutError:
                     break
-                newer = st.state == "online" and st.heartbeat > last.heartbeat
-                if newer and _who(st) == _who(last):
+                if st.state != "online" or _who(st) != _who(last):
+                    continue
+                if heard.alive(_who(st), st.heartbeat):
                     return f"pid {st.pid} on {st.host}, epoch {st.epoch}"
             return None
         except Exception as e:  # the check must not keep a node from starting
