@@ -410,7 +410,14 @@ COMMANDS: tuple[Command, ...] = (
         reads=True,
     ),
     _c("scheduler", "job_cancel", JobIdsArgs, list[Job], "cancel jobs"),
-    _c("scheduler", "job_search", SearchArgs, list[Job], "jobs by name", reads=True),
+    _c(
+        "scheduler",
+        "job_search",
+        SearchArgs,
+        list[Job],
+        "jobs by name; none: `not_found` (as tomato's `ketchup search`), not an empty list",
+        reads=True,
+    ),
     _c("scheduler", "job_snapshot", SnapshotArgs, FileData, "up-to-date file of a job", reads=True),
     _c(
         "scheduler",
