@@ -453,17 +453,17 @@ class NodeService(Service):
             # alive if a newer heartbeat of it comes (its clock is not compared with this
             # one's: a heartbeat "a minute old" was of a live node on a PC whose clock
             # ran a minute behind, and a second node took its name)
+            # (what comes after the marker was sent after this node subscribed: refusing
+            # to start on a gone node's late heartbeat costs a second try; starting next
+            # to a live node doubles its points)
             deadline = loop.time() + 1.5 * self.heartbeat
-            heard = _Liveness()
-            heard.alive(_who(last), last.heartbeat)
             while (left := deadline - loop.time()) > 0:
                 try:
                     st = await asyncio.wait_for(statuses.get(), left)
                 except asyncio.TimeoutError:
                     break
-                if st.state != "online" or _who(st) != _who(last):
-                    continue
-                if heard.alive(_who(st), st.heartbeat):
+                newer = st.state == "online" and st.heartbeat > last.heartbeat
+                if newer and _who(st) == _who(last):
                     return f"pid {st.pid} on {st.host}, epoch {st.epoch}"
             return None
         except Exception as e:  # the check must not keep a node from starting
