@@ -123,6 +123,11 @@ class _Liveness:
         #: (epoch, pid, host) -> (its heartbeat, when it arrived: monotonic)
         self._last: dict[tuple[int, int | None, str | None], tuple[float, float]] = {}
 
+    def last(self, key: tuple[int, int | None, str | None]) -> float | None:
+        """The newest heartbeat heard of ``key`` (its own clock), or None."""
+        got = self._last.get(key)
+        return None if got is None else got[0]
+
     def alive(self, key: tuple[int, int | None, str | None], heartbeat: float) -> bool:
         now = time.monotonic()
         last = self._last.get(key)
@@ -322,6 +327,11 @@ class NodeService(Service):
     def _me(self) -> tuple[int, int | None, str | None]:
         return (self.epoch, os.getpid(), socket.gethostname())
 
+    def _fresh(self, st: NodeStatus) -> bool:
+        """Whether ``st`` was sent (by its node's clock) within GONE_AFTER heartbeats:
+        right when both PCs' clocks agree (what _Liveness adds does not need them to)."""
+        return time.time() - st.heartbeat <= GONE_AFTER * self.heartbeat
+
     def _heard_own_status(self, st: NodeStatus) -> None:
         """Two nodes of one name that checked it at the same moment (both connecting when
         the broker came up, a boot after a power cut) each found it free: both would run
@@ -332,8 +342,14 @@ class NodeService(Service):
         key = _who(st)
         if st.state != "online" or key == self._me() or self._claimed is not True:
             return
-        if not self._rivals.alive(key, st.heartbeat):
-            return  # once may be a retained status of a node long gone: see _Liveness
+        # twice, the newer one sent within GONE_AFTER heartbeats by its clock (once may
+        # be a retained status of a node long gone); or, whatever the clocks, two
+        # heartbeats about as far apart as they were sent (_Liveness)
+        before = self._rivals.last(key)
+        by_arrival = self._rivals.alive(key, st.heartbeat)
+        by_clock = self._fresh(st) and before is not None and st.heartbeat > before
+        if not (by_arrival or by_clock):
+            return
         other = f"pid {st.pid} on {st.host}, epoch {st.epoch}"
         mine = (self.epoch, socket.gethostname(), os.getpid())
         # a node back from a freeze, silent for longer than others wait, is the one that
@@ -480,23 +496,28 @@ class NodeService(Service):
         loop: asyncio.AbstractEventLoop,
         first: NodeStatus | None,
     ) -> str | None:
-        """Another node of this name heard on its topic within GONE_AFTER heartbeats, or
-        None. ``first`` (the retained status, or what came in the freeze) proves nothing;
-        a status of another node that comes after this node's marker (_name_in_use) was
-        sent after this node was back: that node is alive. Yielding to a node that died
-        just then costs a restart; not yielding made the live node, which took the name
-        and runs its jobs, yield (a CI run: two heartbeats apart were asked for, and a
-        loaded machine did not deliver them within the wait)."""
-        del first  # (its clock cannot be compared with this one's)
+        """Another node of this name heard alive on its topic within GONE_AFTER heartbeats,
+        or None: a status it sent within that time by its clock (what a frozen node had
+        queued goes out late and old); or, whatever the clocks, any status of another
+        node that comes after this node's marker (_name_in_use): it was sent after this
+        node was back. Yielding to a node that died just then costs a restart; not
+        yielding made the live node, which took the name and runs its jobs, yield."""
+        pending = [(first, False)] if first is not None else []
         deadline = loop.time() + GONE_AFTER * self.heartbeat
-        while (left := deadline - loop.time()) > 0:
+        while True:
+            while pending:
+                st, live = pending.pop()
+                if st.state != "online" or _who(st) == self._me():
+                    continue
+                if live or self._fresh(st):
+                    return f"pid {st.pid} on {st.host}, epoch {st.epoch}"
+            left = deadline - loop.time()
+            if left <= 0:
+                return None
             try:
-                st = await asyncio.wait_for(statuses.get(), left)
+                pending.append((await asyncio.wait_for(statuses.get(), left), True))
             except asyncio.TimeoutError:
                 return None
-            if st.state == "online" and _who(st) != self._me():
-                return f"pid {st.pid} on {st.host}, epoch {st.epoch}"
-        return None
 
     # -- presence ------------------------------------------------------------------------
     def _status(self, state: str) -> NodeStatus:
