@@ -158,7 +158,9 @@ async def test_a_client_silent_for_one_and_a_half_keep_alives_is_cut_and_its_wil
             "with a keep-alive of 2 s"
         )
         # 1.5 x 2 s [MQTT-3.1.2-24]; Mosquitto counts from the last packet, to the second
-        assert 1.5 <= took <= 6.0, f"{kind}: the will came {took:.1f} s after silence"
+        # (6.1 s once in a CI run with 4 test workers on 2 cores: the bound is what tells
+        # it from a connection held until TCP gives up, ~15 minutes)
+        assert 1.5 <= took <= 9.0, f"{kind}: the will came {took:.1f} s after silence"
         watcher.close()
         sleeper.close()
     finally:
