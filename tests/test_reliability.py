@@ -459,6 +459,17 @@ def _spare_online(st: Stack, pid: int, within: float) -> bool:
     return False
 
 
+def _yielded(
+    st: Stack, loser: subprocess.Popen[str], winner: subprocess.Popen[str], err: str
+) -> None:
+    """``loser`` exited 1 naming ``winner``, which stays online under the name."""
+    assert loser.returncode == 1, err
+    assert f"a node named 'spare' is running already (pid {winner.pid} on " in err, err
+    time.sleep(3.0)
+    assert winner.poll() is None, winner.communicate()[1]
+    assert _spare_online(st, winner.pid, 5)
+
+
 def test_two_nodes_of_one_name_that_check_it_at_once_leave_one(tmp_path: Path) -> None:
     """Two nodes of one name that connect at the same moment (both waiting for the
     broker: a boot after a power cut) each found the name free, as neither had said
@@ -558,12 +569,7 @@ def test_a_node_back_from_a_freeze_yields_to_the_one_that_took_its_name(tmp_path
             second = _spare(st, tmp_path / "second")
             assert _spare_online(st, second.pid, 30), "the second did not take the free name"
             os.kill(first.pid, signal.SIGCONT)
-            err = first.communicate(timeout=30)[1]
-            assert first.returncode == 1, err
-            assert f"a node named 'spare' is running already (pid {second.pid} on " in err, err
-            time.sleep(3.0)
-            assert second.poll() is None, second.communicate()[1]
-            assert _spare_online(st, second.pid, 5)
+            _yielded(st, first, second, first.communicate(timeout=30)[1])
         finally:
             for p in (first, second):
                 if p is not None:
@@ -594,11 +600,7 @@ def test_a_node_of_a_taken_name_on_a_pc_whose_clock_is_ahead_is_refused(tmp_path
                 err = ahead.communicate(timeout=30)[1]
             except subprocess.TimeoutExpired:
                 pytest.fail("the node whose clock is 60 s ahead runs under the taken name")
-            assert ahead.returncode == 1, err
-            assert f"a node named 'spare' is running already (pid {first.pid} on " in err, err
-            time.sleep(3.0)
-            assert first.poll() is None, first.communicate()[1]
-            assert _spare_online(st, first.pid, 5)
+            _yielded(st, ahead, first, err)
         finally:
             for p in (first, ahead):
                 if p is not None:

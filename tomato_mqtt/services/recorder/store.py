@@ -320,7 +320,31 @@ class BatchStore:
         """Delete the job's batches (its file is written); returns how many. Each of its
         streams keeps its high water in ``floors``, raised past the released batches: a
         restarted recorder must not take them for gaps and ask nodes for them."""
-        return self._release("job = ?", (job,), "UPDATE finals SET released = 1 WHERE job = ?")
+        tops = self._db.execute(
+            "SELECT component, stream, max(seq), count(*) FROM stored WHERE job = ? "
+            "GROUP BY component, stream",
+            (job,),
+        ).fetchall()
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            for c, st, top, _n in tops:
+                stream = self._stream(str(c), str(st))
+                floor = max(stream.high_water, int(top))
+                self._db.execute(
+                    "INSERT INTO floors (component, stream, high_water) VALUES (?, ?, ?) "
+                    "ON CONFLICT(component, stream) DO UPDATE SET high_water = "
+                    "max(high_water, excluded.high_water)",
+                    (str(c), str(st), floor),
+                )
+            self._db.execute("DELETE FROM stored WHERE job = ?", (job,))
+            self._db.execute("UPDATE finals SET released = 1 WHERE job = ?", (job,))
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        for c, st, top, _n in tops:
+            self._stream(str(c), str(st)).raise_to(int(top))
+        return sum(int(n) for *_x, n in tops)
 
     def release_idle(self, stored_before: float, limit: int = 2000) -> int:
         """Delete at most ``limit`` batches measured between jobs (a driver's idle
@@ -342,7 +366,7 @@ class BatchStore:
             if not rows:
                 continue
             self._db.execute("BEGIN IMMEDIATE")
-            try:  # the high water stays when the batches below it go (_release)
+            try:  # the high water stays when the batches below it go (as in release)
                 self._db.execute(
                     "INSERT INTO floors (component, stream, high_water) VALUES (?, ?, ?) "
                     "ON CONFLICT(component, stream) DO UPDATE SET high_water = "
@@ -356,37 +380,6 @@ class BatchStore:
                 raise
             done += len(rows)
         return done
-
-    def _release(self, where: str, params: tuple[Any, ...], then: str | None = None) -> int:
-        tops = self._db.execute(
-            "SELECT component, stream, max(seq), count(*) FROM stored WHERE "
-            + where
-            + " GROUP BY component, stream",
-            params,
-        ).fetchall()
-        if not tops and then is None:
-            return 0
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            for c, st, top, _n in tops:
-                stream = self._stream(str(c), str(st))
-                floor = max(stream.high_water, int(top))
-                self._db.execute(
-                    "INSERT INTO floors (component, stream, high_water) VALUES (?, ?, ?) "
-                    "ON CONFLICT(component, stream) DO UPDATE SET high_water = "
-                    "max(high_water, excluded.high_water)",
-                    (str(c), str(st), floor),
-                )
-            self._db.execute("DELETE FROM stored WHERE " + where, params)
-            if then is not None:
-                self._db.execute(then, params)
-            self._db.execute("COMMIT")
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        for c, st, top, _n in tops:
-            self._stream(str(c), str(st)).raise_to(int(top))
-        return sum(int(n) for *_x, n in tops)
 
     def final(self, job: int) -> tuple[dict[str, Any], int] | None:
         """How the job's final file was written, and how often late data was merged."""
