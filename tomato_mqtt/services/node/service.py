@@ -281,6 +281,12 @@ class NodeService(Service):
         await self.data.flush_all()
 
     async def teardown(self) -> None:
+        if self._recheck is not None and not self._recheck.done():
+            # a name check after a freeze, under way as the node stops (a test saw it
+            # left pending by a stopping node)
+            self._recheck.cancel()
+            with contextlib.suppress(BaseException):
+                await self._recheck
         for hc in self.components.values():
             if hc.runner is not None:
                 hc.runner.close()
