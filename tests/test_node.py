@@ -388,6 +388,50 @@ async def test_a_node_that_gets_no_configuration_says_why(
     assert "no configuration from the scheduler" not in caplog.text
 
 
+async def test_a_node_frozen_as_the_broker_acknowledged_its_status_checks_its_name(
+    broker: RunningBroker, tmp_path: Path, instance: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A node frozen (SIGSTOP, a suspended VM) while it waited for the broker to
+    acknowledge its status took the end of the wait, after the freeze, for its last word:
+    it did not check its name before it spoke again, and took the name back from the node
+    that had taken it meanwhile (a CI run: neither was left). Its last word is when it
+    built the status. The freeze is the node's monotonic clock jumping 10 s as the
+    acknowledgement comes (a real broker, a real publish)."""
+    import time
+    import types
+
+    from tomato_mqtt.services.node import service as node_service
+    from tomato_mqtt.services.node.service import NodeConfig, NodeService
+
+    url = BrokerURL.parse(f"mqtt://127.0.0.1:{broker.port}")
+    node = NodeService(NodeConfig("pc4", url, instance, tmp_path / "spool", configure_wait=60))
+    task = asyncio.create_task(node.run())
+    try:
+        for _ in range(200):
+            if node._beat_at is not None:
+                break
+            await asyncio.sleep(0.05)
+        assert node._beat_at is not None and not node._silent()
+        frozen = [0.0]
+        clock = types.SimpleNamespace(
+            monotonic=lambda: time.monotonic() + frozen[0], time=time.time
+        )
+        monkeypatch.setattr(node_service, "time", clock)
+        assert node.client is not None
+        publish = node.client.publish
+
+        async def frozen_at_the_ack(*args: object, **kwargs: object) -> None:
+            await publish(*args, **kwargs)  # type: ignore[arg-type]
+            frozen[0] += 10.0  # 10 s stopped, the acknowledgement waiting when it resumes
+
+        monkeypatch.setattr(node.client, "publish", frozen_at_the_ack)
+        await node._publish_node_status()
+        assert node._silent(), "back from a freeze, the node would speak without a check"
+    finally:
+        node.request_stop()
+        await asyncio.wait([task], timeout=15)
+
+
 def test_what_a_broken_driver_is_and_what_is_retried() -> None:
     """A class that cannot be made (an abstract method left out) is a broken driver,
     not retried; a TypeError from the instrument's side (int(None) of a port that did

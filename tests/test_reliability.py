@@ -424,13 +424,15 @@ def test_a_second_node_of_the_same_name_is_refused(tmp_path: Path) -> None:
 
 
 def _end(p: subprocess.Popen[str]) -> None:
-    """Stop a node the test started (also a stopped one: SIGCONT first), reaping it."""
+    """Stop a node the test started (also a stopped one: SIGCONT first), reaping it and
+    closing its pipes (a node that had ended left them open: a later test of the worker
+    failed on their ResourceWarning)."""
     with contextlib.suppress(ProcessLookupError):
         os.kill(p.pid, signal.SIGCONT)
     if p.poll() is None:
         p.terminate()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            p.communicate(timeout=20)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        p.communicate(timeout=20)
     if p.poll() is None:
         p.kill()
         p.communicate()

@@ -705,10 +705,11 @@ async def test_a_task_start_whose_answer_was_lost_runs_on() -> None:
 def test_a_node_is_heard_alive_by_what_arrives_never_by_its_clock(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """The name check's liveness (services/node/service.py _Liveness): two heartbeats of
-    one node as far apart as they were sent prove it alive, whatever its clock says (an
-    hour off); a retained status alone does not, nor do heartbeats queued in a stall and
-    delivered at once, nor one older than the last."""
+    """The name check's liveness (services/node/service.py _Liveness): heartbeats of one
+    node that come twice in a row as far apart as they were sent prove it alive, whatever
+    its clock says (an hour off); a retained status alone does not, nor do heartbeats
+    queued in a stall and delivered at once, nor one older than the last, nor one sent
+    late by a node back from a freeze."""
     from tomato_mqtt.services.node import service as node_service
 
     now = [1000.0]
@@ -720,7 +721,9 @@ def test_a_node_is_heard_alive_by_what_arrives_never_by_its_clock(
     now[0] += 0.01
     assert not heard.alive(key, h + 2) and not heard.alive(key, h + 4)  # a stall's queue
     now[0] += 2.0
-    assert heard.alive(key, h + 6)  # a live heartbeat, 2 s after the last one
+    assert not heard.alive(key, h + 6)  # 2 s after the last one: once is not enough
+    now[0] += 2.0
+    assert heard.alive(key, h + 8)  # and again: alive
     now[0] += 2.0
     assert not heard.alive(key, h + 5)  # older than the last one heard
     assert not heard.alive((2, 43, "pc3"), h + 8)  # another node: first word
@@ -730,3 +733,12 @@ def test_a_node_is_heard_alive_by_what_arrives_never_by_its_clock(
     assert not heard.alive(gone, h)
     now[0] += 20.0
     assert not heard.alive(gone, h + 2)
+    # a node frozen as it sent a heartbeat: its retained status, then 2 s later the one
+    # it sends when it resumes (it then finds its name taken and stops: a CI run saw the
+    # node that had taken the name yield to it, and neither was left)
+    frozen = (4, 45, "pc5")
+    assert not heard.alive(frozen, h)
+    now[0] += 2.0
+    assert not heard.alive(frozen, h + 2)
+    now[0] += 30.0  # nothing more of it: a heartbeat now is not in a row with the last
+    assert not heard.alive(frozen, h + 4)

@@ -110,18 +110,23 @@ GONE_AFTER = 2.5
 
 
 class _Liveness:
-    """Whether other nodes are alive, judged by what arrives: a heartbeat of a node newer
-    than the last one heard of it, that came about as long after that one as it was sent
+    """Whether other nodes are alive, judged by what arrives: two heartbeats in a row of a
+    node, each newer than the one before and come about as long after it as it was sent
     after it (at least half as long, at most twice and a second). Never by comparing
     another PC's clock with this one's (an instrument PC without NTP may be minutes off:
     a live node's heartbeats looked old, and two nodes ran under one name). A retained
     status alone proves nothing (a node long gone), nor do heartbeats queued in a stall
     and delivered at once, nor one heartbeat of a gone node delivered late (a review: a
-    running node yielded its name to it)."""
+    running node yielded its name to it), nor the one a node frozen as it sent it sends
+    when it resumes (it then finds the name taken and stops: one such heartbeat made the
+    node that had taken the name yield, and neither was left)."""
+
+    #: heartbeats in a row, each as far after the last as it was sent, that prove a node alive
+    IN_A_ROW = 2
 
     def __init__(self) -> None:
-        #: (epoch, pid, host) -> (its heartbeat, when it arrived: monotonic)
-        self._last: dict[tuple[int, int | None, str | None], tuple[float, float]] = {}
+        #: (epoch, pid, host) -> (its heartbeat, when it arrived: monotonic, how many in a row)
+        self._last: dict[tuple[int, int | None, str | None], tuple[float, float, int]] = {}
 
     def last(self, key: tuple[int, int | None, str | None]) -> float | None:
         """The newest heartbeat heard of ``key`` (its own clock), or None."""
@@ -131,12 +136,15 @@ class _Liveness:
     def alive(self, key: tuple[int, int | None, str | None], heartbeat: float) -> bool:
         now = time.monotonic()
         last = self._last.get(key)
-        if last is None or heartbeat > last[0]:
-            self._last[key] = (heartbeat, now)
-        if last is None or heartbeat <= last[0]:
+        if last is None:
+            self._last[key] = (heartbeat, now, 0)
+            return False
+        if heartbeat <= last[0]:
             return False
         sent, came = heartbeat - last[0], now - last[1]
-        return 0.5 * sent <= came <= 2 * sent + 1.0
+        row = last[2] + 1 if 0.5 * sent <= came <= 2 * sent + 1.0 else 0
+        self._last[key] = (heartbeat, now, row)
+        return row >= self.IN_A_ROW
 
 
 def _who(st: NodeStatus) -> tuple[int, int | None, str | None]:
@@ -386,9 +394,10 @@ class NodeService(Service):
             return
         if state == "online" and not await self._may_speak():
             return
+        said_at = time.monotonic()
         await super().publish_presence(state, timeout)
         if state == "online":
-            self._beat_at = time.monotonic()
+            self._said(said_at)
 
     async def _may_speak(self) -> bool:
         """Whether this node may say something on its shared topics (its status, its
@@ -552,10 +561,19 @@ class NodeService(Service):
     async def _publish_node_status(self) -> None:
         if self.client is None or not await self._may_speak():  # the name is another's
             return
+        said_at = time.monotonic()
         await self.client.publish(
             self.topics.node_status(self.name), encode(self._status("online")), retain=True
         )
-        self._beat_at = time.monotonic()
+        self._said(said_at)
+
+    def _said(self, at: float) -> None:
+        """The node said it is online at ``at`` (monotonic): when it checked and built the
+        status, not when the broker's acknowledgement came. A node frozen while it waited
+        for one (a CI run) took the end of the wait for its last word, skipped the check
+        of its name, and took the name back from the node that had taken it meanwhile."""
+        if self._beat_at is None or at > self._beat_at:
+            self._beat_at = at
 
     async def _announce(self) -> None:
         await self._publish_node_status()
