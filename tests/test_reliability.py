@@ -120,9 +120,11 @@ def test_a_job_submitted_while_its_node_restarts_runs(node_faults: Stack) -> Non
 
 
 def test_cancel_with_a_stopped_node_ends_cd_within_a_bound(tmp_path: Path) -> None:
-    # batches every 2 s: when the node is stopped 1 s into the task, its last ~20 points
-    # are still in its memory, and reach the recorder only after the job ended (late data)
-    with running_stack(tmp_path, settings="[node]\nbatch_interval = 2.0\n") as st:
+    # batches every 60 s (none while the test runs but the task end's): when the node is
+    # stopped 1 s into the task, its ~20 points are still in its memory, and reach the
+    # recorder only after the job ended (late data). With batches every 2 s, one sent
+    # just before the stop left nothing late on a busy CI machine (once)
+    with running_stack(tmp_path, settings="[node]\nbatch_interval = 60.0\n") as st:
         st.load_ready("pip-counter-1", "s-cancel")
         jobid = st.submit(_payload(st, "s-cancel", 30.0, 0.05, "counter"))
         _wait_running(st, jobid)
