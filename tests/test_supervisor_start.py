@@ -7,6 +7,8 @@ give up when the broker exits at its first start, and take every service down.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import socket
 import subprocess
 import sys
@@ -36,6 +38,56 @@ def test_supervisor_gives_up_when_the_broker_cannot_listen(tmp_path: Path) -> No
     assert "the broker could not start" in log and "address already in use" in log, log
     assert log.count("started broker") == 1  # given up after its first exit, not restarted
     assert processes_of(port) == []
+
+
+def test_a_broker_that_cannot_listen_exits_also_when_clients_connected_first(
+    tmp_path: Path,
+) -> None:
+    """Under `tomato start` the supervisor binds the MQTT port and hands its socket down,
+    so services connect before the broker runs. The broker's MQTT listener started, took
+    their connections, then its WebSocket listener found its port taken: the broker said
+    so but never exited (the handlers of those connections outlived the loop's cancel),
+    and the supervisor waited, restarting nothing (a test run on a loaded machine: 3
+    minutes). Deterministic here: three clients send CONNECT to the bound socket first."""
+    from tomato_mqtt.services.supervisor import EXIT_CANNOT_LISTEN, LISTEN_FD_ENV
+
+    port = free_port()
+    dirs = ["-A", str(tmp_path), "-D", str(tmp_path), "-L", str(tmp_path), "-p", str(port)]
+    exe = [sys.executable, "-m", "tomato_mqtt.cli.tomato"]
+    subprocess.run([*exe, "init", *dirs], check=True, capture_output=True, timeout=60)
+    with contextlib.ExitStack() as stack:
+        taken = stack.enter_context(socket.socket())
+        taken.bind(("127.0.0.1", port + 1))  # the WebSocket listener's port
+        taken.listen()
+        bound = stack.enter_context(socket.socket())
+        bound.bind(("127.0.0.1", port))  # as the supervisor does
+        bound.listen(16)
+        clients = []
+        for i in range(3):
+            c = stack.enter_context(socket.create_connection(("127.0.0.1", port)))
+            body = b"\x00\x04MQTT\x04\x02\x00\x3c" + b"\x00\x02" + f"c{i}".encode()
+            c.sendall(b"\x10" + bytes([len(body)]) + body)  # CONNECT, clean session
+            clients.append(c)
+        proc = subprocess.Popen(
+            [*exe, "broker", *dirs],
+            env={**os.environ, LISTEN_FD_ENV: str(bound.fileno())},
+            pass_fds=(bound.fileno(),),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            _out, err = proc.communicate(timeout=60)  # it never exited
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+        assert proc.returncode == EXIT_CANNOT_LISTEN, err
+        assert "address already in use" in err, err
+        for c in clients:  # their connections were closed, not left hanging
+            c.settimeout(10)
+            while c.recv(4096):
+                pass
 
 
 def test_a_service_that_served_is_restarted_at_once_a_crash_loop_backs_off() -> None:

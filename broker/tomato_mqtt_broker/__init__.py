@@ -779,6 +779,14 @@ class EmbeddedBroker:
         try:
             await self._broker.start()
         except Exception as e:
+            # a listener that failed (a port taken) comes after those that did not: the
+            # clients these accepted meanwhile (under `tomato start`, services that
+            # connected to the socket the supervisor bound) are served by handlers that
+            # a cancel at the loop's end did not stop, and the process never exited (a
+            # test run on a loaded machine: the supervisor waited 3 minutes, restarting
+            # nothing). Stop the half-started broker as a running one is stopped.
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.stop(), 10.0)
             self._broker = None
             raise OSError(
                 f"cannot start the embedded MQTT broker on {self.config.host}:{self.config.port}"
