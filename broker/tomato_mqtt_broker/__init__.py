@@ -29,6 +29,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from tomato_mqtt.waits import wait_for
+
 __all__ = ["BrokerConfig", "BrokerConfigError", "EmbeddedBroker", "run_broker"]
 
 log = logging.getLogger(__name__)
@@ -258,7 +260,7 @@ class _Delivery:
         size = len(data) if data else 0
         backlog.bytes += size
         try:
-            await asyncio.wait_for(sending, DELIVERY_WAIT)
+            await wait_for(sending, DELIVERY_WAIT)
         except Exception as e:
             from amqtt.errors import ProtocolHandlerError
 
@@ -454,7 +456,7 @@ def _broker_class(
             # password. Here the login is checked first; a refused one gets a throwaway
             # id and touches no other session. The rest is amqtt's session handling.
             try:
-                handler, session = await asyncio.wait_for(
+                handler, session = await wait_for(
                     BrokerProtocolHandler.init_from_connect(reader, writer, self.plugins_manager),
                     CONNECT_WAIT,
                 )
@@ -786,7 +788,7 @@ class EmbeddedBroker:
             # test run on a loaded machine: the supervisor waited 3 minutes, restarting
             # nothing). Stop the half-started broker as a running one is stopped.
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self.stop(), 10.0)
+                await wait_for(self.stop(), 10.0)
             self._broker = None
             raise OSError(
                 f"cannot start the embedded MQTT broker on {self.config.host}:{self.config.port}"

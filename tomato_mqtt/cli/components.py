@@ -26,6 +26,7 @@ from tomato_mqtt.cli.passata_core import (
 )
 from tomato_mqtt.transport.client import Message
 from tomato_mqtt.transport.rpc import Requester
+from tomato_mqtt.waits import wait_for
 from tomato_mqtt.wire.messages import ComponentMeta, DecodeError, Reply, decode
 
 __all__ = [
@@ -101,7 +102,7 @@ async def retained(req: Requester, topic: str, wait: float) -> bytes | None:
 
     await req.client.subscribe(topic, handler=on_msg)
     try:
-        return await asyncio.wait_for(got, wait)
+        return await wait_for(got, wait)
     except asyncio.TimeoutError:
         return None
     finally:

@@ -43,6 +43,7 @@ from tomato_mqtt.transport.client import (
 )
 from tomato_mqtt.transport.oneshot import refused_token
 from tomato_mqtt.transport.rpc import NoResponder, ReplyError, Requester
+from tomato_mqtt.waits import wait_for
 from tomato_mqtt.wire.commands import JOB_PAGE_MAX, FileData, Responder, command, commands_of
 from tomato_mqtt.wire.messages import DataBatch, DecodeError, Reply, decode
 from tomato_mqtt.wire.status import JobSummary, PipelineInfo
@@ -363,7 +364,7 @@ class AsyncTomato:
                 if left is not None and left <= 0:
                     raise TimeoutError(f"job {jobid} still {p.status} after {timeout:g} s")
                 try:
-                    msg = await asyncio.wait_for(inbox.queue.get(), left)
+                    msg = await wait_for(inbox.queue.get(), left)
                 except asyncio.TimeoutError:
                     continue
                 try:
@@ -416,7 +417,7 @@ class AsyncTomato:
                 if left is not None and left <= 0:
                     raise TimeoutError(f"job {jobid} still {now} after {timeout:g} s")
                 try:
-                    msg = await asyncio.wait_for(inbox.queue.get(), left)
+                    msg = await wait_for(inbox.queue.get(), left)
                 except asyncio.TimeoutError:
                     continue
                 if msg.topic == status:

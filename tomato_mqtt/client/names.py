@@ -51,6 +51,7 @@ async def resolve(
 
     from tomato_mqtt.transport.client import Message
     from tomato_mqtt.transport.rpc import NoResponder
+    from tomato_mqtt.waits import wait_for
 
     topics = req.topics
     try:
@@ -88,7 +89,7 @@ async def resolve(
     flt = topics.all_component_meta()
     await req.client.subscribe(flt, handler=on_meta)
     try:
-        return await asyncio.wait_for(found, min(timeout, RETAINED_WAIT))
+        return await wait_for(found, min(timeout, RETAINED_WAIT))
     except asyncio.TimeoutError:
         if not metas:  # nothing at all on this instance: not a wrong name
             raise NoResponder(nothing_on(topics.instance), topics.scheduler_cmd("status")) from None

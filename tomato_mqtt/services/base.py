@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from tomato_mqtt.errors import StartupError
 from tomato_mqtt.services.idle import freeze_heap, own_process
+from tomato_mqtt.waits import wait_for
 
 # The MQTT client (paho) and the message models are imported where a service runs, not
 # here: the broker's process imports this module for setup_logging only (~3 MB of RSS).
@@ -194,7 +195,7 @@ class Service(abc.ABC):
     async def wait_stopped(self, timeout: float | None = None) -> bool:
         """True once a stop was requested (within ``timeout``)."""
         with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(self._stop.wait(), timeout)
+            await wait_for(self._stop.wait(), timeout)
         return self._stop.is_set()
 
     async def run(self) -> None:

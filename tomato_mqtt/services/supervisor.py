@@ -44,6 +44,7 @@ from pathlib import Path
 
 from tomato_mqtt.services.logfile import RotatingFile, RotatingLog
 from tomato_mqtt.services.watchdog import SUPERVISOR_PID_ENV, pid_alive
+from tomato_mqtt.waits import wait_for
 
 __all__ = [
     "BROKER_CONFIG_ENV",
@@ -306,7 +307,7 @@ class Supervisor:
             rc = await c.proc.wait()
             if c.pump is not None:  # what it printed last is in its log (_last_error)
                 with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(asyncio.shield(c.pump), 2.0)
+                    await wait_for(asyncio.shield(c.pump), 2.0)
             if self.stopping:
                 return
             if c.name == "scheduler" and rc == EXIT_STOP_REQUESTED:
@@ -329,7 +330,7 @@ class Supervisor:
             c.restarts += 1
             log.warning("%s exited with code %s; restarting in %.1f s", c.name, rc, delay)
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), delay)
+                await wait_for(self._stop.wait(), delay)
             c.proc = None
 
     async def _terminate(self, c: Child, grace: float = 10.0) -> None:
@@ -339,7 +340,7 @@ class Supervisor:
         with contextlib.suppress(ProcessLookupError):
             p.terminate()
         try:
-            await asyncio.wait_for(p.wait(), grace)
+            await wait_for(p.wait(), grace)
         except asyncio.TimeoutError:
             log.warning("%s did not stop within %g s: killing it", c.name, grace)
             with contextlib.suppress(ProcessLookupError):

@@ -16,6 +16,8 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from tomato_mqtt.waits import wait_for
+
 if TYPE_CHECKING:
     import paho.mqtt.client as paho
 
@@ -175,7 +177,7 @@ class _LoopDriven:
         loop.add_reader(fd, readable)
         try:
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(closed, linger)
+                await wait_for(closed, linger)
         finally:
             loop.remove_reader(fd)
         return True

@@ -45,6 +45,7 @@ from tomato_mqtt.transport.types import (
     Will,
     topic_matches,
 )
+from tomato_mqtt.waits import wait_for
 
 __all__ = [
     "AsyncClient",
@@ -170,7 +171,7 @@ class AsyncClient(_LoopDriven):
                 # each attempt bounded: a broker that takes the TCP connection and never
                 # answers (frozen) kept a node waiting without a word (an outside check)
                 left = deadline - self._loop.time()
-                await asyncio.wait_for(self._connect_once(), max(0.1, min(left, ATTEMPT_MAX)))
+                await wait_for(self._connect_once(), max(0.1, min(left, ATTEMPT_MAX)))
                 break
             except (OSError, MqttError, asyncio.TimeoutError) as e:
                 if isinstance(e, MqttRefused) and (e.final or not retry):
@@ -277,7 +278,7 @@ class AsyncClient(_LoopDriven):
             return
         fut = self._ack_future(info.mid)
         try:
-            await asyncio.wait_for(fut, timeout)
+            await wait_for(fut, timeout)
         except asyncio.TimeoutError:
             raise MqttTimeout(
                 f"the broker at {self.url} did not acknowledge a publish to {topic} "
@@ -313,7 +314,7 @@ class AsyncClient(_LoopDriven):
             raise MqttError(f"subscribe to {filter_} failed: {paho.error_string(rc)}")
         fut = self._ack_future(mid)
         try:
-            granted = await asyncio.wait_for(fut, timeout)
+            granted = await wait_for(fut, timeout)
         except asyncio.TimeoutError:
             raise MqttTimeout(
                 f"the broker at {self.url} did not acknowledge a subscription to {filter_} "
@@ -332,7 +333,7 @@ class AsyncClient(_LoopDriven):
             return
         fut = self._ack_future(mid)
         try:
-            await asyncio.wait_for(fut, timeout)
+            await wait_for(fut, timeout)
         except asyncio.TimeoutError:
             raise MqttTimeout(f"no UNSUBACK for {filter_} within {timeout:g} s") from None
         finally:
@@ -356,7 +357,7 @@ class AsyncClient(_LoopDriven):
         return self._inbox.dropped
 
     async def wait_connected(self, timeout: float | None = None) -> None:
-        await asyncio.wait_for(self._connected.wait(), timeout)
+        await wait_for(self._connected.wait(), timeout)
 
     # -- internals: paho callbacks (called on the loop thread) --------------------------
     def _require_client(self) -> paho.Client:
@@ -413,7 +414,7 @@ class AsyncClient(_LoopDriven):
         while not self._closing and not self._connected.is_set():
             self._drop_socket()
             try:
-                await asyncio.wait_for(self._connect_once(), 5.0)
+                await wait_for(self._connect_once(), 5.0)
                 return
             except (OSError, MqttError, asyncio.TimeoutError) as e:
                 log.debug("%s: reconnect to %s failed: %s", self.client_id, self.url, e)

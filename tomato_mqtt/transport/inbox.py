@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from tomato_mqtt.transport.types import Message, MqttTimeout, topic_matches
+from tomato_mqtt.waits import wait_for
 
 __all__ = ["Inbox", "Subscription"]
 
@@ -76,7 +77,7 @@ class Inbox:
 
     async def get_within(self, timeout: float) -> Message:
         try:
-            return self._taken(await asyncio.wait_for(self._queue.get(), timeout))
+            return self._taken(await wait_for(self._queue.get(), timeout))
         except asyncio.TimeoutError:
             raise MqttTimeout(f"no message within {timeout:g} s") from None
 

@@ -32,6 +32,7 @@ from pydantic import BaseModel, JsonValue, ValidationError
 
 from tomato_mqtt.transport.client import AsyncClient, Message, MqttTimeout
 from tomato_mqtt.transport.oneshot import RESEND_AFTER
+from tomato_mqtt.waits import wait_for
 from tomato_mqtt.wire.commands import Command, commands_of
 from tomato_mqtt.wire.commands import Responder as ResponderKind
 from tomato_mqtt.wire.messages import (
@@ -165,7 +166,7 @@ class Requester:
             while True:
                 try:
                     wait = max(0.0, min(gap, deadline - loop.time()))
-                    return await asyncio.wait_for(asyncio.shield(fut), wait)
+                    return await wait_for(asyncio.shield(fut), wait)
                 except asyncio.TimeoutError:
                     if loop.time() >= deadline:
                         raise

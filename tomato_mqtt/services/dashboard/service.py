@@ -42,6 +42,7 @@ from tomato_mqtt.transport.client import (
     MqttRefused,
     MqttUntrusted,
 )
+from tomato_mqtt.waits import wait_for
 from tomato_mqtt.wire.messages import DecodeError
 from tomato_mqtt.wire.topics import Topics
 
@@ -263,7 +264,7 @@ class DashboardService:
             for v in list(self.viewers):  # closed here, not left to the garbage collector
                 if v.close is not None:
                     with contextlib.suppress(Exception):
-                        await asyncio.wait_for(v.close(), 2.0)
+                        await wait_for(v.close(), 2.0)
             if runner is not None:
                 await runner.cleanup()
             await self.sessions.close()

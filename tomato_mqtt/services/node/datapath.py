@@ -34,6 +34,7 @@ from tomato_mqtt.driver.block import Block
 from tomato_mqtt.driver.points import Point, PointRun
 from tomato_mqtt.services.node.columns import Columns, pieces, to_columns
 from tomato_mqtt.services.node.hosted import HostedComponent
+from tomato_mqtt.waits import wait_for
 from tomato_mqtt.wire.batch import encode_batch, encode_json
 from tomato_mqtt.wire.messages import SCHEMA
 
@@ -99,7 +100,7 @@ class DataPath:
     async def loop(self) -> None:
         while True:
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self.flush_now.wait(), self.node.config.batch_interval)
+                await wait_for(self.flush_now.wait(), self.node.config.batch_interval)
             self.flush_now.clear()
             await self.flush_all()
             spool = self.node.spool

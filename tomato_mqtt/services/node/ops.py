@@ -19,6 +19,7 @@ from tomato_mqtt.driver.upstream.runner import UpstreamRunner
 from tomato_mqtt.driver.validate import to_jsonable
 from tomato_mqtt.services.node.hosted import HostedComponent
 from tomato_mqtt.transport.rpc import CommandError, Result
+from tomato_mqtt.waits import wait_for
 from tomato_mqtt.wire.commands import RegisteredData
 from tomato_mqtt.wire.messages import AckArgs, ReplayArgs, stream_id
 
@@ -69,7 +70,7 @@ class ComponentOps:
             # outside fault run: 3 of 15). A driver's registration may take a while
             # (an instrument to connect to); the scheduler waits 10 s for this answer
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(hc.settled.wait(), REGISTER_WAIT)
+                await wait_for(hc.settled.wait(), REGISTER_WAIT)
         async with self.lock(hc):
             runner = self.runner(hc)
             again = self._started_already(hc, task)

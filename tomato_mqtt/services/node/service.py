@@ -40,6 +40,7 @@ from tomato_mqtt.services.node.spool import Spool
 from tomato_mqtt.services.watchdog import pid_alive
 from tomato_mqtt.transport.client import BrokerURL, Message
 from tomato_mqtt.transport.rpc import CommandError, Handler, Responder, Result
+from tomato_mqtt.waits import wait_for
 from tomato_mqtt.wire.commands import ShutdownArgs
 from tomato_mqtt.wire.messages import (
     NodeConfigure,
@@ -262,7 +263,7 @@ class NodeService(Service):
         or read without a word) logged "connected" and ran on, silent (an outside admin)."""
         wait = self.config.configure_wait
         try:
-            await asyncio.wait_for(configured.wait(), wait)
+            await wait_for(configured.wait(), wait)
         except asyncio.TimeoutError:
             login = self.config.url.username
             log.warning(
@@ -465,7 +466,7 @@ class NodeService(Service):
             await self.mqtt.subscribe(probe, handler=on_marker)
             await self.mqtt.publish(probe, marker)
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(marked.wait(), 2.0)
+                await wait_for(marked.wait(), 2.0)
             last: NodeStatus | None = None
             while not statuses.empty():
                 last = statuses.get_nowait()
@@ -490,7 +491,7 @@ class NodeService(Service):
             deadline = loop.time() + 1.5 * self.heartbeat
             while (left := deadline - loop.time()) > 0:
                 try:
-                    st = await asyncio.wait_for(statuses.get(), left)
+                    st = await wait_for(statuses.get(), left)
                 except asyncio.TimeoutError:
                     break
                 newer = st.state == "online" and st.heartbeat > last.heartbeat
@@ -530,7 +531,7 @@ class NodeService(Service):
             if left <= 0:
                 return None
             try:
-                pending.append((await asyncio.wait_for(statuses.get(), left), True))
+                pending.append((await wait_for(statuses.get(), left), True))
             except asyncio.TimeoutError:
                 return None
 
@@ -758,7 +759,7 @@ class NodeService(Service):
                 await self.publish_status(hc)
                 hc.settled.set()  # a task_start waiting for it hears why (retried later)
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), delay)
+                await wait_for(self._stop.wait(), delay)
             delay = min(delay * 2, 30.0)
 
     @staticmethod

@@ -46,6 +46,7 @@ from tomato_mqtt.transport.rpc import (
     Responder,
     Result,
 )
+from tomato_mqtt.waits import wait_for
 from tomato_mqtt.wire.batch import BatchHeader, read_header
 from tomato_mqtt.wire.messages import (
     AckArgs,
@@ -419,7 +420,7 @@ class RecorderService(Service):
         try:
             async with self._stored:
                 with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(self._stored.wait(), max(0.0, timeout))
+                    await wait_for(self._stored.wait(), max(0.0, timeout))
         finally:
             self._waiting -= 1
 

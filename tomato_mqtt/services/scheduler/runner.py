@@ -35,6 +35,7 @@ from typing import Any
 
 from tomato_mqtt.model.jobs import Job
 from tomato_mqtt.services.scheduler.tasks import RunnerHost, TaskState, expectations, tasks_of
+from tomato_mqtt.waits import wait_for
 from tomato_mqtt.wire.messages import ComponentStatus
 
 __all__ = ["CANCEL_WAIT", "JobRunner", "RunnerHost", "expectations", "tasks_of"]
@@ -550,7 +551,7 @@ class JobRunner:
                     timeout = stuck_in if timeout is None else min(timeout, stuck_in)
                 waited_from = time.monotonic()
                 with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(self.host.cond.wait(), timeout)
+                    await wait_for(self.host.cond.wait(), timeout)
                 if timeout is not None and time.monotonic() - waited_from > timeout + 1.0:
                     self.stood_still_at = time.monotonic()  # woken late: the loop stood
         t.state = "ended"

@@ -19,6 +19,7 @@ from collections.abc import Callable, Mapping
 from tomato_mqtt.config.devices import Layout
 from tomato_mqtt.config.settings import Settings
 from tomato_mqtt.services.idle import run_when_idle
+from tomato_mqtt.waits import wait_for
 from tomato_mqtt.wire.messages import ComponentMeta
 
 __all__ = ["WARM_UP_LATEST", "SchemaDoc", "settled", "warm_up_payloads", "warm_up_when"]
@@ -41,7 +42,7 @@ async def warm_up_when(
     """Run ``load`` in a thread of low priority (services/idle.py) once ``ready`` is set
     (or after ``latest`` s)."""
     with contextlib.suppress(asyncio.TimeoutError):
-        await asyncio.wait_for(ready.wait(), latest)
+        await wait_for(ready.wait(), latest)
     await run_when_idle(load, "scheduler warm-up")
 
 
