@@ -362,8 +362,11 @@ def test_tasks_of_one_rate_are_spread_so_the_clock_keeps_up(comps: list[Comp]) -
     drv = BusyDriver()
     cs = [_new(comps, drv, str(i)) for i in range(4)]
     missed: list[list[int]] = []
-    for _attempt in range(2):  # a second try only for a machine busy with other tests:
-        for c in cs:  # on one phase the misses are structural, and come every time
+    # more tries only for a machine busy with other tests (a stress run of the tests, 6
+    # workers on 2 cores: 21 and 21 missed); on one phase the misses are structural
+    # (48-64), and come every time
+    for _attempt in range(3):
+        for c in cs:
             c.runner.start_task(task(0.6, 0.02))
         ends = [c.ends.wait(10) for c in cs]
         assert all(e.reason == "done" and e.npoints + e.missed == 30 for e in ends), ends
