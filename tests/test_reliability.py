@@ -580,6 +580,61 @@ def test_a_node_back_from_a_freeze_yields_to_the_one_that_took_its_name(tmp_path
                     _end(p)
 
 
+def test_a_node_stalled_for_seconds_keeps_its_name_from_one_started_then(tmp_path: Path) -> None:
+    """A fault run: a node that stood still for 3-5 s (a stall short of what it takes
+    for being gone, 2.5 heartbeats) lost its name to a node of that name started then,
+    which waited only 1.5 heartbeats for a sign of it: the scheduler ended the running
+    job ce "restarted mid-task", and where the newcomer's clock was behind, the node
+    that had the name yielded to it. The newcomer now waits as long as the holder may be
+    silent, and is refused. With heartbeats every 4 s (gone after 10 s): stopped for 8 s,
+    the holder is not gone; a newcomer that waits 1.5 heartbeats (6 s) took the name."""
+    import json
+    import queue
+    import uuid
+
+    import paho.mqtt.client as paho
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    from tests.stack import make_stack, started
+    from tomato_mqtt.wire.topics import Topics
+
+    slow = "node_grace_period = 5.0\nlost_after = 12.0\nheartbeat = 4.0\n"
+    with started(make_stack(tmp_path, scheduler=slow)) as st:
+        first = _spare(st, tmp_path / "first")
+        second: subprocess.Popen[str] | None = None
+        beats: queue.Queue[bytes] = queue.Queue()
+        c = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"beats-{uuid.uuid4().hex[:8]}")
+        c.on_message = lambda _c, _u, m: beats.put(m.payload)
+        try:
+            assert _spare_online(st, first.pid, 30)
+            c.connect("127.0.0.1", st.port)
+            c.subscribe(Topics(st.instance).node_status("spare"), qos=1)
+            c.loop_start()
+            time.sleep(1.0)  # the retained status, then a heartbeat that just came
+            with contextlib.suppress(queue.Empty):
+                while True:
+                    beats.get_nowait()
+            beats.get(timeout=10)
+            os.kill(first.pid, signal.SIGSTOP)  # silent from now on: 8 s, short of 10
+            second = _spare(st, tmp_path / "second")
+            time.sleep(8.0)
+            os.kill(first.pid, signal.SIGCONT)
+            _yielded(st, second, first, second.communicate(timeout=30)[1])
+            said = []
+            with contextlib.suppress(queue.Empty):
+                while True:
+                    said.append(json.loads(beats.get_nowait()))
+            # refused by its check, never online under the name (it took it, and the
+            # scheduler took that for a restart of the node: its running job ended ce)
+            assert said and all(m.get("pid") != second.pid for m in said), said
+        finally:
+            c.loop_stop()
+            c.disconnect()
+            for p in (first, second):
+                if p is not None:
+                    _end(p)
+
+
 def test_a_node_of_a_taken_name_on_a_pc_whose_clock_is_ahead_is_refused(tmp_path: Path) -> None:
     """The name check judged a heartbeat by comparing the other node's clock with its own:
     on an instrument PC whose clock ran 60 s ahead (no NTP on a lab network), the running

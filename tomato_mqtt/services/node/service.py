@@ -436,9 +436,10 @@ class NodeService(Service):
     async def _name_in_use(self, after_freeze: bool = False) -> str | None:
         """Who holds this node's name, if another node does: its retained status says it
         is online, and it is not provably gone (a dead pid on this host, a heartbeat long
-        past) and it sends a heartbeat within 1.5 of its intervals. Two nodes of one name
-        each took every task: a job's points doubled, and the scheduler took the other's
-        status for a restart, ending the running job ce (found by fault injection).
+        past) and it sends a heartbeat within GONE_AFTER (+ 0.25) of its intervals. Two
+        nodes of one name each took every task: a job's points doubled, and the scheduler
+        took the other's status for a restart, ending the running job ce (found by fault
+        injection).
 
         Costs one round trip when the name is free: a marker published to this node's own
         topic comes back after any retained status (the broker's order on a connection).
@@ -488,7 +489,13 @@ class NodeService(Service):
             # (what comes after the marker was sent after this node subscribed: refusing
             # to start on a gone node's late heartbeat costs a second try; starting next
             # to a live node doubles its points)
-            deadline = loop.time() + 1.5 * self.heartbeat
+            # as long as the holder may stay silent before it takes itself for gone
+            # (_silent: GONE_AFTER heartbeats), and a little more: with 1.5 intervals a
+            # holder stalled for 3-5 s, not yet back from a freeze by its own rule, lost
+            # its name to a node started then: its running job ended ce "restarted
+            # mid-task", and where the newcomer's clock was behind (its epoch smaller)
+            # the holder yielded to it (found by a fault run)
+            deadline = loop.time() + (GONE_AFTER + 0.25) * self.heartbeat
             while (left := deadline - loop.time()) > 0:
                 try:
                     st = await wait_for(statuses.get(), left)
