@@ -742,3 +742,41 @@ def test_a_node_is_heard_alive_by_what_arrives_never_by_its_clock(
     assert not heard.alive(frozen, h + 2)
     now[0] += 30.0  # nothing more of it: a heartbeat now is not in a row with the last
     assert not heard.alive(frozen, h + 4)
+
+
+async def test_a_late_heartbeat_of_a_node_back_from_a_freeze_does_not_make_the_holder_yield(
+    tmp_path: Path,
+) -> None:
+    """A review of the name check: a node frozen as it built a heartbeat sends it when it
+    resumes (then finds its name taken and yields). The node that took the name had
+    heard only its retained status of before the freeze; the late heartbeat, newer and
+    within GONE_AFTER heartbeats by its clock, counted as proof of life, and the holder,
+    started later, yielded too: neither was left. Two heartbeats in a row, each fresh as
+    it came, prove a node alive (two nodes started together, clocks that agree)."""
+    from tomato_mqtt.services.node.service import NodeConfig, NodeService
+    from tomato_mqtt.transport.client import BrokerURL
+    from tomato_mqtt.wire.messages import NodeStatus
+
+    def holder() -> NodeService:
+        url = BrokerURL.parse("mqtt://127.0.0.1:1")  # never connects
+        node = NodeService(NodeConfig("spare", url, "t", tmp_path / "spool"))
+        node.epoch = 2_000  # started after the other (epoch 1_000)
+        node._claimed = True
+        node._beat_at = time.monotonic()  # it speaks: not back from a freeze
+        return node
+
+    def beat(ago: float) -> NodeStatus:
+        return NodeStatus(
+            state="online", node="spare", epoch=1_000, heartbeat=time.time() - ago,
+            host="pc-a", pid=4242,
+        )  # fmt: skip
+
+    node = holder()
+    node._heard_own_status(beat(7.0))  # its retained status, from before its freeze
+    node._heard_own_status(beat(4.9))  # built 2 s later, just before the freeze, sent now
+    assert node.refused is None, node.refused
+    # two nodes that started together: heartbeats fresh as they come, the later yields
+    node = holder()
+    node._heard_own_status(beat(0.1))
+    node._heard_own_status(beat(-1.9))  # 2 s later by its clock (a clock 2 s ahead)
+    assert node.refused is not None and "pid 4242 on pc-a" in node.refused

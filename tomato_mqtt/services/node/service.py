@@ -167,8 +167,10 @@ class NodeService(Service):
         self._beat_at: float | None = None
         #: the check of its name after a freeze, while it runs (_may_speak)
         self._recheck: asyncio.Future[bool] | None = None
-        #: other nodes heard on this node's own status topic (_heard_own_status)
+        #: other nodes heard on this node's own status topic (_heard_own_status), and
+        #: whether the last heartbeat heard of each was fresh by its clock as it came
         self._rivals = _Liveness()
+        self._fresh_when_heard: dict[tuple[int, int | None, str | None], bool] = {}
         #: why it stopped at once: its name is another running node's (_refuse)
         self.refused: str | None = None
         self._warned_unconfigured = False
@@ -326,6 +328,7 @@ class NodeService(Service):
             return False
         self._claimed = True
         self._rivals = _Liveness()
+        self._fresh_when_heard = {}
         if self._beat_at is not None:  # checked just now: not silent (_may_speak)
             self._beat_at = time.monotonic()
         loop = asyncio.get_running_loop()
@@ -357,12 +360,19 @@ class NodeService(Service):
         key = _who(st)
         if st.state != "online" or key == self._me() or self._claimed is not True:
             return
-        # twice, the newer one sent within GONE_AFTER heartbeats by its clock (once may
-        # be a retained status of a node long gone); or, whatever the clocks, two
-        # heartbeats about as far apart as they were sent (_Liveness)
+        # twice in a row, each sent within GONE_AFTER heartbeats by its clock as it came
+        # (once may be a retained status of a node long gone, or the heartbeat a node
+        # frozen as it built it sends when it resumes, after a retained one of before
+        # the freeze: it then finds its name taken and yields, and this node must not);
+        # or, whatever the clocks, heartbeats about as far apart as they were sent
+        # (_Liveness)
         before = self._rivals.last(key)
         by_arrival = self._rivals.alive(key, st.heartbeat)
-        by_clock = self._fresh(st) and before is not None and st.heartbeat > before
+        fresh = self._fresh(st)
+        newer = before is None or st.heartbeat > before
+        by_clock = fresh and before is not None and newer and self._fresh_when_heard.get(key, False)
+        if newer:
+            self._fresh_when_heard[key] = fresh
         if not (by_arrival or by_clock):
             return
         other = f"pid {st.pid} on {st.host}, epoch {st.epoch}"
