@@ -160,6 +160,19 @@ def assert_normal_job_completes(st: Stack, pipeline: str, sample: str) -> None:
     st.run("tomato", "pipeline", "eject", pipeline, check=True)
 
 
+def assert_points_before_the_fault(job: dict[str, Any]) -> None:
+    """The points the driver gave before its fault (fail_at_point 3: points 1 and 2), each
+    once and in order. On a loaded machine a deadline may be missed (the runner skips a
+    call more than half an interval late), never a point lost: a CI run's job that hung
+    at point 3 held [2], its first call having come late. Where the node sent the task's
+    end (not for a task given up), the file holds exactly the points it took."""
+    got = role_data(job["respath"])["k"].values.tolist()
+    assert got and got == sorted(set(got)) and set(got) <= {1, 2}, (got, job.get("reason"))
+    n, missed = taken(job)
+    if n or missed:
+        assert len(got) == n, (got, n, missed)
+
+
 def test_connect_failure_is_shown_retried_and_others_work(stack: Stack) -> None:
     name = "faulty:(fail-connect,1)"
     comp = wait_component(stack, name, lambda c: bool(c.get("error")), "in error")
@@ -233,8 +246,8 @@ def test_task_error_ends_ce_with_reason_and_keeps_points(stack: Stack) -> None:
     assert "faulty: do_task failed at point 3 (simulated)" in reason, reason
     assert "RuntimeError" in reason, reason
     # the file holds the points measured before the error (fail_at_point = 3: points 1, 2)
+    assert_points_before_the_fault(job)
     ds = role_data(job["respath"])
-    assert ds["k"].values.tolist() == [1, 2], ds
     assert np.all(np.diff(ds["uts"].values) > 0)
     # the component is idle again and shows the failed task; the node did not go down
     comp = wait_component(
@@ -277,7 +290,7 @@ def test_sys_exit_in_do_task_ends_ce_and_node_lives(stack: Stack) -> None:
     assert "faulty:(fail-exit,1)" in reason, reason
     assert "SystemExit" in reason, reason
     assert "faulty: do_task exits at point 3 (simulated)" in reason, reason
-    assert role_data(job["respath"])["k"].values.tolist() == [1, 2]
+    assert_points_before_the_fault(job)
     assert_node_unchanged(stack, node)
     wait_component(stack, "faulty:(fail-exit,1)", lambda c: c.get("state") == "idle", "idle")
     assert_normal_job_completes(stack, "pip-ok-1", "after-exit")
@@ -304,7 +317,7 @@ def test_a_point_the_wire_cannot_carry_ends_its_task_not_the_node(
     assert job["status"] == "ce", job
     assert said in (job["reason"] or ""), job["reason"]
     if pipeline == "pip-intkey":  # caught at the point: the points before it are kept
-        assert role_data(job["respath"])["k"].values.tolist() == [1, 2]
+        assert_points_before_the_fault(job)
     assert_node_unchanged(stack, node)
     assert_normal_job_completes(stack, "pip-ok-1", f"after-{pipeline}")
     assert_node_unchanged(stack, node)
@@ -396,7 +409,7 @@ def test_a_driver_call_that_never_returns_ends_its_job_and_holds_the_next(
         assert "was given up" in job["reason"] and "a driver call did not return" in job["reason"]
         assert "stays busy until its node restarts" in job["reason"], job
         assert 10 < took < 40, took  # the overrun warning's 1 + 10 s, then given up
-        assert role_data(job["respath"])["k"].values.tolist() == [1, 2], job  # before the hang
+        assert_points_before_the_fault(job)  # before the hang
         st.run("tomato", "pipeline", "ready", "pip-hang", check=True)
         second = st.submit(payload(st, "s1", duration=1.0))
         deadline = time.monotonic() + 20
