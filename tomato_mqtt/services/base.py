@@ -26,7 +26,7 @@ import math
 import signal
 import sys
 import time
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -69,7 +69,7 @@ async def run_until_stopped(stop: asyncio.Event, *coros: Coroutine[Any, Any, Any
         await cancel_and_wait([*tasks, stopper])
 
 
-async def cancel_and_wait(tasks: list[asyncio.Future[Any]] | set[asyncio.Task[Any]]) -> None:
+async def cancel_and_wait(tasks: Iterable[asyncio.Future[Any]]) -> None:
     """Cancel ``tasks`` and wait until each has really ended (none is left pending)."""
     pending = list(tasks)
     for t in pending:

@@ -42,6 +42,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tomato_mqtt.services.base import cancel_and_wait
 from tomato_mqtt.services.logfile import RotatingFile, RotatingLog
 from tomato_mqtt.services.watchdog import SUPERVISOR_PID_ENV, pid_alive
 from tomato_mqtt.waits import wait_for
@@ -247,9 +248,8 @@ class Supervisor:
             pumps = [c.pump for c in self.children if c.pump is not None]
             if pumps:  # their last words reach their logs
                 _done, held = await asyncio.wait(pumps, timeout=2.0)
-                for p in held:  # a process the service left behind holds its output
-                    p.cancel()
-                await asyncio.gather(*held, return_exceptions=True)
+                # a process the service left behind holds its output
+                await cancel_and_wait(held)
             return 0
         finally:
             if self._listener is not None:

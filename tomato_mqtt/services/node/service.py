@@ -30,7 +30,7 @@ from tomato_mqtt.config.statefiles import opened
 from tomato_mqtt.driver import TaskEnd, discovery
 from tomato_mqtt.driver.discovery import DriverNotFound
 from tomato_mqtt.errors import BROKEN_DRIVER, StartupError
-from tomato_mqtt.services.base import Service
+from tomato_mqtt.services.base import Service, cancel_and_wait
 from tomato_mqtt.services.idle import freeze_heap
 from tomato_mqtt.services.node.datapath import DataPath, new_stream
 from tomato_mqtt.services.node.drivers import NodeDrivers
@@ -120,32 +120,34 @@ class _Liveness:
     and delivered at once, nor one heartbeat of a gone node delivered late (a review: a
     running node yielded its name to it), nor the one a node frozen as it sent it sends
     when it resumes (it then finds the name taken and stops: one such heartbeat made the
-    node that had taken the name yield, and neither was left)."""
+    node that had taken the name yield, and neither was left).
+
+    Where the caller tells that a heartbeat was ``fresh`` as it came (sent within
+    GONE_AFTER heartbeats by its node's clock: right when both PCs' clocks agree), two
+    fresh ones in a row are enough as well."""
 
     #: heartbeats in a row, each as far after the last as it was sent, that prove a node alive
     IN_A_ROW = 2
 
     def __init__(self) -> None:
-        #: (epoch, pid, host) -> (its heartbeat, when it arrived: monotonic, how many in a row)
-        self._last: dict[tuple[int, int | None, str | None], tuple[float, float, int]] = {}
+        #: (epoch, pid, host) -> (its heartbeat, when it arrived: monotonic, how many in a
+        #: row, whether it was fresh as it came)
+        self._last: dict[tuple[int, int | None, str | None], tuple[float, float, int, bool]] = {}
 
-    def last(self, key: tuple[int, int | None, str | None]) -> float | None:
-        """The newest heartbeat heard of ``key`` (its own clock), or None."""
-        got = self._last.get(key)
-        return None if got is None else got[0]
-
-    def alive(self, key: tuple[int, int | None, str | None], heartbeat: float) -> bool:
+    def alive(
+        self, key: tuple[int, int | None, str | None], heartbeat: float, fresh: bool = False
+    ) -> bool:
         now = time.monotonic()
         last = self._last.get(key)
         if last is None:
-            self._last[key] = (heartbeat, now, 0)
+            self._last[key] = (heartbeat, now, 0, fresh)
             return False
         if heartbeat <= last[0]:
             return False
         sent, came = heartbeat - last[0], now - last[1]
         row = last[2] + 1 if 0.5 * sent <= came <= 2 * sent + 1.0 else 0
-        self._last[key] = (heartbeat, now, row)
-        return row >= self.IN_A_ROW
+        self._last[key] = (heartbeat, now, row, fresh)
+        return row >= self.IN_A_ROW or (fresh and last[3])
 
 
 def _who(st: NodeStatus) -> tuple[int, int | None, str | None]:
@@ -167,10 +169,8 @@ class NodeService(Service):
         self._beat_at: float | None = None
         #: the check of its name after a freeze, while it runs (_may_speak)
         self._recheck: asyncio.Future[bool] | None = None
-        #: other nodes heard on this node's own status topic (_heard_own_status), and
-        #: whether the last heartbeat heard of each was fresh by its clock as it came
+        #: other nodes heard on this node's own status topic (_heard_own_status)
         self._rivals = _Liveness()
-        self._fresh_when_heard: dict[tuple[int, int | None, str | None], bool] = {}
         #: why it stopped at once: its name is another running node's (_refuse)
         self.refused: str | None = None
         self._warned_unconfigured = False
@@ -295,9 +295,7 @@ class NodeService(Service):
         if self._recheck is not None and not self._recheck.done():
             # a name check after a freeze, under way as the node stops (a test saw it
             # left pending by a stopping node)
-            self._recheck.cancel()
-            with contextlib.suppress(BaseException):
-                await self._recheck
+            await cancel_and_wait({self._recheck})
         for hc in self.components.values():
             if hc.runner is not None:
                 hc.runner.close()
@@ -328,7 +326,6 @@ class NodeService(Service):
             return False
         self._claimed = True
         self._rivals = _Liveness()
-        self._fresh_when_heard = {}
         if self._beat_at is not None:  # checked just now: not silent (_may_speak)
             self._beat_at = time.monotonic()
         loop = asyncio.get_running_loop()
@@ -366,14 +363,7 @@ class NodeService(Service):
         # the freeze: it then finds its name taken and yields, and this node must not);
         # or, whatever the clocks, heartbeats about as far apart as they were sent
         # (_Liveness)
-        before = self._rivals.last(key)
-        by_arrival = self._rivals.alive(key, st.heartbeat)
-        fresh = self._fresh(st)
-        newer = before is None or st.heartbeat > before
-        by_clock = fresh and before is not None and newer and self._fresh_when_heard.get(key, False)
-        if newer:
-            self._fresh_when_heard[key] = fresh
-        if not (by_arrival or by_clock):
+        if not self._rivals.alive(key, st.heartbeat, self._fresh(st)):
             return
         other = f"pid {st.pid} on {st.host}, epoch {st.epoch}"
         mine = (self.epoch, socket.gethostname(), os.getpid())
