@@ -408,3 +408,109 @@ async def test_dashboard_roles_on_secured_mosquitto(
                 await page.reload()
                 await page.wait_for_function("() => window.S.me && !window.S.me.signed_in")
                 assert await page.locator("#reply").is_hidden()
+
+
+async def test_a_server_on_another_port_cannot_use_the_cookie_it_receives(
+    tmp_path: Path, instance: str
+) -> None:
+    """A browser sends a host's cookies to every port of that host: any web server on the
+    dashboard's PC (another user's, on another port) received a signed-in user's session
+    cookie and, replaying it, acted as that user (security.md named it as a gap). The
+    cookie is now one half of the session; the other, the key, stays in the page's own
+    origin (port included) and comes with every request. Real Chromium, a real second
+    server; the page itself stays signed in across a reload."""
+    import aiohttp
+    from aiohttp import web
+
+    from tests.inproc import running
+    from tests.security_env import DEVICES, secured
+    from tests.stack import free_port
+    from tomato_mqtt.config.settings import load_settings
+    from tomato_mqtt.services.dashboard.web import cookie_name
+    from tomato_mqtt.services.scheduler.service import SchedulerService
+
+    received: list[str] = []
+
+    async def other(request: web.Request) -> web.Response:  # another program's server
+        received.append(request.headers.get("Cookie", ""))
+        return web.Response(text="another program on this PC")
+
+    app = web.Application()
+    app.router.add_get("/", other)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    other_port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", other_port).start()
+    async with secured("amqtt", tmp_path / "b", instance) as b:
+        root = tmp_path / "app"
+        root.mkdir()
+        (root / "devices.yml").write_text(DEVICES)
+        (root / "settings.toml").write_text(
+            f'[mqtt]\ninstance = "{instance}"\nport = {b.port}\n'
+            'username = "sched"\npassword = "pw-sched"\n'
+            f'[broker]\nembedded = false\npassword_file = "{b.workdir / "users"}"\n'
+        )
+        s = load_settings(appdir=root, datadir=tmp_path / "data", logdir=tmp_path / "log")
+        try:
+            async with (
+                running(SchedulerService(s)),
+                running_dashboard(b.url("dash"), instance) as dash,
+                chromium_page() as (browser, page),
+                aiohttp.ClientSession() as http,
+            ):
+                await page.goto(dash.address())
+                await page.wait_for_function("() => window.S.me && window.S.me.role")
+                await page.fill("#login-user", "ada")
+                await page.fill("#login-pass", "pw-ada")
+                await page.click("#login button")
+                await page.wait_for_function("() => window.S.me && window.S.me.user === 'ada'")
+
+                # the premise: the browser gives the dashboard's cookie to the other server
+                other_page = await browser.new_page()
+                await other_page.goto(f"http://127.0.0.1:{other_port}/")
+                name = cookie_name(dash.port)
+                got = [c.split("=", 1) for r in received for c in r.split("; ") if "=" in c]
+                token = next((v for k, v in got if k == name), None)
+                assert token, f"the other server got no {name} cookie: {received}"
+                # replayed by the other server, the cookie is no one's
+                cookie = {"Cookie": f"{name}={token}"}
+                async with http.ws_connect(dash.address() + "ws", headers=cookie) as ws:
+                    hello = await ws.receive_json(timeout=10)
+                assert hello["t"] == "hello" and not hello["me"]["signed_in"], hello["me"]
+                assert hello["me"]["controls"] == [] and hello["ended"] is None, hello
+                load = {"op": "pipeline_load", "args": {"pipeline": "pip-a", "sample": "x"}}
+                async with http.post(dash.address() + "api/cmd", json=load, headers=cookie) as r:
+                    said = await r.json()
+                assert not said["success"] and said["code"] == "not_allowed", said
+                async with http.get(dash.address() + "api/job/1/download", headers=cookie) as r:
+                    assert r.status == 403, await r.text()
+                async with http.post(dash.address() + "api/logout", json={}, headers=cookie):
+                    pass  # nor does it sign her out
+
+                # the key stays in the dashboard's origin
+                assert await other_page.evaluate("localStorage.length") == 0
+                assert await page.evaluate("localStorage.length") == 1
+
+                # with the key too, as a script sends it (dashboard.md), it is hers
+                key = await page.evaluate("localStorage.getItem('tomato_dashboard_key')")
+                both = cookie | {"X-Tomato-Key": key}
+                eject = {"op": "pipeline_eject", "args": {"pipeline": "pip-a"}}
+                async with http.post(dash.address() + "api/cmd", json=eject, headers=both) as r:
+                    said = await r.json()
+                assert said["success"], said
+
+                # her own page, reloaded, is still hers and acts as her
+                await page.reload()
+                await page.wait_for_function("() => window.S.me && window.S.me.user === 'ada'")
+                r = await page.evaluate(
+                    "window.command('pipeline_load', {pipeline: 'pip-a', sample: 'adas'})"
+                )
+                assert r["success"], r
+                assert dash.sessions._by_token[token].user == "ada"
+                # signing out in the page drops the key too
+                await page.click("#logout")
+                await page.wait_for_function("() => window.S.me && !window.S.me.signed_in")
+                assert await page.evaluate("localStorage.length") == 0
+                assert token not in dash.sessions._by_token
+        finally:
+            await runner.cleanup()

@@ -302,8 +302,12 @@ async def test_an_upload_is_no_longer_than_the_scheduler_takes_a_payload_text(
         assert r["success"] and r["data"]["id"] == 1, r  # the first job: none queued before
 
 
-async def _hello(http: aiohttp.ClientSession, dash: DashboardService) -> dict[str, Any]:
-    async with http.ws_connect(dash.address() + "ws") as ws:
+async def _hello(
+    http: aiohttp.ClientSession, dash: DashboardService, key: str | None = None
+) -> dict[str, Any]:
+    # the key as the page offers it: a second subprotocol
+    offered = ("tomato", f"key.{key}") if key else ()
+    async with http.ws_connect(dash.address() + "ws", protocols=offered) as ws:
         got: dict[str, Any] = await ws.receive_json(timeout=10)
         assert got["t"] == "hello", got
         return got
@@ -323,18 +327,24 @@ async def test_two_dashboards_on_one_pc_keep_their_own_sign_ins(
         running_dashboard(url, instance) as two,
         aiohttp.ClientSession(cookie_jar=jar) as http,
     ):
+        keys = {}
         for dash, user in ((one, "olga"), (two, "otto")):
             await _controls(dash)
             body = {"username": user, "password": "pw"}
             async with http.post(dash.address() + "api/login", json=body) as r:
-                assert (await r.json())["success"], await r.text()
+                said = await r.json()
+                assert said["success"], said
+                keys[dash.port] = said["key"]
         for dash, user in ((one, "olga"), (two, "otto")):
-            hello = await _hello(http, dash)
+            hello = await _hello(http, dash, keys[dash.port])
             assert hello["me"]["signed_in"] and hello["me"]["user"] == user, hello["me"]
             assert hello["ended"] is None, hello["ended"]
-        async with http.post(one.address() + "api/logout", json={}) as r:
+        key = {"X-Tomato-Key": keys[one.port]}
+        async with http.post(one.address() + "api/logout", json={}, headers=key) as r:
             assert r.status == 200
-        assert (await _hello(http, two))["me"]["user"] == "otto"  # still signed in there
+        assert not (await _hello(http, one, keys[one.port]))["me"]["signed_in"]
+        # still signed in there
+        assert (await _hello(http, two, keys[two.port]))["me"]["user"] == "otto"
 
 
 async def test_a_dashboard_on_the_network_answers_to_this_pc_s_names_only(

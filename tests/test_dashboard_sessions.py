@@ -34,7 +34,7 @@ def _sessions() -> Sessions:
 def _held(ss: Sessions, user: str, n: int, used: float | None = None) -> list[Session]:
     out = []
     for i in range(n):
-        s = Session(f"{user}-{i}", user, None, Topics("lab", user))  # type: ignore[arg-type]
+        s = Session(f"{user}-{i}", user, None, Topics("lab", user), key=f"k-{user}-{i}")  # type: ignore[arg-type]
         s.used = time.monotonic() - n + i if used is None else used
         ss._by_token[s.token] = s
         out.append(s)
@@ -90,10 +90,16 @@ async def test_a_login_holds_a_few_sessions_and_idle_ones_end() -> None:
     left = [s for s in ss._by_token.values() if s.user == "rita"]
     assert len(left) == Sessions.MAX_PER_USER - 1  # room for the new one
     assert {s.token for s in left} == {s.token for s in rita[-len(left) :]}  # newest kept
-    assert ss.get(olga[0].token) is olga[0]  # another login's session is untouched
+    assert ss.get(olga[0].token, olga[0].key) is olga[0]  # another login's: untouched
+    # the cookie alone (any server on this PC may have received it) is no one's, and does
+    # not keep the session alive
+    used = olga[0].used
+    for key in (None, "", "k-olga-1", olga[0].key + "x", "k-olgé-0"):
+        assert ss.get(olga[0].token, key) is ss.shared, key
+    assert olga[0].used == used
     stale: Any = olga[0]
     stale.used = time.monotonic() - Sessions.IDLE - 1
-    assert ss.get(olga[0].token) is ss.shared  # idle too long: signed out
+    assert ss.get(olga[0].token, olga[0].key) is ss.shared  # idle too long: signed out
     assert olga[0].token not in ss._by_token
 
 
@@ -110,7 +116,7 @@ async def test_a_page_whose_sign_in_ended_is_told_why() -> None:
     assert "sign-in has ended" in said and "signed in more than" in said, said
     stale: Any = olga[0]
     stale.used = time.monotonic() - Sessions.IDLE - 1
-    ss.get(olga[0].token)
+    ss.get(olga[0].token, olga[0].key)
     assert "12 h without use" in (ss.ended(olga[0].token) or "")
     # a token of a dashboard that ran before on this port: said so
     said = ss.ended(_sessions().new_token()) or ""
@@ -118,7 +124,9 @@ async def test_a_page_whose_sign_in_ended_is_told_why() -> None:
     # one it cannot place: no restart claimed (it was said for any cookie: a security
     # audit, a sign-in on another port's dashboard); one signed out: said so
     assert ss.ended("from-elsewhere") == "your sign-in has ended; sign in again"
-    await ss.sign_out(rita[-1].token)
+    await ss.sign_out(rita[-1].token, None)  # the cookie alone signs no one out
+    assert ss.ended(rita[-1].token) is None
+    await ss.sign_out(rita[-1].token, rita[-1].key)
     assert ss.ended(rita[-1].token) == "your sign-in has ended (signed out): sign in again"
 
 

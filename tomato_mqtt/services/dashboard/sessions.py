@@ -12,12 +12,20 @@ open stack (no users file, loopback only) every client may do everything anyway,
 page served on loopback shows every control; served on a network address, an open
 stack's dashboard shows none and refuses sign-in (the broker would accept any name).
 ``[dashboard] read_only`` hides every control everywhere.
+
+A session has two halves: the cookie (``token``), which the browser sends by itself,
+and a ``key``, which only the page holds (the sign-in's answer; the page keeps it in
+its origin's ``localStorage``) and sends with every request. A browser sends a host's
+cookies to every port of that host, so any web server on the dashboard's PC received a
+signed-in user's cookie and could act as that user (a known gap of the cookie alone);
+storage is per origin, port included, so no other server gets the key.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import secrets
 import time
 import uuid
@@ -75,6 +83,15 @@ class Session:
     exposed: bool = False  # served on a network address, not loopback only
     created: float = field(default_factory=time.time)
     used: float = field(default_factory=time.monotonic)  # its last request
+    #: the half of the session only its page holds (see the module): "" for the shared one
+    key: str = ""
+
+    def holds(self, key: str | None) -> bool:
+        """Whether a request that brought this session's cookie brought its key too."""
+        if not (key and self.key):
+            return False
+        # as bytes: compare_digest refuses str with other than ASCII (a forged header)
+        return hmac.compare_digest(key.encode("utf-8", "replace"), self.key.encode())
 
     @property
     def controls(self) -> list[str]:
@@ -154,9 +171,11 @@ class Sessions:
         if self.shared is not None and self.shared.me is None:
             self.shared.me = await whoami(self.shared.requester, self.shared.topics)
 
-    def get(self, token: str | None) -> Session | None:
+    def get(self, token: str | None, key: str | None) -> Session | None:
+        """The session of a request's cookie ``token`` and ``key`` (the page's): the
+        cookie alone, as any server on this PC may have received it, is no one's."""
         s = self._by_token.get(token) if token else None
-        if s is None:
+        if s is None or not s.holds(key):
             return self.shared
         now = time.monotonic()
         if now - s.used > self.IDLE:  # signed out: the page signs in again
@@ -297,21 +316,26 @@ class Sessions:
                 "this stack is open (no users file): anyone could sign in as anyone from the "
                 "network; secure it (docs/security.md) to use controls on a served dashboard"
             )
-        s = Session(self.new_token(), username, req, topics, me, self.read_only, client)
+        key = secrets.token_urlsafe(24)
+        s = Session(self.new_token(), username, req, topics, me, self.read_only, client, key=key)
         self._by_token[s.token] = s
         return s
 
-    async def sign_out(self, token: str | None) -> None:
-        s = self._by_token.pop(token or "", None)
-        if s is not None:
-            self._ending(s.token, "signed out")
-        if s is not None and s.client is not None:
+    async def sign_out(self, token: str | None, key: str | None) -> None:
+        """End the session of ``token`` if ``key`` is its key (a cookie alone signs no one
+        out); the dashboard's own ``close`` ends them all."""
+        s = self._by_token.get(token or "")
+        if s is None or not s.holds(key):
+            return
+        del self._by_token[s.token]
+        self._ending(s.token, "signed out")
+        if s.client is not None:
             with contextlib.suppress(Exception):
                 await s.client.disconnect()
 
     async def close(self) -> None:
-        for token in list(self._by_token):
-            await self.sign_out(token)
+        for s in list(self._by_token.values()):
+            await self.sign_out(s.token, s.key)
 
 
 async def _disconnect(client: AsyncClient) -> None:

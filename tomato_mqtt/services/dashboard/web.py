@@ -119,12 +119,27 @@ def cookie_name(port: int | None) -> str:
     return f"tomato_dashboard_{port}"
 
 
+#: the header that carries a session's key (sessions.py): the page's, not the browser's
+KEY_HEADER = "X-Tomato-Key"
+#: the live socket's subprotocol; a browser sets no header on a WebSocket, so the page
+#: offers its key as a second one, ``key.<key>``, which is never chosen
+WS_PROTOCOL = "tomato"
+
+
 def _token(request: web.Request) -> str | None:
     return request.cookies.get(cookie_name(request.app[SVC].port))
 
 
+def _key(request: web.Request) -> str | None:
+    key = request.headers.get(KEY_HEADER)
+    if key is None and request.path == "/ws":
+        offered = request.headers.get("Sec-WebSocket-Protocol", "")
+        key = next((p.strip()[4:] for p in offered.split(",") if p.strip()[:4] == "key."), None)
+    return key
+
+
 def _session(request: web.Request) -> Session:
-    s = request.app[SVC].sessions.get(_token(request))
+    s = request.app[SVC].sessions.get(_token(request), _key(request))
     if s is None:
         raise web.HTTPServiceUnavailable(text="the dashboard is not connected to the broker yet")
     return s
@@ -165,7 +180,9 @@ async def _ws(request: web.Request) -> web.StreamResponse:
             text=f"{VIEWERS_PER_ADDRESS} pages are open from {peer}: close one, then reload"
         )
     # a page sends only {"t": "watch", "job": N}: a few dozen bytes
-    ws = web.WebSocketResponse(heartbeat=20, compress=False, max_msg_size=4096)
+    ws = web.WebSocketResponse(
+        heartbeat=20, compress=False, max_msg_size=4096, protocols=(WS_PROTOCOL,)
+    )
     await ws.prepare(request)
     viewer = Viewer(session, close=ws.close, peer=peer)
     viewer.send(svc.hello(viewer) | {"ended": svc.sessions.ended(_token(request))})
@@ -219,7 +236,10 @@ async def _login(request: web.Request) -> web.StreamResponse:
         s = await svc.sessions.sign_in(user, password, peer=request.remote)
     except LoginFailed as e:
         return web.json_response({"success": False, "msg": str(e)})
-    resp = web.json_response({"success": True, "msg": f"signed in as {user}", "me": s.describe()})
+    # the key goes to the page only (sessions.py); the cookie to the browser
+    resp = web.json_response(
+        {"success": True, "msg": f"signed in as {user}", "me": s.describe(), "key": s.key}
+    )
     # over HTTPS the browser never sends the session's cookie over plain HTTP
     resp.set_cookie(
         cookie_name(svc.port), s.token, httponly=True, samesite="Strict", secure=svc.cfg.tls
@@ -228,7 +248,7 @@ async def _login(request: web.Request) -> web.StreamResponse:
 
 
 async def _logout(request: web.Request) -> web.StreamResponse:
-    await request.app[SVC].sessions.sign_out(_token(request))
+    await request.app[SVC].sessions.sign_out(_token(request), _key(request))
     resp = web.json_response({"success": True, "msg": "signed out"})
     resp.del_cookie(cookie_name(request.app[SVC].port))
     return resp

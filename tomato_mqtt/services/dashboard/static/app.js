@@ -28,6 +28,18 @@ const can = (op) => !!(S.me && S.me.controls.includes(op));
 const mayActOn = (j) => !!S.me && (S.me.open || S.me.role === "admin" || !j.owner || j.owner === S.me.user);
 window.mayActOn = mayActOn;
 
+// -- the session's key ---------------------------------------------------------------------
+// A sign-in has two halves: the cookie, which the browser sends by itself (to every port
+// of this host: any server on this PC got it), and this key, kept in this origin's storage
+// (its port included) and sent with every request (sessions.py).
+const KEY = "tomato_dashboard_key";
+function sessionKey() { try { return localStorage.getItem(KEY); } catch { return null; } }
+function setSessionKey(k) {
+  try { if (k) localStorage.setItem(KEY, k); else localStorage.removeItem(KEY); } catch { /* no storage: the page signs in as no one */ }
+}
+const withKey = (headers) => { const k = sessionKey(); return k ? { ...headers, "X-Tomato-Key": k } : headers; };
+window.withKey = withKey;
+
 // -- keyed rows: touch only what changed ---------------------------------------------------
 function renderRows(tbody, rows) {
   // rows: [[key, html]] in order
@@ -84,7 +96,9 @@ function setMe(me) {
 
 // -- the socket ----------------------------------------------------------------------------
 function connect() {
-  const ws = new WebSocket(`${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/ws`);
+  // a WebSocket takes no headers: the key goes as a second subprotocol, never chosen
+  const k = sessionKey();
+  const ws = new WebSocket(`${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/ws`, k ? ["tomato", `key.${k}`] : []);
   window.__dash.ws = ws;
   ws.onopen = () => { $("conn").textContent = "live"; $("conn").className = "pill on"; watchRoute(); };
   ws.onclose = () => {
@@ -104,7 +118,7 @@ function connect() {
         setMe(m.me);
         if (m.ended) {  // the cookie signs no one in any more: say so once, and drop it
           showReply({ success: false, msg: m.ended });
-          post("/api/logout", {});
+          post("/api/logout", {}); setSessionKey(null);
         }
         mark("presence"); mark("pipelines"); mark("jobs"); mark("first");
         break;
@@ -261,7 +275,7 @@ $("reply").addEventListener("click", () => { $("reply").hidden = true; });
 
 async function post(url, body) {
   try {
-    const res = await fetch(url, { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) });
+    const res = await fetch(url, { method: "POST", headers: withKey({ "Content-Type": "application/json" }), body: JSON.stringify(body) });
     const text = await res.text();
     try { return JSON.parse(text); } catch { return { success: false, msg: `${res.status}: ${text}` }; }
   } catch (e) { return { success: false, msg: `the dashboard did not answer: ${e}` }; }
@@ -273,7 +287,7 @@ async function command(op, args) {
   if (r.ended) {  // signed out elsewhere: the page shows who it is now (no controls),
     // and its live socket is made again for that (it kept the dropped session)
     setMe(r.me);
-    post("/api/logout", {}).then(() => window.__dash.ws && window.__dash.ws.close());
+    post("/api/logout", {}).then(() => { setSessionKey(null); if (window.__dash.ws) window.__dash.ws.close(); });
   }
   return r;
 }
@@ -303,9 +317,9 @@ $("login").addEventListener("submit", async (e) => {
   e.preventDefault();
   const r = await post("/api/login", { username: $("login-user").value, password: $("login-pass").value });
   showReply(r);
-  if (r.success) { $("login-pass").value = ""; window.__dash.ws.close(); }  // reconnect as that user
+  if (r.success) { setSessionKey(r.key); $("login-pass").value = ""; window.__dash.ws.close(); }  // reconnect as that user
 });
-$("logout").addEventListener("click", async () => { showReply(await post("/api/logout", {})); window.__dash.ws.close(); });
+$("logout").addEventListener("click", async () => { showReply(await post("/api/logout", {})); setSessionKey(null); window.__dash.ws.close(); });
 
 // -- routing -------------------------------------------------------------------------------
 function route() {

@@ -227,7 +227,7 @@ $("jp-download").addEventListener("click", async (e) => {
   const a = e.currentTarget;
   showReply({ success: true, msg: "the recorder is writing the file…" });
   try {
-    const res = await fetch(a.href);
+    const res = await fetch(a.href, { headers: window.withKey({}) });
     if (!res.ok) { showReply({ success: false, msg: `${res.status}: ${await res.text()}` }); return; }
     const url = URL.createObjectURL(await res.blob());
     // an ended job's file is its results (the name ketchup gives it), a running one's a snapshot
