@@ -759,3 +759,46 @@ async def test_a_job_whose_points_were_released_keeps_its_file_and_says_why(
         assert "points were released from the recorder's store" in str(e.value), e.value
         assert str(results) in str(e.value), e.value
         assert results.read_bytes() == before  # the file is left as it was
+
+
+async def _spool_empties(spool: Any, within: float) -> None:
+    for _ in range(int(within * 10)):
+        if not spool.pending():
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"the spool still holds {spool.pending()}")
+
+
+async def test_a_batch_sent_again_after_its_ack_was_lost_is_acknowledged_again(
+    broker: RunningBroker, instance: str, tmp_path: Path
+) -> None:
+    """Found by an outside run of readers under faults: a node killed as the recorder's
+    ack came kept the acknowledged batches in its spool; started again, it sent them
+    again, the recorder had them (its high water did not move) and never acknowledged
+    them: the node showed "spool 1" for good and sent them again at every start."""
+    async with inproc_stack(broker.port, tmp_path, instance) as st:
+        spool = st.node.spool
+        assert spool is not None
+        await _ready(st)
+        payload = _counter_payload(1.0, 0.1)
+        job = await st.call("job_submit", {"payload": payload, "submit_dir": str(tmp_path)})
+        done = await st.wait_job(job.id, {"c", "ce", "cd"}, timeout=60)
+        assert done.status == "c", done.reason
+        await _spool_empties(spool, 10)  # every batch acknowledged
+        store = st.recorder.store
+        assert store is not None
+        rows = store._db.execute(
+            "SELECT component, stream, seq, epoch, raw FROM stored WHERE job = ?", (job.id,)
+        ).fetchall()
+        assert rows
+        # what a node killed before the ack reached it holds, and sends at its start
+        for component, stream, seq, epoch, raw in rows:
+            spool.put(component, stream, seq, epoch, bytes(raw))
+        assert spool.pending()
+        before = store.job_points(job.id)
+        # sent again as a node sends what its spool holds at its start (replay_pending,
+        # which leaves out the streams of this run: this node was not restarted)
+        for (component, stream), (first, last) in spool.pending().items():
+            assert await st.node.data.replay(component, stream, first, last) > 0
+        await _spool_empties(spool, 10)  # acknowledged again (the ack loop: ~1 s)
+        assert store.job_points(job.id) == before  # and dropped as duplicates

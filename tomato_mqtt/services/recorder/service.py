@@ -348,9 +348,14 @@ class RecorderService(Service):
             self.jobs_seen.add(b.job)
             if self.highest_job is None or self.highest_job < b.job <= PLAUSIBLE_ID:
                 self.highest_job = b.job
-        self.streams.setdefault((b.component, stream), _Stream())
+        st = self.streams.setdefault((b.component, stream), _Stream())
         if res == "conflict":
             self._conflict(b, stream)
+        elif res == "duplicate" and b.seq <= st.acked:
+            # acknowledged, yet sent again: the ack did not reach the node (it was killed
+            # as it came), which holds the batch in its spool and would send it at every
+            # start, its backlog never cleared (an outside run): acknowledge it again
+            st.acked = b.seq - 1
         elif res == "new":
             if b.seq > 0 and self.store.high_water(b.component, stream) < b.seq - 1:
                 self.request_missing(b.component, stream, b.seq)
