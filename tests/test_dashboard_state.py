@@ -167,3 +167,34 @@ def test_the_state_of_jobs_without_plotted_data_stays_bounded() -> None:
     assert len(st.roles) <= KEEP_JOB_STATE
     assert n in st.events and n in st.roles  # the newest kept
     assert st.job_detail(n)["marks"] and st.job_detail(n)["roles"] == {"cmp": "counter"}
+
+
+def test_a_batch_received_again_is_plotted_once_and_what_is_remembered_is_bounded() -> None:
+    """A node sends again what its spool holds (after a restart, or for the recorder),
+    QoS 1 may deliver twice: each batch counts once, per stream; a restarted node's new
+    stream counts anew. The batch numbers remembered stay bounded on a long job."""
+    from tomato_mqtt.services.dashboard.state import SEEN_WINDOW
+
+    st = LabState()
+    cmp = "example_counter:(addr,1)"
+
+    def send(stream: str, seq: int) -> None:
+        b = DataBatch(
+            component=cmp, job=3, task=0, epoch=1, stream=stream, seq=seq, uts=[float(seq)],
+            vars={"v": [seq]},
+        )  # fmt: skip
+        _apply(st, T.component_data(cmp), encode(b))
+
+    for seq in [0, 1, 2, 3, 4, 3, 4, 4]:
+        send("s-a", seq)
+    for seq in [0, 1, 1]:  # the node restarted: a new stream
+        send("s-b", seq)
+    assert st.held(3) == 7 and st.repeats == 4
+    for seq in range(5, 3 * SEEN_WINDOW):
+        send("s-a", seq)
+    assert st.held(3) == 7 - 5 + 3 * SEEN_WINDOW
+    seen = st._seen[3][(T.component_data(cmp).split("/")[-2], "s-a")]
+    assert len(seen.seqs) <= 2 * SEEN_WINDOW
+    send("s-a", 10)  # far behind the newest: taken for a repeat
+    send("s-a", 3 * SEEN_WINDOW - 2)  # recent: remembered
+    assert st.held(3) == 7 - 5 + 3 * SEEN_WINDOW and st.repeats == 6

@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 import yaml
 
+from tests.browser import running_dashboard
 from tests.conftest import RunningBroker
 from tests.inproc import Collector, InProc, client, inproc_stack, running, write_settings
 from tests.ncread import load_tree
@@ -775,8 +776,13 @@ async def test_a_batch_sent_again_after_its_ack_was_lost_is_acknowledged_again(
     """Found by an outside run of readers under faults: a node killed as the recorder's
     ack came kept the acknowledged batches in its spool; started again, it sent them
     again, the recorder had them (its high water did not move) and never acknowledged
-    them: the node showed "spool 1" for good and sent them again at every start."""
-    async with inproc_stack(broker.port, tmp_path, instance) as st:
+    them: the node showed "spool 1" for good and sent them again at every start. And the
+    dashboard plotted every copy: "points stored 437 · points on screen 458", then 479."""
+    url = f"mqtt://127.0.0.1:{broker.port}"
+    async with (
+        inproc_stack(broker.port, tmp_path, instance) as st,
+        running_dashboard(url, instance) as dash,
+    ):
         spool = st.node.spool
         assert spool is not None
         await _ready(st)
@@ -796,9 +802,21 @@ async def test_a_batch_sent_again_after_its_ack_was_lost_is_acknowledged_again(
             spool.put(component, stream, seq, epoch, bytes(raw))
         assert spool.pending()
         before = store.job_points(job.id)
+        stored = sum(before.values())
+        for _ in range(100):  # the dashboard holds what the recorder stored
+            if dash.state.held(job.id) == stored:
+                break
+            await asyncio.sleep(0.1)
+        assert dash.state.held(job.id) == stored, (dash.state.held(job.id), stored)
         # sent again as a node sends what its spool holds at its start (replay_pending,
         # which leaves out the streams of this run: this node was not restarted)
         for (component, stream), (first, last) in spool.pending().items():
             assert await st.node.data.replay(component, stream, first, last) > 0
         await _spool_empties(spool, 10)  # acknowledged again (the ack loop: ~1 s)
         assert store.job_points(job.id) == before  # and dropped as duplicates
+        for _ in range(100):  # the dashboard got them too: counted once
+            if dash.state.repeats >= len(rows):
+                break
+            await asyncio.sleep(0.1)
+        assert dash.state.repeats == len(rows), (dash.state.repeats, len(rows))
+        assert dash.state.held(job.id) == stored

@@ -53,6 +53,34 @@ KEEP_JOB_DATA = 20
 KEEP_JOB_STATE = 200
 #: events kept per job
 KEEP_EVENTS = 200
+#: batch numbers remembered per stream (the newest): a batch sent again is at most this
+#: far behind the newest (a node's spool of unacknowledged batches, a QoS 1 redelivery)
+SEEN_WINDOW = 4096
+
+
+class _Seen:
+    """The batch numbers of one stream already plotted (the newest SEEN_WINDOW): a batch
+    a node sends again (its spool, after a restart or at the recorder's request) or QoS 1
+    delivers twice is plotted and counted once, as the recorder stores it once (its
+    points were counted again: "points on screen" 479 for 437 stored, an outside run)."""
+
+    __slots__ = ("seqs", "top")
+
+    def __init__(self) -> None:
+        self.top = -1
+        self.seqs: set[int] = set()
+
+    def first_time(self, seq: int) -> bool:
+        # older than the window: taken for a repeat (a batch never seen here comes from
+        # the file when the job ends: held < stored makes the plots anew)
+        if seq in self.seqs or seq <= self.top - SEEN_WINDOW:
+            return False
+        self.seqs.add(seq)
+        if seq > self.top:
+            self.top = seq
+            if len(self.seqs) > 2 * SEEN_WINDOW:
+                self.seqs = {q for q in self.seqs if q > seq - SEEN_WINDOW}
+        return True
 
 
 class LabState:
@@ -73,6 +101,8 @@ class LabState:
         self.series: OrderedDict[int, dict[str, Series]] = OrderedDict()
         self.marks: dict[int, list[dict[str, Any]]] = {}  # job -> task boundaries
         self._last_task: dict[tuple[int, str], int | None] = {}
+        self._seen: dict[int, dict[tuple[str, str], _Seen]] = {}  # job -> (cmp, stream)
+        self.repeats = 0  # batches received again, not plotted again
         self.roles: dict[int, dict[str, str]] = {}  # job -> component -> role
         #: the jobs with events, marks or roles, the newest last (_touch)
         self._touched: OrderedDict[int, None] = OrderedDict()
@@ -185,6 +215,10 @@ class LabState:
     def _data(self, batch: DataBatch, cmp: str) -> None:
         if batch.job is None or not batch.uts:
             return  # idle measurements: only their latest value shows (component/last)
+        seen = self._seen.setdefault(batch.job, {})
+        if not seen.setdefault((cmp, batch.stream_id()), _Seen()).first_time(batch.seq):
+            self.repeats += 1
+            return
         per_job = self.series.get(batch.job)
         if per_job is None:
             per_job = self.series[batch.job] = {}
@@ -194,6 +228,7 @@ class LabState:
                 self.events.pop(old, None)
                 self.roles.pop(old, None)
                 self._touched.pop(old, None)
+                self._seen.pop(old, None)
                 for c in gone:
                     self._last_task.pop((old, c), None)
         else:
