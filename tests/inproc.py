@@ -134,10 +134,10 @@ def _settings(root: Path, port: int, instance: str, devices: str, extra: str) ->
     app = root / "app"
     app.mkdir(parents=True, exist_ok=True)
     shutil.copy(CONFIG / devices, app / "devices.yml")
+    # the tests' quick timings, unless ``extra`` gives its own [scheduler]
+    sched = "[scheduler]\nheartbeat = 0.5\nnode_grace_period = 3.0\nlost_after = 2.0\n"
     (app / "settings.toml").write_text(
-        f'[mqtt]\ninstance = "{instance}"\n'
-        "[scheduler]\nheartbeat = 0.5\nnode_grace_period = 3.0\nlost_after = 2.0\n"
-        f"{extra}\n"
+        f'[mqtt]\ninstance = "{instance}"\n{"" if "[scheduler]" in extra else sched}{extra}\n'
     )
     return load_settings(appdir=app, datadir=root / "data", logdir=root / "log", port=port)
 

@@ -432,6 +432,65 @@ async def test_a_node_frozen_as_the_broker_acknowledged_its_status_checks_its_na
         await asyncio.wait([task], timeout=15)
 
 
+async def test_a_task_end_told_while_the_broker_answers_no_name_check_is_said_later(
+    broker: RunningBroker,
+    tmp_path: Path,
+    instance: str,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An outside run (a broker down 29 s, then slow to answer the clients that came
+    back at once): a node silent for longer than others wait checks its name before it
+    speaks; the broker did not acknowledge that check's subscription, the error went
+    into the task's end ("task failed … MqttTimeout"), and the end was never told: its
+    job waited until something else made the node say it. Now what could not be said
+    is said at the next heartbeat once the broker answers. A real broker and stack; the
+    node's silence is its monotonic clock jumping 10 s, the broker's missing answer a
+    subscription refused with the error the client raises for it."""
+    import time
+    import types
+
+    import yaml
+
+    from tests.stack import CONFIG
+    from tomato_mqtt.services.node import service as node_service
+    from tomato_mqtt.transport.types import MqttTimeout
+
+    patient = "[scheduler]\nheartbeat = 0.5\nnode_grace_period = 30.0\nlost_after = 20.0\n"
+    async with inproc_stack(broker.port, tmp_path, instance, settings=patient) as st:
+        await st.call("pipeline_load", {"pipeline": "pip-counter-1", "sample": "counter_1_0.1"})
+        await st.call("pipeline_ready", {"pipeline": "pip-counter-1"})
+        payload = yaml.safe_load((CONFIG / "counter_v2.2.yml").read_text())
+        payload["method"][0].update(max_duration=2.0, sampling_interval=0.1)
+        job = await st.call("job_submit", {"payload": payload, "submit_dir": str(tmp_path)})
+        await st.wait_job(job.id, {"r"}, timeout=20)
+        node = st.node
+        answers = [False]
+        subscribe = node.mqtt.subscribe
+
+        async def unanswered(*args: object, **kwargs: object) -> object:
+            if not answers[0]:
+                raise MqttTimeout("did not acknowledge a subscription (the test's broker)")
+            return await subscribe(*args, **kwargs)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(node.mqtt, "subscribe", unanswered)
+        clock = types.SimpleNamespace(monotonic=lambda: time.monotonic() + 10.0, time=time.time)
+        monkeypatch.setattr(node_service, "time", clock)  # silent for 10 s: a check is due
+        hc = next(iter(node.components.values()))
+        for _ in range(100):  # the task ends (2 s) while no check can be made
+            if hc.last_task is not None and hc.last_task.get("job") == job.id:
+                break
+            await asyncio.sleep(0.1)
+        assert hc.last_task is not None and hc.last_task.get("job") == job.id
+        await asyncio.sleep(1.5)  # heartbeats while the broker answers no check
+        assert st.jobs[job.id].status == "r", st.jobs[job.id].reason  # its end not told
+        answers[0] = True  # the broker answers again
+        done = await st.wait_job(job.id, {"c", "ce", "cd"}, timeout=15)
+    assert done.status == "c", done.reason
+    assert "task failed" not in caplog.text
+    assert "cannot check its name now" in caplog.text
+
+
 def test_what_a_broken_driver_is_and_what_is_retried() -> None:
     """A class that cannot be made (an abstract method left out) is a broken driver,
     not retried; a TypeError from the instrument's side (int(None) of a port that did

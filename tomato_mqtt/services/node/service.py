@@ -38,7 +38,7 @@ from tomato_mqtt.services.node.hosted import BrokenDriver, HostedComponent
 from tomato_mqtt.services.node.ops import ComponentOps
 from tomato_mqtt.services.node.spool import Spool
 from tomato_mqtt.services.watchdog import pid_alive
-from tomato_mqtt.transport.client import BrokerURL, Message
+from tomato_mqtt.transport.client import BrokerURL, Message, MqttError
 from tomato_mqtt.transport.rpc import CommandError, Handler, Responder, Result
 from tomato_mqtt.waits import wait_for
 from tomato_mqtt.wire.commands import ShutdownArgs
@@ -169,6 +169,9 @@ class NodeService(Service):
         self._beat_at: float | None = None
         #: the check of its name after a freeze, while it runs (_may_speak)
         self._recheck: asyncio.Future[bool] | None = None
+        #: a status it could not say: the check of its name found no broker to ask (it
+        #: says everything again once it can: on_heartbeat)
+        self._unsaid = False
         #: other nodes heard on this node's own status topic (_heard_own_status)
         self._rivals = _Liveness()
         #: why it stopped at once: its name is another running node's (_refuse)
@@ -312,10 +315,26 @@ class NodeService(Service):
             self.spool = None
 
     async def on_connect(self) -> None:  # a reconnect
-        if not await self._claim_name():
+        try:
+            if not await self._claim_name():
+                return
+        except MqttError as e:  # the broker, just back, did not answer the check in time
+            log.warning(
+                "node %s: cannot check its name now (%s): at the next heartbeat", self.name, e
+            )
+            self._unsaid = True
             return
         # the broker may have lost every retained message (amqtt keeps none across restarts)
         await self._announce()
+
+    async def on_heartbeat(self) -> None:
+        """Say again what could not be said (_unsaid): a task's end told while the broker
+        did not answer the check of the node's name was never published, and its job
+        waited for it (an outside run: a broker down 29 s)."""
+        connected = self.client is not None and self.client.is_connected
+        if self._unsaid and self._claimed and connected and await self._may_speak():
+            self._unsaid = False
+            await self._announce()
 
     async def _claim_name(self, after_freeze: bool = False) -> bool:
         """Whether this node may go on under its name (else it stops: :meth:`_refuse`)."""
@@ -326,6 +345,7 @@ class NodeService(Service):
             return False
         self._claimed = True
         self._rivals = _Liveness()
+        silent_since = self._beat_at
         if self._beat_at is not None:  # checked just now: not silent (_may_speak)
             self._beat_at = time.monotonic()
         loop = asyncio.get_running_loop()
@@ -336,7 +356,11 @@ class NodeService(Service):
                 loop.call_soon_threadsafe(self._heard_own_status, st)
 
         # heard for as long as it runs
-        await self.mqtt.subscribe(self.status_topic, handler=on_status)
+        try:
+            await self.mqtt.subscribe(self.status_topic, handler=on_status)
+        except MqttError:  # the broker did not answer: no other node would be heard, so
+            self._beat_at = silent_since  # still silent: checked again before it speaks
+            raise
         return True
 
     def _me(self) -> tuple[int, int | None, str | None]:
@@ -412,7 +436,17 @@ class NodeService(Service):
         if self._silent():
             if self._recheck is None or self._recheck.done():
                 self._recheck = asyncio.ensure_future(self._claim_name(after_freeze=True))
-            if not await asyncio.shield(self._recheck):  # (it marks the node not silent)
+            try:
+                if not await asyncio.shield(self._recheck):  # (it marks the node not silent)
+                    return False
+            except MqttError as e:
+                # no broker to ask (down, or back and not answering yet): not said now, said
+                # once it can be (it raised into the caller: a task's end was never told)
+                if not self._unsaid:
+                    log.warning(
+                        "node %s: cannot check its name now (%s): its statuses wait", self.name, e
+                    )
+                self._unsaid = True
                 return False
         return True
 
