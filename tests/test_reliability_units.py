@@ -464,11 +464,41 @@ async def test_a_task_far_past_its_max_duration_is_said_to_overrun(
     assert status == ("cd" if ends == "cancel" else "c"), (status, reason)
     if ends == "news-late":
         assert reason is None, reason
+        # and said on the wire: events are not retained, a page kept the warning (an
+        # outside run: a broker down 29 s)
+        (first,) = [kw["detail"] for e, kw in host.events if e == "warning"][:1]
+        withdrawn = [kw["detail"] for e, kw in host.events if "withdrawn" in kw.get("detail", {})]
+        assert len(withdrawn) == 1 and withdrawn[0]["withdrawn"] == first["message"], withdrawn
+        assert "its end came late, not the task" in withdrawn[0]["message"]
         return
     assert "a driver call did not return in time" in str(reason), reason
     assert "ketchup cancel" not in str(reason), reason  # found by a review: it stayed
     if ends == "late":
         assert host.reasons[-1] == "", host.reasons  # the live reason cleared at the end
+
+
+async def test_a_task_whose_node_is_lost_is_not_said_to_overrun(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An outside run: a node killed (its restart held) mid-task; past the task's
+    max_duration the job said "a driver call did not return in time" while the reason
+    was the lost node (ended ce for it after the grace). While its node is lost a task
+    does not count as overrunning; back, it does."""
+    monkeypatch.setattr(runner_mod, "OVERRUN_GRACE", 0.3)
+    host = FakeHost()
+    job = _job()
+    job.payload["method"][0]["max_duration"] = 0.2
+    runner, done = await _run(host, job)
+    await host.set(node=host.node.model_copy(update={"state": "lost"}))
+    await asyncio.sleep(1.0)  # past max_duration + grace, the node lost
+    assert not done.done()
+    assert not host.reasons and not [e for e, _ in host.events if e == "warning"], host.events
+    await host.set(node=host.node.model_copy(update={"state": "online"}))
+    await asyncio.sleep(0.5)  # back, and still no end: now it is said
+    assert [e for e, _ in host.events if e == "warning"], host.events
+    await runner.cancel()
+    status, _reason = await asyncio.wait_for(done, 10)
+    assert status == "cd"
 
 
 async def test_a_task_whose_driver_call_never_returns_is_given_up(

@@ -32,6 +32,8 @@ EVENT_DETAILS: Final[dict[str, dict[str, str]]] = {
     "warning": {
         "message": "what the user should know",
         "node": "the node it is about (clock skew warnings)",
+        "withdrawn": "the message of an earlier warning that no longer holds (a task's end"
+        " that came late, not the task)",
     },
     "storage_fault": {"error": "why the recorder cannot store data now"},
     "storage_resumed": {},

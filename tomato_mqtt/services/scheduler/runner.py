@@ -530,7 +530,9 @@ class JobRunner:
                     timeout = left if timeout is None else min(timeout, left)
                 else:
                     lost_since = None
-                overrun_in = self._until_overrun(t, component)
+                # not while its node is lost: that is the reason, and said so (it was
+                # said a driver call did not return: an outside run, a node killed)
+                overrun_in = None if lost_since is not None else self._until_overrun(t, component)
                 if overrun_in is not None:
                     timeout = overrun_in if timeout is None else min(timeout, overrun_in)
                 stuck_in = self._until_given_up(t)
@@ -563,12 +565,25 @@ class JobRunner:
             # limit (fault injection: jobs ended c with "a driver call did not return")
             with contextlib.suppress(ValueError):
                 self.warnings.remove(t.overrun_warning)
+            ran = float(end["t_end"]) - float(end["t_start"])
             log.info(
                 "job %d: task %d ran %.1f s by its node's clock: its end came late, "
                 "not the task (the overrun warning is withdrawn)",
                 self.job.id,
                 t.spec.index,
-                float(end["t_end"]) - float(end["t_start"]),
+                ran,
+            )
+            # said on the wire too: events are not retained, and a page or a script kept
+            # showing the warning (an outside run: a broker down 29 s)
+            self.host.job_event(
+                self.job.id,
+                "warning",
+                task=t.spec.index,
+                detail={
+                    "message": f"task {t.spec.index} ran {ran:.1f} s by its node's clock: "
+                    "its end came late, not the task (the warning before is withdrawn)",
+                    "withdrawn": t.overrun_warning,
+                },
             )
         detail = {"reason": end.get("reason"), "npoints": end.get("npoints")}
         missed = int(end.get("missed") or 0)
