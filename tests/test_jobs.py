@@ -329,6 +329,28 @@ def test_node_lost_mid_job_ends_ce_with_data(tmp_path: Path) -> None:
         # stop the supervisor from restarting it: SIGSTOP the node (hung), so it is lost
         with _frozen(st.child_pid("node")):
             job = st.wait_job(jobid, {"c", "ce", "cd"}, timeout=60)
+            # its component is still shown lost, no longer in the ended job (an outside
+            # run: every reader showed "lost, job 5, task 0" after job 5 ended ce)
+            shown: list[dict[str, object]] = []
+            for _ in range(50):
+                shown = list(st.json("tomato", "status", "components")["data"].values())
+                if shown and all(c["state"] == "lost" and c["jobid"] is None for c in shown):
+                    break
+                time.sleep(0.1)
+            seen = [(c["state"], c["jobid"]) for c in shown]
+            assert shown and all(s == ("lost", None) for s in seen), seen
+            # and so says its retained status, which dashboards and scripts read
+            import paho.mqtt.subscribe as sub
+
+            from tomato_mqtt.wire.topics import Topics
+
+            topic = Topics(st.instance).component_status("example_counter:(example-addr,1)")
+            for _ in range(50):
+                said = json.loads(sub.simple(topic, port=st.port, retained=True).payload)
+                if said["state"] == "lost" and said["jobid"] is None:
+                    break
+                time.sleep(0.1)
+            assert said["state"] == "lost" and said["jobid"] is None, said
         assert job["status"] == "ce", job
         assert "lost" in job["reason"]
         ds = open_tree(job["respath"])["counter"].to_dataset()

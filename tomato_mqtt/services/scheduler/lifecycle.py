@@ -255,6 +255,7 @@ class JobLifecycle:
 
             await self._until_stored(jobid, f"that {pip} is free", free)
             await svc.publish_pipeline(pip)
+        await svc.lost.job_ended((job.progress.get("roles") or {}).values())
         await svc.publish_job(job)
         log.info(
             "job %d ended %s%s; file %s", job.id, status, f" ({reason})" if reason else "", respath

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from tomato_mqtt.wire.messages import ComponentStatus, NodeStatus
@@ -31,13 +32,14 @@ log = logging.getLogger(__name__)
 class LostComponents:
     def __init__(self, svc: SchedulerService) -> None:
         self.svc = svc
-        self.marked: set[str] = set()  # nodes whose components were published lost
+        #: nodes whose components were published lost, and why
+        self.marked: dict[str, str] = {}
 
     async def node_status(self, st: NodeStatus) -> None:
         if st.state == "lost":
             await self.mark(st.node, "its last will arrived")
         elif st.state == "online" and st.node in self.marked:
-            self.marked.discard(st.node)
+            del self.marked[st.node]
             self.svc.spawn(self.rebirth(st.node))
 
     async def sweep(self) -> None:
@@ -49,23 +51,35 @@ class LostComponents:
     async def mark(self, node: str, why: str) -> None:
         if node in self.marked:
             return
-        self.marked.add(node)
+        self.marked[node] = why
         comps = self.svc.layout.components_of_node(node)
         log.warning("node %s is lost (%s): %d component(s) shown lost", node, why, len(comps))
-        now = time.time()
         for c in comps:
-            prev = self.svc.cstatus.get(c.name)
-            msg = ComponentStatus(
-                name=c.name,
-                node=node,
-                state="lost",
-                time=now,
-                job=prev.job if prev else None,
-                task=prev.task if prev else None,
-                error=f"node {node} is lost ({why})",
-                epoch=prev.epoch if prev else 0,
-            )
-            await self.svc.publish(self.svc.topics.component_status(c.name), msg)
+            await self._publish_lost(c.name, node, why)
+
+    async def _publish_lost(self, name: str, node: str, why: str, in_job: bool = True) -> None:
+        """``name`` shown lost; ``in_job``: with the job and task it ran (else none)."""
+        prev = self.svc.cstatus.get(name)
+        msg = ComponentStatus(
+            name=name,
+            node=node,
+            state="lost",
+            time=time.time(),
+            job=prev.job if prev and in_job else None,
+            task=prev.task if prev and in_job else None,
+            error=f"node {node} is lost ({why})",
+            epoch=prev.epoch if prev else 0,
+        )
+        await self.svc.publish(self.svc.topics.component_status(name), msg)
+
+    async def job_ended(self, components: Iterable[str]) -> None:
+        """A job ended while the node of some of its components was lost: their ``lost``
+        status no longer names it (every reader showed ``lost, job 5, task 0`` after job 5
+        had ended ce, its pipeline free: an outside run)."""
+        for name in components:
+            c = self.svc.layout.components.get(name)
+            if c is not None and c.node in self.marked:
+                await self._publish_lost(name, c.node, self.marked[c.node], in_job=False)
 
     async def rebirth(self, node: str) -> None:
         """Ask ``node`` to publish all its retained topics again."""

@@ -82,8 +82,11 @@ def _components(svc: SchedulerService) -> dict[str, JsonValue]:
         st = svc.cstatus.get(name)
         node = svc.nodes.get(c.node)
         state: str = st.state if st else "unregistered"
+        jobid = st.job if st else None
         if node is None or node.state != "online":
             state = "lost" if node else "no node"
+            if jobid not in svc.runners:  # its node's last word, of a job that ended since
+                jobid = None  # (an outside run: "lost, job 5" after job 5 had ended ce)
         out[name] = {
             "name": name,
             "driver": c.driver,
@@ -95,7 +98,7 @@ def _components(svc: SchedulerService) -> dict[str, JsonValue]:
             "node": c.node,
             "state": state,
             "registered": bool(meta and meta.registered),
-            "jobid": st.job if st else None,
+            "jobid": jobid,
             "error": (meta.error if meta else None) or (st.error if st else None),
         }
     return out
