@@ -15,6 +15,7 @@ import subprocess
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tomato_mqtt_broker import BrokerConfig, EmbeddedBroker
 
@@ -23,6 +24,9 @@ from tests.stack import free_port
 from tomato_mqtt.config.users import UsersFile
 from tomato_mqtt.wire import mosquitto as mq
 from tomato_mqtt.wire.topics import Topics
+
+if TYPE_CHECKING:
+    from tomato_mqtt.config.settings import Settings
 
 #: login -> (password, role)
 USERS: dict[str, tuple[str, str]] = {
@@ -181,3 +185,19 @@ async def secured(
         yield b
     finally:
         await stop(b)
+
+
+def scheduler_settings(b: SecureBroker, root: Path, extra: str = "") -> Settings:
+    """The settings of a scheduler with its own login on the secured broker ``b`` (the
+    devices file :data:`DEVICES`; app, data and log folders under ``root``)."""
+    from tomato_mqtt.config.settings import load_settings
+
+    app = root / "app"
+    app.mkdir(parents=True)
+    (app / "devices.yml").write_text(DEVICES)
+    (app / "settings.toml").write_text(
+        f'[mqtt]\ninstance = "{b.instance}"\nport = {b.port}\n'
+        'username = "sched"\npassword = "pw-sched"\n'
+        f'[broker]\nembedded = false\npassword_file = "{b.workdir / "users"}"\n{extra}'
+    )
+    return load_settings(appdir=app, datadir=root / "data", logdir=root / "log")

@@ -322,22 +322,12 @@ async def test_dashboard_roles_on_secured_mosquitto(
     shows no controls; an operator who signs in gets them, and acts as themself; a
     reader who signs in gets none; a wrong password is refused in the page."""
     from tests.inproc import running
-    from tests.security_env import DEVICES, secured
-    from tomato_mqtt.config.settings import load_settings
+    from tests.security_env import scheduler_settings, secured
     from tomato_mqtt.services.dashboard.web import cookie_name
     from tomato_mqtt.services.scheduler.service import SchedulerService
 
     async with secured("mosquitto", tmp_path / "b", instance, mosquitto_path) as b:
-        app = tmp_path / "app"
-        app.mkdir()
-        (app / "devices.yml").write_text(DEVICES)
-        (app / "settings.toml").write_text(
-            f'[mqtt]\ninstance = "{instance}"\nport = {b.port}\n'
-            'username = "sched"\npassword = "pw-sched"\n'
-            f'[broker]\nembedded = false\npassword_file = "{b.workdir / "users"}"\n'
-            "[scheduler]\nheartbeat = 0.5\n"
-        )
-        s = load_settings(appdir=app, datadir=tmp_path / "data", logdir=tmp_path / "log")
+        s = scheduler_settings(b, tmp_path, "[scheduler]\nheartbeat = 0.5\n")
         async with (
             running(SchedulerService(s)),
             running_dashboard(b.url("dash"), instance) as dash,
@@ -423,9 +413,8 @@ async def test_a_server_on_another_port_cannot_use_the_cookie_it_receives(
     from aiohttp import web
 
     from tests.inproc import running
-    from tests.security_env import DEVICES, secured
+    from tests.security_env import scheduler_settings, secured
     from tests.stack import free_port
-    from tomato_mqtt.config.settings import load_settings
     from tomato_mqtt.services.dashboard.web import cookie_name
     from tomato_mqtt.services.scheduler.service import SchedulerService
 
@@ -442,15 +431,7 @@ async def test_a_server_on_another_port_cannot_use_the_cookie_it_receives(
     other_port = free_port()
     await web.TCPSite(runner, "127.0.0.1", other_port).start()
     async with secured("amqtt", tmp_path / "b", instance) as b:
-        root = tmp_path / "app"
-        root.mkdir()
-        (root / "devices.yml").write_text(DEVICES)
-        (root / "settings.toml").write_text(
-            f'[mqtt]\ninstance = "{instance}"\nport = {b.port}\n'
-            'username = "sched"\npassword = "pw-sched"\n'
-            f'[broker]\nembedded = false\npassword_file = "{b.workdir / "users"}"\n'
-        )
-        s = load_settings(appdir=root, datadir=tmp_path / "data", logdir=tmp_path / "log")
+        s = scheduler_settings(b, tmp_path)
         try:
             async with (
                 running(SchedulerService(s)),

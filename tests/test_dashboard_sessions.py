@@ -17,9 +17,8 @@ import pytest
 
 from tests.browser import running_dashboard
 from tests.inproc import running
-from tests.security_env import DEVICES, SecureBroker, secured
+from tests.security_env import SecureBroker, scheduler_settings, secured
 from tests.stack import free_port
-from tomato_mqtt.config.settings import load_settings
 from tomato_mqtt.config.url import BrokerURL
 from tomato_mqtt.services.dashboard.sessions import LoginFailed, Session, Sessions
 from tomato_mqtt.services.scheduler.service import SchedulerService
@@ -132,15 +131,7 @@ async def test_a_page_whose_sign_in_ended_is_told_why() -> None:
 
 def _scheduler(b: SecureBroker, root: Path) -> SchedulerService:
     """A scheduler with its own login on the secured broker ``b``."""
-    app = root / "app"
-    app.mkdir(parents=True)
-    (app / "devices.yml").write_text(DEVICES)
-    (app / "settings.toml").write_text(
-        f'[mqtt]\ninstance = "{b.instance}"\nport = {b.port}\n'
-        'username = "sched"\npassword = "pw-sched"\n'
-        f'[broker]\nembedded = false\npassword_file = "{b.workdir / "users"}"\n'
-    )
-    return SchedulerService(load_settings(appdir=app, datadir=root / "d", logdir=root / "l"))
+    return SchedulerService(scheduler_settings(b, root))
 
 
 async def test_a_node_login_is_told_its_role_cannot_use_the_dashboard(
