@@ -9,8 +9,10 @@ control goes back through the real scheduler.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -400,98 +402,174 @@ async def test_dashboard_roles_on_secured_mosquitto(
                 assert await page.locator("#reply").is_hidden()
 
 
+@contextlib.asynccontextmanager
+async def _signed_in(tmp_path: Path, instance: str, user: str) -> AsyncIterator[Any]:
+    """A secured stack (amqtt, its scheduler), its dashboard and a Chromium page signed in
+    as ``user`` (password ``pw-<user>``): yields ``(dash, browser, page)``."""
+    from tests.inproc import running
+    from tests.security_env import scheduler_settings, secured
+    from tomato_mqtt.services.scheduler.service import SchedulerService
+
+    async with (
+        secured("amqtt", tmp_path / "b", instance) as b,
+        running(SchedulerService(scheduler_settings(b, tmp_path))),
+        running_dashboard(b.url("dash"), instance) as dash,
+        chromium_page() as (browser, page),
+    ):
+        await page.goto(dash.address())
+        await page.wait_for_function("() => window.S.me && window.S.me.role")
+        await page.fill("#login-user", user)
+        await page.fill("#login-pass", f"pw-{user}")
+        await page.click("#login button")
+        await page.wait_for_function(f"() => window.S.me && window.S.me.user === '{user}'")
+        yield dash, browser, page
+
+
+async def _framed_me(page: Any) -> Any:
+    """What the dashboard framed in ``page`` says of its user (None: nothing framed)."""
+    for frame in page.frames[1:]:
+        try:
+            return await frame.evaluate("() => window.S ? window.S.me : null")
+        except Exception:  # a frame the browser refused: an error page of its own
+            continue
+    return None
+
+
 async def test_a_server_on_another_port_cannot_use_the_cookie_it_receives(
-    tmp_path: Path, instance: str
+    tmp_path: Path, instance: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A browser sends a host's cookies to every port of that host: any web server on the
     dashboard's PC (another user's, on another port) received a signed-in user's session
     cookie and, replaying it, acted as that user (security.md named it as a gap). The
     cookie is now one half of the session; the other, the key, stays in the page's own
-    origin (port included) and comes with every request. Real Chromium, a real second
-    server; the page itself stays signed in across a reload."""
+    origin (port included) and comes with every request. Nor may that server show the
+    dashboard in a frame (same site: the frame had cookie and key, and a click in it acted
+    as the user: a review), and the key never reaches the log. Real Chromium, a real
+    second server; the page itself stays signed in across a reload."""
     import aiohttp
     from aiohttp import web
 
-    from tests.inproc import running
-    from tests.security_env import scheduler_settings, secured
     from tests.stack import free_port
     from tomato_mqtt.services.dashboard.web import cookie_name
-    from tomato_mqtt.services.scheduler.service import SchedulerService
 
     received: list[str] = []
+    where: dict[str, str] = {}
 
     async def other(request: web.Request) -> web.Response:  # another program's server
         received.append(request.headers.get("Cookie", ""))
         return web.Response(text="another program on this PC")
 
+    async def framing(request: web.Request) -> web.Response:
+        html = f'<iframe src="{where["dash"]}" width="800" height="600"></iframe>'
+        return web.Response(text=html, content_type="text/html")
+
     app = web.Application()
     app.router.add_get("/", other)
+    app.router.add_get("/frame", framing)
     runner = web.AppRunner(app)
     await runner.setup()
     other_port = free_port()
     await web.TCPSite(runner, "127.0.0.1", other_port).start()
-    async with secured("amqtt", tmp_path / "b", instance) as b:
-        s = scheduler_settings(b, tmp_path)
-        try:
-            async with (
-                running(SchedulerService(s)),
-                running_dashboard(b.url("dash"), instance) as dash,
-                chromium_page() as (browser, page),
-                aiohttp.ClientSession() as http,
-            ):
-                await page.goto(dash.address())
-                await page.wait_for_function("() => window.S.me && window.S.me.role")
-                await page.fill("#login-user", "ada")
-                await page.fill("#login-pass", "pw-ada")
-                await page.click("#login button")
-                await page.wait_for_function("() => window.S.me && window.S.me.user === 'ada'")
+    try:
+        async with (
+            _signed_in(tmp_path, instance, "ada") as (dash, browser, page),
+            aiohttp.ClientSession() as http,
+        ):
+            where["dash"] = dash.address()
+            # the premise: the browser gives the dashboard's cookie to the other server
+            other_page = await browser.new_page()
+            await other_page.goto(f"http://127.0.0.1:{other_port}/")
+            name = cookie_name(dash.port)
+            got = [c.split("=", 1) for r in received for c in r.split("; ") if "=" in c]
+            token = next((v for k, v in got if k == name), None)
+            assert token, f"the other server got no {name} cookie: {received}"
+            # replayed by the other server, the cookie is no one's
+            cookie = {"Cookie": f"{name}={token}"}
+            async with http.ws_connect(dash.address() + "ws", headers=cookie) as ws:
+                hello = await ws.receive_json(timeout=10)
+            assert hello["t"] == "hello" and not hello["me"]["signed_in"], hello["me"]
+            assert hello["me"]["controls"] == [] and hello["ended"] is None, hello
+            load = {"op": "pipeline_load", "args": {"pipeline": "pip-a", "sample": "x"}}
+            async with http.post(dash.address() + "api/cmd", json=load, headers=cookie) as r:
+                said = await r.json()
+            assert not said["success"] and said["code"] == "not_allowed", said
+            # (a script written for the cookie alone is told what it lacks)
+            assert "without its key (the X-Tomato-Key header" in said["msg"], said
+            async with http.get(dash.address() + "api/job/1/download", headers=cookie) as r:
+                assert r.status == 403 and "without its key" in await r.text()
+            async with http.post(dash.address() + "api/logout", json={}, headers=cookie):
+                pass  # nor does it sign her out
 
-                # the premise: the browser gives the dashboard's cookie to the other server
-                other_page = await browser.new_page()
-                await other_page.goto(f"http://127.0.0.1:{other_port}/")
-                name = cookie_name(dash.port)
-                got = [c.split("=", 1) for r in received for c in r.split("; ") if "=" in c]
-                token = next((v for k, v in got if k == name), None)
-                assert token, f"the other server got no {name} cookie: {received}"
-                # replayed by the other server, the cookie is no one's
-                cookie = {"Cookie": f"{name}={token}"}
-                async with http.ws_connect(dash.address() + "ws", headers=cookie) as ws:
-                    hello = await ws.receive_json(timeout=10)
-                assert hello["t"] == "hello" and not hello["me"]["signed_in"], hello["me"]
-                assert hello["me"]["controls"] == [] and hello["ended"] is None, hello
-                load = {"op": "pipeline_load", "args": {"pipeline": "pip-a", "sample": "x"}}
-                async with http.post(dash.address() + "api/cmd", json=load, headers=cookie) as r:
-                    said = await r.json()
-                assert not said["success"] and said["code"] == "not_allowed", said
-                async with http.get(dash.address() + "api/job/1/download", headers=cookie) as r:
-                    assert r.status == 403, await r.text()
-                async with http.post(dash.address() + "api/logout", json={}, headers=cookie):
-                    pass  # nor does it sign her out
+            # nor may it show the dashboard in a frame
+            async with http.get(dash.address()) as r:
+                assert r.headers.get("X-Frame-Options") == "DENY", r.headers
+                assert r.headers.get("Content-Security-Policy") == "frame-ancestors 'none'"
+            await other_page.goto(f"http://127.0.0.1:{other_port}/frame")
+            await other_page.wait_for_timeout(1500)
+            assert await _framed_me(other_page) is None
 
-                # the key stays in the dashboard's origin
-                assert await other_page.evaluate("localStorage.length") == 0
-                assert await page.evaluate("localStorage.length") == 1
+            # the key stays in the dashboard's origin
+            assert await other_page.evaluate("localStorage.length") == 0
+            assert await page.evaluate("localStorage.length") == 1
 
-                # with the key too, as a script sends it (dashboard.md), it is hers
-                key = await page.evaluate("localStorage.getItem('tomato_dashboard_key')")
-                both = cookie | {"X-Tomato-Key": key}
-                eject = {"op": "pipeline_eject", "args": {"pipeline": "pip-a"}}
-                async with http.post(dash.address() + "api/cmd", json=eject, headers=both) as r:
-                    said = await r.json()
-                assert said["success"], said
+            # with the key too, as a script sends it (dashboard.md), it is hers
+            key = await page.evaluate("localStorage.getItem('tomato_dashboard_key')")
+            both = cookie | {"X-Tomato-Key": key}
+            eject = {"op": "pipeline_eject", "args": {"pipeline": "pip-a"}}
+            async with http.post(dash.address() + "api/cmd", json=eject, headers=both) as r:
+                said = await r.json()
+            assert said["success"], said
+            # offered as the only subprotocol, aiohttp logs what it was offered: not the key
+            with contextlib.suppress(aiohttp.WSServerHandshakeError):
+                async with http.ws_connect(
+                    dash.address() + "ws", headers=cookie, protocols=(f"key.{key}",)
+                ) as ws:
+                    await ws.receive_json(timeout=10)
+            assert "key.<hidden>" in caplog.text and key not in caplog.text
 
-                # her own page, reloaded, is still hers and acts as her
-                await page.reload()
-                await page.wait_for_function("() => window.S.me && window.S.me.user === 'ada'")
-                r = await page.evaluate(
-                    "window.command('pipeline_load', {pipeline: 'pip-a', sample: 'adas'})"
-                )
-                assert r["success"], r
-                assert dash.sessions._by_token[token].user == "ada"
-                # signing out in the page drops the key too
-                await page.click("#logout")
-                await page.wait_for_function("() => window.S.me && !window.S.me.signed_in")
-                assert await page.evaluate("localStorage.length") == 0
-                assert token not in dash.sessions._by_token
-        finally:
-            await runner.cleanup()
+            # her own page, reloaded, is still hers and acts as her
+            await page.reload()
+            await page.wait_for_function("() => window.S.me && window.S.me.user === 'ada'")
+            r = await page.evaluate(
+                "window.command('pipeline_load', {pipeline: 'pip-a', sample: 'adas'})"
+            )
+            assert r["success"], r
+            assert dash.sessions._by_token[token].user == "ada"
+            # signing out in the page drops the key too
+            await page.click("#logout")
+            await page.wait_for_function("() => window.S.me && !window.S.me.signed_in")
+            assert await page.evaluate("localStorage.length") == 0
+            assert token not in dash.sessions._by_token
+    finally:
+        await runner.cleanup()
+
+
+async def test_the_tabs_of_one_browser_follow_its_sign_in(tmp_path: Path, instance: str) -> None:
+    """A review: signed out in one tab, another tab kept showing the user and its
+    controls; signed in as someone else in one, the other went on showing the first user
+    and acted as the second (olga's page submitted jobs as otto). And a page whose sign-in
+    ended kept its live socket on the ended session, whose closed connection was asked for
+    the jobs it opened, for every page: now its socket is closed and it connects again."""
+    async with _signed_in(tmp_path, instance, "olga") as (dash, browser, tab1):
+        tab2 = await browser.new_page()
+        await tab2.goto(dash.address())
+        await tab2.wait_for_function("() => window.S.me && window.S.me.user === 'olga'")
+        pages = len(dash.viewers)
+        await tab1.click("#logout")
+        out = "() => window.S.me && !window.S.me.signed_in"
+        await tab2.wait_for_function(out, timeout=10_000)
+        said = await _reply(tab2)
+        assert "signed out in another tab" in said, said
+        assert await tab2.locator("#submit-controls").is_hidden()
+        for _ in range(50):  # both pages connected again, as no one
+            if len(dash.viewers) == pages and all(v.session.user is None for v in dash.viewers):
+                break
+            await asyncio.sleep(0.1)
+        assert [v.session.user for v in dash.viewers] == [None] * pages
+        await tab2.fill("#login-user", "otto")
+        await tab2.fill("#login-pass", "pw-otto")
+        await tab2.click("#login button")
+        otto = "() => window.S.me && window.S.me.user === 'otto'"
+        await tab1.wait_for_function(otto, timeout=10_000)
+        assert "signed in in another tab: this page follows" in await _reply(tab1)
+        assert await tab1.locator("#submit-controls").is_visible()  # otto's, shown as his

@@ -159,6 +159,7 @@ class DashboardService:
         self.state = LabState()
         exposed = not is_loopback(cfg.host)  # 127.0.0.2 too: any loopback address
         self.sessions = Sessions(cfg.url, cfg.instance, cfg.read_only, exposed)
+        self.sessions.on_end = self._session_ended
         self.viewers: set[Viewer] = set()
         self.client: AsyncClient | None = None
         self.port: int | None = None  # the bound port, once serving
@@ -169,6 +170,7 @@ class DashboardService:
         #: called with the page's address once it is served (``tomato dashboard --open``)
         self.on_ready: Callable[[str], object] | None = None
         self._stop = asyncio.Event()
+        self._closing: set[asyncio.Future[object]] = set()  # sockets of ended sign-ins
         self.started_at = time.time()
         self._backfilled: set[int] = set()
         self._refilled: set[int] = set()  # ended jobs whose plots were made anew from the file
@@ -343,13 +345,26 @@ class DashboardService:
             self._maybe_backfill(job)
             self._fetch_job(job, viewer)
 
+    def _session_ended(self, s: Session) -> None:
+        """A sign-in ended (signed out in another tab, a sixth sign-in of its login, 12 h
+        idle): its pages' live sockets close, and the pages connect again as who they are
+        now. They kept the ended session: its closed connection was asked for the whole
+        job a page opened, for every page of that job, and none got it (a review)."""
+        for v in [v for v in self.viewers if v.session is s]:
+            if v.close is not None:
+                task = asyncio.ensure_future(v.close())
+                self._closing.add(task)
+                task.add_done_callback(self._closing.discard)
+
     # -- the whole job (its payload) --------------------------------------------------------
     def _fetch_job(self, job: int, page: Viewer, changed: bool = False) -> None:
         """Ask the scheduler for the whole job: retained statuses are summaries without the
         payload (schema 2), and a job page shows the payload and its current task. One
         request per job at a time, for every page; one that came lately is reused unless
         the job ``changed``."""
-        who = (page.session, self.sessions.shared)
+        # (a page's session that ended as it asked: not its closed connection)
+        own = page.session if self.sessions.live(page.session) else None
+        who = (own, self.sessions.shared)
         s = next((x for x in who if x is not None and x.me and "job_status" in x.me.ops), None)
         if s is None:
             return  # this login may not read jobs: the page shows the summary only

@@ -29,6 +29,7 @@ import hmac
 import secrets
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -158,6 +159,9 @@ class Sessions:
         #: this run's mark, the start of every token it makes: a token with another mark
         #: was made by a dashboard that ran on this port before
         self._run = secrets.token_hex(4)
+        #: told of every session that ends (the dashboard closes the live sockets of its
+        #: pages: they kept it, and its closed connection, after it was signed out)
+        self.on_end: Callable[[Session], object] | None = None
 
     async def start_shared(self, client: AsyncClient) -> None:
         topics = Topics(self.instance, self.url.username)
@@ -183,6 +187,15 @@ class Sessions:
             return self.shared
         s.used = now
         return s
+
+    def live(self, s: Session) -> bool:
+        """Whether ``s`` still signs someone in (the shared one always does)."""
+        return s is self.shared or self._by_token.get(s.token) is s
+
+    def unkeyed(self, token: str | None, key: str | None) -> bool:
+        """Whether a request brought the cookie of a live sign-in without its key."""
+        s = self._by_token.get(token) if token else None
+        return s is not None and not s.holds(key)
 
     def ended(self, token: str | None) -> str | None:
         """What to tell a page whose cookie no longer signs anyone in (None: nothing, it
@@ -212,6 +225,8 @@ class Sessions:
         """Forget ``s`` now; its broker connection closes in the background."""
         self._ending(s.token, why)
         self._by_token.pop(s.token, None)
+        if self.on_end is not None:
+            self.on_end(s)
         if s.client is not None:
             task = asyncio.ensure_future(_disconnect(s.client))
             self._closing.add(task)
@@ -329,6 +344,8 @@ class Sessions:
             return
         del self._by_token[s.token]
         self._ending(s.token, "signed out")
+        if self.on_end is not None:
+            self.on_end(s)
         if s.client is not None:
             with contextlib.suppress(Exception):
                 await s.client.disconnect()

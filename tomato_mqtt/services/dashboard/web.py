@@ -18,7 +18,9 @@ import asyncio
 import contextlib
 import ipaddress
 import json
+import logging
 import os
+import re
 import socket
 from importlib import resources
 from pathlib import Path
@@ -52,6 +54,8 @@ SVC: web.AppKey[DashboardService] = web.AppKey("svc", DashboardService)
 def make_app(svc: DashboardService) -> web.Application:
     app = web.Application(client_max_size=MAX_BODY, middlewares=[_same_origin])
     app[SVC] = svc
+    app.on_response_prepare.append(_no_framing)
+    _hide_keys_in_logs()
     app.router.add_get("/", _index)
     app.router.add_static("/static/", STATIC)
     app.router.add_get("/vendor/plotly.min.js", _plotly)
@@ -112,6 +116,39 @@ async def _same_origin(request: web.Request, handler: Any) -> web.StreamResponse
     return resp
 
 
+async def _no_framing(request: web.Request, resp: web.StreamResponse) -> None:
+    """No page may show the dashboard in a frame: a server on another port of this PC is
+    the same site, so a frame of it had the user's cookie and key, and a click in it
+    (clickjacking) acted as the user (a review: an eject went through)."""
+    resp.headers["X-Frame-Options"] = "DENY"
+    resp.headers["Content-Security-Policy"] = "frame-ancestors 'none'"
+
+
+class _NoKeys(logging.Filter):
+    """What aiohttp logs of a request (its subprotocols when none fits, a header it could
+    not parse) without a session's key: it wrote the key to the dashboard's log."""
+
+    KEY = re.compile(r"\b(key\.|x-tomato-key['\"]?\s*[:,=]?\s*['\"]?)[^\s'\",\])]+", re.I)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        clean = self.KEY.sub(r"\1<hidden>", text)
+        if clean != text:
+            record.msg, record.args = clean, ()
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = self.KEY.sub(r"\1<hidden>", record.exc_text)
+        return True
+
+
+def _hide_keys_in_logs() -> None:
+    for name in ("aiohttp.server", "aiohttp.websocket", "aiohttp.web", "aiohttp.access"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _NoKeys) for f in logger.filters):
+            logger.addFilter(_NoKeys())
+
+
 def cookie_name(port: int | None) -> str:
     """The session cookie of the dashboard serving on ``port``: a browser sends a host's
     cookies to every port, so two dashboards on one PC with one name signed each other's
@@ -136,6 +173,17 @@ def _key(request: web.Request) -> str | None:
         offered = request.headers.get("Sec-WebSocket-Protocol", "")
         key = next((p.strip()[4:] for p in offered.split(",") if p.strip()[:4] == "key."), None)
     return key
+
+
+def _unkeyed(request: web.Request) -> str | None:
+    """What to tell a request that brought a sign-in's cookie without its key (a script
+    written for the cookie alone, the download link opened in a tab of its own)."""
+    if not request.app[SVC].sessions.unkeyed(_token(request), _key(request)):
+        return None
+    return (
+        f"not signed in: this request brought the cookie of a sign-in without its key (the"
+        f" {KEY_HEADER} header: docs/dashboard.md); sign in again, or use the page"
+    )
 
 
 def _session(request: web.Request) -> Session:
@@ -274,6 +322,9 @@ async def _cmd(request: web.Request) -> web.StreamResponse:
             f"unknown operation {op or '(no op)'!r} (known: {', '.join(KNOWN_OPS)})", "unknown_op"
         )
     if op not in s.controls:
+        unkeyed = _unkeyed(request)
+        if unkeyed:
+            return _fail(unkeyed, "not_allowed")
         ended = request.app[SVC].sessions.ended(_token(request))
         if ended:  # signed out elsewhere since the page loaded: say that, and who it is now
             # (it answered "not allowed here: … (role reader)" with the controls still
@@ -389,7 +440,7 @@ async def _download(request: web.Request) -> web.StreamResponse:
     if "job_snapshot" not in s.controls:
         if s.read_only:  # the reason, not the role (an admin was told its role may not)
             raise web.HTTPForbidden(text="this dashboard is read-only: no snapshots here")
-        ended = request.app[SVC].sessions.ended(_token(request))
+        ended = _unkeyed(request) or request.app[SVC].sessions.ended(_token(request))
         raise web.HTTPForbidden(text=ended or "your role may not take snapshots of jobs")
     try:
         snap = await take_snapshot(s, job)

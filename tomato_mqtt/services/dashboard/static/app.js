@@ -33,12 +33,29 @@ window.mayActOn = mayActOn;
 // of this host: any server on this PC got it), and this key, kept in this origin's storage
 // (its port included) and sent with every request (sessions.py).
 const KEY = "tomato_dashboard_key";
-function sessionKey() { try { return localStorage.getItem(KEY); } catch { return null; } }
+// a browser that keeps no storage: the key is this page's own, until it reloads (it said
+// "signed in" and the page stayed anonymous: a review)
+let pageKey = null, noStorage = false;
+function sessionKey() {
+  if (noStorage) return pageKey;
+  try { return localStorage.getItem(KEY); } catch { return pageKey; }
+}
 function setSessionKey(k) {
-  try { if (k) localStorage.setItem(KEY, k); else localStorage.removeItem(KEY); } catch { /* no storage: the page signs in as no one */ }
+  pageKey = k || null;
+  try { if (k) localStorage.setItem(KEY, k); else localStorage.removeItem(KEY); } catch { noStorage = true; }
 }
 const withKey = (headers) => { const k = sessionKey(); return k ? { ...headers, "X-Tomato-Key": k } : headers; };
 window.withKey = withKey;
+// another tab of this page signed out, or in as someone else: this one follows at once
+// (it kept showing the old sign-in and its controls, and acted as the new one: a page
+// showing olga submitted jobs as otto, a review)
+let keyAtConnect = null;
+window.addEventListener("storage", (e) => {
+  if ((e.key !== KEY && e.key !== null) || e.newValue === keyAtConnect) return;
+  if (e.newValue) showReply({ success: true, msg: "signed in in another tab: this page follows" });
+  else if (S.me && S.me.signed_in) showReply({ success: false, msg: "signed out in another tab" });
+  if (window.__dash.ws) window.__dash.ws.close();  // connects again, as who it is now
+});
 
 // -- keyed rows: touch only what changed ---------------------------------------------------
 function renderRows(tbody, rows) {
@@ -98,6 +115,7 @@ function setMe(me) {
 function connect() {
   // a WebSocket takes no headers: the key goes as a second subprotocol, never chosen
   const k = sessionKey();
+  keyAtConnect = k;
   const ws = new WebSocket(`${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/ws`, k ? ["tomato", `key.${k}`] : []);
   window.__dash.ws = ws;
   ws.onopen = () => { $("conn").textContent = "live"; $("conn").className = "pill on"; watchRoute(); };
