@@ -491,6 +491,48 @@ async def test_a_task_end_told_while_the_broker_answers_no_name_check_is_said_la
     assert "cannot check its name now" in caplog.text
 
 
+async def test_two_configures_that_come_together_leave_every_component_reachable(
+    broker: RunningBroker, tmp_path: Path, instance: str
+) -> None:
+    """A randomized fault run: a node stalled while two reloads removed a component and
+    added it back got both configures at once; handled side by side, the removal's
+    unsubscribes came after the re-add's subscribes of the same filters, and the
+    component registered but took no command (its jobs ended ce "no node hosting ...
+    answered on .../task_start", passata got no answer). One configure at a time now.
+    Both configures go over the real broker, as the scheduler sends them."""
+    import yaml
+
+    from tests.stack import CONFIG
+
+    four = "example_counter:(example-addr,4)"
+    async with inproc_stack(broker.port, tmp_path, instance, components=4) as st:
+        full = st.scheduler.nodeconfig.args("local")
+        without = full.model_copy(
+            update={"components": [c for c in full.components if c.name != four]}
+        )
+        topic = st.topics.node_cmd("local", "configure")
+        for _ in range(3):  # the interleaving depends on the order the awaits resume in
+            replies = await asyncio.gather(
+                *(
+                    st.requester.request(topic, a.model_dump(mode="json"), timeout=10)
+                    for a in (without, full)
+                )
+            )
+            assert all(r.success for r in replies), replies
+        await st.wait_registered(4)
+        reply = await st.requester.request(
+            st.topics.component_user_cmd(four, "get_attr"), {"attr": "max"}, timeout=5
+        )
+        assert reply.success, reply
+        await st.call("pipeline_load", {"pipeline": "pip-counter-4", "sample": "counter_1_0.1"})
+        await st.call("pipeline_ready", {"pipeline": "pip-counter-4"})
+        payload = yaml.safe_load((CONFIG / "counter_v2.2.yml").read_text())
+        payload["method"][0].update(max_duration=1.0, sampling_interval=0.1)
+        job = await st.call("job_submit", {"payload": payload, "submit_dir": str(tmp_path)})
+        done = await st.wait_job(job.id, {"c", "ce", "cd"}, timeout=30)
+    assert done.status == "c", done.reason
+
+
 def test_what_a_broken_driver_is_and_what_is_retried() -> None:
     """A class that cannot be made (an abstract method left out) is a broken driver,
     not retried; a TypeError from the instrument's side (int(None) of a port that did

@@ -172,6 +172,11 @@ class NodeService(Service):
         #: a status it could not say: the check of its name found no broker to ask (it
         #: says everything again once it can: on_heartbeat)
         self._unsaid = False
+        #: one configure at a time: each is handled as its message comes, and two that
+        #: came together (a node back from a stall after two reloads) ran side by side,
+        #: a removal's unsubscribes after the re-add's subscribes of the same filters: the
+        #: component registered and took no command (a randomized fault run)
+        self._configuring = asyncio.Lock()
         #: other nodes heard on this node's own status topic (_heard_own_status)
         self._rivals = _Liveness()
         #: why it stopped at once: its name is another running node's (_refuse)
@@ -665,6 +670,10 @@ class NodeService(Service):
 
     # -- node operations -----------------------------------------------------------------
     async def _op_configure(self, args: Mapping[str, JsonValue]) -> Result:
+        async with self._configuring:
+            return await self._configure(args)
+
+    async def _configure(self, args: Mapping[str, JsonValue]) -> Result:
         cfg = NodeConfigure.model_validate(args)
         log.info(
             "node %s: configured with %d component(s)%s",
