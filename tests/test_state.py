@@ -13,13 +13,14 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
+from tests.conftest import RunningBroker
 from tomato_mqtt.model.jobs import (
     STATUS_CODES,
     Job,
     PipelineState,
     check_transition,
 )
-from tomato_mqtt.services.scheduler.store import StateStore
+from tomato_mqtt.services.scheduler.store import StateStore, StoreTaken
 
 PAYLOAD = {
     "version": "2.2",
@@ -79,6 +80,51 @@ def test_survives_reopen(tmp_path: Path) -> None:
         assert s.pipeline("a") == PipelineState(name="a", sampleid="s1", ready=True, jobid=None)
         assert s.job(1).status == "qw"
         assert s.job(1).payload == PAYLOAD
+
+
+def test_a_scheduler_that_held_the_file_before_writes_nothing_more(tmp_path: Path) -> None:
+    """A randomized fault run: a scheduler frozen (SIGSTOP) while its supervisor was
+    killed and the stack started again went on when it resumed, and wrote the progress it
+    held over a job its successor had ended (a task "running" again, its end and points
+    gone). The scheduler that started last holds the file: the earlier one's writes are
+    refused, it is told once, and what the holder wrote stays."""
+    path = tmp_path / "state.sqlite"
+    told: list[str] = []
+    with StateStore(path) as old, StateStore(path) as new:
+        old.hold()
+        old.on_taken = lambda: told.append("taken")
+        job = old.add_job(PAYLOAD, "j", None)
+        old.update_job(job.id, status="r", progress={"tasks": {"0": {"state": "running"}}})
+        new.hold()  # the stack started again
+        ended = {"tasks": {"0": {"state": "ended", "end": {"npoints": 10}}}}
+        new.update_job(job.id, status="ce", reason="node restarted", progress=ended)
+        for _ in range(2):
+            with pytest.raises(StoreTaken, match="held by another scheduler now"):
+                old.update_job(job.id, progress={"tasks": {"0": {"state": "running"}}})
+        assert told == ["taken"]  # once
+        assert new.job(job.id).progress == ended and new.job(job.id).status == "ce"
+        assert old.job(job.id).progress == ended  # it still reads
+    with StateStore(path) as reopened:  # a store that does not hold: as before
+        reopened.update_job(job.id, reason="kept")
+        assert reopened.job(job.id).reason == "kept"
+
+
+async def test_a_scheduler_whose_state_file_another_holds_stops(
+    broker: RunningBroker, tmp_path: Path, instance: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The same with a running scheduler: once another holds its state file, its next
+    write (a job's progress: as its teardown stores them) is not made, it says why and
+    stops."""
+    from tests.inproc import inproc_stack
+
+    async with inproc_stack(broker.port, tmp_path, instance) as st:
+        with StateStore(st.settings.state_db) as successor:
+            successor.hold()
+            job = successor.add_job(PAYLOAD, "j", None)
+            st.scheduler.save_progress(job.id, {"tasks": {"0": {"state": "running"}}})
+            assert successor.job(job.id).progress == {}
+        assert await st.scheduler.wait_stopped(5)
+    assert "another scheduler holds the state file" in caplog.text
 
 
 def test_concurrent_open_after_a_crash_sees_every_commit(tmp_path: Path) -> None:

@@ -33,7 +33,7 @@ from tomato_mqtt.services.scheduler.recorder_link import RecorderLink
 from tomato_mqtt.services.scheduler.retention import Retention
 from tomato_mqtt.services.scheduler.runner import JobRunner
 from tomato_mqtt.services.scheduler.stale import StaleTasks
-from tomato_mqtt.services.scheduler.store import StateStore, highest_job_elsewhere
+from tomato_mqtt.services.scheduler.store import StateStore, StoreTaken, highest_job_elsewhere
 from tomato_mqtt.services.scheduler.warmup import (
     SchemaDoc,
     settled,
@@ -151,6 +151,8 @@ class SchedulerService(Service):
         self.store = opened(
             "state", db, "the scheduler", lambda: StateStore(db, self.settings.jobs_dir)
         )
+        self.store.hold()  # a scheduler that held it before writes nothing more
+        self.store.on_taken = self._store_taken
         self.store.sync_pipelines(self.layout.pipelines)
         used, where = highest_job_elsewhere(self.settings.recorder_db, self.settings.jobs_dir)
         self._ids_after(used, where)
@@ -393,9 +395,18 @@ class SchedulerService(Service):
                 return
             self.spawn(self.publish_job(self.store.update_job(job, reason=reason)))
 
+    def _store_taken(self) -> None:
+        log.error(
+            "another scheduler holds the state file %s now (this one was stopped while the"
+            " stack was started again): this one stops and writes nothing more",
+            self.settings.state_db,
+        )
+        self.request_stop()
+
     def save_progress(self, job: int, progress: dict[str, Any]) -> None:
         if self.store is not None:
-            self.store.update_job(job, progress=progress)
+            with contextlib.suppress(StoreTaken):  # said once, and this scheduler stops
+                self.store.update_job(job, progress=progress)
 
     async def component_request(
         self,

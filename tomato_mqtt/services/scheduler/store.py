@@ -10,7 +10,8 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator
+import uuid
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,12 @@ from tomato_mqtt.model.jobs import (
     utcnow,
 )
 
-__all__ = ["StateStore", "highest_job_elsewhere"]
+__all__ = ["StateStore", "StoreTaken", "highest_job_elsewhere"]
+
+
+class StoreTaken(RuntimeError):
+    """Another scheduler holds the state file now (:meth:`StateStore.hold`)."""
+
 
 _SCHEMA_VERSION = 2  # 2: jobs.owner (issue 10)
 _SCHEMA = """
@@ -50,6 +56,12 @@ CREATE TABLE IF NOT EXISTS jobs (
     reason TEXT,
     progress TEXT NOT NULL DEFAULT '{}',
     owner TEXT
+);
+-- the scheduler that holds the file (StateStore.hold): one that held it before may not
+-- write (a table of its own: a file with it still opens in a tomato-mqtt that predates it)
+CREATE TABLE IF NOT EXISTS holder (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    token TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status);
 -- the job-status summary (queries.py) reads counts from these alone, never the rows
@@ -98,6 +110,9 @@ class StateStore:
         #: count (and the same components and pipelines) has nothing new to decide
         self.writes = 0
         self._depth = 0  # nesting of _write: the outermost commits
+        self._holder: str | None = None  # this store's token once it holds the file
+        #: called (once) when another scheduler holds the file now (see hold)
+        self.on_taken: Callable[[], object] | None = None
         self.path.parent.mkdir(parents=True, exist_ok=True)
         # autocommit mode: transactions are explicit (see _write)
         self._db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
@@ -124,6 +139,21 @@ class StateStore:
             if "digest" not in tcols:  # what each submission asked for (ops._digest)
                 self._db.execute("ALTER TABLE submit_tokens ADD COLUMN digest TEXT")
             self._db.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
+
+    def hold(self) -> None:
+        """This scheduler holds the file from now on: one that held it before may write
+        nothing more. A scheduler frozen (SIGSTOP) while its supervisor was killed and the
+        stack started again went on when it resumed, as its successor ran: it wrote the
+        progress it held over a job its successor had ended (a task "running" again, its
+        end and points gone: a randomized fault run)."""
+        token = uuid.uuid4().hex
+        with self._write():
+            self._db.execute(
+                "INSERT INTO holder (id, token) VALUES (1, ?) "
+                "ON CONFLICT(id) DO UPDATE SET token = excluded.token",
+                (token,),
+            )
+        self._holder = token
 
     def close(self) -> None:
         self._db.close()
@@ -160,6 +190,17 @@ class StateStore:
             return
         # IMMEDIATE: take the write lock up front, so a read-check-write is atomic
         self._db.execute("BEGIN IMMEDIATE")
+        if self._holder is not None:
+            row = self._db.execute("SELECT token FROM holder WHERE id = 1").fetchone()
+            if row is None or row[0] != self._holder:
+                self._db.execute("ROLLBACK")
+                if self.on_taken is not None:
+                    self.on_taken()
+                    self.on_taken = None
+                raise StoreTaken(
+                    f"{self.path} is held by another scheduler now (this one was stopped"
+                    " while a stack was started again): nothing more is written by this one"
+                )
         self._depth = 1
         try:
             yield self._db
