@@ -497,8 +497,9 @@ async def test_a_server_on_another_port_cannot_use_the_cookie_it_receives(
             assert "without its key (the X-Tomato-Key header" in said["msg"], said
             async with http.get(dash.address() + "api/job/1/download", headers=cookie) as r:
                 assert r.status == 403 and "without its key" in await r.text()
-            async with http.post(dash.address() + "api/logout", json={}, headers=cookie):
-                pass  # nor does it sign her out
+            async with http.post(dash.address() + "api/logout", json={}, headers=cookie) as r:
+                said = await r.json()  # nor does it sign her out, and is told why
+            assert not said["success"] and "without its key" in said["msg"], said
 
             # nor may it show the dashboard in a frame
             async with http.get(dash.address()) as r:

@@ -296,6 +296,9 @@ async def _login(request: web.Request) -> web.StreamResponse:
 
 
 async def _logout(request: web.Request) -> web.StreamResponse:
+    unkeyed = _unkeyed(request)
+    if unkeyed:  # the sign-in goes on: it was answered "signed out" (a review)
+        return web.json_response({"success": False, "msg": unkeyed, "code": "not_allowed"})
     await request.app[SVC].sessions.sign_out(_token(request), _key(request))
     resp = web.json_response({"success": True, "msg": "signed out"})
     resp.del_cookie(cookie_name(request.app[SVC].port))
