@@ -402,3 +402,50 @@ def test_search_ignores_case_beyond_ascii(store: StateStore) -> None:
     assert [j.id for j in store.search("STRASSE")] == []  # an ASCII name: LIKE, where ß is not ss
     assert [j.id for j in store.search("STRAẞE")] == [2]
     assert [j.id for j in store.search("essai")] == [1]  # ASCII: SQLite's own LIKE
+
+
+async def test_a_job_s_end_and_its_pipeline_s_release_are_one_commit(
+    broker: RunningBroker, tmp_path: Path, instance: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A randomized fault run: a job's end and its pipeline's release were two commits, and
+    a scheduler killed between them left the pipeline held by an ended job for good
+    (`tomato pipeline ready/eject` refused "job 1 is running", the next job stayed qw).
+    Here the release is refused once (as by a full disk): the job's end must not be
+    stored without it; both are stored once the retry goes through."""
+    import yaml
+
+    from tests.inproc import inproc_stack
+    from tests.stack import CONFIG
+
+    async with inproc_stack(broker.port, tmp_path, instance) as st:
+        store = st.scheduler.store
+        assert store is not None
+        seen: list[tuple[str, int | None]] = []
+        release = store.update_pipeline
+
+        def refused_once(name: str, **fields: object) -> object:
+            if fields.get("jobid", 0) is None and not seen:
+                # what a restart would read (committed only: WAL, another connection)
+                db = sqlite3.connect(f"file:{st.settings.state_db}?mode=ro", uri=True)
+                try:
+                    (status,) = db.execute("SELECT status FROM jobs WHERE id = 1").fetchone()
+                    (held,) = db.execute(
+                        "SELECT jobid FROM pipelines WHERE name = ?", (name,)
+                    ).fetchone()
+                finally:
+                    db.close()
+                seen.append((status, held))
+                raise sqlite3.OperationalError("database or disk is full")
+            return release(name, **fields)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(store, "update_pipeline", refused_once)
+        await st.call("pipeline_load", {"pipeline": "pip-counter-1", "sample": "counter_1_0.1"})
+        await st.call("pipeline_ready", {"pipeline": "pip-counter-1"})
+        payload = yaml.safe_load((CONFIG / "counter_v2.2.yml").read_text())
+        payload["method"][0].update(max_duration=0.5, sampling_interval=0.1)
+        job = await st.call("job_submit", {"payload": payload, "submit_dir": str(tmp_path)})
+        done = await st.wait_job(job.id, {"c", "ce", "cd"}, timeout=30)
+        assert done.status == "c", done.reason
+        # when the release was refused, the end was not stored without it
+        assert seen == [("r", job.id)], seen
+        assert store.pipeline("pip-counter-1").jobid is None

@@ -83,9 +83,16 @@ def install_signal_handlers(stop: asyncio.Event) -> None:
     """First SIGINT/SIGTERM drains gracefully; a second one exits at once."""
     loop = asyncio.get_running_loop()
 
+    signalled = False
+
     def on_signal() -> None:
-        if stop.is_set():
+        # a second *signal* exits at once; a stop the service requested itself (a
+        # scheduler that lost its state file) followed by the watchdog's SIGTERM is not
+        # two signals: it exited mid-teardown and its runners finalized jobs on the way
+        nonlocal signalled
+        if signalled:
             sys.exit(1)
+        signalled = True
         stop.set()
 
     for sig in (signal.SIGINT, signal.SIGTERM):

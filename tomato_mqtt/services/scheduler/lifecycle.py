@@ -205,6 +205,12 @@ class JobLifecycle:
         log.info("job %d: tasks over (%s); asking the recorder for the file", job.id, status)
         # the file carries the job as it ends (status, times, reason), not as it ran
         final = job.model_copy(update={"status": status, "completed_at": ended, "reason": reason})
+        if svc.superseded or not self.store.held():
+            # another scheduler holds the state file (this one was frozen while the stack
+            # was started again): it ends this job; a finalize from here rewrote the
+            # ended job's file with this one's stale verdict ("internal error: ...")
+            svc.superseded = True
+            return
         for _attempt in range(3):  # the supervisor restarts a crashed recorder
             ok, msg, data = await svc.recorder_request(
                 "finalize",
@@ -234,26 +240,28 @@ class JobLifecycle:
         svc.runners.pop(job.id, None)
         runner.done_saving()  # a retried progress write must not overwrite the end below
         jobid = job.id
-        job = await self._until_stored(
-            jobid,
-            "its end",
-            lambda: self.store.update_job(
-                jobid,
-                status=status,
-                completed_at=ended,
-                reason=reason,
-                respath=respath,
-                progress=progress,
-            ),
-        )
         pip = job.pipeline
+        unlock = bool((job.payload.get("settings") or {}).get("unlock_when_done"))
+
+        def end_and_free() -> Any:
+            # one commit: a scheduler killed between the job's end and its pipeline's
+            # release left the pipeline held by an ended job for good (`tomato pipeline
+            # ready/eject` refused "job N is running", the next job stayed qw)
+            with self.store.transaction():
+                out = self.store.update_job(
+                    jobid,
+                    status=status,
+                    completed_at=ended,
+                    reason=reason,
+                    respath=respath,
+                    progress=progress,
+                )
+                if pip:  # ready again only with unlock_when_done, as tomato
+                    self.store.update_pipeline(pip, jobid=None, ready=status == "c" and unlock)
+            return out
+
+        job = await self._until_stored(jobid, "its end", end_and_free)
         if pip:
-            unlock = bool((job.payload.get("settings") or {}).get("unlock_when_done"))
-
-            def free() -> None:  # ready again only with unlock_when_done, as tomato
-                self.store.update_pipeline(pip, jobid=None, ready=status == "c" and unlock)
-
-            await self._until_stored(jobid, f"that {pip} is free", free)
             await svc.publish_pipeline(pip)
         await svc.lost.job_ended((job.progress.get("roles") or {}).values())
         await svc.publish_job(job)

@@ -213,6 +213,8 @@ class JobRunner:
         try:
             await asyncio.gather(*(self._run_role(role, ts) for role, ts in by_role.items()))
         except Exception as e:  # a bug in one role must still end the job
+            if getattr(self.host, "superseded", False):
+                return  # another scheduler holds the state file: it ends this job
             log.exception("job %d: runner failed", self.job.id)
             self.error = self.error or f"internal error: {e}"
         if self.cancelled:
@@ -357,7 +359,10 @@ class JobRunner:
             epoch, started = data.get("epoch"), data.get("started_at")
             t.epoch = epoch if isinstance(epoch, int) else None
             t.started_at = float(started) if isinstance(started, int | float) else None
-        self._save()
+        # at once, not with the next SAVE_DELAY batch: a stack that died in those 0.2 s
+        # (kill -9 of the tree, a power cut) left the task 'pending', and the successor
+        # started it again on the restarted node: a second run, and the job ended c
+        self.save_now()
         self.host.job_event(self.job.id, "task_started", role=t.role, task=t.spec.index)
         if t.spec.task_name:
             self.started_names.add(t.spec.task_name)

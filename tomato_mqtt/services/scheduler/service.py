@@ -92,6 +92,8 @@ class SchedulerService(Service):
         self.runners: dict[int, JobRunner] = {}
         self.layout: Layout = Layout(components={}, pipelines={})
         self.store: StateStore | None = None
+        #: another scheduler holds the state file: this one stops and changes nothing
+        self.superseded = False
         self._ids_past = 0  # the highest id seen elsewhere that the store was told of
         self.requester: Requester | None = None
         self.epoch = int(time.time())  # s, as the nodes' (schema 2; was ms)
@@ -251,6 +253,8 @@ class SchedulerService(Service):
         self.spawn(self._publish_schema())
         if self.store is None:
             return
+        if not self.store.held():
+            return  # superseded: no retained pipelines, no node configuration from here
         for p in self.store.pipelines():
             await self.publish_pipeline(p.name)
         await self.retention.announce()
@@ -396,6 +400,7 @@ class SchedulerService(Service):
             self.spawn(self.publish_job(self.store.update_job(job, reason=reason)))
 
     def _store_taken(self) -> None:
+        self.superseded = True
         log.error(
             "another scheduler holds the state file %s now (this one was stopped while the"
             " stack was started again): this one stops and writes nothing more",

@@ -140,6 +140,19 @@ class StateStore:
                 self._db.execute("ALTER TABLE submit_tokens ADD COLUMN digest TEXT")
             self._db.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
 
+    def held(self) -> bool:
+        """Whether this scheduler still holds the file (a read, no write): True when it
+        never took it (a store of a test, opened without :meth:`hold`)."""
+        if self._holder is None:
+            return True
+        row = self._db.execute("SELECT token FROM holder WHERE id = 1").fetchone()
+        if row is not None and row[0] == self._holder:
+            return True
+        if self.on_taken is not None:
+            self.on_taken()
+            self.on_taken = None
+        return False
+
     def hold(self) -> None:
         """This scheduler holds the file from now on: one that held it before may write
         nothing more. A scheduler frozen (SIGSTOP) while its supervisor was killed and the
