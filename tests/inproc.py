@@ -75,6 +75,20 @@ class InProc:
         assert done.status == "c", done
         return done
 
+    async def submit_counter(
+        self, pipeline: str, duration: float, interval: float, submit_dir: Path
+    ) -> Job:
+        """The counter's 2.2 payload (one task of ``duration`` s every ``interval`` s)
+        submitted on ``pipeline``, loaded with its sample and made ready first."""
+        await self.call("pipeline_load", {"pipeline": pipeline, "sample": "counter_1_0.1"})
+        await self.call("pipeline_ready", {"pipeline": pipeline})
+        payload = yaml.safe_load((CONFIG / "counter_v2.2.yml").read_text())
+        payload["method"][0].update(max_duration=duration, sampling_interval=interval)
+        job: Job = await self.call(
+            "job_submit", {"payload": payload, "submit_dir": str(submit_dir)}
+        )
+        return job
+
     async def wait_job(self, jobid: int, statuses: set[str], timeout: float = 30) -> Job:
         async def seen() -> Job:
             async with self.changed:

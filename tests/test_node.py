@@ -450,19 +450,12 @@ async def test_a_task_end_told_while_the_broker_answers_no_name_check_is_said_la
     import time
     import types
 
-    import yaml
-
-    from tests.stack import CONFIG
     from tomato_mqtt.services.node import service as node_service
     from tomato_mqtt.transport.types import MqttTimeout
 
     patient = "[scheduler]\nheartbeat = 0.5\nnode_grace_period = 30.0\nlost_after = 20.0\n"
     async with inproc_stack(broker.port, tmp_path, instance, settings=patient) as st:
-        await st.call("pipeline_load", {"pipeline": "pip-counter-1", "sample": "counter_1_0.1"})
-        await st.call("pipeline_ready", {"pipeline": "pip-counter-1"})
-        payload = yaml.safe_load((CONFIG / "counter_v2.2.yml").read_text())
-        payload["method"][0].update(max_duration=2.0, sampling_interval=0.1)
-        job = await st.call("job_submit", {"payload": payload, "submit_dir": str(tmp_path)})
+        job = await st.submit_counter("pip-counter-1", 2.0, 0.1, tmp_path)
         await st.wait_job(job.id, {"r"}, timeout=20)
         node = st.node
         answers = [False]
@@ -500,9 +493,6 @@ async def test_two_configures_that_come_together_leave_every_component_reachable
     component registered but took no command (its jobs ended ce "no node hosting ...
     answered on .../task_start", passata got no answer). One configure at a time now.
     Both configures go over the real broker, as the scheduler sends them."""
-    import yaml
-
-    from tests.stack import CONFIG
 
     four = "example_counter:(example-addr,4)"
     async with inproc_stack(broker.port, tmp_path, instance, components=4) as st:
@@ -524,11 +514,7 @@ async def test_two_configures_that_come_together_leave_every_component_reachable
             st.topics.component_user_cmd(four, "get_attr"), {"attr": "max"}, timeout=5
         )
         assert reply.success, reply
-        await st.call("pipeline_load", {"pipeline": "pip-counter-4", "sample": "counter_1_0.1"})
-        await st.call("pipeline_ready", {"pipeline": "pip-counter-4"})
-        payload = yaml.safe_load((CONFIG / "counter_v2.2.yml").read_text())
-        payload["method"][0].update(max_duration=1.0, sampling_interval=0.1)
-        job = await st.call("job_submit", {"payload": payload, "submit_dir": str(tmp_path)})
+        job = await st.submit_counter("pip-counter-4", 1.0, 0.1, tmp_path)
         done = await st.wait_job(job.id, {"c", "ce", "cd"}, timeout=30)
     assert done.status == "c", done.reason
 

@@ -412,10 +412,8 @@ async def test_a_job_s_end_and_its_pipeline_s_release_are_one_commit(
     (`tomato pipeline ready/eject` refused "job 1 is running", the next job stayed qw).
     Here the release is refused once (as by a full disk): the job's end must not be
     stored without it; both are stored once the retry goes through."""
-    import yaml
 
     from tests.inproc import inproc_stack
-    from tests.stack import CONFIG
 
     async with inproc_stack(broker.port, tmp_path, instance) as st:
         store = st.scheduler.store
@@ -439,11 +437,7 @@ async def test_a_job_s_end_and_its_pipeline_s_release_are_one_commit(
             return release(name, **fields)  # type: ignore[arg-type]
 
         monkeypatch.setattr(store, "update_pipeline", refused_once)
-        await st.call("pipeline_load", {"pipeline": "pip-counter-1", "sample": "counter_1_0.1"})
-        await st.call("pipeline_ready", {"pipeline": "pip-counter-1"})
-        payload = yaml.safe_load((CONFIG / "counter_v2.2.yml").read_text())
-        payload["method"][0].update(max_duration=0.5, sampling_interval=0.1)
-        job = await st.call("job_submit", {"payload": payload, "submit_dir": str(tmp_path)})
+        job = await st.submit_counter("pip-counter-1", 0.5, 0.1, tmp_path)
         done = await st.wait_job(job.id, {"c", "ce", "cd"}, timeout=30)
         assert done.status == "c", done.reason
         # when the release was refused, the end was not stored without it
