@@ -188,6 +188,21 @@ class GroupIds:
 def pytest_configure(config: pytest.Config) -> None:
     if getattr(config.option, "loadgroup", False):  # an xdist worker of --dist loadgroup
         config.pluginmanager.register(GroupIds(), "tomato-xdist-group-ids")
+    if not hasattr(config, "workerinput") and hasattr(config.option, "testrunuid"):
+        # the run's id, which xdist hands its workers: known here too, so that the
+        # ports they claim (tests/stack.py _claimed) are removed at the end
+        config.option.testrunuid = config.option.testrunuid or uuid.uuid4().hex
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """The controller of a parallel run removes the ports its workers claimed
+    (tests/stack.py ``_claimed``)."""
+    run = getattr(config.option, "testrunuid", None)
+    if run and not hasattr(config, "workerinput"):
+        import shutil
+        import tempfile
+
+        shutil.rmtree(Path(tempfile.gettempdir()) / f"tomato-mqtt-ports-{run}", True)
 
 
 def _truthy(value: str | None) -> bool:

@@ -17,6 +17,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -147,6 +148,29 @@ _EPHEMERAL = _ephemeral_range()
 _rng = random.Random(os.getpid() ^ time.monotonic_ns())
 
 
+def _claimed(port: int) -> bool:
+    """Claim ``port`` and the next one for this run of the tests: another worker of the
+    same run (pytest-xdist shares its run id) gets other ports. Two workers picked
+    overlapping ports between choosing and binding them: a broker's WebSocket listener
+    (the next port) found its port taken by another test's server (a CI run)."""
+    run = os.environ.get("PYTEST_XDIST_TESTRUNUID")
+    if not run:
+        return True  # one process: its own random choices do not collide
+    folder = Path(tempfile.gettempdir()) / f"tomato-mqtt-ports-{run}"
+    folder.mkdir(exist_ok=True)
+    made: list[Path] = []
+    for q in (port - 1, port, port + 1):  # a neighbour's "next port" is ours
+        f = folder / str(q)
+        try:
+            os.close(os.open(f, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        except FileExistsError:
+            for g in made:
+                g.unlink(missing_ok=True)
+            return False
+        made.append(f)
+    return True
+
+
 def _bindable(port: int) -> bool:
     with socket.socket() as s:
         try:
@@ -168,7 +192,7 @@ def free_port() -> int:
     hi = min(_EPHEMERAL[0], 32768) - 2
     for _ in range(200):
         port = _rng.randrange(lo, hi)
-        if _bindable(port) and _bindable(port + 1):
+        if _bindable(port) and _bindable(port + 1) and _claimed(port):
             return port
     with socket.socket() as s:  # a crowded machine: fall back on the kernel's choice
         s.bind(("127.0.0.1", 0))
