@@ -170,7 +170,6 @@ class DashboardService:
         #: called with the page's address once it is served (``tomato dashboard --open``)
         self.on_ready: Callable[[str], object] | None = None
         self._stop = asyncio.Event()
-        self._closing: set[asyncio.Future[object]] = set()  # sockets of ended sign-ins
         self.started_at = time.time()
         self._backfilled: set[int] = set()
         self._refilled: set[int] = set()  # ended jobs whose plots were made anew from the file
@@ -352,9 +351,9 @@ class DashboardService:
         job a page opened, for every page of that job, and none got it (a review)."""
         for v in [v for v in self.viewers if v.session is s]:
             if v.close is not None:
-                task = asyncio.ensure_future(v.close())
-                self._closing.add(task)
-                task.add_done_callback(self._closing.discard)
+                task = asyncio.ensure_future(_closed(v.close))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
 
     # -- the whole job (its payload) --------------------------------------------------------
     def _fetch_job(self, job: int, page: Viewer, changed: bool = False) -> None:
@@ -583,3 +582,7 @@ class DashboardService:
             viewer.queued -= len(text)
             with contextlib.suppress(ConnectionResetError):
                 await send(text)
+
+
+async def _closed(close: Callable[[], Awaitable[object]]) -> None:
+    await close()

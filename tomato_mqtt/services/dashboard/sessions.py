@@ -221,12 +221,16 @@ class Sessions:
         while len(self._ended) > self.ENDED_KEPT:
             del self._ended[next(iter(self._ended))]
 
-    def _drop(self, s: Session, why: str) -> None:
-        """Forget ``s`` now; its broker connection closes in the background."""
+    def _forget(self, s: Session, why: str) -> None:
+        """``s`` signs no one in from now on (``why`` is told its page)."""
         self._ending(s.token, why)
         self._by_token.pop(s.token, None)
         if self.on_end is not None:
             self.on_end(s)
+
+    def _drop(self, s: Session, why: str) -> None:
+        """Forget ``s`` now; its broker connection closes in the background."""
+        self._forget(s, why)
         if s.client is not None:
             task = asyncio.ensure_future(_disconnect(s.client))
             self._closing.add(task)
@@ -342,10 +346,7 @@ class Sessions:
         s = self._by_token.get(token or "")
         if s is None or not s.holds(key):
             return
-        del self._by_token[s.token]
-        self._ending(s.token, "signed out")
-        if self.on_end is not None:
-            self.on_end(s)
+        self._forget(s, "signed out")
         if s.client is not None:
             with contextlib.suppress(Exception):
                 await s.client.disconnect()

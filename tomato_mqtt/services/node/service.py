@@ -324,13 +324,17 @@ class NodeService(Service):
             if not await self._claim_name():
                 return
         except MqttError as e:  # the broker, just back, did not answer the check in time
-            log.warning(
-                "node %s: cannot check its name now (%s): at the next heartbeat", self.name, e
-            )
-            self._unsaid = True
+            self._said_later(e)
             return
         # the broker may have lost every retained message (amqtt keeps none across restarts)
         await self._announce()
+
+    def _said_later(self, e: MqttError) -> None:
+        """The broker did not answer the check of this node's name: what it would say
+        waits for a heartbeat at which it does (on_heartbeat)."""
+        if not self._unsaid:
+            log.warning("node %s: cannot check its name now (%s): its statuses wait", self.name, e)
+        self._unsaid = True
 
     async def on_heartbeat(self) -> None:
         """Say again what could not be said (_unsaid): a task's end told while the broker
@@ -447,11 +451,7 @@ class NodeService(Service):
             except MqttError as e:
                 # no broker to ask (down, or back and not answering yet): not said now, said
                 # once it can be (it raised into the caller: a task's end was never told)
-                if not self._unsaid:
-                    log.warning(
-                        "node %s: cannot check its name now (%s): its statuses wait", self.name, e
-                    )
-                self._unsaid = True
+                self._said_later(e)
                 return False
         return True
 

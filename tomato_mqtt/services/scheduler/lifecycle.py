@@ -205,11 +205,10 @@ class JobLifecycle:
         log.info("job %d: tasks over (%s); asking the recorder for the file", job.id, status)
         # the file carries the job as it ends (status, times, reason), not as it ran
         final = job.model_copy(update={"status": status, "completed_at": ended, "reason": reason})
-        if svc.superseded or not self.store.held():
+        if svc.superseded or not self.store.held():  # (held() marks it superseded)
             # another scheduler holds the state file (this one was frozen while the stack
             # was started again): it ends this job; a finalize from here rewrote the
             # ended job's file with this one's stale verdict ("internal error: ...")
-            svc.superseded = True
             return
         for _attempt in range(3):  # the supervisor restarts a crashed recorder
             ok, msg, data = await svc.recorder_request(

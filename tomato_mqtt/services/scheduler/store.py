@@ -141,8 +141,8 @@ class StateStore:
             self._db.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
 
     def held(self) -> bool:
-        """Whether this scheduler still holds the file (a read, no write): True when it
-        never took it (a store of a test, opened without :meth:`hold`)."""
+        """Whether this scheduler still holds the file (a read; every write checks it):
+        True when it never took it (a store of a test, opened without :meth:`hold`)."""
         if self._holder is None:
             return True
         row = self._db.execute("SELECT token FROM holder WHERE id = 1").fetchone()
@@ -203,17 +203,12 @@ class StateStore:
             return
         # IMMEDIATE: take the write lock up front, so a read-check-write is atomic
         self._db.execute("BEGIN IMMEDIATE")
-        if self._holder is not None:
-            row = self._db.execute("SELECT token FROM holder WHERE id = 1").fetchone()
-            if row is None or row[0] != self._holder:
-                self._db.execute("ROLLBACK")
-                if self.on_taken is not None:
-                    self.on_taken()
-                    self.on_taken = None
-                raise StoreTaken(
-                    f"{self.path} is held by another scheduler now (this one was stopped"
-                    " while a stack was started again): nothing more is written by this one"
-                )
+        if not self.held():
+            self._db.execute("ROLLBACK")
+            raise StoreTaken(
+                f"{self.path} is held by another scheduler now (this one was stopped"
+                " while a stack was started again): nothing more is written by this one"
+            )
         self._depth = 1
         try:
             yield self._db
