@@ -2,9 +2,11 @@
 
 ``python -m bench.start_timeline [--reps N]`` starts fresh one-component stacks (as
 ``bench.startup``) and prints, per repetition, when each process of the stack was
-spawned (from ``/proc/<pid>/stat``, relative to the spawn of ``tomato start``), its
-CPU-s when `tomato start` returned, and the milestones the services log (the broker
-serving, the node connected, configured and registered), then the medians.
+spawned (from ``/proc/<pid>/stat``, relative to the spawn of ``tomato start``; the
+scheduler, recorder and node: forked by the preloader), its CPU-s when `tomato start`
+returned (the preloader's in the supervisor's reaped children), and the milestones the
+services log (the broker serving, the node connected, configured and registered), then
+the medians.
 """
 
 from __future__ import annotations
@@ -39,9 +41,10 @@ def _uptime() -> float:
     return float(Path("/proc/uptime").read_text().split()[0])
 
 
-def _processes(port: int) -> dict[str, tuple[float, float]]:
-    """role -> (spawned at, s of uptime; CPU-s so far) of the stack on ``port``."""
-    out: dict[str, tuple[float, float]] = {}
+def _processes(port: int) -> dict[str, tuple[float, float, float]]:
+    """role -> (spawned at, s of uptime; CPU-s so far; CPU-s of the children it reaped)
+    of the stack on ``port``."""
+    out: dict[str, tuple[float, float, float]] = {}
     for p in Path("/proc").iterdir():
         if not p.name.isdigit():
             continue
@@ -53,7 +56,8 @@ def _processes(port: int) -> dict[str, tuple[float, float]]:
         m = _ROLE.search(cmd)
         ours = f"-p {port}" in cmd or f"--port {port}" in cmd
         if m and "tomato_mqtt" in cmd and ours:
-            out[m.group(1)] = (int(stat[19]) / _TICK, (int(stat[11]) + int(stat[12])) / _TICK)
+            cpu, reaped = int(stat[11]) + int(stat[12]), int(stat[13]) + int(stat[14])
+            out[m.group(1)] = (int(stat[19]) / _TICK, cpu / _TICK, reaped / _TICK)
     return out
 
 
@@ -77,9 +81,11 @@ def timeline(root: Path) -> dict[str, float]:
         if call.returncode != 0:
             raise RuntimeError(f"tomato start failed: {call.stderr}")
         got = {"`tomato start` returned": wall, "`tomato start` itself: CPU-s": cli_cpu}
-        for role, (spawned, cpu) in _processes(s.port).items():
+        for role, (spawned, cpu, reaped) in _processes(s.port).items():
             got[f"{role} spawned"] = spawned - t0_up
             got[f"{role}: CPU-s at ready"] = cpu
+            if role == "supervisor":  # it reaped the preloader (services/supervisor.py)
+                got["preloader (reaped by the supervisor): CPU-s"] = reaped
         for log in root.glob("*.log"):
             for line in log.read_text(errors="replace").splitlines()[:60]:
                 for name, text in _MILESTONES.items():

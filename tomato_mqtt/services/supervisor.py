@@ -8,6 +8,12 @@ the logdir, and restarts any that crashes (with back-off). It stops everything w
 scheduler exits because of ``tomato stop`` (exit code :data:`EXIT_STOP_REQUESTED`) or on
 SIGTERM.
 
+The scheduler, recorder and node are forked from one preloader (``cli/preload.py``) on
+Linux: what all three import is imported once, not three times over on two cores (issue
+15: the start). The supervisor is their subreaper while the preloader runs, so they are
+its children once it exits; a restart spawns the service anew. ``TOMATO_MQTT_PRELOAD=0``
+spawns every service (as on other systems).
+
 Socket activation: the MQTT port of the embedded broker is bound and listening *before*
 any service starts (by ``tomato start``, which hands the socket down, or else here), and
 the broker serves that socket. A service that connects while the broker still imports
@@ -38,6 +44,7 @@ import logging
 import os
 import signal
 import socket
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,7 +59,9 @@ __all__ = [
     "EXIT_CANNOT_LISTEN",
     "EXIT_STOP_REQUESTED",
     "LISTEN_FD_ENV",
+    "PRELOAD_ENV",
     "STABLE_RUN",
+    "Adopted",
     "Supervisor",
     "bind_listener",
     "main",
@@ -75,6 +84,17 @@ LISTEN_FD_ENV = "TOMATO_MQTT_LISTEN_FD"
 #: the broker's configuration as JSON, checked by ``tomato start`` already: the broker
 #: then reads no settings (no pydantic: ~0.1 s less of the start's critical path)
 BROKER_CONFIG_ENV = "TOMATO_MQTT_BROKER_CONFIG"
+#: ``0`` spawns every service instead of forking three from the preloader
+PRELOAD_ENV = "TOMATO_MQTT_PRELOAD"
+#: the services the preloader starts (cli/preload.py PRELOADED, which imports pydantic)
+_PRELOADED = ("node", "scheduler", "recorder")
+#: the preloader's module (the services' layer does not import the CLI's)
+PRELOADER = "tomato_mqtt.cli.preload"
+#: s the preloader may take to import and fork, on a slow machine; then it is killed and
+#: the services are spawned
+PRELOAD_TIMEOUT = 30.0
+_PR_SET_CHILD_SUBREAPER = 36
+_PR_GET_CHILD_SUBREAPER = 37
 
 
 def python() -> list[str]:
@@ -153,11 +173,74 @@ def restart_delay(fails: list[float], started: float, now: float) -> tuple[list[
     return kept, min(FIRST_DELAY * 2 ** (len(kept) - 1), MAX_DELAY)
 
 
+def _subreaper(on: bool) -> bool | None:
+    """Become (or stop being) the subreaper of this process's descendants (Linux): an
+    orphan among them (the preloader's children, once it exits) becomes our child.
+    Returns what it was before (a test process may be one already), None if it cannot."""
+    if sys.platform != "linux":
+        return None
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        was = ctypes.c_int(0)
+        if libc.prctl(_PR_GET_CHILD_SUBREAPER, ctypes.byref(was), 0, 0, 0) != 0:
+            return None
+        if libc.prctl(_PR_SET_CHILD_SUBREAPER, int(on), 0, 0, 0) != 0:
+            return None
+        return bool(was.value)
+    except (OSError, AttributeError):
+        return None
+
+
+class Adopted:
+    """A child this supervisor did not spawn (the preloader forked it, then exited), as
+    much of :class:`asyncio.subprocess.Process` as :class:`Supervisor` uses: its exit is
+    awaited by a thread in ``waitpid``, as asyncio's own child watcher does."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.returncode: int | None = None
+        loop = asyncio.get_running_loop()
+        self._exited: asyncio.Future[int] = loop.create_future()
+        threading.Thread(
+            target=self._reap, args=(loop,), name=f"waitpid-{pid}", daemon=True
+        ).start()
+
+    def _reap(self, loop: asyncio.AbstractEventLoop) -> None:
+        try:
+            _, status = os.waitpid(self.pid, 0)
+            rc = os.waitstatus_to_exitcode(status)
+        except ChildProcessError:  # reaped by someone else: its code is lost
+            rc = 255
+        with contextlib.suppress(RuntimeError):  # the loop closed: nobody waits any more
+            loop.call_soon_threadsafe(self._done, rc)
+
+    def _done(self, rc: int) -> None:
+        self.returncode = rc
+        if not self._exited.done():
+            self._exited.set_result(rc)
+
+    async def wait(self) -> int:
+        return await asyncio.shield(self._exited)
+
+    def send_signal(self, sig: int) -> None:
+        if self.returncode is not None:
+            raise ProcessLookupError(self.pid)
+        os.kill(self.pid, sig)
+
+    def terminate(self) -> None:
+        self.send_signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+
 @dataclass
 class Child:
     name: str
     argv: list[str]
-    proc: asyncio.subprocess.Process | None = None
+    proc: asyncio.subprocess.Process | Adopted | None = None
     restarts: int = 0
     started: float = 0.0
     log_path: Path | None = None
@@ -209,6 +292,10 @@ class Supervisor:
         if dashboard:  # [dashboard] enabled: the web UI is one more supervised service
             self.children.append(Child("dashboard", [*typer_exe, "dashboard", *common_args]))
         self._stop = asyncio.Event()
+        #: the preloader's run (see _preload), None when the services are spawned
+        self._preloading: asyncio.Future[None] | None = None
+        #: whether this process was a subreaper before the preloader made it one
+        self._was_subreaper = False
         self.stopping = False
         #: why the stack gave up at start (the broker could not listen), else None
         self.failed: str | None = None
@@ -231,11 +318,19 @@ class Supervisor:
                 self.listen_fd = self._listener.fileno()
             # all at once: the services retry their connection until the broker listens,
             # so its start-up (~0.5 s of imports) overlaps with theirs
+            preloaded = [c for c in self.children if c.name in _PRELOADED]
+            if preloaded and os.environ.get(PRELOAD_ENV) != "0":
+                was = _subreaper(True)
+                if was is not None:  # first: the broker serves long before a node needs it
+                    self._was_subreaper = was
+                    self._preloading = asyncio.ensure_future(self._preload(preloaded))
             watchers = [asyncio.ensure_future(self._watch(c)) for c in self.children]
             await self._stop.wait()
             self.stopping = True
             for w in watchers:
                 w.cancel()
+            if self._preloading is not None:  # what it forked is ours to stop
+                await asyncio.wait([self._preloading])
             # nodes first (they flush data), broker last; after a failed start nothing
             # holds data and the services cannot reach a broker: do not wait long
             if self.failed:  # all at once, shortly: there is nothing to flush
@@ -257,11 +352,80 @@ class Supervisor:
             with contextlib.suppress(OSError):
                 self.pidfile.unlink()
 
-    async def _spawn(self, c: Child) -> None:
-        c.log_path = self.logdir / f"{c.name}.stderr.log"
-        fds: tuple[int, ...] = ()
+    def _env(self) -> dict[str, str]:
         env = dict(os.environ)
         env[SUPERVISOR_PID_ENV] = str(os.getpid())  # the service stops when we are gone
+        return env
+
+    async def _preload(self, children: list[Child]) -> None:
+        """Start ``children`` from the preloader (module docstring): each one forked gets
+        its :class:`Adopted` process and its output pump; one that did not is spawned
+        by its watcher (_spawn), as are all of them if the preloader failed."""
+        pipes = {c.name: os.pipe() for c in children}
+        kids = [{"name": c.name, "argv": c.argv, "fd": pipes[c.name][1]} for c in children]
+        spec = {"cwd": str(self.logdir), "children": kids}
+        pids: dict[str, int] = {}
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *python(),
+                "-m",
+                PRELOADER,
+                json.dumps(spec),
+                cwd=self.logdir,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                pass_fds=[w for _, w in pipes.values()],
+                env=self._env(),
+            )
+            for _, w in pipes.values():  # the preloader and its children hold them now
+                os.close(w)
+            try:
+                out, err = await wait_for(proc.communicate(), PRELOAD_TIMEOUT)
+            except asyncio.TimeoutError:
+                proc.kill()
+                out, err = await proc.communicate()
+            for line in out.decode(errors="replace").splitlines():
+                name, _, pid = line.partition(" ")
+                if name in pipes and pid.isdigit():
+                    pids[name] = int(pid)
+            if proc.returncode != 0 or len(pids) < len(children):
+                tail = err.decode(errors="replace").strip().splitlines()[-1:]
+                log.warning(
+                    "the preloader started %s of %d services (exit code %s%s): spawning the rest",
+                    len(pids),
+                    len(children),
+                    proc.returncode,
+                    f": {tail[0]}" if tail else "",
+                )
+        except OSError as e:
+            log.warning("the preloader could not start (%s): spawning the services", e)
+            for _, w in pipes.values():
+                with contextlib.suppress(OSError):
+                    os.close(w)
+        finally:
+            # its children are ours now (or init's, had they been orphaned before): a
+            # service's orphan later goes to init again, as without the preloader
+            _subreaper(self._was_subreaper)
+        for c in children:
+            r, _ = pipes[c.name]
+            if c.name not in pids:
+                os.close(r)
+                continue
+            c.log_path = self.logdir / f"{c.name}.stderr.log"
+            c.proc = Adopted(pids[c.name])
+            c.pump = asyncio.ensure_future(_pump(r, RotatingFile(c.log_path)))
+            c.started = time.monotonic()
+            log.info("started %s (pid %d, preloaded)", c.name, c.proc.pid)
+
+    async def _spawn(self, c: Child) -> None:
+        if self._preloading is not None and c.restarts == 0 and c.name in _PRELOADED:
+            await asyncio.shield(self._preloading)  # (a stop waits for it in run)
+            if c.proc is not None:
+                return
+        c.log_path = self.logdir / f"{c.name}.stderr.log"
+        fds: tuple[int, ...] = ()
+        env = self._env()
         if c.name == "broker":
             if self.listen_fd is not None:
                 fds = (self.listen_fd,)

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 __all__ = [
+    "ADOPTED_FROM_ENV",
     "STOP_GRACE",
     "SUPERVISOR_PID_ENV",
     "WATCH_INTERVAL",
@@ -25,6 +26,8 @@ log = logging.getLogger(__name__)
 
 #: the supervisor's pid, handed to every service it starts (see follow_supervisor)
 SUPERVISOR_PID_ENV = "TOMATO_MQTT_SUPERVISOR_PID"
+#: set by the supervisor's preloader (cli/preload.py) in a service it forked: its pid
+ADOPTED_FROM_ENV = "TOMATO_MQTT_ADOPTED_FROM"
 #: s between a service's looks at whether its supervisor is still there
 WATCH_INTERVAL = 0.5
 #: s a service has to stop cleanly once its supervisor is gone, before it just exits
@@ -45,12 +48,16 @@ def follow_supervisor() -> None:
     import threading
 
     given = os.environ.get(SUPERVISOR_PID_ENV, "")
+    # forked by the supervisor's preloader (cli/preload.py): its child until it exits
+    # (milliseconds), then the supervisor's. Not handed on to what this service starts
+    preloader = os.environ.pop(ADOPTED_FROM_ENV, "")
     if not given.isdigit() or os.name != "posix":
         return  # run by hand (no supervisor to follow), or Windows (see above)
     pid = int(given)
+    parents = {pid, int(preloader)} if preloader.isdigit() else {pid}
 
     def watch() -> None:
-        while os.getppid() == pid:
+        while os.getppid() in parents:
             time.sleep(WATCH_INTERVAL)
         log.warning("the supervisor (pid %d) is gone: stopping, as the whole stack does", pid)
         os.kill(os.getpid(), signal.SIGTERM)

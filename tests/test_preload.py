@@ -1,0 +1,205 @@
+"""`tomato start` forks the scheduler, recorder and node from one preloader (issue 15).
+
+What the three import alike is imported once (cli/preload.py); the supervisor adopts the
+forked services (it is their subreaper while the preloader runs), watches and restarts
+them as any it spawned. Each looks like the service it is from outside (its command
+line), its output reaches its log, it stops with the stack and with its supervisor. A
+preloader that cannot run leaves the services spawned, as with ``TOMATO_MQTT_PRELOAD=0``.
+"""
+
+from __future__ import annotations
+
+import ast
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.stack import Stack, make_stack, running_stack, started
+from tomato_mqtt.cli import preload
+from tomato_mqtt.cli.serve import service_args
+from tomato_mqtt.config.settings import load_settings
+from tomato_mqtt.services import supervisor
+from tomato_mqtt.services.supervisor import Child, Supervisor
+
+pytestmark = [
+    pytest.mark.timeout(120),
+    pytest.mark.skipif(sys.platform != "linux", reason="the preloader runs on Linux only"),
+]
+
+SERVICES = ("scheduler", "recorder", "node")
+
+
+def _modules(code: str) -> set[str]:
+    """The modules a fresh interpreter has loaded after ``code``."""
+    out = subprocess.run(
+        [sys.executable, "-P", "-c", f"{code}\nimport sys; print(repr(list(sys.modules)))"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return set(ast.literal_eval(out))
+
+
+def test_the_preloader_imports_only_what_every_service_imports() -> None:
+    """A module only one service needs would sit in the others' memory; the scheduler
+    must not get numpy or pint (issue 15: memory)."""
+    common = "; ".join(f"import {m}" for m in preload._COMMON)
+    preloaded = _modules(common)
+    assert {"pydantic", "paho.mqtt.client", "tomato_mqtt.config.settings"} <= preloaded
+    assert not {"numpy", "pint", "netCDF4", "typer"} & preloaded
+    entry = "import tomato_mqtt.cli.serve, tomato_mqtt.config.settings"
+    for service in SERVICES:
+        own = _modules(f"{entry}, tomato_mqtt.services.{service}.service")
+        assert preloaded <= own, (service, sorted(preloaded - own))
+
+
+def test_a_forked_process_shows_the_command_it_runs() -> None:
+    code = (
+        "from tomato_mqtt.cli.preload import show_as\n"
+        "import sys\n"
+        "assert show_as(['python', '-m', 'tomato_mqtt.cli.serve', 'node'])\n"
+        "print(open('/proc/self/cmdline', 'rb').read())\n"
+        "assert show_as(['x' * 10000])\n"  # longer than the original: cut, still argv
+        "print(open('/proc/self/cmdline', 'rb').read())\n"
+    )
+    res = subprocess.run(
+        [sys.executable, "-c", code, "a" * 100], capture_output=True, text=True, check=True
+    )
+    first, second = (ast.literal_eval(line) for line in res.stdout.splitlines())
+    shown = [a for a in first.split(b"\0") if a]
+    assert shown == [b"python", b"-m", b"tomato_mqtt.cli.serve", b"node"]
+    assert second.endswith(b"\0") and set(second.rstrip(b"\0")) == {ord("x")}
+
+
+def _log(st: Stack) -> str:
+    return (st.logdir / "supervisor.log").read_text()
+
+
+def _ppid(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+def _wait(pred: object, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not pred():  # type: ignore[operator]
+        assert time.monotonic() < deadline, what
+        time.sleep(0.05)
+
+
+def test_preloaded_services_are_the_supervisor_s_children_and_restarted_when_killed(
+    tmp_path: Path,
+) -> None:
+    with running_stack(tmp_path) as st:
+        sup = st.supervisor_pid()
+        assert sup is not None
+        pids = {s: st.child_pid(s) for s in SERVICES}  # found by ppid + command line
+        for service, pid in pids.items():
+            assert _ppid(pid) == sup, service
+            cmd = [a for a in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0") if a]
+            i = cmd.index(b"tomato_mqtt.cli.serve")
+            assert cmd[i + 1] == service.encode() and str(st.port).encode() in cmd, cmd
+            assert f"started {service} (pid {pid}, preloaded)" in _log(st)
+        os.kill(pids["node"], signal.SIGKILL)
+        _wait(
+            lambda: st.service_pid("node") not in (None, pids["node"]),
+            20,
+            "the killed node was not restarted",
+        )
+        assert "node exited with code -9" in _log(st)
+        st.load_ready("pip-counter-1", "counter_1_0.1")
+        job = st.wait_job(st.submit("counter_1_0.1.yml"), {"c", "ce", "cd"})
+        assert job["status"] == "c", job
+        # the scheduler preloaded still ends the stack on `tomato stop` (its exit code)
+    _wait(lambda: not any(_alive(p) for p in pids.values()), 15, "a service outlived the stack")
+    assert "scheduler stopped on request: stopping the stack" in _log(st)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state not in ("Z", "X")
+
+
+def test_a_preloaded_service_stops_when_its_supervisor_is_killed(tmp_path: Path) -> None:
+    with running_stack(tmp_path) as st:
+        sup = st.supervisor_pid()
+        assert sup is not None
+        pids = [st.child_pid(s) for s in SERVICES]
+        os.kill(sup, signal.SIGKILL)
+        _wait(lambda: not any(_alive(p) for p in pids), 20, "a service outlived its supervisor")
+
+
+def test_with_preload_off_every_service_is_spawned(tmp_path: Path) -> None:
+    st = make_stack(tmp_path)
+    st.env[supervisor.PRELOAD_ENV] = "0"
+
+    with started(st):
+        assert "started scheduler (pid" in _log(st)
+        assert "preloaded" not in _log(st)
+        assert all(st.service_pid(s) for s in SERVICES)
+
+
+async def test_what_a_preloaded_service_prints_and_its_exit_code_reach_the_supervisor(
+    tmp_path: Path,
+) -> None:
+    sup = Supervisor(
+        [], logdir=tmp_path, pidfile=tmp_path / "pid", embedded_broker=False,
+        broker_host="127.0.0.1", port=1, node_name="local",
+    )  # fmt: skip
+    # an option the services' own parser does not know: typer's message, exit code 2
+    bad = [*supervisor.python(), "-m", preload.SERVE_MODULE, "recorder", "--no-such-option"]
+    child = Child("recorder", bad)
+    was = supervisor._subreaper(True)
+    assert was is not None
+    sup._was_subreaper = was
+    await asyncio.wait_for(sup._preload([child]), 60)
+    assert supervisor._subreaper(was) is was  # given back as it was
+    assert isinstance(child.proc, supervisor.Adopted) and child.pump is not None
+    assert await asyncio.wait_for(child.proc.wait(), 60) == 2
+    await asyncio.wait_for(child.pump, 10)
+    assert "No such option" in (tmp_path / "recorder.stderr.log").read_text()
+    with pytest.raises(ProcessLookupError):
+        child.proc.terminate()  # ended: no signal to a pid that may be another's now
+
+
+async def test_a_preloader_that_cannot_run_leaves_the_services_spawned(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    st = make_stack(tmp_path)
+    s = load_settings(appdir=st.appdir, port=st.port)
+    monkeypatch.setattr(supervisor, "PRELOADER", "tomato_mqtt.cli.no_such_preloader")
+    sup = Supervisor(
+        service_args(s),
+        logdir=tmp_path / "suplog",
+        pidfile=tmp_path / "pid",
+        embedded_broker=True,
+        broker_host="127.0.0.1",
+        port=st.port,
+        node_name=s.node.name,
+    )
+    run = asyncio.ensure_future(sup.run())
+    try:
+        deadline = time.monotonic() + 30
+        while not all(c.proc is not None for c in sup.children):
+            assert time.monotonic() < deadline and not run.done(), "services not started"
+            await asyncio.sleep(0.05)
+        for c in sup.children:
+            assert isinstance(c.proc, asyncio.subprocess.Process), c.name  # spawned
+        out = await asyncio.to_thread(st.run, "tomato", "status", "--json", timeout=30)
+        assert json.loads(out.stdout)["success"], out
+    finally:
+        sup._stop.set()
+        assert await asyncio.wait_for(run, 60) == 0
+    warned = [r.getMessage() for r in caplog.records if "preloader" in r.getMessage()]
+    assert warned and "started 0 of 3 services (exit code 1: " in warned[0], warned
+    assert "No module named tomato_mqtt.cli.no_such_preloader" in warned[0]
+    assert all(c.proc is not None and c.proc.returncode is not None for c in sup.children)
