@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from tomato_mqtt_broker import BrokerConfig, EmbeddedBroker
 
-from tests.stack import free_port
+from tests.stack import free_port, make_stack
 from tests.upstream.test_upstream_stack import processes_of
 from tomato_mqtt.config.devices import load_devices
 from tomato_mqtt.config.url import BrokerURL
@@ -120,6 +120,35 @@ def test_the_supervisor_imports_no_cli_and_no_pydantic() -> None:
     )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_start_spawns_the_supervisor_before_it_imports_asyncio(tmp_path: Path) -> None:
+    """Everything `tomato start` does before the supervisor runs delays every service:
+    its checks need the settings, the devices file and the broker's configuration, not
+    asyncio (~25 ms), which it loads afterwards for its wait."""
+    st = make_stack(tmp_path)  # a stack's files, checked as `tomato start` checks them
+    code = (
+        "import subprocess, sys\n"
+        "class Spawned(Exception): pass\n"
+        "def popen(*a, **k):\n"
+        "    if 'tomato_mqtt.services.supervisor' in a[0]:\n"
+        "        print(sorted(m for m in ('asyncio', 'paho', 'amqtt') if m in sys.modules))\n"
+        "        raise Spawned\n"
+        "subprocess.Popen = popen\n"
+        "from tomato_mqtt.cli import fast\n"
+        "sys.argv = ['tomato', 'start', *sys.argv[1:]]\n"
+        "try:\n"
+        "    fast.tomato()\n"
+        "except Spawned:\n"
+        "    pass\n"
+    )
+    res = subprocess.run(
+        [sys.executable, "-c", code, *st.dirs(), "-p", str(free_port())],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert res.stdout.strip() == "[]", res.stdout + res.stderr
 
 
 def test_start_on_a_taken_port_is_one_error_and_nothing_runs(tmp_path: Path) -> None:

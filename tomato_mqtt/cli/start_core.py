@@ -38,13 +38,9 @@ def start(opts: core.Opts, verbose: int = 0, quiet: int = 0) -> None:
     """Start the local stack in the background; return when it answers (see the module)."""
     from tomato_mqtt.config.devices import load_devices
     from tomato_mqtt.errors import ConfigError
-    from tomato_mqtt.services.supervisor import (
-        pidfile_path,
-        port_in_use,
-        python,
-        read_pidfile,
-    )
+    from tomato_mqtt.services.launch import pidfile_path, port_in_use, python, read_pidfile
 
+    # (services.launch, not the supervisor's module: asyncio would delay every service)
     s = opts.settings()
     if not (s.appdir / "settings.toml").exists():  # as tomato: nothing to start from
         fail(f"settings file not found in {s.appdir}, run 'tomato init' to create one")
@@ -203,7 +199,7 @@ def _embedded_broker(s: Any) -> Any:
 def _bind_mqtt_port(s: Any, broker: Any) -> socket.socket:
     """The embedded broker's MQTT listener, bound now (a port taken is one clear error,
     and nothing was started)."""
-    from tomato_mqtt.services.supervisor import bind_listener
+    from tomato_mqtt.services.launch import bind_listener
 
     host = s.broker.host if broker is None else broker.plain_host
     try:
@@ -228,7 +224,7 @@ def _check_listener_ports(s: Any) -> None:
     The WebSocket listener takes the MQTT port + 1 unless ``[broker] ws_port`` says
     otherwise, so two stacks on neighbouring ports clash there.
     """
-    from tomato_mqtt.services.supervisor import port_free
+    from tomato_mqtt.services.launch import port_free
 
     host = s.broker.host
     listeners = []
@@ -293,7 +289,7 @@ def _take_down(proc: subprocess.Popen[bytes]) -> None:
 
 
 def alive(pid: int) -> bool:
-    from tomato_mqtt.services.supervisor import pid_alive
+    from tomato_mqtt.services.watchdog import pid_alive
 
     return pid_alive(pid)  # a zombie or stale pid left by a crash is not alive
 

@@ -50,6 +50,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tomato_mqtt.services.base import cancel_and_wait
+from tomato_mqtt.services.launch import (
+    bind_listener,
+    pidfile_path,
+    port_free,
+    port_in_use,
+    python,
+    read_pidfile,
+)
 from tomato_mqtt.services.logfile import RotatingFile, RotatingLog
 from tomato_mqtt.services.watchdog import SUPERVISOR_PID_ENV, pid_alive
 from tomato_mqtt.waits import wait_for
@@ -95,59 +103,6 @@ PRELOADER = "tomato_mqtt.cli.preload"
 PRELOAD_TIMEOUT = 30.0
 _PR_SET_CHILD_SUBREAPER = 36
 _PR_GET_CHILD_SUBREAPER = 37
-
-
-def python() -> list[str]:
-    """The interpreter for a service started with ``-m``, which puts the working folder
-    first on ``sys.path``: a ``json.py``, ``signal.py`` or a ``tomato_mqtt`` source
-    folder where ``tomato start`` ran would shadow the real modules. So services run
-    in the logdir, and with ``-P`` (Python >= 3.11) the folder is not put there at all."""
-    return [sys.executable, "-P"] if sys.version_info >= (3, 11) else [sys.executable]
-
-
-def pidfile_path(datadir: Path, port: int) -> Path:
-    return datadir / f"tomato-mqtt.{port}.pid"
-
-
-def read_pidfile(path: Path) -> dict[str, object] | None:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
-def port_in_use(host: str, port: int) -> bool:
-    with socket.socket() as s:
-        s.settimeout(0.5)
-        return s.connect_ex((host, port)) == 0
-
-
-def port_free(host: str, port: int) -> bool:
-    """Whether a listener could bind ``host:port`` now (as asyncio's servers bind it)."""
-    with socket.socket() as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((host, port))
-        except OSError:
-            return False
-        return True
-
-
-def bind_listener(host: str, port: int) -> socket.socket:
-    """Bind and listen on ``host:port`` as asyncio's servers do (raises OSError if taken).
-
-    The backlog holds every service and CLI that connects before the broker serves.
-    """
-    s = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
-    try:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        s.bind((host, port))
-        s.listen(128)
-    except OSError:
-        s.close()
-        raise
-    return s
 
 
 #: a broker that exits this soon after its first start could not listen: give up

@@ -1,0 +1,701 @@
+"""The embedded broker itself: amqtt, with the changes of :func:`_broker_class`, run by
+:class:`EmbeddedBroker` and :func:`run_broker` (see :mod:`tomato_mqtt_broker`)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import functools
+import logging
+import os
+import signal
+import socket
+import time
+from typing import Any
+
+from tomato_mqtt.waits import wait_for
+from tomato_mqtt_broker.config import LOCAL_ORIGIN, BrokerConfig
+
+__all__ = ["EmbeddedBroker", "run_broker"]
+
+log = logging.getLogger("tomato_mqtt_broker")
+
+
+#: the QoS a message was published with, while it is broadcast (see _Broker)
+_PUB_QOS: contextvars.ContextVar[int | None] = contextvars.ContextVar(
+    "tomato_pub_qos", default=None
+)
+
+
+class _QosQueue(asyncio.Queue):  # type: ignore[type-arg]
+    """amqtt's broadcast queue; taking a message sets its published QoS for the rest of
+    the broadcast task that took it (each message is broadcast by a task of its own)."""
+
+    async def get(self) -> Any:
+        item = await super().get()
+        _PUB_QOS.set(item.get("pub_qos") if isinstance(item, dict) else None)
+        return item
+
+
+class _Backlog:
+    """What the broker holds for one client: bytes of messages on their way to it (in the
+    connection's buffer, or waiting for its acknowledgement), and what it gave up."""
+
+    __slots__ = ("bytes", "dropped", "since", "unacked")
+
+    def __init__(self) -> None:
+        self.bytes = 0
+        #: messages not sent to it since ``since``: over max_queued_bytes
+        self.dropped = 0
+        self.since = 0.0
+        #: QoS 1/2 messages it did not acknowledge in time (amqtt does not send them again)
+        self.unacked = 0
+
+    def drop(self) -> bool:
+        """One more message not sent to it; True for the first of a spell (to be told)."""
+        first = not self.dropped
+        if first:
+            self.since = time.time()
+        self.dropped += 1
+        return first
+
+
+def _backlog(session: Any) -> _Backlog:
+    b = getattr(session, "tomato_backlog", None)
+    if b is None:
+        b = session.tomato_backlog = _Backlog()
+    return b
+
+
+def _transport(writer: Any) -> Any:
+    """The asyncio transport under amqtt's writer adapter (TCP, TLS or WebSocket), or None."""
+    inner = getattr(writer, "_writer", None) or getattr(writer, "_protocol", None)
+    return getattr(inner, "transport", None)
+
+
+def _buffered(handler: Any) -> int:
+    """Bytes written to a client's connection that it has not taken yet."""
+    try:
+        return int(_transport(handler.writer).get_write_buffer_size())
+    except Exception:  # no transport (closed, or an adapter without one)
+        return 0
+
+
+#: seconds a message may take to reach a client (taken and, at QoS 1/2, acknowledged):
+#: amqtt waits 5 s for an acknowledgement; a write stuck behind a client that does not
+#: read is given up too (amqtt would keep it, and every delivery after it, for ever)
+DELIVERY_WAIT = 10.0
+
+
+class _Delivery:
+    """A client's protocol handler as a broadcast uses it: publishes at most at ``most``
+    (None: at the QoS asked) and counts the bytes on their way in ``backlog``."""
+
+    def __init__(self, handler: Any, most: int | None, backlog: _Backlog) -> None:
+        self._handler = handler
+        self._most = most
+        self._backlog = backlog
+
+    def mqtt_publish(
+        self, topic: str, data: Any, qos: int | None, retain: bool, *a: Any, **k: Any
+    ) -> Any:
+        if self._most is not None:
+            qos = self._most if qos is None else min(qos, self._most)
+        sending = self._handler.mqtt_publish(topic, data, qos, retain, *a, **k)
+        return self._carry(sending, topic, data)
+
+    async def _carry(self, sending: Any, topic: str, data: Any) -> None:
+        # None, not amqtt's message: amqtt keeps each finished delivery task, with its
+        # result, until every task started before it has finished too
+        backlog = self._backlog
+        size = len(data) if data else 0
+        backlog.bytes += size
+        try:
+            await wait_for(sending, DELIVERY_WAIT)
+        except Exception as e:
+            from amqtt.errors import ProtocolHandlerError
+
+            if isinstance(e, (ConnectionError, asyncio.IncompleteReadError)):
+                return  # the connection went: its end is told where it is handled
+            if not isinstance(e, (TimeoutError, asyncio.TimeoutError, ProtocolHandlerError)):
+                raise
+            # not taken or not acknowledged in time: amqtt waits 5 s for the
+            # acknowledgement and does not send the message again. Given up while it was
+            # being written, the message stayed in amqtt's in-flight list for good (a
+            # review: 7 left per stall of a client): it goes
+            session = self._handler.session
+            inflight = getattr(session, "inflight_out", None)
+            if isinstance(inflight, dict):
+                for pid, m in list(inflight.items()):
+                    if getattr(m, "data", None) is data and getattr(m, "topic", None) == topic:
+                        inflight.pop(pid, None)
+            if not backlog.unacked:
+                log.warning(
+                    "client %r (login %r) did not take or acknowledge a message within "
+                    "%g s: it is not sent again, if it did not arrive (the count follows "
+                    "when the client takes its messages again)",
+                    getattr(session, "client_id", None),
+                    getattr(session, "username", None),
+                    DELIVERY_WAIT,
+                )
+            backlog.unacked += 1
+        finally:
+            backlog.bytes -= size
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._handler, name)
+
+
+#: s a new connection has to send its CONNECT; amqtt waited for ever (300 connections
+#: that sent nothing held 300 descriptors of the broker)
+CONNECT_WAIT = 10.0
+
+
+class _Subscriptions(dict):  # type: ignore[type-arg]
+    """amqtt's table of topic filters -> subscribers, iterated over a copy of its keys.
+
+    amqtt iterates it while awaiting (sending a reconnected session the retained messages
+    of its filters): a filter added or removed meanwhile by another client ended that
+    loop with "dictionary changed size during iteration". With a copy, the table can
+    drop filters nobody holds any more (see ``_Broker._del_subscription``).
+    """
+
+    def __iter__(self) -> Any:
+        return iter(list(super().keys()))
+
+    def items(self) -> Any:
+        return list(super().items())
+
+
+def _broker_class(
+    listen_fd: int | None, open_stack: bool, max_queued: int, max_offline: int
+) -> Any:
+    """amqtt's Broker, without its retained-message leak.
+
+    On every new connection amqtt 0.12 sends the client the retained messages of *every*
+    topic filter that *any* client subscribed to (``_handle_client_session`` loops over
+    the broker-wide subscriptions). A client thus receives retained status it never
+    asked for, whatever the ACL says, and the loop awaits while iterating a dict that
+    other sessions change ("dictionary changed size during iteration" drops the client).
+    Here retained messages go only to a session that really holds the subscription; the
+    guard returns without awaiting, so that loop no longer yields either.
+    """
+    # heavy imports, only where a broker really runs
+    import websockets
+    from amqtt.broker import Broker
+    from amqtt.contexts import Action, ListenerType
+    from amqtt.errors import MQTTError
+    from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
+    from amqtt.utils import gen_client_id
+
+    from tomato_mqtt_broker.security import RoleAclPlugin
+
+    class _Broker(Broker):  # type: ignore[misc]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            plugins = getattr(self.plugins_manager, "_topic_plugins", [])
+            self._acl = next((p for p in plugins if isinstance(p, RoleAclPlugin)), None)
+            #: every accepted TCP connection: amqtt leaves some open at shutdown (one
+            #: refused at CONNECT, garbage that never became a session), and an unclosed
+            #: transport outlives the event loop
+            self.connections: set[asyncio.StreamWriter] = set()
+            #: the throwaway client ids of logins refused at CONNECT (_initialize_client_session)
+            self._refused: set[str] = set()
+            #: id() of the sessions admitted there, for the check amqtt makes afterwards
+            self._admitted: set[int] = set()
+            self._broadcast_queue = _QosQueue()
+            self._subscriptions = _Subscriptions()
+            #: when this broker's event loop last stood still (_tick)
+            self._stood_still_at = -1e9
+            self._ticked_at = 0.0
+            self._ticker: asyncio.TimerHandle | None = None
+            #: connections being closed for their silence
+            self._closing: set[asyncio.Future[None]] = set()
+
+        # -- delivery QoS: min(published, granted), as MQTT 3.1.1 says [MQTT-3.8.4-6] ---
+        # amqtt 0.12 delivers at the subscription's QoS: a QoS 0 publish reached a QoS 2
+        # subscriber as QoS 2 (an outside audit). The published QoS travels with the
+        # message to the broadcast task, whose handlers deliver at most that.
+        async def _handle_message_delivery(
+            self, client_session: Any, handler: Any, wait_deliver: Any
+        ) -> bool:
+            msg = wait_deliver.result() if wait_deliver.done() else None
+            token = _PUB_QOS.set(getattr(msg, "qos", None))
+            try:
+                return bool(
+                    await super()._handle_message_delivery(client_session, handler, wait_deliver)
+                )
+            finally:
+                _PUB_QOS.reset(token)
+
+        async def _broadcast_message(
+            self, session: Any, topic: Any, data: Any, force_qos: int | None = None
+        ) -> None:
+            broadcast: dict[str, Any] = {"session": session, "topic": topic, "data": data}
+            if force_qos is not None:
+                broadcast["qos"] = force_qos
+            pub = _PUB_QOS.get()
+            if pub is not None:
+                broadcast["pub_qos"] = pub
+            await self._broadcast_queue.put(broadcast)
+
+        async def _retain_broadcast_message(
+            self, broadcast: dict[str, Any], qos: int, target_session: Any
+        ) -> None:
+            kept = target_session.retained_messages.qsize()
+            backlog = _backlog(target_session)
+            if kept >= max_offline:
+                if backlog.drop():
+                    log.warning(
+                        "client %r (login %r) is away with %d messages kept for it "
+                        "(max_queued_messages %d): newer ones are dropped until it is back",
+                        target_session.client_id,
+                        target_session.username,
+                        kept,
+                        max_offline,
+                    )
+                return
+            await super()._retain_broadcast_message(broadcast, qos, target_session)
+
+        def _get_handler(self, session: Any) -> Any:
+            handler = super()._get_handler(session)
+            if handler is None:
+                return None
+            backlog = _backlog(session)
+            if max(backlog.bytes, _buffered(handler)) >= max_queued:
+                if backlog.drop():
+                    log.warning(
+                        "client %r (login %r) does not take its messages: %d bytes wait for "
+                        "it (max_queued_bytes %d); messages for it are dropped until it does",
+                        session.client_id,
+                        session.username,
+                        backlog.bytes,
+                        max_queued,
+                    )
+                return None
+            if backlog.dropped:
+                log.warning(
+                    "client %r (login %r) takes its messages again: %d were dropped for it "
+                    "in %.0f s",
+                    session.client_id,
+                    session.username,
+                    backlog.dropped,
+                    time.time() - backlog.since,
+                )
+                backlog.dropped = 0
+            if backlog.unacked and not session.inflight_out and session.transitions.is_connected():
+                log.warning(
+                    "client %r (login %r) takes its messages again: %d before were not "
+                    "taken or acknowledged within %g s and were not sent again (those "
+                    "already on their way may have arrived)",
+                    session.client_id,
+                    session.username,
+                    backlog.unacked,
+                    DELIVERY_WAIT,
+                )
+                backlog.unacked = 0
+            return _Delivery(handler, _PUB_QOS.get(), backlog)  # _PUB_QOS: see _QosQueue
+
+        async def _initialize_client_session(
+            self, reader: Any, writer: Any, remote_address: str, remote_port: int
+        ) -> tuple[Any, Any]:
+            # amqtt 0.12 reads the CONNECT and then, before the login is checked at all,
+            # deletes the session that holds the same client id (clean session: its
+            # subscriptions go, while its connection stays open and deaf) or writes the
+            # newcomer's user name, password and last will into it. So anyone who knows
+            # a node's client id could cut it off from its commands with a wrong
+            # password. Here the login is checked first; a refused one gets a throwaway
+            # id and touches no other session. The rest is amqtt's session handling.
+            try:
+                handler, session = await wait_for(
+                    BrokerProtocolHandler.init_from_connect(reader, writer, self.plugins_manager),
+                    CONNECT_WAIT,
+                )
+            except MQTTError:
+                await writer.close()  # as amqtt: a malformed CONNECT closes the connection
+                raise
+            except (TimeoutError, asyncio.TimeoutError):
+                transport = _transport(writer)
+                if transport is not None:
+                    transport.abort()
+                else:
+                    await writer.close()
+                raise MQTTError(
+                    f"no CONNECT from {remote_address}:{remote_port} within {CONNECT_WAIT:g} s: "
+                    "the connection is closed"
+                ) from None
+            why = await self._refusal(session)
+            if why is not None:
+                log.warning(
+                    "refused the login %r (client id %r) from %s:%s: %s",
+                    session.username,
+                    session.client_id,
+                    remote_address,
+                    remote_port,
+                    why,
+                )
+                session.client_id = f"refused-{gen_client_id()}"
+                session.will_flag = False
+                self._refused.add(session.client_id)
+                return handler, session
+            held = self._sessions.get(session.client_id) if session.client_id else None
+            if held is not None and held[0].transitions.is_connected():
+                await self._take_over(held[0], held[1], remote_address, remote_port)
+            if session.clean_session:
+                if session.client_id:
+                    await self._delete_session(session.client_id)
+                else:
+                    session.client_id = gen_client_id()
+                session.parent = 0
+            elif self._held_by_another(session):
+                # a clean session another login just ended (_refusal let it by): none of
+                # its subscriptions is this login's to inherit
+                await self._delete_session(session.client_id)
+                session.parent = 0
+            elif session.client_id in self._sessions:  # a persistent session resumed
+                held, _ = self._sessions[session.client_id]
+                for attr in (
+                    "will_flag",
+                    "will_message",
+                    "will_topic",
+                    "will_qos",
+                    "will_retain",
+                    "keep_alive",
+                    "username",
+                    "password",
+                ):
+                    setattr(held, attr, getattr(session, attr))
+                session = held
+                session.parent = 1
+            else:
+                session.parent = 0
+            delay = self.config.get("timeout-disconnect-delay", 0)
+            keep_alive = session.keep_alive
+            if keep_alive > 0 and isinstance(delay, int):
+                # amqtt waits this long for the next packet and then does nothing; here
+                # the connection is closed as a failed one (its last will goes out) when
+                # nothing came for 1.5 times the keep-alive [MQTT-3.1.2-24]: a client
+                # asleep or cut off (a half-open connection) does not stay connected,
+                # holding its messages, until TCP gives up (~15 minutes)
+                session.keep_alive = keep_alive + (keep_alive + 1) // 2 + delay
+                handler.handle_read_timeout = functools.partial(
+                    self._silent_too_long, handler, keep_alive
+                )
+            self._admitted.add(id(session))
+            return handler, session
+
+        def _silent_too_long(self, handler: Any, keep_alive: int) -> None:
+            session = handler.session
+            now = asyncio.get_running_loop().time()
+            if session is None or now - self._stood_still_at < session.keep_alive:
+                # this broker itself stood still (stopped, a swap storm) within the
+                # wait: what the client sent meanwhile is not read yet. Wait once more.
+                return
+            log.warning(
+                "client %r (login %r) sent nothing for %d s, 1.5 times its keep-alive of "
+                "%d s: its connection is closed as a failed one",
+                session.client_id,
+                session.username,
+                session.keep_alive,
+                keep_alive,
+            )
+            task = asyncio.ensure_future(self._close_silent(handler))
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
+
+        async def _close_silent(self, handler: Any) -> None:
+            transport = _transport(handler.writer)
+            if transport is not None:
+                transport.abort()  # not a graceful close: that waits for the client to read
+            with contextlib.suppress(Exception):
+                await handler.handle_connection_closed()  # as a lost connection: the will
+                await handler.stop()
+
+        def _tick(self) -> None:
+            """Note when this broker's event loop stood still (see _silent_too_long); a
+            timer, not a task: it holds nothing a broker's user must wait for."""
+            loop = asyncio.get_running_loop()
+            now = loop.time()
+            if now - self._ticked_at > 1.5:
+                self._stood_still_at = now
+            self._ticked_at = now
+            self._ticker = loop.call_later(0.5, self._tick)
+
+        async def start(self) -> None:
+            await super().start()
+            loop = asyncio.get_running_loop()
+            self._ticked_at = loop.time()
+            self._ticker = loop.call_later(0.5, self._tick)
+
+        async def shutdown(self) -> None:
+            if self._ticker is not None:
+                self._ticker.cancel()
+                self._ticker = None
+            await super().shutdown()
+
+        async def _take_over(
+            self, old: Any, old_handler: Any, remote_address: str, remote_port: int
+        ) -> None:
+            """The server disconnects the client that holds the id [MQTT-3.1.4-2]. amqtt
+            0.12 deleted a clean session's subscriptions and left its connection open:
+            that client believed itself connected and heard nothing, ever (an outside
+            audit). Its last will is not sent: the same login is connecting again, it is
+            not gone. Waits until amqtt's loop of the old connection has ended, so that
+            nothing of it acts on the session afterwards (a persistent session is the
+            newcomer's object from here on)."""
+            log.info(
+                "client id %r connected again (login %r, from %s:%s): its earlier connection "
+                "is closed",
+                old.client_id,
+                old.username,
+                remote_address,
+                remote_port,
+            )
+            old.will_flag = False
+            with contextlib.suppress(Exception):
+                await old_handler.handle_connection_closed()
+                await old_handler.stop()
+            deadline = asyncio.get_running_loop().time() + 5.0
+            while old.transitions.is_connected() and asyncio.get_running_loop().time() < deadline:
+                await asyncio.sleep(0.005)
+
+        async def _refusal(self, session: Any) -> str | None:
+            """Why this CONNECT is refused, or None: the login, its last will (amqtt
+            publishes a will without the publish check: anyone could make the broker
+            send a `stop` or a data batch in another's name), and on a secured broker a
+            client id held by another login (no one takes over another's session)."""
+            if not await super()._authenticate(session, None):
+                return "wrong user name or password (or a user without a role)"
+            acl = self._acl
+            if acl is None or acl.rules_of(session.username) is None:
+                return None  # an open, loopback-only broker: no roles to enforce
+            if session.will_flag and not acl.check(session, session.will_topic, Action.PUBLISH):
+                return (
+                    f"its last will is on {session.will_topic!r}, "
+                    f"a topic {session.username!r} may not publish"
+                )
+            held = self._sessions.get(session.client_id) if session.client_id else None
+            if held is not None and held[0].username != session.username:
+                other = held[0]
+                if other.transitions.is_connected() or not other.clean_session:
+                    return f"the client id is in use by another login ({other.username!r})"
+            return None
+
+        def _held_by_another(self, session: Any) -> bool:
+            held = self._sessions.get(session.client_id) if session.client_id else None
+            return held is not None and held[0].username != session.username
+
+        async def _authenticate(self, session: Any, listener: Any) -> bool:
+            if session.client_id in self._refused:
+                return False
+            if id(session) in self._admitted:  # checked in _initialize_client_session
+                self._admitted.discard(id(session))
+                return True
+            return bool(await super()._authenticate(session, listener))
+
+        async def _handle_client_session(self, *args: Any, **kwargs: Any) -> None:
+            session = args[2] if len(args) > 2 else kwargs["client_session"]
+            try:
+                await super()._handle_client_session(*args, **kwargs)
+            finally:
+                if session.client_id in self._refused:  # amqtt keeps refused sessions
+                    self._refused.discard(session.client_id)
+                    self._sessions.pop(session.client_id, None)
+
+        async def _handle_disconnect(
+            self, client_session: Any, handler: Any, disconnect_waiter: Any
+        ) -> None:
+            # checked at CONNECT already; checked again in case the rules changed since
+            # (a component moved to another node, a user's role changed)
+            if (
+                client_session.will_flag
+                and self._acl is not None
+                and not self._acl.check(client_session, client_session.will_topic, Action.PUBLISH)
+            ):
+                log.warning(
+                    "dropped the last will of %r on %r: a topic it may no longer publish",
+                    client_session.username,
+                    client_session.will_topic,
+                )
+                client_session.will_flag = False
+            await super()._handle_disconnect(client_session, handler, disconnect_waiter)
+
+        async def _create_server_instance(
+            self, listener_name: str, listener_type: Any, address: Any, port: int, ssl: Any
+        ) -> Any:
+            if open_stack and listener_type == ListenerType.WS:
+                # an open stack has no logins: any web page the lab PC's browser opens
+                # could otherwise connect to it (found by a security review: a page of
+                # another site stopped the stack). Browsers send their page's Origin;
+                # MQTT clients send none. Pages of this PC (localhost) stay welcome.
+                return await websockets.serve(
+                    functools.partial(self.ws_connected, listener_name=listener_name),
+                    address,
+                    port,
+                    ssl=ssl,
+                    subprotocols=[websockets.Subprotocol("mqtt")],
+                    origins=[None, LOCAL_ORIGIN],
+                )
+            if listener_name != "default" or listen_fd is None:
+                return await super()._create_server_instance(
+                    listener_name, listener_type, address, port, ssl
+                )
+            # socket activation: serve the socket the supervisor bound (a duplicate, so
+            # that closing this server leaves the supervisor's one listening for a restart)
+            sock = socket.socket(fileno=os.dup(listen_fd))
+            sock.setblocking(False)
+            return await asyncio.start_server(
+                functools.partial(self.stream_connected, listener_name=listener_name),
+                sock=sock,
+                ssl=ssl,
+            )
+
+        async def stream_connected(
+            self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, listener_name: str
+        ) -> None:
+            self.connections.add(writer)
+            try:
+                await super().stream_connected(reader, writer, listener_name)
+            finally:
+                self.connections.discard(writer)
+                if not writer.is_closing():
+                    writer.close()
+
+        # -- filters nobody holds go (a soak: +1 MB per 1,000 jobs, for good) -------------
+        # amqtt keeps an empty entry for every filter once unsubscribed (and its string
+        # key): a script that waits on each job (client Job.wait: two filters a job)
+        # grew the broker by ~0.26 MB per 1,000 filters, never given back
+        def _del_subscription(self, a_filter: str, session: Any) -> int:
+            deleted = int(super()._del_subscription(a_filter, session))
+            if deleted and not self._subscriptions.get(a_filter, True):
+                del self._subscriptions[a_filter]
+            return deleted
+
+        async def _del_all_subscriptions(self, session: Any) -> None:
+            for a_filter in list(self._subscriptions):
+                self._del_subscription(a_filter, session)
+
+        async def _topic_filtering(self, session: Any, topic: str, action: Any) -> bool:
+            # amqtt awaits this inside `for ... in self._subscriptions.items()` when it
+            # broadcasts; its plugin manager gathers tasks, so the loop yields and a
+            # (un)subscribe meanwhile kills the broadcast ("dictionary changed size during
+            # iteration": the message is lost for the remaining subscribers). Our ACL
+            # answers synchronously, so the loop never yields here.
+            if self._acl is not None:
+                return self._acl.check(session, topic, action)
+            return bool(await super()._topic_filtering(session, topic, action))
+
+        async def _publish_retained_messages_for_subscription(
+            self, subscription: tuple[str, int], session: Any
+        ) -> None:
+            holders = self._subscriptions.get(subscription[0], ())
+            if not any(s.client_id == session.client_id for s, _qos in holders):
+                return
+            await super()._publish_retained_messages_for_subscription(subscription, session)
+
+    return _Broker
+
+
+class _OneLinePerClient(logging.Filter):
+    """amqtt warns once per message a client did not acknowledge; _Delivery says it once
+    per client and gives the count."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = str(record.msg)
+        # and the acknowledgements that come after it gave up
+        return not msg.startswith(("Timeout waiting for PUBACK", "Received PUBACK for unknown"))
+
+
+class EmbeddedBroker:
+    """amqtt in this process: ``await start()``, ``await stop()``."""
+
+    def __init__(self, config: BrokerConfig) -> None:
+        self.config = config
+        self._broker: Any = None
+
+    async def start(self) -> None:
+        # amqtt logs every connection at INFO; keep our logs about our services
+        for noisy in ("amqtt", "transitions", "websockets"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
+        handler_log = logging.getLogger("amqtt.mqtt.protocol.handler")
+        if not any(isinstance(f, _OneLinePerClient) for f in handler_log.filters):
+            handler_log.addFilter(_OneLinePerClient())
+        config = self.config.amqtt_config()  # BrokerConfigError: refused, with the reason
+        open_stack = not self.config.password_file
+        cls = _broker_class(
+            self.config.listen_fd,
+            open_stack,
+            self.config.max_queued_bytes,
+            self.config.max_queued_messages,
+        )
+        self._broker = cls(config)
+        try:
+            await self._broker.start()
+        except Exception as e:
+            # a listener that failed (a port taken) comes after those that did not: the
+            # clients these accepted meanwhile (under `tomato start`, services that
+            # connected to the socket the supervisor bound) are served by handlers that
+            # a cancel at the loop's end did not stop, and the process never exited (a
+            # test run on a loaded machine: the supervisor waited 3 minutes, restarting
+            # nothing). Stop the half-started broker as a running one is stopped.
+            with contextlib.suppress(Exception):
+                await wait_for(self.stop(), 10.0)
+            self._broker = None
+            raise OSError(
+                f"cannot start the embedded MQTT broker on {self.config.host}:{self.config.port}"
+                f": {e}"
+            ) from e
+
+    async def stop(self) -> None:
+        if self._broker is not None:
+            broker, self._broker = self._broker, None
+            # amqtt 0.12 closes its sessions first and its listeners last: a client that
+            # reconnects in between is served by a broker that is going away and never
+            # learns it (it then misses the restarted broker). Stop accepting first.
+            for server in getattr(broker, "_servers", {}).values():
+                instance = getattr(server, "instance", None)
+                if instance is not None:
+                    with contextlib.suppress(Exception):
+                        instance.close()
+            # amqtt cancels each session's reader loop; on Python < 3.12 asyncio.wait_for
+            # loses a cancel that coincides with incoming data (e.g. a PUBACK), and the loop
+            # then waits for the next packet for ever. An EOF ends it: give shutdown a
+            # moment, then end the readers that are still waiting.
+            handlers = [h for _s, h in list(getattr(broker, "_sessions", {}).values())]
+            shutdown = asyncio.ensure_future(broker.shutdown())
+            done, _ = await asyncio.wait({shutdown}, timeout=1.0)
+            if not done:
+                for h in handlers:
+                    with contextlib.suppress(Exception):
+                        h.reader.feed_eof()
+            with contextlib.suppress(Exception):
+                await shutdown
+            for writer in list(getattr(broker, "connections", ())):
+                writer.close()  # what amqtt's shutdown left open (see _Broker.connections)
+
+    async def __aenter__(self) -> EmbeddedBroker:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+
+async def _serve(config: BrokerConfig, ready: asyncio.Event | None = None) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    async with EmbeddedBroker(config):
+        ws = f", ws://{config.host}:{config.ws_port}" if config.ws_port else ""
+        log.info("broker listening on mqtt://%s:%d%s", config.host, config.port, ws)
+        if ready is not None:
+            ready.set()
+        await stop.wait()
+
+
+def run_broker(config: BrokerConfig) -> None:
+    """Run the broker in the foreground until SIGINT/SIGTERM."""
+    asyncio.run(_serve(config))

@@ -1,0 +1,67 @@
+"""What ``tomato start`` and the supervisor share: the interpreter a service runs in, the
+stack's pid file, its ports. Standard library only, and no asyncio: ``tomato start``
+uses these before it spawns the supervisor (asyncio's import, ~25 ms, would delay every
+service's start by as much; it loads it afterwards, for its wait, while they start).
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import sys
+from pathlib import Path
+
+__all__ = ["bind_listener", "pidfile_path", "port_free", "port_in_use", "python", "read_pidfile"]
+
+
+def python() -> list[str]:
+    """The interpreter for a service started with ``-m``, which puts the working folder
+    first on ``sys.path``: a ``json.py``, ``signal.py`` or a ``tomato_mqtt`` source
+    folder where ``tomato start`` ran would shadow the real modules. So services run
+    in the logdir, and with ``-P`` (Python >= 3.11) the folder is not put there at all."""
+    return [sys.executable, "-P"] if sys.version_info >= (3, 11) else [sys.executable]
+
+
+def pidfile_path(datadir: Path, port: int) -> Path:
+    return datadir / f"tomato-mqtt.{port}.pid"
+
+
+def read_pidfile(path: Path) -> dict[str, object] | None:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def port_in_use(host: str, port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex((host, port)) == 0
+
+
+def port_free(host: str, port: int) -> bool:
+    """Whether a listener could bind ``host:port`` now (as asyncio's servers bind it)."""
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+        return True
+
+
+def bind_listener(host: str, port: int) -> socket.socket:
+    """Bind and listen on ``host:port`` as asyncio's servers do (raises OSError if taken).
+
+    The backlog holds every service and CLI that connects before the broker serves.
+    """
+    s = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    try:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind((host, port))
+        s.listen(128)
+    except OSError:
+        s.close()
+        raise
+    return s
