@@ -105,7 +105,7 @@ def test_preloaded_services_are_the_supervisor_s_children_and_restarted_when_kil
             cmd = [a for a in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0") if a]
             i = cmd.index(b"tomato_mqtt.cli.serve")
             assert cmd[i + 1] == service.encode() and str(st.port).encode() in cmd, cmd
-            assert f"started {service} (pid {pid}, preloaded)" in _log(st)
+            assert f"started {service} (pid {pid}, preloaded by tomato start)" in _log(st)
         os.kill(pids["node"], signal.SIGKILL)
         _wait(
             lambda: st.service_pid("node") not in (None, pids["node"]),
@@ -138,6 +138,23 @@ def test_a_preloaded_service_stops_when_its_supervisor_is_killed(tmp_path: Path)
         _wait(lambda: not any(_alive(p) for p in pids), 20, "a service outlived its supervisor")
 
 
+def test_a_start_through_typer_has_the_supervisor_fork_the_services(tmp_path: Path) -> None:
+    """`tomato start` forks the preloader itself only on its fast path (the services would
+    carry typer otherwise): through typer, the supervisor spawns one."""
+    st = make_stack(tmp_path)
+    start = [sys.executable, "-m", "tomato_mqtt.cli.tomato", "start", *st.dirs()]
+    res = subprocess.run([*start, "-p", str(st.port)], capture_output=True, text=True, timeout=90)
+    try:
+        assert res.returncode == 0, res.stdout + res.stderr + st.logs()
+        for service in SERVICES:
+            pid = st.child_pid(service)
+            assert _ppid(pid) == st.supervisor_pid()
+            assert f"started {service} (pid {pid}, preloaded)" in _log(st)
+        assert st.json("tomato", "status")["success"]
+    finally:
+        st.run("tomato", "stop")
+
+
 def test_with_preload_off_every_service_is_spawned(tmp_path: Path) -> None:
     st = make_stack(tmp_path)
     st.env[supervisor.PRELOAD_ENV] = "0"
@@ -158,11 +175,11 @@ async def test_what_a_preloaded_service_prints_and_its_exit_code_reach_the_super
     # an option the services' own parser does not know: typer's message, exit code 2
     bad = [*supervisor.python(), "-m", preload.SERVE_MODULE, "recorder", "--no-such-option"]
     child = Child("recorder", bad)
-    was = supervisor._subreaper(True)
+    was = supervisor.subreaper(True)
     assert was is not None
     sup._was_subreaper = was
     await asyncio.wait_for(sup._preload([child]), 60)
-    assert supervisor._subreaper(was) is was  # given back as it was
+    assert supervisor.subreaper(was) is was  # given back as it was
     assert isinstance(child.proc, supervisor.Adopted) and child.pump is not None
     assert await asyncio.wait_for(child.proc.wait(), 60) == 2
     await asyncio.wait_for(child.pump, 10)

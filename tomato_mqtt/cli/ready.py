@@ -13,9 +13,12 @@ import json
 import os
 import subprocess
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tomato_mqtt.cli import core
+
+if TYPE_CHECKING:
+    from tomato_mqtt.cli.preload import Forked
 
 __all__ = ["REMOTE_GRACE", "Absent", "Missing", "Pending", "wait_ready"]
 
@@ -60,7 +63,7 @@ Absent = dict[str, list[str]]
 REMOTE_GRACE = 5.0
 
 
-def _on_exit(proc: subprocess.Popen[bytes], event: Any) -> None:
+def _on_exit(proc: subprocess.Popen[bytes] | Forked, event: Any) -> None:
     """Set the asyncio ``event`` when ``proc`` exits (a daemon thread waits for it)."""
     import asyncio
     import threading
@@ -77,7 +80,7 @@ def _on_exit(proc: subprocess.Popen[bytes], event: Any) -> None:
 
 def wait_ready(
     ctx: core.CallContext,
-    proc: subprocess.Popen[bytes],
+    proc: subprocess.Popen[bytes] | Forked,
     timeout: float,
     local_node: str,
     remote_grace: float = REMOTE_GRACE,

@@ -47,8 +47,9 @@ SERVICES = ("broker", "scheduler", "recorder", "node")
 
 # -- what the services and `tomato start` share ----------------------------------------------
 def service_args(s: Settings) -> list[str]:
-    """The options that give a child service the same settings as ``s``."""
-    return ["-A", str(s.appdir), "-D", str(s.datadir), "-L", str(s.logdir), "-p", str(s.mqtt.port)]
+    """The options that give a child service the same settings as ``s`` (the port first:
+    a preloaded service's command line may be cut after it, cli/preload.py ``show_as``)."""
+    return ["-p", str(s.mqtt.port), "-A", str(s.appdir), "-D", str(s.datadir), "-L", str(s.logdir)]
 
 
 def _creds_path(s: Settings) -> Path:

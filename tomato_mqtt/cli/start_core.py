@@ -18,7 +18,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from tomato_mqtt.cli import core, serve
+from tomato_mqtt.cli import core, preload, serve
 from tomato_mqtt.cli.core import fail
 from tomato_mqtt.cli.output import echo
 from tomato_mqtt.cli.ready import wait_ready
@@ -97,25 +97,25 @@ def start(opts: core.Opts, verbose: int = 0, quiet: int = 0) -> None:
         "broker_config": None if broker is None else broker.to_json(),
     }
     log_path = s.logdir / "supervisor.log"
+    # the supervisor imports no CLI and no pydantic (a lean, long-lived process); in the
+    # logdir, with -P: nothing where start ran is imported
+    argv = [*python(), "-m", "tomato_mqtt.services.supervisor", "--port", str(s.mqtt.port)]
+    keep = [] if listener is None else [listener.fileno()]
+    proc: subprocess.Popen[bytes] | preload.Forked | None
     try:
         with log_path.open("ab") as out:
-            # the supervisor imports no CLI and no pydantic (a lean, long-lived process)
-            proc = subprocess.Popen(
-                [
-                    *python(),  # in the logdir, -P: nothing where start ran is imported
-                    "-m",
-                    "tomato_mqtt.services.supervisor",
-                    "--port",
-                    str(s.mqtt.port),
-                    json.dumps(spec),
-                ],
-                cwd=s.logdir,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=out,
-                start_new_session=True,
-                pass_fds=() if listener is None else (listener.fileno(),),
-            )
+            # Linux: forked, with the preloader of its services (cli/preload.py)
+            proc = preload.fork_stack(spec, argv, out.fileno(), keep)
+            if proc is None:
+                proc = subprocess.Popen(
+                    [*argv, json.dumps(spec)],
+                    cwd=s.logdir,
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=out,
+                    start_new_session=True,
+                    pass_fds=keep,
+                )
     finally:
         if listener is not None:  # the supervisor holds it now: a failed start frees it
             listener.close()
@@ -272,7 +272,7 @@ def _startup_error(logdir: Path) -> str | None:
     return None
 
 
-def _take_down(proc: subprocess.Popen[bytes]) -> None:
+def _take_down(proc: subprocess.Popen[bytes] | preload.Forked) -> None:
     """Stop the supervisor of a failed start and everything it started (its session)."""
     import signal
 

@@ -48,15 +48,19 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from tomato_mqtt.services.base import cancel_and_wait
 from tomato_mqtt.services.launch import (
+    PRELOAD_ENV,
     bind_listener,
     pidfile_path,
     port_free,
     port_in_use,
     python,
     read_pidfile,
+    service_argv,
+    subreaper,
 )
 from tomato_mqtt.services.logfile import RotatingFile, RotatingLog
 from tomato_mqtt.services.watchdog import SUPERVISOR_PID_ENV, pid_alive
@@ -92,8 +96,6 @@ LISTEN_FD_ENV = "TOMATO_MQTT_LISTEN_FD"
 #: the broker's configuration as JSON, checked by ``tomato start`` already: the broker
 #: then reads no settings (no pydantic: ~0.1 s less of the start's critical path)
 BROKER_CONFIG_ENV = "TOMATO_MQTT_BROKER_CONFIG"
-#: ``0`` spawns every service instead of forking three from the preloader
-PRELOAD_ENV = "TOMATO_MQTT_PRELOAD"
 #: the services the preloader starts (cli/preload.py PRELOADED, which imports pydantic)
 _PRELOADED = ("node", "scheduler", "recorder")
 #: the preloader's module (the services' layer does not import the CLI's)
@@ -101,8 +103,6 @@ PRELOADER = "tomato_mqtt.cli.preload"
 #: s the preloader may take to import and fork, on a slow machine; then it is killed and
 #: the services are spawned
 PRELOAD_TIMEOUT = 30.0
-_PR_SET_CHILD_SUBREAPER = 36
-_PR_GET_CHILD_SUBREAPER = 37
 
 
 #: a broker that exits this soon after its first start could not listen: give up
@@ -126,26 +126,6 @@ def restart_delay(fails: list[float], started: float, now: float) -> tuple[list[
     kept = [] if now - started >= STABLE_RUN else [t for t in fails if now - t < 60]
     kept.append(now)
     return kept, min(FIRST_DELAY * 2 ** (len(kept) - 1), MAX_DELAY)
-
-
-def _subreaper(on: bool) -> bool | None:
-    """Become (or stop being) the subreaper of this process's descendants (Linux): an
-    orphan among them (the preloader's children, once it exits) becomes our child.
-    Returns what it was before (a test process may be one already), None if it cannot."""
-    if sys.platform != "linux":
-        return None
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        was = ctypes.c_int(0)
-        if libc.prctl(_PR_GET_CHILD_SUBREAPER, ctypes.byref(was), 0, 0, 0) != 0:
-            return None
-        if libc.prctl(_PR_SET_CHILD_SUBREAPER, int(on), 0, 0, 0) != 0:
-            return None
-        return bool(was.value)
-    except (OSError, AttributeError):
-        return None
 
 
 class Adopted:
@@ -219,11 +199,11 @@ class Supervisor:
         dashboard: bool = False,
         listen_fd: int | None = None,
         broker_config: str | None = None,
+        forked: dict[str, Any] | None = None,
     ) -> None:
         # the services' typer-free entry (cli/serve.py): no typer, click or rich in a
         # long-lived process (~40 ms of CPU at start and ~5 MB each); the dashboard's
         # options are many and rarely used: it goes through the typer command
-        exe = [*python(), "-m", "tomato_mqtt.cli.serve"]
         typer_exe = [*python(), "-m", "tomato_mqtt.cli.tomato"]
         flags = list(service_flags or [])  # -v/-q of `tomato start`
         self.logdir = logdir
@@ -237,13 +217,9 @@ class Supervisor:
         self.broker_config = broker_config
         self._listener: socket.socket | None = None
         self.children: list[Child] = []
-        if embedded_broker:
-            self.children.append(Child("broker", [*exe, "broker", *common_args]))
-        self.children += [
-            Child("scheduler", [*exe, "scheduler", *common_args, *flags]),
-            Child("recorder", [*exe, "recorder", *common_args, *flags]),
-            Child("node", [*exe, "node", "--name", node_name, *common_args, *flags]),
-        ]
+        names = ["broker"] if embedded_broker else []
+        for name in [*names, "scheduler", "recorder", "node"]:
+            self.children.append(Child(name, service_argv(name, common_args, flags, node_name)))
         if dashboard:  # [dashboard] enabled: the web UI is one more supervised service
             self.children.append(Child("dashboard", [*typer_exe, "dashboard", *common_args]))
         self._stop = asyncio.Event()
@@ -251,6 +227,9 @@ class Supervisor:
         self._preloading: asyncio.Future[None] | None = None
         #: whether this process was a subreaper before the preloader made it one
         self._was_subreaper = False
+        #: the preloader `tomato start` forked before it started this process (its pid,
+        #: its report's and the services' output pipes' read ends: cli/preload.py), or None
+        self.forked = forked
         self.stopping = False
         #: why the stack gave up at start (the broker could not listen), else None
         self.failed: str | None = None
@@ -274,11 +253,15 @@ class Supervisor:
             # all at once: the services retry their connection until the broker listens,
             # so its start-up (~0.5 s of imports) overlaps with theirs
             preloaded = [c for c in self.children if c.name in _PRELOADED]
-            if preloaded and os.environ.get(PRELOAD_ENV) != "0":
-                was = _subreaper(True)
+            if self.forked is not None:  # a subreaper already (the process that forked it)
+                self._preloading = asyncio.ensure_future(self._take_forked(preloaded))
+            elif preloaded and os.environ.get(PRELOAD_ENV) != "0":
+                was = subreaper(True)
                 if was is not None:  # first: the broker serves long before a node needs it
                     self._was_subreaper = was
                     self._preloading = asyncio.ensure_future(self._preload(preloaded))
+            if self._preloading is not None:  # what it did not start, the watchers spawn
+                self._preloading.add_done_callback(_said_if_failed)
             watchers = [asyncio.ensure_future(self._watch(c)) for c in self.children]
             await self._stop.wait()
             self.stopping = True
@@ -340,10 +323,7 @@ class Supervisor:
             except asyncio.TimeoutError:
                 proc.kill()
                 out, err = await proc.communicate()
-            for line in out.decode(errors="replace").splitlines():
-                name, _, pid = line.partition(" ")
-                if name in pipes and pid.isdigit():
-                    pids[name] = int(pid)
+            pids = _pids(out.decode(errors="replace"), pipes)
             if proc.returncode != 0 or len(pids) < len(children):
                 tail = err.decode(errors="replace").strip().splitlines()[-1:]
                 log.warning(
@@ -361,9 +341,44 @@ class Supervisor:
         finally:
             # its children are ours now (or init's, had they been orphaned before): a
             # service's orphan later goes to init again, as without the preloader
-            _subreaper(self._was_subreaper)
+            subreaper(self._was_subreaper)
+        self._adopt(children, {n: r for n, (r, _) in pipes.items()}, pids, "preloaded")
+
+    async def _take_forked(self, children: list[Child]) -> None:
+        """The preloader that `tomato start` forked (cli/preload.py ``fork_stack``): its
+        report of the services it forked, then its exit, then the services are ours."""
+        f = self.forked or {}
+        reads = {str(n): int(fd) for n, fd in f.get("pipes", {}).items()}
+        pids: dict[str, int] = {}
+        report = int(f["report_fd"])
+        try:
+            preloader = Adopted(int(f["pid"]))
+            try:
+                text = await wait_for(asyncio.to_thread(_read_all, report), PRELOAD_TIMEOUT)
+                rc = await wait_for(preloader.wait(), PRELOAD_TIMEOUT)
+            except asyncio.TimeoutError:
+                with contextlib.suppress(ProcessLookupError):
+                    preloader.kill()
+                text, rc = "", await preloader.wait()
+            pids = _pids(text, reads)
+            if rc != 0 or len(pids) < len(children):
+                log.warning(
+                    "the preloader started %s of %d services (exit code %s; its log: "
+                    "supervisor.log): spawning the rest",
+                    len(pids),
+                    len(children),
+                    rc,
+                )
+        finally:
+            subreaper(False)  # (see _preload)
+        self._adopt(children, reads, pids, "preloaded by tomato start")
+
+    def _adopt(
+        self, children: list[Child], reads: dict[str, int], pids: dict[str, int], how: str
+    ) -> None:
+        """Make the forked ``pids`` our children (``reads``: their output pipes)."""
         for c in children:
-            r, _ = pipes[c.name]
+            r = reads.pop(c.name)
             if c.name not in pids:
                 os.close(r)
                 continue
@@ -371,11 +386,13 @@ class Supervisor:
             c.proc = Adopted(pids[c.name])
             c.pump = asyncio.ensure_future(_pump(r, RotatingFile(c.log_path)))
             c.started = time.monotonic()
-            log.info("started %s (pid %d, preloaded)", c.name, c.proc.pid)
+            log.info("started %s (pid %d, %s)", c.name, c.proc.pid, how)
+        for r in reads.values():  # (a pipe for a service this stack does not run)
+            os.close(r)
 
     async def _spawn(self, c: Child) -> None:
         if self._preloading is not None and c.restarts == 0 and c.name in _PRELOADED:
-            await asyncio.shield(self._preloading)  # (a stop waits for it in run)
+            await asyncio.wait([self._preloading])  # (a stop waits for it in run)
             if c.proc is not None:
                 return
         c.log_path = self.logdir / f"{c.name}.stderr.log"
@@ -467,6 +484,27 @@ class Supervisor:
             await p.wait()
 
 
+def _said_if_failed(task: asyncio.Future[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("the preloader's services: %r; spawning them", task.exception())
+
+
+def _pids(report: str, names: Any) -> dict[str, int]:
+    """name -> pid of the services a preloader's report (``NAME PID`` lines) names."""
+    pids: dict[str, int] = {}
+    for line in report.splitlines():
+        name, _, pid = line.partition(" ")
+        if name in names and pid.isdigit():
+            pids[name] = int(pid)
+    return pids
+
+
+def _read_all(fd: int) -> str:
+    """Read the pipe ``fd`` until every writer closed it, and close it."""
+    with os.fdopen(fd, "rb") as f:
+        return f.read().decode(errors="replace")
+
+
 async def _pump(fd: int, out: RotatingFile) -> None:
     """Copy a child's output (the read end ``fd`` of its pipe) into its log until every
     process that holds the pipe closed it."""
@@ -538,6 +576,7 @@ def main(argv: list[str] | None = None) -> int:
         dashboard=bool(spec.get("dashboard", False)),
         listen_fd=None if fd is None else int(fd),
         broker_config=spec.get("broker_config"),
+        forked=spec.get("forked"),
     )
     return asyncio.run(sup.run())
 
