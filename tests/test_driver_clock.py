@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from tests.cpuwait import run_delay, unexplained_misses
 from tests.test_driver_runner import Ends, Probe, ProbeDriver, task
 from tomato_mqtt.driver import ComponentRunner, ModelInterface, TaskSpec
 from tomato_mqtt.driver.clock import CLOCK_MAX_INTERVAL, shared_clock
@@ -340,9 +341,15 @@ def test_tasks_of_one_rate_go_onto_its_phases_and_no_point_is_taken_early(
 
 
 class Busy(Clocked):
-    """Each call keeps the clock busy for 3.5 ms."""
+    """Each call keeps the clock busy for 3.5 ms; records each point's deadline and how
+    long the clock's thread had waited for a CPU then (tests/cpuwait.py)."""
+
+    def __init__(self, driver: ModelInterface, key: tuple[str, str], **kwargs: Any) -> None:
+        super().__init__(driver, key, **kwargs)
+        self.calls: list[tuple[int, float | None]] = []
 
     def do_task(self, task: TaskSpec, t_start: float, t_now: float) -> Mapping[str, Any] | None:
+        self.calls.append((round((t_now - t_start) / task.sampling_interval), run_delay()))
         end = time.perf_counter() + 0.0035
         while time.perf_counter() < end:
             pass
@@ -358,22 +365,40 @@ def test_tasks_of_one_rate_are_spread_so_the_clock_keeps_up(comps: list[Comp]) -
     """4 tasks at 20 ms whose calls take 3.5 ms each (70 % of the clock): on one phase
     the last of each group is 10.5 ms late, past half the interval, and misses every
     point (12-16 of 50 missed per task, review of the first grid); spread over the
-    phases each is at most ~3 ms late."""
+    phases each is at most ~3 ms late.
+
+    Counted are the misses the clock's thread did not spend waiting for a CPU
+    (tests/cpuwait.py): a machine loaded far past its 2 cores (load 5: 21 and 21 missed,
+    and 257 of 1,000 in the kilohertz test) makes the thread wait for one 10-20 ms at a
+    time; on one phase the thread is late while busy, not waiting, and those misses
+    still count (clock.MAX_PHASES = 1 on a quiet PC: 34 missed, 34 counted; pinned
+    beside one busy loop, 48 and 10: failed tries, then a skip, never a pass)."""
     drv = BusyDriver()
     cs = [_new(comps, drv, str(i)) for i in range(4)]
-    missed: list[list[int]] = []
-    # more tries only for a machine busy with other tests (a stress run of the tests, 6
-    # workers on 2 cores: 21 and 21 missed); on one phase the misses are structural
-    # (48-64), and come every time
+    devs = [d for c in cs if isinstance(d := c.dev, Busy)]
+    assert len(devs) == len(cs)
+    seen: list[list[tuple[int, int, float]]] = []  # per try: (missed, counted, waited)
+    judged: list[tuple[int, int, float]] | None = None
+    # more tries only for a machine busy in bursts; the structural misses come every time
     for _attempt in range(3):
-        for c in cs:
+        for c, d in zip(cs, devs, strict=True):
+            d.calls.clear()
             c.runner.start_task(task(0.6, 0.02))
         ends = [c.ends.wait(10) for c in cs]
         assert all(e.reason == "done" and e.npoints + e.missed == 30 for e in ends), ends
-        missed.append([e.missed for e in ends])
-        if sum(missed[-1]) <= 6:
+        counted = [unexplained_misses(d.calls, 30, 0.02) for d in devs]
+        seen.append([(e.missed, n, round(w, 4)) for e, (n, w) in zip(ends, counted, strict=True)])
+        if sum(n for _, n, _ in seen[-1]) <= 6:
             break
-    assert sum(missed[-1]) <= 6, missed
+        # a try that failed while the clock's thread waited for a CPU for over a quarter
+        # of the 0.6 s (pinned beside 3 busy loops: 0.35-0.43 s) is not judged: then
+        # everything is late, spread or not
+        if max(w for _, w in counted) < 0.15:
+            judged = seen[-1]
+    else:
+        if judged is None:
+            pytest.skip(f"the machine gave the clock's thread too little CPU to judge: {seen}")
+        raise AssertionError(f"more than 6 misses the machine does not explain: {seen}")
 
 
 def test_a_task_s_points_are_buffered_as_one_run_of_columns(comps: list[Comp]) -> None:

@@ -445,3 +445,39 @@ def test_values_json_cannot_carry_are_refused_naming_where(
         with pytest.raises(PayloadError) as ei:
             parse_payload(parsed)
         assert ei.value.location == where and said in ei.value.reason, str(ei.value)
+
+
+def test_0_1_upgrade_leaves_sys_stdout_to_other_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The scheduler parses a 0.1 payload in its warm-up thread, beside threads that print
+    (or, in tests/upstream, a CliRunner that swaps sys.stdout for a CLI call): the upgrade
+    must not rebind sys.stdout. With contextlib.redirect_stdout it did, and at its end
+    put back the stream it had found, under a CliRunner that had started meanwhile
+    (test_99_psutil: "ValueError: I/O operation on closed file")."""
+    import io
+    import threading
+
+    from dgbowl_schemas.tomato import payload_0_1
+
+    inside, go = threading.Event(), threading.Event()
+    dump = payload_0_1.Payload.model_dump
+
+    def held(self: Any, *args: Any, **kwargs: Any) -> Any:  # the upgrade, half done
+        inside.set()
+        assert go.wait(10)
+        return dump(self, *args, **kwargs)
+
+    monkeypatch.setattr(payload_0_1.Payload, "model_dump", held)
+    doc = read_payload_file(CONFIG / "counter_v0.1.yml")
+    out: list[Any] = []
+    t = threading.Thread(target=lambda: out.append(parse_payload(doc)))
+    t.start()
+    try:
+        assert inside.wait(10)
+        other = io.StringIO()  # another thread's stream, set while the upgrade runs
+        monkeypatch.setattr(sys, "stdout", other)
+    finally:
+        go.set()
+        t.join(10)
+    assert sys.stdout is other
+    assert other.getvalue() == ""  # and the 0.1 payload was not printed on it
+    assert out and out[0].version == "2.2"

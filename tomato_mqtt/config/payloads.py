@@ -10,8 +10,6 @@ and the reason.
 
 from __future__ import annotations
 
-import contextlib
-import io
 import itertools
 import math
 from collections.abc import Mapping
@@ -265,9 +263,17 @@ def _seconds(text: str, where: str) -> float:
 
 def _upgrade(payload: Any, version: str, user: str | None) -> Any:
     if version == "0.1":
-        # Payload-0.1.update() prints the payload to stdout
-        with contextlib.redirect_stdout(io.StringIO()):
-            return payload.update()
+        # Payload-0.1.update() prints the payload to stdout: its two lines here, without
+        # the print. Not contextlib.redirect_stdout: it rebinds sys.stdout for the whole
+        # process, and the scheduler parses a 0.1 payload in its warm-up thread
+        # (services/scheduler/warmup.py); a thread printing meanwhile lost its output
+        # into the StringIO, or got its own stream swapped back under it at the end
+        # (typer's CliRunner in tests/upstream: "I/O operation on closed file")
+        from dgbowl_schemas.tomato.payload_0_2 import Payload as Payload02
+
+        md = payload.model_dump(exclude_defaults=True, exclude_none=True)
+        md["version"] = "0.2"
+        return Payload02(**md)
     if version == "2.1":
         return _upgrade_2_1(payload, user)
     return payload.update()

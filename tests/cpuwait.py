@@ -1,0 +1,50 @@
+"""How long a thread waited for a CPU: to tell a deadline the code missed from one the
+machine made it miss.
+
+Linux counts, per thread, the time it was runnable but not running
+(``/proc/thread-self/schedstat``, second field, ns: the wait on the run queue, a wake-up's
+included). A timing test of the driver clock samples it in the driver's calls, on the
+thread that makes them: between two points taken, the deadlines skipped are the code's
+if that thread hardly waited for a CPU meanwhile (it was busy, or slept past them), the
+machine's if it waited at least half an interval (the lateness that skips one). A 2-core
+CI box loaded far past its cores (a stress run at load 5) makes the clock's thread wait
+10-20 ms at a time; the tests count only the misses that such waits do not explain, so
+they keep their strict budgets and still fail when the clock falls behind by itself
+(e.g. tasks of one rate all on one phase: late while busy, not while waiting).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+__all__ = ["run_delay", "unexplained_misses"]
+
+
+def run_delay() -> float | None:
+    """Seconds the calling thread has waited for a CPU so far; None where the kernel
+    does not say (not Linux, or no schedstat)."""
+    try:
+        with open("/proc/thread-self/schedstat", encoding="ascii") as f:
+            return int(f.read().split()[1]) / 1e9
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def unexplained_misses(
+    calls: Sequence[tuple[int, float | None]], npoints: int, interval: float
+) -> tuple[int, float]:
+    """Of a task's deadlines 1..``npoints`` (``calls``: the deadline index of each point
+    taken and :func:`run_delay` on the calling thread then), those skipped while the
+    thread waited less than half an interval for a CPU (the lateness that skips a
+    deadline: a shorter wait cannot have caused it alone), and how long it waited in all
+    between its first and last point. Without schedstat every skipped deadline counts."""
+    misses, waited = 0, 0.0
+    prev_k, prev_rd = 0, None
+    for k, rd in [*sorted(calls, key=lambda c: c[0]), (npoints + 1, None)]:
+        gap = k - prev_k - 1  # deadlines skipped between two points taken
+        w = rd - prev_rd if rd is not None and prev_rd is not None else 0.0
+        waited += w
+        if gap > 0 and w < interval / 2:
+            misses += gap
+        prev_k, prev_rd = k, rd
+    return misses, waited
