@@ -155,6 +155,37 @@ def test_a_start_through_typer_has_the_supervisor_fork_the_services(tmp_path: Pa
         st.run("tomato", "stop")
 
 
+def test_a_failed_preloader_of_tomato_start_leaves_the_services_spawned(tmp_path: Path) -> None:
+    """`tomato start`'s own preloader cannot import (a module it needs is missing): the
+    supervisor says so and spawns the three; the stack starts, and stops."""
+    st = make_stack(tmp_path)
+    code = (
+        "import sys\n"
+        "from tomato_mqtt.cli import fast, preload\n"
+        "preload._COMMON = (*preload._COMMON, 'tomato_mqtt.no_such_module')\n"
+        "sys.argv = ['tomato', 'start', *sys.argv[1:]]\n"
+        "fast.tomato()\n"
+    )
+    res = subprocess.run(
+        [sys.executable, "-c", code, *st.dirs(), "-p", str(st.port)],
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
+    try:
+        assert res.returncode == 0, res.stdout + res.stderr + st.logs()
+        log = _log(st)
+        assert "the preloader started 0 of 3 services (exit code 1" in log, log
+        assert "No module named 'tomato_mqtt.no_such_module'" in log  # its traceback
+        for service in SERVICES:
+            pid = st.child_pid(service)
+            assert f"started {service} (pid {pid})" in log  # spawned
+        assert st.json("tomato", "status")["success"]
+    finally:
+        st.run("tomato", "stop")
+    assert "scheduler stopped on request: stopping the stack" in _log(st)
+
+
 def test_with_preload_off_every_service_is_spawned(tmp_path: Path) -> None:
     st = make_stack(tmp_path)
     st.env[supervisor.PRELOAD_ENV] = "0"
