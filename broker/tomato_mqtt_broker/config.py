@@ -5,12 +5,13 @@ checks it before it spawns anything (see :mod:`tomato_mqtt_broker`)."""
 from __future__ import annotations
 
 import dataclasses
-import ipaddress
 import json
 import os
 import re
 from dataclasses import dataclass
 from typing import Any
+
+from tomato_mqtt.config.url import is_loopback
 
 __all__ = ["LOCAL_ORIGIN", "BrokerConfig", "BrokerConfigError"]
 
@@ -21,15 +22,6 @@ LOCAL_ORIGIN = re.compile(r"https?://(localhost|127\.0\.0\.1|\[::1\])(:[0-9]+)?"
 
 class BrokerConfigError(ValueError):
     """A broker configuration that would be insecure or cannot work."""
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 @dataclass
@@ -89,7 +81,7 @@ class BrokerConfig:
     def plain_host(self) -> str:
         """The address of the plain MQTT listener: with TLS it stays on loopback for the
         local services, and the network gets TLS (and WSS) only."""
-        return "127.0.0.1" if self.tls and not _is_loopback(self.host) else self.host
+        return "127.0.0.1" if self.tls and not is_loopback(self.host) else self.host
 
     def check(self) -> None:
         """Refuse what would let anyone in, with one clear message."""
@@ -103,7 +95,7 @@ class BrokerConfig:
                 f"the password_file {self.password_file} does not exist: create it with "
                 "`tomato user add NAME --role admin`"
             )
-        if not _is_loopback(self.host) and not self.password_file:
+        if not is_loopback(self.host) and not self.password_file:
             raise BrokerConfigError(
                 f"the broker would listen on {self.host}, not a loopback address, without "
                 "authentication: set [broker] password_file (and add users)"

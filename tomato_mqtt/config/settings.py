@@ -8,7 +8,6 @@ defaults. Relative paths in the file are relative to the appdir. A bad file rais
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import os
 import re
 import sys
@@ -31,7 +30,7 @@ from tomato_mqtt.config.initfiles import (
     render_default_settings,
     write_default_files,
 )
-from tomato_mqtt.config.url import BrokerURL
+from tomato_mqtt.config.url import BrokerURL, is_loopback
 from tomato_mqtt.errors import ConfigError
 
 if sys.version_info >= (3, 11):
@@ -386,16 +385,6 @@ class Settings(_Section):
         if self.broker.ws_port is None:
             return self.mqtt.port + 1
         return self.broker.ws_port or None
-
-
-def is_loopback(host: str) -> bool:
-    """Whether ``host`` (a name or an address) is this machine's loopback."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def default_dirs() -> tuple[Path, Path, Path]:

@@ -6,9 +6,11 @@ need the asyncio client at all.
 
 from __future__ import annotations
 
+import ipaddress
+
 from tomato_mqtt.record import Record
 
-__all__ = ["BrokerURL", "warn_insecure"]
+__all__ = ["BrokerURL", "is_loopback", "warn_insecure"]
 
 _warned_insecure = False
 
@@ -141,3 +143,13 @@ class BrokerURL(Record):
         scheme = {"tcp": "mqtt", "websockets": "ws"}[self.transport] + ("s" if self.tls else "")
         host = f"[{self.host}]" if ":" in self.host else self.host  # IPv6, as it is written
         return f"{scheme}://{host}:{self.port}"
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (a name or an address) is this machine's loopback."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
