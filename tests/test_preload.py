@@ -21,11 +21,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.stack import Stack, make_stack, running_stack, started
+from tests.stack import BIN, Stack, make_stack, running_stack, started
 from tomato_mqtt.cli import preload
 from tomato_mqtt.cli.serve import service_args
 from tomato_mqtt.config.settings import load_settings
 from tomato_mqtt.services import supervisor
+from tomato_mqtt.services.launch import subreaper
 from tomato_mqtt.services.supervisor import Child, Supervisor
 
 pytestmark = [
@@ -251,3 +252,127 @@ async def test_a_preloader_that_cannot_run_leaves_the_services_spawned(
     assert warned and "started 0 of 3 services (exit code 1: " in warned[0], warned
     assert "No module named tomato_mqtt.cli.no_such_preloader" in warned[0]
     assert all(c.proc is not None and c.proc.returncode is not None for c in sup.children)
+
+
+def test_a_pipe_tomato_start_inherited_is_not_held_by_the_stack(tmp_path: Path) -> None:
+    """A caller's fd that `tomato start` inherited (passed on, a make jobserver's) is not
+    the forked supervisor's to hold for the stack's life, as it is not a spawned one's:
+    whoever reads that pipe sees its end when `tomato start` exits."""
+    st = make_stack(tmp_path)
+    r, w = os.pipe()
+    try:
+        res = subprocess.run(
+            [str(BIN / "tomato"), "start", *st.dirs(), "-p", str(st.port)],
+            capture_output=True,
+            text=True,
+            timeout=90,
+            pass_fds=[w],
+        )
+        os.close(w)
+        assert res.returncode == 0, res.stdout + res.stderr + st.logs()
+        assert "preloaded by tomato start" in _log(st)
+        os.set_blocking(r, False)
+        assert os.read(r, 1) == b""  # its end: nothing of the stack holds it
+    finally:
+        os.close(r)
+        st.run("tomato", "stop")
+
+
+def test_a_preloader_tomato_start_cannot_fork_leaves_the_supervisor_to_start_them(
+    tmp_path: Path,
+) -> None:
+    """The fork of `tomato start`'s preloader fails (EAGAIN: too many processes): the
+    supervisor still starts (its own preloader forks the services), the start succeeds."""
+    st = make_stack(tmp_path)
+    code = (
+        "import os, sys\n"
+        "from tomato_mqtt.cli import fast\n"
+        "me, fork = os.getpid(), os.fork\n"
+        "def failing():\n"
+        "    if os.getpid() != me:  # in the supervisor-to-be: its preloader's fork\n"
+        "        raise BlockingIOError(11, 'Resource temporarily unavailable')\n"
+        "    return fork()\n"
+        "os.fork = failing\n"
+        "sys.argv = ['tomato', 'start', *sys.argv[1:]]\n"
+        "fast.tomato()\n"
+    )
+    res = subprocess.run(
+        [sys.executable, "-c", code, *st.dirs(), "-p", str(st.port)],
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
+    try:
+        assert res.returncode == 0, res.stdout + res.stderr + st.logs()
+        for service in SERVICES:
+            pid = st.child_pid(service)
+            assert f"started {service} (pid {pid}, preloaded)" in _log(st)
+    finally:
+        st.run("tomato", "stop")
+
+
+async def test_a_preloader_that_hangs_after_a_fork_leaves_that_service_adopted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`tomato start`'s preloader forked the node, then hung (stopped): killed after the
+    timeout, what it forked is still adopted (spawned again, there were two nodes)."""
+    monkeypatch.setattr(supervisor, "PRELOAD_TIMEOUT", 1.0)
+    report_r, report_w = os.pipe()
+    out_r, out_w = os.pipe()
+    was = subreaper(True)
+    assert was is not None
+    pid = os.fork()
+    if pid == 0:  # the preloader: its child says its own line (cli/preload.py _become)
+        try:
+            kid = os.fork()
+            if kid == 0:
+                os.write(report_w, f"node {os.getpid()}\n".encode())
+                os.close(report_w)
+                time.sleep(60)
+            else:
+                os.kill(os.getpid(), signal.SIGSTOP)
+        finally:
+            os._exit(0)
+    os.close(report_w)
+    os.close(out_w)
+    sup = Supervisor(
+        [], logdir=tmp_path, pidfile=tmp_path / "pid", embedded_broker=False,
+        broker_host="127.0.0.1", port=1, node_name="local",
+        forked={"pid": pid, "report_fd": report_r, "pipes": {"node": out_r}},
+    )  # fmt: skip
+    node = Child("node", ["python"])
+    try:
+        await asyncio.wait_for(sup._take_forked([node]), 30)
+        assert isinstance(node.proc, supervisor.Adopted), "the forked node was not adopted"
+        assert _ppid(node.proc.pid) == os.getpid()
+    finally:
+        subreaper(was)
+        if node.proc is not None:
+            node.proc.kill()
+            assert await asyncio.wait_for(node.proc.wait(), 10) == -signal.SIGKILL
+        if node.pump is not None:
+            await asyncio.wait_for(node.pump, 10)
+
+
+def test_tomato_start_too_short_to_show_a_service_lets_the_supervisor_preload(
+    tmp_path: Path,
+) -> None:
+    """A forked service shows its command line in the room `tomato start`'s had (a
+    review: `p ./t start -A a` left `['p', '-P', '-m', 'tomato_mqtt.cli.serve', 's']`, no
+    port, no name): too short, `tomato start` does not fork; the supervisor's own
+    preloader, whose command line is long, starts them."""
+    script = tmp_path / "x.py"
+    script.write_text(
+        "import sys\n"
+        "from tomato_mqtt.cli import preload\n"
+        "args = ['-p', '18830', '-A', '/a/long/folder/of/settings/' * 3]\n"
+        "print(preload._fits(preload.service_argv('scheduler', args, [], 'local'), 50))\n"
+        "print(preload._fits(preload.service_argv('scheduler', args, [], 'local'), 60))\n"
+        "spec = {'common_args': args, 'service_flags': [], 'node_name': 'local'}\n"
+        "print(preload.fork_stack(spec, [], 1, []))\n"
+    )
+    res = subprocess.run(
+        [sys.executable, "x.py"], cwd=tmp_path, capture_output=True, text=True, check=True
+    )
+    # up to the port, 'python3.11 -P -m tomato_mqtt.cli.serve scheduler -p 18830' is ~55
+    assert res.stdout.split() == ["False", "True", "None"], res.stdout + res.stderr

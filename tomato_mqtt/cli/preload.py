@@ -67,6 +67,25 @@ _COMMON = (
 )
 
 
+def _argv_room() -> int | None:
+    """The bytes of this process's command line (``/proc/self/stat``'s ``arg_start`` to
+    ``arg_end``): what a process forked from it can show (:func:`show_as`)."""
+    try:
+        with open("/proc/self/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+        # fields after the command's ")" start at the third, state: arg_start is the 48th
+        return int(fields[46]) - int(fields[45])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _fits(argv: list[str], room: int) -> bool:
+    """Whether a service's command line fits ``room`` up to its port, the interpreter
+    named without its folder (what tells a stack's services apart in ``ps``)."""
+    shown = [os.path.basename(argv[0]), *argv[1 : argv.index("-p") + 2]]
+    return len(b"\0".join(os.fsencode(a) for a in shown)) < room
+
+
 def show_as(argv: list[str]) -> bool:
     """Make ``/proc/self/cmdline`` read ``argv`` (NUL-separated, as a spawned process's):
     the command line's bytes are this process's own memory, between the ``arg_start``
@@ -77,8 +96,7 @@ def show_as(argv: list[str]) -> bool:
     try:
         with open("/proc/self/stat", "rb") as f:
             fields = f.read().rsplit(b")", 1)[1].split()
-        # fields after the command's ")" start at the third, state: arg_start is the 48th
-        start, end = int(fields[45]), int(fields[46])
+        start, end = int(fields[45]), int(fields[46])  # (see _argv_room)
         size = end - start
         data = b"\0".join(os.fsencode(a) for a in argv)
         if len(data) >= size and argv:  # the interpreter by its name, not its whole path
@@ -92,8 +110,14 @@ def show_as(argv: list[str]) -> bool:
         return False
 
 
-def _become(child: dict[str, object], cwd: str, fds: list[int], preloader: int) -> None:
-    """In the forked child: become the service (never returns; exits as the service)."""
+def _become(
+    child: dict[str, object], cwd: str, fds: list[int], preloader: int, report: int
+) -> None:
+    """In the forked child: say its pid in ``report`` itself (a line: atomic in a pipe),
+    then become the service (never returns; exits as the service). Said by the preloader
+    after the fork, a preloader killed or stopped in between left a service running that
+    nobody adopted, and the supervisor spawned it a second time (two schedulers)."""
+    os.write(report, f"{child['name']} {os.getpid()}\n".encode())
     fd = int(child["fd"])  # type: ignore[call-overload]
     os.dup2(fd, 1)
     os.dup2(fd, 2)
@@ -158,8 +182,7 @@ def fork_services(
             os.write(report, f"{child['name']} -\n".encode())
             continue
         if pid == 0:
-            _become(child, cwd, close, me)
-        os.write(report, f"{child['name']} {pid}\n".encode())
+            _become(child, cwd, close, me, report)
     os._exit(0)  # nothing to flush or clean up: the children carry on
 
 
@@ -217,7 +240,11 @@ def fork_stack(spec: dict[str, Any], argv: list[str], log: int, keep: list[int])
     ):
         return None
     args = (spec["common_args"], spec["service_flags"], spec["node_name"])
-    kids: list[dict[str, object]] = [{"name": n, "argv": service_argv(n, *args)} for n in PRELOADED]
+    argvs = {n: service_argv(n, *args) for n in PRELOADED}
+    room = _argv_room()
+    if room is None or not all(_fits(a, room) for a in argvs.values()):
+        return None  # `tomato start`'s command line too short to show what they are
+    kids: list[dict[str, object]] = [{"name": n, "argv": a} for n, a in argvs.items()]
     pipes = {n: os.pipe() for n in PRELOADED}
     report_r, report_w = os.pipe()
     ours = [report_r, report_w, *(fd for pair in pipes.values() for fd in pair)]
@@ -246,6 +273,7 @@ def _supervisor(
     """In `tomato start`'s child: fork the preloader, then become the supervisor."""
     try:
         os.setsid()
+        forked: dict[str, Any] | None = None
         devnull = os.open(os.devnull, os.O_RDONLY)
         os.dup2(devnull, 0)
         os.close(devnull)
@@ -253,28 +281,49 @@ def _supervisor(
         os.dup2(log, 2)  # waits for every process that holds it
         os.chdir(spec["logdir"])
         os.environ[SUPERVISOR_PID_ENV] = str(os.getpid())  # the pid stays across exec
-        forked: dict[str, Any] | None = None
         if subreaper(True) is not None:  # across exec: the preloader's children are ours
             writes = [w for _, w in pipes.values()]
-            preloader = os.fork()
+            try:
+                preloader = os.fork()
+            except OSError:  # (EAGAIN, ENOMEM): the supervisor spawns its services
+                traceback.print_exc()
+                subreaper(False)
+                preloader = -1
             if preloader == 0:
                 _preloader(spec, kids, pipes, report)
-            forked = {
-                "pid": preloader,
-                "report_fd": report[0],
-                "pipes": {n: r for n, (r, _) in pipes.items()},
-            }
+            forked = (
+                None
+                if preloader < 0
+                else {
+                    "pid": preloader,
+                    "report_fd": report[0],
+                    "pipes": {n: r for n, (r, _) in pipes.items()},
+                }
+            )
             for fd in [*writes, report[1]]:
                 os.close(fd)
             for fd in [report[0], *(r for r, _ in pipes.values())]:
                 os.set_inheritable(fd, True)
         for fd in keep:
             os.set_inheritable(fd, True)
+        ours = {*keep, *([] if forked is None else [report[0], *(r for r, _ in pipes.values())])}
+        _close_on_exec_but(ours)
         os.execv(sys.executable, [*argv, json.dumps({**spec, "forked": forked})])
     except BaseException:
         traceback.print_exc()  # into the supervisor's log, where `tomato start` looks
     finally:
         os._exit(127)  # (exec failed: `tomato start` sees the supervisor exit)
+
+
+def _close_on_exec_but(keep: set[int]) -> None:
+    """Mark every fd above 2 but ``keep`` close-on-exec: one `tomato start` inherited
+    itself (a caller's pipe passed on, a make jobserver's) is not the supervisor's to hold
+    for the stack's whole life (as ``close_fds`` of the spawned supervisor)."""
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        if fd > 2 and fd not in keep:
+            with contextlib.suppress(OSError):
+                os.set_inheritable(fd, False)
 
 
 def _preloader(

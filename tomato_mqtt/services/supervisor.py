@@ -353,14 +353,20 @@ class Supervisor:
         report = int(f["report_fd"])
         try:
             preloader = Adopted(int(f["pid"]))
+            got: list[bytes] = []  # what the report said so far
+            reading = asyncio.ensure_future(asyncio.to_thread(_read_all, report, got))
             try:
-                text = await wait_for(asyncio.to_thread(_read_all, report), PRELOAD_TIMEOUT)
+                await wait_for(asyncio.shield(reading), PRELOAD_TIMEOUT)
                 rc = await wait_for(preloader.wait(), PRELOAD_TIMEOUT)
             except asyncio.TimeoutError:
                 with contextlib.suppress(ProcessLookupError):
                     preloader.kill()
-                text, rc = "", await preloader.wait()
-            pids = _pids(text, reads)
+                rc = await preloader.wait()
+                # what it forked before it hung is running: ours, not spawned again (a
+                # child stopped before it closed the report holds it: what is said so far)
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await wait_for(asyncio.shield(reading), 2.0)
+            pids = _pids(b"".join(got).decode(errors="replace"), reads)
             if rc != 0 or len(pids) < len(children):
                 log.warning(
                     "the preloader started %s of %d services (exit code %s; its log: "
@@ -499,10 +505,11 @@ def _pids(report: str, names: Any) -> dict[str, int]:
     return pids
 
 
-def _read_all(fd: int) -> str:
-    """Read the pipe ``fd`` until every writer closed it, and close it."""
-    with os.fdopen(fd, "rb") as f:
-        return f.read().decode(errors="replace")
+def _read_all(fd: int, into: list[bytes]) -> None:
+    """Read the pipe ``fd`` into ``into`` until every writer closed it, and close it."""
+    with os.fdopen(fd, "rb", buffering=0) as f:
+        while chunk := f.read(4096):
+            into.append(chunk)
 
 
 async def _pump(fd: int, out: RotatingFile) -> None:
