@@ -11,6 +11,7 @@ import contextlib
 import os
 import shutil
 import subprocess
+import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -820,3 +821,57 @@ async def test_a_batch_sent_again_after_its_ack_was_lost_is_acknowledged_again(
             await asyncio.sleep(0.1)
         assert dash.state.repeats == len(rows), (dash.state.repeats, len(rows))
         assert dash.state.held(job.id) == stored
+
+
+async def test_a_node_back_from_lost_gets_no_job_until_it_answers(
+    broker: RunningBroker, instance: str, tmp_path: Path
+) -> None:
+    """Found by a randomized fault run (a network cut of an instrument PC): after the
+    cut the node's heartbeats reached the broker at once, while what the broker sent it
+    waited for TCP's next retransmission (12-15 s after a 16-40 s cut). The job waiting
+    for its pipeline was launched at once and ended ce "no node hosting … answered …
+    within 10 s — is it running?"; the node started the task moments later. Here the
+    node is lost (its will), comes back, and what is sent to it is held 11 s: the job
+    waits `qw`, saying why, until the node answers, then runs `c` with every point."""
+    async with inproc_stack(broker.port, tmp_path, instance) as st:
+        await _ready(st)
+        paho = st.node.client._paho  # type: ignore[union-attr]
+        deliver = paho.on_message
+        held: list[Any] = []
+        lock = threading.Lock()
+        holding = True
+
+        def on_message(*args: Any) -> None:  # paho's thread: the node's downlink, stuck
+            with lock:
+                if holding:
+                    held.append(args)
+                    return
+            deliver(*args)
+
+        paho.on_message = on_message
+        last = st.scheduler.nodes["local"]
+        will = last.model_copy(update={"state": "lost"})
+        await st.client.publish(st.topics.node_status("local"), encode(will), retain=True)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 10
+        for state in ("lost", "online"):  # lost, then back by its next heartbeat
+            while st.scheduler.nodes["local"].state != state:
+                assert loop.time() < deadline, f"the node was never {state}"
+                await asyncio.sleep(0.02)
+        job = await st.call(
+            "job_submit", {"payload": _counter_payload(1.0, 0.1), "submit_dir": str(tmp_path)}
+        )
+        await asyncio.sleep(11.0)  # past a task_start's 10 s: launched, it had ended ce
+        waiting = st.jobs.get(job.id)
+        assert waiting is not None and waiting.status == "qw", waiting
+        assert "node local is back after it was lost but has not answered yet" in (
+            waiting.reason or ""
+        ), waiting.reason
+        with lock:  # the cut heals: what was held arrives, in order
+            holding = False
+            for args in held:
+                deliver(*args)
+        done = await st.wait_job(job.id, {"c", "ce", "cd"}, timeout=60)
+        (final,) = await st.call("job_status", {"jobids": [job.id]})
+    assert done.status == "c", done.reason
+    _all_taken_in_file(final)

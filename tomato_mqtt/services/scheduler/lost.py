@@ -9,11 +9,18 @@ topics for exactly this (``wire/acl.py``); nodes still publish only their own.
 
 When the node comes back, the scheduler asks it to ``rebirth`` (re-publish every
 retained topic), so a ``lost`` status that crossed the node's own fresh one on the wire
-is overwritten with the truth.
+is overwritten with the truth. Until it answers, no job is launched onto its components
+(:attr:`LostComponents.returning`): after a network cut the node's heartbeats reach the
+broker at once while the broker's messages to it wait for TCP's next retransmission,
+which backed off through the cut (12-15 s after a 16-40 s cut). A job launched then
+ended ``ce`` "no node … answered … is it running?" while the node started its task
+moments later (a randomized fault run); now it waits ``qw``, saying why, and is launched
+once the node answers. It is asked again until it answers or is lost again.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Iterable
@@ -34,13 +41,18 @@ class LostComponents:
         self.svc = svc
         #: nodes whose components were published lost, and why
         self.marked: dict[str, str] = {}
+        #: nodes back from lost that have not answered since (see the module): no job is
+        #: launched onto their components (queue.py) until they do
+        self.returning: set[str] = set()
 
     async def node_status(self, st: NodeStatus) -> None:
         if st.state == "lost":
             await self.mark(st.node, "its last will arrived")
         elif st.state == "online" and st.node in self.marked:
             del self.marked[st.node]
-            self.svc.spawn(self.rebirth(st.node))
+            if st.node not in self.returning:
+                self.returning.add(st.node)
+                self.svc.spawn(self._until_answered(st.node))
 
     async def sweep(self) -> None:
         """Nodes counted lost by a stale heartbeat (no will: a hung node)."""
@@ -81,12 +93,27 @@ class LostComponents:
             if c is not None and c.node in self.marked:
                 await self._publish_lost(name, c.node, self.marked[c.node], in_job=False)
 
-    async def rebirth(self, node: str) -> None:
-        """Ask ``node`` to publish all its retained topics again."""
+    async def _until_answered(self, node: str) -> None:
+        """Ask ``node``, back from lost, for a rebirth until it answers (then jobs may be
+        launched onto it again) or is lost again (asked again when it is back)."""
+        try:
+            while node not in self.marked:
+                if await self.rebirth(node):
+                    log.info("node %s answers again: jobs may be launched onto it", node)
+                    return
+                await asyncio.sleep(0.5)  # (each try waits 10 s for an answer)
+        finally:
+            self.returning.discard(node)
+            self.svc.kick()
+
+    async def rebirth(self, node: str) -> bool:
+        """Ask ``node`` to publish all its retained topics again; whether it answered."""
         req = self.svc.requester
         if req is None:
-            return
+            return False
         try:
             await req.request(self.svc.topics.node_cmd(node, "rebirth"), {}, timeout=10.0)
         except Exception as e:  # the node re-announces on its own reconnect anyway
             log.info("node %s: rebirth after lost not answered: %s", node, e)
+            return False
+        return True
