@@ -152,6 +152,35 @@ def test_start_spawns_the_supervisor_before_it_imports_asyncio(tmp_path: Path) -
     assert res.stdout.strip() == "[]", res.stdout + res.stderr
 
 
+def test_a_supervisor_killed_during_start_is_said_so_at_once(tmp_path: Path) -> None:
+    """An outside review: `tomato start` whose supervisor was killed while it waited
+    ended at once, saying "did not come up within 20 s"."""
+    st = make_stack(tmp_path)
+    code = (
+        "import os, signal, sys\n"
+        "from tomato_mqtt.cli import fast, start_core\n"
+        "real = start_core.wait_ready\n"
+        "def wait_ready(ctx, proc, *a, **k):\n"
+        "    os.kill(proc.pid, signal.SIGKILL)\n"
+        "    proc.wait()\n"
+        "    return real(ctx, proc, *a, **k)\n"
+        "start_core.wait_ready = wait_ready\n"
+        "sys.argv = ['tomato', 'start', *sys.argv[1:]]\n"
+        "fast.tomato()\n"
+    )
+    t0 = time.monotonic()
+    res = subprocess.run(
+        [sys.executable, "-c", code, *st.dirs(), "-p", str(st.port), "-t", "20s"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert res.returncode == 1, res
+    assert "its supervisor (pid" in res.stderr and "was killed (signal 9)" in res.stderr, res
+    assert time.monotonic() - t0 < 15  # not the 20 s of -t
+    assert not processes_of(st.port), "a service of the failed start is left"
+
+
 def test_start_on_a_taken_port_is_one_error_and_nothing_runs(tmp_path: Path) -> None:
     port = free_port()
     dirs = ["-A", str(tmp_path), "-D", str(tmp_path), "-L", str(tmp_path), "-p", str(port)]

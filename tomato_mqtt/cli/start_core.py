@@ -121,10 +121,17 @@ def start(opts: core.Opts, verbose: int = 0, quiet: int = 0) -> None:
             listener.close()
     ready = wait_ready(ctx, proc, opts.timeout, s.node.name)
     if ready is None:
-        why = _startup_error(s.logdir) if proc.poll() is not None else None
+        rc = proc.poll()
+        why = _startup_error(s.logdir) if rc is not None else None
         _take_down(proc)  # nothing of a failed start is left running
         if why:
             fail(f"tomato-mqtt could not start: {why} (logs in {s.logdir})")
+        if rc is not None:  # it ended the wait at once: not a timeout (an outside review)
+            how = f"was killed (signal {-rc})" if rc < 0 else f"exited with code {rc}"
+            fail(
+                f"tomato-mqtt could not start: its supervisor (pid {proc.pid}) {how} "
+                f"before the stack was ready; nothing is left running (logs in {s.logdir})"
+            )
         fail(f"tomato-mqtt did not come up within {opts.timeout:g} s; see the logs in {s.logdir}")
     n_ok, n_all, missing, absent, pending = ready
     msg = (
