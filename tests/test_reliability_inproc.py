@@ -864,7 +864,7 @@ async def test_a_node_back_from_lost_gets_no_job_until_it_answers(
         await asyncio.sleep(11.0)  # past a task_start's 10 s: launched, it had ended ce
         waiting = st.jobs.get(job.id)
         assert waiting is not None and waiting.status == "qw", waiting
-        assert "node local is back after it was lost but has not answered yet" in (
+        assert "node local is online but has not answered the scheduler yet" in (
             waiting.reason or ""
         ), waiting.reason
         with lock:  # the cut heals: what was held arrives, in order

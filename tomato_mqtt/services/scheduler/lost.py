@@ -15,7 +15,9 @@ broker at once while the broker's messages to it wait for TCP's next retransmiss
 which backed off through the cut (12-15 s after a 16-40 s cut). A job launched then
 ended ``ce`` "no node … answered … is it running?" while the node started its task
 moments later (a randomized fault run); now it waits ``qw``, saying why, and is launched
-once the node answers. It is asked again until it answers or is lost again.
+once the node answers. It is asked again until it answers or is lost again. A node
+this scheduler has not heard answer yet is treated the same (a scheduler started again
+right after a cut does not know the node was lost).
 """
 
 from __future__ import annotations
@@ -41,15 +43,20 @@ class LostComponents:
         self.svc = svc
         #: nodes whose components were published lost, and why
         self.marked: dict[str, str] = {}
-        #: nodes back from lost that have not answered since (see the module): no job is
-        #: launched onto their components (queue.py) until they do
+        #: nodes back from lost, or new to this scheduler, that have not answered since
+        #: (see the module): no job is launched onto their components (queue.py) until
+        #: they do
         self.returning: set[str] = set()
+        #: nodes that answered this scheduler since they were last lost
+        self.answered: set[str] = set()
 
     async def node_status(self, st: NodeStatus) -> None:
         if st.state == "lost":
             await self.mark(st.node, "its last will arrived")
-        elif st.state == "online" and st.node in self.marked:
-            del self.marked[st.node]
+        elif st.state == "online" and (st.node in self.marked or st.node not in self.answered):
+            # back from lost, or not heard answering by this scheduler yet (one started
+            # again just after a cut does not know the node was lost: a fault run)
+            self.marked.pop(st.node, None)
             if st.node not in self.returning:
                 self.returning.add(st.node)
                 self.svc.spawn(self._until_answered(st.node))
@@ -61,6 +68,7 @@ class LostComponents:
                 await self.mark(name, "its heartbeat stopped")
 
     async def mark(self, node: str, why: str) -> None:
+        self.answered.discard(node)
         if node in self.marked:
             return
         self.marked[node] = why
@@ -99,7 +107,8 @@ class LostComponents:
         try:
             while node not in self.marked:
                 if await self.rebirth(node):
-                    log.info("node %s answers again: jobs may be launched onto it", node)
+                    self.answered.add(node)
+                    log.info("node %s answers: jobs may be launched onto it", node)
                     return
                 await asyncio.sleep(0.5)  # (each try waits 10 s for an answer)
         finally:

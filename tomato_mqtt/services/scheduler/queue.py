@@ -100,12 +100,13 @@ class QueuePass:
             elif name in svc.stale.resetting:
                 occupied.add(name)
                 why[name] = f"component {name} is being reset after job {svc.stale.resetting[name]}"
-            node = svc.layout.components[name].node
-            if node in svc.lost.returning and name not in occupied:
+            host = svc.layout.components[name].node
+            if host in svc.lost.returning and name not in occupied:
                 occupied.add(name)
                 why[name] = (
-                    f"node {node} is back after it was lost but has not answered yet "
-                    "(its connection may still be recovering from a network cut)"
+                    f"node {host} is online but has not answered the scheduler yet "
+                    "(back after it was lost: its connection may still be recovering from "
+                    "a network cut)"
                 )
         svc.stale.unknown(unknown)  # asked for it, if that lasts
         # a component another pipeline's running job holds (pipelines may share one): for
