@@ -823,6 +823,48 @@ async def test_a_batch_sent_again_after_its_ack_was_lost_is_acknowledged_again(
         assert dash.state.held(job.id) == stored
 
 
+class _HeldDownlink:
+    """What the broker sends a node, held (as TCP holds it after a network cut, until its
+    next retransmission) and then delivered in order: the node's paho callback, in
+    paho's thread; what the node sends goes out as always."""
+
+    def __init__(self, st: InProc) -> None:
+        self.paho = st.node.client._paho  # type: ignore[union-attr]
+        self.deliver = self.paho.on_message
+        self.held: list[Any] = []
+        self.lock = threading.Lock()
+        self.holding = True
+        self.paho.on_message = self._on_message
+
+    def _on_message(self, *args: Any) -> None:
+        with self.lock:
+            if self.holding:
+                self.held.append(args)
+                return
+        self.deliver(*args)
+
+    def release(self) -> None:
+        with self.lock:  # the cut heals: what was held arrives, in order
+            self.holding = False
+            for args in self.held:
+                self.deliver(*args)
+
+
+async def _held_then_c(st: InProc, jobid: int, tmp_path: Path, link: _HeldDownlink) -> None:
+    """Past a task_start's 10 s the job still waits `qw`, saying why; released, `c`."""
+    await asyncio.sleep(11.0)  # launched, it had ended ce "is it running?"
+    waiting = st.jobs.get(jobid)
+    assert waiting is not None and waiting.status == "qw", waiting
+    assert "node local is online but has not answered the scheduler yet" in (
+        waiting.reason or ""
+    ), waiting.reason
+    link.release()
+    done = await st.wait_job(jobid, {"c", "ce", "cd"}, timeout=60)
+    (final,) = await st.call("job_status", {"jobids": [jobid]})
+    assert done.status == "c", done.reason
+    _all_taken_in_file(final)
+
+
 async def test_a_node_back_from_lost_gets_no_job_until_it_answers(
     broker: RunningBroker, instance: str, tmp_path: Path
 ) -> None:
@@ -835,20 +877,7 @@ async def test_a_node_back_from_lost_gets_no_job_until_it_answers(
     waits `qw`, saying why, until the node answers, then runs `c` with every point."""
     async with inproc_stack(broker.port, tmp_path, instance) as st:
         await _ready(st)
-        paho = st.node.client._paho  # type: ignore[union-attr]
-        deliver = paho.on_message
-        held: list[Any] = []
-        lock = threading.Lock()
-        holding = True
-
-        def on_message(*args: Any) -> None:  # paho's thread: the node's downlink, stuck
-            with lock:
-                if holding:
-                    held.append(args)
-                    return
-            deliver(*args)
-
-        paho.on_message = on_message
+        link = _HeldDownlink(st)
         last = st.scheduler.nodes["local"]
         will = last.model_copy(update={"state": "lost"})
         await st.client.publish(st.topics.node_status("local"), encode(will), retain=True)
@@ -861,17 +890,30 @@ async def test_a_node_back_from_lost_gets_no_job_until_it_answers(
         job = await st.call(
             "job_submit", {"payload": _counter_payload(1.0, 0.1), "submit_dir": str(tmp_path)}
         )
-        await asyncio.sleep(11.0)  # past a task_start's 10 s: launched, it had ended ce
-        waiting = st.jobs.get(job.id)
-        assert waiting is not None and waiting.status == "qw", waiting
-        assert "node local is online but has not answered the scheduler yet" in (
-            waiting.reason or ""
-        ), waiting.reason
-        with lock:  # the cut heals: what was held arrives, in order
-            holding = False
-            for args in held:
-                deliver(*args)
-        done = await st.wait_job(job.id, {"c", "ce", "cd"}, timeout=60)
-        (final,) = await st.call("job_status", {"jobids": [job.id]})
-    assert done.status == "c", done.reason
-    _all_taken_in_file(final)
+        await _held_then_c(st, job.id, tmp_path, link)
+
+
+async def test_a_scheduler_started_during_a_cut_launches_nothing_onto_the_node(
+    broker: RunningBroker, instance: str, tmp_path: Path
+) -> None:
+    """The same fault run: a scheduler killed just after the cut; the one started again
+    did not know the node had been lost, saw it online (its heartbeats) and launched
+    onto it: ce "is it running?". A node a scheduler has not heard answer gets no job."""
+    async with inproc_stack(broker.port, tmp_path, instance) as st:
+        await _ready(st)
+        link = _HeldDownlink(st)
+        st.scheduler.request_stop()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 20
+        while st.scheduler.client is not None and st.scheduler.client.is_connected:
+            assert loop.time() < deadline, "the first scheduler did not stop"
+            await asyncio.sleep(0.05)
+        async with running(SchedulerService(st.settings)) as again:
+            while getattr(again.nodes.get("local"), "state", None) != "online":
+                assert loop.time() < deadline, "the new scheduler never saw the node"
+                await asyncio.sleep(0.02)
+            job = await st.call(
+                "job_submit",
+                {"payload": _counter_payload(1.0, 0.1), "submit_dir": str(tmp_path)},
+            )
+            await _held_then_c(st, job.id, tmp_path, link)
