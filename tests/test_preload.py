@@ -79,6 +79,18 @@ def test_a_forked_process_shows_the_command_it_runs() -> None:
     assert second.endswith(b"\0") and set(second.rstrip(b"\0")) == {ord("x")}
 
 
+def _start_patched(st: Stack, patch: str) -> subprocess.CompletedProcess[str]:
+    """`tomato start` of ``st`` on its fast path, with ``patch`` (Python) run first."""
+    code = f"import sys\n{patch}from tomato_mqtt.cli import fast\n"
+    code += "sys.argv = ['tomato', 'start', *sys.argv[1:]]\nfast.tomato()\n"
+    return subprocess.run(
+        [sys.executable, "-c", code, *st.dirs(), "-p", str(st.port)],
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
+
+
 def _log(st: Stack) -> str:
     return (st.logdir / "supervisor.log").read_text()
 
@@ -160,18 +172,10 @@ def test_a_failed_preloader_of_tomato_start_leaves_the_services_spawned(tmp_path
     """`tomato start`'s own preloader cannot import (a module it needs is missing): the
     supervisor says so and spawns the three; the stack starts, and stops."""
     st = make_stack(tmp_path)
-    code = (
-        "import sys\n"
-        "from tomato_mqtt.cli import fast, preload\n"
-        "preload._COMMON = (*preload._COMMON, 'tomato_mqtt.no_such_module')\n"
-        "sys.argv = ['tomato', 'start', *sys.argv[1:]]\n"
-        "fast.tomato()\n"
-    )
-    res = subprocess.run(
-        [sys.executable, "-c", code, *st.dirs(), "-p", str(st.port)],
-        capture_output=True,
-        text=True,
-        timeout=90,
+    res = _start_patched(
+        st,
+        "from tomato_mqtt.cli import preload\n"
+        "preload._COMMON = (*preload._COMMON, 'tomato_mqtt.no_such_module')\n",
     )
     try:
         assert res.returncode == 0, res.stdout + res.stderr + st.logs()
@@ -284,23 +288,15 @@ def test_a_preloader_tomato_start_cannot_fork_leaves_the_supervisor_to_start_the
     """The fork of `tomato start`'s preloader fails (EAGAIN: too many processes): the
     supervisor still starts (its own preloader forks the services), the start succeeds."""
     st = make_stack(tmp_path)
-    code = (
-        "import os, sys\n"
-        "from tomato_mqtt.cli import fast\n"
+    res = _start_patched(
+        st,
+        "import os\n"
         "me, fork = os.getpid(), os.fork\n"
         "def failing():\n"
         "    if os.getpid() != me:  # in the supervisor-to-be: its preloader's fork\n"
         "        raise BlockingIOError(11, 'Resource temporarily unavailable')\n"
         "    return fork()\n"
-        "os.fork = failing\n"
-        "sys.argv = ['tomato', 'start', *sys.argv[1:]]\n"
-        "fast.tomato()\n"
-    )
-    res = subprocess.run(
-        [sys.executable, "-c", code, *st.dirs(), "-p", str(st.port)],
-        capture_output=True,
-        text=True,
-        timeout=90,
+        "os.fork = failing\n",
     )
     try:
         assert res.returncode == 0, res.stdout + res.stderr + st.logs()
