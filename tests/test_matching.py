@@ -333,3 +333,25 @@ def test_a_matching_job_says_which_sample_it_waits_for() -> None:
     assert why == "no pipeline holds sample 's': load it into p1 (tomato pipeline load p1 s)"
     pips["p3"] = pip("p3", sample="s", ready=False, jobid=7)  # a launch took `ready`
     assert waiting_reason(["p3"], pips, "s") is None  # it waits for job 7: nothing to do
+
+
+def test_a_sample_in_a_pipeline_that_cannot_run_now_is_said_so() -> None:
+    """A fault run: the job's sample was in pip-remote, whose node was lost (a network
+    cut); other pipelines could run it, so the job waited `qw` saying "no pipeline holds
+    sample …: load it into one of pip-counter-1, …" for the whole cut."""
+    offline = views(c1=ComponentView(C1, frozenset({"count"}), {}, online=False))
+    r = match([task()], PIPELINES, offline, validator)
+    assert r.candidates == ["pip-counter-2", "pip-multidev"]
+    pips = {
+        "pip-counter-1": pip("pip-counter-1", sample="s"),
+        "pip-counter-2": pip("pip-counter-2", sample=None),
+    }
+    why = waiting_reason(r.candidates, pips, "s", problems=r.problems)
+    assert why == (
+        "sample 's' is in pip-counter-1, which cannot run it now: "
+        f"role 'counter': component {C1} on pip-counter-1 is not online"
+    )
+    # nowhere that cannot run it: as before
+    pips["pip-counter-1"] = pip("pip-counter-1", sample=None)
+    why = waiting_reason(r.candidates, pips, "s", problems=r.problems)
+    assert why is not None and why.startswith("no pipeline holds sample 's'")

@@ -129,8 +129,8 @@ def match(
             candidates.append(pip.name)
         else:
             problems[pip.name] = problem
-    if candidates:
-        return MatchResult(candidates, None)
+    if candidates:  # (what keeps the others: waiting_reason names the sample's one)
+        return MatchResult(candidates, None, problems)
     first = next(iter(problems.values()))
     if len(problems) > 1:
         first += f" (and {len(problems) - 1} more pipeline(s) with roles {_roles(needed)})"
@@ -219,6 +219,7 @@ def waiting_reason(
     pipelines: Mapping[str, PipelineState],
     sample: str,
     blocked: Mapping[str, str] | None = None,
+    problems: Mapping[str, str] | None = None,
 ) -> str | None:
     """Why a job that some pipeline can run still waits, when the user must act or
     something other than a job of the queue holds it up.
@@ -226,10 +227,17 @@ def waiting_reason(
     A matching job (``qw``) launches only on a candidate pipeline that holds its sample
     and is ready; without this it would sit at ``qw`` with no word. ``blocked``: per
     pipeline that runs no job, what keeps it from taking one (a component still running
-    a task of an ended job). ``None`` when it just waits for a running job to end.
+    a task of an ended job); ``problems``: per pipeline that is no candidate, why (its
+    component not online). ``None`` when it just waits for a running job to end.
     """
     holding = [n for n in candidates if n in pipelines and pipelines[n].sampleid == sample]
     if not holding:
+        # the sample is where the job cannot run now (its node lost, say): that, not "load
+        # it into …" (a fault run: told so for the whole of a network cut)
+        stuck = [n for n in problems or {} if n in pipelines and pipelines[n].sampleid == sample]
+        if stuck and problems is not None:
+            why = problems[stuck[0]]
+            return f"sample {sample!r} is in {stuck[0]}, which cannot run it now: {why}"
         if len(candidates) == 1:  # the exact command
             return (
                 f"no pipeline holds sample {sample!r}: load it into {candidates[0]} "

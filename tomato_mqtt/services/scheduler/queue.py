@@ -158,7 +158,7 @@ class QueuePass:
             return
         status = "qw" if res.candidates else job.status
         reason = (
-            waiting_reason(res.candidates, pips, sample)
+            waiting_reason(res.candidates, pips, sample, problems=res.problems)
             if res.candidates
             else res.reason_for(_holding(pips, sample))
         )
@@ -208,7 +208,7 @@ class QueuePass:
             if (key, sample) not in reasons:
                 reasons[key, sample] = (
                     # it can run: say when it waits for the user (a sample) or a component
-                    waiting_reason(res.candidates, pips, sample, blocked)
+                    waiting_reason(res.candidates, pips, sample, blocked, res.problems)
                     if res.candidates
                     else res.reason_for(_holding(pips, sample))  # the user's pipeline's
                 )
