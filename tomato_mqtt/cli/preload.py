@@ -37,16 +37,16 @@ import threading
 import traceback
 from typing import Any, NoReturn
 
-from tomato_mqtt.services.launch import PRELOAD_ENV, service_argv, subreaper
+from tomato_mqtt.services.launch import (
+    PRELOAD_ENV,
+    PRELOADED,
+    SERVE_MODULE,
+    service_argv,
+    subreaper,
+)
 from tomato_mqtt.services.watchdog import ADOPTED_FROM_ENV, SUPERVISOR_PID_ENV
 
 __all__ = ["PRELOADED", "SERVE_MODULE", "Forked", "fork_services", "fork_stack", "main", "show_as"]
-
-#: the services started from this preloader (the broker reads no settings, no pydantic;
-#: the dashboard runs through the typer CLI)
-PRELOADED = ("node", "scheduler", "recorder")
-#: the services' own entry, which each child runs
-SERVE_MODULE = "tomato_mqtt.cli.serve"
 
 #: imported once, before the forks: all are in each service's own imports
 _COMMON = (
@@ -67,14 +67,15 @@ _COMMON = (
 )
 
 
-def _argv_room() -> int | None:
-    """The bytes of this process's command line (``/proc/self/stat``'s ``arg_start`` to
-    ``arg_end``): what a process forked from it can show (:func:`show_as`)."""
+def _argv_area() -> tuple[int, int] | None:
+    """Where this process's command line lies in its memory (``/proc/self/stat``'s
+    ``arg_start`` and ``arg_end``); its size is what a process forked from it can show
+    (:func:`show_as`). None where that cannot be read."""
     try:
         with open("/proc/self/stat", "rb") as f:
             fields = f.read().rsplit(b")", 1)[1].split()
         # fields after the command's ")" start at the third, state: arg_start is the 48th
-        return int(fields[46]) - int(fields[45])
+        return int(fields[45]), int(fields[46])
     except (OSError, IndexError, ValueError):
         return None
 
@@ -93,11 +94,12 @@ def show_as(argv: list[str]) -> bool:
     command longer than the original names the interpreter without its folder, and is
     cut if still too long (`tomato start`'s own command line is the room a service forked
     from it has). Linux only; False if it could not."""
+    area = _argv_area()
+    if area is None:
+        return False
+    start, end = area
+    size = end - start
     try:
-        with open("/proc/self/stat", "rb") as f:
-            fields = f.read().rsplit(b")", 1)[1].split()
-        start, end = int(fields[45]), int(fields[46])  # (see _argv_room)
-        size = end - start
         data = b"\0".join(os.fsencode(a) for a in argv)
         if len(data) >= size and argv:  # the interpreter by its name, not its whole path
             data = b"\0".join(os.fsencode(a) for a in [os.path.basename(argv[0]), *argv[1:]])
@@ -201,15 +203,17 @@ class Forked:
     def __init__(self, pid: int) -> None:
         self.pid = pid
         self.returncode: int | None = None
+        self._code = 255  # the exit code, once _exited is set
         self._exited = threading.Event()
         threading.Thread(target=self._reap, name="supervisor-reap", daemon=True).start()
 
     def _reap(self) -> None:
         try:
             _, status = os.waitpid(self.pid, 0)
-            self.returncode = os.waitstatus_to_exitcode(status)
+            self._code = os.waitstatus_to_exitcode(status)
         except ChildProcessError:
-            self.returncode = 255
+            self._code = 255
+        self.returncode = self._code
         self._exited.set()
 
     def poll(self) -> int | None:
@@ -218,8 +222,7 @@ class Forked:
     def wait(self, timeout: float | None = None) -> int:
         if not self._exited.wait(timeout):
             raise subprocess.TimeoutExpired(f"supervisor {self.pid}", timeout or 0.0)
-        assert self.returncode is not None
-        return self.returncode
+        return self._code
 
 
 def fork_stack(spec: dict[str, Any], argv: list[str], log: int, keep: list[int]) -> Forked | None:
@@ -241,8 +244,8 @@ def fork_stack(spec: dict[str, Any], argv: list[str], log: int, keep: list[int])
         return None
     args = (spec["common_args"], spec["service_flags"], spec["node_name"])
     argvs = {n: service_argv(n, *args) for n in PRELOADED}
-    room = _argv_room()
-    if room is None or not all(_fits(a, room) for a in argvs.values()):
+    area = _argv_area()
+    if area is None or not all(_fits(a, area[1] - area[0]) for a in argvs.values()):
         return None  # `tomato start`'s command line too short to show what they are
     kids: list[dict[str, object]] = [{"name": n, "argv": a} for n, a in argvs.items()]
     pipes = {n: os.pipe() for n in PRELOADED}
@@ -315,15 +318,18 @@ def _supervisor(
         os._exit(127)  # (exec failed: `tomato start` sees the supervisor exit)
 
 
+def _fds_but(keep: set[int]) -> list[int]:
+    """This process's open fds above 2 but ``keep``."""
+    return [fd for fd in map(int, os.listdir("/proc/self/fd")) if fd > 2 and fd not in keep]
+
+
 def _close_on_exec_but(keep: set[int]) -> None:
     """Mark every fd above 2 but ``keep`` close-on-exec: one `tomato start` inherited
     itself (a caller's pipe passed on, a make jobserver's) is not the supervisor's to hold
     for the stack's whole life (as ``close_fds`` of the spawned supervisor)."""
-    for name in os.listdir("/proc/self/fd"):
-        fd = int(name)
-        if fd > 2 and fd not in keep:
-            with contextlib.suppress(OSError):
-                os.set_inheritable(fd, False)
+    for fd in _fds_but(keep):
+        with contextlib.suppress(OSError):
+            os.set_inheritable(fd, False)
 
 
 def _preloader(
@@ -335,12 +341,9 @@ def _preloader(
     """In the supervisor-to-be's child: the preloader (:func:`fork_services`)."""
     try:
         writes = {n: w for n, (_, w) in pipes.items()}
-        wanted = {report[1], *writes.values()}
-        for name in os.listdir("/proc/self/fd"):  # what `tomato start` held: not ours
-            fd = int(name)
-            if fd > 2 and fd not in wanted:
-                with contextlib.suppress(OSError):
-                    os.close(fd)
+        for fd in _fds_but({report[1], *writes.values()}):  # what `tomato start` held
+            with contextlib.suppress(OSError):
+                os.close(fd)
         if not getattr(sys.flags, "safe_path", False) and sys.path:
             del sys.path[0]  # the folder of `tomato start`'s script: as -P (services/launch.py)
         for k in kids:

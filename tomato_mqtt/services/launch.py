@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 __all__ = [
+    "PRELOADED",
     "PRELOAD_ENV",
     "SERVE_MODULE",
     "bind_listener",
@@ -26,6 +27,9 @@ __all__ = [
 
 #: ``0`` spawns every service instead of forking three from a preloader (cli/preload.py)
 PRELOAD_ENV = "TOMATO_MQTT_PRELOAD"
+#: the services a preloader forks (the broker reads no settings, no pydantic; the
+#: dashboard runs through the typer CLI)
+PRELOADED = ("node", "scheduler", "recorder")
 _PR_SET_CHILD_SUBREAPER = 36
 _PR_GET_CHILD_SUBREAPER = 37
 #: the services' typer-free entry (cli/serve.py): no typer, click or rich in a long-lived

@@ -53,6 +53,7 @@ from typing import Any
 from tomato_mqtt.services.base import cancel_and_wait
 from tomato_mqtt.services.launch import (
     PRELOAD_ENV,
+    PRELOADED,
     bind_listener,
     pidfile_path,
     port_free,
@@ -96,8 +97,6 @@ LISTEN_FD_ENV = "TOMATO_MQTT_LISTEN_FD"
 #: the broker's configuration as JSON, checked by ``tomato start`` already: the broker
 #: then reads no settings (no pydantic: ~0.1 s less of the start's critical path)
 BROKER_CONFIG_ENV = "TOMATO_MQTT_BROKER_CONFIG"
-#: the services the preloader starts (cli/preload.py PRELOADED, which imports pydantic)
-_PRELOADED = ("node", "scheduler", "recorder")
 #: the preloader's module (the services' layer does not import the CLI's)
 PRELOADER = "tomato_mqtt.cli.preload"
 #: s the preloader may take to import and fork, on a slow machine; then it is killed and
@@ -252,7 +251,7 @@ class Supervisor:
                 self.listen_fd = self._listener.fileno()
             # all at once: the services retry their connection until the broker listens,
             # so its start-up (~0.5 s of imports) overlaps with theirs
-            preloaded = [c for c in self.children if c.name in _PRELOADED]
+            preloaded = [c for c in self.children if c.name in PRELOADED]
             if self.forked is not None:  # a subreaper already (the process that forked it)
                 self._preloading = asyncio.ensure_future(self._take_forked(preloaded))
             elif preloaded and os.environ.get(PRELOAD_ENV) != "0":
@@ -303,6 +302,7 @@ class Supervisor:
         kids = [{"name": c.name, "argv": c.argv, "fd": pipes[c.name][1]} for c in children]
         spec = {"cwd": str(self.logdir), "children": kids}
         pids: dict[str, int] = {}
+        said: tuple[int | None, str] = (0, "")  # the preloader's exit code, its last words
         try:
             proc = await asyncio.create_subprocess_exec(
                 *python(),
@@ -324,15 +324,8 @@ class Supervisor:
                 proc.kill()
                 out, err = await proc.communicate()
             pids = _pids(out.decode(errors="replace"), pipes)
-            if proc.returncode != 0 or len(pids) < len(children):
-                tail = err.decode(errors="replace").strip().splitlines()[-1:]
-                log.warning(
-                    "the preloader started %s of %d services (exit code %s%s): spawning the rest",
-                    len(pids),
-                    len(children),
-                    proc.returncode,
-                    f": {tail[0]}" if tail else "",
-                )
+            tail = err.decode(errors="replace").strip().splitlines()[-1:]
+            said = (proc.returncode, f": {tail[0]}" if tail else "")
         except OSError as e:
             log.warning("the preloader could not start (%s): spawning the services", e)
             for _, w in pipes.values():
@@ -342,7 +335,8 @@ class Supervisor:
             # its children are ours now (or init's, had they been orphaned before): a
             # service's orphan later goes to init again, as without the preloader
             subreaper(self._was_subreaper)
-        self._adopt(children, {n: r for n, (r, _) in pipes.items()}, pids, "preloaded")
+        reads = {n: r for n, (r, _) in pipes.items()}
+        self._adopt(children, reads, pids, "preloaded", *said)
 
     async def _take_forked(self, children: list[Child]) -> None:
         """The preloader that `tomato start` forked (cli/preload.py ``fork_stack``): its
@@ -350,6 +344,7 @@ class Supervisor:
         f = self.forked or {}
         reads = {str(n): int(fd) for n, fd in f.get("pipes", {}).items()}
         pids: dict[str, int] = {}
+        rc: int | None = None
         report = int(f["report_fd"])
         try:
             preloader = Adopted(int(f["pid"]))
@@ -367,22 +362,30 @@ class Supervisor:
                 with contextlib.suppress(asyncio.TimeoutError):
                     await wait_for(asyncio.shield(reading), 2.0)
             pids = _pids(b"".join(got).decode(errors="replace"), reads)
-            if rc != 0 or len(pids) < len(children):
-                log.warning(
-                    "the preloader started %s of %d services (exit code %s; its log: "
-                    "supervisor.log): spawning the rest",
-                    len(pids),
-                    len(children),
-                    rc,
-                )
         finally:
             subreaper(False)  # (see _preload)
-        self._adopt(children, reads, pids, "preloaded by tomato start")
+        where = "; its log: supervisor.log"
+        self._adopt(children, reads, pids, "preloaded by tomato start", rc, where)
 
     def _adopt(
-        self, children: list[Child], reads: dict[str, int], pids: dict[str, int], how: str
+        self,
+        children: list[Child],
+        reads: dict[str, int],
+        pids: dict[str, int],
+        how: str,
+        rc: int | None,
+        detail: str,
     ) -> None:
-        """Make the forked ``pids`` our children (``reads``: their output pipes)."""
+        """Make the forked ``pids`` our children (``reads``: their output pipes); say so
+        if the preloader (its exit code ``rc``) did not start them all."""
+        if rc != 0 or len(pids) < len(children):
+            log.warning(
+                "the preloader started %s of %d services (exit code %s%s): spawning the rest",
+                len(pids),
+                len(children),
+                rc,
+                detail,
+            )
         for c in children:
             r = reads.pop(c.name)
             if c.name not in pids:
@@ -397,7 +400,7 @@ class Supervisor:
             os.close(r)
 
     async def _spawn(self, c: Child) -> None:
-        if self._preloading is not None and c.restarts == 0 and c.name in _PRELOADED:
+        if self._preloading is not None and c.restarts == 0 and c.name in PRELOADED:
             await asyncio.wait([self._preloading])  # (a stop waits for it in run)
             if c.proc is not None:
                 return
