@@ -1,8 +1,10 @@
-"""Driver discovery is scanned once per process, again after ``refresh`` (a reload) and
-when a name is not found (a package installed since)."""
+"""Driver discovery is scanned once per process, and again after ``refresh`` (a reload,
+a node's ``configure``) or for a name not found, when a package was installed or removed
+since (a folder on ``sys.path`` changed)."""
 
 from __future__ import annotations
 
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -12,8 +14,18 @@ import pytest
 from tomato_mqtt.driver import discovery
 
 
-def test_scanned_once_rescanned_after_refresh_and_for_an_unknown_name(
-    monkeypatch: pytest.MonkeyPatch,
+def _install(site_dir: Path, name: str, version: str = "0.1") -> None:
+    """A driver package's metadata as pip writes it (a new ``.dist-info`` folder)."""
+    info = site_dir / f"{name}-{version}.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
+    (info / "entry_points.txt").write_text(
+        f"[tomato_mqtt.drivers]\n{name} = {name}:DriverInterface\n"
+    )
+
+
+def test_scanned_once_rescanned_when_a_package_was_installed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     calls: list[str] = []
     real = discovery.entry_points
@@ -23,21 +35,37 @@ def test_scanned_once_rescanned_after_refresh_and_for_an_unknown_name(
         return real(**kw)
 
     monkeypatch.setattr(discovery, "entry_points", counting)
-    discovery.refresh()
+    site_dir = tmp_path / "site-packages"
+    site_dir.mkdir()
+    monkeypatch.syspath_prepend(str(site_dir))
+    discovery._found = None  # (a scan of this process, not of an earlier test)
     first = discovery.available_drivers()
     assert "example_counter" in first and "daq_sim" in first
     discovery.available_drivers()
     discovery.load_driver("example_counter")
     assert len(calls) == 1  # a node's every status used to rescan (~30 ms each)
+    # a reload, or a node configured again (5 times in a node's first second), with
+    # nothing installed since: the scan stands (3-16 ms each on the node's start)
     discovery.refresh()
     discovery.available_drivers()
-    assert len(calls) == 2
     with pytest.raises(discovery.DriverNotFound):
         discovery.load_driver("no_such_driver")
-    assert len(calls) == 3  # looked up once more before giving up
+    assert len(calls) == 1
+    _install(site_dir, "zz_new_drv")  # pip install while the node runs
+    discovery.refresh()
+    assert "zz_new_drv" in discovery.available_drivers()
+    assert len(calls) == 2
+    _install(site_dir, "zz_other_drv")  # installed since: a name not found looks again
+    with pytest.raises(discovery.DriverLoadError, match="zz_other_drv"):
+        discovery.load_driver("zz_other_drv")  # (found; its code is not there)
+    assert len(calls) == 3
+    shutil.rmtree(site_dir / "zz_new_drv-0.1.dist-info")  # pip uninstall
+    discovery.refresh()
+    assert "zz_new_drv" not in discovery.available_drivers()
+    assert len(calls) == 4
 
 
-def test_versions_are_read_once_per_scan(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_versions_are_read_once_per_scan(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A node reports its drivers' versions in every heartbeat: each was read from its
     package's METADATA file every time (8 file opens a second on a plain node)."""
     reads: list[str] = []
@@ -48,7 +76,7 @@ def test_versions_are_read_once_per_scan(monkeypatch: pytest.MonkeyPatch) -> Non
         return real(ep)
 
     monkeypatch.setattr(discovery, "_version", counting)
-    discovery.refresh()
+    discovery._found = None
     first = discovery.available_drivers()
     n = len(reads)
     assert n == len(first) and first["example_counter"] != "unknown"
@@ -57,7 +85,13 @@ def test_versions_are_read_once_per_scan(monkeypatch: pytest.MonkeyPatch) -> Non
     assert len(reads) == n
     discovery.refresh()
     discovery.available_drivers()
-    assert len(reads) == 2 * n  # a reload reads them again (a package upgraded)
+    assert len(reads) == n  # a reload with nothing installed since reads none
+    site_dir = tmp_path / "site-packages"
+    _install(site_dir, "zz_upgraded_drv")
+    monkeypatch.syspath_prepend(str(site_dir))
+    discovery.refresh()
+    discovery.available_drivers()
+    assert len(reads) == 2 * n + 1  # a reload reads them again (a package upgraded)
 
 
 def test_a_driver_installed_editable_since_the_start_is_imported(
@@ -91,6 +125,7 @@ def test_a_driver_installed_editable_since_the_start_is_imported(
         # a dependency missing is said as it is, without reading .pth files again (which
         # added ~/.local to a venv's sys.path: a review)
         (src / "zz_editable_drv" / "needs.py").write_text("import zz_not_installed_dep\n")
+        info = info.rename(site_dir / "zz_editable_drv-0.2.dist-info")  # as pip reinstalls
         (info / "entry_points.txt").write_text(
             "[tomato_mqtt.drivers]\nzz_editable = zz_editable_drv:DriverInterface\n"
             "zz_needs = zz_editable_drv.needs:DriverInterface\n"

@@ -1,7 +1,9 @@
 """What the scheduler builds and loads after start, off the path `tomato start` waits on.
 
-The AsyncAPI document (``meta/schema``) takes ~0.1-0.2 CPU-s to build: it is built once
-per settings, in a thread, after the nodes were configured (:class:`SchemaDoc`).
+The AsyncAPI document (``meta/schema``) takes ~0.07-0.2 CPU-s to build: it is built once
+per settings, in a thread of low priority (:class:`SchemaDoc`): at start it was built in
+a normal thread while the node imported its drivers and the broker started, taking its
+share of the two cores from what `tomato start` waits for.
 
 dgbowl-schemas and pint take ~0.4 CPU-s to load. The first ``ketchup submit`` needs
 them, `tomato start` does not: loaded at once, they compete for the (two) cores with
@@ -48,7 +50,8 @@ async def warm_up_when(
 
 class SchemaDoc:
     """The compact AsyncAPI document, built once per settings (a reload may change the
-    servers in it), in a thread so that the event loop keeps serving meanwhile."""
+    servers in it), in a thread of low priority (services/idle.py): the event loop keeps
+    serving meanwhile, and the start's other work goes first."""
 
     def __init__(self, instance: str) -> None:
         self.instance = instance
@@ -58,8 +61,12 @@ class SchemaDoc:
         from tomato_mqtt.wire.asyncapi import schema_json
 
         if self._built is None or self._built[0] is not settings:
-            doc = await asyncio.to_thread(schema_json, self.instance, settings, compact=True)
-            self._built = (settings, doc.encode())
+            doc: list[bytes] = []
+            await run_when_idle(
+                lambda: doc.append(schema_json(self.instance, settings, compact=True).encode()),
+                "asyncapi document",
+            )
+            self._built = (settings, doc[0])
         return self._built[1]
 
 
