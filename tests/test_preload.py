@@ -431,8 +431,10 @@ def test_the_early_child_of_a_killed_start_exits(tmp_path: Path) -> None:
         _wait(lambda: len(_ours(tmp_path)) == 2, 20, "no early child was forked")
         child = next(p for p in _ours(tmp_path) if p != proc.pid)
         assert _ppid(child) == proc.pid
-        # its own session: the terminal's Ctrl-C goes to the start's group only
-        assert os.getsid(child) == child != os.getsid(proc.pid)
+        # its own session (made just after the fork): the terminal's Ctrl-C goes to the
+        # start's group only
+        _wait(lambda: os.getsid(child) == child, 10, "the early child kept the start's session")
+        assert os.getsid(proc.pid) != child
         proc.kill()
         proc.wait()
         _wait(lambda: _ours(tmp_path) == [], 10, "the early child outlived tomato start")

@@ -35,6 +35,7 @@ from tomato_mqtt.services.scheduler.runner import JobRunner
 from tomato_mqtt.services.scheduler.stale import StaleTasks
 from tomato_mqtt.services.scheduler.store import StateStore, StoreTaken, highest_job_elsewhere
 from tomato_mqtt.services.scheduler.warmup import (
+    WARM_UP_LATEST,
     SchemaDoc,
     settled,
     warm_up_payloads,
@@ -42,6 +43,7 @@ from tomato_mqtt.services.scheduler.warmup import (
 )
 from tomato_mqtt.transport.client import BrokerURL, Message, MqttTimeout
 from tomato_mqtt.transport.rpc import NoResponder, Requester, Responder
+from tomato_mqtt.waits import wait_for
 from tomato_mqtt.wire.messages import (
     ComponentMeta,
     ComponentStatus,
@@ -261,6 +263,9 @@ class SchedulerService(Service):
         await self.nodeconfig.configure_all(again=True)
 
     async def _publish_schema(self) -> None:
+        # after `tomato start`'s wait: the components registered (warmup.py)
+        with contextlib.suppress(asyncio.TimeoutError):
+            await wait_for(self._settled.wait(), WARM_UP_LATEST)
         await self.publish(self.topics.meta_schema(), await self._schema.get(self.settings))
 
     async def publish_pipeline(self, name: str) -> None:

@@ -1,9 +1,12 @@
 """What the scheduler builds and loads after start, off the path `tomato start` waits on.
 
 The AsyncAPI document (``meta/schema``) takes ~0.07-0.2 CPU-s to build: it is built once
-per settings, in a thread of low priority (:class:`SchemaDoc`): at start it was built in
-a normal thread while the node imported its drivers and the broker started, taking its
-share of the two cores from what `tomato start` waits for.
+per settings, in a thread (:class:`SchemaDoc`), once the components have registered (at
+the latest :data:`WARM_UP_LATEST` s after start): built at once, it took its share of
+the two cores from the node's imports and the broker's start, what `tomato start` waits
+for. Not in a thread of low priority: one that holds the GIL while the OS leaves it
+waiting for a core stalls every other thread of its process (in a test's in-process
+stack, the node's clock: a loaded CI run missed 3 of 5 deadlines).
 
 dgbowl-schemas and pint take ~0.4 CPU-s to load. The first ``ketchup submit`` needs
 them, `tomato start` does not: loaded at once, they compete for the (two) cores with
@@ -50,8 +53,7 @@ async def warm_up_when(
 
 class SchemaDoc:
     """The compact AsyncAPI document, built once per settings (a reload may change the
-    servers in it), in a thread of low priority (services/idle.py): the event loop keeps
-    serving meanwhile, and the start's other work goes first."""
+    servers in it), in a thread so that the event loop keeps serving meanwhile."""
 
     def __init__(self, instance: str) -> None:
         self.instance = instance
@@ -61,12 +63,8 @@ class SchemaDoc:
         from tomato_mqtt.wire.asyncapi import schema_json
 
         if self._built is None or self._built[0] is not settings:
-            doc: list[bytes] = []
-            await run_when_idle(
-                lambda: doc.append(schema_json(self.instance, settings, compact=True).encode()),
-                "asyncapi document",
-            )
-            self._built = (settings, doc[0])
+            doc = await asyncio.to_thread(schema_json, self.instance, settings, compact=True)
+            self._built = (settings, doc.encode())
         return self._built[1]
 
 
