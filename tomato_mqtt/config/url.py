@@ -6,7 +6,6 @@ need the asyncio client at all.
 
 from __future__ import annotations
 
-
 from tomato_mqtt.record import Record
 
 __all__ = ["BrokerURL", "is_loopback", "warn_insecure"]
