@@ -3,10 +3,8 @@
 ``python -m bench.start_timeline [--reps N]`` starts fresh one-component stacks (as
 ``bench.startup``) and prints, per repetition, when each process of the stack was
 spawned (from ``/proc/<pid>/stat``, relative to the spawn of ``tomato start``; the
-supervisor: forked by `tomato start` before its checks, its CPU-s including the shared
-imports it made before its ``exec``; the scheduler, recorder and node: forked by the
-preloader), its CPU-s when `tomato start` returned (the preloader's in the supervisor's
-reaped children), and the milestones the
+scheduler, recorder and node: forked by the preloader), its CPU-s when `tomato start`
+returned (the preloader's in the supervisor's reaped children), and the milestones the
 services log (the broker serving, the node connected, configured and registered), then
 the medians.
 """

@@ -287,8 +287,9 @@ def test_a_preloader_tomato_start_cannot_fork_leaves_the_supervisor_to_start_the
 ) -> None:
     """The fork of `tomato start`'s preloader fails (EAGAIN: too many processes): the
     supervisor still starts (its own preloader forks the services), the start succeeds."""
-    _assert_the_supervisor_preloads(
-        make_stack(tmp_path),
+    st = make_stack(tmp_path)
+    res = _start_patched(
+        st,
         "import os\n"
         "me, fork = os.getpid(), os.fork\n"
         "def failing():\n"
@@ -297,12 +298,6 @@ def test_a_preloader_tomato_start_cannot_fork_leaves_the_supervisor_to_start_the
         "    return fork()\n"
         "os.fork = failing\n",
     )
-
-
-def _assert_the_supervisor_preloads(st: Stack, patch: str) -> None:
-    """`tomato start` with ``patch`` starts, its supervisor's own preloader forked the
-    services; then the stack is stopped."""
-    res = _start_patched(st, patch)
     try:
         assert res.returncode == 0, res.stdout + res.stderr + st.logs()
         for service in SERVICES:
@@ -377,84 +372,3 @@ def test_tomato_start_too_short_to_show_a_service_lets_the_supervisor_preload(
     )
     # up to the port, 'python3.11 -P -m tomato_mqtt.cli.serve scheduler -p 18830' is ~55
     assert res.stdout.split() == ["False", "True", "None"], res.stdout + res.stderr
-
-
-def _ours(root: Path) -> list[int]:
-    """Processes whose command line names ``root`` (a `tomato start` of a stack there, or
-    its early child, which shows the same command line until it is the supervisor)."""
-    out = []
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit() and int(d.name) != os.getpid():
-            try:
-                cmd = (d / "cmdline").read_bytes()
-            except OSError:
-                continue
-            if str(root).encode() in cmd:
-                out.append(int(d.name))
-    return out
-
-
-def test_a_start_that_fails_its_checks_leaves_no_process(tmp_path: Path) -> None:
-    """`tomato start` forks its supervisor-to-be before it checks the devices file: a
-    check that fails ends that child too, before the error is printed (nothing of a
-    refused start is left running, not even for the ~0.2 s of its imports)."""
-    st = make_stack(tmp_path)
-    (st.appdir / "devices.yml").write_text("devices: [{name: d1, driver: 3}]\n")
-    res = subprocess.run(
-        [str(BIN / "tomato"), "start", *st.dirs(), "-p", str(st.port)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert res.returncode == 1 and "devices" in res.stderr, res.stdout + res.stderr
-    assert _ours(tmp_path) == []
-
-
-def test_the_early_child_of_a_killed_start_exits(tmp_path: Path) -> None:
-    """`tomato start` killed while it checks (its checks held up here): its early child,
-    in a session of its own (a Ctrl-C is not sent to it), sees the start gone and exits;
-    no stack is started."""
-    st = make_stack(tmp_path)
-    patch = (
-        "import time\n"
-        "from tomato_mqtt.cli import start_core\n"
-        "_real = start_core._start\n"
-        "def slow(*a):\n"
-        "    time.sleep(30)\n"
-        "    _real(*a)\n"
-        "start_core._start = slow\n"
-    )
-    code = f"import sys\n{patch}from tomato_mqtt.cli import fast\n"
-    code += "sys.argv = ['tomato', 'start', *sys.argv[1:]]\nfast.tomato()\n"
-    proc = subprocess.Popen([sys.executable, "-c", code, *st.dirs(), "-p", str(st.port)])
-    try:
-        _wait(lambda: len(_ours(tmp_path)) == 2, 20, "no early child was forked")
-        child = next(p for p in _ours(tmp_path) if p != proc.pid)
-        assert _ppid(child) == proc.pid
-        # its own session (made just after the fork): the terminal's Ctrl-C goes to the
-        # start's group only
-        _wait(lambda: os.getsid(child) == child, 10, "the early child kept the start's session")
-        assert os.getsid(proc.pid) != child
-        proc.kill()
-        proc.wait()
-        _wait(lambda: _ours(tmp_path) == [], 10, "the early child outlived tomato start")
-    finally:
-        proc.kill()
-        proc.wait()
-    assert not (st.logdir / "supervisor.log").exists()
-
-
-def test_an_early_child_that_died_lets_the_start_spawn_the_supervisor(tmp_path: Path) -> None:
-    """The early child is gone when the checks are done (killed by someone): the start
-    spawns the supervisor, which preloads the services itself."""
-    _assert_the_supervisor_preloads(
-        make_stack(tmp_path),
-        "import os, signal\n"
-        "from tomato_mqtt.cli import start_core\n"
-        "_real = start_core._start\n"
-        "def kill_it(opts, v, q, early):\n"
-        "    os.kill(early.pid, signal.SIGKILL)\n"
-        "    os.waitid(os.P_PID, early.pid, os.WEXITED | os.WNOWAIT)\n"
-        "    _real(opts, v, q, early)\n"
-        "start_core._start = kill_it\n",
-    )

@@ -13,14 +13,6 @@ restarted as any it spawned (a restart spawns the service anew: no preloader the
 Issue 15: three processes paid the common imports three times over on two cores;
 paid once, ``tomato start`` is ready ~0.2 s sooner with ~0.4 CPU-s less.
 
-``tomato start`` (Linux, its typer-free path) does more: before it checks anything it
-forks its supervisor-to-be (:func:`fork_early`), which imports what the services share
-on the second core while the first checks the settings and the devices file (~0.2-0.3
-s of pydantic models, when that core was idle); the checks passed, it gets the stack's
-spec and the MQTT listener over a socket pair, forks the preloader (whose imports are
-done) and ``exec``s the lean supervisor (:func:`fork_stack`). A check that fails kills
-it; a `tomato start` killed leaves it the end of the socket, and it exits.
-
 What is imported here must be what every one of the three imports anyway
 (``tests/test_preload.py`` checks it): a module only one needs would sit in the memory
 of the others, and the scheduler must not get numpy or pint (issue 15, memory).
@@ -39,8 +31,6 @@ import gc
 import importlib
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -56,17 +46,7 @@ from tomato_mqtt.services.launch import (
 )
 from tomato_mqtt.services.watchdog import ADOPTED_FROM_ENV, SUPERVISOR_PID_ENV
 
-__all__ = [
-    "PRELOADED",
-    "SERVE_MODULE",
-    "Early",
-    "Forked",
-    "fork_early",
-    "fork_services",
-    "fork_stack",
-    "main",
-    "show_as",
-]
+__all__ = ["PRELOADED", "SERVE_MODULE", "Forked", "fork_services", "fork_stack", "main", "show_as"]
 
 #: imported once, before the forks: all are in each service's own imports
 _COMMON = (
@@ -245,13 +225,7 @@ class Forked:
         return self._code
 
 
-def fork_stack(
-    spec: dict[str, Any],
-    argv: list[str],
-    log: int,
-    keep: list[int],
-    early: Early | None = None,
-) -> Forked | None:
+def fork_stack(spec: dict[str, Any], argv: list[str], log: int, keep: list[int]) -> Forked | None:
     """``tomato start``'s launch of the supervisor when it can fork (Linux; the fast
     path without typer; no thread yet): what it imported for its checks (pydantic, the
     settings and the devices file: half of what the services share) is not imported
@@ -260,21 +234,20 @@ def fork_stack(
     the rest and forks the scheduler, recorder and node (:func:`fork_services`). The
     supervisor adopts them as it adopts its own preloader's (``spec["forked"]``: the
     preloader's pid, its report's and the services' pipes). ``keep``: fds the supervisor
-    inherits (the MQTT listener). ``early``: the child :func:`fork_early` made, which
-    becomes the supervisor instead (abandoned if this does not fork). None when it cannot
-    fork: spawn the supervisor."""
-    if early is None and not _may_fork():
+    inherits (the MQTT listener). None when it cannot fork: spawn the supervisor."""
+    if (
+        sys.platform != "linux"
+        or os.environ.get(PRELOAD_ENV) == "0"
+        or "typer" in sys.modules  # the services would carry the CLI's modules
+        or threading.active_count() > 1
+    ):
         return None
     args = (spec["common_args"], spec["service_flags"], spec["node_name"])
     argvs = {n: service_argv(n, *args) for n in PRELOADED}
     area = _argv_area()
     if area is None or not all(_fits(a, area[1] - area[0]) for a in argvs.values()):
-        if early is not None:
-            early.abandon()
         return None  # `tomato start`'s command line too short to show what they are
     kids: list[dict[str, object]] = [{"name": n, "argv": a} for n, a in argvs.items()]
-    if early is not None:
-        return early.hand_over(spec, argv, log, keep, kids)
     pipes = {n: os.pipe() for n in PRELOADED}
     report_r, report_w = os.pipe()
     ours = [report_r, report_w, *(fd for pair in pipes.values() for fd in pair)]
@@ -291,132 +264,6 @@ def fork_stack(
     return Forked(pid) if pid > 0 else None
 
 
-def _may_fork() -> bool:
-    """`tomato start` may fork its stack: Linux, the preloader not turned off, the fast
-    path (typer's modules would sit in every service), no thread yet (a fork copies
-    only the calling thread: another one's locks would stay held in the child)."""
-    return (
-        sys.platform == "linux"
-        and os.environ.get(PRELOAD_ENV) != "0"
-        and "typer" not in sys.modules
-        and threading.active_count() == 1
-    )
-
-
-class Early:
-    """The child `tomato start` forked before its checks (:func:`fork_early`): it
-    imports what the services share while `tomato start` checks the settings and the
-    devices file on the other core, then waits for the stack's spec; given it, it is the
-    supervisor-to-be of :func:`fork_stack`. Abandoned (killed and reaped) when the start
-    fails its checks or will not fork after all."""
-
-    def __init__(self, pid: int, sock: socket.socket) -> None:
-        self.pid = pid
-        self.sock = sock
-        self.done = False  # handed over or abandoned
-
-    def hand_over(
-        self,
-        spec: dict[str, Any],
-        argv: list[str],
-        log: int,
-        keep: list[int],
-        kids: list[dict[str, object]],
-    ) -> Forked | None:
-        """Send the child what `_supervisor` needs (``log`` and ``keep`` as fds): it is
-        then the supervisor. None when it is gone (it ended, or cannot be told)."""
-        with contextlib.suppress(ChildProcessError):
-            if os.waitpid(self.pid, os.WNOHANG)[0] != 0:  # it died: nothing to hand to
-                self.done = True
-                self.sock.close()
-                return None
-        data = json.dumps({"spec": spec, "argv": argv, "keep": keep, "kids": kids}).encode()
-        try:
-            sent = socket.send_fds(self.sock, [data], [log, *keep])
-            self.sock.sendall(data[sent:])
-            self.sock.close()  # its end of the message
-        except OSError:
-            self.abandon()
-            return None
-        self.done = True
-        return Forked(self.pid)
-
-    def abandon(self) -> None:
-        """End the child (it has started nothing yet) and reap it; once handed over, a
-        no-op."""
-        if self.done:
-            return
-        self.done = True
-        self.sock.close()
-        with contextlib.suppress(OSError):
-            os.kill(self.pid, signal.SIGKILL)
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(self.pid, 0)
-
-
-def fork_early() -> Early | None:
-    """Fork `tomato start`'s supervisor-to-be before the checks (~0.2-0.3 s of pydantic
-    models, the settings and the devices file, on one core while the other idled): it
-    imports what the services share meanwhile (:class:`Early`). None where `tomato
-    start` does not fork (:func:`_may_fork`) or the fork fails."""
-    if not _may_fork():
-        return None
-    ours, theirs = socket.socketpair()
-    for f in (sys.stdout, sys.stderr):
-        f.flush()  # (what is buffered would be written again by the child)
-    try:
-        pid = os.fork()
-    except OSError:
-        ours.close()
-        theirs.close()
-        return None
-    if pid == 0:
-        ours.close()
-        _early_child(theirs)
-    theirs.close()
-    return Early(pid, ours)
-
-
-def _early_child(sock: socket.socket) -> NoReturn:
-    """In the child of :func:`fork_early`: out of `tomato start`'s session and output
-    (a Ctrl-C of the start, a caller reading its pipe: neither is this process's), the
-    shared imports, then the spec (:meth:`Early.hand_over`): the supervisor-to-be.
-    Nothing came (the start failed its checks or was killed): it exits."""
-    try:
-        os.setsid()
-        devnull = os.open(os.devnull, os.O_RDWR)
-        for fd in (0, 1, 2):
-            os.dup2(devnull, fd)
-        for fd in _fds_but({sock.fileno()}):  # what `tomato start` inherited
-            with contextlib.suppress(OSError):
-                os.close(fd)
-        _drop_script_folder()
-        # a module that cannot be imported is left to the preloader (it imports them
-        # again, and its traceback reaches the supervisor's log)
-        with contextlib.suppress(Exception):
-            for name in _COMMON:
-                importlib.import_module(name)
-        data, fds, _flags, _addr = socket.recv_fds(sock, 1 << 16, 16)
-        chunks = [data]
-        while data:
-            data = sock.recv(1 << 16)
-            chunks.append(data)
-        sock.close()
-        if not fds:  # the start failed its checks, or was killed
-            os._exit(0)
-        msg = json.loads(b"".join(chunks))
-        log, *keep = fds
-        spec = msg["spec"]
-        moved = dict(zip(msg["keep"], keep, strict=True))  # fd numbers as this process has them
-        if spec.get("listen_fd") is not None:
-            spec["listen_fd"] = moved[spec["listen_fd"]]
-        pipes = {n: os.pipe() for n in PRELOADED}
-        report = os.pipe()
-        _supervisor(spec, msg["argv"], log, keep, msg["kids"], pipes, report, session=False)
-    finally:
-        os._exit(1)
-
-
 def _supervisor(
     spec: dict[str, Any],
     argv: list[str],
@@ -425,13 +272,10 @@ def _supervisor(
     kids: list[dict[str, object]],
     pipes: dict[str, tuple[int, int]],
     report: tuple[int, int],
-    session: bool = True,
 ) -> None:
-    """In `tomato start`'s child: fork the preloader, then become the supervisor
-    (``session``: in a session of its own first; the early child has one already)."""
+    """In `tomato start`'s child: fork the preloader, then become the supervisor."""
     try:
-        if session:
-            os.setsid()
+        os.setsid()
         forked: dict[str, Any] | None = None
         devnull = os.open(os.devnull, os.O_RDONLY)
         os.dup2(devnull, 0)
@@ -474,18 +318,6 @@ def _supervisor(
         os._exit(127)  # (exec failed: `tomato start` sees the supervisor exit)
 
 
-_script_folder_dropped = False
-
-
-def _drop_script_folder() -> None:
-    """Take the folder of `tomato start`'s script off ``sys.path`` (as ``-P`` does for a
-    spawned service: services/launch.py), once per process."""
-    global _script_folder_dropped
-    if not _script_folder_dropped and not getattr(sys.flags, "safe_path", False) and sys.path:
-        del sys.path[0]
-    _script_folder_dropped = True
-
-
 def _fds_but(keep: set[int]) -> list[int]:
     """This process's open fds above 2 but ``keep``."""
     return [fd for fd in map(int, os.listdir("/proc/self/fd")) if fd > 2 and fd not in keep]
@@ -512,7 +344,8 @@ def _preloader(
         for fd in _fds_but({report[1], *writes.values()}):  # what `tomato start` held
             with contextlib.suppress(OSError):
                 os.close(fd)
-        _drop_script_folder()
+        if not getattr(sys.flags, "safe_path", False) and sys.path:
+            del sys.path[0]  # the folder of `tomato start`'s script: as -P (services/launch.py)
         for k in kids:
             k["fd"] = writes[str(k["name"])]
         fork_services(kids, str(spec["logdir"]), report[1], [report[1], *writes.values()])

@@ -36,17 +36,6 @@ class Done:
 
 def start(opts: core.Opts, verbose: int = 0, quiet: int = 0) -> None:
     """Start the local stack in the background; return when it answers (see the module)."""
-    # Linux: the supervisor-to-be is forked first, and imports what the services share
-    # while this process checks (cli/preload.py); a failed check ends it
-    early = preload.fork_early()
-    try:
-        _start(opts, verbose, quiet, early)
-    finally:
-        if early is not None:
-            early.abandon()  # (once handed over: nothing)
-
-
-def _start(opts: core.Opts, verbose: int, quiet: int, early: preload.Early | None) -> None:
     from tomato_mqtt.config.devices import load_devices
     from tomato_mqtt.errors import ConfigError
     from tomato_mqtt.services.launch import pidfile_path, port_in_use, python, read_pidfile
@@ -116,7 +105,7 @@ def _start(opts: core.Opts, verbose: int, quiet: int, early: preload.Early | Non
     try:
         with log_path.open("ab") as out:
             # Linux: forked, with the preloader of its services (cli/preload.py)
-            proc = preload.fork_stack(spec, argv, out.fileno(), keep, early)
+            proc = preload.fork_stack(spec, argv, out.fileno(), keep)
             if proc is None:
                 proc = subprocess.Popen(
                     [*argv, json.dumps(spec)],
