@@ -10,6 +10,7 @@ error and nothing is left running.
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
 import sys
 import time
@@ -18,7 +19,7 @@ from pathlib import Path
 import pytest
 from tomato_mqtt_broker import BrokerConfig, EmbeddedBroker
 
-from tests.stack import free_port, make_stack
+from tests.stack import BIN, free_port, make_stack
 from tests.upstream.test_upstream_stack import processes_of
 from tomato_mqtt.config.devices import load_devices
 from tomato_mqtt.config.url import BrokerURL
@@ -179,6 +180,59 @@ def test_a_supervisor_killed_during_start_is_said_so_at_once(tmp_path: Path) -> 
     assert "its supervisor (pid" in res.stderr and "was killed (signal 9)" in res.stderr, res
     assert time.monotonic() - t0 < 15  # not the 20 s of -t
     assert not processes_of(st.port), "a service of the failed start is left"
+
+
+def test_a_start_whose_supervisor_is_stopped_ends_at_its_timeout(tmp_path: Path) -> None:
+    """An outside review: the supervisor stopped (SIGSTOP) while `tomato start` waited;
+    at the timeout its SIGTERM was not acted on until the SIGKILL 5 s later."""
+    st = make_stack(tmp_path)
+    code = (
+        "import os, signal, sys\n"
+        "from tomato_mqtt.cli import fast, start_core\n"
+        "real = start_core.wait_ready\n"
+        "def wait_ready(ctx, proc, *a, **k):\n"
+        "    os.kill(proc.pid, signal.SIGSTOP)\n"
+        "    return real(ctx, proc, *a, **k)\n"
+        "start_core.wait_ready = wait_ready\n"
+        "sys.argv = ['tomato', 'start', *sys.argv[1:]]\n"
+        "fast.tomato()\n"
+    )
+    t0 = time.monotonic()
+    res = subprocess.run(
+        [sys.executable, "-c", code, *st.dirs(), "-p", str(st.port), "-t", "3s"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    took = time.monotonic() - t0
+    assert res.returncode == 1 and "did not come up within 3 s" in res.stderr, res
+    assert took < 3 + 4, took  # before: 3 s + the 5 s the SIGTERM waited
+    deadline = time.monotonic() + 10
+    while processes_of(st.port) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not processes_of(st.port), "a service of the failed start is left"
+
+
+@pytest.mark.parametrize("closed", ["0<&-", "1>&-", "2>&-", "0<&- 1>&- 2>&-"])
+def test_a_start_with_a_standard_stream_closed_starts(tmp_path: Path, closed: str) -> None:
+    """An outside review: `tomato start 1>&-` (a cron job, a service manager that closes
+    its children's streams) failed on Python's ``sys.stdout`` being None with half the
+    stack started, and a listener bound as fd 0 was replaced by the broker's stdin."""
+    st = make_stack(tmp_path)
+    env = {**os.environ, **st.env}
+    start = [str(BIN / "tomato"), "start", *st.dirs(), "-p", str(st.port)]
+    try:
+        res = subprocess.run(
+            ["bash", "-c", f'"$@" {closed}', "-", *start],
+            capture_output=True,
+            text=True,
+            timeout=90,
+            env=env,
+        )
+        assert res.returncode == 0, res.stdout + res.stderr + st.logs()
+        assert st.json("tomato", "status")["success"]
+    finally:
+        st.run("tomato", "stop")
 
 
 def test_start_on_a_taken_port_is_one_error_and_nothing_runs(tmp_path: Path) -> None:

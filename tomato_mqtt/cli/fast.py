@@ -376,7 +376,25 @@ def _opts(
     return opts
 
 
+def _standard_fds() -> None:
+    """A command started with stdin, stdout or stderr closed (`tomato start 1>&-`, a
+    service manager or a cron daemon that closes them) gets /dev/null there. Otherwise
+    Python's ``sys.stdout`` is None (`tomato start` failed on it, the stack half
+    started) and the first socket or file the command opens takes that number: the MQTT
+    listener `tomato start` binds, as fd 0, was replaced by the broker's stdin (found
+    by an outside review)."""
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            os.open(os.devnull, os.O_RDWR)  # the lowest free number: this one
+    for name in ("stdin", "stdout", "stderr"):
+        if getattr(sys, name) is None:
+            setattr(sys, name, open(os.devnull, "r" if name == "stdin" else "w"))  # noqa: SIM115
+
+
 def _main(prog: str) -> None:
+    _standard_fds()
     if prog == "tomato" and sys.argv[1:2] and sys.argv[1] in _SERVICES:
         from tomato_mqtt.cli import serve  # a service: its own typer-free entry
 

@@ -286,6 +286,10 @@ def _take_down(proc: subprocess.Popen[bytes] | preload.Forked) -> None:
     if proc.poll() is None:
         with contextlib.suppress(OSError):
             os.killpg(proc.pid, signal.SIGTERM)
+        # a stopped process acts on its SIGTERM only once continued: a start whose
+        # supervisor was stopped took 5 s more than its timeout (an outside review)
+        with contextlib.suppress(OSError):
+            os.killpg(proc.pid, signal.SIGCONT)
         with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(5)
     # its children are in the same session and process group (start_new_session)
