@@ -187,26 +187,29 @@ def test_a_start_whose_supervisor_is_stopped_ends_at_its_timeout(tmp_path: Path)
     at the timeout its SIGTERM was not acted on until the SIGKILL 5 s later."""
     st = make_stack(tmp_path)
     code = (
-        "import os, signal, sys\n"
+        "import os, signal, sys, time\n"
         "from tomato_mqtt.cli import fast, start_core\n"
-        "real = start_core.wait_ready\n"
+        "real, take_down = start_core.wait_ready, start_core._take_down\n"
         "def wait_ready(ctx, proc, *a, **k):\n"
         "    os.kill(proc.pid, signal.SIGSTOP)\n"
         "    return real(ctx, proc, *a, **k)\n"
-        "start_core.wait_ready = wait_ready\n"
+        "def timed(proc):\n"
+        "    t0 = time.monotonic()\n"
+        "    take_down(proc)\n"
+        "    print(f'took down in {time.monotonic() - t0:.2f} s', file=sys.stderr)\n"
+        "start_core.wait_ready, start_core._take_down = wait_ready, timed\n"
         "sys.argv = ['tomato', 'start', *sys.argv[1:]]\n"
         "fast.tomato()\n"
     )
-    t0 = time.monotonic()
     res = subprocess.run(
-        [sys.executable, "-c", code, *st.dirs(), "-p", str(st.port), "-t", "3s"],
+        [sys.executable, "-c", code, *st.dirs(), "-p", str(st.port), "-t", "2s"],
         capture_output=True,
         text=True,
         timeout=60,
     )
-    took = time.monotonic() - t0
-    assert res.returncode == 1 and "did not come up within 3 s" in res.stderr, res
-    assert took < 3 + 4, took  # before: 3 s + the 5 s the SIGTERM waited
+    assert res.returncode == 1 and "did not come up within 2 s" in res.stderr, res
+    took = float(res.stderr.split("took down in ")[1].split()[0])
+    assert took < 2.5, res.stderr  # before: the 5 s its SIGTERM waited, then SIGKILL
     deadline = time.monotonic() + 10
     while processes_of(st.port) and time.monotonic() < deadline:
         time.sleep(0.1)

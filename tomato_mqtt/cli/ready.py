@@ -8,10 +8,10 @@ scheduler again; the supervisor's exit (it gave up) ends the wait at once.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import subprocess
+import threading
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -63,19 +63,75 @@ Absent = dict[str, list[str]]
 REMOTE_GRACE = 5.0
 
 
-def _on_exit(proc: subprocess.Popen[bytes] | Forked, event: Any) -> None:
-    """Set the asyncio ``event`` when ``proc`` exits (a daemon thread waits for it)."""
-    import asyncio
-    import threading
-
-    loop = asyncio.get_running_loop()
+def _watch_exit(proc: subprocess.Popen[bytes] | Forked, link: _Link) -> None:
+    """When ``proc`` exits, interrupt whatever ``link`` waits for (a daemon thread)."""
 
     def wait() -> None:
         proc.wait()
-        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
-            loop.call_soon_threadsafe(event.set)
+        link.abort()
 
     threading.Thread(target=wait, daemon=True, name="supervisor-exit").start()
+
+
+class _Link:
+    """The wait's MQTT connection: a blocking session on a plain socket
+    (transport/session.py, as the CLI's one-shot calls), made again if it is lost;
+    :meth:`abort` (the supervisor gave up) ends any wait at once. Not paho and asyncio:
+    their imports and event loop were ~0.08 CPU-s of `tomato start` inside the second
+    in which the services it waits for start on the same two cores."""
+
+    def __init__(self, ctx: core.CallContext, timeout: float) -> None:
+        from tomato_mqtt.transport.session import Session
+
+        self.url = ctx.url
+        self.client_id = f"cli-start-{os.getpid()}-{os.urandom(3).hex()}"
+        self.topics: list[str] = []  # subscribed to on each connection
+        self.keepalive = min(65535, int(timeout) + 60)  # it sends no PINGREQ: outlast the wait
+        self._session_cls = Session
+        self.session: Session | None = None
+        self.aborted = False
+        self.ended = threading.Event()  # the wait is over: nothing more to abort
+
+    def abort(self) -> None:
+        """(From the watching thread.) Every 0.1 s until the wait has ended, so that a
+        connection made just after the first try is ended too."""
+        self.aborted = True
+        while not self.ended.is_set():
+            if self.session is not None:
+                self.session.shutdown()
+            self.ended.wait(0.1)
+
+    def open(self, deadline: float) -> bool:
+        """Connect and subscribe; retried until ``deadline`` while the broker does not
+        answer (the port listens already: one connect is served when the broker is).
+        False when aborted, refused or out of time."""
+        from tomato_mqtt.transport.session import SessionError, SessionRefused
+
+        while not self.aborted:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            s = self._session_cls(self.url, self.client_id, keepalive=self.keepalive)
+            self.session = s
+            try:
+                s.connect(left)
+                if self.aborted:
+                    return False
+                for topic in self.topics:
+                    s.subscribe(topic, 0, max(0.1, deadline - time.monotonic()))
+                return True
+            except SessionRefused:
+                s.close()
+                return False
+            except SessionError:  # not listening yet (an external broker), or lost
+                s.close()
+                time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
+        return False
+
+    def close(self) -> None:
+        self.ended.set()
+        if self.session is not None:
+            self.session.close()
 
 
 def wait_ready(
@@ -97,126 +153,117 @@ def wait_ready(
     transport/oneshot.py writes it): no pydantic models are built while the services
     start on the same cores.
     """
-    import asyncio
     import uuid
 
     from tomato_mqtt.errors import BROKEN_DRIVER
-    from tomato_mqtt.transport.client import AsyncClient, Message, MqttError, MqttTimeout
     from tomato_mqtt.transport.oneshot import SCHEMA
+    from tomato_mqtt.transport.session import SessionError, SessionTimeout
 
-    async def go() -> tuple[int, int, Missing, Absent, Pending] | None:
-        deadline = time.monotonic() + timeout
-        c = AsyncClient(ctx.url, client_id=f"cli-start-{os.getpid()}-{os.urandom(3).hex()}")
-        # the port listens already (socket activation): one connect, served when the
-        # broker is; unless the supervisor gives up first (its exit, pushed by a thread)
-        exited = asyncio.Event()
-        _on_exit(proc, exited)
-        connecting = asyncio.ensure_future(c.connect(timeout=timeout, retry=True))
-        died = asyncio.ensure_future(exited.wait())
-        await asyncio.wait({connecting, died}, return_when=asyncio.FIRST_COMPLETED)
-        died.cancel()
-        if not connecting.done():
-            connecting.cancel()
-        with contextlib.suppress(asyncio.CancelledError, MqttError):
-            await connecting
-        if not c.is_connected:
-            await c.disconnect()
-            return None
-        try:
-            t = ctx.topics
-            reply_to = t.reply(c.client_id)
-            await c.subscribe(reply_to)
-            await c.subscribe(t.scheduler_status())
-            await c.subscribe(t.all_component_meta())
-            await c.subscribe(t.all_node_status())
-            last: tuple[int, int, Missing, Absent, Pending] | None = None
-            online = False
-            online_at = 0.0  # when the scheduler said online (the remote nodes' grace)
-            states: dict[str, str | None] = {}  # node topic -> its state
-            asked: str | None = None  # the id of the request in flight
-            asked_at = 0.0
-            dirty = False  # something changed since it was sent: ask again on its reply
-            gone: dict[str, dict[str, str]] = {}  # node topic -> driver -> error
-            node_prefix = t.node_status("x")[: -len("x/status")]
+    deadline = time.monotonic() + timeout
+    t = ctx.topics
+    link = _Link(ctx, timeout)
+    reply_to = t.reply(link.client_id)
+    link.topics = [reply_to, t.scheduler_status(), t.all_component_meta(), t.all_node_status()]
+    _watch_exit(proc, link)
+    if not link.open(deadline):
+        link.close()
+        return None
+    try:
+        last: tuple[int, int, Missing, Absent, Pending] | None = None
+        online = False
+        online_at = 0.0  # when the scheduler said online (the remote nodes' grace)
+        states: dict[str, str | None] = {}  # node topic -> its state
+        asked: str | None = None  # the id of the request in flight
+        asked_at = 0.0
+        dirty = False  # something changed since it was sent: ask again on its reply
+        gone: dict[str, dict[str, str]] = {}  # node topic -> driver -> error
+        node_prefix = t.node_status("x")[: -len("x/status")]
 
-            async def ask() -> None:
-                nonlocal asked, asked_at, dirty
-                asked, asked_at, dirty = uuid.uuid4().hex, time.monotonic(), False
-                env = {"schema": SCHEMA, "id": asked, "reply_to": reply_to}
-                doc = {**env, "args": {"what": "components"}}
-                await c.publish(t.scheduler_cmd("status"), json.dumps(doc), wait=False)
+        def ask() -> None:
+            nonlocal asked, asked_at, dirty
+            asked, asked_at, dirty = uuid.uuid4().hex, time.monotonic(), False
+            env = {"schema": SCHEMA, "id": asked, "reply_to": reply_to}
+            doc = {**env, "args": {"what": "components"}}
+            assert link.session is not None
+            link.session.publish(t.scheduler_cmd("status"), json.dumps(doc).encode(), qos=1)
 
-            def up(node: str) -> bool:
-                return states.get(t.node_status(node)) == "online"
+        def up(node: str) -> bool:
+            return states.get(t.node_status(node)) == "online"
 
-            def answer(m: Message) -> tuple[int, int, Missing, Absent, Pending] | None:
-                try:
-                    doc = json.loads(m.payload)
-                except ValueError:
-                    return None
-                if not isinstance(doc, dict) or doc.get("id") != asked or not doc.get("success"):
-                    return None
-                data = doc.get("data")
-                comps = [x for x in (data.values() if isinstance(data, dict) else [])]
-                comps = [x for x in comps if isinstance(x, dict)]
-                ok = sum(1 for x in comps if x.get("registered"))
-                missing: Missing = {}
-                absent: Absent = {}
-                pending: Pending = {}
-                late = online and time.monotonic() - online_at >= remote_grace
-                for x in comps:
-                    if x.get("registered"):
-                        continue
-                    node, drv, name = str(x.get("node")), str(x.get("driver")), str(x.get("name"))
-                    why = gone.get(t.node_status(node), {}).get(drv)
-                    error = str(x.get("error") or "")
-                    if error.startswith(BROKEN_DRIVER):  # not retried: nothing to wait for
-                        why = error.removeprefix(BROKEN_DRIVER)
-                    if why:
-                        missing.setdefault((node, drv), (why, []))[1].append(name)
-                    elif late and node != local_node and not up(node):
-                        absent.setdefault(node, []).append(name)
-                    elif x.get("error"):
-                        pending[name] = str(x["error"])
-                    elif not up(node):
-                        pending[name] = f"its node {node} is not online"
-                    else:
-                        pending[name] = "not registered yet: its driver has not connected"
-                return ok, len(comps), missing, absent, pending
-
-            while time.monotonic() < deadline and proc.poll() is None:
-                try:
-                    m = await c.next_message(1.0)
-                except MqttTimeout:  # a request (or its reply) was lost: ask again
-                    if online:
-                        await ask()
+        def answer(payload: bytes) -> tuple[int, int, Missing, Absent, Pending] | None:
+            try:
+                doc = json.loads(payload)
+            except ValueError:
+                return None
+            if not isinstance(doc, dict) or doc.get("id") != asked or not doc.get("success"):
+                return None
+            data = doc.get("data")
+            comps = [x for x in (data.values() if isinstance(data, dict) else [])]
+            comps = [x for x in comps if isinstance(x, dict)]
+            ok = sum(1 for x in comps if x.get("registered"))
+            missing: Missing = {}
+            absent: Absent = {}
+            pending: Pending = {}
+            late = online and time.monotonic() - online_at >= remote_grace
+            for x in comps:
+                if x.get("registered"):
                     continue
-                if m.topic == reply_to:
-                    got = answer(m)
-                    if got is None:
-                        continue
-                    last, asked = got, None
-                    ok, n, missing, absent, _pending = got
-                    settled = sum(len(v[1]) for v in missing.values())
-                    if ok + settled + sum(len(v) for v in absent.values()) == n:
-                        return last
-                elif m.topic == t.scheduler_status():
-                    was, online = online, _state(_doc(m.payload)) == "online"
-                    if online and not was:
-                        online_at = time.monotonic()
-                    dirty = True
+                node, drv, name = str(x.get("node")), str(x.get("driver")), str(x.get("name"))
+                why = gone.get(t.node_status(node), {}).get(drv)
+                error = str(x.get("error") or "")
+                if error.startswith(BROKEN_DRIVER):  # not retried: nothing to wait for
+                    why = error.removeprefix(BROKEN_DRIVER)
+                if why:
+                    missing.setdefault((node, drv), (why, []))[1].append(name)
+                elif late and node != local_node and not up(node):
+                    absent.setdefault(node, []).append(name)
+                elif x.get("error"):
+                    pending[name] = str(x["error"])
+                elif not up(node):
+                    pending[name] = f"its node {node} is not online"
                 else:
-                    if m.topic.startswith(node_prefix):
-                        doc = _doc(m.payload)  # read once: its drivers and its state
-                        gone[m.topic] = _missing_drivers(doc)
-                        states[m.topic] = _state(doc)
-                    dirty = True
-                # one request at a time; a change meanwhile asks again on its reply (or
-                # at once, if that reply is a second late: lost)
-                if online and dirty and (asked is None or time.monotonic() - asked_at > 1.0):
-                    await ask()
-            return last
-        finally:
-            await c.disconnect()
+                    pending[name] = "not registered yet: its driver has not connected"
+            return ok, len(comps), missing, absent, pending
 
-    return asyncio.run(go())
+        while time.monotonic() < deadline and proc.poll() is None and not link.aborted:
+            assert link.session is not None
+            try:
+                topic, payload, _retained = link.session.receive(
+                    min(time.monotonic() + 1.0, deadline)
+                )
+            except SessionTimeout:  # a request (or its reply) was lost: ask again
+                if online:
+                    ask()
+                continue
+            except SessionError:  # the connection was lost (or aborted): again, fresh
+                asked = None
+                if not link.open(deadline):
+                    break
+                continue
+            if topic == reply_to:
+                got = answer(payload)
+                if got is None:
+                    continue
+                last, asked = got, None
+                ok, n, missing, absent, _pending = got
+                settled = sum(len(v[1]) for v in missing.values())
+                if ok + settled + sum(len(v) for v in absent.values()) == n:
+                    return last
+            elif topic == t.scheduler_status():
+                was, online = online, _state(_doc(payload)) == "online"
+                if online and not was:
+                    online_at = time.monotonic()
+                dirty = True
+            else:
+                if topic.startswith(node_prefix):
+                    doc = _doc(payload)  # read once: its drivers and its state
+                    gone[topic] = _missing_drivers(doc)
+                    states[topic] = _state(doc)
+                dirty = True
+            # one request at a time; a change meanwhile asks again on its reply (or at
+            # once, if that reply is a second late: lost)
+            if online and dirty and (asked is None or time.monotonic() - asked_at > 1.0):
+                ask()
+        return last
+    finally:
+        link.close()

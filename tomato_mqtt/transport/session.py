@@ -12,6 +12,7 @@ call over WebSockets (:mod:`tomato_mqtt.transport.oneshot` picks).
 from __future__ import annotations
 
 import _socket
+import contextlib
 import struct
 import time
 
@@ -178,6 +179,14 @@ class Session:
         finally:
             self._sock.close()
             self._sock = None
+
+    def shutdown(self) -> None:
+        """From another thread: end the connection, so that what waits on it (a read)
+        returns at once with :class:`SessionError`."""
+        sock = self._sock
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(_socket.SHUT_RDWR)
 
     # -- packets -------------------------------------------------------------------------
     def _next_mid(self) -> int:
