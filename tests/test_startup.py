@@ -182,22 +182,46 @@ def test_a_supervisor_killed_during_start_is_said_so_at_once(tmp_path: Path) -> 
     assert not processes_of(st.port), "a service of the failed start is left"
 
 
-def test_a_start_whose_supervisor_is_stopped_ends_at_its_timeout(tmp_path: Path) -> None:
+#: where the supervisor is stopped: once `tomato start` waits for it, or (the Linux fork
+#: path) at once after its fork, before its setsid: still in the start's process group
+_STOPS = {
+    "while waited for": (
+        "real = start_core.wait_ready\n"
+        "def wait_ready(ctx, proc, *a, **k):\n"
+        "    os.kill(proc.pid, signal.SIGSTOP)\n"
+        "    return real(ctx, proc, *a, **k)\n"
+        "start_core.wait_ready = wait_ready\n"
+    ),
+    "before its setsid": (
+        "from tomato_mqtt.cli import preload\n"
+        "real = preload._supervisor\n"
+        "def supervisor(*a, **k):\n"
+        "    os.kill(os.getpid(), signal.SIGSTOP)\n"
+        "    real(*a, **k)\n"
+        "preload._supervisor = supervisor\n"
+    ),
+}
+
+
+@pytest.mark.parametrize("where", list(_STOPS))
+def test_a_start_whose_supervisor_is_stopped_ends_at_its_timeout(
+    tmp_path: Path, where: str
+) -> None:
     """An outside review: the supervisor stopped (SIGSTOP) while `tomato start` waited;
-    at the timeout its SIGTERM was not acted on until the SIGKILL 5 s later."""
+    at the timeout its SIGTERM was not acted on until the SIGKILL 5 s later. And a
+    loaded CI run: one stopped before its setsid got no signal at all (sent to its
+    process group only), and held the start's output pipes: its caller hung."""
     st = make_stack(tmp_path)
     code = (
         "import os, signal, sys, time\n"
         "from tomato_mqtt.cli import fast, start_core\n"
-        "real, take_down = start_core.wait_ready, start_core._take_down\n"
-        "def wait_ready(ctx, proc, *a, **k):\n"
-        "    os.kill(proc.pid, signal.SIGSTOP)\n"
-        "    return real(ctx, proc, *a, **k)\n"
+        f"{_STOPS[where]}"
+        "take_down = start_core._take_down\n"
         "def timed(proc):\n"
         "    t0 = time.monotonic()\n"
         "    take_down(proc)\n"
         "    print(f'took down in {time.monotonic() - t0:.2f} s', file=sys.stderr)\n"
-        "start_core.wait_ready, start_core._take_down = wait_ready, timed\n"
+        "start_core._take_down = timed\n"
         "sys.argv = ['tomato', 'start', *sys.argv[1:]]\n"
         "fast.tomato()\n"
     )
@@ -205,7 +229,7 @@ def test_a_start_whose_supervisor_is_stopped_ends_at_its_timeout(tmp_path: Path)
         [sys.executable, "-c", code, *st.dirs(), "-p", str(st.port), "-t", "2s"],
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=30,
     )
     assert res.returncode == 1 and "did not come up within 2 s" in res.stderr, res
     took = float(res.stderr.split("took down in ")[1].split()[0])

@@ -283,18 +283,25 @@ def _take_down(proc: subprocess.Popen[bytes] | preload.Forked) -> None:
     """Stop the supervisor of a failed start and everything it started (its session)."""
     import signal
 
-    if proc.poll() is None:
+    def signal_all(sig: int) -> None:
+        # its children are in its session and process group (start_new_session, setsid);
+        # the process itself also by its pid: one stopped just after its fork, before
+        # its setsid, is still in ours and no signal to its group reached it (a loaded
+        # CI run: the start's pipes stayed held, its caller waited for ever)
         with contextlib.suppress(OSError):
-            os.killpg(proc.pid, signal.SIGTERM)
+            os.killpg(proc.pid, sig)
+        if proc.poll() is None:  # (not reaped: its pid is not another process's yet)
+            with contextlib.suppress(OSError):
+                os.kill(proc.pid, sig)
+
+    if proc.poll() is None:
+        signal_all(signal.SIGTERM)
         # a stopped process acts on its SIGTERM only once continued: a start whose
         # supervisor was stopped took 5 s more than its timeout (an outside review)
-        with contextlib.suppress(OSError):
-            os.killpg(proc.pid, signal.SIGCONT)
+        signal_all(signal.SIGCONT)
         with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(5)
-    # its children are in the same session and process group (start_new_session)
-    with contextlib.suppress(OSError):
-        os.killpg(proc.pid, signal.SIGKILL)
+    signal_all(signal.SIGKILL)
     with contextlib.suppress(subprocess.TimeoutExpired):
         proc.wait(5)
 
