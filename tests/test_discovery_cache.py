@@ -1,6 +1,6 @@
 """Driver discovery is scanned once per process, and again after ``refresh`` (a reload,
-a node's ``configure``) or for a name not found, when a package was installed or removed
-since (a folder on ``sys.path`` changed)."""
+a node's ``configure``) or for a name not found, when a package was installed, upgraded
+or removed since (the packages' metadata on ``sys.path`` changed)."""
 
 from __future__ import annotations
 
@@ -45,7 +45,11 @@ def test_scanned_once_rescanned_when_a_package_was_installed(
     discovery.load_driver("example_counter")
     assert len(calls) == 1  # a node's every status used to rescan (~30 ms each)
     # a reload, or a node configured again (5 times in a node's first second), with
-    # nothing installed since: the scan stands (3-16 ms each on the node's start)
+    # nothing installed since: the scan stands (3-16 ms each on the node's start); also
+    # when other files come and go in a folder on the path (a source folder of an
+    # editable install: a CI run's coverage files there rescanned at each reload)
+    (site_dir / ".coverage.host.123.xyz").write_text("x")
+    (site_dir / "zz_module.py").write_text("")
     discovery.refresh()
     discovery.available_drivers()
     with pytest.raises(discovery.DriverNotFound):
