@@ -156,10 +156,6 @@ def _who(st: NodeStatus) -> tuple[int, int | None, str | None]:
     return (st.epoch, st.pid, st.host)
 
 
-#: s after pint's registry loaded, its heap is frozen (see setup)
-FREEZE_AFTER = 2.0
-
-
 class NodeService(Service):
     def __init__(self, config: NodeConfig) -> None:
         super().__init__(
@@ -234,11 +230,11 @@ class NodeService(Service):
         self.epoch = self.spool.new_epoch()
         # pint's registry takes ~0.5 s to load: do it while connecting, not at registration
         self._units_loaded = asyncio.ensure_future(asyncio.to_thread(_load_units))
-        # pint's registry is for good: out of the garbage collector's way (idle.py), a
-        # little later: the collection before the freeze (~10 ms of the event loop) ran
-        # just before the components registered, on the path `tomato start` waits for
-        loop = asyncio.get_running_loop()
-        self._units_loaded.add_done_callback(lambda _f: loop.call_later(FREEZE_AFTER, freeze_heap))
+        # pint's registry is for good: out of the garbage collector's way (idle.py), at
+        # once: a job started right after it would otherwise have its collections walk it
+        # (a later freeze was tried, to keep the collection before it, ~10 ms, off the
+        # path `tomato start` waits for: the one-point bench could not tell them apart)
+        self._units_loaded.add_done_callback(lambda _f: freeze_heap())
         node_handlers: dict[str, Handler] = {
             "configure": self._op_configure,
             "rebirth": self._op_rebirth,
