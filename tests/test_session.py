@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
+import threading
+import time
 
 import pytest
 
@@ -125,3 +128,27 @@ def test_a_malformed_length_is_refused() -> None:
         s._split()
     s._buf = bytes([0x30, 0x80])  # incomplete: wait for more
     assert s._split() is None
+
+
+def test_a_shutdown_from_another_thread_ends_a_wait_and_a_connect_yet_to_come() -> None:
+    """`tomato start`'s wait (cli/ready.py): its supervisor gone, another thread shuts
+    the session down; a read in progress ends at once, and so does a connect that had
+    not made its socket yet (the port listens, nobody answers: it waited its timeout)."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(4)  # accepted by the kernel, never served: CONNACK never comes
+        url = BrokerURL(host="127.0.0.1", port=listener.getsockname()[1])
+        early = Session(url, "t-early")
+        early.shutdown()  # before its connect made a socket
+        t0 = time.monotonic()
+        with pytest.raises(SessionError, match="shut down"):
+            early.connect(10.0)
+        assert time.monotonic() - t0 < 2.0
+        early.close()
+        waiting = Session(url, "t-waiting")
+        threading.Timer(0.3, waiting.shutdown).start()
+        t0 = time.monotonic()
+        with pytest.raises(SessionError):
+            waiting.connect(10.0)  # waits for a CONNACK: ended by the shutdown
+        assert time.monotonic() - t0 < 2.0
+        waiting.close()

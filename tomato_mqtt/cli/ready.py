@@ -16,6 +16,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from tomato_mqtt.cli import core
+from tomato_mqtt.transport.session import Session, SessionError, SessionRefused, SessionTimeout
 
 if TYPE_CHECKING:
     from tomato_mqtt.cli.preload import Forked
@@ -81,55 +82,47 @@ class _Link:
     in which the services it waits for start on the same two cores."""
 
     def __init__(self, ctx: core.CallContext, timeout: float) -> None:
-        from tomato_mqtt.transport.session import Session
-
         self.url = ctx.url
         self.client_id = f"cli-start-{os.getpid()}-{os.urandom(3).hex()}"
         self.topics: list[str] = []  # subscribed to on each connection
         self.keepalive = min(65535, int(timeout) + 60)  # it sends no PINGREQ: outlast the wait
-        self._session_cls = Session
         self.session: Session | None = None
-        self.aborted = False
-        self.ended = threading.Event()  # the wait is over: nothing more to abort
+        self.aborted = threading.Event()
 
     def abort(self) -> None:
-        """(From the watching thread.) Every 0.1 s until the wait has ended, so that a
-        connection made just after the first try is ended too."""
-        self.aborted = True
-        while not self.ended.is_set():
-            if self.session is not None:
-                self.session.shutdown()
-            self.ended.wait(0.1)
+        """(From the watching thread.) The session :meth:`open` made or is making is
+        shut down: it publishes each one before it connects, then looks at the flag."""
+        self.aborted.set()
+        s = self.session
+        if s is not None:
+            s.shutdown()
 
-    def open(self, deadline: float) -> bool:
+    def open(self, deadline: float) -> Session | None:
         """Connect and subscribe; retried until ``deadline`` while the broker does not
         answer (the port listens already: one connect is served when the broker is).
-        False when aborted, refused or out of time."""
-        from tomato_mqtt.transport.session import SessionError, SessionRefused
-
-        while not self.aborted:
+        None when aborted, refused or out of time. (A TCP connect in progress ends at its
+        timeout, not at an abort: to the stack's own port it is made at once.)"""
+        while not self.aborted.is_set():
             left = deadline - time.monotonic()
             if left <= 0:
-                return False
-            s = self._session_cls(self.url, self.client_id, keepalive=self.keepalive)
-            self.session = s
+                return None
+            s = self.session = Session(self.url, self.client_id, keepalive=self.keepalive)
+            if self.aborted.is_set():  # (set before abort() could see this session)
+                return None
             try:
                 s.connect(left)
-                if self.aborted:
-                    return False
                 for topic in self.topics:
                     s.subscribe(topic, 0, max(0.1, deadline - time.monotonic()))
-                return True
+                return s
             except SessionRefused:
                 s.close()
-                return False
+                return None
             except SessionError:  # not listening yet (an external broker), or lost
                 s.close()
-                time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
-        return False
+                self.aborted.wait(min(0.2, max(0.0, deadline - time.monotonic())))
+        return None
 
     def close(self) -> None:
-        self.ended.set()
         if self.session is not None:
             self.session.close()
 
@@ -157,7 +150,6 @@ def wait_ready(
 
     from tomato_mqtt.errors import BROKEN_DRIVER
     from tomato_mqtt.transport.oneshot import SCHEMA
-    from tomato_mqtt.transport.session import SessionError, SessionTimeout
 
     deadline = time.monotonic() + timeout
     t = ctx.topics
@@ -165,9 +157,11 @@ def wait_ready(
     reply_to = t.reply(link.client_id)
     link.topics = [reply_to, t.scheduler_status(), t.all_component_meta(), t.all_node_status()]
     _watch_exit(proc, link)
-    if not link.open(deadline):
+    opened = link.open(deadline)
+    if opened is None:
         link.close()
         return None
+    session: Session = opened  # (the one `ask` publishes on: made again if lost)
     try:
         last: tuple[int, int, Missing, Absent, Pending] | None = None
         online = False
@@ -184,8 +178,7 @@ def wait_ready(
             asked, asked_at, dirty = uuid.uuid4().hex, time.monotonic(), False
             env = {"schema": SCHEMA, "id": asked, "reply_to": reply_to}
             doc = {**env, "args": {"what": "components"}}
-            assert link.session is not None
-            link.session.publish(t.scheduler_cmd("status"), json.dumps(doc).encode(), qos=1)
+            session.publish(t.scheduler_cmd("status"), json.dumps(doc).encode(), qos=1)
 
         def up(node: str) -> bool:
             return states.get(t.node_status(node)) == "online"
@@ -225,20 +218,19 @@ def wait_ready(
                     pending[name] = "not registered yet: its driver has not connected"
             return ok, len(comps), missing, absent, pending
 
-        while time.monotonic() < deadline and proc.poll() is None and not link.aborted:
-            assert link.session is not None
+        while time.monotonic() < deadline and proc.poll() is None and not link.aborted.is_set():
             try:
-                topic, payload, _retained = link.session.receive(
-                    min(time.monotonic() + 1.0, deadline)
-                )
+                topic, payload, _retained = session.receive(min(time.monotonic() + 1.0, deadline))
             except SessionTimeout:  # a request (or its reply) was lost: ask again
                 if online:
                     ask()
                 continue
             except SessionError:  # the connection was lost (or aborted): again, fresh
                 asked = None
-                if not link.open(deadline):
+                again = link.open(deadline)
+                if again is None:
                     break
+                session = again
                 continue
             if topic == reply_to:
                 got = answer(payload)

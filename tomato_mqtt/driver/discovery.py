@@ -54,7 +54,7 @@ def _installed_stamp() -> tuple[tuple[str, str, int], ...]:
     one (an upgrade changes its name; a reinstall makes it anew, a new mtime). Not the
     folders' own mtime: a source folder on the path (an editable install) changes with
     every file written into it (a test run's coverage files rescanned at each reload).
-    ~0.2-0.5 ms, against a scan's 3-30 ms."""
+    ~0.7 ms, against a scan's 3-30 ms."""
     out = []
     for p in sys.path:
         try:

@@ -326,8 +326,8 @@ class Supervisor:
             pids = _pids(out.decode(errors="replace"), pipes)
             tail = err.decode(errors="replace").strip().splitlines()[-1:]
             said = (proc.returncode, f": {tail[0]}" if tail else "")
-        except OSError as e:
-            log.warning("the preloader could not start (%s): spawning the services", e)
+        except OSError as e:  # (said once, with the others, by _adopt)
+            said = (None, f"; it could not start: {e}")
             for _, w in pipes.values():
                 with contextlib.suppress(OSError):
                     os.close(w)

@@ -119,6 +119,7 @@ class Session:
         self._buf = b""
         self._mid = 0
         self._pending: list[tuple[str, bytes, bool]] = []  # arrived while waiting for a SUBACK
+        self._shut = False  # shutdown() was called (from another thread)
 
     # -- connection ---------------------------------------------------------------------
     def connect(self, timeout: float) -> None:
@@ -133,6 +134,8 @@ class Session:
         if u.tls:
             sock = self._wrap_tls(sock)  # type: ignore[arg-type]
         self._sock = sock
+        if self._shut:  # shutdown() came while the socket was being made (see there)
+            raise SessionError(f"the connection to the MQTT broker at {u} was shut down")
         flags = 0x02  # clean session
         payload = _utf8(self.client_id)
         if u.username:
@@ -182,7 +185,10 @@ class Session:
 
     def shutdown(self) -> None:
         """From another thread: end the connection, so that what waits on it (a read)
-        returns at once with :class:`SessionError`."""
+        returns at once with :class:`SessionError`; also one :meth:`connect` is still
+        making (it looks at the flag once its socket is public: one of the two sees the
+        other)."""
+        self._shut = True
         sock = self._sock
         if sock is not None:
             with contextlib.suppress(OSError):
