@@ -121,3 +121,63 @@ async def test_filters_nobody_holds_leave_nothing_in_the_broker() -> None:
             assert got and got[0] == b"still routed", got
     finally:
         await b.stop()
+
+
+def test_the_filter_tree_offers_exactly_the_filters_amqtt_matches() -> None:
+    """The broker finds a topic's subscribers through a tree of the filters' levels
+    (``_offered``) and amqtt's own match: the same filters as amqtt's match of every one,
+    for random filters and topics with wildcards, empty levels, ``$`` topics and
+    malformed filters."""
+    import logging
+    import random
+    import types
+
+    from amqtt.broker import Broker
+    from tomato_mqtt_broker.server import _filter_tree, _offered
+
+    rng = random.Random(15)
+    me = types.SimpleNamespace(logger=logging.getLogger("test-broker-matching"))
+
+    def match(topic: str, f: str) -> bool:
+        return bool(Broker._matches(me, topic, f))  # type: ignore[arg-type]
+
+    words = ["a", "b", "c", "", "$SYS", "tomato"]
+    levels = [*words, "+", "+", "#", "a+", "#b"]
+    for _ in range(300):
+        filters = {
+            "/".join(rng.choice(levels) for _ in range(rng.randint(1, 4)))
+            for _ in range(rng.randint(1, 30))
+        }
+        tree = _filter_tree(filters)
+        for _ in range(20):
+            topic = "/".join(rng.choice(words) for _ in range(rng.randint(1, 5)))
+            want = {f for f in filters if match(topic, f)}
+            got = [f for f in _offered(tree, topic.split("/")) if match(topic, f)]
+            assert len(got) == len(set(got)), (topic, got)
+            assert set(got) == want, (topic, sorted(filters))
+    # a filter ending in '#' also matches its parent level [MQTT-4.7.1-2]
+    assert list(_offered(_filter_tree(["a/#"]), ["a"])) == ["a/#"]
+
+
+async def test_a_subscription_made_after_a_topic_was_broadcast_gets_its_next_message(
+    broker: RunningBroker, instance: str
+) -> None:
+    """The broker remembers which filters a topic matched: a filter added (or removed)
+    since must count for that topic's next message."""
+    topic = f"tomato/v2/{instance}/component/x/data"
+    async with AsyncClient(broker.url) as pub, AsyncClient(broker.url) as early:
+        await early.subscribe(topic)
+        await pub.publish(topic, b"1")
+        assert (await early.next_message(5)).payload == b"1"  # the topic's filters are known
+        marker = f"tomato/v2/{instance}/marker"
+        async with AsyncClient(broker.url) as late:
+            await late.subscribe(f"tomato/v2/{instance}/component/+/data")
+            await late.subscribe(marker)
+            await pub.publish(topic, b"2")
+            assert (await late.next_message(5)).payload == b"2"
+            assert (await early.next_message(5)).payload == b"2"
+            await late.unsubscribe(f"tomato/v2/{instance}/component/+/data")
+            await pub.publish(topic, b"3")
+            await pub.publish(marker, b"m")
+            assert (await early.next_message(5)).payload == b"3"
+            assert (await late.next_message(5)).topic == marker  # not "3"
