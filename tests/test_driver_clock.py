@@ -340,6 +340,20 @@ def test_tasks_of_one_rate_go_onto_its_phases_and_no_point_is_taken_early(
         assert max(early) < 5e-6, max(early)  # wall vs perf clock: < 1 µs apart
 
 
+def test_a_task_s_wall_and_perf_start_are_read_together(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A preemption between the two readings of a task's start (a CI run: 38 µs) put
+    every point's wall time that far off its deadline; the pair is read again."""
+    import types
+
+    from tomato_mqtt.driver import clock
+
+    perf = iter([10.0, 10.000038, 20.0, 20.000002])  # preempted, then a clean pair
+    wall = iter([1000.0, 2000.0])
+    fake = types.SimpleNamespace(perf_counter=lambda: next(perf), time=lambda: next(wall))
+    monkeypatch.setattr(clock, "time", fake)
+    assert clock._clock_pair() == (2000.0, 20.000002)
+
+
 class Busy(Clocked):
     """Each call keeps the clock busy for 3.5 ms; records each point's deadline and how
     long the clock's thread had waited for a CPU then (tests/cpuwait.py)."""

@@ -62,6 +62,26 @@ def nap(seconds: float, stop: threading.Event) -> None:
         stop.wait(seconds)
 
 
+#: s: the most a wall-clock reading may be off its ``perf_counter`` twin (_clock_pair)
+PAIR_GAP = 1e-5
+
+
+def _clock_pair() -> tuple[float, float]:
+    """``time.time()`` and ``time.perf_counter()`` of one moment: a task's deadlines
+    are kept on the second and its points' times told in the first. Read one after the
+    other, a preemption between the two (a loaded machine: 38 µs seen) put the wall
+    time of every point of the task that far off its deadline; the pair is read again
+    (a few times at most) until it is less than :data:`PAIR_GAP` apart. The wall time
+    is read first, so a deadline told in wall time is never ahead of its call."""
+    for _ in range(5):
+        before = time.perf_counter()
+        wall = time.time()
+        perf = time.perf_counter()
+        if perf - before < PAIR_GAP:
+            break
+    return wall, perf
+
+
 def _text(e: BaseException) -> str:
     """``str(e)``, or what stands for it when the driver's exception cannot say it."""
     try:
@@ -84,8 +104,7 @@ class Steps:
         self.missed = 0
         self.reason: Literal["done", "stopped", "error"] = "done"
         self.message: str | None = None
-        self.t_start = time.time()
-        self.p_start = time.perf_counter()
+        self.t_start, self.p_start = _clock_pair()
         #: ended on the shared clock (``done()`` called); guarded by the clock's lock
         self.over = False
         #: the phase of its interval the clock put it on (SharedClock._align)
