@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
+import json
 import os
 import shutil
 import subprocess
@@ -29,7 +31,7 @@ from tests.stack import CONFIG
 from tomato_mqtt.config.settings import load_settings
 from tomato_mqtt.services.recorder.service import RecorderService
 from tomato_mqtt.services.scheduler.service import SchedulerService
-from tomato_mqtt.transport.client import AsyncClient, BrokerURL
+from tomato_mqtt.transport.client import AsyncClient, BrokerURL, Message
 from tomato_mqtt.transport.rpc import Requester
 from tomato_mqtt.wire.messages import (
     DataBatch,
@@ -917,3 +919,40 @@ async def test_a_scheduler_started_during_a_cut_launches_nothing_onto_the_node(
                 {"payload": _counter_payload(1.0, 0.1), "submit_dir": str(tmp_path)},
             )
             await _held_then_c(st, job.id, tmp_path, link)
+
+
+@pytest.mark.parametrize("batch_interval", [None, 0.05], ids=["2 batches a second", "20"])
+async def test_the_recorder_acknowledges_a_stream_every_few_seconds_not_every_second(
+    broker: RunningBroker, instance: str, tmp_path: Path, batch_interval: float | None
+) -> None:
+    """An ack is a request to the node and a spool deletion: once a second per stream it
+    cost ~1 CPU-µs of every point at 50 components x 1 kHz. A stream is acknowledged
+    every ACK_EVERY s, or within a second once ACK_BATCHES of its batches wait (a fast
+    stream's spool stays small); after the job, the node's spool still empties."""
+    from tomato_mqtt.services.recorder.service import ACK_BATCHES, ACK_EVERY
+
+    acks: list[tuple[float, int]] = []
+
+    def on_ack(m: Message) -> None:
+        acks.append((time.monotonic(), int(json.loads(m.payload)["args"]["upto"])))
+
+    node = f"[node]\nbatch_interval = {batch_interval}\n" if batch_interval else ""
+    async with inproc_stack(broker.port, tmp_path, instance, settings=node) as st:
+        spool = st.node.spool
+        assert spool is not None
+        await st.client.subscribe(st.topics.pattern("component_cmd", op="ack"), handler=on_ack)
+        await _ready(st)
+        payload = _counter_payload(4.0, 0.02)
+        job = await st.call("job_submit", {"payload": payload, "submit_dir": str(tmp_path)})
+        done = await st.wait_job(job.id, {"c", "ce", "cd"}, timeout=60)
+        assert done.status == "c", done.reason
+        await _spool_empties(spool, ACK_EVERY + 3)  # the last ones acknowledged too
+    assert acks
+    pairs = list(itertools.pairwise(acks))
+    for (t0, upto0), (t1, upto1) in pairs:
+        # each ack after the first: enough batches waited, or enough time went by
+        assert upto1 - upto0 >= ACK_BATCHES or t1 - t0 >= ACK_EVERY - 0.5, acks
+    if batch_interval is None:  # once a second, it was 5 or more for this job
+        assert len(acks) <= 3, acks
+    else:  # 20 batches a second: acknowledged for their number, not after 5 s
+        assert any(u1 - u0 >= ACK_BATCHES and t1 - t0 < 2.5 for (t0, u0), (t1, u1) in pairs), acks
