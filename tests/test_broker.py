@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 
-from tests.conftest import RunningBroker
+import pytest
+
+from tests.conftest import AmqttBroker, RunningBroker
 from tomato_mqtt.transport.client import AsyncClient, Message
 
 
@@ -141,7 +143,7 @@ def test_the_filter_tree_offers_exactly_the_filters_amqtt_matches() -> None:
     def match(topic: str, f: str) -> bool:
         return bool(Broker._matches(me, topic, f))  # type: ignore[arg-type]
 
-    words = ["a", "b", "c", "", "$SYS", "tomato"]
+    words = ["a", "b", "c", "", "$SYS", "tomato", "\0"]
     levels = [*words, "+", "+", "#", "a+", "#b"]
     for _ in range(300):
         filters = {
@@ -150,7 +152,8 @@ def test_the_filter_tree_offers_exactly_the_filters_amqtt_matches() -> None:
         }
         tree = _filter_tree(filters)
         for _ in range(20):
-            topic = "/".join(rng.choice(words) for _ in range(rng.randint(1, 5)))
+            # a '+' or '#' level: a last will's topic (amqtt refuses them only in a PUBLISH)
+            topic = "/".join(rng.choice([*words, "+", "#"]) for _ in range(rng.randint(1, 5)))
             want = {f for f in filters if match(topic, f)}
             got = [f for f in _offered(tree, topic.split("/")) if match(topic, f)]
             assert len(got) == len(set(got)), (topic, got)
@@ -181,3 +184,74 @@ async def test_a_subscription_made_after_a_topic_was_broadcast_gets_its_next_mes
             await pub.publish(marker, b"m")
             assert (await early.next_message(5)).payload == b"3"
             assert (await late.next_message(5)).topic == marker  # not "3"
+
+
+def test_a_topic_of_many_plus_levels_is_matched_in_linear_time() -> None:
+    """A '+' level of a topic follows the tree's '+' child once: twice (as its own level
+    and as '+') doubled the nodes at every level, and a last will on ``+/+/.../+`` (22
+    levels) stopped the broker for 2.7 s (a review)."""
+    import threading
+
+    from tomato_mqtt_broker.server import _filter_tree, _offered
+
+    plus = "/".join(["+"] * 60)
+    tree = _filter_tree([plus, "#", "a/#"])
+    got: list[dict[str, None]] = []
+    t = threading.Thread(target=lambda: got.append(_offered(tree, plus.split("/"))), daemon=True)
+    t.start()
+    t.join(5.0)
+    assert not t.is_alive(), "matching 60 '+' levels did not end within 5 s"
+    assert set(got[0]) == {plus, "#"}
+
+
+async def test_filters_with_a_nul_level_stop_no_one_s_messages(
+    broker: RunningBroker, instance: str
+) -> None:
+    """amqtt takes U+0000 in a filter: the tree kept the filters ending at a node under
+    the key "\0", and a filter ``x/\0`` beside ``x`` broke every later broadcast, for
+    every client (a review). Nor does a topic with such a level lose its message."""
+    root = f"tomato/v2/{instance}"
+    async with AsyncClient(broker.url) as odd, AsyncClient(broker.url) as other:
+        await other.subscribe(f"{root}/#")
+        await odd.subscribe(f"{root}/x")
+        await odd.subscribe(f"{root}/x/\0")
+        for topic in (f"{root}/x", f"{root}/y", f"{root}/x/\0"):
+            await odd.publish(topic, b"1")
+            assert (await other.next_message(5)).topic == topic
+        got = {(await odd.next_message(5)).topic for _ in range(2)}
+        assert got == {f"{root}/x", f"{root}/x/\0"}
+
+
+async def test_a_last_will_on_a_wildcard_topic_is_refused(
+    broker: RunningBroker, instance: str
+) -> None:
+    """A last will is published as any message, and a message's topic has no wildcards
+    [MQTT-3.3.2-2]: amqtt refused them in a PUBLISH and took them in a will."""
+    from tomato_mqtt.transport.client import Will
+    from tomato_mqtt.transport.types import MqttError
+
+    will = Will(f"tomato/v2/{instance}/+/status", b"gone")
+    c = AsyncClient(broker.url, will=will)
+    with pytest.raises(MqttError):
+        await c.connect(timeout=5)
+    await c.disconnect()
+    async with AsyncClient(broker.url, will=Will(f"tomato/v2/{instance}/a/status", b"gone")):
+        pass  # a will on a plain topic is taken
+
+
+async def test_a_long_topic_is_matched_but_not_remembered(
+    broker: RunningBroker, instance: str
+) -> None:
+    """A topic may be 64 KB long: remembering 4,096 of them held ~270 MB (a review)."""
+    from tomato_mqtt_broker.server import MATCHED_TOPIC_CHARS
+
+    long = f"tomato/v2/{instance}/" + "l" * MATCHED_TOPIC_CHARS
+    async with AsyncClient(broker.url) as c:
+        await c.subscribe(f"tomato/v2/{instance}/#")
+        await c.publish(long, b"1")
+        assert (await c.next_message(5)).topic == long
+        await c.publish(f"tomato/v2/{instance}/short", b"2")
+        assert (await c.next_message(5)).topic == f"tomato/v2/{instance}/short"
+    assert isinstance(broker, AmqttBroker) and broker._broker is not None
+    matched = broker._broker._broker._matched
+    assert f"tomato/v2/{instance}/short" in matched and long not in matched
