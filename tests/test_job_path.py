@@ -38,7 +38,8 @@ async def test_a_submit_to_a_ready_pipeline_is_stored_in_two_commits_then_told(
         job = await st.call("job_submit", {"payload": payload, "submit_dir": str(work)})
         assert job.id == 1
         await events.wait(lambda m: decode(JobEvent, m.payload).event == "completed", 30)
-        npoints = st.scheduler.store.job(1).progress["tasks"]["0"]["end"]["npoints"]
+        end = st.scheduler.store.job(1).progress["tasks"]["0"]["end"]
+        npoints, missed = end["npoints"], int(end.get("missed") or 0)
 
     # stored: the job with its file's path (one commit), then its queue state, the job
     # running and its pipeline taken (one commit); only then is anything told or started
@@ -64,8 +65,10 @@ async def test_a_submit_to_a_ready_pipeline_is_stored_in_two_commits_then_told(
     n = 0
     for group in tree.children.values():
         n += group.ds["uts"].size
-    # every point taken is in the file (a loaded machine may miss a deadline: then said)
-    assert n == npoints and npoints + int(ended["detail"]["reason"] is not None) >= 5
+    # every point taken is in the file; a loaded machine may miss deadlines (a CI run: 2
+    # of 5, the broker and every service on this one event loop): counted, and said
+    assert n == npoints and npoints + missed == 5, (npoints, missed)
+    assert missed == 0 or f"missed {missed} of 5" in str(ended["detail"]["reason"]), ended
 
 
 async def test_a_cancel_while_a_launch_is_announced_is_not_lost(
