@@ -336,10 +336,10 @@ def _broker_class(
         # amqtt 0.12 matched each message against every filter held in the broker (two a
         # component on a node's side alone), wrote a debug line for each that did not
         # match and one with the payload's repr, whatever the log level: at 50
-        # components x 1 kHz that was about a third of the broker's CPU. The filters
-        # a topic matches are remembered until a filter is added or removed.
-        # A topic not seen since the filters last changed is looked up in a tree of the
-        # filters' levels; amqtt's own match confirms each filter the tree offers.
+        # components x 1 kHz that was about a third of the broker's CPU. Here a topic is
+        # looked up in a tree of the filters' levels, amqtt's own match confirms each
+        # filter the tree offers, and the result is kept until a filter is added or
+        # removed.
         def _filters_of(self, topic: str) -> tuple[str, ...]:
             subs = self._subscriptions
             matched = self._matched
