@@ -24,6 +24,7 @@ from tomato_mqtt.services.recorder.files import (
     role_points,
 )
 from tomato_mqtt.transport.rpc import CommandError, Result
+from tomato_mqtt.wire.messages import stream_id
 
 if TYPE_CHECKING:
     from tomato_mqtt.services.recorder.service import RecorderService
@@ -61,6 +62,12 @@ class FileOps:
             if not a.snapshot:
                 svc.files.written(jobid, written)
         svc.remember_file(jobid, written)
+        if not a.snapshot:  # its points are in the file: the nodes may let them go now
+            names = {str(m.get("name")) for m in a.roles.values()}
+            streams = [
+                (e.component, stream_id(e.stream, e.epoch)) for e in a.expect if e.stream or e.epoch
+            ]
+            svc.ack_stored(names | {c for c, _ in streams}, streams)
         owner = a.job.get("owner")
         token, size = svc.files.token(written, owner if isinstance(owner, str) else None)
         log.info(

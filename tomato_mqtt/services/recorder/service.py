@@ -18,7 +18,7 @@ import logging
 import sqlite3
 import time
 import uuid
-from collections.abc import Coroutine, Mapping
+from collections.abc import Collection, Coroutine, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -544,21 +544,44 @@ class RecorderService(Service):
                     self.request_missing(component, stream, seq)
 
     async def _ack_loop(self) -> None:
-        # acknowledge a stream's stored batches to its node every ACK_EVERY s, or within
-        # a second once ACK_BATCHES of them wait (a fast stream's spool stays small)
         while True:
             await asyncio.sleep(1.0)
-            if self.store is None:
+            self.ack_stored()
+
+    def ack_stored(
+        self,
+        components: Collection[str] | None = None,
+        streams: Iterable[tuple[str, str]] = (),
+    ) -> None:
+        """Acknowledge the stored batches of each stream to its node.
+
+        From the loop (``components`` None): a stream every ACK_EVERY s, or within a
+        second once ACK_BATCHES of its batches wait (a fast stream's spool stays small).
+        With ``components`` (a job's file was written): every stored batch of theirs at
+        once, and of ``streams`` (component, stream) too, should this recorder have
+        heard nothing of them since it started. A job's last batches otherwise waited up
+        to ACK_EVERY s in the node's spool, and a component that ``tomato reload``
+        removed meanwhile kept them there for good: their ack went to a component the
+        node no longer had.
+        """
+        if self.store is None:
+            return
+        for key in streams:
+            self.streams.setdefault(key, _Stream())
+        now = time.monotonic()
+        for (component, stream), st in list(self.streams.items()):
+            if components is not None and component not in components:
                 continue
-            now = time.monotonic()
-            for (component, stream), st in list(self.streams.items()):
-                hw = self.store.high_water(component, stream)
-                if hw > st.acked and (
-                    hw - st.acked >= ACK_BATCHES or now - st.acked_at >= ACK_EVERY
-                ):
-                    st.acked, st.acked_at = hw, now
-                    args = AckArgs(epoch=epoch_of(stream), upto=hw, stream=stream)
-                    self.spawn(self._node_request(component, "ack", args))
+            hw = self.store.high_water(component, stream)
+            if hw <= st.acked:
+                continue
+            if components is None and not (
+                hw - st.acked >= ACK_BATCHES or now - st.acked_at >= ACK_EVERY
+            ):
+                continue
+            st.acked, st.acked_at = hw, now
+            args = AckArgs(epoch=epoch_of(stream), upto=hw, stream=stream)
+            self.spawn(self._node_request(component, "ack", args))
 
     def remember_file(self, jobid: int, written: Path) -> None:
         """The job's last file, named in recorder/status (bounded: recent jobs only)."""
