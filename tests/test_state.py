@@ -101,6 +101,8 @@ def test_a_scheduler_that_held_the_file_before_writes_nothing_more(tmp_path: Pat
         for _ in range(2):
             with pytest.raises(StoreTaken, match="held by another scheduler now"):
                 old.update_job(job.id, progress={"tasks": {"0": {"state": "running"}}})
+        with pytest.raises(StoreTaken, match="held by another scheduler now"):
+            old.update_progress(job.id, {"tasks": {"0": {"state": "running"}}})  # the runner's
         assert told == ["taken"]  # once
         assert new.job(job.id).progress == ended and new.job(job.id).status == "ce"
         assert old.job(job.id).progress == ended  # it still reads
@@ -200,6 +202,21 @@ def test_unknown_names(store: StateStore) -> None:
         store.update_pipeline("pip-x", ready=True)
     with pytest.raises(KeyError):
         store.update_job(7, reason="x")
+    with pytest.raises(KeyError):
+        store.update_progress(7, {})
+
+
+def test_a_runner_s_progress_is_stored_alone(store: StateStore) -> None:
+    """The runner's frequent save writes the progress column and nothing else: the rest
+    of the job reads back as it was."""
+    job = store.add_job(PAYLOAD, "j", None)
+    store.update_job(job.id, status="r", pipeline="pip-a")
+    before = store.job(job.id)
+    progress = {"tasks": {"0": {"state": "running", "epoch": 3}}, "warnings": ["w"]}
+    store.update_progress(job.id, progress)
+    after = store.job(job.id)
+    assert after.progress == progress
+    assert after.model_dump(exclude={"progress"}) == before.model_dump(exclude={"progress"})
 
 
 def test_sync_pipelines(store: StateStore) -> None:

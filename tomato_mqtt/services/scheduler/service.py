@@ -416,7 +416,7 @@ class SchedulerService(Service):
     def save_progress(self, job: int, progress: dict[str, Any]) -> None:
         if self.store is not None:
             with contextlib.suppress(StoreTaken):  # said once, and this scheduler stops
-                self.store.update_job(job, progress=progress)
+                self.store.update_progress(job, progress)
 
     async def component_request(
         self,
