@@ -11,7 +11,8 @@ table, each on a stack of its own started with ``tomato start`` (bench/scale.py'
   scheduler, 100 % of the points in the file;
 - *one-point*: 50 channels of ``example_counter`` at 1 kHz (one ``do_task`` call per
   point) — the issue's "50 components x 1 kHz" row, same targets per point, except
-  that 50,000 points/s are all it offers: its points/s target is all of them.
+  that 50,000 points/s are all it offers: keeping up with all of them is its 100 % in
+  the file, and its points/s (below the offered rate by the file's lag) is shown only.
 
 Baseline in the same run: raw paho → amqtt → paho with batches of the same shape
 (bench/scale.py's ``raw_limit``).
@@ -58,16 +59,20 @@ def rows(reps: int, duration: float = 5.0) -> list[Row]:
         us = [sum(c.values()) * 1e6 / max(1, p) for c, p in zip(r.cpu, r.points, strict=True)]
         infile = [100.0 * p / r.expected for p in r.points]
         # the issue's >= 100,000 points/s needs a shape that offers that many: the bulk
-        # one (200,000 offered); 50 x 1 kHz offers 50,000, and keeping up with all of
-        # them is its target
-        want = min(100_000, int(n * rate))
+        # one (200,000 offered). 50 x 1 kHz offers 50,000, and keeping up with all of
+        # them is its "100 % in the file" row: its points/s, counted over the task and
+        # the file's lag, is below the offered rate by construction (any lag > 0), so
+        # it is shown, not judged (it was judged against all offered until session 36:
+        # a check that could not pass)
+        offered = int(n * rate)
+        judged = offered >= 100_000
         out += [
             Row(
                 f"{label}: points/s into the file",
                 "points/s",
                 pps,
-                f">= {want:,}" + ("" if want == 100_000 else " (all offered)"),
-                r.pps >= want,
+                ">= 100,000" if judged else f"info (offers {offered:,}: see 100 % below)",
+                r.pps >= 100_000 if judged else True,
                 baseline="raw paho → amqtt → paho",
                 baseline_values=[raw_pps],
                 fmt="{:.0f}",
