@@ -28,9 +28,13 @@ class Clocked(Probe):
     def __init__(self, driver: ModelInterface, key: tuple[str, str], **kwargs: Any) -> None:
         super().__init__(driver, key, **kwargs)
         self.threads: set[str] = set()
+        # each point's deadline index and how long the calling thread had waited for a
+        # CPU then (tests/cpuwait.py)
+        self.waits: list[tuple[int, float | None]] = []
 
     def do_task(self, task: TaskSpec, t_start: float, t_now: float) -> Mapping[str, Any] | None:
         self.threads.add(threading.current_thread().name)
+        self.waits.append((round((t_now - t_start) / task.sampling_interval), run_delay()))
         return super().do_task(task, t_start, t_now)
 
 
@@ -149,7 +153,13 @@ def test_a_late_call_on_the_clock_is_not_burst_called_and_is_counted(comps: list
     c.runner.start_task(task(0.2, 0.01))
     end = c.ends.wait(5)
     points, _ = c.runner.drain()
-    assert end.npoints + end.missed == 20 and 3 <= end.missed <= 8, end
+    assert end.npoints + end.missed == 20 and end.missed >= 3, end
+    # the 50 ms block skips 4-5 deadlines; more only while the clock's thread waited for
+    # a CPU (a loaded 2-core CI box: 12 missed once), which is the machine's, not the
+    # clock's (tests/cpuwait.py)
+    assert isinstance(c.dev, Clocked)
+    unexplained, waited = unexplained_misses(c.dev.waits, 20, 0.01)
+    assert unexplained <= 8, (end, unexplained, waited)
     steps = [b.uts - a.uts for a, b in itertools.pairwise(points)]
     assert sum(s < 0.005 for s in steps) <= 2, steps
 
@@ -358,12 +368,8 @@ class Busy(Clocked):
     """Each call keeps the clock busy for 3.5 ms; records each point's deadline and how
     long the clock's thread had waited for a CPU then (tests/cpuwait.py)."""
 
-    def __init__(self, driver: ModelInterface, key: tuple[str, str], **kwargs: Any) -> None:
-        super().__init__(driver, key, **kwargs)
-        self.calls: list[tuple[int, float | None]] = []
-
     def do_task(self, task: TaskSpec, t_start: float, t_now: float) -> Mapping[str, Any] | None:
-        self.calls.append((round((t_now - t_start) / task.sampling_interval), run_delay()))
+        self.waits.append((round((t_now - t_start) / task.sampling_interval), run_delay()))
         end = time.perf_counter() + 0.0035
         while time.perf_counter() < end:
             pass
@@ -396,11 +402,11 @@ def test_tasks_of_one_rate_are_spread_so_the_clock_keeps_up(comps: list[Comp]) -
     # more tries only for a machine busy in bursts; the structural misses come every time
     for _attempt in range(3):
         for c, d in zip(cs, devs, strict=True):
-            d.calls.clear()
+            d.waits.clear()
             c.runner.start_task(task(0.6, 0.02))
         ends = [c.ends.wait(10) for c in cs]
         assert all(e.reason == "done" and e.npoints + e.missed == 30 for e in ends), ends
-        counted = [unexplained_misses(d.calls, 30, 0.02) for d in devs]
+        counted = [unexplained_misses(d.waits, 30, 0.02) for d in devs]
         seen.append([(e.missed, n, round(w, 4)) for e, (n, w) in zip(ends, counted, strict=True)])
         if sum(n for _, n, _ in seen[-1]) <= 6:
             break
