@@ -101,7 +101,13 @@ def pytest(extra: list[str]) -> None:
     # 4 workers on a 2-core machine; loadgroup keeps the tests of a module-scoped stack on
     # one worker and spreads the rest, long files first (tests/conftest.py)
     workers = os.environ.get("TOMATO_TEST_WORKERS", "4")
-    par = [] if workers in ("0", "1") else ["-n", workers, "--dist", "loadgroup"]
+    # a worker that crashes (a segfault) fails the run at once and is named: replaced,
+    # it left xdist's loadgroup scheduler waiting for good (pytest-xdist #1323/#1327)
+    par = (
+        []
+        if workers in ("0", "1")
+        else ["-n", workers, "--dist", "loadgroup", "--max-worker-restart", "0"]
+    )
     sh(PY, "-m", "coverage", "run", "-m", "pytest", "-q", *par, *extra)
     sh(PY, "-m", "coverage", "combine", "--quiet")
     sh(PY, "-m", "coverage", "report")
