@@ -26,6 +26,8 @@ from tomato_mqtt.wire.topics import Topics
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 
+# the job runs until the test cancels it from the page: 600 s, not 60, which a CI box
+# loaded by other work used up before the cancel (its button was gone: the job had ended)
 PAYLOAD = """\
 version: "0.2"
 sample:
@@ -33,7 +35,7 @@ sample:
 method:
   - device: "counter"
     technique: "count"
-    time: 60.0
+    time: 600.0
     delay: 0.05
 """
 
