@@ -9,6 +9,7 @@ thread that called them.
 from __future__ import annotations
 
 import itertools
+import statistics
 import threading
 import time
 from collections.abc import Iterator, Mapping
@@ -158,6 +159,7 @@ def test_a_late_call_on_the_clock_is_not_burst_called_and_is_counted(comps: list
     # a CPU (a loaded 2-core CI box: 12 missed once), which is the machine's, not the
     # clock's (tests/cpuwait.py)
     assert isinstance(c.dev, Clocked)
+    assert len(c.dev.waits) == end.npoints == len(points), (len(c.dev.waits), end)
     unexplained, waited = unexplained_misses(c.dev.waits, 20, 0.01)
     assert unexplained <= 8, (end, unexplained, waited)
     steps = [b.uts - a.uts for a, b in itertools.pairwise(points)]
@@ -301,9 +303,10 @@ def test_an_overload_is_shared_out(comps: list[Comp]) -> None:
     got = [e.npoints for e in ends]
     assert all(e.npoints + e.missed == 1000 for e in ends)
     assert sum(e.missed for e in ends) > 0, "no overload: the test proves nothing"
-    # the clock before the fix left some with 1 and 24 of 1,000; shared out, a quiet PC
-    # gives each ~680 and a loaded one (3 CPU hogs on 2 cores) still well over 100
-    assert min(got) >= 50, got
+    # the clock before the fix left some with 1 and 24 of 1,000 while others kept all;
+    # shared out, a quiet PC gives each ~680, 3 CPU hogs on 2 cores over 100, and a full
+    # test run beside it 38-72: judged is the share, not the machine's speed
+    assert min(got) >= 1 and 3 * min(got) >= statistics.median(got), got
 
 
 class Timed(Clocked):

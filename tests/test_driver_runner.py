@@ -15,7 +15,7 @@ from typing import Any
 import pint
 import pytest
 
-from tests.cpuwait import run_delay, unexplained_misses
+from tests.cpuwait import late_wakes, run_delay, unexplained_misses
 from tomato_mqtt.driver import (
     Attr,
     ComponentRunner,
@@ -253,8 +253,13 @@ def test_one_kilohertz_delivers_every_point() -> None:
     assert len(points) == end.npoints
     assert isinstance(rig.dev, Waited)
     missed, waited = unexplained_misses(rig.dev.calls, 1000, 0.001)
-    # a busy 2-core CI machine may stall the thread for a few ms: those points are counted
-    assert end.npoints + end.missed == 1000 and missed < 200, (end.missed, missed, waited)
+    # a busy 2-core CI machine may stall the thread for a few ms: those points are
+    # counted; and a host whose timer wakes late (a VM's stolen time, which no run queue
+    # shows) misses some with a bare sleep loop too: measured twice right after, its share
+    # is allowed (twice over: it comes in bursts)
+    host = max(late_wakes(1000, 0.001), late_wakes(1000, 0.001))
+    assert end.npoints + end.missed == 1000, end
+    assert missed < 200 + 2 * host, (end.missed, missed, waited, host)
     # and the test's own wake-up at the end waits for a CPU as well
     waited += main1 - main0 if main0 is not None and main1 is not None else 0.0
     assert elapsed - waited < 1.5, (elapsed, waited)

@@ -79,6 +79,7 @@ class _Stream:
     asked_for: tuple[int, tuple[tuple[int, int], ...]] | None = None  # (high water, gaps)
     next_ask: float = 0.0  # monotonic: when the gaps are asked for again
     replayed: int | None = None  # what the node said it sent again, the last time
+    ack_failures: int = 0  # acks in a row the node did not confirm
 
 
 #: replay requests without any result before the recorder says why (and asks less often)
@@ -94,6 +95,10 @@ IDLE_RELEASE_CHUNK = 2000
 #: once a second per stream it was about 1 CPU-µs of every point at 50 x 1 kHz
 ACK_EVERY = 5.0
 ACK_BATCHES = 16
+#: an ack the node did not confirm (no answer, or refused) is sent again at the next
+#: timed round, this many times in a row at most (then the node's spool keeps the
+#: batches until it sends them again, and they are acknowledged then)
+ACK_RETRIES = 5
 
 
 #: jobs shown in recorder/status: the newest, and those merged into most recently
@@ -579,9 +584,30 @@ class RecorderService(Service):
                 hw - st.acked >= ACK_BATCHES or now - st.acked_at >= ACK_EVERY
             ):
                 continue
-            st.acked, st.acked_at = hw, now
-            args = AckArgs(epoch=epoch_of(stream), upto=hw, stream=stream)
-            self.spawn(self._node_request(component, "ack", args))
+            prev, st.acked, st.acked_at = st.acked, hw, now
+            self.spawn(self._ack(component, stream, st, prev, hw))
+
+    async def _ack(self, component: str, stream: str, st: _Stream, prev: int, upto: int) -> None:
+        """Send one ack; if the node does not confirm it, the next timed round sends it
+        again (ACK_RETRIES times): after a job's file, no later batch of the stream may
+        come to bring another ack, and its last batches stayed in the spool (review)."""
+        args = AckArgs(epoch=epoch_of(stream), upto=upto, stream=stream)
+        reply = await self._node_request(component, "ack", args)
+        if reply is not None and reply.success:
+            st.ack_failures = 0
+            return
+        if st.acked != upto:
+            return  # a later ack went out meanwhile: it covers these batches
+        st.ack_failures += 1
+        if st.ack_failures <= ACK_RETRIES:
+            st.acked, st.acked_at = prev, time.monotonic()
+        elif st.ack_failures == ACK_RETRIES + 1:
+            why = "no answer" if reply is None else reply.msg
+            log.info(
+                "%s did not confirm the ack of its batches up to %d of stream %s (%s, %d "
+                "tries): they stay in its spool until it sends them again",
+                component, upto, stream, why, ACK_RETRIES + 1,
+            )  # fmt: skip
 
     def remember_file(self, jobid: int, written: Path) -> None:
         """The job's last file, named in recorder/status (bounded: recent jobs only)."""

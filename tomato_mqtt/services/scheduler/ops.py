@@ -331,9 +331,10 @@ class SchedulerOps:
         # (239 took 1.28 s, now 1.1 s, in tests/test_job_path.py's stack), and none
         # can be launched between the read above and its cancel
         cancelled: dict[int, Job] = {}
-        with self.store.transaction():
-            for job in jobs:
-                if job.status in ("q", "qw"):
+        queued = [job for job in jobs if job.status in ("q", "qw")]
+        if queued:  # (a running job's cancel needs no write first: a full disk stops it)
+            with self.store.transaction():
+                for job in queued:
                     # its waiting reason goes ("no pipeline holds sample …" stayed on it)
                     cancelled[job.id] = self.store.update_job(
                         job.id, status="cd", completed_at=_now(), reason=None
