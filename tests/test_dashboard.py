@@ -26,8 +26,7 @@ from tomato_mqtt.wire.topics import Topics
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 
-# the job runs until the test cancels it from the page: 600 s, not 60, which a CI box
-# loaded by other work used up before the cancel (its button was gone: the job had ended)
+# the job runs until the test cancels it from the page
 PAYLOAD = """\
 version: "0.2"
 sample:
@@ -35,7 +34,7 @@ sample:
 method:
   - device: "counter"
     technique: "count"
-    time: 600.0
+    time: 60.0
     delay: 0.05
 """
 
@@ -60,7 +59,15 @@ async def test_dashboard_live_controls(
 ) -> None:
     url = f"mqtt://127.0.0.1:{broker.port}"
     async with (
-        inproc_stack(broker.port, tmp_path, instance) as st,
+        # the scheduler loses a silent node after 10 s (+ 30 s grace), not the tests'
+        # 2 + 3 s: on a loaded CI box the page took that long to say "lost", the job
+        # ended for the lost node, and its cancel button was gone (2 CI runs)
+        inproc_stack(
+            broker.port,
+            tmp_path,
+            instance,
+            settings="[scheduler]\nheartbeat = 0.5\nnode_grace_period = 30.0\nlost_after = 10.0\n",
+        ) as st,
         running_dashboard(url, instance, lost_after=1.5) as dash,
         chromium_page() as (_, page),
         client(url) as other,
