@@ -979,6 +979,22 @@ async def test_the_recorder_acknowledges_a_stream_every_few_seconds_not_every_se
         assert any(u1 - u0 >= ACK_BATCHES and t1 - t0 < ACK_EVERY for (t0, u0), (t1, u1) in pairs)
 
 
+async def _a_2_s_job_ends_c(st: InProc, tmp_path: Path) -> Any:
+    """Run a 2 s job (a point every 0.05 s) on a ready stack: it ends c with every point in its
+    file. Returns the node's spool."""
+    spool = st.node.spool
+    assert spool is not None
+    await _ready(st)
+    job = await st.call(
+        "job_submit", {"payload": _counter_payload(2.0, 0.05), "submit_dir": str(tmp_path)}
+    )
+    done = await st.wait_job(job.id, {"c", "ce", "cd"}, timeout=60)
+    assert done.status == "c", done.reason
+    (final,) = await st.call("job_status", {"jobids": [job.id]})
+    _all_taken_in_file(final)
+    return spool
+
+
 async def test_a_job_s_batches_are_acknowledged_when_its_file_is_written(
     broker: RunningBroker, instance: str, tmp_path: Path
 ) -> None:
@@ -990,18 +1006,9 @@ async def test_a_job_s_batches_are_acknowledged_when_its_file_is_written(
     from tomato_mqtt.services.recorder.service import ACK_EVERY
 
     async with inproc_stack(broker.port, tmp_path, instance) as st:
-        spool = st.node.spool
-        assert spool is not None
-        await _ready(st)
         # 2 s at 10 batches a second: after the first ack, fewer than ACK_BATCHES wait
         # when the job ends, and the next timed round is ACK_EVERY s after the first
-        job = await st.call(
-            "job_submit", {"payload": _counter_payload(2.0, 0.05), "submit_dir": str(tmp_path)}
-        )
-        done = await st.wait_job(job.id, {"c", "ce", "cd"}, timeout=60)
-        assert done.status == "c", done.reason
-        (final,) = await st.call("job_status", {"jobids": [job.id]})
-        _all_taken_in_file(final)
+        spool = await _a_2_s_job_ends_c(st, tmp_path)
         await _spool_empties(spool, 1.0)
         # the component goes (its channel is no longer in the devices file)
         devices = st.settings.devices_file
@@ -1046,15 +1053,6 @@ async def test_an_ack_the_node_did_not_confirm_is_sent_again(
 
     monkeypatch.setattr(RecorderService, "_node_request", losing)
     async with inproc_stack(broker.port, tmp_path, instance) as st:
-        spool = st.node.spool
-        assert spool is not None
-        await _ready(st)
-        job = await st.call(
-            "job_submit", {"payload": _counter_payload(2.0, 0.05), "submit_dir": str(tmp_path)}
-        )
-        done = await st.wait_job(job.id, {"c", "ce", "cd"}, timeout=60)
-        assert done.status == "c", done.reason
-        (final,) = await st.call("job_status", {"jobids": [job.id]})
-        _all_taken_in_file(final)
+        spool = await _a_2_s_job_ends_c(st, tmp_path)
         assert lost, "no ack was sent: the test proves nothing"
         await _spool_empties(spool, ACK_EVERY + 3.0)
