@@ -19,7 +19,7 @@ import threading
 import time
 from collections.abc import Sequence
 
-__all__ = ["late_wakes", "run_delay", "unexplained_misses"]
+__all__ = ["late_wakes", "run_delay", "sample", "unexplained_misses"]
 
 
 def run_delay() -> float | None:
@@ -30,6 +30,12 @@ def run_delay() -> float | None:
             return int(f.read().split()[1]) / 1e9
     except (OSError, IndexError, ValueError):
         return None
+
+
+def sample(t_start: float, t_now: float, interval: float) -> tuple[int, float | None]:
+    """What a driver's call records for :func:`unexplained_misses`: the deadline index of
+    its point (``t_now`` is the deadline) and :func:`run_delay` on the calling thread."""
+    return round((t_now - t_start) / interval), run_delay()
 
 
 def unexplained_misses(

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from tests.cpuwait import run_delay, unexplained_misses
+from tests.cpuwait import sample, unexplained_misses
 from tests.test_driver_runner import Ends, Probe, ProbeDriver, task
 from tomato_mqtt.driver import ComponentRunner, ModelInterface, TaskSpec
 from tomato_mqtt.driver.clock import CLOCK_MAX_INTERVAL, shared_clock
@@ -35,7 +35,7 @@ class Clocked(Probe):
 
     def do_task(self, task: TaskSpec, t_start: float, t_now: float) -> Mapping[str, Any] | None:
         self.threads.add(threading.current_thread().name)
-        self.waits.append((round((t_now - t_start) / task.sampling_interval), run_delay()))
+        self.waits.append(sample(t_start, t_now, task.sampling_interval))
         return super().do_task(task, t_start, t_now)
 
 
@@ -372,7 +372,7 @@ class Busy(Clocked):
     long the clock's thread had waited for a CPU then (tests/cpuwait.py)."""
 
     def do_task(self, task: TaskSpec, t_start: float, t_now: float) -> Mapping[str, Any] | None:
-        self.waits.append((round((t_now - t_start) / task.sampling_interval), run_delay()))
+        self.waits.append(sample(t_start, t_now, task.sampling_interval))
         end = time.perf_counter() + 0.0035
         while time.perf_counter() < end:
             pass

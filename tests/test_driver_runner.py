@@ -15,7 +15,7 @@ from typing import Any
 import pint
 import pytest
 
-from tests.cpuwait import late_wakes, run_delay, unexplained_misses
+from tests.cpuwait import late_wakes, run_delay, sample, unexplained_misses
 from tomato_mqtt.driver import (
     Attr,
     ComponentRunner,
@@ -227,7 +227,7 @@ class Waited(Probe):
         self.calls: list[tuple[int, float | None]] = []
 
     def do_task(self, task: TaskSpec, t_start: float, t_now: float) -> Mapping[str, Any] | None:
-        self.calls.append((round((t_now - t_start) / task.sampling_interval), run_delay()))
+        self.calls.append(sample(t_start, t_now, task.sampling_interval))
         return super().do_task(task, t_start, t_now)
 
 
