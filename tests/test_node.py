@@ -568,3 +568,40 @@ def test_what_a_broken_driver_is_and_what_is_retried() -> None:
     with pytest.raises(BrokenDriver, match="must return a dict of name -> Attr, not list"):
         hc.register(driver(Listy), *hooks)
     assert closed == ["listy"] and hc.device is None
+
+
+def test_a_task_s_status_stays_running_until_its_end_is_told() -> None:
+    """Between the runner's end of a task and the node telling it (``told_end``, after
+    the task's last points are flushed), a status said "idle" with no end: a scheduler
+    that had just restarted asked for it (a rebirth) and ended the job ce, "reports no
+    task since task 0 started" (a CI chaos run, kill-scheduler)."""
+    import threading
+
+    from tomato_mqtt_example_counter import DriverInterface
+
+    from tomato_mqtt.services.node.hosted import HostedComponent
+
+    ended = threading.Event()
+    hc = HostedComponent(config=COUNTER, node="local")
+    hc.register(DriverInterface(), lambda end: ended.set(), lambda msg: None, lambda: None, 100)
+    assert hc.runner is not None
+    try:
+        task = TaskSpec(
+            technique_name="count", max_duration=0.2, sampling_interval=0.05, job=7, index=0
+        )
+        hc.runner.start_task(task)
+        hc.begin(task)
+        assert ended.wait(10), "the task did not end"
+        assert not hc.runner.running  # the runner is free: the end is not told yet
+        st = hc.status(epoch=1)
+        assert (st.state, st.job, st.task, st.last_task) == ("running", 7, 0, None)
+        told = {"job": 7, "task": 0, "reason": "done", "t_start": 1.0, "t_end": 1.2}
+        hc.told_end(told)
+        st = hc.status(epoch=1)
+        assert (st.state, st.job) == ("idle", None)
+        assert st.last_task is not None and (st.last_task.job, st.last_task.task) == (7, 0)
+        # a short task told before begin() ran stays told
+        hc.begin(task)
+        assert hc.status(epoch=1).state == "idle"
+    finally:
+        hc.runner.close()

@@ -215,20 +215,22 @@ class DataPath:
             end = dataclasses.replace(
                 end, reason="error", message=why, npoints=max(0, end.npoints - n)
             )
-        hc.last_task = {
-            "job": end.task.job,
-            "task": end.task.index,
-            "task_name": end.task.task_name,
-            "reason": end.reason,
-            "message": end.message,
-            "t_start": end.t_start,
-            "t_end": end.t_end,
-            "npoints": end.npoints,
-            "missed": end.missed,
-            "epoch": node.epoch,
-            "stream": hc.stream,
-            "last_seq": hc.seq,
-        }
+        hc.told_end(
+            {
+                "job": end.task.job,
+                "task": end.task.index,
+                "task_name": end.task.task_name,
+                "reason": end.reason,
+                "message": end.message,
+                "t_start": end.t_start,
+                "t_end": end.t_end,
+                "npoints": end.npoints,
+                "missed": end.missed,
+                "epoch": node.epoch,
+                "stream": hc.stream,
+                "last_seq": hc.seq,
+            }
+        )
         if end.reason == "error":
             hc.error = end.message
         await node.publish_status(hc)

@@ -89,6 +89,11 @@ class HostedComponent:
     technique: str | None = None
     started_at: float | None = None
     last_task: dict[str, Any] | None = None
+    #: (job, task) of the task that ended on the runner but whose end is not told yet
+    #: (:meth:`told_end`): its status says "running" until then. An "idle" between the
+    #: two, without the end, made the scheduler end the job ce ("reports no task since
+    #: task 0 started"): a rebirth asked by a scheduler that had just restarted (CI)
+    ending: tuple[int | None, int | None] | None = None
     stream: str = ""  # the current data stream (new at each registration; see datapath)
     seq: int = -1
     #: the status attrs last read (shown while a driver call is under way)
@@ -162,6 +167,7 @@ class HostedComponent:
             self.runner = ComponentRunner(device, **hooks)
         self.error = None
         self.retries = 0
+        self.ending = None  # a new runner: no end of the old one's is awaited
 
     @property
     def host_died(self) -> bool:
@@ -178,7 +184,7 @@ class HostedComponent:
     def state(self) -> ComponentState:
         if self.runner is None:
             return "error" if self.error else "unregistered"
-        if self.runner.running:
+        if self.runner.running or (self.ending is not None and not self.runner.closed):
             return "running"
         return "error" if self.error else "idle"
 
@@ -247,3 +253,12 @@ class HostedComponent:
         self.technique = task.technique_name
         self.started_at = time.time()
         self.error = None
+        told = self.last_task or {}
+        if (told.get("job"), told.get("task")) != (task.job, task.index):
+            self.ending = (task.job, task.index)  # (a short task's end may be told already)
+
+    def told_end(self, last_task: dict[str, Any]) -> None:
+        """The end of a task, as its status tells it from now on."""
+        self.last_task = last_task
+        if self.ending == (last_task["job"], last_task["task"]):
+            self.ending = None
