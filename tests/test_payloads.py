@@ -401,6 +401,24 @@ def test_yaml_aliases_may_repeat_parts_but_not_expand_without_bound(tmp_path: Pa
     assert len(parse_document(big)["a"]) == 150_000
 
 
+def test_pure_python_yaml_refuses_the_same_documents(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where PyYAML was built without libyaml, its Python loader reads the documents: the
+    alias bomb and the deep nesting get the same plain answers as with libyaml's."""
+    import yaml
+
+    from tomato_mqtt import errors
+    from tomato_mqtt.errors import DocumentError
+
+    monkeypatch.setattr(errors, "_LOADER", yaml.SafeLoader)
+    levels = ["a0: &a0 [x, x, x, x, x, x, x, x, x]"]
+    levels += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 7)]
+    with pytest.raises(DocumentError, match="expand to more than 100,000 values"):
+        parse_document("\n".join(levels))
+    with pytest.raises(DocumentError, match="nested too deeply"):
+        parse_document("[" * 5000 + "]" * 5000)
+    assert parse_document("a: &x [1, 2]\nb: *x\n") == {"a": [1, 2], "b": [1, 2]}
+
+
 @pytest.mark.parametrize("json_only", [False, True])
 def test_a_document_nested_too_deeply_is_refused_plainly(json_only: bool) -> None:
     """[[[[...]]]] a few thousand deep made PyYAML's composer (and json) recurse out of
