@@ -603,5 +603,19 @@ def test_a_task_s_status_stays_running_until_its_end_is_told() -> None:
         # a short task told before begin() ran stays told
         hc.begin(task)
         assert hc.status(epoch=1).state == "idle"
+        # the next task, accepted by the runner but not begun yet (its start under way):
+        # said as itself, not as the task before (a restarted scheduler stopped that one
+        # as stale, and with it the new task: a review)
+        ended.clear()
+        nxt = TaskSpec(
+            technique_name="count", max_duration=0.2, sampling_interval=0.05, job=8, index=0
+        )
+        hc.runner.start_task(nxt)
+        st = hc.status(epoch=1)
+        assert (st.state, st.job, st.task, st.started_at) == ("running", 8, 0, None)
+        hc.begin(nxt)
+        st = hc.status(epoch=1)
+        assert (st.job, st.task) == (8, 0) and st.started_at is not None
+        assert ended.wait(10), "the task did not end"
     finally:
         hc.runner.close()

@@ -566,6 +566,52 @@ async def test_a_node_whose_spool_disk_is_full_keeps_running_and_loses_no_point(
     assert "cannot write the spool" in caplog.text
 
 
+async def test_a_task_whose_last_points_cannot_be_flushed_still_ends(
+    broker: RunningBroker, instance: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A task's end is told after its last points are flushed; a flush that raised there
+    left the end untold: the component said "running" for good and its job hung (a
+    review). The end is told as an error, the job ends ce naming it, the component is
+    idle; a reset frees a component whose end was never told."""
+    async with inproc_stack(broker.port, tmp_path, instance) as st:
+        await _ready(st)
+        data = st.node.data
+        original_flush, original_ended = data.flush, data.task_ended
+        at_end = False
+        ended: list[str] = []
+
+        async def flush(hc: Any) -> None:
+            nonlocal at_end
+            if at_end:
+                at_end = False
+                raise OSError("injected: no batch could be made")
+            await original_flush(hc)
+
+        async def task_ended(name: str, end: Any) -> None:
+            nonlocal at_end
+            at_end = True
+            ended.append(name)
+            await original_ended(name, end)
+
+        data.flush, data.task_ended = flush, task_ended  # type: ignore[method-assign]
+        work = st.settings.datadir / "work"
+        work.mkdir(parents=True, exist_ok=True)
+        payload = _counter_payload(0.5, 0.1)
+        job = await st.call("job_submit", {"payload": payload, "submit_dir": str(work)})
+        done = await st.wait_job(job.id, {"c", "ce", "cd"}, timeout=30)
+        assert done.status == "ce", done
+        assert "could not be sent" in (done.reason or ""), done.reason
+        hc = st.node.components[ended[0]]
+        assert hc.state == "idle" and hc.ending is None
+        assert hc.last_task is not None and hc.last_task["reason"] == "error"
+        hc.ending = (job.id + 1, 0)  # an end the node never told
+        assert hc.state == "running"
+        reply = await st.raw(st.topics.component_cmd(hc.name, "reset"), {})
+        assert reply.success, reply.msg
+        assert hc.state == "idle"
+    assert "no batch could be made" in caplog.text
+
+
 async def test_a_job_ends_once_the_scheduler_s_state_file_takes_writes_again(
     broker: RunningBroker, instance: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

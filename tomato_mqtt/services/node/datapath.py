@@ -208,7 +208,13 @@ class DataPath:
         hc = node.components.get(name)
         if hc is None:
             return
-        await self.flush(hc)  # every point of the task is in a batch before its end is told
+        try:
+            await self.flush(hc)  # every point of the task is in a batch before its end is told
+        except Exception as e:  # its end is still told: untold, the component stayed
+            # "running" for good and its job hung (a review)
+            why = f"the task's last points could not be sent ({type(e).__name__}: {e})"
+            log.exception("node %s: %s: %s", node.name, hc.name, why)
+            end = dataclasses.replace(end, reason="error", message=why)
         unsent = hc.unsent.pop((end.task.job, end.task.index), None)
         if unsent is not None:  # points are missing: never "done"
             why, n = unsent

@@ -177,8 +177,8 @@ class HostedComponent:
 
     @property
     def busy(self) -> bool:
-        """A task runs (or is stopping) on it."""
-        return self.runner is not None and self.runner.running
+        """A task runs (or is stopping) on it, or its end is not told yet."""
+        return self.runner is not None and self.state == "running"
 
     @property
     def state(self) -> ComponentState:
@@ -228,16 +228,29 @@ class HostedComponent:
                 attrs = {}
                 self.error = self.error or f"status() failed: {e}"
         running = self.state == "running"
+        job, task, task_name, technique, started_at = (
+            (self.job, self.task, self.task_name, self.technique, self.started_at)
+            if running
+            else (None, None, None, None, None)
+        )
+        accepted = self.runner.current_task if self.runner is not None else None
+        if accepted is not None and (accepted.job, accepted.index) != (job, task):
+            # accepted, not begun yet (its start is under way): said as that task, not
+            # as the previous one, which a restarted scheduler had stopped as stale (and
+            # with it the new task: a review)
+            job, task = accepted.job, accepted.index
+            task_name, technique = accepted.task_name, accepted.technique_name
+            started_at = None
         return ComponentStatus(
             name=self.name,
             node=self.node,
             state=self.state,
             time=time.time(),
-            job=self.job if running else None,
-            task=self.task if running else None,
-            task_name=self.task_name if running else None,
-            technique=self.technique if running else None,
-            started_at=self.started_at if running else None,
+            job=job,
+            task=task,
+            task_name=task_name,
+            technique=technique,
+            started_at=started_at,
             attrs=attrs,
             error=self.error,
             epoch=epoch,

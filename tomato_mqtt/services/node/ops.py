@@ -206,6 +206,8 @@ class ComponentOps:
                     f"cannot reset {hc.name}: a task of job {hc.job} is running (use --force)"
                 )
             runner.stop_task("reset")
+        else:  # an end never told (it failed) no longer holds the component "running"
+            hc.ending = None
         try:
             await asyncio.to_thread(runner.reset)
         except Exception as e:
