@@ -237,7 +237,11 @@ class ComponentStatus(WireModel):
     task: int | None = None
     task_name: str | None = None
     technique: str | None = None
-    started_at: float | None = None
+    started_at: float | None = Field(
+        None,
+        description="when the task began (s since the epoch, on the node's clock); null "
+        "when no task runs, and while a task just accepted is still being set up",
+    )
     attrs: dict[str, JsonValue] = Field(default_factory=dict)
     error: str | None = None
     epoch: int = 0
