@@ -132,4 +132,7 @@ def test_broker_config_with_tls_but_no_ca_starts_mosquitto(
     finally:
         proc.terminate()
         _, err = proc.communicate(timeout=10)
-    assert "Error" not in err, err
+    # wait_listening's probe connects and closes without a handshake; OpenSSL 3 may log
+    # that as "unexpected eof while reading" (CI, 2026-12-04). Any other error counts.
+    errors = [e for e in err.splitlines() if "Error" in e and "unexpected eof" not in e]
+    assert not errors, err
