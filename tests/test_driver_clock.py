@@ -353,6 +353,49 @@ def test_tasks_of_one_rate_go_onto_its_phases_and_no_point_is_taken_early(
         assert max(early) < 5e-6, max(early)  # wall vs perf clock: < 1 µs apart
 
 
+def test_a_task_goes_onto_the_first_coming_of_its_least_used_phases() -> None:
+    """Of the phases with the fewest tasks the one that comes first: given phase 0
+    whenever all tied, a task started after another of its rate had ended waited up to
+    a whole interval (49.6 ms at 20 Hz) for its first point."""
+    from types import SimpleNamespace
+
+    from tomato_mqtt.driver.clock import SharedClock
+
+    def steps(p_start: float) -> Any:
+        return SimpleNamespace(si=0.04, p_start=p_start, t_start=p_start + 1e9, phase=0, over=False)
+
+    clock = SharedClock()  # 0.04 s: 8 phases, 5 ms apart
+    first = steps(1000.001)
+    clock._align(first)  # type: ignore[arg-type]
+    assert first.phase == 1 and first.p_start == pytest.approx(1000.005)  # not 1000.04
+    assert first.t_start - first.p_start == pytest.approx(1e9)  # moved alike
+    second = steps(1000.001)  # phase 1 has a task: the next one that comes, phase 2
+    clock._align(second)  # type: ignore[arg-type]
+    assert second.phase == 2 and second.p_start == pytest.approx(1000.010)
+    first.over = second.over = True  # both ended: all phases tie again
+    third = steps(1000.0335)
+    clock._align(third)  # type: ignore[arg-type]
+    assert third.phase == 7 and third.p_start == pytest.approx(1000.035)
+
+
+def test_a_task_after_one_of_its_rate_starts_without_waiting_an_interval(
+    comps: list[Comp],
+) -> None:
+    """Ten 20 Hz tasks one after the other on one component: each starts within an
+    eighth of its interval (6.25 ms) of its request, plus the hand-over to the clock;
+    on phase 0 every time, they waited 0-50 ms (a median of 25)."""
+    c = _new(comps, ClockedDriver())
+    waits = []
+    for _ in range(10):
+        asked = time.time()
+        c.runner.start_task(task(0.1, CLOCK_MAX_INTERVAL))
+        end = c.ends.wait(5)
+        assert end.reason == "done"
+        waits.append(end.t_start - asked)
+    assert c.threads() == {"clock"}
+    assert min(waits) >= 0 and statistics.median(waits) < 0.010, waits
+
+
 def test_a_task_s_wall_and_perf_start_are_read_together(monkeypatch: pytest.MonkeyPatch) -> None:
     """A preemption between the two readings of a task's start (a CI run: 38 µs) put
     every point's wall time that far off its deadline; the pair is read again."""

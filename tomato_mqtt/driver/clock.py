@@ -211,9 +211,13 @@ class SharedClock:
         An interval has ``si / PHASE_SPACING`` phases (at most :data:`MAX_PHASES`):
         the tasks of one phase are called one after the other, and a group that takes
         longer than half an interval costs the last of them their point, so groups stay
-        small: a new task joins the phase with the fewest running tasks. (All tasks of
+        small: a new task joins a phase with the fewest running tasks. (All tasks of
         a rate on one phase halved what the clock could call on time: 15 tasks of 40 µs
-        calls at 1 kHz kept 68 % of their points, 99 % on 2 phases.)
+        calls at 1 kHz kept 68 % of their points, 99 % on 2 phases.) Of those phases it
+        takes the one that comes first: when all tie (no other task of its rate runs),
+        its start moves by at most ``si / n``. Given phase 0 whenever they tied, a task
+        started after another of its rate had ended waited almost a whole interval for
+        its first point (49.6 ms at 20 Hz, 9.6 ms at 100 Hz).
         """
         si = steps.si
         n = max(1, min(MAX_PHASES, int(si / PHASE_SPACING)))
@@ -228,14 +232,20 @@ class SharedClock:
         counts = [0] * n
         for t in live:
             counts[t.phase % n] += 1
-        phase = counts.index(min(counts))
-        offset = phase * si / n
-        try:
-            shift = math.ceil((steps.p_start - offset) / si) * si + offset - steps.p_start
-        except (OverflowError, ValueError):  # an interval too small for the grid: as it is
-            return
-        if 0.0 <= shift < si:
-            steps.phase = phase
+        fewest = min(counts)
+        best: tuple[float, int] | None = None  # (shift, phase)
+        for phase in range(n):
+            if counts[phase] != fewest:
+                continue
+            offset = phase * si / n
+            try:
+                shift = math.ceil((steps.p_start - offset) / si) * si + offset - steps.p_start
+            except (OverflowError, ValueError):  # an interval too small for the grid: as it is
+                return
+            if 0.0 <= shift < si and (best is None or shift < best[0]):
+                best = (shift, phase)
+        if best is not None:
+            shift, steps.phase = best
             steps.p_start += shift
             steps.t_start += shift
 
