@@ -396,6 +396,51 @@ async def test_submit_sends_a_yaml_payload_as_text_and_loads_no_yaml_parser(
         assert rc == 0 and "job submitted successfully with jobid 2" in out, (out, err)
 
 
+async def test_a_submit_without_a_login_name_in_the_environment_names_the_passwd_user(
+    broker: RunningBroker, tmp_path: Path, instance: str
+) -> None:
+    """No LOGNAME/USER (a service, cron, a container): the job's user is the password
+    database's name for this uid, read without ``getpass`` (its termios and warnings
+    were ~2 ms of the submit)."""
+    import pwd
+
+    async with inproc_stack(broker.port, tmp_path, instance) as st:
+        common = ["-p", str(broker.port), "-A", str(st.settings.appdir)]
+        job = tmp_path / "job.yml"
+        job.write_text(
+            "version: '2.1'\nsample: {name: q1}\n"  # 2.1 has no user: the submitter's
+            "method:\n  - {component_role: counter, technique_name: count, max_duration: 0.2,"
+            " sampling_interval: 0.1}\n"
+        )
+        code = (
+            "import sys\n"
+            "from tomato_mqtt.cli import fast\n"
+            f"argv = ['submit', {str(job)!r}, '--json', *{common!r}]\n"
+            "try:\n"
+            "    fast.parse('ketchup', argv)()\n"
+            "finally:\n"
+            "    print('getpass' in sys.modules, file=sys.stderr)\n"
+        )
+        env = {k: v for k, v in os.environ.items() if k not in LOGIN_VARS}
+        res = await asyncio.to_thread(
+            subprocess.run, [sys.executable, "-c", code], capture_output=True, text=True, env=env
+        )
+        assert res.returncode == 0, res.stderr
+        assert res.stderr.splitlines()[-1] == "False", res.stderr
+        user = json.loads(res.stdout)["data"]["payload"]["user"]["identifier"]
+        assert user == pwd.getpwuid(os.getuid()).pw_name
+
+        env["LOGNAME"] = "ada-lovelace"  # the environment's name comes first, as getpass's
+        res = await asyncio.to_thread(
+            subprocess.run, [sys.executable, "-c", code], capture_output=True, text=True, env=env
+        )
+        assert res.returncode == 0, res.stderr
+        assert json.loads(res.stdout)["data"]["payload"]["user"]["identifier"] == "ada-lovelace"
+
+
+LOGIN_VARS = ("LOGNAME", "USER", "LNAME", "USERNAME")
+
+
 async def test_a_submit_nobody_answered_says_the_job_may_still_come(
     broker: RunningBroker, tmp_path: Path
 ) -> None:

@@ -69,7 +69,9 @@ def _parsed(payload: File) -> dict[str, Any]:
 
 
 def submit(opts: Opts, payload: File, jobname: str | None) -> None:
-    user = _username()
+    from tomato_mqtt.config.login import login_name
+
+    user = login_name()
     text = _as_text(payload)
     ctx = opts.context()
     args: dict[str, Any] = {
@@ -187,15 +189,3 @@ def _submitted(msg: str, job: Any) -> str:
         if job.get("respath"):
             lines.append(f"output: {job['respath']}")
     return "\n".join(lines)
-
-
-def _username() -> str:
-    for name in ("LOGNAME", "USER", "LNAME", "USERNAME"):  # as getpass.getuser() looks
-        if os.environ.get(name):
-            return os.environ[name]
-    import getpass  # the password database (with termios and warnings: not on every call)
-
-    try:
-        return getpass.getuser()
-    except Exception:  # neither a login name in the environment nor a passwd entry
-        return "unknown"

@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from tomato_mqtt.config.login import login_name
 from tomato_mqtt.errors import (
     DocumentError,
     check_values,
@@ -288,20 +289,11 @@ def _upgrade_2_1(payload: Any, user: str | None) -> Any:
     md = payload.model_dump(exclude_defaults=True, exclude_none=True)
     md["version"] = "2.2"
     md["sample"]["identifier"] = md["sample"].pop("name")
-    md["user"] = {"identifier": user or _username()}
+    md["user"] = {"identifier": user or login_name()}
     snapshot = md.get("settings", {}).get("snapshot")
     if snapshot is not None and "frequency" in snapshot:
         snapshot["interval"] = snapshot.pop("frequency")
     return Payload22.model_validate(md)
-
-
-def _username() -> str:
-    import getpass
-
-    try:
-        return getpass.getuser()
-    except Exception:  # no login name in the environment nor the password database
-        return "unknown"
 
 
 def _check_values(payload: Any) -> None:
