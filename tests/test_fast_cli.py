@@ -328,6 +328,20 @@ def test_naming_a_component_loads_no_openssl() -> None:
     assert name == f"example_counter-example-addr-1--{want}" and openssl is False, res.stdout
 
 
+def _submit_code(job: Path, common: list[str], probe: str) -> str:
+    """Python for ``-c``: ``ketchup submit job --json`` on the fast path, then ``probe``
+    (an expression on ``sys``) printed as the last line of stderr."""
+    return (
+        "import sys\n"
+        "from tomato_mqtt.cli import fast\n"
+        f"argv = ['submit', {str(job)!r}, '--json', *{common!r}]\n"
+        "try:\n"
+        "    fast.parse('ketchup', argv)()\n"
+        "finally:\n"
+        f"    print({probe}, file=sys.stderr)\n"
+    )
+
+
 async def test_submit_sends_a_yaml_payload_as_text_and_loads_no_yaml_parser(
     broker: RunningBroker, tmp_path: Path, instance: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -346,15 +360,8 @@ async def test_submit_sends_a_yaml_payload_as_text_and_loads_no_yaml_parser(
             "method:\n  - {component_role: counter, technique_name: count, max_duration: 1.0,"
             " sampling_interval: 0.1}\n"
         )
-        code = (
-            "import sys\n"
-            "from tomato_mqtt.cli import fast\n"
-            f"argv = ['submit', {str(job)!r}, '--json', *{common!r}]\n"
-            "try:\n"
-            "    fast.parse('ketchup', argv)()\n"
-            "finally:\n"
-            "    print(sorted(m for m in sys.modules if m in ('yaml', 'dataclasses')),"
-            " file=sys.stderr)\n"
+        code = _submit_code(
+            job, common, "sorted(m for m in sys.modules if m in ('yaml', 'dataclasses'))"
         )
         res = await asyncio.to_thread(
             subprocess.run, [sys.executable, "-c", code], capture_output=True, text=True
@@ -412,15 +419,7 @@ async def test_a_submit_without_a_login_name_in_the_environment_names_the_passwd
             "method:\n  - {component_role: counter, technique_name: count, max_duration: 0.2,"
             " sampling_interval: 0.1}\n"
         )
-        code = (
-            "import sys\n"
-            "from tomato_mqtt.cli import fast\n"
-            f"argv = ['submit', {str(job)!r}, '--json', *{common!r}]\n"
-            "try:\n"
-            "    fast.parse('ketchup', argv)()\n"
-            "finally:\n"
-            "    print('getpass' in sys.modules, file=sys.stderr)\n"
-        )
+        code = _submit_code(job, common, "'getpass' in sys.modules")
         env = {k: v for k, v in os.environ.items() if k not in LOGIN_VARS}
         res = await asyncio.to_thread(
             subprocess.run, [sys.executable, "-c", code], capture_output=True, text=True, env=env
