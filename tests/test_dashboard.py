@@ -554,6 +554,21 @@ async def test_a_server_on_another_port_cannot_use_the_cookie_it_receives(
         await runner.cleanup()
 
 
+async def test_a_page_that_connected_again_as_no_one_still_says_it_was_signed_out(
+    tmp_path: Path, instance: str
+) -> None:
+    """The server, ending a sign-in, closes its pages' sockets; a page may connect again
+    (as no one) before the browser tells it that another tab removed the key. It then
+    followed without a word (a CI run: no "signed out in another tab")."""
+    async with _signed_in(tmp_path, instance, "olga") as (_dash, _browser, page):
+        await page.evaluate(
+            "() => { window.S.me = { ...window.S.me, signed_in: false };"
+            " window.dispatchEvent(new StorageEvent('storage',"
+            " { key: 'tomato_dashboard_key', oldValue: 'olga-key', newValue: null })); }"
+        )
+        assert "signed out in another tab" in await _reply(page)
+
+
 async def test_the_tabs_of_one_browser_follow_its_sign_in(tmp_path: Path, instance: str) -> None:
     """A review: signed out in one tab, another tab kept showing the user and its
     controls; signed in as someone else in one, the other went on showing the first user

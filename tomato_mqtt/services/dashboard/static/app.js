@@ -51,9 +51,16 @@ window.withKey = withKey;
 // showing olga submitted jobs as otto, a review)
 let keyAtConnect = null;
 window.addEventListener("storage", (e) => {
-  if ((e.key !== KEY && e.key !== null) || e.newValue === keyAtConnect) return;
-  if (e.newValue) showReply({ success: true, msg: "signed in in another tab: this page follows" });
-  else if (S.me && S.me.signed_in) showReply({ success: false, msg: "signed out in another tab" });
+  if (e.key !== KEY && e.key !== null) return;
+  if (e.newValue) {
+    if (e.newValue === keyAtConnect) return;  // connected with it already
+    showReply({ success: true, msg: "signed in in another tab: this page follows" });
+  } else if (e.oldValue || (S.me && S.me.signed_in)) {
+    // said also when the server, ending the sign-in, closed this page's socket and the page
+    // connected again as no one before this event came (a CI run: it followed silently)
+    showReply({ success: false, msg: "signed out in another tab" });
+    if (keyAtConnect === null) return;  // connected as no one already
+  } else return;
   if (window.__dash.ws) window.__dash.ws.close();  // connects again, as who it is now
 });
 
