@@ -419,6 +419,100 @@ def test_pure_python_yaml_refuses_the_same_documents(monkeypatch: pytest.MonkeyP
     assert parse_document("a: &x [1, 2]\nb: *x\n") == {"a": [1, 2], "b": [1, 2]}
 
 
+_HEAD = (
+    'version: "2.2"\nsample: {identifier: s}\nuser: {identifier: u}\nmethod:\n'
+    "  - component_role: counter\n"
+    "    technique_name: count\n    sampling_interval: 0.1\n    max_duration: 1\n"
+)
+
+
+def _merge_bomb() -> str:  # 29 kB: 2,000 mappings that each merge the same 1,000 keys
+    keys = ", ".join(f"k{i}: 1" for i in range(1000))
+    return _HEAD + f"    task_params: {{a: &a {{{keys}}}, b: [{', '.join(['{<<: *a}'] * 2000)}]}}\n"
+
+
+def _string_bomb() -> str:  # 208 kB: one alias to a 200 kB string, 2,000 times (400 MB)
+    text = "x" * 200_000
+    return _HEAD + f"    task_params: {{a: &a '{text}', b: [{', '.join(['*a'] * 2000)}]}}\n"
+
+
+@pytest.mark.parametrize("loader", ["libyaml", "python"])
+@pytest.mark.parametrize(
+    ("text", "where", "said"),
+    [
+        (_merge_bomb(), None, "expand to more than 100,000 values or 1,000,000 characters"),
+        (_string_bomb(), None, "expand to more than 100,000 values or 1,000,000 characters"),
+        (_HEAD + "    task_params: {x: !!pairs [{k: .nan}], y: !!binary aGVsbG8=}",
+         "method[0].task_params.x", "!!pairs is not a value tomato-mqtt takes"),
+        (_HEAD + "    task_params: !!omap [{x: .inf}]", "method[0].task_params",
+         "!!omap is not a value"),
+        (_HEAD + "    task_params: !!set {a, b}", "method[0].task_params", "!!set is not"),
+        (_HEAD + "    task_params: !thing {a: 1}", "method[0].task_params",
+         "the tag !thing is not a value"),
+        (_HEAD + "    task_params: &a !!pairs [{x: *a}]", "method[0].task_params", "!!pairs"),
+        (_HEAD + "    task_params: &a {x: [*a]}", "method[0].task_params.x[0]",
+         "an alias (*name) refers to itself"),
+        (_HEAD + "    task_params: &a {<<: *a}", "method[0].task_params.<<", "refers to itself"),
+    ],
+    ids=["merge-keys", "long-string", "pairs", "omap", "set", "local-tag", "self-pairs",
+         "self", "self-merge"],
+)  # fmt: skip
+def test_what_aliases_and_tags_could_hide_is_refused_before_it_is_built(
+    monkeypatch: pytest.MonkeyPatch, loader: str, text: str, where: str | None, said: str
+) -> None:
+    """Found by a review of the libyaml loader: merge keys (``<<: *a``) and an alias to a
+    long string were not counted against the bound on aliases (29 kB became 18 MB of JSON;
+    208 kB, 400 MB); ``!!pairs`` and ``!!omap`` became tuples, which no check entered
+    (NaN, binary and aliases inside passed, 681 bytes became 10.5 MB of JSON), and a
+    self-referencing one was an "internal error". The node graph is now checked before
+    anything is built: each refused plainly, naming where, with either loader."""
+    from tomato_mqtt import errors
+
+    if loader == "python":
+        monkeypatch.setattr(errors, "_LOADER", yaml.SafeLoader)
+    with pytest.raises(PayloadError) as ei:
+        read_payload_text(text, "p.yml")  # the scheduler, a dashboard upload
+    assert (ei.value.location, said in ei.value.reason) == (where, True), str(ei.value)
+
+
+def test_aliases_that_expand_to_little_are_fine_also_as_merge_keys() -> None:
+    """The bound counts what aliases expand to, so a payload's shared parts stay usable."""
+    text = _HEAD + (
+        "    task_params: &p {a: 1, b: 'some text'}\n"
+        "  - {component_role: counter, technique_name: count, sampling_interval: 0.1,\n"
+        "     max_duration: 1, task_params: {<<: *p, b: other}}\n"
+    )
+    payload = parse_payload(read_payload_text(text, "p.yml"))
+    assert [t.task_params for t in payload.method] == [
+        {"a": 1, "b": "some text"},
+        {"a": 1, "b": "other"},
+    ]
+
+
+@pytest.mark.parametrize("levels", [101, 300, 999])
+def test_a_payload_nested_past_the_depth_limit_is_refused_plainly(levels: int) -> None:
+    """Nested 256-999 levels (below libyaml's limit), a payload passed parsing and failed
+    in pydantic's serializer: "internal error". Refused plainly now, as YAML, as JSON and
+    as a script's parsed payload."""
+    inner = "[" * levels + "]" * levels
+    text = _HEAD + f"    task_params: {{x: {inner}}}\n"
+    doc = yaml.safe_load(_HEAD)
+    doc["method"][0]["task_params"] = {"x": "X"}
+    as_json = json.dumps(doc).replace('"X"', inner)
+    nested: list[Any] = []
+    for _ in range(levels - 1):
+        nested = [nested]
+    doc["method"][0]["task_params"] = {"x": nested}
+    parsed = doc
+    for read in (
+        lambda: read_payload_text(text, "p.yml"),
+        lambda: read_payload_text(as_json, "p.json"),
+        lambda: parse_payload(parsed),
+    ):
+        with pytest.raises(PayloadError, match="nested too deeply to be a payload"):
+            read()
+
+
 @pytest.mark.parametrize("json_only", [False, True])
 def test_a_document_nested_too_deeply_is_refused_plainly(json_only: bool) -> None:
     """[[[[...]]]] a few thousand deep made PyYAML's composer (and json) recurse out of
@@ -447,7 +541,8 @@ def test_values_json_cannot_carry_are_refused_naming_where(
     number (got None)", NaN and infinity in task_params became null, ``!!binary`` the
     text "b'hello'", and a 5000-digit number Python's own message, no file or place."""
     doc = (
-        'version: "2.2"\nsample: {identifier: s}\nmethod:\n  - component_role: counter\n'
+        'version: "2.2"\nsample: {identifier: s}\nuser: {identifier: u}\nmethod:\n'
+        "  - component_role: counter\n"
         f"    technique_name: count\n    sampling_interval: 0.1\n    {text}\n"
     )
     (tmp_path / "p.yml").write_text(doc)

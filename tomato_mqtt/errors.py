@@ -147,7 +147,14 @@ def parse_document(text: str, json_only: bool = False) -> Any:
     try:
         return _parse(text, json_only)
     except RecursionError:  # [[[[...]]]]: both parsers recurse per level
-        raise DocumentError(None, "nested too deeply to be a payload") from None
+        raise DocumentError(None, _DEEP) from None
+
+
+_DEEP = "nested too deeply to be a payload"
+
+#: how deep lists and mappings may nest in a document: a payload or settings file is a
+#: few levels deep; past ~250 pydantic's serializer fails ("internal error", a review)
+MAX_DEPTH = 100
 
 
 def _parse(text: str, json_only: bool) -> Any:
@@ -168,10 +175,17 @@ def _parse(text: str, json_only: bool) -> Any:
 
     loader = _loader()(text)
     try:
-        data = loader.get_single_data()
+        node = loader.get_single_node()  # the graph, aliases not yet expanded
+        if node is None:
+            return None
+        if "*" in text or "!" in text:  # without aliases or tags, nothing for it to find
+            _check_nodes(node)  # before anything is built: aliases' expansion is bounded
+        data = loader.construct_document(node)
+    except DocumentError:
+        raise
     except yaml.MarkedYAMLError as e:
         if "maximum nesting depth" in str(e.problem):  # libyaml's limit (1000 levels)
-            raise DocumentError(None, "nested too deeply to be a payload") from None
+            raise DocumentError(None, _DEEP) from None
         mark = e.problem_mark or e.context_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else None
         what = " ".join(p for p in (e.context, e.problem) if p) or "syntax error"
@@ -182,7 +196,6 @@ def _parse(text: str, json_only: bool) -> Any:
         raise DocumentError(None, _HUGE) from None
     finally:
         loader.dispose()
-    _check_expansion(data)  # what aliases expand to is bounded, not only the text
     check_values(data)
     return data
 
@@ -193,7 +206,9 @@ _HUGE = "a number with more than 4300 digits: no value of a payload or settings 
 def check_values(data: Any) -> None:
     """Refuse what JSON cannot carry as it is: NaN and infinity (they became null on the
     way, "input should be a valid number (got None)"), binary data (``!!binary``: it
-    became the text "b'...'"); found by a security audit. A date stays (as text)."""
+    became the text "b'...'"); found by a security audit. A date stays (as text). Lists
+    and mappings nested more than ``MAX_DEPTH`` levels are refused too (a parsed payload
+    of a script has not been through :func:`parse_document`)."""
     import math
 
     stack: list[tuple[list[str | int], Any]] = [([], data)]
@@ -203,10 +218,12 @@ def check_values(data: Any) -> None:
             why = f"{v!r} is not a value tomato-mqtt takes: give a finite number"
         elif isinstance(v, (bytes, bytearray)):
             why = "binary data (!!binary) is not a value tomato-mqtt takes: give text"
+        elif len(path) > MAX_DEPTH and isinstance(v, (dict, list, tuple)):
+            why = f"{_DEEP} (more than {MAX_DEPTH} levels)"
         else:
             if isinstance(v, dict):
                 stack.extend(([*path, str(k)], x) for k, x in v.items())
-            elif isinstance(v, list):
+            elif isinstance(v, (list, tuple)):
                 stack.extend(([*path, i], x) for i, x in enumerate(v))
             continue
         where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in path).lstrip(".")
@@ -232,30 +249,98 @@ def _loader() -> Any:
 #: bytes of nested aliases expand to millions of values (28 MB of JSON from 500 bytes),
 #: which every later step (validation, JSON, the state file) would walk
 MAX_VALUES = 100_000
+#: characters of text a YAML document may expand to through its aliases: one alias to a
+#: long string, repeated, is 400 MB of JSON from 200 kB (a review); as long as the
+#: longest payload text (``wire.commands.PAYLOAD_TEXT_MAX``)
+MAX_CHARS = 1_000_000
+
+#: the tags a document's nodes may have: what JSON carries, and a date (as text);
+#: ``!!binary`` is refused after, by :func:`check_values`, naming where
+_TAGS = {
+    f"tag:yaml.org,2002:{t}"
+    for t in ("null", "bool", "int", "float", "str", "timestamp", "binary", "seq", "map")
+}
+_MERGE = "tag:yaml.org,2002:merge"
 
 
-def _check_expansion(data: Any) -> None:
-    """Refuse ``data`` when it holds more than ``MAX_VALUES`` values counted the way a walk
-    meets them, and an alias made some list or mapping appear more than once (an alias is
-    the same object again: a big document without aliases is not counted against it)."""
-    seen = 0
-    containers: set[int] = set()
+def _check_nodes(root: Any) -> None:
+    """Refuse a YAML node graph, before it is built, that is nested more than
+    ``MAX_DEPTH`` levels, refers to itself, has a tag JSON cannot carry (``!!pairs``,
+    ``!!omap``, ``!!set``: tuples and sets, which no later check entered), or whose aliases
+    (``*name``, also as merge keys ``<<: *name``) expand to more than ``MAX_VALUES``
+    values or ``MAX_CHARS`` characters. An alias is the same node met again: each node's
+    expanded size is counted once and added up where it is met, so the walk is as long
+    as the text, however much the aliases would expand. A big document without aliases
+    is not counted against the bounds."""
+    import yaml
+
+    size: dict[int, tuple[int, int]] = {}  # id(node) -> (values, characters), expanded
+    open_: set[int] = set()  # the nodes on the path from the root
     aliased = False
-    stack = [data]
+    # (node, its parent's entry, its key there, its depth, whether its children are counted)
+    stack: list[tuple[Any, Any, Any, int, bool]] = [(root, None, None, 0, False)]
     while stack:
-        v = stack.pop()
-        seen += 1
-        if isinstance(v, (dict, list)) and not aliased:
-            aliased = id(v) in containers
-            containers.add(id(v))
-        if aliased and seen > MAX_VALUES:
+        entry = stack.pop()
+        node, parent, name, depth, done = entry
+        key = id(node)
+        if done:
+            values, chars = 1, 0
+            for child in _children(node):
+                v, c = size[id(child)]
+                values += v
+                chars += c
+            size[key] = (values, chars)
+            open_.discard(key)
+            if aliased and (values > MAX_VALUES or chars > MAX_CHARS):
+                raise DocumentError(
+                    None,
+                    f"its aliases (*name) expand to more than {MAX_VALUES:,} values or "
+                    f"{MAX_CHARS:,} characters: write the repeated parts out, or use "
+                    "fewer levels of aliases",
+                )
+            continue
+        if key in size:
+            aliased = True
+            continue
+        if key in open_:
+            raise DocumentError(_node_path(entry), "an alias (*name) refers to itself")
+        if depth > MAX_DEPTH:
+            raise DocumentError(None, f"{_DEEP} (more than {MAX_DEPTH} levels)")
+        if node.tag not in _TAGS and not (node.tag == _MERGE and name is not None):
+            what = node.tag.rsplit(":", 1)[-1] if node.tag.startswith("tag:yaml") else node.tag
             raise DocumentError(
-                None,
-                f"its aliases (*name) expand to more than {MAX_VALUES:,} values: "
-                "write the repeated parts out, or use fewer levels of aliases",
+                _node_path(entry),
+                f"!!{what} is not a value tomato-mqtt takes: give a mapping, a list or text"
+                if node.tag.startswith("tag:yaml")
+                else f"the tag {what} is not a value tomato-mqtt takes",
             )
-        if isinstance(v, dict):
-            stack.extend(v.keys())
-            stack.extend(v.values())
-        elif isinstance(v, list):
-            stack.extend(v)
+        if isinstance(node, yaml.ScalarNode):
+            size[key] = (1, len(node.value))
+            continue
+        open_.add(key)
+        stack.append((node, parent, name, depth, True))
+        if isinstance(node, yaml.SequenceNode):  # reversed: met in the document's order
+            items = list(enumerate(node.value))
+            stack.extend((c, entry, i, depth + 1, False) for i, c in reversed(items))
+        else:
+            for k, v in reversed(node.value):
+                label = k.value if isinstance(k, yaml.ScalarNode) else "?"
+                stack.append((v, entry, label, depth + 1, False))
+                stack.append((k, entry, label, depth + 1, False))
+
+
+def _children(node: Any) -> list[Any]:
+    import yaml
+
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    return [n for pair in node.value for n in pair]
+
+
+def _node_path(entry: Any) -> str | None:
+    parts: list[str] = []
+    while entry[1] is not None:
+        key = entry[2]
+        parts.append(f"[{key}]" if isinstance(key, int) else f".{key}")
+        entry = entry[1]
+    return "".join(reversed(parts)).lstrip(".") or None
