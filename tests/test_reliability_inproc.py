@@ -1102,3 +1102,60 @@ async def test_an_ack_the_node_did_not_confirm_is_sent_again(
         spool = await _a_2_s_job_ends_c(st, tmp_path)
         assert lost, "no ack was sent: the test proves nothing"
         await _spool_empties(spool, ACK_EVERY + 3.0)
+
+
+@pytest.mark.parametrize("fault", ["fails", "vanishes"])
+async def test_a_task_whose_setup_fails_after_the_scheduler_restarted_ends_the_job_at_once(
+    broker: RunningBroker, instance: str, tmp_path: Path, fault: str
+) -> None:
+    """From a review: a task the node had accepted and was setting up (the driver's
+    ``_prepare``) when its scheduler restarted. The new scheduler took it over from the
+    node's status (running it, ``started_at`` null) and skipped its check for a vanished
+    task while ``started_at`` was null; the setup then failed, and the node published no
+    status: the job stayed `r` for its max_duration and grace and 300 s more. Now the
+    failed start is told as the task's end, and the job ends ce at once, saying why.
+    ``vanishes``: a node that lets go of the task and tells no end (a fault of its own):
+    the scheduler takes a status that no longer holds it, after one that said it was
+    accepted, for the task gone, as it does once the task has begun."""
+    async with inproc_stack(broker.port, tmp_path, instance) as st:
+        await _ready(st)
+        entered, release = threading.Event(), threading.Event()
+
+        def prepare(task: Any) -> None:
+            entered.set()
+            release.wait(30)
+            raise RuntimeError("injected: the instrument did not answer")
+
+        for each in st.node.components.values():  # the pipeline's component among them
+            assert each.runner is not None
+            each.runner._prepare = prepare  # type: ignore[method-assign]
+        payload = _counter_payload(120.0, 0.1)
+        job = await st.call("job_submit", {"payload": payload, "submit_dir": str(tmp_path)})
+        loop = asyncio.get_running_loop()
+        assert await loop.run_in_executor(None, entered.wait, 20), "the task was never set up"
+        (hc,) = [h for h in st.node.components.values() if h.runner and h.runner.running]
+        st.scheduler.request_stop()
+        deadline = loop.time() + 20
+        while st.scheduler.client is not None and st.scheduler.client.is_connected:
+            assert loop.time() < deadline, "the first scheduler did not stop"
+            await asyncio.sleep(0.05)
+        async with running(SchedulerService(st.settings)) as again:
+            # the new scheduler hears the node say it holds the task, not yet begun
+            while True:
+                cs = again.component_status(hc.name)
+                if cs is not None and (cs.job, cs.task, cs.started_at) == (job.id, 0, None):
+                    break
+                assert loop.time() < deadline, f"never said accepted: {cs}"
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(1.0)  # and takes the job's task over from it
+            if fault == "fails":
+                release.set()
+            else:
+                assert hc.runner is not None
+                hc.runner._run = None  # let go of, untold
+                await st.node.publish_status(hc)
+            done = await st.wait_job(job.id, {"c", "ce", "cd"}, timeout=20)
+            release.set()
+    assert done.status == "ce", done
+    said = ("could not start", "injected") if fault == "fails" else ("reports no task",)
+    assert all(w in (done.reason or "") for w in said), done.reason

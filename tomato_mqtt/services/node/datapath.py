@@ -221,6 +221,13 @@ class DataPath:
             end = dataclasses.replace(
                 end, reason="error", message=why, npoints=max(0, end.npoints - n)
             )
+        if end.reason == "error":
+            hc.error = end.message
+        await self.tell_end(hc, end)
+
+    async def tell_end(self, hc: HostedComponent, end: TaskEnd) -> None:
+        """Tell ``end`` in the component's status (``last_task``), from now on."""
+        node = self.node
         hc.told_end(
             {
                 "job": end.task.job,
@@ -237,8 +244,6 @@ class DataPath:
                 "last_seq": hc.seq,
             }
         )
-        if end.reason == "error":
-            hc.error = end.message
         await node.publish_status(hc)
 
     async def replay(self, component: str, stream: str, first: int, last: int) -> int:

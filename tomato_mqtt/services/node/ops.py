@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from pydantic import JsonValue
 
-from tomato_mqtt.driver import ComponentRunner, TaskSpec, TaskValidationError
+from tomato_mqtt.driver import ComponentRunner, TaskEnd, TaskSpec, TaskValidationError
 from tomato_mqtt.driver.upstream.runner import UpstreamRunner
 from tomato_mqtt.driver.validate import to_jsonable
 from tomato_mqtt.services.node.hosted import HostedComponent
@@ -81,10 +82,20 @@ class ComponentOps:
             await self.node.data.flush(hc)  # leftovers (idle points) go out under their own tags
             try:
                 await asyncio.to_thread(runner.start_task, task)
-            except TaskValidationError as e:
-                raise CommandError(f"task rejected by {hc.name}: {e}") from None
             except Exception as e:
-                raise CommandError(f"task could not start on {hc.name}: {e}") from None
+                why = (
+                    f"task rejected by {hc.name}: {e}"
+                    if isinstance(e, TaskValidationError)
+                    else f"task could not start on {hc.name}: {e}"
+                )
+                if not runner.running and task.job is not None:
+                    # told as the task's end: its status said it accepted (job, task), and
+                    # a scheduler that restarted meanwhile (and never got this answer)
+                    # waited for it to end until its max_duration and more (a review)
+                    now = time.time()
+                    end = TaskEnd(task, "error", why, now, now, 0)
+                    await self.node.data.tell_end(hc, end)
+                raise CommandError(why) from None
             hc.begin(task)
         await self.node.publish_status(hc)
         return Result(

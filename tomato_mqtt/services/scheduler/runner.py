@@ -334,7 +334,9 @@ class JobRunner:
             resend=True,
         )
         st = self.host.component_status(component)
-        if not ok and st is not None and (self._is_running(st, t) or self._ended(st, t)):
+        if not ok and st is not None and self._failed_start(st, t):
+            msg = st.last_task.message or msg if st.last_task is not None else msg
+        elif not ok and st is not None and (self._is_running(st, t) or self._ended(st, t)):
             # its answer was lost, not the task: the component's own status says it runs
             # it (a broker with tiny queues ended such jobs ce "is it running?" while the
             # node measured on: found by fault injection)
@@ -383,6 +385,12 @@ class JobRunner:
     def _ended(self, st: ComponentStatus, t: TaskState) -> bool:
         lt = st.last_task
         return lt is not None and lt.job == self.job.id and lt.task == t.spec.index
+
+    def _failed_start(self, st: ComponentStatus, t: TaskState) -> bool:
+        """The node told the task's end as an error with no point: its start failed
+        (the refusal itself, when its answer was lost)."""
+        lt = st.last_task
+        return self._ended(st, t) and lt is not None and lt.reason == "error" and not lt.npoints
 
     async def _skip(self, t: TaskState, why: str | None) -> None:
         """A task that will not run (``why``: a warning of the job's; None: its stop_with
@@ -448,18 +456,25 @@ class JobRunner:
                 f"task {t.spec.index} ({t.spec.technique_name}) on {component} is gone"
             )
         st = self.host.component_status(component)
-        if st is None and t.started_at is not None and component in self.seen_running:
+        since = t.started_at if t.started_at is not None else t.accepted_seen
+        if st is None and since is not None and component in self.seen_running:
             return (
                 f"component {component} is no longer hosted by node {node.node} "
                 f"(task {t.spec.index} ({t.spec.technique_name}) is gone)"
             )
         if st is not None and self._is_running(st, t):
             self.seen_running.add(component)
+            if t.started_at is None and st.started_at is not None:
+                t.started_at = st.started_at  # taken over while its node set it up
+                self._save()
+            elif t.started_at is None:  # accepted, not begun: seen so at this status
+                t.accepted_seen = max(t.accepted_seen or 0.0, st.time)
+            since = t.started_at if t.started_at is not None else t.accepted_seen
         if (
             st is not None
-            and t.started_at is not None
+            and since is not None
             and st.epoch == t.epoch
-            and st.time >= t.started_at
+            and st.time >= since
             and not self._is_running(st, t)
             and not self._ended(st, t)
         ):

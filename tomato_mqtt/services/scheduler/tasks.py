@@ -73,6 +73,10 @@ class TaskState:
     end: dict[str, Any] | None = None
     epoch: int | None = None  # the node's epoch when the task started
     started_at: float | None = None  # on the node's clock (compared with its statuses)
+    #: the time of a status that said the task was accepted, not yet begun (its node sets
+    #: it up; ``started_at`` is then null): a later one that says neither running nor
+    #: ended means it is gone (node's clock; in memory only)
+    accepted_seen: float | None = None
     no_task: bool = False  # the node answered a stop with "no running task"
     running_since: float | None = None  # monotonic, on the scheduler's clock
     #: monotonic: when it was found to run far past its max_duration (None: it does not)
