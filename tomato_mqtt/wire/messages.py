@@ -212,7 +212,11 @@ class TaskEndInfo(WireModel):
     job: int | None = Field(alias="jobid", validation_alias=_renamed("jobid", "job"))
     task: int | None
     task_name: str | None = None
-    reason: Literal["done", "stopped", "error"]
+    reason: Literal["done", "stopped", "error"] = Field(
+        description="how the task ended; 'error' also for a task whose start failed on its "
+        "node (after the node had said it accepted it): then npoints is 0, t_start equals "
+        "t_end and message says why"
+    )
     message: str | None = None
     t_start: float
     t_end: float
