@@ -572,7 +572,8 @@ async def test_a_task_whose_last_points_cannot_be_flushed_still_ends(
     """A task's end is told after its last points are flushed; a flush that raised there
     left the end untold: the component said "running" for good and its job hung (a
     review). The end is told as an error, the job ends ce naming it, the component is
-    idle; a reset frees a component whose end was never told."""
+    idle; a reset frees a component whose end was never told, a registration waits for
+    it (a review: it checked only the runner)."""
     async with inproc_stack(broker.port, tmp_path, instance) as st:
         await _ready(st)
         data = st.node.data
@@ -606,6 +607,9 @@ async def test_a_task_whose_last_points_cannot_be_flushed_still_ends(
         assert hc.last_task is not None and hc.last_task["reason"] == "error"
         hc.ending = (job.id + 1, 0)  # an end the node never told
         assert hc.state == "running"
+        # not registered again meanwhile: the end names the stream of its last batches
+        reply = await st.raw(st.topics.component_cmd(hc.name, "register"), {})
+        assert not reply.success and "while a task runs" in reply.msg, reply.msg
         reply = await st.raw(st.topics.component_cmd(hc.name, "reset"), {})
         assert reply.success, reply.msg
         assert hc.state == "idle"

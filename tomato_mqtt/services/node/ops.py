@@ -228,7 +228,7 @@ class ComponentOps:
         return Result(f"component {hc.name} reset")
 
     async def op_register(self, hc: HostedComponent, args: Mapping[str, JsonValue]) -> Result:
-        if hc.runner is not None and hc.runner.running:
+        if hc.busy:  # also while a task's end is told: its last batches name the stream
             raise CommandError(f"cannot re-register {hc.name} while a task runs")
         if hc.runner is not None:
             await self.node.data.flush(hc)  # idle points of the old stream go out first
