@@ -409,7 +409,7 @@ def test_pure_python_yaml_refuses_the_same_documents(monkeypatch: pytest.MonkeyP
     from tomato_mqtt import errors
     from tomato_mqtt.errors import DocumentError
 
-    monkeypatch.setattr(errors, "_LOADER", yaml.SafeLoader)
+    monkeypatch.setattr(errors, "_LOADER", errors.make_loader(yaml.SafeLoader))
     levels = ["a0: &a0 [x, x, x, x, x, x, x, x, x]"]
     levels += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 7)]
     with pytest.raises(DocumentError, match="expand to more than 100,000 values"):
@@ -440,7 +440,8 @@ def _string_bomb() -> str:  # 208 kB: one alias to a 200 kB string, 2,000 times 
 @pytest.mark.parametrize(
     ("text", "where", "said"),
     [
-        (_merge_bomb(), None, "expand to more than 100,000 values or 1,000,000 characters"),
+        (_merge_bomb(), "method[0].task_params.b[100]",
+         "its merge keys (<<) copy more than 100,000 key-value pairs"),
         (_string_bomb(), None, "expand to more than 100,000 values or 1,000,000 characters"),
         (_HEAD + "    task_params: {x: !!pairs [{k: .nan}], y: !!binary aGVsbG8=}",
          "method[0].task_params.x", "!!pairs is not a value tomato-mqtt takes"),
@@ -469,10 +470,70 @@ def test_what_aliases_and_tags_could_hide_is_refused_before_it_is_built(
     from tomato_mqtt import errors
 
     if loader == "python":
-        monkeypatch.setattr(errors, "_LOADER", yaml.SafeLoader)
+        monkeypatch.setattr(errors, "_LOADER", errors.make_loader(yaml.SafeLoader))
     with pytest.raises(PayloadError) as ei:
         read_payload_text(text, "p.yml")  # the scheduler, a dashboard upload
     assert (ei.value.location, said in ei.value.reason) == (where, True), str(ei.value)
+
+
+def _nested_merges(levels: int, keys: int) -> str:  # each level copies all the keys
+    inner = "{" + ", ".join(f"k{i}: 0" for i in range(keys)) + "}"
+    return "a: " + "{<<: " * levels + inner + "}" * levels + "\n"
+
+
+@pytest.mark.parametrize("loader", ["libyaml", "python"])
+@pytest.mark.parametrize(
+    ("text", "where", "said"),
+    [
+        (_nested_merges(99, 10_000), "a" + ".<<" * 88,  # where 100,000 were copied
+         "its merge keys (<<) copy more than 100,000 key-value pairs"),
+        ("a: 1" + ":59" * 3000 + "\n", "line 1, column 4", "more than 4300 digits"),
+        ("a: 0x" + "f" * 4000 + "\n", "line 1, column 4", "more than 4300 digits"),
+        ("a: 0b" + "1" * 14_001 + "\n", "line 1, column 4", "more than 4300 digits"),
+        ("a: !!int ''\n", "line 1, column 4", "'' is not a valid int"),
+        ("a: !!float ''\n", "line 1, column 4", "'' is not a valid float"),
+        ("a: !!bool foo\n", "line 1, column 4", "'foo' is not a valid bool"),
+        ("a: !!timestamp foo\n", "line 1, column 4", "'foo' is not a valid timestamp"),
+        ("a: 2001-13-45\n", "line 1, column 4", "'2001-13-45' is not a valid timestamp"),
+        ("a: 1" + ":59" * 200 + ".5\n", "line 1, column 4", "is not a valid float"),
+        ("a: {2001-01-01: 1}\n", "a", "the key datetime.date(2001, 1, 1) is not text"),
+        ("a: {? !!binary aGk=\n  : 1}\n", "a", "the key binary data (!!binary) is not text"),
+        ('"x\\ny\\x1b[2J": !!set {}\n', "x\\ny\\x1b[2J", "!!set is not a value"),
+    ],
+    ids=["nested-merges", "sexagesimal", "hex", "binary", "empty-int", "empty-float",
+         "bool", "timestamp", "bad-date", "float-overflow", "date-key", "binary-key",
+         "control-key"],
+)  # fmt: skip
+def test_values_yaml_builds_badly_are_refused_plainly_where_they_are(
+    monkeypatch: pytest.MonkeyPatch, loader: str, text: str, where: str, said: str
+) -> None:
+    """Found by a review of the node-graph check: 900 nested merge keys of a large mapping
+    (no alias, no tag) took 42 s of CPU to copy; ``1:59:59...`` (sexagesimal) 1 MB long
+    took 32 s and then, as ``0x``/``0b`` numbers of any length, was a number no JSON can
+    carry ("internal error"); a scalar that is not what its tag says raised IndexError,
+    KeyError, AttributeError or OverflowError ("internal error"); a bad date was "a
+    number with more than 4300 digits"; a date or binary key broke the scheduler's JSON;
+    a key's control characters went to the user's terminal as they were."""
+    from tomato_mqtt import errors
+    from tomato_mqtt.errors import DocumentError
+
+    if loader == "python":
+        monkeypatch.setattr(errors, "_LOADER", errors.make_loader(yaml.SafeLoader))
+    with pytest.raises(DocumentError) as ei:
+        parse_document(text)
+    assert (ei.value.location, said in ei.value.reason) == (where, True), str(ei.value)
+
+
+def test_what_aliases_add_is_bounded_not_the_whole_document() -> None:
+    """One alias in a long document counted the whole document against the bound on what
+    aliases expand to (a review); ``=`` as a key is text, whether the document has a tag
+    elsewhere or not; 100 levels of lists are fine with or without one."""
+    long = "a: &x 1\nb: *x\nc: [" + "1," * 120_000 + "]\n"
+    assert len(parse_document(long)["c"]) == 120_000
+    assert parse_document("=: 1\nb: !!str 2\n") == {"=": 1, "b": "2"}
+    deep = "y: " + "[" * 99 + "1" + "]" * 99 + "\n"
+    tagged = parse_document(deep + "z: !!str x\n")
+    assert parse_document(deep)["y"] == tagged["y"] and tagged["z"] == "x"
 
 
 def test_aliases_that_expand_to_little_are_fine_also_as_merge_keys() -> None:
@@ -531,11 +592,12 @@ def test_a_document_nested_too_deeply_is_refused_plainly(json_only: bool) -> Non
         ("max_duration: 1\n    task_params: {x: .inf}", "method[0].task_params.x", "inf is not"),
         ("max_duration: 1\n    task_params: {x: !!binary aGVsbG8=}", "method[0].task_params.x",
          "binary data (!!binary) is not a value tomato-mqtt takes"),
-        ("max_duration: " + "9" * 5000, None, "a number with more than 4300 digits"),
+        ("max_duration: " + "9" * 5000, "line 8, column 19",
+         "a number with more than 4300 digits"),
     ],
 )  # fmt: skip
 def test_values_json_cannot_carry_are_refused_naming_where(
-    tmp_path: Path, text: str, where: str | None, said: str
+    tmp_path: Path, text: str, where: str, said: str
 ) -> None:
     """Found by a security audit: NaN as max_duration said "input should be a valid
     number (got None)", NaN and infinity in task_params became null, ``!!binary`` the
@@ -553,7 +615,7 @@ def test_values_json_cannot_carry_are_refused_naming_where(
         with pytest.raises(PayloadError) as ei:
             read()
         assert (ei.value.location, said in ei.value.reason) == (where, True), str(ei.value)
-    if where is not None and "binary" not in said:  # a script's parsed payload alike
+    if where.startswith("method") and "binary" not in said:  # a script's parsed payload
         parsed = yaml.safe_load(doc)
         with pytest.raises(PayloadError) as ei:
             parse_payload(parsed)

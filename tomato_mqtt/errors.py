@@ -178,8 +178,8 @@ def _parse(text: str, json_only: bool) -> Any:
         node = loader.get_single_node()  # the graph, aliases not yet expanded
         if node is None:
             return None
-        if "*" in text or "!" in text:  # without aliases or tags, nothing for it to find
-            _check_nodes(node)  # before anything is built: aliases' expansion is bounded
+        if "*" in text or "!" in text or "<<" in text:  # else nothing for it to find
+            _check_nodes(node)  # before anything is built: what it would build is bounded
         data = loader.construct_document(node)
     except DocumentError:
         raise
@@ -192,8 +192,10 @@ def _parse(text: str, json_only: bool) -> Any:
         raise DocumentError(where, f"invalid YAML: {what}") from None
     except yaml.YAMLError as e:
         raise DocumentError(None, f"invalid YAML: {e}") from None
-    except ValueError:  # Python's limit on the digits of an int
-        raise DocumentError(None, _HUGE) from None
+    except ValueError as e:  # Python's limit on the digits of an int, or another value
+        if "digits" in str(e):
+            raise DocumentError(None, _HUGE) from None
+        raise DocumentError(None, f"invalid YAML: {e}") from None
     finally:
         loader.dispose()
     check_values(data)
@@ -220,6 +222,10 @@ def check_values(data: Any) -> None:
             why = "binary data (!!binary) is not a value tomato-mqtt takes: give text"
         elif len(path) > MAX_DEPTH and isinstance(v, (dict, list, tuple)):
             why = f"{_DEEP} (more than {MAX_DEPTH} levels)"
+        elif isinstance(v, dict) and any(not _json_key(k) for k in v):
+            k = next(k for k in v if not _json_key(k))
+            what = "binary data (!!binary)" if isinstance(k, (bytes, bytearray)) else repr(k)
+            why = f"the key {what} is not text: quote it (a key of a mapping is text)"
         else:
             if isinstance(v, dict):
                 stack.extend(([*path, str(k)], x) for k, x in v.items())
@@ -230,29 +236,93 @@ def check_values(data: Any) -> None:
         raise DocumentError(where or None, why)
 
 
+def _json_key(k: Any) -> bool:
+    """``k`` is a key JSON carries (as text): a date is not (``2001-01-01: 1``)."""
+    return k is None or isinstance(k, (str, int, float, bool))
+
+
 _LOADER: Any = None
 
 
 def _loader() -> Any:
-    """PyYAML's safe loader, libyaml's when PyYAML has it: ~8x faster (a list of 150,000
-    numbers: 0.85 s, 7.2 s in Python); made on first use, PyYAML is imported only when a
-    YAML document is read."""
+    """The loader of YAML documents (:func:`make_loader` of PyYAML's safe loader, libyaml's
+    when PyYAML has it: ~8x faster, a list of 150,000 numbers in 0.85 s, 7.2 s in Python);
+    made on first use, PyYAML is imported only when a YAML document is read."""
     global _LOADER
     if _LOADER is None:
         import yaml
 
-        _LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+        _LOADER = make_loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader))
     return _LOADER
 
 
-#: values a YAML document may expand to through its aliases (``*name``): a few hundred
-#: bytes of nested aliases expand to millions of values (28 MB of JSON from 500 bytes),
-#: which every later step (validation, JSON, the state file) would walk
+#: the most bits an int of a document may have: ~4300 decimal digits, Python's limit on
+#: converting an int to text (JSON), which ``0x``, ``0o``, ``0b`` and ``1:59:59``
+#: (sexagesimal) numbers do not meet as they are read
+_INT_BITS = 14_000
+
+
+def make_loader(base: Any) -> Any:
+    """``base`` (a PyYAML safe loader) whose scalars of the core types are read as
+    checked values: a scalar that is not what its tag says is an error at its line, not
+    an ``IndexError`` or ``KeyError`` ("internal error": ``!!int ''``, ``!!bool foo``);
+    a number longer than 4300 digits is refused before it is computed (1 MB of
+    ``1:59:59:...`` took PyYAML 30 s of CPU, and its value no JSON could carry: a
+    review)."""
+    import yaml
+    from yaml.constructor import ConstructorError
+
+    def checked(kind: str, build: Any) -> Any:
+        def construct(self: Any, node: Any) -> Any:
+            text = str(node.value)
+            if kind == "int" and len(text.replace("_", "")) > 4300:
+                raise DocumentError(_at(node), _HUGE)
+            try:
+                value = build(self, node)
+            except (ValueError, ArithmeticError, LookupError, AttributeError, TypeError):
+                shown = text if len(text) <= 40 else text[:37] + "..."
+                raise ConstructorError(
+                    None, None, f"{shown!r} is not a valid {kind}", node.start_mark
+                ) from None
+            if kind == "int" and value.bit_length() > _INT_BITS:
+                raise DocumentError(_at(node), _HUGE)
+            return value
+
+        return construct
+
+    class Loader(base):  # type: ignore[misc]
+        pass
+
+    c = yaml.constructor.SafeConstructor
+    for kind, build in (
+        ("int", c.construct_yaml_int),
+        ("float", c.construct_yaml_float),
+        ("bool", c.construct_yaml_bool),
+        ("null", c.construct_yaml_null),
+        ("timestamp", c.construct_yaml_timestamp),
+    ):
+        Loader.add_constructor(f"tag:yaml.org,2002:{kind}", checked(kind, build))
+    return Loader
+
+
+def _at(node: Any) -> str | None:
+    mark = getattr(node, "start_mark", None)
+    return f"line {mark.line + 1}, column {mark.column + 1}" if mark is not None else None
+
+
+#: values a YAML document's aliases (``*name``) may add to it: a few hundred bytes of
+#: nested aliases expand to millions of values (28 MB of JSON from 500 bytes), which
+#: every later step (validation, JSON, the state file) would walk
 MAX_VALUES = 100_000
-#: characters of text a YAML document may expand to through its aliases: one alias to a
-#: long string, repeated, is 400 MB of JSON from 200 kB (a review); as long as the
-#: longest payload text (``wire.commands.PAYLOAD_TEXT_MAX``)
+#: characters of text a YAML document's aliases may add to it: one alias to a long
+#: string, repeated, is 400 MB of JSON from 200 kB (a review); as long as the longest
+#: payload text (``wire.commands.PAYLOAD_TEXT_MAX``)
 MAX_CHARS = 1_000_000
+#: key-value pairs merge keys (``<<``) may copy: each mapping that merges another gets a
+#: copy of its pairs, so 900 nested merges of a 100,000-key mapping in 1 MB were 42 s of
+#: CPU (a review)
+MAX_MERGED = 100_000
+_CAP = 10**15  # sizes saturate here: a chain of aliases doubles them at each link
 
 #: the tags a document's nodes may have: what JSON carries, and a date (as text);
 #: ``!!binary`` is refused after, by :func:`check_values`, naming where
@@ -260,23 +330,25 @@ _TAGS = {
     f"tag:yaml.org,2002:{t}"
     for t in ("null", "bool", "int", "float", "str", "timestamp", "binary", "seq", "map")
 }
-_MERGE = "tag:yaml.org,2002:merge"
+#: tags of mapping keys only: the merge key ``<<``, and ``=`` (read as text)
+_KEY_TAGS = {"tag:yaml.org,2002:merge", "tag:yaml.org,2002:value"}
 
 
 def _check_nodes(root: Any) -> None:
-    """Refuse a YAML node graph, before it is built, that is nested more than
-    ``MAX_DEPTH`` levels, refers to itself, has a tag JSON cannot carry (``!!pairs``,
-    ``!!omap``, ``!!set``: tuples and sets, which no later check entered), or whose aliases
-    (``*name``, also as merge keys ``<<: *name``) expand to more than ``MAX_VALUES``
-    values or ``MAX_CHARS`` characters. An alias is the same node met again: each node's
-    expanded size is counted once and added up where it is met, so the walk is as long
-    as the text, however much the aliases would expand. A big document without aliases
-    is not counted against the bounds."""
+    """Refuse a YAML node graph, before it is built, that nests lists and mappings more
+    than ``MAX_DEPTH`` levels (as :func:`check_values` counts them), refers to itself,
+    has a tag JSON cannot carry (``!!pairs``, ``!!omap``, ``!!set``: tuples and sets,
+    which no later check entered), whose aliases (``*name``, also through merge keys
+    ``<<: *name``) add more than ``MAX_VALUES`` values or ``MAX_CHARS`` characters to
+    what is written, or whose merge keys copy more than ``MAX_MERGED`` pairs. An alias is
+    the same node met again: each node's expanded size is counted once and added up
+    where it is met, so the walk is as long as the text, however much would be built."""
     import yaml
 
-    size: dict[int, tuple[int, int]] = {}  # id(node) -> (values, characters), expanded
+    # id(node) -> (values, characters, pairs once its merges are done), expanded
+    size: dict[int, tuple[int, int, int]] = {}
     open_: set[int] = set()  # the nodes on the path from the root
-    aliased = False
+    distinct_values = distinct_chars = merged = 0
     # (node, its parent's entry, its key there, its depth, whether its children are counted)
     stack: list[tuple[Any, Any, Any, int, bool]] = [(root, None, None, 0, False)]
     while stack:
@@ -286,27 +358,35 @@ def _check_nodes(root: Any) -> None:
         if done:
             values, chars = 1, 0
             for child in _children(node):
-                v, c = size[id(child)]
-                values += v
-                chars += c
-            size[key] = (values, chars)
+                v, c, _ = size[id(child)]
+                values = min(values + v, _CAP)
+                chars = min(chars + c, _CAP)
+            pairs = 0
+            if isinstance(node, yaml.MappingNode):
+                for k, v in node.value:
+                    if k.tag == _MERGE:  # the pairs of what it merges are copied into it
+                        inner = v.value if isinstance(v, yaml.SequenceNode) else [v]
+                        got = sum(size[id(m)][2] for m in inner)
+                        merged = min(merged + got, _CAP)
+                        pairs += got
+                    else:
+                        pairs += 1
+                if merged > MAX_MERGED:
+                    raise DocumentError(
+                        _node_path(entry),
+                        f"its merge keys (<<) copy more than {MAX_MERGED:,} key-value "
+                        "pairs: write the mapping out, or merge fewer levels deep",
+                    )
+            size[key] = (values, chars, min(pairs, _CAP))
             open_.discard(key)
-            if aliased and (values > MAX_VALUES or chars > MAX_CHARS):
-                raise DocumentError(
-                    None,
-                    f"its aliases (*name) expand to more than {MAX_VALUES:,} values or "
-                    f"{MAX_CHARS:,} characters: write the repeated parts out, or use "
-                    "fewer levels of aliases",
-                )
             continue
         if key in size:
-            aliased = True
             continue
         if key in open_:
             raise DocumentError(_node_path(entry), "an alias (*name) refers to itself")
-        if depth > MAX_DEPTH:
-            raise DocumentError(None, f"{_DEEP} (more than {MAX_DEPTH} levels)")
-        if node.tag not in _TAGS and not (node.tag == _MERGE and name is not None):
+        if depth > MAX_DEPTH and not isinstance(node, yaml.ScalarNode):
+            raise DocumentError(_node_path(entry), f"{_DEEP} (more than {MAX_DEPTH} levels)")
+        if node.tag not in _TAGS and not (node.tag in _KEY_TAGS and name is not None):
             what = node.tag.rsplit(":", 1)[-1] if node.tag.startswith("tag:yaml") else node.tag
             raise DocumentError(
                 _node_path(entry),
@@ -315,18 +395,34 @@ def _check_nodes(root: Any) -> None:
                 else f"the tag {what} is not a value tomato-mqtt takes",
             )
         if isinstance(node, yaml.ScalarNode):
-            size[key] = (1, len(node.value))
+            size[key] = (1, len(node.value), 0)
+            distinct_values += 1
+            distinct_chars += len(node.value)
             continue
+        distinct_values += 1
         open_.add(key)
         stack.append((node, parent, name, depth, True))
-        if isinstance(node, yaml.SequenceNode):  # reversed: met in the document's order
+        # each child one level down, as check_values counts (a key and its value alike);
+        # reversed: met in the document's order
+        if isinstance(node, yaml.SequenceNode):
             items = list(enumerate(node.value))
             stack.extend((c, entry, i, depth + 1, False) for i, c in reversed(items))
         else:
             for k, v in reversed(node.value):
-                label = k.value if isinstance(k, yaml.ScalarNode) else "?"
+                label = _label(k.value) if isinstance(k, yaml.ScalarNode) else "?"
                 stack.append((v, entry, label, depth + 1, False))
                 stack.append((k, entry, label, depth + 1, False))
+    values, chars, _ = size[id(root)]
+    if values - distinct_values > MAX_VALUES or chars - distinct_chars > MAX_CHARS:
+        raise DocumentError(
+            None,
+            f"its aliases (*name) expand to more than {MAX_VALUES:,} values or "
+            f"{MAX_CHARS:,} characters more than is written: write the repeated parts "
+            "out, or use fewer levels of aliases",
+        )
+
+
+_MERGE = "tag:yaml.org,2002:merge"
 
 
 def _children(node: Any) -> list[Any]:
@@ -335,6 +431,13 @@ def _children(node: Any) -> list[Any]:
     if isinstance(node, yaml.SequenceNode):
         return list(node.value)
     return [n for pair in node.value for n in pair]
+
+
+def _label(key: str) -> str:
+    """A key as a location names it: control characters escaped, at most 40 characters
+    (a key is the user's text, shown on their terminal)."""
+    shown = key if key.isprintable() else repr(key)[1:-1]
+    return shown if len(shown) <= 40 else shown[:37] + "..."
 
 
 def _node_path(entry: Any) -> str | None:
