@@ -1163,3 +1163,39 @@ async def test_a_task_whose_setup_fails_after_the_scheduler_restarted_ends_the_j
     assert done.status == "ce", done
     said = ("could not start", "injected") if fault == "fails" else ("reports no task",)
     assert all(w in (done.reason or "") for w in said), done.reason
+
+
+async def test_a_failed_start_is_not_taken_later_for_a_late_end(
+    broker: RunningBroker, instance: str, tmp_path: Path
+) -> None:
+    """From a review: the node tells a failed start as the task's end; the component's
+    next status (the next job's start) still carried it, and the scheduler took it for
+    the late end of a task cut off from its node: it rewrote the ended job's task end
+    ("late", 0 points) and logged it. A failed start's end is never a late end."""
+    async with inproc_stack(broker.port, tmp_path, instance) as st:
+        await _ready(st)
+        originals = {}
+
+        def prepare(task: Any) -> None:
+            raise RuntimeError("injected: the instrument did not answer")
+
+        for each in st.node.components.values():
+            assert each.runner is not None
+            originals[each.name] = each.runner._prepare
+            each.runner._prepare = prepare  # type: ignore[method-assign]
+        payload = _counter_payload(2.0, 0.1)
+        job = await st.call("job_submit", {"payload": payload, "submit_dir": str(tmp_path)})
+        done = await st.wait_job(job.id, {"c", "ce", "cd"}, timeout=20)
+        assert done.status == "ce" and "injected" in (done.reason or ""), done
+        store = st.scheduler.store
+        assert store is not None
+        before = store.job(job.id).progress["tasks"]["0"]
+        for each in st.node.components.values():  # the next job runs as it should
+            assert each.runner is not None
+            each.runner._prepare = originals[each.name]  # type: ignore[method-assign]
+        await st.call("pipeline_ready", {"pipeline": "pip-counter-1"})
+        payload = _counter_payload(0.5, 0.1)
+        nxt = await st.call("job_submit", {"payload": payload, "submit_dir": str(tmp_path)})
+        assert (await st.wait_job(nxt.id, {"c", "ce", "cd"}, timeout=20)).status == "c"
+        after = store.job(job.id).progress["tasks"]["0"]
+    assert after == before and not after["end"].get("late"), after

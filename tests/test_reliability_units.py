@@ -810,3 +810,19 @@ async def test_a_late_heartbeat_of_a_node_back_from_a_freeze_does_not_make_the_h
     node._heard_own_status(beat(0.1))
     node._heard_own_status(beat(-1.9))  # 2 s later by its clock (a clock 2 s ahead)
     assert node.refused is not None and "pid 4242 on pc-a" in node.refused
+
+
+async def test_a_task_saved_while_its_start_was_under_way_is_started_by_the_successor() -> None:
+    """From a review: a task's ``starting`` is kept in memory only, but a save of another
+    change (the save timer, another role) stored it; the successor of a scheduler that
+    died while the start was under way skipped it (only ``pending`` tasks are started)
+    and had no start to check it against: if the node never got the start, the job
+    stayed r until the overrun give-up. It is asked for again now (the node starts a
+    task once: ``_start`` takes over one it holds)."""
+    host = FakeHost()
+    job = _job().model_copy(update={"progress": {"tasks": {"0": {"state": "starting"}}}})
+    runner, done = await _run(host, job)
+    assert runner.tasks[0].state == "running", runner.tasks[0].state
+    assert ("cmp", "task_start") in host.requests, host.requests
+    await _task_ended(host)
+    assert await asyncio.wait_for(done, 10) == ("c", None)

@@ -228,6 +228,11 @@ class TaskEndInfo(WireModel):
     stream: str = Field(default="", description="the data stream the task's points went to")
     last_seq: int = Field(default=-1, description="last batch of the task in its stream")
 
+    @property
+    def failed_start(self) -> bool:
+        """The end of a task whose start failed on its node (it never ran)."""
+        return self.reason == "error" and self.npoints == 0 and self.t_start == self.t_end
+
 
 ComponentState = Literal["unregistered", "idle", "running", "error", "lost"]
 

@@ -64,6 +64,9 @@ class ComponentOps:
 
     async def op_task_start(self, hc: HostedComponent, args: Mapping[str, JsonValue]) -> Result:
         task = TaskSpec.model_validate(args.get("task"))
+        setting_up = self._being_set_up(hc, task)
+        if setting_up is not None:
+            return setting_up
         if hc.runner is None and not hc.settled.is_set():
             # registering: a node just started (or reloaded it). The scheduler took the
             # component for ready from its meta of before, and a job submitted as its
@@ -101,6 +104,26 @@ class ComponentOps:
         return Result(
             f"task {task.index} of job {task.job} started on {hc.name}",
             {"started_at": hc.started_at, "epoch": self.node.epoch},
+        )
+
+    def _being_set_up(self, hc: HostedComponent, task: TaskSpec) -> Result | None:
+        """The answer to a task_start of the task this node is setting up (the driver's
+        preparation, under the component's lock), or None: a scheduler that restarted
+        meanwhile asks for it again, and waited behind the lock for the set-up (the job
+        ended ce "no node answered" when it took 10 s). It hears at once that the task
+        is accepted, not begun (``started_at`` null); its end (or failed start) is told
+        in the component's status."""
+        runner = hc.runner
+        current = runner.current_task if runner is not None else None
+        if task.job is None or current is None:
+            return None
+        if (current.job, current.index) != (task.job, task.index):
+            return None
+        if (hc.job, hc.task) == (task.job, task.index) and hc.started_at is not None:
+            return None  # begun: _started_already answers it, with its start
+        return Result(
+            f"task {task.index} of job {task.job} is being set up on {hc.name}",
+            {"started_at": None, "epoch": self.node.epoch, "accepted_at": time.time()},
         )
 
     def _started_already(self, hc: HostedComponent, task: TaskSpec) -> Result | None:
@@ -229,7 +252,10 @@ class ComponentOps:
 
     async def op_register(self, hc: HostedComponent, args: Mapping[str, JsonValue]) -> Result:
         if hc.busy:  # also while a task's end is told: its last batches name the stream
-            raise CommandError(f"cannot re-register {hc.name} while a task runs")
+            raise CommandError(
+                f"cannot re-register {hc.name} while a task runs or its end is told "
+                "(`passata reset` frees a component whose task's end never comes)"
+            )
         if hc.runner is not None:
             await self.node.data.flush(hc)  # idle points of the old stream go out first
             hc.runner.close()

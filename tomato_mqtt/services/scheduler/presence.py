@@ -335,6 +335,8 @@ class Presence:
         store = self.svc.store
         if lt is None or lt.job is None or lt.task is None or store is None:
             return
+        if lt.failed_start:  # it never ran: its job's end already says why
+            return
         if lt.job in self.svc.runners:
             return  # the runner takes it
         try:

@@ -112,6 +112,11 @@ class JobRunner:
             prev = saved.get(str(spec.index))
             if prev:
                 ts.state = prev.get("state", "pending")
+                if ts.state == "starting":  # its start may never have gone out: asked
+                    # again (_start takes over a task the node holds; the node starts a
+                    # task once): left "starting", no one started it, and the job stayed
+                    # r until the overrun give-up (a review)
+                    ts.state = "pending"
                 ts.end = prev.get("end")
                 ts.epoch = prev.get("epoch")
                 ts.started_at = prev.get("started_at")
@@ -334,8 +339,10 @@ class JobRunner:
             resend=True,
         )
         st = self.host.component_status(component)
-        if not ok and st is not None and self._failed_start(st, t):
-            msg = st.last_task.message or msg if st.last_task is not None else msg
+        failed = st.last_task if st is not None and self._failed_start(st, t) else None
+        if not ok and failed is not None:  # the node's own end of it: never a late end
+            msg = failed.message or msg
+            t.end = failed.model_dump(mode="json")
         elif not ok and st is not None and (self._is_running(st, t) or self._ended(st, t)):
             # its answer was lost, not the task: the component's own status says it runs
             # it (a broker with tiny queues ended such jobs ce "is it running?" while the
@@ -351,7 +358,7 @@ class JobRunner:
         if not ok:
             self.error = f"task {t.spec.index} ({t.spec.technique_name}) on role {t.role!r}: {msg}"
             t.state = "ended"
-            t.end = {"reason": "error", "message": msg}
+            t.end = t.end or {"reason": "error", "message": msg}
             self._save()
             await self._notify()
             return False
@@ -361,6 +368,9 @@ class JobRunner:
             epoch, started = data.get("epoch"), data.get("started_at")
             t.epoch = epoch if isinstance(epoch, int) else None
             t.started_at = float(started) if isinstance(started, int | float) else None
+            accepted = data.get("accepted_at")  # being set up on the node: not begun
+            if t.started_at is None and isinstance(accepted, int | float):
+                t.accepted_seen = float(accepted)
         # at once, not with the next SAVE_DELAY batch: a stack that died in those 0.2 s
         # (kill -9 of the tree, a power cut) left the task 'pending', and the successor
         # started it again on the restarted node: a second run, and the job ended c
@@ -390,7 +400,7 @@ class JobRunner:
         """The node told the task's end as an error with no point: its start failed
         (the refusal itself, when its answer was lost)."""
         lt = st.last_task
-        return self._ended(st, t) and lt is not None and lt.reason == "error" and not lt.npoints
+        return self._ended(st, t) and lt is not None and lt.failed_start
 
     async def _skip(self, t: TaskState, why: str | None) -> None:
         """A task that will not run (``why``: a warning of the job's; None: its stop_with
