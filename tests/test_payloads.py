@@ -532,6 +532,8 @@ def test_what_aliases_add_is_bounded_not_the_whole_document() -> None:
     assert len(parse_document(long)["c"]) == 120_000
     assert parse_document("=: 1\nb: !!str 2\n") == {"=": 1, "b": "2"}
     deep = "y: " + "[" * 99 + "1" + "]" * 99 + "\n"
+    big = "9" * 4300  # the longest number Python converts (a review: 4215 were refused)
+    assert parse_document(f"a: {big}\n") == {"a": int(big)}
     tagged = parse_document(deep + "z: !!str x\n")
     assert parse_document(deep)["y"] == tagged["y"] and tagged["z"] == "x"
 

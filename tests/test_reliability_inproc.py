@@ -1198,4 +1198,20 @@ async def test_a_failed_start_is_not_taken_later_for_a_late_end(
         nxt = await st.call("job_submit", {"payload": payload, "submit_dir": str(tmp_path)})
         assert (await st.wait_job(nxt.id, {"c", "ce", "cd"}, timeout=20)).status == "c"
         after = store.job(job.id).progress["tasks"]["0"]
-    assert after == before and not after["end"].get("late"), after
+        assert after == before and not after["end"].get("late"), after
+        # the start's answer was lost, and its status not heard before the job ended: the
+        # job's task end says only that no node answered; the node's reason, heard
+        # later, is kept as the task's end (not as a late end)
+        progress = store.job(job.id).progress
+        lost = {"reason": "error", "message": "no node answered (injected)"}
+        tasks = progress["tasks"] | {"0": progress["tasks"]["0"] | {"end": lost}}
+        store.update_job(job.id, progress=progress | {"tasks": tasks})
+        hc = next(h for h in st.node.components.values() if h.last_task)
+        hc.last_task = dict(before["end"]) | {"job": job.id}  # the failed start, told again
+        await st.node.publish_status(hc)
+        for _ in range(100):
+            end = store.job(job.id).progress["tasks"]["0"]["end"]
+            if end != lost:
+                break
+            await asyncio.sleep(0.05)
+    assert end.get("message") == before["end"]["message"] and not end.get("late"), end

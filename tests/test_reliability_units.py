@@ -826,3 +826,77 @@ async def test_a_task_saved_while_its_start_was_under_way_is_started_by_the_succ
     assert ("cmp", "task_start") in host.requests, host.requests
     await _task_ended(host)
     assert await asyncio.wait_for(done, 10) == ("c", None)
+
+
+async def test_a_task_its_node_holds_is_taken_over_whatever_its_trigger_says_now() -> None:
+    """From a review: task 0 (stop_with Y) was saved ``starting`` and its node runs it;
+    task Y started meanwhile. The successor skipped task 0 by its trigger without
+    looking at the node, and the job ended c while the node still ran it. A task its
+    node holds is taken over (and stopped by its trigger as any running task)."""
+    payload = {
+        "method": [
+            {"component_role": "a", "technique_name": "count", "max_duration": 60,
+             "sampling_interval": 1, "stop_with_task_name": "Y"},
+            {"component_role": "b", "technique_name": "count", "max_duration": 60,
+             "sampling_interval": 1, "task_name": "Y"},
+        ]
+    }  # fmt: skip
+    now = time.time()
+    saved = {"0": {"state": "starting"}, "1": {"state": "running", "epoch": 1, "started_at": now}}
+    job = Job(id=1, payload=payload, submitted_at="now", progress={"tasks": saved})
+    host = FakeHost()
+    host.cstatus = {
+        c: ComponentStatus(
+            name=c, node="pc1", state="running", time=now, job=1, task=i, started_at=now, epoch=1
+        )
+        for i, c in enumerate(("ca", "cb"))
+    }
+    done: asyncio.Future[tuple[str, str | None]] = asyncio.get_running_loop().create_future()
+
+    async def on_done(r: JobRunner, status: str, reason: str | None) -> None:
+        done.set_result((status, reason))
+
+    runner = JobRunner(job=job, roles={"a": "ca", "b": "cb"}, host=host, on_done=on_done)
+    _KEEP.add(asyncio.ensure_future(runner.run()))
+    for _ in range(100):
+        if runner.tasks[0].state != "pending":
+            break
+        await asyncio.sleep(0.01)
+    assert runner.tasks[0].state == "running", runner.tasks[0].state
+    assert ("ca", "task_start") not in host.requests, host.requests  # taken over, not asked
+    ends = {
+        c: ComponentStatus(
+            name=c, node="pc1", state="idle", time=time.time(), epoch=1,
+            last_task=TaskEndInfo(
+                job=1, task=i, reason="done", t_start=now, t_end=now + 1, npoints=5, stream="s"
+            ),
+        )
+        for i, c in enumerate(("ca", "cb"))
+    }  # fmt: skip
+    await host.set(cstatus=ends)
+    assert await asyncio.wait_for(done, 10) == ("c", None)
+    assert [t.state for t in runner.tasks] == ["ended", "ended"]
+
+
+async def test_a_task_being_started_as_its_node_restarted_is_not_run_a_second_time() -> None:
+    """From a review: a task saved ``starting`` on the node's run of epoch 1; scheduler and
+    node died, the node is back with epoch 2 and knows nothing of it. Asked again, it
+    would run a second time (the first run's points may be in the old spool): the job
+    ends ce instead, saying why."""
+    host = FakeHost()
+    host.node = NodeStatus(state="online", node="pc1", epoch=2, heartbeat=time.time())
+    idle = ComponentStatus(name="cmp", node="pc1", state="idle", time=time.time(), epoch=2)
+    host.cstatus = {"cmp": idle}
+    job = _job().model_copy(
+        update={"progress": {"tasks": {"0": {"state": "starting", "epoch": 1}}}}
+    )
+    done: asyncio.Future[tuple[str, str | None]] = asyncio.get_running_loop().create_future()
+
+    async def on_done(r: JobRunner, status: str, reason: str | None) -> None:
+        done.set_result((status, reason))
+
+    runner = JobRunner(job=job, roles={"counter": "cmp"}, host=host, on_done=on_done)
+    _KEEP.add(asyncio.ensure_future(runner.run()))
+    status, reason = await asyncio.wait_for(done, 10)
+    assert status == "ce" and "restarted (epoch 1 -> 2) while task 0" in (reason or ""), reason
+    assert ("cmp", "task_start") not in host.requests, host.requests

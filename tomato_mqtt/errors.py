@@ -256,10 +256,10 @@ def _loader() -> Any:
     return _LOADER
 
 
-#: the most bits an int of a document may have: ~4300 decimal digits, Python's limit on
-#: converting an int to text (JSON), which ``0x``, ``0o``, ``0b`` and ``1:59:59``
-#: (sexagesimal) numbers do not meet as they are read
-_INT_BITS = 14_000
+#: bits past which an int of a document is converted to text to know that it has at most
+#: 4300 decimal digits (Python's limit on converting an int to text, i.e. to JSON), which
+#: ``0x``, ``0o``, ``0b`` and ``1:59:59`` (sexagesimal) numbers do not meet as they are read
+_INT_BITS = 14_000  # below 4300 * log2(10)
 
 
 def make_loader(base: Any) -> Any:
@@ -285,7 +285,10 @@ def make_loader(base: Any) -> Any:
                     None, None, f"{shown!r} is not a valid {kind}", node.start_mark
                 ) from None
             if kind == "int" and value.bit_length() > _INT_BITS:
-                raise DocumentError(_at(node), _HUGE)
+                try:  # near the limit: as JSON will (Python's own check)
+                    str(value)
+                except ValueError:
+                    raise DocumentError(_at(node), _HUGE) from None
             return value
 
         return construct

@@ -335,8 +335,6 @@ class Presence:
         store = self.svc.store
         if lt is None or lt.job is None or lt.task is None or store is None:
             return
-        if lt.failed_start:  # it never ran: its job's end already says why
-            return
         if lt.job in self.svc.runners:
             return  # the runner takes it
         try:
@@ -350,7 +348,12 @@ class Presence:
         end = dict(t.get("end") or {})
         if isinstance(end.get("npoints"), int):
             return
-        new_end = lt.model_dump(mode="json") | {"late": True, "ended_job_as": end.get("message")}
+        new_end = lt.model_dump(mode="json")
+        if lt.failed_start:  # it never ran: the node's reason, not a late end (a review)
+            if end.get("reason") != "error":
+                return
+        else:
+            new_end |= {"late": True, "ended_job_as": end.get("message")}
         tasks[str(lt.task)] = t | {"state": "ended", "end": new_end}
         store.update_job(lt.job, progress=dict(job.progress) | {"tasks": tasks})
         log.info("job %d: task %d end reported late (%d points)", lt.job, lt.task, lt.npoints)

@@ -288,7 +288,11 @@ class JobRunner:
             if t.state in ("ended", "skipped"):
                 continue
             if t.state == "pending":
-                if t.start_with and t.start_with not in self.started_names:
+                # its node holds it already (a successor of a scheduler that died while
+                # it started it): taken over, whatever its triggers say now (skipped by
+                # its stop_with, it ran on untracked: a review)
+                held = self._node_holds(t)
+                if not held and t.start_with and t.start_with not in self.started_names:
                     await self._wait_for_start_with(t)
                     if self._failed():
                         return
@@ -300,16 +304,44 @@ class JobRunner:
                             "which was skipped",
                         )
                         continue
-                if t.stop_with and t.stop_with in self.started_names:
+                if not held and t.stop_with and t.stop_with in self.started_names:
                     await self._skip(t, None)
                     continue
                 if not await self._start(t):
                     return
             await self._wait_end(t)
 
+    def _node_holds(self, t: TaskState) -> bool:
+        """The component's status says it runs ``t`` or has ended it."""
+        st = self.host.component_status(self.roles[t.role])
+        return st is not None and (self._is_running(st, t) or self._ended(st, t))
+
     async def _start(self, t: TaskState) -> bool:
         component = self.roles[t.role]
+        node = self.host.node_of(component)
+        if (
+            t.epoch is not None  # saved as being started, on the node's run of that epoch
+            and node is not None
+            and node.state == "online"
+            and node.epoch != t.epoch
+            and not self._node_holds(t)
+        ):
+            # its node restarted meanwhile: it may have run in part there, and is not
+            # run a second time (its points would count twice: a review)
+            why = (
+                f"node {node.node} restarted (epoch {t.epoch} -> {node.epoch}) while task "
+                f"{t.spec.index} ({t.spec.technique_name}) was being started on "
+                f"{component}: it may have run in part, so it is not started again"
+            )
+            self.error = why
+            t.state = "ended"
+            t.end = {"reason": "error", "message": why}
+            self._save()
+            await self._notify()
+            return False
         t.state = "starting"
+        # the node's run it is started on: stored with it if a save comes meanwhile
+        t.epoch = node.epoch if node is not None and node.state == "online" else None
         # in memory only: stored with the node's answer (running, or the refusal), so
         # no fsync stands between a launch and its first task (~3 ms of every job). A
         # scheduler that dies in between finds the task pending: the check below (the
