@@ -900,3 +900,124 @@ async def test_a_task_being_started_as_its_node_restarted_is_not_run_a_second_ti
     status, reason = await asyncio.wait_for(done, 10)
     assert status == "ce" and "restarted (epoch 1 -> 2) while task 0" in (reason or ""), reason
     assert ("cmp", "task_start") not in host.requests, host.requests
+
+
+def _two_roles(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    task = {"technique_name": "count", "max_duration": 60, "sampling_interval": 1}
+    return {"method": [task | {"component_role": "a"} | a, task | {"component_role": "b"} | b]}
+
+
+def _running_status(c: str, task: int, now: float) -> ComponentStatus:
+    return ComponentStatus(
+        name=c, node="pc1", state="running", time=now, job=1, task=task, started_at=now, epoch=1
+    )
+
+
+async def _both_end(host: FakeHost, now: float, reason: str = "done") -> None:
+    ends = {
+        c: ComponentStatus(
+            name=c, node="pc1", state="idle", time=time.time(), epoch=1,
+            last_task=TaskEndInfo(
+                job=1, task=i, reason=reason, t_start=now, t_end=now + 1, npoints=5, stream="s"
+            ),
+        )
+        for i, c in enumerate(("ca", "cb"))
+    }  # fmt: skip
+    await host.set(cstatus=ends)
+
+
+@pytest.mark.parametrize(
+    ("payload", "held"),
+    [
+        (_two_roles({"task_name": "A"}, {"start_with_task_name": "A"}), 0),
+        (_two_roles({"task_name": "A", "start_with_task_name": "B"},
+                    {"task_name": "B", "start_with_task_name": "A"}), 1),
+    ],
+    ids=["start-with", "ring"],
+)  # fmt: skip
+async def test_a_task_taken_over_from_its_node_counts_as_started(
+    payload: dict[str, Any], held: int
+) -> None:
+    """From a review: a task a successor took over from its node's status (its start was
+    under way when the old scheduler died) never counted as started: a task that starts
+    with it (or with it in a ring) waited for ever, the job r for good."""
+    now = time.time()
+    saved = {str(held): {"state": "starting", "epoch": 1}}
+    job = Job(id=1, payload=payload, submitted_at="now", progress={"tasks": saved})
+    host = FakeHost()
+    comps = ("ca", "cb")
+    host.cstatus = {comps[held]: _running_status(comps[held], held, now)}
+    done: asyncio.Future[tuple[str, str | None]] = asyncio.get_running_loop().create_future()
+
+    async def on_done(r: JobRunner, status: str, reason: str | None) -> None:
+        done.set_result((status, reason))
+
+    runner = JobRunner(job=job, roles={"a": "ca", "b": "cb"}, host=host, on_done=on_done)
+    _KEEP.add(asyncio.ensure_future(runner.run()))
+    other = comps[1 - held]
+    for _ in range(200):
+        if (other, "task_start") in host.requests:
+            break
+        await asyncio.sleep(0.01)
+    assert (other, "task_start") in host.requests, [t.state for t in runner.tasks]
+    assert (comps[held], "task_start") not in host.requests  # taken over, not asked
+    await _both_end(host, now)
+    assert await asyncio.wait_for(done, 10) == ("c", None)
+
+
+async def test_a_task_taken_over_after_its_stop_with_started_is_stopped() -> None:
+    """From a review: taken over after its stop_with task had started, a task ran its
+    whole max_duration: triggers fire when the trigger task starts, which was before."""
+    now = time.time()
+    payload = _two_roles({"stop_with_task_name": "Y"}, {"task_name": "Y"})
+    saved = {"0": {"state": "starting", "epoch": 1}, "1": {"state": "running", "epoch": 1}}
+    job = Job(id=1, payload=payload, submitted_at="now", progress={"tasks": saved})
+    host = FakeHost()
+    host.cstatus = {c: _running_status(c, i, now) for i, c in enumerate(("ca", "cb"))}
+    done: asyncio.Future[tuple[str, str | None]] = asyncio.get_running_loop().create_future()
+
+    async def on_done(r: JobRunner, status: str, reason: str | None) -> None:
+        done.set_result((status, reason))
+
+    runner = JobRunner(job=job, roles={"a": "ca", "b": "cb"}, host=host, on_done=on_done)
+    _KEEP.add(asyncio.ensure_future(runner.run()))
+    for _ in range(200):
+        if ("ca", "task_stop") in host.requests:
+            break
+        await asyncio.sleep(0.01)
+    assert ("ca", "task_stop") in host.requests, host.requests
+    await _both_end(host, now)
+    assert await asyncio.wait_for(done, 10) == ("c", None)
+
+
+async def test_a_successor_up_before_the_node_does_not_start_the_task_a_second_time() -> None:
+    """From a review: scheduler and node killed while a task was being started (saved
+    on the node's epoch 1); the successor came up first, saw the node's will (offline)
+    and sent the start, which the node, back with epoch 2, ran a second time. It waits
+    for the node, and then ends the job ce, as when the node was back first."""
+    host = FakeHost()
+    host.node = NodeStatus(state="offline", node="pc1", epoch=1, heartbeat=time.time() - 5)
+    host.cstatus = {
+        "cmp": ComponentStatus(name="cmp", node="pc1", state="idle", time=time.time(), epoch=1)
+    }
+    job = _job().model_copy(
+        update={"progress": {"tasks": {"0": {"state": "starting", "epoch": 1}}}}
+    )
+    done: asyncio.Future[tuple[str, str | None]] = asyncio.get_running_loop().create_future()
+
+    async def on_done(r: JobRunner, status: str, reason: str | None) -> None:
+        done.set_result((status, reason))
+
+    _KEEP.add(
+        asyncio.ensure_future(
+            JobRunner(job=job, roles={"counter": "cmp"}, host=host, on_done=on_done).run()
+        )
+    )
+    await asyncio.sleep(0.5)
+    assert not host.requests and not done.done(), host.requests
+    back = NodeStatus(state="online", node="pc1", epoch=2, heartbeat=time.time())
+    idle = ComponentStatus(name="cmp", node="pc1", state="idle", time=time.time(), epoch=2)
+    await host.set(node=back, cstatus={"cmp": idle})
+    status, reason = await asyncio.wait_for(done, 10)
+    assert status == "ce" and "restarted (epoch 1 -> 2)" in (reason or ""), reason
+    assert ("cmp", "task_start") not in host.requests, host.requests

@@ -311,6 +311,28 @@ class JobRunner:
                     return
             await self._wait_end(t)
 
+    async def _not_started(self, t: TaskState, why: str) -> bool:
+        """End ``t``, not started, and its job with ``why``; False (as :meth:`_start`)."""
+        self.error = why
+        t.state = "ended"
+        t.end = {"reason": "error", "message": why}
+        self._save()
+        await self._notify()
+        return False
+
+    async def _node_online(self, component: str) -> None:
+        """Until the node of ``component`` is online, at most ``node_grace_period`` s."""
+        deadline = time.monotonic() + self.host.node_grace_period
+
+        def online() -> bool:
+            node = self.host.node_of(component)
+            return (node is not None and node.state == "online") or time.monotonic() > deadline
+
+        async with self.host.cond:
+            while not online() and not self._failed():
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await wait_for(self.host.cond.wait(), max(0.0, deadline - time.monotonic()))
+
     def _node_holds(self, t: TaskState) -> bool:
         """The component's status says it runs ``t`` or has ended it."""
         st = self.host.component_status(self.roles[t.role])
@@ -318,6 +340,19 @@ class JobRunner:
 
     async def _start(self, t: TaskState) -> bool:
         component = self.roles[t.role]
+        if t.epoch is not None and not self._node_holds(t):
+            # saved as being started: which run of its node has it? A successor up before
+            # the node sent the start again, and a node back meanwhile ran it a second
+            # time (a review): it waits for the node (as a lost node is waited for)
+            await self._node_online(component)
+            node = self.host.node_of(component)
+            if node is None or node.state != "online":
+                return await self._not_started(
+                    t,
+                    f"node {node.node if node else '?'} hosting {component} was lost for "
+                    f"more than {self.host.node_grace_period:g} s while task "
+                    f"{t.spec.index} ({t.spec.technique_name}) was being started",
+                )
         node = self.host.node_of(component)
         if (
             t.epoch is not None  # saved as being started, on the node's run of that epoch
@@ -328,17 +363,12 @@ class JobRunner:
         ):
             # its node restarted meanwhile: it may have run in part there, and is not
             # run a second time (its points would count twice: a review)
-            why = (
+            return await self._not_started(
+                t,
                 f"node {node.node} restarted (epoch {t.epoch} -> {node.epoch}) while task "
                 f"{t.spec.index} ({t.spec.technique_name}) was being started on "
-                f"{component}: it may have run in part, so it is not started again"
+                f"{component}: it may have run in part, so it is not started again",
             )
-            self.error = why
-            t.state = "ended"
-            t.end = {"reason": "error", "message": why}
-            self._save()
-            await self._notify()
-            return False
         t.state = "starting"
         # the node's run it is started on: stored with it if a save comes meanwhile
         t.epoch = node.epoch if node is not None and node.state == "online" else None
@@ -358,6 +388,9 @@ class JobRunner:
             t.epoch, t.started_at = st.epoch, st.started_at
             t.running_since = time.monotonic()
             self._save()
+            # as started by this scheduler: the tasks that start with it waited for it
+            # for ever, and a stop_with that had started left it running (a review)
+            await self._started(t)
             return True
         # sent again while no answer comes (the same id: a node starts it once): a
         # restarted node takes a moment to subscribe to its components' commands, and a
@@ -408,6 +441,14 @@ class JobRunner:
         # started it again on the restarted node: a second run, and the job ended c
         self.save_now()
         self.host.job_event(self.job.id, "task_started", role=t.role, task=t.spec.index)
+        await self._started(t)
+        return True
+
+    async def _started(self, t: TaskState) -> None:
+        """``t`` runs: the tasks that start with it may start, those that stop with it are
+        stopped (on every role), and so is ``t`` if its own stop_with started before."""
+        if t.stop_with and t.stop_with in self.started_names:  # a task taken over
+            self._bg.add(asyncio.ensure_future(self._stop_task(t, f"stopped by {t.stop_with}")))
         if t.spec.task_name:
             self.started_names.add(t.spec.task_name)
             # stop_with triggers fire now, on every role
@@ -419,7 +460,6 @@ class JobRunner:
                         )
                     )
             await self._notify()
-        return True
 
     def _is_running(self, st: ComponentStatus, t: TaskState) -> bool:
         return st.state == "running" and st.job == self.job.id and st.task == t.spec.index
