@@ -32,6 +32,10 @@ __all__ = ["ComponentOps"]
 #: s a task_start waits for its component's first registration to end (the scheduler
 #: waits 10 s for the answer, which must leave time for the task's own start)
 REGISTER_WAIT = 6.0
+#: s a task_start of the task the node is setting up waits for that set-up to end (then
+#: answered with the start it made); past it, answered "being set up" (the scheduler
+#: waits 10 s for the answer)
+SETUP_WAIT = 5.0
 
 
 class ComponentOps:
@@ -65,8 +69,13 @@ class ComponentOps:
     async def op_task_start(self, hc: HostedComponent, args: Mapping[str, JsonValue]) -> Result:
         task = TaskSpec.model_validate(args.get("task"))
         setting_up = self._being_set_up(hc, task)
-        if setting_up is not None:
-            return setting_up
+        if setting_up is not None:  # asked again while its set-up runs (under the lock)
+            lock = self.lock(hc)
+            try:  # a short set-up: answered below as the start it made
+                await wait_for(lock.acquire(), SETUP_WAIT)
+            except asyncio.TimeoutError:
+                return setting_up
+            lock.release()
         if hc.runner is None and not hc.settled.is_set():
             # registering: a node just started (or reloaded it). The scheduler took the
             # component for ready from its meta of before, and a job submitted as its
@@ -110,9 +119,9 @@ class ComponentOps:
         """The answer to a task_start of the task this node is setting up (the driver's
         preparation, under the component's lock), or None: a scheduler that restarted
         meanwhile asks for it again, and waited behind the lock for the set-up (the job
-        ended ce "no node answered" when it took 10 s). It hears at once that the task
-        is accepted, not begun (``started_at`` null); its end (or failed start) is told
-        in the component's status."""
+        ended ce "no node answered" when it took 10 s). After ``SETUP_WAIT`` s it hears
+        that the task is accepted, not begun (``started_at`` null); its end (or failed
+        start) is told in the component's status."""
         runner = hc.runner
         current = runner.current_task if runner is not None else None
         if task.job is None or current is None:
