@@ -1021,3 +1021,121 @@ async def test_a_successor_up_before_the_node_does_not_start_the_task_a_second_t
     status, reason = await asyncio.wait_for(done, 10)
     assert status == "ce" and "restarted (epoch 1 -> 2)" in (reason or ""), reason
     assert ("cmp", "task_start") not in host.requests, host.requests
+
+
+def _ended_status(
+    c: str, task: int, reason: str = "done", msg: str | None = None
+) -> ComponentStatus:
+    now = time.time()
+    end = TaskEndInfo(
+        job=1, task=task, reason=reason, message=msg, t_start=now - 5, t_end=now - 1,
+        npoints=5, stream="s",
+    )  # fmt: skip
+    return ComponentStatus(name=c, node="pc1", state="idle", time=now, epoch=1, last_task=end)
+
+
+class _StopsAsANode(FakeHost):
+    """task_stop as a node does it: it stops whatever task of the job the component runs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stopped: list[tuple[str, int | None]] = []
+
+    async def component_request(
+        self,
+        component: str,
+        op: str,
+        args: Mapping[str, Any],
+        timeout: float = 5.0,
+        resend: bool = False,
+    ) -> tuple[bool, str, Any]:
+        if op != "task_stop":
+            return await super().component_request(component, op, args, timeout, resend)
+        self.requests.append((component, op))
+        await asyncio.sleep(0.01)  # in flight
+        st = self.cstatus.get(component)
+        if st is None or st.state != "running":
+            return True, "no running task", {"running": False}
+        self.stopped.append((component, st.task))
+        await self.set(cstatus=self.cstatus | {component: _ended_status(component, st.task or 0)})
+        return True, "stopped", {"running": True}
+
+
+async def test_a_task_taken_over_as_ended_sends_no_stop_that_would_stop_the_next() -> None:
+    """From a review: a task taken over whose status said it had ended, its stop_with
+    started, was stopped "by its trigger" too: the stop names the job only, and the
+    node stopped the role's next task with it."""
+    base = {"technique_name": "count", "max_duration": 60, "sampling_interval": 1}
+    payload = {
+        "method": [
+            base | {"component_role": "a", "stop_with_task_name": "Y"},
+            base | {"component_role": "a"},
+            base | {"component_role": "b", "task_name": "Y"},
+        ]
+    }
+    saved = {
+        "0": {"state": "starting", "epoch": 1},
+        "2": {"state": "ended", "epoch": 1, "end": {"reason": "done"}},
+    }
+    job = Job(id=1, payload=payload, submitted_at="now", progress={"tasks": saved})
+    host = _StopsAsANode()
+    host.cstatus = {"ca": _ended_status("ca", 0, "stopped", "stopped by Y")}
+    done: asyncio.Future[tuple[str, str | None]] = asyncio.get_running_loop().create_future()
+
+    async def on_done(r: JobRunner, status: str, reason: str | None) -> None:
+        done.set_result((status, reason))
+
+    runner = JobRunner(job=job, roles={"a": "ca", "b": "cb"}, host=host, on_done=on_done)
+    _KEEP.add(asyncio.ensure_future(runner.run()))
+    for _ in range(200):
+        if runner.tasks[1].state == "running":
+            break
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.2)  # a stop in flight would have reached the node
+    assert ("ca", "task_stop") not in host.requests and not host.stopped, host.stopped
+    await host.set(cstatus={"ca": _ended_status("ca", 1)})
+    assert await asyncio.wait_for(done, 10) == ("c", None)
+
+
+class _TwoNodes(FakeHost):
+    """ca's node is away (its will: offline), cb's is online."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.nodes = {
+            "ca": NodeStatus(state="offline", node="pc1", epoch=1, heartbeat=time.time() - 5),
+            "cb": NodeStatus(state="online", node="pc2", epoch=1, heartbeat=time.time()),
+        }
+
+    def node_of(self, component: str) -> NodeStatus | None:
+        return self.nodes.get(component)
+
+
+@pytest.mark.parametrize("what", ["error", "cancel"])
+async def test_a_job_failing_while_a_task_waits_for_its_node_keeps_its_reason(what: str) -> None:
+    """From a review: role a's task, saved as being started, waits for its node; role b's
+    task fails (or the job is cancelled) meanwhile: the job ended with "node ... was lost
+    ... while task 0 was being started" instead of its reason."""
+    base = {"technique_name": "count", "max_duration": 60, "sampling_interval": 1}
+    payload = {"method": [base | {"component_role": "a"}, base | {"component_role": "b"}]}
+    saved = {"0": {"state": "starting", "epoch": 1}, "1": {"state": "running", "epoch": 1}}
+    job = Job(id=1, payload=payload, submitted_at="now", progress={"tasks": saved})
+    host = _TwoNodes()
+    host.cstatus = {"cb": _running_status("cb", 1, time.time())}
+    done: asyncio.Future[tuple[str, str | None]] = asyncio.get_running_loop().create_future()
+
+    async def on_done(r: JobRunner, status: str, reason: str | None) -> None:
+        done.set_result((status, reason))
+
+    runner = JobRunner(job=job, roles={"a": "ca", "b": "cb"}, host=host, on_done=on_done)
+    _KEEP.add(asyncio.ensure_future(runner.run()))
+    await asyncio.sleep(0.3)
+    if what == "error":
+        await host.set(cstatus={"cb": _ended_status("cb", 1, "error", "driver exploded")})
+    else:
+        await runner.cancel()
+    status, reason = await asyncio.wait_for(done, 10)
+    assert "being started" not in (reason or ""), reason
+    assert status == ("ce" if what == "error" else "cd"), (status, reason)
+    if what == "error":
+        assert "driver exploded" in (reason or ""), reason

@@ -345,13 +345,16 @@ class JobRunner:
             # the node sent the start again, and a node back meanwhile ran it a second
             # time (a review): it waits for the node (as a lost node is waited for)
             await self._node_online(component)
+            if self._failed():  # cancelled, or another role failed, meanwhile: its reason
+                return False
             node = self.host.node_of(component)
             if node is None or node.state != "online":
+                name = f"node {node.node}" if node is not None else "the node"
                 return await self._not_started(
                     t,
-                    f"node {node.node if node else '?'} hosting {component} was lost for "
-                    f"more than {self.host.node_grace_period:g} s while task "
-                    f"{t.spec.index} ({t.spec.technique_name}) was being started",
+                    f"{name} hosting {component} was not back within "
+                    f"{self.host.node_grace_period:g} s after task {t.spec.index} "
+                    f"({t.spec.technique_name}) was being started on it",
                 )
         node = self.host.node_of(component)
         if (
@@ -390,7 +393,7 @@ class JobRunner:
             self._save()
             # as started by this scheduler: the tasks that start with it waited for it
             # for ever, and a stop_with that had started left it running (a review)
-            await self._started(t)
+            await self._started(t, running=self._is_running(st, t))
             return True
         # sent again while no answer comes (the same id: a node starts it once): a
         # restarted node takes a moment to subscribe to its components' commands, and a
@@ -444,10 +447,12 @@ class JobRunner:
         await self._started(t)
         return True
 
-    async def _started(self, t: TaskState) -> None:
-        """``t`` runs: the tasks that start with it may start, those that stop with it are
-        stopped (on every role), and so is ``t`` if its own stop_with started before."""
-        if t.stop_with and t.stop_with in self.started_names:  # a task taken over
+    async def _started(self, t: TaskState, running: bool = True) -> None:
+        """``t`` started: the tasks that start with it may start, those that stop with it
+        are stopped (on every role), and so is ``t`` if it still runs and its own
+        stop_with started before (a task taken over; one that ended is not: the stop names
+        the job only, and would stop the role's next task: a review)."""
+        if running and t.stop_with and t.stop_with in self.started_names:
             self._bg.add(asyncio.ensure_future(self._stop_task(t, f"stopped by {t.stop_with}")))
         if t.spec.task_name:
             self.started_names.add(t.spec.task_name)
