@@ -1215,3 +1215,27 @@ async def test_a_failed_start_is_not_taken_later_for_a_late_end(
                 break
             await asyncio.sleep(0.05)
     assert end.get("message") == before["end"]["message"] and not end.get("late"), end
+
+
+async def test_a_node_refuses_a_start_asked_of_its_run_before(
+    broker: RunningBroker, instance: str, tmp_path: Path
+) -> None:
+    """From a review: a start sent to a node that restarted meanwhile (resent, or sent by
+    a scheduler that saw the node's old status) ran the task a second time when the
+    first copy had started it on the node's run before. The scheduler names the node's
+    epoch it decided on; a node of another epoch refuses the start, and runs nothing."""
+    from tomato_mqtt.driver import TaskSpec
+
+    async with inproc_stack(broker.port, tmp_path, instance) as st:
+        hc = st.node.components[next(iter(st.node.components))]
+        topic = st.topics.component_cmd(hc.name, "task_start")
+        task = TaskSpec(
+            technique_name="count", max_duration=0.3, sampling_interval=0.1, job=41, index=0
+        ).model_dump(mode="json")
+        old = st.node.epoch - 1
+        refused = await st.raw(topic, {"task": task, "epoch": old})
+        assert not refused.success and refused.code == "conflict", refused
+        assert f"restarted (epoch {old} -> {st.node.epoch})" in refused.msg, refused.msg
+        assert hc.runner is not None and not hc.runner.running and hc.last_task is None
+        started = await st.raw(topic, {"task": task, "epoch": st.node.epoch})
+        assert started.success, started.msg

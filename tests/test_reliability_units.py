@@ -1139,3 +1139,28 @@ async def test_a_job_failing_while_a_task_waits_for_its_node_keeps_its_reason(wh
     assert status == ("ce" if what == "error" else "cd"), (status, reason)
     if what == "error":
         assert "driver exploded" in (reason or ""), reason
+
+
+async def test_the_start_of_a_task_names_the_node_s_epoch_it_was_decided_on() -> None:
+    """The node refuses a start asked of its run before (a restart in between: the
+    first copy may have run it there): the scheduler's task_start names that epoch."""
+    sent: list[Mapping[str, Any]] = []
+
+    class Records(FakeHost):
+        async def component_request(
+            self,
+            component: str,
+            op: str,
+            args: Mapping[str, Any],
+            timeout: float = 5.0,
+            resend: bool = False,
+        ) -> tuple[bool, str, Any]:
+            if op == "task_start":
+                sent.append(args)
+            return await super().component_request(component, op, args, timeout, resend)
+
+    host = Records()  # its node's status: epoch 1 (and the task's status says so too)
+    _runner, done = await _run(host)
+    assert [a.get("epoch") for a in sent] == [host.node.epoch], sent
+    await _task_ended(host)
+    assert await asyncio.wait_for(done, 10) == ("c", None)

@@ -261,6 +261,12 @@ class ComponentStatus(WireModel):
 
 class TaskStartArgs(WireModel):
     task: TaskSpec
+    epoch: int | None = Field(
+        None,
+        description="the node's epoch the requester starts the task on (its status's "
+        "epoch when the start was decided): a node of another epoch (it restarted "
+        "meanwhile, and may have run the task in part before) refuses it, code conflict",
+    )
 
 
 # -- pipelines and jobs ----------------------------------------------------------------

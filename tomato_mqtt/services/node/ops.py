@@ -89,6 +89,16 @@ class ComponentOps:
             again = self._started_already(hc, task)
             if again is not None:
                 return again
+            want = args.get("epoch")
+            if isinstance(want, int) and not isinstance(want, bool) and want != self.node.epoch:
+                # asked of this node's run before (the requester's view): that run may have
+                # started it, and died with it; this one does not run it a second time
+                raise CommandError(
+                    f"node {self.node.name} restarted (epoch {want} -> {self.node.epoch}) "
+                    f"since task {task.index} of job {task.job} was asked for on {hc.name}: "
+                    "not started here, as it may have run in part before",
+                    code="conflict",
+                )
             if runner.running:
                 raise CommandError(f"component {hc.name} is busy with job {hc.job} task {hc.task}")
             await self.node.data.flush(hc)  # leftovers (idle points) go out under their own tags

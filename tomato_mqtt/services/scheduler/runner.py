@@ -402,7 +402,10 @@ class JobRunner:
         ok, msg, data = await self.host.component_request(
             component,
             "task_start",
-            {"task": t.spec.model_dump(mode="json")},
+            # on the node's run it is decided on: a node restarted meanwhile refuses it
+            # (the first copy may have started it there before: a second run, a review)
+            {"task": t.spec.model_dump(mode="json")}
+            | ({"epoch": t.epoch} if t.epoch is not None else {}),
             timeout=10.0,
             resend=True,
         )
