@@ -95,6 +95,7 @@ class FakeHost:
         self.node = NodeStatus(state="online", node="pc1", epoch=1, heartbeat=time.time())
         self.events: list[tuple[str, dict[str, Any]]] = []
         self.requests: list[tuple[str, str]] = []
+        self.args: list[tuple[str, str, Mapping[str, Any]]] = []  # each request's, as sent
         self.answer_stop: tuple[bool, str, Any] | None = (True, "stopped", {"running": True})
         self.silent_reset = False
         self.lose_start_reply = False  # the node starts the task; its answer is lost
@@ -127,6 +128,7 @@ class FakeHost:
         resend: bool = False,
     ) -> tuple[bool, str, Any]:
         self.requests.append((component, op))
+        self.args.append((component, op, args))
         if op == "task_start":
             started = time.time()
             task = int(args["task"]["index"])
@@ -1144,23 +1146,9 @@ async def test_a_job_failing_while_a_task_waits_for_its_node_keeps_its_reason(wh
 async def test_the_start_of_a_task_names_the_node_s_epoch_it_was_decided_on() -> None:
     """The node refuses a start asked of its run before (a restart in between: the
     first copy may have run it there): the scheduler's task_start names that epoch."""
-    sent: list[Mapping[str, Any]] = []
-
-    class Records(FakeHost):
-        async def component_request(
-            self,
-            component: str,
-            op: str,
-            args: Mapping[str, Any],
-            timeout: float = 5.0,
-            resend: bool = False,
-        ) -> tuple[bool, str, Any]:
-            if op == "task_start":
-                sent.append(args)
-            return await super().component_request(component, op, args, timeout, resend)
-
-    host = Records()  # its node's status: epoch 1 (and the task's status says so too)
+    host = FakeHost()  # its node's status: epoch 1 (and the task's status says so too)
     _runner, done = await _run(host)
+    sent = [args for _, op, args in host.args if op == "task_start"]
     assert [a.get("epoch") for a in sent] == [host.node.epoch], sent
     await _task_ended(host)
     assert await asyncio.wait_for(done, 10) == ("c", None)

@@ -333,8 +333,9 @@ _TAGS = {
     f"tag:yaml.org,2002:{t}"
     for t in ("null", "bool", "int", "float", "str", "timestamp", "binary", "seq", "map")
 }
+_MERGE = "tag:yaml.org,2002:merge"
 #: tags of mapping keys only: the merge key ``<<``, and ``=`` (read as text)
-_KEY_TAGS = {"tag:yaml.org,2002:merge", "tag:yaml.org,2002:value"}
+_KEY_TAGS = {_MERGE, "tag:yaml.org,2002:value"}
 
 
 def _check_nodes(root: Any) -> None:
@@ -423,9 +424,6 @@ def _check_nodes(root: Any) -> None:
             f"{MAX_CHARS:,} characters more than is written: write the repeated parts "
             "out, or use fewer levels of aliases",
         )
-
-
-_MERGE = "tag:yaml.org,2002:merge"
 
 
 def _children(node: Any) -> list[Any]:

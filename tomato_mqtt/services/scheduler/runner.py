@@ -356,22 +356,16 @@ class JobRunner:
                     f"{self.host.node_grace_period:g} s after task {t.spec.index} "
                     f"({t.spec.technique_name}) was being started on it",
                 )
+            if node.epoch != t.epoch and not self._node_holds(t):
+                # its node restarted meanwhile: it may have run in part there, and is not
+                # run a second time (its points would count twice: a review)
+                return await self._not_started(
+                    t,
+                    f"node {node.node} restarted (epoch {t.epoch} -> {node.epoch}) while "
+                    f"task {t.spec.index} ({t.spec.technique_name}) was being started on "
+                    f"{component}: it may have run in part, so it is not started again",
+                )
         node = self.host.node_of(component)
-        if (
-            t.epoch is not None  # saved as being started, on the node's run of that epoch
-            and node is not None
-            and node.state == "online"
-            and node.epoch != t.epoch
-            and not self._node_holds(t)
-        ):
-            # its node restarted meanwhile: it may have run in part there, and is not
-            # run a second time (its points would count twice: a review)
-            return await self._not_started(
-                t,
-                f"node {node.node} restarted (epoch {t.epoch} -> {node.epoch}) while task "
-                f"{t.spec.index} ({t.spec.technique_name}) was being started on "
-                f"{component}: it may have run in part, so it is not started again",
-            )
         t.state = "starting"
         # the node's run it is started on: stored with it if a save comes meanwhile
         t.epoch = node.epoch if node is not None and node.state == "online" else None
