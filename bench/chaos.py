@@ -51,7 +51,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     )
     ap.add_argument("--quick", action="store_true", help="1 run, 5 s tasks, 3 s faults")
     ap.add_argument("--list", action="store_true", help="list the scenarios and exit")
-    ap.add_argument("--keep", action="store_true", help="keep the work directories")
+    ap.add_argument(
+        "--keep",
+        action="store_true",
+        help="keep every work directory (those of runs not as specified are kept anyway)",
+    )
     return ap.parse_args(argv)
 
 
@@ -70,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     rates = [float(x) for x in args.hz.split(",") if x.strip()]
     work = Path(tempfile.mkdtemp(prefix="tomato-chaos-"))
     skipped: dict[str, str] = {}
+    kept: list[Path] = []
     t0 = time.monotonic()
     try:
         for name in names:
@@ -82,15 +87,24 @@ def main(argv: list[str] | None = None) -> int:
                     root = work / f"{name.replace('+', 'p')}-{hz:g}-{i}"
                     root.mkdir(parents=True)
                     progress(f"{name} @{hz:g} Hz run {i}", t0)
+                    n_runs = len(RUNS)
                     try:
                         run_scenario(name, root, p, run=i)
                     except Unavailable as e:
                         skipped[name] = str(e)
                     except Exception as e:  # a broken run is a row, not the end of the bench
                         record(Run(name, hz, run=i, problems=[f"{type(e).__name__}: {e}"[:200]]))
+                    if any(r.faults() for r in RUNS[n_runs:]):
+                        kept.append(root)  # its logs say why (a run once failed unexplained)
+                    elif not args.keep:
+                        shutil.rmtree(root, ignore_errors=True)
     finally:
         if args.keep:
             print(f"work directories kept in {work}", file=sys.stderr)
+        elif kept:
+            print(
+                f"the runs not as specified are kept: {', '.join(map(str, kept))}", file=sys.stderr
+            )
         else:
             shutil.rmtree(work, ignore_errors=True)
     report(args, skipped, time.monotonic() - t0)

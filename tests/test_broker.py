@@ -255,3 +255,31 @@ async def test_a_long_topic_is_matched_but_not_remembered(
     assert isinstance(broker, AmqttBroker) and broker._broker is not None
     matched = broker._broker._broker._matched
     assert f"tomato/v2/{instance}/short" in matched and long not in matched
+
+
+async def test_a_start_failing_without_words_names_what_failed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A chaos run's `tomato start` failed with "cannot start the embedded MQTT broker on
+    127.0.0.1:21238: Broker instance can't be started:" and nothing after the colon:
+    amqtt wraps what failed in its own sentence, and that exception had no text. The
+    error names the type of what failed then, and a failure with text is said once."""
+    import amqtt.broker
+    from tomato_mqtt_broker import BrokerConfig, EmbeddedBroker
+
+    from tests.stack import free_port
+
+    async def fails(self: object, *args: object) -> None:
+        raise fault
+
+    monkeypatch.setattr(amqtt.broker.Broker, "_create_server_instance", fails)
+    said = []
+    for fault in (TimeoutError(), OSError(98, "Address already in use")):
+        b = EmbeddedBroker(BrokerConfig(port=free_port(), ws_port=0))
+        with pytest.raises(OSError) as e:
+            await b.start()
+        said.append(str(e.value).split(": ", 1)[1])
+    assert said == [
+        "Broker instance can't be started: TimeoutError",
+        "Broker instance can't be started: [Errno 98] Address already in use",
+    ], said

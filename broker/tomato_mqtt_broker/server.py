@@ -746,6 +746,23 @@ def _broker_class(
     return _Broker
 
 
+def _reason(e: BaseException) -> str:
+    """What failed, in words: the exception's text and, down its chain of causes, the
+    first cause whose text is not already part of it. amqtt wraps what failed in
+    "Broker instance can't be started: {e}"; an exception without text (a bare
+    ``TimeoutError()``) left that sentence ending in a colon, so its type is named."""
+    text = str(e).strip() or type(e).__name__
+    cause, seen = e.__cause__ or e.__context__, {id(e)}
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        said = str(cause).strip()
+        if not said or said not in text:
+            named = f"{type(cause).__name__}: {said}" if said else type(cause).__name__
+            return f"{text.rstrip(': ')}: {named}"
+        cause = cause.__cause__ or cause.__context__
+    return text
+
+
 class _OneLinePerClient(logging.Filter):
     """amqtt warns once per message a client did not acknowledge; _Delivery says it once
     per client and gives the count."""
@@ -793,7 +810,7 @@ class EmbeddedBroker:
             self._broker = None
             raise OSError(
                 f"cannot start the embedded MQTT broker on {self.config.host}:{self.config.port}"
-                f": {e}"
+                f": {_reason(e)}"
             ) from e
 
     async def stop(self) -> None:
