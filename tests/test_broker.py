@@ -269,16 +269,19 @@ async def test_a_start_failing_without_words_names_what_failed(
 
     from tests.stack import free_port
 
+    faults: list[Exception] = [TimeoutError(), OSError(98, "Address already in use")]
+
     async def fails(self: object, *args: object) -> None:
-        raise fault
+        raise faults[0]
 
     monkeypatch.setattr(amqtt.broker.Broker, "_create_server_instance", fails)
     said = []
-    for fault in (TimeoutError(), OSError(98, "Address already in use")):
+    for _ in range(2):
         b = EmbeddedBroker(BrokerConfig(port=free_port(), ws_port=0))
         with pytest.raises(OSError) as e:
             await b.start()
         said.append(str(e.value).split(": ", 1)[1])
+        faults.pop(0)
     assert said == [
         "Broker instance can't be started: TimeoutError",
         "Broker instance can't be started: [Errno 98] Address already in use",

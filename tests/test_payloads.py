@@ -18,7 +18,7 @@ from tomato_mqtt.config.payloads import (
     read_payload_file,
     read_payload_text,
 )
-from tomato_mqtt.errors import parse_document
+from tomato_mqtt.documents import parse_document
 
 CONFIG = Path(__file__).resolve().parents[1] / "config"
 
@@ -406,10 +406,10 @@ def test_pure_python_yaml_refuses_the_same_documents(monkeypatch: pytest.MonkeyP
     alias bomb and the deep nesting get the same plain answers as with libyaml's."""
     import yaml
 
-    from tomato_mqtt import errors
-    from tomato_mqtt.errors import DocumentError
+    from tomato_mqtt import documents
+    from tomato_mqtt.documents import DocumentError
 
-    monkeypatch.setattr(errors, "_LOADER", errors.make_loader(yaml.SafeLoader))
+    monkeypatch.setattr(documents, "_LOADER", documents.make_loader(yaml.SafeLoader))
     levels = ["a0: &a0 [x, x, x, x, x, x, x, x, x]"]
     levels += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 7)]
     with pytest.raises(DocumentError, match="expand to more than 100,000 values"):
@@ -467,10 +467,10 @@ def test_what_aliases_and_tags_could_hide_is_refused_before_it_is_built(
     (NaN, binary and aliases inside passed, 681 bytes became 10.5 MB of JSON), and a
     self-referencing one was an "internal error". The node graph is now checked before
     anything is built: each refused plainly, naming where, with either loader."""
-    from tomato_mqtt import errors
+    from tomato_mqtt import documents
 
     if loader == "python":
-        monkeypatch.setattr(errors, "_LOADER", errors.make_loader(yaml.SafeLoader))
+        monkeypatch.setattr(documents, "_LOADER", documents.make_loader(yaml.SafeLoader))
     with pytest.raises(PayloadError) as ei:
         read_payload_text(text, "p.yml")  # the scheduler, a dashboard upload
     assert (ei.value.location, said in ei.value.reason) == (where, True), str(ei.value)
@@ -514,11 +514,11 @@ def test_values_yaml_builds_badly_are_refused_plainly_where_they_are(
     KeyError, AttributeError or OverflowError ("internal error"); a bad date was "a
     number with more than 4300 digits"; a date or binary key broke the scheduler's JSON;
     a key's control characters went to the user's terminal as they were."""
-    from tomato_mqtt import errors
-    from tomato_mqtt.errors import DocumentError
+    from tomato_mqtt import documents
+    from tomato_mqtt.documents import DocumentError
 
     if loader == "python":
-        monkeypatch.setattr(errors, "_LOADER", errors.make_loader(yaml.SafeLoader))
+        monkeypatch.setattr(documents, "_LOADER", documents.make_loader(yaml.SafeLoader))
     with pytest.raises(DocumentError) as ei:
         parse_document(text)
     assert (ei.value.location, said in ei.value.reason) == (where, True), str(ei.value)
@@ -580,7 +580,7 @@ def test_a_payload_nested_past_the_depth_limit_is_refused_plainly(levels: int) -
 def test_a_document_nested_too_deeply_is_refused_plainly(json_only: bool) -> None:
     """[[[[...]]]] a few thousand deep made PyYAML's composer (and json) recurse out of
     the stack: the submitter got "internal error: RecursionError" (found by a review)."""
-    from tomato_mqtt.errors import DocumentError
+    from tomato_mqtt.documents import DocumentError
 
     text = "[" * 5000 + "]" * 5000
     with pytest.raises(DocumentError, match="nested too deeply"):

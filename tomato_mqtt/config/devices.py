@@ -21,7 +21,8 @@ from pydantic import (
     field_validator,
 )
 
-from tomato_mqtt.errors import ConfigError, DocumentError, format_location, parse_document
+from tomato_mqtt.documents import DocumentError, parse_document
+from tomato_mqtt.errors import ConfigError, format_location
 
 __all__ = [
     "EACH",

@@ -17,13 +17,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tomato_mqtt.config.login import login_name
-from tomato_mqtt.errors import (
-    DocumentError,
-    check_values,
-    describe_validation_error,
-    one_line,
-    parse_document,
-)
+from tomato_mqtt.documents import DocumentError, check_values, parse_document
+from tomato_mqtt.errors import describe_validation_error, one_line
 
 if TYPE_CHECKING:
     from dgbowl_schemas.tomato.payload import Payload
