@@ -52,6 +52,9 @@ class BrokerConfig:
     #: max_queued_messages (amqtt kept every one: a script that died held the broker's
     #: memory for all the data that came since)
     max_queued_messages: int = 1000
+    #: the largest packet a client may send (bytes); a larger one closes its connection
+    #: before its body is read, as Mosquitto's max_packet_size (amqtt took 256 MB)
+    max_packet_bytes: int = 8 * 1024 * 1024
     #: an already listening socket for the plain MQTT listener (handed down by the
     #: supervisor, which binds it before anything starts): clients that connect while
     #: this broker still imports wait in its backlog instead of retrying with back-off

@@ -256,8 +256,84 @@ def _offered(tree: dict[str | None, Any], levels: list[str]) -> dict[str, None]:
     return out
 
 
+class _Framed:
+    """amqtt's reader of one connection, held to MQTT's framing and to a packet size.
+
+    amqtt reads a packet's fixed header byte by byte, then its body as the packet's
+    fields say, and takes a remaining length of up to 256 MB: one PUBLISH of 200 MB from a
+    reader (a retained one, on her own request topic) held the broker's memory for good
+    and was sent to the scheduler and the recorder at each of their restarts (a security
+    review: the scheduler exited five times in a row). This reader follows the framing
+    itself: a packet longer than ``limit`` closes the connection before its body is read,
+    as Mosquitto's ``max_packet_size`` does (MQTT 3.1.1 has no other answer), and so does
+    any read that does not fit the framing (a body read past its packet's end, a header
+    read of more than a byte), so that no packet amqtt frames otherwise escapes the bound.
+    """
+
+    __slots__ = ("_inner", "_kind", "_left", "_length", "_limit", "_refuse", "_shift", "refused")
+
+    def __init__(self, inner: Any, limit: int, refuse: Any) -> None:
+        self._inner = inner
+        self._limit = limit
+        self._refuse = refuse  # called once, with the reason, when the connection goes
+        self._left = 0  # body bytes of the current packet still to read
+        self._shift = -1  # -1: at a packet's first byte; else the remaining length's
+        self._length = 0
+        self._kind = 0
+        self.refused: str | None = None
+
+    async def read(self, n: int = -1) -> bytes:
+        if self.refused is not None:
+            raise ConnectionResetError(self.refused)
+        if self._left:
+            if not 0 < n <= self._left:
+                return self._broken(f"a read of {n} bytes, {self._left} left in the packet")
+            data: bytes = await self._inner.read(n)
+            self._left -= len(data)
+            return data
+        if n != 1:
+            return self._broken(f"a read of {n} bytes at a packet's header")
+        data = await self._inner.read(1)
+        if not data:
+            return data
+        if self._shift < 0:  # the packet's type and flags
+            self._kind, self._shift, self._length = data[0] >> 4, 0, 0
+            return data
+        self._length |= (data[0] & 0x7F) << self._shift
+        self._shift += 7
+        if data[0] & 0x80:
+            if self._shift >= 28:
+                return self._broken("a remaining length of more than 4 bytes")
+            return data
+        self._shift, self._left = -1, self._length
+        if self._length > self._limit:
+            what = "PUBLISH" if self._kind == 3 else f"packet of type {self._kind}"
+            why = (
+                f"a {what} of {self._length:,} bytes, over the broker's max_packet_bytes "
+                f"({self._limit:,})"
+            )
+            self.refused = why
+            self._refuse(why)
+            raise ConnectionResetError(why)
+        return data
+
+    def _broken(self, what: str) -> bytes:
+        why = f"packet framing broken ({what})"
+        self.refused = why
+        self._refuse(why)
+        raise ConnectionResetError(why)
+
+    def feed_eof(self) -> None:
+        self._inner.feed_eof()
+
+
 def _broker_class(
-    listen_fd: int | None, open_stack: bool, max_queued: int, max_offline: int
+    listen_fd: int | None,
+    open_stack: bool,
+    max_queued: int,
+    max_offline: int,
+    max_packet: int = 8 * 1024 * 1024,
+    instance: str = "default",
 ) -> Any:
     """amqtt's Broker, without its retained-message leak.
 
@@ -278,6 +354,8 @@ def _broker_class(
     from amqtt.utils import gen_client_id
 
     from tomato_mqtt_broker.security import RoleAclPlugin
+
+    retainable = _retainable(instance)
 
     class _Broker(Broker):  # type: ignore[misc]
         def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -711,6 +789,27 @@ def _broker_class(
                 if not writer.is_closing():
                     writer.close()
 
+        async def _client_connected(self, listener_name: str, reader: Any, writer: Any) -> None:
+            # every listener's connections (TCP, TLS, WebSocket) are read through _Framed
+            framed = _Framed(reader, max_packet, functools.partial(_refused_packet, writer))
+            await super()._client_connected(listener_name, framed, writer)
+
+        # -- requests and replies are not kept (a security review) ------------------------
+        # a retained request was sent again to the scheduler (or a node) at each of its
+        # restarts and subscriptions, and any login that may ask something could fill
+        # the broker's memory with them (50,000 retained 1 kB requests on made-up
+        # component names: +56 MB, for good). Under the root, only the channels the
+        # contract retains (statuses, meta, last points) are kept; elsewhere a retained
+        # message is delivered as any other and not stored. An empty one still clears.
+        async def retain_message(
+            self, source_session: Any, topic_name: str | None, data: Any, qos: int | None = None
+        ) -> None:
+            if data and topic_name is not None and not retainable(topic_name):
+                who = getattr(source_session, "username", None) or "(anonymous)"
+                log.info("not kept: a retained message of %s on %s", who, topic_name)
+                return
+            await super().retain_message(source_session, topic_name, data, qos)
+
         # -- filters nobody holds go (a soak: +1 MB per 1,000 jobs, for good) -------------
         # amqtt keeps an empty entry for every filter once unsubscribed (and its string
         # key): a script that waits on each job (client Job.wait: two filters a job)
@@ -744,6 +843,34 @@ def _broker_class(
             await super()._publish_retained_messages_for_subscription(subscription, session)
 
     return _Broker
+
+
+def _refused_packet(writer: Any, why: str) -> None:
+    try:
+        peer = writer.get_peer_info()
+    except Exception:
+        peer = None
+    where = f"{peer[0]}:{peer[1]}" if peer else "a client"
+    log.warning("closed the connection of %s: %s", where, why)
+
+
+def _retainable(instance: str) -> Any:
+    """``topic -> bool``: whether the broker keeps a retained message on ``topic``: on
+    the channels the contract retains (``x-retained``), or on topics outside the root."""
+    from tomato_mqtt.wire.channels import CHANNELS
+    from tomato_mqtt.wire.topics import Topics
+
+    topics = Topics(instance)
+    kept = {ch.kind for ch in CHANNELS if ch.retained}
+    prefix = topics.root + "/"
+
+    def retainable(topic: str) -> bool:
+        if not topic.startswith(prefix):
+            return True
+        parsed = topics.parse(topic)
+        return parsed is not None and parsed.kind in kept
+
+    return retainable
 
 
 def _reason(e: BaseException) -> str:
@@ -794,6 +921,8 @@ class EmbeddedBroker:
             open_stack,
             self.config.max_queued_bytes,
             self.config.max_queued_messages,
+            self.config.max_packet_bytes,
+            self.config.instance,
         )
         self._broker = cls(config)
         try:

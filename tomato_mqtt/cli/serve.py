@@ -115,6 +115,7 @@ def broker_config(s: Settings) -> Any:
         tls_port=b.tls_port,
         max_queued_bytes=b.max_queued_bytes,
         max_queued_messages=b.max_queued_messages,
+        max_packet_bytes=b.max_packet_bytes,
     )
 
 

@@ -210,7 +210,12 @@ def broker_config_cmd(
         pw: mq.password_file(users),
         acl: mq.acl_file(users, Topics(s.mqtt.instance), nodes),
         out / "tomato.conf": mq.config_snippet(
-            host=b.host, port=s.mqtt.port, password_path=str(pw), acl_path=str(acl), tls=tls
+            host=b.host,
+            port=s.mqtt.port,
+            password_path=str(pw),
+            acl_path=str(acl),
+            tls=tls,
+            max_packet_bytes=b.max_packet_bytes,
         ),
     }
     for line in s.exposed:  # passwords others could read (a plain listener on the network)

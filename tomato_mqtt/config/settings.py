@@ -98,6 +98,10 @@ class MqttSettings(_Section):
         return v
 
 
+#: bytes of a packet besides its message (topic, header), kept free under max_packet_bytes
+PACKET_OVERHEAD = 64 * 1024
+
+
 class BrokerSettings(_Section):
     embedded: bool = True
     host: str = "127.0.0.1"
@@ -118,6 +122,10 @@ class BrokerSettings(_Section):
     #: messages kept for a persistent session while its client is away (Mosquitto's
     #: max_queued_messages); newer ones are dropped
     max_queued_messages: int = Field(default=1000, ge=1)
+    #: the largest MQTT packet the embedded broker takes (a message with its topic): a
+    #: client that sends a larger one is disconnected, as Mosquitto's max_packet_size.
+    #: The services send no larger reply; with an external broker, set it to its limit
+    max_packet_bytes: int = Field(default=8 * 1024 * 1024, ge=256 * 1024, le=256 * 1024 * 1024)
 
     @model_validator(mode="after")
     def _network_needs_auth(self) -> BrokerSettings:
@@ -281,7 +289,18 @@ class Settings(_Section):
         self.recorder.output_roots = [self._abs(p) for p in self.recorder.output_roots]
         if self.node.upstream_env is not None:
             self.node.upstream_env = self._abs(self.node.upstream_env)
+        if self.node.batch_max_bytes + PACKET_OVERHEAD > b.max_packet_bytes:
+            raise ValueError(
+                f"node.batch_max_bytes ({self.node.batch_max_bytes}) must stay "
+                f"{PACKET_OVERHEAD} bytes below broker.max_packet_bytes ({b.max_packet_bytes}):"
+                " a larger data message would be refused by the broker"
+            )
         return self
+
+    @property
+    def max_reply_bytes(self) -> int:
+        """The largest reply a service sends: under the broker's packet size."""
+        return self.broker.max_packet_bytes - PACKET_OVERHEAD
 
     def _abs(self, p: Path) -> Path:
         p = p.expanduser()

@@ -155,9 +155,15 @@ class Requester:
         else:
             payload_args = dict(args or {})
         req = Request(id=uuid.uuid4().hex, reply_to=self.reply_topic, args=payload_args)
+        data = encode(req)
+        if len(data) > MAX_REPLY:  # the broker would close the connection (max_packet_bytes)
+            raise CommandError(
+                f"the request to {topic} is {len(data):,} bytes, more than a message may "
+                f"carry ({MAX_REPLY:,}): send less at a time",
+                code="bad_request",
+            )
         fut: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
         self._waiting[req.id] = fut
-        data = encode(req)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         gap = RESEND_AFTER if resend else timeout
@@ -239,6 +245,9 @@ _ANSWERING = b""
 #: the largest reply kept for copies (bytes): a job's reply holds its payload (2000
 #: remembered ids: at most ~32 MB)
 _KEEP_AT_MOST = 16 * 1024
+#: the largest reply sent (bytes), unless the service says otherwise: under the embedded
+#: broker's default max_packet_bytes (8 MiB), which disconnects a client sending more
+MAX_REPLY = 8 * 1024 * 1024 - 64 * 1024
 
 
 class Responder:
@@ -255,8 +264,10 @@ class Responder:
         remember: int = 2000,
         journal: ReplyJournal | None = None,
         journaled: frozenset[str] = frozenset(),
+        max_reply: int = MAX_REPLY,
     ) -> None:
         self.client = client
+        self.max_reply = max_reply
         self.topics = topics
         self.handlers = dict(handlers)
         self.name = name
@@ -338,6 +349,21 @@ class Responder:
             finally:
                 _requester.reset(token)
         data = encode(reply)
+        if len(data) > self.max_reply:
+            # sent, it would cost the service its connection (the broker's packet size)
+            log.warning(
+                "%s: a reply to %s of %d bytes not sent: too large", self.name, op, len(data)
+            )
+            reply = Reply(
+                id=req.id,
+                success=False,
+                msg=(
+                    f"the answer to {op} would be {len(data):,} bytes, more than a message "
+                    f"may carry ({self.max_reply:,}): ask for less at a time (fewer job ids)"
+                ),
+                code="bad_request",
+            )
+            data = encode(reply)
         cmd = self.commands.get(op)
         if cmd is not None and cmd.reads:
             self._seen.pop(key, None)  # a copy is answered anew: a read changes nothing

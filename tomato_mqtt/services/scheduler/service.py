@@ -170,6 +170,7 @@ class SchedulerService(Service):
             self.ops.table(),
             name="scheduler",
             kind="scheduler",
+            max_reply=self.settings.max_reply_bytes,
             journal=self.store,
             journaled=JOURNALED,
         )

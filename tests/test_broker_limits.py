@@ -1,0 +1,188 @@
+"""What one client can make the embedded broker hold is bounded (a security review).
+
+A reader (the least role) published 4 x 200 MB retained messages on her own request
+topics: the broker grew from 38 to 868 MB for good and sent them to the scheduler at
+each of its restarts (it exited five times in a row); an operator's 50,000 retained
+requests on made-up component names grew it by 56 MB. Now a packet larger than
+``max_packet_bytes`` closes its connection before its body is read, and requests and
+replies are never kept as retained messages (they are delivered, as any other).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import struct
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.test_broker_keepalive import BrokerProcess, Client, _raw, _utf8
+from tomato_mqtt.config.settings import load_settings
+from tomato_mqtt.errors import ConfigError
+from tomato_mqtt.transport.client import AsyncClient
+from tomato_mqtt.transport.rpc import CommandError, Requester, Responder, Result
+from tomato_mqtt.wire.topics import Topics
+
+pytestmark = pytest.mark.timeout(90)
+
+LIMIT = 256 * 1024
+ROOT = Topics("lab").root  # tomato/v2/lab
+
+
+@pytest.fixture
+def limited(tmp_path: Path) -> Iterator[BrokerProcess]:
+    from tests.conftest import _wait_listening
+
+    b = BrokerProcess(tmp_path, instance="lab", max_packet_bytes=LIMIT)
+    try:
+        asyncio.run(_wait_listening(b.port, 20.0, "the embedded broker"))
+        yield b
+    finally:
+        b.stop()
+
+
+def _closed(s: socket.socket, within: float) -> bool:
+    """The broker closed ``s`` within ``within`` s (what it sent before is skipped)."""
+    s.settimeout(0.2)
+    end = time.monotonic() + within
+    while time.monotonic() < end:
+        try:
+            if s.recv(4096) == b"":
+                return True
+        except TimeoutError:
+            continue
+        except OSError:
+            return True
+    return False
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, n = n % 128, n // 128
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def test_a_packet_over_max_packet_bytes_closes_its_connection_before_its_body_is_read(
+    limited: BrokerProcess,
+) -> None:
+    watcher = Client(limited.port)
+    watcher.subscribe(f"{ROOT}/#")
+    try:
+        before = limited.rss_kb()
+        # a PUBLISH that says it is 200 MB long: refused on its header, nothing read
+        s = _raw(limited.port, keepalive=30)
+        topic = _utf8(f"{ROOT}/scheduler/cmd/status/rita".encode())
+        s.sendall(b"\x31" + _varint(200 * 1024 * 1024) + topic + b"x" * 65536)
+        assert _closed(s, 5.0), "the connection of a 200 MB packet stays open"
+        s.close()
+        # one just over the limit, sent whole: the same; one at the limit passes
+        for size, passes in ((LIMIT + 1, False), (LIMIT - len(topic) - 2, True)):
+            s = _raw(limited.port, keepalive=30)
+            body = topic + b"y" * size
+            s.sendall(b"\x30" + _varint(len(body)) + body)
+            assert _closed(s, 2.0) is not passes, (size, passes)
+            s.close()
+        # a SUBSCRIBE of a million filters (amqtt read them all into a list) is refused too
+        s = _raw(limited.port, keepalive=30)
+        subs = struct.pack("!H", 1) + (_utf8(b"a") + b"\x00") * 100_000
+        with pytest.raises(OSError):
+            s.sendall(b"\x82" + _varint(len(subs)) + subs)
+            s.sendall(b"\x00" * 10_000_000)  # whatever: the broker is not reading it
+        s.close()
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and len(watcher.got) < 1:
+            time.sleep(0.05)
+        time.sleep(0.3)
+        assert [len(m.payload) for m in watcher.got] == [LIMIT - len(topic) - 2]
+        assert limited.rss_kb() - before < 20 * 1024, (before, limited.rss_kb())
+        log = limited.text()
+        assert "a PUBLISH of 209,715,2" in log and "over the broker's max_packet_bytes" in log, log
+        assert "a packet of type 8 of" in log, log
+    finally:
+        watcher.close()
+
+
+def test_requests_and_replies_are_delivered_but_never_kept_as_retained_messages(
+    limited: BrokerProcess,
+) -> None:
+    live = Client(limited.port)
+    live.subscribe(f"{ROOT}/#")
+    sender = Client(limited.port)
+    try:
+        kept_nowhere = [
+            f"{ROOT}/scheduler/cmd/status/rita",
+            f"{ROOT}/component/junk-1/cmd/get_attr/olga",
+            f"{ROOT}/node/local/cmd/shutdown",
+            f"{ROOT}/reply/rita/c1",
+            f"{ROOT}/made/up",
+        ]
+        kept = [f"{ROOT}/scheduler/status", "elsewhere/a/topic"]
+        for topic in kept_nowhere + kept:
+            sender.c.publish(topic, b"{}", qos=1, retain=True).wait_for_publish(5)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and len(live.got) < len(kept_nowhere) + 1:
+            time.sleep(0.05)
+        assert sorted(m.topic for m in live.got) == sorted([*kept_nowhere, kept[0]])
+        late = Client(limited.port)
+        try:
+            late.subscribe(f"{ROOT}/#")
+            late.subscribe("elsewhere/#")
+            time.sleep(0.5)
+            assert sorted(m.topic for m in late.got) == sorted(kept)
+            assert all(m.retain for m in late.got)
+        finally:
+            late.close()
+        assert f"not kept: a retained message of (anonymous) on {ROOT}/made/up" in limited.text()
+    finally:
+        live.close()
+        sender.close()
+
+
+async def test_a_reply_or_request_too_large_to_carry_is_refused_in_words(
+    limited: BrokerProcess,
+) -> None:
+    topics = Topics("lab")
+    url = f"mqtt://127.0.0.1:{limited.port}"
+    async with AsyncClient(url) as server, AsyncClient(url) as caller:
+
+        async def big(args: object) -> Result:
+            return Result("big", {"text": "z" * (LIMIT + 10)})
+
+        responder = Responder(server, topics, {"status": big}, name="test", max_reply=LIMIT - 1024)
+        topic = topics.scheduler_cmd("status", "anonymous")
+        tasks: set[asyncio.Task[None]] = set()
+        await server.subscribe(
+            topic, handler=lambda m: tasks.add(asyncio.ensure_future(responder.handle(m, "status")))
+        )
+        requester = Requester(caller, topics)
+        reply = await requester.request(topic, {}, timeout=10)
+        assert not reply.success and reply.code == "bad_request", reply
+        assert "more than a message may carry" in (reply.msg or ""), reply
+        assert server.is_connected  # it did not send what the broker would close it for
+        with pytest.raises(CommandError, match="more than a message may carry"):
+            await requester.request(topic, {"x": "q" * (9 * 1024 * 1024)}, timeout=5)
+
+
+def test_a_batch_that_would_not_fit_under_max_packet_bytes_is_refused_at_start(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "settings.toml").write_text(
+        "[broker]\nmax_packet_bytes = 307200\n[node]\nbatch_max_bytes = 296960\n"
+    )
+    with pytest.raises(ConfigError) as ei:
+        load_settings(appdir=tmp_path)
+    assert str(ei.value) == (
+        f"{tmp_path / 'settings.toml'}: node.batch_max_bytes (296960) must stay 65536 bytes"
+        " below broker.max_packet_bytes (307200): a larger data message would be refused by"
+        " the broker"
+    ), str(ei.value)
+    (tmp_path / "settings.toml").write_text("[node]\nname = 'n'\n")
+    ok = load_settings(appdir=tmp_path)
+    assert ok.broker.max_packet_bytes == 8 * 1024 * 1024
+    assert ok.max_reply_bytes == 8 * 1024 * 1024 - 64 * 1024
