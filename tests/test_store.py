@@ -80,7 +80,7 @@ def test_a_released_job_s_batches_go_and_its_streams_show_no_gap_after_a_restart
     _add(st, "s1", 4, 1, 2, _raw(4))  # seq 3 never came: a gap of job 1
     for seq in range(5, 8):
         _add(st, "s1", seq, 2, 2, _raw(seq))
-    st.set_final(1, {"path": "x.nc"})
+    st.set_final(1, {"path": "x.nc", "written": "x.nc"})
     assert st.releasable(time.time() - 60) == []  # written just now
     assert st.releasable(time.time() + 1) == [1]
     assert st.release(1) == 4 and st.released(1) and not st.released(2)
@@ -93,6 +93,39 @@ def test_a_released_job_s_batches_go_and_its_streams_show_no_gap_after_a_restart
     assert again.released(1) and len(again.job_batches(2)) == 3
     _add(again, "s1", 8, 2, 2, _raw(8))
     assert again.high_water("c", "s1") == 8
+    again.close()
+
+
+def test_a_job_whose_file_was_not_written_keeps_its_batches_for_good(tmp_path: Path) -> None:
+    """A review: a job that ended while the output disk was full had no file, yet its
+    final was stamped as written before the write was tried, and its batches, the only
+    copy of its points, were deleted keep_days later. A job is released only once its
+    file is written; a store of the older version (stamped, no file) keeps them too."""
+    import json
+    import sqlite3
+    import time
+
+    db = tmp_path / "r.sqlite"
+    st = BatchStore(db)
+    for job in (1, 2, 3):
+        _add(st, f"s{job}", 0, job, 2, _raw(0))
+    st.set_final(1, {"path": "a.nc"})  # remembered before its write, which failed
+    st.set_final(2, {"path": "b.nc"})
+    st.set_final(2, {"path": "b.nc", "written": "b.nc"})  # written (a retry)
+    st.set_final(3, {"path": "c.nc", "written": "c.nc"})
+    st.set_final(3, {"path": "c.nc"})  # finalized again, not (yet) written: kept for now
+    assert st.releasable(time.time() + 1) == [2]
+    st.set_final(3, {"path": "c.nc", "written": "c.nc"})
+    assert st.releasable(time.time() + 1) == [2, 3]
+    st.close()
+    old = sqlite3.connect(db)  # what the older version stored for job 1
+    old.execute("UPDATE finals SET written_at = ? WHERE job = 1", (time.time() - 100,))
+    old.commit()
+    old.close()
+    again = BatchStore(db)
+    assert again.releasable(time.time() + 1) == [2, 3]
+    assert json.loads(again._db.execute("SELECT args FROM finals WHERE job = 1").fetchone()[0])
+    assert again.job_points(1) == {"c": 2}
     again.close()
 
 

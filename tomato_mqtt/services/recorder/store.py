@@ -296,11 +296,15 @@ class BatchStore:
 
     # -- final files (for late data) ------------------------------------------------------
     def set_final(self, job: int, args: dict[str, Any]) -> None:
+        """Remember a job's final file's arguments; ``written_at`` only once ``args`` name
+        the file written (a review: a final write that failed on a full disk stamped it
+        all the same, and the job's batches, its only copy, went after ``keep_days``)."""
+        written_at = time.time() if args.get("written") else None
         self._db.execute(
             "INSERT INTO finals (job, args, merged, written_at) VALUES (?, ?, 0, ?) "
             "ON CONFLICT(job) DO UPDATE SET args = excluded.args, "
-            "written_at = excluded.written_at",
-            (job, json.dumps(args), time.time()),
+            "written_at = COALESCE(excluded.written_at, finals.written_at)",
+            (job, json.dumps(args), written_at),
         )
 
     # -- releasing the batches of jobs written long ago ----------------------------------
@@ -309,12 +313,14 @@ class BatchStore:
         return bool(row and row[0])
 
     def releasable(self, written_before: float) -> list[int]:
-        """Jobs whose final file was last written before that time, not released yet."""
+        """Jobs whose final file was last written before that time, not released yet; never
+        one whose file was not written (also in a store of an older version, which
+        stamped ``written_at`` before the write)."""
         rows = self._db.execute(
-            "SELECT job FROM finals WHERE released = 0 AND written_at < ? ORDER BY job",
+            "SELECT job, args FROM finals WHERE released = 0 AND written_at < ? ORDER BY job",
             (written_before,),
         ).fetchall()
-        return [int(r[0]) for r in rows]
+        return [int(job) for job, args in rows if json.loads(args).get("written")]
 
     def release(self, job: int) -> int:
         """Delete the job's batches (its file is written); returns how many. Each of its
