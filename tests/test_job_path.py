@@ -108,6 +108,15 @@ async def test_a_cancel_while_a_launch_is_announced_is_not_lost(
         assert reply == [f"job {first} is being cancelled"], reply
         job = await st.wait_job(first, {"c", "ce", "cd"}, timeout=15)  # not its 30 s
         assert job.status == "cd", job
+        events = Collector()
+        await st.client.subscribe(st.topics.job_event(ids[-1]), handler=events)
         # 239 at once: ~1 s here with the whole stack in this process, and past 10 s on
         # a 2-core CI box loaded by other work (one CI run)
         await st.call("job_cancel", {"jobids": ids[1:]}, timeout=60)
+        await events.wait(lambda m: b'"completed"' in m.payload, 30)
+        # a queued job's end says its reason as a run job's does (the contract: an
+        # integrator's reader of detail["reason"] raised KeyError on it)
+        ended = [decode(JobEvent, m.payload) for m in events.items]
+        assert [(e.event, e.status, e.detail) for e in ended] == [
+            ("completed", "cd", {"reason": None})
+        ], ended

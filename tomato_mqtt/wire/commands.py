@@ -204,7 +204,11 @@ class JobStatusArgs(_Args):
 
 class SearchArgs(_Args):
     name: str = Field(max_length=1000)  # SQLite refuses a LIKE pattern past 50,000
-    complete: bool = False
+    complete: bool = Field(
+        False,
+        description="also the jobs that ended (c, ce, cd); false, the default here: only "
+        "queued and running ones (`ketchup search` and the client library ask for all)",
+    )
 
 
 class SnapshotArgs(_Args):

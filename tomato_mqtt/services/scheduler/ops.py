@@ -343,7 +343,7 @@ class SchedulerOps:
             if job.id in cancelled:
                 job = cancelled[job.id]
                 await self.svc.publish_job(job)
-                self.svc.job_event(job.id, "completed", status="cd")
+                self.svc.job_event(job.id, "completed", status="cd", detail={"reason": None})
                 msgs.append(f"job {job.id} cancelled")
             elif job.status == "r":
                 runner = self.svc.runners.get(job.id)
