@@ -254,3 +254,20 @@ def test_spec_import_stays_light() -> None:
     code = "import sys, tomato_mqtt.driver.spec; print('pint' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("name", ["uts", "task"])
+def test_a_variable_named_as_the_file_s_own_is_refused_at_its_point(name: str) -> None:
+    """A review: a one-point driver's ``task`` values were overwritten in the file by the
+    task index, and ``uts`` made the file unwritable (the job ended ``ce`` without one);
+    a bulk driver's ``task`` the same. The point is refused, naming the variable."""
+    import numpy as np
+
+    from tomato_mqtt.driver.block import Block, BlockError
+    from tomato_mqtt.driver.points import to_values
+
+    with pytest.raises(TypeError, match=f"variable '{name}': the name is taken"):
+        to_values({"val": 1.0, name: "heat"}, {}, None)
+    block = Block(uts=np.asarray([1.0]), data={name: np.asarray([1.0])})
+    with pytest.raises(BlockError, match=f"variable '{name}': the name is taken"):
+        block.check()

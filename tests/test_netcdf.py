@@ -233,3 +233,76 @@ def test_the_client_reads_results_while_a_recorder_in_its_process_writes(
         """
     )
     _run_threads(code)
+
+
+def _spectra(seq: int, uts: list[float], task: int, freq: list[float]) -> bytes:
+    return json.dumps(
+        {
+            "schema": 1,
+            "component": "c",
+            "job": 1,
+            "task": task,
+            "epoch": 5,
+            "seq": seq,
+            "uts": uts,
+            "vars": {
+                "spectrum": [[float(t) + f / 1000 for f in freq] for t in uts],
+                "level": [float(t) for t in uts],
+            },
+            "units": {"spectrum": "dB", "freq": "Hz"},
+            "dims": {"spectrum": ["freq"]},
+            "coords": {"freq": freq},
+        }
+    ).encode()
+
+
+def test_spectra_on_other_frequencies_keep_their_values_and_their_frequencies(
+    tmp_path: Path,
+) -> None:
+    """A review: a job of two spectrum tasks (32 bins, then 64) ended ``c`` with the
+    second task's spectra all NaN; with as many bins at other frequencies, they were
+    labelled with the first task's frequencies. Each set of coordinate values of a
+    dimension is a dimension of its own now: ``freq``, then ``freq_1`` …"""
+    f32 = [100.0 * i for i in range(32)]
+    f64 = [50.0 * i for i in range(64)]
+    g32 = [100.0 * i + 1 for i in range(32)]  # as many bins, other frequencies
+    batches = [
+        _spectra(0, [1.0, 2.0], 0, f32),
+        _spectra(1, [3.0], 1, f64),
+        _spectra(2, [4.0], 2, g32),
+        _spectra(3, [5.0], 3, f32),  # the first frequencies again: the first dimension
+    ]
+    out = write_job_file(tmp_path / "r.nc", [RoleInput("a", "{}", batches)], {"x": "y"})
+    ds = xr.open_datatree(out)["a"].to_dataset()
+    assert dict(ds.sizes) == {"uts": 5, "freq": 32, "freq_1": 64, "freq_2": 32}
+    np.testing.assert_array_equal(ds["freq"].values, f32)
+    np.testing.assert_array_equal(ds["freq_1"].values, f64)
+    np.testing.assert_array_equal(ds["freq_2"].values, g32)
+    assert ds["freq_1"].attrs["units"] == "Hz" and ds["spectrum_2"].attrs["units"] == "dB"
+    np.testing.assert_array_equal(ds["level"].values, [1, 2, 3, 4, 5])
+    for name, freq, rows in (
+        ("spectrum", f32, [0, 1, 4]),
+        ("spectrum_1", f64, [2]),
+        ("spectrum_2", g32, [3]),
+    ):
+        values = ds[name].values
+        for i, t in enumerate([1.0, 2.0, 3.0, 4.0, 5.0]):
+            if i in rows:
+                np.testing.assert_allclose(values[i], [t + f / 1000 for f in freq])
+            else:
+                assert np.isnan(values[i]).all(), (name, i)
+    ds.close()
+
+
+def test_integers_past_int64_are_not_written_as_negative_numbers(tmp_path: Path) -> None:
+    """A review: a 64-bit counter at 2**63 + 5 was written as -9223372036854775803."""
+    big = 2**63 + 5
+    batches = [
+        _batch(0, [1.0], 0, count=[7], mixed=[-1]),
+        _batch(1, [2.0], 0, count=[big], mixed=[big]),
+    ]
+    out = write_job_file(tmp_path / "r.nc", [RoleInput("a", "{}", batches)], {"x": "y"})
+    ds = xr.open_datatree(out)["a"].to_dataset()
+    assert ds["count"].dtype == np.uint64 and ds["count"].values.tolist() == [7, big]
+    assert ds["mixed"].values.tolist() == [-1.0, float(big)]  # both: only as floats
+    ds.close()

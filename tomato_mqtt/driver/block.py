@@ -59,7 +59,7 @@ class Block:
         """
         n = len(self.uts)
         for name, col in self.data.items():
-            if name == "uts" or name in self.coords:
+            if name in ("uts", "task") or name in self.coords:
                 raise BlockError(f"variable {name!r}: the name is taken by a coordinate")
             if len(col) != n:
                 raise BlockError(f"variable {name!r}: {len(col)} values for {n} timestamps")

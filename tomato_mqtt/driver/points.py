@@ -149,6 +149,9 @@ def to_values(
             "a point must be a mapping of variable name -> value (or None for no point),"
             f" not {type(raw).__name__}"
         ) from None
+    if "uts" in raw or "task" in raw:  # the file's own: the driver's values were lost
+        taken = "uts" if "uts" in raw else "task"
+        raise TypeError(f"variable {taken!r}: the name is taken by the file (name it otherwise)")
     for k, v in items:
         if type(k) is not str:  # the batch's JSON needs text keys (a node died of it)
             raise TypeError(f"variable names must be text, not {type(k).__name__} ({k!r})")

@@ -58,6 +58,17 @@ def _chunk(vals: Sequence[Any]) -> np.ndarray[Any, Any]:
     return np.asarray(["" if v is None else str(v) for v in vals], dtype=object)
 
 
+def _int_dtype(parts: Sequence[np.ndarray[Any, Any]]) -> Any:
+    """int64 for integers, unless one is past its range (numpy made it uint64): then
+    uint64 when none is negative, else float (a review: 2**63 + 5 became a negative
+    int64 in the file, without a word)."""
+    if all(p.dtype.kind != "u" for p in parts):
+        return np.int64
+    if all(p.dtype.kind == "u" or p.size == 0 or p.min() >= 0 for p in parts):
+        return np.uint64
+    return float
+
+
 def _column(chunks: Sequence[np.ndarray[Any, Any] | None], lens: Sequence[int]) -> Any:
     """Join a variable's per-batch arrays; a batch without it gets NaN (or "")."""
     kinds = {c.dtype.kind for c in chunks if c is not None}
@@ -65,7 +76,7 @@ def _column(chunks: Sequence[np.ndarray[Any, Any] | None], lens: Sequence[int]) 
     if not gaps and kinds <= {"b"}:
         dtype: Any = np.int8  # netCDF has no bool
     elif not gaps and kinds <= {"i", "u"}:
-        dtype = np.int64
+        dtype = _int_dtype([c for c in chunks if c is not None])
     elif kinds <= {"b", "i", "u", "f"}:
         dtype = float
     else:
@@ -123,7 +134,7 @@ def _array_column(
             log.error("variable %r: %s: NaN in the file for those points", name, e)
             parts.append(np.full((n, *shape), math.nan))
     kinds = {p.dtype.kind for p in parts}
-    dtype: Any = np.int64 if kinds <= {"i", "u"} else float
+    dtype: Any = _int_dtype(parts) if kinds <= {"i", "u"} else float
     if not parts:
         return np.empty((0, *shape), dtype=float)
     return np.concatenate([p.astype(dtype, copy=False) for p in parts])
@@ -150,6 +161,66 @@ class Group:
         return sizes
 
 
+def _coordinate_sets(batches: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The batches, each dimension named by its coordinate values: the first values a
+    dimension ``freq`` has keep its name, other values get ``freq_1``, ``freq_2`` … and
+    the variables on them ``spectrum_1`` … (NaN where the points have the other ones).
+
+    A node starts a new batch when a variable's coordinates change (a spectrum of 64 bins
+    after one of 32, other frequencies): the file kept the first batch's and filled the
+    others with NaN, or labelled them with the wrong frequencies, and the job ended ``c``
+    (a review)."""
+    seen: dict[str, list[Any]] = {}  # dimension -> its coordinate values, in order
+    out = []
+    for b in batches:
+        bdims = b.get("dims") or {}
+        if not bdims:
+            out.append(b)
+            continue
+        coords = b.get("coords") or {}
+        version: dict[str, int] = {}
+        for ds in bdims.values():
+            for d in ds:
+                if d not in version:
+                    known = seen.setdefault(d, [])
+                    vals = coords.get(d)
+                    i = next((i for i, k in enumerate(known) if k == vals), len(known))
+                    if i == len(known):
+                        known.append(vals)
+                    version[d] = i
+        if not any(version.values()):
+            out.append(b)
+            continue
+        dim_name = {d: f"{d}_{i}" if i else d for d, i in version.items()}
+        units = dict(b.get("units") or {})
+        for d, new in dim_name.items():
+            if new != d and d in units:
+                units[new] = units[d]
+        new_vars: dict[str, Any] = {}
+        new_dims: dict[str, list[str]] = {}
+        for name, col in b["vars"].items():
+            ds = bdims.get(name)
+            if ds and any(version[d] for d in ds):
+                new = f"{name}_{'_'.join(str(version[d]) for d in ds)}"
+                if name in units:
+                    units[new] = units[name]
+            else:
+                new = name
+            new_vars[new] = col
+            if ds:
+                new_dims[new] = [dim_name[d] for d in ds]
+        out.append(
+            {
+                **b,
+                "vars": new_vars,
+                "dims": new_dims,
+                "coords": {dim_name.get(d, d): v for d, v in coords.items()},
+                "units": units,
+            }
+        )
+    return out
+
+
 def _role_group(ri: RoleInput) -> Group:
     batches = _load(ri.batches)
 
@@ -166,6 +237,7 @@ def _role_group(ri: RoleInput) -> Group:
         first = (b["seq"], b["uts"][0] if b["uts"] else math.inf)
         began[stream(b)] = min(began.get(stream(b), first), first)
     batches.sort(key=lambda b: (began[stream(b)][1], stream(b), b["seq"]))
+    batches = _coordinate_sets(batches)
     lens = [len(b["uts"]) for b in batches]
     names: dict[str, None] = {}
     units: dict[str, str] = {}
