@@ -316,3 +316,34 @@ async def test_wrong_passwords_neither_stall_the_broker_nor_tell_user_names(
         assert not [c for c in calls if c[0] == loop_thread], "argon2 ran in the event loop"
         assert any(h == security._NOBODY for _t, h in calls), "an unknown name costs no check"
         assert max(gaps) < 0.5, sorted(gaps)[-5:]
+
+
+async def test_a_session_resumed_after_its_role_was_lowered_gets_only_what_it_may_now(
+    tmp_path: Path, instance: str
+) -> None:
+    """A security review: a persistent session's kept messages were checked when they
+    were queued, not when they were sent: an admin lowered to reader while away got, on
+    coming back, other users' replies queued under the admin's role."""
+    async with secured("amqtt", tmp_path, instance) as b:
+        t = b.topics
+        ada = Raw(b, "ada", client_id="ada-desk", clean=False)
+        assert await ada.connect()
+        await ada.subscribe(t.all())
+        ada.close()  # away; her session and its subscription stay
+        sched = AsyncClient(b.url("sched"), client_id=f"sched-{uuid.uuid4().hex[:6]}")
+        await sched.connect()
+        try:
+            olgas_reply = t.reply("c1", user="olga")
+            await sched.publish(olgas_reply, b'{"secret": 1}', qos=1)
+            await sched.publish(t.scheduler_status(), b"{}", qos=1)  # anyone may read it
+        finally:
+            await sched.disconnect()
+        b.users.set_role("ada", "reader")
+        b.users.save()
+        await asyncio.sleep(1.2)  # the ACL looks at the users file every 0.5 s
+        back = Raw(b, "ada", client_id="ada-desk", clean=False)
+        assert await back.connect()
+        assert back.session_present is True
+        await asyncio.sleep(1.5)
+        back.close()
+        assert back.got == [t.scheduler_status()], back.got

@@ -834,13 +834,50 @@ def _broker_class(
                 return self._acl.check(session, topic, action)
             return bool(await super()._topic_filtering(session, topic, action))
 
+        # -- what a session gets when it (re)connects is checked as it is sent ---------
+        # amqtt sends a resumed persistent session its kept messages and the retained
+        # messages of its kept subscriptions as they were queued or subscribed: a login
+        # whose role was lowered while it was away got what its old role allowed (a
+        # security review). Each goes only if the login may receive it now.
+        def _receives(self, session: Any, topic: str) -> bool:
+            return self._acl is None or self._acl.check(session, topic, Action.RECEIVE)
+
         async def _publish_retained_messages_for_subscription(
             self, subscription: tuple[str, int], session: Any
         ) -> None:
-            holders = self._subscriptions.get(subscription[0], ())
+            topic_filter, qos = subscription
+            holders = self._subscriptions.get(topic_filter, ())
             if not any(s.client_id == session.client_id for s, _qos in holders):
                 return
-            await super()._publish_retained_messages_for_subscription(subscription, session)
+            handler = self._get_handler(session)
+            if handler is None:
+                return
+            sends = [
+                asyncio.ensure_future(
+                    handler.mqtt_publish(topic, kept.data, min(qos, kept.qos or qos), retain=True)
+                )
+                for topic, kept in list(self._retained_messages.items())
+                if self._matches(topic, topic_filter) and self._receives(session, topic)
+            ]
+            if sends:
+                await asyncio.wait(sends)
+
+        async def _publish_session_retained_messages(self, session: Any) -> None:
+            handler = self._get_handler(session)
+            if handler is None:
+                return
+            sends = []
+            while not session.retained_messages.empty():
+                kept = session.retained_messages.get_nowait()
+                if not self._receives(session, kept.topic):
+                    continue
+                sends.append(
+                    asyncio.ensure_future(
+                        handler.mqtt_publish(kept.topic, kept.data, kept.qos, retain=True)
+                    )
+                )
+            if sends:
+                await asyncio.wait(sends)
 
     return _Broker
 
