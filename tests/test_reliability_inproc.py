@@ -776,6 +776,51 @@ async def test_a_hung_recorder_gets_the_jobs_verdict_last(
         assert tree["counter"].to_dataset()["uts"].size == 10
 
 
+async def test_a_file_that_could_not_be_written_is_written_once_it_can_be(
+    broker: RunningBroker, instance: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A review: a job that ended while its file could be written nowhere (output and
+    fallback folders on one full disk) ended ce "could not write the output file", was
+    tried once more about 2 s later and never again: no file, ever. It is tried again,
+    less and less often, and once written the job says where (its respath, its reason)."""
+    from tests.inproc import inproc_stack
+    from tomato_mqtt.services.scheduler import lifecycle
+
+    monkeypatch.setattr(lifecycle, "WRITE_AGAIN", 0.5)
+    async with inproc_stack(broker.port, tmp_path, instance) as st:
+        await st.call("pipeline_load", {"pipeline": "pip-counter-1", "sampleid": "full"})
+        await st.call("pipeline_ready", {"pipeline": "pip-counter-1"})
+        blocker = st.settings.jobs_dir / "1"  # the job's folder cannot be made: a file
+        blocker.parent.mkdir(parents=True, exist_ok=True)
+        blocker.write_text("in the way")
+        doc = {
+            "version": "2.2",
+            "sample": {"identifier": "full"},
+            "user": {"identifier": "t"},
+            "method": [{"component_role": "counter", "technique_name": "count",
+                        "max_duration": 1.0, "sampling_interval": 0.1}],
+        }  # fmt: skip
+        job = await st.call("job_submit", {"payload": doc, "submit_dir": str(tmp_path)})
+        assert job.id == 1
+        ended = await st.wait_job(job.id, {"c", "ce", "cd"}, timeout=30)
+        assert ended.status == "ce" and "could not write the output file" in (ended.reason or "")
+        await asyncio.sleep(3.0)  # tried again meanwhile, and again refused
+        assert not blocker.is_dir()
+        blocker.unlink()  # space again
+        path = blocker / "results.1.nc"
+        for _ in range(100):
+            job = st.scheduler.store.job(1)
+            if job.respath == str(path) and path.is_file():
+                break
+            await asyncio.sleep(0.1)
+        assert job.respath == str(path) and path.is_file(), job
+        assert job.status == "ce" and "the file was written later" in (job.reason or ""), job
+        npoints = job.progress["tasks"]["0"]["end"]["npoints"]  # 10 unless deadlines missed
+        assert npoints > 0
+        tree = load_tree(path)
+        assert tree["counter"].to_dataset()["uts"].size == npoints
+
+
 async def test_a_job_whose_points_were_released_keeps_its_file_and_says_why(
     broker: RunningBroker, instance: str, tmp_path: Path
 ) -> None:

@@ -39,6 +39,10 @@ STORE_RETRY = 1.0
 
 #: s a finalize may take before it is asked again (three times, then the job ends ce)
 FINALIZE_TIMEOUT = 60.0
+#: s between tries to write the file of a job that ended without one (doubling to
+#: WRITE_AGAIN_MAX): a full output disk, a recorder that refuses
+WRITE_AGAIN = 5.0
+WRITE_AGAIN_MAX = 300.0
 
 
 def _now() -> str:
@@ -184,14 +188,39 @@ class JobLifecycle:
         async with presence.recorder_said:
             await presence.recorder_said.wait_for(lambda: presence.recorder_online != seen)
         args = self.recorder_args(final, path, snapshot=False) | {"wait": 0.0}
-        ok, msg, data = await self.svc.recorder_request("finalize", args, timeout=60)
+        # and again, less and less often, while it cannot (a full disk: the file was
+        # tried once more and never again, a review; its points stay in the recorder)
+        gap = WRITE_AGAIN
+        while True:
+            ok, msg, data = await self.svc.recorder_request("finalize", args, timeout=60)
+            if ok or self.svc.superseded or self.svc.stopping:
+                break
+            log.warning(
+                "job %d: its file is still not written (%s); trying again in %g s",
+                final.id,
+                msg,
+                gap,
+            )
+            await asyncio.sleep(gap)
+            gap = min(gap * 2, WRITE_AGAIN_MAX)
         if not ok:
-            log.warning("job %d: the recorder, back, did not write its file: %s", final.id, msg)
             return
         written = str(data["path"]) if isinstance(data, dict) and data.get("path") else None
-        log.info("job %d: its file was written once the recorder was back: %s", final.id, written)
-        if written is not None:
-            self.svc.job_event(final.id, "file_written", detail={"path": written})
+        log.info("job %d: its file was written later: %s", final.id, written)
+        if written is None:
+            return
+        self.svc.job_event(final.id, "file_written", detail={"path": written})
+        at = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M:%S")
+        job = self.store.job(final.id)
+        if job.status not in ("c", "ce", "cd"):
+            return
+        reason = f"{job.reason or ''}; the file was written later ({at}): {written}".lstrip("; ")
+
+        def note() -> Job:
+            with self.store.transaction():
+                return self.store.update_job(final.id, respath=written, reason=reason)
+
+        await self.svc.publish_job(await self._until_stored(final.id, "its file", note))
 
     async def job_done(self, runner: JobRunner, status: str, reason: str | None) -> None:
         svc = self.svc
@@ -232,7 +261,9 @@ class JobLifecycle:
             respath = job.respath
             if status == "c":
                 status = "ce"
-            reason = reason or f"the recorder could not write the output file: {msg}"
+            # also after a reason of the tasks' own (missed deadlines): said, not hidden
+            why = f"the recorder could not write the output file: {msg}"
+            reason = f"{reason}; {why}" if reason else why
             done = final.model_copy(update={"status": status, "reason": reason})
             svc.spawn(self._write_when_back(done, path, svc.presence_view.recorder_online))
         await runner.reset_done()  # the pipeline is free once its components are reset
