@@ -208,6 +208,10 @@ async def test_node_back_with_a_new_epoch_ends_the_job_ce_at_once() -> None:
     assert status == "ce"
     assert "cmp" in str(reason) and "restarted mid-task" in str(reason)
     assert time.monotonic() - t0 < 1.0
+    # the task's end is an event too (a dashboard following them showed it running on):
+    # its count is unknown
+    ended = [kw for event, kw in host.events if event == "task_ended"]
+    assert ended == [{"role": "counter", "task": 0, "detail": {"reason": "error", "npoints": None}}]
 
 
 async def test_component_idle_without_its_task_end_ends_the_job_ce() -> None:

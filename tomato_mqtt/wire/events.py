@@ -22,7 +22,8 @@ EVENT_DETAILS: Final[dict[str, dict[str, str]]] = {
     "task_started": {},
     "task_ended": {
         "reason": "done, stopped or error",
-        "npoints": "points the component's runner took in the task",
+        "npoints": "points the component's runner took in the task (null: unknown, its node"
+        " did not tell the task's end: restarted, lost, or a stop not confirmed)",
         "missed": "sampling deadlines skipped because the driver was behind (only if any)",
     },
     "cancel_requested": {},

@@ -570,10 +570,20 @@ class JobRunner:
         return None
 
     def _end_now(self, t: TaskState, end: dict[str, Any]) -> None:
+        """End a task its node did not tell the end of (gone with a restart, lost, a stop
+        not confirmed): its count is unknown (``npoints`` null in its event, which a
+        dashboard following the events waited for in vain: a third-party check)."""
         t.state = "ended"
         t.end = end
         self._save()
         self.host.cond.notify_all()
+        self.host.job_event(
+            self.job.id,
+            "task_ended",
+            role=t.role,
+            task=t.spec.index,
+            detail={"reason": end.get("reason"), "npoints": None},
+        )
 
     async def _wait_end(self, t: TaskState) -> None:
         component = self.roles[t.role]
