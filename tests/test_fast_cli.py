@@ -474,3 +474,35 @@ def test_a_counting_flag_shows_no_value_in_help(command: str) -> None:
     for ln in lines:
         assert "<int>" not in ln and "default" not in ln, ln
         assert "(-vv)" in ln or "(-qq)" in ln, ln
+
+
+@pytest.mark.parametrize("argv", [["ketchup", "status"], ["tomato", "status"]])
+def test_ctrl_c_while_a_call_waits_is_one_line_not_a_traceback(
+    tmp_path: Path, argv: list[str]
+) -> None:
+    """A newcomer's tour: Ctrl-C while a call waited (a broker that does not answer, a
+    wrong --instance: when users press it) printed ~25 lines of traceback."""
+    import signal
+    import socket
+    import time
+
+    silent = socket.socket()  # accepts (the kernel does), never answers a CONNECT
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)
+    port = silent.getsockname()[1]
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", f"from tomato_mqtt.cli import fast; fast.{argv[0]}()",
+             *argv[1:], "-A", str(tmp_path), "-p", str(port), "-t", "30"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "COLUMNS": "100"},
+        )  # fmt: skip
+        # a real SIGINT once it waits (its imports done: typically 0.1 s)
+        time.sleep(1.5)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=20)
+    finally:
+        silent.close()
+    assert (proc.returncode, out, err) == (130, "", "interrupted\n"), (proc.returncode, err)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -180,6 +181,36 @@ def test_a_supervisor_killed_during_start_is_said_so_at_once(tmp_path: Path) -> 
     assert "its supervisor (pid" in res.stderr and "was killed (signal 9)" in res.stderr, res
     assert time.monotonic() - t0 < 15  # not the 20 s of -t
     assert not processes_of(st.port), "a service of the failed start is left"
+
+
+def test_a_start_interrupted_while_it_waits_stops_what_it_started(tmp_path: Path) -> None:
+    """A newcomer's tour: Ctrl-C while `tomato start` waited printed a traceback and
+    left the whole stack starting in the background, unsaid (a retry: "already
+    running"). An interrupted start is called off as a failed one is."""
+    st = make_stack(tmp_path)
+    code = (
+        "import os, signal, sys\n"
+        "from tomato_mqtt.cli import fast, start_core\n"
+        "real = start_core.wait_ready\n"
+        "def wait_ready(ctx, proc, *a, **k):\n"
+        "    os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C, as it starts to wait\n"
+        "    return real(ctx, proc, *a, **k)\n"
+        "start_core.wait_ready = wait_ready\n"
+        "sys.argv = ['tomato', 'start', *sys.argv[1:]]\n"
+        "fast.tomato()\n"
+    )
+    res = subprocess.run(
+        [sys.executable, "-c", code, *st.dirs(), "-p", str(st.port), "-t", "20s"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    left = processes_of(st.port)
+    for pid in left:  # (ours: a stack this test started, left by a start that failed)
+        os.kill(pid, signal.SIGKILL)
+    assert res.returncode == 130, res
+    assert res.stderr == "tomato start interrupted: what it had started was stopped\n", res
+    assert not left, "a service of the interrupted start is left"
 
 
 #: where the supervisor is stopped: once `tomato start` waits for it, or (the Linux fork

@@ -411,6 +411,9 @@ def _main(prog: str) -> None:
     except BrokenPipeError:  # `tomato status | head -1`: as click, quietly
         sys.stderr.close()
         raise SystemExit(1) from None
+    except KeyboardInterrupt:  # Ctrl-C while it waits: a line, not a traceback
+        print("interrupted", file=sys.stderr)
+        core.exit_now(130)
     except SystemExit as e:  # fail(): its message is printed
         if e.code is None or isinstance(e.code, int):
             core.exit_now(e.code or 0)

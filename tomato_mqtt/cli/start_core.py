@@ -119,7 +119,14 @@ def start(opts: core.Opts, verbose: int = 0, quiet: int = 0) -> None:
     finally:
         if listener is not None:  # the supervisor holds it now: a failed start frees it
             listener.close()
-    ready = wait_ready(ctx, proc, opts.timeout, s.node.name)
+    try:
+        ready = wait_ready(ctx, proc, opts.timeout, s.node.name)
+    except KeyboardInterrupt:  # Ctrl-C: the start is called off, as a failed one is
+        # (the stack started on in the background, unsaid, and a retry was "already
+        # running": a newcomer's tour)
+        _take_down(proc)
+        echo("tomato start interrupted: what it had started was stopped", err=True)
+        core.exit_now(130)
     if ready is None:
         rc = proc.poll()
         why = _startup_error(s.logdir) if rc is not None else None
