@@ -84,7 +84,10 @@ def test_a_fast_task_of_a_never_waiting_driver_runs_on_the_clock(comps: list[Com
     assert end.npoints + end.missed == 20 and end.missed <= 7  # a loaded PC skips a few
     # t_now handed to the driver is each point's deadline, as on a worker thread
     assert all(abs(o - 0.01 * round(o / 0.01)) < 1e-6 for o in c.dev.offsets), c.dev.offsets
-    assert c.dev.offsets[-1] == pytest.approx(0.2, abs=1e-6)
+    # the last deadline is the task's end, unless a loaded PC skipped it too: counted in
+    # `missed` (a CI run with other tests beside it: 0.19, the 0.2 one skipped)
+    last = round(c.dev.offsets[-1] / 0.01)
+    assert last == 20 or 20 - end.missed <= last < 20, (c.dev.offsets, end.missed)
     assert len(shared_clock()) == 0  # nothing left on the clock
 
 
