@@ -306,3 +306,32 @@ def test_integers_past_int64_are_not_written_as_negative_numbers(tmp_path: Path)
     assert ds["count"].dtype == np.uint64 and ds["count"].values.tolist() == [7, big]
     assert ds["mixed"].values.tolist() == [-1.0, float(big)]  # both: only as floats
     ds.close()
+
+
+def test_a_file_is_synced_before_it_takes_its_name_and_its_name_after(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A review: the file was renamed into place unsynced (a power cut right after a
+    job's end could leave an empty file under its name, the job saying it is written)."""
+    import stat
+
+    from tomato_mqtt.services.recorder import netcdf
+
+    seen: list[str] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd: int) -> None:
+        kind = "folder" if stat.S_ISDIR(os.fstat(fd).st_mode) else "file"
+        seen.append(f"fsync {kind} {os.fstat(fd).st_size if kind == 'file' else ''}".strip())
+        real_fsync(fd)
+
+    def replace(a: str, b: object) -> None:
+        seen.append("rename")
+        real_replace(a, b)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(netcdf.os, "fsync", fsync)
+    monkeypatch.setattr(netcdf.os, "replace", replace)
+    batches = [_batch(0, [1.0, 2.0], 0, val=[1, 2])]
+    write_job_file(tmp_path / "r.nc", [RoleInput("counter", "{}", batches)], {"x": "y"})
+    assert [s.split()[:2] for s in seen] == [["fsync", "file"], ["rename"], ["fsync", "folder"]]
+    assert int(seen[0].split()[2]) == (tmp_path / "r.nc").stat().st_size  # the whole file

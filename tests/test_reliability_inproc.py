@@ -1016,7 +1016,11 @@ async def test_a_scheduler_started_during_a_cut_launches_nothing_onto_the_node(
 
 @pytest.mark.parametrize("batch_interval", [None, 0.05], ids=["2 batches a second", "20"])
 async def test_the_recorder_acknowledges_a_stream_every_few_seconds_not_every_second(
-    broker: RunningBroker, instance: str, tmp_path: Path, batch_interval: float | None
+    broker: RunningBroker,
+    instance: str,
+    tmp_path: Path,
+    batch_interval: float | None,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """An ack is a request to the node and a spool deletion: once a second per stream it
     cost ~1 CPU-µs of every point at 50 components x 1 kHz. A stream is acknowledged
@@ -1027,9 +1031,25 @@ async def test_the_recorder_acknowledges_a_stream_every_few_seconds_not_every_se
     from when the acks arrived here: a stall of the shared event loop before the first
     one's delivery (a review: 0.7 s) made two acks 5 s apart arrive 4.3 s apart."""
     from tomato_mqtt.services.recorder.service import ACK_BATCHES, ACK_EVERY
+    from tomato_mqtt.services.recorder.store import BatchStore
 
     # (when the recorder decided it, upto, whether the job's file was written then)
     rounds: list[tuple[float, int, bool]] = []
+    # what was made durable, and acknowledged, in order (a review: a power cut could
+    # take batches already acknowledged, not yet checkpointed)
+    order: list[tuple[str, int]] = []
+    real_durable, real_ack = BatchStore.make_durable, RecorderService._ack
+
+    def make_durable(self: BatchStore) -> None:
+        real_durable(self)
+        order.append(("durable", max(s.high_water for s in self._streams.values())))
+
+    async def ack(self: RecorderService, c: str, s: str, st: Any, prev: int, upto: int) -> None:
+        order.append(("ack", upto))
+        await real_ack(self, c, s, st, prev, upto)
+
+    monkeypatch.setattr(BatchStore, "make_durable", make_durable)
+    monkeypatch.setattr(RecorderService, "_ack", ack)
 
     async def watch(rec: RecorderService) -> None:
         while True:
@@ -1060,6 +1080,11 @@ async def test_the_recorder_acknowledges_a_stream_every_few_seconds_not_every_se
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
     assert len({upto for _, upto, _ in rounds}) == len(rounds), rounds  # one stream
+    acks = [i for i, (what, _) in enumerate(order) if what == "ack"]
+    assert acks, order
+    for i in acks:  # each ack: what it covers was made durable before it
+        durable = [hw for what, hw in order[:i] if what == "durable"]
+        assert durable and durable[-1] >= order[i][1], order
     # the last one covers every batch stored: at the job's file, or before it when a
     # timed round came between the last batch and the file (a loaded CI run)
     assert rounds and [rounds[-1][1]] == stored, (rounds, stored)

@@ -345,3 +345,18 @@ def test_the_store_says_the_highest_job_it_holds(tmp_path: Path) -> None:
     assert st.highest_job() == 7
     st.close()
     assert BatchStore(tmp_path / "r.sqlite").highest_job() == 7  # as a restarted recorder
+
+
+def test_what_is_acknowledged_is_checkpointed_first(tmp_path: Path) -> None:
+    """A review: with synchronous=NORMAL, a commit in WAL mode is on the disk only after
+    a checkpoint; the recorder acknowledged batches (the node then dropped its copy) that
+    a power cut could still take. ``make_durable`` (before each round of acks)
+    checkpoints: the batches are in the database file itself, which is synced."""
+    db = tmp_path / "r.sqlite"
+    st = BatchStore(db)
+    marker = b"acknowledged-batch-marker"
+    st.add("c", "s1", 0, epoch=1, job=1, task=0, npoints=1, raw=marker)
+    assert marker not in db.read_bytes()  # committed: in the WAL only
+    st.make_durable()
+    assert marker in db.read_bytes()
+    st.close()

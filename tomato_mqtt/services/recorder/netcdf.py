@@ -313,11 +313,27 @@ def write_job_file(path: Path, roles: Sequence[RoleInput], root_attrs: Mapping[s
             except OSError as e:
                 raise _why_not_written(e, path.parent) from e
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600: lab colleagues read results
+        _sync(tmp)  # on the disk before it takes the name: a power cut leaves the old one
         os.replace(tmp, path)
+        _sync(path.parent)  # and the name with it (a review: neither was synced)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def _sync(p: str | Path) -> None:
+    """fsync a file or a folder (a folder's entry: where the OS allows, not on Windows)."""
+    try:
+        fd = os.open(p, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 #: folders this process swept of dead writers' temporary files (_remove_stale_temps)

@@ -574,6 +574,7 @@ class RecorderService(Service):
         for key in streams:
             self.streams.setdefault(key, _Stream())
         now = time.monotonic()
+        durable = False
         for (component, stream), st in list(self.streams.items()):
             if components is not None and component not in components:
                 continue
@@ -584,6 +585,13 @@ class RecorderService(Service):
                 hw - st.acked >= ACK_BATCHES or now - st.acked_at >= ACK_EVERY
             ):
                 continue
+            if not durable:  # what is acknowledged is on the disk, not in its cache only
+                try:
+                    self.store.make_durable()
+                except sqlite3.Error as e:
+                    log.warning("cannot make the stored batches durable: %s; no ack now", e)
+                    return
+                durable = True
             prev, st.acked, st.acked_at = st.acked, hw, now
             self.spawn(self._ack(component, stream, st, prev, hw))
 

@@ -294,6 +294,13 @@ class BatchStore:
         ).fetchall()
         return [f"{c} stream {st} seq {s}" for c, st, s in rows]
 
+    def make_durable(self) -> None:
+        """Everything committed so far on the disk, before the nodes are told they may let
+        go of it: with ``synchronous=NORMAL`` a commit in WAL mode is not synced until a
+        checkpoint, and a power cut lost batches already acknowledged (a review). A
+        checkpoint syncs the WAL first; called before each round of acks (≤ 1/s)."""
+        self._db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+
     # -- final files (for late data) ------------------------------------------------------
     def set_final(self, job: int, args: dict[str, Any]) -> None:
         """Remember a job's final file's arguments; ``written_at`` only once ``args`` name

@@ -218,7 +218,8 @@ class JobLifecycle:
 
         def note() -> Job:
             with self.store.transaction():
-                return self.store.update_job(final.id, respath=written, reason=reason)
+                out: Job = self.store.update_job(final.id, respath=written, reason=reason)
+            return out
 
         await self.svc.publish_job(await self._until_stored(final.id, "its file", note))
 
