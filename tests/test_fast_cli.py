@@ -506,3 +506,24 @@ def test_ctrl_c_while_a_call_waits_is_one_line_not_a_traceback(
     finally:
         silent.close()
     assert (proc.returncode, out, err) == (130, "", "interrupted\n"), (proc.returncode, err)
+
+
+@pytest.mark.parametrize("name", ["read.py", "shadow", "notes.txt"])
+def test_a_file_that_is_no_yaml_or_json_is_not_sent_as_a_payload(tmp_path: Path, name: str) -> None:
+    """A newcomer's tour: `ketchup submit read.py` sent the script's text to the
+    scheduler ("invalid YAML: ..."), and so would /etc/shadow ("version: field
+    required"). As tomato: a payload is a YAML or JSON file; nothing is sent (no broker
+    runs on the port here: the refusal comes first)."""
+    f = tmp_path / name
+    f.write_text("import os\n")
+    res = subprocess.run(
+        [sys.executable, "-c", "from tomato_mqtt.cli import fast; fast.ketchup()",
+         "submit", str(f), "-A", str(tmp_path), "-p", str(free_port()), "-t", "2"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )  # fmt: skip
+    assert res.returncode == 1, res
+    assert res.stderr == (
+        f"error: payload refused: {f}: a payload is a YAML (.yml, .yaml) or JSON (.json) file\n"
+    ), res.stderr

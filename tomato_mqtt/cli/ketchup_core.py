@@ -71,6 +71,11 @@ def _parsed(payload: File) -> dict[str, Any]:
 def submit(opts: Opts, payload: File, jobname: str | None) -> None:
     from tomato_mqtt.config.login import login_name
 
+    suffix = os.path.splitext(os.fspath(payload))[1].lower()
+    if suffix not in (".yml", ".yaml", ".json"):
+        # as tomato ("payload must be a yaml or a json file"): another file (a script, a
+        # system file) was read and sent to the scheduler (a newcomer's tour)
+        fail(f"payload refused: {payload}: a payload is a YAML (.yml, .yaml) or JSON (.json) file")
     user = login_name()
     text = _as_text(payload)
     ctx = opts.context()
