@@ -148,12 +148,12 @@ def test_open_stack_makes_everyone_admin(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("dt", "dur", "match"),
     [
-        (1e-9, 1e9, "below the floor"),
-        (0.01, 1e6, "max_points_per_task"),
-        (0.0, 1.0, r"method\[0\]\.sampling_interval must be a finite number of seconds > 0"),
-        (float("nan"), 1.0, r"sampling_interval must be a finite number of seconds > 0 \(got nan"),
-        (0.1, float("inf"), r"max_duration must be a finite number of seconds >= 0 \(got inf"),
-        ("0.1", 1.0, r"sampling_interval must be a finite number of seconds > 0 \(got '0.1'"),
+        (1e-9, 1e9, r"^payload refused: method\[0\]\.sampling_interval: 1e-09 s is below the"),
+        (0.01, 1e6, r"^payload refused: method\[0\]\.max_duration: task #0 would take 1e\+08"),
+        (0.0, 1.0, r"^payload refused: method\[0\]\.sampling_interval: must be a finite"),
+        (float("nan"), 1.0, r"sampling_interval: must be a finite number of seconds > 0 \(got nan"),
+        (0.1, float("inf"), r"max_duration: must be a finite number of seconds >= 0 \(got inf"),
+        ("0.1", 1.0, r"sampling_interval: must be a finite number of seconds > 0 \(got '0.1'"),
     ],
 )
 def test_payload_bounds(tmp_path: Path, dt: object, dur: object, match: str) -> None:

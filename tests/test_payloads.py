@@ -658,3 +658,36 @@ def test_0_1_upgrade_leaves_sys_stdout_to_other_threads(monkeypatch: pytest.Monk
     assert sys.stdout is other
     assert other.getvalue() == ""  # and the 0.1 payload was not printed on it
     assert out and out[0].version == "2.2"
+
+
+@pytest.mark.parametrize(
+    ("version", "task", "said"),
+    [
+        ("0.2", {"time": 1.0, "delay": -1}, "method[0].delay: must be positive (got -1)"),
+        (
+            "0.2",
+            {"time": 0.5, "delay": 1.0},
+            "method[0].time: the task would take no data point: time (0.5 s) is shorter than"
+            " delay (1 s)",
+        ),
+        ("0.1", {"time": -2, "delay": 0.1}, "method[0].time: must not be negative (got -2)"),
+        (
+            "1.0",
+            {"max_duration": 1.0, "sampling_interval": -1},
+            "method[0].sampling_interval: must be positive (got -1)",
+        ),
+    ],
+)
+def test_a_refusal_names_the_field_as_the_payload_s_version_spells_it(
+    version: str, task: dict[str, Any], said: str
+) -> None:
+    """A newcomer's tour: `delay: -1` in a 0.2 payload was refused as
+    "method[0].sampling_interval: must be positive": a name the user never wrote."""
+    if version in ("0.1", "0.2"):
+        method = [{"device": "counter", "technique": "count", **task}]
+    else:
+        method = [{"component_tag": "counter", "technique_name": "count", **task}]
+    doc = {"version": version, "sample": {"name": "s"}, "method": method}
+    with pytest.raises(PayloadError) as e:
+        parse_payload(doc)
+    assert str(e.value) == said

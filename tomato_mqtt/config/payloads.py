@@ -163,6 +163,7 @@ def parse_payload(data: Mapping[str, Any], user: str | None = None) -> Payload:
         raise PayloadError(e.location, e.reason) from None
     doc = dict(data)
     version = _version(doc.get("version"))
+    written = version  # the version the user wrote: errors name its fields
     doc["version"] = version
     for key in ("samplefile", "methodfile"):
         if key in doc:
@@ -196,7 +197,7 @@ def parse_payload(data: Mapping[str, Any], user: str | None = None) -> Payload:
         except Exception as e:  # dgbowl's update() has no error contract of its own
             raise PayloadError(None, f"cannot upgrade from {version} to {nxt}: {e}") from None
         version = nxt
-    _check_values(payload)
+    _check_values(payload, written)
     return payload
 
 
@@ -291,31 +292,43 @@ def _upgrade_2_1(payload: Any, user: str | None) -> Any:
     return Payload22.model_validate(md)
 
 
-def _check_values(payload: Any) -> None:
-    """What the schema lets through but no job can do: refused here, with where and why."""
+def as_written(field: str, version: str) -> str:
+    """The name a field of version 2.2 has in a payload of ``version`` (``max_duration``
+    is ``time`` in 0.1 and 0.2): a refusal names what the user wrote (a newcomer's tour:
+    ``delay: -1`` was refused as ``sampling_interval``)."""
+    steps = SUPPORTED_VERSIONS[SUPPORTED_VERSIONS.index(version) : -1]
+    for step in reversed(steps):
+        field = _RENAMED.get(step, {}).get(field, field)
+    return field
+
+
+def _check_values(payload: Any, version: str = LATEST_VERSION) -> None:
+    """What the schema lets through but no job can do: refused here, with where and why,
+    in the field names of ``version``, the version the payload was written in."""
     if not payload.method:
         raise PayloadError("method", "the payload has no tasks: there is nothing to run")
+    dur, dt = as_written("max_duration", version), as_written("sampling_interval", version)
     for i, task in enumerate(payload.method):
         for field in ("max_duration", "sampling_interval"):
             value = getattr(task, field)
             if not math.isfinite(value):  # "inf s", "nan", 1e999: no task ends or samples
                 raise PayloadError(
-                    f"method[{i}].{field}", f"must be a finite number of seconds (got {value})"
+                    f"method[{i}].{as_written(field, version)}",
+                    f"must be a finite number of seconds (got {value})",
                 )
         if task.max_duration < 0:
             raise PayloadError(
-                f"method[{i}].max_duration", f"must not be negative (got {task.max_duration:g})"
+                f"method[{i}].{dur}", f"must not be negative (got {task.max_duration:g})"
             )
         if task.sampling_interval <= 0:
             raise PayloadError(
-                f"method[{i}].sampling_interval",
-                f"must be positive (got {task.sampling_interval:g})",
+                f"method[{i}].{dt}", f"must be positive (got {task.sampling_interval:g})"
             )
         if task.max_duration < task.sampling_interval:
             raise PayloadError(
-                f"method[{i}].max_duration",
-                f"the task would take no data point: max_duration ({task.max_duration:g} s) "
-                f"is shorter than sampling_interval ({task.sampling_interval:g} s)",
+                f"method[{i}].{dur}",
+                f"the task would take no data point: {dur} ({task.max_duration:g} s) "
+                f"is shorter than {dt} ({task.sampling_interval:g} s)",
             )
 
 

@@ -145,25 +145,27 @@ class Access:
             name = task.get("task_name") or task.get("technique_name") or f"#{i}"
             if not isinstance(dt, (int, float)) or not math.isfinite(dt) or dt <= 0:
                 raise CommandError(
-                    f"payload refused: task {name}: method[{i}].sampling_interval must be "
-                    f"a finite number of seconds > 0 (got {dt!r})"
+                    f"payload refused: method[{i}].sampling_interval: must be "
+                    f"a finite number of seconds > 0 (got {dt!r}; task {name})"
                 )
             if dt < lim.min_sampling_interval and task.get("technique_name") not in bulk:
                 raise CommandError(
-                    f"payload refused: task {name}: sampling_interval {dt:g} s is below the "
-                    f"floor of {lim.min_sampling_interval:g} s ([jobs] min_sampling_interval)"
+                    f"payload refused: method[{i}].sampling_interval: {dt:g} s is below the "
+                    f"floor of {lim.min_sampling_interval:g} s ([jobs] min_sampling_interval; "
+                    f"task {name})"
                 )
             if not isinstance(dur, (int, float)) or not math.isfinite(dur) or dur < 0:
                 raise CommandError(
-                    f"payload refused: task {name}: method[{i}].max_duration must be "
-                    f"a finite number of seconds >= 0 (got {dur!r})"
+                    f"payload refused: method[{i}].max_duration: must be "
+                    f"a finite number of seconds >= 0 (got {dur!r}; task {name})"
                 )
             points = dur / dt
             if points > lim.max_points_per_task:
                 raise CommandError(
-                    f"payload refused: task {name} would take {points:.3g} points "
-                    f"(max_duration {dur:g} s / sampling_interval {dt:g} s), more than the limit "
-                    f"of {lim.max_points_per_task} ([jobs] max_points_per_task)"
+                    f"payload refused: method[{i}].max_duration: task {name} would take "
+                    f"{points:.3g} points (max_duration {dur:g} s / sampling_interval {dt:g} "
+                    f"s), more than the limit of {lim.max_points_per_task} ([jobs] "
+                    "max_points_per_task)"
                 )
 
 
