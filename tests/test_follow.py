@@ -4,6 +4,7 @@ in-process stack (the CLI as a subprocess, as a user runs it)."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 from pathlib import Path
@@ -13,6 +14,7 @@ import yaml
 
 from tests.conftest import RunningBroker
 from tests.inproc import CONFIG, InProc, inproc_stack
+from tests.ncread import load_tree
 
 BIN = Path(__file__).resolve().parents[1] / ".venv" / "bin"
 
@@ -82,6 +84,9 @@ async def test_follow_snapshot_and_exit_codes(
 
         ev = await asyncio.wait_for(event(), 10)
         assert info.snappath.encode() in ev, ev
+        # the file's own job names it (it was null; tomato 2.2's snapshots name theirs)
+        inside = json.loads(load_tree(Path(info.snappath)).attrs["tomato_Job"])
+        assert inside["snappath"] == info.snappath, inside
 
         # a cancelled job: --follow exits non-zero
         payload["method"][0]["time"] = 60.0

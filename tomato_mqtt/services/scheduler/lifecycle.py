@@ -113,6 +113,8 @@ class JobLifecycle:
                 log.warning("job %d: periodic snapshot failed: %s", job.id, msg)
 
     def recorder_args(self, job: Job, path: Path, snapshot: bool) -> dict[str, JsonValue]:
+        if snapshot:  # a snapshot's tomato_Job names the snapshot, as tomato 2.2's does
+            job = job.model_copy(update={"snappath": str(path)})
         roles = dict(job.progress.get("roles") or {})
         metas: dict[str, JsonValue] = {}
         for role, comp in roles.items():
