@@ -173,16 +173,108 @@ def test_a_batch_that_would_not_fit_under_max_packet_bytes_is_refused_at_start(
     tmp_path: Path,
 ) -> None:
     (tmp_path / "settings.toml").write_text(
-        "[broker]\nmax_packet_bytes = 307200\n[node]\nbatch_max_bytes = 296960\n"
+        "[broker]\nmax_packet_bytes = 614400\n[node]\nbatch_max_bytes = 604160\n"
     )
     with pytest.raises(ConfigError) as ei:
         load_settings(appdir=tmp_path)
     assert str(ei.value) == (
-        f"{tmp_path / 'settings.toml'}: node.batch_max_bytes (296960) must stay 65536 bytes"
-        " below broker.max_packet_bytes (307200): a larger data message would be refused by"
+        f"{tmp_path / 'settings.toml'}: node.batch_max_bytes (604160) must stay 65536 bytes"
+        " below broker.max_packet_bytes (614400): a larger data message would be refused by"
         " the broker"
     ), str(ei.value)
     (tmp_path / "settings.toml").write_text("[node]\nname = 'n'\n")
     ok = load_settings(appdir=tmp_path)
     assert ok.broker.max_packet_bytes == 8 * 1024 * 1024
     assert ok.max_reply_bytes == 8 * 1024 * 1024 - 64 * 1024
+
+
+def test_an_empty_field_such_as_a_will_without_payload_is_read(limited: BrokerProcess) -> None:
+    """A review of the framing: a will with an empty payload (paho's will_set(topic), a
+    common way to clear a retained status) is read as a 0-byte field: the connection
+    was closed as broken framing."""
+    import paho.mqtt.client as paho
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    c = paho.Client(CallbackAPIVersion.VERSION2, client_id="empty-will")
+    c.will_set(f"{ROOT}/node/x/status", None, qos=1, retain=True)
+    codes: list[object] = []
+    c.on_connect = lambda _c, _u, _f, rc, _p: codes.append(rc)
+    c.connect("127.0.0.1", limited.port, keepalive=30)
+    c.loop_start()
+    try:
+        deadline = time.monotonic() + 10
+        while not codes and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert [str(rc) for rc in codes] == ["Success"], codes
+        assert "framing broken" not in limited.text()
+    finally:
+        c.loop_stop()
+        c.disconnect()
+
+
+async def test_a_packet_whose_body_does_not_come_closes_its_connection(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A review: a client that sent a packet's header and all of its body but the last
+    byte held its memory (up to max_packet_bytes) for good: amqtt checks the keep-alive
+    only between packets. Its body must come within BODY_WAIT (60 s) of its header."""
+    from tomato_mqtt_broker import BrokerConfig, EmbeddedBroker, server
+
+    from tests.stack import free_port
+
+    monkeypatch.setattr(server, "BODY_WAIT", 1.0)
+    port = free_port()
+    b = EmbeddedBroker(BrokerConfig(port=port, ws_port=0, max_packet_bytes=LIMIT))
+    await b.start()
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        body = b"\x00\x04MQTT\x04\x02" + struct.pack("!H", 30) + _utf8(b"stall")
+        writer.write(bytes([0x10, len(body)]) + body)
+        assert (await asyncio.wait_for(reader.read(4), 5))[:1] == b"\x20"  # CONNACK
+        topic = _utf8(f"{ROOT}/made/up".encode())
+        writer.write(b"\x30" + _varint(len(topic) + 100_000) + topic + b"z" * 99_999)
+        await writer.drain()
+        t0 = time.monotonic()
+        got = await asyncio.wait_for(reader.read(), 10)  # EOF: closed by the broker
+        waited = time.monotonic() - t0
+        assert got == b"" and 0.9 < waited < 4.0, (got, waited)
+        writer.close()
+    finally:
+        await b.stop()
+
+
+async def test_a_change_too_large_to_answer_in_full_is_said_done(
+    limited: BrokerProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A review: a change whose answer was too large to send (a cancel of jobs with
+    megabyte payloads) was carried out and answered bad_request: a script retried and
+    found the jobs ended. It is answered as done, without its data."""
+    from tomato_mqtt.transport import rpc
+
+    # (the jobs here are stand-ins, not the contract's Job: what is checked is the size)
+    monkeypatch.setattr(rpc, "_check_data", lambda cmd, data: None)
+    topics = Topics("lab")
+    url = f"mqtt://127.0.0.1:{limited.port}"
+    done: list[object] = []
+    async with AsyncClient(url) as server, AsyncClient(url) as caller:
+
+        async def cancel(args: object) -> Result:
+            done.append(args)
+            return Result("jobs 1-9 cancelled", [{"payload": "p" * (LIMIT // 8)}] * 9)
+
+        responder = Responder(
+            server, topics, {"job_cancel": cancel}, name="test", kind="scheduler",
+            max_reply=LIMIT - 1024,
+        )  # fmt: skip
+        topic = topics.scheduler_cmd("job_cancel", "anonymous")
+        tasks: set[asyncio.Task[None]] = set()
+        await server.subscribe(
+            topic,
+            handler=lambda m: tasks.add(asyncio.ensure_future(responder.handle(m, "job_cancel"))),
+        )
+        reply = await Requester(caller, topics).request(topic, {"jobids": [1]}, timeout=10)
+        assert reply.success and len(done) == 1, reply
+        assert (reply.msg or "").startswith("jobs 1-9 cancelled (the answer to job_cancel would"), (
+            reply
+        )
+        assert reply.data is None

@@ -270,7 +270,17 @@ class _Framed:
     read of more than a byte), so that no packet amqtt frames otherwise escapes the bound.
     """
 
-    __slots__ = ("_inner", "_kind", "_left", "_length", "_limit", "_refuse", "_shift", "refused")
+    __slots__ = (
+        "_inner",
+        "_kind",
+        "_left",
+        "_length",
+        "_limit",
+        "_refuse",
+        "_shift",
+        "body_since",
+        "refused",
+    )
 
     def __init__(self, inner: Any, limit: int, refuse: Any) -> None:
         self._inner = inner
@@ -281,15 +291,22 @@ class _Framed:
         self._length = 0
         self._kind = 0
         self.refused: str | None = None
+        #: loop time since a packet's body is awaited (None: at a packet's header): a
+        #: body not sent within BODY_WAIT closes the connection (see _Broker._tick)
+        self.body_since: float | None = None
 
     async def read(self, n: int = -1) -> bytes:
         if self.refused is not None:
             raise ConnectionResetError(self.refused)
+        if n == 0:  # an empty field (a will without payload): nothing to read
+            return b""
         if self._left:
             if not 0 < n <= self._left:
                 return self._broken(f"a read of {n} bytes, {self._left} left in the packet")
             data: bytes = await self._inner.read(n)
             self._left -= len(data)
+            if not self._left:
+                self.body_since = None
             return data
         if n != 1:
             return self._broken(f"a read of {n} bytes at a packet's header")
@@ -306,6 +323,8 @@ class _Framed:
                 return self._broken("a remaining length of more than 4 bytes")
             return data
         self._shift, self._left = -1, self._length
+        if self._length:
+            self.body_since = asyncio.get_running_loop().time()
         if self._length > self._limit:
             what = "PUBLISH" if self._kind == 3 else f"packet of type {self._kind}"
             why = (
@@ -323,8 +342,21 @@ class _Framed:
         self._refuse(why)
         raise ConnectionResetError(why)
 
+    def stalled(self, why: str) -> None:
+        """Its packet's body did not come in time: the connection goes (its read then
+        ends, as the transport is aborted by the caller)."""
+        if self.refused is None:
+            self.refused = why
+            self._refuse(why)
+
     def feed_eof(self) -> None:
         self._inner.feed_eof()
+
+
+#: s a packet's body may take to arrive once its header came (8 MiB at ~140 kB/s): a
+#: client that sent all but the last byte held its packet's memory for good, with no
+#: keep-alive check while amqtt waited for the body (a review)
+BODY_WAIT = 60.0
 
 
 def _broker_class(
@@ -370,6 +402,8 @@ def _broker_class(
             self._refused: set[str] = set()
             #: id() of the sessions admitted there, for the check amqtt makes afterwards
             self._admitted: set[int] = set()
+            #: the reader of every open connection -> its writer (_check_bodies)
+            self._framed: dict[_Framed, Any] = {}
             self._broadcast_queue = _QosQueue()
             self._subscriptions = _Subscriptions()
             #: when this broker's event loop last stood still (_tick)
@@ -643,6 +677,7 @@ def _broker_class(
             if now - self._ticked_at > 1.5:
                 self._stood_still_at = now
             self._ticked_at = now
+            self._check_bodies(now)
             self._ticker = loop.call_later(0.5, self._tick)
 
         async def start(self) -> None:
@@ -792,7 +827,25 @@ def _broker_class(
         async def _client_connected(self, listener_name: str, reader: Any, writer: Any) -> None:
             # every listener's connections (TCP, TLS, WebSocket) are read through _Framed
             framed = _Framed(reader, max_packet, functools.partial(_refused_packet, writer))
-            await super()._client_connected(listener_name, framed, writer)
+            self._framed[framed] = writer
+            try:
+                await super()._client_connected(listener_name, framed, writer)
+            finally:
+                self._framed.pop(framed, None)
+
+        def _check_bodies(self, now: float) -> None:
+            for framed, writer in list(self._framed.items()):
+                since = framed.body_since
+                if (
+                    since is None
+                    or now - since <= BODY_WAIT
+                    or now - self._stood_still_at < BODY_WAIT
+                ):
+                    continue
+                framed.stalled(f"a packet's body not sent within {BODY_WAIT:g} s of its header")
+                transport = _transport(writer)
+                if transport is not None:
+                    transport.abort()
 
         # -- requests and replies are not kept (a security review) ------------------------
         # a retained request was sent again to the scheduler (or a node) at each of its

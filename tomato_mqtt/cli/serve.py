@@ -205,6 +205,7 @@ def recorder(opts: Opts, verbosity: int = 0) -> None:
         output_roots=s.output_roots,
         users_file=s.users_file,
         keep_days=s.recorder.keep_days,
+        max_reply=s.max_reply_bytes,
     )
     svc.run_sync()
 

@@ -125,7 +125,8 @@ class BrokerSettings(_Section):
     #: the largest MQTT packet the embedded broker takes (a message with its topic): a
     #: client that sends a larger one is disconnected, as Mosquitto's max_packet_size.
     #: The services send no larger reply; with an external broker, set it to its limit
-    max_packet_bytes: int = Field(default=8 * 1024 * 1024, ge=256 * 1024, le=256 * 1024 * 1024)
+    #: (at least 512 KiB: a file's chunk of 256 KiB travels as base64, ~350 kB)
+    max_packet_bytes: int = Field(default=8 * 1024 * 1024, ge=512 * 1024, le=256 * 1024 * 1024)
 
     @model_validator(mode="after")
     def _network_needs_auth(self) -> BrokerSettings:

@@ -110,9 +110,11 @@ def requester() -> str | None:
 class Requester:
     """Sends requests and matches replies by id, for one connected client."""
 
-    def __init__(self, client: AsyncClient, topics: Topics) -> None:
+    def __init__(self, client: AsyncClient, topics: Topics, max_request: int | None = None) -> None:
         self.client = client
         self.topics = topics
+        #: the largest request sent (the broker's max_packet_bytes less a margin)
+        self.max_request = MAX_REPLY if max_request is None else max_request
         self.reply_topic = topics.reply(client.client_id)
         self._waiting: dict[str, asyncio.Future[Reply]] = {}
         self._started = False
@@ -156,10 +158,10 @@ class Requester:
             payload_args = dict(args or {})
         req = Request(id=uuid.uuid4().hex, reply_to=self.reply_topic, args=payload_args)
         data = encode(req)
-        if len(data) > MAX_REPLY:  # the broker would close the connection (max_packet_bytes)
+        if len(data) > self.max_request:  # the broker would close the connection
             raise CommandError(
                 f"the request to {topic} is {len(data):,} bytes, more than a message may "
-                f"carry ({MAX_REPLY:,}): send less at a time",
+                f"carry ({self.max_request:,}): send less at a time",
                 code="bad_request",
             )
         fut: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
@@ -349,22 +351,32 @@ class Responder:
             finally:
                 _requester.reset(token)
         data = encode(reply)
+        cmd = self.commands.get(op)
         if len(data) > self.max_reply:
             # sent, it would cost the service its connection (the broker's packet size)
             log.warning(
                 "%s: a reply to %s of %d bytes not sent: too large", self.name, op, len(data)
             )
-            reply = Reply(
-                id=req.id,
-                success=False,
-                msg=(
-                    f"the answer to {op} would be {len(data):,} bytes, more than a message "
-                    f"may carry ({self.max_reply:,}): ask for less at a time (fewer job ids)"
-                ),
-                code="bad_request",
+            too_large = (
+                f"the answer to {op} would be {len(data):,} bytes, more than a message may "
+                f"carry ({self.max_reply:,})"
             )
+            if reply.success and cmd is not None and not cmd.reads:
+                # it was carried out: said so, without its data (a review: "bad_request"
+                # after a cancel that was made, and a retry found the jobs ended)
+                reply = Reply(
+                    id=req.id,
+                    success=True,
+                    msg=f"{reply.msg} ({too_large}: without its data)",
+                )
+            else:
+                reply = Reply(
+                    id=req.id,
+                    success=False,
+                    msg=f"{too_large}: ask for less at a time (fewer job ids)",
+                    code="bad_request",
+                )
             data = encode(reply)
-        cmd = self.commands.get(op)
         if cmd is not None and cmd.reads:
             self._seen.pop(key, None)  # a copy is answered anew: a read changes nothing
         elif len(data) > _KEEP_AT_MOST:

@@ -256,11 +256,23 @@ class NodeService(Service):
     async def started(self) -> None:
         if not await self._claim_name():
             return
+        # no reply larger than a data message (which settings keep under the broker's
+        # max_packet_bytes): a larger one would cost the node its connection
         self._node_responder = Responder(
-            self.mqtt, self.topics, self._node_handlers, name=f"node {self.name}", kind="node"
+            self.mqtt,
+            self.topics,
+            self._node_handlers,
+            name=f"node {self.name}",
+            kind="node",
+            max_reply=self.config.batch_max_bytes,
         )
         self._cmp_responder = Responder(
-            self.mqtt, self.topics, {}, name=f"node {self.name}", kind="component"
+            self.mqtt,
+            self.topics,
+            {},
+            name=f"node {self.name}",
+            kind="component",
+            max_reply=self.config.batch_max_bytes,
         )
         if self._configured is None:  # before anything can answer: the first connect
             self._configured = asyncio.Event()

@@ -40,6 +40,7 @@ from tomato_mqtt.services.recorder.guard import WriteGuard
 from tomato_mqtt.services.recorder.store import BatchStore
 from tomato_mqtt.transport.client import BrokerURL, Message
 from tomato_mqtt.transport.rpc import (
+    MAX_REPLY,
     Handler,
     NoResponder,
     Requester,
@@ -120,9 +121,12 @@ class RecorderService(Service):
         output_roots: list[Path] | None = None,
         users_file: Path | None = None,
         keep_days: float = 30.0,
+        max_reply: int = MAX_REPLY,
     ) -> None:
         super().__init__(url, Topics(instance, url.username), heartbeat=heartbeat)
         self.db_path = db_path
+        #: the largest reply or request (the broker's max_packet_bytes less a margin)
+        self.max_reply = max_reply
         #: days a job's batches stay in the store after its file was written (0: for ever)
         self.keep_days = keep_days
         self.started_at = time.time()
@@ -169,14 +173,19 @@ class RecorderService(Service):
         self.highest_job = self.store.highest_job()
 
     async def started(self) -> None:
-        self.requester = Requester(self.mqtt, self.topics)
+        self.requester = Requester(self.mqtt, self.topics, self.max_reply)
         handlers: dict[str, Handler] = {
             "finalize": self.fileops.finalize,
             "fetch": self.fileops.fetch,
             "status": self.op_status,
         }
         self.responder = Responder(
-            self.mqtt, self.topics, handlers, name="recorder", kind="recorder"
+            self.mqtt,
+            self.topics,
+            handlers,
+            name="recorder",
+            kind="recorder",
+            max_reply=self.max_reply,
         )
         await self.requester.start()
         # data batches may be dropped when we fall behind: the nodes replay them

@@ -162,7 +162,7 @@ class SchedulerService(Service):
         self._ids_after(used, where)
 
     async def started(self) -> None:
-        self.requester = Requester(self.mqtt, self.topics)
+        self.requester = Requester(self.mqtt, self.topics, self.settings.max_reply_bytes)
         self.ops = SchedulerOps(self)
         self.responder = Responder(
             self.mqtt,
