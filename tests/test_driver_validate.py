@@ -271,3 +271,20 @@ def test_a_variable_named_as_the_file_s_own_is_refused_at_its_point(name: str) -
     block = Block(uts=np.asarray([1.0]), data={name: np.asarray([1.0])})
     with pytest.raises(BlockError, match=f"variable '{name}': the name is taken"):
         block.check()
+
+
+def test_a_dimension_named_task_is_refused() -> None:
+    """A review: a bulk driver's extra dimension `task` passed Block.check and the file
+    could not be written (a coordinate of the file's own name)."""
+    import numpy as np
+
+    from tomato_mqtt.driver.block import Block, BlockError
+
+    block = Block(
+        uts=np.asarray([1.0]),
+        data={"v": np.asarray([[1.0, 2.0]])},
+        dims={"v": ("task",)},
+        coords={"task": [0, 1]},
+    )
+    with pytest.raises(BlockError, match="'task' cannot be an extra dimension"):
+        block.check()

@@ -352,3 +352,32 @@ def test_a_batch_s_columns_are_arrays_as_soon_as_it_is_parsed() -> None:
         "level": ("ndarray", "f"),
     }
     assert b["vars"]["choice"].tolist() == ["red", ""] and np.isnan(b["vars"]["level"][1])
+
+
+def test_renamed_spectra_never_take_a_name_the_driver_uses(tmp_path: Path) -> None:
+    """A review of the renaming: the driver's own `spectrum_1` took the renamed spectrum
+    (and moved), and a variable `freq_1` made the file unwritable. A renamed variable or
+    dimension takes the first `NAME_k` that no variable, dimension or coordinate uses."""
+    f1, f2 = [1.0, 2.0], [10.0, 20.0]
+
+    def batch(seq: int, t: float, freq: list[float]) -> bytes:
+        return json.dumps(
+            {
+                "schema": 1, "component": "c", "job": 1, "task": 0, "epoch": 5,
+                "seq": seq, "uts": [t],
+                "vars": {"spectrum": [[t, t]], "spectrum_1": [t * 10], "freq_1": [t * 100]},
+                "dims": {"spectrum": ["freq"]}, "coords": {"freq": freq},
+            }
+        ).encode()  # fmt: skip
+
+    out = write_job_file(
+        tmp_path / "r.nc", [RoleInput("a", "{}", [batch(0, 1.0, f1), batch(1, 2.0, f2)])], {}
+    )
+    ds = xr.open_datatree(out)["a"].to_dataset()
+    assert ds["spectrum_1"].values.tolist() == [10.0, 20.0]  # the driver's, untouched
+    assert ds["freq_1"].values.tolist() == [100.0, 200.0]
+    assert ds["spectrum_2"].dims == ("uts", "freq_2")
+    assert ds["freq_2"].values.tolist() == f2
+    assert ds["spectrum"].values[0].tolist() == [1.0, 1.0]
+    assert ds["spectrum_2"].values[1].tolist() == [2.0, 2.0]
+    ds.close()

@@ -821,6 +821,47 @@ async def test_a_file_that_could_not_be_written_is_written_once_it_can_be(
         assert tree["counter"].to_dataset()["uts"].size == npoints
 
 
+async def test_a_file_that_cannot_be_written_is_not_tried_again_and_again(
+    broker: RunningBroker,
+    instance: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A review of the retries: a write that can never succeed (here the writer refuses
+    the data, as it did a variable named as a coordinate) was tried again for as long as
+    the scheduler ran, rebuilding the whole file each time. Only a write that may work
+    later (a full disk: `unavailable`, or no answer) is tried again."""
+    from tests.inproc import inproc_stack
+    from tomato_mqtt.services.recorder import netcdf
+    from tomato_mqtt.services.scheduler import lifecycle
+
+    monkeypatch.setattr(lifecycle, "WRITE_AGAIN", 0.2)
+    tries: list[float] = []
+
+    def refuse(roles: Any) -> Any:
+        tries.append(time.monotonic())
+        raise ValueError("variables ['freq_1'] are found in both data_vars and coords")
+
+    monkeypatch.setattr(netcdf, "build_groups", refuse)
+    async with inproc_stack(broker.port, tmp_path, instance) as st:
+        await st.call("pipeline_load", {"pipeline": "pip-counter-1", "sampleid": "never"})
+        await st.call("pipeline_ready", {"pipeline": "pip-counter-1"})
+        doc = {
+            "version": "2.2",
+            "sample": {"identifier": "never"},
+            "user": {"identifier": "t"},
+            "method": [{"component_role": "counter", "technique_name": "count",
+                        "max_duration": 0.5, "sampling_interval": 0.1}],
+        }  # fmt: skip
+        job = await st.call("job_submit", {"payload": doc, "submit_dir": str(tmp_path)})
+        ended = await st.wait_job(job.id, {"c", "ce", "cd"}, timeout=30)
+        assert ended.status == "ce" and "found in both data_vars" in (ended.reason or "")
+        await asyncio.sleep(4.0)  # 0.2, 0.4, 0.8, 1.6 s: 4 more tries if it went on
+        assert len(tries) <= 5, len(tries)  # the job's own (3), and the one after
+        assert "its file cannot be written (bad_request" in caplog.text, caplog.text[-2000:]
+
+
 async def test_a_job_whose_points_were_released_keeps_its_file_and_says_why(
     broker: RunningBroker, instance: str, tmp_path: Path
 ) -> None:

@@ -1156,3 +1156,43 @@ async def test_the_start_of_a_task_names_the_node_s_epoch_it_was_decided_on() ->
     assert [a.get("epoch") for a in sent] == [host.node.epoch], sent
     await _task_ended(host)
     assert await asyncio.wait_for(done, 10) == ("c", None)
+
+
+async def test_a_task_stopped_by_another_role_s_failure_gets_its_end() -> None:
+    """A review: two roles run at once; one's task fails, and the other's was left
+    "running" in the ended job, without a task_ended event (a dashboard showed it
+    running). It ends "stopped", its count unknown until its node tells it late."""
+    host = FakeHost()
+
+    def task(role: str) -> dict[str, Any]:
+        return {"component_role": role, "technique_name": "count",
+                "max_duration": 60, "sampling_interval": 1}  # fmt: skip
+
+    job = Job(id=1, payload={"method": [task("a"), task("b")]}, submitted_at="now")
+    done: asyncio.Future[tuple[str, str | None]] = asyncio.get_running_loop().create_future()
+
+    async def on_done(r: JobRunner, status: str, reason: str | None) -> None:
+        await r.reset_done()
+        done.set_result((status, reason))
+
+    runner = JobRunner(job=job, roles={"a": "cmpA", "b": "cmpB"}, host=host, on_done=on_done)
+    _KEEP.add(asyncio.ensure_future(runner.run()))
+    for _ in range(200):
+        if all(t.state == "running" for t in runner.tasks):
+            break
+        await asyncio.sleep(0.01)
+    assert [t.state for t in runner.tasks] == ["running", "running"]
+    end = TaskEndInfo(
+        job=1, task=0, reason="error", message="driver broke", t_start=0, t_end=1, npoints=3,
+        stream="s",
+    )  # fmt: skip
+    st = dict(host.cstatus)
+    st["cmpA"] = ComponentStatus(
+        name="cmpA", node="pc1", state="idle", time=time.time(), epoch=1, last_task=end
+    )
+    await host.set(cstatus=st)
+    status, _reason = await asyncio.wait_for(done, 10)
+    assert status == "ce"
+    ended = [(kw["task"], kw["detail"]["reason"]) for ev, kw in host.events if ev == "task_ended"]
+    assert sorted(ended) == [(0, "error"), (1, "stopped")], ended
+    assert {k: v["state"] for k, v in host.saved["tasks"].items()} == {"0": "ended", "1": "ended"}

@@ -82,8 +82,8 @@ class Block:
                     f"{tuple(extra)} have lengths {tuple(want)}"
                 )
         for d in self.coords:
-            if d == "uts":
-                raise BlockError("'uts' cannot be an extra dimension")
+            if d in ("uts", "task"):  # the file's own names (the file was unwritable)
+                raise BlockError(f"{d!r} cannot be an extra dimension")
 
 
 def _list_shape(first: Any, depth: int) -> list[int]:

@@ -185,6 +185,27 @@ def _coordinate_sets(batches: list[dict[str, Any]]) -> list[dict[str, Any]]:
     others with NaN, or labelled them with the wrong frequencies, and the job ended ``c``
     (a review)."""
     seen: dict[str, list[Any]] = {}  # dimension -> its coordinate values, in order
+    # the names the driver uses are never given to another (a review: "power_1" of the
+    # driver took a renamed spectrum, "freq_1" as a variable made the file unwritable)
+    taken = {"uts", "task"}
+    for b in batches:
+        taken.update(b["vars"])
+        taken.update(b.get("coords") or {})
+        for ds in (b.get("dims") or {}).values():
+            taken.update(ds)
+    named: dict[tuple[str, tuple[int, ...]], str] = {}
+
+    def name_of(base: str, version: tuple[int, ...]) -> str:
+        if not any(version):
+            return base
+        if (base, version) not in named:
+            k = 1
+            while f"{base}_{k}" in taken:
+                k += 1
+            named[(base, version)] = f"{base}_{k}"
+            taken.add(named[(base, version)])
+        return named[(base, version)]
+
     out = []
     for b in batches:
         bdims = b.get("dims") or {}
@@ -205,7 +226,7 @@ def _coordinate_sets(batches: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if not any(version.values()):
             out.append(b)
             continue
-        dim_name = {d: f"{d}_{i}" if i else d for d, i in version.items()}
+        dim_name = {d: name_of(d, (i,)) for d, i in version.items()}
         units = dict(b.get("units") or {})
         for d, new in dim_name.items():
             if new != d and d in units:
@@ -214,12 +235,9 @@ def _coordinate_sets(batches: list[dict[str, Any]]) -> list[dict[str, Any]]:
         new_dims: dict[str, list[str]] = {}
         for name, col in b["vars"].items():
             ds = bdims.get(name)
-            if ds and any(version[d] for d in ds):
-                new = f"{name}_{'_'.join(str(version[d]) for d in ds)}"
-                if name in units:
-                    units[new] = units[name]
-            else:
-                new = name
+            new = name_of(name, tuple(version[d] for d in ds)) if ds else name
+            if new != name and name in units:
+                units[new] = units[name]
             new_vars[new] = col
             if ds:
                 new_dims[new] = [dim_name[d] for d in ds]

@@ -191,12 +191,25 @@ class JobLifecycle:
             await presence.recorder_said.wait_for(lambda: presence.recorder_online != seen)
         args = self.recorder_args(final, path, snapshot=False) | {"wait": 0.0}
         # and again, less and less often, while it cannot (a full disk: the file was
-        # tried once more and never again, a review; its points stay in the recorder)
+        # tried once more and never again, a review; its points stay in the recorder);
+        # not a write that cannot succeed (a file the recorder refuses, a bug): said once
         gap = WRITE_AGAIN
         while True:
+            if self.svc.superseded or self.svc.stopping:
+                return
             ok, msg, data = await self.svc.recorder_request("finalize", args, timeout=60)
-            if ok or self.svc.superseded or self.svc.stopping:
+            if ok:
                 break
+            code = data.get("code") if isinstance(data, dict) else None
+            if code not in (None, "unavailable"):  # None: no answer (a recorder away)
+                log.error(
+                    "job %d: its file cannot be written (%s: %s); not tried again: its "
+                    "points stay in the recorder (`ketchup snapshot` writes them)",
+                    final.id,
+                    code,
+                    msg,
+                )
+                return
             log.warning(
                 "job %d: its file is still not written (%s); trying again in %g s",
                 final.id,
@@ -205,8 +218,6 @@ class JobLifecycle:
             )
             await asyncio.sleep(gap)
             gap = min(gap * 2, WRITE_AGAIN_MAX)
-        if not ok:
-            return
         written = str(data["path"]) if isinstance(data, dict) and data.get("path") else None
         log.info("job %d: its file was written later: %s", final.id, written)
         if written is None:
@@ -214,8 +225,11 @@ class JobLifecycle:
         self.svc.job_event(final.id, "file_written", detail={"path": written})
         at = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M:%S")
         job = self.store.job(final.id)
-        if job.status not in ("c", "ce", "cd"):
-            return
+        while job.status not in ("c", "ce", "cd"):  # its end is still being stored
+            if self.svc.superseded or self.svc.stopping:
+                return
+            await asyncio.sleep(STORE_RETRY)
+            job = self.store.job(final.id)
         reason = f"{job.reason or ''}; the file was written later ({at}): {written}".lstrip("; ")
 
         def note() -> Job:

@@ -78,7 +78,9 @@ class RecorderLink:
                     reply = req.result()
                 except NoResponder as e:
                     return False, str(e), None
-                return reply.success, reply.msg, reply.data
+                if not reply.success:  # the code says whether trying again may help
+                    return False, reply.msg, {"code": reply.code}
+                return True, reply.msg, reply.data
             if loop.time() >= deadline:
                 return False, f"no recorder answered {op} within {timeout:g} s", None
             log.info("the recorder restarted while %s was pending: sending it again", op)

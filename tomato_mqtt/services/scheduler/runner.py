@@ -596,9 +596,14 @@ class JobRunner:
                     break
                 if self.error is not None and not self.cancelled:
                     gone = self._gone(t, component)  # the same fault: named too
-                    if gone is not None and gone not in self.error:
-                        self.error = f"{self.error}; {gone}"
+                    if gone is not None:
+                        if gone not in self.error:
+                            self.error = f"{self.error}; {gone}"
                         self._end_now(t, {"reason": "error", "message": gone})
+                    else:  # stopped with the job: its end (and count) may come late
+                        # (it was left "running", without a task_ended event: a review)
+                        why = f"the job failed: {self.error}"
+                        self._end_now(t, {"reason": "stopped", "message": why})
                     return
                 timeout: float | None = None
                 if self.cancelled:
