@@ -486,25 +486,32 @@ def test_ctrl_c_while_a_call_waits_is_one_line_not_a_traceback(
     import socket
     import time
 
-    silent = socket.socket()  # accepts (the kernel does), never answers a CONNECT
+    silent = socket.socket()  # accepts, never answers a CONNECT
     silent.bind(("127.0.0.1", 0))
     silent.listen(8)
+    silent.settimeout(30)
     port = silent.getsockname()[1]
+    proc = subprocess.Popen(
+        [sys.executable, "-c", f"from tomato_mqtt.cli import fast; fast.{argv[0]}()",
+         *argv[1:], "-A", str(tmp_path), "-p", str(port), "-t", "30"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "COLUMNS": "100"},
+    )  # fmt: skip
     try:
-        proc = subprocess.Popen(
-            [sys.executable, "-c", f"from tomato_mqtt.cli import fast; fast.{argv[0]}()",
-             *argv[1:], "-A", str(tmp_path), "-p", str(port), "-t", "30"],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env={**os.environ, "COLUMNS": "100"},
-        )  # fmt: skip
-        # a real SIGINT once it waits (its imports done: typically 0.1 s)
-        time.sleep(1.5)
+        # a real SIGINT once it waits: it has connected (past its imports: a SIGINT
+        # during them, in a CI run, was swallowed by coverage's start-up hook)
+        conn, _ = silent.accept()
+        time.sleep(0.2)
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=20)
+        conn.close()
     finally:
         silent.close()
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
     assert (proc.returncode, out, err) == (130, "", "interrupted\n"), (proc.returncode, err)
 
 
