@@ -11,6 +11,7 @@ replies are never kept as retained messages (they are delivered, as any other).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import struct
 import time
@@ -311,5 +312,70 @@ async def test_a_session_holds_at_most_max_filters(monkeypatch: pytest.MonkeyPat
         assert (await asyncio.wait_for(reader.readexactly(4), 5))[:1] == b"\xb0"
         assert await subscribe(3, "a/4", "a/5") == [1, 0x80]
         writer.close()
+    finally:
+        await b.stop()
+
+
+async def test_bytes_amqtt_leaves_unread_cannot_smuggle_a_packet_past_the_bound() -> None:
+    """A review: amqtt reads no body of a PINGREQ (nor a CONNECT's trailing bytes), so a
+    PINGREQ whose length covered the next SUBSCRIBE's header made the framing see that
+    SUBSCRIBE's filters as tiny packets: an 8 MB SUBSCRIBE was read, 92 s of CPU, at a
+    256 KiB bound. A packet begun before the one before was read whole closes the
+    connection."""
+    from tomato_mqtt_broker import BrokerConfig, EmbeddedBroker
+
+    from tests.stack import free_port
+
+    port = free_port()
+    b = EmbeddedBroker(BrokerConfig(port=port, ws_port=0, max_packet_bytes=LIMIT))
+    await b.start()
+    try:
+        for connect_tail in (b"", b"\x00" * 8):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            body = b"\x00\x04MQTT\x04\x02" + struct.pack("!H", 30) + _utf8(b"smuggler")
+            body += connect_tail  # bytes of the CONNECT amqtt does not read
+            writer.write(bytes([0x10, len(body)]) + body)
+            assert (await asyncio.wait_for(reader.readexactly(4), 5))[:1] == b"\x20"
+            entries = 100_000  # a SUBSCRIBE of 400,002 bytes
+            head = b"\x82" + _varint(2 + 4 * entries) + b"\x00\x07" + b"\x00\x01"
+            smuggled = head + b"a\x02" + b"\x00\x01a\x02" * (entries - 1)
+            cover = b"" if connect_tail else b"\xc0" + bytes([len(head)])  # a PINGREQ's body
+            writer.write(cover + smuggled)
+            t0 = time.monotonic()
+            got = b""
+            with contextlib.suppress(ConnectionError):
+                while chunk := await asyncio.wait_for(reader.read(65536), 10):
+                    got += chunk
+            assert b"\x90" not in got[:1] and time.monotonic() - t0 < 5, got[:20]  # no SUBACK
+            writer.close()
+    finally:
+        await b.stop()
+
+
+async def test_a_websocket_client_gone_mid_packet_publishes_nothing() -> None:
+    """A review: amqtt's WebSocket reader, when the connection closed in the middle of a
+    packet, filled the packet with copies of the last message it had read: 1,000 bytes
+    sent, 10,000 published to the subscribers."""
+    from tomato_mqtt_broker import BrokerConfig, EmbeddedBroker
+    from websockets.asyncio.client import connect as ws_connect
+
+    from tests.stack import free_port
+
+    port, ws_port = free_port(), free_port()
+    b = EmbeddedBroker(BrokerConfig(port=port, ws_port=ws_port, max_packet_bytes=LIMIT))
+    await b.start()
+    try:
+        got: list[bytes] = []
+        async with AsyncClient(f"mqtt://127.0.0.1:{port}") as sub:
+            await sub.subscribe("ws/#", handler=lambda m: got.append(m.payload))
+            async with ws_connect(f"ws://127.0.0.1:{ws_port}/", subprotocols=["mqtt"]) as ws:
+                body = b"\x00\x04MQTT\x04\x02" + struct.pack("!H", 30) + _utf8(b"wsc")
+                await ws.send(bytes([0x10, len(body)]) + body)
+                assert (await asyncio.wait_for(ws.recv(), 5))[:1] == b"\x20"
+                topic = _utf8(b"ws/t")
+                await ws.send(b"\x30" + _varint(len(topic) + 10_000) + topic + b"A" * 1000)
+                await ws.send(b"B" * 1000)
+            await asyncio.sleep(1.0)
+        assert got == [], [len(p) for p in got]
     finally:
         await b.stop()

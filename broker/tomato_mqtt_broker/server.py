@@ -342,6 +342,15 @@ class _Framed:
         self._refuse(why)
         raise ConnectionResetError(why)
 
+    def header_begins(self) -> None:
+        """amqtt begins to read a packet's fixed header: this reader must be at one too.
+        amqtt does not read every byte a packet's length announces (a PINGREQ's body, a
+        CONNECT's trailing bytes): what it left would be read as the next packet, and a
+        SUBSCRIBE of any size was read past the bound that way (a review)."""
+        if self.refused is None and (self._left or self._shift >= 0):
+            left = self._left if self._left else "part of its length"
+            self._broken(f"{left} byte(s) of the packet before were not read")
+
     def stalled(self, why: str) -> None:
         """Its packet's body did not come in time: the connection goes (its read then
         ends, as the transport is aborted by the caller)."""
@@ -351,6 +360,51 @@ class _Framed:
 
     def feed_eof(self) -> None:
         self._inner.feed_eof()
+
+
+def _check_headers() -> None:
+    """amqtt reads every packet's fixed header through ``MQTTFixedHeader.from_stream``:
+    on a :class:`_Framed` reader, it first checks that the packet before was read whole
+    (once per process; other readers are not touched)."""
+    from amqtt.mqtt.packet import MQTTFixedHeader
+
+    if getattr(MQTTFixedHeader.from_stream, "_tomato_checked", False):
+        return
+    read_header = MQTTFixedHeader.from_stream.__func__
+
+    async def from_stream(cls: Any, reader: Any) -> Any:
+        if isinstance(reader, _Framed):
+            reader.header_begins()
+        return await read_header(cls, reader)
+
+    from_stream._tomato_checked = True  # type: ignore[attr-defined]
+    MQTTFixedHeader.from_stream = classmethod(from_stream)
+
+
+def _ws_reader(websocket: Any) -> Any:
+    """amqtt's WebSocket reader, without its made-up bytes: when the connection closed
+    while it waited for more of a packet, it appended the last message it had read once
+    more, again and again until the packet was full, and the broker published it (a
+    review: 1,000 bytes sent, 10,000 published). It returns what came instead (amqtt
+    then sees the connection end)."""
+    import io
+
+    from amqtt.adapters import WebSocketsReader
+    from websockets.exceptions import ConnectionClosed
+
+    class _Reader(WebSocketsReader):  # type: ignore[misc]
+        async def _feed_buffer(self, n: int = 1) -> None:
+            stream: Any = getattr(self, "_stream")  # noqa: B009 (amqtt types it loosely)
+            buffer = bytearray(stream.read())
+            while len(buffer) < n:
+                try:
+                    message = await self._protocol.recv()
+                except ConnectionClosed:
+                    break
+                buffer.extend(message.encode("utf-8") if isinstance(message, str) else message)
+            self._stream = io.BytesIO(buffer)
+
+    return _Reader(websocket)
 
 
 #: topic filters one session may hold (a script waiting on 5,000 jobs holds 10,000)
@@ -391,6 +445,7 @@ def _broker_class(
     from tomato_mqtt_broker.security import RoleAclPlugin
 
     retainable = _retainable(instance)
+    _check_headers()
 
     class _Broker(Broker):  # type: ignore[misc]
         def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -829,6 +884,13 @@ def _broker_class(
                 self.connections.discard(writer)
                 if not writer.is_closing():
                     writer.close()
+
+        async def ws_connected(self, websocket: Any, listener_name: str) -> None:
+            from amqtt.adapters import WebSocketsWriter
+
+            await self._client_connected(
+                listener_name, _ws_reader(websocket), WebSocketsWriter(websocket)
+            )
 
         async def _client_connected(self, listener_name: str, reader: Any, writer: Any) -> None:
             # every listener's connections (TCP, TLS, WebSocket) are read through _Framed
