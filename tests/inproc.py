@@ -170,7 +170,9 @@ async def inproc_stack(
     s = _settings(root, port, instance, devices, settings)
     url = settings_url(s)
     sched = SchedulerService(s)
-    rec = RecorderService(url, instance, s.recorder_db, heartbeat=s.scheduler.heartbeat)
+    rec = RecorderService(
+        url, instance, s.recorder_db, heartbeat=s.scheduler.heartbeat, max_reply=s.max_reply_bytes
+    )
     node = NodeService(
         NodeConfig(
             s.node.name,
@@ -181,6 +183,7 @@ async def inproc_stack(
             batch_interval=0.1,
             driver_settings=s.drivers,
             upstream_env=s.upstream_env,
+            max_message=s.max_reply_bytes,  # as cli/serve.py
         )
     )
     services = [sched, rec, node]

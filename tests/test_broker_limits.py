@@ -279,6 +279,12 @@ async def test_a_change_too_large_to_answer_in_full_is_said_done(
             reply
         )
         assert reply.data is None
+        # the typed call (the client library's) takes it as done, with no data to read
+        # (a review: "data this client cannot read")
+        command = responder.commands["job_cancel"]
+        requester = Requester(caller, topics)
+        assert await requester.call(topic, command, {"jobids": [1]}, timeout=10) is None
+        assert len(done) == 2
 
 
 async def test_a_session_holds_at_most_max_filters(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -379,3 +385,54 @@ async def test_a_websocket_client_gone_mid_packet_publishes_nothing() -> None:
         assert got == [], [len(p) for p in got]
     finally:
         await b.stop()
+
+
+async def test_a_login_s_sessions_together_hold_at_most_max_filters(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A review of the cap: it was per client id, and one reader with 38 persistent
+    client ids held 743,000 filters again. A login's sessions count together."""
+    from tomato_mqtt_broker import server
+
+    from tests.security_env import USERS, secured
+
+    monkeypatch.setattr(server, "MAX_FILTERS", 3)
+    async with secured("amqtt", tmp_path, "lab") as b:
+        t = b.topics
+
+        async def session(cid: bytes) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+            reader, writer = await asyncio.open_connection("127.0.0.1", b.port)
+            body = b"\x00\x04MQTT\x04\xc0" + struct.pack("!H", 30) + _utf8(cid)
+            body += _utf8(b"rita") + _utf8(USERS["rita"][0].encode())
+            writer.write(bytes([0x10, len(body)]) + body)
+            assert (await asyncio.wait_for(reader.readexactly(4), 10))[3] == 0
+            return reader, writer
+
+        async def subscribe(
+            conn: tuple[asyncio.StreamReader, asyncio.StreamWriter], *filters: str
+        ) -> list[int]:
+            reader, writer = conn
+            sub = struct.pack("!H", 1) + b"".join(_utf8(f.encode()) + b"\x01" for f in filters)
+            writer.write(b"\x82" + _varint(len(sub)) + sub)
+            head = await asyncio.wait_for(reader.readexactly(2), 5)
+            return list((await reader.readexactly(head[1]))[2:])
+
+        one, two = await session(b"rita-1"), await session(b"rita-2")
+        jobs = [t.job_status(i) for i in range(1, 5)]
+        assert await subscribe(one, jobs[0], jobs[1]) == [1, 1]
+        assert await subscribe(two, jobs[2], jobs[3]) == [1, 0x80]  # 3 together: full
+        for _r, w in (one, two):
+            w.close()
+
+
+def test_the_client_library_takes_the_broker_s_limit_from_the_settings(tmp_path: Path) -> None:
+    """A review: with max_packet_bytes lowered, the client library still sent requests
+    up to 8 MiB; the broker closed its connection, paho sent it again at each
+    reconnect, and the call ended "no scheduler answered". It refuses them itself."""
+    from tomato_mqtt.client import AsyncTomato, Tomato
+
+    (tmp_path / "settings.toml").write_text(
+        "[broker]\nmax_packet_bytes = 524288\n[node]\nbatch_max_bytes = 262144\n"
+    )
+    assert Tomato.from_settings(tmp_path).max_request == 524288 - 65536
+    assert AsyncTomato.from_settings(tmp_path).requester.max_request == 524288 - 65536

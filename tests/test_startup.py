@@ -209,7 +209,7 @@ def test_a_start_interrupted_while_it_waits_stops_what_it_started(tmp_path: Path
     for pid in left:  # (ours: a stack this test started, left by a start that failed)
         os.kill(pid, signal.SIGKILL)
     assert res.returncode == 130, res
-    assert res.stderr == "tomato start interrupted: what it had started was stopped\n", res
+    assert res.stderr == "tomato start interrupted: stopping what it had started\n", res
     assert not left, "a service of the interrupted start is left"
 
 

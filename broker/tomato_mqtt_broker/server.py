@@ -407,7 +407,8 @@ def _ws_reader(websocket: Any) -> Any:
     return _Reader(websocket)
 
 
-#: topic filters one session may hold (a script waiting on 5,000 jobs holds 10,000)
+#: topic filters one session, or one login's sessions together, may hold (a script
+#: waiting on 5,000 jobs holds 10,000)
 MAX_FILTERS = 20_000
 
 #: s a packet's body may take to arrive once its header came (8 MiB at ~140 kB/s): a
@@ -463,6 +464,8 @@ def _broker_class(
             #: client id -> the filters its session holds (add_subscription)
             self._held: dict[str, set[str]] = {}
             self._told_full: set[str] | None = None
+            #: login -> the filters its sessions hold together
+            self._by_login: dict[str, int] = {}
             #: the reader of every open connection -> its writer (_check_bodies)
             self._framed: dict[_Framed, Any] = {}
             self._broadcast_queue = _QosQueue()
@@ -941,10 +944,15 @@ def _broker_class(
                 del self._subscriptions[a_filter]
             if deleted:
                 held = self._held.get(session.client_id)
-                if held is not None:
+                if held is not None and a_filter in held:
                     held.discard(a_filter)
                     if not held:
                         del self._held[session.client_id]
+                    login = session.username
+                    if login is not None and self._by_login.get(login, 0) > 0:
+                        self._by_login[login] -= 1
+                        if not self._by_login[login]:
+                            del self._by_login[login]
             return deleted
 
         async def _del_all_subscriptions(self, session: Any) -> None:
@@ -958,12 +966,17 @@ def _broker_class(
         # it left), and every connect then took 2 s (amqtt loops over all filters there)
         async def add_subscription(self, subscription: tuple[str, int], session: Any) -> int:
             held = self._held.get(session.client_id)
-            if held is not None and len(held) >= MAX_FILTERS and subscription[0] not in held:
+            login = session.username  # (an open stack's clients have none: per session)
+            full = held is not None and len(held) >= MAX_FILTERS
+            if login is not None and self._by_login.get(login, 0) >= MAX_FILTERS:
+                full = True  # its sessions together (a review: 38 client ids, 743k)
+            if full and subscription[0] not in (held or ()):
                 if held is not self._told_full:
                     self._told_full = held
                     log.warning(
                         "client %r (login %r) holds %d topic filters, the most a session "
-                        "may: its subscription to %s (and any further one) is refused",
+                        "(or a login's sessions together) may: its subscription to %s "
+                        "(and any further one) is refused",
                         session.client_id,
                         session.username,
                         MAX_FILTERS,
@@ -972,7 +985,11 @@ def _broker_class(
                 return 0x80
             code = int(await super().add_subscription(subscription, session))
             if code != 0x80:
-                self._held.setdefault(session.client_id, set()).add(subscription[0])
+                mine = self._held.setdefault(session.client_id, set())
+                if subscription[0] not in mine:
+                    mine.add(subscription[0])
+                    if login is not None:
+                        self._by_login[login] = self._by_login.get(login, 0) + 1
             return code
 
         async def _topic_filtering(self, session: Any, topic: str, action: Any) -> bool:

@@ -244,6 +244,7 @@ def node(
             spool_max_bytes=int(s.node.spool_max_mb * 2**20),
             driver_settings=s.drivers,
             upstream_env=s.upstream_env,
+            max_message=s.max_reply_bytes,
         )
     )
     svc.run_sync()

@@ -123,9 +123,9 @@ def start(opts: core.Opts, verbose: int = 0, quiet: int = 0) -> None:
         ready = wait_ready(ctx, proc, opts.timeout, s.node.name)
     except KeyboardInterrupt:  # Ctrl-C: the start is called off, as a failed one is
         # (the stack started on in the background, unsaid, and a retry was "already
-        # running": a newcomer's tour)
+        # running": a newcomer's tour); said first: the stop takes up to seconds
+        echo("tomato start interrupted: stopping what it had started", err=True)
         _take_down(proc)
-        echo("tomato start interrupted: what it had started was stopped", err=True)
         core.exit_now(130)
     if ready is None:
         rc = proc.poll()
@@ -301,16 +301,22 @@ def _take_down(proc: subprocess.Popen[bytes] | preload.Forked) -> None:
             with contextlib.suppress(OSError):
                 os.kill(proc.pid, sig)
 
-    if proc.poll() is None:
-        signal_all(signal.SIGTERM)
-        # a stopped process acts on its SIGTERM only once continued: a start whose
-        # supervisor was stopped took 5 s more than its timeout (an outside review)
-        signal_all(signal.SIGCONT)
+    # a Ctrl-C now (a second one, while it waits) must not leave half of it running (a
+    # review: the SIGKILL below was skipped, a supervisor that ignored SIGTERM stayed)
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        if proc.poll() is None:
+            signal_all(signal.SIGTERM)
+            # a stopped process acts on its SIGTERM only once continued: a start whose
+            # supervisor was stopped took 5 s more than its timeout (an outside review)
+            signal_all(signal.SIGCONT)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(5)
+        signal_all(signal.SIGKILL)
         with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(5)
-    signal_all(signal.SIGKILL)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(5)
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def alive(pid: int) -> bool:

@@ -28,7 +28,7 @@ from pydantic import ValidationError
 
 from tomato_mqtt.client import names
 from tomato_mqtt.client.checks import seconds
-from tomato_mqtt.client.local import from_settings, payload_args
+from tomato_mqtt.client.local import payload_args, settings_of
 from tomato_mqtt.client.progress import FINAL, Progress
 from tomato_mqtt.config import roles
 from tomato_mqtt.config.url import BrokerURL
@@ -135,20 +135,25 @@ class AsyncTomato:
         instance: str = "default",
         *,
         timeout: float = 10.0,
+        max_request: int | None = None,
     ) -> None:
         self.url = url if isinstance(url, BrokerURL) else BrokerURL.parse(url)
         self.topics = Topics(instance, self.url.username)
         self.timeout = seconds(timeout)
         cid = f"client-{os.getpid()}-{os.urandom(3).hex()}"
         self.mqtt = AsyncClient(self.url, client_id=cid)
-        self.requester = Requester(self.mqtt, self.topics)
+        # larger requests are refused here: the broker would close the connection, and
+        # paho sent them again at each reconnect (a review: "no scheduler answered")
+        self.requester = Requester(self.mqtt, self.topics, max_request)
 
     @classmethod
     def from_settings(
         cls, appdir: str | os.PathLike[str] | None = None, *, timeout: float = 10.0
     ) -> AsyncTomato:
-        """Broker and instance from ``settings.toml`` (the default appdir, or ``appdir``)."""
-        return cls(*from_settings(appdir), timeout=timeout)
+        """Broker and instance from ``settings.toml`` (the default appdir, or ``appdir``),
+        and the largest request its broker takes (``[broker] max_packet_bytes``)."""
+        url, instance, max_request = settings_of(appdir)
+        return cls(url, instance, timeout=timeout, max_request=max_request)
 
     async def connect(self) -> AsyncTomato:
         try:

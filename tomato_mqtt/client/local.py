@@ -17,6 +17,12 @@ __all__ = ["from_settings", "payload_args"]
 
 def from_settings(appdir: str | os.PathLike[str] | None) -> tuple[BrokerURL, str]:
     """(broker URL, instance) of ``settings.toml`` (the default appdir, or ``appdir``)."""
+    url, instance, _max = settings_of(appdir)
+    return url, instance
+
+
+def settings_of(appdir: str | os.PathLike[str] | None) -> tuple[BrokerURL, str, int]:
+    """(broker URL, instance, largest request) of ``settings.toml``."""
     from tomato_mqtt.config.settings import load_settings, settings_url
 
     if appdir is not None and not (Path(appdir) / "settings.toml").is_file():
@@ -27,7 +33,7 @@ def from_settings(appdir: str | os.PathLike[str] | None) -> tuple[BrokerURL, str
             " (`tomato status` shows the appdir it uses)"
         )
     s = load_settings(appdir=Path(appdir) if appdir else None)
-    return settings_url(s), s.mqtt.instance
+    return settings_url(s), s.mqtt.instance, s.max_reply_bytes
 
 
 def payload_args(src: str | os.PathLike[str] | Mapping[str, Any]) -> dict[str, JsonValue]:

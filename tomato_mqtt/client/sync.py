@@ -86,9 +86,11 @@ class Tomato:
         instance: str = "default",
         *,
         timeout: float = 10.0,
+        max_request: int | None = None,
     ) -> None:
         self.url = url if isinstance(url, BrokerURL) else BrokerURL.parse(url)
         self.instance = instance
+        self.max_request = max_request
         self.topics = Topics(instance, self.url.username)
         from tomato_mqtt.client.checks import seconds
 
@@ -102,10 +104,12 @@ class Tomato:
     def from_settings(
         cls, appdir: str | os.PathLike[str] | None = None, *, timeout: float = 10.0
     ) -> Tomato:
-        """Broker and instance from ``settings.toml`` (the default appdir, or ``appdir``)."""
-        from tomato_mqtt.client.local import from_settings
+        """Broker and instance from ``settings.toml`` (the default appdir, or ``appdir``),
+        and the largest request its broker takes (``[broker] max_packet_bytes``)."""
+        from tomato_mqtt.client.local import settings_of
 
-        return cls(*from_settings(appdir), timeout=timeout)
+        url, instance, max_request = settings_of(appdir)
+        return cls(url, instance, timeout=timeout, max_request=max_request)
 
     def __enter__(self) -> Tomato:
         return self
@@ -166,7 +170,9 @@ class Tomato:
                 loop = asyncio.new_event_loop()
                 thread = threading.Thread(target=loop.run_forever, daemon=True)
                 thread.start()
-                aio = AsyncTomato(self.url, self.instance, timeout=self.timeout)
+                aio = AsyncTomato(
+                    self.url, self.instance, timeout=self.timeout, max_request=self.max_request
+                )
                 try:
                     asyncio.run_coroutine_threadsafe(aio.connect(), loop).result()
                 except BaseException:

@@ -208,6 +208,8 @@ class Requester:
         reply = await self.request(topic, args, timeout=timeout, who=who, resend=resend)
         if not reply.success:
             raise ReplyError(reply)
+        if reply.data is None and (reply.msg or "").endswith(f"{WITHOUT_DATA})"):
+            return None  # carried out; its answer was too large to send (Responder)
         return command.parse_data(reply.data)
 
 
@@ -250,6 +252,8 @@ _KEEP_AT_MOST = 16 * 1024
 #: the largest reply sent (bytes), unless the service says otherwise: under the embedded
 #: broker's default max_packet_bytes (8 MiB), which disconnects a client sending more
 MAX_REPLY = 8 * 1024 * 1024 - 64 * 1024
+#: how a reply that was carried out but too large to send in full ends its message
+WITHOUT_DATA = "without its data"
 
 
 class Responder:
@@ -367,7 +371,7 @@ class Responder:
                 reply = Reply(
                     id=req.id,
                     success=True,
-                    msg=f"{reply.msg} ({too_large}: without its data)",
+                    msg=f"{reply.msg} ({too_large}: {WITHOUT_DATA})",
                 )
             else:
                 reply = Reply(

@@ -154,6 +154,14 @@ class DataPath:
                     # same along a batch: one more part than the size says, one encoding)
                     parts[:0] = pieces(cols, len(raw) // limit + 2)
                     continue
+                if len(raw) > node.config.max_message:  # one point, more than the broker
+                    # takes: sent, it closed the node's connection again at each resend
+                    why = ValueError(
+                        f"one point of {len(raw):,} bytes, more than a message may carry "
+                        f"({node.config.max_message:,}: [broker] max_packet_bytes)"
+                    )
+                    self._unsendable(hc, job, task, len(cols.uts), why)
+                    continue
                 hc.seq += 1
                 dropped = spool.put(hc.name, hc.stream, hc.seq, node.epoch, raw)
                 self._tell_spool_state(spool.failing)

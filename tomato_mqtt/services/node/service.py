@@ -39,7 +39,7 @@ from tomato_mqtt.services.node.ops import ComponentOps
 from tomato_mqtt.services.node.spool import Spool
 from tomato_mqtt.services.watchdog import pid_alive
 from tomato_mqtt.transport.client import BrokerURL, Message, MqttError
-from tomato_mqtt.transport.rpc import CommandError, Handler, Responder, Result
+from tomato_mqtt.transport.rpc import MAX_REPLY, CommandError, Handler, Responder, Result
 from tomato_mqtt.waits import wait_for
 from tomato_mqtt.wire.commands import ShutdownArgs
 from tomato_mqtt.wire.messages import (
@@ -79,8 +79,13 @@ class NodeConfig:
         driver_settings: Mapping[str, Mapping[str, Any]] | None = None,
         upstream_env: Path | None = None,
         configure_wait: float = CONFIGURE_WAIT,
+        max_message: int = MAX_REPLY,
     ) -> None:
         self.name = name
+        #: the largest message it sends (a point that cannot be split, a reply): the
+        #: broker's max_packet_bytes less a margin; a larger one would cost the node its
+        #: connection, again and again (paho sends it again at each reconnect)
+        self.max_message = max_message
         self.configure_wait = configure_wait
         self.url = url
         self.instance = instance
@@ -256,15 +261,15 @@ class NodeService(Service):
     async def started(self) -> None:
         if not await self._claim_name():
             return
-        # no reply larger than a data message (which settings keep under the broker's
-        # max_packet_bytes): a larger one would cost the node its connection
+        # no reply larger than the broker takes: a larger one would cost the node its
+        # connection (a too large `measure` is refused in words, not answered empty)
         self._node_responder = Responder(
             self.mqtt,
             self.topics,
             self._node_handlers,
             name=f"node {self.name}",
             kind="node",
-            max_reply=self.config.batch_max_bytes,
+            max_reply=self.config.max_message,
         )
         self._cmp_responder = Responder(
             self.mqtt,
@@ -272,7 +277,7 @@ class NodeService(Service):
             {},
             name=f"node {self.name}",
             kind="component",
-            max_reply=self.config.batch_max_bytes,
+            max_reply=self.config.max_message,
         )
         if self._configured is None:  # before anything can answer: the first connect
             self._configured = asyncio.Event()
