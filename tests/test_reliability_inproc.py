@@ -714,6 +714,21 @@ async def test_a_stopped_scheduler_retries_nothing(
     assert not errors, errors
 
 
+async def _counter_job(st: InProc, tmp_path: Path, sample: str, duration: float) -> Any:
+    """Load ``sample`` into pip-counter-1, make it ready, submit a count of ``duration``
+    s at 0.1 s: the job."""
+    await st.call("pipeline_load", {"pipeline": "pip-counter-1", "sampleid": sample})
+    await st.call("pipeline_ready", {"pipeline": "pip-counter-1"})
+    doc = {
+        "version": "2.2",
+        "sample": {"identifier": sample},
+        "user": {"identifier": "t"},
+        "method": [{"component_role": "counter", "technique_name": "count",
+                    "max_duration": duration, "sampling_interval": 0.1}],
+    }  # fmt: skip
+    return await st.call("job_submit", {"payload": doc, "submit_dir": str(tmp_path)})
+
+
 async def test_a_hung_recorder_gets_the_jobs_verdict_last(
     broker: RunningBroker, instance: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -740,16 +755,7 @@ async def test_a_hung_recorder_gets_the_jobs_verdict_last(
 
     monkeypatch.setattr(RecorderService, "on_message", on_message)
     async with inproc_stack(broker.port, tmp_path, instance) as st:
-        await st.call("pipeline_load", {"pipeline": "pip-counter-1", "sampleid": "hung"})
-        await st.call("pipeline_ready", {"pipeline": "pip-counter-1"})
-        doc = {
-            "version": "2.2",
-            "sample": {"identifier": "hung"},
-            "user": {"identifier": "t"},
-            "method": [{"component_role": "counter", "technique_name": "count",
-                        "max_duration": 1.0, "sampling_interval": 0.1}],
-        }  # fmt: skip
-        job = await st.call("job_submit", {"payload": doc, "submit_dir": str(tmp_path)})
+        job = await _counter_job(st, tmp_path, "hung", 1.0)
         await st.wait_job(job.id, {"r"})
         hung.set()
         ended = await st.wait_job(job.id, {"c", "ce", "cd"}, timeout=30)
@@ -788,19 +794,10 @@ async def test_a_file_that_could_not_be_written_is_written_once_it_can_be(
 
     monkeypatch.setattr(lifecycle, "WRITE_AGAIN", 0.5)
     async with inproc_stack(broker.port, tmp_path, instance) as st:
-        await st.call("pipeline_load", {"pipeline": "pip-counter-1", "sampleid": "full"})
-        await st.call("pipeline_ready", {"pipeline": "pip-counter-1"})
         blocker = st.settings.jobs_dir / "1"  # the job's folder cannot be made: a file
         blocker.parent.mkdir(parents=True, exist_ok=True)
         blocker.write_text("in the way")
-        doc = {
-            "version": "2.2",
-            "sample": {"identifier": "full"},
-            "user": {"identifier": "t"},
-            "method": [{"component_role": "counter", "technique_name": "count",
-                        "max_duration": 1.0, "sampling_interval": 0.1}],
-        }  # fmt: skip
-        job = await st.call("job_submit", {"payload": doc, "submit_dir": str(tmp_path)})
+        job = await _counter_job(st, tmp_path, "full", 1.0)
         assert job.id == 1
         ended = await st.wait_job(job.id, {"c", "ce", "cd"}, timeout=30)
         assert ended.status == "ce" and "could not write the output file" in (ended.reason or "")
@@ -845,16 +842,7 @@ async def test_a_file_that_cannot_be_written_is_not_tried_again_and_again(
 
     monkeypatch.setattr(netcdf, "build_groups", refuse)
     async with inproc_stack(broker.port, tmp_path, instance) as st:
-        await st.call("pipeline_load", {"pipeline": "pip-counter-1", "sampleid": "never"})
-        await st.call("pipeline_ready", {"pipeline": "pip-counter-1"})
-        doc = {
-            "version": "2.2",
-            "sample": {"identifier": "never"},
-            "user": {"identifier": "t"},
-            "method": [{"component_role": "counter", "technique_name": "count",
-                        "max_duration": 0.5, "sampling_interval": 0.1}],
-        }  # fmt: skip
-        job = await st.call("job_submit", {"payload": doc, "submit_dir": str(tmp_path)})
+        job = await _counter_job(st, tmp_path, "never", 0.5)
         ended = await st.wait_job(job.id, {"c", "ce", "cd"}, timeout=30)
         assert ended.status == "ce" and "found in both data_vars" in (ended.reason or "")
         await asyncio.sleep(4.0)  # 0.2, 0.4, 0.8, 1.6 s: 4 more tries if it went on

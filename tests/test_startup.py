@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from tomato_mqtt_broker import BrokerConfig, EmbeddedBroker
@@ -183,28 +184,37 @@ def test_a_supervisor_killed_during_start_is_said_so_at_once(tmp_path: Path) -> 
     assert not processes_of(st.port), "a service of the failed start is left"
 
 
+def _start_with(st: Any, patch: str, wait: str, timeout: float) -> Any:
+    """`tomato start` of ``st`` in a process of its own, ``patch`` (code that changes
+    ``start_core``) run first; the finished process."""
+    code = (
+        "import os, signal, sys, time\n"
+        "from tomato_mqtt.cli import fast, start_core\n"
+        f"{patch}"
+        "sys.argv = ['tomato', 'start', *sys.argv[1:]]\n"
+        "fast.tomato()\n"
+    )
+    return subprocess.run(
+        [sys.executable, "-c", code, *st.dirs(), "-p", str(st.port), "-t", wait],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
 def test_a_start_interrupted_while_it_waits_stops_what_it_started(tmp_path: Path) -> None:
     """A newcomer's tour: Ctrl-C while `tomato start` waited printed a traceback and
     left the whole stack starting in the background, unsaid (a retry: "already
     running"). An interrupted start is called off as a failed one is."""
     st = make_stack(tmp_path)
-    code = (
-        "import os, signal, sys\n"
-        "from tomato_mqtt.cli import fast, start_core\n"
+    ctrl_c = (
         "real = start_core.wait_ready\n"
         "def wait_ready(ctx, proc, *a, **k):\n"
         "    os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C, as it starts to wait\n"
         "    return real(ctx, proc, *a, **k)\n"
         "start_core.wait_ready = wait_ready\n"
-        "sys.argv = ['tomato', 'start', *sys.argv[1:]]\n"
-        "fast.tomato()\n"
     )
-    res = subprocess.run(
-        [sys.executable, "-c", code, *st.dirs(), "-p", str(st.port), "-t", "20s"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    res = _start_with(st, ctrl_c, "20s", 60)
     left = processes_of(st.port)
     for pid in left:  # (ours: a stack this test started, left by a start that failed)
         os.kill(pid, signal.SIGKILL)
@@ -243,9 +253,7 @@ def test_a_start_whose_supervisor_is_stopped_ends_at_its_timeout(
     loaded CI run: one stopped before its setsid got no signal at all (sent to its
     process group only), and held the start's output pipes: its caller hung."""
     st = make_stack(tmp_path)
-    code = (
-        "import os, signal, sys, time\n"
-        "from tomato_mqtt.cli import fast, start_core\n"
+    timed = (
         f"{_STOPS[where]}"
         "take_down = start_core._take_down\n"
         "def timed(proc):\n"
@@ -253,15 +261,8 @@ def test_a_start_whose_supervisor_is_stopped_ends_at_its_timeout(
         "    take_down(proc)\n"
         "    print(f'took down in {time.monotonic() - t0:.2f} s', file=sys.stderr)\n"
         "start_core._take_down = timed\n"
-        "sys.argv = ['tomato', 'start', *sys.argv[1:]]\n"
-        "fast.tomato()\n"
     )
-    res = subprocess.run(
-        [sys.executable, "-c", code, *st.dirs(), "-p", str(st.port), "-t", "2s"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    res = _start_with(st, timed, "2s", 30)
     assert res.returncode == 1 and "did not come up within 2 s" in res.stderr, res
     took = float(res.stderr.split("took down in ")[1].split()[0])
     assert took < 2.5, res.stderr  # before: the 5 s its SIGTERM waited, then SIGKILL
