@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import netCDF4
 import numpy as np
@@ -381,3 +382,65 @@ def test_renamed_spectra_never_take_a_name_the_driver_uses(tmp_path: Path) -> No
     assert ds["spectrum"].values[0].tolist() == [1.0, 1.0]
     assert ds["spectrum_2"].values[1].tolist() == [2.0, 2.0]
     ds.close()
+
+
+@pytest.mark.parametrize(
+    ("column", "written"),
+    [
+        ({"x": [1.0, None], "dims": {"x": []}}, [1.0, "nan"]),  # dims [] is a scalar
+        ({"x": ["a", None], "dims": {"x": []}}, ["a", ""]),
+    ],
+)
+def test_a_scalar_declared_with_no_extra_dimension_is_written(
+    tmp_path: Path, column: dict[str, Any], written: list[object]
+) -> None:
+    """A review of the early conversion: a variable declared with `dims: []` and a gap
+    became an object array with None in it, and the file could not be written."""
+    b = json.loads(_batch(0, [1.0, 2.0], 0, x=column["x"]))
+    b["dims"] = column["dims"]
+    out = write_job_file(tmp_path / "r.nc", [RoleInput("a", "{}", [json.dumps(b).encode()])], {})
+    ds = xr.open_datatree(out)["a"].to_dataset()
+    assert [
+        str(v) if isinstance(v, float) and v != v else v for v in ds["x"].values.tolist()
+    ] == written
+    ds.close()
+
+
+def test_a_column_numpy_cannot_make_does_not_take_its_batch_out(tmp_path: Path) -> None:
+    """A review of the early conversion: a point holding a list in a scalar variable
+    made the whole batch "left out" of the file (its good variables too), and the job
+    could still end c. The batch stays; the write fails as before, loudly."""
+    from tomato_mqtt.services.recorder.netcdf import _load
+
+    raw = _batch(0, [1.0, 2.0, 3.0], 0, good=[1, 2, 3], odd=[1, [2, 3], 4])
+    (b,) = _load([raw])
+    assert b["vars"]["good"].tolist() == [1, 2, 3] and b["vars"]["odd"] == [1, [2, 3], 4]
+    with pytest.raises(ValueError):
+        write_job_file(tmp_path / "r.nc", [RoleInput("a", "{}", [raw])], {})
+
+
+def test_a_write_that_netcdf_fails_mid_way_is_a_write_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A review: a disk that filled up during the write made netCDF4 raise RuntimeError
+    ("NetCDF: HDF error"), answered as an internal error and never tried again (nor in
+    the fallback folder). It is an OSError, as a full disk at the file's creation is;
+    and a file whose fsync fails is not renamed into place as written."""
+    from tomato_mqtt.services.recorder import netcdf
+
+    def fails(*a: object) -> None:
+        raise RuntimeError("NetCDF: HDF error")
+
+    batches = [_batch(0, [1.0], 0, val=[1])]
+    monkeypatch.setattr(netcdf, "_write", fails)
+    with pytest.raises(OSError, match="NetCDF: HDF error"):
+        write_job_file(tmp_path / "r.nc", [RoleInput("a", "{}", batches)], {})
+    monkeypatch.undo()
+
+    def no_sync(fd: int) -> None:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(netcdf.os, "fsync", no_sync)
+    with pytest.raises(OSError, match="Input/output error"):
+        write_job_file(tmp_path / "r.nc", [RoleInput("a", "{}", batches)], {})
+    assert list(tmp_path.iterdir()) == []  # nothing renamed into place, no temp left

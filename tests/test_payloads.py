@@ -671,6 +671,11 @@ def test_0_1_upgrade_leaves_sys_stdout_to_other_threads(monkeypatch: pytest.Monk
             " delay (1 s)",
         ),
         ("0.1", {"time": -2, "delay": 0.1}, "method[0].time: must not be negative (got -2)"),
+        (  # the biologic spelling of 0.2's interval (a review)
+            "0.2",
+            {"time": 1.0, "record_every_dt": 0},
+            "method[0].record_every_dt: must be positive (got 0)",
+        ),
         (
             "1.0",
             {"max_duration": 1.0, "sampling_interval": -1},

@@ -164,6 +164,7 @@ def parse_payload(data: Mapping[str, Any], user: str | None = None) -> Payload:
     doc = dict(data)
     version = _version(doc.get("version"))
     written = version  # the version the user wrote: errors name its fields
+    written_method = doc.get("method")
     doc["version"] = version
     for key in ("samplefile", "methodfile"):
         if key in doc:
@@ -197,7 +198,7 @@ def parse_payload(data: Mapping[str, Any], user: str | None = None) -> Payload:
         except Exception as e:  # dgbowl's update() has no error contract of its own
             raise PayloadError(None, f"cannot upgrade from {version} to {nxt}: {e}") from None
         version = nxt
-    _check_values(payload, written)
+    _check_values(payload, written, written_method)
     return payload
 
 
@@ -302,18 +303,24 @@ def as_written(field: str, version: str) -> str:
     return field
 
 
-def _check_values(payload: Any, version: str = LATEST_VERSION) -> None:
+def _check_values(payload: Any, version: str = LATEST_VERSION, written: Any = None) -> None:
     """What the schema lets through but no job can do: refused here, with where and why,
-    in the field names of ``version``, the version the payload was written in."""
+    in the field names of ``version``, the version the payload was written in (``written``:
+    its method as written; 0.1 and 0.2 spell the interval ``delay`` or, for biologic,
+    ``record_every_dt``)."""
     if not payload.method:
         raise PayloadError("method", "the payload has no tasks: there is nothing to run")
-    dur, dt = as_written("max_duration", version), as_written("sampling_interval", version)
+    dur = as_written("max_duration", version)
     for i, task in enumerate(payload.method):
+        dt = as_written("sampling_interval", version)
+        as_given = written[i] if isinstance(written, list) and i < len(written) else None
+        if isinstance(as_given, dict) and dt == "delay" and "record_every_dt" in as_given:
+            dt = "record_every_dt"
         for field in ("max_duration", "sampling_interval"):
             value = getattr(task, field)
             if not math.isfinite(value):  # "inf s", "nan", 1e999: no task ends or samples
                 raise PayloadError(
-                    f"method[{i}].{as_written(field, version)}",
+                    f"method[{i}].{dur if field == 'max_duration' else dt}",
                     f"must be a finite number of seconds (got {value})",
                 )
         if task.max_duration < 0:

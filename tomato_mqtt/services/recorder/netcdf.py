@@ -47,9 +47,15 @@ class RoleInput:
     attrs: dict[str, Any] = field(default_factory=dict)  # more group attrs (clock offset)
 
 
+def _made_here(a: np.ndarray[Any, Any]) -> bool:
+    """An object array of text only (what the slow path below makes): None or numbers
+    among its values came from elsewhere (a review: an array variable's column)."""
+    return all(isinstance(v, str) for v in a.tolist())
+
+
 def _chunk(vals: Sequence[Any]) -> np.ndarray[Any, Any]:
     """One batch's values of one variable, typed by numpy (C speed for the usual case)."""
-    if isinstance(vals, np.ndarray) and vals.dtype.kind == "O":
+    if isinstance(vals, np.ndarray) and vals.dtype.kind == "O" and _made_here(vals):
         return vals  # (made here already, by _load)
     a = np.asarray(vals)
     if a.dtype.kind in "biufU":
@@ -113,11 +119,14 @@ def _load(raws: Sequence[bytes]) -> list[dict[str, Any]]:
             b["uts"] = np.asarray(b["uts"], dtype=float)
             arrays = b.get("dims") or {}
             for name, col in b["vars"].items():
-                if name not in arrays:
-                    b["vars"][name] = _chunk(col)
-                else:  # ragged points stay a list: _array_column says why (NaN)
-                    with contextlib.suppress(ValueError, TypeError):
+                # a column numpy cannot make (a list among a scalar's values, ragged
+                # points) stays as it came: the writer deals with it as before (a review:
+                # the whole batch was left out, and the job could still end c)
+                with contextlib.suppress(ValueError, TypeError):
+                    if arrays.get(name):  # (dims [] is a scalar: a review)
                         b["vars"][name] = np.asarray(col)
+                    else:
+                        b["vars"][name] = _chunk(col)
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as e:
             log.error("a stored batch cannot go into the file (%s): left out", e)
             continue
@@ -342,6 +351,9 @@ def write_job_file(path: Path, roles: Sequence[RoleInput], root_attrs: Mapping[s
         with NC_LOCK:  # netCDF-C/HDF5 are not thread-safe (tomato_mqtt/nclock.py)
             try:
                 _write(tmp, groups, root_attrs)
+            except RuntimeError as e:  # netCDF4's "NetCDF: HDF error" of a disk that
+                # filled up mid-write (a review: answered "internal", never retried)
+                raise _why_not_written(OSError(errno.EIO, str(e)), path.parent) from e
             except OSError as e:
                 raise _why_not_written(e, path.parent) from e
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600: lab colleagues read results
@@ -355,15 +367,20 @@ def write_job_file(path: Path, roles: Sequence[RoleInput], root_attrs: Mapping[s
 
 
 def _sync(p: str | Path) -> None:
-    """fsync a file or a folder (a folder's entry: where the OS allows, not on Windows)."""
+    """fsync a file (an error is the write's: raised) or a folder (its entry: where the
+    OS allows it, not on Windows; an error there is not the file's)."""
+    folder = Path(p).is_dir()
     try:
         fd = os.open(p, os.O_RDONLY)
     except OSError:
-        return
+        if folder:
+            return
+        raise
     try:
         os.fsync(fd)
     except OSError:
-        pass
+        if not folder:
+            raise
     finally:
         os.close(fd)
 
