@@ -498,7 +498,11 @@ def test_ctrl_c_while_a_call_waits_is_one_line_not_a_traceback(
         stderr=subprocess.PIPE,
         text=True,
         env={**os.environ, "COLUMNS": "100"},
+        # as from a terminal: a test worker may run with SIGINT ignored, which a child
+        # inherits (Python then installs no handler: the call never saw the Ctrl-C)
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )  # fmt: skip
+    conn: socket.socket | None = None
     try:
         # a real SIGINT once it waits: it has connected (past its imports: a SIGINT
         # during them, in a CI run, was swallowed by coverage's start-up hook)
@@ -506,8 +510,9 @@ def test_ctrl_c_while_a_call_waits_is_one_line_not_a_traceback(
         time.sleep(0.2)
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=20)
-        conn.close()
     finally:
+        if conn is not None:
+            conn.close()
         silent.close()
         if proc.poll() is None:
             proc.kill()

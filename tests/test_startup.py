@@ -199,6 +199,8 @@ def _start_with(st: Any, patch: str, wait: str, timeout: float) -> Any:
         capture_output=True,
         text=True,
         timeout=timeout,
+        # SIGINT as from a terminal: a test worker may ignore it, and a child inherits that
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
 
 
