@@ -60,6 +60,17 @@ def _closed(s: socket.socket, within: float) -> bool:
     return False
 
 
+async def _connected(
+    port: int, client_id: bytes, tail: bytes = b""
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A raw MQTT 3.1.1 connection (clean session, keep-alive 30 s), its CONNACK read."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    body = b"\x00\x04MQTT\x04\x02" + struct.pack("!H", 30) + _utf8(client_id) + tail
+    writer.write(bytes([0x10, len(body)]) + body)
+    assert (await asyncio.wait_for(reader.readexactly(4), 5))[:1] == b"\x20"  # CONNACK
+    return reader, writer
+
+
 def _varint(n: int) -> bytes:
     out = bytearray()
     while True:
@@ -228,10 +239,7 @@ async def test_a_packet_whose_body_does_not_come_closes_its_connection(
     b = EmbeddedBroker(BrokerConfig(port=port, ws_port=0, max_packet_bytes=LIMIT))
     await b.start()
     try:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        body = b"\x00\x04MQTT\x04\x02" + struct.pack("!H", 30) + _utf8(b"stall")
-        writer.write(bytes([0x10, len(body)]) + body)
-        assert (await asyncio.wait_for(reader.read(4), 5))[:1] == b"\x20"  # CONNACK
+        reader, writer = await _connected(port, b"stall")
         topic = _utf8(f"{ROOT}/made/up".encode())
         writer.write(b"\x30" + _varint(len(topic) + 100_000) + topic + b"z" * 99_999)
         await writer.drain()
@@ -300,10 +308,7 @@ async def test_a_session_holds_at_most_max_filters(monkeypatch: pytest.MonkeyPat
     b = EmbeddedBroker(BrokerConfig(port=port, ws_port=0))
     await b.start()
     try:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        body = b"\x00\x04MQTT\x04\x02" + struct.pack("!H", 30) + _utf8(b"many")
-        writer.write(bytes([0x10, len(body)]) + body)
-        assert (await asyncio.wait_for(reader.readexactly(4), 5))[:1] == b"\x20"
+        reader, writer = await _connected(port, b"many")
 
         async def subscribe(mid: int, *filters: str) -> list[int]:
             sub = struct.pack("!H", mid) + b"".join(_utf8(f.encode()) + b"\x01" for f in filters)
@@ -337,11 +342,8 @@ async def test_bytes_amqtt_leaves_unread_cannot_smuggle_a_packet_past_the_bound(
     await b.start()
     try:
         for connect_tail in (b"", b"\x00" * 8):
-            reader, writer = await asyncio.open_connection("127.0.0.1", port)
-            body = b"\x00\x04MQTT\x04\x02" + struct.pack("!H", 30) + _utf8(b"smuggler")
-            body += connect_tail  # bytes of the CONNECT amqtt does not read
-            writer.write(bytes([0x10, len(body)]) + body)
-            assert (await asyncio.wait_for(reader.readexactly(4), 5))[:1] == b"\x20"
+            # (the tail: bytes of the CONNECT amqtt does not read)
+            reader, writer = await _connected(port, b"smuggler", connect_tail)
             entries = 100_000  # a SUBSCRIBE of 400,002 bytes
             head = b"\x82" + _varint(2 + 4 * entries) + b"\x00\x07" + b"\x00\x01"
             smuggled = head + b"a\x02" + b"\x00\x01a\x02" * (entries - 1)

@@ -956,9 +956,7 @@ def _broker_class(
             return deleted
 
         async def _del_all_subscriptions(self, session: Any) -> None:
-            for a_filter in list(self._held.get(session.client_id, ())):
-                self._del_subscription(a_filter, session)
-            for a_filter in list(self._subscriptions):  # (any amqtt added on its own)
+            for a_filter in list(self._subscriptions):
                 self._del_subscription(a_filter, session)
 
         # -- a session holds at most MAX_FILTERS filters (a security review) -------------

@@ -12,17 +12,12 @@ from pydantic import JsonValue
 
 from tomato_mqtt.config.url import BrokerURL
 
-__all__ = ["from_settings", "payload_args"]
-
-
-def from_settings(appdir: str | os.PathLike[str] | None) -> tuple[BrokerURL, str]:
-    """(broker URL, instance) of ``settings.toml`` (the default appdir, or ``appdir``)."""
-    url, instance, _max = settings_of(appdir)
-    return url, instance
+__all__ = ["payload_args", "settings_of"]
 
 
 def settings_of(appdir: str | os.PathLike[str] | None) -> tuple[BrokerURL, str, int]:
-    """(broker URL, instance, largest request) of ``settings.toml``."""
+    """(broker URL, instance, largest request) of ``settings.toml`` (the default appdir,
+    or ``appdir``)."""
     from tomato_mqtt.config.settings import load_settings, settings_url
 
     if appdir is not None and not (Path(appdir) / "settings.toml").is_file():
