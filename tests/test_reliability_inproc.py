@@ -1338,3 +1338,35 @@ async def test_a_node_refuses_a_start_asked_of_its_run_before(
         assert hc.runner is not None and not hc.runner.running and hc.last_task is None
         started = await st.raw(topic, {"task": task, "epoch": st.node.epoch})
         assert started.success, started.msg
+
+
+async def test_a_late_merge_that_writes_the_file_counts_as_its_write(
+    broker: RunningBroker, instance: str, tmp_path: Path
+) -> None:
+    """Session 43's open list: a job whose final write failed (output and fallback folder
+    unwritable) and whose file a late merge then wrote was never stamped as written: its
+    batches were kept in the store for good, and ``keep_days`` never released them."""
+    async with recorder(broker, instance, tmp_path / "r.sqlite") as (svc, c, req, t):
+        events = Collector()
+        await c.subscribe(t.job_event(1), handler=events)
+        data = t.component_data(CMP)
+        await c.publish(data, _batch(1, 0, "s1", 0, 5), qos=1)
+        await _stored(svc, 1, 5)
+        blocker = tmp_path / "out"  # a file where both folders should be made
+        blocker.write_text("in the way")
+        out = blocker / "results.1.nc"
+        exact = [{"component": CMP, "task": 0, "npoints": 5, "stream": "s1", "last_seq": 0}]
+        rep = await _finalize(req, t, _finalize_args(1, out, exact, wait=1))
+        assert not rep.success, rep
+        assert svc.store is not None
+        final = svc.store.final(1)
+        assert final is not None and not final[0].get("written")
+        assert svc.store.releasable(time.time() + 1) == []  # never written: kept
+
+        blocker.unlink()  # space again; then late data comes and is merged
+        await c.publish(data, _batch(1, 0, "s1", 1, 3, v0=5), qos=1)
+        await events.wait(lambda m: decode(JobEvent, m.payload).event == "late_data_merged")
+        assert _uts(str(out)).size == 8
+        final = svc.store.final(1)
+        assert final is not None and final[0].get("written") == str(out), final
+        assert svc.store.releasable(time.time() + 1) == [1]  # released keep_days later

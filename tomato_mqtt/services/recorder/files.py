@@ -303,6 +303,9 @@ class Files:
         except Exception as e:
             log.error("job %d: merging late data into %s failed: %s", jobid, target, e)
             return
+        # the file holds every stored point now: it counts as the job's write (a final
+        # write that failed left it unstamped, and its batches were kept for good)
+        self.written(jobid, written)
         merged = 0
         with contextlib.suppress(sqlite3.Error):
             merged = store.count_merge(jobid)
