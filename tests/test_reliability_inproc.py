@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import json
 import os
 import shutil
 import subprocess
@@ -1370,3 +1371,25 @@ async def test_a_late_merge_that_writes_the_file_counts_as_its_write(
         final = svc.store.final(1)
         assert final is not None and final[0].get("written") == str(out), final
         assert svc.store.releasable(time.time() + 1) == [1]  # released keep_days later
+
+
+async def test_a_snapshot_written_to_the_fallback_folder_names_that_file(
+    broker: RunningBroker, instance: str, tmp_path: Path
+) -> None:
+    """Session 43's open list: a snapshot whose path could not be written went to the job's
+    fallback folder, but its ``tomato_Job`` named the path that was never written."""
+    async with recorder(broker, instance, tmp_path / "r.sqlite") as (svc, c, req, t):
+        await c.publish(t.component_data(CMP), _batch(1, 0, "s1", 0, 5), qos=1)
+        await _stored(svc, 1, 5)
+        blocker = tmp_path / "out"
+        blocker.write_text("in the way")
+        target = blocker / "snapshot.1.nc"
+        args = _finalize_args(1, target, [], wait=0.1, snapshot=True)
+        args["job"]["snappath"] = str(target)  # as the scheduler sends it
+        args["fallback_dir"] = str(tmp_path / "fallback")
+        rep = await _finalize(req, t, args)
+        assert rep.success, rep
+        written = Path(rep.data["path"])  # type: ignore[index]
+        assert written == tmp_path / "fallback" / "snapshot.1.nc" and written.is_file()
+        inside = json.loads(load_tree(written).attrs["tomato_Job"])
+        assert inside["snappath"] == str(written), inside

@@ -164,7 +164,10 @@ class Files:
                 # netCDF lock like the write: tomato_mqtt/nclock.py)
                 target = checked[0] = guard.check_path(target, a.job)
                 target.parent.mkdir(parents=True, exist_ok=True)
-                return write_job_file(target, roles, root)
+                attrs = root
+                if a.snapshot:  # a snapshot's tomato_Job names the file it is in
+                    attrs = {**root, "tomato_Job": job_json(a, snappath=str(target))}
+                return write_job_file(target, roles, attrs)
 
             try:
                 return await asyncio.to_thread(checked_write, path), ""
@@ -336,11 +339,12 @@ def roles_with_tasks(a: FinalizeArgs) -> list[str]:
     return [r for r in a.roles if r in used]
 
 
-def job_json(a: FinalizeArgs) -> str:
+def job_json(a: FinalizeArgs, **update: Any) -> str:
     """``tomato_Job``: the job with the fields of ``tomato.models.Job`` it lacks filled
     (``connected_at``: when the tasks started, ``jobpath``: the job's folder, ``pid``:
-    none, no job process here)."""
-    job = dict(a.job)
+    none, no job process here), and ``update`` (a snapshot's ``snappath``: the file it
+    was written to, also when that is the fallback folder's)."""
+    job = {**a.job, **update}
     # the scheduler's Job has these fields (schema 2) but may leave them null
     job["connected_at"] = job.get("connected_at") or job.get("launched_at")
     job["jobpath"] = job.get("jobpath") or a.fallback_dir
