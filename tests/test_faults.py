@@ -302,6 +302,11 @@ def test_sys_exit_in_do_task_ends_ce_and_node_lives(stack: Stack) -> None:
     [
         ("pip-intkey", "variable names must be text, not int (1)"),
         ("pip-surrogate", "could not be encoded for sending"),
+        (
+            "pip-huge",
+            "bytes, more than a message may carry (at most 8,323,072 bytes under [broker] "
+            "max_packet_bytes)",
+        ),
     ],
 )
 def test_a_point_the_wire_cannot_carry_ends_its_task_not_the_node(
@@ -311,12 +316,13 @@ def test_a_point_the_wire_cannot_carry_ends_its_task_not_the_node(
     must be str"), the node restarted, and every job on it ended ``ce`` (found by a
     newcomer writing a driver). Now such a point ends its own task with an error naming
     it, and the node and its other components go on; so does text the wire cannot carry
-    (a lone surrogate), caught where the batch is encoded."""
+    (a lone surrogate), caught where the batch is encoded, and a point larger than one
+    message may carry (sent, it closed the node's connection at each resend)."""
     node = local_node(stack)
     job = run_job(stack, pipeline, f"bad-point-{pipeline}")
     assert job["status"] == "ce", job
     assert said in (job["reason"] or ""), job["reason"]
-    if pipeline == "pip-intkey":  # caught at the point: the points before it are kept
+    if pipeline != "pip-surrogate":  # the points before it are kept
         assert_points_before_the_fault(job)
     assert_node_unchanged(stack, node)
     assert_normal_job_completes(stack, "pip-ok-1", f"after-{pipeline}")

@@ -158,7 +158,8 @@ class DataPath:
                     # takes: sent, it closed the node's connection again at each resend
                     why = ValueError(
                         f"one point of {len(raw):,} bytes, more than a message may carry "
-                        f"({node.config.max_message:,}: [broker] max_packet_bytes)"
+                        f"(at most {node.config.max_message:,} bytes under [broker] "
+                        "max_packet_bytes)"
                     )
                     self._unsendable(hc, job, task, len(cols.uts), why)
                     continue

@@ -27,6 +27,9 @@ Where it fails comes from the component's address and from ``[drivers.faulty]``:
 ``surrogate``
     ``do_task`` returns text that is no valid UTF-8 (a lone surrogate, as bytes read
     with ``errors="surrogateescape"``) at that point: the wire cannot carry it.
+``huge``
+    ``do_task`` returns a point of 9 MiB of text at that point: more than one MQTT message
+    may carry under the default ``[broker] max_packet_bytes`` (8 MiB).
 ``badattrs``
     ``attrs()`` returns a list, not a dict: a driver's code that is wrong (registering
     again cannot help).
@@ -67,6 +70,7 @@ FAULTS = frozenset(
         "hang",
         "intkey",
         "surrogate",
+        "huge",
         "badattrs",
         "set",
         "measure",
@@ -151,6 +155,8 @@ class Device(ModelDevice):
                 return {1: 2.0, "k": k}  # type: ignore[dict-item]
             if "surrogate" in self.faults:
                 return {"k": k, "level": self.level, "mode": "a\udcff"}
+            if "huge" in self.faults:
+                return {"k": k, "level": self.level, "mode": "x" * 9 * 2**20}
         return {"k": k, "level": self.level, "mode": self.mode}
 
     def do_measure(self) -> Mapping[str, Any]:
