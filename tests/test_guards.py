@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from typing import Any
 from pathlib import Path
 
 import pytest
 
+from tomato_mqtt.config.payloads import parse_payload
 from tomato_mqtt.config.settings import load_settings
 from tomato_mqtt.config.users import UsersFile
 from tomato_mqtt.model.jobs import Job
@@ -180,3 +182,34 @@ def test_a_payload_of_too_many_tasks_is_refused(tmp_path: Path) -> None:
     few.check_bounds([task] * 3)
     with pytest.raises(CommandError, match="split it into several jobs"):
         few.check_bounds([task] * 4)
+
+
+@pytest.mark.parametrize(
+    ("task", "said"),
+    [
+        (
+            {"time": 1e7, "delay": 0.01},
+            r"^payload refused: method\[0\]\.time: task count would take 1e\+09 points \(time 1e\+07"
+            r" s / delay 0\.01 s\)",
+        ),
+        ({"time": 1.0, "delay": 1e-9}, r"^payload refused: method\[0\]\.delay: 1e-09 s is below"),
+        (
+            {"time": 1.0, "record_every_dt": 1e-9},
+            r"^payload refused: method\[0\]\.record_every_dt: 1e-09 s is below",
+        ),
+    ],
+)
+def test_a_bound_names_the_field_as_the_payload_s_version_spells_it(
+    tmp_path: Path, task: dict[str, Any], said: str
+) -> None:
+    """Session 43's open list: the submit limits named a 0.2 payload's ``time`` and
+    ``delay`` as ``max_duration`` and ``sampling_interval``, names the user never wrote
+    (the limits get the payload upgraded to 2.2; parse_payload's own checks did not)."""
+    doc = {
+        "version": "0.2",
+        "sample": {"name": "s"},
+        "method": [{"device": "counter", "technique": "count", **task}],
+    }
+    method = parse_payload(doc).model_dump(mode="json")["method"]
+    with pytest.raises(CommandError, match=said):
+        access(tmp_path).check_bounds(method, written=doc)

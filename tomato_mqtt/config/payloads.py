@@ -28,6 +28,7 @@ __all__ = [
     "LATEST_VERSION",
     "SUPPORTED_VERSIONS",
     "PayloadError",
+    "field_as_written",
     "parse_payload",
     "read_payload_file",
     "read_payload_text",
@@ -163,8 +164,6 @@ def parse_payload(data: Mapping[str, Any], user: str | None = None) -> Payload:
         raise PayloadError(e.location, e.reason) from None
     doc = dict(data)
     version = _version(doc.get("version"))
-    written = version  # the version the user wrote: errors name its fields
-    written_method = doc.get("method")
     doc["version"] = version
     for key in ("samplefile", "methodfile"):
         if key in doc:
@@ -198,7 +197,7 @@ def parse_payload(data: Mapping[str, Any], user: str | None = None) -> Payload:
         except Exception as e:  # dgbowl's update() has no error contract of its own
             raise PayloadError(None, f"cannot upgrade from {version} to {nxt}: {e}") from None
         version = nxt
-    _check_values(payload, written, written_method)
+    _check_values(payload, data)  # as written: errors name its fields
     return payload
 
 
@@ -303,19 +302,30 @@ def as_written(field: str, version: str) -> str:
     return field
 
 
-def _check_values(payload: Any, version: str = LATEST_VERSION, written: Any = None) -> None:
+def field_as_written(doc: Mapping[str, Any], i: int, field: str) -> str:
+    """The name a field of task ``i`` (``method[i]``, as version 2.2 names it) has in the
+    payload ``doc`` as the user wrote it: 0.1 and 0.2 spell ``max_duration`` as ``time``
+    and ``sampling_interval`` as ``delay`` or, for biologic, ``record_every_dt``."""
+    try:
+        version = _version(doc.get("version"))
+    except PayloadError:
+        return field
+    name = as_written(field, version)
+    method = doc.get("method")
+    as_given = method[i] if isinstance(method, list) and i < len(method) else None
+    if name == "delay" and isinstance(as_given, Mapping) and "record_every_dt" in as_given:
+        return "record_every_dt"
+    return name
+
+
+def _check_values(payload: Any, doc: Mapping[str, Any]) -> None:
     """What the schema lets through but no job can do: refused here, with where and why,
-    in the field names of ``version``, the version the payload was written in (``written``:
-    its method as written; 0.1 and 0.2 spell the interval ``delay`` or, for biologic,
-    ``record_every_dt``)."""
+    in the field names of the version ``doc`` (the payload as written) was written in."""
     if not payload.method:
         raise PayloadError("method", "the payload has no tasks: there is nothing to run")
-    dur = as_written("max_duration", version)
     for i, task in enumerate(payload.method):
-        dt = as_written("sampling_interval", version)
-        as_given = written[i] if isinstance(written, list) and i < len(written) else None
-        if isinstance(as_given, dict) and dt == "delay" and "record_every_dt" in as_given:
-            dt = "record_every_dt"
+        dur = field_as_written(doc, i, "max_duration")
+        dt = field_as_written(doc, i, "sampling_interval")
         for field in ("max_duration", "sampling_interval"):
             value = getattr(task, field)
             if not math.isfinite(value):  # "inf s", "nan", 1e999: no task ends or samples

@@ -83,10 +83,15 @@ class Access:
             )
 
     def check_bounds(
-        self, method: list[Mapping[str, Any]], bulk: frozenset[str] = frozenset()
+        self,
+        method: list[Mapping[str, Any]],
+        bulk: frozenset[str] = frozenset(),
+        written: Mapping[str, Any] | None = None,
     ) -> None:
+        """``method``: the payload's tasks as version 2.2 names their fields; ``written``:
+        the payload as the user wrote it (a refusal names its fields as written there)."""
         self._check_waits(method)
-        self._check_each(method, bulk)
+        self._check_each(method, bulk, written or {})
 
     @staticmethod
     def _check_waits(method: list[Mapping[str, Any]]) -> None:
@@ -130,40 +135,48 @@ class Access:
                 )
 
     def _check_each(
-        self, method: list[Mapping[str, Any]], bulk: frozenset[str] = frozenset()
+        self,
+        method: list[Mapping[str, Any]],
+        bulk: frozenset[str],
+        written: Mapping[str, Any],
     ) -> None:
         """Refuse a payload whose tasks would take too many points or sample too fast.
 
         ``bulk``: techniques a bulk component offers (its driver samples on its own
         clock and hands over blocks): the floor on ``sampling_interval`` is for
         one-point drivers, which are called once per point."""
+        from tomato_mqtt.config.payloads import field_as_written
+
         lim = self.settings.jobs
         self.check_task_count(len(method))
         for i, task in enumerate(method):
             dt = task.get("sampling_interval")
             dur = task.get("max_duration")
             name = task.get("task_name") or task.get("technique_name") or f"#{i}"
+            # as the payload spells them (0.1 and 0.2: time, delay)
+            dt_name = field_as_written(written, i, "sampling_interval")
+            dur_name = field_as_written(written, i, "max_duration")
             if not isinstance(dt, (int, float)) or not math.isfinite(dt) or dt <= 0:
                 raise CommandError(
-                    f"payload refused: method[{i}].sampling_interval: must be "
+                    f"payload refused: method[{i}].{dt_name}: must be "
                     f"a finite number of seconds > 0 (got {dt!r}; task {name})"
                 )
             if dt < lim.min_sampling_interval and task.get("technique_name") not in bulk:
                 raise CommandError(
-                    f"payload refused: method[{i}].sampling_interval: {dt:g} s is below the "
+                    f"payload refused: method[{i}].{dt_name}: {dt:g} s is below the "
                     f"floor of {lim.min_sampling_interval:g} s ([jobs] min_sampling_interval; "
                     f"task {name})"
                 )
             if not isinstance(dur, (int, float)) or not math.isfinite(dur) or dur < 0:
                 raise CommandError(
-                    f"payload refused: method[{i}].max_duration: must be "
+                    f"payload refused: method[{i}].{dur_name}: must be "
                     f"a finite number of seconds >= 0 (got {dur!r}; task {name})"
                 )
             points = dur / dt
             if points > lim.max_points_per_task:
                 raise CommandError(
-                    f"payload refused: method[{i}].max_duration: task {name} would take "
-                    f"{points:.3g} points (max_duration {dur:g} s / sampling_interval {dt:g} "
+                    f"payload refused: method[{i}].{dur_name}: task {name} would take "
+                    f"{points:.3g} points ({dur_name} {dur:g} s / {dt_name} {dt:g} "
                     f"s), more than the limit of {lim.max_points_per_task} ([jobs] "
                     "max_points_per_task)"
                 )

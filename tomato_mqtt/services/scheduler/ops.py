@@ -261,7 +261,7 @@ class SchedulerOps:
         bulk = frozenset(
             t for m in self.svc.metas.values() if m.block_interval for t in m.capabilities
         )
-        self.access.check_bounds(pdict.get("method") or [], bulk)
+        self.access.check_bounds(pdict.get("method") or [], bulk, written=doc)
         with self.store.transaction():  # the job and its file's path: one fsync
             job = self.store.add_job(
                 pdict,
