@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -189,8 +189,8 @@ def test_a_payload_of_too_many_tasks_is_refused(tmp_path: Path) -> None:
     [
         (
             {"time": 1e7, "delay": 0.01},
-            r"^payload refused: method\[0\]\.time: task count would take 1e\+09 points \(time 1e\+07"
-            r" s / delay 0\.01 s\)",
+            r"^payload refused: method\[0\]\.time: task count would take 1e\+09 points "
+            r"\(time 1e\+07 s / delay 0\.01 s\)",
         ),
         ({"time": 1.0, "delay": 1e-9}, r"^payload refused: method\[0\]\.delay: 1e-09 s is below"),
         (
