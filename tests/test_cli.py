@@ -327,6 +327,12 @@ def test_no_scheduler_says_where_it_looked(stack: Stack) -> None:
         assert time.monotonic() - t0 < 8
         assert f"mqtt://127.0.0.1:{port}" in res.stderr and "is tomato-mqtt running" in res.stderr
         assert f"instance {stack.instance}" in res.stderr
+    # a stop there has nothing to stop, and says so (not the question whether it runs)
+    cmd = [str(BIN / "tomato"), "stop", "-A", str(stack.appdir), "-p", str(port), "-t", "1"]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+    assert res.returncode == 1, res
+    assert res.stderr.startswith("error: nothing to stop, tomato-mqtt is not running there: "), res
+    assert f"mqtt://127.0.0.1:{port}" in res.stderr and "is tomato-mqtt running" not in res.stderr
 
 
 def test_snapshot_while_running(stack: Stack, tmp_path: Path) -> None:

@@ -278,10 +278,13 @@ def run_request(
     timeout: float,
     who: str = "scheduler",
     unanswered: str = "",
+    unreachable: str = "",
 ) -> Any:
     """One request, synchronously, on the fast path (:mod:`~tomato_mqtt.transport.oneshot`,
     as the Python client's ``request``); problems become a message + exit 1.
-    ``unanswered`` is added to the message when no answer came (what may still happen)."""
+    ``unanswered`` is added to the message when no answer came (what may still happen);
+    ``unreachable`` replaces the question "is tomato-mqtt running?" when no broker could
+    be reached (``tomato stop``: then there is nothing to stop)."""
     from tomato_mqtt.transport import oneshot
 
     try:
@@ -295,10 +298,12 @@ def run_request(
             resend=who == "scheduler",  # it may be restarting; a node's ops are not resent
         )
     except oneshot.OneShotError as e:
-        oneshot_failed(ctx, e, unanswered)
+        oneshot_failed(ctx, e, unanswered, unreachable)
 
 
-def oneshot_failed(ctx: CallContext, e: Exception, unanswered: str = "") -> NoReturn:
+def oneshot_failed(
+    ctx: CallContext, e: Exception, unanswered: str = "", unreachable: str = ""
+) -> NoReturn:
     """A one-shot call that went wrong, said plainly: nobody answered (or the ACL dropped
     the request), the broker refused us, or it cannot be reached."""
     from tomato_mqtt.transport import oneshot
@@ -307,7 +312,11 @@ def oneshot_failed(ctx: CallContext, e: Exception, unanswered: str = "") -> NoRe
         fail(denied(ctx, e.topic) or f"{e} ({ctx.where()}){unanswered}")
     if isinstance(e, oneshot.Refused):
         fail(f"{e} ({ctx.where()})")
-    fail(f"{e} — is tomato-mqtt running? ({ctx.where()})")
+    fail(
+        f"{unreachable}{e} ({ctx.where()})"
+        if unreachable
+        else f"{e} — is tomato-mqtt running? ({ctx.where()})"
+    )
 
 
 def ask_scheduler(opts: Opts, op: str, args: Mapping[str, Any]) -> None:

@@ -74,6 +74,7 @@ def stop(opts: common.Opts) -> None:
             "; if it is only slow, it may still stop the stack when it gets to the request"
             " (`tomato status` shows whether it runs)"
         ),
+        unreachable="nothing to stop, tomato-mqtt is not running there: ",
     )
     if not reply.success:
         opts.output().reply(reply)
