@@ -345,7 +345,7 @@ def test_a_batch_s_columns_are_arrays_as_soon_as_it_is_parsed() -> None:
     from tomato_mqtt.services.recorder.netcdf import _load
 
     raw = _batch(0, [1.0, 2.0], 0, val=[1, 2], choice=["red", None], level=[0.5, None])
-    (b,) = _load([raw])
+    (b,) = _load([raw], [])
     assert isinstance(b["uts"], np.ndarray) and b["uts"].dtype == float
     assert {k: (type(v).__name__, v.dtype.kind) for k, v in b["vars"].items()} == {
         "val": ("ndarray", "i"),
@@ -413,7 +413,7 @@ def test_a_column_numpy_cannot_make_does_not_take_its_batch_out(tmp_path: Path) 
     from tomato_mqtt.services.recorder.netcdf import _load
 
     raw = _batch(0, [1.0, 2.0, 3.0], 0, good=[1, 2, 3], odd=[1, [2, 3], 4])
-    (b,) = _load([raw])
+    (b,) = _load([raw], [])
     assert b["vars"]["good"].tolist() == [1, 2, 3] and b["vars"]["odd"] == [1, [2, 3], 4]
     with pytest.raises(ValueError):
         write_job_file(tmp_path / "r.nc", [RoleInput("a", "{}", [raw])], {})

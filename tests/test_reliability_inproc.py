@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import orjson
 import pytest
 import yaml
 
@@ -837,7 +838,7 @@ async def test_a_file_that_cannot_be_written_is_not_tried_again_and_again(
     monkeypatch.setattr(lifecycle, "WRITE_AGAIN", 0.2)
     tries: list[float] = []
 
-    def refuse(roles: Any) -> Any:
+    def refuse(roles: Any, problems: Any = None) -> Any:
         tries.append(time.monotonic())
         raise ValueError("variables ['freq_1'] are found in both data_vars and coords")
 
@@ -1393,3 +1394,34 @@ async def test_a_snapshot_written_to_the_fallback_folder_names_that_file(
         assert written == tmp_path / "fallback" / "snapshot.1.nc" and written.is_file()
         inside = json.loads(load_tree(written).attrs["tomato_Job"])
         assert inside["snappath"] == str(written), inside
+
+
+async def test_points_the_file_cannot_hold_as_they_came_are_not_a_c(
+    broker: RunningBroker, instance: str, tmp_path: Path
+) -> None:
+    """A data-fidelity review: a stored batch the writer left out (here its uts are not
+    numbers: a bulk driver's datetime64, which the wire carries as text) was only logged;
+    the store counted its points, and the job ended ``c`` with none of them in the file.
+    The finalize reply now says what the file could not hold, and the verdict is ``ce``."""
+    from tomato_mqtt.services.scheduler.lifecycle import judge_file
+
+    async with recorder(broker, instance, tmp_path / "r.sqlite") as (svc, c, req, t):
+        data = t.component_data(CMP)
+        await c.publish(data, _batch(1, 0, "s1", 0, 3), qos=1)
+        odd = orjson.loads(_batch(1, 0, "s1", 1, 2, v0=3))
+        odd["uts"] = ["2026-12-04T10:00:00", "2026-12-04T10:00:01"]
+        await c.publish(data, orjson.dumps(odd), qos=1)
+        await _stored(svc, 1, 5)
+        out = tmp_path / "out" / "results.1.nc"
+        exact = [{"component": CMP, "task": 0, "npoints": 5, "stream": "s1", "last_seq": 1}]
+        rep = await _finalize(req, t, _finalize_args(1, out, exact, wait=1))
+        assert rep.success, rep
+        altered = rep.data["altered"]  # type: ignore[index]
+        assert altered == [
+            f"role counter: the batch of {CMP} (seq 1, 2 point(s)) was left out: its uts are "
+            "not all numbers (seconds)"
+        ], altered
+        assert _uts(str(out)).size == 3
+        status, reason = judge_file("c", None, rep.data)  # type: ignore[arg-type]
+        assert status == "ce", (status, reason)
+        assert "the file could not hold stored points as they came: role counter" in reason

@@ -254,6 +254,10 @@ class FileData(_Data):
     conflicts: list[str] = Field(
         default_factory=list, description="batches whose identity repeated with other data"
     )
+    altered: list[str] = Field(
+        default_factory=list,
+        description="stored points or values the file could not hold as they came, and why",
+    )
     fallback: str | None = Field(None, description="why the file went to the job folder")
     storage_error: str | None = Field(None, description="the recorder cannot store now: why")
 

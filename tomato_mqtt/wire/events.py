@@ -42,6 +42,8 @@ EVENT_DETAILS: Final[dict[str, dict[str, str]]] = {
         "path": "the results file the late points were merged into",
         "points": "role -> points now in the file",
         "note": "how the file was written, if not as asked (fallback folder)",
+        "altered": "stored points or values the file could not hold as they came, and why"
+        " (empty: none)",
     },
 }
 

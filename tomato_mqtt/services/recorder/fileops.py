@@ -58,7 +58,7 @@ class FileOps:
                 # from here on, a batch of this job is late: it is merged into the file
                 svc.files.remember_final(a)
             t_wait = time.monotonic() - t0
-            written, note = await svc.files.write(a, Path(a.path))
+            written, note, altered = await svc.files.write(a, Path(a.path))
             if not a.snapshot:
                 svc.files.written(jobid, written)
         svc.remember_file(jobid, written)
@@ -88,6 +88,8 @@ class FileOps:
         msg = f"{kind} of job {jobid} written to {written}" + (f" ({note})" if note else "")
         if missing and not a.snapshot:
             msg += f"; still missing after {a.wait:g} s: {', '.join(missing)}"
+        if altered:
+            msg += f"; not as they came: {'; '.join(altered)}"
         await svc.publish_presence("online")
         return Result(
             msg,
@@ -100,6 +102,7 @@ class FileOps:
                 "missing": missing,  # type: ignore[dict-item]
                 "extra": extra,  # type: ignore[dict-item]
                 "conflicts": conflicts,  # type: ignore[dict-item]
+                "altered": altered,  # type: ignore[dict-item]
                 "fallback": note or None,
                 "storage_error": svc.storage_error,
             },

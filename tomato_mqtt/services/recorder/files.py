@@ -118,8 +118,9 @@ class Files:
         return out
 
     # -- writing --------------------------------------------------------------------------
-    async def write(self, a: FinalizeArgs, path: Path) -> tuple[Path, str]:
-        """Write the job's file at ``path``, else in the fallback folder: (path, note)."""
+    async def write(self, a: FinalizeArgs, path: Path) -> tuple[Path, str, list[str]]:
+        """Write the job's file at ``path``, else in the fallback folder: (path, note,
+        what of the stored points the file could not hold as they came)."""
         from tomato_mqtt.services.recorder.netcdf import RoleInput, write_job_file
 
         store = self.svc.store
@@ -157,6 +158,7 @@ class Files:
             root = {"tomato_version": __version__, "tomato_Job": job_json(a)}
             guard = self.svc.guard
             checked = [path]  # the path as the guard resolved it (a symlink followed)
+            problems: list[str] = []
 
             def checked_write(target: Path) -> Path:
                 # only below the allowed roots, never over a file of another job (the
@@ -167,19 +169,22 @@ class Files:
                 attrs = root
                 if a.snapshot:  # a snapshot's tomato_Job names the file it is in
                     attrs = {**root, "tomato_Job": job_json(a, snappath=str(target))}
-                return write_job_file(target, roles, attrs)
+                problems.clear()
+                return write_job_file(target, roles, attrs, problems)
 
             try:
-                return await asyncio.to_thread(checked_write, path), ""
+                return await asyncio.to_thread(checked_write, path), "", problems
             except (OSError, CommandError) as e:
                 log.warning("job %d: %s", jobid, e)
                 path = checked[0]
                 # keep the data: the job folder (checked the same way) instead
                 fallback = Path(a.fallback_dir) / path.name
                 written = await asyncio.to_thread(checked_write, fallback)
-                return written, (
+                return (
+                    written,
                     f"{path} could not be written ({e}); the file was written to the "
-                    f"fallback file {written} instead"
+                    f"fallback file {written} instead",
+                    problems,
                 )
 
     def remember_final(self, a: FinalizeArgs) -> None:
@@ -302,7 +307,7 @@ class Files:
         a = FinalizeArgs.model_validate({k: v for k, v in args.items() if k != "written"})
         target = Path(str(args.get("written") or a.path))
         try:
-            written, note = await self.write(a, target)
+            written, note, altered = await self.write(a, target)
         except Exception as e:
             log.error("job %d: merging late data into %s failed: %s", jobid, target, e)
             return
@@ -319,8 +324,12 @@ class Files:
         self.svc.job_event(
             jobid,
             "late_data_merged",  # points per role, as the job's status counts them
-            {"path": str(written), "points": points, "note": note or None},
+            {"path": str(written), "points": points, "note": note or None, "altered": altered},
         )
+        for problem in altered:
+            log.error(
+                "job %d: its file could not hold stored points as they came: %s", jobid, problem
+            )
         await self.svc.publish_presence("online")
 
 

@@ -103,20 +103,26 @@ def _column(chunks: Sequence[np.ndarray[Any, Any] | None], lens: Sequence[int]) 
     return np.concatenate(parts)
 
 
-def _load(raws: Sequence[bytes]) -> list[dict[str, Any]]:
-    """Parse the batches (orjson: C speed); one whose columns do not fit is left out.
+def _load(raws: Sequence[bytes], problems: list[str]) -> list[dict[str, Any]]:
+    """Parse the batches (orjson: C speed); one whose columns do not fit is left out, and
+    ``problems`` says so (the job's verdict is then not ``c``: a review found such
+    batches left out with a log line, the job ``c``).
 
     Each batch's columns become numpy arrays as it is parsed: as Python lists, a job's
     points took ~300 bytes each until the file was written (4 million points: 1.2 GB, a
     review), as arrays 8 bytes a value."""
     out = []
     for raw in raws:
+        b: Any = None
         try:
             b = orjson.loads(raw)
             n = len(b["uts"])
             if not all(len(c) == n for c in b["vars"].values()):
                 raise ValueError("a column's length differs from uts")
-            b["uts"] = np.asarray(b["uts"], dtype=float)
+            try:
+                b["uts"] = np.asarray(b["uts"], dtype=float)
+            except (TypeError, ValueError):
+                raise ValueError("its uts are not all numbers (seconds)") from None
             arrays = b.get("dims") or {}
             for name, col in b["vars"].items():
                 # a column numpy cannot make (a list among a scalar's values, ragged
@@ -128,10 +134,23 @@ def _load(raws: Sequence[bytes]) -> list[dict[str, Any]]:
                     else:
                         b["vars"][name] = _chunk(col)
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as e:
-            log.error("a stored batch cannot go into the file (%s): left out", e)
+            what = _batch_name(b)
+            log.error("%s cannot go into the file (%s): left out", what, e)
+            problems.append(f"{what} was left out: {e}")
             continue
         out.append(b)
     return out
+
+
+def _batch_name(b: Any) -> str:
+    """A stored batch, as a problem names it: its component, seq and size where known."""
+    if not isinstance(b, dict):
+        return "a stored batch"
+    try:
+        n = f", {len(b['uts'])} point(s)"
+    except (KeyError, TypeError):
+        n = ""
+    return f"the batch of {b.get('component')} (seq {b.get('seq')}{n})"
 
 
 def _array(vals: Sequence[Any], shape: tuple[int, ...]) -> np.ndarray[Any, Any]:
@@ -145,7 +164,7 @@ def _array(vals: Sequence[Any], shape: tuple[int, ...]) -> np.ndarray[Any, Any]:
 
 
 def _array_column(
-    name: str, batches: Sequence[Mapping[str, Any]], shape: tuple[int, ...]
+    name: str, batches: Sequence[Mapping[str, Any]], shape: tuple[int, ...], problems: list[str]
 ) -> np.ndarray[Any, Any]:
     parts: list[np.ndarray[Any, Any]] = []
     for b in batches:
@@ -153,8 +172,11 @@ def _array_column(
         col = b["vars"].get(name)
         try:
             parts.append(_array(col, shape) if col is not None else np.full((n, *shape), math.nan))
-        except ValueError as e:
+        except (TypeError, ValueError) as e:
             log.error("variable %r: %s: NaN in the file for those points", name, e)
+            problems.append(
+                f"variable {name!r} of {_batch_name(b)}: {e}: NaN in the file for those points"
+            )
             parts.append(np.full((n, *shape), math.nan))
     kinds = {p.dtype.kind for p in parts}
     dtype: Any = _int_dtype(parts) if kinds <= {"i", "u"} else float
@@ -262,8 +284,8 @@ def _coordinate_sets(batches: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def _role_group(ri: RoleInput) -> Group:
-    batches = _load(ri.batches)
+def _role_group(ri: RoleInput, problems: list[str]) -> Group:
+    batches = _load(ri.batches, problems)
 
     # in the order the points were taken: by seq within a stream (its node's clock may
     # have stepped: the uts then jump, as measured; sorted by uts, a batch across a step
@@ -297,7 +319,8 @@ def _role_group(ri: RoleInput) -> Group:
         extra = dims.get(name)
         if extra:
             shape = tuple(len(coords[d]) for d in extra)
-            variables[name] = (("uts", *extra), _array_column(name, batches, shape), attrs)
+            column = _array_column(name, batches, shape, problems)
+            variables[name] = (("uts", *extra), column, attrs)
             continue
         chunks = [_chunk(b["vars"][name]) if name in b["vars"] else None for b in batches]
         variables[name] = (("uts",), _column(chunks, lens), attrs)
@@ -325,9 +348,17 @@ def _role_group(ri: RoleInput) -> Group:
     return Group(variables, {"tomato_Component": ri.component_json, "role": ri.role, **ri.attrs})
 
 
-def build_groups(roles: Sequence[RoleInput]) -> dict[str, Group]:
-    """The file's groups, one per role (a later role of the same name replaces one)."""
-    return {ri.role: _role_group(ri) for ri in roles}
+def build_groups(roles: Sequence[RoleInput], problems: list[str] | None = None) -> dict[str, Group]:
+    """The file's groups, one per role (a later role of the same name replaces one).
+    ``problems`` gets what of the stored points the groups could not hold as they came
+    (per role: ``role <r>: …``)."""
+    out = {}
+    for ri in roles:
+        mine: list[str] = []
+        out[ri.role] = _role_group(ri, mine)
+        if problems is not None:
+            problems.extend(f"role {ri.role}: {p}" for p in mine)
+    return out
 
 
 def _umask() -> int:
@@ -337,10 +368,16 @@ def _umask() -> int:
     return mask
 
 
-def write_job_file(path: Path, roles: Sequence[RoleInput], root_attrs: Mapping[str, str]) -> Path:
-    """Write the job's file atomically at ``path``; returns the path written."""
+def write_job_file(
+    path: Path,
+    roles: Sequence[RoleInput],
+    root_attrs: Mapping[str, str],
+    problems: list[str] | None = None,
+) -> Path:
+    """Write the job's file atomically at ``path``; returns the path written.
+    ``problems`` gets what of the stored points the file could not hold as they came."""
     path = Path(path)
-    groups = build_groups(roles)
+    groups = build_groups(roles, problems)
     _remove_stale_temps(path)
     # the writer's pid in the name: a later write removes only a dead writer's leftovers
     fd, tmp = tempfile.mkstemp(

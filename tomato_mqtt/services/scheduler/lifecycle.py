@@ -331,6 +331,7 @@ def judge_file(status: str, reason: str | None, data: dict[str, Any]) -> tuple[s
         ("missing", "lacks points"),
         ("extra", "has points no runner reported"),
         ("conflicts", "has conflicting duplicate batches"),
+        ("altered", "could not hold stored points as they came"),
     ):
         items = data.get(key)
         if isinstance(items, list) and items:
