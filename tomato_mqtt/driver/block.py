@@ -19,10 +19,13 @@ numpy is optional: lists work too (nested lists for extra dimensions).
 
 from __future__ import annotations
 
+import math
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from tomato_mqtt.driver.names import check_names, text_problem
 from tomato_mqtt.driver.spec import TaskSpec
 
 __all__ = ["Block", "BlockError"]
@@ -53,16 +56,29 @@ class Block:
         return len(self.uts)
 
     def check(self) -> None:
-        """Raise :class:`BlockError` when the columns do not fit the timestamps.
+        """Raise :class:`BlockError` when the columns do not fit the timestamps, or hold
+        what the file cannot keep as it is (a data-fidelity review found such blocks
+        left out of the file, NaN-filled or relabelled, the job ``c``).
 
-        Only lengths and shapes are checked (O(number of variables), not of points).
+        numpy arrays are checked by numpy (dtype, shape, finite timestamps); lists, the
+        slow path anyway, value by value.
         """
         n = len(self.uts)
+        try:
+            check_names(self.data)
+            check_names(self.coords, "dimension")
+        except ValueError as e:
+            raise BlockError(str(e)) from None
+        _check_uts(self.uts)
         for name, col in self.data.items():
             if name in ("uts", "task") or name in self.coords:
                 raise BlockError(f"variable {name!r}: the name is taken by a coordinate")
             if len(col) != n:
                 raise BlockError(f"variable {name!r}: {len(col)} values for {n} timestamps")
+            if name not in self.dims:
+                _check_scalars(name, col)
+        for d, values in self.coords.items():
+            _check_coordinate(d, values)
         for name, extra in self.dims.items():
             if name not in self.data:
                 raise BlockError(f"dims of {name!r}: no such variable")
@@ -75,12 +91,21 @@ class Block:
             if n == 0:
                 continue
             shape = getattr(col, "shape", None)
-            got = list(shape[1:]) if shape is not None else _list_shape(col[0], len(want))
-            if got != want:
+            kind = getattr(getattr(col, "dtype", None), "kind", None)
+            if shape is not None and kind is not None and kind not in "biuf":
                 raise BlockError(
-                    f"variable {name!r}: each point has shape {tuple(got)}, but its dims "
-                    f"{tuple(extra)} have lengths {tuple(want)}"
+                    f"variable {name!r}: the values of an array variable must be numbers "
+                    f"(got numpy dtype kind {kind!r})"
                 )
+            shapes = [list(shape[1:])] if shape is not None else _list_shapes(col, len(want))
+            for got in shapes:
+                if got != want:
+                    raise BlockError(
+                        f"variable {name!r}: a point has shape {tuple(got)}, but its dims "
+                        f"{tuple(extra)} have lengths {tuple(want)}"
+                    )
+            if shape is None:
+                _check_array_leaves(name, col)
         for d in self.coords:
             if d in ("uts", "task"):  # the file's own names (the file was unwritable)
                 raise BlockError(f"{d!r} cannot be an extra dimension")
@@ -96,3 +121,114 @@ def _list_shape(first: Any, depth: int) -> list[int]:
         except TypeError:
             break
     return shape
+
+
+def _list_shapes(col: Any, depth: int) -> list[list[int]]:
+    """The distinct shapes of a list column's points (ragged points: more than one)."""
+    np = sys.modules.get("numpy")
+    out: list[list[int]] = []
+    for point in col:
+        got = list(np.shape(point)) if np is not None else _list_shape(point, depth)
+        if np is not None and len(got) > depth:  # deeper than its dims: as _list_shape
+            got = got[:depth]
+        if got not in out:
+            out.append(got)
+    return out
+
+
+_SCALARS = (int, float, bool, str, type(None))
+
+
+def _number(v: Any) -> bool:
+    return (isinstance(v, (int, float)) and not isinstance(v, bool)) or _np_kind(v) in "iuf"
+
+
+def _np_kind(v: Any) -> str:
+    kind = getattr(getattr(v, "dtype", None), "kind", None)
+    return kind if isinstance(kind, str) and getattr(v, "ndim", 1) == 0 else "-"
+
+
+def _check_uts(uts: Any) -> None:
+    """Timestamps are finite numbers (seconds since the epoch): a numpy datetime64 went
+    on the wire as text and its whole batch was left out of the file."""
+    np = sys.modules.get("numpy")
+    kind = getattr(getattr(uts, "dtype", None), "kind", None)
+    if kind is not None and np is not None:
+        if kind not in "iuf":
+            raise BlockError(
+                f"uts: timestamps are seconds since the epoch (numbers), not numpy dtype "
+                f"{uts.dtype} (datetime64: uts.astype('datetime64[ns]').astype(float) / 1e9)"
+            )
+        if kind == "f" and len(uts) and not bool(np.isfinite(uts).all()):
+            raise BlockError("uts: a timestamp is not finite (NaN or infinity)")
+        return
+    for i, u in enumerate(uts):
+        if not _number(u) or not math.isfinite(u):
+            raise BlockError(
+                f"uts[{i}]: timestamps are finite numbers of seconds since the epoch, not {u!r}"
+            )
+
+
+def _check_scalars(name: str, col: Any) -> None:
+    """A variable without dims holds one number, text, bool or null per point: a list or
+    a dict there made the file unwritable or went in as its Python text."""
+    kind = getattr(getattr(col, "dtype", None), "kind", None)
+    ndim = getattr(col, "ndim", 1)
+    if kind is not None:
+        if ndim != 1:
+            raise BlockError(
+                f"variable {name!r}: {ndim}-d values without dims (an array variable names "
+                "its extra dimensions in Block.dims)"
+            )
+        if kind in "biuf":
+            return
+        if kind == "U":
+            if any("\x00" in v for v in col.tolist()):
+                raise BlockError(f"variable {name!r}: {text_problem(chr(0))}")
+            return
+        if kind != "O":
+            raise BlockError(f"variable {name!r}: numpy dtype {col.dtype} cannot go in the file")
+    for v in col:
+        if type(v) in _SCALARS or _np_kind(v) in "biufU":
+            if isinstance(v, str) and "\x00" in v:
+                raise BlockError(f"variable {name!r}: {text_problem(v)}")
+            continue
+        raise BlockError(
+            f"variable {name!r}: a point's value must be a number, text, bool or None, not "
+            f"{type(v).__name__} (an array variable names its extra dimensions in Block.dims)"
+        )
+
+
+def _check_array_leaves(name: str, col: Any) -> None:
+    """An array variable given as lists holds numbers (or None) only."""
+    stack = list(col)
+    while stack:
+        v = stack.pop()
+        if isinstance(v, (list, tuple)):
+            stack.extend(v)
+        elif v is None or _number(v):
+            continue
+        elif hasattr(v, "dtype") and getattr(v, "ndim", 0) > 0:  # a point as an array
+            if v.dtype.kind not in "biuf":
+                raise BlockError(f"variable {name!r}: array values must be numbers")
+        else:
+            raise BlockError(
+                f"variable {name!r}: array values must be numbers, not {type(v).__name__}"
+            )
+
+
+def _check_coordinate(d: str, values: Any) -> None:
+    """A coordinate's values are finite numbers or text: NaN or infinity there made the
+    file unwritable."""
+    kind = getattr(getattr(values, "dtype", None), "kind", None)
+    np = sys.modules.get("numpy")
+    if kind is not None and np is not None:
+        if kind == "f" and not bool(np.isfinite(values).all()):
+            raise BlockError(f"coordinate {d!r}: a value is not finite (NaN or infinity)")
+        if kind not in "biufU":
+            raise BlockError(f"coordinate {d!r}: numpy dtype {values.dtype} cannot go in the file")
+        return
+    for v in values:
+        if isinstance(v, str) or (_number(v) and math.isfinite(v)):
+            continue
+        raise BlockError(f"coordinate {d!r}: values are finite numbers or text, not {v!r}")

@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 import pint
 
+from tomato_mqtt.driver.names import check_names, text_problem
 from tomato_mqtt.driver.spec import TaskSpec
 
 __all__ = ["Point", "PointRun", "TaskEnd", "Value", "spelling", "to_values"]
@@ -110,7 +111,8 @@ def _scalar(name: str, v: object) -> Value:
         return int(v)
     if isinstance(v, numbers.Real):
         return float(v)
-    if type(v).__name__ == "bool_":  # numpy.bool_ is not a numbers.Integral
+    if getattr(getattr(v, "dtype", None), "kind", None) == "b":  # numpy's bool (bool_ in
+        # numpy 1, bool in numpy 2: a review found it refused as "not bool")
         return bool(v)
     raise TypeError(
         f"variable {name!r}: a point value must be a number, text, bool or quantity,"
@@ -152,11 +154,18 @@ def to_values(
     if "uts" in raw or "task" in raw:  # the file's own: the driver's values were lost
         taken = "uts" if "uts" in raw else "task"
         raise TypeError(f"variable {taken!r}: the name is taken by the file (name it otherwise)")
+    try:  # names the file keeps as they are (checked once each: names.py)
+        check_names(raw)
+    except ValueError as e:
+        raise TypeError(str(e)) from None
     for k, v in items:
-        if type(k) is not str:  # the batch's JSON needs text keys (a node died of it)
-            raise TypeError(f"variable names must be text, not {type(k).__name__} ({k!r})")
         t = type(v)
-        if t is float or t is int or t is str or t is bool or v is None:
+        if t is float or t is int or t is bool or v is None:
+            values[k] = v
+            continue
+        if t is str:
+            if "\x00" in v:
+                raise TypeError(f"variable {k!r}: {text_problem(v)}")
             values[k] = v
             continue
         seen = known.get(k)
@@ -171,7 +180,9 @@ def to_values(
             else:
                 mag = v.magnitude if v.units == seen[0] else v.m_as(seen[0])
         else:
-            values[k] = _scalar(k, v)
+            values[k] = s = _scalar(k, v)
+            if isinstance(s, str) and "\x00" in s:  # numpy's str_
+                raise TypeError(f"variable {k!r}: {text_problem(s)}")
             continue
         t = type(mag)
         values[k] = mag if t is float or t is int else _scalar(k, mag)

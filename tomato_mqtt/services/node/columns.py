@@ -79,14 +79,25 @@ def _concat(parts: list[Any]) -> Any:
     return np.concatenate([np.asarray(p) for p in parts])
 
 
+def _wide(v: Any) -> Any:
+    """float16/float32 arrays as float64: orjson writes a float32 in its shortest float32
+    text, which reads back as another float64 (float32(1e-45), 1.4013e-45, came back as
+    1e-45; a one-point driver's float32(0.1) reached the file as 0.10000000149011612, a
+    bulk driver's as 0.1: a data-fidelity review)."""
+    dtype = getattr(v, "dtype", None)
+    if dtype is not None and dtype.kind == "f" and dtype.itemsize < 8:
+        return v.astype("float64")
+    return v
+
+
 def _join(blocks: list[Block]) -> Columns:
     first = blocks[0]
     return Columns(
-        uts=_concat([b.uts for b in blocks]),
-        vars={k: _concat([b.data[k] for b in blocks]) for k in first.data},
+        uts=_wide(_concat([b.uts for b in blocks])),
+        vars={k: _wide(_concat([b.data[k] for b in blocks])) for k in first.data},
         units=dict(first.units),
         dims={k: list(v) for k, v in first.dims.items()},
-        coords=dict(first.coords),
+        coords={k: _wide(v) for k, v in first.coords.items()},
     )
 
 

@@ -38,6 +38,10 @@ log = logging.getLogger(__name__)
 #: bytes free below which a failed write is taken for a full disk
 _FULL = 2**20
 
+#: netCDF's refusals of the data itself (names: a third-party node's batches), which the
+#: same data meets again on any disk: not tried again (any other error may be the disk's)
+_DATA_REFUSED = ("illegal characters", "name in use", "Invalid name", "Name too long")
+
 
 @dataclass
 class RoleInput:
@@ -389,7 +393,11 @@ def write_job_file(
             try:
                 _write(tmp, groups, root_attrs)
             except RuntimeError as e:  # netCDF4's "NetCDF: HDF error" of a disk that
-                # filled up mid-write (a review: answered "internal", never retried)
+                # filled up mid-write (a review: answered "internal", never retried); a
+                # refusal of the data itself (a name with '/', a NUL, too long: a data-
+                # fidelity review) is not retried: the same data fails the same way
+                if any(w in str(e) for w in _DATA_REFUSED):
+                    raise ValueError(f"the file cannot hold the data as it came: {e}") from e
                 raise _why_not_written(OSError(errno.EIO, str(e)), path.parent) from e
             except OSError as e:
                 raise _why_not_written(e, path.parent) from e

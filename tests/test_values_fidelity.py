@@ -1,0 +1,174 @@
+"""What a driver hands over reaches the file as it was, or is refused at its point.
+
+A data-fidelity review (session 44) sent every kind of value from a driver to the file.
+Names and text the file changes or cannot hold, timestamps that are not numbers, values
+a variable without dims cannot hold: refused at the point (one-point drivers:
+``to_values``; bulk drivers: ``Block.check``), naming the variable, so the task ends
+``ce`` with the points before it in the file, never ``c`` with them changed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from tests.ncread import load_tree
+from tomato_mqtt.driver.block import Block, BlockError
+from tomato_mqtt.driver.names import name_problem
+from tomato_mqtt.driver.points import to_values
+from tomato_mqtt.services.node.columns import to_columns
+from tomato_mqtt.services.recorder.netcdf import RoleInput, write_job_file
+from tomato_mqtt.wire.batch import encode_batch
+
+BAD_NAMES = [
+    ("I/V", "holds '/', which the file takes for a group's path"),
+    (".x", "begins with '.'"),
+    ("x ", "ends with a space"),
+    ("a\x00b", "control character '\\x00'"),
+    ("a\nb", "control character '\\n'"),
+    ("v" * 257, "257 bytes long (UTF-8), more than the 256"),
+    ("e\u0301", "not in Unicode's NFC form"),
+    ("", "the name is empty"),
+]
+
+
+@pytest.mark.parametrize(("name", "said"), BAD_NAMES)
+def test_a_name_the_file_cannot_keep_is_refused_on_both_paths(name: str, said: str) -> None:
+    """``I/V`` became a group ``I`` holding ``V``, and the others made the whole file
+    unwritable, tried again for ever (the recorder took netCDF's refusal for a disk
+    error)."""
+    with pytest.raises(TypeError, match="variable .*" + _re(said)):
+        to_values({"ok": 1.0, name: 1.0}, {}, None)
+    block = Block(uts=np.asarray([1.0]), data={name: np.asarray([1.0])})
+    with pytest.raises(BlockError, match=_re(said)):
+        block.check()
+    spectrum = Block(
+        uts=np.asarray([1.0]),
+        data={"p": np.asarray([[1.0, 2.0]])},
+        dims={"p": (name,)},
+        coords={name: [1.0, 2.0]},
+    )
+    with pytest.raises(BlockError, match="dimension .*" + _re(said)):
+        spectrum.check()
+
+
+def _re(text: str) -> str:
+    import re
+
+    return re.escape(text)
+
+
+def test_names_the_file_keeps_are_taken() -> None:
+    for name in ("Ewe", "I_mA", "µ V", "é", "温度", "1st", "_x", "a.b-c+d@e", "x" * 256):
+        assert name_problem(name) is None, name
+    assert to_values({"µ V": 1.0, "温度": 2}, {}, None) == ({"µ V": 1.0, "温度": 2}, None)
+
+
+def test_text_with_a_nul_is_refused_not_cut_short() -> None:
+    """``"a\\x00b"`` reached the file as ``"a"``."""
+    for value in ("a\x00b", np.str_("a\x00b")):
+        with pytest.raises(TypeError, match="variable 'mode': text holds a NUL"):
+            to_values({"mode": value}, {}, None)
+    for col in (["a", "a\x00b"], np.asarray(["a", "a\x00b"])):
+        with pytest.raises(BlockError, match="variable 'mode': text holds a NUL"):
+            Block(uts=[1.0, 2.0], data={"mode": col}).check()
+
+
+def test_numpy_s_bool_is_a_bool_under_numpy_2() -> None:
+    """numpy 2 calls its bool ``bool``, not ``bool_``: it was refused as "not bool"."""
+    assert to_values({"on": np.bool_(True), "off": np.False_}, {}, None) == (
+        {"on": True, "off": False},
+        None,
+    )
+
+
+@pytest.mark.parametrize(
+    ("uts", "said"),
+    [
+        (np.asarray(["2026-12-04T10:00", "2026-12-04T10:01"], dtype="datetime64[s]"), "datetime64"),
+        (np.asarray([1.0, np.inf]), "a timestamp is not finite"),
+        (np.asarray([1.0, np.nan]), "a timestamp is not finite"),
+        ([1.0, "2"], "uts[1]: timestamps are finite numbers"),
+        ([1.0, float("inf")], "uts[1]: timestamps are finite numbers"),
+        ([True, 2.0], "uts[0]: timestamps are finite numbers"),
+    ],
+)
+def test_timestamps_that_are_not_finite_numbers_are_refused(uts: Any, said: str) -> None:
+    """A datetime64 uts went on the wire as text: the recorder left the whole batch out of
+    the file, and the job ended ``c``."""
+    with pytest.raises(BlockError, match=_re(said)):
+        Block(uts=uts, data={"v": [1.0, 2.0]}).check()
+    Block(uts=np.asarray([1, 2], dtype=np.int64), data={"v": [1.0, 2.0]}).check()
+
+
+@pytest.mark.parametrize(
+    ("data", "dims", "coords", "said"),
+    [
+        ({"v": [{"a": 1}, {"a": 2}]}, {}, {}, "a point's value must be a number, text, bool"),
+        ({"v": [[1.0, 2.0], [3.0, 4.0]]}, {}, {}, "not list (an array variable names"),
+        ({"v": np.ones((2, 3))}, {}, {}, "2-d values without dims"),
+        ({"p": [[1.0, 2.0], [1.0]]}, {"p": ["f"]}, {"f": [1, 2]}, "a point has shape (1,)"),
+        ({"p": [[1.0, "x"], [1.0, 2.0]]}, {"p": ["f"]}, {"f": [1, 2]}, "must be numbers"),
+        ({"p": np.asarray([["a", "b"], ["c", "d"]])}, {"p": ["f"]}, {"f": [1, 2]}, "numbers"),
+        ({"p": np.ones((2, 2))}, {"p": ["f"]}, {"f": [1.0, float("nan")]}, "or text, not nan"),
+        ({"p": np.ones((2, 2))}, {"p": ["f"]}, {"f": np.asarray([1.0, np.inf])}, "not finite"),
+    ],
+)
+def test_values_a_variable_cannot_hold_are_refused(
+    data: dict[str, Any], dims: dict[str, Any], coords: dict[str, Any], said: str
+) -> None:
+    """A dict went into the file as its Python text; a list without dims, or a NaN
+    coordinate, made the file unwritable; ragged or text arrays became NaN rows (and the
+    job ended ``c``)."""
+    block = Block(uts=[1.0, 2.0], data=data, dims=dims, coords=coords)
+    with pytest.raises(BlockError, match=_re(said)):
+        block.check()
+
+
+def test_float32_reaches_the_file_as_its_float64_value_on_both_paths(tmp_path: Path) -> None:
+    """orjson writes a float32 in its shortest float32 text, which reads back as another
+    float64: a bulk float32(1e-45) came back 29 % off, float32(0.1) as 0.1 where the
+    one-point path wrote float(np.float32(0.1)), 0.10000000149011612."""
+    values = np.asarray([0.1, 1e-45, 3.4e38], dtype=np.float32)
+    block = Block(uts=np.asarray([1.0, 2.0, 3.0], dtype=np.float32), data={"v": values})
+    block.check()
+    (cols,) = to_columns([block], {})
+    raw = encode_batch(
+        component="c",
+        job=1,
+        task=0,
+        epoch=1,
+        stream="s",
+        seq=0,
+        uts=cols.uts,
+        vars=cols.vars,
+        units=cols.units,
+    )
+    path = write_job_file(tmp_path / "f.nc", [RoleInput("r", "{}", [raw])], {})
+    got = load_tree(path)["r"].to_dataset()["v"].values
+    assert got.tolist() == values.astype(np.float64).tolist()
+    one, _ = to_values({"v": np.float32(0.1)}, {}, None)
+    assert one["v"] == got[0]
+
+
+def test_a_name_netcdf_refuses_is_no_disk_error(tmp_path: Path) -> None:
+    """A third-party node's batch with a name the file cannot take: the recorder took
+    netCDF's refusal for a disk error (EIO), tried the fallback folder, and the scheduler
+    tried again every few minutes for ever. It is the data's error: not tried again."""
+    raw = encode_batch(
+        component="c",
+        job=1,
+        task=0,
+        epoch=1,
+        stream="s",
+        seq=0,
+        uts=[1.0],
+        vars={".x": [1.0]},
+        units={},
+    )
+    with pytest.raises(ValueError, match="the file cannot hold the data as it came: .*illegal"):
+        write_job_file(tmp_path / "f.nc", [RoleInput("r", "{}", [raw])], {})
+    assert not list(tmp_path.iterdir())  # and no temporary file left behind
