@@ -172,3 +172,63 @@ def test_a_name_netcdf_refuses_is_no_disk_error(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="the file cannot hold the data as it came: .*illegal"):
         write_job_file(tmp_path / "f.nc", [RoleInput("r", "{}", [raw])], {})
     assert not list(tmp_path.iterdir())  # and no temporary file left behind
+
+
+def _raw(seq: int, uts: list[float], vars: dict[str, Any], **kw: Any) -> bytes:
+    return encode_batch(
+        component="c", job=1, task=0, epoch=1, stream="s", seq=seq, uts=uts, vars=vars, **kw
+    )
+
+
+def test_a_variable_whose_units_change_keeps_each_value_s_units(tmp_path: Path) -> None:
+    """A bulk driver's units went from V to mV between blocks: the file labelled both
+    values mV (units: the last batch's), and the job ended ``c``."""
+    raws = [
+        _raw(0, [1.0], {"E": [1.0], "I": [5.0]}, units={"E": "V", "I": "mA"}),
+        _raw(1, [2.0], {"E": [500.0], "I": [6.0]}, units={"E": "mV", "I": "mA"}),
+        _raw(2, [3.0], {"E": [2.0], "I": [7.0]}, units={"E": "V"}),  # I: units not said
+    ]
+    path = write_job_file(tmp_path / "f.nc", [RoleInput("r", "{}", raws)], {})
+    ds = load_tree(path)["r"].to_dataset()
+    assert ds["E"].attrs["units"] == "V" and ds["E_1"].attrs["units"] == "mV"
+    assert np.array_equal(ds["E"].values, [1.0, np.nan, 2.0], equal_nan=True)
+    assert np.array_equal(ds["E_1"].values, [np.nan, 500.0, np.nan], equal_nan=True)
+    assert ds["I"].values.tolist() == [5.0, 6.0, 7.0] and ds["I"].attrs["units"] == "mA"
+    assert "I_1" not in ds
+
+
+def test_an_array_variable_on_other_dimensions_keeps_its_own(tmp_path: Path) -> None:
+    """``p`` over ``f``, then over ``t``: the second spectrum was labelled with ``f``."""
+    raws = [
+        _raw(0, [1.0], {"p": [[1.0, 2.0]]}, units={}, dims={"p": ["f"]}, coords={"f": [1, 2]}),
+        _raw(1, [2.0], {"p": [[3.0, 4.0]]}, units={}, dims={"p": ["t"]}, coords={"t": [10, 20]}),
+    ]
+    path = write_job_file(tmp_path / "f.nc", [RoleInput("r", "{}", raws)], {})
+    ds = load_tree(path)["r"].to_dataset()
+    assert ds["p"].dims == ("uts", "f") and ds["p_1"].dims == ("uts", "t")
+    assert np.array_equal(ds["p"].values, [[1.0, 2.0], [np.nan, np.nan]], equal_nan=True)
+    assert np.array_equal(ds["p_1"].values, [[np.nan, np.nan], [3.0, 4.0]], equal_nan=True)
+    assert ds["t"].values.tolist() == [10, 20]
+
+
+def test_integers_past_int64_keep_every_digit_within_one_batch(tmp_path: Path) -> None:
+    """numpy makes [2**63 + 5, 1] float64: the file held 9.223372036854776e18 (uint64 was
+    kept only when the big integers came in batches of their own)."""
+    big = [2**63 + 5, 1, 2**64 - 1]
+    raws = [
+        _raw(0, [1.0, 2.0, 3.0], {"n": big}, units={}),
+        _raw(
+            1,
+            [4.0],
+            {"n": [3], "a": [[2**63 + 5, 1]]},
+            units={},
+            dims={"a": ["k"]},
+            coords={"k": [0, 1]},
+        ),
+    ]
+    path = write_job_file(tmp_path / "f.nc", [RoleInput("r", "{}", raws)], {})
+    ds = load_tree(path)["r"].to_dataset()
+    assert ds["n"].dtype == np.uint64 and ds["n"].values[[0, 2]].tolist() == [2**63 + 5, 2**64 - 1]
+    one = write_job_file(tmp_path / "g.nc", [RoleInput("r", "{}", raws[1:])], {})
+    ds = load_tree(one)["r"].to_dataset()
+    assert ds["a"].dtype == np.uint64 and ds["a"].values[-1].tolist() == [2**63 + 5, 1]

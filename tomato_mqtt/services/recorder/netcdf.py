@@ -62,12 +62,38 @@ def _chunk(vals: Sequence[Any]) -> np.ndarray[Any, Any]:
     if isinstance(vals, np.ndarray) and vals.dtype.kind == "O" and _made_here(vals):
         return vals  # (made here already, by _load)
     a = np.asarray(vals)
+    if a.dtype.kind == "f" and len(vals) and type(vals[0]) is int:
+        return _ints(vals, a)
     if a.dtype.kind in "biufU":
         return a
     # None among them, or a mix of kinds: decide per value (rare: slow path)
     if all(v is None or isinstance(v, (int, float, bool)) for v in vals):
         return np.asarray([math.nan if v is None else float(v) for v in vals], dtype=float)
     return np.asarray(["" if v is None else str(v) for v in vals], dtype=object)
+
+
+def _numbers(vals: Any) -> np.ndarray[Any, Any]:
+    """An array variable's values (nested lists) as numpy makes them, integers past
+    int64's range as uint64 (see _ints)."""
+    a = np.asarray(vals)
+    if a.dtype.kind == "f" and not isinstance(vals, np.ndarray):
+        first = vals
+        while isinstance(first, list) and first:
+            first = first[0]
+        if type(first) is int:
+            return _ints(vals, a)
+    return a
+
+
+def _ints(vals: Sequence[Any], made: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+    """Integers numpy made float64 because one is past int64's range: uint64 when all
+    are integers and none is negative (a data-fidelity review: [2**63 + 5, 1] lost its
+    last digits within one batch; only across batches was uint64 kept)."""
+    flat = np.ravel(np.asarray(vals, dtype=object))
+    if all(type(v) is int and v >= 0 for v in flat):
+        with contextlib.suppress(OverflowError, ValueError):
+            return np.asarray(vals, dtype=np.uint64)
+    return made
 
 
 def _int_dtype(parts: Sequence[np.ndarray[Any, Any]]) -> Any:
@@ -134,7 +160,7 @@ def _load(raws: Sequence[bytes], problems: list[str]) -> list[dict[str, Any]]:
                 # the whole batch was left out, and the job could still end c)
                 with contextlib.suppress(ValueError, TypeError):
                     if arrays.get(name):  # (dims [] is a scalar: a review)
-                        b["vars"][name] = np.asarray(col)
+                        b["vars"][name] = _numbers(col)
                     else:
                         b["vars"][name] = _chunk(col)
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as e:
@@ -159,7 +185,7 @@ def _batch_name(b: Any) -> str:
 
 def _array(vals: Sequence[Any], shape: tuple[int, ...]) -> np.ndarray[Any, Any]:
     """One batch's values of an array-valued variable: shape ``(n, *shape)``."""
-    a = np.asarray(vals)
+    a = _numbers(vals)
     if a.dtype.kind not in "biuf":  # nulls (None) among the numbers
         a = np.asarray(vals, dtype=float)
     if a.shape[1:] != shape:
@@ -288,6 +314,59 @@ def _coordinate_sets(batches: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def _variable_versions(batches: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The batches, each variable named by its units and extra dimensions: the first
+    ones a variable has keep its name, others get ``v_1``, ``v_2`` … (NaN where the
+    points have the other ones), as coordinate sets do.
+
+    A bulk driver's units changed from V to mV between blocks (the node starts a new
+    batch then): the file labelled every value mV; a spectrum over ``f``, then over
+    ``t``, was labelled with ``f`` (a data-fidelity review; the job ended ``c``). A
+    batch without units for a variable takes the version of the same dimensions."""
+    taken = {"uts", "task"}
+    for b in batches:
+        taken.update(b["vars"])
+        taken.update(b.get("coords") or {})
+    versions: dict[str, list[list[Any]]] = {}  # name -> [[units, dims, its name], ...]
+    out = []
+    for b in batches:
+        units = b.get("units") or {}
+        bdims = b.get("dims") or {}
+        renamed: dict[str, str] = {}
+        for name in b["vars"]:
+            u, d = units.get(name), tuple(bdims.get(name) or ())
+            known = versions.setdefault(name, [])
+            for v in known:
+                if v[1] == d and (u is None or v[0] is None or v[0] == u):
+                    if v[0] is None:
+                        v[0] = u
+                    break
+            else:
+                new = name
+                if known:
+                    k = 1
+                    while f"{name}_{k}" in taken:
+                        k += 1
+                    new = f"{name}_{k}"
+                    taken.add(new)
+                v = [u, d, new]
+                known.append(v)
+            if v[2] != name:
+                renamed[name] = v[2]
+        if not renamed:
+            out.append(b)
+            continue
+        out.append(
+            {
+                **b,
+                "vars": {renamed.get(k, k): c for k, c in b["vars"].items()},
+                "units": {renamed.get(k, k): u for k, u in units.items()},
+                "dims": {renamed.get(k, k): ds for k, ds in bdims.items()},
+            }
+        )
+    return out
+
+
 def _role_group(ri: RoleInput, problems: list[str]) -> Group:
     batches = _load(ri.batches, problems)
 
@@ -304,7 +383,7 @@ def _role_group(ri: RoleInput, problems: list[str]) -> Group:
         first = (b["seq"], b["uts"][0] if len(b["uts"]) else math.inf)
         began[stream(b)] = min(began.get(stream(b), first), first)
     batches.sort(key=lambda b: (began[stream(b)][1], stream(b), b["seq"]))
-    batches = _coordinate_sets(batches)
+    batches = _variable_versions(_coordinate_sets(batches))
     lens = [len(b["uts"]) for b in batches]
     names: dict[str, None] = {}
     units: dict[str, str] = {}
