@@ -232,3 +232,44 @@ def test_integers_past_int64_keep_every_digit_within_one_batch(tmp_path: Path) -
     one = write_job_file(tmp_path / "g.nc", [RoleInput("r", "{}", raws[1:])], {})
     ds = load_tree(one)["r"].to_dataset()
     assert ds["a"].dtype == np.uint64 and ds["a"].values[-1].tolist() == [2**63 + 5, 1]
+
+
+def test_infinities_reach_the_file_on_both_paths(tmp_path: Path) -> None:
+    """JSON has no infinity: orjson wrote ±inf as null, and the file held NaN (the job
+    ``c``). The batch says where they were (``nonfinite``), and the recorder puts them
+    back; a reader that ignores it reads missing values, as before."""
+    import orjson
+
+    inf = float("inf")
+    one = to_values({"v": inf, "w": -inf, "x": float("nan")}, {}, None)[0]
+    bulk = Block(
+        uts=np.asarray([1.0, 2.0]),
+        data={"a": np.asarray([inf, 1.0]), "p": np.asarray([[1.0, -inf], [inf, 2.0]])},
+        dims={"p": ("f",)},
+        coords={"f": [1, 2]},
+    )
+    bulk.check()
+    (cols,) = to_columns([bulk], {})
+    raws = [
+        _raw(0, [0.5], {k: [v] for k, v in one.items()}, units={}),
+        _raw(1, [1.0, 2.0], {"a": [1.0, -inf]}, units={}),  # lists, as one-point runs
+        _raw(2, cols.uts, cols.vars, units={}, dims=cols.dims, coords=cols.coords),
+    ]
+    wire = orjson.loads(raws[0])
+    assert wire["vars"]["v"] == [None] and wire["nonfinite"] == {
+        "v": {"inf": [0]},
+        "w": {"-inf": [0]},
+    }
+    assert orjson.loads(raws[2])["nonfinite"] == {"a": {"inf": [0]}, "p": {"inf": [2], "-inf": [1]}}
+    path = write_job_file(tmp_path / "f.nc", [RoleInput("r", "{}", raws[:1])], {})
+    ds = load_tree(path)["r"].to_dataset()
+    assert ds["v"].values.tolist() == [inf] and ds["w"].values.tolist() == [-inf]
+    assert np.isnan(ds["x"].values[0])
+    path = write_job_file(tmp_path / "g.nc", [RoleInput("r", "{}", raws[1:])], {})
+    ds = load_tree(path)["r"].to_dataset()
+    assert ds["a"].values.tolist() == [1.0, -inf, inf, 1.0]
+    assert np.array_equal(
+        ds["p"].values,
+        [[np.nan, np.nan], [np.nan, np.nan], [1.0, -inf], [inf, 2.0]],
+        equal_nan=True,
+    )

@@ -3,7 +3,7 @@ recorder's replay and ack requests to a node (see DESIGN §4 and docs/output.md)
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
@@ -25,6 +25,12 @@ class DataBatch(WireModel):
     batch belong to the same task. ``n`` is ``len(uts)`` (written before the columns, so
     a reader can count points without parsing them). A value that could not be measured
     is null (JSON has no NaN).
+
+    **Infinities**: JSON has no infinity either; a value that is +inf or -inf is null in
+    ``vars`` too, and ``nonfinite`` says which: variable -> ``{"inf": [i, ...], "-inf":
+    [i, ...]}``, indices into the variable's values flattened in order (for an
+    array-valued variable, ``point * size_of_one_point + offset``). A reader that ignores
+    ``nonfinite`` reads them as missing values.
 
     **Array-valued variables**: a variable named in ``dims`` has, per point, a nested
     list whose axes are the extra dimensions listed there (in order); each extra
@@ -53,6 +59,11 @@ class DataBatch(WireModel):
     )
     coords: dict[str, list[float | int | str]] = Field(
         default_factory=dict, description="extra dimension -> its coordinate values"
+    )
+    nonfinite: dict[str, dict[Literal["inf", "-inf"], list[int]]] = Field(
+        default_factory=dict,
+        description="variable -> the flat indices of its values that are +inf / -inf "
+        "(null in vars: JSON has no infinity)",
     )
 
     @model_validator(mode="after")

@@ -163,6 +163,8 @@ def _load(raws: Sequence[bytes], problems: list[str]) -> list[dict[str, Any]]:
                         b["vars"][name] = _numbers(col)
                     else:
                         b["vars"][name] = _chunk(col)
+            if b.get("nonfinite"):
+                _restore_infinities(b)
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as e:
             what = _batch_name(b)
             log.error("%s cannot go into the file (%s): left out", what, e)
@@ -170,6 +172,28 @@ def _load(raws: Sequence[bytes], problems: list[str]) -> list[dict[str, Any]]:
             continue
         out.append(b)
     return out
+
+
+def _restore_infinities(b: dict[str, Any]) -> None:
+    """+inf and -inf where the batch's ``nonfinite`` says (null on the wire, as JSON has
+    no infinity: see DataBatch)."""
+    for name, where in b["nonfinite"].items():
+        col = b["vars"].get(name)
+        if not isinstance(where, dict) or col is None:
+            continue
+        if not isinstance(col, np.ndarray):
+            continue  # a column numpy could not make: the write says what is wrong
+        text = col.dtype.kind in "OU"  # a column of mixed kinds is written as text
+        if text:
+            col = b["vars"][name] = col.astype(object)
+        elif col.dtype.kind != "f":
+            continue
+        flat = col.reshape(-1)
+        for key, sign in (("inf", 1.0), ("-inf", -1.0)):
+            idx = np.asarray(where.get(key) or [], dtype=np.int64)
+            if idx.size and (idx.min() < 0 or idx.max() >= flat.size):
+                raise ValueError(f"nonfinite.{name}.{key}: an index is out of range")
+            flat[idx] = key if text else sign * math.inf
 
 
 def _batch_name(b: Any) -> str:
