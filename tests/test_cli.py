@@ -524,6 +524,7 @@ def test_common_options_reach_the_command(tmp_path: Path) -> None:
     from tomato_mqtt.cli import ketchup, tomato
 
     port = free_port()  # nobody listens: the error names where it tried
+    (tmp_path / "settings.toml").write_text("")
     args = ["-A", str(tmp_path), "-p", str(port), "--instance", "lab9", "-t", "1"]
     for app, argv in (
         (tomato.app, ["pipeline", "load", "X", "Y", *args]),
@@ -606,3 +607,44 @@ def test_local_commands_answer_with_a_reply_under_json_and_yaml(tmp_path: Path) 
     )
     assert sch.returncode == 0, sch.stderr
     assert json.loads(sch.stdout)["data"]["asyncapi"].startswith("3."), sch.stdout[:200]
+
+
+def test_a_mistyped_app_folder_is_said_not_taken_for_the_defaults(stack: Stack) -> None:
+    """An admin's tour: with ``-A`` naming a folder without settings.toml (a typo), the
+    CLI used the defaults: `tomato status` reported the stack on the default port, and
+    `tomato stop` stopped it. Every call through the stack's settings says so now; with
+    the broker given, the folder's settings are not needed."""
+    typo = stack.appdir.parent / (stack.appdir.name + "x")
+    for argv in (
+        ("tomato", "status"),
+        ("tomato", "stop"),
+        ("ketchup", "status"),
+        ("passata", "status", "x"),
+    ):
+        res = subprocess.run(
+            [str(BIN / argv[0]), *argv[1:], "-A", str(typo)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert res.returncode == 1, (argv, res)
+        assert res.stderr.startswith(f"error: no settings.toml in {typo} (-A/--appdir): is the"), (
+            res
+        )
+    res = subprocess.run(
+        [
+            str(BIN / "tomato"),
+            "status",
+            "-A",
+            str(typo),
+            "-b",
+            f"mqtt://127.0.0.1:{stack.port}",
+            "--instance",
+            stack.instance,
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert res.returncode == 0 and json.loads(res.stdout)["success"], res

@@ -284,6 +284,7 @@ def test_tomato_start_fails_alike_on_both_paths(tmp_path: Path) -> None:
 
 def test_fast_path_imports_no_typer_paho_asyncio_or_pydantic(tmp_path: Path) -> None:
     """A fast call (here one that finds no broker) loads none of the heavy modules."""
+    (tmp_path / "settings.toml").write_text("")  # an app folder, as -A names one
     code = (
         "import sys\n"
         "from tomato_mqtt.cli import fast\n"
@@ -446,6 +447,7 @@ async def test_a_submit_nobody_answered_says_the_job_may_still_come(
     """Found by a user: with the scheduler paused, `ketchup submit` said nobody answered;
     the scheduler took the job once it went on, and the job submitted again ran twice.
     The message says so, on both paths (here no scheduler listens at all)."""
+    (tmp_path / "settings.toml").write_text("")  # an app folder, as -A names one
     job = tmp_path / "job.yml"
     job.write_text("version: '2.2'\nsample: {name: s}\nmethod: []\n")
     env = {k: v for k, v in os.environ.items() if k != "TOMATO_BROKER"}
@@ -482,6 +484,7 @@ def test_ctrl_c_while_a_call_waits_is_one_line_not_a_traceback(
 ) -> None:
     """A newcomer's tour: Ctrl-C while a call waited (a broker that does not answer, a
     wrong --instance: when users press it) printed ~25 lines of traceback."""
+    (tmp_path / "settings.toml").write_text("")  # an app folder, as -A names one
     import signal
     import socket
     import time
@@ -526,6 +529,7 @@ def test_a_file_that_is_no_yaml_or_json_is_not_sent_as_a_payload(tmp_path: Path,
     scheduler ("invalid YAML: ..."), and so would /etc/shadow ("version: field
     required"). As tomato: a payload is a YAML or JSON file; nothing is sent (no broker
     runs on the port here: the refusal comes first)."""
+    (tmp_path / "settings.toml").write_text("")  # an app folder, as -A names one
     f = tmp_path / name
     f.write_text("import os\n")
     res = subprocess.run(

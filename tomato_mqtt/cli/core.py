@@ -8,6 +8,8 @@ to send a request, one request, and the one way to fail.
 
 from __future__ import annotations
 
+import os
+
 from tomato_mqtt.cli.denied import denied
 from tomato_mqtt.cli.fastsettings import light_mqtt
 from tomato_mqtt.cli.output import Output, echo
@@ -183,6 +185,18 @@ class CallContext(Record):
         return f"broker {self.url}, instance {self.instance}"
 
 
+def _settings_there(appdir: Dir) -> None:
+    """An app folder given with -A holds settings.toml: a mistyped one fell back to the
+    defaults without a word, so `tomato stop -A <typo>` stopped another stack on the
+    default port, and a status reported that one (an admin's tour)."""
+    app = os.path.abspath(os.path.expanduser(os.fspath(appdir) or "."))
+    if not os.path.isfile(os.path.join(app, "settings.toml")):
+        fail(
+            f"no settings.toml in {app} (-A/--appdir): is the folder mistyped? `tomato init "
+            f"-A {app}` makes one there; give the broker with -b/--broker to go without"
+        )
+
+
 def context(
     port: int | None = None,
     broker: str | None = None,
@@ -195,6 +209,8 @@ def context(
     ctx = CallContext(
         url=BrokerURL(), instance="", appdir=appdir, datadir=datadir, logdir=logdir, port=port
     )
+    if appdir is not None and not broker:
+        _settings_there(appdir)
     light = light_mqtt(appdir)
     if light is None:
         m = ctx.settings.mqtt
