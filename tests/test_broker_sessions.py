@@ -347,3 +347,34 @@ async def test_a_session_resumed_after_its_role_was_lowered_gets_only_what_it_ma
         await asyncio.sleep(1.5)
         back.close()
         assert back.got == [t.scheduler_status()], back.got
+
+
+async def test_a_client_the_broker_no_longer_takes_back_says_so(
+    tmp_path: Path, instance: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An admin's tour: a node whose password was changed on the broker lost its
+    connection and retried every 2 s for good; its log said only "lost the connection",
+    the refusals were at debug level. It says once why it cannot come back."""
+    caplog.set_level("WARNING", logger="tomato_mqtt.transport.client")
+    async with secured("amqtt", tmp_path, instance) as b:
+        cid = f"pc2-{uuid.uuid4().hex}"
+        node = AsyncClient(b.url("olga"), client_id=cid)
+        await node.connect()
+        try:
+            b.users.set_password("olga", "a-new-password")
+            b.users.save()
+            await asyncio.sleep(1.2)  # the broker looks at the users file every 0.5 s
+            # the same login with the new password takes the client id over: the old
+            # connection is closed, and its reconnects carry the old password
+            taker = Raw(b, "olga", client_id=cid, password="a-new-password")
+            assert await taker.connect()
+            for _ in range(100):
+                if "refuses to take this client back" in caplog.text:
+                    break
+                await asyncio.sleep(0.05)
+            taker.close()
+            said = [r.getMessage() for r in caplog.records if "refuses to take" in r.getMessage()]
+            assert len(said) == 1 and cid in said[0] and "not authorised" in said[0], said
+        finally:
+            node._reconnect_enabled = False
+            await node.disconnect()

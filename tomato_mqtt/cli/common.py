@@ -60,6 +60,7 @@ from tomato_mqtt.cli.core import (
     context,
     fail,
     load_settings,
+    oneshot_failed,
     run_request,
 )
 from tomato_mqtt.cli.denied import denied
@@ -83,6 +84,7 @@ __all__ = [
     "emit",
     "fail",
     "load_settings",
+    "oneshot_failed",
     "options",
     "run_async",
     "run_request",

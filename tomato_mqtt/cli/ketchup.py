@@ -211,8 +211,8 @@ def _snapshot_one(t: Tomato, ctx: common.CallContext, jobid: int) -> oneshot.Rep
     target = Path.cwd() / f"snapshot.{jobid}.nc"
     try:
         r = t.request(ctx.topics.scheduler_cmd("job_snapshot"), {"jobid": jobid})
-    except oneshot.OneShotError as e:
-        common.fail(f"{e} ({ctx.where()})")
+    except oneshot.OneShotError as e:  # a reader's request the broker dropped: said so
+        common.oneshot_failed(ctx, e)
     if not r.success or not isinstance(r.data, dict):
         return r
     try:

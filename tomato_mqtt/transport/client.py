@@ -411,11 +411,27 @@ class AsyncClient(_LoopDriven):
 
     async def _reconnect_loop(self) -> None:
         delay = 0.05
+        told: set[str] = set()
         while not self._closing and not self._connected.is_set():
             self._drop_socket()
             try:
                 await wait_for(self._connect_once(), 5.0)
+                if told:
+                    log.warning("%s: connected to %s again", self.client_id, self.url)
                 return
+            except (MqttRefused, MqttUntrusted) as e:
+                # the broker is there and says no (a password changed, a user removed, a
+                # certificate replaced): said once per reason, not at debug level only
+                # (an admin's tour: a node lost for ever, its log silent)
+                if str(e) not in told:
+                    told.add(str(e))
+                    log.warning(
+                        "%s: the broker at %s refuses to take this client back: %s "
+                        "(trying again every 2 s)",
+                        self.client_id,
+                        self.url,
+                        e,
+                    )
             except (OSError, MqttError, asyncio.TimeoutError) as e:
                 log.debug("%s: reconnect to %s failed: %s", self.client_id, self.url, e)
             await asyncio.sleep(delay)

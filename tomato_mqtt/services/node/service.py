@@ -199,7 +199,7 @@ class NodeService(Service):
         # not guessable from what the node publishes (its pid is in its status): a
         # broker that lets any login take over a client id (Mosquitto does) cannot be
         # used to cut this node off by someone who reads its status
-        self._client_id = f"node-{slug(self.name)}-{os.getpid()}-{os.urandom(4).hex()}"
+        self._client_id = f"node-{slug(self.name)}-{os.getpid()}-{os.urandom(8).hex()}"
 
     @property
     def client_id(self) -> str:

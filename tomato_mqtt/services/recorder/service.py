@@ -132,7 +132,7 @@ class RecorderService(Service):
         self.started_at = time.time()
         # default: only below the recorder's own data folder (settings give datadir + home)
         self.guard = WriteGuard(output_roots or [db_path.parent], users_file)
-        self._client_id = f"recorder-{instance}-{uuid.uuid4().hex[:6]}"
+        self._client_id = f"recorder-{instance}-{uuid.uuid4().hex[:16]}"
         self._stored = asyncio.Condition()
         self._waiting = 0  # finalize calls waiting for the next stored batch
         self.store: BatchStore | None = None

@@ -83,7 +83,7 @@ class SchedulerService(Service):
         self.settings = settings
         #: as the stack started: what its services read once (reload compares with it)
         self.started_with = settings
-        self._client_id = f"scheduler-{settings.mqtt.instance}-{uuid.uuid4().hex[:6]}"
+        self._client_id = f"scheduler-{settings.mqtt.instance}-{uuid.uuid4().hex[:16]}"
         self.node_grace_period = settings.scheduler.node_grace_period
         self.stuck_after = settings.scheduler.stuck_after
         self._kick = asyncio.Event()
