@@ -47,12 +47,22 @@ __all__ = ["SchedulerOps"]
 log = logging.getLogger(__name__)
 
 
-def _submitted(job: Job) -> Result:
+def _submitted(job: Job, note: str = "") -> Result:
     """A submit's answer: the job it queued (also to the same submission sent again)."""
     named = f" and jobname {job.jobname!r}" if job.jobname else ""  # as tomato says it
     return Result(
-        f"job submitted successfully with jobid {job.id}{named}", job.model_dump(mode="json")
+        f"job submitted successfully with jobid {job.id}{named}{note}",
+        job.model_dump(mode="json"),
     )
+
+
+def _under(folder: Path, roots: list[Path]) -> bool:
+    """``folder`` (resolved as far as it exists) lies under one of ``roots``."""
+    try:
+        target = folder.resolve()
+    except OSError:
+        return False
+    return any(target == r or r in target.parents for r in roots)
 
 
 def _payload_from_text(text: str) -> dict[str, Any]:
@@ -275,12 +285,25 @@ class SchedulerOps:
             own = self.svc.settings.jobs_dir / str(job.id)
             base = output_dir(out.get("path"), a.submit_dir, own)
             prefix = out.get("prefix") or f"results.{job.id}"
+            note = ""
+            roots = self.svc.settings.output_roots
+            if not _under(base, roots):
+                # the recorder will refuse it: said now, and the job names the file it
+                # will have (an admin's tour: a secured stack's submit printed a path
+                # that was never written, and each job's reason said so at its end)
+                note = (
+                    f"; its results go to {own / f'{prefix}.nc'} on the scheduler's PC: "
+                    f"{base} is outside the folders the recorder may write to "
+                    f"({', '.join(map(str, roots))}; [recorder] output_roots): "
+                    f"`ketchup snapshot {job.id}` fetches a copy"
+                )
+                base = own
             job = self.store.update_job(job.id, respath=str(base / f"{prefix}.nc"))
         await self.svc.publish_job(job)
         log.info("job %d submitted (%s)", job.id, job.jobname or "no name")
         self.svc.job_event(job.id, "queued", status=job.status)
         await self.queue.place(job)
-        return _submitted(self.store.job(job.id))
+        return _submitted(self.store.job(job.id), note)
 
     def _jobs(self, ids: list[int] | None) -> list[Job]:
         if not ids:
