@@ -105,6 +105,12 @@ def roles(st: Stack, tmp_path: Path) -> None:
     assert "role operator" in errs[4]
     assert "'set_attr'" in errs[6]
     assert "idle" in allowed(st, "olga", "passata", "status", cmp)
+    # a reader sees a component's attributes from its meta, each value saying why it is
+    # missing (they were left out without a word: an admin's tour)
+    got = json.loads(allowed(st, "rita", "passata", "attrs", cmp, "-t", "1", "--json"))
+    assert got["data"] and all(
+        "value" not in a and "a reader may not" in a["error"] for a in got["data"].values()
+    ), got
     assert "running" in allowed(st, "rita", "tomato", "status")  # none stopped it
     # ... but runs jobs, and only their own
     allowed(st, "olga", "tomato", "pipeline", "load", "pip-counter-1", "counter_1_0.1")

@@ -6,7 +6,6 @@ retained meta the node publishes; current values from the node (``get_attr``).
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Mapping
 from typing import Annotated, Any
 
@@ -32,29 +31,40 @@ def attrs(component: ComponentArg, opts: common.Opts) -> None:
         data: dict[str, Any] = {  # every key of tomato's Attr, unset ones null
             k: v.model_dump(mode="json") for k, v in meta.attrs.items()
         }
+        msg = f"{len(data)} attr(s) of {name}"
         if meta.registered and data:
-            with contextlib.suppress(NoResponder):
-                get = components.cmd("get_attr", {"attrs": sorted(data)}, opts.timeout)
+            get = components.cmd("get_attr", {"attrs": sorted(data)}, opts.timeout)
+            try:
                 r = await get(req, name)
-                if r.success and isinstance(r.data, dict):
-                    for k, v in r.data.items():
-                        if k in data:
-                            data[k]["value"] = v
-                elif "driver error reading" in r.msg:
-                    # one attr the driver cannot read: the others' values, its error
-                    # (every value was dropped without a word: a newcomer's tour)
-                    for k in sorted(data):
-                        one = components.cmd("get_attr", {"attrs": [k]}, opts.timeout)
-                        try:
-                            r1 = await one(req, name)
-                        except NoResponder as e:
-                            data[k]["error"] = str(e)
-                            continue
-                        if r1.success and isinstance(r1.data, dict) and k in r1.data:
-                            data[k]["value"] = r1.data[k]
-                        else:
-                            data[k]["error"] = r1.msg
-        return Reply(id="", success=True, msg=f"{len(data)} attr(s) of {name}", data=data)
+            except NoResponder as e:
+                # each value says why it is missing (they were left out without a word:
+                # a reader's request, which the broker drops; an admin's tour)
+                why = (
+                    f"value not read: {e} (the node does not answer, or this login may not"
+                    " ask it: a reader may not)"
+                )
+                for k in data:
+                    data[k]["error"] = why
+                return Reply(id="", success=True, msg=f"{msg}; {why}", data=data)
+            if r.success and isinstance(r.data, dict):
+                for k, v in r.data.items():
+                    if k in data:
+                        data[k]["value"] = v
+            elif "driver error reading" in r.msg:
+                # one attr the driver cannot read: the others' values, its error
+                # (every value was dropped without a word: a newcomer's tour)
+                for k in sorted(data):
+                    one = components.cmd("get_attr", {"attrs": [k]}, opts.timeout)
+                    try:
+                        r1 = await one(req, name)
+                    except NoResponder as e:
+                        data[k]["error"] = str(e)
+                        continue
+                    if r1.success and isinstance(r1.data, dict) and k in r1.data:
+                        data[k]["value"] = r1.data[k]
+                    else:
+                        data[k]["error"] = r1.msg
+        return Reply(id="", success=True, msg=msg, data=data)
 
     components.run(component, call, _attrs_human, opts)
 
