@@ -410,6 +410,19 @@ def test_unknown_keys_are_ignored_as_tomato_does_and_named(tmp_path: Path) -> No
     assert layout.devices["dev-counter"].pollrate == 1.0  # the typo did not set it
 
 
+def test_a_misspelt_node_is_refused_not_ignored(tmp_path: Path) -> None:
+    """An admin's tour: ``nod: pc2`` was ignored with a warning, as tomato 2.2 ignores
+    keys it does not know, and the instrument moved to the scheduler PC's node. ``node``
+    is not tomato 2.2's: a misspelling of it is refused, naming the entry."""
+    p = write(tmp_path, BASE_DEVICES.rstrip("\n") + "\n    nod: pc2\n" + "pipelines: []\n")
+    with pytest.raises(ConfigError) as ei:
+        load_devices(p)
+    assert str(ei.value) == (
+        f"{p}: devices[0] 'dev-counter': unknown key 'nod': did you mean 'node'? (were it "
+        "ignored, the device would run on the default node, not on the PC it names)"
+    )
+
+
 def test_yaml_syntax_error_names_the_line(tmp_path: Path) -> None:
     p = write(tmp_path, "devices:\n  - name: a\n   driver: x\n")
     with pytest.raises(ConfigError) as ei:
