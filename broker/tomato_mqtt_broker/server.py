@@ -11,6 +11,7 @@ import logging
 import os
 import signal
 import socket
+import ssl
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -883,6 +884,11 @@ def _broker_class(
             self.connections.add(writer)
             try:
                 await super().stream_connected(reader, writer, listener_name)
+            except (ssl.SSLError, ConnectionError) as e:
+                # a TLS client that goes as it is refused (or goes at all) leaves amqtt's
+                # close of the stream raising: one line, not 25 of traceback per refused
+                # login in the broker's log (an admin's tour)
+                log.info("%s: the connection ended: %s", listener_name, _reason(e))
             finally:
                 self.connections.discard(writer)
                 if not writer.is_closing():
