@@ -1425,3 +1425,20 @@ async def test_points_the_file_cannot_hold_as_they_came_are_not_a_c(
         status, reason = judge_file("c", None, rep.data)  # type: ignore[arg-type]
         assert status == "ce", (status, reason)
         assert "the file could not hold stored points as they came: role counter" in reason
+
+
+async def test_nothing_launches_once_a_stop_was_accepted(
+    broker: RunningBroker, instance: str, tmp_path: Path
+) -> None:
+    """A fault-injection review: `tomato stop` and a `pipeline ready` right after it were
+    both accepted; the job launched, was stopped with the stack, and ended ce "… not
+    started again" at the next start, without having run. Once a stop is accepted (the
+    state `stop` leaves before the stack goes), a job stays queued."""
+    from tests.inproc import inproc_stack
+
+    async with inproc_stack(broker.port, tmp_path, instance) as st:
+        st.scheduler.exit_requested = True  # as ops.stop sets it, before the stack stops
+        job = await st.submit_counter("pip-counter-1", 0.5, 0.1, tmp_path)
+        await asyncio.sleep(1.0)
+        now = st.scheduler.store.job(job.id)
+        assert now.status in ("q", "qw") and now.launched_at is None, now

@@ -225,6 +225,11 @@ class QueuePass:
             layouts=svc.layout.pipelines,
             occupied=occupied,
         )
+        if svc.exit_requested:
+            # the stack is stopping: a job launched now was stopped with it and ended ce
+            # "… not started again" at the next start (a fault-injection review); it
+            # stays queued and runs after the start
+            launches = []
         # the queue's changes and the launches they allow: one transaction (one fsync
         # between a submit and its first task, not one per step); told once stored
         queued: list[Job] = []
