@@ -487,3 +487,44 @@ def test_a_node_whose_spool_cannot_be_read_says_so_in_one_line(tmp_path: Path) -
     )
     assert res.returncode == 1, res
     assert res.stderr.count("cannot be read (file is not") == 1, res.stderr
+
+
+@pytest.mark.parametrize(
+    "why",
+    [
+        "database or disk is full",
+        "attempt to write a readonly database",
+        "unable to open database file",
+        "disk I/O error",
+    ],
+)
+def test_a_state_file_that_cannot_be_written_is_not_called_unreadable(
+    tmp_path: Path, why: str
+) -> None:
+    """A fault-injection review: a full disk, a read-only file or an unwritable folder
+    was reported as "cannot be read … move it away to start afresh (the queue and the
+    pipelines' samples are lost …)", about a file that was intact: once space came back
+    the job ended c with every point. Following the advice threw the queue away."""
+    import sqlite3
+
+    from tomato_mqtt.config.statefiles import opened
+    from tomato_mqtt.errors import StartupError
+
+    path = tmp_path / "state.sqlite"
+
+    def fails() -> None:
+        raise sqlite3.OperationalError(why)
+
+    with pytest.raises(StartupError) as e:
+        opened("state", path, "the scheduler", fails)
+    said = str(e.value)
+    assert said.startswith(f"the scheduler's state file {path} cannot be written ({why})"), said
+    assert "free space on its disk" in said and "do not move it away" in said, said
+
+    def garbage() -> None:
+        raise sqlite3.DatabaseError("file is not a database")
+
+    with pytest.raises(StartupError) as e:
+        opened("state", path, "the scheduler", garbage)
+    assert "cannot be read (file is not a database)" in str(e.value)
+    assert "move it away to start afresh" in str(e.value)

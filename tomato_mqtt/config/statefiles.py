@@ -74,13 +74,36 @@ def opened(kind: str, path: Path, who: str, open_: Callable[[], T]) -> T:
         raise StartupError(what_to_do(kind, path, str(e), f"{who} cannot start")) from None
 
 
+#: SQLite's words for a file it cannot *write* (or open for writing): its disk, its
+#: folder's or its own permissions; the file itself may well be intact
+_NOT_WRITABLE = (
+    "disk is full",
+    "readonly",
+    "unable to open",
+    "disk I/O error",
+    "Permission denied",
+    "Read-only file system",
+    "No space left",
+)
+
+
 def what_to_do(kind: str, path: Path, why: str, outcome: str = "nothing was started") -> str:
-    """One message: which file, why, and what moving it away costs."""
+    """One message: which file, why, and what to do: free space or fix permissions when
+    it cannot be written (a fault-injection review: a full disk or an unwritable folder
+    was reported as an unreadable file, with advice that would have thrown the intact
+    queue away), else what moving it away costs."""
     what = {
         "state": "the scheduler's state file",
         "recorder": "the recorder's store",
         "spool": "the node's spool",
     }[kind]
+    if any(w in why for w in _NOT_WRITABLE):
+        return (
+            f"{what} {path} cannot be written ({why}): {outcome}. The file itself may "
+            f"well be intact: free space on its disk, or let this user write {path.parent} "
+            f"and the file (SQLite writes {path.name}-wal and -shm beside it); do not move "
+            f"it away: {_COSTS[kind]}"
+        )
     return (
         f"{what} {path} cannot be read ({why}): {outcome}. Restore it from a "
         f"backup, or move it away to start afresh ({_COSTS[kind]})"
