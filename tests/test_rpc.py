@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
 
 import pytest
 from pydantic import JsonValue, ValidationError
@@ -315,3 +316,46 @@ async def test_the_scheduler_asks_the_recorder_again_when_a_finalize_or_its_answ
     assert (ok, msg, data) == (True, "written", {"path": "x.nc"})
     assert len(copies) == 2 and copies[0] == copies[1], copies  # the same request again
     assert took < 5, f"answered after {took:.1f} s: the lost copy was waited out"
+
+
+async def test_a_store_that_cannot_be_written_is_unavailable_not_internal(
+    broker: RunningBroker, instance: str, tmp_path: Path
+) -> None:
+    """A fault-injection review: with the scheduler's state file on a full disk, a
+    submit was answered "internal error in scheduler: OperationalError('database or disk
+    is full')". SQLite's refusal to write is ``unavailable``, said as such."""
+    import sqlite3
+
+    path = tmp_path / "s.sqlite"
+    sqlite3.connect(path).execute("CREATE TABLE t (x)").connection.commit()
+    ro = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+
+    async def store(args: Mapping[str, JsonValue]) -> Result:
+        ro.execute("INSERT INTO t VALUES (1)")  # a real refusal: read-only
+        return Result("stored")
+
+    topics = Topics(instance)
+    async with AsyncClient(broker.url, client_id=f"{instance}-server") as server:
+        responder = Responder(server, topics, {"store": store}, name="scheduler")
+        await server.subscribe(topics.scheduler_cmds())
+
+        async def loop() -> None:
+            async for msg in server.messages():
+                parsed = topics.parse(msg.topic)
+                if parsed is not None and parsed.op is not None:
+                    await responder.handle(msg, parsed.op)
+
+        task = asyncio.create_task(loop())
+        try:
+            async with AsyncClient(broker.url, client_id=f"{instance}-cli") as cli:
+                req = Requester(cli, topics)
+                reply = await req.request(topics.scheduler_cmd("store"), {}, timeout=T)
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    assert (reply.success, reply.code) == (False, "unavailable"), reply
+    assert reply.msg.startswith(
+        "scheduler cannot store this now (attempt to write a readonly database): it was not"
+    ), reply
+    assert "internal" not in reply.msg

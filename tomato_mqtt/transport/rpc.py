@@ -453,6 +453,15 @@ class Responder:
         except OSError as e:
             return fail(str(e), "unavailable")
         except Exception as e:  # a bug must not take the service down
+            if type(e).__module__ == "sqlite3" and type(e).__name__ == "OperationalError":
+                # its store cannot be written now (a full disk, a read-only file): said as
+                # such, not "internal error" (a fault-injection review)
+                log.error("%s: operation %s: its store cannot be written: %s", self.name, op, e)
+                return fail(
+                    f"{self.name} cannot store this now ({e}): it was not done; free space "
+                    "or fix the permissions of its data folder, then try again",
+                    "unavailable",
+                )
             log.exception("%s: operation %s failed", self.name, op)
             return fail(f"internal error in {self.name}: {e!r}", "internal")
 
