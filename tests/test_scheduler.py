@@ -428,8 +428,16 @@ def test_reload_applies_changes_and_refuses_those_touching_a_running_job(
         rep = ask(st, "reload")
         assert not rep.success and "pipeline pip-counter-1" in rep.msg, rep
 
-        # removing what no job uses is applied while the job runs
+        # removing a pipeline that holds a sample is refused, naming it (the sample
+        # went with it without a word: a fault-injection review); once ejected it goes
+        ok(st, "pipeline_load", pipeline="pip-ps-2", sample="s-ps")
         _write_devices(st, base)
+        rep = ask(st, "reload")
+        assert not rep.success and rep.code == "conflict", rep
+        assert "remove pipeline(s) pip-ps-2 (sample 's-ps'), which hold a sample" in rep.msg
+        assert "pip-ps-1" in set(ok(st, "status", what="pipelines"))  # nothing changed
+        ok(st, "pipeline_eject", pipeline="pip-ps-2")
+        # removing what no job uses is applied while the job runs
         ok(st, "reload")
         names = set(ok(st, "status", what="pipelines"))
         assert "pip-ps-1" not in names and "pip-counter-1" in names
