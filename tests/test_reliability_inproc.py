@@ -1442,3 +1442,29 @@ async def test_nothing_launches_once_a_stop_was_accepted(
         await asyncio.sleep(1.0)
         now = st.scheduler.store.job(job.id)
         assert now.status in ("q", "qw") and now.launched_at is None, now
+
+
+async def test_a_state_file_removed_while_the_scheduler_runs_is_written_back(
+    broker: RunningBroker, instance: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A fault-injection review: with state.sqlite (and its -wal, -shm) removed while the
+    scheduler ran, it went on writing to the open, nameless file: a submit, a sample and
+    a job's end were accepted, and all of it was gone at the next start. At its next
+    heartbeat the file is written back from the open copy, and later writes go there."""
+    from tests.inproc import inproc_stack
+    from tomato_mqtt.services.scheduler.store import StateStore
+
+    async with inproc_stack(broker.port, tmp_path, instance) as st:
+        path = st.settings.state_db
+        job = await st.submit_counter("pip-counter-1", 0.3, 0.1, tmp_path)
+        for f in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+            f.unlink(missing_ok=True)
+        await st.scheduler.on_heartbeat()  # (every heartbeat; here at once)
+        assert path.is_file()
+        assert "was removed while the scheduler ran: written back" in caplog.text
+        ended = await st.wait_job(job.id, {"c", "ce", "cd"}, timeout=30)
+        assert ended.status == "c", ended
+        await st.call("pipeline_load", {"pipeline": "pip-counter-2", "sample": "after"})
+        with StateStore(path) as again:  # what the next start reads
+            assert again.job(job.id).status == "c"
+            assert again.pipeline("pip-counter-2").sampleid == "after"

@@ -103,6 +103,7 @@ class SchedulerService(Service):
         self._settled = asyncio.Event()  # every component registered (or failed to)
         self.started_at = time.time()
         self.exit_requested = False  # `tomato stop`: the supervisor then stops the stack
+        self._file_said: str | None = None  # what check_file said last (said once)
         self.nodeconfig = NodeConfigurator(self)
         self.recorder = RecorderLink(self.topics)  # requests survive a recorder restart
         self.presence_view = Presence(self)
@@ -205,6 +206,14 @@ class SchedulerService(Service):
         await self._announce()
 
     async def on_heartbeat(self) -> None:
+        if self.store is not None:
+            try:
+                what = self.store.check_file()
+            except (OSError, sqlite3.Error) as e:
+                what = f"the state file {self.store.path} is gone and cannot be written back: {e}"
+            if what is not None and what != self._file_said:
+                log.error("%s", what)
+            self._file_said = what
         self._check_stale_nodes()
         await self.retention.sweep()
         await self.lost.sweep()

@@ -8,6 +8,7 @@ throughout; JSON columns hold the payload and the job runner's progress.
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import time
 import uuid
@@ -99,6 +100,15 @@ _PIPELINE_FIELDS = frozenset(PipelineState.model_fields) - {"name"}
 REPLY_KEEP = 3600.0
 
 
+def _ident(path: Path) -> tuple[int, int] | None:
+    """The file at ``path`` (device, inode), or None when there is none."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
 class StateStore:
     """Pipelines and jobs of one scheduler. Not thread-safe: use it from one thread."""
 
@@ -114,13 +124,7 @@ class StateStore:
         #: called (once) when another scheduler holds the file now (see hold)
         self.on_taken: Callable[[], object] | None = None
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        # autocommit mode: transactions are explicit (see _write)
-        self._db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
-        self._db.row_factory = sqlite3.Row
-        self._db.execute("PRAGMA journal_mode=WAL")
-        # FULL: a committed change survives a power cut too, not only a crash
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.execute("PRAGMA foreign_keys=ON")
+        self._db = self._connect()
         version = self._db.execute("PRAGMA user_version").fetchone()[0]
         if version > _SCHEMA_VERSION:
             self._db.close()
@@ -139,6 +143,48 @@ class StateStore:
             if "digest" not in tcols:  # what each submission asked for (ops._digest)
                 self._db.execute("ALTER TABLE submit_tokens ADD COLUMN digest TEXT")
             self._db.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
+
+    def _connect(self) -> sqlite3.Connection:
+        # autocommit mode: transactions are explicit (see _write)
+        db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
+        db.row_factory = sqlite3.Row
+        db.execute("PRAGMA journal_mode=WAL")
+        # FULL: a committed change survives a power cut too, not only a crash
+        db.execute("PRAGMA synchronous=FULL")
+        db.execute("PRAGMA foreign_keys=ON")
+        self._ident = _ident(self.path)
+        return db
+
+    def check_file(self) -> str | None:
+        """Whether the file this store writes is still the one at its path; what was done
+        about it if not (None: it is).
+
+        A state file removed while the scheduler ran (its -wal and -shm too) was written
+        on, open but nameless: submits, samples and job ends were accepted, and all of
+        it was gone at the next start (a fault-injection review). It is written back
+        from the open copy, and this store goes on with it. A file put in its place by
+        someone else is not overwritten: said, for the next start to use."""
+        now = _ident(self.path)
+        if now == self._ident:
+            return None
+        if now is not None:
+            return (
+                f"the state file {self.path} was replaced while the scheduler ran: it "
+                "writes to the one it opened; the new one is used at the next start"
+            )
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.restore")
+        dst = sqlite3.connect(tmp)
+        try:
+            self._db.backup(dst)
+        finally:
+            dst.close()
+        os.replace(tmp, self.path)
+        self._db.close()
+        self._db = self._connect()
+        return (
+            f"the state file {self.path} was removed while the scheduler ran: written "
+            "back from the copy it had open (nothing lost)"
+        )
 
     def held(self) -> bool:
         """Whether this scheduler still holds the file (a read; every write checks it):
