@@ -318,6 +318,50 @@ async def test_the_scheduler_asks_the_recorder_again_when_a_finalize_or_its_answ
     assert took < 5, f"answered after {took:.1f} s: the lost copy was waited out"
 
 
+async def test_a_request_lost_while_the_recorder_was_gone_is_sent_again_when_it_is_back(
+    broker: RunningBroker, instance: str
+) -> None:
+    """A fault-injection review: a finalize sent while the recorder was frozen (SIGSTOP)
+    was lost with its connection; once it went on, the scheduler waited out its resends'
+    back-off (1, 2, 4 … s): the job ended 17 s after the recorder was back. The recorder
+    taken for gone and answering again (``back``) sends it again at once."""
+    from tomato_mqtt.services.scheduler.recorder_link import RecorderLink
+
+    topics = Topics(instance)
+    frozen = True
+    async with (
+        AsyncClient(broker.url, client_id=f"{instance}-rec") as rec,
+        AsyncClient(broker.url, client_id=f"{instance}-sched") as sched,
+    ):
+
+        async def recorder() -> None:
+            async for msg in rec.messages():
+                req = decode(Request, msg.payload, msg.topic)
+                if frozen:
+                    continue  # lost with the frozen recorder's connection
+                reply = Reply(id=req.id, success=True, msg="written", data={"path": "x.nc"})
+                await rec.publish(req.reply_to, encode(reply), qos=1)
+
+        await rec.subscribe(topics.recorder_cmd("finalize"))
+        serving_task = asyncio.create_task(recorder())
+        link = RecorderLink(topics)
+        loop = asyncio.get_running_loop()
+        asked = asyncio.ensure_future(
+            link.request(Requester(sched, topics), "finalize", {"job": 1}, 60)
+        )
+        await asyncio.sleep(3.3)  # resent at 1 and 3 s; the next would come at 7 s
+        frozen = False
+        t0 = loop.time()
+        await link.back()  # its status says online again
+        ok, msg, _data = await asyncio.wait_for(asked, 10)
+        took = loop.time() - t0
+        serving_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await serving_task
+    assert (ok, msg) == (True, "written")
+    assert took < 1.5, f"answered {took:.1f} s after the recorder was back"
+
+
 async def test_a_store_that_cannot_be_written_is_unavailable_not_internal(
     broker: RunningBroker, instance: str, tmp_path: Path
 ) -> None:

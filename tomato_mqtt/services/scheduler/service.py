@@ -334,8 +334,11 @@ class SchedulerService(Service):
             elif parsed.kind == "recorder_status":
                 rst = decode(RecorderStatus, msg.payload, msg.topic)
                 self._ids_after(rst.highest_job, "the recorder's status")
+                was_down = self.presence_view.recorder_down is not None
                 await self.recorder.seen(rst)
                 await self.presence_view.recorder(rst)
+                if was_down and rst.state == "online":
+                    await self.recorder.back()
             elif parsed.kind == "component_meta":
                 meta = decode(ComponentMeta, msg.payload, msg.topic)
                 if self._topic_agrees(parsed.name, meta.name, msg.topic):
