@@ -133,7 +133,15 @@ class SchedulerService(Service):
         try:
             moved = self.store.continue_ids_after(used)
         except sqlite3.Error as e:  # a state file that takes no writes: said elsewhere
-            log.warning("cannot move the job ids past %d (%s): %s", used, where, e)
+            # (the state file's error: ``where`` only says where the id was seen; a review
+            # read it as the recorder's store being damaged)
+            log.warning(
+                "cannot move the job ids past %d (seen in %s) in the state file %s: %s",
+                used,
+                where,
+                self.store.path,
+                e,
+            )
             return  # asked again with the next status
         self._ids_past = used
         if moved:
