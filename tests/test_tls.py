@@ -223,3 +223,18 @@ def _stop_node(node: subprocess.Popen[bytes]) -> None:
     except subprocess.TimeoutExpired:
         os.killpg(node.pid, signal.SIGKILL)
         node.wait()
+
+
+def test_a_ca_file_that_cannot_be_read_is_named(tmp_path: Path) -> None:
+    """An admin's tour: a mistyped ca_certs path said "TLS with the MQTT broker … failed:
+    [Errno 2] No such file or directory — is tomato-mqtt running?", naming no file (and
+    nothing needs to listen for the files to be checked)."""
+    missing = tmp_path / "nope" / "ca.crt"
+    res = subprocess.run(
+        [str(BIN / "tomato"), "status", "-b", f"mqtts://127.0.0.1:1?ca_certs={missing}",
+         "-t", "1"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert res.returncode == 1, res
+    assert f"ca_certs {missing}: No such file or directory" in res.stderr, res.stderr
+    assert "is tomato-mqtt running" not in res.stderr, res.stderr

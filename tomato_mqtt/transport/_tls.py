@@ -36,13 +36,24 @@ class TrackingContext(ssl.SSLContext):
 
 
 def client_tls_context(url: BrokerURL) -> TrackingContext:
+    """The context; a file of the URL (or settings) that cannot be read is an OSError
+    naming it and its key (it said "[Errno 2] No such file or directory — is
+    tomato-mqtt running?": an admin's tour)."""
     ctx = TrackingContext(ssl.PROTOCOL_TLS_CLIENT)
-    if url.ca_certs:
-        ctx.load_verify_locations(cafile=url.ca_certs)
-    else:
-        ctx.load_default_certs()
-    if url.certfile:
-        ctx.load_cert_chain(url.certfile, url.keyfile)
+    try:
+        if url.ca_certs:
+            ctx.load_verify_locations(cafile=url.ca_certs)
+        else:
+            ctx.load_default_certs()
+    except OSError as e:
+        raise OSError(e.errno, f"ca_certs {url.ca_certs}: {e.strerror or e}") from None
+    try:
+        if url.certfile:
+            ctx.load_cert_chain(url.certfile, url.keyfile)
+    except OSError as e:
+        raise OSError(
+            e.errno, f"certfile {url.certfile} / keyfile {url.keyfile}: {e.strerror or e}"
+        ) from None
     if url.tls_insecure:
         warn_insecure()
         ctx.check_hostname = False

@@ -125,6 +125,15 @@ class Session:
     def connect(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         u = self.url
+        if u.tls:  # its files first: one that cannot be read is named, not taken for
+            # a broker that is down (an admin's tour: a mistyped ca_certs path said
+            # "No such file or directory — is tomato-mqtt running?")
+            from tomato_mqtt.transport._tls import client_tls_context
+
+            try:
+                client_tls_context(u)
+            except OSError as e:
+                raise SessionUntrusted(f"TLS for the MQTT broker at {u}: {e}") from None
         try:
             sock = _tcp(u.host, u.port, timeout, tls=u.tls)
         except OSError as e:
