@@ -136,3 +136,20 @@ def test_broker_config_with_tls_but_no_ca_starts_mosquitto(
     # that as "unexpected eof while reading" (CI, 2026-12-04). Any other error counts.
     errors = [e for e in err.splitlines() if "Error" in e and "unexpected eof" not in e]
     assert not errors, err
+
+
+def test_a_user_change_for_an_external_broker_says_what_it_needs(tmp_path: Path) -> None:
+    """An admin's tour: on a stack with Mosquitto, a new user was refused until
+    broker-config ran again and Mosquitto reloaded, and `tomato user add` said nothing of
+    it (the embedded broker reads the users file within a second: no hint there)."""
+    app = tmp_path / "app"
+    app.mkdir()
+    (app / "settings.toml").write_text('[broker]\npassword_file = "users"\n')
+    res = tomato(app, "user", "add", "ada", "--role", "admin", "--password", "pw")
+    assert res.returncode == 0 and "external" not in res.stdout, res
+    (app / "settings.toml").write_text('[broker]\nembedded = false\npassword_file = "users"\n')
+    res = tomato(app, "user", "passwd", "ada", "--password", "pw2")
+    assert res.returncode == 0, res
+    assert "the broker is external ([broker] embedded = false): run `tomato broker-config" in (
+        res.stdout
+    ), res.stdout

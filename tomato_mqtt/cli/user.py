@@ -91,7 +91,26 @@ def _edit(path: Path, change: str, fn: object, opts: common.Opts, name: str) -> 
         fail(str(e))
     u = users.users.get(name)
     data = {"user": name, "role": u.role if u else None, "file": str(path)}
-    _reply(opts, f"{change} ({path})", data)
+    _reply(opts, f"{change} ({path}){_external_hint(opts)}", data)
+
+
+def _external_hint(opts: common.Opts) -> str:
+    """What an external broker needs before the change counts (the embedded one reads
+    the file within a second; Mosquitto refused the new user, without a hint here: an
+    admin's tour)."""
+    from tomato_mqtt.config.settings import load_settings
+    from tomato_mqtt.errors import ConfigError
+
+    try:
+        s = load_settings(appdir=as_path(opts.appdir))
+    except (ConfigError, OSError, ValueError):
+        return ""
+    if s.broker.embedded:
+        return ""
+    return (
+        "; the broker is external ([broker] embedded = false): run `tomato broker-config "
+        "--mosquitto DIR` again and reload it (kill -HUP) for the change to count"
+    )
 
 
 def _reply(opts: common.Opts, msg: str, data: Any, human: Any = None) -> None:
