@@ -528,3 +528,25 @@ def test_a_state_file_that_cannot_be_written_is_not_called_unreadable(
         opened("state", path, "the scheduler", garbage)
     assert "cannot be read (file is not a database)" in str(e.value)
     assert "move it away to start afresh" in str(e.value)
+
+
+def test_the_hint_to_start_a_missing_node_works_on_the_stack_it_is_for(tmp_path: Path) -> None:
+    """An admin's tour: `tomato start` said to start a missing node with `tomato node
+    --name pc2 --broker mqtt://<this PC's address>:PORT`: no instance, no login, no TLS,
+    which a secured stack refuses."""
+    from tomato_mqtt.cli.start_core import _node_command
+    from tomato_mqtt.config.settings import load_settings
+
+    def hint(toml: str) -> str:
+        app = tmp_path / str(len(list(tmp_path.iterdir())))
+        app.mkdir()
+        (app / "settings.toml").write_text(toml)
+        return _node_command(load_settings(appdir=app, datadir=app, logdir=app), "pc2", 21883)
+
+    assert hint("") == "`tomato node --name pc2 --broker mqtt://<this PC's address>:21883`"
+    assert hint('[mqtt]\ninstance = "lab1"\n[broker]\npassword_file = "users"\n') == (
+        "`TOMATO_BROKER='mqtt://pc2:PASSWORD@<this PC's address>:21883' tomato node --name "
+        "pc2 --instance lab1`, with a login of the role node:pc2"
+    )
+    tls = '[broker]\npassword_file = "users"\ncertfile = "s.crt"\nkeyfile = "s.key"\n'
+    assert "mqtts://pc2:PASSWORD@<this PC's address>:8883?ca_certs=<the lab CA>" in hint(tls)
