@@ -65,6 +65,19 @@ async def test_tls_listener_refuses_plain_mqtt_and_a_wrong_ca(
         # close of the stream raised: an admin's tour)
         unhandled = [r for r in caplog.records if "Unhandled exception" in r.getMessage()]
         assert not unhandled, [r.getMessage() for r in unhandled]
+        # the other scheme for a port is suggested (it asked "is tomato-mqtt running?"
+        # about a broker that runs: an admin's tour)
+        for url, said in (
+            (f"mqtt://olga:pw-olga@127.0.0.1:{b.tls_port}", "takes TLS, as [broker] tls_port"),
+            (f"mqtts://olga:pw-olga@127.0.0.1:{b.port}?ca_certs={pki.ca}", "use mqtt://"),
+        ):
+            res = await asyncio.to_thread(  # the broker runs in this event loop
+                subprocess.run,
+                [str(BIN / "tomato"), "status", "--broker", url, "--instance", instance,
+                 "-t", "2"],
+                capture_output=True, text=True, timeout=60,
+            )  # fmt: skip
+            assert res.returncode == 1 and said in res.stderr, (url, res.stderr)
         # tls_insecure verifies nothing, and says so (a security audit: it connected to
         # any certificate without a word); the one-request CLI path alike (it checked the
         # CA but not the name: the two paths meant different things by it)

@@ -161,6 +161,14 @@ class Session:
             raise SessionError(
                 f"the MQTT broker at {u} did not answer the connection within {timeout:g} s"
             ) from None
+        except SessionError as e:
+            if u.tls:
+                raise
+            # plain MQTT to a TLS port: closed at once (an admin's tour: "— is tomato-mqtt
+            # running?" about a broker that runs)
+            raise SessionError(
+                f"{e} (if port {u.port} takes TLS, as [broker] tls_port does, use mqtts://)"
+            ) from None
         if kind != CONNACK or len(body) < 2:
             raise SessionError(f"the MQTT broker at {u} answered CONNECT with packet {kind}")
         if body[1]:
@@ -177,8 +185,14 @@ class Session:
             return client_tls_context(u).wrap_socket(sock, server_hostname=u.host)
         except (OSError, ssl.SSLError) as e:
             sock.close()
-            kind = SessionUntrusted if isinstance(e, ssl.SSLCertVerificationError) else SessionError
-            raise kind(f"TLS with the MQTT broker at {u} failed: {e}") from None
+            if isinstance(e, ssl.SSLCertVerificationError):
+                raise SessionUntrusted(f"TLS with the MQTT broker at {u} failed: {e}") from None
+            hint = ""
+            if isinstance(e, ssl.SSLError) and any(
+                w in str(e) for w in ("WRONG_VERSION_NUMBER", "UNEXPECTED_EOF", "record layer")
+            ):  # TLS to a plain MQTT port (an admin's tour)
+                hint = f" (if port {u.port} takes plain MQTT, use mqtt://)"
+            raise SessionError(f"TLS with the MQTT broker at {u} failed: {e}{hint}") from None
 
     def close(self) -> None:
         """DISCONNECT (so the broker sends no last will and logs no error), then close."""
