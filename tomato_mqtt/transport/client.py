@@ -217,7 +217,9 @@ class AsyncClient(_LoopDriven):
         if rc != 0:
             why = CONNACK_WHY.get(rc, f"code {rc}")
             hint = (
-                ": check the username and password (mqtt://user:pass@host:port)"
+                ": check the username and password (mqtt://user:pass@host:port), and that the"
+                " login may use this instance (a node's login: the role node:<its name>; its"
+                " last will names it)"
                 if rc in LOGIN_REFUSED
                 else ""
             )

@@ -62,7 +62,9 @@ def refused_token(code: str | None, msg: str | None) -> bool:
 
 
 _REFUSED_HINT = (
-    "check the username and password (--broker mqtt://user:pass@host:port or settings.toml)"
+    "check the username and password (--broker mqtt://user:pass@host:port or settings.toml),"
+    " and that the login may use this instance (--instance; a node's login: the role"
+    " node:<its --name>)"
 )
 
 
