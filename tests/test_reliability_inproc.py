@@ -1468,3 +1468,43 @@ async def test_a_state_file_removed_while_the_scheduler_runs_is_written_back(
         with StateStore(path) as again:  # what the next start reads
             assert again.job(job.id).status == "c"
             assert again.pipeline("pip-counter-2").sampleid == "after"
+
+
+async def test_a_job_whose_end_cannot_be_stored_says_why_meanwhile(
+    broker: RunningBroker, instance: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fault-injection review: with the state file on a full disk when a job ended, the
+    job showed `r` without a reason for as long as it lasted (its file written, `c` in
+    it). Its status says why it does not move on; once the file takes writes, it ends."""
+    import sqlite3
+
+    from tests.inproc import inproc_stack
+    from tomato_mqtt.services.scheduler import lifecycle
+    from tomato_mqtt.services.scheduler.store import StateStore
+
+    monkeypatch.setattr(lifecycle, "STORE_RETRY", 0.2)
+    full = {"on": False}
+    real = StateStore._write
+
+    def write(self: StateStore, count: bool = True) -> Any:
+        if full["on"] and not self._depth:  # (a fault injected: SQLite's own error)
+            raise sqlite3.OperationalError("database or disk is full")
+        return real(self, count)
+
+    monkeypatch.setattr(StateStore, "_write", write)
+    async with inproc_stack(broker.port, tmp_path, instance) as st:
+        job = await st.submit_counter("pip-counter-1", 0.5, 0.1, tmp_path)
+        await st.wait_job(job.id, {"r"}, timeout=10)
+        full["on"] = True
+        for _ in range(100):
+            seen = st.jobs.get(job.id)
+            if seen is not None and "is not stored yet" in (seen.reason or ""):
+                break
+            await asyncio.sleep(0.1)
+        assert seen is not None and seen.status == "r", seen
+        assert "the scheduler's state file cannot be written (database or disk is full)" in (
+            seen.reason or ""
+        ), seen
+        full["on"] = False
+        ended = await st.wait_job(job.id, {"c", "ce", "cd"}, timeout=30)
+        assert ended.status == "c" and "not stored yet" not in (ended.reason or ""), ended

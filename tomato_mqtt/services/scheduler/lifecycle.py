@@ -10,6 +10,7 @@ is named there. Warnings (deadlines missed) keep ``c`` and are in the reason.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import logging
 import sqlite3
@@ -158,11 +159,27 @@ class JobLifecycle:
                         STORE_RETRY,
                     )
                     told = True
+                    await self._say_unstored(jobid, what, e)
                 await asyncio.sleep(STORE_RETRY)
                 continue
             if told:
                 log.info("job %d: %s stored", jobid, what)
             return out
+
+    async def _say_unstored(self, jobid: int, what: str, e: Exception) -> None:
+        """The job's status says why it does not move on (it showed `r` without a reason
+        for as long as the state file took no writes: a fault-injection review)."""
+        try:
+            job = self.store.job(jobid)
+        except (KeyError, sqlite3.Error):
+            return
+        note = (
+            f"{what} is not stored yet: the scheduler's state file cannot be written ({e});"
+            f" tried again every {STORE_RETRY:g} s (free space or fix its permissions)"
+        )
+        reason = f"{job.reason}; {note}" if job.reason else note
+        with contextlib.suppress(Exception):  # said where it can be: never in the way
+            await self.svc.publish_job(job.model_copy(update={"reason": reason}))
 
     async def _rewrite_verdict(
         self, final: Job, judged: tuple[str, str | None], written: Path
