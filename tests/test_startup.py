@@ -550,3 +550,25 @@ def test_the_hint_to_start_a_missing_node_works_on_the_stack_it_is_for(tmp_path:
     )
     tls = '[broker]\npassword_file = "users"\ncertfile = "s.crt"\nkeyfile = "s.key"\n'
     assert "mqtts://pc2:PASSWORD@<this PC's address>:8883?ca_certs=<the lab CA>" in hint(tls)
+
+
+def test_a_damaged_page_inside_the_state_file_is_found_before_the_start(tmp_path: Path) -> None:
+    """A fault-injection review: bytes overwritten inside the state file passed the cheap
+    probe (header, schema, length); the scheduler then crash-looped, or failed its
+    passes every 0.5 s for good while submits went into the damaged file. The state
+    file (small) is checked whole before a start."""
+    from tomato_mqtt.config.statefiles import unreadable
+    from tomato_mqtt.services.scheduler.store import StateStore
+
+    path = tmp_path / "state.sqlite"
+    with StateStore(path) as store:
+        for i in range(300):
+            store.add_job({"version": "2.2", "method": [], "pad": "x" * 500}, f"j{i}", "/tmp")
+        store._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    assert unreadable(path, thorough=True) is None
+    with path.open("r+b") as f:  # an interior page of the jobs table, overwritten
+        f.seek(4096 * 20 + 64)
+        f.write(b"\xa5" * 512)
+    assert unreadable(path) is None  # the cheap probe does not see it
+    why = unreadable(path, thorough=True)
+    assert why is not None, why

@@ -272,7 +272,7 @@ def _check_state_files(s: Any) -> None:
         ("recorder", s.recorder_db),
         ("spool", s.spool_dir / f"{slug(s.node.name)}.sqlite"),
     ):
-        why = unreadable(path)
+        why = unreadable(path, thorough=kind == "state")
         if why is not None:
             fail(what_to_do(kind, path, why))
 

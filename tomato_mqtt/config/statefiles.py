@@ -22,9 +22,18 @@ __all__ = ["opened", "unreadable", "what_to_do"]
 T = TypeVar("T")
 
 
-def unreadable(path: Path) -> str | None:
+#: a file up to this size is checked whole (``thorough``): a few tens of ms
+THOROUGH_MAX = 32 * 2**20
+
+
+def unreadable(path: Path, thorough: bool = False) -> str | None:
     """Why the SQLite file at ``path`` cannot be used, or None (also when it does not
-    exist: a service creates it)."""
+    exist: a service creates it).
+
+    ``thorough``: also SQLite's ``quick_check`` of every page, for a file of at most
+    THOROUGH_MAX bytes (the scheduler's state: a damaged page inside it passed the cheap
+    probe, and the scheduler then crash-looped, or failed its passes every 0.5 s for good
+    while accepting submits into the damaged file: a fault-injection review)."""
     if not path.exists():
         return None
     try:
@@ -36,6 +45,10 @@ def unreadable(path: Path) -> str | None:
             db.execute("SELECT count(*) FROM sqlite_master").fetchone()
             pages = db.execute("PRAGMA page_count").fetchone()[0]
             page = db.execute("PRAGMA page_size").fetchone()[0]
+            if thorough and size <= THOROUGH_MAX:
+                found = [r[0] for r in db.execute("PRAGMA quick_check(3)")]
+                if found != ["ok"]:
+                    return "damaged: " + "; ".join(map(str, found))
         finally:
             db.close()
     except sqlite3.OperationalError as e:
