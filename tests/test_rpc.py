@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydantic import JsonValue, ValidationError
@@ -40,10 +41,18 @@ class Echo:
 
 
 @contextlib.asynccontextmanager
-async def serving(b: RunningBroker, topics: Topics, svc: Echo) -> AsyncIterator[AsyncClient]:
-    """Run a responder for ``scheduler/cmd/+``; requests are handled one at a time."""
+async def serving(
+    b: RunningBroker,
+    topics: Topics,
+    svc: Echo | None = None,
+    table: dict[str, Any] | None = None,
+    name: str = "echo",
+) -> AsyncIterator[AsyncClient]:
+    """Run a responder for ``scheduler/cmd/+`` (``svc``'s operations, or ``table``);
+    requests are handled one at a time."""
     async with AsyncClient(b.url, client_id=f"{topics.instance}-server") as client:
-        responder = Responder(client, topics, {"echo": svc.echo, "fail": svc.fail}, name="echo")
+        ops = table if svc is None else {"echo": svc.echo, "fail": svc.fail}
+        responder = Responder(client, topics, ops or {}, name=name)
         await client.subscribe(topics.scheduler_cmds())
 
         async def loop() -> None:
@@ -379,25 +388,11 @@ async def test_a_store_that_cannot_be_written_is_unavailable_not_internal(
         return Result("stored")
 
     topics = Topics(instance)
-    async with AsyncClient(broker.url, client_id=f"{instance}-server") as server:
-        responder = Responder(server, topics, {"store": store}, name="scheduler")
-        await server.subscribe(topics.scheduler_cmds())
-
-        async def loop() -> None:
-            async for msg in server.messages():
-                parsed = topics.parse(msg.topic)
-                if parsed is not None and parsed.op is not None:
-                    await responder.handle(msg, parsed.op)
-
-        task = asyncio.create_task(loop())
-        try:
-            async with AsyncClient(broker.url, client_id=f"{instance}-cli") as cli:
-                req = Requester(cli, topics)
-                reply = await req.request(topics.scheduler_cmd("store"), {}, timeout=T)
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+    async with (
+        serving(broker, topics, table={"store": store}, name="scheduler"),
+        AsyncClient(broker.url, client_id=f"{instance}-cli") as cli,
+    ):
+        reply = await Requester(cli, topics).request(topics.scheduler_cmd("store"), {}, timeout=T)
     assert (reply.success, reply.code) == (False, "unavailable"), reply
     assert reply.msg.startswith(
         "scheduler cannot store this now (attempt to write a readonly database): it was not"

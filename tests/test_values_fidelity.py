@@ -136,17 +136,7 @@ def test_float32_reaches_the_file_as_its_float64_value_on_both_paths(tmp_path: P
     block = Block(uts=np.asarray([1.0, 2.0, 3.0], dtype=np.float32), data={"v": values})
     block.check()
     (cols,) = to_columns([block], {})
-    raw = encode_batch(
-        component="c",
-        job=1,
-        task=0,
-        epoch=1,
-        stream="s",
-        seq=0,
-        uts=cols.uts,
-        vars=cols.vars,
-        units=cols.units,
-    )
+    raw = _raw(0, cols.uts, cols.vars, units=cols.units)
     path = write_job_file(tmp_path / "f.nc", [RoleInput("r", "{}", [raw])], {})
     got = load_tree(path)["r"].to_dataset()["v"].values
     assert got.tolist() == values.astype(np.float64).tolist()
@@ -158,17 +148,7 @@ def test_a_name_netcdf_refuses_is_no_disk_error(tmp_path: Path) -> None:
     """A third-party node's batch with a name the file cannot take: the recorder took
     netCDF's refusal for a disk error (EIO), tried the fallback folder, and the scheduler
     tried again every few minutes for ever. It is the data's error: not tried again."""
-    raw = encode_batch(
-        component="c",
-        job=1,
-        task=0,
-        epoch=1,
-        stream="s",
-        seq=0,
-        uts=[1.0],
-        vars={".x": [1.0]},
-        units={},
-    )
+    raw = _raw(0, [1.0], {".x": [1.0]}, units={})
     with pytest.raises(ValueError, match="the file cannot hold the data as it came: .*illegal"):
         write_job_file(tmp_path / "f.nc", [RoleInput("r", "{}", [raw])], {})
     assert not list(tmp_path.iterdir())  # and no temporary file left behind
