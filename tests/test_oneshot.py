@@ -68,6 +68,7 @@ def test_oneshot_unreachable_broker_is_a_clear_error() -> None:
 
 def test_cli_status_path_imports_nothing_heavy(tmp_path: Path) -> None:
     """`ketchup status` and `tomato status` must stay fast: no pydantic, asyncio, pint…"""
+    (tmp_path / "settings.toml").write_text("")  # an app folder, as -A names one
     code = (
         "import sys\n"
         "from tomato_mqtt.cli import {mod}\n"
@@ -100,6 +101,8 @@ def test_fast_settings_read_knows_every_mqtt_field_and_agrees_with_the_loader(
 
     assert set(fastsettings.MQTT_KEYS) == set(MqttSettings.model_fields)
     (tmp_path / "settings.toml").write_text('[mqtt]\nport = 2883\ninstance = "lab1"\n')
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "settings.toml").write_text("")  # the defaults, in both readers
     for appdir in (tmp_path, tmp_path / "empty"):
         ctx = common.context(appdir=appdir)
         full = ctx.settings.mqtt

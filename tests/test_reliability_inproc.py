@@ -1161,7 +1161,9 @@ async def test_a_job_s_batches_are_acknowledged_when_its_file_is_written(
         # when the job ends, and the next timed round is ACK_EVERY s after the first
         spool = await _a_2_s_job_ends_c(st, tmp_path)
         await _spool_empties(spool, 1.0)
-        # the component goes (its channel is no longer in the devices file)
+        # the component goes (its channel is no longer in the devices file), and its
+        # pipeline: its sample is ejected first (reload refuses to drop it)
+        await st.call("pipeline_eject", {"pipeline": "pip-counter-1"})
         devices = st.settings.devices_file
         devices.write_text(devices.read_text().replace('["1", "2", "3", "4"]', '["2", "3"]'))
         rep = await st.raw(st.topics.scheduler_cmd("reload"))
