@@ -25,7 +25,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from tomato_mqtt.driver.names import check_names, text_problem
+from tomato_mqtt.driver.names import check_names, saw_nonfinite, text_problem
 from tomato_mqtt.driver.spec import TaskSpec
 
 __all__ = ["Block", "BlockError"]
@@ -192,6 +192,8 @@ def _check_scalars(name: str, col: Any) -> None:
         if type(v) in _SCALARS or _np_kind(v) in "biufU":
             if isinstance(v, str) and "\x00" in v:
                 raise BlockError(f"variable {name!r}: {text_problem(v)}")
+            if isinstance(v, float) and v - v != 0.0:
+                saw_nonfinite()  # the node's flush looks for infinities in lists from now on
             continue
         raise BlockError(
             f"variable {name!r}: a point's value must be a number, text, bool or None, not "
@@ -207,6 +209,8 @@ def _check_array_leaves(name: str, col: Any) -> None:
         if isinstance(v, (list, tuple)):
             stack.extend(v)
         elif v is None or _number(v):
+            if isinstance(v, float) and v - v != 0.0:
+                saw_nonfinite()
             continue
         elif hasattr(v, "dtype") and getattr(v, "ndim", 0) > 0:  # a point as an array
             if v.dtype.kind not in "biuf":

@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 import pint
 
-from tomato_mqtt.driver.names import check_names, text_problem
+from tomato_mqtt.driver.names import GOOD_NAMES, check_names, saw_nonfinite, text_problem
 from tomato_mqtt.driver.spec import TaskSpec
 
 __all__ = ["Point", "PointRun", "TaskEnd", "Value", "spelling", "to_values"]
@@ -154,13 +154,20 @@ def to_values(
     if "uts" in raw or "task" in raw:  # the file's own: the driver's values were lost
         taken = "uts" if "uts" in raw else "task"
         raise TypeError(f"variable {taken!r}: the name is taken by the file (name it otherwise)")
-    try:  # names the file keeps as they are (checked once each: names.py)
-        check_names(raw)
-    except ValueError as e:
-        raise TypeError(str(e)) from None
+    good = GOOD_NAMES
     for k, v in items:
+        if k not in good:  # names the file keeps as they are (each checked once: names.py)
+            try:
+                check_names((k,))
+            except ValueError as e:
+                raise TypeError(str(e)) from None
         t = type(v)
-        if t is float or t is int or t is bool or v is None:
+        if t is float:
+            values[k] = v
+            if v - v != 0.0:  # inf (or NaN): the node's flush looks for infinities
+                saw_nonfinite()
+            continue
+        if t is int or t is bool or v is None:
             values[k] = v
             continue
         if t is str:
@@ -183,9 +190,13 @@ def to_values(
             values[k] = s = _scalar(k, v)
             if isinstance(s, str) and "\x00" in s:  # numpy's str_
                 raise TypeError(f"variable {k!r}: {text_problem(s)}")
+            if isinstance(s, float) and s - s != 0.0:
+                saw_nonfinite()
             continue
         t = type(mag)
-        values[k] = mag if t is float or t is int else _scalar(k, mag)
+        values[k] = mag = mag if t is float or t is int else _scalar(k, mag)
+        if isinstance(mag, float) and mag - mag != 0.0:
+            saw_nonfinite()
         if units is None:
             units = {}
         units[k] = seen[1]

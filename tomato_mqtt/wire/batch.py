@@ -71,8 +71,11 @@ def encode_batch(
     units: Mapping[str, str],
     dims: Mapping[str, Sequence[str]] | None = None,
     coords: Mapping[str, Any] | None = None,
+    scan_lists: bool = True,
 ) -> bytes:
-    """One data batch as JSON, header first (see the module docstring)."""
+    """One data batch as JSON, header first (see the module docstring). ``scan_lists``:
+    look for infinities in list columns too (numpy arrays always: one ``isinf``); the
+    node passes False while no driver of its process has handed one over."""
     msg: dict[str, Any] = {
         "schema": SCHEMA,
         "component": component,
@@ -89,7 +92,7 @@ def encode_batch(
     if dims:
         msg["dims"] = {k: list(v) for k, v in dims.items()}
         msg["coords"] = dict(coords or {})
-    nonfinite = infinities(vars)
+    nonfinite = infinities(vars, scan_lists)
     if nonfinite:
         msg["nonfinite"] = nonfinite
     return encode_json(msg)
@@ -98,7 +101,7 @@ def encode_batch(
 _INF = float("inf")
 
 
-def infinities(vars: Mapping[str, Any]) -> dict[str, dict[str, list[int]]]:
+def infinities(vars: Mapping[str, Any], lists: bool = True) -> dict[str, dict[str, list[int]]]:
     """Per variable, the flat indices of its +inf and -inf values (orjson writes them as
     null, as NaN: a data-fidelity review found ±inf in the file as NaN, the job ``c``).
     Two scans of a list at C speed (``in``), one ``isinf`` of an array; nothing is built
@@ -120,7 +123,7 @@ def infinities(vars: Mapping[str, Any]) -> dict[str, dict[str, list[int]]]:
                 "inf": idx[flat[idx] > 0].tolist(),
                 "-inf": idx[flat[idx] < 0].tolist(),
             }
-        elif isinstance(col, list):
+        elif isinstance(col, list) and lists:
             if not (_INF in col or -_INF in col):
                 if not (col and isinstance(col[0], list)):
                     continue

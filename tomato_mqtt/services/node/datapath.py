@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING
 
 from tomato_mqtt.driver import TaskEnd
 from tomato_mqtt.driver.block import Block
+from tomato_mqtt.driver.names import nonfinite_seen
 from tomato_mqtt.driver.points import Point, PointRun
 from tomato_mqtt.services.node.columns import Columns, pieces, to_columns
 from tomato_mqtt.services.node.hosted import HostedComponent
@@ -143,6 +144,7 @@ class DataPath:
                         units=cols.units,
                         dims=cols.dims,
                         coords=cols.coords,
+                        scan_lists=nonfinite_seen(),
                     )
                 except Exception as e:  # a value the driver's checks let through: this
                     # task fails, the node and every other component's task go on (a
