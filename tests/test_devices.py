@@ -421,6 +421,11 @@ def test_a_misspelt_node_is_refused_not_ignored(tmp_path: Path) -> None:
         f"{p}: devices[0] 'dev-counter': unknown key 'nod': did you mean 'node'? (were it "
         "ignored, the device would run on the default node, not on the PC it names)"
     )
+    # words near it that a tomato 2.2 file may hold are ignored with a warning, as before
+    # (a review: model, mode, note, code were refused as "did you mean 'node'?")
+    for key in ("model", "mode", "note", "notes", "code"):
+        q = write(tmp_path, BASE_DEVICES.rstrip("\n") + f"\n    {key}: x\n" + "pipelines: []\n")
+        assert [f"unknown key {key!r} ignored" in w for w in load_devices(q).ignored] == [True]
 
 
 def test_yaml_syntax_error_names_the_line(tmp_path: Path) -> None:

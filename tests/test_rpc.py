@@ -398,3 +398,14 @@ async def test_a_store_that_cannot_be_written_is_unavailable_not_internal(
         "scheduler cannot store this now (attempt to write a readonly database): it was not"
     ), reply
     assert "internal" not in reply.msg
+
+    async def bug(args: Mapping[str, JsonValue]) -> Result:
+        ro.execute("SELECT * FROM no_such_table")  # an SQL bug: not a full disk
+        return Result("read")
+
+    async with (
+        serving(broker, topics, table={"bug": bug}, name="scheduler"),
+        AsyncClient(broker.url, client_id=f"{instance}-cli") as cli,
+    ):
+        reply = await Requester(cli, topics).request(topics.scheduler_cmd("bug"), {}, timeout=T)
+    assert (reply.success, reply.code) == (False, "internal"), reply

@@ -222,7 +222,7 @@ def parse_devices(data: Any, file: str | Path = "<devices>", default_node: str =
         )
     known, unknown = _known_keys(data)
     for where, key, kind in unknown:
-        near = _nearest(key, kind)
+        near = _nearest(key, kind, cutoff=0.85)  # nod, noed, nodes; not mode, note, code
         if near in _OURS:  # not tomato 2.2's: nothing to keep compatible by ignoring it
             raise ConfigError(
                 file,
@@ -293,10 +293,10 @@ def _known_keys(data: dict[str, Any]) -> tuple[dict[str, Any], list[tuple[str, s
 _OURS = frozenset({"node"})
 
 
-def _nearest(key: str, kind: str) -> str | None:
+def _nearest(key: str, kind: str, cutoff: float = 0.6) -> str | None:
     import difflib
 
-    near = difflib.get_close_matches(key, list(_ENTRIES[kind].model_fields), n=1)
+    near = difflib.get_close_matches(key, list(_ENTRIES[kind].model_fields), n=1, cutoff=cutoff)
     return near[0] if near else None
 
 

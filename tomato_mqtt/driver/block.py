@@ -97,6 +97,14 @@ class Block:
                     f"variable {name!r}: the values of an array variable must be numbers "
                     f"(got numpy dtype kind {kind!r})"
                 )
+            lists = shape is None
+            if lists:  # one conversion by numpy, not a walk of every leaf (a review:
+                # 29 ms a block of 100 spectra of 1,000, where orjson took 2.7)
+                arr = _numeric(col)
+                if arr is not None:
+                    shape, lists = arr.shape, False
+                    if arr.dtype.kind == "f" and not _np().isfinite(arr).all():
+                        saw_nonfinite()
             shapes = [list(shape[1:])] if shape is not None else _list_shapes(col, len(want))
             for got in shapes:
                 if got != want:
@@ -104,7 +112,7 @@ class Block:
                         f"variable {name!r}: a point has shape {tuple(got)}, but its dims "
                         f"{tuple(extra)} have lengths {tuple(want)}"
                     )
-            if shape is None:
+            if lists:
                 _check_array_leaves(name, col)
         for d in self.coords:
             if d in ("uts", "task"):  # the file's own names (the file was unwritable)
@@ -123,14 +131,29 @@ def _list_shape(first: Any, depth: int) -> list[int]:
     return shape
 
 
+def _np() -> Any:
+    return sys.modules["numpy"]
+
+
+def _numeric(col: Any) -> Any:
+    """A list column of numbers (nested: an array variable's) as a numpy array, or None:
+    numpy not loaded (a driver without it), or values numpy cannot make numbers of
+    (text, ragged points: the value-by-value checks then say which)."""
+    np = sys.modules.get("numpy")
+    if np is None:
+        return None
+    try:
+        a = np.asarray(col)
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return a if a.dtype.kind in "biuf" else None
+
+
 def _list_shapes(col: Any, depth: int) -> list[list[int]]:
     """The distinct shapes of a list column's points (ragged points: more than one)."""
-    np = sys.modules.get("numpy")
     out: list[list[int]] = []
     for point in col:
-        got = list(np.shape(point)) if np is not None else _list_shape(point, depth)
-        if np is not None and len(got) > depth:  # deeper than its dims: as _list_shape
-            got = got[:depth]
+        got = _list_shape(point, depth)
         if got not in out:
             out.append(got)
     return out
@@ -162,8 +185,20 @@ def _check_uts(uts: Any) -> None:
         if kind == "f" and len(uts) and not bool(np.isfinite(uts).all()):
             raise BlockError("uts: a timestamp is not finite (NaN or infinity)")
         return
+    arr = _numeric(uts)
+    if (  # numpy's check of a list (a review: 19 ms a block of 100,000, value by value)
+        arr is not None
+        and arr.ndim == 1
+        and arr.dtype.kind in "iuf"
+        and (arr.dtype.kind != "f" or arr.size == 0 or bool(_np().isfinite(arr).all()))
+    ):
+        return
     for i, u in enumerate(uts):
-        if not _number(u) or not math.isfinite(u):
+        try:
+            good = _number(u) and math.isfinite(u)
+        except (OverflowError, TypeError, ValueError):
+            good = False
+        if not good:
             raise BlockError(
                 f"uts[{i}]: timestamps are finite numbers of seconds since the epoch, not {u!r}"
             )
@@ -174,6 +209,12 @@ def _check_scalars(name: str, col: Any) -> None:
     a dict there made the file unwritable or went in as its Python text."""
     kind = getattr(getattr(col, "dtype", None), "kind", None)
     ndim = getattr(col, "ndim", 1)
+    if kind is None and isinstance(col, list):  # numpy's view of a list, when it has one
+        arr = _numeric(col)
+        if arr is not None and arr.ndim == 1:
+            if arr.dtype.kind == "f" and not _np().isfinite(arr).all():
+                saw_nonfinite()
+            return
     if kind is not None:
         if ndim != 1:
             raise BlockError(
@@ -208,7 +249,7 @@ def _check_array_leaves(name: str, col: Any) -> None:
         v = stack.pop()
         if isinstance(v, (list, tuple)):
             stack.extend(v)
-        elif v is None or _number(v):
+        elif v is None or _number(v) or isinstance(v, bool) or _np_kind(v) == "b":
             if isinstance(v, float) and v - v != 0.0:
                 saw_nonfinite()
             continue

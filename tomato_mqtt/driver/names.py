@@ -61,7 +61,7 @@ def name_problem(name: object) -> str | None:
     bad = next((c for c in name if ord(c) < 32 or ord(c) == 127), None)
     if bad is not None:
         return f"the name holds the control character {bad!r}"
-    if name[-1].isspace():
+    if name[-1] == " ":  # (netCDF's rule: an ASCII space; a no-break space is kept)
         return "the name ends with a space"
     first = name[0]
     if first.isascii() and not (first.isalnum() or first == "_"):

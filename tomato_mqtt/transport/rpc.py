@@ -60,6 +60,10 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+#: SQLite's words for a store it cannot write now (an SQL bug is "internal", with its
+#: traceback: a review found "no such table" answered as a full disk)
+_STORE_UNWRITABLE = ("disk is full", "readonly", "disk I/O", "locked", "unable to open")
+
 
 class NoResponder(MqttTimeout):
     """Nobody answered a request in time (``topic``: where it was sent)."""
@@ -453,7 +457,11 @@ class Responder:
         except OSError as e:
             return fail(str(e), "unavailable")
         except Exception as e:  # a bug must not take the service down
-            if type(e).__module__ == "sqlite3" and type(e).__name__ == "OperationalError":
+            if (
+                type(e).__module__ == "sqlite3"
+                and type(e).__name__ == "OperationalError"
+                and any(w in str(e) for w in _STORE_UNWRITABLE)
+            ):
                 # its store cannot be written now (a full disk, a read-only file): said as
                 # such, not "internal error" (a fault-injection review)
                 log.error("%s: operation %s: its store cannot be written: %s", self.name, op, e)

@@ -123,31 +123,33 @@ def infinities(vars: Mapping[str, Any], lists: bool = True) -> dict[str, dict[st
                 "inf": idx[flat[idx] > 0].tolist(),
                 "-inf": idx[flat[idx] < 0].tolist(),
             }
-        elif isinstance(col, list) and lists:
-            if not (_INF in col or -_INF in col):
-                if not (col and isinstance(col[0], list)):
+        elif isinstance(col, (list, tuple)) and lists:
+            if col and not isinstance(col[0], (list, tuple)) and not hasattr(col[0], "shape"):
+                if not (_INF in col or -_INF in col):  # scalars: two scans at C speed
                     continue
-                # an array variable as nested lists: its leaves in order
-                leaves = list(_leaves(col))
-                if not (_INF in leaves or -_INF in leaves):
+                found = {
+                    "inf": [i for i, v in enumerate(col) if v == _INF],
+                    "-inf": [i for i, v in enumerate(col) if v == -_INF],
+                }
+            else:  # an array variable's points (lists, tuples, arrays): numpy's view
+                import numpy as np
+
+                try:
+                    flat = np.asarray(col, dtype=float).ravel()
+                except (TypeError, ValueError):  # not numbers: the encoder says what
                     continue
-                col = leaves
-            found = {
-                "inf": [i for i, v in enumerate(col) if v == _INF],
-                "-inf": [i for i, v in enumerate(col) if v == -_INF],
-            }
+                where = np.isinf(flat)
+                if not where.any():
+                    continue
+                idx = np.flatnonzero(where)
+                found = {
+                    "inf": idx[flat[idx] > 0].tolist(),
+                    "-inf": idx[flat[idx] < 0].tolist(),
+                }
         else:
             continue
         out[name] = {k: v for k, v in found.items() if v}
     return out
-
-
-def _leaves(col: list[Any]) -> Any:
-    for v in col:
-        if isinstance(v, list):
-            yield from _leaves(v)
-        else:
-            yield v
 
 
 def read_header(raw: bytes, topic: str | None = None) -> BatchHeader:

@@ -164,8 +164,10 @@ def _load(raws: Sequence[bytes], problems: list[str]) -> list[dict[str, Any]]:
                     else:
                         b["vars"][name] = _chunk(col)
             if b.get("nonfinite"):
+                if not isinstance(b["nonfinite"], dict):
+                    raise ValueError("its nonfinite is not an object of variables")
                 _restore_infinities(b)
-        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as e:
             what = _batch_name(b)
             log.error("%s cannot go into the file (%s): left out", what, e)
             problems.append(f"{what} was left out: {e}")
@@ -303,7 +305,9 @@ def _coordinate_sets(batches: list[dict[str, Any]]) -> list[dict[str, Any]]:
             for d in ds:
                 if d not in version:
                     known = seen.setdefault(d, [])
-                    vals = coords.get(d)
+                    # its values and their units (Hz then kHz: one coordinate labelled
+                    # kHz for both, a review)
+                    vals = (coords.get(d), (b.get("units") or {}).get(d))
                     i = next((i for i, k in enumerate(known) if k == vals), len(known))
                     if i == len(known):
                         known.append(vals)
@@ -314,15 +318,15 @@ def _coordinate_sets(batches: list[dict[str, Any]]) -> list[dict[str, Any]]:
         dim_name = {d: name_of(d, (i,)) for d, i in version.items()}
         units = dict(b.get("units") or {})
         for d, new in dim_name.items():
-            if new != d and d in units:
-                units[new] = units[d]
+            if new != d and d in units:  # moved, not copied: the old name's are another's
+                units[new] = units.pop(d)
         new_vars: dict[str, Any] = {}
         new_dims: dict[str, list[str]] = {}
         for name, col in b["vars"].items():
             ds = bdims.get(name)
             new = name_of(name, tuple(version[d] for d in ds)) if ds else name
             if new != name and name in units:
-                units[new] = units[name]
+                units[new] = units.pop(name)
             new_vars[new] = col
             if ds:
                 new_dims[new] = [dim_name[d] for d in ds]

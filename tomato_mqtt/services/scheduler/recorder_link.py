@@ -33,15 +33,18 @@ class RecorderLink:
         self._gen = 0
         self._cond = asyncio.Condition()
 
-    async def seen(self, rst: RecorderStatus) -> None:
-        """Count recorder (re)starts: a request the old recorder took is lost with it."""
+    async def seen(self, rst: RecorderStatus) -> bool:
+        """Count recorder (re)starts: a request the old recorder took is lost with it.
+        True when this status counted one (pending requests go again)."""
         if rst.state != "online" or rst.started_at is None:
-            return
+            return False
         if rst.started_at != self._started:
             self._started = rst.started_at
             async with self._cond:
                 self._gen += 1
                 self._cond.notify_all()
+            return True
+        return False
 
     async def back(self) -> None:
         """The recorder answers again after it was taken for gone (frozen, cut off): a

@@ -343,9 +343,9 @@ class SchedulerService(Service):
                 rst = decode(RecorderStatus, msg.payload, msg.topic)
                 self._ids_after(rst.highest_job, "the recorder's status")
                 was_down = self.presence_view.recorder_down is not None
-                await self.recorder.seen(rst)
+                restarted = await self.recorder.seen(rst)
                 await self.presence_view.recorder(rst)
-                if was_down and rst.state == "online":
+                if was_down and rst.state == "online" and not restarted:  # (once, not twice)
                     await self.recorder.back()
             elif parsed.kind == "component_meta":
                 meta = decode(ComponentMeta, msg.payload, msg.topic)

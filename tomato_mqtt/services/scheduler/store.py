@@ -165,22 +165,25 @@ class StateStore:
         from the open copy, and this store goes on with it. A file put in its place by
         someone else is not overwritten: said, for the next start to use."""
         now = _ident(self.path)
-        if now == self._ident:
-            return None
+        if now == self._ident or self._depth or self._db.in_transaction:
+            return None  # (a transaction open: the backup below would wait for it for ever)
         if now is not None:
             return (
                 f"the state file {self.path} was replaced while the scheduler ran: it "
                 "writes to the one it opened; the new one is used at the next start"
             )
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.restore")
-        dst = sqlite3.connect(tmp)
         try:
-            self._db.backup(dst)
+            dst = sqlite3.connect(tmp)
+            try:
+                self._db.backup(dst)
+            finally:
+                dst.close()
+            os.replace(tmp, self.path)
         finally:
-            dst.close()
-        os.replace(tmp, self.path)
-        self._db.close()
-        self._db = self._connect()
+            tmp.unlink(missing_ok=True)
+        old, self._db = self._db, self._connect()  # the old one stays if this fails
+        old.close()
         return (
             f"the state file {self.path} was removed while the scheduler ran: written "
             "back from the copy it had open (nothing lost)"
