@@ -267,6 +267,15 @@ def test_installed_after_start_found_by_reload(up: Stack) -> None:
     job = up.wait_job(up.submit(payload), {"c", "ce", "cd"}, timeout=60)
     assert job["status"] == "c", job
 
+    # a Dataset the file cannot hold (a variable named I/V): its points are dropped, and
+    # the job says so; it ended c with them missing, said only in the node's log (a review)
+    bad = up.workdir / "bad.yml"
+    bad.write_text(payload.read_text().replace("sweep", "badname"))
+    up.run("tomato", "pipeline", "ready", "pip-spectrum", check=True)
+    job = up.wait_job(up.submit(bad), {"c", "ce", "cd"}, timeout=60)
+    assert job["status"] == "ce", job
+    assert "were dropped, not sent: variable 'I/V': the name holds '/'" in str(job), job
+
 
 def test_dataset_to_columns_keeps_extra_dimensions() -> None:
     """The one conversion of an upstream Dataset (in the host script), arrays included."""

@@ -44,6 +44,8 @@ class UpstreamRunner(TaskRunner[UpstreamDevice]):
 
     def _setup(self) -> None:
         self._warned: set[str] = set()
+        #: per task (by id), the points of blocks refused by Block.check, and why
+        self._dropped: dict[int, tuple[int, str]] = {}
         self._measured_units: dict[str, str] = {}  # of the last ad-hoc measurement
 
     # -- tasks ----------------------------------------------------------------------------
@@ -126,6 +128,10 @@ class UpstreamRunner(TaskRunner[UpstreamDevice]):
                 msg = f"data of {self._who} dropped: {e}"
                 log.warning("%s", msg)
                 self._call(self._on_error, msg)
+            if task is not None:  # the task's end says so: never done with points lost
+                # (they were only in the node's log, and the job could end c)
+                n, why = self._dropped.get(id(task), (0, str(e)))
+                self._dropped[id(task)] = (n + len(block), why)
             return None
         return block
 
@@ -203,6 +209,15 @@ class UpstreamRunner(TaskRunner[UpstreamDevice]):
             log.warning("%s", message)
             self._call(self._on_error, message)
         dev.refresh_status()  # the status published with the task's end
+        dropped = self._dropped.pop(id(task), None)
+        if dropped is not None:
+            reason = "error"
+            message = "; ".join(
+                [
+                    *([message] if message else []),
+                    f"{dropped[0]} point(s) of {self._who} were dropped, not sent: {dropped[1]}",
+                ]
+            )
         end = TaskEnd(task, reason, message, t_start, time.time(), npoints)
         log.info(
             "%s: upstream task %r ended: %s (%d points)",

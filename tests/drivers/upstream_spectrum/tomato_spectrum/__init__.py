@@ -1,6 +1,7 @@
 """A tomato 2.2 driver (``tomato.driverinterface_2_1``) for tests: a scalar ``val`` and
 an array-valued ``spectrum`` (dimension ``freq``, with units) at every point; the
-technique ``explode`` raises in ``do_task`` (which kills tomato's task thread)."""
+technique ``explode`` raises in ``do_task`` (which kills tomato's task thread);
+``badname`` adds a variable ``I/V``, a name no NetCDF file keeps."""
 
 import time
 
@@ -32,6 +33,8 @@ class Device(ModelDevice):
         if task.technique_name == "explode":
             raise RuntimeError("simulated instrument fault")
         self.last_data = self._point(t_now - t_start)
+        if task.technique_name == "badname":
+            self.last_data["I/V"] = (["uts"], [1.0])
         if self.data is None:
             self.data = self.last_data
         else:
@@ -54,7 +57,7 @@ class Device(ModelDevice):
         }
 
     def capabilities(self, **kwargs):
-        return {"sweep", "explode"}
+        return {"sweep", "explode", "badname"}
 
 
 class DriverInterface(ModelInterface):
