@@ -129,6 +129,11 @@ def roles(st: Stack, tmp_path: Path) -> None:
         ],
     )
     assert "belongs to olga" in err
+    # without -t: said at once, not after the snapshot's 60 s (an admin's tour: 60.4 s)
+    t0 = time.monotonic()
+    res = st.run("ketchup", "snapshot", str(jobid), *as_user(st, "rita"), timeout=90)
+    assert res.returncode == 1 and "not allowed" in res.stderr, res
+    assert time.monotonic() - t0 < 10
     assert st.job(jobid)["status"] == "r"  # none of that took effect
     allowed(st, "olga", "ketchup", "snapshot", str(jobid))
     # a payload beyond the bounds is refused with one message

@@ -81,6 +81,7 @@ __all__ = [
     "client",
     "context",
     "counter",
+    "denied",
     "emit",
     "fail",
     "load_settings",

@@ -209,8 +209,14 @@ def _snapshot_one(t: Tomato, ctx: common.CallContext, jobid: int) -> oneshot.Rep
     from tomato_mqtt.wire.commands import FileData
 
     target = Path.cwd() / f"snapshot.{jobid}.nc"
+    topic = ctx.topics.scheduler_cmd("job_snapshot")
+    # a login that may not ask is told at once (one whoami), not after the snapshot's
+    # whole timeout: the broker drops a forbidden request without a word (an admin's tour)
+    why = common.denied(ctx, topic)
+    if why is not None:
+        common.fail(why)
     try:
-        r = t.request(ctx.topics.scheduler_cmd("job_snapshot"), {"jobid": jobid})
+        r = t.request(topic, {"jobid": jobid})
     except oneshot.OneShotError as e:  # a reader's request the broker dropped: said so
         common.oneshot_failed(ctx, e)
     if not r.success or not isinstance(r.data, dict):
