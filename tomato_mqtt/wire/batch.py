@@ -108,48 +108,39 @@ def infinities(vars: Mapping[str, Any], lists: bool = True) -> dict[str, dict[st
     unless a column holds one."""
     out: dict[str, dict[str, list[int]]] = {}
     for name, col in vars.items():
+        found: dict[str, list[int]] | None = None
         dtype = getattr(col, "dtype", None)
         if dtype is not None:
-            if dtype.kind != "f":
-                continue
-            import numpy as np  # the driver that made the array has imported it
-
-            flat = np.ravel(col)
-            where = np.isinf(flat)
-            if not where.any():
-                continue
-            idx = np.flatnonzero(where)
-            found = {
-                "inf": idx[flat[idx] > 0].tolist(),
-                "-inf": idx[flat[idx] < 0].tolist(),
-            }
+            if dtype.kind == "f":
+                found = _in_array(col)
         elif isinstance(col, (list, tuple)) and lists:
             if col and not isinstance(col[0], (list, tuple)) and not hasattr(col[0], "shape"):
-                if not (_INF in col or -_INF in col):  # scalars: two scans at C speed
-                    continue
-                found = {
-                    "inf": [i for i, v in enumerate(col) if v == _INF],
-                    "-inf": [i for i, v in enumerate(col) if v == -_INF],
-                }
+                if _INF in col or -_INF in col:  # scalars: two scans at C speed
+                    found = {
+                        "inf": [i for i, v in enumerate(col) if v == _INF],
+                        "-inf": [i for i, v in enumerate(col) if v == -_INF],
+                    }
             else:  # an array variable's points (lists, tuples, arrays): numpy's view
-                import numpy as np
-
-                try:
-                    flat = np.asarray(col, dtype=float).ravel()
-                except (TypeError, ValueError):  # not numbers: the encoder says what
-                    continue
-                where = np.isinf(flat)
-                if not where.any():
-                    continue
-                idx = np.flatnonzero(where)
-                found = {
-                    "inf": idx[flat[idx] > 0].tolist(),
-                    "-inf": idx[flat[idx] < 0].tolist(),
-                }
-        else:
-            continue
-        out[name] = {k: v for k, v in found.items() if v}
+                found = _in_array(col)
+        if found:
+            out[name] = {k: v for k, v in found.items() if v}
     return out
+
+
+def _in_array(col: Any) -> dict[str, list[int]] | None:
+    """The flat indices of an array's (or of nested points') infinities; None if none, or
+    if its values are not numbers (the encoder then says what is wrong)."""
+    import numpy as np  # the driver that made the array (or a tomato 2.2 one) has it
+
+    try:
+        flat = np.asarray(col, dtype=float).ravel()
+    except (TypeError, ValueError):
+        return None
+    where = np.isinf(flat)
+    if not where.any():
+        return None
+    idx = np.flatnonzero(where)
+    return {"inf": idx[flat[idx] > 0].tolist(), "-inf": idx[flat[idx] < 0].tolist()}
 
 
 def read_header(raw: bytes, topic: str | None = None) -> BatchHeader:
