@@ -105,6 +105,11 @@ def roles(st: Stack, tmp_path: Path) -> None:
     assert "role operator" in errs[4]
     assert "'set_attr'" in errs[6]
     assert "idle" in allowed(st, "olga", "passata", "status", cmp)
+    # a node's login at the CLI (a leftover TOMATO_BROKER): it may not even ask whoami,
+    # and the answer read as a scheduler that is down (an admin's tour)
+    res = st.run("ketchup", "status", "-t", "1", *as_user(st, "pc2"))
+    assert res.returncode == 1, res
+    assert "if the scheduler runs, the login 'pc2' may not ask it" in res.stderr, res
     # a reader sees a component's attributes from its meta, each value saying why it is
     # missing (they were left out without a word: an admin's tour)
     got = json.loads(allowed(st, "rita", "passata", "attrs", cmp, "-t", "1", "--json"))

@@ -325,7 +325,16 @@ def oneshot_failed(
     from tomato_mqtt.transport import oneshot
 
     if isinstance(e, oneshot.NoAnswer):
-        fail(denied(ctx, e.topic) or f"{e} ({ctx.where()}){unanswered}")
+        hint = ""
+        if ctx.url.username and "/scheduler/" in e.topic:
+            # whoami went unanswered too (denied() says nothing then): a login that may
+            # not ask the scheduler, as a node's (a leftover TOMATO_BROKER), reads the
+            # same as a scheduler that is down (an admin's tour)
+            hint = (
+                f"; if the scheduler runs, the login {ctx.url.username!r} may not ask it "
+                "(a node's login may not: check -b/--broker and TOMATO_BROKER)"
+            )
+        fail(denied(ctx, e.topic) or f"{e} ({ctx.where()}){unanswered}{hint}")
     if isinstance(e, oneshot.Refused):
         fail(f"{e} ({ctx.where()})")
     fail(
