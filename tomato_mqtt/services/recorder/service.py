@@ -145,6 +145,8 @@ class RecorderService(Service):
         self.files = Files(self)
         self.fileops = FileOps(self)
         self.storage_error: str | None = None
+        #: the last checkpoint before acks failed (the WAL takes batches, the file not)
+        self._durable_failed = False
         self._storage_told: set[int] = set()  # jobs told of the current storage fault
         self._storage_logged = 0.0
         #: the size of the last batch the store refused (what _storage_watch tries)
@@ -209,8 +211,11 @@ class RecorderService(Service):
                 continue
             try:
                 self.store.probe(self._refused_bytes)
+                if self._durable_failed:
+                    self.store.make_durable()
             except (sqlite3.Error, OSError):
                 continue
+            self._durable_failed = False
             self._storage_ok()
 
     async def _release_loop(self) -> None:
@@ -363,7 +368,8 @@ class RecorderService(Service):
             self._refused_bytes = len(msg.payload)
             self._storage_failed(e, b.job)
             return
-        self._storage_ok()
+        if not self._durable_failed:  # (the checkpoint says when that fault is over)
+            self._storage_ok()
         if b.job is not None:
             self.jobs_seen.add(b.job)
             if self.highest_job is None or self.highest_job < b.job <= PLAUSIBLE_ID:
@@ -599,7 +605,15 @@ class RecorderService(Service):
                     self.store.make_durable()
                 except sqlite3.Error as e:
                     log.warning("cannot make the stored batches durable: %s; no ack now", e)
+                    # a store that takes batches into its WAL but cannot write them to
+                    # the file is full all the same: said (the status, the jobs' reason),
+                    # not only logged (a chaos run saw no reason while its disk was full)
+                    self._durable_failed = True
+                    self._storage_failed(e, None)
                     return
+                if self._durable_failed:
+                    self._durable_failed = False
+                    self._storage_ok()
                 durable = True
             prev, st.acked, st.acked_at = st.acked, hw, now
             self.spawn(self._ack(component, stream, st, prev, hw))
