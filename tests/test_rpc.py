@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -287,6 +287,35 @@ def test_the_contract_says_pipeline_load_takes_sample_or_sampleid() -> None:
         assert LoadArgs.model_validate({"pipeline": "p", key: "s"}).sampleid == "s"
 
 
+@contextlib.asynccontextmanager
+async def _recorder_stand_in(
+    b: RunningBroker, topics: Topics, lost: Callable[[str], bool]
+) -> AsyncIterator[AsyncClient]:
+    """A recorder that answers each ``finalize`` with a written file, but for the copies
+    ``lost(request id)`` says are lost; yields the scheduler's client."""
+    async with (
+        AsyncClient(b.url, client_id=f"{topics.instance}-rec") as rec,
+        AsyncClient(b.url, client_id=f"{topics.instance}-sched") as sched,
+    ):
+
+        async def recorder() -> None:
+            async for msg in rec.messages():
+                req = decode(Request, msg.payload, msg.topic)
+                if lost(req.id):
+                    continue
+                reply = Reply(id=req.id, success=True, msg="written", data={"path": "x.nc"})
+                await rec.publish(req.reply_to, encode(reply), qos=1)
+
+        await rec.subscribe(topics.recorder_cmd("finalize"))
+        task = asyncio.create_task(recorder())
+        try:
+            yield sched
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
 async def test_the_scheduler_asks_the_recorder_again_when_a_finalize_or_its_answer_is_lost(
     broker: RunningBroker, instance: str
 ) -> None:
@@ -298,30 +327,17 @@ async def test_the_scheduler_asks_the_recorder_again_when_a_finalize_or_its_answ
 
     topics = Topics(instance)
     copies: list[str] = []
-    async with (
-        AsyncClient(broker.url, client_id=f"{instance}-rec") as rec,
-        AsyncClient(broker.url, client_id=f"{instance}-sched") as sched,
-    ):
 
-        async def recorder() -> None:
-            async for msg in rec.messages():
-                req = decode(Request, msg.payload, msg.topic)
-                copies.append(req.id)
-                if len(copies) == 1:
-                    continue  # lost
-                reply = Reply(id=req.id, success=True, msg="written", data={"path": "x.nc"})
-                await rec.publish(req.reply_to, encode(reply), qos=1)
+    def first_lost(rid: str) -> bool:
+        copies.append(rid)
+        return len(copies) == 1
 
-        await rec.subscribe(topics.recorder_cmd("finalize"))
-        serving_task = asyncio.create_task(recorder())
+    async with _recorder_stand_in(broker, topics, first_lost) as sched:
         link = RecorderLink(topics)
         loop = asyncio.get_running_loop()
         t0 = loop.time()
         ok, msg, data = await link.request(Requester(sched, topics), "finalize", {"job": 1}, 60)
         took = loop.time() - t0
-        serving_task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await serving_task
     assert (ok, msg, data) == (True, "written", {"path": "x.nc"})
     assert len(copies) == 2 and copies[0] == copies[1], copies  # the same request again
     assert took < 5, f"answered after {took:.1f} s: the lost copy was waited out"
@@ -337,36 +353,19 @@ async def test_a_request_lost_while_the_recorder_was_gone_is_sent_again_when_it_
     from tomato_mqtt.services.scheduler.recorder_link import RecorderLink
 
     topics = Topics(instance)
-    frozen = True
-    async with (
-        AsyncClient(broker.url, client_id=f"{instance}-rec") as rec,
-        AsyncClient(broker.url, client_id=f"{instance}-sched") as sched,
-    ):
-
-        async def recorder() -> None:
-            async for msg in rec.messages():
-                req = decode(Request, msg.payload, msg.topic)
-                if frozen:
-                    continue  # lost with the frozen recorder's connection
-                reply = Reply(id=req.id, success=True, msg="written", data={"path": "x.nc"})
-                await rec.publish(req.reply_to, encode(reply), qos=1)
-
-        await rec.subscribe(topics.recorder_cmd("finalize"))
-        serving_task = asyncio.create_task(recorder())
+    frozen = [True]  # lost with the frozen recorder's connection while True
+    async with _recorder_stand_in(broker, topics, lambda _rid: frozen[0]) as sched:
         link = RecorderLink(topics)
         loop = asyncio.get_running_loop()
         asked = asyncio.ensure_future(
             link.request(Requester(sched, topics), "finalize", {"job": 1}, 60)
         )
         await asyncio.sleep(3.3)  # resent at 1 and 3 s; the next would come at 7 s
-        frozen = False
+        frozen[0] = False
         t0 = loop.time()
         await link.back()  # its status says online again
         ok, msg, _data = await asyncio.wait_for(asked, 10)
         took = loop.time() - t0
-        serving_task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await serving_task
     assert (ok, msg) == (True, "written")
     assert took < 1.5, f"answered {took:.1f} s after the recorder was back"
 

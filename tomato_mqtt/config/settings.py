@@ -11,6 +11,7 @@ import contextlib
 import os
 import re
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +52,7 @@ __all__ = [
     "Settings",
     "default_dirs",
     "is_loopback",
+    "lies_under",
     "load_settings",
     "render_default_settings",
     "settings_url",
@@ -548,3 +550,9 @@ def settings_url(settings: Settings) -> BrokerURL:
         keyfile=m.keyfile,
         tls_insecure=m.tls_insecure,
     )
+
+
+def lies_under(target: Path, roots: Sequence[Path]) -> bool:
+    """``target`` (resolved already) is one of ``roots`` or lies below one: where the
+    recorder may write (the scheduler says so at a submit, the recorder checks it)."""
+    return any(target == r or r in target.parents for r in roots)

@@ -28,7 +28,6 @@ MAX_NAME_BYTES = 256
 
 #: names found good (a point's names are checked once per run of the process, not per point)
 GOOD_NAMES: set[str] = set()
-_GOOD = GOOD_NAMES
 
 #: whether a driver of this process handed over an infinity (or a NaN) as a plain value:
 #: until then the node's flush need not look through list columns for infinities (two
@@ -81,7 +80,7 @@ def name_problem(name: object) -> str | None:
 def check_names(names: object, what: str = "variable") -> None:
     """Raise ValueError naming the first of ``names`` that cannot name a variable (or
     ``what``) of the file."""
-    if _GOOD.issuperset(names):  # type: ignore[arg-type]
+    if GOOD_NAMES.issuperset(names):  # type: ignore[arg-type]
         return
     for name in names:  # type: ignore[attr-defined]
         why = name_problem(name)
@@ -90,9 +89,9 @@ def check_names(names: object, what: str = "variable") -> None:
                 raise ValueError(f"{what} {why}")
             shown = repr(name if len(name) <= 60 else name[:57] + "…")
             raise ValueError(f"{what} {shown}: {why}")
-        if len(_GOOD) >= 10_000:
-            _GOOD.clear()
-        _GOOD.add(name)
+        if len(GOOD_NAMES) >= 10_000:
+            GOOD_NAMES.clear()
+        GOOD_NAMES.add(name)
 
 
 def text_problem(text: str) -> str | None:

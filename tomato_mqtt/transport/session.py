@@ -19,6 +19,7 @@ import time
 TYPE_CHECKING = False  # typing is ~2 ms of a one-request call: for the type checker only
 if TYPE_CHECKING:
     import socket
+    import ssl
 
     from tomato_mqtt.config.url import BrokerURL
 
@@ -125,13 +126,14 @@ class Session:
     def connect(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         u = self.url
+        ctx = None
         if u.tls:  # its files first: one that cannot be read is named, not taken for
             # a broker that is down (an admin's tour: a mistyped ca_certs path said
             # "No such file or directory — is tomato-mqtt running?")
             from tomato_mqtt.transport._tls import client_tls_context
 
             try:
-                client_tls_context(u)
+                ctx = client_tls_context(u)
             except OSError as e:
                 raise SessionUntrusted(f"TLS for the MQTT broker at {u}: {e}") from None
         try:
@@ -140,8 +142,8 @@ class Session:
             raise SessionError(f"cannot connect to the MQTT broker at {u}: {e}") from None
         # without it each hop of a round trip can wait ~40 ms for a delayed ACK
         sock.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1)
-        if u.tls:
-            sock = self._wrap_tls(sock)  # type: ignore[arg-type]
+        if ctx is not None:
+            sock = self._wrap_tls(sock, ctx)  # type: ignore[arg-type]
         self._sock = sock
         if self._shut:  # shutdown() came while the socket was being made (see there)
             raise SessionError(f"the connection to the MQTT broker at {u} was shut down")
@@ -175,14 +177,12 @@ class Session:
             why = _CONNACK_WHY.get(body[1], f"code {body[1]}")
             raise SessionRefused(f"the MQTT broker at {u} refused the connection ({why})", body[1])
 
-    def _wrap_tls(self, sock: socket.socket) -> socket.socket:
+    def _wrap_tls(self, sock: socket.socket, ctx: ssl.SSLContext) -> socket.socket:
         import ssl
-
-        from tomato_mqtt.transport._tls import client_tls_context
 
         u = self.url
         try:
-            return client_tls_context(u).wrap_socket(sock, server_hostname=u.host)
+            return ctx.wrap_socket(sock, server_hostname=u.host)
         except (OSError, ssl.SSLError) as e:
             sock.close()
             if isinstance(e, ssl.SSLCertVerificationError):

@@ -18,6 +18,7 @@ from pathlib import Path
 from pydantic import JsonValue
 
 from tomato_mqtt.config.roles import is_admin
+from tomato_mqtt.config.settings import lies_under
 from tomato_mqtt.config.users import RoleBook
 from tomato_mqtt.nclock import NC_LOCK
 from tomato_mqtt.transport.rpc import CommandError, requester
@@ -36,7 +37,7 @@ class WriteGuard:
         if not raw.is_absolute():
             raise CommandError(f"refused to write {path}: not an absolute path")
         target = raw.resolve()
-        if not any(target == r or r in target.parents for r in self.roots):
+        if not lies_under(target, self.roots):
             roots = ", ".join(str(r) for r in self.roots) or "(none)"
             raise CommandError(
                 f"refused to write {path}: outside the folders the recorder may write to "

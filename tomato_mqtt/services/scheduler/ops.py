@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import JsonValue
 
 from tomato_mqtt.config.payloads import PayloadError, parse_payload, read_payload_text
+from tomato_mqtt.config.settings import lies_under
 from tomato_mqtt.model.jobs import Job
 from tomato_mqtt.services.scheduler.access import Access
 from tomato_mqtt.services.scheduler.jobstatus import job_status
@@ -62,7 +63,7 @@ def _under(folder: Path, roots: list[Path]) -> bool:
         target = folder.resolve()
     except OSError:
         return False
-    return any(target == r or r in target.parents for r in roots)
+    return lies_under(target, roots)
 
 
 def _payload_from_text(text: str) -> dict[str, Any]:

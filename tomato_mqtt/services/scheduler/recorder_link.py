@@ -40,9 +40,7 @@ class RecorderLink:
             return False
         if rst.started_at != self._started:
             self._started = rst.started_at
-            async with self._cond:
-                self._gen += 1
-                self._cond.notify_all()
+            await self.back()
             return True
         return False
 
