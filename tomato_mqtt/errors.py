@@ -18,6 +18,7 @@ __all__ = [
     "BROKEN_DRIVER",
     "ConfigError",
     "StartupError",
+    "cannot_write",
     "describe_validation_error",
     "format_location",
     "one_line",
@@ -27,6 +28,26 @@ __all__ = [
 #: how a component's error starts when its driver's code is wrong for it (the node does
 #: not retry it; ``tomato start`` does not wait for it)
 BROKEN_DRIVER = "the driver is broken: "
+
+
+#: SQLite's words for a file it cannot *write* (or open for writing): its disk, its
+#: folder's or its own permissions; the file itself may well be intact. One list for the
+#: message at a start (config.statefiles) and the answer to a request (transport.rpc).
+_CANNOT_WRITE = (
+    "disk is full",
+    "readonly",
+    "unable to open",
+    "disk I/O error",
+    "Permission denied",
+    "Read-only file system",
+    "No space left",
+)
+
+
+def cannot_write(why: str) -> bool:
+    """Whether SQLite's (or the OS's) ``why`` says a file cannot be written, not that it
+    is damaged (an SQL bug such as "no such table" is neither)."""
+    return any(w in why for w in _CANNOT_WRITE)
 
 
 class StartupError(Exception):

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-from tomato_mqtt.errors import StartupError
+from tomato_mqtt.errors import StartupError, cannot_write
 
 __all__ = ["opened", "unreadable", "what_to_do"]
 
@@ -87,19 +87,6 @@ def opened(kind: str, path: Path, who: str, open_: Callable[[], T]) -> T:
         raise StartupError(what_to_do(kind, path, str(e), f"{who} cannot start")) from None
 
 
-#: SQLite's words for a file it cannot *write* (or open for writing): its disk, its
-#: folder's or its own permissions; the file itself may well be intact
-_NOT_WRITABLE = (
-    "disk is full",
-    "readonly",
-    "unable to open",
-    "disk I/O error",
-    "Permission denied",
-    "Read-only file system",
-    "No space left",
-)
-
-
 def what_to_do(kind: str, path: Path, why: str, outcome: str = "nothing was started") -> str:
     """One message: which file, why, and what to do: free space or fix permissions when
     it cannot be written (a fault-injection review: a full disk or an unwritable folder
@@ -110,7 +97,7 @@ def what_to_do(kind: str, path: Path, why: str, outcome: str = "nothing was star
         "recorder": "the recorder's store",
         "spool": "the node's spool",
     }[kind]
-    if any(w in why for w in _NOT_WRITABLE):
+    if cannot_write(why):
         return (
             f"{what} {path} cannot be written ({why}): {outcome}. The file itself may "
             f"well be intact: free space on its disk, or let this user write {path.parent} "

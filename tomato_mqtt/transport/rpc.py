@@ -30,6 +30,7 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel, JsonValue, ValidationError
 
+from tomato_mqtt.errors import cannot_write
 from tomato_mqtt.transport.client import AsyncClient, Message, MqttTimeout
 from tomato_mqtt.transport.oneshot import RESEND_AFTER
 from tomato_mqtt.waits import wait_for
@@ -59,11 +60,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-#: SQLite's words for a store it cannot write now (an SQL bug is "internal", with its
-#: traceback: a review found "no such table" answered as a full disk)
-_STORE_UNWRITABLE = ("disk is full", "readonly", "disk I/O", "locked", "unable to open")
-
 
 class NoResponder(MqttTimeout):
     """Nobody answered a request in time (``topic``: where it was sent)."""
@@ -460,7 +456,7 @@ class Responder:
             if (
                 type(e).__module__ == "sqlite3"
                 and type(e).__name__ == "OperationalError"
-                and any(w in str(e) for w in _STORE_UNWRITABLE)
+                and (cannot_write(str(e)) or "locked" in str(e))
             ):
                 # its store cannot be written now (a full disk, a read-only file): said as
                 # such, not "internal error" (a fault-injection review)
