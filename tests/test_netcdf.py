@@ -444,3 +444,136 @@ def test_a_write_that_netcdf_fails_mid_way_is_a_write_error(
     with pytest.raises(OSError, match="Input/output error"):
         write_job_file(tmp_path / "r.nc", [RoleInput("a", "{}", batches)], {})
     assert list(tmp_path.iterdir()) == []  # nothing renamed into place, no temp left
+
+
+def _mixed_job() -> list[bytes]:
+    """Batches of every kind the writer plans for: units that change, spectra on other
+    frequencies, a variable with gaps, text, bools, integers past int64, infinities, two
+    streams, a task of None, an array point of the wrong shape."""
+
+    def b(seq: int, t0: float, vars: dict[str, Any], epoch: int = 1, **kw: Any) -> bytes:
+        n = len(next(iter(vars.values())))
+        doc = {"schema": 1, "component": "c", "job": 1, "task": kw.pop("task", 0)}
+        doc.update(epoch=epoch, seq=seq, uts=[t0 + i for i in range(n)], vars=vars, **kw)
+        return json.dumps(doc).encode()
+
+    spec = {"dims": {"s": ["f"]}, "units": {"f": "Hz", "E": "V"}}
+    return [
+        b(
+            0,
+            0.0,
+            {"E": [1.0, None], "ok": [True, False], "txt": ["a", "b"], "s": [[1, 2]] * 2},
+            coords={"f": [1, 2]},
+            **spec,
+        ),
+        b(
+            1,
+            2.0,
+            {"E": [2.0, 3.0], "big": [2**63 + 5, 1], "s": [[3, 4], [5, 6]]},
+            coords={"f": [1, 2]},
+            **spec,
+        ),
+        b(2, 4.0, {"E": [4.0, 5.0]}, units={"E": "mV"}, nonfinite={"E": {"inf": [1]}}),
+        b(3, 6.0, {"s": [[7, 8, 9]]}, coords={"f": [1, 2, 3]}, dims={"s": ["f"]}, task=None),
+        b(4, 7.0, {"s": [[1, 2, 3]]}, coords={"f": [1, 2]}, dims={"s": ["f"]}),
+        b(0, 0.5, {"txt": ["x"], "ok": [True]}, epoch=2, task=1),
+        b(5, 8.0, {"E": [6.0], "txt": [None]}, units={"E": "V"}),
+    ]
+
+
+def _contents(path: Path) -> dict[str, Any]:
+    """Every group's dimensions, variables (type, dims, attrs, values) and attrs."""
+    out: dict[str, Any] = {}
+    with netCDF4.Dataset(path) as nc:
+        for name, g in nc.groups.items():
+            out[name] = {"dims": {d: len(v) for d, v in g.dimensions.items()}, "attrs": g.__dict__}
+            for vname, v in g.variables.items():
+                vals = v[:]
+                vals = vals.tolist() if isinstance(vals, np.ndarray) else vals
+                out[name][vname] = (str(v.dtype), v.dimensions, repr(v.__dict__), repr(vals))
+    return out
+
+
+def test_a_long_job_is_written_from_a_second_reading_as_from_memory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A job whose batches are too many to keep parsed is planned in one pass and
+    written in runs of batches, each parsed again (a long high-rate job took the
+    recorder out of memory at its end): its file is the same, value for value, type for
+    type, as one planned and written at once, and so is what it says was altered."""
+    from tomato_mqtt.services.recorder import netcdf
+
+    raws = _mixed_job()
+    kept: list[str] = []
+    one = write_job_file(tmp_path / "kept.nc", [RoleInput("a", "{}", raws)], {}, kept)
+    monkeypatch.setattr(netcdf, "_KEEP_PARSED", 0)
+    monkeypatch.setattr(netcdf, "_WRITE_BYTES", 1)  # one batch a run
+    again: list[str] = []
+    two = write_job_file(tmp_path / "again.nc", [RoleInput("a", "{}", raws)], {}, again)
+    assert kept == again and len(kept) == 1 and "expected (2,)" in kept[0], kept
+    assert _contents(one) == _contents(two)
+    got = _contents(one)["a"]
+    assert got["dims"]["uts"] == 10 and "E_1" in got and "s_1" in got, got
+
+
+def test_a_long_job_s_file_is_written_in_bounded_memory(tmp_path: Path) -> None:
+    """The recorder's write read a job's every stored batch into memory and built the
+    whole file there (2 million points of five variables: 570 MB at its peak): a long
+    high-rate job could take the recorder out of memory at its end. Now it reads the
+    store a few hundred batches at a time, keeps parsed batches up to a limit and
+    writes in runs: six times the points take about the same memory (here with both
+    limits made small, so that the run stays short)."""
+    fill = textwrap.dedent(
+        """
+        import sys
+        from pathlib import Path
+        from bench.write1m import batches
+        from tomato_mqtt.services.recorder.store import BatchStore
+
+        n, d = int(sys.argv[1]), Path(sys.argv[2])
+        store = BatchStore(d / "store.sqlite")
+        for at in range(0, n, 50_000):
+            for seq, raw in enumerate(batches(50_000), start=at // 1000):
+                store.add("c", "e1", seq, epoch=1, job=1, task=0, npoints=1000, raw=raw)
+        store.close()
+        """
+    )
+    write = textwrap.dedent(
+        """
+        import resource, sys
+        from pathlib import Path
+        import netCDF4
+        from tomato_mqtt.services.recorder import netcdf
+        from tomato_mqtt.services.recorder.store import BatchStore, Raws
+
+        n, d = int(sys.argv[1]), Path(sys.argv[2])
+        store = BatchStore(d / "store.sqlite")
+        rows = [r for _, r in store.job_rows(1)]
+        store.close()
+        netcdf._KEEP_PARSED, netcdf._WRITE_BYTES = 2**20, 4 * 2**20
+        netcdf.write_job_file(d / "warm.nc", [netcdf.RoleInput("r", "{}", [])], {"x": "y"})
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        role = netcdf.RoleInput("counter", "{}", Raws(d / "store.sqlite", rows))
+        netcdf.write_job_file(d / "r.nc", [role], {"x": "y"})
+        grew = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024
+        with netCDF4.Dataset(d / "r.nc") as nc:
+            assert nc["counter"].dimensions["uts"].size == n
+        print(grew)
+        """
+    )
+    grew = {}
+    for n in (100_000, 600_000):
+        d = tmp_path / str(n)
+        d.mkdir()
+        for script in (fill, write):
+            out = subprocess.run(
+                [sys.executable, "-c", script, str(n), str(d)],
+                capture_output=True,
+                text=True,
+                cwd=Path(__file__).parent.parent,
+                timeout=300,
+            )
+            assert out.returncode == 0, out.stderr[-3000:]
+        grew[n] = int(out.stdout.split()[-1])
+    # the whole job in memory: ~230 bytes a point, 115 MB more for the 500,000 more
+    assert grew[600_000] - grew[100_000] < 30, grew

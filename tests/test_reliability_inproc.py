@@ -842,7 +842,7 @@ async def test_a_file_that_cannot_be_written_is_not_tried_again_and_again(
         tries.append(time.monotonic())
         raise ValueError("variables ['freq_1'] are found in both data_vars and coords")
 
-    monkeypatch.setattr(netcdf, "build_groups", refuse)
+    monkeypatch.setattr(netcdf, "plan_groups", refuse)
     async with inproc_stack(broker.port, tmp_path, instance) as st:
         job = await _counter_job(st, tmp_path, "never", 0.5)
         ended = await st.wait_job(job.id, {"c", "ce", "cd"}, timeout=30)

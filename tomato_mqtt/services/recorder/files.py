@@ -122,6 +122,7 @@ class Files:
         """Write the job's file at ``path``, else in the fallback folder: (path, note,
         what of the stored points the file could not hold as they came)."""
         from tomato_mqtt.services.recorder.netcdf import RoleInput, write_job_file
+        from tomato_mqtt.services.recorder.store import Raws
 
         store = self.svc.store
         assert store is not None
@@ -136,24 +137,25 @@ class Files:
             )
         comp_to_role = {str(m.get("name")): role for role, m in a.roles.items()}
         # as tomato: a group per role that had a task (a role without one gets none)
-        per_role: dict[str, list[bytes]] = {role: [] for role in roles_with_tasks(a)}
+        per_role: dict[str, list[int]] = {role: [] for role in roles_with_tasks(a)}
         async with self._lock:
-            for component, _stream, _seq, _task, raw in store.job_batches(jobid):
+            # their rowids only: the writer reads them in its thread, a few at a time
+            for component, rowid in store.job_rows(jobid):
                 role = comp_to_role.get(component)
                 if role is not None:
-                    per_role[role].append(raw)
+                    per_role[role].append(rowid)
             roles = [
                 RoleInput(
                     role=role,
                     component_json=component_json(role, a.roles[role]),
-                    batches=raws,
+                    batches=Raws(store.path, rowids),
                     attrs=(
                         {"tomato_clock_offset": a.clock_offsets[role]}
                         if role in a.clock_offsets
                         else {}
                     ),
                 )
-                for role, raws in per_role.items()
+                for role, rowids in per_role.items()
             ]
             root = {"tomato_version": __version__, "tomato_Job": job_json(a)}
             guard = self.svc.guard

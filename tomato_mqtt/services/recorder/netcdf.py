@@ -1,6 +1,8 @@
 """The NetCDF file of a job: written once with netCDF4, in the layout xarray writes.
 
-Pure (no MQTT). Layout, compatible with tomato's: root attrs ``tomato_version`` and
+Pure (no MQTT). A role's batches are read twice: once to plan its group (every variable's
+name, type and dimensions: :func:`plan_groups`), then, a run at a time, to write it; a
+long job's file is written in bounded memory. Layout, compatible with tomato's: root attrs ``tomato_version`` and
 ``tomato_Job`` (JSON); one group per role with the coordinate ``uts`` (unix time, s),
 the driver's variables with CF ``units`` attrs, a ``task`` variable (index of the payload
 task that produced each point, -1 for none) and the group attrs ``tomato_Component``
@@ -21,7 +23,7 @@ import math
 import os
 import shutil
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,7 +33,7 @@ import orjson
 
 from tomato_mqtt.nclock import NC_LOCK
 
-__all__ = ["Group", "RoleInput", "build_groups", "write_job_file"]
+__all__ = ["RoleInput", "plan_groups", "write_job_file"]
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +49,8 @@ _DATA_REFUSED = ("illegal characters", "name in use", "Invalid name", "Name too 
 class RoleInput:
     role: str
     component_json: str
-    batches: list[bytes] = field(default_factory=list)  # raw DataBatch JSON
+    # raw DataBatch JSON: a list, or the store's Raws (iterated once, then fetch(idx))
+    batches: Iterable[bytes] = field(default_factory=list)
     attrs: dict[str, Any] = field(default_factory=dict)  # more group attrs (clock offset)
 
 
@@ -146,6 +149,8 @@ def _load(raws: Sequence[bytes], problems: list[str]) -> list[dict[str, Any]]:
         b: Any = None
         try:
             b = orjson.loads(raw)
+            if type(b["seq"]) is not int:
+                raise ValueError("its seq is not an integer")
             n = len(b["uts"])
             if not all(len(c) == n for c in b["vars"].values()):
                 raise ValueError("a column's length differs from uts")
@@ -203,63 +208,40 @@ def _batch_name(b: Any) -> str:
     if not isinstance(b, dict):
         return "a stored batch"
     try:
-        n = f", {len(b['uts'])} point(s)"
+        n = f", {b['_n'] if '_n' in b else len(b['uts'])} point(s)"
     except (KeyError, TypeError):
         n = ""
     return f"the batch of {b.get('component')} (seq {b.get('seq')}{n})"
 
 
-def _array(vals: Sequence[Any], shape: tuple[int, ...]) -> np.ndarray[Any, Any]:
-    """One batch's values of an array-valued variable: shape ``(n, *shape)``."""
+def _array_values(vals: Any) -> np.ndarray[Any, Any]:
+    """One batch's values of an array-valued variable as numbers: ``(n, *shape)``."""
     a = _numbers(vals)
     if a.dtype.kind not in "biuf":  # nulls (None) among the numbers
         a = np.asarray(vals, dtype=float)
-    if a.shape[1:] != shape:
-        raise ValueError(f"points of shape {a.shape[1:]}, expected {shape}")
     return a
 
 
-def _array_column(
-    name: str, batches: Sequence[Mapping[str, Any]], shape: tuple[int, ...], problems: list[str]
-) -> np.ndarray[Any, Any]:
-    parts: list[np.ndarray[Any, Any]] = []
-    for b in batches:
-        n = len(b["uts"])
-        col = b["vars"].get(name)
-        try:
-            parts.append(_array(col, shape) if col is not None else np.full((n, *shape), math.nan))
-        except (TypeError, ValueError) as e:
-            log.error("variable %r: %s: NaN in the file for those points", name, e)
-            problems.append(
-                f"variable {name!r} of {_batch_name(b)}: {e}: NaN in the file for those points"
-            )
-            parts.append(np.full((n, *shape), math.nan))
-    kinds = {p.dtype.kind for p in parts}
-    dtype: Any = _int_dtype(parts) if kinds <= {"i", "u"} else float
-    if not parts:
-        return np.empty((0, *shape), dtype=float)
-    return np.concatenate([p.astype(dtype, copy=False) for p in parts])
+def _nonneg(a: np.ndarray[Any, Any]) -> bool:
+    """What :func:`_int_dtype` asks of a part of integers: none of it is negative."""
+    return a.dtype.kind == "u" or a.size == 0 or a.dtype.kind != "i" or bool(a.min() >= 0)
 
 
-@dataclass
-class Group:
-    """One group of the file as xarray's ``Dataset`` would hold it: variables in order
-    (data variables, then coordinates), each ``(dims, values, attrs)``, and its attrs."""
+_Kind = tuple[str, bool, tuple[int, ...]]
+"""What a batch's column of a variable is, as the pass over the batches keeps it: its
+numpy kind, whether none of its integers is negative, the shape of a point (an array
+variable; ``("!", False, ())`` with the reason beside it: values that are not numbers)."""
 
-    variables: dict[str, tuple[tuple[str, ...], np.ndarray[Any, Any], dict[str, Any]]]
-    attrs: dict[str, Any]
 
-    @property
-    def sizes(self) -> dict[str, int]:
-        """Each dimension's length, in the order of first use (as ``Dataset.sizes``)."""
-        sizes: dict[str, int] = {}
-        for name, (dims, values, _) in self.variables.items():
-            if values.ndim != len(dims):
-                raise ValueError(f"variable {name!r}: {values.ndim}-d values for dims {dims}")
-            for d, n in zip(dims, values.shape, strict=True):
-                if sizes.setdefault(d, n) != n:
-                    raise ValueError(f"dimension {d!r}: length {n} and {sizes[d]}")
-        return sizes
+def _kind(col: Any, array: bool) -> tuple[_Kind, str]:
+    if not array:
+        c = _chunk(col)
+        return (c.dtype.kind, _nonneg(c), ()), ""
+    try:
+        a = _array_values(col)
+    except (TypeError, ValueError) as e:
+        return ("!", False, ()), str(e)
+    return (a.dtype.kind, _nonneg(a), tuple(a.shape[1:])), ""
 
 
 def _coordinate_sets(batches: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -395,8 +377,149 @@ def _variable_versions(batches: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def _role_group(ri: RoleInput, problems: list[str]) -> Group:
-    batches = _load(ri.batches, problems)
+@dataclass
+class _Var:
+    """A variable of a group as it will be written: its dimensions, type, attrs, and
+    (its per-batch parts) which name it has in each batch and how it is filled."""
+
+    dims: tuple[str, ...]
+    dtype: Any  # a numpy dtype, float, or object (text)
+    attrs: dict[str, Any]
+    shape: tuple[int, ...] = ()  # of a point (an array variable)
+
+
+@dataclass
+class _Plan:
+    """A role's group, planned from one pass over its batches (their values dropped
+    unless they fit :data:`_KEEP_PARSED`): its batches in the order of the file, each as
+    a skeleton (``_i`` its index among the role's batches, ``_n`` its points, ``vars``
+    each variable's name in the file -> its name in the batch), its variables in order,
+    and its coordinates."""
+
+    role: str
+    batches: list[dict[str, Any]]
+    variables: dict[str, _Var]
+    coords: dict[str, np.ndarray[Any, Any]]
+    attrs: dict[str, Any]
+
+    @property
+    def points(self) -> int:
+        return sum(b["_n"] for b in self.batches)
+
+
+#: a role's parsed batches are kept between the plan and the write up to this many raw
+#: bytes (a usual job is parsed once); past it they are parsed again as they are written,
+#: so that a long job's file is written in bounded memory: the write held a job's every
+#: batch, raw and parsed (4 million points of 3 variables: 531 MB more at its peak, 104
+#: MB now; past that, ~550 bytes a batch of the plan's skeletons)
+_KEEP_PARSED = 32 * 2**20
+
+#: bytes of values written to the file at a time
+_WRITE_BYTES = 16 * 2**20
+
+
+def _fetch(raws: Any, idx: Sequence[int]) -> list[bytes]:
+    """The role's batches at ``idx`` (a store's :class:`Raws` fetches them by rowid)."""
+    fetch = getattr(raws, "fetch", None)
+    return list(fetch(idx)) if fetch is not None else [raws[i] for i in idx]
+
+
+def _interned(coords: dict[str, Any], seen: dict[Any, Any]) -> dict[str, Any]:
+    """The batch's coordinates, each value set shared with an earlier batch's equal one
+    (every batch of a spectrometer carries its frequencies: kept once, not per batch)."""
+    out = {}
+    for k, v in coords.items():
+        out[k] = seen.setdefault(("values", orjson.dumps(v)), v)
+    shared: dict[str, Any] = seen.setdefault(("coords", orjson.dumps(out)), out)
+    return shared
+
+
+def _scan(raws: Any, problems: list[str]) -> list[dict[str, Any]]:
+    """One pass over a role's batches: a skeleton of each (see :class:`_Plan`). What
+    batches share (their variables, kinds, units, dimensions, coordinates) is kept once:
+    a day of a 10 Hz driver is 170,000 batches."""
+    out = []
+    kept = 0
+    seen: dict[Any, Any] = {}
+    for i, raw in enumerate(raws):
+        loaded = _load([raw], problems)
+        if not loaded:
+            continue
+        b = loaded[0]
+        bdims = b.get("dims") or {}
+        n = len(b["uts"])
+        kinds, why = {}, {}
+        for name, col in b["vars"].items():
+            kinds[name], w = _kind(col, bool(bdims.get(name)))
+            if w:
+                why[name] = w
+        units = b.get("units") or {}
+        shared = orjson.dumps([list(kinds.items()), units, bdims])
+        sk = {
+            "component": seen.setdefault(
+                ("component", str(b.get("component"))), b.get("component")
+            ),
+            "seq": b["seq"],
+            "epoch": b.get("epoch"),
+            "stream": b.get("stream"),
+            "task": b.get("task"),
+            "units": seen.setdefault((shared, 0), units),
+            "dims": seen.setdefault((shared, 1), bdims),
+            "coords": _interned(b.get("coords") or {}, seen),
+            "vars": seen.setdefault((shared, 2), {name: name for name in b["vars"]}),
+            "_i": i,
+            "_n": n,
+            "_first": float(b["uts"][0]) if n else math.inf,
+            "_kinds": seen.setdefault((shared, 3), kinds),
+        }
+        if why:
+            sk["_why"] = why
+        kept += len(raw)
+        if kept <= _KEEP_PARSED:
+            sk["_parsed"] = b
+        out.append(sk)
+    return out
+
+
+def _scalar_dtype(parts: list[_Kind | None]) -> Any:
+    """A variable's type in the file from its batches' kinds (None: a batch without it,
+    filled with NaN or ""): netCDF has no bool; integers are int64 (uint64 past its
+    range, none negative); numbers with gaps are floats; anything else is text."""
+    kinds = {p[0] for p in parts if p is not None}
+    gaps = any(p is None for p in parts)
+    if not gaps and kinds <= {"b"}:
+        return np.int8
+    if not gaps and kinds <= {"i", "u"}:
+        return _int_dtype_of([p for p in parts if p is not None])
+    if kinds <= {"b", "i", "u", "f"}:
+        return float
+    return object
+
+
+def _int_dtype_of(parts: Sequence[_Kind]) -> Any:
+    """:func:`_int_dtype` from the parts' kinds."""
+    if all(p[0] != "u" for p in parts):
+        return np.int64
+    if all(p[0] == "u" or p[1] for p in parts):
+        return np.uint64
+    return float
+
+
+def plan_groups(roles: Sequence[RoleInput], problems: list[str] | None = None) -> list[_Plan]:
+    """The file's groups, one per role (a later role of the same name replaces one),
+    planned. ``problems`` gets what of the stored points the groups could not hold as
+    they came (per role: ``role <r>: …``)."""
+    out: dict[str, _Plan] = {}
+    for ri in roles:
+        mine: list[str] = []
+        out[ri.role] = _plan(ri, mine)
+        if problems is not None:
+            problems.extend(f"role {ri.role}: {p}" for p in mine)
+    return list(out.values())
+
+
+def _plan(ri: RoleInput, problems: list[str]) -> _Plan:
+    batches = _scan(ri.batches, problems)
 
     # in the order the points were taken: by seq within a stream (its node's clock may
     # have stepped: the uts then jump, as measured; sorted by uts, a batch across a step
@@ -408,11 +531,10 @@ def _role_group(ri: RoleInput, problems: list[str]) -> Group:
 
     began: dict[tuple[str, str], tuple[int, float]] = {}
     for b in batches:
-        first = (b["seq"], b["uts"][0] if len(b["uts"]) else math.inf)
+        first = (b["seq"], b["_first"])
         began[stream(b)] = min(began.get(stream(b), first), first)
     batches.sort(key=lambda b: (began[stream(b)][1], stream(b), b["seq"]))
     batches = _variable_versions(_coordinate_sets(batches))
-    lens = [len(b["uts"]) for b in batches]
     names: dict[str, None] = {}
     units: dict[str, str] = {}
     dims: dict[str, tuple[str, ...]] = {}
@@ -424,52 +546,139 @@ def _role_group(ri: RoleInput, problems: list[str]) -> Group:
             dims.setdefault(k, tuple(v))
         for k, v in (b.get("coords") or {}).items():
             coords.setdefault(k, v)
-    variables: dict[str, Any] = {}
+    variables: dict[str, _Var] = {}
     for name in names:
         attrs = {"units": units[name]} if units.get(name) else {}
+        parts = [b["_kinds"][b["vars"][name]] if name in b["vars"] else None for b in batches]
         extra = dims.get(name)
-        if extra:
-            shape = tuple(len(coords[d]) for d in extra)
-            column = _array_column(name, batches, shape, problems)
-            variables[name] = (("uts", *extra), column, attrs)
+        if not extra:
+            variables[name] = _Var(("uts",), _scalar_dtype(parts), attrs)
             continue
-        chunks = [_chunk(b["vars"][name]) if name in b["vars"] else None for b in batches]
-        variables[name] = (("uts",), _column(chunks, lens), attrs)
-    task = [
-        np.full(n, -1 if b.get("task") is None else int(b["task"]), dtype=np.int64)
-        for b, n in zip(batches, lens, strict=True)
-    ]
-    variables["task"] = (
+        shape = tuple(len(coords[d]) for d in extra)
+        for b, p in zip(batches, parts, strict=True):
+            if p is None or (p[2] == shape and p[0] != "!"):
+                continue
+            why = (
+                f"points of shape {p[2]}, expected {shape}"
+                if p[0] != "!"
+                else b.get("_why", {}).get(b["vars"][name]) or "not numbers"
+            )
+            log.error("variable %r: %s: NaN in the file for those points", name, why)
+            problems.append(
+                f"variable {name!r} of {_batch_name(b)}: {why}: NaN in the file for those points"
+            )
+            b.setdefault("_nan", set()).add(name)
+        good = [
+            p for b, p in zip(batches, parts, strict=True) if p and name not in b.get("_nan", ())
+        ]
+        whole = len(good) == len(parts) and {p[0] for p in good} <= {"i", "u"}
+        dtype = _int_dtype_of(good) if whole else float
+        variables[name] = _Var(("uts", *extra), dtype, attrs, shape)
+    variables["task"] = _Var(
         ("uts",),
-        np.concatenate(task) if task else np.asarray([], dtype=np.int64),
+        np.int64,
         {"long_name": "index of the payload task that produced the point (-1: none)"},
     )
     both = sorted(set(coords).union(["uts"]) & set(variables))
     if both:  # a variable named as a coordinate: xarray refused such a Dataset too
         raise ValueError(f"variables {both} are found in both data_vars and coords")
-    uts = [np.asarray(b["uts"], dtype=float) for b in batches]
     # our own axis: pint's canonical name (a driver's variables keep their spelling)
-    variables["uts"] = (
-        ("uts",),
-        np.concatenate(uts) if uts else np.asarray([]),
-        {"units": "second"},
-    )
+    variables["uts"] = _Var(("uts",), float, {"units": "second"})
+    values = {}
     for d, vals in coords.items():
-        variables[d] = ((d,), np.asarray(vals), {"units": units[d]} if units.get(d) else {})
-    return Group(variables, {"tomato_Component": ri.component_json, "role": ri.role, **ri.attrs})
+        values[d] = np.asarray(vals)
+        if values[d].ndim != 1:
+            raise ValueError(f"variable {d!r}: {values[d].ndim}-d values for dims ({d!r},)")
+        variables[d] = _Var((d,), values[d].dtype, {"units": units[d]} if units.get(d) else {})
+    return _Plan(
+        ri.role,
+        batches,
+        variables,
+        values,
+        {"tomato_Component": ri.component_json, "role": ri.role, **ri.attrs},
+    )
 
 
-def build_groups(roles: Sequence[RoleInput], problems: list[str] | None = None) -> dict[str, Group]:
-    """The file's groups, one per role (a later role of the same name replaces one).
-    ``problems`` gets what of the stored points the groups could not hold as they came
-    (per role: ``role <r>: …``)."""
-    out = {}
-    for ri in roles:
-        mine: list[str] = []
-        out[ri.role] = _role_group(ri, mine)
-        if problems is not None:
-            problems.extend(f"role {ri.role}: {p}" for p in mine)
+def _part(plan: _Plan, name: str, b: dict[str, Any], parsed: dict[str, Any]) -> Any:
+    """One batch's values of one variable, as the file holds them."""
+    var = plan.variables[name]
+    n = b["_n"]
+    if name == "uts":
+        return np.asarray(parsed["uts"], dtype=float)
+    if name == "task":
+        return np.full(n, -1 if b.get("task") is None else int(b["task"]), dtype=np.int64)
+    col = parsed["vars"].get(b["vars"].get(name, ""))
+    if var.shape:
+        if col is None or name in b.get("_nan", ()):
+            return np.full((n, *var.shape), math.nan)
+        return _array_values(col).astype(var.dtype, copy=False)
+    if var.dtype is object:
+        if col is None:
+            return np.full(n, "", dtype=object)
+        c = _chunk(col)
+        return c.astype(str).astype(object) if c.dtype.kind != "O" else c
+    if col is None:
+        return np.full(n, math.nan, dtype=var.dtype)
+    return _chunk(col).astype(var.dtype, copy=False)
+
+
+def _windows(plan: _Plan) -> list[list[dict[str, Any]]]:
+    """The plan's batches in runs of about :data:`_WRITE_BYTES` of values each."""
+    width = 16 + sum(8 * max(1, math.prod(v.shape)) for v in plan.variables.values())
+    out: list[list[dict[str, Any]]] = []
+    run: list[dict[str, Any]] = []
+    size = 0
+    for b in plan.batches:
+        run.append(b)
+        size += b["_n"] * width
+        if size >= _WRITE_BYTES:
+            out.append(run)
+            run, size = [], 0
+    if run:
+        out.append(run)
     return out
+
+
+def _write_group(nc: Any, plan: _Plan, raws: Any) -> None:
+    """The role's group: its variables created, then filled a run of batches at a time
+    (each parsed again unless the plan kept it)."""
+    g = nc.createGroup(plan.role)
+    sizes = {"uts": plan.points, **{d: len(vals) for d, vals in plan.coords.items()}}
+    for dim in dict.fromkeys(d for var in plan.variables.values() for d in var.dims):
+        g.createDimension(dim, sizes[dim])  # in the order of first use, as xarray's
+    made = {}
+    for vname, var in plan.variables.items():
+        dtype = np.dtype(var.dtype)
+        if dtype.kind in "UO":
+            made[vname] = g.createVariable(vname, str, var.dims)
+        else:
+            fill = np.nan if dtype.kind == "f" else None
+            made[vname] = g.createVariable(vname, dtype, var.dims, fill_value=fill)
+        made[vname].setncatts({str(k): a for k, a in var.attrs.items()})
+    for d, vals in plan.coords.items():
+        if vals.size:
+            made[d][:] = vals.astype(object) if vals.dtype.kind in "UO" else vals
+    along = [v for v in plan.variables if v not in plan.coords]
+    at = 0
+    for run in _windows(plan):
+        again = [b for b in run if "_parsed" not in b]
+        if again:
+            mine: list[str] = []
+            loaded = _load(_fetch(raws, [b["_i"] for b in again]), mine)
+            if mine or len(loaded) != len(again):  # the store changed under the write
+                raise OSError(errno.EIO, f"stored batches changed while written: {mine}")
+            parsed = dict(zip((b["_i"] for b in again), loaded, strict=True))
+        n = sum(b["_n"] for b in run)
+        if not n:
+            continue
+        for vname in along:
+            parts = [
+                _part(plan, vname, b, b["_parsed"] if "_parsed" in b else parsed[b["_i"]])
+                for b in run
+            ]
+            made[vname][at : at + n] = np.concatenate(parts)
+        at += n
+    g.setncatts({str(k): a for k, a in plan.attrs.items()})
 
 
 def _umask() -> int:
@@ -488,7 +697,7 @@ def write_job_file(
     """Write the job's file atomically at ``path``; returns the path written.
     ``problems`` gets what of the stored points the file could not hold as they came."""
     path = Path(path)
-    groups = build_groups(roles, problems)
+    plans = plan_groups(roles, problems)
     _remove_stale_temps(path)
     # the writer's pid in the name: a later write removes only a dead writer's leftovers
     fd, tmp = tempfile.mkstemp(
@@ -498,7 +707,7 @@ def write_job_file(
     try:
         with NC_LOCK:  # netCDF-C/HDF5 are not thread-safe (tomato_mqtt/nclock.py)
             try:
-                _write(tmp, groups, root_attrs)
+                _write(tmp, plans, roles, root_attrs)
             except RuntimeError as e:  # netCDF4's "NetCDF: HDF error" of a disk that
                 # filled up mid-write (a review: answered "internal", never retried); a
                 # refusal of the data itself (a name with '/', a NUL, too long: a data-
@@ -606,7 +815,12 @@ def _why_not_written(e: OSError, folder: Path) -> OSError:
     return e
 
 
-def _write(path: str, groups: Mapping[str, Group], root_attrs: Mapping[str, str]) -> None:
+def _write(
+    path: str,
+    plans: Sequence[_Plan],
+    roles: Sequence[RoleInput],
+    root_attrs: Mapping[str, str],
+) -> None:
     """The groups with netCDF4 directly, in one open file: the layout xarray's
     ``DataTree.to_netcdf`` writes (dimension coordinates, ``_FillValue`` NaN for floats,
     text as variable-length strings), without xarray and pandas in the recorder (~60 MB
@@ -615,22 +829,8 @@ def _write(path: str, groups: Mapping[str, Group], root_attrs: Mapping[str, str]
     """
     import netCDF4
 
+    raws = {ri.role: ri.batches for ri in roles}  # (the last of a name, as plan_groups)
     with netCDF4.Dataset(path, "w", format="NETCDF4") as nc:
         nc.setncatts({str(k): v for k, v in root_attrs.items()})
-        for name, group in groups.items():
-            g = nc.createGroup(name)
-            for dim, size in group.sizes.items():
-                g.createDimension(dim, size)
-            for vname, (dims, values, attrs) in group.variables.items():
-                kind = values.dtype.kind
-                if kind in "UO":
-                    v = g.createVariable(vname, str, dims)
-                    if values.size:
-                        v[:] = values.astype(object)
-                else:
-                    fill = np.nan if kind == "f" else None
-                    v = g.createVariable(vname, values.dtype, dims, fill_value=fill)
-                    if values.size:
-                        v[:] = values
-                v.setncatts({str(k): a for k, a in attrs.items()})
-            g.setncatts({str(k): a for k, a in group.attrs.items()})
+        for plan in plans:
+            _write_group(nc, plan, raws[plan.role])

@@ -32,13 +32,14 @@ import hashlib
 import json
 import sqlite3
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from tomato_mqtt.model.jobs import PLAUSIBLE_ID
 
-__all__ = ["AddResult", "BatchRow", "BatchStore", "digest"]
+__all__ = ["AddResult", "BatchRow", "BatchStore", "Raws", "digest"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS stored (
@@ -120,6 +121,48 @@ class _Stream:
         if nxt <= upto:
             gaps.append((nxt, upto))
         return gaps
+
+
+class Raws:
+    """Stored batches (rowids) as the file's writer reads them: once in order, then by
+    index; from its own thread, on a connection of its own, a few hundred rows per read
+    (the write held a job's every batch in memory: a long high-rate job's file could
+    take the recorder out of memory)."""
+
+    _AT_ONCE = 256
+
+    def __init__(self, path: Path, rowids: list[int]) -> None:
+        self.path = path
+        self.rowids = rowids
+
+    def __len__(self) -> int:
+        return len(self.rowids)
+
+    def __iter__(self) -> Iterator[bytes]:
+        with contextlib.closing(self._connect()) as db:
+            for at in range(0, len(self.rowids), self._AT_ONCE):
+                yield from self._read(db, self.rowids[at : at + self._AT_ONCE])
+
+    def fetch(self, idx: Sequence[int]) -> list[bytes]:
+        with contextlib.closing(self._connect()) as db:
+            out: list[bytes] = []
+            for at in range(0, len(idx), self._AT_ONCE):
+                out += self._read(db, [self.rowids[i] for i in idx[at : at + self._AT_ONCE]])
+            return out
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, isolation_level=None)
+        db.execute("PRAGMA query_only = 1")
+        return db
+
+    @staticmethod
+    def _read(db: sqlite3.Connection, rowids: list[int]) -> list[bytes]:
+        marks = ",".join("?" * len(rowids))
+        got = dict(db.execute(f"SELECT rowid, raw FROM stored WHERE rowid IN ({marks})", rowids))
+        if len(got) != len(set(rowids)):
+            # released or removed while the file was written: it would not hold them
+            raise OSError(f"{len(rowids) - len(got)} stored batch(es) went while being read")
+        return [bytes(got[r]) for r in rowids]
 
 
 class BatchStore:
@@ -259,6 +302,16 @@ class BatchStore:
             (job,),
         ).fetchall()
         return [(str(c), str(st), int(s), t, bytes(r)) for c, st, s, t, r in rows]
+
+    def job_rows(self, job: int) -> list[tuple[str, int]]:
+        """``(component, rowid)`` of the job's batches, in the order of
+        :meth:`job_batches`, without their bytes (read by :class:`Raws`)."""
+        rows = self._db.execute(
+            "SELECT component, rowid FROM stored WHERE job = ? "
+            "ORDER BY component, epoch, stream, seq",
+            (job,),
+        ).fetchall()
+        return [(str(c), int(r)) for c, r in rows]
 
     def highest_job(self) -> int | None:
         """The highest job id stored (batches or final files; model.jobs.PLAUSIBLE_ID
