@@ -1519,3 +1519,52 @@ async def test_a_job_whose_end_cannot_be_stored_says_why_meanwhile(
         full["on"] = False
         ended = await st.wait_job(job.id, {"c", "ce", "cd"}, timeout=30)
         assert ended.status == "c" and "not stored yet" not in (ended.reason or ""), ended
+
+
+async def test_a_state_file_damaged_while_the_scheduler_runs_is_said_and_the_stack_stops(
+    broker: RunningBroker, instance: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A state file damaged under the running scheduler (pages overwritten: a disk
+    error) answered every request, `tomato stop` included, "internal error in scheduler:
+    DatabaseError('database disk image is malformed')", and logged a traceback at every
+    pass: the stack could be stopped only by killing it. Now the file is named with what
+    to do, in the answers (`unavailable`) and the scheduler's status, once in the log,
+    and a stop is accepted, naming the jobs that ran."""
+    import os
+    import sqlite3
+
+    from tests.inproc import inproc_stack
+    from tests.test_node import wait_retained
+    from tomato_mqtt.transport.rpc import ReplyError
+    from tomato_mqtt.wire.messages import SchedulerStatus, decode
+
+    async with inproc_stack(broker.port, tmp_path, instance) as st:
+        path = st.settings.state_db
+        job = await st.submit_counter("pip-counter-1", 30, 0.1, tmp_path)
+        await st.wait_job(job.id, {"r"}, timeout=10)
+        with sqlite3.connect(path) as db:  # everything in the file itself, then damaged
+            db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        with open(path, "r+b") as f:
+            f.seek(2 * 4096)
+            f.write(os.urandom(os.path.getsize(path) - 2 * 4096))
+        with pytest.raises(ReplyError) as e:
+            await st.call("job_status", {"jobids": [job.id]})
+        assert e.value.code == "unavailable", e.value
+        said = str(e.value)
+        assert str(path) in said and "malformed" in said and "backup" in said, said
+        assert "internal" not in said, said
+        raw = await wait_retained(
+            st.client,
+            st.topics.scheduler_status(),
+            lambda raw: decode(SchedulerStatus, raw).storage_error is not None,
+            10,
+        )
+        assert str(path) in str(decode(SchedulerStatus, raw).storage_error)
+        st.scheduler.kick()
+        await asyncio.sleep(0.3)
+        assert "Traceback" not in caplog.text, caplog.text[-3000:]
+        assert caplog.text.count("cannot be read (database disk image is malformed)") == 1
+        reply = await st.raw(st.topics.scheduler_cmd("stop"))
+        assert reply.success and f"jobs running: {job.id}" in reply.msg, reply
+        assert "damaged" in reply.msg and str(path) in reply.msg, reply
+        assert await st.scheduler.wait_stopped(10)

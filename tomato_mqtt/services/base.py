@@ -195,6 +195,11 @@ class Service(abc.ABC):
     def stopping(self) -> bool:
         return self._stop.is_set()
 
+    def said_fault(self, e: BaseException) -> str | None:
+        """What the service says of an error of its own storage (see the scheduler's),
+        said once there; None: a bug, logged with its traceback where it happened."""
+        return None
+
     def request_stop(self) -> None:
         """Ask :meth:`run` to shut down in order; returns at once."""
         self._stop.set()
@@ -341,5 +346,6 @@ class Service(abc.ABC):
         async for msg in self.client.messages():
             try:
                 await self.on_message(msg)
-            except Exception:  # one bad message must never stop a service
-                log.exception("%s: handling a message on %s failed", self.client_id, msg.topic)
+            except Exception as e:  # one bad message must never stop a service
+                if self.said_fault(e) is None:
+                    log.exception("%s: handling a message on %s failed", self.client_id, msg.topic)

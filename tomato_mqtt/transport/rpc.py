@@ -61,6 +61,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+
 class NoResponder(MqttTimeout):
     """Nobody answered a request in time (``topic``: where it was sent)."""
 
@@ -271,8 +272,12 @@ class Responder:
         journal: ReplyJournal | None = None,
         journaled: frozenset[str] = frozenset(),
         max_reply: int = MAX_REPLY,
+        on_fault: Callable[[BaseException], str | None] | None = None,
     ) -> None:
         self.client = client
+        #: what the service says of an error of its own storage (a damaged state file),
+        #: answered ``unavailable``; None: the error is a bug (``internal``)
+        self.on_fault = on_fault
         self.max_reply = max_reply
         self.topics = topics
         self.handlers = dict(handlers)
@@ -453,6 +458,9 @@ class Responder:
         except OSError as e:
             return fail(str(e), "unavailable")
         except Exception as e:  # a bug must not take the service down
+            said = self.on_fault(e) if self.on_fault is not None else None
+            if said is not None:
+                return fail(said, "unavailable")
             if (
                 type(e).__module__ == "sqlite3"
                 and type(e).__name__ == "OperationalError"

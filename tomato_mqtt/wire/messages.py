@@ -104,6 +104,13 @@ class SchedulerStatus(WireModel):
     broker: str | None = None
     jobs_running: int = 0
     jobs_queued: int = 0
+    storage_error: str | None = Field(
+        default=None,
+        description=(
+            "why the scheduler's state file cannot be used now (damaged while it ran), "
+            "and what to do; requests that need it are answered `unavailable` meanwhile"
+        ),
+    )
 
 
 class DriverInfo(WireModel):

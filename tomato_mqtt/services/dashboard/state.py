@@ -315,6 +315,7 @@ class LabState:
                 "version": sch.version,
                 "jobs_running": sch.jobs_running,
                 "jobs_queued": sch.jobs_queued,
+                "storage_error": sch.storage_error,
                 "rx": self.rx.get("scheduler"),
             }
         elif kind == "recorder" and self.recorder is not None:

@@ -3,13 +3,13 @@
 Pure (no MQTT). A role's batches are read twice: once to plan its group (every
 variable's name, type and dimensions: :func:`plan_groups`), then, a run at a time, to
 write it; a long job's file is written in bounded memory. Layout, compatible with
-tomato's: root attrs ``tomato_version`` and ``tomato_Job`` (JSON); one group per role with the coordinate ``uts`` (unix time, s),
-the driver's variables with CF ``units`` attrs, a ``task`` variable (index of the payload
-task that produced each point, -1 for none) and the group attrs ``tomato_Component``
-(JSON) and ``role`` (plus ``tomato_clock_offset``, s, when the node's clock was off).
-An array-valued variable has the dimensions ``("uts", *extra)``, and every extra
-dimension is a coordinate variable with its ``units``, as tomato writes its drivers'
-xarray Datasets.
+tomato's: root attrs ``tomato_version`` and ``tomato_Job`` (JSON); one group per role
+with the coordinate ``uts`` (unix time, s), the driver's variables with CF ``units``
+attrs, a ``task`` variable (index of the payload task that produced each point, -1 for
+none) and the group attrs ``tomato_Component`` (JSON) and ``role`` (plus
+``tomato_clock_offset``, s, when the node's clock was off). An array-valued variable has
+the dimensions ``("uts", *extra)``, and every extra dimension is a coordinate variable
+with its ``units``, as tomato writes its drivers' xarray Datasets.
 The file is written next to its final place and renamed, so a reader never sees half a
 file.
 """

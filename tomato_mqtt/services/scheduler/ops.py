@@ -150,7 +150,21 @@ class SchedulerOps:
     async def stop(self, args: Mapping[str, JsonValue]) -> Result:
         self.access.require("stop")
         NoArgs.model_validate(args)
-        running = self.store.jobs(statuses=["r", "rd"])
+        try:
+            running = self.store.jobs(statuses=["r", "rd"])
+        except sqlite3.DatabaseError as e:
+            damaged = self.svc.state_fault(e)
+            if damaged is None:
+                raise
+            # the file cannot say which jobs run: the stack stops (a user who cannot
+            # stop it is left with kill); their points stay in the recorder's store
+            ids = ", ".join(str(i) for i in sorted(self.svc.runners)) or "none"
+            self.svc.exit_requested = True
+            self.svc.spawn(self._stop_soon())
+            return Result(
+                f"stopping tomato-mqtt, its state file being damaged (jobs running: {ids}; "
+                "their points so far stay in the recorder's store). " + damaged
+            )
         if running:
             ids = ", ".join(str(j.id) for j in running)
             raise CommandError(

@@ -22,7 +22,7 @@ from pydantic import JsonValue
 from tomato_mqtt import __version__
 from tomato_mqtt.config.devices import Layout, load_devices
 from tomato_mqtt.config.settings import Settings, settings_url
-from tomato_mqtt.config.statefiles import opened
+from tomato_mqtt.config.statefiles import opened, what_to_do
 from tomato_mqtt.model.jobs import Job
 from tomato_mqtt.services.base import Service
 from tomato_mqtt.services.scheduler.lost import LostComponents
@@ -104,6 +104,8 @@ class SchedulerService(Service):
         self.started_at = time.time()
         self.exit_requested = False  # `tomato stop`: the supervisor then stops the stack
         self._file_said: str | None = None  # what check_file said last (said once)
+        #: the state file was found damaged while the scheduler ran (see state_fault)
+        self.state_damaged: str | None = None
         self.nodeconfig = NodeConfigurator(self)
         self.recorder = RecorderLink(self.topics)  # requests survive a recorder restart
         self.presence_view = Presence(self)
@@ -182,6 +184,7 @@ class SchedulerService(Service):
             max_reply=self.settings.max_reply_bytes,
             journal=self.store,
             journaled=JOURNALED,
+            on_fault=self.state_fault,
         )
         filters = (
             self.topics.scheduler_cmds(),
@@ -241,9 +244,39 @@ class SchedulerService(Service):
         return self._kick.is_set()
 
     # -- publishing ------------------------------------------------------------------------
+    def said_fault(self, e: BaseException) -> str | None:
+        return self.state_fault(e)
+
+    def state_fault(self, e: BaseException) -> str | None:
+        """What to say of ``e`` when it is SQLite's word for a damaged state file
+        ("database disk image is malformed"), found while the scheduler ran: logged once,
+        in the scheduler's status from now on, and the answer (``unavailable``) to every
+        request that needs the file. None for any other error. A fault-injection run: a
+        file damaged under the running scheduler answered every request, `tomato stop`
+        included, "internal error in scheduler: DatabaseError(…)", and logged a traceback
+        at every pass; the stack could not be stopped but by killing it."""
+        if type(e) is not sqlite3.DatabaseError or self.store is None:
+            return None  # (its subclasses: a full disk, a locked file, an SQL bug)
+        if self.state_damaged is None:
+            self.state_damaged = what_to_do(
+                "state",
+                self.store.path,
+                str(e),
+                "no job starts and requests that need it are refused until tomato-mqtt "
+                "is stopped (`tomato stop`: accepted now, also while jobs run) and started "
+                "on a good file",
+            )
+            log.error("%s", self.state_damaged)
+            self.spawn(self.publish(self.topics.scheduler_status(), self._presence("online")))
+        return self.state_damaged
+
     def _presence(self, state: str) -> SchedulerStatus:
         # counts from the status index: the heartbeat costs the same at any queue depth
-        n = self.store.status_counts() if self.store else {}
+        try:
+            n = self.store.status_counts() if self.store else {}
+        except sqlite3.Error as e:
+            self.state_fault(e)
+            n = {}
         return SchedulerStatus(
             state=state,
             instance=self.settings.mqtt.instance,
@@ -254,6 +287,7 @@ class SchedulerService(Service):
             broker=str(self.url),
             jobs_running=n.get("r", 0) + n.get("rd", 0),
             jobs_queued=n.get("q", 0) + n.get("qw", 0),
+            storage_error=self.state_damaged,
         )
 
     async def publish(self, topic: str, msg: Any, retain: bool = True, wait: bool = False) -> None:
@@ -473,10 +507,13 @@ class SchedulerService(Service):
         while True:
             await self._kick.wait()
             self._kick.clear()
+            if self.state_damaged is not None:
+                continue  # said once (state_fault), not a traceback at every pass
             try:
                 await self.ops.schedule()
-            except Exception:
-                log.exception("scheduling pass failed")
+            except Exception as e:
+                if self.state_fault(e) is None:
+                    log.exception("scheduling pass failed")
 
     def _readopt(self) -> None:
         """Jobs that were running when the scheduler stopped keep running: adopt them."""

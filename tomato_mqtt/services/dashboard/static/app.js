@@ -171,7 +171,7 @@ function renderPresence() {
     rows.push([key, `<td>${esc(label)}</td><td><span class="pill ${cls}" data-state="${esc(state)}">${esc(state)}</span></td><td>${age}</td><td>${esc(v && v.version)}</td><td>${detail}</td>`]);
   };
   const sch = S.scheduler;
-  row("scheduler", "scheduler", sch, sch ? `${sch.jobs_running} running, ${sch.jobs_queued} queued` : "");
+  row("scheduler", "scheduler", sch, sch && sch.storage_error ? `<span class="err">${esc(sch.storage_error)}</span>` : sch ? `${sch.jobs_running} running, ${sch.jobs_queued} queued` : "");
   const rec = S.recorder;
   row("recorder", "recorder", rec, rec && rec.storage_error ? `<span class="err">${esc(rec.storage_error)}</span>` : "");
   for (const id of Object.keys(S.nodes).sort()) {
