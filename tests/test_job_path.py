@@ -120,3 +120,39 @@ async def test_a_cancel_while_a_launch_is_announced_is_not_lost(
         assert [(e.event, e.status, e.detail) for e in ended] == [
             ("completed", "cd", {"reason": None})
         ], ended
+
+
+async def test_a_submit_whose_file_exists_already_says_where_the_file_will_go(
+    broker: RunningBroker, tmp_path: Path, instance: str
+) -> None:
+    """A lab moving over from tomato 2.2 (which overwrote) ran job 1 in a folder holding
+    tomato 2.2's results.1.nc: the submit said nothing, the job ended `c`, its file went
+    to the job folder, and a script that opened results.1.nc read the old experiment.
+    The submit says so now; the file there is left as it was, and the job's respath
+    names the file written."""
+    payload = yaml.safe_load((CONFIG / "counter_1_0.1.yml").read_text())
+    payload["method"][0]["time"] = 0.3
+    async with inproc_stack(broker.port, tmp_path, instance) as st:
+        await st.call("pipeline_load", {"pipeline": "pip-counter-1", "sampleid": "counter_1_0.1"})
+        await st.call("pipeline_ready", {"pipeline": "pip-counter-1"})
+        work = st.settings.datadir / "work"
+        work.mkdir(parents=True)
+        old = work / "results.1.nc"
+        old.write_bytes(b"tomato 2.2's file of another experiment")
+        reply = await st.raw(
+            st.topics.scheduler_cmd("job_submit"), {"payload": payload, "submit_dir": str(work)}
+        )
+        assert reply.success, reply
+        own = st.settings.jobs_dir / "1" / "results.1.nc"
+        assert f"{old} exists already and is not overwritten" in reply.msg, reply.msg
+        assert f"goes to {own} instead" in reply.msg, reply.msg
+        done = await st.wait_job(1, {"c", "ce", "cd"}, timeout=30)
+        assert done.status == "c" and done.respath == str(own), done
+        assert old.read_bytes() == b"tomato 2.2's file of another experiment"
+        assert load_tree(own)["counter"].sizes["uts"] >= 1
+        # a file that is not there: nothing said
+        payload["method"][0]["time"] = 0.1
+        reply = await st.raw(
+            st.topics.scheduler_cmd("job_submit"), {"payload": payload, "submit_dir": str(work)}
+        )
+        assert "exists already" not in reply.msg, reply.msg

@@ -57,6 +57,14 @@ def _submitted(job: Job, note: str = "") -> Result:
     )
 
 
+def _taken(path: Path) -> bool:
+    """Something is at ``path`` (a new job's file would not be written there)."""
+    try:
+        return path.exists() or path.is_symlink()
+    except OSError:
+        return False
+
+
 def _under(folder: Path, roots: list[Path]) -> bool:
     """``folder`` (resolved as far as it exists) lies under one of ``roots``."""
     try:
@@ -313,6 +321,18 @@ class SchedulerOps:
                     f"`ketchup snapshot {job.id}` fetches a copy"
                 )
                 base = own
+            elif _taken(base / f"{prefix}.nc"):
+                # the recorder writes over no file but an earlier version of the job's
+                # own: said now (a lab moving over from tomato 2.2, which overwrote, ran
+                # job 27 in a folder holding tomato 2.2's results.27.nc: the job ended
+                # `c`, a script opened the old experiment's file; a prefix used again, the
+                # same)
+                note = (
+                    f"; {base / f'{prefix}.nc'} exists already and is not overwritten "
+                    "(tomato 2.2 overwrote it): unless it is moved away before the job "
+                    f"ends, the job's file goes to {own / f'{prefix}.nc'} instead "
+                    f"(`ketchup status {job.id}` names it then)"
+                )
             job = self.store.update_job(job.id, respath=str(base / f"{prefix}.nc"))
         await self.svc.publish_job(job)
         log.info("job %d submitted (%s)", job.id, job.jobname or "no name")
