@@ -277,6 +277,57 @@ def test_installed_after_start_found_by_reload(up: Stack) -> None:
     assert "were dropped, not sent: variable 'I/V': the name holds '/'" in str(job), job
 
 
+def test_an_upgraded_driver_runs_its_new_code_after_a_reload(up: Stack, tmp_path: Path) -> None:
+    """A tomato 2.2 user's review: a driver's fix installed with `tomato drivers install`
+    and taken with `tomato reload` was reported as the new version by `tomato status
+    drivers`, while its host process (started before) ran the old code for every job
+    until a `tomato stop`. Now the status names the version that runs, and a reload
+    makes the idle components' host process anew."""
+    import shutil
+
+    new = tmp_path / "spectrum-0.2"
+    shutil.copytree(SPECTRUM, new, ignore=shutil.ignore_patterns("build", "*.egg-info"))
+    toml = new / "pyproject.toml"
+    toml.write_text(toml.read_text().replace('version = "0.1.0"', 'version = "0.2.0"'))
+    code = new / "tomato_spectrum" / "__init__.py"
+    code.write_text(code.read_text().replace('{"units": "dB"}', '{"units": "dBm"}'))
+    # (the test before ran jobs on it: its host process is up, s1 is loaded)
+    res = up.run("tomato", "drivers", "install", str(new), timeout=600)
+    assert res.returncode == 0, res.stderr
+
+    def spectrum_version() -> str:
+        drivers = up.json("tomato", "status", "drivers")["data"]
+        return str(drivers["spectrum"]["nodes"]["local"]["version"])
+
+    def wait_version(start: str) -> str:
+        deadline = time.monotonic() + 30  # (the node's status: at its next heartbeat)
+        while not (version := spectrum_version()).startswith(start):
+            assert time.monotonic() < deadline, version
+            time.sleep(0.2)
+        return version
+
+    assert "installed: used once its components are idle" in wait_version("0.1.0 running, 0.2.0")
+    up.run("tomato", "reload", check=True)
+    wait_version("0.2.0 (tomato")
+    payload = up.workdir / "sweep2.yml"
+    payload.write_text(
+        "version: '2.2'\nsample: {identifier: s1}\nuser: {identifier: me}\nmethod:\n"
+        "  - {component_role: spectrum, technique_name: sweep, max_duration: 0.6,"
+        " sampling_interval: 0.2, task_params: {gain: 2}}\n"
+    )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        comps = up.json("tomato", "status", "components")["data"]
+        if next(c for c in comps.values() if c["driver"] == "spectrum")["registered"]:
+            break
+        time.sleep(0.2)
+    up.run("tomato", "pipeline", "ready", "pip-spectrum", check=True)
+    job = up.wait_job(up.submit(payload), {"c", "ce", "cd"}, timeout=60)
+    assert job["status"] == "c", job
+    with xr.open_datatree(job["respath"]) as tree:
+        assert tree["spectrum"]["spectrum"].attrs.get("units") == "dBm"
+
+
 def test_dataset_to_columns_keeps_extra_dimensions() -> None:
     """The one conversion of an upstream Dataset (in the host script), arrays included."""
     import importlib.util

@@ -51,7 +51,8 @@ def install(
     names = ", ".join(f"{n} ({after[n].package} {after[n].version})" for n in new) or "none new"
     msg = (
         f"installed {' '.join(requirements)} into {env.path} in {took:.1f} s; drivers: {names}."
-        " A running stack uses them after `tomato reload`."
+        " A running stack uses them after `tomato reload` (a component in a task keeps"
+        " the version it started with until a `tomato reload` after the task)."
     )
     data = {
         "env": str(env.path),

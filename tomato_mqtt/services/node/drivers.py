@@ -38,6 +38,9 @@ class NodeDrivers:
         self.errors: dict[str, str] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._sent: set[str] = set()  # drivers whose settings the scheduler sent last
+        #: (source, version) each instance was made of (an upstream driver upgraded
+        #: since runs its old code until its host process is made anew: upgraded())
+        self.made_of: dict[str, tuple[str, str]] = {}
 
     def update_settings(self, settings: Mapping[str, Mapping[str, Any]]) -> set[str]:
         """Take the scheduler's settings; returns the drivers whose settings changed.
@@ -86,11 +89,36 @@ class NodeDrivers:
                     drv.idle_measurement_interval = idle
                 self.instances[name] = drv
                 self.errors.pop(name, None)
+                made = self._installed().get(name)
+                if made is not None:
+                    self.made_of[name] = made
             return drv
+
+    def _installed(self) -> dict[str, tuple[str, str]]:
+        """(source, version) of the driver each name resolves to, as installed now."""
+        return {
+            d.name: (d.source, d.version)
+            for d in all_drivers(self.settings, self.upstream_env)
+            if d.used
+        }
+
+    def upgraded(self) -> set[str]:
+        """Upstream drivers installed anew (another version) since their instance was
+        made: its host process runs the old code (an admin installed a driver's fix,
+        `tomato reload`, and `tomato status drivers` showed the new version while every
+        job ran the old one: a tomato 2.2 user's review). A native driver's code is
+        imported into the node itself: a restart of the node takes a new version."""
+        now = self._installed()
+        return {
+            name
+            for name, made in self.made_of.items()
+            if name in self.instances and made[0] == "upstream" and now.get(name, made) != made
+        }
 
     def drop(self, name: str) -> None:
         """Forget (and close) the instance of ``name``; the next :meth:`get` makes one."""
         drv = self.instances.pop(name, None)
+        self.made_of.pop(name, None)
         if drv is not None:
             close_quietly(drv)
 
@@ -105,6 +133,14 @@ class NodeDrivers:
         for d in all_drivers(self.settings, self.upstream_env):
             if d.used:
                 ver = d.version if d.source == "native" else f"{d.version} (tomato {d.package})"
+                made = self.made_of.get(d.name)
+                if d.name in self.instances and made is not None and made[1] != d.version:
+                    # the version that runs, not only the one installed since
+                    ver = f"{made[1]} running, {ver} installed: " + (
+                        "used once its components are idle at a `tomato reload`"
+                        if made[0] == "upstream"
+                        else "used after the node is restarted"
+                    )
                 out[d.name] = DriverInfo(version=ver, loaded=d.name in self.instances)
         for name, err in self.errors.items():
             out[name] = DriverInfo(loaded=False, error=err)

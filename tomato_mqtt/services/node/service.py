@@ -705,6 +705,7 @@ class NodeService(Service):
             self._configured.set()
         discovery.refresh()  # a reload finds driver packages installed since
         changed_drivers = self.drivers.update_settings(cfg.driver_settings)
+        changed_drivers |= self.drivers.upgraded()  # its host process runs the old code
         if cfg.batch_interval:
             self.config.batch_interval = cfg.batch_interval
         wanted = {c.name: c for c in cfg.components}
