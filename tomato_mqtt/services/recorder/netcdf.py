@@ -552,7 +552,10 @@ def _plan(ri: RoleInput, problems: list[str]) -> _Plan:
         parts = [b["_kinds"][b["vars"][name]] if name in b["vars"] else None for b in batches]
         extra = dims.get(name)
         if not extra:
-            variables[name] = _Var(("uts",), _scalar_dtype(parts), attrs)
+            dtype = _scalar_dtype(parts)
+            if dtype is np.int8:  # booleans: xarray reads them back as bool (its mark)
+                attrs["dtype"] = "bool"
+            variables[name] = _Var(("uts",), dtype, attrs)
             continue
         shape = tuple(len(coords[d]) for d in extra)
         for b, p in zip(batches, parts, strict=True):
