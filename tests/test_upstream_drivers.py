@@ -371,6 +371,22 @@ def test_dataset_to_columns_keeps_extra_dimensions() -> None:
     assert len(block) == 2
 
 
+def test_dataset_to_columns_keeps_a_coordinate_along_uts() -> None:
+    """A tomato 2.2 user's review: a driver's non-dimension coordinate along ``uts`` (a
+    cycle number per point) was left out without a word; tomato 2.2's file has it."""
+    import numpy as np
+
+    from tomato_mqtt.driver.upstream.host import dataset_to_columns
+
+    ds = xr.Dataset(
+        {"E": ("uts", [0.1, 0.2], {"units": "V", "long_name": "potential"})},
+        coords={"uts": [1.0, 2.0], "cycle": ("uts", np.array([1, 2]))},
+    )
+    cols = dataset_to_columns(ds)
+    assert cols["vars"] == {"E": [0.1, 0.2], "cycle": [1, 2]}, cols
+    assert cols["units"] == {"E": "V"}
+
+
 def test_missing_driver_says_how_to_install(tmp_path: Path) -> None:
     from tomato_mqtt.driver.discovery import DriverNotFound, resolve_driver
 

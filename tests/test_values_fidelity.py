@@ -340,7 +340,7 @@ def orjson_dumps(doc: Any) -> bytes:
 def test_booleans_read_back_as_booleans(tmp_path: Path) -> None:
     """A tomato 2.2 user's review: tomato 2.2's files give a driver's booleans back as
     bool (xarray writes them as int8 with the attr ``dtype: bool``); ours gave int8, and
-    a script's ``ds.ok.sel(...)`` masks broke. Both paths: the one-point and the bulk."""
+    a script's masks (``ds.where(ds.ok)``) broke."""
     raws = [_raw(0, [1.0, 2.0], {"ok": [True, False], "n": [1, 2]}, units={}, dims={})]
     ds = load_tree(write_job_file(tmp_path / "f.nc", [RoleInput("r", "{}", raws)], {}))["r"]
     assert ds["ok"].dtype == bool and ds["ok"].values.tolist() == [True, False]

@@ -85,14 +85,19 @@ def dataset_to_columns(ds: Any) -> dict[str, Any]:
     Returns ``{"uts": [t...], "vars": {name: [value per uts]}, "units": {name: units},
     "arrays": {name: {"dims": [...], "coords": {dim: [...]}, "coord_units": {...}}}}``.
     A variable with extra dimensions (a spectrum per timestamp) has one nested list per
-    ``uts`` in ``vars`` and its extra dimensions described in ``arrays``. Variables
-    without ``uts`` (constants) are left out; NaN becomes null.
+    ``uts`` in ``vars`` and its extra dimensions described in ``arrays``. A coordinate
+    along ``uts`` that is no dimension is a variable here. Variables without ``uts``
+    (constants) are left out, and attributes other than ``units``; NaN becomes null.
     """
     out: dict[str, Any] = {"uts": [], "vars": {}, "units": {}, "arrays": {}}
     if ds is None or "uts" not in ds.dims:
         return out
     out["uts"] = [float(t) for t in ds["uts"].values.tolist()]
-    for name, da in ds.data_vars.items():
+    # a coordinate along uts that is no dimension (a cycle number per point) is data:
+    # kept as a variable (a tomato 2.2 user's review: it was left out without a word,
+    # and a script's groupby("cycle") broke)
+    along = [(n, c) for n, c in ds.coords.items() if n not in ds.dims and "uts" in c.dims]
+    for name, da in [*ds.data_vars.items(), *along]:
         if "uts" not in da.dims:
             continue
         da = da.transpose("uts", ...)
