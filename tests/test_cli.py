@@ -411,8 +411,8 @@ CLIENT_TIMEOUT = {
 LOCAL = {"appdir", "datadir", "logdir", "port"}
 NOT_CLIENT = {
     "tomato init": LOCAL | {"yaml", "json"},
-    "tomato start": LOCAL | {"timeout", "yaml", "json"},
-    "tomato stop": LOCAL | {"broker", "instance", "timeout", "yaml", "json"},
+    "tomato start": LOCAL | {"timeout", "yaml", "json", "verbose", "quiet"},
+    "tomato stop": LOCAL | {"broker", "instance", "timeout", "yaml", "json", "verbose", "quiet"},
     "tomato schema": {"instance", "appdir", "yaml", "json"},
     "tomato broker": LOCAL,
     "tomato scheduler": LOCAL,
@@ -476,12 +476,16 @@ def test_every_command_declares_the_common_options_alike() -> None:
             {"attr": "max", "val": "20", "timeout": 2.0, "force": True, "broker": "mqtt://h:1"},
         ),
         (["tomato", "status", "nodes", "--instance", "lab2"], {"instance": "lab2"}),
-        (["tomato", "node", "-n", "pc1", "-A", "/x", "-v"], {"name": "pc1", "verbose": 1}),
-        # tomato's flags: -y on init/start/stop, -v/-vv/--quiet on start, -f on reset
+        (["tomato", "node", "-n", "pc1", "-A", "/x", "-v"], {"name": "pc1", "more": 1}),
+        # tomato's flags: -y on init/start/stop, -v/-vv/--quiet on every command (a
+        # tomato 2.2 user's review: `ketchup status 1 -v` was a usage error), -f on reset
         (["tomato", "init", "-A", ".", "-y"], {"yaml": True}),
         (["tomato", "start", "-p", "1", "-vv"], {"verbose": 2, "quiet": 0}),
         (["tomato", "start", "--quiet", "--json"], {"quiet": 1, "json": True}),
         (["tomato", "stop", "-y"], {"yaml": True}),
+        (["ketchup", "status", "1", "-v"], {"verbose": 1}),
+        (["passata", "status", "dev/1", "-q"], {"quiet": 1}),
+        (["tomato", "pipeline", "ready", "p", "-qq"], {"quiet": 2}),
         (["passata", "reset", "dev/1", "-f"], {"force": True}),
         (["passata", "constants", "dev/1", "max"], {"names": ("max",)}),
         (["ketchup", "snapshot", "1", "2"], {"jobids": (1, 2)}),

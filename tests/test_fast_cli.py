@@ -44,7 +44,6 @@ COMP = "example_counter:(example-addr,1)"
         ["status", "-p"],
         ["status", "queue"],  # not a section
         ["status", "pipelines", "extra"],
-        ["status", "--verbose"],
         ["status", "-D", "/x"],  # status reads no data folder: typer refuses the option
         ["start", "-b", "mqtt://h:1"],  # start takes no broker URL
         ["start", "--instance", "i"],
@@ -224,7 +223,8 @@ def test_tomato_start_reads_its_options_as_typer() -> None:
     line = read_line("tomato", ["start", "-vv", "-q", "-v", "-D", "/d", "-t", "2s", "--json"])
     assert line is not None
     _, opts, args, own = line
-    assert (own, args) == ({"verbose": "3", "quiet": "1"}, [])  # click counts -vv -v as 3
+    assert (own, args) == ({}, [])
+    assert (opts.verbose, opts.quiet) == (3, 1)  # click counts -vv -v as 3
     assert (str(opts.datadir), opts.timeout, opts.json, opts.broker) == ("/d", 2.0, True, None)
     line = read_line("tomato", ["start"])
     assert line is not None and line[1].timeout == 30.0  # start's own default
@@ -457,6 +457,24 @@ async def test_a_submit_nobody_answered_says_the_job_may_still_come(
         rc, _out, err = await asyncio.to_thread(_run, cmd, env)
         assert rc == 1 and "no scheduler answered" in err, err
         assert "before submitting it again" in err and "ketchup search" in err, err
+
+
+async def test_verbose_shows_the_exchange_on_both_paths(
+    broker: RunningBroker, tmp_path: Path
+) -> None:
+    """A tomato 2.2 user's review: `ketchup status 1 -v` (tomato 2.2 takes -v/-q on every
+    command) was a usage error. -v now says each step of the exchange on stderr."""
+    (tmp_path / "settings.toml").write_text("")
+    env = {k: v for k, v in os.environ.items() if k != "TOMATO_BROKER"}
+    line = ["status", "1", "-p", str(broker.port), "-A", str(tmp_path), "-t", "1", "-v"]
+    typer = [sys.executable, "-m", "tomato_mqtt.cli.ketchup"]
+    for cmd in ([str(BIN / "ketchup"), *line], [*typer, *line]):
+        rc, _out, err = await asyncio.to_thread(_run, cmd, env)
+        assert rc == 1 and "no scheduler answered" in err, err  # (none runs here)
+        assert f"connected to mqtt://127.0.0.1:{broker.port} as cli-" in err, err
+        assert "sent tomato/v2/" in err and "/scheduler/cmd/job_status" in err, err
+        rc, _out, err = await asyncio.to_thread(_run, [*cmd[:-1], "-q"], env)
+        assert rc == 1 and "connected to" not in err, err
 
 
 @pytest.mark.parametrize("command", ["start", "node", "scheduler", "dashboard"])

@@ -60,6 +60,7 @@ from tomato_mqtt.cli.core import (
     context,
     fail,
     load_settings,
+    loudness,
     oneshot_failed,
     run_request,
 )
@@ -134,6 +135,8 @@ def counter(short: str, long: str, help: str) -> Any:
     return typer.Option(short, long, count=True, help=help, metavar=" ", show_default=False)
 
 
+VerboseOpt = Annotated[int, counter("-v", "--verbose", "more logging (-vv)")]
+QuietOpt = Annotated[int, counter("-q", "--quiet", "less logging (-qq)")]
 YamlOpt = Annotated[bool, typer.Option("-y", "--yaml", help="print the Reply as YAML")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="print the Reply as JSON")]
 
@@ -148,6 +151,8 @@ OPTIONS: dict[str, Any] = {
     "timeout": TimeoutOpt,
     "yaml": YamlOpt,
     "json": JsonOpt,
+    "verbose": VerboseOpt,
+    "quiet": QuietOpt,
 }
 
 
@@ -204,6 +209,7 @@ def options(names: Sequence[str] = CLIENT, *, timeout: float = 5.0) -> Callable[
             opts = Opts(**{"timeout": timeout, **given})
             kwargs[slot] = opts
             _REPLY_FORMAT[0] = "json" if opts.json else "yaml" if opts.yaml else None
+            loudness(opts)
             return func(*args, **kwargs)
 
         # typer reads inspect.signature() (which stops at __signature__) for the

@@ -53,10 +53,10 @@ __all__ = [
 
 #: the common options of commands that ask a service something / that read settings on
 #: this PC (cli/common.py declares them for typer, cli/fast.py reads them without it)
-CLIENT = ("port", "broker", "instance", "appdir", "timeout", "yaml", "json")
+CLIENT = ("port", "broker", "instance", "appdir", "timeout", "yaml", "json", "verbose", "quiet")
 LOCAL = ("appdir", "datadir", "logdir", "port")
 #: ``tomato start``'s common options and default ``--timeout`` (typer's and the fast path's)
-START = (*LOCAL, "timeout", "yaml", "json")
+START = (*LOCAL, "timeout", "yaml", "json", "verbose", "quiet")
 START_TIMEOUT = 30.0
 
 
@@ -72,7 +72,9 @@ class Opts(Record):
         "json",
         "logdir",
         "port",
+        "quiet",
         "timeout",
+        "verbose",
         "yaml",
     )
     _frozen = False
@@ -85,6 +87,8 @@ class Opts(Record):
     timeout: float
     yaml: bool
     json: bool
+    verbose: int
+    quiet: int
     _ctx: CallContext | None
 
     def __init__(
@@ -98,6 +102,8 @@ class Opts(Record):
         timeout: float = 5.0,
         yaml: bool = False,
         json: bool = False,
+        verbose: int = 0,
+        quiet: int = 0,
     ) -> None:
         self._init(locals())
 
@@ -120,6 +126,26 @@ class Opts(Record):
     def settings(self) -> Settings:
         """The full, validated settings for -A/-D/-L/-p (a bad file: message + exit 1)."""
         return load_settings(self.appdir, self.datadir, self.logdir, self.port)
+
+
+def loudness(opts: Opts) -> None:
+    """tomato's -v/-vv and -q/-qq, accepted on every command as tomato 2.2 does: how
+    much the command logs on stderr (warnings by default; -v info, -vv debug: the MQTT
+    exchange; -q errors only). ``tomato start`` passes them on to the services."""
+    level = opts.verbose - opts.quiet
+    if not level:
+        return
+    import logging
+
+    from tomato_mqtt.transport import oneshot
+
+    levels = {-2: logging.CRITICAL, -1: logging.ERROR, 1: logging.INFO, 2: logging.DEBUG}
+    logging.basicConfig(
+        level=levels.get(max(-2, min(2, level)), logging.WARNING),
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    if level > 0:
+        oneshot.trace = logging.getLogger("tomato_mqtt.cli").info
 
 
 def as_path(d: Dir | None) -> Path | None:

@@ -38,7 +38,7 @@ def dashboard(
     open_browser: Annotated[
         bool, typer.Option("--open", help="open the page in this PC's web browser")
     ] = False,
-    verbose: Annotated[int, common.counter("-v", "--verbose", "more logging (-vv)")] = 0,
+    more: Annotated[int, common.counter("-v", "--verbose", "more logging (-vv)")] = 0,
 ) -> None:
     """Serve the live dashboard (default http://127.0.0.1:8765/)."""
     try:
@@ -53,7 +53,7 @@ def dashboard(
 
     ctx = opts.context()
     s = ctx.settings
-    setup_logging("dashboard", s.logdir if opts.logdir or opts.appdir else None, verbose)
+    setup_logging("dashboard", s.logdir if opts.logdir or opts.appdir else None, more)
     url = ctx.url
     if not opts.broker:  # the local stack's own dashboard login (role dashboard = reader)
         serve.ensure_services(s, ["dashboard"])

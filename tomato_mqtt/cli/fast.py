@@ -70,7 +70,6 @@ class Fast(Record):
         "check",
         "check_own",
         "common",
-        "counted",
         "flags",
         "max_args",
         "min_args",
@@ -91,8 +90,6 @@ class Fast(Record):
     check_own: Callable[[list[str], dict[str, str]], bool]
     #: the common options it takes (common.options(names)); others go to typer
     common: frozenset[str]
-    #: its counted flags (``-v``/``-vv``): spelling -> (name, how many)
-    counted: Mapping[str, tuple[str, int]]
 
     def __init__(
         self,
@@ -105,9 +102,8 @@ class Fast(Record):
         check: Callable[[list[str]], bool] = _any_args,
         check_own: Callable[[list[str], dict[str, str]], bool] = _any_own,
         common: frozenset[str] = frozenset(core.CLIENT),
-        counted: Mapping[str, tuple[str, int]] | None = None,
     ) -> None:
-        flags, values, counted = flags or {}, values or {}, counted or {}
+        flags, values = flags or {}, values or {}
         self._init(locals())
 
 
@@ -192,10 +188,11 @@ def _ketchup_search(opts: core.Opts, args: list[str], _own: dict[str, str]) -> N
 def _tomato_start(opts: core.Opts, _args: list[str], own: dict[str, str]) -> None:
     from tomato_mqtt.cli import start_core
 
-    start_core.start(opts, int(own.get("verbose", "0")), int(own.get("quiet", "0")))
+    start_core.start(opts, opts.verbose, opts.quiet)
 
 
-#: tomato's -v/-vv and -q/-qq of ``tomato start`` (click counts a cluster's letters)
+#: tomato's -v/-vv and -q/-qq, common options (click counts a cluster's letters: -vvv,
+#: -vq go to typer)
 _LOUDNESS = {
     "-v": ("verbose", 1),
     "--verbose": ("verbose", 1),
@@ -230,7 +227,6 @@ FAST: dict[tuple[str, str], Fast] = {
         0,
         timeout=core.START_TIMEOUT,
         common=frozenset(core.START),
-        counted=_LOUDNESS,
     ),
     ("tomato", "status"): Fast(_tomato_status, 0, 1, check=_status_section_ok),
     ("tomato", "reload"): Fast(_scheduler("reload"), 0, 0, timeout=10.0),
@@ -288,14 +284,19 @@ def parse(prog: str, argv: Sequence[str]) -> Callable[[], None] | None:
     if line is None:
         return None
     spec, opts, args, own = line
-    return lambda: spec.run(opts, args, own)
+
+    def call() -> None:
+        core.loudness(opts)
+        spec.run(opts, args, own)
+
+    return call
 
 
 def read_line(
     prog: str, argv: Sequence[str]
 ) -> tuple[Fast, core.Opts, list[str], dict[str, str]] | None:
     """``argv`` read as typer would: the command, its common options, positionals and its
-    own options (counted flags as their count); None where typer must read it."""
+    own options; None where typer must read it."""
     if not argv:
         return None
     if (prog, argv[0]) in FAST:
@@ -306,6 +307,7 @@ def read_line(
         return None
     given: dict[str, str] = {}
     own: dict[str, str] = {}
+    loud: dict[str, int] = {}
     flags: set[str] = set()
     args: list[str] = []
     while rest:
@@ -329,9 +331,9 @@ def read_line(
             flags.add(_FLAGS[a])
         elif a in spec.flags:
             own[spec.flags[a]] = ""
-        elif a in spec.counted:
-            name, n = spec.counted[a]
-            own[name] = str(int(own.get(name, "0")) + n)
+        elif a in _LOUDNESS and _LOUDNESS[a][0] in spec.common:
+            name, n = _LOUDNESS[a]
+            loud[name] = loud.get(name, 0) + n
         elif a.startswith("-") and a != "-":
             return None  # --help, -p1883, a misspelt option: typer says what is wrong
         else:
@@ -340,14 +342,18 @@ def read_line(
         return None
     if not spec.check(args) or not spec.check_own(args, own):
         return None
-    opts = _opts(given, flags, spec.timeout, "broker" in spec.common)
+    opts = _opts(given, flags, spec.timeout, "broker" in spec.common, loud)
     if opts is None:
         return None
     return spec, opts, args, own
 
 
 def _opts(
-    given: dict[str, str], flags: set[str], default_timeout: float, takes_broker: bool
+    given: dict[str, str],
+    flags: set[str],
+    default_timeout: float,
+    takes_broker: bool,
+    loud: dict[str, int],
 ) -> core.Opts | None:
     from tomato_mqtt.cli.timeout import seconds
 
@@ -371,6 +377,8 @@ def _opts(
         timeout=timeout,
         yaml="yaml" in flags,
         json="json" in flags,
+        verbose=loud.get("verbose", 0),
+        quiet=loud.get("quiet", 0),
     )
     core._REPLY_FORMAT[0] = "json" if opts.json else "yaml" if opts.yaml else None
     return opts

@@ -22,6 +22,7 @@ __all__ = ["app", "service_args"]
 # merged into ``tomato`` (no name): ``tomato scheduler`` etc.
 app = typer.Typer(pretty_exceptions_enable=False, add_completion=False)
 
+# the service's own logging (a name of their own: the common -v/-q are the CLI's)
 VerboseOpt = Annotated[int, common.counter("-v", "--verbose", "more logging (-vv)")]
 QuietOpt = Annotated[int, common.counter("-q", "--quiet", "less logging (-qq)")]
 
@@ -35,16 +36,16 @@ def broker(opts: common.Opts) -> None:
 
 @app.command()
 @common.options(common.LOCAL)
-def scheduler(opts: common.Opts, verbose: VerboseOpt = 0, quiet: QuietOpt = 0) -> None:
+def scheduler(opts: common.Opts, more: VerboseOpt = 0, less: QuietOpt = 0) -> None:
     """Run the scheduler in the foreground."""
-    serve.scheduler(opts, verbose - quiet)
+    serve.scheduler(opts, more - less)
 
 
 @app.command()
 @common.options(common.LOCAL)
-def recorder(opts: common.Opts, verbose: VerboseOpt = 0, quiet: QuietOpt = 0) -> None:
+def recorder(opts: common.Opts, more: VerboseOpt = 0, less: QuietOpt = 0) -> None:
     """Run the recorder in the foreground."""
-    serve.recorder(opts, verbose - quiet)
+    serve.recorder(opts, more - less)
 
 
 @app.command()
@@ -54,16 +55,16 @@ def node(
     *,
     opts: common.Opts,
     spool_dir: Annotated[Path | None, typer.Option("--spool-dir", help="spool folder")] = None,
-    verbose: VerboseOpt = 0,
-    quiet: QuietOpt = 0,
+    more: VerboseOpt = 0,
+    less: QuietOpt = 0,
 ) -> None:
     """Run a driver node in the foreground (e.g. on an instrument PC)."""
-    serve.node(opts, name, spool_dir, verbose - quiet)
+    serve.node(opts, name, spool_dir, more - less)
 
 
 @app.command(hidden=True)
 @common.options(common.LOCAL)
-def supervise(opts: common.Opts, verbose: VerboseOpt = 0, quiet: QuietOpt = 0) -> None:
+def supervise(opts: common.Opts, more: VerboseOpt = 0, less: QuietOpt = 0) -> None:
     """Run the local stack under supervision (started by ``tomato start``)."""
     import asyncio
 
@@ -81,7 +82,7 @@ def supervise(opts: common.Opts, verbose: VerboseOpt = 0, quiet: QuietOpt = 0) -
         broker_host=s.broker.host,
         port=s.mqtt.port,
         node_name=s.node.name,
-        service_flags=["-v"] * verbose + ["-q"] * quiet,
+        service_flags=["-v"] * more + ["-q"] * less,
         dashboard=s.dashboard.enabled,
     )
     raise typer.Exit(asyncio.run(sup.run()))

@@ -8,7 +8,6 @@ until the scheduler answers and every component is registered.
 from __future__ import annotations
 
 import time
-from typing import Annotated
 
 import typer
 
@@ -20,10 +19,6 @@ __all__ = ["app"]
 
 # merged into ``tomato`` (no name): ``tomato init``, ``tomato start``, ``tomato stop``
 app = typer.Typer(pretty_exceptions_enable=False, add_completion=False)
-
-
-VerboseOpt = Annotated[int, common.counter("-v", "--verbose", "more logging by the services (-vv)")]
-QuietOpt = Annotated[int, common.counter("-q", "--quiet", "less logging by the services (-qq)")]
 
 
 @app.command()
@@ -48,16 +43,19 @@ def init(opts: common.Opts) -> None:
 
 @app.command()
 @common.options(core.START, timeout=core.START_TIMEOUT)
-def start(verbose: VerboseOpt = 0, quiet: QuietOpt = 0, *, opts: common.Opts) -> None:
+def start(opts: common.Opts) -> None:
     """Start the local stack in the background; return when it answers.
 
     -v/-vv and -q/-qq set how much the services log (as tomato's start does).
     """
-    start_core.start(opts, verbose, quiet)
+    start_core.start(opts, opts.verbose, opts.quiet)
 
 
 @app.command()
-@common.options((*common.LOCAL, "broker", "instance", "timeout", "yaml", "json"), timeout=20.0)
+@common.options(
+    (*common.LOCAL, "broker", "instance", "timeout", "yaml", "json", "verbose", "quiet"),
+    timeout=20.0,
+)
 def stop(opts: common.Opts) -> None:
     """Stop the stack (refused while jobs run)."""
     from tomato_mqtt.services.supervisor import pidfile_path, read_pidfile

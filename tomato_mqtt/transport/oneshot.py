@@ -226,6 +226,16 @@ def _request_paho(
         c.loop(timeout=0.01)  # let DISCONNECT leave, so no last will, no broker-side error
 
 
+#: the CLI's -v/-vv (cli.core.loudness) set it: each step of an exchange, said on stderr
+#: (a logger's info; no logging module imported otherwise: the CLI's start time)
+trace: Callable[..., None] | None = None
+
+
+def _trace(msg: str, *args: Any) -> None:
+    if trace is not None:
+        trace(msg, *args)
+
+
 def request(
     url: BrokerURL,
     topic: str,
@@ -271,9 +281,12 @@ class Exchange:
     def __enter__(self) -> Exchange:
         from tomato_mqtt.transport.session import SessionError, SessionRefused, SessionUntrusted
 
+        t0 = time.monotonic()
         try:
             self._session.connect(self._timeout)
+            _trace("connected to %s as %s", self.url, self.client_id)
             self._session.subscribe(self.reply_to, 1, self._timeout)
+            _trace("subscribed to %s (%.1f ms)", self.reply_to, 1e3 * (time.monotonic() - t0))
         except SessionRefused as e:
             self._session.close()
             raise Refused(f"{e}: {_REFUSED_HINT}") from None
@@ -310,14 +323,19 @@ class Exchange:
         req_id, payload = self._envelope(args)
         deadline = time.monotonic() + timeout
         gap = RESEND_AFTER if resend else timeout
+        sent = time.monotonic()
         while True:
             try:
                 self._publish(topic, payload)
+                _trace("sent %s (%d bytes, request %s)", topic, len(payload), req_id)
                 step = min(deadline, time.monotonic() + gap)
-                return self.first_reply({req_id: (topic, who)}, step, timeout)[1]
+                reply = self.first_reply({req_id: (topic, who)}, step, timeout)[1]
+                _trace("%s answered in %.1f ms", who, 1e3 * (time.monotonic() - sent))
+                return reply
             except NoAnswer:
                 if time.monotonic() >= deadline:
                     raise
+                _trace("no answer from %s yet: sending the request again", who)
             except OneShotError:
                 if not resend or time.monotonic() >= deadline:
                     raise
