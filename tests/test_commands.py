@@ -73,6 +73,11 @@ async def test_scheduler_replies_match_their_types(
             st.topics.scheduler_cmd("pipeline_eject"), {"pipeline": "pip-counter-1"}
         )
         assert again.success and again.msg == "pipeline pip-counter-1 was already empty", again
+        # and it changes nothing: a ready empty pipeline stays ready, as in tomato 2.2 (a
+        # tomato 2.2 user's review: ours cleared `ready`)
+        await st.call("pipeline_ready", {"pipeline": "pip-counter-1"})
+        again = await st.call("pipeline_eject", {"pipeline": "pip-counter-1"})
+        assert again.ready and again.sampleid is None, again
 
 
 @pytest.mark.parametrize(

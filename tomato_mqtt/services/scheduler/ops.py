@@ -222,16 +222,12 @@ class SchedulerOps:
                 f"cannot eject from {a.pipeline}: job {p.jobid} is running", code="conflict"
             )
         held = p.sampleid
+        if held is None:  # as tomato 2.2: nothing changes (its `ready` was cleared here)
+            return Result(f"pipeline {a.pipeline} was already empty", pipeline_info(self.svc, p))
         p = self.store.update_pipeline(a.pipeline, sampleid=None, ready=False)
         await self.svc.publish_pipeline(a.pipeline)
         self.svc.kick()  # queued jobs for that sample now wait for the user again: say so
-        # as tomato: ejecting an empty pipeline is no error, and the reply says so
-        msg = (
-            f"sample {held!r} ejected from {a.pipeline}"
-            if held is not None
-            else f"pipeline {a.pipeline} was already empty"
-        )
-        return Result(msg, pipeline_info(self.svc, p))
+        return Result(f"sample {held!r} ejected from {a.pipeline}", pipeline_info(self.svc, p))
 
     async def pipeline_ready(self, args: Mapping[str, JsonValue]) -> Result:
         self.access.require("pipeline_ready")
