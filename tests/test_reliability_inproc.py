@@ -1568,3 +1568,26 @@ async def test_a_state_file_damaged_while_the_scheduler_runs_is_said_and_the_sta
         assert reply.success and f"jobs running: {job.id}" in reply.msg, reply
         assert "damaged" in reply.msg and str(path) in reply.msg, reply
         assert await st.scheduler.wait_stopped(10)
+
+
+async def test_the_components_of_a_node_stopped_cleanly_are_shown_lost(
+    broker: RunningBroker, instance: str, tmp_path: Path
+) -> None:
+    """An integrator's review: a node stopped cleanly (`offline`) left its components'
+    retained statuses at `idle` for good, a usable instrument to every dashboard, while
+    the scheduler counted them lost and a job waited for them. They are shown lost now,
+    as those of a node whose will arrived."""
+    from tests.inproc import inproc_stack
+    from tests.test_node import wait_retained
+    from tomato_mqtt.wire.messages import ComponentStatus, decode
+
+    async with inproc_stack(broker.port, tmp_path, instance) as st:
+        name = next(iter(st.node.components))
+        st.node.request_stop()
+        raw = await wait_retained(
+            st.client,
+            st.topics.component_status(name),
+            lambda raw: bool(raw) and decode(ComponentStatus, raw).state == "lost",
+            15,
+        )
+        assert "it was stopped" in str(decode(ComponentStatus, raw).error), raw

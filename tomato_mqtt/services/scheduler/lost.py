@@ -1,4 +1,5 @@
-"""Components of a lost node are shown ``lost`` to every subscriber (issue 14).
+"""Components of a lost node (or one stopped) are shown ``lost`` to every subscriber
+(issue 14).
 
 A node's last will says the node is lost, but the retained ``component/<c>/status`` of
 its components would say ``running`` or ``idle`` for ever. MQTT has one will per
@@ -53,6 +54,11 @@ class LostComponents:
     async def node_status(self, st: NodeStatus) -> None:
         if st.state == "lost":
             await self.mark(st.node, "its last will arrived")
+        elif st.state == "offline":
+            # stopped cleanly: its components' statuses said `idle` for good beside a
+            # node `offline` (an integrator's review), while the scheduler counted them
+            # lost and jobs waited for them
+            await self.mark(st.node, "it was stopped")
         elif st.state == "online" and (st.node in self.marked or st.node not in self.answered):
             # back from lost, or not heard answering by this scheduler yet (one started
             # again just after a cut does not know the node was lost: a fault run)
