@@ -1591,3 +1591,32 @@ async def test_the_components_of_a_node_stopped_cleanly_are_shown_lost(
             15,
         )
         assert "it was stopped" in str(decode(ComponentStatus, raw).error), raw
+
+
+async def test_a_job_says_at_once_that_its_node_is_lost_and_withdraws_it_when_back(
+    broker: RunningBroker, instance: str, tmp_path: Path
+) -> None:
+    """An integrator's review: while the node of a running task was lost (within its
+    grace period), the job's retained status said `r` without a reason and no event
+    came: only the component's status said `lost`. The job's reason and a `warning`
+    event say so at once now, and the reason goes when the node is back."""
+    from tests.inproc import inproc_stack
+
+    async with inproc_stack(broker.port, tmp_path, instance) as st:
+        job = await st.submit_counter("pip-counter-1", 3.0, 0.1, tmp_path)
+        await st.wait_job(job.id, {"r"}, timeout=10)
+        await asyncio.sleep(0.3)  # the task runs
+        will = st.scheduler.nodes["local"].model_copy(update={"state": "lost"})
+        await st.client.publish(st.topics.node_status("local"), encode(will), retain=True)
+
+        async def reason(pred: Any) -> str | None:
+            async with st.changed:
+                await asyncio.wait_for(st.changed.wait_for(lambda: pred(st.jobs[job.id])), 10)
+            return st.jobs[job.id].reason
+
+        said = await reason(lambda j: j.reason and "is lost during task 0" in j.reason)
+        assert "unless it is back within" in str(said), said
+        # back with its next heartbeat: the reason goes, and the job ends c
+        await reason(lambda j: j.reason is None)
+        ended = await st.wait_job(job.id, {"c", "ce", "cd"}, timeout=30)
+        assert ended.status == "c", ended

@@ -525,6 +525,24 @@ class JobRunner:
         async with self.host.cond:
             await self.host.cond.wait_for(lambda: pred() or self._failed())
 
+    def _node_away(self, t: TaskState, component: str, node: Any) -> str:
+        """The node of a running task is lost (or stopped): said at once in the job's
+        reason and as a ``warning`` event, not only at the end of the grace period (an
+        integrator's review: the job's topics said `r`, no reason, for those 30 s; only
+        the component's status said `lost`). The reason goes when the node is back."""
+        name = node.node if node is not None else "?"
+        state = node.state if node is not None else "unknown"
+        why = (
+            f"node {name} hosting {component} is {state} during task {t.spec.index}: the "
+            f"job ends ce unless it is back within {self.host.node_grace_period:g} s"
+        )
+        log.warning("job %d: %s", self.job.id, why)
+        self.host.show_reason(self.job.id, why)
+        self.host.job_event(
+            self.job.id, "warning", task=t.spec.index, detail={"message": why, "node": name}
+        )
+        return why
+
     def _gone(self, t: TaskState, component: str) -> str | None:
         """Why the node no longer holds the task (None: it may still run it)."""
         node = self.host.node_of(component)
@@ -588,6 +606,7 @@ class JobRunner:
     async def _wait_end(self, t: TaskState) -> None:
         component = self.roles[t.role]
         lost_since: float | None = None
+        waiting: str | None = None  # the job's reason while its node is away
         async with self.host.cond:
             while True:
                 st = self.host.component_status(component)
@@ -635,7 +654,9 @@ class JobRunner:
                     return
                 node = self.host.node_of(component)
                 if node is None or node.state != "online":
-                    lost_since = lost_since or time.monotonic()
+                    if lost_since is None:
+                        lost_since = time.monotonic()
+                        waiting = self._node_away(t, component, node)
                     left = self.host.node_grace_period - (time.monotonic() - lost_since)
                     if left <= 0:
                         name = node.node if node else "?"
@@ -648,6 +669,9 @@ class JobRunner:
                         return
                     timeout = left if timeout is None else min(timeout, left)
                 else:
+                    if waiting is not None:  # back in time: the reason goes
+                        self.host.show_reason(self.job.id, None, replacing=waiting)
+                        waiting = None
                     lost_since = None
                 # not while its node is lost: that is the reason, and said so (it was
                 # said a driver call did not return: an outside run, a node killed)
