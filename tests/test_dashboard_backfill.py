@@ -194,6 +194,9 @@ async def test_an_ended_job_whose_plots_missed_points_is_made_anew_from_its_file
             dash.watch(page, job.id)
             await _until(lambda: held(job.id) == stored, 15, "the plots made anew")
             assert dash.backfill_state[job.id] == f"loaded {stored}", dash.backfill_state
+            # the copy read for the plots leaves the job as it was (an integrator's
+            # review: its snappath changed, and snapshot_written events followed its end)
+            assert st.scheduler.store.job(job.id).snappath is None
         finally:
             dash.viewers.discard(page)
 

@@ -213,6 +213,13 @@ class SearchArgs(_Args):
 
 class SnapshotArgs(_Args):
     jobid: JobId
+    record: bool = Field(
+        True,
+        description=(
+            "false: a copy to read (a dashboard's plots of a job it did not see begin): "
+            "the job's snappath is not changed and no snapshot_written event is sent"
+        ),
+    )
 
 
 # -- recorder ----------------------------------------------------------------------------

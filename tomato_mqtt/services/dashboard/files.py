@@ -23,12 +23,13 @@ from tomato_mqtt.wire.topics import slug
 __all__ = ["StoredRole", "chunks", "read_job_file", "take_snapshot"]
 
 
-async def take_snapshot(s: Session, job: int) -> FileData:
-    """Ask the scheduler for an up-to-date file of ``job`` (raises ReplyError/NoResponder)."""
+async def take_snapshot(s: Session, job: int, record: bool = True) -> FileData:
+    """Ask the scheduler for an up-to-date file of ``job`` (raises ReplyError/NoResponder);
+    ``record=False``: a copy for the plots, which changes neither the job nor its events."""
     snap = await s.requester.call(
         s.topics.scheduler_cmd("job_snapshot"),
         command("scheduler", "job_snapshot"),
-        {"jobid": job},
+        {"jobid": job, "record": record},
         timeout=60,
         who="scheduler",
     )

@@ -491,7 +491,7 @@ class DashboardService:
         from tomato_mqtt.services.dashboard.files import chunks, read_job_file, take_snapshot
 
         try:
-            snap = await take_snapshot(s, job)
+            snap = await take_snapshot(s, job, record=False)
             if snap.size > BACKFILL_MAX_BYTES:
                 log.info("job %d: file of %d bytes not loaded into the plots", job, snap.size)
                 self.backfill_state[job] = f"not loaded: {snap.size} bytes"

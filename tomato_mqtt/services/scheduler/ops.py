@@ -445,6 +445,8 @@ class SchedulerOps:
         # (it was overwritten with this copy's, also in the results file: found side by
         # side with tomato 2.2, whose ketchup snapshot stores nothing)
         settings = job.payload.get("settings")
+        if not a.record:  # a copy to read: the job and its events stay as they were (an
+            return Result(msg, data)  # old job's page opened in a dashboard changed both)
         if not (isinstance(settings, dict) and settings.get("snapshot")):
             job = self.store.update_job(job.id, snappath=written)
             await self.svc.publish_job(job)
