@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import time
 from collections.abc import AsyncIterator
@@ -90,9 +91,17 @@ async def test_dashboard_live_controls(
         icon = await page.get_attribute('link[rel="icon"]', "href")
         assert icon is not None and icon.startswith("data:image/svg+xml,"), icon
 
+        topics = Topics(instance)
+        # an array value (a spectrum) shows as its size in the overview: printed whole,
+        # the table was ~7,000 px wide (an integrator's review)
+        for name in st.node.components:
+            spec = {"component": name, "uts": time.time(), "vars": {"spec": [0.5] * 64}}
+            await other.publish(topics.component_last(name), json.dumps(spec).encode())
+        await pip.locator("text=[64 values]").wait_for(timeout=10_000)
+        assert await page.evaluate("document.documentElement.scrollWidth") < 2500
+
         # a node that falls silent shows as lost (by the dashboard's clock), as does one
         # whose last will arrives
-        topics = Topics(instance)
         silent = NodeStatus(state="online", node="pc9", heartbeat=time.time())
         await other.publish(topics.node_status("pc9"), encode(silent), retain=True)
         lost = page.locator('#presence tr[data-key="node:pc9"] [data-state="lost"]')

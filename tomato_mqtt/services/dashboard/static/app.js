@@ -21,7 +21,10 @@ const $ = (id) => document.getElementById(id);
 const esc = (x) => String(x ?? "").replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" }[c]));
 const now = () => Date.now() / 1000 + S.offset;  // the server's clock
 const fmtTime = (iso) => (iso ? new Date(iso).toLocaleTimeString() : "");
-const fmtVal = (v) => (typeof v === "number" ? (Number.isInteger(v) ? String(v) : v.toPrecision(5)) : esc(v));
+// an array (a spectrum's 64 values) as its size: printed whole, the overview's table was
+// ~7,000 px wide (an integrator's review); the component page shows the values
+const fmtVal = (v) => (typeof v === "number" ? (Number.isInteger(v) ? String(v) : v.toPrecision(5))
+  : Array.isArray(v) ? `[${v.flat(Infinity).length} values]` : esc(v));
 const can = (op) => !!(S.me && S.me.controls.includes(op));
 // an operator acts on their own jobs only (the scheduler refuses the others: found by a
 // user's audit, the page offered cancel and download on other users' jobs all the same)
