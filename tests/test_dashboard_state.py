@@ -198,3 +198,27 @@ def test_a_batch_received_again_is_plotted_once_and_what_is_remembered_is_bounde
     send("s-a", 10)  # far behind the newest: taken for a repeat
     send("s-a", 3 * SEEN_WINDOW - 2)  # recent: remembered
     assert st.held(3) == 7 - 5 + 3 * SEEN_WINDOW and st.repeats == 6
+
+
+def test_finished_jobs_stay_listed_after_their_retained_status_goes() -> None:
+    """An integrator's review: the overview's jobs were the retained statuses, which the
+    scheduler clears ([jobs] retain_finished, 20; retain_finished_age, an hour): finished
+    jobs went from the page while docs/dashboard.md promised the newest 100. A finished
+    job's status cleared stays listed (the newest KEEP_FINISHED); a queued job's goes."""
+    from tomato_mqtt.services.dashboard import state as state_mod
+
+    st = LabState()
+    n = state_mod.KEEP_FINISHED + 5
+    for jid in range(1, n + 1):
+        _apply(st, T.job_status(jid), encode(JobStatus.of(_job(jid, "c"))))
+    _apply(st, T.job_status(n + 1), encode(JobStatus.of(_job(n + 1, "q"))))
+    st.take_changes()
+    for jid in range(1, n + 2):
+        parsed = T.parse(T.job_status(jid))
+        assert parsed is not None
+        st.forget(parsed)
+    assert n + 1 not in st.jobs  # a queued job's status cleared: gone
+    finished = sorted(st.jobs)
+    assert finished == list(range(6, n + 1)), finished  # the newest 100 finished
+    gone = {c["id"] for c in st.take_changes()}
+    assert {"1", "5", str(n + 1)} <= gone and "6" not in gone, gone

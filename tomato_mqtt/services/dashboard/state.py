@@ -46,6 +46,10 @@ STATUS_MEANING = {
     "cd": "cancelled",
 }
 
+#: finished jobs the overview keeps after their retained status went (the newest; the
+#: page lists the newest 100 finished jobs)
+KEEP_FINISHED = 100
+
 #: jobs whose series, events and task marks are kept (the newest ones)
 KEEP_JOB_DATA = 20
 #: jobs whose events, task marks and roles are kept (a soak run: ~2 KB per job for good,
@@ -96,6 +100,8 @@ class LabState:
         self.lasts: dict[str, LastPoint] = {}
         self.pipelines: dict[str, PipelineStatus] = {}
         self.jobs: dict[int, JobStatus] = {}  # the retained summaries (schema 2)
+        #: finished jobs still listed after the scheduler cleared their retained status
+        self._kept: set[int] = set()
         self.details: dict[int, Job] = {}  # whole jobs (payload), asked for by job pages
         self.events: dict[int, deque[dict[str, Any]]] = {}
         self.series: OrderedDict[int, dict[str, Series]] = OrderedDict()
@@ -163,16 +169,34 @@ class LabState:
         if store is not None:
             store.pop(name, None)
         elif parsed.kind == "job_status" and name.isdigit():
+            old = self.jobs.get(int(name))
+            if old is not None and old.status in ("c", "ce", "cd"):
+                # the scheduler's retention ([jobs] retain_finished, …_age), not the
+                # job's end: the overview keeps it among the newest finished (they went
+                # from the page after an hour: an integrator's review)
+                self._kept.add(old.jobid)
+                self._keep_newest_finished()
+                return
             self.jobs.pop(int(name), None)
         kind = {"node_status": "node", "pipeline_status": "pipeline", "job_status": "job"}.get(
             parsed.kind, "component"
         )
         self._mark(kind, name)
 
+    def _keep_newest_finished(self) -> None:
+        """At most KEEP_FINISHED finished jobs whose retained status is gone (the oldest
+        go first)."""
+        while len(self._kept) > KEEP_FINISHED:
+            oldest = min(self._kept)
+            self._kept.discard(oldest)
+            self.jobs.pop(oldest, None)
+            self._mark("job", str(oldest))
+
     def _job(self, job: JobStatus, topic_id: str) -> None:
         if str(job.jobid) != topic_id:
             return  # a payload that disagrees with its topic is dropped
         self.jobs[job.jobid] = job
+        self._kept.discard(job.jobid)  # retained again
         if job.pipeline and job.status in ("r", "rd") and job.jobid not in self.roles:
             pip = self.pipelines.get(job.pipeline) or next(
                 (p for p in self.pipelines.values() if p.name == job.pipeline), None
