@@ -92,6 +92,8 @@ def example_messages() -> dict[str, BaseModel]:
             broker="mqtt://127.0.0.1:1883",
             jobs_running=1,
             jobs_queued=2,
+            heartbeat_interval=2.0,
+            lost_after=10.0,
         ),
         NodeStatus(
             state="online",

@@ -104,6 +104,17 @@ class SchedulerStatus(WireModel):
     broker: str | None = None
     jobs_running: int = 0
     jobs_queued: int = 0
+    heartbeat_interval: float | None = Field(
+        default=None,
+        description="s between the statuses of every service ([scheduler] heartbeat)",
+    )
+    lost_after: float | None = Field(
+        default=None,
+        description=(
+            "s without a status after which the stack counts a peer lost ([scheduler] "
+            "lost_after): judge by your own clock at receipt"
+        ),
+    )
     storage_error: str | None = Field(
         default=None,
         description=(
@@ -293,7 +304,7 @@ class JobStatus(WireModel):
     """The retained summary of a job (schema 2): no payload; ``job_status`` has it all.
 
     Kept small so that retained state stays bounded: a finished job's status is cleared
-    from the broker after the retention of ``[jobs] retain_status`` (its history stays
+    from the broker past ``[jobs] retain_finished`` / ``retain_finished_age`` (its history stays
     in the scheduler, reachable with ``ketchup status``/``search`` and the client).
     """
 

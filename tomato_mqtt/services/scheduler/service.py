@@ -287,6 +287,8 @@ class SchedulerService(Service):
             broker=str(self.url),
             jobs_running=n.get("r", 0) + n.get("rd", 0),
             jobs_queued=n.get("q", 0) + n.get("qw", 0),
+            heartbeat_interval=self.settings.scheduler.heartbeat,
+            lost_after=self.settings.scheduler.lost_after,
             storage_error=self.state_damaged,
         )
 
