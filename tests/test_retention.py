@@ -104,3 +104,26 @@ async def test_retained_state_stays_bounded(
         # the history is still there, one request away
         old = await st.call("job_status", {"jobids": [ids[0]]})
         assert old[0].status == "cd" and old[0].payload
+
+
+async def test_a_reload_applies_the_retention_of_finished_jobs(
+    broker: RunningBroker, tmp_path: Path, instance: str
+) -> None:
+    """An integrator's review: `tomato reload` after changing `[jobs] retain_finished`
+    said "no changes" and kept the old retention until a restart. It applies it, and
+    says `[jobs]`."""
+    async with inproc_stack(
+        broker.port, tmp_path, instance, settings="[jobs]\nretain_finished = 5\n"
+    ) as st:
+        assert st.scheduler.retention.count == 5
+        toml = st.settings.appdir / "settings.toml"
+        toml.write_text(toml.read_text().replace("retain_finished = 5", "retain_finished = 0"))
+        reply = await st.raw(st.topics.scheduler_cmd("reload"))
+        assert reply.success and reply.msg == "reload done: [jobs]", reply
+        assert st.scheduler.retention.count == 0
+        job = await st.short_job()
+        sub = Collector()
+        async with client(broker.url) as c:
+            await c.subscribe(st.topics.job_status(job.id), handler=sub)
+            await asyncio.sleep(1.0)
+        assert not [m for m in sub.items if m.payload], "its status stayed retained"

@@ -101,6 +101,8 @@ async def reload(ops: SchedulerOps, args: Mapping[str, JsonValue]) -> Result:
     if drivers_changed:  # not part of the layout's diff, but a change all the same
         more = f"settings of driver(s): {', '.join(drivers_changed)}"
         what = more if what == "no changes" else f"{what}; {more}"
+    if old.jobs != new_settings.jobs:  # applied from now on (submits, retention)
+        what = "[jobs]" if what == "no changes" else f"{what}; [jobs]"
     # sections the running services read once, at their start: say so, not "no changes"
     first = svc.started_with
     later = [f"[{k}]" for k in _AT_START if getattr(first, k) != getattr(new_settings, k)]
@@ -115,7 +117,7 @@ async def reload(ops: SchedulerOps, args: Mapping[str, JsonValue]) -> Result:
 
 
 #: settings.toml sections the services read when they start (reload cannot apply them)
-_AT_START = ("mqtt", "broker", "recorder", "node", "dashboard")
+_AT_START = ("mqtt", "broker", "scheduler", "recorder", "node", "dashboard")
 
 
 def _jsonable_diff(diff: Any) -> JsonValue:

@@ -40,10 +40,18 @@ def _ended(job: Job) -> float:
 class Retention:
     def __init__(self, svc: SchedulerService) -> None:
         self.svc = svc
-        self.count = svc.settings.jobs.retain_finished
-        self.age = svc.settings.jobs.retain_finished_age
         self.finished: dict[int, float] = {}  # retained finished job -> when it ended
         self.active: set[int] = set()  # retained queued/running jobs
+
+    @property
+    def count(self) -> int:
+        """``[jobs] retain_finished``, as now (a `tomato reload` applies it: it said "no
+        changes" and kept the old one until a restart, an integrator's review)."""
+        return self.svc.settings.jobs.retain_finished
+
+    @property
+    def age(self) -> float:
+        return self.svc.settings.jobs.retain_finished_age
 
     def _wanted(self, jobid: int) -> bool:
         return jobid in self.active or jobid in self.finished
