@@ -40,6 +40,8 @@ async def test_a_submit_to_a_ready_pipeline_is_stored_in_two_commits_then_told(
         await events.wait(lambda m: decode(JobEvent, m.payload).event == "completed", 30)
         end = st.scheduler.store.job(1).progress["tasks"]["0"]["end"]
         npoints, missed = end["npoints"], int(end.get("missed") or 0)
+        # its folder exists, as tomato 2.2's jobpath (it did only with a snapshot in it)
+        assert (st.settings.jobs_dir / "1").is_dir()
 
     # stored: the job with its file's path (one commit), then its queue state, the job
     # running and its pipeline taken (one commit); only then is anything told or started

@@ -8,6 +8,7 @@ a :class:`Result`; refusals raise :class:`CommandError` with a message for the u
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import json
 import logging
@@ -481,6 +482,10 @@ class SchedulerOps:
 
     async def announce_launch(self, job: Job, pipeline: str) -> None:
         svc = self.svc
+        # as tomato 2.2: a launched job's folder (its jobpath) exists (a review found it
+        # missing unless a snapshot or a fallback file was made); a full disk: it runs
+        with contextlib.suppress(OSError):
+            (svc.settings.jobs_dir / str(job.id)).mkdir(parents=True, exist_ok=True)
         await svc.publish_pipeline(pipeline)
         await svc.publish_job(job)
         log.info("job %d launched on %s", job.id, pipeline)
