@@ -56,7 +56,7 @@ def main() -> int:
         before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         path = Path(d) / "results.1.nc"
         t0 = time.perf_counter()
-        role = RoleInput("counter", "{}", Raws(Path(d) / "store.sqlite", rows))
+        role = RoleInput("counter", "{}", Raws(Path(d) / "store.sqlite", rows, 1))
         write_job_file(path, [role], {"tomato_version": "bench"})
         dt = time.perf_counter() - t0
         grew = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024

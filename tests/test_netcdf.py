@@ -553,7 +553,7 @@ def test_a_long_job_s_file_is_written_in_bounded_memory(tmp_path: Path) -> None:
         netcdf._KEEP_PARSED, netcdf._WRITE_BYTES = 2**20, 4 * 2**20
         netcdf.write_job_file(d / "warm.nc", [netcdf.RoleInput("r", "{}", [])], {"x": "y"})
         before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        role = netcdf.RoleInput("counter", "{}", Raws(d / "store.sqlite", rows))
+        role = netcdf.RoleInput("counter", "{}", Raws(d / "store.sqlite", rows, 1))
         netcdf.write_job_file(d / "r.nc", [role], {"x": "y"})
         grew = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024
         with netCDF4.Dataset(d / "r.nc") as nc:

@@ -360,3 +360,26 @@ def test_what_is_acknowledged_is_checkpointed_first(tmp_path: Path) -> None:
     st.make_durable()
     assert marker in db.read_bytes()
     st.close()
+
+
+def test_the_writer_reads_only_its_job_s_batches_and_says_when_they_went(
+    tmp_path: Path,
+) -> None:
+    """A review of the writer reading the store on its own connection: a job's batches
+    released while its file was written (a snapshot held off no release), their rowids
+    then used again by new batches, would have been read as the job's. Only rows of the
+    job are read; rows gone are an error of the write (OSError, as a disk's)."""
+    from tomato_mqtt.services.recorder.store import Raws
+
+    st = BatchStore(tmp_path / "s.sqlite")
+    for seq, job in ((0, 1), (1, 1), (2, 2)):
+        st.add("c", "e1", seq, epoch=1, job=job, task=0, npoints=1, raw=b'{"n": %d}' % seq)
+    rows = [r for _, r in st.job_rows(1)]
+    other = [r for _, r in st.job_rows(2)]
+    assert list(Raws(st.path, rows, 1)) == [b'{"n": 0}', b'{"n": 1}']
+    with pytest.raises(OSError, match="went while being read"):
+        Raws(st.path, other, 1).fetch([0])  # another job's row under this job's rowid
+    st.release(1)
+    with pytest.raises(OSError, match="went while being read"):
+        list(Raws(st.path, rows, 1))
+    st.close()

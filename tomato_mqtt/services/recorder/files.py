@@ -79,6 +79,7 @@ class Files:
         self._merging: set[int] = set()
         self._running: set[int] = set()  # jobs known to have no final file yet
         self._lock = asyncio.Lock()
+        self._writing: int | None = None  # the job whose file is written under _lock
         self._final_locks: dict[int, list[Any]] = {}  # job -> [Lock, users]: final_lock
         #: released jobs whose late data was said to be kept unmerged (late_batch)
         self._released_told: set[int] = set()
@@ -139,6 +140,7 @@ class Files:
         # as tomato: a group per role that had a task (a role without one gets none)
         per_role: dict[str, list[int]] = {role: [] for role in roles_with_tasks(a)}
         async with self._lock:
+            self._writing = jobid  # (busy: its batches are not released meanwhile)
             # their rowids only: the writer reads them in its thread, a few at a time
             for component, rowid in store.job_rows(jobid):
                 role = comp_to_role.get(component)
@@ -148,7 +150,7 @@ class Files:
                 RoleInput(
                     role=role,
                     component_json=component_json(role, a.roles[role]),
-                    batches=Raws(store.path, rowids),
+                    batches=Raws(store.path, rowids, jobid),
                     attrs=(
                         {"tomato_clock_offset": a.clock_offsets[role]}
                         if role in a.clock_offsets
@@ -273,8 +275,10 @@ class Files:
         return str(args.get("written") or args.get("path") or "") or None
 
     def busy(self, jobid: int) -> bool:
-        """A finalize or a late merge of the job is under way or waiting."""
-        return jobid in self._final_locks or jobid in self._merging
+        """A finalize or a late merge of the job is under way or waiting, or a file of it
+        (a snapshot too: a review) is being written, its batches read meanwhile."""
+        writing = self._lock.locked() and self._writing == jobid
+        return writing or jobid in self._final_locks or jobid in self._merging
 
     def late_batch(self, jobid: int) -> None:
         """A new batch of ``jobid`` was stored: merge it if the job's file is final."""

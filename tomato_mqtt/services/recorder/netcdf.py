@@ -235,7 +235,9 @@ variable; ``("!", False, ())`` with the reason beside it: values that are not nu
 
 def _kind(col: Any, array: bool) -> tuple[_Kind, str]:
     if not array:
-        c = _chunk(col)
+        # a column _load made an array of numbers or text is what _chunk would make
+        ok = isinstance(col, np.ndarray) and col.dtype.kind in "biufU"
+        c = col if ok else _chunk(col)
         return (c.dtype.kind, _nonneg(c), ()), ""
     try:
         a = _array_values(col)
@@ -412,7 +414,7 @@ class _Plan:
 #: so that a long job's file is written in bounded memory: the write held a job's every
 #: batch, raw and parsed (4 million points of 3 variables: 531 MB more at its peak, 104
 #: MB now; past that, ~550 bytes a batch of the plan's skeletons)
-_KEEP_PARSED = 32 * 2**20
+_KEEP_PARSED = 64 * 2**20
 
 #: bytes of values written to the file at a time
 _WRITE_BYTES = 16 * 2**20
@@ -454,7 +456,13 @@ def _scan(raws: Any, problems: list[str]) -> list[dict[str, Any]]:
             if w:
                 why[name] = w
         units = b.get("units") or {}
-        shared = orjson.dumps([list(kinds.items()), units, bdims])
+        # (hashable as it is: a tuple per batch, not a JSON text: 170,000 batches)
+        shared = (
+            tuple(kinds.items()),
+            tuple(units.items()),
+            tuple((k, tuple(v)) for k, v in bdims.items()) if bdims else (),
+        )
+        coords = b.get("coords")
         sk = {
             "component": seen.setdefault(
                 ("component", str(b.get("component"))), b.get("component")
@@ -465,7 +473,7 @@ def _scan(raws: Any, problems: list[str]) -> list[dict[str, Any]]:
             "task": b.get("task"),
             "units": seen.setdefault((shared, 0), units),
             "dims": seen.setdefault((shared, 1), bdims),
-            "coords": _interned(b.get("coords") or {}, seen),
+            "coords": _interned(coords, seen) if coords else _NO_COORDS,
             "vars": seen.setdefault((shared, 2), {name: name for name in b["vars"]}),
             "_i": i,
             "_n": n,
@@ -474,11 +482,18 @@ def _scan(raws: Any, problems: list[str]) -> list[dict[str, Any]]:
         }
         if why:
             sk["_why"] = why
-        kept += len(raw)
+        # what a parsed batch takes beyond its bytes: its dicts and arrays (a batch of 5
+        # points takes ~2 KB parsed; counted by its 250 bytes, 32 MB "kept" were 300 MB:
+        # a review)
+        kept += 2 * len(raw) + 600 + 250 * len(kinds)
         if kept <= _KEEP_PARSED:
             sk["_parsed"] = b
         out.append(sk)
     return out
+
+
+#: the coordinates of a batch without any (one object for all of them)
+_NO_COORDS: dict[str, Any] = {}
 
 
 def _scalar_dtype(parts: list[_Kind | None]) -> Any:
@@ -615,18 +630,23 @@ def _part(plan: _Plan, name: str, b: dict[str, Any], parsed: dict[str, Any]) -> 
         if col is None or name in b.get("_nan", ()):
             return np.full((n, *var.shape), math.nan)
         return _array_values(col).astype(var.dtype, copy=False)
-    if var.dtype is object:
-        if col is None:
-            return np.full(n, "", dtype=object)
-        c = _chunk(col)
-        return c.astype(str).astype(object) if c.dtype.kind != "O" else c
     if col is None:
-        return np.full(n, math.nan, dtype=var.dtype)
-    return _chunk(col).astype(var.dtype, copy=False)
+        return np.full(n, "" if var.dtype is object else math.nan, dtype=var.dtype)
+    ok = isinstance(col, np.ndarray) and col.dtype.kind in "biufU"  # made by _load
+    c = col if ok else _chunk(col)
+    if var.dtype is object:
+        return c.astype(str).astype(object) if c.dtype.kind != "O" else c
+    return c.astype(var.dtype, copy=False)
+
+
+#: batches in one run at most (a run of many small batches, parsed again, is held
+#: whole: 60,000 batches of 5 points were one run of 16 MB of values, a review)
+_WRITE_BATCHES = 2048
 
 
 def _windows(plan: _Plan) -> list[list[dict[str, Any]]]:
-    """The plan's batches in runs of about :data:`_WRITE_BYTES` of values each."""
+    """The plan's batches in runs of about :data:`_WRITE_BYTES` of values each, and of
+    at most :data:`_WRITE_BATCHES` batches."""
     width = 16 + sum(8 * max(1, math.prod(v.shape)) for v in plan.variables.values())
     out: list[list[dict[str, Any]]] = []
     run: list[dict[str, Any]] = []
@@ -634,7 +654,7 @@ def _windows(plan: _Plan) -> list[list[dict[str, Any]]]:
     for b in plan.batches:
         run.append(b)
         size += b["_n"] * width
-        if size >= _WRITE_BYTES:
+        if size >= _WRITE_BYTES or len(run) >= _WRITE_BATCHES:
             out.append(run)
             run, size = [], 0
     if run:

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import errno
 import hashlib
 import json
 import sqlite3
@@ -131,37 +132,55 @@ class Raws:
 
     _AT_ONCE = 256
 
-    def __init__(self, path: Path, rowids: list[int]) -> None:
+    def __init__(self, path: Path, rowids: list[int], job: int) -> None:
         self.path = path
         self.rowids = rowids
+        self.job = job  # rows of another job (a rowid used again) are not read
 
     def __len__(self) -> int:
         return len(self.rowids)
 
     def __iter__(self) -> Iterator[bytes]:
-        with contextlib.closing(self._connect()) as db:
+        with self._reading() as db:
             for at in range(0, len(self.rowids), self._AT_ONCE):
                 yield from self._read(db, self.rowids[at : at + self._AT_ONCE])
 
     def fetch(self, idx: Sequence[int]) -> list[bytes]:
-        with contextlib.closing(self._connect()) as db:
+        with self._reading() as db:
             out: list[bytes] = []
             for at in range(0, len(idx), self._AT_ONCE):
                 out += self._read(db, [self.rowids[i] for i in idx[at : at + self._AT_ONCE]])
             return out
 
-    def _connect(self) -> sqlite3.Connection:
-        db = sqlite3.connect(self.path, isolation_level=None)
-        db.execute("PRAGMA query_only = 1")
-        return db
+    @contextlib.contextmanager
+    def _reading(self) -> Iterator[sqlite3.Connection]:
+        """A connection of its own; SQLite's errors (a busy or unreadable file) are the
+        write's: an OSError, as a disk's (a review: they ended the request "internal",
+        and no fallback was tried)."""
+        try:
+            db = sqlite3.connect(self.path, isolation_level=None)
+            try:
+                db.execute("PRAGMA query_only = 1")
+                yield db
+            finally:
+                db.close()
+        except sqlite3.Error as e:
+            why = f"the recorder's store {self.path} could not be read: {e}"
+            raise OSError(errno.EIO, why) from e
 
-    @staticmethod
-    def _read(db: sqlite3.Connection, rowids: list[int]) -> list[bytes]:
+    def _read(self, db: sqlite3.Connection, rowids: list[int]) -> list[bytes]:
         marks = ",".join("?" * len(rowids))
-        got = dict(db.execute(f"SELECT rowid, raw FROM stored WHERE rowid IN ({marks})", rowids))
+        got = dict(
+            db.execute(
+                f"SELECT rowid, raw FROM stored WHERE rowid IN ({marks}) AND job IS ?",
+                [*rowids, self.job],
+            )
+        )
         if len(got) != len(set(rowids)):
             # released or removed while the file was written: it would not hold them
-            raise OSError(f"{len(rowids) - len(got)} stored batch(es) went while being read")
+            raise OSError(
+                errno.EIO, f"{len(rowids) - len(got)} stored batch(es) went while being read"
+            )
         return [bytes(got[r]) for r in rowids]
 
 
