@@ -282,9 +282,10 @@ class Exchange:
         from tomato_mqtt.transport.session import SessionError, SessionRefused, SessionUntrusted
 
         t0 = time.monotonic()
+        _trace("connecting to %s as %s", self.url, self.client_id)
         try:
             self._session.connect(self._timeout)
-            _trace("connected to %s as %s", self.url, self.client_id)
+            _trace("connected (%.1f ms)", 1e3 * (time.monotonic() - t0))
             self._session.subscribe(self.reply_to, 1, self._timeout)
             _trace("subscribed to %s (%.1f ms)", self.reply_to, 1e3 * (time.monotonic() - t0))
         except SessionRefused as e:

@@ -705,7 +705,14 @@ class NodeService(Service):
             self._configured.set()
         discovery.refresh()  # a reload finds driver packages installed since
         changed_drivers = self.drivers.update_settings(cfg.driver_settings)
-        changed_drivers |= self.drivers.upgraded()  # its host process runs the old code
+        # an upgraded driver's host process runs the old code: made anew once none of its
+        # components is in a task (else the idle ones came back on the old process, at
+        # every reload: a review)
+        changed_drivers |= {
+            d
+            for d in self.drivers.upgraded()
+            if not any(hc.busy for hc in self.components.values() if hc.config.driver == d)
+        }
         if cfg.batch_interval:
             self.config.batch_interval = cfg.batch_interval
         wanted = {c.name: c for c in cfg.components}
