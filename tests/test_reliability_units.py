@@ -93,6 +93,7 @@ class FakeHost:
         self.stuck_after = 300.0
         self.cstatus: dict[str, ComponentStatus] = {}
         self.node = NodeStatus(state="online", node="pc1", epoch=1, heartbeat=time.time())
+        self.quiet = False  # the broker passes nothing (broker_quiet)
         self.events: list[tuple[str, dict[str, Any]]] = []
         self.requests: list[tuple[str, str]] = []
         self.args: list[tuple[str, str, Mapping[str, Any]]] = []  # each request's, as sent
@@ -106,6 +107,9 @@ class FakeHost:
 
     def node_of(self, component: str) -> NodeStatus | None:
         return self.node
+
+    def broker_quiet(self) -> bool:
+        return self.quiet
 
     def save_progress(self, job: int, progress: dict[str, Any]) -> None:
         self.saved = json.loads(json.dumps(progress))  # as the store keeps it
@@ -1202,3 +1206,30 @@ async def test_a_task_stopped_by_another_role_s_failure_gets_its_end() -> None:
     ended = [(kw["task"], kw["detail"]["reason"]) for ev, kw in host.events if ev == "task_ended"]
     assert sorted(ended) == [(0, "error"), (1, "stopped")], ended
     assert {k: v["state"] for k, v in host.saved["tasks"].items()} == {"0": "ended", "1": "ended"}
+
+
+async def test_a_task_is_not_given_up_while_the_broker_passes_nothing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A fault run: Mosquitto down for 5 minutes past a task's end; the scheduler counted
+    the task overrunning and gave it up at stuck_after: ce "a driver call did not
+    return … stays busy until its node restarts", while every point was in the file and
+    the component idle. While the broker passes nothing, no overrun is counted and
+    nothing is given up; once it is back, the task's end (in the backlog) is read."""
+    monkeypatch.setattr(runner_mod, "OVERRUN_GRACE", 0.3)
+    monkeypatch.setattr(runner_mod, "GIVE_UP_CONFIRM", 0.3)
+    host = FakeHost()
+    host.stuck_after = 0.8
+    job = _job()
+    job.payload["method"][0]["max_duration"] = 0.2
+    _runner, done = await _run(host, job)
+    await host.set(quiet=True)
+    await asyncio.sleep(2.0)  # past max_duration + stuck_after, the broker silent
+    assert not done.done()
+    assert not [e for e, _ in host.events if e == "warning"], host.events
+    await host.set(quiet=False)
+    await asyncio.sleep(0.1)  # back: its end comes with the backlog
+    await _task_ended(host, npoints=2)
+    status, reason = await asyncio.wait_for(done, 5)
+    assert status == "c", (status, reason)
+    assert not [e for e, _ in host.events if e == "warning"], host.events

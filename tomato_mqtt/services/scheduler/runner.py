@@ -607,6 +607,7 @@ class JobRunner:
         component = self.roles[t.role]
         lost_since: float | None = None
         waiting: str | None = None  # the job's reason while its node is away
+        was_quiet = False  # the broker passed nothing at the last look
         async with self.host.cond:
             while True:
                 st = self.host.component_status(component)
@@ -673,12 +674,25 @@ class JobRunner:
                         self.host.show_reason(self.job.id, None, replacing=waiting)
                         waiting = None
                     lost_since = None
+                # not while the broker passes nothing (down, stalled): the task's end
+                # cannot come then; the loop counts it as standing still, so that a
+                # give-up waits for what comes once it is back (a fault run: a broker
+                # down 5 min past a task's end gave the task up, ce "a driver call did
+                # not return", every point in the file)
+                quiet = self.host.broker_quiet()
+                if quiet or was_quiet:  # (until the moment it is back)
+                    self.stood_still_at = time.monotonic()
+                if quiet:
+                    timeout = 1.0 if timeout is None else min(timeout, 1.0)
+                was_quiet = quiet
                 # not while its node is lost: that is the reason, and said so (it was
                 # said a driver call did not return: an outside run, a node killed)
-                overrun_in = None if lost_since is not None else self._until_overrun(t, component)
+                overrun_in = (
+                    None if lost_since is not None or quiet else self._until_overrun(t, component)
+                )
                 if overrun_in is not None:
                     timeout = overrun_in if timeout is None else min(timeout, overrun_in)
-                stuck_in = self._until_given_up(t)
+                stuck_in = None if quiet else self._until_given_up(t)
                 if stuck_in is not None and stuck_in <= 0:
                     ran = time.monotonic() - (t.running_since or time.monotonic())
                     self.error = self.error or (
@@ -778,8 +792,11 @@ class JobRunner:
             t.running_since = time.monotonic()  # re-adopted: from now on
         limit = _overrun_limit(t)
         ran = time.monotonic() - t.running_since
-        if ran < limit:
-            return limit - ran
+        # and a grace after the loop stood still or the broker was quiet: the task's end
+        # may be in the backlog that comes then
+        since = time.monotonic() - self.stood_still_at
+        if ran < limit or since < OVERRUN_GRACE:
+            return max(limit - ran, OVERRUN_GRACE - since)
         t.overrun_at = time.monotonic()
         what = (
             f"task {t.spec.index} ({t.spec.technique_name}) on {component} ran at least "

@@ -443,6 +443,11 @@ class SchedulerService(Service):
     def component_status(self, name: str) -> ComponentStatus | None:
         return self.cstatus.get(name)
 
+    def broker_quiet(self) -> bool:
+        """Nothing comes from the broker, not even this scheduler's heartbeat (it stalls,
+        or it is down): what the nodes say cannot reach the scheduler meanwhile."""
+        return self.presence_view.broker_quiet
+
     def node_of(self, component: str) -> NodeStatus | None:
         c = self.layout.components.get(component)
         meta = self.metas.get(component)
