@@ -1233,3 +1233,37 @@ async def test_a_task_is_not_given_up_while_the_broker_passes_nothing(
     status, reason = await asyncio.wait_for(done, 5)
     assert status == "c", (status, reason)
     assert not [e for e, _ in host.events if e == "warning"], host.events
+
+
+def test_the_backlog_of_a_stalled_broker_is_no_clock_offset() -> None:
+    """A fault run: a broker stalled 40 s delivered the nodes' queued heartbeats at once;
+    taken for the nodes' clocks, they wrote tomato_clock_offset -37 s into a job's file
+    (the node on the scheduler's own PC) and warned of every node's clock. Heartbeats that
+    come while the broker is quiet, or just after it is back, are no measure of a clock."""
+    from types import SimpleNamespace
+
+    from tomato_mqtt.services.scheduler.presence import Presence
+
+    svc: Any = SimpleNamespace(
+        settings=SimpleNamespace(scheduler=SimpleNamespace(lost_after=5, clock_tolerance=2)),
+        heartbeat=0.05,
+        nodes={},
+        runners={},
+        broker_heard=float("inf"),
+    )
+    p = Presence(svc)
+
+    def beat(offset: float) -> None:
+        st = NodeStatus(state="online", node="pc", epoch=1, heartbeat=time.time() + offset)
+        p.received(st, retained=False)
+
+    p.broker_quiet = True
+    for late in range(-40, 0, 2):  # the backlog, oldest first
+        beat(late)
+    p.broker_quiet, p.broker_back = False, time.monotonic()
+    beat(-1.0)
+    assert p.clock_offset("pc") is None and p.skew_of("pc") is None and not p.skewed
+    time.sleep(0.2)  # past the hold: heartbeats measure the clock again
+    beat(0.0)
+    off = p.clock_offset("pc")
+    assert off is not None and abs(off) < 1 and p.skew_of("pc") is None

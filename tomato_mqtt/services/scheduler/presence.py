@@ -70,6 +70,7 @@ class Presence:
         self._last_check: float | None = None
         #: the broker passed nothing for a while (check_stale): no loss verdicts
         self.broker_quiet = False
+        self.broker_back = -1e9  # monotonic time the broker passed messages again
         self.recorder_seen: float | None = None  # monotonic time of its last status
         self.recorder_online = 0  # "online" statuses of the recorder received so far
         self.recorder_said = asyncio.Condition()  # notified at each of them
@@ -81,6 +82,11 @@ class Presence:
         self.seen[st.node] = time.monotonic()
         if st.state != "online" or retained or st.heartbeat <= 0:
             return  # a retained status may be old: it says nothing about the node's clock
+        if self.broker_quiet or time.monotonic() - self.broker_back < 3 * self.svc.heartbeat:
+            # the backlog a stalled broker delivers at once: old heartbeats, not a clock
+            # off by the stall (a fault run: a 40 s stall wrote tomato_clock_offset -37 s
+            # into a file, and warned of every node's clock)
+            return
         if self.epochs.get(st.node, st.epoch) != st.epoch:
             # another run of the node (a restart): its clock is taken afresh, not as a
             # step (an outside check: a node restarted with a right clock after running
@@ -189,6 +195,7 @@ class Presence:
             return False
         if self.broker_quiet:
             self.broker_quiet = False
+            self.broker_back = now
             log.warning("the broker passes messages again")
             for name in self.seen:
                 self.seen[name] = now
