@@ -517,12 +517,10 @@ async def test_a_task_whose_node_is_lost_is_not_said_to_overrun(
     assert status == "cd"
 
 
-async def test_a_task_whose_driver_call_never_returns_is_given_up(
+async def _soon_given_up(
     monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """A driver call that never returns kept its job `r` for good (the reason said so,
-    only a cancel ended it). ``[scheduler] stuck_after`` past its max_duration the task
-    is given up: the job ends ce, saying so and that the component stays busy."""
+) -> tuple[FakeHost, asyncio.Future[tuple[str, str | None]]]:
+    """A 0.2 s task that counts as overrunning after 0.5 s and is given up after 1.0 s."""
     monkeypatch.setattr(runner_mod, "OVERRUN_GRACE", 0.3)
     monkeypatch.setattr(runner_mod, "GIVE_UP_CONFIRM", 0.3)
     host = FakeHost()
@@ -530,6 +528,16 @@ async def test_a_task_whose_driver_call_never_returns_is_given_up(
     job = _job()
     job.payload["method"][0]["max_duration"] = 0.2
     _runner, done = await _run(host, job)
+    return host, done
+
+
+async def test_a_task_whose_driver_call_never_returns_is_given_up(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A driver call that never returns kept its job `r` for good (the reason said so,
+    only a cancel ended it). ``[scheduler] stuck_after`` past its max_duration the task
+    is given up: the job ends ce, saying so and that the component stays busy."""
+    host, done = await _soon_given_up(monkeypatch)
     t0 = time.monotonic()
     status, reason = await asyncio.wait_for(done, 10)  # the node says nothing: it hangs
     took = time.monotonic() - t0
@@ -1216,13 +1224,7 @@ async def test_a_task_is_not_given_up_while_the_broker_passes_nothing(
     return … stays busy until its node restarts", while every point was in the file and
     the component idle. While the broker passes nothing, no overrun is counted and
     nothing is given up; once it is back, the task's end (in the backlog) is read."""
-    monkeypatch.setattr(runner_mod, "OVERRUN_GRACE", 0.3)
-    monkeypatch.setattr(runner_mod, "GIVE_UP_CONFIRM", 0.3)
-    host = FakeHost()
-    host.stuck_after = 0.8
-    job = _job()
-    job.payload["method"][0]["max_duration"] = 0.2
-    _runner, done = await _run(host, job)
+    host, done = await _soon_given_up(monkeypatch)
     await host.set(quiet=True)
     await asyncio.sleep(2.0)  # past max_duration + stuck_after, the broker silent
     assert not done.done()
