@@ -221,10 +221,8 @@ def test_passata_on_upstream_components(up: Stack) -> None:
     assert not ro["success"] and "read-only" in ro["msg"]
 
 
-def test_installed_after_start_found_by_reload(up: Stack) -> None:
-    res = up.run("tomato", "drivers", "install", str(SPECTRUM), timeout=600)
-    assert res.returncode == 0, res.stderr
-    up.run("tomato", "reload", check=True)
+def _wait_spectrum_registered(up: Stack) -> None:
+    """Until the spectrum driver's component is registered (30 s at most)."""
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         comps = up.json("tomato", "status", "components")["data"]  # name -> component
@@ -233,6 +231,13 @@ def test_installed_after_start_found_by_reload(up: Stack) -> None:
             break
         time.sleep(0.2)
     assert spec["registered"], spec
+
+
+def test_installed_after_start_found_by_reload(up: Stack) -> None:
+    res = up.run("tomato", "drivers", "install", str(SPECTRUM), timeout=600)
+    assert res.returncode == 0, res.stderr
+    up.run("tomato", "reload", check=True)
+    _wait_spectrum_registered(up)
     payload = up.workdir / "sweep.yml"
     payload.write_text(
         "version: '2.2'\nsample: {identifier: s1}\nuser: {identifier: me}\nmethod:\n"
@@ -315,12 +320,7 @@ def test_an_upgraded_driver_runs_its_new_code_after_a_reload(up: Stack, tmp_path
         "  - {component_role: spectrum, technique_name: sweep, max_duration: 0.6,"
         " sampling_interval: 0.2, task_params: {gain: 2}}\n"
     )
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        comps = up.json("tomato", "status", "components")["data"]
-        if next(c for c in comps.values() if c["driver"] == "spectrum")["registered"]:
-            break
-        time.sleep(0.2)
+    _wait_spectrum_registered(up)
     up.run("tomato", "pipeline", "ready", "pip-spectrum", check=True)
     job = up.wait_job(up.submit(payload), {"c", "ce", "cd"}, timeout=60)
     assert job["status"] == "c", job

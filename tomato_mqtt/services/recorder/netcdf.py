@@ -62,7 +62,9 @@ def _made_here(a: np.ndarray[Any, Any]) -> bool:
 
 def _chunk(vals: Sequence[Any]) -> np.ndarray[Any, Any]:
     """One batch's values of one variable, typed by numpy (C speed for the usual case)."""
-    if isinstance(vals, np.ndarray) and vals.dtype.kind == "O" and _made_here(vals):
+    if isinstance(vals, np.ndarray) and (
+        vals.dtype.kind in "biufU" or (vals.dtype.kind == "O" and _made_here(vals))
+    ):
         return vals  # (made here already, by _load)
     a = np.asarray(vals)
     if a.dtype.kind == "f" and len(vals) and type(vals[0]) is int:
@@ -97,43 +99,6 @@ def _ints(vals: Sequence[Any], made: np.ndarray[Any, Any]) -> np.ndarray[Any, An
         with contextlib.suppress(OverflowError, ValueError):
             return np.asarray(vals, dtype=np.uint64)
     return made
-
-
-def _int_dtype(parts: Sequence[np.ndarray[Any, Any]]) -> Any:
-    """int64 for integers, unless one is past its range (numpy made it uint64): then
-    uint64 when none is negative, else float (a review: 2**63 + 5 became a negative
-    int64 in the file, without a word)."""
-    if all(p.dtype.kind != "u" for p in parts):
-        return np.int64
-    if all(p.dtype.kind == "u" or p.size == 0 or p.min() >= 0 for p in parts):
-        return np.uint64
-    return float
-
-
-def _column(chunks: Sequence[np.ndarray[Any, Any] | None], lens: Sequence[int]) -> Any:
-    """Join a variable's per-batch arrays; a batch without it gets NaN (or "")."""
-    kinds = {c.dtype.kind for c in chunks if c is not None}
-    gaps = any(c is None for c in chunks)
-    if not gaps and kinds <= {"b"}:
-        dtype: Any = np.int8  # netCDF has no bool
-    elif not gaps and kinds <= {"i", "u"}:
-        dtype = _int_dtype([c for c in chunks if c is not None])
-    elif kinds <= {"b", "i", "u", "f"}:
-        dtype = float
-    else:
-        dtype = object
-    fill: Any = math.nan if dtype is float else ""
-    parts = []
-    for c, n in zip(chunks, lens, strict=True):
-        if c is None:
-            parts.append(np.full(n, fill, dtype=dtype))
-        elif dtype is object:
-            parts.append(c.astype(str).astype(object) if c.dtype.kind != "O" else c)
-        else:
-            parts.append(c.astype(dtype, copy=False))
-    if not parts:
-        return np.asarray([], dtype=float)
-    return np.concatenate(parts)
 
 
 def _load(raws: Sequence[bytes], problems: list[str]) -> list[dict[str, Any]]:
@@ -235,9 +200,7 @@ variable; ``("!", False, ())`` with the reason beside it: values that are not nu
 
 def _kind(col: Any, array: bool) -> tuple[_Kind, str]:
     if not array:
-        # a column _load made an array of numbers or text is what _chunk would make
-        ok = isinstance(col, np.ndarray) and col.dtype.kind in "biufU"
-        c = col if ok else _chunk(col)
+        c = _chunk(col)
         return (c.dtype.kind, _nonneg(c), ()), ""
     try:
         a = _array_values(col)
@@ -512,7 +475,9 @@ def _scalar_dtype(parts: list[_Kind | None]) -> Any:
 
 
 def _int_dtype_of(parts: Sequence[_Kind]) -> Any:
-    """:func:`_int_dtype` from the parts' kinds."""
+    """int64 for integers, unless one is past its range (numpy made it uint64): then
+    uint64 when none is negative, else float (a review: 2**63 + 5 became a negative
+    int64 in the file, without a word). From the parts' kinds."""
     if all(p[0] != "u" for p in parts):
         return np.int64
     if all(p[0] == "u" or p[1] for p in parts):
@@ -632,8 +597,7 @@ def _part(plan: _Plan, name: str, b: dict[str, Any], parsed: dict[str, Any]) -> 
         return _array_values(col).astype(var.dtype, copy=False)
     if col is None:
         return np.full(n, "" if var.dtype is object else math.nan, dtype=var.dtype)
-    ok = isinstance(col, np.ndarray) and col.dtype.kind in "biufU"  # made by _load
-    c = col if ok else _chunk(col)
+    c = _chunk(col)
     if var.dtype is object:
         return c.astype(str).astype(object) if c.dtype.kind != "O" else c
     return c.astype(var.dtype, copy=False)
