@@ -43,29 +43,32 @@ function sessionKey() {
   if (noStorage) return pageKey;
   try { return localStorage.getItem(KEY); } catch { return pageKey; }
 }
-function setSessionKey(k) {
+function setSessionKey(k) {  // this page's own sign-in, sign-out or ended sign-in
   pageKey = k || null;
+  keyFollowed = pageKey;
   try { if (k) localStorage.setItem(KEY, k); else localStorage.removeItem(KEY); } catch { noStorage = true; }
 }
 const withKey = (headers) => { const k = sessionKey(); return k ? { ...headers, "X-Tomato-Key": k } : headers; };
 window.withKey = withKey;
 // another tab of this page signed out, or in as someone else: this one follows at once
 // (it kept showing the old sign-in and its controls, and acted as the new one: a page
-// showing olga submitted jobs as otto, a review)
-let keyAtConnect = null;
-window.addEventListener("storage", (e) => {
-  if (e.key !== KEY && e.key !== null) return;
-  if (e.newValue) {
-    if (e.newValue === keyAtConnect) return;  // connected with it already
-    showReply({ success: true, msg: "signed in in another tab: this page follows" });
-  } else if (e.oldValue || (S.me && S.me.signed_in)) {
-    // said also when the server, ending the sign-in, closed this page's socket and the page
-    // connected again as no one before this event came (a CI run: it followed silently)
-    showReply({ success: false, msg: "signed out in another tab" });
-    if (keyAtConnect === null) return;  // connected as no one already
-  } else return;
-  if (window.__dash.ws) window.__dash.ws.close();  // connects again, as who it is now
-});
+// showing olga submitted jobs as otto, a review). Noticed by the browser's storage event
+// and, as that event can come late or not at all (CI runs: a page signed out in another
+// tab said nothing for 10 s), by a look at the key every second and at every connect.
+let keyFollowed;  // the key this page acts with (undefined: not connected yet)
+function followKey() {
+  const k = sessionKey();
+  if (keyFollowed === undefined || k === keyFollowed) return false;
+  keyFollowed = k;
+  if (k) showReply({ success: true, msg: "signed in in another tab: this page follows" });
+  else showReply({ success: false, msg: "signed out in another tab" });
+  return true;
+}
+function followAndConnectAgain() {
+  if (followKey() && window.__dash.ws) window.__dash.ws.close();  // connects again, as who it is now
+}
+window.addEventListener("storage", (e) => { if (e.key === KEY || e.key === null) followAndConnectAgain(); });
+setInterval(followAndConnectAgain, 1000);
 
 // -- keyed rows: touch only what changed ---------------------------------------------------
 function renderRows(tbody, rows) {
@@ -124,8 +127,9 @@ function setMe(me) {
 // -- the socket ----------------------------------------------------------------------------
 function connect() {
   // a WebSocket takes no headers: the key goes as a second subprotocol, never chosen
+  followKey();  // the server closed this page's socket as another tab signed out: said here
   const k = sessionKey();
-  keyAtConnect = k;
+  keyFollowed = k;
   const ws = new WebSocket(`${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/ws`, k ? ["tomato", `key.${k}`] : []);
   window.__dash.ws = ws;
   ws.onopen = () => { $("conn").textContent = "live"; $("conn").className = "pill on"; watchRoute(); };
