@@ -118,8 +118,9 @@ class SchedulerStatus(WireModel):
     storage_error: str | None = Field(
         default=None,
         description=(
-            "why the scheduler's state file cannot be used now (damaged while it ran), "
-            "and what to do; requests that need it are answered `unavailable` meanwhile"
+            "why the scheduler's state file cannot be used now (damaged while it ran, or "
+            "it takes no writes: a full disk), and what to do; requests that need it are "
+            "answered `unavailable` meanwhile; null again once a write is stored"
         ),
     )
 

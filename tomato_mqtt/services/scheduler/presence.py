@@ -38,6 +38,8 @@ __all__ = ["Presence"]
 log = logging.getLogger(__name__)
 
 STORAGE_PREFIX = "the recorder cannot store data"
+#: how the scheduler's own unwritable state file starts a job's reason (what_to_do)
+STATE_PREFIX = "the scheduler's state file"
 #: the reason of the running jobs while the recorder does not answer (stopped, crashed)
 RECORDER_DOWN = "the recorder is not answering"
 
@@ -67,6 +69,7 @@ class Presence:
         self.step_seen: dict[str, tuple[float, float]] = {}  # node -> (offset, monotonic)
         self.epochs: dict[str, int] = {}  # each node's epoch its offsets are of
         self.storage_error: str | None = None
+        self.state_error: str | None = None  # the scheduler's own (state_unwritable)
         self._last_check: float | None = None
         #: the broker passed nothing for a while (check_stale): no loss verdicts
         self.broker_quiet = False
@@ -285,6 +288,11 @@ class Presence:
         self.recorder_down = why
         return await self._fault_reason(why, RECORDER_DOWN)
 
+    async def state_unwritable(self, error: str | None) -> None:
+        """The scheduler's own state file refuses writes (or takes them again)."""
+        old, self.state_error = self.state_error, error
+        await self._fault_reason(error, STATE_PREFIX, replaces=old)
+
     async def _storage(self, error: str | None) -> None:
         old, self.storage_error = self.storage_error, error
         if error is not None and not error.startswith(STORAGE_PREFIX):
@@ -297,7 +305,7 @@ class Presence:
         """A fault of the stack as the running jobs' reason while it lasts: ``why`` on
         each with no reason (or ``replaces``, the same fault's previous text); None clears
         each whose reason starts with ``prefix`` (a reason of another kind stays). A state
-        file that takes no writes only loses the reason (it is advisory). Returns the
+        file that takes no writes keeps the reason in memory (set_reason). Returns the
         running jobs."""
         svc = self.svc
         if svc.store is None:
@@ -306,9 +314,9 @@ class Presence:
         for job in running:
             try:
                 if why is not None and job.reason in (None, replaces):
-                    job = svc.store.update_job(job.id, reason=why)
+                    job = svc.store.set_reason(job.id, why)
                 elif why is None and job.reason and job.reason.startswith(prefix):
-                    job = svc.store.update_job(job.id, reason=None)
+                    job = svc.store.set_reason(job.id, None)
                 else:
                     continue
             except sqlite3.Error as e:

@@ -106,6 +106,8 @@ class SchedulerService(Service):
         self._file_said: str | None = None  # what check_file said last (said once)
         #: the state file was found damaged while the scheduler ran (see state_fault)
         self.state_damaged: str | None = None
+        #: the state file takes no writes now (see _state_unwritable)
+        self.state_unwritable: str | None = None
         self.nodeconfig = NodeConfigurator(self)
         self.recorder = RecorderLink(self.topics)  # requests survive a recorder restart
         self.presence_view = Presence(self)
@@ -168,6 +170,7 @@ class SchedulerService(Service):
         )
         self.store.hold()  # a scheduler that held it before writes nothing more
         self.store.on_taken = self._store_taken
+        self.store.on_write_error = self._state_unwritable
         self.store.sync_pipelines(self.layout.pipelines)
         used, where = highest_job_elsewhere(self.settings.recorder_db, self.settings.jobs_dir)
         self._ids_after(used, where)
@@ -289,7 +292,7 @@ class SchedulerService(Service):
             jobs_queued=n.get("q", 0) + n.get("qw", 0),
             heartbeat_interval=self.settings.scheduler.heartbeat,
             lost_after=self.settings.scheduler.lost_after,
-            storage_error=self.state_damaged,
+            storage_error=self.state_damaged or self.state_unwritable,
         )
 
     async def publish(self, topic: str, msg: Any, retain: bool = True, wait: bool = False) -> None:
@@ -465,6 +468,27 @@ class SchedulerService(Service):
             if current.status not in ("r", "rd") or current.reason != replacing:
                 return
             self.spawn(self.publish_job(self.store.update_job(job, reason=reason)))
+
+    def _state_unwritable(self, why: str | None) -> None:
+        """The state file refuses writes (a full disk), or takes them again: said in the
+        scheduler's status (``storage_error``) and as the running jobs' reason while it
+        lasts. It was said only in the log: a full datadir showed the jobs `r` without a
+        word and ``storage_error: null`` for a minute (a fault-injection run)."""
+        if why is None:
+            if self.state_unwritable is not None:
+                log.info("the state file takes writes again")
+            self.state_unwritable = None
+        else:
+            self.state_unwritable = what_to_do(
+                "state",
+                self.settings.state_db,
+                why,
+                "running jobs go on (what they change is kept in memory and stored once it "
+                "can be); requests that change the queue are refused until then",
+            )
+            log.error("%s", self.state_unwritable)
+        self.spawn(self.publish(self.topics.scheduler_status(), self._presence("online")))
+        self.spawn(self.presence_view.state_unwritable(self.state_unwritable))
 
     def _store_taken(self) -> None:
         self.superseded = True

@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from tomato_mqtt.errors import cannot_write
 from tomato_mqtt.model.jobs import (
     PLAUSIBLE_ID,
     Job,
@@ -123,6 +124,16 @@ class StateStore:
         self._holder: str | None = None  # this store's token once it holds the file
         #: called (once) when another scheduler holds the file now (see hold)
         self.on_taken: Callable[[], object] | None = None
+        #: why the file takes no writes now (a full disk, a read-only file): SQLite's
+        #: words, from the first write refused until one is stored again; None: it does
+        self.write_error: str | None = None
+        #: called with write_error each time it changes
+        self.on_write_error: Callable[[str | None], object] | None = None
+        #: reasons given to jobs while the file took no writes, kept in memory (a reason
+        #: is advisory): every read of the job has it until a write of the job is stored.
+        #: A full datadir showed a running job `r` without a word for a minute, the reason
+        #: the scheduler meant to give it lost with the write (a fault-injection run)
+        self._reasons: dict[int, str | None] = {}
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._db = self._connect()
         version = self._db.execute("PRAGMA user_version").fetchone()[0]
@@ -250,25 +261,38 @@ class StateStore:
             self._db.execute("RELEASE w")
             self.writes += 1
             return
-        # IMMEDIATE: take the write lock up front, so a read-check-write is atomic
-        self._db.execute("BEGIN IMMEDIATE")
-        if not self.held():
-            self._db.execute("ROLLBACK")
-            raise StoreTaken(
-                f"{self.path} is held by another scheduler now (this one was stopped"
-                " while a stack was started again): nothing more is written by this one"
-            )
-        self._depth = 1
         try:
-            yield self._db
-        except BaseException:
-            if self._db.in_transaction:  # SQLite may have rolled back itself (SQLITE_FULL)
+            # IMMEDIATE: take the write lock up front, so a read-check-write is atomic
+            self._db.execute("BEGIN IMMEDIATE")
+            if not self.held():
                 self._db.execute("ROLLBACK")
+                raise StoreTaken(
+                    f"{self.path} is held by another scheduler now (this one was stopped"
+                    " while a stack was started again): nothing more is written by this one"
+                )
+            self._depth = 1
+            try:
+                yield self._db
+            except BaseException:
+                if self._db.in_transaction:  # SQLite may have rolled back itself (SQLITE_FULL)
+                    self._db.execute("ROLLBACK")
+                raise
+            finally:
+                self._depth = 0
+            self._db.execute("COMMIT")
+        except sqlite3.Error as e:
+            if cannot_write(str(e)):
+                self._write_state(str(e))
             raise
-        finally:
-            self._depth = 0
-        self._db.execute("COMMIT")
         self.writes += count
+        self._write_state(None)
+
+    def _write_state(self, error: str | None) -> None:
+        if error == self.write_error:
+            return
+        self.write_error = error
+        if self.on_write_error is not None:
+            self.on_write_error(error)
 
     # -- pipelines -------------------------------------------------------------------------
     def sync_pipelines(self, names: Iterable[str]) -> None:
@@ -519,6 +543,8 @@ class StateStore:
                 )
                 if cur.rowcount:
                     done.append(jobid)
+        for jobid in done:
+            self._reasons.pop(jobid, None)
         return done
 
     def recent_finished(self, n: int) -> list[Job]:
@@ -537,6 +563,8 @@ class StateStore:
         for c in _JSON_COLUMNS:
             data[c] = json.loads(data[c])
         data["connected_at"] = data["launched_at"]  # tasks start on the nodes at launch
+        if self._reasons and data["id"] in self._reasons:
+            data["reason"] = self._reasons[data["id"]]  # given, not stored (set_reason)
         if self.jobs_dir is not None and data["launched_at"] is not None:
             # the folder the recorder falls back to and writes snapshots into (the
             # results file's tomato_Job says the same)
@@ -563,7 +591,19 @@ class StateStore:
                 f"UPDATE jobs SET {', '.join(f'{c} = ?' for c in cols)} WHERE id = ?",
                 (*values, id),
             )
+        self._reasons.pop(id, None)  # what it was given is stored now (read with it)
         return new
+
+    def set_reason(self, id: int, reason: str | None) -> Job:
+        """A job's reason, stored; kept in memory instead while the file takes no
+        writes (its reads have it until a write of the job is stored)."""
+        try:
+            return self.update_job(id, reason=reason)
+        except sqlite3.Error as e:
+            if not cannot_write(str(e)):
+                raise
+        self._reasons[id] = reason
+        return self.job(id)
 
     def update_progress(self, id: int, progress: Mapping[str, Any]) -> None:
         """A running job's progress, that column alone: a runner stores it at each start
