@@ -195,9 +195,16 @@ def test_count_at_0_1_s_for_1_s(rig: Rig) -> None:
     end = rig.run("count", 1.0, 0.1)
     points, units = rig.runner.drain()
     assert (end.reason, end.message) == ("done", None)
-    assert end.npoints == len(points) == round(1.0 / 0.1) == 10
+    # a deadline a loaded machine could not meet is skipped and counted, never measured
+    # late (a CI run: 9 points and 1 missed)
+    assert end.npoints == len(points) and end.npoints + end.missed == round(1.0 / 0.1) == 10
+    assert end.missed <= 2, end
     # seconds since the start, as tomato's counter: 0 until the 10th point at 1.0 s
-    assert [p.values["val"] for p in points] == [0] * 9 + [1]
+    vals = [p.values["val"] for p in points]
+    if end.missed == 0:
+        assert vals == [0] * 9 + [1]
+    else:
+        assert vals == sorted(vals) and set(vals) <= {0, 1}, vals
     assert points[0].values == {"val": 0, "min": 0.0, "max": 10.0, "param": 1.0, "choice": "green"}
     assert units == {"param": "second"}
     assert all(p.task is not None and p.task.technique_name == "count" for p in points)
