@@ -467,7 +467,8 @@ class SchedulerService(Service):
             current = self.store.job(job)
             if current.status not in ("r", "rd") or current.reason != replacing:
                 return
-            self.spawn(self.publish_job(self.store.update_job(job, reason=reason)))
+            # (kept in memory while the state file takes no writes: set_reason)
+            self.spawn(self.publish_job(self.store.set_reason(job, reason)))
 
     def _state_unwritable(self, why: str | None) -> None:
         """The state file refuses writes (a full disk), or takes them again: said in the
