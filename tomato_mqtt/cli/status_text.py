@@ -41,6 +41,8 @@ def _scheduler(msg: str, data: Any) -> str:
         ("heartbeat", f"{time.time() - beat:.1f} s ago" if isinstance(beat, float) else None),
         ("datadir", data.get("datadir")),
         ("devices", data.get("devices_file")),
+        # its state file damaged or taking no writes (it was in --json only: a review)
+        ("storage", data.get("storage_error")),
     ]
     lines = [msg] + [f"  {k + ':':<10} {v}" for k, v in fields if v is not None]
     return "\n".join(lines)

@@ -179,7 +179,9 @@ class JobLifecycle:
         )
         reason = f"{job.reason}; {note}" if job.reason else note
         with contextlib.suppress(Exception):  # said where it can be: never in the way
-            await self.svc.publish_job(job.model_copy(update={"reason": reason}))
+            # kept in memory, so that `ketchup status` says it too (only the retained
+            # status did: a fault-injection review)
+            await self.svc.publish_job(self.store.set_reason(jobid, reason))
 
     async def _rewrite_verdict(
         self, final: Job, judged: tuple[str, str | None], written: Path

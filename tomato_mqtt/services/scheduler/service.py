@@ -221,6 +221,7 @@ class SchedulerService(Service):
 
     async def on_heartbeat(self) -> None:
         if self.store is not None:
+            self.store.probe_write()  # (only while it takes none: see storage_error)
             try:
                 what = self.store.check_file()
             except (OSError, sqlite3.Error) as e:
