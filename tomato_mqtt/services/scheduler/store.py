@@ -7,13 +7,13 @@ throughout; JSON columns hold the payload and the job runner's progress.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sqlite3
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
-import contextlib
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
