@@ -1623,3 +1623,33 @@ async def test_a_job_says_at_once_that_its_node_is_lost_and_withdraws_it_when_ba
         await reason(lambda j: j.reason is None)
         ended = await st.wait_job(job.id, {"c", "ce", "cd"}, timeout=30)
         assert ended.status == "c", ended
+
+
+async def test_a_job_s_file_is_not_replaced_by_one_with_fewer_points(
+    broker: RunningBroker, instance: str, tmp_path: Path
+) -> None:
+    """A fault review: the recorder's store on a disk that failed lost the points it had
+    not made durable; at the next start the job's file, written meanwhile with 117 points
+    on a healthy disk, was replaced by one of 16, without a word. A file of the job that
+    holds more points than the store has now is kept; the new one goes to the job folder,
+    and the reply says why."""
+    import sqlite3
+
+    db = tmp_path / "r.sqlite"
+    async with recorder(broker, instance, db) as (svc, c, req, t):
+        data = t.component_data(CMP)
+        await c.publish(data, _batch(1, 0, "s1", 0, 5), qos=1)
+        await c.publish(data, _batch(1, 0, "s1", 1, 5, v0=5), qos=1)
+        await _stored(svc, 1, 10)
+        out = tmp_path / "out" / "results.1.nc"
+        exact = [{"component": CMP, "task": 0, "npoints": 10, "stream": "s1", "last_seq": 1}]
+        rep = await _finalize(req, t, _finalize_args(1, out, exact, wait=2))
+        assert rep.success and _uts(str(out)).size == 10, rep
+        with sqlite3.connect(db) as lost:  # (the fault: a batch gone from the store)
+            lost.execute("DELETE FROM stored WHERE job = 1 AND seq = 1")
+        assert sum(svc.store.job_points(1).values()) == 5  # type: ignore[union-attr]
+        rep = await _finalize(req, t, _finalize_args(1, out, exact, wait=0.3))
+        assert _uts(str(out)).size == 10, "the file with more points was replaced"
+        said = str(rep.data)
+        assert "refused to overwrite" in said and "holds 10 points" in said, rep
+        assert _uts(str(tmp_path / "out" / "fallback" / "results.1.nc")).size == 5

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tomato_mqtt import __version__
+from tomato_mqtt.services.recorder.guard import file_points
 from tomato_mqtt.transport.rpc import CommandError
 from tomato_mqtt.wire.commands import Expect, FetchArgs, FinalizeArgs
 from tomato_mqtt.wire.messages import stream_id
@@ -161,6 +162,8 @@ class Files:
             ]
             root = {"tomato_version": __version__, "tomato_Job": job_json(a)}
             guard = self.svc.guard
+            stored = store.job_points(jobid)
+            will_hold = sum(n for c, n in stored.items() if c in comp_to_role)
             checked = [path]  # the path as the guard resolved it (a symlink followed)
             problems: list[str] = []
 
@@ -169,6 +172,16 @@ class Files:
                 # check reads an existing file: in the thread too, as it waits for the
                 # netCDF lock like the write: tomato_mqtt/nclock.py)
                 target = checked[0] = guard.check_path(target, a.job)
+                if not a.snapshot and target.is_file():
+                    had = file_points(target)
+                    if had is not None and had > will_hold:
+                        # the store lost points the file has (its disk failed: a fault
+                        # review found a 117-point file replaced by one of 16 at a restart)
+                        raise CommandError(
+                            f"refused to overwrite {target}: it holds {had} points of job "
+                            f"{jobid}, more than the {will_hold} in the recorder's store now; "
+                            "it is kept as it is"
+                        )
                 target.parent.mkdir(parents=True, exist_ok=True)
                 attrs = root
                 if a.snapshot:  # a snapshot's tomato_Job names the file it is in

@@ -94,3 +94,17 @@ def _same_job(path: Path, job: Mapping[str, JsonValue]) -> bool:
         and old.get("id") == job.get("id")
         and old.get("submitted_at") == job.get("submitted_at")
     )
+
+
+def file_points(path: Path) -> int | None:
+    """The points a job's NetCDF file holds (the ``uts`` of its groups); None when it
+    cannot be read as one."""
+    try:
+        import netCDF4
+
+        with NC_LOCK, netCDF4.Dataset(path, "r") as ds:  # see tomato_mqtt/nclock.py
+            return sum(
+                len(g.dimensions["uts"]) for g in ds.groups.values() if "uts" in g.dimensions
+            )
+    except Exception:  # not NetCDF, unreadable: nothing to compare with
+        return None
