@@ -79,6 +79,9 @@ async def test_a_full_datadir_is_said_while_it_lasts_and_loses_nothing(
 
             shown = _scheduler("scheduler", st.scheduler._presence("online").model_dump())
             assert "storage:" in shown and str(st.settings.state_db) in shown, shown
+            # a stop is refused while the job runs, saying what its end waits for
+            stop = await st.raw(st.topics.scheduler_cmd("stop"))
+            assert not stop.success and "state file" in stop.msg, stop
             filler.unlink()  # freed while the job still runs
             ended = await st.wait_job(job.id, {"c", "ce", "cd"}, timeout=40)
             assert ended.status == "c", ended

@@ -176,9 +176,14 @@ class SchedulerOps:
             )
         if running:
             ids = ", ".join(str(j.id) for j in running)
-            raise CommandError(
-                f"cannot stop: job(s) {ids} are running (cancel them first)", code="conflict"
-            )
+            why = f"cannot stop: job(s) {ids} are running (cancel them first)"
+            if self.svc.state_unwritable is not None:
+                # their ends wait for the file (a review: refused without saying why
+                # they did not end)
+                why += (
+                    "; they end once the state file takes their ends: " + self.svc.state_unwritable
+                )
+            raise CommandError(why, code="conflict")
         self.svc.exit_requested = True
         self.svc.spawn(self._stop_soon())
         return Result("stopping tomato-mqtt")
