@@ -78,8 +78,20 @@ def start(opts: core.Opts, verbose: int = 0, quiet: int = 0) -> None:
         fail(f"a tomato-mqtt scheduler already answers on {ctx.where()}")
     if s.broker.embedded:
         _check_listener_ports(s)
-    s.logdir.mkdir(parents=True, exist_ok=True)
-    s.datadir.mkdir(parents=True, exist_ok=True)
+    for what, flag, folder in (("logdir", "-L", s.logdir), ("datadir", "-D", s.datadir)):
+        # said here: the supervisor failed on its pid file, "exited with code 1", the
+        # cause in a traceback in its log (a fault review: a datadir this user may not
+        # write, or a read-only disk)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            fail(f"tomato-mqtt could not start: cannot make the {what} {folder}: {e}")
+        if not os.access(folder, os.W_OK | os.X_OK):
+            fail(
+                f"tomato-mqtt could not start: this user may not write the {what} {folder} "
+                f"(or its disk is read-only); nothing was started. Fix its permissions, or "
+                f"choose another with {flag}"
+            )
     # socket activation (services/supervisor.py): the MQTT port listens from here on, so
     # the services and this command connect at once and are served when the broker is
     # (POSIX: Windows cannot hand a socket to a child this way; its services retry)
