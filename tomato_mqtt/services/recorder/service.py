@@ -416,7 +416,8 @@ class RecorderService(Service):
         first = self.storage_error is None
         self.storage_error = (
             f"the recorder cannot store data in {self.db_path}: {e} "
-            "(the nodes keep it in their spools until it can)"
+            "(the nodes keep it in their spools until it can, within their spool_max_mb: "
+            "beyond it the oldest go)"
         )
         now = time.monotonic()
         if first or now - self._storage_logged > 30:
@@ -604,7 +605,9 @@ class RecorderService(Service):
                 try:
                     self.store.make_durable()
                 except sqlite3.Error as e:
-                    log.warning("cannot make the stored batches durable: %s; no ack now", e)
+                    if not self._durable_failed:  # once: _storage_failed says it on (every
+                        # 30 s); it was logged at every round, each second (a fault review)
+                        log.warning("cannot make the stored batches durable: %s; no ack now", e)
                     # a store that takes batches into its WAL but cannot write them to
                     # the file is full all the same: said (the status, the jobs' reason),
                     # not only logged (a chaos run saw no reason while its disk was full)
