@@ -149,6 +149,7 @@ def test_a_full_disk_is_named_as_such_not_as_the_error_hdf5_gave(
     monkeypatch.setattr(shutil, "disk_usage", lambda _p: usage(10**9, 10**9 - 4096, 4096))
     e = netcdf._why_not_written(denied, tmp_path)
     assert e.errno == errno.ENOSPC and "no space left" in str(e) and "4096 bytes free" in str(e)
+    assert "Permission denied" not in str(e), e  # (it sent users to the permissions)
     monkeypatch.setattr(shutil, "disk_usage", lambda _p: usage(10**9, 0, 10**9))
     assert netcdf._why_not_written(denied, tmp_path) is denied  # room enough: as it was
 

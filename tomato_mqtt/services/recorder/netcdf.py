@@ -798,7 +798,8 @@ def _why_not_written(e: OSError, folder: Path) -> OSError:
     except OSError:
         return e
     if e.errno != errno.ENOSPC and free < _FULL:
-        return OSError(errno.ENOSPC, f"no space left in {folder} ({free} bytes free; {e})")
+        # (HDF5's own words left out: "Permission denied" sent users to the permissions)
+        return OSError(errno.ENOSPC, f"no space left in {folder} ({free} bytes free)")
     return e
 
 
