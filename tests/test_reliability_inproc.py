@@ -1484,28 +1484,37 @@ async def test_a_state_file_removed_while_the_scheduler_runs_is_written_back(
         assert (tmp_path / "solo.sqlite").is_file()
 
 
+def _state_file_full(monkeypatch: pytest.MonkeyPatch) -> dict[str, bool]:
+    """While ``["on"]``, every write to a scheduler's state file fails as SQLite's own
+    error for a full disk does (a fault injected; a real full disk: test_full_datadir)."""
+    import sqlite3
+
+    from tomato_mqtt.services.scheduler.store import StateStore
+
+    full = {"on": False}
+    real = StateStore._write
+
+    def write(self: StateStore, count: bool = True) -> Any:
+        if full["on"] and not self._depth:
+            raise sqlite3.OperationalError("database or disk is full")
+        return real(self, count)
+
+    monkeypatch.setattr(StateStore, "_write", write)
+    return full
+
+
 async def test_a_job_whose_end_cannot_be_stored_says_why_meanwhile(
     broker: RunningBroker, instance: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A fault-injection review: with the state file on a full disk when a job ended, the
     job showed `r` without a reason for as long as it lasted (its file written, `c` in
     it). Its status says why it does not move on; once the file takes writes, it ends."""
-    import sqlite3
 
     from tests.inproc import inproc_stack
     from tomato_mqtt.services.scheduler import lifecycle
-    from tomato_mqtt.services.scheduler.store import StateStore
 
     monkeypatch.setattr(lifecycle, "STORE_RETRY", 0.2)
-    full = {"on": False}
-    real = StateStore._write
-
-    def write(self: StateStore, count: bool = True) -> Any:
-        if full["on"] and not self._depth:  # (a fault injected: SQLite's own error)
-            raise sqlite3.OperationalError("database or disk is full")
-        return real(self, count)
-
-    monkeypatch.setattr(StateStore, "_write", write)
+    full = _state_file_full(monkeypatch)
     async with inproc_stack(broker.port, tmp_path, instance) as st:
         job = await st.submit_counter("pip-counter-1", 0.5, 0.1, tmp_path)
         await st.wait_job(job.id, {"r"}, timeout=10)
@@ -1653,3 +1662,29 @@ async def test_a_job_s_file_is_not_replaced_by_one_with_fewer_points(
         said = str(rep.data)
         assert "refused to overwrite" in said and "holds 10 points" in said, rep
         assert _uts(str(tmp_path / "out" / "fallback" / "results.1.nc")).size == 5
+
+
+async def test_a_reload_the_state_file_refuses_changes_nothing(
+    broker: RunningBroker, instance: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fault review: a reload on a full datadir was answered "scheduler cannot store
+    this now …: it was not done", yet its new device was in use, and the next reload
+    said "no changes" while it added the pipelines. Refused, it changes nothing."""
+
+    from tests.inproc import inproc_stack
+    from tomato_mqtt.transport.rpc import ReplyError
+
+    full = _state_file_full(monkeypatch)
+    async with inproc_stack(broker.port, tmp_path, instance) as st:
+        devices = st.settings.devices_file
+        before = sorted(st.scheduler.layout.pipelines)
+        devices.write_text(devices.read_text().replace('"3", "4"]', '"3", "4", "5"]'))
+        full["on"] = True
+        with pytest.raises(ReplyError) as e:
+            await st.call("reload")
+        assert e.value.code == "unavailable" and "not done" in str(e.value), e.value
+        assert sorted(st.scheduler.layout.pipelines) == before
+        full["on"] = False
+        done = await st.call("reload")
+        assert "pip-counter-5" in str(done) and "no changes" not in str(done), done
+        assert "pip-counter-5" in st.scheduler.layout.pipelines

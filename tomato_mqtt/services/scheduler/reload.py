@@ -88,9 +88,12 @@ async def reload(ops: SchedulerOps, args: Mapping[str, JsonValue]) -> Result:
         for d in set(old.drivers) | set(new_settings.drivers)
         if old.drivers.get(d) != new_settings.drivers.get(d)
     )
+    # stored first: a state file that takes no writes refuses the reload whole (it was
+    # answered "not done" with the new layout in use all the same, and the next reload
+    # found "no changes" while it added the pipelines: a fault review)
+    ops.store.sync_pipelines(new_layout.pipelines)
     svc.settings = new_settings
     svc.layout = new_layout
-    ops.store.sync_pipelines(new_layout.pipelines)
     for name in removed_pips:
         await svc.clear_pipeline(name)
     for p in ops.store.pipelines():
