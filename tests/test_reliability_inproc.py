@@ -147,6 +147,10 @@ async def test_per_task_counts_conflicts_and_late_merge(
         # per role, as the job's status and topics.md count them (it was per component)
         assert decode(JobEvent, ev.payload).detail["points"] == {"counter": 13}
         assert _uts(str(out)).size == 13
+        # the file's tomato_Job says it, as the job's status does (it kept the reason of
+        # the first write: "the file lacks points" in a file that held every one)
+        said = json.loads(load_tree(str(out)).attrs["tomato_Job"])["reason"]
+        assert said.endswith("late data merged into the file (now 13 points)"), said
         st = decode(RecorderStatus, encode(svc.presence("online")))
         assert st.jobs["1"].merged == 1 and st.jobs["1"].points == {CMP: 13}
 

@@ -668,7 +668,7 @@ async def _never_done(r: JobRunner, status: str, reason: str | None) -> None:
 def test_a_late_merge_note_replaces_the_one_before() -> None:
     """Found by fault injection: a job whose reason was only a merge note read "late
     data merged into the file (now 320 points) | late data merged … (now 370 points)"."""
-    from tomato_mqtt.services.scheduler.presence import merge_noted
+    from tomato_mqtt.model.jobs import merge_noted
 
     first = merge_noted(None, "late data merged into the file (now 320 points)")
     assert first == "late data merged into the file (now 320 points)"

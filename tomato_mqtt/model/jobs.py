@@ -21,6 +21,8 @@ __all__ = [
     "PipelineState",
     "UnknownName",
     "check_transition",
+    "merge_noted",
+    "merged_note",
     "utcnow",
 ]
 
@@ -33,6 +35,21 @@ ACTIVE_STATUSES: frozenset[str] = frozenset({"r", "rd"})
 #: 99999999999999999999 stopped the scheduler with an OverflowError, and one at 2**63-1
 #: made every later submit fail): a trillion jobs are beyond any lab
 PLAUSIBLE_ID = 10**12
+
+
+def merged_note(points: int) -> str:
+    """What a job's reason says once late data was merged into its file."""
+    return f"late data merged into the file (now {points} points)"
+
+
+def merge_noted(reason: str | None, note: str) -> str:
+    """A job's reason with its latest late-merge note in place of any earlier one (a
+    reason that was only such a note grew one per merge: fault injection)."""
+    base = (reason or "").split(" | late data merged")[0]
+    if base.startswith("late data merged"):
+        base = ""
+    return f"{base} | {note}" if base else note
+
 
 # tomato's job life cycle (qw -> q: after a reload, no pipeline matches any more)
 _TRANSITIONS: dict[str, frozenset[str]] = {

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tomato_mqtt import __version__
+from tomato_mqtt.model.jobs import merge_noted, merged_note
 from tomato_mqtt.services.recorder.guard import file_points
 from tomato_mqtt.transport.rpc import CommandError
 from tomato_mqtt.wire.commands import Expect, FetchArgs, FinalizeArgs
@@ -325,6 +326,11 @@ class Files:
             return
         a = FinalizeArgs.model_validate({k: v for k, v in args.items() if k != "written"})
         target = Path(str(args.get("written") or a.path))
+        # the file's tomato_Job says what the job's status will (it kept "the file lacks
+        # points: 72 of 300" in a file that held all 300: a fault review)
+        total = sum(role_points(a, store.job_points(jobid)).values())
+        reason = merge_noted(str(a.job.get("reason") or ""), merged_note(total))
+        a = a.model_copy(update={"job": {**a.job, "reason": reason}})
         try:
             written, note, altered = await self.write(a, target)
         except Exception as e:

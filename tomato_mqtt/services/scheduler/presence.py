@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import JsonValue
 
-from tomato_mqtt.model.jobs import DONE_STATUSES
+from tomato_mqtt.model.jobs import DONE_STATUSES, merge_noted, merged_note
 from tomato_mqtt.wire.messages import ComponentStatus, NodeStatus, RecorderStatus
 
 if TYPE_CHECKING:
@@ -42,15 +42,6 @@ STORAGE_PREFIX = "the recorder cannot store data"
 STATE_PREFIX = "the scheduler's state file"
 #: the reason of the running jobs while the recorder does not answer (stopped, crashed)
 RECORDER_DOWN = "the recorder is not answering"
-
-
-def merge_noted(reason: str | None, note: str) -> str:
-    """A job's reason with its latest late-merge note in place of any earlier one (a
-    reason that was only such a note grew one per merge: fault injection)."""
-    base = (reason or "").split(" | late data merged")[0]
-    if base.startswith("late data merged"):
-        base = ""
-    return f"{base} | {note}" if base else note
 
 
 #: s a new clock offset must hold before it counts as a step of the node's clock
@@ -338,7 +329,7 @@ class Presence:
         per_role = {role: points.get(comp, 0) for role, comp in roles.items()}
         progress = dict(job.progress) | {"merged": merged, "points": per_role}
         total = sum(per_role.values())
-        note = f"late data merged into the file (now {total} points)"
+        note = merged_note(total)
         job = svc.store.update_job(jobid, progress=progress, reason=merge_noted(job.reason, note))
         await svc.publish_job(job)
         log.info("job %d: %s", jobid, note)
