@@ -325,6 +325,7 @@ async def test_a_preloader_that_hangs_after_a_fork_leaves_that_service_adopted(
     monkeypatch.setattr(supervisor, "PRELOAD_TIMEOUT", 1.0)
     report_r, report_w = os.pipe()
     out_r, out_w = os.pipe()
+    said_r, said_w = os.pipe()  # the test goes on once the line is in the report
     was = subreaper(True)
     assert was is not None
     pid = os.fork()
@@ -334,6 +335,7 @@ async def test_a_preloader_that_hangs_after_a_fork_leaves_that_service_adopted(
             if kid == 0:
                 os.write(report_w, f"node {os.getpid()}\n".encode())
                 os.close(report_w)
+                os.write(said_w, b"x")
                 time.sleep(60)
             else:
                 os.kill(os.getpid(), signal.SIGSTOP)
@@ -341,6 +343,11 @@ async def test_a_preloader_that_hangs_after_a_fork_leaves_that_service_adopted(
             os._exit(0)
     os.close(report_w)
     os.close(out_w)
+    os.close(said_w)
+    # (a loaded CI run: the child had not run within the 1 s the preloader is given,
+    # and the timeout was taken for the preloader's hang before anything was forked)
+    assert await asyncio.to_thread(os.read, said_r, 1) == b"x"
+    os.close(said_r)
     sup = Supervisor(
         [], logdir=tmp_path, pidfile=tmp_path / "pid", embedded_broker=False,
         broker_host="127.0.0.1", port=1, node_name="local",
