@@ -1489,21 +1489,32 @@ async def test_a_state_file_removed_while_the_scheduler_runs_is_written_back(
 
 
 def _state_file_full(monkeypatch: pytest.MonkeyPatch) -> dict[str, bool]:
-    """While ``["on"]``, every write to a scheduler's state file fails as SQLite's own
-    error for a full disk does (a fault injected; a real full disk: test_full_datadir)."""
+    """While ``["on"]``, every write to a scheduler's state file fails at its COMMIT as
+    SQLite's own error for a full disk does (what a real full disk refuses: the writes
+    before it fit in the WAL; a fault injected; a real full disk: test_full_datadir)."""
     import sqlite3
 
     from tomato_mqtt.services.scheduler.store import StateStore
 
     full = {"on": False}
-    real = StateStore._write
 
-    def write(self: StateStore, count: bool = True) -> Any:
-        if full["on"] and not self._depth:
-            raise sqlite3.OperationalError("database or disk is full")
-        return real(self, count)
+    class Full:
+        """The store's connection, refusing COMMIT while full (sqlite3's own methods
+        cannot be patched)."""
 
-    monkeypatch.setattr(StateStore, "_write", write)
+        def __init__(self, db: sqlite3.Connection) -> None:
+            self._db = db
+
+        def execute(self, sql: str, *args: Any) -> Any:
+            if full["on"] and sql.strip().upper() == "COMMIT":
+                raise sqlite3.OperationalError("database or disk is full")
+            return self._db.execute(sql, *args)
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self._db, name)
+
+    real = StateStore._connect
+    monkeypatch.setattr(StateStore, "_connect", lambda self: Full(real(self)))
     return full
 
 
@@ -1532,6 +1543,12 @@ async def test_a_job_whose_end_cannot_be_stored_says_why_meanwhile(
         assert "the scheduler's state file cannot be written (database or disk is full)" in (
             seen.reason or ""
         ), seen
+        # and it stays said through the end's retries (each a transaction whose COMMIT
+        # fails: the reason was dropped at the first one, a review found)
+        for _ in range(10):
+            await asyncio.sleep(0.15)
+            info = (await st.call("job_status", {"jobids": [job.id]}))[0]
+            assert info.status == "r" and "is not stored yet" in (info.reason or ""), info
         full["on"] = False
         ended = await st.wait_job(job.id, {"c", "ce", "cd"}, timeout=30)
         assert ended.status == "c" and "not stored yet" not in (ended.reason or ""), ended

@@ -137,6 +137,7 @@ class StateStore:
         #: A full datadir showed a running job `r` without a word for a minute, the reason
         #: the scheduler meant to give it lost with the write (a fault-injection run)
         self._reasons: dict[int, str | None] = {}
+        self._stored: list[int] = []  # jobs written inside a transaction not yet committed
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._db = self._connect()
         version = self._db.execute("PRAGMA user_version").fetchone()[0]
@@ -284,9 +285,19 @@ class StateStore:
                 self._depth = 0
             self._db.execute("COMMIT")
         except sqlite3.Error as e:
+            self._stored.clear()
+            if self._db.in_transaction:  # a COMMIT refused (SQLite may or may not roll back)
+                with contextlib.suppress(sqlite3.Error):
+                    self._db.execute("ROLLBACK")
             if cannot_write(str(e)):
                 self._write_state(str(e))
             raise
+        except BaseException:
+            self._stored.clear()
+            raise
+        for jobid in self._stored:  # their reasons are in the file now
+            self._reasons.pop(jobid, None)
+        self._stored.clear()
         self.writes += count
         if self.write_error is not None and self._has_room():
             self._write_state(None)
@@ -565,8 +576,7 @@ class StateStore:
                 )
                 if cur.rowcount:
                     done.append(jobid)
-        for jobid in done:
-            self._reasons.pop(jobid, None)
+            self._stored.extend(done)
         return done
 
     def recent_finished(self, n: int) -> list[Job]:
@@ -613,7 +623,10 @@ class StateStore:
                 f"UPDATE jobs SET {', '.join(f'{c} = ?' for c in cols)} WHERE id = ?",
                 (*values, id),
             )
-        self._reasons.pop(id, None)  # what it was given is stored now (read with it)
+            # what it was given is stored with it, once the outermost write commits (a
+            # savepoint inside transaction() is not stored yet: the COMMIT is what a full
+            # disk refuses, and the reason was lost at the first retry: a review)
+            self._stored.append(id)
         return new
 
     def set_reason(self, id: int, reason: str | None) -> Job:
