@@ -368,6 +368,20 @@ class Stack:
                 return int(d.name)
         return None
 
+    def restart_scheduler(self, timeout: float = 60) -> None:
+        """Kill the scheduler (SIGKILL) and wait until the one the supervisor starts again
+        answers (its process alone may take seconds more to answer on a loaded machine:
+        a CI run's next command found none within its 5 s)."""
+        old = self.child_pid("scheduler")
+        os.kill(old, signal.SIGKILL)
+        deadline = time.monotonic() + timeout
+        while self.service_pid("scheduler") in (None, old):
+            assert time.monotonic() < deadline, self.logs()
+            time.sleep(0.1)
+        while self.run("tomato", "status", "-t", "2").returncode != 0:
+            assert time.monotonic() < deadline, self.logs()
+            time.sleep(0.2)
+
     def child_pid(self, service: str) -> int:
         pid = self.service_pid(service)
         if pid is None:

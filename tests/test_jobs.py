@@ -408,12 +408,7 @@ def test_a_job_queued_while_its_node_was_lost_waits_for_the_stale_task(
                 with sqlite3.connect(st.datadir / "state.sqlite") as db:
                     db.execute("DELETE FROM jobs WHERE id = ?", (a,))
             if restart:
-                old = st.child_pid("scheduler")
-                os.kill(old, signal.SIGKILL)
-                deadline = time.monotonic() + 30
-                while st.service_pid("scheduler") in (None, old):
-                    assert time.monotonic() < deadline, st.logs()
-                    time.sleep(0.1)
+                st.restart_scheduler()
             st.run("tomato", "pipeline", "ready", pipeline, check=True)
             b = st.submit(payload_file(st, "stale-b", second))
             assert st.wait_job(b, {"q", "qw"})["status"] in ("q", "qw")

@@ -107,12 +107,12 @@ def roles(st: Stack, tmp_path: Path) -> None:
     assert "idle" in allowed(st, "olga", "passata", "status", cmp)
     # a node's login at the CLI (a leftover TOMATO_BROKER): it may not even ask whoami,
     # and the answer read as a scheduler that is down (an admin's tour)
-    res = st.run("ketchup", "status", "-t", "1", *as_user(st, "pc2"))
+    res = st.run("ketchup", "status", "-t", "3", *as_user(st, "pc2"))
     assert res.returncode == 1, res
     assert "if the scheduler runs, the login 'pc2' may not ask it" in res.stderr, res
     # a reader sees a component's attributes from its meta, each value saying why it is
     # missing (they were left out without a word: an admin's tour)
-    got = json.loads(allowed(st, "rita", "passata", "attrs", cmp, "-t", "1", "--json"))
+    got = json.loads(allowed(st, "rita", "passata", "attrs", cmp, "-t", "3", "--json"))
     assert got["data"] and all(
         "value" not in a and "a reader may not" in a["error"] for a in got["data"].values()
     ), got
