@@ -460,3 +460,21 @@ async def test_a_job_s_end_and_its_pipeline_s_release_are_one_commit(
         # when the release was refused, the end was not stored without it
         assert seen == [("r", job.id)], seen
         assert store.pipeline("pip-counter-1").jobid is None
+
+
+@pytest.mark.parametrize("euid", [0, 1000])
+def test_room_on_the_disk_counts_the_blocks_this_user_may_write(
+    store: StateStore, monkeypatch: pytest.MonkeyPatch, euid: int
+) -> None:
+    """A review: on ext4 root writes into the 5 % the filesystem reserves; counting only
+    the blocks others may use kept `storage_error` set while a scheduler run as root
+    wrote fine. The disk's own numbers are replaced here: 8 MiB free, none of it
+    available to other users (a real reserve needs a real ext4 filesystem)."""
+    import os
+
+    real = os.statvfs(store.path.parent)
+    fields = dict(zip(os.statvfs_result.__match_args__, real, strict=False))
+    full_for_users = {**fields, "f_bavail": 0, "f_bfree": (8 << 20) // real.f_frsize}
+    monkeypatch.setattr(os, "statvfs", lambda _p: os.statvfs_result(full_for_users.values()))
+    monkeypatch.setattr(os, "geteuid", lambda: euid)
+    assert store._has_room() is (euid == 0)
