@@ -1685,6 +1685,50 @@ async def test_a_job_s_file_is_not_replaced_by_one_with_fewer_points(
         assert _uts(str(tmp_path / "out" / "fallback" / "results.1.nc")).size == 5
 
 
+@pytest.mark.parametrize("late", [7, 3], ids=["total-made-up", "fewer"])
+async def test_late_data_never_replaces_a_file_with_one_lacking_its_points(
+    broker: RunningBroker, instance: str, tmp_path: Path, late: int
+) -> None:
+    """A review: the guard above compared totals. After the store lost 5 points of a
+    10-point file, 7 late ones made its total 12 and the merge replaced the file with one
+    lacking the 5; 3 late ones sent the merge to the fallback folder, and later merges
+    followed it there while the job's respath named the other file. The file is kept
+    point by point; the late points go beside it, said in a warning, and later merges
+    still go to the file."""
+    import sqlite3
+
+    from tests.inproc import Collector
+    from tomato_mqtt.wire.messages import JobEvent, decode
+
+    db = tmp_path / "r.sqlite"
+    async with recorder(broker, instance, db) as (svc, c, req, t):
+        events = Collector()
+        await c.subscribe(t.job_event(1), handler=events)
+        data = t.component_data(CMP)
+        await c.publish(data, _batch(1, 0, "s1", 0, 5), qos=1)
+        await c.publish(data, _batch(1, 0, "s1", 1, 5, v0=5), qos=1)
+        await _stored(svc, 1, 10)
+        out = tmp_path / "out" / "results.1.nc"
+        exact = [{"component": CMP, "task": 0, "npoints": 10, "stream": "s1", "last_seq": 1}]
+        rep = await _finalize(req, t, _finalize_args(1, out, exact, wait=2))
+        assert rep.success and _uts(str(out)).size == 10, rep
+        before = _uts(str(out))
+        with sqlite3.connect(db) as lost:  # (the fault: a batch gone from the store)
+            lost.execute("DELETE FROM stored WHERE job = 1 AND seq = 1")
+        await c.publish(data, _batch(1, 0, "s1", 2, late, v0=10), qos=1)  # late data
+
+        def warned(m: Any) -> bool:
+            ev = decode(JobEvent, m.payload)
+            return ev.event == "warning" and "late data not merged" in str(ev.detail)
+
+        said = str(decode(JobEvent, (await events.wait(warned)).payload).detail)
+        assert list(_uts(str(out))) == list(before), "the file lost points to a merge"
+        side = tmp_path / "out" / "fallback" / "results.1.nc"
+        assert "refused to overwrite" in said and str(side) in said, said
+        assert _uts(str(side)).size == 5 + late  # the store's points, the late ones with them
+        assert svc.files.written_file(1) == str(out)  # later merges still go to the file
+
+
 async def test_a_reload_the_state_file_refuses_changes_nothing(
     broker: RunningBroker, instance: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from tomato_mqtt import __version__
 from tomato_mqtt.model.jobs import merge_noted, merged_note
-from tomato_mqtt.services.recorder.guard import file_points
+from tomato_mqtt.services.recorder.guard import file_points, missing_points
 from tomato_mqtt.transport.rpc import CommandError
 from tomato_mqtt.wire.commands import Expect, FetchArgs, FinalizeArgs
 from tomato_mqtt.wire.messages import stream_id
@@ -43,6 +43,11 @@ log = logging.getLogger(__name__)
 
 CHUNK = 256 * 1024
 MERGE_DELAY = 0.5  # s: late batches of a replay arrive in a burst: one rewrite for all
+
+
+class FileKept(CommandError):
+    """A job's file holds points the recorder's store no longer has: it is not
+    replaced (its disk failed and lost what it had not made durable)."""
 
 
 @dataclass
@@ -121,7 +126,9 @@ class Files:
         return out
 
     # -- writing --------------------------------------------------------------------------
-    async def write(self, a: FinalizeArgs, path: Path) -> tuple[Path, str, list[str]]:
+    async def write(
+        self, a: FinalizeArgs, path: Path, *, merge: bool = False
+    ) -> tuple[Path, str, list[str]]:
         """Write the job's file at ``path``, else in the fallback folder: (path, note,
         what of the stored points the file could not hold as they came)."""
         from tomato_mqtt.services.recorder.netcdf import RoleInput, write_job_file
@@ -173,26 +180,40 @@ class Files:
                 # check reads an existing file: in the thread too, as it waits for the
                 # netCDF lock like the write: tomato_mqtt/nclock.py)
                 target = checked[0] = guard.check_path(target, a.job)
+                keep = None
                 if not a.snapshot and target.is_file():
                     had = file_points(target)
                     if had is not None and had > will_hold:
                         # the store lost points the file has (its disk failed: a fault
                         # review found a 117-point file replaced by one of 16 at a restart)
-                        raise CommandError(
+                        raise FileKept(
                             f"refused to overwrite {target}: it holds {had} points of job "
                             f"{jobid}, more than the {will_hold} in the recorder's store now; "
                             "it is kept as it is"
                         )
+
+                    def keep(new: str) -> None:
+                        # the same, point by point: late data can make up the total of a
+                        # store that lost points (a review)
+                        if lost := missing_points(target, new):
+                            raise FileKept(
+                                f"refused to overwrite {target}: it holds {lost} points of "
+                                f"job {jobid} the recorder's store no longer has; it is kept "
+                                "as it is"
+                            )
+
                 target.parent.mkdir(parents=True, exist_ok=True)
                 attrs = root
                 if a.snapshot:  # a snapshot's tomato_Job names the file it is in
                     attrs = {**root, "tomato_Job": job_json(a, snappath=str(target))}
                 problems.clear()
-                return write_job_file(target, roles, attrs, problems)
+                return write_job_file(target, roles, attrs, problems, keep)
 
             try:
                 return await asyncio.to_thread(checked_write, path), "", problems
             except (OSError, CommandError) as e:
+                if merge and isinstance(e, FileKept):
+                    raise  # (the merge says it and keeps following the file)
                 log.warning("job %d: %s", jobid, e)
                 path = checked[0]
                 # keep the data: the job folder (checked the same way) instead
@@ -332,7 +353,10 @@ class Files:
         reason = merge_noted(str(a.job.get("reason") or ""), merged_note(total))
         a = a.model_copy(update={"job": {**a.job, "reason": reason}})
         try:
-            written, note, altered = await self.write(a, target)
+            written, note, altered = await self.write(a, target, merge=True)
+        except FileKept as e:
+            await self._kept(a, jobid, target, e)
+            return
         except Exception as e:
             log.error("job %d: merging late data into %s failed: %s", jobid, target, e)
             return
@@ -356,6 +380,22 @@ class Files:
                 "job %d: its file could not hold stored points as they came: %s", jobid, problem
             )
         await self.svc.publish_presence("online")
+
+    async def _kept(self, a: FinalizeArgs, jobid: int, target: Path, e: FileKept) -> None:
+        """Late data of a job whose file holds points the store lost: the file stays
+        as it is (and stays the one later merges go to: the job's ``respath`` names it);
+        the store's points with the late ones are written beside it, and said."""
+        side = Path(a.fallback_dir) / target.name
+        if side.resolve() == target.resolve():
+            side = target.with_name(f"{target.stem}.store{target.suffix}")
+        try:
+            written, _note, _altered = await self.write(a, side, merge=True)
+            also = f"; the recorder's store with the late points is in {written}"
+        except Exception as e2:
+            also = f"; the late points stay in the recorder's store ({e2})"
+        msg = f"late data not merged: {e}{also}"
+        log.error("job %d: %s", jobid, msg)
+        self.svc.job_event(jobid, "warning", {"message": msg})
 
 
 def role_points(a: FinalizeArgs, stored: Mapping[str, int]) -> dict[str, int]:

@@ -108,3 +108,30 @@ def file_points(path: Path) -> int | None:
             )
     except Exception:  # not NetCDF, unreadable: nothing to compare with
         return None
+
+
+def missing_points(old: Path, new: str | Path) -> int:
+    """The points of the job file ``old`` that ``new`` does not hold, group by group (by
+    their ``uts``): 0 when ``old`` cannot be read as a job's file (nothing to keep).
+    Totals alone let a store that lost points, its total made up again by late ones,
+    replace a file with one lacking the lost points (a review)."""
+    try:
+        import netCDF4
+        import numpy as np
+
+        with NC_LOCK, netCDF4.Dataset(old, "r") as was:  # see tomato_mqtt/nclock.py
+            had = {
+                n: np.asarray(g["uts"][:]) for n, g in was.groups.items() if "uts" in g.variables
+            }
+    except Exception:  # not NetCDF, unreadable: nothing to compare with
+        return 0
+    with NC_LOCK, netCDF4.Dataset(new, "r") as now:
+        lost = 0
+        for name, uts in had.items():
+            g = now.groups.get(name)
+            holds = np.asarray(g["uts"][:]) if g is not None and "uts" in g.variables else None
+            if holds is None:
+                lost += uts.size
+            else:  # a point gone, or fewer of one timestamp
+                lost += max(int(np.count_nonzero(~np.isin(uts, holds))), uts.size - holds.size)
+        return lost

@@ -23,7 +23,7 @@ import math
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -680,9 +680,11 @@ def write_job_file(
     roles: Sequence[RoleInput],
     root_attrs: Mapping[str, str],
     problems: list[str] | None = None,
+    check: Callable[[str], None] | None = None,
 ) -> Path:
     """Write the job's file atomically at ``path``; returns the path written.
-    ``problems`` gets what of the stored points the file could not hold as they came."""
+    ``problems`` gets what of the stored points the file could not hold as they came;
+    ``check`` sees the new file before it takes the name (and may refuse it: raise)."""
     path = Path(path)
     plans = plan_groups(roles, problems)
     _remove_stale_temps(path)
@@ -704,6 +706,8 @@ def write_job_file(
                 raise _why_not_written(OSError(errno.EIO, str(e)), path.parent) from e
             except OSError as e:
                 raise _why_not_written(e, path.parent) from e
+        if check is not None:
+            check(tmp)
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600: lab colleagues read results
         _sync(tmp)  # on the disk before it takes the name: a power cut leaves the old one
         os.replace(tmp, path)
