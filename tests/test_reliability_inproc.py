@@ -1554,6 +1554,35 @@ async def test_a_job_whose_end_cannot_be_stored_says_why_meanwhile(
         assert ended.status == "c" and "not stored yet" not in (ended.reason or ""), ended
 
 
+async def test_a_fault_that_lasts_is_said_when_another_one_ends(
+    broker: RunningBroker, instance: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A review: with the recorder's store and the state file both refusing writes (one
+    full datadir), the job's reason was the recorder's; once that one ended, the job
+    showed no reason while the state file still refused its end."""
+    from tests.inproc import inproc_stack
+
+    full = _state_file_full(monkeypatch)
+    async with inproc_stack(broker.port, tmp_path, instance) as st:
+        job = await st.submit_counter("pip-counter-1", 20, 0.1, tmp_path)
+        await st.wait_job(job.id, {"r"}, timeout=10)
+        view = st.scheduler.presence_view
+        await view._storage("database or disk is full")  # as the recorder's status says
+        assert (st.scheduler.store.job(job.id).reason or "").startswith("the recorder cannot")
+        full["on"] = True
+        with contextlib.suppress(Exception):  # a write refused: the state file's fault
+            st.scheduler.store.update_progress(job.id, {})
+        await asyncio.sleep(0.2)
+        assert st.scheduler.state_unwritable is not None
+        await view._storage(None)  # the recorder's store takes writes again
+        reason = st.scheduler.store.job(job.id).reason or ""
+        assert reason.startswith("the scheduler's state file"), reason
+        full["on"] = False
+        st.scheduler.store.probe_write()
+        await asyncio.sleep(0.2)
+        assert st.scheduler.store.job(job.id).reason is None
+
+
 async def test_a_state_file_damaged_while_the_scheduler_runs_is_said_and_the_stack_stops(
     broker: RunningBroker, instance: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -301,13 +301,19 @@ class Presence:
         svc = self.svc
         if svc.store is None:
             return []
-        running = svc.store.jobs(statuses=["r", "rd"])
+        try:
+            running = svc.store.jobs(statuses=["r", "rd"])
+        except sqlite3.Error as e:  # (closed at a stop, damaged: said elsewhere)
+            log.debug("running jobs not read for their reason: %s", e)
+            return []
         for job in running:
             try:
                 if why is not None and job.reason in (None, replaces):
                     job = svc.store.set_reason(job.id, why)
                 elif why is None and job.reason and job.reason.startswith(prefix):
-                    job = svc.store.set_reason(job.id, None)
+                    # another fault that lasts takes its place (it was not applied while
+                    # this one was said: a review found the job without a reason again)
+                    job = svc.store.set_reason(job.id, self._lasting(prefix))
                 else:
                     continue
             except sqlite3.Error as e:
@@ -315,6 +321,20 @@ class Presence:
                 continue
             await svc.publish_job(job)
         return [job.id for job in running]
+
+    def _lasting(self, cleared: str) -> str | None:
+        """The reason of a fault other than ``cleared`` that lasts, if any."""
+        storage = self.storage_error
+        if storage is not None and not storage.startswith(STORAGE_PREFIX):
+            storage = f"{STORAGE_PREFIX}: {storage}"
+        for prefix, why in (
+            (RECORDER_DOWN, self.recorder_down),
+            (STORAGE_PREFIX, storage),
+            (STATE_PREFIX, self.state_error),
+        ):
+            if why is not None and prefix != cleared:
+                return why
+        return None
 
     async def _merged(self, jobid: int, merged: int, points: dict[str, int]) -> None:
         svc = self.svc
