@@ -597,3 +597,26 @@ def test_a_datadir_on_a_read_only_disk_is_said_before_anything_starts(tmp_path: 
         "permissions, or choose another with -D"
     ), said
     assert f"may not write the datadir {ro}" in said and "Traceback" not in said, said
+
+
+def test_a_datadir_on_a_full_disk_is_said_before_anything_starts(tmp_path: Path) -> None:
+    """A fault review: `tomato start` on a full datadir started without a word, the fault
+    said only at the first write refused. A filled 1 MB tmpfs (root and mount(8);
+    skipped, saying why, without)."""
+    from tests.chaos.harness import Unavailable
+    from tests.chaos.host_faults import _fill, tiny_tmpfs
+
+    st = make_stack(tmp_path)
+    full = tmp_path / "full"
+    try:
+        with tiny_tmpfs(full, "1m"):
+            _fill(full)
+            res = st.run("tomato", "start", "-D", str(full), "-L", str(st.logdir), timeout=60)
+            started = list(full.glob("*.pid"))
+    except Unavailable as e:
+        pytest.skip(str(e))
+    assert res.returncode == 1, (res.stdout, res.stderr)
+    said = res.stderr.strip()
+    assert f"the disk of the datadir {full} is full (" in said, said
+    assert said.endswith("nothing was started. Free space on it, or choose another with -D")
+    assert not started and "Traceback" not in said, (started, said)

@@ -92,6 +92,14 @@ def start(opts: core.Opts, verbose: int = 0, quiet: int = 0) -> None:
                 f"(or its disk is read-only); nothing was started. Fix its permissions, or "
                 f"choose another with {flag}"
             )
+        free = _free_bytes(folder)
+        if free is not None and free < ROOM_BYTES:
+            # (it started without a word, the fault said at the first write refused)
+            fail(
+                f"tomato-mqtt could not start: the disk of the {what} {folder} is full "
+                f"({free // 1024} KiB free); nothing was started. Free space on it, or "
+                f"choose another with {flag}"
+            )
     # socket activation (services/supervisor.py): the MQTT port listens from here on, so
     # the services and this command connect at once and are served when the broker is
     # (POSIX: Windows cannot hand a socket to a child this way; its services retry)
@@ -383,3 +391,16 @@ def _node_command(s: Settings, node: str, port: int) -> str:
         f"`TOMATO_BROKER='{where}' tomato node --name {node}{inst}`, with a login of the role"
         f" node:{node}"
     )
+
+
+#: bytes a datadir or logdir needs free at a start (as the scheduler's state file does)
+ROOM_BYTES = 1 << 20
+
+
+def _free_bytes(folder: Path) -> int | None:
+    """Bytes this user may still write on the folder's disk (root: the reserve too)."""
+    try:
+        st = os.statvfs(folder)
+    except (OSError, AttributeError):  # (no statvfs on Windows)
+        return None
+    return (st.f_bfree if os.geteuid() == 0 else st.f_bavail) * st.f_frsize
