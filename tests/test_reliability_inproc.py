@@ -1684,14 +1684,16 @@ async def test_a_job_says_at_once_that_its_node_is_lost_and_withdraws_it_when_ba
         assert ended.status == "c", ended
 
 
+@pytest.mark.parametrize("where", ["output-folder", "job-folder"])
 async def test_a_job_s_file_is_not_replaced_by_one_with_fewer_points(
-    broker: RunningBroker, instance: str, tmp_path: Path
+    broker: RunningBroker, instance: str, tmp_path: Path, where: str
 ) -> None:
     """A fault review: the recorder's store on a disk that failed lost the points it had
     not made durable; at the next start the job's file, written meanwhile with 117 points
     on a healthy disk, was replaced by one of 16, without a word. A file of the job that
-    holds more points than the store has now is kept; the new one goes to the job folder,
-    and the reply says why."""
+    holds more points than the store has now is kept; the new one goes to the job folder
+    (beside the file, `.store`, when it is there already: it had nowhere to go, a
+    review), and the reply says why."""
     import sqlite3
 
     db = tmp_path / "r.sqlite"
@@ -1700,18 +1702,21 @@ async def test_a_job_s_file_is_not_replaced_by_one_with_fewer_points(
         await c.publish(data, _batch(1, 0, "s1", 0, 5), qos=1)
         await c.publish(data, _batch(1, 0, "s1", 1, 5, v0=5), qos=1)
         await _stored(svc, 1, 10)
-        out = tmp_path / "out" / "results.1.nc"
+        jobs = tmp_path / "Jobs" / "1"
+        out = (jobs if where == "job-folder" else tmp_path / "out") / "results.1.nc"
         exact = [{"component": CMP, "task": 0, "npoints": 10, "stream": "s1", "last_seq": 1}]
-        rep = await _finalize(req, t, _finalize_args(1, out, exact, wait=2))
+        args = _finalize_args(1, out, exact, wait=2, fallback_dir=str(jobs))
+        rep = await _finalize(req, t, args)
         assert rep.success and _uts(str(out)).size == 10, rep
         with sqlite3.connect(db) as lost:  # (the fault: a batch gone from the store)
             lost.execute("DELETE FROM stored WHERE job = 1 AND seq = 1")
         assert sum(svc.store.job_points(1).values()) == 5  # type: ignore[union-attr]
-        rep = await _finalize(req, t, _finalize_args(1, out, exact, wait=0.3))
+        rep = await _finalize(req, t, {**args, "wait": 0.3})
         assert _uts(str(out)).size == 10, "the file with more points was replaced"
         said = str(rep.data)
         assert "refused to overwrite" in said and "holds 10 points" in said, rep
-        assert _uts(str(tmp_path / "out" / "fallback" / "results.1.nc")).size == 5
+        side = jobs / ("results.1.store.nc" if where == "job-folder" else "results.1.nc")
+        assert _uts(str(side)).size == 5 and str(side) in said, said
 
 
 @pytest.mark.parametrize("late", [7, 3], ids=["total-made-up", "fewer"])

@@ -1269,3 +1269,56 @@ def test_the_backlog_of_a_stalled_broker_is_no_clock_offset() -> None:
     beat(0.0)
     off = p.clock_offset("pc")
     assert off is not None and abs(off) < 1 and p.skew_of("pc") is None
+
+
+@pytest.mark.parametrize("fault", ["begins", "ends"])
+def test_a_job_that_ends_while_a_fault_is_said_keeps_its_final_reason(
+    tmp_path: Path, fault: str
+) -> None:
+    """A review: a fault's reason is given to the running jobs one by one, each published
+    before the next; a job that ended meanwhile (a recorder back ends jobs just as its
+    fault is cleared) got the fault's reason, or none, over its final one. The service
+    here is the store and a publish during which job b's end is stored."""
+    from tomato_mqtt.services.scheduler.presence import Presence
+    from tomato_mqtt.services.scheduler.store import StateStore
+
+    verdict = "the file lacks points: task 0 on c1: 90 of 100 points stored"
+    full = "the recorder cannot store data: database or disk is full"
+    store = StateStore(tmp_path / "state.sqlite")
+    a = store.add_job({"method": []}, "a", str(tmp_path)).id
+    b = store.add_job({"method": []}, "b", str(tmp_path)).id
+    for j in (a, b):
+        store.update_job(j, status="r", reason=None if fault == "begins" else full)
+
+    class Service:
+        def __init__(self) -> None:
+            self.store = store
+
+        async def publish_job(self, job: Job, wait: bool = False) -> None:
+            if job.id == a and store.job(b).status == "r":  # meanwhile, b's end is stored
+                store.update_job(b, status="ce", reason=verdict)
+            await asyncio.sleep(0)
+
+    view = Presence(Service())  # type: ignore[arg-type]
+    if fault == "ends":
+        view.storage_error = "database or disk is full"
+    asyncio.run(view._storage("database or disk is full" if fault == "begins" else None))
+    assert store.job(b).status == "ce" and store.job(b).reason == verdict, store.job(b)
+    assert store.job(a).reason == (full if fault == "begins" else None), store.job(a)
+    store.close()
+
+
+def test_the_points_a_file_would_lose_are_counted_as_a_multiset() -> None:
+    """A review: the point-by-point check compared sets of timestamps and totals, so of
+    points sharing a `uts` some could go without a refusal."""
+    import numpy as np
+
+    from tomato_mqtt.services.recorder.guard import lacking
+
+    def f(*v: float) -> Any:
+        return np.array(v, dtype="f8")
+
+    assert lacking(f(10, 10, 10, 11, 11), f(10, 11, 11, 11, 11)) == 2
+    assert lacking(f(1, 2, 3), f(1, 3)) == 1
+    assert lacking(f(1, 2, 3), f(3, 2, 1, 4)) == 0  # more is fine
+    assert lacking(f(1, np.nan), f(1, np.nan)) == 0 and lacking(f(np.nan), f()) == 1

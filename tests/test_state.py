@@ -462,19 +462,70 @@ async def test_a_job_s_end_and_its_pipeline_s_release_are_one_commit(
         assert store.pipeline("pip-counter-1").jobid is None
 
 
-@pytest.mark.parametrize("euid", [0, 1000])
+@pytest.mark.parametrize("host_root", [True, False])
 def test_room_on_the_disk_counts_the_blocks_this_user_may_write(
-    store: StateStore, monkeypatch: pytest.MonkeyPatch, euid: int
+    store: StateStore, monkeypatch: pytest.MonkeyPatch, host_root: bool
 ) -> None:
-    """A review: on ext4 root writes into the 5 % the filesystem reserves; counting only
-    the blocks others may use kept `storage_error` set while a scheduler run as root
-    wrote fine. The disk's own numbers are replaced here: 8 MiB free, none of it
-    available to other users (a real reserve needs a real ext4 filesystem)."""
+    """A review: on ext4 the host's root writes into the 5 % the filesystem reserves;
+    counting only the blocks others may use kept `storage_error` set while a scheduler run
+    as root wrote fine; root in a user namespace (a rootless container) may not, and
+    counting the reserve there made the fault come and go. The disk's own numbers are
+    replaced here: 8 MiB free, none of it available to other users (a real reserve needs a
+    real ext4 filesystem)."""
     import os
+
+    from tomato_mqtt import errors
 
     real = os.statvfs(store.path.parent)
     fields = dict(zip(os.statvfs_result.__match_args__, real, strict=False))
     full_for_users = {**fields, "f_bavail": 0, "f_bfree": (8 << 20) // real.f_frsize}
     monkeypatch.setattr(os, "statvfs", lambda _p: os.statvfs_result(full_for_users.values()))
-    monkeypatch.setattr(os, "geteuid", lambda: euid)
-    assert store._has_room() is (euid == 0)
+    monkeypatch.setattr(errors, "_host_root", lambda: host_root)
+    assert store._has_room() is host_root
+
+
+def test_root_of_a_user_namespace_is_not_the_host_s_root() -> None:
+    """Root of a user namespace (`unshare -r`, as a rootless container) may not write into
+    the reserve: it is told from the host's root by its uid map."""
+    import os
+    import shutil
+
+    from tomato_mqtt import errors
+
+    if os.geteuid() != 0 or not (shutil.which("unshare") and shutil.which("setpriv")):
+        pytest.skip("needs root, unshare(1) and setpriv(1)")
+    probe = "from tomato_mqtt import errors; print(errors._host_root())"
+    host = Path("/proc/self/uid_map").read_text().split()[:2] == ["0", "0"]
+    assert errors._host_root() is host
+    # uid 65534 of this namespace becomes root of a new one (as a rootless container)
+    nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+    inner = subprocess.run(
+        [*nobody, "unshare", "--user", "--map-root-user", sys.executable, "-c", probe],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    if inner.returncode != 0:
+        pytest.skip(f"no user namespace here: {inner.stderr.strip()[:200]}")
+    assert inner.stdout.strip() == "False", inner
+
+
+def test_a_reason_in_memory_stays_when_the_write_holding_it_is_rolled_back(
+    store: StateStore,
+) -> None:
+    """A reason given while the file took no writes stays in memory until a write of the
+    job is stored: a savepoint rolled back inside a transaction that then commits did not
+    store it (a review: it was dropped all the same)."""
+    import contextlib
+
+    job = store.add_job({"method": []}, "a", "/tmp").id
+    store._reasons[job] = "said while the file took no writes"  # (as set_reason keeps it)
+    with store.transaction(), contextlib.suppress(RuntimeError), store._write():
+        store.update_job(job, status="r")
+        raise RuntimeError("a later step of the same decision failed")
+    assert store.job(job).status == "q"
+    assert store.job(job).reason == "said while the file took no writes"
+    with store.transaction():
+        store.update_job(job, status="r")
+    assert store.job(job).reason == "said while the file took no writes"  # now stored
+    assert job not in store._reasons

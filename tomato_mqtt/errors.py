@@ -7,6 +7,7 @@ Reading a YAML or JSON document (and what it may hold) is :mod:`tomato_mqtt.docu
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,6 +23,7 @@ __all__ = [
     "describe_validation_error",
     "format_location",
     "one_line",
+    "writable_bytes",
 ]
 
 
@@ -48,6 +50,27 @@ def cannot_write(why: str) -> bool:
     """Whether SQLite's (or the OS's) ``why`` says a file cannot be written, not that it
     is damaged (an SQL bug such as "no such table" is neither)."""
     return any(w in why for w in _CANNOT_WRITE)
+
+
+def writable_bytes(folder: str | Path) -> int | None:
+    """Bytes this process may still write on the folder's disk; None where the OS does
+    not say (Windows). The filesystem's reserve (ext4: 5 %) counts for the host's root
+    only: root in a user namespace (a rootless container) may not write into it, and
+    counting it there made a full disk's fault come and go (a review)."""
+    try:
+        st = os.statvfs(folder)
+    except (OSError, AttributeError):
+        return None
+    return (st.f_bfree if _host_root() else st.f_bavail) * st.f_frsize
+
+
+def _host_root() -> bool:
+    if os.geteuid() != 0:
+        return False
+    try:  # "0 0 4294967295" in the host's namespace; "0 100000 65536" in a container's
+        return Path("/proc/self/uid_map").read_text().split()[:2] == ["0", "0"]
+    except OSError:  # no user namespaces here
+        return True
 
 
 class StartupError(Exception):

@@ -23,6 +23,7 @@ from tomato_mqtt.cli.core import fail
 from tomato_mqtt.cli.output import echo
 from tomato_mqtt.cli.ready import wait_ready
 from tomato_mqtt.cli.serve import service_args
+from tomato_mqtt.errors import writable_bytes
 
 if TYPE_CHECKING:
     from tomato_mqtt.config.settings import Settings
@@ -92,7 +93,7 @@ def start(opts: core.Opts, verbose: int = 0, quiet: int = 0) -> None:
                 f"(or its disk is read-only); nothing was started. Fix its permissions, or "
                 f"choose another with {flag}"
             )
-        free = _free_bytes(folder)
+        free = writable_bytes(folder)
         if free is not None and free < ROOM_BYTES:
             # (it started without a word, the fault said at the first write refused)
             fail(
@@ -395,12 +396,3 @@ def _node_command(s: Settings, node: str, port: int) -> str:
 
 #: bytes a datadir or logdir needs free at a start (as the scheduler's state file does)
 ROOM_BYTES = 1 << 20
-
-
-def _free_bytes(folder: Path) -> int | None:
-    """Bytes this user may still write on the folder's disk (root: the reserve too)."""
-    try:
-        st = os.statvfs(folder)
-    except (OSError, AttributeError):  # (no statvfs on Windows)
-        return None
-    return (st.f_bfree if os.geteuid() == 0 else st.f_bavail) * st.f_frsize

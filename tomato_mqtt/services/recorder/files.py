@@ -217,7 +217,7 @@ class Files:
                 log.warning("job %d: %s", jobid, e)
                 path = checked[0]
                 # keep the data: the job folder (checked the same way) instead
-                fallback = Path(a.fallback_dir) / path.name
+                fallback = beside(path, Path(a.fallback_dir))
                 written = await asyncio.to_thread(checked_write, fallback)
                 return (
                     written,
@@ -351,11 +351,11 @@ class Files:
         # points: 72 of 300" in a file that held all 300: a fault review)
         total = sum(role_points(a, store.job_points(jobid)).values())
         reason = merge_noted(str(a.job.get("reason") or ""), merged_note(total))
-        a = a.model_copy(update={"job": {**a.job, "reason": reason}})
+        as_was, a = a, a.model_copy(update={"job": {**a.job, "reason": reason}})
         try:
             written, note, altered = await self.write(a, target, merge=True)
         except FileKept as e:
-            await self._kept(a, jobid, target, e)
+            await self._kept(as_was, jobid, target, e)  # (nothing merged into the file)
             return
         except Exception as e:
             log.error("job %d: merging late data into %s failed: %s", jobid, target, e)
@@ -385,9 +385,7 @@ class Files:
         """Late data of a job whose file holds points the store lost: the file stays
         as it is (and stays the one later merges go to: the job's ``respath`` names it);
         the store's points with the late ones are written beside it, and said."""
-        side = Path(a.fallback_dir) / target.name
-        if side.resolve() == target.resolve():
-            side = target.with_name(f"{target.stem}.store{target.suffix}")
+        side = beside(target, Path(a.fallback_dir))
         try:
             written, _note, _altered = await self.write(a, side, merge=True)
             also = f"; the recorder's store with the late points is in {written}"
@@ -396,6 +394,16 @@ class Files:
         msg = f"late data not merged: {e}{also}"
         log.error("job %d: %s", jobid, msg)
         self.svc.job_event(jobid, "warning", {"message": msg})
+
+
+def beside(path: Path, folder: Path) -> Path:
+    """Where a file that cannot be written at ``path`` goes: ``folder`` (the job folder),
+    or, when ``path`` is in it already, a ``.store`` name beside it (a refused rewrite of
+    a file in the job folder had nowhere to go: a review)."""
+    there = folder / path.name
+    if there.resolve() == path.resolve():
+        return path.with_name(f"{path.stem}.store{path.suffix}")
+    return there
 
 
 def role_points(a: FinalizeArgs, stored: Mapping[str, int]) -> dict[str, int]:

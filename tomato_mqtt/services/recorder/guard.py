@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from pydantic import JsonValue
 
@@ -112,26 +113,45 @@ def file_points(path: Path) -> int | None:
 
 def missing_points(old: Path, new: str | Path) -> int:
     """The points of the job file ``old`` that ``new`` does not hold, group by group (by
-    their ``uts``): 0 when ``old`` cannot be read as a job's file (nothing to keep).
-    Totals alone let a store that lost points, its total made up again by late ones,
-    replace a file with one lacking the lost points (a review)."""
+    their ``uts``, as many times as each is there): 0 when ``old`` cannot be read as a
+    job's file (nothing to keep). Totals alone let a store that lost points, its total
+    made up again by late ones, replace a file with one lacking the lost points (a
+    review)."""
     try:
         import netCDF4
         import numpy as np
 
         with NC_LOCK, netCDF4.Dataset(old, "r") as was:  # see tomato_mqtt/nclock.py
             had = {
-                n: np.asarray(g["uts"][:]) for n, g in was.groups.items() if "uts" in g.variables
+                n: np.asarray(g["uts"][:], dtype="f8")
+                for n, g in was.groups.items()
+                if "uts" in g.variables
             }
     except Exception:  # not NetCDF, unreadable: nothing to compare with
         return 0
-    with NC_LOCK, netCDF4.Dataset(new, "r") as now:
-        lost = 0
-        for name, uts in had.items():
+    lost = 0
+    for name, uts in had.items():
+        with NC_LOCK, netCDF4.Dataset(new, "r") as now:
             g = now.groups.get(name)
-            holds = np.asarray(g["uts"][:]) if g is not None and "uts" in g.variables else None
-            if holds is None:
-                lost += uts.size
-            else:  # a point gone, or fewer of one timestamp
-                lost += max(int(np.count_nonzero(~np.isin(uts, holds))), uts.size - holds.size)
-        return lost
+            holds = (
+                np.asarray(g["uts"][:], dtype="f8")
+                if g is not None and "uts" in g.variables
+                else None
+            )
+        lost += uts.size if holds is None else lacking(uts, holds)
+    return lost
+
+
+def lacking(had: Any, holds: Any) -> int:
+    """How many of the values ``had`` are not in ``holds``, counted as a multiset (a
+    value twice in one, once in the other, lacks once; NaN apart); sorted, not ``isin``
+    (its ~90 bytes a point held a 10-million-point file's check at 1 GB: a review)."""
+    import numpy as np
+
+    a, b = np.sort(had, kind="stable"), np.sort(holds, kind="stable")
+    an, bn = np.isnan(a), np.isnan(b)  # (sorted last)
+    nan_lost = max(int(an.sum()) - int(bn.sum()), 0)
+    a, b = a[: a.size - int(an.sum())], b[: b.size - int(bn.sum())]
+    values, counts = np.unique(a, return_counts=True)
+    have = np.searchsorted(b, values, "right") - np.searchsorted(b, values, "left")
+    return nan_lost + int(np.maximum(counts - have, 0).sum())

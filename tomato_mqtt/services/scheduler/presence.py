@@ -308,6 +308,11 @@ class Presence:
             return []
         for job in running:
             try:
+                # read again: a job that ended while an earlier one was published keeps
+                # its final reason (a review: a recorder back ended jobs meanwhile)
+                job = svc.store.job(job.id)
+                if job.status not in ("r", "rd"):
+                    continue
                 if why is not None and job.reason in (None, replaces):
                     job = svc.store.set_reason(job.id, why)
                 elif why is None and job.reason and job.reason.startswith(prefix):
@@ -316,6 +321,8 @@ class Presence:
                     job = svc.store.set_reason(job.id, self._lasting(prefix))
                 else:
                     continue
+            except KeyError:  # (gone meanwhile)
+                continue
             except sqlite3.Error as e:
                 log.warning("job %d: its reason not stored (%s)", job.id, e)
                 continue

@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from tomato_mqtt.errors import cannot_write
+from tomato_mqtt.errors import cannot_write, writable_bytes
 from tomato_mqtt.model.jobs import (
     PLAUSIBLE_ID,
     Job,
@@ -254,9 +254,11 @@ class StateStore:
         if self._depth:  # inside transaction(): a savepoint, committed with it
             self._depth += 1
             self._db.execute("SAVEPOINT w")
+            stored = len(self._stored)
             try:
                 yield self._db
             except BaseException:
+                del self._stored[stored:]  # (not stored: their reasons stay in memory)
                 self._db.execute("ROLLBACK TO w")
                 self._db.execute("RELEASE w")
                 raise
@@ -310,10 +312,8 @@ class StateStore:
             st = os.statvfs(self.path.parent)
         except OSError:
             return True
-        # root writes into the blocks a filesystem reserves (ext4: 5 %): counting only
-        # those others may use kept the fault said on a disk root still wrote (a review)
-        free = st.f_bfree if os.geteuid() == 0 else st.f_bavail
-        return not st.f_flag & os.ST_RDONLY and free * st.f_frsize >= ROOM_BYTES
+        free = writable_bytes(self.path.parent)
+        return not st.f_flag & os.ST_RDONLY and (free is None or free >= ROOM_BYTES)
 
     def probe_write(self) -> None:
         """While the file takes no writes: one small write, to find that it does again
