@@ -117,6 +117,9 @@ def _reply_of(out: str, argv: list[str]) -> dict[str, Any]:
     return doc
 
 
+# ~45-60 s alone; two runs on a loaded machine (load ~10) took longer than the
+# default 120 s in their many bounded waits, each of which still bounds its step
+@pytest.mark.timeout(240)
 async def test_fast_and_typer_print_the_same(
     broker: RunningBroker, tmp_path: Path, instance: str
 ) -> None:

@@ -95,6 +95,7 @@ async def test_a_full_datadir_is_said_while_it_lasts_and_loses_nothing(
             n = _uts(str(out / f"results.{job.id}.nc")).size
             # every point the node took is in the file (the runner's count, stored)
             taken = sum(int(v) for v in (ended.progress.get("points") or {}).values())
-            # (a loaded machine skips deadlines it cannot meet, counted as missed: a CI run
-            # took 591 of 700; every point taken is in the file all the same)
-            assert n == taken and n >= 14 / 0.02 * 0.5, (n, taken, ended.progress)
+            # (a loaded machine skips deadlines it cannot meet, counted as missed: CI runs
+            # took 591 and, at a load of 10, 311 of 700; every point taken is in the file
+            # all the same, which is what is checked; the floor only says the job ran)
+            assert n == taken and n >= 14 / 0.02 * 0.2, (n, taken, ended.progress)
