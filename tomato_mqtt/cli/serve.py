@@ -128,11 +128,7 @@ def broker(opts: Opts) -> None:
     except ImportError:
         fail("the embedded broker is not installed here: pip install tomato-mqtt-broker")
     from tomato_mqtt.services.base import setup_logging
-    from tomato_mqtt.services.supervisor import (
-        BROKER_CONFIG_ENV,
-        EXIT_CANNOT_LISTEN,
-        LISTEN_FD_ENV,
-    )
+    from tomato_mqtt.services.launch import BROKER_CONFIG_ENV, EXIT_CANNOT_LISTEN, LISTEN_FD_ENV
 
     # under `tomato start` the supervisor hands down the configuration start checked:
     # no settings to read (pydantic), and the broker serves sooner (everything waits
@@ -163,8 +159,8 @@ def scheduler(opts: Opts, verbosity: int = 0) -> None:
     from tomato_mqtt.config.settings import settings_url
     from tomato_mqtt.errors import ConfigError
     from tomato_mqtt.services.base import setup_logging
+    from tomato_mqtt.services.launch import EXIT_STOP_REQUESTED
     from tomato_mqtt.services.scheduler.service import SchedulerService
-    from tomato_mqtt.services.supervisor import EXIT_STOP_REQUESTED
 
     s = opts.settings()
     setup_logging("scheduler", s.logdir, verbosity)

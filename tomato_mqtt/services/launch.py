@@ -12,6 +12,10 @@ import sys
 from pathlib import Path
 
 __all__ = [
+    "BROKER_CONFIG_ENV",
+    "EXIT_CANNOT_LISTEN",
+    "EXIT_STOP_REQUESTED",
+    "LISTEN_FD_ENV",
     "PRELOADED",
     "PRELOAD_ENV",
     "SERVE_MODULE",
@@ -25,6 +29,18 @@ __all__ = [
     "subreaper",
 ]
 
+# The exit codes and variables the supervisor shares with the broker and the scheduler
+# live here, not in the supervisor's module: importing that one for them cost the broker
+# and the scheduler its code and its imports (bench.memory, issue 15)
+#: the scheduler exits with this after ``tomato stop``: the supervisor stops the stack
+EXIT_STOP_REQUESTED = 3
+#: ``tomato broker`` exits with this when a listener cannot bind (a port is taken)
+EXIT_CANNOT_LISTEN = 4
+#: the environment variable that hands the bound MQTT socket's fd to ``tomato broker``
+LISTEN_FD_ENV = "TOMATO_MQTT_LISTEN_FD"
+#: the broker's configuration as JSON, checked by ``tomato start`` already: the broker
+#: then reads no settings (no pydantic: ~0.1 s less of the start's critical path)
+BROKER_CONFIG_ENV = "TOMATO_MQTT_BROKER_CONFIG"
 #: ``0`` spawns every service instead of forking three from a preloader (cli/preload.py)
 PRELOAD_ENV = "TOMATO_MQTT_PRELOAD"
 #: the services a preloader forks (the broker reads no settings, no pydantic; the

@@ -52,6 +52,10 @@ from typing import Any
 
 from tomato_mqtt.services.base import cancel_and_wait
 from tomato_mqtt.services.launch import (
+    BROKER_CONFIG_ENV,
+    EXIT_CANNOT_LISTEN,
+    EXIT_STOP_REQUESTED,
+    LISTEN_FD_ENV,
     PRELOAD_ENV,
     PRELOADED,
     bind_listener,
@@ -89,14 +93,6 @@ __all__ = [
 
 log = logging.getLogger("tomato_mqtt.services.supervisor")  # also when run as __main__
 
-EXIT_STOP_REQUESTED = 3
-#: ``tomato broker`` exits with this when a listener cannot bind (a port is taken)
-EXIT_CANNOT_LISTEN = 4
-#: the environment variable that hands the bound MQTT socket's fd to ``tomato broker``
-LISTEN_FD_ENV = "TOMATO_MQTT_LISTEN_FD"
-#: the broker's configuration as JSON, checked by ``tomato start`` already: the broker
-#: then reads no settings (no pydantic: ~0.1 s less of the start's critical path)
-BROKER_CONFIG_ENV = "TOMATO_MQTT_BROKER_CONFIG"
 #: the preloader's module (the services' layer does not import the CLI's)
 PRELOADER = "tomato_mqtt.cli.preload"
 #: s the preloader may take to import and fork, on a slow machine; then it is killed and
