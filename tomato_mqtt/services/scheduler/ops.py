@@ -89,11 +89,17 @@ def _payload_from_text(text: str) -> dict[str, Any]:
 
 def _digest(a: SubmitArgs) -> str:
     """What a submission asked for, as sent (its copies are byte for byte the same)."""
-    import hashlib
+    try:  # CPython's own sha256, as wire/slugs.py takes its blake2: hashlib's is OpenSSL's,
+        # whose first call in the scheduler (forked, its pages shared) touched ~0.9 MB more
+        # of libcrypto (bench.memory, issue 15)
+        from _sha256 import sha256
+    except ImportError:  # another Python (3.12: _sha2)
+        from hashlib import sha256
 
     sent = {"payload": a.payload, "payload_text": a.payload_text, "jobname": a.jobname}
     text = json.dumps(sent, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(text.encode()).hexdigest()
+    digest: str = sha256(text.encode()).hexdigest()
+    return digest
 
 
 def _no_controls(what: str, text: object) -> None:
