@@ -357,7 +357,8 @@ async def test_submit_sends_a_yaml_payload_as_text_and_loads_no_yaml_parser(
     from tomato_mqtt.services.scheduler import ops
 
     async with inproc_stack(broker.port, tmp_path, instance) as st:
-        common = ["-p", str(broker.port), "-A", str(st.settings.appdir)]
+        # (20 s: the stack runs in this process, whose loop a loaded run starved past 5 s)
+        common = ["-p", str(broker.port), "-A", str(st.settings.appdir), "-t", "20"]
         job = tmp_path / "job.yml"
         job.write_text(
             "version: '2.2'\nsample: {identifier: q1, when: 2026-01-01}\nuser: {identifier: me}\n"
