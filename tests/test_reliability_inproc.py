@@ -1691,9 +1691,9 @@ async def test_a_job_s_file_is_not_replaced_by_one_with_fewer_points(
     """A fault review: the recorder's store on a disk that failed lost the points it had
     not made durable; at the next start the job's file, written meanwhile with 117 points
     on a healthy disk, was replaced by one of 16, without a word. A file of the job that
-    holds more points than the store has now is kept; the new one goes to the job folder
-    (beside the file, `.store`, when it is there already: it had nowhere to go, a
-    review), and the reply says why."""
+    holds more points than the store has now is kept and stays the job's file; the
+    store's points go to the job folder (beside the file, `.store`, when it is there
+    already: they had nowhere to go, a review), and the reply says why."""
     import sqlite3
 
     db = tmp_path / "r.sqlite"
@@ -1717,6 +1717,9 @@ async def test_a_job_s_file_is_not_replaced_by_one_with_fewer_points(
         assert "refused to overwrite" in said and "holds 10 points" in said, rep
         side = jobs / ("results.1.store.nc" if where == "job-folder" else "results.1.nc")
         assert _uts(str(side)).size == 5 and str(side) in said, said
+        # the kept file stays the job's file (a fault run: after a restart the job's
+        # respath named the poorer file beside it)
+        assert isinstance(rep.data, dict) and rep.data["path"] == str(out), rep
 
 
 @pytest.mark.parametrize("late", [7, 3], ids=["total-made-up", "fewer"])

@@ -216,6 +216,17 @@ class Files:
                     raise  # (the merge says it and keeps following the file)
                 log.warning("job %d: %s", jobid, e)
                 path = checked[0]
+                if isinstance(e, FileKept):
+                    # the kept file stays the job's file (a fault run: the restarted
+                    # stack's respath named the poorer one beside it); the store's points
+                    # go beside it, said
+                    side = beside(path, Path(a.fallback_dir))
+                    try:
+                        there = await asyncio.to_thread(checked_write, side)
+                        also = f"the recorder's store's points are in {there}"
+                    except (OSError, CommandError) as e2:
+                        also = f"the recorder's store's points could not be written ({e2})"
+                    return path, f"{e}; {also}", problems
                 # keep the data: the job folder (checked the same way) instead
                 fallback = beside(path, Path(a.fallback_dir))
                 written = await asyncio.to_thread(checked_write, fallback)
