@@ -1764,6 +1764,18 @@ async def test_late_data_never_replaces_a_file_with_one_lacking_its_points(
         assert "refused to overwrite" in said and str(side) in said, said
         assert _uts(str(side)).size == 5 + late  # the store's points, the late ones with them
         assert svc.files.written_file(1) == str(out)  # later merges still go to the file
+        # and the recorder's status says it, for the scheduler to put in the job's reason
+        from tests.test_node import wait_retained
+        from tomato_mqtt.wire.messages import RecorderStatus
+
+        def not_merged(raw: bytes) -> str:
+            prog = decode(RecorderStatus, raw).jobs.get("1")
+            return str(prog.not_merged) if prog is not None else ""
+
+        raw = await wait_retained(
+            c, t.recorder_status(), lambda raw: "refused to overwrite" in not_merged(raw), 10
+        )
+        assert str(side) in not_merged(raw)
 
 
 async def test_a_reload_the_state_file_refuses_changes_nothing(

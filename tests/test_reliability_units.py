@@ -1322,3 +1322,33 @@ def test_the_points_a_file_would_lose_are_counted_as_a_multiset() -> None:
     assert lacking(f(1, 2, 3), f(1, 3)) == 1
     assert lacking(f(1, 2, 3), f(3, 2, 1, 4)) == 0  # more is fine
     assert lacking(f(1, np.nan), f(1, np.nan)) == 0 and lacking(f(np.nan), f()) == 1
+
+
+def test_late_data_not_merged_is_said_in_the_job_s_reason(tmp_path: Path) -> None:
+    """A fault run: late data the recorder refused to merge (the file holds points its
+    store lost) was said only in its log and a job event; the job's reason still said
+    "the points it takes are merged into the file". The recorder's status carries it
+    (`not_merged`), and the scheduler adds it to the ended job's reason, once."""
+    from tomato_mqtt.services.scheduler.presence import Presence
+    from tomato_mqtt.services.scheduler.store import StateStore
+
+    store = StateStore(tmp_path / "state.sqlite")
+    job = store.add_job({"method": []}, "a", str(tmp_path)).id
+    store.update_job(job, status="r")
+    was = "cancelled; the points it takes are merged into the file"
+    store.update_job(job, status="cd", reason=was)
+
+    class Service:
+        def __init__(self) -> None:
+            self.store = store
+
+        async def publish_job(self, job: Job, wait: bool = False) -> None:
+            return None
+
+    view = Presence(Service())  # type: ignore[arg-type]
+    first = "late data not merged: refused to overwrite f.nc: it holds 5 points; kept"
+    second = "late data not merged: refused to overwrite f.nc: it holds 6 points; kept"
+    for why in (first, first, second):
+        asyncio.run(view._not_merged(job, why))
+    assert store.job(job).reason == f"{was}; {second}", store.job(job).reason
+    store.close()

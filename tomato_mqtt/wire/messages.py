@@ -185,6 +185,11 @@ class JobProgress(WireModel):
     merged: int = Field(
         default=0, description="times late data was merged into the job's final file"
     )
+    not_merged: str | None = Field(
+        default=None,
+        description="why late data was not merged into the job's file (it holds points the"
+        " recorder's store lost) and where it went instead; null: nothing refused",
+    )
 
 
 # -- nodes and components ----------------------------------------------------------------

@@ -405,6 +405,12 @@ class Files:
         msg = f"late data not merged: {e}{also}"
         log.error("job %d: %s", jobid, msg)
         self.svc.job_event(jobid, "warning", {"message": msg})
+        # the scheduler puts it in the job's reason (it said the points are merged)
+        self.svc.not_merged.pop(jobid, None)
+        self.svc.not_merged[jobid] = msg
+        while len(self.svc.not_merged) > 200:
+            self.svc.not_merged.pop(next(iter(self.svc.not_merged)))
+        await self.svc.publish_presence("online")
 
 
 def beside(path: Path, folder: Path) -> Path:

@@ -153,6 +153,7 @@ class RecorderService(Service):
         self._refused_bytes = 0
         self.conflicts: dict[int, int] = {}  # job -> conflicting batches seen
         self.merged: dict[int, int] = {}  # job -> late merges (most recent last)
+        self.not_merged: dict[int, str] = {}  # job -> why its late data was not merged
         self.filenames: dict[int, str] = {}  # job -> its last file written (recent ones)
 
     @property
@@ -293,6 +294,7 @@ class RecorderService(Service):
             # file got late data most recently (the scheduler updates the job from this)
             recent = set(sorted(self.jobs_seen)[-STATUS_JOBS:])
             recent |= set(list(self.merged)[-STATUS_JOBS:])
+            recent |= set(list(self.not_merged)[-STATUS_JOBS:])
             for job in sorted(recent):
                 try:
                     points = self.store.job_points(job)
@@ -303,6 +305,7 @@ class RecorderService(Service):
                     gaps=gaps,
                     conflicts=self.conflicts.get(job, 0),
                     merged=self.merged.get(job, 0),
+                    not_merged=self.not_merged.get(job),
                     file=self.filenames.get(job),
                 )
         return RecorderStatus(

@@ -42,6 +42,8 @@ STORAGE_PREFIX = "the recorder cannot store data"
 STATE_PREFIX = "the scheduler's state file"
 #: the reason of the running jobs while the recorder does not answer (stopped, crashed)
 RECORDER_DOWN = "the recorder is not answering"
+#: how the recorder's refusal to merge late data into a job's file starts (files.py)
+NOT_MERGED = "late data not merged: "
 
 
 #: s a new clock offset must hold before it counts as a step of the node's clock
@@ -258,6 +260,8 @@ class Presence:
         for key, prog in rst.jobs.items():
             if prog.merged:
                 await self._merged(int(key), prog.merged, prog.points)
+            if prog.not_merged:
+                await self._not_merged(int(key), prog.not_merged)
 
     async def _recorder_gone(self, how: str, silent_for: float | None = None) -> None:
         if self.recorder_down is not None:
@@ -360,6 +364,28 @@ class Presence:
         job = svc.store.update_job(jobid, progress=progress, reason=merge_noted(job.reason, note))
         await svc.publish_job(job)
         log.info("job %d: %s", jobid, note)
+
+    async def _not_merged(self, jobid: int, why: str) -> None:
+        """Late data the recorder did not merge into the ended job's file (a fault run:
+        its reason still said the points are merged, the refusal only in a log)."""
+        svc = self.svc
+        assert svc.store is not None
+        try:
+            job = svc.store.job(jobid)
+        except KeyError:
+            return
+        if job.status not in DONE_STATUSES or why in (job.reason or ""):
+            return
+        base = job.reason or ""
+        if (i := base.find(NOT_MERGED)) >= 0:  # (an earlier refusal's: replaced)
+            base = base[:i].rstrip("; ")
+        reason = f"{base}; {why}" if base else why
+        try:
+            job = svc.store.update_job(jobid, reason=reason)
+        except sqlite3.Error as e:
+            log.warning("job %d: its reason not stored (%s)", jobid, e)
+            return
+        await svc.publish_job(job)
 
     # -- late task ends -----------------------------------------------------------------------
     def late_task_end(self, st: ComponentStatus) -> None:
