@@ -1583,6 +1583,31 @@ async def test_a_fault_that_lasts_is_said_when_another_one_ends(
         assert st.scheduler.store.job(job.id).reason is None
 
 
+async def test_a_cancel_the_state_file_cannot_store_says_so(
+    broker: RunningBroker, instance: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fault run: `ketchup cancel` on a full datadir answered "job 16 is being
+    cancelled", and the job showed `r` for 17 s, its reason saying that requests are
+    refused, as if the cancel had been ignored (its task had stopped at once). The answer
+    and the job's reason say what happens; once the file takes writes it ends `cd`."""
+    from tests.inproc import inproc_stack
+    from tomato_mqtt.services.scheduler import lifecycle
+
+    monkeypatch.setattr(lifecycle, "STORE_RETRY", 0.2)
+    full = _state_file_full(monkeypatch)
+    async with inproc_stack(broker.port, tmp_path, instance) as st:
+        job = await st.submit_counter("pip-counter-1", 30, 0.1, tmp_path)
+        await st.wait_job(job.id, {"r"}, timeout=10)
+        full["on"] = True
+        said = await st.raw(st.topics.scheduler_cmd("job_cancel"), {"jobids": [job.id]})
+        assert said.success and "it shows r until the scheduler's state file" in said.msg, said
+        info = (await st.call("job_status", {"jobids": [job.id]}))[0]
+        assert (info.reason or "").startswith("being cancelled: its task is stopped"), info
+        full["on"] = False
+        ended = await st.wait_job(job.id, {"c", "ce", "cd"}, timeout=30)
+        assert ended.status == "cd" and "being cancelled" not in (ended.reason or ""), ended
+
+
 async def test_a_state_file_damaged_while_the_scheduler_runs_is_said_and_the_stack_stops(
     broker: RunningBroker, instance: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -415,14 +415,25 @@ class SchedulerOps:
                 runner = self.svc.runners.get(job.id)
                 if runner is not None:  # first: a state file that refuses writes (a full
                     self.svc.spawn(runner.cancel())  # disk) must not keep a job running
+                unstored = ""
                 try:
                     job = self.store.update_job(job.id, status="rd")
                 except sqlite3.Error as e:  # its end (cd) is stored once the file takes it
                     log.warning("job %d: cannot store its cancel (%s)", job.id, e)
+                    # said where `ketchup status` reads it (a fault run: `r` for 17 s,
+                    # its reason saying requests are refused, as if it were ignored)
+                    unstored = (
+                        f"its task is stopped; it shows r until the scheduler's state file"
+                        f" takes writes again ({e}), then it ends cd"
+                    )
+                    with contextlib.suppress(sqlite3.Error, KeyError):
+                        job = self.store.set_reason(job.id, f"being cancelled: {unstored}")
                     job = job.model_copy(update={"status": "rd"})
                 await self.svc.publish_job(job)
                 self.svc.job_event(job.id, "cancel_requested", status="rd")
-                msgs.append(f"job {job.id} is being cancelled")
+                msgs.append(
+                    f"job {job.id} is being cancelled" + (f" ({unstored})" if unstored else "")
+                )
             elif job.status == "rd":
                 msgs.append(f"job {job.id} is already being cancelled")
             else:
