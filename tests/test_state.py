@@ -529,3 +529,22 @@ def test_a_reason_in_memory_stays_when_the_write_holding_it_is_rolled_back(
         store.update_job(job, status="r")
     assert store.job(job).reason == "said while the file took no writes"  # now stored
     assert job not in store._reasons
+
+
+def test_a_state_file_on_a_read_only_disk_is_said_so(tmp_path: Path) -> None:
+    """A fault run: a datadir remounted read-only by a disk error gave SQLite's "disk I/O
+    error" and the advice to free space or fix permissions; the words "read-only" never
+    appeared. A read-only tmpfs (root and mount(8); skipped, saying why, without)."""
+    from tests.chaos.harness import Unavailable
+    from tests.chaos.host_faults import tiny_tmpfs
+    from tomato_mqtt.config.statefiles import what_to_do
+
+    ro = tmp_path / "ro"
+    try:
+        with tiny_tmpfs(ro, "1m"):
+            subprocess.run(["mount", "-o", "remount,ro", str(ro)], check=True, timeout=10)
+            said = what_to_do("state", ro / "state.sqlite", "disk I/O error", "it goes on")
+    except Unavailable as e:
+        pytest.skip(str(e))
+    assert "its disk is read-only now" in said and "free space" not in said, said
+    assert "free space" in what_to_do("state", tmp_path / "s.sqlite", "disk I/O error")

@@ -10,6 +10,7 @@ away costs.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
@@ -98,13 +99,27 @@ def what_to_do(kind: str, path: Path, why: str, outcome: str = "nothing was star
         "spool": "the node's spool",
     }[kind]
     if cannot_write(why):
+        fix = (
+            # (a disk error remounts ext4 read-only: SQLite says "disk I/O error", and
+            # free space or permissions sent the user the wrong way: a fault run)
+            "its disk is read-only now (mounted so, or remounted after a disk error): "
+            "check the disk and mount it read-write"
+            if _read_only(path.parent)
+            else f"free space on its disk, or let this user write {path.parent} and the "
+            f"file (SQLite writes {path.name}-wal and -shm beside it)"
+        )
         return (
             f"{what} {path} cannot be written ({why}): {outcome}. The file itself may "
-            f"well be intact: free space on its disk, or let this user write {path.parent} "
-            f"and the file (SQLite writes {path.name}-wal and -shm beside it); do not move "
-            f"it away: {_COSTS[kind]}"
+            f"well be intact: {fix}; do not move it away: {_COSTS[kind]}"
         )
     return (
         f"{what} {path} cannot be read ({why}): {outcome}. Restore it from a "
         f"backup, or move it away to start afresh ({_COSTS[kind]})"
     )
+
+
+def _read_only(folder: Path) -> bool:
+    try:
+        return bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
+    except (OSError, AttributeError):  # (gone; no statvfs on Windows)
+        return False

@@ -175,7 +175,8 @@ class JobLifecycle:
             return
         note = (
             f"{what} is not stored yet: the scheduler's state file cannot be written ({e});"
-            f" tried again every {STORE_RETRY:g} s (free space or fix its permissions)"
+            f" tried again every {STORE_RETRY:g} s (free space, fix its permissions, or"
+            " mount its disk read-write)"
         )
         reason = f"{job.reason}; {note}" if job.reason else note
         with contextlib.suppress(Exception):  # said where it can be: never in the way
