@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import JsonValue
 
-from tomato_mqtt.model.jobs import DONE_STATUSES, merge_noted, merged_note
+from tomato_mqtt.model.jobs import DONE_STATUSES, Job, merge_noted, merged_note
 from tomato_mqtt.wire.messages import ComponentStatus, NodeStatus, RecorderStatus
 
 if TYPE_CHECKING:
@@ -347,14 +347,20 @@ class Presence:
                 return why
         return None
 
+    def _ended(self, jobid: int) -> Job | None:
+        """The job, if it exists and has ended (what the recorder says of late data)."""
+        assert self.svc.store is not None
+        try:
+            job = self.svc.store.job(jobid)
+        except KeyError:
+            return None
+        return job if job.status in DONE_STATUSES else None
+
     async def _merged(self, jobid: int, merged: int, points: dict[str, int]) -> None:
         svc = self.svc
         assert svc.store is not None
-        try:
-            job = svc.store.job(jobid)
-        except KeyError:
-            return
-        if job.status not in DONE_STATUSES or merged <= int(job.progress.get("merged", 0)):
+        job = self._ended(jobid)
+        if job is None or merged <= int(job.progress.get("merged", 0)):
             return
         roles = dict(job.progress.get("roles") or {})
         per_role = {role: points.get(comp, 0) for role, comp in roles.items()}
@@ -370,11 +376,8 @@ class Presence:
         its reason still said the points are merged, the refusal only in a log)."""
         svc = self.svc
         assert svc.store is not None
-        try:
-            job = svc.store.job(jobid)
-        except KeyError:
-            return
-        if job.status not in DONE_STATUSES or why in (job.reason or ""):
+        job = self._ended(jobid)
+        if job is None or why in (job.reason or ""):
             return
         base = job.reason or ""
         if (i := base.find(NOT_MERGED)) >= 0:  # (an earlier refusal's: replaced)
