@@ -81,6 +81,37 @@ async def test_an_open_stack_s_websocket_listener_takes_no_page_of_another_site(
         await b.stop()
 
 
+async def test_a_connection_that_is_no_websocket_handshake_is_one_line(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A fault run: a `tomato start` on the port next to a running stack's (its WebSocket
+    listener) asked there whether a scheduler answers, and left two tracebacks of three
+    parts each in that stack's broker.log. One line each now, saying what happened."""
+    from tomato_mqtt_broker import BrokerConfig, EmbeddedBroker
+
+    from tests.stack import free_port
+
+    ws = free_port()
+    b = EmbeddedBroker(BrokerConfig(port=free_port(), ws_port=ws))
+    await b.start()
+    try:
+        _r, w = await asyncio.open_connection("127.0.0.1", ws)  # an MQTT CONNECT, as a probe
+        w.write(b"\x10\x0c\x00\x04MQTT\x04\x02\x00\x3c\x00\x00")
+        await w.drain()
+        await asyncio.sleep(0.3)
+        w.close()
+        for _ in range(50):
+            if "WebSocket listener was refused" in caplog.text:
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        await b.stop()
+    said = [r for r in caplog.records if r.name == "websockets.server"]
+    assert said and all(r.exc_info is None for r in said), caplog.text
+    assert "did not receive a valid HTTP request" in said[0].getMessage(), caplog.text
+    assert "Traceback" not in caplog.text, caplog.text
+
+
 async def test_filters_nobody_holds_leave_nothing_in_the_broker() -> None:
     """A soak: the embedded broker grew ~1 MB per 1,000 jobs for good. amqtt kept an
     empty entry (and its key) for every topic filter once unsubscribed, also after the

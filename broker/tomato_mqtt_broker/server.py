@@ -1109,6 +1109,22 @@ class _OneLinePerClient(logging.Filter):
         return not msg.startswith(("Timeout waiting for PUBACK", "Received PUBACK for unknown"))
 
 
+class _OneLineHandshake(logging.Filter):
+    """A connection to the WebSocket listener that is no WebSocket handshake (an MQTT
+    client or a port probe on the wrong port: a `tomato start` on the port next to a
+    running stack's) is one line, not a three-part traceback in the broker's log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if str(record.msg).startswith("opening handshake failed") and record.exc_info:
+            why = record.exc_info[1]
+            record.msg = "a connection to the WebSocket listener was refused: %s"
+            record.args = (why or "not a WebSocket handshake",)
+            record.exc_info = None
+            record.exc_text = None
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
 class EmbeddedBroker:
     """amqtt in this process: ``await start()``, ``await stop()``."""
 
@@ -1123,6 +1139,9 @@ class EmbeddedBroker:
         handler_log = logging.getLogger("amqtt.mqtt.protocol.handler")
         if not any(isinstance(f, _OneLinePerClient) for f in handler_log.filters):
             handler_log.addFilter(_OneLinePerClient())
+        ws_log = logging.getLogger("websockets.server")
+        if not any(isinstance(f, _OneLineHandshake) for f in ws_log.filters):
+            ws_log.addFilter(_OneLineHandshake())
         config = self.config.amqtt_config()  # BrokerConfigError: refused, with the reason
         open_stack = not self.config.password_file
         cls = _broker_class(
