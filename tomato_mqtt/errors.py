@@ -23,6 +23,7 @@ __all__ = [
     "describe_validation_error",
     "format_location",
     "one_line",
+    "read_only",
     "writable_bytes",
 ]
 
@@ -52,16 +53,33 @@ def cannot_write(why: str) -> bool:
     return any(w in why for w in _CANNOT_WRITE)
 
 
+#: bytes a disk needs free for a state file on it to take writes (below: said full, and
+#: `tomato start` refuses)
+ROOM_BYTES = 1 << 20
+
+
 def writable_bytes(folder: str | Path) -> int | None:
-    """Bytes this process may still write on the folder's disk; None where the OS does
-    not say (Windows). The filesystem's reserve (ext4: 5 %) counts for the host's root
-    only: root in a user namespace (a rootless container) may not write into it, and
-    counting it there made a full disk's fault come and go (a review)."""
+    """Bytes this process may still write on the folder's disk (0 on a read-only one);
+    None where the OS does not say (Windows, a folder gone). The filesystem's reserve
+    (ext4: 5 %) counts for the host's root only: root in a user namespace (a rootless
+    container) may not write into it, and counting it there made a full disk's fault come
+    and go (a review)."""
     try:
         st = os.statvfs(folder)
     except (OSError, AttributeError):
         return None
+    if st.f_flag & os.ST_RDONLY:
+        return 0
     return (st.f_bfree if _host_root() else st.f_bavail) * st.f_frsize
+
+
+def read_only(folder: str | Path) -> bool:
+    """Whether the folder's disk is mounted read-only now (False where the OS does not
+    say)."""
+    try:
+        return bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
+    except (OSError, AttributeError):
+        return False
 
 
 def _host_root() -> bool:

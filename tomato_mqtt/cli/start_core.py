@@ -23,7 +23,7 @@ from tomato_mqtt.cli.core import fail
 from tomato_mqtt.cli.output import echo
 from tomato_mqtt.cli.ready import wait_ready
 from tomato_mqtt.cli.serve import service_args
-from tomato_mqtt.errors import writable_bytes
+from tomato_mqtt.errors import ROOM_BYTES, writable_bytes
 
 if TYPE_CHECKING:
     from tomato_mqtt.config.settings import Settings
@@ -392,7 +392,3 @@ def _node_command(s: Settings, node: str, port: int) -> str:
         f"`TOMATO_BROKER='{where}' tomato node --name {node}{inst}`, with a login of the role"
         f" node:{node}"
     )
-
-
-#: bytes a datadir or logdir needs free at a start (as the scheduler's state file does)
-ROOM_BYTES = 1 << 20

@@ -450,14 +450,11 @@ def load_settings(
     host: str | None = None,
 ) -> Settings:
     """Settings from ``appdir/settings.toml`` (defaults if absent) and the CLI overrides."""
+
     # platformdirs only for a folder not given (a service of `tomato start` is given all
     # three): ~0.3 MB of RSS in `tomato start`, and in each service forked from it
-    defaults: list[tuple[Path, Path, Path]] = []
-
     def default(i: int) -> Path:
-        if not defaults:
-            defaults.append(default_dirs())
-        return defaults[0][i]
+        return default_dirs()[i]
 
     app = Path(appdir).expanduser().absolute() if appdir is not None else default(0)
     path = app / SETTINGS_FILE

@@ -10,13 +10,12 @@ away costs.
 
 from __future__ import annotations
 
-import os
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-from tomato_mqtt.errors import StartupError, cannot_write
+from tomato_mqtt.errors import StartupError, cannot_write, read_only
 
 __all__ = ["opened", "unreadable", "what_to_do"]
 
@@ -104,7 +103,7 @@ def what_to_do(kind: str, path: Path, why: str, outcome: str = "nothing was star
             # free space or permissions sent the user the wrong way: a fault run)
             "its disk is read-only now (mounted so, or remounted after a disk error): "
             "check the disk and mount it read-write"
-            if _read_only(path.parent)
+            if read_only(path.parent)
             else f"free space on its disk, or let this user write {path.parent} and the "
             f"file (SQLite writes {path.name}-wal and -shm beside it)"
         )
@@ -116,10 +115,3 @@ def what_to_do(kind: str, path: Path, why: str, outcome: str = "nothing was star
         f"{what} {path} cannot be read ({why}): {outcome}. Restore it from a "
         f"backup, or move it away to start afresh ({_COSTS[kind]})"
     )
-
-
-def _read_only(folder: Path) -> bool:
-    try:
-        return bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
-    except (OSError, AttributeError):  # (gone; no statvfs on Windows)
-        return False

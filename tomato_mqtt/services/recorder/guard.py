@@ -130,15 +130,13 @@ def missing_points(old: Path, new: str | Path) -> int:
     except Exception:  # not NetCDF, unreadable: nothing to compare with
         return 0
     lost = 0
-    for name, uts in had.items():
-        with NC_LOCK, netCDF4.Dataset(new, "r") as now:
+    with NC_LOCK, netCDF4.Dataset(new, "r") as now:
+        for name, uts in had.items():  # (one group's array of the new file at a time)
             g = now.groups.get(name)
-            holds = (
-                np.asarray(g["uts"][:], dtype="f8")
-                if g is not None and "uts" in g.variables
-                else None
-            )
-        lost += uts.size if holds is None else lacking(uts, holds)
+            if g is None or "uts" not in g.variables:
+                lost += uts.size
+            else:
+                lost += lacking(uts, np.asarray(g["uts"][:], dtype="f8"))
     return lost
 
 

@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from tomato_mqtt.errors import cannot_write, writable_bytes
+from tomato_mqtt.errors import ROOM_BYTES, cannot_write, writable_bytes
 from tomato_mqtt.model.jobs import (
     PLAUSIBLE_ID,
     Job,
@@ -97,8 +97,6 @@ _DERIVED = frozenset({"pid", "connected_at", "jobpath"})
 _JOB_COLUMNS = tuple(f for f in Job.model_fields if f not in _DERIVED)
 _JSON_COLUMNS = frozenset({"payload", "progress"})
 _CHUNK = 500  # ids per "IN (...)": below every sqlite's limit of parameters
-#: free bytes on the state file's disk for a stored write to count as the fault's end
-ROOM_BYTES = 1 << 20
 _PIPELINE_FIELDS = frozenset(PipelineState.model_fields) - {"name"}
 #: how long a kept reply is given again (s): far beyond a client's resends (-t)
 REPLY_KEEP = 3600.0
@@ -308,12 +306,8 @@ class StateStore:
         """Whether the file's disk has room and takes writes: a write that fits in the
         WAL's pages goes through on a full disk, and its success alone made the fault
         come and go every other second (a fault-injection review)."""
-        try:
-            st = os.statvfs(self.path.parent)
-        except OSError:
-            return True
         free = writable_bytes(self.path.parent)
-        return not st.f_flag & os.ST_RDONLY and (free is None or free >= ROOM_BYTES)
+        return free is None or free >= ROOM_BYTES
 
     def probe_write(self) -> None:
         """While the file takes no writes: one small write, to find that it does again
