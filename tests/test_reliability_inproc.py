@@ -1827,3 +1827,107 @@ async def test_a_reload_the_state_file_refuses_changes_nothing(
         done = await st.call("reload")
         assert "pip-counter-5" in str(done) and "no changes" not in str(done), done
         assert "pip-counter-5" in st.scheduler.layout.pipelines
+
+
+@contextlib.contextmanager
+def _locked_by_another_program(path: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """Another process holds the SQLite file's write lock (an admin's ``sqlite3`` shell
+    inside a transaction) until the block ends."""
+    import sys
+
+    holder = (
+        "import sqlite3, sys\n"
+        "db = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
+        "db.execute('BEGIN EXCLUSIVE')\n"
+        "print('held', flush=True)\n"
+        "sys.stdin.read()\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", holder, str(path)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == b"held"
+        yield proc
+    finally:
+        assert proc.stdin is not None and proc.stdout is not None
+        proc.stdin.close()  # its transaction ends with it
+        proc.wait(10)
+        proc.stdout.close()
+
+
+async def test_a_state_file_another_program_holds_locked_is_said_and_nothing_waits(
+    broker: RunningBroker, instance: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fault run: an sqlite3 shell left inside a transaction on the state file froze
+    the scheduler for 30 s at each write (its heartbeat, every answer), then answered "…
+    free space or fix the permissions of its data folder". Now a write gives up after
+    LOCK_WAIT: the request is refused at once naming the program that holds the lock, the
+    scheduler's status says it, the running job's end waits for it (its reason says why),
+    and once the lock is let go the job ends `c` with every point in its file."""
+    from tomato_mqtt.services.scheduler import lifecycle
+    from tomato_mqtt.transport.rpc import ReplyError
+
+    monkeypatch.setattr(lifecycle, "STORE_RETRY", 0.2)
+    async with inproc_stack(broker.port, tmp_path, instance) as st:
+        job = await st.submit_counter("pip-counter-1", 2, 0.1, tmp_path)
+        await st.wait_job(job.id, {"r"}, timeout=10)
+        with _locked_by_another_program(st.settings.state_db) as holder:
+            t0 = time.monotonic()
+            with pytest.raises(ReplyError) as e:
+                await st.call("pipeline_load", {"pipeline": "pip-counter-2", "sample": "s2"})
+            assert time.monotonic() - t0 < 2, time.monotonic() - t0
+            said = str(e.value)
+            assert e.value.code == "unavailable", e.value
+            assert "it was not done" in said and "locked by another program" in said, said
+            assert f"pid {holder.pid} (" in said and "free space" not in said, said
+            status = st.scheduler._presence("online").storage_error or ""
+            assert f"pid {holder.pid}" in status, status
+            # the task ends meanwhile; its end waits for the file, and says so
+            for _ in range(100):
+                seen = (await st.call("job_status", {"jobids": [job.id]}))[0]
+                if "is not stored yet" in (seen.reason or ""):
+                    break
+                await asyncio.sleep(0.1)
+            assert seen.status == "r" and "database is locked" in (seen.reason or ""), seen
+            assert "`tomato status` names it" in (seen.reason or ""), seen
+            # and the scheduler answers meanwhile (it waited 30 s at every write)
+            t0 = time.monotonic()
+            await st.call("job_status", {"jobids": [job.id]})
+            assert time.monotonic() - t0 < 1, time.monotonic() - t0
+        ended = await st.wait_job(job.id, {"c", "ce", "cd"}, timeout=30)
+        assert ended.status == "c" and "not stored yet" not in (ended.reason or ""), ended
+        assert st.scheduler._presence("online").storage_error is None
+        info = (await st.call("job_status", {"jobids": [job.id]}))[0]
+        tree = load_tree(info.respath)
+        assert tree["counter"].sizes["uts"] == 20
+
+
+async def test_a_recorder_store_another_program_holds_locked_is_said_and_loses_nothing(
+    broker: RunningBroker, instance: str, tmp_path: Path
+) -> None:
+    """A fault run: with an sqlite3 shell inside a transaction on the recorder's store,
+    the fault was said after 5 s as "database is locked" with the advice of a full disk,
+    and `tomato status` showed no storage fault. Now the job's reason and the scheduler's
+    status name the program that holds it; once it lets go, every point is in the file."""
+    async with inproc_stack(broker.port, tmp_path, instance) as st:
+        job = await st.submit_counter("pip-counter-1", 3, 0.1, tmp_path)
+        await st.wait_job(job.id, {"r"}, timeout=10)
+        with _locked_by_another_program(st.settings.recorder_db) as holder:
+            said = f"locked by another program (pid {holder.pid} ("
+            for _ in range(50):
+                info = (await st.call("job_status", {"jobids": [job.id]}))[0]
+                if said in (info.reason or ""):
+                    break
+                await asyncio.sleep(0.1)
+            assert said in (info.reason or "") and info.status == "r", info
+            status = await st.call("status", {"what": "scheduler"})
+            assert said in (status.recorder_storage_error or ""), status
+            assert "end its transaction" in status.recorder_storage_error, status
+        ended = await st.wait_job(job.id, {"c", "ce", "cd"}, timeout=30)
+        assert ended.status == "c", ended
+        info = (await st.call("job_status", {"jobids": [job.id]}))[0]
+        assert load_tree(info.respath)["counter"].sizes["uts"] == 30
+        status = await st.call("status", {"what": "scheduler"})
+        assert status.recorder_storage_error is None, status

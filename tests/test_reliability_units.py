@@ -1271,6 +1271,46 @@ def test_the_backlog_of_a_stalled_broker_is_no_clock_offset() -> None:
     assert off is not None and abs(off) < 1 and p.skew_of("pc") is None
 
 
+def test_the_backlog_of_a_held_up_scheduler_is_no_clock_offset() -> None:
+    """A fault run: a scheduler whose loop was held up 30 s (its state file locked by
+    another program) then read the nodes' heartbeats that had waited, and warned "node
+    local: clock differs from the scheduler's by -21.9 s". Statuses read while its own
+    heartbeat is late, or just after it came, are no measure of a clock."""
+    from types import SimpleNamespace
+
+    from tomato_mqtt.services.scheduler.presence import Presence
+
+    svc: Any = SimpleNamespace(
+        settings=SimpleNamespace(scheduler=SimpleNamespace(lost_after=5, clock_tolerance=2)),
+        heartbeat=0.05,
+        nodes={},
+        runners={},
+        broker_heard=float("inf"),
+    )
+    p = Presence(svc)
+
+    def beat(offset: float) -> None:
+        st = NodeStatus(state="online", node="pc", epoch=1, heartbeat=time.time() + offset)
+        p.received(st, retained=False)
+
+    p.tick()
+    beat(0.0)
+    time.sleep(0.3)  # held up: six heartbeats late
+    for late in range(-30, -20, 2):  # the statuses that waited, read before its heartbeat
+        beat(late)
+    p.tick()  # its heartbeat, late
+    for late in range(-20, 0, 2):  # and those read after it
+        beat(late)
+    assert p.skew_of("pc") is None and not p.skewed, p.offsets
+    for _ in range(5):  # past the hold, its heartbeats on time again
+        time.sleep(0.04)
+        p.tick()
+    for _ in range(5):  # a clock that is off is still found
+        p.tick()
+        beat(-5.0)
+    assert p.skew_of("pc") is not None and p.skewed == {"pc"}
+
+
 @pytest.mark.parametrize("fault", ["begins", "ends"])
 def test_a_job_that_ends_while_a_fault_is_said_keeps_its_final_reason(
     tmp_path: Path, fault: str

@@ -620,3 +620,37 @@ def test_a_datadir_on_a_full_disk_is_said_before_anything_starts(tmp_path: Path)
     assert f"the disk of the datadir {full} is full (" in said, said
     assert said.endswith("nothing was started. Free space on it, or choose another with -D")
     assert not started and "Traceback" not in said, (started, said)
+
+
+@pytest.mark.parametrize("kind", ["state", "recorder"])
+def test_a_state_file_another_program_holds_locked_is_said_before_anything_starts(
+    tmp_path: Path, kind: str
+) -> None:
+    """A fault run: with an sqlite3 shell inside a transaction on the scheduler's state
+    file, `tomato start` waited 30 s and said "did not come up … see the logs" (the
+    scheduler gave up at each restart). Refused at once now, naming the program."""
+    from tests.test_reliability_inproc import _locked_by_another_program
+    from tomato_mqtt.services.recorder.store import BatchStore
+    from tomato_mqtt.services.scheduler.store import StateStore
+
+    st = make_stack(tmp_path)
+    if kind == "state":
+        path = st.datadir / "state.sqlite"
+        StateStore(path).close()
+        what = "the scheduler's state file"
+    else:
+        path = st.datadir / "recorder.sqlite"
+        BatchStore(path).close()
+        what = "the recorder's store"
+    with _locked_by_another_program(path) as holder:
+        t0 = time.monotonic()
+        res = st.run("tomato", "start", "-D", str(st.datadir), "-L", str(st.logdir), timeout=60)
+        took = time.monotonic() - t0
+    assert res.returncode == 1, (res.stdout, res.stderr)
+    said = res.stderr.strip()
+    assert said.startswith(
+        f"error: {what} {path} is locked by another program (pid {holder.pid} ("
+    ), said
+    assert "nothing was started" in said and "end that program's transaction" in said, said
+    assert took < 10, took
+    assert not (st.datadir / f"tomato-mqtt.{st.port}.pid").exists()

@@ -22,6 +22,8 @@ __all__ = [
     "cannot_write",
     "describe_validation_error",
     "format_location",
+    "lock_holders",
+    "locked",
     "one_line",
     "read_only",
     "writable_bytes",
@@ -44,6 +46,7 @@ _CANNOT_WRITE = (
     "Permission denied",
     "Read-only file system",
     "No space left",
+    "database is locked",  # another program holds its write lock (see lock_holders)
 )
 
 
@@ -51,6 +54,56 @@ def cannot_write(why: str) -> bool:
     """Whether SQLite's (or the OS's) ``why`` says a file cannot be written, not that it
     is damaged (an SQL bug such as "no such table" is neither)."""
     return any(w in why for w in _CANNOT_WRITE)
+
+
+def locked(why: str) -> bool:
+    """Whether SQLite's ``why`` says another connection holds the file's write lock
+    (SQLITE_BUSY): the file is intact, and writes go through once it lets go."""
+    return "database is locked" in why
+
+
+def lock_holders(path: str | Path) -> list[str]:
+    """The other processes that hold a write lock on the SQLite file at ``path`` or on
+    its ``-shm`` (where a WAL file's writer locks), as ``pid N (command line)``; empty
+    where the OS does not say (no ``/proc/locks``) or none is found. An admin's
+    ``sqlite3`` shell left inside a transaction froze the scheduler for 30 s at each
+    write, and the answer blamed a full disk or permissions (a fault run)."""
+    inodes = set()
+    for p in (Path(path), Path(f"{path}-shm")):
+        try:
+            st = os.stat(p)
+        except OSError:
+            continue
+        inodes.add((os.major(st.st_dev), os.minor(st.st_dev), st.st_ino))
+    try:
+        table = Path("/proc/locks").read_text()
+    except OSError:
+        return []
+    pids: list[int] = []
+    for line in table.splitlines():
+        f = line.split()
+        # "1: POSIX  ADVISORY  WRITE 3372 fd:00:123456 0 EOF" (a waiter has "->" first)
+        if len(f) < 6 or f[1] == "->" or f[3] != "WRITE" or not f[4].isdigit():
+            continue
+        try:
+            maj, mnr, ino = f[5].split(":")
+            key = (int(maj, 16), int(mnr, 16), int(ino))
+        except ValueError:
+            continue
+        pid = int(f[4])
+        if key in inodes and pid != os.getpid() and pid not in pids:
+            pids.append(pid)
+    out = []
+    for pid in pids:
+        try:
+            raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+            cmd = raw.rstrip(b"\0").replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            cmd = ""
+        cmd = " ".join(cmd.split())
+        cmd = cmd if len(cmd) <= 80 else cmd[:77] + "..."
+        out.append(f"pid {pid} ({cmd})" if cmd else f"pid {pid}")
+    return out
 
 
 #: bytes a disk needs free for a state file on it to take writes (below: said full, and

@@ -285,7 +285,7 @@ def _check_listener_ports(s: Any) -> None:
 def _check_state_files(s: Any) -> None:
     """Refuse at once a state file its service could not open (it would crash at every
     restart, and this command wait its whole timeout for nothing)."""
-    from tomato_mqtt.config.statefiles import unreadable, what_to_do
+    from tomato_mqtt.config.statefiles import held_elsewhere, unreadable, what_to_do
     from tomato_mqtt.wire.slugs import slug
 
     for kind, path in (
@@ -293,7 +293,7 @@ def _check_state_files(s: Any) -> None:
         ("recorder", s.recorder_db),
         ("spool", s.spool_dir / f"{slug(s.node.name)}.sqlite"),
     ):
-        why = unreadable(path, thorough=kind == "state")
+        why = unreadable(path, thorough=kind == "state") or held_elsewhere(path)
         if why is not None:
             fail(what_to_do(kind, path, why))
 

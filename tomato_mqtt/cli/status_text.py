@@ -43,6 +43,7 @@ def _scheduler(msg: str, data: Any) -> str:
         ("devices", data.get("devices_file")),
         # its state file damaged or taking no writes (it was in --json only: a review)
         ("storage", data.get("storage_error")),
+        ("storage", data.get("recorder_storage_error")),  # the recorder's store (full, locked)
     ]
     lines = [msg] + [f"  {k + ':':<10} {v}" for k, v in fields if v is not None]
     return "\n".join(lines)

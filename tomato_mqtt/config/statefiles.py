@@ -15,9 +15,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-from tomato_mqtt.errors import StartupError, cannot_write, read_only
+from tomato_mqtt.errors import StartupError, cannot_write, lock_holders, locked, read_only
 
-__all__ = ["opened", "unreadable", "what_to_do"]
+__all__ = ["held_elsewhere", "opened", "unreadable", "what_to_do"]
 
 T = TypeVar("T")
 
@@ -64,6 +64,25 @@ def unreadable(path: Path, thorough: bool = False) -> str | None:
     return None
 
 
+def held_elsewhere(path: Path, wait: float = 0.2) -> str | None:
+    """SQLite's words when another program holds the write lock of the file at ``path``
+    (an sqlite3 shell inside a transaction), else None. Before a start: its service gave
+    up at every restart, and `tomato start` said only "did not come up within 30 s" (a
+    fault run). Takes the lock for a moment and writes nothing."""
+    if not path.exists():
+        return None
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=rw", uri=True, timeout=wait)
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            db.execute("ROLLBACK")
+        finally:
+            db.close()
+    except sqlite3.Error as e:
+        return str(e) if locked(str(e)) else None  # (anything else: unreadable's or the service's)
+    return None
+
+
 #: what moving each file away costs, for the message that names it
 _COSTS = {
     "state": (
@@ -97,6 +116,15 @@ def what_to_do(kind: str, path: Path, why: str, outcome: str = "nothing was star
         "recorder": "the recorder's store",
         "spool": "the node's spool",
     }[kind]
+    if locked(why):
+        holders = lock_holders(path)
+        by = ", ".join(holders) if holders else "a process not found in /proc/locks"
+        return (
+            f"{what} {path} is locked by another program ({by}): {outcome}. The file is "
+            "intact: end that program's transaction or close it (an sqlite3 shell, a "
+            "backup tool); writes go through once it lets go. Do not move the file "
+            f"away: {_COSTS[kind]}"
+        )
     if cannot_write(why):
         fix = (
             # (a disk error remounts ext4 read-only: SQLite says "disk I/O error", and

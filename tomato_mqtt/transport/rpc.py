@@ -30,7 +30,7 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel, JsonValue, ValidationError
 
-from tomato_mqtt.errors import cannot_write
+from tomato_mqtt.errors import cannot_write, locked
 from tomato_mqtt.transport.client import AsyncClient, Message, MqttTimeout
 from tomato_mqtt.transport.oneshot import RESEND_AFTER
 from tomato_mqtt.waits import wait_for
@@ -464,14 +464,19 @@ class Responder:
             if (
                 type(e).__module__ == "sqlite3"
                 and type(e).__name__ == "OperationalError"
-                and (cannot_write(str(e)) or "locked" in str(e))
+                and cannot_write(str(e))
             ):
                 # its store cannot be written now (a full disk, a read-only file): said as
                 # such, not "internal error" (a fault-injection review)
                 log.error("%s: operation %s: its store cannot be written: %s", self.name, op, e)
+                fix = (
+                    "another program holds its store's write lock (an sqlite3 shell "
+                    "inside a transaction?): end that, then try again"
+                    if locked(str(e))
+                    else "free space or fix the permissions of its data folder, then try again"
+                )
                 return fail(
-                    f"{self.name} cannot store this now ({e}): it was not done; free space "
-                    "or fix the permissions of its data folder, then try again",
+                    f"{self.name} cannot store this now ({e}): it was not done; {fix}",
                     "unavailable",
                 )
             log.exception("%s: operation %s failed", self.name, op)

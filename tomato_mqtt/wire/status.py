@@ -133,6 +133,11 @@ class SchedulerInfo(SchedulerStatus):
 
     datadir: str
     devices_file: str
+    recorder_storage_error: str | None = Field(
+        default=None,
+        description="why the recorder cannot store data now, as its status says "
+        "(RecorderStatus.storage_error); null when it can",
+    )
     status: Literal["running"] = "running"
     port: int
     appdir: str | None = None

@@ -33,6 +33,7 @@ from tomato_mqtt.driver import TaskEnd
 from tomato_mqtt.driver.block import Block
 from tomato_mqtt.driver.names import nonfinite_seen
 from tomato_mqtt.driver.points import Point, PointRun
+from tomato_mqtt.errors import lock_holders, locked
 from tomato_mqtt.services.node.columns import Columns, pieces, to_columns
 from tomato_mqtt.services.node.hosted import HostedComponent
 from tomato_mqtt.waits import wait_for
@@ -87,12 +88,16 @@ class DataPath:
         spool = self.node.spool
         where = spool.path if spool is not None else "the spool"
         if failing is not None and self._spool_failing is None:
+            said = failing
+            if locked(failing) and spool is not None:  # who holds it (not a full disk)
+                holders = ", ".join(lock_holders(spool.path)) or "a process not in /proc/locks"
+                said = f"{failing} by another program ({holders}): end its transaction"
             log.warning(
                 "node %s: cannot write the spool %s (%s): unacknowledged batches are held "
                 "in memory until it can",
                 self.node.name,
                 where,
-                failing,
+                said,
             )
         elif failing is None:
             log.info("node %s: the spool %s takes writes again", self.node.name, where)

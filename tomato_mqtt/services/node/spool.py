@@ -58,7 +58,11 @@ class Spool:
         self.path = Path(path)
         self.max_bytes = max_bytes
         self.dropped_total = 0
-        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        # its one writer: only another program takes the lock (an sqlite3 shell inside a
+        # transaction); each write waited 5 s before the fault was said
+        self._db = sqlite3.connect(
+            self.path, timeout=1.0, isolation_level=None, check_same_thread=False
+        )
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)

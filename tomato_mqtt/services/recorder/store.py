@@ -42,6 +42,9 @@ from tomato_mqtt.model.jobs import PLAUSIBLE_ID
 
 __all__ = ["AddResult", "BatchRow", "BatchStore", "Raws", "digest"]
 
+#: how long a write waits for another program's lock on the store (s)
+LOCK_WAIT = 1.0
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS stored (
     component TEXT NOT NULL,
@@ -187,7 +190,11 @@ class Raws:
 class BatchStore:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
-        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        # its one writer: only another program takes the write lock (an sqlite3 shell
+        # inside a transaction), and each write waited 5 s before the fault was said
+        self._db = sqlite3.connect(
+            self.path, timeout=LOCK_WAIT, isolation_level=None, check_same_thread=False
+        )
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)

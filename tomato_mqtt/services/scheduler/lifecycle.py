@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import JsonValue
 
+from tomato_mqtt.errors import locked
 from tomato_mqtt.model.jobs import Job
 from tomato_mqtt.services.scheduler.runner import JobRunner
 from tomato_mqtt.services.scheduler.tasks import TaskState, expectations, tasks_of
@@ -173,10 +174,14 @@ class JobLifecycle:
             job = self.store.job(jobid)
         except (KeyError, sqlite3.Error):
             return
+        fix = (
+            "end the transaction of the program that holds it locked: `tomato status` names it"
+            if locked(str(e))
+            else "free space, fix its permissions, or mount its disk read-write"
+        )
         note = (
             f"{what} is not stored yet: the scheduler's state file cannot be written ({e});"
-            f" tried again every {STORE_RETRY:g} s (free space, fix its permissions, or"
-            " mount its disk read-write)"
+            f" tried again every {STORE_RETRY:g} s ({fix})"
         )
         reason = f"{job.reason}; {note}" if job.reason else note
         with contextlib.suppress(Exception):  # said where it can be: never in the way

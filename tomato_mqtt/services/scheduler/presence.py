@@ -48,6 +48,8 @@ NOT_MERGED = "late data not merged: "
 
 #: s a new clock offset must hold before it counts as a step of the node's clock
 STEP_HOLDS = 2.0
+#: heartbeats the scheduler's own may be late before it counts as held up
+STALLED_BEATS = 2.5
 
 
 class Presence:
@@ -67,6 +69,8 @@ class Presence:
         #: the broker passed nothing for a while (check_stale): no loss verdicts
         self.broker_quiet = False
         self.broker_back = -1e9  # monotonic time the broker passed messages again
+        #: monotonic time of the scheduler's last heartbeat (tick); None: never ticked
+        self.loop_tick: float | None = None
         self.recorder_seen: float | None = None  # monotonic time of its last status
         self.recorder_online = 0  # "online" statuses of the recorder received so far
         self.recorder_said = asyncio.Condition()  # notified at each of them
@@ -78,7 +82,13 @@ class Presence:
         self.seen[st.node] = time.monotonic()
         if st.state != "online" or retained or st.heartbeat <= 0:
             return  # a retained status may be old: it says nothing about the node's clock
-        if self.broker_quiet or time.monotonic() - self.broker_back < 3 * self.svc.heartbeat:
+        now = time.monotonic()
+        if self.loop_tick is not None and now - self.loop_tick > STALLED_BEATS * self.svc.heartbeat:
+            # the scheduler itself was held up (its loop blocked, SIGSTOP, a machine under
+            # load): statuses that waited meanwhile are no measure of a clock either (a
+            # fault run: a state file locked for 30 s warned "clock differs by -21.9 s")
+            return
+        if self.broker_quiet or now - self.broker_back < 3 * self.svc.heartbeat:
             # the backlog a stalled broker delivers at once: old heartbeats, not a clock
             # off by the stall (a fault run: a 40 s stall wrote tomato_clock_offset -37 s
             # into a file, and warned of every node's clock)
@@ -109,6 +119,20 @@ class Presence:
         # step back shows within two heartbeats, not five (an hour back for 12 s went
         # unreported: an outside check); a backlog passes within the hold below
         self._step_check(st.node, max(q[-1], q[-2] if len(q) > 1 else q[-1]), tol)
+
+    def tick(self) -> None:
+        """At each of the scheduler's heartbeats: one that comes late (the scheduler was
+        held up) holds off clock judgments for a while, as a broker back from a stall
+        does (the statuses that waited come now)."""
+        now = time.monotonic()
+        if self.loop_tick is not None and now - self.loop_tick > STALLED_BEATS * self.svc.heartbeat:
+            log.info(
+                "the scheduler was held up for %.1f s: the nodes' statuses that waited "
+                "meanwhile are not taken for their clocks",
+                now - self.loop_tick,
+            )
+            self.broker_back = now
+        self.loop_tick = now
 
     def _step_check(self, node: str, off: float, tol: float) -> None:
         """A new offset beyond the tolerance of the one taken (the first is the node's own)

@@ -23,6 +23,7 @@ from tomato_mqtt import __version__
 from tomato_mqtt.config.devices import Layout, load_devices
 from tomato_mqtt.config.settings import Settings, settings_url
 from tomato_mqtt.config.statefiles import opened, what_to_do
+from tomato_mqtt.errors import cannot_write
 from tomato_mqtt.model.jobs import Job
 from tomato_mqtt.services.base import Service
 from tomato_mqtt.services.scheduler.lost import LostComponents
@@ -220,6 +221,7 @@ class SchedulerService(Service):
         await self._announce()
 
     async def on_heartbeat(self) -> None:
+        self.presence_view.tick()
         if self.store is not None:
             self.store.probe_write()  # (only while it takes none: see storage_error)
             try:
@@ -259,6 +261,14 @@ class SchedulerService(Service):
         file damaged under the running scheduler answered every request, `tomato stop`
         included, "internal error in scheduler: DatabaseError(…)", and logged a traceback
         at every pass; the stack could not be stopped but by killing it."""
+        if (
+            isinstance(e, sqlite3.OperationalError)
+            and self.state_unwritable is not None
+            and cannot_write(str(e))
+        ):
+            # what its status says (which file, why, what to do: another program's lock
+            # is not a full disk), not the generic "free space or fix the permissions"
+            return f"it was not done: {self.state_unwritable}"
         if type(e) is not sqlite3.DatabaseError or self.store is None:
             return None  # (its subclasses: a full disk, a locked file, an SQL bug)
         if self.state_damaged is None:

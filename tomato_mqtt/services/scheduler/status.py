@@ -147,6 +147,8 @@ def status_section(svc: SchedulerService, store: StateStore, what: str) -> Resul
             data: Any = pres.model_dump(mode="json", by_alias=True)
             data["datadir"] = str(svc.settings.datadir)
             data["devices_file"] = str(svc.settings.devices_file)
+            # the recorder's store too: `tomato status` named the state file's faults only
+            data["recorder_storage_error"] = svc.presence_view.storage_error
             data["status"] = "running"
             data["port"] = svc.settings.mqtt.port
             data["appdir"] = str(svc.settings.appdir) if svc.settings.appdir else None

@@ -100,6 +100,9 @@ _CHUNK = 500  # ids per "IN (...)": below every sqlite's limit of parameters
 _PIPELINE_FIELDS = frozenset(PipelineState.model_fields) - {"name"}
 #: how long a kept reply is given again (s): far beyond a client's resends (-t)
 REPLY_KEEP = 3600.0
+#: how long a write waits for another program's lock on the file (s); only another
+#: program takes it: this store is the file's one writer
+LOCK_WAIT = 0.25
 
 
 def _ident(path: Path) -> tuple[int, int] | None:
@@ -158,8 +161,12 @@ class StateStore:
             self._db.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
 
     def _connect(self) -> sqlite3.Connection:
-        # autocommit mode: transactions are explicit (see _write)
-        db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
+        # autocommit mode: transactions are explicit (see _write). The scheduler's writes
+        # run on its event loop: another program holding the file's write lock (an
+        # sqlite3 shell inside a transaction) froze the whole scheduler for 30 s at each
+        # write, heartbeats and answers too (a fault run); refused after LOCK_WAIT now,
+        # said as the state file taking no writes (see write_error), and tried again
+        db = sqlite3.connect(self.path, timeout=LOCK_WAIT, isolation_level=None)
         db.row_factory = sqlite3.Row
         db.execute("PRAGMA journal_mode=WAL")
         # FULL: a committed change survives a power cut too, not only a crash
