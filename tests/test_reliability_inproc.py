@@ -333,7 +333,41 @@ async def test_storing_resumes_once_space_is_freed_and_the_reason_names_the_stor
                 lambda m: decode(JobEvent, m.payload).event == "storage_resumed", timeout=10
             )
             assert svc.storage_error is None and time.monotonic() - began < 8
-            assert st.next_ask == 0.0  # the refused batches are asked for at once
+            # the refused batches are asked for at once (not at the next batch to come)
+            assert st.last_replay_request >= began, (st, began)
+
+
+async def test_batches_refused_of_a_stream_that_sends_no_more_are_asked_for_again(
+    broker: RunningBroker, instance: str, tmp_path: Path
+) -> None:
+    """A fault run: a node killed while the datadir was full sent its old stream's
+    batches again from its spool at its restart; the full store refused them, and once
+    it stored again nothing asked for them (the stream sends nothing more, the restarted
+    node's status names only its new one): the job's file lacked 6 batches its node held.
+    The store asks for what it refused as soon as it stores again."""
+    with tmpfs(tmp_path / "store", "1m") as store:
+        async with recorder(broker, instance, store / "r.sqlite") as (svc, c, _req, t):
+            events = Collector()
+            replays = Collector()
+            await c.subscribe(t.job_event(4), handler=events)
+            await c.subscribe(t.component_cmd(CMP, "replay"), handler=replays)
+            data = t.component_data(CMP)
+            await c.publish(data, _batch(4, 0, "old", 0, 5), qos=1)
+            await _stored(svc, 4, 5)
+            filler = _fill(store)
+            for seq in (1, 2, 3):  # the old stream's last batches, refused
+                await c.publish(data, _batch(4, 0, "old", seq, 2000), qos=1)
+            await events.wait(lambda m: decode(JobEvent, m.payload).event == "storage_fault")
+            await asyncio.sleep(0.5)
+            replays.items.clear()  # (asked for while it refused: not what is checked)
+            filler.unlink()  # and nothing more arrives on that stream
+            await events.wait(
+                lambda m: decode(JobEvent, m.payload).event == "storage_resumed", timeout=10
+            )
+            rp = await replays.wait(lambda m: True, timeout=5)
+            asked = rp.payload.replace(b" ", b"")
+            assert b'"stream":"old"' in asked and b'"first":1' in asked, asked
+            assert b'"last":3' in asked, asked
 
 
 def test_the_store_is_not_said_to_work_again_while_a_batch_still_fails(tmp_path: Path) -> None:

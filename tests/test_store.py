@@ -383,3 +383,109 @@ def test_the_writer_reads_only_its_job_s_batches_and_says_when_they_went(
     with pytest.raises(OSError, match="went while being read"):
         list(Raws(st.path, rows, 1))
     st.close()
+
+
+def _killed_while_full(path: Path, overflow: Path, n: int, fill: str) -> None:
+    """A process (a node) puts ``n`` batches into a spool whose file takes no writes,
+    then is killed (SIGKILL: nothing of it runs after)."""
+    code = (
+        "import os\n"
+        "from pathlib import Path\n"
+        "from tomato_mqtt.services.node.spool import Spool\n"
+        f"sp = Spool(Path({str(path)!r}), overflow=Path({str(overflow)!r}))\n"
+        "e = sp.new_epoch()\n"
+        f"{fill}\n"
+        f"for seq in range({n}):\n"
+        "    sp.put('c', 's', seq, e, bytes([seq % 256]) * 300)\n"
+        "assert sp.failing, 'the spool took writes'\n"
+        "os.kill(os.getpid(), 9)\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], timeout=60, capture_output=True, text=True)
+    assert res.returncode == -9, res.stderr
+
+
+def test_a_spool_killed_while_its_file_refuses_writes_keeps_its_batches(tmp_path: Path) -> None:
+    """A fault run: a node killed while its spool's disk refused writes lost every batch
+    held in memory meanwhile (326 of 400 points of a job on a read-only datadir). They are
+    copied to an overflow file on another disk as they come; the next start takes them
+    back, into the spool once it takes writes, and removes the overflow file."""
+    ov = tmp_path / "ov"
+    ov.mkdir(mode=0o700)
+    path = tmp_path / "s.sqlite"
+    Spool(path).close()
+    # SQLite's own SQLITE_FULL, as a full disk gives it (the real disk: the next test)
+    full = (
+        "n = sp._db.execute('PRAGMA page_count').fetchone()[0]\n"
+        "sp._db.execute(f'PRAGMA max_page_count = {n}')"
+    )
+    _killed_while_full(path, ov, 40, full)
+    sp = Spool(path, overflow=ov)
+    assert sp.pending() == {("c", "s"): (0, 39)}
+    assert [bytes(r) for _q, r in sp.get("c", "s", 0, 99)] == [bytes([q]) * 300 for q in range(40)]
+    assert not sp._held and list(ov.iterdir()) == []  # in the file now; the overflow gone
+    sp.close()
+    sp = Spool(path)  # and there for good (a start without an overflow folder)
+    assert sp.pending() == {("c", "s"): (0, 39)}
+    sp.close()
+
+
+def test_a_spool_on_a_full_disk_killed_loses_nothing_to_its_overflow(tmp_path: Path) -> None:
+    """The same on a real full disk (a filled tmpfs: root and mount(8); skipped, saying
+    why, without), then on that disk read-only: the batches wait in the overflow file
+    until the spool's disk takes writes again."""
+    from tests.chaos.harness import Unavailable
+    from tests.chaos.host_faults import tiny_tmpfs
+
+    ov = tmp_path / "ov"
+    ov.mkdir(mode=0o700)
+    try:
+        with tiny_tmpfs(tmp_path / "data", "2m") as data:
+            path = data / "s.sqlite"
+            # the disk fills while the node runs (the spool opened before)
+            _killed_while_full(
+                path,
+                ov,
+                60,
+                f"from tests.chaos.host_faults import _fill; _fill(Path({str(data)!r}))",
+            )
+            filler = data / "filler"
+            # a start while the disk is still full: held again, the overflow kept
+            sp = Spool(path, overflow=ov)
+            assert sp.failing and sp.pending() == {("c", "s"): (0, 59)}
+            sp.close()
+            assert [p.name for p in ov.iterdir() if p.suffix == ".sqlite"], "overflow gone"
+            filler.unlink()
+            subprocess.run(["mount", "-o", "remount,ro", str(data)], check=True, timeout=10)
+            sp = Spool(path, overflow=ov)  # read-only now: still held, still kept
+            assert sp.pending() == {("c", "s"): (0, 59)} and sp.overflowed == 60
+            sp.close()
+            subprocess.run(["mount", "-o", "remount,rw", str(data)], check=True, timeout=10)
+            sp = Spool(path, overflow=ov)
+            assert sp.failing is None and not sp._held
+            assert sp.pending() == {("c", "s"): (0, 59)}
+            assert [p for p in ov.iterdir()] == []
+            sp.close()
+    except Unavailable as e:
+        pytest.skip(str(e))
+
+
+def test_an_overflow_folder_someone_else_could_read_is_not_used(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The overflow folder is in the shared temporary folder: one made by someone else,
+    open to others, or a link, would let another user read or replace the batches."""
+    import os
+    import tempfile
+
+    from tomato_mqtt.services.node.spool import overflow_dir
+
+    monkeypatch.setattr(tempfile, "gettempdir", lambda: str(tmp_path))
+    mine = tmp_path / f"tomato-mqtt-{os.getuid()}"
+    got = overflow_dir()
+    assert got == mine and (os.stat(mine).st_mode & 0o777) == 0o700
+    os.chmod(mine, 0o777)
+    assert overflow_dir() is None
+    os.rmdir(mine)
+    (tmp_path / "elsewhere").mkdir(mode=0o700)
+    os.symlink(tmp_path / "elsewhere", mine)
+    assert overflow_dir() is None

@@ -92,12 +92,19 @@ class DataPath:
             if locked(failing) and spool is not None:  # who holds it (not a full disk)
                 holders = ", ".join(lock_holders(spool.path)) or "a process not in /proc/locks"
                 said = f"{failing} by another program ({holders}): end its transaction"
+            kept = (
+                f" (and copied to its overflow file {spool.overflow_path}, which a restart "
+                "of the node takes back)"
+                if spool is not None and spool.overflowed
+                else ""
+            )
             log.warning(
                 "node %s: cannot write the spool %s (%s): unacknowledged batches are held "
-                "in memory until it can",
+                "in memory%s until it can",
                 self.node.name,
                 where,
                 said,
+                kept,
             )
         elif failing is None:
             log.info("node %s: the spool %s takes writes again", self.node.name, where)

@@ -149,6 +149,9 @@ class RecorderService(Service):
         #: the last checkpoint before acks failed (the WAL takes batches, the file not)
         self._durable_failed = False
         self._storage_told: set[int] = set()  # jobs told of the current storage fault
+        #: the highest seq of each stream whose batch the store refused (a storage fault):
+        #: asked for again once it stores (see _storage_ok)
+        self._refused: dict[tuple[str, str], int] = {}
         self._storage_logged = 0.0
         #: the size of the last batch the store refused (what _storage_watch tries)
         self._refused_bytes = 0
@@ -370,6 +373,9 @@ class RecorderService(Service):
             )
         except (sqlite3.Error, OSError) as e:
             self._refused_bytes = len(msg.payload)
+            key = (b.component, stream)
+            if key in self._refused or len(self._refused) < 10_000:
+                self._refused[key] = max(b.seq, self._refused.get(key, -1))
             self._storage_failed(e, b.job)
             return
         if not self._durable_failed:  # (the checkpoint says when that fault is over)
@@ -444,6 +450,14 @@ class RecorderService(Service):
         self.storage_error = None
         for st in self.streams.values():  # what was refused is asked for at once
             st.next_ask = 0.0
+        # also of a stream that sends nothing more (its node was killed meanwhile and
+        # runs a new one: the old stream's batches, sent again from its spool at its
+        # start, were refused, and nothing asked for them again: a fault run's file
+        # lacked 6 batches its node still held)
+        refused, self._refused = self._refused, {}
+        for (component, stream), seq in refused.items():
+            self.streams.setdefault((component, stream), _Stream()).last_replay_request = 0.0
+            self.request_missing(component, stream, seq)
         for job in self._storage_told:
             self.job_event(job, "storage_resumed", {})
         self._storage_told.clear()
