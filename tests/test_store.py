@@ -477,15 +477,15 @@ def test_an_overflow_folder_someone_else_could_read_is_not_used(
     import os
     import tempfile
 
-    from tomato_mqtt.services.node.spool import overflow_dir
+    from tomato_mqtt.services.scratch import private_dir
 
     monkeypatch.setattr(tempfile, "gettempdir", lambda: str(tmp_path))
     mine = tmp_path / f"tomato-mqtt-{os.getuid()}"
-    got = overflow_dir()
+    got = private_dir()
     assert got == mine and (os.stat(mine).st_mode & 0o777) == 0o700
     os.chmod(mine, 0o777)
-    assert overflow_dir() is None
+    assert private_dir() is None
     os.rmdir(mine)
     (tmp_path / "elsewhere").mkdir(mode=0o700)
     os.symlink(tmp_path / "elsewhere", mine)
-    assert overflow_dir() is None
+    assert private_dir() is None

@@ -239,6 +239,8 @@ def _snapshot_one(t: Tomato, ctx: common.CallContext, jobid: int) -> oneshot.Rep
     msg = f"snapshot of job {jobid} written to {target}"
     if info.missing:
         msg += f" (still missing: {', '.join(str(m) for m in info.missing)})"
+    if info.temporary and info.fallback:  # its datadir refused it: said, as the recorder did
+        msg += f" ({info.fallback})"
     return oneshot.Reply(r.id, True, msg, data_out)
 
 

@@ -267,6 +267,12 @@ class FileData(_Data):
     )
     fallback: str | None = Field(None, description="why the file went to the job folder")
     storage_error: str | None = Field(None, description="the recorder cannot store now: why")
+    temporary: bool = Field(
+        False,
+        description="a snapshot its job folder's disk refused (full, read-only), made in "
+        "the recorder's private temporary folder for this transfer only: removed once its "
+        "last chunk is fetched; not the job's snappath",
+    )
 
 
 class FetchArgs(_Args):

@@ -36,7 +36,8 @@ from tomato_mqtt.services.node.datapath import DataPath, new_stream
 from tomato_mqtt.services.node.drivers import NodeDrivers
 from tomato_mqtt.services.node.hosted import BrokenDriver, HostedComponent
 from tomato_mqtt.services.node.ops import ComponentOps
-from tomato_mqtt.services.node.spool import Spool, overflow_dir
+from tomato_mqtt.services.node.spool import Spool
+from tomato_mqtt.services.scratch import private_dir
 from tomato_mqtt.services.watchdog import pid_alive
 from tomato_mqtt.transport.client import BrokerURL, Message, MqttError
 from tomato_mqtt.transport.rpc import MAX_REPLY, CommandError, Handler, Responder, Result
@@ -230,7 +231,7 @@ class NodeService(Service):
             "spool",
             path,
             f"node {self.name}",
-            lambda: Spool(path, max_bytes=self.config.spool_max_bytes, overflow=overflow_dir()),
+            lambda: Spool(path, max_bytes=self.config.spool_max_bytes, overflow=private_dir()),
         )
         self.epoch = self.spool.new_epoch()
         # pint's registry takes ~0.5 s to load: do it while connecting, not at registration

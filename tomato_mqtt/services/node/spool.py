@@ -14,7 +14,7 @@ is given: the batches it could not write are held in memory (within the same
 ``max_bytes``) and served from there (``get``, ``pending``) until acknowledged, and
 written to the file as soon as it takes writes again; ``failing`` says why meanwhile.
 They are also written to an *overflow* file on another disk where one takes them (a
-private folder in the system's temporary folder, :func:`overflow_dir`): a node killed
+private folder in the system's temporary folder, services/scratch.py): a node killed
 or stopped while its spool refused writes lost them (a fault run: 326 of 400 points of
 a job on a read-only datadir), and the next start of the spool takes them back from it.
 """
@@ -24,14 +24,11 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
-import os
 import sqlite3
-import stat
-import tempfile
 import time
 from pathlib import Path
 
-__all__ = ["RETRY", "Spool", "overflow_dir"]
+__all__ = ["RETRY", "Spool"]
 
 #: s between attempts to write held batches into a file that refused them
 RETRY = 1.0
@@ -57,25 +54,6 @@ INSERT OR IGNORE INTO spooled (component, stream, seq, epoch, raw)
     SELECT component, 'e' || epoch, seq, epoch, raw FROM batches;
 DROP TABLE batches;
 """
-
-
-def overflow_dir() -> Path | None:
-    """This user's private folder for overflow files, in the system's temporary folder
-    (``/tmp/tomato-mqtt-<uid>``, mode 0700), or None when it cannot be had safely (a
-    folder of that name someone else made, or a link: another user could read or
-    replace the batches)."""
-    uid = os.getuid() if hasattr(os, "getuid") else None
-    folder = Path(tempfile.gettempdir()) / f"tomato-mqtt-{uid if uid is not None else 'user'}"
-    try:
-        folder.mkdir(mode=0o700, exist_ok=True)
-        st = os.lstat(folder)
-    except OSError:
-        return None
-    if not stat.S_ISDIR(st.st_mode) or (uid is not None and st.st_uid != uid):
-        return None
-    if st.st_mode & 0o077:
-        return None
-    return folder
 
 
 class Spool:

@@ -105,6 +105,7 @@ class FileOps:
                 "altered": altered,  # type: ignore[dict-item]
                 "fallback": note or None,
                 "storage_error": svc.storage_error,
+                "temporary": written in svc.files.temporary,
             },
         )
 
@@ -123,6 +124,10 @@ class FileOps:
         with w.path.open("rb") as f:
             f.seek(a.index * CHUNK)
             chunk = f.read(CHUNK)
+        if a.index == chunks - 1 and w.path in svc.files.temporary:
+            # its last chunk: a snapshot made for this transfer only goes
+            svc.files.tokens.pop(a.token, None)
+            svc.files.fetched(w.path)
         return Result(
             f"chunk {a.index} of {w.path.name}",
             {"index": a.index, "data": base64.b64encode(chunk).decode()},

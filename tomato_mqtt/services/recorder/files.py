@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 from tomato_mqtt import __version__
 from tomato_mqtt.model.jobs import merge_noted, merged_note
 from tomato_mqtt.services.recorder.guard import file_points, missing_points
+from tomato_mqtt.services.scratch import private_dir
 from tomato_mqtt.transport.rpc import CommandError
 from tomato_mqtt.wire.commands import Expect, FetchArgs, FinalizeArgs
 from tomato_mqtt.wire.messages import stream_id
@@ -82,6 +83,8 @@ class Files:
     def __init__(self, svc: RecorderService) -> None:
         self.svc = svc
         self.tokens: dict[str, Written] = {}
+        #: snapshots made in the private temporary folder (removed once fetched)
+        self.temporary: set[Path] = set()
         self.finals: dict[int, dict[str, Any]] = {}  # job -> FinalizeArgs (+ "written")
         self._merging: set[int] = set()
         self._running: set[int] = set()  # jobs known to have no final file yet
@@ -175,11 +178,12 @@ class Files:
             checked = [path]  # the path as the guard resolved it (a symlink followed)
             problems: list[str] = []
 
-            def checked_write(target: Path) -> Path:
+            def checked_write(target: Path, guarded: bool = True) -> Path:
                 # only below the allowed roots, never over a file of another job (the
                 # check reads an existing file: in the thread too, as it waits for the
                 # netCDF lock like the write: tomato_mqtt/nclock.py)
-                target = checked[0] = guard.check_path(target, a.job)
+                if guarded:  # (not: a snapshot in this recorder's private folder)
+                    target = checked[0] = guard.check_path(target, a.job)
                 keep = None
                 if not a.snapshot and target.is_file():
                     had = file_points(target)
@@ -229,7 +233,24 @@ class Files:
                     return path, f"{e}; {also}", problems
                 # keep the data: the job folder (checked the same way) instead
                 fallback = beside(path, Path(a.fallback_dir))
-                written = await asyncio.to_thread(checked_write, fallback)
+                try:
+                    written = await asyncio.to_thread(checked_write, fallback)
+                except OSError as e2:
+                    spare = private_dir() if a.snapshot else None
+                    if spare is None:
+                        raise
+                    # a snapshot is a copy to read: on a full or read-only datadir it is
+                    # made for its transfer only (it failed: "no space left in …/Jobs/1",
+                    # while the user's own folder, where it goes, had room: a fault run)
+                    name = f"snapshot.{jobid}.{uuid.uuid4().hex[:8]}.nc"
+                    written = await asyncio.to_thread(checked_write, spare / name, False)
+                    self.temporary.add(written)
+                    return (
+                        written,
+                        f"{path} could not be written ({e2}): the snapshot was made in "
+                        f"{written} for this transfer only (removed once fetched)",
+                        problems,
+                    )
                 return (
                     written,
                     f"{path} could not be written ({e}); the file was written to the "
@@ -263,8 +284,16 @@ class Files:
         token = uuid.uuid4().hex
         self.tokens[token] = Written(path, size, owner=owner)
         while len(self.tokens) > 100:
-            self.tokens.pop(next(iter(self.tokens)))
+            self.fetched(self.tokens.pop(next(iter(self.tokens))).path)
         return token, size
+
+    def fetched(self, path: Path) -> None:
+        """A file whose token is done with (its last chunk fetched, or evicted): a
+        temporary snapshot goes."""
+        if path in self.temporary and not any(w.path == path for w in self.tokens.values()):
+            self.temporary.discard(path)
+            with contextlib.suppress(OSError):
+                path.unlink()
 
     # -- late data ------------------------------------------------------------------------
     def final_args(self, jobid: int) -> dict[str, Any] | None:

@@ -21,6 +21,7 @@ from pydantic import JsonValue
 
 from tomato_mqtt.config.payloads import PayloadError, parse_payload, read_payload_text
 from tomato_mqtt.config.settings import lies_under
+from tomato_mqtt.errors import cannot_write
 from tomato_mqtt.model.jobs import Job
 from tomato_mqtt.services.scheduler.access import Access
 from tomato_mqtt.services.scheduler.jobstatus import job_status
@@ -470,8 +471,17 @@ class SchedulerOps:
         settings = job.payload.get("settings")
         if not a.record:  # a copy to read: the job and its events stay as they were (an
             return Result(msg, data)  # old job's page opened in a dashboard changed both)
+        if isinstance(data, dict) and data.get("temporary"):
+            return Result(msg, data)  # made for its transfer only: no snappath of the job
         if not (isinstance(settings, dict) and settings.get("snapshot")):
-            job = self.store.update_job(job.id, snappath=written)
+            try:
+                job = self.store.update_job(job.id, snappath=written)
+            except sqlite3.Error as e:
+                if not cannot_write(str(e)):
+                    raise
+                # the snapshot is made: a state file that takes no writes now (a full
+                # datadir) costs only its snappath (the answer was an error: a fault run)
+                return Result(f"{msg} (its snappath is not stored: {e})", data)
             await self.svc.publish_job(job)
         self.svc.job_event(job.id, "snapshot_written", detail={"path": written})
         return Result(msg, data)
