@@ -1965,3 +1965,51 @@ async def test_a_recorder_store_another_program_holds_locked_is_said_and_loses_n
         assert load_tree(info.respath)["counter"].sizes["uts"] == 30
         status = await st.call("status", {"what": "scheduler"})
         assert status.recorder_storage_error is None, status
+
+
+@pytest.mark.parametrize("state_file", ["takes-writes", "full"])
+async def test_a_forced_stop_cancels_the_running_jobs_first_and_loses_no_point(
+    broker: RunningBroker,
+    instance: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    state_file: str,
+) -> None:
+    """A fault run: with the datadir gone read-only mid-job, the job's end could not be
+    stored, so `tomato stop` was refused for good (a cancel stopped the task, the job
+    stayed `r`): a kill was the only way out, and lost what the node held in memory.
+    `stop` with `force` cancels the running jobs (their tasks stopped, their files
+    written with every point taken) and stops the stack once their runners are done;
+    without it, the refusal names it."""
+    full = _state_file_full(monkeypatch)
+    async with inproc_stack(broker.port, tmp_path, instance) as st:
+        job = await st.submit_counter("pip-counter-1", 30, 0.1, tmp_path)
+        await st.wait_job(job.id, {"r"}, timeout=10)
+        await asyncio.sleep(1.0)
+        if state_file == "full":
+            full["on"] = True
+            st.scheduler.store.probe_write()  # (the fault seen: the next write says it)
+            with contextlib.suppress(Exception):
+                st.scheduler.store.update_progress(job.id, {})
+            assert st.scheduler.state_unwritable is not None
+        refused = await st.raw(st.topics.scheduler_cmd("stop"))
+        assert not refused.success and "tomato stop --force" in refused.msg, refused
+        t0 = time.monotonic()
+        said = await st.raw(st.topics.scheduler_cmd("stop"), {"force": True})
+        assert said.success, said
+        assert said.msg.startswith(
+            f"stopping tomato-mqtt once the tasks of job(s) {job.id} are stopped (job "
+            f"{job.id} is being cancelled"
+        ), said
+        assert ("ends ce at the next start" in said.msg) == (state_file == "full"), said
+        assert await st.scheduler.wait_stopped(30)
+        assert time.monotonic() - t0 < 15
+        runner_gone = job.id not in st.scheduler.runners
+        out = tmp_path / "data" / "Jobs" / str(job.id) / f"results.{job.id}.nc"
+        files = [p for p in (tmp_path / f"results.{job.id}.nc", out) if p.exists()]
+        assert runner_gone and files, (runner_gone, files)
+        n = _uts(str(files[0])).size
+        stored = st.recorder.store.job_points(job.id) if st.recorder.store else {}
+        assert n == sum(stored.values()) and n >= 5, (n, stored)
+        if state_file == "takes-writes":  # its end stored and told (cd), before the stop
+            assert st.jobs[job.id].status == "cd", st.jobs[job.id]

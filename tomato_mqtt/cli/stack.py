@@ -8,6 +8,7 @@ until the scheduler answers and every component is registered.
 from __future__ import annotations
 
 import time
+from typing import Annotated
 
 import typer
 
@@ -16,6 +17,10 @@ from tomato_mqtt.cli.common import fail
 from tomato_mqtt.cli.start_core import Done, alive
 
 __all__ = ["app"]
+
+#: s more that `tomato stop --force` waits: the scheduler's FORCE_STOP_WAIT for the
+#: cancelled jobs (services/scheduler/ops.py)
+FORCE_STOP_WAIT = 30.0
 
 # merged into ``tomato`` (no name): ``tomato init``, ``tomato start``, ``tomato stop``
 app = typer.Typer(pretty_exceptions_enable=False, add_completion=False)
@@ -56,15 +61,26 @@ def start(opts: common.Opts) -> None:
     (*common.LOCAL, "broker", "instance", "timeout", "yaml", "json", "verbose", "quiet"),
     timeout=20.0,
 )
-def stop(opts: common.Opts) -> None:
-    """Stop the stack (refused while jobs run)."""
+def stop(
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force",
+            help="also while jobs run: they are cancelled first (cd, their files written), "
+            "and the stack stops once their tasks are stopped",
+        ),
+    ] = False,
+    *,
+    opts: common.Opts,
+) -> None:
+    """Stop the stack (refused while jobs run, unless --force)."""
     from tomato_mqtt.services.supervisor import pidfile_path, read_pidfile
 
     ctx = opts.context()
     reply = common.run_request(
         ctx,
         ctx.topics.scheduler_cmd("stop"),
-        {},
+        {"force": True} if force else {},
         timeout=min(opts.timeout, 5),
         # a scheduler that is only slow (stopped, swapped out) gets the request later and
         # stops the stack then (a fault-injection run: "is it running?", then it stopped)
@@ -80,10 +96,13 @@ def stop(opts: common.Opts) -> None:
     info = read_pidfile(pidfile_path(s.datadir, ctx.url.port)) if s else None
     if info:
         pid = int(str(info.get("pid")))
-        deadline = time.monotonic() + opts.timeout
+        # --force: the cancelled jobs' tasks stop and their files are written first
+        deadline = time.monotonic() + opts.timeout + (FORCE_STOP_WAIT if force else 0.0)
         while alive(pid) and time.monotonic() < deadline:
             time.sleep(0.05)
         if alive(pid):
             fail(f"the supervisor (pid {pid}) did not stop within {opts.timeout:g} s")
     msg = f"tomato-mqtt on port {ctx.url.port} stopped"
+    if force and reply.msg != "stopping tomato-mqtt":  # the jobs it cancelled first: said
+        msg = f"{reply.msg}; {msg}"
     opts.output().reply(Done(msg, {"port": ctx.url.port, "instance": ctx.instance}))

@@ -75,6 +75,14 @@ class NoArgs(_Args):
     pass
 
 
+class StopArgs(_Args):
+    force: bool = Field(
+        False,
+        description="also while jobs run: they are cancelled first (their tasks stopped, "
+        "files written), and the stack stops once their tasks are stopped",
+    )
+
+
 # -- scheduler ---------------------------------------------------------------------------
 StatusSection = Literal["scheduler", "pipelines", "devices", "components", "nodes", "drivers"]
 
@@ -417,7 +425,13 @@ COMMANDS: tuple[Command, ...] = (
         reads=True,
     ),
     _c("scheduler", "reload", NoArgs, LayoutDiff, "re-read settings and devices file"),
-    _c("scheduler", "stop", NoArgs, None, "stop the stack (refused while jobs run)"),
+    _c(
+        "scheduler",
+        "stop",
+        StopArgs,
+        None,
+        "stop the stack (refused while jobs run, unless force: they are cancelled first)",
+    ),
     _c("scheduler", "pipeline_load", LoadArgs, PipelineInfo, "load a sample"),
     _c("scheduler", "pipeline_eject", PipelineArgs, PipelineInfo, "eject the sample"),
     _c("scheduler", "pipeline_ready", PipelineArgs, PipelineInfo, "mark ready"),

@@ -13,6 +13,7 @@ import datetime
 import json
 import logging
 import sqlite3
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -39,6 +40,7 @@ from tomato_mqtt.wire.commands import (
     SearchArgs,
     SnapshotArgs,
     StatusArgs,
+    StopArgs,
     SubmitArgs,
 )
 
@@ -48,6 +50,10 @@ if TYPE_CHECKING:
 __all__ = ["SchedulerOps"]
 
 log = logging.getLogger(__name__)
+
+#: s `tomato stop --force` waits for the cancelled jobs' runners before it stops all
+#: the same (a recorder that does not answer their finalize: each waits up to 3 x 60 s)
+FORCE_STOP_WAIT = 30.0
 
 
 def _submitted(job: Job, note: str = "") -> Result:
@@ -165,7 +171,7 @@ class SchedulerOps:
 
     async def stop(self, args: Mapping[str, JsonValue]) -> Result:
         self.access.require("stop")
-        NoArgs.model_validate(args)
+        a = StopArgs.model_validate(args)
         try:
             running = self.store.jobs(statuses=["r", "rd"])
         except sqlite3.DatabaseError as e:
@@ -181,9 +187,14 @@ class SchedulerOps:
                 f"stopping tomato-mqtt, its state file being damaged (jobs running: {ids}; "
                 "their points so far stay in the recorder's store). " + damaged
             )
+        if running and a.force:
+            return await self._stop_cancelling(running)
         if running:
             ids = ", ".join(str(j.id) for j in running)
-            why = f"cannot stop: job(s) {ids} are running (cancel them first)"
+            why = (
+                f"cannot stop: job(s) {ids} are running (cancel them first, or `tomato stop "
+                "--force`, which cancels them and stops once their tasks are stopped)"
+            )
             if self.svc.state_unwritable is not None:
                 # their ends wait for the file (a review: refused without saying why
                 # they did not end)
@@ -194,6 +205,43 @@ class SchedulerOps:
         self.svc.exit_requested = True
         self.svc.spawn(self._stop_soon())
         return Result("stopping tomato-mqtt")
+
+    async def _stop_cancelling(self, running: list[Job]) -> Result:
+        """``stop`` with ``force`` while jobs run: each is cancelled (its tasks stopped,
+        its file written, ``cd``), and the stack stops once their runners are done, or
+        after FORCE_STOP_WAIT s. A datadir gone read-only mid-job left no way out but a
+        kill (its jobs' ends could not be stored, so `tomato stop` was refused for good:
+        a fault run); their points stay in the recorder's store and the nodes' spools,
+        and a job whose end the state file did not take ends at the next start."""
+        self.svc.exit_requested = True  # nothing launches meanwhile (queue.py)
+        ids = [j.id for j in running]
+        to_cancel: list[JsonValue] = [j.id for j in running if j.status == "r"]
+        told = await self.job_cancel({"jobids": to_cancel}) if to_cancel else None
+        self.svc.spawn(self._stop_when_done(ids))
+        unstored = (
+            "; the state file takes no writes now: a job whose end it has not taken by the "
+            "stop ends ce at the next start, its points kept in the recorder's store and "
+            f"the nodes' spools ({self.svc.state_unwritable})"
+            if self.svc.state_unwritable is not None
+            else ""
+        )
+        return Result(
+            f"stopping tomato-mqtt once the tasks of job(s) {', '.join(map(str, ids))} are "
+            f"stopped ({told.msg if told else 'being cancelled already'}){unstored}"
+        )
+
+    async def _stop_when_done(self, ids: list[int]) -> None:
+        deadline = time.monotonic() + FORCE_STOP_WAIT
+        while any(i in self.svc.runners for i in ids) and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        left = [i for i in ids if i in self.svc.runners]
+        if left:
+            log.warning(
+                "tomato stop --force: job(s) %s not done within %g s: stopping all the same",
+                ", ".join(map(str, left)),
+                FORCE_STOP_WAIT,
+            )
+        await self._stop_soon()
 
     async def _stop_soon(self) -> None:
         await self.svc.publish(self.svc.topics.scheduler_status(), self.svc._presence("stopping"))
