@@ -55,3 +55,28 @@ def test_a_snapshot_on_a_full_datadir_is_made_for_its_transfer_only(tmp_path: Pa
             filler.unlink()
         st.run("ketchup", "cancel", str(jobid), check=True)
         assert st.wait_job(jobid, {"c", "ce", "cd"}, timeout=60)["status"] == "cd"
+
+
+def test_snapshots_left_for_a_transfer_that_never_ended_go_at_the_recorder_s_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A snapshot made for its transfer only is removed once fetched; one whose client
+    went away (or whose recorder was restarted) would stay in the temporary folder for
+    good: the recorder's start removes those older than 10 minutes (a younger one may be
+    another stack's of this user, being fetched)."""
+    import os
+    import tempfile
+
+    from tomato_mqtt.services.recorder.files import Files
+    from tomato_mqtt.services.scratch import private_dir
+
+    monkeypatch.setattr(tempfile, "gettempdir", lambda: str(tmp_path))
+    folder = private_dir()
+    assert folder is not None
+    old, young, other = (folder / n for n in ("snapshot.1.ab.nc", "snapshot.2.cd.nc", "x.nc"))
+    for p in (old, young, other):
+        p.write_bytes(b"CDF")
+    os.utime(old, (time.time() - 3600, time.time() - 3600))
+    os.utime(other, (time.time() - 3600, time.time() - 3600))
+    Files.sweep_temporary()
+    assert not old.exists() and young.exists() and other.exists()

@@ -75,6 +75,9 @@ class Spool:
         )
         self._ov: sqlite3.Connection | None = None
         self._in_overflow: set[tuple[str, str, int]] = set()
+        #: held batches not yet copied to the overflow file, oldest first (a scan of every
+        #: held batch at each put made a long outage quadratic)
+        self._to_copy: dict[tuple[str, str, int], None] = {}
         self._ov_retry_at = 0.0  # monotonic: when to try an overflow file that refused
         # its one writer: only another program takes the lock (an sqlite3 shell inside a
         # transaction); each write waited 5 s before the fault was said
@@ -141,8 +144,11 @@ class Spool:
     def _to_overflow(self) -> None:
         """The held batches the overflow file does not have yet, into it (best effort:
         it is the second copy's place, the memory keeps serving them)."""
-        todo = [k for k in self._held if k not in self._in_overflow]
-        if not todo or time.monotonic() < self._ov_retry_at:
+        if not self._to_copy or time.monotonic() < self._ov_retry_at:
+            return
+        todo = [k for k in self._to_copy if k in self._held and k not in self._in_overflow]
+        if not todo:
+            self._to_copy.clear()
             return
         db = self._overflow()
         if db is None:
@@ -155,12 +161,14 @@ class Spool:
                     "VALUES (?, ?, ?, ?, ?)",
                     [(*k, *self._held[k]) for k in todo],
                 )
-        except sqlite3.Error as e:
+        except sqlite3.Error as e:  # (its disk full too): tried again once per RETRY s
             log.debug(
                 "spool %s: overflow file %s refused writes: %s", self.path, self.overflow_path, e
             )
+            self._ov_retry_at = time.monotonic() + RETRY
             return
         self._in_overflow.update(todo)
+        self._to_copy.clear()
 
     def _drop_overflow(self) -> None:
         """Every batch it had is in the spool's file now (or acknowledged): gone."""
@@ -244,6 +252,7 @@ class Spool:
         """Store one batch; returns how many old batches had to be dropped to make room.
         Never raises for the file: a batch it does not take is held (see the module)."""
         self._held[(component, stream, seq)] = (epoch, raw)
+        self._to_copy[(component, stream, seq)] = None
         self._bytes += len(raw)
         self.retry(force=self.failing is None)  # a file that refused: once per RETRY s
         if self.failing is not None:  # each batch safe from a kill at once, not at a retry
@@ -283,6 +292,7 @@ class Spool:
                 [(c, st, q, ep, raw) for (c, st, q), (ep, raw) in self._held.items()],
             )
         self._held.clear()
+        self._to_copy.clear()
 
     def get(self, component: str, stream: str, first: int, last: int) -> list[tuple[int, bytes]]:
         """The batches still held in ``first..last`` (inclusive), by seq."""

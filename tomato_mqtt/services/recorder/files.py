@@ -287,6 +287,20 @@ class Files:
             self.fetched(self.tokens.pop(next(iter(self.tokens))).path)
         return token, size
 
+    @staticmethod
+    def sweep_temporary(older_than: float = 600.0) -> None:
+        """At the recorder's start: the snapshots made for a transfer that never ended
+        (the fetching client gone, a recorder restarted) go; a younger one may be another
+        stack's of this user, being fetched."""
+        folder = private_dir()
+        if folder is None:
+            return
+        now = time.time()
+        for p in folder.glob("snapshot.*.nc"):
+            with contextlib.suppress(OSError):
+                if now - p.stat().st_mtime > older_than:
+                    p.unlink()
+
     def fetched(self, path: Path) -> None:
         """A file whose token is done with (its last chunk fetched, or evicted): a
         temporary snapshot goes."""

@@ -178,6 +178,7 @@ class RecorderService(Service):
             "recorder", self.db_path, "the recorder", lambda: BatchStore(self.db_path)
         )
         self.highest_job = self.store.highest_job()
+        self.files.sweep_temporary()
 
     async def started(self) -> None:
         self.requester = Requester(self.mqtt, self.topics, self.max_reply)
