@@ -13,6 +13,7 @@ import glob
 import os
 import re
 import shutil
+import signal
 import subprocess
 import threading
 import time
@@ -31,6 +32,7 @@ from tests.chaos.harness import (
     Run,
     Unavailable,
     chaos_stack,
+    count_file,
     fault_job,
     job_or_none,
     measure,
@@ -231,6 +233,83 @@ def store_full(root: Path, p: Params) -> Run:
         run.seen["running_while_full"] = round(running[0], 1)
         run.seen["recorder_log"] = _grep(st.logdir / "recorder.log", "No space|full")
         return run
+
+
+#: s the full disk holds the node's batches in memory (and its overflow file) before the
+#: node is killed, and s after the kill until the disk is freed
+FULL_BEFORE_KILL, KILL_BEFORE_FREE = 3.0, 2.0
+#: points a killed node may lose by the book: its runner's buffer (one batch_interval,
+#: 0.5 s) and a point in flight, at 20 Hz; the fault lost 3 s of them (60 points)
+KILL_MAY_LOSE_S = 1.0
+#: s the late points of such a run may take to reach the file after the job's end
+LATE_MERGE_WAIT = 15.0
+
+
+def full_kill_node(root: Path, p: Params) -> Run:
+    """The recorder's store and the node's spool (links into a 2 MB tmpfs) full 1 s
+    into the task; the node killed (SIGKILL) FULL_BEFORE_KILL s later, the disk freed
+    KILL_BEFORE_FREE s after that. A fault run: the batches the node held in memory
+    while its spool refused them were lost with it, and those its restart sent again
+    into the still-full store were never asked for again (114 of 180 points)."""
+    p = dataclasses.replace(p, duration=max(p.duration, 10.0))
+    with contextlib.ExitStack() as es:
+        store = es.enter_context(tiny_tmpfs(root / "store"))
+
+        def link_stores(st: Stack) -> None:
+            (st.datadir / "recorder.sqlite").symlink_to(store / "recorder.sqlite")
+            (st.datadir / "spool").mkdir(parents=True, exist_ok=True)
+            (st.datadir / "spool" / "local.sqlite").symlink_to(store / "local.sqlite")
+            tmp = root / "tmp"  # the services' temporary folder (the overflow): this run's
+            tmp.mkdir(parents=True, exist_ok=True)
+            st.env["TMPDIR"] = str(tmp)
+
+        st = es.enter_context(chaos_stack(root / "stack", before_start=link_stores))
+        seen: dict[str, float] = {}
+
+        def fault(st: Stack, _jobid: int) -> None:
+            seen["task_began"] = time.time() - p.fault_at
+            filler = _fill(store)
+            time.sleep(FULL_BEFORE_KILL)
+            pid = st.child_pid("node")
+            seen["killed_at"] = time.time()
+            os.kill(pid, signal.SIGKILL)
+            time.sleep(KILL_BEFORE_FREE)
+            filler.unlink()
+
+        run = fault_job(st, "full-kill-node", p, fault)
+        run.seen.update(seen)
+        if "killed_at" not in seen:
+            return run
+        taken = round((seen["killed_at"] - seen["task_began"]) * p.hz)
+        run.seen["taken_before_kill"] = taken
+        # the job ends while the store is still full or just freed: what the restarted
+        # node sends again comes as late data, merged into the file (within seconds)
+        job = job_or_none(st, int(seen.get("job", run.seen.get("job", 0)))) or {}
+        floor = taken - KILL_MAY_LOSE_S * p.hz
+        run.seen["in_file_at_end"] = run.in_file
+        until = time.monotonic() + LATE_MERGE_WAIT
+        while (run.in_file or 0) < floor and time.monotonic() < until:
+            time.sleep(0.5)
+            counted = count_file(job.get("respath"), 1.0 / p.hz)
+            if counted is not None:
+                run.in_file = sum(counted.counts.values())
+                run.dups, run.max_gap = counted.dups, counted.max_gap
+        return run
+
+
+def full_kill_kept(run: Run) -> str | None:
+    """Every point the node took before the kill is in the file, but what its runner
+    held unspooled (KILL_MAY_LOSE_S)."""
+    taken = run.seen.get("taken_before_kill")
+    if taken is None or run.in_file is None:
+        return "the node was not killed, or no file was written"
+    floor = taken - KILL_MAY_LOSE_S * run.hz
+    if run.in_file >= floor:
+        return None
+    return (
+        f"{run.in_file} points in the file, of ~{taken} taken before the kill (at most "
+        f"{KILL_MAY_LOSE_S:g} s of them may go): those held while the disk was full were lost"
+    )
 
 
 def _grep(path: Path, what: str) -> int:

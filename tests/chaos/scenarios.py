@@ -33,7 +33,15 @@ from tests.chaos.harness import (
     signal_service,
     wait_end,
 )
-from tests.chaos.host_faults import netns_cut, skew, skew_shown, store_full, store_full_shown
+from tests.chaos.host_faults import (
+    full_kill_kept,
+    full_kill_node,
+    netns_cut,
+    skew,
+    skew_shown,
+    store_full,
+    store_full_shown,
+)
 from tests.stack import Stack, kill_stack, start_stack
 
 __all__ = ["SCENARIOS", "Scenario", "run_scenario"]
@@ -189,6 +197,15 @@ SCENARIOS: dict[str, Scenario] = {
         Scenario("reload-readd", reload_readd, "c"),
         Scenario("netns-cut", netns_cut, "c|ce"),
         Scenario("store-full", store_full, "c", shows=store_full_shown),
+        # the node killed while its spool's disk is full: its batches were in memory only
+        Scenario(
+            "full-kill-node",
+            full_kill_node,
+            "ce",
+            exact=False,
+            reason_has=COUNTER,
+            shows=full_kill_kept,
+        ),
         Scenario("skew+60", skew("+60s"), "c", shows=skew_shown),
         Scenario("skew-60", skew("-60s"), "c", shows=skew_shown),
     )

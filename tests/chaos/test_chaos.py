@@ -71,6 +71,7 @@ CASES = [
     pytest.param("reload-readd", RATE_HZ),
     pytest.param("netns-cut", RATE_HZ),
     pytest.param("store-full", RATE_HZ),
+    pytest.param("full-kill-node", RATE_HZ),
     pytest.param("skew+60", RATE_HZ),
     pytest.param("skew-60", RATE_HZ),
 ]
@@ -85,6 +86,15 @@ def test_store_full_is_visible_while_it_lasts(chaos: Get) -> None:
     """The same run as ``store-full``: while the store was full, ``ketchup status`` of the
     job showed a reason (the recorder cannot store)."""
     run = chaos("store-full", RATE_HZ)
+    if run.unseen:
+        raise NotAsSpecified(f"{run.unseen}: {run.seen}")
+
+
+def test_a_node_killed_on_a_full_disk_loses_no_point_it_spooled_or_held(chaos: Get) -> None:
+    """The same run as ``full-kill-node``: every point the node took before the kill is in
+    the file (but what its runner held unspooled, ≤ 1 s), also those it held in memory
+    while its spool's disk was full (they were lost with it: a fault run)."""
+    run = chaos("full-kill-node", RATE_HZ)
     if run.unseen:
         raise NotAsSpecified(f"{run.unseen}: {run.seen}")
 
