@@ -229,6 +229,81 @@ async def test_reload_names_the_keys_of_the_devices_file_it_ignores(
         assert rep.msg == "reload done: no changes", rep.msg
 
 
+async def test_a_reload_applies_the_submit_limits_and_names_a_changed_port(
+    broker: RunningBroker, tmp_path: Path, instance: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An outside fault run: `tomato reload` after tightening `[jobs] max_tasks` answered
+    "reload done: [jobs]" and a 2-task payload was still accepted (the submit limits were
+    the start's until a restart; loosened, they refused what they now allow); a changed
+    `[mqtt] port` was "no changes"; and nothing of a reload was in the scheduler's log."""
+    caplog.set_level("INFO", logger="tomato_mqtt.services.scheduler.reload")
+    doc = yaml.safe_load((CONFIG / "counter_v2.2.yml").read_text())
+    doc["method"] = doc["method"][:1] * 2
+    async with inproc_stack(broker.port, tmp_path, instance) as st:
+        toml = st.settings.appdir / "settings.toml"
+        text = toml.read_text()
+        toml.write_text(text + "\n[jobs]\nmax_tasks = 1\n")
+        reply = await st.raw(st.topics.scheduler_cmd("reload"))
+        assert reply.success and reply.msg == "reload done: [jobs]", reply
+        with pytest.raises(ReplyError) as e:
+            await st.call("job_submit", {"payload": doc, "submit_dir": str(tmp_path)})
+        assert "2 tasks, more than the 1 a job may hold ([jobs] max_tasks)" in str(e.value)
+        toml.write_text(text)  # loosened again: taken at once
+        reply = await st.raw(st.topics.scheduler_cmd("reload"))
+        assert reply.success and reply.msg == "reload done: [jobs]", reply
+        job = await st.call("job_submit", {"payload": doc, "submit_dir": str(tmp_path)})
+        await st.call("job_cancel", {"jobids": [job.id]})
+        port = st.settings.mqtt.port
+        toml.write_text(text.replace("[mqtt]\n", f"[mqtt]\nport = {port + 1}\n"))
+        assert f"port = {port + 1}" in toml.read_text()
+        reply = await st.raw(st.topics.scheduler_cmd("reload"))
+        assert reply.success and "[mqtt] changed, which reload does not apply" in reply.msg, reply
+        toml.write_text(text)
+    said = [r.getMessage() for r in caplog.records if "reload done" in r.getMessage()]
+    assert said[:2] == ["reload done: [jobs]", "reload done: [jobs]"], said
+
+
+def test_a_misspelt_top_level_key_of_the_devices_file_is_refused() -> None:
+    """An outside fault run: `pipeline:` for `pipelines:` reloaded "done", removing every
+    pipeline of the lab, with a warning at the end of the message; a file with neither
+    key (only `foo: 1`) was an empty lab. Both are refused (tomato 2.2 fails on them too)."""
+    from tomato_mqtt.config.devices import parse_devices
+    from tomato_mqtt.errors import ConfigError
+
+    doc = yaml.safe_load((CONFIG / "devices_counter.yml").read_text())
+    doc["pipeline"] = doc.pop("pipelines")
+    with pytest.raises(ConfigError) as e:
+        parse_devices(doc, "devices.yml")
+    assert str(e.value) == (
+        "devices.yml: unknown key 'pipeline': did you mean 'pipelines'? (the file has no "
+        "'pipelines': were it ignored, there would be no pipelines)"
+    )
+    with pytest.raises(ConfigError) as e:
+        parse_devices({"foo": 1}, "devices.yml")
+    assert str(e.value) == "devices.yml: it needs 'devices' and 'pipelines' (it has 'foo')"
+    doc["pipelines"] = doc.pop("pipeline")  # both, and a near one beside them: a warning
+    doc["pipeline"] = "a note"
+    layout = parse_devices(doc, "devices.yml")
+    assert layout.pipelines and "unknown key 'pipeline' ignored" in layout.ignored[0]
+
+
+def test_a_job_waiting_for_a_component_that_cannot_register_says_why() -> None:
+    """An outside fault run: a pipeline added by a reload with a driver not installed made
+    its job wait with "component … is not registered yet", as if it would; the node had
+    said why (`tomato status components`). The reason carries it."""
+    from tomato_mqtt.config.devices import PipelineLayout
+    from tomato_mqtt.model.matching import ComponentView, match
+
+    pips = {"pip-ghost": PipelineLayout(name="pip-ghost", roles={"counter": "ghost"})}
+    why = "driver 'nosuchdrv' is not installed on this node (…)"
+    views = {"ghost": ComponentView(name="ghost", capabilities=None, error=why)}
+    method = [{"component_role": "counter", "technique_name": "count", "task_params": {}}]
+    got = match(method, pips, views, lambda *a: None)
+    assert got.reason == (
+        f"role 'counter': component ghost on pip-ghost is not registered: {why}"
+    ), got.reason
+
+
 async def test_a_payload_of_too_many_tasks_is_refused_before_its_tasks_are_read(
     broker: RunningBroker, tmp_path: Path, instance: str
 ) -> None:

@@ -220,8 +220,21 @@ def parse_devices(data: Any, file: str | Path = "<devices>", default_node: str =
         raise ConfigError(
             file, None, f"expected a mapping with 'devices' and 'pipelines', not {_kind(data)}"
         )
+    if "devices" not in data and "pipelines" not in data:  # (as an empty file)
+        has = ", ".join(repr(str(k)) for k in data) or "nothing"
+        raise ConfigError(file, None, f"it needs 'devices' and 'pipelines' (it has {has})")
     known, unknown = _known_keys(data)
     for where, key, kind in unknown:
+        if kind == "the file" and (near := _nearest(key, kind, cutoff=0.8)) not in (None, *data):
+            # a misspelt top-level key: ignored, it removed every pipeline (or device) of
+            # the lab at a reload, said only in a warning after "reload done" (an outside
+            # fault run); tomato 2.2 fails on such a file too
+            raise ConfigError(
+                file,
+                None,
+                f"unknown key {key!r}: did you mean {near!r}? (the file has no {near!r}: "
+                f"were it ignored, there would be no {near})",
+            )
         near = _nearest(key, kind, cutoff=0.85)  # nod, noed, nodes; not mode, note, code
         if near in _OURS:  # not tomato 2.2's: nothing to keep compatible by ignoring it
             raise ConfigError(

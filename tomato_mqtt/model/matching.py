@@ -36,6 +36,8 @@ class ComponentView:
     capabilities: frozenset[str] | None  # None: not registered (yet)
     attrs: Mapping[str, Any] = field(default_factory=dict)  # attr name -> spec, for validators
     online: bool = True
+    #: why it does not register, as its node said (its driver is not installed, broken)
+    error: str | None = None
 
 
 Validator = Callable[[ComponentView, str, Mapping[str, Any]], str | None]
@@ -151,6 +153,8 @@ def _problem(
         if view is None or not view.online:
             return f"{head}: component {comp} on {pip.name} is not online"
         if view.capabilities is None:
+            if view.error:  # said: "not registered yet" told the user to wait for good
+                return f"{head}: component {comp} on {pip.name} is not registered: {view.error}"
             return f"{head}: component {comp} on {pip.name} is not registered yet"
         if t.technique not in view.capabilities:
             caps = ", ".join(sorted(view.capabilities)) or "nothing"

@@ -64,8 +64,13 @@ class QueuePass:
             node = self.svc.node_of(name)
             online = node is not None and node.state == "online"
             caps = frozenset(meta.capabilities) if meta and meta.registered else None
+            st = self.svc.component_status(name) if caps is None else None
             out[name] = ComponentView(
-                name=name, capabilities=caps, attrs=meta.attrs if meta else {}, online=online
+                name=name,
+                capabilities=caps,
+                attrs=meta.attrs if meta else {},
+                online=online,
+                error=(meta.error if meta else None) or (st.error if st else None),
             )
         return out
 

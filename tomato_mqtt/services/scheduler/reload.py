@@ -7,6 +7,7 @@ whole (nothing changes), anything else is applied and pushed to the nodes.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +23,8 @@ if TYPE_CHECKING:
     from tomato_mqtt.services.scheduler.ops import SchedulerOps
 
 __all__ = ["reload"]
+
+log = logging.getLogger(__name__)
 
 
 async def reload(ops: SchedulerOps, args: Mapping[str, JsonValue]) -> Result:
@@ -42,6 +45,7 @@ async def reload(ops: SchedulerOps, args: Mapping[str, JsonValue]) -> Result:
         )
         new_layout = load_devices(new_settings.devices_file, new_settings.node.name)
     except ConfigError as e:
+        log.warning("reload refused, nothing changed: %s", e)
         raise CommandError(f"reload refused, nothing changed: {e}") from None
     diff = svc.layout.diff(new_layout)
     busy_components: set[str] = set()
@@ -63,12 +67,13 @@ async def reload(ops: SchedulerOps, args: Mapping[str, JsonValue]) -> Result:
         if old.drivers.get(drv) != new_settings.drivers.get(drv):
             touched.append(f"settings of driver {drv}")
     if touched:
-        raise CommandError(
+        why = (
             "reload refused, nothing changed: it would modify "
             + ", ".join(sorted(set(touched)))
-            + " of a running job",
-            code="conflict",
+            + " of a running job"
         )
+        log.warning("%s", why)
+        raise CommandError(why, code="conflict")
     removed_pips = set(svc.layout.pipelines) - set(new_layout.pipelines)
     holding = [
         f"{p.name} (sample {p.sampleid!r})"
@@ -77,12 +82,13 @@ async def reload(ops: SchedulerOps, args: Mapping[str, JsonValue]) -> Result:
     ]
     if holding:  # the sample went with the pipeline, without a word (a fault-injection
         # review: reloading the old file back brought the pipelines back empty)
-        raise CommandError(
+        why = (
             "reload refused, nothing changed: it would remove pipeline(s) "
             + ", ".join(sorted(holding))
-            + ", which hold a sample: eject it first (tomato pipeline eject NAME)",
-            code="conflict",
+            + ", which hold a sample: eject it first (tomato pipeline eject NAME)"
         )
+        log.warning("%s", why)
+        raise CommandError(why, code="conflict")
     drivers_changed = sorted(
         d
         for d in set(old.drivers) | set(new_settings.drivers)
@@ -93,6 +99,9 @@ async def reload(ops: SchedulerOps, args: Mapping[str, JsonValue]) -> Result:
     # found "no changes" while it added the pipelines: a fault review)
     ops.store.sync_pipelines(new_layout.pipelines)
     svc.settings = new_settings
+    # the submit limits are checked by the access rules: they held the settings of the
+    # start, so a reload said "[jobs]" and changed nothing (an outside fault run)
+    ops.access.settings = new_settings
     svc.layout = new_layout
     for name in removed_pips:
         await svc.clear_pipeline(name)
@@ -109,6 +118,10 @@ async def reload(ops: SchedulerOps, args: Mapping[str, JsonValue]) -> Result:
     # sections the running services read once, at their start: say so, not "no changes"
     first = svc.started_with
     later = [f"[{k}]" for k in _AT_START if getattr(first, k) != getattr(new_settings, k)]
+    if "[mqtt]" not in later and _file_port(new_settings) not in (None, first.mqtt.port):
+        # (read with the running port, which a changed `port =` in the file never showed:
+        # "no changes", and the next CLI call went to the new port: an outside run)
+        later.insert(0, "[mqtt]")
     if later:
         what += (
             f"; {', '.join(later)} changed, which reload does not apply: they take effect "
@@ -116,7 +129,21 @@ async def reload(ops: SchedulerOps, args: Mapping[str, JsonValue]) -> Result:
         )
     if new_layout.ignored:  # said at every reload: the user is looking at the file now
         what += "; warning: " + "; warning: ".join(new_layout.ignored)
+    log.info("reload done: %s", what)  # (nothing in the log told what a reload changed)
     return Result("reload done: " + what, _jsonable_diff(diff))
+
+
+def _file_port(settings: Any) -> int | None:
+    """The ``[mqtt] port`` settings.toml says now (None: it says none, or cannot be read)."""
+    from tomato_mqtt.config.settings import _read_toml
+
+    path = settings.appdir / "settings.toml" if settings.appdir else None
+    try:
+        data = _read_toml(path) if path is not None else {}
+    except ConfigError:
+        return None
+    port = (data.get("mqtt") or {}).get("port")
+    return port if isinstance(port, int) else None
 
 
 #: settings.toml sections the services read when they start (reload cannot apply them)
