@@ -263,6 +263,23 @@ async def test_a_reload_applies_the_submit_limits_and_names_a_changed_port(
     assert said[:2] == ["reload done: [jobs]", "reload done: [jobs]"], said
 
 
+async def test_a_cancel_naming_an_unknown_job_says_none_was_cancelled(
+    broker: RunningBroker, tmp_path: Path, instance: str
+) -> None:
+    """An outside run: `ketchup cancel 99 9999` answered "no job with id 9999" and left
+    job 99 queued (all or nothing), which the answer did not say."""
+    doc = yaml.safe_load((CONFIG / "counter_v2.2.yml").read_text())
+    async with inproc_stack(broker.port, tmp_path, instance) as st:
+        job = await st.call("job_submit", {"payload": doc, "submit_dir": str(tmp_path)})
+        with pytest.raises(ReplyError) as e:
+            await st.call("job_cancel", {"jobids": [job.id, 9999]})
+        assert str(e.value) == "no job with id 9999: none of the jobs was cancelled"
+        assert e.value.code == "not_found"
+        (still,) = await st.call("job_status", {"jobids": [job.id]})
+        assert still.status in ("q", "qw"), still
+        await st.call("job_cancel", {"jobids": [job.id]})
+
+
 def test_a_misspelt_top_level_key_of_the_devices_file_is_refused() -> None:
     """An outside fault run: `pipeline:` for `pipelines:` reloaded "done", removing every
     pipeline of the lab, with a warning at the end of the message; a file with neither

@@ -437,7 +437,13 @@ class SchedulerOps:
         a = JobIdsArgs.model_validate(args)
         if not a.jobids:
             raise CommandError("give the id of the job(s) to cancel", code="bad_request")
-        jobs = self._jobs(a.jobids)
+        try:
+            jobs = self._jobs(a.jobids)
+        except CommandError as e:  # all or nothing: said (`ketchup cancel 99 9999` left 99
+            # queued with only "no job with id 9999": an outside run)
+            if len(a.jobids) > 1:
+                e = CommandError(f"{e}: none of the jobs was cancelled", code=e.code)
+            raise e from None
         for job in jobs:  # all or nothing: no job is cancelled if one is not theirs
             self.access.require_job(job, "cancel")
         out: list[JsonValue] = []
