@@ -10,7 +10,7 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -1237,11 +1237,9 @@ async def test_a_task_is_not_given_up_while_the_broker_passes_nothing(
     assert not [e for e, _ in host.events if e == "warning"], host.events
 
 
-def test_the_backlog_of_a_stalled_broker_is_no_clock_offset() -> None:
-    """A fault run: a broker stalled 40 s delivered the nodes' queued heartbeats at once;
-    taken for the nodes' clocks, they wrote tomato_clock_offset -37 s into a job's file
-    (the node on the scheduler's own PC) and warned of every node's clock. Heartbeats that
-    come while the broker is quiet, or just after it is back, are no measure of a clock."""
+def _presence_of_one_node() -> tuple[Any, Callable[[float], None]]:
+    """A scheduler's Presence (heartbeat 0.05 s) and ``beat(offset)``: a live status of
+    node ``pc`` whose clock is ``offset`` s off, as received."""
     from types import SimpleNamespace
 
     from tomato_mqtt.services.scheduler.presence import Presence
@@ -1259,6 +1257,15 @@ def test_the_backlog_of_a_stalled_broker_is_no_clock_offset() -> None:
         st = NodeStatus(state="online", node="pc", epoch=1, heartbeat=time.time() + offset)
         p.received(st, retained=False)
 
+    return p, beat
+
+
+def test_the_backlog_of_a_stalled_broker_is_no_clock_offset() -> None:
+    """A fault run: a broker stalled 40 s delivered the nodes' queued heartbeats at once;
+    taken for the nodes' clocks, they wrote tomato_clock_offset -37 s into a job's file
+    (the node on the scheduler's own PC) and warned of every node's clock. Heartbeats that
+    come while the broker is quiet, or just after it is back, are no measure of a clock."""
+    p, beat = _presence_of_one_node()
     p.broker_quiet = True
     for late in range(-40, 0, 2):  # the backlog, oldest first
         beat(late)
@@ -1276,23 +1283,7 @@ def test_the_backlog_of_a_held_up_scheduler_is_no_clock_offset() -> None:
     another program) then read the nodes' heartbeats that had waited, and warned "node
     local: clock differs from the scheduler's by -21.9 s". Statuses read while its own
     heartbeat is late, or just after it came, are no measure of a clock."""
-    from types import SimpleNamespace
-
-    from tomato_mqtt.services.scheduler.presence import Presence
-
-    svc: Any = SimpleNamespace(
-        settings=SimpleNamespace(scheduler=SimpleNamespace(lost_after=5, clock_tolerance=2)),
-        heartbeat=0.05,
-        nodes={},
-        runners={},
-        broker_heard=float("inf"),
-    )
-    p = Presence(svc)
-
-    def beat(offset: float) -> None:
-        st = NodeStatus(state="online", node="pc", epoch=1, heartbeat=time.time() + offset)
-        p.received(st, retained=False)
-
+    p, beat = _presence_of_one_node()
     p.tick()
     beat(0.0)
     time.sleep(0.3)  # held up: six heartbeats late
