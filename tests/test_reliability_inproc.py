@@ -598,12 +598,30 @@ async def test_a_node_whose_spool_disk_is_full_keeps_running_and_loses_no_point(
                 break
             await asyncio.sleep(0.1)
         assert spool.failing, "the spool took writes"
+        # `tomato status` names it (it was in the node's log only)
+        for _ in range(50):
+            status = await st.call("status", {"what": "scheduler"})
+            if status.node_storage_errors:
+                break
+            await asyncio.sleep(0.1)
+        said = status.node_storage_errors.get("local") or ""
+        assert said.startswith(f"node local: cannot write the spool {spool.path} ("), status
+        from tomato_mqtt.cli.status_text import _scheduler
+
+        shown = _scheduler("scheduler", status.model_dump(mode="json"))
+        assert f"storage:   {said}" in shown, shown
         spool._db.execute("PRAGMA query_only = 0")  # writes again, mid-task
         done = await st.wait_job(job.id, {"c", "ce", "cd"}, timeout=60)
         (final,) = await st.call("job_status", {"jobids": [job.id]})
+        for _ in range(50):
+            after = await st.call("status", {"what": "scheduler"})
+            if not after.node_storage_errors:
+                break
+            await asyncio.sleep(0.1)
     assert done.status == "c", done.reason
     _all_taken_in_file(final)
     assert "cannot write the spool" in caplog.text
+    assert not after.node_storage_errors, after  # and no more once it takes writes
 
 
 async def test_a_task_whose_last_points_cannot_be_flushed_still_ends(

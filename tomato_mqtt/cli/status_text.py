@@ -45,6 +45,9 @@ def _scheduler(msg: str, data: Any) -> str:
         ("storage", data.get("storage_error")),
         ("storage", data.get("recorder_storage_error")),  # the recorder's store (full, locked)
     ]
+    spools = data.get("node_storage_errors")
+    if isinstance(spools, Mapping):  # each node's spool (its batches wait elsewhere)
+        fields += [("storage", v) for v in spools.values()]
     lines = [msg] + [f"  {k + ':':<10} {v}" for k, v in fields if v is not None]
     return "\n".join(lines)
 

@@ -150,6 +150,12 @@ class NodeStatus(WireModel):
     )
     spool_pending: int = 0
     spool_dropped: int = 0
+    spool_error: str | None = Field(
+        default=None,
+        description="why the node's spool takes no writes now (a full or read-only "
+        "datadir, another program's lock) and where its batches wait meanwhile (memory, "
+        "an overflow file); null when it takes them",
+    )
 
 
 class RecorderStatus(WireModel):

@@ -138,6 +138,11 @@ class SchedulerInfo(SchedulerStatus):
         description="why the recorder cannot store data now, as its status says "
         "(RecorderStatus.storage_error); null when it can",
     )
+    node_storage_errors: dict[str, str] = Field(
+        default_factory=dict,
+        description="node -> why its spool takes no writes now, as its status says "
+        "(NodeStatus.spool_error)",
+    )
     status: Literal["running"] = "running"
     port: int
     appdir: str | None = None

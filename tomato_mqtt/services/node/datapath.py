@@ -79,6 +79,8 @@ class DataPath:
         self.node = node
         self.flush_now = asyncio.Event()
         self._spool_failing: str | None = None  # what was last said about the spool
+        #: what the node's status says of its spool while it takes no writes
+        self.spool_error: str | None = None
 
     def _tell_spool_state(self, failing: str | None) -> None:
         """Say once when the spool file stops taking writes, and once when it takes them
@@ -98,15 +100,14 @@ class DataPath:
                 if spool is not None and spool.overflowed
                 else ""
             )
-            log.warning(
-                "node %s: cannot write the spool %s (%s): unacknowledged batches are held "
-                "in memory%s until it can",
-                self.node.name,
-                where,
-                said,
-                kept,
+            # in the node's status too (`tomato status` names it): it was in its log only
+            self.spool_error = (
+                f"node {self.node.name}: cannot write the spool {where} ({said}): "
+                f"unacknowledged batches are held in memory{kept} until it can"
             )
+            log.warning("%s", self.spool_error)
         elif failing is None:
+            self.spool_error = None
             log.info("node %s: the spool %s takes writes again", self.node.name, where)
         self._spool_failing = failing
 

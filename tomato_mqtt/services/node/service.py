@@ -624,6 +624,7 @@ class NodeService(Service):
             stream_ids={n: hc.stream for n, hc in self.components.items() if hc.stream},
             spool_pending=pending,
             spool_dropped=dropped,
+            spool_error=self.data.spool_error,
         )
 
     async def _publish_node_status(self) -> None:

@@ -149,6 +149,9 @@ def status_section(svc: SchedulerService, store: StateStore, what: str) -> Resul
             data["devices_file"] = str(svc.settings.devices_file)
             # the recorder's store too: `tomato status` named the state file's faults only
             data["recorder_storage_error"] = svc.presence_view.storage_error
+            data["node_storage_errors"] = {
+                n: st.spool_error for n, st in svc.nodes.items() if st.spool_error
+            }
             data["status"] = "running"
             data["port"] = svc.settings.mqtt.port
             data["appdir"] = str(svc.settings.appdir) if svc.settings.appdir else None
