@@ -116,6 +116,43 @@ async def test_async_client_jobs_stream_snapshot_and_components(
             await t.pipeline_eject("pip-counter-2")
 
 
+async def test_calls_watching_jobs_side_by_side_on_one_connection_each_get_their_messages(
+    broker: RunningBroker, tmp_path: Path, instance: str
+) -> None:
+    """An integrator's run: two `wait()`s of one job on one client (two users of a
+    dashboard backend viewing it) - the older timed out though the job had ended: a
+    second subscription to a filter replaced the first, and the first call's unsubscribe
+    ended the other's. Streams of two jobs on one `AsyncTomato` got no points."""
+    payload = yaml.safe_load((CONFIG / "counter_1_0.1.yml").read_text())
+    payload["method"][0]["time"] = 2.0
+    async with inproc_stack(broker.port, tmp_path, instance, components=2) as st:
+        url = f"mqtt://127.0.0.1:{broker.port}"
+        async with AsyncTomato(url, instance) as t:
+            jobs = []
+            for pip in ("pip-counter-1", "pip-counter-2"):
+                await t.pipeline_load(pip, "counter_1_0.1")
+                await t.pipeline_ready(pip)
+                jobs.append(await t.submit(payload))
+            a, b = jobs
+
+            async def count(job: object) -> int:
+                n = 0
+                async for batch in job.stream(timeout=30):  # type: ignore[attr-defined]
+                    n += len(batch.uts)
+                return n
+
+            async def wait_later(job: object) -> str:
+                await asyncio.sleep(0.5)  # (subscribes after the first wait did)
+                return str((await job.wait(timeout=30)).status)  # type: ignore[attr-defined]
+
+            got = await asyncio.gather(
+                a.wait(timeout=30), wait_later(a), count(a), count(b), b.wait(timeout=30)
+            )
+            assert got[0].status == "c" and got[1] == "c" and got[4].status == "c", got
+            assert got[2] > 5 and got[3] > 5, got  # each stream saw its job's points
+        assert not st.scheduler.runners
+
+
 def _umask() -> int:
     m = os.umask(0o022)
     os.umask(m)

@@ -107,7 +107,7 @@ async def retained(req: Requester, topic: str, wait: float) -> bytes | None:
         return None
     finally:
         with contextlib.suppress(Exception):
-            await req.client.unsubscribe(topic)
+            await req.client.unsubscribe(topic, handler=on_msg)
 
 
 async def meta(req: Requester, name: str, timeout: float) -> ComponentMeta:

@@ -396,7 +396,7 @@ class AsyncTomato:
         finally:
             for f in filters:
                 with contextlib.suppress(Exception):
-                    await self.mqtt.unsubscribe(f)
+                    await self.mqtt.unsubscribe(f, handler=inbox)
 
     async def stream(self, jobid: int, *, timeout: float | None = None) -> AsyncIterator[DataBatch]:
         """The job's data batches as its components publish them, until it ends.
@@ -444,7 +444,7 @@ class AsyncTomato:
         finally:
             for f in (data, status):
                 with contextlib.suppress(Exception):
-                    await self.mqtt.unsubscribe(f)
+                    await self.mqtt.unsubscribe(f, handler=inbox)
 
     async def snapshot(self, jobid: int, path: str | os.PathLike[str] | None = None) -> Any:
         """An up-to-date file of the job: written to ``path`` (returns the Path), or

@@ -96,4 +96,4 @@ async def resolve(
         raise not_announced(want, metas) from None
     finally:
         with contextlib.suppress(Exception):
-            await req.client.unsubscribe(flt)
+            await req.client.unsubscribe(flt, handler=on_meta)

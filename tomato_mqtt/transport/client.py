@@ -99,7 +99,12 @@ class AsyncClient(_LoopDriven):
         self._connected = asyncio.Event()
         self._connack: asyncio.Future[int] | None = None
         self._acks: dict[int, asyncio.Future[Any]] = {}
-        self._subs: dict[str, _Subscription] = {}
+        #: filter -> its subscriptions: several on one filter (two calls of the client
+        #: library following jobs on one connection) each get every message; the first
+        #: replaced the other, and one's unsubscribe ended the other's (an outside run:
+        #: the older `wait()` timed out on a job that had ended long before)
+        self._subs: dict[str, list[_Subscription]] = {}
+        self._sub_list: list[_Subscription] = []  # all of them, for delivery
         self._inbox = Inbox(self.client_id, max_queued_droppable)
         self._closing = False
         self._misc_task: asyncio.Task[None] | None = None
@@ -304,7 +309,10 @@ class AsyncClient(_LoopDriven):
         future); without one, matches go to :meth:`messages`. ``droppable`` messages may
         be dropped when the consumer falls behind (see the module docstring).
         """
-        self._subs[filter_] = _Subscription(filter_, qos, handler, droppable)
+        self._subs.setdefault(filter_, []).append(_Subscription(filter_, qos, handler, droppable))
+        self._sub_list = [x for subs in self._subs.values() for x in subs]
+        # (again for a second one: the broker sends the retained messages anew, which the
+        # new one needs; the others see them once more, as after a reconnect)
         await self._send_subscribe(filter_, qos, timeout)
 
     async def _send_subscribe(self, filter_: str, qos: int, timeout: float) -> None:
@@ -327,8 +335,24 @@ class AsyncClient(_LoopDriven):
         if any(int(g) >= 0x80 for g in granted):
             raise MqttError(f"the broker refused the subscription to {filter_} (not authorised?)")
 
-    async def unsubscribe(self, filter_: str, timeout: float = 5.0) -> None:
+    async def unsubscribe(
+        self,
+        filter_: str,
+        timeout: float = 5.0,
+        *,
+        handler: Callable[[Message], None] | None = None,
+    ) -> None:
+        """End the subscription to ``filter_`` made with ``handler`` (the last made, if
+        none is given); the broker's ends with the last one on that filter."""
+        subs = self._subs.get(filter_, [])
+        mine = [i for i, x in enumerate(subs) if handler is None or x.handler is handler]
+        if mine:
+            del subs[mine[-1]]
+        if subs:
+            self._sub_list = [x for subs in self._subs.values() for x in subs]
+            return  # another still listens on it
         self._subs.pop(filter_, None)
+        self._sub_list = [x for subs in self._subs.values() for x in subs]
         c = self._require_client()
         rc, mid = c.unsubscribe(filter_)
         if rc != MQTTErrorCode.MQTT_ERR_SUCCESS or mid is None:
@@ -382,8 +406,9 @@ class AsyncClient(_LoopDriven):
         self.connects += 1
         self._connected.set()
         # Re-subscribe (clean session) and tell the owner, so it can re-announce state.
-        for sub in self._subs.values():
-            c.subscribe(sub.filter, sub.qos)
+        for filter_, subs in self._subs.items():
+            if subs:
+                c.subscribe(filter_, max(x.qos for x in subs))
         if not first and self._on_connect_hook is not None:
             self._hook_task = asyncio.ensure_future(self._run_hook())
         log.debug("%s connected to %s", self.client_id, self.url)
@@ -441,4 +466,4 @@ class AsyncClient(_LoopDriven):
 
     def _on_message(self, c: paho.Client, ud: Any, msg: paho.MQTTMessage) -> None:
         m = Message(msg.topic, bytes(msg.payload), msg.qos, bool(msg.retain))
-        self._inbox.deliver(m, self._subs.values())
+        self._inbox.deliver(m, self._sub_list)

@@ -19,7 +19,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -185,6 +185,8 @@ class NodeService(Service):
         self._configuring = asyncio.Lock()
         #: other nodes heard on this node's own status topic (_heard_own_status)
         self._rivals = _Liveness()
+        #: the listener of this node's own status topic (_claim_name), replaced at a claim
+        self._own_status_handler: Callable[[Message], None] | None = None
         #: why it stopped at once: its name is another running node's (_refuse)
         self.refused: str | None = None
         self._warned_unconfigured = False
@@ -385,7 +387,11 @@ class NodeService(Service):
                 st = decode(NodeStatus, m.payload, m.topic)
                 loop.call_soon_threadsafe(self._heard_own_status, st)
 
-        # heard for as long as it runs
+        # heard for as long as it runs (one listener: a claim made again replaces it)
+        if self._own_status_handler is not None:
+            with contextlib.suppress(Exception):
+                await self.mqtt.unsubscribe(self.status_topic, handler=self._own_status_handler)
+        self._own_status_handler = on_status
         try:
             await self.mqtt.subscribe(self.status_topic, handler=on_status)
         except MqttError:  # the broker did not answer: no other node would be heard, so
@@ -569,9 +575,9 @@ class NodeService(Service):
             log.warning("node %s: could not check whether its name is free: %s", self.name, e)
             return None
         finally:
-            for f in (mine, probe):
+            for f, h in ((mine, on_status), (probe, on_marker)):
                 with contextlib.suppress(Exception):
-                    await self.mqtt.unsubscribe(f)
+                    await self.mqtt.unsubscribe(f, handler=h)
 
     async def _another_heard(
         self,
