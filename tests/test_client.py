@@ -212,6 +212,20 @@ async def test_every_failure_is_a_client_error_with_a_code(
         with pytest.raises(ClientError) as e:
             await t.pipelines()
         assert e.value.code == "unavailable" and "is it running" in str(e.value)
+        assert "may still be carried out" not in str(e.value)  # (a read: nothing to fear)
+        # an op that changes something: a slow scheduler may carry it out later (an
+        # integrator's run: a submit sent again after `unavailable` was a second job)
+        with pytest.raises(ClientError) as e:
+            await t.call("pipeline_ready", {"pipeline": "pip-counter-1"})
+        assert e.value.code == "unavailable", e.value
+        assert "may still be carried out when the scheduler gets to it" in str(e.value)
+        # the broker gone: said so, not "no scheduler answered" only (an integrator's run)
+        await broker.stop()
+        with pytest.raises(ClientError) as e:
+            await t.pipelines()
+        assert e.value.code == "unavailable", e.value
+        assert "this client has lost its connection to the broker" in str(e.value), e.value
+        await broker.start()
     async with inproc_stack(broker.port, tmp_path, instance) as st, AsyncTomato(url, instance) as t:
         cases = [
             (t.call("nosuchop"), "unknown_op", "known: "),

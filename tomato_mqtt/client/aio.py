@@ -210,6 +210,12 @@ class AsyncTomato:
                 why = roles.refusal(parsed.kind, parsed.op, self.url.username, me.data)
                 if why is not None:
                     return ClientError(why, "not_allowed")
+        if not self.mqtt.is_connected:  # not the scheduler's silence: the broker's
+            return ClientError(
+                f"{e} (this client has lost its connection to the broker at {self.url}; "
+                "it connects again by itself once the broker answers)",
+                "unavailable",
+            )
         return ClientError(str(e), "unavailable")
 
     async def _typed(
@@ -251,7 +257,16 @@ class AsyncTomato:
         except ReplyError as e:
             raise ClientError(str(e), e.code) from None
         except NoResponder as e:
-            raise await self._unanswered(e) from None
+            err = await self._unanswered(e)
+            if err.code == "unavailable" and not cmd.reads:
+                # a slow scheduler (stopped, swapped out) carries it out when it gets to
+                # it: a script that sent it again got a second job (an integrator's run)
+                err = ClientError(
+                    f"{err}; it may still be carried out when the {who} gets to it: look "
+                    "before sending it again (a submit: `search` its job name)",
+                    "unavailable",
+                )
+            raise err from None
 
     async def call(self, op: str, args: Mapping[str, Any] | None = None, **kw: Any) -> Any:
         """A scheduler operation: typed reply data, or :class:`ClientError`."""
