@@ -178,6 +178,37 @@ async def test_per_task_counts_conflicts_and_late_merge(
         assert svc.store is not None and svc.store.job_points(1) == {CMP: 13}
 
 
+async def test_a_late_batch_the_file_cannot_hold_is_not_counted_as_merged(
+    broker: RunningBroker, instance: str, tmp_path: Path
+) -> None:
+    """An integrator's run: a batch of an ended `c` job whose `uts` is no time ("x": a
+    forged or buggy publish) was stored, left out of the file at the merge, yet the job's
+    reason said "late data merged into the file (now 11 points)" and its `points` 11, of a
+    file that held 10. What the file holds is said, and the batch as not merged."""
+    async with recorder(broker, instance, tmp_path / "r.sqlite") as (svc, c, req, t):
+        events = Collector()
+        await c.subscribe(t.job_event(1), handler=events)
+        data = t.component_data(CMP)
+        await c.publish(data, _batch(1, 0, "s1", 0, 10), qos=1)
+        await _stored(svc, 1, 10)
+        out = tmp_path / "out" / "results.1.nc"
+        exact = [{"component": CMP, "task": 0, "npoints": 10, "stream": "s1", "last_seq": 0}]
+        rep = await _finalize(req, t, _finalize_args(1, out, exact, wait=2))
+        assert rep.success and _uts(str(out)).size == 10, rep
+        junk = json.loads(_batch(1, 0, "s2", 0, 1))
+        junk["uts"] = ["x"]
+        await c.publish(data, json.dumps(junk).encode(), qos=1)
+        ev = await events.wait(lambda m: decode(JobEvent, m.payload).event == "late_data_merged")
+        detail = decode(JobEvent, ev.payload).detail
+        assert detail["points"] == {"counter": 10} and detail["altered"], detail
+        assert _uts(str(out)).size == 10
+        said = json.loads(load_tree(str(out)).attrs["tomato_Job"])["reason"]
+        assert "now 10 points" in said and "late data not merged" in said, said
+        st = decode(RecorderStatus, encode(svc.presence("online")))
+        assert st.jobs["1"].points == {CMP: 10}, st.jobs["1"]
+        assert (st.jobs["1"].not_merged or "").startswith("late data not merged: "), st
+
+
 async def test_gaps_no_node_can_fill_are_asked_for_less_often_and_said_why(
     broker: RunningBroker,
     instance: str,

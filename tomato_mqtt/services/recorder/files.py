@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from tomato_mqtt import __version__
 from tomato_mqtt.model.jobs import merge_noted, merged_note
-from tomato_mqtt.services.recorder.guard import file_points, missing_points
+from tomato_mqtt.services.recorder.guard import file_points, group_points, missing_points
 from tomato_mqtt.services.scratch import private_dir
 from tomato_mqtt.transport.rpc import CommandError
 from tomato_mqtt.wire.commands import Expect, FetchArgs, FinalizeArgs
@@ -423,6 +423,27 @@ class Files:
         merged = max(merged, self.svc.merged.pop(jobid, 0) + 1)
         self.svc.merged[jobid] = merged  # re-inserted: the most recent merge comes last
         points = role_points(a, store.job_points(jobid))
+        if altered:
+            # a batch it could not hold (values of no point: a forged or buggy publish)
+            # counted all the same: "now 11 points" of a file that held 10 (an
+            # integrator's run). What the file holds, and the batch said as not merged
+            held = await asyncio.to_thread(group_points, written)
+            left_out = "late data not merged: " + "; ".join(altered)
+            if held is not None:
+                points = {role: held.get(role, 0) for role in points}
+                components = {str(a.roles[r].get("name")): n for r, n in points.items()}
+                self.svc.file_points[jobid] = components
+                if sum(points.values()) != total:  # the file's tomato_Job says it too
+                    said = f"{merged_note(sum(points.values()))}; {left_out}"
+                    job = {
+                        **a.job,
+                        "reason": merge_noted(str(as_was.job.get("reason") or ""), said),
+                    }
+                    with contextlib.suppress(Exception):
+                        await self.write(a.model_copy(update={"job": job}), written, merge=True)
+            self.svc.not_merged[jobid] = left_out
+        else:
+            self.svc.file_points.pop(jobid, None)
         log.info("job %d: late data merged into %s (%s points)", jobid, written, points)
         self.svc.job_event(
             jobid,

@@ -111,6 +111,21 @@ def file_points(path: Path) -> int | None:
         return None
 
 
+def group_points(path: Path) -> dict[str, int] | None:
+    """Points per group (role) of a job's NetCDF file; None when it cannot be read."""
+    try:
+        import netCDF4
+
+        with NC_LOCK, netCDF4.Dataset(path, "r") as ds:  # see tomato_mqtt/nclock.py
+            return {
+                name: len(g.dimensions["uts"])
+                for name, g in ds.groups.items()
+                if "uts" in g.dimensions
+            }
+    except Exception:  # not NetCDF, unreadable
+        return None
+
+
 def missing_points(old: Path, new: str | Path) -> int:
     """The points of the job file ``old`` that ``new`` does not hold, group by group (by
     their ``uts``, as many times as each is there): 0 when ``old`` cannot be read as a

@@ -158,6 +158,8 @@ class RecorderService(Service):
         self.conflicts: dict[int, int] = {}  # job -> conflicting batches seen
         self.merged: dict[int, int] = {}  # job -> late merges (most recent last)
         self.not_merged: dict[int, str] = {}  # job -> why its late data was not merged
+        #: job -> points per component its file holds, where a merge left a batch out
+        self.file_points: dict[int, dict[str, int]] = {}
         self.filenames: dict[int, str] = {}  # job -> its last file written (recent ones)
 
     @property
@@ -305,6 +307,7 @@ class RecorderService(Service):
                     points = self.store.job_points(job)
                 except sqlite3.Error:
                     points = {}
+                points = self.file_points.get(job, points)  # (a merge the file held less of)
                 jobs[str(job)] = JobProgress(
                     points=points,
                     gaps=gaps,
