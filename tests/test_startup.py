@@ -654,3 +654,48 @@ def test_a_state_file_another_program_holds_locked_is_said_before_anything_start
     assert "nothing was started" in said and "end that program's transaction" in said, said
     assert took < 10, took
     assert not (st.datadir / f"tomato-mqtt.{st.port}.pid").exists()
+
+
+def test_a_running_stack_writing_its_store_is_said_running_not_another_programs_lock(
+    tmp_path: Path,
+) -> None:
+    """A review of the lock check: `tomato start` on a running stack probed its files'
+    write locks before it looked for the stack, and a recorder in the middle of a write
+    (here: the process that holds the lock is the stack's, in its pid file) was said to
+    be "another program" to end, not "already running"."""
+    import json
+    import subprocess
+    import sys
+
+    from tomato_mqtt.services.recorder.store import BatchStore
+
+    st = make_stack(tmp_path)
+    path = st.datadir / "recorder.sqlite"
+    BatchStore(path).close()
+    pidfile = st.datadir / f"tomato-mqtt.{st.port}.pid"
+    # the stack's process (its command line names tomato_mqtt) inside a write
+    writer = (
+        "import sqlite3, sys\n"
+        "db = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
+        "db.execute('BEGIN IMMEDIATE')\n"
+        "print('held', flush=True)\n"
+        "sys.stdin.read()\n"
+    )
+    holder = subprocess.Popen(
+        [sys.executable, "-c", writer, str(path), "tomato_mqtt"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == b"held"
+        pidfile.write_text(json.dumps({"pid": holder.pid}))
+        res = st.run("tomato", "start", "-D", str(st.datadir), "-L", str(st.logdir), timeout=60)
+    finally:
+        assert holder.stdin is not None and holder.stdout is not None
+        holder.stdin.close()
+        holder.wait(10)
+        holder.stdout.close()
+    assert res.returncode == 1, (res.stdout, res.stderr)
+    said = res.stderr.strip()
+    assert f"tomato-mqtt is already running on port {st.port} (pid {holder.pid})" in said, said
+    assert "locked by another program" not in said, said

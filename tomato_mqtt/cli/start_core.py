@@ -60,7 +60,6 @@ def start(opts: core.Opts, verbose: int = 0, quiet: int = 0) -> None:
     # so a misspelt one is seen (the scheduler's log says it again)
     for line in layout.ignored:
         echo(f"warning: {line}", err=True)
-    _check_state_files(s)
     serve.ensure_services(s)  # a secured stack: the services' own logins
     ctx = core.context(port=s.mqtt.port, appdir=s.appdir, datadir=s.datadir, logdir=s.logdir)
     pidfile = pidfile_path(s.datadir, s.mqtt.port)
@@ -77,6 +76,10 @@ def start(opts: core.Opts, verbose: int = 0, quiet: int = 0) -> None:
         )
     if not s.broker.embedded and _scheduler_answers(ctx, 2.0):
         fail(f"a tomato-mqtt scheduler already answers on {ctx.where()}")
+    # after those: a running stack's own services hold its files' write locks for a
+    # moment at each write, and its recorder mid-write was said to be "another program"
+    # holding the store, not a stack already running (a review)
+    _check_state_files(s)
     if s.broker.embedded:
         _check_listener_ports(s)
     for what, flag, folder in (("logdir", "-L", s.logdir), ("datadir", "-D", s.datadir)):
