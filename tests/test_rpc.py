@@ -408,3 +408,33 @@ async def test_a_store_that_cannot_be_written_is_unavailable_not_internal(
     ):
         reply = await Requester(cli, topics).request(topics.scheduler_cmd("bug"), {}, timeout=T)
     assert (reply.success, reply.code) == (False, "internal"), reply
+
+
+async def test_a_table_locked_for_a_moment_is_unavailable_not_internal(
+    broker: RunningBroker, instance: str
+) -> None:
+    """A review of the lock messages: "database table is locked" (SQLITE_LOCKED: a
+    statement of the same connection still reading it) was ``unavailable``, try again;
+    narrowing "locked" to another program's "database is locked" made it "internal
+    error", a bug to report."""
+    import sqlite3
+
+    db = sqlite3.connect(":memory:", isolation_level=None)
+    db.execute("CREATE TABLE t (x)")
+    db.executemany("INSERT INTO t VALUES (?)", [(1,), (2,)])
+
+    async def store(args: Mapping[str, JsonValue]) -> Result:
+        reading = db.execute("SELECT x FROM t")
+        reading.fetchone()  # a read still under way on the same connection
+        db.execute("DROP TABLE t")  # a real refusal: "database table is locked"
+        return Result("stored")
+
+    topics = Topics(instance)
+    async with (
+        serving(broker, topics, table={"store": store}, name="scheduler"),
+        AsyncClient(broker.url, client_id=f"{instance}-cli") as cli,
+    ):
+        reply = await Requester(cli, topics).request(topics.scheduler_cmd("store"), {}, timeout=T)
+    assert (reply.success, reply.code) == (False, "unavailable"), reply
+    assert "table is locked" in reply.msg and "internal" not in reply.msg, reply
+    assert "another program" not in reply.msg, reply  # (its own statement, not a shell's)

@@ -464,7 +464,9 @@ class Responder:
             if (
                 type(e).__module__ == "sqlite3"
                 and type(e).__name__ == "OperationalError"
-                and cannot_write(str(e))
+                # ("database table is locked": a statement of its own for a moment; the
+                # narrowing to another program's lock made it "internal": a review)
+                and (cannot_write(str(e)) or "locked" in str(e))
             ):
                 # its store cannot be written now (a full disk, a read-only file): said as
                 # such, not "internal error" (a fault-injection review)
@@ -473,6 +475,8 @@ class Responder:
                     "another program holds its store's write lock (an sqlite3 shell "
                     "inside a transaction?): end that, then try again"
                     if locked(str(e))
+                    else "try again"
+                    if "locked" in str(e)
                     else "free space or fix the permissions of its data folder, then try again"
                 )
                 return fail(
