@@ -652,6 +652,8 @@ def test_a_state_file_another_program_holds_locked_is_said_before_anything_start
         f"error: {what} {path} is locked by another program (pid {holder.pid} ("
     ), said
     assert "nothing was started" in said and "end that program's transaction" in said, said
+    # (nothing retries a start: not "writes go through once it lets go")
+    assert "then run tomato start again" in said and "go through" not in said, said
     assert took < 10, took
     assert not (st.datadir / f"tomato-mqtt.{st.port}.pid").exists()
 

@@ -119,11 +119,17 @@ def what_to_do(kind: str, path: Path, why: str, outcome: str = "nothing was star
     if locked(why):
         holders = lock_holders(path)
         by = ", ".join(holders) if holders else "a process not found in /proc/locks"
+        # (before a start nothing retries: "writes go through once it lets go" left the
+        # user waiting for a stack that was never started: a review)
+        then = (
+            "then run tomato start again"
+            if outcome == "nothing was started"
+            else "writes go through once it lets go"
+        )
         return (
             f"{what} {path} is locked by another program ({by}): {outcome}. The file is "
             "intact: end that program's transaction or close it (an sqlite3 shell, a "
-            "backup tool); writes go through once it lets go. Do not move the file "
-            f"away: {_COSTS[kind]}"
+            f"backup tool); {then}. Do not move the file away: {_COSTS[kind]}"
         )
     if cannot_write(why):
         fix = (
