@@ -548,3 +548,37 @@ def test_a_state_file_on_a_read_only_disk_is_said_so(tmp_path: Path) -> None:
         pytest.skip(str(e))
     assert "its disk is read-only now" in said and "free space" not in said, said
     assert "free space" in what_to_do("state", tmp_path / "s.sqlite", "disk I/O error")
+
+
+def test_writes_while_another_program_holds_the_lock_do_not_each_wait(tmp_path: Path) -> None:
+    """A review of the lock timeouts: each write refused by another program's lock still
+    waited LOCK_WAIT on the scheduler's loop; its runners retry their progress every
+    SAVE_RETRY s, so from four running jobs on the loop did nothing but wait (heartbeats,
+    answers, node statuses read seconds late). Once said locked, a write is refused at
+    once; the first after the lock is let go goes through, and waits again after that."""
+    import time
+
+    from tests.test_reliability_inproc import _locked_by_another_program
+    from tomato_mqtt.services.scheduler.store import LOCK_WAIT
+
+    path = tmp_path / "state.sqlite"
+    store = StateStore(path)
+    ids = [store.add_job(PAYLOAD, f"j{i}", str(tmp_path)).id for i in range(8)]
+    with _locked_by_another_program(path):
+        with pytest.raises(sqlite3.OperationalError, match="database is locked"):
+            store.update_progress(ids[0], {"n": 1})  # waits LOCK_WAIT, then said
+        assert store.write_error is not None
+        t0 = time.monotonic()
+        for i in ids:
+            with pytest.raises(sqlite3.OperationalError, match="database is locked"):
+                store.update_progress(i, {"n": 2})
+        took = time.monotonic() - t0
+        assert took < LOCK_WAIT, took
+    store.update_progress(ids[0], {"n": 3})  # let go: taken at once
+    assert store.write_error is None and store.job(ids[0]).progress == {"n": 3}
+    with _locked_by_another_program(path):
+        t0 = time.monotonic()
+        with pytest.raises(sqlite3.OperationalError, match="database is locked"):
+            store.update_progress(ids[0], {"n": 4})
+        assert time.monotonic() - t0 >= LOCK_WAIT * 0.8  # waits again (a short write)
+    store.close()

@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from tomato_mqtt.errors import ROOM_BYTES, cannot_write, writable_bytes
+from tomato_mqtt.errors import ROOM_BYTES, cannot_write, locked, writable_bytes
 from tomato_mqtt.model.jobs import (
     PLAUSIBLE_ID,
     Job,
@@ -328,6 +328,13 @@ class StateStore:
         if error == self.write_error:
             return
         self.write_error = error
+        # once another program's lock is said, a write is refused at once until one goes
+        # through: each waited LOCK_WAIT on the scheduler's loop, and the runners retry
+        # their progress every second, so from four running jobs the loop did nothing but
+        # wait (a review)
+        wait = 0 if error is not None and locked(error) else int(LOCK_WAIT * 1000)
+        with contextlib.suppress(sqlite3.Error):
+            self._db.execute(f"PRAGMA busy_timeout = {wait}")
         if self.on_write_error is not None:
             self.on_write_error(error)
 
