@@ -489,3 +489,40 @@ def test_an_overflow_folder_someone_else_could_read_is_not_used(
     (tmp_path / "elsewhere").mkdir(mode=0o700)
     os.symlink(tmp_path / "elsewhere", mine)
     assert private_dir() is None
+
+
+def test_batches_while_another_program_holds_the_lock_do_not_each_wait(tmp_path: Path) -> None:
+    """A review of the lock timeouts: each batch refused by another program's lock
+    waited LOCK_WAIT on the recorder's loop, and the nodes' resends kept it waiting (its
+    status and answers late). Once refused, a batch is refused at once;
+    the first after the lock is let go goes in, and a new lock is waited for again."""
+    import sqlite3
+    import time
+
+    import pytest
+
+    from tests.test_reliability_inproc import _locked_by_another_program
+    from tomato_mqtt.services.recorder.store import LOCK_WAIT, BatchStore
+
+    path = tmp_path / "recorder.sqlite"
+    store = BatchStore(path)
+
+    def add(seq: int) -> str:
+        return store.add("c", "s", seq, epoch=1, job=1, task=0, npoints=1, raw=b"x%d" % seq)
+
+    with _locked_by_another_program(path):
+        with pytest.raises(sqlite3.OperationalError, match="database is locked"):
+            add(0)
+        t0 = time.monotonic()
+        for seq in range(8):
+            with pytest.raises(sqlite3.OperationalError, match="database is locked"):
+                add(seq)
+        took = time.monotonic() - t0
+        assert took < LOCK_WAIT, took
+    assert add(0) == "new"  # let go: taken at once
+    with _locked_by_another_program(path):
+        t0 = time.monotonic()
+        with pytest.raises(sqlite3.OperationalError, match="database is locked"):
+            add(1)
+        assert time.monotonic() - t0 >= LOCK_WAIT * 0.8  # waited again
+    store.close()

@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from tomato_mqtt.errors import locked
 from tomato_mqtt.model.jobs import PLAUSIBLE_ID
 
 __all__ = ["AddResult", "BatchRow", "BatchStore", "Raws", "digest"]
@@ -195,6 +196,7 @@ class BatchStore:
         self._db = sqlite3.connect(
             self.path, timeout=LOCK_WAIT, isolation_level=None, check_same_thread=False
         )
+        self._lock_said = False  # another program's lock refused a batch (see add)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
@@ -278,12 +280,24 @@ class BatchStore:
     ) -> AddResult:
         """Store a batch durably (raises sqlite3.Error when it cannot: disk full, ...)."""
         d = digest(raw)
-        cur = self._db.execute(
-            "INSERT OR IGNORE INTO stored "
-            "(component, stream, seq, epoch, job, task, npoints, digest, raw, stored_at) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (component, stream, seq, epoch, job, task, npoints, d, raw, time.time()),
-        )
+        try:
+            cur = self._db.execute(
+                "INSERT OR IGNORE INTO stored "
+                "(component, stream, seq, epoch, job, task, npoints, digest, raw, stored_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (component, stream, seq, epoch, job, task, npoints, d, raw, time.time()),
+            )
+        except sqlite3.OperationalError as e:
+            if locked(str(e)) and not self._lock_said:
+                # refused at once from now on, until a batch goes in: each batch waited
+                # LOCK_WAIT on the recorder's loop, and the nodes' resends kept it waiting
+                # (its status late: a review, 8 refused batches took 8 s)
+                self._lock_said = True
+                self._db.execute("PRAGMA busy_timeout = 0")
+            raise
+        if self._lock_said:
+            self._lock_said = False
+            self._db.execute(f"PRAGMA busy_timeout = {int(LOCK_WAIT * 1000)}")
         if cur.rowcount == 1:
             self._stream(component, stream).add(seq)
             return "new"
