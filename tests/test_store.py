@@ -526,3 +526,21 @@ def test_batches_while_another_program_holds_the_lock_do_not_each_wait(tmp_path:
             add(1)
         assert time.monotonic() - t0 >= LOCK_WAIT * 0.8  # waited again
     store.close()
+
+
+def test_a_recorder_stopping_removes_its_unfetched_temporary_snapshots(tmp_path: Path) -> None:
+    # a review (fault: `ketchup snapshot` on a full datadir, its client killed before the
+    # last chunk, then `tomato stop`): the snapshot made for that transfer only stayed in
+    # /tmp/tomato-mqtt-<uid> for good, no later recorder knowing of it
+    import asyncio
+
+    from tomato_mqtt.services.recorder.service import RecorderService
+    from tomato_mqtt.config.url import BrokerURL
+
+    svc = RecorderService(BrokerURL.parse("mqtt://127.0.0.1:1"), "x", tmp_path / "rec.sqlite")
+    snap = tmp_path / "snapshot.1.abcd.nc"
+    snap.write_bytes(b"x")
+    svc.files.temporary.add(snap)
+    asyncio.run(svc.teardown())
+    assert not snap.exists()
+    assert not svc.files.temporary

@@ -301,6 +301,13 @@ class Files:
                 if now - p.stat().st_mtime > older_than:
                     p.unlink()
 
+    def discard_temporary(self) -> None:
+        """At the stop: every snapshot made for a transfer only goes, fetched or not."""
+        for path in list(self.temporary):
+            with contextlib.suppress(OSError):
+                path.unlink()
+        self.temporary.clear()
+
     def fetched(self, path: Path) -> None:
         """A file whose token is done with (its last chunk fetched, or evicted): a
         temporary snapshot goes."""

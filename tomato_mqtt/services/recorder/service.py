@@ -289,6 +289,10 @@ class RecorderService(Service):
             )
 
     async def teardown(self) -> None:
+        # snapshots made for a transfer only that nobody fetched to the end (a client
+        # killed mid-transfer): no later recorder knows of them (a review: they stayed in
+        # the private temporary folder for good)
+        self.files.discard_temporary()
         if self.store is not None:
             self.store.close()
 
