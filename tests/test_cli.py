@@ -652,3 +652,36 @@ def test_a_mistyped_app_folder_is_said_not_taken_for_the_defaults(stack: Stack) 
         timeout=30,
     )
     assert res.returncode == 0 and json.loads(res.stdout)["success"], res
+
+
+def test_stop_force_that_times_out_says_how_long_it_waited(tmp_path, monkeypatch) -> None:
+    # a review: `tomato stop --force` waits its --timeout plus the scheduler's 30 s for
+    # the cancelled jobs, but a supervisor still alive then was said "did not stop within
+    # 20 s" after 50 s
+    from types import SimpleNamespace
+
+    from typer.testing import CliRunner
+
+    from tomato_mqtt.cli import common, stack, tomato
+    from tomato_mqtt.services import supervisor
+
+    monkeypatch.setattr(
+        common, "run_request", lambda *a, **k: SimpleNamespace(success=True, msg="stopping")
+    )
+    monkeypatch.setattr(supervisor, "read_pidfile", lambda *a, **k: {"pid": 999999})
+    monkeypatch.setattr(stack, "alive", lambda pid: True)
+    monkeypatch.setattr(stack, "FORCE_STOP_WAIT", 0.3)
+    app = tmp_path / "app"
+    data = tmp_path / "data"
+    res = CliRunner().invoke(
+        tomato.app,
+        ["init", "-A", str(app), "-D", str(data), "-L", str(tmp_path / "log"), "-p", "1"],
+    )
+    res = CliRunner().invoke(
+        tomato.app,
+        ["stop", "--force", "--timeout", "0.2", "-A", str(app), "-D", str(data),
+         "-L", str(tmp_path / "log"), "-p", "1"],
+    )
+    said = res.output
+    assert res.exit_code != 0, said
+    assert "within 0.5 s" in said, said

@@ -97,11 +97,13 @@ def stop(
     if info:
         pid = int(str(info.get("pid")))
         # --force: the cancelled jobs' tasks stop and their files are written first
-        deadline = time.monotonic() + opts.timeout + (FORCE_STOP_WAIT if force else 0.0)
+        # (said as waited: "did not stop within 20 s" came after 50 s, a review)
+        waited = opts.timeout + (FORCE_STOP_WAIT if force else 0.0)
+        deadline = time.monotonic() + waited
         while alive(pid) and time.monotonic() < deadline:
             time.sleep(0.05)
         if alive(pid):
-            fail(f"the supervisor (pid {pid}) did not stop within {opts.timeout:g} s")
+            fail(f"the supervisor (pid {pid}) did not stop within {waited:g} s")
     msg = f"tomato-mqtt on port {ctx.url.port} stopped"
     if force and reply.msg != "stopping tomato-mqtt":  # the jobs it cancelled first: said
         msg = f"{reply.msg}; {msg}"
