@@ -2062,3 +2062,35 @@ async def test_a_forced_stop_cancels_the_running_jobs_first_and_loses_no_point(
         assert n == sum(stored.values()) and n >= 5, (n, stored)
         if state_file == "takes-writes":  # its end stored and told (cd), before the stop
             assert st.jobs[job.id].status == "cd", st.jobs[job.id]
+
+
+async def test_a_forced_stop_while_a_job_is_being_launched_waits_for_its_runner(
+    broker: RunningBroker, instance: str, tmp_path: Path
+) -> None:
+    """A review: `stop --force` handled between a launch's stored `r` and its runner's
+    start cancelled the job (rd) but found no runner to wait for, so the stack stopped at
+    once; the runner then started cancelled in a stopping stack and the job was left
+    `rd`, its end never stored (cd expected: the state file took writes)."""
+    async with inproc_stack(broker.port, tmp_path, instance) as st:
+        ops = st.scheduler.ops
+        original = ops.announce_launch
+        reached, release = asyncio.Event(), asyncio.Event()
+
+        async def slow(job: Any, pipeline: str) -> None:
+            reached.set()
+            await release.wait()
+            await original(job, pipeline)
+
+        ops.announce_launch = slow  # type: ignore[method-assign]
+        submitting = asyncio.ensure_future(st.submit_counter("pip-counter-1", 30, 0.1, tmp_path))
+        await asyncio.wait_for(reached.wait(), 10)
+        said = await st.raw(st.topics.scheduler_cmd("stop"), {"force": True})
+        assert said.success, said
+        await asyncio.sleep(0.5)
+        release.set()
+        assert await st.scheduler.wait_stopped(30)
+        submitting.cancel()  # (its answer may have gone with the stop)
+        with contextlib.suppress(BaseException):
+            await submitting
+        (job,) = st.jobs.values()  # as last told
+        assert job.status == "cd", job

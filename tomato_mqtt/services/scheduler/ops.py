@@ -232,9 +232,13 @@ class SchedulerOps:
 
     async def _stop_when_done(self, ids: list[int]) -> None:
         deadline = time.monotonic() + FORCE_STOP_WAIT
-        while any(i in self.svc.runners for i in ids) and time.monotonic() < deadline:
+
+        def busy(i: int) -> bool:  # (a job being launched: its runner is started soon)
+            return i in self.svc.runners or i in self.svc.launching
+
+        while any(busy(i) for i in ids) and time.monotonic() < deadline:
             await asyncio.sleep(0.1)
-        left = [i for i in ids if i in self.svc.runners]
+        left = [i for i in ids if busy(i)]
         if left:
             log.warning(
                 "tomato stop --force: job(s) %s not done within %g s: stopping all the same",
@@ -547,7 +551,11 @@ class SchedulerOps:
     async def launch(self, job: Job, pipeline: str) -> None:
         with self.store.transaction():
             job = self.store_launch(job, pipeline)
-        await self.announce_launch(job, pipeline)
+        self.svc.launching.add(job.id)  # (`stop --force` waits for its runner)
+        try:
+            await self.announce_launch(job, pipeline)
+        finally:
+            self.svc.launching.discard(job.id)
 
     def store_launch(self, job: Job, pipeline: str) -> Job:
         """A launch's writes (the job runs, the pipeline is taken), to be committed

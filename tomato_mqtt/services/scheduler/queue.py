@@ -246,6 +246,7 @@ class QueuePass:
                 launched.append((self.ops.store_launch(store.job(jobid), pipeline), pipeline))
         was = {jobid: status for jobid, status, _r, _p in rows}
         ids = {job.id for job, _pipeline in launched}
+        svc.launching.update(ids)  # until its runner is started (`stop --force` waits)
 
         def told(job: Job) -> None:
             if job.status == "qw" and was.get(job.id) != "qw":
@@ -258,8 +259,12 @@ class QueuePass:
             if job.id in ids:
                 await svc.publish_job(job)  # its qw, told before its r
                 told(job)
-        for job, pipeline in launched:
-            await self.ops.announce_launch(job, pipeline)
+        try:
+            for job, pipeline in launched:
+                await self.ops.announce_launch(job, pipeline)
+                svc.launching.discard(job.id)
+        finally:
+            svc.launching.difference_update(ids)
         for i, job in enumerate(j for j in queued if j.id not in ids):
             # thousands at once (a restart, a reload): wait for the broker now and
             # then, as Retention.announce does

@@ -104,6 +104,10 @@ class SchedulerService(Service):
         self._settled = asyncio.Event()  # every component registered (or failed to)
         self.started_at = time.time()
         self.exit_requested = False  # `tomato stop`: the supervisor then stops the stack
+        #: jobs whose launch is stored (r) but whose runner is not started yet: a `stop
+        #: --force` between the two found no runner to wait for and stopped at once, the
+        #: job left rd (a review)
+        self.launching: set[int] = set()
         self._file_said: str | None = None  # what check_file said last (said once)
         #: the state file was found damaged while the scheduler ran (see state_fault)
         self.state_damaged: str | None = None
