@@ -544,3 +544,30 @@ def test_a_recorder_stopping_removes_its_unfetched_temporary_snapshots(tmp_path:
     asyncio.run(svc.teardown())
     assert not snap.exists()
     assert not svc.files.temporary
+
+
+def test_a_new_spool_at_the_same_path_does_not_take_back_an_old_ones_overflow(
+    tmp_path: Path,
+) -> None:
+    # a review: the overflow file is named by the spool's path only, so a datadir removed
+    # and made again (same path, a new stack whose job ids start at 1 again) took back the
+    # old stack's batches, sent as the new job 1's points; the old ones are kept aside
+    ov = tmp_path / "ov"
+    ov.mkdir(mode=0o700)
+    path = tmp_path / "s.sqlite"
+    Spool(path).close()
+    full = (
+        "n = sp._db.execute('PRAGMA page_count').fetchone()[0]\n"
+        "sp._db.execute(f'PRAGMA max_page_count = {n}')"
+    )
+    _killed_while_full(path, ov, 40, full)
+    for suffix in ("", "-wal", "-shm"):  # the datadir removed, then made again
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+    sp = Spool(path, overflow=ov)
+    assert sp.pending() == {}
+    sp.close()
+    kept = [p.name for p in ov.iterdir()]
+    assert any("orphan" in n for n in kept), kept  # not lost: set aside
+    sp = Spool(path, overflow=ov)  # and not taken back later either
+    assert sp.pending() == {}
+    sp.close()

@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import secrets
 import sqlite3
 import time
 from pathlib import Path
@@ -99,7 +100,21 @@ class Spool:
         #: why the file takes no writes now (None: it does)
         self.failing: str | None = None
         self._retry_at = 0.0  # monotonic: when to try the file again
+        #: this spool file's own number, kept in it and in its overflow file: the overflow
+        #: file is named by the path only, and a datadir removed and made again (a new
+        #: stack, its job ids from 1 again) took back the old one's batches (a review)
+        self.ident = self._ident()
         self._take_back_overflow()
+
+    def _ident(self) -> int | None:
+        with contextlib.suppress(sqlite3.Error):
+            row = self._db.execute("SELECT value FROM meta WHERE key = 'ident'").fetchone()
+            if row is not None:
+                return int(row[0])
+            ident = secrets.randbits(62)
+            self._db.execute("INSERT INTO meta (key, value) VALUES ('ident', ?)", (ident,))
+            return ident
+        return None  # a new spool on a disk that takes no writes: its overflow is taken back
 
     # -- the overflow file ------------------------------------------------------------------
     def _overflow(self) -> sqlite3.Connection | None:
@@ -111,6 +126,11 @@ class Spool:
                 db.execute("PRAGMA journal_mode=WAL")
                 db.execute("PRAGMA synchronous=NORMAL")
                 db.executescript(_SCHEMA)
+                if self.ident is not None:  # whose batches they are (_take_back_overflow)
+                    db.execute(
+                        "INSERT OR IGNORE INTO meta (key, value) VALUES ('ident', ?)",
+                        (self.ident,),
+                    )
                 self._ov = db
         return self._ov
 
@@ -121,6 +141,10 @@ class Spool:
             return
         db = self._overflow()
         if db is None:
+            return
+        owner = db.execute("SELECT value FROM meta WHERE key = 'ident'").fetchone()
+        if owner is not None and self.ident is not None and int(owner[0]) != self.ident:
+            self._set_aside(int(owner[0]))
             return
         rows = db.execute("SELECT component, stream, seq, epoch, raw FROM spooled").fetchall()
         for c, st, q, ep, raw in rows:
@@ -140,6 +164,26 @@ class Spool:
         self.retry(force=True)
         if not self._held:
             self._drop_overflow()
+
+    def _set_aside(self, owner: int) -> None:
+        """The overflow file of another spool file that had this path (removed since):
+        its batches are not this spool's to send (their job ids name jobs of another
+        state), kept under another name for a person to look at."""
+        assert self._ov is not None and self.overflow_path is not None
+        with contextlib.suppress(sqlite3.Error):
+            self._ov.close()
+        self._ov = None
+        aside = self.overflow_path.with_name(f"{self.overflow_path.stem}.{owner}.orphan.sqlite")
+        for suffix in ("", "-wal", "-shm"):
+            with contextlib.suppress(OSError):
+                Path(f"{self.overflow_path}{suffix}").rename(f"{aside}{suffix}")
+        log.warning(
+            "spool %s: the overflow file %s is of another spool file that had this path "
+            "(removed since): not taken back, kept as %s",
+            self.path,
+            self.overflow_path,
+            aside,
+        )
 
     def _to_overflow(self) -> None:
         """The held batches the overflow file does not have yet, into it (best effort:
