@@ -679,8 +679,20 @@ def test_stop_force_that_times_out_says_how_long_it_waited(tmp_path, monkeypatch
     )
     res = CliRunner().invoke(
         tomato.app,
-        ["stop", "--force", "--timeout", "0.2", "-A", str(app), "-D", str(data),
-         "-L", str(tmp_path / "log"), "-p", "1"],
+        [
+            "stop",
+            "--force",
+            "--timeout",
+            "0.2",
+            "-A",
+            str(app),
+            "-D",
+            str(data),
+            "-L",
+            str(tmp_path / "log"),
+            "-p",
+            "1",
+        ],
     )
     said = res.output
     assert res.exit_code != 0, said

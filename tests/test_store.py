@@ -534,8 +534,8 @@ def test_a_recorder_stopping_removes_its_unfetched_temporary_snapshots(tmp_path:
     # /tmp/tomato-mqtt-<uid> for good, no later recorder knowing of it
     import asyncio
 
-    from tomato_mqtt.services.recorder.service import RecorderService
     from tomato_mqtt.config.url import BrokerURL
+    from tomato_mqtt.services.recorder.service import RecorderService
 
     svc = RecorderService(BrokerURL.parse("mqtt://127.0.0.1:1"), "x", tmp_path / "rec.sqlite")
     snap = tmp_path / "snapshot.1.abcd.nc"
