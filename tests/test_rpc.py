@@ -370,6 +370,16 @@ async def test_a_request_lost_while_the_recorder_was_gone_is_sent_again_when_it_
     assert took < 1.5, f"answered {took:.1f} s after the recorder was back"
 
 
+async def _ask_scheduler(broker: RunningBroker, instance: str, op: str, handler: Any) -> Reply:
+    """``op`` of a responder named scheduler whose one handler is ``handler``: its reply."""
+    topics = Topics(instance)
+    async with (
+        serving(broker, topics, table={op: handler}, name="scheduler"),
+        AsyncClient(broker.url, client_id=f"{instance}-cli") as cli,
+    ):
+        return await Requester(cli, topics).request(topics.scheduler_cmd(op), {}, timeout=T)
+
+
 async def test_a_store_that_cannot_be_written_is_unavailable_not_internal(
     broker: RunningBroker, instance: str, tmp_path: Path
 ) -> None:
@@ -386,12 +396,7 @@ async def test_a_store_that_cannot_be_written_is_unavailable_not_internal(
         ro.execute("INSERT INTO t VALUES (1)")  # a real refusal: read-only
         return Result("stored")
 
-    topics = Topics(instance)
-    async with (
-        serving(broker, topics, table={"store": store}, name="scheduler"),
-        AsyncClient(broker.url, client_id=f"{instance}-cli") as cli,
-    ):
-        reply = await Requester(cli, topics).request(topics.scheduler_cmd("store"), {}, timeout=T)
+    reply = await _ask_scheduler(broker, instance, "store", store)
     assert (reply.success, reply.code) == (False, "unavailable"), reply
     assert reply.msg.startswith(
         "scheduler cannot store this now (attempt to write a readonly database): it was not"
@@ -402,11 +407,7 @@ async def test_a_store_that_cannot_be_written_is_unavailable_not_internal(
         ro.execute("SELECT * FROM no_such_table")  # an SQL bug: not a full disk
         return Result("read")
 
-    async with (
-        serving(broker, topics, table={"bug": bug}, name="scheduler"),
-        AsyncClient(broker.url, client_id=f"{instance}-cli") as cli,
-    ):
-        reply = await Requester(cli, topics).request(topics.scheduler_cmd("bug"), {}, timeout=T)
+    reply = await _ask_scheduler(broker, instance, "bug", bug)
     assert (reply.success, reply.code) == (False, "internal"), reply
 
 
@@ -429,12 +430,7 @@ async def test_a_table_locked_for_a_moment_is_unavailable_not_internal(
         db.execute("DROP TABLE t")  # a real refusal: "database table is locked"
         return Result("stored")
 
-    topics = Topics(instance)
-    async with (
-        serving(broker, topics, table={"store": store}, name="scheduler"),
-        AsyncClient(broker.url, client_id=f"{instance}-cli") as cli,
-    ):
-        reply = await Requester(cli, topics).request(topics.scheduler_cmd("store"), {}, timeout=T)
+    reply = await _ask_scheduler(broker, instance, "store", store)
     assert (reply.success, reply.code) == (False, "unavailable"), reply
     assert "table is locked" in reply.msg and "internal" not in reply.msg, reply
     assert "another program" not in reply.msg, reply  # (its own statement, not a shell's)

@@ -404,21 +404,28 @@ def _killed_while_full(path: Path, overflow: Path, n: int, fill: str) -> None:
     assert res.returncode == -9, res.stderr
 
 
-def test_a_spool_killed_while_its_file_refuses_writes_keeps_its_batches(tmp_path: Path) -> None:
-    """A fault run: a node killed while its spool's disk refused writes lost every batch
-    held in memory meanwhile (326 of 400 points of a job on a read-only datadir). They are
-    copied to an overflow file on another disk as they come; the next start takes them
-    back, into the spool once it takes writes, and removes the overflow file."""
+def _killed_with_40_held(tmp_path: Path) -> tuple[Path, Path]:
+    """A spool ``s.sqlite`` whose node was killed holding 40 batches its file refused
+    (SQLite's own SQLITE_FULL, as a full disk gives it; the real disk: a test below),
+    copied to the overflow folder ``ov``: (spool path, overflow folder)."""
     ov = tmp_path / "ov"
     ov.mkdir(mode=0o700)
     path = tmp_path / "s.sqlite"
     Spool(path).close()
-    # SQLite's own SQLITE_FULL, as a full disk gives it (the real disk: the next test)
     full = (
         "n = sp._db.execute('PRAGMA page_count').fetchone()[0]\n"
         "sp._db.execute(f'PRAGMA max_page_count = {n}')"
     )
     _killed_while_full(path, ov, 40, full)
+    return path, ov
+
+
+def test_a_spool_killed_while_its_file_refuses_writes_keeps_its_batches(tmp_path: Path) -> None:
+    """A fault run: a node killed while its spool's disk refused writes lost every batch
+    held in memory meanwhile (326 of 400 points of a job on a read-only datadir). They are
+    copied to an overflow file on another disk as they come; the next start takes them
+    back, into the spool once it takes writes, and removes the overflow file."""
+    path, ov = _killed_with_40_held(tmp_path)
     sp = Spool(path, overflow=ov)
     assert sp.pending() == {("c", "s"): (0, 39)}
     assert [bytes(r) for _q, r in sp.get("c", "s", 0, 99)] == [bytes([q]) * 300 for q in range(40)]
@@ -552,15 +559,7 @@ def test_a_new_spool_at_the_same_path_does_not_take_back_an_old_ones_overflow(
     # a review: the overflow file is named by the spool's path only, so a datadir removed
     # and made again (same path, a new stack whose job ids start at 1 again) took back the
     # old stack's batches, sent as the new job 1's points; the old ones are kept aside
-    ov = tmp_path / "ov"
-    ov.mkdir(mode=0o700)
-    path = tmp_path / "s.sqlite"
-    Spool(path).close()
-    full = (
-        "n = sp._db.execute('PRAGMA page_count').fetchone()[0]\n"
-        "sp._db.execute(f'PRAGMA max_page_count = {n}')"
-    )
-    _killed_while_full(path, ov, 40, full)
+    path, ov = _killed_with_40_held(tmp_path)
     for suffix in ("", "-wal", "-shm"):  # the datadir removed, then made again
         Path(f"{path}{suffix}").unlink(missing_ok=True)
     sp = Spool(path, overflow=ov)
