@@ -2094,3 +2094,29 @@ async def test_a_forced_stop_while_a_job_is_being_launched_waits_for_its_runner(
             await submitting
         (job,) = st.jobs.values()  # as last told
         assert job.status == "cd", job
+
+
+async def test_a_forced_stop_with_the_recorder_down_says_the_files_wait(
+    broker: RunningBroker, instance: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A review: with the recorder down, `tomato stop --force` waited its 30 s and the
+    CLI said only "stopped"; the jobs' files were not written at the stop (they are at
+    the next start), said in the scheduler's log only. The answer says it."""
+    from tomato_mqtt.services.scheduler import ops
+
+    monkeypatch.setattr(ops, "FORCE_STOP_WAIT", 2.0)
+    async with inproc_stack(broker.port, tmp_path, instance) as st:
+        job = await st.submit_counter("pip-counter-1", 30, 0.1, tmp_path)
+        await st.wait_job(job.id, {"r"}, timeout=10)
+        st.recorder.request_stop()
+        for _ in range(100):
+            if st.scheduler.presence_view.recorder_down is not None:
+                break
+            await asyncio.sleep(0.1)
+        assert st.scheduler.presence_view.recorder_down is not None
+        t0 = time.monotonic()
+        said = await st.raw(st.topics.scheduler_cmd("stop"), {"force": True})
+        assert said.success, said
+        assert "the recorder is not answering: the stack stops after at most 2 s" in said.msg
+        assert await st.scheduler.wait_stopped(15)
+        assert time.monotonic() - t0 < 10

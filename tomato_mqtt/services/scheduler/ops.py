@@ -225,6 +225,13 @@ class SchedulerOps:
             if self.svc.state_unwritable is not None
             else ""
         )
+        if self.svc.presence_view.recorder_down is not None:
+            # said now: the reply goes before the wait, and the CLI then said only
+            # "stopped" after 30 s (a review: the files were not written at the stop)
+            unstored += (
+                f"; the recorder is not answering: the stack stops after at most "
+                f"{FORCE_STOP_WAIT:g} s without their files, which are written at the next start"
+            )
         return Result(
             f"stopping tomato-mqtt once the tasks of job(s) {', '.join(map(str, ids))} are "
             f"stopped ({told.msg if told else 'being cancelled already'}){unstored}"
