@@ -255,11 +255,11 @@ class QueuePass:
         # the launched jobs first, their runners started before anything can wait: a
         # cancel handled while the others are published (every 200th waits for the
         # broker) must find its runner (found by a review: it was lost, the job ran on)
-        for job in queued:
-            if job.id in ids:
-                await svc.publish_job(job)  # its qw, told before its r
-                told(job)
         try:
+            for job in queued:
+                if job.id in ids:
+                    await svc.publish_job(job)  # its qw, told before its r
+                    told(job)
             for job, pipeline in launched:
                 await self.ops.announce_launch(job, pipeline)
                 svc.launching.discard(job.id)
