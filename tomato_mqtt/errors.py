@@ -24,6 +24,7 @@ __all__ = [
     "format_location",
     "lock_holders",
     "locked",
+    "locked_by",
     "one_line",
     "read_only",
     "writable_bytes",
@@ -60,6 +61,15 @@ def locked(why: str) -> bool:
     """Whether SQLite's ``why`` says another connection holds the file's write lock
     (SQLITE_BUSY): the file is intact, and writes go through once it lets go."""
     return "database is locked" in why
+
+
+def locked_by(why: str, path: str | Path) -> str:
+    """SQLite's ``why`` with who holds the file's lock and what to do, when it says the
+    file is locked (another program's transaction); else ``why`` as it is."""
+    if not locked(why):
+        return why
+    holders = ", ".join(lock_holders(path)) or "a process not found in /proc/locks"
+    return f"{why} by another program ({holders}): end its transaction"
 
 
 def lock_holders(path: str | Path) -> list[str]:

@@ -117,8 +117,7 @@ def what_to_do(kind: str, path: Path, why: str, outcome: str = "nothing was star
         "spool": "the node's spool",
     }[kind]
     if locked(why):
-        holders = lock_holders(path)
-        by = ", ".join(holders) if holders else "a process not found in /proc/locks"
+        by = ", ".join(lock_holders(path)) or "a process not found in /proc/locks"
         # (before a start nothing retries: "writes go through once it lets go" left the
         # user waiting for a stack that was never started: a review)
         then = (

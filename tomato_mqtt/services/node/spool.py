@@ -169,10 +169,8 @@ class Spool:
         """The overflow file of another spool file that had this path (removed since):
         its batches are not this spool's to send (their job ids name jobs of another
         state), kept under another name for a person to look at."""
-        assert self._ov is not None and self.overflow_path is not None
-        with contextlib.suppress(sqlite3.Error):
-            self._ov.close()
-        self._ov = None
+        assert self.overflow_path is not None
+        self._close_overflow()
         aside = self.overflow_path.with_name(f"{self.overflow_path.stem}.{owner}.orphan.sqlite")
         for suffix in ("", "-wal", "-shm"):
             with contextlib.suppress(OSError):
@@ -217,14 +215,17 @@ class Spool:
     def _drop_overflow(self) -> None:
         """Every batch it had is in the spool's file now (or acknowledged): gone."""
         self._in_overflow.clear()
-        if self._ov is not None:
-            with contextlib.suppress(sqlite3.Error):
-                self._ov.close()
-            self._ov = None
+        self._close_overflow()
         if self.overflow_path is not None:
             for suffix in ("", "-wal", "-shm"):
                 with contextlib.suppress(OSError):
                     Path(f"{self.overflow_path}{suffix}").unlink()
+
+    def _close_overflow(self) -> None:
+        if self._ov is not None:
+            with contextlib.suppress(sqlite3.Error):
+                self._ov.close()
+            self._ov = None
 
     @property
     def overflowed(self) -> int:
@@ -254,10 +255,7 @@ class Spool:
                     self.failing,
                     self.overflow_path,
                 )
-        if self._ov is not None:
-            with contextlib.suppress(sqlite3.Error):
-                self._ov.close()
-            self._ov = None
+        self._close_overflow()
         self._db.close()
 
     def retry(self, force: bool = False) -> None:

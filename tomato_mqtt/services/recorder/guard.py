@@ -99,16 +99,9 @@ def _same_job(path: Path, job: Mapping[str, JsonValue]) -> bool:
 
 def file_points(path: Path) -> int | None:
     """The points a job's NetCDF file holds (the ``uts`` of its groups); None when it
-    cannot be read as one."""
-    try:
-        import netCDF4
-
-        with NC_LOCK, netCDF4.Dataset(path, "r") as ds:  # see tomato_mqtt/nclock.py
-            return sum(
-                len(g.dimensions["uts"]) for g in ds.groups.values() if "uts" in g.dimensions
-            )
-    except Exception:  # not NetCDF, unreadable: nothing to compare with
-        return None
+    cannot be read as one (nothing to compare with)."""
+    groups = group_points(path)
+    return None if groups is None else sum(groups.values())
 
 
 def group_points(path: Path) -> dict[str, int] | None:

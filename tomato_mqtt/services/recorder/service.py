@@ -27,7 +27,7 @@ from pydantic import BaseModel, JsonValue
 
 from tomato_mqtt import __version__
 from tomato_mqtt.config.statefiles import opened
-from tomato_mqtt.errors import lock_holders, locked
+from tomato_mqtt.errors import locked_by
 from tomato_mqtt.model.jobs import PLAUSIBLE_ID
 from tomato_mqtt.services.base import Service
 from tomato_mqtt.services.idle import run_when_idle
@@ -432,10 +432,7 @@ class RecorderService(Service):
 
     def _storage_failed(self, e: BaseException, job: int | None) -> None:
         first = self.storage_error is None
-        why = str(e)
-        if locked(why):  # (not a full disk: who holds it, and what to do)
-            holders = ", ".join(lock_holders(self.db_path)) or "a process not in /proc/locks"
-            why += f" by another program ({holders}): end its transaction"
+        why = locked_by(str(e), self.db_path)  # (not a full disk: who, and what to do)
         self.storage_error = (
             f"the recorder cannot store data in {self.db_path}: {why} "
             "(the nodes keep it in their spools until it can, within their spool_max_mb: "
