@@ -2016,6 +2016,39 @@ async def test_a_recorder_store_another_program_holds_locked_is_said_and_loses_n
         assert status.recorder_storage_error is None, status
 
 
+async def test_status_says_a_recorder_that_stopped_answering_and_marks_its_last_fault(
+    broker: RunningBroker, instance: str, tmp_path: Path
+) -> None:
+    """`tomato status` did not show a recorder that was down (only the running jobs'
+    reasons did), and showed the store fault its last status said as if it were current."""
+    from tomato_mqtt.cli.status_text import _scheduler
+
+    async with inproc_stack(broker.port, tmp_path, instance) as st:
+        status = await st.call("status", {"what": "scheduler"})
+        assert status.recorder == "online" and status.recorder_storage_error is None, status
+        job = await st.submit_counter("pip-counter-1", 30, 0.1, tmp_path)
+        await st.wait_job(job.id, {"r"}, timeout=10)
+        with _locked_by_another_program(st.settings.recorder_db) as holder:
+            for _ in range(100):
+                status = await st.call("status", {"what": "scheduler"})
+                if status.recorder_storage_error:
+                    break
+                await asyncio.sleep(0.1)
+            assert f"pid {holder.pid}" in (status.recorder_storage_error or ""), status
+            assert "its last status said so" not in status.recorder_storage_error, status
+            st.recorder.request_stop()
+            for _ in range(100):
+                status = await st.call("status", {"what": "scheduler"})
+                if status.recorder != "online":
+                    break
+                await asyncio.sleep(0.1)
+        assert status.recorder == "not answering", status
+        said = status.recorder_storage_error or ""
+        assert f"pid {holder.pid}" in said and "its last status said so" in said, status
+        text = _scheduler("scheduler is running", status.model_dump(mode="json"))
+        assert "recorder:  not answering" in text, text
+
+
 @pytest.mark.parametrize("state_file", ["takes-writes", "full"])
 async def test_a_forced_stop_cancels_the_running_jobs_first_and_loses_no_point(
     broker: RunningBroker,

@@ -41,6 +41,8 @@ def _scheduler(msg: str, data: Any) -> str:
         ("heartbeat", f"{time.time() - beat:.1f} s ago" if isinstance(beat, float) else None),
         ("datadir", data.get("datadir")),
         ("devices", data.get("devices_file")),
+        # not shown before: a recorder down was said only in the running jobs' reasons
+        ("recorder", data.get("recorder") if data.get("recorder") != "online" else None),
         # its state file damaged or taking no writes (it was in --json only: a review)
         ("storage", data.get("storage_error")),
         ("storage", data.get("recorder_storage_error")),  # the recorder's store (full, locked)

@@ -133,10 +133,17 @@ class SchedulerInfo(SchedulerStatus):
 
     datadir: str
     devices_file: str
+    recorder: Literal["online", "not answering", "not seen"] = Field(
+        default="not seen",
+        description="the recorder as the scheduler sees it: online, not answering (lost, "
+        "stopped or silent past its heartbeats: the points wait in the nodes' spools), "
+        "or not seen since the scheduler started",
+    )
     recorder_storage_error: str | None = Field(
         default=None,
         description="why the recorder cannot store data now, as its status says "
-        "(RecorderStatus.storage_error); null when it can",
+        "(RecorderStatus.storage_error); null when it can. While the recorder is not "
+        "answering, what its last status said, marked as such",
     )
     node_storage_errors: dict[str, str] = Field(
         default_factory=dict,

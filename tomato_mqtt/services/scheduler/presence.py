@@ -287,6 +287,21 @@ class Presence:
             if prog.not_merged:
                 await self._not_merged(int(key), prog.not_merged)
 
+    def recorder_view(self) -> tuple[str, str | None]:
+        """(the recorder's state, its store's fault) for ``tomato status``: a fault its
+        last status said is marked as such while it does not answer (it was shown as if
+        current, and the recorder's being down was not shown at all)."""
+        if self.recorder_down is not None:
+            state = "not answering"
+        elif self.recorder_seen is None:
+            state = "not seen"
+        else:
+            state = "online"
+        error = self.storage_error
+        if error is not None and state != "online":
+            error = f"{error} (its last status said so; it has not answered since)"
+        return state, error
+
     async def _recorder_gone(self, how: str, silent_for: float | None = None) -> None:
         if self.recorder_down is not None:
             return

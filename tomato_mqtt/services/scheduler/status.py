@@ -148,7 +148,7 @@ def status_section(svc: SchedulerService, store: StateStore, what: str) -> Resul
             data["datadir"] = str(svc.settings.datadir)
             data["devices_file"] = str(svc.settings.devices_file)
             # the recorder's store too: `tomato status` named the state file's faults only
-            data["recorder_storage_error"] = svc.presence_view.storage_error
+            data["recorder"], data["recorder_storage_error"] = svc.presence_view.recorder_view()
             data["node_storage_errors"] = {
                 n: st.spool_error for n, st in svc.nodes.items() if st.spool_error
             }
