@@ -7,7 +7,12 @@ tests skip when it is not installed, and fail instead under CI / TOMATO_REQUIRE_
 from __future__ import annotations
 
 from tests.conftest import RunningBroker
-from tests.test_mqtt import check_last_will, check_pubsub, check_reconnect
+from tests.test_mqtt import (
+    check_last_will,
+    check_pubsub,
+    check_reconnect,
+    check_second_subscription_keeps_qos,
+)
 from tests.test_rpc import check_duplicate_answered_once, check_no_responder, check_request_reply
 from tomato_mqtt.wire.topics import Topics
 
@@ -36,3 +41,9 @@ async def test_duplicated_request_id_is_answered_once(
     mosquitto: RunningBroker, instance: str
 ) -> None:
     await check_duplicate_answered_once(mosquitto, Topics(instance))
+
+
+async def test_a_second_subscription_to_a_filter_keeps_the_first_one_s_qos(
+    mosquitto: RunningBroker, instance: str
+) -> None:
+    await check_second_subscription_keeps_qos(mosquitto, Topics(instance))

@@ -272,3 +272,26 @@ async def test_publishes_nobody_waits_for_leave_nothing_behind(
         await c.publish(f"t/{instance}/x", b"last")  # waits: every ack before it came
         await asyncio.sleep(0.2)
         assert c._acks == {}, len(c._acks)
+
+
+async def check_second_subscription_keeps_qos(broker: RunningBroker, topics: Topics) -> None:
+    """A review: a second subscription to a filter at QoS 0 (several per filter since
+    b78ae0f) sent SUBSCRIBE at QoS 0, which MQTT 3.1.1 makes the filter's new QoS
+    (Mosquitto does; amqtt keeps the first): the first one's QoS 1 messages came at QoS
+    0. The filter is subscribed at the highest QoS any of its subscriptions asked for."""
+    topic = topics.job_status(7)
+    first: asyncio.Queue[Message] = asyncio.Queue()
+    second: asyncio.Queue[Message] = asyncio.Queue()
+    async with AsyncClient(broker.url) as c, AsyncClient(broker.url) as pub:
+        await c.subscribe(topic, qos=1, handler=first.put_nowait)
+        await c.subscribe(topic, qos=0, handler=second.put_nowait)
+        await pub.publish(topic, b"s", qos=1)
+        got = await asyncio.wait_for(first.get(), T)
+        assert got.qos == 1, got
+        assert (await asyncio.wait_for(second.get(), T)).payload == b"s"
+
+
+async def test_a_second_subscription_to_a_filter_keeps_the_first_one_s_qos(
+    broker: RunningBroker, instance: str
+) -> None:
+    await check_second_subscription_keeps_qos(broker, Topics(instance))

@@ -309,11 +309,14 @@ class AsyncClient(_LoopDriven):
         future); without one, matches go to :meth:`messages`. ``droppable`` messages may
         be dropped when the consumer falls behind (see the module docstring).
         """
-        self._subs.setdefault(filter_, []).append(_Subscription(filter_, qos, handler, droppable))
+        subs = self._subs.setdefault(filter_, [])
+        subs.append(_Subscription(filter_, qos, handler, droppable))
         self._sub_list = [x for subs in self._subs.values() for x in subs]
         # (again for a second one: the broker sends the retained messages anew, which the
-        # new one needs; the others see them once more, as after a reconnect)
-        await self._send_subscribe(filter_, qos, timeout)
+        # new one needs; the others see them once more, as after a reconnect). At the
+        # highest QoS asked: a SUBSCRIBE sets the filter's QoS (a second one at QoS 0 made
+        # the first one's messages QoS 0 on Mosquitto: a review)
+        await self._send_subscribe(filter_, max(x.qos for x in subs), timeout)
 
     async def _send_subscribe(self, filter_: str, qos: int, timeout: float) -> None:
         c = self._require_client()
