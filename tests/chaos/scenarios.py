@@ -100,19 +100,22 @@ def kill_tree(root: Path, p: Params) -> Run:
         return fault_job(st, "kill-tree", p, fault)
 
 
-# -- a stalled node ------------------------------------------------------------------------
-def stall_node(root: Path, p: Params) -> Run:
-    """SIGSTOP of the node for ``p.down`` s mid-task, then SIGCONT."""
+# -- a stalled service ----------------------------------------------------------------------
+def _stall(service: str) -> Callable[[Path, Params], Run]:
+    """SIGSTOP of ``service`` for ``p.down`` s mid-task, then SIGCONT."""
 
-    def fault(st: Stack, _job: int) -> None:
-        pid = signal_service(st, "node", signal.SIGSTOP)
-        try:
-            time.sleep(p.down)  # the stall itself
-        finally:
-            os.kill(pid, signal.SIGCONT)
+    def scenario(root: Path, p: Params) -> Run:
+        def fault(st: Stack, _job: int) -> None:
+            pid = signal_service(st, service, signal.SIGSTOP)
+            try:
+                time.sleep(p.down)  # the stall itself
+            finally:
+                os.kill(pid, signal.SIGCONT)
 
-    with chaos_stack(root) as st:
-        return fault_job(st, "stall-node", p, fault)
+        with chaos_stack(root) as st:
+            return fault_job(st, f"stall-{service}", p, fault)
+
+    return scenario
 
 
 # -- `ketchup cancel` while the node is dead or stopped -------------------------------------
@@ -191,7 +194,11 @@ SCENARIOS: dict[str, Scenario] = {
         # the node dies with its count of points: ce, and nothing missing in the middle
         Scenario("kill-node", _kill("node"), "ce", exact=False, reason_has=COUNTER),
         Scenario("kill-tree", kill_tree, "ce", exact=False, reason_has=COUNTER),
-        Scenario("stall-node", stall_node, "c|ce", honest=True),
+        Scenario("stall-node", _stall("node"), "c|ce", honest=True),
+        # the others stall nothing the node takes: every point, as if nothing happened
+        Scenario("stall-broker", _stall("broker"), "c", honest=True),
+        Scenario("stall-scheduler", _stall("scheduler"), "c", honest=True),
+        Scenario("stall-recorder", _stall("recorder"), "c", honest=True),
         Scenario("cancel-killed-node", _cancel(KILLED), "cd", exact=False, bound=CANCEL_BOUND),
         Scenario("cancel-stopped-node", _cancel(STOPPED), "cd", exact=False, bound=CANCEL_BOUND),
         Scenario("reload-readd", reload_readd, "c"),
