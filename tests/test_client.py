@@ -262,6 +262,42 @@ async def test_every_failure_is_a_client_error_with_a_code(
         assert "never started (it ended cd while queued): it has no data" in str(e.value)
 
 
+async def test_a_submit_sent_again_with_its_token_is_one_job(
+    broker: RunningBroker, tmp_path: Path, instance: str
+) -> None:
+    """client.md told a script whose submit got `unavailable` (a slow scheduler may
+    still queue it) to look before sending it again, with no way to send it again
+    safely: `submit(token=...)` is one job however often it is sent, and the
+    `unavailable` message names the token the unanswered submit carried."""
+    url = f"mqtt://127.0.0.1:{broker.port}"
+    payload = yaml.safe_load((CONFIG / "counter_1_0.1.yml").read_text())
+    async with AsyncTomato(url, instance, timeout=1.0) as t:  # nothing behind the broker
+        with pytest.raises(ClientError) as e:
+            await t.submit(payload, jobname="once")
+        assert e.value.code == "unavailable", e.value
+        said = re.search(r"submit\(\.\.\., token='([0-9a-f]{32})'\)", str(e.value))
+        assert said, e.value
+    token = said.group(1)
+    async with inproc_stack(broker.port, tmp_path, instance), AsyncTomato(url, instance) as t:
+        first = await t.submit(payload, jobname="once", token=token)
+        again = await t.submit(payload, jobname="once", token=token)
+        assert again.id == first.id, (first, again)
+        other = await t.submit(payload, jobname="once")  # no token given: a job of its own
+        assert other.id != first.id
+        with pytest.raises(ClientError) as e:  # the token of another payload or name
+            await t.submit(payload, jobname="another", token=token)
+        assert e.value.code == "conflict" and "give a new token" in str(e.value), e.value
+
+        def sync() -> int:
+            with Tomato(url, instance) as s:
+                return s.submit(payload, jobname="once", token=token).id
+
+        assert await asyncio.wait_for(asyncio.to_thread(sync), 20) == first.id
+        assert len(await t.jobs()) == 2
+        for job in (first, other):
+            await job.cancel()
+
+
 def test_the_documented_payload_error_and_a_missing_appdir(tmp_path: Path) -> None:
     """client.md says submit() raises PayloadError: it could not be imported from the
     client; from_settings(appdir=<a typo>) connected to the default broker."""

@@ -261,9 +261,15 @@ class AsyncTomato:
             if err.code == "unavailable" and not cmd.reads:
                 # a slow scheduler (stopped, swapped out) carries it out when it gets to
                 # it: a script that sent it again got a second job (an integrator's run)
+                token = getattr(checked, "token", None)
+                again = (
+                    f"submit(..., token={token!r}) is answered with its job, if it was queued"
+                    if token
+                    else "a submit: `search` its job name"
+                )
                 err = ClientError(
                     f"{err}; it may still be carried out when the {who} gets to it: look "
-                    "before sending it again (a submit: `search` its job name)",
+                    f"before sending it again ({again})",
                     "unavailable",
                 )
             raise err from None
@@ -295,15 +301,24 @@ class AsyncTomato:
 
     # -- jobs --------------------------------------------------------------------------
     async def submit(
-        self, payload: str | os.PathLike[str] | Mapping[str, Any], jobname: str | None = None
+        self,
+        payload: str | os.PathLike[str] | Mapping[str, Any],
+        jobname: str | None = None,
+        *,
+        token: str | None = None,
     ) -> Job:
         """Queue a payload (a file of any tomato version, or a dict); output goes to the
-        current directory unless the payload says otherwise."""
+        current directory unless the payload says otherwise.
+
+        ``token`` (8-64 characters, one per job the caller means to queue): a submit
+        made again with it, by this login, is answered with the job the first made, so
+        a script may send it again after ``unavailable`` without queueing a second job.
+        Without one, a random token covers this call's own resends only."""
         args = {
             "payload": payload_args(payload),
             "jobname": jobname,
             "submit_dir": os.getcwd(),
-            "token": os.urandom(16).hex(),  # sent again, it is still one job
+            "token": token or os.urandom(16).hex(),  # sent again, it is still one job
         }
         try:
             return Job(self, await self.call("job_submit", args))

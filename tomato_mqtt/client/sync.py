@@ -217,9 +217,13 @@ class Tomato:
             fut.cancel()
 
     def submit(
-        self, payload: str | os.PathLike[str] | Mapping[str, Any], jobname: str | None = None
+        self,
+        payload: str | os.PathLike[str] | Mapping[str, Any],
+        jobname: str | None = None,
+        *,
+        token: str | None = None,
     ) -> Job:
-        return Job(self, self._run(self.aio.submit(payload, jobname)).info)
+        return Job(self, self._run(self.aio.submit(payload, jobname, token=token)).info)
 
     def job(self, jobid: int) -> Job:
         return Job(self, self.aio.job(jobid).info)
