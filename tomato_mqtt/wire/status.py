@@ -133,11 +133,12 @@ class SchedulerInfo(SchedulerStatus):
 
     datadir: str
     devices_file: str
-    recorder: Literal["online", "not answering", "not seen"] = Field(
-        default="not seen",
+    recorder: Literal["online", "not answering", "not seen"] | None = Field(
+        default=None,
         description="the recorder as the scheduler sees it: online, not answering (lost, "
         "stopped or silent past its heartbeats: the points wait in the nodes' spools), "
-        "or not seen since the scheduler started",
+        "or not seen since the scheduler started; null from a scheduler older than this "
+        "field",
     )
     recorder_storage_error: str | None = Field(
         default=None,
