@@ -178,8 +178,18 @@ def search(opts: Opts, name: str) -> None:
 
 def cancel(opts: Opts, jobids: list[int]) -> None:
     ctx = opts.context()
+    # a scheduler that is stopped or busy takes the request once it runs again: the job
+    # then ends cd although this said the cancel was unanswered (a stall hunt, session 49)
+    later = (
+        "; the cancel may still take effect if a scheduler got the request and answers "
+        "later: look with `ketchup status` before cancelling again"
+    )
     reply = run_request(
-        ctx, ctx.topics.scheduler_cmd("job_cancel"), {"jobids": jobids}, timeout=opts.timeout
+        ctx,
+        ctx.topics.scheduler_cmd("job_cancel"),
+        {"jobids": jobids},
+        timeout=opts.timeout,
+        unanswered=later,
     )
     opts.output().reply(reply, lambda _jobs: reply.msg)
 

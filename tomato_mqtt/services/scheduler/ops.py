@@ -523,9 +523,29 @@ class SchedulerOps:
                 code="conflict",
             )
         path = Path(self.svc.settings.jobs_dir) / str(job.id) / f"snapshot.{job.id}.nc"
-        ok, msg, data = await self.svc.recorder_request(
-            "finalize", self.recorder_args(job, path, snapshot=True), timeout=60
+        # a recorder found not answering (stopped, hung) ends the wait at once, said: the
+        # request waited 60 s for it, as long as the CLI's own timeout, so the CLI always
+        # gave up first and said "no scheduler answered ... is it running?" of a scheduler
+        # that ran and knew the recorder was down (a stall hunt, session 49)
+        asked = asyncio.ensure_future(
+            self.svc.recorder_request(
+                "finalize", self.recorder_args(job, path, snapshot=True), timeout=60
+            )
         )
+        try:
+            while not asked.done():
+                down = self.svc.presence_view.recorder_down
+                if down is not None:
+                    raise CommandError(
+                        f"snapshot of job {job.id} not written: {down.split(':', 1)[0]}; "
+                        "ask again once `tomato status` says the recorder is online",
+                        code="unavailable",
+                    )
+                await asyncio.wait({asked}, timeout=0.25)
+        finally:
+            if not asked.done():
+                asked.cancel()
+        ok, msg, data = asked.result()
         if not ok:
             raise CommandError(f"snapshot of job {job.id} failed: {msg}", code="unavailable")
         written = str(data["path"]) if isinstance(data, dict) and data.get("path") else str(path)
