@@ -276,6 +276,161 @@ SC = {
     "broker-stalled-during-cancel": (broker_stalled_during_cancel, Params(duration=10)),
 }
 
+
+
+TWO_NODES = {
+    "devices": [
+        {"name": "dev-a", "driver": "example_counter", "address": "a-addr", "channels": ["1"],
+         "pollrate": 1},
+        {"name": "dev-b", "driver": "example_counter", "address": "b-addr", "channels": ["1"],
+         "pollrate": 1, "node": "spare"},
+    ],
+    "pipelines": [
+        {"name": f"pip-{x}", "devices": [{"role": "counter", "device": f"dev-{x}", "channel": "1"}]}
+        for x in ("a", "b")
+    ],
+}
+
+
+def two_nodes_one_stopped(stop_s: float):
+    def scenario(root: Path, p: Params) -> Run:
+        import subprocess
+
+        import yaml
+
+        from tests.chaos.harness import measure, payload, wait_end, wait_running
+        from tests.stack import BIN
+
+        dev = root / "devices-two-nodes.yml"
+        root.mkdir(parents=True, exist_ok=True)
+        dev.write_text(yaml.safe_dump(TWO_NODES))
+        seen: dict[str, Any] = {}
+        with chaos_stack(root, dev) as st:
+            argv = [str(BIN / "tomato"), "node", "--name", "spare", "-p", str(st.port),
+                    "-A", str(st.appdir), "-D", str(root / "spare-data")]
+            spare = subprocess.Popen(argv, stdout=subprocess.DEVNULL,
+                                     stderr=open(root / "spare.err", "w"), text=True)
+            try:
+                deadline = time.monotonic() + 30
+                while time.monotonic() < deadline:
+                    nodes = st.json("tomato", "status", "nodes").get("data") or {}
+                    if (nodes.get("spare") or {}).get("state") == "online":
+                        break
+                    time.sleep(0.5)
+                seen["nodes"] = {k: v.get("state") for k, v in nodes.items()}
+                st.load_ready("pip-a", "sa")
+                st.load_ready("pip-b", "sb")
+                ja = st.submit(payload(st, "sa", p))
+                jb = st.submit(payload(st, "sb", p))
+                t_run = max(wait_running(st, ja), wait_running(st, jb))
+                time.sleep(p.fault_at)
+                t_fault = time.monotonic()
+                os.kill(spare.pid, STOP)
+                try:
+                    time.sleep(stop_s / 2)
+                    seen["status_mid"] = st.run("tomato", "status").stdout[-800:]
+                    jm = st.json("ketchup", "status", str(jb))["data"][0]
+                    seen["b_mid"] = (jm.get("status"), jm.get("reason"))
+                    time.sleep(stop_s / 2)
+                finally:
+                    os.kill(spare.pid, CONT)
+                end = t_run + p.duration + p.end_bound + stop_s
+                job_a, ended_a = wait_end(st, ja, end)
+                job_b, ended_b = wait_end(st, jb, end)
+                ra = check(measure("two-nodes:a", p, job_a, ended_a, t_fault), {"c"})
+                rb = check(measure("two-nodes:b", p, job_b, ended_b, t_fault), {"c", "ce"})
+                time.sleep(3)
+                # the pipeline B again: a next job must run on the spare node
+                st.run("tomato", "pipeline", "eject", "pip-b")
+                st.load_ready("pip-b", "sb2")
+                q = Params(hz=p.hz, duration=2.0)
+                jc = st.submit(payload(st, "sb2", q))
+                job_c, ended_c = wait_end(st, jc, time.monotonic() + 40)
+                rc = check(measure("two-nodes:b-next", q, job_c, ended_c, t_fault), {"c"})
+                seen["a"] = (ra.line(), ra.reason)
+                seen["b"] = (rb.line(), rb.reason)
+                seen["b_next"] = (rc.line(), rc.reason)
+                rb.problems += [f"job A: {x}" for x in ra.problems]
+                rb.problems += [f"next job on B: {x}" for x in rc.problems]
+                rb.seen.update(seen)
+                return rb
+            finally:
+                spare.terminate()
+                try:
+                    spare.wait(10)
+                except subprocess.TimeoutExpired:
+                    spare.kill()
+
+    return scenario
+
+
+SC["two-nodes-stop-15"] = (two_nodes_one_stopped(15.0), Params(duration=10))
+SC["two-nodes-stop-5"] = (two_nodes_one_stopped(5.0), Params(duration=10))
+
+
+
+
+def scheduler_stopped_at_grace_end(root: Path, p: Params) -> Run:
+    """node stopped; the scheduler stopped 9 s later (1 s before lost_after + grace ends)
+    for 6 s; the node continued 8 s after the scheduler."""
+    seen: dict[str, Any] = {}
+
+    def fault(st: Stack, jobid: int) -> None:
+        npid = signal_service(st, "node", STOP)
+        try:
+            time.sleep(9)
+            spid = signal_service(st, "scheduler", STOP)
+            try:
+                time.sleep(6)
+            finally:
+                os.kill(spid, CONT)
+            t0 = time.monotonic()
+            while time.monotonic() - t0 < 8:
+                j = st.json("ketchup", "status", str(jobid))["data"][0]
+                if j.get("status") in ("c", "ce", "cd") and "ended_after" not in seen:
+                    seen["ended_after"] = round(time.monotonic() - t0, 1)
+                    seen["reason_then"] = j.get("reason")
+                time.sleep(0.5)
+        finally:
+            os.kill(npid, CONT)
+
+    with chaos_stack(root) as st:
+        run = fault_job(st, "scheduler-stopped-at-grace-end", p, fault,
+                        deadline=lambda _r, tf: tf + 60)
+        time.sleep(3)
+        run.seen.update(seen)
+        return check(run, {"ce"}, exact=False)
+
+
+def recorder_stopped_cancel_node_killed(root: Path, p: Params) -> Run:
+    """recorder stopped; `ketchup cancel`; node killed 0.5 s later; recorder continued 5 s
+    after that."""
+    seen: dict[str, Any] = {}
+
+    def fault(st: Stack, jobid: int) -> None:
+        rpid = signal_service(st, "recorder", STOP)
+        try:
+            r = st.run("ketchup", "cancel", str(jobid), timeout=60)
+            seen["cancel"] = (r.returncode, r.stdout + r.stderr)
+            time.sleep(0.5)
+            signal_service(st, "node", signal.SIGKILL)
+            time.sleep(5)
+        finally:
+            os.kill(rpid, CONT)
+
+    with chaos_stack(root) as st:
+        run = fault_job(st, "recorder-stopped+cancel+node-killed", p, fault,
+                        deadline=lambda _r, tf: tf + 40)
+        time.sleep(3)
+        run.seen.update(seen)
+        return check(run, {"cd"}, exact=True)
+
+
+SC["scheduler-stopped-at-grace-end"] = (scheduler_stopped_at_grace_end, Params(duration=40))
+SC["recorder-stopped+cancel+node-killed"] = (recorder_stopped_cancel_node_killed,
+                                            Params(duration=10))
+
+
 if __name__ == "__main__":
     for name in sys.argv[1:]:
         fn, p = SC[name]
