@@ -49,8 +49,7 @@ def cancel_stalled_recorder(root: Path, p: Params) -> Run:
         seen["job_during"] = (j.get("status"), j.get("reason"))
 
     with chaos_stack(root) as st:
-        run = fault_job(st, "cancel-stalled-recorder", p, fault,
-                        deadline=lambda _r, tf: tf + 40)
+        run = fault_job(st, "cancel-stalled-recorder", p, fault, deadline=lambda _r, tf: tf + 40)
         run.seen.update(seen)
         return check(run, {"cd"}, exact=True)
 
@@ -69,8 +68,7 @@ def cancel_stalled_scheduler(root: Path, p: Params) -> Run:
             os.kill(pid, CONT)
 
     with chaos_stack(root) as st:
-        run = fault_job(st, "cancel-stalled-scheduler", p, fault,
-                        deadline=lambda _r, tf: tf + 40)
+        run = fault_job(st, "cancel-stalled-scheduler", p, fault, deadline=lambda _r, tf: tf + 40)
         run.seen.update(seen)
         return check(run, {"cd", "c"}, exact=True)
 
@@ -85,19 +83,22 @@ def snapshot_stalled_recorder(root: Path, p: Params) -> Run:
             time.sleep(0.5)
             t0 = time.monotonic()
             r = st.run("ketchup", "snapshot", str(jobid), "--timeout", "10", timeout=70)
-            seen["snapshot"] = (round(time.monotonic() - t0, 1), r.returncode,
-                                r.stdout + r.stderr)
+            seen["snapshot"] = (round(time.monotonic() - t0, 1), r.returncode, r.stdout + r.stderr)
             time.sleep(max(0, 8 - (time.monotonic() - t0)))
         finally:
             os.kill(pid, CONT)
         t0 = time.monotonic()
         r = st.run("ketchup", "snapshot", str(jobid), timeout=60)
-        seen["snapshot_after"] = (round(time.monotonic() - t0, 1), r.returncode,
-                                  r.stdout + r.stderr)
+        seen["snapshot_after"] = (
+            round(time.monotonic() - t0, 1),
+            r.returncode,
+            r.stdout + r.stderr,
+        )
 
     with chaos_stack(root) as st:
-        run = fault_job(st, "snapshot-stalled-recorder", p, fault,
-                        deadline=lambda tr, _f: tr + p.duration + 40)
+        run = fault_job(
+            st, "snapshot-stalled-recorder", p, fault, deadline=lambda tr, _f: tr + p.duration + 40
+        )
         run.seen.update(seen)
         return check(run, {"c"}, exact=True)
 
@@ -110,15 +111,15 @@ def snapshot_stalled_node(root: Path, p: Params) -> Run:
         try:
             t0 = time.monotonic()
             r = st.run("ketchup", "snapshot", str(jobid), "--timeout", "10", timeout=70)
-            seen["snapshot"] = (round(time.monotonic() - t0, 1), r.returncode,
-                                r.stdout + r.stderr)
+            seen["snapshot"] = (round(time.monotonic() - t0, 1), r.returncode, r.stdout + r.stderr)
             time.sleep(max(0, p.down - (time.monotonic() - t0)))
         finally:
             os.kill(pid, CONT)
 
     with chaos_stack(root) as st:
-        run = fault_job(st, "snapshot-stalled-node", p, fault,
-                        deadline=lambda tr, _f: tr + p.duration + 40)
+        run = fault_job(
+            st, "snapshot-stalled-node", p, fault, deadline=lambda tr, _f: tr + p.duration + 40
+        )
         run.seen.update(seen)
         return check(run, {"c", "ce"}, exact=True)
 
@@ -134,14 +135,13 @@ def recorder_long_across_end(root: Path, p: Params) -> Run:
                 time.sleep(5)
                 j = st.json("ketchup", "status", str(jobid))
                 d = (j.get("data") or [{}])[0]
-                seen[f"t+{5*(k+1)}"] = (d.get("status"), d.get("reason"))
+                seen[f"t+{5 * (k + 1)}"] = (d.get("status"), d.get("reason"))
             seen["tomato_status"] = st.run("tomato", "status").stdout[-1200:]
         finally:
             os.kill(pid, CONT)
 
     with chaos_stack(root) as st:
-        run = fault_job(st, "recorder-long-across-end", p, fault,
-                        deadline=lambda _r, tf: tf + 60)
+        run = fault_job(st, "recorder-long-across-end", p, fault, deadline=lambda _r, tf: tf + 60)
         run.seen.update(seen)
         return check(run, {"c"}, exact=True)
 
@@ -159,8 +159,9 @@ def node_killed_scheduler_stopped_long(root: Path, p: Params) -> Run:
             os.kill(spid, CONT)
 
     with chaos_stack(root) as st:
-        run = fault_job(st, "node-killed-scheduler-stopped", p, fault,
-                        deadline=lambda _r, tf: tf + 60)
+        run = fault_job(
+            st, "node-killed-scheduler-stopped", p, fault, deadline=lambda _r, tf: tf + 60
+        )
         return check(run, {"ce"}, exact=False)
 
 
@@ -177,8 +178,7 @@ def node_stopped_scheduler_stopped_long(root: Path, p: Params) -> Run:
             os.kill(spid, CONT)
 
     with chaos_stack(root) as st:
-        run = fault_job(st, "node+scheduler-stopped", p, fault,
-                        deadline=lambda _r, tf: tf + 60)
+        run = fault_job(st, "node+scheduler-stopped", p, fault, deadline=lambda _r, tf: tf + 60)
         return check(run, {"c", "ce"}, exact=True)
 
 
@@ -194,6 +194,7 @@ def node_threshold(down: float):
         with chaos_stack(root) as st:
             run = fault_job(st, f"node-stall-{down}", p, fault)
             return check(run, {"c", "ce"}, exact=True)
+
     return scenario
 
 
@@ -228,8 +229,7 @@ def scheduler_stalled_at_end(root: Path, p: Params) -> Run:
             os.kill(pid, CONT)
 
     with chaos_stack(root) as st:
-        run = fault_job(st, "scheduler-stalled-at-end", p, fault,
-                        deadline=lambda _r, tf: tf + 60)
+        run = fault_job(st, "scheduler-stalled-at-end", p, fault, deadline=lambda _r, tf: tf + 60)
         return check(run, {"c"}, exact=True)
 
 
@@ -238,11 +238,18 @@ def broker_stalled_during_cancel(root: Path, p: Params) -> Run:
 
     def fault(st: Stack, jobid: int) -> None:
         import subprocess
+
         from tests.stack import BIN, cli_env
-        cmd = [str(BIN / "ketchup"), "cancel", str(jobid), "-p", str(st.port),
-               "-A", str(st.appdir)]
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                text=True, env=cli_env(st.env, "ketchup"), cwd=st.workdir)
+
+        cmd = [str(BIN / "ketchup"), "cancel", str(jobid), "-p", str(st.port), "-A", str(st.appdir)]
+        proc = subprocess.Popen(
+            cmd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=cli_env(st.env, "ketchup"),
+            cwd=st.workdir,
+        )
         time.sleep(0.15)
         pid = signal_service(st, "broker", STOP)
         try:
@@ -253,8 +260,9 @@ def broker_stalled_during_cancel(root: Path, p: Params) -> Run:
         seen["cancel"] = (proc.returncode, out)
 
     with chaos_stack(root) as st:
-        run = fault_job(st, "broker-stalled-during-cancel", p, fault,
-                        deadline=lambda _r, tf: tf + 40)
+        run = fault_job(
+            st, "broker-stalled-during-cancel", p, fault, deadline=lambda _r, tf: tf + 40
+        )
         run.seen.update(seen)
         return check(run, {"cd"}, exact=True)
 
@@ -277,13 +285,23 @@ SC = {
 }
 
 
-
 TWO_NODES = {
     "devices": [
-        {"name": "dev-a", "driver": "example_counter", "address": "a-addr", "channels": ["1"],
-         "pollrate": 1},
-        {"name": "dev-b", "driver": "example_counter", "address": "b-addr", "channels": ["1"],
-         "pollrate": 1, "node": "spare"},
+        {
+            "name": "dev-a",
+            "driver": "example_counter",
+            "address": "a-addr",
+            "channels": ["1"],
+            "pollrate": 1,
+        },
+        {
+            "name": "dev-b",
+            "driver": "example_counter",
+            "address": "b-addr",
+            "channels": ["1"],
+            "pollrate": 1,
+            "node": "spare",
+        },
     ],
     "pipelines": [
         {"name": f"pip-{x}", "devices": [{"role": "counter", "device": f"dev-{x}", "channel": "1"}]}
@@ -306,10 +324,21 @@ def two_nodes_one_stopped(stop_s: float):
         dev.write_text(yaml.safe_dump(TWO_NODES))
         seen: dict[str, Any] = {}
         with chaos_stack(root, dev) as st:
-            argv = [str(BIN / "tomato"), "node", "--name", "spare", "-p", str(st.port),
-                    "-A", str(st.appdir), "-D", str(root / "spare-data")]
-            spare = subprocess.Popen(argv, stdout=subprocess.DEVNULL,
-                                     stderr=open(root / "spare.err", "w"), text=True)
+            argv = [
+                str(BIN / "tomato"),
+                "node",
+                "--name",
+                "spare",
+                "-p",
+                str(st.port),
+                "-A",
+                str(st.appdir),
+                "-D",
+                str(root / "spare-data"),
+            ]
+            spare = subprocess.Popen(
+                argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True
+            )
             try:
                 deadline = time.monotonic() + 30
                 while time.monotonic() < deadline:
@@ -368,8 +397,6 @@ SC["two-nodes-stop-15"] = (two_nodes_one_stopped(15.0), Params(duration=10))
 SC["two-nodes-stop-5"] = (two_nodes_one_stopped(5.0), Params(duration=10))
 
 
-
-
 def scheduler_stopped_at_grace_end(root: Path, p: Params) -> Run:
     """node stopped; the scheduler stopped 9 s later (1 s before lost_after + grace ends)
     for 6 s; the node continued 8 s after the scheduler."""
@@ -395,8 +422,9 @@ def scheduler_stopped_at_grace_end(root: Path, p: Params) -> Run:
             os.kill(npid, CONT)
 
     with chaos_stack(root) as st:
-        run = fault_job(st, "scheduler-stopped-at-grace-end", p, fault,
-                        deadline=lambda _r, tf: tf + 60)
+        run = fault_job(
+            st, "scheduler-stopped-at-grace-end", p, fault, deadline=lambda _r, tf: tf + 60
+        )
         time.sleep(3)
         run.seen.update(seen)
         return check(run, {"ce"}, exact=False)
@@ -419,16 +447,19 @@ def recorder_stopped_cancel_node_killed(root: Path, p: Params) -> Run:
             os.kill(rpid, CONT)
 
     with chaos_stack(root) as st:
-        run = fault_job(st, "recorder-stopped+cancel+node-killed", p, fault,
-                        deadline=lambda _r, tf: tf + 40)
+        run = fault_job(
+            st, "recorder-stopped+cancel+node-killed", p, fault, deadline=lambda _r, tf: tf + 40
+        )
         time.sleep(3)
         run.seen.update(seen)
         return check(run, {"cd"}, exact=True)
 
 
 SC["scheduler-stopped-at-grace-end"] = (scheduler_stopped_at_grace_end, Params(duration=40))
-SC["recorder-stopped+cancel+node-killed"] = (recorder_stopped_cancel_node_killed,
-                                            Params(duration=10))
+SC["recorder-stopped+cancel+node-killed"] = (
+    recorder_stopped_cancel_node_killed,
+    Params(duration=10),
+)
 
 
 if __name__ == "__main__":
