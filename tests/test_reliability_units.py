@@ -237,6 +237,23 @@ async def test_component_no_longer_hosted_ends_the_job_ce() -> None:
     assert status == "ce" and "no longer hosted" in str(reason)
 
 
+async def test_the_missed_deadlines_of_a_task_stopped_early_count_only_its_own() -> None:
+    """A task stopped early (a cancel after 20 points, 2 deadlines missed) had 22
+    deadlines, not its nominal 60: the warning said "missed 2 of 60" (session 49)."""
+    host = FakeHost()
+    runner, done = await _run(host)
+    end = TaskEndInfo(
+        job=1, task=0, reason="stopped", t_start=0, t_end=1, npoints=20, missed=2, stream="s"
+    )
+    ended = ComponentStatus(
+        name="cmp", node="pc1", state="idle", time=time.time(), epoch=1, last_task=end
+    )
+    await host.set(cstatus={"cmp": ended})
+    await asyncio.wait_for(done, 5)
+    said = " ".join(runner.warnings)
+    assert "missed 2 of 22 sampling deadlines" in said, said
+
+
 async def test_a_normal_end_is_c_and_carries_counts_and_missed_deadlines() -> None:
     host = FakeHost()
     runner, done = await _run(host)

@@ -747,6 +747,11 @@ class JobRunner:
         if missed:
             detail["missed"] = missed
             n = t.spec.npoints
+            taken = end.get("npoints")
+            if end.get("reason") != "done" and isinstance(taken, int):
+                # a task stopped early (cancel, a stop trigger) had only the deadlines up
+                # to its stop: "missed 2 of 200" of a task cancelled after 23 (session 49)
+                n = taken + missed
             warning = (
                 f"task {t.spec.index} ({t.spec.technique_name}) on {component} missed "
                 f"{missed} of {n} sampling deadlines (the driver or node was behind; "
