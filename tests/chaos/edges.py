@@ -1,6 +1,9 @@
-"""Stall scenarios of session 49 (fault hunt): stalls at timing edges and combined faults.
+"""Stalls at timing edges and faults combined (a fault hunt's scenarios, on the chaos
+harness): cancels and snapshots while a service is stopped, stalls across a task's end
+and a node's grace period, two nodes with one stopped.
 
-Run one: ``python -m tests.chaos.stall49 NAME`` (prints the run's line and what was seen)."""
+Run one: ``python -m tests.chaos.edges NAME`` (prints the run's line and what was seen);
+``tests/chaos/test_edges.py`` runs those that found a defect."""
 
 from __future__ import annotations
 
@@ -98,6 +101,27 @@ def snapshot_stalled_recorder(root: Path, p: Params) -> Run:
     with chaos_stack(root) as st:
         run = fault_job(
             st, "snapshot-stalled-recorder", p, fault, deadline=lambda tr, _f: tr + p.duration + 40
+        )
+        run.seen.update(seen)
+        return check(run, {"c"}, exact=True)
+
+
+def snapshot_killed_recorder(root: Path, p: Params) -> Run:
+    """The recorder stopped with `ketchup snapshot`'s request in hand, then killed: the
+    supervisor restarts it and the request goes to it again; the snapshot is written."""
+    seen: dict[str, Any] = {}
+
+    def fault(st: Stack, jobid: int) -> None:
+        pid = signal_service(st, "recorder", STOP)
+        killer = _later(0.7, lambda: os.kill(pid, signal.SIGKILL))
+        t0 = time.monotonic()
+        r = st.run("ketchup", "snapshot", str(jobid), "--timeout", "20", timeout=70)
+        killer.join()
+        seen["snapshot"] = (round(time.monotonic() - t0, 1), r.returncode, r.stdout + r.stderr)
+
+    with chaos_stack(root) as st:
+        run = fault_job(
+            st, "snapshot-killed-recorder", p, fault, deadline=lambda tr, _f: tr + p.duration + 40
         )
         run.seen.update(seen)
         return check(run, {"c"}, exact=True)
@@ -393,6 +417,7 @@ def two_nodes_one_stopped(stop_s: float):
     return scenario
 
 
+SC["snapshot-killed-recorder"] = (snapshot_killed_recorder, Params(duration=20))
 SC["two-nodes-stop-15"] = (two_nodes_one_stopped(15.0), Params(duration=10))
 SC["two-nodes-stop-5"] = (two_nodes_one_stopped(5.0), Params(duration=10))
 
@@ -465,7 +490,7 @@ SC["recorder-stopped+cancel+node-killed"] = (
 if __name__ == "__main__":
     for name in sys.argv[1:]:
         fn, p = SC[name]
-        root = Path(tempfile.mkdtemp(prefix=name + ".", dir="/tmp/stall49"))
+        root = Path(tempfile.mkdtemp(prefix=f"tomato-edges-{name}."))
         r = fn(root, p)
         r.scenario = name
         print(r.line(), flush=True)

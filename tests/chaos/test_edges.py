@@ -1,4 +1,4 @@
-"""Stalls at timing edges (session 49's fault hunt): see tests/chaos/stall49.py.
+"""Stalls at timing edges (a fault hunt): see tests/chaos/edges.py.
 
 - ``ketchup snapshot`` while the recorder is stopped (SIGSTOP): the scheduler waited 60 s
   for the recorder, as long as the CLI's timeout, so the CLI said "no scheduler answered
@@ -14,8 +14,12 @@ from pathlib import Path
 
 import pytest
 
+from tests.chaos.edges import (
+    cancel_stalled_scheduler,
+    snapshot_killed_recorder,
+    snapshot_stalled_recorder,
+)
 from tests.chaos.harness import Params
-from tests.chaos.stall49 import cancel_stalled_scheduler, snapshot_stalled_recorder
 
 pytestmark = pytest.mark.timeout(150)
 
@@ -37,4 +41,14 @@ def test_an_unanswered_cancel_says_it_may_still_take_effect(tmp_path: Path) -> N
     assert rc != 0, out
     assert run.status == "cd", run.line()  # the scheduler, back, acted on it
     assert "may still take effect" in out, out
+    assert not run.problems, run.line()
+
+
+def test_a_snapshot_whose_recorder_is_killed_and_restarted_is_written(tmp_path: Path) -> None:
+    """A review of the fix above: it failed the snapshot as soon as the recorder's last
+    will came, though the supervisor restarts a killed recorder in well under a second
+    and the request goes to it again; it is written."""
+    run = snapshot_killed_recorder(tmp_path, Params(duration=20))
+    secs, rc, out = run.seen["snapshot"]
+    assert rc == 0 and "written to" in out, (secs, out)
     assert not run.problems, run.line()
