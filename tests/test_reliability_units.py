@@ -162,9 +162,13 @@ class FakeHost:
 _KEEP: set[asyncio.Future[Any]] = set()
 
 
-async def _task_ended(host: FakeHost, npoints: int = 60) -> None:
+async def _task_ended(
+    host: FakeHost, npoints: int = 60, reason: str = "done", missed: int = 0
+) -> None:
     """The node says: task 0 of job 1 ended, idle again (as its retained status does)."""
-    end = TaskEndInfo(job=1, task=0, reason="done", t_start=0, t_end=1, npoints=npoints, stream="s")
+    end = TaskEndInfo(
+        job=1, task=0, reason=reason, t_start=0, t_end=1, npoints=npoints, missed=missed, stream="s"
+    )
     ended = ComponentStatus(
         name="cmp", node="pc1", state="idle", time=time.time(), epoch=1, last_task=end
     )
@@ -242,13 +246,7 @@ async def test_the_missed_deadlines_of_a_task_stopped_early_count_only_its_own()
     deadlines, not its nominal 60: the warning said "missed 2 of 60" (session 49)."""
     host = FakeHost()
     runner, done = await _run(host)
-    end = TaskEndInfo(
-        job=1, task=0, reason="stopped", t_start=0, t_end=1, npoints=20, missed=2, stream="s"
-    )
-    ended = ComponentStatus(
-        name="cmp", node="pc1", state="idle", time=time.time(), epoch=1, last_task=end
-    )
-    await host.set(cstatus={"cmp": ended})
+    await _task_ended(host, 20, "stopped", missed=2)
     await asyncio.wait_for(done, 5)
     said = " ".join(runner.warnings)
     assert "missed 2 of 22 sampling deadlines" in said, said
@@ -257,13 +255,7 @@ async def test_the_missed_deadlines_of_a_task_stopped_early_count_only_its_own()
 async def test_a_normal_end_is_c_and_carries_counts_and_missed_deadlines() -> None:
     host = FakeHost()
     runner, done = await _run(host)
-    end = TaskEndInfo(
-        job=1, task=0, reason="done", t_start=0, t_end=1, npoints=50, missed=10, stream="s"
-    )
-    ended = ComponentStatus(
-        name="cmp", node="pc1", state="idle", time=time.time(), epoch=1, last_task=end
-    )
-    await host.set(cstatus={"cmp": ended})
+    await _task_ended(host, 50, missed=10)
     status, reason = await asyncio.wait_for(done, 5)
     assert status == "c"  # a stall is a warning: every point in the file was measured
     assert "missed 10 of 60 sampling deadlines" in str(reason)

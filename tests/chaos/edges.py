@@ -7,12 +7,14 @@ Run one: ``python -m tests.chaos.edges NAME`` (prints the run's line and what wa
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +37,50 @@ def _later(delay: float, fn: Any) -> threading.Timer:
     return t
 
 
+@contextlib.contextmanager
+def _stopped(st: Stack, *services: str) -> Iterator[list[int]]:
+    """The services SIGSTOPped for the block, continued after it (last stopped first)."""
+    pids = [signal_service(st, s, STOP) for s in services]
+    try:
+        yield pids
+    finally:
+        for pid in reversed(pids):
+            os.kill(pid, CONT)
+
+
+def _timed(st: Stack, *argv: str, timeout: float = 70) -> tuple[float, int, str]:
+    """(seconds, exit status, output) of one CLI call."""
+    t0 = time.monotonic()
+    r = st.run(*argv, timeout=timeout)
+    return round(time.monotonic() - t0, 1), r.returncode, r.stdout + r.stderr
+
+
+def _ended(
+    root: Path,
+    name: str,
+    p: Params,
+    fault: Callable[[Stack, int], None],
+    want: set[str],
+    *,
+    exact: bool = True,
+    seen: dict[str, Any] | None = None,
+    after: float = 40.0,
+    from_run: bool = False,
+    settle: float = 0.0,
+) -> Run:
+    """One job through ``fault`` on a fresh stack, checked: it must end in ``want``
+    within ``after`` s of the fault (of the task's nominal end, ``from_run``)."""
+
+    def deadline(t_run: float, t_fault: float) -> float:
+        return t_run + p.duration + after if from_run else t_fault + after
+
+    with chaos_stack(root) as st:
+        run = fault_job(st, name, p, fault, deadline=deadline)
+        time.sleep(settle)  # (late data merged meanwhile)
+        run.seen.update(seen or {})
+        return check(run, want, exact=exact)
+
+
 def cancel_stalled_recorder(root: Path, p: Params) -> Run:
     """recorder stopped, then `ketchup cancel`, recorder continued 6 s later."""
     seen: dict[str, Any] = {}
@@ -42,19 +88,13 @@ def cancel_stalled_recorder(root: Path, p: Params) -> Run:
     def fault(st: Stack, jobid: int) -> None:
         pid = signal_service(st, "recorder", STOP)
         _later(p.down, lambda: os.kill(pid, CONT))
-        seen["t_fault"] = time.monotonic()
-        t0 = time.monotonic()
-        r = st.run("ketchup", "cancel", str(jobid), timeout=60)
-        seen["cancel"] = (round(time.monotonic() - t0, 1), r.returncode, r.stdout + r.stderr)
+        seen["cancel"] = _timed(st, "ketchup", "cancel", str(jobid), timeout=60)
         time.sleep(min(8.0, p.down - 1))
         seen["status_during"] = st.run("tomato", "status").stdout[-1500:]
         j = st.json("ketchup", "status", str(jobid))["data"][0]
         seen["job_during"] = (j.get("status"), j.get("reason"))
 
-    with chaos_stack(root) as st:
-        run = fault_job(st, "cancel-stalled-recorder", p, fault, deadline=lambda _r, tf: tf + 40)
-        run.seen.update(seen)
-        return check(run, {"cd"}, exact=True)
+    return _ended(root, "cancel-stalled-recorder", p, fault, {"cd"}, seen=seen)
 
 
 def cancel_stalled_scheduler(root: Path, p: Params) -> Run:
@@ -62,18 +102,10 @@ def cancel_stalled_scheduler(root: Path, p: Params) -> Run:
     seen: dict[str, Any] = {}
 
     def fault(st: Stack, jobid: int) -> None:
-        pid = signal_service(st, "scheduler", STOP)
-        try:
-            t0 = time.monotonic()
-            r = st.run("ketchup", "cancel", str(jobid), timeout=60)
-            seen["cancel"] = (round(time.monotonic() - t0, 1), r.returncode, r.stdout + r.stderr)
-        finally:
-            os.kill(pid, CONT)
+        with _stopped(st, "scheduler"):
+            seen["cancel"] = _timed(st, "ketchup", "cancel", str(jobid), timeout=60)
 
-    with chaos_stack(root) as st:
-        run = fault_job(st, "cancel-stalled-scheduler", p, fault, deadline=lambda _r, tf: tf + 40)
-        run.seen.update(seen)
-        return check(run, {"cd", "c"}, exact=True)
+    return _ended(root, "cancel-stalled-scheduler", p, fault, {"cd", "c"}, seen=seen)
 
 
 def snapshot_stalled_recorder(root: Path, p: Params) -> Run:
@@ -81,29 +113,13 @@ def snapshot_stalled_recorder(root: Path, p: Params) -> Run:
     seen: dict[str, Any] = {}
 
     def fault(st: Stack, jobid: int) -> None:
-        pid = signal_service(st, "recorder", STOP)
-        try:
+        with _stopped(st, "recorder"):
             time.sleep(0.5)
-            t0 = time.monotonic()
-            r = st.run("ketchup", "snapshot", str(jobid), "--timeout", "10", timeout=70)
-            seen["snapshot"] = (round(time.monotonic() - t0, 1), r.returncode, r.stdout + r.stderr)
-            time.sleep(max(0, 8 - (time.monotonic() - t0)))
-        finally:
-            os.kill(pid, CONT)
-        t0 = time.monotonic()
-        r = st.run("ketchup", "snapshot", str(jobid), timeout=60)
-        seen["snapshot_after"] = (
-            round(time.monotonic() - t0, 1),
-            r.returncode,
-            r.stdout + r.stderr,
-        )
+            seen["snapshot"] = _timed(st, "ketchup", "snapshot", str(jobid), "--timeout", "10")
+            time.sleep(max(0.0, 8 - seen["snapshot"][0]))
+        seen["snapshot_after"] = _timed(st, "ketchup", "snapshot", str(jobid), timeout=60)
 
-    with chaos_stack(root) as st:
-        run = fault_job(
-            st, "snapshot-stalled-recorder", p, fault, deadline=lambda tr, _f: tr + p.duration + 40
-        )
-        run.seen.update(seen)
-        return check(run, {"c"}, exact=True)
+    return _ended(root, "snapshot-stalled-recorder", p, fault, {"c"}, seen=seen, from_run=True)
 
 
 def snapshot_killed_recorder(root: Path, p: Params) -> Run:
@@ -114,38 +130,21 @@ def snapshot_killed_recorder(root: Path, p: Params) -> Run:
     def fault(st: Stack, jobid: int) -> None:
         pid = signal_service(st, "recorder", STOP)
         killer = _later(0.7, lambda: os.kill(pid, signal.SIGKILL))
-        t0 = time.monotonic()
-        r = st.run("ketchup", "snapshot", str(jobid), "--timeout", "20", timeout=70)
+        seen["snapshot"] = _timed(st, "ketchup", "snapshot", str(jobid), "--timeout", "20")
         killer.join()
-        seen["snapshot"] = (round(time.monotonic() - t0, 1), r.returncode, r.stdout + r.stderr)
 
-    with chaos_stack(root) as st:
-        run = fault_job(
-            st, "snapshot-killed-recorder", p, fault, deadline=lambda tr, _f: tr + p.duration + 40
-        )
-        run.seen.update(seen)
-        return check(run, {"c"}, exact=True)
+    return _ended(root, "snapshot-killed-recorder", p, fault, {"c"}, seen=seen, from_run=True)
 
 
 def snapshot_stalled_node(root: Path, p: Params) -> Run:
     seen: dict[str, Any] = {}
 
     def fault(st: Stack, jobid: int) -> None:
-        pid = signal_service(st, "node", STOP)
-        try:
-            t0 = time.monotonic()
-            r = st.run("ketchup", "snapshot", str(jobid), "--timeout", "10", timeout=70)
-            seen["snapshot"] = (round(time.monotonic() - t0, 1), r.returncode, r.stdout + r.stderr)
-            time.sleep(max(0, p.down - (time.monotonic() - t0)))
-        finally:
-            os.kill(pid, CONT)
+        with _stopped(st, "node"):
+            seen["snapshot"] = _timed(st, "ketchup", "snapshot", str(jobid), "--timeout", "10")
+            time.sleep(max(0.0, p.down - seen["snapshot"][0]))
 
-    with chaos_stack(root) as st:
-        run = fault_job(
-            st, "snapshot-stalled-node", p, fault, deadline=lambda tr, _f: tr + p.duration + 40
-        )
-        run.seen.update(seen)
-        return check(run, {"c", "ce"}, exact=True)
+    return _ended(root, "snapshot-stalled-node", p, fault, {"c", "ce"}, seen=seen, from_run=True)
 
 
 def recorder_long_across_end(root: Path, p: Params) -> Run:
@@ -153,71 +152,48 @@ def recorder_long_across_end(root: Path, p: Params) -> Run:
     seen: dict[str, Any] = {}
 
     def fault(st: Stack, jobid: int) -> None:
-        pid = signal_service(st, "recorder", STOP)
-        try:
+        with _stopped(st, "recorder"):
             for k in range(5):
                 time.sleep(5)
                 j = st.json("ketchup", "status", str(jobid))
                 d = (j.get("data") or [{}])[0]
                 seen[f"t+{5 * (k + 1)}"] = (d.get("status"), d.get("reason"))
             seen["tomato_status"] = st.run("tomato", "status").stdout[-1200:]
-        finally:
-            os.kill(pid, CONT)
 
-    with chaos_stack(root) as st:
-        run = fault_job(st, "recorder-long-across-end", p, fault, deadline=lambda _r, tf: tf + 60)
-        run.seen.update(seen)
-        return check(run, {"c"}, exact=True)
+    return _ended(root, "recorder-long-across-end", p, fault, {"c"}, seen=seen, after=60)
 
 
 def node_killed_scheduler_stopped_long(root: Path, p: Params) -> Run:
     """scheduler stopped; node killed 1 s later; scheduler continued 15 s later (past grace)."""
 
     def fault(st: Stack, jobid: int) -> None:
-        spid = signal_service(st, "scheduler", STOP)
-        try:
+        with _stopped(st, "scheduler"):
             time.sleep(1)
             signal_service(st, "node", signal.SIGKILL)
             time.sleep(15)
-        finally:
-            os.kill(spid, CONT)
 
-    with chaos_stack(root) as st:
-        run = fault_job(
-            st, "node-killed-scheduler-stopped", p, fault, deadline=lambda _r, tf: tf + 60
-        )
-        return check(run, {"ce"}, exact=False)
+    return _ended(root, "node-killed-scheduler-stopped", p, fault, {"ce"}, exact=False, after=60)
 
 
 def node_stopped_scheduler_stopped_long(root: Path, p: Params) -> Run:
     """node and scheduler stopped together for 15 s, both continued: no lost seen by anyone."""
 
     def fault(st: Stack, jobid: int) -> None:
-        spid = signal_service(st, "scheduler", STOP)
-        npid = signal_service(st, "node", STOP)
-        try:
+        with _stopped(st, "scheduler", "node"):
             time.sleep(15)
-        finally:
-            os.kill(npid, CONT)
-            os.kill(spid, CONT)
 
-    with chaos_stack(root) as st:
-        run = fault_job(st, "node+scheduler-stopped", p, fault, deadline=lambda _r, tf: tf + 60)
-        return check(run, {"c", "ce"}, exact=True)
+    return _ended(root, "node+scheduler-stopped", p, fault, {"c", "ce"}, after=60)
 
 
-def node_threshold(down: float):
+def node_threshold(down: float) -> Callable[[Path, Params], Run]:
     def scenario(root: Path, p: Params) -> Run:
         def fault(st: Stack, jobid: int) -> None:
-            pid = signal_service(st, "node", STOP)
-            try:
+            with _stopped(st, "node"):
                 time.sleep(down)
-            finally:
-                os.kill(pid, CONT)
 
-        with chaos_stack(root) as st:
-            run = fault_job(st, f"node-stall-{down}", p, fault)
-            return check(run, {"c", "ce"}, exact=True)
+        return _ended(
+            root, f"node-stall-{down}", p, fault, {"c", "ce"}, after=p.end_bound, from_run=True
+        )
 
     return scenario
 
@@ -227,34 +203,23 @@ def node_past_grace_then_back(root: Path, p: Params) -> Run:
     seen: dict[str, Any] = {}
 
     def fault(st: Stack, jobid: int) -> None:
-        pid = signal_service(st, "node", STOP)
-        try:
+        with _stopped(st, "node"):
             time.sleep(14)
-        finally:
-            os.kill(pid, CONT)
         time.sleep(8)
         seen["after"] = st.json("ketchup", "status", str(jobid))["data"][0]
         seen["tomato_status"] = st.run("tomato", "status").stdout[-1500:]
 
-    with chaos_stack(root) as st:
-        run = fault_job(st, "node-past-grace", p, fault, deadline=lambda _r, tf: tf + 60)
-        run.seen.update(seen)
-        return check(run, {"ce"}, exact=False)
+    return _ended(root, "node-past-grace", p, fault, {"ce"}, exact=False, seen=seen, after=60)
 
 
 def scheduler_stalled_at_end(root: Path, p: Params) -> Run:
     """scheduler stopped 0.2 s before the task's end for 15 s."""
 
     def fault(st: Stack, jobid: int) -> None:
-        pid = signal_service(st, "scheduler", STOP)
-        try:
+        with _stopped(st, "scheduler"):
             time.sleep(15)
-        finally:
-            os.kill(pid, CONT)
 
-    with chaos_stack(root) as st:
-        run = fault_job(st, "scheduler-stalled-at-end", p, fault, deadline=lambda _r, tf: tf + 60)
-        return check(run, {"c"}, exact=True)
+    return _ended(root, "scheduler-stalled-at-end", p, fault, {"c"}, after=60)
 
 
 def broker_stalled_during_cancel(root: Path, p: Params) -> Run:
@@ -275,20 +240,12 @@ def broker_stalled_during_cancel(root: Path, p: Params) -> Run:
             cwd=st.workdir,
         )
         time.sleep(0.15)
-        pid = signal_service(st, "broker", STOP)
-        try:
+        with _stopped(st, "broker"):
             time.sleep(6)
-        finally:
-            os.kill(pid, CONT)
         out, _ = proc.communicate(timeout=60)
         seen["cancel"] = (proc.returncode, out)
 
-    with chaos_stack(root) as st:
-        run = fault_job(
-            st, "broker-stalled-during-cancel", p, fault, deadline=lambda _r, tf: tf + 40
-        )
-        run.seen.update(seen)
-        return check(run, {"cd"}, exact=True)
+    return _ended(root, "broker-stalled-during-cancel", p, fault, {"cd"}, seen=seen)
 
 
 SC = {
@@ -334,7 +291,7 @@ TWO_NODES = {
 }
 
 
-def two_nodes_one_stopped(stop_s: float):
+def two_nodes_one_stopped(stop_s: float) -> Callable[[Path, Params], Run]:
     def scenario(root: Path, p: Params) -> Run:
         import subprocess
 
@@ -428,14 +385,10 @@ def scheduler_stopped_at_grace_end(root: Path, p: Params) -> Run:
     seen: dict[str, Any] = {}
 
     def fault(st: Stack, jobid: int) -> None:
-        npid = signal_service(st, "node", STOP)
-        try:
+        with _stopped(st, "node"):
             time.sleep(9)
-            spid = signal_service(st, "scheduler", STOP)
-            try:
+            with _stopped(st, "scheduler"):
                 time.sleep(6)
-            finally:
-                os.kill(spid, CONT)
             t0 = time.monotonic()
             while time.monotonic() - t0 < 8:
                 j = st.json("ketchup", "status", str(jobid))["data"][0]
@@ -443,16 +396,9 @@ def scheduler_stopped_at_grace_end(root: Path, p: Params) -> Run:
                     seen["ended_after"] = round(time.monotonic() - t0, 1)
                     seen["reason_then"] = j.get("reason")
                 time.sleep(0.5)
-        finally:
-            os.kill(npid, CONT)
 
-    with chaos_stack(root) as st:
-        run = fault_job(
-            st, "scheduler-stopped-at-grace-end", p, fault, deadline=lambda _r, tf: tf + 60
-        )
-        time.sleep(3)
-        run.seen.update(seen)
-        return check(run, {"ce"}, exact=False)
+    name = "scheduler-stopped-at-grace-end"
+    return _ended(root, name, p, fault, {"ce"}, exact=False, seen=seen, after=60, settle=3)
 
 
 def recorder_stopped_cancel_node_killed(root: Path, p: Params) -> Run:
@@ -461,23 +407,14 @@ def recorder_stopped_cancel_node_killed(root: Path, p: Params) -> Run:
     seen: dict[str, Any] = {}
 
     def fault(st: Stack, jobid: int) -> None:
-        rpid = signal_service(st, "recorder", STOP)
-        try:
-            r = st.run("ketchup", "cancel", str(jobid), timeout=60)
-            seen["cancel"] = (r.returncode, r.stdout + r.stderr)
+        with _stopped(st, "recorder"):
+            seen["cancel"] = _timed(st, "ketchup", "cancel", str(jobid), timeout=60)
             time.sleep(0.5)
             signal_service(st, "node", signal.SIGKILL)
             time.sleep(5)
-        finally:
-            os.kill(rpid, CONT)
 
-    with chaos_stack(root) as st:
-        run = fault_job(
-            st, "recorder-stopped+cancel+node-killed", p, fault, deadline=lambda _r, tf: tf + 40
-        )
-        time.sleep(3)
-        run.seen.update(seen)
-        return check(run, {"cd"}, exact=True)
+    name = "recorder-stopped+cancel+node-killed"
+    return _ended(root, name, p, fault, {"cd"}, seen=seen, settle=3)
 
 
 SC["scheduler-stopped-at-grace-end"] = (scheduler_stopped_at_grace_end, Params(duration=40))
