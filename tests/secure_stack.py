@@ -12,7 +12,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from tests.stack import CONFIG, Stack, free_port, started
+from tests.stack import CONFIG, Stack, end_process, free_port, started
 from tomato_mqtt.config.users import UsersFile
 
 #: login -> (password, role) of the lab users of a secured stack
@@ -94,12 +94,7 @@ def secure_stack(
         with started(st):
             yield st
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        end_process(proc)
 
 
 def wait_listening(port: int, timeout: float = 10.0) -> None:

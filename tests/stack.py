@@ -501,6 +501,17 @@ def stop_stack(st: Stack) -> None:
             os.killpg(pid, signal.SIGKILL)
 
 
+def end_process(proc: subprocess.Popen[Any], grace: float = 10.0) -> None:
+    """SIGTERM ``proc`` (one this test started), SIGKILL it if it has not exited after
+    ``grace`` seconds, and reap it."""
+    proc.terminate()
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

@@ -26,7 +26,7 @@ from tests.chaos.harness import (
     fault_job,
     signal_service,
 )
-from tests.stack import Stack
+from tests.stack import Stack, end_process
 
 STOP, CONT = signal.SIGSTOP, signal.SIGCONT
 
@@ -365,11 +365,7 @@ def two_nodes_one_stopped(stop_s: float) -> Callable[[Path, Params], Run]:
                 rb.seen.update(seen)
                 return rb
             finally:
-                spare.terminate()
-                try:
-                    spare.wait(10)
-                except subprocess.TimeoutExpired:
-                    spare.kill()
+                end_process(spare)
 
     return scenario
 
