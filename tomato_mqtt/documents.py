@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["MAX_DEPTH", "DocumentError", "check_values", "make_loader", "parse_document"]
+__all__ = ["MAX_DEPTH", "DocumentError", "check_values", "kind_of", "make_loader", "parse_document"]
 
 
 class DocumentError(ValueError):
@@ -86,6 +86,17 @@ def _parse(text: str, json_only: bool) -> Any:
 
 
 _HUGE = "a number with more than 4300 digits: no value of a payload or settings is that long"
+
+
+def kind_of(v: Any) -> str:
+    """What a value of a document is, for a message saying it is not what was expected."""
+    if v is None:
+        return "empty"
+    if isinstance(v, list):
+        return "a list"
+    if isinstance(v, str):
+        return "a string"
+    return type(v).__name__
 
 
 def check_values(data: Any) -> None:

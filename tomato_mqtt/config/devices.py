@@ -21,7 +21,7 @@ from pydantic import (
     field_validator,
 )
 
-from tomato_mqtt.documents import DocumentError, parse_document
+from tomato_mqtt.documents import DocumentError, kind_of, parse_document
 from tomato_mqtt.errors import ConfigError, format_location
 
 __all__ = [
@@ -218,7 +218,7 @@ def parse_devices(data: Any, file: str | Path = "<devices>", default_node: str =
         raise ConfigError(file, None, "the file is empty: it needs 'devices' and 'pipelines'")
     if not isinstance(data, dict):
         raise ConfigError(
-            file, None, f"expected a mapping with 'devices' and 'pipelines', not {_kind(data)}"
+            file, None, f"expected a mapping with 'devices' and 'pipelines', not {kind_of(data)}"
         )
     if "devices" not in data and "pipelines" not in data:  # (as an empty file)
         has = ", ".join(repr(str(k)) for k in data) or "nothing"
@@ -321,16 +321,6 @@ def _unknown_key(where: str, key: str, kind: str) -> str:
         f"{where or 'top level'}: unknown key {key!r} ignored, as tomato 2.2 ignores it "
         f"({hint}{kind} has: {', '.join(fields)})"
     )
-
-
-def _kind(v: Any) -> str:
-    if v is None:
-        return "empty"
-    if isinstance(v, list):
-        return "a list"
-    if isinstance(v, str):
-        return "a string"
-    return type(v).__name__
 
 
 def build_layout(doc: DevicesFile, default_node: str = "local", file: str | Path = "") -> Layout:

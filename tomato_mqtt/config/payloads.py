@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tomato_mqtt.config.login import login_name
-from tomato_mqtt.documents import DocumentError, check_values, parse_document
+from tomato_mqtt.documents import DocumentError, check_values, kind_of, parse_document
 from tomato_mqtt.errors import describe_validation_error, one_line
 
 if TYPE_CHECKING:
@@ -77,13 +77,13 @@ def read_payload_file(path: Path | str) -> dict[str, Any]:
     path = Path(path)
     data = _read_document(path)
     if not isinstance(data, dict):
-        raise PayloadError(None, f"a payload is a mapping, not {_kind(data)}", path)
+        raise PayloadError(None, f"a payload is a mapping, not {kind_of(data)}", path)
     for key, field in (("samplefile", "sample"), ("methodfile", "method")):
         if key not in data:
             continue
         ref = data.pop(key)
         if not isinstance(ref, str):
-            raise PayloadError(key, f"must be a file name, not {_kind(ref)}", path)
+            raise PayloadError(key, f"must be a file name, not {kind_of(ref)}", path)
         other = Path(ref).expanduser()
         if not other.is_absolute():
             # next to the payload; else, as tomato 2.2 reads it, where ketchup runs
@@ -113,7 +113,7 @@ def read_payload_text(text: str, name: str) -> dict[str, Any]:
     except DocumentError as e:
         raise PayloadError(e.location, e.reason, name) from None
     if not isinstance(data, dict):
-        raise PayloadError(None, f"a payload is a mapping, not {_kind(data)}", name)
+        raise PayloadError(None, f"a payload is a mapping, not {kind_of(data)}", name)
     for key, field in (("samplefile", "sample"), ("methodfile", "method")):
         if key in data:
             raise PayloadError(
@@ -140,16 +140,6 @@ def _read_document(path: Path) -> Any:
         raise PayloadError(e.location, e.reason, path) from None
 
 
-def _kind(v: Any) -> str:
-    if v is None:
-        return "empty"
-    if isinstance(v, list):
-        return "a list"
-    if isinstance(v, str):
-        return "a string"
-    return type(v).__name__
-
-
 def parse_payload(data: Mapping[str, Any], user: str | None = None) -> Payload:
     """A dgbowl-schemas 2.2 Payload from a payload of any version.
 
@@ -157,7 +147,7 @@ def parse_payload(data: Mapping[str, Any], user: str | None = None) -> Payload:
     by default the user running this process.
     """
     if not isinstance(data, Mapping):
-        raise PayloadError(None, f"a payload is a mapping, not {_kind(data)}")
+        raise PayloadError(None, f"a payload is a mapping, not {kind_of(data)}")
     try:  # a script's parsed payload too: its NaN became null, or NaN on the wire
         check_values(data)
     except DocumentError as e:
