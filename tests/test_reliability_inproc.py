@@ -108,6 +108,33 @@ async def _stored(svc: RecorderService, job: int, n: int) -> None:
     raise AssertionError(f"job {job}: {svc.store.job_points(job) if svc.store else None}")
 
 
+async def test_a_batch_naming_a_running_job_from_a_component_it_does_not_use_stays_out(
+    broker: RunningBroker, instance: str, tmp_path: Path
+) -> None:
+    """A node's login may publish its own components' data naming any job id (the ACL
+    binds a data topic to its node, not to a job). For a job still running, such a batch
+    is stored, but the job's file holds its own components' points only and its verdict
+    is untouched: docs/security.md, "A node's data goes only to its jobs"."""
+    async with recorder(broker, instance, tmp_path / "r.sqlite") as (svc, c, req, t):
+        other = "example_counter:(b,1)"
+        await c.publish(t.component_data(CMP), _batch(1, 0, "s1", 0, 10), qos=1)
+        # the same job and task index, from a component the job does not use
+        forged = _batch(1, 0, "s9", 0, 6, v0=1000, cmp=other)
+        await c.publish(t.component_data(other), forged, qos=1)
+        await _stored(svc, 1, 16)
+        st = decode(RecorderStatus, encode(svc.presence("online")))
+        assert st.jobs["1"].points == {CMP: 10, other: 6}  # (as docs/security.md says)
+        out = tmp_path / "out" / "results.1.nc"
+        exact = [{"component": CMP, "task": 0, "npoints": 10, "stream": "s1", "last_seq": 0}]
+        rep = await _finalize(req, t, _finalize_args(1, out, exact, wait=2))
+        assert rep.success, rep
+        assert rep.data["missing"] == [] and rep.data["extra"] == []  # type: ignore[index]
+        tree = load_tree(str(out))
+        assert list(tree.children) == ["counter"]
+        vals = np.asarray(tree["counter"].to_dataset()["val"].values)
+        assert vals.tolist() == list(range(10))  # none of the forged 1000.. values
+
+
 async def test_per_task_counts_conflicts_and_late_merge(
     broker: RunningBroker, instance: str, tmp_path: Path
 ) -> None:
