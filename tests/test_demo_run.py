@@ -1,0 +1,39 @@
+"""The README's first quick-start command, ``python3 scripts/dev.py demo``, past its
+install: ``scripts/demo.py`` runs tomato's example job on the embedded default and
+prints the file's summary (it was run by no test: only its echo of each command was)."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+from pathlib import Path
+
+import pytest
+
+from tests.stack import free_port
+
+REPO = Path(__file__).resolve().parents[1]
+
+pytestmark = pytest.mark.timeout(180)
+
+
+def test_the_demo_runs_the_main_job_to_c_and_stops(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spec = importlib.util.spec_from_file_location("demo", REPO / "scripts" / "demo.py")
+    assert spec is not None and spec.loader is not None
+    demo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(demo)
+    monkeypatch.setattr(demo, "DEMO", tmp_path / "demo")  # not the checkout's ./demo
+    # (its port and the next, the WebSocket listener's, free and kept from other workers)
+    monkeypatch.setattr(demo, "free_port", free_port)
+    rc = demo.main()
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    assert re.search(r"^job +: 1 \(c\), sample counter_1_0\.1$", out, re.M), out
+    m = re.search(r"^role counter +: (\d+) points over", out, re.M)
+    assert m and 1 <= int(m.group(1)) <= 10, out  # 1 s at 0.1 s (a missed deadline: fewer)
+    results = tmp_path / "demo" / "results.1.nc"
+    assert f"results file : {results}" in out, out
+    assert results.exists()
+    assert "stopped" in out, out  # `tomato stop` ran and said so
