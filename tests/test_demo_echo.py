@@ -7,19 +7,26 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_echoed_demo_command_can_be_pasted(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
-) -> None:
+def demo_module() -> ModuleType:
+    """``scripts/demo.py`` as a module (it is a script, not a package's)."""
     spec = importlib.util.spec_from_file_location("demo", REPO / "scripts" / "demo.py")
     assert spec is not None and spec.loader is not None
     demo = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(demo)
+    return demo
+
+
+def test_echoed_demo_command_can_be_pasted(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    demo = demo_module()
     monkeypatch.setattr(demo, "DEMO", tmp_path)  # its working folder
     app = tmp_path / "my app"  # a space: the echo must quote it
     dirs = ["-A", str(app), "-D", str(tmp_path / "d"), "-L", str(tmp_path / "l"), "-p", "1999"]

@@ -4,15 +4,13 @@ prints the file's summary (it was run by no test: only its echo of each command 
 
 from __future__ import annotations
 
-import importlib.util
 import re
 from pathlib import Path
 
 import pytest
 
 from tests.stack import free_port
-
-REPO = Path(__file__).resolve().parents[1]
+from tests.test_demo_echo import demo_module
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -20,10 +18,7 @@ pytestmark = pytest.mark.timeout(180)
 def test_the_demo_runs_the_main_job_to_c_and_stops(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    spec = importlib.util.spec_from_file_location("demo", REPO / "scripts" / "demo.py")
-    assert spec is not None and spec.loader is not None
-    demo = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(demo)
+    demo = demo_module()
     monkeypatch.setattr(demo, "DEMO", tmp_path / "demo")  # not the checkout's ./demo
     # (its port and the next, the WebSocket listener's, free and kept from other workers)
     monkeypatch.setattr(demo, "free_port", free_port)
