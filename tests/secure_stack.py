@@ -73,6 +73,15 @@ def secure_stack(
         with started(st):
             yield st
         return
+    with on_mosquitto(st, mosquitto, mosquitto_conf), started(st):
+        yield st
+
+
+@contextlib.contextmanager
+def on_mosquitto(st: Stack, mosquitto: str, mosquitto_conf: str = "") -> Iterator[Path]:
+    """Mosquitto, configured by ``tomato broker-config --mosquitto`` from ``st``'s
+    settings (its listeners, TLS included, logins and ACL), with ``mosquitto_conf`` lines
+    of the site's own, running until the block ends; yields its configuration folder."""
     conf = st.root / "mosquitto"
     st.run("tomato", "broker-config", "--mosquitto", str(conf), "-D", str(st.datadir), check=True)
     text = (conf / "tomato.conf").read_text()
@@ -91,8 +100,7 @@ def secure_stack(
     )
     try:
         wait_listening(st.port)
-        with started(st):
-            yield st
+        yield conf
     finally:
         end_process(proc)
 

@@ -8,6 +8,7 @@ TLS; plain MQTT to the TLS port and TLS with the wrong CA are refused.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -17,10 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.secure_stack import LAB_USERS, make_secure_stack
+from tests.secure_stack import LAB_USERS, make_secure_stack, on_mosquitto, wait_listening
 from tests.security_env import start_amqtt, stop
-from tests.stack import BIN, CONFIG, free_port, started
-from tests.tls_ca import make_pki
+from tests.stack import BIN, CONFIG, Stack, free_port, started
+from tests.tls_ca import Pki, make_pki
 from tomato_mqtt.config.url import BrokerURL
 from tomato_mqtt.transport.client import AsyncClient, MqttError
 
@@ -151,13 +152,29 @@ def test_url_takes_tls_files_from_the_query() -> None:
         BrokerURL.parse("mqtts://h?cafile=/c.pem")
 
 
-def test_a_whole_job_over_tls_with_a_remote_node(tmp_path: Path) -> None:
+@pytest.mark.parametrize("kind", ["amqtt", "mosquitto"])
+def test_a_whole_job_over_tls_with_a_remote_node(
+    kind: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """On the embedded broker, and on Mosquitto configured by `tomato broker-config
+    --mosquitto` from the same settings (its TLS listener, logins and ACL: what
+    docs/security.md's "With Mosquitto instead" sets up), nothing else changed."""
     pki = make_pki(tmp_path / "pki")
     tls_port = free_port()
     extra = f'certfile = "{pki.server_cert}"\nkeyfile = "{pki.server_key}"\ntls_port = {tls_port}\n'
-    st = make_secure_stack(tmp_path, devices="netns_devices.yml")
+    st = make_secure_stack(tmp_path, devices="netns_devices.yml", embedded=kind == "amqtt")
     text = (st.appdir / "settings.toml").read_text()
     (st.appdir / "settings.toml").write_text(text.replace("[scheduler]", extra + "[scheduler]"))
+    with contextlib.ExitStack() as broker:
+        if kind == "mosquitto":
+            broker.enter_context(on_mosquitto(st, request.getfixturevalue("mosquitto_path")))
+            wait_listening(tls_port)
+        _whole_job_over_tls(st, pki, tls_port)
+        # nothing of ours served it but Mosquitto: no embedded broker was started
+        assert bool(list(st.logdir.glob("broker*.log"))) == (kind == "amqtt")
+
+
+def _whole_job_over_tls(st: Stack, pki: Pki, tls_port: int) -> None:
 
     def tls_url(user: str) -> str:
         pw = LAB_USERS[user][0]
@@ -166,7 +183,7 @@ def test_a_whole_job_over_tls_with_a_remote_node(tmp_path: Path) -> None:
     # the remote node starts before the stack (it connects once the broker listens, as
     # pc2 would in a lab where it runs already), so that `tomato start` finds its component
     # ready instead of waiting its whole timeout (30 s) for it
-    node_dir = tmp_path / "pc2"
+    node_dir = st.root / "pc2"
     node_dir.mkdir()
     log = (node_dir / "node.log").open("wb")
     node = subprocess.Popen(
