@@ -177,6 +177,21 @@ def test_int_limits_and_numeric_options() -> None:
         coerce_value("gain", spec, 3)
 
 
+def test_a_number_s_declared_units_are_in_its_limit_refusals() -> None:
+    """A float attribute with units (informative for numbers): "setpoint: 200 is above
+    the maximum 100" left a user guessing which unit (a newcomer's tour)."""
+    spec = AttrSpec(type="float", units="degC", minimum=-20, maximum=100)
+    assert coerce_value("setpoint", spec, 40) == 40.0
+    with pytest.raises(
+        TaskValidationError, match="^setpoint: 200 degC is above the maximum 100 degC$"
+    ):
+        coerce_value("setpoint", spec, 200)
+    with pytest.raises(
+        TaskValidationError, match="^setpoint: -30 degC is below the minimum -20 degC$"
+    ):
+        coerce_value("setpoint", spec, -30)
+
+
 def test_quantity_from_number_quantity_and_bare_text() -> None:
     spec = ATTRS["param"]
     assert coerce_value("param", spec, 2) == pint.Quantity(2.0, "s")

@@ -203,7 +203,13 @@ def coerce_value(name: str, spec: AttrSpec, val: object) -> object:
             out = q
             cmp = float(q.magnitude)
     if cmp is not None:
-        unit = f" {_pint().Unit(spec.units):~P}" if spec.type == "quantity" and spec.units else ""
+        unit = ""
+        if spec.type == "quantity" and spec.units:
+            unit = f" {_pint().Unit(spec.units):~P}"
+        elif spec.units:  # a number's units are informative: said as declared (a
+            # refusal of "200 is above the maximum 100" left the user guessing: a tour)
+            unit = f" {spec.units}"
+            shown += unit
         if spec.minimum is not None and cmp < spec.minimum:
             raise TaskValidationError(
                 f"{name}: {shown} is below the minimum {_num(spec.minimum)}{unit}"
