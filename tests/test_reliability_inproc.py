@@ -2180,3 +2180,31 @@ async def test_a_forced_stop_with_the_recorder_down_says_the_files_wait(
         assert "the recorder is not answering: the stack stops after at most 2 s" in said.msg
         assert await st.scheduler.wait_stopped(15)
         assert time.monotonic() - t0 < 10
+
+
+async def test_every_service_s_last_will_says_who_it_was_and_no_stale_snapshot(
+    broker: RunningBroker, instance: str, tmp_path: Path
+) -> None:
+    """docs/topics.md: a last will is who the process was, `heartbeat` 0 and nothing
+    that would be stale when the broker sends it, maybe hours after the connect it was
+    made at. The node's was; the recorder's and the scheduler's carried their connect's
+    heartbeat, jobs and counts (an integrator's check: a reader taking heartbeat 0 for a
+    will misread them)."""
+    async with inproc_stack(broker.port, tmp_path, instance) as st:
+        job = await st.short_job()  # a job in the recorder's status, counts in the scheduler's
+        online = st.recorder.presence("online")
+        assert str(job.id) in online.jobs and online.heartbeat > 0  # what a will must not carry
+        wills = {
+            "scheduler": st.scheduler.presence("lost"),
+            "recorder": st.recorder.presence("lost"),
+            "node": st.node.presence("lost"),
+        }
+        for who, will in wills.items():
+            assert will.state == "lost" and will.heartbeat == 0.0, (who, will)
+            assert will.version, (who, will)
+        rec = wills["recorder"]
+        assert isinstance(rec, RecorderStatus)
+        assert rec.jobs == {} and rec.highest_job is None and rec.storage_error is None
+        assert rec.started_at == st.recorder.started_at  # which recorder it was
+        sch = wills["scheduler"]
+        assert sch.epoch == st.scheduler.epoch and sch.jobs_running == sch.jobs_queued == 0

@@ -171,6 +171,11 @@ class RecorderService(Service):
         return self.topics.recorder_status()
 
     def presence(self, state: PresenceState) -> RecorderStatus:
+        if state == "lost":
+            # the last will, made at connect and sent by the broker maybe hours later:
+            # who it was, no snapshot that would be stale by then (docs/topics.md; it
+            # carried the jobs and a heartbeat of its connect: an integrator's check)
+            return RecorderStatus(state="lost", version=__version__, started_at=self.started_at)
         return self._status(state)
 
     # -- lifecycle -------------------------------------------------------------------------

@@ -289,6 +289,17 @@ class SchedulerService(Service):
         return self.state_damaged
 
     def _presence(self, state: str) -> SchedulerStatus:
+        if state == "lost":  # the last will: who it was, no stale snapshot (as the node's)
+            return SchedulerStatus(
+                state=state,
+                instance=self.settings.mqtt.instance,
+                epoch=self.epoch,
+                version=__version__,
+                started_at=self.started_at,
+                broker=str(self.url),
+                heartbeat_interval=self.settings.scheduler.heartbeat,
+                lost_after=self.settings.scheduler.lost_after,
+            )
         # counts from the status index: the heartbeat costs the same at any queue depth
         try:
             n = self.store.status_counts() if self.store else {}

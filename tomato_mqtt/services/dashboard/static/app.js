@@ -178,7 +178,8 @@ function renderPresence() {
     rows.push([key, `<td>${esc(label)}</td><td><span class="pill ${cls}" data-state="${esc(state)}">${esc(state)}</span></td><td>${age}</td><td>${esc(v && v.version)}</td><td>${detail}</td>`]);
   };
   const sch = S.scheduler;
-  row("scheduler", "scheduler", sch, sch && sch.storage_error ? `<span class="err">${esc(sch.storage_error)}</span>` : sch ? `${sch.jobs_running} running, ${sch.jobs_queued} queued` : "");
+  // (a last will, state "lost", carries no counts: it was made when the scheduler connected)
+  row("scheduler", "scheduler", sch, sch && sch.storage_error ? `<span class="err">${esc(sch.storage_error)}</span>` : sch && sch.state !== "lost" ? `${sch.jobs_running} running, ${sch.jobs_queued} queued` : "");
   const rec = S.recorder;
   row("recorder", "recorder", rec, rec && rec.storage_error ? `<span class="err">${esc(rec.storage_error)}</span>` : "");
   for (const id of Object.keys(S.nodes).sort()) {
