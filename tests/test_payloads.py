@@ -696,3 +696,17 @@ def test_a_refusal_names_the_field_as_the_payload_s_version_spells_it(
     with pytest.raises(PayloadError) as e:
         parse_payload(doc)
     assert str(e.value) == said
+
+
+def test_a_yaml_syntax_error_says_where_its_construct_began(tmp_path: Path) -> None:
+    """The parser gives up a line after an unclosed ``[``: the message said only where it
+    gave up (line 4 for a mistake on line 3: a newcomer's tour); it now also says where
+    the flow sequence began."""
+    bad = tmp_path / "bad.yml"
+    bad.write_text('version: "2.2"\nsample:\n  name: [oops\nmethod:\n  - component_tag: c\n')
+    with pytest.raises(PayloadError) as e:
+        read_payload_file(bad)
+    assert str(e.value) == (
+        f"{bad}: line 4, column 7: invalid YAML: did not find expected ',' or ']' "
+        "(while parsing a flow sequence that begins at line 3, column 9)"
+    )

@@ -71,7 +71,17 @@ def _parse(text: str, json_only: bool) -> Any:
             raise DocumentError(None, _DEEP) from None
         mark = e.problem_mark or e.context_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else None
-        what = " ".join(p for p in (e.context, e.problem) if p) or "syntax error"
+        what = e.problem or e.context or "syntax error"
+        ctx = e.context_mark
+        if e.problem and e.context:
+            # where the construct began: the problem is where the parser gave up, often a
+            # line after the mistake ("[oops" on line 3 was told as line 4: a tour)
+            began = (
+                f" that begins at line {ctx.line + 1}, column {ctx.column + 1}"
+                if ctx is not None and mark is not None and ctx.line != mark.line
+                else ""
+            )
+            what = f"{e.problem} ({e.context}{began})"
         raise DocumentError(where, f"invalid YAML: {what}") from None
     except yaml.YAMLError as e:
         raise DocumentError(None, f"invalid YAML: {e}") from None
