@@ -111,6 +111,33 @@ async def test_web_port_in_use_says_how_to_choose_another(
     assert f"cannot serve on 127.0.0.1:{web}: the port is in use" in res.stderr, res.stderr
     assert "--web-port N" in res.stderr and "[dashboard]" in res.stderr, res.stderr
     assert "settings.toml" in res.stderr, res.stderr
+    assert "WebSocket listener" not in res.stderr  # (an external broker's stack: not ours)
+
+
+async def test_web_port_of_the_stack_s_own_websocket_listener_is_named(
+    broker: RunningBroker, tmp_path: Path, instance: str
+) -> None:
+    """`--web-port` on the embedded broker's WebSocket listener (the MQTT port + 1 by
+    default, a natural next choice): the error said "another dashboard, or another
+    program" of the stack's own broker (a newcomer's tour)."""
+    with socket.socket() as taken:  # (as the stack's broker holds it)
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        web = int(taken.getsockname()[1])
+        app = tmp_path / "app"
+        app.mkdir(parents=True)
+        (app / "settings.toml").write_text(
+            f'[mqtt]\ninstance = "{instance}"\nport = {broker.port}\n[broker]\nws_port = {web}\n'
+        )
+        res = await asyncio.to_thread(
+            subprocess.run,
+            [str(BIN / "tomato"), "dashboard", "-A", str(app), "--web-port", str(web)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert f"the embedded broker's WebSocket listener takes {web}" in res.stderr, res.stderr
 
 
 async def test_unreachable_broker_is_retried_then_given_up(

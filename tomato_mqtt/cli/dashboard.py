@@ -111,10 +111,16 @@ def dashboard(
     except OSError as e:
         where = f"{svc.cfg.host}:{svc.cfg.port}"
         if e.errno == errno.EADDRINUSE:
+            ours = (
+                f" (the embedded broker's WebSocket listener takes {s.ws_port}, the MQTT port"
+                " + 1 unless [broker] ws_port says otherwise)"
+                if s.broker.embedded and s.ws_port == svc.cfg.port
+                else ""
+            )
             fail(
                 f"the dashboard cannot serve on {where}: the port is in use (another "
-                "dashboard, or another program); choose a free one with --web-port N, or "
-                "set port = N under [dashboard] in settings.toml"
+                f"dashboard, or another program{ours}); choose a free one with --web-port N, "
+                "or set port = N under [dashboard] in settings.toml"
             )
         fail(
             f"the dashboard cannot serve on {where}: {e}; serve another address with "
