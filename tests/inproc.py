@@ -198,6 +198,10 @@ async def inproc_stack(
         await client.subscribe(topics.all_component_meta())
         watcher = asyncio.create_task(st._watch())
         await st.wait_registered(components)
+        # the scheduler answers: the metas above may be retained ones of an earlier stack
+        # of this instance (a test that restarts it), so they do not say it has subscribed
+        # yet, and a first request sent before it has was lost (a CI run on a loaded host)
+        await st.requester.request(topics.scheduler_cmd("whoami"), {}, timeout=20, resend=True)
         yield st
     finally:
         # one at a time, node first (as the supervisor does): amqtt leaves a server-side
