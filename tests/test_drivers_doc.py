@@ -5,24 +5,19 @@ of example payloads with ``validate_task``."""
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import pytest
+
+from tests.test_docs_examples import block
 
 ROOT = Path(__file__).resolve().parents[1]
 DRIVERS = ROOT / "docs" / "drivers.md"
 
 
-def block(marker: str) -> str:
-    m = re.search(rf"<!-- {marker} -->\n```python\n(.*?)\n```", DRIVERS.read_text(), flags=re.S)
-    assert m, f"docs/drivers.md lost its {marker} example"
-    return m.group(1)
-
-
 def test_the_driver_test_example_passes() -> None:
     ns: dict[str, object] = {}
-    exec(compile(block("driver-test-example"), "drivers.md", "exec"), ns)
+    exec(compile(block(DRIVERS, "driver-test-example"), "drivers.md", "exec"), ns)
     tests = [f for name, f in ns.items() if name.startswith("test_") and callable(f)]
     assert len(tests) == 1
     tests[0]()
@@ -31,5 +26,5 @@ def test_the_driver_test_example_passes() -> None:
 def test_the_validate_task_example_passes(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(ROOT)  # its payload path is the repository's config/
     ns: dict[str, object] = {}
-    exec(compile(block("validate-example"), "drivers.md", "exec"), ns)
+    exec(compile(block(DRIVERS, "validate-example"), "drivers.md", "exec"), ns)
     assert len(ns["payload"].method) > 0  # type: ignore[attr-defined]
