@@ -322,6 +322,20 @@ class MosquittoBroker(RunningBroker):
             log = self.log_path.read_text() if self.log_path.exists() else "(no log)"
             raise TimeoutError(f"mosquitto did not start on port {self.port}:\n{log}") from None
 
+    @property
+    def pid(self) -> int:
+        if self._proc is None:
+            raise AssertionError("mosquitto is not running")
+        return self._proc.pid
+
+    def kill(self) -> None:
+        """kill -9 and reap (a crash: no session or retained message saved, no will sent
+        of its own); :meth:`start` brings it back on the same port."""
+        proc, self._proc = self._proc, None
+        if proc is not None:
+            proc.kill()
+            proc.wait(10)
+
     async def stop(self) -> None:
         proc, self._proc = self._proc, None
         if proc is None:

@@ -78,10 +78,13 @@ def secure_stack(
 
 
 @contextlib.contextmanager
-def on_mosquitto(st: Stack, mosquitto: str, mosquitto_conf: str = "") -> Iterator[Path]:
+def on_mosquitto(
+    st: Stack, mosquitto: str, mosquitto_conf: str = "", host: str = "127.0.0.1"
+) -> Iterator[Path]:
     """Mosquitto, configured by ``tomato broker-config --mosquitto`` from ``st``'s
     settings (its listeners, TLS included, logins and ACL), with ``mosquitto_conf`` lines
-    of the site's own, running until the block ends; yields its configuration folder."""
+    of the site's own, running until the block ends; yields its configuration folder.
+    ``host``: where it listens (``[broker] host`` of the settings)."""
     conf = st.root / "mosquitto"
     st.run("tomato", "broker-config", "--mosquitto", str(conf), "-D", str(st.datadir), check=True)
     text = (conf / "tomato.conf").read_text()
@@ -99,17 +102,17 @@ def on_mosquitto(st: Stack, mosquitto: str, mosquitto_conf: str = "") -> Iterato
         stderr=subprocess.DEVNULL,
     )
     try:
-        wait_listening(st.port)
+        wait_listening(st.port, host=host)
         yield conf
     finally:
         end_process(proc)
 
 
-def wait_listening(port: int, timeout: float = 10.0) -> None:
+def wait_listening(port: int, timeout: float = 10.0, host: str = "127.0.0.1") -> None:
     deadline = time.monotonic() + timeout
     while True:
         try:
-            socket.create_connection(("127.0.0.1", port), 0.5).close()
+            socket.create_connection((host, port), 0.5).close()
             return
         except OSError:
             if time.monotonic() > deadline:

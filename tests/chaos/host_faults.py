@@ -22,6 +22,7 @@ from pathlib import Path
 
 import yaml
 
+from tests.chaos.external import mosquitto_or_unavailable
 from tests.chaos.harness import (
     GRACE,
     HEARTBEAT,
@@ -38,11 +39,19 @@ from tests.chaos.harness import (
     measure,
     scheduler_settings,
 )
+from tests.secure_stack import on_mosquitto
 from tests.stack import BIN, CONFIG, Stack, free_port
 from tests.test_netns import Link, Procs, netns_unavailable
 from tomato_mqtt.config.users import UsersFile
 
-__all__ = ["netns_cut", "skew", "skew_shown", "store_full", "store_full_shown"]
+__all__ = [
+    "netns_cut",
+    "netns_cut_mosquitto",
+    "skew",
+    "skew_shown",
+    "store_full",
+    "store_full_shown",
+]
 
 
 # -- a remote node cut off longer than lost_after + grace ----------------------------------
@@ -57,9 +66,20 @@ RESET_WAIT = 10.0  # the scheduler's timeout for a component's reset after a job
 
 
 def netns_cut(root: Path, p: Params) -> Run:
+    return _netns_cut(root, p, mosquitto=None)
+
+
+def netns_cut_mosquitto(root: Path, p: Params) -> Run:
+    """netns-cut with Mosquitto as the broker, configured by ``tomato broker-config
+    --mosquitto`` (listener on the link, logins, ACL), as docs/security.md sets it up."""
+    return _netns_cut(root, p, mosquitto=mosquitto_or_unavailable())
+
+
+def _netns_cut(root: Path, p: Params, mosquitto: str | None) -> Run:
     why = netns_unavailable()
     if why is not None:
         raise Unavailable(why)
+    name = "netns-cut" + ("-mosquitto" if mosquitto else "")
     # the job ends ce only after lost_after + grace + the runner's reset of the component
     # (which waits RESET_WAIT for the unreachable node): cut longer than all of it
     cut = LOST_AFTER + SHORT_GRACE + RESET_WAIT + 1.0
@@ -77,6 +97,7 @@ def netns_cut(root: Path, p: Params) -> Run:
     users.add("pc2", password, "node:pc2")
     users.save()
     procs = Procs(root)
+    stack = contextlib.ExitStack()
     try:
         link.up()
         (st.appdir / "settings.toml").write_text(
@@ -87,7 +108,11 @@ def netns_cut(root: Path, p: Params) -> Run:
             f"[scheduler]\n{scheduler_settings(SHORT_GRACE)}"
         )
         tomato, dirs = str(BIN / "tomato"), [*st.dirs(), "-p", str(st.port)]
-        for svc in ("broker", "scheduler", "recorder"):
+        if mosquitto is None:
+            procs.start("broker", tomato, "broker", *dirs)
+        else:
+            stack.enter_context(on_mosquitto(st, mosquitto, host=link.host))
+        for svc in ("scheduler", "recorder"):
             procs.start(svc, tomato, svc, *dirs)
         # the node's heartbeat comes from its own settings: the same short one
         (root / "node-app").mkdir()
@@ -113,7 +138,7 @@ def netns_cut(root: Path, p: Params) -> Run:
             return t_fault + cut + p.end_bound  # it should end ce during the cut
 
         try:
-            run = fault_job(st, "netns-cut", p, fault, "pip-remote", deadline)
+            run = fault_job(st, name, p, fault, "pip-remote", deadline)
         finally:
             for t in timers:
                 t.join()  # the link is back
@@ -122,7 +147,7 @@ def netns_cut(root: Path, p: Params) -> Run:
         while time.monotonic() < t_up + LATE_BOUND:
             job = job_or_none(st, jobid)
             if job is not None:
-                last = measure("netns-cut", p, job, 0.0, 0.0, nominal_if_unknown=True)
+                last = measure(name, p, job, 0.0, 0.0, nominal_if_unknown=True)
                 if last.in_file is not None and last.in_file == last.expected:
                     break
             time.sleep(0.5)
@@ -131,6 +156,7 @@ def netns_cut(root: Path, p: Params) -> Run:
         return last
     finally:
         procs.stop_all()
+        stack.close()
         link.down()
 
 

@@ -20,6 +20,7 @@ from typing import Any
 
 import yaml
 
+from tests.chaos.external import on_mosquitto
 from tests.chaos.harness import (
     CANCEL_BOUND,
     Params,
@@ -37,6 +38,7 @@ from tests.chaos.host_faults import (
     full_kill_kept,
     full_kill_node,
     netns_cut,
+    netns_cut_mosquitto,
     skew,
     skew_shown,
     store_full,
@@ -203,6 +205,7 @@ SCENARIOS: dict[str, Scenario] = {
         Scenario("cancel-stopped-node", _cancel(STOPPED), "cd", exact=False, bound=CANCEL_BOUND),
         Scenario("reload-readd", reload_readd, "c"),
         Scenario("netns-cut", netns_cut, "c|ce"),
+        Scenario("netns-cut-mosquitto", netns_cut_mosquitto, "c|ce"),
         Scenario("store-full", store_full, "c", shows=store_full_shown),
         # the node killed while its spool's disk is full: its batches were in memory only
         Scenario(
@@ -215,5 +218,14 @@ SCENARIOS: dict[str, Scenario] = {
         ),
         Scenario("skew+60", skew("+60s"), "c", shows=skew_shown),
         Scenario("skew-60", skew("-60s"), "c", shows=skew_shown),
+        # the same faults on an external broker (Mosquitto), which nothing of ours restarts
+        Scenario("mosquitto-kill-broker", on_mosquitto("kill-broker"), "c"),
+        Scenario("mosquitto-down-past-grace", on_mosquitto("kill-broker", past_grace=True), "c"),
+        Scenario("mosquitto-stall-broker", on_mosquitto("stall-broker"), "c", honest=True),
+        Scenario("mosquitto-kill-recorder", on_mosquitto("kill-recorder"), "c"),
+        Scenario("mosquitto-kill-scheduler", on_mosquitto("kill-scheduler"), "c"),
+        Scenario(
+            "mosquitto-kill-node", on_mosquitto("kill-node"), "ce", exact=False, reason_has=COUNTER
+        ),
     )
 }

@@ -73,10 +73,18 @@ CASES = [
     pytest.param("cancel-stopped-node", RATE_HZ),
     pytest.param("reload-readd", RATE_HZ),
     pytest.param("netns-cut", RATE_HZ),
+    pytest.param("netns-cut-mosquitto", RATE_HZ),
     pytest.param("store-full", RATE_HZ),
     pytest.param("full-kill-node", RATE_HZ),
     pytest.param("skew+60", RATE_HZ),
     pytest.param("skew-60", RATE_HZ),
+    pytest.param("mosquitto-kill-broker", RATE_HZ),
+    pytest.param("mosquitto-kill-broker", FAST_HZ),
+    pytest.param("mosquitto-down-past-grace", FAST_HZ),
+    pytest.param("mosquitto-stall-broker", RATE_HZ),
+    pytest.param("mosquitto-kill-recorder", FAST_HZ),
+    pytest.param("mosquitto-kill-scheduler", RATE_HZ),
+    pytest.param("mosquitto-kill-node", RATE_HZ),
 ]
 
 
