@@ -291,41 +291,36 @@ class AmqttBroker(RunningBroker):
 
 
 @dataclass
-class MosquittoBroker(RunningBroker):
-    binary: str = ""
+class ProcessBroker(RunningBroker):
+    """A broker that is a process of its own (Mosquitto, Aedes), on ``port``."""
+
     workdir: Path = field(default_factory=Path)
     _proc: subprocess.Popen[bytes] | None = None
 
     @property
     def log_path(self) -> Path:
-        return self.workdir / "mosquitto.log"
+        return self.workdir / f"{self.kind}.log"
+
+    def argv(self) -> list[str]:
+        raise NotImplementedError
 
     async def start(self) -> None:
-        conf = self.workdir / "mosquitto.conf"
-        conf.write_text(
-            f"listener {self.port} {self.host}\n"
-            "allow_anonymous true\n"
-            "persistence false\n"
-            f"log_dest file {self.log_path}\n"
-            "log_type error\nlog_type warning\nlog_type notice\nlog_type information\n"
-        )
-        self._proc = subprocess.Popen(
-            [self.binary, "-c", str(conf)],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        with open(self.workdir / f"{self.kind}.out", "ab") as out:
+            self._proc = subprocess.Popen(
+                self.argv(), stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT
+            )
         try:
-            await _wait_listening(self.port, 10.0, "mosquitto")
+            await _wait_listening(self.port, 10.0, self.kind)
         except TimeoutError:
             await self.stop()
-            log = self.log_path.read_text() if self.log_path.exists() else "(no log)"
-            raise TimeoutError(f"mosquitto did not start on port {self.port}:\n{log}") from None
+            logs = [f for f in (self.log_path, self.workdir / f"{self.kind}.out") if f.exists()]
+            said = "\n".join(f.read_text(errors="replace")[-2000:] for f in logs) or "(no log)"
+            raise TimeoutError(f"{self.kind} did not start on port {self.port}:\n{said}") from None
 
     @property
     def pid(self) -> int:
         if self._proc is None:
-            raise AssertionError("mosquitto is not running")
+            raise AssertionError(f"{self.kind} is not running")
         return self._proc.pid
 
     def kill(self) -> None:
@@ -347,6 +342,54 @@ class MosquittoBroker(RunningBroker):
             except asyncio.TimeoutError:
                 proc.kill()
                 await asyncio.to_thread(proc.wait)
+
+
+@dataclass
+class MosquittoBroker(ProcessBroker):
+    binary: str = ""
+
+    def argv(self) -> list[str]:
+        conf = self.workdir / "mosquitto.conf"
+        conf.write_text(
+            f"listener {self.port} {self.host}\n"
+            "allow_anonymous true\n"
+            "persistence false\n"
+            f"log_dest file {self.log_path}\n"
+            "log_type error\nlog_type warning\nlog_type notice\nlog_type information\n"
+        )
+        return [self.binary, "-c", str(conf)]
+
+
+AEDES = Path(__file__).resolve().parent / "aedes"
+
+
+def aedes_server() -> Path:
+    """tests/aedes/server.mjs, its pinned Aedes installed from npm first (once, under a
+    lock: parallel test workers may ask at the same time)."""
+    import fcntl
+
+    if not (AEDES / "node_modules" / "aedes").is_dir():
+        npm = shutil.which("npm")
+        if npm is None or shutil.which("node") is None:
+            pytest.fail("Node.js and npm are needed for the Aedes broker (apt-get install npm)")
+        with open(AEDES / ".install.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if not (AEDES / "node_modules" / "aedes").is_dir():
+                subprocess.run(
+                    [npm, "ci", "--no-audit", "--no-fund", "--loglevel=error"],
+                    cwd=AEDES,
+                    check=True,
+                    timeout=600,
+                )
+    return AEDES / "server.mjs"
+
+
+@dataclass
+class AedesBroker(ProcessBroker):
+    """Aedes (Node.js) with its in-memory persistence: a second MQTT 3.1.1 implementation."""
+
+    def argv(self) -> list[str]:
+        return [shutil.which("node") or "node", str(aedes_server()), str(self.port), self.host]
 
 
 @pytest.fixture

@@ -1,4 +1,5 @@
-"""The whole stack on an external broker (Mosquitto), with no code changes: settings only."""
+"""The whole stack on an external broker, with no code changes: settings only. Two
+implementations: Mosquitto (C) and Aedes (Node.js, tests/aedes/)."""
 
 from __future__ import annotations
 
@@ -8,16 +9,24 @@ from pathlib import Path
 import pytest
 import xarray as xr
 
-from tests.conftest import MosquittoBroker, free_port
+from tests.conftest import AedesBroker, MosquittoBroker, ProcessBroker, free_port
 from tests.counts import taken
 from tests.stack import make_stack, started
 
 pytestmark = pytest.mark.timeout(180)
 
 
-def test_job_runs_end_to_end_on_mosquitto(mosquitto_path: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("kind", ["mosquitto", "aedes"])
+def test_job_runs_end_to_end_on_an_external_broker(
+    kind: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
     port = free_port()
-    mosq = MosquittoBroker(kind="mosquitto", port=port, binary=mosquitto_path, workdir=tmp_path)
+    mosq: ProcessBroker
+    if kind == "mosquitto":
+        binary = request.getfixturevalue("mosquitto_path")
+        mosq = MosquittoBroker(kind=kind, port=port, binary=binary, workdir=tmp_path)
+    else:
+        mosq = AedesBroker(kind="aedes", port=port, workdir=tmp_path)
     asyncio.run(mosq.start())
     try:
         st = make_stack(tmp_path / "stack")

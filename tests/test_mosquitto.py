@@ -1,12 +1,20 @@
-"""The same round trips against Mosquitto: the services must run on any MQTT 3.1.1 broker.
+"""The same round trips against external brokers: the services must run on any MQTT 3.1.1
+broker. Two implementations besides the embedded amqtt: Mosquitto (C, Debian's package)
+and Aedes (Node.js, from npm: tests/aedes/).
 
-Mosquitto (Debian package) is started by the ``mosquitto`` fixture on a free port; the
-tests skip when it is not installed, and fail instead under CI / TOMATO_REQUIRE_MOSQUITTO.
+Mosquitto is started by the ``mosquitto`` fixture on a free port; the tests skip when it
+is not installed, and fail instead under CI / TOMATO_REQUIRE_MOSQUITTO. Aedes is
+installed by the first test that needs it (``npm ci`` of its pinned version).
 """
 
 from __future__ import annotations
 
-from tests.conftest import RunningBroker
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import AedesBroker, MosquittoBroker, ProcessBroker, RunningBroker, free_port
 from tests.test_mqtt import (
     check_last_will,
     check_pubsub,
@@ -17,33 +25,49 @@ from tests.test_rpc import check_duplicate_answered_once, check_no_responder, ch
 from tomato_mqtt.wire.topics import Topics
 
 
-async def test_publish_subscribe_with_ack(mosquitto: RunningBroker, instance: str) -> None:
-    await check_pubsub(mosquitto, Topics(instance))
+@pytest.fixture(params=["mosquitto", "aedes"])
+async def external(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[RunningBroker]:
+    """Each external broker in turn, on a free port."""
+    b: ProcessBroker
+    if request.param == "mosquitto":
+        binary = request.getfixturevalue("mosquitto_path")
+        b = MosquittoBroker(kind="mosquitto", port=free_port(), binary=binary, workdir=tmp_path)
+    else:
+        b = AedesBroker(kind="aedes", port=free_port(), workdir=tmp_path)
+    await b.start()
+    try:
+        yield b
+    finally:
+        await b.stop()
 
 
-async def test_reconnect_resubscribes(mosquitto: RunningBroker, instance: str) -> None:
-    await check_reconnect(mosquitto, Topics(instance))
+async def test_publish_subscribe_with_ack(external: RunningBroker, instance: str) -> None:
+    await check_pubsub(external, Topics(instance))
 
 
-async def test_last_will_when_process_is_killed(mosquitto: RunningBroker, instance: str) -> None:
-    await check_last_will(mosquitto, Topics(instance))
+async def test_reconnect_resubscribes(external: RunningBroker, instance: str) -> None:
+    await check_reconnect(external, Topics(instance))
 
 
-async def test_request_reply_round_trip(mosquitto: RunningBroker, instance: str) -> None:
-    await check_request_reply(mosquitto, Topics(instance))
+async def test_last_will_when_process_is_killed(external: RunningBroker, instance: str) -> None:
+    await check_last_will(external, Topics(instance))
 
 
-async def test_no_responder_names_topic_and_wait(mosquitto: RunningBroker, instance: str) -> None:
-    await check_no_responder(mosquitto, Topics(instance))
+async def test_request_reply_round_trip(external: RunningBroker, instance: str) -> None:
+    await check_request_reply(external, Topics(instance))
+
+
+async def test_no_responder_names_topic_and_wait(external: RunningBroker, instance: str) -> None:
+    await check_no_responder(external, Topics(instance))
 
 
 async def test_duplicated_request_id_is_answered_once(
-    mosquitto: RunningBroker, instance: str
+    external: RunningBroker, instance: str
 ) -> None:
-    await check_duplicate_answered_once(mosquitto, Topics(instance))
+    await check_duplicate_answered_once(external, Topics(instance))
 
 
 async def test_a_second_subscription_to_a_filter_keeps_the_first_one_s_qos(
-    mosquitto: RunningBroker, instance: str
+    external: RunningBroker, instance: str
 ) -> None:
-    await check_second_subscription_keeps_qos(mosquitto, Topics(instance))
+    await check_second_subscription_keeps_qos(external, Topics(instance))

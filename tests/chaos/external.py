@@ -1,11 +1,11 @@
-"""The faults of a stack on an external broker: Mosquitto, as docs/security.md's "With
-Mosquitto instead" sets it up (``[broker] embedded = false``), with nothing of the stack
-supervising it.
+"""The faults of a stack on an external broker, with nothing of the stack supervising it:
+Mosquitto, as docs/security.md's "With Mosquitto instead" sets it up (``[broker]
+embedded = false``), and Aedes (Node.js, tests/aedes/), a second implementation.
 
-Mosquitto runs with ``persistence false``, as the tests' brokers do: a crash of it loses
-every session and retained message (the worst case: a site's broker with persistence
-keeps them). It is started again on the same port after the fault's length, as a
-site's service manager would. Registered in tests/chaos/scenarios.py.
+Both run without persistence (Mosquitto ``persistence false``, Aedes in memory): a crash
+loses every session and retained message (the worst case: a site's broker with
+persistence keeps them). A killed broker is started again on the same port after the
+fault's length, as a site's service manager would. Registered in tests/chaos/scenarios.py.
 """
 
 from __future__ import annotations
@@ -20,10 +20,16 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from tests.chaos.harness import GRACE, Params, Run, Unavailable, chaos_stack, fault_job
-from tests.conftest import MosquittoBroker, mosquitto_binary, mosquitto_required
+from tests.conftest import (
+    AedesBroker,
+    MosquittoBroker,
+    ProcessBroker,
+    mosquitto_binary,
+    mosquitto_required,
+)
 from tests.stack import Stack
 
-__all__ = ["mosquitto_or_unavailable", "on_mosquitto"]
+__all__ = ["mosquitto_or_unavailable", "on_external"]
 
 
 def mosquitto_or_unavailable() -> str:
@@ -39,14 +45,18 @@ def mosquitto_or_unavailable() -> str:
 
 
 @contextlib.contextmanager
-def _mosquitto_stack(root: Path) -> Iterator[tuple[Stack, MosquittoBroker]]:
-    binary = mosquitto_or_unavailable()
-    brokers: list[MosquittoBroker] = []
+def _external_stack(kind: str, root: Path) -> Iterator[tuple[Stack, ProcessBroker]]:
+    binary = mosquitto_or_unavailable() if kind == "mosquitto" else ""
+    brokers: list[ProcessBroker] = []
 
     def before_start(st: Stack) -> None:
         cfg = st.appdir / "settings.toml"
         cfg.write_text(cfg.read_text().replace("[broker]\n", "[broker]\nembedded = false\n"))
-        b = MosquittoBroker(kind="mosquitto", port=st.port, binary=binary, workdir=root)
+        b: ProcessBroker
+        if kind == "mosquitto":
+            b = MosquittoBroker(kind=kind, port=st.port, binary=binary, workdir=root)
+        else:
+            b = AedesBroker(kind="aedes", port=st.port, workdir=root)
         asyncio.run(b.start())
         brokers.append(b)
 
@@ -59,26 +69,26 @@ def _mosquitto_stack(root: Path) -> Iterator[tuple[Stack, MosquittoBroker]]:
             asyncio.run(b.stop())
 
 
-def on_mosquitto(what: str, past_grace: bool = False) -> Callable[[Path, Params], Run]:
-    """``what`` on a stack whose broker is Mosquitto: ``kill-broker`` (kill -9, started
-    again ``p.down`` s later), ``stall-broker`` (SIGSTOP for ``p.down`` s), or
-    ``kill-<service>`` (kill -9 of that service of ``tomato start``; its supervisor
-    restarts it). ``past_grace``: the broker stays down 5 s longer than the scheduler's
-    ``node_grace_period`` (a slow service manager, a rebooting broker host): nobody can
-    tell a lost node then, so nothing may be counted lost for it."""
+def on_external(kind: str, what: str, past_grace: bool = False) -> Callable[[Path, Params], Run]:
+    """``what`` on a stack whose broker is ``kind`` (``mosquitto``, ``aedes``):
+    ``kill-broker`` (kill -9, started again ``p.down`` s later), ``stall-broker``
+    (SIGSTOP for ``p.down`` s), or ``kill-<service>`` (kill -9 of that service of ``tomato
+    start``; its supervisor restarts it). ``past_grace``: the broker stays down 5 s longer
+    than the scheduler's ``node_grace_period`` (a slow service manager, a rebooting
+    broker host): nobody can tell a lost node then, so nothing may be counted lost."""
 
     def scenario(root: Path, p: Params) -> Run:
         if past_grace:
             p = dataclasses.replace(p, down=GRACE + 5.0, end_bound=p.end_bound + GRACE + 5.0)
-        with _mosquitto_stack(root) as (st, mosq):
+        with _external_stack(kind, root) as (st, broker):
 
             def fault(st: Stack, _job: int) -> None:
                 if what == "kill-broker":
-                    mosq.kill()
+                    broker.kill()
                     time.sleep(p.down)
-                    asyncio.run(mosq.start())
+                    asyncio.run(broker.start())
                 elif what == "stall-broker":
-                    pid = mosq.pid
+                    pid = broker.pid
                     os.kill(pid, signal.SIGSTOP)
                     try:
                         time.sleep(p.down)
@@ -87,8 +97,6 @@ def on_mosquitto(what: str, past_grace: bool = False) -> Callable[[Path, Params]
                 else:
                     os.kill(st.child_pid(what.removeprefix("kill-")), signal.SIGKILL)
 
-            return fault_job(
-                st, "mosquitto-" + what + ("-past-grace" if past_grace else ""), p, fault
-            )
+            return fault_job(st, f"{kind}-{what}", p, fault)
 
     return scenario

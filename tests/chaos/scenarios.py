@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from tests.chaos.external import on_mosquitto
+from tests.chaos.external import on_external
 from tests.chaos.harness import (
     CANCEL_BOUND,
     Params,
@@ -219,13 +219,27 @@ SCENARIOS: dict[str, Scenario] = {
         Scenario("skew+60", skew("+60s"), "c", shows=skew_shown),
         Scenario("skew-60", skew("-60s"), "c", shows=skew_shown),
         # the same faults on an external broker (Mosquitto), which nothing of ours restarts
-        Scenario("mosquitto-kill-broker", on_mosquitto("kill-broker"), "c"),
-        Scenario("mosquitto-down-past-grace", on_mosquitto("kill-broker", past_grace=True), "c"),
-        Scenario("mosquitto-stall-broker", on_mosquitto("stall-broker"), "c", honest=True),
-        Scenario("mosquitto-kill-recorder", on_mosquitto("kill-recorder"), "c"),
-        Scenario("mosquitto-kill-scheduler", on_mosquitto("kill-scheduler"), "c"),
+        Scenario("mosquitto-kill-broker", on_external("mosquitto", "kill-broker"), "c"),
         Scenario(
-            "mosquitto-kill-node", on_mosquitto("kill-node"), "ce", exact=False, reason_has=COUNTER
+            "mosquitto-down-past-grace",
+            on_external("mosquitto", "kill-broker", past_grace=True),
+            "c",
         ),
+        Scenario(
+            "mosquitto-stall-broker", on_external("mosquitto", "stall-broker"), "c", honest=True
+        ),
+        Scenario("mosquitto-kill-recorder", on_external("mosquitto", "kill-recorder"), "c"),
+        Scenario("mosquitto-kill-scheduler", on_external("mosquitto", "kill-scheduler"), "c"),
+        Scenario(
+            "mosquitto-kill-node",
+            on_external("mosquitto", "kill-node"),
+            "ce",
+            exact=False,
+            reason_has=COUNTER,
+        ),
+        # and on a second implementation, Aedes (Node.js)
+        Scenario("aedes-kill-broker", on_external("aedes", "kill-broker"), "c"),
+        Scenario("aedes-stall-broker", on_external("aedes", "stall-broker"), "c", honest=True),
+        Scenario("aedes-kill-recorder", on_external("aedes", "kill-recorder"), "c"),
     )
 }

@@ -85,6 +85,10 @@ CASES = [
     pytest.param("mosquitto-kill-recorder", FAST_HZ),
     pytest.param("mosquitto-kill-scheduler", RATE_HZ),
     pytest.param("mosquitto-kill-node", RATE_HZ),
+    pytest.param("aedes-kill-broker", RATE_HZ),
+    pytest.param("aedes-kill-broker", FAST_HZ),
+    pytest.param("aedes-stall-broker", RATE_HZ),
+    pytest.param("aedes-kill-recorder", FAST_HZ),
 ]
 
 
