@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import getpass
 import inspect
 import os
 import shutil
@@ -347,13 +348,23 @@ class ProcessBroker(RunningBroker):
 @dataclass
 class MosquittoBroker(ProcessBroker):
     binary: str = ""
+    #: keep sessions, their queued messages and retained messages in a file across a
+    #: restart, as Debian's packaged configuration does (saved at a clean stop)
+    persistence: bool = False
 
     def argv(self) -> list[str]:
         conf = self.workdir / "mosquitto.conf"
+        keep = (
+            f"persistence true\npersistence_location {self.workdir}/\n"
+            # run as root, Mosquitto drops to the user 'mosquitto', who may not write here
+            + (f"user {getpass.getuser()}\n" if os.geteuid() == 0 else "")
+            if self.persistence
+            else "persistence false\n"
+        )
         conf.write_text(
             f"listener {self.port} {self.host}\n"
             "allow_anonymous true\n"
-            "persistence false\n"
+            f"{keep}"
             f"log_dest file {self.log_path}\n"
             "log_type error\nlog_type warning\nlog_type notice\nlog_type information\n"
         )

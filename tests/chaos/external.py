@@ -45,7 +45,9 @@ def mosquitto_or_unavailable() -> str:
 
 
 @contextlib.contextmanager
-def _external_stack(kind: str, root: Path) -> Iterator[tuple[Stack, ProcessBroker]]:
+def _external_stack(
+    kind: str, root: Path, persistence: bool = False
+) -> Iterator[tuple[Stack, ProcessBroker]]:
     binary = mosquitto_or_unavailable() if kind == "mosquitto" else ""
     brokers: list[ProcessBroker] = []
 
@@ -54,7 +56,9 @@ def _external_stack(kind: str, root: Path) -> Iterator[tuple[Stack, ProcessBroke
         cfg.write_text(cfg.read_text().replace("[broker]\n", "[broker]\nembedded = false\n"))
         b: ProcessBroker
         if kind == "mosquitto":
-            b = MosquittoBroker(kind=kind, port=st.port, binary=binary, workdir=root)
+            b = MosquittoBroker(
+                kind=kind, port=st.port, binary=binary, workdir=root, persistence=persistence
+            )
         else:
             b = AedesBroker(kind="aedes", port=st.port, workdir=root)
         asyncio.run(b.start())
@@ -69,9 +73,13 @@ def _external_stack(kind: str, root: Path) -> Iterator[tuple[Stack, ProcessBroke
             asyncio.run(b.stop())
 
 
-def on_external(kind: str, what: str, past_grace: bool = False) -> Callable[[Path, Params], Run]:
+def on_external(
+    kind: str, what: str, past_grace: bool = False, persistence: bool = False
+) -> Callable[[Path, Params], Run]:
     """``what`` on a stack whose broker is ``kind`` (``mosquitto``, ``aedes``):
-    ``kill-broker`` (kill -9, started again ``p.down`` s later), ``stall-broker``
+    ``kill-broker`` (kill -9, started again ``p.down`` s later), ``restart-broker`` (a
+    clean stop, SIGTERM, started again ``p.down`` s later: with ``persistence`` it
+    brings back the sessions, their queued messages and the retained ones), ``stall-broker``
     (SIGSTOP for ``p.down`` s), or ``kill-<service>`` (kill -9 of that service of ``tomato
     start``; its supervisor restarts it). ``past_grace``: the broker stays down 5 s longer
     than the scheduler's ``node_grace_period`` (a slow service manager, a rebooting
@@ -80,11 +88,14 @@ def on_external(kind: str, what: str, past_grace: bool = False) -> Callable[[Pat
     def scenario(root: Path, p: Params) -> Run:
         if past_grace:
             p = dataclasses.replace(p, down=GRACE + 5.0, end_bound=p.end_bound + GRACE + 5.0)
-        with _external_stack(kind, root) as (st, broker):
+        with _external_stack(kind, root, persistence) as (st, broker):
 
             def fault(st: Stack, _job: int) -> None:
-                if what == "kill-broker":
-                    broker.kill()
+                if what in ("kill-broker", "restart-broker"):
+                    if what == "kill-broker":
+                        broker.kill()
+                    else:
+                        asyncio.run(broker.stop())
                     time.sleep(p.down)
                     asyncio.run(broker.start())
                 elif what == "stall-broker":

@@ -226,6 +226,11 @@ SCENARIOS: dict[str, Scenario] = {
             "c",
         ),
         Scenario(
+            "mosquitto-restart-persistent",
+            on_external("mosquitto", "restart-broker", persistence=True),
+            "c",
+        ),
+        Scenario(
             "mosquitto-stall-broker", on_external("mosquitto", "stall-broker"), "c", honest=True
         ),
         Scenario("mosquitto-kill-recorder", on_external("mosquitto", "kill-recorder"), "c"),

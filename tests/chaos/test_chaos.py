@@ -81,6 +81,7 @@ CASES = [
     pytest.param("mosquitto-kill-broker", RATE_HZ),
     pytest.param("mosquitto-kill-broker", FAST_HZ),
     pytest.param("mosquitto-down-past-grace", FAST_HZ),
+    pytest.param("mosquitto-restart-persistent", FAST_HZ),
     pytest.param("mosquitto-stall-broker", RATE_HZ),
     pytest.param("mosquitto-kill-recorder", FAST_HZ),
     pytest.param("mosquitto-kill-scheduler", RATE_HZ),
