@@ -403,6 +403,19 @@ class AedesBroker(ProcessBroker):
         return [shutil.which("node") or "node", str(aedes_server()), str(self.port), self.host]
 
 
+def external_broker(
+    kind: str, port: int, workdir: Path, mosquitto: str = "", persistence: bool = False
+) -> ProcessBroker:
+    """An external broker, not yet started: ``mosquitto`` (its binary given) or ``aedes``."""
+    if kind == "mosquitto":
+        return MosquittoBroker(
+            kind=kind, port=port, workdir=workdir, binary=mosquitto, persistence=persistence
+        )
+    if kind == "aedes":
+        return AedesBroker(kind=kind, port=port, workdir=workdir)
+    raise ValueError(f"no external broker {kind!r}")
+
+
 @pytest.fixture
 def instance() -> str:
     """A unique instance name: the test's own topic root ``tomato/v2/<instance>``."""

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import xarray as xr
 
-from tests.conftest import AedesBroker, MosquittoBroker, ProcessBroker, free_port
+from tests.conftest import external_broker, free_port
 from tests.counts import taken
 from tests.stack import make_stack, started
 
@@ -21,12 +21,8 @@ def test_job_runs_end_to_end_on_an_external_broker(
     kind: str, request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:
     port = free_port()
-    mosq: ProcessBroker
-    if kind == "mosquitto":
-        binary = request.getfixturevalue("mosquitto_path")
-        mosq = MosquittoBroker(kind=kind, port=port, binary=binary, workdir=tmp_path)
-    else:
-        mosq = AedesBroker(kind="aedes", port=port, workdir=tmp_path)
+    binary = request.getfixturevalue("mosquitto_path") if kind == "mosquitto" else ""
+    mosq = external_broker(kind, port, tmp_path, mosquitto=binary)
     asyncio.run(mosq.start())
     try:
         st = make_stack(tmp_path / "stack")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import AedesBroker, MosquittoBroker, ProcessBroker, RunningBroker, free_port
+from tests.conftest import RunningBroker, external_broker, free_port
 from tests.test_mqtt import (
     check_last_will,
     check_pubsub,
@@ -28,12 +28,8 @@ from tomato_mqtt.wire.topics import Topics
 @pytest.fixture(params=["mosquitto", "aedes"])
 async def external(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[RunningBroker]:
     """Each external broker in turn, on a free port."""
-    b: ProcessBroker
-    if request.param == "mosquitto":
-        binary = request.getfixturevalue("mosquitto_path")
-        b = MosquittoBroker(kind="mosquitto", port=free_port(), binary=binary, workdir=tmp_path)
-    else:
-        b = AedesBroker(kind="aedes", port=free_port(), workdir=tmp_path)
+    binary = request.getfixturevalue("mosquitto_path") if request.param == "mosquitto" else ""
+    b = external_broker(request.param, free_port(), tmp_path, mosquitto=binary)
     await b.start()
     try:
         yield b

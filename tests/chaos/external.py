@@ -20,13 +20,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from tests.chaos.harness import GRACE, Params, Run, Unavailable, chaos_stack, fault_job
-from tests.conftest import (
-    AedesBroker,
-    MosquittoBroker,
-    ProcessBroker,
-    mosquitto_binary,
-    mosquitto_required,
-)
+from tests.conftest import ProcessBroker, external_broker, mosquitto_binary, mosquitto_required
 from tests.stack import Stack
 
 __all__ = ["mosquitto_or_unavailable", "on_external"]
@@ -54,13 +48,7 @@ def _external_stack(
     def before_start(st: Stack) -> None:
         cfg = st.appdir / "settings.toml"
         cfg.write_text(cfg.read_text().replace("[broker]\n", "[broker]\nembedded = false\n"))
-        b: ProcessBroker
-        if kind == "mosquitto":
-            b = MosquittoBroker(
-                kind=kind, port=st.port, binary=binary, workdir=root, persistence=persistence
-            )
-        else:
-            b = AedesBroker(kind="aedes", port=st.port, workdir=root)
+        b = external_broker(kind, st.port, root, mosquitto=binary, persistence=persistence)
         asyncio.run(b.start())
         brokers.append(b)
 
