@@ -204,6 +204,19 @@ def test_bad_port_on_the_command_line_is_refused(tmp_path: Path) -> None:
         load_settings(appdir=tmp_path, port=0)
 
 
+@pytest.mark.parametrize(
+    "tls", ["", 'certfile = "s.crt"\nkeyfile = "s.key"\n', 'cafile = "ca.crt"\n']
+)
+def test_client_certificates_required_without_tls_and_a_ca_are_refused(
+    tmp_path: Path, tls: str
+) -> None:
+    """require_certificate needs the TLS listener and the CA of the client certificates:
+    alone, it would require nothing (no TLS) or take no certificate (no CA)."""
+    write(tmp_path / "settings.toml", f"[broker]\nrequire_certificate = true\n{tls}")
+    with pytest.raises(ConfigError, match="require_certificate needs TLS .* and a cafile"):
+        load_settings(appdir=tmp_path)
+
+
 def test_broker_on_a_network_address_with_a_password_file_is_accepted(tmp_path: Path) -> None:
     write(
         tmp_path / "settings.toml",

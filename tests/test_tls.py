@@ -152,16 +152,22 @@ def test_url_takes_tls_files_from_the_query() -> None:
         BrokerURL.parse("mqtts://h?cafile=/c.pem")
 
 
+@pytest.mark.parametrize("mutual", [False, True], ids=["", "mutual"])
 @pytest.mark.parametrize("kind", ["amqtt", "mosquitto"])
 def test_a_whole_job_over_tls_with_a_remote_node(
-    kind: str, tmp_path: Path, request: pytest.FixtureRequest
+    kind: str, mutual: bool, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
     """On the embedded broker, and on Mosquitto configured by `tomato broker-config
     --mosquitto` from the same settings (its TLS listener, logins and ACL: what
-    docs/security.md's "With Mosquitto instead" sets up), nothing else changed."""
+    docs/security.md's "With Mosquitto instead" sets up), nothing else changed.
+    ``mutual``: ``[broker] require_certificate`` (mutual TLS): the node and the lab user
+    present the client certificate the lab's CA signed; without one, or with one of
+    another CA, a login is refused, saying why."""
     pki = make_pki(tmp_path / "pki")
     tls_port = free_port()
     extra = f'certfile = "{pki.server_cert}"\nkeyfile = "{pki.server_key}"\ntls_port = {tls_port}\n'
+    if mutual:
+        extra += f'cafile = "{pki.ca}"\nrequire_certificate = true\n'
     st = make_secure_stack(tmp_path, devices="netns_devices.yml", embedded=kind == "amqtt")
     text = (st.appdir / "settings.toml").read_text()
     (st.appdir / "settings.toml").write_text(text.replace("[scheduler]", extra + "[scheduler]"))
@@ -169,16 +175,62 @@ def test_a_whole_job_over_tls_with_a_remote_node(
         if kind == "mosquitto":
             broker.enter_context(on_mosquitto(st, request.getfixturevalue("mosquitto_path")))
             wait_listening(tls_port)
-        _whole_job_over_tls(st, pki, tls_port)
+        if mutual:
+            _refused_without_a_client_certificate(st, tmp_path, tls_port, pki)
+        _whole_job_over_tls(st, pki, tls_port, mutual)
         # nothing of ours served it but Mosquitto: no embedded broker was started
         assert bool(list(st.logdir.glob("broker*.log"))) == (kind == "amqtt")
 
 
-def _whole_job_over_tls(st: Stack, pki: Pki, tls_port: int) -> None:
+def _refused_without_a_client_certificate(st: Stack, tmp: Path, tls_port: int, pki: Pki) -> None:
+    """Mutual TLS: a login with no client certificate, or one another CA signed, is
+    refused by the broker, and the CLI says what is missing."""
+    other = make_pki(tmp / "other-pki")
+    base = f"mqtts://olga:{LAB_USERS['olga'][0]}@127.0.0.1:{tls_port}?ca_certs={pki.ca}"
+    with started(st):
+        for url, said in (
+            (base, "give one its CA signed: certfile=...&keyfile=... in the broker URL"),
+            (
+                f"{base}&certfile={other.client_cert}&keyfile={other.client_key}",
+                f"is the client certificate {other.client_cert} signed by the CA it trusts",
+            ),
+        ):
+            res = subprocess.run(
+                [str(BIN / "tomato"), "status", "--broker", url, "-A", str(st.appdir)],
+                capture_output=True, text=True, timeout=60,
+            )  # fmt: skip
+            assert res.returncode == 1, (url, res.stdout, res.stderr)
+            assert said in res.stderr, (url, res.stderr)
+            assert "is tomato-mqtt running" not in res.stderr, res.stderr
+        # a node without a client certificate keeps trying (the broker may be restarting),
+        # and its log says what to check
+        pw = LAB_USERS["pc2"][0]
+        app = tmp / "pc2-nocert"
+        node = subprocess.Popen(
+            [str(BIN / "tomato"), "node", "--name", "pc2", "--instance", st.instance,
+             "--broker", f"mqtts://pc2:{pw}@127.0.0.1:{tls_port}?ca_certs={pki.ca}",
+             "-A", str(app), "-D", str(app / "d"), "-L", str(app / "l")],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )  # fmt: skip
+        try:
+            deadline, said_so = time.monotonic() + 30, False
+            while not said_so and time.monotonic() < deadline and node.poll() is None:
+                time.sleep(0.3)
+                logs = [f.read_text(errors="replace") for f in (app / "l").glob("*.log")]
+                said_so = any("requires client certificates (mutual TLS)" in t for t in logs)
+            assert said_so, [f.read_text()[-2000:] for f in (app / "l").glob("*.log")]
+            assert node.poll() is None, "the node gave up"
+        finally:
+            _stop_node(node)
+
+
+def _whole_job_over_tls(st: Stack, pki: Pki, tls_port: int, mutual: bool = False) -> None:
+    mine = f"&certfile={pki.client_cert}&keyfile={pki.client_key}" if mutual else ""
 
     def tls_url(user: str) -> str:
         pw = LAB_USERS[user][0]
-        return f"mqtts://{user}:{pw}@127.0.0.1:{tls_port}?ca_certs={pki.ca}"
+        return f"mqtts://{user}:{pw}@127.0.0.1:{tls_port}?ca_certs={pki.ca}{mine}"
 
     # the remote node starts before the stack (it connects once the broker listens, as
     # pc2 would in a lab where it runs already), so that `tomato start` finds its component

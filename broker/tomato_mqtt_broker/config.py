@@ -40,6 +40,9 @@ class BrokerConfig:
     certfile: str | None = None
     keyfile: str | None = None
     cafile: str | None = None  # CA of client certificates (verified when presented)
+    #: mutual TLS: the TLS listeners (MQTT and WSS) refuse a client without a certificate
+    #: cafile's CA signed
+    require_certificate: bool = False
     tls_port: int = 8883
     #: bytes of messages the broker may hold for one client (sent but not yet taken by
     #: it, or waiting for its acknowledgement); beyond it, messages for that client are
@@ -105,6 +108,10 @@ class BrokerConfig:
             )
         if bool(self.certfile) != bool(self.keyfile):
             raise BrokerConfigError("TLS needs both certfile and keyfile")
+        if self.require_certificate and not (self.tls and self.cafile):
+            raise BrokerConfigError(
+                "require_certificate needs TLS (certfile and keyfile) and a cafile"
+            )
         for f in (self.certfile, self.keyfile, self.cafile):
             if f and not os.path.isfile(f):
                 raise BrokerConfigError(f"TLS file {f} does not exist")

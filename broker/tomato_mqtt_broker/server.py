@@ -425,6 +425,7 @@ def _broker_class(
     max_offline: int,
     max_packet: int = 8 * 1024 * 1024,
     instance: str = "default",
+    require_certificate: bool = False,
 ) -> Any:
     """amqtt's Broker, without its retained-message leak.
 
@@ -486,6 +487,16 @@ def _broker_class(
         # amqtt 0.12 delivers at the subscription's QoS: a QoS 0 publish reached a QoS 2
         # subscriber as QoS 2 (an outside audit). The published QoS travels with the
         # message to the broadcast task, whose handlers deliver at most that.
+
+        @staticmethod
+        def _create_ssl_context(listener: Any) -> ssl.SSLContext:
+            # amqtt verifies a client certificate only when one is presented
+            # (CERT_OPTIONAL); mutual TLS requires it
+            ctx: ssl.SSLContext = Broker._create_ssl_context(listener)
+            if require_certificate:
+                ctx.verify_mode = ssl.CERT_REQUIRED
+            return ctx
+
         async def _handle_message_delivery(
             self, client_session: Any, handler: Any, wait_deliver: Any
         ) -> bool:
@@ -1151,6 +1162,7 @@ class EmbeddedBroker:
             self.config.max_queued_messages,
             self.config.max_packet_bytes,
             self.config.instance,
+            self.config.require_certificate,
         )
         self._broker = cls(config)
         try:

@@ -112,6 +112,7 @@ def broker_config(s: Settings) -> Any:
         certfile=b.certfile,
         keyfile=b.keyfile,
         cafile=b.cafile,
+        require_certificate=b.require_certificate,
         tls_port=b.tls_port,
         max_queued_bytes=b.max_queued_bytes,
         max_queued_messages=b.max_queued_messages,

@@ -224,7 +224,9 @@ def broker_config_cmd(
     b = s.broker
     tls = None
     if b.certfile and b.keyfile:
-        tls = mq.MosquittoTls(b.tls_port, b.cafile or "", b.certfile, b.keyfile)
+        tls = mq.MosquittoTls(
+            b.tls_port, b.cafile or "", b.certfile, b.keyfile, b.require_certificate
+        )
     files = {
         pw: mq.password_file(users),
         acl: mq.acl_file(users, Topics(s.mqtt.instance), nodes),

@@ -116,7 +116,12 @@ class BrokerSettings(_Section):
     #: TLS of the embedded broker: a TLS listener on tls_port, WSS instead of WS
     certfile: str | None = None
     keyfile: str | None = None
+    #: the CA of client certificates: a client that presents one signed by another is
+    #: refused (without require_certificate, a client may present none)
     cafile: str | None = None
+    #: mutual TLS: every client of the TLS listener (and WSS) must present a certificate
+    #: cafile's CA signed; its login is still the user name and password it gives
+    require_certificate: bool = False
     tls_port: int = Field(default=8883, ge=1, le=65535)
     #: bytes the broker may hold for one client that does not take its messages;
     #: beyond it, messages for that client are dropped (Mosquitto's max_queued_bytes)
@@ -136,6 +141,11 @@ class BrokerSettings(_Section):
             raise ValueError(
                 "acl_file is not used: the ACL is generated from the roles of the users in "
                 "password_file (tomato user add NAME --role ...; see docs/security.md)"
+            )
+        if self.require_certificate and not (self.certfile and self.keyfile and self.cafile):
+            raise ValueError(
+                "require_certificate needs TLS (certfile and keyfile) and a cafile: the CA "
+                "whose certificates clients must present"
             )
         if not self.embedded:
             return self

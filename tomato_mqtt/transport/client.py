@@ -43,6 +43,7 @@ from tomato_mqtt.transport.types import (
     MqttTimeout,
     MqttUntrusted,
     Will,
+    client_cert_hint,
     topic_matches,
 )
 from tomato_mqtt.waits import wait_for
@@ -430,7 +431,10 @@ class AsyncClient(_LoopDriven):
         if self._connack is not None and not self._connack.done():
             # closed before the CONNACK (a broker that died while serving the listening
             # socket's backlog): fail this attempt now, so that a retry follows at once
-            self._connack.set_exception(MqttError(f"connection closed before CONNACK ({rc})"))
+            why = f"connection closed before CONNACK ({rc})"
+            if self.url.tls:  # after the TLS handshake: mutual TLS may have refused us
+                why += f"; {client_cert_hint(self.url.certfile)}"
+            self._connack.set_exception(MqttError(why))
         if self._closing:
             return
         if was_connected:

@@ -279,7 +279,12 @@ class Exchange:
         self._session = Session(url, self.client_id, keepalive=self._keepalive)
 
     def __enter__(self) -> Exchange:
-        from tomato_mqtt.transport.session import SessionError, SessionRefused, SessionUntrusted
+        from tomato_mqtt.transport.session import (
+            SessionError,
+            SessionNoClientCert,
+            SessionRefused,
+            SessionUntrusted,
+        )
 
         t0 = time.monotonic()
         _trace("connecting to %s as %s", self.url, self.client_id)
@@ -296,6 +301,9 @@ class Exchange:
 
             self._session.close()
             raise Refused(f"{e}: {UNTRUSTED_HINT}") from None
+        except SessionNoClientCert as e:  # the hint says what to check
+            self._session.close()
+            raise Refused(str(e)) from None
         except SessionError as e:
             self._session.close()
             raise OneShotError(str(e)) from None

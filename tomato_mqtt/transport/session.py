@@ -60,6 +60,11 @@ class SessionUntrusted(SessionError):
     """TLS failed on a certificate: the broker is there, and not trusted."""
 
 
+class SessionNoClientCert(SessionError):
+    """TLS ended before the login was answered: a broker that requires client
+    certificates ends it so when it takes none or not ours (said with what to check)."""
+
+
 class SessionTimeout(SessionError):
     """Nothing arrived before the deadline."""
 
@@ -165,7 +170,9 @@ class Session:
             ) from None
         except SessionError as e:
             if u.tls:
-                raise
+                from tomato_mqtt.transport.types import client_cert_hint
+
+                raise SessionNoClientCert(f"{e}: {client_cert_hint(u.certfile)}") from None
             # plain MQTT to a TLS port: closed at once (an admin's tour: "— is tomato-mqtt
             # running?" about a broker that runs)
             raise SessionError(

@@ -16,6 +16,7 @@ __all__ = [
     "MqttTimeout",
     "MqttUntrusted",
     "Will",
+    "client_cert_hint",
     "topic_matches",
 ]
 
@@ -51,6 +52,22 @@ UNTRUSTED_HINT = (
     "give the lab's CA (ca_certs=... in the broker URL, or [mqtt] ca_certs in "
     "settings.toml) and the broker's name as its certificate has it"
 )
+
+
+def client_cert_hint(certfile: str | None) -> str:
+    """What to check when a TLS connection ends before the broker answers the login: a
+    broker that requires client certificates (mutual TLS) ends it so (Mosquitto with an
+    alert, amqtt without a word) when the client presents none, or one it does not trust."""
+    if not certfile:
+        return (
+            "if the broker requires client certificates (mutual TLS), give one its CA "
+            "signed: certfile=...&keyfile=... in the broker URL, or [mqtt] certfile and "
+            "keyfile in settings.toml"
+        )
+    return (
+        "if the broker requires client certificates (mutual TLS), is the client "
+        f"certificate {certfile} signed by the CA it trusts ([broker] cafile)?"
+    )
 
 
 #: CONNACK refusals: MQTT 3.1.1 return codes and the MQTT 5 reason codes paho 2 maps
