@@ -11,10 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
+import subprocess
+import threading
+from pathlib import Path
 
 import pytest
 
-from tests.stack import free_port
+from tests.stack import BIN, free_port
 from tomato_mqtt.transport import client as client_mod
 from tomato_mqtt.transport.client import AsyncClient, MqttError
 
@@ -45,3 +49,33 @@ async def test_a_broker_that_never_answers_is_told_and_tried_again(
             w.close()
         server.close()
         await server.wait_closed()
+
+
+def test_a_web_server_on_the_broker_s_port_is_named_as_such(tmp_path: Path) -> None:
+    """A CLI pointed at a port where a web server answers (the dashboard's web_port taken
+    for the broker's): it said "answered CONNECT with packet 3 — is tomato-mqtt
+    running?"; now what answered, and what to check."""
+    page = b"HTTP/1.0 400 Bad request\r\n\r\n<!DOCTYPE HTML><html>no MQTT here</html>"
+
+    def serve(listener: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            conn, _ = listener.accept()
+            with conn:
+                conn.recv(1024)
+                conn.sendall(page)
+
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        port = listener.getsockname()[1]
+        t = threading.Thread(target=serve, args=(listener,), daemon=True)
+        t.start()
+        res = subprocess.run(
+            [str(BIN / "tomato"), "status", "--broker", f"mqtt://127.0.0.1:{port}"],
+            capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+        t.join(10)
+    assert res.returncode == 1, res
+    assert f"something at 127.0.0.1:{port} answered, but not as an MQTT broker" in res.stderr
+    assert "b'HTTP/1.0 400 Bad request" in res.stderr, res.stderr
+    assert "is tomato-mqtt running" not in res.stderr, res.stderr

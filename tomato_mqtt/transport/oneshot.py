@@ -281,7 +281,7 @@ class Exchange:
     def __enter__(self) -> Exchange:
         from tomato_mqtt.transport.session import (
             SessionError,
-            SessionNoClientCert,
+            SessionExplained,
             SessionRefused,
             SessionUntrusted,
         )
@@ -301,7 +301,7 @@ class Exchange:
 
             self._session.close()
             raise Refused(f"{e}: {UNTRUSTED_HINT}") from None
-        except SessionNoClientCert as e:  # the hint says what to check
+        except SessionExplained as e:  # it says what to check
             self._session.close()
             raise Refused(str(e)) from None
         except SessionError as e:

@@ -60,9 +60,9 @@ class SessionUntrusted(SessionError):
     """TLS failed on a certificate: the broker is there, and not trusted."""
 
 
-class SessionNoClientCert(SessionError):
-    """TLS ended before the login was answered: a broker that requires client
-    certificates ends it so when it takes none or not ours (said with what to check)."""
+class SessionExplained(SessionError):
+    """Something answered (or ended the connection) in a way that says what to check:
+    the message says it, and it is no question of whether a broker runs."""
 
 
 class SessionTimeout(SessionError):
@@ -126,6 +126,7 @@ class Session:
         self._mid = 0
         self._pending: list[tuple[str, bytes, bool]] = []  # arrived while waiting for a SUBACK
         self._shut = False  # shutdown() was called (from another thread)
+        self._first = b""  # the first bytes the broker sent: said if they are no MQTT
 
     # -- connection ---------------------------------------------------------------------
     def connect(self, timeout: float) -> None:
@@ -169,20 +170,32 @@ class Session:
                 f"the MQTT broker at {u} did not answer the connection within {timeout:g} s"
             ) from None
         except SessionError as e:
+            if self._first:  # bytes came, and no whole packet: no MQTT broker
+                raise self._not_mqtt() from None
             if u.tls:
                 from tomato_mqtt.transport.types import client_cert_hint
 
-                raise SessionNoClientCert(f"{e}: {client_cert_hint(u.certfile)}") from None
+                # TLS ended before the login was answered: a broker that requires client
+                # certificates ends it so when it takes none, or not ours
+                raise SessionExplained(f"{e}: {client_cert_hint(u.certfile)}") from None
             # plain MQTT to a TLS port: closed at once (an admin's tour: "— is tomato-mqtt
             # running?" about a broker that runs)
             raise SessionError(
                 f"{e} (if port {u.port} takes TLS, as [broker] tls_port does, use mqtts://)"
             ) from None
         if kind != CONNACK or len(body) < 2:
-            raise SessionError(f"the MQTT broker at {u} answered CONNECT with packet {kind}")
+            raise self._not_mqtt()
         if body[1]:
             why = _CONNACK_WHY.get(body[1], f"code {body[1]}")
             raise SessionRefused(f"the MQTT broker at {u} refused the connection ({why})", body[1])
+
+    def _not_mqtt(self) -> SessionExplained:
+        u = self.url
+        return SessionExplained(
+            f"something at {u.host}:{u.port} answered, but not as an MQTT broker (it began "
+            f"{self._first[:40]!r}): is {u.port} the broker's MQTT port, not a web "
+            "server's (the dashboard's web_port, say)?"
+        )
 
     def _wrap_tls(self, sock: socket.socket, ctx: ssl.SSLContext) -> socket.socket:
         import ssl
@@ -320,6 +333,8 @@ class Session:
                 ) from None
             if not chunk:
                 raise SessionError(f"the MQTT broker at {self.url} closed the connection")
+            if not self._first:
+                self._first = chunk[:64]
             self._buf += chunk
 
     def _split(self) -> tuple[int, int, bytes] | None:
