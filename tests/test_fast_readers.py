@@ -13,7 +13,11 @@ import sys
 from pathlib import Path
 
 import pytest
-import tomllib
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:
+    import tomli as tomllib
 
 from tomato_mqtt import jsonlite
 from tomato_mqtt.cli.fastsettings import config_dir, light_mqtt, plain_mqtt_table

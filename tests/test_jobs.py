@@ -405,7 +405,7 @@ def test_a_job_queued_while_its_node_was_lost_waits_for_the_stale_task(
         try:
             assert st.wait_job(a, {"c", "ce", "cd"}, timeout=60)["status"] == "ce"
             if restart == "restore":  # as a backup taken before the job was submitted
-                with sqlite3.connect(st.datadir / "state.sqlite") as db:
+                with contextlib.closing(sqlite3.connect(st.datadir / "state.sqlite")) as db, db:
                     db.execute("DELETE FROM jobs WHERE id = ?", (a,))
             if restart:
                 st.restart_scheduler()

@@ -1739,7 +1739,10 @@ async def test_a_state_file_damaged_while_the_scheduler_runs_is_said_and_the_sta
         path = st.settings.state_db
         job = await st.submit_counter("pip-counter-1", 30, 0.1, tmp_path)
         await st.wait_job(job.id, {"r"}, timeout=10)
-        with sqlite3.connect(path) as db:  # everything in the file itself, then damaged
+        with (
+            contextlib.closing(sqlite3.connect(path)) as db,
+            db,
+        ):  # everything in the file itself, then damaged
             db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         with open(path, "r+b") as f:
             f.seek(2 * 4096)
@@ -1843,7 +1846,10 @@ async def test_a_job_s_file_is_not_replaced_by_one_with_fewer_points(
         args = _finalize_args(1, out, exact, wait=2, fallback_dir=str(jobs))
         rep = await _finalize(req, t, args)
         assert rep.success and _uts(str(out)).size == 10, rep
-        with sqlite3.connect(db) as lost:  # (the fault: a batch gone from the store)
+        with (
+            contextlib.closing(sqlite3.connect(db)) as lost,
+            lost,
+        ):  # (the fault: a batch gone from the store)
             lost.execute("DELETE FROM stored WHERE job = 1 AND seq = 1")
         assert sum(svc.store.job_points(1).values()) == 5  # type: ignore[union-attr]
         rep = await _finalize(req, t, {**args, "wait": 0.3})
@@ -1885,7 +1891,10 @@ async def test_late_data_never_replaces_a_file_with_one_lacking_its_points(
         rep = await _finalize(req, t, _finalize_args(1, out, exact, wait=2))
         assert rep.success and _uts(str(out)).size == 10, rep
         before = _uts(str(out))
-        with sqlite3.connect(db) as lost:  # (the fault: a batch gone from the store)
+        with (
+            contextlib.closing(sqlite3.connect(db)) as lost,
+            lost,
+        ):  # (the fault: a batch gone from the store)
             lost.execute("DELETE FROM stored WHERE job = 1 AND seq = 1")
         await c.publish(data, _batch(1, 0, "s1", 2, late, v0=10), qos=1)  # late data
 

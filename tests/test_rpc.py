@@ -381,7 +381,7 @@ async def _ask_scheduler(broker: RunningBroker, instance: str, op: str, handler:
 
 
 async def test_a_store_that_cannot_be_written_is_unavailable_not_internal(
-    broker: RunningBroker, instance: str, tmp_path: Path
+    broker: RunningBroker, instance: str, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
     """A fault-injection review: with the scheduler's state file on a full disk, a
     submit was answered "internal error in scheduler: OperationalError('database or disk
@@ -389,8 +389,10 @@ async def test_a_store_that_cannot_be_written_is_unavailable_not_internal(
     import sqlite3
 
     path = tmp_path / "s.sqlite"
-    sqlite3.connect(path).execute("CREATE TABLE t (x)").connection.commit()
+    with contextlib.closing(sqlite3.connect(path)) as rw, rw:
+        rw.execute("CREATE TABLE t (x)")
     ro = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    request.addfinalizer(ro.close)
 
     async def store(args: Mapping[str, JsonValue]) -> Result:
         ro.execute("INSERT INTO t VALUES (1)")  # a real refusal: read-only
@@ -412,7 +414,7 @@ async def test_a_store_that_cannot_be_written_is_unavailable_not_internal(
 
 
 async def test_a_table_locked_for_a_moment_is_unavailable_not_internal(
-    broker: RunningBroker, instance: str
+    broker: RunningBroker, instance: str, request: pytest.FixtureRequest
 ) -> None:
     """A review of the lock messages: "database table is locked" (SQLITE_LOCKED: a
     statement of the same connection still reading it) was ``unavailable``, try again;
@@ -421,6 +423,7 @@ async def test_a_table_locked_for_a_moment_is_unavailable_not_internal(
     import sqlite3
 
     db = sqlite3.connect(":memory:", isolation_level=None)
+    request.addfinalizer(db.close)
     db.execute("CREATE TABLE t (x)")
     db.executemany("INSERT INTO t VALUES (?)", [(1,), (2,)])
 

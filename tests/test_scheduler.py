@@ -7,6 +7,7 @@ CLI on top of the same ops is tested in test_cli.py.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -430,7 +431,7 @@ async def test_a_request_sent_again_gets_the_first_answer_also_from_the_next_sch
         ejected = await answer("load-1")
         assert ejected.success and "ejected" in ejected.msg, ejected
         assert (await st.call("status", {"what": "pipelines"}))["pip-counter-1"].sampleid is None
-    with sqlite3.connect(st.settings.state_db) as db:
+    with contextlib.closing(sqlite3.connect(st.settings.state_db)) as db, db:
         kept = db.execute("SELECT op, id, user FROM kept_replies").fetchall()
     # refusals are kept too (the answer is what a copy gets), reads are not; by login
     assert sorted(k[:2] for k in kept) == [

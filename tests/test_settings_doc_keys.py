@@ -6,6 +6,7 @@ keys that are read and said to be unused are named as such."""
 from __future__ import annotations
 
 import re
+import sys
 from pathlib import Path
 
 from tomato_mqtt.config.settings import Settings
@@ -44,7 +45,10 @@ def test_every_settings_key_the_docs_name_exists() -> None:
 def test_every_settings_toml_block_in_the_docs_has_known_keys() -> None:
     """The ``toml`` blocks that are settings.toml (not a driver's pyproject.toml): each
     section and key is one the settings take (``[drivers.<name>]`` is the driver's own)."""
-    import tomllib
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:
+        import tomli as tomllib
 
     sections = Settings.model_fields
     seen = 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
@@ -152,7 +153,8 @@ def test_idle_measurements_go_keep_days_after_they_were_stored(tmp_path: Path) -
     again = BatchStore(db)  # a restarted recorder
     assert again.high_water("c", "s1") == 5 and again.missing("c", "s1", 5) == []
     again.close()
-    rows = sqlite3.connect(db).execute("SELECT count(*) FROM stored").fetchone()
+    with contextlib.closing(sqlite3.connect(db)) as con:
+        rows = con.execute("SELECT count(*) FROM stored").fetchone()
     assert rows == (2,)
 
 

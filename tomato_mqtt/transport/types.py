@@ -6,6 +6,7 @@ code which only handles messages need not import the client.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 
 __all__ = [
@@ -25,8 +26,18 @@ class MqttError(Exception):
     """An MQTT operation failed (not connected, refused, broker gone)."""
 
 
-class MqttTimeout(MqttError, TimeoutError):
-    """The broker (or a responder) did not answer in time."""
+if sys.version_info >= (3, 11):
+    _TIMEOUTS: tuple[type[Exception], ...] = (TimeoutError,)
+else:  # asyncio's TimeoutError is its own class before 3.11: caught as either
+    from asyncio.exceptions import TimeoutError as _AsyncioTimeout
+
+    _TIMEOUTS = (TimeoutError, _AsyncioTimeout)
+
+
+class MqttTimeout(MqttError, *_TIMEOUTS):  # type: ignore[misc]
+    """The broker (or a responder) did not answer in time: a :class:`TimeoutError`,
+    and on Python 3.10 an ``asyncio.TimeoutError`` too (one class from 3.11 on), so that
+    ``except asyncio.TimeoutError`` around a publish catches it on every version."""
 
 
 class MqttRefused(MqttError):

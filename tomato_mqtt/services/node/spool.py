@@ -123,14 +123,18 @@ class Spool:
                 db = sqlite3.connect(
                     self.overflow_path, timeout=1.0, isolation_level=None, check_same_thread=False
                 )
-                db.execute("PRAGMA journal_mode=WAL")
-                db.execute("PRAGMA synchronous=NORMAL")
-                db.executescript(_SCHEMA)
-                if self.ident is not None:  # whose batches they are (_take_back_overflow)
-                    db.execute(
-                        "INSERT OR IGNORE INTO meta (key, value) VALUES ('ident', ?)",
-                        (self.ident,),
-                    )
+                try:
+                    db.execute("PRAGMA journal_mode=WAL")
+                    db.execute("PRAGMA synchronous=NORMAL")
+                    db.executescript(_SCHEMA)
+                    if self.ident is not None:  # whose batches they are (_take_back_overflow)
+                        db.execute(
+                            "INSERT OR IGNORE INTO meta (key, value) VALUES ('ident', ?)",
+                            (self.ident,),
+                        )
+                except BaseException:
+                    db.close()  # (a full disk, say: tried again at the next flush)
+                    raise
                 self._ov = db
         return self._ov
 
