@@ -28,8 +28,11 @@ def _run(*args: str, cwd: Path) -> None:
 
 def make_pki(d: Path, host: str = "127.0.0.1") -> Pki:
     d.mkdir(parents=True, exist_ok=True)
+    # keyUsage on the CA: Python 3.13 verifies strictly (VERIFY_X509_STRICT) and refuses a
+    # CA without it ("CA cert does not include key usage extension")
     _run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-         "-subj", "/CN=tomato test CA", "-keyout", "ca.key", "-out", "ca.crt", cwd=d)  # fmt: skip
+         "-subj", "/CN=tomato test CA", "-addext", "keyUsage=critical,keyCertSign,cRLSign",
+         "-keyout", "ca.key", "-out", "ca.crt", cwd=d)  # fmt: skip
     for name, san in (("server", f"IP:{host},DNS:localhost"), ("client", "DNS:client")):
         _run("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={name}",
              "-keyout", f"{name}.key", "-out", f"{name}.csr", cwd=d)  # fmt: skip

@@ -162,8 +162,8 @@ class Session:
                 flags |= 0x40
                 payload += _utf8(u.password)
         head = _utf8("MQTT") + bytes([4, flags]) + struct.pack("!H", self.keepalive)
-        self._send(_packet(CONNECT, 0, head + payload))
         try:
+            self._send(_packet(CONNECT, 0, head + payload))
             kind, _flags, body = self._read(deadline)
         except SessionTimeout:
             raise SessionError(
