@@ -483,11 +483,7 @@ def _broker_class(
             self._matched_at = -1
             self._tree: dict[str | None, Any] = {}
 
-        # -- delivery QoS: min(published, granted), as MQTT 3.1.1 says [MQTT-3.8.4-6] ---
-        # amqtt 0.12 delivers at the subscription's QoS: a QoS 0 publish reached a QoS 2
-        # subscriber as QoS 2 (an outside audit). The published QoS travels with the
-        # message to the broadcast task, whose handlers deliver at most that.
-
+        # -- mutual TLS --------------------------------------------------------------------
         @staticmethod
         def _create_ssl_context(listener: Any) -> ssl.SSLContext:
             # amqtt verifies a client certificate only when one is presented
@@ -497,6 +493,10 @@ def _broker_class(
                 ctx.verify_mode = ssl.CERT_REQUIRED
             return ctx
 
+        # -- delivery QoS: min(published, granted), as MQTT 3.1.1 says [MQTT-3.8.4-6] ---
+        # amqtt 0.12 delivers at the subscription's QoS: a QoS 0 publish reached a QoS 2
+        # subscriber as QoS 2 (an outside audit). The published QoS travels with the
+        # message to the broadcast task, whose handlers deliver at most that.
         async def _handle_message_delivery(
             self, client_session: Any, handler: Any, wait_deliver: Any
         ) -> bool:
