@@ -78,7 +78,13 @@ def compile_sources() -> None:
 def check() -> None:
     sh(PY, "-m", "ruff", "check", *LINT_PATHS)
     sh(PY, "-m", "ruff", "format", "--check", *LINT_PATHS)
-    sh(PY, "-m", "mypy")
+    if sys.version_info >= (3, 11):
+        sh(PY, "-m", "mypy")
+    else:
+        # pip gives Python 3.10 older releases of the libraries (pint 0.24, whose
+        # Quantity takes no type argument): the types are checked against the ones
+        # 3.11+ gets, as CI runs them; the tests run on 3.10 all the same
+        print("mypy: skipped on Python 3.10 (its older pint has other types); CI checks them")
     sh(VENV / ("Scripts" if os.name == "nt" else "bin") / "lint-imports")  # the layers
 
 
