@@ -40,7 +40,13 @@ SERVICES = ("scheduler", "recorder", "node")
 def _modules(code: str) -> set[str]:
     """The modules a fresh interpreter has loaded after ``code``."""
     out = subprocess.run(
-        [sys.executable, "-P", "-c", f"{code}\nimport sys; print(repr(list(sys.modules)))"],
+        # -P (3.11+) as the services run; before, the cwd (the tests' folder) is harmless
+        [
+            sys.executable,
+            *(["-P"] if sys.version_info >= (3, 11) else []),
+            "-c",
+            f"{code}\nimport sys; print(repr(list(sys.modules)))",
+        ],
         capture_output=True,
         text=True,
         check=True,

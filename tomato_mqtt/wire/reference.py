@@ -5,7 +5,7 @@ Generated from ``commands.py`` and ``topics.py`` (a test compares it with the do
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, get_origin
 
 from pydantic import BaseModel
 
@@ -27,7 +27,9 @@ def _topic(responder: str, op: str) -> str:
 
 
 def _type_name(ann: Any) -> str:
-    text = getattr(ann, "__name__", None) if isinstance(ann, type) else None
+    # (list[Job] is an instance of type before Python 3.11, named just "list")
+    plain = isinstance(ann, type) and get_origin(ann) is None
+    text = getattr(ann, "__name__", None) if plain else None
     text = text or str(ann).replace("typing.", "")
     text = _without_annotated(text)
     for mod in (
