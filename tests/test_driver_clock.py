@@ -81,7 +81,9 @@ def test_a_fast_task_of_a_never_waiting_driver_runs_on_the_clock(comps: list[Com
     points, _ = c.runner.drain()
     assert c.threads() == {"clock"}
     assert end.reason == "done" and end.npoints == len(points)
-    assert end.npoints + end.missed == 20 and end.missed <= 7  # a loaded PC skips a few
+    # a loaded PC skips a few (the suite on Python 3.13 beside other tests: 8 of 20);
+    # a clock that does not keep time misses most
+    assert end.npoints + end.missed == 20 and end.missed <= 10, end
     # t_now handed to the driver is each point's deadline, as on a worker thread
     assert all(abs(o - 0.01 * round(o / 0.01)) < 1e-6 for o in c.dev.offsets), c.dev.offsets
     # the last deadline is the task's end, unless a loaded PC skipped it too: counted in

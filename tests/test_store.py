@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -346,7 +348,9 @@ def test_the_store_says_the_highest_job_it_holds(tmp_path: Path) -> None:
     _add(st, "s1", 2, 10**13, 2, _raw(2))
     assert st.highest_job() == 7
     st.close()
-    assert BatchStore(tmp_path / "r.sqlite").highest_job() == 7  # as a restarted recorder
+    again = BatchStore(tmp_path / "r.sqlite")  # as a restarted recorder
+    assert again.highest_job() == 7
+    again.close()
 
 
 def test_what_is_acknowledged_is_checkpointed_first(tmp_path: Path) -> None:
@@ -572,3 +576,36 @@ def test_a_new_spool_at_the_same_path_does_not_take_back_an_old_ones_overflow(
     sp = Spool(path, overflow=ov)  # and not taken back later either
     assert sp.pending() == {}
     sp.close()
+
+
+def _open_here(path: Path) -> list[str]:
+    """This process's descriptors open on ``path`` (or on its -wal and -shm)."""
+    here = []
+    for fd in Path("/proc/self/fd").iterdir():
+        with contextlib.suppress(OSError):
+            if os.readlink(fd).startswith(str(path)):
+                here.append(fd.name)
+    return here
+
+
+@pytest.mark.parametrize("kind", ["state", "recorder", "spool"])
+def test_a_store_that_refuses_its_file_does_not_keep_it_open(tmp_path: Path, kind: str) -> None:
+    """A store whose file is not a database (or is of a newer schema) is refused with
+    SQLite's words, and closes the file: it kept the connection for the garbage collector
+    (Python 3.13 warns of each), open on a file `tomato start` moves aside."""
+    from tomato_mqtt.services.scheduler.store import StateStore
+
+    path = tmp_path / f"{kind}.sqlite"
+    path.write_bytes(b"not a database, " * 512)
+    opener = {"state": StateStore, "recorder": BatchStore, "spool": Spool}[kind]
+    with pytest.raises(Exception, match="not a database"):
+        opener(path)
+    assert _open_here(path) == []
+    if kind == "state":
+        newer = tmp_path / "newer.sqlite"
+        db = sqlite3.connect(newer)
+        db.execute("PRAGMA user_version = 99")
+        db.close()
+        with pytest.raises(RuntimeError, match="newer tomato-mqtt"):
+            StateStore(newer)
+        assert _open_here(newer) == []
