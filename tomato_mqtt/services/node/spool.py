@@ -85,15 +85,19 @@ class Spool:
         self._db = sqlite3.connect(
             self.path, timeout=1.0, isolation_level=None, check_same_thread=False
         )
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(_SCHEMA)
-        old = self._db.execute(
-            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'batches'"
-        ).fetchone()
-        if old:
-            self._db.executescript("BEGIN;" + _MIGRATE + "COMMIT;")
-        row = self._db.execute("SELECT COALESCE(SUM(LENGTH(raw)), 0) FROM spooled").fetchone()
+        try:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.executescript(_SCHEMA)
+            old = self._db.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'batches'"
+            ).fetchone()
+            if old:
+                self._db.executescript("BEGIN;" + _MIGRATE + "COMMIT;")
+            row = self._db.execute("SELECT COALESCE(SUM(LENGTH(raw)), 0) FROM spooled").fetchone()
+        except BaseException:
+            self._db.close()  # an unreadable file: refused, and not left open
+            raise
         self._bytes = int(row[0])
         #: batches the file did not take (disk full): (component, stream, seq) -> (epoch, raw)
         self._held: dict[tuple[str, str, int], tuple[int, bytes]] = {}

@@ -197,17 +197,21 @@ class BatchStore:
             self.path, timeout=LOCK_WAIT, isolation_level=None, check_same_thread=False
         )
         self._lock_said = False  # another program's lock refused a batch (see add)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(_SCHEMA)
-        self._migrate()
         self._streams: dict[tuple[str, str], _Stream] = {}
-        for c, st, hw in self._db.execute("SELECT component, stream, high_water FROM floors"):
-            self._stream(str(c), str(st)).high_water = int(hw)
-        for c, st, s in self._db.execute(
-            "SELECT component, stream, seq FROM stored ORDER BY component, stream, seq"
-        ):
-            self._stream(str(c), str(st)).add(int(s))
+        try:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.executescript(_SCHEMA)
+            self._migrate()
+            for c, st, hw in self._db.execute("SELECT component, stream, high_water FROM floors"):
+                self._stream(str(c), str(st)).high_water = int(hw)
+            for c, st, s in self._db.execute(
+                "SELECT component, stream, seq FROM stored ORDER BY component, stream, seq"
+            ):
+                self._stream(str(c), str(st)).add(int(s))
+        except BaseException:
+            self._db.close()  # an unreadable file: refused, and not left open
+            raise
 
     def _migrate(self) -> None:
         """A store of the version keyed by (component, epoch, seq): streams e<epoch>; a

@@ -141,24 +141,27 @@ class StateStore:
         self._stored: list[int] = []  # jobs written inside a transaction not yet committed
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._db = self._connect()
-        version = self._db.execute("PRAGMA user_version").fetchone()[0]
-        if version > _SCHEMA_VERSION:
-            self._db.close()
-            raise RuntimeError(
-                f"{self.path} was written by a newer tomato-mqtt (schema {version}, "
-                f"this one knows {_SCHEMA_VERSION})"
-            )
-        with self._write():
-            for stmt in _SCHEMA.split(";"):
-                if stmt.strip():
-                    self._db.execute(stmt)
-            cols = {r["name"] for r in self._db.execute("PRAGMA table_info(jobs)")}
-            if "owner" not in cols:  # a version-1 file: jobs had no owner
-                self._db.execute("ALTER TABLE jobs ADD COLUMN owner TEXT")
-            tcols = {r["name"] for r in self._db.execute("PRAGMA table_info(submit_tokens)")}
-            if "digest" not in tcols:  # what each submission asked for (ops._digest)
-                self._db.execute("ALTER TABLE submit_tokens ADD COLUMN digest TEXT")
-            self._db.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
+        try:
+            version = self._db.execute("PRAGMA user_version").fetchone()[0]
+            if version > _SCHEMA_VERSION:
+                raise RuntimeError(
+                    f"{self.path} was written by a newer tomato-mqtt (schema {version}, "
+                    f"this one knows {_SCHEMA_VERSION})"
+                )
+            with self._write():
+                for stmt in _SCHEMA.split(";"):
+                    if stmt.strip():
+                        self._db.execute(stmt)
+                cols = {r["name"] for r in self._db.execute("PRAGMA table_info(jobs)")}
+                if "owner" not in cols:  # a version-1 file: jobs had no owner
+                    self._db.execute("ALTER TABLE jobs ADD COLUMN owner TEXT")
+                tcols = {r["name"] for r in self._db.execute("PRAGMA table_info(submit_tokens)")}
+                if "digest" not in tcols:  # what each submission asked for (ops._digest)
+                    self._db.execute("ALTER TABLE submit_tokens ADD COLUMN digest TEXT")
+                self._db.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
+        except BaseException:
+            self._db.close()  # refused (newer, or unreadable), and not left open
+            raise
 
     def _connect(self) -> sqlite3.Connection:
         # autocommit mode: transactions are explicit (see _write). The scheduler's writes
@@ -167,11 +170,15 @@ class StateStore:
         # write, heartbeats and answers too (a fault run); refused after LOCK_WAIT now,
         # said as the state file taking no writes (see write_error), and tried again
         db = sqlite3.connect(self.path, timeout=LOCK_WAIT, isolation_level=None)
-        db.row_factory = sqlite3.Row
-        db.execute("PRAGMA journal_mode=WAL")
-        # FULL: a committed change survives a power cut too, not only a crash
-        db.execute("PRAGMA synchronous=FULL")
-        db.execute("PRAGMA foreign_keys=ON")
+        try:
+            db.row_factory = sqlite3.Row
+            db.execute("PRAGMA journal_mode=WAL")
+            # FULL: a committed change survives a power cut too, not only a crash
+            db.execute("PRAGMA synchronous=FULL")
+            db.execute("PRAGMA foreign_keys=ON")
+        except BaseException:
+            db.close()  # an unreadable file: refused, and not left open
+            raise
         self._ident = _ident(self.path)
         return db
 
