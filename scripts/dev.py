@@ -40,9 +40,12 @@ def sh(*cmd: str | Path) -> None:
 def install() -> None:
     if sys.version_info < (3, 10):  # noqa: UP036 - run by any python3 a user has
         sys.exit(f"tomato-mqtt needs Python >= 3.10 (this is {sys.version.split()[0]})")
-    if not PY.exists():
-        print(f"creating {VENV}", flush=True)
-        venv.EnvBuilder(with_pip=True).create(VENV)
+    other = other_python()
+    if not PY.exists() or other:
+        # (`python3.13 scripts/dev.py test` in a checkout whose .venv 3.11 made ran
+        # everything on 3.11, and said nothing)
+        print(f"{other}: making it again" if other else f"creating {VENV}", flush=True)
+        venv.EnvBuilder(with_pip=True, clear=bool(other)).create(VENV)
         sh(PY, "-m", "pip", "install", "--quiet", "--upgrade", "pip")
     digest = hashlib.sha256()
     for p in PROJECTS:
@@ -55,6 +58,23 @@ def install() -> None:
         sh(PY, "-m", "pip", "install", "--quiet", *args)
         stamp.write_text(digest.hexdigest())
     compile_sources()
+
+
+def other_python() -> str | None:
+    """What is wrong when the virtual environment was made by another Python version than
+    the one running this script (None: the same, or no environment yet)."""
+    try:
+        cfg = (VENV / "pyvenv.cfg").read_text()
+    except OSError:
+        return None
+    here = f"{sys.version_info[0]}.{sys.version_info[1]}"
+    for line in cfg.splitlines():
+        key, _, value = line.partition("=")
+        if key.strip() == "version":
+            made = ".".join(value.strip().split(".")[:2])
+            if made != here:
+                return f"{VENV} was made by Python {made}, this is Python {here}"
+    return None
 
 
 def compile_sources() -> None:
@@ -121,6 +141,9 @@ def pytest(extra: list[str]) -> None:
 
 def main(argv: list[str]) -> None:
     cmd = argv[0] if argv else "test"
+    if cmd not in ("install", "demo", "check", "pytest", "test", "bench"):
+        # said before anything is installed (a mistyped `--help` installed everything first)
+        sys.exit(f"unknown command {cmd!r}: use demo, test, install, check, pytest or bench")
     install()
     if cmd == "install":
         return
@@ -135,8 +158,6 @@ def main(argv: list[str]) -> None:
         pytest(argv[1:])
     elif cmd == "bench":
         sh(PY, "-m", "bench", *argv[1:])
-    else:
-        sys.exit(f"unknown command {cmd!r}: use demo, test, install, check, pytest or bench")
 
 
 if __name__ == "__main__":
