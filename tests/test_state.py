@@ -338,6 +338,9 @@ def test_newer_schema_is_refused(tmp_path: Path) -> None:
     db.close()
     with pytest.raises(RuntimeError, match="newer tomato-mqtt"):
         StateStore(path)
+    from tests.test_store import _open_here
+
+    assert _open_here(path) == []  # refused, and not left open
 
 
 def test_a_transaction_commits_its_writes_once_and_whole(tmp_path: Path) -> None:
