@@ -70,7 +70,7 @@ def other_python() -> str | None:
     here = f"{sys.version_info[0]}.{sys.version_info[1]}"
     for line in cfg.splitlines():
         key, _, value = line.partition("=")
-        if key.strip() == "version":
+        if key.strip() in ("version", "version_info"):  # (uv writes the latter)
             made = ".".join(value.strip().split(".")[:2])
             if made != here:
                 return f"{VENV} was made by Python {made}, this is Python {here}"
