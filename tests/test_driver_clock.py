@@ -295,6 +295,39 @@ def test_a_stop_is_taken_at_once_while_another_driver_holds_the_clock(
     assert len(shared_clock()) == 0
 
 
+def test_a_stop_is_taken_at_once_also_in_the_blocked_driver_s_pass(comps: list[Comp]) -> None:
+    """The same with the three due together (one phase: 1.25 kHz): the clock calls a
+    pass of due tasks without a lock of its own per task, and a stop or close of a task
+    of that pass other than the one being called is still taken at once, not when the
+    blocked call returns."""
+    drv = TroubledDriver()
+    blocker, bd = _troubled(comps, drv, "blocker")
+    healthy, _ = _troubled(comps, drv, "healthy")
+    other, _ = _troubled(comps, drv, "other")
+    bd.at, bd.stall = 3, 2.0
+    for c in (blocker, healthy, other):
+        c.runner.start_task(task(10.0, 0.0008))
+    bd.wait_points(3)
+    time.sleep(0.05)  # the clock is inside the blocking call now
+    clock = shared_clock()
+    in_pass = {id(e[2]) for e in clock._due}
+    for c in (healthy, other):
+        clocked = c.runner._clocked
+        assert clocked is not None and id(clocked[0]) in in_pass, "not in the blocked pass"
+    t0 = time.perf_counter()
+    healthy.runner.stop_task("cancelled by user")
+    end = healthy.ends.wait(1)
+    assert time.perf_counter() - t0 < 0.5
+    assert (end.reason, end.message) == ("stopped", "cancelled by user")
+    t0 = time.perf_counter()
+    other.runner.close()
+    assert time.perf_counter() - t0 < 0.5 and not other.runner.running
+    blocker.runner.stop_task("cancelled by user")  # ends once its call returns
+    end = blocker.ends.wait(5)
+    assert end.reason == "stopped" and end.npoints >= 3
+    assert len(clock) == 0
+
+
 def test_an_overload_is_shared_out(comps: list[Comp]) -> None:
     """More work than the clock can do on time (30 x 1 kHz x 40 µs: ~1.2 times what
     one thread does): no component is left with next to nothing (found in review: some
