@@ -64,17 +64,51 @@ def secure_stack(
     extra: str = "",
     mosquitto: str = "",
     mosquitto_conf: str = "",
+    aedes: bool = False,
 ) -> Iterator[Stack]:
     """A secured stack on the embedded broker, or, given Mosquitto's binary, on a Mosquitto
     configured by ``tomato broker-config --mosquitto`` (as docs/security.md says), with
-    ``mosquitto_conf`` lines of the site's own."""
-    st = make_secure_stack(root, devices, extra, embedded=not mosquitto)
+    ``mosquitto_conf`` lines of the site's own; or (``aedes``) on Aedes enforcing the
+    JSON of ``tomato broker-config --rules`` (tests/aedes/rules.mjs)."""
+    st = make_secure_stack(root, devices, extra, embedded=not (mosquitto or aedes))
+    if aedes:
+        with on_aedes(st), started(st):
+            yield st
+        return
     if not mosquitto:
         with started(st):
             yield st
         return
     with on_mosquitto(st, mosquitto, mosquitto_conf), started(st):
         yield st
+
+
+@contextlib.contextmanager
+def on_aedes(st: Stack) -> Iterator[Path]:
+    """Aedes with the logins and rules ``tomato broker-config --rules`` writes from
+    ``st``'s settings, running until the block ends; yields the rules file."""
+    from tests.conftest import aedes_server
+
+    rules = st.root / "aedes" / "rules.json"
+    st.run("tomato", "broker-config", "--rules", str(rules), "-D", str(st.datadir), check=True)
+    with open(rules.parent / "aedes.log", "wb") as log:
+        proc = subprocess.Popen(
+            [
+                shutil.which("node") or "node",
+                str(aedes_server()),
+                str(st.port),
+                "127.0.0.1",
+                str(rules),
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        wait_listening(st.port)
+        yield rules
+    finally:
+        end_process(proc)
 
 
 @contextlib.contextmanager

@@ -1,8 +1,10 @@
-"""Secured brokers for the security tests: users with every role, on amqtt and Mosquitto.
+"""Secured brokers for the security tests: users with every role, on amqtt, Mosquitto and
+Aedes.
 
-Both brokers get their rules from the same users file and devices file (the embedded one
-through its ACL plugin, Mosquitto through ``tomato broker-config``'s generator), so one
-table of checks runs on both.
+The brokers get their rules from the same users file and devices file (the embedded one
+through its ACL plugin, Mosquitto through ``tomato broker-config --mosquitto``'s files,
+Aedes through the JSON of ``--rules``, read by ``tests/aedes/rules.mjs``), so one table
+of checks runs on each.
 """
 
 from __future__ import annotations
@@ -10,7 +12,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import getpass
+import json
 import os
+import shutil
 import subprocess
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -19,10 +23,11 @@ from typing import TYPE_CHECKING
 
 from tomato_mqtt_broker import BrokerConfig, EmbeddedBroker
 
-from tests.conftest import _wait_listening
+from tests.conftest import _wait_listening, aedes_server
 from tests.stack import free_port
 from tomato_mqtt.config.users import UsersFile
 from tomato_mqtt.wire import mosquitto as mq
+from tomato_mqtt.wire.broker_rules import rules_document
 from tomato_mqtt.wire.topics import Topics
 
 if TYPE_CHECKING:
@@ -102,7 +107,7 @@ class SecureBroker:
         return f"mqtt://{user}:{pw}@127.0.0.1:{self.port}"
 
     def log(self) -> str:
-        p = self.workdir / "mosquitto.log"
+        p = self.workdir / f"{self.kind}.log"
         return p.read_text() if p.exists() else ""
 
 
@@ -158,6 +163,34 @@ async def start_mosquitto(binary: str, workdir: Path, instance: str) -> SecureBr
     return b
 
 
+async def start_aedes(workdir: Path, instance: str) -> SecureBroker:
+    """Aedes with the logins and rules of ``tomato broker-config --rules`` (its JSON)."""
+    users = write_users(workdir / "users")
+    b = SecureBroker("aedes", free_port(), instance, workdir, users)
+    rules = workdir / "rules.json"
+    doc = rules_document(users, Topics(instance), {"pc1": [CMP_A], "pc2": [CMP_B]})
+    rules.write_text(json.dumps(doc))
+    with open(workdir / "aedes.log", "wb") as log:
+        b._proc = subprocess.Popen(
+            [
+                shutil.which("node") or "node",
+                str(aedes_server()),
+                str(b.port),
+                "127.0.0.1",
+                str(rules),
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        await _wait_listening(b.port, 10.0, "aedes")
+    except TimeoutError:
+        await stop(b)
+        raise TimeoutError(f"aedes did not start:\n{b.log()}") from None
+    return b
+
+
 async def stop(b: SecureBroker) -> None:
     if b._broker is not None:
         broker, b._broker = b._broker, None
@@ -176,11 +209,12 @@ async def stop(b: SecureBroker) -> None:
 async def secured(
     kind: str, workdir: Path, instance: str, binary: str = ""
 ) -> AsyncIterator[SecureBroker]:
-    b = await (
-        start_amqtt(workdir, instance)
-        if kind == "amqtt"
-        else start_mosquitto(binary, workdir, instance)
-    )
+    if kind == "amqtt":
+        b = await start_amqtt(workdir, instance)
+    elif kind == "aedes":
+        b = await start_aedes(workdir, instance)
+    else:
+        b = await start_mosquitto(binary, workdir, instance)
     try:
         yield b
     finally:

@@ -1,15 +1,18 @@
-"""Every role x every row of the role table, allowed and refused, on amqtt and Mosquitto.
+"""Every role x every row of the role table, allowed and refused, on amqtt, Mosquitto and
+Aedes (the last with the rules of ``tomato broker-config --rules``, tests/aedes/rules.mjs).
 
 The expectations are written out here (not derived from ``wire.acl``), so a change of the
 role model that opens a hole fails this test; a second check compares each broker's
-verdict with the model for every channel, so the two brokers and the model agree.
-A refused publish is dropped silently by both brokers (MQTT 3.1.1 has no negative
-PUBACK): a watcher with admin rights sees whether it arrived.
+verdict with the model for every channel, so the brokers and the model agree.
+A refused publish is dropped silently by amqtt and Mosquitto (MQTT 3.1.1 has no negative
+PUBACK); Aedes closes the connection instead. Either way a watcher with admin rights
+sees whether it arrived.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -137,6 +140,8 @@ class Prober:
         self.b = b
         self.clients: dict[str, AsyncClient] = {}
         self.seen: asyncio.Queue[Message] = asyncio.Queue()
+        #: (login, topic) of each publish the broker closed the connection for (Aedes)
+        self.closed: list[tuple[str, str]] = []
 
     async def __aenter__(self) -> Prober:
         self.watch = AsyncClient(self.b.url("ada"), client_id="watcher")
@@ -145,10 +150,37 @@ class Prober:
         for user in USERS:
             if user == "nobody":
                 continue
-            c = AsyncClient(self.b.url(user), client_id=f"probe-{user}")
-            await c.connect()
-            self.clients[user] = c
+            await self._connect(user)
         return self
+
+    async def _connect(self, user: str) -> None:
+        # on Aedes a refused publish closes the connection: no reconnect, which would send
+        # the unacknowledged publish again (and be closed again, for ever)
+        c = AsyncClient(
+            self.b.url(user), client_id=f"probe-{user}", reconnect=self.b.kind != "aedes"
+        )
+        await c.connect()
+        self.clients[user] = c
+
+    async def _publish(self, user: str, topic: str, payload: bytes) -> None:
+        """Publish as ``user``; on Aedes, a connection the broker closed instead of
+        acknowledging is made again (the probe's verdict is still the watcher's)."""
+        c = self.clients[user]
+        if self.b.kind != "aedes":
+            await c.publish(topic, payload)
+            return
+        pub = asyncio.ensure_future(c.publish(topic, payload))
+        while not pub.done() and c.is_connected:
+            await asyncio.sleep(0.005)
+        if pub.done():
+            pub.result()
+            return
+        pub.cancel()
+        with contextlib.suppress(asyncio.CancelledError, MqttError):
+            await pub
+        self.closed.append((user, topic))
+        await c.disconnect()
+        await self._connect(user)
 
     async def __aexit__(self, *exc: object) -> None:
         for c in (*self.clients.values(), self.watch):
@@ -156,7 +188,7 @@ class Prober:
 
     async def publishes(self, user: str, topic: str) -> bool:
         mark = os.urandom(6).hex().encode()
-        await self.clients[user].publish(topic, b'{"probe":"' + mark + b'"}')
+        await self._publish(user, topic, b'{"probe":"' + mark + b'"}')
         sentinel = self.b.topics.scheduler_cmd("status", "ada")
         await self.watch.publish(sentinel, b'{"sentinel":"' + mark + b'"}')
         got = False
@@ -207,6 +239,7 @@ class Prober:
 async def run_checks(b: SecureBroker) -> list[tuple[str, str, str, bool, bool]]:
     out = []
     async with Prober(b) as p:
+        closed = p.closed
         for user, action, topic, expected in checks(b.topics):
             if action == "pub":
                 observed = await p.publishes(user, topic)
@@ -215,6 +248,9 @@ async def run_checks(b: SecureBroker) -> list[tuple[str, str, str, bool, bool]]:
                 pub, probe = rest.split(": ")
                 observed = await p.receives(user, flt, probe, pub)
             out.append((user, action, topic, expected, observed))
+    if b.kind == "aedes":  # every refused publish, and only those, closed its connection
+        refused = {(u, t) for u, a, t, _e, o in out if a == "pub" and not o}
+        assert set(closed) == refused and len(closed) == len(refused), (closed, refused)
     return out
 
 
@@ -268,7 +304,12 @@ async def test_role_table_on_mosquitto(mosquitto_path: str, tmp_path: Path, inst
         await _check_broker(b)
 
 
-@pytest.mark.parametrize("kind", ["amqtt", "mosquitto"])
+async def test_role_table_on_aedes(tmp_path: Path, instance: str) -> None:
+    async with secured("aedes", tmp_path, instance) as b:
+        await _check_broker(b)
+
+
+@pytest.mark.parametrize("kind", ["amqtt", "mosquitto", "aedes"])
 async def test_logins_refused(
     kind: str, tmp_path: Path, instance: str, request: pytest.FixtureRequest
 ) -> None:

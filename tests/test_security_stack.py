@@ -70,15 +70,19 @@ def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         yield st
 
 
-@pytest.mark.parametrize("kind", [pytest.param("amqtt", marks=SHARED), "mosquitto"])
+@pytest.mark.parametrize("kind", [pytest.param("amqtt", marks=SHARED), "mosquitto", "aedes"])
 def test_roles_on_a_secured_stack(
     kind: str, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
     if kind == "amqtt":
         roles(request.getfixturevalue("secured"), tmp_path)
         return
-    mosquitto = request.getfixturevalue("mosquitto_path")
     extra = f'[recorder]\noutput_roots = ["{tmp_path}"]\n'
+    if kind == "aedes":
+        with secure_stack(tmp_path, extra=extra, aedes=True) as st:
+            roles(st, tmp_path)
+        return
+    mosquitto = request.getfixturevalue("mosquitto_path")
     with secure_stack(tmp_path, extra=extra, mosquitto=mosquitto) as st:
         roles(st, tmp_path)
 

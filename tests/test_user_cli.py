@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import getpass
+import json
 import os
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
@@ -86,6 +87,50 @@ def test_broker_config_for_mosquitto(tmp_path: Path) -> None:
     pw = dict(line.split(":", 1) for line in (out / "password_file").read_text().split())
     assert verify_mosquitto("pw", pw["ada"])
     assert "allow_anonymous false" in (out / "tomato.conf").read_text()
+
+
+def test_broker_config_rules_for_another_broker(tmp_path: Path) -> None:
+    """``--rules FILE``: every login's hash and rules as JSON, for a broker that is not
+    Mosquitto (Aedes reads it in tests/aedes/rules.mjs: tests/test_acl.py,
+    tests/test_security_stack.py)."""
+    app = tmp_path / "app"
+    app.mkdir()
+    (app / "settings.toml").write_text(
+        '[mqtt]\ninstance = "lab1"\n[broker]\npassword_file = "users"\n'
+    )
+    d = ("-D", str(tmp_path / "d"))
+    assert tomato(app, "init", *d, "-L", str(tmp_path / "l")).returncode == 0
+    tomato(app, "user", "add", "ada", "--role", "admin", "--password", "pw")
+    tomato(app, "user", "add", "rita", "--role", "reader", "--password", "pw-r")
+    res = tomato(app, "broker-config", *d)
+    assert res.returncode == 1 and "--mosquitto DIR" in res.stderr and "--rules FILE" in res.stderr
+    res = tomato(app, "broker-config", "--rules", str(tmp_path), *d)
+    assert res.returncode == 1 and "that is a folder" in res.stderr, res.stderr
+    rules = tmp_path / "out" / "rules.json"
+    res = tomato(app, "broker-config", "--rules", str(rules), *d)
+    assert res.returncode == 0, res.stderr
+    assert str(rules) in res.stdout and not (tmp_path / "out" / "acl_file").exists()
+    assert rules.stat().st_mode & 0o777 == 0o600  # password hashes
+    doc = json.loads(rules.read_text())
+    assert doc["schema"] == "tomato-mqtt/broker-rules/1" and doc["instance"] == "lab1"
+    logins = {entry["login"]: entry for entry in doc["logins"]}
+    # the lab's users, the services' own logins, the dashboard's (a reader)
+    assert {"ada", "rita", "tomato-scheduler", "tomato-node-local", "tomato-dashboard"} <= set(
+        logins
+    )
+    rita = logins["rita"]
+    assert rita["role"] == "reader" and verify_mosquitto("pw-r", rita["password_hash"])
+    assert "tomato/v2/lab1/reply/rita/#" in rita["subscribe"]  # its replies, written out
+    assert "tomato/v2/lab1/job/+/status" in rita["subscribe"]
+    assert "tomato/v2/lab1/scheduler/cmd/status/rita" in rita["publish"]
+    assert not any("/stop/" in f or f.endswith("/#") for f in rita["publish"])
+    node = logins["tomato-node-local"]
+    assert node["publish"] and all("%u" not in f for e in doc["logins"] for f in e["publish"])
+    # both at once: the Mosquitto files and the JSON
+    res = tomato(
+        app, "broker-config", "--rules", str(rules), "--mosquitto", str(tmp_path / "mq"), *d
+    )
+    assert res.returncode == 0 and (tmp_path / "mq" / "acl_file").exists(), res.stderr
 
 
 def test_broker_config_with_tls_but_no_ca_starts_mosquitto(

@@ -363,6 +363,17 @@ def oneshot_failed(
         fail(denied(ctx, e.topic) or f"{e} ({ctx.where()}){unanswered}{hint}")
     if isinstance(e, oneshot.Refused):
         fail(f"{e} ({ctx.where()})")
+    if isinstance(e, oneshot.Closed):  # a broker that closes the connection of a publish
+        # its rules forbid (Aedes) instead of dropping it: said as the others' drop is
+        why = denied(ctx, e.topic)
+        if why is not None:
+            fail(why)
+        if ctx.url.username and "/scheduler/" in e.topic:  # whoami was closed too
+            fail(
+                f"{e} — is tomato-mqtt running? ({ctx.where()}); if it runs, the login "
+                f"{ctx.url.username!r} may not ask the scheduler (a node's login may not: "
+                "check -b/--broker and TOMATO_BROKER)"
+            )
     fail(
         f"{unreachable}{e} ({ctx.where()})"
         if unreachable

@@ -8,6 +8,7 @@ new user can log in at once; a Mosquitto set-up needs ``tomato broker-config
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -191,12 +192,25 @@ def list_(file: FileOpt = None, *, opts: common.Opts) -> None:
 @common.options(("appdir", "datadir", "port", "yaml", "json"))
 def broker_config_cmd(
     mosquitto: Annotated[
-        Path, typer.Option("--mosquitto", help="folder for password_file, acl_file, tomato.conf")
-    ],
+        Path | None,
+        typer.Option("--mosquitto", help="folder for password_file, acl_file, tomato.conf"),
+    ] = None,
+    rules: Annotated[
+        Path | None,
+        typer.Option(
+            "--rules",
+            help="file for every login's password hash and topic rules as JSON, for "
+            "another broker's authentication and authorisation (docs/security.md)",
+        ),
+    ] = None,
     *,
     opts: common.Opts,
 ) -> None:
-    """Write Mosquitto's password_file, acl_file and a config snippet from the users file."""
+    """Write an external broker's logins and rules from the users and devices files:
+    Mosquitto's password_file, acl_file and a config snippet (--mosquitto), or one JSON
+    document for any other broker (--rules)."""
+    if mosquitto is None and rules is None:
+        fail("say where to write: --mosquitto DIR (Mosquitto) and/or --rules FILE (JSON)")
     from tomato_mqtt.config.devices import load_devices
     from tomato_mqtt.config.settings import load_settings
     from tomato_mqtt.config.users import load_users
@@ -218,27 +232,36 @@ def broker_config_cmd(
     nodes: dict[str, list[str]] = {}
     for c in layout.components.values():
         nodes.setdefault(c.node, []).append(c.name)
-    out = mosquitto.expanduser().absolute()
-    out.mkdir(parents=True, exist_ok=True)
-    pw, acl = out / "password_file", out / "acl_file"
-    b = s.broker
-    tls = None
-    if b.certfile and b.keyfile:
-        tls = mq.MosquittoTls(
-            b.tls_port, b.cafile or "", b.certfile, b.keyfile, b.require_certificate
-        )
-    files = {
-        pw: mq.password_file(users),
-        acl: mq.acl_file(users, Topics(s.mqtt.instance), nodes),
-        out / "tomato.conf": mq.config_snippet(
+    topics = Topics(s.mqtt.instance)
+    files: dict[Path, str] = {}
+    if mosquitto is not None:
+        out = mosquitto.expanduser().absolute()
+        out.mkdir(parents=True, exist_ok=True)
+        pw, acl = out / "password_file", out / "acl_file"
+        b = s.broker
+        tls = None
+        if b.certfile and b.keyfile:
+            tls = mq.MosquittoTls(
+                b.tls_port, b.cafile or "", b.certfile, b.keyfile, b.require_certificate
+            )
+        files[pw] = mq.password_file(users)
+        files[acl] = mq.acl_file(users, topics, nodes)
+        files[out / "tomato.conf"] = mq.config_snippet(
             host=b.host,
             port=s.mqtt.port,
             password_path=str(pw),
             acl_path=str(acl),
             tls=tls,
             max_packet_bytes=b.max_packet_bytes,
-        ),
-    }
+        )
+    if rules is not None:
+        from tomato_mqtt.wire.broker_rules import rules_document
+
+        path = rules.expanduser().absolute()
+        if path.is_dir():
+            fail(f"--rules {rules}: that is a folder; give the file to write")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        files[path] = json.dumps(rules_document(users, topics, nodes), indent=1) + "\n"
     for line in s.exposed:  # passwords others could read (a plain listener on the network)
         print(f"warning: {line}", file=sys.stderr)
     for path, text in files.items():

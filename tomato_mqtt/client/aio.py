@@ -184,17 +184,25 @@ class AsyncTomato:
         who = "recorder" if "/recorder/" in topic else "responder"
         if "/scheduler/" in topic:
             who = "scheduler"
+        connects = self.mqtt.connects
         try:
             return await self.requester.request(
                 topic, dict(args or {}), timeout=timeout or self.timeout, who=who
             )
         except NoResponder as e:
-            raise await self._unanswered(e) from None
+            raise await self._unanswered(e, connects) from None
 
-    async def _unanswered(self, e: NoResponder) -> ClientError:
+    async def _unanswered(self, e: NoResponder, connects: int) -> ClientError:
         """A request nobody answered: ``unavailable``, or ``not_allowed`` when the broker's
         ACL dropped it (MQTT 3.1.1 has no negative PUBACK; ``whoami`` says the role, as
-        the CLI asks it)."""
+        the CLI asks it), or closed the connection for it (Aedes). ``connects``: the
+        client's count of connections when the request was sent."""
+        if self.mqtt.connects != connects or not self.mqtt.is_connected:
+            # the connection closed meanwhile: a broker that closes the connection of a
+            # publish its rules forbid (Aedes) closes every new one too, while paho sends
+            # that publish again at each reconnect: forgotten, so that whoami (below) and
+            # what this client sends next get through
+            self.mqtt.drop_unacknowledged()
         parsed = self.topics.parse(e.topic) if e.topic else None
         if self.url.username and parsed is not None and parsed.op not in (None, "whoami"):
             try:
@@ -239,6 +247,7 @@ class AsyncTomato:
             checked = cmd.parse_args(dict(args or {}))
         except ValidationError as e:
             raise ClientError(f"bad args for {op!r}: {_problems(e)}", "bad_request") from None
+        connects = self.mqtt.connects
         try:
             return await self.requester.call(
                 topic,
@@ -257,7 +266,7 @@ class AsyncTomato:
         except ReplyError as e:
             raise ClientError(str(e), e.code) from None
         except NoResponder as e:
-            err = await self._unanswered(e)
+            err = await self._unanswered(e, connects)
             if err.code == "unavailable" and not cmd.reads:
                 # a slow scheduler (stopped, swapped out) carries it out when it gets to
                 # it: a script that sent it again got a second job (an integrator's run)

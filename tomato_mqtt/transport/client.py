@@ -98,6 +98,8 @@ class AsyncClient(_LoopDriven):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._paho: paho.Client | None = None
         self._connected = asyncio.Event()
+        #: set by drop_unacknowledged: the reconnect loop tries again at once
+        self._retry_now = asyncio.Event()
         self._connack: asyncio.Future[int] | None = None
         self._acks: dict[int, asyncio.Future[Any]] = {}
         #: filter -> its subscriptions: several on one filter (two calls of the client
@@ -389,6 +391,29 @@ class AsyncClient(_LoopDriven):
     async def wait_connected(self, timeout: float | None = None) -> None:
         await wait_for(self._connected.wait(), timeout)
 
+    def drop_unacknowledged(self) -> int:
+        """Forget every publish the broker has not acknowledged (paho would send them
+        again at each reconnect), failing whoever waits for their PUBACK; how many.
+
+        For a broker that closes the connection of a publish its rules forbid (Aedes:
+        MQTT 3.1.1 allows that instead of a silent drop): sent again at every reconnect,
+        such a publish closed each new connection, for as long as the client lived."""
+        c = self._paho
+        if c is None:
+            return 0
+        dropped = c.drop_out_messages()
+        # paho (2.1) leaves its count of messages in flight as it was: at its limit, every
+        # later publish would wait for PUBACKs that never come (until a reconnect
+        # counted again); nothing is in flight now
+        with c._out_message_mutex:
+            c._inflight_messages = 0
+        for m in dropped:
+            fut = self._acks.pop(m.mid, None)
+            if fut is not None and not fut.done():
+                fut.set_exception(MqttError(f"publish to {m.topic} dropped unacknowledged"))
+        self._retry_now.set()  # what closed each connection is gone: no back-off now
+        return len(dropped)
+
     # -- internals: paho callbacks (called on the loop thread) --------------------------
     def _require_client(self) -> paho.Client:
         if self._paho is None:
@@ -450,9 +475,15 @@ class AsyncClient(_LoopDriven):
             self._drop_socket()
             try:
                 await wait_for(self._connect_once(), 5.0)
-                if told:
-                    log.warning("%s: connected to %s again", self.client_id, self.url)
-                return
+                if self._connected.is_set():
+                    if told:
+                        log.warning("%s: connected to %s again", self.client_id, self.url)
+                    return
+                # closed again before this task went on (a broker that closes at once:
+                # Aedes, at a publish sent again that its rules forbid): _on_disconnect
+                # saw this task running and left the reconnect to it, so it goes on
+                # (it returned, and the client stayed disconnected for good)
+                log.debug("%s: the connection to %s closed at once", self.client_id, self.url)
             except (MqttRefused, MqttUntrusted) as e:
                 # the broker is there and says no (a password changed, a user removed, a
                 # certificate replaced): said once per reason, not at debug level only
@@ -468,8 +499,10 @@ class AsyncClient(_LoopDriven):
                     )
             except (OSError, MqttError, asyncio.TimeoutError) as e:
                 log.debug("%s: reconnect to %s failed: %s", self.client_id, self.url, e)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 2.0)
+            self._retry_now.clear()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await wait_for(self._retry_now.wait(), delay)
+            delay = 0.05 if self._retry_now.is_set() else min(delay * 2, 2.0)
 
     def _on_message(self, c: paho.Client, ud: Any, msg: paho.MQTTMessage) -> None:
         m = Message(msg.topic, bytes(msg.payload), msg.qos, bool(msg.retain))

@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "RESEND_AFTER",
+    "Closed",
     "Exchange",
     "NoAnswer",
     "OneShotError",
@@ -78,6 +79,16 @@ class Refused(OneShotError):
 
 class NoAnswer(OneShotError):
     """Nobody answered the request sent on ``topic`` in time."""
+
+    def __init__(self, msg: str, topic: str = "") -> None:
+        super().__init__(msg)
+        self.topic = topic
+
+
+class Closed(OneShotError):
+    """The broker closed the connection a request on ``topic`` was sent on: a broker
+    that went away, or one that closes the connection of a publish its rules forbid
+    (Aedes; MQTT 3.1.1 allows that or a silent drop, which Mosquitto and amqtt do)."""
 
     def __init__(self, msg: str, topic: str = "") -> None:
         super().__init__(msg)
@@ -215,8 +226,9 @@ def _request_paho(
             if rc == paho.MQTT_ERR_CONN_REFUSED:
                 raise Refused(f"the MQTT broker at {url} refused the connection: {_REFUSED_HINT}")
             if rc not in (paho.MQTT_ERR_SUCCESS, paho.MQTT_ERR_AGAIN):
-                raise OneShotError(
-                    f"lost the connection to the MQTT broker at {url}: {paho.error_string(rc)}"
+                raise Closed(
+                    f"lost the connection to the MQTT broker at {url}: {paho.error_string(rc)}",
+                    topic,
                 )
         if "error" in state:
             raise Refused(state["error"])
@@ -332,6 +344,7 @@ class Exchange:
         req_id, payload = self._envelope(args)
         deadline = time.monotonic() + timeout
         gap = RESEND_AFTER if resend else timeout
+        pause = 0.05  # before a new connection (below)
         sent = time.monotonic()
         while True:
             try:
@@ -345,9 +358,13 @@ class Exchange:
                 if time.monotonic() >= deadline:
                     raise
                 _trace("no answer from %s yet: sending the request again", who)
-            except OneShotError:
+            except OneShotError as e:  # the connection closed after the request went
                 if not resend or time.monotonic() >= deadline:
-                    raise
+                    raise Closed(str(e), topic) from None
+                # a pause first, doubling: a broker that closes the connection of a
+                # publish its rules forbid (Aedes) was asked ~100 times a second
+                time.sleep(max(0.0, min(pause, deadline - time.monotonic())))
+                pause = min(pause * 2, 1.0)
                 self._reconnect(deadline)
             gap *= 2
 
@@ -395,7 +412,7 @@ class Exchange:
         try:
             self._session.publish(topic, payload, qos=1)
         except SessionError as e:
-            raise OneShotError(str(e)) from None
+            raise Closed(str(e), topic) from None
 
     def first_reply(
         self, waiting: Mapping[str, tuple[str, str]], deadline: float, timeout: float
@@ -427,8 +444,8 @@ class Exchange:
             raise NoAnswer(
                 f"no {who} answered on {topic} within {timeout:g} s — is it running?", topic
             ) from None
-        except SessionError as e:
-            raise OneShotError(str(e)) from None
+        except SessionError as e:  # closed: said about the request a timeout would name
+            raise Closed(str(e), next(iter(waiting.values()))[0]) from None
 
     def retained(self, topic: str, wait: float) -> bytes | None:
         """The retained message on ``topic`` (None if none comes within ``wait``)."""
