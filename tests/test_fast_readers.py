@@ -87,6 +87,10 @@ NOT_PLAIN = [
     "[mqtt]\nhost = 'a\x7fb'\n",
     "[mqtt]\nport = 1 # \x7f\n",
     "[mqtt]\nport = 1\r",
+    # a header without its "]" (a newcomer's tour: read as no [mqtt] table, so
+    # `tomato stop` sent its request with the defaults, then failed on the file)
+    "[mqtt\nport = 1\n",
+    "[node\n[mqtt]\nport = 1\n",
 ]
 
 

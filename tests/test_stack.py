@@ -59,6 +59,79 @@ def test_start_status_start_twice_stop(tmp_path: Path) -> None:
     assert "is tomato-mqtt running" in res.stderr or "is it running" in res.stderr
 
 
+def test_a_second_stack_on_a_data_folder_in_use_is_refused(tmp_path: Path) -> None:
+    """A newcomer's tour: the same app folder started again with another -p, and another
+    app folder with the same -D, both started, and the two stacks took turns on one
+    state file (jobs ended ``ce`` on the other's node, a cancel was lost)."""
+    with running_stack(tmp_path) as st:
+        other = make_stack(tmp_path / "other")
+        for dirs, port in (
+            (st.dirs(), other.port),  # the same folders, another port
+            (
+                ["-A", str(other.appdir), "-D", str(st.datadir), "-L", str(other.logdir)],
+                other.port,
+            ),
+        ):
+            res = subprocess.run(
+                [str(BIN / "tomato"), "start", *dirs, "-p", str(port), "-t", "30"],
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            assert res.returncode == 1, (res.stdout, res.stderr)
+            assert (
+                f"the data folder {st.datadir} is in use by the tomato-mqtt stack on port "
+                f"{st.port}" in res.stderr
+            ), res.stderr
+            assert "nothing was started" in res.stderr
+            assert not (st.datadir / f"tomato-mqtt.{port}.pid").exists()
+        assert st.json("tomato", "status")["success"]  # the first stack is unharmed
+        # a pid file that a crash left behind, naming a pid that is not tomato-mqtt's
+        stale = st.datadir / "tomato-mqtt.1.pid"
+        stale.write_text(f'{{"pid": {os.getpid()}, "port": 1}}')  # (pytest's own pid)
+        stop_stack(st)
+        res = subprocess.run(
+            [str(BIN / "tomato"), "start", *st.dirs(), "-p", str(st.port), "-t", "60"],
+            capture_output=True,
+            text=True,
+            timeout=90,
+        )
+        assert res.returncode == 0, (res.stdout, res.stderr, st.logs())
+
+
+def test_stop_with_a_settings_file_broken_meanwhile_says_what_it_did(tmp_path: Path) -> None:
+    """A newcomer's tour: settings.toml broken while the stack ran (``[mqtt`` for
+    ``[mqtt]``); `tomato stop` sent its request with the default settings' reading,
+    stopped the stack, then said "error: ... invalid TOML" with exit 1 (a script took the
+    stack for running). A file TOML cannot read is refused before anything is sent; one
+    whose ``[mqtt]`` table is sound, with a bad value elsewhere, stops the stack and says
+    so."""
+    with running_stack(tmp_path) as st:
+        pid = st.supervisor_pid()
+        assert pid is not None
+        settings = st.appdir / "settings.toml"
+        good = settings.read_text()
+        settings.write_text(good.replace("[mqtt]", "[mqtt", 1))
+        res = st.run("tomato", "stop")
+        assert res.returncode == 1 and "invalid TOML" in res.stderr, (res.stdout, res.stderr)
+        time.sleep(1.0)
+        os.kill(pid, 0)  # still running: nothing was sent
+        settings.write_text(good.replace("node_grace_period = 5.0", 'node_grace_period = "x"'))
+        res = st.run("tomato", "stop")
+        assert res.returncode == 0, (res.stdout, res.stderr)
+        assert "is stopping (the scheduler took the request)" in res.stdout, res.stdout
+        assert "settings cannot be read" in res.stdout and "node_grace_period" in res.stdout
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.1)
+        else:
+            raise AssertionError("the stack did not stop")
+
+
 def test_two_stacks_on_one_pc_do_not_interfere(tmp_path: Path) -> None:
     a, b = make_stack(tmp_path / "one"), make_stack(tmp_path / "two")
     # both started at once (they share nothing, and the test waits for one start only)

@@ -128,8 +128,10 @@ def plain_mqtt_table(text: str) -> dict[str, object] | None:
         if not line or line[0] == "#":
             continue
         if line[0] == "[":
-            head, _, rest = line[1:].partition("]")
+            head, closed, rest = line[1:].partition("]")
             name = head.strip(" \t")
+            if not closed:  # "[mqtt": read as no table at all, and a request was sent
+                return None  # with the defaults (a newcomer's tour: `tomato stop`)
             if rest.strip(" \t")[:1] not in ("", "#") or not name or not _BARE.issuperset(name):
                 return None  # [[array]], [a.b], ["quoted"], junk: TOML's reader
             if name in seen or f".{name}" in seen:

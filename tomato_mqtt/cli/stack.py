@@ -92,7 +92,28 @@ def stop(
     )
     if not reply.success:
         opts.output().reply(reply)
-    s = ctx.settings
+    from tomato_mqtt.config.settings import load_settings
+    from tomato_mqtt.errors import ConfigError
+
+    try:  # (not ctx.settings, which exits on a bad file)
+        s = load_settings(
+            appdir=core.as_path(ctx.appdir),
+            datadir=core.as_path(ctx.datadir),
+            logdir=core.as_path(ctx.logdir),
+            port=ctx.port,
+        )
+    except ConfigError as e:
+        # the scheduler took the request and stops the stack: said, with why this call
+        # cannot wait for it (it said "error: ...settings.toml... invalid TOML", exit 1,
+        # and the stack stopped: a newcomer's tour)
+        opts.output().reply(
+            Done(
+                f"tomato-mqtt on port {ctx.url.port} is stopping (the scheduler took the "
+                f"request); not waited for, as the settings cannot be read: {e}",
+                {"port": ctx.url.port, "instance": ctx.instance},
+            )
+        )
+        return
     info = read_pidfile(pidfile_path(s.datadir, ctx.url.port)) if s else None
     if info:
         pid = int(str(info.get("pid")))

@@ -67,6 +67,7 @@ def start(opts: core.Opts, verbose: int = 0, quiet: int = 0) -> None:
     # a zombie or a reused pid left by a crash is dead: start at once
     if info and alive(int(str(info.get("pid")))):
         fail(f"tomato-mqtt is already running on port {s.mqtt.port} (pid {info['pid']})")
+    _refuse_a_datadir_in_use(s.datadir, pidfile)
     if s.broker.embedded and port_in_use(s.broker.host, s.mqtt.port):
         if _scheduler_answers(ctx, 1.0):
             fail(f"tomato-mqtt is already running on port {s.mqtt.port} ({ctx.where()})")
@@ -344,6 +345,44 @@ def _take_down(proc: subprocess.Popen[bytes] | preload.Forked) -> None:
             proc.wait(5)
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+def _refuse_a_datadir_in_use(datadir: Path, own: Path) -> None:
+    """Refuse to start on a data folder another running stack (on another port) uses:
+    two schedulers took turns on its state file, each restarted by its supervisor, and
+    jobs of one ended ``ce`` on the other's node, a cancel was lost (a newcomer's tour:
+    the same app folder started with another ``-p``, or two app folders with one ``-D``)."""
+    from tomato_mqtt.services.launch import read_pidfile
+
+    for other in sorted(datadir.glob("tomato-mqtt.*.pid")):
+        if other == own:
+            continue
+        info = read_pidfile(other) or {}
+        try:
+            pid = int(str(info.get("pid")))
+        except ValueError:
+            continue
+        if alive(pid) and _is_tomato(pid):
+            port = info.get("port", other.name.split(".")[1])
+            fail(
+                f"the data folder {datadir} is in use by the tomato-mqtt stack on port {port}"
+                f" (pid {pid}): one data folder holds one stack's state and jobs; nothing was"
+                f" started. Stop that stack first (tomato stop -p {port}), or give this one a"
+                " data folder of its own with -D"
+            )
+
+
+def _is_tomato(pid: int) -> bool:
+    """Whether ``pid`` runs a tomato-mqtt supervisor, where the system says (a pid file
+    a crash left behind may name a pid another program has now); True where it cannot
+    tell."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except FileNotFoundError:
+        return not Path("/proc/self").exists()  # no procfs: cannot tell
+    except OSError:
+        return True
+    return b"tomato" in cmdline and b"supervis" in cmdline
 
 
 def alive(pid: int) -> bool:
