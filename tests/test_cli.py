@@ -521,6 +521,22 @@ def test_tomato_millisecond_timeout_is_refused_as_ambiguous(value: str) -> None:
     assert f"{value} is ambiguous" in res.output and f"{value}ms" in res.output
 
 
+@pytest.mark.parametrize("port", ["70000", "0", "-5"])
+@pytest.mark.parametrize("tool", ["tomato", "ketchup", "passata"])
+def test_a_port_out_of_range_is_said_as_such(tool: str, port: str, tmp_path: Path) -> None:
+    """A newcomer's tour: ``-p 70000`` (or 0, -5) read "connection refused" or
+    "Servname not supported — is tomato-mqtt running?", through the fast path too."""
+    cmd = {"tomato": ["status"], "ketchup": ["status"], "passata": ["get", "dev/1", "max"]}
+    res = subprocess.run(
+        [str(BIN / tool), *cmd[tool], "-A", str(tmp_path), "-p", port],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert res.returncode == 2, (res.stdout, res.stderr)
+    assert f"{port} is not in the range 1<=x<=65535" in res.stderr, res.stderr
+
+
 def test_common_options_reach_the_command(tmp_path: Path) -> None:
     """The values given after the arguments are the ones the request uses."""
     from typer.testing import CliRunner

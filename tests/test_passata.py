@@ -69,6 +69,14 @@ def test_get_and_set(stack: Stack) -> None:
     assert set(out["data"]) == {"max", "min"}
     assert "max: 7.5" in stack.run("passata", "get", c, "max").stdout
 
+    # a negative value as it is typed (it was "No such option: -5"), and -t after it
+    res = stack.run("passata", "set", c, "min", "-5", "-t", "5")
+    assert res.returncode == 0, res.stderr
+    assert stack.json("passata", "get", c, "min")["data"]["min"] == pytest.approx(-5)
+    res = stack.run("passata", "set", c, "min", "-5", "--frobnicate")
+    assert res.returncode == 2 and "--frobnicate" in res.stderr, res.stderr
+    assert stack.run("passata", "set", c, "min", "0").returncode == 0
+
     out = stack.json("passata", "set", c, "choice", "green")
     assert out["success"] and out["data"] == {"choice": "green"}
     # values the driver refuses, with the reason

@@ -99,7 +99,14 @@ F = TypeVar("F", bound=Callable[..., Any])
 # -- the common options: each declared once, here ---------------------------------------
 
 PortOpt = Annotated[
-    int | None, typer.Option("-p", "--port", help="MQTT broker port (default: settings, 1883)")
+    int | None,
+    typer.Option(
+        "-p",
+        "--port",
+        help="MQTT broker port (default: settings, 1883)",
+        min=1,  # 70000 or -5 read "connection refused — is tomato-mqtt running?" (a tour)
+        max=65535,
+    ),
 ]
 BrokerOpt = Annotated[
     str | None,

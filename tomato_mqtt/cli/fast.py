@@ -367,6 +367,8 @@ def _opts(
         timeout = seconds(given["timeout"]) if "timeout" in given else default_timeout
     except ValueError:
         return None
+    if port is not None and not 1 <= port <= 65535:
+        return None  # typer says what is wrong with it
     opts = core.Opts(
         port=port,
         broker=broker,

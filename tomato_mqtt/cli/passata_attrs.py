@@ -109,7 +109,10 @@ def get(
     passata_core.run_cmd(component, "get_attr", args, passata_core.dict_human, opts)
 
 
-@app.command("set")
+# a value may be negative: "-5" was taken for an option ("No such option: -5", a
+# newcomer's tour); an option this command does not have is still refused, as an
+# extra argument
+@app.command("set", context_settings={"ignore_unknown_options": True})
 @common.options(common.CLIENT)
 def set_(
     component: ComponentArg,
