@@ -144,3 +144,16 @@ def test_a_driver_installed_editable_since_the_start_is_imported(
         if str(src) in sys.path:
             sys.path.remove(str(src))
         discovery.refresh()
+
+
+def test_a_misspelt_driver_name_is_said_without_advice_to_install_it() -> None:
+    """A newcomer's tour: ``driver: exmple_counter`` was answered with "install ... with:
+    pip install tomato-mqtt-exmple-counter": advice to install a package one typo away
+    from the real one, which anybody may publish. A name nothing resembles keeps it."""
+    with pytest.raises(discovery.DriverNotFound) as e:
+        discovery.resolve_driver("exmple_counter")
+    said = str(e.value)
+    assert "did you mean 'example_counter'?" in said, said
+    assert "install" not in said.split(";", 1)[1], said
+    with pytest.raises(discovery.DriverNotFound, match="pip install tomato-mqtt-spectrometer"):
+        discovery.resolve_driver("spectrometer")

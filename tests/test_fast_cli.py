@@ -501,7 +501,18 @@ def test_a_counting_flag_shows_no_value_in_help(command: str) -> None:
         assert "(-vv)" in ln or "(-qq)" in ln, ln
 
 
-@pytest.mark.parametrize("argv", [["ketchup", "status"], ["tomato", "status"]])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["ketchup", "status"],
+        ["tomato", "status"],
+        # the typer path: these ended 130 without a word, and --follow printed its
+        # client's tracebacks as the interpreter tore it down (a newcomer's tour)
+        ["tomato", "stop"],
+        ["ketchup", "snapshot", "1"],
+        ["ketchup", "status", "1", "--follow"],
+    ],
+)
 def test_ctrl_c_while_a_call_waits_is_one_line_not_a_traceback(
     tmp_path: Path, argv: list[str]
 ) -> None:

@@ -135,3 +135,36 @@ def test_a_follower_that_starts_mid_task_shows_the_task_at_once() -> None:
     p.event({"event": "task_ended", "role": "counter", "task": 1})  # events take over
     p.job(job)  # a later summary does not undo what the events said
     assert p.tasks == {"counter": "task 1 ended"}
+
+
+async def test_a_follower_that_starts_mid_job_shows_its_points_at_once(
+    broker: RunningBroker, tmp_path: Path, instance: str
+) -> None:
+    """A newcomer's tour: `ketchup status N --follow` started 4 s into a job printed
+    "0 point(s)" first, then 26: the recorder's retained count came with the
+    subscription, and was read only after the first line."""
+    from tomato_mqtt.client import AsyncTomato
+
+    payload = yaml.safe_load((CONFIG / "counter_1_0.1.yml").read_text())
+    payload["method"][0]["time"] = 30.0
+    async with inproc_stack(broker.port, tmp_path, instance) as st:
+        work = st.settings.datadir / "work"
+        work.mkdir(parents=True)
+        await st.call("pipeline_load", {"pipeline": "pip-counter-1", "sampleid": "counter_1_0.1"})
+        await st.call("pipeline_ready", {"pipeline": "pip-counter-1"})
+        job = await st.call("job_submit", {"payload": payload, "submit_dir": str(work)})
+        counted: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+
+        def recorder(msg: object) -> None:
+            doc = json.loads(getattr(msg, "payload", b"") or b"{}")
+            pts = ((doc.get("jobs") or {}).get(str(job.id)) or {}).get("points") or {}
+            if sum(pts.values()) > 0 and not counted.done():
+                counted.set_result(sum(pts.values()))
+
+        await st.client.subscribe(st.topics.recorder_status(), handler=recorder)
+        await asyncio.wait_for(counted, 20)  # the recorder's retained count has points
+        async with AsyncTomato(f"mqtt://127.0.0.1:{broker.port}", instance) as t:
+            async for p in t.follow(job.id):
+                assert p.status == "r" and p.total_points > 0, p.line()
+                break
+        await st.call("job_cancel", {"jobids": [job.id]})

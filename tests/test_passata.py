@@ -58,6 +58,11 @@ def test_attrs_capabilities_constants(stack: Stack) -> None:
     assert consts["example_meta"] == "example string"
     res = stack.run("passata", "constants", "dev-counter/1", "-y")
     assert yaml.safe_load(res.stdout)["data"]["example_meta"] == "example string"
+    # a name that is no constant, beside one that is: said in plain output too (it was
+    # left out without a word: a newcomer's tour)
+    res = stack.run("passata", "constants", "dev-counter/1", "example_meta", "nosuch")
+    assert res.returncode == 0 and res.stdout.strip() == "example_meta: example string", res
+    assert "warning: not constants of it: nosuch" in res.stderr, res.stderr
 
 
 def test_get_and_set(stack: Stack) -> None:

@@ -588,3 +588,10 @@ async def test_a_job_cancelled_while_it_waits_drops_its_waiting_reason(
         await st.call("job_cancel", {"jobids": [job.id]})
         done = (await st.call("job_status", {"jobids": [job.id]}))[0]
         assert (done.status, done.reason) == ("cd", None), done
+    # ... and `ketchup status N` does not show the file it would have written as its
+    # output (it never ran: a newcomer's tour)
+    from tomato_mqtt.cli.jobview import job_detail
+
+    text = job_detail([done.model_dump(mode="json")])
+    assert "output:    - (it never ran: no file)" in text, text
+    assert str(done.respath) not in text

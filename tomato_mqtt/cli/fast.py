@@ -250,7 +250,7 @@ FAST: dict[tuple[str, str], Fast] = {
     ("ketchup", "cancel"): Fast(_ketchup_cancel, 1, None, check=_ints),
     ("passata", "status"): Fast(_passata("status", "status_human", lambda a, f: {}), 1, 1),
     ("passata", "capabilities"): Fast(_passata_meta("capabilities", "list_human"), 1, 1),
-    ("passata", "constants"): Fast(_passata_meta("constants", "dict_human"), 1, None),
+    ("passata", "constants"): Fast(_passata_meta("constants", "constants_human"), 1, None),
     ("passata", "measure"): Fast(_passata("measure", "point_human", lambda a, f: {}), 1, 1),
     ("passata", "get"): Fast(
         _passata("get_attr", "dict_human", lambda a, f: {"attrs": a[1:]}), 2, None
@@ -414,7 +414,21 @@ def _main(prog: str) -> None:
     if call is None:
         import importlib
 
-        importlib.import_module(f"tomato_mqtt.cli.{prog}").main()
+        try:
+            importlib.import_module(f"tomato_mqtt.cli.{prog}").main()
+        except SystemExit as e:
+            if e.code != 130:  # typer's Exit(130) on Ctrl-C, and the commands' own
+                raise
+            # as below: `tomato stop`, `ketchup snapshot` ended 130 without a word, and
+            # `--follow` interrupted while it connected printed tracebacks of its client
+            # torn down with the loop it ran on at the interpreter's teardown (a tour)
+            for stream, last in ((sys.stdout, ""), (sys.stderr, "interrupted\n")):
+                try:  # what it printed before, then the line (os._exit flushes nothing)
+                    stream.write(last)
+                    stream.flush()
+                except Exception:
+                    pass
+            os._exit(130)
         return
     try:
         call()

@@ -104,7 +104,14 @@ def job_detail(jobs: Any) -> str:
         ("submitted", j["submitted"]),
         ("started", j["started"]),
         ("ended", j["ended"]),
-        ("output", j.get("respath")),
+        # a job that ended before it ran has no file (the path it would have had read
+        # as written: a newcomer's tour)
+        (
+            "output",
+            "- (it never ran: no file)"
+            if j.get("launched_at") is None and j.get("status") in ("c", "cd", "ce")
+            else j.get("respath"),
+        ),
         ("reason", j.get("reason")),
     ]
     return "\n".join(f"{k + ':':<10} {'-' if v is None else safe(str(v))}" for k, v in fields)

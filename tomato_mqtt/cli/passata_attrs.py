@@ -94,7 +94,7 @@ def constants(
     and a name that is not one is reported in the message, not as a failure.
     """
     pick = passata_core.constants(list(names or []))
-    passata_core.run_meta(component, "constants", pick, passata_core.dict_human, opts)
+    passata_core.run_meta(component, "constants", pick, passata_core.constants_human, opts)
 
 
 @app.command()

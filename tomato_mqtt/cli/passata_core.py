@@ -11,6 +11,7 @@ publish. Over WebSockets the asyncio path of components.py does the same.
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 
@@ -351,6 +352,15 @@ def dict_human(msg: str, data: Any) -> str:
     if not isinstance(data, Mapping) or not data:
         return f"{msg}: none"
     return kv(data)
+
+
+def constants_human(msg: str, data: Any) -> str:
+    """The constants; the names that are not, said on stderr (in plain output they were
+    left out without a word, said only with -y or when no name was one: a tour)."""
+    unknown = msg.partition(" (not constants of it: ")[2].removesuffix(")")
+    if unknown and isinstance(data, Mapping) and data:
+        print(f"warning: not constants of it: {unknown}", file=sys.stderr)
+    return dict_human(msg, data)
 
 
 def list_human(msg: str, data: Any) -> str:

@@ -397,10 +397,36 @@ class AsyncTomato:
             await self.mqtt.subscribe(f, handler=inbox)
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
+        p = Progress(jobid)
+
+        async def take(msg: Message) -> bool:
+            """``msg`` into ``p``; whether it was one of ours."""
+            try:
+                doc = json.loads(msg.payload) if msg.payload else None
+            except ValueError:
+                doc = None
+            if not isinstance(doc, dict):
+                return False
+            if msg.topic == filters[0]:
+                p.job(doc)
+            elif msg.topic == filters[1]:
+                p.event(doc)
+                if doc.get("event") == "completed":
+                    p.job((await self.status(jobid)).model_dump(mode="json"))
+            else:
+                prog = (doc.get("jobs") or {}).get(str(jobid))
+                if not isinstance(prog, dict):
+                    return False
+                p.recorder(prog.get("points") or {})
+            return True
+
         try:
-            p = Progress(jobid)
             job = await self.status(jobid)
             p.job(job.model_dump(mode="json"))
+            # what came meanwhile, the recorder's retained count among it: the first
+            # line of a job followed mid-run said "0 point(s)" (a newcomer's tour)
+            while not inbox.queue.empty():
+                await take(inbox.queue.get_nowait())
             shown = p.line()
             yield p
             while p.status not in final:
@@ -411,23 +437,8 @@ class AsyncTomato:
                     msg = await wait_for(inbox.queue.get(), left)
                 except asyncio.TimeoutError:
                     continue
-                try:
-                    doc = json.loads(msg.payload) if msg.payload else None
-                except ValueError:
-                    doc = None
-                if not isinstance(doc, dict):
+                if not await take(msg):
                     continue
-                if msg.topic == filters[0]:
-                    p.job(doc)
-                elif msg.topic == filters[1]:
-                    p.event(doc)
-                    if doc.get("event") == "completed":
-                        p.job((await self.status(jobid)).model_dump(mode="json"))
-                else:
-                    prog = (doc.get("jobs") or {}).get(str(jobid))
-                    if not isinstance(prog, dict):
-                        continue
-                    p.recorder(prog.get("points") or {})
                 if p.line() == shown and p.status not in final:
                     continue  # a heartbeat with the same counts: no change to show
                 shown = p.line()

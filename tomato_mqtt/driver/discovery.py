@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import contextlib
+import difflib
 import importlib
 import os
 import site
@@ -221,6 +222,13 @@ def resolve_driver(
     if name not in native:
         have = ", ".join(sorted(native)) or "nothing"
         up = f"; upstream tomato drivers: {', '.join(ups)}" if ups else ""
+        like = difflib.get_close_matches(name, [*native, *ups], n=1, cutoff=0.8)
+        if like:  # a misspelt name: no advice to install a package of that name (one
+            # typo away from a package anybody may publish: a newcomer's tour)
+            raise DriverNotFound(
+                f"driver {name!r} is not installed on this node (native drivers: {have}{up});"
+                f" did you mean {like[0]!r}? (the driver name in the devices file)"
+            )
         raise DriverNotFound(
             f"driver {name!r} is not installed on this node (native drivers: {have}{up});"
             f" install a tomato driver package with: tomato drivers install"
