@@ -595,3 +595,30 @@ async def test_a_job_cancelled_while_it_waits_drops_its_waiting_reason(
     text = job_detail([done.model_dump(mode="json")])
     assert "output:    - (it never ran: no file)" in text, text
     assert str(done.respath) not in text
+
+
+async def test_a_component_moved_to_a_node_not_started_says_so(
+    broker: RunningBroker, tmp_path: Path, instance: str
+) -> None:
+    """A newcomer's tour: a device moved to ``node: pc2`` (not started) showed "no node"
+    beside "registered: yes" (the meta its old node had announced), and a job for it
+    waited "component … has not said its state yet" for ever."""
+    doc = yaml.safe_load((CONFIG / "counter_1_0.1.yml").read_text())
+    async with inproc_stack(broker.port, tmp_path, instance) as st:
+        devices = st.settings.devices_file
+        text = devices.read_text()
+        assert "    pollrate: 1\n" in text
+        devices.write_text(text.replace("    pollrate: 1\n", "    pollrate: 1\n    node: pc2\n", 1))
+        await st.call("reload", {})
+        comps = await st.call("status", {"what": "components"})
+        moved = {k: v for k, v in comps.items() if v.node == "pc2"}
+        assert moved and all(
+            v.state == "no node" and v.registered is False for v in moved.values()
+        ), comps
+        await st.call("pipeline_load", {"pipeline": "pip-counter-1", "sampleid": "counter_1_0.1"})
+        await st.call("pipeline_ready", {"pipeline": "pip-counter-1"})
+        job = await st.call("job_submit", {"payload": doc, "submit_dir": str(tmp_path)})
+        waiting = await st.wait_job(job.id, {"qw"})
+        assert waiting.reason and "its node 'pc2' is not online" in waiting.reason, waiting
+        assert "tomato node --name pc2" in waiting.reason, waiting
+        await st.call("job_cancel", {"jobids": [job.id]})

@@ -94,7 +94,17 @@ class QueuePass:
             st = svc.cstatus.get(name)
             if st is None:
                 occupied.add(name)
-                why[name] = f"component {name} has not said its state yet"
+                host = svc.layout.components[name].node
+                there = svc.nodes.get(host)
+                if there is None or there.state != "online":
+                    # (a job waited with "has not said its state yet" on a component moved
+                    # to a node not started yet: a newcomer's tour)
+                    why[name] = (
+                        f"component {name}: its node {host!r} is not online (start it on "
+                        f"its PC: tomato node --name {host})"
+                    )
+                else:
+                    why[name] = f"component {name} has not said its state yet"
                 node, meta = svc.node_of(name), svc.metas.get(name)
                 if node is not None and node.state == "online" and meta and meta.registered:
                     unknown.add(node.node)

@@ -97,7 +97,9 @@ def _components(svc: SchedulerService) -> dict[str, JsonValue]:
             "capabilities": list[JsonValue](meta.capabilities) if meta else [],
             "node": c.node,
             "state": state,
-            "registered": bool(meta and meta.registered),
+            # registered on its node: a meta another node announced before the component
+            # was moved showed "no node" beside "registered: yes" (a newcomer's tour)
+            "registered": bool(meta and meta.registered and meta.node == c.node),
             "jobid": jobid,
             "error": (meta.error if meta else None) or (st.error if st else None),
         }
