@@ -609,7 +609,10 @@ async def test_a_component_moved_to_a_node_not_started_says_so(
         text = devices.read_text()
         assert "    pollrate: 1\n" in text
         devices.write_text(text.replace("    pollrate: 1\n", "    pollrate: 1\n    node: pc2\n", 1))
-        await st.call("reload", {})
+        reply = await st.raw(st.topics.scheduler_cmd("reload"))
+        assert reply.success and "warning: node 'pc2' is not online, so 4 component(s)" in (
+            reply.msg or ""
+        ), reply
         comps = await st.call("status", {"what": "components"})
         moved = {k: v for k, v in comps.items() if v.node == "pc2"}
         assert moved and all(

@@ -129,6 +129,18 @@ async def reload(ops: SchedulerOps, args: Mapping[str, JsonValue]) -> Result:
         )
     if new_layout.ignored:  # said at every reload: the user is looking at the file now
         what += "; warning: " + "; warning: ".join(new_layout.ignored)
+    offline: dict[str, list[str]] = {}  # node -> its components, for nodes not online
+    for name, c in new_layout.components.items():
+        n = svc.nodes.get(c.node)
+        if n is None or n.state != "online":
+            offline.setdefault(c.node, []).append(name)
+    for node, comps in sorted(offline.items()):  # as `tomato start` says it (it said
+        # "reload done" only, and the jobs waited: a newcomer's tour)
+        what += (
+            f"; warning: node {node!r} is not online, so {len(comps)} component(s) cannot "
+            f"register ({', '.join(sorted(comps))}): start it on its PC (tomato node "
+            f"--name {node})"
+        )
     log.info("reload done: %s", what)  # (nothing in the log told what a reload changed)
     return Result("reload done: " + what, _jsonable_diff(diff))
 
