@@ -15,6 +15,7 @@ import yaml
 from tests.conftest import RunningBroker
 from tests.inproc import CONFIG, InProc, inproc_stack
 from tests.ncread import load_tree
+from tomato_mqtt.transport.rpc import NoResponder
 
 BIN = Path(__file__).resolve().parents[1] / ".venv" / "bin"
 
@@ -168,3 +169,52 @@ async def test_a_follower_that_starts_mid_job_shows_its_points_at_once(
                 assert p.status == "r" and p.total_points > 0, p.line()
                 break
         await st.call("job_cancel", {"jobids": [job.id]})
+
+
+async def test_a_follower_says_when_the_broker_is_lost_and_back(
+    broker: RunningBroker, tmp_path: Path, instance: str
+) -> None:
+    """A newcomer's tour: a follower whose broker restarted printed "client-2572-8c30f9
+    lost the connection to … (Unspecified error)", then waited without a word."""
+    payload = yaml.safe_load((CONFIG / "counter_1_0.1.yml").read_text())
+    payload["method"][0]["time"] = 60.0
+    async with inproc_stack(broker.port, tmp_path, instance) as st:
+        work = st.settings.datadir / "work"
+        work.mkdir(parents=True)
+        await st.call("pipeline_load", {"pipeline": "pip-counter-1", "sampleid": "counter_1_0.1"})
+        await st.call("pipeline_ready", {"pipeline": "pip-counter-1"})
+        job = await st.call("job_submit", {"payload": payload, "submit_dir": str(work)})
+        await st.wait_job(job.id, {"r"})
+        proc = await asyncio.create_subprocess_exec(
+            str(BIN / "ketchup"), "status", str(job.id), "--follow",
+            "-A", str(st.settings.appdir), "-p", str(broker.port),
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        try:
+            assert proc.stdout is not None and proc.stderr is not None
+            first = await asyncio.wait_for(proc.stdout.readline(), 30)
+            assert first.startswith(f"job {job.id}: r".encode()), first
+            await broker.stop()
+            said = await asyncio.wait_for(proc.stderr.readline(), 10)
+            await broker.start()
+            again = await asyncio.wait_for(proc.stderr.readline(), 30)
+            await st.wait_registered(1)
+            for attempt in range(6):  # the scheduler subscribes again once it is back: a
+                try:  # request that came before was for nobody
+                    await st.call("job_cancel", {"jobids": [job.id]}, timeout=3)
+                    break
+                except NoResponder:
+                    assert attempt < 5, "the scheduler did not come back"
+            rest, err = await asyncio.wait_for(proc.communicate(), 60)
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+        url = f"mqtt://127.0.0.1:{broker.port}"
+        assert said.decode().strip() == (
+            f"lost the connection to the broker at {url}: following again once it is back"
+            " (Ctrl-C stops)"
+        ), said
+        assert again.decode().strip() == "connected again: following", again
+        assert b"client-" not in said + again + err, err
+        assert proc.returncode == 1 and f"job {job.id}: cd".encode() in rest, rest

@@ -152,3 +152,17 @@ def test_a_shutdown_from_another_thread_ends_a_wait_and_a_connect_yet_to_come() 
             waiting.connect(10.0)  # waits for a CONNACK: ended by the shutdown
         assert time.monotonic() - t0 < 2.0
         waiting.close()
+
+
+def test_a_host_name_that_is_not_known_is_said_as_such() -> None:
+    """A newcomer's tour: ``-b mqtt://nosuchhost.invalid:1883`` read "Name or service not
+    known — is tomato-mqtt running?": a broker that is down, not a name to check."""
+    from tomato_mqtt.config.url import BrokerURL
+    from tomato_mqtt.transport.session import Session, SessionExplained
+
+    s = Session(BrokerURL.parse("mqtt://nosuchhost.invalid:1883"), "t-dns")
+    with pytest.raises(SessionExplained) as e:
+        s.connect(10.0)
+    assert "cannot find the host 'nosuchhost.invalid'" in str(e.value), e.value
+    assert "check its name" in str(e.value)
+    s.close()

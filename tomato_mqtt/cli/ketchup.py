@@ -111,6 +111,39 @@ def status(
         raise typer.Exit(1)
 
 
+def _say_the_connection(url: object) -> None:
+    """The client's connection, lost and back, said as a follower reads it: it was
+    "client-2572-8c30f9 lost the connection to … (Unspecified error)", then nothing while
+    the stack restarted (a newcomer's tour)."""
+    import logging
+    import sys
+
+    class Said(logging.Handler):
+        lost = False
+
+        def emit(self, record: logging.LogRecord) -> None:
+            text = record.getMessage()
+            if " lost the connection to " in text:
+                self.lost = True
+                line = (
+                    f"lost the connection to the broker at {url}: following again once it"
+                    " is back (Ctrl-C stops)"
+                )
+            elif self.lost and " connected to " in text:
+                self.lost = False
+                line = "connected again: following"
+            elif record.levelno >= logging.WARNING:
+                line = f"warning: {text}"
+            else:
+                return
+            print(line, file=sys.stderr, flush=True)
+
+    log = logging.getLogger("tomato_mqtt.transport.client")
+    log.addHandler(Said())
+    log.setLevel(logging.DEBUG)  # (its "connected" is a debug record)
+    log.propagate = False
+
+
 def _follow(ctx: common.CallContext, jobid: int, opts: common.Opts) -> None:
     """Progress of one job until it ends (pushed by the stack, not polled)."""
     import sys
@@ -121,6 +154,7 @@ def _follow(ctx: common.CallContext, jobid: int, opts: common.Opts) -> None:
     out = sys.stderr if (opts.yaml or opts.json) else sys.stdout
     tty = out.isatty()
     last = ""
+    _say_the_connection(ctx.url)
     with common.client(ctx, timeout=opts.timeout) as t:
         try:
             for p in t.follow(jobid):

@@ -144,6 +144,12 @@ class Session:
                 raise SessionUntrusted(f"TLS for the MQTT broker at {u}: {e}") from None
         try:
             sock = _tcp(u.host, u.port, timeout, tls=u.tls)
+        except _socket.gaierror as e:  # not a broker that is down: a host name that is
+            # not known ("Name or service not known — is tomato-mqtt running?": a tour)
+            raise SessionExplained(
+                f"cannot find the host {u.host!r} of the MQTT broker at {u} ({e.strerror}):"
+                " check its name (-b/--broker, TOMATO_BROKER or [mqtt] host)"
+            ) from None
         except OSError as e:
             raise SessionError(f"cannot connect to the MQTT broker at {u}: {e}") from None
         # without it each hop of a round trip can wait ~40 ms for a delayed ACK
@@ -181,7 +187,8 @@ class Session:
             # plain MQTT to a TLS port: closed at once (an admin's tour: "— is tomato-mqtt
             # running?" about a broker that runs)
             raise SessionError(
-                f"{e} (if port {u.port} takes TLS, as [broker] tls_port does, use mqtts://)"
+                f"{e} (if port {u.port} takes TLS, as [broker] tls_port does, use mqtts://;"
+                f" if it is the broker's WebSocket port, [broker] ws_port, use ws://)"
             ) from None
         if kind != CONNACK or len(body) < 2:
             raise self._not_mqtt()
