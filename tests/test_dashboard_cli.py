@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 import socket
 import subprocess
 import sys
@@ -188,6 +189,35 @@ async def test_unreachable_broker_is_retried_then_given_up(
         in res.stderr
     ), res.stderr
     assert "It kept trying for 1 s and has stopped" in res.stderr, res.stderr
+
+    # Ctrl-C while it tries: taken at once, said as every command says it (it was not
+    # looked at until the 30 s were over, and then exit 1 without a word: a tour); and
+    # what it does is said at once (nothing was printed while it tried)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SHORT_WAIT, "30", "dashboard", "-A", str(app)],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # as a terminal's
+    )
+    try:
+        assert proc.stderr is not None
+        first = await asyncio.to_thread(proc.stderr.readline)
+        assert first == (
+            f"dashboard: connecting to the broker at mqtt://127.0.0.1:{broker.port}"
+            " (Ctrl-C stops it)\n"
+        ), first
+        await asyncio.sleep(1.0)
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        _, err = await asyncio.to_thread(proc.communicate, None, 20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert (proc.returncode, err) == (130, "interrupted\n"), (proc.returncode, err)
+    assert time.monotonic() - t0 < 5
     await broker.start()  # as the fixture left it
 
 

@@ -83,8 +83,13 @@ def dashboard(
     from tomato_mqtt.services.dashboard.service import BrokerUnreachable
     from tomato_mqtt.transport.client import MqttError, MqttRefused, MqttUntrusted
 
+    # said at once: it printed nothing while it tried to reach the broker, 30 s when
+    # there was none (a newcomer's tour)
+    typer.echo(f"dashboard: connecting to the broker at {url} (Ctrl-C stops it)", err=True)
     try:
         svc.run_sync()
+        if svc.stopped_before_connected:
+            raise typer.Exit(130)  # said "interrupted" (cli/fast.py)
     except MqttRefused as e:
         login = url.username or "(anonymous)"
         fail(

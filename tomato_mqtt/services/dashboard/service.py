@@ -170,6 +170,8 @@ class DashboardService:
         #: called with the page's address once it is served (``tomato dashboard --open``)
         self.on_ready: Callable[[str], object] | None = None
         self._stop = asyncio.Event()
+        #: stopped (Ctrl-C) while it was still trying to reach the broker
+        self.stopped_before_connected = False
         self.started_at = time.time()
         self._backfilled: set[int] = set()
         self._refilled: set[int] = set()  # ended jobs whose plots were made anew from the file
@@ -226,8 +228,23 @@ class DashboardService:
             addresses = runner.addresses  # the bound port, also when asked for port 0
             self.port = int(addresses[0][1]) if addresses else self.cfg.port
             self.client = client
+            # while it tries, a stop (Ctrl-C) is taken at once: it was not looked at until
+            # the broker's 30 s were over (a newcomer's tour)
+            connecting = asyncio.ensure_future(
+                client.connect(timeout=self.cfg.connect_timeout, retry=True)
+            )
+            stopping = asyncio.ensure_future(self._stop.wait())
+            await asyncio.wait({connecting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            stopping.cancel()
+            if self._stop.is_set():  # (the signal may end the attempt it came in as well)
+                connecting.cancel()
+                with contextlib.suppress(asyncio.CancelledError, MqttError):
+                    await connecting
+                self.stopped_before_connected = not client.is_connected
+                if self.stopped_before_connected:
+                    return
             try:
-                await client.connect(timeout=self.cfg.connect_timeout, retry=True)
+                connecting.result()
             except (MqttRefused, MqttUntrusted):
                 raise  # a login or certificate refused at once: not "kept trying"
             except MqttError as e:
