@@ -625,3 +625,25 @@ async def test_a_component_moved_to_a_node_not_started_says_so(
         assert waiting.reason and "its node 'pc2' is not online" in waiting.reason, waiting
         assert "tomato node --name pc2" in waiting.reason, waiting
         await st.call("job_cancel", {"jobids": [job.id]})
+
+
+async def test_a_page_of_the_listing_says_first_that_its_counts_are_the_page_s(
+    broker: RunningBroker, tmp_path: Path, instance: str
+) -> None:
+    """A newcomer's tour: `ketchup status --all --limit 3` said "found 1 job with status
+    'c'" of five, the page note below it: read as the whole listing's counts."""
+    doc = yaml.safe_load((CONFIG / "counter_v2.2.yml").read_text())
+    doc["sample"]["identifier"] = "never-loaded"
+    async with inproc_stack(broker.port, tmp_path, instance) as st:
+        for _ in range(3):
+            await st.call("job_submit", {"payload": doc, "submit_dir": str(tmp_path)})
+        reply = await st.raw(st.topics.scheduler_cmd("job_status"), {"limit": 2})
+        assert reply.success and len(reply.data) == 2, reply
+        first, rest = (reply.msg or "").split("\n", 1)
+        assert first == (
+            "(listing page: jobs 2-3 of 3, oldest first; others with --offset N --limit M;"
+            " the counts are this page's)"
+        ), reply.msg
+        assert rest.startswith("found 2 jobs with status"), reply.msg
+        whole = await st.raw(st.topics.scheduler_cmd("job_status"), {})
+        assert (whole.msg or "").startswith("found 3 jobs"), whole.msg  # no note: all of it

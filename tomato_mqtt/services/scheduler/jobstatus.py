@@ -63,9 +63,11 @@ def _page(store: StateStore, limit: int, offset: int | None) -> Result:
         return Result(f"no jobs from offset {start}: the listing has {total}", [])
     msg = _found(jobs)
     if start > 0 or start + len(jobs) < total:
-        msg += (
-            f"\n(listing page: jobs {start + 1}-{start + len(jobs)} of {total}, oldest first; "
-            "others with --offset N --limit M)"
+        # first, and the counts said to be the page's: below it they read as the whole
+        # listing's ("found 1 job with status 'c'" of 5: a newcomer's tour)
+        msg = (
+            f"(listing page: jobs {start + 1}-{start + len(jobs)} of {total}, oldest first; "
+            "others with --offset N --limit M; the counts are this page's)\n" + msg
         )
     return Result(msg, [j.model_dump(mode="json") for j in jobs])
 
