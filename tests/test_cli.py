@@ -508,6 +508,17 @@ def test_common_options_after_arguments(argv: list[str], expect: dict[str, objec
         assert ctx.params[k] == v, (k, ctx.params)
 
 
+@pytest.mark.parametrize(
+    ("text", "secs"),
+    [("5", 5.0), ("500ms", 0.5), ("2s", 2.0), ("1min", 60.0), ("2 min", 120.0), ("1h", 3600.0)],
+)
+def test_a_timeout_takes_the_units_a_payload_takes(text: str, secs: float) -> None:
+    """A newcomer's tour: ``-t 1min`` was refused, where a payload takes ``2 min``."""
+    from tomato_mqtt.cli.timeout import seconds
+
+    assert seconds(text) == pytest.approx(secs)
+
+
 @pytest.mark.parametrize("value", ["2000", "3000", "1000", "500", "100", "61", "60.5"])
 def test_tomato_millisecond_timeout_is_refused_as_ambiguous(value: str) -> None:
     """tomato's --timeout is in ms, ours in s: a bare 2000 would wait half an hour, a

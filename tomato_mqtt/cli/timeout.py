@@ -30,8 +30,9 @@ def parse_timeout(text: str | float) -> float:
 
 
 def seconds(text: str | float) -> float:
-    """``--timeout``: seconds, or with a unit (``500ms``, ``2s``); tomato's bare milliseconds
-    (``--timeout 2000``) are refused as ambiguous instead of waiting 2000 s.
+    """``--timeout``: seconds, or with a unit (``500ms``, ``2s``, ``1min``, ``1h``); tomato's
+    bare milliseconds (``--timeout 2000``) are refused as ambiguous instead of waiting
+    2000 s.
 
     tomato 2.2 counts ``--timeout`` in milliseconds, tomato-mqtt in seconds. A bare number
     up to :data:`AMBIGUOUS_TIMEOUT` is seconds; a bare number above it is likely a tomato
@@ -41,7 +42,8 @@ def seconds(text: str | float) -> float:
         return float(text)
     raw = text.strip().lower()
     scale = 1.0
-    for unit, factor in (("ms", 0.001), ("s", 1.0)):
+    # (min and h as payloads take them: "-t 1min" was refused, "2 min" in a payload not)
+    for unit, factor in (("ms", 0.001), ("min", 60.0), ("s", 1.0), ("h", 3600.0)):
         if raw.endswith(unit):
             raw, scale = raw[: -len(unit)].strip(), factor
             break
@@ -49,7 +51,7 @@ def seconds(text: str | float) -> float:
         value = float(raw)
     except ValueError:
         raise ValueError(
-            f"{text!r} is not a duration: give seconds (5, 0.5) or a unit (500ms, 2s)"
+            f"{text!r} is not a duration: give seconds (5, 0.5) or a unit (500ms, 2s, 1min, 1h)"
         ) from None
     if value <= 0:
         raise ValueError(f"{text!r}: the timeout must be positive")
