@@ -395,6 +395,24 @@ def aedes_server() -> Path:
     return AEDES / "server.mjs"
 
 
+def secured_aedes(port: int, rules: Path, log: Path) -> subprocess.Popen[bytes]:
+    """Aedes on ``port`` enforcing ``rules`` (the JSON of ``tomato broker-config
+    --rules``, read by tests/aedes/rules.mjs), its output in ``log``; not waited for."""
+    with open(log, "wb") as out:
+        return subprocess.Popen(
+            [
+                shutil.which("node") or "node",
+                str(aedes_server()),
+                str(port),
+                "127.0.0.1",
+                str(rules),
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+
+
 @dataclass
 class AedesBroker(ProcessBroker):
     """Aedes (Node.js) with its in-memory persistence: a second MQTT 3.1.1 implementation."""

@@ -87,23 +87,11 @@ def secure_stack(
 def on_aedes(st: Stack) -> Iterator[Path]:
     """Aedes with the logins and rules ``tomato broker-config --rules`` writes from
     ``st``'s settings, running until the block ends; yields the rules file."""
-    from tests.conftest import aedes_server
+    from tests.conftest import secured_aedes
 
     rules = st.root / "aedes" / "rules.json"
     st.run("tomato", "broker-config", "--rules", str(rules), "-D", str(st.datadir), check=True)
-    with open(rules.parent / "aedes.log", "wb") as log:
-        proc = subprocess.Popen(
-            [
-                shutil.which("node") or "node",
-                str(aedes_server()),
-                str(st.port),
-                "127.0.0.1",
-                str(rules),
-            ],
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+    proc = secured_aedes(st.port, rules, rules.parent / "aedes.log")
     try:
         wait_listening(st.port)
         yield rules

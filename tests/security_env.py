@@ -14,7 +14,6 @@ import contextlib
 import getpass
 import json
 import os
-import shutil
 import subprocess
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -23,7 +22,7 @@ from typing import TYPE_CHECKING
 
 from tomato_mqtt_broker import BrokerConfig, EmbeddedBroker
 
-from tests.conftest import _wait_listening, aedes_server
+from tests.conftest import _wait_listening, secured_aedes
 from tests.stack import free_port
 from tomato_mqtt.config.users import UsersFile
 from tomato_mqtt.wire import mosquitto as mq
@@ -170,19 +169,7 @@ async def start_aedes(workdir: Path, instance: str) -> SecureBroker:
     rules = workdir / "rules.json"
     doc = rules_document(users, Topics(instance), {"pc1": [CMP_A], "pc2": [CMP_B]})
     rules.write_text(json.dumps(doc))
-    with open(workdir / "aedes.log", "wb") as log:
-        b._proc = subprocess.Popen(
-            [
-                shutil.which("node") or "node",
-                str(aedes_server()),
-                str(b.port),
-                "127.0.0.1",
-                str(rules),
-            ],
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+    b._proc = secured_aedes(b.port, rules, workdir / "aedes.log")
     try:
         await _wait_listening(b.port, 10.0, "aedes")
     except TimeoutError:

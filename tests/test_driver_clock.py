@@ -266,54 +266,31 @@ def test_a_driver_error_without_words_ends_only_its_own_task(comps: list[Comp]) 
     assert len(shared_clock()) == 0
 
 
+@pytest.mark.parametrize("one_pass", [False, True], ids=["own-phase", "same-pass"])
 def test_a_stop_is_taken_at_once_while_another_driver_holds_the_clock(
-    comps: list[Comp],
+    comps: list[Comp], one_pass: bool
 ) -> None:
     """A driver that blocks breaks shared_clock's contract and delays every other task;
     a stop or close of another component is still taken at once (found in review: it
-    waited for the blocking call, and a node's shutdown for each component in turn)."""
+    waited for the blocking call, and a node's shutdown for each component in turn).
+    ``one_pass``: the three due together (one phase: 1.25 kHz), so the others are in
+    the blocked driver's pass, which the clock calls without a lock of its own per
+    task: their stop is still taken at once, not when the blocked call returns."""
     drv = TroubledDriver()
     blocker, bd = _troubled(comps, drv, "blocker")
     healthy, _ = _troubled(comps, drv, "healthy")
     other, _ = _troubled(comps, drv, "other")
     bd.at, bd.stall = 3, 2.0
     for c in (blocker, healthy, other):
-        c.runner.start_task(task(10.0, 0.02))
-    bd.wait_points(3)
-    time.sleep(0.05)  # the clock is inside the blocking call now
-    t0 = time.perf_counter()
-    healthy.runner.stop_task("cancelled by user")
-    end = healthy.ends.wait(1)
-    assert time.perf_counter() - t0 < 0.5
-    assert (end.reason, end.message) == ("stopped", "cancelled by user")
-    t0 = time.perf_counter()
-    other.runner.close()
-    assert time.perf_counter() - t0 < 0.5 and not other.runner.running
-    blocker.runner.stop_task("cancelled by user")  # ends once its call returns
-    end = blocker.ends.wait(5)
-    assert end.reason == "stopped" and end.npoints >= 3
-    assert len(shared_clock()) == 0
-
-
-def test_a_stop_is_taken_at_once_also_in_the_blocked_driver_s_pass(comps: list[Comp]) -> None:
-    """The same with the three due together (one phase: 1.25 kHz): the clock calls a
-    pass of due tasks without a lock of its own per task, and a stop or close of a task
-    of that pass other than the one being called is still taken at once, not when the
-    blocked call returns."""
-    drv = TroubledDriver()
-    blocker, bd = _troubled(comps, drv, "blocker")
-    healthy, _ = _troubled(comps, drv, "healthy")
-    other, _ = _troubled(comps, drv, "other")
-    bd.at, bd.stall = 3, 2.0
-    for c in (blocker, healthy, other):
-        c.runner.start_task(task(10.0, 0.0008))
+        c.runner.start_task(task(10.0, 0.0008 if one_pass else 0.02))
     bd.wait_points(3)
     time.sleep(0.05)  # the clock is inside the blocking call now
     clock = shared_clock()
-    in_pass = {id(e[2]) for e in clock._due}
-    for c in (healthy, other):
-        clocked = c.runner._clocked
-        assert clocked is not None and id(clocked[0]) in in_pass, "not in the blocked pass"
+    if one_pass:
+        in_pass = {id(e[2]) for e in clock._due}
+        for c in (healthy, other):
+            clocked = c.runner._clocked
+            assert clocked is not None and id(clocked[0]) in in_pass, "not in the blocked pass"
     t0 = time.perf_counter()
     healthy.runner.stop_task("cancelled by user")
     end = healthy.ends.wait(1)

@@ -8,6 +8,7 @@ import json
 import os
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -138,6 +139,17 @@ def test_a_follower_that_starts_mid_task_shows_the_task_at_once() -> None:
     assert p.tasks == {"counter": "task 1 ended"}
 
 
+async def _a_long_job(st: InProc, seconds: float) -> Any:
+    """tomato's counter payload for ``seconds``, submitted on pip-counter-1."""
+    payload = yaml.safe_load((CONFIG / "counter_1_0.1.yml").read_text())
+    payload["method"][0]["time"] = seconds
+    work = st.settings.datadir / "work"
+    work.mkdir(parents=True)
+    await st.call("pipeline_load", {"pipeline": "pip-counter-1", "sampleid": "counter_1_0.1"})
+    await st.call("pipeline_ready", {"pipeline": "pip-counter-1"})
+    return await st.call("job_submit", {"payload": payload, "submit_dir": str(work)})
+
+
 async def test_a_follower_that_starts_mid_job_shows_its_points_at_once(
     broker: RunningBroker, tmp_path: Path, instance: str
 ) -> None:
@@ -146,14 +158,8 @@ async def test_a_follower_that_starts_mid_job_shows_its_points_at_once(
     subscription, and was read only after the first line."""
     from tomato_mqtt.client import AsyncTomato
 
-    payload = yaml.safe_load((CONFIG / "counter_1_0.1.yml").read_text())
-    payload["method"][0]["time"] = 30.0
     async with inproc_stack(broker.port, tmp_path, instance) as st:
-        work = st.settings.datadir / "work"
-        work.mkdir(parents=True)
-        await st.call("pipeline_load", {"pipeline": "pip-counter-1", "sampleid": "counter_1_0.1"})
-        await st.call("pipeline_ready", {"pipeline": "pip-counter-1"})
-        job = await st.call("job_submit", {"payload": payload, "submit_dir": str(work)})
+        job = await _a_long_job(st, 30.0)
         counted: asyncio.Future[int] = asyncio.get_running_loop().create_future()
 
         def recorder(msg: object) -> None:
@@ -176,14 +182,8 @@ async def test_a_follower_says_when_the_broker_is_lost_and_back(
 ) -> None:
     """A newcomer's tour: a follower whose broker restarted printed "client-2572-8c30f9
     lost the connection to … (Unspecified error)", then waited without a word."""
-    payload = yaml.safe_load((CONFIG / "counter_1_0.1.yml").read_text())
-    payload["method"][0]["time"] = 60.0
     async with inproc_stack(broker.port, tmp_path, instance) as st:
-        work = st.settings.datadir / "work"
-        work.mkdir(parents=True)
-        await st.call("pipeline_load", {"pipeline": "pip-counter-1", "sampleid": "counter_1_0.1"})
-        await st.call("pipeline_ready", {"pipeline": "pip-counter-1"})
-        job = await st.call("job_submit", {"payload": payload, "submit_dir": str(work)})
+        job = await _a_long_job(st, 60.0)
         await st.wait_job(job.id, {"r"})
         proc = await asyncio.create_subprocess_exec(
             str(BIN / "ketchup"), "status", str(job.id), "--follow",
