@@ -362,7 +362,7 @@ def _refuse_a_datadir_in_use(datadir: Path, own: Path) -> None:
             pid = int(str(info.get("pid")))
         except ValueError:
             continue
-        if alive(pid) and _is_tomato(pid):
+        if alive(pid) and _is_tomato(pid, other):
             port = info.get("port", other.name.split(".")[1])
             fail(
                 f"the data folder {datadir} is in use by the tomato-mqtt stack on port {port}"
@@ -372,17 +372,21 @@ def _refuse_a_datadir_in_use(datadir: Path, own: Path) -> None:
             )
 
 
-def _is_tomato(pid: int) -> bool:
-    """Whether ``pid`` runs a tomato-mqtt supervisor, where the system says (a pid file
-    a crash left behind may name a pid another program has now); True where it cannot
-    tell."""
+def _is_tomato(pid: int, pidfile: Path) -> bool:
+    """Whether ``pid`` runs the tomato-mqtt supervisor of ``pidfile``, where the system
+    says (a pid file a crash left behind may name a pid another program has now, another
+    stack's too); True where it cannot tell."""
     try:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
     except FileNotFoundError:
         return not Path("/proc/self").exists()  # no procfs: cannot tell
     except OSError:
         return True
-    return b"tomato" in cmdline and b"supervis" in cmdline
+    if b"tomato" not in cmdline or b"supervis" not in cmdline:
+        return False
+    # `tomato start`'s supervisor names its pid file among its arguments (as JSON);
+    # `tomato supervise`, run by hand, does not
+    return b'"pidfile"' not in cmdline or json.dumps(str(pidfile)).encode() in cmdline
 
 
 def alive(pid: int) -> bool:
