@@ -711,3 +711,16 @@ def test_a_yaml_syntax_error_says_where_its_construct_began(tmp_path: Path) -> N
         f"{bad}: line 4, column 7: invalid YAML: did not find expected ',' or ']' "
         "(while parsing a flow sequence that begins at line 3, column 9)"
     )
+
+
+def test_a_tab_in_yaml_is_named() -> None:
+    """A newcomer's tour: a tab from an editor read "found character that cannot start
+    any token", the character unnamed (libyaml does not name it)."""
+    from tomato_mqtt.documents import DocumentError, parse_document
+
+    with pytest.raises(DocumentError) as e:
+        parse_document('version: "0.2"\nsample:\n\tname: x\n')
+    assert "line 3, column 1" in str(e.value) and "a tab there" in str(e.value), e.value
+    with pytest.raises(DocumentError) as e:  # another mistake: no word of tabs
+        parse_document("a: [1\nb: 2\n")
+    assert "tab" not in str(e.value), e.value

@@ -82,6 +82,10 @@ def _parse(text: str, json_only: bool) -> Any:
                 else ""
             )
             what = f"{e.problem} ({e.context}{began})"
+        if mark is not None and _char_at(text, mark.line, mark.column) == "\t":
+            # libyaml says "found character that cannot start any token": a tab, which a
+            # newcomer's editor put there unseen (a tour)
+            what += ": a tab there; YAML indents with spaces only"
         raise DocumentError(where, f"invalid YAML: {what}") from None
     except yaml.YAMLError as e:
         raise DocumentError(None, f"invalid YAML: {e}") from None
@@ -96,6 +100,14 @@ def _parse(text: str, json_only: bool) -> Any:
 
 
 _HUGE = "a number with more than 4300 digits: no value of a payload or settings is that long"
+
+
+def _char_at(text: str, line: int, column: int) -> str:
+    """The character at a YAML mark (0-based), "" where there is none."""
+    lines = text.split("\n")
+    if not 0 <= line < len(lines) or not 0 <= column < len(lines[line]):
+        return ""
+    return lines[line][column]
 
 
 def kind_of(v: Any) -> str:

@@ -138,6 +138,8 @@ def _say_the_connection(url: object) -> None:
                 return
             print(line, file=sys.stderr, flush=True)
 
+    if logging.getLogger().handlers:  # -v/-vv: the log says it, as it is
+        return
     log = logging.getLogger("tomato_mqtt.transport.client")
     log.addHandler(Said())
     log.setLevel(logging.DEBUG)  # (its "connected" is a debug record)
