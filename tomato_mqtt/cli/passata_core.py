@@ -228,6 +228,10 @@ def capabilities(meta: Mapping[str, Any]) -> tuple[Any, str]:
     return sorted(meta.get("capabilities") or []), ""
 
 
+#: how constants() notes the names that are not constants (constants_human reads it)
+_NOT_CONSTANTS = " (not constants of it: "
+
+
 def constants(wanted: Sequence[str]) -> Callable[[Mapping[str, Any]], tuple[Any, str]]:
     """The constants named (all if none), and a note naming those that are not."""
 
@@ -235,7 +239,7 @@ def constants(wanted: Sequence[str]) -> Callable[[Mapping[str, Any]], tuple[Any,
         have = dict(meta.get("constants") or {})
         data = {k: have[k] for k in wanted if k in have} if wanted else have
         unknown = [k for k in wanted if k not in data]
-        return data, f" (not constants of it: {', '.join(unknown)})" if unknown else ""
+        return data, f"{_NOT_CONSTANTS}{', '.join(unknown)})" if unknown else ""
 
     return pick
 
@@ -357,7 +361,7 @@ def dict_human(msg: str, data: Any) -> str:
 def constants_human(msg: str, data: Any) -> str:
     """The constants; the names that are not, said on stderr (in plain output they were
     left out without a word, said only with -y or when no name was one: a tour)."""
-    unknown = msg.partition(" (not constants of it: ")[2].removesuffix(")")
+    unknown = msg.partition(_NOT_CONSTANTS)[2].removesuffix(")")
     if unknown and isinstance(data, Mapping) and data:
         print(f"warning: not constants of it: {unknown}", file=sys.stderr)
     return dict_human(msg, data)

@@ -335,10 +335,11 @@ class SharedClock:
                     continue
                 if steps.over:  # cancel() ended it
                     continue
-                if steps.k < steps.n:
-                    again.append((steps.p_start + (steps.k + 1) * steps.si, steps, done))
-                else:
+                nxt = steps.next_deadline()
+                if nxt is None:
                     ended.append((steps, done))
+                else:
+                    again.append((nxt, steps, done))
         except BaseException:
             # nothing of a turn may be lost: the tasks not called yet go back, and this
             # one ends (its worker waits for it)

@@ -32,9 +32,9 @@ replies); the form without a login is the services' (scheduler, recorder).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from tomato_mqtt.config.roles import (
     ADMIN_OPS,
@@ -56,6 +56,9 @@ from tomato_mqtt.config.roles import (
 )
 from tomato_mqtt.wire.topics import Topics
 
+if TYPE_CHECKING:
+    from tomato_mqtt.config.users import User, UsersFile
+
 __all__ = [
     "ADMIN_OPS",
     "OPERATOR_OPS",
@@ -65,6 +68,7 @@ __all__ = [
     "Rule",
     "allowed",
     "filter_covered",
+    "granted_logins",
     "is_admin",
     "node_of_role",
     "parse_role",
@@ -190,6 +194,20 @@ def rules(topics: Topics, role: str, user: str, components: Iterable[str] = ()) 
             Rule(p("component_user_cmd", component=c), "subscribe", "own components' commands"),
         ]
     return out
+
+
+def granted_logins(
+    users: UsersFile, topics: Topics, node_components: Mapping[str, Sequence[str]]
+) -> Iterator[tuple[User, list[Rule]]]:
+    """Each login an external broker takes, by name, with its rules: those with a role
+    and a Mosquitto password hash (the others may do nothing there); a node's login with
+    the components the devices file gives its node (``node_components``)."""
+    for u in sorted(users.users.values(), key=lambda u: u.name):
+        if not u.role or not u.mosquitto_hash:
+            continue
+        node = node_of_role(u.role)
+        comps = node_components.get(node, ()) if node else ()
+        yield u, rules(topics, u.role, u.name, comps)
 
 
 def _match(pattern: str, topic: str) -> bool:

@@ -28,9 +28,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from tomato_mqtt.config.roles import node_of_role
 from tomato_mqtt.config.users import UsersFile
-from tomato_mqtt.wire.acl import rules
+from tomato_mqtt.wire.acl import granted_logins
 from tomato_mqtt.wire.topics import Topics
 
 __all__ = ["SCHEMA", "rules_document"]
@@ -44,12 +43,7 @@ def rules_document(
     """The document of the module docstring: every login with a role and a password hash
     (a login without either may do nothing, as in the Mosquitto files)."""
     logins = []
-    for u in sorted(users.users.values(), key=lambda u: u.name):
-        if not u.role or not u.mosquitto_hash:
-            continue
-        node = node_of_role(u.role)
-        comps = node_components.get(node, ()) if node else ()
-        granted = rules(topics, u.role, u.name, comps)
+    for u, granted in granted_logins(users, topics, node_components):
         logins.append(
             {
                 "login": u.name,

@@ -14,9 +14,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from tomato_mqtt.config.roles import node_of_role
 from tomato_mqtt.config.users import UsersFile
-from tomato_mqtt.wire.acl import rules
+from tomato_mqtt.wire.acl import granted_logins
 from tomato_mqtt.wire.topics import Topics
 
 __all__ = ["MosquittoTls", "acl_file", "config_snippet", "password_file"]
@@ -49,13 +48,9 @@ def acl_file(users: UsersFile, topics: Topics, node_components: Mapping[str, Seq
         "# every login reads its own replies, and only those",
         f"pattern read {topics.pattern('reply', user='%u', client_id='#')}",
     ]
-    for u in sorted(users.users.values(), key=lambda u: u.name):
-        if not u.role or not u.mosquitto_hash:
-            continue  # no role: no rights (and no Mosquitto login)
-        node = node_of_role(u.role)
-        comps = node_components.get(node, ()) if node else ()
+    for u, granted in granted_logins(users, topics, node_components):
         out += ["", f"# {u.role}", f"user {u.name}"]
-        for r in rules(topics, u.role, u.name, comps):
+        for r in granted:
             if r.pattern == topics.pattern("reply", user=u.name, client_id="#"):
                 continue  # the global pattern above
             out.append(f"topic {access[r.access]} {r.pattern}")
