@@ -200,9 +200,9 @@ class AsyncTomato:
         if self.mqtt.connects != connects or not self.mqtt.is_connected:
             # the connection closed meanwhile: a broker that closes the connection of a
             # publish its rules forbid (Aedes) closes every new one too, while paho sends
-            # that publish again at each reconnect: forgotten, so that whoami (below) and
-            # what this client sends next get through
-            self.mqtt.drop_unacknowledged()
+            # that publish again at each reconnect: forgotten (this request's copies
+            # only), so that whoami (below) and what this client sends next get through
+            self.mqtt.drop_unacknowledged(e.topic or None, e.payload)
         parsed = self.topics.parse(e.topic) if e.topic else None
         if self.url.username and parsed is not None and parsed.op not in (None, "whoami"):
             try:

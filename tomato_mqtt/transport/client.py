@@ -26,7 +26,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import paho.mqtt.client as paho
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.enums import CallbackAPIVersion, MessageState, MQTTErrorCode
 
 from tomato_mqtt.config.url import BrokerURL
 from tomato_mqtt.transport._loop import _LoopDriven
@@ -64,6 +64,15 @@ log = logging.getLogger(__name__)
 
 #: s one connection attempt may take (TCP, TLS, the CONNACK) before it is made again
 ATTEMPT_MAX = 10.0
+
+#: a publish's states that paho counts as in flight (drop_unacknowledged)
+_IN_FLIGHT = frozenset(
+    {
+        MessageState.MQTT_MS_WAIT_FOR_PUBACK,
+        MessageState.MQTT_MS_WAIT_FOR_PUBREC,
+        MessageState.MQTT_MS_WAIT_FOR_PUBCOMP,
+    }
+)
 
 
 class AsyncClient(_LoopDriven):
@@ -391,22 +400,34 @@ class AsyncClient(_LoopDriven):
     async def wait_connected(self, timeout: float | None = None) -> None:
         await wait_for(self._connected.wait(), timeout)
 
-    def drop_unacknowledged(self) -> int:
-        """Forget every publish the broker has not acknowledged (paho would send them
-        again at each reconnect), failing whoever waits for their PUBACK; how many.
+    def drop_unacknowledged(self, topic: str | None = None, payload: bytes | None = None) -> int:
+        """Forget the publishes to ``topic`` (with ``payload``, when given: a request
+        and its copies) the broker has not acknowledged, or every one without ``topic``
+        (paho would send them again at each reconnect), failing whoever waits for their
+        PUBACK; how many.
 
         For a broker that closes the connection of a publish its rules forbid (Aedes:
         MQTT 3.1.1 allows that instead of a silent drop): sent again at every reconnect,
-        such a publish closed each new connection, for as long as the client lived."""
+        such a publish closed each new connection, for as long as the client lived. The
+        others stay, and go out again: a request of another thread sharing this client,
+        unacknowledged when the connection closed, was failed with it."""
         c = self._paho
         if c is None:
             return 0
-        dropped = c.drop_out_messages()
-        # paho (2.1) leaves its count of messages in flight as it was: at its limit, every
-        # later publish would wait for PUBACKs that never come (until a reconnect
-        # counted again); nothing is in flight now
         with c._out_message_mutex:
-            c._inflight_messages = 0
+            out = c._out_messages
+            dropped = [
+                m
+                for m in out.values()
+                if topic is None or (m.topic == topic and payload in (None, m.payload))
+            ]
+            for m in dropped:
+                del out[m.mid]
+                # paho (2.x) counts what is in flight and takes it off at the PUBACK that
+                # will not come: at its limit, later publishes would wait for ever (until a
+                # reconnect counted again)
+                if m.state in _IN_FLIGHT:
+                    c._inflight_messages = max(0, c._inflight_messages - 1)
         for m in dropped:
             fut = self._acks.pop(m.mid, None)
             if fut is not None and not fut.done():

@@ -63,11 +63,13 @@ log = logging.getLogger(__name__)
 
 
 class NoResponder(MqttTimeout):
-    """Nobody answered a request in time (``topic``: where it was sent)."""
+    """Nobody answered a request in time (``topic``: where it was sent; ``payload``:
+    what was sent, when known)."""
 
-    def __init__(self, msg: str, topic: str = "") -> None:
+    def __init__(self, msg: str, topic: str = "", payload: bytes | None = None) -> None:
         super().__init__(msg)
         self.topic = topic
+        self.payload = payload
 
 
 class CommandError(Exception):
@@ -184,7 +186,9 @@ class Requester:
                 gap *= 2
         except asyncio.TimeoutError:
             raise NoResponder(
-                f"no {who} answered on {topic} within {timeout:g} s — is it running?", topic
+                f"no {who} answered on {topic} within {timeout:g} s — is it running?",
+                topic,
+                data,
             ) from None
         finally:
             self._waiting.pop(req.id, None)
