@@ -548,6 +548,30 @@ def test_a_port_out_of_range_is_said_as_such(tool: str, port: str, tmp_path: Pat
     assert f"{port} is not in the range 1<=x<=65535" in res.stderr, res.stderr
 
 
+@pytest.mark.parametrize(
+    ("argv", "commands"),
+    [
+        (["tomato", "pipeline", "-A", "app", "-p", "1884"], "load, eject, ready"),
+        (["tomato", "-A", "app", "status"], "broker-config, init, start"),
+        (["ketchup", "-p", "1884", "status"], "submit, status, search"),
+        (["passata", "--port=1884", "status"], "status, reset, register"),
+        (["tomato", "user", "-D", "data", "list"], "add, passwd, role"),
+    ],
+)
+def test_an_option_before_any_command_is_said_as_such(argv: list[str], commands: str) -> None:
+    """A newcomer's tour: ``tomato pipeline -A app -p 1884`` said "No such option: -A",
+    as if there were none; a group's options belong to its commands."""
+    res = subprocess.run(
+        [str(BIN / argv[0]), *argv[1:]], capture_output=True, text=True, timeout=30
+    )
+    assert res.returncode == 2, (res.stdout, res.stderr)
+    err = " ".join(res.stderr.replace("│", " ").split())
+    opt = next(a for a in argv if a.startswith("-")).split("=")[0]
+    assert f"{opt} is an option of a command: name the command first" in err, err
+    assert f"(commands: {commands}" in err and "No such option" not in err, err
+    assert "supervise" not in err  # hidden commands stay hidden
+
+
 def test_common_options_reach_the_command(tmp_path: Path) -> None:
     """The values given after the arguments are the ones the request uses."""
     from typer.testing import CliRunner

@@ -48,6 +48,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar, cast
 
 import typer
+from typer.core import TyperGroup
 
 from tomato_mqtt.cli.core import (
     _REPLY_FORMAT,
@@ -76,6 +77,7 @@ __all__ = [
     "LOCAL",
     "OPTIONS",
     "CallContext",
+    "CommandFirst",
     "Opts",
     "Output",
     "ask_scheduler",
@@ -95,6 +97,34 @@ __all__ = [
 
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+#: click's UsageError, of the click typer runs on (a copy of its own since typer 0.28)
+_USAGE_ERROR: type[Exception] = typer.BadParameter.__mro__[1]
+
+
+class CommandFirst(TyperGroup):
+    """A group (``tomato``, ``tomato pipeline``, ``ketchup``, …) whose commands take the
+    options: given one before any command (``tomato pipeline -A app -p 1884``), click said
+    "No such option: -A", as if tomato had no such option (a newcomer's tour)."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        if args and args[0].startswith("-") and args[0] != "-":
+            name = args[0].split("=", 1)[0]
+            own = {o for p in self.get_params(ctx) for o in (*p.opts, *p.secondary_opts)}
+            if name not in own:
+                commands = ", ".join(
+                    n
+                    for n in self.list_commands(ctx)
+                    if not getattr(self.get_command(ctx, n), "hidden", False)
+                )
+                raise _USAGE_ERROR(
+                    f"{name} is an option of a command: name the command first, "
+                    f"'{ctx.command_path} COMMAND {name} …' (commands: {commands})",
+                    ctx,
+                )
+        return super().parse_args(ctx, args)
+
 
 # -- the common options: each declared once, here ---------------------------------------
 

@@ -17,6 +17,7 @@ from tomato_mqtt.cli import common
 __all__ = ["app"]
 
 app = typer.Typer(
+    cls=common.CommandFirst,
     name="drivers",
     help="Install upstream tomato driver packages; list native and upstream drivers.",
     no_args_is_help=True,

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 __all__ = ["app", "main"]
 
 app = typer.Typer(
+    cls=common.CommandFirst,
     name="ketchup",
     help="Submit, inspect, cancel and snapshot tomato-mqtt jobs.",
     no_args_is_help=True,

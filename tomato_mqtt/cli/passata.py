@@ -19,6 +19,7 @@ from tomato_mqtt.wire.messages import DecodeError, LastPoint, Reply, decode
 __all__ = ["app", "main"]
 
 app = typer.Typer(
+    cls=common.CommandFirst,
     name="passata",
     help="Inspect and drive one component of a tomato-mqtt stack directly.",
     no_args_is_help=True,

@@ -12,6 +12,7 @@ from tomato_mqtt.cli.core import ask_scheduler
 __all__ = ["app"]
 
 app = typer.Typer(
+    cls=common.CommandFirst,
     name="pipeline",
     help="Load, eject and mark pipelines ready.",
     no_args_is_help=True,

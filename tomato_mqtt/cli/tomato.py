@@ -17,6 +17,7 @@ from tomato_mqtt.cli.version import add_version
 __all__ = ["app", "main"]
 
 app = typer.Typer(
+    cls=common.CommandFirst,
     name="tomato",
     help="tomato-mqtt: laboratory instrument automation over MQTT.",
     no_args_is_help=True,

@@ -31,7 +31,12 @@ __all__ = [
     "service_url",
 ]
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+app = typer.Typer(
+    cls=common.CommandFirst,
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
 
 FileOpt = Annotated[
     Path | None,
