@@ -260,6 +260,16 @@ async def test_every_failure_is_a_client_error_with_a_code(
             await queued.results()
         assert e.value.code == "conflict", e.value
         assert "never started (it ended cd while queued): it has no data" in str(e.value)
+        # a file the scheduler refuses is named, as ketchup names it (a newcomer's tour)
+        bad = tmp_path / "too-fast.yml"
+        bad.write_text(
+            "version: '0.2'\nsample: {name: s}\n"
+            "method: [{device: counter, technique: count, time: 1.0, delay: 1.0e-9}]\n"
+        )
+        with pytest.raises(ClientError) as e:
+            await t.submit(bad)
+        assert e.value.code == "refused", e.value
+        assert str(e.value).startswith(f"payload refused: {bad}: method[0].delay: "), e.value
 
 
 async def test_a_submit_sent_again_with_its_token_is_one_job(

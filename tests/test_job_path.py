@@ -14,6 +14,7 @@ import yaml
 from tests.conftest import RunningBroker
 from tests.inproc import CONFIG, Collector, inproc_stack
 from tests.ncread import load_tree
+from tomato_mqtt.cli.ketchup_core import _submitted
 from tomato_mqtt.wire.messages import JobEvent, JobStatus, decode
 
 pytestmark = pytest.mark.timeout(120)
@@ -148,6 +149,9 @@ async def test_a_submit_whose_file_exists_already_says_where_the_file_will_go(
         own = st.settings.jobs_dir / "1" / "results.1.nc"
         assert f"{old} exists already and is not overwritten" in reply.msg, reply.msg
         assert f"goes to {own} instead" in reply.msg, reply.msg
+        # ketchup's lines: the path the reply names is not given as where the file goes
+        text = _submitted(reply.msg, reply.data).splitlines()
+        assert text[-1] == f"output: {old}, if the file there now is moved away in time", text
         done = await st.wait_job(1, {"c", "ce", "cd"}, timeout=30)
         assert done.status == "c" and done.respath == str(own), done
         assert old.read_bytes() == b"tomato 2.2's file of another experiment"
@@ -158,3 +162,4 @@ async def test_a_submit_whose_file_exists_already_says_where_the_file_will_go(
             st.topics.scheduler_cmd("job_submit"), {"payload": payload, "submit_dir": str(work)}
         )
         assert "exists already" not in reply.msg, reply.msg
+        assert _submitted(reply.msg, reply.data).splitlines()[-1] == f"output: {work}/results.2.nc"

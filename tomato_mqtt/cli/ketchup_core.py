@@ -12,7 +12,7 @@ import os
 
 from tomato_mqtt.cli import jobview
 from tomato_mqtt.cli.core import Opts, fail, run_request
-from tomato_mqtt.transport.oneshot import refused_token
+from tomato_mqtt.transport.oneshot import payload_refused, refused_token
 
 TYPE_CHECKING = False  # typing is ~2 ms of a one-request call: for the type checker only
 if TYPE_CHECKING:
@@ -109,11 +109,7 @@ def submit(opts: Opts, payload: File, jobname: str | None) -> None:
     if text is None:
         reply = ask({"payload": _parsed(payload)})
     if not reply.success and reply.code == "refused":  # the scheduler cannot know the file
-        head, sep, why = reply.msg.partition("payload refused: ")
-        # one order whoever refused it: "payload refused: <file>: <where>: <why>"
-        reply.msg = (
-            f"payload refused: {payload}: {why}" if sep and not head else f"{payload}: {reply.msg}"
-        )
+        reply.msg = payload_refused(os.fspath(payload), reply.msg)
     opts.output().reply(reply, lambda job: _submitted(reply.msg, job))
 
 
@@ -201,6 +197,11 @@ def _submitted(msg: str, job: Any) -> str:
             lines.append(f"note: no pipeline can run it yet: {job['reason']}")
         elif job.get("reason"):
             lines.append(f"note: {job['reason']}")
-        if job.get("respath"):
-            lines.append(f"output: {job['respath']}")
+        respath = job.get("respath")
+        if respath and f"{respath} exists already" in msg:
+            # the scheduler said a file is there and where the job's goes instead: the bare
+            # path read as where it will write (a newcomer's tour)
+            lines.append(f"output: {respath}, if the file there now is moved away in time")
+        elif respath:
+            lines.append(f"output: {respath}")
     return "\n".join(lines)

@@ -41,7 +41,7 @@ from tomato_mqtt.transport.client import (
     MqttRefused,
     MqttUntrusted,
 )
-from tomato_mqtt.transport.oneshot import refused_token
+from tomato_mqtt.transport.oneshot import payload_refused, refused_token
 from tomato_mqtt.transport.rpc import NoResponder, ReplyError, Requester
 from tomato_mqtt.waits import wait_for
 from tomato_mqtt.wire.commands import JOB_PAGE_MAX, FileData, Responder, command, commands_of
@@ -330,12 +330,19 @@ class AsyncTomato:
             "token": token or os.urandom(16).hex(),  # sent again, it is still one job
         }
         try:
-            return Job(self, await self.call("job_submit", args))
+            try:
+                return Job(self, await self.call("job_submit", args))
+            except ClientError as e:
+                if not refused_token(e.code, str(e)):
+                    raise
+                del args["token"]  # a scheduler older than the token: as before
+                return Job(self, await self.call("job_submit", args))
         except ClientError as e:
-            if not refused_token(e.code, str(e)):
+            if e.code != "refused" or isinstance(payload, Mapping):
                 raise
-            del args["token"]  # a scheduler older than the token: as before
-            return Job(self, await self.call("job_submit", args))
+            # the scheduler cannot know the file: named as ketchup names it (it was left
+            # out: a newcomer's tour)
+            raise ClientError(payload_refused(os.fspath(payload), str(e)), e.code) from None
 
     def job(self, jobid: int) -> Job:
         """A handle on an existing job (nothing is asked until a method is called)."""

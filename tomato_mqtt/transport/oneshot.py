@@ -39,6 +39,7 @@ __all__ = [
     "OneShotError",
     "Refused",
     "Reply",
+    "payload_refused",
     "refused_token",
     "request",
 ]
@@ -60,6 +61,13 @@ def refused_token(code: str | None, msg: str | None) -> bool:
     """A scheduler older than job_submit's ``token`` refused it (the client then submits
     without it, as before)."""
     return code == "bad_request" and "token: Extra inputs are not permitted" in (msg or "")
+
+
+def payload_refused(file: str, msg: str) -> str:
+    """A scheduler's refusal of a payload sent from ``file``, which it cannot know, in one
+    order whoever refused it: "payload refused: <file>: <where>: <why>"."""
+    head, sep, why = msg.partition("payload refused: ")
+    return f"payload refused: {file}: {why}" if sep and not head else f"{file}: {msg}"
 
 
 _REFUSED_HINT = (
