@@ -123,6 +123,7 @@ def on_mosquitto(
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
+    (conf / "pid").write_text(str(proc.pid))  # for a test that has it read its files again
     try:
         wait_listening(st.port, host=host)
         yield conf

@@ -340,3 +340,30 @@ async def test_users_file_changes_apply_while_the_broker_runs(
         with pytest.raises(MqttError, match="refused"):
             async with AsyncClient(b.url("newbie", "pw-new"), reconnect=False):
                 pass
+
+
+async def test_a_component_added_to_the_devices_file_is_granted_at_once(
+    tmp_path: Path, instance: str
+) -> None:
+    """An admin's tour: a device added to devices.yml and `tomato reload` at once. The
+    embedded broker, which looks at its files every 0.5 s, refused the node's subscription
+    to the new component's commands by the rules of the file before, and the component
+    never registered. A refusal now looks at the files first."""
+    cmp_c = "example_counter:(addr-c,1)"
+    added = (
+        "  - name: dev-c\n    driver: example_counter\n    address: addr-c\n"
+        '    channels: ["1"]\n    pollrate: 1\n    node: pc1\npipelines:\n'
+        '  - name: pip-c\n    devices:\n      - {role: counter, device: dev-c, channel: "1"}'
+    )
+    async with (
+        secured("amqtt", tmp_path, instance) as b,
+        AsyncClient(b.url("pc1"), reconnect=False) as c,
+    ):
+        await c.subscribe(b.topics.component_cmds(CMP_A))  # pc1's rules, as they were
+        with pytest.raises(MqttError, match="refused"):
+            await c.subscribe(b.topics.component_cmds(cmp_c))  # not pc1's yet
+        devices = tmp_path / "devices.yml"
+        devices.write_text(devices.read_text().replace("pipelines:", added))
+        await c.subscribe(b.topics.component_cmds(cmp_c))  # granted at once
+        with pytest.raises(MqttError, match="refused"):
+            await c.subscribe(b.topics.component_cmds(CMP_B))  # pc2's: still not

@@ -322,13 +322,25 @@ class AsyncClient(_LoopDriven):
         be dropped when the consumer falls behind (see the module docstring).
         """
         subs = self._subs.setdefault(filter_, [])
-        subs.append(_Subscription(filter_, qos, handler, droppable))
+        sub = _Subscription(filter_, qos, handler, droppable)
+        subs.append(sub)
         self._sub_list = [x for subs in self._subs.values() for x in subs]
         # (again for a second one: the broker sends the retained messages anew, which the
         # new one needs; the others see them once more, as after a reconnect). At the
         # highest QoS asked: a SUBSCRIBE sets the filter's QoS (a second one at QoS 0 made
         # the first one's messages QoS 0 on Mosquitto: a review)
-        await self._send_subscribe(filter_, max(x.qos for x in subs), timeout)
+        try:
+            await self._send_subscribe(filter_, max(x.qos for x in subs), timeout)
+        except BaseException:
+            # a subscription that failed (refused, not acknowledged) is not kept: it was
+            # asked again at every reconnect, and counted as one more on the filter, so
+            # that the unsubscribe of the last real one left the broker's in place
+            if sub in subs:
+                subs.remove(sub)
+                if not subs:
+                    self._subs.pop(filter_, None)
+                self._sub_list = [x for subs in self._subs.values() for x in subs]
+            raise
 
     async def _send_subscribe(self, filter_: str, qos: int, timeout: float) -> None:
         c = self._require_client()

@@ -83,6 +83,9 @@ class HostedComponent:
     driver_missing: bool = False
     """Registration failed because the driver is not installed (retried at reload)."""
     retries: int = 0
+    #: the broker took this node's subscriptions to the component's commands (made by
+    #: its registration, retried with it when refused)
+    subscribed: bool = False
     job: int | None = None
     task: int | None = None
     task_name: str | None = None

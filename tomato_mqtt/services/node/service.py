@@ -57,6 +57,11 @@ __all__ = ["NodeConfig", "NodeService"]
 
 log = logging.getLogger(__name__)
 
+
+class _Unsubscribed(Exception):
+    """The broker refused the node's subscription to a component's commands."""
+
+
 #: s after connecting by which the scheduler's first ``configure`` should have come; then
 #: the node says why it may not have (it ran on, silent, under another node's login)
 CONFIGURE_WAIT = 30.0
@@ -653,6 +658,8 @@ class NodeService(Service):
     async def _announce(self) -> None:
         await self._publish_node_status()
         for hc in list(self.components.values()):
+            if not hc.subscribed:  # its registration says it (refused: see _subscribe_commands)
+                continue
             await self._publish_meta(hc)
             await self.publish_status(hc)
             if hc.last_point is not None and self.client is not None:
@@ -752,11 +759,13 @@ class NodeService(Service):
                 continue
             if hc is not None:
                 await self._remove_component(n)
-            self.components[n] = HostedComponent(config=c, node=self.name)
+            hc = self.components[n] = HostedComponent(config=c, node=self.name)
             self._by_slug[slug(n)] = n
-            # the services' commands and the users' (with their login): one round trip
-            cmds = (self.topics.component_cmds(n), self.topics.component_user_cmds(n))
-            await asyncio.gather(*(self.client.subscribe(f) for f in cmds))  # type: ignore[union-attr]
+            # subscribed before the reply (one configure at a time: a removal's unsubscribes
+            # never come after a re-add's subscribes); refused, its registration tries
+            # again and says why (the configure failed half-way: _subscribe_commands)
+            with contextlib.suppress(_Unsubscribed):
+                await self._subscribe_commands(hc)
             added.append(n)
         await self._publish_node_status()
         for n in added:
@@ -776,8 +785,10 @@ class NodeService(Service):
             hc.runner.close()
         if self.client is not None:
             with contextlib.suppress(Exception):
+                # those of a registration still under way are ended by it (_subscribe_commands)
                 for f in (self.topics.component_cmds(name), self.topics.component_user_cmds(name)):
-                    await self.client.unsubscribe(f)
+                    if hc.subscribed:
+                        await self.client.unsubscribe(f)
             # clear the retained topics of a component that is gone
             for t in (
                 self.topics.component_meta(name),
@@ -814,8 +825,22 @@ class NodeService(Service):
         delay = 1.0
         while not hc.closed and not self.stopping:
             try:
+                await self._subscribe_commands(hc)
                 await self.register(hc)
                 return
+            except _Unsubscribed as e:
+                # nothing published of it: the rules that refused this refuse that too
+                # (Aedes closes the connection of such a publish); the scheduler says it
+                # in the component's status, from the node's own (unheard_of)
+                hc.retries += 1
+                hc.error = (
+                    f"the broker refused node {self.name}'s subscription to this component's"
+                    f" commands (attempt {hc.retries}, retrying in {delay:g} s): {e}; its"
+                    " rules give the node the components of the devices file it read (an"
+                    " external broker: write its rules again with tomato broker-config)"
+                )
+                log.warning("node %s: %s: %s", self.name, hc.name, hc.error)
+                hc.settled.set()  # a task_start waiting for it hears why (retried later)
             except DriverNotFound as e:
                 hc.error = str(e)
                 hc.driver_missing = True
@@ -847,6 +872,28 @@ class NodeService(Service):
             with contextlib.suppress(asyncio.TimeoutError):
                 await wait_for(self._stop.wait(), delay)
             delay = min(delay * 2, 30.0)
+
+    async def _subscribe_commands(self, hc: HostedComponent) -> None:
+        """The services' commands to ``hc`` and the users' (with their login), in one
+        round trip. They were subscribed to by ``configure``, whose failure (the broker's
+        rules not yet holding a component just added: an admin's tour) left the component
+        hosted, never registered and never tried again, with nothing said."""
+        if hc.subscribed or self.client is None:
+            return
+        client = self.client
+        cmds = (self.topics.component_cmds(hc.name), self.topics.component_user_cmds(hc.name))
+        done = await asyncio.gather(*(client.subscribe(f) for f in cmds), return_exceptions=True)
+        failed = [e for e in done if isinstance(e, BaseException)]
+        if hc.closed or failed:  # removed meanwhile (its removal left these alone), or half
+            for f, e in zip(cmds, done, strict=True):  # refused: each one made is ended
+                if not isinstance(e, BaseException):
+                    with contextlib.suppress(Exception):
+                        await client.unsubscribe(f)
+        if failed:
+            if not isinstance(failed[0], MqttError):
+                raise failed[0]
+            raise _Unsubscribed(str(failed[0]))
+        hc.subscribed = not hc.closed
 
     @staticmethod
     def _unregister(hc: HostedComponent) -> None:

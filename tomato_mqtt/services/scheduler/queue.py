@@ -104,10 +104,16 @@ class QueuePass:
                         f"its PC: tomato node --name {host})"
                     )
                 else:
-                    why[name] = f"component {name} has not said its state yet"
+                    why[name] = svc.unheard_of(name) or (
+                        f"component {name} has not said its state yet"
+                    )
                 node, meta = svc.node_of(name), svc.metas.get(name)
                 if node is not None and node.state == "online" and meta and meta.registered:
                     unknown.add(node.node)
+                elif there is not None and there.state == "online" and svc.unheard_of(name):
+                    # hosted, and nothing of it came: asked again (its rules written again
+                    # meanwhile, what the node says of it then gets through)
+                    unknown.add(host)
             elif st.state == "running":
                 occupied.add(name)
                 if st.job not in running_jobs and st.job not in svc.runners:

@@ -141,6 +141,21 @@ async def reload(ops: SchedulerOps, args: Mapping[str, JsonValue]) -> Result:
             f"register ({', '.join(sorted(comps))}): start it on its PC (tomato node "
             f"--name {node})"
         )
+    broker = new_settings.broker
+    if (
+        (diff.added_components or diff.changed_components)
+        and broker.password_file
+        and (
+            not broker.embedded  # its rules were written from the devices file before
+        )
+    ):
+        # (the node's messages of a component they lack are dropped without a word:
+        # "unregistered", error null, for good: an admin's tour)
+        what += (
+            "; warning: the broker is not the embedded one: write its rules again "
+            "(tomato broker-config) and have it read them, or the nodes cannot serve "
+            "the components added or changed (docs/security.md)"
+        )
     log.info("reload done: %s", what)  # (nothing in the log told what a reload changed)
     return Result("reload done: " + what, _jsonable_diff(diff))
 

@@ -68,6 +68,9 @@ log = logging.getLogger(__name__)
 #: the requests whose replies the state file keeps (rpc.ReplyJournal): a client's copy of
 #: one reaching a restarted scheduler is answered as the first was. Not job_submit: its
 #: token finds its job (and one fsync less on a submit)
+#: s a component its node hosts may stay unheard of before its status names the likely
+#: cause (SchedulerService.unheard_of)
+UNHEARD_AFTER = 10.0
 JOURNALED = frozenset({"pipeline_load", "pipeline_eject", "pipeline_ready", "job_cancel", "reload"})
 
 
@@ -92,6 +95,9 @@ class SchedulerService(Service):
         self.metas: dict[str, ComponentMeta] = {}
         self.cstatus: dict[str, ComponentStatus] = {}
         self.nodes: dict[str, NodeStatus] = {}
+        #: component -> since when (monotonic) its node has said it hosts it, while
+        #: nothing of the component itself has come (unheard_of)
+        self.unheard: dict[str, float] = {}
         self.runners: dict[int, JobRunner] = {}
         self.layout: Layout = Layout(components={}, pipelines={})
         self.store: StateStore | None = None
@@ -458,6 +464,12 @@ class SchedulerService(Service):
 
     async def _on_node_status(self, st: NodeStatus) -> None:
         self.nodes[st.node] = st
+        now = time.monotonic()
+        for c in st.components:
+            if self.heard_of(c, st.node):
+                self.unheard.pop(c, None)
+            else:
+                self.unheard.setdefault(c, now)
         await self.lost.node_status(st)
         async with self.cond:
             self.cond.notify_all()
@@ -476,6 +488,34 @@ class SchedulerService(Service):
         """Nothing comes from the broker, not even this scheduler's heartbeat (it stalls,
         or it is down): what the nodes say cannot reach the scheduler meanwhile."""
         return self.presence_view.broker_quiet
+
+    def heard_of(self, component: str, node: str) -> bool:
+        """A status of ``component``, or its meta from ``node``, has come."""
+        meta = self.metas.get(component)
+        return component in self.cstatus or (meta is not None and meta.node == node)
+
+    def unheard_of(self, component: str) -> str | None:
+        """Why nothing of ``component`` has come though its node, online, says for
+        UNHEARD_AFTER s that it hosts it; None otherwise. The broker's rules not giving the
+        node the component (an external broker's, not written again after the devices file
+        changed) drop what the node publishes of it, without a word to anyone: it showed
+        "unregistered" with no error for good (an admin's tour)."""
+        c = self.layout.components.get(component)
+        since = self.unheard.get(component)
+        node = self.nodes.get(c.node) if c else None
+        if c is None or since is None or node is None or node.state != "online":
+            return None
+        if component not in node.components or self.heard_of(component, c.node):
+            return None
+        age = time.monotonic() - since
+        if age < UNHEARD_AFTER:
+            return None
+        return (
+            f"node {c.node} has hosted it for {age:.0f} s, but nothing of it has reached the "
+            f"scheduler: the broker's rules may not give node {c.node} this component (an "
+            "external broker: write its rules again with tomato broker-config and have it "
+            "read them, docs/security.md)"
+        )
 
     def node_of(self, component: str) -> NodeStatus | None:
         c = self.layout.components.get(component)

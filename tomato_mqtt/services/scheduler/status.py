@@ -101,7 +101,9 @@ def _components(svc: SchedulerService) -> dict[str, JsonValue]:
             # was moved showed "no node" beside "registered: yes" (a newcomer's tour)
             "registered": bool(meta and meta.registered and meta.node == c.node),
             "jobid": jobid,
-            "error": (meta.error if meta else None) or (st.error if st else None),
+            "error": (meta.error if meta else None)
+            or (st.error if st else None)
+            or svc.unheard_of(name),
         }
     return out
 

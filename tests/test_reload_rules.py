@@ -1,0 +1,140 @@
+"""A component added by ``tomato reload`` on a secured stack whose broker's rules lack it.
+
+Found by an admin's tour: a device added to devices.yml and `tomato reload` at once (the
+embedded broker re-reads its files at most every 0.5 s; an external broker only when its
+rules are written again): the node's subscription to the new component's commands was
+refused, `configure` failed half-way, and the component stayed "unregistered" for good
+with ``error: null``; a second reload said "no changes", `passata register` was not
+answered. Mosquitto takes the node's wildcard subscription and drops what the node publishes of the
+component, telling nobody: the scheduler now says so in the component's status once its
+node has hosted it for 10 s with nothing of it arriving, and asks the node to say it all
+again (every 10 s), so it registers once the rules are written again. On the embedded
+broker, which refuses the subscription, the node subscribes as part of the component's
+registration and tries again (1, 2, 4 … 30 s), and the broker looks at its files before it
+refuses (tests/test_acl.py).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import secured_aedes
+from tests.secure_stack import make_secure_stack, on_mosquitto, wait_listening
+from tests.stack import CONFIG, Stack, end_process, started
+
+pytestmark = pytest.mark.timeout(240)
+
+ADDED = """\
+  - name: dev-more
+    driver: example_counter
+    address: more-addr
+    channels: ["1"]
+    pollrate: 1
+pipelines:
+  - name: pip-more
+    devices:
+      - {role: counter, device: dev-more, channel: "1"}
+"""
+MORE = "example_counter:(more-addr,1)"
+
+
+def component(st: Stack, name: str) -> dict[str, object]:
+    res = st.run("tomato", "status", "components", "--json", "-t", "5")
+    comps = json.loads(res.stdout)["data"] if res.returncode == 0 else {}
+    return comps.get(name) or {}  # type: ignore[no-any-return]
+
+
+def wait_for(st: Stack, name: str, ok: object, what: str, timeout: float = 60) -> dict[str, object]:
+    deadline = time.monotonic() + timeout
+    while True:
+        c = component(st, name)
+        if ok(c):  # type: ignore[operator]
+            return c
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{name}: not {what} within {timeout:g} s: {c}\n{st.logs()}")
+        time.sleep(0.3)
+
+
+def add_a_device(st: Stack) -> None:
+    """pip-more on dev-more (node local), and ``tomato reload`` at once: it says what an
+    external broker needs."""
+    devices = st.appdir / "devices.yml"
+    devices.write_text(
+        (CONFIG / "devices_counter.yml").read_text().replace("pipelines:\n", ADDED, 1)
+    )
+    res = st.run("tomato", "reload", "-t", "20")
+    assert res.returncode == 0 and "added_components" in res.stdout, res
+    out = " ".join(res.stdout.split())
+    assert "warning: the broker is not the embedded one: write its rules again" in out, out
+
+
+def test_a_component_the_broker_s_rules_lack_says_so_and_registers_once_they_have_it(
+    tmp_path: Path, mosquitto_path: str
+) -> None:
+    st = make_secure_stack(tmp_path, embedded=False)
+    with on_mosquitto(st, mosquitto_path) as conf, started(st):
+        add_a_device(st)
+        # Mosquitto's rules are those written before: it takes the node's subscription
+        # (a wildcard: judged message by message) and drops what the node publishes of
+        # the new component; its status says so (it said "unregistered", error null)
+        c = wait_for(
+            st,
+            MORE,
+            lambda c: "nothing of it has reached the scheduler" in str(c.get("error")),
+            "said unheard",
+        )
+        assert c["registered"] is False and "tomato broker-config" in str(c["error"]), c
+        assert "rules may not give node local this component" in str(c["error"]), c
+        # the admin writes the rules again and has Mosquitto read them: the node, asked
+        # again, says it all again, and it is registered
+        st.run(
+            "tomato", "broker-config", "--mosquitto", str(conf), "-D", str(st.datadir), check=True
+        )
+        os.kill(int((conf / "pid").read_text()), signal.SIGHUP)
+        c = wait_for(st, MORE, lambda c: c.get("registered") is True, "registered", timeout=90)
+        assert c.get("error") is None, c
+        res = st.run("passata", "get", MORE, "max", "-t", "10")
+        assert res.returncode == 0, res
+
+
+def test_a_refused_subscription_is_tried_again_until_the_broker_takes_it(
+    tmp_path: Path,
+) -> None:
+    """Aedes refuses the node's subscription to the commands of a component its rules lack
+    (and closes the connection of a publish they forbid): the node publishes nothing of the
+    component and tries again, 1, 2, 4 … 30 s apart, so it registers once the broker has
+    the rules (configure failed half-way, and it was never tried again)."""
+    st = make_secure_stack(tmp_path, embedded=False)
+    rules = st.root / "aedes" / "rules.json"
+
+    def aedes() -> object:
+        st.run("tomato", "broker-config", "--rules", str(rules), "-D", str(st.datadir), check=True)
+        proc = secured_aedes(st.port, rules, rules.parent / "aedes.log")
+        wait_listening(st.port)
+        return proc
+
+    proc = aedes()
+    try:
+        with started(st):
+            add_a_device(st)
+            c = wait_for(
+                st, MORE, lambda c: "nothing of it has reached" in str(c.get("error")), "unheard"
+            )
+            assert c["registered"] is False, c
+            log = (st.logdir / "node-local.log").read_text()
+            assert "the broker refused node local's subscription to this component's" in log
+            assert "retrying in" in log
+            # the others go on: the node's connection was not closed over it
+            assert component(st, "example_counter:(example-addr,1)")["state"] == "idle"
+            end_process(proc)  # type: ignore[arg-type]
+            proc = aedes()  # with the rules of the devices file as it is now
+            c = wait_for(st, MORE, lambda c: c.get("registered") is True, "registered", 90)
+            assert c.get("error") is None and c["state"] == "idle", c
+    finally:
+        end_process(proc)  # type: ignore[arg-type]
