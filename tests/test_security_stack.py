@@ -75,19 +75,19 @@ def test_roles_on_a_secured_stack(
     kind: str, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
     if kind == "amqtt":
-        roles(request.getfixturevalue("secured"), tmp_path)
+        roles(request.getfixturevalue("secured"), tmp_path, kind)
         return
     extra = f'[recorder]\noutput_roots = ["{tmp_path}"]\n'
     if kind == "aedes":
         with secure_stack(tmp_path, extra=extra, aedes=True) as st:
-            roles(st, tmp_path)
+            roles(st, tmp_path, kind)
         return
     mosquitto = request.getfixturevalue("mosquitto_path")
     with secure_stack(tmp_path, extra=extra, mosquitto=mosquitto) as st:
-        roles(st, tmp_path)
+        roles(st, tmp_path, kind)
 
 
-def roles(st: Stack, tmp_path: Path) -> None:
+def roles(st: Stack, tmp_path: Path, kind: str) -> None:
     """Each role's CLI on a secured stack (pip-counter-1; jobs written to its work/)."""
     # a reader reads, and nothing else
     assert "running" in allowed(st, "rita", "tomato", "status")
@@ -153,7 +153,7 @@ def roles(st: Stack, tmp_path: Path) -> None:
     bad = payload(tmp_path, sampling_interval=0.01, max_duration=1e6)
     res = st.run("ketchup", "submit", str(bad), *as_user(st, "olga"))
     assert res.returncode == 1 and "max_points_per_task" in res.stderr, res.stderr
-    client_roles(st, jobid, cmp)
+    client_roles(st, jobid, cmp, kind)
     # the owner cancels their job
     allowed(st, "olga", "ketchup", "cancel", str(jobid))
     job = st.wait_job(jobid, {"c", "ce", "cd"}, timeout=60)
@@ -161,7 +161,7 @@ def roles(st: Stack, tmp_path: Path) -> None:
     assert "running" in allowed(st, "ada", "tomato", "status")
 
 
-def client_roles(st: Stack, jobid: int, cmp: str) -> None:
+def client_roles(st: Stack, jobid: int, cmp: str, kind: str) -> None:
     """Found by an integrator's audit: the client library said "unavailable ... is it
     running?" after its whole timeout where the CLI says "not allowed" (the broker drops
     a forbidden request silently), and a wrong password on Mosquitto read "unknown
@@ -197,6 +197,20 @@ def client_roles(st: Stack, jobid: int, cmp: str) -> None:
             olga.component_set(cmp, "max", 5)
         assert e.value.code == "not_allowed" and "'set_attr'" in str(e.value), e.value
         assert olga.component_get(cmp, "max")  # what the role may: as before
+    # a node's login (a script given the wrong URL): said as the CLI says it (an admin's
+    # tour: "no scheduler answered … is it running?", and a refused subscription read
+    # `unavailable`, as if the broker were down)
+    with Tomato(url("pc2"), st.instance, timeout=1.5) as pc2:
+        with pytest.raises(ClientError) as e:
+            pc2.summary()
+        assert e.value.code == "unavailable", e.value
+        assert "if the scheduler runs, the login 'pc2' may not ask it" in str(e.value)
+        with pytest.raises(ClientError) as e:
+            pc2.component_get("dev-counter/1", "max")
+        # refused (amqtt, Aedes), or taken and sent nothing (Mosquitto, a wildcard filter)
+        said = (e.value.code, str(e.value))
+        assert said[0] == ("unavailable" if kind == "mosquitto" else "not_allowed"), said
+        assert "the login 'pc2' may not read it" in said[1], said
     with pytest.raises(ClientError) as e, Tomato(url("olga", "wrong"), st.instance) as bad:
         bad.summary()
     assert e.value.code == "not_allowed", e.value

@@ -20,7 +20,7 @@ import contextlib
 import json
 import os
 import tempfile
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +40,7 @@ from tomato_mqtt.transport.client import (
     MqttError,
     MqttRefused,
     MqttUntrusted,
+    SubscriptionRefused,
 )
 from tomato_mqtt.transport.oneshot import payload_refused, refused_token
 from tomato_mqtt.transport.rpc import NoResponder, ReplyError, Requester
@@ -204,27 +205,40 @@ class AsyncTomato:
             # only), so that whoami (below) and what this client sends next get through
             self.mqtt.drop_unacknowledged(e.topic or None, e.payload)
         parsed = self.topics.parse(e.topic) if e.topic else None
+        me: Reply | None = None
         if self.url.username and parsed is not None and parsed.op not in (None, "whoami"):
-            try:
+            with contextlib.suppress(MqttError):
                 me = await self.requester.request(
                     self.topics.scheduler_cmd("whoami"),
                     {},
                     timeout=min(2.0, self.timeout),
                     who="scheduler",
                 )
-            except MqttError:
-                me = None
             if me is not None and me.success and isinstance(me.data, dict):
                 why = roles.refusal(parsed.kind, parsed.op, self.url.username, me.data)
                 if why is not None:
                     return ClientError(why, "not_allowed")
-        if not self.mqtt.is_connected:  # not the scheduler's silence: the broker's
+        hint = ""
+        if (
+            self.url.username
+            and parsed is not None
+            and parsed.kind == "scheduler_cmd"
+            and me is None
+        ):
+            # whoami went unanswered too: a login that may not ask the scheduler (a node's)
+            # read as a scheduler that is down; said as the CLI says it (an admin's tour)
+            hint = (
+                f"; if the scheduler runs, the login {self.url.username!r} may not ask it "
+                "(a node's login may not: check the URL's user)"
+            )
+        if not self.mqtt.is_connected:  # not the scheduler's silence: the broker's (or
+            # Aedes, which closes the connection of a publish its rules forbid)
             return ClientError(
                 f"{e} (this client has lost its connection to the broker at {self.url}; "
-                "it connects again by itself once the broker answers)",
+                f"it connects again by itself once the broker answers){hint}",
                 "unavailable",
             )
-        return ClientError(str(e), "unavailable")
+        return ClientError(f"{e}{hint}", "unavailable")
 
     async def _typed(
         self,
@@ -301,7 +315,33 @@ class AsyncTomato:
         except names.UnknownComponent as e:
             raise ClientError(str(e), "not_found") from None
         except MqttError as e:
-            raise ClientError(str(e), "unavailable") from None
+            raise self._failed(e) from None
+
+    def _failed(self, e: MqttError) -> ClientError:
+        """An MQTT operation that failed: ``not_allowed`` when the broker refused this
+        login a subscription (an answer: it was ``unavailable``, as if the broker were
+        down: an admin's tour with a node's login), else ``unavailable``."""
+        if isinstance(e, SubscriptionRefused):
+            who = f"the login {self.url.username!r}" if self.url.username else "an anonymous login"
+            return ClientError(
+                f"not allowed: {e}: {who} may not read it (see the role table in docs/security.md)",
+                "not_allowed",
+            )
+        if isinstance(e, NoResponder) and self.url.username:
+            # nothing came: Mosquitto takes a wildcard subscription its rules forbid and
+            # then sends none of its messages
+            return ClientError(
+                f"{e}; if it runs, the login {self.url.username!r} may not read it (a "
+                "node's login may not: check the URL's user)",
+                "unavailable",
+            )
+        return ClientError(str(e), "unavailable")
+
+    async def _subscribe(self, filter_: str, handler: Callable[[Message], None]) -> None:
+        try:
+            await self.mqtt.subscribe(filter_, handler=handler)
+        except MqttError as e:
+            raise self._failed(e) from None
 
     async def _component(self, component: str, op: str, args: Mapping[str, Any]) -> Any:
         name = await self.component_name(component)
@@ -401,7 +441,7 @@ class AsyncTomato:
             self.topics.recorder_status(),
         )
         for f in filters:
-            await self.mqtt.subscribe(f, handler=inbox)
+            await self._subscribe(f, inbox)
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
         p = Progress(jobid)
@@ -466,8 +506,8 @@ class AsyncTomato:
         """
         inbox = _Inbox()
         data, status = self.topics.all_component_data(), self.topics.job_status(jobid)
-        await self.mqtt.subscribe(data, handler=inbox)
-        await self.mqtt.subscribe(status, handler=inbox)
+        await self._subscribe(data, inbox)
+        await self._subscribe(status, inbox)
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
         try:

@@ -42,6 +42,7 @@ from tomato_mqtt.transport.types import (
     MqttRefused,
     MqttTimeout,
     MqttUntrusted,
+    SubscriptionRefused,
     Will,
     client_cert_hint,
     topic_matches,
@@ -56,6 +57,7 @@ __all__ = [
     "MqttRefused",
     "MqttTimeout",
     "MqttUntrusted",
+    "SubscriptionRefused",
     "Will",
     "topic_matches",
 ]
@@ -360,7 +362,9 @@ class AsyncClient(_LoopDriven):
         finally:
             self._acks.pop(mid, None)
         if any(int(g) >= 0x80 for g in granted):
-            raise MqttError(f"the broker refused the subscription to {filter_} (not authorised?)")
+            raise SubscriptionRefused(
+                f"the broker refused the subscription to {filter_} (not authorised?)"
+            )
 
     async def unsubscribe(
         self,

@@ -16,6 +16,7 @@ __all__ = [
     "MqttRefused",
     "MqttTimeout",
     "MqttUntrusted",
+    "SubscriptionRefused",
     "Will",
     "client_cert_hint",
     "topic_matches",
@@ -38,6 +39,11 @@ class MqttTimeout(MqttError, *_TIMEOUTS):  # type: ignore[misc]
     """The broker (or a responder) did not answer in time: a :class:`TimeoutError`,
     and on Python 3.10 an ``asyncio.TimeoutError`` too (one class from 3.11 on), so that
     ``except asyncio.TimeoutError`` around a publish catches it on every version."""
+
+
+class SubscriptionRefused(MqttError):
+    """The broker answered a SUBSCRIBE with a failure code: its rules do not give this
+    login that filter (an answer, not a broker that is down)."""
 
 
 class MqttRefused(MqttError):
