@@ -26,6 +26,8 @@ app = typer.Typer(pretty_exceptions_enable=False, add_completion=False)
 def attrs(component: ComponentArg, opts: common.Opts) -> None:
     """The component's attributes: type, units, read/write, limits, options, value."""
 
+    user = opts.context().url.username
+
     async def call(req: Requester, name: str) -> Reply:
         meta = await components.meta(req, name, opts.timeout)
         data: dict[str, Any] = {  # every key of tomato's Attr, unset ones null
@@ -33,19 +35,22 @@ def attrs(component: ComponentArg, opts: common.Opts) -> None:
         }
         msg = f"{len(data)} attr(s) of {name}"
         if meta.registered and data:
+            # each value says why it is missing (they were left out without a word); a
+            # login whose role may not read values is told so at once (a reader's rows
+            # said "no node … answered … is it running?" after the whole -t: an admin's
+            # tour)
+            why = await _may_not(req, user, "get_attr", opts.timeout)
             get = components.cmd("get_attr", {"attrs": sorted(data)}, opts.timeout)
+            r: Reply | None = None
             try:
-                r = await get(req, name)
+                if why is None:
+                    r = await get(req, name)
             except NoResponder as e:
-                # each value says why it is missing (they were left out without a word:
-                # a reader's request, which the broker drops; an admin's tour)
-                why = (
-                    f"value not read: {e} (the node does not answer, or this login may not"
-                    " ask it: a reader may not)"
-                )
+                why = f"{e} (the node does not answer, or this login may not ask it)"
+            if r is None:
                 for k in data:
-                    data[k]["error"] = why
-                return Reply(id="", success=True, msg=f"{msg}; {why}", data=data)
+                    data[k]["error"] = f"value not read: {why}"
+                return Reply(id="", success=True, msg=f"{msg}; value not read: {why}", data=data)
             if r.success and isinstance(r.data, dict):
                 for k, v in r.data.items():
                     if k in data:
@@ -67,6 +72,24 @@ def attrs(component: ComponentArg, opts: common.Opts) -> None:
         return Reply(id="", success=True, msg=msg, data=data)
 
     components.run(component, call, _attrs_human, opts)
+
+
+async def _may_not(req: Requester, user: str | None, op: str, timeout: float) -> str | None:
+    """Why ``user``'s role may not send the component command ``op`` (``whoami`` says the
+    role), or None: it may, it is not known, or there is no login (an open stack)."""
+    if not user:
+        return None
+    from tomato_mqtt.config import roles
+
+    try:
+        me = await req.request(
+            req.topics.scheduler_cmd("whoami"), {}, timeout=min(2.0, timeout), who="scheduler"
+        )
+    except NoResponder:
+        return None
+    if not (me.success and isinstance(me.data, dict)):
+        return None
+    return roles.refusal("component_user_cmd", op, user, me.data)
 
 
 @app.command()
