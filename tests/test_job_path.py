@@ -15,7 +15,9 @@ from tests.conftest import RunningBroker
 from tests.inproc import CONFIG, Collector, inproc_stack
 from tests.ncread import load_tree
 from tomato_mqtt.cli.ketchup_core import _submitted
+from tomato_mqtt.transport.rpc import Requester
 from tomato_mqtt.wire.messages import JobEvent, JobStatus, decode
+from tomato_mqtt.wire.topics import Topics
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -163,3 +165,25 @@ async def test_a_submit_whose_file_exists_already_says_where_the_file_will_go(
         )
         assert "exists already" not in reply.msg, reply.msg
         assert _submitted(reply.msg, reply.data).splitlines()[-1] == f"output: {work}/results.2.nc"
+
+
+async def test_a_submit_over_mqtt_without_a_user_is_recorded_under_its_login(
+    broker: RunningBroker, tmp_path: Path, instance: str
+) -> None:
+    """An integrator's tour: a script's job_submit without ``user`` (topics.md: it is
+    optional) had its payload's user be the scheduler's own (root, for every lab user);
+    it is the request's login now (the topic's identity segment)."""
+    payload = yaml.safe_load((CONFIG / "counter_1_0.1.yml").read_text())
+    async with inproc_stack(broker.port, tmp_path, instance) as st:
+        topics = Topics(instance, user="integrator")  # its requests and its replies
+        req = Requester(st.requester.client, topics)
+        args = {"payload": payload, "submit_dir": str(tmp_path)}
+        topic = topics.scheduler_cmd("job_submit")
+        reply = await req.request(topic, args, timeout=10)
+        assert reply.success, reply
+        assert isinstance(reply.data, dict) and reply.data["owner"] == "integrator", reply
+        assert reply.data["payload"]["user"] == {"identifier": "integrator"}, reply.data
+        # given, as ketchup and the client library give it (the user they run as)
+        reply = await req.request(topic, {**args, "user": "olga"}, timeout=10)
+        assert isinstance(reply.data, dict), reply
+        assert reply.data["payload"]["user"] == {"identifier": "olga"}, reply.data

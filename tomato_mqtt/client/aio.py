@@ -363,10 +363,13 @@ class AsyncTomato:
         made again with it, by this login, is answered with the job the first made, so
         a script may send it again after ``unavailable`` without queueing a second job.
         Without one, a random token covers this call's own resends only."""
+        from tomato_mqtt.config.login import login_name
+
         args = {
             "payload": payload_args(payload),
             "jobname": jobname,
             "submit_dir": os.getcwd(),
+            "user": login_name(),  # as ketchup gives it (a payload older than 2.2 has none)
             "token": token or os.urandom(16).hex(),  # sent again, it is still one job
         }
         try:

@@ -139,7 +139,12 @@ class SubmitArgs(_Args):
     )
     jobname: str | None = None
     submit_dir: str | None = None
-    user: str | None = Field(None, description="who ran ketchup (for payloads older than 2.2)")
+    user: str | None = Field(
+        None,
+        description="the user identifier a payload older than 2.2 (which has none) is given: "
+        "who submits it (ketchup and the client library give the user they run as); by "
+        "default the request's login, 'anonymous' on an open stack",
+    )
     token: str | None = Field(
         None,
         min_length=8,

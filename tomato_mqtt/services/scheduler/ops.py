@@ -355,7 +355,9 @@ class SchedulerOps:
             method = doc.get("method")
             if isinstance(method, list):  # before each task is validated
                 self.access.check_task_count(len(method))
-            payload = parse_payload(doc, user=a.user)
+            # not the scheduler's own user, which a script's submit over MQTT without
+            # `user` was recorded under (root, for every lab user: an integrator's tour)
+            payload = parse_payload(doc, user=a.user or self.access.owner())
         except PayloadError as e:
             raise CommandError(f"payload refused: {e}") from None
         pdict = payload.model_dump(mode="json")
