@@ -35,6 +35,9 @@ async def test_a_submit_to_a_ready_pipeline_is_stored_in_two_commits_then_told(
         statuses, events = Collector(), Collector()
         await st.client.subscribe(st.topics.job_status(1), handler=statuses)
         await st.client.subscribe(st.topics.job_event(1), handler=events)
+        both = Collector()  # the two in the order they arrive
+        await st.client.subscribe(st.topics.job_status(1), handler=both)
+        await st.client.subscribe(st.topics.job_event(1), handler=both)
         sql: list[str] = []
         st.scheduler.store._db.set_trace_callback(sql.append)
 
@@ -65,6 +68,16 @@ async def test_a_submit_to_a_ready_pipeline_is_stored_in_two_commits_then_told(
     assert names[-1] == "completed", names
     ended = json.loads(next(m.payload for m in events.items if b'"completed"' in m.payload))
     assert ended["status"] == "c", ended
+    # the file is told before the status that ends the job (a dashboard keyed on the
+    # status saw `c` before file_written: an integrator's tour)
+    arrived = [
+        ("status", decode(JobStatus, m.payload).status)
+        if m.topic == st.topics.job_status(1)
+        else ("event", decode(JobEvent, m.payload).event)
+        for m in both.items
+        if m.payload
+    ]
+    assert arrived.index(("event", "file_written")) < arrived.index(("status", "c")), str(arrived)
 
     tree = load_tree(work / "results.1.nc")
     n = 0

@@ -292,7 +292,9 @@ class JobLifecycle:
         progress = dict(job.progress)
         if ok and isinstance(data, dict) and data.get("path"):
             respath = str(data["path"])
-            svc.job_event(job.id, "file_written", detail={"path": respath})
+            # before the status that ends the job, which a subscriber keyed on it saw
+            # first (an integrator's tour)
+            await svc.job_event_now(job.id, "file_written", detail={"path": respath})
             judged = judge_file(status, reason, data)
             if judged != (status, reason):
                 await self._rewrite_verdict(final, judged, Path(respath))

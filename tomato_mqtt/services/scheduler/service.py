@@ -378,8 +378,13 @@ class SchedulerService(Service):
         await self.publish(self.topics.pipeline_status(name), b"")
 
     def job_event(self, job: int, event: str, **kw: Any) -> None:
+        """Publish a job event (from a task of its own: not in order with what the caller
+        publishes next; :meth:`job_event_now` is)."""
+        self.spawn(self.job_event_now(job, event, **kw))
+
+    async def job_event_now(self, job: int, event: str, **kw: Any) -> None:
         ev = JobEvent(job=job, event=event, time=time.time(), **kw)
-        self.spawn(self.publish(self.topics.job_event(job), ev, retain=False))
+        await self.publish(self.topics.job_event(job), ev, retain=False)
 
     def _check_stale_nodes(self) -> None:
         if self.presence_view.check_stale():
