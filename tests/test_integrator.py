@@ -199,3 +199,40 @@ def test_capture_validates_against_the_published_asyncapi_document(tmp_path: Pat
     assert report["messages"] > 100, report["messages"]
     for kind in ("scheduler_status", "node_status", "component_data", "job_event", "reply"):
         assert kinds_seen.get(kind), (kind, kinds_seen)
+
+
+def test_a_secured_stack_s_document_says_its_servers_need_a_login(tmp_path: Path) -> None:
+    """An integrator's tour: a secured stack's document named its servers and no login,
+    though the broker refuses an anonymous one. Its servers now say ``userPassword``
+    (AsyncAPI 3.0 security), and the official parser takes the document."""
+    from tomato_mqtt.config.settings import load_settings
+    from tomato_mqtt.wire.asyncapi import schema_json
+
+    modules = parser_installed()
+    app = tmp_path / "app"
+    app.mkdir()
+    (app / "settings.toml").write_text(
+        '[broker]\npassword_file = "users"\nallow_anonymous = false\nws_port = 0\n'
+    )
+    secured = json.loads(schema_json("lab1", load_settings(appdir=app)))
+    login = [{"$ref": "#/components/securitySchemes/userPassword"}]
+    assert [s.get("security") for s in secured["servers"].values()] == [login], secured["servers"]
+    assert secured["components"]["securitySchemes"]["userPassword"]["type"] == "userPassword"
+    assert all("security" not in s for s in json.loads(schema_json("lab1"))["servers"].values())
+    (tmp_path / "doc.json").write_text(json.dumps(secured))
+    (tmp_path / "capture.jsonl").write_text("")
+    res = subprocess.run(
+        [
+            "node",
+            str(HERE / "check.cjs"),
+            str(tmp_path / "doc.json"),
+            str(tmp_path / "capture.jsonl"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "NODE_PATH": str(modules)},
+    )
+    assert res.returncode == 0, res.stderr
+    report = json.loads(res.stdout)
+    assert report["parsed"] and report["doc_errors"] == [], report["doc_errors"]

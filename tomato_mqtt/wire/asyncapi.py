@@ -247,7 +247,11 @@ def build_asyncapi(instance: str, servers: dict[str, Any] | None = None) -> dict
         "servers": servers if servers is not None else deployment_servers(None),
         "channels": channels,
         "operations": operations,
-        "components": {"messages": messages, "schemas": _schemas()},
+        "components": {
+            "messages": messages,
+            "schemas": _schemas(),
+            "securitySchemes": {"userPassword": _USER_PASSWORD},
+        },
         # the typed commands: args on .../cmd/<op>, data in the Reply (error codes in Reply)
         "x-commands": _commands(),
         # per JobEvent kind, the keys its free-form 'detail' may hold (wire/events.py)
@@ -262,6 +266,18 @@ def schema_json(instance: str, settings: Settings | None = None, *, compact: boo
     if compact:
         return json.dumps(doc, separators=(",", ":"), ensure_ascii=False)
     return json.dumps(doc, indent=2, ensure_ascii=False)
+
+
+#: a secured stack's logins (docs/security.md): named by the servers that need one
+_USER_PASSWORD = {
+    "type": "userPassword",
+    "description": (
+        "The MQTT CONNECT's username and password, from the broker's users file "
+        "('tomato user add'); the login's role decides what it may publish and read "
+        "(docs/security.md), and its name is the {user} segment of its requests."
+    ),
+}
+_LOGIN = [{"$ref": "#/components/securitySchemes/userPassword"}]
 
 
 def _server(host: str, port: int, protocol: str, description: str, **extra: Any) -> Any:
@@ -291,16 +307,23 @@ def deployment_servers(settings: Settings | None) -> dict[str, Any]:
             ),
         }
     m, b = settings.mqtt, settings.broker
+    # a login is needed: the servers say so (an integrator's tour: a secured stack's
+    # document said nothing of it, and an anonymous client was refused)
+    login: dict[str, Any] = (
+        {"security": _LOGIN} if b.password_file and not b.allow_anonymous else {}
+    )
     if not b.embedded:
         proto = "secure-mqtt" if m.tls else "mqtt"
-        return {"mqtt": _server(m.host, m.port, proto, "The site's MQTT broker ([mqtt]).")}
+        return {"mqtt": _server(m.host, m.port, proto, "The site's MQTT broker ([mqtt]).", **login)}
     tls = bool(b.certfile and b.keyfile)
     plain = "127.0.0.1" if tls and not _loopback(b.host) else b.host
     out: dict[str, Any] = {
-        "mqtt": _server(plain, m.port, "mqtt", "The embedded broker started by 'tomato start'.")
+        "mqtt": _server(
+            plain, m.port, "mqtt", "The embedded broker started by 'tomato start'.", **login
+        )
     }
     if tls:
-        out["mqtts"] = _server(b.host, b.tls_port, "secure-mqtt", "Its TLS listener.")
+        out["mqtts"] = _server(b.host, b.tls_port, "secure-mqtt", "Its TLS listener.", **login)
     if settings.ws_port:
         out["websocket"] = _server(
             b.host,
@@ -308,6 +331,7 @@ def deployment_servers(settings: Settings | None) -> dict[str, Any]:
             "wss" if tls else "ws",
             "Its WebSocket listener, for browser dashboards (any path; '/mqtt' by convention).",
             pathname="/mqtt",
+            **login,
         )
     return out
 
