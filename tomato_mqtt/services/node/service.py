@@ -826,6 +826,8 @@ class NodeService(Service):
         while not hc.closed and not self.stopping:
             try:
                 await self._subscribe_commands(hc)
+                if hc.closed:  # removed meanwhile
+                    return
                 await self.register(hc)
                 return
             except _Unsubscribed as e:
