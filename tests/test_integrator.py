@@ -53,6 +53,19 @@ def parser_installed() -> Path:
     return modules
 
 
+def check(folder: Path, modules: Path) -> dict[str, Any]:
+    """check.cjs's summary of ``folder``'s doc.json and capture.jsonl."""
+    res = subprocess.run(
+        ["node", str(HERE / "check.cjs"), str(folder / "doc.json"), str(folder / "capture.jsonl")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "NODE_PATH": str(modules)},
+    )
+    assert res.returncode == 0, res.stderr
+    return json.loads(res.stdout)  # type: ignore[no-any-return]
+
+
 class Capture:
     """Every message of the instance (``#``), from a plain paho client in its thread."""
 
@@ -173,20 +186,7 @@ def test_capture_validates_against_the_published_asyncapi_document(tmp_path: Pat
         )
     (tmp_path / "doc.json").write_bytes(doc_raw)
     (tmp_path / "capture.jsonl").write_text("\n".join(lines) + "\n")
-    res = subprocess.run(
-        [
-            "node",
-            str(HERE / "check.cjs"),
-            str(tmp_path / "doc.json"),
-            str(tmp_path / "capture.jsonl"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "NODE_PATH": str(modules)},
-    )
-    assert res.returncode == 0, res.stderr
-    report = json.loads(res.stdout)
+    report = check(tmp_path, modules)
     out = os.environ.get("TOMATO_INTEGRATOR_REPORT")
     if out:
         Path(out).write_text(json.dumps({**report, "kinds": kinds_seen}, indent=1))
@@ -221,18 +221,5 @@ def test_a_secured_stack_s_document_says_its_servers_need_a_login(tmp_path: Path
     assert all("security" not in s for s in json.loads(schema_json("lab1"))["servers"].values())
     (tmp_path / "doc.json").write_text(json.dumps(secured))
     (tmp_path / "capture.jsonl").write_text("")
-    res = subprocess.run(
-        [
-            "node",
-            str(HERE / "check.cjs"),
-            str(tmp_path / "doc.json"),
-            str(tmp_path / "capture.jsonl"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "NODE_PATH": str(modules)},
-    )
-    assert res.returncode == 0, res.stderr
-    report = json.loads(res.stdout)
+    report = check(tmp_path, modules)
     assert report["parsed"] and report["doc_errors"] == [], report["doc_errors"]
