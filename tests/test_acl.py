@@ -343,7 +343,7 @@ async def test_users_file_changes_apply_while_the_broker_runs(
 
 
 async def test_a_component_added_to_the_devices_file_is_granted_at_once(
-    tmp_path: Path, instance: str
+    tmp_path: Path, instance: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """An admin's tour: a device added to devices.yml and `tomato reload` at once. The
     embedded broker, which looks at its files every 0.5 s, refused the node's subscription
@@ -355,6 +355,11 @@ async def test_a_component_added_to_the_devices_file_is_granted_at_once(
         '    channels: ["1"]\n    pollrate: 1\n    node: pc1\npipelines:\n'
         '  - name: pip-c\n    devices:\n      - {role: counter, device: dev-c, channel: "1"}'
     )
+    # a refusal looks at the files again if it did not in the last 50 ms: here at once,
+    # as a `tomato reload` takes longer than that after the edit
+    from tomato_mqtt_broker import security
+
+    monkeypatch.setattr(security, "_RECHECK_REFUSED", 0.0, raising=False)
     async with (
         secured("amqtt", tmp_path, instance) as b,
         AsyncClient(b.url("pc1"), reconnect=False) as c,

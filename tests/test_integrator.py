@@ -212,7 +212,7 @@ def test_a_secured_stack_s_document_says_its_servers_need_a_login(tmp_path: Path
     app = tmp_path / "app"
     app.mkdir()
     (app / "settings.toml").write_text(
-        '[broker]\npassword_file = "users"\nallow_anonymous = false\nws_port = 0\n'
+        '[broker]\npassword_file = "users"\nws_port = 0\n'  # (anonymous ones refused)
     )
     secured = json.loads(schema_json("lab1", load_settings(appdir=app)))
     login = [{"$ref": "#/components/securitySchemes/userPassword"}]

@@ -16,6 +16,7 @@ refuses (tests/test_acl.py).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -24,7 +25,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import secured_aedes
+from tests.conftest import RunningBroker, secured_aedes
+from tests.inproc import inproc_stack
 from tests.secure_stack import make_secure_stack, on_mosquitto, wait_listening
 from tests.stack import CONFIG, Stack, end_process, started
 
@@ -138,3 +140,36 @@ def test_a_refused_subscription_is_tried_again_until_the_broker_takes_it(
             assert c.get("error") is None and c["state"] == "idle", c
     finally:
         end_process(proc)  # type: ignore[arg-type]
+
+
+async def test_a_component_whose_driver_takes_long_to_connect_is_not_taken_for_the_rules(
+    broker: RunningBroker, tmp_path: Path, instance: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A review: the node said nothing of a component until its registration ended, so a
+    driver that takes longer than 10 s to connect read "the broker's rules may not give
+    node local this component" on a stack with an external broker. The node says the
+    component (its meta, not registered yet) as soon as it is subscribed to its commands.
+    Here with the check's 10 s cut to 0.3 s and an instrument that takes 2 s."""
+    from tomato_mqtt.services.scheduler import service
+
+    monkeypatch.setattr(service, "UNHEARD_AFTER", 0.3)
+    settings = "[broker]\nembedded = false\n[drivers.faulty]\nconnect_seconds = 2\n"
+    async with inproc_stack(  # (not waiting for the registrations)
+        broker.port,
+        tmp_path,
+        instance,
+        devices="faulty_retry_devices.yml",
+        settings=settings,
+        components=0,
+    ) as st:
+        name = "faulty:(ok,1)"
+        seen: list[object] = []
+        for _ in range(40):  # 2 s and more
+            comps = await st.call("status", {"what": "components"})
+            c = comps[name].model_dump() if name in comps else {}
+            seen.append((c.get("registered"), c.get("error")))
+            if c.get("registered"):
+                break
+            await asyncio.sleep(0.1)
+        assert seen[-1][0] is True, seen
+        assert not any("rules" in str(err) for _, err in seen), seen

@@ -39,6 +39,8 @@ log = logging.getLogger(__name__)
 
 #: how often (s) the ACL looks whether the users or devices file changed
 _RECHECK = 0.5
+#: ... and, before it refuses, how long (s) ago it must have looked at them last
+_RECHECK_REFUSED = 0.05
 
 
 def _stamp(path: str | None) -> tuple[int, int] | None:
@@ -170,10 +172,13 @@ class RoleAclPlugin(BaseTopicPlugin):  # type: ignore[misc]
         return True
 
     def _refresh_now(self) -> bool:
-        """Look at the users and devices files now; whether either changed."""
-        if self._users is None:
+        """Look at the users and devices files now (unless that was done in the last
+        :data:`_RECHECK_REFUSED` s: refused publishes may come fast); whether either
+        changed."""
+        now = time.monotonic()
+        if self._users is None or now - self._checked < _RECHECK_REFUSED:
             return False
-        self._checked = time.monotonic()
+        self._checked = now
         changed = self._users.refresh() | self._refresh_devices()
         if changed:
             self._rules.clear()

@@ -38,8 +38,9 @@ def attrs(component: ComponentArg, opts: common.Opts) -> None:
             # each value says why it is missing (they were left out without a word); a
             # login whose role may not read values is told so at once (a reader's rows
             # said "no node … answered … is it running?" after the whole -t: an admin's
-            # tour)
-            why = await _may_not(req, user, "get_attr", opts.timeout)
+            # tour). Asked first: sent beside the values, the whoami went with the
+            # connection Aedes closes for the forbidden get_attr
+            why = await _may_not(req, user, opts.timeout)
             get = components.cmd("get_attr", {"attrs": sorted(data)}, opts.timeout)
             r: Reply | None = None
             try:
@@ -74,9 +75,9 @@ def attrs(component: ComponentArg, opts: common.Opts) -> None:
     components.run(component, call, _attrs_human, opts)
 
 
-async def _may_not(req: Requester, user: str | None, op: str, timeout: float) -> str | None:
-    """Why ``user``'s role may not send the component command ``op`` (``whoami`` says the
-    role), or None: it may, it is not known, or there is no login (an open stack)."""
+async def _may_not(req: Requester, user: str | None, timeout: float) -> str | None:
+    """Why ``user``'s role may not read a component's values (``whoami`` says the role),
+    or None: it may, it is not known, or there is no login (an open stack)."""
     if not user:
         return None
     from tomato_mqtt.config import roles
@@ -89,7 +90,7 @@ async def _may_not(req: Requester, user: str | None, op: str, timeout: float) ->
         return None
     if not (me.success and isinstance(me.data, dict)):
         return None
-    return roles.refusal("component_user_cmd", op, user, me.data)
+    return roles.refusal("component_user_cmd", "get_attr", user, me.data, sent=False)
 
 
 @app.command()

@@ -185,29 +185,24 @@ class AsyncTomato:
         who = "recorder" if "/recorder/" in topic else "responder"
         if "/scheduler/" in topic:
             who = "scheduler"
-        connects = self.mqtt.connects
         try:
             return await self.requester.request(
                 topic, dict(args or {}), timeout=timeout or self.timeout, who=who
             )
         except NoResponder as e:
-            raise await self._unanswered(e, connects) from None
+            raise await self._unanswered(e) from None
 
-    async def _unanswered(self, e: NoResponder, connects: int) -> ClientError:
+    async def _unanswered(self, e: NoResponder) -> ClientError:
         """A request nobody answered: ``unavailable``, or ``not_allowed`` when the broker's
         ACL dropped it (MQTT 3.1.1 has no negative PUBACK; ``whoami`` says the role, as
-        the CLI asks it), or closed the connection for it (Aedes). ``connects``: the
-        client's count of connections when the request was sent."""
-        if self.mqtt.connects != connects or not self.mqtt.is_connected:
-            # the connection closed meanwhile: a broker that closes the connection of a
-            # publish its rules forbid (Aedes) closes every new one too, while paho sends
-            # that publish again at each reconnect: forgotten (this request's copies
-            # only), so that whoami (below) and what this client sends next get through
-            self.mqtt.drop_unacknowledged(e.topic or None, e.payload)
+        the CLI asks it), or closed the connection for it (Aedes)."""
         parsed = self.topics.parse(e.topic) if e.topic else None
         me: Reply | None = None
         if self.url.username and parsed is not None and parsed.op not in (None, "whoami"):
-            with contextlib.suppress(MqttError):
+            if not self.mqtt.is_connected:  # closed for the request (Aedes): back first
+                with contextlib.suppress(MqttError, asyncio.TimeoutError):
+                    await self.mqtt.wait_connected(min(2.0, self.timeout))
+            with contextlib.suppress(MqttError):  # (its copies forgotten by the requester)
                 me = await self.requester.request(
                     self.topics.scheduler_cmd("whoami"),
                     {},
@@ -261,7 +256,6 @@ class AsyncTomato:
             checked = cmd.parse_args(dict(args or {}))
         except ValidationError as e:
             raise ClientError(f"bad args for {op!r}: {_problems(e)}", "bad_request") from None
-        connects = self.mqtt.connects
         try:
             return await self.requester.call(
                 topic,
@@ -280,7 +274,7 @@ class AsyncTomato:
         except ReplyError as e:
             raise ClientError(str(e), e.code) from None
         except NoResponder as e:
-            err = await self._unanswered(e, connects)
+            err = await self._unanswered(e)
             if err.code == "unavailable" and not cmd.reads:
                 # a slow scheduler (stopped, swapped out) carries it out when it gets to
                 # it: a script that sent it again got a second job (an integrator's run)
@@ -443,8 +437,6 @@ class AsyncTomato:
             self.topics.job_event(jobid),
             self.topics.recorder_status(),
         )
-        for f in filters:
-            await self._subscribe(f, inbox)
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
         p = Progress(jobid)
@@ -470,7 +462,9 @@ class AsyncTomato:
                 p.recorder(prog.get("points") or {})
             return True
 
-        try:
+        try:  # (subscribed in it: one that failed left the others for the client's life)
+            for f in filters:
+                await self._subscribe(f, inbox)
             job = await self.status(jobid)
             p.job(job.model_dump(mode="json"))
             # what came meanwhile, the recorder's retained count among it: the first
@@ -509,11 +503,11 @@ class AsyncTomato:
         """
         inbox = _Inbox()
         data, status = self.topics.all_component_data(), self.topics.job_status(jobid)
-        await self._subscribe(data, inbox)
-        await self._subscribe(status, inbox)
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
-        try:
+        try:  # (subscribed in it, as follow)
+            await self._subscribe(data, inbox)
+            await self._subscribe(status, inbox)
             now = (await self.status(jobid)).status
             if now in FINAL:
                 return

@@ -88,12 +88,15 @@ def is_admin(role: str | None) -> bool:
     return role == "admin"
 
 
-def refusal(kind: str, op: str, user: str, me: Mapping[str, object]) -> str | None:
+def refusal(
+    kind: str, op: str, user: str, me: Mapping[str, object], *, sent: bool = True
+) -> str | None:
     """Why the broker dropped a request ``op`` on a topic of ``kind`` (``scheduler_cmd``,
     ``recorder_cmd``, ``component_user_cmd``, ``node_cmd``) that nobody answered, given what
     ``whoami`` said of its sender (``me``: role and scheduler ops); None when the role
     may send it (the responder is just down, slow or busy). MQTT 3.1.1 has no negative
-    PUBACK: a publish the ACL forbids just vanishes."""
+    PUBACK: a publish the ACL forbids just vanishes. ``sent``: False for a request looked
+    at before it is sent (then it is not)."""
     role = str(me.get("role") or "")
     ops = me.get("ops")
     allowed: tuple[str, ...] = tuple(str(o) for o in ops) if isinstance(ops, list) else ()
@@ -108,7 +111,8 @@ def refusal(kind: str, op: str, user: str, me: Mapping[str, object]) -> str | No
         allowed = NODE_ADMIN_OPS if role == "admin" else ()
     if target is None or op in allowed:
         return None
+    dropped = "the broker dropped the request (see" if sent else "it was not sent (see"
     return (
         f"not allowed: user {user!r} (role {role or 'unknown'}) may not send {target}{op!r}; "
-        "the broker dropped the request (see the role table in docs/security.md)"
+        f"{dropped} the role table in docs/security.md)"
     )

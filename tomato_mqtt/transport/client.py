@@ -448,7 +448,8 @@ class AsyncClient(_LoopDriven):
             fut = self._acks.pop(m.mid, None)
             if fut is not None and not fut.done():
                 fut.set_exception(MqttError(f"publish to {m.topic} dropped unacknowledged"))
-        self._retry_now.set()  # what closed each connection is gone: no back-off now
+        if dropped:
+            self._retry_now.set()  # what closed each connection is gone: no back-off now
         return len(dropped)
 
     # -- internals: paho callbacks (called on the loop thread) --------------------------

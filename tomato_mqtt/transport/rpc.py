@@ -63,13 +63,11 @@ log = logging.getLogger(__name__)
 
 
 class NoResponder(MqttTimeout):
-    """Nobody answered a request in time (``topic``: where it was sent; ``payload``:
-    what was sent, when known)."""
+    """Nobody answered a request in time (``topic``: where it was sent)."""
 
-    def __init__(self, msg: str, topic: str = "", payload: bytes | None = None) -> None:
+    def __init__(self, msg: str, topic: str = "") -> None:
         super().__init__(msg)
         self.topic = topic
-        self.payload = payload
 
 
 class CommandError(Exception):
@@ -185,10 +183,13 @@ class Requester:
                 await self.client.publish(topic, data, qos=1, wait=False)
                 gap *= 2
         except asyncio.TimeoutError:
+            # the request is over: its copies the broker has not acknowledged are
+            # forgotten. A broker that closes the connection of a publish its rules forbid
+            # (Aedes) closed each new one too while paho sent them again at every
+            # reconnect, and nothing this client sent afterwards got through
+            self.client.drop_unacknowledged(topic, data)
             raise NoResponder(
-                f"no {who} answered on {topic} within {timeout:g} s — is it running?",
-                topic,
-                data,
+                f"no {who} answered on {topic} within {timeout:g} s — is it running?", topic
             ) from None
         finally:
             self._waiting.pop(req.id, None)

@@ -309,9 +309,8 @@ def deployment_servers(settings: Settings | None) -> dict[str, Any]:
     m, b = settings.mqtt, settings.broker
     # a login is needed: the servers say so (an integrator's tour: a secured stack's
     # document said nothing of it, and an anonymous client was refused)
-    login: dict[str, Any] = (
-        {"security": _LOGIN} if b.password_file and not b.allow_anonymous else {}
-    )
+    login: dict[str, Any] = {"security": _LOGIN} if b.password_file else {}  # (anonymous
+    # logins are refused whenever there is a users file: cli/serve.py)
     if not b.embedded:
         proto = "secure-mqtt" if m.tls else "mqtt"
         return {"mqtt": _server(m.host, m.port, proto, "The site's MQTT broker ([mqtt]).", **login)}

@@ -39,7 +39,7 @@ from tomato_mqtt.services.node.ops import ComponentOps
 from tomato_mqtt.services.node.spool import Spool
 from tomato_mqtt.services.scratch import private_dir
 from tomato_mqtt.services.watchdog import pid_alive
-from tomato_mqtt.transport.client import BrokerURL, Message, MqttError
+from tomato_mqtt.transport.client import BrokerURL, Message, MqttError, SubscriptionRefused
 from tomato_mqtt.transport.rpc import MAX_REPLY, CommandError, Handler, Responder, Result
 from tomato_mqtt.waits import wait_for
 from tomato_mqtt.wire.commands import ShutdownArgs
@@ -59,7 +59,12 @@ log = logging.getLogger(__name__)
 
 
 class _Unsubscribed(Exception):
-    """The broker refused the node's subscription to a component's commands."""
+    """The node's subscription to a component's commands failed: ``refused`` by the
+    broker (its rules), or not made (a timeout, the connection lost)."""
+
+    def __init__(self, msg: str, refused: bool) -> None:
+        super().__init__(msg)
+        self.refused = refused
 
 
 #: s after connecting by which the scheduler's first ``configure`` should have come; then
@@ -783,12 +788,13 @@ class NodeService(Service):
             hc.runner.stop_task("component removed")
             await self.data.flush(hc)
             hc.runner.close()
-        if self.client is not None:
+        # one never subscribed to (refused, or a registration still under way, which ends
+        # its own) published nothing: nothing to end or clear (a clear the rules forbid
+        # closed the node's connection on Aedes, sent again at each reconnect: a review)
+        if self.client is not None and hc.subscribed:
             with contextlib.suppress(Exception):
-                # those of a registration still under way are ended by it (_subscribe_commands)
                 for f in (self.topics.component_cmds(name), self.topics.component_user_cmds(name)):
-                    if hc.subscribed:
-                        await self.client.unsubscribe(f)
+                    await self.client.unsubscribe(f)
             # clear the retained topics of a component that is gone
             for t in (
                 self.topics.component_meta(name),
@@ -823,11 +829,16 @@ class NodeService(Service):
 
     async def _register_until_done(self, hc: HostedComponent) -> None:
         delay = 1.0
+        told = False
         while not hc.closed and not self.stopping:
             try:
                 await self._subscribe_commands(hc)
                 if hc.closed:  # removed meanwhile
                     return
+                if not told:  # heard of at once: a registration that takes long (a driver
+                    # connecting) is not taken for rules that drop what the node says of it
+                    told = True  # (the scheduler's unheard_of)
+                    await self._publish_meta(hc)
                 await self.register(hc)
                 return
             except _Unsubscribed as e:
@@ -840,6 +851,9 @@ class NodeService(Service):
                     f" commands (attempt {hc.retries}, retrying in {delay:g} s): {e}; its"
                     " rules give the node the components of the devices file it read (an"
                     " external broker: write its rules again with tomato broker-config)"
+                    if e.refused
+                    else f"subscribing to this component's commands failed (attempt"
+                    f" {hc.retries}, retrying in {delay:g} s): {e}"
                 )
                 log.warning("node %s: %s: %s", self.name, hc.name, hc.error)
                 hc.settled.set()  # a task_start waiting for it hears why (retried later)
@@ -894,7 +908,8 @@ class NodeService(Service):
         if failed:
             if not isinstance(failed[0], MqttError):
                 raise failed[0]
-            raise _Unsubscribed(str(failed[0]))
+            refused = [e for e in failed if isinstance(e, SubscriptionRefused)]
+            raise _Unsubscribed(str((refused or failed)[0]), refused=bool(refused))
         hc.subscribed = not hc.closed
 
     @staticmethod

@@ -204,7 +204,10 @@ class QueuePass:
         # (no write to the store, the same components, pipelines and layout) there is
         # nothing to decide, and 10,000 queued jobs are not read again
         occupied, blocked = self._occupied(pips)
-        seen = (store.writes, svc.layout, views, pips, occupied)
+        # (the components whose status came to name the broker's rules: their jobs' reason
+        # says it, which was kept as before while nothing else changed: a review)
+        unheard = frozenset(n for n in svc.unheard if svc.unheard_of(n))
+        seen = (store.writes, svc.layout, views, pips, occupied, unheard)
         if seen == self._last:
             return
         rows = store.queue_rows()

@@ -47,7 +47,8 @@ async def reload(ops: SchedulerOps, args: Mapping[str, JsonValue]) -> Result:
     except ConfigError as e:
         log.warning("reload refused, nothing changed: %s", e)
         raise CommandError(f"reload refused, nothing changed: {e}") from None
-    diff = svc.layout.diff(new_layout)
+    old_layout = svc.layout
+    diff = old_layout.diff(new_layout)
     busy_components: set[str] = set()
     busy_pipelines: set[str] = set()
     for job in ops.store.jobs(statuses=["r", "rd"]):
@@ -142,19 +143,21 @@ async def reload(ops: SchedulerOps, args: Mapping[str, JsonValue]) -> Result:
             f"--name {node})"
         )
     broker = new_settings.broker
-    if (
-        (diff.added_components or diff.changed_components)
-        and broker.password_file
-        and (
-            not broker.embedded  # its rules were written from the devices file before
-        )
-    ):
+    moved = [  # to another node: the rules name each node's components (not pollrate…)
+        n
+        for n in diff.changed_components
+        if n in old_layout.components
+        and n in new_layout.components
+        and old_layout.components[n].node != new_layout.components[n].node
+    ]
+    # an external broker's rules were written from the devices file before
+    if (diff.added_components or moved) and broker.password_file and not broker.embedded:
         # (the node's messages of a component they lack are dropped without a word:
         # "unregistered", error null, for good: an admin's tour)
         what += (
             "; warning: the broker is not the embedded one: write its rules again "
             "(tomato broker-config) and have it read them, or the nodes cannot serve "
-            "the components added or changed (docs/security.md)"
+            "the components added or moved (docs/security.md)"
         )
     log.info("reload done: %s", what)  # (nothing in the log told what a reload changed)
     return Result("reload done: " + what, _jsonable_diff(diff))

@@ -65,12 +65,12 @@ __all__ = ["SchedulerService"]
 log = logging.getLogger(__name__)
 
 
-#: the requests whose replies the state file keeps (rpc.ReplyJournal): a client's copy of
-#: one reaching a restarted scheduler is answered as the first was. Not job_submit: its
-#: token finds its job (and one fsync less on a submit)
 #: s a component its node hosts may stay unheard of before its status names the likely
 #: cause (SchedulerService.unheard_of)
 UNHEARD_AFTER = 10.0
+#: the requests whose replies the state file keeps (rpc.ReplyJournal): a client's copy of
+#: one reaching a restarted scheduler is answered as the first was. Not job_submit: its
+#: token finds its job (and one fsync less on a submit)
 JOURNALED = frozenset({"pipeline_load", "pipeline_eject", "pipeline_ready", "job_cancel", "reload"})
 
 
@@ -409,6 +409,10 @@ class SchedulerService(Service):
             elif not msg.payload:
                 if parsed.kind == "component_status" and parsed.name is not None:
                     await self._component_gone(parsed.name)
+                elif parsed.kind == "component_meta" and parsed.name is not None:
+                    # (kept, it counted as heard of when the component came back: a review)
+                    for name in [n for n in self.metas if slug(n) == parsed.name]:
+                        del self.metas[name]
                 return  # a cleared retained topic
             elif parsed.kind == "node_status":
                 nst = decode(NodeStatus, msg.payload, msg.topic)
@@ -468,13 +472,17 @@ class SchedulerService(Service):
         return False
 
     async def _on_node_status(self, st: NodeStatus) -> None:
+        prev = self.nodes.get(st.node)
         self.nodes[st.node] = st
-        now = time.monotonic()
-        for c in st.components:
-            if self.heard_of(c, st.node):
-                self.unheard.pop(c, None)
-            else:
-                self.unheard.setdefault(c, now)
+        now, listed = time.monotonic(), set(st.components)
+        again = prev is not None and prev.epoch != st.epoch  # a node restarted: anew
+        for name, c in self.layout.components.items():
+            if c.node != st.node:
+                continue
+            if again or name not in listed or self.heard_of(name, st.node):
+                self.unheard.pop(name, None)
+            if name in listed and not self.heard_of(name, st.node):
+                self.unheard.setdefault(name, now)
         await self.lost.node_status(st)
         async with self.cond:
             self.cond.notify_all()
@@ -505,6 +513,9 @@ class SchedulerService(Service):
         node the component (an external broker's, not written again after the devices file
         changed) drop what the node publishes of it, without a word to anyone: it showed
         "unregistered" with no error for good (an admin's tour)."""
+        broker = self.settings.broker
+        if not broker.password_file and broker.embedded:  # no rules to drop anything
+            return None
         c = self.layout.components.get(component)
         since = self.unheard.get(component)
         node = self.nodes.get(c.node) if c else None
@@ -512,14 +523,14 @@ class SchedulerService(Service):
             return None
         if component not in node.components or self.heard_of(component, c.node):
             return None
-        age = time.monotonic() - since
-        if age < UNHEARD_AFTER:
+        if time.monotonic() - since < UNHEARD_AFTER:
             return None
-        return (
-            f"node {c.node} has hosted it for {age:.0f} s, but nothing of it has reached the "
-            f"scheduler: the broker's rules may not give node {c.node} this component (an "
-            "external broker: write its rules again with tomato broker-config and have it "
-            "read them, docs/security.md)"
+        return (  # (no age in it: a queued job's reason that changed every pass was
+            # stored and published again for every job at every pass: a review)
+            f"node {c.node} has hosted it for more than {UNHEARD_AFTER:g} s, but nothing of "
+            f"it has reached the scheduler: the broker's rules may not give node {c.node} "
+            "this component (an external broker: write its rules again with tomato "
+            "broker-config and have it read them, docs/security.md)"
         )
 
     def node_of(self, component: str) -> NodeStatus | None:
