@@ -215,9 +215,12 @@ def client_roles(st: Stack, jobid: int, cmp: str, kind: str) -> None:
         assert "if the scheduler runs, the login 'pc2' may not ask it" in str(e.value)
         with pytest.raises(ClientError) as e:
             pc2.component_get("dev-counter/1", "max")
-        # refused (amqtt, Aedes), or taken and sent nothing (Mosquitto, a wildcard filter)
+        # refused (amqtt), taken and sent nothing (Mosquitto, a wildcard filter), either
+        # on Aedes (which closed the connection for the name lookup's request to the
+        # scheduler: the subscription sent as it closed was never answered)
         said = (e.value.code, str(e.value))
-        assert said[0] == ("unavailable" if kind == "mosquitto" else "not_allowed"), said
+        codes = {"amqtt": {"not_allowed"}, "mosquitto": {"unavailable"}}
+        assert said[0] in codes.get(kind, {"not_allowed", "unavailable"}), said
         assert "the login 'pc2' may not read it" in said[1], said
     with pytest.raises(ClientError) as e, Tomato(url("olga", "wrong"), st.instance) as bad:
         bad.summary()

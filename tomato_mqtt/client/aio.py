@@ -39,6 +39,7 @@ from tomato_mqtt.transport.client import (
     Message,
     MqttError,
     MqttRefused,
+    MqttTimeout,
     MqttUntrusted,
     SubscriptionRefused,
 )
@@ -321,9 +322,10 @@ class AsyncTomato:
                 f"not allowed: {e}: {who} may not read it (see the role table in docs/security.md)",
                 "not_allowed",
             )
-        if isinstance(e, NoResponder) and self.url.username:
+        if isinstance(e, MqttTimeout) and self.url.username:
             # nothing came: Mosquitto takes a wildcard subscription its rules forbid and
-            # then sends none of its messages
+            # then sends none of its messages; Aedes closes the connection of a request
+            # the rules forbid (a subscription sent as it closed is never answered)
             return ClientError(
                 f"{e}; if it runs, the login {self.url.username!r} may not read it (a "
                 "node's login may not: check the URL's user)",

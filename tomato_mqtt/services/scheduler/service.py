@@ -409,10 +409,6 @@ class SchedulerService(Service):
             elif not msg.payload:
                 if parsed.kind == "component_status" and parsed.name is not None:
                     await self._component_gone(parsed.name)
-                elif parsed.kind == "component_meta" and parsed.name is not None:
-                    # (kept, it counted as heard of when the component came back: a review)
-                    for name in [n for n in self.metas if slug(n) == parsed.name]:
-                        del self.metas[name]
                 return  # a cleared retained topic
             elif parsed.kind == "node_status":
                 nst = decode(NodeStatus, msg.payload, msg.topic)
