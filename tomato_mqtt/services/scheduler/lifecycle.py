@@ -311,7 +311,26 @@ class JobLifecycle:
             done = final.model_copy(update={"status": status, "reason": reason})
             svc.spawn(self._write_when_back(done, path, svc.presence_view.recorder_online))
         await runner.reset_done()  # the pipeline is free once its components are reset
+        # its end is being stored and told: `stop --force` waits for that too (it stopped
+        # the stack between the two, and the job's cd was stored, never told: a CI run)
+        svc.ending.add(job.id)
         svc.runners.pop(job.id, None)
+        try:
+            await self._store_and_tell_end(runner, job, status, reason, respath, progress, ended)
+        finally:
+            svc.ending.discard(job.id)
+
+    async def _store_and_tell_end(
+        self,
+        runner: JobRunner,
+        job: Job,
+        status: str,
+        reason: str | None,
+        respath: str | None,
+        progress: dict[str, Any],
+        ended: str,
+    ) -> None:
+        svc = self.svc
         runner.done_saving()  # a retried progress write must not overwrite the end below
         jobid = job.id
         pip = job.pipeline

@@ -244,7 +244,11 @@ class SchedulerOps:
         deadline = time.monotonic() + FORCE_STOP_WAIT
 
         def busy(i: int) -> bool:  # (a job being launched: its runner is started soon)
-            return i in self.svc.runners or i in self.svc.launching
+            svc = self.svc
+            # (a job whose end is being stored and told, while the state file takes
+            # writes: a full one keeps it from being stored before the next start)
+            ending = i in svc.ending and svc.state_unwritable is None
+            return i in svc.runners or i in svc.launching or ending
 
         while any(busy(i) for i in ids) and time.monotonic() < deadline:
             await asyncio.sleep(0.1)

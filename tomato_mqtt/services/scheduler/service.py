@@ -99,6 +99,8 @@ class SchedulerService(Service):
         #: nothing of the component itself has come (unheard_of)
         self.unheard: dict[str, float] = {}
         self.runners: dict[int, JobRunner] = {}
+        #: jobs whose runner is done and whose end is being stored and told (lifecycle)
+        self.ending: set[int] = set()
         self.layout: Layout = Layout(components={}, pipelines={})
         self.store: StateStore | None = None
         #: another scheduler holds the state file: this one stops and changes nothing
