@@ -374,24 +374,36 @@ class MosquittoBroker(ProcessBroker):
 AEDES = Path(__file__).resolve().parent / "aedes"
 
 
-def aedes_server() -> Path:
-    """tests/aedes/server.mjs, its pinned Aedes installed from npm first (once, under a
-    lock: parallel test workers may ask at the same time)."""
+def npm_installed(folder: Path, what: str) -> Path:
+    """``folder``'s pinned npm packages installed (``npm ci``, once), its node_modules
+    returned. Parallel test workers may ask at the same time: each waits on a lock, and
+    the packages count as installed only once ``npm ci`` has ended well (a marker file
+    written after it), never from a folder another worker is still filling."""
     import fcntl
 
-    if not (AEDES / "node_modules" / "aedes").is_dir():
-        npm = shutil.which("npm")
-        if npm is None or shutil.which("node") is None:
-            pytest.fail("Node.js and npm are needed for the Aedes broker (apt-get install npm)")
-        with open(AEDES / ".install.lock", "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            if not (AEDES / "node_modules" / "aedes").is_dir():
-                subprocess.run(
-                    [npm, "ci", "--no-audit", "--no-fund", "--loglevel=error"],
-                    cwd=AEDES,
-                    check=True,
-                    timeout=600,
-                )
+    modules = folder / "node_modules"
+    done = modules / ".tomato-installed"
+    if done.is_file():
+        return modules
+    npm = shutil.which("npm")
+    if npm is None or shutil.which("node") is None:
+        pytest.fail(f"Node.js and npm are needed for {what} (apt-get install npm)")
+    with open(folder / ".install.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not done.is_file():
+            subprocess.run(
+                [npm, "ci", "--no-audit", "--no-fund", "--loglevel=error"],
+                cwd=folder,
+                check=True,
+                timeout=600,
+            )
+            done.write_text("npm ci ended well\n")
+    return modules
+
+
+def aedes_server() -> Path:
+    """tests/aedes/server.mjs, its pinned Aedes installed from npm first."""
+    npm_installed(AEDES, "the Aedes broker")
     return AEDES / "server.mjs"
 
 

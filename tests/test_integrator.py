@@ -20,10 +20,10 @@ from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as paho
-import pytest
 import yaml
 from paho.mqtt.enums import CallbackAPIVersion
 
+from tests.conftest import npm_installed
 from tests.stack import CONFIG, make_stack, started
 from tomato_mqtt.wire.messages import MESSAGES
 from tomato_mqtt.wire.topics import Topics
@@ -38,19 +38,8 @@ RESPONDER = {
 
 
 def parser_installed() -> Path:
-    """npm install of the pinned parser (once; offline after that)."""
-    modules = HERE / "node_modules"
-    if not (modules / "@asyncapi" / "parser").is_dir():
-        npm = shutil.which("npm")
-        if npm is None:
-            pytest.fail("npm is needed for the official AsyncAPI parser (apt-get install npm)")
-        subprocess.run(
-            [npm, "install", "--no-audit", "--no-fund", "--loglevel=error"],
-            cwd=HERE,
-            check=True,
-            timeout=600,
-        )
-    return modules
+    """The pinned parser, installed by npm (once, under a lock; offline after that)."""
+    return npm_installed(HERE, "the official AsyncAPI parser")
 
 
 def check(folder: Path, modules: Path) -> dict[str, Any]:
