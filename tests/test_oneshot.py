@@ -107,3 +107,13 @@ def test_fast_settings_read_knows_every_mqtt_field_and_agrees_with_the_loader(
         ctx = common.context(appdir=appdir)
         full = ctx.settings.mqtt
         assert (ctx.url.host, ctx.url.port, ctx.instance) == (full.host, full.port, full.instance)
+
+
+def test_a_submit_s_refusal_names_the_file_only_when_the_payload_was_refused() -> None:
+    """The scheduler cannot know the file a payload came from: ketchup and the client
+    name it in a payload's refusal, and leave any other refusal (the state not stored,
+    say) as the scheduler said it (a review: "x.yml: the scheduler could not …")."""
+    said = oneshot.payload_refused("x.yml", "payload refused: method[0].time: must be > 0")
+    assert said == "payload refused: x.yml: method[0].time: must be > 0"
+    other = "the job could not be stored: disk full"
+    assert oneshot.payload_refused("x.yml", other) == other

@@ -65,9 +65,10 @@ def refused_token(code: str | None, msg: str | None) -> bool:
 
 def payload_refused(file: str, msg: str) -> str:
     """A scheduler's refusal of a payload sent from ``file``, which it cannot know, in one
-    order whoever refused it: "payload refused: <file>: <where>: <why>"."""
+    order whoever refused it: "payload refused: <file>: <where>: <why>". A refusal of
+    anything else (the state not stored, say) is not the file's: left as it is."""
     head, sep, why = msg.partition("payload refused: ")
-    return f"payload refused: {file}: {why}" if sep and not head else f"{file}: {msg}"
+    return f"payload refused: {file}: {why}" if sep and not head else msg
 
 
 _REFUSED_HINT = (
