@@ -20,9 +20,9 @@ import contextlib
 import json
 import os
 import tempfile
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import ValidationError
 
@@ -53,6 +53,12 @@ from tomato_mqtt.wire.topics import Topics
 
 __all__ = ["AsyncTomato", "ClientError", "Job", "NoResponder", "ReplyError"]
 
+T = TypeVar("T")
+
+WHOAMI_BEFORE = 2.0
+"""s before a login's request times out at which ``whoami`` is asked meanwhile (at most
+half the request's timeout)."""
+
 
 def _problems(e: ValidationError) -> str:
     return "; ".join(
@@ -66,6 +72,16 @@ class ClientError(Exception):
     def __init__(self, msg: str, code: str | None = None) -> None:
         super().__init__(msg)
         self.code = code
+
+
+class _Unanswered(Exception):
+    """A request nobody answered (``error``), and the login's ``whoami`` reply (``me``),
+    if it was asked and came."""
+
+    def __init__(self, error: NoResponder, me: Reply | None) -> None:
+        super().__init__(str(error))
+        self.error = error
+        self.me = me
 
 
 class _Inbox:
@@ -186,34 +202,87 @@ class AsyncTomato:
         who = "recorder" if "/recorder/" in topic else "responder"
         if "/scheduler/" in topic:
             who = "scheduler"
+        t = timeout or self.timeout
         try:
-            return await self.requester.request(
-                topic, dict(args or {}), timeout=timeout or self.timeout, who=who
+            return await self._awaited(
+                self.requester.request(topic, dict(args or {}), timeout=t, who=who), topic, t
             )
-        except NoResponder as e:
-            raise await self._unanswered(e) from None
+        except _Unanswered as u:
+            raise self._unanswered(u.error, u.me) from None
 
-    async def _unanswered(self, e: NoResponder) -> ClientError:
+    async def _awaited(self, request: Awaitable[T], topic: str, timeout: float) -> T:
+        """``request``'s answer, within its ``timeout``; :class:`_Unanswered` (with the
+        login's role, if ``whoami`` said it) when no answer came.
+
+        MQTT 3.1.1 has no negative PUBACK: a request the broker's rules drop is only ever
+        unanswered, and ``whoami`` says why. A login's request still unanswered
+        ``WHOAMI_BEFORE`` s (at most half the timeout) before its end asks it meanwhile,
+        so that the refusal is said within the timeout (it was asked after it). A broker
+        that closes the connection for a forbidden publish (Aedes) closes it again at
+        each reconnect while the request is in flight: whoami can only go once the
+        request is forgotten, after the timeout (for at most ``WHOAMI_BEFORE`` s)."""
+        parsed = self.topics.parse(topic)
+        ask = bool(self.url.username) and parsed is not None and parsed.op not in (None, "whoami")
+        answer = asyncio.ensure_future(request)
+        me: asyncio.Future[Reply | None] | None = None
+        try:
+            lost = False
+            if ask:
+                loop = asyncio.get_running_loop()
+                end = loop.time() + timeout
+                at = end - min(WHOAMI_BEFORE, timeout / 2)
+                connects = self.mqtt.connects
+                while not answer.done() and loop.time() < at:
+                    await asyncio.wait({answer}, timeout=min(0.1, at - loop.time()))
+                    lost = lost or not self.mqtt.is_connected or self.mqtt.connects != connects
+                if not answer.done() and not lost:
+                    me = asyncio.ensure_future(self._whoami(max(0.0, end - loop.time())))
+            try:
+                return await answer
+            except NoResponder as e:
+                said = None
+                if me is not None:
+                    said = await me
+                elif lost:  # the request is forgotten now (by the requester): asked now
+                    said = await self._whoami(min(WHOAMI_BEFORE, timeout))
+                raise _Unanswered(e, said) from None
+        finally:
+            for f in (answer, me):
+                if f is not None and not f.done():
+                    f.cancel()
+
+    async def _whoami(self, within: float) -> Reply | None:
+        """The scheduler's ``whoami`` reply within ``within`` s, or None."""
+        loop = asyncio.get_running_loop()
+        end = loop.time() + within
+        if not self.mqtt.is_connected:  # closed for the request (Aedes): back first
+            with contextlib.suppress(MqttError, asyncio.TimeoutError):
+                await self.mqtt.wait_connected(within)
+        left = end - loop.time()
+        if left <= 0:
+            return None
+        with contextlib.suppress(MqttError):  # (its copies forgotten by the requester)
+            return await self.requester.request(
+                self.topics.scheduler_cmd("whoami"), {}, timeout=left, who="scheduler"
+            )
+        return None
+
+    def _unanswered(self, e: NoResponder, me: Reply | None) -> ClientError:
         """A request nobody answered: ``unavailable``, or ``not_allowed`` when the broker's
-        ACL dropped it (MQTT 3.1.1 has no negative PUBACK; ``whoami`` says the role, as
-        the CLI asks it), or closed the connection for it (Aedes)."""
+        ACL dropped it or closed the connection for it (Aedes), as ``whoami`` (``me``,
+        asked meanwhile by :meth:`_awaited`) says of the login's role, as the CLI says it."""
         parsed = self.topics.parse(e.topic) if e.topic else None
-        me: Reply | None = None
-        if self.url.username and parsed is not None and parsed.op not in (None, "whoami"):
-            if not self.mqtt.is_connected:  # closed for the request (Aedes): back first
-                with contextlib.suppress(MqttError, asyncio.TimeoutError):
-                    await self.mqtt.wait_connected(min(2.0, self.timeout))
-            with contextlib.suppress(MqttError):  # (its copies forgotten by the requester)
-                me = await self.requester.request(
-                    self.topics.scheduler_cmd("whoami"),
-                    {},
-                    timeout=min(2.0, self.timeout),
-                    who="scheduler",
-                )
-            if me is not None and me.success and isinstance(me.data, dict):
-                why = roles.refusal(parsed.kind, parsed.op, self.url.username, me.data)
-                if why is not None:
-                    return ClientError(why, "not_allowed")
+        if (
+            self.url.username
+            and parsed is not None
+            and parsed.op not in (None, "whoami")
+            and me is not None
+            and me.success
+            and isinstance(me.data, dict)
+        ):
+            why = roles.refusal(parsed.kind, parsed.op, self.url.username, me.data)
+            if why is not None:
+                return ClientError(why, "not_allowed")
         hint = ""
         if (
             self.url.username
@@ -257,14 +326,19 @@ class AsyncTomato:
             checked = cmd.parse_args(dict(args or {}))
         except ValidationError as e:
             raise ClientError(f"bad args for {op!r}: {_problems(e)}", "bad_request") from None
+        t = timeout or self.timeout
         try:
-            return await self.requester.call(
+            return await self._awaited(
+                self.requester.call(
+                    topic,
+                    cmd,
+                    checked,
+                    timeout=t,
+                    who=who,
+                    resend=responder == "scheduler",  # it may be restarting (RESEND_AFTER)
+                ),
                 topic,
-                cmd,
-                checked,
-                timeout=timeout or self.timeout,
-                who=who,
-                resend=responder == "scheduler",  # it may be restarting (oneshot.RESEND_AFTER)
+                t,
             )
         except ValidationError as e:  # the reply's data: the op ran, its answer is odd
             raise ClientError(
@@ -274,8 +348,8 @@ class AsyncTomato:
             ) from None
         except ReplyError as e:
             raise ClientError(str(e), e.code) from None
-        except NoResponder as e:
-            err = await self._unanswered(e)
+        except _Unanswered as u:
+            err = self._unanswered(u.error, u.me)
             if err.code == "unavailable" and not cmd.reads:
                 # a slow scheduler (stopped, swapped out) carries it out when it gets to
                 # it: a script that sent it again got a second job (an integrator's run)
