@@ -572,6 +572,41 @@ def test_an_option_before_any_command_is_said_as_such(argv: list[str], commands:
     assert "supervise" not in err  # hidden commands stay hidden
 
 
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["tomato", "-v", "status"],
+        ["ketchup", "-vv", "status", "1"],
+        ["passata", "--verbose", "status", "dev/1"],
+        ["tomato", "-v", "pipeline", "load", "pip", "sample"],
+        ["tomato", "pipeline", "-v", "eject", "pip"],
+    ],
+)
+def test_loudness_before_the_command_is_taken_as_tomato_2_2_takes_it(
+    argv: list[str], tmp_path: Path
+) -> None:
+    """tomato 2.2's usage is ``tomato [--verbose] [--quiet] {status,…}``: ``tomato -v
+    status`` was refused ("-v is an option of a command", exit 2; a side-by-side tour).
+    Through the fast path (the console script) and typer's (the app) alike: the flag
+    reaches the command, which says each step (nobody listens on the port)."""
+    from typer.testing import CliRunner
+
+    from tomato_mqtt.cli import ketchup, passata, tomato
+
+    (tmp_path / "settings.toml").write_text("")
+    args = ["-A", str(tmp_path), "-p", str(free_port()), "-t", "1"]
+    res = subprocess.run(
+        [str(BIN / argv[0]), *argv[1:], *args], capture_output=True, text=True, timeout=30
+    )
+    assert res.returncode == 1, (res.stdout, res.stderr)
+    assert "INFO tomato_mqtt.cli: connecting to mqtt://127.0.0.1:" in res.stderr, res.stderr
+    assert "is an option of a command" not in res.stderr
+    app = {"tomato": tomato.app, "ketchup": ketchup.app, "passata": passata.app}[argv[0]]
+    typed = CliRunner().invoke(app, [*argv[1:], *args])
+    assert typed.exit_code == 1, typed.output
+    assert "is an option of a command" not in typed.output
+
+
 def test_common_options_reach_the_command(tmp_path: Path) -> None:
     """The values given after the arguments are the ones the request uses."""
     from typer.testing import CliRunner

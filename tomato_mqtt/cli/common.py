@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import re
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar, cast
@@ -103,12 +104,21 @@ F = TypeVar("F", bound=Callable[..., Any])
 _USAGE_ERROR: type[Exception] = typer.BadParameter.__mro__[1]
 
 
+_LOUDNESS = re.compile(r"-v+|-q+|--verbose|--quiet")
+
+
 class CommandFirst(TyperGroup):
     """A group (``tomato``, ``tomato pipeline``, ``ketchup``, …) whose commands take the
     options: given one before any command (``tomato pipeline -A app -p 1884``), click said
     "No such option: -A", as if tomato had no such option (a newcomer's tour)."""
 
     def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        lead = 0  # -v/-q before the command, as tomato 2.2 takes them (`tomato -v status`,
+        # its usage line `tomato [--verbose] [--quiet] {status,…}`): handed to the command
+        while lead < len(args) and _LOUDNESS.fullmatch(args[lead]):
+            lead += 1
+        if lead and lead < len(args) and not args[lead].startswith("-"):
+            args = [args[lead], *args[:lead], *args[lead + 1 :]]
         if args and args[0].startswith("-") and args[0] != "-":
             name = args[0].split("=", 1)[0]
             own = {o for p in self.get_params(ctx) for o in (*p.opts, *p.secondary_opts)}

@@ -297,12 +297,16 @@ def read_line(
 ) -> tuple[Fast, core.Opts, list[str], dict[str, str]] | None:
     """``argv`` read as typer would: the command, its common options, positionals and its
     own options; None where typer must read it."""
+    lead = 0  # -v/-q before the command, as tomato 2.2 takes them (`tomato -v status`)
+    while lead < len(argv) and argv[lead] in _LOUDNESS:
+        lead += 1
+    loudness, argv = list(argv[:lead]), argv[lead:]
     if not argv:
         return None
     if (prog, argv[0]) in FAST:
-        spec, rest = FAST[(prog, argv[0])], list(argv[1:])
+        spec, rest = FAST[(prog, argv[0])], [*loudness, *argv[1:]]
     elif len(argv) > 1 and (prog, f"{argv[0]} {argv[1]}") in FAST:  # a sub-app's command
-        spec, rest = FAST[(prog, f"{argv[0]} {argv[1]}")], list(argv[2:])
+        spec, rest = FAST[(prog, f"{argv[0]} {argv[1]}")], [*loudness, *argv[2:]]
     else:
         return None
     given: dict[str, str] = {}
