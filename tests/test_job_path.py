@@ -80,6 +80,12 @@ async def test_a_submit_to_a_ready_pipeline_is_stored_in_two_commits_then_told(
     assert arrived.index(("event", "file_written")) < arrived.index(("status", "c")), str(arrived)
 
     tree = load_tree(work / "results.1.nc")
+    # the folder of its file filled in, as tomato 2.2's ketchup does (a tomato 2.2 script
+    # finds its results through it: it read None, a side-by-side tour), in the job and in
+    # the file's tomato_Job
+    assert job.payload["settings"]["output"]["path"] == str(work), job.payload["settings"]
+    told = json.loads(tree.attrs["tomato_Job"])["payload"]["settings"]["output"]
+    assert told["path"] == str(work), told
     n = 0
     for group in tree.children.values():
         n += group.ds["uts"].size

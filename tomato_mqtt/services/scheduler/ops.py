@@ -410,7 +410,16 @@ class SchedulerOps:
                     f"ends, the job's file goes to {own / f'{prefix}.nc'} instead "
                     f"(`ketchup status {job.id}` names it then)"
                 )
-            job = self.store.update_job(job.id, respath=str(base / f"{prefix}.nc"))
+            filled: dict[str, Any] = {}
+            if out.get("path") is None and isinstance(out, dict):
+                # the folder the file goes to, as tomato 2.2's ketchup fills it in: a
+                # tomato 2.2 script finds its results through it (it read None: a
+                # side-by-side tour)
+                filled["payload"] = {
+                    **pdict,
+                    "settings": {**pdict["settings"], "output": {**out, "path": str(base)}},
+                }
+            job = self.store.update_job(job.id, respath=str(base / f"{prefix}.nc"), **filled)
         await self.svc.publish_job(job)
         log.info("job %d submitted (%s)", job.id, job.jobname or "no name")
         self.svc.job_event(job.id, "queued", status=job.status)
