@@ -78,6 +78,19 @@ async def test_scheduler_replies_match_their_types(
         await st.call("pipeline_ready", {"pipeline": "pip-counter-1"})
         again = await st.call("pipeline_eject", {"pipeline": "pip-counter-1"})
         assert again.ready and again.sampleid is None, again
+        # ready twice, and a load into a full pipeline: said and answered as tomato 2.2
+        # does (the second said "is ready"; the refusal had no pipeline: a side-by-side
+        # tour)
+        twice = await st.raw(
+            st.topics.scheduler_cmd("pipeline_ready"), {"pipeline": "pip-counter-1"}
+        )
+        assert twice.success and twice.msg == "pipeline pip-counter-1 was already ready", twice
+        load = {"pipeline": "pip-counter-1", "sampleid": "s1"}
+        await st.call("pipeline_load", load)
+        full = await st.raw(st.topics.scheduler_cmd("pipeline_load"), load)
+        assert not full.success and full.code == "conflict", full
+        assert isinstance(full.data, dict) and full.data["sampleid"] == "s1", full
+        assert full.data["name"] == "pip-counter-1" and full.data["ready"] is True, full
 
 
 @pytest.mark.parametrize(

@@ -280,8 +280,9 @@ class SchedulerOps:
         a = LoadArgs.model_validate(args)
         p = self._pipeline(a.pipeline)
         if p.sampleid is not None:
-            raise CommandError(
+            raise CommandError(  # with the pipeline, as tomato 2.2 answers it
                 f"pipeline {a.pipeline} already holds sample {p.sampleid!r}: eject it first",
+                pipeline_info(self.svc, p),
                 code="conflict",
             )
         if not a.sampleid.strip():
@@ -298,7 +299,9 @@ class SchedulerOps:
         p = self._pipeline(a.pipeline)
         if p.jobid is not None:
             raise CommandError(
-                f"cannot eject from {a.pipeline}: job {p.jobid} is running", code="conflict"
+                f"cannot eject from {a.pipeline}: job {p.jobid} is running",
+                pipeline_info(self.svc, p),
+                code="conflict",
             )
         held = p.sampleid
         if held is None:  # as tomato 2.2: nothing changes (its `ready` was cleared here)
@@ -311,7 +314,8 @@ class SchedulerOps:
     async def pipeline_ready(self, args: Mapping[str, JsonValue]) -> Result:
         self.access.require("pipeline_ready")
         a = PipelineArgs.model_validate(args)
-        running = self._pipeline(a.pipeline).jobid
+        p = self._pipeline(a.pipeline)
+        running = p.jobid
         if running is not None:  # as tomato: the flag was cleared at the launch, and was
             # set again here without a word, to be cleared at the job's end (a user's
             # "ready" for the next job was dropped; found comparing with tomato 2.2)
@@ -319,8 +323,12 @@ class SchedulerOps:
                 f"cannot mark a running pipeline as ready: job {running} runs on "
                 f"{a.pipeline}; mark it ready once that job has ended (or submit with "
                 "settings.unlock_when_done for the next job to start by itself)",
+                pipeline_info(self.svc, p),
                 code="conflict",
             )
+        if p.ready:  # as tomato 2.2 says it (it said "is ready" again: a side-by-side tour)
+            self.svc.kick()
+            return Result(f"pipeline {a.pipeline} was already ready", pipeline_info(self.svc, p))
         p = self.store.update_pipeline(a.pipeline, ready=True)
         await self.svc.publish_pipeline(a.pipeline)
         self.svc.kick()
