@@ -39,6 +39,10 @@ def _check(line: str) -> list[str]:
     toks = line.replace("\\|", "|").split()
     cmd: Any = typer.main.get_command(APPS[toks[0]])
     path, i = [toks[0]], 1
+    # -v/-q before a command go to it, as tomato 2.2 takes them (common.CommandFirst)
+    loud = [t for t in toks[1:] if re.fullmatch(r"-(v+|q+)|--verbose|--quiet", t)]
+    if loud and hasattr(cmd, "commands"):
+        toks = [toks[0], *(t for t in toks[1:] if t not in loud), *loud]
     while hasattr(cmd, "commands") and i < len(toks) and not toks[i].startswith("-"):
         if toks[i] in ("…", "...") or toks[i].startswith("<"):
             return []  # "tomato user …": the group itself
@@ -66,6 +70,8 @@ def test_the_check_finds_what_it_is_for() -> None:
     assert _check("tomato pipeline load/eject/ready -y") == []
     assert _check("ketchup status --everything") == ["`ketchup status` has no option --everything"]
     assert _check("tomato pipeline unload x") == ["no command 'unload' under `tomato pipeline`"]
+    assert _check("tomato -v status") == []
+    assert _check("tomato -v init") == ["`tomato init` has no option -v"]
 
 
 def test_every_command_line_in_the_docs_is_one_the_cli_takes() -> None:
