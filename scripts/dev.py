@@ -110,6 +110,8 @@ def check() -> None:
 
 def pytest(extra: list[str]) -> None:
     sh("bash", REPO / "scripts" / "ensure-mosquitto")
+    # RabbitMQ: a broker that sends no retained message to a wildcard subscription
+    sh("bash", REPO / "scripts" / "ensure-rabbitmq")
     # libfaketime: the chaos suite's clock-skew scenarios (they skip, saying why, without it)
     sh("bash", REPO / "scripts" / "ensure-faketime")
     # Debian's chromium: the dashboard's browser tests drive it through Playwright

@@ -21,6 +21,7 @@ import getpass
 import inspect
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import uuid
@@ -371,6 +372,95 @@ class MosquittoBroker(ProcessBroker):
         return [self.binary, "-c", str(conf)]
 
 
+RABBITMQ_SERVER = "/usr/lib/rabbitmq/bin/rabbitmq-server"  # Debian's rabbitmq-server
+
+
+def _three() -> tuple[int, int, int]:
+    return free_port(), free_port(), free_port()
+
+
+@dataclass
+class RabbitMQBroker(ProcessBroker):
+    """RabbitMQ (Erlang, Debian's package) with its MQTT plugin, on ``port`` for MQTT and
+    free ports for everything else it opens (AMQP, Erlang distribution and its own epmd,
+    all on 127.0.0.1), its files in ``workdir``. Not an MQTT 3.1.1 broker in full: it
+    sends no retained message to a wildcard subscription (what the scheduler checks)."""
+
+    #: AMQP, Erlang distribution, epmd
+    ports: tuple[int, int, int] = field(default_factory=_three)
+
+    def _env(self) -> dict[str, str]:
+        base = str(self.workdir / "rabbitmq")
+        amqp, dist, epmd = self.ports
+        return {
+            **os.environ,
+            "HOME": base,  # its Erlang cookie
+            "RABBITMQ_NODENAME": f"tomato{self.port}@localhost",
+            "RABBITMQ_BASE": base,
+            "RABBITMQ_MNESIA_BASE": f"{base}/mnesia",
+            "RABBITMQ_LOG_BASE": f"{base}/log",
+            "RABBITMQ_CONFIG_FILE": f"{base}/rabbitmq",
+            "RABBITMQ_ENABLED_PLUGINS_FILE": f"{base}/enabled_plugins",
+            "RABBITMQ_PID_FILE": f"{base}/pid",
+            "RABBITMQ_DIST_PORT": str(dist),
+            "ERL_EPMD_PORT": str(epmd),
+            "ERL_EPMD_ADDRESS": "127.0.0.1",
+            "RABBITMQ_AMQP_PORT": str(amqp),
+        }
+
+    def argv(self) -> list[str]:
+        env = self._env()
+        base = Path(env["RABBITMQ_BASE"])
+        base.mkdir(parents=True, exist_ok=True)
+        (base / "rabbitmq.conf").write_text(
+            f"listeners.tcp.1 = 127.0.0.1:{env['RABBITMQ_AMQP_PORT']}\n"
+            f"mqtt.listeners.tcp.1 = {self.host}:{self.port}\n"
+            "mqtt.allow_anonymous = true\nloopback_users = none\n"
+        )
+        (base / "enabled_plugins").write_text("[rabbitmq_mqtt].\n")
+        return [RABBITMQ_SERVER]
+
+    async def start(self) -> None:
+        with open(self.workdir / f"{self.kind}.out", "ab") as out:
+            self._proc = subprocess.Popen(
+                self.argv(),
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=self._env(),
+                start_new_session=True,  # its Erlang VM and helpers: stopped as a group
+            )
+        try:
+            await _wait_listening(self.port, 90.0, self.kind)  # an Erlang VM: seconds
+        except TimeoutError:
+            await self.stop()
+            said = (self.workdir / f"{self.kind}.out").read_text(errors="replace")[-2000:]
+            raise TimeoutError(f"rabbitmq did not start on port {self.port}:\n{said}") from None
+
+    async def stop(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                await asyncio.wait_for(asyncio.to_thread(proc.wait), 20.0)
+            except asyncio.TimeoutError:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                await asyncio.to_thread(proc.wait)
+        # its epmd (on its own port) daemonised out of the group: only that one is stopped
+        epmd = shutil.which("epmd") or "/usr/lib/erlang/bin/epmd"
+        if os.path.exists(epmd):
+            subprocess.run(
+                [epmd, "-kill"], env=self._env(), capture_output=True, timeout=10, check=False
+            )
+
+
+def rabbitmq_server() -> str | None:
+    """Debian's rabbitmq-server, if installed (scripts/ensure-rabbitmq)."""
+    return RABBITMQ_SERVER if os.access(RABBITMQ_SERVER, os.X_OK) else None
+
+
 AEDES = Path(__file__).resolve().parent / "aedes"
 
 
@@ -443,6 +533,13 @@ def external_broker(
         )
     if kind == "aedes":
         return AedesBroker(kind=kind, port=port, workdir=workdir)
+    if kind == "rabbitmq":
+        if rabbitmq_server() is None:
+            reason = "rabbitmq-server is not installed (run scripts/ensure-rabbitmq)"
+            if mosquitto_required():  # the test command installs both
+                pytest.fail(f"{reason}, but TOMATO_REQUIRE_MOSQUITTO/CI requires it")
+            pytest.skip(reason)
+        return RabbitMQBroker(kind=kind, port=port, workdir=workdir)
     raise ValueError(f"no external broker {kind!r}")
 
 

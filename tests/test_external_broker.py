@@ -4,6 +4,7 @@ implementations: Mosquitto (C) and Aedes (Node.js, tests/aedes/)."""
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,7 @@ import xarray as xr
 
 from tests.conftest import external_broker, free_port
 from tests.counts import taken
-from tests.stack import make_stack, started
+from tests.stack import Stack, make_stack, start_stack, started, stop_stack
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -39,8 +40,58 @@ def test_job_runs_end_to_end_on_an_external_broker(
             with xr.open_datatree(job["respath"]) as tree:
                 n, missed = taken(job)
                 assert tree["counter"]["uts"].size == n and n + missed == 10
+            # the scheduler found nothing amiss with the broker (brokercheck.py): said as []
+            assert scheduler_status(st)["broker_warnings"] == [], st.logs()
             # `tomato start` twice against a running stack on the same broker is refused
             res = st.run("tomato", "start", "-D", str(st.datadir), "-L", str(st.logdir))
             assert res.returncode == 1 and "already" in (res.stdout + res.stderr), res
     finally:
         asyncio.run(mosq.stop())
+
+
+def scheduler_status(st: Stack) -> dict[str, object]:
+    res = st.run("tomato", "status", "--json")
+    assert res.returncode == 0, res
+    data = json.loads(res.stdout)["data"]
+    assert isinstance(data, dict)
+    return data
+
+
+def test_a_broker_that_keeps_retained_messages_from_wildcards_is_said_and_loses_nothing(
+    tmp_path: Path,
+) -> None:
+    """RabbitMQ's MQTT plugin (Debian's rabbitmq-server) sends no retained message to a
+    subscription with a wildcard (MQTT 3.1.1 [MQTT-3.3.1-6]): a dashboard opened later saw
+    no state at all, and nothing said why (found trying a third external broker). The
+    scheduler checks it at its start: `tomato start` and `tomato status` say it, and a job
+    runs to the last point all the same."""
+    port = free_port()
+    rabbit = external_broker("rabbitmq", port, tmp_path)
+    asyncio.run(rabbit.start())
+    try:
+        st = make_stack(tmp_path / "stack")
+        cfg = st.appdir / "settings.toml"
+        cfg.write_text(cfg.read_text().replace("[broker]\n", "[broker]\nembedded = false\n"))
+        st.port = port
+        res = start_stack(st, timeout=60)
+        try:
+            assert res.returncode == 0, (res.stdout, res.stderr, st.logs())
+            said = "does not send retained messages to wildcard subscriptions"
+            assert f"warning: the broker at mqtt://127.0.0.1:{port} {said}" in res.stderr, res
+            assert "MQTT-3.3.1-6" in res.stderr and "RabbitMQ" in res.stderr, res.stderr
+            warned = scheduler_status(st)["broker_warnings"]
+            assert isinstance(warned, list) and len(warned) == 1 and said in warned[0], warned
+            assert f"warning:   the broker at mqtt://127.0.0.1:{port} {said}" in (
+                st.run("tomato", "status").stdout
+            )
+            st.load_ready("pip-counter-1", "counter_1_0.1")
+            jobid = st.submit("counter_1_0.1.yml")
+            job = st.wait_job(jobid, {"c", "ce", "cd"}, timeout=60)
+            assert job["status"] == "c", (job, st.logs())
+            with xr.open_datatree(job["respath"]) as tree:
+                n, missed = taken(job)
+                assert tree["counter"]["uts"].size == n and n + missed == 10
+        finally:
+            stop_stack(st)
+    finally:
+        asyncio.run(rabbit.stop())

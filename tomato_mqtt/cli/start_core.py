@@ -189,11 +189,16 @@ def start(opts: core.Opts, verbose: int = 0, quiet: int = 0) -> None:
         {"node": node, "components": sorted(comps)} for node, comps in sorted(absent.items())
     ]
     data["not_ready"] = dict(sorted(pending.items()))
+    warned = [] if s.broker.embedded else _broker_warnings(ctx, BROKER_CHECK_WAIT)
+    if warned:
+        data["broker_warnings"] = warned
     if s.dashboard.enabled:
         scheme = "https" if s.dashboard.certfile else "http"
         data["dashboard"] = f"{scheme}://{s.dashboard.host}:{s.dashboard.port}/"
         msg += f"\ndashboard: {data['dashboard']}"
     opts.output().reply(Done(msg, data))
+    for w in warned:
+        echo(f"warning: {w}", err=True)
     for node, comps in sorted(absent.items()):
         echo(
             f"warning: node {node!r} is not online, so {len(comps)} component(s) are not"
@@ -393,6 +398,41 @@ def alive(pid: int) -> bool:
     from tomato_mqtt.services.watchdog import pid_alive
 
     return pid_alive(pid)  # a zombie or stale pid left by a crash is not alive
+
+
+BROKER_CHECK_WAIT = 4.0
+"""s ``tomato start`` waits, once the stack is ready, for the scheduler's check of an
+external broker (services/scheduler/brokercheck.py: at most 2 s after its start)."""
+
+
+def _broker_warnings(ctx: core.CallContext, within: float) -> list[str]:
+    """What the scheduler found an external broker not to do (its status's
+    ``broker_warnings``), once it has checked; [] when fine, or not said within
+    ``within`` s (a scheduler older than the check)."""
+    import time
+
+    from tomato_mqtt.transport import oneshot
+
+    end = time.monotonic() + within
+    while True:
+        left = end - time.monotonic()
+        if left <= 0:
+            return []
+        try:
+            r = oneshot.request(
+                ctx.url,
+                ctx.topics.scheduler_cmd("status"),
+                ctx.topics.reply,
+                {"what": "scheduler"},
+                timeout=max(0.5, left),
+                who="scheduler",
+            )
+        except oneshot.OneShotError:
+            return []
+        said = r.data.get("broker_warnings") if r.success and isinstance(r.data, dict) else []
+        if isinstance(said, list):
+            return [str(w) for w in said]
+        time.sleep(min(0.2, max(0.0, end - time.monotonic())))
 
 
 def _scheduler_answers(ctx: core.CallContext, timeout: float) -> bool:

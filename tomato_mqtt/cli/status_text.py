@@ -50,6 +50,9 @@ def _scheduler(msg: str, data: Any) -> str:
     spools = data.get("node_storage_errors")
     if isinstance(spools, Mapping):  # each node's spool (its batches wait elsewhere)
         fields += [("storage", v) for v in spools.values()]
+    warned = data.get("broker_warnings")
+    if isinstance(warned, list):  # what an external broker does not do (brokercheck.py)
+        fields += [("warning", w) for w in warned]
     lines = [msg] + [f"  {k + ':':<10} {v}" for k, v in fields if v is not None]
     return "\n".join(lines)
 

@@ -123,6 +123,15 @@ class SchedulerStatus(WireModel):
             "answered `unavailable` meanwhile; null again once a write is stored"
         ),
     )
+    broker_warnings: list[str] | None = Field(
+        default=None,
+        description=(
+            "what an external broker does not do that this contract needs (checked once "
+            "at the scheduler's start: a broker that sends no retained message to a "
+            "wildcard subscription, as RabbitMQ's MQTT plugin); [] when it does it; null "
+            "before the check, and on the embedded broker"
+        ),
+    )
 
 
 class DriverInfo(WireModel):

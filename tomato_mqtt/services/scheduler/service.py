@@ -42,7 +42,7 @@ from tomato_mqtt.services.scheduler.warmup import (
     warm_up_payloads,
     warm_up_when,
 )
-from tomato_mqtt.transport.client import BrokerURL, Message, MqttTimeout
+from tomato_mqtt.transport.client import BrokerURL, Message, MqttError, MqttTimeout
 from tomato_mqtt.transport.rpc import NoResponder, Requester, Responder
 from tomato_mqtt.waits import wait_for
 from tomato_mqtt.wire.messages import (
@@ -121,6 +121,8 @@ class SchedulerService(Service):
         self.state_damaged: str | None = None
         #: the state file takes no writes now (see _state_unwritable)
         self.state_unwritable: str | None = None
+        #: what an external broker does not do that the contract needs (brokercheck.py)
+        self.broker_warnings: list[str] | None = None
         self.nodeconfig = NodeConfigurator(self)
         self.recorder = RecorderLink(self.topics)  # requests survive a recorder restart
         self.presence_view = Presence(self)
@@ -217,7 +219,25 @@ class SchedulerService(Service):
         await asyncio.gather(self.requester.start(), *(self.mqtt.subscribe(f) for f in filters))
         await self._announce()
         self.spawn(self._warm_up())
+        if not self.settings.broker.embedded:
+            self.spawn(self._check_broker())
         self._readopt()
+
+    async def _check_broker(self) -> None:
+        """An external broker's retained messages checked once (brokercheck.py), said in
+        the status and the log; tried again after a reconnect when it could not be."""
+        from tomato_mqtt.services.scheduler.brokercheck import broker_warnings
+
+        while self.broker_warnings is None:
+            try:
+                found = await broker_warnings(self)
+            except MqttError:
+                await asyncio.sleep(1.0)
+                continue
+            for w in found:
+                log.warning("%s", w)
+            self.broker_warnings = found
+            await self.publish(self.topics.scheduler_status(), self._presence("online"))
 
     async def _warm_up(self) -> None:
         await warm_up_when(self._settled, warm_up_payloads)
@@ -327,6 +347,7 @@ class SchedulerService(Service):
             heartbeat_interval=self.settings.scheduler.heartbeat,
             lost_after=self.settings.scheduler.lost_after,
             storage_error=self.state_damaged or self.state_unwritable,
+            broker_warnings=self.broker_warnings,
         )
 
     async def publish(self, topic: str, msg: Any, retain: bool = True, wait: bool = False) -> None:
