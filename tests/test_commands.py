@@ -98,6 +98,8 @@ async def test_scheduler_replies_match_their_types(
     [
         ("pipeline_load", {"pipeline": "nope", "sample": "s"}, "not_found"),
         ("pipeline_load", {"pipeline": "pip-counter-1"}, "bad_request"),
+        # a name of 5,000 characters was taken (a dashboard's tables 50,000 px wide)
+        ("pipeline_load", {"pipeline": "pip-counter-1", "sampleid": "s" * 257}, "bad_request"),
         ("job_status", {"jobids": [999]}, "not_found"),
         # beyond what the store holds: a bad request, not an internal OverflowError
         ("job_status", {"jobids": [2**70]}, "bad_request"),

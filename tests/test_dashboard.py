@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from tests.browser import chromium_page, running_dashboard
-from tests.conftest import RunningBroker
+from tests.conftest import RunningBroker, free_port
 from tests.inproc import client, inproc_stack
 from tomato_mqtt.wire.messages import NodeStatus, encode
 from tomato_mqtt.wire.topics import Topics
@@ -43,7 +43,12 @@ method:
 async def _reply(page: Any) -> str:
     """The text of the reply box once it shows (each action shows reply or error)."""
     box = page.locator("#reply")
-    await box.wait_for(state="visible", timeout=10_000)
+    # the answer, not the "… sent, waiting for the answer" shown meanwhile
+    await page.wait_for_function(
+        "() => { const b = document.getElementById('reply');"
+        " return !b.hidden && b.className !== 'busy'; }",
+        timeout=10_000,
+    )
     return str(await box.text_content())
 
 
@@ -249,6 +254,24 @@ async def test_dashboard_live_controls(
         # cancel from the page asks first (a running job cannot be resumed): declined,
         # the job runs on; accepted, it ends cd
         asked: list[str] = []
+
+        # another id typed in: none of this job's controls stays (its cancel acted on the
+        # typed id, and "abc" read "Job NaN": a dashboard tour)
+        assert await page.locator("#jp-cancel").is_visible()
+        await page.goto(f"{dash.address()}#/job/999")
+        await page.wait_for_function(
+            "() => document.getElementById('jp-summary').textContent === 'no such job (yet)'",
+            timeout=5_000,
+        )
+        assert await page.locator("#jp-cancel").is_hidden()
+        await page.goto(f"{dash.address()}#/job/abc")
+        await page.wait_for_function(
+            "() => document.getElementById('jp-title').textContent === 'Job abc: not a job id'",
+            timeout=5_000,
+        )
+        assert await page.locator("#jp-cancel").is_hidden()
+        await page.goto(f"{dash.address()}#/job/{jobid}")
+        await page.locator("#jp-cancel").wait_for(state="visible", timeout=10_000)
 
         async def answer(dialog: Any, accept: bool) -> None:
             asked.append(dialog.message)
@@ -620,3 +643,83 @@ async def test_the_tabs_of_one_browser_follow_its_sign_in(tmp_path: Path, instan
         await tab1.wait_for_function(otto, timeout=10_000)
         assert "signed in in another tab: this page follows" in await _reply(tab1)
         assert await tab1.locator("#submit-controls").is_visible()  # otto's, shown as his
+
+
+@pytest.mark.timeout(120)
+async def test_a_control_says_it_waits_and_is_held_until_the_answer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A scheduler that does not answer (hung: SIGSTOP; a stack stopped): the page showed
+    nothing for the 15 s the request waited, and its buttons took a second click meanwhile
+    (a dashboard tour). Now it says the request waits, holds the controls, then answers."""
+    import signal
+
+    from tests.stack import running_stack
+    from tomato_mqtt.services.dashboard import web
+
+    monkeypatch.setattr(web, "SCHEDULER_TIMEOUT", 3.0)
+    with running_stack(tmp_path / "stack") as st:
+        url = f"mqtt://127.0.0.1:{st.port}"
+        async with running_dashboard(url, st.instance) as dash, chromium_page() as (_, page):
+            await page.goto(dash.address())
+            ready = page.locator('#pipeline-controls button[data-op="pipeline_ready"]')
+            await ready.wait_for(state="visible", timeout=10_000)
+            await page.evaluate("document.getElementById('reply').hidden = true")
+            scheduler = st.child_pid("scheduler")
+            os.kill(scheduler, signal.SIGSTOP)
+            try:
+                await ready.click()
+                box = page.locator("#reply")
+                await box.wait_for(state="visible", timeout=2_000)
+                said = await box.text_content()
+                assert said == "… pipeline ready: sent, waiting for the answer", said
+                assert await ready.is_disabled()
+                load = page.locator('#pipeline-controls button[data-op="pipeline_load"]')
+                assert await load.is_disabled()
+                said = await _reply(page)  # the answer, after the scheduler's 3 s
+                assert said.startswith("✗ no scheduler answered") and "[unavailable]" in said
+                assert await ready.is_enabled()
+            finally:
+                os.kill(scheduler, signal.SIGCONT)
+
+
+@pytest.mark.timeout(120)
+async def test_a_page_says_why_it_is_not_live(instance: str) -> None:
+    """A page opened while the dashboard has no broker said "disconnected: retrying" and
+    nothing more, also once the dashboard had given up and stopped (a dashboard tour)."""
+    from tomato_mqtt.config.url import BrokerURL
+    from tomato_mqtt.services.dashboard.service import DashboardConfig, DashboardService
+
+    nobody = free_port()
+    svc = DashboardService(
+        DashboardConfig(
+            url=BrokerURL.parse(f"mqtt://127.0.0.1:{nobody}"),
+            instance=instance,
+            port=0,
+            connect_timeout=6.0,
+        )
+    )
+    task = asyncio.ensure_future(svc.run())
+    try:
+        async with chromium_page() as (_, page):
+            for _ in range(100):  # its page is served while it tries the broker
+                if svc.port:
+                    break
+                await asyncio.sleep(0.05)
+            await page.goto(f"http://127.0.0.1:{svc.port}/")
+            await page.wait_for_function(
+                "() => document.getElementById('conn').textContent === 'disconnected: the "
+                "dashboard is not connected to the broker yet; retrying'",
+                timeout=5_000,
+            )
+            with contextlib.suppress(Exception):  # it gives up after its 6 s and stops
+                await asyncio.wait_for(task, 20)
+            await page.wait_for_function(
+                "() => document.getElementById('conn').textContent === 'disconnected: the "
+                "dashboard does not answer (stopped?); retrying'",
+                timeout=10_000,
+            )
+    finally:
+        task.cancel()
+        with contextlib.suppress(BaseException):
+            await task

@@ -165,8 +165,18 @@ def roles(st: Stack, tmp_path: Path, kind: str) -> None:
     # the owner cancels their job
     allowed(st, "olga", "ketchup", "cancel", str(jobid))
     job = st.wait_job(jobid, {"c", "ce", "cd"}, timeout=60)
-    assert job["status"] == "cd", (job, st.logs())
+    assert job["status"] == "cd" and job["reason"] is None, (job, st.logs())
     assert "running" in allowed(st, "ada", "tomato", "status")
+    # an admin cancels olga's jobs, one running and one queued: each says who (olga's
+    # page read only `cd`: a dashboard tour)
+    allowed(st, "olga", "tomato", "pipeline", "ready", "pip-counter-1")
+    running = submit_as(st, "olga", payload(tmp_path, sampling_interval=0.2, max_duration=120))
+    st.wait_job(running, {"r"}, timeout=30)
+    queued = submit_as(st, "olga", payload(tmp_path, sampling_interval=0.2, max_duration=120))
+    allowed(st, "ada", "ketchup", "cancel", str(running), str(queued))
+    for jobid in (running, queued):
+        job = st.wait_job(jobid, {"c", "ce", "cd"}, timeout=60)
+        assert job["status"] == "cd" and job["reason"] == "cancelled by ada", job
 
 
 WITHIN = 0.5

@@ -26,10 +26,13 @@ EVENT_DETAILS: Final[dict[str, dict[str, str]]] = {
         " did not tell the task's end: restarted, lost, or a stop not confirmed)",
         "missed": "sampling deadlines skipped because the driver was behind (only if any)",
     },
-    "cancel_requested": {},
+    "cancel_requested": {"by": "the login that asked for the cancel (null: an open stack)"},
     "snapshot_written": {"path": "the snapshot file written (on the recorder's host)"},
     "file_written": {"path": "the results file written (on the recorder's host)"},
-    "completed": {"reason": "why it ended ce or cd, or a note (null: nothing to say)"},
+    "completed": {
+        "reason": "why it ended ce or cd, or a note (null: nothing to say)",
+        "by": "who cancelled it, when it ended cd by a cancel (null: an open stack)",
+    },
     "warning": {
         "message": "what the user should know",
         "node": "the node it is about (clock skew warnings)",

@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+import math
 import secrets
 import time
 import uuid
@@ -244,7 +245,9 @@ class Sessions:
         left = last + wait - time.monotonic()
         if left > 0:
             raise LoginFailed(
-                f"{count} failed sign-ins for {username!r} in a row: try again in {left:.0f} s"
+                # rounded up: 0.4 s read "try again in 0 s" (a dashboard tour)
+                f"{count} failed sign-ins for {username!r} in a row: try again in "
+                f"{math.ceil(left)} s"
             )
 
     def _failed(self, username: str) -> None:

@@ -50,6 +50,9 @@ STATIC = Path(__file__).with_name("static")
 MAX_BODY = 8 * 2**20
 SVC: web.AppKey[DashboardService] = web.AppKey("svc", DashboardService)
 
+SCHEDULER_TIMEOUT = 15.0
+"""s a control's request waits for the scheduler (the page says it waits meanwhile)."""
+
 
 def make_app(svc: DashboardService) -> web.Application:
     app = web.Application(client_max_size=MAX_BODY, middlewares=[_same_origin])
@@ -356,10 +359,11 @@ async def _cmd(request: web.Request) -> web.StreamResponse:
             args = await asyncio.to_thread(_payload_args, args, s.user)  # a big upload
             args.setdefault("token", os.urandom(16).hex())  # sent again: still one job
         topic = s.topics.scheduler_cmd(op)
-        reply = await s.requester.request(topic, args, timeout=15, who="scheduler", resend=True)
+        t = SCHEDULER_TIMEOUT
+        reply = await s.requester.request(topic, args, timeout=t, who="scheduler", resend=True)
         if not reply.success and refused_token(reply.code, reply.msg):
             args.pop("token", None)  # a scheduler older than the token: as before
-            reply = await s.requester.request(topic, args, timeout=15, who="scheduler")
+            reply = await s.requester.request(topic, args, timeout=t, who="scheduler")
         head = "payload refused: "
         if upload and not reply.success and reply.msg.startswith(head):
             # the file's name, as ketchup and the page's own checks give it (dashboard.md)

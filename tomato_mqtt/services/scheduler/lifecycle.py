@@ -361,7 +361,10 @@ class JobLifecycle:
         log.info(
             "job %d ended %s%s; file %s", job.id, status, f" ({reason})" if reason else "", respath
         )
-        svc.job_event(job.id, "completed", status=status, detail={"reason": reason})
+        detail: dict[str, Any] = {"reason": reason}
+        if status == "cd" and runner.cancelled:
+            detail["by"] = runner.by
+        svc.job_event(job.id, "completed", status=status, detail=detail)
         svc.kick()
 
 

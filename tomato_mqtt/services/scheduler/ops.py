@@ -112,14 +112,35 @@ def _digest(a: SubmitArgs) -> str:
     return digest
 
 
+NAME_MAX = 256
+"""characters a job name or a sample name may have."""
+
+
 def _no_controls(what: str, text: object) -> None:
     """Names people read in terminals hold no control characters: a job named
     "x\nstatus:    c" printed a fake status line in another user's `ketchup status`,
-    and an escape sequence retitled and cleared their terminal (an outside audit)."""
+    and an escape sequence retitled and cleared their terminal (an outside audit); and
+    at most ``NAME_MAX`` characters."""
     if isinstance(text, str) and any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 for c in text):
         raise CommandError(
             f"{what} may not hold control characters (got {text!r})", code="bad_request"
         )
+    if isinstance(text, str) and len(text) > NAME_MAX:
+        # 5,000 characters were taken, and made the dashboard's tables 50,000 px wide
+        # and every `ketchup status` table unreadable (a dashboard tour)
+        raise CommandError(
+            f"{what} is {len(text):,} characters long: at most {NAME_MAX} (it is shown in "
+            f"tables, pages and file attributes; got {text[:40]!r}…)",
+            code="bad_request",
+        )
+
+
+def _cancelled_by(job: Job, by: str | None) -> str | None:
+    """A job's reason when ``by`` cancels it: who, when it is not the job's own user (an
+    admin's cancel of another's job read only `cd`, nobody saying who: a dashboard tour)."""
+    if by is None or by == job.owner:
+        return None
+    return f"cancelled by {by}"
 
 
 def _now() -> str:
@@ -489,24 +510,28 @@ class SchedulerOps:
         # (239 took 1.28 s, now 1.1 s, in tests/test_job_path.py's stack), and none
         # can be launched between the read above and its cancel
         cancelled: dict[int, Job] = {}
+        by = self.access.owner()
         queued = [job for job in jobs if job.status in ("q", "qw")]
         if queued:  # (a running job's cancel needs no write first: a full disk stops it)
             with self.store.transaction():
                 for job in queued:
                     # its waiting reason goes ("no pipeline holds sample …" stayed on it)
                     cancelled[job.id] = self.store.update_job(
-                        job.id, status="cd", completed_at=_now(), reason=None
+                        job.id, status="cd", completed_at=_now(), reason=_cancelled_by(job, by)
                     )
         for job in jobs:
             if job.id in cancelled:
                 job = cancelled[job.id]
                 await self.svc.publish_job(job)
-                self.svc.job_event(job.id, "completed", status="cd", detail={"reason": None})
+                detail = {"reason": job.reason, "by": by}
+                self.svc.job_event(job.id, "completed", status="cd", detail=detail)
                 msgs.append(f"job {job.id} cancelled")
             elif job.status == "r":
                 runner = self.svc.runners.get(job.id)
                 if runner is not None:  # first: a state file that refuses writes (a full
-                    self.svc.spawn(runner.cancel())  # disk) must not keep a job running
+                    runner.cancelled_by = _cancelled_by(job, by)  # disk) must not keep a
+                    runner.by = by  # job running
+                    self.svc.spawn(runner.cancel())
                 unstored = ""
                 try:
                     job = self.store.update_job(job.id, status="rd")
@@ -522,7 +547,7 @@ class SchedulerOps:
                         job = self.store.set_reason(job.id, f"being cancelled: {unstored}")
                     job = job.model_copy(update={"status": "rd"})
                 await self.svc.publish_job(job)
-                self.svc.job_event(job.id, "cancel_requested", status="rd")
+                self.svc.job_event(job.id, "cancel_requested", status="rd", detail={"by": by})
                 msgs.append(
                     f"job {job.id} is being cancelled" + (f" ({unstored})" if unstored else "")
                 )

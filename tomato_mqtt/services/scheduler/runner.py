@@ -79,6 +79,10 @@ class JobRunner:
     on_done: Callable[[JobRunner, str, str | None], Awaitable[None]]
     tasks: list[TaskState] = field(default_factory=list)
     cancelled: bool = False
+    #: the reason a cancel gives the job ("cancelled by ada": another user's cancel)
+    cancelled_by: str | None = None
+    #: the login that cancelled it (the completed event's ``by``)
+    by: str | None = None
     error: str | None = None
     started_names: set[str] = field(default_factory=set)
     #: the names of tasks a stop_with trigger skipped (a task that starts with one never could)
@@ -229,6 +233,8 @@ class JobRunner:
         else:
             status = "c"
         reason = self.error
+        if status == "cd" and self.cancelled_by:
+            reason = "; ".join([x for x in (self.cancelled_by, reason) if x])
         if status == "cd" and self.stop_unsure:  # a cancel is not always a stop (fault
             # injection: cd without a word while the cut-off node measured on)
             reason = "; ".join([reason or "cancelled", *self.stop_unsure])

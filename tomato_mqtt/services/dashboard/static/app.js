@@ -135,6 +135,12 @@ function connect() {
   ws.onopen = () => { $("conn").textContent = "live"; $("conn").className = "pill on"; watchRoute(); };
   ws.onclose = () => {
     $("conn").textContent = "disconnected: retrying"; $("conn").className = "pill off";
+    // why, as the dashboard says it (a socket refused carries no reason to the page: it
+    // said "retrying" while the dashboard had no broker, and after it had stopped: a tour)
+    fetch("/ws", { headers: withKey({}) })
+      .then((res) => (res.status === 503 ? res.text() : null))
+      .then((why) => { if (why && ws === window.__dash.ws) $("conn").textContent = `disconnected: ${why}; retrying`; })
+      .catch(() => { if (ws === window.__dash.ws) $("conn").textContent = "disconnected: the dashboard does not answer (stopped?); retrying"; });
     setTimeout(connect, 1000);
   };
   ws.onmessage = (e) => {
@@ -314,8 +320,25 @@ async function post(url, body) {
   } catch (e) { return { success: false, msg: `the dashboard did not answer: ${e}` }; }
 }
 
+// a control's request while it is on its way: said, and the controls held until the
+// answer (nothing showed for the 15 s a stopped stack took to say so, and the buttons
+// took a second click meanwhile: a dashboard tour)
+function pending(text) {
+  const box = $("reply");
+  clearTimeout(replyTimer);
+  box.hidden = false; box.className = "busy"; box.title = "";
+  box.textContent = `… ${text}`;
+  const held = [...document.querySelectorAll("#pipeline-controls button, #submit-controls button, #login button, button.cancel, #jp-cancel, #cmppage button")].filter((b) => !b.disabled);
+  for (const b of held) b.disabled = true;
+  document.body.classList.add("busy");
+  return () => { for (const b of held) b.disabled = false; document.body.classList.remove("busy"); };
+}
+window.pending = pending;
+
 async function command(op, args) {
-  const r = await post("/api/cmd", { op, args });
+  const done = pending(`${op.replace("_", " ")}: sent, waiting for the answer`);
+  let r;
+  try { r = await post("/api/cmd", { op, args }); } finally { done(); }
   showReply(r);
   if (r.ended) {  // signed out elsewhere: the page shows who it is now (no controls),
     // and its live socket is made again for that (it kept the dropped session)
@@ -348,7 +371,9 @@ $("submit-controls").addEventListener("submit", async (e) => {
 });
 $("login").addEventListener("submit", async (e) => {
   e.preventDefault();
-  const r = await post("/api/login", { username: $("login-user").value, password: $("login-pass").value });
+  const done = pending("signing in");
+  let r;
+  try { r = await post("/api/login", { username: $("login-user").value, password: $("login-pass").value }); } finally { done(); }
   showReply(r);
   if (r.success) { setSessionKey(r.key); $("login-pass").value = ""; window.__dash.ws.close(); }  // reconnect as that user
 });
@@ -357,7 +382,7 @@ $("logout").addEventListener("click", async () => { showReply(await post("/api/l
 // -- routing -------------------------------------------------------------------------------
 function route() {
   const h = location.hash.replace(/^#\/?/, "").split("/");
-  if (h[0] === "job" && h[1]) return { page: "job", id: Number(h[1]) };
+  if (h[0] === "job" && h[1]) return { page: "job", id: Number(h[1]), raw: decodeURIComponent(h[1]) };
   if (h[0] === "component" && h[1]) return { page: "component", id: decodeURIComponent(h[1]) };
   return { page: "overview" };
 }

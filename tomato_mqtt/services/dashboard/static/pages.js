@@ -27,7 +27,8 @@ window.enterPage = (r) => {
       $("jp-plots").innerHTML = ""; $("jp-vars").innerHTML = ""; $("jp-events").innerHTML = "";
       $("jp-tasks").tBodies[0].innerHTML = ""; $("jp-payload").textContent = "";
     }
-    $("jp-title").textContent = `Job ${r.id}`;
+    // (`#/job/abc` read "Job NaN": a dashboard tour)
+    $("jp-title").textContent = Number.isInteger(r.id) && r.id > 0 ? `Job ${r.id}` : `Job ${r.raw}: not a job id`;
     loadPlotly().then(() => queueAll()).catch((e) => showReply({ success: false, msg: String(e) }));
   } else {
     J.id = null;
@@ -207,7 +208,13 @@ function renderJobPage() {
   // whole job, fetched for this page: it said "no such job (yet)" (found by a soak run)
   const j = S.jobs[J.id] || J.summary;
   renderTrouble();
-  if (!j) { $("jp-summary").textContent = "no such job (yet)"; return; }
+  if (!j) {
+    // no controls of the job seen before (its cancel stayed, and acted on this id: a tour)
+    $("jp-cancel").hidden = true; $("jp-download").hidden = true;
+    $("jp-summary").textContent = Number.isInteger(J.id) && J.id > 0 ? "no such job (yet)" : "a job id is a whole number: no such job";
+    return;
+  }
+  $("jp-title").textContent = `Job ${J.id}` + (j.jobname ? ` · ${j.jobname}` : "");
   const pts = Object.values(J.series).reduce((a, s) => a + (s.points || 0), 0);
   $("jp-summary").innerHTML = `<span class="code s-${esc(j.status)}" id="jp-status" data-status="${esc(j.status)}">${esc(j.status)}</span> ${esc(j.meaning)} · pipeline ${esc(j.pipeline ?? "—")} · user ${esc(j.owner ?? "—")}` +
     ` · submitted ${esc(fmtWhen(j.submitted_at))} · started ${esc(fmtWhen(j.launched_at))} · ended ${esc(fmtWhen(j.completed_at))}` +
