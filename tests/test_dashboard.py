@@ -270,6 +270,11 @@ async def test_dashboard_live_controls(
             timeout=5_000,
         )
         assert await page.locator("#jp-cancel").is_hidden()
+        await page.goto(f"{dash.address()}#/job/50%")  # a malformed escape (it froze the page)
+        await page.wait_for_function(
+            "() => document.getElementById('jp-title').textContent === 'Job 50%: not a job id'",
+            timeout=5_000,
+        )
         await page.goto(f"{dash.address()}#/job/{jobid}")
         await page.locator("#jp-cancel").wait_for(state="visible", timeout=10_000)
 

@@ -280,10 +280,13 @@ def test_a_stop_is_taken_at_once_while_another_driver_holds_the_clock(
     blocker, bd = _troubled(comps, drv, "blocker")
     healthy, _ = _troubled(comps, drv, "healthy")
     other, _ = _troubled(comps, drv, "other")
-    bd.at, bd.stall = 3, 2.0
+    # one pass: blocked at its 50th point (40 ms in), when the three are surely running
+    # in one phase (at its 3rd, 2.4 ms in, a loaded CI box had not started the others
+    # yet: "not in the blocked pass")
+    bd.at, bd.stall = (50 if one_pass else 3), 2.0
     for c in (blocker, healthy, other):
         c.runner.start_task(task(10.0, 0.0008 if one_pass else 0.02))
-    bd.wait_points(3)
+    bd.wait_points(bd.at)
     time.sleep(0.05)  # the clock is inside the blocking call now
     clock = shared_clock()
     if one_pass:

@@ -94,6 +94,7 @@ def example_messages() -> dict[str, BaseModel]:
             jobs_queued=2,
             heartbeat_interval=2.0,
             lost_after=10.0,
+            broker_warnings=[],
         ),
         NodeStatus(
             state="online",

@@ -23,7 +23,7 @@ from pydantic import JsonValue
 
 from tomato_mqtt.errors import locked
 from tomato_mqtt.model.jobs import Job
-from tomato_mqtt.services.scheduler.runner import JobRunner
+from tomato_mqtt.services.scheduler.runner import CANCELLED_BY, JobRunner
 from tomato_mqtt.services.scheduler.tasks import TaskState, expectations, tasks_of
 
 if TYPE_CHECKING:
@@ -76,6 +76,9 @@ class JobLifecycle:
         runner = JobRunner(job=job, roles=roles, host=self.svc, on_done=self.job_done)
         self.svc.runners[job.id] = runner
         if job.status == "rd":  # re-adopted while being cancelled: finish the cancel
+            if (job.reason or "").startswith(CANCELLED_BY):  # by whom, stored at the cancel
+                runner.cancelled_by = (job.reason or "").split(";")[0]
+                runner.by = runner.cancelled_by.removeprefix(CANCELLED_BY)
             runner.cancelled = True
             runner.cancel_at = time.monotonic()
             self.svc.spawn(runner.cancel())

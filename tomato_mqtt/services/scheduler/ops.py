@@ -29,6 +29,7 @@ from tomato_mqtt.services.scheduler.jobstatus import job_status
 from tomato_mqtt.services.scheduler.lifecycle import JobLifecycle, output_dir
 from tomato_mqtt.services.scheduler.queue import QueuePass
 from tomato_mqtt.services.scheduler.reload import reload
+from tomato_mqtt.services.scheduler.runner import cancelled_by
 from tomato_mqtt.services.scheduler.status import pipeline_info, status_section
 from tomato_mqtt.transport.rpc import CommandError, Handler, Result
 from tomato_mqtt.wire.commands import (
@@ -43,6 +44,7 @@ from tomato_mqtt.wire.commands import (
     StopArgs,
     SubmitArgs,
 )
+from tomato_mqtt.wire.topics import ANONYMOUS
 
 if TYPE_CHECKING:
     from tomato_mqtt.services.scheduler.service import SchedulerService
@@ -133,14 +135,6 @@ def _no_controls(what: str, text: object) -> None:
             f"tables, pages and file attributes; got {text[:40]!r}…)",
             code="bad_request",
         )
-
-
-def _cancelled_by(job: Job, by: str | None) -> str | None:
-    """A job's reason when ``by`` cancels it: who, when it is not the job's own user (an
-    admin's cancel of another's job read only `cd`, nobody saying who: a dashboard tour)."""
-    if by is None or by == job.owner:
-        return None
-    return f"cancelled by {by}"
 
 
 def _now() -> str:
@@ -511,13 +505,14 @@ class SchedulerOps:
         # can be launched between the read above and its cancel
         cancelled: dict[int, Job] = {}
         by = self.access.owner()
+        by = None if by == ANONYMOUS else by  # (an open stack: nobody to name)
         queued = [job for job in jobs if job.status in ("q", "qw")]
         if queued:  # (a running job's cancel needs no write first: a full disk stops it)
             with self.store.transaction():
                 for job in queued:
                     # its waiting reason goes ("no pipeline holds sample …" stayed on it)
                     cancelled[job.id] = self.store.update_job(
-                        job.id, status="cd", completed_at=_now(), reason=_cancelled_by(job, by)
+                        job.id, status="cd", completed_at=_now(), reason=cancelled_by(job, by)
                     )
         for job in jobs:
             if job.id in cancelled:
@@ -529,12 +524,15 @@ class SchedulerOps:
             elif job.status == "r":
                 runner = self.svc.runners.get(job.id)
                 if runner is not None:  # first: a state file that refuses writes (a full
-                    runner.cancelled_by = _cancelled_by(job, by)  # disk) must not keep a
+                    runner.cancelled_by = cancelled_by(job, by)  # disk) must not keep a
                     runner.by = by  # job running
                     self.svc.spawn(runner.cancel())
                 unstored = ""
                 try:
-                    job = self.store.update_job(job.id, status="rd")
+                    # who, in its reason while it ends (kept across a scheduler's restart)
+                    job = self.store.update_job(
+                        job.id, status="rd", reason=cancelled_by(job, by) or job.reason
+                    )
                 except sqlite3.Error as e:  # its end (cd) is stored once the file takes it
                     log.warning("job %d: cannot store its cancel (%s)", job.id, e)
                     # said where `ketchup status` reads it (a fault run: `r` for 17 s,

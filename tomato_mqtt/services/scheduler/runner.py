@@ -71,6 +71,17 @@ def _ran_in_time(t: TaskState, end: Mapping[str, Any]) -> bool:
         return False
 
 
+CANCELLED_BY = "cancelled by "
+
+
+def cancelled_by(job: Job, by: str | None) -> str | None:
+    """A job's reason when ``by`` cancels it: who, when it is not the job's own user (an
+    admin's cancel of another's job read only `cd`, nobody saying who: a dashboard tour)."""
+    if by is None or by == job.owner:
+        return None
+    return f"{CANCELLED_BY}{by}"
+
+
 @dataclass
 class JobRunner:
     job: Job

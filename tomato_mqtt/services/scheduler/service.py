@@ -225,14 +225,18 @@ class SchedulerService(Service):
 
     async def _check_broker(self) -> None:
         """An external broker's retained messages checked once (brokercheck.py), said in
-        the status and the log; tried again after a reconnect when it could not be."""
+        the status and the log; when it could not be checked (no connection, lost during
+        the check, a refusal), tried again 1, 2, 4 … 60 s later."""
         from tomato_mqtt.services.scheduler.brokercheck import broker_warnings
 
+        pause = 1.0
         while self.broker_warnings is None:
             try:
                 found = await broker_warnings(self)
-            except MqttError:
-                await asyncio.sleep(1.0)
+            except MqttError as e:
+                log.info("the broker's retained messages not checked yet (%s): again", e)
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 60.0)
                 continue
             for w in found:
                 log.warning("%s", w)

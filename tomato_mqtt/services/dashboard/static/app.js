@@ -138,7 +138,7 @@ function connect() {
     // why, as the dashboard says it (a socket refused carries no reason to the page: it
     // said "retrying" while the dashboard had no broker, and after it had stopped: a tour)
     fetch("/ws", { headers: withKey({}) })
-      .then((res) => (res.status === 503 ? res.text() : null))
+      .then((res) => (res.status >= 400 && res.status !== 400 ? res.text() : null))
       .then((why) => { if (why && ws === window.__dash.ws) $("conn").textContent = `disconnected: ${why}; retrying`; })
       .catch(() => { if (ws === window.__dash.ws) $("conn").textContent = "disconnected: the dashboard does not answer (stopped?); retrying"; });
     setTimeout(connect, 1000);
@@ -273,6 +273,7 @@ function render() {
   if (d.has("pipelines") || d.has("component") || d.has("jobs")) renderPipelines();
   if (d.has("jobs")) renderJobs();
   if (window.renderPage) window.renderPage(d);
+  if (waiting) holdControls();  // rows drawn while a request waits: held too
   if (d.has("first") && window.__dash.firstPaint === null) {
     // painted once this frame is on screen
     requestAnimationFrame(() => {
@@ -323,15 +324,25 @@ async function post(url, body) {
 // a control's request while it is on its way: said, and the controls held until the
 // answer (nothing showed for the 15 s a stopped stack took to say so, and the buttons
 // took a second click meanwhile: a dashboard tour)
+// Held while any request waits (a count: two at once, the first answer let go of what
+// the second held); rows drawn meanwhile are drawn held (a review)
+let waiting = 0;
+const HELD = "#pipeline-controls button, #submit-controls button, #login button, button.cancel, #jp-cancel, #cmppage button";
+function holdControls() {
+  for (const b of document.querySelectorAll(HELD)) {
+    if (waiting && !b.disabled) { b.disabled = true; b.dataset.held = "1"; }
+    else if (!waiting && b.dataset.held) { b.disabled = false; delete b.dataset.held; }
+  }
+  document.body.classList.toggle("busy", waiting > 0);
+}
 function pending(text) {
   const box = $("reply");
   clearTimeout(replyTimer);
   box.hidden = false; box.className = "busy"; box.title = "";
   box.textContent = `… ${text}`;
-  const held = [...document.querySelectorAll("#pipeline-controls button, #submit-controls button, #login button, button.cancel, #jp-cancel, #cmppage button")].filter((b) => !b.disabled);
-  for (const b of held) b.disabled = true;
-  document.body.classList.add("busy");
-  return () => { for (const b of held) b.disabled = false; document.body.classList.remove("busy"); };
+  waiting += 1; holdControls();
+  let once = false;
+  return () => { if (!once) { once = true; waiting -= 1; holdControls(); } };
 }
 window.pending = pending;
 
@@ -382,8 +393,10 @@ $("logout").addEventListener("click", async () => { showReply(await post("/api/l
 // -- routing -------------------------------------------------------------------------------
 function route() {
   const h = location.hash.replace(/^#\/?/, "").split("/");
-  if (h[0] === "job" && h[1]) return { page: "job", id: Number(h[1]), raw: decodeURIComponent(h[1]) };
-  if (h[0] === "component" && h[1]) return { page: "component", id: decodeURIComponent(h[1]) };
+  // (a malformed escape, `#/job/50%`, threw at every frame: the page froze, a review)
+  const decoded = (x) => { try { return decodeURIComponent(x); } catch { return x; } };
+  if (h[0] === "job" && h[1]) return { page: "job", id: Number(h[1]), raw: decoded(h[1]) };
+  if (h[0] === "component" && h[1]) return { page: "component", id: decoded(h[1]) };
   return { page: "overview" };
 }
 function watchRoute() {
