@@ -26,20 +26,12 @@ def test_job_runs_end_to_end_on_an_external_broker(
     mosq = external_broker(kind, port, tmp_path, mosquitto=binary)
     asyncio.run(mosq.start())
     try:
-        st = make_stack(tmp_path / "stack")
-        cfg = st.appdir / "settings.toml"
-        cfg.write_text(cfg.read_text().replace("[broker]\n", "[broker]\nembedded = false\n"))
+        st = external_stack(tmp_path / "stack")
         st.port = port  # tomato start -p: the external broker's port
         with started(st):
             # nothing of ours listens there but Mosquitto: no embedded broker was started
             assert not list(st.logdir.glob("broker*.log"))
-            st.load_ready("pip-counter-1", "counter_1_0.1")
-            jobid = st.submit("counter_1_0.1.yml")
-            job = st.wait_job(jobid, {"c", "ce", "cd"}, timeout=60)
-            assert job["status"] == "c", (job, st.logs())
-            with xr.open_datatree(job["respath"]) as tree:
-                n, missed = taken(job)
-                assert tree["counter"]["uts"].size == n and n + missed == 10
+            one_job_with_every_point(st)
             # the scheduler found nothing amiss with the broker (brokercheck.py): said as []
             assert scheduler_status(st)["broker_warnings"] == [], st.logs()
             # `tomato start` twice against a running stack on the same broker is refused
@@ -47,6 +39,25 @@ def test_job_runs_end_to_end_on_an_external_broker(
             assert res.returncode == 1 and "already" in (res.stdout + res.stderr), res
     finally:
         asyncio.run(mosq.stop())
+
+
+def external_stack(root: Path) -> Stack:
+    """A stack's folders and settings for the external broker of the test."""
+    st = make_stack(root)
+    cfg = st.appdir / "settings.toml"
+    cfg.write_text(cfg.read_text().replace("[broker]\n", "[broker]\nembedded = false\n"))
+    return st
+
+
+def one_job_with_every_point(st: Stack) -> None:
+    """The counter's 1 s job, ended `c` with each of its points in the file."""
+    st.load_ready("pip-counter-1", "counter_1_0.1")
+    jobid = st.submit("counter_1_0.1.yml")
+    job = st.wait_job(jobid, {"c", "ce", "cd"}, timeout=60)
+    assert job["status"] == "c", (job, st.logs())
+    with xr.open_datatree(job["respath"]) as tree:
+        n, missed = taken(job)
+        assert tree["counter"]["uts"].size == n and n + missed == 10
 
 
 def scheduler_status(st: Stack) -> dict[str, object]:
@@ -69,9 +80,7 @@ def test_a_broker_that_keeps_retained_messages_from_wildcards_is_said_and_loses_
     rabbit = external_broker("rabbitmq", port, tmp_path)
     asyncio.run(rabbit.start())
     try:
-        st = make_stack(tmp_path / "stack")
-        cfg = st.appdir / "settings.toml"
-        cfg.write_text(cfg.read_text().replace("[broker]\n", "[broker]\nembedded = false\n"))
+        st = external_stack(tmp_path / "stack")
         st.port = port
         res = start_stack(st, timeout=60)
         try:
@@ -84,13 +93,7 @@ def test_a_broker_that_keeps_retained_messages_from_wildcards_is_said_and_loses_
             assert f"warning:   the broker at mqtt://127.0.0.1:{port} {said}" in (
                 st.run("tomato", "status").stdout
             )
-            st.load_ready("pip-counter-1", "counter_1_0.1")
-            jobid = st.submit("counter_1_0.1.yml")
-            job = st.wait_job(jobid, {"c", "ce", "cd"}, timeout=60)
-            assert job["status"] == "c", (job, st.logs())
-            with xr.open_datatree(job["respath"]) as tree:
-                n, missed = taken(job)
-                assert tree["counter"]["uts"].size == n and n + missed == 10
+            one_job_with_every_point(st)
         finally:
             stop_stack(st)
     finally:
