@@ -8,6 +8,8 @@ the CLIs log in as the lab users of ``tests.secure_stack``. Refusals must be a c
 from __future__ import annotations
 
 import json
+import os
+import signal
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -260,6 +262,39 @@ def payload(tmp: Path, *, sampling_interval: float, max_duration: float) -> Path
     path = tmp / f"payload-{len(list(tmp.glob('payload-*')))}.yml"
     path.write_text(yaml.safe_dump(doc))
     return path
+
+
+@SHARED
+def test_who_cancelled_a_job_is_kept_by_a_restarted_scheduler(
+    secured: Stack, tmp_path: Path
+) -> None:
+    """An admin's cancel of an operator's job is the job's reason ("cancelled by ada"),
+    also when the scheduler restarts while the job is being cancelled (its node stopped,
+    so the stop waits): the restarted scheduler finishes the cancel and keeps who (it was
+    held in the first scheduler's memory only: a review)."""
+    st = secured
+    doc = yaml.safe_load((CONFIG / "counter_1_0.1.yml").read_text())
+    doc["sample"]["name"] = "cancel-sample"
+    doc["method"][0].update(delay=0.1, time=60)
+    path = tmp_path / "long.yml"
+    path.write_text(yaml.safe_dump(doc))
+    allowed(st, "olga", "tomato", "pipeline", "load", "pip-counter-3", "cancel-sample")
+    allowed(st, "olga", "tomato", "pipeline", "ready", "pip-counter-3")
+    jobid = submit_as(st, "olga", path)
+    st.wait_job(jobid, {"r"}, timeout=30)
+    node = st.child_pid("node")
+    os.kill(node, signal.SIGSTOP)  # the task's stop is not confirmed: the job stays rd
+    try:
+        allowed(st, "ada", "ketchup", "cancel", str(jobid))
+        job = st.job(jobid)
+        assert job["status"] == "rd" and job["reason"] == "cancelled by ada", job
+        st.restart_scheduler()
+    finally:
+        os.kill(node, signal.SIGCONT)
+    job = st.wait_job(jobid, {"c", "ce", "cd"}, timeout=60)
+    assert job["status"] == "cd", (job, st.logs())
+    assert (job["reason"] or "").startswith("cancelled by ada"), job
+    allowed(st, "olga", "tomato", "pipeline", "eject", "pip-counter-3")
 
 
 @SHARED
