@@ -437,6 +437,15 @@ class RabbitMQBroker(ProcessBroker):
             said = (self.workdir / f"{self.kind}.out").read_text(errors="replace")[-2000:]
             raise TimeoutError(f"rabbitmq did not start on port {self.port}:\n{said}") from None
 
+    def kill(self) -> None:
+        """kill -9 of its whole process group (the Erlang VM with it); :meth:`start`
+        brings it back on the same ports (its epmd stays)."""
+        proc, self._proc = self._proc, None
+        if proc is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(30)
+
     async def stop(self) -> None:
         proc, self._proc = self._proc, None
         if proc is not None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import xarray as xr
@@ -96,5 +97,51 @@ def test_a_broker_that_keeps_retained_messages_from_wildcards_is_said_and_loses_
             one_job_with_every_point(st)
         finally:
             stop_stack(st)
+    finally:
+        asyncio.run(rabbit.stop())
+
+
+def test_the_broker_check_blames_no_broker_it_lost_during_the_check(tmp_path: Path) -> None:
+    """The scheduler's check of an external broker (brokercheck.py) waits 2 s for its
+    retained status to come back: a broker killed meanwhile sent nothing, and was blamed
+    for good, as one that keeps retained messages from wildcards (a review). Lost during
+    the check, it is not judged (the scheduler asks again later); back, it is."""
+    from tomato_mqtt.config.url import BrokerURL
+    from tomato_mqtt.services.scheduler.brokercheck import broker_warnings
+    from tomato_mqtt.transport.client import AsyncClient, MqttError
+    from tomato_mqtt.wire.messages import SchedulerStatus
+    from tomato_mqtt.wire.topics import Topics
+
+    port = free_port()
+    rabbit = external_broker("rabbitmq", port, tmp_path)
+    asyncio.run(rabbit.start())
+
+    async def check() -> None:
+        url = BrokerURL.parse(f"mqtt://127.0.0.1:{port}")
+        client = AsyncClient(url)
+        await client.connect(timeout=10)
+        try:
+            # what the check reads of the scheduler: its client, topics, URL and status
+            scheduler = SimpleNamespace(
+                mqtt=client,
+                topics=Topics("tcheck"),
+                url=url,
+                _presence=lambda state: SchedulerStatus(state=state, instance="tcheck"),
+            )
+            checking = asyncio.ensure_future(broker_warnings(scheduler))  # type: ignore[arg-type]
+            await asyncio.sleep(0.5)  # subscribed, waiting for what RabbitMQ never sends
+            assert not checking.done()
+            rabbit.kill()
+            with pytest.raises(MqttError):
+                await checking
+            await rabbit.start()
+            await client.wait_connected(60)
+            said = await broker_warnings(scheduler)  # type: ignore[arg-type]
+            assert len(said) == 1 and "does not send retained messages" in said[0], said
+        finally:
+            await client.disconnect()
+
+    try:
+        asyncio.run(check())
     finally:
         asyncio.run(rabbit.stop())
