@@ -61,6 +61,18 @@ def one_job_with_every_point(st: Stack) -> None:
         assert tree["counter"]["uts"].size == n and n + missed == 10
 
 
+async def dashboard_says(st: Stack) -> str:
+    """The broker warning of the stack's scheduler, as a dashboard's page shows it."""
+    from tests.browser import chromium_page, running_dashboard
+
+    url = f"mqtt://127.0.0.1:{st.port}"
+    async with running_dashboard(url, st.instance) as dash, chromium_page() as (_, page):
+        await page.goto(dash.address())
+        warning = page.locator('#presence tr[data-key="scheduler"] .broker-warning')
+        await warning.wait_for(timeout=15_000)
+        return str(await warning.text_content())
+
+
 def scheduler_status(st: Stack) -> dict[str, object]:
     res = st.run("tomato", "status", "--json")
     assert res.returncode == 0, res
@@ -94,6 +106,9 @@ def test_a_broker_that_keeps_retained_messages_from_wildcards_is_said_and_loses_
             assert f"warning:   the broker at mqtt://127.0.0.1:{port} {said}" in (
                 st.run("tomato", "status").stdout
             )
+            # the dashboard, which sees little else there, says it too (the scheduler's
+            # status comes on a topic of its own)
+            assert said in asyncio.run(dashboard_says(st)), st.logs()
             one_job_with_every_point(st)
         finally:
             stop_stack(st)

@@ -340,6 +340,9 @@ class LabState:
                 "jobs_running": sch.jobs_running,
                 "jobs_queued": sch.jobs_queued,
                 "storage_error": sch.storage_error,
+                # what the broker does not do (brokercheck.py): on RabbitMQ this page
+                # sees little but this status, which comes on its own topic
+                "broker_warnings": sch.broker_warnings or [],
                 "rx": self.rx.get("scheduler"),
             }
         elif kind == "recorder" and self.recorder is not None:

@@ -185,7 +185,8 @@ function renderPresence() {
   };
   const sch = S.scheduler;
   // (a last will, state "lost", carries no counts: it was made when the scheduler connected)
-  row("scheduler", "scheduler", sch, sch && sch.storage_error ? `<span class="err">${esc(sch.storage_error)}</span>` : sch && sch.state !== "lost" ? `${sch.jobs_running} running, ${sch.jobs_queued} queued` : "");
+  const warned = sch && sch.broker_warnings && sch.broker_warnings.length ? `<br><span class="err broker-warning">${sch.broker_warnings.map(esc).join("<br>")}</span>` : "";
+  row("scheduler", "scheduler", sch, (sch && sch.storage_error ? `<span class="err">${esc(sch.storage_error)}</span>` : sch && sch.state !== "lost" ? `${sch.jobs_running} running, ${sch.jobs_queued} queued` : "") + warned);
   const rec = S.recorder;
   row("recorder", "recorder", rec, rec && rec.storage_error ? `<span class="err">${esc(rec.storage_error)}</span>` : "");
   for (const id of Object.keys(S.nodes).sort()) {
