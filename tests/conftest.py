@@ -303,16 +303,28 @@ class ProcessBroker(RunningBroker):
     def log_path(self) -> Path:
         return self.workdir / f"{self.kind}.log"
 
+    #: s it may take to listen on its port
+    start_wait: float = 10.0
+
     def argv(self) -> list[str]:
         raise NotImplementedError
 
+    def popen_options(self) -> dict[str, Any]:
+        """More ``subprocess.Popen`` options of its process (an environment, a session)."""
+        return {}
+
     async def start(self) -> None:
+        argv = self.argv()
         with open(self.workdir / f"{self.kind}.out", "ab") as out:
             self._proc = subprocess.Popen(
-                self.argv(), stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                **self.popen_options(),
             )
         try:
-            await _wait_listening(self.port, 10.0, self.kind)
+            await _wait_listening(self.port, self.start_wait, self.kind)
         except TimeoutError:
             await self.stop()
             logs = [f for f in (self.log_path, self.workdir / f"{self.kind}.out") if f.exists()]
@@ -388,6 +400,7 @@ class RabbitMQBroker(ProcessBroker):
 
     #: AMQP, Erlang distribution, epmd
     ports: tuple[int, int, int] = field(default_factory=_three)
+    start_wait: float = 90.0  # an Erlang VM: seconds
 
     def _env(self) -> dict[str, str]:
         base = str(self.workdir / "rabbitmq")
@@ -420,22 +433,9 @@ class RabbitMQBroker(ProcessBroker):
         (base / "enabled_plugins").write_text("[rabbitmq_mqtt].\n")
         return [RABBITMQ_SERVER]
 
-    async def start(self) -> None:
-        with open(self.workdir / f"{self.kind}.out", "ab") as out:
-            self._proc = subprocess.Popen(
-                self.argv(),
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env=self._env(),
-                start_new_session=True,  # its Erlang VM and helpers: stopped as a group
-            )
-        try:
-            await _wait_listening(self.port, 90.0, self.kind)  # an Erlang VM: seconds
-        except TimeoutError:
-            await self.stop()
-            said = (self.workdir / f"{self.kind}.out").read_text(errors="replace")[-2000:]
-            raise TimeoutError(f"rabbitmq did not start on port {self.port}:\n{said}") from None
+    def popen_options(self) -> dict[str, Any]:
+        # its Erlang VM and helpers: stopped as a group
+        return {"env": self._env(), "start_new_session": True}
 
     def kill(self) -> None:
         """kill -9 of its whole process group (the Erlang VM with it); :meth:`start`

@@ -414,25 +414,23 @@ def _broker_warnings(ctx: core.CallContext, within: float) -> list[str]:
     from tomato_mqtt.transport import oneshot
 
     end = time.monotonic() + within
-    while True:
-        left = end - time.monotonic()
-        if left <= 0:
-            return []
-        try:
-            r = oneshot.request(
-                ctx.url,
-                ctx.topics.scheduler_cmd("status"),
-                ctx.topics.reply,
-                {"what": "scheduler"},
-                timeout=max(0.5, left),
-                who="scheduler",
-            )
-        except oneshot.OneShotError:
-            return []
-        said = r.data.get("broker_warnings") if r.success and isinstance(r.data, dict) else []
-        if isinstance(said, list):
-            return [str(w) for w in said]
-        time.sleep(min(0.2, max(0.0, end - time.monotonic())))
+    try:
+        with oneshot.Exchange(ctx.url, ctx.topics.reply, timeout=within) as ex:  # one connection
+            while (left := end - time.monotonic()) > 0:
+                r = ex.request(
+                    ctx.topics.scheduler_cmd("status"),
+                    {"what": "scheduler"},
+                    timeout=max(0.5, left),
+                    who="scheduler",
+                )
+                ok = r.success and isinstance(r.data, dict)
+                said = r.data.get("broker_warnings") if ok else []
+                if isinstance(said, list):
+                    return [str(w) for w in said]
+                time.sleep(min(0.2, max(0.0, end - time.monotonic())))
+    except oneshot.OneShotError:
+        pass
+    return []
 
 
 def _scheduler_answers(ctx: core.CallContext, timeout: float) -> bool:
