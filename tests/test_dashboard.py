@@ -674,13 +674,18 @@ async def test_a_control_says_it_waits_and_is_held_until_the_answer(
             os.kill(scheduler, signal.SIGSTOP)
             try:
                 await ready.click()
-                box = page.locator("#reply")
-                await box.wait_for(state="visible", timeout=2_000)
-                said = await box.text_content()
-                assert said == "… pipeline ready: sent, waiting for the answer", said
-                assert await ready.is_disabled()
-                load = page.locator('#pipeline-controls button[data-op="pipeline_load"]')
-                assert await load.is_disabled()
+                # the text and the held buttons read at once, in the page (read one after
+                # the other, a loaded full run read them apart)
+                held = await page.wait_for_function(
+                    "() => { const b = document.getElementById('reply');"
+                    " const q = (op) => document.querySelector("
+                    '`#pipeline-controls button[data-op="${op}"]`).disabled;'
+                    " return !b.hidden && b.className === 'busy'"
+                    " && [b.textContent, q('pipeline_ready'), q('pipeline_load')]; }",
+                    timeout=2_000,
+                )
+                said = await held.json_value()
+                assert said == ["… pipeline ready: sent, waiting for the answer", True, True]
                 said = await _reply(page)  # the answer, after the scheduler's 3 s
                 assert said.startswith("✗ no scheduler answered") and "[unavailable]" in said
                 assert await ready.is_enabled()
