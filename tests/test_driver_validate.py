@@ -132,6 +132,31 @@ def test_float_refuses(val: object) -> None:
         coerce_value("x", AttrSpec(type="float"), val)
 
 
+@pytest.mark.parametrize(
+    ("spec", "val", "said"),
+    [
+        (AttrSpec(type="float"), "1e400", "x: 1e400 is out of range"),
+        (AttrSpec(type="float"), " -1e999 ", "x: -1e999 is out of range"),
+        (AttrSpec(type="float"), "1" + "0" * 400, r"x: 1000000000…000000 \(401 char"),
+        (AttrSpec(type="float"), 10**400, "x: an integer of more than 308 digits is out of range"),
+        (AttrSpec(type="int"), 10**400, "x: an integer of more than 308 digits is out of range"),
+        (AttrSpec(type="int", maximum=5), 10**20, "x: 100000000000000000000 is above the max"),
+        (AttrSpec(type="quantity", units="s"), "1e400 s", "x: 1e400 is out of range"),
+        (AttrSpec(type="quantity", units="s"), 10**400, "x: an integer of more than 308"),
+    ],
+)  # fmt: skip
+def test_a_number_a_float_cannot_hold_is_out_of_range(
+    spec: AttrSpec, val: object, said: str
+) -> None:
+    """``passata set … max 1e400`` said "set to inf", and a 400-digit integer raised
+    OverflowError out of the validation (the scheduler said "validation failed:
+    OverflowError: int too large to convert to float"); infinity said as such stays."""
+    with pytest.raises(TaskValidationError, match=f"^{said}"):
+        coerce_value("x", spec, val)
+    if spec.type != "int":
+        assert coerce_value("x", spec, "-Infinity" if spec.type == "float" else "-inf s") < 0
+
+
 @pytest.mark.parametrize(("val", "expected"), [("5", 5), (5.0, 5), ("7.0", 7), (3, 3)])
 def test_int_coercion(val: object, expected: int) -> None:
     out = coerce_value("n", AttrSpec(type="int"), val)

@@ -18,7 +18,7 @@ from tomato_mqtt.config.payloads import (
     read_payload_file,
     read_payload_text,
 )
-from tomato_mqtt.documents import parse_document
+from tomato_mqtt.documents import DocumentError, parse_document
 
 CONFIG = Path(__file__).resolve().parents[1] / "config"
 
@@ -408,7 +408,6 @@ def test_pure_python_yaml_refuses_the_same_documents(monkeypatch: pytest.MonkeyP
     import yaml
 
     from tomato_mqtt import documents
-    from tomato_mqtt.documents import DocumentError
 
     monkeypatch.setattr(documents, "_LOADER", documents.make_loader(yaml.SafeLoader))
     levels = ["a0: &a0 [x, x, x, x, x, x, x, x, x]"]
@@ -533,8 +532,12 @@ def test_what_aliases_add_is_bounded_not_the_whole_document() -> None:
     assert len(parse_document(long)["c"]) == 120_000
     assert parse_document("=: 1\nb: !!str 2\n") == {"=": 1, "b": "2"}
     deep = "y: " + "[" * 99 + "1" + "]" * 99 + "\n"
-    big = "9" * 4300  # the longest number Python converts (a review: 4215 were refused)
+    big = "9" * 308  # the longest integer a float holds
     assert parse_document(f"a: {big}\n") == {"a": int(big)}
+    # the longest Python converts (a review: 4215 digits were refused as more than 4300),
+    # refused as no float holds it (a 400-digit integer stopped every pipeline's validation)
+    with pytest.raises(DocumentError, match="^a: an integer of more than 308 digits"):
+        parse_document("a: " + "9" * 4300 + "\n")
     tagged = parse_document(deep + "z: !!str x\n")
     assert parse_document(deep)["y"] == tagged["y"] and tagged["z"] == "x"
 
@@ -597,6 +600,10 @@ def test_a_document_nested_too_deeply_is_refused_plainly(json_only: bool) -> Non
          "binary data (!!binary) is not a value tomato-mqtt takes"),
         ("max_duration: " + "9" * 5000, "line 8, column 19",
          "a number with more than 4300 digits"),
+        # it was taken, and every pipeline's validation said "OverflowError: int too
+        # large to convert to float": queued for ever
+        ("max_duration: 1\n    task_params: {max: 1" + "0" * 400 + "}",
+         "method[0].task_params.max", "an integer of more than 308 digits is out of range"),
     ],
 )  # fmt: skip
 def test_values_json_cannot_carry_are_refused_naming_where(

@@ -134,6 +134,12 @@ def check_values(data: Any) -> None:
         path, v = stack.pop()
         if isinstance(v, float) and not math.isfinite(v):
             why = f"{v!r} is not a value tomato-mqtt takes: give a finite number"
+        elif isinstance(v, int) and not isinstance(v, bool) and not _fits_a_float(v):
+            # a 400-digit integer passed the payload and stopped every pipeline's
+            # validation ("OverflowError: int too large to convert to float"), queued for ever
+            why = (
+                "an integer of more than 308 digits is out of range: a number is at most ±1.8e+308"
+            )
         elif isinstance(v, (bytes, bytearray)):
             why = "binary data (!!binary) is not a value tomato-mqtt takes: give text"
         elif len(path) > MAX_DEPTH and isinstance(v, (dict, list, tuple)):
@@ -150,6 +156,14 @@ def check_values(data: Any) -> None:
             continue
         where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in path).lstrip(".")
         raise DocumentError(where or None, why)
+
+
+def _fits_a_float(v: int) -> bool:
+    try:
+        float(v)
+    except OverflowError:
+        return False
+    return True
 
 
 def _json_key(k: Any) -> bool:

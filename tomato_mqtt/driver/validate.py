@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import numbers
 import re
+import sys
 from collections.abc import Collection, Mapping
 from functools import cache
 from types import ModuleType
@@ -58,17 +59,39 @@ def _show(val: object) -> str:
     return repr(val)
 
 
+_INFINITY = re.compile(r"\s*[-+]?inf(inity)?\s*", re.IGNORECASE)
+
+
+def _out_of_range(name: str, val: object) -> TaskValidationError:
+    """A number a float cannot hold ("1e400", a 400-digit integer): it was taken as
+    infinity (``passata set … max 1e400`` said "set to inf"), or its conversion raised
+    OverflowError past every check ("validation failed: OverflowError: int too large to
+    convert to float")."""
+    text = val.strip() if isinstance(val, str) else "an integer of more than 308 digits"
+    if len(text) > 24 and isinstance(val, str):
+        text = f"{text[:10]}…{text[-6:]} ({len(text)} characters)"
+    return TaskValidationError(
+        f"{name}: {text} is out of range: a number is at most ±{sys.float_info.max:.1e}"
+    )
+
+
 def _real(name: str, val: object, what: str) -> float:
-    """A finite-or-infinite real number from a number or a numeric string."""
+    """A finite-or-infinite real number from a number or a numeric string; infinity only
+    as said ("inf", "-infinity", a float that is one), not as a number too large."""
     if isinstance(val, bool):
         raise TaskValidationError(f"{name}: expected {what}, got the boolean {val}")
     if isinstance(val, numbers.Real):
-        out = float(val)
+        try:
+            out = float(val)
+        except OverflowError:
+            raise _out_of_range(name, val) from None
     elif isinstance(val, str):
         try:
             out = float(val.strip())
         except ValueError:
             raise TaskValidationError(f"{name}: expected {what}, got {val!r}") from None
+        if math.isinf(out) and not _INFINITY.fullmatch(val):
+            raise _out_of_range(name, val)
     else:
         raise TaskValidationError(f"{name}: expected {what}, got {_show(val)}")
     if math.isnan(out):
@@ -78,6 +101,7 @@ def _real(name: str, val: object, what: str) -> float:
 
 def _to_int(name: str, val: object) -> int:
     if isinstance(val, numbers.Integral) and not isinstance(val, bool):
+        _real(name, val, "an integer")  # one that a float holds, as every number here
         return int(val)
     x = _real(name, val, "an integer")
     if not x.is_integer():
@@ -137,7 +161,7 @@ def _to_quantity(name: str, spec: AttrSpec, val: object) -> Any:
     elif isinstance(val, bool):
         raise TaskValidationError(f"{name}: expected a quantity{where}, got the boolean {val}")
     elif isinstance(val, numbers.Real):
-        q = pm.Quantity(float(val))
+        q = pm.Quantity(_real(name, val, f"a quantity{where}"))
     elif isinstance(val, str):
         try:
             q = _parse_quantity(pm, val)
@@ -148,6 +172,9 @@ def _to_quantity(name: str, spec: AttrSpec, val: object) -> Any:
             ) from None
         if not isinstance(q, pm.Quantity):  # pint returns a plain number for "5"
             q = pm.Quantity(q)
+        m = _NUMBER_THEN_UNITS.fullmatch(val)
+        if m is not None and isinstance(q.magnitude, float) and math.isinf(q.magnitude):
+            raise _out_of_range(name, m.group(1))  # "1e400 s" (not "inf s")
     else:
         raise TaskValidationError(f"{name}: expected a quantity{where}, got {_show(val)}")
     if not isinstance(q.magnitude, numbers.Real) or math.isnan(q.magnitude):
@@ -179,7 +206,7 @@ def coerce_value(name: str, spec: AttrSpec, val: object) -> object:
     if val is None:
         raise TaskValidationError(f"{name}: a value is required, got None")
     out: object
-    cmp: float | None = None  # the number compared against minimum / maximum
+    cmp: float | int | None = None  # the number compared against minimum / maximum
     shown: str
     match spec.type:
         case "float":
@@ -187,7 +214,7 @@ def coerce_value(name: str, spec: AttrSpec, val: object) -> object:
             shown = _num(out)
         case "int":
             out = _to_int(name, val)
-            cmp = float(out)
+            cmp = out  # an int compares with the float limits exactly, however large
             shown = str(out)
         case "bool":
             out = _to_bool(name, val)
