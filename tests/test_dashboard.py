@@ -325,6 +325,18 @@ async def test_dashboard_live_controls(
             timeout=10_000,
         )
         assert "12.5" in str(await cell.text_content())
+        # a component no node has told of: said, and no get / set offered (it said "no
+        # metadata yet" and offered both: a dashboard tour)
+        await page.goto(f"{dash.address()}#/component/nope")
+        await page.wait_for_function(
+            "() => document.getElementById('cp-title').textContent === 'nope: no such component'",
+            timeout=5_000,
+        )
+        assert "no node has told of nope" in str(await page.text_content("#cp-summary"))
+        assert await page.locator("#cp-controls").is_hidden()
+        await page.goto(dash.address() + "#/")
+        await pip.locator("a.cmp").click()
+        await page.locator("#cp-controls").wait_for(state="visible", timeout=5_000)
 
         # the broker goes away: the page's socket to the dashboard stays up, but the pill
         # says that nothing comes from the stack (a user's audit: "live" all along)

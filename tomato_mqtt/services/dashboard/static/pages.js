@@ -258,8 +258,11 @@ function noteAttrs(slug, data) {
 }
 function renderComponentPage(slug) {
   const c = S.components[slug] || {}, meta = c.meta, st = c.status, last = S.lasts[slug];
-  $("cp-title").textContent = meta ? meta.name : slug;
-  $("cp-summary").innerHTML = meta ? `device ${esc(meta.device)} · driver ${esc(meta.driver)} · address ${esc(meta.address)} · channel ${esc(meta.channel)} · node ${esc(meta.node)}` +
+  // a component no node has told of (a typed or an old link): said, and no get / set
+  // offered for it (it said "no metadata yet" and offered both: a tour)
+  const none = !(slug in S.components) && window.__dash.helloAt != null;
+  $("cp-title").textContent = meta ? meta.name : none ? `${slug}: no such component` : slug;
+  $("cp-summary").innerHTML = none ? `no such component (yet): no node has told of ${esc(slug)}; the components are on the <a href="#/">overview</a>` : meta ? `device ${esc(meta.device)} · driver ${esc(meta.driver)} · address ${esc(meta.address)} · channel ${esc(meta.channel)} · node ${esc(meta.node)}` +
     ` · state <b>${esc(st ? st.state : "unknown")}</b>${st && st.job != null ? ` · job <a href="#/job/${st.job}">${st.job}</a> task ${esc(st.task)}` : ""}${meta.error ? ` · <span class="err">${esc(meta.error)}</span>` : ""}` : "no metadata yet";
   const attrs = (meta && meta.attrs) || {};
   renderRows($("cp-attrs").tBodies[0], Object.entries(attrs).map(([k, a]) => [k,
@@ -274,7 +277,7 @@ function renderComponentPage(slug) {
   $("cp-caps").innerHTML = ((meta && meta.capabilities) || []).map((x) => `<li>${esc(x)}</li>`).join("");
   $("cp-consts").textContent = JSON.stringify((meta && meta.constants) || {}, null, 2);
   $("cp-last").textContent = last ? `${new Date(last.uts * 1000).toLocaleTimeString()}\n` + Object.entries(last.values).map(([k, v]) => `${k} = ${v}${last.units[k] ? " " + last.units[k] : ""}`).join("\n") : "—";
-  $("cp-controls").hidden = !(can("get_attr") || can("set_attr"));
+  $("cp-controls").hidden = none || !(can("get_attr") || can("set_attr"));
   $("cp-set").hidden = !can("set_attr"); $("cp-value").hidden = !can("set_attr");
   const sel = $("cp-attr"), names = Object.keys(attrs).join("\n");
   if (sel._names !== names) { sel.innerHTML = Object.keys(attrs).map((k) => `<option>${esc(k)}</option>`).join(""); sel._names = names; }
