@@ -58,6 +58,52 @@ async def test_oneshot_no_answer_names_topic_and_wait(broker: RunningBroker, ins
         )
 
 
+@pytest.mark.parametrize("answers", [True, False])
+async def test_an_unanswered_request_asks_whoami_before_its_timeout_ends(
+    broker: RunningBroker, instance: str, answers: bool
+) -> None:
+    """A login's request the broker's rules dropped is only ever unanswered: the exchange
+    asks ``whoami`` meanwhile, 2 s (at most half the timeout) before it ends, and the
+    NoAnswer carries its answer, so the CLI says why within its ``-t``. It was asked
+    after the timeout: a login that may not ask it either (a node's) waited 2 s more."""
+    import time
+
+    topics = Topics(instance)
+    url = BrokerURL.parse(broker.url)
+    asked: list[float] = []
+    pending: list[asyncio.Future[None]] = []
+    async with AsyncClient(url) as c:
+
+        def whoami(msg: Message) -> None:
+            asked.append(time.monotonic())
+            req = decode(Request, msg.payload, msg.topic)
+            reply = Reply(id=req.id, success=True, msg="you", data={"role": "reader"})
+            pending.append(asyncio.ensure_future(c.publish(req.reply_to, encode(reply))))
+
+        if answers:
+            await c.subscribe(topics.scheduler_cmd("whoami"), handler=whoami)
+
+        def call() -> oneshot.NoAnswer:
+            with oneshot.Exchange(
+                url, topics.reply, timeout=3, whoami=topics.scheduler_cmd("whoami")
+            ) as ex:
+                with pytest.raises(oneshot.NoAnswer) as e:
+                    ex.request(topics.scheduler_cmd("stop"), {}, timeout=3, who="scheduler")
+                return e.value
+
+        t0 = time.monotonic()
+        e = await asyncio.to_thread(call)
+        took = time.monotonic() - t0
+    assert e.topic == topics.scheduler_cmd("stop") and "within 3 s" in str(e)
+    assert e.asked
+    assert 2.9 < took < 4.0, took  # the request's timeout, and no whoami after it
+    if answers:
+        assert e.me is not None and e.me.data == {"role": "reader"}
+        assert len(asked) == 1 and 1.3 < asked[0] - t0 < 2.9, [a - t0 for a in asked]
+    else:
+        assert e.me is None and not asked
+
+
 def test_oneshot_unreachable_broker_is_a_clear_error() -> None:
     from tests.stack import free_port
 

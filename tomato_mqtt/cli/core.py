@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 
-from tomato_mqtt.cli.denied import denied
+from tomato_mqtt.cli.denied import denied, whoami
 from tomato_mqtt.cli.fastsettings import light_mqtt
 from tomato_mqtt.cli.output import Output, echo
 from tomato_mqtt.config.url import BrokerURL
@@ -338,6 +338,7 @@ def run_request(
             timeout=timeout,
             who=who,
             resend=who == "scheduler",  # it may be restarting; a node's ops are not resent
+            whoami=whoami(ctx),
         )
     except oneshot.OneShotError as e:
         oneshot_failed(ctx, e, unanswered, unreachable)
@@ -360,7 +361,7 @@ def oneshot_failed(
                 f"; if the scheduler runs, the login {ctx.url.username!r} may not ask it "
                 "(a node's login may not: check -b/--broker and TOMATO_BROKER)"
             )
-        fail(denied(ctx, e.topic) or f"{e} ({ctx.where()}){unanswered}{hint}")
+        fail(denied(ctx, e.topic, e) or f"{e} ({ctx.where()}){unanswered}{hint}")
     if isinstance(e, oneshot.Refused):
         fail(f"{e} ({ctx.where()})")
     if isinstance(e, oneshot.Closed):  # a broker that closes the connection of a publish

@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 from tomato_mqtt import jsonlite
 from tomato_mqtt.cli.core import Opts, oneshot_failed
+from tomato_mqtt.cli.denied import whoami
 from tomato_mqtt.wire.names import (
     RETAINED_WAIT,
     SCHEDULER_WAIT,
@@ -133,8 +134,9 @@ def _asked_and_checked(
     # the first entry is the one a timeout names: the component's node
     waiting = {ask_id: (topic, f"node hosting {name}"), check: ("", "scheduler")}
     deadline = time.monotonic() + timeout
+    ask_at = ex.ask_whoami_at(topic, deadline, timeout)
     while True:
-        got, reply = ex.first_reply(waiting, deadline, timeout)
+        got, reply = ex.first_reply(waiting, deadline, timeout, ask_at)
         if got == ask_id:
             return reply
         del waiting[check]
@@ -200,7 +202,9 @@ def _in_exchange(
 
     ctx = opts.context()
     try:
-        with oneshot.Exchange(ctx.url, ctx.topics.reply, timeout=opts.timeout) as ex:
+        with oneshot.Exchange(
+            ctx.url, ctx.topics.reply, timeout=opts.timeout, whoami=whoami(ctx)
+        ) as ex:
             reply = fn(ex)
     except Refused as e:
         reply = oneshot.Reply(id="", success=False, msg=str(e))

@@ -56,6 +56,11 @@ SCHEMA = 2  # tomato_mqtt.wire.messages.SCHEMA
 #: user: a submit during a restart was lost)
 RESEND_AFTER = 1.0
 
+#: s before a login's unanswered request times out that :class:`Exchange` asks
+#: ``whoami`` meanwhile (at most half the timeout), so that a request the broker's rules
+#: dropped is said within the timeout (as the client library's ``WHOAMI_BEFORE``)
+WHOAMI_BEFORE = 2.0
+
 
 def refused_token(code: str | None, msg: str | None) -> bool:
     """A scheduler older than job_submit's ``token`` refused it (the client then submits
@@ -87,7 +92,12 @@ class Refused(OneShotError):
 
 
 class NoAnswer(OneShotError):
-    """Nobody answered the request sent on ``topic`` in time."""
+    """Nobody answered the request sent on ``topic`` in time. ``asked``: ``whoami`` was
+    asked meanwhile (:class:`Exchange`'s ``whoami``), and ``me`` is its answer (None:
+    unanswered too)."""
+
+    me: Reply | None = None
+    asked = False
 
     def __init__(self, msg: str, topic: str = "") -> None:
         super().__init__(msg)
@@ -266,6 +276,7 @@ def request(
     timeout: float = 5.0,
     who: str = "responder",
     resend: bool = False,
+    whoami: str | None = None,
 ) -> Reply:
     """Publish a request on ``topic`` and wait for the reply on ``reply_topic(client_id)``.
 
@@ -273,10 +284,11 @@ def request(
     refuses us, and :class:`NoAnswer` (naming the topic and the wait) when nobody
     replies within ``timeout``. ``resend``: send it again while no answer comes
     (:data:`RESEND_AFTER`; the CLI's requests to the scheduler, which may be restarting).
+    ``whoami``: see :class:`Exchange` (not over WebSockets: asked after the timeout).
     """
     if url.transport == "websockets":
         return _request_paho(url, topic, reply_topic, args, timeout=timeout, who=who, resend=resend)
-    with Exchange(url, reply_topic, timeout=timeout) as ex:
+    with Exchange(url, reply_topic, timeout=timeout, whoami=whoami) as ex:
         return ex.request(topic, args, timeout=timeout, who=who, resend=resend)
 
 
@@ -287,11 +299,27 @@ class Exchange:
             r = ex.request(topic, {"what": "components"}, timeout=5, who="scheduler")
 
     TCP and TLS only (WebSockets: :func:`request`, one call per connection).
+
+    ``whoami``: the scheduler's whoami topic, for a login (MQTT 3.1.1 has no negative
+    PUBACK: a request the broker's rules drop is only ever unanswered, and whoami says
+    why). A request still unanswered :data:`WHOAMI_BEFORE` s (at most half its timeout)
+    before its end asks it meanwhile, once per exchange, and a :class:`NoAnswer` carries
+    the answer; it was asked after the timeout, which a login that may not ask it either
+    (a node's) waited out twice.
     """
 
-    def __init__(self, url: BrokerURL, reply_topic: Callable[[str], str], timeout: float) -> None:
+    def __init__(
+        self,
+        url: BrokerURL,
+        reply_topic: Callable[[str], str],
+        timeout: float,
+        whoami: str | None = None,
+    ) -> None:
         from tomato_mqtt.transport.session import Session
 
+        self.whoami = whoami
+        self._me: tuple[str, Reply | None] | None = None  # (whoami's id, its answer)
+        self._connects = 0  # connections made again (_reconnect)
         self.url = url
         self.client_id = f"cli-{os.getpid()}-{os.urandom(3).hex()}"
         self.reply_to = reply_topic(self.client_id)
@@ -355,12 +383,18 @@ class Exchange:
         gap = RESEND_AFTER if resend else timeout
         pause = 0.05  # before a new connection (below)
         sent = time.monotonic()
+        ask_at = self.ask_whoami_at(topic, deadline, timeout)
+        connects = self._connects
         while True:
             try:
                 self._publish(topic, payload)
                 _trace("sent %s (%d bytes, request %s)", topic, len(payload), req_id)
                 step = min(deadline, time.monotonic() + gap)
-                reply = self.first_reply({req_id: (topic, who)}, step, timeout)[1]
+                # (not on a connection made again: a broker that closes the connection
+                # of a publish its rules forbid, Aedes, closes it at each copy, and a
+                # whoami sent meanwhile with it: asked after the timeout, as before)
+                meanwhile = ask_at if self._connects == connects else None
+                reply = self.first_reply({req_id: (topic, who)}, step, timeout, meanwhile)[1]
                 _trace("%s answered in %.1f ms", who, 1e3 * (time.monotonic() - sent))
                 return reply
             except NoAnswer:
@@ -395,6 +429,9 @@ class Exchange:
             SessionUntrusted,
         )
 
+        self._connects += 1
+        if self._me is not None and self._me[1] is None:
+            self._me = None  # its answer, if any, went to the connection now closed
         while True:
             self._session.close()
             self._session = Session(self.url, self.client_id, keepalive=self._keepalive)
@@ -431,38 +468,80 @@ class Exchange:
         except SessionError as e:
             raise Closed(str(e), topic) from None
 
+    def ask_whoami_at(self, topic: str, deadline: float, timeout: float) -> float | None:
+        """When a request on ``topic`` that ends at ``deadline`` asks ``whoami``
+        meanwhile (see the class), for :meth:`first_reply`'s ``ask_at``; None: never."""
+        if self.whoami is None or topic == self.whoami:
+            return None
+        return deadline - min(WHOAMI_BEFORE, timeout / 2)
+
     def first_reply(
-        self, waiting: Mapping[str, tuple[str, str]], deadline: float, timeout: float
+        self,
+        waiting: Mapping[str, tuple[str, str]],
+        deadline: float,
+        timeout: float,
+        ask_at: float | None = None,
     ) -> tuple[str, Reply]:
         """(id, reply) of the first reply to one of the requests ``waiting`` (id ->
         (topic, who answers)), by ``deadline``; :class:`NoAnswer` naming the first of
-        them (``timeout``: the wait it was given, for the message) when none came."""
+        them (``timeout``: the wait it was given, for the message) when none came.
+        ``ask_at``: none by then, ``whoami`` is asked (once per exchange), and the
+        NoAnswer carries its answer (:meth:`ask_whoami_at`)."""
         from tomato_mqtt.transport.session import SessionError, SessionTimeout
 
+        first_topic, first_who = next(iter(waiting.values()))
+        waiting = dict(waiting)
+        if self._me is not None and self._me[1] is None:
+            waiting[self._me[0]] = ("", "")  # whoami asked, not answered yet
         try:
             while True:
-                got_topic, raw, _retained = self._session.receive(deadline)
-                if got_topic != self.reply_to:
-                    continue
+                until = deadline
+                if ask_at is not None and self._me is None and ask_at < deadline:
+                    until = ask_at
                 try:
-                    doc = jsonlite.loads(raw)
-                except ValueError:
+                    got, reply = self._receive(waiting, until)
+                except SessionTimeout:
+                    if until == deadline or self.whoami is None:
+                        raise
+                    me = self.send(self.whoami)
+                    self._me = (me, None)
+                    waiting[me] = ("", "")
+                    _trace("no answer yet: asked %s meanwhile", self.whoami)
                     continue
-                if isinstance(doc, dict) and doc.get("id") in waiting:
-                    return str(doc["id"]), Reply(
-                        id=str(doc["id"]),
-                        success=bool(doc.get("success")),
-                        msg=str(doc.get("msg", "")),
-                        data=doc.get("data"),
-                        code=doc.get("code"),
-                    )
+                if self._me is not None and got == self._me[0]:
+                    self._me = (got, reply)
+                    del waiting[got]
+                    continue
+                return got, reply
         except SessionTimeout:
-            topic, who = next(iter(waiting.values()))
-            raise NoAnswer(
-                f"no {who} answered on {topic} within {timeout:g} s — is it running?", topic
-            ) from None
+            e = NoAnswer(
+                f"no {first_who} answered on {first_topic} within {timeout:g} s — is it running?",
+                first_topic,
+            )
+            if self._me is not None:
+                e.asked, e.me = True, self._me[1]
+            raise e from None
         except SessionError as e:  # closed: said about the request a timeout would name
-            raise Closed(str(e), next(iter(waiting.values()))[0]) from None
+            raise Closed(str(e), first_topic) from None
+
+    def _receive(self, waiting: Mapping[str, tuple[str, str]], until: float) -> tuple[str, Reply]:
+        """The first reply to one of ``waiting`` by ``until`` (else SessionTimeout)."""
+        while True:
+            got_topic, raw, _retained = self._session.receive(until)
+            if got_topic != self.reply_to:
+                continue
+            try:
+                doc = jsonlite.loads(raw)
+            except ValueError:
+                continue
+            if isinstance(doc, dict) and doc.get("id") in waiting:
+                return str(doc["id"]), Reply(
+                    id=str(doc["id"]),
+                    success=bool(doc.get("success")),
+                    msg=str(doc.get("msg", "")),
+                    data=doc.get("data"),
+                    code=doc.get("code"),
+                )
 
     def retained(self, topic: str, wait: float) -> bytes | None:
         """The retained message on ``topic`` (None if none comes within ``wait``)."""
