@@ -13,7 +13,9 @@ def _show_version(ctx: typer.Context, value: bool) -> None:
     if value:
         from tomato_mqtt import __version__
 
-        typer.echo(f"{ctx.find_root().info_name} (tomato-mqtt) {__version__}")
+        # tomato 2.2's words ("tomato version 2.2"), so that a script that reads the
+        # version after "version" reads ours; which tomato, after it
+        typer.echo(f"{ctx.find_root().info_name} version {__version__} (tomato-mqtt)")
         raise typer.Exit()
 
 
