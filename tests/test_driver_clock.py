@@ -76,20 +76,21 @@ def _new(comps: list[Comp], driver: ModelInterface, channel: str = "1") -> Comp:
 
 def test_a_fast_task_of_a_never_waiting_driver_runs_on_the_clock(comps: list[Comp]) -> None:
     c = _new(comps, ClockedDriver())
-    c.runner.start_task(task(0.2, 0.01))
-    end = c.ends.wait(5)
+    c.runner.start_task(task(1.0, 0.01))
+    end = c.ends.wait(8)
     points, _ = c.runner.drain()
     assert c.threads() == {"clock"}
     assert end.reason == "done" and end.npoints == len(points)
-    # a loaded PC skips a few (the suite on Python 3.13 beside other tests: 8 of 20);
-    # a clock that does not keep time misses most
-    assert end.npoints + end.missed == 20 and end.missed <= 10, end
+    # a loaded PC skips a few (the suite on Python 3.13 beside other tests: 8 of 20 in a
+    # task of 0.2 s; on 3.10 beside other runs, 11 of 20: a stall of ~0.1 s, which a 1 s
+    # task takes); a clock that does not keep time misses most
+    assert end.npoints + end.missed == 100 and end.missed <= 50, end
     # t_now handed to the driver is each point's deadline, as on a worker thread
     assert all(abs(o - 0.01 * round(o / 0.01)) < 1e-6 for o in c.dev.offsets), c.dev.offsets
     # the last deadline is the task's end, unless a loaded PC skipped it too: counted in
     # `missed` (a CI run with other tests beside it: 0.19, the 0.2 one skipped)
     last = round(c.dev.offsets[-1] / 0.01)
-    assert last == 20 or 20 - end.missed <= last < 20, (c.dev.offsets, end.missed)
+    assert last == 100 or 100 - end.missed <= last < 100, (c.dev.offsets, end.missed)
     assert len(shared_clock()) == 0  # nothing left on the clock
 
 
