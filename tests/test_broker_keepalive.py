@@ -334,3 +334,53 @@ def test_a_persistent_session_away_keeps_at_most_max_queued_messages(
     writer.close()
     assert got == [str(i).encode() for i in range(50)], (len(got), got[:3], got[-3:])
     assert "is away with 50 messages kept for it" in broker_process.text()
+
+
+def test_messages_kept_for_a_persistent_session_come_without_the_retain_flag(
+    broker_process: BrokerProcess,
+) -> None:
+    """What the broker kept for a persistent session while its client was away comes at
+    its return with RETAIN 0, as it is sent for a subscription that existed when it was
+    published [MQTT-3.3.1-9]; amqtt set 1, so a dashboard took a cut's data batches for
+    stale retained state (an integrator's tour: all 19 batches of a 10 s cut came with
+    RETAIN 1), and a request so queued reads as a retained one, which tomato-mqtt's
+    responders ignore."""
+    cid = f"kept-{uuid.uuid4().hex[:6]}"
+
+    def persistent() -> paho.Client:
+        c = paho.Client(CallbackAPIVersion.VERSION2, client_id=cid, clean_session=False)
+        c.reconnect_delay_set(60, 60)
+        return c
+
+    got: list[tuple[str, bytes, bool]] = []
+    away = persistent()
+    done = threading.Event()
+    away.on_subscribe = lambda *_a: done.set()
+    away.connect("127.0.0.1", broker_process.port, keepalive=30)
+    away.loop_start()
+    away.subscribe("t/kept/#", qos=1)
+    assert done.wait(10)
+    away.disconnect()
+    away.loop_stop()
+    time.sleep(0.3)
+    writer = Client(broker_process.port)
+    for i in range(5):
+        writer.c.publish("t/kept/data", str(i).encode(), qos=1).wait_for_publish(10)
+    writer.c.publish("t/kept/status", b"state", qos=1, retain=True).wait_for_publish(10)
+    back = persistent()
+    back.on_message = lambda _c, _u, m: got.append((m.topic, m.payload, bool(m.retain)))
+    back.connect("127.0.0.1", broker_process.port, keepalive=30)
+    back.loop_start()
+    deadline = time.monotonic() + 10
+    while len(got) < 6 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.5)  # anything more would come now
+    back.loop_stop()
+    back.disconnect()
+    writer.c.publish("t/kept/status", b"", qos=1, retain=True).wait_for_publish(10)
+    writer.close()
+    data = [(p, r) for t, p, r in got if t == "t/kept/data"]
+    assert data == [(str(i).encode(), False) for i in range(5)], got
+    # the retained one: kept for the session (RETAIN 0), and perhaps sent again from the
+    # broker's retained store for the subscription (RETAIN 1), never only as retained
+    assert ("t/kept/status", b"state", False) in got, got

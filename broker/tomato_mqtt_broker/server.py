@@ -1054,9 +1054,13 @@ def _broker_class(
                 kept = session.retained_messages.get_nowait()
                 if not self._receives(session, kept.topic):
                     continue
+                # RETAIN 0: sent for a subscription that existed when it was published
+                # [MQTT-3.3.1-9] (amqtt set 1: a persistent session's queued data batches
+                # read as stale retained state, an integrator's tour; and a request queued
+                # so reads as a retained one, which tomato-mqtt's responders ignore)
                 sends.append(
                     asyncio.ensure_future(
-                        handler.mqtt_publish(kept.topic, kept.data, kept.qos, retain=True)
+                        handler.mqtt_publish(kept.topic, kept.data, kept.qos, retain=False)
                     )
                 )
             if sends:
