@@ -75,6 +75,12 @@ BAD: list[tuple[str, bytes, str]] = [
     ("not-json", b"this is not json", "not valid JSON"),
     ("truncated", b'{"id": "1", "success": tr', "not valid JSON"),
     ("empty", b"", "not valid JSON"),
+    # valid, and deeper than the parser goes: said so (it read "not valid JSON" alone)
+    (
+        "deep",
+        b'{"id": "1", "success": true, "msg": "x", "data": ' + b"[" * 5000 + b"]" * 5000 + b"}",
+        "not valid JSON (nested too deeply: recursion limit exceeded at line 1",
+    ),
     ("not-utf8", b"\xff\xfe\x00{", ""),
     ("array", b"[1, 2, 3]", ""),
     ("string", b'"hello"', ""),

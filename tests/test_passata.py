@@ -201,6 +201,9 @@ def test_running_component_refuses_set_and_reset_without_force(stack: Stack) -> 
         res = stack.run("passata", "set", c, "max", "20")
         assert res.returncode == 1
         assert "running" in res.stderr and "--force" in res.stderr
+        # ... and to a request over MQTT, which has no options (it said "use --force" to
+        # an integrator: an integrator's tour)
+        assert '(passata --force; in a request: "force": true)' in res.stderr, res.stderr
         res = stack.run("passata", "reset", c)
         assert res.returncode == 1 and "--force" in res.stderr
         res = stack.run("passata", "set", c, "max", "20", "--force")

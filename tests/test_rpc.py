@@ -177,6 +177,11 @@ async def test_reply_to_outside_the_instance_is_ignored(
         await cli.subscribe(outside, handler=got.put_nowait)
         rogue = encode(Request(id="r-1", reply_to=outside, args={"n": 1}))
         await cli.publish(topics.scheduler_cmd("echo"), rogue)
+        # nor on a reply topic without a client id (it was answered there: an integrator)
+        empty = topics.reply("x").rpartition("/")[0] + "/"
+        await cli.subscribe(empty, handler=got.put_nowait)
+        rogue = encode(Request(id="r-2", reply_to=empty, args={"n": 2}))
+        await cli.publish(topics.scheduler_cmd("echo"), rogue)
         reply = await Requester(cli, topics).request(topics.scheduler_cmd("echo"), timeout=T)
         assert reply.success
         # replies leave the responder in order: a reply to the rogue request would be here

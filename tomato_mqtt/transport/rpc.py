@@ -426,8 +426,8 @@ class Responder:
 
     def _reply_allowed(self, reply_to: str, user: str | None) -> bool:
         parsed = self.topics.parse(reply_to)
-        if parsed is None or parsed.kind != "reply":
-            return False
+        if parsed is None or parsed.kind != "reply" or not parsed.name:
+            return False  # (also ".../reply/<user>/": a client id is never empty)
         # a request that names its sender is answered only on that sender's replies, so
         # nobody can make a service send data to another user
         return user is None or parsed.user == user

@@ -63,8 +63,16 @@ def decode(model: type[M], payload: bytes | str, topic: str | None = None) -> M:
     try:
         return model.model_validate_json(payload)
     except ValidationError as e:
-        if any(err["type"] == "json_invalid" for err in e.errors()):
-            raise DecodeError(model, topic, "not valid JSON") from None
+        bad = next((err for err in e.errors() if err["type"] == "json_invalid"), None)
+        if bad is not None:
+            # where and why, as the parser says it: 5,000 nested lists read "not valid
+            # JSON" (valid, and too deep: an integrator's tour)
+            why = str((bad.get("ctx") or {}).get("error") or "").strip()
+            if why.startswith("recursion limit exceeded"):
+                why = "nested too deeply: " + why
+            raise DecodeError(
+                model, topic, f"not valid JSON ({why})" if why else "not valid JSON"
+            ) from None
         raise DecodeError(model, topic, _summarise(e)) from None
     except (UnicodeDecodeError, ValueError) as e:
         raise DecodeError(model, topic, f"not UTF-8 JSON ({e})") from None

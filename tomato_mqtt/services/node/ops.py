@@ -29,6 +29,10 @@ if TYPE_CHECKING:
 
 __all__ = ["ComponentOps"]
 
+#: how to do it anyway, said to the CLI and to a request over MQTT alike (it said "use
+#: --force" to an integrator, whose request has no options: an integrator's tour)
+FORCE_HINT = '(passata --force; in a request: "force": true)'
+
 #: s a task_start waits for its component's first registration to end (the scheduler
 #: waits 10 s for the answer, which must leave time for the task's own start)
 REGISTER_WAIT = 6.0
@@ -184,7 +188,7 @@ class ComponentOps:
     ) -> None:
         if self.runner(hc).running and not args.get("force"):
             raise CommandError(
-                f"cannot {what} {hc.name}: a task of job {hc.job} is running (use --force)"
+                f"cannot {what} {hc.name}: a task of job {hc.job} is running {FORCE_HINT}"
             )
 
     async def op_set_attr(self, hc: HostedComponent, args: Mapping[str, JsonValue]) -> Result:
@@ -256,7 +260,7 @@ class ComponentOps:
         if runner.running:
             if not args.get("force"):
                 raise CommandError(
-                    f"cannot reset {hc.name}: a task of job {hc.job} is running (use --force)"
+                    f"cannot reset {hc.name}: a task of job {hc.job} is running {FORCE_HINT}"
                 )
             runner.stop_task("reset")
         else:  # an end never told (it failed) no longer holds the component "running"
