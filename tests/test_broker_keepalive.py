@@ -291,6 +291,26 @@ def test_a_connection_that_sends_no_connect_is_closed(broker_process: BrokerProc
     assert "no CONNECT from 127.0.0.1" in broker_process.text()
 
 
+def _persistent(cid: str) -> paho.Client:
+    c = paho.Client(CallbackAPIVersion.VERSION2, client_id=cid, clean_session=False)
+    c.reconnect_delay_set(60, 60)
+    return c
+
+
+def _subscribed(cid: str, port: int, topic_filter: str) -> paho.Client:
+    """A persistent session of ``cid`` subscribed to ``topic_filter`` (QoS 1), its loop
+    stopped: the caller makes it go away."""
+    c = _persistent(cid)
+    done = threading.Event()
+    c.on_subscribe = lambda *_a: done.set()
+    c.connect("127.0.0.1", port, keepalive=30)
+    c.loop_start()
+    c.subscribe(topic_filter, qos=1)
+    assert done.wait(10)
+    c.loop_stop()
+    return c
+
+
 def test_a_persistent_session_away_keeps_at_most_max_queued_messages(
     broker_process: BrokerProcess,
 ) -> None:
@@ -299,21 +319,8 @@ def test_a_persistent_session_away_keeps_at_most_max_queued_messages(
     since (a soak run: 31 -> 485 MB in 45 min). At most ``max_queued_messages`` (50
     in this test) are kept, as Mosquitto does."""
     cid = f"away-{uuid.uuid4().hex[:6]}"
-
-    def persistent() -> paho.Client:
-        c = paho.Client(CallbackAPIVersion.VERSION2, client_id=cid, clean_session=False)
-        c.reconnect_delay_set(60, 60)
-        return c
-
     got: list[bytes] = []
-    away = persistent()
-    done = threading.Event()
-    away.on_subscribe = lambda *_a: done.set()
-    away.connect("127.0.0.1", broker_process.port, keepalive=30)
-    away.loop_start()
-    away.subscribe("t/away", qos=1)
-    assert done.wait(10)
-    away.loop_stop()
+    away = _subscribed(cid, broker_process.port, "t/away")
     sock = away.socket()
     assert isinstance(sock, socket.socket)
     sock.close()  # gone without a DISCONNECT
@@ -321,7 +328,7 @@ def test_a_persistent_session_away_keeps_at_most_max_queued_messages(
     writer = Client(broker_process.port)
     for i in range(300):
         writer.c.publish("t/away", str(i).encode(), qos=1).wait_for_publish(10)
-    back = persistent()
+    back = _persistent(cid)
     back.on_message = lambda _c, _u, m: got.append(m.payload)
     back.connect("127.0.0.1", broker_process.port, keepalive=30)
     back.loop_start()
@@ -346,28 +353,17 @@ def test_messages_kept_for_a_persistent_session_come_without_the_retain_flag(
     RETAIN 1), and a request so queued reads as a retained one, which tomato-mqtt's
     responders ignore."""
     cid = f"kept-{uuid.uuid4().hex[:6]}"
-
-    def persistent() -> paho.Client:
-        c = paho.Client(CallbackAPIVersion.VERSION2, client_id=cid, clean_session=False)
-        c.reconnect_delay_set(60, 60)
-        return c
-
     got: list[tuple[str, bytes, bool]] = []
-    away = persistent()
-    done = threading.Event()
-    away.on_subscribe = lambda *_a: done.set()
-    away.connect("127.0.0.1", broker_process.port, keepalive=30)
+    away = _subscribed(cid, broker_process.port, "t/kept/#")
     away.loop_start()
-    away.subscribe("t/kept/#", qos=1)
-    assert done.wait(10)
-    away.disconnect()
+    away.disconnect()  # away, its session kept
     away.loop_stop()
     time.sleep(0.3)
     writer = Client(broker_process.port)
     for i in range(5):
         writer.c.publish("t/kept/data", str(i).encode(), qos=1).wait_for_publish(10)
     writer.c.publish("t/kept/status", b"state", qos=1, retain=True).wait_for_publish(10)
-    back = persistent()
+    back = _persistent(cid)
     back.on_message = lambda _c, _u, m: got.append((m.topic, m.payload, bool(m.retain)))
     back.connect("127.0.0.1", broker_process.port, keepalive=30)
     back.loop_start()
