@@ -299,7 +299,7 @@ def _persistent(cid: str) -> paho.Client:
 
 def _subscribed(cid: str, port: int, topic_filter: str) -> paho.Client:
     """A persistent session of ``cid`` subscribed to ``topic_filter`` (QoS 1), its loop
-    stopped: the caller makes it go away."""
+    running: the caller makes it go away."""
     c = _persistent(cid)
     done = threading.Event()
     c.on_subscribe = lambda *_a: done.set()
@@ -307,7 +307,6 @@ def _subscribed(cid: str, port: int, topic_filter: str) -> paho.Client:
     c.loop_start()
     c.subscribe(topic_filter, qos=1)
     assert done.wait(10)
-    c.loop_stop()
     return c
 
 
@@ -321,6 +320,7 @@ def test_a_persistent_session_away_keeps_at_most_max_queued_messages(
     cid = f"away-{uuid.uuid4().hex[:6]}"
     got: list[bytes] = []
     away = _subscribed(cid, broker_process.port, "t/away")
+    away.loop_stop()
     sock = away.socket()
     assert isinstance(sock, socket.socket)
     sock.close()  # gone without a DISCONNECT
@@ -355,7 +355,6 @@ def test_messages_kept_for_a_persistent_session_come_without_the_retain_flag(
     cid = f"kept-{uuid.uuid4().hex[:6]}"
     got: list[tuple[str, bytes, bool]] = []
     away = _subscribed(cid, broker_process.port, "t/kept/#")
-    away.loop_start()
     away.disconnect()  # away, its session kept
     away.loop_stop()
     time.sleep(0.3)
