@@ -1246,6 +1246,40 @@ async def test_a_task_is_not_given_up_while_the_broker_passes_nothing(
     assert not [e for e, _ in host.events if e == "warning"], host.events
 
 
+async def test_a_node_lost_just_before_the_broker_went_has_its_grace_from_its_return() -> None:
+    """An admin's tour: Mosquitto stopped cleanly (SIGTERM, as systemctl stop) sends
+    every client's will, then goes; 45 s later the job ended ce "node pc2 … was lost for
+    more than 30 s", its file holding every point (a kill -9 of it sends no will: c).
+    While the broker passes nothing the node's grace does not run; it starts again once
+    the broker is back, and the node that comes back within it finds its job running."""
+    host = FakeHost()
+    host.node_grace_period = 0.5
+    _runner, done = await _run(host)
+    await host.set(node=host.node.model_copy(update={"state": "lost"}))  # its will
+    await asyncio.sleep(0.2)
+    await host.set(quiet=True)  # then the broker is gone
+    await asyncio.sleep(1.5)  # thrice the grace
+    assert not done.done()
+    await host.set(quiet=False)  # back: the grace runs from here
+    await asyncio.sleep(0.3)
+    assert not done.done()
+    await host.set(node=host.node.model_copy(update={"state": "online"}))  # reconnected
+    await asyncio.sleep(0.5)  # past the grace counted from the will
+    assert not done.done()
+    await _task_ended(host, npoints=2)
+    status, reason = await asyncio.wait_for(done, 5)
+    assert status == "c", (status, reason)
+    # and a node that does not come back is still given up, a grace after the broker's return
+    host = FakeHost()
+    host.node_grace_period = 0.5
+    _runner, done = await _run(host)
+    await host.set(node=host.node.model_copy(update={"state": "lost"}), quiet=True)
+    await asyncio.sleep(1.0)
+    await host.set(quiet=False)
+    status, reason = await asyncio.wait_for(done, 5)
+    assert status == "ce" and "was lost for more than 0.5 s" in str(reason), (status, reason)
+
+
 def _presence_of_one_node() -> tuple[Any, Callable[[float], None]]:
     """A scheduler's Presence (heartbeat 0.05 s) and ``beat(offset)``: a live status of
     node ``pc`` whose clock is ``offset`` s off, as received."""

@@ -671,10 +671,17 @@ class JobRunner:
                     self._end_now(t, {"reason": "error", "message": gone})
                     return
                 node = self.host.node_of(component)
+                quiet = self.host.broker_quiet()
                 if node is None or node.state != "online":
                     if lost_since is None:
-                        lost_since = time.monotonic()
                         waiting = self._node_away(t, component, node)
+                    if lost_since is None or quiet or was_quiet:
+                        # while the broker passes nothing the node's return cannot reach
+                        # us: its grace starts again once the broker is back (a Mosquitto
+                        # stopped cleanly sends every client's will, then goes; 45 s of
+                        # it ended jobs ce "node … lost for more than 30 s", each point
+                        # in the file: an admin's tour)
+                        lost_since = time.monotonic()
                     left = self.host.node_grace_period - (time.monotonic() - lost_since)
                     if left <= 0:
                         name = node.node if node else "?"
@@ -696,7 +703,6 @@ class JobRunner:
                 # give-up waits for what comes once it is back (a fault run: a broker
                 # down 5 min past a task's end gave the task up, ce "a driver call did
                 # not return", every point in the file)
-                quiet = self.host.broker_quiet()
                 if quiet or was_quiet:  # (until the moment it is back)
                     self.stood_still_at = time.monotonic()
                 if quiet:
