@@ -152,6 +152,23 @@ def test_url_takes_tls_files_from_the_query() -> None:
         BrokerURL.parse("mqtts://h?cafile=/c.pem")
 
 
+def test_a_broker_url_that_cannot_be_read_never_says_its_password() -> None:
+    """An admin's tour: a password with @ : / # % in it, not percent-encoded, failed
+    "bad port in broker URL 'mqtts://rita:r@t:a/1#x%@…'", the password in clear (on a
+    shared screen, in a CI log). Said without it, with how to write it; percent-encoded,
+    it is read whole."""
+    with pytest.raises(ValueError) as e:
+        BrokerURL.parse("mqtts://rita:r@t:a/1#x%@10.77.0.1:23002")
+    said = str(e.value)
+    assert "r@t:a/1#x%" not in said and "rita:***@10.77.0.1:23002" in said, said
+    assert "percent-encoded" in said and "%40" in said, said
+    with pytest.raises(ValueError) as e:
+        BrokerURL.parse("mqtt://rita:s3cret@h:1883?foo=1")
+    assert "s3cret" not in str(e.value) and "rita:***@h:1883" in str(e.value), e.value
+    url = BrokerURL.parse("mqtts://rita:r%40t%3Aa%2F1%23x%25@10.77.0.1:23002")
+    assert (url.username, url.password, url.host) == ("rita", "r@t:a/1#x%", "10.77.0.1")
+
+
 @pytest.mark.parametrize("mutual", [False, True], ids=["", "mutual"])
 @pytest.mark.parametrize("kind", ["amqtt", "mosquitto"])
 def test_a_whole_job_over_tls_with_a_remote_node(

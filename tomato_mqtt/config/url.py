@@ -83,28 +83,37 @@ class BrokerURL(Record):
 
         if "://" not in url:
             url = "mqtt://" + url
+        shown = _without_password(url)  # (an error said the password in clear: a tour)
         parts = urlsplit(url)
         scheme = parts.scheme.lower()
         if scheme not in {"mqtt", "tcp", "mqtts", "ssl", "ws", "wss"}:
-            raise ValueError(f"unsupported broker URL scheme {scheme!r} in {url!r}")
+            raise ValueError(f"unsupported broker URL scheme {scheme!r} in {shown!r}")
         tls = scheme in {"mqtts", "ssl", "wss"}
         default_port = 8883 if tls else 1883
         try:
             port = parts.port or default_port
         except ValueError as e:
-            raise ValueError(f"bad port in broker URL {url!r}") from e
+            hint = ""
+            if shown != url:  # "r@t:a/1#x%" read as host and port
+                hint = (
+                    "; in a password, write @ : / # ? % as %40 %3A %2F %23 %3F %25 "
+                    "(percent-encoded)"
+                )
+            raise ValueError(f"bad port in broker URL {shown!r}{hint}") from e
         query = {k: v[-1] for k, v in parse_qs(parts.query, keep_blank_values=True).items()}
         unknown = set(query) - {"ca_certs", "certfile", "keyfile", "tls_insecure"}
         if unknown:
             raise ValueError(
-                f"unknown option(s) {', '.join(sorted(unknown))} in broker URL {url!r} "
+                f"unknown option(s) {', '.join(sorted(unknown))} in broker URL {shown!r} "
                 "(known: ca_certs, certfile, keyfile, tls_insecure)"
             )
         if query and not tls:
-            raise ValueError(f"TLS options in a URL without TLS: use mqtts:// or wss:// ({url!r})")
+            raise ValueError(
+                f"TLS options in a URL without TLS: use mqtts:// or wss:// ({shown!r})"
+            )
         insecure = query.get("tls_insecure", "false").lower()
         if insecure not in {"true", "false", "1", "0", "yes", "no"}:
-            raise ValueError(f"tls_insecure must be true or false in {url!r}")
+            raise ValueError(f"tls_insecure must be true or false in {shown!r}")
         return cls(
             host=parts.hostname or "127.0.0.1",
             port=port,
@@ -141,6 +150,17 @@ class BrokerURL(Record):
         scheme = {"tcp": "mqtt", "websockets": "ws"}[self.transport] + ("s" if self.tls else "")
         host = f"[{self.host}]" if ":" in self.host else self.host  # IPv6, as it is written
         return f"{scheme}://{host}:{self.port}"
+
+
+def _without_password(url: str) -> str:
+    """``url`` with the password of its user, if any, as ``***``: its user part ends at
+    its last ``@`` (a password with ``@``, ``/`` or ``#`` in it, not percent-encoded, is
+    not one urlsplit can find)."""
+    head, sep, rest = url.partition("://")
+    user, at, host = rest.rpartition("@")
+    if not at or ":" not in user:
+        return url
+    return f"{head}{sep}{user.split(':', 1)[0]}:***@{host}"
 
 
 def is_loopback(host: str) -> bool:
