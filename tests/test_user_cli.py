@@ -198,3 +198,21 @@ def test_a_user_change_for_an_external_broker_says_what_it_needs(tmp_path: Path)
     assert "the broker is external ([broker] embedded = false): run `tomato broker-config" in (
         res.stdout
     ), res.stdout
+
+
+def test_mosquitto_without_tls_on_a_network_address_listens_on_loopback_too() -> None:
+    """An admin's tour: `[broker] host = "10.77.0.1"`, no TLS: tomato.conf had only
+    `listener PORT 10.77.0.1`, the stack's own services (on [mqtt] host, 127.0.0.1) were
+    refused, and `tomato start` did not come up. The loopback listener is there too; with
+    TLS the plain one is loopback only, and a wildcard address needs none."""
+    from tomato_mqtt.wire.mosquitto import MosquittoTls, config_snippet
+
+    def listeners(host: str, tls: MosquittoTls | None = None) -> list[str]:
+        conf = config_snippet(host=host, port=1883, password_path="p", acl_path="a", tls=tls)
+        return [ln for ln in conf.splitlines() if ln.startswith("listener ")]
+
+    assert listeners("10.77.0.1") == ["listener 1883 10.77.0.1", "listener 1883 127.0.0.1"]
+    assert listeners("127.0.0.1") == ["listener 1883 127.0.0.1"]
+    assert listeners("0.0.0.0") == ["listener 1883 0.0.0.0"]
+    tls = MosquittoTls(port=8883, cafile="", certfile="c", keyfile="k")
+    assert listeners("10.77.0.1", tls) == ["listener 1883 127.0.0.1", "listener 8883 10.77.0.1"]
