@@ -701,3 +701,24 @@ def test_a_running_stack_writing_its_store_is_said_running_not_another_programs_
     said = res.stderr.strip()
     assert f"tomato-mqtt is already running on port {st.port} (pid {holder.pid})" in said, said
     assert "locked by another program" not in said, said
+
+
+def test_a_start_on_an_external_broker_that_is_not_there_says_which(tmp_path: Path) -> None:
+    """An admin's tour: `tomato start` with `[broker] embedded = false` and the broker
+    not running said only "did not come up within 10 s; see the logs"; it names the
+    broker it could not reach and why, and leaves nothing running."""
+    st = make_stack(tmp_path)
+    settings = st.appdir / "settings.toml"
+    settings.write_text(settings.read_text().replace("[broker]\n", "[broker]\nembedded = false\n"))
+    t0 = time.monotonic()
+    res = subprocess.run(
+        [str(BIN / "tomato"), "start", *st.dirs(), "-p", str(st.port), "-t", "3"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert res.returncode == 1, res
+    assert "did not come up within 3 s: cannot connect to the MQTT broker at" in res.stderr, res
+    assert f"127.0.0.1:{st.port}" in res.stderr and "embedded = false" in res.stderr, res
+    assert time.monotonic() - t0 < 20
+    assert not processes_of(st.port), "a service of the failed start is left"

@@ -167,6 +167,13 @@ def start(opts: core.Opts, verbose: int = 0, quiet: int = 0) -> None:
                 f"tomato-mqtt could not start: its supervisor (pid {proc.pid}) {how} "
                 f"before the stack was ready; nothing is left running (logs in {s.logdir})"
             )
+        unreachable = None if s.broker.embedded else _unreachable(ctx)
+        if unreachable is not None:  # (it said only "see the logs": an admin's tour)
+            fail(
+                f"tomato-mqtt did not come up within {opts.timeout:g} s: {unreachable} "
+                f"(the external broker of settings.toml, [broker] embedded = false: is it "
+                f"running, and is [mqtt] host where it listens?); logs in {s.logdir}"
+            )
         fail(f"tomato-mqtt did not come up within {opts.timeout:g} s; see the logs in {s.logdir}")
     n_ok, n_all, missing, absent, pending = ready
     msg = (
@@ -403,6 +410,17 @@ def alive(pid: int) -> bool:
 BROKER_CHECK_WAIT = 4.0
 """s ``tomato start`` waits, once the stack is ready, for the scheduler's check of an
 external broker (services/scheduler/brokercheck.py: at most 2 s after its start)."""
+
+
+def _unreachable(ctx: core.CallContext) -> str | None:
+    """Why the broker at ``ctx.url`` takes no connection (None: it takes one)."""
+    from tomato_mqtt.transport import oneshot
+
+    try:
+        with oneshot.Exchange(ctx.url, ctx.topics.reply, timeout=2.0):
+            return None
+    except oneshot.OneShotError as e:
+        return str(e)
 
 
 def _broker_warnings(ctx: core.CallContext, within: float) -> list[str]:
