@@ -87,6 +87,15 @@ def test_roles_on_a_secured_stack(
     mosquitto = request.getfixturevalue("mosquitto_path")
     with secure_stack(tmp_path, extra=extra, mosquitto=mosquitto) as st:
         roles(st, tmp_path, kind)
+        # the stack stopped, its broker running on: an admin's `tomato status` is told
+        # the scheduler's status says offline (it was told "if the scheduler runs, the
+        # login 'ada' may not ask it (a node's login may not …)": an admin's tour)
+        res = st.run("tomato", "stop", "--force", *as_user(st, "ada"), timeout=60)
+        assert res.returncode == 0, res
+        res = st.run("tomato", "status", "-t", "2", *as_user(st, "ada"))
+        assert res.returncode == 1, res
+        assert "the scheduler's status says offline" in res.stderr, res.stderr
+        assert "may not ask it" not in res.stderr, res.stderr
 
 
 def roles(st: Stack, tmp_path: Path, kind: str) -> None:

@@ -344,6 +344,21 @@ def run_request(
         oneshot_failed(ctx, e, unanswered, unreachable)
 
 
+def _scheduler_state(ctx: CallContext) -> str | None:
+    """The ``state`` of the scheduler's retained status (None: none, or unreadable)."""
+    from tomato_mqtt import jsonlite
+    from tomato_mqtt.transport import oneshot
+
+    try:
+        with oneshot.Exchange(ctx.url, ctx.topics.reply, timeout=2.0) as ex:
+            raw = ex.retained(ctx.topics.scheduler_status(), 1.0)
+        doc = jsonlite.loads(raw) if raw else None
+    except (oneshot.OneShotError, ValueError):
+        return None
+    state = doc.get("state") if isinstance(doc, dict) else None
+    return state if isinstance(state, str) else None
+
+
 def oneshot_failed(
     ctx: CallContext, e: Exception, unanswered: str = "", unreachable: str = ""
 ) -> NoReturn:
@@ -352,16 +367,25 @@ def oneshot_failed(
     from tomato_mqtt.transport import oneshot
 
     if isinstance(e, oneshot.NoAnswer):
+        why = denied(ctx, e.topic, e)
+        if why is not None:
+            fail(why)
         hint = ""
         if ctx.url.username and "/scheduler/" in e.topic:
             # whoami went unanswered too (denied() says nothing then): a login that may
             # not ask the scheduler, as a node's (a leftover TOMATO_BROKER), reads the
-            # same as a scheduler that is down (an admin's tour)
-            hint = (
-                f"; if the scheduler runs, the login {ctx.url.username!r} may not ask it "
-                "(a node's login may not: check -b/--broker and TOMATO_BROKER)"
-            )
-        fail(denied(ctx, e.topic, e) or f"{e} ({ctx.where()}){unanswered}{hint}")
+            # same as a scheduler that is down (an admin's tour); unless the scheduler's
+            # retained status says it is not running (an admin's after `tomato stop`
+            # was told it may not ask it: another tour)
+            state = _scheduler_state(ctx)
+            if state in ("offline", "lost", "stopping"):
+                hint = f"; the scheduler's status says {state}"
+            else:
+                hint = (
+                    f"; if the scheduler runs, the login {ctx.url.username!r} may not ask "
+                    "it (a node's login may not: check -b/--broker and TOMATO_BROKER)"
+                )
+        fail(f"{e} ({ctx.where()}){unanswered}{hint}")
     if isinstance(e, oneshot.Refused):
         fail(f"{e} ({ctx.where()})")
     if isinstance(e, oneshot.Closed):  # a broker that closes the connection of a publish
