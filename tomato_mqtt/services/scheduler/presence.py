@@ -21,6 +21,7 @@ import asyncio
 import collections
 import datetime
 import logging
+import math
 import sqlite3
 import time
 from typing import TYPE_CHECKING, Any
@@ -58,6 +59,10 @@ class Presence:
         self.seen: dict[str, float] = {}  # node -> monotonic time its last status arrived
         self.offsets: dict[str, collections.deque[float]] = {}
         self.skewed: set[str] = set()
+        #: when each node's statuses were last found delayed, a backlog (see received)
+        self.node_back: dict[str, float] = {}
+        #: each node's last live status: (our monotonic time, its heartbeat)
+        self.last_beat: dict[str, tuple[float, float]] = {}
         #: the offset each node's clock was taken to have (a change beyond the tolerance
         #: is a step: _clock_stepped)
         self.taken: dict[str, float] = {}
@@ -79,10 +84,24 @@ class Presence:
 
     # -- nodes ------------------------------------------------------------------------------
     def received(self, st: NodeStatus, retained: bool) -> None:
-        self.seen[st.node] = time.monotonic()
+        now = time.monotonic()
+        self.seen[st.node] = now
         if st.state != "online" or retained or st.heartbeat <= 0:
             return  # a retained status may be old: it says nothing about the node's clock
-        now = time.monotonic()
+        last = self.last_beat.get(st.node)
+        self.last_beat[st.node] = (now, st.heartbeat)
+        if (
+            last is not None
+            and (now - last[0]) - (st.heartbeat - last[1]) > 2.5 * self.svc.heartbeat
+        ):
+            # it came much later after the last than it was sent after it, by the node's
+            # own clock (whatever its heartbeat): its link was cut, and the statuses it
+            # could not send meanwhile come now, at once, with their old heartbeats: no
+            # measure of its clock (an admin's tour: "node pc2: clock differs … by
+            # -37.3 s" after a 45 s cut)
+            self.node_back[st.node] = now
+        if now - self.node_back.get(st.node, -math.inf) < 3 * self.svc.heartbeat:
+            return
         if self.loop_tick is not None and now - self.loop_tick > STALLED_BEATS * self.svc.heartbeat:
             # the scheduler itself was held up (its loop blocked, SIGSTOP, a machine under
             # load): statuses that waited meanwhile are no measure of a clock either (a
