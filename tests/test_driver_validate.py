@@ -138,11 +138,13 @@ def test_float_refuses(val: object) -> None:
         (AttrSpec(type="float"), "1e400", "x: 1e400 is out of range"),
         (AttrSpec(type="float"), " -1e999 ", "x: -1e999 is out of range"),
         (AttrSpec(type="float"), "1" + "0" * 400, r"x: 1000000000…000000 \(401 char"),
-        (AttrSpec(type="float"), 10**400, "x: an integer of more than 308 digits is out of range"),
-        (AttrSpec(type="int"), 10**400, "x: an integer of more than 308 digits is out of range"),
+        (AttrSpec(type="float"), 10**400, "x: an integer beyond ±1.8e\\+308 is out of range"),
+        (AttrSpec(type="int"), 10**400, "x: an integer beyond ±1.8e\\+308 is out of range"),
         (AttrSpec(type="int", maximum=5), 10**20, "x: 100000000000000000000 is above the max"),
         (AttrSpec(type="quantity", units="s"), "1e400 s", "x: 1e400 is out of range"),
-        (AttrSpec(type="quantity", units="s"), 10**400, "x: an integer of more than 308"),
+        (AttrSpec(type="quantity", units="s"), 10**400, "x: an integer beyond ±1.8e\\+308"),
+        # pint reads a whole number as an int (a review: OverflowError past the check)
+        (AttrSpec(type="quantity", units="s"), "1" + "0" * 400 + " s", "x: 1000000000…"),
     ],
 )  # fmt: skip
 def test_a_number_a_float_cannot_hold_is_out_of_range(

@@ -165,6 +165,14 @@ def test_a_broker_url_that_cannot_be_read_never_says_its_password() -> None:
     with pytest.raises(ValueError) as e:
         BrokerURL.parse("mqtt://rita:s3cret@h:1883?foo=1")
     assert "s3cret" not in str(e.value) and "rita:***@h:1883" in str(e.value), e.value
+    # an @ in the query is no user's (it was shown as "mqtts://h:***@b": a review), and
+    # a password with "://" in a URL without a scheme is not said with the scheme
+    with pytest.raises(ValueError) as e:
+        BrokerURL.parse("mqtts://h:x?certfile=/a@b")
+    assert "mqtts://h:x?certfile=/a@b" in str(e.value), e.value
+    with pytest.raises(ValueError) as e:
+        BrokerURL.parse("ada:s3://x@h")
+    assert "s3" not in str(e.value) and "x@h" not in str(e.value), e.value
     url = BrokerURL.parse("mqtts://rita:r%40t%3Aa%2F1%23x%25@10.77.0.1:23002")
     assert (url.username, url.password, url.host) == ("rita", "r@t:a/1#x%", "10.77.0.1")
 

@@ -213,6 +213,7 @@ def test_mosquitto_without_tls_on_a_network_address_listens_on_loopback_too() ->
 
     assert listeners("10.77.0.1") == ["listener 1883 10.77.0.1", "listener 1883 127.0.0.1"]
     assert listeners("127.0.0.1") == ["listener 1883 127.0.0.1"]
+    assert listeners("::1") == ["listener 1883 ::1", "listener 1883 127.0.0.1"]
     assert listeners("0.0.0.0") == ["listener 1883 0.0.0.0"]
     tls = MosquittoTls(port=8883, cafile="", certfile="c", keyfile="k")
     assert listeners("10.77.0.1", tls) == ["listener 1883 127.0.0.1", "listener 8883 10.77.0.1"]

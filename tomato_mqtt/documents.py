@@ -137,9 +137,7 @@ def check_values(data: Any) -> None:
         elif isinstance(v, int) and not isinstance(v, bool) and not _fits_a_float(v):
             # a 400-digit integer passed the payload and stopped every pipeline's
             # validation ("OverflowError: int too large to convert to float"), queued for ever
-            why = (
-                "an integer of more than 308 digits is out of range: a number is at most ±1.8e+308"
-            )
+            why = "an integer beyond ±1.8e+308 is out of range (no float holds it)"
         elif isinstance(v, (bytes, bytearray)):
             why = "binary data (!!binary) is not a value tomato-mqtt takes: give text"
         elif len(path) > MAX_DEPTH and isinstance(v, (dict, list, tuple)):

@@ -349,9 +349,11 @@ def _scheduler_state(ctx: CallContext) -> str | None:
     from tomato_mqtt import jsonlite
     from tomato_mqtt.transport import oneshot
 
+    if ctx.url.transport == "websockets":  # (Exchange speaks TCP and TLS only)
+        return None
     try:
         with oneshot.Exchange(ctx.url, ctx.topics.reply, timeout=2.0) as ex:
-            raw = ex.retained(ctx.topics.scheduler_status(), 1.0)
+            raw = ex.retained(ctx.topics.scheduler_status(), 0.5)
         doc = jsonlite.loads(raw) if raw else None
     except (oneshot.OneShotError, ValueError):
         return None
@@ -380,6 +382,8 @@ def oneshot_failed(
             state = _scheduler_state(ctx)
             if state in ("offline", "lost", "stopping"):
                 hint = f"; the scheduler's status says {state}"
+            elif e.asked and e.me is not None:  # it answered whoami meanwhile: it runs
+                hint = "; the scheduler answered whoami meanwhile: it runs, and is slow"
             else:
                 hint = (
                     f"; if the scheduler runs, the login {ctx.url.username!r} may not ask "

@@ -169,10 +169,12 @@ def start(opts: core.Opts, verbose: int = 0, quiet: int = 0) -> None:
             )
         unreachable = None if s.broker.embedded else _unreachable(ctx)
         if unreachable is not None:  # (it said only "see the logs": an admin's tour)
+            why, refused = unreachable
+            check = "" if refused else ": is it running, and is [mqtt] host where it listens?"
             fail(
-                f"tomato-mqtt did not come up within {opts.timeout:g} s: {unreachable} "
-                f"(the external broker of settings.toml, [broker] embedded = false: is it "
-                f"running, and is [mqtt] host where it listens?); logs in {s.logdir}"
+                f"tomato-mqtt did not come up within {opts.timeout:g} s: {why} (the "
+                f"external broker of settings.toml, [broker] embedded = false{check}); "
+                f"logs in {s.logdir}"
             )
         fail(f"tomato-mqtt did not come up within {opts.timeout:g} s; see the logs in {s.logdir}")
     n_ok, n_all, missing, absent, pending = ready
@@ -412,15 +414,18 @@ BROKER_CHECK_WAIT = 4.0
 external broker (services/scheduler/brokercheck.py: at most 2 s after its start)."""
 
 
-def _unreachable(ctx: core.CallContext) -> str | None:
-    """Why the broker at ``ctx.url`` takes no connection (None: it takes one)."""
+def _unreachable(ctx: core.CallContext) -> tuple[str, bool] | None:
+    """Why the broker at ``ctx.url`` takes no connection, and whether it refused it (a
+    login, a certificate: it runs); None: it takes one."""
     from tomato_mqtt.transport import oneshot
 
+    if ctx.url.transport == "websockets":  # (Exchange speaks TCP and TLS only)
+        return None
     try:
         with oneshot.Exchange(ctx.url, ctx.topics.reply, timeout=2.0):
             return None
     except oneshot.OneShotError as e:
-        return str(e)
+        return str(e), isinstance(e, oneshot.Refused)
 
 
 def _broker_warnings(ctx: core.CallContext, within: float) -> list[str]:

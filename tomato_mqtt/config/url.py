@@ -87,7 +87,11 @@ class BrokerURL(Record):
         parts = urlsplit(url)
         scheme = parts.scheme.lower()
         if scheme not in {"mqtt", "tcp", "mqtts", "ssl", "ws", "wss"}:
-            raise ValueError(f"unsupported broker URL scheme {scheme!r} in {shown!r}")
+            # (not the URL: "ada:s3://x@h", a password with "://" and no scheme, would
+            # be said whole: a review)
+            raise ValueError(
+                f"unsupported broker URL scheme {scheme!r} (mqtt://, mqtts://, ws://, wss://)"
+            )
         tls = scheme in {"mqtts", "ssl", "wss"}
         default_port = 8883 if tls else 1883
         try:
@@ -157,10 +161,11 @@ def _without_password(url: str) -> str:
     its last ``@`` (a password with ``@``, ``/`` or ``#`` in it, not percent-encoded, is
     not one urlsplit can find)."""
     head, sep, rest = url.partition("://")
-    user, at, host = rest.rpartition("@")
+    base, q, query = rest.partition("?")  # (a path in the query may hold an @)
+    user, at, host = base.rpartition("@")
     if not at or ":" not in user:
         return url
-    return f"{head}{sep}{user.split(':', 1)[0]}:***@{host}"
+    return f"{head}{sep}{user.split(':', 1)[0]}:***@{host}{q}{query}"
 
 
 def is_loopback(host: str) -> bool:

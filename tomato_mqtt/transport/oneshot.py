@@ -131,6 +131,17 @@ class Reply(Record):
         self._init(locals())
 
 
+def _reply(doc: dict[str, Any]) -> Reply:
+    """The Reply of a reply's JSON object (one whose ``id`` was looked at)."""
+    return Reply(
+        id=str(doc["id"]),
+        success=bool(doc.get("success")),
+        msg=str(doc.get("msg", "")),
+        data=doc.get("data"),
+        code=doc.get("code"),
+    )
+
+
 def _client(url: BrokerURL, client_id: str) -> paho.Client:
     import paho.mqtt.client as paho
     from paho.mqtt.enums import CallbackAPIVersion
@@ -503,7 +514,10 @@ class Exchange:
                 except SessionTimeout:
                     if until == deadline or self.whoami is None:
                         raise
-                    me = self.send(self.whoami)
+                    try:
+                        me = self.send(self.whoami)
+                    except Closed as closed:  # said of the request, as a timeout is
+                        raise Closed(str(closed), first_topic) from None
                     self._me = (me, None)
                     waiting[me] = ("", "")
                     _trace("no answer yet: asked %s meanwhile", self.whoami)
@@ -514,15 +528,28 @@ class Exchange:
                     continue
                 return got, reply
         except SessionTimeout:
-            e = NoAnswer(
+            told = NoAnswer(
                 f"no {first_who} answered on {first_topic} within {timeout:g} s — is it running?",
                 first_topic,
             )
             if self._me is not None:
-                e.asked, e.me = True, self._me[1]
-            raise e from None
+                told.asked, told.me = True, self._me[1]
+            raise told from None
         except SessionError as e:  # closed: said about the request a timeout would name
             raise Closed(str(e), first_topic) from None
+
+    def _kept_whoami(self, raw: bytes) -> None:
+        """A reply read while watching other topics: whoami's, asked meanwhile by an
+        earlier request, is kept (it was dropped, and the next request's NoAnswer said
+        whoami unanswered: a review)."""
+        if self._me is None or self._me[1] is not None:
+            return
+        try:
+            doc = jsonlite.loads(raw)
+        except ValueError:
+            return
+        if isinstance(doc, dict) and doc.get("id") == self._me[0]:
+            self._me = (self._me[0], _reply(doc))
 
     def _receive(self, waiting: Mapping[str, tuple[str, str]], until: float) -> tuple[str, Reply]:
         """The first reply to one of ``waiting`` by ``until`` (else SessionTimeout)."""
@@ -535,13 +562,7 @@ class Exchange:
             except ValueError:
                 continue
             if isinstance(doc, dict) and doc.get("id") in waiting:
-                return str(doc["id"]), Reply(
-                    id=str(doc["id"]),
-                    success=bool(doc.get("success")),
-                    msg=str(doc.get("msg", "")),
-                    data=doc.get("data"),
-                    code=doc.get("code"),
-                )
+                return str(doc["id"]), _reply(doc)
 
     def retained(self, topic: str, wait: float) -> bytes | None:
         """The retained message on ``topic`` (None if none comes within ``wait``)."""
@@ -560,6 +581,7 @@ class Exchange:
             while True:
                 got_topic, raw, _retained = self._session.receive(deadline)
                 if got_topic == self.reply_to:
+                    self._kept_whoami(raw)
                     continue
                 found = on(got_topic, raw)
                 if found is not None:
