@@ -310,6 +310,21 @@ def _subscribed(cid: str, port: int, topic_filter: str) -> paho.Client:
     return c
 
 
+def _back(cid: str, port: int, got: list[Any], item: Any, count: int, settle: float) -> None:
+    """The persistent session of ``cid`` back: ``item(message)`` of each message it gets
+    into ``got`` until ``count`` came (10 s at most), then ``settle`` s more; gone again."""
+    back = _persistent(cid)
+    back.on_message = lambda _c, _u, m: got.append(item(m))
+    back.connect("127.0.0.1", port, keepalive=30)
+    back.loop_start()
+    deadline = time.monotonic() + 10
+    while len(got) < count and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(settle)  # anything more would come now
+    back.loop_stop()
+    back.disconnect()
+
+
 def test_a_persistent_session_away_keeps_at_most_max_queued_messages(
     broker_process: BrokerProcess,
 ) -> None:
@@ -328,16 +343,7 @@ def test_a_persistent_session_away_keeps_at_most_max_queued_messages(
     writer = Client(broker_process.port)
     for i in range(300):
         writer.c.publish("t/away", str(i).encode(), qos=1).wait_for_publish(10)
-    back = _persistent(cid)
-    back.on_message = lambda _c, _u, m: got.append(m.payload)
-    back.connect("127.0.0.1", broker_process.port, keepalive=30)
-    back.loop_start()
-    deadline = time.monotonic() + 10
-    while len(got) < 50 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    time.sleep(1.0)  # anything more would come now
-    back.loop_stop()
-    back.disconnect()
+    _back(cid, broker_process.port, got, lambda m: m.payload, 50, 1.0)
     writer.close()
     assert got == [str(i).encode() for i in range(50)], (len(got), got[:3], got[-3:])
     assert "is away with 50 messages kept for it" in broker_process.text()
@@ -362,16 +368,7 @@ def test_messages_kept_for_a_persistent_session_come_without_the_retain_flag(
     for i in range(5):
         writer.c.publish("t/kept/data", str(i).encode(), qos=1).wait_for_publish(10)
     writer.c.publish("t/kept/status", b"state", qos=1, retain=True).wait_for_publish(10)
-    back = _persistent(cid)
-    back.on_message = lambda _c, _u, m: got.append((m.topic, m.payload, bool(m.retain)))
-    back.connect("127.0.0.1", broker_process.port, keepalive=30)
-    back.loop_start()
-    deadline = time.monotonic() + 10
-    while len(got) < 6 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    time.sleep(0.5)  # anything more would come now
-    back.loop_stop()
-    back.disconnect()
+    _back(cid, broker_process.port, got, lambda m: (m.topic, m.payload, bool(m.retain)), 6, 0.5)
     writer.c.publish("t/kept/status", b"", qos=1, retain=True).wait_for_publish(10)
     writer.close()
     data = [(p, r) for t, p, r in got if t == "t/kept/data"]
