@@ -579,6 +579,10 @@ def test_a_node_that_cannot_reach_the_broker_says_so_and_stops_on_sigterm(
     assert said in log.read_text(), log.read_text()
     assert said in err, err
     assert proc.returncode == 0, (proc.returncode, err)
+    # the stop is in its log (a node stopped by its PC's service manager left no line:
+    # an admin's tour)
+    text = log.read_text()
+    assert "SIGTERM: stopping" in text and ": stopped" in text, text
 
 
 def test_a_node_back_from_a_freeze_yields_to_the_one_that_took_its_name(tmp_path: Path) -> None:

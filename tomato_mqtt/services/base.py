@@ -85,19 +85,23 @@ def install_signal_handlers(stop: asyncio.Event) -> None:
 
     signalled = False
 
-    def on_signal() -> None:
+    def on_signal(sig: signal.Signals) -> None:
         # a second *signal* exits at once; a stop the service requested itself (a
         # scheduler that lost its state file) followed by the watchdog's SIGTERM is not
         # two signals: it exited mid-teardown and its runners finalized jobs on the way
         nonlocal signalled
         if signalled:
+            log.warning("%s again: exiting at once", sig.name)
             sys.exit(1)
         signalled = True
+        # said in the log (a node stopped by its PC's service manager left no line: an
+        # admin's tour)
+        log.info("%s: stopping (a second one exits at once)", sig.name)
         stop.set()
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, on_signal)
+            loop.add_signal_handler(sig, on_signal, sig)
 
 
 def setup_logging(
@@ -290,6 +294,7 @@ class Service(abc.ABC):
                     await self.publish_presence("offline", timeout=2)
             await self.client.disconnect()
         await self.teardown()
+        log.info("%s: stopped", self.client_id)
 
     def run_sync(self) -> None:
         """Run in the foreground until a signal (first drains, second forces)."""

@@ -449,7 +449,14 @@ COMMANDS: tuple[Command, ...] = (
         "jobs by id, a page of all, or a summary",
         reads=True,
     ),
-    _c("scheduler", "job_cancel", JobIdsArgs, list[Job], "cancel jobs"),
+    _c(
+        "scheduler",
+        "job_cancel",
+        JobIdsArgs,
+        list[Job],
+        "cancel jobs; a job that has already ended is left as it is and answered "
+        '`success: true` ("job 1 has already ended (c)"), as tomato 2.2\'s `ketchup cancel` does',
+    ),
     _c(
         "scheduler",
         "job_search",
