@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from tomato_mqtt.record import Record
 
-__all__ = ["BrokerURL", "is_loopback", "warn_insecure"]
+__all__ = ["BrokerURL", "binds_127", "is_loopback", "warn_insecure"]
 
 _warned_insecure = False
 
@@ -178,3 +178,19 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def binds_127(host: str) -> bool:
+    """A listener on ``host`` takes connections to 127.0.0.1, where the stack's own
+    services connect: ``host`` is, or is a name of, 127.0.0.1 (unlike
+    :func:`is_loopback`, not 127.0.1.1 or ::1; a hostname that /etc/hosts maps to
+    127.0.0.1 is: wire/mosquitto.py's listeners)."""
+    if host in ("127.0.0.1", "localhost"):
+        return True
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, None)
+    except OSError:
+        return False
+    return any(info[4][0] == "127.0.0.1" for info in infos)

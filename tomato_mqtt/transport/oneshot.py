@@ -21,7 +21,7 @@ from tomato_mqtt.record import Record
 
 TYPE_CHECKING = False  # typing is ~2 ms of a one-request call: for the type checker only
 if TYPE_CHECKING:
-    from collections.abc import Callable, Mapping
+    from collections.abc import Callable, Collection, Mapping
     from types import TracebackType
     from typing import Any, TypeVar
 
@@ -131,15 +131,23 @@ class Reply(Record):
         self._init(locals())
 
 
-def _reply(doc: dict[str, Any]) -> Reply:
-    """The Reply of a reply's JSON object (one whose ``id`` was looked at)."""
-    return Reply(
+def _reply_to_one_of(raw: bytes, ids: Collection[str]) -> tuple[str, Reply] | None:
+    """(id, Reply) of a reply's payload when it answers one of ``ids``; None for anything
+    else (not JSON, another request's)."""
+    try:
+        doc = jsonlite.loads(raw)
+    except ValueError:
+        return None
+    if not isinstance(doc, dict) or not isinstance(doc.get("id"), str) or doc["id"] not in ids:
+        return None
+    reply = Reply(
         id=str(doc["id"]),
         success=bool(doc.get("success")),
         msg=str(doc.get("msg", "")),
         data=doc.get("data"),
         code=doc.get("code"),
     )
+    return reply.id, reply
 
 
 def _client(url: BrokerURL, client_id: str) -> paho.Client:
@@ -542,27 +550,18 @@ class Exchange:
         """A reply read while watching other topics: whoami's, asked meanwhile by an
         earlier request, is kept (it was dropped, and the next request's NoAnswer said
         whoami unanswered: a review)."""
-        if self._me is None or self._me[1] is not None:
-            return
-        try:
-            doc = jsonlite.loads(raw)
-        except ValueError:
-            return
-        if isinstance(doc, dict) and doc.get("id") == self._me[0]:
-            self._me = (self._me[0], _reply(doc))
+        if self._me is not None and self._me[1] is None:
+            got = _reply_to_one_of(raw, (self._me[0],))
+            if got is not None:
+                self._me = got
 
     def _receive(self, waiting: Mapping[str, tuple[str, str]], until: float) -> tuple[str, Reply]:
         """The first reply to one of ``waiting`` by ``until`` (else SessionTimeout)."""
         while True:
             got_topic, raw, _retained = self._session.receive(until)
-            if got_topic != self.reply_to:
-                continue
-            try:
-                doc = jsonlite.loads(raw)
-            except ValueError:
-                continue
-            if isinstance(doc, dict) and doc.get("id") in waiting:
-                return str(doc["id"]), _reply(doc)
+            got = _reply_to_one_of(raw, waiting) if got_topic == self.reply_to else None
+            if got is not None:
+                return got
 
     def retained(self, topic: str, wait: float) -> bytes | None:
         """The retained message on ``topic`` (None if none comes within ``wait``)."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from tomato_mqtt.config.url import binds_127
 from tomato_mqtt.config.users import UsersFile
 from tomato_mqtt.wire.acl import granted_logins
 from tomato_mqtt.wire.topics import Topics
@@ -57,22 +58,6 @@ def acl_file(users: UsersFile, topics: Topics, node_components: Mapping[str, Seq
     return "\n".join(out) + "\n"
 
 
-def _binds_127(host: str) -> bool:
-    """A listener on ``host`` takes connections to 127.0.0.1, where the stack's own
-    services connect: ``host`` is, or is a name of, 127.0.0.1 (a hostname that
-    /etc/hosts maps to it got a second `listener PORT 127.0.0.1`, which Mosquitto
-    cannot bind; one on 127.0.1.1 or ::1 got none: a review)."""
-    if host in ("127.0.0.1", "localhost"):
-        return True
-    import socket
-
-    try:
-        infos = socket.getaddrinfo(host, None)
-    except OSError:
-        return False
-    return any(info[4][0] == "127.0.0.1" for info in infos)
-
-
 def config_snippet(
     *,
     host: str,
@@ -98,7 +83,7 @@ def config_snippet(
         "",
         f"listener {port} {plain}",
     ]
-    if plain not in ("0.0.0.0", "::", "") and not _binds_127(plain):
+    if plain not in ("0.0.0.0", "::", "") and not binds_127(plain):
         # the services `tomato start` runs connect to [mqtt] host, 127.0.0.1 unless
         # set: with only `listener PORT 10.77.0.1` they were refused, and the stack
         # did not come up (an admin's tour)
