@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -160,3 +161,44 @@ def test_the_broker_check_blames_no_broker_it_lost_during_the_check(tmp_path: Pa
         asyncio.run(check())
     finally:
         asyncio.run(rabbit.stop())
+
+
+def test_a_start_after_a_stop_says_ready_once_the_nodes_are_back(
+    mosquitto_path: str, tmp_path: Path
+) -> None:
+    """An admin's tour: on Mosquitto (running across the restart), `tomato stop; tomato
+    start` said ready while `tomato status` still showed the node `offline` and its
+    components `lost` for ~2 s: the scheduler had the components' retained metas of the
+    node's last run, `registered`, and start counted them ready (here: 1 run in 3). A
+    component is ready once its node is online too; an instrument PC's node that runs
+    on across the restart is online at once."""
+    from tests.stack import BIN, end_process
+    from tests.test_startup import _merge_devices
+
+    port = free_port()
+    mosq = external_broker("mosquitto", port, tmp_path, mosquitto=mosquitto_path)
+    asyncio.run(mosq.start())
+    st = external_stack(tmp_path / "stack")
+    st.port = port
+    devices = (st.appdir / "devices.yml").read_text()
+    remote = (Path(__file__).resolve().parents[1] / "config" / "netns_devices.yml").read_text()
+    (st.appdir / "devices.yml").write_text(_merge_devices(devices, remote))
+    with (tmp_path / "pc2.log").open("w") as log:
+        node = subprocess.Popen(
+            [BIN / "tomato", "node", "--name", "pc2", "-p", str(port), "-A", str(st.appdir)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        for run in range(4):
+            res = start_stack(st)
+            assert res.returncode == 0, f"{res.stdout}\n{res.stderr}\n{st.logs()}"
+            comps = st.json("tomato", "status", "components")["data"]
+            states = {name: (c["state"], c["registered"]) for name, c in comps.items()}
+            assert set(states.values()) == {("idle", True)}, (run, states, res.stderr)
+            assert len(states) == 5, states
+            stop_stack(st)
+    finally:
+        end_process(node)
+        stop_stack(st)
+        asyncio.run(mosq.stop())
