@@ -206,6 +206,10 @@ def test_running_component_refuses_set_and_reset_without_force(stack: Stack) -> 
         assert '(passata --force; in a request: "force": true)' in res.stderr, res.stderr
         res = stack.run("passata", "reset", c)
         assert res.returncode == 1 and "--force" in res.stderr
+        # register's refusal names the reset that frees it (it named a plain reset, which
+        # is refused while a task runs: a side-by-side tour)
+        res = stack.run("passata", "register", c)
+        assert res.returncode == 1 and "`passata reset --force` stops it" in res.stderr, res
         res = stack.run("passata", "set", c, "max", "20", "--force")
         assert res.returncode == 0, res.stderr
         assert stack.json("passata", "get", c, "max")["data"]["max"] == pytest.approx(20)

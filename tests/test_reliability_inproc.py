@@ -726,7 +726,7 @@ async def test_a_task_whose_last_points_cannot_be_flushed_still_ends(
         assert hc.state == "running"
         # not registered again meanwhile: the end names the stream of its last batches
         reply = await st.raw(st.topics.component_cmd(hc.name, "register"), {})
-        assert not reply.success and "while a task runs" in reply.msg, reply.msg
+        assert not reply.success and "while its task's end is told" in reply.msg, reply.msg
         reply = await st.raw(st.topics.component_cmd(hc.name, "reset"), {})
         assert reply.success, reply.msg
         assert hc.state == "idle"

@@ -275,8 +275,14 @@ class ComponentOps:
 
     async def op_register(self, hc: HostedComponent, args: Mapping[str, JsonValue]) -> Result:
         if hc.busy:  # also while a task's end is told: its last batches name the stream
+            if hc.runner is not None and hc.runner.running:  # (plain reset is refused then:
+                # the hint named it, a side-by-side tour)
+                raise CommandError(
+                    f"cannot re-register {hc.name}: a task of job {hc.job} is running "
+                    "(`passata reset --force` stops it and frees the component)"
+                )
             raise CommandError(
-                f"cannot re-register {hc.name} while a task runs or its end is told "
+                f"cannot re-register {hc.name} while its task's end is told "
                 "(`passata reset` frees a component whose task's end never comes)"
             )
         if hc.runner is not None:
