@@ -355,6 +355,15 @@ def test_snapshot_while_running(stack: Stack, tmp_path: Path) -> None:
         assert out["success"] and out["data"]["path"] == str(target)
         assert out["data"]["size"] == target.stat().st_size
         assert not list(elsewhere.glob("*.part"))
+        # several ids, one unknown: the first failure stops there, and `data` lists the
+        # files written before it (it was null: a side-by-side tour)
+        res = stack.run(
+            "ketchup", "snapshot", str(jobid), "999", str(jobid), "--json", cwd=elsewhere
+        )
+        assert res.returncode == 1, res
+        out = json.loads(res.stdout)
+        assert not out["success"] and "no job with id 999" in out["msg"], out
+        assert [d["path"] for d in out["data"]] == [str(target)], out
     finally:
         cancel(stack, jobid)
         stack.wait_job(jobid, {"cd", "ce", "c"}, timeout=30)

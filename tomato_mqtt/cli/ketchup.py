@@ -231,6 +231,8 @@ def snapshot(
             if not reply.success:
                 if done:
                     reply.msg += f" (written before: {', '.join(d['path'] for d in done)})"
+                if len(jobids) > 1:  # what was written, for a script (it got null: a tour)
+                    reply = oneshot.Reply(reply.id, False, reply.msg, done)
                 break
             done.append(reply.data)
     if reply.success and len(jobids) > 1:
