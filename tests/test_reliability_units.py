@@ -252,6 +252,20 @@ async def test_the_missed_deadlines_of_a_task_stopped_early_count_only_its_own()
     assert "missed 2 of 22 sampling deadlines" in said, said
 
 
+async def test_a_cancel_s_reason_says_cancelled_before_a_warning() -> None:
+    """A job its own user cancelled ended `cd` with the reason "task 0 … missed 1 of
+    275 sampling deadlines", which read as why it ended (a side-by-side tour)."""
+    host = FakeHost()
+    runner, done = await _run(host)
+    _KEEP.add(asyncio.ensure_future(runner.cancel()))
+    await asyncio.sleep(0.05)
+    await _task_ended(host, 20, "stopped", missed=2)
+    status, reason = await asyncio.wait_for(done, 5)
+    assert status == "cd", (status, reason)
+    assert str(reason).startswith("cancelled; task 0"), reason
+    assert "missed 2 of 22 sampling deadlines" in str(reason), reason
+
+
 async def test_a_normal_end_is_c_and_carries_counts_and_missed_deadlines() -> None:
     host = FakeHost()
     runner, done = await _run(host)

@@ -250,7 +250,10 @@ class JobRunner:
             # injection: cd without a word while the cut-off node measured on)
             reason = "; ".join([reason or "cancelled", *self.stop_unsure])
         if self.warnings and status != "ce":
-            reason = "; ".join(([reason] if reason else []) + self.warnings)
+            # a cd's warning alone read as why it ended ("cd: … missed 1 of 275 sampling
+            # deadlines", after its user's own cancel: a side-by-side tour)
+            first = reason or ("cancelled" if status == "cd" else None)
+            reason = "; ".join(([first] if first else []) + self.warnings)
         self.save_now()  # the tasks' ends and what the verdict rests on, in one write
         # the components are reset while the recorder writes the file (the file does not
         # depend on it); the job's end and its pipeline's release wait for the reset
