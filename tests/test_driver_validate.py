@@ -227,6 +227,11 @@ def test_quantity_from_number_quantity_and_bare_text() -> None:
     own = pint.UnitRegistry()  # a driver with its own registry still works
     q = coerce_value("param", spec, own.Quantity(500, "ms"))
     assert isinstance(q, pint.Quantity) and q.m_as("s") == pytest.approx(0.5)
+    # a magnitude is a float however it was written: "2" made the file's variable int64,
+    # float64 after "2.0" (a side-by-side tour)
+    for given in (2, "2", "2 s", pint.Quantity(2, "s"), pint.Quantity(2, "min"), "2.0"):
+        q = coerce_value("param", spec, given)
+        assert type(q.magnitude) is float, (given, q)
 
 
 def test_quantity_maximum_in_units() -> None:

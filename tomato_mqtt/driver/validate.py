@@ -233,6 +233,10 @@ def coerce_value(name: str, spec: AttrSpec, val: object) -> object:
             shown = _show(q)  # as the user wrote it, e.g. "1 ms"
             if spec.units:
                 q = q.to(spec.units)  # drivers and data see the canonical units
+            if type(q.magnitude) is not float:  # "2" is read by pint as the int 2: a
+                # magnitude is a float however written (`passata set … param 2` made the
+                # file's `param` int64, float64 after "2.0": a side-by-side tour)
+                q = _pint().Quantity(float(q.magnitude), q.units)
             out = q
             cmp = float(q.magnitude)
     if cmp is not None:
