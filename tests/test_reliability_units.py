@@ -540,6 +540,28 @@ async def test_a_task_whose_node_is_lost_is_not_said_to_overrun(
     assert status == "cd"
 
 
+async def test_the_lost_node_s_reason_goes_when_the_task_s_end_comes_with_its_return() -> None:
+    """A dashboard tour: a node stopped (SIGSTOP) 16 s mid-task, then let go; its task's
+    end came with its return, and the reason "node local hosting … is lost during task 0:
+    the job ends ce unless it is back within 30 s" stayed on the job until it ended, its
+    next task running normally. The reason goes with the end too."""
+    host = FakeHost()
+    _runner, done = await _run(host)
+    await host.set(node=host.node.model_copy(update={"state": "lost"}))
+    await asyncio.sleep(0.2)
+    lost = "node pc1 hosting cmp is lost during task 0"
+    assert len(host.reasons) == 1 and host.reasons[0].startswith(lost), host.reasons
+    end = TaskEndInfo(job=1, task=0, reason="done", t_start=0, t_end=1, npoints=60, stream="s")
+    ended = ComponentStatus(
+        name="cmp", node="pc1", state="idle", time=time.time(), epoch=1, last_task=end
+    )
+    # back, and its end with it: one wake-up of the runner sees both
+    await host.set(node=host.node.model_copy(update={"state": "online"}), cstatus={"cmp": ended})
+    status, _reason = await asyncio.wait_for(done, 5)
+    assert status == "c", (status, _reason)
+    assert host.reasons[-1] == "", host.reasons  # the lost node's reason went
+
+
 async def _soon_given_up(
     monkeypatch: pytest.MonkeyPatch,
 ) -> tuple[FakeHost, asyncio.Future[tuple[str, str | None]]]:

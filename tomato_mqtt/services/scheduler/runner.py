@@ -741,6 +741,9 @@ class JobRunner:
                     self.stood_still_at = time.monotonic()  # woken late: the loop stood
         t.state = "ended"
         t.end = end
+        if waiting is not None:  # its end came with its node's return: the reason goes
+            # (it stayed on the job until it ended, its next task running: a dashboard tour)
+            self.host.show_reason(self.job.id, None, replacing=waiting)
         if t.overrun_reason is not None:  # it ended after all: the advice is stale
             self.host.show_reason(self.job.id, None, replacing=t.overrun_reason)
         if t.overrun_warning is not None and _ran_in_time(t, end):
