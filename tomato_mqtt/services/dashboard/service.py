@@ -28,7 +28,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tomato_mqtt.config.settings import is_loopback
 from tomato_mqtt.config.url import BrokerURL
@@ -45,6 +45,10 @@ from tomato_mqtt.transport.client import (
 from tomato_mqtt.waits import wait_for
 from tomato_mqtt.wire.messages import DecodeError
 from tomato_mqtt.wire.topics import Topics
+
+if TYPE_CHECKING:
+    from tomato_mqtt.model.jobs import Job
+    from tomato_mqtt.wire.messages import JobStatus
 
 __all__ = ["BrokerUnreachable", "DashboardConfig", "DashboardService", "Viewer"]
 
@@ -357,8 +361,12 @@ class DashboardService:
         if old is not None and old != job:
             self._maybe_abandon(old)
         if job is not None:
-            viewer.send({"t": "job", "id": job, "now": time.time(), **self.state.job_detail(job)})
             self._maybe_backfill(job)
+            # how its earlier points were loaded, for a page whose plots lack some (it
+            # showed "points on screen 0" beside 300 stored, and no word why: a tour)
+            load = self.backfill_state.get(job)
+            detail = self.state.job_detail(job)
+            viewer.send({"t": "job", "id": job, "now": time.time(), "load": load, **detail})
             self._fetch_job(job, viewer)
 
     def _session_ended(self, s: Session) -> None:
@@ -450,6 +458,8 @@ class DashboardService:
             for v in list(self.viewers):
                 if v.job == job:
                     v.send(msg)
+            if job not in self.state.jobs:  # its retained status went: known from now
+                self._maybe_backfill(job)
         if job in self._refetch:
             self._refetch.discard(job)
             page = next((v for v in self.viewers if v.job == job), None)
@@ -458,8 +468,10 @@ class DashboardService:
 
     # -- stored data first ------------------------------------------------------------------
     def _maybe_backfill(self, job: int) -> None:
-        """A job that began before this dashboard: load its stored points once."""
-        j = self.state.jobs.get(job)
+        """A job that began before this dashboard: load its stored points once. Also one
+        no longer among the retained statuses, known from its whole job only (its page
+        said "points on screen 0" for good, and nothing why: a dashboard tour)."""
+        j: JobStatus | Job | None = self.state.jobs.get(job) or self.state.details.get(job)
         if job in self._backfilled or j is None or j.status in ("q", "qw") or not j.launched_at:
             return
         if time.monotonic() < self._backfill_after.get(job, 0.0):
@@ -497,6 +509,11 @@ class DashboardService:
         _maybe_backfill); False when that login may not take snapshots."""
         s = self.sessions.shared
         if s is None or s.me is None or "job_snapshot" not in s.me.ops:
+            if s is not None and s.me is not None:
+                self.backfill_state[job] = (
+                    "not loaded: the dashboard's own login may not take snapshots (on a "
+                    "secured stack it is a reader): the plots start with the live data"
+                )
             return False
         self.backfill_state[job] = "loading"
         task = asyncio.ensure_future(self._backfill(job, s, replace=replace))
@@ -526,6 +543,7 @@ class DashboardService:
             self.backfill_state[job] = f"failed: {e}"
             self._backfill_after[job] = time.monotonic() + BACKFILL_RETRY
             (self._refilled if replace else self._backfilled).discard(job)
+            self._tell_load(job)
             return
         n = 0
         for r in roles:
@@ -537,6 +555,13 @@ class DashboardService:
         for v in list(self.viewers):
             if v.job == job:
                 self.watch(v, job)
+
+    def _tell_load(self, job: int) -> None:
+        """The pages of ``job`` learn how the load of its stored points went."""
+        msg = {"t": "load", "id": job, "load": self.backfill_state.get(job)}
+        for v in list(self.viewers):
+            if v.job == job:
+                v.send(msg)
 
     async def _flush_loop(self) -> None:
         next_tick = 0.0

@@ -3,7 +3,7 @@
 // a job page opens, so the overview paints without it.
 "use strict";
 
-const J = { id: null, job: null, events: [], marks: [], roles: {}, series: {}, hidden: new Set(), drawQ: new Set(), frame: 0 };
+const J = { id: null, job: null, load: null, events: [], marks: [], roles: {}, series: {}, hidden: new Set(), drawQ: new Set(), frame: 0 };
 window.__dash.job = J;  // what the job page holds: for tests and bench/dashboard.py
 let plotlyReady = null;
 
@@ -37,10 +37,11 @@ window.enterPage = (r) => {
 };
 
 window.onPageMessage = (m) => {
-  if ((m.t === "job" || m.t === "jobdata" ? m.id : m.job) !== J.id) return;
+  if ((["job", "jobdata", "load"].includes(m.t) ? m.id : m.job) !== J.id) return;
   if (m.t === "jobdata") { J.job = m.job; J.summary = m.summary || null; renderJobPage(); }
+  if (m.t === "load") { J.load = m.load || null; renderJobPage(); }
   if (m.t === "job") {
-    J.job = m.job; J.summary = m.summary || null;
+    J.job = m.job; J.summary = m.summary || null; J.load = m.load || null;
     J.events = m.events; J.marks = m.marks; J.roles = m.roles; J.series = {};
     for (const [cmp, s] of Object.entries(m.series)) J.series[cmp] = s;
     renderJobPage(); renderEvents(); queueAll();
@@ -216,9 +217,12 @@ function renderJobPage() {
   }
   $("jp-title").textContent = `Job ${J.id}` + (j.jobname ? ` · ${j.jobname}` : "");
   const pts = Object.values(J.series).reduce((a, s) => a + (s.points || 0), 0);
+  // why the plots lack stored points (loading, failed, a login that may not load them)
+  const short = J.load && !J.load.startsWith("loaded") && pts < (j.points ?? 0);
+  const load = short ? ` <span class="load" id="jp-load">(earlier points ${esc(J.load)})</span>` : "";
   $("jp-summary").innerHTML = `<span class="code s-${esc(j.status)}" id="jp-status" data-status="${esc(j.status)}">${esc(j.status)}</span> ${esc(j.meaning)} · pipeline ${esc(j.pipeline ?? "—")} · user ${esc(j.owner ?? "—")}` +
     ` · submitted ${esc(fmtWhen(j.submitted_at))} · started ${esc(fmtWhen(j.launched_at))} · ended ${esc(fmtWhen(j.completed_at))}` +
-    ` · points stored ${j.points ?? "—"} · points on screen ${pts}` + (j.reason ? `<br><span class="reason">${esc(j.reason)}</span>` : "") +
+    ` · points stored ${j.points ?? "—"} · points on screen ${pts}${load}` + (j.reason ? `<br><span class="reason">${esc(j.reason)}</span>` : "") +
     (j.respath ? `<br>results: <code>${esc(j.respath)}</code>` : "");
   $("jp-cancel").hidden = !(can("job_cancel") && mayActOn(j) && ["q", "qw", "r"].includes(j.status));
   const dl = $("jp-download");
