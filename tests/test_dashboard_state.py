@@ -117,6 +117,73 @@ def test_state_keeps_series_per_job_with_roles_and_task_marks() -> None:
     assert st.take_series_changed() == {3}
 
 
+def test_stored_points_loaded_after_a_restart_mark_no_task_twice() -> None:
+    """A dashboard tour: a dashboard restarted mid-task drew a second "task 0" marker
+    where its live data began; the stored points loaded before them go on with task 0."""
+    st = LabState()
+    cmp = "example_counter:(addr,1)"
+    job = _job(3, "r")
+    _apply(st, T.job_status(3), encode(JobStatus.of(job)))
+    for seq in range(2):  # live, after the restart: task 0 goes on
+        b = DataBatch(
+            component=cmp, job=3, task=0, epoch=1, seq=10 + seq, uts=[10.0 + seq], vars={"v": [1]}
+        )
+        _apply(st, T.component_data(cmp), encode(b))
+    slugged = T.component_data(cmp).split("/")[-2]
+    # the stored points from before: task 0 from t=0
+    n = st.backfill(3, slugged, "counter", [0.0, 1.0, 2.0], {"v": [0, 0, 0]}, {}, [0, 0, 0])
+    assert n == 3
+    marks = st.job_detail(3)["marks"]
+    assert [(m["t"], m["task"]) for m in marks] == [(0.0, 0)], marks
+    # a new task after them is marked, as ever
+    b = DataBatch(component=cmp, job=3, task=1, epoch=1, seq=12, uts=[12.0], vars={"v": [1]})
+    _apply(st, T.component_data(cmp), encode(b))
+    marks = st.job_detail(3)["marks"]
+    assert [(m["t"], m["task"]) for m in marks] == [(0.0, 0), (12.0, 1)], marks
+
+
+def test_a_job_s_events_before_the_dashboard_come_from_its_record() -> None:
+    """A dashboard tour: restarted during a job, the dashboard's event list held only the
+    events after its start (queued, launched, task 0's start missing, for good); events
+    are not retained. The whole job fetched for the page tells them."""
+    from tomato_mqtt.wire.messages import JobEvent
+
+    st = LabState()
+    payload = {"method": [{"component_role": "counter"}, {"component_role": "counter"}]}
+    t0 = 1_800_000_000.0
+    end = {"reason": "done", "npoints": 200, "t_start": t0 + 2, "t_end": t0 + 22}
+    progress = {
+        "tasks": {
+            "0": {"state": "ended", "end": end, "started_at": t0 + 2},
+            "1": {"state": "running", "end": None, "started_at": t0 + 23},
+        }
+    }
+    whole = Job(
+        id=3,
+        payload=payload,
+        status="r",
+        submitted_at="2027-01-15T08:00:00+00:00",
+        launched_at="2027-01-15T08:00:01+00:00",
+        progress=progress,
+    )
+    live = JobEvent(job=3, event="task_started", time=t0 + 23, role="counter", task=1)
+    _apply(st, T.job_event(3), encode(live))
+    assert [e["event"] for e in st.job_events(3)] == ["task_started"]  # (not fetched yet)
+    st.job_fetched(whole)
+    seen = [(e["event"], e["task"]) for e in st.job_events(3)]
+    assert seen == [
+        ("queued", None),
+        ("launched", None),
+        ("task_started", 0),
+        ("task_ended", 0),
+        ("task_started", 1),
+    ], seen
+    told = st.job_events(3)
+    assert "from the job's record" in told[3]["detail"]["message"], told
+    assert told[4]["detail"] == {}, told  # the live one, as it came
+    assert st.job_detail(3)["events"] == told
+
+
 def test_controls_follow_the_role() -> None:
     def me(role: str | None, ops: list[str]) -> WhoamiData:
         return WhoamiData(user="u", role=role, ops=ops, open=False)

@@ -98,7 +98,7 @@ def status(
     the jobs per pipeline. -y/--json without ids print the job list (paged: the newest
     500 by default) as before, or the summary with --summary.
 
-    Status codes as in tomato: q queued, qw a pipeline can run it, r running,
+    Status codes as in tomato: q queued, qw waiting for a pipeline that can run it, r running,
     rd cancel requested, c completed, ce completed with error, cd cancelled.
     """
     if follow:

@@ -450,6 +450,7 @@ class DashboardService:
                 "id": job,
                 "job": whole.model_dump(mode="json"),
                 "summary": self.state.whole_summary(whole),
+                "events": self.state.job_events(job),
             }
             self._fetched.pop(job, None)
             self._fetched[job] = (time.monotonic(), msg)
@@ -607,7 +608,7 @@ class DashboardService:
                 self._fetch_job(job, page, changed=True)
         for v in self.viewers:
             if v.job in events:
-                evs = list(self.state.events.get(v.job, ()))
+                evs = self.state.job_events(v.job)
                 v.send({"t": "events", "job": v.job, "events": evs})
 
     async def writer(self, viewer: Viewer, send: Any) -> None:

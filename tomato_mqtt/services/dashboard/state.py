@@ -17,7 +17,12 @@ from typing import Any
 
 from tomato_mqtt.model.jobs import Job
 from tomato_mqtt.services.dashboard.series import Series
-from tomato_mqtt.services.dashboard.views import event_view, meta_view, status_view
+from tomato_mqtt.services.dashboard.views import (
+    event_view,
+    meta_view,
+    status_view,
+    with_recorded,
+)
 from tomato_mqtt.wire.messages import (
     ComponentMeta,
     ComponentStatus,
@@ -38,7 +43,7 @@ __all__ = ["STATUS_MEANING", "LabState"]
 #: tomato's job status codes, in words (the page shows both)
 STATUS_MEANING = {
     "q": "queued",
-    "qw": "queued, a pipeline can run it",
+    "qw": "queued, waiting: a pipeline that can run it exists",
     "r": "running",
     "rd": "cancel requested",
     "c": "completed",
@@ -85,6 +90,21 @@ class _Seen:
             if len(self.seqs) > 2 * SEEN_WINDOW:
                 self.seqs = {q for q in self.seqs if q > seq - SEEN_WINDOW}
         return True
+
+
+def _changes_only(marks: list[dict[str, Any]], component: str) -> list[dict[str, Any]]:
+    """``marks`` (in time order) without those of ``component`` that repeat its task
+    before: the first live batch after a restart marked its task anew where the stored
+    points go on with it (a "task 0" marker at the dashboard's restart: a tour)."""
+    out: list[dict[str, Any]] = []
+    prev: object = object()
+    for m in marks:
+        if m.get("component") == component and m.get("kind") in ("data", "file"):
+            if m.get("task") == prev:
+                continue
+            prev = m.get("task")
+        out.append(m)
+    return out
 
 
 class LabState:
@@ -307,6 +327,7 @@ class LabState:
                     marks.append({"t": uts[i], "component": component, "task": tk, "kind": "file"})
                     prev = tk
             marks.sort(key=lambda m: m["t"])
+            self.marks[job] = _changes_only(marks, component)
         self.roles.setdefault(job, {}).setdefault(component, role)
         self._series_changed.add(job)
         return len(keep)
@@ -445,11 +466,15 @@ class LabState:
             "summary": self.job_summary(job)
             if job
             else (self.whole_summary(whole) if whole else None),
-            "events": list(self.events.get(jobid, ())),
+            "events": self.job_events(jobid),
             "marks": self.marks.get(jobid, []),
             "roles": roles,
             "series": {cmp: s.snapshot() for cmp, s in series.items()},
         }
+
+    def job_events(self, jobid: int) -> list[dict[str, Any]]:
+        """The events seen live, with those of the job's record they lack."""
+        return with_recorded(list(self.events.get(jobid, ())), self.details.get(jobid))
 
     def series_updates(self, jobid: int) -> dict[str, Any]:
         out = {}

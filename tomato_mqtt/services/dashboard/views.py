@@ -7,11 +7,77 @@ docs/dashboard.md whatever the wire calls things.
 
 from __future__ import annotations
 
-from typing import Any
+import datetime
+from typing import TYPE_CHECKING, Any
 
 from tomato_mqtt.wire.messages import ComponentMeta, ComponentStatus, JobEvent
 
-__all__ = ["event_view", "meta_view", "status_view"]
+if TYPE_CHECKING:
+    from tomato_mqtt.model.jobs import Job
+
+__all__ = ["event_view", "meta_view", "recorded_events", "status_view"]
+
+#: what a page's event list says of an event made from the job's record
+RECORDED = "(from the job's record)"
+
+
+def _at(iso: str | None) -> float | None:
+    try:
+        return datetime.datetime.fromisoformat(str(iso)).timestamp() if iso else None
+    except ValueError:
+        return None
+
+
+def _view(event: str, t: float, **kw: Any) -> dict[str, Any]:
+    return {"event": event, "time": t, "role": None, "task": None, "status": None} | kw
+
+
+def recorded_events(job: Job) -> list[dict[str, Any]]:
+    """The main events of ``job`` as its record (the whole job) tells them: events are
+    not retained, so a dashboard started during a job showed only those after its start
+    (queued, launched and the first task_started missing: a dashboard tour)."""
+    out: list[dict[str, Any]] = []
+    if (t := _at(job.submitted_at)) is not None:
+        out.append(_view("queued", t, detail={"message": RECORDED}))
+    if (t := _at(job.launched_at)) is not None:
+        out.append(_view("launched", t, detail={"message": RECORDED}))
+    method = job.payload.get("method") if isinstance(job.payload, dict) else None
+    tasks = job.progress.get("tasks") if isinstance(job.progress, dict) else None
+    for key, info in (tasks or {}).items() if isinstance(tasks, dict) else ():
+        if not (str(key).isdigit() and isinstance(info, dict)):
+            continue
+        i = int(key)
+        step = method[i] if isinstance(method, list) and i < len(method) else None
+        role = step.get("component_role") if isinstance(step, dict) else None
+        started = info.get("started_at")
+        if isinstance(started, (int, float)):
+            out.append(
+                _view(
+                    "task_started", float(started), role=role, task=i, detail={"message": RECORDED}
+                )
+            )
+        end = info.get("end")
+        if isinstance(end, dict) and isinstance(end.get("t_end"), (int, float)):
+            said = f"{end.get('reason')}, {end.get('npoints')} point(s) {RECORDED}"
+            out.append(
+                _view(
+                    "task_ended", float(end["t_end"]), role=role, task=i, detail={"message": said}
+                )
+            )
+    if job.status in ("c", "ce", "cd") and (t := _at(job.completed_at)) is not None:
+        msg = f"{job.reason} {RECORDED}" if job.reason else RECORDED
+        out.append(_view("completed", t, status=job.status, detail={"message": msg}))
+    return out
+
+
+def with_recorded(live: list[dict[str, Any]], job: Job | None) -> list[dict[str, Any]]:
+    """``live`` events and those of the job's record that none of them tells, in time
+    order."""
+    if job is None:
+        return live
+    told = {(e.get("event"), e.get("task")) for e in live}
+    more = [e for e in recorded_events(job) if (e["event"], e["task"]) not in told]
+    return sorted(live + more, key=lambda e: e.get("time") or 0.0) if more else live
 
 
 def event_view(ev: JobEvent) -> dict[str, Any]:

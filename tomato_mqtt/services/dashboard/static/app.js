@@ -258,10 +258,12 @@ function renderJobs() {
   const done = all.filter((j) => ["c", "ce", "cd"].includes(j.status)).slice(0, MAX_JOB_ROWS);
   const rows = [...active, ...done].map((j) => {
     const cancel = can("job_cancel") && mayActOn(j) && ["q", "qw", "r"].includes(j.status) ? `<button class="cancel" data-job="${j.id}">cancel</button>` : "";
-    return [String(j.id), `<td><a href="#/job/${j.id}">${j.id}</a></td><td>${esc(j.jobname)}</td>` +
+    // ids, codes, times, counts and the button never wrap: a long name or reason in one
+    // row wrapped them a character a line ("c/a/n/c/e/l": a dashboard tour)
+    return [String(j.id), `<td class="nw"><a href="#/job/${j.id}">${j.id}</a></td><td>${esc(j.jobname)}</td>` +
       `<td><span class="code s-${esc(j.status)}" data-status="${esc(j.status)}">${esc(j.status)}</span> ${esc(j.meaning)}</td>` +
-      `<td>${esc(j.pipeline)}</td><td>${esc(j.owner)}</td><td>${fmtTime(j.submitted_at)}</td><td>${fmtTime(j.launched_at)}</td>` +
-      `<td>${fmtTime(j.completed_at)}</td><td>${j.points ?? ""}</td><td class="reason">${esc(j.reason)}</td><td>${cancel}</td>`];
+      `<td>${esc(j.pipeline)}</td><td>${esc(j.owner)}</td><td class="nw">${fmtTime(j.submitted_at)}</td><td class="nw">${fmtTime(j.launched_at)}</td>` +
+      `<td class="nw">${fmtTime(j.completed_at)}</td><td class="nw">${j.points ?? ""}</td><td class="reason">${esc(j.reason)}</td><td class="nw">${cancel}</td>`];
   });
   renderRows($("jobs").tBodies[0], rows);
   $("jobs-count").textContent = `(${active.length} active, ${all.length} in all${all.length - active.length > MAX_JOB_ROWS ? `, newest ${MAX_JOB_ROWS} finished shown` : ""})`;

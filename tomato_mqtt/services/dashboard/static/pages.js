@@ -38,7 +38,11 @@ window.enterPage = (r) => {
 
 window.onPageMessage = (m) => {
   if ((["job", "jobdata", "load"].includes(m.t) ? m.id : m.job) !== J.id) return;
-  if (m.t === "jobdata") { J.job = m.job; J.summary = m.summary || null; renderJobPage(); }
+  if (m.t === "jobdata") {
+    J.job = m.job; J.summary = m.summary || null;
+    if (m.events) { J.events = m.events; renderEvents(); }
+    renderJobPage();
+  }
   if (m.t === "load") { J.load = m.load || null; renderJobPage(); }
   if (m.t === "job") {
     J.job = m.job; J.summary = m.summary || null; J.load = m.load || null;
@@ -173,7 +177,11 @@ function renderPayload() {
 }
 
 function renderEvents() {
-  $("jp-events").innerHTML = J.events.slice(-50).reverse().map((e) =>
+  // numbered as the job's events, newest first (the newest 50 read 1-50: a tour)
+  const list = $("jp-events");
+  list.start = J.events.length;
+  list.title = J.events.length > 50 ? `the newest 50 of ${J.events.length} events` : "";
+  list.innerHTML = J.events.slice(-50).reverse().map((e) =>
     `<li>${new Date(e.time * 1000).toLocaleTimeString()} <b>${esc(e.event)}</b> ${esc(e.role || "")} ${e.task != null ? "task " + e.task : ""} ${esc(e.status || "")} ${esc(e.detail && e.detail.message ? e.detail.message : "")}</li>`).join("");
 }
 
