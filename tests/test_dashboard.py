@@ -144,11 +144,24 @@ async def test_dashboard_live_controls(
         # pasted into the page this time (it took files only: a newcomer's tour)
         await page.set_input_files("#sc-file", [])
         await page.click("#sc-paste summary")
-        await page.fill("#sc-text", PAYLOAD.replace("name: s1", "name: never-loaded"))
+        long = "never-loaded-" + "x" * 200  # (the reason repeats it)
+        await page.fill("#sc-text", PAYLOAD.replace("name: s1", f"name: {long}"))
         await page.click("#submit-controls button[type=submit]")
         text = await _reply(page)
         assert "✓" in text and "note: " in text and "never-loaded" in text, text
         await page.wait_for_url(f"**/#/job/{jobid + 1}", timeout=10_000)
+        # a long reason wraps in its cell; the id, the times and the cancel button stay
+        # whole (they wrapped a character a line, "c/a/n/c/e/l": a dashboard tour)
+        await page.go_back()
+        row = page.locator(f'#jobs tr[data-key="{jobid + 1}"]')
+        await row.locator("button.cancel").wait_for(timeout=10_000)
+        button = await row.locator("button.cancel").bounding_box()
+        idcell = await row.locator("td").first.bounding_box()
+        assert button is not None and idcell is not None
+        assert button["height"] < 2 * 20 and button["width"] > button["height"], button
+        assert idcell["width"] > 15, idcell
+        assert await page.evaluate("document.documentElement.scrollWidth") < 2500
+        await page.go_forward()
         cancel = f"command('job_cancel', {{jobids: [{jobid + 1}]}}).then(r => r.success)"
         assert await page.evaluate(cancel)
         await page.goto(page.url.rsplit("/", 1)[0] + f"/{jobid}")
