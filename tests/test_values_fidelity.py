@@ -77,6 +77,32 @@ def test_text_with_a_nul_is_refused_not_cut_short() -> None:
             Block(uts=[1.0, 2.0], data={"mode": col}).check()
 
 
+def test_text_the_wire_cannot_carry_and_integers_past_64_bits_are_refused_at_their_point() -> None:
+    """A driver author's tour: 2**70 (and a lone surrogate) passed the point's checks and
+    failed where the node encoded the batch: the task ended with 0 points, those taken
+    before it lost. Each is refused at its point, naming the variable, on both paths;
+    the integers a file holds (int64, and uint64 above it) and other text are taken."""
+    for value, said in (
+        (2**70, "variable 'k': the integer 1180591620717411303424 is beyond the 64 bits"),
+        (-(2**63) - 1, "variable 'k': the integer -9223372036854775809 is beyond"),
+        (10**400, "variable 'k': the integer of 401 digits is beyond the 64 bits"),
+        ("a\udcff", "variable 'k': text is not valid Unicode (surrogates not allowed"),
+        (np.str_("a\udcff"), "variable 'k': text is not valid Unicode"),
+    ):
+        with pytest.raises(TypeError, match=_re(said)):
+            to_values({"k": value}, {}, None)
+        col: Any = [1, value] if isinstance(value, int) else ["a", value]
+        with pytest.raises(BlockError, match=_re(said)):
+            Block(uts=[1.0, 2.0], data={"k": col}).check()
+    with pytest.raises(BlockError, match="text is not valid Unicode"):
+        Block(uts=[1.0, 2.0], data={"k": np.asarray(["a", "a\udcff"])}).check()
+    with pytest.raises(BlockError, match="beyond the 64 bits"):  # an array variable too
+        Block(uts=[1.0], data={"p": [[1, 2**70]]}, dims={"p": ["f"]}, coords={"f": [1, 2]}).check()
+    for ok in (2**64 - 1, -(2**63), "温度 é", np.str_("µV")):
+        assert to_values({"k": ok}, {}, None)[0] == {"k": ok}
+        Block(uts=[1.0], data={"k": [ok]}).check()
+
+
 def test_numpy_s_bool_is_a_bool_under_numpy_2() -> None:
     """numpy 2 calls its bool ``bool``, not ``bool_``: it was refused as "not bool"."""
     assert to_values({"on": np.bool_(True), "off": np.False_}, {}, None) == (

@@ -25,7 +25,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from tomato_mqtt.driver.names import check_names, saw_nonfinite, text_problem
+from tomato_mqtt.driver.names import (
+    INT_MAX,
+    INT_MIN,
+    check_names,
+    int_problem,
+    saw_nonfinite,
+    text_problem,
+)
 from tomato_mqtt.driver.spec import TaskSpec
 
 __all__ = ["Block", "BlockError"]
@@ -224,17 +231,22 @@ def _check_scalars(name: str, col: Any) -> None:
         if kind in "biuf":
             return
         if kind == "U":
-            if any("\x00" in v for v in col.tolist()):
-                raise BlockError(f"variable {name!r}: {text_problem(chr(0))}")
+            for v in col.tolist():
+                if "\x00" in v or not v.isascii():
+                    problem = text_problem(v)
+                    if problem is not None:
+                        raise BlockError(f"variable {name!r}: {problem}")
             return
         if kind != "O":
             raise BlockError(f"variable {name!r}: numpy dtype {col.dtype} cannot go in the file")
     for v in col:
         if type(v) in _SCALARS or _np_kind(v) in "biufU":
-            if isinstance(v, str) and "\x00" in v:
-                raise BlockError(f"variable {name!r}: {text_problem(v)}")
+            if isinstance(v, str) and (problem := text_problem(v)) is not None:
+                raise BlockError(f"variable {name!r}: {problem}")
             if isinstance(v, float) and v - v != 0.0:
                 saw_nonfinite()  # the node's flush looks for infinities in lists from now on
+            if type(v) is int and not INT_MIN <= v <= INT_MAX:
+                raise BlockError(f"variable {name!r}: {int_problem(v)}")
             continue
         raise BlockError(
             f"variable {name!r}: a point's value must be a number, text, bool or None, not "
@@ -252,6 +264,8 @@ def _check_array_leaves(name: str, col: Any) -> None:
         elif v is None or _number(v) or isinstance(v, bool) or _np_kind(v) == "b":
             if isinstance(v, float) and v - v != 0.0:
                 saw_nonfinite()
+            if type(v) is int and not INT_MIN <= v <= INT_MAX:
+                raise BlockError(f"variable {name!r}: {int_problem(v)}")
             continue
         elif hasattr(v, "dtype") and getattr(v, "ndim", 0) > 0:  # a point as an array
             if v.dtype.kind not in "biuf":

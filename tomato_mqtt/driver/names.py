@@ -94,9 +94,32 @@ def check_names(names: object, what: str = "variable") -> None:
         GOOD_NAMES.add(name)
 
 
+#: the integers a point may carry: the files' 64 bits (uint64 above int64's range); 2**70
+#: made the node's encoding of the whole batch fail, and the points before it were lost
+#: (a driver author's tour)
+INT_MIN, INT_MAX = -(2**63), 2**64 - 1
+
+
+def int_problem(v: int) -> str:
+    """Why the file cannot hold the integer ``v`` (outside INT_MIN..INT_MAX)."""
+    digits = len(str(abs(v)))
+    shown = str(v) if digits <= 30 else f"of {digits} digits"
+    return f"the integer {shown} is beyond the 64 bits a file holds (return a float)"
+
+
 def text_problem(text: str) -> str | None:
     """Why the file cannot hold ``text`` as it is; None if it can (NetCDF's strings end
     at a NUL)."""
     if "\x00" in text:
         return "text holds a NUL character, where the file would cut it short"
+    if not text.isascii():  # (a flag of the string: no scan for ASCII text)
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as e:  # a lone surrogate (bytes read with
+            # errors="surrogateescape"): the batch could not be encoded, and the points
+            # before it were lost with it (a driver author's tour)
+            return (
+                f"text is not valid Unicode ({e.reason} at character {e.start}): the wire "
+                "(UTF-8) cannot carry it"
+            )
     return None

@@ -12,7 +12,15 @@ from typing import Any, Literal
 
 import pint
 
-from tomato_mqtt.driver.names import GOOD_NAMES, check_names, saw_nonfinite, text_problem
+from tomato_mqtt.driver.names import (
+    GOOD_NAMES,
+    INT_MAX,
+    INT_MIN,
+    check_names,
+    int_problem,
+    saw_nonfinite,
+    text_problem,
+)
 from tomato_mqtt.driver.spec import TaskSpec
 
 __all__ = ["Point", "PointRun", "TaskEnd", "Value", "spelling", "to_values"]
@@ -167,12 +175,19 @@ def to_values(
             if v - v != 0.0:  # inf (or NaN): the node's flush looks for infinities
                 saw_nonfinite()
             continue
-        if t is int or t is bool or v is None:
+        if t is int:
+            if not INT_MIN <= v <= INT_MAX:
+                raise TypeError(f"variable {k!r}: {int_problem(v)}")
+            values[k] = v
+            continue
+        if t is bool or v is None:
             values[k] = v
             continue
         if t is str:
-            if "\x00" in v:
-                raise TypeError(f"variable {k!r}: {text_problem(v)}")
+            if "\x00" in v or not v.isascii():
+                problem = text_problem(v)
+                if problem is not None:
+                    raise TypeError(f"variable {k!r}: {problem}")
             values[k] = v
             continue
         seen = known.get(k)
@@ -188,13 +203,15 @@ def to_values(
                 mag = v.magnitude if v.units == seen[0] else v.m_as(seen[0])
         else:
             values[k] = s = _scalar(k, v)
-            if isinstance(s, str) and "\x00" in s:  # numpy's str_
-                raise TypeError(f"variable {k!r}: {text_problem(s)}")
+            if isinstance(s, str) and (problem := text_problem(s)) is not None:  # numpy's str_
+                raise TypeError(f"variable {k!r}: {problem}")
             if isinstance(s, float) and s - s != 0.0:
                 saw_nonfinite()
             continue
         t = type(mag)
         values[k] = mag = mag if t is float or t is int else _scalar(k, mag)
+        if type(mag) is int and not INT_MIN <= mag <= INT_MAX:
+            raise TypeError(f"variable {k!r}: {int_problem(mag)}")
         if isinstance(mag, float) and mag - mag != 0.0:
             saw_nonfinite()
         if units is None:

@@ -27,6 +27,8 @@ Where it fails comes from the component's address and from ``[drivers.faulty]``:
 ``surrogate``
     ``do_task`` returns text that is no valid UTF-8 (a lone surrogate, as bytes read
     with ``errors="surrogateescape"``) at that point: the wire cannot carry it.
+``bigint``
+    ``do_task`` returns the integer 2**70 at that point: no file (nor the wire) holds it.
 ``huge``
     ``do_task`` returns a point of 9 MiB of text at that point: more than one MQTT message
     may carry under the default ``[broker] max_packet_bytes`` (8 MiB).
@@ -71,6 +73,7 @@ FAULTS = frozenset(
         "intkey",
         "surrogate",
         "huge",
+        "bigint",
         "badattrs",
         "set",
         "measure",
@@ -155,6 +158,8 @@ class Device(ModelDevice):
                 return {1: 2.0, "k": k}  # type: ignore[dict-item]
             if "surrogate" in self.faults:
                 return {"k": k, "level": self.level, "mode": "a\udcff"}
+            if "bigint" in self.faults:
+                return {"k": 2**70, "level": self.level, "mode": self.mode}
             if "huge" in self.faults:
                 return {"k": k, "level": self.level, "mode": "x" * 9 * 2**20}
         return {"k": k, "level": self.level, "mode": self.mode}
