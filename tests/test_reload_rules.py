@@ -173,3 +173,36 @@ async def test_a_component_whose_driver_takes_long_to_connect_is_not_taken_for_t
             await asyncio.sleep(0.1)
         assert seen[-1][0] is True, seen
         assert not any("rules" in str(err) for _, err in seen), seen
+
+
+async def test_a_driver_slow_to_connect_is_said_in_its_component_s_status(
+    broker: RunningBroker, instance: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A driver author's tour: a driver whose connect never returned left its component
+    `unregistered`, no error, no log line, for minutes. After SLOW_CONNECT (here 0.3 s,
+    an instrument that takes 2 s) its status says it is still connecting, to what; once
+    it has, the note goes."""
+    from tomato_mqtt.services.node import service
+
+    monkeypatch.setattr(service, "SLOW_CONNECT", 0.3)
+    async with inproc_stack(  # (not waiting for the registrations)
+        broker.port,
+        tmp_path,
+        instance,
+        devices="faulty_retry_devices.yml",
+        settings="[drivers.faulty]\nconnect_seconds = 2\n",
+        components=0,
+    ) as st:
+        name = "faulty:(ok,1)"
+        seen: list[tuple[object, object]] = []
+        for _ in range(60):  # 2 s and more
+            comps = await st.call("status", {"what": "components"})
+            c = comps[name].model_dump() if name in comps else {}
+            seen.append((c.get("registered"), c.get("error")))
+            if c.get("registered"):
+                break
+            await asyncio.sleep(0.1)
+        assert seen[-1] == (True, None), seen
+        said = [str(err) for _, err in seen if err]
+        assert said and said[0].startswith("still connecting: the driver has not returned"), seen
+        assert "'ok' for 0.3 s" in said[0], said

@@ -122,6 +122,9 @@ def _load_units() -> None:
     load_registry()  # parsed from the user's cache folder: ~0.02 s instead of ~0.15
 
 
+#: s a driver may take to connect to a component's instrument before its status says so
+SLOW_CONNECT = 10.0
+
 #: heartbeats a node may miss before another of its name takes it for gone
 GONE_AFTER = 2.5
 
@@ -937,9 +940,28 @@ class NodeService(Service):
         def on_full() -> None:
             loop.call_soon_threadsafe(self.data.flush_now.set)
 
-        await asyncio.to_thread(
-            hc.register, drv, on_task_end, on_error, on_full, self.config.batch_max_points
+        work = asyncio.ensure_future(
+            asyncio.to_thread(
+                hc.register, drv, on_task_end, on_error, on_full, self.config.batch_max_points
+            )
         )
+        done, _ = await asyncio.wait({work}, timeout=SLOW_CONNECT)
+        slow: str | None = None
+        if not done:  # a driver that never returns from connecting was never said (a
+            # driver author's tour: `unregistered`, no error, no log line, for minutes)
+            slow = (
+                f"still connecting: the driver has not returned from connecting to "
+                f"{hc.config.address!r} for {SLOW_CONNECT:g} s (an instrument that does not "
+                "answer? the component registers once it does)"
+            )
+            hc.error = slow
+            log.warning("node %s: %s: %s", self.name, name, slow)
+            await self.publish_status(hc)
+        try:
+            await work
+        finally:
+            if slow is not None and hc.error == slow:
+                hc.error = None
         # a new stream for every registration: a component reloaded, re-registered or
         # renamed back never reuses a (component, stream, seq) the recorder holds
         hc.stream = new_stream(self.epoch)
