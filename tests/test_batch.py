@@ -82,10 +82,14 @@ def test_block_check_names_what_does_not_fit() -> None:
 class _Bulk(ModelDevice):
     block_interval = 0.02
 
-    def __init__(self, driver: ModelInterface, key: tuple[str, str], bad: bool = False) -> None:
+    def __init__(
+        self, driver: ModelInterface, key: tuple[str, str], bad: bool = False, bad_at: int = 1
+    ) -> None:
         super().__init__(driver, key)
         self.taken = 0
         self.bad = bad
+        self.bad_at = bad_at  # the call whose block is bad
+        self.calls = 0
 
     def attrs(self) -> dict[str, Attr]:
         return {}
@@ -97,10 +101,12 @@ class _Bulk(ModelDevice):
         return {"v": 0.0}
 
     def do_task_block(self, task: TaskSpec, t_start: float, t_now: float) -> Block | None:
+        self.calls += 1
         due = min(task.npoints, int((t_now - t_start) / task.sampling_interval))
         k = np.arange(self.taken + 1, due + 1)
         self.taken = due
-        v = k.astype(float) if not self.bad else k[:-1].astype(float)
+        bad = self.bad and self.calls >= self.bad_at
+        v = k.astype(float) if not bad else k[:-1].astype(float)
         return Block(uts=t_start + k * task.sampling_interval, data={"v": v})
 
 
@@ -140,6 +146,11 @@ def test_a_bad_block_ends_the_task_in_error_saying_why() -> None:
     end, _ = _run(_Drv().DeviceFactory(("a", "1"), bad=True), task)
     assert end.reason == "error"
     assert end.message is not None and "bad block" in end.message and "timestamps" in end.message
+    # named by the call that made it (the 4th was said "at call 5": a driver author's tour)
+    task = TaskSpec(technique_name="acq", max_duration=2.0, sampling_interval=0.001)
+    end, items = _run(_Drv().DeviceFactory(("a", "1"), bad=True, bad_at=4), task)
+    assert end.message is not None and " at call 4: BlockError" in end.message, end.message
+    assert len(items) == 3, items  # the three good blocks are kept
 
 
 def test_the_adapter_example_in_the_docs_maps_a_dataset_to_a_block() -> None:

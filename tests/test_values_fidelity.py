@@ -103,6 +103,18 @@ def test_text_the_wire_cannot_carry_and_integers_past_64_bits_are_refused_at_the
         Block(uts=[1.0], data={"k": [ok]}).check()
 
 
+def test_a_quantity_in_units_of_another_dimension_names_its_variable() -> None:
+    """A driver author's tour: "DimensionalityError: Cannot convert from 'second' to
+    'volt'" named no variable (other type errors do)."""
+    import pint
+
+    known: dict[str, Any] = {}
+    assert to_values({"v": pint.Quantity(1.0, "V")}, known, None)[0] == {"v": 1.0}
+    with pytest.raises(TypeError, match="variable 'v': Cannot convert from 'second'"):
+        to_values({"v": pint.Quantity(1.0, "s")}, known, None)
+    assert to_values({"v": pint.Quantity(1.0, "mV")}, known, None)[0] == {"v": 0.001}
+
+
 def test_numpy_s_bool_is_a_bool_under_numpy_2() -> None:
     """numpy 2 calls its bool ``bool``, not ``bool_``: it was refused as "not bool"."""
     assert to_values({"on": np.bool_(True), "off": np.False_}, {}, None) == (

@@ -58,9 +58,9 @@ def execute_blocks(runner: ComponentRunner, run: _Run) -> None:
             now = perf()
             if now - (p_start + k * interval) > interval:  # behind: no burst of calls
                 k = int((now - p_start) / interval)
+            calls += 1  # (before the call: a bad block of call 4 was said "at call 5")
             with runner._dev_lock:
                 block = device.do_task_block(task, t_start, t_start + (now - p_start))
-            calls += 1
             if block is not None and len(block):
                 block.check()
                 block.task = task
@@ -76,7 +76,7 @@ def execute_blocks(runner: ComponentRunner, run: _Run) -> None:
         reason = "error"
         what = "bad block" if isinstance(e, BlockError) else "driver error"
         message = (
-            f"{task.technique_name}: {what} on {runner._who} at call {calls + 1}:"
+            f"{task.technique_name}: {what} on {runner._who} at call {calls}:"
             f" {type(e).__name__}: {e}"
         )
         log.warning("%s: bulk task %s failed", device.key, _describe(task), exc_info=True)

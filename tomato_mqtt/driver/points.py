@@ -200,7 +200,11 @@ def to_values(
             if seen[2] is not None and v._units == seen[2]:
                 mag = v._magnitude
             else:
-                mag = v.magnitude if v.units == seen[0] else v.m_as(seen[0])
+                try:
+                    mag = v.magnitude if v.units == seen[0] else v.m_as(seen[0])
+                except pint.DimensionalityError as e:  # (said without the variable's
+                    # name: a driver author's tour)
+                    raise TypeError(f"variable {k!r}: {e}") from None
         else:
             values[k] = s = _scalar(k, v)
             if isinstance(s, str) and (problem := text_problem(s)) is not None:  # numpy's str_
