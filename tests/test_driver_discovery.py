@@ -56,6 +56,11 @@ async def test_driver_installed_after_start_is_found_by_reload(
 
         _fake_dist(tmp_path / "site")
         monkeypatch.syspath_prepend(str(tmp_path / "site"))
-        await st.call("reload")
+        said = await st.raw(st.topics.scheduler_cmd("reload"))
+        # said (it was "reload done: no changes" as it registered them: a driver author)
+        assert said.success and "the nodes look again for the drivers of 1 component(s)" in (
+            said.msg
+        ), said
+        assert "no changes" not in said.msg, said
         await asyncio.wait_for(meta_says(lambda m: m.registered), 20)
         assert sorted(st.metas[LATE].capabilities) == ["count", "random"]

@@ -128,6 +128,18 @@ async def reload(ops: SchedulerOps, args: Mapping[str, JsonValue]) -> Result:
             f"; {', '.join(later)} changed, which reload does not apply: they take effect "
             "when the stack restarts (tomato stop, then tomato start)"
         )
+    uninstalled = sorted(  # their nodes look for the drivers again: said (it said "no
+        # changes" while it registered two components: a driver author's tour)
+        name
+        for name in new_layout.components
+        if (m := svc.metas.get(name)) is not None and "is not installed" in (m.error or "")
+    )
+    if uninstalled:
+        looked = (
+            f"the nodes look again for the drivers of {len(uninstalled)} component(s) not "
+            f"installed before ({', '.join(uninstalled)})"
+        )
+        what = looked if what == "no changes" else f"{what}; {looked}"
     if new_layout.ignored:  # said at every reload: the user is looking at the file now
         what += "; warning: " + "; warning: ".join(new_layout.ignored)
     offline: dict[str, list[str]] = {}  # node -> its components, for nodes not online
