@@ -238,3 +238,16 @@ def test_status_carries_tomato_s_running_while_a_task_runs() -> None:
     assert {k: out[k] for k in status} == status  # the component's own fields stay
     failed = Reply(id="x", success=False, msg="no", data=None)
     assert _as_tomato(failed).data is None
+
+
+def test_status_says_why_the_last_task_failed() -> None:
+    """A driver author's tour: `passata status` said "last task: job 3 task 0: error, 3
+    point(s)", and only `-y` said why."""
+    from tomato_mqtt.cli.passata_core import status_human
+
+    last = {"job": 3, "task": 0, "reason": "error", "npoints": 3, "message": "boom at point 4"}
+    text = status_human("status", {"name": "c", "state": "idle", "last_task": last})
+    assert "job 3 task 0: error, 3 point(s) (boom at point 4)" in text, text
+    done = {**last, "reason": "done", "message": None}
+    text = status_human("status", {"name": "c", "state": "idle", "last_task": done})
+    assert text.rstrip().endswith("done, 3 point(s)"), text

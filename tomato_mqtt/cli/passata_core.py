@@ -336,6 +336,8 @@ def status_human(msg: str, data: Any) -> str:
             f"job {last.get('jobid', last.get('job'))} task {last.get('task')}: "
             f"{last.get('reason')}, "
             f"{last.get('npoints')} point(s)"
+            # why, when it failed (only -y said it: a driver author's tour)
+            + (f" ({last['message']})" if last.get("message") else "")
         )
     return kv({k: v for k, v in fields.items() if v is not None})
 
