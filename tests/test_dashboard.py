@@ -675,6 +675,32 @@ async def test_the_tabs_of_one_browser_follow_its_sign_in(tmp_path: Path, instan
         assert await tab1.locator("#submit-controls").is_visible()  # otto's, shown as his
 
 
+async def test_every_tab_of_a_sign_in_that_ended_says_why(tmp_path: Path, instance: str) -> None:
+    """A dashboard tour: a sign-in that ended (the dashboard restarted) was said so in one
+    tab, and "signed out in another tab", which did not happen, in the other. Here it
+    ends as the login signs in more times elsewhere than the dashboard keeps."""
+    import aiohttp
+
+    from tomato_mqtt.services.dashboard.sessions import Sessions
+
+    async with _signed_in(tmp_path, instance, "olga") as (dash, browser, tab1):
+        tab2 = await browser.new_page()
+        await tab2.goto(dash.address())
+        await tab2.wait_for_function("() => window.S.me && window.S.me.user === 'olga'")
+        await tab1.evaluate("document.getElementById('reply').hidden = true")
+        async with aiohttp.ClientSession() as http:
+            for _ in range(Sessions.MAX_PER_USER):  # elsewhere: the oldest (the tabs') ends
+                body = {"username": "olga", "password": "pw-olga"}
+                async with http.post(dash.address() + "api/login", json=body) as r:
+                    assert (await r.json())["success"], await r.text()
+        out = "() => window.S.me && !window.S.me.signed_in"
+        for tab in (tab1, tab2):
+            await tab.wait_for_function(out, timeout=10_000)
+            said = await _reply(tab)
+            assert "your sign-in has ended" in said and "signed in more than" in said, said
+            assert "another tab" not in said, said
+
+
 @pytest.mark.timeout(120)
 async def test_a_control_says_it_waits_and_is_held_until_the_answer(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch

@@ -44,6 +44,8 @@ from tomato_mqtt.transport.rpc import NoResponder, ReplyError
 from tomato_mqtt.wire.commands import JOB_ID_MAX, PAYLOAD_TEXT_MAX, json_chars
 from tomato_mqtt.wire.messages import Reply
 
+log = logging.getLogger(__name__)
+
 __all__ = ["answers_to", "cookie_name", "make_app", "this_pc_names"]
 STATIC = Path(__file__).with_name("static")
 #: the largest request body: a payload of PAYLOAD_TEXT_MAX characters as JSON (escaped)
@@ -230,11 +232,21 @@ async def _ws(request: web.Request) -> web.StreamResponse:
         raise web.HTTPTooManyRequests(
             text=f"{VIEWERS_PER_ADDRESS} pages are open from {peer}: close one, then reload"
         )
+    if request.headers.get("Upgrade", "").lower() != "websocket":
+        # the page's look at why its socket closed (a plain GET): nothing refuses it here.
+        # It got aiohttp's 400 "No WebSocket UPGRADE hdr", an error in every tab's
+        # console at each sign-in (a dashboard tour)
+        return web.Response(status=204)
     # a page sends only {"t": "watch", "job": N}: a few dozen bytes
     ws = web.WebSocketResponse(
         heartbeat=20, compress=False, max_msg_size=4096, protocols=(WS_PROTOCOL,)
     )
-    await ws.prepare(request)
+    try:
+        await ws.prepare(request)
+    except ConnectionResetError:  # the page went as it connected (a reload as the
+        # dashboard came up): aiohttp logged it as an ERROR with its traceback (a tour)
+        log.info("a page's socket closed as it connected: %s", peer)
+        return ws
     viewer = Viewer(session, close=ws.close, peer=peer)
     viewer.send(svc.hello(viewer) | {"ended": svc.sessions.ended(_token(request))})
     svc.viewers.add(viewer)

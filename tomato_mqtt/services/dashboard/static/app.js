@@ -43,10 +43,18 @@ function sessionKey() {
   if (noStorage) return pageKey;
   try { return localStorage.getItem(KEY); } catch { return pageKey; }
 }
-function setSessionKey(k) {  // this page's own sign-in, sign-out or ended sign-in
+function setSessionKey(k, ended) {  // this page's own sign-in, sign-out or ended sign-in
   pageKey = k || null;
   keyFollowed = pageKey;
-  try { if (k) localStorage.setItem(KEY, k); else localStorage.removeItem(KEY); } catch { noStorage = true; }
+  try {
+    // why the key went, for the other tabs: an ended sign-in (the dashboard restarted)
+    // read "signed out in another tab" there (a dashboard tour)
+    if (!k && ended) localStorage.setItem(KEY + ".ended", ended); else localStorage.removeItem(KEY + ".ended");
+    if (k) localStorage.setItem(KEY, k); else localStorage.removeItem(KEY);
+  } catch { noStorage = true; }
+}
+function whyKeyWent() {
+  try { return localStorage.getItem(KEY + ".ended"); } catch { return null; }
 }
 const withKey = (headers) => { const k = sessionKey(); return k ? { ...headers, "X-Tomato-Key": k } : headers; };
 window.withKey = withKey;
@@ -61,7 +69,7 @@ function followKey() {
   if (keyFollowed === undefined || k === keyFollowed) return false;
   keyFollowed = k;
   if (k) showReply({ success: true, msg: "signed in in another tab: this page follows" });
-  else showReply({ success: false, msg: "signed out in another tab" });
+  else showReply({ success: false, msg: whyKeyWent() || "signed out in another tab" });
   return true;
 }
 function followAndConnectAgain() {
@@ -156,7 +164,7 @@ function connect() {
         setMe(m.me);
         if (m.ended) {  // the cookie signs no one in any more: say so once, and drop it
           showReply({ success: false, msg: m.ended });
-          post("/api/logout", {}); setSessionKey(null);
+          post("/api/logout", {}); setSessionKey(null, m.ended);
         }
         mark("presence"); mark("pipelines"); mark("jobs"); mark("first");
         break;
@@ -357,7 +365,7 @@ async function command(op, args) {
   if (r.ended) {  // signed out elsewhere: the page shows who it is now (no controls),
     // and its live socket is made again for that (it kept the dropped session)
     setMe(r.me);
-    post("/api/logout", {}).then(() => { setSessionKey(null); if (window.__dash.ws) window.__dash.ws.close(); });
+    post("/api/logout", {}).then(() => { setSessionKey(null, r.msg); if (window.__dash.ws) window.__dash.ws.close(); });
   }
   return r;
 }
