@@ -127,6 +127,10 @@ async def test_dashboard_live_controls(
         # a refused action shows the scheduler's error
         await page.fill("#pc-sample", "s2")
         await _act(page, '#pipeline-controls button[data-op="pipeline_load"]', "✗")
+        # an error goes with the page it was said on (it covered the next pages: a tour)
+        await page.evaluate("location.hash = '#/job/999'")
+        await page.wait_for_function("() => document.getElementById('reply').hidden", timeout=5_000)
+        await page.evaluate("location.hash = '#/'")
 
         # submit a payload file from the page: it opens the job page
         payload = tmp_path / "payload.yml"
@@ -135,6 +139,8 @@ async def test_dashboard_live_controls(
         await page.click("#submit-controls button[type=submit]")
         await page.wait_for_url("**/#/job/*", timeout=10_000)
         jobid = int(page.url.rsplit("/", 1)[1])
+        # the form is emptied (a second click submitted the same job again: a tour)
+        assert await page.evaluate("document.getElementById('sc-file').files.length") == 0
         await page.locator('#jp-status[data-status="r"]').wait_for(timeout=20_000)
         assert await page.locator("#jp-trouble").is_hidden()
         # one for a sample no pipeline holds: queued, and the answer says why it waits,
@@ -286,6 +292,12 @@ async def test_dashboard_live_controls(
         await page.goto(f"{dash.address()}#/job/50%")  # a malformed escape (it froze the page)
         await page.wait_for_function(
             "() => document.getElementById('jp-title').textContent === 'Job 50%: not a job id'",
+            timeout=5_000,
+        )
+        big = "9" * 30  # (it read "Job 1e+30": a dashboard tour)
+        await page.goto(f"{dash.address()}#/job/{big}")
+        await page.wait_for_function(
+            f"() => document.getElementById('jp-title').textContent === 'Job {big}: not a job id'",
             timeout=5_000,
         )
         await page.goto(f"{dash.address()}#/job/{jobid}")

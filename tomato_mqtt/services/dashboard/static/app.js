@@ -389,7 +389,11 @@ $("submit-controls").addEventListener("submit", async (e) => {
   if (!f && !pasted.trim()) { showReply({ success: false, msg: "choose a payload file, or paste one" }); return; }
   const text = f ? await f.text() : pasted;
   const r = await command("job_submit", { text, filename: f ? f.name : "pasted.yml", jobname: $("sc-jobname").value || null });
-  if (r.success && r.data && r.data.id != null) location.hash = `#/job/${r.data.id}`;
+  if (r.success && r.data && r.data.id != null) {
+    // the form is emptied: a second click submitted the same job again (a dashboard tour)
+    $("sc-file").value = ""; $("sc-text").value = ""; $("sc-jobname").value = "";
+    location.hash = `#/job/${r.data.id}`;
+  }
 });
 $("login").addEventListener("submit", async (e) => {
   e.preventDefault();
@@ -419,7 +423,13 @@ function watchRoute() {
   if (ws && ws.readyState === 1) ws.send(JSON.stringify({ t: "watch", job: r.page === "job" ? r.id : null }));
   if (window.enterPage) window.enterPage(r);
 }
-window.addEventListener("hashchange", watchRoute);
+window.addEventListener("hashchange", () => {
+  // an error said of the page left behind goes with it (it covered the next pages'
+  // events until clicked: a dashboard tour); a success, e.g. a submit's, stays its 20 s
+  const box = $("reply");
+  if (!box.hidden && box.className === "err") box.hidden = true;
+  watchRoute();
+});
 window.S = S; window.esc = esc; window.mark = mark; window.can = can; window.fmtVal = fmtVal; window.route = route; window.renderRows = renderRows;
 // connected once every script ran: on a busy machine the WebSocket opened before pages.js
 // had defined the job page, and a page opened at #/job/N stayed empty (a CI run)

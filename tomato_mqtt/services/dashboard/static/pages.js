@@ -28,7 +28,8 @@ window.enterPage = (r) => {
       $("jp-tasks").tBodies[0].innerHTML = ""; $("jp-payload").textContent = "";
     }
     // (`#/job/abc` read "Job NaN": a dashboard tour)
-    $("jp-title").textContent = Number.isInteger(r.id) && r.id > 0 ? `Job ${r.id}` : `Job ${r.raw}: not a job id`;
+    // (30 digits read "Job 1e+30": a dashboard tour)
+    $("jp-title").textContent = Number.isSafeInteger(r.id) && r.id > 0 ? `Job ${r.id}` : `Job ${r.raw}: not a job id`;
     loadPlotly().then(() => queueAll()).catch((e) => showReply({ success: false, msg: String(e) }));
   } else {
     J.id = null;
@@ -220,7 +221,7 @@ function renderJobPage() {
   if (!j) {
     // no controls of the job seen before (its cancel stayed, and acted on this id: a tour)
     $("jp-cancel").hidden = true; $("jp-download").hidden = true;
-    $("jp-summary").textContent = Number.isInteger(J.id) && J.id > 0 ? "no such job (yet)" : "a job id is a whole number: no such job";
+    $("jp-summary").textContent = Number.isSafeInteger(J.id) && J.id > 0 ? "no such job (yet)" : "a job id is a whole number: no such job";
     return;
   }
   $("jp-title").textContent = `Job ${J.id}` + (j.jobname ? ` · ${j.jobname}` : "");
