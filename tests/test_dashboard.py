@@ -16,6 +16,7 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 
@@ -359,6 +360,16 @@ async def test_dashboard_live_controls(
         )
         assert "no node has told of nope" in str(await page.text_content("#cp-summary"))
         assert await page.locator("#cp-controls").is_hidden()
+        # named as passata names it, and as device/channel (the slug only was found: a
+        # dashboard tour)
+        name = "example_counter:(example-addr,1)"
+        for named in (quote(name, safe=""), name, "dev-counter/1", "dev-counter%2F1"):
+            await page.goto(f"{dash.address()}#/component/{named}")
+            await page.wait_for_function(
+                f"() => document.getElementById('cp-title').textContent === {json.dumps(name)}",
+                timeout=5_000,
+            )
+            await page.locator("#cp-controls").wait_for(state="visible", timeout=5_000)
         await page.goto(dash.address() + "#/")
         await pip.locator("a.cmp").click()
         await page.locator("#cp-controls").wait_for(state="visible", timeout=5_000)

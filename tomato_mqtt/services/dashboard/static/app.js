@@ -411,7 +411,8 @@ function route() {
   // (a malformed escape, `#/job/50%`, threw at every frame: the page froze, a review)
   const decoded = (x) => { try { return decodeURIComponent(x); } catch { return x; } };
   if (h[0] === "job" && h[1]) return { page: "job", id: Number(h[1]), raw: decoded(h[1]) };
-  if (h[0] === "component" && h[1]) return { page: "component", id: decoded(h[1]) };
+  // (device/channel: `#/component/dev-counter/1` was cut to "dev-counter": a tour)
+  if (h[0] === "component" && h[1]) return { page: "component", id: decoded(h.slice(1).join("/")) };
   return { page: "overview" };
 }
 function watchRoute() {

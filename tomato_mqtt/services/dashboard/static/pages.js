@@ -269,7 +269,21 @@ const attrsAsked = new Set();
 function noteAttrs(slug, data) {
   if (data && typeof data === "object") Object.assign(attrValues[slug] ||= {}, data);
 }
-function renderComponentPage(slug) {
+// the page of a component named as its topic's slug (the overview's links), as passata
+// names it (`example_counter:(example-addr,1)`, the page's own title) or as device/channel
+// (`dev-counter/1`): only the slug was found (a dashboard tour)
+function componentSlug(id) {
+  if (id in S.components) return id;
+  for (const [slug, c] of Object.entries(S.components)) {
+    const m = c.meta || {}, st = c.status || {};
+    if (m.name === id || st.name === id || (m.device && `${m.device}/${m.channel}` === id)) return slug;
+  }
+  return id;
+}
+window.componentSlug = componentSlug;
+
+function renderComponentPage(id) {
+  const slug = componentSlug(id);
   const c = S.components[slug] || {}, meta = c.meta, st = c.status, last = S.lasts[slug];
   // a component no node has told of (a typed or an old link): said, and no get / set
   // offered for it (it said "no metadata yet" and offered both: a tour)
@@ -284,7 +298,7 @@ function renderComponentPage(slug) {
   if (meta && can("get_attr") && !attrsAsked.has(slug)) {
     attrsAsked.add(slug);
     post("/api/cmd", { op: "get_attr", args: { component: meta.name, attrs: [] } }).then((r) => {
-      if (r.success) { noteAttrs(slug, r.data); if (route().id === slug) renderComponentPage(slug); }
+      if (r.success) { noteAttrs(slug, r.data); if (componentSlug(route().id) === slug) renderComponentPage(slug); }
     });
   }
   $("cp-caps").innerHTML = ((meta && meta.capabilities) || []).map((x) => `<li>${esc(x)}</li>`).join("");
@@ -298,7 +312,7 @@ function renderComponentPage(slug) {
 $("cp-controls").addEventListener("click", (e) => {
   const op = e.target.dataset && e.target.dataset.op;
   if (!op) return;
-  const slug = route().id, c = S.components[slug];
+  const slug = componentSlug(route().id), c = S.components[slug];
   const component = c && c.meta ? c.meta.name : slug, attr = $("cp-attr").value;
   const done = (r) => { if (r.success) { noteAttrs(slug, r.data); renderComponentPage(slug); } };
   if (op === "get_attr") { command(op, { component, attrs: [attr] }).then(done); return; }
