@@ -412,6 +412,10 @@ async def test_dashboard_read_only(
         )
         assert not r["success"] and r["code"] == "not_allowed", r
         assert "✗" in await _reply(page)
+        # said as read-only, not by the login's role (it named admin: a dashboard tour)
+        assert "(this dashboard is read-only)" in r["msg"] and "admin" not in r["msg"], r
+        who = str(await page.text_content("#who"))
+        assert "read-only" in who and "admin" not in who, who
 
 
 async def test_dashboard_roles_on_secured_mosquitto(

@@ -351,6 +351,8 @@ async def _cmd(request: web.Request) -> web.StreamResponse:
                 {"success": False, "msg": ended, "code": "not_allowed", "data": None}
                 | {"ended": True, "me": s.describe()}
             )
+        if s.read_only:  # (it named the login's role, admin, on a read-only page: a tour)
+            return _fail(f"not allowed here: {op} (this dashboard is read-only)", "not_allowed")
         role = s.describe()["role"] or "none"
         return _fail(f"not allowed here: {op} (role {role})", "not_allowed")
     try:

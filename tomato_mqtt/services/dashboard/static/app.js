@@ -120,7 +120,9 @@ function apply(item) {
 
 function setMe(me) {
   S.me = me;
-  const who = me.user ? `${esc(me.user)} (${esc(me.role || "no role")})` : me.role ? `(${esc(me.role)})` : "";
+  // (a read-only page named its login's role: "anonymous (admin) · read-only", a tour)
+  const role = me.read_only ? "" : ` (${esc(me.role || "no role")})`;
+  const who = me.user ? `${esc(me.user)}${role}` : me.role && !me.read_only ? `(${esc(me.role)})` : "";
   $("who").innerHTML = who + (me.read_only ? " · read-only" : "") + (me.open ? " · open stack" : "");
   $("login").hidden = me.signed_in || me.open;
   $("logout").hidden = !me.signed_in;
