@@ -6,6 +6,7 @@
 const J = { id: null, job: null, load: null, events: [], marks: [], roles: {}, series: {}, hidden: new Set(), drawQ: new Set(), frame: 0 };
 window.__dash.job = J;  // what the job page holds: for tests and bench/dashboard.py
 let plotlyReady = null;
+const MAX_LABELS = 20;  // task marks labelled on a plot, at most
 
 function loadPlotly() {
   if (!plotlyReady) {
@@ -121,11 +122,14 @@ async function drawQueued() {
     const s = J.series[cmp];
     if (!s) continue;
     const shapes = [], notes = [];
-    for (const m of J.marks) {
-      if (m.component !== cmp) continue;  // a task's first point of this component
-      const x = m.t * 1000;
+    const mine = J.marks.filter((m) => m.component === cmp);  // a task's first point here
+    // labelled while they can be read: 150 tasks made a band of overlapping labels (a
+    // tour); past MAX_LABELS only the dotted lines stay
+    const label = mine.length <= MAX_LABELS;
+    for (const m of mine) {
+      const x = m.t * 1000, text = m.task == null ? "idle" : `task ${m.task}`;
       shapes.push({ type: "line", xref: "x", yref: "paper", x0: x, x1: x, y0: 0, y1: 1, line: { dash: "dot", width: 1, color: "#c33" } });
-      notes.push({ x, y: 1, xref: "x", yref: "paper", text: m.task == null ? "idle" : `task ${m.task}`, showarrow: false, font: { size: 10, color: "#c33" }, xanchor: "left", yanchor: "top" });
+      if (label) notes.push({ x, y: 1, xref: "x", yref: "paper", text, showarrow: false, font: { size: 10, color: "#c33" }, xanchor: "left", yanchor: "top" });
     }
     const draws = [];
     for (const v of Object.keys(s.lo)) {
