@@ -47,12 +47,14 @@ async def serving(
     svc: Echo | None = None,
     table: dict[str, Any] | None = None,
     name: str = "echo",
+    per_login: bool = False,
 ) -> AsyncIterator[AsyncClient]:
     """Run a responder for ``scheduler/cmd/+`` (``svc``'s operations, or ``table``);
     requests are handled one at a time."""
     async with AsyncClient(b.url, client_id=f"{topics.instance}-server") as client:
         ops = table if svc is None else {"echo": svc.echo, "fail": svc.fail}
-        responder = Responder(client, topics, ops or {}, name=name)
+        responder = Responder(client, topics, ops or {}, name=name, per_login=per_login)
+        client.responder = responder  # type: ignore[attr-defined]  # (for a test's look)
         await client.subscribe(topics.scheduler_cmds())
 
         async def loop() -> None:
@@ -187,6 +189,47 @@ async def test_reply_to_outside_the_instance_is_ignored(
         # replies leave the responder in order: a reply to the rogue request would be here
         assert got.empty()
         assert svc.calls == [{}]
+
+
+async def test_one_login_s_flood_is_dropped_and_the_others_are_answered(
+    broker: RunningBroker,
+    instance: str,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A security tour: a reader's 582,000 requests in 40 s held the scheduler up for 84
+    s; nobody else was answered, and a job's end was not told. A responder with
+    ``per_login`` takes REQUESTS_PER_S of one login (bursts of REQUESTS_BURST) and drops
+    the rest unread, saying so; another login is answered meanwhile."""
+    import time
+
+    from tomato_mqtt.transport import rpc
+
+    monkeypatch.setattr(rpc, "REQUESTS_PER_S", 10.0)
+    monkeypatch.setattr(rpc, "REQUESTS_BURST", 20)
+    topics = Topics(instance)
+    svc = Echo()
+    async with (
+        serving(broker, topics, svc, per_login=True) as server,
+        AsyncClient(broker.url, client_id=f"{instance}-rita") as rita,
+        AsyncClient(broker.url, client_id=f"{instance}-olga") as olga,
+    ):
+        t0 = time.monotonic()
+        flood = encode(Request(id="x", reply_to=topics.reply("rita", "rita"), args={"who": "r"}))
+        for i in range(500):  # (ids repeat: each is still a request to admit or drop)
+            await rita.publish(topics.scheduler_cmd("echo", "rita"), flood, qos=0)
+        req = Requester(olga, Topics(instance, user="olga"))
+        reply = await req.request(topics.scheduler_cmd("echo", "olga"), {"who": "o"}, timeout=T)
+        assert reply.success, reply
+        took = time.monotonic() - t0
+        dropped = server.responder.dropped  # type: ignore[attr-defined]
+    # (the ids repeat: one call for the admitted ones, the rest answered from memory)
+    assert [c["who"] for c in svc.calls] == ["r", "o"], svc.calls
+    # (a QoS 0 flood: the broker may drop some of it on its way, as amqtt says it did)
+    assert 400 <= dropped.get("rita", 0) <= 500 - 20, (dropped, took)
+    assert "olga" not in dropped, dropped
+    said = [r.getMessage() for r in caplog.records if "dropped unread" in r.getMessage()]
+    assert said and "rita: " in said[0] and "over 10 a second of one login" in said[0], said
 
 
 async def test_a_model_s_defaults_are_not_sent(broker: RunningBroker, instance: str) -> None:
@@ -442,3 +485,30 @@ async def test_a_table_locked_for_a_moment_is_unavailable_not_internal(
     assert (reply.success, reply.code) == (False, "unavailable"), reply
     assert "table is locked" in reply.msg and "internal" not in reply.msg, reply
     assert "another program" not in reply.msg, reply  # (its own statement, not a shell's)
+
+
+async def test_a_publish_with_no_room_left_waits_for_it(
+    broker: RunningBroker, instance: str
+) -> None:
+    """A security tour: under a request flood every message id was in flight, and a
+    publish raised "Message queue full" at once: the job whose end it told stayed `r`
+    until the scheduler was killed. A publish waits for room (acknowledgements), up to
+    its timeout. Here paho's own queue holds one message at a time."""
+    import paho.mqtt.client as paho
+
+    class Tight(AsyncClient):
+        def _make_paho(self) -> paho.Client:
+            made = super()._make_paho()
+            made.max_queued_messages_set(1)  # (paho's setting, made before it connects)
+            return made
+
+    got: asyncio.Queue[Message] = asyncio.Queue()
+    async with (
+        Tight(broker.url, client_id=f"{instance}-tight") as c,
+        AsyncClient(broker.url, client_id=f"{instance}-reader") as reader,
+    ):
+        await reader.subscribe(f"{instance}/room/#", handler=got.put_nowait)
+        sends = [c.publish(f"{instance}/room/{i}", str(i), qos=1, wait=False) for i in range(5)]
+        await asyncio.wait_for(asyncio.gather(*sends), 10)
+        seen = sorted([(await asyncio.wait_for(got.get(), 5)).topic for _ in range(5)])
+    assert seen == [f"{instance}/room/{i}" for i in range(5)], seen

@@ -21,6 +21,7 @@ import contextlib
 import logging
 import ssl
 import threading
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -290,6 +291,15 @@ class AsyncClient(_LoopDriven):
         c = self._require_client()
         data = payload.encode() if isinstance(payload, str) else payload
         info = c.publish(topic, data, qos=qos, retain=retain)
+        if info.rc == MQTTErrorCode.MQTT_ERR_QUEUE_SIZE:
+            # every message id in flight (65,535 unacknowledged: replies to a request flood
+            # the broker took slowly): wait for acks, as for a full queue, up to the
+            # timeout. It raised at once, and the job whose end it told stayed `r` (a
+            # security tour)
+            deadline = time.monotonic() + timeout
+            while info.rc == MQTTErrorCode.MQTT_ERR_QUEUE_SIZE and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+                info = c.publish(topic, data, qos=qos, retain=retain)
         if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
             raise MqttError(f"publish to {topic} failed: {paho.error_string(info.rc)}")
         if not wait or qos == 0:

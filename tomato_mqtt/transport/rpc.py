@@ -22,6 +22,7 @@ import asyncio
 import contextvars
 import logging
 import re
+import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
@@ -261,6 +262,10 @@ MAX_REPLY = 8 * 1024 * 1024 - 64 * 1024
 #: how a reply that was carried out but too large to send in full ends its message
 WITHOUT_DATA = "without its data"
 
+#: requests a second one login may send a responder, and in a burst (see Responder._admit)
+REQUESTS_PER_S = 200.0
+REQUESTS_BURST = 1000
+
 
 class Responder:
     """Answers requests through an explicit operation table, de-duplicating by id."""
@@ -278,8 +283,11 @@ class Responder:
         journaled: frozenset[str] = frozenset(),
         max_reply: int = MAX_REPLY,
         on_fault: Callable[[BaseException], str | None] | None = None,
+        per_login: bool = False,
     ) -> None:
         self.client = client
+        #: requests of one login over REQUESTS_PER_S (bursts of REQUESTS_BURST) dropped
+        self.per_login = per_login
         #: what the service says of an error of its own storage (a damaged state file),
         #: answered ``unavailable``; None: the error is a bug (``internal``)
         self.on_fault = on_fault
@@ -296,6 +304,43 @@ class Responder:
         #: as the first time, e.g. pipeline_load: "already holds the sample")
         self.journal = journal
         self.journaled = journaled
+        #: per login: (tokens, when last filled), and the requests dropped since said
+        self._buckets: dict[str, list[float]] = {}
+        self._dropped: dict[str, int] = {}
+        self._dropped_said = 0.0
+        #: per login: the requests dropped so far
+        self.dropped: dict[str, int] = {}
+
+    def _admit(self, user: str) -> bool:
+        """Whether a request of ``user`` is taken: a token bucket per login
+        (REQUESTS_PER_S, bursts of REQUESTS_BURST). A reader's flood of 582,000 requests
+        (40 s) held the scheduler up for 84 s: nobody else was answered, and a job's end
+        failed to be told (a security tour). What is over is dropped unread, said once a
+        second with its count."""
+        now = time.monotonic()
+        b = self._buckets.get(user)
+        if b is None:
+            if len(self._buckets) > 10_000:  # (logins are few: a bound all the same)
+                self._buckets.clear()
+            b = self._buckets[user] = [float(REQUESTS_BURST), now]
+        b[0] = min(float(REQUESTS_BURST), b[0] + (now - b[1]) * REQUESTS_PER_S)
+        b[1] = now
+        if b[0] >= 1.0:
+            b[0] -= 1.0
+            return True
+        self._dropped[user] = self._dropped.get(user, 0) + 1
+        self.dropped[user] = self.dropped.get(user, 0) + 1
+        if now - self._dropped_said >= 1.0:
+            self._dropped_said = now
+            said = ", ".join(f"{u or '(none)'}: {n}" for u, n in sorted(self._dropped.items()))
+            log.warning(
+                "%s: requests over %g a second of one login dropped unread (%s)",
+                self.name,
+                REQUESTS_PER_S,
+                said,
+            )
+            self._dropped.clear()
+        return False
 
     async def handle(
         self, msg: Message, op: str, handlers: Mapping[str, Handler] | None = None
@@ -306,6 +351,10 @@ class Responder:
         sharing the de-duplication memory of this responder.
         """
         table = self.handlers if handlers is None else handlers
+        parsed = self.topics.parse(msg.topic)
+        user = parsed.user if parsed is not None else None
+        if self.per_login and not self._admit(user or ""):
+            return
         if msg.retain:
             # a request kept by the broker (published with retain): sent again at every
             # restart or subscription (an admin's retained `shutdown` stopped its node at
@@ -322,8 +371,6 @@ class Responder:
         except DecodeError as e:
             await self._reply_to_malformed(msg, str(e))
             return
-        parsed = self.topics.parse(msg.topic)
-        user = parsed.user if parsed is not None else None
         if not self._reply_allowed(req.reply_to, user):
             log.warning(
                 "%s: ignoring request %s on %s with reply_to %s outside the requester's "

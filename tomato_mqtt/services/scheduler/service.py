@@ -203,6 +203,7 @@ class SchedulerService(Service):
             journal=self.store,
             journaled=JOURNALED,
             on_fault=self.state_fault,
+            per_login=True,  # one login's flood must not hold up everyone's (a tour)
         )
         filters = (
             self.topics.scheduler_cmds(),
