@@ -216,7 +216,7 @@ async def test_one_login_s_flood_is_dropped_and_the_others_are_answered(
     ):
         t0 = time.monotonic()
         flood = encode(Request(id="x", reply_to=topics.reply("rita", "rita"), args={"who": "r"}))
-        for i in range(500):  # (ids repeat: each is still a request to admit or drop)
+        for _ in range(500):  # (ids repeat: each is still a request to admit or drop)
             await rita.publish(topics.scheduler_cmd("echo", "rita"), flood, qos=0)
         req = Requester(olga, Topics(instance, user="olga"))
         reply = await req.request(topics.scheduler_cmd("echo", "olga"), {"who": "o"}, timeout=T)
