@@ -148,6 +148,8 @@ class RoleAclPlugin(BaseTopicPlugin):  # type: ignore[misc]
         self._node_components: dict[str, list[str]] = {}
         self._rules: dict[str, list[Rule]] = {}
         self._checked = time.monotonic()
+        #: per login: when its last refusal was logged, and how many came since
+        self._refusals: dict[str, tuple[float, int]] = {}
         if self._users is not None:  # an open broker has no ACL: no node map to keep
             self._refresh_devices()
 
@@ -231,5 +233,21 @@ class RoleAclPlugin(BaseTopicPlugin):  # type: ignore[misc]
             role_rules = self.rules_of(username) or []
             ok = allowed(role_rules, access, topic)  # type: ignore[arg-type]
         if not ok and access != "receive":
-            log.info("ACL: %s may not %s %s", username or "(anonymous)", access, topic)
+            self._refused(username or "(anonymous)", access, topic)
         return ok
+
+    def _refused(self, who: str, access: str, topic: str) -> None:
+        """A refusal, logged: each login's first in a second as it is, the others of that
+        second counted and said with the next. One line each let a reader's flood of
+        refused publishes (50,000 in 3.6 s) rotate the broker's log away within a minute
+        (a security tour)."""
+        now = time.monotonic()
+        first, more = self._refusals.get(who, (0.0, 0))
+        if now - first < 1.0:
+            self._refusals[who] = (first, more + 1)
+            return
+        if len(self._refusals) > 10_000:
+            self._refusals.clear()
+        self._refusals[who] = (now, 0)
+        also = f" (and {more} more refusals of {who} in the second before)" if more else ""
+        log.info("ACL: %s may not %s %s%s", who, access, topic, also)
