@@ -7,6 +7,7 @@ import os
 import re
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -198,6 +199,75 @@ async def test_stream_times_out_as_follow_and_wait_do(
 
             await asyncio.wait_for(asyncio.to_thread(sync), 20)
             await job.cancel()
+
+
+async def test_a_close_ends_the_calls_that_wait_on_the_client(
+    broker: RunningBroker, tmp_path: Path, instance: str
+) -> None:
+    """An integrator's tour: ``close()`` while a thread's ``wait(timeout=3)`` (or a
+    ``follow``, a ``stream``) waited on a job left it waiting for ever, its own timeout
+    too, and the script never exited; a task's ``wait()`` after the async client's close
+    the same. Each ends with ``ClientError`` "closed" at once."""
+    import threading
+
+    from tomato_mqtt.client import ClientError
+
+    payload = yaml.safe_load((CONFIG / "counter_1_0.1.yml").read_text())
+    async with inproc_stack(broker.port, tmp_path, instance):
+        url = f"mqtt://127.0.0.1:{broker.port}"
+        t = AsyncTomato(url, instance)
+        await t.connect()
+        job = await t.submit(payload, jobname="waits")  # no pipeline holds its sample
+        waiting = [
+            asyncio.ensure_future(job.wait()),
+            asyncio.ensure_future(_drain(job.follow())),
+            asyncio.ensure_future(_drain(job.stream())),
+        ]
+        await asyncio.sleep(0.5)
+        await t.close()
+        for w in waiting:
+            with pytest.raises(ClientError, match="this client was closed") as e:
+                await asyncio.wait_for(w, 5)
+            assert e.value.code == "closed"
+
+        def sync() -> list[str]:
+            s = Tomato(url, instance)
+            ended: list[str] = []
+            sjob = s.job(job.id)
+            calls = (
+                lambda: sjob.wait(timeout=30),
+                lambda: list(sjob.follow(timeout=30)),
+                lambda: list(sjob.stream(timeout=30)),
+            )
+
+            def run(call: object) -> None:
+                try:
+                    call()  # type: ignore[operator]
+                except ClientError as err:
+                    ended.append(str(err.code))
+
+            threads = [threading.Thread(target=run, args=(c,)) for c in calls]
+            for th in threads:
+                th.start()
+            import time
+
+            time.sleep(1.0)
+            t0 = time.monotonic()
+            s.close()
+            for th in threads:
+                th.join(10)
+            assert not any(th.is_alive() for th in threads), "a call still waits"
+            assert time.monotonic() - t0 < 5
+            return ended
+
+        assert sorted(await asyncio.wait_for(asyncio.to_thread(sync), 30)) == ["closed"] * 3
+        async with AsyncTomato(url, instance) as again:
+            await again.cancel(job.id)
+
+
+async def _drain(agen: Any) -> None:
+    async for _ in agen:
+        pass
 
 
 async def test_every_failure_is_a_client_error_with_a_code(

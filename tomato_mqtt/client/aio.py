@@ -84,15 +84,39 @@ class _Unanswered(Exception):
         self.me = me
 
 
+#: what a client closed meanwhile says to the calls that were waiting
+CLOSED = "this client was closed while the call waited (close() ends what waits on it)"
+
+
 class _Inbox:
-    """Messages of some subscriptions, handed from paho's thread to this loop."""
+    """Messages of some subscriptions, handed from paho's thread to this loop; a client
+    that is closed puts None in, which ends what waits on it (:meth:`get`)."""
 
     def __init__(self) -> None:
-        self.queue: asyncio.Queue[Message] = asyncio.Queue()
+        self.queue: asyncio.Queue[Message | None] = asyncio.Queue()
         self._loop = asyncio.get_running_loop()
 
     def __call__(self, msg: Message) -> None:  # paho's thread: hand over only
         self._loop.call_soon_threadsafe(self.queue.put_nowait, msg)
+
+    async def get(self, timeout: float | None) -> Message:
+        """The next message; ``asyncio.TimeoutError``; ``ClientError`` once the client
+        is closed (a follow, a stream or a wait of another task or thread waited for
+        ever after it, its own timeout too: an integrator's tour)."""
+        msg = await wait_for(self.queue.get(), timeout)
+        if msg is None:
+            self.queue.put_nowait(None)  # (said to whatever else waits on it)
+            raise ClientError(CLOSED, "closed")
+        return msg
+
+    def take(self) -> Message | None:
+        """The next message if one is there (None: none, or closed)."""
+        if self.queue.empty():
+            return None
+        msg = self.queue.get_nowait()
+        if msg is None:
+            self.queue.put_nowait(None)  # (for :meth:`get` to say)
+        return msg
 
 
 def _job_repr(info: JobInfo) -> str:
@@ -163,6 +187,7 @@ class AsyncTomato:
         # larger requests are refused here: the broker would close the connection, and
         # paho sent them again at each reconnect (a review: "no scheduler answered")
         self.requester = Requester(self.mqtt, self.topics, max_request)
+        self._inboxes: set[_Inbox] = set()  # of the follows and streams under way
 
     @classmethod
     def from_settings(
@@ -186,6 +211,8 @@ class AsyncTomato:
         return self
 
     async def close(self) -> None:
+        for inbox in self._inboxes:  # what waits on them ends: ClientError "closed"
+            inbox.queue.put_nowait(None)
         await self.mqtt.disconnect()
 
     async def __aenter__(self) -> AsyncTomato:
@@ -508,6 +535,7 @@ class AsyncTomato:
         the two is missed.
         """
         inbox = _Inbox()
+        self._inboxes.add(inbox)
         filters = (
             self.topics.job_status(jobid),
             self.topics.job_event(jobid),
@@ -545,8 +573,8 @@ class AsyncTomato:
             p.job(job.model_dump(mode="json"))
             # what came meanwhile, the recorder's retained count among it: the first
             # line of a job followed mid-run said "0 point(s)" (a newcomer's tour)
-            while not inbox.queue.empty():
-                await take(inbox.queue.get_nowait())
+            while (came := inbox.take()) is not None:
+                await take(came)
             shown = p.line()
             yield p
             while p.status not in final:
@@ -554,7 +582,7 @@ class AsyncTomato:
                 if left is not None and left <= 0:
                     raise TimeoutError(f"job {jobid} still {p.status} after {timeout:g} s")
                 try:
-                    msg = await wait_for(inbox.queue.get(), left)
+                    msg = await inbox.get(left)
                 except asyncio.TimeoutError:
                     continue
                 if not await take(msg):
@@ -564,6 +592,7 @@ class AsyncTomato:
                 shown = p.line()
                 yield p
         finally:
+            self._inboxes.discard(inbox)
             for f in filters:
                 with contextlib.suppress(Exception):
                     await self.mqtt.unsubscribe(f, handler=inbox)
@@ -578,6 +607,7 @@ class AsyncTomato:
         would otherwise keep the loop waiting for ever).
         """
         inbox = _Inbox()
+        self._inboxes.add(inbox)
         data, status = self.topics.all_component_data(), self.topics.job_status(jobid)
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
@@ -592,7 +622,7 @@ class AsyncTomato:
                 if left is not None and left <= 0:
                     raise TimeoutError(f"job {jobid} still {now} after {timeout:g} s")
                 try:
-                    msg = await wait_for(inbox.queue.get(), left)
+                    msg = await inbox.get(left)
                 except asyncio.TimeoutError:
                     continue
                 if msg.topic == status:
@@ -612,6 +642,7 @@ class AsyncTomato:
                 if batch.job == jobid:
                     yield batch
         finally:
+            self._inboxes.discard(inbox)
             for f in (data, status):
                 with contextlib.suppress(Exception):
                     await self.mqtt.unsubscribe(f, handler=inbox)

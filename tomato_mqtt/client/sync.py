@@ -123,7 +123,22 @@ class Tomato:
         import asyncio
 
         if self._aio is not None:
-            asyncio.run_coroutine_threadsafe(self._aio.close(), self._loop).result(10)
+            aio = self._aio
+
+            async def close_and_end_calls() -> None:
+                # the calls other threads wait on (wait, follow, stream) end with
+                # ClientError "closed"; any still running is cancelled: it waited for
+                # ever once the loop stopped, its own timeout too (an integrator's tour)
+                await aio.close()
+                others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+                if others:
+                    _done, pending = await asyncio.wait(others, timeout=1.0)
+                    for t in pending:
+                        t.cancel()
+                    if pending:
+                        await asyncio.wait(pending, timeout=1.0)
+
+            asyncio.run_coroutine_threadsafe(close_and_end_calls(), self._loop).result(10)
         self._loop.call_soon_threadsafe(self._loop.stop)
         if self._thread is not None:
             self._thread.join(10)
@@ -155,8 +170,14 @@ class Tomato:
     # -- the rest runs on an asyncio client in a background thread --------------------
     def _run(self, coro: Coroutine[Any, Any, T]) -> T:
         import asyncio
+        import concurrent.futures
 
-        return asyncio.run_coroutine_threadsafe(coro, self._start()).result()
+        try:
+            return asyncio.run_coroutine_threadsafe(coro, self._start()).result()
+        except concurrent.futures.CancelledError:  # close() ended it
+            from tomato_mqtt.client.aio import CLOSED, ClientError
+
+            raise ClientError(CLOSED, "closed") from None
 
     def _start(self) -> asyncio.AbstractEventLoop:
         # threads may share one Tomato: the first call starts the client, once, and the
@@ -210,6 +231,10 @@ class Tomato:
         fut = asyncio.run_coroutine_threadsafe(pump(), self._start())
         try:
             while (item := q.get()) is not _END:
+                if isinstance(item, asyncio.CancelledError):  # close() ended it
+                    from tomato_mqtt.client.aio import CLOSED, ClientError
+
+                    raise ClientError(CLOSED, "closed")
                 if isinstance(item, BaseException):
                     raise item
                 yield item
