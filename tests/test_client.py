@@ -261,6 +261,15 @@ async def test_a_close_ends_the_calls_that_wait_on_the_client(
             return ended
 
         assert sorted(await asyncio.wait_for(asyncio.to_thread(sync), 30)) == ["closed"] * 3
+        # used after its close, or never connected: said at once, typed (it waited its
+        # timeout and said "lost its connection … connects again by itself", or raised
+        # the transport's untyped MqttError: an integrator's tour)
+        for unconnected in (t, AsyncTomato(url, instance)):
+            t0 = asyncio.get_running_loop().time()
+            with pytest.raises(ClientError, match="this client is not connected") as e:
+                await unconnected.summary()
+            assert e.value.code == "closed"
+            assert asyncio.get_running_loop().time() - t0 < 1
         async with AsyncTomato(url, instance) as again:
             await again.cancel(job.id)
 

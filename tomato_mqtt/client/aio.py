@@ -226,6 +226,7 @@ class AsyncTomato:
         self, topic: str, args: Mapping[str, Any] | None = None, *, timeout: float | None = None
     ) -> Reply:
         """A raw request on ``topic``: the :class:`Reply`, whatever it says."""
+        self._require_started()
         who = "recorder" if "/recorder/" in topic else "responder"
         if "/scheduler/" in topic:
             who = "scheduler"
@@ -248,6 +249,10 @@ class AsyncTomato:
         that closes the connection for a forbidden publish (Aedes) closes it again at
         each reconnect while the request is in flight: whoami can only go once the
         request is forgotten, after the timeout (for at most ``WHOAMI_BEFORE`` s)."""
+        if not self.mqtt.started:
+            if asyncio.iscoroutine(request):
+                request.close()  # (never awaited: no warning of it)
+            self._require_started()
         parsed = self.topics.parse(topic)
         ask = bool(self.url.username) and parsed is not None and parsed.op not in (None, "whoami")
         answer = asyncio.ensure_future(request)
@@ -434,7 +439,19 @@ class AsyncTomato:
             )
         return ClientError(str(e), "unavailable")
 
+    def _require_started(self) -> None:
+        """A client used before ``connect()`` (or after ``close()``) says so: it raised
+        the transport's own untyped MqttError, "not connected: call connect() first",
+        with a traceback through its modules (an integrator's tour)."""
+        if not self.mqtt.started:
+            raise ClientError(
+                "this client is not connected: use `async with AsyncTomato(...) as t`, or "
+                "`await t.connect()` first (again after close())",
+                "closed",
+            )
+
     async def _subscribe(self, filter_: str, handler: Callable[[Message], None]) -> None:
+        self._require_started()
         try:
             await self.mqtt.subscribe(filter_, handler=handler)
         except MqttError as e:

@@ -141,6 +141,11 @@ class AsyncClient(_LoopDriven):
     def is_connected(self) -> bool:
         return self._connected.is_set()
 
+    @property
+    def started(self) -> bool:
+        """Whether :meth:`connect` ran (and :meth:`disconnect` has not since)."""
+        return self._paho is not None and not self._closing
+
     def _make_paho(self) -> paho.Client:
         c = paho.Client(
             CallbackAPIVersion.VERSION2,
