@@ -248,6 +248,14 @@ async def test_a_download_refused_says_why_with_its_http_code(
                 http.get(dash.address() + "api/job/999/download") as r,
             ):
                 assert r.status == 404 and "999" in await r.text(), await r.text()
+            # an id past what a job id may be: 400, not a 500 and a traceback in the log
+            # (a security tour)
+            big = "9" * 20
+            async with (
+                aiohttp.ClientSession() as http,
+                http.get(dash.address() + f"api/job/{big}/download") as r,
+            ):
+                assert r.status == 400 and "a job id is a whole number" in await r.text()
 
 
 async def test_a_page_signed_out_elsewhere_is_told_so_at_its_next_control(

@@ -458,6 +458,8 @@ async def _download(request: web.Request) -> web.StreamResponse:
     """A snapshot of the job's file: written by the recorder now, fetched chunk by chunk."""
     s = _session(request)
     job = int(request.match_info["job"])
+    if not 0 < job <= JOB_ID_MAX:  # (a 500 and a traceback in the log: a security tour)
+        raise web.HTTPBadRequest(text=f"no job {job}: a job id is a whole number 1..{JOB_ID_MAX}")
     if "job_snapshot" not in s.controls:
         if s.read_only:  # the reason, not the role (an admin was told its role may not)
             raise web.HTTPForbidden(text="this dashboard is read-only: no snapshots here")
