@@ -206,3 +206,38 @@ async def test_a_driver_slow_to_connect_is_said_in_its_component_s_status(
         said = [str(err) for _, err in seen if err]
         assert said and said[0].startswith("still connecting: the driver has not returned"), seen
         assert "'ok' for 0.3 s" in said[0], said
+
+
+async def test_a_payload_may_not_name_another_job_s_folder_in_the_datadir(
+    broker: RunningBroker, instance: str, tmp_path: Path
+) -> None:
+    """A security tour: an operator's job named `Jobs/3` and `results.3` as its output,
+    wrote there first, and job 3's owner found the other's data under her job's name
+    (hers went to a side file). A payload's output in another job's datadir folder goes
+    to the job's own folder, and the submit says so."""
+    import yaml
+
+    from tests.inproc import CONFIG
+
+    async with inproc_stack(broker.port, tmp_path, instance) as st:
+        first = await st.short_job()
+        other = st.settings.jobs_dir / str(first.id + 5)  # (a job to come)
+        for folder in (st.settings.jobs_dir / str(first.id), other):
+            payload = yaml.safe_load((CONFIG / "counter_1_0.1.yml").read_text())
+            payload["method"][0].update(time=0.3, delay=0.1)
+            payload.setdefault("tomato", {})["output"] = {
+                "path": str(folder),
+                "prefix": f"results.{folder.name}",
+            }
+            work = st.settings.datadir / "work"
+            await st.call("pipeline_ready", {"pipeline": "pip-counter-1"})
+            said = await st.raw(
+                st.topics.scheduler_cmd("job_submit"),
+                {"payload": payload, "submit_dir": str(work)},
+            )
+            assert said.success, said
+            assert "is another job's folder in the datadir" in said.msg, said.msg
+            job = await st.wait_job(said.data["id"], {"c", "ce", "cd"}, timeout=30)
+            own = st.settings.jobs_dir / str(job.id)
+            assert job.status == "c" and job.respath == str(own / f"results.{folder.name}.nc")
+        assert not (other / f"results.{other.name}.nc").exists()

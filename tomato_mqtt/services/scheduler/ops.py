@@ -421,6 +421,15 @@ class SchedulerOps:
                     f"`ketchup snapshot {job.id}` fetches a copy"
                 )
                 base = own
+            elif _under(base, [self.svc.settings.jobs_dir]) and not _under(base, [own]):
+                # the datadir's job folders are the jobs' own: an operator's output named
+                # another's folder and file (Jobs/3, results.3), got there first, and the
+                # owner's data went to a side file (a security tour)
+                note = (
+                    f"; its results go to {own / f'{prefix}.nc'}: {base} is another job's "
+                    "folder in the datadir, which no payload may name"
+                )
+                base = own
             elif _taken(base / f"{prefix}.nc"):
                 # the recorder writes over no file but an earlier version of the job's
                 # own: said now (a lab moving over from tomato 2.2, which overwrote, ran
