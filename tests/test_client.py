@@ -223,7 +223,11 @@ async def test_a_close_ends_the_calls_that_wait_on_the_client(
             asyncio.ensure_future(_drain(job.follow())),
             asyncio.ensure_future(_drain(job.stream())),
         ]
-        await asyncio.sleep(0.5)
+        for _ in range(200):  # each waits on its subscriptions (not on a request)
+            if len(t._inboxes) == 3 and all(not w.done() for w in waiting):
+                break
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.2)  # (past the first status each asks)
         await t.close()
         for w in waiting:
             with pytest.raises(ClientError, match="this client was closed") as e:
@@ -251,7 +255,11 @@ async def test_a_close_ends_the_calls_that_wait_on_the_client(
                 th.start()
             import time
 
-            time.sleep(1.0)
+            for _ in range(200):  # each waits on its subscriptions (not on a request)
+                if s._aio is not None and len(s._aio._inboxes) == 3:
+                    break
+                time.sleep(0.05)
+            time.sleep(0.2)  # (past the first status each asks)
             t0 = time.monotonic()
             s.close()
             for th in threads:

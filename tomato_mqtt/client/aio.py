@@ -213,6 +213,7 @@ class AsyncTomato:
     async def close(self) -> None:
         for inbox in self._inboxes:  # what waits on them ends: ClientError "closed"
             inbox.queue.put_nowait(None)
+        self.requester.fail_all(ClientError(CLOSED, "closed"))  # and the requests too
         await self.mqtt.disconnect()
 
     async def __aenter__(self) -> AsyncTomato:

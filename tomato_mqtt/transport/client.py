@@ -296,6 +296,7 @@ class AsyncClient(_LoopDriven):
         c = self._require_client()
         data = payload.encode() if isinstance(payload, str) else payload
         info = c.publish(topic, data, qos=qos, retain=retain)
+        began = time.monotonic()
         if info.rc == MQTTErrorCode.MQTT_ERR_QUEUE_SIZE:
             # every message id in flight (65,535 unacknowledged: replies to a request flood
             # the broker took slowly): wait for acks, as for a full queue, up to the
@@ -313,8 +314,8 @@ class AsyncClient(_LoopDriven):
         if info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS and info.is_published():
             return
         fut = self._ack_future(info.mid)
-        try:
-            await wait_for(fut, timeout)
+        try:  # (the wait for room, if any, counts against the same timeout)
+            await wait_for(fut, max(0.0, timeout - (time.monotonic() - began)))
         except asyncio.TimeoutError:
             raise MqttTimeout(
                 f"the broker at {self.url} did not acknowledge a publish to {topic} "

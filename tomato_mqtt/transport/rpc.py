@@ -126,6 +126,13 @@ class Requester:
             await self.client.subscribe(self.reply_topic, handler=self._on_reply)
             self._started = True
 
+    def fail_all(self, error: BaseException) -> None:
+        """Every request still waiting for its reply raises ``error`` (its client is being
+        closed: they waited out their timeouts, a review)."""
+        for fut in self._waiting.values():
+            if not fut.done():
+                fut.set_exception(error)
+
     def _on_reply(self, msg: Message) -> None:
         try:
             reply = decode(Reply, msg.payload, msg.topic)

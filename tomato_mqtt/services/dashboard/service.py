@@ -530,12 +530,14 @@ class DashboardService:
             if snap.size > BACKFILL_MAX_BYTES:
                 log.info("job %d: file of %d bytes not loaded into the plots", job, snap.size)
                 self.backfill_state[job] = f"not loaded: {snap.size} bytes"
+                self._tell_load(job)
                 return
             data = b"".join([c async for c in chunks(s, snap)])
             roles = await asyncio.to_thread(read_job_file, data)
         except ImportError:
             log.warning("netCDF4 is not installed: plots start with live data only")
             self.backfill_state[job] = "failed: netCDF4 is not installed"
+            self._tell_load(job)
             return
         except Exception as e:  # a refusal, a timeout, a bad file: live now, again later
             log.warning(

@@ -318,7 +318,8 @@ class JobLifecycle:
             if isinstance(data.get("points"), dict):
                 progress["points"] = data["points"]
             if job.snappath and (job.payload.get("settings") or {}).get("snapshot"):
-                svc.spawn(self._last_snapshot(final, Path(job.snappath)))
+                judged_job = final.model_copy(update={"status": status, "reason": reason})
+                svc.spawn(self._last_snapshot(judged_job, Path(job.snappath)))
         else:
             respath = job.respath
             if status == "c":

@@ -87,6 +87,15 @@ def _under(folder: Path, roots: list[Path]) -> bool:
     return lies_under(target, roots)
 
 
+def _resolved(folder: Path) -> Path:
+    """``folder`` resolved as far as it can be (a root for :func:`_under`: a datadir on a
+    symlinked disk was never found under itself, a review)."""
+    try:
+        return folder.resolve()
+    except OSError:
+        return folder
+
+
 def _payload_from_text(text: str) -> dict[str, Any]:
     """A payload sent as its file's text (``ketchup submit``: the CLI need not load a
     YAML parser). Refusals name no file: the submitter adds its own path."""
@@ -421,7 +430,9 @@ class SchedulerOps:
                     f"`ketchup snapshot {job.id}` fetches a copy"
                 )
                 base = own
-            elif _under(base, [self.svc.settings.jobs_dir]) and not _under(base, [own]):
+            elif _under(base, [_resolved(self.svc.settings.jobs_dir)]) and not _under(
+                base, [_resolved(own)]
+            ):
                 # the datadir's job folders are the jobs' own: an operator's output named
                 # another's folder and file (Jobs/3, results.3), got there first, and the
                 # owner's data went to a side file (a security tour)
