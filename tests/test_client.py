@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import sys
@@ -280,6 +281,41 @@ async def test_a_close_ends_the_calls_that_wait_on_the_client(
             assert asyncio.get_running_loop().time() - t0 < 1
         async with AsyncTomato(url, instance) as again:
             await again.cancel(job.id)
+
+
+async def test_a_call_with_a_timeout_of_its_own_waits_for_a_stack_that_is_away(
+    broker: RunningBroker, tmp_path: Path, instance: str
+) -> None:
+    """An integrator's tour: ``wait(timeout=3)`` of a client of 5 s raised
+    ``unavailable`` after 5 s (no ``TimeoutError`` after 3); ``wait(timeout=60)``
+    raised ``unavailable`` at the client's 10 s while the stack came back at 13 s. A
+    call's own timeout bounds it, and the stack is asked again within it."""
+    url = f"mqtt://127.0.0.1:{broker.port}"
+    loop = asyncio.get_running_loop()
+    async with AsyncTomato(url, instance, timeout=5.0) as t:  # nothing behind the broker
+        t0 = loop.time()
+        with pytest.raises(TimeoutError, match="the stack did not answer within 1.5 s"):
+            await t.wait(1, timeout=1.5)
+        assert loop.time() - t0 < 3.5
+    async with AsyncTomato(url, instance, timeout=1.0) as t:
+
+        async def late_stack() -> None:
+            await asyncio.sleep(2.0)  # past the client's 1 s: the stack comes up
+            async with inproc_stack(broker.port, tmp_path, instance):
+                await asyncio.sleep(10)
+
+        up = asyncio.ensure_future(late_stack())
+        try:
+            t0 = loop.time()
+            from tomato_mqtt.client import ClientError
+
+            with pytest.raises(ClientError) as e:  # answered, once it is up: no job 1
+                await t.wait(1, timeout=20)
+            assert e.value.code == "not_found" and loop.time() - t0 > 1.5, (e.value, t0)
+        finally:
+            up.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await up
 
 
 async def _drain(agen: Any) -> None:

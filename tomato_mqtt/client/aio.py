@@ -510,6 +510,39 @@ class AsyncTomato:
         jobs: list[JobInfo] = await self.call("job_status", {"jobids": [jobid]})
         return jobs[0]
 
+    async def _status_by(
+        self, jobid: int, deadline: float | None, timeout: float | None
+    ) -> JobInfo:
+        """The job's status for a call with a timeout of its own (``deadline``, on this
+        loop's clock; None: none, the client's timeout then): asked within it, and again
+        while the stack does not answer (stopped, restarting) until it is over, then
+        ``TimeoutError``. A
+        ``wait(timeout=60)`` raised ``unavailable`` at the client's 10 s, the stack back
+        at 13 s, and ``wait(timeout=3)`` of a client of 5 s only after 5 s (an
+        integrator's tour)."""
+        if deadline is None:  # no timeout of its own: the client's, once (a stack that
+            # is down is said: `ketchup status --follow` would wait for ever)
+            return await self.status(jobid)
+        loop = asyncio.get_running_loop()
+        while True:
+            left = deadline - loop.time()
+            if left <= 0:
+                raise TimeoutError(f"job {jobid}: the stack did not answer within {timeout:g} s")
+            ask = max(0.1, min(self.timeout, left))
+            try:
+                jobs: list[JobInfo] = await self.call(
+                    "job_status", {"jobids": [jobid]}, timeout=ask
+                )
+                return jobs[0]
+            except ClientError as e:
+                if e.code != "unavailable":
+                    raise
+                if loop.time() >= deadline:
+                    raise TimeoutError(
+                        f"job {jobid}: the stack did not answer within {timeout:g} s ({e})"
+                    ) from None
+                await asyncio.sleep(0.5)
+
     async def jobs(self, *jobids: int) -> list[JobInfo]:
         """The jobs given, or every job (asked page by page: a reply holds at most
         ``JOB_PAGE_MAX``)."""
@@ -587,7 +620,7 @@ class AsyncTomato:
         try:  # (subscribed in it: one that failed left the others for the client's life)
             for f in filters:
                 await self._subscribe(f, inbox)
-            job = await self.status(jobid)
+            job = await self._status_by(jobid, deadline, timeout)
             p.job(job.model_dump(mode="json"))
             # what came meanwhile, the recorder's retained count among it: the first
             # line of a job followed mid-run said "0 point(s)" (a newcomer's tour)
@@ -632,7 +665,7 @@ class AsyncTomato:
         try:  # (subscribed in it, as follow)
             await self._subscribe(data, inbox)
             await self._subscribe(status, inbox)
-            now = (await self.status(jobid)).status
+            now = (await self._status_by(jobid, deadline, timeout)).status
             if now in FINAL:
                 return
             while True:
