@@ -74,6 +74,15 @@ class ClientError(Exception):
         self.code = code
 
 
+#: what a client closed meanwhile says to the calls that were waiting
+CLOSED = "this client was closed while the call waited (close() ends what waits on it)"
+
+
+def closed() -> ClientError:
+    """What a call that waited on a client gets once the client is closed (:data:`CLOSED`)."""
+    return ClientError(CLOSED, "closed")
+
+
 class _Unanswered(Exception):
     """A request nobody answered (``error``), and the login's ``whoami`` reply (``me``),
     if it was asked and came."""
@@ -82,10 +91,6 @@ class _Unanswered(Exception):
         super().__init__(str(error))
         self.error = error
         self.me = me
-
-
-#: what a client closed meanwhile says to the calls that were waiting
-CLOSED = "this client was closed while the call waited (close() ends what waits on it)"
 
 
 class _Inbox:
@@ -106,7 +111,7 @@ class _Inbox:
         msg = await wait_for(self.queue.get(), timeout)
         if msg is None:
             self.queue.put_nowait(None)  # (said to whatever else waits on it)
-            raise ClientError(CLOSED, "closed")
+            raise closed()
         return msg
 
     def take(self) -> Message | None:
@@ -213,7 +218,7 @@ class AsyncTomato:
     async def close(self) -> None:
         for inbox in self._inboxes:  # what waits on them ends: ClientError "closed"
             inbox.queue.put_nowait(None)
-        self.requester.fail_all(ClientError(CLOSED, "closed"))  # and the requests too
+        self.requester.fail_all(closed())  # and the requests too
         await self.mqtt.disconnect()
 
     async def __aenter__(self) -> AsyncTomato:

@@ -175,9 +175,9 @@ class Tomato:
         try:
             return asyncio.run_coroutine_threadsafe(coro, self._start()).result()
         except concurrent.futures.CancelledError:  # close() ended it
-            from tomato_mqtt.client.aio import CLOSED, ClientError
+            from tomato_mqtt.client.aio import closed
 
-            raise ClientError(CLOSED, "closed") from None
+            raise closed() from None
 
     def _start(self) -> asyncio.AbstractEventLoop:
         # threads may share one Tomato: the first call starts the client, once, and the
@@ -232,9 +232,9 @@ class Tomato:
         try:
             while (item := q.get()) is not _END:
                 if isinstance(item, asyncio.CancelledError):  # close() ended it
-                    from tomato_mqtt.client.aio import CLOSED, ClientError
+                    from tomato_mqtt.client.aio import closed
 
-                    raise ClientError(CLOSED, "closed")
+                    raise closed()
                 if isinstance(item, BaseException):
                     raise item
                 yield item

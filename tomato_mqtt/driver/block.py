@@ -232,10 +232,8 @@ def _check_scalars(name: str, col: Any) -> None:
             return
         if kind == "U":
             for v in col.tolist():
-                if "\x00" in v or not v.isascii():
-                    problem = text_problem(v)
-                    if problem is not None:
-                        raise BlockError(f"variable {name!r}: {problem}")
+                if (problem := text_problem(v)) is not None:
+                    raise BlockError(f"variable {name!r}: {problem}")
             return
         if kind != "O":
             raise BlockError(f"variable {name!r}: numpy dtype {col.dtype} cannot go in the file")
