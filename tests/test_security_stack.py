@@ -190,7 +190,12 @@ def roles(st: Stack, tmp_path: Path, kind: str) -> None:
     # the owner cancels their job
     allowed(st, "olga", "ketchup", "cancel", str(jobid))
     job = st.wait_job(jobid, {"c", "ce", "cd"}, timeout=60)
-    assert job["status"] == "cd" and job["reason"] is None, (job, st.logs())
+    # a busy 2-core CI box may make the 0.2 s clock skip a deadline: said after "cancelled"
+    reason = job["reason"]
+    assert job["status"] == "cd", (job, st.logs())
+    assert reason is None or (
+        reason.startswith("cancelled; ") and "sampling deadlines" in reason
+    ), (job, st.logs())
     assert "running" in allowed(st, "ada", "tomato", "status")
     # an admin cancels olga's jobs, one running and one queued: each says who (olga's
     # page read only `cd`: a dashboard tour)
