@@ -214,6 +214,10 @@ async def test_one_login_s_flood_is_dropped_and_the_others_are_answered(
         AsyncClient(broker.url, client_id=f"{instance}-rita") as rita,
         AsyncClient(broker.url, client_id=f"{instance}-olga") as olga,
     ):
+        heard: list[Reply] = []
+        await rita.subscribe(
+            topics.reply("rita", "rita"), handler=lambda m: heard.append(decode(Reply, m.payload))
+        )
         t0 = time.monotonic()
         flood = encode(Request(id="x", reply_to=topics.reply("rita", "rita"), args={"who": "r"}))
         for _ in range(500):  # (ids repeat: each is still a request to admit or drop)
@@ -223,6 +227,14 @@ async def test_one_login_s_flood_is_dropped_and_the_others_are_answered(
         assert reply.success, reply
         took = time.monotonic() - t0
         dropped = server.responder.dropped  # type: ignore[attr-defined]
+        # the flooder is told why, once a second (it heard nothing and waited its timeouts)
+        for _ in range(int(T / 0.05)):
+            if any(r.code == "conflict" for r in heard):
+                break
+            await asyncio.sleep(0.05)
+    told = [r for r in heard if not r.success]
+    assert 1 <= len(told) <= took + 2, (len(told), took)
+    assert told[0].code == "conflict" and "at most 10 requests a second" in told[0].msg, told[0]
     # (the ids repeat: one call for the admitted ones, the rest answered from memory)
     assert [c["who"] for c in svc.calls] == ["r", "o"], svc.calls
     # (a QoS 0 flood: the broker may drop some of it on its way, as amqtt says it did)

@@ -7,6 +7,7 @@ the CLIs log in as the lab users of ``tests.secure_stack``. Refusals must be a c
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -16,11 +17,15 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+import xarray as xr
 import yaml
 
 from tests.counts import taken
 from tests.secure_stack import LAB_USERS, as_user, secure_stack
 from tests.stack import CONFIG, Stack
+from tomato_mqtt.transport.client import AsyncClient
+from tomato_mqtt.wire.messages import Reply, Request, decode, encode
+from tomato_mqtt.wire.topics import Topics
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -400,3 +405,62 @@ def test_a_broker_message_size_limit_below_a_batch_loses_no_point(
         n, missed = taken(job)
         got = int(job["progress"]["points"]["counter"])
         assert n > 1000 and got == n, (n, missed, got)
+
+
+async def flood_as(st: Stack, user: str, topic: str, n: int) -> list[Reply]:
+    """``n`` requests of ``user`` on ``topic`` as fast as they go (QoS 0), and the
+    failed replies heard within 3 s of the last."""
+    t = Topics(st.instance, user)
+    url = f"mqtt://{user}:{LAB_USERS[user][0]}@127.0.0.1:{st.port}"
+    heard: list[Reply] = []
+    async with AsyncClient(url) as c:
+        reply_to = t.reply(c.client_id, user)
+        await c.subscribe(reply_to, handler=lambda m: heard.append(decode(Reply, m.payload)))
+        for i in range(n):
+            req = Request(id=f"flood-{i}", reply_to=reply_to, args={})
+            await c.publish(topic, encode(req), qos=0)
+        for _ in range(60):
+            if any(r.code == "conflict" for r in heard):
+                break
+            await asyncio.sleep(0.05)
+    return [r for r in heard if not r.success]
+
+
+@SHARED
+def test_one_login_s_flood_of_the_recorder_or_a_node_is_limited_and_told(
+    secured: Stack, tmp_path: Path
+) -> None:
+    """The scheduler's per-login request limit holds for the recorder and the nodes of a
+    secured stack too (they had none: a reader's flood of recorder `status`, an
+    operator's of a component's `get_attr` were each read and answered). The flooder is
+    told why, once a second; a job meanwhile ends `c` with every point in its file."""
+    st = secured
+    doc = yaml.safe_load((CONFIG / "counter_1_0.1.yml").read_text())
+    doc["sample"]["name"] = "flood-sample"
+    doc["method"][0].update(delay=0.1, time=3)
+    path = tmp_path / "flood.yml"
+    path.write_text(yaml.safe_dump(doc))
+    allowed(st, "olga", "tomato", "pipeline", "load", "pip-counter-4", "flood-sample")
+    allowed(st, "olga", "tomato", "pipeline", "ready", "pip-counter-4")
+    jobid = submit_as(st, "olga", path)
+    st.wait_job(jobid, {"r"}, timeout=30)
+    t = Topics(st.instance)
+    cmp = "example_counter:(example-addr,4)"
+    rita = asyncio.run(flood_as(st, "rita", t.recorder_cmd("status", "rita"), 3000))
+    olga = asyncio.run(flood_as(st, "olga", t.component_user_cmd(cmp, "get_attr", "olga"), 3000))
+    job = st.wait_job(jobid, {"c", "ce", "cd"}, timeout=60)
+    assert job["status"] == "c", (job, st.logs())
+    n, missed = taken(job)
+    tree = xr.open_datatree(job["respath"])
+    try:
+        assert n + missed == 30 and tree["counter"].sizes["uts"] == n, (n, missed)
+    finally:
+        tree.close()
+    for who, told, name in (("rita", rita, "recorder"), ("olga", olga, "node local")):
+        said = [r.msg for r in told if r.code == "conflict"]
+        assert said and f"{name} takes at most 200 requests a second" in said[0], (who, told[:3])
+        assert len(said) <= 3, said  # once a second
+    logs = st.logs()
+    assert "recorder: requests over 200 a second of one login dropped unread (rita: " in logs
+    assert "node local: requests over 200 a second of one login dropped unread (olga: " in logs
+    allowed(st, "olga", "tomato", "pipeline", "eject", "pip-counter-4")

@@ -315,6 +315,8 @@ class Responder:
         self._buckets: dict[str, list[float]] = {}
         self._dropped: dict[str, int] = {}
         self._dropped_said = 0.0
+        #: per login: when a dropped request of it was last answered (once a second)
+        self._told: dict[str, float] = {}
         #: per login: the requests dropped so far
         self.dropped: dict[str, int] = {}
 
@@ -361,6 +363,7 @@ class Responder:
         parsed = self.topics.parse(msg.topic)
         user = parsed.user if parsed is not None else None
         if self.per_login and not self._admit(user or ""):
+            await self._tell_throttled(msg, op, user or "")
             return
         if msg.retain:
             # a request kept by the broker (published with retain): sent again at every
@@ -544,6 +547,29 @@ class Responder:
                 )
             log.exception("%s: operation %s failed", self.name, op)
             return fail(f"internal error in {self.name}: {e!r}", "internal")
+
+    async def _tell_throttled(self, msg: Message, op: str, user: str) -> None:
+        """Answer one dropped request of ``user`` a second, ``conflict``, saying why: a
+        throttled login heard nothing and waited out each timeout (a security tour).
+        The others stay unread, so a flood costs no more than the limit allows."""
+        now = time.monotonic()
+        if now - self._told.get(user, -2.0) < 1.0:
+            return
+        if len(self._told) > 10_000:
+            self._told.clear()
+        self._told[user] = now
+        try:
+            req = decode(Request, msg.payload, msg.topic)
+        except DecodeError:
+            return
+        if not self._reply_allowed(req.reply_to, user or None):
+            return
+        said = (
+            f"{op} not answered: {self.name} takes at most {REQUESTS_PER_S:g} requests a "
+            f"second of one login (bursts of {REQUESTS_BURST}), and {user or 'this login'} "
+            "sent more; the others are dropped unread: send fewer, or wait for each answer"
+        )
+        await self._send(req.reply_to, Reply(id=req.id, success=False, msg=said, code="conflict"))
 
     async def _reply_to_malformed(self, msg: Message, reason: str) -> None:
         m = _REPLY_TO.search(msg.payload)

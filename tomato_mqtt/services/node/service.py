@@ -279,6 +279,9 @@ class NodeService(Service):
             return
         # no reply larger than the broker takes: a larger one would cost the node its
         # connection (a too large `measure` is refused in words, not answered empty)
+        # a node with a login is on a secured stack: one login's requests are limited
+        # (an operator's flood of `measure` must not hold up the scheduler's tasks)
+        secured = self.config.url.username is not None
         self._node_responder = Responder(
             self.mqtt,
             self.topics,
@@ -286,6 +289,7 @@ class NodeService(Service):
             name=f"node {self.name}",
             kind="node",
             max_reply=self.config.max_message,
+            per_login=secured,
         )
         self._cmp_responder = Responder(
             self.mqtt,
@@ -294,6 +298,7 @@ class NodeService(Service):
             name=f"node {self.name}",
             kind="component",
             max_reply=self.config.max_message,
+            per_login=secured,
         )
         if self._configured is None:  # before anything can answer: the first connect
             self._configured = asyncio.Event()

@@ -133,6 +133,8 @@ class RecorderService(Service):
         self.started_at = time.time()
         # default: only below the recorder's own data folder (settings give datadir + home)
         self.guard = WriteGuard(output_roots or [db_path.parent], users_file)
+        #: a secured stack: one login's requests are limited (as the scheduler's)
+        self.secured = users_file is not None
         self._client_id = f"recorder-{instance}-{uuid.uuid4().hex[:16]}"
         self._stored = asyncio.Condition()
         self._waiting = 0  # finalize calls waiting for the next stored batch
@@ -201,6 +203,8 @@ class RecorderService(Service):
             name="recorder",
             kind="recorder",
             max_reply=self.max_reply,
+            # one login's flood of fetches must not hold up the scheduler's finalize
+            per_login=self.secured,
         )
         await self.requester.start()
         # data batches may be dropped when we fall behind: the nodes replay them
