@@ -104,11 +104,22 @@ async def test_async_client_jobs_stream_snapshot_and_components(
             assert all(b.job == job.id and "val" in b.vars for b in seen)
             snap = await job.snapshot(tmp_path / "snap.nc")
             assert snap.is_file() and (snap.stat().st_mode & 0o777) == 0o644 & ~_umask()
+            # a folder: the file goes into it under its own name, as with cp (it failed
+            # naming a `.part` file: an integrator's tour); a missing folder is said
+            (tmp_path / "into").mkdir()
+            into = await job.snapshot(tmp_path / "into")
+            assert into == tmp_path / "into" / f"snapshot.{job.id}.nc" and into.is_file(), into
+            with pytest.raises(ClientError, match="there is no folder .*nowhere") as e:
+                await job.snapshot(tmp_path / "nowhere" / "snap.nc")
+            assert e.value.code == "bad_request" and ".part" not in str(e.value)
             ended = await job.wait(timeout=60)
             assert ended.status == "c"
             assert Path(str(ended.respath)).stat().st_mode & 0o044  # readable by the group
             tree = await job.results()
             assert tree["counter"].to_dataset().sizes["uts"] > 20
+            copy = await job.results(tmp_path / "into")
+            assert copy == tmp_path / "into" / Path(str(ended.respath)).name, copy
+            assert copy.read_bytes() == Path(str(ended.respath)).read_bytes()
             cmp = st.scheduler.layout.pipelines["pip-counter-2"].roles["counter"]
             got = await t.component_get(cmp)
             assert got, got

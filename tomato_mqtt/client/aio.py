@@ -727,14 +727,22 @@ class AsyncTomato:
                 return await asyncio.to_thread(_open_tree, Path(job.respath))
             import shutil
 
-            return Path(shutil.copyfile(job.respath, path))
+            target = _target(path, Path(job.respath).name)
+            try:
+                return Path(shutil.copyfile(job.respath, target))
+            except OSError as e:
+                raise ClientError(f"cannot write {target}: {e.strerror or e}", "bad_request") from e
         return await self.snapshot(jobid, path)
 
     async def fetch_file(self, info: FileData, target: Path) -> int:
         """The bytes of a file the recorder wrote, in chunks over MQTT, to ``target``."""
         part = target.with_name(target.name + ".part")
         try:
-            with part.open("wb") as f:
+            try:
+                f = part.open("wb")
+            except OSError as e:  # (it named the .part file: an integrator's tour)
+                raise ClientError(f"cannot write {target}: {e.strerror or e}", "bad_request") from e
+            with f:
                 for index in range(info.chunks):
                     r = await self.request(
                         self.topics.recorder_cmd("fetch"), {"token": info.token, "index": index}
@@ -753,8 +761,9 @@ class AsyncTomato:
 
     async def _deliver(self, info: FileData, path: str | os.PathLike[str] | None) -> Any:
         if path is not None:
-            await self.fetch_file(info, Path(path))
-            return Path(path)
+            target = _target(path, Path(info.path).name)
+            await self.fetch_file(info, target)
+            return target
         with tempfile.TemporaryDirectory() as tmp:
             target = Path(tmp) / Path(info.path).name
             await self.fetch_file(info, target)
@@ -812,3 +821,15 @@ def _open_tree(path: Path) -> Any:
 
     with NC_LOCK, xr.open_datatree(path, engine="netcdf4") as tree:
         return tree.load()
+
+
+def _target(path: str | os.PathLike[str], name: str) -> Path:
+    """Where a file asked for at ``path`` goes: into it under the file's own ``name``
+    when it is a folder (as ``cp``; it failed naming a ``.part`` file: an integrator's
+    tour), else ``path`` itself, whose folder must exist."""
+    p = Path(path).expanduser()
+    if p.is_dir():
+        return p / name
+    if not p.parent.is_dir():
+        raise ClientError(f"cannot write {p}: there is no folder {p.parent}", "bad_request")
+    return p
