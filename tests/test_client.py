@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import contextlib
 import os
 import re
@@ -480,6 +481,29 @@ async def test_one_tomato_may_be_shared_by_threads(broker: RunningBroker) -> Non
     finally:
         await asyncio.to_thread(t.close)
     assert got == ["unavailable"] * 8, got  # no scheduler of that instance: each says so
+
+
+async def test_a_client_dropped_without_close_ends_its_thread_and_connection(
+    broker: RunningBroker,
+) -> None:
+    """An integrator's tour: a ``Tomato`` dropped without ``close()`` kept its loop's
+    thread and its broker connection for the life of the process (a script making one a
+    loop round held them all). Collected, it ends both."""
+    import gc
+
+    def drop_one() -> threading.Thread:
+        t = Tomato(f"mqtt://127.0.0.1:{broker.port}", "nobody", timeout=1.0)
+        t.aio  # noqa: B018  # starts its loop and connects, as a wait or a stream does
+        assert t._thread is not None and t._thread.is_alive()
+        return t._thread
+
+    thread = await asyncio.to_thread(drop_one)
+    gc.collect()
+    for _ in range(100):
+        if not thread.is_alive():
+            break
+        await asyncio.sleep(0.05)
+    assert not thread.is_alive()
 
 
 async def test_a_reply_this_client_cannot_read_is_bad_reply_not_bad_request(

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import queue
 import threading
+import weakref
 from collections.abc import Coroutine, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -99,6 +100,7 @@ class Tomato:
         self._thread: threading.Thread | None = None
         self._aio: AsyncTomato | None = None
         self._starting = threading.Lock()
+        self._finalizer: weakref.finalize[Any, Any] | None = None
 
     @classmethod
     def from_settings(
@@ -144,6 +146,9 @@ class Tomato:
             self._thread.join(10)
         self._loop.close()
         self._loop = self._thread = self._aio = None
+        if self._finalizer is not None:
+            self._finalizer.detach()
+            self._finalizer = None
 
     # -- the fast path: one request, one reply ----------------------------------------
     def request(
@@ -189,7 +194,7 @@ class Tomato:
                 from tomato_mqtt.client.aio import AsyncTomato
 
                 loop = asyncio.new_event_loop()
-                thread = threading.Thread(target=loop.run_forever, daemon=True)
+                thread = threading.Thread(target=_serve, args=(loop,), daemon=True)
                 thread.start()
                 aio = AsyncTomato(
                     self.url, self.instance, timeout=self.timeout, max_request=self.max_request
@@ -202,6 +207,10 @@ class Tomato:
                     loop.close()
                     raise
                 self._thread, self._aio, self._loop = thread, aio, loop
+                # a client dropped without close() ends its connection and thread when
+                # it is collected (each kept both for the life of the process: a script
+                # making one a loop round held 200 threads and connections)
+                self._finalizer = weakref.finalize(self, _abandoned, loop, aio)
             return self._loop
 
     @property
@@ -314,3 +323,25 @@ class Tomato:
         self, component: str, attr: str, val: Any, force: bool = False
     ) -> dict[str, Any]:
         return self._run(self.aio.component_set(component, attr, val, force))
+
+
+def _serve(loop: asyncio.AbstractEventLoop) -> None:
+    """The client's loop thread: runs the loop until it is stopped (``close()``, or
+    :func:`_abandoned`), then closes it (a no-op for ``close()``, which closes it too)."""
+    loop.run_forever()
+    loop.close()
+
+
+def _abandoned(loop: asyncio.AbstractEventLoop, aio: AsyncTomato) -> None:
+    """What a collected :class:`Tomato` that was not closed leaves behind: its connection
+    closed and its loop stopped, without waiting (this runs in the garbage collector, or
+    at exit: the loop's thread is a daemon)."""
+    import asyncio
+
+    if loop.is_closed():
+        return
+    try:
+        fut = asyncio.run_coroutine_threadsafe(aio.close(), loop)
+        fut.add_done_callback(lambda _f: loop.call_soon_threadsafe(loop.stop))
+    except RuntimeError:  # the loop is gone already
+        pass
