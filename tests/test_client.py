@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import threading
 import contextlib
 import os
 import re
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
