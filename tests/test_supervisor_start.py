@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.stack import free_port
+from tests.stack import free_port, make_stack, started
 from tests.upstream.test_upstream_stack import processes_of
 from tomato_mqtt.services.supervisor import STABLE_RUN, restart_delay
 
@@ -110,3 +110,28 @@ def test_a_service_that_served_is_restarted_at_once_a_crash_loop_backs_off() -> 
     assert delays == [0.2, 0.4, 0.8, 1.6, 3.2, 6.4, 10.0, 10.0]
     # a minute later the old exits no longer count
     assert restart_delay(fails, 200.0 - 0.5, 200.0)[1] == 0.2
+
+
+def test_a_broker_on_one_address_listens_on_loopback_too(tmp_path: Path) -> None:
+    """An admin's tour: `[broker] host` set to the lab network's address without TLS made
+    the plain listener bind that address only; the stack's own services connect to
+    127.0.0.1, were refused, and `tomato start` gave up after 30 s naming no cause. The
+    broker listens on both now (as the generated Mosquitto rules did). 127.0.0.2 stands
+    for the lab address: on loopback, so no password file is needed, and not 127.0.0.1."""
+    from tomato_mqtt_broker import BrokerConfig
+
+    listeners = BrokerConfig(host="10.0.0.5", port=1, password_file=__file__).amqtt_config()
+    assert listeners["listeners"]["local"]["bind"] == "127.0.0.1:1"
+    for host in ("0.0.0.0", "127.0.0.1", "localhost"):  # these take 127.0.0.1 already
+        config = BrokerConfig(host=host, port=1, password_file=__file__).amqtt_config()
+        assert "local" not in config["listeners"], host
+    st = make_stack(tmp_path)
+    settings = st.appdir / "settings.toml"
+    settings.write_text(
+        settings.read_text().replace("[broker]\n", '[broker]\nhost = "127.0.0.2"\n')
+    )
+    with started(st):
+        assert st.json("tomato", "status")["success"]
+        for host in ("127.0.0.2", "127.0.0.1"):  # the lab's address, and the services'
+            with socket.create_connection((host, st.port), timeout=5):
+                pass

@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from tomato_mqtt.config.url import is_loopback
+from tomato_mqtt.config.url import binds_127, is_loopback
 
 __all__ = ["LOCAL_ORIGIN", "BrokerConfig", "BrokerConfigError"]
 
@@ -127,6 +127,15 @@ class BrokerConfig:
         listeners: dict[str, Any] = {
             "default": {"type": "tcp", "bind": f"{plain_host}:{self.port}", "max_connections": 0}
         }
+        if plain_host not in ("0.0.0.0", "::", "") and not binds_127(plain_host):
+            # the stack's own services connect to 127.0.0.1: with only the lab network's
+            # address they were refused, and `tomato start` gave up after 30 s without a
+            # cause (an admin's tour; the Mosquitto rules had it already)
+            listeners["local"] = {
+                "type": "tcp",
+                "bind": f"127.0.0.1:{self.port}",
+                "max_connections": 0,
+            }
         if self.tls:
             listeners["tls"] = {
                 "type": "tcp",
