@@ -1235,6 +1235,32 @@ async def _serve(config: BrokerConfig, ready: asyncio.Event | None = None) -> No
         await stop.wait()
 
 
+def _raise_fd_limit() -> None:
+    """This process may hold as many connections as its hard limit allows.
+
+    Every connection is a descriptor, and an idle one (no CONNECT) holds it up to
+    CONNECT_WAIT: under the usual soft limit of 1,024, a thousand idle connections from
+    anyone who reaches the port left none for a login (asyncio's accept() failed with
+    EMFILE and paused; measured: logins waited up to 11 s while 3,000 were held open).
+    The broker waits on epoll, so a high soft limit costs nothing."""
+    try:
+        import resource
+    except ImportError:  # Windows: no such limit
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = hard if hard != resource.RLIM_INFINITY else 1 << 20
+    if soft == resource.RLIM_INFINITY or soft >= want:
+        return
+    for limit in (want, 10240):  # macOS refuses more than OPEN_MAX (10,240)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (min(limit, want), hard))
+            return
+        except (ValueError, OSError):
+            continue
+    log.warning("could not raise the limit of open files (%d): the broker holds that many", soft)
+
+
 def run_broker(config: BrokerConfig) -> None:
     """Run the broker in the foreground until SIGINT/SIGTERM."""
+    _raise_fd_limit()
     asyncio.run(_serve(config))
