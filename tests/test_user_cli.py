@@ -14,7 +14,12 @@ from tests.secure_stack import wait_listening
 from tests.stack import BIN, free_port
 from tests.tls_ca import make_pki
 from tomato_mqtt.config.url import BrokerURL
-from tomato_mqtt.config.users import load_users, verify_argon2, verify_mosquitto
+from tomato_mqtt.config.users import (
+    ensure_service_users,
+    load_users,
+    verify_argon2,
+    verify_mosquitto,
+)
 from tomato_mqtt.transport.client import AsyncClient
 
 
@@ -47,6 +52,9 @@ def test_user_commands(tmp_path: Path) -> None:
         (("add", "bob", "--role", "boss", "--password", "x"), "unknown role"),
         (("add", "bob", "--role", "reader", "--password", ""), "must not be empty"),
         (("remove", "nobody"), "no user"),
+        # the services' names and roles are not handed out (an admin's tour)
+        (("add", "tomato-x", "--role", "reader", "--password", "x"), "the services' own"),
+        (("add", "bob", "--role", "scheduler", "--password", "x"), "scheduler service's own"),
     )
     # side by side: each is refused and changes nothing (the file is compared after)
     before = (app / "users").read_bytes()
@@ -62,6 +70,46 @@ def test_user_commands(tmp_path: Path) -> None:
     assert "olga  reader" in tomato(app, "user", "list").stdout
     assert tomato(app, "user", "remove", "olga").returncode == 0
     assert "olga" not in load_users(app / "users").users
+
+
+def test_user_changes_that_would_cut_the_stack_off_are_refused(tmp_path: Path) -> None:
+    """An admin's tour: `tomato user remove tomato-scheduler` was taken while the stack
+    ran (the scheduler went deaf, and no command could stop the stack); removing the
+    only admin, the settings' own login, locked everyone out; a node login's role changed
+    said nothing of the node. Each is refused (exit 1, nothing changed) or said."""
+    app = tmp_path / "app"
+    app.mkdir()
+    (app / "settings.toml").write_text(
+        '[mqtt]\nusername = "ada"\n[broker]\npassword_file = "users"\n'
+    )
+    assert tomato(app, "user", "add", "ada", "--role", "admin", "--password", "pw").returncode == 0
+    res = tomato(app, "user", "add", "pc2", "--role", "node:pc2", "--password", "p")
+    assert res.returncode == 0, res
+    ensure_service_users(app / "users", tmp_path / "creds.json", ["scheduler"])
+    before = (app / "users").read_bytes()
+    refused = (
+        (("remove", "ada"), "ada is the only admin"),
+        (("role", "ada", "operator"), "ada is the only admin"),
+        (("remove", "tomato-scheduler"), "login of the service scheduler"),
+        (("passwd", "tomato-scheduler", "--password", "x"), "made and kept by `tomato start`"),
+        (("role", "tomato-scheduler", "admin"), "made and kept by `tomato start`"),
+    )
+    with ThreadPoolExecutor(len(refused)) as pool:
+        results = list(pool.map(lambda r: tomato(app, "user", *r[0]), refused))
+    for (args, why), res in zip(refused, results, strict=True):
+        assert res.returncode == 1 and why in res.stderr and "--force" in res.stderr, (args, res)
+    assert (app / "users").read_bytes() == before
+    listed = tomato(app, "user", "list").stdout
+    assert "tomato-scheduler  scheduler (a service's, kept by tomato start)" in listed, listed
+    # said, not refused: a node's login made a reader, this PC's login no more an admin
+    res = tomato(app, "user", "role", "pc2", "reader")
+    assert res.returncode == 0 and "pc2 was the login of the node pc2" in res.stdout, res
+    assert tomato(app, "user", "add", "bob", "--role", "admin", "--password", "b").returncode == 0
+    res = tomato(app, "user", "role", "ada", "operator")
+    assert res.returncode == 0 and "this PC's commands log in as ada" in res.stdout, res
+    # --force: the stack is stopped, the service's login renewed at the next start
+    assert tomato(app, "user", "remove", "tomato-scheduler", "--force").returncode == 0
+    assert "tomato-scheduler" not in load_users(app / "users").users
 
 
 def test_broker_config_for_mosquitto(tmp_path: Path) -> None:

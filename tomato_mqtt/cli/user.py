@@ -85,19 +85,74 @@ def _password(password: str | None, stdin: bool) -> str:
     return str(typer.prompt("password", hide_input=True, confirmation_prompt=True))
 
 
-def _edit(path: Path, change: str, fn: object, opts: common.Opts, name: str) -> None:
-    from tomato_mqtt.config.users import load_users
+ForceOpt = Annotated[
+    bool,
+    typer.Option(
+        "--force",
+        help="change a service's login, the only admin, or give a service's role all the same",
+    ),
+]
+
+
+def _edit(
+    path: Path,
+    change: str,
+    fn: object,
+    opts: common.Opts,
+    name: str,
+    what: str,
+    role: str | None = None,
+    force: bool = False,
+) -> None:
+    from tomato_mqtt.config.roles import parse_role
+    from tomato_mqtt.config.users import load_users, risky_change
     from tomato_mqtt.errors import ConfigError
 
     try:
         users = load_users(path, missing_ok=True)
+        before = users.users.get(name)
+        risk = risky_change(users, name, what, role and parse_role(role))
+        if risk is not None and not force:
+            fail(f"not changed: {risk} (or pass --force)")
         fn(users)  # type: ignore[operator]
         users.save()
     except (ValueError, ConfigError) as e:
         fail(str(e))
     u = users.users.get(name)
     data = {"user": name, "role": u.role if u else None, "file": str(path)}
-    _reply(opts, f"{change} ({path}){_external_hint(opts)}", data)
+    notes = _notes(opts, name, before.role if before else None, u.role if u else None)
+    _reply(opts, f"{change} ({path}){notes}{_external_hint(opts)}", data)
+
+
+def _notes(opts: common.Opts, name: str, was: str | None, now: str | None) -> str:
+    """What else a change of ``name``'s role (``was`` -> ``now``; None: none) touches:
+    this PC's own CLI login, a node that logs in so."""
+    from tomato_mqtt.config.roles import node_of_role
+
+    out = ""
+    node = node_of_role(was)
+    if node is not None and now != was:
+        out += (
+            f"; {name} was the login of the node {node}: while it logs in so, the broker "
+            "drops what it publishes without a word, and its jobs end ce (restart it with "
+            f"a login of role node:{node})"
+        )
+    if was == "admin" and now != "admin" and name == _settings_login(opts):
+        out += (
+            f"; this PC's commands log in as {name} ([mqtt] username of settings.toml): "
+            "set another login there"
+        )
+    return out
+
+
+def _settings_login(opts: common.Opts) -> str | None:
+    from tomato_mqtt.config.settings import load_settings
+    from tomato_mqtt.errors import ConfigError
+
+    try:
+        return load_settings(appdir=as_path(opts.appdir)).mqtt.username
+    except (ConfigError, OSError, ValueError):
+        return None
 
 
 def _external_hint(opts: common.Opts) -> str:
@@ -135,13 +190,15 @@ def add(
     password: PasswordOpt = None,
     password_stdin: StdinOpt = False,
     file: FileOpt = None,
+    force: ForceOpt = False,
     *,
     opts: common.Opts,
 ) -> None:
     """Add a user with a role (argon2 hash; asks for the password unless given)."""
     path = users_path(file, as_path(opts.appdir))
     pw = _password(password, password_stdin)
-    _edit(path, f"added {name} ({role})", lambda u: u.add(name, pw, role), opts, name)
+    change = f"added {name} ({role})"
+    _edit(path, change, lambda u: u.add(name, pw, role), opts, name, "add", role, force)
 
 
 @app.command("passwd")
@@ -151,29 +208,35 @@ def passwd(
     password: PasswordOpt = None,
     password_stdin: StdinOpt = False,
     file: FileOpt = None,
+    force: ForceOpt = False,
     *,
     opts: common.Opts,
 ) -> None:
     """Set a user's password."""
     path = users_path(file, as_path(opts.appdir))
     pw = _password(password, password_stdin)
-    _edit(path, f"changed the password of {name}", lambda u: u.set_password(name, pw), opts, name)
+    change = f"changed the password of {name}"
+    _edit(path, change, lambda u: u.set_password(name, pw), opts, name, "passwd", force=force)
 
 
 @app.command("role")
 @common.options(("appdir", "yaml", "json"))
-def role(name: str, new_role: str, file: FileOpt = None, *, opts: common.Opts) -> None:
+def role(
+    name: str, new_role: str, file: FileOpt = None, force: ForceOpt = False, *, opts: common.Opts
+) -> None:
     """Change a user's role."""
     path = users_path(file, as_path(opts.appdir))
-    _edit(path, f"{name} is now {new_role}", lambda u: u.set_role(name, new_role), opts, name)
+    change = f"{name} is now {new_role}"
+    set_role = lambda u: u.set_role(name, new_role)  # noqa: E731
+    _edit(path, change, set_role, opts, name, "role", new_role, force)
 
 
 @app.command("remove")
 @common.options(("appdir", "yaml", "json"))
-def remove(name: str, file: FileOpt = None, *, opts: common.Opts) -> None:
+def remove(name: str, file: FileOpt = None, force: ForceOpt = False, *, opts: common.Opts) -> None:
     """Remove a user."""
     path = users_path(file, as_path(opts.appdir))
-    _edit(path, f"removed {name}", lambda u: u.remove(name), opts, name)
+    _edit(path, f"removed {name}", lambda u: u.remove(name), opts, name, "remove", force=force)
 
 
 @app.command("list")
@@ -188,9 +251,21 @@ def list_(file: FileOpt = None, *, opts: common.Opts) -> None:
         users = load_users(path, missing_ok=True)
     except ConfigError as e:
         fail(str(e))
-    rows = [{"user": u.name, "role": u.role or "(none)"} for u in users.users.values()]
+    rows = [
+        {"user": u.name, "role": u.role or "(none)", "service": _is_service(u.name)}
+        for u in users.users.values()
+    ]
     rows.sort(key=lambda r: r["user"])
-    text = common.table(rows, [("user", "user"), ("role", "role")])
+    shown = [
+        {
+            **r,
+            "role": f"{r['role']} (a service's, kept by tomato start)"
+            if r["service"]
+            else r["role"],
+        }
+        for r in rows
+    ]
+    text = common.table(shown, [("user", "user"), ("role", "role")])
     _reply(opts, f"{len(rows)} user(s) in {path}", rows, lambda _d: text)
 
 
@@ -274,3 +349,9 @@ def broker_config_cmd(
         with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
             f.write(text)
     _reply(opts, f"wrote {', '.join(str(p) for p in files)}", {"files": [str(p) for p in files]})
+
+
+def _is_service(name: str) -> bool:
+    from tomato_mqtt.config.users import SERVICE_PREFIX
+
+    return name.startswith(SERVICE_PREFIX)

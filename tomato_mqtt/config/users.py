@@ -44,6 +44,7 @@ __all__ = [
     "hash_argon2",
     "hash_mosquitto",
     "load_users",
+    "risky_change",
     "service_login",
     "service_login_name",
     "verify_argon2",
@@ -222,6 +223,50 @@ def service_login_name(key: str) -> str:
     """The login of a service: ``scheduler`` -> ``tomato-scheduler``, ``node:pc1`` ->
     ``tomato-node-pc1`` (a prefix, so no lab user's name is ever taken over)."""
     return "tomato-" + key.replace(":", "-")
+
+
+#: the prefix of every service's login (:func:`service_login_name`)
+SERVICE_PREFIX = "tomato-"
+
+
+def risky_change(users: UsersFile, name: str, what: str, role: str | None = None) -> str | None:
+    """Why a change an admin asks of ``tomato user`` would cut the stack off, or None.
+    ``what``: ``add``, ``passwd``, ``role`` (to ``role``) or ``remove``. An admin's tour:
+    `tomato user remove tomato-scheduler` was taken while the stack ran and made it deaf
+    (no command could stop it); removing the only admin locked everyone out; `role`
+    offered the services' roles to hand out to people."""
+    if what != "add" and name not in users.users:
+        return None  # (the change says there is no such user)
+    if name.startswith(SERVICE_PREFIX):
+        service = name.removeprefix(SERVICE_PREFIX)
+        if what == "add":
+            return (
+                f"logins named {SERVICE_PREFIX}… are the services' own: `tomato start` makes "
+                "them; choose another name"
+            )
+        return (
+            f"{name} is the login of the service {service}, made and kept by `tomato start` "
+            "(its password is in service-users.json): changing it cuts that service off the "
+            "broker at once, and the stack stops answering. To renew it, stop the stack, "
+            f"`tomato user remove {name} --force`; the next start makes it again"
+        )
+    if what in ("add", "role") and role in ("scheduler", "recorder"):
+        return (
+            f"the role {role} is the {role} service's own ({SERVICE_PREFIX}{role}, made by "
+            f"`tomato start`): a person with it could publish what only the {role} may "
+            "(job status, data acknowledgements); give admin, operator or reader"
+        )
+    old = users.users.get(name)
+    if old is not None and old.role == "admin" and what in ("role", "remove"):
+        if role == "admin":
+            return None
+        admins = [u for u in users.users.values() if u.role == "admin"]
+        if len(admins) == 1:
+            return (
+                f"{name} is the only admin: without one nobody can stop or reload the stack "
+                "over MQTT; add another admin first"
+            )
+    return None
 
 
 def service_role(key: str) -> str:
