@@ -150,6 +150,8 @@ class RoleAclPlugin(BaseTopicPlugin):  # type: ignore[misc]
         self._checked = time.monotonic()
         #: per login: when its last refusal was logged, and how many came since
         self._refusals: dict[str, tuple[float, int]] = {}
+        #: per login: when its refusal was last logged as a warning (once a minute)
+        self._warned: dict[str, float] = {}
         if self._users is not None:  # an open broker has no ACL: no node map to keep
             self._refresh_devices()
 
@@ -250,4 +252,13 @@ class RoleAclPlugin(BaseTopicPlugin):  # type: ignore[misc]
             self._refusals.clear()
         self._refusals[who] = (now, 0)
         also = f" (and {more} more refusals of {who} in the second before)" if more else ""
-        log.info("ACL: %s may not %s %s%s", who, access, topic, also)
+        # a login's first refusal in a minute is a warning: a node whose role was changed
+        # under it was refused every 2 s at INFO only, and nothing said why its jobs
+        # failed (an admin's tour); the rest stay INFO
+        if now - self._warned.get(who, -61.0) > 60.0:
+            if len(self._warned) > 10_000:
+                self._warned.clear()
+            self._warned[who] = now
+            log.warning("ACL: %s may not %s %s%s", who, access, topic, also)
+        else:
+            log.info("ACL: %s may not %s %s%s", who, access, topic, also)
