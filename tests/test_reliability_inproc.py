@@ -921,6 +921,11 @@ async def test_a_file_that_could_not_be_written_is_written_once_it_can_be(
         assert job.id == 1
         ended = await st.wait_job(job.id, {"c", "ce", "cd"}, timeout=30)
         assert ended.status == "ce" and "could not write the output file" in (ended.reason or "")
+        # which files of which folder, and what becomes of the points (it named a
+        # writer's temporary file: an admin's tour)
+        why = ended.reason or ""
+        assert f"nor {blocker / 'results.1.nc'} (File exists); the points stay" in why, why
+        assert ".tmp" not in why and "[Errno" not in why, why
         await asyncio.sleep(3.0)  # tried again meanwhile, and again refused
         assert not blocker.is_dir()
         blocker.unlink()  # space again
@@ -936,6 +941,8 @@ async def test_a_file_that_could_not_be_written_is_written_once_it_can_be(
         assert npoints > 0
         tree = load_tree(path)
         assert tree["counter"].to_dataset()["uts"].size == npoints
+        # and the job counts its points in the file (it had none: an admin's tour)
+        assert job.progress.get("points") == {"counter": npoints}, job.progress
 
 
 async def test_a_file_that_cannot_be_written_is_not_tried_again_and_again(

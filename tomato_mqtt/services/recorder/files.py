@@ -238,7 +238,15 @@ class Files:
                 except OSError as e2:
                     spare = private_dir() if a.snapshot else None
                     if spare is None:
-                        raise
+                        # both named: the error named the fallback's temporary file, an
+                        # admin could not tell which file of which folder (an admin's tour)
+                        both = OSError(
+                            f"{path} could not be written ({_said(e)}), nor {fallback} "
+                            f"({_said(e2)}); the points stay in the recorder's store, and "
+                            "the file is written once the folder takes writes again"
+                        )
+                        both.errno = e2.errno  # (not in its words: "[Errno 17] …")
+                        raise both from e2
                     # a snapshot is a copy to read: on a full or read-only datadir it is
                     # made for its transfer only (it failed: "no space left in …/Jobs/1",
                     # while the user's own folder, where it goes, had room: a fault run)
@@ -482,6 +490,13 @@ class Files:
         while len(self.svc.not_merged) > 200:
             self.svc.not_merged.pop(next(iter(self.svc.not_merged)))
         await self.svc.publish_presence("online")
+
+
+def _said(e: BaseException) -> str:
+    """An error in words, without the file name it carries (a writer's temporary file)."""
+    if isinstance(e, OSError) and e.strerror:
+        return e.strerror
+    return str(e)
 
 
 def beside(path: Path, folder: Path) -> Path:

@@ -273,9 +273,15 @@ class JobLifecycle:
             job = self.store.job(final.id)
         reason = f"{job.reason or ''}; the file was written later ({at}): {written}".lstrip("; ")
 
+        progress = dict(job.progress)
+        if isinstance(data, dict) and isinstance(data.get("points"), dict):
+            progress["points"] = data["points"]  # (none were counted: an admin's tour)
+
         def note() -> Job:
             with self.store.transaction():
-                out: Job = self.store.update_job(final.id, respath=written, reason=reason)
+                out: Job = self.store.update_job(
+                    final.id, respath=written, reason=reason, progress=progress
+                )
             return out
 
         await self.svc.publish_job(await self._until_stored(final.id, "its file", note))
