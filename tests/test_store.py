@@ -600,3 +600,38 @@ def test_a_store_that_refuses_its_file_does_not_keep_it_open(tmp_path: Path, kin
     with pytest.raises(Exception, match="not a database"):
         opener(path)
     assert _open_here(path) == []
+
+
+def test_a_store_file_that_refuses_writes_is_named_with_why(tmp_path: Path) -> None:
+    """An admin's tour: a store made immutable (`chattr +i`) mid-job was said in the
+    job's reason and `tomato status` as SQLite's "disk I/O error" only, which reads as a
+    failing disk. The words name the file that refuses writes and what to look at."""
+    import shutil
+    import sqlite3
+    import subprocess
+
+    from tomato_mqtt.errors import store_words
+
+    if shutil.which("chattr") is None:
+        pytest.skip("no chattr here")
+    db = tmp_path / "recorder.sqlite"
+    con = sqlite3.connect(db)
+    con.execute("PRAGMA journal_mode=WAL")
+    con.execute("CREATE TABLE t (x)")
+    con.commit()
+    con.close()
+    if subprocess.run(["chattr", "+i", str(db)], capture_output=True).returncode != 0:
+        pytest.skip("chattr +i is not allowed here (not root, or a filesystem without it)")
+    try:
+        con = sqlite3.connect(db)
+        with pytest.raises(sqlite3.Error) as e:
+            con.execute("INSERT INTO t VALUES (1)")
+            con.commit()
+        con.close()
+        words = store_words(str(e.value), db)
+    finally:
+        subprocess.run(["chattr", "-i", str(db)], check=True)
+    assert words.startswith(str(e.value)), words  # SQLite's own words first
+    assert f"{db} cannot be written by this user" in words and "lsattr" in words, words
+    # other errors are left as they are
+    assert store_words("no such table: t", db) == "no such table: t"

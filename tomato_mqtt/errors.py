@@ -27,6 +27,7 @@ __all__ = [
     "locked_by",
     "one_line",
     "read_only",
+    "store_words",
     "writable_bytes",
 ]
 
@@ -70,6 +71,32 @@ def locked_by(why: str, path: str | Path) -> str:
         return why
     holders = ", ".join(lock_holders(path)) or "a process not found in /proc/locks"
     return f"{why} by another program ({holders}): end its transaction"
+
+
+def store_words(why: str, path: str | Path) -> str:
+    """SQLite's ``why`` about the store at ``path``, with what it is about: who holds its
+    lock (:func:`locked_by`), or, for its "disk I/O error" and "readonly database",
+    which of its files cannot be written or that its disk is full (an immutable store
+    read "disk I/O error" only, and an admin could not tell it was no disk fault: an
+    admin's tour)."""
+    if locked(why):
+        return locked_by(why, path)
+    if "disk I/O error" not in why and "readonly" not in why:
+        return why
+    p = Path(path)
+    files = [p, p.with_name(p.name + "-wal"), p.with_name(p.name + "-shm")]
+    denied = [str(f) for f in files if f.exists() and not os.access(f, os.W_OK)]
+    if not os.access(p.parent, os.W_OK):
+        denied.append(f"its folder {p.parent}")
+    if denied:
+        return (
+            f"{why}: {', '.join(denied)} cannot be written by this user (permissions, a "
+            "read-only mount, or an immutable attribute: `lsattr`)"
+        )
+    free = writable_bytes(p.parent)
+    if free is not None and free < 1 << 20:
+        return f"{why}: its disk is full ({free} bytes free in {p.parent})"
+    return why
 
 
 def lock_holders(path: str | Path) -> list[str]:

@@ -33,7 +33,7 @@ from tomato_mqtt.driver import TaskEnd
 from tomato_mqtt.driver.block import Block
 from tomato_mqtt.driver.names import nonfinite_seen
 from tomato_mqtt.driver.points import Point, PointRun
-from tomato_mqtt.errors import locked_by
+from tomato_mqtt.errors import store_words
 from tomato_mqtt.services.node.columns import Columns, pieces, to_columns
 from tomato_mqtt.services.node.hosted import HostedComponent
 from tomato_mqtt.waits import wait_for
@@ -90,8 +90,8 @@ class DataPath:
         spool = self.node.spool
         where = spool.path if spool is not None else "the spool"
         if failing is not None and self._spool_failing is None:
-            # who holds it, when another program's lock is why (not a full disk)
-            said = locked_by(failing, spool.path) if spool is not None else failing
+            # who holds it (another program's lock), or which of its files refuses writes
+            said = store_words(failing, spool.path) if spool is not None else failing
             kept = (
                 f" (and copied to its overflow file {spool.overflow_path}, which a restart "
                 "of the node takes back)"

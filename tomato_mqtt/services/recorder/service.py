@@ -27,7 +27,7 @@ from pydantic import BaseModel, JsonValue
 
 from tomato_mqtt import __version__
 from tomato_mqtt.config.statefiles import opened
-from tomato_mqtt.errors import locked_by
+from tomato_mqtt.errors import store_words
 from tomato_mqtt.model.jobs import PLAUSIBLE_ID
 from tomato_mqtt.services.base import Service
 from tomato_mqtt.services.idle import run_when_idle
@@ -441,7 +441,7 @@ class RecorderService(Service):
 
     def _storage_failed(self, e: BaseException, job: int | None) -> None:
         first = self.storage_error is None
-        why = locked_by(str(e), self.db_path)  # (not a full disk: who, and what to do)
+        why = store_words(str(e), self.db_path)  # who holds its lock, which file refuses
         self.storage_error = (
             f"the recorder cannot store data in {self.db_path}: {why} "
             "(the nodes keep it in their spools until it can, within their spool_max_mb: "
