@@ -685,7 +685,9 @@ def test_local_commands_answer_with_a_reply_under_json_and_yaml(tmp_path: Path) 
     )
     assert lst.returncode == 0, lst.stderr
     doc = yaml.safe_load(lst.stdout)
-    assert doc["success"] and doc["data"] == [{"user": "ada", "role": "admin"}], doc
+    assert doc["success"] and doc["data"] == [{"user": "ada", "role": "admin", "service": False}], (
+        doc
+    )
     bad = subprocess.run(
         [str(BIN / "tomato"), "user", "role", "nobody", "operator", "--file", users, "--json"],
         capture_output=True,

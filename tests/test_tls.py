@@ -314,6 +314,17 @@ def _whole_job_over_tls(st: Stack, pki: Pki, tls_port: int, mutual: bool = False
                 job = st.wait_job(jobid, {"c", "ce", "cd"}, timeout=60)
                 assert job["status"] == "c", (job, st.logs())
                 assert job["owner"] == "olga"
+                # the node gone: `tomato status` says so (it said "online", 0 running, 0
+                # queued, a remote node lost: an admin's tour)
+                _stop_node(node)
+                deadline, away = time.monotonic() + 20, {}
+                while not away and time.monotonic() < deadline:
+                    out = cli("tomato", "status", "--json")
+                    away = json.loads(out.stdout)["data"].get("nodes_away") or {}
+                    time.sleep(0.2)
+                assert away.keys() == {"pc2"} and away["pc2"] in ("offline", "lost"), away
+                text = cli("tomato", "status").stdout
+                assert f"node:      pc2 {away['pc2']}" in text, text
             finally:
                 _stop_node(node)  # before the stack stops, as a lab would
     finally:

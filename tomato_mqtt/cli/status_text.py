@@ -47,6 +47,9 @@ def _scheduler(msg: str, data: Any) -> str:
         ("storage", data.get("storage_error")),
         ("storage", data.get("recorder_storage_error")),  # the recorder's store (full, locked)
     ]
+    away = data.get("nodes_away")
+    if isinstance(away, Mapping):  # a lost node was in `tomato status nodes` only
+        fields += [("node", f"{n} {state}") for n, state in away.items()]
     spools = data.get("node_storage_errors")
     if isinstance(spools, Mapping):  # each node's spool (its batches wait elsewhere)
         fields += [("storage", v) for v in spools.values()]

@@ -151,6 +151,12 @@ class SchedulerInfo(SchedulerStatus):
         description="node -> why its spool takes no writes now, as its status says "
         "(NodeStatus.spool_error)",
     )
+    nodes_away: dict[str, str] = Field(
+        default_factory=dict,
+        description="node -> its state, of the nodes that are not online (lost, offline) "
+        "and of those that host components and were not seen since the scheduler started "
+        "('not seen'): their components cannot run tasks",
+    )
     status: Literal["running"] = "running"
     port: int
     appdir: str | None = None

@@ -138,6 +138,16 @@ def _drivers(svc: SchedulerService) -> dict[str, JsonValue]:
     return drivers
 
 
+def _nodes_away(svc: SchedulerService) -> dict[str, str]:
+    """node -> its state, of the nodes not online that host components or were seen
+    (`tomato status` said "online / running / queued" with a remote node lost: an
+    admin's tour)."""
+    hosting = {c.node for c in svc.layout.components.values()}
+    away = {n: str(st.state) for n, st in svc.nodes.items() if st.state != "online"}
+    away |= {n: "not seen" for n in hosting - set(svc.nodes)}
+    return dict(sorted(away.items()))
+
+
 def status_section(svc: SchedulerService, store: StateStore, what: str) -> Result:
     """The reply of ``status`` for one section (see ``wire.commands.StatusData``).
 
@@ -156,6 +166,7 @@ def status_section(svc: SchedulerService, store: StateStore, what: str) -> Resul
             data["node_storage_errors"] = {
                 n: st.spool_error for n, st in svc.nodes.items() if st.spool_error
             }
+            data["nodes_away"] = _nodes_away(svc)
             data["status"] = "running"
             data["port"] = svc.settings.mqtt.port
             data["appdir"] = str(svc.settings.appdir) if svc.settings.appdir else None
