@@ -291,6 +291,34 @@ def test_a_spool_whose_disk_is_full_holds_batches_and_loses_none(
     sp.close()
 
 
+def test_a_spool_whose_disk_is_freed_says_so_without_a_new_batch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An admin's tour: with every held batch acknowledged (the recorder stored them),
+    a spool whose disk was freed kept its fault in `tomato status` until the next job
+    wrote to it (45 s and more). The flush round's retry tries the file then too."""
+    from tomato_mqtt.services.node import spool as spool_mod
+
+    monkeypatch.setattr(spool_mod, "RETRY", 0.0)
+    sp = Spool(tmp_path / "s.sqlite")
+    e = sp.new_epoch()
+    sp.put("c", "s", 0, e, _raw(0))
+    pages = sp._db.execute("PRAGMA page_count").fetchone()[0]
+    sp._db.execute(f"PRAGMA max_page_count = {pages}")  # the disk is full from here on
+    for seq in range(1, 20):
+        sp.put("c", "s", seq, e, _raw(seq, 200))
+    assert sp.failing and "full" in sp.failing
+    assert sp.ack("c", "s", 19) == 20 and not sp._held  # all stored by the recorder
+    # (the ack freed pages: the file itself would take a write now) while it refuses...
+    sp._db.execute("PRAGMA query_only = 1")
+    sp.retry()
+    assert sp.failing, "the spool took writes"  # ... still said
+    sp._db.execute("PRAGMA query_only = 0")  # and once it takes them, said so
+    sp.retry()
+    assert sp.failing is None
+    sp.close()
+
+
 def test_a_spool_stopped_while_its_file_refuses_writes_says_what_it_loses(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

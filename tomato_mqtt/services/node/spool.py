@@ -270,10 +270,23 @@ class Spool:
         """Write the held batches into the file if it takes writes now (at most once per
         RETRY s unless ``force``): the node calls this with every flush round, so they
         reach the file also when no new batch comes."""
-        if not self._held or (not force and time.monotonic() < self._retry_at):
+        if not force and time.monotonic() < self._retry_at:
+            return
+        if not self._held and self.failing is None:
             return
         try:
-            self._write_held()
+            if self._held:
+                self._write_held()
+            else:  # nothing held (the recorder stored them): is the file back? (its
+                # fault was said until the next batch came, 45 s and more after space was
+                # freed: an admin's tour)
+                with self._db:
+                    self._db.execute("BEGIN")
+                    self._db.execute(
+                        "INSERT INTO meta (key, value) VALUES ('probe', ?) "
+                        "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                        (int(time.time()),),
+                    )
             self.failing = None
         except sqlite3.Error as e:
             self.failing = str(e)
