@@ -722,3 +722,28 @@ def test_a_start_on_an_external_broker_that_is_not_there_says_which(tmp_path: Pa
     assert f"127.0.0.1:{st.port}" in res.stderr and "embedded = false" in res.stderr, res
     assert time.monotonic() - t0 < 20
     assert not processes_of(st.port), "a service of the failed start is left"
+
+
+def test_a_start_whose_services_cannot_reach_the_embedded_broker_says_where(
+    tmp_path: Path,
+) -> None:
+    """An admin's tour: the embedded broker listened where the services did not connect
+    (`[broker] host` the lab's address, before it listened on loopback too), and `tomato
+    start` said only "did not come up within 30 s; see the logs". It says where the
+    services connect and where the broker listens. (`[mqtt] host` another loopback
+    address than the broker's stands for it here.)"""
+    st = make_stack(tmp_path)
+    settings = st.appdir / "settings.toml"
+    text = settings.read_text().replace("[mqtt]\n", '[mqtt]\nhost = "127.0.0.3"\n')
+    settings.write_text(text)
+    res = subprocess.run(
+        [str(BIN / "tomato"), "start", *st.dirs(), "-p", str(st.port), "-t", "3"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert res.returncode == 1, res
+    said = res.stderr
+    assert f"its services connect to mqtt://127.0.0.3:{st.port}, and cannot connect" in said, said
+    assert "the embedded broker listens on [broker] host = '127.0.0.1'" in said, said
+    assert not processes_of(st.port), "a service of the failed start is left"

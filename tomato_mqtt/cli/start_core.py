@@ -158,6 +158,8 @@ def start(opts: core.Opts, verbose: int = 0, quiet: int = 0) -> None:
     if ready is None:
         rc = proc.poll()
         why = _startup_error(s.logdir) if rc is not None else None
+        # while its broker still runs: can the services reach it where they connect?
+        unreachable = _unreachable(ctx) if rc is None and why is None else None
         _take_down(proc)  # nothing of a failed start is left running
         if why:
             fail(f"tomato-mqtt could not start: {why} (logs in {s.logdir})")
@@ -167,7 +169,14 @@ def start(opts: core.Opts, verbose: int = 0, quiet: int = 0) -> None:
                 f"tomato-mqtt could not start: its supervisor (pid {proc.pid}) {how} "
                 f"before the stack was ready; nothing is left running (logs in {s.logdir})"
             )
-        unreachable = None if s.broker.embedded else _unreachable(ctx)
+        if unreachable is not None and s.broker.embedded:
+            # (it said only "see the logs": an admin's tour, with [broker] host set to
+            # the lab's address, where the embedded broker listened alone)
+            fail(
+                f"tomato-mqtt did not come up within {opts.timeout:g} s: its services "
+                f"connect to {ctx.url}, and {unreachable[0]} (the embedded broker listens "
+                f"on [broker] host = {s.broker.host!r}); logs in {s.logdir}"
+            )
         if unreachable is not None:  # (it said only "see the logs": an admin's tour)
             why, refused = unreachable
             check = "" if refused else ": is it running, and is [mqtt] host where it listens?"
