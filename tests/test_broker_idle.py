@@ -14,6 +14,7 @@ wait on a descriptor numbered over 1,023.)
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import resource
@@ -26,17 +27,12 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import _wait_listening
 from tests.stack import free_port
+from tests.test_broker_keepalive import RUN_BROKER
 
 pytestmark = pytest.mark.timeout(60)
 
-RUN_BROKER = (
-    "import logging, sys\n"
-    "logging.basicConfig(stream=sys.stderr, level=logging.INFO,"
-    " format='%(levelname)s %(message)s')\n"
-    "from tomato_mqtt_broker import BrokerConfig, run_broker\n"
-    "run_broker(BrokerConfig.from_json(sys.argv[1]))\n"
-)
 
 #: the broker process's soft limit of open files, and the idle connections opened: more
 #: than it can accept (with its own ~20 descriptors), fewer than it can accept plus its
@@ -59,17 +55,6 @@ def _connack(s: socket.socket, within: float) -> bool:
         return False
 
 
-def _listening(port: int, within: float) -> None:
-    end = time.monotonic() + within
-    while time.monotonic() < end:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise AssertionError(f"the broker does not listen on {port}")
-
-
 def test_idle_connections_beyond_the_soft_fd_limit_do_not_hold_up_a_login(
     tmp_path: Path,
 ) -> None:
@@ -90,7 +75,7 @@ def test_idle_connections_beyond_the_soft_fd_limit_do_not_hold_up_a_login(
         )
     idle: list[socket.socket] = []
     try:
-        _listening(port, 20.0)
+        asyncio.run(_wait_listening(port, 20.0, "the broker"))
         idle = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(IDLE)]
 
         # a login now: answered at once, not when idle connections have been closed

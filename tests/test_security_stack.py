@@ -297,6 +297,21 @@ def payload(tmp: Path, *, sampling_interval: float, max_duration: float) -> Path
     return path
 
 
+def running_job_of_olga(st: Stack, tmp: Path, pipeline: str, sample: str, time: float) -> int:
+    """A job of olga's (counter_1_0.1 at 0.1 s for ``time`` s) on ``pipeline``, loaded
+    with ``sample`` and made ready by her; its id once it runs."""
+    doc = yaml.safe_load((CONFIG / "counter_1_0.1.yml").read_text())
+    doc["sample"]["name"] = sample
+    doc["method"][0].update(delay=0.1, time=time)
+    path = tmp / f"{sample}.yml"
+    path.write_text(yaml.safe_dump(doc))
+    allowed(st, "olga", "tomato", "pipeline", "load", pipeline, sample)
+    allowed(st, "olga", "tomato", "pipeline", "ready", pipeline)
+    jobid = submit_as(st, "olga", path)
+    st.wait_job(jobid, {"r"}, timeout=30)
+    return jobid
+
+
 @SHARED
 def test_who_cancelled_a_job_is_kept_by_a_restarted_scheduler(
     secured: Stack, tmp_path: Path
@@ -306,15 +321,7 @@ def test_who_cancelled_a_job_is_kept_by_a_restarted_scheduler(
     so the stop waits): the restarted scheduler finishes the cancel and keeps who (it was
     held in the first scheduler's memory only: a review)."""
     st = secured
-    doc = yaml.safe_load((CONFIG / "counter_1_0.1.yml").read_text())
-    doc["sample"]["name"] = "cancel-sample"
-    doc["method"][0].update(delay=0.1, time=60)
-    path = tmp_path / "long.yml"
-    path.write_text(yaml.safe_dump(doc))
-    allowed(st, "olga", "tomato", "pipeline", "load", "pip-counter-3", "cancel-sample")
-    allowed(st, "olga", "tomato", "pipeline", "ready", "pip-counter-3")
-    jobid = submit_as(st, "olga", path)
-    st.wait_job(jobid, {"r"}, timeout=30)
+    jobid = running_job_of_olga(st, tmp_path, "pip-counter-3", "cancel-sample", 60)
     node = st.child_pid("node")
     os.kill(node, signal.SIGSTOP)  # the task's stop is not confirmed: the job stays rd
     try:
@@ -435,15 +442,7 @@ def test_one_login_s_flood_of_the_recorder_or_a_node_is_limited_and_told(
     operator's of a component's `get_attr` were each read and answered). The flooder is
     told why, once a second; a job meanwhile ends `c` with every point in its file."""
     st = secured
-    doc = yaml.safe_load((CONFIG / "counter_1_0.1.yml").read_text())
-    doc["sample"]["name"] = "flood-sample"
-    doc["method"][0].update(delay=0.1, time=3)
-    path = tmp_path / "flood.yml"
-    path.write_text(yaml.safe_dump(doc))
-    allowed(st, "olga", "tomato", "pipeline", "load", "pip-counter-4", "flood-sample")
-    allowed(st, "olga", "tomato", "pipeline", "ready", "pip-counter-4")
-    jobid = submit_as(st, "olga", path)
-    st.wait_job(jobid, {"r"}, timeout=30)
+    jobid = running_job_of_olga(st, tmp_path, "pip-counter-4", "flood-sample", 3)
     t = Topics(st.instance)
     cmp = "example_counter:(example-addr,4)"
     rita = asyncio.run(flood_as(st, "rita", t.recorder_cmd("status", "rita"), 3000))

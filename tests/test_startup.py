@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 from tomato_mqtt_broker import BrokerConfig, EmbeddedBroker
 
-from tests.stack import BIN, free_port, make_stack
+from tests.stack import BIN, Stack, free_port, make_stack
 from tests.upstream.test_upstream_stack import processes_of
 from tomato_mqtt.config.devices import load_devices
 from tomato_mqtt.config.url import BrokerURL
@@ -703,14 +703,12 @@ def test_a_running_stack_writing_its_store_is_said_running_not_another_programs_
     assert "locked by another program" not in said, said
 
 
-def test_a_start_on_an_external_broker_that_is_not_there_says_which(tmp_path: Path) -> None:
-    """An admin's tour: `tomato start` with `[broker] embedded = false` and the broker
-    not running said only "did not come up within 10 s; see the logs"; it names the
-    broker it could not reach and why, and leaves nothing running."""
+def _failed_start(tmp_path: Path, old: str, new: str) -> tuple[Stack, Any]:
+    """`tomato start -t 3` of a stack whose settings have ``old`` replaced by ``new``,
+    which fails (exit 1)."""
     st = make_stack(tmp_path)
     settings = st.appdir / "settings.toml"
-    settings.write_text(settings.read_text().replace("[broker]\n", "[broker]\nembedded = false\n"))
-    t0 = time.monotonic()
+    settings.write_text(settings.read_text().replace(old, new))
     res = subprocess.run(
         [str(BIN / "tomato"), "start", *st.dirs(), "-p", str(st.port), "-t", "3"],
         capture_output=True,
@@ -718,6 +716,15 @@ def test_a_start_on_an_external_broker_that_is_not_there_says_which(tmp_path: Pa
         timeout=60,
     )
     assert res.returncode == 1, res
+    return st, res
+
+
+def test_a_start_on_an_external_broker_that_is_not_there_says_which(tmp_path: Path) -> None:
+    """An admin's tour: `tomato start` with `[broker] embedded = false` and the broker
+    not running said only "did not come up within 10 s; see the logs"; it names the
+    broker it could not reach and why, and leaves nothing running."""
+    t0 = time.monotonic()
+    st, res = _failed_start(tmp_path, "[broker]\n", "[broker]\nembedded = false\n")
     assert "did not come up within 3 s: cannot connect to the MQTT broker at" in res.stderr, res
     assert f"127.0.0.1:{st.port}" in res.stderr and "embedded = false" in res.stderr, res
     assert time.monotonic() - t0 < 20
@@ -732,17 +739,7 @@ def test_a_start_whose_services_cannot_reach_the_embedded_broker_says_where(
     start` said only "did not come up within 30 s; see the logs". It says where the
     services connect and where the broker listens. (`[mqtt] host` another loopback
     address than the broker's stands for it here.)"""
-    st = make_stack(tmp_path)
-    settings = st.appdir / "settings.toml"
-    text = settings.read_text().replace("[mqtt]\n", '[mqtt]\nhost = "127.0.0.3"\n')
-    settings.write_text(text)
-    res = subprocess.run(
-        [str(BIN / "tomato"), "start", *st.dirs(), "-p", str(st.port), "-t", "3"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert res.returncode == 1, res
+    st, res = _failed_start(tmp_path, "[mqtt]\n", '[mqtt]\nhost = "127.0.0.3"\n')
     said = res.stderr
     assert f"its services connect to mqtt://127.0.0.3:{st.port}, and cannot connect" in said, said
     assert "the embedded broker listens on [broker] host = '127.0.0.1'" in said, said

@@ -261,6 +261,19 @@ def test_spool_keeps_until_acked_and_survives_restart(tmp_path: Path) -> None:
     sp.close()
 
 
+def _full_spool(tmp_path: Path, n: int) -> tuple[Spool, int]:
+    """A spool whose disk is full after its first batch (SQLite's max_page_count gives
+    the SQLITE_FULL a full disk gives), sent ``n`` batches in all; and its epoch."""
+    sp = Spool(tmp_path / "s.sqlite")
+    e = sp.new_epoch()
+    sp.put("c", "s", 0, e, _raw(0))
+    pages = sp._db.execute("PRAGMA page_count").fetchone()[0]
+    sp._db.execute(f"PRAGMA max_page_count = {pages}")  # the disk is full from here on
+    for seq in range(1, n):
+        assert sp.put("c", "s", seq, e, _raw(seq, 200)) == 0  # no exception, nothing dropped
+    return sp, e
+
+
 def test_a_spool_whose_disk_is_full_holds_batches_and_loses_none(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -270,13 +283,7 @@ def test_a_spool_whose_disk_is_full_holds_batches_and_loses_none(
     from tomato_mqtt.services.node import spool as spool_mod
 
     monkeypatch.setattr(spool_mod, "RETRY", 0.0)
-    sp = Spool(tmp_path / "s.sqlite")
-    e = sp.new_epoch()
-    sp.put("c", "s", 0, e, _raw(0))
-    pages = sp._db.execute("PRAGMA page_count").fetchone()[0]
-    sp._db.execute(f"PRAGMA max_page_count = {pages}")  # the disk is full from here on
-    for seq in range(1, 40):
-        assert sp.put("c", "s", seq, e, _raw(seq, 200)) == 0  # no exception, nothing dropped
+    sp, e = _full_spool(tmp_path, 40)
     assert sp.failing and "full" in sp.failing
     assert [q for q, _ in sp.get("c", "s", 0, 100)] == list(range(40))  # replays serve all
     assert sp.pending() == {("c", "s"): (0, 39)}
@@ -300,13 +307,7 @@ def test_a_spool_whose_disk_is_freed_says_so_without_a_new_batch(
     from tomato_mqtt.services.node import spool as spool_mod
 
     monkeypatch.setattr(spool_mod, "RETRY", 0.0)
-    sp = Spool(tmp_path / "s.sqlite")
-    e = sp.new_epoch()
-    sp.put("c", "s", 0, e, _raw(0))
-    pages = sp._db.execute("PRAGMA page_count").fetchone()[0]
-    sp._db.execute(f"PRAGMA max_page_count = {pages}")  # the disk is full from here on
-    for seq in range(1, 20):
-        sp.put("c", "s", seq, e, _raw(seq, 200))
+    sp, _e = _full_spool(tmp_path, 20)
     assert sp.failing and "full" in sp.failing
     assert sp.ack("c", "s", 19) == 20 and not sp._held  # all stored by the recorder
     # (the ack freed pages: the file itself would take a write now) while it refuses...
