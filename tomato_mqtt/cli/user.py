@@ -251,11 +251,10 @@ def list_(file: FileOpt = None, *, opts: common.Opts) -> None:
         users = load_users(path, missing_ok=True)
     except ConfigError as e:
         fail(str(e))
-    rows = [
+    rows: list[dict[str, Any]] = [
         {"user": u.name, "role": u.role or "(none)", "service": _is_service(u.name)}
-        for u in users.users.values()
+        for u in sorted(users.users.values(), key=lambda u: u.name)
     ]
-    rows.sort(key=lambda r: r["user"])
     shown = [
         {
             **r,
