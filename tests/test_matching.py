@@ -333,6 +333,25 @@ def test_a_matching_job_says_which_sample_it_waits_for() -> None:
     assert why == "no pipeline holds sample 's': load it into p1 (tomato pipeline load p1 s)"
     pips["p3"] = pip("p3", sample="s", ready=False, jobid=7)  # a launch took `ready`
     assert waiting_reason(["p3"], pips, "s") is None  # it waits for job 7: nothing to do
+    # the one candidate holds another sample: eject it first (the advice alone failed,
+    # "already holds sample …": a newcomer's tour)
+    why = waiting_reason(["p2"], pips, "s")
+    assert why == (
+        "no pipeline holds sample 's': load it into p2 "
+        "(tomato pipeline eject p2, then tomato pipeline load p2 s)"
+    ), why
+    # a near miss of a sample a pipeline holds: said as such
+    pips["p2"] = pip("p2", sample="counter_1_0.1")
+    why = waiting_reason(["p1", "p2"], pips, "counter_1_01")
+    assert why == (
+        "no pipeline holds sample 'counter_1_01'; p2 holds 'counter_1_0.1': did you mean "
+        "it? (the payload's sample name; to load this one there, eject that first: tomato "
+        "pipeline eject p2)"
+    ), why
+    # not a sibling numbered otherwise: another sample, rightly waited for
+    pips["p2"] = pip("p2", sample="sample-2")
+    why = waiting_reason(["p1", "p2"], pips, "sample-1")
+    assert why is not None and why.startswith("no pipeline holds sample 'sample-1': load"), why
 
 
 def test_a_sample_in_a_pipeline_that_cannot_run_now_is_said_so() -> None:

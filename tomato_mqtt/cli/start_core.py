@@ -232,6 +232,9 @@ def start(opts: core.Opts, verbose: int = 0, quiet: int = 0) -> None:
         what = "cannot be used" if installed else "is missing"
         if "restart node" in why:  # a broken driver's error says what to do itself
             todo = ""
+        elif "did you mean" in why:  # a misspelt name: the devices file is to be fixed
+            # ("install it" beside "did you mean": a newcomer's tour)
+            todo = " Fix the name in the devices file, then run `tomato reload`."
         elif installed:
             todo = " Fix it (or install what it imports), then run `tomato reload`."
         else:

@@ -8,6 +8,7 @@ of its candidate pipelines that is ready, runs no job and holds the job's sample
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
@@ -218,6 +219,11 @@ def next_launches(
     return out
 
 
+def _skeleton(name: str) -> str:
+    """A name without its digits: names equal so differ in their numbers only."""
+    return "".join(c for c in name if not c.isdigit())
+
+
 def waiting_reason(
     candidates: Sequence[str],
     pipelines: Mapping[str, PipelineState],
@@ -242,10 +248,30 @@ def waiting_reason(
         if stuck and problems is not None:
             why = problems[stuck[0]]
             return f"sample {sample!r} is in {stuck[0]}, which cannot run it now: {why}"
+        # (not a sibling that differs in its numbers only, `sample-2` for `sample-1`:
+        # that one is another sample, waited for rightly)
+        held = sorted(
+            {
+                p.sampleid
+                for p in pipelines.values()
+                if p.sampleid and _skeleton(p.sampleid) != _skeleton(sample)
+            }
+        )
+        near = difflib.get_close_matches(sample, held, n=1, cutoff=0.8)
+        if near:  # a near miss: the advice to load it where the other one is failed
+            # ("already holds sample …: eject it first": a newcomer's tour)
+            where = sorted(n for n, p in pipelines.items() if p.sampleid == near[0])
+            return (
+                f"no pipeline holds sample {sample!r}; {where[0]} holds {near[0]!r}: did "
+                "you mean it? (the payload's sample name; to load this one there, eject "
+                f"that first: tomato pipeline eject {where[0]})"
+            )
         if len(candidates) == 1:  # the exact command
+            held_by = pipelines[candidates[0]].sampleid if candidates[0] in pipelines else None
+            first = f"tomato pipeline eject {candidates[0]}, then " if held_by else ""
             return (
                 f"no pipeline holds sample {sample!r}: load it into {candidates[0]} "
-                f"(tomato pipeline load {candidates[0]} {sample})"
+                f"({first}tomato pipeline load {candidates[0]} {sample})"
             )
         where = ", ".join(candidates)
         return (
