@@ -7,6 +7,7 @@ whole (nothing changes), anything else is applied and pushed to the nodes.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -108,8 +109,20 @@ async def reload(ops: SchedulerOps, args: Mapping[str, JsonValue]) -> Result:
         await svc.clear_pipeline(name)
     for p in ops.store.pipelines():
         await svc.publish_pipeline(p.name)
+    # the components added (a component's name holds its driver: a driver changed is a
+    # component added) and their metas before the nodes take the new layout: a driver
+    # their node cannot load is said in the answer (a misspelt driver was "reload done",
+    # exit 0, the jobs left queued: a newcomer's tour)
+    watched = {
+        n: svc.metas.get(n)
+        for n in diff.added_components
+        if n in new_layout.components
+        and (node := svc.nodes.get(new_layout.components[n].node)) is not None
+        and node.state == "online"
+    }
     await svc.configure_nodes()
     svc.kick()
+    loaded = await _metas_after(svc, watched, RELOAD_WAIT)
     what = _describe_diff(diff)
     if drivers_changed:  # not part of the layout's diff, but a change all the same
         more = f"settings of driver(s): {', '.join(drivers_changed)}"
@@ -140,6 +153,9 @@ async def reload(ops: SchedulerOps, args: Mapping[str, JsonValue]) -> Result:
             f"installed before ({', '.join(uninstalled)})"
         )
         what = looked if what == "no changes" else f"{what}; {looked}"
+    for name, meta in sorted(loaded.items()):
+        if meta.error and not meta.registered:
+            what += f"; warning: component {name} cannot register: {meta.error}"
     if new_layout.ignored:  # said at every reload: the user is looking at the file now
         what += "; warning: " + "; warning: ".join(new_layout.ignored)
     offline: dict[str, list[str]] = {}  # node -> its components, for nodes not online
@@ -173,6 +189,24 @@ async def reload(ops: SchedulerOps, args: Mapping[str, JsonValue]) -> Result:
         )
     log.info("reload done: %s", what)  # (nothing in the log told what a reload changed)
     return Result("reload done: " + what, _jsonable_diff(diff))
+
+
+#: s at most a reload waits for the metas of the components it added on online nodes
+#: (a node registers a component, or says why not, within ~0.1 s; a loaded CI box took
+#: over 2 s once)
+RELOAD_WAIT = 5.0
+
+
+async def _metas_after(svc: Any, before: Mapping[str, Any], within: float) -> dict[str, Any]:
+    """The metas the nodes published for the components of ``before`` (name -> its meta
+    then) within ``within`` s: those come, or those come in time."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + within
+    while True:
+        new = {n: m for n in before if (m := svc.metas.get(n)) is not before[n] and m}
+        if len(new) == len(before) or loop.time() >= end:
+            return new
+        await asyncio.sleep(0.05)
 
 
 def _file_port(settings: Any) -> int | None:
