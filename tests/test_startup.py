@@ -744,3 +744,22 @@ def test_a_start_whose_services_cannot_reach_the_embedded_broker_says_where(
     assert f"its services connect to mqtt://127.0.0.3:{st.port}, and cannot connect" in said, said
     assert "the embedded broker listens on [broker] host = '127.0.0.1'" in said, said
     assert not processes_of(st.port), "a service of the failed start is left"
+
+
+def test_a_misspelt_driver_is_to_be_fixed_in_the_devices_file(tmp_path: Path) -> None:
+    """A newcomer's tour: `driver: example_countr` got "did you mean 'example_counter'?"
+    and then "Install it, then run `tomato reload`": the devices file is what to fix."""
+    from tests.stack import start_stack, stop_stack
+
+    st = make_stack(tmp_path)
+    devices = st.appdir / "devices.yml"
+    devices.write_text(devices.read_text().replace("example_counter", "example_countr"))
+    res = start_stack(st)
+    try:
+        assert res.returncode == 0, res
+        said = res.stderr
+        assert "did you mean 'example_counter'?" in said, said
+        assert "Fix the name in the devices file, then run `tomato reload`." in said, said
+        assert "Install it" not in said, said
+    finally:
+        stop_stack(st)
