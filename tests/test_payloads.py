@@ -280,8 +280,20 @@ def _task(ver: str, **changes: Any) -> dict[str, Any]:
         pytest.param(
             _task("0.2", time=None),
             "method[0].time",
-            "upgrading the payload from 0.2 to 1.0",
+            "found converting the payload from 0.2 to 1.0",
             id="v0.2-time",
+        ),
+        pytest.param(  # a misspelt task key (0.2 took it as a technique's: a newcomer's tour)
+            _task("0.2", delay=None, dealy=0.1),
+            "method[0].delay",
+            "field required; the task has 'dealy': did you mean 'delay'?",
+            id="v0.2-typo",
+        ),
+        pytest.param(
+            _task("0.2", technique=None, techniqe="count"),
+            "method[0].technique",
+            "did you mean 'technique'?",
+            id="v0.2-typo-technique",
         ),
         pytest.param(
             _task("1.0", component_tag=None),
