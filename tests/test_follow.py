@@ -106,6 +106,32 @@ async def test_follow_snapshot_and_exit_codes(
         rc, out = await follower
         assert rc == 1 and f"job {job2.id}: cd" in out, out
 
+        # Ctrl-C of a follower says the job goes on (only "interrupted": a newcomer could
+        # not tell whether it was cancelled), and it does
+        await st.call("pipeline_ready", {"pipeline": "pip-counter-1"})
+        job3 = await st.call("job_submit", {"payload": payload, "submit_dir": str(work)})
+        await st.wait_job(job3.id, {"r"})
+        import signal
+
+        proc = await asyncio.create_subprocess_exec(
+            str(BIN / "ketchup"), "status", str(job3.id), "--follow",
+            "-A", str(st.settings.appdir), "-p", str(broker.port),
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        )  # fmt: skip
+        assert proc.stdout is not None
+        first = await asyncio.wait_for(proc.stdout.readline(), 30)
+        assert first.startswith(f"job {job3.id}: r".encode()), first
+        proc.send_signal(signal.SIGINT)
+        _out, err = await asyncio.wait_for(proc.communicate(), 30)
+        assert proc.returncode == 130, (proc.returncode, err)
+        assert err.decode() == (
+            f"interrupted: stopped following job {job3.id}, which goes on "
+            f"(`ketchup cancel {job3.id}` stops it)\n"
+        ), err
+        assert (await st.call("job_status", {"jobids": [job3.id]}))[0].status == "r"
+        await st.call("job_cancel", {"jobids": [job3.id]})
+
 
 def test_a_follower_that_starts_mid_task_shows_the_task_at_once() -> None:
     """The job's own progress says which task runs: no wait for the next task event."""

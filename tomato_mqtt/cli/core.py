@@ -270,6 +270,10 @@ def client(ctx: CallContext, timeout: float = 10.0) -> Tomato:
 _REPLY_FORMAT: list[str | None] = [None]
 
 
+#: what the line said on Ctrl-C adds to "interrupted" (set by the command: what goes on)
+interrupted_note: str | None = None
+
+
 def exit_now(code: int = 0) -> NoReturn:
     """End a command whose work is done and printed, skipping the interpreter's teardown.
 

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from tomato_mqtt.cli import common, ketchup_core
+from tomato_mqtt.cli import common, core, ketchup_core
 from tomato_mqtt.cli.version import add_version
 
 if TYPE_CHECKING:
@@ -161,6 +161,12 @@ def _follow(ctx: common.CallContext, jobid: int, opts: common.Opts) -> None:
     with common.client(ctx, timeout=opts.timeout) as t:
         try:
             for p in t.follow(jobid):
+                # Ctrl-C from now on: said that the job goes on (only "interrupted" left a
+                # newcomer unsure whether it was cancelled)
+                core.interrupted_note = (
+                    f"stopped following job {jobid}, which goes on (`ketchup cancel {jobid}` "
+                    "stops it)"
+                )
                 if tty:
                     out.write("\r\x1b[2K" + p.bar()[:200])
                     out.flush()
