@@ -410,7 +410,8 @@ def oneshot_failed(
     fail(
         f"{unreachable}{e} ({ctx.where()})"
         if unreachable
-        else f"{e} — is tomato-mqtt running? ({ctx.where()})"
+        # (what to do, for a newcomer: "is it running?" alone left them guessing)
+        else f"{e} — is tomato-mqtt running? ({ctx.where()}): `tomato start` starts it"
     )
 
 

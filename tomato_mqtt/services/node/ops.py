@@ -31,7 +31,7 @@ __all__ = ["ComponentOps"]
 
 #: how to do it anyway, said to the CLI and to a request over MQTT alike (it said "use
 #: --force" to an integrator, whose request has no options: an integrator's tour)
-FORCE_HINT = '(passata --force; in a request: "force": true)'
+FORCE_HINT = '(with passata --force it is done all the same; a script sends "force": true)'
 
 #: s a task_start waits for its component's first registration to end (the scheduler
 #: waits 10 s for the answer, which must leave time for the task's own start)
