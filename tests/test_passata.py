@@ -203,7 +203,10 @@ def test_running_component_refuses_set_and_reset_without_force(stack: Stack) -> 
         assert "running" in res.stderr and "--force" in res.stderr
         # ... and to a request over MQTT, which has no options (it said "use --force" to
         # an integrator: an integrator's tour)
-        assert '(with passata --force it is done all the same; a script sends "force": true)' in res.stderr, res.stderr
+        assert (
+            '(with passata --force it is done all the same; a script sends "force": true)'
+            in res.stderr
+        ), res.stderr
         res = stack.run("passata", "reset", c)
         assert res.returncode == 1 and "--force" in res.stderr
         # register's refusal names the reset that frees it (it named a plain reset, which

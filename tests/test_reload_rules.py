@@ -241,3 +241,77 @@ async def test_a_payload_may_not_name_another_job_s_folder_in_the_datadir(
             own = st.settings.jobs_dir / str(job.id)
             assert job.status == "c" and job.respath == str(own / f"results.{folder.name}.nc")
         assert not (other / f"results.{other.name}.nc").exists()
+
+
+async def test_a_payload_s_file_names_are_file_names(
+    broker: RunningBroker, instance: str, tmp_path: Path
+) -> None:
+    """A hostile tour: `prefix: Jobs/1/results.1` (a path, not a name) put an operator's
+    file in job 1's folder under its name (job 1's own went beside it), and made folders
+    such as Jobs/999999999999; a snapshot's `path` named another job's folder unchecked;
+    a NUL or a 5,000 character prefix failed at the job's end with no file; a snapshot
+    every 0.0001 s rewrote the file 783 times; a job named with a zero-width space looked
+    exactly like another's. Each is refused at submit naming the field, or (a snapshot in
+    another job's folder) goes to the job's own folder."""
+    import yaml
+
+    from tests.inproc import CONFIG
+
+    def payload(**settings: object) -> dict[str, object]:
+        doc = yaml.safe_load((CONFIG / "counter_1_0.1.yml").read_text())
+        doc["method"][0].update(time=2.5, delay=0.1)
+        doc.setdefault("tomato", {}).update(settings)
+        return doc
+
+    async with inproc_stack(broker.port, tmp_path, instance) as st:
+        first = await st.short_job()
+        work = st.settings.datadir / "work"
+        refused = {
+            f"settings.output.prefix: 'Jobs/{first.id}/results.{first.id}' is a file name, "
+            "not a path: give the folder as settings.output.path": payload(
+                output={
+                    "path": str(st.settings.datadir),
+                    "prefix": f"Jobs/{first.id}/results.{first.id}",
+                }
+            ),
+            "settings.snapshot.prefix: '../x' is a file name": payload(
+                snapshot={"prefix": "../x", "frequency": 5}
+            ),
+            "settings.output.prefix: 'a\\x00b' holds a control character": payload(
+                output={"prefix": "a\x00b"}
+            ),
+            "settings.output.prefix is 5,000 bytes long: at most 200": payload(
+                output={"prefix": "x" * 5000}
+            ),
+            "settings.snapshot.interval: 0 s is below 1 s": payload(  # (a 0.2 takes ints)
+                snapshot={"prefix": "s", "frequency": 0}
+            ),
+        }
+        for words, doc in refused.items():
+            said = await st.raw(
+                st.topics.scheduler_cmd("job_submit"), {"payload": doc, "submit_dir": str(work)}
+            )
+            assert not said.success and said.code == "bad_request", (words, said)
+            assert words in said.msg, (words, said.msg)
+        said = await st.raw(
+            st.topics.scheduler_cmd("job_submit"),
+            {"payload": payload(), "submit_dir": str(work), "jobname": "otto-job\u200b"},
+        )
+        assert not said.success and "may not hold control characters or invisible" in said.msg, said
+        assert not (st.settings.jobs_dir / "999999999999").exists()
+        # a snapshot whose folder is another job's: it goes to the job's own
+        theirs = st.settings.jobs_dir / str(first.id)
+        before = sorted(p.name for p in theirs.iterdir()) if theirs.is_dir() else []
+        doc = payload(
+            snapshot={"path": str(theirs), "prefix": f"results.{first.id}", "frequency": 1}
+        )
+        await st.call("pipeline_ready", {"pipeline": "pip-counter-1"})
+        said = await st.raw(
+            st.topics.scheduler_cmd("job_submit"), {"payload": doc, "submit_dir": str(work)}
+        )
+        assert said.success, said
+        job = await st.wait_job(said.data["id"], {"c", "ce", "cd"}, timeout=30)
+        own = st.settings.jobs_dir / str(job.id)
+        assert job.status == "c" and (own / f"results.{first.id}.nc").is_file(), job
+        after = sorted(p.name for p in theirs.iterdir()) if theirs.is_dir() else []
+        assert after == before, (before, after)

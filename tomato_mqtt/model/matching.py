@@ -260,11 +260,11 @@ def waiting_reason(
         near = difflib.get_close_matches(sample, held, n=1, cutoff=0.8)
         if near:  # a near miss: the advice to load it where the other one is failed
             # ("already holds sample …: eject it first": a newcomer's tour)
-            where = sorted(n for n, p in pipelines.items() if p.sampleid == near[0])
+            at = min(n for n, p in pipelines.items() if p.sampleid == near[0])
             return (
-                f"no pipeline holds sample {sample!r}; {where[0]} holds {near[0]!r}: did "
+                f"no pipeline holds sample {sample!r}; {at} holds {near[0]!r}: did "
                 "you mean it? (the payload's sample name; to load this one there, eject "
-                f"that first: tomato pipeline eject {where[0]})"
+                f"that first: tomato pipeline eject {at})"
             )
         if len(candidates) == 1:  # the exact command
             held_by = pipelines[candidates[0]].sampleid if candidates[0] in pipelines else None

@@ -97,6 +97,15 @@ class JobLifecycle:
             base = Path(job.respath).parent
         else:
             base = output_dir(None, job.submit_dir, own)
+        jobs = self.svc.settings.jobs_dir.resolve()
+        there = base.resolve()
+        if there != own.resolve() and (there == jobs or jobs in there.parents):
+            # another job's folder in the datadir (its snapshot named Jobs/3 and results.3
+            # and got there before job 3's own file: a hostile tour), as at a submit
+            log.warning(
+                "job %d: its snapshots go to %s, not to %s (another job's)", job.id, own, base
+            )
+            base = own
         prefix = snap.get("prefix") or f"snapshot.{job.id}"
         while job.id in self.svc.runners:
             await asyncio.sleep(interval)

@@ -117,8 +117,8 @@ async def reload(ops: SchedulerOps, args: Mapping[str, JsonValue]) -> Result:
         n: svc.metas.get(n)
         for n in diff.added_components
         if n in new_layout.components
-        and (node := svc.nodes.get(new_layout.components[n].node)) is not None
-        and node.state == "online"
+        and (host := svc.nodes.get(new_layout.components[n].node)) is not None
+        and host.state == "online"
     }
     await svc.configure_nodes()
     svc.kick()
