@@ -110,7 +110,9 @@ class SecureBroker:
         return p.read_text() if p.exists() else ""
 
 
-async def start_amqtt(workdir: Path, instance: str, **tls: str) -> SecureBroker:
+async def start_amqtt(
+    workdir: Path, instance: str, max_per_login: int = 32, **tls: str
+) -> SecureBroker:
     users = write_users(workdir / "users")
     (workdir / "devices.yml").write_text(DEVICES)
     b = SecureBroker("amqtt", free_port(), instance, workdir, users)
@@ -121,6 +123,7 @@ async def start_amqtt(workdir: Path, instance: str, **tls: str) -> SecureBroker:
         instance=instance,
         devices_file=str(workdir / "devices.yml"),
         default_node="local",
+        max_connections_per_login=max_per_login,
     )
     if tls:
         b.tls_port = free_port()

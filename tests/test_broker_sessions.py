@@ -378,3 +378,44 @@ async def test_a_client_the_broker_no_longer_takes_back_says_so(
         finally:
             node._reconnect_enabled = False
             await node.disconnect()
+
+
+async def test_one_login_holds_at_most_its_connections(
+    tmp_path: Path, instance: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A hostile tour: 40 connections of one reader that subscribed to every status and
+    never read took the broker from 47 to 845 MB and held up others' requests. One login
+    holds at most `[broker] max_connections_per_login` (here 4); one more is refused
+    "server unavailable" (its password was right), said in the log; another login is not
+    touched, and once one of them ends the login connects again."""
+    from tests import security_env
+
+    b = await security_env.start_amqtt(tmp_path, instance, max_per_login=4)
+    held: list[Raw] = []
+    try:
+        for _ in range(4):
+            held.append(Raw(b, "rita"))
+            assert await held[-1].connect(), held[-1].refused
+        one_more = Raw(b, "rita")
+        assert not await one_more.connect()
+        assert str(one_more.refused) == "Server unavailable", one_more.refused
+        other = Raw(b, "ada")
+        assert await other.connect(), other.refused  # another login: not touched
+        other.close()
+        held.pop().close()
+        for _ in range(50):  # the broker has seen it go
+            again = Raw(b, "rita")
+            if await again.connect():
+                held.append(again)
+                break
+            await asyncio.sleep(0.1)
+        else:
+            raise AssertionError("rita could not connect again after one ended")
+        said = [
+            r.getMessage() for r in caplog.records if "refused the login 'rita'" in r.getMessage()
+        ]
+        assert said and "the login has 4 connections already" in said[0], said
+    finally:
+        for r in held:
+            r.close()
+        await security_env.stop(b)

@@ -58,6 +58,10 @@ class BrokerConfig:
     #: the largest packet a client may send (bytes); a larger one closes its connection
     #: before its body is read, as Mosquitto's max_packet_size (amqtt took 256 MB)
     max_packet_bytes: int = 8 * 1024 * 1024
+    #: connections one login may hold at once on a secured broker (0: no limit); one
+    #: more is refused "server unavailable" (each costs the broker up to
+    #: max_queued_bytes: 40 that never read took it from 47 to 845 MB, a hostile tour)
+    max_connections_per_login: int = 32
     #: an already listening socket for the plain MQTT listener (handed down by the
     #: supervisor, which binds it before anything starts): clients that connect while
     #: this broker still imports wait in its backlog instead of retrying with back-off

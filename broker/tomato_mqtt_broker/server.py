@@ -418,6 +418,14 @@ MAX_FILTERS = 20_000
 BODY_WAIT = 60.0
 
 
+async def _unavailable(handler: Any, _authorize: bool) -> None:
+    """CONNACK "server unavailable" (3) for a login that holds the most connections it
+    may: its password was right, and "not authorised" sent people to check it."""
+    from amqtt.mqtt.connack import SERVER_UNAVAILABLE, ConnackPacket
+
+    await handler._send_packet(ConnackPacket.build(0, SERVER_UNAVAILABLE))
+
+
 def _broker_class(
     listen_fd: int | None,
     open_stack: bool,
@@ -426,6 +434,7 @@ def _broker_class(
     max_packet: int = 8 * 1024 * 1024,
     instance: str = "default",
     require_certificate: bool = False,
+    max_per_login: int = 0,
 ) -> Any:
     """amqtt's Broker, without its retained-message leak.
 
@@ -461,6 +470,9 @@ def _broker_class(
             self.connections: set[asyncio.StreamWriter] = set()
             #: the throwaway client ids of logins refused at CONNECT (_initialize_client_session)
             self._refused: set[str] = set()
+            #: id() of the sessions refused for their login's connections: told "server
+            #: unavailable", not "not authorised" (their password was right)
+            self._busy_refusals: set[int] = set()
             #: id() of the sessions admitted there, for the check amqtt makes afterwards
             self._admitted: set[int] = set()
             #: client id -> the filters its session holds (add_subscription)
@@ -671,6 +683,9 @@ def _broker_class(
                 session.client_id = f"refused-{gen_client_id()}"
                 session.will_flag = False
                 self._refused.add(session.client_id)
+                if id(session) in self._busy_refusals:
+                    self._busy_refusals.discard(id(session))
+                    handler.mqtt_connack_authorize = functools.partial(_unavailable, handler)
                 return handler, session
             held = self._sessions.get(session.client_id) if session.client_id else None
             if held is not None and held[0].transitions.is_connected():
@@ -818,6 +833,23 @@ def _broker_class(
                 other = held[0]
                 if other.transitions.is_connected() or not other.clean_session:
                     return f"the client id is in use by another login ({other.username!r})"
+            if max_per_login > 0:
+                # one login's connections are bounded: 40 that never read, each sent the
+                # retained state (3,000 job statuses), took the broker from 47 to 845 MB
+                # and held up others' requests for seconds (a hostile tour)
+                mine = sum(
+                    1
+                    for cid, (s, _h) in self._sessions.items()
+                    if s.username == session.username
+                    and cid != session.client_id  # (its own id again: a takeover)
+                    and s.transitions.is_connected()
+                )
+                if mine >= max_per_login:
+                    self._busy_refusals.add(id(session))
+                    return (
+                        f"the login has {mine} connections already, the most one login "
+                        f"may hold ([broker] max_connections_per_login = {max_per_login})"
+                    )
             return None
 
         def _held_by_another(self, session: Any) -> bool:
@@ -1167,6 +1199,7 @@ class EmbeddedBroker:
             self.config.max_packet_bytes,
             self.config.instance,
             self.config.require_certificate,
+            self.config.max_connections_per_login if not open_stack else 0,
         )
         self._broker = cls(config)
         try:

@@ -117,6 +117,7 @@ def broker_config(s: Settings) -> Any:
         max_queued_bytes=b.max_queued_bytes,
         max_queued_messages=b.max_queued_messages,
         max_packet_bytes=b.max_packet_bytes,
+        max_connections_per_login=b.max_connections_per_login,
     )
 
 

@@ -134,6 +134,9 @@ class BrokerSettings(_Section):
     #: The services send no larger reply; with an external broker, set it to its limit
     #: (at least 512 KiB: a file's chunk of 256 KiB travels as base64, ~350 kB)
     max_packet_bytes: int = Field(default=8 * 1024 * 1024, ge=512 * 1024, le=256 * 1024 * 1024)
+    #: connections one login may hold at once on the secured embedded broker (0: no
+    #: limit); one more is refused "server unavailable"
+    max_connections_per_login: int = Field(default=32, ge=0)
 
     @model_validator(mode="after")
     def _network_needs_auth(self) -> BrokerSettings:
