@@ -51,6 +51,31 @@ async def test_wrong_passwords_make_the_next_tries_wait() -> None:
         await ss.sign_in("otto", "x")
 
 
+async def test_wrong_passwords_from_one_address_do_not_keep_the_user_out() -> None:
+    """A hostile tour: three wrong passwords a minute for otto, from anyone who reached
+    the page, kept otto himself out (his right password: "try again in 3 s"). The wait
+    is per client address; a login's guesses from every address together slow down only
+    after FREE_FAILURES_PER_LOGIN."""
+    ss = _sessions()
+    for _ in range(Sessions.FREE_FAILURES):
+        with pytest.raises(LoginFailed, match="did not accept"):
+            await ss.sign_in("otto", "wrong", peer="192.0.2.66")
+    with pytest.raises(LoginFailed, match="failed sign-ins for 'otto' in a row: try again"):
+        await ss.sign_in("otto", "wrong", peer="192.0.2.66")
+    # otto, from his own PC: his try reaches the broker (here: none there)
+    with pytest.raises(LoginFailed, match="did not accept"):
+        await ss.sign_in("otto", "right", peer="192.0.2.10")
+    # guesses from many addresses: held up once they add up for the login
+    for i in range(Sessions.FREE_FAILURES_PER_LOGIN):
+        ss._failures.pop(f"otto@192.0.2.{100 + i}", None)
+        try:
+            await ss.sign_in("otto", "wrong", peer=f"192.0.2.{100 + i}")
+        except LoginFailed:
+            pass
+    with pytest.raises(LoginFailed, match="try again in"):
+        await ss.sign_in("otto", "wrong", peer="192.0.2.250")
+
+
 async def test_tries_sent_at_once_do_not_pass_the_wait_together(
     tmp_path: Path, instance: str
 ) -> None:

@@ -134,8 +134,14 @@ class Sessions:
     MAX_PER_USER = 5
     #: s without a request after which a session is signed out
     IDLE = 12 * 3600.0
-    #: failed sign-ins of one login before each further try waits (2, 4, ... 60 s)
+    #: failed sign-ins of one login from one client address before each further try
+    #: from there waits (2, 4, ... 60 s)
     FREE_FAILURES = 3
+    #: the same of one login from every address together: counted per address first,
+    #: so that anyone who reaches the page cannot keep a user out with three wrong
+    #: passwords a minute (a hostile tour); guesses spread over many addresses still
+    #: slow down here, and the broker checks two passwords at a time at most
+    FREE_FAILURES_PER_LOGIN = 50
     #: sign-ins from one client address under way at once (a page makes one at a time;
     #: many at once are a run of guesses spread over logins)
     MAX_IN_FLIGHT_PER_PEER = 4
@@ -151,8 +157,11 @@ class Sessions:
         self.exposed = exposed
         self._by_token: dict[str, Session] = {}
         self.shared: Session | None = None
-        #: login -> (failed sign-ins in a row, monotonic time of the last)
+        #: login, or login@address when the address is known -> (failed sign-ins in a
+        #: row, monotonic time of the last)
         self._failures: dict[str, tuple[int, float]] = {}
+        #: login -> the same from every address together
+        self._login_failures: dict[str, tuple[int, float]] = {}
         self._in_flight: dict[str, int] = {}  # client address -> sign-ins under way
         self._closing: set[asyncio.Future[None]] = set()  # connections of dropped sessions
         #: why a token no longer signs anyone in (the newest ENDED_KEPT)
@@ -237,49 +246,66 @@ class Sessions:
             self._closing.add(task)
             task.add_done_callback(self._closing.discard)
 
-    def _check_failures(self, username: str) -> None:
-        count, last = self._failures.get(username, (0, 0.0))
-        if count < self.FREE_FAILURES:
-            return
-        wait = min(60.0, 2.0 ** (count - self.FREE_FAILURES + 1))
-        left = last + wait - time.monotonic()
-        if left > 0:
-            raise LoginFailed(
-                # rounded up: 0.4 s read "try again in 0 s" (a dashboard tour)
-                f"{count} failed sign-ins for {username!r} in a row: try again in "
-                f"{math.ceil(left)} s"
-            )
+    def _check_failures(self, username: str, peer: str | None) -> None:
+        for table, key, free in (
+            (self._failures, _key(username, peer), self.FREE_FAILURES),
+            (self._login_failures, username, self.FREE_FAILURES_PER_LOGIN),
+        ):
+            count, last = table.get(key, (0, 0.0))
+            if count < free:
+                continue
+            wait = min(60.0, 2.0 ** (count - free + 1))
+            left = last + wait - time.monotonic()
+            if left > 0:
+                raise LoginFailed(
+                    # rounded up: 0.4 s read "try again in 0 s" (a dashboard tour)
+                    f"{count} failed sign-ins for {username!r} in a row: try again in "
+                    f"{math.ceil(left)} s"
+                )
 
-    def _failed(self, username: str) -> None:
-        count, _last = self._failures.get(username, (0, 0.0))
-        self._failures[username] = (count + 1, time.monotonic())
-        while len(self._failures) > 10_000:  # bounded, whatever names are tried
-            self._failures.pop(next(iter(self._failures)))
+    def _failed(self, username: str, peer: str | None) -> None:
+        for table, key in (
+            (self._failures, _key(username, peer)),
+            (self._login_failures, username),
+        ):
+            count, _last = table.get(key, (0, 0.0))
+            table[key] = (count + 1, time.monotonic())
+            while len(table) > 10_000:  # bounded, whatever names are tried
+                table.pop(next(iter(table)))
+
+    def _refused_now(self, username: str, peer: str | None) -> None:
+        """The wait runs from the refusal."""
+        for table, key in (
+            (self._failures, _key(username, peer)),
+            (self._login_failures, username),
+        ):
+            if key in table:
+                table[key] = (table[key][0], time.monotonic())
 
     async def sign_in(self, username: str, password: str, peer: str | None = None) -> Session:
         """Sign ``username`` in (``peer``: the client's address, if known)."""
-        self._check_failures(username)
+        self._check_failures(username, peer)
         if peer is not None and self._in_flight.get(peer, 0) >= self.MAX_IN_FLIGHT_PER_PEER:
             raise LoginFailed("other sign-ins from your address are under way: try again")
         # a try counts as failed from its start, until it succeeds: the check above came
         # before the broker's answer, so once a wait had passed, 20 tries sent at once all
         # reached the broker's password check (found by a security audit); now the first
         # of them makes the others wait
-        self._failed(username)
+        self._failed(username, peer)
         if peer is not None:
             self._in_flight[peer] = self._in_flight.get(peer, 0) + 1
         try:
             s = await self._sign_in(username, password)
         except LoginFailed:
-            if username in self._failures:  # the wait runs from the refusal
-                self._failures[username] = (self._failures[username][0], time.monotonic())
+            self._refused_now(username, peer)
             raise
         finally:
             if peer is not None:
                 left = self._in_flight.pop(peer, 1) - 1
                 if left:
                     self._in_flight[peer] = left
-        self._failures.pop(username, None)
+        self._failures.pop(_key(username, peer), None)
+        self._login_failures.pop(username, None)
         return s
 
     async def _sign_in(self, username: str, password: str) -> Session:
@@ -362,3 +388,8 @@ class Sessions:
 async def _disconnect(client: AsyncClient) -> None:
     with contextlib.suppress(Exception):
         await client.disconnect()
+
+
+def _key(username: str, peer: str | None) -> str:
+    """Where a login's failed sign-ins are counted: per client address when known."""
+    return username if peer is None else f"{username}@{peer}"
