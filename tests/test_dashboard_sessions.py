@@ -180,3 +180,9 @@ async def test_a_node_login_is_told_its_role_cannot_use_the_dashboard(
                 assert "'pc1' cannot use the dashboard: its role" in got["msg"], got
             else:  # a person's login: signed in
                 assert got["success"] and got["me"]["role"] == "reader", got
+        # a control without a session: "not signed in" (it named the dashboard's own
+        # login's role, reader: a hostile tour)
+        body = {"op": "job_cancel", "args": {"jobids": [1]}}
+        async with http.post(dash.address() + "api/cmd", json=body) as r:
+            got = await r.json()
+        assert got["code"] == "not_allowed" and got["msg"].startswith("not signed in"), got

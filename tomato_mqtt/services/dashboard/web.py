@@ -353,6 +353,9 @@ async def _cmd(request: web.Request) -> web.StreamResponse:
             )
         if s.read_only:  # (it named the login's role, admin, on a read-only page: a tour)
             return _fail(f"not allowed here: {op} (this dashboard is read-only)", "not_allowed")
+        if s is request.app[SVC].sessions.shared:  # nobody signed in: said so (it named
+            # the dashboard's own login's role, reader: a hostile tour)
+            return _fail(f"not signed in: sign in to use {op}", "not_allowed")
         role = s.describe()["role"] or "none"
         return _fail(f"not allowed here: {op} (role {role})", "not_allowed")
     try:
