@@ -419,3 +419,31 @@ async def test_one_login_holds_at_most_its_connections(
         for r in held:
             r.close()
         await security_env.stop(b)
+
+
+async def test_one_login_queues_at_most_its_jobs(tmp_path: Path, instance: str) -> None:
+    """A hostile tour: one operator queued 3,000 jobs (each a retained status every
+    subscriber is sent), which drove the broker's memory and everybody's queue. A login
+    has at most `[jobs] max_queued_per_login` queued (here 2); another's are not counted."""
+    import yaml
+
+    from tests.inproc import CONFIG, running
+    from tests.security_env import scheduler_settings
+    from tomato_mqtt.client import AsyncTomato, ClientError
+    from tomato_mqtt.services.scheduler.service import SchedulerService
+
+    payload = yaml.safe_load((CONFIG / "counter_1_0.1.yml").read_text())
+    async with secured("amqtt", tmp_path / "b", instance) as b:
+        settings = scheduler_settings(b, tmp_path, "[jobs]\nmax_queued_per_login = 2\n")
+        async with running(SchedulerService(settings)):
+            async with AsyncTomato(b.url("olga"), instance) as olga:
+                for _ in range(2):  # no pipeline holds its sample: they stay queued
+                    await olga.submit(payload)
+                with pytest.raises(ClientError) as e:
+                    await olga.submit(payload)
+                assert e.value.code == "conflict", e.value
+                assert "olga has 2 jobs queued already" in str(e.value), e.value
+                assert "[jobs] max_queued_per_login = 2" in str(e.value), e.value
+            async with AsyncTomato(b.url("otto"), instance) as otto:
+                job = await otto.submit(payload)  # another login: its own count
+                assert job.info.status in ("q", "qw"), job.info

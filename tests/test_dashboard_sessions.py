@@ -8,6 +8,7 @@ a scheduler's whoami) is in tests/test_dashboard.py.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from pathlib import Path
 from typing import Any
@@ -68,10 +69,8 @@ async def test_wrong_passwords_from_one_address_do_not_keep_the_user_out() -> No
     # guesses from many addresses: held up once they add up for the login
     for i in range(Sessions.FREE_FAILURES_PER_LOGIN):
         ss._failures.pop(f"otto@192.0.2.{100 + i}", None)
-        try:
+        with contextlib.suppress(LoginFailed):
             await ss.sign_in("otto", "wrong", peer=f"192.0.2.{100 + i}")
-        except LoginFailed:
-            pass
     with pytest.raises(LoginFailed, match="try again in"):
         await ss.sign_in("otto", "wrong", peer="192.0.2.250")
 

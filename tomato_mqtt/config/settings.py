@@ -197,6 +197,10 @@ class JobLimits(_Section):
     max_tasks: int = Field(default=10_000, ge=1)
     #: the shortest sampling interval (s) of a driver that declares none
     min_sampling_interval: float = Field(default=0.001, gt=0)
+    #: jobs one login may have queued (q, qw) at once on a secured stack (0: no limit):
+    #: 3,000 of one operator's, each a retained status, drove the broker's memory and
+    #: everybody's queue (a hostile tour)
+    max_queued_per_login: int = Field(default=1000, ge=0)
     #: retained ``job/<id>/status`` of finished jobs: at most this many (the newest) ...
     retain_finished: int = Field(default=20, ge=0)
     #: ... and none older than this (s after the job ended). The job itself stays in the

@@ -473,6 +473,7 @@ class SchedulerOps:
         )
         self.access.check_bounds(pdict.get("method") or [], bulk, written=doc)
         _check_files(pdict.get("settings") or {})
+        self._check_queued()
         with self.store.transaction():  # the job and its file's path: one fsync
             job = self.store.add_job(
                 pdict,
@@ -717,6 +718,22 @@ class SchedulerOps:
             await self.svc.publish_job(job)
         self.svc.job_event(job.id, "snapshot_written", detail={"path": written})
         return Result(msg, data)
+
+    def _check_queued(self) -> None:
+        """Refuse a submit of a login that has ``[jobs] max_queued_per_login`` jobs
+        queued already (a secured stack: on an open one every client is anonymous)."""
+        most = self.svc.settings.jobs.max_queued_per_login
+        if not most or self.svc.settings.users_file is None:
+            return
+        owner = self.access.owner()
+        n = self.store.queued_of(owner)
+        if n >= most:
+            raise CommandError(
+                f"payload refused: {owner} has {n:,} jobs queued already, the most one "
+                f"login may ([jobs] max_queued_per_login = {most:,}): wait for some to "
+                "run, or cancel some",
+                code="conflict",
+            )
 
     # -- the queue -------------------------------------------------------------------------
     async def schedule(self) -> None:

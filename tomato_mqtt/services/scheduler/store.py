@@ -513,6 +513,14 @@ class StateStore:
         rows = self._db.execute("SELECT * FROM jobs ORDER BY id LIMIT ? OFFSET ?", (limit, offset))
         return [self._job(r) for r in rows]
 
+    def queued_of(self, owner: str) -> int:
+        """How many jobs ``owner`` has queued (q, qw): an index range per status."""
+        return int(
+            self._db.execute(
+                "SELECT COUNT(*) FROM jobs WHERE status IN ('q', 'qw') AND owner = ?", (owner,)
+            ).fetchone()[0]
+        )
+
     def queue_ends(self, n: int) -> tuple[int, list[Job], list[Job]]:
         """How many jobs are queued (q, qw), the first ``n`` and the last ``n`` of them
         (none in both): one index range per status, however deep the queue."""
