@@ -374,3 +374,26 @@ def test_a_sample_in_a_pipeline_that_cannot_run_now_is_said_so() -> None:
     pips["pip-counter-1"] = pip("pip-counter-1", sample=None)
     why = waiting_reason(r.candidates, pips, "s", problems=r.problems)
     assert why is not None and why.startswith("no pipeline holds sample 's'")
+
+
+def test_a_job_runs_only_on_its_owner_s_sample_or_the_lab_s() -> None:
+    """A hostile tour: olga's job ran on otto's sample (his pipeline, his `ready`)."""
+    from tomato_mqtt.model.matching import next_launches
+
+    theirs = PipelineState(name="a", sampleid="s", ready=True, owner="otto")
+    olga = job(1).model_copy(update={"owner": "olga"})
+    m = {1: MatchResult(["a"])}
+
+    def sample_of(j: Job) -> str:
+        return "s"
+
+    assert next_launches([olga], {"a": theirs}, m, sample_of) == []
+    otto = olga.model_copy(update={"owner": "otto"})
+    assert next_launches([otto], {"a": theirs}, m, sample_of) == [(1, "a")]
+    lab = theirs.model_copy(update={"owner": None})  # an admin's: every job's
+    assert next_launches([olga], {"a": lab}, m, sample_of) == [(1, "a")]
+    why = waiting_reason(["a"], {"a": theirs}, "s", owner="olga")
+    assert why == (
+        "sample 's' is in a, loaded by otto: a job runs only on a sample its owner or an "
+        "admin loaded (load yours into a free pipeline)"
+    ), why

@@ -463,3 +463,43 @@ def test_one_login_s_flood_of_the_recorder_or_a_node_is_limited_and_told(
     assert "recorder: requests over 200 a second of one login dropped unread (rita: " in logs
     assert "node local: requests over 200 a second of one login dropped unread (olga: " in logs
     allowed(st, "olga", "tomato", "pipeline", "eject", "pip-counter-4")
+
+
+@SHARED
+def test_an_operator_s_sample_is_theirs(secured: Stack, tmp_path: Path) -> None:
+    """A hostile tour: olga submitted a job for otto's sample and it ran on his pipeline,
+    using up his `ready`; she could eject his sample or mark his pipeline ready. A sample
+    an operator loads is theirs: only their jobs run on it, only they or an admin eject
+    it or mark its pipeline ready. (A sample an admin loads is the lab's, for every job.)"""
+    st = secured
+
+    def job_for(user: str, sample: str, time: float) -> int:
+        doc = yaml.safe_load((CONFIG / "counter_1_0.1.yml").read_text())
+        doc["sample"]["name"] = sample
+        doc["method"][0].update(delay=0.1, time=time)
+        path = tmp_path / f"{user}-{sample}.yml"
+        path.write_text(yaml.safe_dump(doc))
+        return submit_as(st, user, path)
+
+    allowed(st, "olga", "tomato", "pipeline", "load", "pip-counter-4", "olga-s")
+    pips = json.loads(allowed(st, "rita", "tomato", "status", "pipelines", "--json"))["data"]
+    assert pips["pip-counter-4"]["owner"] == "olga", pips["pip-counter-4"]
+    err = refused_all(
+        st,
+        [
+            ("otto", "tomato", "pipeline", "ready", "pip-counter-4"),
+            ("otto", "tomato", "pipeline", "eject", "pip-counter-4"),
+        ],
+    )
+    assert all("holds the sample 'olga-s' of olga" in e for e in err), err
+    # otto's job for her sample waits, saying why; her pipeline ready runs hers, not his
+    his = job_for("otto", "olga-s", 0.3)
+    job = st.wait_job(his, {"qw"}, timeout=30)
+    assert "sample 'olga-s' is in pip-counter-4, loaded by olga" in (job["reason"] or ""), job
+    allowed(st, "olga", "tomato", "pipeline", "ready", "pip-counter-4")
+    hers = job_for("olga", "olga-s", 0.3)
+    assert st.wait_job(hers, {"c", "ce", "cd"}, timeout=60)["status"] == "c"
+    assert st.job(his)["status"] == "qw", st.job(his)
+    # an admin may eject it; otto's job is his to cancel
+    allowed(st, "ada", "tomato", "pipeline", "eject", "pip-counter-4")
+    allowed(st, "otto", "ketchup", "cancel", str(his))

@@ -111,6 +111,10 @@ class PipelineState(BaseModel):
     sampleid: str | None = None
     ready: bool = False
     jobid: int | None = None
+    #: whose sample it holds: the operator who loaded it on a secured stack (only their
+    #: jobs run on it, only they or an admin eject it or mark it ready); None: the lab's
+    #: (loaded by an admin, or on an open stack), for every job
+    owner: str | None = None
 
 
 class UnknownName(KeyError):

@@ -25,6 +25,7 @@ __all__ = [
     "Validator",
     "match",
     "next_launches",
+    "usable",
     "waiting_reason",
 ]
 
@@ -54,6 +55,9 @@ class QueuedLike(Protocol):
 
     @property
     def status(self) -> str: ...
+
+    @property
+    def owner(self) -> str | None: ...
 
 
 class TaskLike(Protocol):
@@ -209,6 +213,8 @@ def next_launches(
                 continue
             if pip.sampleid is None or pip.sampleid != sample:
                 continue
+            if not usable(pip, job.owner):  # another operator's sample
+                continue
             comps = set(layouts[name].roles.values()) if layouts and name in layouts else set()
             if comps & busy:
                 continue
@@ -217,6 +223,13 @@ def next_launches(
             busy |= comps
             break
     return out
+
+
+def usable(pip: PipelineState, owner: str | None) -> bool:
+    """Whether a job of ``owner`` may run on ``pip``: its sample is the lab's (no owner)
+    or the job owner's. An operator's job ran on another's sample and used up their
+    `ready` (a hostile tour)."""
+    return pip.owner is None or pip.owner == owner
 
 
 def _skeleton(name: str) -> str:
@@ -230,6 +243,7 @@ def waiting_reason(
     sample: str,
     blocked: Mapping[str, str] | None = None,
     problems: Mapping[str, str] | None = None,
+    owner: str | None = None,
 ) -> str | None:
     """Why a job that some pipeline can run still waits, when the user must act or
     something other than a job of the queue holds it up.
@@ -240,7 +254,22 @@ def waiting_reason(
     a task of an ended job); ``problems``: per pipeline that is no candidate, why (its
     component not online). ``None`` when it just waits for a running job to end.
     """
-    holding = [n for n in candidates if n in pipelines and pipelines[n].sampleid == sample]
+    holding = [
+        n
+        for n in candidates
+        if n in pipelines and pipelines[n].sampleid == sample and usable(pipelines[n], owner)
+    ]
+    theirs = [
+        n
+        for n in candidates
+        if n in pipelines and pipelines[n].sampleid == sample and not usable(pipelines[n], owner)
+    ]
+    if not holding and theirs:  # the sample is there, but another operator's
+        p = pipelines[theirs[0]]
+        return (
+            f"sample {sample!r} is in {p.name}, loaded by {p.owner}: a job runs only on a "
+            "sample its owner or an admin loaded (load yours into a free pipeline)"
+        )
     if not holding:
         # the sample is where the job cannot run now (its node lost, say): that, not "load
         # it into …" (a fault run: told so for the whole of a network cut)

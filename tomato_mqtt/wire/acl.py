@@ -11,7 +11,8 @@ Roles:
 - ``admin``: everything, including ``stop``, ``reload``, node ``shutdown`` and direct
   component control (``passata set/measure/reset``).
 - ``operator``: submit jobs, cancel and snapshot them (the scheduler allows their own
-  jobs only), load / eject / mark pipelines ready, read component attributes with
+  jobs only), load samples, eject / mark ready pipelines of their own sample or the
+  lab's (the scheduler checks), read component attributes with
   passata, fetch their jobs' data from the recorder; reads everything a reader reads.
 - ``reader`` (alias ``dashboard``): subscribes to presence, status, metadata, data and
   events; sends only queries (``status``, ``job_status``, ``job_search``); never

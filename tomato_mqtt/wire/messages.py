@@ -319,6 +319,12 @@ class PipelineStatus(WireModel):
     ready: bool = False
     job: int | None = Field(None, alias="jobid", validation_alias=_renamed("jobid", "job"))
     roles: dict[str, str] = Field(default_factory=dict)
+    owner: str | None = Field(
+        None,
+        description="whose sample it holds: the operator who loaded it on a secured stack "
+        "(only their jobs run on it; only they or an admin eject it or mark it ready); "
+        "null: the lab's (loaded by an admin, or on an open stack), for every job",
+    )
 
 
 class JobStatus(WireModel):

@@ -18,7 +18,7 @@ from typing import Any
 from tomato_mqtt.config.roles import ADMIN_OPS, OPERATOR_OPS, READ_OPS, is_admin
 from tomato_mqtt.config.settings import Settings
 from tomato_mqtt.config.users import RoleBook
-from tomato_mqtt.model.jobs import Job
+from tomato_mqtt.model.jobs import Job, PipelineState
 from tomato_mqtt.transport.rpc import CommandError, requester
 
 __all__ = ["Access"]
@@ -48,6 +48,26 @@ class Access:
 
     def owner(self) -> str | None:
         return self.who()[0]
+
+    def sample_owner(self) -> str | None:
+        """Whose a sample loaded now is: an operator's own on a secured stack; None (the
+        lab's, for every job) when an admin loads it, or on an open stack."""
+        user, role = self.who()
+        return None if self.roles.open or is_admin(role) else user
+
+    def require_pipeline(self, p: PipelineState, what: str) -> None:
+        """An operator's sample is theirs: another operator may not eject it or mark its
+        pipeline ready (one marked another's ready and ran a job on their sample: a
+        hostile tour); an admin may."""
+        user, role = self.who()
+        if p.owner is None or p.owner == user or is_admin(role):
+            return
+        raise CommandError(
+            f"not allowed: {p.name} holds the sample {p.sampleid!r} of {p.owner}; user "
+            f"{user!r} (role {role or 'none'}) may {what} only pipelines holding their own "
+            "sample or the lab's",
+            code="not_allowed",
+        )
 
     def require_job(self, job: Job, what: str) -> None:
         """An operator acts on their own jobs only; an admin on any."""

@@ -380,7 +380,8 @@ class SchedulerOps:
         if not a.sampleid.strip():
             raise CommandError("the sample name must not be empty", code="bad_request")
         _no_controls("the sample name", a.sampleid)
-        p = self.store.update_pipeline(a.pipeline, sampleid=a.sampleid)
+        owner = self.access.sample_owner()
+        p = self.store.update_pipeline(a.pipeline, sampleid=a.sampleid, owner=owner)
         await self.svc.publish_pipeline(a.pipeline)
         self.svc.kick()
         return Result(f"sample {a.sampleid!r} loaded into {a.pipeline}", pipeline_info(self.svc, p))
@@ -398,7 +399,8 @@ class SchedulerOps:
         held = p.sampleid
         if held is None:  # as tomato 2.2: nothing changes (its `ready` was cleared here)
             return Result(f"pipeline {a.pipeline} was already empty", pipeline_info(self.svc, p))
-        p = self.store.update_pipeline(a.pipeline, sampleid=None, ready=False)
+        self.access.require_pipeline(p, "eject")
+        p = self.store.update_pipeline(a.pipeline, sampleid=None, ready=False, owner=None)
         await self.svc.publish_pipeline(a.pipeline)
         self.svc.kick()  # queued jobs for that sample now wait for the user again: say so
         return Result(f"sample {held!r} ejected from {a.pipeline}", pipeline_info(self.svc, p))
@@ -418,6 +420,7 @@ class SchedulerOps:
                 pipeline_info(self.svc, p),
                 code="conflict",
             )
+        self.access.require_pipeline(p, "mark ready")
         if p.ready:  # as tomato 2.2 says it (it said "is ready" again: a side-by-side tour)
             self.svc.kick()
             return Result(f"pipeline {a.pipeline} was already ready", pipeline_info(self.svc, p))

@@ -20,6 +20,7 @@ from tomato_mqtt.model.matching import (
     MatchResult,
     match,
     next_launches,
+    usable,
     waiting_reason,
 )
 
@@ -35,6 +36,7 @@ class _Queued(NamedTuple):
 
     id: int
     status: str
+    owner: str | None = None
 
 
 def _method_key(payload: str) -> tuple[str, str]:
@@ -172,14 +174,18 @@ class QueuePass:
         free = [
             n
             for n in res.candidates
-            if n in pips and pips[n].ready and pips[n].jobid is None and pips[n].sampleid == sample
+            if n in pips
+            and pips[n].ready
+            and pips[n].jobid is None
+            and pips[n].sampleid == sample
+            and usable(pips[n], job.owner)
         ]
         if free:
             await self.schedule()
             return
         status = "qw" if res.candidates else job.status
         reason = (
-            waiting_reason(res.candidates, pips, sample, problems=res.problems)
+            waiting_reason(res.candidates, pips, sample, problems=res.problems, owner=job.owner)
             if res.candidates
             else res.reason_for(_holding(pips, sample))
         )
@@ -216,12 +222,12 @@ class QueuePass:
             self._last = seen
             return
         results: dict[str, MatchResult] = {}
-        reasons: dict[tuple[str, str], str | None] = {}
+        reasons: dict[tuple[str, str, str | None], str | None] = {}
         matches: dict[int, MatchResult] = {}
         queue: list[_Queued] = []
         changes: list[tuple[int, str, str | None]] = []
         known, self._queued = self._queued, {}
-        for jobid, status, reason, payload in rows:
+        for jobid, status, reason, payload, owner in rows:
             key, sample = self._queued[jobid] = known.get(jobid) or _method_key(payload)
             res = results.get(key)
             if res is None:
@@ -229,18 +235,18 @@ class QueuePass:
                 res = results[key] = match(method, svc.layout.pipelines, views, self._validator)
             matches[jobid] = res
             new_status = "qw" if res.candidates else status
-            if (key, sample) not in reasons:
-                reasons[key, sample] = (
+            if (key, sample, owner) not in reasons:
+                reasons[key, sample, owner] = (
                     # it can run: say when it waits for the user (a sample) or a component
-                    waiting_reason(res.candidates, pips, sample, blocked, res.problems)
+                    waiting_reason(res.candidates, pips, sample, blocked, res.problems, owner)
                     if res.candidates
                     else res.reason_for(_holding(pips, sample))  # the user's pipeline's
                 )
-            new_reason = reasons[key, sample]
+            new_reason = reasons[key, sample, owner]
             if new_status != status or new_reason != reason:
                 changes.append((jobid, new_status, new_reason))
             if res.candidates:
-                queue.append(_Queued(jobid, new_status))
+                queue.append(_Queued(jobid, new_status, owner))
         launches = next_launches(
             queue,
             pips,
@@ -263,7 +269,7 @@ class QueuePass:
                 queued = store.jobs(ids=store.set_queue_states(changes))
             for jobid, pipeline in launches:
                 launched.append((self.ops.store_launch(store.job(jobid), pipeline), pipeline))
-        was = {jobid: status for jobid, status, _r, _p in rows}
+        was = {row[0]: row[1] for row in rows}
         ids = {job.id for job, _pipeline in launched}
         svc.launching.update(ids)  # until its runner is started (`stop --force` waits)
 

@@ -398,6 +398,7 @@ class SchedulerService(Service):
             ready=p.ready,
             job=p.jobid,
             roles=dict(lay.roles) if lay else {},
+            owner=p.owner,
         )
         await self.publish(self.topics.pipeline_status(name), msg)
 

@@ -42,7 +42,8 @@ CREATE TABLE IF NOT EXISTS pipelines (
     position INTEGER NOT NULL DEFAULT 0,
     sample TEXT,
     ready INTEGER NOT NULL DEFAULT 0,
-    jobid INTEGER
+    jobid INTEGER,
+    owner TEXT
 );
 CREATE TABLE IF NOT EXISTS jobs (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -155,6 +156,9 @@ class StateStore:
                 cols = {r["name"] for r in self._db.execute("PRAGMA table_info(jobs)")}
                 if "owner" not in cols:  # a version-1 file: jobs had no owner
                     self._db.execute("ALTER TABLE jobs ADD COLUMN owner TEXT")
+                pcols = {r["name"] for r in self._db.execute("PRAGMA table_info(pipelines)")}
+                if "owner" not in pcols:  # whose sample a pipeline holds (secured stacks)
+                    self._db.execute("ALTER TABLE pipelines ADD COLUMN owner TEXT")
                 tcols = {r["name"] for r in self._db.execute("PRAGMA table_info(submit_tokens)")}
                 if "digest" not in tcols:  # what each submission asked for (ops._digest)
                     self._db.execute("ALTER TABLE submit_tokens ADD COLUMN digest TEXT")
@@ -366,13 +370,13 @@ class StateStore:
 
     def pipelines(self) -> list[PipelineState]:
         rows = self._db.execute(
-            "SELECT name, sample, ready, jobid FROM pipelines ORDER BY position, name"
+            "SELECT name, sample, ready, jobid, owner FROM pipelines ORDER BY position, name"
         )
         return [_pipeline(r) for r in rows]
 
     def pipeline(self, name: str) -> PipelineState:
         row = self._db.execute(
-            "SELECT name, sample, ready, jobid FROM pipelines WHERE name = ?", (name,)
+            "SELECT name, sample, ready, jobid, owner FROM pipelines WHERE name = ?", (name,)
         ).fetchone()
         if row is None:
             raise UnknownName(f"no pipeline named {name!r}")
@@ -388,8 +392,8 @@ class StateStore:
         with self._write() as db:
             new = PipelineState.model_validate(self.pipeline(name).model_dump() | fields)
             db.execute(
-                "UPDATE pipelines SET sample = ?, ready = ?, jobid = ? WHERE name = ?",
-                (new.sampleid, int(new.ready), new.jobid, name),
+                "UPDATE pipelines SET sample = ?, ready = ?, jobid = ?, owner = ? WHERE name = ?",
+                (new.sampleid, int(new.ready), new.jobid, new.owner, name),
             )
         return new
 
@@ -580,13 +584,14 @@ class StateStore:
         )
         return [(r[0], r[1]) for r in rows]
 
-    def queue_rows(self) -> list[tuple[int, str, str | None, str]]:
-        """(id, status, reason, payload JSON) of every queued job, by id: what a
+    def queue_rows(self) -> list[tuple[int, str, str | None, str, str | None]]:
+        """(id, status, reason, payload JSON, owner) of every queued job, by id: what a
         scheduling pass needs, without building a model per job."""
         rows = self._db.execute(
-            "SELECT id, status, reason, payload FROM jobs WHERE status IN ('q', 'qw') ORDER BY id"
+            "SELECT id, status, reason, payload, owner FROM jobs "
+            "WHERE status IN ('q', 'qw') ORDER BY id"
         )
-        return [(r[0], r[1], r[2], r[3]) for r in rows]
+        return [(r[0], r[1], r[2], r[3], r[4]) for r in rows]
 
     def set_queue_states(self, changes: Iterable[tuple[int, str, str | None]]) -> list[int]:
         """Status and reason of many queued jobs in one transaction (one fsync, not one
@@ -697,7 +702,11 @@ class StateStore:
 
 def _pipeline(row: sqlite3.Row) -> PipelineState:
     return PipelineState(
-        name=row["name"], sampleid=row["sample"], ready=bool(row["ready"]), jobid=row["jobid"]
+        name=row["name"],
+        sampleid=row["sample"],
+        ready=bool(row["ready"]),
+        jobid=row["jobid"],
+        owner=row["owner"],
     )
 
 
