@@ -195,9 +195,10 @@ def test_node_in_a_namespace_loses_nothing_when_the_link_is_cut(link: Link, tmp_
             return res.returncode == 0 and '"registered": true' in res.stdout
 
         wait_for(registered, "registered from the namespace", 40, procs.output)
-        # the broker listens on the address this test made, nowhere else (no 0.0.0.0, no ws)
+        # the broker listens on the address this test made and on loopback, where a
+        # stack's own services connect by default, nowhere else (no 0.0.0.0, no ws)
         addrs = listening(broker.pid)
-        assert addrs and set(addrs) == {link.host}, addrs
+        assert addrs and set(addrs) == {link.host, "127.0.0.1"}, addrs
         # anonymous clients are refused on a network address
         anon = subprocess.run(
             [tomato, "status", "-b", f"mqtt://{link.host}:{st.port}"],

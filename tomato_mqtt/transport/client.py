@@ -559,5 +559,5 @@ class AsyncClient(_LoopDriven):
             delay = 0.05 if self._retry_now.is_set() else min(delay * 2, 2.0)
 
     def _on_message(self, c: paho.Client, ud: Any, msg: paho.MQTTMessage) -> None:
-        m = Message(msg.topic, bytes(msg.payload), msg.qos, bool(msg.retain))
+        m = Message(msg.topic, bytes(msg.payload), msg.qos, bool(msg.retain), msg.timestamp)
         self._inbox.deliver(m, self._sub_list)

@@ -121,6 +121,8 @@ class Message:
     payload: bytes
     qos: int = 0
     retain: bool = False
+    #: time.monotonic() when it arrived (0.0: not known), before any wait in a queue
+    at: float = 0.0
 
 
 def topic_matches(filter_: str, topic: str) -> bool:
