@@ -415,6 +415,24 @@ async def test_one_login_holds_at_most_its_connections(
             r.getMessage() for r in caplog.records if "refused the login 'rita'" in r.getMessage()
         ]
         assert said and "the login has 4 connections already" in said[0], said
+        for r in held:
+            r.close()
+        held.clear()
+        await asyncio.sleep(0.5)  # (the broker sees them go)
+        # sent at once: still at most 4 (each passed a count of the sessions, made after
+        # the password check's wait: a review)
+        many = [Raw(b, "otto") for _ in range(12)]
+        held.extend(many)
+        for r in many:  # (not Raw.connect: 12 waits would take the threads the
+            # broker's password checks run in)
+            r.c.connect_async("127.0.0.1", r.port, keepalive=30)
+            r.c.loop_start()
+        for _ in range(200):
+            if all(r.connack.is_set() for r in many):
+                break
+            await asyncio.sleep(0.05)
+        got = [r.connack.is_set() and r.refused is None for r in many]
+        assert sum(got) == 4 and all(r.connack.is_set() for r in many), got
     finally:
         for r in held:
             r.close()

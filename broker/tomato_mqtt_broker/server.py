@@ -473,6 +473,9 @@ def _broker_class(
             #: id() of the sessions refused for their login's connections: told "server
             #: unavailable", not "not authorised" (their password was right)
             self._busy_refusals: set[int] = set()
+            #: login -> its connections admitted and not ended; id(handler) -> login
+            self._conns: dict[str, int] = {}
+            self._counted: dict[int, str] = {}
             #: id() of the sessions admitted there, for the check amqtt makes afterwards
             self._admitted: set[int] = set()
             #: client id -> the filters its session holds (add_subscription)
@@ -671,6 +674,8 @@ def _broker_class(
                     "the connection is closed"
                 ) from None
             why = await self._refusal(session)
+            if why is None and max_per_login > 0:
+                why = self._count(session, handler)
             if why is not None:
                 log.warning(
                     "refused the login %r (client id %r) from %s:%s: %s",
@@ -687,6 +692,16 @@ def _broker_class(
                     self._busy_refusals.discard(id(session))
                     handler.mqtt_connack_authorize = functools.partial(_unavailable, handler)
                 return handler, session
+            try:
+                return await self._admit(handler, session, remote_address, remote_port)
+            except BaseException:
+                self._uncount(handler)  # (amqtt serves no session it did not get)
+                raise
+
+        async def _admit(
+            self, handler: Any, session: Any, remote_address: str, remote_port: int
+        ) -> tuple[Any, Any]:
+            """amqtt's session handling of a CONNECT that was not refused."""
             held = self._sessions.get(session.client_id) if session.client_id else None
             if held is not None and held[0].transitions.is_connected():
                 await self._take_over(held[0], held[1], remote_address, remote_port)
@@ -833,24 +848,35 @@ def _broker_class(
                 other = held[0]
                 if other.transitions.is_connected() or not other.clean_session:
                     return f"the client id is in use by another login ({other.username!r})"
-            if max_per_login > 0:
-                # one login's connections are bounded: 40 that never read, each sent the
-                # retained state (3,000 job statuses), took the broker from 47 to 845 MB
-                # and held up others' requests for seconds (a hostile tour)
-                mine = sum(
-                    1
-                    for cid, (s, _h) in self._sessions.items()
-                    if s.username == session.username
-                    and cid != session.client_id  # (its own id again: a takeover)
-                    and s.transitions.is_connected()
-                )
-                if mine >= max_per_login:
-                    self._busy_refusals.add(id(session))
-                    return (
-                        f"the login has {mine} connections already, the most one login "
-                        f"may hold ([broker] max_connections_per_login = {max_per_login})"
-                    )
             return None
+
+        def _count(self, session: Any, handler: Any) -> str | None:
+            """Count the connection against its login's ``max_per_login``, or say why it
+            is refused. One login's connections are bounded: 40 that never read, each
+            sent the retained state (3,000 job statuses), took the broker from 47 to 845
+            MB and held up others' requests for seconds (a hostile tour). Checked and
+            counted with no wait between: CONNECTs sent at once all passed a count of
+            the sessions, made after the password check's wait (a review)."""
+            user = session.username or ""
+            n = self._conns.get(user, 0)
+            if n >= max_per_login:
+                self._busy_refusals.add(id(session))
+                return (
+                    f"the login has {n} connections already, the most one login may "
+                    f"hold ([broker] max_connections_per_login = {max_per_login})"
+                )
+            self._conns[user] = n + 1
+            self._counted[id(handler)] = user
+            return None
+
+        def _uncount(self, handler: Any) -> None:
+            user = self._counted.pop(id(handler), None)
+            if user is not None:
+                left = self._conns.get(user, 1) - 1
+                if left > 0:
+                    self._conns[user] = left
+                else:
+                    self._conns.pop(user, None)
 
         def _held_by_another(self, session: Any) -> bool:
             held = self._sessions.get(session.client_id) if session.client_id else None
@@ -866,9 +892,11 @@ def _broker_class(
 
         async def _handle_client_session(self, *args: Any, **kwargs: Any) -> None:
             session = args[2] if len(args) > 2 else kwargs["client_session"]
+            handler = args[3] if len(args) > 3 else kwargs.get("handler")
             try:
                 await super()._handle_client_session(*args, **kwargs)
             finally:
+                self._uncount(handler)
                 if session.client_id in self._refused:  # amqtt keeps refused sessions
                     self._refused.discard(session.client_id)
                     self._sessions.pop(session.client_id, None)
