@@ -348,6 +348,12 @@ def test_a_matching_job_says_which_sample_it_waits_for() -> None:
         "it? (the payload's sample name; to load this one there, eject that first: tomato "
         "pipeline eject p2)"
     ), why
+    # a near miss held by a pipeline that cannot run the job is none of its business
+    # (it was named, with "tomato pipeline eject other": a review)
+    pips["other"] = pip("other", sample="counter_1_0.1")
+    pips["p2"] = pip("p2", sample=None)
+    why = waiting_reason(["p1", "p2"], pips, "counter_1_01")
+    assert why is not None and why.startswith("no pipeline holds sample 'counter_1_01': load")
     # not a sibling numbered otherwise: another sample, rightly waited for
     pips["p2"] = pip("p2", sample="sample-2")
     why = waiting_reason(["p1", "p2"], pips, "sample-1")

@@ -298,6 +298,17 @@ async def test_a_payload_s_file_names_are_file_names(
             {"payload": payload(), "submit_dir": str(work), "jobname": "otto-job\u200b"},
         )
         assert not said.success and "may not hold control characters or invisible" in said.msg, said
+        said = await st.raw(  # a blank letter (a Hangul filler) looks like nothing too
+            st.topics.scheduler_cmd("job_submit"),
+            {"payload": payload(), "submit_dir": str(work), "jobname": "otto-job\u3164"},
+        )
+        assert not said.success and "invisible" in said.msg, said
+        said = await st.raw(  # an empty prefix is the default name, as before
+            st.topics.scheduler_cmd("job_submit"),
+            {"payload": payload(output={"prefix": ""}), "submit_dir": str(work)},
+        )
+        assert said.success, said
+        await st.call("job_cancel", {"jobids": [said.data["id"]]})
         assert not (st.settings.jobs_dir / "999999999999").exists()
         # a snapshot whose folder is another job's: it goes to the job's own
         theirs = st.settings.jobs_dir / str(first.id)

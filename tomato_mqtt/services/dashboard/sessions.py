@@ -264,10 +264,12 @@ class Sessions:
                 )
 
     def _failed(self, username: str, peer: str | None) -> None:
-        for table, key in (
-            (self._failures, _key(username, peer)),
-            (self._login_failures, username),
-        ):
+        here = self._failures.get(_key(username, peer), (0, 0.0))[0]
+        tables = [(self._failures, _key(username, peer))]
+        if here < self.FREE_FAILURES:  # (an address slowed down already counts no more
+            # for the login: from one address alone, 50 kept the user out for good)
+            tables.append((self._login_failures, username))
+        for table, key in tables:
             count, _last = table.get(key, (0, 0.0))
             table[key] = (count + 1, time.monotonic())
             while len(table) > 10_000:  # bounded, whatever names are tried

@@ -98,8 +98,10 @@ class JobLifecycle:
         else:
             base = output_dir(None, job.submit_dir, own)
         jobs = self.svc.settings.jobs_dir.resolve()
-        there = base.resolve()
-        if there != own.resolve() and (there == jobs or jobs in there.parents):
+        there, mine = base.resolve(), own.resolve()
+        if (there == jobs or jobs in there.parents) and not (
+            there == mine or mine in there.parents  # (its own folder's subfolders: fine)
+        ):
             # another job's folder in the datadir (its snapshot named Jobs/3 and results.3
             # and got there before job 3's own file: a hostile tour), as at a submit
             log.warning(

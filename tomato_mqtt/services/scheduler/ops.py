@@ -156,7 +156,7 @@ def _check_files(settings: Mapping[str, Any]) -> None:
                     f"payload refused: {where}: {value!r} holds a control character",
                     code="bad_request",
                 )
-            if field != "prefix":
+            if field != "prefix" or not value:  # (empty: the default name)
                 continue
             if "/" in value or "\\" in value or value in ("", ".", ".."):
                 raise CommandError(
@@ -187,11 +187,17 @@ def _hidden(c: str) -> bool:
     otto's, a hostile tour)."""
     if ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0:
         return True
-    if ord(c) < 0x2000:
-        return ord(c) == 0xAD  # (soft hyphen: the only Cf below U+0600 a name would hold)
+    if ord(c) < 0x80:
+        return False
     import unicodedata
 
-    return unicodedata.category(c) in ("Cf", "Zl", "Zp")
+    # (and the blank letters: Hangul fillers, the braille blank; U+061C, U+180E are Cf:
+    # a review)
+    return unicodedata.category(c) in ("Cf", "Zl", "Zp") or c in _BLANKS
+
+
+#: letters that show nothing (a name ending in one looks like the name without it)
+_BLANKS = frozenset("\u115f\u1160\u3164\uffa0\u2800")
 
 
 def _no_controls(what: str, text: object) -> None:
@@ -381,7 +387,10 @@ class SchedulerOps:
             raise CommandError("the sample name must not be empty", code="bad_request")
         _no_controls("the sample name", a.sampleid)
         owner = self.access.sample_owner()
-        p = self.store.update_pipeline(a.pipeline, sampleid=a.sampleid, owner=owner)
+        # an operator's sample starts not ready: another operator may have marked the
+        # empty pipeline ready, and the owner's jobs started unasked (a review)
+        ready = p.ready if owner is None else False
+        p = self.store.update_pipeline(a.pipeline, sampleid=a.sampleid, owner=owner, ready=ready)
         await self.svc.publish_pipeline(a.pipeline)
         self.svc.kick()
         return Result(f"sample {a.sampleid!r} loaded into {a.pipeline}", pipeline_info(self.svc, p))

@@ -160,6 +160,15 @@ class QueuePass:
             return str(e)
         return None
 
+    def _pipelines(self) -> dict[str, PipelineState]:
+        """The pipelines as matching sees them: on an open stack no sample is anyone's
+        (an owner kept from when the stack was secured held back every other job: a
+        review)."""
+        pips = self.ops.store.pipelines()
+        if self.ops.access.roles.open:
+            pips = [p.model_copy(update={"owner": None}) if p.owner else p for p in pips]
+        return {p.name: p for p in pips}
+
     async def place(self, job: Job) -> None:
         """Match a new job. A whole pass only when it might launch now (the pass keeps
         the queue's order) or one is due anyway; otherwise this job's status and reason
@@ -169,7 +178,7 @@ class QueuePass:
             return
         method = job.payload.get("method", [])
         res = match(method, self.svc.layout.pipelines, self._views(), self._validator)
-        pips = {p.name: p for p in self.ops.store.pipelines()}
+        pips = self._pipelines()
         sample = str((job.payload.get("sample") or {}).get("identifier"))
         free = [
             n
@@ -205,7 +214,7 @@ class QueuePass:
         svc = self.svc
         store = self.ops.store
         views = self._views()
-        pips = {p.name: p for p in store.pipelines()}
+        pips = self._pipelines()
         # a node's heartbeat kicks a pass too: with nothing changed since the last one
         # (no write to the store, the same components, pipelines and layout) there is
         # nothing to decide, and 10,000 queued jobs are not read again

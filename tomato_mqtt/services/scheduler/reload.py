@@ -204,7 +204,9 @@ async def _metas_after(svc: Any, before: Mapping[str, Any], within: float) -> di
     end = loop.time() + within
     while True:
         new = {n: m for n in before if (m := svc.metas.get(n)) is not before[n] and m}
-        if len(new) == len(before) or loop.time() >= end:
+        # a meta that says neither (registering) is not the last word yet (a review)
+        said = [m for m in new.values() if m.registered or m.error]
+        if len(said) == len(before) or loop.time() >= end:
             return new
         await asyncio.sleep(0.05)
 

@@ -139,11 +139,15 @@ def _drivers(svc: SchedulerService) -> dict[str, JsonValue]:
 
 
 def _nodes_away(svc: SchedulerService) -> dict[str, str]:
-    """node -> its state, of the nodes not online that host components or were seen
-    (`tomato status` said "online / running / queued" with a remote node lost: an
-    admin's tour)."""
+    """node -> its state, of the nodes that host components and are not online, or were
+    not seen (`tomato status` said "online / running / queued" with a remote node lost:
+    an admin's tour)."""
     hosting = {c.node for c in svc.layout.components.values()}
-    away = {n: str(st.state) for n, st in svc.nodes.items() if st.state != "online"}
+    away = {
+        n: str(st.state)
+        for n, st in svc.nodes.items()
+        if st.state != "online" and n in hosting  # (not one the devices file dropped)
+    }
     away |= {n: "not seen" for n in hosting - set(svc.nodes)}
     return dict(sorted(away.items()))
 
