@@ -416,7 +416,7 @@ def test_a_broker_message_size_limit_below_a_batch_loses_no_point(
 
 async def flood_as(st: Stack, user: str, topic: str, n: int) -> list[Reply]:
     """``n`` requests of ``user`` on ``topic`` as fast as they go (QoS 0), and the
-    failed replies heard within 3 s of the last."""
+    failed replies heard until the first ``conflict`` (at most 30 s after the last)."""
     t = Topics(st.instance, user)
     url = f"mqtt://{user}:{LAB_USERS[user][0]}@127.0.0.1:{st.port}"
     heard: list[Reply] = []
@@ -426,7 +426,9 @@ async def flood_as(st: Stack, user: str, topic: str, n: int) -> list[Reply]:
         for i in range(n):
             req = Request(id=f"flood-{i}", reply_to=reply_to, args={})
             await c.publish(topic, encode(req), qos=0)
-        for _ in range(60):
+        # the service answers the burst it takes first: on a loaded CI box that took
+        # over 3 s before it came to the requests it drops (and tells of once)
+        for _ in range(600):
             if any(r.code == "conflict" for r in heard):
                 break
             await asyncio.sleep(0.05)
