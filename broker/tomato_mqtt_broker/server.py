@@ -470,9 +470,6 @@ def _broker_class(
             self.connections: set[asyncio.StreamWriter] = set()
             #: the throwaway client ids of logins refused at CONNECT (_initialize_client_session)
             self._refused: set[str] = set()
-            #: id() of the sessions refused for their login's connections: told "server
-            #: unavailable", not "not authorised" (their password was right)
-            self._busy_refusals: set[int] = set()
             #: login -> its connections admitted and not ended; id(handler) -> login
             self._conns: dict[str, int] = {}
             self._counted: dict[int, str] = {}
@@ -674,8 +671,10 @@ def _broker_class(
                     "the connection is closed"
                 ) from None
             why = await self._refusal(session)
+            busy = False  # refused for its login's connections, not its password
             if why is None and max_per_login > 0:
                 why = self._count(session, handler)
+                busy = why is not None
             if why is not None:
                 log.warning(
                     "refused the login %r (client id %r) from %s:%s: %s",
@@ -688,8 +687,7 @@ def _broker_class(
                 session.client_id = f"refused-{gen_client_id()}"
                 session.will_flag = False
                 self._refused.add(session.client_id)
-                if id(session) in self._busy_refusals:
-                    self._busy_refusals.discard(id(session))
+                if busy:  # told "server unavailable": its password was right
                     handler.mqtt_connack_authorize = functools.partial(_unavailable, handler)
                 return handler, session
             try:
@@ -860,7 +858,6 @@ def _broker_class(
             user = session.username or ""
             n = self._conns.get(user, 0)
             if n >= max_per_login:
-                self._busy_refusals.add(id(session))
                 return (
                     f"the login has {n} connections already, the most one login may "
                     f"hold ([broker] max_connections_per_login = {max_per_login})"

@@ -8,6 +8,7 @@ whole (nothing changes), anything else is applied and pushed to the nodes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -18,6 +19,7 @@ from tomato_mqtt.config.devices import load_devices
 from tomato_mqtt.config.settings import load_settings
 from tomato_mqtt.errors import ConfigError
 from tomato_mqtt.transport.rpc import CommandError, Result
+from tomato_mqtt.waits import wait_for
 from tomato_mqtt.wire.commands import NoArgs
 
 if TYPE_CHECKING:
@@ -199,16 +201,20 @@ RELOAD_WAIT = 5.0
 
 async def _metas_after(svc: Any, before: Mapping[str, Any], within: float) -> dict[str, Any]:
     """The metas the nodes published for the components of ``before`` (name -> its meta
-    then) within ``within`` s: those come, or those come in time."""
-    loop = asyncio.get_running_loop()
-    end = loop.time() + within
-    while True:
-        new = {n: m for n in before if (m := svc.metas.get(n)) is not before[n] and m}
+    then) within ``within`` s: those come, or those come in time (woken by each meta the
+    scheduler takes, ``svc.cond``)."""
+
+    def new() -> dict[str, Any]:
+        return {n: m for n in before if (m := svc.metas.get(n)) is not before[n] and m}
+
+    def all_said() -> bool:
         # a meta that says neither (registering) is not the last word yet (a review)
-        said = [m for m in new.values() if m.registered or m.error]
-        if len(said) == len(before) or loop.time() >= end:
-            return new
-        await asyncio.sleep(0.05)
+        return sum(1 for m in new().values() if m.registered or m.error) == len(before)
+
+    with contextlib.suppress(asyncio.TimeoutError):
+        async with svc.cond:
+            await wait_for(svc.cond.wait_for(all_said), within)
+    return new()
 
 
 def _file_port(settings: Any) -> int | None:

@@ -460,6 +460,8 @@ class SchedulerService(Service):
                     self.metas[meta.name] = meta
                     self._check_settled()
                     self.kick()
+                    async with self.cond:  # (a reload waits for the metas it causes)
+                        self.cond.notify_all()
             elif parsed.kind == "component_status":
                 st = decode(ComponentStatus, msg.payload, msg.topic)
                 if not self._topic_agrees(parsed.name, st.name, msg.topic):
