@@ -36,7 +36,12 @@ async def run(script: str, tmp: Path, *args: str, env: dict[str, str] | None = N
         stderr=asyncio.subprocess.STDOUT,
         env={**os.environ, **(env or {})},
     )
-    out, _ = await asyncio.wait_for(proc.communicate(), 60)
+    try:
+        out, _ = await asyncio.wait_for(proc.communicate(), 60)
+    finally:  # a timeout, a failed assertion beside it or a cancel: no script left running
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
     text = out.decode()
     assert proc.returncode == 0, text
     return text
@@ -61,10 +66,13 @@ async def test_topics_paho_examples_and_output_example_run(
         await st.call("pipeline_load", {"pipeline": "pip-counter-1", "sampleid": "counter_1_0.1"})
         await st.call("pipeline_ready", {"pipeline": "pip-counter-1"})
         sub = asyncio.ensure_future(run(block(TOPICS, "paho-subscriber"), tmp_path, env=env))
-        work = st.settings.datadir / "work"
-        work.mkdir(parents=True)
-        job = await st.call("job_submit", {"payload": payload, "submit_dir": str(work)})
-        text = await sub  # ends after 3 batches
+        try:
+            work = st.settings.datadir / "work"
+            work.mkdir(parents=True)
+            job = await st.call("job_submit", {"payload": payload, "submit_dir": str(work)})
+            text = await sub  # ends after 3 batches
+        finally:
+            sub.cancel()  # the script killed (run's finally) if it is still going
         lines = [ln for ln in text.splitlines() if ln.startswith("example_counter:(")]
         assert lines and all(f" {job.id} " in ln and "'val'" in ln for ln in lines), text
 
