@@ -425,6 +425,22 @@ def test_status_nodes_table_shows_clock_offset_and_age_by_the_schedulers_clock()
     assert "0.3 s ago" in out and "+60.0 s (clock skew!)" in out
 
 
+def test_status_components_and_drivers_print_errors_in_full_below_the_table() -> None:
+    """A component's or driver's error is a sentence saying what to fix: a column cut it
+    at the terminal's width (120 in a pipe), so it is printed whole under the table."""
+    from tomato_mqtt.cli.status_text import _components, _drivers
+
+    why = "driver 'example_countr' is not installed on node pc2: " + "x" * 150 + " END"
+    comp = {"device": "dev", "channel": "1", "name": "dev:1", "node": "pc2", "error": why}
+    out = _components("", [comp, {"device": "ok", "channel": "2", "name": "ok:2"}])
+    assert f"errors:\n  dev/1: {why}" in out, out
+    assert "ok/2:" not in out.split("errors:")[1], out
+    drv = {"name": "example_countr", "nodes": {"pc2": {"loaded": False, "error": why}}}
+    out = _drivers("", [drv])
+    assert f"errors:\n  example_countr: pc2: {why}" in out, out
+    assert "errors:" not in _components("", [{"device": "ok", "channel": "2"}])
+
+
 # -- 8. staleness by the receiver's clock -----------------------------------------------------
 def test_staleness_uses_receipt_time_and_skips_a_round_of_a_blocked_scheduler() -> None:
     from types import SimpleNamespace
