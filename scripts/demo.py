@@ -3,11 +3,13 @@
 Starts the stack in ./demo (its own settings, data and logs), loads a sample into a
 pipeline, submits tomato's example counter payload, waits for the job to end, prints a
 one-screen summary of ./demo/results.1.nc and stops the stack again. Every step is the
-real CLI, as a lab user would type it.
+real CLI, as a lab user would type it. ``--dir`` runs it in another folder, ``--port``
+on a given port (and the next, the broker's WebSocket listener).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import shlex
 import shutil
@@ -21,6 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 DEMO = REPO / "demo"
 PAYLOAD = REPO / "config" / "counter_1_0.1.yml"
+MARK = ".tomato-demo"  # a folder the demo made, which it may make anew
 
 
 def free_port() -> int:
@@ -42,11 +45,22 @@ def run(*cmd: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return res
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    global DEMO
+    ap = argparse.ArgumentParser(prog="scripts/dev.py demo", description=__doc__.split("\n")[0])
+    ap.add_argument("--dir", type=Path, help=f"the folder to run in, made anew (default {DEMO})")
+    ap.add_argument("--port", type=int, default=0, help="the broker's port (default: a free one)")
+    args = ap.parse_args(argv or [])
+    if args.dir is not None:
+        DEMO = args.dir.resolve()
     if DEMO.exists():
+        if not _earlier_demo(DEMO):
+            print(f"{DEMO} holds files the demo did not make: name another folder with --dir")
+            return 2
         shutil.rmtree(DEMO)
-    DEMO.mkdir()
-    port = str(free_port())
+    DEMO.mkdir(parents=True)
+    (DEMO / MARK).write_text("made by scripts/demo.py, which empties it on its next run\n")
+    port = str(args.port or free_port())
     dirs = ["-A", str(DEMO / "app"), "-D", str(DEMO / "data"), "-L", str(DEMO / "log")]
     run("tomato", "init", *dirs, "-p", port)
     t0 = time.monotonic()
@@ -78,6 +92,16 @@ def main() -> int:
     return 0
 
 
+def _earlier_demo(folder: Path) -> bool:
+    """An earlier demo's folder (its mark, or what an older demo left), never a user's."""
+    if not folder.is_dir():
+        return False
+    names = {p.name for p in folder.iterdir()}
+    return MARK in names or names <= {"app", "data", "log"} | {
+        n for n in names if n.endswith(".nc")
+    }
+
+
 def summarise(path: Path, seconds: float) -> None:
     import xarray as xr
 
@@ -99,4 +123,4 @@ def summarise(path: Path, seconds: float) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))

@@ -150,7 +150,7 @@ def main(argv: list[str]) -> None:
     if cmd == "install":
         return
     if cmd == "demo":
-        sh(PY, REPO / "scripts" / "demo.py")
+        sh(PY, REPO / "scripts" / "demo.py", *argv[1:])
     elif cmd == "check":
         check()
     elif cmd == "pytest":

@@ -16,13 +16,12 @@ pytestmark = pytest.mark.timeout(180)
 
 
 def test_the_demo_runs_the_main_job_to_c_and_stops(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     demo = demo_module()
-    monkeypatch.setattr(demo, "DEMO", tmp_path / "demo")  # not the checkout's ./demo
-    # (its port and the next, the WebSocket listener's, free and kept from other workers)
-    monkeypatch.setattr(demo, "free_port", free_port)
-    rc = demo.main()
+    # not the checkout's ./demo; its port and the next, the WebSocket listener's, free and
+    # kept from other workers
+    rc = demo.main(["--dir", str(tmp_path / "demo"), "--port", str(free_port())])
     out = capsys.readouterr().out
     assert rc == 0, out
     assert re.search(r"^job +: 1 \(c\), sample counter_1_0\.1$", out, re.M), out
@@ -32,3 +31,20 @@ def test_the_demo_runs_the_main_job_to_c_and_stops(
     assert f"results file : {results}" in out, out
     assert results.exists()
     assert "stopped" in out, out  # `tomato stop` ran and said so
+    assert demo._earlier_demo(tmp_path / "demo")  # its next run may empty it
+
+
+def test_the_demo_empties_only_a_folder_it_made(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--dir`` names a folder the demo makes anew: one holding a user's files is refused,
+    and they are kept."""
+    demo = demo_module()
+    mine = tmp_path / "thesis"
+    mine.mkdir()
+    (mine / "chapter1.tex").write_text("keep me")
+    assert demo.main(["--dir", str(mine), "--port", "1"]) == 2
+    out = capsys.readouterr().out
+    assert f"{mine} holds files the demo did not make: name another folder with --dir" in out
+    assert (mine / "chapter1.tex").read_text() == "keep me"
+    assert not (mine / demo.MARK).exists()
