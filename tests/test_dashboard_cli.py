@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import socket
 import subprocess
@@ -38,10 +39,19 @@ async def test_tomato_dashboard_serves_page_and_plotly(
     out = tmp_path / "out.txt"
     with out.open("wb") as f:
         proc = subprocess.Popen(
-            [str(BIN / "tomato"), "dashboard", "-A", str(app), "-L", str(tmp_path / "log")],
+            [
+                str(BIN / "tomato"),
+                "dashboard",
+                "-A",
+                str(app),
+                "-L",
+                str(tmp_path / "log"),
+                "--open",
+            ],
             stdin=subprocess.DEVNULL,
             stdout=f,
             stderr=subprocess.STDOUT,
+            env=NO_BROWSER,
         )
     try:
         status, body = 0, b""
@@ -58,7 +68,8 @@ async def test_tomato_dashboard_serves_page_and_plotly(
         assert status == 200 and len(js) > 1_000_000  # plotly.min.js of the plotly wheel
         # the page is served before the broker is reached: stop it once it says it is up
         # (its address line), not in the middle of its subscriptions
-        line = f"dashboard: http://127.0.0.1:{web}/ (Ctrl-C stops it)"
+        # (--open with no browser on this PC says so after it: it said nothing)
+        line = f"--open found no web browser on this PC: open http://127.0.0.1:{web}/ in"
         for _ in range(200):
             if line in out.read_text() or proc.poll() is not None:
                 break
@@ -70,6 +81,13 @@ async def test_tomato_dashboard_serves_page_and_plotly(
     assert proc.returncode == 0, out.read_text()
     # the address, once, when it serves
     assert out.read_text().count(f"dashboard: http://127.0.0.1:{web}/ (Ctrl-C stops it)") == 1
+    assert line in out.read_text(), out.read_text()
+
+
+#: an environment with no web browser: no display, no $BROWSER, no text browser on PATH
+NO_BROWSER = {
+    k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY", "BROWSER")
+} | {"PATH": str(BIN)}
 
 
 def _settings(app: Path, instance: str, port: int, web: int) -> None:

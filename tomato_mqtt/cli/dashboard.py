@@ -77,7 +77,16 @@ def dashboard(
         if open_browser:
             import webbrowser
 
-            webbrowser.open(address)
+            try:
+                opened = webbrowser.open(address)
+            except webbrowser.Error:
+                opened = False
+            if not opened:  # it said nothing when this PC has no browser (a server, ssh)
+                typer.echo(
+                    f"dashboard: --open found no web browser on this PC: open {address} "
+                    "in a browser that reaches it",
+                    err=True,
+                )
 
     svc.on_ready = ready
     from tomato_mqtt.services.dashboard.service import BrokerUnreachable
