@@ -224,6 +224,7 @@ def client_roles(st: Stack, jobid: int, cmp: str, kind: str) -> None:
     a forbidden request silently), and a wrong password on Mosquitto read "unknown
     reason ... is it running?"."""
     from tomato_mqtt.client import ClientError, Tomato
+    from tomato_mqtt.client.aio import WHOAMI_BEFORE
 
     def url(user: str, password: str | None = None) -> str:
         return f"mqtt://{user}:{password or LAB_USERS[user][0]}@127.0.0.1:{st.port}"
@@ -245,6 +246,15 @@ def client_roles(st: Stack, jobid: int, cmp: str, kind: str) -> None:
             assert time.monotonic() - t0 < 1.5 + late, (time.monotonic() - t0, e.value)
             assert e.value.code == "not_allowed", e.value
             assert "user 'rita' (role reader) may not send" in str(e.value), e.value
+    if kind != "aedes":  # (which closes the connection for it: whoami after the timeout)
+        # a reader's snapshot (whose own timeout is 60 s) is said when whoami answers,
+        # WHOAMI_BEFORE s in, not at the end of it (an integrator's tour: 60.0 s)
+        with Tomato(url("rita"), st.instance, timeout=30) as rita:
+            t0 = time.monotonic()
+            with pytest.raises(ClientError) as e:
+                rita.job(jobid).snapshot()
+            assert time.monotonic() - t0 < WHOAMI_BEFORE + 3, (time.monotonic() - t0, e.value)
+            assert e.value.code == "not_allowed" and "'job_snapshot'" in str(e.value), e.value
     # a request of another thread sharing the client, sent while a forbidden one is in
     # flight, is carried out (Aedes closes the connection of the forbidden publish; what
     # the client forgets of it is held to that request by tests/test_unacknowledged.py:

@@ -249,9 +249,10 @@ class AsyncTomato:
         login's role, if ``whoami`` said it) when no answer came.
 
         MQTT 3.1.1 has no negative PUBACK: a request the broker's rules drop is only ever
-        unanswered, and ``whoami`` says why. A login's request still unanswered
-        ``WHOAMI_BEFORE`` s (at most half the timeout) before its end asks it meanwhile,
-        so that the refusal is said within the timeout (it was asked after it). A broker
+        unanswered, and ``whoami`` says why. A login's request still unanswered after
+        ``WHOAMI_BEFORE`` s (at most half the timeout) asks it meanwhile, and a role that
+        may not send the request is said then, not at the timeout's end (a reader's
+        snapshot waited 60 s for what was known after 2). A broker
         that closes the connection for a forbidden publish (Aedes) closes it again at
         each reconnect while the request is in flight: whoami can only go once the
         request is forgotten, after the timeout (for at most ``WHOAMI_BEFORE`` s)."""
@@ -268,13 +269,17 @@ class AsyncTomato:
             if ask:
                 loop = asyncio.get_running_loop()
                 end = loop.time() + timeout
-                at = end - min(WHOAMI_BEFORE, timeout / 2)
+                at = loop.time() + min(WHOAMI_BEFORE, timeout / 2)
                 connects = self.mqtt.connects
                 while not answer.done() and loop.time() < at:
                     await asyncio.wait({answer}, timeout=min(0.1, at - loop.time()))
                     lost = lost or not self.mqtt.is_connected or self.mqtt.connects != connects
                 if not answer.done() and not lost:
                     me = asyncio.ensure_future(self._whoami(max(0.0, end - loop.time())))
+                    await asyncio.wait({answer, me}, return_when=asyncio.FIRST_COMPLETED)
+                    if not answer.done() and self._refused(topic, me.result()):
+                        # the broker dropped it: waiting out the timeout tells nothing more
+                        raise _Unanswered(NoResponder(f"no answer on {topic}", topic), me.result())
             try:
                 return await answer
             except NoResponder as e:
@@ -305,22 +310,29 @@ class AsyncTomato:
             )
         return None
 
+    def _refused(self, topic: str, me: Reply | None) -> str | None:
+        """Why the broker drops a request on ``topic`` of this login, given its ``whoami``
+        reply (``me``); None when its role may send it or ``whoami`` did not say."""
+        parsed = self.topics.parse(topic) if topic else None
+        if (
+            not self.url.username
+            or parsed is None
+            or parsed.op in (None, "whoami")
+            or me is None
+            or not me.success
+            or not isinstance(me.data, dict)
+        ):
+            return None
+        return roles.refusal(parsed.kind, parsed.op, self.url.username, me.data)
+
     def _unanswered(self, e: NoResponder, me: Reply | None) -> ClientError:
         """A request nobody answered: ``unavailable``, or ``not_allowed`` when the broker's
         ACL dropped it or closed the connection for it (Aedes), as ``whoami`` (``me``,
         asked meanwhile by :meth:`_awaited`) says of the login's role, as the CLI says it."""
         parsed = self.topics.parse(e.topic) if e.topic else None
-        if (
-            self.url.username
-            and parsed is not None
-            and parsed.op not in (None, "whoami")
-            and me is not None
-            and me.success
-            and isinstance(me.data, dict)
-        ):
-            why = roles.refusal(parsed.kind, parsed.op, self.url.username, me.data)
-            if why is not None:
-                return ClientError(why, "not_allowed")
+        why = self._refused(e.topic, me)
+        if why is not None:
+            return ClientError(why, "not_allowed")
         hint = ""
         if (
             self.url.username
