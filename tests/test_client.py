@@ -330,6 +330,43 @@ async def test_a_call_with_a_timeout_of_its_own_waits_for_a_stack_that_is_away(
                 await up
 
 
+async def test_a_sync_call_with_a_timeout_of_its_own_waits_for_a_broker_that_is_away(
+    broker: RunningBroker, tmp_path: Path, instance: str
+) -> None:
+    """An integrator's tour: a sync client's first ``wait(4)``, ``follow(timeout=4)`` or
+    ``stream(timeout=4)`` with the stack stopped (its broker too) raised ``unavailable``
+    in 0.2 s, where client.md promises a wait for a stack that is away."""
+    url = f"mqtt://127.0.0.1:{broker.port}"
+    await broker.stop()
+    t = Tomato(url, instance, timeout=1.0)
+    up: asyncio.Future[None] | None = None
+    try:
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        with pytest.raises(TimeoutError, match=r"job 1: the stack did not answer within 1.5 s \("):
+            await asyncio.to_thread(t.wait, 1, 1.5)
+        assert 1.0 < loop.time() - t0 < 3.5
+        with pytest.raises(TimeoutError, match="is tomato-mqtt running"):
+            await asyncio.to_thread(lambda: next(iter(t.follow(1, timeout=1.0))))
+
+        async def late_stack() -> None:
+            await asyncio.sleep(1.5)
+            await broker.start()
+            async with inproc_stack(broker.port, tmp_path, instance):
+                await asyncio.sleep(20)
+
+        up = asyncio.ensure_future(late_stack())
+        with pytest.raises(ClientError) as e:  # answered once it is up: there is no job 1
+            await asyncio.to_thread(t.wait, 1, 20)
+        assert e.value.code == "not_found" and loop.time() - t0 > 1.5, e.value
+    finally:
+        await asyncio.to_thread(t.close)
+        if up is not None:
+            up.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await up
+
+
 async def _drain(agen: Any) -> None:
     async for _ in agen:
         pass

@@ -278,13 +278,41 @@ class Tomato:
         return self._run(self.aio.cancel(jobid))
 
     def wait(self, jobid: int, timeout: float | None = None) -> JobInfo:
-        return self._run(self.aio.wait(jobid, timeout=timeout))
+        aio, left = self._waiting(jobid, timeout)
+        return self._run(aio.wait(jobid, timeout=left))
 
     def follow(self, jobid: int, timeout: float | None = None) -> Iterator[Progress]:
-        return self._iterate(self.aio.follow(jobid, timeout=timeout))
+        aio, left = self._waiting(jobid, timeout)
+        return self._iterate(aio.follow(jobid, timeout=left))
 
     def stream(self, jobid: int, timeout: float | None = None) -> Iterator[DataBatch]:
-        return self._iterate(self.aio.stream(jobid, timeout=timeout))
+        aio, left = self._waiting(jobid, timeout)
+        return self._iterate(aio.stream(jobid, timeout=left))
+
+    def _waiting(self, jobid: int, timeout: float | None) -> tuple[AsyncTomato, float | None]:
+        """The connected client for a call with a timeout of its own, and what is left of
+        it: such a call waits for a stack that is away as long as it allows, and the
+        broker of a stopped or restarting ``tomato start`` stack refuses the connection,
+        tried again each 0.5 s (the first call failed at once, "unavailable", where the
+        docs promise a wait: an integrator's tour)."""
+        if timeout is None:
+            return self.aio, None
+        import time
+
+        from tomato_mqtt.client.aio import ClientError
+
+        end = time.monotonic() + timeout
+        while True:
+            try:
+                return self.aio, max(0.0, end - time.monotonic())
+            except ClientError as e:
+                if e.code != "unavailable":
+                    raise
+                if time.monotonic() + 0.5 >= end:
+                    raise TimeoutError(
+                        f"job {jobid}: the stack did not answer within {timeout:g} s ({e})"
+                    ) from None
+                time.sleep(0.5)
 
     def snapshot(self, jobid: int, path: str | os.PathLike[str] | None = None) -> Any:
         return self._run(self.aio.snapshot(jobid, path))
