@@ -167,6 +167,14 @@ def test_a_follower_that_starts_mid_task_shows_the_task_at_once() -> None:
     p.event({"event": "task_ended", "role": "counter", "task": 1})  # events take over
     p.job(job)  # a later summary does not undo what the events said
     assert p.tasks == {"counter": "task 1 ended"}
+    # a task that ended says the points it took, the recorder's count being behind (an
+    # integrator's tour: "task 0 ended | 0 point(s)" read as nothing measured)
+    e = Progress(9)
+    e.recorder({"dev-counter/1": 3})
+    e.event({"event": "task_ended", "role": "counter", "task": 0, "npoints": 10})
+    assert "counter: task 0 ended | 10 point(s)" in e.line(), e.line()
+    e.recorder({"dev-counter/1": 12})  # stored more (a later task's): the stored count
+    assert "| 12 point(s)" in e.line(), e.line()
 
 
 async def _a_long_job(st: InProc, seconds: float) -> Any:

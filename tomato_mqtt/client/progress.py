@@ -66,6 +66,10 @@ class Progress:
     expected: float | None = None
     reason: str | None = None
     respath: str | None = None
+    #: (role, task) -> the points its ``task_ended`` event counted: the recorder's
+    #: count lags the end of a task, and "task 0 ended | 0 point(s)" read as nothing
+    #: measured (an integrator's tour)
+    measured: dict[tuple[str, str], int] = field(default_factory=dict)
 
     @property
     def final(self) -> bool:
@@ -79,7 +83,8 @@ class Progress:
 
     @property
     def total_points(self) -> int:
-        return sum(self.points.values())
+        """Points stored, or counted by the tasks that ended if the store is behind."""
+        return max(sum(self.points.values()), sum(self.measured.values()))
 
     def fraction(self) -> float | None:
         e = self.elapsed
@@ -130,6 +135,9 @@ class Progress:
             self.tasks[role] = f"task {ev.get('task')}"
         elif kind == "task_ended":
             self.tasks[role] = f"task {ev.get('task')} ended"
+            n = ev.get("npoints")
+            if isinstance(n, int) and not isinstance(n, bool):
+                self.measured[(role, str(ev.get("task")))] = n
         if ev.get("status"):
             self.status = str(ev["status"])
 
