@@ -1499,6 +1499,42 @@ async def test_a_late_merge_that_writes_the_file_counts_as_its_write(
         assert svc.store.releasable(time.time() + 1) == [1]  # released keep_days later
 
 
+async def test_a_late_merge_cut_short_by_a_stop_is_made_at_the_next_start(
+    broker: RunningBroker, instance: str, tmp_path: Path
+) -> None:
+    """Fault injection: late points stored, then the recorder killed within the 0.5 s
+    before their merge: the restarted recorder had no record of the merge, the file
+    lacked them for good (28 of 30), and the job's reason said they were merged. The
+    merge is due in the store until done; a recorder started again makes it."""
+    from tomato_mqtt.services.recorder import files
+
+    db = tmp_path / "r.sqlite"
+    out = tmp_path / "out" / "results.1.nc"
+    async with recorder(broker, instance, db) as (svc, c, req, t):
+        data = t.component_data(CMP)
+        await c.publish(data, _batch(1, 0, "s1", 0, 5), qos=1)
+        await _stored(svc, 1, 5)
+        exact = [{"component": CMP, "task": 0, "npoints": 5, "stream": "s1", "last_seq": 0}]
+        rep = await _finalize(req, t, _finalize_args(1, out, exact, wait=1))
+        assert rep.success and _uts(str(out)).size == 5, rep
+        files.MERGE_DELAY, delay = 30.0, files.MERGE_DELAY  # stopped before it merges
+        try:
+            await c.publish(data, _batch(1, 0, "s1", 1, 3, v0=5), qos=1)
+            await _stored(svc, 1, 8)
+            assert svc.store is not None and svc.store.merge_due(1) == 1
+            assert svc.store.releasable(time.time() + 1) == []  # not released meanwhile
+        finally:
+            files.MERGE_DELAY = delay
+    assert _uts(str(out)).size == 5  # the stop came first
+    async with recorder(broker, instance, db) as (svc, c, req, t):
+        events = Collector()
+        await c.subscribe(t.job_event(1), handler=events)
+        await events.wait(lambda m: decode(JobEvent, m.payload).event == "late_data_merged")
+        assert _uts(str(out)).size == 8
+        assert svc.store is not None and svc.store.merge_due(1) == 0
+        assert svc.store.merges_due() == [] and svc.store.releasable(time.time() + 1) == [1]
+
+
 async def test_a_snapshot_written_to_the_fallback_folder_names_that_file(
     broker: RunningBroker, instance: str, tmp_path: Path
 ) -> None:

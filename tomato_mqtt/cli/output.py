@@ -93,9 +93,6 @@ def table(rows: Sequence[Mapping[str, Any]], columns: Sequence[tuple[str, str]])
 
 
 def _term_width() -> int:
-    cols = os.environ.get("COLUMNS", "")
-    if cols.isdigit() and int(cols) > 0:  # as `ls`: a pipe's width asked for
-        return int(cols)
     try:
         return os.get_terminal_size(sys.stdout.fileno()).columns
     except OSError:

@@ -404,8 +404,27 @@ class Files:
                 jobid,
             )
             return
+        if store is not None:  # due until merged, also for a recorder started again
+            with contextlib.suppress(sqlite3.Error):
+                store.merge_due(jobid, 1)
         self._merging.add(jobid)
         self.svc.spawn(self._merge(jobid))
+
+    def resume_merges(self) -> None:
+        """At the start: the late merges a stopped recorder left due are made (it was
+        killed between storing late points and merging them: the file lacked them for
+        good, and the job's reason said they were merged)."""
+        store = self.svc.store
+        if store is None:
+            return
+        try:
+            due = store.merges_due()
+        except sqlite3.Error as e:
+            log.warning("cannot read the late merges left to do: %s", e)
+            return
+        for jobid in due:
+            log.info("job %d: merging the late data a stopped recorder had not merged", jobid)
+            self.late_batch(jobid)
 
     async def _merge(self, jobid: int) -> None:
         await asyncio.sleep(MERGE_DELAY)
@@ -414,6 +433,10 @@ class Files:
         store = self.svc.store
         if args is None or store is None:
             return
+        try:
+            taken = store.merge_due(jobid)  # what this merge does: those made later stay
+        except sqlite3.Error:
+            taken = 0
         a = FinalizeArgs.model_validate({k: v for k, v in args.items() if k != "written"})
         target = Path(str(args.get("written") or a.path))
         # the file's tomato_Job says what the job's status will (it kept "the file lacks
@@ -425,13 +448,17 @@ class Files:
             written, note, altered = await self.write(a, target, merge=True)
         except FileKept as e:
             await self._kept(as_was, jobid, target, e)  # (nothing merged into the file)
+            with contextlib.suppress(sqlite3.Error):
+                store.merge_done(jobid, taken)  # (said, and the store keeps its points)
             return
-        except Exception as e:
+        except Exception as e:  # (still due: a restarted recorder tries it again)
             log.error("job %d: merging late data into %s failed: %s", jobid, target, e)
             return
         # the file holds every stored point now: it counts as the job's write (a final
         # write that failed left it unstamped, and its batches were kept for good)
         self.written(jobid, written)
+        with contextlib.suppress(sqlite3.Error):
+            store.merge_done(jobid, taken)
         merged = 0
         with contextlib.suppress(sqlite3.Error):
             merged = store.count_merge(jobid)

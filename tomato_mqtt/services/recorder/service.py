@@ -212,6 +212,7 @@ class RecorderService(Service):
         await self.mqtt.subscribe(self.topics.recorder_cmds())
         await self.mqtt.subscribe(self.topics.all_node_status())
         await self.publish_presence("online")
+        self.files.resume_merges()
         self.spawn(run_when_idle(warm_up_writer, "recorder warm-up"))
 
     def loops(self) -> list[Coroutine[Any, Any, Any]]:

@@ -229,6 +229,8 @@ class BatchStore:
             self._db.execute("UPDATE finals SET written_at = ?", (time.time(),))
         if "released" not in cols:
             self._db.execute("ALTER TABLE finals ADD COLUMN released INTEGER NOT NULL DEFAULT 0")
+        if "merge_due" not in cols:  # late batches stored, not yet merged into the file
+            self._db.execute("ALTER TABLE finals ADD COLUMN merge_due INTEGER NOT NULL DEFAULT 0")
         old = self._db.execute(
             "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'batches'"
         ).fetchone()
@@ -421,7 +423,8 @@ class BatchStore:
         one whose file was not written (also in a store of an older version, which
         stamped ``written_at`` before the write)."""
         rows = self._db.execute(
-            "SELECT job, args FROM finals WHERE released = 0 AND written_at < ? ORDER BY job",
+            "SELECT job, args FROM finals WHERE released = 0 AND written_at < ? "
+            "AND merge_due = 0 ORDER BY job",
             (written_before,),
         ).fetchall()
         return [int(job) for job, args in rows if json.loads(args).get("written")]
@@ -495,6 +498,31 @@ class BatchStore:
         """How the job's final file was written, and how often late data was merged."""
         row = self._db.execute("SELECT args, merged FROM finals WHERE job = ?", (job,)).fetchone()
         return None if row is None else (json.loads(row[0]), int(row[1]))
+
+    # -- late merges that are due (kept across a restart) ---------------------------------
+    def merge_due(self, job: int, more: int = 0) -> int:
+        """How many late-merge requests of the job are not done, after adding ``more``:
+        a merge waits in memory, and a recorder killed meanwhile left the late points
+        out of the file for good, its reason saying they were merged (fault injection)."""
+        if more:
+            self._db.execute(
+                "UPDATE finals SET merge_due = merge_due + ? WHERE job = ?", (more, job)
+            )
+        row = self._db.execute("SELECT merge_due FROM finals WHERE job = ?", (job,)).fetchone()
+        return int(row[0]) if row else 0
+
+    def merge_done(self, job: int, taken: int) -> None:
+        """The ``taken`` requests a merge started with are done; those made meanwhile stay."""
+        self._db.execute(
+            "UPDATE finals SET merge_due = max(0, merge_due - ?) WHERE job = ?", (taken, job)
+        )
+
+    def merges_due(self) -> list[int]:
+        """Jobs whose late data is stored and not yet in their file (a merge cut short)."""
+        rows = self._db.execute(
+            "SELECT job FROM finals WHERE merge_due > 0 AND released = 0 ORDER BY job"
+        ).fetchall()
+        return [int(r[0]) for r in rows]
 
     def count_merge(self, job: int) -> int:
         self._db.execute("UPDATE finals SET merged = merged + 1 WHERE job = ?", (job,))
