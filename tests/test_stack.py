@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.stack import BIN, make_stack, running_stack, stop_stack
+from tests.stack import BIN, _alive, cli_env, make_stack, running_stack, stop_stack
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -257,6 +257,61 @@ def test_a_stop_a_frozen_scheduler_gets_later_is_said_so(tmp_path: Path) -> None
         assert res.returncode == 1, (res.stdout, res.stderr)
         assert "no scheduler answered" in res.stderr, res.stderr
         assert "if it is only slow, it may still stop the stack when it gets to" in res.stderr
+
+
+def test_a_stop_with_the_broker_frozen_says_the_stack_runs(tmp_path: Path) -> None:
+    """A fault-injection tour: with the broker frozen, `tomato stop` said "nothing to
+    stop, tomato-mqtt is not running there" while `tomato start` said "already running"
+    and the job went on: the supervisor alive, it says the stack runs and how to stop it."""
+    with running_stack(tmp_path) as st:
+        broker, sup = st.child_pid("broker"), st.supervisor_pid()
+        os.kill(broker, signal.SIGSTOP)
+        try:
+            res = st.run("tomato", "stop", "-t", "2", "-D", str(st.datadir))  # (its pid file)
+        finally:
+            os.kill(broker, signal.SIGCONT)
+        assert res.returncode == 1, (res.stdout, res.stderr)
+        assert (
+            f"tomato-mqtt runs here (supervisor pid {sup}), but its broker cannot be "
+            f"reached, so the stop cannot be asked (`kill {sup}` stops the stack)"
+        ) in res.stderr, res.stderr
+        assert "nothing to stop" not in res.stderr
+        assert st.json("tomato", "status")["success"]  # unharmed, and stopped as ever below
+
+
+def test_a_forced_stop_survives_a_scheduler_restart(tmp_path: Path) -> None:
+    """A fault-injection tour: `tomato stop --force` with the node frozen (its cancel
+    unconfirmed), the scheduler killed 1 s later: the restarted scheduler knew nothing of
+    the stop, the stack ran on, and the CLI said "did not stop within 50 s". It asks
+    again while it waits, and the stack stops."""
+    with running_stack(tmp_path) as st:
+        st.load_ready("pip-counter-1", "s1")
+        payload = tmp_path / "long.yml"
+        payload.write_text(
+            'version: "1.0"\nsample:\n    name: s1\nmethod:\n'
+            '  - component_tag: "counter"\n    technique_name: "count"\n'
+            "    max_duration: 120.0\n    sampling_interval: 0.2\n"
+        )
+        jobid = st.submit(payload)
+        st.wait_job(jobid, {"r"})
+        node, sup = st.child_pid("node"), st.supervisor_pid()
+        assert sup is not None
+        os.kill(node, signal.SIGSTOP)
+        stop = subprocess.Popen(
+            [str(BIN / "tomato"), "stop", "--force", "-p", str(st.port), *st.dirs()],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            cwd=st.workdir, env=cli_env(st.env, "tomato", "stop"),
+        )  # fmt: skip
+        try:
+            time.sleep(1.0)
+            os.kill(st.child_pid("scheduler"), signal.SIGKILL)
+            time.sleep(3.0)
+        finally:
+            os.kill(node, signal.SIGCONT)
+        out, err = stop.communicate(timeout=90)
+        assert stop.returncode == 0, (out, err, st.logs())
+        assert f"tomato-mqtt on port {st.port} stopped" in out, (out, err)
+        assert not _alive(sup)  # (the CLI waited for it)
 
 
 def test_bad_devices_file_is_refused_with_file_and_reason(tmp_path: Path) -> None:

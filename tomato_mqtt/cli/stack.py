@@ -7,8 +7,10 @@ until the scheduler answers and every component is registered.
 
 from __future__ import annotations
 
+import contextlib
 import time
-from typing import Annotated
+from collections.abc import Mapping
+from typing import Annotated, Any
 
 import typer
 
@@ -21,6 +23,8 @@ __all__ = ["app"]
 #: s more that `tomato stop --force` waits: the scheduler's FORCE_STOP_WAIT for the
 #: cancelled jobs (services/scheduler/ops.py)
 FORCE_STOP_WAIT = 30.0
+#: s after which a stop still under way is asked again (each time)
+STOP_AGAIN = 5.0
 
 # merged into ``tomato`` (no name): ``tomato init``, ``tomato start``, ``tomato stop``
 app = typer.Typer(pretty_exceptions_enable=False, add_completion=False)
@@ -77,24 +81,10 @@ def stop(
     from tomato_mqtt.services.supervisor import pidfile_path, read_pidfile
 
     ctx = opts.context()
-    reply = common.run_request(
-        ctx,
-        ctx.topics.scheduler_cmd("stop"),
-        {"force": True} if force else {},
-        timeout=min(opts.timeout, 5),
-        # a scheduler that is only slow (stopped, swapped out) gets the request later and
-        # stops the stack then (a fault-injection run: "is it running?", then it stopped)
-        unanswered=(
-            "; if it is only slow, it may still stop the stack when it gets to the request"
-            " (`tomato status` shows whether it runs)"
-        ),
-        unreachable="nothing to stop, tomato-mqtt is not running there: ",
-    )
-    if not reply.success:
-        opts.output().reply(reply)
     from tomato_mqtt.config.settings import load_settings
     from tomato_mqtt.errors import ConfigError
 
+    bad: ConfigError | None = None
     try:  # (not ctx.settings, which exits on a bad file)
         s = load_settings(
             appdir=core.as_path(ctx.appdir),
@@ -103,6 +93,36 @@ def stop(
             port=ctx.port,
         )
     except ConfigError as e:
+        s, bad = None, e
+    info = read_pidfile(pidfile_path(s.datadir, ctx.url.port)) if s else None
+    pid = int(str(info.get("pid"))) if info else None
+    running = pid is not None and alive(pid)
+    args = {"force": True} if force else {}
+    reply = common.run_request(
+        ctx,
+        ctx.topics.scheduler_cmd("stop"),
+        args,
+        timeout=min(opts.timeout, 5),
+        # a scheduler that is only slow (stopped, swapped out) gets the request later and
+        # stops the stack then (a fault-injection run: "is it running?", then it stopped)
+        unanswered=(
+            "; if it is only slow, it may still stop the stack when it gets to the request"
+            " (`tomato status` shows whether it runs)"
+        ),
+        # a stack whose broker is stuck runs all the same: said (it read "nothing to
+        # stop, … not running there" while `tomato start` said "already running": a
+        # fault-injection tour)
+        unreachable=(
+            f"tomato-mqtt runs here (supervisor pid {pid}), but its broker cannot be "
+            f"reached, so the stop cannot be asked (`kill {pid}` stops the stack): "
+            if running
+            else "nothing to stop, tomato-mqtt is not running there: "
+        ),
+    )
+    if not reply.success:
+        opts.output().reply(reply)
+    if bad is not None:
+        e = bad
         # the scheduler took the request and stops the stack: said, with why this call
         # cannot wait for it (it said "error: ...settings.toml... invalid TOML", exit 1,
         # and the stack stopped: a newcomer's tour)
@@ -114,18 +134,39 @@ def stop(
             )
         )
         return
-    info = read_pidfile(pidfile_path(s.datadir, ctx.url.port)) if s else None
-    if info:
-        pid = int(str(info.get("pid")))
+    if pid is not None:
         # --force: the cancelled jobs' tasks stop and their files are written first
         # (said as waited: "did not stop within 20 s" came after 50 s, a review)
         waited = opts.timeout + (FORCE_STOP_WAIT if force else 0.0)
         deadline = time.monotonic() + waited
+        again = time.monotonic() + STOP_AGAIN
         while alive(pid) and time.monotonic() < deadline:
             time.sleep(0.05)
+            if time.monotonic() >= again and alive(pid):
+                # asked again: a scheduler restarted meanwhile (killed, frozen past its
+                # watchdog) forgot the stop, and the stack ran on while this waited 50 s
+                # (a fault-injection tour)
+                _ask_again(ctx, args)
+                again = time.monotonic() + STOP_AGAIN
         if alive(pid):
             fail(f"the supervisor (pid {pid}) did not stop within {waited:g} s")
     msg = f"tomato-mqtt on port {ctx.url.port} stopped"
     if force and reply.msg != "stopping tomato-mqtt":  # the jobs it cancelled first: said
         msg = f"{reply.msg}; {msg}"
     opts.output().reply(Done(msg, {"port": ctx.url.port, "instance": ctx.instance}))
+
+
+def _ask_again(ctx: core.CallContext, args: Mapping[str, Any]) -> None:
+    """The stop asked once more, quietly: the scheduler that took it may have restarted
+    since (a repeated stop of a stopping stack is answered "stopping" again)."""
+    from tomato_mqtt.transport import oneshot
+
+    with contextlib.suppress(oneshot.OneShotError):
+        oneshot.request(
+            ctx.url,
+            ctx.topics.scheduler_cmd("stop"),
+            ctx.topics.reply,
+            dict(args),
+            timeout=2.0,
+            who="scheduler",
+        )

@@ -273,6 +273,9 @@ class SchedulerOps:
     async def stop(self, args: Mapping[str, JsonValue]) -> Result:
         self.access.require("stop")
         a = StopArgs.model_validate(args)
+        if self.svc.exit_requested:  # asked again (`tomato stop` repeats a stop under
+            # way, lest a restarted scheduler forgot it): one stop, not a second wait
+            return Result("stopping tomato-mqtt (asked already)")
         try:
             running = self.store.jobs(statuses=["r", "rd"])
         except sqlite3.DatabaseError as e:
