@@ -1535,6 +1535,36 @@ async def test_a_late_merge_cut_short_by_a_stop_is_made_at_the_next_start(
         assert svc.store.merges_due() == [] and svc.store.releasable(time.time() + 1) == [1]
 
 
+async def test_a_fallback_file_s_reason_names_the_folders_not_a_temporary_file(
+    broker: RunningBroker, instance: str, tmp_path: Path
+) -> None:
+    """A fault-injection tour: an output folder made immutable mid-job; the job's reason
+    named the writer's temporary file ("Operation not permitted: '…/.results.13.nc.
+    22687.ska8q467.tmp'"), which the user never sees, instead of why."""
+    if shutil.which("chattr") is None:
+        pytest.skip("no chattr here")
+    out = tmp_path / "out"
+    out.mkdir()
+    if subprocess.run(["chattr", "+i", str(out)], capture_output=True).returncode != 0:
+        pytest.skip("chattr +i is not allowed here (not root, or a filesystem without it)")
+    try:
+        async with recorder(broker, instance, tmp_path / "r.sqlite") as (svc, c, req, t):
+            await c.publish(t.component_data(CMP), _batch(1, 0, "s1", 0, 5), qos=1)
+            await _stored(svc, 1, 5)
+            exact = [{"component": CMP, "task": 0, "npoints": 5, "stream": "s1", "last_seq": 0}]
+            args = _finalize_args(1, out / "results.1.nc", exact, wait=1)
+            args["fallback_dir"] = str(tmp_path / "fb")
+            rep = await _finalize(req, t, args)
+    finally:
+        subprocess.run(["chattr", "-i", str(out)], check=True)
+    assert rep.success, rep
+    said = str(rep.data["fallback"])  # type: ignore[index]
+    assert said == (
+        f"{out / 'results.1.nc'} could not be written (Operation not permitted); the file "
+        f"was written to the fallback file {tmp_path / 'fb' / 'results.1.nc'} instead"
+    ), said
+
+
 async def test_a_snapshot_written_to_the_fallback_folder_names_that_file(
     broker: RunningBroker, instance: str, tmp_path: Path
 ) -> None:

@@ -255,14 +255,14 @@ class Files:
                     self.temporary.add(written)
                     return (
                         written,
-                        f"{path} could not be written ({e2}): the snapshot was made in "
+                        f"{path} could not be written ({_said(e2)}): the snapshot was made in "
                         f"{written} for this transfer only (removed once fetched)",
                         problems,
                     )
                 return (
                     written,
-                    f"{path} could not be written ({e}); the file was written to the "
-                    f"fallback file {written} instead",
+                    f"{path} could not be written ({_said(e)}); the file was written to "
+                    f"the fallback file {written} instead",
                     problems,
                 )
 
