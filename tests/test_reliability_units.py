@@ -556,6 +556,23 @@ async def test_a_task_whose_node_is_lost_is_not_said_to_overrun(
     assert status == "cd"
 
 
+async def test_a_node_not_heard_from_since_the_start_is_said_without_a_question_mark() -> None:
+    """A fault-injection tour, a whole stack killed and started again: the job's reason
+    read "node ? hosting … is unknown during task 0" for a node not heard from yet."""
+    host = FakeHost()
+    runner, done = await _run(host, _job())
+    online = host.node
+    await host.set(node=None)
+    await asyncio.sleep(0.3)
+    said = "the node hosting cmp is not heard from since the scheduler started during task 0"
+    assert host.reasons and host.reasons[0].startswith(said), host.reasons
+    assert "?" not in host.reasons[0], host.reasons
+    await host.set(node=online)
+    await runner.cancel()
+    status, _reason = await asyncio.wait_for(done, 10)
+    assert status == "cd"
+
+
 async def test_the_lost_node_s_reason_goes_when_the_task_s_end_comes_with_its_return() -> None:
     """A dashboard tour: a node stopped (SIGSTOP) 16 s mid-task, then let go; its task's
     end came with its return, and the reason "node local hosting … is lost during task 0:

@@ -550,10 +550,16 @@ class JobRunner:
         reason and as a ``warning`` event, not only at the end of the grace period (an
         integrator's review: the job's topics said `r`, no reason, for those 30 s; only
         the component's status said `lost`). The reason goes when the node is back."""
-        name = node.node if node is not None else "?"
-        state = node.state if node is not None else "unknown"
+        name = node.node if node is not None else None
+        # (a node not heard from since the scheduler started: "node ? … is unknown", a
+        # fault-injection tour after a whole stack's restart)
+        who = (
+            f"node {name} hosting {component} is {node.state}"
+            if node is not None
+            else f"the node hosting {component} is not heard from since the scheduler started"
+        )
         why = (
-            f"node {name} hosting {component} is {state} during task {t.spec.index}: the "
+            f"{who} during task {t.spec.index}: the "
             f"job ends ce unless it is back within {self.host.node_grace_period:g} s"
         )
         log.warning("job %d: %s", self.job.id, why)
@@ -687,9 +693,9 @@ class JobRunner:
                         lost_since = time.monotonic()
                     left = self.host.node_grace_period - (time.monotonic() - lost_since)
                     if left <= 0:
-                        name = node.node if node else "?"
+                        who = f"node {node.node}" if node else "the node"
                         self.error = self.error or (
-                            f"node {name} hosting {component} was lost for more than "
+                            f"{who} hosting {component} was lost for more than "
                             f"{self.host.node_grace_period:g} s during task {t.spec.index}"
                         )
                         self.unconfirmed.add(component)
