@@ -664,3 +664,36 @@ def test_a_store_file_that_refuses_writes_is_named_with_why(tmp_path: Path) -> N
     assert f"{db} cannot be written by this user" in words and "lsattr" in words, words
     # other errors are left as they are
     assert store_words("no such table: t", db) == "no such table: t"
+
+
+def test_the_state_file_s_probe_writes_what_a_real_write_writes(tmp_path: Path) -> None:
+    """A fault-injection tour: the state file made immutable during a job; the probe (an
+    UPDATE that changed nothing, so wrote nothing) went through, and the log said "the
+    state file takes writes again", then the fault, every 2 s for as long as it lasted.
+    The probe writes a row and takes it back: it fails as the real writes do, and passes
+    once they would."""
+    import shutil
+    import sqlite3
+
+    from tomato_mqtt.services.scheduler.store import StateStore
+
+    if shutil.which("chattr") is None:
+        pytest.skip("no chattr here")
+    st = StateStore(tmp_path / "state.sqlite")
+    st.add_job({"method": []}, "x", None)
+    files = [str(f) for f in tmp_path.glob("state.sqlite*")]
+    if subprocess.run(["chattr", "+i", *files], capture_output=True).returncode != 0:
+        pytest.skip("chattr +i is not allowed here (not root, or a filesystem without it)")
+    try:
+        with pytest.raises(sqlite3.Error):
+            st.add_job({"method": []}, "y", None)
+        assert st.write_error is not None
+        st.probe_write()
+        assert st.write_error is not None  # still failing: said so, not "takes writes again"
+    finally:
+        subprocess.run(["chattr", "-i", *files], check=True)
+    st.probe_write()
+    assert st.write_error is None
+    assert st.add_job({"method": []}, "z", None).id == 2  # and nothing of the probe stayed
+    assert st._db.execute("SELECT count(*) FROM submit_tokens").fetchone()[0] == 0
+    st.close()
