@@ -582,6 +582,24 @@ def test_an_option_before_any_command_is_said_as_such(argv: list[str], commands:
 
 
 @pytest.mark.parametrize(
+    ("argv", "meant"),
+    [(["passata", "set_attr", "dev/1", "max", "5"], "set"), (["passata", "get-attr"], "get")],
+)
+def test_a_driver_method_s_name_for_a_command_names_the_command(
+    argv: list[str], meant: str
+) -> None:
+    """A tour: ``passata set_attr`` (the driver API's name) got click's closest match,
+    "Did you mean 'attrs'?", a command that lists attributes and sets none."""
+    res = subprocess.run(
+        [str(BIN / argv[0]), *argv[1:]], capture_output=True, text=True, timeout=30
+    )
+    assert res.returncode == 2, (res.stdout, res.stderr)
+    err = " ".join(res.stderr.replace("│", " ").split())
+    assert f"No such command '{argv[1]}': 'passata {meant}' does that" in err, err
+    assert "Did you mean" not in err, err
+
+
+@pytest.mark.parametrize(
     "argv",
     [
         ["tomato", "-v", "status"],

@@ -135,6 +135,29 @@ class CommandFirst(TyperGroup):
                 )
         return super().parse_args(ctx, args)
 
+    def resolve_command(self, ctx: Any, args: list[str]) -> Any:
+        """A driver API's method name for a command (``passata set_attr``) names the
+        command: click's closest match for ``set_attr`` was ``attrs`` (a tour)."""
+        name = args[0] if args else ""
+        meant = _METHOD_NAMES.get(name.replace("-", "_"))
+        if meant and self.get_command(ctx, name) is None and self.get_command(ctx, meant):
+            raise _USAGE_ERROR(
+                f"No such command {name!r}: '{ctx.command_path} {meant}' does that "
+                f"(see '{ctx.command_path} {meant} --help')",
+                ctx,
+            )
+        return super().resolve_command(ctx, args)
+
+
+#: the driver API's method names (drivers.md), and the command each one is at the CLI
+_METHOD_NAMES = {
+    "set_attr": "set",
+    "setattr": "set",
+    "get_attr": "get",
+    "getattr": "get",
+    "attr": "attrs",
+}
+
 
 # -- the common options: each declared once, here ---------------------------------------
 
