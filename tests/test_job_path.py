@@ -184,6 +184,18 @@ async def test_a_submit_whose_file_exists_already_says_where_the_file_will_go(
         )
         assert "exists already" not in reply.msg, reply.msg
         assert _submitted(reply.msg, reply.data).splitlines()[-1] == f"output: {work}/results.2.nc"
+        # a dangling link where the file goes is said as a link, not as a file there (a
+        # hostile tour: "exists already" of a name `ls` shows red)
+        (work / "results.3.nc").symlink_to(tmp_path / "nowhere.nc")
+        reply = await st.raw(
+            st.topics.scheduler_cmd("job_submit"), {"payload": payload, "submit_dir": str(work)}
+        )
+        assert (
+            f"{work / 'results.3.nc'} is a symbolic link (to {tmp_path / 'nowhere.nc'}), which "
+            "is not followed and is not overwritten"
+        ) in reply.msg, reply.msg
+        text = _submitted(reply.msg, reply.data).splitlines()
+        assert text[-1].endswith("if the file there now is moved away in time"), text
 
 
 async def test_a_submit_over_mqtt_without_a_user_is_recorded_under_its_login(

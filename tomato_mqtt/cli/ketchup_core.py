@@ -198,7 +198,7 @@ def _submitted(msg: str, job: Any) -> str:
         elif job.get("reason"):
             lines.append(f"note: {job['reason']}")
         respath = job.get("respath")
-        if respath and f"{respath} exists already" in msg:
+        if respath and any(f"{respath} {w}" in msg for w in ("exists", "is a symbolic link")):
             # the scheduler said a file is there and where the job's goes instead: the bare
             # path read as where it will write (a newcomer's tour)
             lines.append(f"output: {respath}, if the file there now is moved away in time")

@@ -12,6 +12,7 @@ import contextlib
 import datetime
 import json
 import logging
+import os
 import sqlite3
 import time
 from collections.abc import Mapping
@@ -532,8 +533,14 @@ class SchedulerOps:
                 # job 27 in a folder holding tomato 2.2's results.27.nc: the job ended
                 # `c`, a script opened the old experiment's file; a prefix used again, the
                 # same)
+                there = base / f"{prefix}.nc"
+                what = (  # (a dangling link "exists already": a hostile tour)
+                    f"is a symbolic link (to {os.readlink(there)}), which is not followed"
+                    if there.is_symlink()
+                    else "exists already"
+                )
                 note = (
-                    f"; {base / f'{prefix}.nc'} exists already and is not overwritten "
+                    f"; {there} {what} and is not overwritten "
                     "(tomato 2.2 overwrote it): unless it is moved away before the job "
                     f"ends, the job's file goes to {own / f'{prefix}.nc'} instead "
                     f"(`ketchup status {job.id}` names it then)"
