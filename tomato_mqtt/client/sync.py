@@ -302,9 +302,10 @@ class Tomato:
         from tomato_mqtt.client.aio import ClientError
 
         end = time.monotonic() + timeout
+        waited = False
         while True:
-            try:
-                return self.aio, max(0.0, end - time.monotonic())
+            try:  # (the timeout as given, said in its TimeoutError, unless it waited)
+                return self.aio, max(0.0, end - time.monotonic()) if waited else timeout
             except ClientError as e:
                 if e.code != "unavailable":
                     raise
@@ -313,6 +314,7 @@ class Tomato:
                         f"job {jobid}: the stack did not answer within {timeout:g} s ({e})"
                     ) from None
                 time.sleep(0.5)
+                waited = True
 
     def snapshot(self, jobid: int, path: str | os.PathLike[str] | None = None) -> Any:
         return self._run(self.aio.snapshot(jobid, path))
