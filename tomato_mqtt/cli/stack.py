@@ -122,14 +122,13 @@ def stop(
     if not reply.success:
         opts.output().reply(reply)
     if bad is not None:
-        e = bad
         # the scheduler took the request and stops the stack: said, with why this call
         # cannot wait for it (it said "error: ...settings.toml... invalid TOML", exit 1,
         # and the stack stopped: a newcomer's tour)
         opts.output().reply(
             Done(
                 f"tomato-mqtt on port {ctx.url.port} is stopping (the scheduler took the "
-                f"request); not waited for, as the settings cannot be read: {e}",
+                f"request); not waited for, as the settings cannot be read: {bad}",
                 {"port": ctx.url.port, "instance": ctx.instance},
             )
         )
