@@ -277,3 +277,37 @@ async def test_a_running_pipeline_is_not_ready_as_in_tomato(
         b = await _submit(st, unlocked)
         await st.wait_job(b, {"c"})
         assert await ready()
+
+
+def test_a_reply_of_big_jobs_is_sized_before_it_is_built(tmp_path: Path) -> None:
+    """A hostile tour: a reader's `job_status` of one id 1,000 times built 1,000 copies of
+    the job (1.5 MB a reply; of a job with a 990 kB payload, 991 MB and 2 GB of the
+    scheduler's memory before it was refused), and nine jobs of 1 MB payloads made every
+    `ketchup status --all` fail "too large". Each job is answered once, a reply is sized
+    from the store before a job is built, a page holds what one reply carries, and a
+    search lists the newest that fit."""
+    from tomato_mqtt.services.scheduler import jobstatus
+    from tomato_mqtt.transport.rpc import CommandError
+    from tomato_mqtt.wire.commands import JobStatusArgs
+
+    store = StateStore(tmp_path / "state.sqlite")
+    small = store.add_job(_payload("s"), "small", None).id
+    big = [
+        store.add_job({**_payload("s"), "note": "x" * 990_000}, f"big{i}", None).id
+        for i in range(9)
+    ]
+    once = jobstatus.job_status(store, JobStatusArgs(jobids=[small] * 1000))
+    assert isinstance(once.data, list) and len(once.data) == 1, once.msg
+    with pytest.raises(CommandError) as e:
+        jobstatus.job_status(store, JobStatusArgs(jobids=[small, *big]))
+    assert e.value.code == "bad_request" and "ask for fewer at a time" in str(e.value)
+    assert "the 10 jobs asked for would make an answer of about 8,9" in str(e.value)
+    newest = jobstatus.job_status(store, JobStatusArgs())  # the newest page: its newest
+    ids = [j["id"] for j in newest.data]  # type: ignore[index, union-attr]
+    assert ids == big[-6:], ids
+    assert "(listing page: jobs 5-10 of 10" in newest.msg, newest.msg
+    first = jobstatus.job_status(store, JobStatusArgs(offset=0, limit=500))  # its first
+    assert [j["id"] for j in first.data] == [small, *big[:6]]  # type: ignore[index, union-attr]
+    kept = jobstatus.within_budget(store, store.search_ids("big", complete=True))
+    assert kept == big[-6:], kept
+    store.close()

@@ -48,12 +48,20 @@ async def serving(
     table: dict[str, Any] | None = None,
     name: str = "echo",
     per_login: bool = False,
+    bytes_per_request: int = 0,
 ) -> AsyncIterator[AsyncClient]:
     """Run a responder for ``scheduler/cmd/+`` (``svc``'s operations, or ``table``);
     requests are handled one at a time."""
     async with AsyncClient(b.url, client_id=f"{topics.instance}-server") as client:
         ops = table if svc is None else {"echo": svc.echo, "fail": svc.fail}
-        responder = Responder(client, topics, ops or {}, name=name, per_login=per_login)
+        responder = Responder(
+            client,
+            topics,
+            ops or {},
+            name=name,
+            per_login=per_login,
+            bytes_per_request=bytes_per_request,
+        )
         client.responder = responder  # type: ignore[attr-defined]  # (for a test's look)
         await client.subscribe(topics.scheduler_cmds())
 
@@ -242,6 +250,41 @@ async def test_one_login_s_flood_is_dropped_and_the_others_are_answered(
     assert "olga" not in dropped, dropped
     said = [r.getMessage() for r in caplog.records if "dropped unread" in r.getMessage()]
     assert said and "rita: " in said[0] and "over 10 a second of one login" in said[0], said
+
+
+async def test_a_login_s_large_answers_count_against_its_requests(
+    broker: RunningBroker, instance: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A hostile tour: a reader's 150 requests a second, under the limit of 200, each
+    answered with 1.5 MB, held the scheduler up for 100 s. With ``bytes_per_request`` an
+    answer counts as one request per that many bytes: the login's next requests wait, and
+    it is told why; another login is answered meanwhile."""
+    from tomato_mqtt.transport import rpc
+
+    monkeypatch.setattr(rpc, "REQUESTS_PER_S", 1.0)
+    monkeypatch.setattr(rpc, "REQUESTS_BURST", 20)
+    topics = Topics(instance)
+    svc = Echo()
+    async with (
+        serving(broker, topics, svc, per_login=True, bytes_per_request=10 * 1024),
+        AsyncClient(broker.url, client_id=f"{instance}-rita") as rita,
+        AsyncClient(broker.url, client_id=f"{instance}-olga") as olga,
+    ):
+        req = Requester(rita, Topics(instance, user="rita"))
+        big = {"who": "r", "pad": "x" * 100_000}  # answered with ~100 kB: 9 requests
+        said = [
+            await req.request(topics.scheduler_cmd("echo", "rita"), big, timeout=T)
+            for _ in range(3)
+        ]
+        assert [r.success for r in said] == [True, True, False], [r.msg for r in said]
+        assert said[2].code == "conflict", said[2]
+        assert "an answer counts as one request per 10 kB of it" in said[2].msg, said[2].msg
+        with pytest.raises(rpc.NoResponder):  # below zero: it waits, small or not (told
+            # once a second: this one dropped unread)
+            await req.request(topics.scheduler_cmd("echo", "rita"), {"who": "r"}, timeout=0.5)
+        other = Requester(olga, Topics(instance, user="olga"))
+        reply = await other.request(topics.scheduler_cmd("echo", "olga"), big, timeout=T)
+        assert reply.success, reply
 
 
 async def test_a_model_s_defaults_are_not_sent(broker: RunningBroker, instance: str) -> None:

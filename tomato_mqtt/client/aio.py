@@ -569,7 +569,7 @@ class AsyncTomato:
         while True:
             page = await self.call("job_status", {"offset": len(out), "limit": JOB_PAGE_MAX})
             out += page
-            if len(page) < JOB_PAGE_MAX:
+            if not page:  # (a page of big jobs holds fewer than JOB_PAGE_MAX: not the end)
                 return out
 
     async def summary(self) -> JobSummary:

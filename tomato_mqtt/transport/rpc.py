@@ -291,10 +291,16 @@ class Responder:
         max_reply: int = MAX_REPLY,
         on_fault: Callable[[BaseException], str | None] | None = None,
         per_login: bool = False,
+        bytes_per_request: int = 0,
     ) -> None:
         self.client = client
         #: requests of one login over REQUESTS_PER_S (bursts of REQUESTS_BURST) dropped
         self.per_login = per_login
+        #: with ``per_login``: a reply counts as one request per this many bytes of it, so
+        #: a login's answers cost it what they cost the service (0: one request each). A
+        #: reader's 150 requests a second for jobs of 1.5 MB replies, under the request
+        #: limit, held the scheduler up for 100 s (a hostile tour)
+        self.bytes_per_request = bytes_per_request
         #: what the service says of an error of its own storage (a damaged state file),
         #: answered ``unavailable``; None: the error is a bug (``internal``)
         self.on_fault = on_fault
@@ -352,6 +358,13 @@ class Responder:
             )
             self._dropped.clear()
         return False
+
+    def _charge(self, user: str, requests: int) -> None:
+        """A reply as large as ``requests`` more requests: taken from the login's bucket,
+        below zero if need be (its next requests wait until it is filled again)."""
+        b = self._buckets.get(user)
+        if b is not None and requests > 0:
+            b[0] = max(b[0] - requests, -float(REQUESTS_BURST))
 
     async def handle(
         self, msg: Message, op: str, handlers: Mapping[str, Handler] | None = None
@@ -450,6 +463,8 @@ class Responder:
                     code="bad_request",
                 )
             data = encode(reply)
+        if self.per_login and self.bytes_per_request:
+            self._charge(user or "", len(data) // self.bytes_per_request)
         if cmd is not None and cmd.reads:
             self._seen.pop(key, None)  # a copy is answered anew: a read changes nothing
         elif len(data) > _KEEP_AT_MOST:
@@ -566,10 +581,16 @@ class Responder:
             return
         if not self._reply_allowed(req.reply_to, user or None):
             return
+        large = (
+            f"; an answer counts as one request per {self.bytes_per_request // 1024} kB of it"
+            if self.bytes_per_request
+            else ""
+        )
         said = (
             f"{op} not answered: {self.name} takes at most {REQUESTS_PER_S:g} requests a "
-            f"second of one login (bursts of {REQUESTS_BURST}), and {user or 'this login'} "
-            "sent more; the others are dropped unread: send fewer, or wait for each answer"
+            f"second of one login (bursts of {REQUESTS_BURST}{large}), and "
+            f"{user or 'this login'} sent more; the others are dropped unread: send fewer, "
+            "or wait for each answer"
         )
         await self._send(req.reply_to, Reply(id=req.id, success=False, msg=said, code="conflict"))
 

@@ -21,10 +21,17 @@ from tomato_mqtt.wire.commands import JOB_PAGE_MAX, JobStatusArgs
 if TYPE_CHECKING:
     from tomato_mqtt.services.scheduler.store import StateStore
 
-__all__ = ["ENDS", "job_status", "summary_text"]
+__all__ = ["ENDS", "job_status", "summary_text", "within_budget"]
 
 #: how many ids (and queued jobs) a summary shows at each end of a long list
 ENDS = 5
+#: bytes of jobs one reply may hold (a reply carries at most rpc.MAX_REPLY, ~8 MB): sized
+#: from the store before any job is built. A reader's `job_status` of one big job's id
+#: 1,000 times built a reply of 991 MB (2 GB of the scheduler's memory, 11 s) before it
+#: was refused as too large (a hostile tour)
+REPLY_BUDGET = 6 * 1024 * 1024
+#: bytes a job's JSON holds beside its payload and progress (ids, times, names, paths)
+JOB_FIELDS = 2048
 # tomato's order of the status lines
 _ORDER = ("q", "qw", "r", "rd", "c", "cd", "ce")
 
@@ -47,6 +54,15 @@ def job_status(store: StateStore, a: JobStatusArgs) -> Result:
 
 
 def _by_id(store: StateStore, ids: list[int]) -> Result:
+    ids = list(dict.fromkeys(ids))  # each job once (one id 1,000 times: 1,000 copies)
+    sizes = store.job_sizes(ids)
+    total = sum(n + JOB_FIELDS for n in sizes.values())
+    if total > REPLY_BUDGET:
+        raise CommandError(
+            f"the {len(ids)} jobs asked for would make an answer of about {total:,} bytes, "
+            f"more than one reply carries ({REPLY_BUDGET:,}): ask for fewer at a time",
+            code="bad_request",
+        )
     found = {j.id: j for j in store.jobs(ids=ids)}
     missing = [i for i in ids if i not in found]
     if missing:
@@ -55,10 +71,33 @@ def _by_id(store: StateStore, ids: list[int]) -> Result:
     return Result(_found(jobs), [j.model_dump(mode="json") for j in jobs])
 
 
+def within_budget(store: StateStore, ids: list[int]) -> list[int]:
+    """The newest of ``ids`` (in id order) whose jobs one reply carries."""
+    sizes = store.job_sizes(ids)
+    kept: list[int] = []
+    total = 0
+    for i in sorted(ids, reverse=True):
+        total += sizes.get(i, 0) + JOB_FIELDS
+        if kept and total > REPLY_BUDGET:
+            break
+        kept.append(i)
+    return sorted(kept)
+
+
 def _page(store: StateStore, limit: int, offset: int | None) -> Result:
     total = sum(store.status_counts().values())
     start = max(0, total - limit) if offset is None else offset
-    jobs = store.jobs_page(start, limit)
+    # a page holds what one reply carries: fewer jobs when their payloads are big (nine
+    # jobs of 1 MB payloads made every `ketchup status --all` fail "too large": a hostile
+    # tour); the newest page keeps its newest jobs, a page from an offset its first
+    sizes = [n + JOB_FIELDS for n in store.page_sizes(start, limit)]
+    while len(sizes) > 1 and sum(sizes) > REPLY_BUDGET:
+        if offset is None:
+            sizes.pop(0)
+            start += 1
+        else:
+            sizes.pop()
+    jobs = store.jobs_page(start, len(sizes)) if sizes else []
     if not jobs and total:
         return Result(f"no jobs from offset {start}: the listing has {total}", [])
     msg = _found(jobs)

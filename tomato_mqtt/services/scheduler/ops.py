@@ -26,7 +26,7 @@ from tomato_mqtt.config.settings import lies_under
 from tomato_mqtt.errors import cannot_write
 from tomato_mqtt.model.jobs import Job
 from tomato_mqtt.services.scheduler.access import Access
-from tomato_mqtt.services.scheduler.jobstatus import job_status
+from tomato_mqtt.services.scheduler.jobstatus import job_status, within_budget
 from tomato_mqtt.services.scheduler.lifecycle import JobLifecycle, output_dir
 from tomato_mqtt.services.scheduler.queue import QueuePass
 from tomato_mqtt.services.scheduler.reload import reload
@@ -587,13 +587,21 @@ class SchedulerOps:
     async def job_search(self, args: Mapping[str, JsonValue]) -> Result:
         self.access.require("job_search")
         a = SearchArgs.model_validate(args)
-        jobs = self.store.search(a.name, complete=a.complete)
-        if not jobs:  # as tomato: no match is a failure
+        ids = self.store.search_ids(a.name, complete=a.complete)
+        if not ids:  # as tomato: no match is a failure
             raise CommandError(f"no job matching {a.name!r} found", code="not_found")
-        ids = [j.id for j in jobs]
         what = "job" if len(ids) == 1 else "jobs"
+        kept = within_budget(self.store, ids)  # (one reply: the newest when too many)
+        more = (
+            f" (the newest {len(kept)} listed: the others would not fit one reply; "
+            "search a longer name, or `ketchup status ID`)"
+            if len(kept) < len(ids)
+            else ""
+        )
+        jobs = self.store.jobs(ids=kept)
         return Result(
-            f"{what} matching {a.name!r} found: {ids}", [j.model_dump(mode="json") for j in jobs]
+            f"{what} matching {a.name!r} found: {ids}{more}",
+            [j.model_dump(mode="json") for j in jobs],
         )
 
     async def job_cancel(self, args: Mapping[str, JsonValue]) -> Result:

@@ -71,6 +71,9 @@ UNHEARD_AFTER = 10.0
 #: the requests whose replies the state file keeps (rpc.ReplyJournal): a client's copy of
 #: one reaching a restarted scheduler is answered as the first was. Not job_submit: its
 #: token finds its job (and one fsync less on a submit)
+#: an answer of the scheduler counts as one request of its login per this many bytes
+#: (rpc.Responder.bytes_per_request): a login gets ~6 MB of answers a second at most
+REPLY_BYTES_PER_REQUEST = 32 * 1024
 JOURNALED = frozenset({"pipeline_load", "pipeline_eject", "pipeline_ready", "job_cancel", "reload"})
 
 
@@ -206,6 +209,7 @@ class SchedulerService(Service):
             # one login's flood must not hold up everyone's (a security tour); on an open
             # stack every client is `anonymous`, and may do anything anyway: not limited
             per_login=self.settings.users_file is not None,
+            bytes_per_request=REPLY_BYTES_PER_REQUEST,
         )
         filters = (
             self.topics.scheduler_cmds(),

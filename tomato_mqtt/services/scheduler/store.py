@@ -517,6 +517,30 @@ class StateStore:
             sql += " WHERE " + " AND ".join(where)
         return [self._job(r) for r in self._db.execute(sql + " ORDER BY id", args)]
 
+    def job_sizes(self, ids: list[int]) -> dict[int, int]:
+        """The bytes of each job's payload and progress as stored (what its JSON in a
+        reply is made of, beside ~1 kB of fields): read without building the jobs."""
+        out: dict[int, int] = {}
+        for i in range(0, len(ids), _CHUNK):
+            part = ids[i : i + _CHUNK]
+            rows = self._db.execute(
+                "SELECT id, length(CAST(payload AS BLOB)) + "
+                "coalesce(length(CAST(progress AS BLOB)), 0) FROM jobs "
+                f"WHERE id IN ({', '.join('?' * len(part))})",
+                part,
+            )
+            out.update((int(j), int(n)) for j, n in rows)
+        return out
+
+    def page_sizes(self, offset: int, limit: int) -> list[int]:
+        """:meth:`job_sizes` of the jobs of a page of the whole listing, in its order."""
+        rows = self._db.execute(
+            "SELECT length(CAST(payload AS BLOB)) + coalesce(length(CAST(progress AS BLOB)), 0)"
+            " FROM jobs ORDER BY id LIMIT ? OFFSET ?",
+            (limit, offset),
+        )
+        return [int(n) for (n,) in rows]
+
     def jobs_page(self, offset: int, limit: int) -> list[Job]:
         """``limit`` jobs from position ``offset`` of the whole listing (by id)."""
         rows = self._db.execute("SELECT * FROM jobs ORDER BY id LIMIT ? OFFSET ?", (limit, offset))
@@ -691,6 +715,11 @@ class StateStore:
     def search(self, name: str, complete: bool = False) -> list[Job]:
         """Jobs whose name contains ``name`` (case-insensitive); ended jobs only when
         ``complete``."""
+        ids = self.search_ids(name, complete)
+        return self.jobs(ids=ids) if ids else []
+
+    def search_ids(self, name: str, complete: bool = False) -> list[int]:
+        """The ids of :meth:`search`'s jobs, none of them built."""
         escaped = name.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
         # SQLite's LIKE ignores the case of ASCII letters only: for any other name the
         # candidates are every named job, matched here (found by a user: 'ESSAI-É' did
@@ -701,8 +730,7 @@ class StateStore:
             sql += " AND status NOT IN ('c', 'ce', 'cd')"
         rows = self._db.execute(sql + " ORDER BY id", args).fetchall()
         want = name.casefold()
-        ids = [int(r[0]) for r in rows if name.isascii() or want in str(r[1]).casefold()]
-        return self.jobs(ids=ids) if ids else []
+        return [int(r[0]) for r in rows if name.isascii() or want in str(r[1]).casefold()]
 
 
 def _pipeline(row: sqlite3.Row) -> PipelineState:
