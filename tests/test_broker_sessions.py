@@ -349,6 +349,34 @@ async def test_a_session_resumed_after_its_role_was_lowered_gets_only_what_it_ma
         assert back.got == [t.scheduler_status()], back.got
 
 
+async def test_a_connection_outlives_no_new_password_nor_its_user_s_removal(
+    tmp_path: Path, instance: str
+) -> None:
+    """A hostile tour: after `tomato user passwd otto` his open connection (and the
+    dashboard's sign-in on it) went on loading and ejecting samples: a reset password did
+    not lock out who had the old one. The broker closes a connection whose login's
+    password changed or whose user was removed (and added again); a role changed applies
+    through the rules, the connection kept."""
+    async with secured("amqtt", tmp_path, instance) as b:
+        otto, olga, rita = Raw(b, "otto"), Raw(b, "olga"), Raw(b, "rita")
+        assert await otto.connect() and await olga.connect() and await rita.connect()
+        b.users.set_password("otto", "a-new-password-1")
+        b.users.set_role("rita", "operator")
+        b.users.save()
+        assert await asyncio.to_thread(otto.disconnected.wait, 3), "otto still connected"
+        again = Raw(b, "otto")  # with the old password: refused, as any new login
+        assert not await again.connect()
+        again.close()
+        b.users.remove("olga")
+        b.users.add("olga", USERS["olga"][0], "operator")  # the same name and password
+        b.users.save()
+        assert await asyncio.to_thread(olga.disconnected.wait, 3), "olga still connected"
+        await asyncio.sleep(1.0)
+        assert not rita.disconnected.is_set()  # a role changed: the rules say what it may
+        for c in (otto, olga, rita):
+            c.close()
+
+
 async def test_a_client_the_broker_no_longer_takes_back_says_so(
     tmp_path: Path, instance: str, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -194,3 +194,37 @@ async def test_a_node_login_is_told_its_role_cannot_use_the_dashboard(
         async with http.post(dash.address() + "api/cmd", json=body) as r:
             got = await r.json()
         assert got["code"] == "not_allowed" and got["msg"].startswith("not signed in"), got
+
+
+async def test_a_sign_in_ends_when_its_login_s_password_changes(
+    tmp_path: Path, instance: str
+) -> None:
+    """A hostile tour: after `tomato user passwd otto` the dashboard's sign-in of otto
+    went on ejecting samples, and after `tomato user remove` its controls timed out "no
+    scheduler answered … is it running?". The broker ends the connection of a login that
+    changed; the next control ends the sign-in, saying why."""
+    from tests.security_env import USERS
+
+    jar = aiohttp.CookieJar(unsafe=True)
+    async with (
+        secured("amqtt", tmp_path / "b", instance) as b,
+        running(_scheduler(b, tmp_path)),
+        running_dashboard(b.url("dash"), instance) as dash,
+        aiohttp.ClientSession(cookie_jar=jar) as http,
+    ):
+        body = {"username": "olga", "password": USERS["olga"][0]}
+        async with http.post(dash.address() + "api/login", json=body) as r:
+            said = await r.json()
+        assert said["success"], said
+        key = {"X-Tomato-Key": said["key"]}
+        b.users.set_password("olga", "a-new-password-1")
+        b.users.save()
+        await asyncio.sleep(2.0)  # the broker looks at the users file every 0.5 s
+        cmd = {"op": "pipeline_ready", "args": {"pipeline": "pip-counter-1"}}
+        async with http.post(dash.address() + "api/cmd", json=cmd, headers=key) as r:
+            got = await r.json()
+        assert not got["success"] and got.get("ended"), got
+        assert got["msg"] == (
+            "your sign-in has ended (the broker ended its connection: the password was "
+            "changed or the user removed): sign in again"
+        ), got

@@ -212,6 +212,20 @@ class RoleAclPlugin(BaseTopicPlugin):  # type: ignore[misc]
         self._rules[name] = out
         return out
 
+    def login_of(self, username: str | None) -> str | None:
+        """What a connection of ``username`` was admitted with (its password's hash), or
+        None when the login is gone or has no role; the users file as it is now."""
+        if self._users is None:
+            return None
+        self._users.refresh()
+        user = self._users.users.users.get(username or "")
+        return user.hash if user is not None and user.role is not None else None
+
+    @property
+    def users_stamp(self) -> tuple[int, int] | None:
+        """Which version of the users file is read (its mtime and size)."""
+        return None if self._users is None else self._users._stamp
+
     async def topic_filtering(
         self, *, session: Any = None, topic: str | None = None, action: Any = None
     ) -> bool:

@@ -488,6 +488,8 @@ def _broker_class(
             self._stood_still_at = -1e9
             self._ticked_at = 0.0
             self._ticker: asyncio.TimerHandle | None = None
+            #: the version of the users file the connections were last checked against
+            self._users_seen: tuple[int, int] | None = None
             #: connections being closed for their silence
             self._closing: set[asyncio.Future[None]] = set()
             #: topic -> the filters it matches, while the filters stay (_filters_of)
@@ -782,7 +784,39 @@ def _broker_class(
                 self._stood_still_at = now
             self._ticked_at = now
             self._check_bodies(now)
+            self._check_logins()
             self._ticker = loop.call_later(0.5, self._tick)
+
+        def _check_logins(self) -> None:
+            """Close the connections whose login changed since they logged in: its
+            password changed (`tomato user passwd`), the user removed (and maybe added
+            again). A connection kept working after its password was reset, so a reset
+            did not lock out who had it (a hostile tour). A role changed applies at once
+            through the ACL, the connection kept."""
+            acl = self._acl
+            if acl is None:
+                return
+            acl.login_of(None)  # (the users file read again if it changed)
+            stamp = acl.users_stamp
+            if stamp == self._users_seen:
+                return
+            self._users_seen = stamp
+            for session, handler in list(self._sessions.values()):
+                had = getattr(session, "tomato_login", None)
+                if had is None or not session.transitions.is_connected():
+                    continue
+                if acl.login_of(session.username) == had:
+                    continue
+                log.warning(
+                    "closing the connection of client %r: its login %r was changed since it "
+                    "logged in (a new password, or the user removed)",
+                    session.client_id,
+                    session.username,
+                )
+                session.will_flag = False  # (its will would speak for a login now gone)
+                task = asyncio.ensure_future(self._close_silent(handler))
+                self._closing.add(task)
+                task.add_done_callback(self._closing.discard)
 
         async def start(self) -> None:
             await super().start()
@@ -836,6 +870,8 @@ def _broker_class(
             acl = self._acl
             if acl is None or acl.rules_of(session.username) is None:
                 return None  # an open, loopback-only broker: no roles to enforce
+            # what it logged in with: a connection outlives no change of it (_check_logins)
+            session.tomato_login = acl.login_of(session.username)
             if session.will_flag and not acl.check(session, session.will_topic, Action.PUBLISH):
                 return (
                     f"its last will is on {session.will_topic!r}, "

@@ -238,6 +238,11 @@ class Sessions:
         if self.on_end is not None:
             self.on_end(s)
 
+    def end(self, s: Session, why: str) -> None:
+        """End the sign-in ``s`` (``why`` is told its page)."""
+        if s is not self.shared and self._by_token.get(s.token) is s:
+            self._drop(s, why)
+
     def _drop(self, s: Session, why: str) -> None:
         """Forget ``s`` now; its broker connection closes in the background."""
         self._forget(s, why)

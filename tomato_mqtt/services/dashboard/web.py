@@ -339,6 +339,14 @@ async def _cmd(request: web.Request) -> web.StreamResponse:
         return _fail(
             f"unknown operation {op or '(no op)'!r} (known: {', '.join(KNOWN_OPS)})", "unknown_op"
         )
+    sessions = request.app[SVC].sessions
+    if s.client is not None and s is not sessions.shared and not s.client.is_connected:
+        # the broker ended the login's connection (its password changed, the user
+        # removed): the sign-in ends, said (its controls went on working after a
+        # password change, then timed out "is it running?" after a removal: a tour)
+        sessions.end(s, "the broker ended its connection: the password was changed or the "
+                     "user removed")  # fmt: skip
+        s = sessions.shared or s
     if op not in s.controls:
         unkeyed = _unkeyed(request)
         if unkeyed:
