@@ -228,3 +228,31 @@ async def test_a_sign_in_ends_when_its_login_s_password_changes(
             "your sign-in has ended (the broker ended its connection: the password was "
             "changed or the user removed): sign in again"
         ), got
+
+
+async def test_driver_settings_are_an_admin_s_to_read(tmp_path: Path, instance: str) -> None:
+    """A hostile tour: any reader (and the dashboard's own login) read the driver
+    settings of `tomato status drivers`, an instrument's password among them, which
+    cli.md keeps out of `tomato status` because settings may hold credentials."""
+    from tests.security_env import scheduler_settings
+    from tomato_mqtt.transport.client import AsyncClient
+    from tomato_mqtt.transport.rpc import Requester
+
+    extra = '[drivers.example_counter]\napi_password = "SECRET-DRIVER-PW"\n'
+    async with (
+        secured("amqtt", tmp_path / "b", instance) as b,
+        running(SchedulerService(scheduler_settings(b, tmp_path, extra))),
+    ):
+        seen = {}
+        for user in ("rita", "olga", "ada"):
+            async with AsyncClient(b.url(user), client_id=f"{user}-{instance}") as c:
+                topics = Topics(instance, user)
+                req = Requester(c, topics)
+                await req.start()
+                reply = await req.request(
+                    topics.scheduler_cmd("status"), {"what": "drivers"}, timeout=10
+                )
+                assert reply.success, reply
+                seen[user] = reply.data["example_counter"]["settings"]  # type: ignore[index]
+        hidden = {"api_password": "(hidden: admins only)"}
+        assert seen == {"rita": hidden, "olga": hidden, "ada": {"api_password": "SECRET-DRIVER-PW"}}

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import JsonValue
 
 from tomato_mqtt.config.payloads import PayloadError, parse_payload, read_payload_text
+from tomato_mqtt.config.roles import is_admin
 from tomato_mqtt.config.settings import lies_under
 from tomato_mqtt.errors import cannot_write
 from tomato_mqtt.model.jobs import Job
@@ -69,6 +70,10 @@ def _submitted(job: Job, note: str = "") -> Result:
         f"job submitted successfully with jobid {job.id}{named}{note}",
         job.model_dump(mode="json"),
     )
+
+
+#: what a driver setting's value reads as to a login that is not an admin
+HIDDEN = "(hidden: admins only)"
 
 
 def _taken(path: Path) -> bool:
@@ -265,7 +270,16 @@ class SchedulerOps:
     async def status(self, args: Mapping[str, JsonValue]) -> Result:
         self.access.require("status")
         a = StatusArgs.model_validate(args)
-        return status_section(self.svc, self.store, a.what)
+        result = status_section(self.svc, self.store, a.what)
+        _user, role = self.access.who()
+        if a.what == "drivers" and not (self.access.roles.open or is_admin(role)):
+            # driver settings may hold credentials (an instrument's password, an API key):
+            # an admin's to read; the others see which are set (every reader read them: a
+            # hostile tour)
+            for d in (result.data or {}).values():  # type: ignore[union-attr]
+                if isinstance(d, dict) and isinstance(d.get("settings"), dict):
+                    d["settings"] = {k: HIDDEN for k in d["settings"]}
+        return result
 
     # -- reload ----------------------------------------------------------------------------
     async def reload(self, args: Mapping[str, JsonValue]) -> Result:
