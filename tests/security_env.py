@@ -111,7 +111,7 @@ class SecureBroker:
 
 
 async def start_amqtt(
-    workdir: Path, instance: str, max_per_login: int = 32, **tls: str
+    workdir: Path, instance: str, max_per_login: int = 32, max_queued: int = 0, **tls: str
 ) -> SecureBroker:
     users = write_users(workdir / "users")
     (workdir / "devices.yml").write_text(DEVICES)
@@ -125,6 +125,8 @@ async def start_amqtt(
         default_node="local",
         max_connections_per_login=max_per_login,
     )
+    if max_queued:
+        cfg.max_queued_bytes = max_queued
     if tls:
         b.tls_port = free_port()
         cfg.tls_port = b.tls_port

@@ -467,6 +467,67 @@ async def test_one_login_holds_at_most_its_connections(
         await security_env.stop(b)
 
 
+def _unread(port: int, user: str, topic: str) -> socket.socket:
+    """A raw MQTT client of ``user`` that subscribes to ``topic`` and never reads."""
+    import struct
+
+    def utf8(b: bytes) -> bytes:
+        return struct.pack("!H", len(b)) + b
+
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    s.connect(("127.0.0.1", port))
+    body = b"\x00\x04MQTT\x04\xc2" + struct.pack("!H", 60)
+    body += utf8(f"unread-{uuid.uuid4().hex[:6]}".encode()) + utf8(user.encode())
+    body += utf8(USERS[user][0].encode())
+    s.sendall(bytes([0x10, len(body)]) + body)
+    assert s.recv(4)[:4] == b"\x20\x02\x00\x00", "refused"
+    sub = struct.pack("!H", 1) + utf8(topic.encode()) + b"\x01"
+    s.sendall(bytes([0x82, len(sub)]) + sub)
+    assert s.recv(5)[:1] == b"\x90", "no SUBACK"
+    return s
+
+
+async def test_one_login_s_connections_together_hold_at_most_max_queued_bytes(
+    tmp_path: Path, instance: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A hostile tour: 32 connections of one reader that never read, each under the
+    broker's max_queued_bytes, took it from 49 to 2,246 MB (1,229 MB still after they
+    closed). What a login's connections hold together is bounded by max_queued_bytes
+    too; another login's reader gets every message."""
+    from tests import security_env
+
+    b = await security_env.start_amqtt(tmp_path, instance, max_queued=256 * 1024)
+    socks: list[socket.socket] = []
+    try:
+        topic = b.topics.scheduler_status()
+        socks = [await asyncio.to_thread(_unread, b.port, "rita", topic) for _ in range(6)]
+        got: list[int] = []
+        async with (
+            AsyncClient(b.url("ada"), client_id=f"ada-{instance}") as ada,
+            AsyncClient(b.url("sched"), client_id=f"sched-{instance}") as sched,
+        ):
+            await ada.subscribe(topic, handler=lambda m: got.append(len(m.payload)))
+            blob = b"x" * 60_000
+            for i in range(60):  # 3.6 MB: 14 times the cap, 2.3 times for each of the 6
+                await sched.publish(topic, blob, qos=0)
+                if i % 10 == 9:
+                    await asyncio.sleep(0.1)
+            for _ in range(100):
+                if len(got) >= 60:
+                    break
+                await asyncio.sleep(0.05)
+        assert len(got) == 60, len(got)  # a reader of another login lost nothing
+        said = [
+            r.getMessage() for r in caplog.records if "login 'rita' does not take" in r.getMessage()
+        ]
+        assert said and "wait for its connections together" in said[0], said
+    finally:
+        for s_ in socks:
+            s_.close()
+        await security_env.stop(b)
+
+
 async def test_one_login_queues_at_most_its_jobs(tmp_path: Path, instance: str) -> None:
     """A hostile tour: one operator queued 3,000 jobs (each a retained status every
     subscriber is sent), which drove the broker's memory and everybody's queue. A login

@@ -217,7 +217,8 @@ class RoleAclPlugin(BaseTopicPlugin):  # type: ignore[misc]
         None when the login is gone or has no role; the users file as it is now."""
         if self._users is None:
             return None
-        self._users.refresh()
+        if self._users.refresh():  # (changed: the rules of every login are made anew)
+            self._rules.clear()
         user = self._users.users.users.get(username or "")
         return user.hash if user is not None and user.role is not None else None
 
