@@ -1527,3 +1527,64 @@ def test_late_data_not_merged_is_said_in_the_job_s_reason(tmp_path: Path) -> Non
         asyncio.run(view._not_merged(job, why))
     assert store.job(job).reason == f"{was}; {second}", store.job(job).reason
     store.close()
+
+
+def test_one_login_s_file_tokens_do_not_push_out_another_s(tmp_path: Path) -> None:
+    """A hostile tour: the recorder kept 100 file tokens for everyone; one operator's 101
+    snapshots ended another's download half-way ("unknown or expired file token"). Each
+    login's oldest go beyond its own TOKENS_PER_LOGIN."""
+    from types import SimpleNamespace
+
+    from tomato_mqtt.services.recorder import files
+
+    f = files.Files(SimpleNamespace())  # type: ignore[arg-type]
+    path = tmp_path / "results.1.nc"
+    path.write_bytes(b"x" * 10)
+    olga, _ = f.token(path, owner="olga")
+    otto = [f.token(path, owner="otto")[0] for _ in range(101)]
+    assert olga in f.tokens
+    kept = [t for t, w in f.tokens.items() if w.owner == "otto"]
+    assert kept == otto[-files.TOKENS_PER_LOGIN :], len(kept)
+
+
+async def test_one_login_makes_at_most_a_few_snapshots_at_once(tmp_path: Path) -> None:
+    """A hostile tour: 200 snapshots of one operator sent at once held another's own for
+    5.5 s (the recorder writes one file at a time). On a secured stack one login has at
+    most SNAPSHOTS_PER_LOGIN being made; one more is refused at once, another login's
+    goes on, and once one is done the login may ask again."""
+    from types import SimpleNamespace
+
+    from tests.security_env import scheduler_settings, write_users
+    from tomato_mqtt.services.scheduler import ops as ops_mod
+    from tomato_mqtt.services.scheduler.service import SchedulerService
+    from tomato_mqtt.transport import rpc
+    from tomato_mqtt.transport.rpc import CommandError, Result
+
+    write_users(tmp_path / "users")
+    b = SimpleNamespace(instance="snap", port=1, workdir=tmp_path)
+    ops = ops_mod.SchedulerOps(SchedulerService(scheduler_settings(b, tmp_path)))  # type: ignore[arg-type]
+    gate = asyncio.Event()
+
+    async def slow(args: Any) -> Result:  # the recorder writing the file
+        await gate.wait()
+        return Result("snapshot written", None)
+
+    ops._job_snapshot = slow  # type: ignore[method-assign]
+
+    async def ask(user: str) -> Result:
+        rpc._requester.set(user)
+        return await ops.job_snapshot({"jobid": 1})
+
+    otto = [asyncio.ensure_future(ask("otto")) for _ in range(ops_mod.SNAPSHOTS_PER_LOGIN)]
+    await asyncio.sleep(0.01)
+    with pytest.raises(CommandError) as e:
+        await ask("otto")
+    assert e.value.code == "conflict" and "2 snapshots of otto are being made" in str(e.value)
+    olga = asyncio.ensure_future(ask("olga"))
+    await asyncio.sleep(0.01)
+    assert not olga.done()  # taken, and waiting for the recorder as otto's
+    gate.set()
+    for t in (*otto, olga):
+        assert (await t).msg == "snapshot written"
+    assert (await ask("otto")).msg == "snapshot written"  # done: asked again
+    assert ops._snapping == {}

@@ -44,6 +44,9 @@ log = logging.getLogger(__name__)
 
 CHUNK = 256 * 1024
 MERGE_DELAY = 0.5  # s: late batches of a replay arrive in a burst: one rewrite for all
+#: file tokens (fetches that may go on) kept per login, and in all
+TOKENS_PER_LOGIN = 20
+TOKENS_KEPT = 2000
 
 
 class FileKept(CommandError):
@@ -291,7 +294,13 @@ class Files:
         size = path.stat().st_size
         token = uuid.uuid4().hex
         self.tokens[token] = Written(path, size, owner=owner)
-        while len(self.tokens) > 100:
+        # each login's oldest go beyond its own few: 100 kept for all, one operator's 101
+        # snapshots ended another's download half-way ("unknown or expired file token": a
+        # hostile tour)
+        mine = [t for t, w in self.tokens.items() if w.owner == owner]
+        for old in mine[: max(0, len(mine) - TOKENS_PER_LOGIN)]:
+            self.fetched(self.tokens.pop(old).path)
+        while len(self.tokens) > TOKENS_KEPT:
             self.fetched(self.tokens.pop(next(iter(self.tokens))).path)
         return token, size
 
