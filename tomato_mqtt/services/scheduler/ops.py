@@ -280,9 +280,11 @@ class SchedulerOps:
             # driver settings may hold credentials (an instrument's password, an API key):
             # an admin's to read; the others see which are set (every reader read them: a
             # hostile tour)
-            for d in (result.data or {}).values():  # type: ignore[union-attr]
-                if isinstance(d, dict) and isinstance(d.get("settings"), dict):
-                    d["settings"] = {k: HIDDEN for k in d["settings"]}
+            drivers = result.data if isinstance(result.data, dict) else {}
+            for d in drivers.values():
+                held = d.get("settings") if isinstance(d, dict) else None
+                if isinstance(d, dict) and isinstance(held, dict):
+                    d["settings"] = {str(k): HIDDEN for k in held}
         return result
 
     # -- reload ----------------------------------------------------------------------------
