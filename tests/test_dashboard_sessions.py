@@ -256,3 +256,41 @@ async def test_driver_settings_are_an_admin_s_to_read(tmp_path: Path, instance: 
                 seen[user] = reply.data["example_counter"]["settings"]  # type: ignore[index]
         hidden = {"api_password": "(hidden: admins only)"}
         assert seen == {"rita": hidden, "olga": hidden, "ada": {"api_password": "SECRET-DRIVER-PW"}}
+
+
+async def test_a_phone_sees_the_whole_page_and_a_stale_one_is_said(
+    tmp_path: Path, instance: str
+) -> None:
+    """A dashboard tour at a phone's width (390 px): the page was 861 px wide, the
+    sign-in off-screen to the right, words broken mid-word ("onli / ne"); and once the
+    stack went quiet its services stayed green "online". The page fits the width, and a
+    page that is not live is greyed under a line saying as of when."""
+    from tests.browser import chromium_page
+    from tests.security_env import stop
+
+    b_dir = tmp_path / "b"
+    async with (
+        secured("amqtt", b_dir, instance) as b,
+        running(_scheduler(b, tmp_path)),
+        running_dashboard(b.url("dash"), instance, lost_after=2.0) as dash,
+        chromium_page(width=390, height=844) as (_, page),
+    ):
+        await page.goto(dash.address())
+        await page.wait_for_function(
+            "() => document.getElementById('conn').textContent === 'live'", timeout=15_000
+        )
+        await page.locator("#login-pass").wait_for(state="visible", timeout=5_000)
+        wide = await page.evaluate("() => document.documentElement.scrollWidth")
+        assert wide <= 390, wide
+        box = await page.locator("#login button").bounding_box()
+        assert box is not None and box["x"] + box["width"] <= 390, box
+        state = page.locator("#presence td", has_text="online").first
+        assert await state.evaluate("td => td.scrollWidth <= td.clientWidth + 1")
+        await stop(b)  # the stack goes quiet: nothing comes any more
+        await page.wait_for_function(
+            "() => document.body.classList.contains('stale')", timeout=15_000
+        )
+        said = await page.evaluate("() => getComputedStyle(document.body, '::before').content")
+        assert "the page shows the stack as it was at" in said, said
+        conn = await page.text_content("#conn")
+        assert conn is not None and conn.startswith("not live · no status from the stack")

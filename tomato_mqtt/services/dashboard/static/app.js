@@ -142,9 +142,10 @@ function connect() {
   keyFollowed = k;
   const ws = new WebSocket(`${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/ws`, k ? ["tomato", `key.${k}`] : []);
   window.__dash.ws = ws;
-  ws.onopen = () => { $("conn").textContent = "live"; $("conn").className = "pill on"; watchRoute(); };
+  ws.onopen = () => { $("conn").textContent = "live"; $("conn").className = "pill on"; stale(false); watchRoute(); };
   ws.onclose = () => {
     $("conn").textContent = "disconnected: retrying"; $("conn").className = "pill off";
+    stale(true);  // what the page shows is as it was: greyed, said (it kept "online" green)
     // why, as the dashboard says it (a socket refused carries no reason to the page: it
     // said "retrying" while the dashboard had no broker, and after it had stopped: a tour)
     fetch("/ws", { headers: withKey({}) })
@@ -223,8 +224,19 @@ function renderConn() {
   const c = $("conn");
   if (!window.__dash.ws || window.__dash.ws.readyState !== 1) return;  // onclose says it
   const quiet = silentFor();
-  c.textContent = quiet === null ? "live" : `live · no status from the stack for ${quiet.toFixed(0)} s (broker unreachable?)`;
+  c.textContent = quiet === null ? "live" : `not live · no status from the stack for ${quiet.toFixed(0)} s (broker unreachable?)`;
   c.className = quiet === null ? "pill on" : "pill lost";
+  stale(quiet !== null);
+}
+// the page's state is not current (the dashboard or the stack silent): greyed, and said
+// above it, with when it was last current (a dashboard tour: services stayed "online",
+// green, their heartbeat ages counting up, after the stack had stopped)
+function stale(on) {
+  const b = document.body;
+  if (on && !b.classList.contains("stale")) {
+    b.dataset.asOf = `the page shows the stack as it was at ${new Date().toLocaleTimeString()}: it may have changed since`;
+  }
+  b.classList.toggle("stale", on);
 }
 
 function cmpCell(role, slug) {
