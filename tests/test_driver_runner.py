@@ -532,3 +532,33 @@ def test_the_idle_interval_of_a_native_driver_comes_from_its_settings_too() -> N
     for bad in ("soon", True, float("inf")):
         with pytest.raises(DriverNotFound, match=r"\[drivers.faulty\] idle_measurement_interval"):
             idle({"idle_measurement_interval": bad})
+
+
+def test_a_device_call_behind_a_hung_one_says_so_within_its_wait(rig: Rig) -> None:
+    """A driver author's tour: `passata get` while a do_task hung waited for the driver
+    for ever, and the CLI said "no node hosting … answered … is it running?" of a node
+    that was online. A call with a ``wait`` says the driver is busy once it is over."""
+    import threading
+    import time
+
+    from tomato_mqtt.driver.tasking import DriverBusy
+
+    held, release = threading.Event(), threading.Event()
+
+    def hung() -> None:  # a do_task that does not return
+        with rig.runner._dev_lock:
+            held.set()
+            release.wait(10)
+
+    t = threading.Thread(target=hung)
+    t.start()
+    try:
+        assert held.wait(5)
+        t0 = time.monotonic()
+        with pytest.raises(DriverBusy, match="the driver is in another call for over 0.3 s"):
+            rig.runner.device_call(rig.dev.get_attr, "level", wait=0.3)
+        assert 0.25 < time.monotonic() - t0 < 2
+    finally:
+        release.set()
+        t.join(5)
+    assert rig.runner.device_call(lambda: "free", wait=0.3) == "free"  # it returned

@@ -33,6 +33,11 @@ __all__ = ["TaskRunner"]
 D = TypeVar("D", bound="ModelDevice")
 T = TypeVar("T")
 
+
+class DriverBusy(RuntimeError):
+    """A call into a device that waited too long for another call of it to end."""
+
+
 log = logging.getLogger(__name__)
 
 
@@ -98,12 +103,22 @@ class TaskRunner(abc.ABC, Generic[D]):
         """A subclass's own state, before the worker thread starts."""
 
     # -- calls into the device from other threads ----------------------------------------
-    def device_call(self, fn: Callable[..., T], *args: Any) -> T:
+    def device_call(self, fn: Callable[..., T], *args: Any, wait: float | None = None) -> T:
         """``fn(*args)``, a call into the device (``get_attr``, ``set_attr``), made as the
         runner makes its own: one at a time, so a driver needs no lock of its own
-        (docs/drivers.md). Blocking: call it from a worker thread, not the event loop."""
-        with self._dev_lock:
+        (docs/drivers.md). Blocking: call it from a worker thread, not the event loop.
+        ``wait``: at most so many seconds for another call to end, then
+        :class:`DriverBusy` (None: for as long as it takes)."""
+        if not self._dev_lock.acquire(timeout=-1 if wait is None else wait):
+            raise DriverBusy(
+                f"the driver is in another call for over {wait:g} s (a do_task or a driver "
+                "call that has not returned: a hung instrument?), and takes no other call "
+                "until it returns"
+            )
+        try:
             return fn(*args)
+        finally:
+            self._dev_lock.release()
 
     def device_call_now(self, fn: Callable[[], T]) -> T | None:
         """``fn()`` if no other call into the device is under way, else None: for the

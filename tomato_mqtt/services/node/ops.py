@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import JsonValue
 
 from tomato_mqtt.driver import ComponentRunner, TaskEnd, TaskSpec, TaskValidationError
+from tomato_mqtt.driver.tasking import DriverBusy
 from tomato_mqtt.driver.upstream.runner import UpstreamRunner
 from tomato_mqtt.driver.validate import to_jsonable
 from tomato_mqtt.services.node.hosted import HostedComponent
@@ -35,6 +36,9 @@ FORCE_HINT = '(with passata --force it is done all the same; a script sends "for
 
 #: s a task_start waits for its component's first registration to end (the scheduler
 #: waits 10 s for the answer, which must leave time for the task's own start)
+#: s a `passata get/set` waits for another call into the driver to end (a do_task that
+#: hangs), then says so: under the CLI's 5 s, which read it as a node that is down
+DEVICE_WAIT = 3.0
 REGISTER_WAIT = 6.0
 #: s a task_start of the task the node is setting up waits for that set-up to end (then
 #: answered with the start it made); past it, answered "being set up" (the scheduler
@@ -208,7 +212,11 @@ class ComponentOps:
             )
         call = self.runner(hc).device_call  # one call into the driver at a time
         try:
-            val = await asyncio.to_thread(call, dev.set_attr, attr, args["val"])
+            val = await asyncio.to_thread(call, dev.set_attr, attr, args["val"], wait=DEVICE_WAIT)
+        except DriverBusy as e:  # (not "no node answered … is it running?": a tour)
+            raise CommandError(
+                f"cannot set {attr!r} on {hc.name}: {e}", code="unavailable"
+            ) from None
         except (ValueError, TypeError, AttributeError, KeyError) as e:
             raise CommandError(f"cannot set {attr!r} on {hc.name}: {e}") from None
         except Exception as e:
@@ -236,8 +244,14 @@ class ComponentOps:
                     code="not_found",
                 )
             try:
-                got = await asyncio.to_thread(call, dev.get_attr, a)
+                got = await asyncio.to_thread(call, dev.get_attr, a, wait=DEVICE_WAIT)
                 out[a] = to_jsonable(got)
+            except DriverBusy as e:  # a hung do_task: said, not left unanswered (the CLI
+                # said "no node hosting … answered … is it running?" of a node online: a
+                # driver author's tour)
+                raise CommandError(
+                    f"cannot read {a!r} on {hc.name}: {e}", code="unavailable"
+                ) from None
             except Exception as e:
                 raise CommandError(f"driver error reading {a!r} on {hc.name}: {e}") from None
         return Result(", ".join(f"{k}={v}" for k, v in out.items()), out)

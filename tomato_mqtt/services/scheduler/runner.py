@@ -664,9 +664,10 @@ class JobRunner:
                             self.unconfirmed.add(component)
                             self.stop_unsure.append(
                                 f"task {t.spec.index} on {component}: its node did not confirm "
-                                f"the stop within {CANCEL_WAIT:g} s (cut off or stalled?), so "
-                                "the instrument may go on measuring until its node is back; "
-                                "the points it takes are merged into the file"
+                                f"the stop within {CANCEL_WAIT:g} s (cut off or stalled, or "
+                                "a driver call that does not return: a hung instrument?), so "
+                                "the task may go on until its node is back or the call "
+                                "returns; the points it takes are merged into the file"
                             )
                         self._end_now(t, {"reason": "stopped", "message": f"cancelled; {why}"})
                         return
