@@ -456,3 +456,31 @@ def test_a_job_that_starts_as_its_node_registers_the_component_waits_for_it(
         n, missed = taken(job)
         got = role_data(job["respath"])["k"].values.tolist()
         assert n + missed == 10 and len(got) == n and got == sorted(set(got)), (n, missed, got)
+
+
+def test_a_reset_that_fails_after_a_job_is_shown_on_the_component(tmp_path: Path) -> None:
+    """A driver author's tour: a reset() that raised after a job (the instrument maybe
+    not in its safe state) was in the scheduler's log only: the job `c` without a
+    warning, the component `idle` without an error. The component shows it (also under
+    `tomato status components`' table) until a reset works."""
+    devices = tmp_path / "reset.yml"
+    devices.write_text(
+        "devices:\n"
+        "  - {name: dev-reset, driver: faulty, address: fail-reset, channels: ['1'], pollrate: 1}\n"
+        "pipelines:\n"
+        "  - name: pip-reset\n"
+        "    devices: [{role: dev, device: dev-reset, channel: '1'}]\n"
+    )
+    st = make_stack(tmp_path, str(devices))
+    name = "faulty:(fail-reset,1)"
+    with started(st):
+        job = run_job(st, "pip-reset", "s1")
+        assert job["status"] == "c", job  # the data are whole: the reset is after them
+        said = "reset of component (fail-reset,1) failed: RuntimeError: faulty: reset failed"
+        comp = wait_component(st, name, lambda c: said in (c.get("error") or ""), said)
+        assert comp["state"] == "error", comp
+        text = st.run("tomato", "status", "components").stdout
+        assert f"errors:\n  dev-reset/1: {said}" in text, text
+        st.run("tomato", "pipeline", "eject", "pip-reset", check=True)
+        again = run_job(st, "pip-reset", "s2")  # it blocks nothing: the next job runs
+        assert again["status"] == "c", again

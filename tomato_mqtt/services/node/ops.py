@@ -282,7 +282,12 @@ class ComponentOps:
         try:
             await asyncio.to_thread(runner.reset)
         except Exception as e:
-            raise CommandError(f"reset of {hc.name} failed: {e}") from None
+            # shown on the component until a reset works (a reset that failed after a
+            # job, its instrument maybe not in a safe state, was in a log only: a driver
+            # author's tour); the runner's words name the component already
+            hc.error = str(e) if str(e).startswith("reset of ") else f"reset failed: {e}"
+            await self.node.publish_status(hc)
+            raise CommandError(hc.error) from None
         hc.error = None
         await self.node.publish_status(hc)
         return Result(f"component {hc.name} reset")

@@ -917,6 +917,14 @@ class JobRunner:
                 return
             ok, msg, _ = ask.result()
             if not ok:
-                log.warning("job %d: reset of %s: %s", self.job.id, component, msg)
+                log.warning("job %d: reset of %s after it: %s", self.job.id, component, msg)
+                # a warning of the job too (it was in the log only, the job `c` with no
+                # warning: a driver author's tour); the component shows it until a reset
+                # works
+                self.host.job_event(
+                    self.job.id,
+                    "warning",
+                    detail={"message": f"{component} after the job: {msg}"},
+                )
 
         await asyncio.gather(*(reset(c) for c in set(self.roles.values())), return_exceptions=True)
