@@ -153,6 +153,25 @@ def test_a_bad_block_ends_the_task_in_error_saying_why() -> None:
     assert len(items) == 3, items  # the three good blocks are kept
 
 
+def test_a_block_that_is_no_block_is_said_as_such() -> None:
+    """A driver author's tour: a do_task_block returning a dict ended its task with
+    "AttributeError: 'dict' object has no attribute 'check'"."""
+
+    class _Dict(_Bulk):
+        def do_task_block(self, task: TaskSpec, t_start: float, t_now: float) -> Any:
+            return {"uts": [t_now], "v": [1.0]}
+
+    class _DictDrv(ModelInterface):
+        def DeviceFactory(self, key: tuple[str, str], **kwargs: Any) -> ModelDevice:
+            return _Dict(self, key, **kwargs)
+
+    task = TaskSpec(technique_name="acq", max_duration=0.2, sampling_interval=0.001)
+    end, _ = _run(_DictDrv().DeviceFactory(("a", "1")), task)
+    assert end.reason == "error" and end.message is not None
+    assert "bad block" in end.message and "at call 1" in end.message, end.message
+    assert "do_task_block must return a Block or None, not dict" in end.message, end.message
+
+
 def test_the_adapter_example_in_the_docs_maps_a_dataset_to_a_block() -> None:
     """docs/drivers.md: ``block_from_dataset`` (tomato 2.2 driver data -> Block) runs."""
     import re

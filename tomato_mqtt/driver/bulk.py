@@ -17,7 +17,7 @@ import logging
 import time
 from typing import TYPE_CHECKING, Literal
 
-from tomato_mqtt.driver.block import BlockError
+from tomato_mqtt.driver.block import Block, BlockError
 from tomato_mqtt.driver.points import TaskEnd, _describe
 
 if TYPE_CHECKING:
@@ -61,6 +61,13 @@ def execute_blocks(runner: ComponentRunner, run: _Run) -> None:
             calls += 1  # (before the call: a bad block of call 4 was said "at call 5")
             with runner._dev_lock:
                 block = device.do_task_block(task, t_start, t_start + (now - p_start))
+            if block is not None and not isinstance(block, Block):
+                # (it read "AttributeError: 'dict' object has no attribute 'check'": a
+                # driver author's tour)
+                raise BlockError(
+                    f"do_task_block must return a Block or None, not {type(block).__name__}"
+                    " (docs/drivers.md: the bulk path)"
+                )
             if block is not None and len(block):
                 block.check()
                 block.task = task
