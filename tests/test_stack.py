@@ -314,6 +314,40 @@ def test_a_forced_stop_survives_a_scheduler_restart(tmp_path: Path) -> None:
         assert not _alive(sup)  # (the CLI waited for it)
 
 
+def test_restart_node_loads_its_drivers_anew_and_not_under_a_task(tmp_path: Path) -> None:
+    """A driver author's tour: a fixed driver was used only after the node restarted,
+    and no command restarted it (the author killed its process, ending a job ce).
+    `tomato restart-node` does, refused while the node runs a task unless --force."""
+    with running_stack(tmp_path) as st:
+        st.load_ready("pip-counter-1", "s1")
+        payload = tmp_path / "long.yml"
+        payload.write_text(
+            'version: "1.0"\nsample:\n    name: s1\nmethod:\n'
+            '  - component_tag: "counter"\n    technique_name: "count"\n'
+            "    max_duration: 120.0\n    sampling_interval: 0.2\n"
+        )
+        jobid = st.submit(payload)
+        st.wait_job(jobid, {"r"})
+        old = st.child_pid("node")
+        res = st.run("tomato", "restart-node", "local")
+        assert res.returncode == 1 and "node local has running tasks on" in res.stderr, res
+        assert st.child_pid("node") == old and st.job(jobid)["status"] == "r"
+        st.run("ketchup", "cancel", str(jobid), check=True)
+        st.wait_job(jobid, {"cd"}, timeout=30)
+        res = st.run("tomato", "restart-node", "local", check=True)
+        assert "node local shutting down: a node of `tomato start` is started again" in res.stdout
+        deadline = time.monotonic() + 30
+        while st.service_pid("node") in (None, old):
+            assert time.monotonic() < deadline, st.logs()
+            time.sleep(0.1)
+        while True:  # back, with its components
+            comps = st.json("tomato", "status", "components")["data"].values()
+            if comps and all(c.get("registered") for c in comps):
+                break
+            assert time.monotonic() < deadline, comps
+            time.sleep(0.2)
+
+
 def test_bad_devices_file_is_refused_with_file_and_reason(tmp_path: Path) -> None:
     st = make_stack(tmp_path)
     (st.appdir / "devices.yml").write_text(

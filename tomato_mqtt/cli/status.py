@@ -43,3 +43,40 @@ def status(
 def reload(opts: common.Opts) -> None:
     """Re-read settings and devices; refused if it would touch a running job."""
     common.ask_scheduler(opts, "reload", {})
+
+
+@app.command("restart-node")
+@common.options(common.CLIENT)
+def restart_node(
+    name: Annotated[str, typer.Argument(help="the node's name (tomato status nodes)")] = "local",
+    force: Annotated[
+        bool,
+        typer.Option("--force", help="also while it runs tasks (their jobs end ce)"),
+    ] = False,
+    *,
+    opts: common.Opts,
+) -> None:
+    """Restart a node: its drivers are loaded anew (refused while it runs tasks)."""
+    # a driver fixed on disk was used only once its node restarted, and no command did
+    # that: an author killed the node's process (a driver author's tour)
+    from tomato_mqtt.cli import core
+    from tomato_mqtt.cli.start_core import Done
+
+    ctx = opts.context()
+    reply = core.run_request(
+        ctx,
+        ctx.topics.node_cmd(name, "shutdown"),
+        {"force": force},
+        timeout=opts.timeout,
+        who=f"node {name}",
+    )
+    if not reply.success:
+        opts.output().reply(reply)
+    opts.output().reply(
+        Done(
+            f"{reply.msg}: a node of `tomato start` is started again by its supervisor, "
+            "with its drivers loaded anew (`tomato status nodes` shows it back); one run "
+            f"by `tomato node --name {name}` on its own PC stops: start it again there",
+            {"node": name},
+        )
+    )

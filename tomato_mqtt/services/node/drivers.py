@@ -139,7 +139,7 @@ class NodeDrivers:
                     ver = f"{made[1]} running, {ver} installed: " + (
                         "used once its components are idle at a `tomato reload`"
                         if made[0] == "upstream"
-                        else "used after the node is restarted"
+                        else "used after the node is restarted (`tomato restart-node`)"
                     )
                 out[d.name] = DriverInfo(version=ver, loaded=d.name in self.instances)
         for name, err in self.errors.items():

@@ -875,8 +875,8 @@ class NodeService(Service):
             except BrokenDriver as e:
                 self._unregister(hc)
                 hc.error = (
-                    f"{BROKEN_DRIVER}{e} (fix it, then restart node {self.name}:"
-                    " a node imports a driver's code once)"
+                    f"{BROKEN_DRIVER}{e} (fix it, then restart node {self.name}: "
+                    f"`tomato restart-node {self.name}`; a node imports a driver's code once)"
                 )
                 log.error("node %s: %s: %s", self.name, hc.name, hc.error)
                 await self._publish_meta(hc)
