@@ -156,12 +156,26 @@ def test_measure_error_is_a_runtime_error_naming_component_and_exception(
     assert r.run(0.04).reason == "done"  # tasks use do_task, which works
 
 
-def test_idle_measurement_errors_go_to_on_error_and_idle_goes_on(rigs: list[Rig]) -> None:
+def test_idle_measurement_errors_go_to_on_error_and_idle_goes_on(
+    rigs: list[Rig], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first failure of a spell is said at once, the next ones counted once per
+    IDLE_FAIL_SAID (a WARNING with its traceback every 2 s while it failed: a driver
+    author's tour)."""
+    import queue
+
+    from tomato_mqtt.driver import runner as runner_mod
+
+    monkeypatch.setattr(runner_mod, "IDLE_FAIL_SAID", 0.5)
     r = make(rigs, "fail-measure", {"idle_measurement_interval": 0.02})
     first = r.errors.get(timeout=5)
     assert first.startswith("idle measurement on component (fail-measure,1) failed:")
     assert "RuntimeError: faulty: do_measure failed" in first
-    assert r.errors.get(timeout=5) == first  # the worker is alive and tries again
+    with pytest.raises(queue.Empty):  # not each of the ~20 failures of the next 0.4 s
+        r.errors.get(timeout=0.4)
+    again = r.errors.get(timeout=5)  # the worker is alive and tries again: counted
+    assert again.startswith("idle measurement on component (fail-measure,1) failed (")
+    assert " times since): RuntimeError: faulty" in again, again
     assert r.run(0.04).reason == "done"
 
 

@@ -562,3 +562,18 @@ def test_a_device_call_behind_a_hung_one_says_so_within_its_wait(rig: Rig) -> No
         release.set()
         t.join(5)
     assert rig.runner.device_call(lambda: "free", wait=0.3) == "free"  # it returned
+
+
+def test_driver_wide_constants_set_on_the_class_reach_every_device() -> None:
+    """A driver author's tour: ``constants = {"vendor": "X"}`` on the driver class (as
+    drivers.md lists the member) was replaced by {} in ``ModelInterface.__init__``, and
+    the devices had none."""
+
+    class WithConstants(ProbeDriver):
+        constants = {"vendor": "X"}
+
+    drv = WithConstants()
+    dev = drv.DeviceFactory(("COM3", "1"))
+    assert dev.constants.get("vendor") == "X", dev.constants
+    drv.constants["vendor"] = "Y"  # an instance's own copy: the class's stays
+    assert WithConstants.constants == {"vendor": "X"}

@@ -249,7 +249,9 @@ class ModelInterface(ABC):
 
     def __init__(self, settings: Mapping[str, Any] | None = None) -> None:
         self.settings = dict(settings) if settings is not None else {}
-        self.constants = {}
+        # a class's own ``constants = {...}`` is kept, copied (it was replaced by {} here,
+        # and its devices had none: a driver author's tour)
+        self.constants = dict(getattr(type(self), "constants", None) or {})
 
     @abstractmethod
     def DeviceFactory(self, key: tuple[str, str], **kwargs: Any) -> ModelDevice:

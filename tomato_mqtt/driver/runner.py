@@ -50,6 +50,8 @@ log = logging.getLogger(__name__)
 # Waits shorter than this are sleeps (the stop flag is read after them): at 1 kHz an
 # Event.wait per point was most of the runner's CPU. A stop waits at most this long.
 SHORT_WAIT = 0.005
+#: s between two warnings of idle measurements that keep failing
+IDLE_FAIL_SAID = 60.0
 
 
 class ComponentRunner(TaskRunner[ModelDevice]):
@@ -62,6 +64,9 @@ class ComponentRunner(TaskRunner[ModelDevice]):
         self._buf_units: dict[str, str] = {}
         # first units seen per variable: later quantities are converted to them
         self._units: dict[str, tuple[Any, str, Any]] = {}
+        #: failed idle measurements not said yet, and when the last was said
+        self._idle_fails = 0
+        self._idle_said = 0.0
 
     # -- tasks ----------------------------------------------------------------------------
     def _prepare(self, task: TaskSpec) -> None:
@@ -190,11 +195,24 @@ class ComponentRunner(TaskRunner[ModelDevice]):
                 if raw is not None:
                     self._point(uts, raw, None)
         except BaseException as e:  # incl. SystemExit: a worker thread would die silently
-            log.warning("idle measurement on %s failed", self.device.key, exc_info=True)
+            # the first of a spell with its traceback, then a count once a minute (a
+            # WARNING and a traceback every 2 s while it failed: a driver author's tour)
+            now = time.monotonic()
+            self._idle_fails += 1
+            if now - self._idle_said < IDLE_FAIL_SAID:
+                return
+            again = f" ({self._idle_fails} times since)" if self._idle_said > 0 else ""
+            first = self._idle_said == 0.0
+            self._idle_said, self._idle_fails = now, 0
+            log.warning("idle measurement on %s failed%s", self.device.key, again, exc_info=first)
             self._call(
                 self._on_error,
-                f"idle measurement on {self._who} failed: {type(e).__name__}: {e}",
+                f"idle measurement on {self._who} failed{again}: {type(e).__name__}: {e}",
             )
+        else:
+            if self._idle_said:
+                log.warning("idle measurement on %s works again", self.device.key)
+                self._idle_said, self._idle_fails = 0.0, 0
 
     def _execute(self, run: _Run) -> None:
         steps = Steps(self, run)
