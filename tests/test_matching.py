@@ -253,7 +253,12 @@ def test_a_component_still_running_a_task_is_not_launched_onto() -> None:
     reason = waiting_reason(["a"], pips(pip("a")), "s", held)
     assert reason == f"a waits: component {C1} still runs task 0 of job 7"
     assert waiting_reason(["a", "b"], both, "s", held) is None  # b is free: no word
-    assert waiting_reason(["a"], pips(pip("a", jobid=3)), "s", held) is None  # its own job
+    # a pipeline running a job: said (a job behind it had no reason: a dashboard tour)
+    busy = waiting_reason(["a"], pips(pip("a", jobid=3)), "s", held)
+    assert busy == (
+        "sample 's' is in a, which runs another job now: this one can start once it has "
+        "ended and the pipeline is made ready"
+    ), busy
 
 
 @st.composite
@@ -332,7 +337,8 @@ def test_a_matching_job_says_which_sample_it_waits_for() -> None:
     why = waiting_reason(["p1"], pips, "s")
     assert why == "no pipeline holds sample 's': load it into p1 (tomato pipeline load p1 s)"
     pips["p3"] = pip("p3", sample="s", ready=False, jobid=7)  # a launch took `ready`
-    assert waiting_reason(["p3"], pips, "s") is None  # it waits for job 7: nothing to do
+    why = waiting_reason(["p3"], pips, "s")  # it waits for job 7: said
+    assert why is not None and why.startswith("sample 's' is in p3, which runs another job"), why
     # the one candidate holds another sample: eject it first (the advice alone failed,
     # "already holds sample …": a newcomer's tour)
     why = waiting_reason(["p2"], pips, "s")

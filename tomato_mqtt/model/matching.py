@@ -353,6 +353,14 @@ def waiting_reason(
     free = [n for n in holding if pipelines[n].ready and pipelines[n].jobid is None]
     if blocked and free and all(n in blocked for n in free):
         return "; ".join(f"{n} waits: {blocked[n]}" for n in free)
+    if not free:  # each holder runs a job: said, in words that stay while it runs (a job
+        # behind a running one had no reason at all: a dashboard tour)
+        busy = [n for n in holding if pipelines[n].jobid is not None]
+        if busy:
+            return (
+                f"sample {sample!r} is in {', '.join(busy)}, which runs another job now: "
+                "this one can start once it has ended and the pipeline is made ready"
+            )
     return None
 
 

@@ -43,7 +43,7 @@ __all__ = ["STATUS_MEANING", "LabState"]
 #: tomato's job status codes, in words (the page shows both)
 STATUS_MEANING = {
     "q": "queued",
-    "qw": "queued, waiting: a pipeline that can run it exists",
+    "qw": "queued, waiting (its reason says for what)",
     "r": "running",
     "rd": "cancel requested",
     "c": "completed",

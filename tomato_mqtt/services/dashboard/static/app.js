@@ -389,7 +389,11 @@ $("pipeline-controls").addEventListener("click", (e) => {
   const op = e.target.dataset && e.target.dataset.op;
   if (!op) return;
   const args = { pipeline: $("pc-pipeline").value };
-  if (op === "pipeline_load") args.sample = $("pc-sample").value;
+  if (op === "pipeline_load") {
+    args.sample = $("pc-sample").value.trim();
+    // said here: an empty name was sent, and the answer spoke of the sample it held (a tour)
+    if (!args.sample) { showReply({ success: false, msg: "name the sample to load (the field beside the pipeline)" }); return; }
+  }
   command(op, args);
 });
 $("jobs").addEventListener("click", (e) => {
