@@ -70,3 +70,32 @@ async def test_driver_installed_after_start_is_found_by_reload(
         assert "no changes" not in said.msg, said
         await asyncio.wait_for(meta_says(lambda m: m.registered), 20)
         assert sorted(st.metas[LATE].capabilities) == ["count", "random"]
+
+
+async def test_a_reload_says_which_added_components_are_not_registered_yet(
+    broker: RunningBroker, tmp_path: Path, instance: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A driver author's tour: a component whose driver takes 15 s to connect, added by
+    `tomato reload`, was not mentioned (the reload waited its 5 s and said nothing of
+    it). A component with no last word within the wait is named."""
+    from tomato_mqtt.services.scheduler import reload as reload_mod
+
+    monkeypatch.setattr(reload_mod, "RELOAD_WAIT", 0.0)  # as a driver slower than the wait
+    async with inproc_stack(broker.port, tmp_path / "st", instance, components=2) as st:
+        devices = st.settings.devices_file
+        text = devices.read_text().replace(
+            "pipelines:",
+            "  - {name: dev-new, driver: example_counter, address: new-addr,"
+            " channels: ['1']}\npipelines:",
+        )
+        text = text.rstrip("\n") + (
+            "\n  - name: pip-new\n    devices:\n"
+            "      - {role: counter, device: dev-new, channel: '1'}\n"
+        )
+        devices.write_text(text)
+        said = await st.raw(st.topics.scheduler_cmd("reload"))
+        new = "example_counter:(new-addr,1)"
+        assert said.success and (
+            f"component(s) {new} not registered yet after 0 s (a driver still connecting?)"
+            in said.msg
+        ), said.msg

@@ -158,6 +158,15 @@ async def reload(ops: SchedulerOps, args: Mapping[str, JsonValue]) -> Result:
     for name, meta in sorted(loaded.items()):
         if meta.error and not meta.registered:
             what += f"; warning: component {name} cannot register: {meta.error}"
+    pending = sorted(
+        n for n in watched if not ((m := loaded.get(n)) is not None and (m.registered or m.error))
+    )
+    if pending:  # no last word within the wait (a driver that takes 15 s to connect was
+        # not mentioned at all: a driver author's tour)
+        what += (
+            f"; component(s) {', '.join(pending)} not registered yet after {RELOAD_WAIT:g} s "
+            "(a driver still connecting?): `tomato status components` shows when they are"
+        )
     if new_layout.ignored:  # said at every reload: the user is looking at the file now
         what += "; warning: " + "; warning: ".join(new_layout.ignored)
     offline: dict[str, list[str]] = {}  # node -> its components, for nodes not online
