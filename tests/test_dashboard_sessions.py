@@ -226,7 +226,7 @@ async def test_a_sign_in_ends_when_its_login_s_password_changes(
         assert not got["success"] and got.get("ended"), got
         assert got["msg"] == (
             "your sign-in has ended (the broker ended its connection: the password was "
-            "changed or the user removed): sign in again"
+            "changed, the user removed, or the broker restarted): sign in again"
         ), got
 
 
@@ -254,6 +254,10 @@ async def test_driver_settings_are_an_admin_s_to_read(tmp_path: Path, instance: 
                 )
                 assert reply.success, reply
                 seen[user] = reply.data["example_counter"]["settings"]  # type: ignore[index]
+                # the default section's `drvs` too (a review: `tomato status --json`)
+                reply = await req.request(topics.scheduler_cmd("status"), {}, timeout=10)
+                drvs = reply.data["drvs"]  # type: ignore[index]
+                assert drvs["example_counter"]["settings"] == seen[user], (user, drvs)
         hidden = {"api_password": "(hidden: admins only)"}
         assert seen == {"rita": hidden, "olga": hidden, "ada": {"api_password": "SECRET-DRIVER-PW"}}
 
@@ -294,3 +298,37 @@ async def test_a_phone_sees_the_whole_page_and_a_stale_one_is_said(
         assert "the page shows the stack as it was at" in said, said
         conn = await page.text_content("#conn")
         assert conn is not None and conn.startswith("not live · no status from the stack")
+
+
+async def test_a_sign_in_whose_role_was_lowered_is_told_so(
+    tmp_path: Path, instance: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A hostile tour's check: an operator lowered to reader kept the dashboard's
+    sign-in, and its controls (dropped by the broker) waited 15 s for "no scheduler
+    answered … is it running?". The sign-in ends, saying the role changed."""
+    from tests.security_env import USERS
+    from tomato_mqtt.services.dashboard import web
+
+    monkeypatch.setattr(web, "SCHEDULER_TIMEOUT", 2.0)
+    jar = aiohttp.CookieJar(unsafe=True)
+    async with (
+        secured("amqtt", tmp_path / "b", instance) as b,
+        running(_scheduler(b, tmp_path)),
+        running_dashboard(b.url("dash"), instance) as dash,
+        aiohttp.ClientSession(cookie_jar=jar) as http,
+    ):
+        body = {"username": "olga", "password": USERS["olga"][0]}
+        async with http.post(dash.address() + "api/login", json=body) as r:
+            said = await r.json()
+        assert said["success"], said
+        key = {"X-Tomato-Key": said["key"]}
+        b.users.set_role("olga", "reader")
+        b.users.save()
+        await asyncio.sleep(1.2)  # the broker looks at the users file every 0.5 s
+        cmd = {"op": "pipeline_ready", "args": {"pipeline": "pip-counter-1"}}
+        async with http.post(dash.address() + "api/cmd", json=cmd, headers=key) as r:
+            got = await r.json()
+        assert not got["success"] and got.get("ended"), got
+        assert got["msg"] == (
+            "your sign-in has ended (the role of 'olga' changed to reader): sign in again"
+        ), got

@@ -116,10 +116,12 @@ class UsersAuthPlugin(BaseAuthPlugin):  # type: ignore[misc]
             await self._verify(pw, _NOBODY)
             return False
         key = (name, user.hash, hashlib.sha256(pw.encode()).hexdigest())
-        if key in self._ok:
-            return True
-        if await self._verify(pw, user.hash):
+        if key in self._ok or await self._verify(pw, user.hash):
             self._ok.add(key)
+            # the hash this password was checked against: a connection outlives no change
+            # of it (the broker's _check_logins; read after the check's wait, a changed
+            # password was recorded as the one used: a review)
+            session.tomato_login = user.hash
             return True
         return False
 

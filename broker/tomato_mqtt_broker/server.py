@@ -620,9 +620,15 @@ def _broker_class(
                 return None
             backlog = _backlog(session)
             login = self._login_backlog(session.username) if max_per_login > 0 else None
-            if login is not None and login.bytes >= max_queued:
+            if (
+                login is not None
+                and login.bytes >= max_queued
+                and max(backlog.bytes, _buffered(handler)) > 0
+            ):
                 # all its login's connections together: 32 that never read, each under
-                # the limit, took the broker from 49 to 2,246 MB (a hostile tour)
+                # the limit, took the broker from 49 to 2,246 MB (a hostile tour); one that
+                # takes what it is sent (nothing waits for it) is served on (a review: a
+                # laptop asleep silenced its owner's CLI on the lab PC)
                 if login.drop():
                     log.warning(
                         "login %r does not take its messages: %d bytes wait for its "
@@ -732,7 +738,12 @@ def _broker_class(
                     handler.mqtt_connack_authorize = functools.partial(_unavailable, handler)
                 return handler, session
             try:
-                return await self._admit(handler, session, remote_address, remote_port)
+                handler2, kept = await self._admit(handler, session, remote_address, remote_port)
+                # a resumed persistent session is the one kept, not this CONNECT's: what
+                # its login was checked against goes with it (else a stale hash closed it
+                # at every later change of the users file: a review)
+                kept.tomato_login = getattr(session, "tomato_login", None)
+                return handler2, kept
             except BaseException:
                 self._uncount(handler)  # (amqtt serves no session it did not get)
                 raise
@@ -822,9 +833,13 @@ def _broker_class(
             if now - self._ticked_at > 1.5:
                 self._stood_still_at = now
             self._ticked_at = now
-            self._check_bodies(now)
-            self._check_logins()
-            self._ticker = loop.call_later(0.5, self._tick)
+            try:
+                self._check_bodies(now)
+                self._check_logins()
+            except Exception:  # (a users file read badly must not stop the timer: a review)
+                log.exception("the broker's periodic checks failed; tried again in 0.5 s")
+            finally:
+                self._ticker = loop.call_later(0.5, self._tick)
 
         def _check_logins(self) -> None:
             """Close the connections whose login changed since they logged in: its
@@ -909,8 +924,11 @@ def _broker_class(
             acl = self._acl
             if acl is None or acl.rules_of(session.username) is None:
                 return None  # an open, loopback-only broker: no roles to enforce
-            # what it logged in with: a connection outlives no change of it (_check_logins)
-            session.tomato_login = acl.login_of(session.username)
+            # the login changed between its check and now (a new password, the user
+            # removed): refused as it would be a moment later (a review)
+            had = getattr(session, "tomato_login", None)
+            if had is not None and acl.login_of(session.username) != had:
+                return "its login changed while it connected (a new password?)"
             if session.will_flag and not acl.check(session, session.will_topic, Action.PUBLISH):
                 return (
                     f"its last will is on {session.will_topic!r}, "
@@ -959,7 +977,10 @@ def _broker_class(
                 return False
             if id(session) in self._admitted:  # checked in _initialize_client_session
                 self._admitted.discard(id(session))
-                return True
+                # ...and its login unchanged since (a take-over may wait seconds, and a
+                # users file changed meanwhile was looked at before it was connected)
+                had, acl = getattr(session, "tomato_login", None), self._acl
+                return had is None or acl is None or acl.login_of(session.username) == had
             return bool(await super()._authenticate(session, listener))
 
         async def _handle_client_session(self, *args: Any, **kwargs: Any) -> None:

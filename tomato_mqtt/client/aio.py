@@ -566,8 +566,21 @@ class AsyncTomato:
         if jobids:
             return await self.call("job_status", {"jobids": list(jobids)})  # type: ignore[no-any-return]
         out: list[JobInfo] = []
+        throttled = 0
         while True:
-            page = await self.call("job_status", {"offset": len(out), "limit": JOB_PAGE_MAX})
+            try:
+                page = await self.call("job_status", {"offset": len(out), "limit": JOB_PAGE_MAX})
+            except ClientError as e:
+                # a secured scheduler counts a large answer as many requests: pages asked
+                # for in a row are throttled ("conflict"); asked again a second later (a
+                # listing of 30 MB failed half-way: a review)
+                if e.code != "conflict" or "a second of one login" not in str(e):
+                    raise
+                throttled += 1
+                if throttled > 60:
+                    raise
+                await asyncio.sleep(1.0)
+                continue
             out += page
             if not page:  # (a page of big jobs holds fewer than JOB_PAGE_MAX: not the end)
                 return out

@@ -356,10 +356,14 @@ def waiting_reason(
     if not free:  # each holder runs a job: said, in words that stay while it runs (a job
         # behind a running one had no reason at all: a dashboard tour)
         busy = [n for n in holding if pipelines[n].jobid is not None]
-        if busy:
+        if busy:  # (one named: several would change the words at each of their launches)
+            where = busy[0] if len(busy) == 1 else "pipelines that each run"
             return (
-                f"sample {sample!r} is in {', '.join(busy)}, which runs another job now: "
-                "this one can start once it has ended and the pipeline is made ready"
+                f"sample {sample!r} is in {where}, which runs another job now: this one "
+                "can start once it has ended and the pipeline is made ready"
+                if len(busy) == 1
+                else f"sample {sample!r} is in {where} another job now: this one can start "
+                "once one of them has ended and is made ready"
             )
     return None
 

@@ -344,8 +344,8 @@ async def _cmd(request: web.Request) -> web.StreamResponse:
         # the broker ended the login's connection (its password changed, the user
         # removed): the sign-in ends, said (its controls went on working after a
         # password change, then timed out "is it running?" after a removal: a tour)
-        sessions.end(s, "the broker ended its connection: the password was changed or the "
-                     "user removed")  # fmt: skip
+        sessions.end(s, "the broker ended its connection: the password was changed, the "
+                     "user removed, or the broker restarted")  # fmt: skip
         s = sessions.shared or s
     if op not in s.controls:
         unkeyed = _unkeyed(request)
@@ -399,9 +399,33 @@ async def _cmd(request: web.Request) -> web.StreamResponse:
     except UnknownComponent as e:
         return _fail(str(e), "not_found")
     except NoResponder as e:
+        changed = await _role_changed(request, s)
+        if changed is not None:
+            return changed
         return _fail(str(e), "unavailable")
     except (MqttError, ValueError) as e:
         return _fail(str(e), "unavailable")
+
+
+async def _role_changed(request: web.Request, s: Session) -> web.StreamResponse | None:
+    """A signed-in control nobody answered: if its login's role changed since the
+    sign-in (the broker drops what the new role may not send), the sign-in ends, said
+    (an operator lowered to reader waited 15 s for "no scheduler answered … is it
+    running?": a hostile tour); None: not that."""
+    from tomato_mqtt.services.dashboard.sessions import whoami
+
+    sessions = request.app[SVC].sessions
+    if s.client is None or s is sessions.shared or s.me is None:
+        return None
+    me = await whoami(s.requester, s.topics, 2.0)
+    if me is None or me.role == s.me.role:
+        return None
+    sessions.end(s, f"the role of {s.user!r} changed to {me.role or 'none'}")
+    shared = sessions.shared or s
+    return web.json_response(
+        {"success": False, "msg": sessions.ended(_token(request)), "code": "not_allowed"}
+        | {"data": None, "ended": True, "me": shared.describe()}
+    )
 
 
 class _BadUpload(ValueError):

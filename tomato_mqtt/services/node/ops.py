@@ -36,10 +36,10 @@ FORCE_HINT = '(with passata --force it is done all the same; a script sends "for
 
 #: s a task_start waits for its component's first registration to end (the scheduler
 #: waits 10 s for the answer, which must leave time for the task's own start)
+REGISTER_WAIT = 6.0
 #: s a `passata get/set` waits for another call into the driver to end (a do_task that
 #: hangs), then says so: under the CLI's 5 s, which read it as a node that is down
 DEVICE_WAIT = 3.0
-REGISTER_WAIT = 6.0
 #: s a task_start of the task the node is setting up waits for that set-up to end (then
 #: answered with the start it made); past it, answered "being set up" (the scheduler
 #: waits 10 s for the answer)

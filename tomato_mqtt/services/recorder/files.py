@@ -298,8 +298,9 @@ class Files:
         # snapshots ended another's download half-way ("unknown or expired file token": a
         # hostile tour)
         mine = [t for t, w in self.tokens.items() if w.owner == owner]
-        for old in mine[: max(0, len(mine) - TOKENS_PER_LOGIN)]:
-            self.fetched(self.tokens.pop(old).path)
+        if owner is not None:  # (an open stack's jobs have none: the bound for all)
+            for old in mine[: max(0, len(mine) - TOKENS_PER_LOGIN)]:
+                self.fetched(self.tokens.pop(old).path)
         while len(self.tokens) > TOKENS_KEPT:
             self.fetched(self.tokens.pop(next(iter(self.tokens))).path)
         return token, size
@@ -393,8 +394,9 @@ class Files:
         writing = self._lock.locked() and self._writing == jobid
         return writing or jobid in self._final_locks or jobid in self._merging
 
-    def late_batch(self, jobid: int) -> None:
-        """A new batch of ``jobid`` was stored: merge it if the job's file is final."""
+    def late_batch(self, jobid: int, count: bool = True) -> None:
+        """A new batch of ``jobid`` was stored: merge it if the job's file is final
+        (``count``: a merge more is due; False: one due already is made)."""
         if jobid in self._merging or jobid in self._running or jobid in self._released_told:
             return
         if self.final_args(jobid) is None:
@@ -413,16 +415,17 @@ class Files:
                 jobid,
             )
             return
-        if store is not None:  # due until merged, also for a recorder started again
-            with contextlib.suppress(sqlite3.Error):
+        if store is not None and count:  # due until merged, also for a recorder started
+            with contextlib.suppress(sqlite3.Error):  # again
                 store.merge_due(jobid, 1)
         self._merging.add(jobid)
         self.svc.spawn(self._merge(jobid))
 
     def resume_merges(self) -> None:
-        """At the start: the late merges a stopped recorder left due are made (it was
-        killed between storing late points and merging them: the file lacked them for
-        good, and the job's reason said they were merged)."""
+        """The late merges left due are made: at the start, those a stopped recorder
+        left (it was killed between storing late points and merging them: the file
+        lacked them for good, and the job's reason said they were merged), and later,
+        each release round, those that failed (a write refused)."""
         store = self.svc.store
         if store is None:
             return
@@ -432,21 +435,28 @@ class Files:
             log.warning("cannot read the late merges left to do: %s", e)
             return
         for jobid in due:
-            log.info("job %d: merging the late data a stopped recorder had not merged", jobid)
-            self.late_batch(jobid)
+            if jobid in self._merging:
+                continue
+            log.info("job %d: merging the late data not merged yet", jobid)
+            self.late_batch(jobid, count=False)
 
     async def _merge(self, jobid: int) -> None:
         await asyncio.sleep(MERGE_DELAY)
         self._merging.discard(jobid)  # batches from now on schedule another merge
-        args = self.finals.get(jobid)
         store = self.svc.store
+        # (from the store when the memory's 200 no longer hold it: a review)
+        args = self.final_args(jobid) if store is not None else None
         if args is None or store is None:
             return
         try:
             taken = store.merge_due(jobid)  # what this merge does: those made later stay
         except sqlite3.Error:
             taken = 0
-        a = FinalizeArgs.model_validate({k: v for k, v in args.items() if k != "written"})
+        try:
+            a = FinalizeArgs.model_validate({k: v for k, v in args.items() if k != "written"})
+        except ValueError as e:  # (still due: said, and tried again later)
+            log.error("job %d: its final file's arguments cannot be read: %s", jobid, e)
+            return
         target = Path(str(args.get("written") or a.path))
         # the file's tomato_Job says what the job's status will (it kept "the file lacks
         # points: 72 of 300" in a file that held all 300: a fault review)

@@ -248,6 +248,7 @@ class RecorderService(Service):
         while True:
             await self.release_idle()
             self.release_old()
+            self.files.resume_merges()  # (a merge that failed, still due: a review)
             await asyncio.sleep(RELEASE_EVERY)
 
     async def release_idle(self) -> None:

@@ -21,7 +21,7 @@ from tomato_mqtt.wire.commands import JOB_PAGE_MAX, JobStatusArgs
 if TYPE_CHECKING:
     from tomato_mqtt.services.scheduler.store import StateStore
 
-__all__ = ["ENDS", "job_status", "summary_text", "within_budget"]
+__all__ = ["ENDS", "budget_of", "cut_ids", "job_status", "summary_text", "within_budget"]
 
 #: how many ids (and queued jobs) a summary shows at each end of a long list
 ENDS = 5
@@ -36,31 +36,38 @@ JOB_FIELDS = 2048
 _ORDER = ("q", "qw", "r", "rd", "c", "cd", "ce")
 
 
-def job_status(store: StateStore, a: JobStatusArgs) -> Result:
+def job_status(store: StateStore, a: JobStatusArgs, budget: int = REPLY_BUDGET) -> Result:
+    """``budget``: the bytes of jobs one reply may hold (see :func:`budget_of`)."""
     if a.jobids:
         if a.summary or a.limit is not None or a.offset is not None:
             raise CommandError(
                 "summary, limit and offset are for the whole listing: not with job ids",
                 code="bad_request",
             )
-        return _by_id(store, a.jobids)
+        return _by_id(store, a.jobids, budget)
     if a.summary:
         if a.limit is not None or a.offset is not None:
             raise CommandError(
                 "limit and offset page the listing, not the summary", code="bad_request"
             )
         return _summary(store)
-    return _page(store, a.limit or JOB_PAGE_MAX, a.offset)
+    return _page(store, a.limit or JOB_PAGE_MAX, a.offset, budget)
 
 
-def _by_id(store: StateStore, ids: list[int]) -> Result:
+def budget_of(max_reply: int) -> int:
+    """The bytes of jobs one reply may hold when a reply carries ``max_reply`` (the
+    broker's max_packet_bytes, less a margin): 3/4 of it, at most REPLY_BUDGET."""
+    return min(REPLY_BUDGET, max_reply * 3 // 4)
+
+
+def _by_id(store: StateStore, ids: list[int], budget: int = REPLY_BUDGET) -> Result:
     ids = list(dict.fromkeys(ids))  # each job once (one id 1,000 times: 1,000 copies)
     sizes = store.job_sizes(ids)
     total = sum(n + JOB_FIELDS for n in sizes.values())
-    if total > REPLY_BUDGET:
+    if total > budget:
         raise CommandError(
             f"the {len(ids)} jobs asked for would make an answer of about {total:,} bytes, "
-            f"more than one reply carries ({REPLY_BUDGET:,}): ask for fewer at a time",
+            f"more than one reply carries ({budget:,}): ask for fewer at a time",
             code="bad_request",
         )
     found = {j.id: j for j in store.jobs(ids=ids)}
@@ -71,27 +78,27 @@ def _by_id(store: StateStore, ids: list[int]) -> Result:
     return Result(_found(jobs), [j.model_dump(mode="json") for j in jobs])
 
 
-def within_budget(store: StateStore, ids: list[int]) -> list[int]:
+def within_budget(store: StateStore, ids: list[int], budget: int = REPLY_BUDGET) -> list[int]:
     """The newest of ``ids`` (in id order) whose jobs one reply carries."""
     sizes = store.job_sizes(ids)
     kept: list[int] = []
     total = 0
     for i in sorted(ids, reverse=True):
         total += sizes.get(i, 0) + JOB_FIELDS
-        if kept and total > REPLY_BUDGET:
+        if kept and total > budget:
             break
         kept.append(i)
     return sorted(kept)
 
 
-def _page(store: StateStore, limit: int, offset: int | None) -> Result:
+def _page(store: StateStore, limit: int, offset: int | None, budget: int = REPLY_BUDGET) -> Result:
     total = sum(store.status_counts().values())
     start = max(0, total - limit) if offset is None else offset
     # a page holds what one reply carries: fewer jobs when their payloads are big (nine
     # jobs of 1 MB payloads made every `ketchup status --all` fail "too large": a hostile
     # tour); the newest page keeps its newest jobs, a page from an offset its first
     sizes = [n + JOB_FIELDS for n in store.page_sizes(start, limit)]
-    while len(sizes) > 1 and sum(sizes) > REPLY_BUDGET:
+    while len(sizes) > 1 and sum(sizes) > budget:
         if offset is None:
             sizes.pop(0)
             start += 1
@@ -121,6 +128,13 @@ def _found(jobs: list[Job]) -> str:
     for j in jobs:
         by.setdefault(j.status, []).append(j.id)
     return "\n".join(_line(st, len(by[st]), by[st], []) for st in _ORDER if st in by)
+
+
+def cut_ids(ids: list[int]) -> str:
+    """A long id list as its ends: ``[1, 2, 3, 4, 5, …, 96, 97, 98, 99, 100]``."""
+    if len(ids) <= 2 * ENDS:
+        return str(ids)
+    return f"[{', '.join(map(str, ids[:ENDS]))}, …, {', '.join(map(str, ids[-ENDS:]))}]"
 
 
 def _line(status: str, count: int, head: list[int], tail: list[int]) -> str:

@@ -27,7 +27,13 @@ from tomato_mqtt.config.settings import lies_under
 from tomato_mqtt.errors import cannot_write
 from tomato_mqtt.model.jobs import Job
 from tomato_mqtt.services.scheduler.access import Access
-from tomato_mqtt.services.scheduler.jobstatus import job_status, within_budget
+from tomato_mqtt.services.scheduler.jobstatus import (
+    ENDS,
+    budget_of,
+    cut_ids,
+    job_status,
+    within_budget,
+)
 from tomato_mqtt.services.scheduler.lifecycle import JobLifecycle, output_dir
 from tomato_mqtt.services.scheduler.queue import QueuePass
 from tomato_mqtt.services.scheduler.reload import reload
@@ -241,6 +247,8 @@ class SchedulerOps:
         self.access = Access(svc.settings)
         #: login -> its snapshots being made (job_snapshot)
         self._snapping: dict[str, int] = {}
+        #: a stop is under way (its task spawned): a repeated `stop` changes nothing
+        self._stopping = False
 
     @property
     def store(self) -> Any:
@@ -276,12 +284,14 @@ class SchedulerOps:
         a = StatusArgs.model_validate(args)
         result = status_section(self.svc, self.store, a.what)
         _user, role = self.access.who()
-        if a.what == "drivers" and not (self.access.roles.open or is_admin(role)):
+        if not (self.access.roles.open or is_admin(role)):
             # driver settings may hold credentials (an instrument's password, an API key):
             # an admin's to read; the others see which are set (every reader read them: a
-            # hostile tour)
-            drivers = result.data if isinstance(result.data, dict) else {}
-            for d in drivers.values():
+            # hostile tour), in `status drivers` and in the default section's `drvs` (a
+            # review)
+            data = result.data if isinstance(result.data, dict) else {}
+            drivers = data if a.what == "drivers" else data.get("drvs")
+            for d in (drivers if isinstance(drivers, dict) else {}).values():
                 held = d.get("settings") if isinstance(d, dict) else None
                 if isinstance(d, dict) and isinstance(held, dict):
                     d["settings"] = {str(k): HIDDEN for k in held}
@@ -294,8 +304,8 @@ class SchedulerOps:
     async def stop(self, args: Mapping[str, JsonValue]) -> Result:
         self.access.require("stop")
         a = StopArgs.model_validate(args)
-        if self.svc.exit_requested:  # asked again (`tomato stop` repeats a stop under
-            # way, lest a restarted scheduler forgot it): one stop, not a second wait
+        if self._stopping:  # asked again (`tomato stop` repeats a stop under way, lest a
+            # restarted scheduler forgot it): one stop, not a second wait
             return Result("stopping tomato-mqtt (asked already)")
         try:
             running = self.store.jobs(statuses=["r", "rd"])
@@ -306,7 +316,7 @@ class SchedulerOps:
             # the file cannot say which jobs run: the stack stops (a user who cannot
             # stop it is left with kill); their points stay in the recorder's store
             ids = ", ".join(str(i) for i in sorted(self.svc.runners)) or "none"
-            self.svc.exit_requested = True
+            self.svc.exit_requested = self._stopping = True
             self.svc.spawn(self._stop_soon())
             return Result(
                 f"stopping tomato-mqtt, its state file being damaged (jobs running: {ids}; "
@@ -327,7 +337,7 @@ class SchedulerOps:
                     "; they end once the state file takes their ends: " + self.svc.state_unwritable
                 )
             raise CommandError(why, code="conflict")
-        self.svc.exit_requested = True
+        self.svc.exit_requested = self._stopping = True
         self.svc.spawn(self._stop_soon())
         return Result("stopping tomato-mqtt")
 
@@ -341,7 +351,12 @@ class SchedulerOps:
         self.svc.exit_requested = True  # nothing launches meanwhile (queue.py)
         ids = [j.id for j in running]
         to_cancel: list[JsonValue] = [j.id for j in running if j.status == "r"]
-        told = await self.job_cancel({"jobids": to_cancel}) if to_cancel else None
+        try:
+            told = await self.job_cancel({"jobids": to_cancel}) if to_cancel else None
+        except BaseException:  # no stop under way: the next `stop` tries again (a review)
+            self.svc.exit_requested = False
+            raise
+        self._stopping = True
         self.svc.spawn(self._stop_when_done(ids))
         unstored = (
             "; the state file takes no writes now: a job whose end it has not taken by the "
@@ -597,7 +612,7 @@ class SchedulerOps:
         a = JobStatusArgs.model_validate(args)
         store = self.store
         if not (a.summary and a.jobids is None and a.limit is None and a.offset is None):
-            return job_status(store, a)
+            return job_status(store, a, budget_of(self.svc.settings.max_reply_bytes))
         # the summary depends on the store alone: while nothing was written, the last
         # one stands (dashboards and CLIs asking in a row cost one set of counts)
         if self._summary is None or self._summary[0] != store.writes:
@@ -611,7 +626,8 @@ class SchedulerOps:
         if not ids:  # as tomato: no match is a failure
             raise CommandError(f"no job matching {a.name!r} found", code="not_found")
         what = "job" if len(ids) == 1 else "jobs"
-        kept = within_budget(self.store, ids)  # (one reply: the newest when too many)
+        # (one reply: the newest when too many; the ids' list cut to its ends)
+        kept = within_budget(self.store, ids, budget_of(self.svc.settings.max_reply_bytes))
         more = (
             f" (the newest {len(kept)} listed: the others would not fit one reply; "
             "search a longer name, or `ketchup status ID`)"
@@ -620,7 +636,9 @@ class SchedulerOps:
         )
         jobs = self.store.jobs(ids=kept)
         return Result(
-            f"{what} matching {a.name!r} found: {ids}{more}",
+            f"{len(ids)} {what} matching {a.name!r} found: {cut_ids(ids)}{more}"
+            if len(ids) > 2 * ENDS
+            else f"{what} matching {a.name!r} found: {ids}{more}",
             [j.model_dump(mode="json") for j in jobs],
         )
 
