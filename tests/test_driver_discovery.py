@@ -27,22 +27,26 @@ def _fake_dist(root: Path) -> None:
     )
 
 
+def _add_device(devices: Path, name: str, driver: str, address: str) -> None:
+    """A device of one channel and a pipeline of it (``pip-`` and the name after
+    ``dev-``) added to a devices file: a component exists only for a channel some
+    pipeline uses (as in tomato)."""
+    text = devices.read_text().replace(
+        "pipelines:",
+        f"  - {{name: {name}, driver: {driver}, address: {address}, channels: ['1']}}\npipelines:",
+    )
+    text = text.rstrip("\n") + (
+        f"\n  - name: pip-{name.removeprefix('dev-')}\n    devices:\n"
+        f"      - {{role: counter, device: {name}, channel: '1'}}\n"
+    )
+    devices.write_text(text)
+
+
 async def test_driver_installed_after_start_is_found_by_reload(
     broker: RunningBroker, tmp_path: Path, instance: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     async with inproc_stack(broker.port, tmp_path / "st", instance, components=4) as st:
-        devices = st.settings.devices_file
-        text = devices.read_text().replace(
-            "pipelines:",
-            "  - {name: dev-late, driver: late_counter, address: late-addr,"
-            " channels: ['1']}\npipelines:",
-        )
-        # a component exists only for a channel some pipeline uses (as in tomato)
-        text = text.rstrip("\n") + (
-            "\n  - name: pip-late\n    devices:\n"
-            "      - {role: counter, device: dev-late, channel: '1'}\n"
-        )
-        devices.write_text(text)
+        _add_device(st.settings.devices_file, "dev-late", "late_counter", "late-addr")
         first = await st.raw(st.topics.scheduler_cmd("reload"))
         # its answer says the driver is missing (a misspelt one was "reload done", exit 0,
         # the jobs left queued: a newcomer's tour)
@@ -82,17 +86,7 @@ async def test_a_reload_says_which_added_components_are_not_registered_yet(
 
     monkeypatch.setattr(reload_mod, "RELOAD_WAIT", 0.0)  # as a driver slower than the wait
     async with inproc_stack(broker.port, tmp_path / "st", instance, components=2) as st:
-        devices = st.settings.devices_file
-        text = devices.read_text().replace(
-            "pipelines:",
-            "  - {name: dev-new, driver: example_counter, address: new-addr,"
-            " channels: ['1']}\npipelines:",
-        )
-        text = text.rstrip("\n") + (
-            "\n  - name: pip-new\n    devices:\n"
-            "      - {role: counter, device: dev-new, channel: '1'}\n"
-        )
-        devices.write_text(text)
+        _add_device(st.settings.devices_file, "dev-new", "example_counter", "new-addr")
         said = await st.raw(st.topics.scheduler_cmd("reload"))
         new = "example_counter:(new-addr,1)"
         assert said.success and (

@@ -10,9 +10,23 @@ from pathlib import Path
 
 import pytest
 
-from tests.stack import BIN, _alive, cli_env, make_stack, running_stack, stop_stack
+from tests.stack import BIN, Stack, _alive, cli_env, make_stack, running_stack, stop_stack
 
 pytestmark = pytest.mark.timeout(180)
+
+
+def _running_long_job(st: Stack, tmp_path: Path) -> int:
+    """A job of 120 s on pip-counter-1, running: its id."""
+    st.load_ready("pip-counter-1", "s1")
+    payload = tmp_path / "long.yml"
+    payload.write_text(
+        'version: "1.0"\nsample:\n    name: s1\nmethod:\n'
+        '  - component_tag: "counter"\n    technique_name: "count"\n'
+        "    max_duration: 120.0\n    sampling_interval: 0.2\n"
+    )
+    jobid = st.submit(payload)
+    st.wait_job(jobid, {"r"})
+    return jobid
 
 
 def test_init_writes_defaults_and_never_overwrites(tmp_path: Path) -> None:
@@ -212,15 +226,7 @@ def test_services_stop_when_their_supervisor_is_killed(tmp_path: Path) -> None:
 
 def test_stop_refused_while_a_job_runs(tmp_path: Path) -> None:
     with running_stack(tmp_path) as st:
-        st.load_ready("pip-counter-1", "s1")
-        payload = tmp_path / "long.yml"  # runs until cancelled: no race with the stop
-        payload.write_text(
-            'version: "1.0"\nsample:\n    name: s1\nmethod:\n'
-            '  - component_tag: "counter"\n    technique_name: "count"\n'
-            "    max_duration: 120.0\n    sampling_interval: 0.2\n"
-        )
-        jobid = st.submit(payload)
-        st.wait_job(jobid, {"r"})
+        jobid = _running_long_job(st, tmp_path)  # until cancelled: no race with the stop
         res = st.run("tomato", "stop")
         assert res.returncode == 1
         assert f"job(s) {jobid} are running" in res.stderr
@@ -285,15 +291,7 @@ def test_a_forced_stop_survives_a_scheduler_restart(tmp_path: Path) -> None:
     the stop, the stack ran on, and the CLI said "did not stop within 50 s". It asks
     again while it waits, and the stack stops."""
     with running_stack(tmp_path) as st:
-        st.load_ready("pip-counter-1", "s1")
-        payload = tmp_path / "long.yml"
-        payload.write_text(
-            'version: "1.0"\nsample:\n    name: s1\nmethod:\n'
-            '  - component_tag: "counter"\n    technique_name: "count"\n'
-            "    max_duration: 120.0\n    sampling_interval: 0.2\n"
-        )
-        jobid = st.submit(payload)
-        st.wait_job(jobid, {"r"})
+        _running_long_job(st, tmp_path)
         node, sup = st.child_pid("node"), st.supervisor_pid()
         assert sup is not None
         os.kill(node, signal.SIGSTOP)
@@ -319,15 +317,7 @@ def test_restart_node_loads_its_drivers_anew_and_not_under_a_task(tmp_path: Path
     and no command restarted it (the author killed its process, ending a job ce).
     `tomato restart-node` does, refused while the node runs a task unless --force."""
     with running_stack(tmp_path) as st:
-        st.load_ready("pip-counter-1", "s1")
-        payload = tmp_path / "long.yml"
-        payload.write_text(
-            'version: "1.0"\nsample:\n    name: s1\nmethod:\n'
-            '  - component_tag: "counter"\n    technique_name: "count"\n'
-            "    max_duration: 120.0\n    sampling_interval: 0.2\n"
-        )
-        jobid = st.submit(payload)
-        st.wait_job(jobid, {"r"})
+        jobid = _running_long_job(st, tmp_path)
         old = st.child_pid("node")
         res = st.run("tomato", "restart-node", "local")
         assert res.returncode == 1 and "node local has running tasks on" in res.stderr, res
