@@ -224,9 +224,10 @@ class RoleAclPlugin(BaseTopicPlugin):  # type: ignore[misc]
         user = self._users.users.users.get(username or "")
         return user.hash if user is not None and user.role is not None else None
 
-    @property
     def users_stamp(self) -> tuple[int, int] | None:
-        """Which version of the users file is read (its mtime and size)."""
+        """Which version of the users file is read (its mtime and size), read again
+        first if it changed."""
+        self.login_of(None)
         return None if self._users is None else self._users._stamp
 
     async def topic_filtering(

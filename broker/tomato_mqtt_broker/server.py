@@ -850,16 +850,12 @@ def _broker_class(
             acl = self._acl
             if acl is None:
                 return
-            acl.login_of(None)  # (the users file read again if it changed)
-            stamp = acl.users_stamp
+            stamp = acl.users_stamp()
             if stamp == self._users_seen:
                 return
             self._users_seen = stamp
             for session, handler in list(self._sessions.values()):
-                had = getattr(session, "tomato_login", None)
-                if had is None or not session.transitions.is_connected():
-                    continue
-                if acl.login_of(session.username) == had:
+                if not session.transitions.is_connected() or not self._login_changed(session):
                     continue
                 log.warning(
                     "closing the connection of client %r: its login %r was changed since it "
@@ -871,6 +867,12 @@ def _broker_class(
                 task = asyncio.ensure_future(self._close_silent(handler))
                 self._closing.add(task)
                 task.add_done_callback(self._closing.discard)
+
+        def _login_changed(self, session: Any) -> bool:
+            """Whether the login of ``session`` is not the one its password was checked
+            against any more (a new password, the user removed or added again)."""
+            had, acl = getattr(session, "tomato_login", None), self._acl
+            return had is not None and acl is not None and acl.login_of(session.username) != had
 
         async def start(self) -> None:
             await super().start()
@@ -926,8 +928,7 @@ def _broker_class(
                 return None  # an open, loopback-only broker: no roles to enforce
             # the login changed between its check and now (a new password, the user
             # removed): refused as it would be a moment later (a review)
-            had = getattr(session, "tomato_login", None)
-            if had is not None and acl.login_of(session.username) != had:
+            if self._login_changed(session):
                 return "its login changed while it connected (a new password?)"
             if session.will_flag and not acl.check(session, session.will_topic, Action.PUBLISH):
                 return (
@@ -979,8 +980,7 @@ def _broker_class(
                 self._admitted.discard(id(session))
                 # ...and its login unchanged since (a take-over may wait seconds, and a
                 # users file changed meanwhile was looked at before it was connected)
-                had, acl = getattr(session, "tomato_login", None), self._acl
-                return had is None or acl is None or acl.login_of(session.username) == had
+                return not self._login_changed(session)
             return bool(await super()._authenticate(session, listener))
 
         async def _handle_client_session(self, *args: Any, **kwargs: Any) -> None:

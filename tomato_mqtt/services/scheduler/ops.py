@@ -80,8 +80,6 @@ def _submitted(job: Job, note: str = "") -> Result:
 
 #: snapshots of one login made at once on a secured stack (job_snapshot)
 SNAPSHOTS_PER_LOGIN = 2
-#: what a driver setting's value reads as to a login that is not an admin
-HIDDEN = "(hidden: admins only)"
 
 
 def _taken(path: Path) -> bool:
@@ -282,20 +280,10 @@ class SchedulerOps:
     async def status(self, args: Mapping[str, JsonValue]) -> Result:
         self.access.require("status")
         a = StatusArgs.model_validate(args)
-        result = status_section(self.svc, self.store, a.what)
         _user, role = self.access.who()
-        if not (self.access.roles.open or is_admin(role)):
-            # driver settings may hold credentials (an instrument's password, an API key):
-            # an admin's to read; the others see which are set (every reader read them: a
-            # hostile tour), in `status drivers` and in the default section's `drvs` (a
-            # review)
-            data = result.data if isinstance(result.data, dict) else {}
-            drivers = data if a.what == "drivers" else data.get("drvs")
-            for d in (drivers if isinstance(drivers, dict) else {}).values():
-                held = d.get("settings") if isinstance(d, dict) else None
-                if isinstance(d, dict) and isinstance(held, dict):
-                    d["settings"] = {str(k): HIDDEN for k in held}
-        return result
+        # driver settings are an admin's to read (in every section that holds them)
+        shown = self.access.roles.open or is_admin(role)
+        return status_section(self.svc, self.store, a.what, settings_shown=shown)
 
     # -- reload ----------------------------------------------------------------------------
     async def reload(self, args: Mapping[str, JsonValue]) -> Result:

@@ -108,7 +108,14 @@ def _components(svc: SchedulerService) -> dict[str, JsonValue]:
     return out
 
 
-def _drivers(svc: SchedulerService) -> dict[str, JsonValue]:
+#: what a driver setting's value reads as to a login that is not an admin
+HIDDEN = "(hidden: admins only)"
+
+
+def _drivers(svc: SchedulerService, settings_shown: bool) -> dict[str, JsonValue]:
+    """Tomato's Driver objects; ``settings_shown``: False for a login that is not an
+    admin, which sees each setting's name only (they may hold an instrument's password:
+    every reader read them, a hostile tour)."""
     drivers: dict[str, Any] = {}
     for c in svc.layout.components.values():
         d = drivers.setdefault(
@@ -125,7 +132,8 @@ def _drivers(svc: SchedulerService) -> dict[str, JsonValue]:
                 "nodes": {},
             },
         )
-        d["settings"] = svc.settings.drivers.get(c.driver, {})
+        held = svc.settings.drivers.get(c.driver, {})
+        d["settings"] = held if settings_shown else {str(k): HIDDEN for k in held}
         node = svc.nodes.get(c.node)
         info = node.drivers.get(c.driver) if node else None
         d["nodes"][c.node] = (
@@ -152,7 +160,9 @@ def _nodes_away(svc: SchedulerService) -> dict[str, str]:
     return dict(sorted(away.items()))
 
 
-def status_section(svc: SchedulerService, store: StateStore, what: str) -> Result:
+def status_section(
+    svc: SchedulerService, store: StateStore, what: str, settings_shown: bool = True
+) -> Result:
     """The reply of ``status`` for one section (see ``wire.commands.StatusData``).
 
     Shaped as tomato 2.2's replies: a section is a name -> object mapping, and the
@@ -176,7 +186,7 @@ def status_section(svc: SchedulerService, store: StateStore, what: str) -> Resul
             data["appdir"] = str(svc.settings.appdir) if svc.settings.appdir else None
             data["pips"] = _pipelines(svc, store)
             data["devs"] = _devices(svc)
-            data["drvs"] = _drivers(svc)
+            data["drvs"] = _drivers(svc, settings_shown)
             data["cmps"] = _components(svc)
             return Result(
                 f"scheduler of {svc.settings.mqtt.instance} is running "
@@ -197,6 +207,6 @@ def status_section(svc: SchedulerService, store: StateStore, what: str) -> Resul
             nodes: dict[str, JsonValue] = {n: svc.presence_view.node_view(n) for n in svc.nodes}
             return Result(f"{len(nodes)} node(s)", nodes)
         case "drivers":
-            drvs = _drivers(svc)
+            drvs = _drivers(svc, settings_shown)
             return Result(f"{len(drvs)} driver(s)", drvs)
     raise CommandError(f"unknown status section {what!r}", code="bad_request")
