@@ -36,6 +36,8 @@ from tomato_mqtt.services.scheduler.service import SchedulerService
 from tomato_mqtt.transport.client import AsyncClient, BrokerURL
 from tomato_mqtt.transport.rpc import Requester
 from tomato_mqtt.wire.messages import (
+    ComponentMeta,
+    ComponentStatus,
     DataBatch,
     JobEvent,
     NodeStatus,
@@ -454,6 +456,56 @@ def test_the_store_is_not_said_to_work_again_while_a_batch_still_fails(tmp_path:
         with pytest.raises(sqlite3.Error):  # and the batch itself, again
             st.add(CMP, "s", seq, epoch=1, job=4, task=0, npoints=2000, raw=big)
         st.close()
+
+
+async def test_a_component_is_registered_in_its_node_s_current_run_only(
+    broker: RunningBroker, instance: str, tmp_path: Path
+) -> None:
+    """A CI run (Mosquitto, running across `tomato stop; tomato start`, 1 run in 4): start
+    said ready while `tomato status components` showed `registered: false` next: the
+    node was online again, not yet configured, and the scheduler took the retained metas
+    of its last run (`registered`) for this run's. A component is registered once the
+    status of its online node lists it (the node says its meta, not registered yet,
+    before that status)."""
+    app = tmp_path / "app"
+    write_settings(app, instance, broker.port)
+    shutil.copy(CONFIG / "devices_counter.yml", app / "devices.yml")
+    s = load_settings(appdir=app, datadir=tmp_path / "data", logdir=tmp_path / "log")
+    names = [f"example_counter:(example-addr,{ch})" for ch in "1234"]
+    t = Topics(instance)
+    async with client(broker.url) as c:
+        for n in names:  # the node's last run: registered and idle, retained
+            meta = ComponentMeta(name=n, device="dev-counter", driver="example_counter",
+                                 address="example-addr", channel=n[-2], node="local",
+                                 registered=True, capabilities=["count"])  # fmt: skip
+            await c.publish(t.component_meta(n), encode(meta), retain=True)
+            idle = ComponentStatus(name=n, node="local", state="idle", time=time.time())
+            await c.publish(t.component_status(n), encode(idle), retain=True)
+
+        async def node(components: list[str]) -> None:
+            st = NodeStatus(state="online", node="local", epoch=2, heartbeat=time.time(),
+                            components=components)  # fmt: skip
+            await c.publish(t.node_status("local"), encode(st), retain=True)
+
+        await node([])  # started again, not configured yet
+        async with running(SchedulerService(s)):
+            req = Requester(c, t)
+
+            async def registered() -> dict[str, bool]:
+                rep = await req.request(
+                    t.scheduler_cmd("status"), {"what": "components"}, timeout=5
+                )
+                data: dict[str, Any] = rep.data  # type: ignore[assignment]
+                return {n: data[n]["registered"] for n in names}
+
+            seen = await registered()
+            assert seen == dict.fromkeys(names, False), seen
+            await node(names)  # configured: its status lists them (their metas came before)
+            for _ in range(50):
+                if (seen := await registered()) == dict.fromkeys(names, True):
+                    break
+                await asyncio.sleep(0.1)
+            assert seen == dict.fromkeys(names, True), seen
 
 
 async def test_presence_by_receipt_and_clock_skew_flagged(

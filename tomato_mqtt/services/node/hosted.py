@@ -102,6 +102,8 @@ class HostedComponent:
     #: the status attrs last read (shown while a driver call is under way)
     status_attrs: dict[str, Any] = field(default_factory=dict)
     closed: bool = False
+    #: its meta (not registered yet) was published once in this run (node/service.py)
+    told: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
     #: the retained ``last`` message as published (re-published by a rebirth: a broker
     #: restarted without its retained messages would otherwise show none until new data)

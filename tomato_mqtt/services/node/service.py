@@ -780,6 +780,14 @@ class NodeService(Service):
             with contextlib.suppress(_Unsubscribed):
                 await self._subscribe_commands(hc)
             added.append(n)
+        # each one's meta (not registered yet) before the status that lists it: a
+        # scheduler takes a listed component's retained meta for this run's (its last
+        # run's said `registered`: `tomato start` said ready before it was)
+        for n in added:
+            hc = self.components[n]
+            if hc.subscribed:
+                hc.told = True
+                await self._publish_meta(hc)
         await self._publish_node_status()
         for n in added:
             self.spawn(self._register_loop(self.components[n]))
@@ -837,7 +845,7 @@ class NodeService(Service):
 
     async def _register_until_done(self, hc: HostedComponent) -> None:
         delay = 1.0
-        told = False
+        told = hc.told
         while not hc.closed and not self.stopping:
             try:
                 await self._subscribe_commands(hc)
