@@ -221,6 +221,11 @@ def test_a_broken_driver_is_said_once_clearly_and_not_retried(stack: Stack) -> N
     assert log.count(want) == 1, log  # not retried
     res = stack.run("passata", "status", "dev-badattrs/1")
     assert want in res.stdout + res.stderr, (res.stdout, res.stderr)
+    # and on the driver's own line: it showed `loaded`, no error (a driver author's tour)
+    drv = stack.json("tomato", "status", "drivers")["data"]["faulty"]["nodes"]["local"]
+    assert drv["error"] == f"component {BROKEN}: {comp['error']}", drv
+    res = stack.run("tomato", "status", "drivers")
+    assert f"component {BROKEN}: {want}" in res.stdout, res.stdout
 
 
 def test_passata_attrs_keeps_the_values_it_can_read(stack: Stack) -> None:

@@ -569,6 +569,18 @@ def test_what_a_broken_driver_is_and_what_is_retried() -> None:
         hc.register(driver(Listy), *hooks)
     assert closed == ["listy"] and hc.device is None
 
+    class Misspelt(Listy):  # its units: ignored with a line in the node's log only
+        data_units = {"current": "mAmp"}
+
+        def attrs(self) -> Any:
+            return {}
+
+    with pytest.raises(BrokenDriver, match=r"data_units\['current'\] = 'mAmp'"):
+        hc.register(driver(Misspelt), *hooks)
+    Misspelt.data_units = {"current": "mA", "mem": "bytes"}
+    hc.register(driver(Misspelt), *hooks)  # spelt as pint spells them
+    assert hc.device is not None
+
 
 def test_a_task_s_status_stays_running_until_its_end_is_told() -> None:
     """Between the runner's end of a task and the node telling it (``told_end``, after

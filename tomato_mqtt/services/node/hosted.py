@@ -70,7 +70,34 @@ def declarations(device: Any) -> tuple[dict[str, Any], list[str], dict[str, Any]
         consts = {str(k): to_jsonable(v) for k, v in device.constants.items()}
     except Exception as e:
         raise BrokenDriver(f"{where}.constants: {type(e).__name__}: {e}") from None
+    _check_units(where, getattr(device, "data_units", None) or {})
     return attrs, caps, consts
+
+
+def _check_units(where: str, units: Any) -> None:
+    """A device's ``data_units``: variable name -> a unit pint knows. A misspelt one was
+    ignored with a line in the node's log only, its quantity's own units written (a
+    driver author's tour)."""
+    import pint
+
+    if not isinstance(units, Mapping):
+        raise BrokenDriver(
+            f"{where}.data_units must be a dict of variable name -> unit,"
+            f" not {type(units).__name__}"
+        )
+    for k, u in units.items():
+        if not isinstance(k, str) or not isinstance(u, str):
+            raise BrokenDriver(
+                f"{where}.data_units: {k!r}: {u!r} must be a text name -> a unit text"
+            )
+        try:
+            pint.Unit(u)
+        except Exception:
+            raise BrokenDriver(
+                f"{where}.data_units[{k!r}] = {u!r} is not a unit pint knows (spell it as pint"
+                " does, e.g. 'mA', 'degC', 'MHz'; or leave the variable out: its quantity's own"
+                " units are written)"
+            ) from None
 
 
 @dataclass

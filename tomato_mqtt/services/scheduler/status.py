@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import JsonValue
 
+from tomato_mqtt.errors import BROKEN_DRIVER
 from tomato_mqtt.model.jobs import PipelineState
 from tomato_mqtt.services.scheduler.store import StateStore
 from tomato_mqtt.transport.rpc import CommandError, Result
@@ -145,13 +146,21 @@ def _drivers(svc: SchedulerService, settings_shown: bool) -> dict[str, JsonValue
         d["settings"] = held if settings_shown else {str(k): HIDDEN for k in held}
         node = svc.nodes.get(c.node)
         info = node.drivers.get(c.driver) if node else None
-        d["nodes"][c.node] = (
-            info.model_dump(mode="json", by_alias=True)
-            if info
-            else {"loaded": False, "error": "node not online" if not node else None}
-        )
+        if c.node not in d["nodes"]:  # (once a node: a broken component's error is kept)
+            d["nodes"][c.node] = (
+                info.model_dump(mode="json", by_alias=True)
+                if info
+                else {"loaded": False, "error": "node not online" if not node else None}
+            )
         if info and info.version and d["version"] is None:
             d["version"] = info.version
+        meta = svc.metas.get(c.name)
+        if info and meta and meta.node == c.node and (meta.error or "").startswith(BROKEN_DRIVER):
+            # its code failed a component of it: `tomato status drivers` showed the driver
+            # loaded, no error (a driver author's tour); the first such component says why
+            here = d["nodes"][c.node]
+            if not here.get("error"):
+                here["error"] = f"component {c.name}: {meta.error}"
     return drivers
 
 
