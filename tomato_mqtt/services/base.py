@@ -129,6 +129,10 @@ def setup_logging(
         handlers=handlers,
         force=True,
     )
+    if level > logging.DEBUG:
+        # dgbowl-schemas says "Updating from Payload-1.0 to Payload-2.0" (and on) at INFO
+        # for every payload it reads: two lines of each submit in the scheduler's log
+        logging.getLogger("dgbowl_schemas").setLevel(logging.WARNING)
 
 
 class Service(abc.ABC):
