@@ -431,6 +431,12 @@ def test_a_driver_call_that_never_returns_ends_its_job_and_holds_the_next(
             assert time.monotonic() < deadline, st.job(second)
             time.sleep(0.2)
         assert st.job(second)["status"] == "qw"
+        # a call into the hung driver names the call it is in (it said "another call")
+        res = st.run("passata", "get", "dev-hang/1", "level")
+        assert res.returncode == 1, (res.stdout, res.stderr)
+        assert "in the do_task of task 'sample' (job 1, task 0) for over 3 s" in res.stderr, (
+            res.stderr
+        )
         os.kill(st.child_pid("node"), signal.SIGKILL)  # the supervisor restarts it
         st.wait_job(second, {"r"}, timeout=60)
         st.run("ketchup", "cancel", str(second), check=True)

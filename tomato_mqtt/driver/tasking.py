@@ -110,10 +110,15 @@ class TaskRunner(abc.ABC, Generic[D]):
         ``wait``: at most so many seconds for another call to end, then
         :class:`DriverBusy` (None: for as long as it takes)."""
         if not self._dev_lock.acquire(timeout=-1 if wait is None else wait):
+            run = self._run
+            what = (
+                f"the do_task of task {_describe(run.task)}"
+                if run is not None
+                else "another call (a reset, an attribute read or write)"
+            )
             raise DriverBusy(
-                f"the driver is in another call for over {wait:g} s (a do_task or a driver "
-                "call that has not returned: a hung instrument?), and takes no other call "
-                "until it returns"
+                f"the driver is in {what} for over {wait:g} s (a call that has not "
+                "returned: a hung instrument?), and takes no other call until it returns"
             )
         try:
             return fn(*args)
