@@ -111,7 +111,12 @@ class SecureBroker:
 
 
 async def start_amqtt(
-    workdir: Path, instance: str, max_per_login: int = 32, max_queued: int = 0, **tls: str
+    workdir: Path,
+    instance: str,
+    max_per_login: int = 32,
+    max_queued: int = 0,
+    max_people: int = 0,
+    **tls: str,
 ) -> SecureBroker:
     users = write_users(workdir / "users")
     (workdir / "devices.yml").write_text(DEVICES)
@@ -127,6 +132,8 @@ async def start_amqtt(
     )
     if max_queued:
         cfg.max_queued_bytes = max_queued
+    if max_people:
+        cfg.max_queued_bytes_people = max_people
     if tls:
         b.tls_port = free_port()
         cfg.tls_port = b.tls_port

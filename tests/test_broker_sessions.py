@@ -528,6 +528,62 @@ async def test_one_login_s_connections_together_hold_at_most_max_queued_bytes(
         await security_env.stop(b)
 
 
+async def test_people_s_logins_together_hold_at_most_max_queued_bytes_people(
+    tmp_path: Path, instance: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A hostile tour: three readers' connections that never read, each login under its
+    own bound, took the broker from 118 to 474 MB (as many logins, as many times that).
+    People's logins together are bounded by max_queued_bytes_people; one of them that
+    takes its messages (ada) and the services (sched's reader) lose nothing."""
+    from tests import security_env
+
+    b = await security_env.start_amqtt(
+        tmp_path, instance, max_queued=256 * 1024, max_people=400 * 1024
+    )
+    socks: list[socket.socket] = []
+    held: list[int] = []
+    try:
+        topic = b.topics.scheduler_status()
+        for user in ("rita", "olga", "otto"):
+            socks += [await asyncio.to_thread(_unread, b.port, user, topic) for _ in range(2)]
+        got: dict[str, int] = {"ada": 0, "rec": 0}
+        broker = b._broker._broker  # type: ignore[union-attr]
+        async with (
+            AsyncClient(b.url("ada"), client_id=f"ada-{instance}") as ada,
+            AsyncClient(b.url("rec"), client_id=f"rec-{instance}") as rec,
+            AsyncClient(b.url("sched"), client_id=f"sched-{instance}") as sched,
+        ):
+            for who, c in (("ada", ada), ("rec", rec)):
+                await c.subscribe(topic, handler=lambda m, w=who: got.__setitem__(w, got[w] + 1))
+
+            async def sample() -> None:  # what people's connections hold, every 2 ms
+                while True:
+                    held.append(broker._people_held.bytes)
+                    await asyncio.sleep(0.002)
+
+            sampling = asyncio.ensure_future(sample())
+            blob = b"x" * 60_000
+            for i in range(60):  # 3.6 MB: 9 times the bound of people's logins
+                await sched.publish(topic, blob, qos=0)
+                if i % 10 == 9:
+                    await asyncio.sleep(0.1)
+            for _ in range(100):
+                if min(got.values()) >= 60:
+                    break
+                await asyncio.sleep(0.05)
+            sampling.cancel()
+        assert got == {"ada": 60, "rec": 60}, got  # who takes its messages lost nothing
+        said = [r.getMessage() for r in caplog.records if "people's logins" in r.getMessage()]
+        assert said and "max_queued_bytes_people 409600" in said[0], said
+        # without it, 1.14 MB (three logins, each held to 256 kB, and what is under way):
+        # held to the bound, give or take a message or two under way (420 kB)
+        assert 0 < max(held) < 400 * 1024 + 3 * 60_000, max(held)
+    finally:
+        for s_ in socks:
+            s_.close()
+        await security_env.stop(b)
+
+
 async def test_one_login_queues_at_most_its_jobs(tmp_path: Path, instance: str) -> None:
     """A hostile tour: one operator queued 3,000 jobs (each a retained status every
     subscriber is sent), which drove the broker's memory and everybody's queue. A login

@@ -214,6 +214,13 @@ class RoleAclPlugin(BaseTopicPlugin):  # type: ignore[misc]
         self._rules[name] = out
         return out
 
+    def role_of(self, username: str | None) -> str | None:
+        """The role of a login as the users file was last read (no read of it here: the
+        rules' checks read it again when it changed)."""
+        if self._users is None:
+            return None
+        return self._users.users.role_of(username or "")
+
     def login_of(self, username: str | None) -> str | None:
         """What a connection of ``username`` was admitted with (its password's hash), or
         None when the login is gone or has no role; the users file as it is now."""

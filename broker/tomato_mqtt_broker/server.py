@@ -95,12 +95,18 @@ class _Delivery:
     (None: at the QoS asked) and counts the bytes on their way in ``backlog``."""
 
     def __init__(
-        self, handler: Any, most: int | None, backlog: _Backlog, login: _Backlog | None = None
+        self,
+        handler: Any,
+        most: int | None,
+        backlog: _Backlog,
+        login: _Backlog | None = None,
+        people: _Backlog | None = None,
     ) -> None:
         self._handler = handler
         self._most = most
         self._backlog = backlog
         self._login = login  # what all connections of its login hold (secured brokers)
+        self._people = people  # what people's logins hold together (one of theirs)
 
     def mqtt_publish(
         self, topic: str, data: Any, qos: int | None, retain: bool, *a: Any, **k: Any
@@ -113,11 +119,13 @@ class _Delivery:
     async def _carry(self, sending: Any, topic: str, data: Any) -> None:
         # None, not amqtt's message: amqtt keeps each finished delivery task, with its
         # result, until every task started before it has finished too
-        backlog, login = self._backlog, self._login
+        backlog, login, people = self._backlog, self._login, self._people
         size = len(data) if data else 0
         backlog.bytes += size
         if login is not None:
             login.bytes += size
+        if people is not None:
+            people.bytes += size
         try:
             await wait_for(sending, DELIVERY_WAIT)
         except Exception as e:
@@ -151,9 +159,20 @@ class _Delivery:
             backlog.bytes -= size
             if login is not None:
                 login.bytes -= size
+            if people is not None:
+                people.bytes -= size
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._handler, name)
+
+
+#: bytes a connection of a person's login may have waiting and still be sent more while
+#: people's logins hold max_queued_bytes_people together: a dashboard a few messages
+#: behind is not cut off for what others do not read
+SPARED = 64 * 1024
+
+#: roles of people (the services' logins are not held to max_queued_bytes_people)
+PEOPLE = frozenset({"admin", "operator", "reader", "dashboard"})
 
 
 #: s a new connection has to send its CONNECT; amqtt waited for ever (300 connections
@@ -442,6 +461,7 @@ def _broker_class(
     instance: str = "default",
     require_certificate: bool = False,
     max_per_login: int = 0,
+    max_people: int = 0,
 ) -> Any:
     """amqtt's Broker, without its retained-message leak.
 
@@ -497,6 +517,8 @@ def _broker_class(
             self._ticker: asyncio.TimerHandle | None = None
             #: login -> what its connections hold together (secured: _get_handler)
             self._logins_held: dict[str, _Backlog] = {}
+            #: what the connections of people's logins hold together (secured)
+            self._people_held = _Backlog()
             #: the version of the users file the connections were last checked against
             self._users_seen: tuple[int, int] | None = None
             #: connections being closed for their silence
@@ -639,6 +661,36 @@ def _broker_class(
                         max_queued,
                     )
                 return None
+            people = self._people_held if login is not None and self._person(session) else None
+            if (
+                people is not None
+                and max_people > 0
+                and people.bytes >= max_people
+                and max(backlog.bytes, _buffered(handler)) >= SPARED
+            ):
+                # people's logins together: each login's own bound let three readers'
+                # connections that never read take the broker from 118 to 474 MB (a
+                # hostile tour); those that take their messages are served on
+                if people.drop():
+                    log.warning(
+                        "people's logins do not take their messages: %d bytes wait for "
+                        "their connections together (max_queued_bytes_people %d); messages "
+                        "for those with more than %d bytes waiting (client %r, login %r "
+                        "first) are dropped until they take them",
+                        people.bytes,
+                        max_people,
+                        SPARED,
+                        session.client_id,
+                        session.username,
+                    )
+                return None
+            if people is not None and people.dropped and people.bytes < max_people:
+                log.warning(
+                    "people's logins take their messages again: %d were dropped for them in %.0f s",
+                    people.dropped,
+                    time.time() - people.since,
+                )
+                people.dropped = 0
             if login is not None and login.dropped:
                 log.warning(
                     "login %r takes its messages again: %d were dropped for it in %.0f s",
@@ -679,7 +731,13 @@ def _broker_class(
                     DELIVERY_WAIT,
                 )
                 backlog.unacked = 0
-            return _Delivery(handler, _PUB_QOS.get(), backlog, login)  # _PUB_QOS: _QosQueue
+            # _PUB_QOS: _QosQueue
+            return _Delivery(handler, _PUB_QOS.get(), backlog, login, people)
+
+        def _person(self, session: Any) -> bool:
+            """Whether the login of ``session`` is a person's (admin, operator, reader)."""
+            acl = self._acl
+            return acl is not None and acl.role_of(session.username) in PEOPLE
 
         def _login_backlog(self, user: str | None) -> _Backlog:
             b = self._logins_held.get(user or "")
@@ -1321,6 +1379,7 @@ class EmbeddedBroker:
             self.config.instance,
             self.config.require_certificate,
             self.config.max_connections_per_login if not open_stack else 0,
+            self.config.max_queued_bytes_people if not open_stack else 0,
         )
         self._broker = cls(config)
         try:

@@ -115,6 +115,7 @@ def broker_config(s: Settings) -> Any:
         require_certificate=b.require_certificate,
         tls_port=b.tls_port,
         max_queued_bytes=b.max_queued_bytes,
+        max_queued_bytes_people=b.max_queued_bytes_people,
         max_queued_messages=b.max_queued_messages,
         max_packet_bytes=b.max_packet_bytes,
         max_connections_per_login=b.max_connections_per_login,

@@ -126,6 +126,10 @@ class BrokerSettings(_Section):
     #: bytes the broker may hold for one client that does not take its messages;
     #: beyond it, messages for that client are dropped (Mosquitto's max_queued_bytes)
     max_queued_bytes: int = Field(default=32 * 1024 * 1024, ge=64 * 1024)
+    #: bytes the secured embedded broker may hold for people's logins (admin, operator,
+    #: reader) together; past it, their connections that do not take their messages get
+    #: no more (docs/security.md)
+    max_queued_bytes_people: int = Field(default=64 * 1024 * 1024, ge=64 * 1024)
     #: messages kept for a persistent session while its client is away (Mosquitto's
     #: max_queued_messages); newer ones are dropped
     max_queued_messages: int = Field(default=1000, ge=1)
