@@ -20,6 +20,7 @@ import asyncio
 import json
 import os
 import signal
+import subprocess
 import time
 from pathlib import Path
 
@@ -326,3 +327,50 @@ async def test_a_payload_s_file_names_are_file_names(
         assert job.status == "c" and (own / f"results.{first.id}.nc").is_file(), job
         after = sorted(p.name for p in theirs.iterdir()) if theirs.is_dir() else []
         assert after == before, (before, after)
+
+
+def test_a_component_moved_to_another_node_registers_once_the_rules_have_it(
+    tmp_path: Path, mosquitto_path: str
+) -> None:
+    """An admin's tour (Mosquitto): a device moved from one node to another with `tomato
+    reload`, then the rules written again and Mosquitto HUP'd: it stayed `unregistered`
+    for minutes, until the new node was restarted by hand. The old node cleared the
+    component's meta, the scheduler kept it, took the component for the old node's, and
+    asked the old node, every 10 s, to say it all again."""
+    from tests.secure_stack import LAB_USERS
+    from tests.stack import BIN
+
+    st = make_secure_stack(tmp_path, embedded=False)
+    with on_mosquitto(st, mosquitto_path) as conf, started(st):
+        url = f"mqtt://pc2:{LAB_USERS['pc2'][0]}@127.0.0.1:{st.port}"
+        cmd = [BIN / "tomato", "node", "--name", "pc2", "-b", url, "--instance", st.instance]
+        dirs = ["-D", str(tmp_path / "pc2"), "-L", str(tmp_path / "pc2")]
+        with (tmp_path / "pc2.log").open("w") as log:
+            node = subprocess.Popen([*cmd, *dirs], stdout=log, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + 30
+            while st.json("tomato", "status", "nodes")["data"].get("pc2", {}).get("state") != (
+                "online"
+            ):
+                assert time.monotonic() < deadline, (tmp_path / "pc2.log").read_text()
+                time.sleep(0.3)
+            devices = st.appdir / "devices.yml"
+            text = (CONFIG / "devices_counter.yml").read_text()
+            devices.write_text(
+                text.replace("    pollrate: 1\n", "    pollrate: 1\n    node: pc2\n")
+            )
+            res = st.run("tomato", "reload", "-t", "20")
+            assert res.returncode == 0, res
+            st.run(
+                "tomato", "broker-config", "--mosquitto", str(conf), "-D", str(st.datadir),
+                check=True,
+            )  # fmt: skip
+            os.kill(int((conf / "pid").read_text()), signal.SIGHUP)
+            name = "example_counter:(example-addr,1)"
+            c = wait_for(
+                st, name, lambda c: c.get("registered") is True and c.get("node") == "pc2",
+                "registered on pc2", timeout=60,
+            )  # fmt: skip
+            assert c["state"] == "idle", c
+        finally:
+            end_process(node)

@@ -40,6 +40,8 @@ class ComponentView:
     online: bool = True
     #: why it does not register, as its node said (its driver is not installed, broken)
     error: str | None = None
+    #: the node that hosts it, as the devices file says
+    node: str | None = None
 
 
 Validator = Callable[[ComponentView, str, Mapping[str, Any]], str | None]
@@ -156,6 +158,12 @@ def _problem(
         view = components.get(comp)
         head = f"role {t.role!r}"
         if view is None or not view.online:
+            if view is not None and view.node:  # (said as the queue says it of the node)
+                return (
+                    f"{head}: component {comp} on {pip.name} is not online: its node "
+                    f"{view.node!r} is not online (start it on its PC: tomato node --name "
+                    f"{view.node})"
+                )
             return f"{head}: component {comp} on {pip.name} is not online"
         if view.capabilities is None:
             if view.error:  # said: "not registered yet" told the user to wait for good

@@ -61,7 +61,7 @@ class QueuePass:
 
     def _views(self) -> dict[str, ComponentView]:
         out = {}
-        for name in self.svc.layout.components:
+        for name, c in self.svc.layout.components.items():
             meta = self.svc.metas.get(name)
             node = self.svc.node_of(name)
             online = node is not None and node.state == "online"
@@ -73,6 +73,7 @@ class QueuePass:
                 attrs=meta.attrs if meta else {},
                 online=online,
                 error=(meta.error if meta else None) or (st.error if st else None),
+                node=c.node,
             )
         return out
 
@@ -110,7 +111,13 @@ class QueuePass:
                         f"component {name} has not said its state yet"
                     )
                 node, meta = svc.node_of(name), svc.metas.get(name)
-                if node is not None and node.state == "online" and meta and meta.registered:
+                if (
+                    node is not None
+                    and node.state == "online"
+                    and meta
+                    and meta.registered
+                    and meta.node == host  # (not the meta of a node it was moved from)
+                ):
                     unknown.add(node.node)
                 elif there is not None and there.state == "online" and svc.unheard_of(name):
                     # hosted, and nothing of it came: asked again (its rules written again

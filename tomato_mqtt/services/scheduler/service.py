@@ -446,6 +446,8 @@ class SchedulerService(Service):
             elif not msg.payload:
                 if parsed.kind == "component_status" and parsed.name is not None:
                     await self._component_gone(parsed.name)
+                elif parsed.kind == "component_meta" and parsed.name is not None:
+                    self._meta_gone(parsed.name)
                 return  # a cleared retained topic
             elif parsed.kind == "node_status":
                 nst = decode(NodeStatus, msg.payload, msg.topic)
@@ -493,6 +495,19 @@ class SchedulerService(Service):
             del self.cstatus[name]
         async with self.cond:
             self.cond.notify_all()
+
+    def _meta_gone(self, slugged: str) -> None:
+        """A node cleared a component's meta: it no longer hosts it. The meta is
+        forgotten unless it is the current host's (whose meta the old host's clear may
+        follow: the two are configured at once). Kept, a component moved to another node
+        was taken for the old node's: the scheduler asked that node, not the new one, to
+        say it all again, and on an external broker whose rules were written again the
+        component never registered (an admin's tour, Mosquitto)."""
+        for name in [n for n in self.metas if slug(n) == slugged]:
+            c = self.layout.components.get(name)
+            if c is None or self.metas[name].node != c.node:
+                del self.metas[name]
+                self.kick()
 
     @staticmethod
     def _topic_agrees(segment: str | None, name: str, topic: str) -> bool:
