@@ -584,6 +584,44 @@ async def test_people_s_logins_together_hold_at_most_max_queued_bytes_people(
         await security_env.stop(b)
 
 
+async def test_a_follow_ends_when_the_broker_no_longer_takes_its_login(
+    tmp_path: Path, instance: str
+) -> None:
+    """An admin's tour: `ketchup status N --follow` of a user whose password was changed
+    meanwhile said "refuses to take this client back … (trying again every 2 s)" and went
+    on for good. A follow (a stream, a wait) ends with ClientError not_allowed."""
+    import yaml
+
+    from tests.inproc import CONFIG, running
+    from tests.security_env import scheduler_settings
+    from tomato_mqtt.client import AsyncTomato, ClientError
+    from tomato_mqtt.services.scheduler.service import SchedulerService
+
+    payload = yaml.safe_load((CONFIG / "counter_1_0.1.yml").read_text())
+    async with (
+        secured("amqtt", tmp_path / "b", instance) as b,
+        running(SchedulerService(scheduler_settings(b, tmp_path))),
+    ):
+        async with AsyncTomato(b.url("olga"), instance) as olga:
+            job = await olga.submit(payload)  # queued: no pipeline holds its sample
+        async with AsyncTomato(b.url("rita"), instance) as rita:
+            seen: list[str] = []
+
+            async def follow() -> None:
+                async for p in rita.follow(job.id):
+                    seen.append(p.status)
+
+            following = asyncio.ensure_future(follow())
+            await asyncio.sleep(0.5)
+            assert seen and not following.done(), seen
+            b.users.set_password("rita", "a-new-password-1")
+            b.users.save()
+            with pytest.raises(ClientError) as e:
+                await asyncio.wait_for(following, 15)
+            assert e.value.code == "not_allowed", e.value
+            assert "no longer takes this client's login" in str(e.value), e.value
+
+
 async def test_one_login_queues_at_most_its_jobs(tmp_path: Path, instance: str) -> None:
     """A hostile tour: one operator queued 3,000 jobs (each a retained status every
     subscriber is sent), which drove the broker's memory and everybody's queue. A login

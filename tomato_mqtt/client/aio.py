@@ -98,7 +98,7 @@ class _Inbox:
     that is closed puts None in, which ends what waits on it (:meth:`get`)."""
 
     def __init__(self) -> None:
-        self.queue: asyncio.Queue[Message | None] = asyncio.Queue()
+        self.queue: asyncio.Queue[Message | ClientError | None] = asyncio.Queue()
         self._loop = asyncio.get_running_loop()
 
     def __call__(self, msg: Message) -> None:  # paho's thread: hand over only
@@ -112,15 +112,18 @@ class _Inbox:
         if msg is None:
             self.queue.put_nowait(None)  # (said to whatever else waits on it)
             raise closed()
+        if isinstance(msg, ClientError):  # the broker refuses the login now (_refused)
+            raise msg
         return msg
 
     def take(self) -> Message | None:
-        """The next message if one is there (None: none, or closed)."""
+        """The next message if one is there (None: none, closed, or refused)."""
         if self.queue.empty():
             return None
         msg = self.queue.get_nowait()
-        if msg is None:
-            self.queue.put_nowait(None)  # (for :meth:`get` to say)
+        if msg is None or isinstance(msg, ClientError):
+            self.queue.put_nowait(msg)  # (for :meth:`get` to say)
+            return None
         return msg
 
 
@@ -193,6 +196,7 @@ class AsyncTomato:
         # paho sent them again at each reconnect (a review: "no scheduler answered")
         self.requester = Requester(self.mqtt, self.topics, max_request)
         self._inboxes: set[_Inbox] = set()  # of the follows and streams under way
+        self.mqtt.on_refused = self._login_refused
 
     @classmethod
     def from_settings(
@@ -214,6 +218,19 @@ class AsyncTomato:
             raise ClientError(f"{e} — is tomato-mqtt running?", "unavailable") from None
         await self.requester.start()
         return self
+
+    def _login_refused(self, e: MqttRefused) -> None:
+        """The broker refuses this client's login for good since the connection was lost
+        (a password changed, the user removed): a follow, a stream or a wait ends with it
+        (`ketchup status --follow` said "trying again every 2 s" for ever: an admin's
+        tour). The client goes on trying: a later call works once the login is back."""
+        err = ClientError(
+            f"the broker at {self.url} no longer takes this client's login: {e} (was its"
+            " password changed or the user removed? connect again with the new one)",
+            "not_allowed",
+        )
+        for inbox in self._inboxes:
+            inbox.queue.put_nowait(err)
 
     async def close(self) -> None:
         for inbox in self._inboxes:  # what waits on them ends: ClientError "closed"

@@ -106,6 +106,9 @@ class AsyncClient(_LoopDriven):
         self._keepalive = keepalive
         self._reconnect_enabled = reconnect
         self._on_connect_hook = on_connect
+        #: called (in the loop) when the broker refuses to take this client back for good
+        #: (MqttRefused.final: its password changed, its user removed); it goes on trying
+        self.on_refused: Callable[[MqttRefused], None] | None = None
         self._clean_session = clean_session
         self._loop: asyncio.AbstractEventLoop | None = None
         self._paho: paho.Client | None = None
@@ -551,6 +554,11 @@ class AsyncClient(_LoopDriven):
                         self.url,
                         e,
                     )
+                    if isinstance(e, MqttRefused) and e.final and self.on_refused is not None:
+                        try:
+                            self.on_refused(e)
+                        except Exception:  # the owner's hook must not end the retries
+                            log.exception("on_refused hook of %s failed", self.client_id)
             except (OSError, MqttError, asyncio.TimeoutError) as e:
                 log.debug("%s: reconnect to %s failed: %s", self.client_id, self.url, e)
             self._retry_now.clear()
