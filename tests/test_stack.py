@@ -336,6 +336,50 @@ def test_restart_node_loads_its_drivers_anew_and_not_under_a_task(tmp_path: Path
                 break
             assert time.monotonic() < deadline, comps
             time.sleep(0.2)
+        # asked again at once, twice: started again at once each time, not held back as a
+        # crash loop (0.2, 0.4, 0.8 … s; a restart-node meanwhile said "no node answered")
+        for _ in range(2):
+            before = st.service_pid("node")
+            while True:  # (it answers once it is back online)
+                res = st.run("tomato", "restart-node", "local", "-t", "3")
+                if res.returncode == 0:
+                    break
+                assert time.monotonic() < deadline, res
+            while st.service_pid("node") in (None, before):
+                assert time.monotonic() < deadline, st.logs()
+                time.sleep(0.1)
+        supervisor = (st.logdir / "supervisor.log").read_text()
+        assert "node stopped on request (tomato restart-node)" in supervisor, supervisor
+        assert "node exited with code" not in supervisor, supervisor
+
+
+def test_a_restart_node_read_late_by_a_node_that_stood_still_is_not_carried_out(
+    tmp_path: Path,
+) -> None:
+    """Fault injection: `tomato restart-node --force` to a node stopped with SIGSTOP said
+    "no node local answered … is it running?", and the node restarted when it woke up,
+    8 s later, ending its running job ce. Read after its sender stopped waiting by a node
+    that stood still, it is not carried out; the job runs on."""
+    with running_stack(tmp_path) as st:
+        jobid = _running_long_job(st, tmp_path)
+        node = st.child_pid("node")
+        os.kill(node, signal.SIGSTOP)
+        try:
+            res = st.run("tomato", "restart-node", "local", "--force", "-t", "2")
+            assert res.returncode == 1, res
+            assert "does not carry this out when it wakes up" in res.stderr, res.stderr
+            time.sleep(6)  # silent for longer than others take it for gone (2.5 beats)
+        finally:
+            os.kill(node, signal.SIGCONT)
+        deadline = time.monotonic() + 20
+        log = st.logdir / "node-local.log"
+        while "not carried out (ask again)" not in log.read_text():
+            assert time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.2)
+        assert "shutting down on request" not in log.read_text()
+        assert st.child_pid("node") == node and st.job(jobid)["status"] == "r"
+        st.run("ketchup", "cancel", str(jobid), check=True)
+        st.wait_job(jobid, {"cd"}, timeout=30)
 
 
 def test_bad_devices_file_is_refused_with_file_and_reason(tmp_path: Path) -> None:

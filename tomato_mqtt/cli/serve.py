@@ -247,6 +247,10 @@ def node(
         )
     )
     svc.run_sync()
+    if svc.restart_requested and not by_hand:  # its supervisor starts it again at once
+        from tomato_mqtt.services.launch import EXIT_RESTART_REQUESTED
+
+        raise SystemExit(EXIT_RESTART_REQUESTED)
 
 
 # -- the command line -----------------------------------------------------------------------

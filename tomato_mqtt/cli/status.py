@@ -59,6 +59,8 @@ def restart_node(
     """Restart a node: its drivers are loaded anew (refused while it runs tasks)."""
     # a driver fixed on disk was used only once its node restarted, and no command did
     # that: an author killed the node's process (a driver author's tour)
+    import time
+
     from tomato_mqtt.cli import core
     from tomato_mqtt.cli.start_core import Done
 
@@ -66,9 +68,15 @@ def restart_node(
     reply = core.run_request(
         ctx,
         ctx.topics.node_cmd(name, "shutdown"),
-        {"force": force},
+        # a node that stood still and reads it after this does not carry it out (it
+        # restarted when it woke up, after this command said it failed: fault injection)
+        {"force": force, "deadline": round(time.time() + opts.timeout, 3)},
         timeout=opts.timeout,
         who=f"node {name}",
+        unanswered=(
+            " (a node that stands still, e.g. stopped with SIGSTOP, does not carry this "
+            "out when it wakes up: ask again then)"
+        ),
     )
     if not reply.success:
         opts.output().reply(reply)

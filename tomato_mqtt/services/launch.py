@@ -14,6 +14,7 @@ from pathlib import Path
 __all__ = [
     "BROKER_CONFIG_ENV",
     "EXIT_CANNOT_LISTEN",
+    "EXIT_RESTART_REQUESTED",
     "EXIT_STOP_REQUESTED",
     "LISTEN_FD_ENV",
     "PRELOADED",
@@ -36,6 +37,11 @@ __all__ = [
 EXIT_STOP_REQUESTED = 3
 #: ``tomato broker`` exits with this when a listener cannot bind (a port is taken)
 EXIT_CANNOT_LISTEN = 4
+#: a node exits with this after a ``shutdown`` request (``tomato restart-node``): the
+#: supervisor starts it again at once, not counted as a crash (a restart asked for within
+#: a few seconds of the last waited 0.2, 0.4 … 3.2 s, and `restart-node` meanwhile said
+#: "no node answered": fault injection)
+EXIT_RESTART_REQUESTED = 5
 #: the environment variable that hands the bound MQTT socket's fd to ``tomato broker``
 LISTEN_FD_ENV = "TOMATO_MQTT_LISTEN_FD"
 #: the broker's configuration as JSON, checked by ``tomato start`` already: the broker

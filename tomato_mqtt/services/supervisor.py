@@ -54,6 +54,7 @@ from tomato_mqtt.services.base import cancel_and_wait
 from tomato_mqtt.services.launch import (
     BROKER_CONFIG_ENV,
     EXIT_CANNOT_LISTEN,
+    EXIT_RESTART_REQUESTED,
     EXIT_STOP_REQUESTED,
     LISTEN_FD_ENV,
     PRELOAD_ENV,
@@ -455,6 +456,11 @@ class Supervisor:
                 log.info("scheduler stopped on request: stopping the stack")
                 self._stop.set()
                 return
+            if c.name == "node" and rc == EXIT_RESTART_REQUESTED:
+                log.info("node stopped on request (tomato restart-node): starting it again")
+                c.restarts += 1
+                c.proc = None
+                continue
             now = time.monotonic()
             first = c.name == "broker" and c.restarts == 0
             # a broker that exited by itself soon after its first start never served (a

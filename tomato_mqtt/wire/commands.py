@@ -303,6 +303,12 @@ class ShutdownArgs(_Args):
     """Destructive, so strict: unknown keys and non-booleans are refused, not defaulted."""
 
     force: bool = False
+    deadline: float | None = Field(
+        default=None,
+        description="when the sender stops waiting for the answer (s since the epoch, its "
+        "clock): a node that stood still (SIGSTOP, a suspended VM) and reads the request "
+        "after it does not carry it out (the sender was told that nothing answered)",
+    )
 
 
 class ConfigureData(_Data):

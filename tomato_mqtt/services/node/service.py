@@ -127,6 +127,9 @@ SLOW_CONNECT = 10.0
 
 #: heartbeats a node may miss before another of its name takes it for gone
 GONE_AFTER = 2.5
+#: s after a node found it had stood still that a shutdown read past its deadline is not
+#: carried out (_op_shutdown)
+THAWED_FOR = 10.0
 
 
 class _Liveness:
@@ -186,6 +189,10 @@ class NodeService(Service):
         self._claimed: bool | None = None
         #: when it last said it is online (monotonic; None: not yet)
         self._beat_at: float | None = None
+        #: when it last found itself silent for longer than others wait (_may_speak)
+        self._thawed_at: float | None = None
+        #: stopped by a ``shutdown`` request (``tomato restart-node``)
+        self.restart_requested = False
         #: the check of its name after a freeze, while it runs (_may_speak)
         self._recheck: asyncio.Future[bool] | None = None
         #: a status it could not say: the check of its name found no broker to ask (it
@@ -488,6 +495,7 @@ class NodeService(Service):
         if self._claimed is False:
             return False
         if self._silent():
+            self._thawed_at = time.monotonic()  # (a late shutdown is not carried out)
             if self._recheck is None or self._recheck.done():
                 self._recheck = asyncio.ensure_future(self._claim_name(after_freeze=True))
             try:
@@ -499,6 +507,12 @@ class NodeService(Service):
                 self._said_later(e)
                 return False
         return True
+
+    def _stood_still(self) -> bool:
+        """Whether this node stood still (silent longer than others take it for gone) up
+        to now or within the last THAWED_FOR s."""
+        thawed = self._thawed_at is not None and time.monotonic() - self._thawed_at < THAWED_FOR
+        return thawed or self._silent()
 
     def _silent(self) -> bool:
         """Whether this node said nothing for longer than others take it for gone."""
@@ -827,12 +841,25 @@ class NodeService(Service):
         # destructive: only a well-formed request ({} or {"force": true|false}); the
         # broker's ACL lets only an admin send it (docs/security.md)
         a = ShutdownArgs.model_validate(args)
+        late = None if a.deadline is None else time.time() - a.deadline
+        if late is not None and late > 0 and self._stood_still():
+            # read after its sender was told nothing answered: a frozen node restarted when
+            # it woke up, ending a running job ce (fault injection: `tomato restart-node`
+            # said it failed, twice, and both were carried out 8 s later)
+            why = (
+                f"node {self.name} stood still (a SIGSTOP, a suspended VM?) and read this "
+                f"shutdown {late:.0f} s after its sender stopped waiting for the answer: not "
+                "carried out (ask again)"
+            )
+            log.warning("node %s: %s", self.name, why)
+            raise CommandError(why, code="conflict")
         running = [n for n, hc in self.components.items() if hc.state == "running"]
         if running and not a.force:
             raise CommandError(
                 f"node {self.name} has running tasks on {', '.join(running)}", code="conflict"
             )
         log.warning("node %s: shutting down on request (force=%s)", self.name, a.force)
+        self.restart_requested = True  # (its exit code says so: cli/serve.py)
         self.request_stop()
         return Result(f"node {self.name} shutting down")
 
