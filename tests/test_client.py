@@ -410,6 +410,15 @@ async def test_every_failure_is_a_client_error_with_a_code(
             with pytest.raises(ClientError) as e:
                 await coro
             assert e.value.code == code and words in str(e.value), e.value
+        # a user's unknown op on a component names the component and the ops a user may
+        # send (it named the node and offered task_start, ack, replay: an integrator's tour)
+        cmp = "example_counter:(example-addr,1)"
+        rep = await t.request(t.topics.component_user_cmd(cmp, "frob"), {}, timeout=5)
+        assert rep.code == "unknown_op", rep
+        assert rep.msg == (
+            f"unknown operation 'frob' on component {cmp} (node local) (known: get_attr,"
+            " measure, register, reset, set_attr, status)"
+        ), rep.msg
         assert st.scheduler is not None
         # keywords are args too: they were ignored (a newcomer got the scheduler section
         # for what="nodes", and bogus=1 succeeded)

@@ -173,9 +173,11 @@ async def test_duplicated_request_id_is_answered_once(broker: RunningBroker, ins
 
 
 async def test_reply_to_outside_the_instance_is_ignored(
-    broker: RunningBroker, instance: str
+    broker: RunningBroker, instance: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """A responder never publishes replies outside its own root (no reflection attacks)."""
+    """A responder never publishes replies outside its own root (no reflection attacks);
+    a malformed one is dropped with a line in the log too (it was dropped silently: an
+    integrator's tour)."""
     topics = Topics(instance)
     svc = Echo()
     async with (
@@ -192,11 +194,21 @@ async def test_reply_to_outside_the_instance_is_ignored(
         await cli.subscribe(empty, handler=got.put_nowait)
         rogue = encode(Request(id="r-2", reply_to=empty, args={"n": 2}))
         await cli.publish(topics.scheduler_cmd("echo"), rogue)
+        malformed = (
+            b'{"schema": 2, "id": "r-3", "reply_to": "' + outside.encode() + b'", "args": []}'
+        )
+        await cli.publish(topics.scheduler_cmd("echo"), malformed)
         reply = await Requester(cli, topics).request(topics.scheduler_cmd("echo"), timeout=T)
         assert reply.success
         # replies leave the responder in order: a reply to the rogue request would be here
         assert got.empty()
         assert svc.calls == [{}]
+        said = [
+            r.getMessage()
+            for r in caplog.records
+            if "dropped a malformed request" in r.getMessage()
+        ]
+        assert said and "reply_to elsewhere/reply/x outside the requester's" in said[0], said
 
 
 async def test_one_login_s_flood_is_dropped_and_the_others_are_answered(

@@ -112,11 +112,15 @@ async def test_malformed_requests_get_an_error_reply_and_scheduler_keeps_serving
                     t.scheduler_cmd("job_status"),
                     b'{"id": "m4", "reply_to": "%s", "args": {"jobids": "x"}}',
                 ),
+                # a number for an id (a JavaScript client's): answered with it as text,
+                # not "" (an integrator's tour: the reply could not be matched)
+                (t.scheduler_cmd("status"), b'{"id": 12345, "reply_to": "%s", "args": {}}'),
             ]
             for topic, raw in bad:
                 await c.publish(topic, raw % reply_to.encode())
             replies = {r.id: r for r in [await asyncio.wait_for(got.get(), 10) for _ in bad]}
-        assert set(replies) == {"m1", "m2", "m3", "m4"}
+        assert set(replies) == {"m1", "m2", "m3", "m4", "12345"}
+        assert "id: Input should be a valid string" in replies["12345"].msg, replies["12345"]
         assert not any(r.success for r in replies.values())
         assert "not JSON" in replies["m1"].msg or "JSON" in replies["m1"].msg, replies["m1"]
         assert "unknown operation 'no_such_op'" in replies["m2"].msg

@@ -396,9 +396,9 @@ def test_a_restart_node_read_late_by_a_node_that_stood_still_is_not_carried_out(
         # injection saw one cut off: "restarted mid-task … is gone", its count unknown;
         # not seen here)
         os.kill(node, signal.SIGSTOP)
+        restart = [BIN / "tomato", "restart-node", "local", "--force", "-t", "30"]
         asked = subprocess.Popen(  # read the moment the node wakes up: carried out then
-            [BIN / "tomato", "restart-node", "local", "--force", "-t", "30"]
-            + ["-p", str(st.port), "-A", str(st.appdir)],
+            [*restart, "-p", str(st.port), "-A", str(st.appdir)],
             env=cli_env(st.env, "tomato", "restart-node"),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,

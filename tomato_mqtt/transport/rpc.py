@@ -25,7 +25,7 @@ import re
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -244,7 +244,9 @@ def _check_data(cmd: Command, data: JsonValue) -> None:
 
 
 _REPLY_TO = re.compile(rb'"reply_to"\s*:\s*"([^"\\]+)"')
-_ID = re.compile(rb'"id"\s*:\s*"([^"\\]+)"')
+#: a request's id as it came, text or a number: a JavaScript client's numeric id was
+#: answered with "" and could not match its reply (an integrator's tour)
+_ID = re.compile(rb'"id"\s*:\s*(?:"([^"\\]+)"|(-?[0-9][0-9.eE+-]*))')
 
 
 class ReplyJournal(Protocol):
@@ -292,8 +294,13 @@ class Responder:
         on_fault: Callable[[BaseException], str | None] | None = None,
         per_login: bool = False,
         bytes_per_request: int = 0,
+        users_ops: Collection[str] | None = None,
     ) -> None:
         self.client = client
+        #: the ops a request on a ``{user}`` topic may name, as an unknown op's reply
+        #: lists them (None: every op of the table); a user's unknown op on a component
+        #: was offered the services' own (task_start, ack, replay: an integrator's tour)
+        self.users_ops = users_ops
         #: requests of one login over REQUESTS_PER_S (bursts of REQUESTS_BURST) dropped
         self.per_login = per_login
         #: with ``per_login``: a reply counts as one request per this many bytes of it, so
@@ -367,12 +374,17 @@ class Responder:
             b[0] = max(b[0] - requests, -float(REQUESTS_BURST))
 
     async def handle(
-        self, msg: Message, op: str, handlers: Mapping[str, Handler] | None = None
+        self,
+        msg: Message,
+        op: str,
+        handlers: Mapping[str, Handler] | None = None,
+        where: str | None = None,
     ) -> None:
         """Handle one request message published on ``.../cmd/<op>``.
 
         ``handlers`` replaces the table for this call (e.g. bound to one component),
-        sharing the de-duplication memory of this responder.
+        sharing the de-duplication memory of this responder; ``where`` names what they
+        are bound to in an unknown op's reply (the responder's name otherwise).
         """
         table = self.handlers if handlers is None else handlers
         parsed = self.topics.parse(msg.topic)
@@ -423,11 +435,12 @@ class Responder:
 
         handler = table.get(op)
         if handler is None:
-            known = ", ".join(sorted(table))
+            ops = table if user is None or self.users_ops is None else self.users_ops
+            known = ", ".join(sorted(o for o in ops if o in table))
             reply = Reply(
                 id=req.id,
                 success=False,
-                msg=f"unknown operation {op!r} on {self.name} (known: {known})",
+                msg=f"unknown operation {op!r} on {where or self.name} (known: {known})",
                 code="unknown_op",
             )
         else:
@@ -602,9 +615,17 @@ class Responder:
         reply_to = m.group(1).decode(errors="replace")
         parsed = self.topics.parse(msg.topic)
         if not self._reply_allowed(reply_to, parsed.user if parsed is not None else None):
+            log.warning(
+                "%s: dropped a malformed request on %s with reply_to %s outside the "
+                "requester's reply topics: %s",
+                self.name,
+                msg.topic,
+                reply_to[:200],
+                reason,
+            )
             return
         idm = _ID.search(msg.payload)
-        rid = idm.group(1).decode(errors="replace")[:MAX_ID] if idm else ""
+        rid = (idm.group(1) or idm.group(2)).decode(errors="replace")[:MAX_ID] if idm else ""
         await self._send(reply_to, Reply(id=rid, success=False, msg=reason, code="bad_request"))
 
     async def _send(self, topic: str, reply: Reply) -> None:

@@ -26,6 +26,7 @@ from typing import Any
 from pydantic import JsonValue
 
 from tomato_mqtt import __version__
+from tomato_mqtt.config.roles import CMP_ADMIN_OPS
 from tomato_mqtt.config.statefiles import opened
 from tomato_mqtt.driver import TaskEnd, discovery
 from tomato_mqtt.driver.discovery import DriverNotFound
@@ -306,6 +307,7 @@ class NodeService(Service):
             kind="component",
             max_reply=self.config.max_message,
             per_login=secured,
+            users_ops=CMP_ADMIN_OPS,  # (what a user may send; the rest are the services')
         )
         if self._configured is None:  # before anything can answer: the first connect
             self._configured = asyncio.Event()
@@ -728,7 +730,9 @@ class NodeService(Service):
         table: dict[str, Handler] = {
             op_name: functools.partial(method, hc) for op_name, method in self.ops.table().items()
         }
-        await self._cmp_responder.handle(msg, op, table)
+        await self._cmp_responder.handle(
+            msg, op, table, where=f"component {name} (node {self.name})"
+        )
 
     # -- node operations -----------------------------------------------------------------
     async def _op_configure(self, args: Mapping[str, JsonValue]) -> Result:
