@@ -101,7 +101,14 @@ def test_user_changes_that_would_cut_the_stack_off_are_refused(tmp_path: Path) -
     assert (app / "users").read_bytes() == before
     listed = tomato(app, "user", "list").stdout
     assert "tomato-scheduler  scheduler (a service's, kept by tomato start)" in listed, listed
-    # said, not refused: a node's login made a reader, this PC's login no more an admin
+    # said, not refused: a node's password changed (an admin's tour: nothing said what
+    # it does to the node and its running tasks), a node's login made a reader, this
+    # PC's login no more an admin
+    res = tomato(app, "user", "passwd", "pc2", "--password", "p2")
+    assert res.returncode == 0 and "pc2 is the login of the node pc2" in res.stdout, res
+    assert "Give node pc2 the new password" in res.stdout, res
+    res = tomato(app, "user", "add", "wall", "--role", "dashboard", "--password", "w")
+    assert "added wall (reader, which dashboard is a name of)" in res.stdout, res  # as listed
     res = tomato(app, "user", "role", "pc2", "reader")
     assert res.returncode == 0 and "pc2 was the login of the node pc2" in res.stdout, res
     assert tomato(app, "user", "add", "bob", "--role", "admin", "--password", "b").returncode == 0

@@ -120,18 +120,30 @@ def _edit(
         fail(str(e))
     u = users.users.get(name)
     data = {"user": name, "role": u.role if u else None, "file": str(path)}
-    notes = _notes(opts, name, before.role if before else None, u.role if u else None)
+    notes = _notes(opts, name, before.role if before else None, u.role if u else None, what)
     _reply(opts, f"{change} ({path}){notes}{_external_hint(opts)}", data)
 
 
-def _notes(opts: common.Opts, name: str, was: str | None, now: str | None) -> str:
-    """What else a change of ``name``'s role (``was`` -> ``now``; None: none) touches:
-    this PC's own CLI login, a node that logs in so."""
+def _notes(
+    opts: common.Opts, name: str, was: str | None, now: str | None, what: str = "role"
+) -> str:
+    """What else a change of ``name``'s role (``was`` -> ``now``; None: none) or password
+    touches: this PC's own CLI login, a node that logs in so."""
     from tomato_mqtt.config.roles import node_of_role
 
     out = ""
     node = node_of_role(was)
-    if node is not None and now != was:
+    if node is not None and what == "passwd":
+        # (an admin's tour: a node's password rotated during a job, no word of what it
+        # does; the node retried the old one for good, and its job ended ce)
+        out += (
+            f"; {name} is the login of the node {node}: the broker closes its connections "
+            "(the embedded one within a second, an external one once it reads its files "
+            "again), and it cannot come back with the old password; tasks it runs end ce. "
+            f"Give node {node} the new password (its --broker URL, or [mqtt] password on "
+            "its PC) and restart it, best while it runs no task"
+        )
+    elif node is not None and now != was:
         out += (
             f"; {name} was the login of the node {node}: while it logs in so, the broker "
             "drops what it publishes without a word, and its jobs end ce (restart it with "
@@ -197,8 +209,20 @@ def add(
     """Add a user with a role (argon2 hash; asks for the password unless given)."""
     path = users_path(file, as_path(opts.appdir))
     pw = _password(password, password_stdin)
-    change = f"added {name} ({role})"
+    change = f"added {name} ({_role_said(role)})"
     _edit(path, change, lambda u: u.add(name, pw, role), opts, name, "add", role, force)
+
+
+def _role_said(role: str) -> str:
+    """A role as `tomato user list` shows it: ``reader (dashboard is its other name)``
+    for the alias (`add --role dashboard` said "dashboard", `list` then "reader")."""
+    from tomato_mqtt.config.roles import parse_role
+
+    try:
+        canonical = parse_role(role)
+    except ValueError:
+        return role  # (refused with its own message)
+    return canonical if canonical == role.strip() else f"{canonical}, which {role} is a name of"
 
 
 @app.command("passwd")
@@ -226,7 +250,7 @@ def role(
 ) -> None:
     """Change a user's role."""
     path = users_path(file, as_path(opts.appdir))
-    change = f"{name} is now {new_role}"
+    change = f"{name} is now {_role_said(new_role)}"
     set_role = lambda u: u.set_role(name, new_role)  # noqa: E731
     _edit(path, change, set_role, opts, name, "role", new_role, force)
 
