@@ -528,8 +528,9 @@ async def test_one_login_s_connections_together_hold_at_most_max_queued_bytes(
         await security_env.stop(b)
 
 
+@pytest.mark.parametrize("per_login", [32, 0])  # (0: no connection limit, the bound stays)
 async def test_people_s_logins_together_hold_at_most_max_queued_bytes_people(
-    tmp_path: Path, instance: str, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, instance: str, caplog: pytest.LogCaptureFixture, per_login: int
 ) -> None:
     """A hostile tour: three readers' connections that never read, each login under its
     own bound, took the broker from 118 to 474 MB (as many logins, as many times that).
@@ -538,7 +539,7 @@ async def test_people_s_logins_together_hold_at_most_max_queued_bytes_people(
     from tests import security_env
 
     b = await security_env.start_amqtt(
-        tmp_path, instance, max_queued=256 * 1024, max_people=400 * 1024
+        tmp_path, instance, per_login, max_queued=256 * 1024, max_people=400 * 1024
     )
     socks: list[socket.socket] = []
     held: list[int] = []
@@ -576,7 +577,7 @@ async def test_people_s_logins_together_hold_at_most_max_queued_bytes_people(
         said = [r.getMessage() for r in caplog.records if "people's logins" in r.getMessage()]
         assert said and "max_queued_bytes_people 409600" in said[0], said
         # without it, 1.14 MB (three logins, each held to 256 kB, and what is under way):
-        # held to the bound, give or take a message or two under way (420 kB)
+        # held to the bound, give or take a message a login (480 kB)
         assert 0 < max(held) < 400 * 1024 + 3 * 60_000, max(held)
     finally:
         for s_ in socks:
@@ -620,6 +621,10 @@ async def test_a_follow_ends_when_the_broker_no_longer_takes_its_login(
                 await asyncio.wait_for(following, 15)
             assert e.value.code == "not_allowed", e.value
             assert "no longer takes this client's login" in str(e.value), e.value
+            # one started afterwards is told at once (not `unavailable` after its wait)
+            with pytest.raises(ClientError) as e:
+                await asyncio.wait_for(rita.wait(job.id), 3)
+            assert e.value.code == "not_allowed", e.value
 
 
 async def test_one_login_queues_at_most_its_jobs(tmp_path: Path, instance: str) -> None:

@@ -562,6 +562,23 @@ def test_a_device_call_behind_a_hung_one_says_so_within_its_wait(rig: Rig) -> No
         release.set()
         t.join(5)
     assert rig.runner.device_call(lambda: "free", wait=0.3) == "free"  # it returned
+    # behind another device call that hangs (a set_attr), that call is named, not a task
+    held.clear()
+    release.clear()
+
+    def hung_set(attr: str, val: object) -> None:
+        held.set()
+        release.wait(10)
+
+    t = threading.Thread(target=rig.runner.device_call, args=(hung_set, "level", 1))
+    t.start()
+    try:
+        assert held.wait(5)
+        with pytest.raises(DriverBusy, match="the driver is in a call of hung_set for over"):
+            rig.runner.device_call(rig.dev.get_attr, "level", wait=0.3)
+    finally:
+        release.set()
+        t.join(5)
 
 
 def test_driver_wide_constants_set_on_the_class_reach_every_device() -> None:

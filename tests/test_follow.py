@@ -256,3 +256,44 @@ async def test_a_follower_says_when_the_broker_is_lost_and_back(
         assert again.decode().strip() == "connected again: following", again
         assert b"client-" not in said + again + err, err
         assert proc.returncode == 1 and f"job {job.id}: cd".encode() in rest, rest
+
+
+async def test_restart_node_asks_an_older_node_without_its_deadline(
+    broker: RunningBroker, tmp_path: Path, instance: str
+) -> None:
+    """A review: `tomato restart-node` sends a `deadline` that a node of an older version
+    (an instrument PC not upgraded yet) refuses as an unknown argument (`bad_request`,
+    its args strict). It asks such a node again without it."""
+    from tomato_mqtt.transport.client import AsyncClient, Message
+    from tomato_mqtt.wire.messages import Reply, Request, decode, encode
+    from tomato_mqtt.wire.topics import Topics
+
+    t = Topics(instance)
+    asked: list[dict[str, object]] = []
+    async with AsyncClient(broker.url, client_id=f"old-node-{instance}") as old:
+
+        async def answer(msg: Message) -> None:
+            req = decode(Request, msg.payload)
+            asked.append(dict(req.args))
+            if "deadline" in req.args:  # as a node before it answers
+                said = "bad args for 'shutdown': deadline: Extra inputs are not permitted"
+                rep = Reply(id=req.id, success=False, code="bad_request", msg=said)
+            else:
+                rep = Reply(id=req.id, success=True, msg="node pc9 shutting down")
+            await old.publish(req.reply_to, encode(rep), qos=1)
+
+        await old.subscribe(
+            t.node_cmd("pc9", "shutdown"),
+            handler=lambda m: asyncio.get_running_loop().create_task(answer(m)),
+        )
+        (tmp_path / "app").mkdir()
+        (tmp_path / "app" / "settings.toml").write_text(f'[mqtt]\ninstance = "{instance}"\n')
+        proc = await asyncio.create_subprocess_exec(
+            str(BIN / "tomato"), "restart-node", "pc9", "-A", str(tmp_path / "app"),
+            "-p", str(broker.port), stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )  # fmt: skip
+        out, _ = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, out.decode()
+    assert "node pc9 shutting down" in out.decode(), out.decode()
+    assert [sorted(a) for a in asked] == [["deadline", "force"], ["force"]], asked

@@ -628,7 +628,12 @@ async def test_a_component_moved_to_a_node_not_started_says_so(
         await st.call("pipeline_load", {"pipeline": "pip-counter-1", "sampleid": "counter_1_0.1"})
         await st.call("pipeline_ready", {"pipeline": "pip-counter-1"})
         job = await st.call("job_submit", {"payload": doc, "submit_dir": str(tmp_path)})
-        waiting = await st.wait_job(job.id, {"qw"})
+        for _ in range(100):  # (`q`: no pipeline can run it while the node is away)
+            waiting = await st.call("job_status", {"jobids": [job.id]})
+            waiting = waiting[0] if isinstance(waiting, list) else waiting
+            if waiting.reason:
+                break
+            await asyncio.sleep(0.1)
         assert waiting.reason and "its node 'pc2' is not online" in waiting.reason, waiting
         assert "tomato node --name pc2" in waiting.reason, waiting
         await st.call("job_cancel", {"jobids": [job.id]})

@@ -51,11 +51,11 @@ class BrokerConfig:
     #: the lab's data since
     max_queued_bytes: int = 32 * 1024 * 1024
     #: bytes of messages the broker may hold for the connections of people's logins
-    #: (admin, operator, reader) together, on a secured broker; past it, a connection of
-    #: theirs with more than a little waiting (``SPARED`` bytes) gets no more until it
-    #: takes what it has. Each login's own bound (max_queued_bytes) let three readers'
-    #: non-reading connections take the broker from 118 to 474 MB, a hostile tour: as
-    #: many logins, as many times that. The services' logins are not held to it
+    #: (admin, operator, reader) together, on a secured broker; past it, a login holding
+    #: its share of it or more gets no more until it takes what it has. Each login's own
+    #: bound (max_queued_bytes) let three readers' non-reading connections take the
+    #: broker from 118 to 474 MB, a hostile tour: as many logins, as many times that.
+    #: The services' logins are not held to it
     max_queued_bytes_people: int = 64 * 1024 * 1024
     #: messages kept for a persistent session (clean_session false) while its client is
     #: away; beyond it, newer ones are dropped and the log says so, as Mosquitto's

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -65,19 +65,26 @@ def restart_node(
     from tomato_mqtt.cli.start_core import Done
 
     ctx = opts.context()
-    reply = core.run_request(
-        ctx,
-        ctx.topics.node_cmd(name, "shutdown"),
-        # a node that stood still and reads it after this does not carry it out (it
-        # restarted when it woke up, after this command said it failed: fault injection)
-        {"force": force, "deadline": round(time.time() + opts.timeout, 3)},
-        timeout=opts.timeout,
-        who=f"node {name}",
-        unanswered=(
-            " (a node that stands still, e.g. stopped with SIGSTOP, does not carry this "
-            "out when it wakes up: ask again then)"
-        ),
-    )
+
+    def ask(args: dict[str, object]) -> Any:
+        return core.run_request(
+            ctx,
+            ctx.topics.node_cmd(name, "shutdown"),
+            args,
+            timeout=opts.timeout,
+            who=f"node {name}",
+            unanswered=(
+                " (a node silent for longer than 2.5 heartbeats, e.g. stopped with "
+                "SIGSTOP, does not carry this out when it wakes up; one silent for less "
+                "may: `tomato status nodes` shows it back)"
+            ),
+        )
+
+    # a node that stood still and reads it after this does not carry it out (it
+    # restarted when it woke up, after this command said it failed: fault injection)
+    reply = ask({"force": force, "deadline": round(time.time() + opts.timeout, 3)})
+    if not reply.success and reply.code == "bad_request" and "deadline" in (reply.msg or ""):
+        reply = ask({"force": force})  # a node of an older version: without it
     if not reply.success:
         opts.output().reply(reply)
     opts.output().reply(

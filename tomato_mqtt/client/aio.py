@@ -197,6 +197,8 @@ class AsyncTomato:
         self.requester = Requester(self.mqtt, self.topics, max_request)
         self._inboxes: set[_Inbox] = set()  # of the follows and streams under way
         self.mqtt.on_refused = self._login_refused
+        #: why the broker no longer takes this login back, while it is not connected
+        self._login_gone: ClientError | None = None
 
     @classmethod
     def from_settings(
@@ -229,8 +231,18 @@ class AsyncTomato:
             " password changed or the user removed? connect again with the new one)",
             "not_allowed",
         )
+        self._login_gone = err
         for inbox in self._inboxes:
             inbox.queue.put_nowait(err)
+
+    def _check_refused(self) -> None:
+        """A follow or stream started after the refusal is told at once (it waited for
+        its subscription's answer, then said `unavailable`: a review)."""
+        if self._login_gone is not None:
+            if self.mqtt.is_connected:  # taken back meanwhile
+                self._login_gone = None
+            else:
+                raise self._login_gone
 
     async def close(self) -> None:
         for inbox in self._inboxes:  # what waits on them ends: ClientError "closed"
@@ -632,6 +644,7 @@ class AsyncTomato:
         (refreshed with its heartbeat). Subscribes first, then asks, so nothing between
         the two is missed.
         """
+        self._check_refused()
         inbox = _Inbox()
         self._inboxes.add(inbox)
         filters = (
@@ -704,6 +717,7 @@ class AsyncTomato:
         has not ended ``timeout`` s after the call (a job that waits for its sample
         would otherwise keep the loop waiting for ever).
         """
+        self._check_refused()
         inbox = _Inbox()
         self._inboxes.add(inbox)
         data, status = self.topics.all_component_data(), self.topics.job_status(jobid)

@@ -94,6 +94,8 @@ class TaskRunner(abc.ABC, Generic[D]):
         #: one call into the driver at a time: the runner's own (tasks, measurements,
         #: reset, close) and the node's (attribute reads and writes, status)
         self._dev_lock = threading.RLock()
+        #: what a device_call holding the lock calls (None: the runner's own calls)
+        self._holder: str | None = None
         self._setup()
         name = f"{self.thread_prefix}-{self.key[0]},{self.key[1]}"
         self._thread = threading.Thread(target=self._worker, name=name, daemon=True)
@@ -110,19 +112,22 @@ class TaskRunner(abc.ABC, Generic[D]):
         ``wait``: at most so many seconds for another call to end, then
         :class:`DriverBusy` (None: for as long as it takes)."""
         if not self._dev_lock.acquire(timeout=-1 if wait is None else wait):
-            run = self._run
-            what = (
-                f"the do_task of task {_describe(run.task)}"
-                if run is not None
-                else "another call (a reset, an attribute read or write)"
-            )
+            run, holder = self._run, self._holder
+            if holder is not None:  # another call of this kind (a set_attr that hangs)
+                what = f"a call of {holder}"
+            elif run is not None:
+                what = f"the do_task of task {_describe(run.task)}"
+            else:
+                what = "another call (a reset, an attribute read or write)"
             raise DriverBusy(
                 f"the driver is in {what} for over {wait:g} s (a call that has not "
                 "returned: a hung instrument?), and takes no other call until it returns"
             )
+        self._holder = getattr(fn, "__name__", None)  # (said by a call that waits)
         try:
             return fn(*args)
         finally:
+            self._holder = None
             self._dev_lock.release()
 
     def device_call_now(self, fn: Callable[[], T]) -> T | None:

@@ -63,7 +63,11 @@ class QueuePass:
         out = {}
         for name, c in self.svc.layout.components.items():
             meta = self.svc.metas.get(name)
-            node = self.svc.node_of(name)
+            if meta is not None and meta.node != c.node:
+                meta = None  # a node's it was moved from: not registered where it is now
+            # its host as the devices file says, whose name the reasons give (they named
+            # a node online while the meta's, of a node stopped, was not: a review)
+            node = self.svc.nodes.get(c.node)
             online = node is not None and node.state == "online"
             caps = frozenset(meta.capabilities) if meta and meta.registered else None
             st = self.svc.component_status(name) if caps is None else None
