@@ -585,6 +585,51 @@ async def test_people_s_logins_together_hold_at_most_max_queued_bytes_people(
         await security_env.stop(b)
 
 
+async def test_a_login_s_bound_counts_what_waits_in_its_write_buffers(
+    tmp_path: Path, instance: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A hostile tour: a delivery given up after DELIVERY_WAIT (10 s) released its bytes
+    from the login's and the people's counts while its message stayed in the
+    connection's write buffer, so three readers' non-reading connections took the
+    broker from 102 to 560 MB in 150 s, past both bounds. The broker sums its write
+    buffers at each tick (0.5 s) and holds a login to them too."""
+    from tomato_mqtt_broker import server
+
+    from tests import security_env
+
+    monkeypatch.setattr(server, "DELIVERY_WAIT", 0.3)  # (given up at once, not in 10 s)
+    b = await security_env.start_amqtt(tmp_path, instance, max_queued=256 * 1024)
+    socks: list[socket.socket] = []
+    buffered: list[int] = []
+    try:
+        topic = b.topics.scheduler_status()
+        socks = [await asyncio.to_thread(_unread, b.port, "rita", topic) for _ in range(4)]
+        broker = b._broker._broker  # type: ignore[union-attr]
+
+        def rita_s() -> int:
+            return sum(
+                server._buffered(h)
+                for s_, h in broker._sessions.values()
+                if h is not None and s_.username == "rita"
+            )
+
+        async with AsyncClient(b.url("sched"), client_id=f"sched-{instance}") as sched:
+            # 12 MB, in bursts further apart than DELIVERY_WAIT: past what the kernel
+            # takes of each connection (tcp_wmem, 4 MB), the rest waits in the broker
+            for i in range(200):
+                await sched.publish(topic, b"x" * 60_000, qos=0)
+                if i % 10 == 9:
+                    await asyncio.sleep(0.6)
+                    buffered.append(rita_s())
+        # each connection alone stops at 256 kB (1 MB for the four): the login's bound,
+        # with what its buffers hold, keeps the four near 256 kB (a tick's worth over)
+        assert max(buffered) < 256 * 1024 + 6 * 60_000, buffered
+    finally:
+        for s_ in socks:
+            s_.close()
+        await security_env.stop(b)
+
+
 async def test_a_follow_ends_when_the_broker_no_longer_takes_its_login(
     tmp_path: Path, instance: str
 ) -> None:

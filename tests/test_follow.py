@@ -297,3 +297,22 @@ async def test_restart_node_asks_an_older_node_without_its_deadline(
     assert proc.returncode == 0, out.decode()
     assert "node pc9 shutting down" in out.decode(), out.decode()
     assert [sorted(a) for a in asked] == [["deadline", "force"], ["force"]], asked
+
+
+async def test_a_shutdown_read_well_past_its_deadline_is_not_carried_out(
+    broker: RunningBroker, tmp_path: Path, instance: str
+) -> None:
+    """A hostile tour: two operators' floods of requests held a node up 13 s; it then
+    read an admin's `restart-node`, which had said "no node answered", and restarted.
+    A shutdown read more than 2 s past its deadline is refused (not only after a
+    freeze); one within its deadline is carried out."""
+    import time
+
+    async with inproc_stack(broker.port, tmp_path, instance) as st:
+        topic = st.topics.node_cmd("local", "shutdown")
+        rep = await st.raw(topic, {"deadline": time.time() - 10})
+        assert not rep.success and rep.code == "conflict", rep
+        assert "read this shutdown 10 s after its sender stopped waiting" in (rep.msg or ""), rep
+        assert st.node is not None and not st.node.stopping
+        rep = await st.raw(topic, {"deadline": time.time() + 5})
+        assert rep.success and "shutting down" in (rep.msg or ""), rep
