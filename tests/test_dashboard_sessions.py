@@ -18,7 +18,7 @@ import pytest
 
 from tests.browser import running_dashboard
 from tests.inproc import running
-from tests.security_env import SecureBroker, scheduler_settings, secured
+from tests.security_env import USERS, SecureBroker, scheduler_settings, secured
 from tests.stack import free_port
 from tomato_mqtt.config.url import BrokerURL
 from tomato_mqtt.services.dashboard.sessions import LoginFailed, Session, Sessions
@@ -82,6 +82,31 @@ async def test_wrong_passwords_from_one_address_do_not_keep_the_user_out() -> No
             await ss.sign_in("otto", "wrong", peer=f"192.0.2.{100 + i}")
     with pytest.raises(LoginFailed, match="try again in"):
         await ss.sign_in("otto", "wrong", peer="192.0.2.250")
+
+
+async def test_guesses_from_many_addresses_do_not_keep_a_user_out_of_their_own(
+    tmp_path: Path, instance: str
+) -> None:
+    """A hostile tour: wrong passwords for ada from 17 addresses, then one each time the
+    wait lapsed, kept ada out (her right password refused 40 of 40 times: "55 failed
+    sign-ins for 'ada' in a row"). An address the login signed in from is not held by
+    the login's own wait; the others still are."""
+    async with (
+        secured("amqtt", tmp_path / "b", instance) as b,
+        running(SchedulerService(scheduler_settings(b, tmp_path))),
+    ):
+        ss = Sessions(BrokerURL.parse(b.url()), instance, read_only=False)
+        pw = USERS["olga"][0]
+        s = await ss.sign_in("olga", pw, peer="192.0.2.10")  # her own PC, earlier
+        ss.end(s, "signed out")
+        for i in range(Sessions.FREE_FAILURES_PER_LOGIN + 5):  # guesses from elsewhere
+            with contextlib.suppress(LoginFailed):
+                await ss.sign_in("olga", "wrong", peer=f"192.0.2.{100 + i}")
+        with pytest.raises(LoginFailed, match="try again in"):
+            await ss.sign_in("olga", pw, peer="192.0.2.251")  # a new address: held
+        again = await ss.sign_in("olga", pw, peer="192.0.2.10")  # hers: signed in
+        assert again.user == "olga"
+        ss.end(again, "signed out")
 
 
 async def test_tries_sent_at_once_do_not_pass_the_wait_together(

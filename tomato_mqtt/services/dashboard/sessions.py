@@ -142,6 +142,8 @@ class Sessions:
     #: passwords a minute (a hostile tour); guesses spread over many addresses still
     #: slow down here, and the broker checks two passwords at a time at most
     FREE_FAILURES_PER_LOGIN = 50
+    #: client addresses kept per login that signed in from them (_good)
+    GOOD_KEPT = 32
     #: sign-ins from one client address under way at once (a page makes one at a time;
     #: many at once are a run of guesses spread over logins)
     MAX_IN_FLIGHT_PER_PEER = 4
@@ -162,6 +164,11 @@ class Sessions:
         self._failures: dict[str, tuple[int, float]] = {}
         #: login -> the same from every address together
         self._login_failures: dict[str, tuple[int, float]] = {}
+        #: login -> the client addresses it signed in from (since the dashboard started):
+        #: the login's own wait does not hold them (tries of the right password from a
+        #: user's own address were refused 40 of 40 times while 17 other addresses kept
+        #: the wait going with wrong ones: a hostile tour)
+        self._good: dict[str, set[str]] = {}
         self._in_flight: dict[str, int] = {}  # client address -> sign-ins under way
         self._closing: set[asyncio.Future[None]] = set()  # connections of dropped sessions
         #: why a token no longer signs anyone in (the newest ENDED_KEPT)
@@ -251,11 +258,14 @@ class Sessions:
             self._closing.add(task)
             task.add_done_callback(self._closing.discard)
 
+    def _known(self, username: str, peer: str | None) -> bool:
+        return peer is not None and peer in self._good.get(username, ())
+
     def _check_failures(self, username: str, peer: str | None) -> None:
-        for table, key, free in (
-            (self._failures, _key(username, peer), self.FREE_FAILURES),
-            (self._login_failures, username, self.FREE_FAILURES_PER_LOGIN),
-        ):
+        checks = [(self._failures, _key(username, peer), self.FREE_FAILURES)]
+        if not self._known(username, peer):
+            checks.append((self._login_failures, username, self.FREE_FAILURES_PER_LOGIN))
+        for table, key, free in checks:
             count, last = table.get(key, (0, 0.0))
             if count < free:
                 continue
@@ -271,7 +281,8 @@ class Sessions:
     def _failed(self, username: str, peer: str | None) -> None:
         here = self._failures.get(_key(username, peer), (0, 0.0))[0]
         tables = [(self._failures, _key(username, peer))]
-        if here < self.FREE_FAILURES:  # (an address slowed down already counts no more
+        if here < self.FREE_FAILURES and not self._known(username, peer):
+            # (an address slowed down already counts no more
             # for the login: from one address alone, 50 kept the user out for good)
             tables.append((self._login_failures, username))
         for table, key in tables:
@@ -313,6 +324,12 @@ class Sessions:
                     self._in_flight[peer] = left
         self._failures.pop(_key(username, peer), None)
         self._login_failures.pop(username, None)
+        if peer is not None:
+            good = self._good.setdefault(username, set())
+            if len(good) < self.GOOD_KEPT:  # (bounded, whatever addresses sign in)
+                good.add(peer)
+            while len(self._good) > 10_000:
+                self._good.pop(next(iter(self._good)))
         return s
 
     async def _sign_in(self, username: str, password: str) -> Session:
