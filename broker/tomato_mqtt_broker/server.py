@@ -179,10 +179,6 @@ def _release(held: list[_Backlog], size: int) -> None:
         b.bytes -= size
 
 
-#: roles of people (the services' logins are not held to max_queued_bytes_people)
-PEOPLE = frozenset({"admin", "operator", "reader", "dashboard"})
-
-
 #: s a new connection has to send its CONNECT; amqtt waited for ever (300 connections
 #: that sent nothing held 300 descriptors of the broker)
 CONNECT_WAIT = 10.0
@@ -489,7 +485,7 @@ def _broker_class(
     from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
     from amqtt.utils import gen_client_id
 
-    from tomato_mqtt_broker.security import RoleAclPlugin
+    from tomato_mqtt_broker.security import PEOPLE, RoleAclPlugin
 
     retainable = _retainable(instance)
     _check_headers()
