@@ -112,7 +112,7 @@ class _Inbox:
         if msg is None:
             self.queue.put_nowait(None)  # (said to whatever else waits on it)
             raise closed()
-        if isinstance(msg, ClientError):  # the broker refuses the login now (_refused)
+        if isinstance(msg, ClientError):  # the broker refuses the login (_login_refused)
             raise msg
         return msg
 

@@ -1016,6 +1016,9 @@ class NodeService(Service):
         hc.stream = new_stream(self.epoch)
         hc.seq = -1
         log.info("node %s: registered %s", self.name, name)
-        await self._publish_meta(hc)
+        # its status (no error now) before the meta that says it registered: between the
+        # two, `tomato status components` showed it registered beside the "still
+        # connecting" of the status before (a CI run)
         await self.publish_status(hc)
+        await self._publish_meta(hc)
         await self._publish_node_status()  # its drivers are loaded now: say so at once
