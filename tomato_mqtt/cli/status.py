@@ -74,9 +74,9 @@ def restart_node(
             timeout=opts.timeout,
             who=f"node {name}",
             unanswered=(
-                " (a node silent for longer than 2.5 heartbeats, e.g. stopped with "
-                "SIGSTOP, does not carry this out when it wakes up; one silent for less "
-                "may: `tomato status nodes` shows it back)"
+                " (a node that reads it more than 2 s after this, or at all after standing"
+                " still, e.g. stopped with SIGSTOP, does not carry this out when it wakes"
+                " up; one that reads it sooner may: `tomato status nodes` shows it back)"
             ),
         )
 

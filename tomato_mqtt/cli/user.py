@@ -214,8 +214,8 @@ def add(
 
 
 def _role_said(role: str) -> str:
-    """A role as `tomato user list` shows it: ``reader (dashboard is its other name)``
-    for the alias (`add --role dashboard` said "dashboard", `list` then "reader")."""
+    """A role as `tomato user list` shows it: ``reader, which dashboard is a name of`` for
+    the alias (`add --role dashboard` said "dashboard", `list` then "reader")."""
     from tomato_mqtt.config.roles import parse_role
 
     try:
