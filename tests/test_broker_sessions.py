@@ -586,17 +586,25 @@ async def test_people_s_logins_together_hold_at_most_max_queued_bytes_people(
 
 
 async def test_a_person_s_login_publishes_at_most_its_rate(
-    tmp_path: Path, instance: str, caplog: pytest.LogCaptureFixture
+    tmp_path: Path,
+    instance: str,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A hostile tour: two operators' 2,000 requests a second each, under every service's
     per-login limit (which drops a request once read), held a node up 13-30 s and it was
     judged lost. A person's login publishes at most PUBLISH_RATE messages a second (bursts
     of PUBLISH_BURST): the broker drops the rest unread, saying so; a service is not
     limited."""
-    from tomato_mqtt_broker.security import PUBLISH_BURST, PUBLISH_RATE
+    from tomato_mqtt_broker import security
 
     from tests import security_env
 
+    # (a tenth of the real rate and burst: what a loaded CI runner handles in a few s;
+    # at 500/s, 5,000 messages took it 5 s and more to pass on)
+    rate, burst = security.PUBLISH_RATE // 10, security.PUBLISH_BURST // 10
+    monkeypatch.setattr(security, "PUBLISH_RATE", rate)
+    monkeypatch.setattr(security, "PUBLISH_BURST", burst)
     b = await security_env.start_amqtt(tmp_path, instance)
     try:
         t = b.topics
@@ -613,19 +621,20 @@ async def test_a_person_s_login_publishes_at_most_its_rate(
                 t.scheduler_status(), handler=lambda m: got.__setitem__("status", got["status"] + 1)
             )
             t0 = time.monotonic()
-            n = 5 * PUBLISH_BURST
+            n = 10 * burst
             for i in range(n):
                 await rita.publish(t.scheduler_cmd("status", "rita"), b"{}", qos=0)
                 await sched.publish(t.scheduler_status(), b"{}", qos=0)
                 if i % 100 == 99:
                     await asyncio.sleep(0)
-            for _ in range(100):
+            for _ in range(600):
                 if got["status"] >= n:
                     break
                 await asyncio.sleep(0.05)
             took = time.monotonic() - t0  # (until the broker had handled them all)
-        allowed = PUBLISH_BURST + PUBLISH_RATE * took
-        assert PUBLISH_BURST <= got["requests"] <= allowed < n, (got, took)
+        allowed = burst + rate * took
+        assert burst <= got["requests"] <= allowed, (got, took)
+        assert got["requests"] < n or took > (n - burst) / rate, (got, took)
         assert got["status"] == n, got  # the scheduler's (a service's): not limited
         said = [r.getMessage() for r in caplog.records if "publishes more than" in r.getMessage()]
         assert said and "login 'rita'" in said[0], said
