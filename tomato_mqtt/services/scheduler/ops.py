@@ -623,10 +623,9 @@ class SchedulerOps:
             else ""
         )
         jobs = self.store.jobs(ids=kept)
+        count = f"{len(ids)} " if len(ids) > 2 * ENDS else ""  # (with the list cut short)
         return Result(
-            f"{len(ids)} {what} matching {a.name!r} found: {cut_ids(ids)}{more}"
-            if len(ids) > 2 * ENDS
-            else f"{what} matching {a.name!r} found: {ids}{more}",
+            f"{count}{what} matching {a.name!r} found: {cut_ids(ids)}{more}",
             [j.model_dump(mode="json") for j in jobs],
         )
 
