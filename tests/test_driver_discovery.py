@@ -93,3 +93,46 @@ async def test_a_reload_says_which_added_components_are_not_registered_yet(
             f"component(s) {new} not registered yet after 0 s (a driver still connecting?)"
             in said.msg
         ), said.msg
+
+
+async def test_a_reload_names_the_online_node_that_has_the_driver_this_one_lacks(
+    broker: RunningBroker, tmp_path: Path, instance: str
+) -> None:
+    """A newcomer's tour: a device of a driver installed on a second PC's node, added
+    without `node:`, was refused with "driver 'wave' is not installed on this node" (which
+    node?) and advice to install packages that exist nowhere. The warning names the node
+    that lacks it and the online node that has it."""
+    import os
+    import subprocess
+
+    from tests.stack import BIN, end_process
+
+    async with inproc_stack(broker.port, tmp_path / "st", instance, components=4) as st:
+        _fake_dist(tmp_path / "site")  # installed on pc2 only (its own Python path)
+        env = {**os.environ, "PYTHONPATH": str(tmp_path / "site")}
+        argv = [BIN / "tomato", "node", "--name", "pc2", "-p", str(broker.port)]
+        with (tmp_path / "pc2.log").open("w") as log:
+            pc2 = subprocess.Popen(
+                [*argv, "-A", str(st.settings.appdir)], stdout=log, stderr=log, env=env
+            )
+        try:
+
+            async def pc2_has_it() -> None:
+                while True:
+                    n = st.scheduler.nodes.get("pc2")
+                    if n is not None and n.state == "online" and "late_counter" in n.drivers:
+                        return
+                    await asyncio.sleep(0.05)
+
+            await asyncio.wait_for(pc2_has_it(), 30)
+            _add_device(st.settings.devices_file, "dev-late", "late_counter", "late-addr")
+            said = await st.raw(st.topics.scheduler_cmd("reload"))
+            assert said.success, said
+            assert "driver 'late_counter' is not installed on node 'local'" in said.msg, said
+            assert "pip install -e ITS_FOLDER" in said.msg, said.msg
+            assert (
+                "(node(s) 'pc2' have driver 'late_counter': give the device `node: pc2` "
+                "in the devices file, then reload)" in said.msg
+            ), said.msg
+        finally:
+            end_process(pc2)

@@ -192,9 +192,13 @@ def _source(settings: Mapping[str, Any] | None) -> Source:
 
 
 def resolve_driver(
-    name: str, settings: Mapping[str, Any] | None = None, upstream_env: Path | None = None
+    name: str,
+    settings: Mapping[str, Any] | None = None,
+    upstream_env: Path | None = None,
+    node: str | None = None,
 ) -> type[ModelInterface]:
-    """The driver class ``driver: <name>`` means on this node.
+    """The driver class ``driver: <name>`` means on this node (``node``: its name, for
+    the messages).
 
     A native driver (entry point) wins; a name only an upstream tomato driver package in
     ``upstream_env`` provides resolves to it. ``source = "upstream"`` (or ``"native"``)
@@ -219,6 +223,7 @@ def resolve_driver(
         from tomato_mqtt.driver.upstream.adapter import upstream_driver_class
 
         return upstream_driver_class(ups[name], env.python)
+    here = f"node {node!r}" if node else "this node"  # (a reload's warning named no node)
     if name not in native:
         have = ", ".join(sorted(native)) or "nothing"
         up = f"; upstream tomato drivers: {', '.join(ups)}" if ups else ""
@@ -226,14 +231,15 @@ def resolve_driver(
         if like:  # a misspelt name: no advice to install a package of that name (one
             # typo away from a package anybody may publish: a newcomer's tour)
             raise DriverNotFound(
-                f"driver {name!r} is not installed on this node (native drivers: {have}{up});"
+                f"driver {name!r} is not installed on {here} (native drivers: {have}{up});"
                 f" did you mean {like[0]!r}? (the driver name in the devices file)"
             )
         raise DriverNotFound(
-            f"driver {name!r} is not installed on this node (native drivers: {have}{up});"
+            f"driver {name!r} is not installed on {here} (native drivers: {have}{up});"
             f" install a tomato driver package with: tomato drivers install"
             f" tomato-{name.replace('_', '-')}, or a native one with:"
-            f" pip install tomato-mqtt-{name.replace('_', '-')}"
+            f" pip install tomato-mqtt-{name.replace('_', '-')} (a driver of your own: pip"
+            " install -e ITS_FOLDER), into the Python this node runs in"
         )
     return load_driver(name)
 

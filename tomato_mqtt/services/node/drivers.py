@@ -30,10 +30,14 @@ _UNSET: Any = object()
 
 class NodeDrivers:
     def __init__(
-        self, settings: Mapping[str, Mapping[str, Any]], upstream_env: Path | None
+        self,
+        settings: Mapping[str, Mapping[str, Any]],
+        upstream_env: Path | None,
+        node: str | None = None,
     ) -> None:
         self.settings = {k: dict(v) for k, v in settings.items()}
         self.upstream_env = upstream_env
+        self.node = node  # its name, for the messages
         self.instances: dict[str, ModelInterface] = {}
         self.errors: dict[str, str] = {}
         self._locks: dict[str, asyncio.Lock] = {}
@@ -72,7 +76,7 @@ class NodeDrivers:
             if drv is None:
                 settings = self.settings.get(name, {})
                 try:
-                    cls = resolve_driver(name, settings, self.upstream_env)
+                    cls = resolve_driver(name, settings, self.upstream_env, self.node)
                 except DriverNotFound as e:
                     self.errors[name] = str(e)
                     raise

@@ -219,7 +219,7 @@ class NodeService(Service):
         self.ops = ComponentOps(self)
         self.components: dict[str, HostedComponent] = {}
         self._by_slug: dict[str, str] = {}
-        self.drivers = NodeDrivers(config.driver_settings, config.upstream_env)
+        self.drivers = NodeDrivers(config.driver_settings, config.upstream_env, self.name)
         self.spool: Spool | None = None
         self.epoch = 0
         self._units_loaded: asyncio.Future[None] | None = None

@@ -158,6 +158,13 @@ async def reload(ops: SchedulerOps, args: Mapping[str, JsonValue]) -> Result:
     for name, meta in sorted(loaded.items()):
         if meta.error and not meta.registered:
             what += f"; warning: component {name} cannot register: {meta.error}"
+            if "is not installed" in meta.error and (has := _installed_on(svc, meta.driver)):
+                # the driver is on another PC's node (a newcomer's tour: the device had no
+                # `node:`, and the warning advised installing a package that exists nowhere)
+                what += (
+                    f" (node(s) {', '.join(map(repr, has))} have driver {meta.driver!r}: "
+                    f"give the device `node: {has[0]}` in the devices file, then reload)"
+                )
     pending = sorted(
         n for n in watched if not ((m := loaded.get(n)) is not None and (m.registered or m.error))
     )
@@ -259,3 +266,14 @@ def _describe_diff(diff: Any) -> str:
         ]
         return "; ".join(parts) or "no changes"
     return str(d)
+
+
+def _installed_on(svc: Any, driver: str) -> list[str]:
+    """The online nodes that have ``driver`` installed (as their statuses say)."""
+    return sorted(
+        name
+        for name, st in svc.nodes.items()
+        if st.state == "online"
+        and (info := st.drivers.get(driver)) is not None
+        and info.error is None
+    )
