@@ -66,6 +66,21 @@ async def test_tomato_dashboard_serves_page_and_plotly(
         assert status == 200 and b"tomato-mqtt" in body
         status, js = await asyncio.to_thread(_get, f"http://127.0.0.1:{web}/vendor/plotly.min.js")
         assert status == 200 and len(js) > 1_000_000  # plotly.min.js of the plotly wheel
+        # a second `tomato dashboard --open` of the same settings (the stack's own runs:
+        # [dashboard] enabled) says where the one that serves is, and opens that: "the
+        # port is in use" sent a newcomer looking for a program to stop
+        again = await asyncio.to_thread(
+            subprocess.run,
+            [str(BIN / "tomato"), "dashboard", "-A", str(app), "--open"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=NO_BROWSER,
+        )
+        said = again.stdout + again.stderr
+        assert again.returncode == 0, said
+        assert f"a tomato-mqtt dashboard serves http://127.0.0.1:{web}/ already" in said, said
+        assert f"--open found no web browser on this PC: open http://127.0.0.1:{web}/" in said
         # the page is served before the broker is reached: stop it once it says it is up
         # (its address line), not in the middle of its subscriptions
         # (--open with no browser on this PC says so after it: it said nothing)

@@ -75,18 +75,7 @@ def dashboard(
     def ready(address: str) -> None:  # bound and connected: only now is the URL true
         typer.echo(f"dashboard: {address} (Ctrl-C stops it)", err=True)
         if open_browser:
-            import webbrowser
-
-            try:
-                opened = webbrowser.open(address)
-            except webbrowser.Error:
-                opened = False
-            if not opened:  # it said nothing when this PC has no browser (a server, ssh)
-                typer.echo(
-                    f"dashboard: --open found no web browser on this PC: open {address} "
-                    "in a browser that reaches it",
-                    err=True,
-                )
+            _open(address)
 
     svc.on_ready = ready
     from tomato_mqtt.services.dashboard.service import BrokerUnreachable
@@ -125,6 +114,18 @@ def dashboard(
     except OSError as e:
         where = f"{svc.cfg.host}:{svc.cfg.port}"
         if e.errno == errno.EADDRINUSE:
+            there = _dashboard_at(svc.cfg.host, svc.cfg.port, svc.cfg.tls)
+            if there is not None:  # the stack's own ([dashboard] enabled), or another
+                # `tomato dashboard`: "the port is in use" sent its user looking for a
+                # program to stop (a newcomer's tour)
+                typer.echo(
+                    f"dashboard: a tomato-mqtt dashboard serves {there} already (the "
+                    "stack's own when [dashboard] enabled = true): nothing more started",
+                    err=True,
+                )
+                if open_browser:
+                    _open(there)
+                raise typer.Exit(0) from None
             ours = (
                 f" (the embedded broker's WebSocket listener takes {s.ws_port}, the MQTT port"
                 " + 1 unless [broker] ws_port says otherwise)"
@@ -139,4 +140,38 @@ def dashboard(
         fail(
             f"the dashboard cannot serve on {where}: {e}; serve another address with "
             "--host ADDRESS or host = ... under [dashboard] in settings.toml"
+        )
+
+
+def _dashboard_at(host: str, port: int, tls: bool) -> str | None:
+    """The address of a tomato-mqtt dashboard serving on ``host:port``, or None (another
+    program, or none that answers within a second)."""
+    import ssl
+    import urllib.request
+
+    near = "127.0.0.1" if host in ("", "0.0.0.0") else "::1" if host == "::" else host
+    shown = f"[{near}]" if ":" in near else near
+    address = f"{'https' if tls else 'http'}://{shown}:{port}/"
+    unverified = ssl._create_unverified_context() if tls else None  # only looked at
+    try:
+        with urllib.request.urlopen(address, timeout=1.0, context=unverified) as r:
+            page = r.read(4096)
+    except (OSError, ValueError):
+        return None
+    return address if b"<title>tomato-mqtt dashboard</title>" in page else None
+
+
+def _open(address: str) -> None:
+    """``--open``: the address in this PC's web browser, or why not."""
+    import webbrowser
+
+    try:
+        opened = webbrowser.open(address)
+    except webbrowser.Error:
+        opened = False
+    if not opened:  # it said nothing when this PC has no browser (a server, ssh)
+        typer.echo(
+            f"dashboard: --open found no web browser on this PC: open {address} "
+            "in a browser that reaches it",
+            err=True,
         )
