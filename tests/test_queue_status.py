@@ -108,8 +108,14 @@ async def test_summary_counts_running_queued_and_why(
         # details: --all is the table of every job, ids their rows
         every = await cli("ketchup", "status", "--all")
         assert all(f"w{i}" in every.stdout for i in range(3)) and "gone" in every.stdout
-        two = (await cli("ketchup", "status", str(running), str(cancelled), "--json")).reply
-        assert [j["status"] for j in two["data"]] == ["r", "cd"]
+        # by id, each once, as tomato lists them (they came in the order given, repeated)
+        args = (str(running), str(cancelled), str(running))
+        two = (await cli("ketchup", "status", *args, "--json")).reply
+        assert cancelled < running
+        assert [(j["id"], j["status"]) for j in two["data"]] == [(cancelled, "cd"), (running, "r")]
+        one = await cli("ketchup", "status", str(running), str(running))
+        details = {ln.split(":", 1)[0].strip() for ln in one.stdout.splitlines() if ":" in ln}
+        assert one.code == 0 and {"id", "name", "status", "sample"} <= details, one.stdout
         mixed = await cli("ketchup", "status", "1", "--all")
         assert mixed.code == 1 and "not with job ids" in mixed.stderr
 

@@ -127,7 +127,8 @@ def status_args(
         fail("--all, --summary, --limit and --offset are for the whole listing: not with job ids")
     if summary and (all_ or paging):
         fail("--summary counts every job: not with --all, --limit or --offset")
-    args: dict[str, Any] = {"jobids": list(jobids) if jobids else None}
+    # by id, each once, as tomato lists them (`ketchup status 3 1 1` gave 3, 1, 1)
+    args: dict[str, Any] = {"jobids": sorted(set(jobids)) if jobids else None}
     as_doc = opts.yaml or opts.json
     if not jobids and (summary or not (as_doc or all_ or paging)):
         args["summary"] = True
@@ -154,7 +155,7 @@ def status(
     if args.get("summary"):
         opts.output().reply(reply, lambda s: jobview.summary(reply.msg, s))
         return reply
-    show = jobview.job_detail if len(jobids) == 1 else jobview.job_table
+    show = jobview.job_detail if len(args["jobids"] or ()) == 1 else jobview.job_table
     # tomato's summary line ("found 1 job with status ['r']") above the table
     opts.output().reply(reply, lambda jobs: f"{reply.msg}\n{show(jobs)}" if jobs else reply.msg)
     return reply

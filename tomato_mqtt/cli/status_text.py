@@ -39,6 +39,8 @@ def _scheduler(msg: str, data: Any) -> str:
         ("running", data.get("jobs_running")),
         ("queued", data.get("jobs_queued")),
         ("heartbeat", f"{time.time() - beat:.1f} s ago" if isinstance(beat, float) else None),
+        # the settings' folder (a client's hint points here: it was in --json only)
+        ("appdir", data.get("appdir")),
         ("datadir", data.get("datadir")),
         ("devices", data.get("devices_file")),
         # not shown before: a recorder down was said only in the running jobs' reasons
