@@ -659,3 +659,27 @@ async def test_a_page_of_the_listing_says_first_that_its_counts_are_the_page_s(
         assert rest.startswith("found 2 jobs with status"), reply.msg
         whole = await st.raw(st.topics.scheduler_cmd("job_status"), {})
         assert (whole.msg or "").startswith("found 3 jobs"), whole.msg  # no note: all of it
+
+
+def test_a_job_table_cuts_the_reason_before_the_times() -> None:
+    """`ketchup status --all` (120 columns off a terminal) cut the submitted and started
+    times to "2026-12-06 16:11:…" to make room for a long reason, the time of day lost
+    (a newcomer's tour): the reason, free text, is cut first."""
+    from tomato_mqtt.cli.jobview import job_table
+
+    at = "2026-12-06T16:11:42.123456+00:00"
+    job = {
+        "id": 12,
+        "jobname": "a-long-job-name",
+        "status": "qw",
+        "pipeline": "pip-counter-12",
+        "submitted_at": at,
+        "launched_at": at,
+        "completed_at": at,
+        "reason": "no pipeline holds sample 'x': load it into pip-counter-1 " * 3,
+    }
+    text = job_table([job])
+    assert all(len(line) <= 120 for line in text.splitlines()), text
+    row = text.splitlines()[2]
+    assert row.count(":11:42") == 3, text  # every time whole
+    assert row.endswith("no pipeline…"), text

@@ -87,7 +87,7 @@ def job_table(jobs: Any, reason: bool | None = None) -> str:
     cols: list[tuple[str, str]] = list(JOB_COLUMNS)
     if reason or (reason is None and any(r.get("reason") for r in rows)):
         cols.append(("reason", "reason"))
-    return table(rows, cols)
+    return table(rows, cols, cut_first="reason")
 
 
 def job_detail(jobs: Any) -> str:

@@ -74,12 +74,22 @@ def emit(text: str) -> None:
     echo(text)
 
 
-def table(rows: Sequence[Mapping[str, Any]], columns: Sequence[tuple[str, str]]) -> str:
-    """A plain text table that fits a terminal: (key, header) columns, long cells cut."""
+def table(
+    rows: Sequence[Mapping[str, Any]],
+    columns: Sequence[tuple[str, str]],
+    cut_first: str | None = None,
+) -> str:
+    """A plain text table that fits a terminal: (key, header) columns, long cells cut
+    (the column ``cut_first``, free text, down to 12 before any other)."""
     width = _term_width()
     cells = [[_cell(r.get(k)) for k, _ in columns] for r in rows]
     heads = [h for _, h in columns]
     widths = [max([len(h)] + [len(c[i]) for c in cells]) for i, h in enumerate(heads)]
+    keys = [k for k, _ in columns]
+    if cut_first in keys:  # (a job's reason cut the times of day off its row: a tour)
+        i = keys.index(cut_first)
+        over = sum(widths) + 2 * (len(widths) - 1) - width
+        widths[i] = max(min(widths[i], 12), widths[i] - max(0, over))
     while sum(widths) + 2 * (len(widths) - 1) > width and max(widths) > 12:
         i = widths.index(max(widths))
         widths[i] -= 1
