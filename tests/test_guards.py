@@ -71,6 +71,34 @@ def test_paths_outside_the_roots_and_traversal_are_refused(tmp_path: Path) -> No
         g.check_path(root / "link" / "x.nc", JOB)
 
 
+def test_another_job_s_folder_is_refused_as_the_file_is_written(tmp_path: Path) -> None:
+    """A hostile tour: a folder of the payload's output path, checked at the submit, was
+    swapped for a symlink to another job's folder while the job ran; the recorder wrote
+    there under the other job's name (that job then ended `ce`, its file refused) and made
+    folders of ids to come (Jobs/999999999999: the next ids jumped after a restart). The
+    check is made on the path as it resolves when the file is written."""
+    data = tmp_path / "data"
+    jobs = data / "Jobs"
+    own = jobs / "7"
+    (jobs / "8").mkdir(parents=True)
+    g = WriteGuard([data, tmp_path / "lab"])
+    (tmp_path / "lab").mkdir()
+    assert g.check_path(own / "results.7.nc", JOB, own) == own / "results.7.nc"
+    assert g.check_path(own / "sub" / "r.nc", JOB, own) == own / "sub" / "r.nc"  # its own
+    assert g.check_path(tmp_path / "lab" / "r.nc", JOB, own) == tmp_path / "lab" / "r.nc"
+    for swapped_to in (jobs / "8", jobs / "999999999999", jobs):
+        tw = tmp_path / "lab" / "tw"
+        tw.unlink(missing_ok=True)
+        tw.symlink_to(swapped_to)
+        with pytest.raises(CommandError, match="in another job's folder in the datadir"):
+            g.check_path(tw / "results.8.nc", JOB, own)
+    assert not (jobs / "999999999999").exists()
+    with pytest.raises(CommandError, match="another job's folder"):
+        g.check_path(jobs / "8" / "x.nc", JOB, own)
+    # without its own folder named (the recorder's private snapshots): as before
+    assert g.check_path(jobs / "8" / "x.nc", JOB) == jobs / "8" / "x.nc"
+
+
 def test_only_an_earlier_version_of_the_same_job_is_overwritten(tmp_path: Path) -> None:
     g = WriteGuard([tmp_path])
     mine = tmp_path / "results.7.nc"

@@ -244,6 +244,46 @@ async def test_a_payload_may_not_name_another_job_s_folder_in_the_datadir(
         assert not (other / f"results.{other.name}.nc").exists()
 
 
+async def test_an_output_folder_swapped_for_another_job_s_folder_mid_job_is_not_written(
+    broker: RunningBroker, instance: str, tmp_path: Path
+) -> None:
+    """A hostile tour: a payload's output folder, fine at the submit, was replaced by a
+    symlink to a job to come's folder (Jobs/N) while the job ran: the recorder wrote the
+    file there under job N's name and made the folder (job N then ended `ce`, its file
+    refused). The file goes to the job's own folder, and Jobs/N is not made."""
+    import yaml
+
+    from tests.inproc import CONFIG
+
+    async with inproc_stack(broker.port, tmp_path, instance) as st:
+        first = await st.short_job()
+        coming = first.id + 3
+        tw = st.settings.datadir / "work" / "tw"
+        tw.mkdir(parents=True)
+        payload = yaml.safe_load((CONFIG / "counter_1_0.1.yml").read_text())
+        payload["method"][0].update(time=1.5, delay=0.1)
+        payload.setdefault("tomato", {})["output"] = {
+            "path": str(tw),
+            "prefix": f"results.{coming}",
+        }
+        await st.call("pipeline_ready", {"pipeline": "pip-counter-1"})
+        said = await st.raw(
+            st.topics.scheduler_cmd("job_submit"),
+            {"payload": payload, "submit_dir": str(st.settings.datadir / "work")},
+        )
+        assert said.success and "another job" not in said.msg, said  # fine at the submit
+        jobid = said.data["id"]
+        await st.wait_job(jobid, {"r"})
+        tw.rmdir()
+        tw.symlink_to(st.settings.jobs_dir / str(coming))
+        job = await st.wait_job(jobid, {"c", "ce", "cd"}, timeout=30)
+        own = st.settings.jobs_dir / str(jobid)
+        assert job.status == "c", job
+        assert job.respath == str(own / f"results.{coming}.nc"), job
+        assert (own / f"results.{coming}.nc").is_file()
+        assert not (st.settings.jobs_dir / str(coming)).exists()
+
+
 async def test_a_payload_s_file_names_are_file_names(
     broker: RunningBroker, instance: str, tmp_path: Path
 ) -> None:

@@ -186,7 +186,7 @@ class Files:
                 # check reads an existing file: in the thread too, as it waits for the
                 # netCDF lock like the write: tomato_mqtt/nclock.py)
                 if guarded:  # (not: a snapshot in this recorder's private folder)
-                    target = checked[0] = guard.check_path(target, a.job)
+                    target = checked[0] = guard.check_path(target, a.job, Path(a.fallback_dir))
                 keep = None
                 if not a.snapshot and target.is_file():
                     had = file_points(target)

@@ -32,8 +32,11 @@ class WriteGuard:
         self.roots = [Path(r).resolve() for r in roots]
         self.roles = RoleBook(users_file)
 
-    def check_path(self, path: str | Path, job: Mapping[str, JsonValue]) -> Path:
-        """The resolved path to write, or CommandError saying why not."""
+    def check_path(
+        self, path: str | Path, job: Mapping[str, JsonValue], own: Path | None = None
+    ) -> Path:
+        """The resolved path to write, or CommandError saying why not. ``own``: the job's
+        own folder (``<datadir>/Jobs/<id>``); the folders beside it are other jobs'."""
         raw = Path(path)
         if not raw.is_absolute():
             raise CommandError(f"refused to write {path}: not an absolute path")
@@ -44,6 +47,17 @@ class WriteGuard:
                 f"refused to write {path}: outside the folders the recorder may write to "
                 f"({roots}; [recorder] output_roots)"
             )
+        if own is not None:
+            # resolved now, as the file is written: a folder of the payload's path swapped
+            # for a symlink to another job's folder after the submit's check wrote there,
+            # under that job's name, and made folders of ids to come (a hostile tour)
+            mine = own.resolve()
+            jobs = mine.parent
+            if lies_under(target, [jobs]) and not lies_under(target, [mine]):
+                raise CommandError(
+                    f"refused to write {path}: it is in another job's folder in the "
+                    f"datadir ({target.parent})"
+                )
         if target.exists() or target.is_symlink():
             if not target.is_file():
                 raise CommandError(f"refused to write {path}: it exists and is not a file")
