@@ -136,3 +136,31 @@ async def test_a_reload_names_the_online_node_that_has_the_driver_this_one_lacks
             ), said.msg
         finally:
             end_process(pc2)
+
+
+async def test_a_missing_driver_no_device_names_any_more_leaves_the_node_s_status(
+    broker: RunningBroker, tmp_path: Path, instance: str
+) -> None:
+    """A newcomer's tour: after the device of a driver not installed was removed again,
+    the node's status still listed that driver, "not installed" (the dashboard showed it
+    under the node, `tomato status nodes --json` too)."""
+    async with inproc_stack(broker.port, tmp_path / "st", instance, components=4) as st:
+        devices = st.settings.devices_file
+        before = devices.read_text()
+
+        async def node_lists(want: bool) -> None:
+            while True:
+                n = st.scheduler.nodes.get("local")
+                if n is not None and ("no_such_drv" in n.drivers) == want:
+                    return
+                await asyncio.sleep(0.05)
+
+        _add_device(devices, "dev-gone", "no_such_drv", "gone-addr")
+        said = await st.raw(st.topics.scheduler_cmd("reload"))
+        assert said.success and "'no_such_drv' is not installed on node 'local'" in said.msg
+        await asyncio.wait_for(node_lists(True), 20)
+        assert "not installed" in (st.scheduler.nodes["local"].drivers["no_such_drv"].error or "")
+        devices.write_text(before)
+        said = await st.raw(st.topics.scheduler_cmd("reload"))
+        assert said.success, said
+        await asyncio.wait_for(node_lists(False), 20)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -130,9 +130,11 @@ class NodeDrivers:
         for name in list(self.instances):
             self.drop(name)
 
-    def infos(self) -> dict[str, DriverInfo]:
+    def infos(self, used: Collection[str] | None = None) -> dict[str, DriverInfo]:
         """For the node's status: installed drivers (the one each name resolves to) and
-        the errors of those that could not be had."""
+        the errors of those that could not be had (of the drivers in ``used`` only, when
+        given: a driver no component of the node names any more was still listed "not
+        installed" after its device was removed: a newcomer's tour)."""
         out: dict[str, DriverInfo] = {}
         for d in all_drivers(self.settings, self.upstream_env):
             if d.used:
@@ -147,7 +149,8 @@ class NodeDrivers:
                     )
                 out[d.name] = DriverInfo(version=ver, loaded=d.name in self.instances)
         for name, err in self.errors.items():
-            out[name] = DriverInfo(loaded=False, error=err)
+            if used is None or name in used:
+                out[name] = DriverInfo(loaded=False, error=err)
         return out
 
 

@@ -647,7 +647,7 @@ class NodeService(Service):
 
     # -- presence ------------------------------------------------------------------------
     def _status(self, state: str) -> NodeStatus:
-        drivers = self.drivers.infos()
+        drivers = self.drivers.infos({hc.config.driver for hc in self.components.values()})
         pending = 0
         dropped = 0
         if self.spool is not None:

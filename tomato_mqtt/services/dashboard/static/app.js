@@ -203,7 +203,7 @@ function renderPresence() {
   for (const id of Object.keys(S.nodes).sort()) {
     const n = S.nodes[id];
     const drv = Object.entries(n.drivers || {}).map(([d, i]) => `${esc(d)}${i.loaded ? "" : " (not loaded)"}`).join(", ");
-    row(`node:${id}`, `node ${n.node}`, n, `${n.components.length} components · ${drv}${n.spool_pending ? ` · spool ${n.spool_pending}` : ""}`);
+    row(`node:${id}`, `node ${n.node}`, n, `${n.components.length} component${n.components.length === 1 ? "" : "s"} · ${drv}${n.spool_pending ? ` · spool ${n.spool_pending}` : ""}`);
   }
   renderRows($("presence").tBodies[0], rows);
   renderConn();
