@@ -322,9 +322,25 @@ async def test_a_sign_in_whose_role_was_lowered_is_told_so(
     ), got
 
 
-async def _control_after(tmp_path: Path, instance: str, change: Any) -> Any:
+async def test_a_download_whose_role_was_lowered_is_told_so_at_once(
+    tmp_path: Path, instance: str
+) -> None:
+    """A hostile tour: olga's download after she was lowered to reader waited 60 s and
+    answered 503 "no scheduler answered … is it running?" (her sign-in kept). It is
+    refused at once, her sign-in ended, saying the role changed."""
+    t0 = asyncio.get_running_loop().time()
+    status, text = await _control_after(
+        tmp_path, instance, lambda b: b.users.set_role("olga", "reader"), download=True
+    )
+    took = asyncio.get_running_loop().time() - t0
+    assert status == 403, (status, text)
+    assert text == "your sign-in has ended (the role of 'olga' changed to reader): sign in again"
+    assert took < 30, took  # (the stack's start and the 2 s for the broker included)
+
+
+async def _control_after(tmp_path: Path, instance: str, change: Any, download: bool = False) -> Any:
     """olga signed in to a dashboard of a secured stack, ``change(broker)`` made to the
-    users file, then a control of hers: its answer."""
+    users file, then a control of hers: its answer (a download: its status and text)."""
     from tests.security_env import USERS
 
     jar = aiohttp.CookieJar(unsafe=True)
@@ -342,6 +358,9 @@ async def _control_after(tmp_path: Path, instance: str, change: Any) -> Any:
         change(b)
         b.users.save()
         await asyncio.sleep(2.0)  # the broker looks at the users file every 0.5 s
+        if download:
+            async with http.get(dash.address() + "api/job/1/download", headers=key) as r:
+                return r.status, await r.text()
         cmd = {"op": "pipeline_ready", "args": {"pipeline": "pip-counter-1"}}
         async with http.post(dash.address() + "api/cmd", json=cmd, headers=key) as r:
             return await r.json()

@@ -412,6 +412,20 @@ async def _role_changed(request: web.Request, s: Session) -> web.StreamResponse 
     sign-in (the broker drops what the new role may not send), the sign-in ends, said
     (an operator lowered to reader waited 15 s for "no scheduler answered … is it
     running?": a hostile tour); None: not that."""
+    said = await _ended_by_a_role_change(request, s)
+    if said is None:
+        return None
+    sessions = request.app[SVC].sessions
+    shared = sessions.shared or s
+    return web.json_response(
+        {"success": False, "msg": said, "code": "not_allowed"}
+        | {"data": None, "ended": True, "me": shared.describe()}
+    )
+
+
+async def _ended_by_a_role_change(request: web.Request, s: Session) -> str | None:
+    """If the role of a signed-in session's login changed since the sign-in, the
+    sign-in ends: what to say; None when it did not (or the broker does not tell)."""
     from tomato_mqtt.services.dashboard.sessions import whoami
 
     sessions = request.app[SVC].sessions
@@ -421,11 +435,7 @@ async def _role_changed(request: web.Request, s: Session) -> web.StreamResponse 
     if me is None or me.role == s.me.role:
         return None
     sessions.end(s, f"the role of {s.user!r} changed to {me.role or 'none'}")
-    shared = sessions.shared or s
-    return web.json_response(
-        {"success": False, "msg": sessions.ended(_token(request)), "code": "not_allowed"}
-        | {"data": None, "ended": True, "me": shared.describe()}
-    )
+    return sessions.ended(_token(request)) or "your sign-in has ended; sign in again"
 
 
 class _BadUpload(ValueError):
@@ -500,6 +510,10 @@ async def _download(request: web.Request) -> web.StreamResponse:
             raise web.HTTPForbidden(text="this dashboard is read-only: no snapshots here")
         ended = _unkeyed(request) or request.app[SVC].sessions.ended(_token(request))
         raise web.HTTPForbidden(text=ended or "your role may not take snapshots of jobs")
+    # a role lowered since the sign-in: the broker drops the request unread, and the
+    # download waited 60 s for "no scheduler answered … is it running?" (a hostile tour)
+    if (said := await _ended_by_a_role_change(request, s)) is not None:
+        raise web.HTTPForbidden(text=said)
     try:
         snap = await take_snapshot(s, job)
         resp = web.StreamResponse(
