@@ -68,8 +68,16 @@ def test_user_commands(tmp_path: Path) -> None:
     assert tomato(app, "user", "role", "olga", "dashboard").returncode == 0
     assert load_users(app / "users").users["olga"].role == "reader"
     assert "olga  reader" in tomato(app, "user", "list").stdout
-    assert tomato(app, "user", "remove", "olga").returncode == 0
+    removed = tomato(app, "user", "remove", "olga")
+    assert removed.returncode == 0 and "stay queued" not in removed.stdout  # a reader's
     assert "olga" not in load_users(app / "users").users
+    # an operator's jobs and samples outlive the login: said (a hostile tour)
+    assert (
+        tomato(app, "user", "add", "otto", "--role", "operator", "--password", "p").returncode == 0
+    )
+    removed = tomato(app, "user", "remove", "otto")
+    assert removed.returncode == 0, removed.stderr
+    assert "jobs otto submitted stay queued and run" in removed.stdout, removed.stdout
 
 
 def test_user_changes_that_would_cut_the_stack_off_are_refused(tmp_path: Path) -> None:

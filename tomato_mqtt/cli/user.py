@@ -149,6 +149,14 @@ def _notes(
             "drops what it publishes without a word, and its jobs end ce (restart it with "
             f"a login of role node:{node})"
         )
+    if what == "remove" and was in ("admin", "operator"):
+        # (a hostile tour: a removed operator's queued job ran when its pipeline was
+        # made ready, with nothing said at the removal)
+        out += (
+            f"; jobs {name} submitted stay queued and run, and samples they loaded stay "
+            "loaded: cancel or eject them if they should not (ketchup status, ketchup "
+            "cancel, tomato pipeline eject)"
+        )
     if was == "admin" and now != "admin" and name == _settings_login(opts):
         out += (
             f"; this PC's commands log in as {name} ([mqtt] username of settings.toml): "
