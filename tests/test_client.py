@@ -49,13 +49,13 @@ async def test_docs_client_script_runs(
         work = st.settings.datadir / "work"  # where the recorder may write the file
         work.mkdir(parents=True)
 
-        async def run() -> str:
+        async def run(given: Path = payload) -> str:
             proc = await asyncio.create_subprocess_exec(
                 sys.executable,
                 str(script),
                 f"mqtt://127.0.0.1:{broker.port}",
                 instance,
-                str(payload),
+                str(given),
                 cwd=work,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.STDOUT,
@@ -83,6 +83,11 @@ async def test_docs_client_script_runs(
         await st.call("pipeline_ready", {"pipeline": "pip-counter"})
         await run()
         assert await pip() == ("counter_1_0.1", True)
+        # a payload of version 2.2 (its sample's `identifier`: the script read `name` and
+        # failed with a KeyError, a newcomer's tour), on the emptied pipeline
+        await st.call("pipeline_eject", {"pipeline": "pip-counter"})
+        await run(CONFIG / "counter_v2.2.yml")
+        assert await pip() == (None, False)
 
 
 async def test_async_client_jobs_stream_snapshot_and_components(
