@@ -296,6 +296,7 @@ async def test_restart_node_asks_an_older_node_without_its_deadline(
         out, _ = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode == 0, out.decode()
     assert "node pc9 shutting down" in out.decode(), out.decode()
+    assert "a node of `tomato start` is started again" in out.decode()  # (it did not say)
     assert [sorted(a) for a in asked] == [["deadline", "force"], ["force"]], asked
 
 
@@ -316,3 +317,6 @@ async def test_a_shutdown_read_well_past_its_deadline_is_not_carried_out(
         assert st.node is not None and not st.node.stopping
         rep = await st.raw(topic, {"deadline": time.time() + 5})
         assert rep.success and "shutting down" in (rep.msg or ""), rep
+        # a node run on its own says that it stays stopped (the CLI said both cases: a
+        # newcomer's tour; one of `tomato start`: tests/test_stack.py)
+        assert "it runs on its own (tomato node), so it stays stopped" in rep.msg, rep

@@ -336,7 +336,10 @@ def test_restart_node_loads_its_drivers_anew_and_not_under_a_task(tmp_path: Path
         st.run("ketchup", "cancel", str(jobid), check=True)
         st.wait_job(jobid, {"cd"}, timeout=30)
         res = st.run("tomato", "restart-node", "local", check=True)
-        assert "node local shutting down: a node of `tomato start` is started again" in res.stdout
+        assert res.stdout.strip() == (
+            "node local shutting down: its supervisor (tomato start) starts it again, with "
+            "its drivers loaded anew (`tomato status nodes` shows it back)"
+        ), res.stdout
         deadline = time.monotonic() + 30
         while st.service_pid("node") in (None, old):
             assert time.monotonic() < deadline, st.logs()

@@ -87,11 +87,13 @@ def restart_node(
         reply = ask({"force": force})  # a node of an older version: without it
     if not reply.success:
         opts.output().reply(reply)
-    opts.output().reply(
-        Done(
-            f"{reply.msg}: a node of `tomato start` is started again by its supervisor, "
+    said = reply.msg or ""
+    if "start" in said.partition(":")[2]:  # the node said which (this version on)
+        text = f"{said} (`tomato status nodes` shows it back)" if "again," in said else said
+    else:  # an older node: both cases
+        text = (
+            f"{said}: a node of `tomato start` is started again by its supervisor, "
             "with its drivers loaded anew (`tomato status nodes` shows it back); one run "
-            f"by `tomato node --name {name}` on its own PC stops: start it again there",
-            {"node": name},
+            f"by `tomato node --name {name}` on its own PC stops: start it again there"
         )
-    )
+    opts.output().reply(Done(text, {"node": name}))

@@ -39,7 +39,7 @@ from tomato_mqtt.services.node.hosted import BrokenDriver, HostedComponent
 from tomato_mqtt.services.node.ops import ComponentOps
 from tomato_mqtt.services.node.spool import Spool
 from tomato_mqtt.services.scratch import private_dir
-from tomato_mqtt.services.watchdog import pid_alive
+from tomato_mqtt.services.watchdog import SUPERVISOR_PID_ENV, pid_alive
 from tomato_mqtt.transport.client import BrokerURL, Message, MqttError, SubscriptionRefused
 from tomato_mqtt.transport.rpc import MAX_REPLY, CommandError, Handler, Responder, Result
 from tomato_mqtt.waits import wait_for
@@ -870,7 +870,16 @@ class NodeService(Service):
         log.warning("node %s: shutting down on request (force=%s)", self.name, a.force)
         self.restart_requested = True  # (its exit code says so: cli/serve.py)
         self.request_stop()
-        return Result(f"node {self.name} shutting down")
+        # which of the two it is (the CLI said both: a newcomer's tour)
+        if os.environ.get(SUPERVISOR_PID_ENV, "").isdigit():
+            return Result(
+                f"node {self.name} shutting down: its supervisor (tomato start) starts it "
+                "again, with its drivers loaded anew"
+            )
+        return Result(
+            f"node {self.name} shutting down: it runs on its own (tomato node), so it "
+            f"stays stopped: start it again on its PC (tomato node --name {self.name})"
+        )
 
     # -- registration --------------------------------------------------------------------
     async def _register_loop(self, hc: HostedComponent) -> None:
