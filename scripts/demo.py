@@ -32,10 +32,11 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def run(*cmd: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+def run(*cmd: str, check: bool = True, echo: bool = True) -> subprocess.CompletedProcess[str]:
     # the whole command, real paths included, so that pasting it (with the venv active)
     # does the same again
-    print("$", shlex.join(cmd))
+    if echo:
+        print("$", shlex.join(cmd))
     res = subprocess.run([str(BIN / cmd[0]), *cmd[1:]], capture_output=True, text=True, cwd=DEMO)
     out = (res.stdout + res.stderr).strip()
     if out and "--json" not in cmd:
@@ -74,8 +75,13 @@ def main(argv: list[str] | None = None) -> int:
         run("ketchup", "submit", str(PAYLOAD), *common)
         job = {}
         deadline = time.monotonic() + 60
+        polls = 0
         while time.monotonic() < deadline:
-            res = run("ketchup", "status", "1", "--json", *common)
+            # said once: the same line ten times over read as a hang (a newcomer's tour)
+            res = run("ketchup", "status", "1", "--json", *common, echo=polls == 0)
+            if polls == 0:
+                print("  (asked again every 0.1 s until the job ends)")
+            polls += 1
             job = json.loads(res.stdout)["data"][0]
             if job["status"] in ("c", "ce", "cd"):
                 break

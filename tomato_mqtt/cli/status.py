@@ -29,7 +29,14 @@ class Section(str, enum.Enum):
 @common.options(common.CLIENT)
 def status(
     section: Annotated[
-        Section, typer.Argument(help="what to show", case_sensitive=False)
+        Section,
+        typer.Argument(
+            # (the choices as the metavar were cut mid-word off a terminal: "componen ts")
+            metavar="[SECTION]",
+            help="what to show: scheduler (the default; tomato's name: tomato), pipelines,"
+            " devices, components, nodes or drivers",
+            case_sensitive=False,
+        ),
     ] = Section.scheduler,
     *,
     opts: common.Opts,
