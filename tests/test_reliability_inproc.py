@@ -1894,6 +1894,50 @@ async def test_a_state_file_damaged_while_the_scheduler_runs_is_said_and_the_sta
         assert await st.scheduler.wait_stopped(10)
 
 
+async def test_a_recorder_store_damaged_under_it_is_said_not_an_internal_error(
+    broker: RunningBroker, instance: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A fault run: a data page of the recorder's store overwritten (the stack stopped,
+    then started: the start's cheap probe passed) answered a snapshot "internal error in
+    recorder: DatabaseError('database disk image is malformed')" with a traceback, and
+    `tomato status` said nothing of the store. The store is named with what to do, in the
+    answer (`unavailable`) and the recorder's status (its `storage_error`), once in the
+    log; and `tomato start` finds such a page in a store of up to 32 MiB."""
+    import os
+    import sqlite3
+
+    from tests.inproc import inproc_stack
+    from tests.test_node import wait_retained
+    from tomato_mqtt.config.statefiles import unreadable
+    from tomato_mqtt.transport.rpc import ReplyError
+    from tomato_mqtt.wire.messages import RecorderStatus, decode
+
+    async with inproc_stack(broker.port, tmp_path, instance) as st:
+        path = st.settings.recorder_db
+        job = await st.submit_counter("pip-counter-1", 0.5, 0.01, tmp_path)
+        await st.wait_job(job.id, {"c"}, timeout=30)
+        with contextlib.closing(sqlite3.connect(path)) as db, db:
+            db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        with open(path, "r+b") as f:
+            f.seek(2 * 4096)
+            f.write(os.urandom(os.path.getsize(path) - 2 * 4096))
+        assert "damaged" in (unreadable(path, thorough=True) or ""), "tomato start's check"
+        with pytest.raises(ReplyError) as e:
+            await st.call("job_snapshot", {"jobid": job.id})
+        said = str(e.value)
+        assert "internal" not in said and "malformed" in said, said
+        assert str(path) in said and "backup" in said, said
+        raw = await wait_retained(
+            st.client,
+            st.topics.recorder_status(),
+            lambda raw: decode(RecorderStatus, raw).storage_error is not None,
+            10,
+        )
+        assert str(path) in str(decode(RecorderStatus, raw).storage_error)
+        assert "Traceback" not in caplog.text, caplog.text[-3000:]
+        assert caplog.text.count("cannot be read (database disk image is malformed)") == 1
+
+
 async def test_the_components_of_a_node_stopped_cleanly_are_shown_lost(
     broker: RunningBroker, instance: str, tmp_path: Path
 ) -> None:

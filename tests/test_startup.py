@@ -318,6 +318,8 @@ def test_start_on_a_taken_port_is_one_error_and_nothing_runs(tmp_path: Path) -> 
         ("state.sqlite", "garbage", "the scheduler's state file"),
         ("state.sqlite", "truncated", "the scheduler's state file"),
         ("recorder.sqlite", "garbage", "the recorder's store"),
+        # a page inside it overwritten: the cheap probe passed it (a fault run)
+        ("recorder.sqlite", "page", "the recorder's store"),
         ("spool/local.sqlite", "garbage", "the node's spool"),
     ],
 )
@@ -337,14 +339,18 @@ def test_start_refuses_a_state_file_it_cannot_read_at_once(
     path.parent.mkdir(parents=True, exist_ok=True)
     if damage == "garbage":
         path.write_bytes(bytes(range(256)) * 64)
-    else:  # a real database with rows, cut in half
+    else:  # a real database with rows, cut in half or a page of it overwritten
         db = sqlite3.connect(path)
         db.execute("CREATE TABLE t (x TEXT)")
-        db.executemany("INSERT INTO t VALUES (?)", [("x" * 500,)] * 200)
+        db.executemany("INSERT INTO t VALUES (?)", [("x" * 500,)] * 300)
         db.commit()
         db.close()
         data = path.read_bytes()
-        path.write_bytes(data[: len(data) // 2])
+        if damage == "page":
+            at = 4096 * 20 + 64
+            path.write_bytes(data[:at] + b"\xa5" * 512 + data[at + 512 :])
+        else:
+            path.write_bytes(data[: len(data) // 2])
     before = path.read_bytes()
     t0 = time.monotonic()
     try:

@@ -26,7 +26,7 @@ from typing import Any
 from pydantic import BaseModel, JsonValue
 
 from tomato_mqtt import __version__
-from tomato_mqtt.config.statefiles import opened
+from tomato_mqtt.config.statefiles import opened, what_to_do
 from tomato_mqtt.errors import store_words
 from tomato_mqtt.model.jobs import PLAUSIBLE_ID
 from tomato_mqtt.services.base import Service
@@ -148,6 +148,8 @@ class RecorderService(Service):
         self.files = Files(self)
         self.fileops = FileOps(self)
         self.storage_error: str | None = None
+        #: what to say of a damaged store (store_fault), once found: it stays
+        self.store_damaged: str | None = None
         #: the last checkpoint before acks failed (the WAL takes batches, the file not)
         self._durable_failed = False
         self._storage_told: set[int] = set()  # jobs told of the current storage fault
@@ -205,6 +207,7 @@ class RecorderService(Service):
             max_reply=self.max_reply,
             # one login's flood of fetches must not hold up the scheduler's finalize
             per_login=self.secured,
+            on_fault=self.store_fault,
         )
         await self.requester.start()
         # data batches may be dropped when we fall behind: the nodes replay them
@@ -225,7 +228,7 @@ class RecorderService(Service):
         outside fault run saw a job's late data merged 38 s after its disk was freed)."""
         while True:
             await asyncio.sleep(STORAGE_PROBE)
-            if self.storage_error is None or self.store is None:
+            if self.storage_error is None or self.store is None or self.store_damaged:
                 continue
             try:
                 self.store.probe(self._refused_bytes)
@@ -260,7 +263,8 @@ class RecorderService(Service):
             try:
                 n = self.store.release_idle(before, IDLE_RELEASE_CHUNK)
             except sqlite3.Error as e:
-                log.warning("cannot release idle measurements from the store: %s", e)
+                if self.store_fault(e) is None:
+                    log.warning("cannot release idle measurements from the store: %s", e)
                 break
             total += n
             if n < IDLE_RELEASE_CHUNK:
@@ -443,12 +447,13 @@ class RecorderService(Service):
 
     def _storage_failed(self, e: BaseException, job: int | None) -> None:
         first = self.storage_error is None
-        why = store_words(str(e), self.db_path)  # who holds its lock, which file refuses
-        self.storage_error = (
-            f"the recorder cannot store data in {self.db_path}: {why} "
-            "(the nodes keep it in their spools until it can, within their spool_max_mb: "
-            "beyond it the oldest go)"
-        )
+        if self.store_fault(e) is None and self.store_damaged is None:
+            why = store_words(str(e), self.db_path)  # who holds its lock, which file refuses
+            self.storage_error = (
+                f"the recorder cannot store data in {self.db_path}: {why} "
+                "(the nodes keep it in their spools until it can, within their "
+                "spool_max_mb: beyond it the oldest go)"
+            )
         now = time.monotonic()
         if first or now - self._storage_logged > 30:
             self._storage_logged = now
@@ -459,8 +464,35 @@ class RecorderService(Service):
             self._storage_told.add(job)
             self.job_event(job, "storage_fault", {"error": self.storage_error})
 
+    def said_fault(self, e: BaseException) -> str | None:
+        return self.store_fault(e)
+
+    def store_fault(self, e: BaseException) -> str | None:
+        """What to say of ``e`` when it is SQLite's word for a damaged store ("database
+        disk image is malformed"), found while the recorder runs: logged once, in its
+        status (``storage_error``, which ``tomato status`` shows) from now on, and the
+        answer (``unavailable``) to every request that meets it. None for any other
+        error. A fault run: a page of the store overwritten while the stack was stopped
+        was found by no check; a snapshot answered "internal error in recorder:
+        DatabaseError(…)" with a traceback, and the status said nothing."""
+        if type(e) is not sqlite3.DatabaseError or self.store is None:
+            return None  # (its subclasses: a full disk, a locked file, an SQL bug)
+        if self.store_damaged is None:
+            self.store_damaged = what_to_do(
+                "recorder",
+                Path(self.db_path),
+                str(e),
+                "the points it holds in the damaged part cannot be read, and files that "
+                "need them are not written; stop tomato-mqtt (tomato stop) and start it on "
+                "a good file",
+            )
+            self.storage_error = self.store_damaged
+            log.error("%s", self.store_damaged)
+            self.spawn(self.publish_presence("online"))
+        return self.store_damaged
+
     def _storage_ok(self) -> None:
-        if self.storage_error is None:
+        if self.storage_error is None or self.store_damaged is not None:
             return
         log.info("storing data again (was: %s)", self.storage_error)
         self.storage_error = None
