@@ -344,6 +344,10 @@ def test_who_cancelled_a_job_is_kept_by_a_restarted_scheduler(
     job = st.wait_job(jobid, {"c", "ce", "cd"}, timeout=60)
     assert job["status"] == "cd", (job, st.logs())
     assert (job["reason"] or "").startswith("cancelled by ada"), job
+    # its task ended with the job, with its count when the node told it (a fault run:
+    # left "running" without either, the restarted scheduler's cancel done at once)
+    tasks = job["progress"]["tasks"]
+    assert all(t["state"] == "ended" and t["end"] for t in tasks.values()), tasks
     allowed(st, "olga", "tomato", "pipeline", "eject", "pip-counter-3")
 
 

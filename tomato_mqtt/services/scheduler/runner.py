@@ -304,6 +304,13 @@ class JobRunner:
     async def _run_role(self, role: str, tasks: Sequence[TaskState]) -> None:
         for t in tasks:
             if self._failed():
+                if t.state == "running":
+                    # a job re-adopted while being cancelled: its running task's end (and
+                    # count) is waited for as a cancel's, bounded. It was left "running"
+                    # in the ended job, without its count, and the cancel's note on an
+                    # unconfirmed stop was lost (a fault run: a scheduler killed 50 ms
+                    # after a cancel)
+                    await self._wait_end(t)
                 return
             if t.state in ("ended", "skipped"):
                 continue
