@@ -1842,6 +1842,19 @@ async def test_a_cancel_the_state_file_cannot_store_says_so(
         assert ended.status == "cd" and "being cancelled" not in (ended.reason or ""), ended
 
 
+def _damage(path: Path) -> None:
+    """Everything of the SQLite file at ``path`` in the file itself (its WAL emptied),
+    then every page after the first two overwritten (a disk error)."""
+    import os
+    import sqlite3
+
+    with contextlib.closing(sqlite3.connect(path)) as db, db:
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    with open(path, "r+b") as f:
+        f.seek(2 * 4096)
+        f.write(os.urandom(os.path.getsize(path) - 2 * 4096))
+
+
 async def test_a_state_file_damaged_while_the_scheduler_runs_is_said_and_the_stack_stops(
     broker: RunningBroker, instance: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -1851,8 +1864,6 @@ async def test_a_state_file_damaged_while_the_scheduler_runs_is_said_and_the_sta
     pass: the stack could be stopped only by killing it. Now the file is named with what
     to do, in the answers (`unavailable`) and the scheduler's status, once in the log,
     and a stop is accepted, naming the jobs that ran."""
-    import os
-    import sqlite3
 
     from tests.inproc import inproc_stack
     from tests.test_node import wait_retained
@@ -1863,14 +1874,7 @@ async def test_a_state_file_damaged_while_the_scheduler_runs_is_said_and_the_sta
         path = st.settings.state_db
         job = await st.submit_counter("pip-counter-1", 30, 0.1, tmp_path)
         await st.wait_job(job.id, {"r"}, timeout=10)
-        with (
-            contextlib.closing(sqlite3.connect(path)) as db,
-            db,
-        ):  # everything in the file itself, then damaged
-            db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        with open(path, "r+b") as f:
-            f.seek(2 * 4096)
-            f.write(os.urandom(os.path.getsize(path) - 2 * 4096))
+        _damage(path)
         with pytest.raises(ReplyError) as e:
             await st.call("job_status", {"jobids": [job.id]})
         assert e.value.code == "unavailable", e.value
@@ -1903,8 +1907,6 @@ async def test_a_recorder_store_damaged_under_it_is_said_not_an_internal_error(
     `tomato status` said nothing of the store. The store is named with what to do, in the
     answer (`unavailable`) and the recorder's status (its `storage_error`), once in the
     log; and `tomato start` finds such a page in a store of up to 32 MiB."""
-    import os
-    import sqlite3
 
     from tests.inproc import inproc_stack
     from tests.test_node import wait_retained
@@ -1916,11 +1918,7 @@ async def test_a_recorder_store_damaged_under_it_is_said_not_an_internal_error(
         path = st.settings.recorder_db
         job = await st.submit_counter("pip-counter-1", 0.5, 0.01, tmp_path)
         await st.wait_job(job.id, {"c"}, timeout=30)
-        with contextlib.closing(sqlite3.connect(path)) as db, db:
-            db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        with open(path, "r+b") as f:
-            f.seek(2 * 4096)
-            f.write(os.urandom(os.path.getsize(path) - 2 * 4096))
+        _damage(path)
         assert "damaged" in (unreadable(path, thorough=True) or ""), "tomato start's check"
         with pytest.raises(ReplyError) as e:
             await st.call("job_snapshot", {"jobid": job.id})
