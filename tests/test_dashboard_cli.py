@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import socket
@@ -79,8 +80,28 @@ async def test_tomato_dashboard_serves_page_and_plotly(
         )
         said = again.stdout + again.stderr
         assert again.returncode == 0, said
-        assert f"a tomato-mqtt dashboard serves http://127.0.0.1:{web}/ already" in said, said
+        here = f"a tomato-mqtt dashboard of this stack serves http://127.0.0.1:{web}/ already"
+        assert here in said, said
         assert f"--open found no web browser on this PC: open http://127.0.0.1:{web}/" in said
+        # ... and another stack's (another instance: another lab's page) is not taken for
+        # it, also through a proxy set in the environment (a review: it opened the other
+        # lab's page, exit 0; and asked the proxy)
+        other = tmp_path / "other"
+        other.mkdir()
+        (other / "settings.toml").write_text(
+            (app / "settings.toml").read_text().replace(instance, f"{instance}-other")
+        )
+        theirs = await asyncio.to_thread(
+            subprocess.run,
+            [str(BIN / "tomato"), "dashboard", "-A", str(other)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**NO_BROWSER, "http_proxy": "http://127.0.0.1:9", "no_proxy": ""},
+        )
+        said = theirs.stdout + theirs.stderr
+        assert theirs.returncode == 1, said
+        assert f"cannot serve on 127.0.0.1:{web}: the dashboard of another stack" in said, said
         # the page is served before the broker is reached: stop it once it says it is up
         # (its address line), not in the middle of its subscriptions
         # (--open with no browser on this PC says so after it: it said nothing)
@@ -146,6 +167,39 @@ async def test_web_port_in_use_says_how_to_choose_another(
     assert "--web-port N" in res.stderr and "[dashboard]" in res.stderr, res.stderr
     assert "settings.toml" in res.stderr, res.stderr
     assert "WebSocket listener" not in res.stderr  # (an external broker's stack: not ours)
+
+
+async def test_a_port_held_by_a_program_that_speaks_no_http_is_said_in_use(
+    broker: RunningBroker, tmp_path: Path, instance: str
+) -> None:
+    """A review: the probe of a taken port for a tomato-mqtt dashboard got an SSH
+    banner (or a TLS alert) and `tomato dashboard` ended in a traceback."""
+    import threading
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        web = int(taken.getsockname()[1])
+
+        def banner() -> None:
+            with contextlib.suppress(OSError):
+                while True:
+                    conn, _ = taken.accept()
+                    with conn:
+                        conn.sendall(b"SSH-2.0-OpenSSH_9.2\r\n")
+
+        threading.Thread(target=banner, daemon=True).start()
+        _settings(tmp_path / "app", instance, broker.port, free_port())
+        res = await asyncio.to_thread(
+            subprocess.run,
+            [str(BIN / "tomato"), "dashboard", "-A", str(tmp_path / "app"), "--web-port", str(web)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert "Traceback" not in res.stderr, res.stderr
+    assert f"cannot serve on 127.0.0.1:{web}: the port is in use" in res.stderr, res.stderr
 
 
 async def test_web_port_of_the_stack_s_own_websocket_listener_is_named(

@@ -336,6 +336,11 @@ async def test_a_download_whose_role_was_lowered_is_told_so_at_once(
     assert status == 403, (status, text)
     assert text == "your sign-in has ended (the role of 'olga' changed to reader): sign in again"
     assert took < 30, took  # (the stack's start and the 2 s for the broker included)
+    # a role raised goes on, as a control does (no job 1 here: not found, not "ended")
+    status, text = await _control_after(
+        tmp_path / "raised", instance, lambda b: b.users.set_role("olga", "admin"), download=True
+    )
+    assert status == 404 and "ended" not in text, (status, text)
 
 
 async def _control_after(tmp_path: Path, instance: str, change: Any, download: bool = False) -> Any:

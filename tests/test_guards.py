@@ -92,11 +92,47 @@ def test_another_job_s_folder_is_refused_as_the_file_is_written(tmp_path: Path) 
         tw.symlink_to(swapped_to)
         with pytest.raises(CommandError, match="in another job's folder in the datadir"):
             g.check_path(tw / "results.8.nc", JOB, own)
-    assert not (jobs / "999999999999").exists()
     with pytest.raises(CommandError, match="another job's folder"):
         g.check_path(jobs / "8" / "x.nc", JOB, own)
     # without its own folder named (the recorder's private snapshots): as before
     assert g.check_path(jobs / "8" / "x.nc", JOB) == jobs / "8" / "x.nc"
+
+
+def test_the_folder_written_in_is_the_one_checked(tmp_path: Path) -> None:
+    """A review: the folder was checked by its path, then the job's batches were read
+    (seconds) and the file written by the path again: a folder swapped for a symlink
+    into another job's folder meanwhile was followed. The folder is opened once its path
+    is checked, its real path checked again, and the file written through it."""
+    import os
+
+    data = tmp_path / "data"
+    jobs = data / "Jobs"
+    own = jobs / "7"
+    (jobs / "8").mkdir(parents=True)
+    lab = tmp_path / "lab"
+    tw = lab / "tw"
+    tw.mkdir(parents=True)
+    g = WriteGuard([data, lab])
+    target = g.check_path(tw / "new" / "results.7.nc", JOB, own)  # (its folder: made)
+    # swapped after the check, before the folder is opened: refused on its real path
+    tw.rename(lab / "was")
+    tw.symlink_to(jobs / "8")
+    with pytest.raises(CommandError, match="another job's folder"):
+        g.open_folder(target.parent, own)
+    assert not (jobs / "8" / "new").exists()  # no folder made there either
+    # swapped after it was opened: the file goes into the folder opened, not the link's
+    tw.unlink()
+    (lab / "was").rename(tw)
+    fd = g.open_folder(target.parent, own)
+    assert fd is not None
+    try:
+        tw.rename(lab / "was")
+        tw.symlink_to(jobs / "8")
+        (Path(f"/proc/self/fd/{fd}") / "results.7.nc").write_bytes(b"x")
+    finally:
+        os.close(fd)
+    assert (lab / "was" / "new" / "results.7.nc").read_bytes() == b"x"
+    assert list((jobs / "8").iterdir()) == []
 
 
 def test_only_an_earlier_version_of_the_same_job_is_overwritten(tmp_path: Path) -> None:

@@ -1908,6 +1908,8 @@ async def test_a_recorder_store_damaged_under_it_is_said_not_an_internal_error(
     answer (`unavailable`) and the recorder's status (its `storage_error`), once in the
     log; and `tomato start` finds such a page in a store of up to 32 MiB."""
 
+    import sqlite3
+
     from tests.inproc import inproc_stack
     from tests.test_node import wait_retained
     from tomato_mqtt.config.statefiles import unreadable
@@ -1934,6 +1936,10 @@ async def test_a_recorder_store_damaged_under_it_is_said_not_an_internal_error(
         assert str(path) in str(decode(RecorderStatus, raw).storage_error)
         assert "Traceback" not in caplog.text, caplog.text[-3000:]
         assert caplog.text.count("cannot be read (database disk image is malformed)") == 1
+        # a batch the damaged store refuses later: not said again (it was logged twice at
+        # once, then every 30 s: a review)
+        st.recorder._storage_failed(sqlite3.DatabaseError("database disk image is malformed"), 1)
+        assert caplog.text.count("database disk image is malformed") == 1, caplog.text[-3000:]
 
 
 async def test_the_components_of_a_node_stopped_cleanly_are_shown_lost(

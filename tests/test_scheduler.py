@@ -661,12 +661,14 @@ async def test_a_page_of_the_listing_says_first_that_its_counts_are_the_page_s(
         assert (whole.msg or "").startswith("found 3 jobs"), whole.msg  # no note: all of it
 
 
-def test_a_job_table_cuts_the_reason_before_the_times() -> None:
+def test_a_job_table_cuts_the_reason_before_the_times(monkeypatch: pytest.MonkeyPatch) -> None:
     """`ketchup status --all` (120 columns off a terminal) cut the submitted and started
     times to "2026-12-06 16:11:…" to make room for a long reason, the time of day lost
     (a newcomer's tour): the reason, free text, is cut first."""
+    from tomato_mqtt.cli import output
     from tomato_mqtt.cli.jobview import job_table
 
+    monkeypatch.setattr(output, "_term_width", lambda: 120)  # as off a terminal (-s: its own)
     at = "2026-12-06T16:11:42.123456+00:00"
     job = {
         "id": 12,

@@ -9,7 +9,7 @@ instrument-PC install does not pull in.
 from __future__ import annotations
 
 import errno
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -46,7 +46,11 @@ def dashboard(
     except ImportError:
         fail("the dashboard is not installed here: pip install 'tomato-mqtt[dashboard]'")
     from tomato_mqtt.services.base import setup_logging
-    from tomato_mqtt.services.dashboard.service import DashboardConfig, DashboardService
+    from tomato_mqtt.services.dashboard.service import (
+        DashboardConfig,
+        DashboardService,
+        stack_id,
+    )
     from tomato_mqtt.services.watchdog import follow_supervisor
 
     follow_supervisor()  # under tomato start: stop with the stack's supervisor
@@ -114,18 +118,26 @@ def dashboard(
     except OSError as e:
         where = f"{svc.cfg.host}:{svc.cfg.port}"
         if e.errno == errno.EADDRINUSE:
-            there = _dashboard_at(svc.cfg.host, svc.cfg.port, svc.cfg.tls)
-            if there is not None:  # the stack's own ([dashboard] enabled), or another
-                # `tomato dashboard`: "the port is in use" sent its user looking for a
-                # program to stop (a newcomer's tour)
+            there, stack = _dashboard_at(svc.cfg.host, svc.cfg.port, svc.cfg.tls)
+            ours = stack_id(ctx.instance, ctx.url.host, ctx.url.port)
+            if there is not None and stack in (None, ours):  # this stack's (the one of
+                # [dashboard] enabled), or another `tomato dashboard` of it: "the port is
+                # in use" sent its user looking for a program to stop (a newcomer's tour)
                 typer.echo(
-                    f"dashboard: a tomato-mqtt dashboard serves {there} already (the "
-                    "stack's own when [dashboard] enabled = true): nothing more started",
+                    f"dashboard: a tomato-mqtt dashboard of this stack serves {there} "
+                    "already (the stack's own when [dashboard] enabled = true): nothing "
+                    "more started",
                     err=True,
                 )
                 if open_browser:
                     _open(there)
                 raise typer.Exit(0) from None
+            if there is not None:  # another stack's (another instance, broker or user)
+                fail(
+                    f"the dashboard cannot serve on {where}: the dashboard of another stack "
+                    f"serves there ({there}); choose a free port with --web-port N, or set "
+                    "port = N under [dashboard] in settings.toml"
+                )
             ours = (
                 f" (the embedded broker's WebSocket listener takes {s.ws_port}, the MQTT port"
                 " + 1 unless [broker] ws_port says otherwise)"
@@ -143,22 +155,28 @@ def dashboard(
         )
 
 
-def _dashboard_at(host: str, port: int, tls: bool) -> str | None:
-    """The address of a tomato-mqtt dashboard serving on ``host:port``, or None (another
-    program, or none that answers within a second)."""
+def _dashboard_at(host: str, port: int, tls: bool) -> tuple[str | None, str | None]:
+    """The address of a tomato-mqtt dashboard serving on ``host:port`` and the stack it
+    shows (its ``X-Tomato-Stack``; None from a version without it); (None, None) for
+    another program, or none that answers within a second."""
     import ssl
     import urllib.request
 
     near = "127.0.0.1" if host in ("", "0.0.0.0") else "::1" if host == "::" else host
     shown = f"[{near}]" if ":" in near else near
     address = f"{'https' if tls else 'http'}://{shown}:{port}/"
-    unverified = ssl._create_unverified_context() if tls else None  # only looked at
+    handlers: list[Any] = [urllib.request.ProxyHandler({})]  # this PC: never a proxy
+    if tls:  # only looked at: its certificate may be one this PC does not trust
+        handlers.append(urllib.request.HTTPSHandler(context=ssl._create_unverified_context()))
     try:
-        with urllib.request.urlopen(address, timeout=1.0, context=unverified) as r:
+        with urllib.request.build_opener(*handlers).open(address, timeout=1.0) as r:
             page = r.read(4096)
-    except (OSError, ValueError):
-        return None
-    return address if b"<title>tomato-mqtt dashboard</title>" in page else None
+            stack = r.headers.get("X-Tomato-Stack")
+    except Exception:  # (a TLS or SSH listener's answer is no HTTP: a review) not ours
+        return None, None
+    if b"<title>tomato-mqtt dashboard</title>" not in page:
+        return None, None
+    return address, stack
 
 
 def _open(address: str) -> None:

@@ -95,8 +95,10 @@ def restart_node(
     if not reply.success:
         opts.output().reply(reply)
     said = reply.msg or ""
-    if "start" in said.partition(":")[2]:  # the node said which (this version on)
-        text = f"{said} (`tomato status nodes` shows it back)" if "again," in said else said
+    if "(tomato start) starts it again" in said:  # the node says which (this version on)
+        text = f"{said} (`tomato status nodes` shows it back)"
+    elif "so it stays stopped" in said:
+        text = said
     else:  # an older node: both cases
         text = (
             f"{said}: a node of `tomato start` is started again by its supervisor, "

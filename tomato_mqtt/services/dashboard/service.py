@@ -50,7 +50,7 @@ if TYPE_CHECKING:
     from tomato_mqtt.model.jobs import Job
     from tomato_mqtt.wire.messages import JobStatus
 
-__all__ = ["BrokerUnreachable", "DashboardConfig", "DashboardService", "Viewer"]
+__all__ = ["BrokerUnreachable", "DashboardConfig", "DashboardService", "Viewer", "stack_id"]
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +90,16 @@ QUEUE_BYTES_MAX = 2 * 2**20
 class BrokerUnreachable(MqttError):
     """The first connection to the broker failed for ``connect_timeout`` s: the
     dashboard has given up (the text names the broker and the last failure)."""
+
+
+def stack_id(instance: str, broker_host: str, broker_port: int) -> str:
+    """Which stack a dashboard shows, as a short digest (no address given away): the
+    page's ``X-Tomato-Stack`` header, which ``tomato dashboard`` compares with its own
+    when it finds its port taken."""
+    import hashlib
+
+    text = f"{instance}\n{broker_host.lower()}\n{broker_port}"
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 @dataclass

@@ -36,6 +36,7 @@ from tomato_mqtt.services.dashboard.service import (
     VIEWERS_SIGNED_IN,
     DashboardService,
     Viewer,
+    stack_id,
 )
 from tomato_mqtt.services.dashboard.sessions import KNOWN_OPS, LoginFailed, Session
 from tomato_mqtt.transport.client import MqttError
@@ -199,7 +200,10 @@ def _session(request: web.Request) -> Session:
 
 
 async def _index(request: web.Request) -> web.StreamResponse:
-    return web.FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
+    cfg = request.app[SVC].cfg  # which stack this is (tomato dashboard's probe of a port)
+    stack = stack_id(cfg.instance, cfg.url.host, cfg.url.port)
+    headers = {"Cache-Control": "no-cache", "X-Tomato-Stack": stack}
+    return web.FileResponse(STATIC / "index.html", headers=headers)
 
 
 async def _plotly(request: web.Request) -> web.StreamResponse:
@@ -423,17 +427,26 @@ async def _role_changed(request: web.Request, s: Session) -> web.StreamResponse 
     )
 
 
-async def _ended_by_a_role_change(request: web.Request, s: Session) -> str | None:
-    """If the role of a signed-in session's login changed since the sign-in, the
-    sign-in ends: what to say; None when it did not (or the broker does not tell)."""
-    from tomato_mqtt.services.dashboard.sessions import whoami
+async def _ended_by_a_role_change(
+    request: web.Request, s: Session, needs: str | None = None
+) -> str | None:
+    """If the role of a signed-in session's login changed since the sign-in (and the new
+    one may not do ``needs``, when given), the sign-in ends: what to say; None when it
+    did not (or the scheduler does not tell now)."""
+    from tomato_mqtt.services.dashboard.sessions import controls_for, whoami
 
     sessions = request.app[SVC].sessions
     if s.client is None or s is sessions.shared or s.me is None:
         return None
-    me = await whoami(s.requester, s.topics, 2.0)
+    try:
+        me = await whoami(s.requester, s.topics, 2.0)
+    except Exception:  # (a throttled login's refusal, say: a 500 before the download's own
+        # answer: a review) not known now: the request itself finds out
+        return None
     if me is None or me.role == s.me.role:
         return None
+    if needs is not None and needs in controls_for(me, False):
+        return None  # still allowed (a role raised): the sign-in goes on, as for a control
     sessions.end(s, f"the role of {s.user!r} changed to {me.role or 'none'}")
     return sessions.ended(_token(request)) or "your sign-in has ended; sign in again"
 
@@ -512,7 +525,7 @@ async def _download(request: web.Request) -> web.StreamResponse:
         raise web.HTTPForbidden(text=ended or "your role may not take snapshots of jobs")
     # a role lowered since the sign-in: the broker drops the request unread, and the
     # download waited 60 s for "no scheduler answered … is it running?" (a hostile tour)
-    if (said := await _ended_by_a_role_change(request, s)) is not None:
+    if (said := await _ended_by_a_role_change(request, s, "job_snapshot")) is not None:
         raise web.HTTPForbidden(text=said)
     try:
         snap = await take_snapshot(s, job)

@@ -871,7 +871,7 @@ class NodeService(Service):
         self.restart_requested = True  # (its exit code says so: cli/serve.py)
         self.request_stop()
         # which of the two it is (the CLI said both: a newcomer's tour)
-        if os.environ.get(SUPERVISOR_PID_ENV, "").isdigit():
+        if os.environ.get(SUPERVISOR_PID_ENV):  # (as cli/serve.py tells a node by hand)
             return Result(
                 f"node {self.name} shutting down: its supervisor (tomato start) starts it "
                 "again, with its drivers loaded anew"

@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import sqlite3
 import time
 import uuid
@@ -185,11 +186,33 @@ class Files:
                 # only below the allowed roots, never over a file of another job (the
                 # check reads an existing file: in the thread too, as it waits for the
                 # netCDF lock like the write: tomato_mqtt/nclock.py)
-                if guarded:  # (not: a snapshot in this recorder's private folder)
-                    target = checked[0] = guard.check_path(target, a.job, Path(a.fallback_dir))
+                if not guarded:  # a snapshot in this recorder's private folder
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    return write_in(target, target)
+                own = Path(a.fallback_dir)
+                target = checked[0] = guard.check_path(target, a.job, own)
+                folder = guard.open_folder(target.parent, own)
+                if folder is None:
+                    return write_in(target, target)
+                try:  # through the folder as opened and checked: no symlink swapped in
+                    # after the check is followed (a review)
+                    via = Path(f"/proc/self/fd/{folder}") / target.name
+                    guard.check_existing(via, a.job, target)
+                    write_in(via, target)
+                except OSError as e:
+                    if e.filename and str(e.filename).startswith("/proc/self/fd/"):
+                        e.filename = str(target.parent / Path(str(e.filename)).name)
+                    raise
+                finally:
+                    os.close(folder)
+                return target
+
+            def write_in(via: Path, target: Path) -> Path:
+                """The file written at ``via`` (``target``, or a path to it through its
+                open folder), said as ``target``."""
                 keep = None
-                if not a.snapshot and target.is_file():
-                    had = file_points(target)
+                if not a.snapshot and via.is_file():
+                    had = file_points(via)
                     if had is not None and had > will_hold:
                         # the store lost points the file has (its disk failed: a fault
                         # review found a 117-point file replaced by one of 16 at a restart)
@@ -202,19 +225,19 @@ class Files:
                     def keep(new: str) -> None:
                         # the same, point by point: late data can make up the total of a
                         # store that lost points (a review)
-                        if lost := missing_points(target, new):
+                        if lost := missing_points(via, new):
                             raise FileKept(
                                 f"refused to overwrite {target}: it holds {lost} points of "
                                 f"job {jobid} the recorder's store no longer has; it is kept "
                                 "as it is"
                             )
 
-                target.parent.mkdir(parents=True, exist_ok=True)
                 attrs = root
                 if a.snapshot:  # a snapshot's tomato_Job names the file it is in
                     attrs = {**root, "tomato_Job": job_json(a, snappath=str(target))}
                 problems.clear()
-                return write_job_file(target, roles, attrs, problems, keep)
+                write_job_file(via, roles, attrs, problems, keep, shown=target)
+                return target
 
             try:
                 return await asyncio.to_thread(checked_write, path), "", problems

@@ -11,7 +11,9 @@ file only to the job's owner, an admin, or the scheduler.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -25,6 +27,9 @@ from tomato_mqtt.nclock import NC_LOCK
 from tomato_mqtt.transport.rpc import CommandError, requester
 
 __all__ = ["WriteGuard"]
+
+#: the open files of this process, each a link to its real path (Linux)
+_PROC_FD = Path("/proc/self/fd")
 
 
 class WriteGuard:
@@ -47,26 +52,75 @@ class WriteGuard:
                 f"refused to write {path}: outside the folders the recorder may write to "
                 f"({roots}; [recorder] output_roots)"
             )
-        if own is not None:
-            # resolved now, as the file is written: a folder of the payload's path swapped
-            # for a symlink to another job's folder after the submit's check wrote there,
-            # under that job's name, and made folders of ids to come (a hostile tour)
-            mine = own.resolve()
-            jobs = mine.parent
-            if lies_under(target, [jobs]) and not lies_under(target, [mine]):
+        # resolved now, as the file is written: a folder of the payload's path swapped for
+        # a symlink to another job's folder after the submit's check wrote there, under
+        # that job's name, and made folders of ids to come (a hostile tour)
+        self._not_another_job_s(target.parent, own, path)
+        self.check_existing(target, job, path)
+        return target
+
+    def _not_another_job_s(self, folder: Path, own: Path | None, shown: str | Path) -> None:
+        """``folder`` (resolved) is not in the datadir's job folders but ``own``'s."""
+        if own is None:
+            return
+        mine = own.resolve()
+        jobs = mine.parent
+        if lies_under(folder, [jobs]) and not lies_under(folder, [mine]):
+            raise CommandError(
+                f"refused to write {shown}: it is in another job's folder in the datadir ({folder})"
+            )
+
+    def check_existing(self, at: Path, job: Mapping[str, JsonValue], shown: str | Path) -> None:
+        """A file at ``at`` (read through any path to it) is replaced only when it is an
+        earlier version of this job's output."""
+        if at.exists() or at.is_symlink():
+            if not at.is_file():
+                raise CommandError(f"refused to write {shown}: it exists and is not a file")
+            if not _same_job(at, job):
                 raise CommandError(
-                    f"refused to write {path}: it is in another job's folder in the "
-                    f"datadir ({target.parent})"
-                )
-        if target.exists() or target.is_symlink():
-            if not target.is_file():
-                raise CommandError(f"refused to write {path}: it exists and is not a file")
-            if not _same_job(target, job):
-                raise CommandError(
-                    f"refused to overwrite {path}: it is not an earlier version of job "
+                    f"refused to overwrite {shown}: it is not an earlier version of job "
                     f"{job.get('id')}'s output"
                 )
-        return target
+
+    def open_folder(self, folder: Path, own: Path | None) -> int | None:
+        """``folder`` (resolved and checked by :meth:`check_path`) opened, its missing
+        parts made and opened one by one from the nearest existing one (never following
+        a symlink), and its real path (the kernel's, of the open folder) checked again:
+        the file is then written through it, so a folder swapped for a symlink after the
+        check (while the job's batches are read: seconds) is not followed (a review).
+        None where the system gives no folder's real path (no /proc): by path, as before.
+        """
+        if not _PROC_FD.is_dir() or not hasattr(os, "O_DIRECTORY"):
+            folder.mkdir(parents=True, exist_ok=True)
+            return None
+        missing: list[str] = []
+        at = folder
+        while not at.is_dir() and at.parent != at:
+            missing.append(at.name)
+            at = at.parent
+        fd = os.open(at, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            self._real_folder_ok(fd, own, folder)
+            for name in reversed(missing):
+                with contextlib.suppress(FileExistsError):
+                    os.mkdir(name, dir_fd=fd)
+                inner = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+                os.close(fd)
+                fd = inner
+            self._real_folder_ok(fd, own, folder)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    def _real_folder_ok(self, fd: int, own: Path | None, shown: Path) -> None:
+        real = Path(os.readlink(_PROC_FD / str(fd)))
+        if not lies_under(real, self.roots):
+            raise CommandError(
+                f"refused to write in {shown}: it is {real} now, outside the folders the "
+                "recorder may write to ([recorder] output_roots)"
+            )
+        self._not_another_job_s(real, own, shown)
 
     def require_scheduler(self, op: str) -> None:
         user = requester()

@@ -681,11 +681,14 @@ def write_job_file(
     root_attrs: Mapping[str, str],
     problems: list[str] | None = None,
     check: Callable[[str], None] | None = None,
+    shown: Path | None = None,
 ) -> Path:
     """Write the job's file atomically at ``path``; returns the path written.
     ``problems`` gets what of the stored points the file could not hold as they came;
-    ``check`` sees the new file before it takes the name (and may refuse it: raise)."""
+    ``check`` sees the new file before it takes the name (and may refuse it: raise);
+    ``shown``: the path the messages name (``path`` may lead through an open folder)."""
     path = Path(path)
+    named = (shown or path).parent
     plans = plan_groups(roles, problems)
     _remove_stale_temps(path)
     # the writer's pid in the name: a later write removes only a dead writer's leftovers
@@ -703,9 +706,9 @@ def write_job_file(
                 # fidelity review) is not retried: the same data fails the same way
                 if any(w in str(e) for w in _DATA_REFUSED):
                     raise ValueError(f"the file cannot hold the data as it came: {e}") from e
-                raise _why_not_written(OSError(errno.EIO, str(e)), path.parent) from e
+                raise _why_not_written(OSError(errno.EIO, str(e)), path.parent, named) from e
             except OSError as e:
-                raise _why_not_written(e, path.parent) from e
+                raise _why_not_written(e, path.parent, named) from e
         if check is not None:
             check(tmp)
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600: lab colleagues read results
@@ -748,14 +751,14 @@ def _remove_stale_temps(path: Path) -> None:
     recorder may be writing right now. Once per folder and process: only a process that
     is gone leaves them, and a scan at every write cost time in proportion to the
     folder's files (4 ms a write at 4,000 results files in a soak, growing with each)."""
-    folder = str(path.parent)
+    folder = os.path.realpath(path.parent)  # (an open folder's /proc/self/fd/N: reused)
     if folder in _SWEPT:
         return
     if len(_SWEPT) >= 10_000:
         _SWEPT.clear()
     _SWEPT.add(folder)
     try:
-        entries = os.scandir(folder)
+        entries = os.scandir(str(path.parent))  # (through the open folder, when it is one)
     except OSError:
         return
     with entries:
@@ -794,16 +797,17 @@ def _gone(pid: int) -> bool:
     return state in ("Z", "X")
 
 
-def _why_not_written(e: OSError, folder: Path) -> OSError:
+def _why_not_written(e: OSError, folder: Path, named: Path | None = None) -> OSError:
     """HDF5 reports a full disk as whatever failed last (often EACCES, "Permission
-    denied"): a user then looks at permissions. Name the full disk when it is one."""
+    denied"): a user then looks at permissions. Name the full disk when it is one
+    (``named``: the folder as the message names it)."""
     try:
         free = shutil.disk_usage(folder).free
     except OSError:
         return e
     if e.errno != errno.ENOSPC and free < _FULL:
         # (HDF5's own words left out: "Permission denied" sent users to the permissions)
-        return OSError(errno.ENOSPC, f"no space left in {folder} ({free} bytes free)")
+        return OSError(errno.ENOSPC, f"no space left in {named or folder} ({free} bytes free)")
     return e
 
 

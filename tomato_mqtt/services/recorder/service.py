@@ -446,20 +446,22 @@ class RecorderService(Service):
             )
 
     def _storage_failed(self, e: BaseException, job: int | None) -> None:
-        first = self.storage_error is None
+        # a damaged store is said once, by store_fault (here it was logged twice at once,
+        # then every 30 s: a review)
         if self.store_fault(e) is None and self.store_damaged is None:
+            first = self.storage_error is None
             why = store_words(str(e), self.db_path)  # who holds its lock, which file refuses
             self.storage_error = (
                 f"the recorder cannot store data in {self.db_path}: {why} "
                 "(the nodes keep it in their spools until it can, within their "
                 "spool_max_mb: beyond it the oldest go)"
             )
-        now = time.monotonic()
-        if first or now - self._storage_logged > 30:
-            self._storage_logged = now
-            log.error("%s", self.storage_error)
-        if first:
-            self.spawn(self.publish_presence("online"))
+            now = time.monotonic()
+            if first or now - self._storage_logged > 30:
+                self._storage_logged = now
+                log.error("%s", self.storage_error)
+            if first:
+                self.spawn(self.publish_presence("online"))
         if job is not None and job not in self._storage_told:
             self._storage_told.add(job)
             self.job_event(job, "storage_fault", {"error": self.storage_error})
