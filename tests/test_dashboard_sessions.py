@@ -304,7 +304,38 @@ async def test_a_phone_sees_the_whole_page_and_a_stale_one_is_said(
         said = await page.evaluate("() => getComputedStyle(document.body, '::before').content")
         assert "the page shows the stack as it was at" in said, said
         conn = await page.text_content("#conn")
-        assert conn is not None and conn.startswith("not live · no status from the stack")
+        # (the dashboard lost the broker: said at once, before the services' silence)
+        assert conn is not None and conn.startswith("not live · "), conn
+
+
+async def test_a_page_says_at_once_that_the_dashboard_lost_the_broker(
+    tmp_path: Path, instance: str
+) -> None:
+    """A dashboard tour: after `tomato stop` the pill said "live" for 10 s more (until
+    every service had been silent for lost_after), the controls waiting 15 s each, while
+    the dashboard had lost the broker at once. The page says so within a second or two,
+    greyed as of the stack's last word."""
+    from tests.browser import chromium_page
+    from tests.security_env import stop
+
+    async with (
+        secured("amqtt", tmp_path / "b", instance) as b,
+        running(_scheduler(b, tmp_path)),
+        running_dashboard(b.url("dash"), instance, lost_after=60.0) as dash,
+        chromium_page() as (_, page),
+    ):
+        await page.goto(dash.address())
+        await page.wait_for_function(
+            "() => document.getElementById('conn').textContent === 'live'", timeout=15_000
+        )
+        t0 = asyncio.get_running_loop().time()
+        await stop(b)
+        await page.wait_for_function(
+            "() => document.getElementById('conn').textContent.includes('lost the broker')",
+            timeout=10_000,
+        )
+        assert asyncio.get_running_loop().time() - t0 < 10  # not lost_after (60 s)
+        assert await page.evaluate("() => document.body.classList.contains('stale')")
 
 
 async def test_a_sign_in_whose_role_was_lowered_is_told_so(

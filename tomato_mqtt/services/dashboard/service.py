@@ -176,6 +176,7 @@ class DashboardService:
         self.sessions.on_end = self._session_ended
         self.viewers: set[Viewer] = set()
         self.client: AsyncClient | None = None
+        self._told_broker = True  # what the pages were told of the broker connection
         self.port: int | None = None  # the bound port, once serving
         #: the host names the page answers to (``web.this_pc_names``, set by ``run``)
         self.names: frozenset[str] = frozenset({"localhost", *cfg.hosts})
@@ -347,6 +348,7 @@ class DashboardService:
             "instance": self.cfg.instance,
             "title": self.cfg.title or self.cfg.instance,
             "lost_after": self.cfg.lost_after,
+            "broker": self._broker_up(),
             "me": viewer.session.describe(),
             **self.state.full(),
         }
@@ -600,6 +602,12 @@ class DashboardService:
         }
         if not self.viewers:
             return
+        up = self._broker_up()
+        if up != self._told_broker:  # said at once: the page said "live" for 10 s more,
+            # until every service had been silent for lost_after (a dashboard tour)
+            self._told_broker = up
+            for v in self.viewers:
+                v.send({"t": "broker", "now": now, "connected": up})
         if tick:  # the dashboard's login may snapshot now (its whoami answered late)
             for v in list(self.viewers):
                 if v.job is not None and v.job not in self._backfilled:
@@ -622,6 +630,10 @@ class DashboardService:
             if v.job in events:
                 evs = self.state.job_events(v.job)
                 v.send({"t": "events", "job": v.job, "events": evs})
+
+    def _broker_up(self) -> bool:
+        """Whether this dashboard's own connection to the broker is up now."""
+        return self.client is not None and self.client.is_connected
 
     async def writer(self, viewer: Viewer, send: Any) -> None:
         """Drain one page's queue into its socket (``send``: the socket's send_str)."""

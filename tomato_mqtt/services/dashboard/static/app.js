@@ -161,7 +161,7 @@ function connect() {
       case "hello":
         window.__dash.helloAt = performance.now();
         S.nodes = {}; S.components = {}; S.lasts = {}; S.pipelines = {}; S.jobs = {};
-        S.lostAfter = m.lost_after; S.instance = m.instance;
+        S.lostAfter = m.lost_after; S.instance = m.instance; S.brokerDown = m.broker === false;
         $("instance").textContent = m.title;
         m.items.forEach(apply);
         setMe(m.me);
@@ -174,6 +174,7 @@ function connect() {
       case "items": m.items.forEach(apply); break;
       case "me": setMe(m.me); break;
       case "tick": mark("presence"); break;
+      case "broker": S.brokerDown = !m.connected; renderConn(); break;
       default: if (window.onPageMessage) window.onPageMessage(m);
     }
   };
@@ -213,10 +214,14 @@ function renderPresence() {
 // come from the stack for lost_after (every service silent: most likely the broker, or
 // the dashboard's way to it), it says so (found by a user's audit: "live" while the
 // broker was stopped for 32 s)
-function silentFor() {
+function lastHeard() {
   const seen = [S.scheduler, S.recorder, ...Object.values(S.nodes)].map((v) => v && v.rx).filter((x) => x);
-  if (!seen.length) return null;
-  const age = now() - Math.max(...seen);
+  return seen.length ? Math.max(...seen) : null;
+}
+function silentFor() {
+  const last = lastHeard();
+  if (last === null) return null;
+  const age = now() - last;
   return age > S.lostAfter ? age : null;
 }
 window.silentFor = silentFor;
@@ -224,17 +229,23 @@ function renderConn() {
   const c = $("conn");
   if (!window.__dash.ws || window.__dash.ws.readyState !== 1) return;  // onclose says it
   const quiet = silentFor();
-  c.textContent = quiet === null ? "live" : `not live · no status from the stack for ${quiet.toFixed(0)} s (broker unreachable?)`;
-  c.className = quiet === null ? "pill on" : "pill lost";
-  stale(quiet !== null);
+  // the dashboard's own connection to the broker lost: said at once (it said "live" for
+  // lost_after more, the controls waiting 15 s each: a dashboard tour)
+  c.textContent = S.brokerDown ? "not live · the dashboard lost the broker (stack stopped?); retrying"
+    : quiet === null ? "live" : `not live · no status from the stack for ${quiet.toFixed(0)} s (broker unreachable?)`;
+  c.className = quiet === null && !S.brokerDown ? "pill on" : "pill lost";
+  stale(quiet !== null || S.brokerDown);
 }
 // the page's state is not current (the dashboard or the stack silent): greyed, and said
 // above it, with when it was last current (a dashboard tour: services stayed "online",
 // green, their heartbeat ages counting up, after the stack had stopped)
 function stale(on) {
   const b = document.body;
-  if (on && !b.classList.contains("stale")) {
-    b.dataset.asOf = `the page shows the stack as it was at ${new Date().toLocaleTimeString()}: it may have changed since`;
+  if (on && !b.classList.contains("stale")) {  // as of the last word from the stack (it
+    // said the time it was noticed, seconds later: a dashboard tour)
+    const last = lastHeard();
+    const at = last === null ? new Date() : new Date((last - S.offset) * 1000);
+    b.dataset.asOf = `the page shows the stack as it was at ${at.toLocaleTimeString()}: it may have changed since`;
   }
   b.classList.toggle("stale", on);
 }
