@@ -718,6 +718,16 @@ def test_local_commands_answer_with_a_reply_under_json_and_yaml(tmp_path: Path) 
         [str(BIN / "tomato"), "init", *dirs, "-y"], capture_output=True, text=True
     )
     assert init.returncode == 0 and yaml.safe_load(init.stdout)["success"], init
+    # again with other folders: the settings stay, and it says which of the options they
+    # override (silent, a tour's stack used the default datadir of another's)
+    again = [*dirs[:3], str(tmp_path / "data2"), *dirs[4:], "-p", "1884"]
+    init = subprocess.run([str(BIN / "tomato"), "init", *again], capture_output=True, text=True)
+    assert init.returncode == 0, init
+    assert f"its datadir is {tmp_path / 'data'} (not {tmp_path / 'data2'}, given with -D)" in (
+        init.stdout
+    ), init.stdout
+    assert "its port is 1883 (not 1884, given with -p)" in init.stdout, init.stdout
+    assert "logdir" not in init.stdout, init.stdout  # (the same as given)
     sch = subprocess.run(
         [str(BIN / "tomato"), "schema", "-A", str(tmp_path / "app"), "--json"],
         capture_output=True,

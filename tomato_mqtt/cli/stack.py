@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -47,7 +48,41 @@ def init(opts: common.Opts) -> None:
         msg = "\n".join(f"wrote {p}" for p in written)
     else:
         msg = f"nothing to do: settings already exist in {opts.appdir or a}"
+    appdir = core.as_path(opts.appdir) or a
+    if not any(p.name == "settings.toml" for p in written):
+        msg += _not_applied(appdir, opts)
     opts.output().reply(Done(msg, {"written": [str(p) for p in written]}))
+
+
+def _not_applied(appdir: Path, opts: common.Opts) -> str:
+    """What of -D/-L/-p an existing settings.toml says otherwise (never overwritten): it
+    was silent, and a stack meant for a folder of its own used the default datadir (a
+    dashboard tour wrote a job into another's state file)."""
+    from tomato_mqtt.config.settings import load_settings
+    from tomato_mqtt.errors import ConfigError
+
+    try:
+        s = load_settings(appdir=appdir)
+    except (ConfigError, OSError, ValueError):
+        return ""
+    given = core.as_path(opts.datadir), core.as_path(opts.logdir)
+    differ = [
+        f"{what} is {have} (not {want}, given with {flag})"
+        for what, flag, want, have in (
+            ("datadir", "-D", given[0], s.datadir),
+            ("logdir", "-L", given[1], s.logdir),
+        )
+        if want is not None and Path(want).resolve() != Path(have).resolve()
+    ]
+    if opts.port is not None and opts.port != s.mqtt.port:
+        differ.append(f"port is {s.mqtt.port} (not {opts.port}, given with -p)")
+    if not differ:
+        return ""
+    return (
+        f"\nwarning: {appdir / 'settings.toml'} exists and is not changed: its "
+        + "; its ".join(differ)
+        + ". Edit it, or init another appdir (-A)"
+    )
 
 
 @app.command()
