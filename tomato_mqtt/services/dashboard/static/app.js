@@ -405,6 +405,15 @@ $("pipeline-controls").addEventListener("click", (e) => {
     // said here: an empty name was sent, and the answer spoke of the sample it held (a tour)
     if (!args.sample) { showReply({ success: false, msg: "name the sample to load (the field beside the pipeline)" }); return; }
   }
+  if (op === "pipeline_ready") {
+    // the sample typed is not the one it holds (its load refused: "already holds … eject
+    // it first", a toast easy to miss): asked first (a dashboard tour made three
+    // pipelines ready with their old samples)
+    const p = Object.values(S.pipelines).find((x) => x.name === args.pipeline);
+    const held = p && p.sample, typed = $("pc-sample").value.trim();
+    if (held && typed && typed !== held &&
+        !window.confirm(`${args.pipeline} holds sample '${held}', not '${typed}'. Mark it ready with '${held}'?`)) return;
+  }
   command(op, args);
 });
 $("jobs").addEventListener("click", (e) => {
