@@ -458,6 +458,9 @@ async def test_dashboard_roles_on_secured_mosquitto(
             await page.wait_for_function("() => window.S.me && window.S.me.role === 'reader'")
             assert await page.locator("main button:visible, main input:visible").count() == 0
             assert await page.locator("#login").is_visible()
+            # what the page may do is said (controls went missing silently: a tour)
+            note = "() => document.getElementById('role-note').textContent"
+            assert await page.evaluate(note) == "sign in to load samples, submit or cancel jobs"
 
             async def sign_in(user: str, password: str) -> str:
                 await page.evaluate("document.getElementById('reply').hidden = true")
@@ -474,6 +477,7 @@ async def test_dashboard_roles_on_secured_mosquitto(
             assert "✓" in await sign_in("olga", "pw-olga")
             await page.wait_for_function("() => window.S.me && window.S.me.user === 'olga'")
             await page.locator("#submit-controls").wait_for(state="visible", timeout=5_000)
+            assert await page.evaluate(note) == ""
             # her own jobs get cancel and download, another operator's not (a user's audit)
             acts = "(owner) => window.mayActOn({owner})"
             assert await page.evaluate(acts, "olga") and not await page.evaluate(acts, "otto")
@@ -495,6 +499,9 @@ async def test_dashboard_roles_on_secured_mosquitto(
             assert "✓" in await sign_in("rita", "pw-rita")
             await page.wait_for_function("() => window.S.me && window.S.me.user === 'rita'")
             assert await page.locator("main button:visible, main input:visible").count() == 0
+            assert await page.evaluate(note) == (
+                "a reader watches: loading samples, submitting and cancelling jobs need an operator"
+            )
 
             # the dashboard restarted (here: another one, given her cookie as the browser
             # keeps it for a dashboard that ran on that port before): her page says that

@@ -124,6 +124,12 @@ function setMe(me) {
   const role = me.read_only ? "" : ` (${esc(me.role || "no role")})`;
   const who = me.user ? `${esc(me.user)}${role}` : me.role && !me.read_only ? `(${esc(me.role)})` : "";
   $("who").innerHTML = who + (me.read_only ? " · read-only" : "") + (me.open ? " · open stack" : "");
+  // what this page may do, said (controls just went missing: "the page never explains
+  // the roles", a dashboard tour)
+  $("role-note").textContent = me.read_only || me.open ? ""
+    : !me.signed_in ? "sign in to load samples, submit or cancel jobs"
+    : !can("job_submit") ? `a ${me.role || "login without a role"} watches: loading samples, submitting and cancelling jobs need an operator`
+    : "";
   $("login").hidden = me.signed_in || me.open;
   $("logout").hidden = !me.signed_in;
   $("pipeline-controls").hidden = !["pipeline_load", "pipeline_eject", "pipeline_ready"].some(can);

@@ -238,6 +238,9 @@ function renderJobPage() {
     ` · points stored ${j.points ?? "—"} · points on screen ${pts}${load}` + (j.reason ? `<br><span class="reason">${esc(j.reason)}</span>` : "") +
     (j.respath ? `<br>results: <code>${esc(j.respath)}</code>` : "");
   $("jp-cancel").hidden = !(can("job_cancel") && mayActOn(j) && ["q", "qw", "r"].includes(j.status));
+  // why its controls are not there: another user's job (they went missing silently)
+  $("jp-note").textContent = can("job_cancel") && !mayActOn(j)
+    ? `only ${j.owner} or an admin may cancel or download this job` : "";
   const dl = $("jp-download");
   dl.hidden = !(can("job_snapshot") && mayActOn(j) && !["q", "qw"].includes(j.status));
   dl.href = `/api/job/${J.id}/download`;
@@ -310,6 +313,9 @@ function renderComponentPage(id) {
   $("cp-last").textContent = last ? `${new Date(last.uts * 1000).toLocaleTimeString()}\n` + Object.entries(last.values).map(([k, v]) => `${k} = ${v}${last.units[k] ? " " + last.units[k] : ""}`).join("\n") : "—";
   $("cp-controls").hidden = none || !(can("get_attr") || can("set_attr"));
   $("cp-set").hidden = !can("set_attr"); $("cp-value").hidden = !can("set_attr");
+  $("cp-note").textContent = none || (S.me && (S.me.open || S.me.read_only)) ? ""
+    : !can("get_attr") ? "reading attributes needs an operator, setting them an admin (the latest point is below)"
+    : !can("set_attr") ? "setting attributes needs an admin" : "";
   const sel = $("cp-attr"), names = Object.keys(attrs).join("\n");
   if (sel._names !== names) { sel.innerHTML = Object.keys(attrs).map((k) => `<option>${esc(k)}</option>`).join(""); sel._names = names; }
 }
