@@ -81,7 +81,7 @@ def test_another_job_s_folder_is_refused_as_the_file_is_written(tmp_path: Path) 
     jobs = data / "Jobs"
     own = jobs / "7"
     (jobs / "8").mkdir(parents=True)
-    g = WriteGuard([data, tmp_path / "lab"])
+    g = WriteGuard([data, tmp_path / "lab"], jobs_dir=jobs)
     (tmp_path / "lab").mkdir()
     assert g.check_path(own / "results.7.nc", JOB, own) == own / "results.7.nc"
     assert g.check_path(own / "sub" / "r.nc", JOB, own) == own / "sub" / "r.nc"  # its own
@@ -112,7 +112,7 @@ def test_the_folder_written_in_is_the_one_checked(tmp_path: Path) -> None:
     lab = tmp_path / "lab"
     tw = lab / "tw"
     tw.mkdir(parents=True)
-    g = WriteGuard([data, lab])
+    g = WriteGuard([data, lab], jobs_dir=jobs)
     target = g.check_path(tw / "new" / "results.7.nc", JOB, own)  # (its folder: made)
     # swapped after the check, before the folder is opened: refused on its real path
     tw.rename(lab / "was")
@@ -120,6 +120,15 @@ def test_the_folder_written_in_is_the_one_checked(tmp_path: Path) -> None:
     with pytest.raises(CommandError, match="another job's folder"):
         g.open_folder(target.parent, own)
     assert not (jobs / "8" / "new").exists()  # no folder made there either
+    # ... nor in the job folders' own folder (an id to come: the next ids jumped)
+    coming = g.check_path(lab / "was" / "999999999999" / "results.7.nc", JOB, own)
+    (lab / "was").rename(lab / "was2")
+    (lab / "was").symlink_to(jobs)
+    with pytest.raises(CommandError, match="another job's folder"):
+        g.open_folder(coming.parent, own)
+    assert not (jobs / "999999999999").exists()
+    (lab / "was").unlink()
+    (lab / "was2").rename(lab / "was")
     # swapped after it was opened: the file goes into the folder opened, not the link's
     tw.unlink()
     (lab / "was").rename(tw)

@@ -743,3 +743,27 @@ def test_a_tab_in_yaml_is_named() -> None:
     with pytest.raises(DocumentError) as e:  # another mistake: no word of tabs
         parse_document("a: [1\nb: 2\n")
     assert "tab" not in str(e.value), e.value
+
+
+@pytest.mark.parametrize(
+    ("name", "said"),
+    [
+        (
+            "broken_duration_v2.0.yml",
+            "method[0].max_duration: input should be a valid number, unable to parse string "
+            "as a number (got 'abc')",
+        ),
+        (
+            "broken_duration_v2.2.yml",
+            "method[0].max_duration: 'abc' is not a duration: give seconds (5, 0.5) or a "
+            "number with a time unit (10 s, 2 min, 1.5 h)",
+        ),
+    ],
+)
+def test_the_broken_payloads_of_cli_md_say_what_it_shows(name: str, said: str) -> None:
+    """docs/cli.md's `ketchup submit` examples name these files and their refusals (it
+    named files that did not exist: a newcomer's tour)."""
+    with pytest.raises(PayloadError) as ei:
+        parse_payload(read_payload_file(CONFIG / name))
+    assert str(ei.value) == said, str(ei.value)
+    assert f"payload refused: config/{name}: {said}" in (CONFIG.parent / "docs/cli.md").read_text()

@@ -11,9 +11,9 @@ file only to the job's owner, an admin, or the scheduler.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
+import stat
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -30,12 +30,18 @@ __all__ = ["WriteGuard"]
 
 #: the open files of this process, each a link to its real path (Linux)
 _PROC_FD = Path("/proc/self/fd")
+#: how a folder is opened to write in it (O_PATH: no read permission needed)
+_OPEN = getattr(os, "O_PATH", os.O_RDONLY)
 
 
 class WriteGuard:
-    def __init__(self, roots: Sequence[Path], users_file: Path | None = None) -> None:
+    def __init__(
+        self, roots: Sequence[Path], users_file: Path | None = None, jobs_dir: Path | None = None
+    ) -> None:
         self.roots = [Path(r).resolve() for r in roots]
         self.roles = RoleBook(users_file)
+        #: the datadir's job folders (``<datadir>/Jobs``): a job writes only in its own
+        self.jobs = jobs_dir.resolve() if jobs_dir is not None else None
 
     def check_path(
         self, path: str | Path, job: Mapping[str, JsonValue], own: Path | None = None
@@ -61,11 +67,9 @@ class WriteGuard:
 
     def _not_another_job_s(self, folder: Path, own: Path | None, shown: str | Path) -> None:
         """``folder`` (resolved) is not in the datadir's job folders but ``own``'s."""
-        if own is None:
+        if own is None or self.jobs is None:
             return
-        mine = own.resolve()
-        jobs = mine.parent
-        if lies_under(folder, [jobs]) and not lies_under(folder, [mine]):
+        if lies_under(folder, [self.jobs]) and not lies_under(folder, [own.resolve()]):
             raise CommandError(
                 f"refused to write {shown}: it is in another job's folder in the datadir ({folder})"
             )
@@ -98,13 +102,19 @@ class WriteGuard:
         while not at.is_dir() and at.parent != at:
             missing.append(at.name)
             at = at.parent
-        fd = os.open(at, os.O_RDONLY | os.O_DIRECTORY)
+        # O_PATH (Linux): a folder this user may write in but not list is opened too
+        fd = os.open(at, _OPEN | os.O_DIRECTORY)
         try:
-            self._real_folder_ok(fd, own, folder)
+            # where the missing parts will be made, checked before any is made
+            self._real_folder_ok(fd, own, folder, below=missing[::-1])
             for name in reversed(missing):
-                with contextlib.suppress(FileExistsError):
+                try:
                     os.mkdir(name, dir_fd=fd)
-                inner = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+                except FileExistsError:  # made meanwhile: a folder, not a file or a link
+                    made = os.stat(name, dir_fd=fd, follow_symlinks=False)
+                    if not stat.S_ISDIR(made.st_mode):
+                        raise
+                inner = os.open(name, _OPEN | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
                 os.close(fd)
                 fd = inner
             self._real_folder_ok(fd, own, folder)
@@ -113,8 +123,12 @@ class WriteGuard:
             raise
         return fd
 
-    def _real_folder_ok(self, fd: int, own: Path | None, shown: Path) -> None:
-        real = Path(os.readlink(_PROC_FD / str(fd)))
+    def _real_folder_ok(
+        self, fd: int, own: Path | None, shown: Path, below: Sequence[str] = ()
+    ) -> None:
+        """The open folder's real path, with the folders ``below`` it still to be made,
+        is allowed."""
+        real = Path(os.readlink(_PROC_FD / str(fd))).joinpath(*below)
         if not lies_under(real, self.roots):
             raise CommandError(
                 f"refused to write in {shown}: it is {real} now, outside the folders the "

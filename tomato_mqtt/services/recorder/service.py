@@ -132,7 +132,9 @@ class RecorderService(Service):
         self.keep_days = keep_days
         self.started_at = time.time()
         # default: only below the recorder's own data folder (settings give datadir + home)
-        self.guard = WriteGuard(output_roots or [db_path.parent], users_file)
+        self.guard = WriteGuard(
+            output_roots or [db_path.parent], users_file, jobs_dir=db_path.parent / "Jobs"
+        )
         #: a secured stack: one login's requests are limited (as the scheduler's)
         self.secured = users_file is not None
         self._client_id = f"recorder-{instance}-{uuid.uuid4().hex[:16]}"
