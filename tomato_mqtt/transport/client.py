@@ -270,6 +270,11 @@ class AsyncClient(_LoopDriven):
         self._drop_socket()
         self._connected.clear()
         self._fail_pending(MqttError("client disconnected"))
+        hook = self._hook_task  # one started before _closing was seen: not left running
+        if hook is not None and not hook.done():
+            hook.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await hook
 
     def _drop_socket(self) -> None:
         if self._sock is not None and self._loop is not None:
@@ -495,7 +500,10 @@ class AsyncClient(_LoopDriven):
         for filter_, subs in self._subs.items():
             if subs:
                 c.subscribe(filter_, max(x.qos for x in subs))
-        if not first and self._on_connect_hook is not None:
+        if not first and self._on_connect_hook is not None and not self._closing:
+            # (not while it closes: a reconnect's CONNACK that came in during disconnect()
+            # started the owner's hook after its tasks were cancelled, and it outlived the
+            # client: a CI run's leaked-task check)
             self._hook_task = asyncio.ensure_future(self._run_hook())
         log.debug("%s connected to %s", self.client_id, self.url)
 
