@@ -145,6 +145,12 @@ SHORT_WAIT = (
 )
 
 
+async def _dashboard_on(app: Path, web: int) -> subprocess.CompletedProcess[str]:
+    """``tomato dashboard -A app --web-port web`` run to its end (a port taken: at once)."""
+    argv = [str(BIN / "tomato"), "dashboard", "-A", str(app), "--web-port", str(web)]
+    return await asyncio.to_thread(subprocess.run, argv, capture_output=True, text=True, timeout=60)
+
+
 async def test_web_port_in_use_says_how_to_choose_another(
     broker: RunningBroker, tmp_path: Path, instance: str
 ) -> None:
@@ -154,13 +160,7 @@ async def test_web_port_in_use_says_how_to_choose_another(
         taken.listen()
         web = int(taken.getsockname()[1])
         _settings(tmp_path / "app", instance, broker.port, free_port())
-        res = await asyncio.to_thread(
-            subprocess.run,
-            [str(BIN / "tomato"), "dashboard", "-A", str(tmp_path / "app"), "--web-port", str(web)],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        res = await _dashboard_on(tmp_path / "app", web)
     assert res.returncode == 1, res.stdout + res.stderr
     assert "dashboard: http" not in res.stdout + res.stderr
     assert f"cannot serve on 127.0.0.1:{web}: the port is in use" in res.stderr, res.stderr
@@ -190,13 +190,7 @@ async def test_a_port_held_by_a_program_that_speaks_no_http_is_said_in_use(
 
         threading.Thread(target=banner, daemon=True).start()
         _settings(tmp_path / "app", instance, broker.port, free_port())
-        res = await asyncio.to_thread(
-            subprocess.run,
-            [str(BIN / "tomato"), "dashboard", "-A", str(tmp_path / "app"), "--web-port", str(web)],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        res = await _dashboard_on(tmp_path / "app", web)
     assert res.returncode == 1, res.stdout + res.stderr
     assert "Traceback" not in res.stderr, res.stderr
     assert f"cannot serve on 127.0.0.1:{web}: the port is in use" in res.stderr, res.stderr
@@ -217,13 +211,7 @@ async def test_web_port_of_the_stack_s_own_websocket_listener_is_named(
         (app / "settings.toml").write_text(
             f'[mqtt]\ninstance = "{instance}"\nport = {broker.port}\n[broker]\nws_port = {web}\n'
         )
-        res = await asyncio.to_thread(
-            subprocess.run,
-            [str(BIN / "tomato"), "dashboard", "-A", str(app), "--web-port", str(web)],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        res = await _dashboard_on(app, web)
     assert res.returncode == 1, res.stdout + res.stderr
     assert f"the embedded broker's WebSocket listener takes {web}" in res.stderr, res.stderr
 

@@ -190,12 +190,13 @@ class Files:
                     target.parent.mkdir(parents=True, exist_ok=True)
                     return write_in(target, target)
                 own = Path(a.fallback_dir)
-                target = checked[0] = guard.check_path(target, a.job, own)
+                target = checked[0] = guard.check_path(target, a.job, own, existing=False)
                 folder = guard.open_folder(target.parent, own)
                 if folder is None:
+                    guard.check_existing(target, a.job, target)
                     return write_in(target, target)
                 try:  # through the folder as opened and checked: no symlink swapped in
-                    # after the check is followed (a review)
+                    # after the check is followed (a review); an existing file read once
                     via = Path(f"/proc/self/fd/{folder}") / target.name
                     guard.check_existing(via, a.job, target)
                     write_in(via, target)

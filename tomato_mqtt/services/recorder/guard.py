@@ -44,10 +44,16 @@ class WriteGuard:
         self.jobs = jobs_dir.resolve() if jobs_dir is not None else None
 
     def check_path(
-        self, path: str | Path, job: Mapping[str, JsonValue], own: Path | None = None
+        self,
+        path: str | Path,
+        job: Mapping[str, JsonValue],
+        own: Path | None = None,
+        existing: bool = True,
     ) -> Path:
         """The resolved path to write, or CommandError saying why not. ``own``: the job's
-        own folder (``<datadir>/Jobs/<id>``); the folders beside it are other jobs'."""
+        own folder (``<datadir>/Jobs/<id>``); the folders beside it are other jobs'.
+        ``existing=False``: a file there is left to :meth:`check_existing` (read once,
+        through the folder the caller opens)."""
         raw = Path(path)
         if not raw.is_absolute():
             raise CommandError(f"refused to write {path}: not an absolute path")
@@ -62,7 +68,8 @@ class WriteGuard:
         # a symlink to another job's folder after the submit's check wrote there, under
         # that job's name, and made folders of ids to come (a hostile tour)
         self._not_another_job_s(target.parent, own, path)
-        self.check_existing(target, job, path)
+        if existing:
+            self.check_existing(target, job, path)
         return target
 
     def _not_another_job_s(self, folder: Path, own: Path | None, shown: str | Path) -> None:
