@@ -56,6 +56,22 @@ def test_a_batch_in_another_key_order_is_read_whole_and_checked() -> None:
         read_header(_encode(uts=[1.0], vars={"v": [1.0]}).replace(b'"seq":4', b'"seq":"x"'))
 
 
+def test_a_batch_whose_count_is_not_its_points_is_refused() -> None:
+    """``n`` says how many points a batch holds: a forged one saying 5 of 1 ``uts`` was
+    stored as 5 points and grew a finished job's count and file (an integrator's run)."""
+    good = _encode(uts=[1.0, 2.0, 3.0], vars={"v": [1.0, 2.0, 3.0]})
+    assert read_header(good).n == 3
+    for n in (b'"n":5', b'"n":0', b'"n":2'):
+        with pytest.raises(DecodeError, match=r"n: \d+ point\(s\), but uts has 3 value\(s\)"):
+            read_header(good.replace(b'"n":3', n))
+    empty = _encode(uts=[], vars={})
+    assert read_header(empty).n == 0
+    with pytest.raises(DecodeError, match="uts has 0 value"):
+        read_header(empty.replace(b'"n":0', b'"n":1'))
+    with pytest.raises(DecodeError, match="uts is not a list of numbers"):
+        read_header(good.replace(b'"uts":[1.0,2.0,3.0]', b'"uts":[[1.0],2.0,3.0]'))
+
+
 def test_blocks_of_one_task_join_into_one_batch_points_stay_in_order() -> None:
     t = TaskSpec(technique_name="a", max_duration=1, sampling_interval=0.1, job=1, index=0)
     b1 = Block(uts=np.array([1.0, 2.0]), data={"v": np.array([1.0, 2.0])}, task=t)

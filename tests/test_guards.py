@@ -15,7 +15,7 @@ import pytest
 
 from tomato_mqtt.config.payloads import parse_payload
 from tomato_mqtt.config.settings import load_settings
-from tomato_mqtt.config.users import UsersFile
+from tomato_mqtt.config.users import UsersFile, load_users
 from tomato_mqtt.model.jobs import Job
 from tomato_mqtt.services.recorder.guard import WriteGuard
 from tomato_mqtt.services.recorder.netcdf import RoleInput, write_job_file
@@ -180,6 +180,16 @@ def test_fetch_only_for_the_owner_an_admin_or_the_scheduler(tmp_path: Path) -> N
     # an open stack (no users file): every local client is trusted
     with as_requester("anonymous"):
         WriteGuard([tmp_path]).require_fetch("olga")
+    # the owner lowered to reader, or removed: no longer (a review: the owner passed
+    # whatever their role; the embedded broker refused the publish first, a hand-made
+    # broker's rules may not)
+    for role in ("reader", None):
+        u = load_users(tmp_path / "users")
+        u.remove("olga") if role is None else u.set_role("olga", role)
+        u.save()
+        g = WriteGuard([tmp_path], tmp_path / "users")
+        with as_requester("olga"), pytest.raises(CommandError, match="not allowed"):
+            g.require_fetch("olga")
 
 
 # -- scheduler: roles, ownership, bounds -----------------------------------------------------

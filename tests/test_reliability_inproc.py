@@ -171,8 +171,10 @@ async def test_per_task_counts_conflicts_and_late_merge(
         rep = await _finalize(req, t, _finalize_args(1, out, fewer, wait=0.3, snapshot=True))
         assert "10 points stored, but its runner took 8" in rep.data["extra"][0]  # type: ignore[index]
 
-        # late data: a batch of the ended job arrives; the final file is rewritten
-        await c.publish(data, _batch(1, 0, "s1", 3, 3, v0=10), qos=1)
+        # late data: a batch of the ended job arrives (of a task whose count is not
+        # known: one past a known count is kept out, test_recorder_finalize.py); the
+        # final file is rewritten
+        await c.publish(data, _batch(1, 1, "s1", 3, 3, v0=10), qos=1)
         ev = await events.wait(lambda m: decode(JobEvent, m.payload).event == "late_data_merged")
         # per role, as the job's status and topics.md count them (it was per component)
         assert decode(JobEvent, ev.payload).detail["points"] == {"counter": 13}
@@ -225,7 +227,7 @@ async def test_a_late_batch_the_file_cannot_hold_is_not_counted_as_merged(
         exact = [{"component": CMP, "task": 0, "npoints": 10, "stream": "s1", "last_seq": 0}]
         rep = await _finalize(req, t, _finalize_args(1, out, exact, wait=2))
         assert rep.success and _uts(str(out)).size == 10, rep
-        junk = json.loads(_batch(1, 0, "s2", 0, 1))
+        junk = json.loads(_batch(1, 1, "s2", 0, 1))  # (task 1: count not known)
         junk["uts"] = ["x"]
         await c.publish(data, json.dumps(junk).encode(), qos=1)
         ev = await events.wait(lambda m: decode(JobEvent, m.payload).event == "late_data_merged")
@@ -1543,7 +1545,7 @@ async def test_a_late_merge_that_writes_the_file_counts_as_its_write(
         assert svc.store.releasable(time.time() + 1) == []  # never written: kept
 
         blocker.unlink()  # space again; then late data comes and is merged
-        await c.publish(data, _batch(1, 0, "s1", 1, 3, v0=5), qos=1)
+        await c.publish(data, _batch(1, 1, "s1", 1, 3, v0=5), qos=1)  # (count unknown)
         await events.wait(lambda m: decode(JobEvent, m.payload).event == "late_data_merged")
         assert _uts(str(out)).size == 8
         final = svc.store.final(1)
@@ -1571,7 +1573,7 @@ async def test_a_late_merge_cut_short_by_a_stop_is_made_at_the_next_start(
         assert rep.success and _uts(str(out)).size == 5, rep
         files.MERGE_DELAY, delay = 30.0, files.MERGE_DELAY  # stopped before it merges
         try:
-            await c.publish(data, _batch(1, 0, "s1", 1, 3, v0=5), qos=1)
+            await c.publish(data, _batch(1, 1, "s1", 1, 3, v0=5), qos=1)  # (count unknown)
             await _stored(svc, 1, 8)
             assert svc.store is not None and svc.store.merge_due(1) == 1
             assert svc.store.releasable(time.time() + 1) == []  # not released meanwhile
@@ -2068,7 +2070,7 @@ async def test_late_data_never_replaces_a_file_with_one_lacking_its_points(
             lost,
         ):  # (the fault: a batch gone from the store)
             lost.execute("DELETE FROM stored WHERE job = 1 AND seq = 1")
-        await c.publish(data, _batch(1, 0, "s1", 2, late, v0=10), qos=1)  # late data
+        await c.publish(data, _batch(1, 1, "s1", 2, late, v0=10), qos=1)  # late (task 1)
 
         def warned(m: Any) -> bool:
             ev = decode(JobEvent, m.payload)

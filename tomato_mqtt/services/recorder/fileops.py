@@ -58,7 +58,8 @@ class FileOps:
                 # from here on, a batch of this job is late: it is merged into the file
                 svc.files.remember_final(a)
             t_wait = time.monotonic() - t0
-            written, note, altered = await svc.files.write(a, Path(a.path))
+            wrote = await svc.files.write(a, Path(a.path))
+            written, note, altered = wrote.path, wrote.note, wrote.altered
             if not a.snapshot:
                 svc.files.written(jobid, written)
         svc.remember_file(jobid, written)
@@ -79,8 +80,11 @@ class FileOps:
             t_wait,
             time.monotonic() - t0 - t_wait,
         )
-        points = role_points(a, store.job_points(jobid))
-        missing, extra = count_problems(a.expect, store.task_points(jobid))
+        # what the file holds: the points it was written from (a batch stored during
+        # the write is in the next, late merge, not in this file: counted as in it, the
+        # job ended c with the point missing: a review)
+        points = role_points(a, wrote.points)
+        missing, extra = count_problems(a.expect, wrote.task_points)
         if missing:  # and why replays did not fill them, where that is known
             missing += svc.files.stuck_reasons(a.expect)
         conflicts = store.conflicts(jobid)

@@ -26,7 +26,7 @@ import uuid
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from tomato_mqtt import __version__
 from tomato_mqtt.model.jobs import merge_noted, merged_note
@@ -53,6 +53,20 @@ TOKENS_KEPT = 2000
 class FileKept(CommandError):
     """A job's file holds points the recorder's store no longer has: it is not
     replaced (its disk failed and lost what it had not made durable)."""
+
+
+class Wrote(NamedTuple):
+    """A file written: where, a note (a fallback, a kept file), the stored points it
+    could not hold as they came, and the points it was written from, per component and
+    per ``(component, task)``: counted with the rows the write read, so that a batch
+    stored during the write (seconds for a large file) is not counted as in the file (a
+    review: the job ended ``c`` with that point missing until a late merge)."""
+
+    path: Path
+    note: str
+    altered: list[str]
+    points: dict[str, int]
+    task_points: dict[tuple[str, int | None], int]
 
 
 @dataclass
@@ -133,11 +147,8 @@ class Files:
         return out
 
     # -- writing --------------------------------------------------------------------------
-    async def write(
-        self, a: FinalizeArgs, path: Path, *, merge: bool = False
-    ) -> tuple[Path, str, list[str]]:
-        """Write the job's file at ``path``, else in the fallback folder: (path, note,
-        what of the stored points the file could not hold as they came)."""
+    async def write(self, a: FinalizeArgs, path: Path, *, merge: bool = False) -> Wrote:
+        """Write the job's file at ``path``, else in the fallback folder."""
         from tomato_mqtt.services.recorder.netcdf import RoleInput, write_job_file
         from tomato_mqtt.services.recorder.store import Raws
 
@@ -160,7 +171,10 @@ class Files:
             # their rowids only: the writer reads them in its thread, a few at a time
             for component, rowid in store.job_rows(jobid):
                 role = comp_to_role.get(component)
-                if role is not None:
+                # (a role of the pipeline without a task gets no group: a batch its node
+                # published naming the job is not in the file; it raised KeyError, and
+                # the job's file could not be written at all: a review)
+                if role in per_role:
                     per_role[role].append(rowid)
             roles = [
                 RoleInput(
@@ -177,8 +191,10 @@ class Files:
             ]
             root = {"tomato_version": __version__, "tomato_Job": job_json(a)}
             guard = self.svc.guard
-            stored = store.job_points(jobid)
-            will_hold = sum(n for c, n in stored.items() if c in comp_to_role)
+            # counted in the same step as the rows were listed (nothing is stored
+            # between: the store is written on this loop only)
+            stored, per_task = store.job_points(jobid), store.task_points(jobid)
+            will_hold = sum(n for c, n in stored.items() if comp_to_role.get(c) in per_role)
             checked = [path]  # the path as the guard resolved it (a symlink followed)
             problems: list[str] = []
 
@@ -240,8 +256,14 @@ class Files:
                 write_job_file(via, roles, attrs, problems, keep, shown=target)
                 return target
 
+            def wrote(path: Path, note: str = "") -> Wrote:
+                inside = {c for c, r in comp_to_role.items() if r in per_role}
+                points = {c: n for c, n in stored.items() if c in inside}
+                tasks = {k: n for k, n in per_task.items() if k[0] in inside}
+                return Wrote(path, note, problems, points, tasks)
+
             try:
-                return await asyncio.to_thread(checked_write, path), "", problems
+                return wrote(await asyncio.to_thread(checked_write, path))
             except (OSError, CommandError) as e:
                 if merge and isinstance(e, FileKept):
                     raise  # (the merge says it and keeps following the file)
@@ -257,7 +279,7 @@ class Files:
                         also = f"the recorder's store's points are in {there}"
                     except (OSError, CommandError) as e2:
                         also = f"the recorder's store's points could not be written ({e2})"
-                    return path, f"{e}; {also}", problems
+                    return wrote(path, f"{e}; {also}")
                 # keep the data: the job folder (checked the same way) instead
                 fallback = beside(path, Path(a.fallback_dir))
                 try:
@@ -280,17 +302,15 @@ class Files:
                     name = f"snapshot.{jobid}.{uuid.uuid4().hex[:8]}.nc"
                     written = await asyncio.to_thread(checked_write, spare / name, False)
                     self.temporary.add(written)
-                    return (
+                    return wrote(
                         written,
                         f"{path} could not be written ({_said(e2)}): the snapshot was made in "
                         f"{written} for this transfer only (removed once fetched)",
-                        problems,
                     )
-                return (
+                return wrote(
                     written,
                     f"{path} could not be written ({_said(e)}); the file was written to "
                     f"the fallback file {written} instead",
-                    problems,
                 )
 
     def remember_final(self, a: FinalizeArgs) -> None:
@@ -406,6 +426,35 @@ class Files:
         )
         return component not in names
 
+    def overfull(self, jobid: int, component: str, task: int | None, n: int) -> str | None:
+        """Why a batch of ``n`` points is not the ended job's: its task on ``component``
+        holds all the points its runner took already (a batch of a stream no node told,
+        merged into a finished job's file, made a task of 25 points hold 27: an
+        integrator's run). None when it may be (a job still running, a count unknown)."""
+        if task is None or jobid in self._running:
+            return None
+        args = self.final_args(jobid)
+        store = self.svc.store
+        if args is None or store is None:
+            return None
+        want = next(
+            (
+                e.get("npoints")
+                for e in args.get("expect") or []
+                if isinstance(e, dict) and e.get("component") == component and e.get("task") == task
+            ),
+            None,
+        )
+        if not isinstance(want, int):
+            return None
+        have = store.task_points(jobid).get((component, task), 0)
+        if have + n <= want:
+            return None
+        return (
+            f"task {task} of job {jobid} on {component} holds its {want} point(s) already "
+            f"({have} stored): a batch of {n} more is kept, not merged into its file"
+        )
+
     def written_file(self, jobid: int) -> str | None:
         args = self.final_args(jobid)
         if args is None:
@@ -488,7 +537,7 @@ class Files:
         reason = merge_noted(str(a.job.get("reason") or ""), merged_note(total))
         as_was, a = a, a.model_copy(update={"job": {**a.job, "reason": reason}})
         try:
-            written, note, altered = await self.write(a, target, merge=True)
+            written, note, altered, _, _ = await self.write(a, target, merge=True)
         except FileKept as e:
             await self._kept(as_was, jobid, target, e)  # (nothing merged into the file)
             with contextlib.suppress(sqlite3.Error):
@@ -547,7 +596,7 @@ class Files:
         the store's points with the late ones are written beside it, and said."""
         side = beside(target, Path(a.fallback_dir))
         try:
-            written, _note, _altered = await self.write(a, side, merge=True)
+            written = (await self.write(a, side, merge=True)).path
             also = f"; the recorder's store with the late points is in {written}"
         except Exception as e2:
             also = f"; the late points stay in the recorder's store ({e2})"

@@ -385,13 +385,21 @@ class RecorderService(Service):
             )
             return
         stream = b.stream_id()
+        job = b.job
+        if job is not None and (why := self.files.overfull(job, b.component, b.task, b.n)):
+            # stored (its stream stays whole: no replay asked for it again and again), as
+            # no job's
+            if self.store.stored(b.component, stream, b.seq) is None:
+                log.warning("%s stream %s seq %d: %s", b.component, stream, b.seq, why)
+                self.job_event(job, "warning", {"message": why})
+            job = None
         try:
             res = self.store.add(
                 b.component,
                 stream,
                 b.seq,
                 epoch=b.epoch,
-                job=b.job,
+                job=job,
                 task=b.task,
                 npoints=b.n,
                 raw=msg.payload,
@@ -405,10 +413,10 @@ class RecorderService(Service):
             return
         if not self._durable_failed:  # (the checkpoint says when that fault is over)
             self._storage_ok()
-        if b.job is not None:
-            self.jobs_seen.add(b.job)
-            if self.highest_job is None or self.highest_job < b.job <= PLAUSIBLE_ID:
-                self.highest_job = b.job
+        if job is not None:
+            self.jobs_seen.add(job)
+            if self.highest_job is None or self.highest_job < job <= PLAUSIBLE_ID:
+                self.highest_job = job
         st = self.streams.setdefault((b.component, stream), _Stream())
         if res == "conflict":
             self._conflict(b, stream)
@@ -421,8 +429,8 @@ class RecorderService(Service):
         elif res == "new":
             if b.seq > 0 and self.store.high_water(b.component, stream) < b.seq - 1:
                 self.request_missing(b.component, stream, b.seq)
-            if b.job is not None:
-                self.files.late_batch(b.job)
+            if job is not None:
+                self.files.late_batch(job)
         if self._waiting:
             self.spawn(self._notify())
 

@@ -320,6 +320,14 @@ class BatchStore:
         )
         return "conflict"
 
+    def stored(self, component: str, stream: str, seq: int) -> str | None:
+        """The digest of the batch stored under that identity (None: none is)."""
+        row = self._db.execute(
+            "SELECT digest FROM stored WHERE component = ? AND stream = ? AND seq = ?",
+            (component, stream, seq),
+        ).fetchone()
+        return None if row is None else str(row[0])
+
     @property
     def streams(self) -> list[tuple[str, str]]:
         return list(self._streams)
