@@ -27,6 +27,8 @@ from tomato_mqtt.wire.messages import NodeStatus, encode
 from tomato_mqtt.wire.topics import Topics
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
+#: what acts on the stack (the jobs list's filter changes nothing but the page)
+CONTROLS = "main button:visible, main input:visible:not(#jobs-filter)"
 
 # the job runs until the test cancels it from the page
 PAYLOAD = """\
@@ -423,7 +425,9 @@ async def test_dashboard_read_only(
         await page.locator('#pipelines tr[data-key="pip-counter-1"]').wait_for(timeout=10_000)
         await page.wait_for_function("() => window.S.me && window.S.me.role === 'admin'")
         assert await page.locator("button:visible").count() == 0
-        assert await page.locator("input:visible, select:visible").count() == 0
+        # (the jobs list's filter changes nothing but the page)
+        controls = "input:visible:not(#jobs-filter), select:visible"
+        assert await page.locator(controls).count() == 0
         r = await page.evaluate(
             "window.command('pipeline_load', {pipeline: 'pip-counter-1', sample: 'x'})"
         )
@@ -456,7 +460,7 @@ async def test_dashboard_roles_on_secured_mosquitto(
             await page.goto(dash.address())
             await page.locator('#pipelines tr[data-key="pip-a"]').wait_for(timeout=10_000)
             await page.wait_for_function("() => window.S.me && window.S.me.role === 'reader'")
-            assert await page.locator("main button:visible, main input:visible").count() == 0
+            assert await page.locator(CONTROLS).count() == 0
             assert await page.locator("#login").is_visible()
             # what the page may do is said (controls went missing silently: a tour)
             note = "() => document.getElementById('role-note').textContent"
@@ -481,6 +485,25 @@ async def test_dashboard_roles_on_secured_mosquitto(
             # her own jobs get cancel and download, another operator's not (a user's audit)
             acts = "(owner) => window.mayActOn({owner})"
             assert await page.evaluate(acts, "olga") and not await page.evaluate(acts, "otto")
+            # ... and another's job page says why it has no cancel or download, a
+            # component's why it has no set (they went missing without a word: a tour)
+            # (no node on this stack: a job and a component as the page would hold them)
+            await page.evaluate(
+                "() => { window.S.jobs[999] = {id: 999, owner: 'otto', status: 'r',"
+                " meaning: 'running'}; window.S.components['x'] = {meta: {name: 'x',"
+                " device: 'd', channel: '1', attrs: {}}, status: null}; }"
+            )
+            for where, el, said in (
+                ("job/999", "jp-note", "only otto or an admin may cancel or download this job"),
+                ("component/x", "cp-note", "setting attributes needs an admin"),
+            ):
+                await page.evaluate(f"location.hash = '#/{where}'")
+                await page.wait_for_function(
+                    f"(t) => document.getElementById('{el}').textContent === t", arg=said
+                )
+            assert await page.locator("#jp-cancel").is_hidden()
+            assert await page.locator("#cp-set").is_hidden()
+            await page.evaluate("location.hash = '#/'")
             # a hole in the data breaks the plotted line (a user's audit: drawn straight)
             steps = [0.2 * i for i in range(50)] + [32.0 + 0.2 * i for i in range(10)]
             assert await page.evaluate("(ts) => window.gapOf(ts)", steps) == pytest.approx(2.0)
@@ -498,10 +521,21 @@ async def test_dashboard_roles_on_secured_mosquitto(
             await page.wait_for_function("() => window.S.me && !window.S.me.signed_in")
             assert "✓" in await sign_in("rita", "pw-rita")
             await page.wait_for_function("() => window.S.me && window.S.me.user === 'rita'")
-            assert await page.locator("main button:visible, main input:visible").count() == 0
+            assert await page.locator(CONTROLS).count() == 0
             assert await page.evaluate(note) == (
                 "a reader watches: loading samples, submitting and cancelling jobs need an operator"
             )
+            await page.evaluate(
+                "() => { window.S.components['x'] = {meta: {name: 'x', device: 'd',"
+                " channel: '1', attrs: {}}, status: null}; location.hash = '#/component/x'; }"
+            )
+            await page.wait_for_function(
+                "(t) => document.getElementById('cp-note').textContent === t",
+                arg="reading attributes needs an operator, setting them an admin (the latest "
+                "point is below)",
+            )
+            assert await page.locator("#cp-controls").is_hidden()
+            await page.evaluate("location.hash = '#/'")
 
             # the dashboard restarted (here: another one, given her cookie as the browser
             # keeps it for a dashboard that ran on that port before): her page says that

@@ -131,6 +131,7 @@ def example_messages() -> dict[str, BaseModel]:
             task_name="count-again",
             technique="count",
             started_at=t0 + 10,
+            max_duration=20.0,
             attrs={"max": 10.0},
             epoch=3,
             stream="3-5d1c0b7e9a2f4c68",
@@ -160,7 +161,14 @@ def example_messages() -> dict[str, BaseModel]:
             Job(
                 id=7,
                 jobname="counter-demo",
-                payload={"version": "2.2", "sample": {"name": "counter_1_0.1"}, "method": []},
+                payload={
+                    "version": "2.2",
+                    "sample": {"name": "counter_1_0.1"},
+                    "method": [
+                        {"component_role": "counter", "technique_name": "count"},
+                        {"component_role": "counter", "technique_name": "count"},
+                    ],
+                },
                 status="r",
                 submitted_at="2025-06-15T15:06:40+00:00",
                 launched_at="2025-06-15T15:06:41+00:00",

@@ -290,6 +290,11 @@ class ComponentStatus(WireModel):
         description="when the task began (s since the epoch, on the node's clock); null "
         "when no task runs, and while a task just accepted is still being set up",
     )
+    max_duration: float | None = Field(
+        None,
+        description="the running task's planned duration (s, its payload's max_duration); "
+        "null when no task runs",
+    )
     attrs: dict[str, JsonValue] = Field(default_factory=dict)
     error: str | None = None
     epoch: int = 0
@@ -350,12 +355,18 @@ class JobStatus(WireModel):
     points: dict[str, int] = Field(
         default_factory=dict, description="role -> points stored (set when the job ends)"
     )
+    tasks: int | None = Field(
+        None,
+        description="how many tasks its payload's method has (a running task's index is "
+        "in its component's status)",
+    )
 
     @classmethod
     def of(cls, job: Job) -> JobStatus:
         sample = job.payload.get("sample")
         sid = (sample.get("identifier") or sample.get("name")) if isinstance(sample, dict) else None
         pts = job.progress.get("points")
+        method = job.payload.get("method")
         return cls(
             jobid=job.id,
             jobname=job.jobname,
@@ -370,6 +381,7 @@ class JobStatus(WireModel):
             snappath=job.snappath,
             reason=job.reason,
             points={str(k): int(v) for k, v in pts.items()} if isinstance(pts, dict) else {},
+            tasks=len(method) if isinstance(method, list) else None,
         )
 
 

@@ -161,6 +161,7 @@ class LabState:
                 self._mark("component", name)
             case "component_status":
                 self.statuses[name] = decode(ComponentStatus, payload, topic)
+                self.rx[f"component:{name}"] = now
                 self._mark("component", name)
             case "component_last":
                 self.lasts[name] = decode(LastPoint, payload, topic)
@@ -188,6 +189,8 @@ class LabState:
         store = stores.get(parsed.kind)
         if store is not None:
             store.pop(name, None)
+            if parsed.kind in ("node_status", "component_status"):
+                self.rx.pop(f"{parsed.kind.split('_')[0]}:{name}", None)
         elif parsed.kind == "job_status" and name.isdigit():
             old = self.jobs.get(int(name))
             if old is not None and old.status in ("c", "ce", "cd"):
@@ -412,7 +415,7 @@ class LabState:
             return None
         return {
             "meta": meta_view(meta) if meta else None,
-            "status": status_view(status) if status else None,
+            "status": status_view(status, self.rx.get(f"component:{key}")) if status else None,
         }
 
     def points(self, jobid: int) -> int | None:
@@ -437,6 +440,7 @@ class LabState:
             "reason": job.reason,
             "points": stored,
             "respath": job.respath,
+            "tasks": job.tasks,
         }
 
     def whole_summary(self, whole: Job) -> dict[str, Any]:

@@ -91,7 +91,11 @@ def event_view(ev: JobEvent) -> dict[str, Any]:
     }
 
 
-def status_view(st: ComponentStatus) -> dict[str, Any]:
+def status_view(st: ComponentStatus, rx: float | None = None) -> dict[str, Any]:
+    """``rx``: when the dashboard received it (its own clock). A running task's progress
+    is ``elapsed`` at ``rx`` plus the page's time since: both of the node's clock are
+    subtracted there, so a node whose clock is off still shows its task's true age."""
+    running = st.state == "running" and st.started_at is not None
     return {
         "name": st.name,
         "node": st.node,
@@ -102,6 +106,9 @@ def status_view(st: ComponentStatus) -> dict[str, Any]:
         "technique": st.technique,
         "attrs": st.attrs,
         "error": st.error,
+        "max_duration": st.max_duration,
+        "elapsed": max(0.0, st.time - st.started_at) if running and st.started_at else None,
+        "rx": rx,
     }
 
 

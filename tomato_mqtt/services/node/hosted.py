@@ -118,6 +118,7 @@ class HostedComponent:
     task_name: str | None = None
     technique: str | None = None
     started_at: float | None = None
+    planned: float | None = None  # the running task's max_duration
     last_task: dict[str, Any] | None = None
     #: (job, task) of the task that ended on the runner but whose end is not told yet
     #: (:meth:`told_end`): its status says "running" until then. An "idle" between the
@@ -260,10 +261,10 @@ class HostedComponent:
                 attrs = {}
                 self.error = self.error or f"status() failed: {e}"
         running = self.state == "running"
-        job, task, task_name, technique, started_at = (
-            (self.job, self.task, self.task_name, self.technique, self.started_at)
+        job, task, task_name, technique, started_at, planned = (
+            (self.job, self.task, self.task_name, self.technique, self.started_at, self.planned)
             if running
-            else (None, None, None, None, None)
+            else (None, None, None, None, None, None)
         )
         accepted = self.runner.current_task if self.runner is not None else None
         if accepted is not None and (accepted.job, accepted.index) != (job, task):
@@ -272,7 +273,7 @@ class HostedComponent:
             # with it the new task: a review)
             job, task = accepted.job, accepted.index
             task_name, technique = accepted.task_name, accepted.technique_name
-            started_at = None
+            started_at, planned = None, accepted.max_duration
         return ComponentStatus(
             name=self.name,
             node=self.node,
@@ -283,6 +284,7 @@ class HostedComponent:
             task_name=task_name,
             technique=technique,
             started_at=started_at,
+            max_duration=planned,
             attrs=attrs,
             error=self.error,
             epoch=epoch,
@@ -297,6 +299,7 @@ class HostedComponent:
         self.task_name = task.task_name
         self.technique = task.technique_name
         self.started_at = time.time()
+        self.planned = task.max_duration
         self.error = None
         told = self.last_task or {}
         if (told.get("job"), told.get("task")) != (task.job, task.index):

@@ -79,6 +79,17 @@ window.addEventListener("storage", (e) => { if (e.key === KEY || e.key === null)
 setInterval(followAndConnectAgain, 1000);
 
 // -- keyed rows: touch only what changed ---------------------------------------------------
+// each cell named by its column's heading: a phone shows a row as a card of "heading:
+// value" lines (app.css), not a table 1,000 px wide of cells a word a line (a dashboard
+// tour at a phone's width)
+function labelCells(tbody, tr) {
+  const head = tbody.parentNode.tHead && tbody.parentNode.tHead.rows[0];
+  if (!head) return;
+  for (let i = 0; i < tr.cells.length; i++) {
+    const th = head.cells[i];
+    tr.cells[i].dataset.label = th ? th.textContent.replace(/ \(.*\)$/, "") : "";
+  }
+}
 function renderRows(tbody, rows) {
   // rows: [[key, html]] in order
   const seen = tbody._rows || (tbody._rows = new Map());
@@ -93,7 +104,7 @@ function renderRows(tbody, rows) {
       r = { tr, html: null };
       seen.set(key, r);
     }
-    if (r.html !== html) { r.tr.innerHTML = html; r.html = html; }
+    if (r.html !== html) { r.tr.innerHTML = html; r.html = html; labelCells(tbody, r.tr); }
     const want = prev ? prev.nextSibling : tbody.firstChild;
     if (want !== r.tr) tbody.insertBefore(r.tr, want);
     prev = r.tr;
@@ -169,6 +180,7 @@ function connect() {
         S.nodes = {}; S.components = {}; S.lasts = {}; S.pipelines = {}; S.jobs = {};
         S.lostAfter = m.lost_after; S.instance = m.instance; S.brokerDown = m.broker === false;
         $("instance").textContent = m.title;
+        titlePage();
         m.items.forEach(apply);
         setMe(m.me);
         if (m.ended) {  // the cookie signs no one in any more: say so once, and drop it
@@ -209,12 +221,27 @@ function renderPresence() {
   row("recorder", "recorder", rec, rec && rec.storage_error ? `<span class="err">${esc(rec.storage_error)}</span>` : "");
   for (const id of Object.keys(S.nodes).sort()) {
     const n = S.nodes[id];
-    const drv = Object.entries(n.drivers || {}).map(([d, i]) => `${esc(d)}${i.loaded ? "" : " (not loaded)"}`).join(", ");
-    row(`node:${id}`, `node ${n.node}`, n, `${n.components.length} component${n.components.length === 1 ? "" : "s"} · ${drv}${n.spool_pending ? ` · spool ${n.spool_pending}` : ""}`);
+    row(`node:${id}`, `node ${n.node}`, n, `${n.components.length} component${n.components.length === 1 ? "" : "s"} · ${driversCell(n.drivers || {})}${n.spool_pending ? ` · spool ${n.spool_pending}` : ""}`);
   }
   renderRows($("presence").tBodies[0], rows);
   renderConn();
 }
+
+// a node's drivers: those its components use, those that failed (red), and the others
+// installed on it, said apart (each installed one read "(not loaded)", as if broken: a
+// dashboard tour)
+function driversCell(drivers) {
+  const used = [], failed = [], spare = [];
+  for (const [d, i] of Object.entries(drivers).sort()) {
+    if (i.error) failed.push(`<span class="err">${esc(d)}: ${esc(i.error)}</span>`);
+    else (i.loaded ? used : spare).push(esc(d));
+  }
+  const out = used.length ? [used.join(", ")] : [];
+  out.push(...failed);
+  if (spare.length) out.push(`<span class="note">also installed: ${spare.join(", ")}</span>`);
+  return out.join(" · ");
+}
+window.driversCell = driversCell;
 
 // the pill says "live" for the page's socket to the dashboard; when nothing at all has
 // come from the stack for lost_after (every service silent: most likely the broker, or
@@ -271,15 +298,47 @@ function cmpCell(role, slug) {
   return `<a class="cmp" href="#/component/${encodeURIComponent(slug)}"><b>${esc(role)}</b>: <span class="st-${esc(st)}">${esc(st)}</span> <span class="val">${vals}</span></a>`;
 }
 
+// a duration as a person reads it: 35 s, 12 min 5 s, 2 h 3 min
+function fmtDur(s) {
+  s = Math.max(0, Math.round(s));
+  if (s < 60) return `${s} s`;
+  if (s < 3600) return `${Math.floor(s / 60)} min${s % 60 ? ` ${s % 60} s` : ""}`;
+  return `${Math.floor(s / 3600)} h${Math.floor((s % 3600) / 60) ? ` ${Math.floor((s % 3600) / 60)} min` : ""}`;
+}
+window.fmtDur = fmtDur;
+// where a running job is, by its components' statuses: "counter: task #1 (2 of 2) · 35 s
+// of 50 s" per role that runs one (the overview said "running · 350 points": a tour).
+// The task's age is its node's (elapsed when the dashboard got the status) plus the
+// time since, so a node whose clock is off still shows the true age.
+function taskProgress(job, roleOf) {
+  const out = [];
+  for (const [slug, c] of Object.entries(S.components)) {
+    const st = c.status;
+    if (!st || st.job !== job.id || st.state !== "running" || st.task == null) continue;
+    let t = `task #${st.task}${job.tasks ? ` (${st.task + 1} of ${job.tasks})` : ""}`;
+    if (st.elapsed != null && st.rx != null) {
+      const el = st.elapsed + Math.max(0, now() - st.rx);
+      t += ` · ${fmtDur(el)}${st.max_duration != null ? ` of ${fmtDur(st.max_duration)}` : ""}`;
+    } else if (st.max_duration != null) t += ` · starting (${fmtDur(st.max_duration)})`;
+    const role = roleOf(slug);
+    out.push(role ? `${role}: ${t}` : t);
+  }
+  return out.sort();
+}
+window.taskProgress = taskProgress;
+const anyRunning = () => Object.values(S.components).some((c) => c.status && c.status.state === "running");
+
 function renderPipelines() {
   const rows = [];
   for (const id of Object.keys(S.pipelines).sort()) {
     const p = S.pipelines[id];
     const job = p.job != null ? S.jobs[p.job] : null;
-    const prog = job ? `${esc(job.meaning)}${job.points != null ? ` · ${job.points} points` : ""}` : "";
+    const bySlug = Object.fromEntries(Object.entries(p.slugs || {}).map(([r, s]) => [s, r]));
+    const tasks = job ? taskProgress(job, (s) => bySlug[s]) : [];
+    const prog = job ? [`${esc(job.meaning)}${job.points != null ? ` · ${job.points} points` : ""}`, ...tasks.map((t) => `<span class="progress">${esc(t)}</span>`)].join("<br>") : "";
     const cmps = Object.entries(p.slugs || {}).map(([role, slug]) => cmpCell(role, slug)).join("<br>");
     rows.push([id, `<td>${esc(p.name)}</td><td class="sample">${esc(p.sample ?? "—")}</td><td class="ready">${p.ready ? "ready" : "not ready"}</td>` +
-      `<td>${p.job != null ? `<a href="#/job/${p.job}">job ${p.job}</a>` : ""}</td><td>${prog}</td><td>${cmps}</td>`]);
+      `<td>${p.job != null ? `<a href="#/job/${p.job}">job ${p.job}</a>` : ""}</td><td class="progress">${prog}</td><td>${cmps}</td><td class="nw acts">${rowActions(p)}</td>`]);
   }
   renderRows($("pipelines").tBodies[0], rows);
   const sel = $("pc-pipeline"), names = Object.values(S.pipelines).map((p) => p.name).sort();
@@ -291,8 +350,27 @@ function renderPipelines() {
   }
 }
 
+// a pipeline's own buttons, as its state allows (the controls above the table only: pick
+// the pipeline in a list, then act: a dashboard tour); the list stays for typing a sample
+function rowActions(p) {
+  const b = (op, text) => (can(op) ? `<button class="prow" data-op="${op}" data-pipeline="${esc(p.name)}">${text}</button>` : "");
+  if (p.sample == null) return b("pipeline_load", "load…");
+  // (a running job's pipeline: neither; the scheduler refuses an eject, and a ready
+  // then reads as "start it again")
+  return p.job == null ? b("pipeline_eject", "eject") + (p.ready ? "" : b("pipeline_ready", "ready")) : "";
+}
+
+function jobMatches(j, words) {
+  const text = [j.id, j.jobname, j.status, j.meaning, j.pipeline, j.sampleid, j.owner, j.reason].map((x) => String(x ?? "").toLowerCase()).join(" ");
+  return words.every((w) => text.includes(w));
+}
+
 function renderJobs() {
-  const all = Object.values(S.jobs).sort((a, b) => b.id - a.id);
+  // the filter: every word typed is in its id, name, status, pipeline, sample, user or
+  // reason (40 jobs of four users read as one list: a dashboard tour)
+  const words = $("jobs-filter").value.trim().toLowerCase().split(/\s+/).filter((w) => w);
+  const every = Object.values(S.jobs).sort((a, b) => b.id - a.id);
+  const all = words.length ? every.filter((j) => jobMatches(j, words)) : every;
   const active = all.filter((j) => !["c", "ce", "cd"].includes(j.status));
   const done = all.filter((j) => ["c", "ce", "cd"].includes(j.status)).slice(0, MAX_JOB_ROWS);
   const rows = [...active, ...done].map((j) => {
@@ -301,11 +379,12 @@ function renderJobs() {
     // row wrapped them a character a line ("c/a/n/c/e/l": a dashboard tour)
     return [String(j.id), `<td class="nw"><a href="#/job/${j.id}">${j.id}</a></td><td>${esc(j.jobname)}</td>` +
       `<td><span class="code s-${esc(j.status)}" data-status="${esc(j.status)}">${esc(j.status)}</span> ${esc(j.meaning)}</td>` +
-      `<td>${esc(j.pipeline)}</td><td>${esc(j.owner)}</td><td class="nw">${fmtTime(j.submitted_at)}</td><td class="nw">${fmtTime(j.launched_at)}</td>` +
+      `<td>${esc(j.pipeline)}</td><td class="sample">${esc(j.sampleid)}</td><td>${esc(j.owner)}</td><td class="nw">${fmtTime(j.submitted_at)}</td><td class="nw">${fmtTime(j.launched_at)}</td>` +
       `<td class="nw">${fmtTime(j.completed_at)}</td><td class="nw">${j.points ?? ""}</td><td class="reason">${esc(j.reason)}</td><td class="nw">${cancel}</td>`];
   });
   renderRows($("jobs").tBodies[0], rows);
-  $("jobs-count").textContent = `(${active.length} active, ${all.length} in all${all.length - active.length > MAX_JOB_ROWS ? `, newest ${MAX_JOB_ROWS} finished shown` : ""})`;
+  const shown = words.length ? `, ${all.length} of ${every.length} match the filter` : "";
+  $("jobs-count").textContent = `(${active.length} active, ${words.length ? every.length : all.length} in all${shown}${all.length - active.length > MAX_JOB_ROWS ? `, newest ${MAX_JOB_ROWS} finished shown` : ""})`;
 }
 
 function render() {
@@ -325,7 +404,8 @@ function render() {
     });
   }
 }
-setInterval(() => mark("presence"), 1000);  // heartbeat ages, lost by silence
+// heartbeat ages, lost by silence; a running task's age
+setInterval(() => { mark("presence"); if (anyRunning()) { mark("pipelines"); mark("job"); } }, 1000);
 
 // -- controls ------------------------------------------------------------------------------
 // a cancelled job cannot be resumed: asked first (the last audit: one click ended it)
@@ -369,7 +449,7 @@ async function post(url, body) {
 // Held while any request waits (a count: two at once, the first answer let go of what
 // the second held); rows drawn meanwhile are drawn held (a review)
 let waiting = 0;
-const HELD = "#pipeline-controls button, #submit-controls button, #login button, button.cancel, #jp-cancel, #cmppage button";
+const HELD = "#pipeline-controls button, button.prow, #submit-controls button, #login button, button.cancel, #jp-cancel, #cmppage button";
 function holdControls() {
   for (const b of document.querySelectorAll(HELD)) {
     if (waiting && !b.disabled) { b.disabled = true; b.dataset.held = "1"; }
@@ -422,6 +502,15 @@ $("pipeline-controls").addEventListener("click", (e) => {
   }
   command(op, args);
 });
+$("pipelines").addEventListener("click", (e) => {
+  const op = e.target.classList.contains("prow") && e.target.dataset.op;
+  if (!op) return;
+  const pipeline = e.target.dataset.pipeline;
+  if (op !== "pipeline_load") { command(op, { pipeline }); return; }
+  const sample = (window.prompt(`Sample to load into ${pipeline}:`) || "").trim();
+  if (sample) command(op, { pipeline, sample });
+});
+$("jobs-filter").addEventListener("input", () => mark("jobs"));
 $("jobs").addEventListener("click", (e) => {
   if (e.target.classList.contains("cancel")) cancelJob(Number(e.target.dataset.job));
 });
@@ -459,8 +548,15 @@ function route() {
   if (h[0] === "component" && h[1]) return { page: "component", id: decoded(h.slice(1).join("/")) };
   return { page: "overview" };
 }
+// the browser's tab says which page it is (every tab read "tomato-mqtt dashboard": a
+// dashboard tour); the job and component pages name theirs as they render
+function titlePage(what) {
+  document.title = `${what ? `${what} · ` : ""}tomato-mqtt${S.instance ? ` ${S.instance}` : ""}`;
+}
+window.titlePage = titlePage;
 function watchRoute() {
   const r = route();
+  if (r.page === "overview") titlePage();
   $("overview").hidden = r.page !== "overview";
   $("jobpage").hidden = r.page !== "job";
   $("cmppage").hidden = r.page !== "component";

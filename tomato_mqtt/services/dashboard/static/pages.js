@@ -31,6 +31,7 @@ window.enterPage = (r) => {
     // (`#/job/abc` read "Job NaN": a dashboard tour)
     // (30 digits read "Job 1e+30": a dashboard tour)
     $("jp-title").textContent = Number.isSafeInteger(r.id) && r.id > 0 ? `Job ${r.id}` : `Job ${r.raw}: not a job id`;
+    titlePage(`job ${r.raw}`);
     loadPlotly().then(() => queueAll()).catch((e) => showReply({ success: false, msg: String(e) }));
   } else {
     J.id = null;
@@ -178,7 +179,10 @@ function renderPayload() {
     return [String(i), `<td class="${cls}">${i}</td><td>${esc(t.component_role || t.component_tag || t.device)}</td><td>${esc(t.task_name)}</td><td>${esc(t.technique_name)}</td>` +
       `<td>${esc(t.max_duration)}</td><td>${esc(t.sampling_interval)}</td><td>${esc(JSON.stringify(t.task_params || {}))}</td>`];
   }));
-  $("jp-payload").textContent = JSON.stringify(job.payload, null, 2);
+  // set once it changes: the page renders each second while a task runs, and a text
+  // set anew drops what the user was selecting in it
+  const text = JSON.stringify(job.payload, null, 2);
+  if ($("jp-payload").textContent !== text) $("jp-payload").textContent = text;
 }
 
 function renderEvents() {
@@ -229,13 +233,16 @@ function renderJobPage() {
     return;
   }
   $("jp-title").textContent = `Job ${J.id}` + (j.jobname ? ` · ${j.jobname}` : "");
+  titlePage(`job ${J.id} ${j.status}`);
   const pts = Object.values(J.series).reduce((a, s) => a + (s.points || 0), 0);
   // why the plots lack stored points (loading, failed, a login that may not load them)
   const short = J.load && !J.load.startsWith("loaded") && pts < (j.points ?? 0);
   const load = short ? ` <span class="load" id="jp-load">(earlier points ${esc(J.load)})</span>` : "";
   $("jp-summary").innerHTML = `<span class="code s-${esc(j.status)}" id="jp-status" data-status="${esc(j.status)}">${esc(j.status)}</span> ${esc(j.meaning)} · pipeline ${esc(j.pipeline ?? "—")} · user ${esc(j.owner ?? "—")}` +
     ` · submitted ${esc(fmtWhen(j.submitted_at))} · started ${esc(fmtWhen(j.launched_at))} · ended ${esc(fmtWhen(j.completed_at))}` +
-    ` · points stored ${j.points ?? "—"} · points on screen ${pts}${load}` + (j.reason ? `<br><span class="reason">${esc(j.reason)}</span>` : "") +
+    ` · points stored ${j.points ?? "—"} · points on screen ${pts}${load}` +
+    (j.status === "r" ? taskProgress(j, (s) => J.roles[s]).map((t) => `<br><span class="progress">${esc(t)}</span>`).join("") : "") +
+    (j.reason ? `<br><span class="reason">${esc(j.reason)}</span>` : "") +
     (j.respath ? `<br>results: <code>${esc(j.respath)}</code>` : "");
   $("jp-cancel").hidden = !(can("job_cancel") && mayActOn(j) && ["q", "qw", "r"].includes(j.status));
   // why its controls are not there: another user's job (they went missing silently)
@@ -296,6 +303,7 @@ function renderComponentPage(id) {
   // offered for it (it said "no metadata yet" and offered both: a tour)
   const none = !(slug in S.components) && window.__dash.helloAt != null;
   $("cp-title").textContent = meta ? meta.name : none ? `${slug}: no such component` : slug;
+  titlePage(meta ? `${meta.device}/${meta.channel}` : slug);
   $("cp-summary").innerHTML = none ? `no such component (yet): no node has told of ${esc(slug)}; the components are on the <a href="#/">overview</a>` : meta ? `device ${esc(meta.device)} · driver ${esc(meta.driver)} · address ${esc(meta.address)} · channel ${esc(meta.channel)} · node ${esc(meta.node)}` +
     ` · state <b>${esc(st ? st.state : "unknown")}</b>${st && st.job != null ? ` · job <a href="#/job/${st.job}">${st.job}</a> task ${esc(st.task)}` : ""}${meta.error ? ` · <span class="err">${esc(meta.error)}</span>` : ""}` : "no metadata yet";
   const attrs = (meta && meta.attrs) || {};
