@@ -138,3 +138,26 @@ async def test_unknown_operation(broker: RunningBroker, tmp_path: Path, instance
         reply = await st.raw(st.topics.scheduler_cmd("launch_rockets"))
         assert not reply.success and reply.code == "unknown_op"
         assert "launch_rockets" in reply.msg
+
+
+async def test_a_user_s_component_topic_takes_a_user_s_ops_only(
+    broker: RunningBroker, tmp_path: Path, instance: str
+) -> None:
+    """``component/<c>/cmd/task_start/<user>`` started a task (an integrator's run on an
+    open stack: the node answered any op on a user's form, listing only the users' ops
+    for an unknown one); the services' form is where tasks start."""
+    from tomato_mqtt.driver.spec import TaskSpec
+    from tomato_mqtt.wire.messages import TaskStartArgs
+
+    async with inproc_stack(broker.port, tmp_path, instance) as st:
+        name = next(iter(st.node.components))
+        task = TaskSpec(technique_name="count", max_duration=0.3, sampling_interval=0.1)
+        args = TaskStartArgs(task=task).model_dump(mode="json")
+        for op in ("task_start", "task_stop", "replay", "ack"):
+            reply = await st.raw(st.topics.component_user_cmd(name, op), args)
+            assert not reply.success and reply.code == "unknown_op", (op, reply)
+            assert "known: get_attr, measure, register, reset, set_attr, status" in reply.msg
+        assert st.node.components[name].state == "idle"
+        # a user's ops still work there
+        ok = await st.raw(st.topics.component_user_cmd(name, "status"))
+        assert ok.success, ok

@@ -269,11 +269,21 @@ def test_a_stop_a_frozen_scheduler_gets_later_is_said_so(tmp_path: Path) -> None
         os.kill(sched, signal.SIGSTOP)
         try:
             res = st.run("tomato", "stop", "-t", "2")
+            # so do an eject's and a reload's (made 22 s later without a word: a tour)
+            eject = st.run("tomato", "pipeline", "eject", "pip-counter-1", "-t", "1")
+            reload = st.run("tomato", "reload", "-t", "1")
         finally:
             os.kill(sched, signal.SIGCONT)
         assert res.returncode == 1, (res.stdout, res.stderr)
         assert "no scheduler answered" in res.stderr, res.stderr
         assert "if it is only slow, it may still stop the stack when it gets to" in res.stderr
+        for got, what, look in ((eject, "eject", "tomato status pipelines"),
+                                (reload, "reload", "tomato status")):  # fmt: skip
+            assert got.returncode == 1, (got.stdout, got.stderr)
+            assert (
+                f"the {what} may still take effect if a scheduler got the request and "
+                f"answers later: look with `{look}` before asking again"
+            ) in got.stderr, got.stderr
 
 
 def test_a_stop_with_the_broker_frozen_says_the_stack_runs(tmp_path: Path) -> None:
@@ -293,6 +303,27 @@ def test_a_stop_with_the_broker_frozen_says_the_stack_runs(tmp_path: Path) -> No
             f"reached, so the stop cannot be asked (`kill {sup}` stops the stack)"
         ) in res.stderr, res.stderr
         assert "nothing to stop" not in res.stderr
+        # ... and so do the other commands ("is tomato-mqtt running? `tomato start` starts
+        # it", while `tomato start` said "already running": a fault-injection tour)
+        os.kill(broker, signal.SIGSTOP)
+        try:
+            status = st.run("ketchup", "status", "-t", "2")  # (its pid file: not found)
+            toml = st.appdir / "settings.toml"
+            text = toml.read_text()
+            toml.write_text(f'datadir = "{st.datadir}"\n{text}')  # (found: the datadir's)
+            try:
+                eject = st.run("tomato", "pipeline", "eject", "pip-x", "-t", "2")
+            finally:
+                toml.write_text(text)
+        finally:
+            os.kill(broker, signal.SIGCONT)
+        for res, said in (
+            (eject, f"tomato-mqtt runs here (supervisor pid {sup}), but its broker does not"),
+            (status, "its port takes connections, and nothing answers them: a broker that"),
+        ):
+            assert res.returncode == 1, (res.stdout, res.stderr)
+            assert said in res.stderr, res.stderr
+            assert "`tomato start` starts it" not in res.stderr
         assert st.json("tomato", "status")["success"]  # unharmed, and stopped as ever below
 
 

@@ -407,6 +407,22 @@ def oneshot_failed(
                 f"{ctx.url.username!r} may not ask the scheduler (a node's login may not: "
                 "check -b/--broker and TOMATO_BROKER)"
             )
+    if isinstance(e, oneshot.Stuck) and not unreachable:
+        # a broker that runs, stuck (stopped, swapped out): said as such ("is it running?
+        # `tomato start` starts it", and `tomato start` said "already running": a
+        # fault-injection tour)
+        pid = _local_supervisor(ctx)
+        fail(
+            f"{e} ({ctx.where()}): "
+            + (
+                f"tomato-mqtt runs here (supervisor pid {pid}), but its broker does not "
+                f"answer: stalled or overloaded? Try again; its log (broker.log in the "
+                f"logdir) says more, and `kill {pid}` stops the stack if it stays stuck"
+                if pid is not None
+                else "its port takes connections, and nothing answers them: a broker "
+                "that runs and is stalled or overloaded? Try again; its log says more"
+            )
+        )
     fail(
         f"{unreachable}{e} ({ctx.where()})"
         if unreachable
@@ -415,9 +431,40 @@ def oneshot_failed(
     )
 
 
+def _local_supervisor(ctx: CallContext) -> int | None:
+    """The pid of a live ``tomato start`` supervisor of this PC on the broker's port
+    (None: none, or the settings cannot be read)."""
+    from tomato_mqtt.config import settings
+    from tomato_mqtt.errors import ConfigError
+    from tomato_mqtt.services.launch import pidfile_path, read_pidfile
+    from tomato_mqtt.services.watchdog import pid_alive
+
+    if ctx.url.host not in ("127.0.0.1", "localhost", "::1"):
+        return None
+    try:  # (not ctx.settings, which exits on a bad file)
+        datadir = settings.load_settings(
+            appdir=as_path(ctx.appdir), datadir=as_path(ctx.datadir), port=ctx.port
+        ).datadir
+        info = read_pidfile(pidfile_path(datadir, ctx.url.port))
+        pid = int(str(info.get("pid"))) if info else None
+    except (ConfigError, ValueError, OSError):
+        return None
+    return pid if pid is not None and pid_alive(pid) else None
+
+
 def ask_scheduler(opts: Opts, op: str, args: Mapping[str, Any]) -> None:
     """A scheduler command whose Reply message says it all (pipeline load/eject/ready,
     reload): one request, the message printed (the whole Reply with -y/--json)."""
     ctx = opts.context()
-    reply = run_request(ctx, ctx.topics.scheduler_cmd(op), args, timeout=opts.timeout)
+    # a scheduler only slow (stopped, swapped out) gets to it later: said, as a cancel's
+    # (an eject and a reload said "error: no scheduler answered" and were made 22 s
+    # later without a word: a fault-injection tour)
+    look = "`tomato status`" if op == "reload" else "`tomato status pipelines`"
+    later = (
+        f"; the {op.replace('pipeline_', '')} may still take effect if a scheduler got the "
+        f"request and answers later: look with {look} before asking again"
+    )
+    reply = run_request(
+        ctx, ctx.topics.scheduler_cmd(op), args, timeout=opts.timeout, unanswered=later
+    )
     opts.output().reply(reply, lambda _data: reply.msg)

@@ -87,6 +87,10 @@ class OneShotError(Exception):
     """The broker could not be reached or refused the connection."""
 
 
+class Stuck(OneShotError):
+    """The broker's port took the connection, and nothing answered it in time."""
+
+
 class Refused(OneShotError):
     """The broker refused us: credentials or authorisation, not a service that is down."""
 
@@ -351,6 +355,7 @@ class Exchange:
             SessionError,
             SessionExplained,
             SessionRefused,
+            SessionStuck,
             SessionUntrusted,
         )
 
@@ -372,6 +377,9 @@ class Exchange:
         except SessionExplained as e:  # it says what to check
             self._session.close()
             raise Refused(str(e)) from None
+        except SessionStuck as e:
+            self._session.close()
+            raise Stuck(str(e)) from None
         except SessionError as e:
             self._session.close()
             raise OneShotError(str(e)) from None

@@ -433,7 +433,10 @@ class Responder:
         while len(self._seen) > self._remember:
             self._seen.popitem(last=False)
 
-        handler = table.get(op)
+        # a user's form takes a user's ops only: task_start on a user's topic started a
+        # task on an open stack (an integrator's run; a secured broker's rules refuse it)
+        users = user is None or self.users_ops is None or op in self.users_ops
+        handler = table.get(op) if users else None
         if handler is None:
             ops = table if user is None or self.users_ops is None else self.users_ops
             known = ", ".join(sorted(o for o in ops if o in table))

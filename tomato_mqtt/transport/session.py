@@ -69,6 +69,11 @@ class SessionTimeout(SessionError):
     """Nothing arrived before the deadline."""
 
 
+class SessionStuck(SessionError):
+    """The port took the connection and nothing answered its CONNECT: a broker that runs
+    and is stalled (stopped, swapped out) or overloaded, not one that is down."""
+
+
 def _utf8(s: str) -> bytes:
     b = s.encode("utf-8")
     return struct.pack("!H", len(b)) + b
@@ -172,7 +177,7 @@ class Session:
             self._send(_packet(CONNECT, 0, head + payload))
             kind, _flags, body = self._read(deadline)
         except SessionTimeout:
-            raise SessionError(
+            raise SessionStuck(
                 f"the MQTT broker at {u} did not answer the connection within {timeout:g} s"
             ) from None
         except SessionError as e:
