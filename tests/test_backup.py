@@ -29,6 +29,7 @@ def test_the_documented_backup_and_restore(tmp_path: Path) -> None:
         {
             "APPDIR": str(st.appdir),
             "DATADIR": str(st.datadir),
+            "LOGDIR": str(st.logdir),
             "BACKUP": str(backup),
             "XDG_STATE_HOME": str(tmp_path / "xdg"),  # (the default log folder)
             "PATH": f"{BIN}:{cli_env()['PATH']}",
@@ -50,6 +51,8 @@ def test_the_documented_backup_and_restore(tmp_path: Path) -> None:
         assert st.wait_job(first, {"c", "ce", "cd"}, timeout=60)["status"] == "c"
         st.run("tomato", "pipeline", "load", "pip-counter-2", "kept-sample", check=True)
         sh(m.group(1))  # the backup, as written
+        # its services log where they did before it (a start without -L logged elsewhere)
+        assert st.json("tomato", "status")["data"]["logdir"] == str(st.logdir)
         assert {p.name for p in backup.iterdir()} == {"app.tgz", "data.tgz"}
         sh('tomato stop -A "$APPDIR" -D "$DATADIR"')
         shutil.rmtree(st.datadir)  # the disk is lost

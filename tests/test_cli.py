@@ -103,6 +103,9 @@ def test_status_sections_human_and_json(stack: Stack) -> None:
     res = stack.run("tomato", "status")
     assert res.returncode == 0, res.stderr
     assert "running" in res.stdout and stack.instance in res.stdout
+    # every folder of the stack, the logs' too (an admin could not find them)
+    for name, folder in (("datadir", stack.datadir), ("logdir", stack.logdir)):
+        assert f"{name}:" in res.stdout and str(folder) in res.stdout, res.stdout
     expect = {
         "pipelines": "pip-counter-1",
         "devices": "dev-counter",

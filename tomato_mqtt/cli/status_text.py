@@ -42,6 +42,7 @@ def _scheduler(msg: str, data: Any) -> str:
         # the settings' folder (a client's hint points here: it was in --json only)
         ("appdir", data.get("appdir")),
         ("datadir", data.get("datadir")),
+        ("logdir", data.get("logdir")),
         ("devices", data.get("devices_file")),
         # not shown before: a recorder down was said only in the running jobs' reasons
         ("recorder", data.get("recorder") if data.get("recorder") != "online" else None),

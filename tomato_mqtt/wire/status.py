@@ -132,6 +132,11 @@ class SchedulerInfo(SchedulerStatus):
     """Our scheduler status plus tomato 2.2's ``Daemon`` fields (``tomato status -y``)."""
 
     datadir: str
+    logdir: str | None = Field(
+        default=None,
+        description="where the stack's services log (null from a scheduler older than "
+        "this field)",
+    )
     devices_file: str
     recorder: Literal["online", "not answering", "not seen"] | None = Field(
         default=None,

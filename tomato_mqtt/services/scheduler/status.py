@@ -192,6 +192,9 @@ def status_section(
             pres = svc._presence("online")
             data: Any = pres.model_dump(mode="json", by_alias=True)
             data["datadir"] = str(svc.settings.datadir)
+            # where the services log (an admin could not find them: a start without -L
+            # logged to the default folder, and status named every folder but that one)
+            data["logdir"] = str(svc.settings.logdir)
             data["devices_file"] = str(svc.settings.devices_file)
             # the recorder's store too: `tomato status` named the state file's faults only
             data["recorder"], data["recorder_storage_error"] = svc.presence_view.recorder_view()
