@@ -202,3 +202,10 @@ def test_a_start_after_a_stop_says_ready_once_the_nodes_are_back(
         end_process(node)
         stop_stack(st)
         asyncio.run(mosq.stop())
+    # run by hand, it says where it logs, that it connected and was configured (it said
+    # nothing while it worked: an admin's tour), and nothing more of the kind
+    said = (tmp_path / "pc2.log").read_text()
+    assert f"node pc2: connected to mqtt://127.0.0.1:{port}" in said, said
+    assert "; its log: " in said and "/node-pc2.log\n" in said, said
+    assert "node pc2: configured with " in said, said
+    assert "INFO tomato_mqtt.node.drivers" not in said, said

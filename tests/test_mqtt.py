@@ -7,6 +7,7 @@ very same ones against Mosquitto.
 from __future__ import annotations
 
 import asyncio
+import logging
 import signal
 import sys
 
@@ -159,8 +160,17 @@ async def test_publish_subscribe_with_ack(broker: RunningBroker, instance: str) 
     await check_pubsub(broker, Topics(instance))
 
 
-async def test_reconnect_resubscribes(broker: RunningBroker, instance: str) -> None:
+async def test_reconnect_resubscribes(
+    broker: RunningBroker, instance: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, "tomato_mqtt.transport.client")
     await check_reconnect(broker, Topics(instance))
+    # its log says the connection went and that it is back (a node's log said "lost …
+    # (Unspecified error)" three times and never that it was back: an admin's tour)
+    said = [r.getMessage() for r in caplog.records]
+    lost = [s for s in said if " lost the connection to " in s]
+    assert lost and "(the broker closed it or went away)" in lost[0], said
+    assert any(s.endswith(f"connected to {broker.url} again") for s in said), said
 
 
 async def test_last_will_when_process_is_killed(broker: RunningBroker, instance: str) -> None:

@@ -377,7 +377,10 @@ async def test_a_node_that_gets_no_configuration_says_why(
         assert "node pc3: no configuration from the scheduler 0.5 s after connecting" in (
             caplog.text
         )
-        assert "Does the login 'pc2' belong to this node" in caplog.text, caplog.text
+        # its own login to make, not pc2's to change (that advice cut pc2 off: a tour)
+        assert "Is the login 'pc2' this node's own?" in caplog.text, caplog.text
+        assert "tomato user add pc3 --role node:pc3" in caplog.text, caplog.text
+        assert "tomato user role" not in caplog.text, caplog.text
     finally:
         node.request_stop()
         await asyncio.wait([task], timeout=15)

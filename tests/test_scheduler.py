@@ -620,6 +620,12 @@ async def test_a_component_moved_to_a_node_not_started_says_so(
         assert reply.success and "warning: node 'pc2' is not online, so 4 component(s)" in (
             reply.msg or ""
         ), reply
+        # how to start it, as `tomato start` says it: the instance too (it said
+        # "tomato node --name pc2": an admin's tour)
+        assert (
+            f"start it on its PC (`tomato node --name pc2 --broker mqtt://<this PC's "
+            f"address>:{broker.port} --instance {instance}`)"
+        ) in (reply.msg or ""), reply
         comps = await st.call("status", {"what": "components"})
         moved = {k: v for k, v in comps.items() if v.node == "pc2"}
         assert moved and all(

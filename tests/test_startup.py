@@ -540,14 +540,14 @@ def test_the_hint_to_start_a_missing_node_works_on_the_stack_it_is_for(tmp_path:
     """An admin's tour: `tomato start` said to start a missing node with `tomato node
     --name pc2 --broker mqtt://<this PC's address>:PORT`: no instance, no login, no TLS,
     which a secured stack refuses."""
-    from tomato_mqtt.cli.start_core import _node_command
+    from tomato_mqtt.config.nodehint import node_command
     from tomato_mqtt.config.settings import load_settings
 
     def hint(toml: str) -> str:
         app = tmp_path / str(len(list(tmp_path.iterdir())))
         app.mkdir()
         (app / "settings.toml").write_text(toml)
-        return _node_command(load_settings(appdir=app, datadir=app, logdir=app), "pc2", 21883)
+        return node_command(load_settings(appdir=app, datadir=app, logdir=app), "pc2", 21883)
 
     assert hint("") == "`tomato node --name pc2 --broker mqtt://<this PC's address>:21883`"
     assert hint('[mqtt]\ninstance = "lab1"\n[broker]\npassword_file = "users"\n') == (

@@ -75,9 +75,21 @@ def test_user_commands(tmp_path: Path) -> None:
     assert (
         tomato(app, "user", "add", "otto", "--role", "operator", "--password", "p").returncode == 0
     )
+    # ... and a demotion's (their queued job ran, and they may no longer cancel it: an
+    # admin's tour); a promotion's not
+    for new, said in (("reader", True), ("operator", False)):
+        res = tomato(app, "user", "role", "otto", new)
+        assert res.returncode == 0, res.stderr
+        assert ("jobs otto submitted stay queued and run" in res.stdout) is said, res.stdout
     removed = tomato(app, "user", "remove", "otto")
     assert removed.returncode == 0, removed.stderr
     assert "jobs otto submitted stay queued and run" in removed.stdout, removed.stdout
+    # no terminal, no password given: said how to give it (a GetPassWarning and a bare
+    # "Aborted." before: an admin's tour)
+    res = tomato(app, "user", "add", "bob", "--role", "reader")
+    assert res.returncode == 1 and "Warning" not in res.stderr, res.stderr
+    assert "no terminal to ask the password on: give it with --password-stdin" in res.stderr
+    assert "bob" not in load_users(app / "users").users
 
 
 def test_user_changes_that_would_cut_the_stack_off_are_refused(tmp_path: Path) -> None:

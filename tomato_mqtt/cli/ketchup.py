@@ -130,7 +130,9 @@ def _say_the_connection(url: object) -> None:
                     f"lost the connection to the broker at {url}: following again once it"
                     " is back (Ctrl-C stops)"
                 )
-            elif self.lost and " connected to " in text:
+            elif " connected to " in text:  # (said once: the client's own lines too)
+                if not self.lost:
+                    return
                 self.lost = False
                 line = "connected again: following"
             elif record.levelno >= logging.WARNING:

@@ -246,6 +246,8 @@ def node(
             max_message=s.max_reply_bytes,
         )
     )
+    if logdir is not None:  # (said once connected: it printed nothing while it worked)
+        svc.log_file = logdir / f"node-{node_name}.log"
     svc.run_sync()
     if svc.restart_requested and not by_hand:  # its supervisor starts it again at once
         from tomato_mqtt.services.launch import EXIT_RESTART_REQUESTED

@@ -23,10 +23,11 @@ from tomato_mqtt.cli.core import fail
 from tomato_mqtt.cli.output import echo
 from tomato_mqtt.cli.ready import wait_ready
 from tomato_mqtt.cli.serve import service_args
+from tomato_mqtt.config.nodehint import node_command
 from tomato_mqtt.errors import ROOM_BYTES, writable_bytes
 
 if TYPE_CHECKING:
-    from tomato_mqtt.config.settings import Settings
+    pass
 
 __all__ = ["Done", "alive", "start"]
 
@@ -221,7 +222,7 @@ def start(opts: core.Opts, verbose: int = 0, quiet: int = 0) -> None:
         echo(
             f"warning: node {node!r} is not online, so {len(comps)} component(s) are not"
             f" ready ({', '.join(sorted(comps))}): start it on its PC"
-            f" ({_node_command(s, node, ctx.url.port)}); its components register when it"
+            f" ({node_command(s, node, ctx.url.port)}); its components register when it"
             " connects.",
             err=True,
         )
@@ -492,23 +493,3 @@ def _scheduler_answers(ctx: core.CallContext, timeout: float) -> bool:
             await c.disconnect()
 
     return asyncio.run(go())
-
-
-def _node_command(s: Settings, node: str, port: int) -> str:
-    """How to start ``node`` on its PC, as this stack takes it: the instance, TLS and its
-    port when the stack has them, the login in TOMATO_BROKER when it needs one (the hint
-    said `--broker mqtt://…:PORT`, which a secured stack refuses: an admin's tour)."""
-    instance = s.mqtt.instance
-    inst = "" if instance == "default" else f" --instance {instance}"
-    if s.broker.certfile:
-        where = (
-            f"mqtts://{node}:PASSWORD@<this PC's address>:{s.broker.tls_port}?ca_certs=<the lab CA>"
-        )
-    elif s.users_file is not None:
-        where = f"mqtt://{node}:PASSWORD@<this PC's address>:{port}"
-    else:
-        return f"`tomato node --name {node} --broker mqtt://<this PC's address>:{port}{inst}`"
-    return (
-        f"`TOMATO_BROKER='{where}' tomato node --name {node}{inst}`, with a login of the role"
-        f" node:{node}"
-    )

@@ -82,6 +82,13 @@ def _password(password: str | None, stdin: bool) -> str:
         return password
     if stdin:
         return sys.stdin.readline().rstrip("\r\n")
+    if not sys.stdin.isatty():
+        # (a script or a pipe: Python's "GetPassWarning: … may be echoed", then a bare
+        # "Aborted.": an admin's tour)
+        fail(
+            "no terminal to ask the password on: give it with --password-stdin (one line "
+            "on standard input), or --password PASSWORD"
+        )
     return str(typer.prompt("password", hide_input=True, confirmation_prompt=True))
 
 
@@ -149,9 +156,10 @@ def _notes(
             "drops what it publishes without a word, and its jobs end ce (restart it with "
             f"a login of role node:{node})"
         )
-    if what == "remove" and was in ("admin", "operator"):
+    if was in ("admin", "operator") and (what == "remove" or now not in ("admin", "operator")):
         # (a hostile tour: a removed operator's queued job ran when its pipeline was
-        # made ready, with nothing said at the removal)
+        # made ready, with nothing said at the removal; an admin's: a demoted one's too,
+        # which they may no longer cancel)
         out += (
             f"; jobs {name} submitted stay queued and run, and samples they loaded stay "
             "loaded: cancel or eject them if they should not (ketchup status, ketchup "

@@ -104,6 +104,10 @@ def install_signal_handlers(stop: asyncio.Event) -> None:
             loop.add_signal_handler(sig, on_signal, sig)
 
 
+#: ``log.info(..., extra=CONSOLE)``: said on the console of a service run by hand too
+CONSOLE = {"console": True}
+
+
 def setup_logging(
     name: str, logdir: Path | None, verbosity: int = 0, *, warnings_to_stderr: bool = False
 ) -> None:
@@ -121,7 +125,10 @@ def setup_logging(
 
         handlers = [RotatingLog(logdir / f"{name}.log")]
         if warnings_to_stderr:
-            console.setLevel(logging.WARNING)
+            # warnings, and the few lines a service run by hand says to its console
+            # (``extra=CONSOLE``: a node in the foreground printed nothing while it
+            # worked, nor where it logs: an admin's tour)
+            console.addFilter(lambda r: r.levelno >= logging.WARNING or hasattr(r, "console"))
             handlers.append(console)
     logging.basicConfig(
         level=level,

@@ -528,7 +528,10 @@ class AsyncClient(_LoopDriven):
         if self._closing:
             return
         if was_connected:
-            log.warning("%s lost the connection to %s (%s)", self.client_id, self.url, rc)
+            # (paho's "Unspecified error" is a broker that closed it or went away: said so)
+            why = str(rc)
+            why = "the broker closed it or went away" if why == "Unspecified error" else why
+            log.warning("%s lost the connection to %s (%s)", self.client_id, self.url, why)
         idle = self._reconnect_task is None or self._reconnect_task.done()
         if self._reconnect_enabled and was_connected and self._loop is not None and idle:
             self._reconnect_task = self._loop.create_task(self._reconnect_loop())
@@ -541,8 +544,9 @@ class AsyncClient(_LoopDriven):
             try:
                 await wait_for(self._connect_once(), 5.0)
                 if self._connected.is_set():
-                    if told:
-                        log.warning("%s: connected to %s again", self.client_id, self.url)
+                    # said as its loss was (a node's log said "lost the connection" three
+                    # times and never that it was back: an admin's tour)
+                    log.warning("%s: connected to %s again", self.client_id, self.url)
                     return
                 # closed again before this task went on (a broker that closes at once:
                 # Aedes, at a publish sent again that its rules forbid): _on_disconnect

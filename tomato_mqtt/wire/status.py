@@ -134,8 +134,7 @@ class SchedulerInfo(SchedulerStatus):
     datadir: str
     logdir: str | None = Field(
         default=None,
-        description="where the stack's services log (null from a scheduler older than "
-        "this field)",
+        description="where the stack's services log (null from a scheduler older than this field)",
     )
     devices_file: str
     recorder: Literal["online", "not answering", "not seen"] | None = Field(

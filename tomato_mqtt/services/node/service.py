@@ -31,7 +31,7 @@ from tomato_mqtt.config.statefiles import opened
 from tomato_mqtt.driver import TaskEnd, discovery
 from tomato_mqtt.driver.discovery import DriverNotFound
 from tomato_mqtt.errors import BROKEN_DRIVER, StartupError
-from tomato_mqtt.services.base import Service, cancel_and_wait
+from tomato_mqtt.services.base import CONSOLE, Service, cancel_and_wait
 from tomato_mqtt.services.idle import freeze_heap
 from tomato_mqtt.services.node.datapath import DataPath, new_stream
 from tomato_mqtt.services.node.drivers import NodeDrivers
@@ -279,11 +279,20 @@ class NodeService(Service):
     #: never take stops it at once, saying why (it hung without a word, and a SIGTERM
     #: went unheard until the broker came: found by a security audit)
     connect_timeout = 3600 * 24 * 365.0
+    #: the node's log file, said with "connected" on the console of a node run by hand
+    log_file: Path | None = None
 
     async def connect(self) -> None:
         await super().connect()
         if not self.stopping:
-            log.info("node %s: connected to %s (epoch %d)", self.name, self.config.url, self.epoch)
+            log.info(
+                "node %s: connected to %s (epoch %d)%s",
+                self.name,
+                self.config.url,
+                self.epoch,
+                f"; its log: {self.log_file}" if self.log_file else "",
+                extra=CONSOLE,
+            )
 
     async def started(self) -> None:
         if not await self._claim_name():
@@ -335,9 +344,11 @@ class NodeService(Service):
                 self.name,
                 wait,
                 self.config.instance,
-                f" Does the login {login!r} belong to this node (tomato user role {login} "
-                f"node:{self.name})? A secured broker drops without a word what a login may "
-                "not publish or read"
+                f" Is the login {login!r} this node's own? A node logs in with a login of the "
+                f"role node:{self.name} (on the scheduler's PC: tomato user add {self.name} "
+                f"--role node:{self.name}); if {login!r} is another node's, give this node "
+                "its own (changing that login's role would cut the other node off). A "
+                "secured broker drops without a word what a login may not publish or read"
                 if login
                 else "",
             )
@@ -749,6 +760,7 @@ class NodeService(Service):
             self.name,
             len(cfg.components),
             " (after all)" if self._warned_unconfigured else "",
+            extra=CONSOLE,
         )
         if self._configured is not None:
             self._configured.set()

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import JsonValue
 
 from tomato_mqtt.config.devices import load_devices
+from tomato_mqtt.config.nodehint import node_command
 from tomato_mqtt.config.settings import load_settings
 from tomato_mqtt.errors import ConfigError
 from tomato_mqtt.transport.rpc import CommandError, Result
@@ -185,8 +186,8 @@ async def reload(ops: SchedulerOps, args: Mapping[str, JsonValue]) -> Result:
         # "reload done" only, and the jobs waited: a newcomer's tour)
         what += (
             f"; warning: node {node!r} is not online, so {len(comps)} component(s) cannot "
-            f"register ({', '.join(sorted(comps))}): start it on its PC (tomato node "
-            f"--name {node})"
+            f"register ({', '.join(sorted(comps))}): start it on its PC "
+            f"({node_command(new_settings, node, new_settings.mqtt.port)})"
         )
     broker = new_settings.broker
     moved = [  # to another node: the rules name each node's components (not pollrate…)
