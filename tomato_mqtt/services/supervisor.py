@@ -233,7 +233,12 @@ class Supervisor:
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, self._stop.set)
+            loop.add_signal_handler(sig, self._signalled, sig)
+        if hasattr(signal, "SIGHUP"):
+            # a daemon's "reload": it ended the stack at once, the services all together,
+            # and a job's count was lost with the scheduler that went first (fault
+            # injection); kept running, said
+            loop.add_signal_handler(signal.SIGHUP, self._hangup)
         self.logdir.mkdir(parents=True, exist_ok=True)
         self.pidfile.parent.mkdir(parents=True, exist_ok=True)
         self.pidfile.write_text(json.dumps({"pid": os.getpid(), "port": self.port}))
@@ -285,6 +290,19 @@ class Supervisor:
                 self._listener.close()
             with contextlib.suppress(OSError):
                 self.pidfile.unlink()
+
+    def _signalled(self, sig: signal.Signals) -> None:
+        if not self._stop.is_set():  # (its log said nothing of why the stack stopped)
+            log.info(
+                "%s: stopping the stack (nodes first, the broker last)", signal.Signals(sig).name
+            )
+        self._stop.set()
+
+    def _hangup(self) -> None:
+        log.warning(
+            "SIGHUP ignored: the stack runs on (`tomato reload` reloads the devices file and "
+            "settings, `tomato stop` or SIGTERM stops it)"
+        )
 
     def _env(self) -> dict[str, str]:
         env = dict(os.environ)
