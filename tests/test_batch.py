@@ -62,14 +62,20 @@ def test_a_batch_whose_count_is_not_its_points_is_refused() -> None:
     good = _encode(uts=[1.0, 2.0, 3.0], vars={"v": [1.0, 2.0, 3.0]})
     assert read_header(good).n == 3
     for n in (b'"n":5', b'"n":0', b'"n":2'):
-        with pytest.raises(DecodeError, match=r"n: \d+ point\(s\), but uts has 3 value\(s\)"):
+        with pytest.raises(DecodeError, match=r"n: \d+ point\(s\), but uts has 3$"):
             read_header(good.replace(b'"n":3', n))
     empty = _encode(uts=[], vars={})
     assert read_header(empty).n == 0
-    with pytest.raises(DecodeError, match="uts has 0 value"):
+    with pytest.raises(DecodeError, match="uts has 0$"):
         read_header(empty.replace(b'"n":0', b'"n":1'))
-    with pytest.raises(DecodeError, match="uts is not a list of numbers"):
-        read_header(good.replace(b'"uts":[1.0,2.0,3.0]', b'"uts":[[1.0],2.0,3.0]'))
+    # JSON the quick count cannot read (a third party's spaces) is read whole, as before
+    import json
+
+    spaced = json.dumps(json.loads(good), separators=(",", ": ")).encode()
+    assert read_header(spaced).n == 3
+    assert read_header(empty.replace(b'"uts":[]', b'"uts":[ ]')).n == 0
+    with pytest.raises(DecodeError, match="uts has 3$"):
+        read_header(spaced.replace(b'"n": 3', b'"n": 4'))
 
 
 def test_blocks_of_one_task_join_into_one_batch_points_stay_in_order() -> None:

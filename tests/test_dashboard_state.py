@@ -289,3 +289,35 @@ def test_finished_jobs_stay_listed_after_their_retained_status_goes() -> None:
     assert finished == list(range(6, n + 1)), finished  # the newest 100 finished
     gone = {c["id"] for c in st.take_changes()}
     assert {"1", "5", str(n + 1)} <= gone and "6" not in gone, gone
+
+
+def test_a_running_task_s_age_is_true_for_a_status_received_late() -> None:
+    """A component's status is sent when its task starts and retained: a dashboard
+    started 30 min into the task got it then, and showed the task "0 s" old (a review).
+    Its age comes from its start, on the node's clock, and the node's offset, from its
+    heartbeats (here a node whose clock is 100 s behind)."""
+    import time
+
+    from tomato_mqtt.wire.messages import ComponentStatus
+
+    st = LabState()
+    node_now = time.time() - 100.0
+    beat = NodeStatus(state="online", node="pc2", heartbeat=node_now)
+    st.apply(T.parse(T.node_status("pc2")), T.node_status("pc2"), encode(beat))
+    cmp = "example_counter:(a,1)"
+    status = ComponentStatus(
+        name=cmp, node="pc2", state="running", time=node_now - 1800, job=7, task=1,
+        started_at=node_now - 1800, max_duration=3600.0,
+    )  # fmt: skip
+    topic = T.component_status(cmp)
+    st.apply(T.parse(topic), topic, encode(status))
+    parsed = T.parse(topic)
+    assert parsed is not None and parsed.name is not None
+    view = st.view("component", parsed.name)["v"]["status"]
+    offset = st.view("node", "pc2")["v"]["offset"]
+    assert offset == pytest.approx(100.0, abs=1.0)
+    age = time.time() - (view["started_at"] + offset)  # as the page reckons it (app.js)
+    assert age == pytest.approx(1800.0, abs=2.0), view
+    assert view["max_duration"] == 3600.0
+    # by the status alone (no node heard yet), it read "0 s": the reason for the offset
+    assert view["elapsed"] == pytest.approx(0.0)

@@ -634,3 +634,37 @@ def test_a_task_s_status_stays_running_until_its_end_is_told() -> None:
         assert ended.wait(10), "the task did not end"
     finally:
         hc.runner.close()
+
+
+async def test_a_node_that_stops_says_its_components_lost(
+    broker: RunningBroker, tmp_path: Path, instance: str
+) -> None:
+    """Under `tomato stop` the scheduler stops first, so it did not say the components
+    of the node that stopped next lost: they stayed "idle" under an offline node for
+    every later subscriber (an integrator's run). The node says them lost as it goes."""
+    from tests.inproc import client
+    from tomato_mqtt.wire.messages import ComponentStatus, decode
+
+    async with inproc_stack(broker.port, tmp_path, instance) as st:
+        names = list(st.node.components)
+        for svc in (st.scheduler, st.node):  # as `tomato stop` was seen to stop them
+            svc.request_stop()
+            for _ in range(150):
+                if svc.client is None or not svc.client.is_connected:
+                    break
+                await asyncio.sleep(0.1)
+        async with client(broker.url) as c:
+            got: dict[str, ComponentStatus] = {}
+
+            def seen(m: Message) -> None:
+                if m.payload:
+                    s = decode(ComponentStatus, m.payload)
+                    got[s.name] = s
+
+            await c.subscribe(st.topics.all_component_status(), handler=seen)
+            for _ in range(50):
+                if len(got) == len(names):
+                    break
+                await asyncio.sleep(0.1)
+        assert {n: s.state for n, s in got.items()} == dict.fromkeys(names, "lost"), got
+        assert all(s.error == "node local is lost (it was stopped)" for s in got.values())

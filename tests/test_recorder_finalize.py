@@ -5,7 +5,7 @@ review of the recorder's finalisation)."""
 from __future__ import annotations
 
 import asyncio
-import time
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -71,10 +71,20 @@ async def test_a_batch_stored_during_the_final_write_is_not_counted_as_in_the_fi
         svc._on_data(_batch(svc, "c1", 0, 0), "c1")
         loop = asyncio.get_running_loop()
         write = netcdf.write_job_file
+        merged = asyncio.Event()
+        svc.job_event = lambda _job, kind, _detail: (  # type: ignore[method-assign]
+            merged.set() if kind == "late_data_merged" else None
+        )
 
         def slow_write(*a: Any, **k: Any) -> Any:
-            loop.call_soon_threadsafe(svc._on_data, _batch(svc, "c1", 1, 0), "c1")
-            time.sleep(0.2)  # the batch is stored meanwhile, on the loop
+            stored = threading.Event()
+
+            def store() -> None:
+                svc._on_data(_batch(svc, "c1", 1, 0), "c1")
+                stored.set()
+
+            loop.call_soon_threadsafe(store)  # on the loop, while the file is written
+            assert stored.wait(30)
             return write(*a, **k)
 
         monkeypatch.setattr(netcdf, "write_job_file", slow_write)
@@ -89,10 +99,7 @@ async def test_a_batch_stored_during_the_final_write_is_not_counted_as_in_the_fi
         assert data["missing"] == ["task 0 on c1: 1 of 2 points stored"], data
         assert judge_file("c", None, data)[0] == "ce"
         # the point is merged into the file as late data
-        for _ in range(50):
-            await asyncio.sleep(0.1)
-            if group_points(path) == {"r": 2}:
-                break
+        await asyncio.wait_for(merged.wait(), 30)
         assert group_points(path) == {"r": 2}
     finally:
         await svc.teardown()
@@ -117,29 +124,35 @@ async def test_a_batch_of_a_role_without_a_task_does_not_stop_the_file(tmp_path:
         await svc.teardown()
 
 
-async def test_a_late_batch_past_its_task_s_count_is_kept_not_merged(tmp_path: Path) -> None:
+async def test_a_late_batch_that_is_not_the_job_s_is_kept_not_merged(tmp_path: Path) -> None:
     """A finished task holds the points its runner took: a batch more for it (a stream
     no node told, on an open stack anyone's) was merged, and the task of 1 point held 2
-    (an integrator's run). Kept in the store as no job's, said; the file stays whole."""
+    (an integrator's run); one of a role without a task was counted as merged, its file
+    having no group for it (a review). Each is kept in the store as no job's, said, and
+    no merge is made."""
     svc = await _recorder(tmp_path)
     events: list[tuple[int, str, Any]] = []
     svc.job_event = lambda job, kind, detail: events.append((job, kind, detail))  # type: ignore[method-assign]
     try:
         svc._on_data(_batch(svc, "c1", 0, 0), "c1")
-        roles = {"r": {"name": "c1"}}
+        roles = {"r": {"name": "c1"}, "idle": {"name": "c2"}}
         res = await svc.fileops.finalize(_args(tmp_path, roles, [{"component_role": "r"}], 1))
         assert isinstance(res.data, dict)
         path = Path(str(res.data["path"]))
         assert group_points(path) == {"r": 1}
         forged = _batch(svc, "c1", 0, 0)
         forged = Message(topic=forged.topic, payload=forged.payload.replace(b'"s"', b'"forged"'))
-        svc._on_data(forged, "c1")
-        await asyncio.sleep(1.0)  # a late merge would be under way by now (0.5 s)
-        assert group_points(path) == {"r": 1}
-        assert svc.store is not None and svc.store.task_points(1) == {("c1", 0): 1}
+        for msg, comp in ((forged, "c1"), (_batch(svc, "c2", 0, None), "c2")):
+            svc._on_data(msg, comp)
+        assert svc.store is not None
+        assert svc.store.merge_due(1) == 0 and not svc.files.busy(1)  # no merge to come
+        assert svc.store.task_points(1) == {("c1", 0): 1}  # the job's: as it was
         said = [d["message"] for j, k, d in events if (j, k) == (1, "warning")]
-        assert said and "holds its 1 point(s) already" in said[0], events
+        assert len(said) == 2, events
+        assert "task 0 of job 1 on c1 has its 1 point(s) stored already (1)" in said[0]
+        assert "role idle (c2) had no task in job 1: its batch is kept" in said[1]
         svc._on_data(forged, "c1")  # sent again: stored once, said once
-        assert len([e for e in events if e[1] == "warning"]) == 1
+        assert len([e for e in events if e[1] == "warning"]) == 2
+        assert group_points(path) == {"r": 1}
     finally:
         await svc.teardown()

@@ -16,7 +16,7 @@ import os
 import socket
 import subprocess
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from tomato_mqtt.cli import core, preload, serve
 from tomato_mqtt.cli.core import fail
@@ -25,9 +25,6 @@ from tomato_mqtt.cli.ready import wait_ready
 from tomato_mqtt.cli.serve import service_args
 from tomato_mqtt.config.nodehint import node_command
 from tomato_mqtt.errors import ROOM_BYTES, writable_bytes
-
-if TYPE_CHECKING:
-    pass
 
 __all__ = ["Done", "alive", "start"]
 

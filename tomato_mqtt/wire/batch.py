@@ -152,13 +152,16 @@ def read_header(raw: bytes, topic: str | None = None) -> BatchHeader:
             head = orjson.loads(raw[:i] + b"}")
         except orjson.JSONDecodeError:
             head = None
-    if not isinstance(head, dict) or not isinstance(head.get("n"), int):
+    if (
+        not isinstance(head, dict)
+        or not isinstance(head.get("n"), int)
+        or _uts_count(raw, i + len(_UTS)) != head["n"]
+    ):
+        # read whole (its n checked against its uts there): a batch saying n 5 of 1 uts
+        # was stored as 5 points and made a finished job's file and count grow (an
+        # integrator's run); one whose uts the quick count cannot read (JSON with
+        # spaces) is read whole, as before
         head = _whole(raw, topic)
-    elif (got := _uts_count(raw, i + len(_UTS))) != head["n"]:
-        # the points counted are the points there: a batch saying n 5 of 1 uts was stored
-        # as 5 points, made a finished job's file and count grow (an integrator's run)
-        said = "is not a list of numbers" if got is None else f"has {got} value(s)"
-        raise DecodeError(BatchHeader, topic, f"n: {head['n']} point(s), but uts {said}")
     try:
         return BatchHeader.model_validate(head)
     except ValidationError as e:
@@ -197,5 +200,8 @@ def _whole(raw: bytes, topic: str | None) -> dict[str, Any]:
             raise DecodeError(
                 BatchHeader, topic, f"vars.{name}: one value per uts ({len(uts)}) is required"
             )
+    n = msg.get("n", len(uts))
+    if n != len(uts):  # the points counted are the points there
+        raise DecodeError(BatchHeader, topic, f"n: {n} point(s), but uts has {len(uts)}")
     msg["n"] = len(uts)
     return msg

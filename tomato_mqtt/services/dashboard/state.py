@@ -386,6 +386,13 @@ class LabState:
                 },
                 "spool_pending": n.spool_pending,
                 "rx": self.rx.get(f"node:{key}"),
+                # this dashboard's clock less the node's, by its last heartbeat (a task's
+                # age: status_view)
+                "offset": (
+                    self.rx[f"node:{key}"] - n.heartbeat
+                    if n.heartbeat and f"node:{key}" in self.rx
+                    else None
+                ),
             }
         elif kind == "component":
             v = self.component_view(key)

@@ -92,9 +92,11 @@ def event_view(ev: JobEvent) -> dict[str, Any]:
 
 
 def status_view(st: ComponentStatus, rx: float | None = None) -> dict[str, Any]:
-    """``rx``: when the dashboard received it (its own clock). A running task's progress
-    is ``elapsed`` at ``rx`` plus the page's time since: both of the node's clock are
-    subtracted there, so a node whose clock is off still shows its task's true age."""
+    """``rx``: when the dashboard received it (its own clock). A running task's age is
+    the page's now less ``started_at`` taken to the dashboard's clock by its node's
+    offset (the node view's ``offset``, from its heartbeats: a status is retained, and one
+    received long after it was sent, by a dashboard started mid-task, read "0 s": a
+    review); without one, ``elapsed`` at ``rx`` plus the page's time since."""
     running = st.state == "running" and st.started_at is not None
     return {
         "name": st.name,
@@ -107,6 +109,7 @@ def status_view(st: ComponentStatus, rx: float | None = None) -> dict[str, Any]:
         "attrs": st.attrs,
         "error": st.error,
         "max_duration": st.max_duration,
+        "started_at": st.started_at if running else None,
         "elapsed": max(0.0, st.time - st.started_at) if running and st.started_at else None,
         "rx": rx,
     }

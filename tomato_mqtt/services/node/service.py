@@ -45,6 +45,7 @@ from tomato_mqtt.transport.rpc import MAX_REPLY, CommandError, Handler, Responde
 from tomato_mqtt.waits import wait_for
 from tomato_mqtt.wire.commands import ShutdownArgs
 from tomato_mqtt.wire.messages import (
+    ComponentStatus,
     NodeConfigure,
     NodeStatus,
     PresenceState,
@@ -500,6 +501,28 @@ class NodeService(Service):
         await super().publish_presence(state, timeout)
         if state == "online":
             self._said(said_at)
+        elif state == "offline":
+            await self._components_gone()
+
+    async def _components_gone(self) -> None:
+        """Its components said lost as it stops, as the scheduler says them: under
+        `tomato stop` the scheduler goes first, and they stayed "idle" under an offline
+        node for every later subscriber (an integrator's run)."""
+        if self.client is None or not await self._may_speak():
+            return
+        for hc in self.components.values():
+            gone = ComponentStatus(
+                name=hc.name,
+                node=self.name,
+                state="lost",
+                time=time.time(),
+                error=f"node {self.name} is lost (it was stopped)",
+                epoch=self.epoch,
+            )
+            with contextlib.suppress(Exception):
+                await self.client.publish(
+                    self.topics.component_status(hc.name), encode(gone), retain=True, wait=False
+                )
 
     async def _may_speak(self) -> bool:
         """Whether this node may say something on its shared topics (its status, its

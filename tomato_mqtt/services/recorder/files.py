@@ -426,16 +426,34 @@ class Files:
         )
         return component not in names
 
-    def overfull(self, jobid: int, component: str, task: int | None, n: int) -> str | None:
-        """Why a batch of ``n`` points is not the ended job's: its task on ``component``
-        holds all the points its runner took already (a batch of a stream no node told,
+    def not_its(self, jobid: int, component: str, task: int | None, n: int) -> str | None:
+        """Why a batch of ``n`` points is not the ended job's: the store holds all the
+        points its task on ``component`` took already (a batch of a stream no node told,
         merged into a finished job's file, made a task of 25 points hold 27: an
-        integrator's run). None when it may be (a job still running, a count unknown)."""
-        if task is None or jobid in self._running:
+        integrator's run), or its role had no task (its file has no group for it: the
+        merge counted it all the same, a review). None when it may be (a job still
+        running, a count unknown)."""
+        if jobid in self._running:
             return None
         args = self.final_args(jobid)
         store = self.svc.store
         if args is None or store is None:
+            return None
+        roles = args.get("roles")
+        payload = (args.get("job") or {}).get("payload")
+        method = payload.get("method") if isinstance(payload, dict) else None
+        if isinstance(roles, dict) and isinstance(method, list):
+            used = {t.get("component_role") for t in method if isinstance(t, dict)}
+            role = next(
+                (r for r, m in roles.items() if isinstance(m, dict) and m.get("name") == component),
+                None,
+            )
+            if role is not None and role not in used:
+                return (
+                    f"role {role} ({component}) had no task in job {jobid}: its batch is "
+                    "kept, not merged into the job's file (which has no group for it)"
+                )
+        if task is None:
             return None
         want = next(
             (
@@ -451,8 +469,8 @@ class Files:
         if have + n <= want:
             return None
         return (
-            f"task {task} of job {jobid} on {component} holds its {want} point(s) already "
-            f"({have} stored): a batch of {n} more is kept, not merged into its file"
+            f"task {task} of job {jobid} on {component} has its {want} point(s) stored "
+            f"already ({have}): a batch of {n} more is kept, not merged into its file"
         )
 
     def written_file(self, jobid: int) -> str | None:

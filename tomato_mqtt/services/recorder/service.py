@@ -386,7 +386,7 @@ class RecorderService(Service):
             return
         stream = b.stream_id()
         job = b.job
-        if job is not None and (why := self.files.overfull(job, b.component, b.task, b.n)):
+        if job is not None and (why := self.files.not_its(job, b.component, b.task, b.n)):
             # stored (its stream stays whole: no replay asked for it again and again), as
             # no job's
             if self.store.stored(b.component, stream, b.seq) is None:

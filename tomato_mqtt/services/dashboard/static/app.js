@@ -308,16 +308,19 @@ function fmtDur(s) {
 window.fmtDur = fmtDur;
 // where a running job is, by its components' statuses: "counter: task #1 (2 of 2) · 35 s
 // of 50 s" per role that runs one (the overview said "running · 350 points": a tour).
-// The task's age is its node's (elapsed when the dashboard got the status) plus the
-// time since, so a node whose clock is off still shows the true age.
+// The task's age: the page's now less its start, taken to this clock by its node's
+// offset (views.py status_view), so a node whose clock is off, or a status received
+// long after it was sent, still shows the true age.
 function taskProgress(job, roleOf) {
   const out = [];
   for (const [slug, c] of Object.entries(S.components)) {
     const st = c.status;
     if (!st || st.job !== job.id || st.state !== "running" || st.task == null) continue;
     let t = `task #${st.task}${job.tasks ? ` (${st.task + 1} of ${job.tasks})` : ""}`;
-    if (st.elapsed != null && st.rx != null) {
-      const el = st.elapsed + Math.max(0, now() - st.rx);
+    const node = S.nodes[st.node], off = node && node.state === "online" ? node.offset : null;
+    const el = st.started_at != null && off != null ? now() - (st.started_at + off)
+      : st.elapsed != null && st.rx != null ? st.elapsed + (now() - st.rx) : null;
+    if (el != null) {
       t += ` · ${fmtDur(el)}${st.max_duration != null ? ` of ${fmtDur(st.max_duration)}` : ""}`;
     } else if (st.max_duration != null) t += ` · starting (${fmtDur(st.max_duration)})`;
     const role = roleOf(slug);
@@ -404,8 +407,15 @@ function render() {
     });
   }
 }
-// heartbeat ages, lost by silence; a running task's age
-setInterval(() => { mark("presence"); if (anyRunning()) { mark("pipelines"); mark("job"); } }, 1000);
+// heartbeat ages, lost by silence; a running task's age, on the page that shows it (a
+// finished job's page, a component's, were rewritten each second: a selection there went)
+setInterval(() => {
+  mark("presence");
+  const r = route();
+  if (!anyRunning()) return;
+  if (r.page === "overview") mark("pipelines");
+  else if (r.page === "job" && S.jobs[r.id] && S.jobs[r.id].status === "r") mark("job");
+}, 1000);
 
 // -- controls ------------------------------------------------------------------------------
 // a cancelled job cannot be resumed: asked first (the last audit: one click ended it)

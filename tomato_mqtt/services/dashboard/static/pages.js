@@ -181,8 +181,7 @@ function renderPayload() {
   }));
   // set once it changes: the page renders each second while a task runs, and a text
   // set anew drops what the user was selecting in it
-  const text = JSON.stringify(job.payload, null, 2);
-  if ($("jp-payload").textContent !== text) $("jp-payload").textContent = text;
+  setText("jp-payload", JSON.stringify(job.payload, null, 2));
 }
 
 function renderEvents() {
@@ -218,6 +217,11 @@ function renderTrouble() {
   el.hidden = !why;
 }
 
+// set only when it changed: a page re-rendered (each second while a task runs) lost
+// what the user was selecting in it (a review)
+function setHtml(id, html) { const el = $(id); if (el._html !== html) { el.innerHTML = html; el._html = html; } }
+function setText(id, text) { const el = $(id); if (el.textContent !== text) el.textContent = text; }
+
 // the job's times in the page's own time zone, to the second (the ISO strings were shown)
 const fmtWhen = (iso) => (iso ? new Date(iso).toLocaleString() : "—");
 
@@ -229,7 +233,7 @@ function renderJobPage() {
   if (!j) {
     // no controls of the job seen before (its cancel stayed, and acted on this id: a tour)
     $("jp-cancel").hidden = true; $("jp-download").hidden = true;
-    $("jp-summary").textContent = Number.isSafeInteger(J.id) && J.id > 0 ? "no such job (yet)" : "a job id is a whole number: no such job";
+    setHtml("jp-summary", Number.isSafeInteger(J.id) && J.id > 0 ? "no such job (yet)" : "a job id is a whole number: no such job");
     return;
   }
   $("jp-title").textContent = `Job ${J.id}` + (j.jobname ? ` · ${j.jobname}` : "");
@@ -238,12 +242,12 @@ function renderJobPage() {
   // why the plots lack stored points (loading, failed, a login that may not load them)
   const short = J.load && !J.load.startsWith("loaded") && pts < (j.points ?? 0);
   const load = short ? ` <span class="load" id="jp-load">(earlier points ${esc(J.load)})</span>` : "";
-  $("jp-summary").innerHTML = `<span class="code s-${esc(j.status)}" id="jp-status" data-status="${esc(j.status)}">${esc(j.status)}</span> ${esc(j.meaning)} · pipeline ${esc(j.pipeline ?? "—")} · user ${esc(j.owner ?? "—")}` +
+  setHtml("jp-summary", `<span class="code s-${esc(j.status)}" id="jp-status" data-status="${esc(j.status)}">${esc(j.status)}</span> ${esc(j.meaning)} · pipeline ${esc(j.pipeline ?? "—")} · user ${esc(j.owner ?? "—")}` +
     ` · submitted ${esc(fmtWhen(j.submitted_at))} · started ${esc(fmtWhen(j.launched_at))} · ended ${esc(fmtWhen(j.completed_at))}` +
     ` · points stored ${j.points ?? "—"} · points on screen ${pts}${load}` +
     (j.status === "r" ? taskProgress(j, (s) => J.roles[s]).map((t) => `<br><span class="progress">${esc(t)}</span>`).join("") : "") +
     (j.reason ? `<br><span class="reason">${esc(j.reason)}</span>` : "") +
-    (j.respath ? `<br>results: <code>${esc(j.respath)}</code>` : "");
+    (j.respath ? `<br>results: <code>${esc(j.respath)}</code>` : ""));
   $("jp-cancel").hidden = !(can("job_cancel") && mayActOn(j) && ["q", "qw", "r"].includes(j.status));
   // why its controls are not there: another user's job (they went missing silently)
   $("jp-note").textContent = can("job_cancel") && !mayActOn(j)
@@ -304,8 +308,8 @@ function renderComponentPage(id) {
   const none = !(slug in S.components) && window.__dash.helloAt != null;
   $("cp-title").textContent = meta ? meta.name : none ? `${slug}: no such component` : slug;
   titlePage(meta ? `${meta.device}/${meta.channel}` : slug);
-  $("cp-summary").innerHTML = none ? `no such component (yet): no node has told of ${esc(slug)}; the components are on the <a href="#/">overview</a>` : meta ? `device ${esc(meta.device)} · driver ${esc(meta.driver)} · address ${esc(meta.address)} · channel ${esc(meta.channel)} · node ${esc(meta.node)}` +
-    ` · state <b>${esc(st ? st.state : "unknown")}</b>${st && st.job != null ? ` · job <a href="#/job/${st.job}">${st.job}</a> task ${esc(st.task)}` : ""}${meta.error ? ` · <span class="err">${esc(meta.error)}</span>` : ""}` : "no metadata yet";
+  setHtml("cp-summary", none ? `no such component (yet): no node has told of ${esc(slug)}; the components are on the <a href="#/">overview</a>` : meta ? `device ${esc(meta.device)} · driver ${esc(meta.driver)} · address ${esc(meta.address)} · channel ${esc(meta.channel)} · node ${esc(meta.node)}` +
+    ` · state <b>${esc(st ? st.state : "unknown")}</b>${st && st.job != null ? ` · job <a href="#/job/${st.job}">${st.job}</a> task ${esc(st.task)}` : ""}${meta.error ? ` · <span class="err">${esc(meta.error)}</span>` : ""}` : "no metadata yet");
   const attrs = (meta && meta.attrs) || {};
   renderRows($("cp-attrs").tBodies[0], Object.entries(attrs).map(([k, a]) => [k,
     `<td>${esc(k)}</td><td>${esc(a.type)}</td><td>${esc(a.units)}</td><td>${a.rw ? "rw" : "r"}</td><td>${esc(a.minimum)}</td><td>${esc(a.maximum)}</td>` +
@@ -316,9 +320,9 @@ function renderComponentPage(id) {
       if (r.success) { noteAttrs(slug, r.data); if (componentSlug(route().id) === slug) renderComponentPage(slug); }
     });
   }
-  $("cp-caps").innerHTML = ((meta && meta.capabilities) || []).map((x) => `<li>${esc(x)}</li>`).join("");
-  $("cp-consts").textContent = JSON.stringify((meta && meta.constants) || {}, null, 2);
-  $("cp-last").textContent = last ? `${new Date(last.uts * 1000).toLocaleTimeString()}\n` + Object.entries(last.values).map(([k, v]) => `${k} = ${v}${last.units[k] ? " " + last.units[k] : ""}`).join("\n") : "—";
+  setHtml("cp-caps", ((meta && meta.capabilities) || []).map((x) => `<li>${esc(x)}</li>`).join(""));
+  setText("cp-consts", JSON.stringify((meta && meta.constants) || {}, null, 2));
+  setText("cp-last", last ? `${new Date(last.uts * 1000).toLocaleTimeString()}\n` + Object.entries(last.values).map(([k, v]) => `${k} = ${v}${last.units[k] ? " " + last.units[k] : ""}`).join("\n") : "—");
   $("cp-controls").hidden = none || !(can("get_attr") || can("set_attr"));
   $("cp-set").hidden = !can("set_attr"); $("cp-value").hidden = !can("set_attr");
   $("cp-note").textContent = none || (S.me && (S.me.open || S.me.read_only)) ? ""
