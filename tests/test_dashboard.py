@@ -535,6 +535,17 @@ async def test_dashboard_roles_on_secured_mosquitto(
                 "point is below)",
             )
             assert await page.locator("#cp-controls").is_hidden()
+            # ... and on a job page, why there is no cancel or download (it said nothing:
+            # a dashboard tour)
+            await page.evaluate(
+                "() => { window.S.jobs[998] = {id: 998, owner: 'olga', status: 'c',"
+                " meaning: 'completed'}; location.hash = '#/job/998'; }"
+            )
+            await page.wait_for_function(
+                "(t) => document.getElementById('jp-note').textContent === t",
+                arg="cancelling and downloading a job need an operator (their own jobs) or an "
+                "admin",
+            )
             await page.evaluate("location.hash = '#/'")
 
             # the dashboard restarted (here: another one, given her cookie as the browser

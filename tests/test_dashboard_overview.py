@@ -88,8 +88,10 @@ async def test_the_overview_acts_per_pipeline_and_shows_where_a_job_is(
             arg=first,
             timeout=5_000,
         )
-        # a running job's pipeline offers no eject (the scheduler refuses it)
+        # a running job's pipeline offers no eject (the scheduler refuses it), and reads
+        # "in use", not "not ready" (read as a fault: a dashboard tour)
         assert await row.locator('button.prow[data-op="pipeline_eject"]').count() == 0
+        assert await row.locator("td.ready").text_content() == "in use"
 
         # the jobs list: the sample, and a filter over id, name, sample, user and status
         waits = await page.evaluate(submit, TWO_TASKS.format(sample="other-sample"))
@@ -105,6 +107,11 @@ async def test_the_overview_acts_per_pipeline_and_shows_where_a_job_is(
         await page.fill("#jobs-filter", "running s1")
         await mine.wait_for(timeout=5_000)
         await theirs.wait_for(state="detached", timeout=5_000)
+        # a status code alone is the status ("r" matched every "pip-counter" job: a tour)
+        for code, shown, gone in (("qw", theirs, mine), ("r", mine, theirs)):
+            await page.fill("#jobs-filter", code)
+            await shown.wait_for(timeout=5_000)
+            await gone.wait_for(state="detached", timeout=5_000)
         await page.fill("#jobs-filter", "")
         await theirs.wait_for(timeout=5_000)
 
@@ -139,6 +146,18 @@ async def test_the_overview_acts_per_pipeline_and_shows_where_a_job_is(
         await page.goto(f"{dash.address()}#/component/dev-counter/1")
         await page.wait_for_function(
             f"() => document.title === 'dev-counter/1 · tomato-mqtt {instance}'", timeout=5_000
+        )
+
+        # a control while the page is not connected: said plainly, nothing sent ("the
+        # dashboard did not answer: TypeError: Failed to fetch": a dashboard tour)
+        said = await page.evaluate(
+            "() => { window.__dash.ws.close(); return window.command('pipeline_ready',"
+            " {pipeline: 'pip-counter-2'}).then(() =>"
+            " document.getElementById('reply').textContent); }"
+        )
+        assert "the page is not connected to the dashboard" in said, said
+        await page.wait_for_function(
+            "() => window.__dash.ws && window.__dash.ws.readyState === 1", timeout=10_000
         )
 
         cancel = f"window.command('job_cancel', {{jobids: [{jobid}, {jobid + 1}]}})"

@@ -595,6 +595,44 @@ async def test_the_lost_node_s_reason_goes_when_the_task_s_end_comes_with_its_re
     assert host.reasons[-1] == "", host.reasons  # the lost node's reason went
 
 
+async def test_a_task_s_start_is_dated_when_it_began_on_its_node() -> None:
+    """A dashboard tour: task_started was dated when the scheduler said it, seconds after
+    the task began on a busy PC, and the job page's events disagreed with its plot."""
+    host = FakeHost()
+    _runner, done = await _run(host)  # (returns once the task runs: its start said)
+    started = next(kw for ev, kw in host.events if ev == "task_started")
+    assert started["at"] == host.cstatus["cmp"].time, started  # (the node's started_at)
+    end = TaskEndInfo(job=1, task=0, reason="done", t_start=0, t_end=1, npoints=60, stream="s")
+    ended = ComponentStatus(
+        name="cmp", node="pc1", state="idle", time=time.time(), epoch=1, last_task=end
+    )
+    await host.set(cstatus={"cmp": ended})
+    assert (await asyncio.wait_for(done, 5))[0] == "c"
+
+
+async def test_a_node_stopping_mid_task_is_said_as_ending_the_task() -> None:
+    """An admin's tour: a node stopped cleanly mid-task was said "is stopping during task
+    0: the job ends ce unless it is back within 30 s", and the job ended ce 8 ms later
+    with the task's end the node told as it went: a stopping node ends its task."""
+    host = FakeHost()
+    _runner, done = await _run(host)
+    await host.set(node=host.node.model_copy(update={"state": "stopping"}))
+    await asyncio.sleep(0.2)
+    assert host.reasons == [
+        "node pc1 hosting cmp is stopping during task 0: its task ends with it, and the job ends ce"
+    ], host.reasons
+    end = TaskEndInfo(
+        job=1, task=0, reason="stopped", message="node shutting down", t_start=0, t_end=1,
+        npoints=6, stream="s",
+    )  # fmt: skip
+    ended = ComponentStatus(
+        name="cmp", node="pc1", state="idle", time=time.time(), epoch=1, last_task=end
+    )
+    await host.set(cstatus={"cmp": ended})
+    status, reason = await asyncio.wait_for(done, 5)
+    assert status == "ce" and "node shutting down" in str(reason), (status, reason)
+
+
 async def _soon_given_up(
     monkeypatch: pytest.MonkeyPatch,
 ) -> tuple[FakeHost, asyncio.Future[tuple[str, str | None]]]:

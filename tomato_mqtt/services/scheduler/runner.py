@@ -467,7 +467,11 @@ class JobRunner:
         # (kill -9 of the tree, a power cut) left the task 'pending', and the successor
         # started it again on the restarted node: a second run, and the job ended c
         self.save_now()
-        self.host.job_event(self.job.id, "task_started", role=t.role, task=t.spec.index)
+        # when it began on its node, not when this scheduler got to say so (seconds later
+        # on a busy PC: the events list disagreed with the plot, a dashboard tour)
+        self.host.job_event(
+            self.job.id, "task_started", role=t.role, task=t.spec.index, at=t.started_at
+        )
         await self._started(t)
         return True
 
@@ -566,7 +570,12 @@ class JobRunner:
             else f"the node hosting {component} is not heard from since the scheduler started"
         )
         why = (
-            f"{who} during task {t.spec.index}: the "
+            # a node stopping ends its tasks itself: the job ends with their ends (it
+            # said "unless it is back within 30 s", and ended ce 8 ms later: an admin's
+            # tour)
+            f"{who} during task {t.spec.index}: its task ends with it, and the job ends ce"
+            if node is not None and node.state == "stopping"
+            else f"{who} during task {t.spec.index}: the "
             f"job ends ce unless it is back within {self.host.node_grace_period:g} s"
         )
         log.warning("job %d: %s", self.job.id, why)

@@ -419,8 +419,9 @@ class SchedulerService(Service):
         publishes next; :meth:`job_event_now` is)."""
         self.spawn(self.job_event_now(job, event, **kw))
 
-    async def job_event_now(self, job: int, event: str, **kw: Any) -> None:
-        ev = JobEvent(job=job, event=event, time=time.time(), **kw)
+    async def job_event_now(self, job: int, event: str, at: float | None = None, **kw: Any) -> None:
+        """``at``: when it happened, if not now (a task's start, on its node's clock)."""
+        ev = JobEvent(job=job, event=event, time=time.time() if at is None else at, **kw)
         await self.publish(self.topics.job_event(job), ev, retain=False)
 
     def _check_stale_nodes(self) -> None:

@@ -320,7 +320,11 @@ function taskProgress(job, roleOf) {
     const node = S.nodes[st.node], off = node && node.state === "online" ? node.offset : null;
     const el = st.started_at != null && off != null ? now() - (st.started_at + off)
       : st.elapsed != null && st.rx != null ? st.elapsed + (now() - st.rx) : null;
-    if (el != null) {
+    if (el != null && st.max_duration != null && el > st.max_duration + 1) {
+      // its planned time is over and its end not told yet (between two tasks it read
+      // "44 s of 40 s": a dashboard tour)
+      t += ` · ending (${fmtDur(st.max_duration)})`;
+    } else if (el != null) {
       t += ` · ${fmtDur(el)}${st.max_duration != null ? ` of ${fmtDur(st.max_duration)}` : ""}`;
     } else if (st.max_duration != null) t += ` · starting (${fmtDur(st.max_duration)})`;
     const role = roleOf(slug);
@@ -340,7 +344,7 @@ function renderPipelines() {
     const tasks = job ? taskProgress(job, (s) => bySlug[s]) : [];
     const prog = job ? [`${esc(job.meaning)}${job.points != null ? ` · ${job.points} points` : ""}`, ...tasks.map((t) => `<span class="progress">${esc(t)}</span>`)].join("<br>") : "";
     const cmps = Object.entries(p.slugs || {}).map(([role, slug]) => cmpCell(role, slug)).join("<br>");
-    rows.push([id, `<td>${esc(p.name)}</td><td class="sample">${esc(p.sample ?? "—")}</td><td class="ready">${p.ready ? "ready" : "not ready"}</td>` +
+    rows.push([id, `<td>${esc(p.name)}</td><td class="sample">${esc(p.sample ?? "—")}</td><td class="ready">${p.job != null ? "in use" : p.ready ? "ready" : "not ready"}</td>` +
       `<td>${p.job != null ? `<a href="#/job/${p.job}">job ${p.job}</a>` : ""}</td><td class="progress">${prog}</td><td>${cmps}</td><td class="nw acts">${rowActions(p)}</td>`]);
   }
   renderRows($("pipelines").tBodies[0], rows);
@@ -363,9 +367,12 @@ function rowActions(p) {
   return p.job == null ? b("pipeline_eject", "eject") + (p.ready ? "" : b("pipeline_ready", "ready")) : "";
 }
 
+// a status code typed alone (r, c, qw…) is the status, not two letters anywhere ("r"
+// matched every job of "pip-counter": a dashboard tour)
+const CODES = new Set(["q", "qw", "r", "rd", "c", "ce", "cd"]);
 function jobMatches(j, words) {
-  const text = [j.id, j.jobname, j.status, j.meaning, j.pipeline, j.sampleid, j.owner, j.reason].map((x) => String(x ?? "").toLowerCase()).join(" ");
-  return words.every((w) => text.includes(w));
+  const text = [j.id, j.jobname, j.meaning, j.pipeline, j.sampleid, j.owner, j.reason].map((x) => String(x ?? "").toLowerCase()).join(" ");
+  return words.every((w) => (CODES.has(w) ? j.status === w : text.includes(w)));
 }
 
 function renderJobs() {
@@ -382,7 +389,7 @@ function renderJobs() {
     // row wrapped them a character a line ("c/a/n/c/e/l": a dashboard tour)
     return [String(j.id), `<td class="nw"><a href="#/job/${j.id}">${j.id}</a></td><td>${esc(j.jobname)}</td>` +
       `<td><span class="code s-${esc(j.status)}" data-status="${esc(j.status)}">${esc(j.status)}</span> ${esc(j.meaning)}</td>` +
-      `<td>${esc(j.pipeline)}</td><td class="sample">${esc(j.sampleid)}</td><td>${esc(j.owner)}</td><td class="nw">${fmtTime(j.submitted_at)}</td><td class="nw">${fmtTime(j.launched_at)}</td>` +
+      `<td class="nw">${esc(j.pipeline)}</td><td class="sample">${esc(j.sampleid)}</td><td>${esc(j.owner)}</td><td class="nw">${fmtTime(j.submitted_at)}</td><td class="nw">${fmtTime(j.launched_at)}</td>` +
       `<td class="nw">${fmtTime(j.completed_at)}</td><td class="nw">${j.points ?? ""}</td><td class="reason">${esc(j.reason)}</td><td class="nw">${cancel}</td>`];
   });
   renderRows($("jobs").tBodies[0], rows);
@@ -450,7 +457,7 @@ async function post(url, body) {
     const res = await fetch(url, { method: "POST", headers: withKey({ "Content-Type": "application/json" }), body: JSON.stringify(body) });
     const text = await res.text();
     try { return JSON.parse(text); } catch { return { success: false, msg: `${res.status}: ${text}` }; }
-  } catch (e) { return { success: false, msg: `the dashboard did not answer: ${e}` }; }
+  } catch (e) { return { success: false, msg: `the dashboard did not answer (stopped, or the network is down?): ${e.message || e}` }; }
 }
 
 // a control's request while it is on its way: said, and the controls held until the
@@ -478,7 +485,18 @@ function pending(text) {
 }
 window.pending = pending;
 
+// the page's socket to the dashboard is down (stopped, restarting): said plainly, nothing
+// sent (a click answered "TypeError: Failed to fetch": a dashboard tour)
+function offline() {
+  const ws = window.__dash.ws;
+  if (ws && ws.readyState === 1) return false;
+  showReply({ success: false, msg: "the page is not connected to the dashboard (stopped or restarting?): try again once it says live" });
+  return true;
+}
+window.offline = offline;
+
 async function command(op, args) {
+  if (offline()) return { success: false, msg: "not connected" };
   const done = pending(`${op.replace("_", " ")}: sent, waiting for the answer`);
   let r;
   try { r = await post("/api/cmd", { op, args }); } finally { done(); }
@@ -507,7 +525,7 @@ $("pipeline-controls").addEventListener("click", (e) => {
     // pipelines ready with their old samples)
     const p = Object.values(S.pipelines).find((x) => x.name === args.pipeline);
     const held = p && p.sample, typed = $("pc-sample").value.trim();
-    if (held && typed && typed !== held &&
+    if (held && typed && typed !== held && p.job == null &&
         !window.confirm(`${args.pipeline} holds sample '${held}', not '${typed}'. Mark it ready with '${held}'?`)) return;
   }
   command(op, args);
@@ -517,6 +535,7 @@ $("pipelines").addEventListener("click", (e) => {
   if (!op) return;
   const pipeline = e.target.dataset.pipeline;
   if (op !== "pipeline_load") { command(op, { pipeline }); return; }
+  if (offline()) return;  // (not asked for a sample it cannot send)
   const sample = (window.prompt(`Sample to load into ${pipeline}:`) || "").trim();
   if (sample) command(op, { pipeline, sample });
 });

@@ -176,8 +176,9 @@ function renderPayload() {
   }
   renderRows($("jp-tasks").tBodies[0], method.map((t, i) => {
     const cls = running.has(i) ? "current" : "";
-    return [String(i), `<td class="${cls}">${i}</td><td>${esc(t.component_role || t.component_tag || t.device)}</td><td>${esc(t.task_name)}</td><td>${esc(t.technique_name)}</td>` +
-      `<td>${esc(t.max_duration)}</td><td>${esc(t.sampling_interval)}</td><td>${esc(JSON.stringify(t.task_params || {}))}</td>`];
+    return [String(i), `<td class="${cls}">${i}</td><td>${esc(t.component_role || t.component_tag || t.device)}</td><td>${esc(t.task_name ?? "—")}</td><td>${esc(t.technique_name)}</td>` +
+      `<td>${t.max_duration != null ? `${esc(t.max_duration)} s` : ""}</td><td>${t.sampling_interval != null ? `${esc(t.sampling_interval)} s` : ""}</td>` +
+      `<td>${Object.keys(t.task_params || {}).length ? esc(JSON.stringify(t.task_params)) : "—"}</td>`];
   }));
   // set once it changes: the page renders each second while a task runs, and a text
   // set anew drops what the user was selecting in it
@@ -251,7 +252,9 @@ function renderJobPage() {
   $("jp-cancel").hidden = !(can("job_cancel") && mayActOn(j) && ["q", "qw", "r"].includes(j.status));
   // why its controls are not there: another user's job (they went missing silently)
   $("jp-note").textContent = can("job_cancel") && !mayActOn(j)
-    ? `only ${j.owner} or an admin may cancel or download this job` : "";
+    ? `only ${j.owner} or an admin may cancel or download this job`
+    : S.me && !S.me.open && !S.me.read_only && !can("job_cancel")
+      ? "cancelling and downloading a job need an operator (their own jobs) or an admin" : "";
   const dl = $("jp-download");
   dl.hidden = !(can("job_snapshot") && mayActOn(j) && !["q", "qw"].includes(j.status));
   dl.href = `/api/job/${J.id}/download`;
