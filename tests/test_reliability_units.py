@@ -423,6 +423,11 @@ def test_status_nodes_table_shows_clock_offset_and_age_by_the_schedulers_clock()
     }
     out = _nodes("", [row])
     assert "0.3 s ago" in out and "+60.0 s (clock skew!)" in out
+    # an offline node's spool count is its last word (an admin read "spooled 8" of a
+    # node stopped cleanly, its batches stored since)
+    gone = _nodes("", [{**row, "state": "offline", "spool_pending": 8}])
+    assert "8 (as last heard)" in gone, gone
+    assert "8 (as last heard)" not in _nodes("", [{**row, "spool_pending": 8}])
 
 
 def test_status_components_and_drivers_print_errors_in_full_below_the_table() -> None:

@@ -125,9 +125,13 @@ def _nodes(msg: str, data: Any) -> str:
         if clock and r.get("clock_skewed"):
             clock += " (clock skew!)"
         drivers = r.get("drivers") if isinstance(r.get("drivers"), Mapping) else {}
+        spooled = r.get("spool_pending")
+        if spooled and r.get("state") != "online":  # its last word, maybe stored since (a
+            spooled = f"{spooled} (as last heard)"  # count that worried an admin's tour)
         rows.append(
             {
                 **r,
+                "spool_pending": spooled,
                 "beat": f"{age:.1f} s ago" if age is not None else None,
                 "clock": clock,
                 "ncomp": len(r.get("components") or []),
