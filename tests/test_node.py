@@ -668,3 +668,24 @@ async def test_a_node_that_stops_says_its_components_lost(
                 await asyncio.sleep(0.1)
         assert {n: s.state for n, s in got.items()} == dict.fromkeys(names, "lost"), got
         assert all(s.error == "node local is lost (it was stopped)" for s in got.values())
+
+
+async def test_a_configure_that_renews_components_says_so(
+    broker: RunningBroker, tmp_path: Path, instance: str
+) -> None:
+    """New settings for a driver register its components again, with a fresh instance:
+    the node's answer read "4 component(s) added, 0 removed" of the four it had (an
+    integrator's run)."""
+    from tomato_mqtt.wire.messages import NodeConfigure
+
+    async with inproc_stack(broker.port, tmp_path, instance, components=4) as st:
+        comps = [hc.config for hc in st.node.components.values()]
+        args = NodeConfigure(components=comps, driver_settings={"example_counter": {"x": 1}})
+        reply = await st.raw(st.topics.node_cmd("local", "configure"), args.model_dump())
+        assert reply.success, reply
+        assert reply.msg == (
+            "node local: 0 component(s) added, 0 removed, 4 registered again (new driver "
+            "settings or driver)"
+        ), reply.msg
+        assert isinstance(reply.data, dict) and len(reply.data["renewed"]) == 4
+        await st.wait_registered(4)

@@ -312,8 +312,13 @@ class ShutdownArgs(_Args):
 
 
 class ConfigureData(_Data):
-    added: list[str]
+    added: list[str] = Field(description="components registered (new, or made again)")
     removed: list[str]
+    renewed: list[str] = Field(
+        default_factory=list,
+        description="of ``added``, those it had and made again (new driver settings, a "
+        "driver installed or its host process gone)",
+    )
 
 
 class TaskStopArgs(_Args):

@@ -847,9 +847,18 @@ class NodeService(Service):
         await self._publish_node_status()
         for n in added:
             self.spawn(self._register_loop(self.components[n]))
+        # those made again said as such (a driver's new settings read "3 component(s)
+        # added, 0 removed" of the three it had: an integrator's run)
+        new = [n for n in added if n not in again]
+        renewed = f", {len(again)} registered again (new driver settings or driver)"
         return Result(
-            f"node {self.name}: {len(added)} component(s) added, {len(removed)} removed",
-            {"added": list[JsonValue](added), "removed": list[JsonValue](removed)},
+            f"node {self.name}: {len(new)} component(s) added, {len(removed)} removed"
+            + (renewed if again else ""),
+            {
+                "added": list[JsonValue](added),
+                "removed": list[JsonValue](removed),
+                "renewed": list[JsonValue](again),
+            },
         )
 
     async def _remove_component(self, name: str) -> None:
