@@ -8,6 +8,7 @@ loaded)", every tab "tomato-mqtt dashboard")."""
 from __future__ import annotations
 
 import asyncio
+import re
 from pathlib import Path
 from typing import Any
 
@@ -78,7 +79,9 @@ async def test_the_overview_acts_per_pipeline_and_shows_where_a_job_is(
         jobid = r["data"]["id"]
         await page.goto(f"{dash.address()}#/")
         prog = row.locator("td.progress")
-        await prog.filter(has_text="counter: task #1 (2 of 2) · ").wait_for(timeout=20_000)
+        # (not "· starting (1 min 30 s)": its node has not begun it yet)
+        running = re.compile(r"counter: task #1 \(2 of 2\) · \d+ s of 1 min 30 s")
+        await prog.filter(has_text=running).wait_for(timeout=20_000)
         first = await _text(page, '#pipelines tr[data-key="pip-counter-1"] td.progress')
         assert first.endswith(" of 1 min 30 s"), first
         # its age goes on by the page's clock, between the node's statuses
