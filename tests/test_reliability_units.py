@@ -94,6 +94,7 @@ class FakeHost:
         self.cstatus: dict[str, ComponentStatus] = {}
         self.node = NodeStatus(state="online", node="pc1", epoch=1, heartbeat=time.time())
         self.quiet = False  # the broker passes nothing (broker_quiet)
+        self.offset: float | None = None  # the node's clock less the scheduler's
         self.events: list[tuple[str, dict[str, Any]]] = []
         self.requests: list[tuple[str, str]] = []
         self.args: list[tuple[str, str, Mapping[str, Any]]] = []  # each request's, as sent
@@ -110,6 +111,9 @@ class FakeHost:
 
     def broker_quiet(self) -> bool:
         return self.quiet
+
+    def clock_offset(self, node: str) -> float | None:
+        return self.offset
 
     def save_progress(self, job: int, progress: dict[str, Any]) -> None:
         self.saved = json.loads(json.dumps(progress))  # as the store keeps it
@@ -604,9 +608,10 @@ async def test_a_task_s_start_is_dated_when_it_began_on_its_node() -> None:
     """A dashboard tour: task_started was dated when the scheduler said it, seconds after
     the task began on a busy PC, and the job page's events disagreed with its plot."""
     host = FakeHost()
+    host.offset = 60.0  # the node's clock 60 s ahead: dated on the scheduler's clock
     _runner, done = await _run(host)  # (returns once the task runs: its start said)
     started = next(kw for ev, kw in host.events if ev == "task_started")
-    assert started["at"] == host.cstatus["cmp"].time, started  # (the node's started_at)
+    assert started["at"] == host.cstatus["cmp"].time - 60.0, started  # (its started_at)
     end = TaskEndInfo(job=1, task=0, reason="done", t_start=0, t_end=1, npoints=60, stream="s")
     ended = ComponentStatus(
         name="cmp", node="pc1", state="idle", time=time.time(), epoch=1, last_task=end

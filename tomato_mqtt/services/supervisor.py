@@ -39,6 +39,7 @@ if __name__ == "__main__" and "ssl" not in sys.modules:
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -235,10 +236,16 @@ class Supervisor:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self._signalled, sig)
         if hasattr(signal, "SIGHUP"):
-            # a daemon's "reload": it ended the stack at once, the services all together,
-            # and a job's count was lost with the scheduler that went first (fault
-            # injection); kept running, said
-            loop.add_signal_handler(signal.SIGHUP, self._hangup)
+            # a daemon's "reload" (`tomato start`'s supervisor has no terminal): it ended
+            # the stack at once, the services all together, and a job's count was lost
+            # with the scheduler that went first (fault injection); kept running, said.
+            # A foreground `tomato supervise` whose terminal closes stops in order
+            loop.add_signal_handler(
+                signal.SIGHUP,
+                functools.partial(self._signalled, signal.SIGHUP)
+                if _has_terminal()
+                else self._hangup,
+            )
         self.logdir.mkdir(parents=True, exist_ok=True)
         self.pidfile.parent.mkdir(parents=True, exist_ok=True)
         self.pidfile.write_text(json.dumps({"pid": os.getpid(), "port": self.port}))
@@ -511,6 +518,17 @@ class Supervisor:
             with contextlib.suppress(ProcessLookupError):
                 p.kill()
             await p.wait()
+
+
+def _has_terminal() -> bool:
+    """Whether this process has a controlling terminal (a foreground `tomato supervise`;
+    `tomato start`'s supervisor runs in a session of its own, without one)."""
+    try:
+        fd = os.open("/dev/tty", os.O_RDONLY | os.O_NOCTTY)
+    except OSError:
+        return False
+    os.close(fd)
+    return True
 
 
 def _said_if_failed(task: asyncio.Future[None]) -> None:

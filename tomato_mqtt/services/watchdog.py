@@ -53,6 +53,10 @@ def follow_supervisor() -> None:
     preloader = os.environ.pop(ADOPTED_FROM_ENV, "")
     if not given.isdigit() or os.name != "posix":
         return  # run by hand (no supervisor to follow), or Windows (see above)
+    # a hangup of the supervisor's terminal reaches its whole process group: the
+    # supervisor stops its services in order (they died at once, no drain, and were
+    # restarted: a review); the broker, which installs no handlers of ours, too
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     pid = int(given)
     parents = {pid, int(preloader)} if preloader.isdigit() else {pid}
 

@@ -548,6 +548,11 @@ class SchedulerService(Service):
     def component_status(self, name: str) -> ComponentStatus | None:
         return self.cstatus.get(name)
 
+    def clock_offset(self, node: str) -> float | None:
+        """The node's clock less this scheduler's, as its heartbeats show (None: not
+        measured yet)."""
+        return self.presence_view.clock_offset(node)
+
     def broker_quiet(self) -> bool:
         """Nothing comes from the broker, not even this scheduler's heartbeat (it stalls,
         or it is down): what the nodes say cannot reach the scheduler meanwhile."""

@@ -317,7 +317,9 @@ function taskProgress(job, roleOf) {
     const st = c.status;
     if (!st || st.job !== job.id || st.state !== "running" || st.task == null) continue;
     let t = `task #${st.task}${job.tasks ? ` (${st.task + 1} of ${job.tasks})` : ""}`;
-    const node = S.nodes[st.node], off = node && node.state === "online" ? node.offset : null;
+    // (by its name: the page keys nodes by their topic's slug, "PC2" is "pc2--91bc…": a review)
+    const node = Object.values(S.nodes).find((n) => n.node === st.node);
+    const off = node && node.state === "online" ? node.offset : null;
     const el = st.started_at != null && off != null ? now() - (st.started_at + off)
       : st.elapsed != null && st.rx != null ? st.elapsed + (now() - st.rx) : null;
     if (el != null && st.max_duration != null && el > st.max_duration + 1) {
