@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -499,3 +500,43 @@ def test_a_hangup_leaves_the_stack_running_and_a_stop_signal_is_logged(tmp_path:
             time.sleep(0.1)
         log = (st.logdir / "supervisor.log").read_text()
         assert "SIGTERM: stopping the stack (nodes first, the broker last)" in log, log
+
+
+def test_a_foreground_supervisor_s_terminal_closing_stops_the_stack_in_order(
+    tmp_path: Path,
+) -> None:
+    """A review: a terminal that closes sends SIGHUP to its whole foreground group; the
+    services of a `tomato supervise` run there died at once (no drain) and were
+    restarted. With a terminal the supervisor stops in order on it, its services
+    leaving the hangup to it."""
+    import pty
+
+    st = make_stack(tmp_path)
+    pid, fd = pty.fork()  # a session whose controlling terminal is this pty
+    if pid == 0:  # the child: `tomato supervise` in the foreground of that terminal
+        argv = [str(BIN / "tomato"), "supervise", *st.dirs(), "-p", str(st.port)]
+        os.execve(argv[0], argv, cli_env(st.env, "tomato", "supervise"))
+    try:
+        for _ in range(100):
+            if st.run("tomato", "status", "-t", "1").returncode == 0:
+                break
+            time.sleep(0.2)
+        assert st.json("tomato", "status")["success"]
+        os.killpg(pid, signal.SIGHUP)  # as the terminal's hangup
+        for _ in range(150):
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                break
+            time.sleep(0.1)
+        assert done and os.waitstatus_to_exitcode(status) == 0, status
+    finally:
+        with contextlib.suppress(ProcessLookupError, ChildProcessError):
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        os.close(fd)
+    log = (st.logdir / "supervisor.log").read_text()
+    assert "SIGHUP: stopping the stack (nodes first, the broker last)" in log, log
+    assert "exited with code" not in log, log  # none died of it and was restarted
+    for name in ("node-local", "scheduler"):
+        said = (st.logdir / f"{name}.log").read_text()
+        assert "SIGTERM: stopping" in said and "SIGHUP" not in said, said
