@@ -436,8 +436,7 @@ def _local_supervisor(ctx: CallContext) -> int | None:
     (None: none, or the settings cannot be read)."""
     from tomato_mqtt.config import settings
     from tomato_mqtt.errors import ConfigError
-    from tomato_mqtt.services.launch import pidfile_path, read_pidfile
-    from tomato_mqtt.services.watchdog import pid_alive
+    from tomato_mqtt.services.launch import live_supervisor
 
     if ctx.url.host not in ("127.0.0.1", "localhost", "::1"):
         return None
@@ -445,11 +444,9 @@ def _local_supervisor(ctx: CallContext) -> int | None:
         datadir = settings.load_settings(
             appdir=as_path(ctx.appdir), datadir=as_path(ctx.datadir), port=ctx.port
         ).datadir
-        info = read_pidfile(pidfile_path(datadir, ctx.url.port))
-        pid = int(str(info.get("pid"))) if info else None
-    except (ConfigError, ValueError, OSError):
+    except (ConfigError, OSError):
         return None
-    return pid if pid is not None and pid_alive(pid) else None
+    return live_supervisor(datadir, ctx.url.port)
 
 
 def ask_scheduler(opts: Opts, op: str, args: Mapping[str, Any]) -> None:

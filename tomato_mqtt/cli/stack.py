@@ -113,7 +113,7 @@ def stop(
     opts: common.Opts,
 ) -> None:
     """Stop the stack (refused while jobs run, unless --force)."""
-    from tomato_mqtt.services.supervisor import pidfile_path, read_pidfile
+    from tomato_mqtt.services.launch import live_supervisor
 
     ctx = opts.context()
     from tomato_mqtt.config.settings import load_settings
@@ -129,9 +129,8 @@ def stop(
         )
     except ConfigError as e:
         s, bad = None, e
-    info = read_pidfile(pidfile_path(s.datadir, ctx.url.port)) if s else None
-    pid = int(str(info.get("pid"))) if info else None
-    running = pid is not None and alive(pid)
+    pid = live_supervisor(s.datadir, ctx.url.port) if s else None
+    running = pid is not None
     args = {"force": True} if force else {}
     reply = common.run_request(
         ctx,

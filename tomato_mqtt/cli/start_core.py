@@ -40,7 +40,12 @@ def start(opts: core.Opts, verbose: int = 0, quiet: int = 0) -> None:
     """Start the local stack in the background; return when it answers (see the module)."""
     from tomato_mqtt.config.devices import load_devices
     from tomato_mqtt.errors import ConfigError
-    from tomato_mqtt.services.launch import pidfile_path, port_in_use, python, read_pidfile
+    from tomato_mqtt.services.launch import (
+        live_supervisor,
+        pidfile_path,
+        port_in_use,
+        python,
+    )
 
     # (services.launch, not the supervisor's module: asyncio would delay every service)
     s = opts.settings()
@@ -61,10 +66,9 @@ def start(opts: core.Opts, verbose: int = 0, quiet: int = 0) -> None:
     serve.ensure_services(s)  # a secured stack: the services' own logins
     ctx = core.context(port=s.mqtt.port, appdir=s.appdir, datadir=s.datadir, logdir=s.logdir)
     pidfile = pidfile_path(s.datadir, s.mqtt.port)
-    info = read_pidfile(pidfile)
     # a zombie or a reused pid left by a crash is dead: start at once
-    if info and alive(int(str(info.get("pid")))):
-        fail(f"tomato-mqtt is already running on port {s.mqtt.port} (pid {info['pid']})")
+    if (running := live_supervisor(s.datadir, s.mqtt.port)) is not None:
+        fail(f"tomato-mqtt is already running on port {s.mqtt.port} (pid {running})")
     _refuse_a_datadir_in_use(s.datadir, pidfile)
     if s.broker.embedded and port_in_use(s.broker.host, s.mqtt.port):
         if _scheduler_answers(ctx, 1.0):

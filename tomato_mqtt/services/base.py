@@ -103,18 +103,14 @@ def install_signal_handlers(stop: asyncio.Event) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, on_signal, sig)
-    if hasattr(signal, "SIGHUP"):
-        # a terminal that closes sends SIGHUP to its whole process group: under a
-        # supervisor (a foreground `tomato supervise`) the supervisor stops its services
-        # in order, so they leave it to it (they died at once, no drain, and were
-        # restarted: a review); run by hand, a hangup drains as a SIGTERM does
-        from tomato_mqtt.services.watchdog import SUPERVISOR_PID_ENV
+    from tomato_mqtt.services.watchdog import SUPERVISOR_PID_ENV
 
+    if hasattr(signal, "SIGHUP") and not os.environ.get(SUPERVISOR_PID_ENV):
+        # run by hand, a hangup (its terminal closed) drains as a SIGTERM does; under a
+        # supervisor it is ignored (watchdog.follow_supervisor): the supervisor stops
+        # its services in order
         with contextlib.suppress(NotImplementedError, RuntimeError):
-            if os.environ.get(SUPERVISOR_PID_ENV):
-                signal.signal(signal.SIGHUP, signal.SIG_IGN)
-            else:
-                loop.add_signal_handler(signal.SIGHUP, on_signal, signal.SIGHUP)
+            loop.add_signal_handler(signal.SIGHUP, on_signal, signal.SIGHUP)
 
 
 #: ``log.info(..., extra=CONSOLE)``: said on the console of a service run by hand too

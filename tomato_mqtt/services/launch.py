@@ -79,6 +79,19 @@ def read_pidfile(path: Path) -> dict[str, object] | None:
     return data if isinstance(data, dict) else None
 
 
+def live_supervisor(datadir: Path, port: int) -> int | None:
+    """The pid of this PC's supervisor of the stack on ``port`` (its pid file in
+    ``datadir``) while it lives; None otherwise (a zombie, or a pid left by a crash)."""
+    from tomato_mqtt.services.watchdog import pid_alive
+
+    info = read_pidfile(pidfile_path(datadir, port))
+    try:
+        pid = int(str(info.get("pid"))) if info else None
+    except ValueError:
+        return None
+    return pid if pid is not None and pid_alive(pid) else None
+
+
 def port_in_use(host: str, port: int) -> bool:
     with socket.socket() as s:
         s.settimeout(0.5)

@@ -440,15 +440,12 @@ class Files:
         if args is None or store is None:
             return None
         roles = args.get("roles")
-        payload = (args.get("job") or {}).get("payload")
-        method = payload.get("method") if isinstance(payload, dict) else None
-        if isinstance(roles, dict) and isinstance(method, list):
-            used = {t.get("component_role") for t in method if isinstance(t, dict)}
+        if isinstance(roles, dict):
             role = next(
                 (r for r, m in roles.items() if isinstance(m, dict) and m.get("name") == component),
                 None,
             )
-            if role is not None and role not in used:
+            if role is not None and role not in task_roles(roles, args.get("job") or {}):
                 return (
                     f"role {role} ({component}) had no task in job {jobid}: its batch is "
                     "kept, not merged into the job's file (which has no group for it)"
@@ -653,12 +650,18 @@ def role_points(a: FinalizeArgs, stored: Mapping[str, int]) -> dict[str, int]:
 
 def roles_with_tasks(a: FinalizeArgs) -> list[str]:
     """The job's roles that have a task in its payload, in the pipeline's order."""
-    payload = a.job.get("payload")
+    return task_roles(a.roles, a.job)
+
+
+def task_roles(roles: Mapping[str, Any], job: Mapping[str, Any]) -> list[str]:
+    """Of ``roles`` (a pipeline's, in order), those with a task in ``job``'s payload (all
+    of them when it has no method to tell)."""
+    payload = job.get("payload")
     method = payload.get("method") if isinstance(payload, dict) else None
     if not isinstance(method, list):
-        return list(a.roles)
+        return list(roles)
     used = {t.get("component_role") for t in method if isinstance(t, dict)}
-    return [r for r in a.roles if r in used]
+    return [r for r in roles if r in used]
 
 
 def job_json(a: FinalizeArgs, **update: Any) -> str:
