@@ -791,12 +791,12 @@ def test_stop_force_that_times_out_says_how_long_it_waited(tmp_path, monkeypatch
     from typer.testing import CliRunner
 
     from tomato_mqtt.cli import common, stack, tomato
-    from tomato_mqtt.services import supervisor
+    from tomato_mqtt.services import launch
 
     monkeypatch.setattr(
         common, "run_request", lambda *a, **k: SimpleNamespace(success=True, msg="stopping")
     )
-    monkeypatch.setattr(supervisor, "read_pidfile", lambda *a, **k: {"pid": 999999})
+    monkeypatch.setattr(launch, "live_supervisor", lambda *a, **k: 999999)
     monkeypatch.setattr(stack, "alive", lambda pid: True)
     monkeypatch.setattr(stack, "FORCE_STOP_WAIT", 0.3)
     app = tmp_path / "app"
