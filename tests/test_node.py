@@ -23,6 +23,7 @@ import pytest
 from tests.conftest import RunningBroker
 from tests.inproc import inproc_stack
 from tests.stack import BIN, free_port
+from tomato_mqtt.config.settings import settings_url
 from tomato_mqtt.driver.spec import TaskSpec
 from tomato_mqtt.transport.client import AsyncClient, BrokerURL, Message
 from tomato_mqtt.transport.rpc import Requester
@@ -679,6 +680,10 @@ async def test_a_configure_that_renews_components_says_so(
     from tomato_mqtt.wire.messages import NodeConfigure
 
     async with inproc_stack(broker.port, tmp_path, instance, components=4) as st:
+        job = await st.short_job()  # a last point for the component it ran on
+        (name,) = {n for n, hc in st.node.components.items() if hc.last_point is not None}
+        measured = json.loads(st.node.components[name].last_point or b"")
+        assert measured["jobid"] == job.id, measured
         comps = [hc.config for hc in st.node.components.values()]
         args = NodeConfigure(components=comps, driver_settings={"example_counter": {"x": 1}})
         reply = await st.raw(st.topics.node_cmd("local", "configure"), args.model_dump())
@@ -689,3 +694,9 @@ async def test_a_configure_that_renews_components_says_so(
         ), reply.msg
         assert isinstance(reply.data, dict) and len(reply.data["renewed"]) == 4
         await st.wait_registered(4)
+        # its last point stays, retained and re-announced (a reload of driver settings
+        # cleared it: a dashboard showed no value until the next job)
+        assert json.loads(st.node.components[name].last_point or b"") == measured
+        async with connected(settings_url(st.settings)) as c:
+            raw = await wait_retained(c, st.topics.component_last(name), bool, 5)
+        assert json.loads(raw) == measured

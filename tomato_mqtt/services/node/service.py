@@ -817,9 +817,14 @@ class NodeService(Service):
                 or (hc.config.driver in changed_drivers and not hc.busy)
             )
         ]
+        # the last point measured of one registered again stays its last (a reload of
+        # driver settings cleared every component's retained `last`: a dashboard showed
+        # no value until the next job)
+        kept: dict[str, bytes] = {}
         for n in again:
             drv = self.components[n].config.driver
-            await self._remove_component(n)
+            if (point := await self._remove_component(n, coming_back=True)) is not None:
+                kept[n] = point
             if all(hc.config.driver != drv for hc in self.components.values()):
                 self.drivers.drop(drv)
         for n, c in wanted.items():
@@ -829,6 +834,7 @@ class NodeService(Service):
             if hc is not None:
                 await self._remove_component(n)
             hc = self.components[n] = HostedComponent(config=c, node=self.name)
+            hc.last_point = kept.get(n)
             self._by_slug[slug(n)] = n
             # subscribed before the reply (one configure at a time: a removal's unsubscribes
             # never come after a re-add's subscribes); refused, its registration tries
@@ -861,7 +867,9 @@ class NodeService(Service):
             },
         )
 
-    async def _remove_component(self, name: str) -> None:
+    async def _remove_component(self, name: str, *, coming_back: bool = False) -> bytes | None:
+        """Unsubscribe ``name`` and clear its retained topics; ``coming_back``: it is
+        registered again at once, and its retained ``last`` (returned) stays."""
         hc = self.components.pop(name)
         hc.closed = True
         self._by_slug.pop(slug(name), None)
@@ -880,9 +888,10 @@ class NodeService(Service):
             for t in (
                 self.topics.component_meta(name),
                 self.topics.component_status(name),
-                self.topics.component_last(name),
+                *(() if coming_back else (self.topics.component_last(name),)),
             ):
                 await self.client.publish(t, b"", retain=True, wait=False)
+        return hc.last_point
 
     async def _op_rebirth(self, args: Mapping[str, JsonValue]) -> Result:
         await self._announce()
