@@ -557,6 +557,34 @@ def test_ctrl_c_while_a_call_waits_is_one_line_not_a_traceback(
     assert (proc.returncode, out, err) == (130, "", "interrupted\n"), (proc.returncode, err)
 
 
+def test_ctrl_c_while_a_command_is_still_imported_is_one_line(tmp_path: Path) -> None:
+    """A newcomer's tour: Ctrl-C in the first ~0.1 s of a command not on the fast path
+    (`ketchup snapshot 9`), while typer and the command were imported, printed a
+    KeyboardInterrupt traceback and the process died of the signal. The SIGINT is sent
+    for real, from inside that import."""
+    import signal
+
+    (tmp_path / "settings.toml").write_text("")
+    code = (
+        "import importlib.abc, os, signal, sys\n"
+        "class CtrlC(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'tomato_mqtt.cli.ketchup':\n"
+        "            os.kill(os.getpid(), signal.SIGINT)\n"
+        "        return None\n"
+        "sys.meta_path.insert(0, CtrlC())\n"
+        "from tomato_mqtt.cli import fast\n"
+        "fast.ketchup()\n"
+    )
+    res = subprocess.run(
+        [sys.executable, "-c", code, "snapshot", "9", "-A", str(tmp_path),
+         "-p", str(free_port()), "-t", "2"],
+        capture_output=True, text=True, timeout=60,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )  # fmt: skip
+    assert (res.returncode, res.stdout, res.stderr) == (130, "", "interrupted\n"), res
+
+
 @pytest.mark.parametrize("name", ["read.py", "shadow", "notes.txt"])
 def test_a_file_that_is_no_yaml_or_json_is_not_sent_as_a_payload(tmp_path: Path, name: str) -> None:
     """A newcomer's tour: `ketchup submit read.py` sent the script's text to the

@@ -17,6 +17,8 @@ from tests.conftest import RunningBroker
 from tests.inproc import CONFIG, InProc, inproc_stack
 from tests.ncread import load_tree
 from tomato_mqtt.transport.rpc import NoResponder
+from tomato_mqtt.wire.base import encode
+from tomato_mqtt.wire.messages import JobEvent
 
 BIN = Path(__file__).resolve().parents[1] / ".venv" / "bin"
 
@@ -169,12 +171,23 @@ def test_a_follower_that_starts_mid_task_shows_the_task_at_once() -> None:
     assert p.tasks == {"counter": "task 1 ended"}
     # a task that ended says the points it took, the recorder's count being behind (an
     # integrator's tour: "task 0 ended | 0 point(s)" read as nothing measured)
+    # (the event as the scheduler publishes it: its count in `detail`, which the first
+    # fix missed, reading a top-level `npoints` no event has: a later integrator's tour)
     e = Progress(9)
     e.recorder({"dev-counter/1": 3})
-    e.event({"event": "task_ended", "role": "counter", "task": 0, "npoints": 10})
+    ended = JobEvent.model_validate(
+        {"jobid": 9, "event": "task_ended", "time": 0.0, "role": "counter", "task": 0}
+        | {"detail": {"reason": "done", "npoints": 10}}
+    )
+    e.event(json.loads(encode(ended)))
     assert "counter: task 0 ended | 10 point(s)" in e.line(), e.line()
     e.recorder({"dev-counter/1": 12})  # stored more (a later task's): the stored count
     assert "| 12 point(s)" in e.line(), e.line()
+    # the recorder's counts per component are kept by role once the job names its roles
+    # (they went from components' names to roles' at the end of one follow)
+    e.job({"status": "r", "progress": {"roles": {"counter": "dev-counter/1"}}})
+    e.recorder({"dev-counter/1": 14, "dev-other/1": 2})
+    assert e.points == {"counter": 14, "dev-other/1": 2}, e.points
 
 
 async def _a_long_job(st: InProc, seconds: float) -> Any:
@@ -211,6 +224,8 @@ async def test_a_follower_that_starts_mid_job_shows_its_points_at_once(
         async with AsyncTomato(f"mqtt://127.0.0.1:{broker.port}", instance) as t:
             async for p in t.follow(job.id):
                 assert p.status == "r" and p.total_points > 0, p.line()
+                # by the payload's role, as at the end (JobStatus.points), not by component
+                assert list(p.points) == ["counter"], p.points
                 break
         await st.call("job_cancel", {"jobids": [job.id]})
 

@@ -355,6 +355,42 @@ def test_a_forced_stop_survives_a_scheduler_restart(tmp_path: Path) -> None:
         assert not _alive(sup)  # (the CLI waited for it)
 
 
+def test_ctrl_c_during_a_forced_stop_says_the_stack_stops_all_the_same(tmp_path: Path) -> None:
+    """A newcomer's tour: Ctrl-C while `tomato stop --force` waited said only
+    "interrupted", and the stack stopped all the same, its job cancelled."""
+    with running_stack(tmp_path) as st:
+        jobid = _running_long_job(st, tmp_path)
+        node, sup = st.child_pid("node"), st.supervisor_pid()
+        assert sup is not None
+        os.kill(node, signal.SIGSTOP)  # its cancel unconfirmed: the stop waits for it
+        try:
+            stop = subprocess.Popen(
+                [str(BIN / "tomato"), "stop", "--force", "-p", str(st.port), *st.dirs()],
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                cwd=st.workdir, env=cli_env(st.env, "tomato", "stop"),
+                # as from a terminal (a test worker may run with SIGINT ignored)
+                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+            )  # fmt: skip
+            deadline = time.monotonic() + 20
+            while st.job(jobid)["status"] != "rd" and time.monotonic() < deadline:
+                time.sleep(0.1)
+            time.sleep(0.5)  # (the reply on its way to the CLI)
+            stop.send_signal(signal.SIGINT)
+            out, err = stop.communicate(timeout=20)
+        finally:
+            os.kill(node, signal.SIGCONT)
+        assert stop.returncode == 130, (out, err)
+        assert err.endswith(
+            "interrupted: the stack stops all the same (the scheduler took the request; "
+            "running jobs are cancelled): `tomato status` shows when it is down\n"
+        ), err
+        for _ in range(600):  # and so it does
+            if not _alive(sup):
+                break
+            time.sleep(0.1)
+        assert not _alive(sup), st.logs()
+
+
 def test_restart_node_loads_its_drivers_anew_and_not_under_a_task(tmp_path: Path) -> None:
     """A driver author's tour: a fixed driver was used only after the node restarted,
     and no command restarted it (the author killed its process, ending a job ce).

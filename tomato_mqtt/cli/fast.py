@@ -420,23 +420,28 @@ def _main(prog: str) -> None:
 
         try:
             importlib.import_module(f"tomato_mqtt.cli.{prog}").main()
+        except KeyboardInterrupt:
+            # Ctrl-C while typer and the command were still being imported (the first
+            # ~0.1 s): a traceback, killed by SIGINT (a newcomer's tour); said as below
+            pass
         except SystemExit as e:
             if e.code != 130:  # typer's Exit(130) on Ctrl-C, and the commands' own
                 raise
-            # as below: `tomato stop`, `ketchup snapshot` ended 130 without a word, and
-            # `--follow` interrupted while it connected printed tracebacks of its client
-            # torn down with the loop it ran on at the interpreter's teardown (a tour)
-            said = (
-                f"interrupted: {core.interrupted_note}" if core.interrupted_note else "interrupted"
-            )
-            for stream, last in ((sys.stdout, ""), (sys.stderr, said + "\n")):
-                try:  # what it printed before, then the line (os._exit flushes nothing)
-                    stream.write(last)
-                    stream.flush()
-                except Exception:
-                    pass
-            os._exit(130)
-        return
+        else:
+            return
+        # as below: `tomato stop`, `ketchup snapshot` ended 130 without a word, and
+        # `--follow` interrupted while it connected printed tracebacks of its client
+        # torn down with the loop it ran on at the interpreter's teardown (a tour)
+        said = (
+            f"interrupted: {core.interrupted_note}" if core.interrupted_note else "interrupted"
+        )
+        for stream, last in ((sys.stdout, ""), (sys.stderr, said + "\n")):
+            try:  # what it printed before, then the line (os._exit flushes nothing)
+                stream.write(last)
+                stream.flush()
+            except Exception:
+                pass
+        os._exit(130)
     try:
         call()
     except BrokenPipeError:  # `tomato status | head -1`: as click, quietly

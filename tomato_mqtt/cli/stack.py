@@ -155,6 +155,13 @@ def stop(
     )
     if not reply.success:
         opts.output().reply(reply)
+    # Ctrl-C while it waits for the stack to go: it said only "interrupted", and the stack
+    # stopped all the same, its jobs cancelled with --force (a newcomer's tour)
+    core.interrupted_note = (
+        "the stack stops all the same (the scheduler took the request"
+        + ("; running jobs are cancelled" if force else "")
+        + "): `tomato status` shows when it is down"
+    )
     if bad is not None:
         # the scheduler took the request and stops the stack: said, with why this call
         # cannot wait for it (it said "error: ...settings.toml... invalid TOML", exit 1,

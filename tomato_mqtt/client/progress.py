@@ -60,7 +60,12 @@ class Progress:
     jobid: int
     status: str = "q"
     tasks: dict[str, str] = field(default_factory=dict)  # role -> current task
-    points: dict[str, int] = field(default_factory=dict)  # role -> points stored
+    #: role -> points stored (a component the job's roles do not name: by its own name)
+    points: dict[str, int] = field(default_factory=dict)
+    #: role -> component, from the job's progress once it runs (the recorder counts per
+    #: component: ``points`` went from components' names to roles' at the end, in one
+    #: follow: an integrator's tour)
+    roles: dict[str, str] = field(default_factory=dict)
     launched: float | None = None
     ended: float | None = None
     expected: float | None = None
@@ -105,7 +110,11 @@ class Progress:
         payload = job.get("payload")
         if isinstance(payload, Mapping) and self.expected is None:
             self.expected = expected_duration(payload)
-        pts = job.get("points") or (job.get("progress") or {}).get("points")
+        progress = job.get("progress")
+        roles = progress.get("roles") if isinstance(progress, Mapping) else None
+        if isinstance(roles, Mapping):
+            self.roles = {str(r): str(c) for r, c in roles.items()}
+        pts = job.get("points") or (progress or {}).get("points")
         if isinstance(pts, Mapping) and pts:
             self.points = {str(k): int(v) for k, v in pts.items()}
         self._running_tasks(job)
@@ -135,16 +144,21 @@ class Progress:
             self.tasks[role] = f"task {ev.get('task')}"
         elif kind == "task_ended":
             self.tasks[role] = f"task {ev.get('task')} ended"
-            n = ev.get("npoints")
+            detail = ev.get("detail")
+            n = detail.get("npoints") if isinstance(detail, Mapping) else None
             if isinstance(n, int) and not isinstance(n, bool):
                 self.measured[(role, str(ev.get("task")))] = n
         if ev.get("status"):
             self.status = str(ev["status"])
 
     def recorder(self, points: Mapping[str, Any]) -> None:
-        """The recorder's count of stored points of this job (component -> n)."""
+        """The recorder's count of stored points of this job (component -> n), kept by
+        role where the job's roles name the component."""
         if points:
-            self.points = {str(k): int(v) for k, v in points.items() if isinstance(v, int)}
+            role_of = {c: r for r, c in self.roles.items()}
+            self.points = {
+                role_of.get(str(k), str(k)): int(v) for k, v in points.items() if isinstance(v, int)
+            }
 
     # -- text ----------------------------------------------------------------------------
     def line(self) -> str:
