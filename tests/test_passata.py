@@ -6,8 +6,10 @@ attrs one test sets do not leak into another.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import yaml
@@ -67,6 +69,15 @@ def test_attrs_capabilities_constants(stack: Stack) -> None:
 
 def test_get_and_set(stack: Stack) -> None:
     c = "dev-counter/2"
+    # nothing measured on it since the stack started: said as such, with what takes one
+    # (it said "no point yet" of one that measured before a restart: a newcomer's tour)
+    res = stack.run("passata", "last", c)
+    assert res.returncode == 1, res
+    assert (
+        f"{FULL.format(2)} has no point retained on tomato/v2/{stack.instance}/component/"
+    ) in res.stderr and (
+        "none since the broker and its node last started (`passata measure` takes one now)"
+    ) in res.stderr, res.stderr
     res = stack.run("passata", "set", c, "max", "7.5")
     assert res.returncode == 0, res.stderr
     out = stack.json("passata", "get", c, "max", "min")
@@ -100,6 +111,16 @@ def test_get_and_set(stack: Stack) -> None:
     assert out["success"] is False
 
 
+def _documented_keys(command: str) -> set[str]:
+    """The top-level keys of ``passata <command>``'s `data` in docs/cli.md's table."""
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "cli.md").read_text()
+    row = next(ln for ln in doc.splitlines() if ln.startswith(f"| `{command} <c>`"))
+    shape = row.split("|")[3].strip().split("`")[1][1:-1]  # `{uts, vars: {...}, ...}`
+    while (flat := re.sub(r"\{[^{}]*\}", "", shape)) != shape:  # nested ones out
+        shape = flat
+    return {part.split(":")[0].strip() for part in shape.split(",")}
+
+
 def test_measure_last_reset_register(stack: Stack) -> None:
     c = "dev-counter/3"
     out = stack.json("passata", "measure", c)
@@ -121,6 +142,10 @@ def test_measure_last_reset_register(stack: Stack) -> None:
     assert last["data"]["jobid"] is None
     human = stack.run("passata", "last", c)
     assert human.returncode == 0 and "time:" in human.stdout
+    # the shapes docs/cli.md gives (it said `values` and `job`: a script written from it
+    # got a KeyError, a newcomer's tour)
+    assert set(out["data"]) == _documented_keys("measure"), out["data"]
+    assert set(last["data"]) == _documented_keys("last"), last["data"]
 
     res = stack.run("passata", "reset", c)
     assert res.returncode == 0, res.stderr

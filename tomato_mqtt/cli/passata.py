@@ -66,7 +66,12 @@ def last(component: ComponentArg, opts: common.Opts) -> None:
         topic = req.topics.component_last(name)
         raw = await components.retained(req, topic, min(opts.timeout, components.RETAINED_WAIT))
         if raw is None:
-            raise Refused(f"{name} has published no point yet (nothing retained on {topic})")
+            # (said "no point yet" of one that measured before the stack restarted: the
+            # embedded broker keeps no retained message across its restart, a tour)
+            raise Refused(
+                f"{name} has no point retained on {topic}: none since the broker and its node"
+                " last started (`passata measure` takes one now)"
+            )
         try:
             point = decode(LastPoint, raw, topic)
         except DecodeError as e:
