@@ -557,6 +557,39 @@ def test_ctrl_c_while_a_call_waits_is_one_line_not_a_traceback(
     assert (proc.returncode, out, err) == (130, "", "interrupted\n"), (proc.returncode, err)
 
 
+def test_a_broker_silent_within_a_very_short_timeout_is_not_said_stalled(tmp_path: Path) -> None:
+    """A newcomer's tour: `tomato status -t 0.001` on a healthy stack was said to be a
+    stalled broker, with `kill PID` to stop the stack. Within a very short -t the
+    timeout is said to be too short; with a usual one, a silent broker is said stalled."""
+    import socket
+
+    (tmp_path / "settings.toml").write_text("")
+    silent = socket.socket()  # accepts, never answers a CONNECT
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)
+    port = silent.getsockname()[1]
+    said = {}
+    try:
+        for t in ("0.2", "1"):
+            res = subprocess.run(
+                [sys.executable, "-c", "from tomato_mqtt.cli import fast; fast.tomato()",
+                 "status", "-A", str(tmp_path), "-p", str(port), "-t", t],
+                capture_output=True, text=True, timeout=30,
+            )  # fmt: skip
+            assert res.returncode == 1, res
+            said[t] = res.stderr
+    finally:
+        silent.close()
+    assert (
+        f"did not answer the connection within 0.2 s (broker mqtt://127.0.0.1:{port}"
+    ) in said["0.2"], said
+    assert said["0.2"].rstrip().endswith(
+        "a -t/--timeout of 0.2 s is likely too short for the broker to answer; try again "
+        "with a longer one"
+    ), said
+    assert "too short" not in said["1"] and "stalled or overloaded" in said["1"], said
+
+
 def test_ctrl_c_while_a_command_is_still_imported_is_one_line(tmp_path: Path) -> None:
     """A newcomer's tour: Ctrl-C in the first ~0.1 s of a command not on the fast path
     (`ketchup snapshot 9`), while typer and the command were imported, printed a

@@ -365,6 +365,11 @@ def _scheduler_state(ctx: CallContext) -> str | None:
     return state if isinstance(state, str) else None
 
 
+#: a timeout under which a connection that got no answer says the timeout was too short
+#: (a broker on a quiet PC answers in ms; a stalled one is said so above it)
+SHORT_WAIT = 0.5
+
+
 def oneshot_failed(
     ctx: CallContext, e: Exception, unanswered: str = "", unreachable: str = ""
 ) -> NoReturn:
@@ -407,6 +412,13 @@ def oneshot_failed(
                 f"{ctx.url.username!r} may not ask the scheduler (a node's login may not: "
                 "check -b/--broker and TOMATO_BROKER)"
             )
+    if isinstance(e, oneshot.Stuck) and e.timeout < SHORT_WAIT:
+        # `tomato status -t 0.001` on a healthy stack was said to be a stalled broker,
+        # with `kill PID` to stop it (a newcomer's tour)
+        fail(
+            f"{e} ({ctx.where()}): a -t/--timeout of {e.timeout:g} s is likely too short "
+            "for the broker to answer; try again with a longer one"
+        )
     if isinstance(e, oneshot.Stuck) and not unreachable:
         # a broker that runs, stuck (stopped, swapped out): said as such ("is it running?
         # `tomato start` starts it", and `tomato start` said "already running": a

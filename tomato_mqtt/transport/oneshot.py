@@ -88,7 +88,11 @@ class OneShotError(Exception):
 
 
 class Stuck(OneShotError):
-    """The broker's port took the connection, and nothing answered it in time."""
+    """The broker's port took the connection, and nothing answered it within ``timeout``."""
+
+    def __init__(self, msg: str, timeout: float) -> None:
+        super().__init__(msg)
+        self.timeout = timeout
 
 
 class Refused(OneShotError):
@@ -379,7 +383,7 @@ class Exchange:
             raise Refused(str(e)) from None
         except SessionStuck as e:
             self._session.close()
-            raise Stuck(str(e)) from None
+            raise Stuck(str(e), self._timeout) from None
         except SessionError as e:
             self._session.close()
             raise OneShotError(str(e)) from None
