@@ -18,6 +18,7 @@ from tests.stack import (
     Stack,
     _alive,
     cli_env,
+    free_port,
     make_stack,
     running_stack,
     started,
@@ -326,6 +327,29 @@ def test_a_stop_with_the_broker_frozen_says_the_stack_runs(tmp_path: Path) -> No
             assert said in res.stderr, res.stderr
             assert "`tomato start` starts it" not in res.stderr
         assert st.json("tomato", "status")["success"]  # unharmed, and stopped as ever below
+
+
+def test_a_call_to_the_wrong_port_names_the_stack_of_its_data_folder(tmp_path: Path) -> None:
+    """A newcomer's tour: after `tomato start -p 20420` with no port in settings.toml,
+    `tomato status` said "is tomato-mqtt running? `tomato start` starts it", and that
+    start was refused, the data folder in use. The stack the folder's pid file names is
+    said, with the -p to give."""
+    st = make_stack(tmp_path)
+    cfg = st.appdir / "settings.toml"  # its folders in it, as `tomato init -D -L` writes them
+    cfg.write_text(f'datadir = "{st.datadir}"\nlogdir = "{st.logdir}"\n' + cfg.read_text())
+    with started(st):
+        sup = st.supervisor_pid()
+        wrong = str(free_port())
+        res = subprocess.run(
+            [str(BIN / "tomato"), "status", "-A", str(st.appdir), "-p", wrong, "-t", "2"],
+            capture_output=True, text=True, timeout=30, env=cli_env(st.env, "tomato", "status"),
+        )  # fmt: skip
+        assert res.returncode == 1, res
+        assert res.stderr.rstrip().endswith(
+            f"tomato-mqtt of this data folder runs on port {st.port} (supervisor pid {sup}): "
+            f"give -p {st.port} (or set [mqtt] port = {st.port} in settings.toml)"
+        ), res.stderr
+        assert "`tomato start` starts it" not in res.stderr
 
 
 def test_a_forced_stop_survives_a_scheduler_restart(tmp_path: Path) -> None:

@@ -92,6 +92,16 @@ def live_supervisor(datadir: Path, port: int) -> int | None:
     return pid if pid is not None and pid_alive(pid) else None
 
 
+def live_stacks(datadir: Path) -> dict[int, int]:
+    """port -> pid of every live supervisor of this PC whose pid file is in ``datadir``."""
+    found = {}
+    for f in datadir.glob("tomato-mqtt.*.pid"):
+        port = f.name.split(".")[1]
+        if port.isdigit() and (pid := live_supervisor(datadir, int(port))) is not None:
+            found[int(port)] = pid
+    return found
+
+
 def port_in_use(host: str, port: int) -> bool:
     with socket.socket() as s:
         s.settimeout(0.5)
