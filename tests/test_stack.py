@@ -424,6 +424,12 @@ def test_restart_node_loads_its_drivers_anew_and_not_under_a_task(tmp_path: Path
         old = st.child_pid("node")
         res = st.run("tomato", "restart-node", "local")
         assert res.returncode == 1 and "node local has running tasks on" in res.stderr, res
+        # a misspelt name is said at once, with the known ones (it waited its whole -t
+        # for "no node pc9 answered … is it running?": a newcomer's tour)
+        res = st.run("tomato", "restart-node", "pc9", "-t", "20")
+        assert res.returncode == 1, res
+        assert res.stderr.rstrip().endswith("known: local: `tomato status nodes`)"), res.stderr
+        assert res.stderr.startswith("error: no node 'pc9' ("), res.stderr
         assert st.child_pid("node") == old and st.job(jobid)["status"] == "r"
         st.run("ketchup", "cancel", str(jobid), check=True)
         st.wait_job(jobid, {"cd"}, timeout=30)
