@@ -295,6 +295,22 @@ def _task(ver: str, **changes: Any) -> dict[str, Any]:
             "did you mean 'technique'?",
             id="v0.2-typo-technique",
         ),
+        # a typo beside a task's was not said (a newcomer's tour): in the sample, at the top
+        pytest.param(
+            _v("2.2", sample={"identifer": "s1"}),
+            "sample.identifier",
+            "field required; the sample has 'identifer': did you mean 'identifier'?",
+            id="v2.2-typo-sample",
+        ),
+        pytest.param(
+            _v("2.2", settigns={}),
+            "settigns",
+            "unknown field: did you mean 'settings'?",
+            id="v2.2-typo-top",
+        ),
+        pytest.param(
+            _v("0.2", tomatoo={}), "tomatoo", "unknown field: did you mean 'tomato'?", id="v0.2-top"
+        ),
         pytest.param(
             _task("1.0", component_tag=None),
             "method[0].component_tag",

@@ -177,7 +177,7 @@ def parse_payload(data: Mapping[str, Any], user: str | None = None) -> Payload:
     try:
         payload: Any = module.Payload.model_validate(doc)
     except ValidationError as e:
-        raise _from_validation_error(e, doc, written=doc) from None
+        raise _from_validation_error(e, doc, written=doc, model=module.Payload) from None
     while version != LATEST_VERSION:
         nxt = _NEXT[version]
         try:
@@ -344,10 +344,11 @@ def _from_validation_error(
     data: Any,
     step: tuple[str, str] | None = None,
     written: Mapping[str, Any] | None = None,
+    model: Any = None,
 ) -> PayloadError:
     problems = describe_validation_error(err, data)
     if step is None:
-        problems = [(loc, _with_near_key(written, loc, reason)) for loc, reason in problems]
+        problems = [(loc, _with_near_key(written, loc, reason, model)) for loc, reason in problems]
     else:
         renamed = _RENAMED.get(step[0], {})
         fixed = []
@@ -365,24 +366,66 @@ def _from_validation_error(
     return PayloadError(*one_line(problems))
 
 
-def _with_near_key(written: Mapping[str, Any] | None, loc: str, reason: str) -> str:
-    head, _, last = loc.rpartition(".")
-    near = _near_key(written, head, last) if reason.startswith("field required") else None
-    return f"{reason}; the task has {near!r}: did you mean {last!r}?" if near else reason
-
-
-def _near_key(written: Mapping[str, Any] | None, where: str, name: str) -> str | None:
-    """A key of the payload's ``where`` (``method[0]``) one typo away from ``name``."""
+def _with_near_key(
+    written: Mapping[str, Any] | None, loc: str, reason: str, model: Any = None
+) -> str:
+    """``reason`` with the key one typo away, where there is one: a required key the
+    payload has misspelt (in a task, the sample, at the top), or a key no field is named
+    (``model``'s fields there). Only a task's were said: `identifer` in the sample read
+    "sample.identifier: field required", `settigns` "unknown field" (a newcomer's tour)."""
     import difflib
+
+    head, _, last = loc.rpartition(".")
+    if reason.startswith("field required"):
+        keys = _keys_at(written, head)
+        near = difflib.get_close_matches(last, [k for k in keys if k != last], n=1, cutoff=0.75)
+        if near:
+            owner = "the task" if head.startswith("method[") else f"the {head or 'payload'}"
+            return f"{reason}; {owner} has {near[0]!r}: did you mean {last!r}?"
+    elif reason.startswith("unknown field") and model is not None:
+        known = [k for k in _fields_at(model, head) if k != last]
+        near = difflib.get_close_matches(last, known, n=1, cutoff=0.75)
+        if near:
+            return f"{reason}: did you mean {near[0]!r}?"
+    return reason
+
+
+def _keys_at(written: Any, where: str) -> list[str]:
+    """The keys of the payload as written at ``where`` (``""``, ``sample``, ``method[0]``)."""
     import re
 
-    m = re.fullmatch(r"method\[(\d+)\]", where)
-    if written is None or m is None:
-        return None
-    method = written.get("method")
-    i = int(m.group(1))
-    if not isinstance(method, list) or i >= len(method) or not isinstance(method[i], Mapping):
-        return None
-    keys = [str(k) for k in method[i] if k != name]
-    near = difflib.get_close_matches(name, keys, n=1, cutoff=0.75)
-    return near[0] if near else None
+    node = written
+    for part in where.split(".") if where else []:
+        m = re.fullmatch(r"(\w+)\[(\d+)\]", part)
+        name, index = (m.group(1), int(m.group(2))) if m else (part, None)
+        node = node.get(name) if isinstance(node, Mapping) else None
+        if index is not None:
+            node = node[index] if isinstance(node, list) and index < len(node) else None
+    return [str(k) for k in node] if isinstance(node, Mapping) else []
+
+
+def _fields_at(model: Any, where: str) -> list[str]:
+    """The field names (and aliases) of the pydantic ``model`` at ``where``."""
+    import re
+    import typing
+
+    from pydantic import BaseModel
+
+    def models_in(annotation: Any) -> list[type[BaseModel]]:
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            return [annotation]
+        return [m for arg in typing.get_args(annotation) for m in models_in(arg)]
+
+    current: list[type[BaseModel]] = [model]
+    for part in where.split(".") if where else []:
+        name = re.sub(r"\[\d+\]$", "", part)
+        current = [
+            m
+            for c in current
+            for field_name, f in c.model_fields.items()
+            if name in (field_name, f.alias)
+            for m in models_in(f.annotation)
+        ]
+    return [
+        k for c in current for name, f in c.model_fields.items() for k in (name, f.alias) if k
+    ]
