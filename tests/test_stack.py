@@ -21,6 +21,7 @@ from tests.stack import (
     free_port,
     make_stack,
     running_stack,
+    start_stack,
     started,
     stop_stack,
 )
@@ -337,7 +338,14 @@ def test_a_call_to_the_wrong_port_names_the_stack_of_its_data_folder(tmp_path: P
     st = make_stack(tmp_path)
     cfg = st.appdir / "settings.toml"  # its folders in it, as `tomato init -D -L` writes them
     cfg.write_text(f'datadir = "{st.datadir}"\nlogdir = "{st.logdir}"\n' + cfg.read_text())
-    with started(st):
+    started_with = start_stack(st)
+    try:
+        assert started_with.returncode == 0, (started_with.stderr, st.logs())
+        # said by the start itself, whose -p settings.toml does not give
+        assert (
+            f"note: port {st.port} is not the one {cfg} gives: the other commands need "
+            f"-p {st.port} too (or set [mqtt] port = {st.port} there)"
+        ) in started_with.stderr, started_with.stderr
         sup = st.supervisor_pid()
         wrong = str(free_port())
         res = subprocess.run(
@@ -350,6 +358,8 @@ def test_a_call_to_the_wrong_port_names_the_stack_of_its_data_folder(tmp_path: P
             f"give -p {st.port} (or set [mqtt] port = {st.port} in settings.toml)"
         ), res.stderr
         assert "`tomato start` starts it" not in res.stderr
+    finally:
+        stop_stack(st)
 
 
 def test_a_forced_stop_survives_a_scheduler_restart(tmp_path: Path) -> None:

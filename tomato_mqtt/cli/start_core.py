@@ -217,6 +217,14 @@ def start(opts: core.Opts, verbose: int = 0, quiet: int = 0) -> None:
         data["dashboard"] = f"{scheme}://{s.dashboard.host}:{s.dashboard.port}/"
         msg += f"\ndashboard: {data['dashboard']}"
     opts.output().reply(Done(msg, data))
+    if opts.port is not None and opts.port != _file_port(opts):
+        # `tomato status` then looked on the file's port and said "`tomato start` starts
+        # it", which was refused (a newcomer's tour)
+        echo(
+            f"note: port {opts.port} is not the one {s.appdir / 'settings.toml'} gives: the "
+            f"other commands need -p {opts.port} too (or set [mqtt] port = {opts.port} there)",
+            err=True,
+        )
     for w in warned:
         echo(f"warning: {w}", err=True)
     for node, comps in sorted(absent.items()):
@@ -374,6 +382,13 @@ def _take_down(proc: subprocess.Popen[bytes] | preload.Forked) -> None:
             proc.wait(5)
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+def _file_port(opts: core.Opts) -> int:
+    """The broker port the settings give without -p (settings.toml's, or the default)."""
+    from tomato_mqtt.config.settings import load_settings
+
+    return load_settings(opts.appdir, opts.datadir, opts.logdir).mqtt.port
 
 
 def _refuse_a_datadir_in_use(datadir: Path, own: Path) -> None:
