@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 from tomato_mqtt_broker import BrokerConfig, EmbeddedBroker
 
-from tests.stack import BIN, Stack, free_port, make_stack
+from tests.stack import BIN, Stack, free_port, make_stack, start_stack, stop_stack
 from tests.upstream.test_upstream_stack import processes_of
 from tomato_mqtt.config.devices import load_devices
 from tomato_mqtt.config.url import BrokerURL
@@ -202,6 +202,33 @@ def _start_with(st: Any, patch: str, wait: str, timeout: float) -> Any:
         # SIGINT as from a terminal: a test worker may ignore it, and a child inherits that
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
+
+
+def test_a_start_while_another_is_under_way_is_refused_saying_so(tmp_path: Path) -> None:
+    """A newcomer's tour: two `tomato start`s at once got "already running (pid N)" of
+    a pid gone a moment later, or "port … in use by another program". A start under way
+    holds a lock in the data folder (here this test holds it, as that start would); a
+    second start says so, starts nothing, and starts once it is free."""
+    import fcntl
+
+    st = make_stack(tmp_path)
+    st.datadir.mkdir(parents=True, exist_ok=True)
+    with open(st.datadir / "tomato-mqtt.starting", "a+") as held:
+        fcntl.lockf(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        held.write("4242")
+        held.flush()
+        res = start_stack(st, timeout=20)
+        assert res.returncode == 1, (res.stdout, res.stderr)
+        assert res.stderr == (
+            f"error: another `tomato start` (pid 4242) is starting tomato-mqtt on the data "
+            f"folder {st.datadir}: wait for it (`tomato status` shows it once it is up)\n"
+        ), res.stderr
+        assert not processes_of(st.port)
+    res = start_stack(st, timeout=30)  # the lock given up (that start ended)
+    try:
+        assert res.returncode == 0, (res.stdout, res.stderr, st.logs())
+    finally:
+        stop_stack(st)
 
 
 def test_a_start_interrupted_while_it_waits_stops_what_it_started(tmp_path: Path) -> None:

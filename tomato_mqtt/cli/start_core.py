@@ -65,6 +65,7 @@ def start(opts: core.Opts, verbose: int = 0, quiet: int = 0) -> None:
         echo(f"warning: {line}", err=True)
     serve.ensure_services(s)  # a secured stack: the services' own logins
     ctx = core.context(port=s.mqtt.port, appdir=s.appdir, datadir=s.datadir, logdir=s.logdir)
+    _one_start_at_a_time(s.datadir)
     pidfile = pidfile_path(s.datadir, s.mqtt.port)
     # a zombie or a reused pid left by a crash is dead: start at once
     if (running := live_supervisor(s.datadir, s.mqtt.port)) is not None:
@@ -382,6 +383,42 @@ def _take_down(proc: subprocess.Popen[bytes] | preload.Forked) -> None:
             proc.wait(5)
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+#: the lock of a start under way, held until this process ends (see below)
+_starting: Any = None
+
+
+def _one_start_at_a_time(datadir: Path) -> None:
+    """Refuse a start while another ``tomato start`` of this data folder is under way:
+    two at once were told "already running (pid N)" of a pid gone a moment later, or that
+    the port was in use "by another program" (a newcomer's tour). A POSIX lock: not
+    inherited by the supervisor forked from here, given up when this process ends."""
+    global _starting
+    try:
+        import fcntl
+    except ImportError:  # (Windows: the checks below still refuse a second stack)
+        return
+    try:
+        datadir.mkdir(parents=True, exist_ok=True)
+        f = open(datadir / "tomato-mqtt.starting", "a+")  # noqa: SIM115 (held: see above)
+    except OSError:  # the folder checks below say what is wrong with it
+        return
+    try:
+        fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.seek(0)
+        pid = f.read().strip()
+        f.close()
+        fail(
+            f"another `tomato start`{f' (pid {pid})' if pid.isdigit() else ''} is starting "
+            f"tomato-mqtt on the data folder {datadir}: wait for it (`tomato status` shows "
+            "it once it is up)"
+        )
+    f.truncate(0)
+    f.write(str(os.getpid()))
+    f.flush()
+    _starting = f
 
 
 def _file_port(opts: core.Opts) -> int:
