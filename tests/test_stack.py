@@ -362,6 +362,20 @@ def test_a_call_to_the_wrong_port_names_the_stack_of_its_data_folder(tmp_path: P
         stop_stack(st)
 
 
+def test_a_stop_without_the_data_folder_of_the_start_waits_for_the_stack(tmp_path: Path) -> None:
+    """Fault injection: a stack started with -D, stopped without it (settings.toml has
+    no datadir), was said "stopped" at once while its services still ran, and a `tomato
+    start` right after started a second supervisor. The stop finds the supervisor by
+    the data folder its scheduler names, and returns once it has exited."""
+    with running_stack(tmp_path) as st:
+        sup = st.supervisor_pid()
+        assert sup is not None
+        res = st.run("tomato", "stop")  # -A and -p, no -D
+        assert res.returncode == 0, (res.stdout, res.stderr)
+        assert res.stdout.strip() == f"tomato-mqtt on port {st.port} stopped", res.stdout
+        assert not _alive(sup), "said stopped while its supervisor ran"
+
+
 def test_a_forced_stop_survives_a_scheduler_restart(tmp_path: Path) -> None:
     """A fault-injection tour: `tomato stop --force` with the node frozen (its cancel
     unconfirmed), the scheduler killed 1 s later: the restarted scheduler knew nothing of

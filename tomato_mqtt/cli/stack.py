@@ -130,6 +130,11 @@ def stop(
     except ConfigError as e:
         s, bad = None, e
     pid = live_supervisor(s.datadir, ctx.url.port) if s else None
+    if pid is None and s is not None:
+        # started with -D, stopped without it: "stopped" was said at once while the stack
+        # still ran, and a `tomato start` right after started a second one (fault
+        # injection): the scheduler says which data folder holds the pid file
+        pid = _supervisor_by_scheduler(ctx)
     running = pid is not None
     args = {"force": True} if force else {}
     reply = common.run_request(
@@ -191,9 +196,37 @@ def stop(
         if alive(pid):
             fail(f"the supervisor (pid {pid}) did not stop within {waited:g} s")
     msg = f"tomato-mqtt on port {ctx.url.port} stopped"
+    if pid is None:  # not this PC's, or its pid file not found: not waited for
+        msg = (
+            f"tomato-mqtt on port {ctx.url.port} is stopping (the scheduler took the "
+            "request); not waited for: its supervisor is not found on this PC"
+        )
     if force and reply.msg != "stopping tomato-mqtt":  # the jobs it cancelled first: said
         msg = f"{reply.msg}; {msg}"
     opts.output().reply(Done(msg, {"port": ctx.url.port, "instance": ctx.instance}))
+
+
+def _supervisor_by_scheduler(ctx: core.CallContext) -> int | None:
+    """The live supervisor of this PC whose pid file is in the data folder the stack's
+    scheduler names (None: a broker elsewhere, no answer, or none there)."""
+    from tomato_mqtt.services.launch import live_supervisor
+    from tomato_mqtt.transport import oneshot
+
+    if ctx.url.host not in ("127.0.0.1", "localhost", "::1"):
+        return None
+    try:
+        reply = oneshot.request(
+            ctx.url,
+            ctx.topics.scheduler_cmd("status"),
+            ctx.topics.reply,
+            {"what": "scheduler"},
+            timeout=2.0,
+            who="scheduler",
+        )
+    except oneshot.OneShotError:
+        return None
+    datadir = reply.data.get("datadir") if isinstance(reply.data, dict) else None
+    return live_supervisor(Path(datadir), ctx.url.port) if isinstance(datadir, str) else None
 
 
 def _ask_again(ctx: core.CallContext, args: Mapping[str, Any]) -> None:
