@@ -376,6 +376,40 @@ def test_a_stop_without_the_data_folder_of_the_start_waits_for_the_stack(tmp_pat
         assert not _alive(sup), "said stopped while its supervisor ran"
 
 
+def test_a_cancel_while_the_file_is_being_written_says_how_the_job_ends(tmp_path: Path) -> None:
+    """Fault injection: `ketchup cancel` of a job whose tasks were over, its file being
+    written (the recorder slow), said "being cancelled" and showed rd, and the job then
+    ended c (or cd, after a restart). Nothing is left to cancel: said so, and it ends c."""
+    with running_stack(tmp_path) as st:
+        st.load_ready("pip-counter-1", "s1")
+        payload = tmp_path / "short.yml"
+        payload.write_text(
+            'version: "1.0"\nsample:\n    name: s1\nmethod:\n'
+            '  - component_tag: "counter"\n    technique_name: "count"\n'
+            "    max_duration: 1.0\n    sampling_interval: 0.2\n"
+        )
+        jobid = st.submit(payload)
+        st.wait_job(jobid, {"r"})
+        recorder = st.child_pid("recorder")
+        os.kill(recorder, signal.SIGSTOP)  # the file waits for it
+        try:
+            deadline = time.monotonic() + 20
+            while st.job(jobid)["progress"].get("tasks", {}).get("0", {}).get("state") != "ended":
+                assert time.monotonic() < deadline, st.job(jobid)
+                time.sleep(0.2)
+            res = st.run("ketchup", "cancel", str(jobid))
+            seen = st.job(jobid)["status"]
+        finally:
+            os.kill(recorder, signal.SIGCONT)
+        assert res.returncode == 0, (res.stdout, res.stderr)
+        assert res.stdout.strip() == (
+            f"job {jobid} has run its tasks and its file is being written: it ends c, not "
+            "cancelled"
+        ), res.stdout
+        assert seen == "r", seen
+        assert st.wait_job(jobid, {"c", "ce", "cd"}, timeout=60)["status"] == "c"
+
+
 def test_a_forced_stop_survives_a_scheduler_restart(tmp_path: Path) -> None:
     """A fault-injection tour: `tomato stop --force` with the node frozen (its cancel
     unconfirmed), the scheduler killed 1 s later: the restarted scheduler knew nothing of

@@ -666,6 +666,13 @@ class SchedulerOps:
                 detail = {"reason": job.reason, "by": by}
                 self.svc.job_event(job.id, "completed", status="cd", detail=detail)
                 msgs.append(f"job {job.id} cancelled")
+            elif job.status == "r" and (ending := self.svc.runners.get(job.id)) and ending.verdict:
+                # its tasks are over and its file is being written: nothing to cancel
+                # (it was said "being cancelled", showed rd, and ended c: fault injection)
+                msgs.append(
+                    f"job {job.id} has run its tasks and its file is being written: it ends "
+                    f"{ending.verdict}, not cancelled"
+                )
             elif job.status == "r":
                 runner = self.svc.runners.get(job.id)
                 if runner is not None:  # first: a state file that refuses writes (a full

@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import re
 import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -74,6 +75,28 @@ def _ran_in_time(t: TaskState, end: Mapping[str, Any]) -> bool:
 CANCELLED_BY = "cancelled by "
 
 
+_MISSED = re.compile(r"task \d+ \(.*?\) on .+ missed (\d+) of (\d+) sampling deadlines")
+
+
+def summarized(warnings: list[str], keep: int = 3) -> list[str]:
+    """The job's warnings for its reason: more than ``keep`` tasks' missed deadlines as
+    one line (200 short tasks made a reason of 15 KB: fault injection); each task's is
+    in its ``warning`` event still."""
+    missed = [(w, m) for w in warnings if (m := _MISSED.match(w))]
+    if len(missed) <= keep:
+        return warnings
+    k = sum(int(m.group(1)) for _w, m in missed)
+    n = sum(int(m.group(2)) for _w, m in missed)
+    line = (
+        f"{len(missed)} tasks missed sampling deadlines, {k} of {n} in all (the driver or "
+        f"node was behind; nothing was measured for them; each task's in its warning "
+        f"event), the first: {missed[0][0]}"
+    )
+    out = [w for w in warnings if not _MISSED.match(w)]
+    out.insert(warnings.index(missed[0][0]), line)  # where the first one was
+    return out
+
+
 def cancelled_by(job: Job, by: str | None) -> str | None:
     """A job's reason when ``by`` cancels it: who, when it is not the job's own user (an
     admin's cancel of another's job read only `cd`, nobody saying who: a dashboard tour)."""
@@ -115,6 +138,9 @@ class JobRunner:
     _saved_at: float = -1e9  # loop time of the last store write
     _unsaved: bool = False  # the last store write failed (it is retried)
     _finished: bool = False  # the job's end is being stored: no more progress writes
+    #: how the job ends, once its tasks are over (its file is being written): a cancel
+    #: then changes nothing
+    verdict: str | None = None
     _resetting: asyncio.Future[None] | None = None  # the components' reset after the tasks
 
     def __post_init__(self) -> None:
@@ -253,7 +279,8 @@ class JobRunner:
             # a cd's warning alone read as why it ended ("cd: … missed 1 of 275 sampling
             # deadlines", after its user's own cancel: a side-by-side tour)
             first = reason or ("cancelled" if status == "cd" else None)
-            reason = "; ".join(([first] if first else []) + self.warnings)
+            reason = "; ".join(([first] if first else []) + summarized(self.warnings))
+        self.verdict = status
         self.save_now()  # the tasks' ends and what the verdict rests on, in one write
         # the components are reset while the recorder writes the file (the file does not
         # depend on it); the job's end and its pipeline's release wait for the reset
