@@ -450,6 +450,51 @@ def test_a_second_node_of_the_same_name_is_refused(tmp_path: Path) -> None:
         )
 
 
+def test_the_stack_s_node_whose_name_another_holds_is_not_restarted_every_10_s(
+    tmp_path: Path,
+) -> None:
+    """Fault injection: a node run by hand took the name of the stack's node while that
+    one was down; the supervisor then restarted its node every 10 s for ever, each
+    start refused, the same error in its log each time. It says so once, and tries
+    again every minute."""
+    from tests.stack import BIN
+
+    with running_stack(tmp_path) as st:
+        sup = st.supervisor_pid()
+        assert sup is not None
+        os.kill(sup, signal.SIGSTOP)  # its node gone, not restarted yet
+        hand: subprocess.Popen[str] | None = None
+        try:
+            os.kill(st.child_pid("node"), signal.SIGKILL)
+            hand = subprocess.Popen(
+                [str(BIN / "tomato"), "node", "--name", "local", "-p", str(st.port),
+                 "-A", str(st.appdir), "-D", str(tmp_path / "hand-data")],
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            )  # fmt: skip
+            deadline = time.monotonic() + 30
+            while st.json("tomato", "status", "nodes")["data"]["local"].get("pid") != hand.pid:
+                assert time.monotonic() < deadline and hand.poll() is None, st.logs()
+                time.sleep(0.3)
+        finally:
+            os.kill(sup, signal.SIGCONT)
+        assert hand is not None
+        try:
+            log = st.logdir / "supervisor.log"
+            said = "node: another running node holds its name (its log says which)"
+            deadline = time.monotonic() + 30
+            while said not in log.read_text():
+                assert time.monotonic() < deadline, log.read_text()
+                time.sleep(0.3)
+            time.sleep(12.0)  # beyond the 10 s it restarted it after
+            text = log.read_text()
+            assert text.count(said) == 1, text
+            after = text[text.index(said) :]
+            assert "started node" not in after and "node exited" not in after, text
+            assert hand.poll() is None  # the name stays the hand-run node's
+        finally:
+            _end(hand)
+
+
 def _end(p: subprocess.Popen[str]) -> None:
     """Stop a node the test started (also a stopped one: SIGCONT first), reaping it and
     closing its pipes (a node that had ended left them open: a later test of the worker

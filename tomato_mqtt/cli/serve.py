@@ -248,7 +248,14 @@ def node(
     )
     if logdir is not None:  # (said once connected: it printed nothing while it worked)
         svc.log_file = logdir / f"node-{node_name}.log"
-    svc.run_sync()
+    try:
+        svc.run_sync()
+    except SystemExit:
+        if svc.refused is not None and not by_hand:  # its name is another node's
+            from tomato_mqtt.services.launch import EXIT_NAME_TAKEN
+
+            raise SystemExit(EXIT_NAME_TAKEN) from None
+        raise
     if svc.restart_requested and not by_hand:  # its supervisor starts it again at once
         from tomato_mqtt.services.launch import EXIT_RESTART_REQUESTED
 

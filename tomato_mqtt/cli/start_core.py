@@ -425,7 +425,9 @@ def _file_port(opts: core.Opts) -> int:
     """The broker port the settings give without -p (settings.toml's, or the default)."""
     from tomato_mqtt.config.settings import load_settings
 
-    return load_settings(opts.appdir, opts.datadir, opts.logdir).mqtt.port
+    return load_settings(
+        core.as_path(opts.appdir), core.as_path(opts.datadir), core.as_path(opts.logdir)
+    ).mqtt.port
 
 
 def _refuse_a_datadir_in_use(datadir: Path, own: Path) -> None:

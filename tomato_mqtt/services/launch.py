@@ -42,6 +42,10 @@ EXIT_CANNOT_LISTEN = 4
 #: a few seconds of the last waited 0.2, 0.4 … 3.2 s, and `restart-node` meanwhile said
 #: "no node answered": fault injection)
 EXIT_RESTART_REQUESTED = 5
+#: a node exits with this when another running node holds its name: the supervisor says
+#: so once and tries again every minute (it restarted it every 10 s, the same error in
+#: its log each time: fault injection)
+EXIT_NAME_TAKEN = 6
 #: the environment variable that hands the bound MQTT socket's fd to ``tomato broker``
 LISTEN_FD_ENV = "TOMATO_MQTT_LISTEN_FD"
 #: the broker's configuration as JSON, checked by ``tomato start`` already: the broker

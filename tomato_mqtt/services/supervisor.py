@@ -55,6 +55,7 @@ from tomato_mqtt.services.base import cancel_and_wait
 from tomato_mqtt.services.launch import (
     BROKER_CONFIG_ENV,
     EXIT_CANNOT_LISTEN,
+    EXIT_NAME_TAKEN,
     EXIT_RESTART_REQUESTED,
     EXIT_STOP_REQUESTED,
     LISTEN_FD_ENV,
@@ -113,6 +114,8 @@ BROKER_STARTUP_WINDOW = 10.0
 STABLE_RUN = 5.0
 FIRST_DELAY = 0.2
 MAX_DELAY = 10.0
+#: s between the starts of a node whose name another running node holds
+NAME_TAKEN_RETRY = 60.0
 
 
 def restart_delay(fails: list[float], started: float, now: float) -> tuple[list[float], float]:
@@ -179,6 +182,8 @@ class Child:
     fails: list[float] = field(default_factory=list)
     #: copies what the process prints into its rotating stderr log (see _spawn)
     pump: asyncio.Task[None] | None = None
+    #: its name was another node's at its last exit (said once, until it runs again)
+    name_taken: bool = False
 
 
 class Supervisor:
@@ -481,6 +486,20 @@ class Supervisor:
                 log.info("scheduler stopped on request: stopping the stack")
                 self._stop.set()
                 return
+            if c.name == "node" and rc == EXIT_NAME_TAKEN:
+                if not c.name_taken:
+                    log.warning(
+                        "node: another running node holds its name (its log says which): "
+                        "not running while that one does; trying again every %g s",
+                        NAME_TAKEN_RETRY,
+                    )
+                c.name_taken = True
+                c.restarts += 1
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await wait_for(self._stop.wait(), NAME_TAKEN_RETRY)
+                c.proc = None
+                continue
+            c.name_taken = False
             if c.name == "node" and rc == EXIT_RESTART_REQUESTED:
                 log.info("node stopped on request (tomato restart-node): starting it again")
                 c.restarts += 1
