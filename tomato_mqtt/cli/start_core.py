@@ -401,23 +401,24 @@ def _one_start_at_a_time(datadir: Path) -> None:
         return
     try:
         datadir.mkdir(parents=True, exist_ok=True)
-        f = open(datadir / "tomato-mqtt.starting", "a+")  # noqa: SIM115 (held: see above)
+        # (unbuffered: nothing left to flush at exit on a full disk)
+        f = open(datadir / "tomato-mqtt.starting", "a+b", buffering=0)  # noqa: SIM115
     except OSError:  # the folder checks below say what is wrong with it
         return
     try:
         fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
         f.seek(0)
-        pid = f.read().strip()
+        pid = f.read().decode(errors="replace").strip()
         f.close()
         fail(
             f"another `tomato start`{f' (pid {pid})' if pid.isdigit() else ''} is starting "
             f"tomato-mqtt on the data folder {datadir}: wait for it (`tomato status` shows "
             "it once it is up)"
         )
-    f.truncate(0)
-    f.write(str(os.getpid()))
-    f.flush()
+    with contextlib.suppress(OSError):  # (a full disk: the pid is a courtesy; the folder
+        f.truncate(0)  # checks below say what is wrong with it)
+        f.write(str(os.getpid()).encode())
     _starting = f
 
 
