@@ -232,9 +232,59 @@ async def test_a_sign_in_ends_when_its_login_s_password_changes(
         tmp_path, instance, lambda b: b.users.set_password("olga", "a-new-password-1")
     )
     assert got["msg"] == (
-        "your sign-in has ended (the broker ended its connection: the password was "
-        "changed, the user removed, or the broker restarted): sign in again"
+        "your sign-in has ended (the broker no longer takes this login: its password was "
+        "changed or the user removed): sign in again"
     ), got
+
+
+async def test_a_sign_in_outlives_a_broker_restart(tmp_path: Path, instance: str) -> None:
+    """A dashboard tour: the broker killed and restarted (0.2 s under its supervisor)
+    cut every signed-in user's connection for good; their pages still showed their
+    controls, a download waited 60 s for "no scheduler answered", the job page's fetch
+    failed every 10 s. The session's connection comes back by itself; a control while
+    it is away says so at once."""
+    from tests.security_env import USERS
+    from tomato_mqtt_broker import EmbeddedBroker
+
+    jar = aiohttp.CookieJar(unsafe=True)
+    async with (
+        secured("amqtt", tmp_path / "b", instance) as b,
+        running(_scheduler(b, tmp_path)),
+        running_dashboard(b.url("dash"), instance) as dash,
+        aiohttp.ClientSession(cookie_jar=jar) as http,
+    ):
+        body = {"username": "olga", "password": USERS["olga"][0]}
+        async with http.post(dash.address() + "api/login", json=body) as r:
+            said = await r.json()
+        assert said["success"], said
+        key = {"X-Tomato-Key": said["key"]}
+        cmd = {"op": "pipeline_ready", "args": {"pipeline": "pip-counter-1"}}
+        assert b._broker is not None
+        config = b._broker.config
+        await b._broker.stop()  # the broker gone: a control says the connection is away
+        b._broker = None
+        async with http.post(dash.address() + "api/cmd", json=cmd, headers=key) as r:
+            away = await r.json()
+        async with http.get(dash.address() + "api/job/1/download", headers=key) as r:
+            download = r.status, await r.text()
+        b._broker = EmbeddedBroker(config)  # and back
+        await b._broker.start()
+        deadline = asyncio.get_running_loop().time() + 30
+        while True:
+            async with http.post(dash.address() + "api/cmd", json=cmd, headers=key) as r:
+                got = await r.json()
+            if got.get("code") != "unavailable" or asyncio.get_running_loop().time() > deadline:
+                break
+            await asyncio.sleep(0.5)
+    reconnecting = (
+        "your connection to the broker is being restored (the broker restarted?): try "
+        "again in a moment"
+    )
+    assert (away["code"], away["msg"]) == ("unavailable", reconnecting), away
+    assert download == (503, reconnecting), download
+    # olga's own answer, as olga: signed in still (pip-counter-1 holds no sample)
+    assert got["code"] != "unavailable" and "sign-in has ended" not in got["msg"], got
+    assert "pip-counter-1" in got["msg"], got
 
 
 async def test_driver_settings_are_an_admin_s_to_read(tmp_path: Path, instance: str) -> None:

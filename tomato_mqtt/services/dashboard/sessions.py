@@ -57,6 +57,15 @@ CONTROL_OPS = (
 KNOWN_OPS = (*CONTROL_OPS, "get_attr", "set_attr")
 
 
+#: why a sign-in ended whose login the broker refused on reconnecting
+LOGIN_GONE = "the broker no longer takes this login: its password was changed or the user removed"
+#: a control of a session whose connection is being restored
+RECONNECTING = (
+    "your connection to the broker is being restored (the broker restarted?): try again in "
+    "a moment"
+)
+
+
 class LoginFailed(Exception):
     """The broker or the scheduler did not accept a sign-in; the text says why."""
 
@@ -349,7 +358,11 @@ class Sessions:
         except ValueError as e:
             raise LoginFailed(str(e)) from None
         url = self.url.replace(username=username, password=password)
-        client = AsyncClient(url, client_id=f"tomato-dash-{uuid.uuid4().hex[:10]}", reconnect=False)
+        # it reconnects, as the dashboard's own: a broker restarted (0.2 s under its
+        # supervisor) left every signed-in page with a dead connection, its controls shown,
+        # a download waiting 60 s for "no scheduler answered" (a dashboard tour); a login
+        # the broker no longer takes ends the sign-in (below)
+        client = AsyncClient(url, client_id=f"tomato-dash-{uuid.uuid4().hex[:10]}")
         try:
             await client.connect(timeout=5)
         except MqttRefused as e:  # said for people at a sign-in form, not as a URL
@@ -391,6 +404,7 @@ class Sessions:
         key = secrets.token_urlsafe(24)
         s = Session(self.new_token(), username, req, topics, me, self.read_only, client, key=key)
         self._by_token[s.token] = s
+        client.on_refused = lambda _e: self.end(s, LOGIN_GONE)
         return s
 
     async def sign_out(self, token: str | None, key: str | None) -> None:

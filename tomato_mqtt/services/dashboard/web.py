@@ -38,7 +38,7 @@ from tomato_mqtt.services.dashboard.service import (
     Viewer,
     stack_id,
 )
-from tomato_mqtt.services.dashboard.sessions import KNOWN_OPS, LoginFailed, Session
+from tomato_mqtt.services.dashboard.sessions import KNOWN_OPS, RECONNECTING, LoginFailed, Session
 from tomato_mqtt.transport.client import MqttError
 from tomato_mqtt.transport.oneshot import refused_token
 from tomato_mqtt.transport.rpc import NoResponder, ReplyError
@@ -328,6 +328,13 @@ def _reply(r: Reply) -> web.Response:
     return web.json_response({"success": r.success, "msg": r.msg, "code": r.code, "data": r.data})
 
 
+def _reconnecting(request: web.Request, s: Session) -> bool:
+    """Whether the signed-in session ``s`` waits for its broker connection to be back (a
+    login the broker no longer takes ends the sign-in instead: sessions.py)."""
+    signed_in = s.client is not None and s is not request.app[SVC].sessions.shared
+    return signed_in and s.client is not None and not s.client.is_connected
+
+
 def _fail(msg: str, code: str = "bad_request") -> web.Response:
     return web.json_response({"success": False, "msg": msg, "code": code, "data": None})
 
@@ -343,14 +350,8 @@ async def _cmd(request: web.Request) -> web.StreamResponse:
         return _fail(
             f"unknown operation {op or '(no op)'!r} (known: {', '.join(KNOWN_OPS)})", "unknown_op"
         )
-    sessions = request.app[SVC].sessions
-    if s.client is not None and s is not sessions.shared and not s.client.is_connected:
-        # the broker ended the login's connection (its password changed, the user
-        # removed): the sign-in ends, said (its controls went on working after a
-        # password change, then timed out "is it running?" after a removal: a tour)
-        sessions.end(s, "the broker ended its connection: the password was changed, the "
-                     "user removed, or the broker restarted")  # fmt: skip
-        s = sessions.shared or s
+    if _reconnecting(request, s):
+        return _fail(RECONNECTING, "unavailable")
     if op not in s.controls:
         unkeyed = _unkeyed(request)
         if unkeyed:
@@ -523,6 +524,8 @@ async def _download(request: web.Request) -> web.StreamResponse:
             raise web.HTTPForbidden(text="this dashboard is read-only: no snapshots here")
         ended = _unkeyed(request) or request.app[SVC].sessions.ended(_token(request))
         raise web.HTTPForbidden(text=ended or "your role may not take snapshots of jobs")
+    if _reconnecting(request, s):  # (it waited 60 s for "no scheduler answered")
+        raise web.HTTPServiceUnavailable(text=RECONNECTING)
     # a role lowered since the sign-in: the broker drops the request unread, and the
     # download waited 60 s for "no scheduler answered … is it running?" (a hostile tour)
     if (said := await _ended_by_a_role_change(request, s, "job_snapshot")) is not None:
