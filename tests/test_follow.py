@@ -230,6 +230,37 @@ async def test_a_follower_that_starts_mid_job_shows_its_points_at_once(
         await st.call("job_cancel", {"jobids": [job.id]})
 
 
+async def test_a_follower_from_the_queue_counts_points_by_role_while_the_job_runs(
+    broker: RunningBroker, tmp_path: Path, instance: str
+) -> None:
+    """A review: a follow started while the job was queued (as `ketchup submit --follow`
+    and `wait()` do) never learnt the job's roles, so its points were keyed by the
+    component's name while the job ran and by the role at its end."""
+    from tomato_mqtt.client import AsyncTomato
+
+    async with inproc_stack(broker.port, tmp_path, instance) as st:
+        payload = yaml.safe_load((CONFIG / "counter_1_0.1.yml").read_text())
+        payload["method"][0]["time"] = 30.0
+        work = st.settings.datadir / "work"
+        work.mkdir(parents=True)
+        await st.call("pipeline_load", {"pipeline": "pip-counter-1", "sampleid": "counter_1_0.1"})
+        job = await st.call("job_submit", {"payload": payload, "submit_dir": str(work)})
+        seen: list[dict[str, int]] = []
+        async with AsyncTomato(f"mqtt://127.0.0.1:{broker.port}", instance) as t:
+            follow = t.follow(job.id, timeout=60)
+            first = await follow.__anext__()
+            assert first.status in ("q", "qw") and not first.roles, first
+            await st.call("pipeline_ready", {"pipeline": "pip-counter-1"})
+            async for p in follow:
+                if p.status == "r" and sum(p.points.values()) > 0:
+                    seen.append(dict(p.points))
+                    if len(seen) == 2:
+                        break
+            await follow.aclose()
+        await st.call("job_cancel", {"jobids": [job.id]})
+    assert len(seen) == 2 and all(list(pts) == ["counter"] for pts in seen), seen
+
+
 async def test_a_follower_says_when_the_broker_is_lost_and_back(
     broker: RunningBroker, tmp_path: Path, instance: str
 ) -> None:

@@ -62,9 +62,9 @@ class Progress:
     tasks: dict[str, str] = field(default_factory=dict)  # role -> current task
     #: role -> points stored (a component the job's roles do not name: by its own name)
     points: dict[str, int] = field(default_factory=dict)
-    #: role -> component, from the job's progress once it runs (the recorder counts per
-    #: component: ``points`` went from components' names to roles' at the end, in one
-    #: follow: an integrator's tour)
+    #: role -> component, from the job once it runs (the recorder counts per component:
+    #: ``points`` went from components' names to roles' at the end, in one follow: an
+    #: integrator's tour)
     roles: dict[str, str] = field(default_factory=dict)
     launched: float | None = None
     ended: float | None = None
@@ -110,8 +110,10 @@ class Progress:
         payload = job.get("payload")
         if isinstance(payload, Mapping) and self.expected is None:
             self.expected = expected_duration(payload)
-        progress = job.get("progress")
-        roles = progress.get("roles") if isinstance(progress, Mapping) else None
+        progress = job.get("progress")  # (the whole job's; a summary has `roles` itself)
+        roles = job.get("roles") or (
+            progress.get("roles") if isinstance(progress, Mapping) else None
+        )
         if isinstance(roles, Mapping):
             self.roles = {str(r): str(c) for r, c in roles.items()}
         pts = job.get("points") or (progress or {}).get("points")

@@ -360,6 +360,11 @@ class JobStatus(WireModel):
         description="how many tasks its payload's method has (a running task's index is "
         "in its component's status)",
     )
+    roles: dict[str, str] = Field(
+        default_factory=dict,
+        description="role -> the component that runs its tasks (set once the job runs): "
+        "the recorder counts points per component, a job's file and `points` per role",
+    )
 
     @classmethod
     def of(cls, job: Job) -> JobStatus:
@@ -367,6 +372,7 @@ class JobStatus(WireModel):
         sid = (sample.get("identifier") or sample.get("name")) if isinstance(sample, dict) else None
         pts = job.progress.get("points")
         method = job.payload.get("method")
+        roles = job.progress.get("roles")
         return cls(
             jobid=job.id,
             jobname=job.jobname,
@@ -382,6 +388,7 @@ class JobStatus(WireModel):
             reason=job.reason,
             points={str(k): int(v) for k, v in pts.items()} if isinstance(pts, dict) else {},
             tasks=len(method) if isinstance(method, list) else None,
+            roles={str(r): str(c) for r, c in roles.items()} if isinstance(roles, dict) else {},
         )
 
 
