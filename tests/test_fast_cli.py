@@ -580,12 +580,16 @@ def test_a_broker_silent_within_a_very_short_timeout_is_not_said_stalled(tmp_pat
             said[t] = res.stderr
     finally:
         silent.close()
+    assert (f"did not answer the connection within 0.2 s (broker mqtt://127.0.0.1:{port}") in said[
+        "0.2"
+    ], said
     assert (
-        f"did not answer the connection within 0.2 s (broker mqtt://127.0.0.1:{port}"
-    ) in said["0.2"], said
-    assert said["0.2"].rstrip().endswith(
-        "a -t/--timeout of 0.2 s is likely too short for the broker to answer; try again "
-        "with a longer one"
+        said["0.2"]
+        .rstrip()
+        .endswith(
+            "a -t/--timeout of 0.2 s is likely too short for the broker to answer; try again "
+            "with a longer one"
+        )
     ), said
     assert "too short" not in said["1"] and "stalled or overloaded" in said["1"], said
 

@@ -330,6 +330,26 @@ def test_invalid_payloads_name_the_field(doc: dict[str, Any], location: str, wor
     assert "\n" not in str(e)
 
 
+def test_a_misspelt_required_key_is_said_once() -> None:
+    """A review: the typo was said twice, as the key it meant and as an unknown key."""
+    doc = _v("1.0")
+    doc["sampel"] = doc.pop("sample")
+    with pytest.raises(PayloadError) as ei:
+        parse_payload(doc)
+    assert str(ei.value) == (
+        "sample: field required; the payload has 'sampel': did you mean 'sample'?"
+    ), str(ei.value)
+    # (a 2.2 payload without `method` read "method: input should be an instance of
+    # Sequence (got None)": a review)
+    doc = _v("2.2")
+    doc["methd"] = doc.pop("method")
+    with pytest.raises(PayloadError) as ei:
+        parse_payload(doc)
+    assert str(ei.value) == (
+        "method: field required; the payload has 'methd': did you mean 'method'?"
+    ), str(ei.value)
+
+
 def test_several_problems_in_one_line() -> None:
     with pytest.raises(PayloadError) as ei:
         parse_payload({"version": "2.2", "method": "all"})

@@ -274,6 +274,7 @@ def test_many_tasks_missed_deadlines_are_one_line_of_the_reason() -> None:
     """Fault injection: 200 tasks of 0.02 s at 1 kHz made a reason of 15.5 KB, 103
     sentences alike; beyond 3 tasks they are one line with the totals (each task's is
     in its warning event still); other warnings keep their place."""
+
     def missed(i: int, k: int, n: int) -> str:
         return (
             f"task {i} (count) on cmp missed {k} of {n} sampling deadlines (the driver or "

@@ -6,8 +6,10 @@ import contextlib
 import os
 import signal
 import subprocess
+import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -403,8 +405,8 @@ def test_a_cancel_while_the_file_is_being_written_says_how_the_job_ends(tmp_path
             os.kill(recorder, signal.SIGCONT)
         assert res.returncode == 0, (res.stdout, res.stderr)
         assert res.stdout.strip() == (
-            f"job {jobid} has run its tasks and its file is being written: it ends c, not "
-            "cancelled"
+            f"job {jobid} has run its tasks (they ended c) and its file is being written: "
+            "nothing is left to cancel"
         ), res.stdout
         assert seen == "r", seen
         assert st.wait_job(jobid, {"c", "ce", "cd"}, timeout=60)["status"] == "c"
@@ -445,22 +447,36 @@ def test_ctrl_c_during_a_forced_stop_says_the_stack_stops_all_the_same(tmp_path:
         node, sup = st.child_pid("node"), st.supervisor_pid()
         assert sup is not None
         os.kill(node, signal.SIGSTOP)  # its cancel unconfirmed: the stop waits for it
+        lines: list[str] = []
+        answered = threading.Event()
+
+        def read(stream: Any) -> None:  # -v: it says when the scheduler answered
+            for line in stream:
+                lines.append(line)
+                if "scheduler answered in" in line:
+                    answered.set()
+
         try:
             stop = subprocess.Popen(
-                [str(BIN / "tomato"), "stop", "--force", "-p", str(st.port), *st.dirs()],
+                [str(BIN / "tomato"), "stop", "--force", "-v", "-p", str(st.port), *st.dirs()],
                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                 cwd=st.workdir, env=cli_env(st.env, "tomato", "stop"),
                 # as from a terminal (a test worker may run with SIGINT ignored)
                 preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
             )  # fmt: skip
-            deadline = time.monotonic() + 20
-            while st.job(jobid)["status"] != "rd" and time.monotonic() < deadline:
-                time.sleep(0.1)
-            time.sleep(0.5)  # (the reply on its way to the CLI)
+            reader = threading.Thread(target=read, args=(stop.stderr,), daemon=True)
+            reader.start()
+            assert answered.wait(30), "".join(lines)
+            assert st.job(jobid)["status"] == "rd"
             stop.send_signal(signal.SIGINT)
-            out, err = stop.communicate(timeout=20)
+            stop.wait(timeout=20)
+            reader.join(10)
+            out, err = stop.stdout.read() if stop.stdout else "", "".join(lines)
         finally:
             os.kill(node, signal.SIGCONT)
+            for pipe in (stop.stdout, stop.stderr):
+                if pipe is not None:
+                    pipe.close()
         assert stop.returncode == 130, (out, err)
         assert err.endswith(
             "interrupted: the stack stops all the same (the scheduler took the request; "

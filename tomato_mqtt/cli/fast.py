@@ -432,9 +432,7 @@ def _main(prog: str) -> None:
         # as below: `tomato stop`, `ketchup snapshot` ended 130 without a word, and
         # `--follow` interrupted while it connected printed tracebacks of its client
         # torn down with the loop it ran on at the interpreter's teardown (a tour)
-        said = (
-            f"interrupted: {core.interrupted_note}" if core.interrupted_note else "interrupted"
-        )
+        said = f"interrupted: {core.interrupted_note}" if core.interrupted_note else "interrupted"
         for stream, last in ((sys.stdout, ""), (sys.stderr, said + "\n")):
             try:  # what it printed before, then the line (os._exit flushes nothing)
                 stream.write(last)

@@ -11,6 +11,7 @@ The supervisor (services/supervisor.py) is launched detached; the wait
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import socket
@@ -63,9 +64,10 @@ def start(opts: core.Opts, verbose: int = 0, quiet: int = 0) -> None:
     # so a misspelt one is seen (the scheduler's log says it again)
     for line in layout.ignored:
         echo(f"warning: {line}", err=True)
+    # (before the services' logins are made: two first starts made them both, a review)
+    _one_start_at_a_time(s.datadir)
     serve.ensure_services(s)  # a secured stack: the services' own logins
     ctx = core.context(port=s.mqtt.port, appdir=s.appdir, datadir=s.datadir, logdir=s.logdir)
-    _one_start_at_a_time(s.datadir)
     pidfile = pidfile_path(s.datadir, s.mqtt.port)
     # a zombie or a reused pid left by a crash is dead: start at once
     if (running := live_supervisor(s.datadir, s.mqtt.port)) is not None:
@@ -407,7 +409,10 @@ def _one_start_at_a_time(datadir: Path) -> None:
         return
     try:
         fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
+    except OSError as e:
+        if e.errno not in (errno.EACCES, errno.EAGAIN):  # a disk without locks (NFS
+            f.close()  # without lockd, some FUSE mounts): no lock, as on Windows (a
+            return  # review: it refused every start there as "another start")
         f.seek(0)
         pid = f.read().decode(errors="replace").strip()
         f.close()

@@ -160,7 +160,8 @@ def parse_payload(data: Mapping[str, Any], user: str | None = None) -> Payload:
             # read on the submitting side: the scheduler may not see the user's files
             raise PayloadError(key, "file references must be read in before submitting")
     if version in ("2.1", "2.2"):
-        doc["method"] = _durations_in_seconds(doc.get("method"))
+        if "method" in doc:  # (one it lacks is said missing, not "None")
+            doc["method"] = _durations_in_seconds(doc["method"])
 
     import importlib
 
@@ -346,6 +347,8 @@ def _from_validation_error(
     written: Mapping[str, Any] | None = None,
     model: Any = None,
 ) -> PayloadError:
+    import re
+
     problems = describe_validation_error(err, data)
     if step is None:
         problems = [(loc, _with_near_key(written, loc, reason, model)) for loc, reason in problems]
@@ -363,6 +366,19 @@ def _from_validation_error(
                 said = f"{reason} (found converting the payload from {step[0]} to {step[1]})"
             fixed.append((loc, said))
         problems = fixed
+    # a typo named beside the key it meant is not said again as an unknown key ("sample:
+    # field required; the payload has 'sampel' … (and 1 more: sampel: unknown field …)":
+    # a review)
+    typos = {
+        f"{loc.rpartition('.')[0]}.{m.group(1)}".lstrip(".")
+        for loc, reason in problems
+        if (m := re.search(r" has '([^']+)': did you mean ", reason))
+    }
+    problems = [
+        (loc, reason)
+        for loc, reason in problems
+        if not (loc in typos and reason.startswith("unknown field"))
+    ] or problems
     return PayloadError(*one_line(problems))
 
 
@@ -426,6 +442,4 @@ def _fields_at(model: Any, where: str) -> list[str]:
             if name in (field_name, f.alias)
             for m in models_in(f.annotation)
         ]
-    return [
-        k for c in current for name, f in c.model_fields.items() for k in (name, f.alias) if k
-    ]
+    return [k for c in current for name, f in c.model_fields.items() for k in (name, f.alias) if k]

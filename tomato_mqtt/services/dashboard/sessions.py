@@ -61,8 +61,7 @@ KNOWN_OPS = (*CONTROL_OPS, "get_attr", "set_attr")
 LOGIN_GONE = "the broker no longer takes this login: its password was changed or the user removed"
 #: a control of a session whose connection is being restored
 RECONNECTING = (
-    "your connection to the broker is being restored (the broker restarted?): try again in "
-    "a moment"
+    "your connection to the broker is being restored (the broker restarted?): try again in a moment"
 )
 
 

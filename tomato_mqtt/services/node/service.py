@@ -822,8 +822,9 @@ class NodeService(Service):
         # no value until the next job)
         kept: dict[str, bytes] = {}
         for n in again:
+            same = self.components[n].config == wanted[n]  # (not one of a changed device)
             drv = self.components[n].config.driver
-            if (point := await self._remove_component(n, coming_back=True)) is not None:
+            if (point := await self._remove_component(n, coming_back=same)) is not None and same:
                 kept[n] = point
             if all(hc.config.driver != drv for hc in self.components.values()):
                 self.drivers.drop(drv)

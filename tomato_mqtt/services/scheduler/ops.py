@@ -666,12 +666,18 @@ class SchedulerOps:
                 detail = {"reason": job.reason, "by": by}
                 self.svc.job_event(job.id, "completed", status="cd", detail=detail)
                 msgs.append(f"job {job.id} cancelled")
-            elif job.status == "r" and (ending := self.svc.runners.get(job.id)) and ending.verdict:
+            elif (
+                job.status == "r"
+                and (ending := self.svc.runners.get(job.id)) is not None
+                and ending.verdict is not None
+                and not ending.cancelled
+            ):
                 # its tasks are over and its file is being written: nothing to cancel
-                # (it was said "being cancelled", showed rd, and ended c: fault injection)
+                # (it was said "being cancelled", showed rd, and ended c: fault injection);
+                # the file's check may still make a c ce, so the tasks' verdict is said
                 msgs.append(
-                    f"job {job.id} has run its tasks and its file is being written: it ends "
-                    f"{ending.verdict}, not cancelled"
+                    f"job {job.id} has run its tasks (they ended {ending.verdict}) and its "
+                    "file is being written: nothing is left to cancel"
                 )
             elif job.status == "r":
                 runner = self.svc.runners.get(job.id)
