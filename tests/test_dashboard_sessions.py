@@ -243,8 +243,9 @@ async def test_a_sign_in_outlives_a_broker_restart(tmp_path: Path, instance: str
     controls, a download waited 60 s for "no scheduler answered", the job page's fetch
     failed every 10 s. The session's connection comes back by itself; a control while
     it is away says so at once."""
-    from tests.security_env import USERS
     from tomato_mqtt_broker import EmbeddedBroker
+
+    from tests.security_env import USERS
 
     jar = aiohttp.CookieJar(unsafe=True)
     async with (

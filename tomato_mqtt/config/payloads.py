@@ -159,9 +159,8 @@ def parse_payload(data: Mapping[str, Any], user: str | None = None) -> Payload:
         if key in doc:
             # read on the submitting side: the scheduler may not see the user's files
             raise PayloadError(key, "file references must be read in before submitting")
-    if version in ("2.1", "2.2"):
-        if "method" in doc:  # (one it lacks is said missing, not "None")
-            doc["method"] = _durations_in_seconds(doc["method"])
+    if version in ("2.1", "2.2") and "method" in doc:  # (one it lacks: said missing)
+        doc["method"] = _durations_in_seconds(doc["method"])
 
     import importlib
 
