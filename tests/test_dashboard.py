@@ -515,7 +515,18 @@ async def test_dashboard_roles_on_secured_mosquitto(
             await page.fill("#pc-sample", "olgas-sample")
             await _act(page, '#pipeline-controls button[data-op="pipeline_load"]', "✓")
             pip = page.locator('#pipelines tr[data-key="pip-a"] td.sample')
-            await pip.filter(has_text="olgas-sample").wait_for(timeout=5_000)
+            await pip.filter(has_text="olgas-sample (olga's)").wait_for(timeout=5_000)
+            row_ops = page.locator('#pipelines tr[data-key="pip-a"] button.prow')
+            assert sorted(await row_ops.all_inner_texts()) == ["eject", "ready"]
+            # another operator: her sample is not theirs to eject or mark ready (the buttons
+            # were shown, and refused when clicked: a dashboard tour)
+            await page.click("#logout")
+            await page.wait_for_function("() => window.S.me && !window.S.me.signed_in")
+            assert "✓" in await sign_in("otto", "pw-otto")
+            await page.wait_for_function("() => window.S.me && window.S.me.user === 'otto'")
+            await page.locator("#submit-controls").wait_for(state="visible", timeout=5_000)
+            assert await pip.inner_text() == "olgas-sample (olga's)"
+            assert await row_ops.count() == 0
 
             await page.click("#logout")
             await page.wait_for_function("() => window.S.me && !window.S.me.signed_in")

@@ -408,6 +408,7 @@ class LabState:
                 "job": pip.job,
                 "roles": pip.roles,
                 "slugs": {role: slug(c) for role, c in pip.roles.items()},
+                "owner": pip.owner,  # whose sample (None: the lab's)
             }
         elif kind == "job" and key.isdigit() and int(key) in self.jobs:
             v = self.job_summary(self.jobs[int(key)])

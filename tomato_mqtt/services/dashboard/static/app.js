@@ -346,7 +346,9 @@ function renderPipelines() {
     const tasks = job ? taskProgress(job, (s) => bySlug[s]) : [];
     const prog = job ? [`${esc(job.meaning)}${job.points != null ? ` · ${job.points} points` : ""}`, ...tasks.map((t) => `<span class="progress">${esc(t)}</span>`)].join("<br>") : "";
     const cmps = Object.entries(p.slugs || {}).map(([role, slug]) => cmpCell(role, slug)).join("<br>");
-    rows.push([id, `<td>${esc(p.name)}</td><td class="sample">${esc(p.sample ?? "—")}</td><td class="ready">${p.job != null ? "in use" : p.ready ? "ready" : "not ready"}</td>` +
+    // whose sample it holds (an operator acts on their own and the lab's only)
+    const whose = p.sample != null && p.owner ? ` <span class="owner">(${esc(p.owner)}'s)</span>` : "";
+    rows.push([id, `<td>${esc(p.name)}</td><td class="sample">${esc(p.sample ?? "—")}${whose}</td><td class="ready">${p.job != null ? "in use" : p.ready ? "ready" : "not ready"}</td>` +
       `<td>${p.job != null ? `<a href="#/job/${p.job}">job ${p.job}</a>` : ""}</td><td class="progress">${prog}</td><td>${cmps}</td><td class="nw acts">${rowActions(p)}</td>`]);
   }
   renderRows($("pipelines").tBodies[0], rows);
@@ -364,6 +366,9 @@ function renderPipelines() {
 function rowActions(p) {
   const b = (op, text) => (can(op) ? `<button class="prow" data-op="${op}" data-pipeline="${esc(p.name)}">${text}</button>` : "");
   if (p.sample == null) return b("pipeline_load", "load…");
+  // another operator's sample: not theirs to eject or mark ready (the buttons were shown,
+  // and refused when clicked: a dashboard tour)
+  if (!mayActOn(p)) return "";
   // (a running job's pipeline: neither; the scheduler refuses an eject, and a ready
   // then reads as "start it again")
   return p.job == null ? b("pipeline_eject", "eject") + (p.ready ? "" : b("pipeline_ready", "ready")) : "";
