@@ -508,6 +508,16 @@ async def test_dashboard_roles_on_secured_mosquitto(
             steps = [0.2 * i for i in range(50)] + [32.0 + 0.2 * i for i in range(10)]
             assert await page.evaluate("(ts) => window.gapOf(ts)", steps) == pytest.approx(2.0)
             assert await page.evaluate("(ts) => window.gapOf(ts)", [0, 5, 10, 15]) == 50.0
+            # a component "lost" under a node that stopped cleanly reads "offline", not red
+            # (every component read "lost" after `tomato stop`: a dashboard tour)
+            state = "(n) => window.cmpState({state: 'lost', node: 'nx'})"
+            await page.evaluate(
+                "() => { window.S.nodes['nx--1'] = {node: 'nx', state: 'offline'}; }"
+            )
+            assert await page.evaluate(state, None) == "offline"
+            await page.evaluate("() => { window.S.nodes['nx--1'].state = 'lost'; }")
+            assert await page.evaluate(state, None) == "lost"
+            await page.evaluate("() => { delete window.S.nodes['nx--1']; }")
             # every service heard from lately: no alarm in the pill (a stopped broker:
             # test_dashboard_live_controls)
             assert await page.evaluate("() => window.silentFor()") is None

@@ -283,9 +283,19 @@ function stale(on) {
   b.classList.toggle("stale", on);
 }
 
+// a component's state as shown: "lost" under a node that stopped cleanly (offline) is
+// "offline", not red (every component read "lost" after `tomato stop`: a dashboard tour)
+function cmpState(status) {
+  if (!status) return "unknown";
+  if (status.state !== "lost") return status.state;
+  const node = Object.values(S.nodes).find((n) => n.node === status.node);
+  return node && node.state === "offline" ? "offline" : "lost";
+}
+window.cmpState = cmpState;
+
 function cmpCell(role, slug) {
   const c = S.components[slug], last = S.lasts[slug];
-  const st = c && c.status ? c.status.state : "unknown";
+  const st = cmpState(c && c.status);
   let vals = "";
   if (last) {
     vals = Object.entries(last.values).slice(0, 4).map(([k, v]) => `${esc(k)}=${fmtVal(v)}${last.units[k] ? " " + esc(last.units[k]) : ""}`).join(", ");

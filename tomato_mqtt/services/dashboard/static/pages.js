@@ -312,7 +312,7 @@ function renderComponentPage(id) {
   $("cp-title").textContent = meta ? meta.name : none ? `${slug}: no such component` : slug;
   titlePage(meta ? `${meta.device}/${meta.channel}` : slug);
   setHtml("cp-summary", none ? `no such component (yet): no node has told of ${esc(slug)}; the components are on the <a href="#/">overview</a>` : meta ? `device ${esc(meta.device)} · driver ${esc(meta.driver)} · address ${esc(meta.address)} · channel ${esc(meta.channel)} · node ${esc(meta.node)}` +
-    ` · state <b>${esc(st ? st.state : "unknown")}</b>${st && st.job != null ? ` · job <a href="#/job/${st.job}">${st.job}</a> task ${esc(st.task)}` : ""}${meta.error ? ` · <span class="err">${esc(meta.error)}</span>` : ""}` : "no metadata yet");
+    ` · state <b>${esc(cmpState(st))}</b>${st && st.job != null ? ` · job <a href="#/job/${st.job}">${st.job}</a> task ${esc(st.task)}` : ""}${meta.error ? ` · <span class="err">${esc(meta.error)}</span>` : ""}` : "no metadata yet");
   const attrs = (meta && meta.attrs) || {};
   renderRows($("cp-attrs").tBodies[0], Object.entries(attrs).map(([k, a]) => [k,
     `<td>${esc(k)}</td><td>${esc(a.type)}</td><td>${esc(a.units)}</td><td>${a.rw ? "rw" : "r"}</td><td>${esc(a.minimum)}</td><td>${esc(a.maximum)}</td>` +
