@@ -240,9 +240,10 @@ function renderJobPage() {
   $("jp-title").textContent = `Job ${J.id}` + (j.jobname ? ` · ${j.jobname}` : "");
   titlePage(`job ${J.id} ${j.status}`);
   const pts = Object.values(J.series).reduce((a, s) => a + (s.points || 0), 0);
-  // why the plots lack stored points (loading, failed, a login that may not load them)
+  // why the plots lack stored points (loading, failed, a login that may not load them;
+  // "earlier" was said of the points of a gap in the middle: a dashboard tour)
   const short = J.load && !J.load.startsWith("loaded") && pts < (j.points ?? 0);
-  const load = short ? ` <span class="load" id="jp-load">(earlier points ${esc(J.load)})</span>` : "";
+  const load = short ? ` <span class="load" id="jp-load">(the missing ones ${esc(J.load)})</span>` : "";
   setHtml("jp-summary", `<span class="code s-${esc(j.status)}" id="jp-status" data-status="${esc(j.status)}">${esc(j.status)}</span> ${esc(j.meaning)} · pipeline ${esc(j.pipeline ?? "—")} · user ${esc(j.owner ?? "—")}` +
     ` · submitted ${esc(fmtWhen(j.submitted_at))} · started ${esc(fmtWhen(j.launched_at))} · ended ${esc(fmtWhen(j.completed_at))}` +
     ` · points stored ${j.points ?? "—"} · points on screen ${pts}${load}` +
