@@ -294,6 +294,21 @@ async def test_dashboard_live_controls(
         # the job runs on; accepted, it ends cd
         asked: list[str] = []
 
+        # an attribute set while the task runs: refused, and done with "also while a task
+        # runs" (passata set --force; the page had no way to: a dashboard tour)
+        await page.goto(dash.address() + "#/")
+        await pip.locator("a.cmp").click()
+        await page.locator("#cp-attrs td", has_text="param").wait_for(timeout=5_000)
+        await page.select_option("#cp-attr", "max")
+        await page.fill("#cp-value", "11")
+        refused = await _act(page, '#cp-controls button[data-op="set_attr"]', "✗")
+        assert f"a task of job {jobid} is running" in refused, refused
+        await page.check("#cp-force")
+        await _act(page, '#cp-controls button[data-op="set_attr"]', "✓")
+        await page.uncheck("#cp-force")
+        await page.goto(f"{dash.address()}#/job/{jobid}")
+        await page.locator("#jp-cancel").wait_for(state="visible", timeout=10_000)
+
         # another id typed in: none of this job's controls stays (its cancel acted on the
         # typed id, and "abc" read "Job NaN": a dashboard tour)
         assert await page.locator("#jp-cancel").is_visible()

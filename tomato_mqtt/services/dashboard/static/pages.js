@@ -329,6 +329,7 @@ function renderComponentPage(id) {
   setText("cp-last", last ? `${new Date(last.uts * 1000).toLocaleTimeString()}\n` + Object.entries(last.values).map(([k, v]) => `${k} = ${v}${last.units[k] ? " " + last.units[k] : ""}`).join("\n") : "—");
   $("cp-controls").hidden = none || !(can("get_attr") || can("set_attr"));
   $("cp-set").hidden = !can("set_attr"); $("cp-value").hidden = !can("set_attr");
+  $("cp-force-label").hidden = !can("set_attr");  // (a page had no force: a dashboard tour)
   $("cp-note").textContent = none || (S.me && (S.me.open || S.me.read_only)) ? ""
     : !can("get_attr") ? "reading attributes needs an operator, setting them an admin (the latest point is below)"
     : !can("set_attr") ? "setting attributes needs an admin" : "";
@@ -344,7 +345,7 @@ $("cp-controls").addEventListener("click", (e) => {
   if (op === "get_attr") { command(op, { component, attrs: [attr] }).then(done); return; }
   let val = $("cp-value").value;
   try { val = JSON.parse(val); } catch { /* a plain string */ }
-  command(op, { component, attr, val }).then(done);
+  command(op, { component, attr, val, ...($("cp-force").checked ? { force: true } : {}) }).then(done);
 });
 
 window.renderPage = (d) => {
