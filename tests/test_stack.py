@@ -360,6 +360,18 @@ def test_a_call_to_the_wrong_port_names_the_stack_of_its_data_folder(tmp_path: P
             f"give -p {st.port} (or set [mqtt] port = {st.port} in settings.toml)"
         ), res.stderr
         assert "`tomato start` starts it" not in res.stderr
+        # nor does `tomato stop` say there is nothing to stop (a fault run: it did, the
+        # stack running on)
+        res = subprocess.run(
+            [str(BIN / "tomato"), "stop", "-A", str(st.appdir), "-p", wrong, "-t", "2"],
+            capture_output=True, text=True, timeout=30, env=cli_env(st.env, "tomato", "stop"),
+        )  # fmt: skip
+        assert res.returncode == 1, res
+        assert res.stderr.startswith(
+            f"error: nothing to stop on port {wrong} (tomato-mqtt of this data folder runs on "
+            f"port {st.port}, supervisor pid {sup}: `tomato stop -p {st.port}` stops it): "
+        ), res.stderr
+        assert st.supervisor_pid() == sup and _alive(sup)
     finally:
         stop_stack(st)
 

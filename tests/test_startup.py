@@ -184,6 +184,37 @@ def test_a_supervisor_killed_during_start_is_said_so_at_once(tmp_path: Path) -> 
     assert not processes_of(st.port), "a service of the failed start is left"
 
 
+def test_a_start_that_a_stop_ends_before_it_is_ready_is_not_said_started(
+    tmp_path: Path,
+) -> None:
+    """Fault injection: `tomato stop` while `tomato start` waited for its components
+    (here one that cannot connect) made the start say "started … 0/1 component(s) ready"
+    and "not ready after 30 s" after 0.5 s, exit 0, as the stack went away."""
+    settings = '[drivers.example_counter]\nconnect_requires_file = "/nonexistent/plug"\n'
+    st = make_stack(tmp_path, settings=settings)
+    start = subprocess.Popen(
+        [str(BIN / "tomato"), "start", *st.dirs(), "-p", str(st.port), "-t", "60"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while not st.json("tomato", "status", "-t", "2")["success"]:
+            assert time.monotonic() < deadline and start.poll() is None, start.poll()
+            time.sleep(0.3)
+        stop = st.run("tomato", "stop", "-D", str(st.datadir))
+        assert stop.returncode == 0, (stop.stdout, stop.stderr)
+        out, err = start.communicate(timeout=30)
+    finally:
+        if start.poll() is None:
+            start.kill()
+            start.communicate()
+    assert start.returncode == 1, (out, err)
+    assert "started" not in out and "not ready after" not in err, (out, err)
+    assert "was ready; nothing is left running" in err, err
+    assert "its supervisor (pid" in err and "stopped (a `tomato stop` meanwhile?)" in err, err
+    assert not processes_of(st.port)
+
+
 def _start_with(st: Any, patch: str, wait: str, timeout: float) -> Any:
     """`tomato start` of ``st`` in a process of its own, ``patch`` (code that changes
     ``start_core``) run first; the finished process."""

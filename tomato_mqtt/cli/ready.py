@@ -240,7 +240,7 @@ def wait_ready(
                 asked = None
                 again = link.open(deadline)
                 if again is None:
-                    break
+                    return None  # (the broker gone for good: not a start that worked)
                 session = again
                 continue
             if topic == reply_to:
@@ -267,6 +267,10 @@ def wait_ready(
             # once, if that reply is a second late: lost)
             if online and dirty and (asked is None or time.monotonic() - asked_at > 1.0):
                 ask()
-        return last
+        if proc.poll() is not None or link.aborted.is_set():
+            # the stack went away before it was ready (a `tomato stop` meanwhile): not
+            # "started … 0/1 ready, not ready after 30 s" after 0.5 s, exit 0 (a fault run)
+            return None
+        return last  # the timeout: what is ready and what is not, said by the caller
     finally:
         link.close()

@@ -113,8 +113,9 @@ def stop(
     opts: common.Opts,
 ) -> None:
     """Stop the stack (refused while jobs run, unless --force)."""
-    from tomato_mqtt.services.launch import live_supervisor
+    from tomato_mqtt.services.launch import live_stacks, live_supervisor
 
+    began = time.monotonic()  # -t bounds the whole stop (it waited -t after the request)
     ctx = opts.context()
     from tomato_mqtt.config.settings import load_settings
     from tomato_mqtt.errors import ConfigError
@@ -134,8 +135,20 @@ def stop(
         # started with -D, stopped without it: "stopped" was said at once while the stack
         # still ran, and a `tomato start` right after started a second one (fault
         # injection): the scheduler says which data folder holds the pid file
-        pid = _supervisor_by_scheduler(ctx)
+        pid = _supervisor_by_scheduler(ctx, min(1.0, opts.timeout / 2))
     running = pid is not None
+    # this data folder's stack on another port (started with -p): named, with the -p to
+    # give (it said "nothing to stop" while that stack ran on: a fault run)
+    elsewhere = sorted((live_stacks(s.datadir) if s and not running else {}).items())
+    elsewhere = [(port, p) for port, p in elsewhere if port != ctx.url.port]
+    nothing = "nothing to stop, tomato-mqtt is not running there: "
+    if elsewhere:
+        (other, other_pid), *_ = elsewhere
+        nothing = (
+            f"nothing to stop on port {ctx.url.port} (tomato-mqtt of this data folder runs "
+            f"on port {other}, supervisor pid {other_pid}: `tomato stop -p {other}` stops "
+            "it): "
+        )
     args = {"force": True} if force else {}
     reply = common.run_request(
         ctx,
@@ -155,7 +168,7 @@ def stop(
             f"tomato-mqtt runs here (supervisor pid {pid}), but its broker cannot be "
             f"reached, so the stop cannot be asked (`kill {pid}` stops the stack): "
             if running
-            else "nothing to stop, tomato-mqtt is not running there: "
+            else nothing
         ),
     )
     if not reply.success:
@@ -183,7 +196,7 @@ def stop(
         # --force: the cancelled jobs' tasks stop and their files are written first
         # (said as waited: "did not stop within 20 s" came after 50 s, a review)
         waited = opts.timeout + (FORCE_STOP_WAIT if force else 0.0)
-        deadline = time.monotonic() + waited
+        deadline = began + waited
         again = time.monotonic() + STOP_AGAIN
         while alive(pid) and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -194,7 +207,11 @@ def stop(
                 _ask_again(ctx, args)
                 again = time.monotonic() + STOP_AGAIN
         if alive(pid):
-            fail(f"the supervisor (pid {pid}) did not stop within {waited:g} s")
+            fail(
+                f"the supervisor (pid {pid}) did not stop within {waited:g} s; it may still "
+                "(a service it waits for is given 10 s before it is killed): `tomato status` "
+                "shows whether the stack runs"
+            )
     msg = f"tomato-mqtt on port {ctx.url.port} stopped"
     if pid is None:  # not this PC's, or its pid file not found: not waited for
         msg = (
@@ -206,7 +223,7 @@ def stop(
     opts.output().reply(Done(msg, {"port": ctx.url.port, "instance": ctx.instance}))
 
 
-def _supervisor_by_scheduler(ctx: core.CallContext) -> int | None:
+def _supervisor_by_scheduler(ctx: core.CallContext, timeout: float) -> int | None:
     """The live supervisor of this PC whose pid file is in the data folder the stack's
     scheduler names (None: a broker elsewhere, no answer, or none there)."""
     from tomato_mqtt.services.launch import live_supervisor
@@ -220,7 +237,7 @@ def _supervisor_by_scheduler(ctx: core.CallContext) -> int | None:
             ctx.topics.scheduler_cmd("status"),
             ctx.topics.reply,
             {"what": "scheduler"},
-            timeout=2.0,
+            timeout=timeout,
             who="scheduler",
         )
     except oneshot.OneShotError:

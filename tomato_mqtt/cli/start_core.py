@@ -169,7 +169,13 @@ def start(opts: core.Opts, verbose: int = 0, quiet: int = 0) -> None:
         if why:
             fail(f"tomato-mqtt could not start: {why} (logs in {s.logdir})")
         if rc is not None:  # it ended the wait at once: not a timeout (an outside review)
-            how = f"was killed (signal {-rc})" if rc < 0 else f"exited with code {rc}"
+            how = (
+                f"was killed (signal {-rc})"
+                if rc < 0
+                else "stopped (a `tomato stop` meanwhile?)"
+                if rc == 0
+                else f"exited with code {rc}"
+            )
             fail(
                 f"tomato-mqtt could not start: its supervisor (pid {proc.pid}) {how} "
                 f"before the stack was ready; nothing is left running (logs in {s.logdir})"
