@@ -220,6 +220,41 @@ async def test_a_login_may_take_its_own_client_id_over_and_reuse_another_s_ended
         first.close()
 
 
+def _connect_packet(client_id: str, user: str, password: str) -> bytes:
+    """An MQTT 3.1.1 CONNECT (clean session, keep-alive 30 s) with a login."""
+
+    def utf8(text: str) -> bytes:
+        raw = text.encode()
+        return len(raw).to_bytes(2, "big") + raw
+
+    body = utf8("MQTT") + bytes([4, 0xC2]) + (30).to_bytes(2, "big")
+    body += utf8(client_id) + utf8(user) + utf8(password)
+    assert len(body) < 128  # one byte of remaining length
+    return bytes([0x10, len(body)]) + body
+
+
+async def test_a_connect_whose_client_gave_up_on_it_takes_no_client_id_over(
+    tmp_path: Path, instance: str
+) -> None:
+    """A security tour: while the broker restarted (the supervisor holds its port), each
+    client's connection attempts waited in the listen queue, the ones it gave up on
+    too; the broker, back, read them after the client had connected again, and a stale
+    CONNECT of the scheduler's client id took over its live connection: the scheduler
+    went deaf for good. A CONNECT whose client has closed the connection is dropped.
+    (In-process: the broker reads the socket only once this test yields, as from the
+    queue.)"""
+    async with secured("amqtt", tmp_path, instance) as b:
+        live = Raw(b, "pc1", client_id="node-pc1-7")
+        assert await live.connect()
+        stale = socket.create_connection(("127.0.0.1", b.port))
+        stale.sendall(_connect_packet("node-pc1-7", "pc1", USERS["pc1"][0]))
+        stale.close()  # given up on: closed before the broker read it
+        await asyncio.sleep(1.0)
+        assert not live.disconnected.is_set(), "the stale CONNECT took the live one over"
+        await live.subscribe(b.topics.component_cmds(CMP_A))  # and it is served
+        live.close()
+
+
 async def test_a_will_the_rules_forbid_since_the_connect_is_dropped(
     tmp_path: Path, instance: str
 ) -> None:

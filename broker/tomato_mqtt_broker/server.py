@@ -86,6 +86,25 @@ def _transport(writer: Any) -> Any:
     return getattr(inner, "transport", None)
 
 
+def _peer_closed(writer: Any) -> bool:
+    """Whether the client of this connection has closed it already (a peek: b"" once its
+    end is closed and every byte it sent was read). A CONNECT that waited in the listen
+    queue while the broker restarted (the supervisor holds the port) may come from a
+    client that gave up on it long ago, and is connected again by now."""
+    transport = _transport(writer)
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    dontwait = getattr(socket, "MSG_DONTWAIT", None)  # (not on Windows: not looked at)
+    if sock is None or dontwait is None:
+        return False
+    try:
+        with socket.socket(fileno=os.dup(sock.fileno())) as peek:
+            return peek.recv(1, socket.MSG_PEEK | dontwait) == b""
+    except (BlockingIOError, InterruptedError):
+        return False  # open, nothing more sent
+    except OSError:
+        return True  # reset
+
+
 def _buffered(handler: Any) -> int:
     """Bytes written to a client's connection that it has not taken yet."""
     try:
@@ -792,6 +811,18 @@ def _broker_class(
                     f"no CONNECT from {remote_address}:{remote_port} within {CONNECT_WAIT:g} s: "
                     "the connection is closed"
                 ) from None
+            if _peer_closed(writer):
+                # a stale CONNECT from the listen queue took its client id over from the
+                # live connection its client had made since (a scheduler's, after a 30 s
+                # outage with people signed in to the dashboard: it went deaf for good, a
+                # security tour); and its password was checked for nothing, slowly
+                transport = _transport(writer)
+                if transport is not None:
+                    transport.abort()
+                raise MQTTError(
+                    f"a CONNECT of {session.client_id!r} from {remote_address}:{remote_port} "
+                    "whose connection its client had closed already: dropped"
+                )
             why = await self._refusal(session)
             busy = False  # refused for its login's connections, not its password
             if why is None and max_per_login > 0:
