@@ -371,6 +371,7 @@ async def _cmd(request: web.Request) -> web.StreamResponse:
             return _fail(f"not signed in: sign in to use {op}", "not_allowed")
         role = s.describe()["role"] or "none"
         return _fail(f"not allowed here: {op} (role {role})", "not_allowed")
+    connects = s.client.connects if s.client is not None else 0
     try:
         if op in ("get_attr", "set_attr"):
             want = str(args.pop("component", ""))
@@ -404,6 +405,23 @@ async def _cmd(request: web.Request) -> web.StreamResponse:
     except UnknownComponent as e:
         return _fail(str(e), "not_found")
     except NoResponder as e:
+        sessions = request.app[SVC].sessions
+        if s is not sessions.shared and (ended := sessions.ended(_token(request))):
+            # its sign-in ended while it waited (its login removed): said, not "no
+            # scheduler answered … is it running?" 15 s later (a security tour)
+            return web.json_response(
+                {"success": False, "msg": ended, "code": "not_allowed", "data": None}
+                | {"ended": True, "me": (sessions.shared or s).describe()}
+            )
+        if s.client is not None and s is not sessions.shared and (
+            not s.client.is_connected or s.client.connects != connects
+        ):
+            return _fail(
+                f"the connection to the broker was lost while the {op} waited (the broker "
+                "restarted?): it may or may not have been carried out; look before sending "
+                "it again",
+                "unavailable",
+            )
         changed = await _role_changed(request, s)
         if changed is not None:
             return changed
