@@ -237,6 +237,32 @@ async def test_a_sign_in_ends_when_its_login_s_password_changes(
     ), got
 
 
+@pytest.mark.parametrize("how", ["passwd-to-the-same", "remove-and-add-again"])
+async def test_a_sign_in_ends_when_its_login_is_set_again_with_the_same_password(
+    tmp_path: Path, instance: str, how: str
+) -> None:
+    """A security tour: an admin who removes and adds a user again (or sets the same
+    password again) to cut off a stolen sign-in left it signed in: its connection,
+    closed by the broker, reconnected with the password it had. The broker closed this
+    login's connection alone (the dashboard's own stayed): the sign-in ends."""
+    from tests.security_env import USERS
+
+    same = USERS["olga"][0]
+
+    def change(b: Any) -> None:
+        if how == "passwd-to-the-same":
+            b.users.set_password("olga", same)
+        else:
+            b.users.remove("olga")
+            b.users.add("olga", same, "operator")
+
+    got = await _control_after(tmp_path, instance, change)
+    assert got["msg"] == (
+        "your sign-in has ended (the broker closed this login's connection: its password "
+        "was set again, or the user removed (and maybe added again)): sign in again"
+    ), got
+
+
 async def test_a_sign_in_outlives_a_broker_restart(tmp_path: Path, instance: str) -> None:
     """A dashboard tour: the broker killed and restarted (0.2 s under its supervisor)
     cut every signed-in user's connection for good; their pages still showed their

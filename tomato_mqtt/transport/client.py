@@ -109,6 +109,8 @@ class AsyncClient(_LoopDriven):
         #: called (in the loop) when the broker refuses to take this client back for good
         #: (MqttRefused.final: its password changed, its user removed); it goes on trying
         self.on_refused: Callable[[MqttRefused], None] | None = None
+        #: called (on the loop) when an established connection is lost, before any retry
+        self.on_lost: Callable[[], None] | None = None
         self._clean_session = clean_session
         self._loop: asyncio.AbstractEventLoop | None = None
         self._paho: paho.Client | None = None
@@ -532,6 +534,11 @@ class AsyncClient(_LoopDriven):
             why = str(rc)
             why = "the broker closed it or went away" if why == "Unspecified error" else why
             log.warning("%s lost the connection to %s (%s)", self.client_id, self.url, why)
+            if self.on_lost is not None:
+                try:
+                    self.on_lost()
+                except Exception:  # the hook must not stop the reconnect
+                    log.exception("on_lost hook of %s failed", self.client_id)
         idle = self._reconnect_task is None or self._reconnect_task.done()
         if self._reconnect_enabled and was_connected and self._loop is not None and idle:
             self._reconnect_task = self._loop.create_task(self._reconnect_loop())

@@ -59,6 +59,13 @@ KNOWN_OPS = (*CONTROL_OPS, "get_attr", "set_attr")
 
 #: why a sign-in ended whose login the broker refused on reconnecting
 LOGIN_GONE = "the broker no longer takes this login: its password was changed or the user removed"
+#: why a sign-in ended whose connection alone the broker closed (the dashboard's own stayed)
+LOGIN_CHANGED = (
+    "the broker closed this login's connection: its password was set again, or the user "
+    "removed (and maybe added again)"
+)
+#: s after a sign-in's connection was lost at which the dashboard's own is looked at
+LOST_CHECK = 1.0
 #: a control of a session whose connection is being restored
 RECONNECTING = (
     "your connection to the broker is being restored (the broker restarted?): try again in a moment"
@@ -184,11 +191,13 @@ class Sessions:
         #: this run's mark, the start of every token it makes: a token with another mark
         #: was made by a dashboard that ran on this port before
         self._run = secrets.token_hex(4)
+        self._own: AsyncClient | None = None  # the dashboard's own connection
         #: told of every session that ends (the dashboard closes the live sockets of its
         #: pages: they kept it, and its closed connection, after it was signed out)
         self.on_end: Callable[[Session], object] | None = None
 
     async def start_shared(self, client: AsyncClient) -> None:
+        self._own = client
         topics = Topics(self.instance, self.url.username)
         req = Requester(client, topics)
         await req.start()
@@ -404,7 +413,25 @@ class Sessions:
         s = Session(self.new_token(), username, req, topics, me, self.read_only, client, key=key)
         self._by_token[s.token] = s
         client.on_refused = lambda _e: self.end(s, LOGIN_GONE)
+        client.on_lost = lambda: self._lost(s)
         return s
+
+    def _lost(self, s: Session) -> None:
+        """``s``'s connection was lost. If the dashboard's own stays up, untouched, the
+        broker closed this login's alone: its password was set again or the user removed
+        (a remove and an add with the same password, or `passwd` to the same one, kept the
+        sign-in: it reconnected with the password it had, a security tour). A broker that
+        restarts closes both: the sign-in reconnects."""
+        own = self._own
+        if own is None or not own.is_connected:
+            return
+        before = own.connects
+
+        def check() -> None:
+            if own.is_connected and own.connects == before:
+                self.end(s, LOGIN_CHANGED)
+
+        asyncio.get_running_loop().call_later(LOST_CHECK, check)
 
     async def sign_out(self, token: str | None, key: str | None) -> None:
         """End the session of ``token`` if ``key`` is its key (a cookie alone signs no one

@@ -413,8 +413,10 @@ async def _cmd(request: web.Request) -> web.StreamResponse:
                 {"success": False, "msg": ended, "code": "not_allowed", "data": None}
                 | {"ended": True, "me": (sessions.shared or s).describe()}
             )
-        if s.client is not None and s is not sessions.shared and (
-            not s.client.is_connected or s.client.connects != connects
+        if (
+            s.client is not None
+            and s is not sessions.shared
+            and (not s.client.is_connected or s.client.connects != connects)
         ):
             return _fail(
                 f"the connection to the broker was lost while the {op} waited (the broker "
