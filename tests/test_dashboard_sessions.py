@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -245,8 +246,6 @@ async def test_a_sign_in_ends_when_its_login_is_set_again_with_the_same_password
     password again) to cut off a stolen sign-in left it signed in: its connection,
     closed by the broker, reconnected with the password it had. The broker closed this
     login's connection alone (the dashboard's own stayed): the sign-in ends."""
-    from tests.security_env import USERS
-
     same = USERS["olga"][0]
 
     def change(b: Any) -> None:
@@ -271,20 +270,7 @@ async def test_a_sign_in_outlives_a_broker_restart(tmp_path: Path, instance: str
     it is away says so at once."""
     from tomato_mqtt_broker import EmbeddedBroker
 
-    from tests.security_env import USERS
-
-    jar = aiohttp.CookieJar(unsafe=True)
-    async with (
-        secured("amqtt", tmp_path / "b", instance) as b,
-        running(_scheduler(b, tmp_path)),
-        running_dashboard(b.url("dash"), instance) as dash,
-        aiohttp.ClientSession(cookie_jar=jar) as http,
-    ):
-        body = {"username": "olga", "password": USERS["olga"][0]}
-        async with http.post(dash.address() + "api/login", json=body) as r:
-            said = await r.json()
-        assert said["success"], said
-        key = {"X-Tomato-Key": said["key"]}
+    async with _olga_signed_in(tmp_path, instance) as (b, dash, http, key):
         cmd = {"op": "pipeline_ready", "args": {"pipeline": "pip-counter-1"}}
         assert b._broker is not None
         config = b._broker.config
@@ -451,11 +437,12 @@ async def test_a_download_whose_role_was_lowered_is_told_so_at_once(
     assert status == 404 and "ended" not in text, (status, text)
 
 
-async def _control_after(tmp_path: Path, instance: str, change: Any, download: bool = False) -> Any:
-    """olga signed in to a dashboard of a secured stack, ``change(broker)`` made to the
-    users file, then a control of hers: its answer (a download: its status and text)."""
-    from tests.security_env import USERS
-
+@contextlib.asynccontextmanager
+async def _olga_signed_in(
+    tmp_path: Path, instance: str
+) -> AsyncIterator[tuple[Any, Any, Any, dict[str, str]]]:
+    """A secured stack (amqtt, its scheduler), its dashboard, and olga signed in to it
+    over HTTP: yields the broker, the dashboard, the HTTP session and her key header."""
     jar = aiohttp.CookieJar(unsafe=True)
     async with (
         secured("amqtt", tmp_path / "b", instance) as b,
@@ -467,7 +454,13 @@ async def _control_after(tmp_path: Path, instance: str, change: Any, download: b
         async with http.post(dash.address() + "api/login", json=body) as r:
             said = await r.json()
         assert said["success"], said
-        key = {"X-Tomato-Key": said["key"]}
+        yield b, dash, http, {"X-Tomato-Key": said["key"]}
+
+
+async def _control_after(tmp_path: Path, instance: str, change: Any, download: bool = False) -> Any:
+    """olga signed in to a dashboard of a secured stack, ``change(broker)`` made to the
+    users file, then a control of hers: its answer (a download: its status and text)."""
+    async with _olga_signed_in(tmp_path, instance) as (b, dash, http, key):
         change(b)
         b.users.save()
         await asyncio.sleep(2.0)  # the broker looks at the users file every 0.5 s

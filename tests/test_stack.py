@@ -31,14 +31,14 @@ from tests.stack import (
 pytestmark = pytest.mark.timeout(180)
 
 
-def _running_long_job(st: Stack, tmp_path: Path) -> int:
-    """A job of 120 s on pip-counter-1, running: its id."""
+def _running_long_job(st: Stack, tmp_path: Path, seconds: float = 120.0) -> int:
+    """A job of ``seconds`` on pip-counter-1, running: its id."""
     st.load_ready("pip-counter-1", "s1")
     payload = tmp_path / "long.yml"
     payload.write_text(
         'version: "1.0"\nsample:\n    name: s1\nmethod:\n'
         '  - component_tag: "counter"\n    technique_name: "count"\n'
-        "    max_duration: 120.0\n    sampling_interval: 0.2\n"
+        f"    max_duration: {seconds}\n    sampling_interval: 0.2\n"
     )
     jobid = st.submit(payload)
     st.wait_job(jobid, {"r"})
@@ -395,15 +395,7 @@ def test_a_cancel_while_the_file_is_being_written_says_how_the_job_ends(tmp_path
     written (the recorder slow), said "being cancelled" and showed rd, and the job then
     ended c (or cd, after a restart). Nothing is left to cancel: said so, and it ends c."""
     with running_stack(tmp_path) as st:
-        st.load_ready("pip-counter-1", "s1")
-        payload = tmp_path / "short.yml"
-        payload.write_text(
-            'version: "1.0"\nsample:\n    name: s1\nmethod:\n'
-            '  - component_tag: "counter"\n    technique_name: "count"\n'
-            "    max_duration: 1.0\n    sampling_interval: 0.2\n"
-        )
-        jobid = st.submit(payload)
-        st.wait_job(jobid, {"r"})
+        jobid = _running_long_job(st, tmp_path, 1.0)
         recorder = st.child_pid("recorder")
         os.kill(recorder, signal.SIGSTOP)  # the file waits for it
         try:

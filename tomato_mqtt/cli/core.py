@@ -348,6 +348,25 @@ def run_request(
         oneshot_failed(ctx, e, unanswered, unreachable)
 
 
+def status_section(ctx: CallContext, what: str, timeout: float) -> dict[str, Any] | None:
+    """The scheduler's ``status`` of section ``what`` as plain JSON, quietly: None when
+    no scheduler answers within ``timeout`` or it refuses (a look before a command)."""
+    from tomato_mqtt.transport import oneshot
+
+    try:
+        reply = oneshot.request(
+            ctx.url,
+            ctx.topics.scheduler_cmd("status"),
+            ctx.topics.reply,
+            {"what": what},
+            timeout=timeout,
+            who="scheduler",
+        )
+    except oneshot.OneShotError:
+        return None
+    return reply.data if reply.success and isinstance(reply.data, dict) else None
+
+
 def _scheduler_state(ctx: CallContext) -> str | None:
     """The ``state`` of the scheduler's retained status (None: none, or unreadable)."""
     from tomato_mqtt import jsonlite

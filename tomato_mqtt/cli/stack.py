@@ -227,22 +227,10 @@ def _supervisor_by_scheduler(ctx: core.CallContext, timeout: float) -> int | Non
     """The live supervisor of this PC whose pid file is in the data folder the stack's
     scheduler names (None: a broker elsewhere, no answer, or none there)."""
     from tomato_mqtt.services.launch import live_supervisor
-    from tomato_mqtt.transport import oneshot
 
     if ctx.url.host not in ("127.0.0.1", "localhost", "::1"):
         return None
-    try:
-        reply = oneshot.request(
-            ctx.url,
-            ctx.topics.scheduler_cmd("status"),
-            ctx.topics.reply,
-            {"what": "scheduler"},
-            timeout=timeout,
-            who="scheduler",
-        )
-    except oneshot.OneShotError:
-        return None
-    datadir = reply.data.get("datadir") if isinstance(reply.data, dict) else None
+    datadir = (core.status_section(ctx, "scheduler", timeout) or {}).get("datadir")
     return live_supervisor(Path(datadir), ctx.url.port) if isinstance(datadir, str) else None
 
 

@@ -89,7 +89,8 @@ def restart_node(
 
     # a misspelt name waited the whole timeout for "no node pc9 answered … is it
     # running?" (a newcomer's tour): the scheduler's list of nodes says it at once
-    known = _known_nodes(ctx, min(opts.timeout, 1.0))
+    nodes = core.status_section(ctx, "nodes", min(opts.timeout, 1.0))
+    known = None if nodes is None else set(nodes)
     if known is not None and name not in known:
         common.fail(
             f"no node {name!r} ({ctx.where()}; known: {', '.join(sorted(known)) or 'none'}:"
@@ -114,21 +115,3 @@ def restart_node(
             f"by `tomato node --name {name}` on its own PC stops: start it again there"
         )
     opts.output().reply(Done(text, {"node": name}))
-
-
-def _known_nodes(ctx: common.CallContext, timeout: float) -> set[str] | None:
-    """The nodes the scheduler knows (None: it did not say, e.g. it is down)."""
-    from tomato_mqtt.transport import oneshot
-
-    try:
-        reply = oneshot.request(
-            ctx.url,
-            ctx.topics.scheduler_cmd("status"),
-            ctx.topics.reply,
-            {"what": "nodes"},
-            timeout=timeout,
-            who="scheduler",
-        )
-    except oneshot.OneShotError:
-        return None
-    return set(reply.data) if reply.success and isinstance(reply.data, dict) else None
