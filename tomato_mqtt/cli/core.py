@@ -454,17 +454,6 @@ def oneshot_failed(
                 "that runs and is stalled or overloaded? Try again; its log says more"
             )
         )
-    stacks = {} if unreachable else _local_stacks(ctx)
-    stacks.pop(ctx.url.port, None)  # (its supervisor holds the port: said Stuck above)
-    if stacks:
-        # `tomato start -p 20420` with no port in settings.toml, then `tomato status`:
-        # "`tomato start` starts it", which said the data folder was in use (a newcomer)
-        (port, pid), *_ = sorted(stacks.items())
-        fail(
-            f"{e} ({ctx.where()}): tomato-mqtt of this data folder runs on port {port} "
-            f"(supervisor pid {pid}): give -p {port} (or set [mqtt] port = {port} in "
-            "settings.toml)"
-        )
     fail(
         f"{unreachable}{e} ({ctx.where()})"
         if unreachable
@@ -473,27 +462,23 @@ def oneshot_failed(
     )
 
 
-def _local_stacks(ctx: CallContext) -> dict[int, int]:
-    """port -> pid of the live ``tomato start`` supervisors of this PC whose pid files
-    are in the settings' datadir (none: a broker elsewhere, or unreadable settings)."""
+def _local_supervisor(ctx: CallContext) -> int | None:
+    """The pid of a live ``tomato start`` supervisor of this PC on the broker's port
+    (None: none, or the settings cannot be read). Loads the settings (pydantic): only
+    on a path that failed slowly already (a stalled broker), never on the fast one."""
     from tomato_mqtt.config import settings
     from tomato_mqtt.errors import ConfigError
-    from tomato_mqtt.services.launch import live_stacks
+    from tomato_mqtt.services.launch import live_supervisor
 
     if ctx.url.host not in ("127.0.0.1", "localhost", "::1"):
-        return {}
+        return None
     try:  # (not ctx.settings, which exits on a bad file)
         datadir = settings.load_settings(
             appdir=as_path(ctx.appdir), datadir=as_path(ctx.datadir), port=ctx.port
         ).datadir
     except (ConfigError, OSError):
-        return {}
-    return live_stacks(datadir)
-
-
-def _local_supervisor(ctx: CallContext) -> int | None:
-    """The pid of a live ``tomato start`` supervisor of this PC on the broker's port."""
-    return _local_stacks(ctx).get(ctx.url.port)
+        return None
+    return live_supervisor(datadir, ctx.url.port)
 
 
 def ask_scheduler(opts: Opts, op: str, args: Mapping[str, Any]) -> None:
