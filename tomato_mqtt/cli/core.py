@@ -384,6 +384,9 @@ def _scheduler_state(ctx: CallContext) -> str | None:
     return state if isinstance(state, str) else None
 
 
+#: broker hosts that are this PC (where a supervisor's pid file can be looked at)
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+
 #: a timeout under which a connection that got no answer says the timeout was too short
 #: (a broker on a quiet PC answers in ms; a stalled one is said so above it)
 SHORT_WAIT = 0.5
@@ -470,7 +473,7 @@ def _local_supervisor(ctx: CallContext) -> int | None:
     from tomato_mqtt.errors import ConfigError
     from tomato_mqtt.services.launch import live_supervisor
 
-    if ctx.url.host not in ("127.0.0.1", "localhost", "::1"):
+    if ctx.url.host not in LOCAL_HOSTS:
         return None
     try:  # (not ctx.settings, which exits on a bad file)
         datadir = settings.load_settings(

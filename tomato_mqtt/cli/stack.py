@@ -139,8 +139,8 @@ def stop(
     running = pid is not None
     # this data folder's stack on another port (started with -p): named, with the -p to
     # give (it said "nothing to stop" while that stack ran on: a fault run)
-    elsewhere = sorted((live_stacks(s.datadir) if s and not running else {}).items())
-    elsewhere = [(port, p) for port, p in elsewhere if port != ctx.url.port]
+    # (not this port's: live_supervisor found none there)
+    elsewhere = sorted(live_stacks(s.datadir).items()) if s and not running else []
     nothing = "nothing to stop, tomato-mqtt is not running there: "
     if elsewhere:
         (other, other_pid), *_ = elsewhere
@@ -228,7 +228,7 @@ def _supervisor_by_scheduler(ctx: core.CallContext, timeout: float) -> int | Non
     scheduler names (None: a broker elsewhere, no answer, or none there)."""
     from tomato_mqtt.services.launch import live_supervisor
 
-    if ctx.url.host not in ("127.0.0.1", "localhost", "::1"):
+    if ctx.url.host not in core.LOCAL_HOSTS:
         return None
     datadir = (core.status_section(ctx, "scheduler", timeout) or {}).get("datadir")
     return live_supervisor(Path(datadir), ctx.url.port) if isinstance(datadir, str) else None

@@ -39,7 +39,7 @@ from tomato_mqtt.services.dashboard.service import (
     stack_id,
 )
 from tomato_mqtt.services.dashboard.sessions import KNOWN_OPS, RECONNECTING, LoginFailed, Session
-from tomato_mqtt.transport.client import MqttError
+from tomato_mqtt.transport.client import AsyncClient, MqttError
 from tomato_mqtt.transport.oneshot import refused_token
 from tomato_mqtt.transport.rpc import NoResponder, ReplyError
 from tomato_mqtt.wire.commands import JOB_ID_MAX, PAYLOAD_TEXT_MAX, json_chars
@@ -328,11 +328,16 @@ def _reply(r: Reply) -> web.Response:
     return web.json_response({"success": r.success, "msg": r.msg, "code": r.code, "data": r.data})
 
 
+def _own_client(request: web.Request, s: Session) -> AsyncClient | None:
+    """The broker connection of the signed-in session ``s`` (None: the shared one)."""
+    return None if s is request.app[SVC].sessions.shared else s.client
+
+
 def _reconnecting(request: web.Request, s: Session) -> bool:
     """Whether the signed-in session ``s`` waits for its broker connection to be back (a
     login the broker no longer takes ends the sign-in instead: sessions.py)."""
-    signed_in = s.client is not None and s is not request.app[SVC].sessions.shared
-    return signed_in and s.client is not None and not s.client.is_connected
+    client = _own_client(request, s)
+    return client is not None and not client.is_connected
 
 
 def _fail(msg: str, code: str = "bad_request") -> web.Response:
@@ -413,10 +418,8 @@ async def _cmd(request: web.Request) -> web.StreamResponse:
                 {"success": False, "msg": ended, "code": "not_allowed", "data": None}
                 | {"ended": True, "me": (sessions.shared or s).describe()}
             )
-        if (
-            s.client is not None
-            and s is not sessions.shared
-            and (not s.client.is_connected or s.client.connects != connects)
+        if (client := _own_client(request, s)) is not None and (
+            not client.is_connected or client.connects != connects
         ):
             return _fail(
                 f"the connection to the broker was lost while the {op} waited (the broker "
