@@ -52,6 +52,10 @@ class _Run:
         self.stop_reason: str | None = None
 
 
+#: s close() waits for a call into the driver (other than the worker's) to end
+CLOSE_WAIT = 1.0
+
+
 class TaskRunner(abc.ABC, Generic[D]):
     """One component's task state, worker thread and buffer (see the module docstring).
 
@@ -251,7 +255,20 @@ class TaskRunner(abc.ABC, Generic[D]):
             thread.join(self.stop_wait)
             if thread.is_alive():
                 log.warning("runner of %s: worker did not end in time", self.key)
-        self._close_device()
+        # a call into the driver that never returns holds the lock for good: the device
+        # is left to the process's exit (a node asked to restart waited for it, offline,
+        # for good: a driver author's tour)
+        if not self._dev_lock.acquire(timeout=CLOSE_WAIT):
+            log.warning(
+                "runner of %s: a driver call has not returned (a hung instrument?): "
+                "its device is not closed",
+                self.key,
+            )
+            return
+        try:
+            self._close_device()
+        finally:
+            self._dev_lock.release()
 
     # -- the buffer -----------------------------------------------------------------------
     def drain(self) -> tuple[list[Point | Block], dict[str, str]]:

@@ -126,6 +126,9 @@ def _load_units() -> None:
 
 #: s a driver may take to connect to a component's instrument before its status says so
 SLOW_CONNECT = 10.0
+#: s a node's stop may take before it just exits (Node._exit_if_stuck): a hung task's
+#: component is let go after TaskRunner.stop_wait (10 s)
+STOP_STUCK = 30.0
 
 #: heartbeats a node may miss before another of its name takes it for gone
 GONE_AFTER = 2.5
@@ -359,10 +362,37 @@ class NodeService(Service):
         return [self.data.loop()]
 
     async def drain(self) -> None:
+        self._exit_if_stuck()
         for hc in self.components.values():
             if hc.runner is not None and hc.runner.running:
                 hc.runner.stop_task("node shutting down")
         await self.data.flush_all()
+
+    def _exit_if_stuck(self) -> None:
+        """The last resort of a stop that does not end: a driver call that never returns
+        (an instrument's constructor, a reset) holds a thread the interpreter waits for
+        at exit. A node asked to restart was offline for good, never started again (a
+        driver author's tour); past STOP_STUCK it exits, with the exit code it would have
+        had, so that its supervisor starts it again."""
+        import threading
+
+        restart = self.restart_requested and bool(os.environ.get(SUPERVISOR_PID_ENV))
+
+        def exit_now() -> None:
+            time.sleep(STOP_STUCK)
+            log.error(
+                "node %s: not stopped %g s after its stop began (a driver call that does "
+                "not return: a hung instrument?): exiting now%s",
+                self.name,
+                STOP_STUCK,
+                "; its supervisor starts it again" if restart else "",
+            )
+            logging.shutdown()
+            from tomato_mqtt.services.launch import EXIT_RESTART_REQUESTED
+
+            os._exit(EXIT_RESTART_REQUESTED if restart else 1)
+
+        threading.Thread(target=exit_now, name="stop-stuck", daemon=True).start()
 
     async def teardown(self) -> None:
         if self._recheck is not None and not self._recheck.done():
