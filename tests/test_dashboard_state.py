@@ -321,3 +321,13 @@ def test_a_running_task_s_age_is_true_for_a_status_received_late() -> None:
     assert view["max_duration"] == 3600.0
     # by the status alone (no node heard yet), it read "0 s": the reason for the offset
     assert view["elapsed"] == pytest.approx(0.0)
+
+
+def test_a_page_update_never_carries_nan_which_the_page_cannot_parse() -> None:
+    """A hostile tour: a NaN reached the page's JSON as ``NaN``, which ``JSON.parse``
+    refuses: the page showed nothing. Whatever still holds one goes as null."""
+    from tomato_mqtt.services.dashboard.service import page_json
+
+    msg = {"a": float("nan"), "b": [1.5, float("inf"), {"c": -float("inf")}], "d": "NaN"}
+    assert page_json(msg) == '{"a":null,"b":[1.5,null,{"c":null}],"d":"NaN"}'
+    assert page_json({"a": 1.0}) == '{"a":1.0}'

@@ -13,6 +13,7 @@ from tomato_mqtt.wire.messages import (
     SCHEMA,
     DataBatch,
     DecodeError,
+    JobEvent,
     NodeStatus,
     Reply,
     Request,
@@ -117,3 +118,39 @@ def test_request_args_default_and_json_only() -> None:
     assert decode(Request, encode(r)) == r
     with pytest.raises(DecodeError):
         decode(Request, b'{"id": "1", "reply_to": "r", "args": [1]}')
+
+
+def test_nan_and_infinity_are_refused_as_json_has_them_not() -> None:
+    """A hostile tour: pydantic read a retained point's ``NaN``/``Infinity`` (into fields
+    of any type), the dashboard passed it on as such, and no page could parse its
+    updates until the message was gone. The letters inside a string are text."""
+    from tomato_mqtt.wire.data import LastPoint
+
+    good = '{"schema":2,"component":"c","uts":1.5,"vars":{"v":%s},"units":{}}'
+    for bad in ("NaN", "Infinity", "-Infinity", "[1, NaN]"):
+        with pytest.raises(DecodeError, match="NaN and Infinity are not JSON"):
+            decode(LastPoint, (good % bad).encode(), "t")
+    text = decode(LastPoint, good % '"NaN or -Infinity"', "t")
+    assert text.values == {"v": "NaN or -Infinity"}
+    with pytest.raises(DecodeError, match="NaN and Infinity are not JSON"):
+        decode(JobEvent, '{"jobid":1,"event":"queued","time":NaN}', "t")
+
+
+def test_a_recorder_s_replay_and_ack_args_are_as_strict_as_every_request_s() -> None:
+    """A hostile tour: ``true`` for an epoch and unknown keys were taken, and a seq of
+    2**70 failed in the node's spool as an internal error."""
+    from pydantic import ValidationError
+
+    from tomato_mqtt.wire.data import AckArgs, ReplayArgs
+
+    ok = ReplayArgs.model_validate({"schema": 2, "epoch": 1, "first": 0, "last": 3, "stream": "s"})
+    assert (ok.first, ok.last) == (0, 3)
+    for bad in (
+        {"epoch": True, "first": 0, "last": 1},
+        {"epoch": 1, "first": 2**70, "last": 0},
+        {"epoch": 1, "first": "0", "last": 1},
+    ):
+        with pytest.raises(ValidationError):
+            ReplayArgs.model_validate(bad)
+    with pytest.raises(ValidationError, match="Extra inputs are not permitted"):
+        AckArgs.model_validate({"epoch": 1, "upto": 0, "zzz": 1})

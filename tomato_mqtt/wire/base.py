@@ -61,7 +61,7 @@ def _summarise(e: ValidationError) -> str:
 def decode(model: type[M], payload: bytes | str, topic: str | None = None) -> M:
     """Decode ``payload`` as ``model``; any failure is a :class:`DecodeError`."""
     try:
-        return model.model_validate_json(payload)
+        msg = model.model_validate_json(payload)
     except ValidationError as e:
         bad = next((err for err in e.errors() if err["type"] == "json_invalid"), None)
         if bad is not None:
@@ -76,6 +76,42 @@ def decode(model: type[M], payload: bytes | str, topic: str | None = None) -> M:
         raise DecodeError(model, topic, _summarise(e)) from None
     except (UnicodeDecodeError, ValueError) as e:
         raise DecodeError(model, topic, f"not UTF-8 JSON ({e})") from None
+    if _nonfinite(payload):
+        # pydantic's parser reads them (into any field that is not a float): passed on
+        # as such, a dashboard's page could not parse its update, and showed nothing
+        # until the message was gone (a forged retained point: a hostile tour)
+        raise DecodeError(
+            model,
+            topic,
+            "not valid JSON (NaN and Infinity are not JSON: a value that could not be "
+            "measured is null)",
+        )
+    return msg
+
+
+class _NonFinite(ValueError):
+    pass
+
+
+def _refuse(name: str) -> Any:
+    raise _NonFinite(name)
+
+
+def _nonfinite(payload: bytes | str) -> bool:
+    """Whether ``payload`` (valid JSON) holds ``NaN``, ``Infinity`` or ``-Infinity`` outside
+    its strings: only a payload with those letters is parsed again to find out."""
+    raw = payload.encode() if isinstance(payload, str) else bytes(payload)
+    if b"NaN" not in raw and b"Infinity" not in raw:
+        return False
+    import json
+
+    try:
+        json.loads(raw, parse_constant=_refuse)
+    except _NonFinite:
+        return True
+    except ValueError:  # (a BOM, say: what pydantic read, json may not)
+        return False
+    return False
 
 
 def encode(msg: BaseModel) -> bytes:

@@ -3,9 +3,9 @@ recorder's replay and ack requests to a node (see DESIGN §4 and docs/output.md)
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import ConfigDict, Field, model_validator
 
 from tomato_mqtt.wire.base import WireModel
 from tomato_mqtt.wire.base import renamed as _renamed
@@ -96,14 +96,26 @@ def stream_id(stream: str, epoch: int) -> str:
     return stream or f"e{epoch}"
 
 
-class ReplayArgs(WireModel):
-    epoch: int
-    first: int
-    last: int
+#: a sequence number or epoch as the node's spool stores it (SQLite's INTEGER)
+_Seq = Annotated[int, Field(ge=-(2**63), le=2**63 - 1)]
+
+
+class _RecorderArgs(WireModel):
+    """A recorder's request to a node: refused if it has an unknown key or a value of
+    another JSON type, as every other request's args are (``true`` for an epoch was read
+    as 1, and a seq of 2**70 failed in the spool as an internal error: a hostile tour)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class ReplayArgs(_RecorderArgs):
+    epoch: _Seq
+    first: _Seq
+    last: _Seq
     stream: str = ""  # "" : the stream e<epoch> of an older recorder
 
 
-class AckArgs(WireModel):
-    epoch: int
-    upto: int
+class AckArgs(_RecorderArgs):
+    epoch: _Seq
+    upto: _Seq
     stream: str = ""

@@ -23,6 +23,7 @@ import contextlib
 import datetime
 import json
 import logging
+import math
 import ssl
 import time
 import uuid
@@ -125,6 +126,27 @@ class DashboardConfig:
         return bool(self.certfile and self.keyfile)
 
 
+def page_json(msg: Any) -> str:
+    """``msg`` as the page's JSON: a NaN or an infinity (which no message decoded from the
+    wire carries, wire.base.decode) goes as null, not as ``NaN``, which the page's
+    ``JSON.parse`` refuses: the whole update was lost, and every page showed nothing."""
+    try:
+        return json.dumps(msg, separators=(",", ":"), allow_nan=False)
+    except ValueError:
+        log.warning("a page update held a NaN or an infinity: sent as null")
+        return json.dumps(_finite(msg), separators=(",", ":"), allow_nan=False)
+
+
+def _finite(obj: Any) -> Any:
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_finite(v) for v in obj]
+    return obj
+
+
 @dataclass(eq=False)  # kept in a set, by identity
 class Viewer:
     """One open page: its session, the job it shows, and its outgoing queue."""
@@ -145,7 +167,7 @@ class Viewer:
     def send(self, msg: dict[str, Any]) -> None:
         if self.behind:
             return
-        text = json.dumps(msg, separators=(",", ":"))
+        text = page_json(msg)
         if self.queued and self.queued + len(text) > QUEUE_BYTES_MAX:
             self.behind = True  # (the first message always goes: a hello may be big)
             return
