@@ -161,3 +161,28 @@ async def test_a_user_s_component_topic_takes_a_user_s_ops_only(
         # a user's ops still work there
         ok = await st.raw(st.topics.component_user_cmd(name, "status"))
         assert ok.success, ok
+
+
+async def test_replies_that_cannot_be_sent_are_said_once_a_second(
+    broker: RunningBroker, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A hostile tour: a flood on an open stack filled the client's queue and every reply
+    that could not go made a line (16,490 in 10 s). Said once a second, with the count
+    (here a topic the client refuses to publish to)."""
+    import asyncio
+    import logging
+
+    from tomato_mqtt.transport.client import AsyncClient
+    from tomato_mqtt.transport.rpc import Responder
+    from tomato_mqtt.wire.topics import Topics
+
+    async with AsyncClient(f"mqtt://127.0.0.1:{broker.port}") as c:
+        responder = Responder(c, Topics("lab"), {}, name="test")
+        with caplog.at_level(logging.WARNING, logger="tomato_mqtt.transport.rpc"):
+            for _ in range(50):
+                await responder._send_encoded("bad/+/topic", b"{}")
+            await asyncio.sleep(1.05)
+            await responder._send_encoded("bad/+/topic", b"{}")
+    said = [r.getMessage() for r in caplog.records if "could not send reply" in r.getMessage()]
+    assert len(said) == 2, said
+    assert said[1].endswith("(and 49 more since said)"), said

@@ -129,3 +129,34 @@ async def test_a_service_whose_helper_holds_its_output_is_restarted_at_once(
         if child.pump is not None:
             child.pump.cancel()
             await asyncio.gather(child.pump, return_exceptions=True)
+
+
+def test_a_log_line_is_cut_to_a_bounded_length(tmp_path: Path) -> None:
+    """A hostile tour: a forged name of 100 kB was said whole in the services' logs, so a
+    few messages rotated a service's history away. The message is cut, the traceback
+    kept."""
+    from tomato_mqtt.services.base import LOG_LINE_MAX, setup_logging
+
+    root = logging.getLogger()
+    before = (root.handlers[:], root.level)
+    try:
+        setup_logging("cut", tmp_path)
+        log = logging.getLogger("tomato_mqtt.test")
+        log.warning("dropped a message of %s", "x" * 100_000)
+        try:
+            raise ValueError("kept")
+        except ValueError:
+            log.exception("short")
+        for h in root.handlers:
+            h.flush()
+        lines = (tmp_path / "cut.log").read_text().splitlines()
+    finally:
+        for h in root.handlers:
+            h.close()
+        root.handlers[:], level = before
+        root.setLevel(level)
+    assert len(lines[0]) < LOG_LINE_MAX + 100, len(lines[0])
+    head, _, tail = lines[0].partition("… (")
+    said = len(head[: head.index("dropped")]) + len("dropped a message of ") + 100_000
+    assert len(head) == LOG_LINE_MAX and tail == f"{said - LOG_LINE_MAX} more characters)"
+    assert lines[1].endswith("short") and "ValueError: kept" in lines[-1], lines

@@ -117,6 +117,20 @@ def install_signal_handlers(stop: asyncio.Event) -> None:
 CONSOLE = {"console": True}
 
 
+#: the most characters of one log message (its traceback aside): a name sent by a client
+#: is said in it, and a line of 100 kB each (a forged name) would rotate a service's
+#: history out of its logs in a few messages (a hostile tour)
+LOG_LINE_MAX = 2000
+
+
+class _CappedFormatter(logging.Formatter):
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        text = super().formatMessage(record)
+        if len(text) <= LOG_LINE_MAX:
+            return text
+        return f"{text[:LOG_LINE_MAX]}… ({len(text) - LOG_LINE_MAX} more characters)"
+
+
 def setup_logging(
     name: str, logdir: Path | None, verbosity: int = 0, *, warnings_to_stderr: bool = False
 ) -> None:
@@ -139,12 +153,10 @@ def setup_logging(
             # worked, nor where it logs: an admin's tour)
             console.addFilter(lambda r: r.levelno >= logging.WARNING or hasattr(r, "console"))
             handlers.append(console)
-    logging.basicConfig(
-        level=level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        handlers=handlers,
-        force=True,
-    )
+    formatter = _CappedFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for h in handlers:
+        h.setFormatter(formatter)
+    logging.basicConfig(level=level, handlers=handlers, force=True)
     if level > logging.DEBUG:
         # dgbowl-schemas says "Updating from Payload-1.0 to Payload-2.0" (and on) at INFO
         # for every payload it reads: two lines of each submit in the scheduler's log

@@ -332,6 +332,9 @@ class Responder:
         self._told: dict[str, float] = {}
         #: per login: the requests dropped so far
         self.dropped: dict[str, int] = {}
+        #: replies the client would not send since last said, and when that was
+        self._unsent = 0
+        self._unsent_said = -2.0
 
     def _admit(self, user: str, at: float = 0.0) -> bool:
         """Whether a request of ``user`` is taken: a token bucket per login
@@ -638,4 +641,12 @@ class Responder:
         try:
             await self.client.publish(topic, data, qos=1, wait=False)
         except Exception as e:
-            log.warning("%s: could not send reply to %s: %s", self.name, topic, e)
+            # said once a second, with the count (a flood of requests on an open stack
+            # filled the client's queue: a line per reply, 16,490 in 10 s: a hostile tour)
+            self._unsent += 1
+            now = time.monotonic()
+            if now - self._unsent_said >= 1.0:
+                self._unsent_said = now
+                more = f" (and {self._unsent - 1} more since said)" if self._unsent > 1 else ""
+                log.warning("%s: could not send reply to %s: %s%s", self.name, topic, e, more)
+                self._unsent = 0

@@ -704,6 +704,7 @@ def warm_up_writer() -> None:
 def epoch_of(stream: str) -> int:
     """The node epoch a stream id starts with (``<epoch hex>-<random>`` or ``e<epoch>``)."""
     try:
-        return int(stream[1:]) if stream.startswith("e") else int(stream.split("-", 1)[0], 16)
+        n = int(stream[1:]) if stream.startswith("e") else int(stream.split("-", 1)[0], 16)
     except ValueError:
         return 0
+    return n if abs(n) < 2**63 else 0  # (as a node's spool stores it: a forged stream)

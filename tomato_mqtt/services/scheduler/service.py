@@ -24,7 +24,7 @@ from tomato_mqtt.config.devices import Layout, load_devices
 from tomato_mqtt.config.settings import Settings, settings_url
 from tomato_mqtt.config.statefiles import opened, what_to_do
 from tomato_mqtt.errors import cannot_write
-from tomato_mqtt.model.jobs import Job
+from tomato_mqtt.model.jobs import PLAUSIBLE_ID, Job
 from tomato_mqtt.services.base import Service
 from tomato_mqtt.services.scheduler.lost import LostComponents
 from tomato_mqtt.services.scheduler.nodeconfig import NodeConfigurator
@@ -111,6 +111,7 @@ class SchedulerService(Service):
         #: another scheduler holds the state file: this one stops and changes nothing
         self.superseded = False
         self._ids_past = 0  # the highest id seen elsewhere that the store was told of
+        self._ids_implausible = 0  # an id seen elsewhere beyond PLAUSIBLE_ID (said once)
         self.requester: Requester | None = None
         self.epoch = int(time.time())  # s, as the nodes' (schema 2; was ms)
         self._schema = SchemaDoc(self.topics.instance)
@@ -154,6 +155,19 @@ class SchedulerService(Service):
         on another PC) whenever one comes."""
         if self.store is None or not used or used <= self._ids_past:
             return  # a recorder's status comes every heartbeat: the store asked once
+        if used > PLAUSIBLE_ID:
+            # (a forged recorder status at 2**63-1 made every later submit fail, for
+            # good: the id was stored; at 10**30 it raised: a hostile tour)
+            if used != self._ids_implausible:
+                self._ids_implausible = used
+                log.warning(
+                    "job ids not moved past %d (seen in %s): beyond any lab's ids (%d), "
+                    "not a job this stack ran",
+                    used,
+                    where,
+                    PLAUSIBLE_ID,
+                )
+            return
         try:
             moved = self.store.continue_ids_after(used)
         except sqlite3.Error as e:  # a state file that takes no writes: said elsewhere
