@@ -164,3 +164,19 @@ async def test_a_missing_driver_no_device_names_any_more_leaves_the_node_s_statu
         said = await st.raw(st.topics.scheduler_cmd("reload"))
         assert said.success, said
         await asyncio.wait_for(node_lists(False), 20)
+
+
+def test_a_driver_name_a_letter_off_gets_did_you_mean_not_a_package_to_install() -> None:
+    """A driver author's tour: `mcf` for an installed `mfc` (two letters swapped) and
+    `Mfc` got advice to install `tomato-mcf` (difflib's ratio of short names is low)."""
+    from tomato_mqtt.driver.discovery import DriverNotFound, resolve_driver
+    from tomato_mqtt.errors import nearest
+
+    for typo in ("Psutil", "pustil", "psutl", "psutils", "example_coutner"):
+        with pytest.raises(DriverNotFound, match="did you mean '(psutil|example_counter)'") as e:
+            resolve_driver(typo)
+        assert "drivers install" not in str(e.value), e.value
+    assert nearest("mcf", ["mfc", "fastpot"]) == "mfc"
+    assert nearest("mfcc", ["mfc"]) == "mfc" and nearest("Mfc", ["mfc"]) == "mfc"
+    assert nearest("abc", ["xyz", "abd"]) == "abd" and nearest("ab", ["xb"]) is None
+    assert nearest("heater", ["counter", "psutil"]) is None

@@ -74,6 +74,10 @@ def test_roles_must_be_a_subset() -> None:
     assert r.reason is not None
     assert r.reason.startswith("no pipeline has roles 'heater', 'psutil' (pipelines have: ")
     assert "'counter', 'psutil'" in r.reason
+    assert "did you mean" not in r.reason  # `heater` is nobody's typo
+    # a misspelt role is said as such (a driver author's tour: `mfcc`)
+    r = match([task("counterr")], PIPELINES, views(), validator)
+    assert r.reason is not None and r.reason.endswith("; did you mean 'counter' for 'counterr'?")
 
 
 def test_technique_must_be_a_capability() -> None:

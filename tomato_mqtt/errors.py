@@ -8,7 +8,7 @@ Reading a YAML or JSON document (and what it may hold) is :mod:`tomato_mqtt.docu
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +25,7 @@ __all__ = [
     "lock_holders",
     "locked",
     "locked_by",
+    "nearest",
     "one_line",
     "read_only",
     "store_words",
@@ -278,3 +279,37 @@ def one_line(problems: Sequence[tuple[str, str]]) -> tuple[str, str]:
 def _short(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
+
+
+def nearest(name: str, choices: Iterable[str], cutoff: float = 0.8) -> str | None:
+    """The one of ``choices`` that ``name`` most likely misspells, or None: the same but
+    for case, one letter added, dropped, changed, or two neighbours swapped (names of 3
+    letters or more), else difflib's closest at ``cutoff``. difflib alone missed short
+    names: `mcf` for `mfc` is 0.67 (a driver author's tour)."""
+    known = [c for c in choices if c != name]
+    low = name.casefold()
+    for c in known:
+        if c.casefold() == low:
+            return c
+    if len(name) >= 3:
+        for c in known:
+            if _one_edit(low, c.casefold()):
+                return c
+    import difflib
+
+    near = difflib.get_close_matches(name, known, n=1, cutoff=cutoff)
+    return near[0] if near else None
+
+
+def _one_edit(a: str, b: str) -> bool:
+    """Whether ``a`` and ``b`` differ by one letter added, dropped or changed, or by two
+    neighbouring letters swapped."""
+    if a == b or abs(len(a) - len(b)) > 1:
+        return False
+    i = 0
+    while i < min(len(a), len(b)) and a[i] == b[i]:
+        i += 1
+    if len(a) == len(b):
+        swapped = i + 1 < len(a) and a[i] == b[i + 1] and a[i + 1] == b[i]
+        return a[i + 1 :] == b[i + 1 :] or (swapped and a[i + 2 :] == b[i + 2 :])
+    return a[i + 1 :] == b[i:] if len(a) > len(b) else a[i:] == b[i + 1 :]

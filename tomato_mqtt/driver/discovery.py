@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import contextlib
-import difflib
 import importlib
 import os
 import site
@@ -16,6 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from tomato_mqtt.driver.base import ModelInterface
+from tomato_mqtt.errors import nearest
 
 __all__ = [
     "GROUP",
@@ -227,12 +227,12 @@ def resolve_driver(
     if name not in native:
         have = ", ".join(sorted(native)) or "nothing"
         up = f"; upstream tomato drivers: {', '.join(ups)}" if ups else ""
-        like = difflib.get_close_matches(name, [*native, *ups], n=1, cutoff=0.8)
+        like = nearest(name, [*native, *ups])
         if like:  # a misspelt name: no advice to install a package of that name (one
             # typo away from a package anybody may publish: a newcomer's tour)
             raise DriverNotFound(
                 f"driver {name!r} is not installed on {here} (native drivers: {have}{up});"
-                f" did you mean {like[0]!r}? (the driver name in the devices file)"
+                f" did you mean {like!r}? (the driver name in the devices file)"
             )
         raise DriverNotFound(
             f"driver {name!r} is not installed on {here} (native drivers: {have}{up});"

@@ -13,6 +13,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
+from tomato_mqtt.errors import nearest
+
 if TYPE_CHECKING:
     from tomato_mqtt.config.devices import PipelineLayout
     from tomato_mqtt.model.jobs import PipelineState
@@ -127,8 +129,13 @@ def match(
     if not with_roles:
         offered = sorted({_roles(p.roles) for p in pipelines.values()})
         shown = "; ".join(offered[:5]) + ("; ..." if len(offered) > 5 else "")
+        have = {r for p in pipelines.values() for r in p.roles}
+        # a misspelt role is said as such (`mfcc`: a driver author's tour)
+        near = [(r, n) for r in needed if r not in have and (n := nearest(r, sorted(have)))]
+        hint = "".join(f"; did you mean {n!r} for {r!r}?" for r, n in near)
         return MatchResult(
-            [], f"no pipeline has roles {_roles(sorted(needed))} (pipelines have: {shown})"
+            [],
+            f"no pipeline has roles {_roles(sorted(needed))} (pipelines have: {shown}){hint}",
         )
     candidates: list[str] = []
     problems: dict[str, str] = {}
