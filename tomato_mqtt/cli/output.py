@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 TYPE_CHECKING = False  # typing is ~2 ms of a one-request call: for the type checker only
 if TYPE_CHECKING:
     from typing import Any
 
-__all__ = ["Output", "echo", "emit", "safe", "table"]
+__all__ = ["Output", "echo", "emit", "errors_below", "safe", "table"]
 
 #: what a terminal would act on (C0/C1 controls, DEL, bidirectional overrides), shown as
 #: escapes instead: a job named "x\nstatus:    c" or "\x1b]0;…" printed a fake status
@@ -123,3 +123,10 @@ def _cell(v: Any) -> str:
 
 def _fit(v: str, w: int) -> str:
     return v.ljust(w) if len(v) <= w else v[: max(0, w - 1)] + "…"
+
+
+def errors_below(notes: Iterable[tuple[object, object]]) -> str:
+    """Errors in full under the table, one a line: a table column cut them to its width
+    (a sentence saying what to fix ended in "…" at 120 columns or in a pipe)."""
+    lines = [f"  {who}: {safe(str(err))}" for who, err in notes if err]
+    return "\n\nerrors:\n" + "\n".join(lines) if lines else ""

@@ -13,6 +13,7 @@ import typer
 
 from tomato_mqtt.cli import common, components, passata_core
 from tomato_mqtt.cli.components import ComponentArg, ForceOpt
+from tomato_mqtt.cli.output import errors_below
 from tomato_mqtt.transport.rpc import NoResponder, Requester
 from tomato_mqtt.wire.messages import Reply
 
@@ -166,8 +167,14 @@ def _attrs_human(msg: str, data: Any) -> str:
         ("maximum", "max"),
         ("options", "options"),
     ]
-    if any("value" in r for r in rows):
+    if any("value" in r or "error" in r for r in rows):
         cols.append(("value", "value"))
-    if any("error" in r for r in rows):
-        cols.append(("error", "error"))
-    return common.table(rows, cols)
+    # an error is said whole under the table (a column cut "driver error reading
+    # 'tempe…" to its width: a driver author's tour)
+    for r in rows:
+        if "error" in r and "value" not in r:
+            r["value"] = "(error below)"
+    notes = [(r["attr"], r["error"]) for r in rows if r.get("error")]
+    if len(notes) == len(rows) > 1 and len({e for _, e in notes}) == 1:
+        notes = [("every attr", notes[0][1])]  # (a reader's: said once, not per attr)
+    return common.table(rows, cols) + errors_below(notes)

@@ -6,10 +6,10 @@ status.py declares the command; :mod:`tomato_mqtt.cli.fast` runs it without type
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 from tomato_mqtt.cli.core import Opts, run_request
-from tomato_mqtt.cli.output import safe, table
+from tomato_mqtt.cli.output import errors_below, table
 
 TYPE_CHECKING = False  # typing is ~2 ms of a one-request call: for the type checker only
 if TYPE_CHECKING:
@@ -108,7 +108,7 @@ def _components(msg: str, data: Any) -> str:
         ("jobid", "job"),
         ("capabilities", "capabilities"),
     ]
-    return table(rows, cols) + _errors_below((r["where"], r.get("error")) for r in rows)
+    return table(rows, cols) + errors_below((r["where"], r.get("error")) for r in rows)
 
 
 def _nodes(msg: str, data: Any) -> str:
@@ -174,14 +174,7 @@ def _drivers(msg: str, data: Any) -> str:
         return "no drivers"
     cols = [("name", "driver"), ("where", "nodes"), ("settings", "settings")]
     notes = ((r.get("name"), e) for r in rows for e in r["errors"] or ())
-    return table(rows, cols) + _errors_below(notes)
-
-
-def _errors_below(notes: Iterable[tuple[object, object]]) -> str:
-    """Errors in full under the table, one a line: a table column cut them to its width
-    (a sentence saying what to fix ended in "…" at 120 columns or in a pipe)."""
-    lines = [f"  {who}: {safe(str(err))}" for who, err in notes if err]
-    return "\n\nerrors:\n" + "\n".join(lines) if lines else ""
+    return table(rows, cols) + errors_below(notes)
 
 
 HUMAN = {
