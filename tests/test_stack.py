@@ -494,6 +494,7 @@ def test_restart_node_loads_its_drivers_anew_and_not_under_a_task(tmp_path: Path
         old = st.child_pid("node")
         res = st.run("tomato", "restart-node", "local")
         assert res.returncode == 1 and "node local has running tasks on" in res.stderr, res
+        assert "; --force stops them (their jobs end ce)" in res.stderr, res
         # a misspelt name is said at once, with the known ones (it waited its whole -t
         # for "no node pc9 answered … is it running?": a newcomer's tour)
         res = st.run("tomato", "restart-node", "pc9", "-t", "20")

@@ -949,7 +949,9 @@ class NodeService(Service):
         running = [n for n, hc in self.components.items() if hc.state == "running"]
         if running and not a.force:
             raise CommandError(
-                f"node {self.name} has running tasks on {', '.join(running)}", code="conflict"
+                f"node {self.name} has running tasks on {', '.join(running)}; --force stops "
+                "them (their jobs end ce)",
+                code="conflict",
             )
         log.warning("node %s: shutting down on request (force=%s)", self.name, a.force)
         self.restart_requested = True  # (its exit code says so: cli/serve.py)
