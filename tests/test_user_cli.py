@@ -131,6 +131,19 @@ def test_user_changes_that_would_cut_the_stack_off_are_refused(tmp_path: Path) -
     assert "added wall (reader, which dashboard is a name of)" in res.stdout, res  # as listed
     res = tomato(app, "user", "role", "pc2", "reader")
     assert res.returncode == 0 and "pc2 was the login of the node pc2" in res.stdout, res
+    assert "once it is away past [scheduler] node_grace_period" in res.stdout, res
+    res = tomato(app, "user", "role", "pc2", "node:pc2")
+    assert "what the node pc2 publishes as pc2 is let through again" in res.stdout, res
+    # a person's login given a node's role, and a node's login removed (an admin's tour:
+    # nothing said, and the role change's words)
+    res = tomato(app, "user", "add", "carl", "--role", "node:local", "--password", "c")
+    assert "carl may now publish as the node local" in res.stdout, res
+    res = tomato(app, "user", "remove", "pc2")
+    assert "the broker refuses it from now on (the node keeps trying)" in res.stdout, res
+    assert "drops what it publishes" not in res.stdout, res
+    assert (
+        tomato(app, "user", "add", "pc2", "--role", "node:pc2", "--password", "p").returncode == 0
+    )
     assert tomato(app, "user", "add", "bob", "--role", "admin", "--password", "b").returncode == 0
     res = tomato(app, "user", "role", "ada", "operator")
     assert res.returncode == 0 and "this PC's commands log in as ada" in res.stdout, res

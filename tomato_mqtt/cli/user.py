@@ -140,22 +140,45 @@ def _notes(
 
     out = ""
     node = node_of_role(was)
+    # a node's tasks end ce only once it is away past the grace period (a node whose
+    # old password was set back in time ended its job c: an admin's tour)
+    away = (
+        "tasks it runs end ce once it is away past [scheduler] node_grace_period (30 s by default)"
+    )
     if node is not None and what == "passwd":
         # (an admin's tour: a node's password rotated during a job, no word of what it
         # does; the node retried the old one for good, and its job ended ce)
         out += (
             f"; {name} is the login of the node {node}: the broker closes its connections "
             "(the embedded one within a second, an external one once it reads its files "
-            "again), and it cannot come back with the old password; tasks it runs end ce. "
+            f"again), and it cannot come back with the old password; {away}. "
             f"Give node {node} the new password (its --broker URL, or [mqtt] password on "
             "its PC) and restart it, best while it runs no task"
+        )
+    elif node is not None and what == "remove":
+        # (it said "the broker drops what it publishes", which is a role change's: the
+        # broker refuses a removed login outright: an admin's tour)
+        out += (
+            f"; {name} was the login of the node {node}: the broker refuses it from now "
+            f"on (the node keeps trying); {away}. Give node {node} another login of role "
+            f"node:{node}, or add {name} again"
         )
     elif node is not None and now != was:
         out += (
             f"; {name} was the login of the node {node}: while it logs in so, the broker "
-            "drops what it publishes without a word, and its jobs end ce (restart it with "
-            f"a login of role node:{node})"
+            f"drops what it publishes without a word; {away} (restart it with a login of "
+            f"role node:{node})"
         )
+    given = node_of_role(now)
+    if given is not None and given != node:
+        if name not in (given, f"tomato-node-{given}"):
+            # (a person's login given a node's role was said nothing: an admin's tour)
+            out += (
+                f"; {name} may now publish as the node {given} (its status, its "
+                f"components' data): give a node's role to that node's own login only"
+            )
+        elif what == "role":
+            out += f"; what the node {given} publishes as {name} is let through again"
     if was in ("admin", "operator") and (what == "remove" or now not in ("admin", "operator")):
         # (a hostile tour: a removed operator's queued job ran when its pipeline was
         # made ready, with nothing said at the removal; an admin's: a demoted one's too,
