@@ -101,6 +101,18 @@ def test_roles_on_a_secured_stack(
         assert res.returncode == 1, res
         assert "the scheduler's status says offline" in res.stderr, res.stderr
         assert "may not ask it" not in res.stderr, res.stderr
+        # a second stop: nothing to stop, at once (it waited 5 s for "no scheduler
+        # answered … it may still stop the stack": an admin's tour)
+        t0 = time.monotonic()
+        res = st.run("tomato", "stop", *as_user(st, "ada"), timeout=60)
+        assert res.returncode == 1 and time.monotonic() - t0 < 4, res
+        assert "nothing to stop: the scheduler of instance" in res.stderr, res.stderr
+        assert "says it is offline (stopped)" in res.stderr, res.stderr
+        # an instance nothing ran under is said so (it was blamed on the login)
+        res = st.run("tomato", "status", "-t", "2", "--instance", "lab2", *as_user(st, "ada"))
+        assert res.returncode == 1, res
+        said = "no scheduler status of instance 'lab2' is kept on this broker: is the instance"
+        assert said in res.stderr, res.stderr
 
 
 def roles(st: Stack, tmp_path: Path, kind: str) -> None:

@@ -367,8 +367,10 @@ def status_section(ctx: CallContext, what: str, timeout: float) -> dict[str, Any
     return reply.data if reply.success and isinstance(reply.data, dict) else None
 
 
-def _scheduler_state(ctx: CallContext) -> str | None:
-    """The ``state`` of the scheduler's retained status (None: none, or unreadable)."""
+def scheduler_state(ctx: CallContext) -> str | None:
+    """The ``state`` of the scheduler's retained status ("": none retained, as for an
+    instance never started on this broker or a login that may not read it; None:
+    unreadable)."""
     from tomato_mqtt import jsonlite
     from tomato_mqtt.transport import oneshot
 
@@ -377,7 +379,9 @@ def _scheduler_state(ctx: CallContext) -> str | None:
     try:
         with oneshot.Exchange(ctx.url, ctx.topics.reply, timeout=2.0) as ex:
             raw = ex.retained(ctx.topics.scheduler_status(), 0.5)
-        doc = jsonlite.loads(raw) if raw else None
+        if not raw:
+            return ""
+        doc = jsonlite.loads(raw)
     except (oneshot.OneShotError, ValueError):
         return None
     state = doc.get("state") if isinstance(doc, dict) else None
@@ -410,7 +414,7 @@ def oneshot_failed(
             # same as a scheduler that is down (an admin's tour); unless the scheduler's
             # retained status says it is not running (an admin's after `tomato stop`
             # was told it may not ask it: another tour)
-            state = _scheduler_state(ctx)
+            state = scheduler_state(ctx)
             if state in ("offline", "lost", "stopping"):
                 hint = f"; the scheduler's status says {state}"
             elif e.asked and e.me is not None:  # it answered whoami meanwhile: it runs
@@ -420,6 +424,13 @@ def oneshot_failed(
                     f"; if the scheduler runs, the login {ctx.url.username!r} may not ask "
                     "it (a node's login may not: check -b/--broker and TOMATO_BROKER)"
                 )
+                if state == "":  # (a misspelt --instance was blamed on the login: an
+                    # admin's tour)
+                    hint = (
+                        f"; no scheduler status of instance {ctx.instance!r} is kept on "
+                        f"this broker: is the instance right (--instance, [mqtt] "
+                        f"instance)?{hint.replace('; if', ' If', 1)}"
+                    )
         fail(f"{e} ({ctx.where()}){unanswered}{hint}")
     if isinstance(e, oneshot.Refused):
         fail(f"{e} ({ctx.where()})")

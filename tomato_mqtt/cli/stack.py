@@ -131,6 +131,14 @@ def stop(
     except ConfigError as e:
         s, bad = None, e
     pid = live_supervisor(s.datadir, ctx.url.port) if s else None
+    if pid is None and core.scheduler_state(ctx) == "offline":
+        # a stack stopped already, its broker external: "nothing to stop" at once (it
+        # waited 5 s for "no scheduler answered … if it is only slow, it may still stop
+        # the stack": an admin's tour)
+        fail(
+            f"nothing to stop: the scheduler of instance {ctx.instance} on "
+            f"{ctx.url} says it is offline (stopped)"
+        )
     if pid is None and s is not None:
         # started with -D, stopped without it: "stopped" was said at once while the stack
         # still ran, and a `tomato start` right after started a second one (fault
