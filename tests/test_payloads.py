@@ -317,7 +317,29 @@ def _task(ver: str, **changes: Any) -> dict[str, Any]:
             "field required",
             id="v1.0-tag",
         ),
+        # another version's name of a key (a driver author's tour: "unknown field", and
+        # "field required" beside it)
+        pytest.param(
+            _task("1.0", task_params={"param": "1 s"}),
+            "method[0].task_params",
+            "unknown field: did you mean 'technique_params'? ('task_params' is its name in "
+            "other payload versions)",
+            id="v1.0-task-params",
+        ),
+        pytest.param(
+            _task("2.1", component_role=None, component_tag="counter"),
+            "method[0].component_role",
+            "field required; the task has 'component_tag': did you mean 'component_role'? "
+            "('component_tag' is its name in other payload versions)",
+            id="v2.1-component-tag",
+        ),
         pytest.param({"version": "2.2", "method": "all"}, "user", "field required", id="several"),
+        pytest.param(
+            {k: v for k, v in _v("2.2").items() if k != "user"},
+            "user",
+            "field required (payload version 2.2 names who runs it: user: {identifier: ",
+            id="v2.2-no-user",
+        ),
     ],
 )
 def test_invalid_payloads_name_the_field(doc: dict[str, Any], location: str, words: str) -> None:

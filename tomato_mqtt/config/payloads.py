@@ -391,18 +391,47 @@ def _with_near_key(
     import difflib
 
     head, _, last = loc.rpartition(".")
+    if loc == "user" and reason.startswith("field required"):
+        # what to write (a 2.2 payload without it said just that: a driver author's tour)
+        who = f"user: {{identifier: {login_name()}}}"
+        return f"{reason} (payload version 2.2 names who runs it: {who})"
     if reason.startswith("field required"):
-        keys = _keys_at(written, head)
-        near = difflib.get_close_matches(last, [k for k in keys if k != last], n=1, cutoff=0.75)
+        keys = [k for k in _keys_at(written, head) if k != last]
+        # another version's name of it first (`component_tag` in a 2.1 payload, which
+        # calls it `component_role`: a driver author's tour)
+        near = [k for k in keys if k in _other_names(last)]
+        near = near or difflib.get_close_matches(last, keys, n=1, cutoff=0.75)
         if near:
             owner = "the task" if head.startswith("method[") else f"the {head or 'payload'}"
-            return f"{reason}; {owner} has {near[0]!r}: did you mean {last!r}?"
+            other = (
+                f" ({near[0]!r} is its name in other payload versions)"
+                if near[0] in _other_names(last)
+                else ""
+            )
+            return f"{reason}; {owner} has {near[0]!r}: did you mean {last!r}?{other}"
     elif reason.startswith("unknown field") and model is not None:
         known = [k for k in _fields_at(model, head) if k != last]
+        near = [k for k in known if k in _other_names(last)]
+        if near:  # (`task_params` in a 1.0 payload, which calls it `technique_params`)
+            return (
+                f"{reason}: did you mean {near[0]!r}? ({last!r} is its name in other "
+                "payload versions)"
+            )
         near = difflib.get_close_matches(last, known, n=1, cutoff=0.75)
         if near:
             return f"{reason}: did you mean {near[0]!r}?"
     return reason
+
+
+def _other_names(key: str) -> set[str]:
+    """The names ``key``'s field has in other payload versions (_RENAMED, both ways)."""
+    names, more = {key}, {key}
+    while more:
+        pairs = [(a, b) for step in _RENAMED.values() for a, b in step.items()]
+        found = {b for a, b in pairs if a in more} | {a for a, b in pairs if b in more}
+        more = found - names
+        names |= more
+    return names - {key}
 
 
 def _keys_at(written: Any, where: str) -> list[str]:

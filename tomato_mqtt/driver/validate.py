@@ -20,6 +20,7 @@ from types import ModuleType
 from typing import Any
 
 from tomato_mqtt.driver.spec import AttrSpec
+from tomato_mqtt.errors import nearest
 
 __all__ = ["TaskValidationError", "coerce_value", "to_jsonable", "validate_task"]
 
@@ -282,9 +283,14 @@ def validate_task(
     for name, val in task_params.items():
         spec = attrs.get(name)
         if spec is None:
-            known = ", ".join(sorted(attrs)) or "none"
+            # the attributes a task may set, and the one meant (read-only ones were listed
+            # as known, and `ramprate` got no word of `ramp_rate`: a driver author's tour)
+            settable = sorted(a for a, s in attrs.items() if s.rw)
+            near = nearest(name, settable)
+            hint = f"did you mean {near!r}? " if near else ""
             raise TaskValidationError(
-                f"unknown parameter {name!r} for technique {technique_name!r} (known: {known})"
+                f"unknown parameter {name!r} for technique {technique_name!r} ({hint}a task "
+                f"may set: {', '.join(settable) or 'none'})"
             )
         if not spec.rw:
             raise TaskValidationError(
