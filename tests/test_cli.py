@@ -141,6 +141,21 @@ def test_reload_without_changes(stack: Stack) -> None:
     assert "reload done" in res.stdout
     out = stack.json("tomato", "reload")
     assert out["success"]
+    # warnings one a line for people (one line of 2,000 characters: a driver author's
+    # tour); the message of --json stays one line
+    devices = stack.appdir / "devices.yml"
+    text = devices.read_text()
+    devices.write_text(text.replace("    pollrate: 1\n", "    pollrate: 1\n    comment: b\n", 1))
+    try:
+        res = stack.run("tomato", "reload")
+        head, _, said = res.stdout.partition("\n\nwarnings:\n")
+        assert res.returncode == 0 and head == "reload done: no changes", res.stdout
+        assert said.startswith(f"  {devices}: devices[0] ") and "unknown key 'comment'" in said
+        msg = stack.json("tomato", "reload")["msg"]
+        assert msg.startswith("reload done: no changes; warning: ") and "\n" not in msg, msg
+    finally:
+        devices.write_text(text)
+        stack.run("tomato", "reload", check=True)
 
 
 # -- ketchup -------------------------------------------------------------------------------

@@ -510,4 +510,13 @@ def ask_scheduler(opts: Opts, op: str, args: Mapping[str, Any]) -> None:
     reply = run_request(
         ctx, ctx.topics.scheduler_cmd(op), args, timeout=opts.timeout, unanswered=later
     )
-    opts.output().reply(reply, lambda _data: reply.msg)
+    opts.output().reply(reply, lambda _data: by_line(reply.msg))
+
+
+def by_line(msg: str) -> str:
+    """A reply's message for people: its warnings one a line under what was done (a
+    reload's answer was one line of 2,000 characters: a driver author's tour)."""
+    head, *warnings = msg.split("; warning: ")
+    if not warnings:
+        return msg
+    return head + "\n\nwarnings:\n" + "\n".join(f"  {w}" for w in warnings)
