@@ -135,6 +135,23 @@ def test_status_sections_human_and_json(stack: Stack) -> None:
     assert res.returncode != 0
 
 
+def test_status_names_the_broker_this_call_came_by_where_it_differs(stack: Stack) -> None:
+    """An admin's tour: a user on another PC read the scheduler's loopback address of the
+    broker as where the stack is."""
+    res = stack.run("tomato", "status", "-b", f"mqtt://localhost:{stack.port}")
+    line = next(x for x in res.stdout.splitlines() if x.startswith("  broker:"))
+    assert line == (
+        f"  broker:    mqtt://127.0.0.1:{stack.port} (the scheduler's; this call came by "
+        f"mqtt://localhost:{stack.port})"
+    ), res.stdout
+    res = stack.run("tomato", "status")
+    assert f"  broker:    mqtt://127.0.0.1:{stack.port}\n" in res.stdout, res.stdout
+    assert (
+        stack.json("tomato", "status", "-b", f"mqtt://localhost:{stack.port}")["data"]["broker"]
+        == f"mqtt://127.0.0.1:{stack.port}"
+    )  # --json as the scheduler says it
+
+
 def test_reload_without_changes(stack: Stack) -> None:
     res = stack.run("tomato", "reload")
     assert res.returncode == 0, res.stderr

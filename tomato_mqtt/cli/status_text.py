@@ -27,15 +27,20 @@ def _rows(data: Any) -> list[Mapping[str, Any]]:
     return [r for r in data if isinstance(r, Mapping)]
 
 
-def _scheduler(msg: str, data: Any) -> str:
+def _scheduler(msg: str, data: Any, came_by: str | None = None) -> str:
     if not isinstance(data, Mapping):
         return msg
     beat = data.get("heartbeat")
+    broker = data.get("broker")
+    if came_by and isinstance(broker, str) and broker.split("://")[-1] != came_by.split("://")[-1]:
+        # the scheduler's own address of the broker (its PC's loopback, often): a user on
+        # another PC is told the one they came by too (an admin's tour)
+        broker = f"{broker} (the scheduler's; this call came by {came_by})"
     fields = [
         ("state", data.get("state")),
         ("instance", data.get("instance")),
         ("version", data.get("version")),
-        ("broker", data.get("broker")),
+        ("broker", broker),
         ("running", data.get("jobs_running")),
         ("queued", data.get("jobs_queued")),
         ("heartbeat", f"{time.time() - beat:.1f} s ago" if isinstance(beat, float) else None),
@@ -197,4 +202,8 @@ def show(opts: Opts, section: str) -> None:
         ctx, ctx.topics.scheduler_cmd("status"), {"what": section}, timeout=opts.timeout
     )
     human = HUMAN[section]
+    if section == "scheduler":
+        came_by = str(ctx.url)
+        opts.output().reply(reply, lambda data: _scheduler(reply.msg, data, came_by))
+        return
     opts.output().reply(reply, lambda data: human(reply.msg, data))
