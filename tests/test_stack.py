@@ -492,6 +492,9 @@ def test_restart_node_loads_its_drivers_anew_and_not_under_a_task(tmp_path: Path
     with running_stack(tmp_path) as st:
         jobid = _running_long_job(st, tmp_path)
         old = st.child_pid("node")
+        # its configuration said once (the same one twice at every start: an admin's tour)
+        log = (st.logdir / "node-local.log").read_text()
+        assert log.count("node local: configured with") == 1, log
         res = st.run("tomato", "restart-node", "local")
         assert res.returncode == 1 and "node local has running tasks on" in res.stderr, res
         assert "; --force stops them (their jobs end ce)" in res.stderr, res

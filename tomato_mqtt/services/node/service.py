@@ -218,6 +218,7 @@ class NodeService(Service):
         #: why it stopped at once: its name is another running node's (_refuse)
         self.refused: str | None = None
         self._warned_unconfigured = False
+        self._last_configure: NodeConfigure | None = None  # (said again only if it differs)
         self.name = config.name
         self.data = DataPath(self)
         self.ops = ComponentOps(self)
@@ -808,13 +809,15 @@ class NodeService(Service):
 
     async def _configure(self, args: Mapping[str, JsonValue]) -> Result:
         cfg = NodeConfigure.model_validate(args)
-        log.info(
-            "node %s: configured with %d component(s)%s",
-            self.name,
-            len(cfg.components),
-            " (after all)" if self._warned_unconfigured else "",
-            extra=CONSOLE,
-        )
+        if cfg != self._last_configure:  # (said twice at every start: an admin's tour)
+            log.info(
+                "node %s: configured with %d component(s)%s",
+                self.name,
+                len(cfg.components),
+                " (after all)" if self._warned_unconfigured else "",
+                extra=CONSOLE,
+            )
+        self._last_configure = cfg
         if self._configured is not None:
             self._configured.set()
         discovery.refresh()  # a reload finds driver packages installed since
