@@ -248,18 +248,27 @@ def node(
     )
     if logdir is not None:  # (said once connected: it printed nothing while it worked)
         svc.log_file = logdir / f"node-{node_name}.log"
+    from tomato_mqtt.services.launch import EXIT_NAME_TAKEN, EXIT_RESTART_REQUESTED
+
+    def exit_code() -> int:
+        """What the node process exits with once stopped (its supervisor reads it)."""
+        if svc.refused is not None and not by_hand:  # its name is another node's
+            return EXIT_NAME_TAKEN
+        if svc.restart_requested and not by_hand:  # its supervisor starts it again at once
+            return EXIT_RESTART_REQUESTED
+        return 0
+
+    # a thread in a driver call that never returns holds the interpreter at its exit:
+    # the process ends all the same, with this code (a driver author's tour)
+    svc.exit_code_if_stuck = exit_code
     try:
         svc.run_sync()
     except SystemExit:
-        if svc.refused is not None and not by_hand:  # its name is another node's
-            from tomato_mqtt.services.launch import EXIT_NAME_TAKEN
-
+        if exit_code() == EXIT_NAME_TAKEN:
             raise SystemExit(EXIT_NAME_TAKEN) from None
         raise
-    if svc.restart_requested and not by_hand:  # its supervisor starts it again at once
-        from tomato_mqtt.services.launch import EXIT_RESTART_REQUESTED
-
-        raise SystemExit(EXIT_RESTART_REQUESTED)
+    if exit_code():
+        raise SystemExit(exit_code())
 
 
 # -- the command line -----------------------------------------------------------------------

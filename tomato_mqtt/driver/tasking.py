@@ -52,10 +52,6 @@ class _Run:
         self.stop_reason: str | None = None
 
 
-#: s close() waits for a call into the driver (other than the worker's) to end
-CLOSE_WAIT = 1.0
-
-
 class TaskRunner(abc.ABC, Generic[D]):
     """One component's task state, worker thread and buffer (see the module docstring).
 
@@ -242,8 +238,10 @@ class TaskRunner(abc.ABC, Generic[D]):
         if run is not None:
             raise RuntimeError(f"cannot {what}: task {_describe(run.task)} is running")
 
-    def close(self) -> None:
-        """Stop any task, end the worker thread and close the device. Idempotent."""
+    def close(self, wait: float | None = None) -> None:
+        """Stop any task, end the worker thread and close the device. Idempotent.
+        ``wait``: at most so many seconds for a call into the driver under way (then the
+        device is left open: a call that never returns; None: as long as it takes)."""
         with self._cv:
             if self._closed:
                 return
@@ -253,12 +251,13 @@ class TaskRunner(abc.ABC, Generic[D]):
         thread = self._thread
         if threading.current_thread() is not thread:
             thread.join(self.stop_wait)
-            if thread.is_alive():
+            if thread.is_alive():  # in a call into the driver that does not return
                 log.warning("runner of %s: worker did not end in time", self.key)
-        # a call into the driver that never returns holds the lock for good: the device
-        # is left to the process's exit (a node asked to restart waited for it, offline,
-        # for good: a driver author's tour)
-        if not self._dev_lock.acquire(timeout=CLOSE_WAIT):
+                wait = 0.0 if wait is not None else None
+        # a call into the driver that never returns holds the lock for good: a stopping
+        # node leaves the device to the process's exit (asked to restart, it waited for
+        # it, offline, for good: a driver author's tour)
+        if not self._dev_lock.acquire(timeout=-1 if wait is None else wait):
             log.warning(
                 "runner of %s: a driver call has not returned (a hung instrument?): "
                 "its device is not closed",

@@ -126,9 +126,12 @@ def _load_units() -> None:
 
 #: s a driver may take to connect to a component's instrument before its status says so
 SLOW_CONNECT = 10.0
-#: s a node's stop may take before it just exits (Node._exit_if_stuck): a hung task's
-#: component is let go after TaskRunner.stop_wait (10 s)
-STOP_STUCK = 30.0
+#: s a stopped node's process may take to end before it just exits (_exit_if_stuck)
+EXIT_STUCK = 5.0
+#: s a stopping node waits for a driver call under way, past its runner's stop_wait, to
+#: close the device (then it is left to the process's exit); a `passata set` may take
+#: DEVICE_WAIT (3 s)
+CLOSE_WAIT = 5.0
 
 #: heartbeats a node may miss before another of its name takes it for gone
 GONE_AFTER = 2.5
@@ -219,6 +222,9 @@ class NodeService(Service):
         self.refused: str | None = None
         self._warned_unconfigured = False
         self._last_configure: NodeConfigure | None = None  # (said again only if it differs)
+        #: a node process's exit code once stopped (cli/serve.py): set, a process that
+        #: does not end after the teardown exits with it (_exit_if_stuck)
+        self.exit_code_if_stuck: Callable[[], int] | None = None
         self.name = config.name
         self.data = DataPath(self)
         self.ops = ComponentOps(self)
@@ -363,46 +369,17 @@ class NodeService(Service):
         return [self.data.loop()]
 
     async def drain(self) -> None:
-        self._exit_if_stuck()
         for hc in self.components.values():
             if hc.runner is not None and hc.runner.running:
                 hc.runner.stop_task("node shutting down")
         await self.data.flush_all()
-
-    def _exit_if_stuck(self) -> None:
-        """The last resort of a stop that does not end: a driver call that never returns
-        (an instrument's constructor, a reset) holds a thread the interpreter waits for
-        at exit. A node asked to restart was offline for good, never started again (a
-        driver author's tour); past STOP_STUCK it exits, with the exit code it would have
-        had, so that its supervisor starts it again."""
-        import threading
-
-        restart = self.restart_requested and bool(os.environ.get(SUPERVISOR_PID_ENV))
-
-        def exit_now() -> None:
-            time.sleep(STOP_STUCK)
-            log.error(
-                "node %s: not stopped %g s after its stop began (a driver call that does "
-                "not return: a hung instrument?): exiting now%s",
-                self.name,
-                STOP_STUCK,
-                "; its supervisor starts it again" if restart else "",
-            )
-            logging.shutdown()
-            from tomato_mqtt.services.launch import EXIT_RESTART_REQUESTED
-
-            os._exit(EXIT_RESTART_REQUESTED if restart else 1)
-
-        threading.Thread(target=exit_now, name="stop-stuck", daemon=True).start()
 
     async def teardown(self) -> None:
         if self._recheck is not None and not self._recheck.done():
             # a name check after a freeze, under way as the node stops (a test saw it
             # left pending by a stopping node)
             await cancel_and_wait({self._recheck})
-        for hc in self.components.values():
-            if hc.runner is not None:
-                hc.runner.close()
+        self._close_runners()
         self.drivers.close_all()  # an upstream driver's host process ends here
         if self._units_loaded is not None:
             with contextlib.suppress(Exception):
@@ -414,6 +391,48 @@ class NodeService(Service):
                 await self.data.flush_all()
             self.spool.close()
             self.spool = None
+        if self.exit_code_if_stuck is not None:
+            self._exit_if_stuck(self.exit_code_if_stuck)
+
+    def _close_runners(self) -> None:
+        """Close every component's runner at once, each on a thread of its own, within
+        one bound: a driver call that never returns holds its component's thread, not
+        the others' closes nor the node's stop (closed one after another, each hung one
+        took 11-16 s: a review)."""
+        import threading
+
+        runners = [hc.runner for hc in self.components.values() if hc.runner is not None]
+        threads = [
+            threading.Thread(target=r.close, args=(CLOSE_WAIT,), name="close", daemon=True)
+            for r in runners
+        ]
+        for t in threads:
+            t.start()
+        deadline = time.monotonic() + max((r.stop_wait for r in runners), default=0) + CLOSE_WAIT
+        for t in threads:
+            t.join(max(0.0, deadline - time.monotonic()) + 1.0)
+
+    def _exit_if_stuck(self, code: Callable[[], int]) -> None:
+        """After the teardown (the spool flushed and closed): the process exits within
+        EXIT_STUCK however its threads stand. A thread in a driver call that never
+        returns (an instrument's constructor, say) held the interpreter at its exit, so a
+        node asked to restart was offline for good, never started again (a driver
+        author's tour). Only a node process asks for it (cli/serve.py), with the exit
+        code its end would have had."""
+        import threading
+
+        def exit_now() -> None:
+            time.sleep(EXIT_STUCK)
+            log.error(
+                "node %s: stopped, and its process has not ended %g s later (a driver "
+                "call that does not return: a hung instrument?): exiting now",
+                self.name,
+                EXIT_STUCK,
+            )
+            logging.shutdown()
+            os._exit(code())
+
+        threading.Thread(target=exit_now, name="exit-stuck", daemon=True).start()
 
     async def on_connect(self) -> None:  # a reconnect
         try:
