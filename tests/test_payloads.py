@@ -825,3 +825,16 @@ def test_the_broken_payloads_of_cli_md_say_what_it_shows(name: str, said: str) -
         parse_payload(read_payload_file(CONFIG / name))
     assert str(ei.value) == said, str(ei.value)
     assert f"payload refused: config/{name}: {said}" in (CONFIG.parent / "docs/cli.md").read_text()
+
+
+def test_a_2_2_payload_without_its_user_is_told_what_to_write() -> None:
+    """A driver author's tour: "user: field required", nothing more. The submitter's name
+    is given (not the scheduler's own login: a review); `name` is another version's key
+    of the sample only."""
+    doc = {k: v for k, v in _v("2.2").items() if k != "user"}
+    with pytest.raises(PayloadError) as ei:
+        parse_payload(doc, user="alice")
+    assert ei.value.reason.endswith("who runs it: user: {identifier: alice})"), ei.value
+    with pytest.raises(PayloadError) as ei:
+        parse_payload({**doc, "user": {"name": "alice"}}, user="alice")
+    assert str(ei.value) == "user.identifier: field required", ei.value

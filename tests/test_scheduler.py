@@ -215,20 +215,30 @@ async def test_a_recorder_on_another_pc_tells_the_scheduler_which_ids_are_used(
 
 
 async def test_a_recorder_status_with_an_implausible_job_id_moves_no_ids(
-    broker: RunningBroker, tmp_path: Path, instance: str
+    broker: RunningBroker, tmp_path: Path, instance: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A hostile tour: a forged recorder status with ``highest_job`` 2**63-1 was stored
     as the next id: every later submit failed ("no such savepoint"), for good. An id
     beyond any lab's (model.jobs.PLAUSIBLE_ID) is said and not taken."""
+    import logging
+
     from tomato_mqtt.wire.messages import RecorderStatus, encode
 
     topics = Topics(instance)
-    async with client(f"mqtt://127.0.0.1:{broker.port}") as c:
-        seen = RecorderStatus(state="online", heartbeat=time.time(), highest_job=2**63 - 1)
-        await c.publish(topics.recorder_status(), encode(seen), retain=True)
+    doc = yaml.safe_load((CONFIG / "counter_v2.2.yml").read_text())
     async with inproc_stack(broker.port, tmp_path, instance) as st:
         await st.call("pipeline_load", {"pipeline": "pip-counter-1", "sampleid": "s1"})
-        doc = yaml.safe_load((CONFIG / "counter_v2.2.yml").read_text())
+        with caplog.at_level(logging.WARNING, logger="tomato_mqtt.services.scheduler"):
+            async with client(f"mqtt://127.0.0.1:{broker.port}") as c:
+                seen = RecorderStatus(state="online", heartbeat=time.time(), highest_job=2**63 - 1)
+                await c.publish(topics.recorder_status(), encode(seen))
+            said = f"job ids not moved past {2**63 - 1} (seen in the recorder's status)"
+            for _ in range(100):
+                if any(said in r.getMessage() for r in caplog.records):
+                    break
+                await asyncio.sleep(0.05)
+            else:
+                raise AssertionError([r.getMessage() for r in caplog.records])
         for want in (1, 2):
             job = await st.call("job_submit", {"payload": doc, "submit_dir": str(tmp_path)})
             assert job.id == want, job

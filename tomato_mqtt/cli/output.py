@@ -128,5 +128,5 @@ def _fit(v: str, w: int) -> str:
 def errors_below(notes: Iterable[tuple[object, object]]) -> str:
     """Errors in full under the table, one a line: a table column cut them to its width
     (a sentence saying what to fix ended in "…" at 120 columns or in a pipe)."""
-    lines = [f"  {who}: {safe(str(err))}" for who, err in notes if err]
+    lines = [f"  {safe(str(who))}: {safe(str(err))}" for who, err in notes if err]
     return "\n\nerrors:\n" + "\n".join(lines) if lines else ""

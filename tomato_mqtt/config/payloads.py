@@ -54,6 +54,11 @@ _RENAMED: dict[str, dict[str, str]] = {
 }
 
 
+#: renamed fields of one place only (``name`` is the sample's: a user's `name` is no
+#: `identifier` of an older version: a review)
+_RENAMED_AT = {"identifier": "sample"}
+
+
 class PayloadError(ValueError):
     """A payload that cannot be parsed; ``location`` is the field path, e.g. ``method[0]``."""
 
@@ -177,7 +182,7 @@ def parse_payload(data: Mapping[str, Any], user: str | None = None) -> Payload:
     try:
         payload: Any = module.Payload.model_validate(doc)
     except ValidationError as e:
-        raise _from_validation_error(e, doc, written=doc, model=module.Payload) from None
+        raise _from_validation_error(e, doc, written=doc, model=module.Payload, user=user) from None
     while version != LATEST_VERSION:
         nxt = _NEXT[version]
         try:
@@ -345,12 +350,15 @@ def _from_validation_error(
     step: tuple[str, str] | None = None,
     written: Mapping[str, Any] | None = None,
     model: Any = None,
+    user: str | None = None,
 ) -> PayloadError:
     import re
 
     problems = describe_validation_error(err, data)
     if step is None:
-        problems = [(loc, _with_near_key(written, loc, reason, model)) for loc, reason in problems]
+        problems = [
+            (loc, _with_near_key(written, loc, reason, model, user)) for loc, reason in problems
+        ]
     else:
         renamed = _RENAMED.get(step[0], {})
         fixed = []
@@ -382,7 +390,11 @@ def _from_validation_error(
 
 
 def _with_near_key(
-    written: Mapping[str, Any] | None, loc: str, reason: str, model: Any = None
+    written: Mapping[str, Any] | None,
+    loc: str,
+    reason: str,
+    model: Any = None,
+    user: str | None = None,
 ) -> str:
     """``reason`` with the key one typo away, where there is one: a required key the
     payload has misspelt (in a task, the sample, at the top), or a key no field is named
@@ -393,25 +405,25 @@ def _with_near_key(
     head, _, last = loc.rpartition(".")
     if loc == "user" and reason.startswith("field required"):
         # what to write (a 2.2 payload without it said just that: a driver author's tour)
-        who = f"user: {{identifier: {login_name()}}}"
+        # (the submitter's name, not the scheduler's login: a review)
+        who = f"user: {{identifier: {user or login_name()}}}"
         return f"{reason} (payload version 2.2 names who runs it: {who})"
     if reason.startswith("field required"):
         keys = [k for k in _keys_at(written, head) if k != last]
         # another version's name of it first (`component_tag` in a 2.1 payload, which
         # calls it `component_role`: a driver author's tour)
-        near = [k for k in keys if k in _other_names(last)]
+        others = _other_names(last, head)
+        near = [k for k in keys if k in others]
         near = near or difflib.get_close_matches(last, keys, n=1, cutoff=0.75)
         if near:
             owner = "the task" if head.startswith("method[") else f"the {head or 'payload'}"
             other = (
-                f" ({near[0]!r} is its name in other payload versions)"
-                if near[0] in _other_names(last)
-                else ""
+                f" ({near[0]!r} is its name in other payload versions)" if near[0] in others else ""
             )
             return f"{reason}; {owner} has {near[0]!r}: did you mean {last!r}?{other}"
     elif reason.startswith("unknown field") and model is not None:
         known = [k for k in _fields_at(model, head) if k != last]
-        near = [k for k in known if k in _other_names(last)]
+        near = [k for k in known if k in _other_names(last, head)]
         if near:  # (`task_params` in a 1.0 payload, which calls it `technique_params`)
             return (
                 f"{reason}: did you mean {near[0]!r}? ({last!r} is its name in other "
@@ -423,11 +435,17 @@ def _with_near_key(
     return reason
 
 
-def _other_names(key: str) -> set[str]:
-    """The names ``key``'s field has in other payload versions (_RENAMED, both ways)."""
+def _other_names(key: str, where: str) -> set[str]:
+    """The names ``key``'s field at ``where`` (``method[0]``, ``sample``) has in other
+    payload versions (_RENAMED, both ways)."""
     names, more = {key}, {key}
     while more:
-        pairs = [(a, b) for step in _RENAMED.values() for a, b in step.items()]
+        pairs = [
+            (a, b)
+            for step in _RENAMED.values()
+            for a, b in step.items()
+            if _RENAMED_AT.get(a, where) == where
+        ]
         found = {b for a, b in pairs if a in more} | {a for a, b in pairs if b in more}
         more = found - names
         names |= more

@@ -640,6 +640,13 @@ class Responder:
     async def _send_encoded(self, topic: str, data: bytes) -> None:
         try:
             await self.client.publish(topic, data, qos=1, wait=False)
+            if self._unsent:  # the tail of a run of failures, said once a send works
+                log.warning(
+                    "%s: %d more replies could not be sent (a flood's end?)",
+                    self.name,
+                    self._unsent,
+                )
+                self._unsent = 0
         except Exception as e:
             # said once a second, with the count (a flood of requests on an open stack
             # filled the client's queue: a line per reply, 16,490 in 10 s: a hostile tour)

@@ -99,10 +99,20 @@ def _refuse(name: str) -> Any:
 
 def _nonfinite(payload: bytes | str) -> bool:
     """Whether ``payload`` (valid JSON) holds ``NaN``, ``Infinity`` or ``-Infinity`` outside
-    its strings: only a payload with those letters is parsed again to find out."""
+    its strings: only a payload with those letters is parsed again to find out, by
+    orjson (which refuses them; ~4x pydantic's speed), then, where orjson refuses it for
+    another reason (an integer beyond 64 bits), by json."""
     raw = payload.encode() if isinstance(payload, str) else bytes(payload)
-    if b"NaN" not in raw and b"Infinity" not in raw:
+    # (one byte's search is a memchr: ~10 µs a MB; a data batch has neither letter)
+    if (b"N" not in raw or b"NaN" not in raw) and (b"I" not in raw or b"Infinity" not in raw):
         return False
+    import orjson
+
+    try:
+        orjson.loads(raw)
+        return False
+    except orjson.JSONDecodeError:
+        pass
     import json
 
     try:

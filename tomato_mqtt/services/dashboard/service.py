@@ -130,11 +130,17 @@ def page_json(msg: Any) -> str:
     """``msg`` as the page's JSON: a NaN or an infinity (which no message decoded from the
     wire carries, wire.base.decode) goes as null, not as ``NaN``, which the page's
     ``JSON.parse`` refuses: the whole update was lost, and every page showed nothing."""
+    global _nan_said
     try:
         return json.dumps(msg, separators=(",", ":"), allow_nan=False)
     except ValueError:
-        log.warning("a page update held a NaN or an infinity: sent as null")
+        if time.monotonic() - _nan_said >= 60:  # (once a minute, not per page: a review)
+            _nan_said = time.monotonic()
+            log.warning("a page update held a NaN or an infinity: sent as null")
         return json.dumps(_finite(msg), separators=(",", ":"), allow_nan=False)
+
+
+_nan_said = -60.0  # when page_json last said it sent a NaN as null
 
 
 def _finite(obj: Any) -> Any:
