@@ -669,6 +669,22 @@ def test_loudness_before_the_command_is_taken_as_tomato_2_2_takes_it(
     assert "is an option of a command" not in typed.output
 
 
+def test_an_external_broker_that_is_down_is_said_to_be_started(tmp_path: Path) -> None:
+    """A fault-injection run: with Mosquitto stopped, every call said "is tomato-mqtt
+    running? `tomato start` starts it", and the start answered "already running"."""
+    (tmp_path / "settings.toml").write_text("[broker]\nembedded = false\n")
+    port = free_port()
+    for tool, args in (("ketchup", ["status"]), ("tomato", ["status"])):
+        cmd = [str(BIN / tool), *args, "-A", str(tmp_path), "-p", str(port), "-t", "1"]
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+        assert res.returncode == 1, (res.stdout, res.stderr)
+        assert res.stderr.rstrip().endswith(
+            "the broker is not the embedded one ([broker] embedded = false): is it running? "
+            "Start it; tomato-mqtt's services reconnect by themselves"
+        ), res.stderr
+        assert "`tomato start` starts it" not in res.stderr, res.stderr
+
+
 def test_common_options_reach_the_command(tmp_path: Path) -> None:
     """The values given after the arguments are the ones the request uses."""
     from typer.testing import CliRunner

@@ -686,6 +686,64 @@ def test_a_datadir_on_a_full_disk_is_said_before_anything_starts(tmp_path: Path)
     assert not started and "Traceback" not in said, (started, said)
 
 
+def test_an_emptied_state_file_is_refused_and_an_empty_settings_file_said(
+    tmp_path: Path,
+) -> None:
+    """A fault-injection run: a state file emptied (0 bytes) was taken for a new one,
+    the queue and the samples gone, said in the scheduler's log only; an emptied
+    settings.toml started another stack (port 1883, the default data folder) without a
+    word. The first is refused where jobs ran before, the second said."""
+    st = make_stack(tmp_path)
+    (st.appdir / "settings.toml").write_text("")
+    data = tmp_path / "data"
+    (data / "Jobs" / "16").mkdir(parents=True)  # a job ran here
+    (data / "state.sqlite").write_bytes(b"")
+    res = st.run("tomato", "start", "-D", str(data), "-L", str(st.logdir), timeout=60)
+    assert res.returncode == 1, (res.stdout, res.stderr)
+    said = res.stderr.strip().splitlines()
+    assert said[0] == (
+        f"warning: {st.appdir / 'settings.toml'} is empty: every setting is its default "
+        f"(port {st.port}, data folder {data}): a file cut short? `tomato init` writes one"
+    ), said
+    assert said[-1].startswith(
+        f"error: the scheduler's state file {data / 'state.sqlite'} cannot be read (it is "
+        f"empty, while the job folder {data / 'Jobs' / '16'} has job 16): nothing was started"
+    ), said
+    assert not list(data.glob("*.pid")), "a service of the refused start runs"
+
+
+def test_a_devices_file_cut_short_keeps_the_pipelines_samples(tmp_path: Path) -> None:
+    """A fault-injection run: a devices file cut in half (its `pipelines:` gone) started
+    a stack with no pipeline, without a word, and every pipeline's sample was gone when
+    the file was put back. Said, and the samples kept."""
+    from tests.stack import started
+
+    st = make_stack(tmp_path)
+    devices = st.appdir / "devices.yml"
+    whole = devices.read_text()
+    with started(st):
+        st.run("tomato", "pipeline", "load", "pip-counter-1", "s1", check=True)
+    devices.write_text(whole.split("pipelines:")[0])
+    res = start_stack(st)
+    try:
+        assert res.returncode == 0, (res.stdout, res.stderr)
+        said = res.stderr
+        assert f"warning: {devices}: it has no 'pipelines': no pipeline is configured" in said
+        assert (
+            f"warning: pipeline pip-counter-1 is not in the devices file {devices} any more: "
+            "kept with its sample 's1' until the file has it again, or the sample is "
+            "ejected (tomato pipeline eject pip-counter-1)"
+        ) in said, said
+        res = st.run("tomato", "pipeline", "load", "pip-counter-1", "s2")
+        assert res.returncode == 1 and "already holds sample 's1'" in res.stderr, res
+    finally:
+        stop_stack(st)
+    devices.write_text(whole)
+    with started(st):  # the file whole again: the sample where it was
+        pips = st.json("tomato", "status", "pipelines")["data"]
+        assert pips["pip-counter-1"]["sampleid"] == "s1", pips
+
+
 @pytest.mark.parametrize("kind", ["state", "recorder"])
 def test_a_state_file_another_program_holds_locked_is_said_before_anything_starts(
     tmp_path: Path, kind: str

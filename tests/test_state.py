@@ -231,7 +231,11 @@ def test_sync_pipelines(store: StateStore) -> None:
     assert store.pipeline("d") == PipelineState(name="d")
     assert store.pipeline("c").jobid == 5  # kept while its job runs
     store.update_pipeline("c", jobid=None)
-    store.sync_pipelines(["a", "d"])
+    # kept for its sample (a devices file cut short removed them all at a start, their
+    # samples with them: a fault-injection run), and said
+    assert store.sync_pipelines(["a", "d"]) == [PipelineState(name="c", sampleid="t")]
+    store.update_pipeline("c", sampleid=None)
+    assert store.sync_pipelines(["a", "d"]) == []
     assert [p.name for p in store.pipelines()] == ["a", "d"]
 
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 import os
 
 from tomato_mqtt.cli.denied import denied, whoami
-from tomato_mqtt.cli.fastsettings import light_mqtt
-from tomato_mqtt.cli.output import Output, echo
+from tomato_mqtt.cli.fastsettings import external_broker, light_mqtt
+from tomato_mqtt.cli.output import Output, echo, safe
 from tomato_mqtt.config.url import BrokerURL
 from tomato_mqtt.record import Record
 from tomato_mqtt.wire.topics import Topics
@@ -468,6 +468,13 @@ def oneshot_failed(
                 "that runs and is stalled or overloaded? Try again; its log says more"
             )
         )
+    if not unreachable and external_broker(ctx.appdir):
+        # (it said "`tomato start` starts it", which answered "already running": a
+        # fault-injection run with Mosquitto stopped)
+        fail(
+            f"{e} ({ctx.where()}): the broker is not the embedded one ([broker] embedded "
+            "= false): is it running? Start it; tomato-mqtt's services reconnect by themselves"
+        )
     fail(
         f"{unreachable}{e} ({ctx.where()})"
         if unreachable
@@ -519,4 +526,5 @@ def by_line(msg: str) -> str:
     head, *warnings = msg.split("; warning: ")
     if not warnings:
         return msg
-    return head + "\n\nwarnings:\n" + "\n".join(f"  {w}" for w in warnings)
+    # (a driver's text among them, printed as it is: a review)
+    return head + "\n\nwarnings:\n" + "\n".join(f"  {safe(w)}" for w in warnings)

@@ -16,7 +16,7 @@ TYPE_CHECKING = False  # typing is ~2 ms of a one-request call: for the type che
 if TYPE_CHECKING:
     from typing import Any
 
-__all__ = ["MQTT_KEYS", "light_mqtt"]
+__all__ = ["MQTT_KEYS", "external_broker", "light_mqtt"]
 
 
 # [mqtt] keys the fast path understands; anything else goes through the full settings
@@ -98,6 +98,28 @@ def light_mqtt(appdir: str | os.PathLike[str] | None) -> dict[str, Any] | None:
     if not is_slug(str(mqtt.get("instance", "default"))):
         return None
     return mqtt
+
+
+def external_broker(appdir: str | os.PathLike[str] | None) -> bool:
+    """Whether settings.toml says the broker is not the embedded one (``[broker]
+    embedded = false``); False when unsure. Light (no TOML reader: a failed one-request
+    call loads none), for a call that could not connect."""
+    app = os.path.expanduser(os.fspath(appdir) or ".") if appdir is not None else config_dir()
+    try:
+        with open(os.path.join(app, "settings.toml"), encoding="utf-8") as f:
+            text = f.read()
+    except (OSError, UnicodeDecodeError):
+        return False
+    table = ""
+    for raw in text.splitlines():
+        line = raw.split("#", 1)[0].strip()
+        if line.startswith("["):
+            table = line.strip("[] \t")
+        elif table == "broker" and "=" in line:
+            key, _, value = line.partition("=")
+            if key.strip().strip("\"'") == "embedded":
+                return value.strip() == "false"
+    return False
 
 
 _BARE = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")

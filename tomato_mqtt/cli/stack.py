@@ -131,7 +131,11 @@ def stop(
     except ConfigError as e:
         s, bad = None, e
     pid = live_supervisor(s.datadir, ctx.url.port) if s else None
-    if pid is None and core.scheduler_state(ctx) == "offline":
+    # this data folder's stack on another port (started with -p): named, with the -p to
+    # give (it said "nothing to stop" while that stack ran on: a fault run)
+    # (not this port's: live_supervisor found none there)
+    elsewhere = sorted(live_stacks(s.datadir).items()) if s and pid is None else []
+    if pid is None and not elsewhere and core.scheduler_state(ctx) == "offline":
         # a stack stopped already, its broker external: "nothing to stop" at once (it
         # waited 5 s for "no scheduler answered … if it is only slow, it may still stop
         # the stack": an admin's tour)
@@ -145,10 +149,8 @@ def stop(
         # injection): the scheduler says which data folder holds the pid file
         pid = _supervisor_by_scheduler(ctx, min(1.0, opts.timeout / 2))
     running = pid is not None
-    # this data folder's stack on another port (started with -p): named, with the -p to
-    # give (it said "nothing to stop" while that stack ran on: a fault run)
-    # (not this port's: live_supervisor found none there)
-    elsewhere = sorted(live_stacks(s.datadir).items()) if s and not running else []
+    if running:
+        elsewhere = []
     nothing = "nothing to stop, tomato-mqtt is not running there: "
     if elsewhere:
         (other, other_pid), *_ = elsewhere

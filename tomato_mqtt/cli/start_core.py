@@ -52,6 +52,16 @@ def start(opts: core.Opts, verbose: int = 0, quiet: int = 0) -> None:
     s = opts.settings()
     if not (s.appdir / "settings.toml").exists():  # as tomato: nothing to start from
         fail(f"settings file not found in {s.appdir}, run 'tomato init' to create one")
+    with contextlib.suppress(OSError):
+        if not (s.appdir / "settings.toml").read_text(errors="replace").strip():
+            # (a file emptied started another stack, on port 1883 with the default data
+            # folder, without a word: a fault-injection run)
+            echo(
+                f"warning: {s.appdir / 'settings.toml'} is empty: every setting is its "
+                f"default (port {s.mqtt.port}, data folder {s.datadir}): a file cut short? "
+                "`tomato init` writes one",
+                err=True,
+            )
     for line in s.notes:  # a tomato 2.2 file: what it says that is not used here, once
         echo(f"note: {s.appdir / 'settings.toml'}: {line}", err=True)
     for line in s.exposed:  # passwords others could read
@@ -263,6 +273,13 @@ def start(opts: core.Opts, verbose: int = 0, quiet: int = 0) -> None:
             f" component(s) cannot register ({', '.join(sorted(comps))}): {why}.{todo}",
             err=True,
         )
+    # pipelines gone from the devices file, kept for their samples (a file cut short
+    # removed them all, with their samples, without a word: a fault-injection run)
+    from tomato_mqtt.model.jobs import kept_pipeline_note
+
+    for name, p in (core.status_section(ctx, "pipelines", 2.0) or {}).items():
+        if isinstance(p, dict) and not p.get("roles") and p.get("sampleid") is not None:
+            echo(f"warning: {kept_pipeline_note(name, p['sampleid'], s.devices_file)}", err=True)
     if pending:  # not ready when the wait ended: say which, and why, not only a count
         echo(
             f"warning: {len(pending)} component(s) not ready after {opts.timeout:g} s"
@@ -346,6 +363,25 @@ def _check_state_files(s: Any) -> None:
         why = unreadable(path, thorough=kind != "spool") or held_elsewhere(path)
         if why is not None:
             fail(what_to_do(kind, path, why))
+    _check_emptied(s)
+
+
+def _check_emptied(s: Any) -> None:
+    """An empty state file where jobs ran before is refused: SQLite takes it for a new
+    one, and the stack started without its queue and samples, said only in the
+    scheduler's log (a fault-injection run)."""
+    path = s.state_db
+    try:
+        if path.stat().st_size:
+            return
+    except OSError:
+        return  # none yet: a new stack
+    from tomato_mqtt.config.statefiles import what_to_do
+    from tomato_mqtt.services.scheduler.store import highest_job_elsewhere
+
+    used, where = highest_job_elsewhere(s.recorder_db, s.jobs_dir)
+    if used:
+        fail(what_to_do("state", path, f"it is empty, while {where} has job {used}"))
 
 
 def _startup_error(logdir: Path) -> str | None:

@@ -244,6 +244,16 @@ def parse_devices(data: Any, file: str | Path = "<devices>", default_node: str =
                 "run on the default node, not on the PC it names)",
             )
     ignored = [f"{file}: {_unknown_key(where, key, kind)}" for where, key, kind in unknown]
+    # one of the two keys gone: said (a file cut in half started the stack with no
+    # pipeline at all, without a word: a fault-injection run)
+    ignored += [
+        f"{file}: it has no {key!r}: {what} (a file cut short?)"
+        for key, what in (
+            ("devices", "no device is configured"),
+            ("pipelines", "no pipeline is configured, so no job can run"),
+        )
+        if key not in data
+    ]
     try:
         doc = DevicesFile.model_validate(known)
     except ValidationError as e:

@@ -21,6 +21,7 @@ __all__ = [
     "PipelineState",
     "UnknownName",
     "check_transition",
+    "kept_pipeline_note",
     "merge_noted",
     "merged_note",
     "utcnow",
@@ -35,6 +36,16 @@ ACTIVE_STATUSES: frozenset[str] = frozenset({"r", "rd"})
 #: 99999999999999999999 stopped the scheduler with an OverflowError, and one at 2**63-1
 #: made every later submit fail): a trillion jobs are beyond any lab
 PLAUSIBLE_ID = 10**12
+
+
+def kept_pipeline_note(name: str, sampleid: str, devices_file: object) -> str:
+    """What is said of a pipeline gone from the devices file that holds a sample: kept,
+    not removed with its sample (a file cut short lost them all at a start)."""
+    return (
+        f"pipeline {name} is not in the devices file {devices_file} any more: kept with "
+        f"its sample {sampleid!r} until the file has it again, or the sample is ejected "
+        f"(tomato pipeline eject {name})"
+    )
 
 
 def merged_note(points: int) -> str:

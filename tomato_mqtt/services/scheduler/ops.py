@@ -410,6 +410,12 @@ class SchedulerOps:
                 pipeline_info(self.svc, p),
                 code="conflict",
             )
+        if a.pipeline not in self.svc.layout.pipelines:  # kept for its sample (store.py)
+            raise CommandError(
+                f"pipeline {a.pipeline} is not in the devices file any more",
+                pipeline_info(self.svc, p),
+                code="conflict",
+            )
         if not a.sampleid.strip():
             raise CommandError("the sample name must not be empty", code="bad_request")
         _no_controls("the sample name", a.sampleid)
@@ -437,9 +443,15 @@ class SchedulerOps:
             return Result(f"pipeline {a.pipeline} was already empty", pipeline_info(self.svc, p))
         self.access.require_pipeline(p, "eject")
         p = self.store.update_pipeline(a.pipeline, sampleid=None, ready=False, owner=None)
-        await self.svc.publish_pipeline(a.pipeline)
+        said = f"sample {held!r} ejected from {a.pipeline}"
+        if a.pipeline not in self.svc.layout.pipelines:  # kept for its sample: gone now
+            self.store.sync_pipelines(self.svc.layout.pipelines)
+            await self.svc.clear_pipeline(a.pipeline)
+            said += "; the pipeline, gone from the devices file, is removed"
+        else:
+            await self.svc.publish_pipeline(a.pipeline)
         self.svc.kick()  # queued jobs for that sample now wait for the user again: say so
-        return Result(f"sample {held!r} ejected from {a.pipeline}", pipeline_info(self.svc, p))
+        return Result(said, pipeline_info(self.svc, p))
 
     async def pipeline_ready(self, args: Mapping[str, JsonValue]) -> Result:
         self.access.require("pipeline_ready")

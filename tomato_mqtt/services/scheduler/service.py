@@ -24,7 +24,7 @@ from tomato_mqtt.config.devices import Layout, load_devices
 from tomato_mqtt.config.settings import Settings, settings_url
 from tomato_mqtt.config.statefiles import opened, what_to_do
 from tomato_mqtt.errors import cannot_write
-from tomato_mqtt.model.jobs import PLAUSIBLE_ID, Job
+from tomato_mqtt.model.jobs import PLAUSIBLE_ID, Job, kept_pipeline_note
 from tomato_mqtt.services.base import Service
 from tomato_mqtt.services.scheduler.lost import LostComponents
 from tomato_mqtt.services.scheduler.nodeconfig import NodeConfigurator
@@ -205,7 +205,10 @@ class SchedulerService(Service):
         self.store.hold()  # a scheduler that held it before writes nothing more
         self.store.on_taken = self._store_taken
         self.store.on_write_error = self._state_unwritable
-        self.store.sync_pipelines(self.layout.pipelines)
+        for p in self.store.sync_pipelines(self.layout.pipelines):
+            if p.sampleid is not None:  # (`tomato start` says it too, on its stderr)
+                note = kept_pipeline_note(p.name, p.sampleid, self.settings.devices_file)
+                log.warning("%s", note)
         used, where = highest_job_elsewhere(self.settings.recorder_db, self.settings.jobs_dir)
         self._ids_after(used, where)
 

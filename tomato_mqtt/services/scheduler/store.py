@@ -355,23 +355,31 @@ class StateStore:
             self.on_write_error(error)
 
     # -- pipelines -------------------------------------------------------------------------
-    def sync_pipelines(self, names: Iterable[str]) -> None:
-        """Make the stored pipelines those of the devices file.
+    def sync_pipelines(self, names: Iterable[str]) -> list[PipelineState]:
+        """Make the stored pipelines those of the devices file; returns the vanished ones
+        kept.
 
         New ones are added empty and not ready; existing ones keep sample, ready and job;
-        vanished ones are removed unless a job runs on them.
+        vanished ones are removed unless a job runs on them or they hold a sample (a
+        devices file cut short removed every pipeline at a start, their samples with
+        them, and they came back empty with the file: a fault-injection run).
         """
         wanted = list(dict.fromkeys(names))
         with self._write() as db:
-            have = {r["name"]: r for r in db.execute("SELECT name, jobid FROM pipelines")}
+            have = {r["name"]: r for r in db.execute("SELECT name, jobid, sample FROM pipelines")}
             for pos, name in enumerate(wanted):
                 if name in have:
                     db.execute("UPDATE pipelines SET position = ? WHERE name = ?", (pos, name))
                 else:
                     db.execute("INSERT INTO pipelines (name, position) VALUES (?, ?)", (name, pos))
             keep = set(wanted)
-            gone = [n for n, r in have.items() if n not in keep and r["jobid"] is None]
+            gone = [
+                n
+                for n, r in have.items()
+                if n not in keep and r["jobid"] is None and r["sample"] is None
+            ]
             db.executemany("DELETE FROM pipelines WHERE name = ?", [(n,) for n in gone])
+        return [p for p in self.pipelines() if p.name not in keep]
 
     def pipelines(self) -> list[PipelineState]:
         rows = self._db.execute(
