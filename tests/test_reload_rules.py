@@ -73,8 +73,9 @@ def add_a_device(st: Stack) -> None:
     )
     res = st.run("tomato", "reload", "-t", "20")
     assert res.returncode == 0 and "added_components" in res.stdout, res
+    # (the warnings one a line under the message, for people)
     out = " ".join(res.stdout.split())
-    assert "warning: the broker is not the embedded one: write its rules again" in out, out
+    assert "warnings: the broker is not the embedded one: write its rules again" in out, out
 
 
 def test_a_component_the_broker_s_rules_lack_says_so_and_registers_once_they_have_it(
