@@ -184,6 +184,8 @@ async def test_replies_that_cannot_be_sent_are_said_once_a_second(
             await responder._send_encoded("bad/+/topic", b"{}")
             for _ in range(3):  # the tail of a run of failures: said when a send works
                 await responder._send_encoded("bad/+/topic", b"{}")
+            await responder._send_encoded("fine/topic", b"{}")  # (not within a second)
+            responder._unsent_said -= 1.0  # a second later
             await responder._send_encoded("fine/topic", b"{}")
     said = [r.getMessage() for r in caplog.records if "could not send reply" in r.getMessage()]
     assert len(said) == 2, said

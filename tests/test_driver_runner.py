@@ -594,3 +594,37 @@ def test_driver_wide_constants_set_on_the_class_reach_every_device() -> None:
     assert dev.constants.get("vendor") == "X", dev.constants
     drv.constants["vendor"] = "Y"  # an instance's own copy: the class's stays
     assert WithConstants.constants == {"vendor": "X"}
+
+
+def test_a_close_with_a_wait_leaves_a_device_a_hung_call_holds(rig: Rig, caplog: Any) -> None:
+    """A driver author's tour: a node asked to restart waited for good to close a device
+    a hung call held (offline, never started again). ``close(wait)`` gives up after the
+    wait, saying so, the device left to the process's exit; ``close()`` still waits."""
+    import logging
+    import threading
+    import time
+
+    held, release = threading.Event(), threading.Event()
+    closed: list[bool] = []
+    rig.dev.close = lambda: closed.append(True)  # type: ignore[method-assign]
+
+    def hung_get(attr: str) -> None:
+        held.set()
+        release.wait(10)
+
+    t = threading.Thread(target=rig.runner.device_call, args=(hung_get, "level"))
+    t.start()
+    try:
+        assert held.wait(5)
+        t0 = time.monotonic()
+        with caplog.at_level(logging.WARNING, logger="tomato_mqtt.driver.tasking"):
+            rig.runner.close(0.3)
+        assert 0.25 < time.monotonic() - t0 < 3 and closed == []
+        assert "a driver call has not returned (a hung instrument?)" in caplog.text
+    finally:
+        release.set()
+        t.join(5)
+    other = Rig()
+    other.dev.close = lambda: closed.append(True)  # type: ignore[method-assign]
+    other.runner.close()  # nothing holds it: closed, as before
+    assert closed == [True]

@@ -736,12 +736,25 @@ def test_a_devices_file_cut_short_keeps_the_pipelines_samples(tmp_path: Path) ->
         ) in said, said
         res = st.run("tomato", "pipeline", "load", "pip-counter-1", "s2")
         assert res.returncode == 1 and "already holds sample 's1'" in res.stderr, res
+        # nor is it made ready (its jobs launched unasked once the file had it again)
+        res = st.run("tomato", "pipeline", "ready", "pip-counter-1")
+        assert res.returncode == 1, res
+        assert "pipeline pip-counter-1 is not in the devices file any more" in res.stderr, res
     finally:
         stop_stack(st)
     devices.write_text(whole)
     with started(st):  # the file whole again: the sample where it was
         pips = st.json("tomato", "status", "pipelines")["data"]
         assert pips["pip-counter-1"]["sampleid"] == "s1", pips
+    # cut again: the kept pipeline's eject removes it
+    devices.write_text(whole.split("pipelines:")[0])
+    with started(st):
+        res = st.run("tomato", "pipeline", "eject", "pip-counter-1", check=True)
+        assert res.stdout.strip() == (
+            "sample 's1' ejected from pip-counter-1; the pipeline, gone from the devices "
+            "file, is removed"
+        ), res.stdout
+        assert st.json("tomato", "status", "pipelines")["data"] == {}
 
 
 @pytest.mark.parametrize("kind", ["state", "recorder"])

@@ -115,10 +115,16 @@ def external_broker(appdir: str | os.PathLike[str] | None) -> bool:
         line = raw.split("#", 1)[0].strip()
         if line.startswith("["):
             table = line.strip("[] \t")
-        elif table == "broker" and "=" in line:
-            key, _, value = line.partition("=")
-            if key.strip().strip("\"'") == "embedded":
-                return value.strip() == "false"
+            continue
+        key, eq, value = (p.strip() for p in line.partition("="))
+        if not eq:
+            continue
+        where = f"{table}.{key}" if table else key  # [broker] embedded, broker.embedded
+        if where.replace(" ", "") == "broker.embedded":
+            return value == "false"
+        if where == "broker" and value.startswith("{"):  # broker = { embedded = false }
+            pairs = (p.partition("=") for p in value.strip("{} ").split(","))
+            return any(k.strip() == "embedded" and v.strip() == "false" for k, _, v in pairs)
     return False
 
 

@@ -252,22 +252,26 @@ def node(
 
     def exit_code() -> int:
         """What the node process exits with once stopped (its supervisor reads it)."""
-        if svc.refused is not None and not by_hand:  # its name is another node's
-            return EXIT_NAME_TAKEN
+        if svc.refused is not None:  # its name is another node's
+            return 1 if by_hand else EXIT_NAME_TAKEN
+        if svc.failed:
+            return 1
         if svc.restart_requested and not by_hand:  # its supervisor starts it again at once
             return EXIT_RESTART_REQUESTED
         return 0
 
     # a thread in a driver call that never returns holds the interpreter at its exit:
-    # the process ends all the same, with this code (a driver author's tour)
+    # the process ends all the same, with this code (a driver author's tour); so does
+    # a second Ctrl-C or SIGTERM (a review)
     svc.exit_code_if_stuck = exit_code
+    svc.hard_second_signal = True
     try:
         svc.run_sync()
     except SystemExit:
         if exit_code() == EXIT_NAME_TAKEN:
             raise SystemExit(EXIT_NAME_TAKEN) from None
         raise
-    if exit_code():
+    if exit_code() in (EXIT_NAME_TAKEN, EXIT_RESTART_REQUESTED):
         raise SystemExit(exit_code())
 
 

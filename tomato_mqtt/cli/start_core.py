@@ -279,7 +279,8 @@ def start(opts: core.Opts, verbose: int = 0, quiet: int = 0) -> None:
 
     for name, p in (core.status_section(ctx, "pipelines", 2.0) or {}).items():
         if isinstance(p, dict) and not p.get("roles") and p.get("sampleid") is not None:
-            echo(f"warning: {kept_pipeline_note(name, p['sampleid'], s.devices_file)}", err=True)
+            note = kept_pipeline_note(name, p["sampleid"], s.devices_file, p.get("jobid"))
+            echo(f"warning: {note}", err=True)
     if pending:  # not ready when the wait ended: say which, and why, not only a count
         echo(
             f"warning: {len(pending)} component(s) not ready after {opts.timeout:g} s"
@@ -379,6 +380,10 @@ def _check_emptied(s: Any) -> None:
     from tomato_mqtt.config.statefiles import what_to_do
     from tomato_mqtt.services.scheduler.store import highest_job_elsewhere
 
+    wal = path.with_name(path.name + "-wal")
+    with contextlib.suppress(OSError):
+        if wal.stat().st_size:  # (SQLite would drop it, and what it holds: a review)
+            fail(what_to_do("state", path, f"it is empty, beside its write-ahead log {wal}"))
     used, where = highest_job_elsewhere(s.recorder_db, s.jobs_dir)
     if used:
         fail(what_to_do("state", path, f"it is empty, while {where} has job {used}"))

@@ -38,13 +38,14 @@ ACTIVE_STATUSES: frozenset[str] = frozenset({"r", "rd"})
 PLAUSIBLE_ID = 10**12
 
 
-def kept_pipeline_note(name: str, sampleid: str, devices_file: object) -> str:
+def kept_pipeline_note(name: str, sampleid: str, devices_file: object, job: object) -> str:
     """What is said of a pipeline gone from the devices file that holds a sample: kept,
     not removed with its sample (a file cut short lost them all at a start)."""
+    after = f" once job {job} has ended" if job is not None else ""  # (refused before)
     return (
         f"pipeline {name} is not in the devices file {devices_file} any more: kept with "
         f"its sample {sampleid!r} until the file has it again, or the sample is ejected "
-        f"(tomato pipeline eject {name})"
+        f"(tomato pipeline eject {name}{after})"
     )
 
 

@@ -80,8 +80,10 @@ async def cancel_and_wait(tasks: Iterable[asyncio.Future[Any]]) -> None:
             await t
 
 
-def install_signal_handlers(stop: asyncio.Event) -> None:
-    """First SIGINT/SIGTERM drains gracefully; a second one exits at once."""
+def install_signal_handlers(stop: asyncio.Event, hard: bool = False) -> None:
+    """First SIGINT/SIGTERM drains gracefully; a second one exits at once (``hard``: the
+    process, at once, with os._exit: a node whose thread is in a driver call that never
+    returns, which the interpreter's exit waits for)."""
     loop = asyncio.get_running_loop()
 
     signalled = False
@@ -93,6 +95,9 @@ def install_signal_handlers(stop: asyncio.Event) -> None:
         nonlocal signalled
         if signalled:
             log.warning("%s again: exiting at once", sig.name)
+            if hard:  # (a second Ctrl-C of a node with a hung instrument: a review)
+                logging.shutdown()
+                os._exit(1)
             sys.exit(1)
         signalled = True
         # said in the log (a node stopped by its PC's service manager left no line: an
@@ -168,6 +173,10 @@ class Service(abc.ABC):
 
     #: how long :meth:`run` keeps trying to reach the broker at start
     connect_timeout: float = 30.0
+    #: a second SIGINT/SIGTERM ends the process with os._exit (install_signal_handlers)
+    hard_second_signal: bool = False
+    #: run() ended by an error (a StartupError, a loop that failed), not by a stop
+    failed: bool = False
 
     def __init__(self, url: BrokerURL, topics: Topics, *, heartbeat: float = 2.0) -> None:
         self.url = url
@@ -266,6 +275,9 @@ class Service(abc.ABC):
             await run_until_stopped(
                 self._stop, self._message_loop(), self._heartbeat_loop(), *self.loops()
             )
+        except BaseException:
+            self.failed = True  # (its process exits 1: cli/serve.py reads it too)
+            raise
         finally:
             await self._shutdown()
 
@@ -333,7 +345,7 @@ class Service(abc.ABC):
         own_process()  # the process is this service's: its heap may be frozen
 
         async def main() -> None:
-            install_signal_handlers(self._stop)
+            install_signal_handlers(self._stop, hard=self.hard_second_signal)
             await self.run()
 
         try:

@@ -640,7 +640,10 @@ class Responder:
     async def _send_encoded(self, topic: str, data: bytes) -> None:
         try:
             await self.client.publish(topic, data, qos=1, wait=False)
-            if self._unsent:  # the tail of a run of failures, said once a send works
+            # the tail of a run of failures, said once a send works (once a second too:
+            # failures and sends alternating at a flood's edge said a line each: a review)
+            if self._unsent and time.monotonic() - self._unsent_said >= 1.0:
+                self._unsent_said = time.monotonic()
                 log.warning(
                     "%s: %d more replies could not be sent (a flood's end?)",
                     self.name,

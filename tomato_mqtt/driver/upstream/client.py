@@ -94,7 +94,7 @@ class HostProcess:
             assert stdin is not None
             stdin.write(line + "\n")
             stdin.flush()
-        except OSError as e:
+        except (OSError, ValueError) as e:  # (ValueError: its pipe closed by close())
             raise HostDied(f"the driver host of {self.name} is gone: {e}") from None
         wait = self.timeout if timeout is None else timeout
         while True:

@@ -88,7 +88,10 @@ class UpstreamRunner(TaskRunner[UpstreamDevice]):
             raise RuntimeError(f"reset of {self._who} failed: {e}") from e
 
     def _close_device(self) -> None:
-        self.device.close()
+        try:
+            self.device.close()
+        except Exception:  # (its host gone meanwhile: a node's stop closes them all)
+            log.exception("closing device %s failed", self.device.key)
 
     # -- the buffer -----------------------------------------------------------------------
     def _deliver(self, cols: Mapping[str, Any] | None, task: TaskSpec | None) -> int:

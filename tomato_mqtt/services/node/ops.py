@@ -306,7 +306,7 @@ class ComponentOps:
             )
         if hc.runner is not None:
             await self.node.data.flush(hc)  # idle points of the old stream go out first
-            hc.runner.close()
+            await self.node.close_runner(hc.runner)
         hc.runner = None
         hc.device = None
         try:

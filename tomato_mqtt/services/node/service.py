@@ -30,6 +30,7 @@ from tomato_mqtt.config.roles import CMP_ADMIN_OPS
 from tomato_mqtt.config.statefiles import opened
 from tomato_mqtt.driver import TaskEnd, discovery
 from tomato_mqtt.driver.discovery import DriverNotFound
+from tomato_mqtt.driver.tasking import TaskRunner
 from tomato_mqtt.errors import BROKEN_DRIVER, StartupError
 from tomato_mqtt.services.base import CONSOLE, Service, cancel_and_wait
 from tomato_mqtt.services.idle import freeze_heap
@@ -375,6 +376,13 @@ class NodeService(Service):
         await self.data.flush_all()
 
     async def teardown(self) -> None:
+        try:
+            await self._teardown()
+        finally:  # (also when the teardown failed: a spool on a disk gone bad)
+            if self.exit_code_if_stuck is not None:
+                self._exit_if_stuck(self.exit_code_if_stuck)
+
+    async def _teardown(self) -> None:
         if self._recheck is not None and not self._recheck.done():
             # a name check after a freeze, under way as the node stops (a test saw it
             # left pending by a stopping node)
@@ -391,8 +399,6 @@ class NodeService(Service):
                 await self.data.flush_all()
             self.spool.close()
             self.spool = None
-        if self.exit_code_if_stuck is not None:
-            self._exit_if_stuck(self.exit_code_if_stuck)
 
     def _close_runners(self) -> None:
         """Close every component's runner at once, each on a thread of its own, within
@@ -408,9 +414,10 @@ class NodeService(Service):
         ]
         for t in threads:
             t.start()
-        deadline = time.monotonic() + max((r.stop_wait for r in runners), default=0) + CLOSE_WAIT
+        wait = max((r.stop_wait for r in runners), default=0) + CLOSE_WAIT + 1.0
+        end = time.monotonic() + wait
         for t in threads:
-            t.join(max(0.0, deadline - time.monotonic()) + 1.0)
+            t.join(max(0.0, end - time.monotonic()))
 
     def _exit_if_stuck(self, code: Callable[[], int]) -> None:
         """After the teardown (the spool flushed and closed): the process exits within
@@ -929,7 +936,7 @@ class NodeService(Service):
         if hc.runner is not None:
             hc.runner.stop_task("component removed")
             await self.data.flush(hc)
-            hc.runner.close()
+            await self.close_runner(hc.runner)
         # one never subscribed to (refused, or a registration still under way, which ends
         # its own) published nothing: nothing to end or clear (a clear the rules forbid
         # closed the node's connection on Aedes, sent again at each reconnect: a review)
@@ -1034,7 +1041,7 @@ class NodeService(Service):
                 await self.publish_status(hc)
                 return  # nothing to retry until the driver is installed and `tomato reload`
             except BrokenDriver as e:
-                self._unregister(hc)
+                await self._unregister(hc)
                 hc.error = (
                     f"{BROKEN_DRIVER}{e} (fix it, then restart node {self.name}: "
                     f"`tomato restart-node {self.name}`; a node imports a driver's code once)"
@@ -1044,7 +1051,7 @@ class NodeService(Service):
                 await self.publish_status(hc)
                 return  # retrying cannot help
             except Exception as e:
-                self._unregister(hc)
+                await self._unregister(hc)
                 hc.retries += 1
                 hc.error = (
                     f"registration failed (attempt {hc.retries}, retrying in {delay:g} s):"
@@ -1081,13 +1088,19 @@ class NodeService(Service):
             raise _Unsubscribed(str((refused or failed)[0]), refused=bool(refused))
         hc.subscribed = not hc.closed
 
-    @staticmethod
-    def _unregister(hc: HostedComponent) -> None:
+    async def _unregister(self, hc: HostedComponent) -> None:
         """A registration that failed half-way leaves no device behind (its meta would
         call the broken driver again)."""
         if hc.runner is not None:
-            hc.runner.close()
+            await self.close_runner(hc.runner)
         hc.device, hc.runner = None, None
+
+    @staticmethod
+    async def close_runner(runner: TaskRunner[Any]) -> None:
+        """Close a component's runner off the event loop, bounded: a driver call that
+        never returns left the node's loop waiting for it (no heartbeat, deaf to
+        SIGTERM) at a reload that removed the component, or a re-register (a review)."""
+        await asyncio.to_thread(runner.close, CLOSE_WAIT)
 
     async def register(self, hc: HostedComponent) -> None:
         if self._units_loaded is not None:

@@ -400,6 +400,17 @@ class SchedulerOps:
                 f"no pipeline named {name!r} (known: {known})", code="not_found"
             ) from None
 
+    def _in_devices_file(self, p: Any) -> None:
+        """Refuse a pipeline kept for its sample (store.sync_pipelines), gone from the
+        devices file: it takes no sample and no job until the file has it again."""
+        if p.name not in self.svc.layout.pipelines:
+            raise CommandError(
+                f"pipeline {p.name} is not in the devices file any more (kept for its "
+                f"sample until the file has it again, or the sample is ejected)",
+                pipeline_info(self.svc, p),
+                code="conflict",
+            )
+
     async def pipeline_load(self, args: Mapping[str, JsonValue]) -> Result:
         self.access.require("pipeline_load")
         a = LoadArgs.model_validate(args)
@@ -410,12 +421,7 @@ class SchedulerOps:
                 pipeline_info(self.svc, p),
                 code="conflict",
             )
-        if a.pipeline not in self.svc.layout.pipelines:  # kept for its sample (store.py)
-            raise CommandError(
-                f"pipeline {a.pipeline} is not in the devices file any more",
-                pipeline_info(self.svc, p),
-                code="conflict",
-            )
+        self._in_devices_file(p)
         if not a.sampleid.strip():
             raise CommandError("the sample name must not be empty", code="bad_request")
         _no_controls("the sample name", a.sampleid)
@@ -457,6 +463,8 @@ class SchedulerOps:
         self.access.require("pipeline_ready")
         a = PipelineArgs.model_validate(args)
         p = self._pipeline(a.pipeline)
+        # (ready, its jobs launched unasked once the file had it again: a review)
+        self._in_devices_file(p)
         running = p.jobid
         if running is not None:  # as tomato: the flag was cleared at the launch, and was
             # set again here without a word, to be cleared at the job's end (a user's

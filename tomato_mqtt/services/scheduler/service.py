@@ -207,7 +207,7 @@ class SchedulerService(Service):
         self.store.on_write_error = self._state_unwritable
         for p in self.store.sync_pipelines(self.layout.pipelines):
             if p.sampleid is not None:  # (`tomato start` says it too, on its stderr)
-                note = kept_pipeline_note(p.name, p.sampleid, self.settings.devices_file)
+                note = kept_pipeline_note(p.name, p.sampleid, self.settings.devices_file, p.jobid)
                 log.warning("%s", note)
         used, where = highest_job_elsewhere(self.settings.recorder_db, self.settings.jobs_dir)
         self._ids_after(used, where)
