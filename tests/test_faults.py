@@ -463,8 +463,10 @@ def test_a_driver_call_that_never_returns_ends_its_job_and_holds_the_next(
 def test_a_node_asked_to_restart_while_a_driver_call_hangs_restarts(tmp_path: Path) -> None:
     """A driver author's tour: `tomato restart-node --force` with an instrument's
     constructor that never returns left the node offline for good (the interpreter
-    waited at exit for the thread in the driver), never started again. A node process
-    that has not ended 5 s after its teardown exits, and its supervisor starts it again."""
+    waited at exit for the pool thread in the driver), never started again. A driver
+    call is a daemon thread of its own now: the node exits at once, and its supervisor
+    starts it again (a process still there 5 s after its teardown would exit all the
+    same: not reached here)."""
     devices = tmp_path / "connect-hang.yml"
     devices.write_text(
         "devices:\n"
@@ -485,11 +487,54 @@ def test_a_node_asked_to_restart_while_a_driver_call_hangs_restarts(tmp_path: Pa
         while st.service_pid("node") in (None, node):
             assert time.monotonic() < t0 + 60, st.logs()
             time.sleep(0.2)
-        assert time.monotonic() - t0 < 20, st.logs()
-        log = (st.logdir / "node-local.log").read_text()
-        assert "its process has not ended 5 s later" in log, log[-3000:]
+        assert time.monotonic() - t0 < 10, st.logs()
         supervisor = (st.logdir / "supervisor.log").read_text()
         assert "node stopped on request (tomato restart-node)" in supervisor, supervisor
+    finally:
+        stop_stack(st)
+
+
+def test_instruments_that_never_connect_hold_no_other_component_of_their_node(
+    tmp_path: Path,
+) -> None:
+    """A fault-injection run: constructors that never returned took asyncio's shared
+    pool (6 workers on a 2-core PC) for good, and then no healthy component of the node
+    answered: `passata get` said "no node … answered … is it running?", a job on it
+    ended ce. A driver call is a thread of its own now; `passata register` of one still
+    connecting says so (it started a second constructor, for good)."""
+    channels = ", ".join(f"'{i}'" for i in range(1, 9))
+    devices = tmp_path / "never.yml"
+    devices.write_text(
+        "devices:\n"
+        f"  - {{name: dev-h, driver: faulty, address: ok, channels: [{channels}], pollrate: 1}}\n"
+        "  - {name: dev-c, driver: example_counter, address: c-addr, channels: ['1'], "
+        "pollrate: 1}\n"
+        "pipelines:\n"
+        "  - name: pip-c\n"
+        "    devices: [{role: counter, device: dev-c, channel: '1'}]\n"
+        + "".join(
+            f"  - {{name: pip-h{i}, devices: [{{role: dev, device: dev-h, channel: '{i}'}}]}}\n"
+            for i in range(1, 9)
+        )
+    )
+    st = make_stack(tmp_path, str(devices), "[drivers.faulty]\nconnect_seconds = 100000\n")
+    start = [BIN / "tomato", "start", *st.dirs(), "-p", str(st.port), "-t", "3"]
+    res = subprocess.run(start, capture_output=True, text=True, timeout=60)
+    try:
+        assert res.returncode == 0 and "1/9 component(s) ready" in res.stdout, res
+        got = st.run("passata", "get", "example_counter:(c-addr,1)", "max", "-t", "5")
+        assert got.returncode == 0, (got.stdout, got.stderr)
+        res = st.run("passata", "register", "faulty:(ok,1)", "-t", "5")
+        assert res.returncode == 1, res
+        assert "cannot re-register faulty:(ok,1): its registration is under way" in res.stderr
+        st.load_ready("pip-c", "s1")
+        doc = yaml.safe_load((CONFIG / "counter_v2.2.yml").read_text())
+        doc["sample"]["identifier"] = "s1"
+        doc["method"][0]["max_duration"] = 1.0
+        path = st.workdir / "s1.yml"
+        path.write_text(yaml.safe_dump(doc))
+        job = st.wait_job(st.submit(path), {"c", "ce", "cd"}, timeout=60)
+        assert job["status"] == "c", job
     finally:
         stop_stack(st)
 

@@ -102,7 +102,7 @@ def install_signal_handlers(stop: asyncio.Event, hard: bool = False) -> None:
         signalled = True
         # said in the log (a node stopped by its PC's service manager left no line: an
         # admin's tour)
-        log.info("%s: stopping (a second one exits at once)", sig.name)
+        log.info("%s: stopping (a second one exits at once)", sig.name, extra=CONSOLE)
         stop.set()
 
     for sig in (signal.SIGINT, signal.SIGTERM):

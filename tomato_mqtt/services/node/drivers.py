@@ -9,19 +9,59 @@ loop, closed when dropped, and made anew when that process has died.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from tomato_mqtt.driver import ModelInterface
 from tomato_mqtt.driver.discovery import DriverNotFound, all_drivers, resolve_driver
 from tomato_mqtt.wire.messages import DriverInfo
 
-__all__ = ["NodeDrivers", "close_quietly", "idle_interval"]
+__all__ = ["NodeDrivers", "close_quietly", "idle_interval", "off_loop"]
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+async def off_loop(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """``fn(*args, **kwargs)`` (a call into driver code) on a thread of its own, awaited.
+
+    Not asyncio's shared pool (``to_thread``): its few workers (6 on a 2-core PC) were
+    taken for good by instruments' constructors that never return, and then no healthy
+    component of the node answered anything (a fault-injection run). A daemon thread per
+    call; one that never returns holds only itself, and not the interpreter's exit."""
+    import threading
+
+    loop = asyncio.get_running_loop()
+    fut: asyncio.Future[T] = loop.create_future()
+
+    def settle(ok: bool, value: Any) -> None:
+        if fut.done():  # the caller stopped waiting (cancelled)
+            return
+        if ok:
+            fut.set_result(value)
+        else:
+            fut.set_exception(value)
+
+    def run() -> None:
+        try:
+            result = fn(*args, **kwargs)
+        except BaseException as e:  # (handed to the awaiting task)
+            outcome: tuple[bool, Any] = (False, e)
+        else:
+            outcome = (True, result)
+        # (the loop closed meanwhile, the node stopped: nobody waits)
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(settle, *outcome)
+
+    name = f"driver-call-{getattr(fn, '__name__', 'call')}"
+    threading.Thread(target=run, name=name, daemon=True).start()
+    return await fut
+
 
 #: keys of ``[drivers.<name>]`` that are tomato-mqtt's, not the driver's
 _OURS = ("source",)
@@ -88,7 +128,7 @@ class NodeDrivers:
                 if idle is not _UNSET:
                     idle = idle_interval(name, idle)
                 # an upstream driver starts its host process here: off the event loop
-                drv = await asyncio.to_thread(cls, theirs)
+                drv = await off_loop(cls, theirs)
                 if idle is not _UNSET:
                     drv.idle_measurement_interval = idle
                 self.instances[name] = drv

@@ -1,7 +1,7 @@
 """One component hosted on a driver node: its driver device, runner, meta and status.
 
 Pure bookkeeping plus calls into driver code; no MQTT here. Blocking driver calls are
-made by the node through ``asyncio.to_thread``.
+made by the node through :func:`~tomato_mqtt.services.node.drivers.off_loop`.
 """
 
 from __future__ import annotations
@@ -105,6 +105,8 @@ class HostedComponent:
     config: NodeComponent
     node: str
     device: ModelDevice | None = None
+    #: a registration (the driver's constructor) is under way
+    connecting: bool = False
     runner: ComponentRunner | UpstreamRunner | None = None
     error: str | None = None
     driver_missing: bool = False

@@ -19,6 +19,7 @@ from tomato_mqtt.driver import ComponentRunner, TaskEnd, TaskSpec, TaskValidatio
 from tomato_mqtt.driver.tasking import DriverBusy
 from tomato_mqtt.driver.upstream.runner import UpstreamRunner
 from tomato_mqtt.driver.validate import to_jsonable
+from tomato_mqtt.services.node.drivers import off_loop
 from tomato_mqtt.services.node.hosted import HostedComponent
 from tomato_mqtt.transport.rpc import CommandError, Result
 from tomato_mqtt.waits import wait_for
@@ -111,7 +112,7 @@ class ComponentOps:
                 raise CommandError(f"component {hc.name} is busy with job {hc.job} task {hc.task}")
             await self.node.data.flush(hc)  # leftovers (idle points) go out under their own tags
             try:
-                await asyncio.to_thread(runner.start_task, task)
+                await off_loop(runner.start_task, task)
             except Exception as e:
                 why = (
                     f"task rejected by {hc.name}: {e}"
@@ -212,7 +213,7 @@ class ComponentOps:
             )
         call = self.runner(hc).device_call  # one call into the driver at a time
         try:
-            val = await asyncio.to_thread(call, dev.set_attr, attr, args["val"], wait=DEVICE_WAIT)
+            val = await off_loop(call, dev.set_attr, attr, args["val"], wait=DEVICE_WAIT)
         except DriverBusy as e:  # (not "no node answered … is it running?": a tour)
             raise CommandError(
                 f"cannot set {attr!r} on {hc.name}: {e}", code="unavailable"
@@ -244,7 +245,7 @@ class ComponentOps:
                     code="not_found",
                 )
             try:
-                got = await asyncio.to_thread(call, dev.get_attr, a, wait=DEVICE_WAIT)
+                got = await off_loop(call, dev.get_attr, a, wait=DEVICE_WAIT)
                 out[a] = to_jsonable(got)
             except DriverBusy as e:  # a hung do_task: said, not left unanswered (the CLI
                 # said "no node hosting … answered … is it running?" of a node online: a
@@ -259,7 +260,7 @@ class ComponentOps:
     async def op_measure(self, hc: HostedComponent, args: Mapping[str, JsonValue]) -> Result:
         runner = self.runner(hc)
         try:
-            point = await asyncio.to_thread(runner.measure)
+            point = await off_loop(runner.measure)
         except RuntimeError as e:
             raise CommandError(str(e)) from None
         await self.node.data.flush(hc)
@@ -280,7 +281,7 @@ class ComponentOps:
         else:  # an end never told (it failed) no longer holds the component "running"
             hc.ending = None
         try:
-            await asyncio.to_thread(runner.reset)
+            await off_loop(runner.reset)
         except Exception as e:
             # shown on the component until a reset works (a reset that failed after a
             # job, its instrument maybe not in a safe state, was in a log only: a driver
@@ -298,11 +299,19 @@ class ComponentOps:
                 # the hint named it, a side-by-side tour)
                 raise CommandError(
                     f"cannot re-register {hc.name}: a task of job {hc.job} is running "
-                    "(`passata reset --force` stops it and frees the component)"
+                    "(`passata reset --force` stops it and frees the component; a driver "
+                    "call that never returns is let go by `tomato restart-node NODE "
+                    "--force`)"
                 )
             raise CommandError(
                 f"cannot re-register {hc.name} while its task's end is told "
                 "(`passata reset` frees a component whose task's end never comes)"
+            )
+        if hc.connecting:
+            raise CommandError(
+                f"cannot re-register {hc.name}: its registration is under way "
+                f"({hc.error or 'the driver is connecting'})",
+                code="conflict",
             )
         if hc.runner is not None:
             await self.node.data.flush(hc)  # idle points of the old stream go out first

@@ -35,7 +35,7 @@ from tomato_mqtt.errors import BROKEN_DRIVER, StartupError
 from tomato_mqtt.services.base import CONSOLE, Service, cancel_and_wait
 from tomato_mqtt.services.idle import freeze_heap
 from tomato_mqtt.services.node.datapath import DataPath, new_stream
-from tomato_mqtt.services.node.drivers import NodeDrivers
+from tomato_mqtt.services.node.drivers import NodeDrivers, off_loop
 from tomato_mqtt.services.node.hosted import BrokenDriver, HostedComponent
 from tomato_mqtt.services.node.ops import ComponentOps
 from tomato_mqtt.services.node.spool import Spool
@@ -437,7 +437,7 @@ class NodeService(Service):
                 EXIT_STUCK,
             )
             logging.shutdown()
-            os._exit(code())
+            os._exit(code() or 1)  # (a stop that had to be forced is no clean one)
 
         threading.Thread(target=exit_now, name="exit-stuck", daemon=True).start()
 
@@ -1100,9 +1100,19 @@ class NodeService(Service):
         """Close a component's runner off the event loop, bounded: a driver call that
         never returns left the node's loop waiting for it (no heartbeat, deaf to
         SIGTERM) at a reload that removed the component, or a re-register (a review)."""
-        await asyncio.to_thread(runner.close, CLOSE_WAIT)
+        await off_loop(runner.close, CLOSE_WAIT)
 
     async def register(self, hc: HostedComponent) -> None:
+        if hc.connecting:  # (a `passata register` meanwhile started a second constructor
+            # of the instrument, for good: a fault-injection run)
+            raise RuntimeError(f"{hc.name} is registering already: {hc.error or 'connecting'}")
+        hc.connecting = True
+        try:
+            await self._register(hc)
+        finally:
+            hc.connecting = False
+
+    async def _register(self, hc: HostedComponent) -> None:
         if self._units_loaded is not None:
             await asyncio.shield(self._units_loaded)
         drv = await self.drivers.get(hc.config.driver)
@@ -1120,9 +1130,7 @@ class NodeService(Service):
             loop.call_soon_threadsafe(self.data.flush_now.set)
 
         work = asyncio.ensure_future(
-            asyncio.to_thread(
-                hc.register, drv, on_task_end, on_error, on_full, self.config.batch_max_points
-            )
+            off_loop(hc.register, drv, on_task_end, on_error, on_full, self.config.batch_max_points)
         )
         done, _ = await asyncio.wait({work}, timeout=SLOW_CONNECT)
         slow: str | None = None
