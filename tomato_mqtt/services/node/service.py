@@ -421,11 +421,11 @@ class NodeService(Service):
 
     def _exit_if_stuck(self, code: Callable[[], int]) -> None:
         """After the teardown (the spool flushed and closed): the process exits within
-        EXIT_STUCK however its threads stand. A thread in a driver call that never
-        returns (an instrument's constructor, say) held the interpreter at its exit, so a
-        node asked to restart was offline for good, never started again (a driver
-        author's tour). Only a node process asks for it (cli/serve.py), with the exit
-        code its end would have had."""
+        EXIT_STUCK however its threads stand. A thread the interpreter waits for at its
+        exit that never ends (a driver's own; a driver call in asyncio's pool, before
+        drivers.off_loop) held a node asked to restart offline for good, never started
+        again (a driver author's tour). Only a node process asks for it (cli/serve.py),
+        with the exit code its end would have had."""
         import threading
 
         def exit_now() -> None:

@@ -45,6 +45,9 @@ Where it fails comes from the component's address and from ``[drivers.faulty]``:
     ``get_attr`` raises ``RuntimeError`` (so does ``status()``).
 ``oneattr``
     ``get_attr("mode")`` raises ``RuntimeError``; the other attributes read.
+``linger``
+    ``Device.__init__`` starts a thread of its own (not a daemon) that never ends: the
+    interpreter waits for it at exit.
 
 The setting ``idle_measurement_interval`` (seconds) turns idle measurements on;
 ``connect_seconds`` makes every ``Device.__init__`` take that long (an instrument that
@@ -80,6 +83,7 @@ FAULTS = frozenset(
         "reset",
         "status",
         "oneattr",
+        "linger",
     }
 )
 
@@ -122,6 +126,8 @@ class Device(ModelDevice):
         self.mode = "a"
         self.serial = f"SN-{key[0]}-{key[1]}"
         self.constants["faults"] = ",".join(sorted(self.faults))
+        if "linger" in self.faults:
+            threading.Thread(target=threading.Event().wait, name="linger", daemon=False).start()
 
     def attrs(self) -> dict[str, Attr]:
         if "badattrs" in self.faults:
