@@ -12,7 +12,7 @@ import os
 
 from tomato_mqtt.cli.denied import denied, whoami
 from tomato_mqtt.cli.fastsettings import external_broker, light_mqtt
-from tomato_mqtt.cli.output import Output, echo, safe
+from tomato_mqtt.cli.output import Output, below, echo
 from tomato_mqtt.config.url import BrokerURL
 from tomato_mqtt.record import Record
 from tomato_mqtt.wire.topics import Topics
@@ -524,7 +524,4 @@ def by_line(msg: str) -> str:
     """A reply's message for people: its warnings one a line under what was done (a
     reload's answer was one line of 2,000 characters: a driver author's tour)."""
     head, *warnings = msg.split("; warning: ")
-    if not warnings:
-        return msg
-    # (a driver's text among them, printed as it is: a review)
-    return head + "\n\nwarnings:\n" + "\n".join(f"  {safe(w)}" for w in warnings)
+    return head + below("warnings", warnings)  # (safe: a driver's text among them)

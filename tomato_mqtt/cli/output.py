@@ -13,7 +13,7 @@ TYPE_CHECKING = False  # typing is ~2 ms of a one-request call: for the type che
 if TYPE_CHECKING:
     from typing import Any
 
-__all__ = ["Output", "echo", "emit", "errors_below", "safe", "table"]
+__all__ = ["Output", "below", "echo", "emit", "errors_below", "safe", "table"]
 
 #: what a terminal would act on (C0/C1 controls, DEL, bidirectional overrides), shown as
 #: escapes instead: a job named "x\nstatus:    c" or "\x1b]0;…" printed a fake status
@@ -128,5 +128,12 @@ def _fit(v: str, w: int) -> str:
 def errors_below(notes: Iterable[tuple[object, object]]) -> str:
     """Errors in full under the table, one a line: a table column cut them to its width
     (a sentence saying what to fix ended in "…" at 120 columns or in a pipe)."""
-    lines = [f"  {safe(str(who))}: {safe(str(err))}" for who, err in notes if err]
-    return "\n\nerrors:\n" + "\n".join(lines) if lines else ""
+    return below("errors", [f"{who}: {err}" for who, err in notes if err])
+
+
+def below(title: str, lines: Sequence[str]) -> str:
+    """``lines`` one a line, made safe to print, under ``title:`` after a blank line;
+    "" for none."""
+    if not lines:
+        return ""
+    return f"\n\n{title}:\n" + "\n".join(f"  {safe(line)}" for line in lines)

@@ -438,14 +438,14 @@ def _with_near_key(
 def _other_names(key: str, where: str) -> set[str]:
     """The names ``key``'s field at ``where`` (``method[0]``, ``sample``) has in other
     payload versions (_RENAMED, both ways)."""
+    pairs = [
+        (a, b)
+        for step in _RENAMED.values()
+        for a, b in step.items()
+        if _RENAMED_AT.get(a, where) == where
+    ]
     names, more = {key}, {key}
     while more:
-        pairs = [
-            (a, b)
-            for step in _RENAMED.values()
-            for a, b in step.items()
-            if _RENAMED_AT.get(a, where) == where
-        ]
         found = {b for a, b in pairs if a in more} | {a for a, b in pairs if b in more}
         more = found - names
         names |= more
