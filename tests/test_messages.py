@@ -136,6 +136,27 @@ def test_nan_and_infinity_are_refused_as_json_has_them_not() -> None:
         decode(JobEvent, '{"jobid":1,"event":"queued","time":NaN}', "t")
 
 
+def test_a_number_beyond_a_double_s_range_is_refused_as_an_infinity_would_be() -> None:
+    """A review: ``1e999`` is valid JSON that reads as an infinity, and was taken into every
+    field (a scheduler's ``lost_after`` of inf: no peer would ever be lost; a component's attrs passed
+    on as null). Refused in typed floats and in free JSON alike, saying where."""
+    from tomato_mqtt.wire.data import LastPoint
+    from tomato_mqtt.wire.messages import ComponentStatus, SchedulerStatus
+
+    st = '{"name":"c","node":"n","state":"idle","time":%s,"attrs":%s}'
+    with pytest.raises(DecodeError, match=r"time: a number beyond a double's range"):
+        decode(ComponentStatus, st % ("1e999", "{}"), "t")
+    with pytest.raises(DecodeError, match=r"attrs: a number beyond a double's range"):
+        decode(ComponentStatus, st % ("1", '{"x": [{"y": -1e999}]}'), "t")
+    with pytest.raises(DecodeError, match=r"lost_after: a number beyond"):
+        decode(SchedulerStatus, '{"state":"online","instance":"i","lost_after":1e999}', "t")
+    with pytest.raises(DecodeError, match=r"vars\.v\b.*: a number beyond"):
+        decode(LastPoint, '{"component":"c","uts":1.5,"vars":{"v":2e308}}', "t")
+    # the largest doubles and the smallest (which underflow to 0) are numbers like any
+    ok = decode(ComponentStatus, st % ("1", '{"x": [1.7e308, -1e-999]}'), "t")
+    assert ok.attrs == {"x": [1.7e308, -0.0]}
+
+
 def test_a_recorder_s_replay_and_ack_args_are_as_strict_as_every_request_s() -> None:
     """A hostile tour: ``true`` for an epoch and unknown keys were taken, and a seq of
     2**70 failed in the node's spool as an internal error."""

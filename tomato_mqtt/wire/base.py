@@ -30,6 +30,9 @@ class WireModel(BaseModel):
         extra="ignore",
         populate_by_name=True,
         serialize_by_alias=True,
+        # a number beyond a double's range (1e999) reads as an infinity: refused in every
+        # typed float (a heartbeat or lost_after of inf made a node never lost)
+        allow_inf_nan=False,
     )
 
     schema_: Literal[1, 2] = Field(default=SCHEMA, alias="schema")
@@ -73,6 +76,12 @@ def decode(model: type[M], payload: bytes | str, topic: str | None = None) -> M:
             raise DecodeError(
                 model, topic, f"not valid JSON ({why})" if why else "not valid JSON"
             ) from None
+        if any(err["type"] == "finite_number" for err in e.errors()):
+            if _nonfinite(payload):
+                raise DecodeError(model, topic, _NAN) from None
+            inf = next(err for err in e.errors() if err["type"] == "finite_number")
+            where = ".".join(str(x) for x in inf["loc"]) or "(message)"
+            raise DecodeError(model, topic, f"{where}: {_HUGE}") from None
         raise DecodeError(model, topic, _summarise(e)) from None
     except (UnicodeDecodeError, ValueError) as e:
         raise DecodeError(model, topic, f"not UTF-8 JSON ({e})") from None
@@ -80,13 +89,47 @@ def decode(model: type[M], payload: bytes | str, topic: str | None = None) -> M:
         # pydantic's parser reads them (into any field that is not a float): passed on
         # as such, a dashboard's page could not parse its update, and showed nothing
         # until the message was gone (a forged retained point: a hostile tour)
-        raise DecodeError(
-            model,
-            topic,
-            "not valid JSON (NaN and Infinity are not JSON: a value that could not be "
-            "measured is null)",
-        )
+        raise DecodeError(model, topic, _NAN)
+    where = _json_fields(type(msg))
+    if where and (bad_field := _nonfinite_field(msg, where)):
+        raise DecodeError(model, topic, f"{bad_field}: {_HUGE}")
     return msg
+
+
+_NAN = (
+    "not valid JSON (NaN and Infinity are not JSON: a value that could not be measured is null)"
+)
+_HUGE = "a number beyond a double's range (it reads as an infinity)"
+
+
+_JSON_FIELDS: dict[type[BaseModel], tuple[str, ...]] = {}
+
+
+def _json_fields(model: type[BaseModel]) -> tuple[str, ...]:
+    """The fields of ``model`` that hold free JSON (``JsonValue``), whose numbers no
+    ``allow_inf_nan`` checks: found once per model."""
+    got = _JSON_FIELDS.get(model)
+    if got is None:
+        got = _JSON_FIELDS[model] = tuple(
+            name for name, f in model.model_fields.items() if "JsonValue" in str(f.annotation)
+        )
+    return got
+
+
+def _nonfinite_field(msg: BaseModel, fields: tuple[str, ...]) -> str | None:
+    """The first of ``fields`` of ``msg`` that holds an infinite float, or None."""
+    for name in fields:
+        todo = [getattr(msg, name)]
+        while todo:
+            v = todo.pop()
+            if isinstance(v, float):
+                if v - v != 0.0:  # inf - inf is nan; a finite float's difference is 0
+                    return name
+            elif isinstance(v, dict):
+                todo.extend(v.values())
+            elif isinstance(v, list):
+                todo.extend(v)
+    return None
 
 
 class _NonFinite(ValueError):
