@@ -280,6 +280,40 @@ def test_attr_declaration_errors_are_caught_early() -> None:
         Attr(type=float, minimum=5, maximum=1)
 
 
+def test_a_quantity_without_units_is_warned_at_declaration() -> None:
+    """A driver author's tour: ``Attr(type=pint.Quantity)`` without units took any units
+    a user wrote (a bare number dimensionless) and nothing said so."""
+    with pytest.warns(UserWarning, match="quantity without units: values reach the driver"):
+        a = Attr(type=pint.Quantity, rw=True)
+    assert a.spec().units is None
+    # units from a limit (as tomato drivers give them) are units: no warning
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        Attr(type=pint.Quantity, minimum=pint.Quantity("1 mL/min"))
+        Attr(type=pint.Quantity, units="mL/min")
+
+
+def test_litres_are_said_as_labs_write_them() -> None:
+    """A driver author's tour: a flow declared in ``mL/min`` was refused in pint's
+    ``ml/min``."""
+    flow = AttrSpec(type="quantity", units="mL/min", rw=True, maximum=10)
+    with pytest.raises(
+        TaskValidationError, match=r"^flow: 12.5 mL/min is above the maximum 10 mL/min$"
+    ):
+        coerce_value("flow", flow, "12.5 mL/min")
+    with pytest.raises(TaskValidationError, match=r"^flow: 5 µL has the wrong dimensionality"):
+        coerce_value("flow", flow, "5 uL")
+    vol = AttrSpec(type="quantity", units="liter", rw=True, minimum=0.5)
+    with pytest.raises(TaskValidationError, match=r"^v: 100 mL is below the minimum 0.5 L$"):
+        coerce_value("v", vol, "100 ml")
+    # other units keep pint's symbols: "l" inside a symbol is not a litre
+    with pytest.raises(TaskValidationError, match=r"^t: 1 ms is below the minimum 0.1 s$"):
+        coerce_value("t", ATTRS["param"], "1 ms")
+    assert coerce_value("flow", flow, "3 ml/min") == pint.Quantity(3.0, "mL/min")
+
+
 def test_specs_are_json_on_the_wire() -> None:
     spec = ATTRS["choice"]
     assert AttrSpec.model_validate_json(spec.model_dump_json()) == spec

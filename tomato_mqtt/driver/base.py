@@ -12,6 +12,7 @@ All methods here are blocking and are called from one thread at a time per devic
 from __future__ import annotations
 
 import logging
+import warnings
 import numbers
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping
@@ -80,6 +81,16 @@ class Attr:
                 if isinstance(lim, pint.Quantity):
                     units = str(lim.units)
                     break
+        if kind == "quantity" and units is None:
+            # values would reach the driver in whatever units a user wrote, a bare number
+            # dimensionless (a driver author's tour: nothing said so)
+            warnings.warn(
+                "Attr of type quantity without units: values reach the driver in whatever "
+                "units a user writes (a bare number dimensionless); give units=... (e.g. "
+                "units='mL/min')",
+                UserWarning,
+                stacklevel=2,
+            )
         if units is not None:
             try:
                 pint.Unit(units)  # unknown units fail here, at declaration

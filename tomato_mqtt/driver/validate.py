@@ -50,9 +50,24 @@ def _num(x: float | int) -> str:
     return repr(x)
 
 
+def _short(val: Any) -> str:
+    """A quantity or units in pint's short form, litres as labs write them: ``mL/min``,
+    not pint's ``ml/min`` (a driver author's tour: a flow in ``mL/min`` was refused in
+    ``ml``)."""
+    text = f"{val:~P}"
+    if "l" not in text:
+        return text
+    for name in getattr(getattr(val, "units", val), "_units", {}):
+        if name.endswith(("liter", "litre")):
+            sym = _pint().get_application_registry().get_symbol(name)
+            if sym.endswith("l"):
+                text = re.sub(rf"(?<!\w){re.escape(sym)}(?!\w)", sym[:-1] + "L", text)
+    return text
+
+
 def _show(val: object) -> str:
     if isinstance(val, _pint().Quantity):
-        return f"{val:~P}"
+        return _short(val)
     if isinstance(val, str):
         return repr(val)
     if isinstance(val, float | int) and not isinstance(val, bool):
@@ -243,7 +258,7 @@ def coerce_value(name: str, spec: AttrSpec, val: object) -> object:
     if cmp is not None:
         unit = ""
         if spec.type == "quantity" and spec.units:
-            unit = f" {_pint().Unit(spec.units):~P}"
+            unit = f" {_short(_pint().Unit(spec.units))}"
         elif spec.units:  # a number's units are informative: said as declared (a
             # refusal of "200 is above the maximum 100" left the user guessing: a tour)
             unit = f" {spec.units}"

@@ -96,9 +96,7 @@ def decode(model: type[M], payload: bytes | str, topic: str | None = None) -> M:
     return msg
 
 
-_NAN = (
-    "not valid JSON (NaN and Infinity are not JSON: a value that could not be measured is null)"
-)
+_NAN = "not valid JSON (NaN and Infinity are not JSON: a value that could not be measured is null)"
 _HUGE = "a number beyond a double's range (it reads as an infinity)"
 
 
