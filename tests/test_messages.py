@@ -138,8 +138,8 @@ def test_nan_and_infinity_are_refused_as_json_has_them_not() -> None:
 
 def test_a_number_beyond_a_double_s_range_is_refused_as_an_infinity_would_be() -> None:
     """A review: ``1e999`` is valid JSON that reads as an infinity, and was taken into every
-    field (a scheduler's ``lost_after`` of inf: no peer would ever be lost; a component's attrs passed
-    on as null). Refused in typed floats and in free JSON alike, saying where."""
+    field (a scheduler's ``lost_after`` of inf: no peer would ever be lost; a component's
+    attrs passed on as null). Refused in typed floats and in free JSON alike, saying where."""
     from tomato_mqtt.wire.data import LastPoint
     from tomato_mqtt.wire.messages import ComponentStatus, SchedulerStatus
 

@@ -12,8 +12,8 @@ All methods here are blocking and are called from one thread at a time per devic
 from __future__ import annotations
 
 import logging
-import warnings
 import numbers
+import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping
 from typing import Any
