@@ -60,6 +60,15 @@ class Refused(Exception):
     """A problem found on this side (unknown component, nothing retained)."""
 
 
+#: ops a node only reads for: sent again (same id) while no answer comes, as the CLI's
+#: requests to the scheduler are (oneshot.RESEND_AFTER): a node restarting meanwhile never
+#: got the first, the broker drops what nobody subscribes to, and `passata get` said "no
+#: node … answered within 20 s" of a node back 0.5 s after it asked (a test of a hung
+#: close); a copy costs a read. The ops that act are sent once (a new node process does
+#: not know what its predecessor carried out)
+READS = frozenset({"get_attr", "status"})
+
+
 def run_cmd(
     component: str,
     op: str,
@@ -92,7 +101,9 @@ def run_cmd(
     def ask(ex: Exchange, name: str) -> Any:
         topic = ctx.topics.component_user_cmd(name, op)
         who = f"node hosting {name}"
-        return shaped(ex.request(topic, dict(args), timeout=opts.timeout, who=who))
+        return shaped(
+            ex.request(topic, dict(args), timeout=opts.timeout, who=who, resend=op in READS)
+        )
 
     _on_component(component, ask, human, opts)
 
@@ -128,6 +139,8 @@ def _asked_and_checked(
     asked at the same time, says whether there is such a component: an unknown name is
     refused as soon as that list comes, a known one costs no round trip more than the
     request itself (``passata`` as fast as ``ketchup``)."""
+    from tomato_mqtt.transport.oneshot import RESEND_AFTER, NoAnswer
+
     topic = topics.component_user_cmd(name, op)
     ask_id = ex.send(topic, dict(args))
     check = ex.send(topics.scheduler_cmd("status"), {"what": "components"})
@@ -135,8 +148,18 @@ def _asked_and_checked(
     waiting = {ask_id: (topic, f"node hosting {name}"), check: ("", "scheduler")}
     deadline = time.monotonic() + timeout
     ask_at = ex.ask_whoami_at(topic, deadline, timeout)
+    gap = RESEND_AFTER
+    again_at = time.monotonic() + gap if op in READS else deadline
     while True:
-        got, reply = ex.first_reply(waiting, deadline, timeout, ask_at)
+        try:
+            got, reply = ex.first_reply(waiting, min(again_at, deadline), timeout, ask_at)
+        except NoAnswer:
+            if again_at >= deadline:
+                raise
+            ex.send_again(ask_id)  # a node that was restarting never got it (READS)
+            gap *= 2
+            again_at = time.monotonic() + gap
+            continue
         if got == ask_id:
             return reply
         del waiting[check]

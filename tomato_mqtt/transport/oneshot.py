@@ -347,6 +347,7 @@ class Exchange:
         self.whoami = whoami
         self._me: tuple[str, Reply | None] | None = None  # (whoami's id, its answer)
         self._connects = 0  # connections made again (_reconnect)
+        self._sent: dict[str, tuple[str, bytes]] = {}  # id -> (topic, payload): send_again
         self.url = url
         self.client_id = f"cli-{os.getpid()}-{os.urandom(3).hex()}"
         self.reply_to = reply_topic(self.client_id)
@@ -482,7 +483,12 @@ class Exchange:
         """Publish a request (QoS 1); its id, for :meth:`first_reply`."""
         req_id, payload = self._envelope(args)
         self._publish(topic, payload)
+        self._sent[req_id] = (topic, payload)
         return req_id
+
+    def send_again(self, req_id: str) -> None:
+        """Publish a request :meth:`send` sent once more, with its id (see RESEND_AFTER)."""
+        self._publish(*self._sent[req_id])
 
     def _envelope(self, args: Mapping[str, Any] | None) -> tuple[str, bytes]:
         req_id = os.urandom(16).hex()

@@ -48,6 +48,8 @@ Where it fails comes from the component's address and from ``[drivers.faulty]``:
 ``linger``
     ``Device.__init__`` starts a thread of its own (not a daemon) that never ends: the
     interpreter waits for it at exit.
+``closehang``
+    ``close`` never returns (an instrument whose port hangs as it is released).
 
 The setting ``idle_measurement_interval`` (seconds) turns idle measurements on;
 ``connect_seconds`` makes every ``Device.__init__`` take that long (an instrument that
@@ -84,6 +86,7 @@ FAULTS = frozenset(
         "status",
         "oneattr",
         "linger",
+        "closehang",
     }
 )
 
@@ -174,6 +177,10 @@ class Device(ModelDevice):
         if "measure" in self.faults:
             raise RuntimeError("faulty: do_measure failed (simulated)")
         return {"level": self.level, "mode": self.mode}
+
+    def close(self) -> None:
+        if "closehang" in self.faults:
+            threading.Event().wait()  # for ever
 
     def reset(self) -> None:
         if "reset" in self.faults:
