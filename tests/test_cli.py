@@ -315,8 +315,12 @@ def test_unmatchable_payload_is_queued_with_its_reason(stack: Stack) -> None:
     # and both submit and status say why
     res = stack.run("ketchup", "submit", str(CONFIG / "counter_invalid_1.yml"))
     assert res.returncode == 0, res.stderr
-    assert "no pipeline can run it yet" in res.stdout and "unknown" in res.stdout
-    jobid = int(res.stdout.split("jobid")[1].split()[0])
+    assert "no pipeline can run it yet" in res.stderr and "unknown" in res.stderr
+    # stdout: one line that ends with the id, as tomato 2.2's (a side-by-side tour: a
+    # script's `awk '{print $NF}'` took three words of three lines)
+    assert res.stdout.count("\n") == 1, res.stdout
+    jobid = int(res.stdout.split()[-1])
+    assert res.stderr.splitlines()[-1].startswith("output: "), res.stderr
     job = stack.job(jobid)
     assert job["status"] == "q" and "unknown" in job["reason"]
     human = stack.run("ketchup", "status")

@@ -146,6 +146,31 @@ async def test_a_cancel_while_a_launch_is_announced_is_not_lost(
         ], ended
 
 
+async def test_a_snapshot_folder_is_filled_in_as_the_output_folder_is(
+    broker: RunningBroker, tmp_path: Path, instance: str
+) -> None:
+    """A side-by-side tour: tomato 2.2's ketchup fills in ``settings.snapshot.path``; ours
+    left it null (the periodic snapshots go next to the results: it names that folder
+    now); a path given is kept as it was."""
+    payload = yaml.safe_load((CONFIG / "counter_snapshot.yml").read_text())
+    async with inproc_stack(broker.port, tmp_path, instance) as st:
+        work = st.settings.datadir / "work"
+        work.mkdir(parents=True)
+        reply = await st.raw(
+            st.topics.scheduler_cmd("job_submit"), {"payload": payload, "submit_dir": str(work)}
+        )
+        assert reply.success, reply
+        settings = reply.data["payload"]["settings"]
+        assert settings["snapshot"]["path"] == str(work), settings
+        assert settings["output"]["path"] == str(work), settings
+        payload["tomato"]["snapshot"]["path"] = "snaps"
+        reply = await st.raw(
+            st.topics.scheduler_cmd("job_submit"), {"payload": payload, "submit_dir": str(work)}
+        )
+        assert reply.data["payload"]["settings"]["snapshot"]["path"] == "snaps", reply.data
+        await st.call("job_cancel", {"jobids": [1, 2]})
+
+
 async def test_a_submit_whose_file_exists_already_says_where_the_file_will_go(
     broker: RunningBroker, tmp_path: Path, instance: str
 ) -> None:

@@ -189,20 +189,32 @@ def test_a_new_state_file_never_gives_a_used_job_id_again(tmp_path: Path) -> Non
 
 
 async def test_a_recorder_on_another_pc_tells_the_scheduler_which_ids_are_used(
-    broker: RunningBroker, tmp_path: Path, instance: str
+    broker: RunningBroker, tmp_path: Path, instance: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     """The ids continue after those the recorder has stored even when the scheduler
-    cannot read its store (a recorder on another PC): its retained status says the
-    highest. A fresh state file here, a recorder that has stored job 41: the next
-    submit is job 42, not job 1 (whose points the recorder would take for job 1's)."""
+    cannot read its store (a recorder on another PC): its status says the highest. A
+    fresh state file here, a recorder that has stored job 41: the next submit is job 42,
+    not job 1 (whose points the recorder would take for job 1's). (The status is sent
+    once the stack is up: retained before, the stack's own recorder could replace it
+    before the scheduler read it, a loaded run's job 1.)"""
+    import logging
+
     from tomato_mqtt.wire.messages import RecorderStatus, encode
 
     topics = Topics(instance)
-    async with client(f"mqtt://127.0.0.1:{broker.port}") as c:
-        seen = RecorderStatus(state="online", heartbeat=time.time(), highest_job=41)
-        await c.publish(topics.recorder_status(), encode(seen), retain=True)
     async with inproc_stack(broker.port, tmp_path, instance) as st:
         await st.call("pipeline_load", {"pipeline": "pip-counter-1", "sampleid": "s1"})
+        with caplog.at_level(logging.WARNING, logger="tomato_mqtt.services.scheduler"):
+            async with client(f"mqtt://127.0.0.1:{broker.port}") as c:
+                seen = RecorderStatus(state="online", heartbeat=time.time(), highest_job=41)
+                await c.publish(topics.recorder_status(), encode(seen))
+            said = "job ids continue after 41 (seen in the recorder's status"
+            for _ in range(200):
+                if any(said in r.getMessage() for r in caplog.records):
+                    break
+                await asyncio.sleep(0.05)
+            else:
+                raise AssertionError([r.getMessage() for r in caplog.records])
         doc = yaml.safe_load((CONFIG / "counter_v2.2.yml").read_text())
         job = await st.call("job_submit", {"payload": doc, "submit_dir": str(tmp_path)})
         assert job.id == 42, job

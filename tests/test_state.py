@@ -394,6 +394,11 @@ def test_ids_continue_after_those_the_recorder_and_job_folders_know(tmp_path: Pa
     (jobs / "9").mkdir(parents=True)
     (jobs / "notes").mkdir()
     assert highest_job_elsewhere(rec, jobs) == (9, f"the job folder {jobs / '9'}")
+    # a datadir tomato 2.2 used (a lab moving over): named so, not taken for a lost
+    # state file (a side-by-side tour: the log asked whether it had been lost)
+    (jobs / "9" / "jobdata.json").write_text("{}")
+    assert highest_job_elsewhere(rec, jobs) == (9, f"tomato 2.2's job folder {jobs / '9'}")
+    (jobs / "9" / "jobdata.json").unlink()
     (jobs / "9").rmdir()
     assert highest_job_elsewhere(rec, jobs) == (7, f"the recorder's store {rec}")
 

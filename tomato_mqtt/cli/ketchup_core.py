@@ -110,7 +110,18 @@ def submit(opts: Opts, payload: File, jobname: str | None) -> None:
         reply = ask({"payload": _parsed(payload)})
     if not reply.success and reply.code == "refused":  # the scheduler cannot know the file
         reply.msg = payload_refused(os.fspath(payload), reply.msg)
-    opts.output().reply(reply, lambda job: _submitted(reply.msg, job))
+    if reply.success and not (opts.json or opts.yaml):
+        # stdout: one line, as tomato 2.2's (`jobid=$(ketchup submit p.yml | awk '{print
+        # $NF}')` took three words of three lines: a side-by-side tour); the notes and
+        # where the file goes on stderr, on the console as before
+        from tomato_mqtt.cli.output import echo
+
+        head, *notes = _submitted(reply.msg, reply.data).splitlines()
+        echo(head)
+        for line in notes:
+            echo(line, err=True)
+        return
+    opts.output().reply(reply)
 
 
 def status_args(
@@ -192,7 +203,14 @@ def cancel(opts: Opts, jobids: list[int]) -> None:
 
 
 def _submitted(msg: str, job: Any) -> str:
+    """What ``ketchup submit`` prints: a first line that ends with the job's id (and
+    name), as tomato 2.2's, then notes and where the file goes."""
     lines = [msg]
+    if isinstance(job, dict) and "id" in job:  # the scheduler's words, as it builds them
+        named = f" and jobname {job['jobname']!r}" if job.get("jobname") else ""
+        head = f"job submitted successfully with jobid {job['id']}{named}"
+        if msg.startswith(head + "; "):
+            lines = [head, f"note: {msg[len(head) + 2 :]}"]
     if isinstance(job, dict):
         if job.get("reason") and job.get("status") == "q":
             lines.append(f"note: no pipeline can run it yet: {job['reason']}")

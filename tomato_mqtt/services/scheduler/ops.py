@@ -589,14 +589,18 @@ class SchedulerOps:
                     f"(`ketchup status {job.id}` names it then)"
                 )
             filled: dict[str, Any] = {}
+            settings = dict(pdict.get("settings") or {})
             if out.get("path") is None and isinstance(out, dict):
                 # the folder the file goes to, as tomato 2.2's ketchup fills it in: a
                 # tomato 2.2 script finds its results through it (it read None: a
                 # side-by-side tour)
-                filled["payload"] = {
-                    **pdict,
-                    "settings": {**pdict["settings"], "output": {**out, "path": str(base)}},
-                }
+                settings["output"] = {**out, "path": str(base)}
+            snap = settings.get("snapshot")
+            if isinstance(snap, dict) and snap.get("path") is None:
+                # so is the snapshots' folder: next to the results (a side-by-side tour)
+                settings["snapshot"] = {**snap, "path": str(base)}
+            if settings != (pdict.get("settings") or {}):
+                filled["payload"] = {**pdict, "settings": settings}
             job = self.store.update_job(job.id, respath=str(base / f"{prefix}.nc"), **filled)
         await self.svc.publish_job(job)
         log.info("job %d submitted (%s)", job.id, job.jobname or "no name")

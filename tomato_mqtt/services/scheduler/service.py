@@ -34,7 +34,12 @@ from tomato_mqtt.services.scheduler.recorder_link import RecorderLink
 from tomato_mqtt.services.scheduler.retention import Retention
 from tomato_mqtt.services.scheduler.runner import JobRunner
 from tomato_mqtt.services.scheduler.stale import StaleTasks
-from tomato_mqtt.services.scheduler.store import StateStore, StoreTaken, highest_job_elsewhere
+from tomato_mqtt.services.scheduler.store import (
+    TOMATO22_FOLDER,
+    StateStore,
+    StoreTaken,
+    highest_job_elsewhere,
+)
 from tomato_mqtt.services.scheduler.warmup import (
     WARM_UP_LATEST,
     SchemaDoc,
@@ -182,7 +187,14 @@ class SchedulerService(Service):
             )
             return  # asked again with the next status
         self._ids_past = used
-        if moved:
+        if moved and where.startswith(TOMATO22_FOLDER):  # a lab moving over: no fault
+            log.info(
+                "job ids continue after %d (seen in %s: a datadir tomato 2.2 used): no job "
+                "folder holds two jobs",
+                used,
+                where,
+            )
+        elif moved:
             log.warning(
                 "job ids continue after %d (seen in %s, unknown to %s: a state file "
                 "removed, emptied or restored from a backup?): an id is never given to "

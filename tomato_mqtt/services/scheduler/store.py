@@ -776,4 +776,12 @@ def highest_job_elsewhere(recorder_db: Path, jobs_dir: Path) -> tuple[int, str]:
         for d in jobs_dir.iterdir():
             if d.name.isdigit() and best < int(d.name) <= PLAUSIBLE_ID:
                 best, where = int(d.name), f"the job folder {d}"
+                if (d / "jobdata.json").is_file():  # (what tomato 2.2's job writes)
+                    where = f"{TOMATO22_FOLDER} {d}"
     return best, where
+
+
+#: how :func:`highest_job_elsewhere` names a job folder tomato 2.2 wrote: a lab moving
+#: over with its datadir, whose ids continue after tomato 2.2's (a side-by-side tour:
+#: the log asked whether the state file had been lost)
+TOMATO22_FOLDER = "tomato 2.2's job folder"
