@@ -191,3 +191,61 @@ async def test_durations_read_as_a_person_reads_them() -> None:
             "1 h 1 min",
             "2 h 2 min",
         ]
+
+
+@pytest.mark.timeout(180)
+async def test_pipelines_in_number_order_and_a_keyboard_user_s_focus_kept(
+    broker: RunningBroker, tmp_path: Path, instance: str
+) -> None:
+    """An integrator's tour: 24 pipelines read pip-1, pip-10 … pip-19, pip-2; a row's
+    button pressed with Enter sent the focus to the page's start (the row is redrawn);
+    Enter in the sample field did nothing; a keyboard user could not close the reply."""
+    channels = ", ".join(f'"{i}"' for i in range(1, 13))
+    devices = tmp_path / "twelve.yml"
+    devices.write_text(
+        "devices:\n"
+        "  - {name: dev-counter, driver: example_counter, address: example-addr, "
+        f"channels: [{channels}], pollrate: 1}}\n"
+        "pipelines:\n"
+        "  - name: pip-*\n"
+        "    devices: [{role: counter, device: dev-counter, channel: each}]\n"
+    )
+    url = f"mqtt://127.0.0.1:{broker.port}"
+    async with (
+        inproc_stack(broker.port, tmp_path / "st", instance, devices=str(devices), components=12),
+        running_dashboard(url, instance) as dash,
+        chromium_page() as (_, page),
+    ):
+        await page.goto(dash.address())
+        await page.locator('#pipelines tr[data-key="pip-12"]').wait_for(timeout=10_000)
+        keys = await page.evaluate(
+            "() => [...document.querySelectorAll('#pipelines tbody tr')].map(r => r.dataset.key)"
+        )
+        assert keys == [f"pip-{i}" for i in range(1, 13)], keys
+        picks = await page.evaluate(
+            "() => [...document.getElementById('pc-pipeline').options].map(o => o.value)"
+        )
+        assert picks == keys, picks
+
+        # Enter in the sample field loads it
+        await page.select_option("#pc-pipeline", "pip-2")
+        await page.fill("#pc-sample", "s2")
+        await page.press("#pc-sample", "Enter")
+        row = page.locator('#pipelines tr[data-key="pip-2"]')
+        await row.locator("td.sample", has_text="s2").wait_for(timeout=10_000)
+        # Escape closes the reply
+        await page.locator("#reply", has_text="loaded").wait_for(timeout=5_000)
+        await page.keyboard.press("Escape")
+        await page.locator("#reply").wait_for(state="hidden", timeout=5_000)
+
+        # the row's `ready`, pressed with Enter: the focus stays in the row (on its
+        # `eject`, what is left of it) once the row is redrawn
+        ready = row.locator('button.prow[data-op="pipeline_ready"]')
+        await ready.focus()
+        await page.keyboard.press("Enter")
+        await row.locator("td.ready", has_text="ready").wait_for(timeout=10_000)
+        await ready.wait_for(state="detached", timeout=5_000)
+        focused = await page.evaluate(
+            "() => [document.activeElement.dataset.op, document.activeElement.dataset.pipeline]"
+        )
+        assert focused == ["pipeline_eject", "pip-2"], focused

@@ -488,6 +488,21 @@ def test_diff(tmp_path: Path) -> None:
     assert d.model_dump()["added_pipelines"] == ["pip-ps"]  # what `tomato reload` reports
 
 
+def test_a_diff_lists_names_in_number_order(tmp_path: Path) -> None:
+    """An integrator's tour: a reload's 24 pipelines read pip-1, pip-10 … pip-19, pip-2."""
+    doc = {
+        "devices": [{"name": "c", "driver": "example_counter", "address": "a", "channels": ["1"]}],
+        "pipelines": [{"name": "pip-0", "devices": [{"role": "r", "device": "c", "channel": "1"}]}],
+    }
+    old = _layout(tmp_path, doc, "old.yml")
+    doc["pipelines"] += [
+        {"name": f"pip-{i}", "devices": [{"role": "r", "device": "c", "channel": "1"}]}
+        for i in (10, 2, 1, 20, 3)
+    ]
+    d = old.diff(_layout(tmp_path, doc, "new.yml"))
+    assert d.added_pipelines == ["pip-1", "pip-2", "pip-3", "pip-10", "pip-20"]
+
+
 def test_empty_layout() -> None:
     layout = Layout(components={}, pipelines={})
     assert layout.drivers == set() and layout.diff(Layout()).empty

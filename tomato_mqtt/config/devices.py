@@ -8,6 +8,7 @@ that device (``name-1``, ``name-2``, ...).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated, Any
@@ -179,11 +180,25 @@ def _by_name(c: ComponentConfig) -> str:
     return c.name
 
 
+def natural_key(name: str) -> list[tuple[int, int, str]]:
+    """A name's sort key with its numbers as numbers: pip-2 before pip-10 (an
+    integrator's tour: a reload's 24 pipelines read pip-1, pip-10 … pip-19, pip-2)."""
+    parts = []
+    for i, part in enumerate(_DIGITS.split(name)):  # (odd places: the numbers)
+        parts.append((0, int(part), "") if i % 2 else (1, 0, part))
+    return parts
+
+
+_DIGITS = re.compile(r"(\d+)")
+
+
 def _diff_maps(kind: str, old: dict[str, Any], new: dict[str, Any]) -> dict[str, list[str]]:
     return {
-        f"added_{kind}": sorted(new.keys() - old.keys()),
-        f"removed_{kind}": sorted(old.keys() - new.keys()),
-        f"changed_{kind}": sorted(k for k in old.keys() & new.keys() if old[k] != new[k]),
+        f"added_{kind}": sorted(new.keys() - old.keys(), key=natural_key),
+        f"removed_{kind}": sorted(old.keys() - new.keys(), key=natural_key),
+        f"changed_{kind}": sorted(
+            (k for k in old.keys() & new.keys() if old[k] != new[k]), key=natural_key
+        ),
     }
 
 

@@ -104,7 +104,14 @@ function renderRows(tbody, rows) {
       r = { tr, html: null };
       seen.set(key, r);
     }
-    if (r.html !== html) { r.tr.innerHTML = html; r.html = html; labelCells(tbody, r.tr); }
+    if (r.html !== html) {
+      // a keyboard user's focus stays in the row it was in (a row redrawn after its
+      // `ready` moved it to the page's start: a dashboard tour)
+      const had = r.tr.contains(document.activeElement) ? document.activeElement : null;
+      const op = had && had.dataset ? had.dataset.op : null;
+      r.tr.innerHTML = html; r.html = html; labelCells(tbody, r.tr);
+      if (had) focusInRow(r.tr, op);
+    }
     const want = prev ? prev.nextSibling : tbody.firstChild;
     if (want !== r.tr) tbody.insertBefore(r.tr, want);
     prev = r.tr;
@@ -219,7 +226,7 @@ function renderPresence() {
   row("scheduler", "scheduler", sch, (sch && sch.storage_error ? `<span class="err">${esc(sch.storage_error)}</span>` : sch && sch.state !== "lost" ? `${sch.jobs_running} running, ${sch.jobs_queued} queued` : "") + warned);
   const rec = S.recorder;
   row("recorder", "recorder", rec, rec && rec.storage_error ? `<span class="err">${esc(rec.storage_error)}</span>` : "");
-  for (const id of Object.keys(S.nodes).sort()) {
+  for (const id of Object.keys(S.nodes).sort(natural)) {
     const n = S.nodes[id];
     row(`node:${id}`, `node ${n.node}`, n, `${n.components.length} component${n.components.length === 1 ? "" : "s"} · ${driversCell(n.drivers || {})}${n.spool_pending ? ` · spool ${n.spool_pending}` : ""}`);
   }
@@ -230,6 +237,12 @@ function renderPresence() {
 // a node's drivers: those its components use, those that failed (red), and the others
 // installed on it, said apart (each installed one read "(not loaded)", as if broken: a
 // dashboard tour)
+// names with their numbers as numbers: pip-2 before pip-10 (an integrator's tour: 24
+// pipelines read pip-1, pip-10 … pip-19, pip-2)
+const naturalOrder = new Intl.Collator(undefined, { numeric: true });
+function natural(a, b) { return naturalOrder.compare(a, b) || (a < b ? -1 : a > b ? 1 : 0); }
+window.natural = natural;
+
 function driversCell(drivers) {
   const used = [], failed = [], spare = [];
   for (const [d, i] of Object.entries(drivers).sort()) {
@@ -349,7 +362,7 @@ const anyRunning = () => Object.values(S.components).some((c) => c.status && c.s
 
 function renderPipelines() {
   const rows = [];
-  for (const id of Object.keys(S.pipelines).sort()) {
+  for (const id of Object.keys(S.pipelines).sort((a, b) => natural(S.pipelines[a].name, S.pipelines[b].name))) {
     const p = S.pipelines[id];
     const job = p.job != null ? S.jobs[p.job] : null;
     const bySlug = Object.fromEntries(Object.entries(p.slugs || {}).map(([r, s]) => [s, r]));
@@ -362,7 +375,7 @@ function renderPipelines() {
       `<td>${p.job != null ? `<a href="#/job/${p.job}">job ${p.job}</a>` : ""}</td><td class="progress">${prog}</td><td>${cmps}</td><td class="nw acts">${rowActions(p)}</td>`]);
   }
   renderRows($("pipelines").tBodies[0], rows);
-  const sel = $("pc-pipeline"), names = Object.values(S.pipelines).map((p) => p.name).sort();
+  const sel = $("pc-pipeline"), names = Object.values(S.pipelines).map((p) => p.name).sort(natural);
   if (sel._names !== names.join("\n")) {
     const cur = sel.value;
     sel.innerHTML = names.map((n) => `<option>${esc(n)}</option>`).join("");
@@ -457,7 +470,7 @@ function showReply(r) {
   const box = $("reply");
   box.hidden = false;
   box.className = r.success ? "ok" : "err";
-  box.title = "click to close";
+  box.title = "click or press Escape to close";
   let text = r.msg || "";
   const d = r.data;  // a job just queued that waits: why, as ketchup submit says it
   if (r.success && d && !Array.isArray(d) && d.reason && (d.status === "q" || d.status === "qw")) {
@@ -468,6 +481,14 @@ function showReply(r) {
   if (r.success) replyTimer = setTimeout(() => { box.hidden = true; }, 20000);
 }
 $("reply").addEventListener("click", () => { $("reply").hidden = true; });
+// and Escape, from anywhere (a keyboard user could not close it: a dashboard tour)
+document.addEventListener("keydown", (e) => {
+  if (e.key === "Escape" && !$("reply").hidden) $("reply").hidden = true;
+});
+// Enter in the sample field loads it, as the submit form's fields submit
+$("pc-sample").addEventListener("keydown", (e) => {
+  if (e.key === "Enter") { e.preventDefault(); $("pipeline-controls").querySelector('[data-op="pipeline_load"]').click(); }
+});
 
 async function post(url, body) {
   try {
@@ -486,10 +507,36 @@ let waiting = 0;
 const HELD = "#pipeline-controls button, button.prow, #submit-controls button, #login button, button.cancel, #jp-cancel, #cmppage button";
 function holdControls() {
   for (const b of document.querySelectorAll(HELD)) {
-    if (waiting && !b.disabled) { b.disabled = true; b.dataset.held = "1"; }
-    else if (!waiting && b.dataset.held) { b.disabled = false; delete b.dataset.held; }
+    if (waiting && !b.disabled) {
+      if (b === document.activeElement) refocus = focusOf(b);  // (a disabled one loses it)
+      b.disabled = true; b.dataset.held = "1";
+    } else if (!waiting && b.dataset.held) { b.disabled = false; delete b.dataset.held; }
   }
   document.body.classList.toggle("busy", waiting > 0);
+  if (!waiting && refocus) restoreFocus();
+}
+
+// a keyboard user's focus on a control held while its request waited: given back once
+// the controls are let go, in the same row if it was redrawn meanwhile (it went to the
+// page's start: a dashboard tour)
+let refocus = null;
+function focusOf(el) {
+  const tr = el.closest("tr[data-key]");
+  return { el, op: el.dataset.op || null, key: tr ? tr.dataset.key : null, table: tr ? tr.closest("table").id : null };
+}
+function restoreFocus() {
+  const f = refocus;
+  refocus = null;
+  if (document.activeElement && document.activeElement !== document.body) return;
+  if (f.el.isConnected && !f.el.disabled) { f.el.focus(); return; }
+  const tr = f.key != null && f.table ? document.querySelector(`#${f.table} tr[data-key="${CSS.escape(f.key)}"]`) : null;
+  if (tr) focusInRow(tr, f.op);
+}
+function focusInRow(tr, op) {
+  // (its own control, else the row's first other control, else a link in it)
+  const again = (op && tr.querySelector(`[data-op="${CSS.escape(op)}"]`)) || tr.querySelector("button:not([disabled])") || tr.querySelector("a[href], input, select");
+  if (again) again.focus();
+  else { tr.tabIndex = -1; tr.focus(); }
 }
 function pending(text) {
   const box = $("reply");
