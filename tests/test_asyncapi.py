@@ -166,3 +166,20 @@ def test_the_document_lists_every_command() -> None:
         ref = entry["args"]["$ref"].rsplit("/", 1)[-1]
         assert ref in doc["components"]["schemas"], (c.op, ref)
         assert "data" in entry
+
+
+def test_a_reply_of_several_shapes_says_which_answers_which_args() -> None:
+    """An integrator's tour: a `status components` reply also matched the pipelines'
+    branch of `data` (whose fields are few), so a validator could not tell which applied.
+    `x-data-by-args` names the branch of every `what`, each one of `data`'s."""
+    from typing import get_args
+
+    from tomato_mqtt.wire.asyncapi import build_asyncapi
+    from tomato_mqtt.wire.commands import StatusSection
+
+    entry = build_asyncapi("lab1")["x-commands"]["scheduler"]["status"]
+    by_what = entry["x-data-by-args"]["what"]
+    assert set(by_what) == set(get_args(StatusSection))
+    assert sorted(map(str, by_what.values())) == sorted(map(str, entry["data"]["anyOf"]))
+    assert by_what["components"]["additionalProperties"]["$ref"].endswith("/ComponentInfo")
+    assert by_what["scheduler"] == {"$ref": "#/components/schemas/SchedulerInfo"}

@@ -21,7 +21,7 @@ from pydantic import BaseModel, TypeAdapter
 from pydantic.json_schema import models_json_schema
 
 from tomato_mqtt import __version__
-from tomato_mqtt.wire.commands import COMMANDS
+from tomato_mqtt.wire.commands import COMMANDS, DATA_BY_ARG
 from tomato_mqtt.wire.events import EVENT_DETAILS
 from tomato_mqtt.wire.examples import example_messages
 from tomato_mqtt.wire.messages import (
@@ -132,11 +132,27 @@ def _commands() -> dict[str, Any]:
         if c.data is None:
             entry["data"] = {"type": "null"}
         else:
-            data = TypeAdapter(c.data).json_schema(ref_template="#/components/schemas/{model}")
-            data.pop("$defs", None)
-            entry["data"] = _untitled(data)
+            entry["data"] = _schema_of(c.data)
+        by_arg = DATA_BY_ARG.get((c.responder, c.op))
+        if by_arg is not None:
+            # which branch of data answers which args (a validator matched `status
+            # components` against the pipelines' branch: an integrator's tour)
+            arg, branches = by_arg
+            entry["x-data-by-args"] = {
+                arg: {v: _schema_of(t, ref=True) for v, t in branches.items()}
+            }
         out.setdefault(c.responder, {})[c.op] = entry
     return out
+
+
+def _schema_of(data: Any, ref: bool = False) -> Any:
+    """``data``'s JSON schema; with ``ref``, a model is its $ref to components/schemas
+    (as in a union)."""
+    if ref and isinstance(data, type) and issubclass(data, BaseModel):
+        return {"$ref": f"#/components/schemas/{data.__name__}"}
+    schema = TypeAdapter(data).json_schema(ref_template="#/components/schemas/{model}")
+    schema.pop("$defs", None)
+    return _untitled(schema)
 
 
 def _meta_schema_message() -> dict[str, Any]:
@@ -162,9 +178,15 @@ def _message(model: type[WireModel], example: BaseModel | None) -> dict[str, Any
     if doc:
         msg["summary"] = " ".join(doc.split("\n\n", 1)[0].split())
     if example is not None:
-        msg["examples"] = [
-            {"name": f"{model.__name__}-example", "payload": example.model_dump(mode="json")}
-        ]
+        payload = example.model_dump(mode="json")
+        if model.__name__ == "DataBatch":
+            # as a node writes it (wire.batch.encode_batch): no empty dims, coords or
+            # nonfinite (topics.md says nonfinite is absent when there is none; the
+            # example had it empty: an integrator's tour)
+            for key in ("dims", "coords", "nonfinite"):
+                if not payload.get(key):
+                    payload.pop(key, None)
+        msg["examples"] = [{"name": f"{model.__name__}-example", "payload": payload}]
     return msg
 
 

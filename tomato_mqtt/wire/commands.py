@@ -38,6 +38,7 @@ from tomato_mqtt.wire.messages import (
     TaskStartArgs,
 )
 from tomato_mqtt.wire.status import (
+    STATUS_DATA_BY_WHAT,
     JobSummary,
     PipelineInfo,
     StatusData,
@@ -46,6 +47,7 @@ from tomato_mqtt.wire.status import (
 
 __all__ = [
     "COMMANDS",
+    "DATA_BY_ARG",
     "ERROR_CODES",
     "Command",
     "ErrorCode",
@@ -430,6 +432,12 @@ def _c(
 ) -> Command:
     return Command(responder, op, args, data, doc, reads)
 
+
+#: (responder, op) -> (an arg, which reply data each of its values gets): for a reply
+#: whose data is one of several shapes (the AsyncAPI's x-data-by-args)
+DATA_BY_ARG: dict[tuple[str, str], tuple[str, dict[str, Any]]] = {
+    ("scheduler", "status"): ("what", STATUS_DATA_BY_WHAT),
+}
 
 COMMANDS: tuple[Command, ...] = (
     _c(

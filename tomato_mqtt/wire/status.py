@@ -8,7 +8,7 @@ deep queue. Listed in the AsyncAPI document through the commands that return the
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
@@ -16,6 +16,7 @@ from tomato_mqtt.model.jobs import Job, PipelineState
 from tomato_mqtt.wire.messages import NodeStatus, SchedulerStatus
 
 __all__ = [
+    "STATUS_DATA_BY_WHAT",
     "ComponentInfo",
     "DeviceInfo",
     "DriverNodes",
@@ -179,6 +180,15 @@ StatusData = (
     | dict[str, NodeInfo]
     | dict[str, DriverNodes]
 )
+#: which of StatusData answers which ``what`` (the AsyncAPI's x-data-by-args)
+STATUS_DATA_BY_WHAT: dict[str, Any] = {
+    "scheduler": SchedulerInfo,
+    "pipelines": dict[str, PipelineInfo],
+    "devices": dict[str, DeviceInfo],
+    "components": dict[str, ComponentInfo],
+    "nodes": dict[str, NodeInfo],
+    "drivers": dict[str, DriverNodes],
+}
 
 
 class WhoamiData(_Data):
