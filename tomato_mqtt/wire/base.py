@@ -90,8 +90,8 @@ def decode(model: type[M], payload: bytes | str, topic: str | None = None) -> M:
         # as such, a dashboard's page could not parse its update, and showed nothing
         # until the message was gone (a forged retained point: a hostile tour)
         raise DecodeError(model, topic, _NAN)
-    where = _json_fields(type(msg))
-    if where and (bad_field := _nonfinite_field(msg, where)):
+    free = _json_fields(type(msg))
+    if free and (bad_field := _nonfinite_field(msg, free)):
         raise DecodeError(model, topic, f"{bad_field}: {_HUGE}")
     return msg
 
