@@ -2410,3 +2410,60 @@ async def test_every_service_s_last_will_says_who_it_was_and_no_stale_snapshot(
         assert rec.started_at == st.recorder.started_at  # which recorder it was
         sch = wills["scheduler"]
         assert sch.epoch == st.scheduler.epoch and sch.jobs_running == sch.jobs_queued == 0
+
+
+async def test_a_snapshot_fetched_while_another_replaces_it_is_the_one_asked_for(
+    broker: RunningBroker, instance: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Fault injection: two clients snapshotting one job got "transfer incomplete: 23113
+    of 22473 bytes": the second snapshot replaced the file (one path per job) while the
+    first was fetched chunk by chunk, by name (of equal sizes, a file spliced from two).
+    A token holds its file open; one whose file was let go (past the newest
+    TOKENS_OPEN) and replaced is refused, saying so."""
+    import base64
+
+    import netCDF4
+
+    from tomato_mqtt.services.recorder import files
+
+    async with recorder(broker, instance, tmp_path / "r.sqlite") as (svc, c, req, t):
+        data = t.component_data(CMP)
+        await c.publish(data, _batch(1, 0, "s1", 0, 5), qos=1)
+        await _stored(svc, 1, 5)
+        snap = tmp_path / "out" / "snapshot.1.nc"
+        expect = [{"component": CMP, "task": 0, "npoints": 20, "stream": "s1", "last_seq": 3}]
+        first = await _finalize(req, t, _finalize_args(1, snap, expect, wait=0, snapshot=True))
+        assert first.success, first
+        await c.publish(data, _batch(1, 0, "s1", 1, 5, v0=5), qos=1)
+        await _stored(svc, 1, 10)
+        second = await _finalize(req, t, _finalize_args(1, snap, expect, wait=0, snapshot=True))
+        assert second.data["size"] != first.data["size"]  # type: ignore[index]
+
+        async def fetched(info: Any) -> bytes:
+            got = b""
+            for index in range(info["chunks"]):
+                r = await req.request(
+                    t.recorder_cmd("fetch"), {"token": info["token"], "index": index}, timeout=5
+                )
+                assert r.success, r
+                got += base64.b64decode(r.data["data"])  # type: ignore[index]
+            return got
+
+        old = await fetched(first.data)  # (fetched after the second replaced it)
+        assert len(old) == first.data["size"]  # type: ignore[index]
+        with netCDF4.Dataset("old.nc", memory=old) as nc:
+            assert len(nc["counter"].dimensions["uts"]) == 5
+
+        # a token whose file was let go: the file by its name, refused once replaced
+        monkeypatch.setattr(files, "TOKENS_OPEN", 0)
+        third = await _finalize(req, t, _finalize_args(1, snap, expect, wait=0, snapshot=True))
+        await c.publish(data, _batch(1, 0, "s1", 2, 5, v0=10), qos=1)
+        await _stored(svc, 1, 15)
+        await _finalize(req, t, _finalize_args(1, snap, expect, wait=0, snapshot=True))
+        r = await req.request(
+            t.recorder_cmd("fetch"),
+            {"token": third.data["token"], "index": 0},
+            timeout=5,  # type: ignore[index]
+        )
+        assert not r.success and r.code == "conflict", r
+        assert "has been replaced since the token was given" in r.msg, r.msg

@@ -8,6 +8,7 @@ it; ``fetch`` hands a written file out in chunks to a CLI on another PC.
 from __future__ import annotations
 
 import base64
+import errno
 import logging
 import time
 from collections.abc import Mapping
@@ -125,13 +126,24 @@ class FileOps:
             raise CommandError(
                 f"{w.path.name} has {chunks} chunk(s): no chunk {a.index}", code="not_found"
             )
-        with w.path.open("rb") as f:
-            f.seek(a.index * CHUNK)
-            chunk = f.read(CHUNK)
-        if a.index == chunks - 1 and w.path in svc.files.temporary:
-            # its last chunk: a snapshot made for this transfer only goes
-            svc.files.tokens.pop(a.token, None)
-            svc.files.fetched(w.path)
+        try:
+            chunk = w.read(a.index * CHUNK, CHUNK)
+        except OSError as e:
+            gone = e.errno in (errno.ESTALE, errno.ENOENT)
+            raise CommandError(
+                f"{w.path} has been replaced since the token was given (a newer snapshot "
+                "of the job?): ask for it again"
+                if gone
+                else f"cannot read {w.path}: {e.strerror or e}",
+                code="conflict" if gone else "unavailable",
+            ) from None
+        if a.index == chunks - 1:
+            # its last chunk: a snapshot made for this transfer only goes; another file
+            # is let go (its chunks fetched again are read by name, if it is the same)
+            if w.path in svc.files.temporary:
+                svc.files.drop_token(a.token)
+            else:
+                w.close()
         return Result(
             f"chunk {a.index} of {w.path.name}",
             {"index": a.index, "data": base64.b64encode(chunk).decode()},

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
+import itertools
 import json
 import logging
 import os
@@ -48,6 +50,12 @@ MERGE_DELAY = 0.5  # s: late batches of a replay arrive in a burst: one rewrite 
 #: file tokens (fetches that may go on) kept per login, and in all
 TOKENS_PER_LOGIN = 20
 TOKENS_KEPT = 2000
+#: the newest tokens hold their file open, so a fetch reads the file as it was when the
+#: token was given: a snapshot of the same job written meanwhile replaces the file by
+#: name (two clients snapshotting one job got "transfer incomplete: 23113 of 22473
+#: bytes", and files of equal size would have been spliced from two: fault injection).
+#: An older token's fetch finds the file by name and is refused if it was replaced
+TOKENS_OPEN = 64
 
 
 class FileKept(CommandError):
@@ -75,6 +83,26 @@ class Written:
     size: int
     created: float = field(default_factory=time.time)
     owner: str | None = None  # the job's owner: only they (or an admin) may fetch it
+    fd: int | None = None  # the file, open while the token is among the newest
+    ident: tuple[int, int] = (0, 0)  # its (st_dev, st_ino) when the token was given
+
+    def close(self) -> None:
+        if self.fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self.fd)
+            self.fd = None
+
+    def read(self, offset: int, n: int) -> bytes:
+        """``n`` bytes at ``offset`` of the file the token was given for; OSError
+        (ESTALE) when only its name is left and another file has taken it."""
+        if self.fd is not None:
+            return os.pread(self.fd, n, offset)
+        with self.path.open("rb") as f:
+            st = os.fstat(f.fileno())
+            if (st.st_dev, st.st_ino) != self.ident:
+                raise OSError(errno.ESTALE, "replaced")
+            f.seek(offset)
+            return f.read(n)
 
 
 def count_problems(
@@ -335,19 +363,36 @@ class Files:
                     self.svc.store.set_final(jobid, self.finals[jobid])
 
     def token(self, path: Path, owner: str | None = None) -> tuple[str, int]:
-        size = path.stat().st_size
+        fd = os.open(path, os.O_RDONLY)
+        st = os.fstat(fd)
         token = uuid.uuid4().hex
-        self.tokens[token] = Written(path, size, owner=owner)
+        self.tokens[token] = Written(
+            path, st.st_size, owner=owner, fd=fd, ident=(st.st_dev, st.st_ino)
+        )
         # each login's oldest go beyond its own few: 100 kept for all, one operator's 101
         # snapshots ended another's download half-way ("unknown or expired file token": a
         # hostile tour)
         mine = [t for t, w in self.tokens.items() if w.owner == owner]
         if owner is not None:  # (an open stack's jobs have none: the bound for all)
             for old in mine[: max(0, len(mine) - TOKENS_PER_LOGIN)]:
-                self.fetched(self.tokens.pop(old).path)
+                self.drop_token(old)
         while len(self.tokens) > TOKENS_KEPT:
-            self.fetched(self.tokens.pop(next(iter(self.tokens))).path)
-        return token, size
+            self.drop_token(next(iter(self.tokens)))
+        if len(self.tokens) > TOKENS_OPEN:  # (the oldest open one is let go)
+            for w in itertools.islice(self.tokens.values(), len(self.tokens) - TOKENS_OPEN):
+                w.close()
+        return token, st.st_size
+
+    def drop_token(self, token: str) -> None:
+        """A token done with (its last chunk fetched, or evicted): its file let go."""
+        w = self.tokens.pop(token, None)
+        if w is not None:
+            w.close()
+            self.fetched(w.path)
+
+    def close_tokens(self) -> None:
+        for w in self.tokens.values():
+            w.close()
 
     @staticmethod
     def sweep_temporary(older_than: float = 600.0) -> None:
@@ -365,6 +410,7 @@ class Files:
 
     def discard_temporary(self) -> None:
         """At the stop: every snapshot made for a transfer only goes, fetched or not."""
+        self.close_tokens()
         for path in list(self.temporary):
             with contextlib.suppress(OSError):
                 path.unlink()

@@ -825,8 +825,77 @@ def _write(
     """
     import netCDF4
 
+    _close_abandoned()
     raws = {ri.role: ri.batches for ri in roles}  # (the last of a name, as plan_groups)
-    with netCDF4.Dataset(path, "w", format="NETCDF4") as nc:
+    nc = netCDF4.Dataset(path, "w", format="NETCDF4")
+    try:
         nc.setncatts({str(k): v for k, v in root_attrs.items()})
         for plan in plans:
             _write_group(nc, plan, raws[plan.role])
+    except BaseException:
+        _abandon(nc, path)
+        raise
+    try:
+        nc.close()
+    except BaseException:
+        _abandon(nc, path)
+        raise
+
+
+#: files of writes that failed whose close failed too: HDF5 holds them open (a full
+#: disk), and closing them is tried again before every write
+_ABANDONED: list[Any] = []
+
+
+def _abandon(nc: Any, path: str) -> None:
+    """A write that failed, closed if it can be. A disk that filled up mid-write fails
+    the close as well (HDF5 flushes what it holds, the variable-length strings' heap
+    last), and HDF5 kept the file open, with the space it had taken, after its name was
+    removed: each failed write held more of a full disk until the recorder restarted
+    (fault injection). Its descriptors then lead to /dev/null: the space is free at
+    once, and what HDF5 still writes goes nowhere until its close succeeds."""
+    try:
+        nc.close()
+        return
+    except Exception:  # (RuntimeError: "NetCDF: HDF error")
+        if not nc.isopen():
+            return
+    _to_devnull(path)
+    try:
+        nc.close()
+    except Exception:
+        if nc.isopen():
+            _ABANDONED.append(nc)
+
+
+def _to_devnull(path: str) -> None:
+    """Every descriptor of this process open on the file at ``path`` made a descriptor
+    of /dev/null (found by device and inode: ``path`` may lead through an open folder)."""
+    try:
+        st = os.stat(path)
+        fds = [
+            int(fd)
+            for fd in os.listdir("/proc/self/fd" if os.path.isdir("/proc/self/fd") else "/dev/fd")
+        ]
+    except (OSError, ValueError):
+        return
+    null = os.open(os.devnull, os.O_RDWR)
+    try:
+        for fd in fds:
+            with contextlib.suppress(OSError):
+                got = os.fstat(fd)
+                if fd != null and (got.st_dev, got.st_ino) == (st.st_dev, st.st_ino):
+                    os.dup2(null, fd)
+    finally:
+        os.close(null)
+
+
+def _close_abandoned() -> None:
+    """Close the files of earlier failed writes that can be closed now (under NC_LOCK)."""
+    for nc in list(_ABANDONED):
+        try:
+            nc.close()
+        except Exception:
+            if nc.isopen():
+                continue
+        _ABANDONED.remove(nc)
