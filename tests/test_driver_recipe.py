@@ -39,7 +39,7 @@ def _wave_package(folder: Path) -> Path:
         'wave = "tomato_mqtt_wave:DriverInterface"',
     )
     pyproject = pyproject.replace('"tomato_mqtt_example_counter*"', '"tomato_mqtt_wave*"')
-    assert "example_counter" not in pyproject, pyproject
+    assert "tomato_mqtt_example_counter" not in pyproject, pyproject
     (src / "pyproject.toml").write_text(pyproject)
     return src
 
