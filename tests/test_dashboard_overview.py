@@ -238,14 +238,27 @@ async def test_pipelines_in_number_order_and_a_keyboard_user_s_focus_kept(
         await page.keyboard.press("Escape")
         await page.locator("#reply").wait_for(state="hidden", timeout=5_000)
 
-        # the row's `ready`, pressed with Enter: the focus stays in the row (on its
-        # `eject`, what is left of it) once the row is redrawn
+        # the row's `ready`, pressed with Enter: the focus stays in the row once the row
+        # is redrawn (on the row itself: `ready` is gone, and no other control takes it,
+        # `eject` least of all)
         ready = row.locator('button.prow[data-op="pipeline_ready"]')
         await ready.focus()
         await page.keyboard.press("Enter")
         await row.locator("td.ready", has_text="ready").wait_for(timeout=10_000)
         await ready.wait_for(state="detached", timeout=5_000)
         focused = await page.evaluate(
-            "() => [document.activeElement.dataset.op, document.activeElement.dataset.pipeline]"
+            "() => [document.activeElement.tagName, document.activeElement.dataset.key]"
         )
-        assert focused == ["pipeline_eject", "pip-2"], focused
+        assert focused == ["TR", "pip-2"], focused
+        # a link redrawn with its row keeps the focus, which no button of the row takes
+        # (a review: a job's link redrawn put it on the row's cancel; here the row's
+        # component link, the row redrawn by an eject that adds `load…`)
+        link = row.locator("a.cmp").first
+        href = await link.get_attribute("href")
+        await link.focus()
+        await page.evaluate("() => window.command('pipeline_eject', {pipeline: 'pip-2'})")
+        await row.locator('button.prow[data-op="pipeline_load"]').wait_for(timeout=10_000)
+        focused = await page.evaluate(
+            "() => [document.activeElement.tagName, document.activeElement.getAttribute('href')]"
+        )
+        assert focused == ["A", href], focused

@@ -506,3 +506,22 @@ def test_a_diff_lists_names_in_number_order(tmp_path: Path) -> None:
 def test_empty_layout() -> None:
     layout = Layout(components={}, pipelines={})
     assert layout.drivers == set() and layout.diff(Layout()).empty
+
+
+def test_a_pollrate_of_infinity_is_refused(tmp_path: Path) -> None:
+    """A review: `pollrate: .inf` passed `gt=0`, and the node's configuration then
+    carried it as null (JSON has no infinity)."""
+    doc = {
+        "devices": [
+            {
+                "name": "c",
+                "driver": "example_counter",
+                "address": "a",
+                "channels": ["1"],
+                "pollrate": float("inf"),
+            }
+        ],
+        "pipelines": [{"name": "p", "devices": [{"role": "r", "device": "c", "channel": "1"}]}],
+    }
+    with pytest.raises(ConfigError, match=r"devices\[0\]\.pollrate: inf is not a value"):
+        _layout(tmp_path, doc, "inf.yml")

@@ -527,3 +527,38 @@ def test_the_clock_keeps_no_ended_task(comps: list[Comp]) -> None:
     assert c.ends.wait(5).reason == "done"
     phased = shared_clock()._phased
     assert sum(len(ts) for ts in phased.values()) <= 1, phased  # the last one only
+
+
+@pytest.mark.parametrize("clocked", [False, True])
+def test_a_step_of_the_wall_clock_during_a_task_is_told_at_its_end(
+    comps: list[Comp], monkeypatch: pytest.MonkeyPatch, clocked: bool
+) -> None:
+    """Fault injection: a node's clock stepped an hour in a task's last seconds, and the
+    job ended c without a word (the scheduler's check of the heartbeats takes seconds,
+    and the job had ended). The runner sees the wall clock move against its monotonic
+    twin at the points, and the task's end says by how much and from which point on;
+    a task without a step says none."""
+    import types
+
+    from tomato_mqtt.driver import clock
+
+    shift = {"s": 0.0}
+    real = time
+    fake = types.SimpleNamespace(
+        time=lambda: real.time() + shift["s"],
+        perf_counter=real.perf_counter,
+        monotonic=real.monotonic,
+        sleep=real.sleep,
+    )
+    monkeypatch.setattr(clock, "time", fake)
+    c = _new(comps, ClockedDriver() if clocked else ProbeDriver())
+    c.runner.start_task(task(1.0, 0.05))
+    end = c.ends.wait(10)
+    assert end.clock_step == 0.0 and end.clock_step_at is None, end
+
+    c.runner.start_task(task(1.0, 0.05))
+    real.sleep(0.5)
+    shift["s"] = 3600.0  # an admin's `date -s`, an NTP first sync
+    end = c.ends.wait(10)
+    assert abs(end.clock_step - 3600.0) < 0.5, end
+    assert end.clock_step_at is not None and end.clock_step_at > end.t_start + 3600, end

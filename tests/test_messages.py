@@ -146,15 +146,27 @@ def test_a_number_beyond_a_double_s_range_is_refused_as_an_infinity_would_be() -
     st = '{"name":"c","node":"n","state":"idle","time":%s,"attrs":%s}'
     with pytest.raises(DecodeError, match=r"time: a number beyond a double's range"):
         decode(ComponentStatus, st % ("1e999", "{}"), "t")
-    with pytest.raises(DecodeError, match=r"attrs: a number beyond a double's range"):
+    with pytest.raises(DecodeError, match=r"attrs\.x\.y: a number beyond a double's range"):
         decode(ComponentStatus, st % ("1", '{"x": [{"y": -1e999}]}'), "t")
     with pytest.raises(DecodeError, match=r"lost_after: a number beyond"):
         decode(SchedulerStatus, '{"state":"online","instance":"i","lost_after":1e999}', "t")
-    with pytest.raises(DecodeError, match=r"vars\.v\b.*: a number beyond"):
+    with pytest.raises(DecodeError, match=r"vars\.v: a number beyond"):
         decode(LastPoint, '{"component":"c","uts":1.5,"vars":{"v":2e308}}', "t")
     # the largest doubles and the smallest (which underflow to 0) are numbers like any
     ok = decode(ComponentStatus, st % ("1", '{"x": [1.7e308, -1e-999]}'), "t")
     assert ok.attrs == {"x": [1.7e308, -0.0]}
+    # in a nested message too
+    end = '{"jobid":1,"task":0,"reason":"done","t_start":1e999,"t_end":2}'
+    nested = st % ("1", "{}")
+    with pytest.raises(DecodeError, match=r"last_task\.t_start: a number beyond"):
+        decode(ComponentStatus, nested[:-1] + f',"last_task":{end}}}', "t")
+    # on decode only: a message built here with NaN or inf sends null, as before (a
+    # review: a driver's NaN reading made every `passata measure` reply refused)
+    from tomato_mqtt.wire.messages import Reply, encode
+
+    built = Reply(id="1", success=True, msg="", data={"x": float("nan"), "y": float("inf")})
+    assert decode(Reply, encode(built), "t").data == {"x": None, "y": None}
+    ComponentStatus(name="c", node="n", state="idle", time=1.0, started_at=float("nan"))
 
 
 def test_a_recorder_s_replay_and_ack_args_are_as_strict_as_every_request_s() -> None:

@@ -2418,52 +2418,49 @@ async def test_a_snapshot_fetched_while_another_replaces_it_is_the_one_asked_for
     """Fault injection: two clients snapshotting one job got "transfer incomplete: 23113
     of 22473 bytes": the second snapshot replaced the file (one path per job) while the
     first was fetched chunk by chunk, by name (of equal sizes, a file spliced from two).
-    A token holds its file open; one whose file was let go (past the newest
-    TOKENS_OPEN) and replaced is refused, saying so."""
+    A fetch holds its file from its first chunk on; one that begins after another file
+    took the name is refused, saying so (no file is held for a token nobody fetches)."""
     import base64
 
     import netCDF4
 
-    from tomato_mqtt.services.recorder import files
+    from tomato_mqtt.services.recorder import fileops
 
+    monkeypatch.setattr(fileops, "CHUNK", 1024)  # a small file in many chunks
     async with recorder(broker, instance, tmp_path / "r.sqlite") as (svc, c, req, t):
         data = t.component_data(CMP)
         await c.publish(data, _batch(1, 0, "s1", 0, 5), qos=1)
         await _stored(svc, 1, 5)
         snap = tmp_path / "out" / "snapshot.1.nc"
         expect = [{"component": CMP, "task": 0, "npoints": 20, "stream": "s1", "last_seq": 3}]
-        first = await _finalize(req, t, _finalize_args(1, snap, expect, wait=0, snapshot=True))
-        assert first.success, first
+
+        async def snapshot() -> Any:
+            rep = await _finalize(req, t, _finalize_args(1, snap, expect, wait=0, snapshot=True))
+            assert rep.success, rep
+            return rep.data
+
+        async def chunk(info: Any, index: int) -> Reply:
+            return await req.request(
+                t.recorder_cmd("fetch"), {"token": info["token"], "index": index}, timeout=5
+            )
+
+        first = await snapshot()
+        assert first["chunks"] > 2, first
+        got = [await chunk(first, 0)]  # its fetch begins
         await c.publish(data, _batch(1, 0, "s1", 1, 5, v0=5), qos=1)
         await _stored(svc, 1, 10)
-        second = await _finalize(req, t, _finalize_args(1, snap, expect, wait=0, snapshot=True))
-        assert second.data["size"] != first.data["size"]  # type: ignore[index]
-
-        async def fetched(info: Any) -> bytes:
-            got = b""
-            for index in range(info["chunks"]):
-                r = await req.request(
-                    t.recorder_cmd("fetch"), {"token": info["token"], "index": index}, timeout=5
-                )
-                assert r.success, r
-                got += base64.b64decode(r.data["data"])  # type: ignore[index]
-            return got
-
-        old = await fetched(first.data)  # (fetched after the second replaced it)
-        assert len(old) == first.data["size"]  # type: ignore[index]
+        second = await snapshot()  # another client's: the file replaced by name
+        assert second["size"] != first["size"]
+        got += [await chunk(first, i) for i in range(1, first["chunks"])]
+        assert all(r.success for r in got), [r for r in got if not r.success]
+        old = b"".join(base64.b64decode(r.data["data"]) for r in got)  # type: ignore[index]
+        assert len(old) == first["size"]
         with netCDF4.Dataset("old.nc", memory=old) as nc:
             assert len(nc["counter"].dimensions["uts"]) == 5
-
-        # a token whose file was let go: the file by its name, refused once replaced
-        monkeypatch.setattr(files, "TOKENS_OPEN", 0)
-        third = await _finalize(req, t, _finalize_args(1, snap, expect, wait=0, snapshot=True))
-        await c.publish(data, _batch(1, 0, "s1", 2, 5, v0=10), qos=1)
-        await _stored(svc, 1, 15)
-        await _finalize(req, t, _finalize_args(1, snap, expect, wait=0, snapshot=True))
-        r = await req.request(
-            t.recorder_cmd("fetch"),
-            {"token": third.data["token"], "index": 0},
-            timeout=5,  # type: ignore[index]
-        )
+        # the second's fetch had not begun when a third replaced it: refused, said so
+        await snapshot()
+        r = await chunk(second, 0)
         assert not r.success and r.code == "conflict", r
         assert "has been replaced since the token was given" in r.msg, r.msg
+        # and no file is held once its fetch ended (nor for tokens nobody fetched)
+        assert [w for w in svc.files.tokens.values() if getattr(w, "fd", None) is not None] == []

@@ -1659,3 +1659,82 @@ async def test_one_login_makes_at_most_a_few_snapshots_at_once(tmp_path: Path) -
         assert (await t).msg == "snapshot written"
     assert (await ask("otto")).msg == "snapshot written"  # done: asked again
     assert ops._snapping == {}
+
+
+async def test_a_step_the_node_saw_in_a_task_is_in_the_job_s_reason() -> None:
+    """Fault injection: a node's clock stepped an hour 0.5 s before its task ended; the
+    job ended c without a word, its file's uts spanning 3,606 s. The node tells the step
+    in the task's end: the job's reason and the task_ended event say it."""
+    host = FakeHost()
+    _runner, done = await _run(host)
+    end = TaskEndInfo(
+        job=1,
+        task=0,
+        reason="done",
+        t_start=0,
+        t_end=1,
+        npoints=60,
+        stream="s",
+        clock_step=3600.0,
+        clock_step_at=1_750_003_655.5,
+    )
+    ended = ComponentStatus(
+        name="cmp", node="pc1", state="idle", time=time.time(), epoch=1, last_task=end
+    )
+    await host.set(cstatus={"cmp": ended})
+    status, reason = await asyncio.wait_for(done, 5)
+    assert status == "c", reason
+    said = "the clock of node pc1 stepped by +3600.0 s during task 0 (count) on cmp at uts"
+    assert said in str(reason), reason
+    told = [kw["detail"] for event, kw in host.events if event == "task_ended"]
+    assert told[0]["clock_step"] == 3600.0, told
+
+
+def test_a_step_seen_before_a_job_began_is_not_its(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fault injection: a node's clock set back 8-10 s before jobs were submitted, and
+    those jobs' reasons said "stepped by -3600.0 s", their files without a jump (the
+    heartbeats' check takes seconds, and blamed every job running once it was sure)."""
+    from types import SimpleNamespace
+
+    from tomato_mqtt.services.scheduler import presence as presence_mod
+    from tomato_mqtt.services.scheduler.presence import Presence
+
+    monkeypatch.setattr(presence_mod, "STEP_HOLDS", 0.3)
+    told: list[tuple[int, str]] = []
+
+    def runner(job: int, launched: float) -> Any:
+        return SimpleNamespace(
+            roles={"counter": "cmp"},
+            clock_steps=set(),
+            launched_wall=launched,
+            clock_stepped=lambda node, msg: told.append((job, msg)),
+        )
+
+    svc: Any = SimpleNamespace(
+        settings=SimpleNamespace(scheduler=SimpleNamespace(lost_after=5, clock_tolerance=2)),
+        heartbeat=0.05,
+        nodes={},
+        runners={},
+        node_of=lambda comp: SimpleNamespace(node="pc"),
+        job_event=lambda *a, **k: None,
+    )
+    p = Presence(svc)
+
+    def beat(offset: float) -> None:
+        st = NodeStatus(state="online", node="pc", epoch=1, heartbeat=time.time() + offset)
+        p.received(st, retained=False)
+
+    for _ in range(5):
+        beat(0.0)
+    svc.runners[1] = runner(1, time.time() - 60)  # ran before the step
+    t0 = time.monotonic()
+    while "pc" not in p.step_seen:  # the step: seen (not sure yet) a few beats on
+        assert time.monotonic() - t0 < 2, p.step_seen
+        beat(-3600.0)
+        time.sleep(0.02)
+    svc.runners[2] = runner(2, time.time())  # launched once the step was seen
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < 0.6:
+        beat(-3600.0)
+        time.sleep(0.05)
+    assert [job for job, _ in told] == [1], told

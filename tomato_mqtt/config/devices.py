@@ -64,7 +64,7 @@ class DeviceConfig(_Model):
     driver: Label
     address: Label
     channels: list[Label] = Field(min_length=1)
-    pollrate: float = Field(default=1.0, gt=0)
+    pollrate: float = Field(default=1.0, gt=0, allow_inf_nan=False)
     node: Label | None = None
 
     @field_validator("channels")
@@ -186,6 +186,7 @@ def natural_key(name: str) -> list[tuple[int, int, str]]:
     parts = []
     for i, part in enumerate(_DIGITS.split(name)):  # (odd places: the numbers)
         parts.append((0, int(part), "") if i % 2 else (1, 0, part))
+    parts.append((2, 0, name))  # pip-01 and pip-1: in one order, whatever the set's
     return parts
 
 

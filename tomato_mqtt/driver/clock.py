@@ -64,6 +64,9 @@ def nap(seconds: float, stop: threading.Event) -> None:
 
 #: s: the most a wall-clock reading may be off its ``perf_counter`` twin (_clock_pair)
 PAIR_GAP = 1e-5
+#: s the wall clock may move against ``perf_counter`` between two points before it is
+#: a step (NTP slews far less; a step is what an admin or a first sync makes)
+CLOCK_STEP = 1.0
 
 
 def _clock_pair() -> tuple[float, float]:
@@ -105,6 +108,11 @@ class Steps:
         self.reason: Literal["done", "stopped", "error"] = "done"
         self.message: str | None = None
         self.t_start, self.p_start = _clock_pair()
+        #: the wall clock's steps seen at the points (a step NTP or an admin makes): the
+        #: sum, and the uts after the first; the scheduler tells them in the job's reason
+        self.drift = 0.0
+        self.clock_step = 0.0
+        self.clock_step_at: float | None = None
         #: ended on the shared clock (``done()`` called); guarded by the clock's lock
         self.over = False
         #: the phase of its interval the clock put it on (SharedClock._align)
@@ -120,7 +128,16 @@ class Steps:
         k = self.k = self.k + 1
         si = self.si
         uts = time.time()
-        late = time.perf_counter() - self.p_start - k * si
+        perf = time.perf_counter()
+        late = perf - self.p_start - k * si
+        drift = uts - self.t_start - (perf - self.p_start)
+        if abs(drift - self.drift) > CLOCK_STEP:
+            # the wall clock stepped (its twin did not): its points' uts jump here (a step
+            # in a task's last seconds was told by nobody: fault injection)
+            self.clock_step += drift - self.drift
+            self.drift = drift
+            if self.clock_step_at is None:
+                self.clock_step_at = uts
         if late > si / 2:
             ahead = min(int((late + k * si) / si) + 1, self.n + 1)
             self.missed += ahead - k
@@ -158,6 +175,8 @@ class Steps:
             time.time(),
             self.npoints,
             self.missed,
+            self.clock_step,
+            self.clock_step_at,
         )
 
 

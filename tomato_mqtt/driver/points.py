@@ -110,6 +110,10 @@ class TaskEnd:
     npoints: int
     missed: int = 0
     """Deadlines skipped because the runner was behind (see the runner's docstring)."""
+    clock_step: float = 0.0
+    """s the wall clock stepped by while the task ran (against its monotonic twin)."""
+    clock_step_at: float | None = None
+    """The ``uts`` of the first point after the (first) step."""
 
 
 def _scalar(name: str, v: object) -> Value:

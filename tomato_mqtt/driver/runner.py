@@ -191,7 +191,11 @@ class ComponentRunner(TaskRunner[ModelDevice]):
                 if self._run is not None:  # a task got in first
                     return
                 uts = time.time()
-                raw = self.device.do_measure()
+                self.measuring = True  # (a stopping node waits for it as for a task)
+                try:
+                    raw = self.device.do_measure()
+                finally:
+                    self.measuring = False
                 if raw is not None:
                     self._point(uts, raw, None)
         except BaseException as e:  # incl. SystemExit: a worker thread would die silently

@@ -64,6 +64,8 @@ class TaskRunner(abc.ABC, Generic[D]):
 
     #: how long reset() waits for a task that was asked to stop, and close() for the worker
     stop_wait: float = 10.0
+    #: its worker is in an idle measurement (a close waits for it as for a task's point)
+    measuring: bool = False
     #: the worker thread's name: ``<prefix>-<address>,<channel>``
     thread_prefix: str = "runner"
 

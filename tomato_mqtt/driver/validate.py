@@ -61,7 +61,9 @@ def _short(val: Any) -> str:
         if name.endswith(("liter", "litre")):
             sym = _pint().get_application_registry().get_symbol(name)
             if sym.endswith("l"):
-                text = re.sub(rf"(?<!\w){re.escape(sym)}(?!\w)", sym[:-1] + "L", text)
+                # (a symbol alone: not inside another's; ² and ³ end it, `mL²`)
+                alone = rf"(?<![A-Za-z0-9_µ]){re.escape(sym)}(?![A-Za-z0-9_])"
+                text = re.sub(alone, sym[:-1] + "L", text)
     return text
 
 

@@ -3,7 +3,7 @@ recorder's replay and ack requests to a node (see DESIGN §4 and docs/output.md)
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import ConfigDict, Field, model_validator
 
@@ -43,6 +43,8 @@ class DataBatch(WireModel):
     without gaps. Batches of older nodes carry no ``stream``: their stream is
     ``e<epoch>`` (:meth:`stream_id`).
     """
+
+    walked: ClassVar[bool] = False  # (its columns: see WireModel.walked)
 
     component: str
     job: int | None = Field(None, alias="jobid", validation_alias=_renamed("jobid", "job"))

@@ -25,6 +25,8 @@ EVENT_DETAILS: Final[dict[str, dict[str, str]]] = {
         "npoints": "points the component's runner took in the task (null: unknown, its node"
         " did not tell the task's end: restarted, lost, or a stop not confirmed)",
         "missed": "sampling deadlines skipped because the driver was behind (only if any)",
+        "clock_step": "s the node's wall clock stepped by while the task ran: its points' "
+        "uts jump there (only if it did)",
     },
     "cancel_requested": {"by": "the login that asked for the cancel (null: an open stack)"},
     "snapshot_written": {"path": "the snapshot file written (on the recorder's host)"},

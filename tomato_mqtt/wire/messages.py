@@ -263,6 +263,14 @@ class TaskEndInfo(WireModel):
     missed: int = Field(
         default=0, description="sampling deadlines skipped because the runner was behind"
     )
+    clock_step: float = Field(
+        default=0.0,
+        description="s the node's wall clock stepped by while the task ran (its points "
+        "keep the node's timestamps: uts jump there); 0: none",
+    )
+    clock_step_at: float | None = Field(
+        default=None, description="the uts of the first point after the (first) step"
+    )
     epoch: int = 0
     stream: str = Field(default="", description="the data stream the task's points went to")
     last_seq: int = Field(default=-1, description="last batch of the task in its stream")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -169,18 +170,23 @@ class UpstreamDevice(ModelDevice):
 
 
 def _attr_from_spec(name: str, spec: AttrSpec) -> Attr:
-    """tomato's Attr (as the host described it) as ours; a bad one says which attr."""
-    try:
-        return Attr(
-            type=spec.type,
-            rw=spec.rw,
-            status=spec.status,
-            units=spec.units,
-            minimum=spec.minimum,
-            maximum=spec.maximum,
-            options=spec.options,
-        )
-    except (TypeError, ValueError) as e:
-        # e.g. units pint does not know: keep the attr, drop what cannot be checked
-        log.warning("upstream attr %r: %s; published without units", name, e)
-        return Attr(type=spec.type, rw=spec.rw, status=spec.status, options=spec.options)
+    """tomato's Attr (as the host described it) as ours; a bad one says which attr.
+    Without Attr's warning of a quantity without units: tomato's drivers may declare
+    one, and its advice ("give units=…") is for this project's drivers (a review: it
+    pointed at this module, and followed the warning of units pint does not know)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        try:
+            return Attr(
+                type=spec.type,
+                rw=spec.rw,
+                status=spec.status,
+                units=spec.units,
+                minimum=spec.minimum,
+                maximum=spec.maximum,
+                options=spec.options,
+            )
+        except (TypeError, ValueError) as e:
+            # e.g. units pint does not know: keep the attr, drop what cannot be checked
+            log.warning("upstream attr %r: %s; published without units", name, e)
+            return Attr(type=spec.type, rw=spec.rw, status=spec.status, options=spec.options)

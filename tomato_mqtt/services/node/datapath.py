@@ -261,6 +261,11 @@ class DataPath:
                 "t_end": end.t_end,
                 "npoints": end.npoints,
                 "missed": end.missed,
+                **(
+                    {"clock_step": end.clock_step, "clock_step_at": end.clock_step_at}
+                    if end.clock_step
+                    else {}
+                ),
                 "epoch": node.epoch,
                 "stream": hc.stream,
                 "last_seq": hc.seq,

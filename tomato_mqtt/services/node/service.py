@@ -414,10 +414,11 @@ class NodeService(Service):
         ]
         for t in threads:
             t.start()
-        # a runner's stop_wait only where a task is under way (its end waited for): a
-        # driver's close() that never returns held every stop 16 s, past the 10 s after
-        # which the supervisor kills a node, before its spool's last flush (a test)
-        busy = [r.stop_wait for r in runners if r.running]
+        # a runner's stop_wait only where a task or an idle measurement is under way (its
+        # worker waited for): a driver's close() that never returns held every stop 16 s,
+        # past the 10 s after which the supervisor kills a node, before its spool's last
+        # flush (a test)
+        busy = [r.stop_wait for r in runners if r.running or r.measuring]
         wait = max(busy, default=0.0) + CLOSE_WAIT + 1.0
         end = time.monotonic() + wait
         for t in threads:

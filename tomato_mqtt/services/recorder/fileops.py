@@ -126,18 +126,22 @@ class FileOps:
             raise CommandError(
                 f"{w.path.name} has {chunks} chunk(s): no chunk {a.index}", code="not_found"
             )
+        last = a.index == chunks - 1
         try:
-            chunk = w.read(a.index * CHUNK, CHUNK)
+            chunk = w.read(a.index * CHUNK, CHUNK, hold=not last and svc.files.hold(w))
         except OSError as e:
+            if e.errno == errno.ESTALE:
+                why = (
+                    f"{w.path} has been replaced since the token was given (a newer "
+                    "snapshot of the job?): ask for it again"
+                )
+            elif e.errno == errno.ENOENT:
+                why = f"{w.path} is no longer there (moved or removed): ask for it again"
+            else:
+                why = f"cannot read {w.path}: {e.strerror or e}"
             gone = e.errno in (errno.ESTALE, errno.ENOENT)
-            raise CommandError(
-                f"{w.path} has been replaced since the token was given (a newer snapshot "
-                "of the job?): ask for it again"
-                if gone
-                else f"cannot read {w.path}: {e.strerror or e}",
-                code="conflict" if gone else "unavailable",
-            ) from None
-        if a.index == chunks - 1:
+            raise CommandError(why, code="conflict" if gone else "unavailable") from None
+        if last:
             # its last chunk: a snapshot made for this transfer only goes; another file
             # is let go (its chunks fetched again are read by name, if it is the same)
             if w.path in svc.files.temporary:

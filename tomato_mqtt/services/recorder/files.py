@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import itertools
 import json
 import logging
 import os
@@ -50,12 +49,18 @@ MERGE_DELAY = 0.5  # s: late batches of a replay arrive in a burst: one rewrite 
 #: file tokens (fetches that may go on) kept per login, and in all
 TOKENS_PER_LOGIN = 20
 TOKENS_KEPT = 2000
-#: the newest tokens hold their file open, so a fetch reads the file as it was when the
-#: token was given: a snapshot of the same job written meanwhile replaces the file by
-#: name (two clients snapshotting one job got "transfer incomplete: 23113 of 22473
-#: bytes", and files of equal size would have been spliced from two: fault injection).
-#: An older token's fetch finds the file by name and is refused if it was replaced
+#: a fetch holds its file open from its first chunk on (at most this many at once, each
+#: until its last chunk or FETCH_IDLE without one), so it reads the file as it was: a
+#: snapshot of the same job written meanwhile replaces the file by name (two clients
+#: snapshotting one job got "transfer incomplete: 23113 of 22473 bytes", and files of
+#: equal size would have been spliced from two: fault injection). A fetch whose file is
+#: not held finds it by name and is refused if another file took the name. Files are
+#: not held for tokens nobody fetches (periodic snapshots, final writes: a review found
+#: 63 replaced snapshots' space held), nor where os.pread is missing (Windows, where
+#: an open file could not be replaced either)
 TOKENS_OPEN = 64
+FETCH_IDLE = 60.0
+_PREAD = hasattr(os, "pread")
 
 
 class FileKept(CommandError):
@@ -83,8 +88,9 @@ class Written:
     size: int
     created: float = field(default_factory=time.time)
     owner: str | None = None  # the job's owner: only they (or an admin) may fetch it
-    fd: int | None = None  # the file, open while the token is among the newest
     ident: tuple[int, int] = (0, 0)  # its (st_dev, st_ino) when the token was given
+    fd: int | None = None  # the file, held open by a fetch under way (TOKENS_OPEN)
+    used: float = 0.0  # monotonic: the fetch's last chunk
 
     def close(self) -> None:
         if self.fd is not None:
@@ -92,17 +98,24 @@ class Written:
                 os.close(self.fd)
             self.fd = None
 
-    def read(self, offset: int, n: int) -> bytes:
-        """``n`` bytes at ``offset`` of the file the token was given for; OSError
-        (ESTALE) when only its name is left and another file has taken it."""
-        if self.fd is not None:
-            return os.pread(self.fd, n, offset)
-        with self.path.open("rb") as f:
-            st = os.fstat(f.fileno())
-            if (st.st_dev, st.st_ino) != self.ident:
-                raise OSError(errno.ESTALE, "replaced")
-            f.seek(offset)
-            return f.read(n)
+    def read(self, offset: int, n: int, hold: bool) -> bytes:
+        """``n`` bytes at ``offset`` of the file the token was given for (``hold``: keep
+        it open for the next chunks); OSError (ESTALE) when another file has its name."""
+        self.used = time.monotonic()
+        if self.fd is None:
+            fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+            try:
+                st = os.fstat(fd)
+                if (st.st_dev, st.st_ino) != self.ident:
+                    raise OSError(errno.ESTALE, "replaced")
+                if not (hold and _PREAD):
+                    os.lseek(fd, offset, os.SEEK_SET)
+                    return os.read(fd, n)
+            except BaseException:
+                os.close(fd)
+                raise
+            self.fd = fd
+        return os.pread(self.fd, n, offset)
 
 
 def count_problems(
@@ -363,12 +376,9 @@ class Files:
                     self.svc.store.set_final(jobid, self.finals[jobid])
 
     def token(self, path: Path, owner: str | None = None) -> tuple[str, int]:
-        fd = os.open(path, os.O_RDONLY)
-        st = os.fstat(fd)
+        st = os.stat(path)
         token = uuid.uuid4().hex
-        self.tokens[token] = Written(
-            path, st.st_size, owner=owner, fd=fd, ident=(st.st_dev, st.st_ino)
-        )
+        self.tokens[token] = Written(path, st.st_size, owner=owner, ident=(st.st_dev, st.st_ino))
         # each login's oldest go beyond its own few: 100 kept for all, one operator's 101
         # snapshots ended another's download half-way ("unknown or expired file token": a
         # hostile tour)
@@ -378,10 +388,20 @@ class Files:
                 self.drop_token(old)
         while len(self.tokens) > TOKENS_KEPT:
             self.drop_token(next(iter(self.tokens)))
-        if len(self.tokens) > TOKENS_OPEN:  # (the oldest open one is let go)
-            for w in itertools.islice(self.tokens.values(), len(self.tokens) - TOKENS_OPEN):
-                w.close()
         return token, st.st_size
+
+    def hold(self, w: Written) -> bool:
+        """Whether a fetch of ``w`` may hold its file open: the files held by fetches
+        idle for FETCH_IDLE are let go, then the oldest beyond TOKENS_OPEN."""
+        now = time.monotonic()
+        held = [x for x in self.tokens.values() if x.fd is not None and x is not w]
+        for x in held:
+            if now - x.used > FETCH_IDLE:
+                x.close()
+        held = [x for x in held if x.fd is not None]
+        for x in sorted(held, key=lambda x: x.used)[: max(0, len(held) + 1 - TOKENS_OPEN)]:
+            x.close()
+        return TOKENS_OPEN > 0
 
     def drop_token(self, token: str) -> None:
         """A token done with (its last chunk fetched, or evicted): its file let go."""

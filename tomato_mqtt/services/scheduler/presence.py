@@ -168,24 +168,33 @@ class Presence:
         elif now - seen[1] >= STEP_HOLDS:
             self.taken[node] = off
             self.step_seen.pop(node, None)
-            self._clock_stepped(node, off - was, off)
+            self._clock_stepped(node, off - was, off, time.time() - (now - seen[1]))
 
-    def _clock_stepped(self, node: str, step: float, off: float) -> None:
+    def _clock_stepped(self, node: str, step: float, off: float, since: float) -> None:
         """A node's clock stepped while it ran (found by fault injection: a step back made
         a job's uts jump back with no word, and a step forward had the file claim one
-        offset for all its points). Each running job on it says so in its reason, and its
-        file records no single offset for that node's roles."""
-        at = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+        offset for all its points). Each job on it that ran when the step was first
+        seen (``since``, our clock) says so in its reason, and its file records no single
+        offset for that node's roles; one launched since ran after the step (it was
+        blamed: fault injection), and one whose node told the step at its task's end
+        has said it."""
+        at = datetime.datetime.fromtimestamp(since, datetime.timezone.utc)
         msg = (
-            f"the clock of node {node} stepped by {step:+.1f} s at about {at} (the "
-            f"scheduler's time; now {off:+.1f} s from it): the points keep the node's "
-            "timestamps, so uts jump there"
+            f"the clock of node {node} stepped by {step:+.1f} s at about "
+            f"{at.isoformat(timespec='seconds')} (the scheduler's time; now {off:+.1f} s "
+            "from it): the points keep the node's timestamps, so uts jump there"
         )
         log.warning("%s", msg)
         for job in self._running_jobs_on(node):
             runner = self.svc.runners.get(job)
-            if runner is not None:
-                runner.clock_stepped(node, msg)
+            if runner is None or node in getattr(runner, "clock_steps", ()):
+                continue
+            # (the step came up to two heartbeats before it was seen: the last two
+            # offsets' largest is taken; a job's node tells a step in a task anyway)
+            launched = getattr(runner, "launched_wall", None)
+            if launched is not None and launched > since - 2 * self.svc.heartbeat:
+                continue
+            runner.clock_stepped(node, msg)
 
     def clock_offset(self, node: str) -> float | None:
         q = self.offsets.get(node)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import functools
 import logging
 import re
@@ -128,6 +129,8 @@ class JobRunner:
     stop_unsure: list[str] = field(default_factory=list)
     #: nodes whose clock stepped while this job ran (its file gives them no offset)
     clock_steps: set[str] = field(default_factory=set)
+    #: when this runner began (our clock): a step seen before is not this job's
+    launched_wall: float = field(default_factory=time.time)
     cancel_at: float | None = None  # monotonic
     #: when this runner's loop was last woken much later than asked (it stood still)
     stood_still_at: float = -1e9
@@ -292,6 +295,25 @@ class JobRunner:
         if self._resetting is not None:
             with contextlib.suppress(Exception):
                 await self._resetting
+
+    def _clock_step_in_task(self, t: TaskState, component: str, step: float, at: object) -> None:
+        """The node said its wall clock stepped while the task ran: told in the job's
+        reason, unless its heartbeats told the step already (a step in a task's last
+        seconds was told by nobody: their check takes seconds, and the job had ended)."""
+        st = self.host.node_of(component)
+        node = st.node if st is not None else "?"
+        if node in self.clock_steps:
+            return
+        when = ""
+        if isinstance(at, int | float):
+            stamp = datetime.datetime.fromtimestamp(float(at), datetime.timezone.utc)
+            when = f" at uts {float(at):.3f} ({stamp.isoformat(timespec='seconds')})"
+        self.clock_stepped(
+            node,
+            f"the clock of node {node} stepped by {step:+.1f} s during task "
+            f"{t.spec.index} ({t.spec.technique_name}) on {component}{when}: the points "
+            "keep the node's timestamps, so uts jump there",
+        )
 
     def clock_stepped(self, node: str, what: str) -> None:
         """The clock of ``node``, which hosts one of this job's components, stepped."""
@@ -843,6 +865,10 @@ class JobRunner:
             self.host.job_event(
                 self.job.id, "warning", task=t.spec.index, detail={"message": warning}
             )
+        step = end.get("clock_step")
+        if isinstance(step, int | float) and step:
+            detail["clock_step"] = step
+            self._clock_step_in_task(t, component, float(step), end.get("clock_step_at"))
         self.host.job_event(
             self.job.id, "task_ended", role=t.role, task=t.spec.index, detail=detail
         )

@@ -107,10 +107,9 @@ function renderRows(tbody, rows) {
     if (r.html !== html) {
       // a keyboard user's focus stays in the row it was in (a row redrawn after its
       // `ready` moved it to the page's start: a dashboard tour)
-      const had = r.tr.contains(document.activeElement) ? document.activeElement : null;
-      const op = had && had.dataset ? had.dataset.op : null;
+      const had = r.tr.contains(document.activeElement) ? focusOf(document.activeElement) : null;
       r.tr.innerHTML = html; r.html = html; labelCells(tbody, r.tr);
-      if (had) focusInRow(r.tr, op);
+      if (had) focusInRow(r.tr, had);
     }
     const want = prev ? prev.nextSibling : tbody.firstChild;
     if (want !== r.tr) tbody.insertBefore(r.tr, want);
@@ -522,7 +521,10 @@ function holdControls() {
 let refocus = null;
 function focusOf(el) {
   const tr = el.closest("tr[data-key]");
-  return { el, op: el.dataset.op || null, key: tr ? tr.dataset.key : null, table: tr ? tr.closest("table").id : null };
+  return {
+    el, op: (el.dataset && el.dataset.op) || null, href: el.getAttribute("href"), cls: el.className || "",
+    key: tr ? tr.dataset.key : null, table: tr ? tr.closest("table").id : null,
+  };
 }
 function restoreFocus() {
   const f = refocus;
@@ -530,12 +532,16 @@ function restoreFocus() {
   if (document.activeElement && document.activeElement !== document.body) return;
   if (f.el.isConnected && !f.el.disabled) { f.el.focus(); return; }
   const tr = f.key != null && f.table ? document.querySelector(`#${f.table} tr[data-key="${CSS.escape(f.key)}"]`) : null;
-  if (tr) focusInRow(tr, f.op);
+  if (tr) focusInRow(tr, f);
 }
-function focusInRow(tr, op) {
-  // (its own control, else the row's first other control, else a link in it)
-  const again = (op && tr.querySelector(`[data-op="${CSS.escape(op)}"]`)) || tr.querySelector("button:not([disabled])") || tr.querySelector("a[href], input, select");
-  if (again) again.focus();
+function focusInRow(tr, f) {
+  // the same control drawn anew (its op, its link, its kind), else the row itself: never
+  // another control (a job's link redrawn put the focus on its row's cancel: a review)
+  let again = null;
+  if (f.op) again = tr.querySelector(`[data-op="${CSS.escape(f.op)}"]`);
+  else if (f.href) again = tr.querySelector(`a[href="${CSS.escape(f.href)}"]`);
+  else if (f.cls) again = tr.querySelector(`${f.el.tagName}.${CSS.escape(f.cls.split(" ")[0])}`);
+  if (again && !again.disabled) again.focus();
   else { tr.tabIndex = -1; tr.focus(); }
 }
 function pending(text) {
