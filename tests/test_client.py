@@ -597,3 +597,37 @@ async def test_a_reply_this_client_cannot_read_is_bad_reply_not_bad_request(
     finally:
         task.cancel()
         await fake.disconnect()
+
+
+async def test_a_snapshot_whose_file_another_replaced_first_is_asked_for_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A review: the recorder holds a snapshot's file from its fetch's first chunk on;
+    one whose name another snapshot of the job took before that is refused "has been
+    replaced … ask for it again": the client asks again (twice at most), as it says."""
+    from tomato_mqtt.client.aio import AsyncTomato, ClientError
+
+    t = AsyncTomato("mqtt://127.0.0.1:1")
+    asked: list[int] = []
+    fails = ["x has been replaced since the token was given: ask for it again"] * 2
+
+    async def call(op: str, args: Any, timeout: float = 0) -> Any:
+        asked.append(args["jobid"])
+        return {"token": str(len(asked))}
+
+    async def deliver(info: Any, path: Any) -> Any:
+        if fails:
+            raise ClientError(f"fetching chunk 0 failed: {fails.pop()}", "conflict")
+        return info["token"]
+
+    monkeypatch.setattr(t, "call", call)
+    monkeypatch.setattr(t, "_deliver", deliver)
+    assert await t.snapshot(7) == "3" and asked == [7, 7, 7]
+    fails[:] = ["x has been replaced"] * 3
+    with pytest.raises(ClientError, match="has been replaced"):
+        await t.snapshot(7)
+    fails[:] = ["x no such chunk"]  # another refusal: said at once
+    asked.clear()
+    with pytest.raises(ClientError, match="no such chunk"):
+        await t.snapshot(7)
+    assert asked == [7]

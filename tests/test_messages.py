@@ -155,6 +155,11 @@ def test_a_number_beyond_a_double_s_range_is_refused_as_an_infinity_would_be() -
     # the largest doubles and the smallest (which underflow to 0) are numbers like any
     ok = decode(ComponentStatus, st % ("1", '{"x": [1.7e308, -1e-999]}'), "t")
     assert ok.attrs == {"x": [1.7e308, -0.0]}
+    # a message padded past any size (a second review: beyond 256 kB, lists and dicts
+    # were not looked into)
+    pad = '"pad": "%s", ' % ("x" * 300_000)
+    with pytest.raises(DecodeError, match=r"attrs\.x: a number beyond"):
+        decode(ComponentStatus, "{" + pad + (st % ("1", '{"x": [1, 2, 1e999]}'))[1:], "t")
     # in a nested message too
     end = '{"jobid":1,"task":0,"reason":"done","t_start":1e999,"t_end":2}'
     nested = st % ("1", "{}")

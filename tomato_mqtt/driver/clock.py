@@ -108,8 +108,8 @@ class Steps:
         self.reason: Literal["done", "stopped", "error"] = "done"
         self.message: str | None = None
         self.t_start, self.p_start = _clock_pair()
-        #: the wall clock's steps seen at the points (a step NTP or an admin makes): the
-        #: sum, and the uts after the first; the scheduler tells them in the job's reason
+        #: the wall clock's first step seen at the points (one NTP or an admin makes): its
+        #: size and the uts after it; the scheduler tells it in the job's reason
         self.drift = 0.0
         self.clock_step = 0.0
         self.clock_step_at: float | None = None
@@ -127,17 +127,17 @@ class Steps:
         already past) as missed when this is more than half an interval late."""
         k = self.k = self.k + 1
         si = self.si
-        uts = time.time()
-        perf = time.perf_counter()
+        uts, perf = _clock_pair()  # (read together: a pause between two reads is no step)
         late = perf - self.p_start - k * si
         drift = uts - self.t_start - (perf - self.p_start)
         if abs(drift - self.drift) > CLOCK_STEP:
             # the wall clock stepped (its twin did not): its points' uts jump here (a step
-            # in a task's last seconds was told by nobody: fault injection)
-            self.clock_step += drift - self.drift
-            self.drift = drift
+            # in a task's last seconds was told by nobody: fault injection). The first one
+            # is told (a step and its undoing summed to "+0.0 s": a review)
             if self.clock_step_at is None:
+                self.clock_step = drift - self.drift
                 self.clock_step_at = uts
+            self.drift = drift
         if late > si / 2:
             ahead = min(int((late + k * si) / si) + 1, self.n + 1)
             self.missed += ahead - k

@@ -111,7 +111,8 @@ class TaskEnd:
     missed: int = 0
     """Deadlines skipped because the runner was behind (see the runner's docstring)."""
     clock_step: float = 0.0
-    """s the wall clock stepped by while the task ran (against its monotonic twin)."""
+    """s the wall clock stepped by (its first step) while the task ran (against its
+    monotonic twin); 0.0: none."""
     clock_step_at: float | None = None
     """The ``uts`` of the first point after the (first) step."""
 

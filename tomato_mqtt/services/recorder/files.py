@@ -388,6 +388,10 @@ class Files:
                 self.drop_token(old)
         while len(self.tokens) > TOKENS_KEPT:
             self.drop_token(next(iter(self.tokens)))
+        now = time.monotonic()  # (a fetch left half-way lets go of its file: FETCH_IDLE)
+        for w in self.tokens.values():
+            if w.fd is not None and now - w.used > FETCH_IDLE:
+                w.close()
         return token, st.st_size
 
     def hold(self, w: Written) -> bool:

@@ -189,10 +189,11 @@ class Presence:
             runner = self.svc.runners.get(job)
             if runner is None or node in getattr(runner, "clock_steps", ()):
                 continue
-            # (the step came up to two heartbeats before it was seen: the last two
-            # offsets' largest is taken; a job's node tells a step in a task anyway)
+            # (launched after it was seen: the step came before; one launched in the few
+            # heartbeats between the step and its sighting is told all the same, as bulk
+            # and upstream drivers' nodes do not tell steps at a task's end)
             launched = getattr(runner, "launched_wall", None)
-            if launched is not None and launched > since - 2 * self.svc.heartbeat:
+            if launched is not None and launched > since:
                 continue
             runner.clock_stepped(node, msg)
 

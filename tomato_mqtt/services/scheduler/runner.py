@@ -179,6 +179,16 @@ class JobRunner:
         warnings = self.job.progress.get("warnings")
         if isinstance(warnings, list):
             self.warnings = [str(w) for w in warnings]
+        # and the clock steps it saw (its file gives those nodes no offset), from its
+        # launch (a job re-adopted by a restarted scheduler forgot both: a review)
+        steps = self.job.progress.get("clock_steps")
+        if isinstance(steps, list):
+            self.clock_steps = {str(n) for n in steps}
+        if self.job.launched_at:
+            with contextlib.suppress(ValueError):
+                self.launched_wall = datetime.datetime.fromisoformat(
+                    self.job.launched_at
+                ).timestamp()
 
     # -- persistence -----------------------------------------------------------------------
     def _save(self) -> None:
@@ -247,6 +257,8 @@ class JobRunner:
         }
         progress["error"] = self.error
         progress["warnings"] = list(self.warnings)
+        if self.clock_steps:
+            progress["clock_steps"] = sorted(self.clock_steps)
         self.job.progress = progress
 
     def expectations(self) -> list[dict[str, Any]]:
