@@ -2464,3 +2464,36 @@ async def test_a_snapshot_fetched_while_another_replaces_it_is_the_one_asked_for
         assert "has been replaced since the token was given" in r.msg, r.msg
         # and no file is held once its fetch ended (nor for tokens nobody fetched)
         assert [w for w in svc.files.tokens.values() if getattr(w, "fd", None) is not None] == []
+
+
+async def test_a_merge_of_batches_the_file_held_already_says_nothing_merged(
+    broker: RunningBroker, instance: str, tmp_path: Path
+) -> None:
+    """Fault injection (a full disk, freed after the job): the batches the recorder
+    stored once its disk was freed were in the file already (written from its memory),
+    and the `c` job's reason said "late data merged into the file (now 9816 points)" of
+    a file that had held every point. A merge whose store holds no more points than the
+    file says nothing: no event, no note; a real late batch is merged and said."""
+    async with recorder(broker, instance, tmp_path / "r.sqlite") as (svc, c, req, t):
+        events = Collector()
+        await c.subscribe(t.job_event(1), handler=events)
+        data = t.component_data(CMP)
+        await c.publish(data, _batch(1, 0, "s1", 0, 5), qos=1)
+        await _stored(svc, 1, 5)
+        out = tmp_path / "out" / "results.1.nc"
+        exact = [{"component": CMP, "task": 0, "npoints": 5, "stream": "s1", "last_seq": 0}]
+        assert (await _finalize(req, t, _finalize_args(1, out, exact, wait=1))).success
+        svc.files.late_batch(1)  # a batch stored late that the file holds already
+        await asyncio.sleep(1.5)  # (MERGE_DELAY and the write)
+        merged = [
+            m for m in events.items if decode(JobEvent, m.payload).event == "late_data_merged"
+        ]
+        assert merged == [], merged
+        said = json.loads(load_tree(str(out)).attrs["tomato_Job"])["reason"] or ""
+        assert "late data merged" not in said, said
+        st = decode(RecorderStatus, encode(svc.presence("online")))
+        assert "1" not in st.jobs or st.jobs["1"].merged == 0, st.jobs
+        # a batch of a task whose count is not known, late: merged and said
+        await c.publish(data, _batch(1, 1, "s1", 1, 3, v0=10), qos=1)
+        ev = await events.wait(lambda m: decode(JobEvent, m.payload).event == "late_data_merged")
+        assert decode(JobEvent, ev.payload).detail["points"] == {"counter": 8}

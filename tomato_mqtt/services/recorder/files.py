@@ -619,7 +619,15 @@ class Files:
         # the file's tomato_Job says what the job's status will (it kept "the file lacks
         # points: 72 of 300" in a file that held all 300: a fault review)
         total = sum(role_points(a, store.job_points(jobid)).values())
-        reason = merge_noted(str(a.job.get("reason") or ""), merged_note(total))
+        # the batches stored late may be in the file already (written from the recorder's
+        # memory while its store refused them, stored once the disk was freed): the file
+        # is written again all the same, but nothing is said merged (a `c` job's reason
+        # said "late data merged" of a file that had held every point: fault injection)
+        before = await asyncio.to_thread(file_points, target) if target.is_file() else None
+        nothing_new = before == total
+        reason = str(a.job.get("reason") or "")
+        if not nothing_new:
+            reason = merge_noted(reason, merged_note(total))
         as_was, a = a, a.model_copy(update={"job": {**a.job, "reason": reason}})
         try:
             written, note, altered, _, _ = await self.write(a, target, merge=True)
@@ -636,6 +644,14 @@ class Files:
         self.written(jobid, written)
         with contextlib.suppress(sqlite3.Error):
             store.merge_done(jobid, taken)
+        if nothing_new and not altered:
+            log.info(
+                "job %d: the batches stored late were in its file already (%d points): "
+                "nothing merged",
+                jobid,
+                total,
+            )
+            return
         merged = 0
         with contextlib.suppress(sqlite3.Error):
             merged = store.count_merge(jobid)
