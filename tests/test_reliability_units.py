@@ -1738,3 +1738,24 @@ def test_a_step_seen_before_a_job_began_is_not_its(monkeypatch: pytest.MonkeyPat
         beat(-3600.0)
         time.sleep(0.05)
     assert [job for job, _ in told] == [1], told
+
+
+def test_a_re_adopted_job_keeps_its_clock_steps_and_launch_time() -> None:
+    """A review: a job re-adopted by a restarted scheduler forgot the nodes whose clock
+    stepped in it (its file then gave them one offset) and took the restart for its
+    launch (a step seen just after was not told to it)."""
+    job = _job().model_copy(
+        update={
+            "launched_at": "2026-12-07T04:00:00+00:00",
+            "progress": {"warnings": ["the clock of node pc1 stepped"], "clock_steps": ["pc1"]},
+        }
+    )
+
+    async def on_done(r: JobRunner, status: str, reason: str | None) -> None:
+        pass
+
+    runner = JobRunner(job=job, roles={"counter": "cmp"}, host=FakeHost(), on_done=on_done)
+    assert runner.clock_steps == {"pc1"}
+    assert runner.launched_wall == 1796616000.0  # 2026-12-07T04:00:00Z
+    runner._progress()
+    assert runner.job.progress["clock_steps"] == ["pc1"]

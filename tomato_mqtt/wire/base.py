@@ -140,8 +140,8 @@ def _has_infinite(msg: BaseModel, deep: bool) -> bool:
             if deep and v:
                 try:
                     total = sum(v)
-                except TypeError:  # (not all numbers: each item)
-                    many(v)
+                except (TypeError, OverflowError):  # (not all numbers, or an int no
+                    many(v)  # float holds beside a float: each item, a review)
                     continue
                 if (
                     isinstance(total, float)
