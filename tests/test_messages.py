@@ -163,10 +163,10 @@ def test_a_number_beyond_a_double_s_range_is_refused_as_an_infinity_would_be() -
     # an integer no float holds beside a float is a number (its sum raised
     # OverflowError: a review), and an infinity beside it is found
     big = "1" + "0" * 400
-    ok = decode(ComponentStatus, st % ("1", '{"x": [%s, 1.5]}' % big), "t")
+    ok = decode(ComponentStatus, st % ("1", '{"x": [' + big + ", 1.5]}"), "t")
     assert ok.attrs["x"] == [10**400, 1.5]
     with pytest.raises(DecodeError, match=r"attrs\.x: a number beyond"):
-        decode(ComponentStatus, st % ("1", '{"x": [%s, 1e999]}' % big), "t")
+        decode(ComponentStatus, st % ("1", '{"x": [' + big + ", 1e999]}"), "t")
     # in a nested message too
     end = '{"jobid":1,"task":0,"reason":"done","t_start":1e999,"t_end":2}'
     nested = st % ("1", "{}")
