@@ -827,6 +827,32 @@ def test_a_late_merge_note_replaces_the_one_before() -> None:
     assert kept == "node lost | late x"
 
 
+def _presence(runners: dict[int, Any]) -> tuple[Any, Callable[[float], None]]:
+    """A scheduler's Presence of node ``pc`` with these job runners (clock_tolerance 2 s,
+    heartbeats every 0.05 s), and a function that sends the node's status with its
+    clock off by the given offset."""
+    from types import SimpleNamespace
+
+    from tomato_mqtt.services.scheduler.presence import Presence
+
+    svc: Any = SimpleNamespace(
+        settings=SimpleNamespace(scheduler=SimpleNamespace(lost_after=5, clock_tolerance=2)),
+        heartbeat=0.05,
+        nodes={},
+        runners=runners,
+        node_of=lambda comp: SimpleNamespace(node="pc"),
+        job_event=lambda *a, **k: None,
+        broker_heard=float("inf"),
+    )
+    p = Presence(svc)
+
+    def beat(offset: float) -> None:
+        st = NodeStatus(state="online", node="pc", epoch=1, heartbeat=time.time() + offset)
+        p.received(st, retained=False)
+
+    return p, beat
+
+
 def test_a_step_of_a_node_clock_is_told_to_its_running_jobs_and_a_backlog_is_not(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -838,26 +864,13 @@ def test_a_step_of_a_node_clock_is_told_to_its_running_jobs_and_a_backlog_is_not
     from types import SimpleNamespace
 
     from tomato_mqtt.services.scheduler import presence as presence_mod
-    from tomato_mqtt.services.scheduler.presence import Presence
 
     monkeypatch.setattr(presence_mod, "STEP_HOLDS", 0.3)
     told: list[tuple[str, str]] = []
     runner = SimpleNamespace(
         roles={"counter": "cmp"}, clock_stepped=lambda node, msg: told.append((node, msg))
     )
-    svc: Any = SimpleNamespace(
-        settings=SimpleNamespace(scheduler=SimpleNamespace(lost_after=5, clock_tolerance=2)),
-        heartbeat=0.05,
-        nodes={},
-        runners={7: runner},
-        node_of=lambda comp: SimpleNamespace(node="pc"),
-        job_event=lambda *a, **k: None,
-    )
-    p = Presence(svc)
-
-    def beat(offset: float) -> None:
-        st = NodeStatus(state="online", node="pc", epoch=1, heartbeat=time.time() + offset)
-        p.received(st, retained=False)
+    p, beat = _presence({7: runner})
 
     for _ in range(5):
         beat(0.0)
@@ -1423,24 +1436,7 @@ async def test_a_node_lost_just_before_the_broker_went_has_its_grace_from_its_re
 def _presence_of_one_node() -> tuple[Any, Callable[[float], None]]:
     """A scheduler's Presence (heartbeat 0.05 s) and ``beat(offset)``: a live status of
     node ``pc`` whose clock is ``offset`` s off, as received."""
-    from types import SimpleNamespace
-
-    from tomato_mqtt.services.scheduler.presence import Presence
-
-    svc: Any = SimpleNamespace(
-        settings=SimpleNamespace(scheduler=SimpleNamespace(lost_after=5, clock_tolerance=2)),
-        heartbeat=0.05,
-        nodes={},
-        runners={},
-        broker_heard=float("inf"),
-    )
-    p = Presence(svc)
-
-    def beat(offset: float) -> None:
-        st = NodeStatus(state="online", node="pc", epoch=1, heartbeat=time.time() + offset)
-        p.received(st, retained=False)
-
-    return p, beat
+    return _presence({})
 
 
 def test_the_backlog_of_a_stalled_broker_is_no_clock_offset() -> None:
@@ -1697,7 +1693,6 @@ def test_a_step_seen_before_a_job_began_is_not_its(monkeypatch: pytest.MonkeyPat
     from types import SimpleNamespace
 
     from tomato_mqtt.services.scheduler import presence as presence_mod
-    from tomato_mqtt.services.scheduler.presence import Presence
 
     monkeypatch.setattr(presence_mod, "STEP_HOLDS", 0.3)
     told: list[tuple[int, str]] = []
@@ -1710,29 +1705,18 @@ def test_a_step_seen_before_a_job_began_is_not_its(monkeypatch: pytest.MonkeyPat
             clock_stepped=lambda node, msg: told.append((job, msg)),
         )
 
-    svc: Any = SimpleNamespace(
-        settings=SimpleNamespace(scheduler=SimpleNamespace(lost_after=5, clock_tolerance=2)),
-        heartbeat=0.05,
-        nodes={},
-        runners={},
-        node_of=lambda comp: SimpleNamespace(node="pc"),
-        job_event=lambda *a, **k: None,
-    )
-    p = Presence(svc)
-
-    def beat(offset: float) -> None:
-        st = NodeStatus(state="online", node="pc", epoch=1, heartbeat=time.time() + offset)
-        p.received(st, retained=False)
+    runners: dict[int, Any] = {}
+    p, beat = _presence(runners)
 
     for _ in range(5):
         beat(0.0)
-    svc.runners[1] = runner(1, time.time() - 60)  # ran before the step
+    runners[1] = runner(1, time.time() - 60)  # ran before the step
     t0 = time.monotonic()
     while "pc" not in p.step_seen:  # the step: seen (not sure yet) a few beats on
         assert time.monotonic() - t0 < 2, p.step_seen
         beat(-3600.0)
         time.sleep(0.02)
-    svc.runners[2] = runner(2, time.time())  # launched once the step was seen
+    runners[2] = runner(2, time.time())  # launched once the step was seen
     t0 = time.monotonic()
     while time.monotonic() - t0 < 0.6:
         beat(-3600.0)
