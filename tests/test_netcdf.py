@@ -615,8 +615,13 @@ def test_a_write_that_fills_the_disk_gives_its_space_back(tmp_path: Path) -> Non
             for b in range(300)
         ]
         for _ in range(3):
-            with pytest.raises(OSError, match="no space left|No space left"):
+            with pytest.raises(OSError, match="no space left|No space left") as failed:
                 write_job_file(out / "big.nc", [RoleInput("r", "{}", big)], {"x": "y"})
+            # the space said free is without the file that did not fit ("0 bytes free"
+            # was said of a disk with 448 kB free: a check of the fix)
+            said = str(failed.value)
+            assert "the file did not fit" in said, said
+            assert int(said.split("(")[1].split()[0]) > 900_000, said
             assert not list(out.iterdir()), list(out.iterdir())
             # its space is free again, and nothing holds the file
             assert shutil.disk_usage(out).used < 100_000, shutil.disk_usage(out)

@@ -1743,3 +1743,38 @@ def test_a_re_adopted_job_keeps_its_clock_steps_and_launch_time() -> None:
     assert runner.launched_wall == 1796616000.0  # 2026-12-07T04:00:00Z
     runner._progress()
     assert runner.job.progress["clock_steps"] == ["pc1"]
+
+
+def test_a_step_back_is_dated_from_its_first_status_not_from_when_it_was_sure() -> None:
+    """A check of the fix: a node's clock set back an hour 9 s before a submit was still
+    blamed on that job. A step back reads as a cut link's backlog at first (the statuses'
+    heartbeats go back), so it was seen seconds late, and "at about" said that later
+    time; a job launched meanwhile was blamed. The step is dated from the first status
+    that came off the offset taken."""
+    told: list[int] = []
+
+    def runner(job: int, launched: float) -> Any:
+        from types import SimpleNamespace
+
+        return SimpleNamespace(
+            roles={"counter": "cmp"},
+            clock_steps=set(),
+            launched_wall=launched,
+            clock_stepped=lambda node, msg: told.append(job),
+        )
+
+    runners: dict[int, Any] = {}
+    p, beat = _presence(runners)
+    for _ in range(5):
+        beat(0.0)
+        time.sleep(0.02)
+    runners[1] = runner(1, time.time() - 60)  # ran through the step
+    beat(-3600.0)  # the step back: its first status
+    time.sleep(0.01)
+    runners[2] = runner(2, time.time())  # submitted after it, before it was sure
+    t0 = time.monotonic()
+    while len(told) < 1:
+        assert time.monotonic() - t0 < 5, p.step_seen
+        beat(-3600.0)
+        time.sleep(0.05)
+    assert told == [1], told

@@ -706,9 +706,9 @@ def write_job_file(
                 # fidelity review) is not retried: the same data fails the same way
                 if any(w in str(e) for w in _DATA_REFUSED):
                     raise ValueError(f"the file cannot hold the data as it came: {e}") from e
-                raise _why_not_written(OSError(errno.EIO, str(e)), path.parent, named) from e
+                raise _why_not_written(OSError(errno.EIO, str(e)), path.parent, named, tmp) from e
             except OSError as e:
-                raise _why_not_written(e, path.parent, named) from e
+                raise _why_not_written(e, path.parent, named, tmp) from e
         if check is not None:
             check(tmp)
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600: lab colleagues read results
@@ -797,15 +797,31 @@ def _gone(pid: int) -> bool:
     return state in ("Z", "X")
 
 
-def _why_not_written(e: OSError, folder: Path, named: Path | None = None) -> OSError:
+def _why_not_written(
+    e: OSError, folder: Path, named: Path | None = None, tmp: str | None = None
+) -> OSError:
     """HDF5 reports a full disk as whatever failed last (often EACCES, "Permission
     denied"): a user then looks at permissions. Name the full disk when it is one
-    (``named``: the folder as the message names it)."""
+    (``named``: the folder as the message names it). ``tmp``, the write's own file, is
+    removed first: the space said free is without it (a file larger than the free space
+    was said "0 bytes free" of a disk with 448 kB free: a check of the fix)."""
     try:
-        free = shutil.disk_usage(folder).free
+        free = shutil.disk_usage(folder).free  # (the disk as the write found it)
     except OSError:
         return e
-    if e.errno != errno.ENOSPC and free < _FULL:
+    full = e.errno == errno.ENOSPC or free < _FULL
+    left = free
+    if tmp is not None:
+        Path(tmp).unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            left = shutil.disk_usage(folder).free
+    if full and left > free:
+        return OSError(
+            errno.ENOSPC,
+            f"no space left in {named or folder}: the file did not fit ({left} bytes free "
+            "without it)",
+        )
+    if e.errno != errno.ENOSPC and full:
         # (HDF5's own words left out: "Permission denied" sent users to the permissions)
         return OSError(errno.ENOSPC, f"no space left in {named or folder} ({free} bytes free)")
     return e

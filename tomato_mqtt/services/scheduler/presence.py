@@ -67,6 +67,11 @@ class Presence:
         #: is a step: _clock_stepped)
         self.taken: dict[str, float] = {}
         self.step_seen: dict[str, tuple[float, float]] = {}  # node -> (offset, monotonic)
+        #: node -> when (our clock) its statuses began to arrive off the offset taken,
+        #: also those not taken as a measure (a step back reads as a cut link's backlog
+        #: for a few heartbeats: it was first seen ~9 s late, and a job submitted
+        #: meanwhile blamed: a check of the fix)
+        self.off_since: dict[str, float] = {}
         self.epochs: dict[str, int] = {}  # each node's epoch its offsets are of
         self.storage_error: str | None = None
         self.state_error: str | None = None  # the scheduler's own (state_unwritable)
@@ -88,6 +93,13 @@ class Presence:
         self.seen[st.node] = now
         if st.state != "online" or retained or st.heartbeat <= 0:
             return  # a retained status may be old: it says nothing about the node's clock
+        was = self.taken.get(st.node)
+        if was is not None and self.epochs.get(st.node, st.epoch) == st.epoch:
+            tol = self.svc.settings.scheduler.clock_tolerance
+            if abs(st.heartbeat - time.time() - was) > tol:
+                self.off_since.setdefault(st.node, time.time())
+            else:
+                self.off_since.pop(st.node, None)
         last = self.last_beat.get(st.node)
         self.last_beat[st.node] = (now, st.heartbeat)
         if (
@@ -116,7 +128,7 @@ class Presence:
             # another run of the node (a restart): its clock is taken afresh, not as a
             # step (an outside check: a node restarted with a right clock after running
             # an hour ahead put "stepped by -3600 s" into the next job's reason)
-            for kept in (self.offsets, self.taken, self.step_seen):
+            for kept in (self.offsets, self.taken, self.step_seen, self.off_since):
                 kept.pop(st.node, None)
         self.epochs[st.node] = st.epoch
         q = self.offsets.setdefault(st.node, collections.deque(maxlen=5))
@@ -168,7 +180,9 @@ class Presence:
         elif now - seen[1] >= STEP_HOLDS:
             self.taken[node] = off
             self.step_seen.pop(node, None)
-            self._clock_stepped(node, off - was, off, time.time() - (now - seen[1]))
+            since = time.time() - (now - seen[1])
+            since = min(since, self.off_since.pop(node, since))
+            self._clock_stepped(node, off - was, off, since)
 
     def _clock_stepped(self, node: str, step: float, off: float, since: float) -> None:
         """A node's clock stepped while it ran (found by fault injection: a step back made
