@@ -139,8 +139,6 @@ def _asked_and_checked(
     asked at the same time, says whether there is such a component: an unknown name is
     refused as soon as that list comes, a known one costs no round trip more than the
     request itself (``passata`` as fast as ``ketchup``)."""
-    from tomato_mqtt.transport.oneshot import RESEND_AFTER, NoAnswer
-
     topic = topics.component_user_cmd(name, op)
     ask_id = ex.send(topic, dict(args))
     check = ex.send(topics.scheduler_cmd("status"), {"what": "components"})
@@ -148,18 +146,9 @@ def _asked_and_checked(
     waiting = {ask_id: (topic, f"node hosting {name}"), check: ("", "scheduler")}
     deadline = time.monotonic() + timeout
     ask_at = ex.ask_whoami_at(topic, deadline, timeout)
-    gap = RESEND_AFTER
-    again_at = time.monotonic() + gap if op in READS else deadline
+    again = ask_id if op in READS else None  # (a node restarting never got it: READS)
     while True:
-        try:
-            got, reply = ex.first_reply(waiting, min(again_at, deadline), timeout, ask_at)
-        except NoAnswer:
-            if again_at >= deadline:
-                raise
-            ex.send_again(ask_id)  # a node that was restarting never got it (READS)
-            gap *= 2
-            again_at = time.monotonic() + gap
-            continue
+        got, reply = ex.first_reply(waiting, deadline, timeout, ask_at, again)
         if got == ask_id:
             return reply
         del waiting[check]

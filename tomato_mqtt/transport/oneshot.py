@@ -518,27 +518,40 @@ class Exchange:
         deadline: float,
         timeout: float,
         ask_at: float | None = None,
+        again: str | None = None,
     ) -> tuple[str, Reply]:
         """(id, reply) of the first reply to one of the requests ``waiting`` (id ->
         (topic, who answers)), by ``deadline``; :class:`NoAnswer` naming the first of
         them (``timeout``: the wait it was given, for the message) when none came.
         ``ask_at``: none by then, ``whoami`` is asked (once per exchange), and the
-        NoAnswer carries its answer (:meth:`ask_whoami_at`)."""
+        NoAnswer carries its answer (:meth:`ask_whoami_at`). ``again``: a request
+        :meth:`send` sent, sent again while no answer comes (RESEND_AFTER, then 2, 4,
+        … s more)."""
         from tomato_mqtt.transport.session import SessionError, SessionTimeout
 
         first_topic, first_who = next(iter(waiting.values()))
         waiting = dict(waiting)
         if self._me is not None and self._me[1] is None:
             waiting[self._me[0]] = ("", "")  # whoami asked, not answered yet
+        gap = RESEND_AFTER
+        again_at = time.monotonic() + gap if again is not None else deadline
         try:
             while True:
-                until = deadline
-                if ask_at is not None and self._me is None and ask_at < deadline:
+                until = min(deadline, again_at)
+                if ask_at is not None and self._me is None and ask_at < until:
                     until = ask_at
                 try:
                     got, reply = self._receive(waiting, until)
                 except SessionTimeout:
-                    if until == deadline or self.whoami is None:
+                    if until == deadline:
+                        raise
+                    if until == again_at and again is not None:
+                        self.send_again(again)
+                        gap *= 2
+                        again_at = time.monotonic() + gap
+                        _trace("no answer yet: %s sent again", again)
+                        continue
+                    if self.whoami is None:
                         raise
                     try:
                         me = self.send(self.whoami)

@@ -388,21 +388,22 @@ class Files:
                 self.drop_token(old)
         while len(self.tokens) > TOKENS_KEPT:
             self.drop_token(next(iter(self.tokens)))
-        now = time.monotonic()  # (a fetch left half-way lets go of its file: FETCH_IDLE)
-        for w in self.tokens.values():
-            if w.fd is not None and now - w.used > FETCH_IDLE:
-                w.close()
+        self._held()  # (a fetch left half-way lets go of its file)
         return token, st.st_size
 
-    def hold(self, w: Written) -> bool:
-        """Whether a fetch of ``w`` may hold its file open: the files held by fetches
-        idle for FETCH_IDLE are let go, then the oldest beyond TOKENS_OPEN."""
+    def _held(self, but: Written | None = None) -> list[Written]:
+        """The tokens whose fetch holds its file (``but`` aside), once those idle for
+        FETCH_IDLE have let go of theirs."""
         now = time.monotonic()
-        held = [x for x in self.tokens.values() if x.fd is not None and x is not w]
-        for x in held:
-            if now - x.used > FETCH_IDLE:
+        for x in self.tokens.values():
+            if x.fd is not None and now - x.used > FETCH_IDLE:
                 x.close()
-        held = [x for x in held if x.fd is not None]
+        return [x for x in self.tokens.values() if x.fd is not None and x is not but]
+
+    def hold(self, w: Written) -> bool:
+        """Whether a fetch of ``w`` may hold its file open: the oldest held beyond
+        TOKENS_OPEN (with it) are let go first."""
+        held = self._held(but=w)
         for x in sorted(held, key=lambda x: x.used)[: max(0, len(held) + 1 - TOKENS_OPEN)]:
             x.close()
         return TOKENS_OPEN > 0

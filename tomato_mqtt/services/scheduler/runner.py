@@ -129,8 +129,6 @@ class JobRunner:
     stop_unsure: list[str] = field(default_factory=list)
     #: nodes whose clock stepped while this job ran (its file gives them no offset)
     clock_steps: set[str] = field(default_factory=set)
-    #: when this runner began (our clock): a step seen before is not this job's
-    launched_wall: float = field(default_factory=time.time)
     cancel_at: float | None = None  # monotonic
     #: when this runner's loop was last woken much later than asked (it stood still)
     stood_still_at: float = -1e9
@@ -179,16 +177,20 @@ class JobRunner:
         warnings = self.job.progress.get("warnings")
         if isinstance(warnings, list):
             self.warnings = [str(w) for w in warnings]
-        # and the clock steps it saw (its file gives those nodes no offset), from its
-        # launch (a job re-adopted by a restarted scheduler forgot both: a review)
+        # and the clock steps it saw (its file gives those nodes no offset: a job
+        # re-adopted by a restarted scheduler forgot them, a review)
         steps = self.job.progress.get("clock_steps")
         if isinstance(steps, list):
             self.clock_steps = {str(n) for n in steps}
-        if self.job.launched_at:
-            with contextlib.suppress(ValueError):
-                self.launched_wall = datetime.datetime.fromisoformat(
-                    self.job.launched_at
-                ).timestamp()
+
+    @property
+    def launched_wall(self) -> float | None:
+        """When the job was launched (s since the epoch, our clock): a clock step seen
+        before is not this job's; None if it cannot be read."""
+        try:
+            return datetime.datetime.fromisoformat(self.job.launched_at or "").timestamp()
+        except ValueError:
+            return None
 
     # -- persistence -----------------------------------------------------------------------
     def _save(self) -> None:
