@@ -142,6 +142,10 @@ THAWED_FOR = 10.0
 #: s past its deadline (the sender's clock) that a shutdown is not carried out by a node
 #: that did not stand still: as much as two PCs' clocks may differ (clock_tolerance)
 SHUTDOWN_SLACK = 2.0
+#: s a stopping node waits for the ends of the tasks it stopped to be told (a runner's
+#: thread tells its end after the stop: on a loaded machine the node was gone first, and
+#: its next start read "restarted mid-task … is gone", the task's count unknown)
+ENDS_TOLD_WAIT = 2.0
 
 
 class _Liveness:
@@ -235,6 +239,8 @@ class NodeService(Service):
         self.spool: Spool | None = None
         self.epoch = 0
         self._units_loaded: asyncio.Future[None] | None = None
+        #: task ends being told (their last points flushed, then the component's status)
+        self._telling: set[asyncio.Task[Any]] = set()
         # not guessable from what the node publishes (its pid is in its status): a
         # broker that lets any login take over a client id (Mosquitto does) cannot be
         # used to cut this node off by someone who reads its status
@@ -370,10 +376,31 @@ class NodeService(Service):
         return [self.data.loop()]
 
     async def drain(self) -> None:
+        stopped = []
         for hc in self.components.values():
             if hc.runner is not None and hc.runner.running:
                 hc.runner.stop_task("node shutting down")
+                stopped.append(hc)
+        await self._ends_told(stopped)
         await self.data.flush_all()
+
+    async def _ends_told(self, stopped: list[HostedComponent]) -> None:
+        """Wait (at most ENDS_TOLD_WAIT) until the ends of the tasks of ``stopped`` are
+        told, their last points and counts out, before the node says it goes offline (a
+        driver call that does not return holds its task: the bound ends the wait)."""
+        deadline = time.monotonic() + ENDS_TOLD_WAIT
+        while (left := deadline - time.monotonic()) > 0:
+            if self._telling:
+                await asyncio.wait(set(self._telling), timeout=left)
+            elif all(hc.ending is None or hc.runner is None for hc in stopped):
+                return
+            else:  # its runner's thread has not told it yet
+                await asyncio.sleep(0.02)
+
+    def _task_ended(self, name: str, end: TaskEnd) -> None:
+        told = self.spawn(self.data.task_ended(name, end))
+        self._telling.add(told)
+        told.add_done_callback(self._telling.discard)
 
     async def teardown(self) -> None:
         try:
@@ -1126,7 +1153,7 @@ class NodeService(Service):
         name = hc.name
 
         def on_task_end(end: TaskEnd) -> None:
-            loop.call_soon_threadsafe(lambda: self.spawn(self.data.task_ended(name, end)))
+            loop.call_soon_threadsafe(self._task_ended, name, end)
 
         def on_error(msg: str) -> None:
             log.warning("node %s: component %s: %s", self.name, name, msg)
