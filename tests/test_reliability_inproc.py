@@ -2499,6 +2499,41 @@ async def test_a_snapshot_fetched_while_another_replaces_it_is_the_one_asked_for
         assert [w for w in svc.files.tokens.values() if getattr(w, "fd", None) is not None] == []
 
 
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="counts /proc/self/fd")
+async def test_a_snapshot_of_one_chunk_fetched_leaves_no_file_open(
+    broker: RunningBroker, instance: str, tmp_path: Path
+) -> None:
+    """A soak run: the recorder's open files grew by one per snapshot (237 after 225),
+    each a replaced snapshot held open as a deleted file with its disk space: a file of
+    one chunk (most snapshots) was read at once and its descriptor never closed."""
+    import base64
+
+    async with recorder(broker, instance, tmp_path / "r.sqlite") as (svc, c, req, t):
+        await c.publish(t.component_data(CMP), _batch(1, 0, "s1", 0, 5), qos=1)
+        await _stored(svc, 1, 5)
+        snap = tmp_path / "out" / "snapshot.1.nc"
+        expect = [{"component": CMP, "task": 0, "npoints": 20, "stream": "s1", "last_seq": 3}]
+
+        def held() -> list[str]:
+            fds = Path("/proc/self/fd")
+            out = []
+            for fd in fds.iterdir():
+                with contextlib.suppress(OSError):
+                    if os.readlink(fd).startswith(str(snap)):
+                        out.append(os.readlink(fd))
+            return out
+
+        for _ in range(5):
+            rep = await _finalize(req, t, _finalize_args(1, snap, expect, wait=0, snapshot=True))
+            assert rep.success and rep.data["chunks"] == 1, rep
+            got = await req.request(
+                t.recorder_cmd("fetch"), {"token": rep.data["token"], "index": 0}, timeout=5
+            )
+            assert got.success, got
+            assert len(base64.b64decode(got.data["data"])) == rep.data["size"]
+        assert held() == [], held()
+
+
 async def test_a_merge_of_batches_the_file_held_already_says_nothing_merged(
     broker: RunningBroker, instance: str, tmp_path: Path
 ) -> None:

@@ -104,16 +104,19 @@ class Written:
         self.used = time.monotonic()
         if self.fd is None:
             fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+            keep = False
             try:
                 st = os.fstat(fd)
                 if (st.st_dev, st.st_ino) != self.ident:
                     raise OSError(errno.ESTALE, "replaced")
-                if not (hold and _PREAD):
+                if not (hold and _PREAD):  # (a file of one chunk, read at once: its
+                    # descriptor was never closed, one per snapshot: a soak run)
                     os.lseek(fd, offset, os.SEEK_SET)
                     return os.read(fd, n)
-            except BaseException:
-                os.close(fd)
-                raise
+                keep = True
+            finally:
+                if not keep:
+                    os.close(fd)
             self.fd = fd
         return os.pread(self.fd, n, offset)
 
