@@ -140,7 +140,8 @@ class _LoopDriven:
         incoming messages wait unread in it sends a RST, and a broker that gets the RST
         before it has read the DISCONNECT drops it unread and publishes the last will:
         a service stopping in order (``offline``) was then shown ``lost``. A FIN after
-        the DISCONNECT, and reading on until the broker closes, leave no such race.
+        the DISCONNECT (over TLS, none: the broker closes on DISCONNECT), and reading on
+        until the broker closes, leave no such race.
         False when this way does not apply (WebSockets, a write still pending): then
         paho's own DISCONNECT is used.
         """
@@ -156,7 +157,13 @@ class _LoopDriven:
             loop.remove_writer(sock)
         try:
             sock.send(_DISCONNECT)
-            sock.shutdown(socket.SHUT_WR)
+            if not isinstance(sock, ssl.SSLSocket):
+                # (over TLS, no end of its own: a TLS stream that ends, with TLS's
+                # close_notify or without, ends the broker's side of it too, and amqtt,
+                # whose PUBACK for a publish just before then found it closed, published
+                # the will: a remote node stopped cleanly over TLS was shown `lost` (an
+                # admin's tour, 3 of 3). The broker closes the connection on DISCONNECT)
+                sock.shutdown(socket.SHUT_WR)
         except OSError:
             return True  # the broker is gone: nothing more to say to it
         closed: asyncio.Future[None] = loop.create_future()
