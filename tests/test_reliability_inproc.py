@@ -2565,3 +2565,28 @@ async def test_a_merge_of_batches_the_file_held_already_says_nothing_merged(
         await c.publish(data, _batch(1, 1, "s1", 1, 3, v0=10), qos=1)
         ev = await events.wait(lambda m: decode(JobEvent, m.payload).event == "late_data_merged")
         assert decode(JobEvent, ev.payload).detail["points"] == {"counter": 8}
+
+
+async def test_no_request_tells_the_client_id_of_the_service_that_sent_it(
+    broker: RunningBroker, instance: str, tmp_path: Path
+) -> None:
+    """A security tour: a node read the scheduler's and the recorder's client ids off the
+    reply topics of the task_start and ack it is sent, and on Mosquitto, which lets any
+    login take over a client id, kept kicking both off (docs/security.md said those ids
+    were published nowhere). A reply topic names its requester's kind, not its id."""
+    from tomato_mqtt.transport.client import AsyncClient
+
+    async with inproc_stack(broker.port, tmp_path, instance) as st:
+        seen: list[str] = []
+        async with AsyncClient(broker.url) as spy:
+            await spy.subscribe(
+                st.topics.all_component_status().replace("/status", "/cmd/+"),  # task_start…
+                handler=lambda m: seen.append(bytes(m.payload).decode()),
+            )
+            await st.short_job()
+            await asyncio.sleep(0.3)
+        ids = [st.scheduler.client_id, st.recorder.client_id]
+        sent = [s for s in seen if '"reply_to"' in s]
+        assert any("/scheduler-" in s for s in sent), sent  # task_start
+        assert any("/recorder-" in s for s in sent), sent  # ack
+        assert not [s for s in sent if any(i in s for i in ids)], (ids, sent)

@@ -117,7 +117,12 @@ class Requester:
         self.topics = topics
         #: the largest request sent (the broker's max_packet_bytes less a margin)
         self.max_request = MAX_REPLY if max_request is None else max_request
-        self.reply_topic = topics.reply(client.client_id)
+        # not its client id: every request carries its reply topic, so a node read the
+        # scheduler's and the recorder's client ids off their task_start and ack, and on
+        # a broker that lets any login take over a client id (Mosquitto) kept kicking
+        # them off (a security tour). Its kind (``scheduler``, ``ketchup``) stays in it
+        kind = client.client_id.partition("-")[0]
+        self.reply_topic = topics.reply(f"{kind}-{uuid.uuid4().hex[:16]}")
         self._waiting: dict[str, asyncio.Future[Reply]] = {}
         self._started = False
 
