@@ -79,3 +79,42 @@ def test_every_command_line_in_the_docs_is_one_the_cli_takes() -> None:
     assert len(lines) > 100  # the pages were read
     problems = [f"{page}: `{line}`: {p}" for page, line in lines for p in _check(line)]
     assert not problems, "\n".join(problems)
+
+
+def test_the_boot_units_verify(tmp_path: Path) -> None:
+    """docs/cli.md's systemd units (an admin's tour found none: "for systemd" alone),
+    as an admin would install them, pass ``systemd-analyze verify`` without a word; a
+    misspelt setting is said (so the check can fail)."""
+    import shutil
+    import subprocess
+    import sys
+
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        import pytest
+
+        pytest.skip("systemd-analyze is not installed (the units are not checked)")
+    text = (ROOT / "docs" / "cli.md").read_text()
+    blocks = re.findall(r"<!-- systemd-unit -->\n```ini\n(.*?)\n```", text, flags=re.S)
+    assert len(blocks) == 2, "docs/cli.md lost its systemd units"
+    tomato = Path(sys.executable).parent / "tomato"
+    (tmp_path / "node-rig-7.env").write_text("TOMATO_BROKER=mqtt://127.0.0.1:1\n")
+
+    def verify(name: str, unit: str) -> subprocess.CompletedProcess[str]:
+        unit = unit.replace("/opt/tomato/bin/tomato", str(tomato))
+        unit = unit.replace("/etc/tomato/", f"{tmp_path}/").replace(
+            "/var/lib/tomato", str(tmp_path)
+        )
+        (tmp_path / name).write_text(unit + "\n")
+        return subprocess.run(
+            [analyze, "verify", "--man=no", str(tmp_path / name)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    for name, unit in zip(("tomato-node@rig-7.service", "tomato.service"), blocks, strict=True):
+        res = verify(name, unit)
+        assert res.returncode == 0 and res.stderr.strip() == "", (name, res.stderr)
+    bad = verify("tomato.service", blocks[1].replace("Type=oneshot", "Type=oneshoot"))
+    assert "oneshoot" in bad.stderr, bad

@@ -475,9 +475,12 @@ def oneshot_failed(
             f"{e} ({ctx.where()}): the broker is not the embedded one ([broker] embedded "
             "= false): is it running? Start it; tomato-mqtt's services reconnect by themselves"
         )
+    elsewhere = ctx.url.elsewhere_hint()
     fail(
-        f"{unreachable}{e} ({ctx.where()})"
+        f"{unreachable}{e} ({ctx.where()}){elsewhere}"
         if unreachable
+        else f"{e} ({ctx.where()}){elsewhere}"
+        if elsewhere
         # (what to do, for a newcomer: "is it running?" alone left them guessing)
         else f"{e} — is tomato-mqtt running? ({ctx.where()}): `tomato start` starts it"
     )

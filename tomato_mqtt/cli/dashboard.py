@@ -108,8 +108,12 @@ def dashboard(
     except BrokerUnreachable as e:
         fail(
             f"the dashboard cannot reach the broker ({e}). It kept trying for "
-            f"{svc.cfg.connect_timeout:g} s and has stopped: start the stack (tomato start), "
-            "or name the broker with --broker URL or -p PORT"
+            f"{svc.cfg.connect_timeout:g} s and has stopped"
+            + (
+                url.elsewhere_hint()
+                or ": start the stack (tomato start), or name the broker with --broker URL "
+                "or -p PORT"
+            )
         )
     except MqttUntrusted as e:  # it runs, and its certificate is not trusted here
         fail(f"the dashboard cannot use the broker: {e}")

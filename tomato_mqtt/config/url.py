@@ -77,6 +77,19 @@ class BrokerURL(Record):
     ) -> None:
         self._init(locals())
 
+    def elsewhere_hint(self) -> str:
+        """What to check when a broker on another PC refuses plain MQTT ("" for TLS or
+        loopback): a lab whose broker serves TLS keeps plain MQTT on its own loopback,
+        and "is tomato-mqtt running? `tomato start` starts it" sent an admin, whose
+        stack ran, the wrong way (an admin's tour)."""
+        if self.tls or self.host in ("127.0.0.1", "localhost", "::1"):
+            return ""
+        return (
+            f"; a broker on another PC: does it listen on {self.host} for this PC? One that "
+            "serves TLS keeps plain MQTT on its own loopback: use mqtts:// with its [broker] "
+            "tls_port (8883) and ca_certs=… (docs/security.md)"
+        )
+
     @classmethod
     def parse(cls, url: str) -> BrokerURL:
         from urllib.parse import parse_qs, unquote, urlsplit
