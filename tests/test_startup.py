@@ -614,6 +614,11 @@ def test_the_hint_to_start_a_missing_node_works_on_the_stack_it_is_for(tmp_path:
     )
     tls = '[broker]\npassword_file = "users"\ncertfile = "s.crt"\nkeyfile = "s.key"\n'
     assert "mqtts://pc2:PASSWORD@<this PC's address>:8883?ca_certs=<the lab CA>" in hint(tls)
+    # the address the broker listens on, when [broker] host names one (an admin's tour)
+    assert "mqtts://pc2:PASSWORD@10.66.0.1:8883?" in hint(
+        tls + 'host = "10.66.0.1"\nallow_anonymous = false\n'
+    )
+    assert "<this PC's address>" in hint(tls + 'host = "0.0.0.0"\nallow_anonymous = false\n')
 
 
 def test_a_damaged_page_inside_the_state_file_is_found_before_the_start(tmp_path: Path) -> None:

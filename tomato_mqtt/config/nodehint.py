@@ -10,6 +10,8 @@ if TYPE_CHECKING:
 
 __all__ = ["node_command"]
 
+_ANY_OR_LOOPBACK = ("", "0.0.0.0", "::", "127.0.0.1", "localhost", "::1")
+
 
 def node_command(s: Settings, node: str, port: int) -> str:
     """How to start ``node`` on its PC, as this stack takes it: the instance, TLS and its
@@ -17,14 +19,18 @@ def node_command(s: Settings, node: str, port: int) -> str:
     said `--broker mqtt://…:PORT`, which a secured stack refuses: an admin's tour)."""
     instance = s.mqtt.instance
     inst = "" if instance == "default" else f" --instance {instance}"
+    # the one address the broker listens on, when the settings name it (an admin's tour:
+    # "<this PC's address>" of a broker whose [broker] host said it)
+    host = s.broker.host
+    addr = "<this PC's address>" if host in _ANY_OR_LOOPBACK else host
+    if ":" in addr and not addr.startswith("<"):
+        addr = f"[{addr}]"  # an IPv6 address in a URL
     if s.broker.certfile:
-        where = (
-            f"mqtts://{node}:PASSWORD@<this PC's address>:{s.broker.tls_port}?ca_certs=<the lab CA>"
-        )
+        where = f"mqtts://{node}:PASSWORD@{addr}:{s.broker.tls_port}?ca_certs=<the lab CA>"
     elif s.users_file is not None:
-        where = f"mqtt://{node}:PASSWORD@<this PC's address>:{port}"
+        where = f"mqtt://{node}:PASSWORD@{addr}:{port}"
     else:
-        return f"`tomato node --name {node} --broker mqtt://<this PC's address>:{port}{inst}`"
+        return f"`tomato node --name {node} --broker mqtt://{addr}:{port}{inst}`"
     return (
         f"`TOMATO_BROKER='{where}' tomato node --name {node}{inst}`, with a login of the role"
         f" node:{node}"
