@@ -165,7 +165,7 @@ def wait_ready(
     deadline = time.monotonic() + timeout
     t = ctx.topics
     link = _Link(ctx, timeout)
-    reply_to = t.reply(link.client_id)
+    reply_to = t.reply(f"cli-{os.urandom(8).hex()}")  # (not its client id: security.md)
     link.topics = [reply_to, t.scheduler_status(), t.all_component_meta(), t.all_node_status()]
     _watch_exit(proc, link)
     opened = link.open(deadline)

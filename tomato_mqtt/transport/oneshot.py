@@ -204,7 +204,7 @@ def _request_paho(
     import paho.mqtt.client as paho
 
     client_id = f"cli-{os.getpid()}-{os.urandom(3).hex()}"
-    reply_to = reply_topic(client_id)
+    reply_to = reply_topic(f"cli-{os.urandom(8).hex()}")  # (not its client id: security.md)
     req_id = os.urandom(16).hex()
     payload = jsonlite.dumps(
         {"schema": SCHEMA, "id": req_id, "reply_to": reply_to, "args": dict(args or {})}
@@ -350,7 +350,9 @@ class Exchange:
         self._sent: dict[str, tuple[str, bytes]] = {}  # id -> (topic, payload): send_again
         self.url = url
         self.client_id = f"cli-{os.getpid()}-{os.urandom(3).hex()}"
-        self.reply_to = reply_topic(self.client_id)
+        # not its client id, which a node reading an operator's request would learn, and
+        # on Mosquitto could take over mid-call (docs/security.md)
+        self.reply_to = reply_topic(f"cli-{os.urandom(8).hex()}")
         self._timeout = timeout
         self._keepalive = max(5, int(timeout) + 5)
         self._session = Session(url, self.client_id, keepalive=self._keepalive)

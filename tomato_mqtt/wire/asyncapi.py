@@ -53,7 +53,9 @@ QOS = 1
 #: The placeholders of the channel templates, as AsyncAPI channel parameters.
 PARAMETERS: dict[str, str] = {
     "op": "Operation name (a slug), e.g. 'status', 'submit', 'task_start', 'configure'.",
-    "client_id": "Slug of the requester's MQTT client id; the requester subscribes to it.",
+    "client_id": "A name the requester picks and subscribes to (a slug): its MQTT client "
+    "id will do; tomato-mqtt's own clients use their kind and a random part, so that a "
+    "responder learns no client id from it.",
     "node": "Slug of the driver node's name (see slugging rules in docs/topics.md).",
     "component": "Slug of the component's full name, e.g. "
     "'example_counter:(example-addr,1)' -> 'example_counter-example-addr-1--<hash>'; "

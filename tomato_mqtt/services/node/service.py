@@ -381,6 +381,8 @@ class NodeService(Service):
             if hc.runner is not None and hc.runner.running:
                 hc.runner.stop_task("node shutting down")
                 stopped.append(hc)
+            elif hc.runner is not None and hc.ending is not None:
+                stopped.append(hc)  # ended on its own just now: its end not told yet
         await self._ends_told(stopped)
         await self.data.flush_all()
 
