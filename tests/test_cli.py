@@ -375,11 +375,11 @@ def test_no_scheduler_says_where_it_looked(stack: Stack) -> None:
     # a broker on another PC that refuses plain MQTT: what to check there, not `tomato
     # start` (an admin's tour: the lab's broker served TLS, plain MQTT on its loopback)
     for tool in ("tomato", "ketchup"):
-        url = f"mqtt://127.0.0.2:{port}"
+        url = f"mqtt://192.0.2.1:{port}"  # (TEST-NET-1: no host of this PC)
         cmd = [str(BIN / tool), "status", "--broker", url, "-t", "1"]
         res = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
         assert res.returncode == 1, res
-        assert "does it listen on 127.0.0.2 for this PC?" in res.stderr, res.stderr
+        assert "does it listen on 192.0.2.1 for this PC?" in res.stderr, res.stderr
         assert "use mqtts:// with its [broker] tls_port" in res.stderr, res.stderr
         assert "tomato start" not in res.stderr, res.stderr
 

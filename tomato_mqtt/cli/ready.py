@@ -160,12 +160,12 @@ def wait_ready(
     import uuid
 
     from tomato_mqtt.errors import BROKEN_DRIVER
-    from tomato_mqtt.transport.oneshot import SCHEMA
+    from tomato_mqtt.transport.oneshot import SCHEMA, reply_name
 
     deadline = time.monotonic() + timeout
     t = ctx.topics
     link = _Link(ctx, timeout)
-    reply_to = t.reply(f"cli-{os.urandom(8).hex()}")  # (not its client id: security.md)
+    reply_to = t.reply(reply_name())
     link.topics = [reply_to, t.scheduler_status(), t.all_component_meta(), t.all_node_status()]
     _watch_exit(proc, link)
     opened = link.open(deadline)

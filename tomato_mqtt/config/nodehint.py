@@ -5,12 +5,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from tomato_mqtt.config.url import is_loopback
+
 if TYPE_CHECKING:
     from tomato_mqtt.config.settings import Settings
 
 __all__ = ["node_command"]
 
-_ANY_OR_LOOPBACK = ("", "0.0.0.0", "::", "127.0.0.1", "localhost", "::1")
+_ANY = ("", "0.0.0.0", "::")
 
 
 def node_command(s: Settings, node: str, port: int) -> str:
@@ -22,7 +24,7 @@ def node_command(s: Settings, node: str, port: int) -> str:
     # the one address the broker listens on, when the settings name it (an admin's tour:
     # "<this PC's address>" of a broker whose [broker] host said it)
     host = s.broker.host
-    addr = "<this PC's address>" if host in _ANY_OR_LOOPBACK else host
+    addr = "<this PC's address>" if host in _ANY or is_loopback(host) else host
     if ":" in addr and not addr.startswith("<"):
         addr = f"[{addr}]"  # an IPv6 address in a URL
     if s.broker.certfile:

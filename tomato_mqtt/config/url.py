@@ -82,7 +82,7 @@ class BrokerURL(Record):
         loopback): a lab whose broker serves TLS keeps plain MQTT on its own loopback,
         and "is tomato-mqtt running? `tomato start` starts it" sent an admin, whose
         stack ran, the wrong way (an admin's tour)."""
-        if self.tls or self.host in ("127.0.0.1", "localhost", "::1"):
+        if self.tls or is_loopback(self.host):
             return ""
         return (
             f"; a broker on another PC: does it listen on {self.host} for this PC? One that "

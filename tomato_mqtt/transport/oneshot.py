@@ -41,10 +41,19 @@ __all__ = [
     "Reply",
     "payload_refused",
     "refused_token",
+    "reply_name",
     "request",
 ]
 
 SCHEMA = 2  # tomato_mqtt.wire.messages.SCHEMA
+
+
+def reply_name() -> str:
+    """The last part of a CLI's reply topic: not its client id, which a node reading an
+    operator's request would learn, and on Mosquitto could take over mid-call (the
+    services' Requester does the same: docs/security.md)."""
+    return f"cli-{os.urandom(8).hex()}"
+
 
 #: s without an answer before a request is sent again (then after 2, 4, ... s more),
 #: with the same id: a responder that restarted meanwhile (the supervisor restarts a
@@ -204,7 +213,7 @@ def _request_paho(
     import paho.mqtt.client as paho
 
     client_id = f"cli-{os.getpid()}-{os.urandom(3).hex()}"
-    reply_to = reply_topic(f"cli-{os.urandom(8).hex()}")  # (not its client id: security.md)
+    reply_to = reply_topic(reply_name())
     req_id = os.urandom(16).hex()
     payload = jsonlite.dumps(
         {"schema": SCHEMA, "id": req_id, "reply_to": reply_to, "args": dict(args or {})}
@@ -350,9 +359,7 @@ class Exchange:
         self._sent: dict[str, tuple[str, bytes]] = {}  # id -> (topic, payload): send_again
         self.url = url
         self.client_id = f"cli-{os.getpid()}-{os.urandom(3).hex()}"
-        # not its client id, which a node reading an operator's request would learn, and
-        # on Mosquitto could take over mid-call (docs/security.md)
-        self.reply_to = reply_topic(f"cli-{os.urandom(8).hex()}")
+        self.reply_to = reply_topic(reply_name())
         self._timeout = timeout
         self._keepalive = max(5, int(timeout) + 5)
         self._session = Session(url, self.client_id, keepalive=self._keepalive)
