@@ -239,10 +239,8 @@ class NodeService(Service):
         self.spool: Spool | None = None
         self.epoch = 0
         self._units_loaded: asyncio.Future[None] | None = None
-        #: task ends being told (their last points flushed, then the component's status),
-        #: and one set as each comes from its runner's thread (_ends_told waits on it)
+        #: task ends being told (their last points flushed, then the component's status)
         self._telling: set[asyncio.Task[Any]] = set()
-        self._end_came = asyncio.Event()
         # not guessable from what the node publishes (its pid is in its status): a
         # broker that lets any login take over a client id (Mosquitto does) cannot be
         # used to cut this node off by someone who reads its status
@@ -399,15 +397,12 @@ class NodeService(Service):
             elif all(hc.ending is None or hc.runner is None for hc in stopped):
                 return
             else:  # its runner's thread has not told it yet
-                self._end_came.clear()
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await wait_for(self._end_came.wait(), left)
+                await asyncio.sleep(0.02)
 
     def _task_ended(self, name: str, end: TaskEnd) -> None:
         told = self.spawn(self.data.task_ended(name, end))
         self._telling.add(told)
         told.add_done_callback(self._telling.discard)
-        self._end_came.set()
 
     async def teardown(self) -> None:
         try:
