@@ -684,7 +684,12 @@ async def test_a_component_moved_to_a_node_not_started_says_so(
                 break
             await asyncio.sleep(0.1)
         assert waiting.reason and "its node 'pc2' is not online" in waiting.reason, waiting
-        assert "tomato node --name pc2" in waiting.reason, waiting
+        # the whole command, as the reload said it (it said `tomato node --name pc2`, which
+        # connects to its own PC's broker and the default instance: an admin's tour)
+        assert (
+            f"(start it on its PC: `tomato node --name pc2 --broker mqtt://<this PC's "
+            f"address>:{broker.port} --instance {instance}`)"
+        ) in waiting.reason, waiting
         await st.call("job_cancel", {"jobids": [job.id]})
 
 

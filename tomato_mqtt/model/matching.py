@@ -44,6 +44,9 @@ class ComponentView:
     error: str | None = None
     #: the node that hosts it, as the devices file says
     node: str | None = None
+    #: how to start that node on its PC, as the stack takes it (broker, instance, login);
+    #: None: the bare ``tomato node --name``
+    start_hint: str | None = None
 
 
 Validator = Callable[[ComponentView, str, Mapping[str, Any]], str | None]
@@ -166,10 +169,10 @@ def _problem(
         head = f"role {t.role!r}"
         if view is None or not view.online:
             if view is not None and view.node:  # (said as the queue says it of the node)
+                how = view.start_hint or f"tomato node --name {view.node}"
                 return (
                     f"{head}: component {comp} on {pip.name} is not online: its node "
-                    f"{view.node!r} is not online (start it on its PC: tomato node --name "
-                    f"{view.node})"
+                    f"{view.node!r} is not online (start it on its PC: {how})"
                 )
             return f"{head}: component {comp} on {pip.name} is not online"
         if view.capabilities is None:

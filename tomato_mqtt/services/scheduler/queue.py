@@ -13,6 +13,7 @@ import json
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from tomato_mqtt.config.nodehint import node_command
 from tomato_mqtt.driver.validate import TaskValidationError, validate_task
 from tomato_mqtt.model.jobs import Job
 from tomato_mqtt.model.matching import (
@@ -78,8 +79,16 @@ class QueuePass:
                 online=online,
                 error=(meta.error if meta else None) or (st.error if st else None),
                 node=c.node,
+                start_hint=None if online else self._start_hint(c.node),
             )
         return out
+
+    def _start_hint(self, node: str) -> str:
+        """How to start ``node`` on its PC: with this stack's instance, broker and login
+        (a waiting job said `tomato node --name pc2`, which connects to the PC's own
+        localhost and the default instance: an admin's tour)."""
+        s = self.svc.settings
+        return node_command(s, node, s.mqtt.port)
 
     def _occupied(self, pips: Mapping[str, PipelineState]) -> tuple[frozenset[str], dict[str, str]]:
         """Components no job may be launched onto now, and per pipeline that runs no job,
@@ -108,7 +117,7 @@ class QueuePass:
                     # to a node not started yet: a newcomer's tour)
                     why[name] = (
                         f"component {name}: its node {host!r} is not online (start it on "
-                        f"its PC: tomato node --name {host})"
+                        f"its PC: {self._start_hint(host)})"
                     )
                 else:
                     why[name] = svc.unheard_of(name) or (
