@@ -668,7 +668,7 @@ async def test_a_node_that_stops_says_its_components_lost(
                     break
                 await asyncio.sleep(0.1)
         assert {n: s.state for n, s in got.items()} == dict.fromkeys(names, "lost"), got
-        assert all(s.error == "node local is lost (it was stopped)" for s in got.values())
+        assert all(s.error == "node local is offline (it was stopped)" for s in got.values())
 
 
 async def test_a_configure_that_renews_components_says_so(

@@ -1949,7 +1949,7 @@ async def test_a_recorder_store_damaged_under_it_is_said_not_an_internal_error(
 
 
 async def test_the_components_of_a_node_stopped_cleanly_are_shown_lost(
-    broker: RunningBroker, instance: str, tmp_path: Path
+    broker: RunningBroker, instance: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """An integrator's review: a node stopped cleanly (`offline`) left its components'
     retained statuses at `idle` for good, a usable instrument to every dashboard, while
@@ -1968,7 +1968,15 @@ async def test_the_components_of_a_node_stopped_cleanly_are_shown_lost(
             lambda raw: bool(raw) and decode(ComponentStatus, raw).state == "lost",
             15,
         )
-        assert "it was stopped" in str(decode(ComponentStatus, raw).error), raw
+        # ... saying it is offline, not lost (the scheduler's log and the error said "node
+        # local is lost (it was stopped)" of a node an admin had stopped: an admin's tour)
+        assert decode(ComponentStatus, raw).error == "node local is offline (it was stopped)"
+        for _ in range(50):
+            if "node local is offline (it was stopped): " in caplog.text:
+                break
+            await asyncio.sleep(0.1)
+        assert "node local is offline (it was stopped): " in caplog.text, caplog.text[-3000:]
+        assert "node local is lost" not in caplog.text, caplog.text[-3000:]
 
 
 async def test_a_node_stopping_tells_the_end_of_a_task_its_runner_ends_late(

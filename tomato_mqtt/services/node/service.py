@@ -607,7 +607,7 @@ class NodeService(Service):
                 node=self.name,
                 state="lost",
                 time=time.time(),
-                error=f"node {self.name} is lost (it was stopped)",
+                error=f"node {self.name} is offline (it was stopped)",  # (as the scheduler says)
                 epoch=self.epoch,
             )
             with contextlib.suppress(Exception):

@@ -58,7 +58,7 @@ class LostComponents:
             # stopped cleanly: its components' statuses said `idle` for good beside a
             # node `offline` (an integrator's review), while the scheduler counted them
             # lost and jobs waited for them
-            await self.mark(st.node, "it was stopped")
+            await self.mark(st.node, STOPPED)
         elif st.state == "online" and (st.node in self.marked or st.node not in self.answered):
             # back from lost, or not heard answering by this scheduler yet (one started
             # again just after a cut does not know the node was lost: a fault run)
@@ -79,7 +79,7 @@ class LostComponents:
             return
         self.marked[node] = why
         comps = self.svc.layout.components_of_node(node)
-        log.warning("node %s is lost (%s): %d component(s) shown lost", node, why, len(comps))
+        log.warning("%s: %d component(s) shown lost", _said(node, why), len(comps))
         for c in comps:
             await self._publish_lost(c.name, node, why)
 
@@ -93,7 +93,7 @@ class LostComponents:
             time=time.time(),
             job=prev.job if prev and in_job else None,
             task=prev.task if prev and in_job else None,
-            error=f"node {node} is lost ({why})",
+            error=_said(node, why),
             epoch=prev.epoch if prev else 0,
         )
         await self.svc.publish(self.svc.topics.component_status(name), msg)
@@ -132,3 +132,16 @@ class LostComponents:
             log.info("node %s: rebirth after lost not answered: %s", node, e)
             return False
         return True
+
+
+#: why a node that said ``offline`` is away
+STOPPED = "it was stopped"
+
+
+def _said(node: str, why: str) -> str:
+    """Why ``node``'s components are shown lost: a node stopped cleanly is offline, not
+    lost (the log and every component's error read "node pc2 is lost (it was stopped)"
+    of a node an admin had stopped: an admin's tour)."""
+    if why == STOPPED:
+        return f"node {node} is offline ({why})"
+    return f"node {node} is lost ({why})"
