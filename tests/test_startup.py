@@ -484,6 +484,14 @@ def test_start_does_not_wait_out_its_timeout_for_a_remote_node_not_running(
         assert data["nodes_not_online"] == [{"node": "pc2", "components": [REMOTE]}]
         assert data["components_ready"] == data["components"] - 1
         assert "node 'pc2' is not online" in res.stderr and "tomato node --name pc2" in res.stderr
+        # `passata` of its component says what the scheduler knows of the node, not only
+        # "is it running?" of the component's node (an admin's tour, a node cut off)
+        res = st.run("passata", "status", REMOTE, "-t", "1")
+        assert res.returncode == 1, res
+        assert "no node hosting" in res.stderr, res.stderr
+        assert (
+            "within 1 s — the scheduler has never heard of its node 'pc2' (is it started?)"
+        ) in res.stderr, res.stderr
         # started later, the node registers its component
         node_log = (tmp_path / "pc2.log").open("w")
         node = subprocess.Popen(
@@ -499,8 +507,18 @@ def test_start_does_not_wait_out_its_timeout_for_a_remote_node_not_running(
                 break
             assert time.monotonic() < deadline, (tmp_path / "pc2.log").read_text()
             time.sleep(0.2)
+        node.terminate()  # stopped: the scheduler counts it away
+        node.wait(timeout=30)
+        while st.json("tomato", "status", "components")["data"][REMOTE]["state"] != "lost":
+            assert time.monotonic() < deadline + 30, (tmp_path / "pc2.log").read_text()
+            time.sleep(0.2)
+        res = st.run("passata", "status", REMOTE, "-t", "1")
+        assert res.returncode == 1, res
+        assert "within 1 s — the scheduler counts its node 'pc2' lost (stopped, or cut off" in (
+            res.stderr
+        ), res.stderr
     finally:
-        if node is not None:
+        if node is not None and node.poll() is None:
             node.terminate()
             node.wait(timeout=30)
         stop_stack(st)

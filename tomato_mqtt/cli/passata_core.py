@@ -139,6 +139,8 @@ def _asked_and_checked(
     asked at the same time, says whether there is such a component: an unknown name is
     refused as soon as that list comes, a known one costs no round trip more than the
     request itself (``passata`` as fast as ``ketchup``)."""
+    from tomato_mqtt.transport.oneshot import NoAnswer  # (imported already: Exchange's)
+
     topic = topics.component_user_cmd(name, op)
     ask_id = ex.send(topic, dict(args))
     check = ex.send(topics.scheduler_cmd("status"), {"what": "components"})
@@ -147,15 +149,45 @@ def _asked_and_checked(
     deadline = time.monotonic() + timeout
     ask_at = ex.ask_whoami_at(topic, deadline, timeout)
     again = ask_id if op in READS else None  # (a node restarting never got it: READS)
+    listed: Any = None  # the scheduler's list, once it came
     while True:
-        got, reply = ex.first_reply(waiting, deadline, timeout, ask_at, again)
+        try:
+            got, reply = ex.first_reply(waiting, deadline, timeout, ask_at, again)
+        except NoAnswer as e:
+            note = _node_away(listed, name)
+            if not note:
+                raise
+            told = NoAnswer(f"{str(e).removesuffix(' — is it running?')} — {note}", e.topic)
+            told.asked, told.me = e.asked, e.me
+            raise told from None
         if got == ask_id:
             return reply
         del waiting[check]
+        listed = reply
         try:
             from_scheduler(name, reply)  # raises for a name the scheduler does not know
         except UnknownComponent as e:
             raise Refused(str(e)) from None
+
+
+def _node_away(listed: Any, name: str) -> str:
+    """What the scheduler's list of components (a Reply, or None) says of the node of
+    ``name`` when it is not online, for a request its node did not answer ("" if
+    nothing): a node cut off from the network read as "is it running?", while the
+    scheduler had counted it lost (an admin's tour)."""
+    data = getattr(listed, "data", None)
+    row = data.get(name) if isinstance(data, dict) else None
+    if not isinstance(row, dict):
+        return ""
+    node, state = row.get("node"), row.get("state")
+    if state == "lost":
+        return (
+            f"the scheduler counts its node {node!r} lost (stopped, or cut off from the "
+            "broker: `tomato status nodes`)"
+        )
+    if state == "no node":
+        return f"the scheduler has never heard of its node {node!r} (is it started?)"
+    return ""
 
 
 def run_meta(
