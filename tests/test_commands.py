@@ -192,3 +192,39 @@ async def test_replies_that_cannot_be_sent_are_said_once_a_second(
     assert said[1].endswith("(and 49 more since said)"), said
     tail = [r.getMessage() for r in caplog.records if "could not be sent" in r.getMessage()]
     assert tail == ["test: 3 more replies could not be sent (a flood's end?)"], tail
+
+
+async def test_the_replies_kept_for_copies_are_bounded_in_bytes(broker: RunningBroker) -> None:
+    """A soak: the scheduler kept the reply of each of its last 2,000 requests for their
+    copies, bounded by count only (3.4 MB of them over 2,000 submits, up to ~32 MB with
+    large payloads). Bounded in bytes too: the oldest are forgotten, and a copy of a
+    recent request is still answered from memory, not run again."""
+    from tomato_mqtt.transport.client import AsyncClient, Message
+    from tomato_mqtt.transport.rpc import Responder, Result
+    from tomato_mqtt.wire.messages import Request, encode
+    from tomato_mqtt.wire.topics import Topics
+
+    runs: list[str] = []
+
+    async def submit(args: object) -> Result:
+        runs.append(str(args))
+        return Result("done", {"pad": "x" * 1000})  # a reply of ~1 kB
+
+    topics = Topics("lab")
+    async with AsyncClient(f"mqtt://127.0.0.1:{broker.port}") as c:
+        responder = Responder(c, topics, {"submit": submit}, name="test", remember_bytes=5000)
+
+        async def ask(rid: str) -> None:
+            req = Request(id=rid, reply_to=topics.reply("cli-test"), args={"n": rid})
+            await responder.handle(Message(topics.scheduler_cmd("submit"), encode(req)), "submit")
+
+        for i in range(20):
+            await ask(f"r{i}")
+        assert len(runs) == 20
+        assert 0 < responder._seen_bytes <= 5000, responder._seen_bytes
+        assert responder._seen_bytes == sum(len(v) for v in responder._seen.values())
+        assert 3 <= len(responder._seen) <= 5, list(responder._seen)
+        await ask("r19")  # a copy of the last: answered from memory
+        assert len(runs) == 20, runs
+        await ask("r0")  # the first, forgotten: run again
+        assert len(runs) == 21, runs

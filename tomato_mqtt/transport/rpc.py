@@ -267,9 +267,12 @@ class ReplyJournal(Protocol):
 #: a request being answered (its copies wait for that answer: dropped), or answered with
 #: a reply too large to keep (as before replies were kept: a copy is dropped)
 _ANSWERING = b""
-#: the largest reply kept for copies (bytes): a job's reply holds its payload (2000
-#: remembered ids: at most ~32 MB)
+#: the largest reply kept for copies (bytes): a job's reply holds its payload
 _KEEP_AT_MOST = 16 * 1024
+#: the replies kept for copies, at most (bytes, besides the ``remember`` count): 2,000
+#: replies of up to 16 kB held up to ~32 MB for good (a soak's scheduler grew by 3.4 MB
+#: of them over 2,000 submits; a copy comes within seconds of its request)
+KEEP_BYTES = 2 * 1024 * 1024
 #: the largest reply sent (bytes), unless the service says otherwise: under the embedded
 #: broker's default max_packet_bytes (8 MiB), which disconnects a client sending more
 MAX_REPLY = 8 * 1024 * 1024 - 64 * 1024
@@ -293,6 +296,7 @@ class Responder:
         name: str,
         kind: ResponderKind | None = None,
         remember: int = 2000,
+        remember_bytes: int = KEEP_BYTES,
         journal: ReplyJournal | None = None,
         journaled: frozenset[str] = frozenset(),
         max_reply: int = MAX_REPLY,
@@ -325,6 +329,8 @@ class Responder:
         # (user, op, id) -> the encoded reply, or _ANSWERING while the handler runs
         self._seen: OrderedDict[tuple[str, str, str], bytes] = OrderedDict()
         self._remember = remember
+        self._remember_bytes = remember_bytes
+        self._seen_bytes = 0  # the sum of the lengths of the replies in _seen
         #: the ops whose replies also go to the journal (those a repeat would not answer
         #: as the first time, e.g. pipeline_load: "already holds the sample")
         self.journal = journal
@@ -437,9 +443,7 @@ class Responder:
                 log.info("request %s on %s came again: its reply sent again", req.id, msg.topic)
                 await self._send_encoded(req.reply_to, kept)
             return
-        self._seen[key] = _ANSWERING
-        while len(self._seen) > self._remember:
-            self._seen.popitem(last=False)
+        self._keep(key, _ANSWERING)
 
         # a user's form takes a user's ops only: task_start on a user's topic started a
         # task on an open stack (an integrator's run; a secured broker's rules refuse it)
@@ -490,13 +494,28 @@ class Responder:
         if self.per_login and self.bytes_per_request:
             self._charge(user or "", len(data) // self.bytes_per_request)
         if cmd is not None and cmd.reads:
-            self._seen.pop(key, None)  # a copy is answered anew: a read changes nothing
+            self._forget(key)  # a copy is answered anew: a read changes nothing
         elif len(data) > _KEEP_AT_MOST:
-            self._seen[key] = _ANSWERING
+            self._keep(key, _ANSWERING)
         else:
-            self._seen[key] = data
+            self._keep(key, data)
             self._to_journal(key, data)
         await self._send_encoded(req.reply_to, data)
+
+    def _keep(self, key: tuple[str, str, str], value: bytes) -> None:
+        """Remember ``value`` for ``key`` (the newest entry), the oldest forgotten while
+        more than ``remember`` entries or ``remember_bytes`` of replies are kept."""
+        self._forget(key)
+        self._seen[key] = value
+        self._seen_bytes += len(value)
+        while len(self._seen) > self._remember or self._seen_bytes > self._remember_bytes:
+            _, gone = self._seen.popitem(last=False)
+            self._seen_bytes -= len(gone)
+
+    def _forget(self, key: tuple[str, str, str]) -> None:
+        gone = self._seen.pop(key, None)
+        if gone is not None:
+            self._seen_bytes -= len(gone)
 
     def _journal_of(self, op: str) -> ReplyJournal | None:
         """Where the replies of ``op`` are kept across a restart, if they are."""
