@@ -838,3 +838,45 @@ def test_a_2_2_payload_without_its_user_is_told_what_to_write() -> None:
     with pytest.raises(PayloadError) as ei:
         parse_payload({**doc, "user": {"name": "alice"}}, user="alice")
     assert str(ei.value) == "user.identifier: field required", ei.value
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["5", "0.5", " 2 min", "10 s", "0.2 s", "1.5 h", "1.5 hours", "3 days", "250 ms", "-1 s",
+     "1e3 ms", ".5 min", "2 minutes", "1 hr", "7 seconds", "1 d", "12sec", "5 kg", "1 m",
+     "abc", "1 s 2", "PT5S", "2 µs", "٣ s"],
+)  # fmt: skip
+def test_a_text_duration_reads_as_pint_reads_it(text: str) -> None:
+    """Plain durations ("0.2 s", "5 min") are read without pint (its first use took the
+    scheduler +17 MB for good, with numpy: a memory hunt); each reads as pint reads it,
+    and what pint refuses is refused with the same words."""
+    import pint
+
+    from tomato_mqtt.config.payloads import _seconds
+
+    try:
+        q = pint.Quantity(text)
+        want: float | str = float(q.m) if q.dimensionless else float(q.to("seconds").m)
+    except Exception:
+        want = "refused"
+    try:
+        got: float | str = _seconds(text, "here")
+    except PayloadError:
+        got = "refused"
+    assert got == pytest.approx(want) if isinstance(want, float) else got == want, (got, want)
+
+
+def test_a_plain_text_duration_loads_no_pint() -> None:
+    """A payload with "0.2 s" durations is parsed without importing pint (in a fresh
+    interpreter: this one may have it already)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from tomato_mqtt.config.payloads import _seconds\n"
+        "assert _seconds('0.2 s', 'x') == 0.2 and _seconds('5 min', 'x') == 300.0\n"
+        "print('pint' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False", out

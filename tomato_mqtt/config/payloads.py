@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -235,7 +236,27 @@ def _durations_in_seconds(method: Any) -> Any:
     return out
 
 
+#: seconds per unit of the durations read without pint (pint's names and symbols)
+_TIME_UNITS = {
+    "": 1.0,
+    **dict.fromkeys(("s", "sec", "second", "seconds"), 1.0),
+    **dict.fromkeys(("ms", "millisecond", "milliseconds"), 1e-3),
+    **dict.fromkeys(("min", "minute", "minutes"), 60.0),
+    **dict.fromkeys(("h", "hr", "hour", "hours"), 3600.0),
+    **dict.fromkeys(("d", "day", "days"), 86400.0),
+}
+_PLAIN_DURATION = re.compile(
+    r"\s*([+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)\s*([a-z]*)\s*", re.ASCII
+)
+
+
 def _seconds(text: str, where: str) -> float:
+    """``text`` in seconds. A number with a plain time unit ("5 min", "0.2 s") is read
+    here; anything else by pint, whose first use costs the scheduler ~17 MB for good
+    (numpy with it) and ~0.3 s (a memory hunt: a payload's "0.2 s" did)."""
+    plain = _PLAIN_DURATION.fullmatch(text)
+    if plain is not None and plain[2] in _TIME_UNITS:
+        return float(plain[1]) * _TIME_UNITS[plain[2]]
     import pint
 
     hint = "give seconds (5, 0.5) or a number with a time unit (10 s, 2 min, 1.5 h)"
