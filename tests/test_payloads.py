@@ -413,8 +413,13 @@ def test_reading_imports_neither_pint_nor_dgbowl() -> None:
         "assert 'dgbowl_schemas' in sys.modules\n"
         # durations as numbers: no pint (~22 MB with numpy) in the scheduler for them
         "assert 'pint' not in sys.modules\n"
+        # ... nor for a plain duration as text
         "d['method'][0]['max_duration'] = '1 min'\n"
         "assert p.parse_payload(d).method[0].max_duration == 60.0\n"
+        "assert 'pint' not in sys.modules\n"
+        # pint reads any other
+        "d['method'][0]['max_duration'] = '0.5 week'\n"
+        "assert p.parse_payload(d).method[0].max_duration == 302400.0\n"
         "assert 'pint' in sys.modules\n"
     )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
