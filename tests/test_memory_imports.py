@@ -75,16 +75,19 @@ def test_scheduler_parses_payloads_without_pint_or_numpy(tmp_path: Path) -> None
 
 
 def test_a_duration_as_text_still_loads_pint(tmp_path: Path) -> None:
-    """The deferred pint is the real one as soon as a payload needs units, and every
-    other import of pint (and of its submodules) gets the real module."""
+    """The deferred pint is the real one as soon as a payload needs units (a duration
+    only pint reads: "2 min" is read without it, tests/test_payloads.py), and every other
+    import of pint (and of its submodules) gets the real module."""
     mods = _modules_after(
         """
         from tomato_mqtt.config.payloads import parse_payload
-        task = {"component_role": "a", "technique_name": "t", "max_duration": "2 min",
+        task = {"component_role": "a", "technique_name": "t", "max_duration": "0.5 week",
                 "sampling_interval": 0.1}
         p = parse_payload({"version": "2.2", "user": {"username": "u", "identifier": "u"},
                            "sample": {"name": "x", "identifier": "x"}, "method": [task]})
-        assert p.method[0].max_duration == 120.0, p.method[0].max_duration
+        assert p.method[0].max_duration == 302400.0, p.method[0].max_duration
+        import sys
+        assert "numpy" in sys.modules  # (before anything below asks pint for more)
         import dgbowl_schemas.tomato.payload_2_2.task as t
         assert t.pint.Quantity("3 s").to("ms").m == 3000.0
         import pint
