@@ -108,7 +108,15 @@ def check() -> None:
     sh(VENV / ("Scripts" if os.name == "nt" else "bin") / "lint-imports")  # the layers
 
 
+#: whether `test` and `pytest` measure coverage unless told (--coverage / --no-coverage)
+COVERAGE = True
+
+
 def pytest(extra: list[str]) -> None:
+    coverage = COVERAGE
+    if "--coverage" in extra or "--no-coverage" in extra:
+        coverage = "--coverage" in extra
+        extra = [a for a in extra if a not in ("--coverage", "--no-coverage")]
     sh("bash", REPO / "scripts" / "ensure-mosquitto")
     # RabbitMQ: a broker that sends no retained message to a wildcard subscription
     sh("bash", REPO / "scripts" / "ensure-rabbitmq")
@@ -124,7 +132,8 @@ def pytest(extra: list[str]) -> None:
     # coverage of tomato_mqtt, including the services the tests start as subprocesses
     for old in REPO.glob(".coverage*"):
         old.unlink()
-    os.environ["COVERAGE_RCFILE"] = str(REPO / "pyproject.toml")
+    if coverage:
+        os.environ["COVERAGE_RCFILE"] = str(REPO / "pyproject.toml")
     # most tests wait on real services, not on the CPU (the suite uses ~45 % of 2 cores):
     # 4 workers on a 2-core machine; loadgroup keeps the tests of a module-scoped stack on
     # one worker and spreads the rest, long files first (tests/conftest.py)
@@ -136,6 +145,9 @@ def pytest(extra: list[str]) -> None:
         if workers in ("0", "1")
         else ["-n", workers, "--dist", "loadgroup", "--max-worker-restart", "0"]
     )
+    if not coverage:
+        sh(PY, "-m", "pytest", "-q", *par, *extra)
+        return
     sh(PY, "-m", "coverage", "run", "-m", "pytest", "-q", *par, *extra)
     sh(PY, "-m", "coverage", "combine", "--quiet")
     sh(PY, "-m", "coverage", "report")
