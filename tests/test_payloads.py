@@ -854,7 +854,8 @@ def test_a_2_2_payload_without_its_user_is_told_what_to_write() -> None:
 def test_a_text_duration_reads_as_pint_reads_it(text: str) -> None:
     """Plain durations ("0.2 s", "5 min") are read without pint (its first use took the
     scheduler +17 MB for good, with numpy: a memory hunt); each reads as pint reads it,
-    and what pint refuses is refused with the same words."""
+    and what pint refuses is refused with the same words. (A number with leading zeros
+    is the exception: pint reads "05 min" as 0, here it is 300 s, below.)"""
     import pint
 
     from tomato_mqtt.config.payloads import _seconds
@@ -869,6 +870,29 @@ def test_a_text_duration_reads_as_pint_reads_it(text: str) -> None:
     except PayloadError:
         got = "refused"
     assert got == pytest.approx(want) if isinstance(want, float) else got == want, (got, want)
+
+
+def test_a_number_with_leading_zeros_is_read_as_written() -> None:
+    """pint reads "05 min" as 0 s (a review); it is 300 s, and "007" 7 s."""
+    from tomato_mqtt.config.payloads import _seconds
+
+    assert (_seconds("05 min", "x"), _seconds("010 s", "x"), _seconds("007", "x")) == (
+        300.0,
+        10.0,
+        7.0,
+    )
+
+
+def test_a_follow_s_expected_duration_reads_durations_as_the_scheduler() -> None:
+    """The client library's progress read "1 d" and "1 hr" as 1 s and "2min" as 0 (a
+    review): it reads them as the scheduler does; one only pint reads counts 0."""
+    from tomato_mqtt.client.progress import expected_duration
+
+    def task(d: object, role: str = "a") -> dict[str, object]:
+        return {"component_role": role, "max_duration": d}
+
+    assert expected_duration({"method": [task("1 d"), task("1 hr"), task("2min")]}) == 90120.0
+    assert expected_duration({"method": [task("0.5 week"), task(5), task("250 ms", "b")]}) == 5.0
 
 
 def test_a_plain_text_duration_loads_no_pint() -> None:

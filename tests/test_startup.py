@@ -486,12 +486,13 @@ def test_start_does_not_wait_out_its_timeout_for_a_remote_node_not_running(
         assert "node 'pc2' is not online" in res.stderr and "tomato node --name pc2" in res.stderr
         # `passata` of its component says what the scheduler knows of the node, not only
         # "is it running?" of the component's node (an admin's tour, a node cut off)
-        res = st.run("passata", "status", REMOTE, "-t", "1")
-        assert res.returncode == 1, res
-        assert "no node hosting" in res.stderr, res.stderr
-        assert (
-            "within 1 s — the scheduler has never heard of its node 'pc2' (is it started?)"
-        ) in res.stderr, res.stderr
+        for name in (REMOTE, "dev-remote/1", "dev-remote"):  # each form of its name
+            res = st.run("passata", "status", name, "-t", "1")
+            assert res.returncode == 1, res
+            assert "no node hosting" in res.stderr, res.stderr
+            assert (
+                "within 1 s — the scheduler has never heard of its node 'pc2' (is it started?)"
+            ) in res.stderr, res.stderr
         # started later, the node registers its component
         node_log = (tmp_path / "pc2.log").open("w")
         node = subprocess.Popen(
@@ -512,11 +513,13 @@ def test_start_does_not_wait_out_its_timeout_for_a_remote_node_not_running(
         while st.json("tomato", "status", "components")["data"][REMOTE]["state"] != "lost":
             assert time.monotonic() < deadline + 30, (tmp_path / "pc2.log").read_text()
             time.sleep(0.2)
-        res = st.run("passata", "status", REMOTE, "-t", "1")
-        assert res.returncode == 1, res
-        assert "within 1 s — the scheduler counts its node 'pc2' lost (stopped, or cut off" in (
-            res.stderr
-        ), res.stderr
+        for name in (REMOTE, "dev-remote/1"):
+            res = st.run("passata", "get", name, "max", "-t", "1")
+            assert res.returncode == 1, res
+            assert (
+                "within 1 s — the scheduler has its node 'pc2' as not online (stopped, or cut "
+                "off from the broker: `tomato status nodes` says which)"
+            ) in res.stderr, res.stderr
     finally:
         if node is not None and node.poll() is None:
             node.terminate()

@@ -34,7 +34,7 @@ TYPE_CHECKING = False  # typing is ~2 ms of a one-request call: for the type che
 if TYPE_CHECKING:
     from typing import Any
 
-    from tomato_mqtt.transport.oneshot import Exchange
+    from tomato_mqtt.transport.oneshot import Exchange, NoAnswer
     from tomato_mqtt.wire.topics import Topics
 
 __all__ = [
@@ -154,12 +154,7 @@ def _asked_and_checked(
         try:
             got, reply = ex.first_reply(waiting, deadline, timeout, ask_at, again)
         except NoAnswer as e:
-            note = _node_away(listed, name)
-            if not note:
-                raise
-            told = NoAnswer(f"{str(e).removesuffix(' — is it running?')} — {note}", e.topic)
-            told.asked, told.me = e.asked, e.me
-            raise told from None
+            raise _with_node_away(e, listed, name) from None
         if got == ask_id:
             return reply
         del waiting[check]
@@ -168,6 +163,19 @@ def _asked_and_checked(
             from_scheduler(name, reply)  # raises for a name the scheduler does not know
         except UnknownComponent as e:
             raise Refused(str(e)) from None
+
+
+def _with_node_away(e: NoAnswer, listed: Any, name: str) -> NoAnswer:
+    """``e`` (its node did not answer a request to ``name``) with what the scheduler's
+    list of components says of that node, in place of "is it running?"."""
+    from tomato_mqtt.transport.oneshot import NoAnswer
+
+    note = _node_away(listed, name)
+    if not note:
+        return e
+    told = NoAnswer(f"{str(e).removesuffix(' — is it running?')} — {note}", e.topic)
+    told.asked, told.me = e.asked, e.me
+    return told
 
 
 def _node_away(listed: Any, name: str) -> str:
@@ -180,10 +188,10 @@ def _node_away(listed: Any, name: str) -> str:
     if not isinstance(row, dict):
         return ""
     node, state = row.get("node"), row.get("state")
-    if state == "lost":
+    if state == "lost":  # (the list says "lost" of an offline node too)
         return (
-            f"the scheduler counts its node {node!r} lost (stopped, or cut off from the "
-            "broker: `tomato status nodes`)"
+            f"the scheduler has its node {node!r} as not online (stopped, or cut off from "
+            "the broker: `tomato status nodes` says which)"
         )
     if state == "no node":
         return f"the scheduler has never heard of its node {node!r} (is it started?)"
@@ -234,8 +242,19 @@ def _on_component(
 ) -> None:
     """Resolve ``component`` and ``ask`` it (full name) over one connection; print the
     Reply, exit 0 or 1 (a problem found here: a failed Reply; a broker problem: said)."""
+    from tomato_mqtt.transport.oneshot import NoAnswer
+
     topics, timeout = opts.context().topics, opts.timeout
-    _in_exchange(lambda ex: ask(ex, resolve(ex, topics, component, timeout)), human, opts)
+
+    def resolved_and_asked(ex: Exchange) -> Any:
+        listed: list[Any] = []  # the scheduler's list of components, if it came
+        name = resolve(ex, topics, component, timeout, listed)
+        try:
+            return ask(ex, name)
+        except NoAnswer as e:
+            raise _with_node_away(e, listed[0] if listed else None, name) from None
+
+    _in_exchange(resolved_and_asked, human, opts)
 
 
 def _in_exchange(
@@ -292,8 +311,11 @@ def constants(wanted: Sequence[str]) -> Callable[[Mapping[str, Any]], tuple[Any,
     return pick
 
 
-def resolve(ex: Exchange, topics: Topics, want: str, timeout: float) -> str:
-    """The full component name for ``want`` (full name, device/channel, or slug)."""
+def resolve(
+    ex: Exchange, topics: Topics, want: str, timeout: float, listed: list[Any] | None = None
+) -> str:
+    """The full component name for ``want`` (full name, device/channel, or slug);
+    ``listed`` gets the scheduler's list of components when it answered."""
     from tomato_mqtt.transport.oneshot import NoAnswer
 
     try:
@@ -305,6 +327,8 @@ def resolve(ex: Exchange, topics: Topics, want: str, timeout: float) -> str:
         )
     except NoAnswer:
         r = None
+    if r is not None and listed is not None:
+        listed.append(r)
     try:
         name = from_scheduler(want, r)
     except UnknownComponent as e:

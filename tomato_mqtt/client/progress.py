@@ -22,14 +22,11 @@ FINAL = frozenset({"c", "ce", "cd"})
 def _seconds(v: Any) -> float:
     if isinstance(v, int | float):
         return float(v)
-    if isinstance(v, str):  # "10 s", "2 min", ... as payloads allow: a light parse
-        num, _, unit = v.strip().partition(" ")
-        try:
-            x = float(num)
-        except ValueError:
-            return 0.0
-        scale = {"ms": 1e-3, "min": 60.0, "h": 3600.0, "hour": 3600.0, "minute": 60.0}
-        return x * scale.get(unit.strip().rstrip("s") if unit.strip() != "ms" else "ms", 1.0)
+    if isinstance(v, str):  # "10 s", "2 min", ... as payloads allow: read as the scheduler
+        # reads them (without pint: one it needs pint for counts 0 here)
+        from tomato_mqtt.config.payloads import plain_seconds
+
+        return plain_seconds(v) or 0.0
     return 0.0
 
 

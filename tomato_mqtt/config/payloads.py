@@ -250,13 +250,24 @@ _PLAIN_DURATION = re.compile(
 )
 
 
-def _seconds(text: str, where: str) -> float:
-    """``text`` in seconds. A number with a plain time unit ("5 min", "0.2 s") is read
-    here; anything else by pint, whose first use costs the scheduler ~17 MB for good
-    (numpy with it) and ~0.3 s (a memory hunt: a payload's "0.2 s" did)."""
+def plain_seconds(text: str) -> float | None:
+    """``text``, a number with a plain time unit ("5 min", "0.2 s", "2min") or none, in
+    seconds, read as pint reads it (but for a number with leading zeros, "05 min", which
+    pint reads as 0); None for anything else. Light: the client library's progress reads
+    durations with it too (it read "1 d" as 1 s and "2min" as 0: a review)."""
     plain = _PLAIN_DURATION.fullmatch(text)
     if plain is not None and plain[2] in _TIME_UNITS:
         return float(plain[1]) * _TIME_UNITS[plain[2]]
+    return None
+
+
+def _seconds(text: str, where: str) -> float:
+    """``text`` in seconds. A number with a plain time unit is read without pint
+    (:func:`plain_seconds`), whose first use costs the scheduler ~17 MB for good (numpy
+    with it) and ~0.3 s (a memory hunt: a payload's "0.2 s" did); anything else by pint."""
+    plain = plain_seconds(text)
+    if plain is not None:
+        return plain
     import pint
 
     hint = "give seconds (5, 0.5) or a number with a time unit (10 s, 2 min, 1.5 h)"
