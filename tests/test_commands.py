@@ -228,3 +228,11 @@ async def test_the_replies_kept_for_copies_are_bounded_in_bytes(broker: RunningB
         assert len(runs) == 20, runs
         await ask("r0")  # the first, forgotten: run again
         assert len(runs) == 21, runs
+        # a request still being answered (the oldest entry) is not forgotten for bytes:
+        # its copy would run it a second time
+        responder._keep(("", "submit", "slow"), b"")
+        responder._seen.move_to_end(("", "submit", "slow"), last=False)
+        for i in range(10):
+            await ask(f"s{i}")
+        assert next(iter(responder._seen)) == ("", "submit", "slow"), list(responder._seen)
+        assert responder._seen_bytes <= 5000

@@ -504,13 +504,25 @@ class Responder:
 
     def _keep(self, key: tuple[str, str, str], value: bytes) -> None:
         """Remember ``value`` for ``key`` (the newest entry), the oldest forgotten while
-        more than ``remember`` entries or ``remember_bytes`` of replies are kept."""
+        more than ``remember`` entries are kept, and the oldest replies while more than
+        ``remember_bytes`` of them are (not a request still being answered: its copy
+        would be carried out a second time; a review)."""
         self._forget(key)
         self._seen[key] = value
         self._seen_bytes += len(value)
-        while len(self._seen) > self._remember or self._seen_bytes > self._remember_bytes:
+        while len(self._seen) > self._remember:
             _, gone = self._seen.popitem(last=False)
             self._seen_bytes -= len(gone)
+        answering = []
+        while self._seen_bytes > self._remember_bytes and self._seen:
+            old, gone = self._seen.popitem(last=False)
+            if gone:
+                self._seen_bytes -= len(gone)
+            else:
+                answering.append(old)
+        for old in reversed(answering):  # back where they were: the oldest
+            self._seen[old] = _ANSWERING
+            self._seen.move_to_end(old, last=False)
 
     def _forget(self, key: tuple[str, str, str]) -> None:
         gone = self._seen.pop(key, None)
