@@ -187,7 +187,9 @@ def _node_away(listed: Any, name: str) -> str:
     row = data.get(name) if isinstance(data, dict) else None
     if not isinstance(row, dict):
         return ""
-    node, state = row.get("node"), row.get("state")
+    node, state, error = row.get("node"), row.get("state"), row.get("error")
+    if state == "lost" and isinstance(error, str) and error.startswith(f"node {node} is "):
+        return f"the scheduler says {error}"  # "… is offline (it was stopped)", "… lost"
     if state == "lost":  # (the list says "lost" of an offline node too)
         return (
             f"the scheduler has its node {node!r} as not online (stopped, or cut off from "

@@ -73,6 +73,12 @@ class LostComponents:
             if st.state == "lost" and name not in self.marked:
                 await self.mark(name, "its heartbeat stopped")
 
+    def said(self, node: str) -> str | None:
+        """Why ``node``'s components are shown lost ("node pc2 is offline (it was
+        stopped)"), None while it is not counted away."""
+        why = self.marked.get(node)
+        return _said(node, why) if why is not None else None
+
     async def mark(self, node: str, why: str) -> None:
         self.answered.discard(node)
         if node in self.marked:

@@ -84,8 +84,10 @@ def _components(svc: SchedulerService) -> dict[str, JsonValue]:
         node = svc.nodes.get(c.node)
         state: str = st.state if st else "unregistered"
         jobid = st.job if st else None
+        away = None  # why its node is not online, as its retained status says it
         if node is None or node.state != "online":
             state = "lost" if node else "no node"
+            away = svc.lost.said(c.node)
             if jobid not in svc.runners:  # its node's last word, of a job that ended since
                 jobid = None  # (an outside run: "lost, job 5" after job 5 had ended ce)
         out[name] = {
@@ -111,7 +113,10 @@ def _components(svc: SchedulerService) -> dict[str, JsonValue]:
                 and (node is None or node.state != "online" or name in node.components)
             ),
             "jobid": jobid,
-            "error": (meta.error if meta else None)
+            # (None for a node stopped or lost: its components' retained status said
+            # why, `tomato status components` did not: a review)
+            "error": away
+            or (meta.error if meta else None)
             or (st.error if st else None)
             or svc.unheard_of(name),
         }
