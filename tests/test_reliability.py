@@ -161,6 +161,44 @@ def test_cancel_with_a_stopped_node_ends_cd_within_a_bound(tmp_path: Path) -> No
             assert end["npoints"] == after.size
 
 
+def test_a_job_started_while_its_node_is_silent_runs_once_the_node_is_back(
+    tmp_path: Path,
+) -> None:
+    """A randomized fault run: a job submitted just as its node stood still (SIGSTOP for
+    13 s) ended ``ce`` after 10 s "no node … answered … task_start … is it running?", and
+    the node, back, ran the task into the ended job. Its start is asked again while the
+    node may come back (not lost, or lost within the grace period), as a running task's
+    node is waited for: the job says why it waits, then runs, and ends ``c`` with every
+    point. (Silent 12 s: past the start's 10 s, and past lost_after.)"""
+    from tests.stack import make_stack, started
+
+    sched = "node_grace_period = 30.0\nlost_after = 4.0\n"
+    with started(make_stack(tmp_path, scheduler=sched)) as st:
+        st.load_ready("pip-counter-1", "s-silent")
+        pid = st.child_pid("node")
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            jobid = st.submit(_payload(st, "s-silent", 2.0, 0.1, "counter"))
+            deadline = time.monotonic() + 11.5
+            reasons = set()
+            while time.monotonic() < deadline:
+                job = st.job(jobid)
+                assert job["status"] not in ("c", "ce", "cd"), job
+                reasons.add(job.get("reason"))
+                time.sleep(0.5)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        assert any(
+            "task 0 (count) not started yet: no node hosting" in (r or "") for r in reasons
+        ), reasons
+        job = st.wait_job(jobid, {"c", "ce", "cd"}, timeout=60)
+        assert job["status"] == "c", job
+        end = job["progress"]["tasks"]["0"]["end"]
+        uts = _file_uts(job["respath"])[0]
+        assert end["npoints"] + end.get("missed", 0) == 20, end
+        assert uts.size == end["npoints"] == np.unique(uts).size, (uts.size, end)
+
+
 def test_stalled_node_skips_missed_deadlines_and_ends_c_with_a_warning(
     node_faults: Stack,
 ) -> None:

@@ -36,7 +36,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tomato_mqtt.model.jobs import Job
-from tomato_mqtt.services.scheduler.tasks import RunnerHost, TaskState, expectations, tasks_of
+from tomato_mqtt.services.scheduler.tasks import (
+    RunnerHost,
+    TaskState,
+    Unanswered,
+    expectations,
+    tasks_of,
+)
 from tomato_mqtt.waits import wait_for
 from tomato_mqtt.wire.messages import ComponentStatus
 
@@ -423,6 +429,46 @@ class JobRunner:
                 with contextlib.suppress(asyncio.TimeoutError):
                     await wait_for(self.host.cond.wait(), max(0.0, deadline - time.monotonic()))
 
+    async def _may_answer(self, t: TaskState, msg: str) -> bool:
+        """Nobody answered ``t``'s start (``msg``): whether to ask again. Yes while its
+        node, on the run the start was sent to, is online in the scheduler's eyes (silent:
+        stopped or cut off, not lost yet) or back within ``node_grace_period`` after it
+        was lost, as for a running task: the job ended ``ce`` after 10 s "no node …
+        answered", and the node, back, ran the task into the ended job (a randomized
+        fault run: a node stopped 13 s as the job was submitted). Its copies of the start
+        are the same task: a node starts it once (ops: started already)."""
+        if self._failed():  # cancelled, or another role failed, meanwhile
+            return False
+        component = self.roles[t.role]
+        st = self.host.component_status(component)
+        if st is not None and (self._is_running(st, t) or self._ended(st, t)):
+            return False  # it did start: taken as such below
+        node = self.host.node_of(component)
+        if node is not None and node.state == "online" and node.epoch == t.epoch:
+            self._waited_said(t, f"{msg}: asked again while node {node.node} is not counted lost")
+            return True
+        if node is None or node.epoch != t.epoch:
+            return False
+        self._waited_said(t, f"{msg}: node {node.node} is not online; waiting for it")
+        await self._node_online(component)
+        back = self.host.node_of(component)
+        return (
+            not self._failed()
+            and back is not None
+            and back.state == "online"
+            and back.epoch == t.epoch
+        )
+
+    def _waited_said(self, t: TaskState, why: str | None) -> None:
+        """The running job's reason while its task's start waits for a silent node (None:
+        that wait is over; a reason of another kind stays)."""
+        if why is None and t.start_wait is None:
+            return
+        what = f"task {t.spec.index} ({t.spec.technique_name})"
+        reason = f"{what} not started yet: {why}" if why else None
+        self.host.show_reason(self.job.id, reason, replacing=t.start_wait)
+        t.start_wait = reason
+
     def _node_holds(self, t: TaskState) -> bool:
         """The component's status says it runs ``t`` or has ended it."""
         st = self.host.component_status(self.roles[t.role])
@@ -483,16 +529,20 @@ class JobRunner:
         # restarted node takes a moment to subscribe to its components' commands, and a
         # task_start sent meanwhile was lost (the job ended ce after 10 s "no node ...
         # answered ... is it running?": found by random-timing fault injection)
-        ok, msg, data = await self.host.component_request(
-            component,
-            "task_start",
-            # on the node's run it is decided on: a node restarted meanwhile refuses it
-            # (the first copy may have started it there before: a second run, a review)
-            {"task": t.spec.model_dump(mode="json")}
-            | ({"epoch": t.epoch} if t.epoch is not None else {}),
-            timeout=10.0,
-            resend=True,
-        )
+        while True:
+            ok, msg, data = await self.host.component_request(
+                component,
+                "task_start",
+                # on the node's run it is decided on: a node restarted meanwhile refuses it
+                # (the first copy may have started it there before: a second run, a review)
+                {"task": t.spec.model_dump(mode="json")}
+                | ({"epoch": t.epoch} if t.epoch is not None else {}),
+                timeout=10.0,
+                resend=True,
+            )
+            if ok or not isinstance(data, Unanswered) or not await self._may_answer(t, msg):
+                break
+        self._waited_said(t, None)
         st = self.host.component_status(component)
         failed = st.last_task if st is not None and self._failed_start(st, t) else None
         if not ok and failed is not None:  # the node's own end of it: never a late end

@@ -40,6 +40,7 @@ from tomato_mqtt.services.scheduler.store import (
     StoreTaken,
     highest_job_elsewhere,
 )
+from tomato_mqtt.services.scheduler.tasks import UNANSWERED
 from tomato_mqtt.services.scheduler.warmup import (
     WARM_UP_LATEST,
     SchemaDoc,
@@ -691,7 +692,7 @@ class SchedulerService(Service):
                 resend=resend,
             )
         except NoResponder as e:
-            return False, str(e), None
+            return False, str(e), UNANSWERED
         return reply.success, reply.msg, reply.data
 
     async def recorder_request(

@@ -20,6 +20,14 @@ from tomato_mqtt.wire.messages import ComponentStatus, NodeStatus
 __all__ = ["RunnerHost", "TaskState", "expectations", "tasks_of"]
 
 
+class Unanswered:
+    """``component_request``'s data when nobody answered (not a refusal): the node may be
+    silent (stopped, cut off) and answer once it is back."""
+
+
+UNANSWERED = Unanswered()
+
+
 class RunnerHost(Protocol):
     """What a runner needs from the scheduler (kept narrow so it can be tested alone)."""
 
@@ -85,6 +93,8 @@ class TaskState:
     overrun_at: float | None = None
     overrun_reason: str | None = None  # the job's reason while it did
     overrun_warning: str | None = None  # what the job's final reason says about it
+    #: the job's reason while its start waits for a silent node (runner._waited_said)
+    start_wait: str | None = None
 
 
 def expectations(tasks: Sequence[TaskState], roles: Mapping[str, str]) -> list[dict[str, Any]]:
