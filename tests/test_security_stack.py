@@ -364,6 +364,27 @@ def test_who_cancelled_a_job_is_kept_by_a_restarted_scheduler(
 
 
 @SHARED
+def test_a_stalled_scheduler_is_not_blamed_on_an_admin_s_login(secured: Stack) -> None:
+    """A randomized fault run: with the scheduler stopped (SIGSTOP), an admin's `ketchup
+    status` said "if the scheduler runs, the login 'ada' may not ask it (a node's login
+    may not …)": a permissions hunt. The scheduler's retained status says online, with
+    a heartbeat overdue: said as a stalled scheduler."""
+    st = secured
+    scheduler = st.child_pid("scheduler")
+    os.kill(scheduler, signal.SIGSTOP)
+    try:
+        time.sleep(11.0)  # its heartbeat (every 2 s) overdue: 10 s at least
+        res = st.run("ketchup", "status", "-t", "1.5", *as_user(st, "ada"))
+    finally:
+        os.kill(scheduler, signal.SIGCONT)
+    assert res.returncode == 1, res
+    assert "the scheduler's status says online, but its heartbeat is " in res.stderr, res.stderr
+    assert "s overdue: it is stalled (stopped, swapped out, overloaded) or cut off" in res.stderr
+    assert "may not ask it" not in res.stderr, res.stderr
+    assert "running" in allowed(st, "ada", "tomato", "status")  # back
+
+
+@SHARED
 def test_recorder_never_writes_outside_its_roots_nor_over_a_foreign_file(
     secured: Stack, tmp_path: Path
 ) -> None:

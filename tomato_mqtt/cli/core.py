@@ -371,21 +371,38 @@ def scheduler_state(ctx: CallContext) -> str | None:
     """The ``state`` of the scheduler's retained status ("": none retained, as for an
     instance never started on this broker or a login that may not read it; None:
     unreadable)."""
+    return scheduler_presence(ctx)[0]
+
+
+def scheduler_presence(ctx: CallContext) -> tuple[str | None, float | None]:
+    """The ``state`` of the scheduler's retained status (as :func:`scheduler_state`) and,
+    when it says ``online``, how many seconds its heartbeat is overdue by this PC's clock
+    (None: not overdue, or not known)."""
+    import time
+
     from tomato_mqtt import jsonlite
     from tomato_mqtt.transport import oneshot
 
     if ctx.url.transport == "websockets":  # (Exchange speaks TCP and TLS only)
-        return None
+        return None, None
     try:
         with oneshot.Exchange(ctx.url, ctx.topics.reply, timeout=2.0) as ex:
             raw = ex.retained(ctx.topics.scheduler_status(), 0.5)
         if not raw:
-            return ""
+            return "", None
         doc = jsonlite.loads(raw)
     except (oneshot.OneShotError, ValueError):
-        return None
+        return None, None
     state = doc.get("state") if isinstance(doc, dict) else None
-    return state if isinstance(state, str) else None
+    if not isinstance(state, str):
+        return None, None
+    beat, every = doc.get("heartbeat"), doc.get("heartbeat_interval")
+    if state != "online" or not isinstance(beat, int | float) or not beat:
+        return state, None
+    every = every if isinstance(every, int | float) and every > 0 else 5.0
+    # (3 beats late, and 10 s at least: two PCs' clocks may disagree by seconds)
+    late = time.time() - beat - max(3 * every, 10.0)
+    return state, late if late > 0 else None
 
 
 #: broker hosts that are this PC (where a supervisor's pid file can be looked at)
@@ -414,9 +431,16 @@ def oneshot_failed(
             # same as a scheduler that is down (an admin's tour); unless the scheduler's
             # retained status says it is not running (an admin's after `tomato stop`
             # was told it may not ask it: another tour)
-            state = scheduler_state(ctx)
+            state, overdue = scheduler_presence(ctx)
             if state in ("offline", "lost", "stopping"):
                 hint = f"; the scheduler's status says {state}"
+            elif overdue is not None:  # (a scheduler stopped by SIGSTOP on a secured
+                # stack was said to be one the admin's login may not ask: a fault run)
+                hint = (
+                    "; the scheduler's status says online, but its heartbeat is "
+                    f"{overdue:.0f} s overdue: it is stalled (stopped, swapped out, "
+                    "overloaded) or cut off from the broker"
+                )
             elif e.asked and e.me is not None:  # it answered whoami meanwhile: it runs
                 hint = "; the scheduler answered whoami meanwhile: it runs, and is slow"
             else:
