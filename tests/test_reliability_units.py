@@ -94,6 +94,7 @@ class FakeHost:
         self.cstatus: dict[str, ComponentStatus] = {}
         self.node = NodeStatus(state="online", node="pc1", epoch=1, heartbeat=time.time())
         self.quiet = False  # the broker passes nothing (broker_quiet)
+        self.silent = False  # no status of the node came for a while (node_silent)
         self.offset: float | None = None  # the node's clock less the scheduler's
         self.events: list[tuple[str, dict[str, Any]]] = []
         self.requests: list[tuple[str, str]] = []
@@ -111,6 +112,9 @@ class FakeHost:
 
     def broker_quiet(self) -> bool:
         return self.quiet
+
+    def node_silent(self, node: str) -> bool:
+        return self.silent
 
     def clock_offset(self, node: str) -> float | None:
         return self.offset
@@ -224,6 +228,59 @@ async def test_node_back_with_a_new_epoch_ends_the_job_ce_at_once() -> None:
     # its count is unknown
     ended = [kw for event, kw in host.events if event == "task_ended"]
     assert ended == [{"role": "counter", "task": 0, "detail": {"reason": "error", "npoints": None}}]
+
+
+class _StartUnanswered(FakeHost):
+    """A node that does not answer the first ``times`` task_starts (nobody answered)."""
+
+    def __init__(self, times: int) -> None:
+        super().__init__()
+        self.unanswered = times
+
+    async def component_request(
+        self,
+        component: str,
+        op: str,
+        args: Mapping[str, Any],
+        timeout: float = 5.0,
+        resend: bool = False,
+    ) -> tuple[bool, str, Any]:
+        from tomato_mqtt.services.scheduler.tasks import UNANSWERED
+
+        if op == "task_start" and self.unanswered > 0:
+            self.unanswered -= 1
+            self.requests.append((component, op))
+            await asyncio.sleep(0.01)
+            return False, "no node hosting cmp answered on …/task_start within 10 s", UNANSWERED
+        return await super().component_request(component, op, args, timeout, resend)
+
+
+async def test_a_start_a_silent_node_does_not_answer_is_asked_again_until_it_does() -> None:
+    """A randomized fault run: a job launched as its node stood still ended ce after
+    10 s, and the node, back, ran the task into it. Its node silent (no status for a
+    while) and not counted lost, the start is asked again, the job's reason saying so;
+    once the node answers, the job runs and ends c."""
+    host = _StartUnanswered(2)
+    host.silent = True
+    runner, done = await _run(host)
+    assert runner.tasks[0].state == "running", runner.tasks[0]
+    assert host.requests.count(("cmp", "task_start")) == 3, host.requests
+    assert any("task 0 (count) not started yet: no node hosting" in r for r in host.reasons)
+    assert host.reasons[-1] == "", host.reasons  # the reason cleared once it started
+    await _task_ended(host, 60)
+    status, _reason = await asyncio.wait_for(done, 5)
+    assert status == "c", status
+
+
+async def test_a_start_a_node_that_speaks_does_not_answer_ends_the_job_as_before() -> None:
+    """A node whose statuses come (not silent) and that does not answer the start (an
+    external broker's rules lacking the component): not asked for ever, the job ends ce
+    with the unanswered start, as before."""
+    host = _StartUnanswered(100)
+    _runner, done = await _run(host)
+    status, reason = await asyncio.wait_for(done, 5)
+    assert status == "ce" and "no node hosting cmp answered" in str(reason), reason
+    assert host.requests.count(("cmp", "task_start")) == 1, host.requests
 
 
 async def test_component_idle_without_its_task_end_ends_the_job_ce() -> None:

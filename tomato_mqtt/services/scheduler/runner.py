@@ -445,6 +445,10 @@ class JobRunner:
             return False  # it did start: taken as such below
         node = self.host.node_of(component)
         if node is not None and node.state == "online" and node.epoch == t.epoch:
+            if not self.host.node_silent(node.node):
+                # it speaks, and does not answer this: not a silence that ends (an external
+                # broker's rules that lack the component, a node gone wrong): as before
+                return False
             self._waited_said(t, f"{msg}: asked again while node {node.node} is not counted lost")
             return True
         if node is None or node.epoch != t.epoch:
