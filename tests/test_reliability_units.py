@@ -283,6 +283,27 @@ async def test_a_start_a_node_that_speaks_does_not_answer_ends_the_job_as_before
     assert host.requests.count(("cmp", "task_start")) == 1, host.requests
 
 
+async def test_a_start_whose_node_is_lost_and_not_back_ends_the_job_saying_so() -> None:
+    """Its start unanswered, its node lost and not back within the grace period: the job
+    ends ce saying so, not only "no node … answered … is it running?"."""
+    host = _StartUnanswered(100)
+    host.node_grace_period = 0.3
+    host.silent = True  # then lost, 50 ms in
+
+    async def lost_soon() -> None:
+        await asyncio.sleep(0.05)
+        await host.set(node=host.node.model_copy(update={"state": "lost"}))
+
+    _KEEP.add(asyncio.ensure_future(lost_soon()))
+    _runner, done = await _run(host)
+    status, reason = await asyncio.wait_for(done, 5)
+    assert status == "ce", reason
+    assert (
+        "node pc1 hosting cmp did not answer task 0 (count)'s start and was not back within "
+        "0.3 s after it was lost"
+    ) in str(reason), reason
+
+
 async def test_component_idle_without_its_task_end_ends_the_job_ce() -> None:
     host = FakeHost()
     _runner, done = await _run(host)

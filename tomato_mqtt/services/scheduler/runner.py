@@ -456,12 +456,16 @@ class JobRunner:
         self._waited_said(t, f"{msg}: node {node.node} is not online; waiting for it")
         await self._node_online(component)
         back = self.host.node_of(component)
-        return (
-            not self._failed()
-            and back is not None
-            and back.state == "online"
-            and back.epoch == t.epoch
-        )
+        if self._failed() or back is None:
+            return False
+        if back.state != "online":  # (said as such: "is it running?" alone told less)
+            t.start_gave_up = (
+                f"node {back.node} hosting {component} did not answer task {t.spec.index} "
+                f"({t.spec.technique_name})'s start and was not back within "
+                f"{self.host.node_grace_period:g} s after it was lost"
+            )
+            return False
+        return back.epoch == t.epoch
 
     def _waited_said(self, t: TaskState, why: str | None) -> None:
         """The running job's reason while its task's start waits for a silent node (None:
@@ -547,6 +551,7 @@ class JobRunner:
             if ok or not isinstance(data, Unanswered) or not await self._may_answer(t, msg):
                 break
         self._waited_said(t, None)
+        msg = t.start_gave_up or msg
         st = self.host.component_status(component)
         failed = st.last_task if st is not None and self._failed_start(st, t) else None
         if not ok and failed is not None:  # the node's own end of it: never a late end

@@ -96,6 +96,8 @@ class TaskState:
     overrun_warning: str | None = None  # what the job's final reason says about it
     #: the job's reason while its start waits for a silent node (runner._waited_said)
     start_wait: str | None = None
+    #: why its start was given up on after that wait (its node not back in time)
+    start_gave_up: str | None = None
 
 
 def expectations(tasks: Sequence[TaskState], roles: Mapping[str, str]) -> list[dict[str, Any]]:
