@@ -265,7 +265,11 @@ async def test_a_start_a_silent_node_does_not_answer_is_asked_again_until_it_doe
     runner, done = await _run(host)
     assert runner.tasks[0].state == "running", runner.tasks[0]
     assert host.requests.count(("cmp", "task_start")) == 3, host.requests
-    assert any("task 0 (count) not started yet: no node hosting" in r for r in host.reasons)
+    assert any(
+        r.startswith("task 0 (count) not started yet: no node hosting cmp answered on ")
+        and r.endswith("within 10 s; asked again while node pc1 is not counted lost")
+        for r in host.reasons
+    ), host.reasons
     assert host.reasons[-1] == "", host.reasons  # the reason cleared once it started
     await _task_ended(host, 60)
     status, _reason = await asyncio.wait_for(done, 5)

@@ -486,6 +486,11 @@ def test_start_does_not_wait_out_its_timeout_for_a_remote_node_not_running(
         assert "node 'pc2' is not online" in res.stderr and "tomato node --name pc2" in res.stderr
         # `passata` of its component says what the scheduler knows of the node, not only
         # "is it running?" of the component's node (an admin's tour, a node cut off)
+        row = st.json("tomato", "status", "components")["data"][REMOTE]
+        assert row["state"] == "no node", row
+        assert row["error"] == (
+            "no status of node pc2 has come since the scheduler started: is it started?"
+        ), row
         for name in (REMOTE, "dev-remote/1", "dev-remote"):  # each form of its name
             res = st.run("passata", "status", name, "-t", "1")
             assert res.returncode == 1, res

@@ -444,16 +444,21 @@ class JobRunner:
         if st is not None and (self._is_running(st, t) or self._ended(st, t)):
             return False  # it did start: taken as such below
         node = self.host.node_of(component)
+        said = msg.removesuffix(" — is it running?")  # (it is asked again: said why)
         if node is not None and node.state == "online" and node.epoch == t.epoch:
             if not self.host.node_silent(node.node):
                 # it speaks, and does not answer this: not a silence that ends (an external
                 # broker's rules that lack the component, a node gone wrong): as before
                 return False
-            self._waited_said(t, f"{msg}: asked again while node {node.node} is not counted lost")
+            self._waited_said(t, f"{said}; asked again while node {node.node} is not counted lost")
             return True
         if node is None or node.epoch != t.epoch:
             return False
-        self._waited_said(t, f"{msg}: node {node.node} is not online; waiting for it")
+        self._waited_said(
+            t,
+            f"{said}; node {node.node} is not online: waiting for it, "
+            f"{self.host.node_grace_period:g} s at most",
+        )
         await self._node_online(component)
         back = self.host.node_of(component)
         if self._failed() or back is None:
