@@ -272,13 +272,22 @@ def test_a_stop_a_frozen_scheduler_gets_later_is_said_so(tmp_path: Path) -> None
     with running_stack(tmp_path) as st:
         sched = st.child_pid("scheduler")
         os.kill(sched, signal.SIGSTOP)
+        stopped = time.monotonic()
         try:
             res = st.run("tomato", "stop", "-t", "2")
             # so do an eject's and a reload's (made 22 s later without a word: a tour)
             eject = st.run("tomato", "pipeline", "eject", "pip-counter-1", "-t", "1")
             reload = st.run("tomato", "reload", "-t", "1")
+            # frozen for longer, its retained status (online) says its heartbeat is
+            # overdue: said as a stalled scheduler, not only "is it running?" (a fault run)
+            time.sleep(max(0.0, stopped + 11.0 - time.monotonic()))
+            status = st.run("ketchup", "status", "-t", "1")
         finally:
             os.kill(sched, signal.SIGCONT)
+        assert status.returncode == 1, status
+        assert "the scheduler's status says online, but its heartbeat is " in status.stderr, (
+            status.stderr
+        )
         assert res.returncode == 1, (res.stdout, res.stderr)
         assert "no scheduler answered" in res.stderr, res.stderr
         assert "if it is only slow, it may still stop the stack when it gets to" in res.stderr

@@ -425,12 +425,12 @@ def oneshot_failed(
         if why is not None:
             fail(why)
         hint = ""
-        if ctx.url.username and "/scheduler/" in e.topic:
+        if "/scheduler/" in e.topic:
             # whoami went unanswered too (denied() says nothing then): a login that may
             # not ask the scheduler, as a node's (a leftover TOMATO_BROKER), reads the
             # same as a scheduler that is down (an admin's tour); unless the scheduler's
             # retained status says it is not running (an admin's after `tomato stop`
-            # was told it may not ask it: another tour)
+            # was told it may not ask it: another tour), or that it stands still
             state, overdue = scheduler_presence(ctx)
             if state in ("offline", "lost", "stopping"):
                 hint = f"; the scheduler's status says {state}"
@@ -441,6 +441,8 @@ def oneshot_failed(
                     f"{overdue:.0f} s overdue: it is stalled (stopped, swapped out, "
                     "overloaded) or cut off from the broker"
                 )
+            elif not ctx.url.username:
+                pass  # an open stack: nothing more to tell
             elif e.asked and e.me is not None:  # it answered whoami meanwhile: it runs
                 hint = "; the scheduler answered whoami meanwhile: it runs, and is slow"
             else:
