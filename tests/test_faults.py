@@ -109,6 +109,11 @@ def wait_component(
     raise AssertionError(f"{name}: not {what} after {timeout} s: {comp}\n{st.logs()}")
 
 
+def in_error(c: dict[str, Any]) -> bool:
+    """A component in error itself, saying why."""
+    return c.get("state") == "error" and bool(c.get("error"))
+
+
 def local_node(st: Stack) -> dict[str, Any]:
     out = st.json("tomato", "status", "nodes")
     assert out["success"], out
@@ -175,7 +180,8 @@ def assert_points_before_the_fault(job: dict[str, Any]) -> None:
 
 def test_connect_failure_is_shown_retried_and_others_work(stack: Stack) -> None:
     name = "faulty:(fail-connect,1)"
-    comp = wait_component(stack, name, lambda c: bool(c.get("error")), "in error")
+    # (in error itself: "no node" has an error too, before the node's first status: ci82)
+    comp = wait_component(stack, name, in_error, "in error")
     assert comp["state"] == "error" and comp["registered"] is False, comp
     # what (registration, the driver's own message) and that it is retried
     assert "registration failed (attempt " in comp["error"], comp
@@ -212,7 +218,7 @@ def test_a_broken_driver_is_said_once_clearly_and_not_retried(stack: Stack) -> N
     by a newcomer writing a driver). Now the device is checked before it counts as
     registered, the error says what is wrong and what to do, everywhere, and the node
     does not retry what cannot succeed."""
-    comp = wait_component(stack, BROKEN, lambda c: bool(c.get("error")), "in error")
+    comp = wait_component(stack, BROKEN, in_error, "in error")
     want = "the driver is broken: Device.attrs() must return a dict of name -> Attr, not list"
     assert comp["state"] == "error" and comp["registered"] is False, comp
     assert want in comp["error"] and "restart node local" in comp["error"], comp
