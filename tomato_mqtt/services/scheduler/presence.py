@@ -49,7 +49,8 @@ NOT_MERGED = "late data not merged: "
 
 #: s a new clock offset must hold before it counts as a step of the node's clock
 STEP_HOLDS = 2.0
-#: heartbeats the scheduler's own may be late before it counts as held up
+#: heartbeats the scheduler's own may be late before it counts as held up, and a node's
+#: before it counts as silent (Presence.silent)
 STALLED_BEATS = 2.5
 
 
@@ -88,6 +89,12 @@ class Presence:
         self._cleared = False  # a live "online" seen since this scheduler started
 
     # -- nodes ------------------------------------------------------------------------------
+    def silent(self, node: str) -> bool:
+        """No status of ``node`` has arrived for STALLED_BEATS heartbeats (it stands still
+        or is cut off), whether or not it is counted lost yet."""
+        seen = self.seen.get(node)
+        return seen is not None and time.monotonic() - seen > STALLED_BEATS * self.svc.heartbeat
+
     def received(self, st: NodeStatus, retained: bool) -> None:
         now = time.monotonic()
         self.seen[st.node] = now

@@ -586,8 +586,7 @@ class SchedulerService(Service):
     def node_silent(self, node: str) -> bool:
         """No status of ``node`` has arrived for 2.5 heartbeats (it stands still or is cut
         off), whether or not it is counted lost yet."""
-        seen = self.presence_view.seen.get(node)
-        return seen is not None and time.monotonic() - seen > 2.5 * self.heartbeat
+        return self.presence_view.silent(node)
 
     def broker_quiet(self) -> bool:
         """Nothing comes from the broker, not even this scheduler's heartbeat (it stalls,
