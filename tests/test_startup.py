@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -498,6 +499,31 @@ def test_start_does_not_wait_out_its_timeout_for_a_remote_node_not_running(
             assert (
                 "within 1 s — the scheduler has never heard of its node 'pc2' (is it started?)"
             ) in res.stderr, res.stderr
+        # ... and says it after a short wait, not all of a long -t (it waited its 20 s),
+        # over TCP and over WebSockets (the asyncio path)
+        ws = re.search(r"(?m)^ws_port = (\d+)$", (st.appdir / "settings.toml").read_text())
+        assert ws is not None
+        ws_cmd = ["--broker", f"ws://127.0.0.1:{ws[1]}", "-A", str(st.appdir)]
+        for name, over_ws in ((REMOTE, False), ("dev-remote/1", False), (REMOTE, True)):
+            t0 = time.monotonic()
+            if over_ws:
+                res = subprocess.run(
+                    [str(BIN / "passata"), "status", name, "-t", "20", *ws_cmd],
+                    capture_output=True,
+                    text=True,
+                    timeout=60,
+                )
+            else:
+                res = st.run("passata", "status", name, "-t", "20")
+            took = time.monotonic() - t0
+            assert res.returncode == 1, res
+            assert (
+                "within 2 s — the scheduler has never heard of its node 'pc2' (is it started?)"
+            ) in res.stderr, res.stderr
+            assert took < 10, f"passata waited {took:.1f} s for a node the scheduler has away"
+        # what needs no node reads what is retained: nothing yet, and says so
+        res = st.run("passata", "capabilities", REMOTE, "-t", "20")
+        assert res.returncode == 1 and "no node has announced component" in res.stderr, res
         # started later, the node registers its component
         node_log = (tmp_path / "pc2.log").open("w")
         node = subprocess.Popen(
@@ -527,6 +553,26 @@ def test_start_does_not_wait_out_its_timeout_for_a_remote_node_not_running(
             assert (
                 "within 1 s — the scheduler says node pc2 is offline (it was stopped) (broker"
             ) in res.stderr, res.stderr
+        for name, over_ws in ((REMOTE, False), ("dev-remote", False), ("dev-remote/1", True)):
+            t0 = time.monotonic()
+            if over_ws:
+                res = subprocess.run(
+                    [str(BIN / "passata"), "get", name, "max", "-t", "20", *ws_cmd],
+                    capture_output=True,
+                    text=True,
+                    timeout=60,
+                )
+            else:
+                res = st.run("passata", "get", name, "max", "-t", "20")
+            took = time.monotonic() - t0
+            assert res.returncode == 1, res
+            assert (
+                "within 2 s — the scheduler says node pc2 is offline (it was stopped)"
+            ) in res.stderr, res.stderr
+            assert took < 10, f"passata waited {took:.1f} s for a node the scheduler has away"
+        # its retained meta is still read while the node is away
+        res = st.run("passata", "capabilities", REMOTE, "-t", "20")
+        assert res.returncode == 0, res
     finally:
         if node is not None and node.poll() is None:
             node.terminate()

@@ -18,14 +18,16 @@ import typer
 
 from tomato_mqtt.cli import common
 from tomato_mqtt.cli.passata_core import (
+    AWAY_WAIT,
     RETAINED_WAIT,
     Refused,
     kv,
     message,
+    node_away,
     when,
 )
 from tomato_mqtt.transport.client import Message
-from tomato_mqtt.transport.rpc import Requester
+from tomato_mqtt.transport.rpc import NoResponder, Requester
 from tomato_mqtt.waits import wait_for
 from tomato_mqtt.wire.messages import ComponentMeta, DecodeError, Reply, decode
 
@@ -54,13 +56,34 @@ ForceOpt = Annotated[bool, typer.Option("--force", "-f", help="also while a task
 Op = Callable[[Requester, str], Awaitable[Reply]]
 
 
-def run(component: str, op: Op, human: Callable[[str, Any], str], opts: common.Opts) -> None:
-    """Resolve the component, run ``op`` on it, print the Reply, exit 0 or 1."""
+def run(
+    component: str,
+    op: Op,
+    human: Callable[[str, Any], str],
+    opts: common.Opts,
+    asks_node: bool = True,
+) -> None:
+    """Resolve the component, run ``op`` on it, print the Reply, exit 0 or 1.
+    ``asks_node``: ``op`` asks the component's node (not only what is retained), so a
+    node the scheduler has as not online is waited for briefly (AWAY_WAIT)."""
 
     async def go(req: Requester) -> Reply:
         try:
-            name = await resolve(req, component, opts.timeout)
-            return await op(req, name)
+            listed: list[Any] = []
+            name = await resolve(req, component, opts.timeout, listed)
+            away = node_away(listed[0] if listed else None, name)
+            if not away or not asks_node:
+                return await op(req, name)
+            # its node is not online: a short wait, then what the scheduler knows (as
+            # passata_core's path over TCP)
+            wait = min(opts.timeout, AWAY_WAIT)
+            try:
+                return await wait_for(op(req, name), wait)
+            except (asyncio.TimeoutError, NoResponder):
+                raise NoResponder(
+                    f"no node hosting {name} answered within {wait:g} s — {away}",
+                    req.topics.component_user_cmd(name, "status"),
+                ) from None
         except Refused as e:
             return Reply(id="", success=False, msg=str(e))
 
@@ -81,13 +104,16 @@ def cmd(op: str, args: Mapping[str, Any], timeout: float) -> Op:
 
 
 # -- resolving names -----------------------------------------------------------------------
-async def resolve(req: Requester, want: str, timeout: float) -> str:
+async def resolve(
+    req: Requester, want: str, timeout: float, listed: list[Any] | None = None
+) -> str:
     """The full component name for ``want`` (full name, device/channel, or slug): as the
-    client library resolves it (``client/names.py``), refused with the known names."""
+    client library resolves it (``client/names.py``), refused with the known names;
+    ``listed`` gets the scheduler's list of components when it answered."""
     from tomato_mqtt.client import names
 
     try:
-        return await names.resolve(req, want, timeout)
+        return await names.resolve(req, want, timeout, listed=listed)
     except names.UnknownComponent as e:
         raise Refused(str(e)) from None
 

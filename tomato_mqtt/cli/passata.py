@@ -79,7 +79,7 @@ def last(component: ComponentArg, opts: common.Opts) -> None:
         data = point.model_dump(mode="json", exclude={"schema_"})
         return Reply(id="", success=True, msg=f"last point of {name}", data=data)
 
-    components.run(component, call, passata_core.point_human, opts)
+    components.run(component, call, passata_core.point_human, opts, asks_node=False)
 
 
 app.add_typer(passata_attrs.app)

@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from tomato_mqtt.wire.topics import Topics
 
 __all__ = [
+    "AWAY_WAIT",
     "RETAINED_WAIT",
     "Refused",
     "capabilities",
@@ -46,6 +47,7 @@ __all__ = [
     "kv",
     "list_human",
     "message",
+    "node_away",
     "point_human",
     "resolve",
     "run_cmd",
@@ -67,6 +69,12 @@ class Refused(Exception):
 #: close); a copy costs a read. The ops that act are sent once (a new node process does
 #: not know what its predecessor carried out)
 READS = frozenset({"get_attr", "status"})
+
+#: s a request waits for a node the scheduler has as not online (:func:`node_away`), not
+#: the whole ``-t``: enough for a node coming back meanwhile (READS are sent again), and
+#: the user hears at once what the scheduler knows (`passata status` of a component whose
+#: node was stopped waited out its 20 s before it said so: a live check)
+AWAY_WAIT = 2.0
 
 
 def run_cmd(
@@ -98,12 +106,10 @@ def run_cmd(
         _in_exchange(at_once, human, opts)
         return
 
-    def ask(ex: Exchange, name: str) -> Any:
+    def ask(ex: Exchange, name: str, timeout: float) -> Any:
         topic = ctx.topics.component_user_cmd(name, op)
         who = f"node hosting {name}"
-        return shaped(
-            ex.request(topic, dict(args), timeout=opts.timeout, who=who, resend=op in READS)
-        )
+        return shaped(ex.request(topic, dict(args), timeout=timeout, who=who, resend=op in READS))
 
     _on_component(component, ask, human, opts)
 
@@ -146,7 +152,8 @@ def _asked_and_checked(
     check = ex.send(topics.scheduler_cmd("status"), {"what": "components"})
     # the first entry is the one a timeout names: the component's node
     waiting = {ask_id: (topic, f"node hosting {name}"), check: ("", "scheduler")}
-    deadline = time.monotonic() + timeout
+    start = time.monotonic()
+    deadline = start + timeout
     ask_at = ex.ask_whoami_at(topic, deadline, timeout)
     again = ask_id if op in READS else None  # (a node restarting never got it: READS)
     listed: Any = None  # the scheduler's list, once it came
@@ -163,6 +170,10 @@ def _asked_and_checked(
             from_scheduler(name, reply)  # raises for a name the scheduler does not know
         except UnknownComponent as e:
             raise Refused(str(e)) from None
+        if node_away(listed, name):  # its node is not online: a short wait, not all of -t
+            timeout = min(timeout, round(time.monotonic() - start + AWAY_WAIT, 1))
+            deadline = start + timeout
+            ask_at = None if ask_at is None else ex.ask_whoami_at(topic, deadline, timeout)
 
 
 def _with_node_away(e: NoAnswer, listed: Any, name: str) -> NoAnswer:
@@ -170,7 +181,7 @@ def _with_node_away(e: NoAnswer, listed: Any, name: str) -> NoAnswer:
     list of components says of that node, in place of "is it running?"."""
     from tomato_mqtt.transport.oneshot import NoAnswer
 
-    note = _node_away(listed, name)
+    note = node_away(listed, name)
     if not note:
         return e
     told = NoAnswer(f"{str(e).removesuffix(' — is it running?')} — {note}", e.topic)
@@ -178,7 +189,7 @@ def _with_node_away(e: NoAnswer, listed: Any, name: str) -> NoAnswer:
     return told
 
 
-def _node_away(listed: Any, name: str) -> str:
+def node_away(listed: Any, name: str) -> str:
     """What the scheduler's list of components (a Reply, or None) says of the node of
     ``name`` when it is not online, for a request its node did not answer ("" if
     nothing): a node cut off from the network read as "is it running?", while the
@@ -217,10 +228,10 @@ def run_meta(
             m = await components.meta(req, name, opts.timeout)
             return _meta_reply(name, what, m.model_dump(mode="json"), pick)
 
-        components.run(component, op, human, opts)
+        components.run(component, op, human, opts, asks_node=False)
         return
 
-    def ask(ex: Exchange, name: str) -> Any:
+    def ask(ex: Exchange, name: str, _timeout: float) -> Any:  # retained: no node asked
         topic = ctx.topics.component_meta(name)
         raw = ex.retained(topic, min(opts.timeout, RETAINED_WAIT))
         if raw is None:
@@ -238,12 +249,13 @@ def run_meta(
 
 def _on_component(
     component: str,
-    ask: Callable[[Exchange, str], Any],
+    ask: Callable[[Exchange, str, float], Any],
     human: Callable[[str, Any], str],
     opts: Opts,
 ) -> None:
-    """Resolve ``component`` and ``ask`` it (full name) over one connection; print the
-    Reply, exit 0 or 1 (a problem found here: a failed Reply; a broker problem: said)."""
+    """Resolve ``component`` and ``ask`` it (full name, and how long to wait for its
+    node) over one connection; print the Reply, exit 0 or 1 (a problem found here: a
+    failed Reply; a broker problem: said)."""
     from tomato_mqtt.transport.oneshot import NoAnswer
 
     topics, timeout = opts.context().topics, opts.timeout
@@ -251,10 +263,11 @@ def _on_component(
     def resolved_and_asked(ex: Exchange) -> Any:
         listed: list[Any] = []  # the scheduler's list of components, if it came
         name = resolve(ex, topics, component, timeout, listed)
-        try:
-            return ask(ex, name)
+        known = listed[0] if listed else None
+        try:  # a node the scheduler has as not online: a short wait (AWAY_WAIT)
+            return ask(ex, name, min(timeout, AWAY_WAIT) if node_away(known, name) else timeout)
         except NoAnswer as e:
-            raise _with_node_away(e, listed[0] if listed else None, name) from None
+            raise _with_node_away(e, known, name) from None
 
     _in_exchange(resolved_and_asked, human, opts)
 

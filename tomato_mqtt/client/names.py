@@ -38,13 +38,15 @@ async def resolve(
     want: str,
     timeout: float,
     announced: Sequence[Mapping[str, Any]] | None = None,
+    listed: list[Any] | None = None,
 ) -> str:
     """The full name of the component ``want`` names (see the module docstring), asked
     over ``req``'s connection; :class:`UnknownComponent` when there is none.
 
     ``announced``: the metas a subscriber of them already holds (the dashboard), used
     without a scheduler instead of subscribing to them again (a second subscription to
-    the same filter would replace, then remove, the subscriber's own)."""
+    the same filter would replace, then remove, the subscriber's own). ``listed`` gets
+    the scheduler's list of components (its Reply) when it answered."""
     # asyncio and the transport here, not at the top: the pure part above stays light
     import asyncio
     import contextlib
@@ -63,6 +65,8 @@ async def resolve(
         )
     except NoResponder:
         r = None
+    if r is not None and listed is not None:
+        listed.append(r)
     name = from_scheduler(want, r)
     if name is not None:
         return name
