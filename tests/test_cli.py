@@ -98,6 +98,19 @@ def test_pipeline_unknown_name(stack: Stack, args: tuple[str, ...]) -> None:
     assert out["success"] is False and "pip-nope" in out["msg"]
 
 
+def test_a_pipeline_name_a_typo_away_from_one_says_which(stack: Stack) -> None:
+    """A newcomer's tour: `pip-countr-2` listed the known pipelines and suggested none,
+    where a payload's typos get a "did you mean"; a wrong number gets no guess."""
+    res = stack.run("tomato", "pipeline", "load", "pip-countr-2", "s2")
+    assert res.returncode == 1
+    assert "no pipeline named 'pip-countr-2': did you mean 'pip-counter-2'? (known:" in (
+        res.stderr
+    ), res.stderr
+    res = stack.run("tomato", "pipeline", "eject", "pip-counter-9")
+    assert res.returncode == 1
+    assert "no pipeline named 'pip-counter-9' (known:" in res.stderr, res.stderr
+
+
 # -- status and reload ---------------------------------------------------------------------
 def test_status_sections_human_and_json(stack: Stack) -> None:
     res = stack.run("tomato", "status")

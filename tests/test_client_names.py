@@ -40,6 +40,26 @@ def test_pick(want: str, full: str | None) -> None:
     assert pick(want, COMPS) == full
 
 
+@pytest.mark.parametrize(
+    ("want", "hint"),
+    [
+        ("dev-countr/1", ": did you mean 'dev-counter/1'?"),  # a typo in its device
+        ("dev-countr", ": did you mean 'dev-counter'?"),
+        ("dev-psutl/0", ": did you mean 'dev-psutil/0'?"),
+        ("example_countr:(example-addr,1)", f": did you mean {FULL!r}?"),
+        ("dev-counter/9", ""),  # a device it has, a channel it has not: the known ones say
+        ("dev-nope/1", ""),  # nothing near
+    ],
+)
+def test_an_unknown_name_a_typo_away_from_one_says_which(want: str, hint: str) -> None:
+    """A mistyped component name is refused with the name it was likely meant to be (a
+    newcomer's tour: the known names were listed, none suggested, unlike a payload's)."""
+    reply = SimpleNamespace(success=True, data={c["name"]: c for c in COMPS})
+    with pytest.raises(UnknownComponent) as e:
+        from_scheduler(want, reply)
+    assert str(e.value) == f"unknown component {want!r}{hint} (known: {known(COMPS)})"
+
+
 def test_from_scheduler_refuses_an_unknown_name_naming_the_known_ones() -> None:
     reply = SimpleNamespace(success=True, data={c["name"]: c for c in COMPS})
     assert from_scheduler("dev-counter/2", reply) == "example_counter:(example-addr,2)"

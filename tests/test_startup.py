@@ -524,6 +524,13 @@ def test_start_does_not_wait_out_its_timeout_for_a_remote_node_not_running(
         # what needs no node reads what is retained: nothing yet, and says so
         res = st.run("passata", "capabilities", REMOTE, "-t", "20")
         assert res.returncode == 1 and "no node has announced component" in res.stderr, res
+        # ... and no point of it: not "`passata measure` takes one now" (it cannot)
+        res = st.run("passata", "last", REMOTE, "-t", "20")
+        assert res.returncode == 1, res
+        assert (
+            "— the scheduler has never heard of its node 'pc2' (is it started?)" in (res.stderr)
+            and "passata measure" not in res.stderr
+        ), res.stderr
         # started later, the node registers its component
         node_log = (tmp_path / "pc2.log").open("w")
         node = subprocess.Popen(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Annotated, Any
 
@@ -32,6 +33,7 @@ from tomato_mqtt.waits import wait_for
 from tomato_mqtt.wire.messages import ComponentMeta, DecodeError, Reply, decode
 
 __all__ = [
+    "NODE_AWAY",
     "RETAINED_WAIT",
     "ComponentArg",
     "ForceOpt",
@@ -55,6 +57,11 @@ ForceOpt = Annotated[bool, typer.Option("--force", "-f", help="also while a task
 
 Op = Callable[[Requester, str], Awaitable[Reply]]
 
+#: what the scheduler says of the component's node while it is not online ("" while it
+#: is, or without a scheduler): set by :func:`run` for its ``op`` (``passata last`` said
+#: "`passata measure` takes one now" of a component whose node was never started)
+NODE_AWAY: contextvars.ContextVar[str] = contextvars.ContextVar("NODE_AWAY", default="")
+
 
 def run(
     component: str,
@@ -72,6 +79,7 @@ def run(
             listed: list[Any] = []
             name = await resolve(req, component, opts.timeout, listed)
             away = node_away(listed[0] if listed else None, name)
+            NODE_AWAY.set(away)
             if not away or not asks_node:
                 return await op(req, name)
             # its node is not online: a short wait, then what the scheduler knows (as

@@ -68,9 +68,10 @@ def last(component: ComponentArg, opts: common.Opts) -> None:
         if raw is None:
             # (said "no point yet" of one that measured before the stack restarted: the
             # embedded broker keeps no retained message across its restart, a tour)
+            away = components.NODE_AWAY.get()  # (measure needs the node: said why not)
             raise Refused(
                 f"{name} has no point retained on {topic}: none since the broker and its node"
-                " last started (`passata measure` takes one now)"
+                " last started" + (f" — {away}" if away else " (`passata measure` takes one now)")
             )
         try:
             point = decode(LastPoint, raw, topic)

@@ -48,6 +48,7 @@ from tomato_mqtt.transport.rpc import NoResponder, ReplyError, Requester
 from tomato_mqtt.waits import wait_for
 from tomato_mqtt.wire.commands import JOB_PAGE_MAX, FileData, Responder, command, commands_of
 from tomato_mqtt.wire.messages import DataBatch, DecodeError, Reply, decode
+from tomato_mqtt.wire.names import did_you_mean
 from tomato_mqtt.wire.status import JobSummary, PipelineInfo
 from tomato_mqtt.wire.topics import Topics
 
@@ -857,7 +858,8 @@ class AsyncTomato:
         pips = await self.pipelines()
         if name not in pips:
             raise ClientError(
-                f"no pipeline named {name!r} (known: {', '.join(sorted(pips)) or 'none'})",
+                f"no pipeline named {name!r}{did_you_mean(name, list(pips))} (known:"
+                f" {', '.join(sorted(pips)) or 'none'})",
                 "not_found",
             )
         return pips[name]

@@ -70,6 +70,39 @@ def known(comps: Sequence[Mapping[str, Any]]) -> str:
     return "; ".join(names) or "none"
 
 
+def did_you_mean(want: str, names: Sequence[str]) -> str:
+    """ ": did you mean 'x'?" for the one of ``names`` a typo away from ``want`` ("" if
+    none)."""
+    near = _closest(want, names)
+    return "" if near is None else f": did you mean {near!r}?"
+
+
+def _closest(want: str, names: Sequence[str]) -> str | None:
+    """The one of ``names`` a typo away from ``want``: one that differs only in its
+    numbers is not a typo (`pip-counter-9` of pip-counter-1..4 is a wrong number, which
+    the known names show)."""
+    import difflib
+    import re
+
+    near = difflib.get_close_matches(want, sorted(set(names)), n=1, cutoff=0.75)
+    if not near or re.sub(r"\d+", "#", near[0]) == re.sub(r"\d+", "#", want):
+        return None
+    return near[0]
+
+
+def near_name(want: str, comps: Sequence[Mapping[str, Any]]) -> str:
+    """:func:`did_you_mean` for a component's name in the form it was given: a full
+    name among the full names, ``device/channel`` (or a device) by its device."""
+    if is_full_name(want):
+        return did_you_mean(want, [str(c.get("name")) for c in comps])
+    device, sep, channel = want.partition("/")
+    devices = {str(c.get("device")) for c in comps}
+    if device in devices:  # a wrong channel: the known names say which there are
+        return ""
+    near = _closest(device, sorted(devices))
+    return "" if near is None else f": did you mean {near + sep + channel!r}?"
+
+
 def from_scheduler(want: str, reply: Any) -> str | None:
     """The full name of ``want`` given the scheduler's ``status components`` reply (a
     ``Reply`` or None when none came): raises :class:`UnknownComponent` when the
@@ -81,7 +114,9 @@ def from_scheduler(want: str, reply: Any) -> str | None:
         comps = [c for c in rows if isinstance(c, Mapping)]
         name = pick(want, comps)
         if name is None:
-            raise UnknownComponent(f"unknown component {want!r} (known: {known(comps)})")
+            raise UnknownComponent(
+                f"unknown component {want!r}{near_name(want, comps)} (known: {known(comps)})"
+            )
         return name
     return want if is_full_name(want) else None
 

@@ -52,6 +52,7 @@ from tomato_mqtt.wire.commands import (
     StopArgs,
     SubmitArgs,
 )
+from tomato_mqtt.wire.names import did_you_mean
 from tomato_mqtt.wire.topics import ANONYMOUS
 
 if TYPE_CHECKING:
@@ -395,9 +396,11 @@ class SchedulerOps:
         try:
             return self.store.pipeline(name)
         except KeyError:
-            known = ", ".join(p.name for p in self.store.pipelines()) or "none"
+            names = [p.name for p in self.store.pipelines()]
             raise CommandError(
-                f"no pipeline named {name!r} (known: {known})", code="not_found"
+                f"no pipeline named {name!r}{did_you_mean(name, names)} (known:"
+                f" {', '.join(names) or 'none'})",
+                code="not_found",
             ) from None
 
     def _in_devices_file(self, p: Any) -> None:
