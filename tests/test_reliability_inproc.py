@@ -1979,6 +1979,69 @@ async def test_the_components_of_a_node_stopped_cleanly_are_shown_lost(
         assert "node local is lost" not in caplog.text, caplog.text[-3000:]
 
 
+async def test_the_components_of_a_node_never_started_are_shown_lost_until_it_starts(
+    broker: RunningBroker,
+    instance: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An integrator's tour: a component of a node never started had nothing retained
+    (no meta, no status), while `tomato status components` said "no node": a dashboard
+    built on retained topics could not show it. Once its node has gone unheard of for
+    NOT_SEEN_AFTER, the scheduler shows it lost, saying why; the node, started, is asked
+    for its rebirth and its own status replaces that."""
+    from tests.inproc import inproc_stack, settings_url
+    from tests.test_node import wait_retained
+    from tomato_mqtt.services.node.service import NodeConfig, NodeService
+    from tomato_mqtt.services.scheduler import lost
+    from tomato_mqtt.wire.messages import ComponentStatus, decode
+
+    monkeypatch.setattr(lost, "NOT_SEEN_AFTER", 1.0)
+    name = "example_counter:(remote-addr,1)"  # on node pc2 (config/netns_devices.yml)
+    async with inproc_stack(
+        broker.port, tmp_path, instance, devices="netns_devices.yml", components=0
+    ) as st:
+        topic = st.topics.component_status(name)
+        raw = await wait_retained(
+            st.client,
+            topic,
+            lambda raw: bool(raw) and decode(ComponentStatus, raw).state == "lost",
+            15,
+        )
+        said = decode(ComponentStatus, raw)
+        assert said.error == (
+            "no status of node pc2 has come since the scheduler started: is it started?"
+        ), said
+        assert said.node == "pc2" and said.job is None, said
+        s = st.settings
+        pc2 = NodeService(
+            NodeConfig(
+                "pc2",
+                settings_url(st.settings),
+                instance,
+                tmp_path / "spool-pc2",
+                heartbeat=s.scheduler.heartbeat,
+                batch_interval=0.1,
+                driver_settings=s.drivers,
+                upstream_env=s.upstream_env,
+            )
+        )
+        task = asyncio.create_task(pc2.run())
+        try:
+            raw = await wait_retained(
+                st.client,
+                topic,
+                lambda raw: bool(raw) and decode(ComponentStatus, raw).state == "idle",
+                20,
+            )
+            assert decode(ComponentStatus, raw).error is None
+        finally:
+            pc2.request_stop()
+            await asyncio.wait([task], timeout=15)
+    assert "is it started?: 1 component(s) shown lost" in caplog.text, caplog.text[-3000:]
+
+
 async def test_a_node_stopping_tells_the_end_of_a_task_its_runner_ends_late(
     broker: RunningBroker, instance: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

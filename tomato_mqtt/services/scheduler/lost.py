@@ -50,6 +50,8 @@ class LostComponents:
         self.returning: set[str] = set()
         #: nodes that answered this scheduler since they were last lost
         self.answered: set[str] = set()
+        #: nodes of the layout no status has come from, since when (monotonic): sweep
+        self._unseen_since: dict[str, float] = {}
 
     async def node_status(self, st: NodeStatus) -> None:
         if st.state == "lost":
@@ -68,10 +70,20 @@ class LostComponents:
                 self.svc.spawn(self._until_answered(st.node))
 
     async def sweep(self) -> None:
-        """Nodes counted lost by a stale heartbeat (no will: a hung node)."""
+        """Nodes counted lost by a stale heartbeat (no will: a hung node), and nodes of
+        the devices file never heard of for :data:`NOT_SEEN_AFTER` (a dashboard had
+        nothing retained of their components, while `tomato status` said "no node": an
+        integrator's tour); a node marked so that starts is asked for its rebirth, as
+        one back from lost."""
         for name, st in list(self.svc.nodes.items()):
             if st.state == "lost" and name not in self.marked:
                 await self.mark(name, "its heartbeat stopped")
+        now = time.monotonic()
+        unseen = {c.node for c in self.svc.layout.components.values()} - set(self.svc.nodes)
+        self._unseen_since = {n: self._unseen_since.get(n, now) for n in unseen}
+        for node, since in self._unseen_since.items():
+            if now - since >= NOT_SEEN_AFTER and node not in self.marked:
+                await self.mark(node, NOT_SEEN)
 
     def said(self, node: str) -> str | None:
         """Why ``node``'s components are shown lost ("node pc2 is offline (it was
@@ -142,6 +154,12 @@ class LostComponents:
 
 #: why a node that said ``offline`` is away
 STOPPED = "it was stopped"
+#: why a node no status has come from is away
+NOT_SEEN = "not seen"
+#: s a node of the devices file may go unheard of (since the scheduler started, or since
+#: a reload put it there) before its components are shown lost: a node started with the
+#: stack says its status within a second or two, one on another PC may be started later
+NOT_SEEN_AFTER = 30.0
 
 
 def _said(node: str, why: str) -> str:
@@ -150,4 +168,6 @@ def _said(node: str, why: str) -> str:
     of a node an admin had stopped: an admin's tour)."""
     if why == STOPPED:
         return f"node {node} is offline ({why})"
+    if why == NOT_SEEN:  # (as `tomato status components` says it: status.py)
+        return f"no status of node {node} has come since the scheduler started: is it started?"
     return f"node {node} is lost ({why})"
