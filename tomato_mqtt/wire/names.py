@@ -81,13 +81,14 @@ def _closest(want: str, names: Sequence[str]) -> str | None:
     """The one of ``names`` a typo away from ``want``: one that differs only in its
     numbers is not a typo (`pip-counter-9` of pip-counter-1..4 is a wrong number, which
     the known names show)."""
-    import difflib
     import re
 
-    near = difflib.get_close_matches(want, sorted(set(names)), n=1, cutoff=0.75)
-    if not near or re.sub(r"\d+", "#", near[0]) == re.sub(r"\d+", "#", want):
+    from tomato_mqtt.errors import nearest  # (on the error path only: passata's is light)
+
+    near = nearest(want, sorted(set(names)))
+    if near is None or re.sub(r"\d+", "#", near) == re.sub(r"\d+", "#", want):
         return None
-    return near[0]
+    return near
 
 
 def near_name(want: str, comps: Sequence[Mapping[str, Any]]) -> str:
