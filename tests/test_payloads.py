@@ -378,6 +378,27 @@ def test_several_problems_in_one_line() -> None:
     assert "more:" in str(ei.value) and "sample: field required" in str(ei.value)
 
 
+def test_a_payload_the_schema_refuses_says_its_bad_values_too() -> None:
+    """A newcomer's tour: a payload without `user` and with `max_duration: -5` was
+    refused for `user` alone; the negative duration came one submit later."""
+    doc = _v("2.2")
+    del doc["user"]
+    doc["method"][0].update(max_duration=-5, sampling_interval="0 s")
+    with pytest.raises(PayloadError) as ei:
+        parse_payload(doc)
+    said = str(ei.value)
+    assert said.startswith("user: field required"), said
+    assert "method[0].max_duration: must not be negative (got -5)" in said, said
+    assert "method[0].sampling_interval: must be positive (got 0)" in said, said
+    # in the names of the version written (0.2 calls them `time` and `delay`)
+    doc = _v("0.2")
+    doc["method"][0].update(time=-5)
+    doc.pop("sample")
+    with pytest.raises(PayloadError) as ei:
+        parse_payload(doc)
+    assert "method[0].time: must not be negative (got -5)" in str(ei.value), str(ei.value)
+
+
 def test_not_a_mapping() -> None:
     with pytest.raises(PayloadError, match="a payload is a mapping, not a list"):
         parse_payload([1, 2])  # type: ignore[arg-type]

@@ -13,7 +13,7 @@ from __future__ import annotations
 import itertools
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -183,7 +183,9 @@ def parse_payload(data: Mapping[str, Any], user: str | None = None) -> Payload:
     try:
         payload: Any = module.Payload.model_validate(doc)
     except ValidationError as e:
-        raise _from_validation_error(e, doc, written=doc, model=module.Payload, user=user) from None
+        raise _from_validation_error(
+            e, doc, written=doc, model=module.Payload, user=user, more=_raw_value_problems(doc)
+        ) from None
     while version != LATEST_VERSION:
         nxt = _NEXT[version]
         try:
@@ -376,6 +378,33 @@ def _check_values(payload: Any, doc: Mapping[str, Any]) -> None:
             )
 
 
+def _raw_value_problems(doc: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """What :func:`_check_values` would refuse in the tasks of ``doc`` as written, for a
+    payload the schema refused: said with the schema's problems, not one submit later (a
+    payload without `user` and with `max_duration: -5` was refused for `user` only, then
+    for the duration: a newcomer's tour). Only numbers and plain durations are read
+    here; anything else is the schema's to say."""
+    method = doc.get("method")
+    out: list[tuple[str, str]] = []
+    for i, task in enumerate(method if isinstance(method, list) else []):
+        if not isinstance(task, Mapping):
+            continue
+        for field, least, need in (
+            ("max_duration", 0.0, "must not be negative"),  # (zero is the schema's to take)
+            ("sampling_interval", None, "must be positive"),
+        ):
+            name = field_as_written(doc, i, field)
+            raw = task.get(name)
+            if isinstance(raw, bool):
+                continue
+            value = plain_seconds(raw) if isinstance(raw, str) else raw
+            if not isinstance(value, int | float) or not math.isfinite(value):
+                continue
+            if value < 0 or (least is None and value == 0):
+                out.append((f"method[{i}].{name}", f"{need} (got {value:g})"))
+    return out
+
+
 def _from_validation_error(
     err: ValidationError,
     data: Any,
@@ -383,10 +412,14 @@ def _from_validation_error(
     written: Mapping[str, Any] | None = None,
     model: Any = None,
     user: str | None = None,
+    more: Sequence[tuple[str, str]] = (),
 ) -> PayloadError:
+    """The schema's problems as one PayloadError; ``more``: problems of the values found
+    beside them (:func:`_raw_value_problems`), said after them unless at the same place."""
     import re
 
     problems = describe_validation_error(err, data)
+    problems += [p for p in more if p[0] not in {loc for loc, _ in problems}]
     if step is None:
         problems = [
             (loc, _with_near_key(written, loc, reason, model, user)) for loc, reason in problems
