@@ -397,6 +397,15 @@ def test_a_payload_the_schema_refuses_says_its_bad_values_too() -> None:
     with pytest.raises(PayloadError) as ei:
         parse_payload(doc)
     assert "method[0].time: must not be negative (got -5)" in str(ei.value), str(ei.value)
+    # a duration that is none is said with what the schema says (it alone was said)
+    doc = _v("2.2")
+    del doc["user"]
+    doc["method"][0].update(sampling_interval="1 Hertz")
+    with pytest.raises(PayloadError) as ei:
+        parse_payload(doc)
+    said = str(ei.value)
+    assert said.startswith("user: field required"), said
+    assert "method[0].sampling_interval: '1 Hertz' is not a duration" in said, said
 
 
 def test_not_a_mapping() -> None:
