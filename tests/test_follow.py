@@ -7,6 +7,7 @@ import asyncio
 import json
 import os
 import re
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ from tomato_mqtt.transport.rpc import NoResponder
 from tomato_mqtt.wire.base import encode
 from tomato_mqtt.wire.messages import JobEvent
 
-BIN = Path(__file__).resolve().parents[1] / ".venv" / "bin"
+BIN = Path(sys.executable).parent  # the venv the tests run in (TOMATO_VENV: another)
 
 
 async def cli(st: InProc, port: int, *args: str, cwd: Path | None = None) -> tuple[int, str]:

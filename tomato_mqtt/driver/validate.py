@@ -54,12 +54,15 @@ def _short(val: Any) -> str:
     """A quantity or units in pint's short form, litres as labs write them: ``mL/min``,
     not pint's ``ml/min`` (a driver author's tour: a flow in ``mL/min`` was refused in
     ``ml``)."""
-    text = f"{val:~P}"
+    # micro as the micro sign (U+00B5), as pint up to 0.25 writes it and keyboards type
+    # it: pint 0.26 (Python 3.12+) writes the Greek mu (U+03BC), and the same refusal
+    # read differently on another Python (a run of the tests on 3.13)
+    text = f"{val:~P}".replace("\u03bc", "\u00b5")
     if "l" not in text:
         return text
     for name in getattr(getattr(val, "units", val), "_units", {}):
         if name.endswith(("liter", "litre")):
-            sym = _pint().get_application_registry().get_symbol(name)
+            sym = _pint().get_application_registry().get_symbol(name).replace("\u03bc", "\u00b5")
             if sym.endswith("l"):
                 # (a symbol alone: not inside another's; ² and ³ end it, `mL²`)
                 alone = rf"(?<![A-Za-z0-9_µ]){re.escape(sym)}(?![A-Za-z0-9_])"
