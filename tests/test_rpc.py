@@ -247,11 +247,14 @@ async def test_one_login_s_flood_is_dropped_and_the_others_are_answered(
         assert reply.success, reply
         took = time.monotonic() - t0
         dropped = server.responder.dropped  # type: ignore[attr-defined]
-        # the flooder is told why, once a second (it heard nothing and waited its timeouts)
+        # the flooder is told why, once a second (it heard nothing and waited its timeouts);
+        # and the rest of its flood is dropped (on Python 3.13 amqtt passes a burst on
+        # later: olga was answered while most of it was still on its way, a test run)
         for _ in range(int(T / 0.05)):
-            if any(r.code == "conflict" for r in heard):
+            if any(r.code == "conflict" for r in heard) and dropped.get("rita", 0) >= 400:
                 break
             await asyncio.sleep(0.05)
+        took = max(took, time.monotonic() - t0)
     told = [r for r in heard if not r.success]
     assert 1 <= len(told) <= took + 2, (len(told), took)
     assert told[0].code == "conflict" and "at most 10 requests a second" in told[0].msg, told[0]
