@@ -66,6 +66,8 @@ LOGIN_CHANGED = (
 )
 #: s after a sign-in's connection was lost at which the dashboard's own is looked at
 LOST_CHECK = 1.0
+#: s more a sign-in not connected again by then may wait for its reconnect's refusal
+REFUSAL_WAIT = 3.0
 #: a control of a session whose connection is being restored
 RECONNECTING = (
     "your connection to the broker is being restored (the broker restarted?): try again in a moment"
@@ -426,12 +428,23 @@ class Sessions:
         if own is None or not own.is_connected:
             return
         before = own.connects
+        loop = asyncio.get_running_loop()
+        given_up = loop.time() + LOST_CHECK + REFUSAL_WAIT
 
         def check() -> None:
-            if own.is_connected and own.connects == before:
-                self.end(s, LOGIN_CHANGED)
+            if not (own.is_connected and own.connects == before):
+                return
+            client = s.client
+            if client is not None and not client.is_connected and loop.time() < given_up:
+                # not back yet: its reconnect may still be refused, which says why better
+                # (LOGIN_GONE; a loaded host's reconnect came after LOST_CHECK, and a
+                # changed password read "set again": a test run). Not connected, it can do
+                # nothing meanwhile
+                loop.call_later(0.1, check)
+                return
+            self.end(s, LOGIN_CHANGED)
 
-        asyncio.get_running_loop().call_later(LOST_CHECK, check)
+        loop.call_later(LOST_CHECK, check)
 
     async def sign_out(self, token: str | None, key: str | None) -> None:
         """End the session of ``token`` if ``key`` is its key (a cookie alone signs no one
