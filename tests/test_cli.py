@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.conftest import RunningBroker
 from tests.stack import BIN, CONFIG, Stack, free_port, running_stack
 from tomato_mqtt.cli import common
 
@@ -710,6 +711,35 @@ def test_an_external_broker_that_is_down_is_said_to_be_started(tmp_path: Path) -
             "Start it; tomato-mqtt's services reconnect by themselves"
         ), res.stderr
         assert "`tomato start` starts it" not in res.stderr, res.stderr
+
+
+async def test_a_stalled_external_broker_is_not_said_to_be_the_embedded_one(
+    tmp_path: Path, mosquitto: RunningBroker
+) -> None:
+    """A fault-injection round with Mosquitto SIGSTOPped: the call said "its log
+    (broker.log in the logdir) says more, and `kill PID` stops the stack", neither of
+    which holds for a broker that is not the embedded one."""
+    import asyncio
+    import os
+    import signal
+
+    app = tmp_path / "app"
+    app.mkdir()
+    (app / "settings.toml").write_text("[broker]\nembedded = false\n")
+    cmd = [str(BIN / "ketchup"), "status", "-A", str(app), "-p", str(mosquitto.port), "-t", "2"]
+    os.kill(mosquitto.pid, signal.SIGSTOP)  # type: ignore[attr-defined]
+    try:
+        res = await asyncio.to_thread(
+            subprocess.run, cmd, capture_output=True, text=True, timeout=30
+        )
+    finally:
+        os.kill(mosquitto.pid, signal.SIGCONT)  # type: ignore[attr-defined]
+    assert res.returncode == 1, (res.stdout, res.stderr)
+    assert (
+        "the broker, not the embedded one ([broker] embedded = false), is stalled or "
+        "overloaded? Try again; its own log says more"
+    ) in res.stderr, res.stderr
+    assert "broker.log" not in res.stderr and "kill " not in res.stderr, res.stderr
 
 
 def test_common_options_reach_the_command(tmp_path: Path) -> None:

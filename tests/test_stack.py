@@ -341,6 +341,27 @@ def test_a_stop_with_the_broker_frozen_says_the_stack_runs(tmp_path: Path) -> No
         assert st.json("tomato", "status")["success"]  # unharmed, and stopped as ever below
 
 
+def test_a_node_the_scheduler_has_online_is_not_asked_whether_it_runs(tmp_path: Path) -> None:
+    """A fault-injection round: moments after a network cut healed, `passata status`
+    said "no node hosting … answered … — is it running?" of a node that ran, whose
+    answers TCP's retransmission held up. A node the scheduler has online (here: one
+    frozen for less than `lost_after`) is said to be online, the answer held up."""
+    with running_stack(tmp_path) as st:
+        node = st.child_pid("node")
+        os.kill(node, signal.SIGSTOP)
+        try:
+            res = st.run("passata", "status", "dev-counter/1", "-t", "1")
+        finally:
+            os.kill(node, signal.SIGCONT)
+        assert res.returncode == 1, (res.stdout, res.stderr)
+        assert "no node hosting example_counter:(example-addr,1) answered" in res.stderr
+        assert (
+            "— the scheduler has its node 'local' online (its heartbeats arrive), so the "
+            "request or its answer was held up"
+        ) in res.stderr, res.stderr
+        assert "is it running?" not in res.stderr, res.stderr
+
+
 def test_a_call_to_the_wrong_port_names_the_stack_of_its_data_folder(tmp_path: Path) -> None:
     """A newcomer's tour: after `tomato start -p 20420` with no port in settings.toml,
     `tomato status` said "is tomato-mqtt running? `tomato start` starts it", and that

@@ -482,6 +482,16 @@ def oneshot_failed(
         # a broker that runs, stuck (stopped, swapped out): said as such ("is it running?
         # `tomato start` starts it", and `tomato start` said "already running": a
         # fault-injection tour)
+        if external_broker(ctx.appdir):
+            # (it named broker.log, which an external broker does not write, and `kill
+            # PID` of the supervisor, which does not stop it: a fault-injection round
+            # with Mosquitto stopped)
+            fail(
+                f"{e} ({ctx.where()}): its port takes connections, and nothing answers "
+                "them: the broker, not the embedded one ([broker] embedded = false), is "
+                "stalled or overloaded? Try again; its own log says more, and its "
+                "service manager restarts it if it stays stuck"
+            )
         pid = _local_supervisor(ctx)
         fail(
             f"{e} ({ctx.where()}): "

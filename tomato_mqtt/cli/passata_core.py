@@ -181,12 +181,29 @@ def _with_node_away(e: NoAnswer, listed: Any, name: str) -> NoAnswer:
     list of components says of that node, in place of "is it running?"."""
     from tomato_mqtt.transport.oneshot import NoAnswer
 
-    note = node_away(listed, name)
+    note = node_away(listed, name) or _node_online(listed, name)
     if not note:
         return e
     told = NoAnswer(f"{str(e).removesuffix(' — is it running?')} — {note}", e.topic)
     told.asked, told.me = e.asked, e.me
     return told
+
+
+def _node_online(listed: Any, name: str) -> str:
+    """What to say of a request the node of ``name`` did not answer while the
+    scheduler's list has that node online ("" if the list says nothing of it): "is it
+    running?" of a node that ran, whose answers a network cut healed moments ago held up
+    (TCP's retransmission backs off through a cut: a fault-injection round)."""
+    data = getattr(listed, "data", None)
+    row = data.get(name) if isinstance(data, dict) else None
+    if not isinstance(row, dict) or row.get("state") in ("lost", "no node"):
+        return ""
+    return (
+        f"the scheduler has its node {row.get('node')!r} online (its heartbeats arrive), "
+        "so the request or its answer was held up: by a network cut that healed moments "
+        "ago (TCP's retransmission backs off, up to ~15 s), or a node too busy to answer;"
+        " try again"
+    )
 
 
 def node_away(listed: Any, name: str) -> str:
