@@ -683,6 +683,79 @@ async def test_a_person_s_login_publishes_at_most_its_rate(
         await security_env.stop(b)
 
 
+async def test_a_person_s_flood_is_read_at_the_login_s_pace(
+    tmp_path: Path, instance: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A security round: two logins' QoS 2 floods, each message read, handshaken and
+    only then dropped over the login's rate, kept the broker busy for minutes (nobody's
+    request answered for 6 minutes, a job's file not finalised). A person's connections
+    are read at most READ_RATE packets a second: the rest waits at the sender (TCP), and
+    a service is answered meanwhile."""
+    from tomato_mqtt_broker import security
+
+    from tests import security_env
+
+    rate, burst = 200, 200  # (packets a second; a tenth and less of the real ones)
+    monkeypatch.setattr(security, "READ_RATE", rate)
+    monkeypatch.setattr(security, "READ_BURST", burst)
+    read = {"rita": 0}
+    within = security.RoleAclPlugin._within_rate
+
+    def counted(self: Any, username: str) -> bool:  # every PUBLISH the broker read
+        if username in read:
+            read[username] += 1
+        return bool(within(self, username))
+
+    monkeypatch.setattr(security.RoleAclPlugin, "_within_rate", counted)
+    b = await security_env.start_amqtt(tmp_path, instance)
+    stop = threading.Event()
+    sent = [0]
+
+    def flood() -> None:  # a raw client, QoS 2, as fast as paho takes them
+        c = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"flood-{uuid.uuid4().hex}")
+        c.username_pw_set("rita", USERS["rita"][0])
+        c.max_queued_messages_set(5000)
+        c.connect("127.0.0.1", b.port)
+        c.loop_start()
+        topic = b.topics.scheduler_cmd("whoami", "rita")
+        while not stop.is_set():
+            if c.publish(topic, b"{}", qos=2).rc == paho.MQTT_ERR_SUCCESS:
+                sent[0] += 1
+            else:
+                time.sleep(0.001)
+        sock = c.socket()  # (its queue is long: dropped, not sent first)
+        if sock is not None:
+            sock.shutdown(socket.SHUT_RDWR)
+        c.loop_stop()
+
+    try:
+        async with AsyncClient(b.url("sched"), client_id=f"sched-{instance}") as sched:
+            echoed: asyncio.Queue[bytes] = asyncio.Queue()
+            await sched.subscribe(
+                b.topics.scheduler_status(), handler=lambda m: echoed.put_nowait(m.payload)
+            )
+            t0 = time.monotonic()
+            flooder = threading.Thread(target=flood, daemon=True)
+            flooder.start()
+            worst = 0.0
+            while time.monotonic() - t0 < 3.0:  # a service's round trip during the flood
+                began = time.monotonic()
+                await sched.publish(b.topics.scheduler_status(), b"{}", qos=1)
+                await asyncio.wait_for(echoed.get(), 10)
+                worst = max(worst, time.monotonic() - began)
+                await asyncio.sleep(0.1)
+            took, by_then = time.monotonic() - t0, read["rita"]
+            stop.set()
+            await asyncio.to_thread(flooder.join, 10)
+        # each QoS 2 message is two packets (PUBLISH, PUBREL), the CONNECT one more
+        assert 0 < by_then <= (burst + rate * took) / 2 + 5, (by_then, sent, took)
+        assert sent[0] > 2 * by_then, (by_then, sent)  # it had more to send: held back
+        assert worst < 1.0, worst
+    finally:
+        stop.set()
+        await security_env.stop(b)
+
+
 async def test_a_login_s_bound_counts_what_waits_in_its_write_buffers(
     tmp_path: Path, instance: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -139,6 +139,12 @@ class UsersAuthPlugin(BaseAuthPlugin):  # type: ignore[misc]
 #: so only a flood meets it (RoleAclPlugin._within_rate)
 PUBLISH_RATE = 500
 PUBLISH_BURST = 1000
+#: packets a second the broker reads of a person's login's connections together, in
+#: bursts of READ_BURST: room for a QoS 2 publish's two packets at PUBLISH_RATE and for
+#: the acknowledgements of what it receives; past it they are read later (server.py's
+#: _Broker._paced), so a flood costs the broker no more than that
+READ_RATE = 2 * PUBLISH_RATE
+READ_BURST = 2 * PUBLISH_BURST
 #: the roles of people
 PEOPLE = frozenset({"admin", "operator", "reader", "dashboard"})
 
