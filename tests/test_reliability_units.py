@@ -985,6 +985,40 @@ def test_a_step_of_a_node_clock_is_told_to_its_running_jobs_and_a_backlog_is_not
     assert len(told) == 2, told
 
 
+def test_statuses_a_late_broker_passes_on_are_no_clock_step(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A security round: a broker flooded by two logins passed every status on 4-57 s
+    late for minutes, and every node's clock (`local`'s too) was said to have stepped,
+    into three jobs' reasons. The scheduler's own heartbeat, as late, says it is the
+    broker: the nodes' statuses meanwhile are not taken for their clocks."""
+    from types import SimpleNamespace
+
+    from tomato_mqtt.services.scheduler import presence as presence_mod
+
+    monkeypatch.setattr(presence_mod, "STEP_HOLDS", 0.3)
+    told: list[tuple[str, str]] = []
+    runner = SimpleNamespace(
+        roles={"counter": "cmp"}, clock_stepped=lambda node, msg: told.append((node, msg))
+    )
+    p, beat = _presence({7: runner})
+    for _ in range(5):
+        beat(0.0)
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < 0.8:  # everything 6 s late, its own heartbeat too
+        p.own_echo(time.time() - 6.0)
+        beat(-6.0)
+        time.sleep(0.05)
+    assert told == [], told
+    # without its own heartbeat as late, the same is a step (what the test above checks)
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < 0.8:
+        p.own_echo(time.time() - 0.01)
+        beat(-6.0)
+        time.sleep(0.05)
+    assert len(told) == 1 and "stepped by -6.0 s" in told[0][1], told
+
+
 async def test_a_task_start_whose_answer_was_lost_runs_on() -> None:
     """Found by fault injection (a broker with tiny queues): the node started the task,
     its answer was lost, and the job ended ce "no node hosting … answered … is it

@@ -158,6 +158,23 @@ class Presence:
         # unreported: an outside check); a backlog passes within the hold below
         self._step_check(st.node, max(q[-1], q[-2] if len(q) > 1 else q[-1]), tol)
 
+    def own_echo(self, sent: float) -> None:
+        """This scheduler's own heartbeat back from the broker (``sent``: its time, our
+        clock): how late it comes is the broker's delivery lag, on no node's clock. Over
+        the clock tolerance, the nodes' statuses come as late, and are held from clock
+        judgments as after a stall (a broker under two logins' floods passed them on
+        4-57 s late, and every node's clock, `local`'s too, was said to have stepped,
+        into three jobs' reasons: a security round)."""
+        lag = time.time() - sent
+        if lag > self.svc.settings.scheduler.clock_tolerance:
+            if time.monotonic() - self.broker_back > 3 * self.svc.heartbeat:
+                log.info(
+                    "the broker passes messages %.1f s late (this scheduler's own "
+                    "heartbeat): the nodes' statuses are not taken for their clocks",
+                    lag,
+                )
+            self.broker_back = time.monotonic()
+
     def tick(self) -> None:
         """At each of the scheduler's heartbeats: one that comes late (the scheduler was
         held up) holds off clock judgments for a while, as a broker back from a stall

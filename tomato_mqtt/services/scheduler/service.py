@@ -474,6 +474,11 @@ class SchedulerService(Service):
             elif parsed.kind == "job_status" and parsed.name is not None:
                 if msg.payload and parsed.name.isdigit():
                     await self.retention.seen(int(parsed.name), msg.retain)
+            elif parsed.kind == "scheduler_status":
+                if msg.payload and not msg.retain:  # its own heartbeat, back: how late
+                    own = decode(SchedulerStatus, msg.payload, msg.topic)
+                    if own.epoch == self.epoch and own.state == "online" and own.heartbeat:
+                        self.presence_view.own_echo(own.heartbeat)
             elif not msg.payload:
                 if parsed.kind == "component_status" and parsed.name is not None:
                     await self._component_gone(parsed.name)
