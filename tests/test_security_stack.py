@@ -156,6 +156,20 @@ def roles(st: Stack, tmp_path: Path, kind: str) -> None:
     took = time.monotonic() - t0
     assert res.returncode == 1, res
     assert took < 3 + (2.0 if kind == "aedes" else 1.0), (took, res.stderr)
+    # by its device: the components' metas, which a node's login may not read, were
+    # said to be "refused … is tomato-mqtt running? `tomato start` starts it" (a
+    # security round)
+    res = st.run("passata", "get", "dev-counter/1", "max", "-t", "3", *as_user(st, "pc2"))
+    assert res.returncode == 1, res
+    assert "`tomato start` starts it" not in res.stderr, res.stderr
+    if kind == "amqtt":  # (it refuses the subscription; Mosquitto delivers nothing)
+        assert "component/+/meta: this login may not read it (login 'pc2')" in res.stderr
+    # another node's restart, unanswered: said to be maybe the login's, not only a node
+    # that is down (a security round)
+    res = st.run("tomato", "restart-node", "local", "-t", "3", *as_user(st, "pc2"))
+    assert res.returncode == 1, res
+    assert "the login 'pc2' may not" in res.stderr, res.stderr
+    assert "Start it" not in res.stderr and "`tomato start`" not in res.stderr, res.stderr
     # a reader sees a component's attributes from its meta, each value saying why it is
     # missing (they were left out without a word: an admin's tour)
     # ... at once, naming the role (after the whole -t: "no node … answered … is it

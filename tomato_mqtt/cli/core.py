@@ -457,6 +457,15 @@ def oneshot_failed(
                         f"this broker: is the instance right (--instance, [mqtt] "
                         f"instance)?{hint.replace('; if', ' If', 1)}"
                     )
+        elif ctx.url.username and e.asked and e.me is None:
+            # a node's or a component's command, and whoami unanswered too: a login that
+            # may ask neither, as a node's (`tomato restart-node` with a node's login
+            # read as a node that is down: a security round)
+            hint = (
+                f"; if it runs, the login {ctx.url.username!r} may not ask it: the scheduler "
+                "did not answer whoami either (a node's login may ask neither: check "
+                "-b/--broker and TOMATO_BROKER)"
+            )
         fail(f"{e} ({ctx.where()}){unanswered}{hint}")
     if isinstance(e, oneshot.Refused):
         fail(f"{e} ({ctx.where()})")
@@ -470,6 +479,14 @@ def oneshot_failed(
                 f"{e} — is tomato-mqtt running? ({ctx.where()}); if it runs, the login "
                 f"{ctx.url.username!r} may not ask the scheduler (a node's login may not: "
                 "check -b/--broker and TOMATO_BROKER)"
+            )
+        if ctx.url.username and e.topic:  # another node's or component's command
+            # (read as an external broker that is down: a security round on Aedes)
+            fail(
+                f"{e} ({ctx.where()}) as it took the request on {e.topic}: a broker that "
+                f"went away, or one whose rules the login {ctx.url.username!r} may not "
+                "send it by (Aedes closes the connection then; a node's login may command "
+                "only its own components: check -b/--broker and TOMATO_BROKER)"
             )
     if isinstance(e, oneshot.Stuck) and e.timeout < SHORT_WAIT:
         # `tomato status -t 0.001` on a healthy stack was said to be a stalled broker,

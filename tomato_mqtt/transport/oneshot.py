@@ -612,11 +612,19 @@ class Exchange:
     ) -> T | None:
         """Subscribe to ``topic_filter``; the first non-None ``on(topic, payload)`` of the
         messages that come within ``wait`` (retained ones first), else None."""
-        from tomato_mqtt.transport.session import SessionError, SessionTimeout
+        from tomato_mqtt.transport.session import SessionError, SessionRefused, SessionTimeout
 
         deadline = time.monotonic() + wait
         try:
-            self._session.subscribe(topic_filter, 1, wait)
+            try:
+                self._session.subscribe(topic_filter, 1, wait)
+            except SessionRefused as e:  # the broker's rules: not a stack that is down
+                # (said "is tomato-mqtt running? `tomato start` starts it" to a node's
+                # login, which may not read other components' metas: a security round)
+                raise Refused(
+                    f"{e}: this login may not read it"
+                    + (f" (login {self.url.username!r})" if self.url.username else "")
+                ) from None
             while True:
                 got_topic, raw, _retained = self._session.receive(deadline)
                 if got_topic == self.reply_to:
