@@ -406,6 +406,23 @@ def test_a_payload_the_schema_refuses_says_its_bad_values_too() -> None:
     said = str(ei.value)
     assert said.startswith("user: field required"), said
     assert "method[0].sampling_interval: '1 Hertz' is not a duration" in said, said
+    # ... and where the schema takes the rest, every value's problem at once (a review:
+    # "1 Hertz" alone, then the negative duration; a negative one, then a zero interval)
+    for update, words in (
+        (
+            {"sampling_interval": "1 Hertz", "max_duration": -5},
+            ["sampling_interval: '1 Hertz' is not a duration", "max_duration: must not be"],
+        ),
+        (
+            {"max_duration": "-5 min", "sampling_interval": 0},
+            ["max_duration: must not be negative (got -300)", "interval: must be positive"],
+        ),
+    ):
+        doc = _v("2.2")
+        doc["method"][0].update(update)
+        with pytest.raises(PayloadError) as ei:
+            parse_payload(doc)
+        assert all(w in str(ei.value) for w in words), (update, str(ei.value))
 
 
 def test_not_a_mapping() -> None:

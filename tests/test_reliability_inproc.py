@@ -2011,7 +2011,8 @@ async def test_the_components_of_a_node_never_started_are_shown_lost_until_it_st
         )
         said = decode(ComponentStatus, raw)
         assert said.error == (
-            "no status of node pc2 has come since the scheduler started: is it started?"
+            "no status of node pc2 has come (since the scheduler started, or a reload added "
+            "it): is it started?"
         ), said
         assert said.node == "pc2" and said.job is None, said
         s = st.settings

@@ -384,17 +384,24 @@ def test_a_stalled_scheduler_is_not_blamed_on_an_admin_s_login(secured: Stack) -
     may not …)": a permissions hunt. The scheduler's retained status says online, with
     a heartbeat overdue: said as a stalled scheduler."""
     st = secured
-    scheduler = st.child_pid("scheduler")
+    scheduler, node = st.child_pid("scheduler"), st.child_pid("node")
     os.kill(scheduler, signal.SIGSTOP)
+    os.kill(node, signal.SIGSTOP)
     try:
         time.sleep(11.0)  # its heartbeat (every 2 s) overdue: 10 s at least
         res = st.run("ketchup", "status", "-t", "1.5", *as_user(st, "ada"))
+        # a component's command too (a review: "if it runs, the login 'ada' may not ask
+        # it" of a node and a scheduler both frozen)
+        comp = st.run("passata", "status", "dev-counter/1", "-t", "1.5", *as_user(st, "ada"))
     finally:
+        os.kill(node, signal.SIGCONT)
         os.kill(scheduler, signal.SIGCONT)
     assert res.returncode == 1, res
     assert "the scheduler's status says online, but its heartbeat is " in res.stderr, res.stderr
     assert "s overdue: it is stalled (stopped, swapped out, overloaded) or cut off" in res.stderr
     assert "may not ask it" not in res.stderr, res.stderr
+    assert comp.returncode == 1, comp
+    assert "may not ask it" not in comp.stderr, comp.stderr
     assert "running" in allowed(st, "ada", "tomato", "status")  # back
 
 

@@ -490,7 +490,8 @@ def test_start_does_not_wait_out_its_timeout_for_a_remote_node_not_running(
         row = st.json("tomato", "status", "components")["data"][REMOTE]
         assert row["state"] == "no node", row
         assert row["error"] == (
-            "no status of node pc2 has come since the scheduler started: is it started?"
+            "no status of node pc2 has come (since the scheduler started, or a reload added "
+            "it): is it started?"
         ), row
         for name in (REMOTE, "dev-remote/1", "dev-remote"):  # each form of its name
             res = st.run("passata", "status", name, "-t", "1")
@@ -577,9 +578,16 @@ def test_start_does_not_wait_out_its_timeout_for_a_remote_node_not_running(
                 "within 2 s — the scheduler says node pc2 is offline (it was stopped)"
             ) in res.stderr, res.stderr
             assert took < 10, f"passata waited {took:.1f} s for a node the scheduler has away"
-        # its retained meta is still read while the node is away
+        # its retained meta is still read while the node is away, and `attrs` shows the
+        # attributes from it, each value saying why it was not read (a review: it failed
+        # whole after 2 s)
         res = st.run("passata", "capabilities", REMOTE, "-t", "20")
         assert res.returncode == 0, res
+        t0 = time.monotonic()
+        res = st.run("passata", "attrs", "dev-remote/1", "-t", "20")
+        assert res.returncode == 0, res
+        assert "value not read:" in res.stdout and "offline (it was stopped)" in res.stdout, res
+        assert time.monotonic() - t0 < 10
     finally:
         if node is not None and node.poll() is None:
             node.terminate()

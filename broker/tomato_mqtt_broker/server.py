@@ -795,6 +795,14 @@ def _broker_class(
             if tokens < 0:
                 await asyncio.sleep(-tokens / rate)
 
+        def _paced_login(self, session: Any) -> bool:
+            """Whether the connections of ``session``'s login are read at a pace
+            (_paced): a person's, not the dashboard service's own, which takes every
+            status and data topic and acknowledges each (its people sign in with their
+            own logins, which are paced)."""
+            acl = self._acl
+            return acl is not None and acl.role_of(session.username) in PEOPLE - {"dashboard"}
+
         def _person(self, session: Any) -> bool:
             """Whether the login of ``session`` is a person's (admin, operator, reader)."""
             acl = self._acl
@@ -868,7 +876,7 @@ def _broker_class(
                 if busy:  # told "server unavailable": its password was right
                     handler.mqtt_connack_authorize = functools.partial(_unavailable, handler)
                 return handler, session
-            if isinstance(reader, _Framed) and self._person(session):
+            if isinstance(reader, _Framed) and self._paced_login(session):
                 reader.pace = functools.partial(self._paced, session.username or "")
             try:
                 handler2, kept = await self._admit(handler, session, remote_address, remote_port)

@@ -33,6 +33,7 @@ from tomato_mqtt.waits import wait_for
 from tomato_mqtt.wire.messages import ComponentMeta, DecodeError, Reply, decode
 
 __all__ = [
+    "AWAY_WAIT",
     "NODE_AWAY",
     "RETAINED_WAIT",
     "ComponentArg",

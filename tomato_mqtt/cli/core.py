@@ -460,12 +460,23 @@ def oneshot_failed(
         elif ctx.url.username and e.asked and e.me is None:
             # a node's or a component's command, and whoami unanswered too: a login that
             # may ask neither, as a node's (`tomato restart-node` with a node's login
-            # read as a node that is down: a security round)
-            hint = (
-                f"; if it runs, the login {ctx.url.username!r} may not ask it: the scheduler "
-                "did not answer whoami either (a node's login may ask neither: check "
-                "-b/--broker and TOMATO_BROKER)"
-            )
+            # read as a node that is down: a security round); unless the scheduler's
+            # retained status says why it did not answer (an admin was told "may not
+            # ask it" of a stack frozen by SIGSTOP: a review)
+            state, overdue = scheduler_presence(ctx)
+            if state in ("offline", "lost", "stopping"):
+                hint = f"; the scheduler did not answer whoami either: its status says {state}"
+            elif overdue is not None:
+                hint = (
+                    "; the scheduler did not answer whoami either: its status says online, "
+                    f"but its heartbeat is {overdue:.0f} s overdue (stalled or cut off)"
+                )
+            else:
+                hint = (
+                    f"; if it runs, the login {ctx.url.username!r} may not ask it: the "
+                    "scheduler did not answer whoami either (a node's login may ask "
+                    "neither: check -b/--broker and TOMATO_BROKER)"
+                )
         fail(f"{e} ({ctx.where()}){unanswered}{hint}")
     if isinstance(e, oneshot.Refused):
         fail(f"{e} ({ctx.where()})")

@@ -42,13 +42,23 @@ def attrs(component: ComponentArg, opts: common.Opts) -> None:
             # tour). Asked first: sent beside the values, the whoami went with the
             # connection Aedes closes for the forbidden get_attr
             why = await _may_not(req, user, opts.timeout)
-            get = components.cmd("get_attr", {"attrs": sorted(data)}, opts.timeout)
+            # a node the scheduler has away: its values waited for briefly (AWAY_WAIT),
+            # the attributes shown all the same from the retained meta
+            wait = opts.timeout
+            if components.NODE_AWAY.get():
+                wait = min(wait, components.AWAY_WAIT)
+            get = components.cmd("get_attr", {"attrs": sorted(data)}, wait)
             r: Reply | None = None
             try:
                 if why is None:
                     r = await get(req, name)
             except NoResponder as e:
-                why = f"{e} (the node does not answer, or this login may not ask it)"
+                away = components.NODE_AWAY.get()
+                why = (
+                    f"{e} — {away}"
+                    if away
+                    else f"{e} (the node does not answer, or this login may not ask it)"
+                )
             if r is None:
                 for k in data:
                     data[k]["error"] = f"value not read: {why}"
@@ -73,7 +83,7 @@ def attrs(component: ComponentArg, opts: common.Opts) -> None:
                         data[k]["error"] = r1.msg
         return Reply(id="", success=True, msg=msg, data=data)
 
-    components.run(component, call, _attrs_human, opts)
+    components.run(component, call, _attrs_human, opts, asks_node=False)
 
 
 async def _may_not(req: Requester, user: str | None, timeout: float) -> str | None:

@@ -192,8 +192,10 @@ def parse_payload(data: Mapping[str, Any], user: str | None = None) -> Payload:
             user=user,
             more=not_durations + _raw_value_problems(data),
         ) from None
-    if not_durations:
-        raise PayloadError(*one_line(not_durations))
+    if not_durations:  # with the values wrong beside them (a review: one at a time)
+        said = {loc for loc, _ in not_durations}
+        more = [p for p in _raw_value_problems(data) if p[0] not in said]
+        raise PayloadError(*one_line(not_durations + more))
     while version != LATEST_VERSION:
         nxt = _NEXT[version]
         try:
@@ -365,33 +367,45 @@ def field_as_written(doc: Mapping[str, Any], i: int, field: str) -> str:
 
 def _check_values(payload: Any, doc: Mapping[str, Any]) -> None:
     """What the schema lets through but no job can do: refused here, with where and why,
-    in the field names of the version ``doc`` (the payload as written) was written in."""
+    in the field names of the version ``doc`` (the payload as written) was written in;
+    every such problem at once (one at a time, a payload took a submit each: a review)."""
     if not payload.method:
         raise PayloadError("method", "the payload has no tasks: there is nothing to run")
+    problems: list[tuple[str, str]] = []
     for i, task in enumerate(payload.method):
         dur = field_as_written(doc, i, "max_duration")
         dt = field_as_written(doc, i, "sampling_interval")
+        finite = True
         for field in ("max_duration", "sampling_interval"):
             value = getattr(task, field)
             if not math.isfinite(value):  # "inf s", "nan", 1e999: no task ends or samples
-                raise PayloadError(
-                    f"method[{i}].{dur if field == 'max_duration' else dt}",
-                    f"must be a finite number of seconds (got {value})",
+                finite = False
+                problems.append(
+                    (
+                        f"method[{i}].{dur if field == 'max_duration' else dt}",
+                        f"must be a finite number of seconds (got {value})",
+                    )
                 )
+        if not finite:
+            continue
         if task.max_duration < 0:
-            raise PayloadError(
-                f"method[{i}].{dur}", f"must not be negative (got {task.max_duration:g})"
+            problems.append(
+                (f"method[{i}].{dur}", f"must not be negative (got {task.max_duration:g})")
             )
         if task.sampling_interval <= 0:
-            raise PayloadError(
-                f"method[{i}].{dt}", f"must be positive (got {task.sampling_interval:g})"
+            problems.append(
+                (f"method[{i}].{dt}", f"must be positive (got {task.sampling_interval:g})")
             )
-        if task.max_duration < task.sampling_interval:
-            raise PayloadError(
-                f"method[{i}].{dur}",
-                f"the task would take no data point: {dur} ({task.max_duration:g} s) "
-                f"is shorter than {dt} ({task.sampling_interval:g} s)",
+        if 0 <= task.max_duration < task.sampling_interval and task.sampling_interval > 0:
+            problems.append(
+                (
+                    f"method[{i}].{dur}",
+                    f"the task would take no data point: {dur} ({task.max_duration:g} s) "
+                    f"is shorter than {dt} ({task.sampling_interval:g} s)",
+                )
             )
+    if problems:
+        raise PayloadError(*one_line(problems))
 
 
 def _raw_value_problems(doc: Mapping[str, Any]) -> list[tuple[str, str]]:

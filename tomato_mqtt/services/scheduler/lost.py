@@ -169,5 +169,8 @@ def _said(node: str, why: str) -> str:
     if why == STOPPED:
         return f"node {node} is offline ({why})"
     if why == NOT_SEEN:  # (as `tomato status components` says it: status.py)
-        return f"no status of node {node} has come since the scheduler started: is it started?"
+        return (
+            f"no status of node {node} has come (since the scheduler started, or a reload "
+            "added it): is it started?"
+        )
     return f"node {node} is lost ({why})"

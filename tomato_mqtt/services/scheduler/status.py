@@ -90,8 +90,8 @@ def _components(svc: SchedulerService) -> dict[str, JsonValue]:
             away = (
                 svc.lost.said(c.node)
                 if node
-                else f"no status of node {c.node} has come since the scheduler started: "
-                "is it started?"
+                else f"no status of node {c.node} has come (since the scheduler started, or a "
+                "reload added it): is it started?"
             )
             if jobid not in svc.runners:  # its node's last word, of a job that ended since
                 jobid = None  # (an outside run: "lost, job 5" after job 5 had ended ce)
