@@ -935,14 +935,11 @@ def _presence(runners: dict[int, Any]) -> tuple[Any, Callable[[float], None]]:
     return p, beat
 
 
-def test_a_step_of_a_node_clock_is_told_to_its_running_jobs_and_a_backlog_is_not(
+def _stepping(
     monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """Found by fault injection: a node's clock stepped back an hour mid-task, the job
-    ended c without a word (its uts jump back), and a step forward had the file record
-    one offset for all its points. A new offset that holds (STEP_HOLDS) is a step, told
-    to each running job on that node; one that passes (a paused scheduler's backlog of
-    statuses, oldest first) is not."""
+) -> tuple[Any, Callable[[float], None], list[tuple[str, str]]]:
+    """:func:`_presence` with job 7 running on the node, the steps told to it kept in the
+    list returned, and a step taken as such once it held 0.3 s (STEP_HOLDS)."""
     from types import SimpleNamespace
 
     from tomato_mqtt.services.scheduler import presence as presence_mod
@@ -953,6 +950,18 @@ def test_a_step_of_a_node_clock_is_told_to_its_running_jobs_and_a_backlog_is_not
         roles={"counter": "cmp"}, clock_stepped=lambda node, msg: told.append((node, msg))
     )
     p, beat = _presence({7: runner})
+    return p, beat, told
+
+
+def test_a_step_of_a_node_clock_is_told_to_its_running_jobs_and_a_backlog_is_not(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Found by fault injection: a node's clock stepped back an hour mid-task, the job
+    ended c without a word (its uts jump back), and a step forward had the file record
+    one offset for all its points. A new offset that holds (STEP_HOLDS) is a step, told
+    to each running job on that node; one that passes (a paused scheduler's backlog of
+    statuses, oldest first) is not."""
+    p, beat, told = _stepping(monkeypatch)
 
     for _ in range(5):
         beat(0.0)
@@ -992,16 +1001,7 @@ def test_statuses_a_late_broker_passes_on_are_no_clock_step(
     late for minutes, and every node's clock (`local`'s too) was said to have stepped,
     into three jobs' reasons. The scheduler's own heartbeat, as late, says it is the
     broker: the nodes' statuses meanwhile are not taken for their clocks."""
-    from types import SimpleNamespace
-
-    from tomato_mqtt.services.scheduler import presence as presence_mod
-
-    monkeypatch.setattr(presence_mod, "STEP_HOLDS", 0.3)
-    told: list[tuple[str, str]] = []
-    runner = SimpleNamespace(
-        roles={"counter": "cmp"}, clock_stepped=lambda node, msg: told.append((node, msg))
-    )
-    p, beat = _presence({7: runner})
+    p, beat, told = _stepping(monkeypatch)
     for _ in range(5):
         beat(0.0)
     t0 = time.monotonic()

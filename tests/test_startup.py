@@ -506,22 +506,12 @@ def test_start_does_not_wait_out_its_timeout_for_a_remote_node_not_running(
         assert ws is not None
         ws_cmd = ["--broker", f"ws://127.0.0.1:{ws[1]}", "-A", str(st.appdir)]
         for name, over_ws in ((REMOTE, False), ("dev-remote/1", False), (REMOTE, True)):
-            t0 = time.monotonic()
-            if over_ws:
-                res = subprocess.run(
-                    [str(BIN / "passata"), "status", name, "-t", "20", *ws_cmd],
-                    capture_output=True,
-                    text=True,
-                    timeout=60,
-                )
-            else:
-                res = st.run("passata", "status", name, "-t", "20")
-            took = time.monotonic() - t0
-            assert res.returncode == 1, res
-            assert (
-                "within 2 s — the scheduler has never heard of its node 'pc2' (is it started?)"
-            ) in res.stderr, res.stderr
-            assert took < 10, f"passata waited {took:.1f} s for a node the scheduler has away"
+            _away_said(
+                st,
+                ["status", name, "-t", "20"],
+                ws_cmd if over_ws else None,
+                "within 2 s — the scheduler has never heard of its node 'pc2' (is it started?)",
+            )
         # what needs no node reads what is retained: nothing yet, and says so
         res = st.run("passata", "capabilities", REMOTE, "-t", "20")
         assert res.returncode == 1 and "no node has announced component" in res.stderr, res
@@ -562,22 +552,12 @@ def test_start_does_not_wait_out_its_timeout_for_a_remote_node_not_running(
                 "within 1 s — the scheduler says node pc2 is offline (it was stopped) (broker"
             ) in res.stderr, res.stderr
         for name, over_ws in ((REMOTE, False), ("dev-remote", False), ("dev-remote/1", True)):
-            t0 = time.monotonic()
-            if over_ws:
-                res = subprocess.run(
-                    [str(BIN / "passata"), "get", name, "max", "-t", "20", *ws_cmd],
-                    capture_output=True,
-                    text=True,
-                    timeout=60,
-                )
-            else:
-                res = st.run("passata", "get", name, "max", "-t", "20")
-            took = time.monotonic() - t0
-            assert res.returncode == 1, res
-            assert (
-                "within 2 s — the scheduler says node pc2 is offline (it was stopped)"
-            ) in res.stderr, res.stderr
-            assert took < 10, f"passata waited {took:.1f} s for a node the scheduler has away"
+            _away_said(
+                st,
+                ["get", name, "max", "-t", "20"],
+                ws_cmd if over_ws else None,
+                "within 2 s — the scheduler says node pc2 is offline (it was stopped)",
+            )
         # its retained meta is still read while the node is away, and `attrs` shows the
         # attributes from it, each value saying why it was not read (a review: it failed
         # whole after 2 s)
@@ -596,6 +576,24 @@ def test_start_does_not_wait_out_its_timeout_for_a_remote_node_not_running(
 
 
 REMOTE = "example_counter:(remote-addr,1)"
+
+
+def _away_said(st: Any, args: list[str], ws_cmd: list[str] | None, said: str) -> None:
+    """``passata ARGS`` (over WebSockets with ``ws_cmd``) fails within 10 s of its -t 20,
+    saying ``said``: a node the scheduler has away is not waited for all of -t."""
+    from tests.stack import BIN
+
+    t0 = time.monotonic()
+    if ws_cmd is not None:
+        res = subprocess.run(
+            [str(BIN / "passata"), *args, *ws_cmd], capture_output=True, text=True, timeout=60
+        )
+    else:
+        res = st.run("passata", *args)
+    took = time.monotonic() - t0
+    assert res.returncode == 1, res
+    assert said in res.stderr, res.stderr
+    assert took < 10, f"passata waited {took:.1f} s for a node the scheduler has away"
 
 
 def _merge_devices(local: str, remote: str) -> str:
