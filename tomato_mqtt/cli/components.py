@@ -88,10 +88,10 @@ def run(
             wait = min(opts.timeout, AWAY_WAIT)
             try:
                 return await wait_for(op(req, name), wait)
-            except (asyncio.TimeoutError, NoResponder):
+            except (asyncio.TimeoutError, NoResponder) as e:
                 raise NoResponder(
                     f"no node hosting {name} answered within {wait:g} s — {away}",
-                    req.topics.component_user_cmd(name, "status"),
+                    e.topic if isinstance(e, NoResponder) else "",  # (denied() reads it)
                 ) from None
         except Refused as e:
             return Reply(id="", success=False, msg=str(e))

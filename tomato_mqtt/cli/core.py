@@ -405,6 +405,23 @@ def scheduler_presence(ctx: CallContext) -> tuple[str | None, float | None]:
     return state, late if late > 0 else None
 
 
+def _scheduler_away(ctx: CallContext) -> tuple[str | None, str | None]:
+    """(what the scheduler's retained status says of a scheduler that did not answer,
+    when it is not running or stands still: "status says offline", "status says online,
+    but its heartbeat is N s overdue: …"; None when it says it runs on time), and the
+    state it says (:func:`scheduler_presence`)."""
+    state, overdue = scheduler_presence(ctx)
+    if state in ("offline", "lost", "stopping"):
+        return f"status says {state}", state
+    if overdue is not None:
+        return (
+            f"status says online, but its heartbeat is {overdue:.0f} s overdue: it is "
+            "stalled (stopped, swapped out, overloaded) or cut off from the broker",
+            state,
+        )
+    return None, state
+
+
 #: broker hosts that are this PC (where a supervisor's pid file can be looked at)
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 
@@ -431,16 +448,10 @@ def oneshot_failed(
             # same as a scheduler that is down (an admin's tour); unless the scheduler's
             # retained status says it is not running (an admin's after `tomato stop`
             # was told it may not ask it: another tour), or that it stands still
-            state, overdue = scheduler_presence(ctx)
-            if state in ("offline", "lost", "stopping"):
-                hint = f"; the scheduler's status says {state}"
-            elif overdue is not None:  # (a scheduler stopped by SIGSTOP on a secured
-                # stack was said to be one the admin's login may not ask: a fault run)
-                hint = (
-                    "; the scheduler's status says online, but its heartbeat is "
-                    f"{overdue:.0f} s overdue: it is stalled (stopped, swapped out, "
-                    "overloaded) or cut off from the broker"
-                )
+            said, state = _scheduler_away(ctx)
+            if said is not None:  # (a scheduler stopped by SIGSTOP on a secured stack was
+                # said to be one the admin's login may not ask: a fault run)
+                hint = f"; the scheduler's {said}"
             elif not ctx.url.username:
                 pass  # an open stack: nothing more to tell
             elif e.asked and e.me is not None:  # it answered whoami meanwhile: it runs
@@ -463,14 +474,9 @@ def oneshot_failed(
             # read as a node that is down: a security round); unless the scheduler's
             # retained status says why it did not answer (an admin was told "may not
             # ask it" of a stack frozen by SIGSTOP: a review)
-            state, overdue = scheduler_presence(ctx)
-            if state in ("offline", "lost", "stopping"):
-                hint = f"; the scheduler did not answer whoami either: its status says {state}"
-            elif overdue is not None:
-                hint = (
-                    "; the scheduler did not answer whoami either: its status says online, "
-                    f"but its heartbeat is {overdue:.0f} s overdue (stalled or cut off)"
-                )
+            said, _state = _scheduler_away(ctx)
+            if said is not None:
+                hint = f"; the scheduler did not answer whoami either: its {said}"
             else:
                 hint = (
                     f"; if it runs, the login {ctx.url.username!r} may not ask it: the "

@@ -44,16 +44,14 @@ def attrs(component: ComponentArg, opts: common.Opts) -> None:
             why = await _may_not(req, user, opts.timeout)
             # a node the scheduler has away: its values waited for briefly (AWAY_WAIT),
             # the attributes shown all the same from the retained meta
-            wait = opts.timeout
-            if components.NODE_AWAY.get():
-                wait = min(wait, components.AWAY_WAIT)
+            away = components.NODE_AWAY.get()
+            wait = min(opts.timeout, components.AWAY_WAIT) if away else opts.timeout
             get = components.cmd("get_attr", {"attrs": sorted(data)}, wait)
             r: Reply | None = None
             try:
                 if why is None:
                     r = await get(req, name)
             except NoResponder as e:
-                away = components.NODE_AWAY.get()
                 why = (
                     f"{e} — {away}"
                     if away

@@ -388,14 +388,9 @@ def _check_values(payload: Any, doc: Mapping[str, Any]) -> None:
                 )
         if not finite:
             continue
-        if task.max_duration < 0:
-            problems.append(
-                (f"method[{i}].{dur}", f"must not be negative (got {task.max_duration:g})")
-            )
-        if task.sampling_interval <= 0:
-            problems.append(
-                (f"method[{i}].{dt}", f"must be positive (got {task.sampling_interval:g})")
-            )
+        problems += _sign_problems(
+            f"method[{i}]", dur, task.max_duration, dt, task.sampling_interval
+        )
         if 0 <= task.max_duration < task.sampling_interval and task.sampling_interval > 0:
             problems.append(
                 (
@@ -419,19 +414,35 @@ def _raw_value_problems(doc: Mapping[str, Any]) -> list[tuple[str, str]]:
     for i, task in enumerate(method if isinstance(method, list) else []):
         if not isinstance(task, Mapping):
             continue
-        for field, least, need in (
-            ("max_duration", 0.0, "must not be negative"),  # (zero is the schema's to take)
-            ("sampling_interval", None, "must be positive"),
-        ):
-            name = field_as_written(doc, i, field)
-            raw = task.get(name)
-            if isinstance(raw, bool):
-                continue
-            value = plain_seconds(raw) if isinstance(raw, str) else raw
-            if not isinstance(value, int | float) or not math.isfinite(value):
-                continue
-            if value < 0 or (least is None and value == 0):
-                out.append((f"method[{i}].{name}", f"{need} (got {value:g})"))
+        dur = field_as_written(doc, i, "max_duration")
+        dt = field_as_written(doc, i, "sampling_interval")
+        out += _sign_problems(
+            f"method[{i}]", dur, _number(task.get(dur)), dt, _number(task.get(dt))
+        )
+    return out
+
+
+def _number(raw: Any) -> float | None:
+    """A duration as written, in seconds: a number or a plain text duration (None for
+    anything else, a bool, or a number that is not finite)."""
+    if isinstance(raw, bool):
+        return None
+    value = plain_seconds(raw) if isinstance(raw, str) else raw
+    if not isinstance(value, int | float) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+def _sign_problems(
+    task: str, dur: str, duration: float | None, dt: str, interval: float | None
+) -> list[tuple[str, str]]:
+    """A task's negative duration and its interval that is not positive (None: not
+    known), named as written (``dur``, ``dt``)."""
+    out = []
+    if duration is not None and duration < 0:
+        out.append((f"{task}.{dur}", f"must not be negative (got {duration:g})"))
+    if interval is not None and interval <= 0:
+        out.append((f"{task}.{dt}", f"must be positive (got {interval:g})"))
     return out
 
 

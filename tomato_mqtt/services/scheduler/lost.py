@@ -91,6 +91,11 @@ class LostComponents:
         why = self.marked.get(node)
         return _said(node, why) if why is not None else None
 
+    @staticmethod
+    def not_seen(node: str) -> str:
+        """What is said of a node no status has come from (shown lost or not yet)."""
+        return _said(node, NOT_SEEN)
+
     async def mark(self, node: str, why: str) -> None:
         self.answered.discard(node)
         if node in self.marked:

@@ -87,12 +87,7 @@ def _components(svc: SchedulerService) -> dict[str, JsonValue]:
         away = None  # why its node is not online, as its retained status says it
         if node is None or node.state != "online":
             state = "lost" if node else "no node"
-            away = (
-                svc.lost.said(c.node)
-                if node
-                else f"no status of node {c.node} has come (since the scheduler started, or a "
-                "reload added it): is it started?"
-            )
+            away = svc.lost.said(c.node) if node else svc.lost.not_seen(c.node)
             if jobid not in svc.runners:  # its node's last word, of a job that ended since
                 jobid = None  # (an outside run: "lost, job 5" after job 5 had ended ce)
         out[name] = {
