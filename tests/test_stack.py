@@ -45,6 +45,17 @@ def _running_long_job(st: Stack, tmp_path: Path, seconds: float = 120.0) -> int:
     return jobid
 
 
+def _first_point(st: Stack, component: str, jobid: int, timeout: float = 20.0) -> None:
+    """Wait until a point of job ``jobid`` is the component's last (retained) point."""
+    deadline = time.monotonic() + timeout
+    while True:
+        last = st.json("passata", "last", component)
+        if last["success"] and last["data"]["jobid"] == jobid:
+            return
+        assert time.monotonic() < deadline, last
+        time.sleep(0.1)
+
+
 def test_init_writes_defaults_and_never_overwrites(tmp_path: Path) -> None:
     dirs = ["-A", str(tmp_path / "a"), "-D", str(tmp_path / "d"), "-L", str(tmp_path / "l")]
     res = subprocess.run([str(BIN / "tomato"), "init", *dirs], capture_output=True, text=True)
@@ -580,6 +591,10 @@ def test_a_restart_node_read_late_by_a_node_that_stood_still_is_not_carried_out(
     st = make_stack(tmp_path, scheduler="node_grace_period = 30.0\nlost_after = 4.0\n")
     with started(st):
         jobid = _running_long_job(st, tmp_path)
+        # a point of the job before the freeze: stopped within its first 0.2 s, and woken
+        # for a moment only, the task had taken none (its end said 0 points, rightly; the
+        # test read it as no count told: ci87)
+        _first_point(st, "dev-counter/1", jobid)
         node = st.child_pid("node")
         os.kill(node, signal.SIGSTOP)
         try:
@@ -616,6 +631,8 @@ def test_a_restart_node_read_late_by_a_node_that_stood_still_is_not_carried_out(
         job = st.wait_job(jobid, {"c", "ce", "cd"}, timeout=60)
         assert job["status"] == "ce" and "node shutting down" in job["reason"], job
         assert "restarted mid-task" not in job["reason"], job
+        end = job["progress"]["tasks"]["0"]["end"]
+        assert isinstance(end["npoints"], int), end  # told by the node, not given up unknown
         n, _missed = taken(job)
         tree = load_tree(job["respath"])
         assert n > 0 and tree["counter"].to_dataset()["uts"].size == n, (n, job)
