@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import subprocess
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -209,3 +210,72 @@ def test_a_start_after_a_stop_says_ready_once_the_nodes_are_back(
     assert "; its log: " in said and "/node-pc2.log\n" in said, said
     assert "node pc2: configured with " in said, said
     assert "INFO tomato_mqtt.node.drivers" not in said, said
+
+
+def test_a_call_while_the_broker_restarts_waits_for_it_within_its_timeout(
+    mosquitto_path: str, tmp_path: Path
+) -> None:
+    """A fault-injection round: `ketchup submit -t 60` while Mosquitto was restarted
+    (17 s) failed at once, "connection refused … is it running? Start it". With a
+    supervisor of the stack alive on this PC, the call waits for the broker within its
+    timeout, says so, and the job is submitted once it is back; with none, or past the
+    timeout, it fails, saying which."""
+    from tests.stack import BIN, CONFIG, cli_env
+
+    port = free_port()
+    mosq = external_broker("mosquitto", port, tmp_path, mosquitto=mosquitto_path)
+    asyncio.run(mosq.start())
+    st = external_stack(tmp_path / "stack")
+    st.port = port
+    # the data folder in the settings, as a lab has it: where the CLI finds the pid file
+    toml = st.appdir / "settings.toml"
+    toml.write_text(f'datadir = "{st.datadir}"\n{toml.read_text()}')
+    try:
+        with started(st):
+            st.load_ready("pip-counter-1", "counter_1_0.1")
+            asyncio.run(mosq.stop())
+            began = time.monotonic()
+            short = st.run("ketchup", "status", "-t", "1")
+            assert short.returncode == 1 and time.monotonic() - began < 10, short
+            sup = st.supervisor_pid()
+            assert "waiting up to 1 s for it to be back" in short.stderr, short.stderr
+            assert f"tomato-mqtt runs here (supervisor pid {sup}) and its broker" in short.stderr
+            assert "took no connection within 1 s" in short.stderr, short.stderr
+            submit = [BIN / "ketchup", "submit", CONFIG / "counter_1_0.1.yml", "-t", "60"]
+            asked = subprocess.Popen(
+                [*submit, "-p", str(port), "-A", str(st.appdir)],
+                env=cli_env(st.env, "ketchup", "submit"),
+                cwd=st.workdir,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            status = [BIN / "passata", "status", "dev-counter/1", "-t", "60"]
+            looked = subprocess.Popen(  # passata's own exchange: waited for as well
+                [*status, "-p", str(port), "-A", str(st.appdir)],
+                env=cli_env(st.env, "passata", "status"),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            time.sleep(3)
+            assert asked.poll() is None, asked.communicate()  # waiting, not failed
+            assert looked.poll() is None, looked.communicate()
+            asyncio.run(mosq.start())
+            out, err = asked.communicate(timeout=60)
+            assert asked.returncode == 0, (out, err)
+            assert "takes no connection" in err and f"supervisor pid {sup}" in err, err
+            seen, said = looked.communicate(timeout=60)
+            assert looked.returncode == 0 and "state" in seen, (seen, said)
+            assert "takes no connection" in said, said
+            jobid = int(out.split()[-1])
+            job = st.wait_job(jobid, {"c", "ce", "cd"}, timeout=60)
+            assert job["status"] == "c", (job, st.logs())
+        # no stack here any more: said at once, as before
+        asyncio.run(mosq.stop())
+        began = time.monotonic()
+        res = st.run("ketchup", "status", "-t", "20")
+        assert res.returncode == 1 and time.monotonic() - began < 10, res
+        assert "is it running? Start it" in res.stderr and "waiting" not in res.stderr, res
+    finally:
+        asyncio.run(mosq.stop())

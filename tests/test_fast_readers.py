@@ -20,7 +20,7 @@ else:
     import tomli as tomllib
 
 from tomato_mqtt import jsonlite
-from tomato_mqtt.cli.fastsettings import config_dir, light_mqtt, plain_mqtt_table
+from tomato_mqtt.cli.fastsettings import config_dir, light_datadir, light_mqtt, plain_mqtt_table
 from tomato_mqtt.config.initfiles import render_default_settings
 from tomato_mqtt.wire import slugs
 
@@ -242,6 +242,36 @@ def test_a_one_request_call_loads_no_toml_json_or_re_parser(tmp_path: Path) -> N
     assert res.stdout.strip() == "[]", res.stdout
     # it read that file: the port there, refused
     assert f"cannot connect to the MQTT broker at mqtt://127.0.0.1:{port}" in res.stderr
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        None,  # no settings.toml
+        "",
+        "[mqtt]\nport = 1884\n",
+        'datadir = "data"\n[mqtt]\nport = 1884\n',
+        "datadir = '/srv/tomato data'  # absolute\n",
+        'datadir = "~/lab"\n',
+        'datadir = "a\\u00e9b"\n',  # an escape: TOML's reader
+        'datadir = """multi"""\n[broker]\nembedded = false\n',
+    ],
+)
+def test_the_light_datadir_is_the_settings_datadir(
+    text: str | None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where a call that could not connect looks for this PC's supervisor (its pid file):
+    the datadir the full settings give, for every way settings.toml may give it."""
+    from tomato_mqtt.config.settings import load_settings
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("XDG_DATA_HOME", raising=False)
+    app = tmp_path / "app"
+    app.mkdir()
+    if text is not None:
+        (app / "settings.toml").write_text(text)
+    assert light_datadir(app, None) == str(load_settings(app).datadir)
+    assert light_datadir(app, tmp_path / "d") == str(load_settings(app, tmp_path / "d").datadir)
 
 
 # -- found by a review of the above -----------------------------------------------------

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 
 from tomato_mqtt.cli.denied import denied, whoami
-from tomato_mqtt.cli.fastsettings import external_broker, light_mqtt
+from tomato_mqtt.cli.fastsettings import external_broker, light_datadir, light_mqtt
 from tomato_mqtt.cli.output import Output, below, echo
 from tomato_mqtt.config.url import BrokerURL
 from tomato_mqtt.record import Record
@@ -21,7 +21,7 @@ from tomato_mqtt.wire.topics import Topics
 # one-request call, which issue 15 wants within three interpreter starts
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # the long-lived client is imported only by commands that need it
-    from collections.abc import Mapping
+    from collections.abc import Callable, Mapping
     from os import PathLike
     from pathlib import Path
     from typing import Any, NoReturn
@@ -48,6 +48,7 @@ __all__ = [
     "load_settings",
     "oneshot_failed",
     "run_request",
+    "while_broker_restarts",
 ]
 
 
@@ -333,19 +334,85 @@ def run_request(
     be reached (``tomato stop``: then there is nothing to stop)."""
     from tomato_mqtt.transport import oneshot
 
-    try:
+    def call(within: float) -> Any:
         return oneshot.request(
             ctx.url,
             topic,
             ctx.topics.reply,
             args,
-            timeout=timeout,
+            timeout=within,
             who=who,
             resend=who == "scheduler",  # it may be restarting; a node's ops are not resent
             whoami=whoami(ctx),
         )
+
+    try:
+        return while_broker_restarts(ctx, timeout, call, unanswered, unreachable)
     except oneshot.OneShotError as e:
         oneshot_failed(ctx, e, unanswered, unreachable)
+
+
+def while_broker_restarts(
+    ctx: CallContext,
+    timeout: float,
+    call: Callable[[float], Any],
+    unanswered: str = "",
+    unreachable: str = "",
+) -> Any:
+    """``call(timeout)``, made again while nothing listens on the broker's port and a
+    supervisor of its stack runs on this PC: a broker being restarted (killed, crashed;
+    an external one its service manager restarts), waited for within ``timeout`` (each
+    call gets what is left of it). ``ketchup submit -t 60`` failed at once in a 17 s
+    restart of Mosquitto (a fault-injection round). With no supervisor here it fails at
+    once, as before (:func:`oneshot_failed`); other errors are raised."""
+    import time
+
+    from tomato_mqtt.transport import oneshot
+
+    deadline = time.monotonic() + timeout
+    supervisor: int | None = None  # this PC's live supervisor, once the broker refused us
+    while True:
+        try:
+            return call(timeout if supervisor is None else max(deadline - time.monotonic(), 0.5))
+        except oneshot.Unreachable as e:
+            if supervisor is None:
+                supervisor = _local_supervisor(ctx)
+                if supervisor is None:
+                    oneshot_failed(ctx, e, unanswered, unreachable)
+                echo(
+                    f"note: the MQTT broker at {ctx.url} takes no connection, and tomato-mqtt "
+                    f"runs here (supervisor pid {supervisor}): waiting up to {timeout:g} s "
+                    "for it to be back (restarting?)",
+                    err=True,
+                )
+            if deadline - time.monotonic() <= RECONNECT_GAP:
+                fail(_not_back(ctx, e, supervisor, timeout, unreachable))
+            time.sleep(RECONNECT_GAP)
+
+
+#: s between connections tried again to a broker that this PC's supervisor runs
+RECONNECT_GAP = 0.25
+
+
+def _not_back(
+    ctx: CallContext, e: Exception, supervisor: int, timeout: float, unreachable: str
+) -> str:
+    """What a call that waited ``timeout`` for the broker of a running stack says."""
+    if unreachable:
+        return f"{unreachable}{e} ({ctx.where()}); waited {timeout:g} s for it"
+    if external_broker(ctx.appdir):
+        return (
+            f"{e} ({ctx.where()}): tomato-mqtt runs here (supervisor pid {supervisor}) and "
+            f"its broker, not the embedded one ([broker] embedded = false), took no "
+            f"connection within {timeout:g} s: is it running? Start it (its service "
+            "manager, if it has one); tomato-mqtt's services reconnect by themselves"
+        )
+    return (
+        f"{e} ({ctx.where()}): tomato-mqtt runs here (supervisor pid {supervisor}), and "
+        f"its broker took no connection within {timeout:g} s: it is being restarted, or "
+        "failed to start again (broker.log and supervisor.log in the logdir say which). "
+        "Try again with a longer -t/--timeout"
+    )
 
 
 def status_section(ctx: CallContext, what: str, timeout: float) -> dict[str, Any] | None:
@@ -558,21 +625,23 @@ def oneshot_failed(
 
 def _local_supervisor(ctx: CallContext) -> int | None:
     """The pid of a live ``tomato start`` supervisor of this PC on the broker's port
-    (None: none, or the settings cannot be read). Loads the settings (pydantic): only
-    on a path that failed slowly already (a stalled broker), never on the fast one."""
-    from tomato_mqtt.config import settings
-    from tomato_mqtt.errors import ConfigError
-    from tomato_mqtt.services.launch import live_supervisor
-
+    (None: none, or the settings cannot be read). Light: the datadir as
+    :func:`~tomato_mqtt.cli.fastsettings.light_datadir` reads it (a call that could not
+    connect must stay on the fast path: pydantic's settings cost ~0.1 s)."""
     if ctx.url.host not in LOCAL_HOSTS:
         return None
-    try:  # (not ctx.settings, which exits on a bad file)
-        datadir = settings.load_settings(
-            appdir=as_path(ctx.appdir), datadir=as_path(ctx.datadir), port=ctx.port
-        ).datadir
-    except (ConfigError, OSError):
+    datadir = light_datadir(ctx.appdir, ctx.datadir)
+    # (no pid file, as of a stack not running: nothing more imported; the name is
+    # launch.pidfile_path's, which imports json and socket)
+    if datadir is None or not os.path.isfile(
+        os.path.join(datadir, f"tomato-mqtt.{ctx.url.port}.pid")
+    ):
         return None
-    return live_supervisor(datadir, ctx.url.port)
+    from pathlib import Path
+
+    from tomato_mqtt.services.launch import live_supervisor
+
+    return live_supervisor(Path(datadir), ctx.url.port)
 
 
 def ask_scheduler(opts: Opts, op: str, args: Mapping[str, Any]) -> None:

@@ -16,7 +16,7 @@ TYPE_CHECKING = False  # typing is ~2 ms of a one-request call: for the type che
 if TYPE_CHECKING:
     from typing import Any
 
-__all__ = ["MQTT_KEYS", "external_broker", "light_mqtt"]
+__all__ = ["MQTT_KEYS", "external_broker", "light_datadir", "light_mqtt"]
 
 
 # [mqtt] keys the fast path understands; anything else goes through the full settings
@@ -42,17 +42,23 @@ def config_dir() -> str:
     is ``~/.config/tomato-mqtt``, said here: platformdirs loads ``tempfile``, ``shutil``
     and ``random`` (~10 ms of a CLI call that should take ~15). Anything else (another
     system, an XDG variable, Android) asks platformdirs itself."""
+    return _user_dir("XDG_CONFIG_HOME", "~/.config", "user_config_dir")
+
+
+def _user_dir(variable: str, linux: str, name: str) -> str:
+    """platformdirs' ``name("tomato-mqtt")``; on Linux with the defaults (``variable``
+    unset, an absolute ``$HOME``) ``linux``/tomato-mqtt, without importing it."""
     home = os.environ.get("HOME", "")
     if (
         sys.platform.startswith("linux")
-        and not os.environ.get("XDG_CONFIG_HOME")
+        and not os.environ.get(variable)
         and "ANDROID_DATA" not in os.environ
         and home.startswith("/")
     ):
-        return os.path.join(os.path.expanduser("~/.config"), "tomato-mqtt")
+        return os.path.join(os.path.expanduser(linux), "tomato-mqtt")
     import platformdirs
 
-    return platformdirs.user_config_dir("tomato-mqtt", appauthor=False)
+    return str(getattr(platformdirs, name)("tomato-mqtt", appauthor=False))
 
 
 def light_mqtt(appdir: str | os.PathLike[str] | None) -> dict[str, Any] | None:
@@ -128,6 +134,44 @@ def external_broker(appdir: str | os.PathLike[str] | None) -> bool:
     return False
 
 
+def light_datadir(
+    appdir: str | os.PathLike[str] | None, datadir: str | os.PathLike[str] | None
+) -> str | None:
+    """The datadir as the settings resolve it (``datadir`` given, else settings.toml's,
+    relative to the appdir, else the platform's), without pydantic: a call that could
+    not connect looks for this PC's supervisor there, and that path must stay as light
+    as the call (tests/test_fast_readers.py). None when settings.toml cannot be read."""
+    if datadir is not None:
+        return os.path.abspath(os.path.expanduser(os.fspath(datadir)))
+    app = os.path.expanduser(os.fspath(appdir) or ".") if appdir is not None else config_dir()
+    app = os.path.abspath(app)
+    try:
+        with open(os.path.join(app, "settings.toml"), encoding="utf-8") as f:
+            text = f.read()
+    except FileNotFoundError:
+        text = ""
+    except (OSError, UnicodeDecodeError):
+        return None
+    plain = _plain(text)
+    if plain is None:  # not the plain shape: TOML's own reader
+        if sys.version_info >= (3, 11):
+            import tomllib
+        else:  # pragma: no cover - Python 3.10
+            import tomli as tomllib
+        try:
+            root: dict[str, object] = tomllib.loads(text)
+        except ValueError:
+            return None
+    else:
+        root = plain[1]
+    given = root.get("datadir")
+    if isinstance(given, str):
+        return os.path.join(app, os.path.expanduser(given))  # (an absolute one wins)
+    if given is not None:
+        return None
+    return _user_dir("XDG_DATA_HOME", "~/.local/share", "user_data_dir")
+
+
 _BARE = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")
 _DIGITS = frozenset("0123456789")
 
@@ -144,7 +188,14 @@ def plain_mqtt_table(text: str) -> dict[str, object] | None:
     a TOML parser to be understood. Such a file reads as ``tomllib`` reads it, and a file
     ``tomllib`` refuses is never plain (tests/test_fast_readers.py compares them).
     """
+    plain = _plain(text)
+    return None if plain is None else plain[0]
+
+
+def _plain(text: str) -> tuple[dict[str, object], dict[str, object]] | None:
+    """:func:`plain_mqtt_table`'s reading: (the ``[mqtt]`` table, the root keys)."""
     mqtt: dict[str, object] = {}
+    root: dict[str, object] = {}
     table = ""  # the root table
     seen: set[str] = set()  # tables as "name", keys as "table.key" (root keys: ".key")
     lines = text.split("\n")
@@ -179,7 +230,9 @@ def plain_mqtt_table(text: str) -> dict[str, object] | None:
             return None
         if table == "mqtt":
             mqtt[key] = got
-    return mqtt
+        elif table == "":
+            root[key] = got
+    return mqtt, root
 
 
 def _value(value: str) -> tuple[bool, object]:

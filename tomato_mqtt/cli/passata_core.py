@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 
 from tomato_mqtt import jsonlite
-from tomato_mqtt.cli.core import Opts, oneshot_failed
+from tomato_mqtt.cli.core import Opts, oneshot_failed, while_broker_restarts
 from tomato_mqtt.cli.denied import whoami
 from tomato_mqtt.wire.names import (
     RETAINED_WAIT,
@@ -296,11 +296,13 @@ def _in_exchange(
     from tomato_mqtt.transport import oneshot
 
     ctx = opts.context()
-    try:
-        with oneshot.Exchange(
-            ctx.url, ctx.topics.reply, timeout=opts.timeout, whoami=whoami(ctx)
-        ) as ex:
-            reply = fn(ex)
+
+    def call(within: float) -> Any:
+        with oneshot.Exchange(ctx.url, ctx.topics.reply, timeout=within, whoami=whoami(ctx)) as ex:
+            return fn(ex)
+
+    try:  # (a broker this PC's stack restarts is waited for, as the other commands')
+        reply = while_broker_restarts(ctx, opts.timeout, call)
     except Refused as e:
         reply = oneshot.Reply(id="", success=False, msg=str(e))
     except oneshot.OneShotError as e:

@@ -39,6 +39,7 @@ __all__ = [
     "OneShotError",
     "Refused",
     "Reply",
+    "Unreachable",
     "payload_refused",
     "refused_token",
     "reply_name",
@@ -94,6 +95,11 @@ _REFUSED_HINT = (
 
 class OneShotError(Exception):
     """The broker could not be reached or refused the connection."""
+
+
+class Unreachable(OneShotError):
+    """Nothing listens on the broker's port (the connection was refused): a broker that
+    is down, or restarting (the CLI waits for one its stack's supervisor restarts)."""
 
 
 class Stuck(OneShotError):
@@ -257,6 +263,8 @@ def _request_paho(
     gap = RESEND_AFTER
     try:
         c.connect(url.host, url.port, keepalive=max(5, int(timeout) + 5))
+    except ConnectionRefusedError as e:
+        raise Unreachable(f"cannot connect to the MQTT broker at {url}: {e}") from None
     except (OSError, ValueError) as e:
         raise OneShotError(f"cannot connect to the MQTT broker at {url}: {e}") from None
     sock = c.socket()
@@ -370,6 +378,7 @@ class Exchange:
             SessionExplained,
             SessionRefused,
             SessionStuck,
+            SessionUnreachable,
             SessionUntrusted,
         )
 
@@ -394,6 +403,9 @@ class Exchange:
         except SessionStuck as e:
             self._session.close()
             raise Stuck(str(e), self._timeout) from None
+        except SessionUnreachable as e:
+            self._session.close()
+            raise Unreachable(str(e)) from None
         except SessionError as e:
             self._session.close()
             raise OneShotError(str(e)) from None

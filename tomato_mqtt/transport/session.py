@@ -69,6 +69,11 @@ class SessionTimeout(SessionError):
     """Nothing arrived before the deadline."""
 
 
+class SessionUnreachable(SessionError):
+    """Nothing listens on the broker's port (the connection was refused): a broker that
+    is down, or restarting."""
+
+
 class SessionStuck(SessionError):
     """The port took the connection and nothing answered its CONNECT: a broker that runs
     and is stalled (stopped, swapped out) or overloaded, not one that is down."""
@@ -155,6 +160,8 @@ class Session:
                 f"cannot find the host {u.host!r} of the MQTT broker at {u} ({e.strerror}):"
                 " check its name (-b/--broker, TOMATO_BROKER or [mqtt] host)"
             ) from None
+        except ConnectionRefusedError as e:
+            raise SessionUnreachable(f"cannot connect to the MQTT broker at {u}: {e}") from None
         except OSError as e:
             raise SessionError(f"cannot connect to the MQTT broker at {u}: {e}") from None
         # without it each hop of a round trip can wait ~40 ms for a delayed ACK
