@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import AsyncIterator
 
 from tests.conftest import RunningBroker
 from tomato_mqtt.transport.client import AsyncClient, Will
@@ -110,7 +111,7 @@ class _SlowAcks:
             await asyncio.gather(up(), down(), hand_on())
 
 
-async def _packets(r: asyncio.StreamReader):  # type: ignore[no-untyped-def]
+async def _packets(r: asyncio.StreamReader) -> AsyncIterator[tuple[int, bytes]]:
     """(type, bytes) of each MQTT packet read from ``r`` until it ends."""
     while True:
         try:
