@@ -189,6 +189,39 @@ def test_reload_without_changes(stack: Stack) -> None:
         stack.run("tomato", "reload", check=True)
 
 
+def test_a_reload_with_another_appdir_says_the_scheduler_reads_its_own(
+    stack: Stack, tmp_path: Path
+) -> None:
+    """A tomato 2.2 user's tour: `tomato reload -A other` (tomato 2.2 reloads the
+    settings of the CLI's -A) read "reload done: no changes", the other folder's
+    pipelines left out without a word. It says whose files the scheduler reads."""
+    from tests.stack import cli_env
+
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "settings.toml").write_text((stack.appdir / "settings.toml").read_text())
+    (other / "devices.yml").write_text("devices: []\npipelines: []\n")
+
+    def reload(appdir: Path) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [BIN / "tomato", "reload", "-p", str(stack.port), "-A", str(appdir)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=cli_env(stack.env, "tomato", "reload"),
+        )
+
+    res = reload(other)
+    assert res.returncode == 0 and res.stdout.startswith("reload done: no changes"), res
+    assert (
+        f"note: the scheduler reloads its own files (appdir {stack.appdir}, devices file "
+        f"{stack.appdir / 'devices.yml'}), not those under -A {other}" in res.stderr
+    ), res.stderr
+    assert f"tomato start -A {other}" in res.stderr, res.stderr
+    res = reload(stack.appdir)  # its own: nothing to say
+    assert res.returncode == 0 and "note:" not in res.stderr, res
+
+
 # -- ketchup -------------------------------------------------------------------------------
 def test_submit_status_search_cancel(stack: Stack) -> None:
     sub = stack.workdir / "sub"

@@ -656,10 +656,31 @@ def ask_scheduler(opts: Opts, op: str, args: Mapping[str, Any]) -> None:
         f"; the {op.replace('pipeline_', '')} may still take effect if a scheduler got the "
         f"request and answers later: look with {look} before asking again"
     )
+    if op == "reload" and opts.appdir is not None:
+        _reload_reads_its_own(ctx, opts.appdir, opts.timeout)
     reply = run_request(
         ctx, ctx.topics.scheduler_cmd(op), args, timeout=opts.timeout, unanswered=later
     )
     opts.output().reply(reply, lambda _data: by_line(reply.msg))
+
+
+def _reload_reads_its_own(ctx: CallContext, appdir: Dir, timeout: float) -> None:
+    """Say it when ``-A`` of ``tomato reload`` is not the scheduler's appdir: the
+    scheduler re-reads its own settings.toml and devices file; tomato 2.2's reload took
+    those of the CLI's ``-A``. ``reload -A other`` read "reload done: no changes" and
+    left the other folder's pipelines out without a word (a tomato 2.2 user's tour)."""
+    status = status_section(ctx, "scheduler", min(timeout, 2.0)) or {}
+    theirs, devices = status.get("appdir"), status.get("devices_file")
+    given = os.path.realpath(os.path.expanduser(os.fspath(appdir) or "."))
+    if isinstance(theirs, str) and os.path.realpath(theirs) != given:
+        echo(
+            f"note: the scheduler reloads its own files (appdir {theirs}"
+            + (f", devices file {devices}" if isinstance(devices, str) else "")
+            + f"), not those under -A {os.fspath(appdir)}, which only says how this call "
+            "reaches the broker (tomato 2.2 reloaded those of the CLI's -A). To run the "
+            f"stack on them: tomato stop, then tomato start -A {os.fspath(appdir)}",
+            err=True,
+        )
 
 
 def by_line(msg: str) -> str:
