@@ -2662,3 +2662,58 @@ async def test_no_request_tells_the_client_id_of_the_service_that_sent_it(
         assert any("/scheduler-" in s for s in sent), sent  # task_start
         assert any("/recorder-" in s for s in sent), sent  # ack
         assert not [s for s in sent if any(i in s for i in ids)], (ids, sent)
+
+
+async def test_a_status_of_a_job_long_over_that_comes_late_stops_no_task(
+    broker: RunningBroker, tmp_path: Path, instance: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A fault round: a Mosquitto that keeps its retained messages on disk, killed and
+    started again, restored a component's status of 15 minutes before: running a task
+    of a job long over. The scheduler took it for a stale task and reset the component,
+    which stopped the task of the job running since (`ce` "stopped before its end:
+    reset", every point in the file). A status older than the one held is ignored now,
+    and the reset after a stale task is made only if that job's task is the one the
+    component runs (or ran last)."""
+    comp = "example_counter:(example-addr,1)"
+    caplog.set_level("INFO", logger="tomato_mqtt.services.scheduler")
+    async with inproc_stack(broker.port, tmp_path, instance) as st:
+        work = st.settings.datadir / "work"
+        work.mkdir(parents=True, exist_ok=True)
+        said = Collector()
+        await st.client.subscribe(st.topics.component_status(comp), handler=said)
+        first = await st.submit_counter("pip-counter-1", 1.0, 0.1, work)
+
+        def running(job: int, seq: int = -1) -> Any:
+            def pred(m: Any) -> bool:
+                doc = json.loads(m.payload) if m.payload else {}
+                return (
+                    doc.get("state") == "running"
+                    and doc.get("jobid") == job
+                    and (doc.get("seq", -1) >= seq)
+                )
+
+            return pred
+
+        old = await said.wait(running(first.id))
+        assert (await st.wait_job(first.id, {"c", "ce", "cd"})).status == "c"
+        await st.call("pipeline_eject", {"pipeline": "pip-counter-1"})
+        second = await st.submit_counter("pip-counter-1", 4.0, 0.1, work)
+        # running, with batches past the old status's
+        await said.wait(running(second.id, json.loads(old.payload)["seq"] + 3), timeout=20)
+        # the old status again, as a broker that restored it delivers it
+        await st.client.publish(st.topics.component_status(comp), old.payload, retain=True)
+        # and the stale reset itself, should a scheduler take such a status: refused by
+        # the node, the task of the job running now left alone
+        reply = await st.raw(
+            st.topics.component_cmd(comp, "reset"), {"force": True, "job": first.id}
+        )
+        assert not reply.success and reply.code == "conflict", reply
+        assert f"has not run a task of job {first.id} since job {second.id}'s" in reply.msg
+        done = await st.wait_job(second.id, {"c", "ce", "cd"}, timeout=30)
+        assert done.status == "c", (done.status, done.reason)
+        (final,) = await st.call("job_status", {"jobids": [second.id]})
+    _all_taken_in_file(final)
+    # the scheduler did not take the old status for the component's (the node's refusal
+    # above is the second guard)
+    assert f"component {comp}: a status older than the one held" in caplog.text
+    assert "still runs task" not in caplog.text

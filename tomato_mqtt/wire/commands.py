@@ -343,6 +343,16 @@ class ForceArgs(_Args):
     force: bool = False
 
 
+class ResetArgs(ForceArgs):
+    job: int | None = Field(
+        default=None,
+        description="reset only if this job's task is the one running, or the last that "
+        "ran, on the component (the scheduler's reset after a job that ended without "
+        "its node: a status of it that came late, from a broker that restored old "
+        "retained messages, stopped the task of the job running since)",
+    )
+
+
 class StartedData(_Data):
     started_at: float | None
     epoch: int
@@ -507,7 +517,7 @@ COMMANDS: tuple[Command, ...] = (
     _c("component", "set_attr", SetAttrArgs, dict[str, JsonValue], "set an attribute"),
     _c("component", "get_attr", GetAttrArgs, dict[str, JsonValue], "read attributes", reads=True),
     _c("component", "measure", NoArgs, MeasureData | None, "one measurement now"),
-    _c("component", "reset", ForceArgs, None, "reset the device"),
+    _c("component", "reset", ResetArgs, None, "reset the device"),
     _c("component", "register", NoArgs, RegisteredData, "register the device again"),
     _c("component", "status", NoArgs, ComponentStatus, "the component's status", reads=True),
     _c("component", "replay", ReplayArgs, ReplayData, "re-send spooled batches", reads=True),

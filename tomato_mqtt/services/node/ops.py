@@ -272,6 +272,15 @@ class ComponentOps:
 
     async def op_reset(self, hc: HostedComponent, args: Mapping[str, JsonValue]) -> Result:
         runner = self.runner(hc)
+        only = args.get("job")
+        if only is not None and hc.job != only:
+            # the scheduler's reset after job `only`, which ended without its node: the
+            # component has run another job's task since (a status of `only` came late)
+            raise CommandError(
+                f"not reset: {hc.name} has not run a task of job {only} since "
+                + (f"job {hc.job}'s" if hc.job is not None else "its node started"),
+                code="conflict",
+            )
         if runner.running:
             if not args.get("force"):
                 raise CommandError(

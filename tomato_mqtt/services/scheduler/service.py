@@ -513,6 +513,19 @@ class SchedulerService(Service):
                 if st.state == "lost":  # ours (lost.py): the node's last word stands
                     return
                 prev = self.cstatus.get(st.name)
+                if prev is not None and _older(st, prev):
+                    # a status of before the one held: a broker that restored its retained
+                    # messages from disk (Mosquitto's persistence, killed and started
+                    # again) sent one of 15 minutes before, of a job long over, which was
+                    # then taken for a stale task and reset (a fault round)
+                    log.info(
+                        "component %s: a status older than the one held (data batch %d "
+                        "before %d) ignored: a broker that restored old retained messages?",
+                        st.name,
+                        st.seq,
+                        prev.seq,
+                    )
+                    return
                 self.cstatus[st.name] = st
                 if prev is None or (prev.state == "running") != (st.state == "running"):
                     self.kick()  # a component the queue could not launch onto may be free
@@ -733,3 +746,15 @@ class SchedulerService(Service):
             log.info("re-adopting running job %d on %s", job.id, job.pipeline)
             self.ops.start_runner(job, readopt=True)
         self.kick()
+
+
+def _older(st: ComponentStatus, held: ComponentStatus) -> bool:
+    """Whether ``st`` was said before ``held``: the same run of its node and data stream,
+    and fewer of its batches published (``seq`` only grows within a stream; a new stream
+    is drawn at every registration)."""
+    return (
+        st.epoch == held.epoch
+        and bool(st.stream)
+        and st.stream == held.stream
+        and st.seq < held.seq
+    )

@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from tomato_mqtt.model.jobs import DONE_STATUSES, UnknownName
+from tomato_mqtt.transport.rpc import NoResponder
 from tomato_mqtt.wire.messages import ComponentStatus
 
 if TYPE_CHECKING:
@@ -111,15 +112,41 @@ class StaleTasks:
             self.svc.spawn(self.svc.lost.rebirth(node))
 
     async def _reset(self, component: str, job: int) -> None:
+        """Reset ``component`` if job ``job``'s task is still the one it runs (or the
+        last it ran): a status of the job that came late (a Mosquitto that kept its
+        retained messages on disk, killed and started again, restored a status of 15
+        minutes before) made the scheduler stop the task of the job running since, which
+        ended ``ce`` "stopped before its end: reset" (a fault round)."""
         self.resetting[component] = job
         try:
-            ok, msg, _ = await self.svc.component_request(
-                component, "reset", {"force": True}, timeout=10.0
-            )
+            ok, msg, code = await self._ask_reset(component, {"force": True, "job": job})
+            if code == "bad_request" and "job" in msg:
+                # a node older than the reset's `job` refuses the key: as before
+                ok, msg, code = await self._ask_reset(component, {"force": True})
         finally:
             self.resetting.pop(component, None)
             self.svc.kick()
-        if not ok:
+        if code == "conflict":  # it runs a later job's task: that status was old
+            log.info("component %s: after job %d's stale task: %s", component, job, msg)
+        elif not ok:
             log.warning(
                 "component %s: reset after job %d's stale task failed: %s", component, job, msg
             )
+
+    async def _ask_reset(
+        self, component: str, args: dict[str, Any]
+    ) -> tuple[bool, str, str | None]:
+        """(success, message, error code) of a reset asked of ``component``'s node."""
+        requester = self.svc.requester
+        if requester is None:
+            return False, "scheduler not connected", None
+        try:
+            reply = await requester.request(
+                self.svc.topics.component_cmd(component, "reset"),
+                args,
+                timeout=10.0,
+                who=f"node hosting {component}",
+            )
+        except NoResponder as e:
+            return False, str(e), None
+        return reply.success, reply.msg, reply.code
