@@ -100,8 +100,8 @@ def run_cmd(
 
     if is_full_name(component):  # one round trip: the request and the name's check at once
 
-        def at_once(ex: Exchange) -> Any:
-            return shaped(_asked_and_checked(ex, ctx.topics, component, op, args, opts.timeout))
+        def at_once(ex: Exchange, timeout: float) -> Any:
+            return shaped(_asked_and_checked(ex, ctx.topics, component, op, args, timeout))
 
         _in_exchange(at_once, human, opts)
         return
@@ -275,9 +275,9 @@ def _on_component(
     failed Reply; a broker problem: said)."""
     from tomato_mqtt.transport.oneshot import NoAnswer
 
-    topics, timeout = opts.context().topics, opts.timeout
+    topics = opts.context().topics
 
-    def resolved_and_asked(ex: Exchange) -> Any:
+    def resolved_and_asked(ex: Exchange, timeout: float) -> Any:
         listed: list[Any] = []  # the scheduler's list of components, if it came
         name = resolve(ex, topics, component, timeout, listed)
         known = listed[0] if listed else None
@@ -290,16 +290,17 @@ def _on_component(
 
 
 def _in_exchange(
-    fn: Callable[[Exchange], Any], human: Callable[[str, Any], str], opts: Opts
+    fn: Callable[[Exchange, float], Any], human: Callable[[str, Any], str], opts: Opts
 ) -> None:
-    """``fn``'s Reply over one connection, printed; exit 0 or 1."""
+    """``fn(exchange, timeout)``'s Reply over one connection, printed; exit 0 or 1 (the
+    timeout: what is left of ``-t`` once a broker being restarted is back)."""
     from tomato_mqtt.transport import oneshot
 
     ctx = opts.context()
 
     def call(within: float) -> Any:
         with oneshot.Exchange(ctx.url, ctx.topics.reply, timeout=within, whoami=whoami(ctx)) as ex:
-            return fn(ex)
+            return fn(ex, within)
 
     try:  # (a broker this PC's stack restarts is waited for, as the other commands')
         reply = while_broker_restarts(ctx, opts.timeout, call)
