@@ -631,3 +631,45 @@ async def test_a_snapshot_whose_file_another_replaced_first_is_asked_for_again(
     with pytest.raises(ClientError, match="no such chunk"):
         await t.snapshot(7)
     assert asked == [7]
+
+
+def test_ketchup_snapshot_whose_file_another_replaced_first_asks_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`ketchup snapshot` fetched the file itself and did not ask again, as the client
+    library does: a recorder killed and restarted wrote the snapshot twice (the request
+    sent again), and the command failed "… has been replaced since the token was given
+    … ask for it again" (tests/chaos/test_edges.py, once). Twice at most, as the
+    library."""
+    from tomato_mqtt.cli import common, ketchup
+    from tomato_mqtt.client.aio import ClientError
+    from tomato_mqtt.config.url import BrokerURL
+    from tomato_mqtt.transport.oneshot import Reply
+
+    monkeypatch.chdir(tmp_path)
+    ctx = common.CallContext(BrokerURL(port=1), "default")
+    fails = ["x has been replaced since the token was given: ask for it again"] * 2
+    asked: list[int] = []
+
+    class Tomato:  # the two calls _snapshot_one makes of the client
+        def request(self, topic: str, args: dict[str, Any]) -> Reply:
+            asked.append(args["jobid"])
+            data = {"path": "/d/snapshot.7.nc", "size": 1, "token": "t", "chunks": 1, "points": {}}
+            return Reply(id=str(len(asked)), success=True, msg="", data=data)
+
+        def fetch_file(self, info: Any, target: Path) -> int:
+            if fails:
+                raise ClientError(f"fetching chunk 0 failed: {fails.pop()}", "conflict")
+            Path(target).write_bytes(b"x")
+            return 1
+
+    r = ketchup._snapshot_one(Tomato(), ctx, 7)  # type: ignore[arg-type]
+    assert r.success and asked == [7, 7, 7], (r, asked)
+    assert (tmp_path / "snapshot.7.nc").read_bytes() == b"x"
+    fails[:] = ["x has been replaced"] * 3
+    r = ketchup._snapshot_one(Tomato(), ctx, 7)  # type: ignore[arg-type]
+    assert not r.success and "has been replaced" in r.msg, r
+    asked.clear()
+    fails[:] = ["x no such chunk"]  # another refusal: said at once
+    r = ketchup._snapshot_one(Tomato(), ctx, 7)  # type: ignore[arg-type]
+    assert not r.success and "no such chunk" in r.msg and asked == [7], (r, asked)

@@ -262,20 +262,30 @@ def _snapshot_one(t: Tomato, ctx: common.CallContext, jobid: int) -> oneshot.Rep
     why = common.denied(ctx, topic)
     if why is not None:
         common.fail(why)
-    try:
-        r = t.request(topic, {"jobid": jobid})
-    except oneshot.OneShotError as e:  # a reader's request the broker dropped: said so
-        common.oneshot_failed(ctx, e)
-    if not r.success or not isinstance(r.data, dict):
-        return r
-    try:
-        info = FileData.model_validate(r.data)
-    except ValueError:
-        return oneshot.Reply(r.id, False, f"snapshot reply without a file: {r.msg}")
-    try:  # the recorder's file, in chunks over MQTT (works from any PC)
-        got = t.fetch_file(info, target)
-    except (ClientError, OSError) as e:
-        return oneshot.Reply(r.id, False, f"cannot write {target}: {e}")
+    for again in (2, 1, 0):
+        try:
+            r = t.request(topic, {"jobid": jobid})
+        except oneshot.OneShotError as e:  # a reader's request the broker dropped: said so
+            common.oneshot_failed(ctx, e)
+        if not r.success or not isinstance(r.data, dict):
+            return r
+        try:
+            info = FileData.model_validate(r.data)
+        except ValueError:
+            return oneshot.Reply(r.id, False, f"snapshot reply without a file: {r.msg}")
+        try:  # the recorder's file, in chunks over MQTT (works from any PC)
+            got = t.fetch_file(info, target)
+            break
+        except ClientError as e:
+            # a newer snapshot of the job took the file's name before this fetch began:
+            # asked again, as the answer says and as the client library does (a recorder
+            # killed and restarted wrote the snapshot twice, its request sent again: "…
+            # has been replaced since the token was given … ask for it again", a test)
+            if again and e.code == "conflict" and "has been replaced" in str(e):
+                continue
+            return oneshot.Reply(r.id, False, f"cannot write {target}: {e}")
+        except OSError as e:
+            return oneshot.Reply(r.id, False, f"cannot write {target}: {e}")
     data_out: dict[str, Any] = {
         "path": str(target),
         "size": got,
