@@ -70,24 +70,13 @@ def light_mqtt(appdir: str | os.PathLike[str] | None) -> dict[str, Any] | None:
     """
     # -A "" is the current folder, as typer's Path("") reads it
     app = os.path.expanduser(os.fspath(appdir) or ".") if appdir is not None else config_dir()
-    path = os.path.join(app, "settings.toml")  # os.path: pathlib is ~3 ms of a call
-    if not os.path.isfile(path):
+    # os.path: pathlib is ~3 ms of a call
+    if not os.path.isfile(os.path.join(app, "settings.toml")):
         return {}
-    try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
-    except (OSError, UnicodeDecodeError):
+    read = _read_settings(app)
+    if read is None:
         return None
-    mqtt = plain_mqtt_table(text)
-    if mqtt is None:  # not the plain shape: TOML's own reader
-        if sys.version_info >= (3, 11):
-            import tomllib
-        else:  # pragma: no cover - Python 3.10
-            import tomli as tomllib
-        try:
-            mqtt = tomllib.loads(text).get("mqtt", {})
-        except ValueError:
-            return None
+    mqtt = read[0]
     if not isinstance(mqtt, dict):
         return None
     for k, v in mqtt.items():
@@ -145,31 +134,40 @@ def light_datadir(
         return os.path.abspath(os.path.expanduser(os.fspath(datadir)))
     app = os.path.expanduser(os.fspath(appdir) or ".") if appdir is not None else config_dir()
     app = os.path.abspath(app)
-    try:
-        with open(os.path.join(app, "settings.toml"), encoding="utf-8") as f:
-            text = f.read()
-    except FileNotFoundError:
-        text = ""
-    except (OSError, UnicodeDecodeError):
+    read = _read_settings(app)
+    if read is None:
         return None
-    plain = _plain(text)
-    if plain is None:  # not the plain shape: TOML's own reader
-        if sys.version_info >= (3, 11):
-            import tomllib
-        else:  # pragma: no cover - Python 3.10
-            import tomli as tomllib
-        try:
-            root: dict[str, object] = tomllib.loads(text)
-        except ValueError:
-            return None
-    else:
-        root = plain[1]
-    given = root.get("datadir")
+    given = read[1].get("datadir")
     if isinstance(given, str):
         return os.path.join(app, os.path.expanduser(given))  # (an absolute one wins)
     if given is not None:
         return None
     return _user_dir("XDG_DATA_HOME", "~/.local/share", "user_data_dir")
+
+
+def _read_settings(app: str) -> tuple[object, dict[str, object]] | None:
+    """(the ``[mqtt]`` table, the root keys) of ``app``'s settings.toml, read plainly
+    when it is plain (:func:`plain_mqtt_table`), else by TOML's own reader; ``({}, {})``
+    when there is none, None when it cannot be read."""
+    try:
+        with open(os.path.join(app, "settings.toml"), encoding="utf-8") as f:
+            text = f.read()
+    except FileNotFoundError:
+        return {}, {}
+    except (OSError, UnicodeDecodeError):
+        return None
+    plain = _plain(text)
+    if plain is not None:
+        return plain
+    if sys.version_info >= (3, 11):  # not the plain shape: TOML's own reader
+        import tomllib
+    else:  # pragma: no cover - Python 3.10
+        import tomli as tomllib
+    try:
+        doc: dict[str, object] = tomllib.loads(text)
+    except ValueError:
+        return None
+    return doc.get("mqtt", {}), doc
 
 
 _BARE = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")
