@@ -379,7 +379,13 @@ class NodeService(Service):
         stopped = []
         for hc in self.components.values():
             if hc.runner is not None and hc.runner.running:
-                hc.runner.stop_task("node shutting down")
+                # who asked, when someone did: the job's reason read only "node shutting
+                # down" after a `tomato restart-node --force` (a fault round)
+                hc.runner.stop_task(
+                    "node shutting down (asked to restart: tomato restart-node --force)"
+                    if self.restart_requested
+                    else "node shutting down"
+                )
                 stopped.append(hc)
             elif hc.runner is not None and hc.ending is not None:
                 stopped.append(hc)  # ended on its own just now: its end not told yet
