@@ -251,7 +251,7 @@ def snapshot(
 
 def _snapshot_one(t: Tomato, ctx: common.CallContext, jobid: int) -> oneshot.Reply:
     """One job's snapshot into ./snapshot.<jobid>.nc: the recorder's file, in chunks."""
-    from tomato_mqtt.client import ClientError
+    from tomato_mqtt.client.aio import SNAPSHOT_ASKS, ClientError
     from tomato_mqtt.transport import oneshot
     from tomato_mqtt.wire.commands import FileData
 
@@ -262,7 +262,7 @@ def _snapshot_one(t: Tomato, ctx: common.CallContext, jobid: int) -> oneshot.Rep
     why = common.denied(ctx, topic)
     if why is not None:
         common.fail(why)
-    for again in (2, 1, 0):
+    for again in reversed(range(SNAPSHOT_ASKS)):
         try:
             r = t.request(topic, {"jobid": jobid})
         except oneshot.OneShotError as e:  # a reader's request the broker dropped: said so
@@ -281,7 +281,7 @@ def _snapshot_one(t: Tomato, ctx: common.CallContext, jobid: int) -> oneshot.Rep
             # asked again, as the answer says and as the client library does (a recorder
             # killed and restarted wrote the snapshot twice, its request sent again: "…
             # has been replaced since the token was given … ask for it again", a test)
-            if again and e.code == "conflict" and "has been replaced" in str(e):
+            if again and e.file_replaced:
                 continue
             return oneshot.Reply(r.id, False, f"cannot write {target}: {e}")
         except OSError as e:

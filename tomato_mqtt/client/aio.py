@@ -52,7 +52,7 @@ from tomato_mqtt.wire.names import did_you_mean
 from tomato_mqtt.wire.status import JobSummary, PipelineInfo
 from tomato_mqtt.wire.topics import Topics
 
-__all__ = ["AsyncTomato", "ClientError", "Job", "NoResponder", "ReplyError"]
+__all__ = ["SNAPSHOT_ASKS", "AsyncTomato", "ClientError", "Job", "NoResponder", "ReplyError"]
 
 T = TypeVar("T")
 
@@ -73,6 +73,17 @@ class ClientError(Exception):
     def __init__(self, msg: str, code: str | None = None) -> None:
         super().__init__(msg)
         self.code = code
+
+    @property
+    def file_replaced(self) -> bool:
+        """A fetch refused because another snapshot of the job took its file's name
+        before the fetch began ("… has been replaced … ask for it again"): asked again
+        (:data:`SNAPSHOT_ASKS` times in all)."""
+        return self.code == "conflict" and "has been replaced" in str(self)
+
+
+#: how many times a snapshot is asked for while a newer one replaces its file first
+SNAPSHOT_ASKS = 3
 
 
 #: what a client closed meanwhile says to the calls that were waiting
@@ -763,7 +774,7 @@ class AsyncTomato:
     async def snapshot(self, jobid: int, path: str | os.PathLike[str] | None = None) -> Any:
         """An up-to-date file of the job: written to ``path`` (returns the Path), or
         opened as an ``xarray.DataTree`` (loaded into memory) without one."""
-        for again in (2, 1, 0):
+        for again in reversed(range(SNAPSHOT_ASKS)):
             info: FileData = await self.call("job_snapshot", {"jobid": jobid}, timeout=60)
             try:
                 return await self._deliver(info, path)
@@ -771,7 +782,7 @@ class AsyncTomato:
                 # another's snapshot of the job took its file's name before this fetch
                 # began (the recorder holds a file from a fetch's first chunk on): asked
                 # again, as the answer says (a review)
-                if not again or e.code != "conflict" or "has been replaced" not in str(e):
+                if not again or not e.file_replaced:
                     raise
         raise AssertionError("unreachable")  # pragma: no cover
 

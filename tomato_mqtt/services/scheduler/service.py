@@ -60,6 +60,7 @@ from tomato_mqtt.wire.messages import (
     PipelineStatus,
     PresenceState,
     RecorderStatus,
+    Reply,
     SchedulerStatus,
     decode,
     encode,
@@ -707,16 +708,30 @@ class SchedulerService(Service):
         if self.requester is None:
             return False, "scheduler not connected", None
         try:
-            reply = await self.requester.request(
-                self.topics.component_cmd(component, op),
-                dict(args),
-                timeout=timeout,
-                who=f"node hosting {component}",
-                resend=resend,
-            )
+            reply = await self.component_reply(component, op, args, timeout, resend)
         except NoResponder as e:
             return False, str(e), UNANSWERED
         return reply.success, reply.msg, reply.data
+
+    async def component_reply(
+        self,
+        component: str,
+        op: str,
+        args: Mapping[str, Any],
+        timeout: float = 5.0,
+        resend: bool = False,
+    ) -> Reply:
+        """The node's whole Reply to ``op`` (its error ``code`` too); raises
+        :class:`NoResponder` when none comes, or when the scheduler is not connected."""
+        if self.requester is None:
+            raise NoResponder("scheduler not connected")
+        return await self.requester.request(
+            self.topics.component_cmd(component, op),
+            dict(args),
+            timeout=timeout,
+            who=f"node hosting {component}",
+            resend=resend,
+        )
 
     async def recorder_request(
         self, op: str, args: Mapping[str, JsonValue], timeout: float = 60.0

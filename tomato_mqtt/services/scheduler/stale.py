@@ -137,16 +137,8 @@ class StaleTasks:
         self, component: str, args: dict[str, Any]
     ) -> tuple[bool, str, str | None]:
         """(success, message, error code) of a reset asked of ``component``'s node."""
-        requester = self.svc.requester
-        if requester is None:
-            return False, "scheduler not connected", None
         try:
-            reply = await requester.request(
-                self.svc.topics.component_cmd(component, "reset"),
-                args,
-                timeout=10.0,
-                who=f"node hosting {component}",
-            )
+            reply = await self.svc.component_reply(component, "reset", args, timeout=10.0)
         except NoResponder as e:
             return False, str(e), None
         return reply.success, reply.msg, reply.code
