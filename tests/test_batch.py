@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from pydantic import ValidationError
 
 from tomato_mqtt.driver import Attr, Block, ComponentRunner, ModelDevice, ModelInterface, TaskSpec
 from tomato_mqtt.driver.block import BlockError
@@ -220,3 +221,18 @@ def test_the_adapter_example_in_the_docs_maps_a_dataset_to_a_block() -> None:
     assert b.dims == {"s11": ["freq"]} and list(b.coords["freq"]) == [1.0, 2.0, 3.0]
     assert b.units == {"s11": "dB", "temp": "degC", "freq": "MHz"}
     assert ns["block_from_dataset"](None) is None
+
+
+def test_a_stream_id_longer_than_any_node_draws_is_refused() -> None:
+    """A hostile tour: a node's login sent batches with 100 kB stream ids; the recorder
+    stored them, listed them in a job's finalize reply (10 MB, too large to send) and
+    the job's point count was lost. A stream id is at most STREAM_MAX characters."""
+    from tomato_mqtt.wire.data import STREAM_MAX
+
+    ok = _encode(uts=[1.0], vars={"v": [1.0]}, stream="s" * STREAM_MAX)
+    assert read_header(ok).stream == "s" * STREAM_MAX
+    long = _encode(uts=[1.0], vars={"v": [1.0]}, stream="s" * (STREAM_MAX + 1))
+    with pytest.raises(DecodeError, match="stream"):
+        read_header(long)
+    with pytest.raises(ValidationError):
+        DataBatch(component="c", epoch=1, stream="s" * 100_000, seq=0, uts=[1.0], vars={})

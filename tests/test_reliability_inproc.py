@@ -117,14 +117,27 @@ async def test_a_batch_naming_a_running_job_from_a_component_it_does_not_use_sta
     """A node's login may publish its own components' data naming any job id (the ACL
     binds a data topic to its node, not to a job). For a job still running, such a batch
     is stored, but the job's file holds its own components' points only and its verdict
-    is untouched: docs/security.md, "A node's data goes only to its jobs"."""
+    is untouched: docs/security.md, "A node's data goes only to its jobs". Conflicting
+    duplicates of such a component (a hostile tour: two batches of one identity ended
+    the job `ce`, 30,506 of them gave it a 3 MB reason, each logged and sent as a job
+    event) are not the job's conflicts, and are said once."""
     async with recorder(broker, instance, tmp_path / "r.sqlite") as (svc, c, req, t):
+        events = Collector()
+        await c.subscribe(t.job_event(1), handler=events)
         other = "example_counter:(b,1)"
         await c.publish(t.component_data(CMP), _batch(1, 0, "s1", 0, 10), qos=1)
         # the same job and task index, from a component the job does not use
         forged = _batch(1, 0, "s9", 0, 6, v0=1000, cmp=other)
         await c.publish(t.component_data(other), forged, qos=1)
         await _stored(svc, 1, 16)
+        for v0 in (2000, 3000, 4000):  # the same identity, other content: conflicts
+            again = _batch(1, 0, "s9", 0, 6, v0=v0, cmp=other)
+            await c.publish(t.component_data(other), again, qos=1)
+        for _ in range(100):
+            if svc.conflicts.get(1) == 3:
+                break
+            await asyncio.sleep(0.05)
+        assert svc.conflicts.get(1) == 3, svc.conflicts
         st = decode(RecorderStatus, encode(svc.presence("online")))
         assert st.jobs["1"].points == {CMP: 10, other: 6}  # (as docs/security.md says)
         out = tmp_path / "out" / "results.1.nc"
@@ -132,6 +145,12 @@ async def test_a_batch_naming_a_running_job_from_a_component_it_does_not_use_sta
         rep = await _finalize(req, t, _finalize_args(1, out, exact, wait=2))
         assert rep.success, rep
         assert rep.data["missing"] == [] and rep.data["extra"] == []  # type: ignore[index]
+        assert rep.data["conflicts"] == []  # type: ignore[index]
+        await events.wait(lambda m: decode(JobEvent, m.payload).event == "warning")
+        await asyncio.sleep(0.5)  # (more would have come by now: they went before the reply)
+        warned = [decode(JobEvent, m.payload) for m in events.items]
+        warned = [e for e in warned if e.event == "warning"]
+        assert len(warned) == 1 and other in str(warned[0].detail), warned
         tree = load_tree(str(out))
         assert list(tree.children) == ["counter"]
         vals = np.asarray(tree["counter"].to_dataset()["val"].values)

@@ -15,6 +15,7 @@ from pydantic import ValidationError
 
 from tests.conftest import RunningBroker
 from tomato_mqtt.model.jobs import (
+    BATCH_ID_LEAD,
     STATUS_CODES,
     Job,
     PipelineState,
@@ -400,6 +401,13 @@ def test_ids_continue_after_those_the_recorder_and_job_folders_know(tmp_path: Pa
     assert highest_job_elsewhere(rec, jobs) == (9, f"tomato 2.2's job folder {jobs / '9'}")
     (jobs / "9" / "jobdata.json").unlink()
     (jobs / "9").rmdir()
+    assert highest_job_elsewhere(rec, jobs) == (7, f"the recorder's store {rec}")
+    # a batch a node's login forged, naming a job far past any file: not counted (only
+    # BATCH_ID_LEAD past the files, none here), as the recorder's status counts it
+    bs = BatchStore(rec)
+    bs.add("c", "s1", 1, epoch=1, job=999_999_999_998, task=0, npoints=1, raw=b'{"seq": 1}')
+    bs.add("c", "s1", 2, epoch=1, job=BATCH_ID_LEAD + 1, task=0, npoints=1, raw=b'{"seq": 2}')
+    bs.close()
     assert highest_job_elsewhere(rec, jobs) == (7, f"the recorder's store {rec}")
 
     store = StateStore(tmp_path / "state.sqlite")  # a fresh state file

@@ -42,7 +42,8 @@ def test_same_identity_other_content_is_a_conflict_never_dropped_silently(
     assert _add(st, "s1", 0, 7, 2, _raw(0)) == "new"
     # a second job's batch that (by a bug) reuses the identity: kept out, but recorded
     assert _add(st, "s1", 0, 8, 3, _raw(0, 3)) == "conflict"
-    assert st.conflicts(8) == ["c stream s1 seq 0"] and st.conflicts(7) == ["c stream s1 seq 0"]
+    assert st.conflicts(8, ["c"]) == ["c stream s1 seq 0"]
+    assert st.conflicts(7, ["c"]) == ["c stream s1 seq 0"]
     assert st.job_points(7) == {"c": 2} and st.job_points(8) == {}
     # a new stream of the same component (re-registered): seq 0 again is a new batch
     assert _add(st, "s2", 0, 8, 3, _raw(0, 3)) == "new"
@@ -366,6 +367,33 @@ def test_old_spool_is_migrated_and_its_batches_replayable(tmp_path: Path) -> Non
     sp.close()
 
 
+def test_a_job_s_conflicts_are_those_of_its_components_and_a_few_are_named(
+    tmp_path: Path,
+) -> None:
+    """A hostile tour: a node's login sent pairs of batches of one identity on its own
+    component's topic naming another node's running job; the job ended `ce` "the file
+    has conflicting duplicate batches", with 30,506 of them in a reason of 3 MB. A job's
+    conflicts are its own components' now, and ten are named, the rest counted."""
+    st = BatchStore(tmp_path / "r.sqlite")
+
+    def pair(component: str, stream: str, seq: int) -> None:  # a batch, then its conflict
+        for n, said in ((2, "new"), (3, "conflict")):
+            got = st.add(
+                component, stream, seq, epoch=1, job=7, task=0, npoints=n, raw=_raw(seq, n)
+            )
+            assert got == said, (component, seq, got)
+
+    for seq in range(15):  # the job's own component: 15 conflicts
+        pair("mine", "s1", seq)
+    for seq in range(3):  # another node's component naming job 7
+        pair("theirs", "x", seq)
+    named = st.conflicts(7, ["mine", "counter"])
+    assert named == [f"mine stream s1 seq {i}" for i in range(10)] + ["and 5 more"], named
+    assert st.conflicts(7, ["counter"]) == [] and st.conflicts(7, []) == []
+    assert st.conflicts(7, ["theirs"]) == [f"theirs stream x seq {i}" for i in range(3)]
+    st.close()
+
+
 def test_the_store_says_the_highest_job_it_holds(tmp_path: Path) -> None:
     """What the recorder's status tells a scheduler whose state file was replaced (the
     ids continue after it); an implausible id (10**13) does not count."""
@@ -379,6 +407,34 @@ def test_the_store_says_the_highest_job_it_holds(tmp_path: Path) -> None:
     again = BatchStore(tmp_path / "r.sqlite")  # as a restarted recorder
     assert again.highest_job() == 7
     again.close()
+
+
+def test_a_batch_s_job_id_counts_only_a_little_past_the_files_the_scheduler_asked_for(
+    tmp_path: Path,
+) -> None:
+    """A hostile tour: one batch on a node's own data topic naming job 999,999,999,998
+    moved the lab's job ids there for good (the recorder's status said it, the
+    scheduler's ids continued after it). A batch's job id counts only up to
+    BATCH_ID_LEAD past the highest job the recorder wrote a file of (the scheduler asked
+    for it): the jobs running when a state file was lost have no file yet."""
+    from tomato_mqtt.model.jobs import BATCH_ID_LEAD, batch_id_bound, highest_ran
+
+    assert batch_id_bound(None) == BATCH_ID_LEAD and batch_id_bound(40) == 40 + BATCH_ID_LEAD
+    assert highest_ran(None, None) is None and highest_ran(10**13, None) is None
+    assert highest_ran(None, 5) == 5 and highest_ran(40, 12) == 40 and highest_ran(40, 45) == 45
+    st = BatchStore(tmp_path / "r.sqlite")
+    _add(st, "s1", 0, 999_999_999_998, 2, _raw(0))  # the forged one: not counted at all
+    assert st.highest_ids() == (None, None) and st.highest_job() is None
+    _add(st, "s1", 1, 3, 2, _raw(1))  # a job whose state file was lost as it ran
+    assert st.highest_job() == 3
+    st.set_final(40, {"written": True})  # a file the scheduler asked for
+    _add(st, "s1", 2, 41, 2, _raw(2))
+    assert st.highest_ids() == (40, 41) and st.highest_job() == 41
+    _add(st, "s1", 3, 40 + BATCH_ID_LEAD + 1, 2, _raw(3))  # past the lead: not counted
+    assert st.highest_job() == 41
+    _add(st, "s1", 4, 40 + BATCH_ID_LEAD, 2, _raw(4))  # within it
+    assert st.highest_job() == 40 + BATCH_ID_LEAD
+    st.close()
 
 
 def test_what_is_acknowledged_is_checkpointed_first(tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ from pydantic import BaseModel, Field
 
 __all__ = [
     "ACTIVE_STATUSES",
+    "BATCH_ID_LEAD",
     "DONE_STATUSES",
     "PLAUSIBLE_ID",
     "STATUS_CODES",
@@ -20,7 +21,9 @@ __all__ = [
     "JobStatusCode",
     "PipelineState",
     "UnknownName",
+    "batch_id_bound",
     "check_transition",
+    "highest_ran",
     "kept_pipeline_note",
     "merge_noted",
     "merged_note",
@@ -36,6 +39,28 @@ ACTIVE_STATUSES: frozenset[str] = frozenset({"r", "rd"})
 #: 99999999999999999999 stopped the scheduler with an OverflowError, and one at 2**63-1
 #: made every later submit fail): a trillion jobs are beyond any lab
 PLAUSIBLE_ID = 10**12
+
+#: how far past the highest job a recorder wrote a file of (the scheduler asked for it)
+#: a job id named in its stored batches still counts: see :func:`batch_id_bound`
+BATCH_ID_LEAD = 1000
+
+
+def batch_id_bound(files: int | None) -> int:
+    """The highest job id a stored batch may name and count as a job this stack ran,
+    given the highest job the recorder wrote a file of (``files``; the scheduler asked
+    for it): :data:`BATCH_ID_LEAD` past it (the jobs running when a state file was lost
+    have no file yet). A node's login may name any job in its own components' batches:
+    one batch naming job 999,999,999,998 moved a lab's job ids there for good (a hostile
+    tour); a batch past the bound is not counted at all (clamped to it, every later job's
+    id would have jumped by the lead)."""
+    return min(PLAUSIBLE_ID, (files or 0) + BATCH_ID_LEAD)
+
+
+def highest_ran(files: int | None, batches: int | None) -> int | None:
+    """The highest of ``files`` and ``batches`` (a batch's job within
+    :func:`batch_id_bound`), None if neither."""
+    known = [j for j in (files, batches) if j is not None and 0 < j <= PLAUSIBLE_ID]
+    return max(known) if known else None
 
 
 def kept_pipeline_note(name: str, sampleid: str, devices_file: object, job: object) -> str:

@@ -20,6 +20,7 @@ import orjson
 from pydantic import Field, ValidationError
 
 from tomato_mqtt.wire.base import renamed
+from tomato_mqtt.wire.data import STREAM_MAX
 from tomato_mqtt.wire.messages import SCHEMA, DecodeError, WireModel, stream_id
 
 __all__ = ["BatchHeader", "encode_batch", "encode_json", "infinities", "read_header"]
@@ -36,7 +37,7 @@ class BatchHeader(WireModel):
     job: int | None = Field(None, alias="jobid", validation_alias=renamed("jobid", "job"))
     task: int | None = None
     epoch: int
-    stream: str = ""
+    stream: str = Field("", max_length=STREAM_MAX)
     seq: int
     n: int
 

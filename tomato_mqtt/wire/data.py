@@ -10,7 +10,11 @@ from pydantic import ConfigDict, Field, model_validator
 from tomato_mqtt.wire.base import WireModel
 from tomato_mqtt.wire.base import renamed as _renamed
 
-__all__ = ["AckArgs", "Cell", "DataBatch", "LastPoint", "ReplayArgs", "stream_id"]
+__all__ = ["STREAM_MAX", "AckArgs", "Cell", "DataBatch", "LastPoint", "ReplayArgs", "stream_id"]
+
+#: the longest stream id a batch may carry (a node draws ~25 characters; a node's login
+#: sent 100 kB ones, which the recorder stored and listed in a job's reply: a hostile tour)
+STREAM_MAX = 128
 
 
 Cell = float | int | bool | str | None | list[Any]
@@ -50,7 +54,7 @@ class DataBatch(WireModel):
     job: int | None = Field(None, alias="jobid", validation_alias=_renamed("jobid", "job"))
     task: int | None = None
     epoch: int
-    stream: str = ""
+    stream: str = Field(default="", max_length=STREAM_MAX)
     seq: int
     n: int | None = Field(default=None, description="number of points (len of uts)")
     uts: list[float]

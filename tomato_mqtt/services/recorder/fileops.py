@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from pydantic import JsonValue
 
+from tomato_mqtt.model.jobs import PLAUSIBLE_ID
 from tomato_mqtt.services.recorder.files import (
     CHUNK,
     FetchArgs,
@@ -58,6 +59,8 @@ class FileOps:
                 await svc.files.wait_complete(jobid, a.expect, a.wait)
                 # from here on, a batch of this job is late: it is merged into the file
                 svc.files.remember_final(a)
+                if svc.highest_file is None or svc.highest_file < jobid <= PLAUSIBLE_ID:
+                    svc.highest_file = jobid  # (the scheduler's word: model.jobs.highest_ran)
             t_wait = time.monotonic() - t0
             wrote = await svc.files.write(a, Path(a.path))
             written, note, altered = wrote.path, wrote.note, wrote.altered
@@ -88,7 +91,7 @@ class FileOps:
         missing, extra = count_problems(a.expect, wrote.task_points)
         if missing:  # and why replays did not fill them, where that is known
             missing += svc.files.stuck_reasons(a.expect)
-        conflicts = store.conflicts(jobid)
+        conflicts = store.conflicts(jobid, {str(m.get("name")) for m in a.roles.values()})
         kind = "snapshot" if a.snapshot else "file"
         msg = f"{kind} of job {jobid} written to {written}" + (f" ({note})" if note else "")
         if missing and not a.snapshot:

@@ -28,7 +28,7 @@ from pydantic import BaseModel, JsonValue
 from tomato_mqtt import __version__
 from tomato_mqtt.config.statefiles import opened, what_to_do
 from tomato_mqtt.errors import store_words
-from tomato_mqtt.model.jobs import PLAUSIBLE_ID
+from tomato_mqtt.model.jobs import batch_id_bound, highest_ran
 from tomato_mqtt.services.base import Service
 from tomato_mqtt.services.idle import run_when_idle
 from tomato_mqtt.services.recorder.fileops import FileOps
@@ -146,7 +146,10 @@ class RecorderService(Service):
         self.jobs_seen: set[int] = set()
         #: the highest job id stored (told in the status: a scheduler with a new state
         #: file continues its ids after it)
-        self.highest_job: int | None = None
+        #: the highest job ids of the final files (the scheduler asked for them) and of
+        #: the stored batches: the status's ``highest_job`` (model.jobs.highest_ran)
+        self.highest_file: int | None = None
+        self.highest_batch: int | None = None
         self.files = Files(self)
         self.fileops = FileOps(self)
         self.storage_error: str | None = None
@@ -162,6 +165,7 @@ class RecorderService(Service):
         #: the size of the last batch the store refused (what _storage_watch tries)
         self._refused_bytes = 0
         self.conflicts: dict[int, int] = {}  # job -> conflicting batches seen
+        self._conflicts_told: set[tuple[int | None, str]] = set()  # (job, component): said
         self.merged: dict[int, int] = {}  # job -> late merges (most recent last)
         self.not_merged: dict[int, str] = {}  # job -> why its late data was not merged
         #: job -> points per component its file holds, where a merge left a batch out
@@ -190,7 +194,7 @@ class RecorderService(Service):
         self.store = opened(
             "recorder", self.db_path, "the recorder", lambda: BatchStore(self.db_path)
         )
-        self.highest_job = self.store.highest_job()
+        self.highest_file, self.highest_batch = self.store.highest_ids()
         self.files.sweep_temporary()
 
     async def started(self) -> None:
@@ -343,7 +347,7 @@ class RecorderService(Service):
             version=__version__,
             started_at=self.started_at,
             jobs=jobs,
-            highest_job=self.highest_job,
+            highest_job=highest_ran(self.highest_file, self.highest_batch),
             storage_error=self.storage_error,
         )
 
@@ -415,8 +419,8 @@ class RecorderService(Service):
             self._storage_ok()
         if job is not None:
             self.jobs_seen.add(job)
-            if self.highest_job is None or self.highest_job < job <= PLAUSIBLE_ID:
-                self.highest_job = job
+            if (self.highest_batch or 0) < job <= batch_id_bound(self.highest_file):
+                self.highest_batch = job
         st = self.streams.setdefault((b.component, stream), _Stream())
         if res == "conflict":
             self._conflict(b, stream)
@@ -435,17 +439,30 @@ class RecorderService(Service):
             self.spawn(self._notify())
 
     def _conflict(self, b: BatchHeader, stream: str) -> None:
-        log.error(
+        """Same identity, other content: kept out, counted, and said once per job and
+        component (in the log and as a job event: a node's login that sent 30,000 such
+        batches naming another node's job had each one logged and sent as an event)."""
+        told = (b.job, b.component)
+        first = told not in self._conflicts_told
+        if first:
+            self._conflicts_told.add(told)
+            while len(self._conflicts_told) > 1000:
+                self._conflicts_told.pop()
+        log.log(
+            logging.ERROR if first else logging.DEBUG,
             "conflicting duplicate: %s stream %s seq %d (job %s task %s) differs from the "
-            "batch stored under that identity; kept the stored one",
+            "batch stored under that identity; kept the stored one%s",
             b.component,
             stream,
             b.seq,
             b.job,
             b.task,
+            " (more of this job and component are logged at debug level only)" if first else "",
         )
-        if b.job is not None:
-            self.conflicts[b.job] = self.conflicts.get(b.job, 0) + 1
+        if b.job is None:
+            return
+        self.conflicts[b.job] = self.conflicts.get(b.job, 0) + 1
+        if first:
             self.job_event(
                 b.job,
                 "warning",

@@ -33,18 +33,21 @@ import hashlib
 import json
 import sqlite3
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from tomato_mqtt.errors import locked
-from tomato_mqtt.model.jobs import PLAUSIBLE_ID
+from tomato_mqtt.model.jobs import PLAUSIBLE_ID, batch_id_bound, highest_ran
 
 __all__ = ["AddResult", "BatchRow", "BatchStore", "Raws", "digest"]
 
 #: how long a write waits for another program's lock on the store (s)
 LOCK_WAIT = 1.0
+
+#: conflicting batches a job's file check names (the rest are counted)
+CONFLICTS_SHOWN = 10
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS stored (
@@ -368,16 +371,20 @@ class BatchStore:
         return [(str(c), int(r)) for c, r in rows]
 
     def highest_job(self) -> int | None:
-        """The highest job id stored (batches or final files; model.jobs.PLAUSIBLE_ID
-        at most)."""
-        best: int | None = None
-        for table in ("stored", "finals"):
-            got = self._db.execute(
-                f"SELECT max(job) FROM {table} WHERE job <= ?", (PLAUSIBLE_ID,)
-            ).fetchone()[0]
-            if got is not None and (best is None or int(got) > best):
-                best = int(got)
-        return best
+        """The highest job id this store shows the stack ran (:func:`highest_ran`)."""
+        return highest_ran(*self.highest_ids())
+
+    def highest_ids(self) -> tuple[int | None, int | None]:
+        """The highest job id of the final files, and of the stored batches within
+        :func:`~tomato_mqtt.model.jobs.batch_id_bound` of it."""
+        files = self._db.execute(
+            "SELECT max(job) FROM finals WHERE job <= ?", (PLAUSIBLE_ID,)
+        ).fetchone()[0]
+        files = None if files is None else int(files)
+        batches = self._db.execute(
+            "SELECT max(job) FROM stored WHERE job <= ?", (batch_id_bound(files),)
+        ).fetchone()[0]
+        return files, None if batches is None else int(batches)
 
     def job_points(self, job: int) -> dict[str, int]:
         rows = self._db.execute(
@@ -395,11 +402,26 @@ class BatchStore:
         ).fetchall()
         return {(str(c), None if t is None else int(t)): int(n) for c, t, n in rows}
 
-    def conflicts(self, job: int) -> list[str]:
+    def conflicts(self, job: int, components: Collection[str]) -> list[str]:
+        """The conflicting batches of ``job`` from ``components`` (the job's own: a node's
+        login may name any job in its own components' batches, and two such batches of
+        one identity ended another node's job `ce`, its reason 3 MB long: a hostile
+        tour), the first :data:`CONFLICTS_SHOWN` of them and how many more."""
+        names = sorted(set(components))
+        if not names:
+            return []
+        marks = ", ".join("?" * len(names))
+        where = f"FROM conflicts WHERE job = ? AND component IN ({marks})"
         rows = self._db.execute(
-            "SELECT component, stream, seq FROM conflicts WHERE job = ? ORDER BY rowid", (job,)
+            f"SELECT component, stream, seq {where} ORDER BY rowid LIMIT ?",
+            (job, *names, CONFLICTS_SHOWN),
         ).fetchall()
-        return [f"{c} stream {st} seq {s}" for c, st, s in rows]
+        said = [f"{c} stream {st} seq {s}" for c, st, s in rows]
+        if len(rows) == CONFLICTS_SHOWN:
+            (n,) = self._db.execute(f"SELECT count(*) {where}", (job, *names)).fetchone()
+            if n > CONFLICTS_SHOWN:
+                said.append(f"and {n - CONFLICTS_SHOWN} more")
+        return said
 
     def make_durable(self) -> None:
         """Everything committed so far on the disk, before the nodes are told they may let

@@ -24,7 +24,9 @@ from tomato_mqtt.model.jobs import (
     Job,
     PipelineState,
     UnknownName,
+    batch_id_bound,
     check_transition,
+    highest_ran,
     utcnow,
 )
 
@@ -762,12 +764,16 @@ def highest_job_elsewhere(recorder_db: Path, jobs_dir: Path) -> tuple[int, str]:
         try:
             db = sqlite3.connect(f"file:{recorder_db}?mode=ro", uri=True, timeout=5.0)
             try:
-                for table in ("stored", "finals"):
-                    got = db.execute(
-                        f"SELECT max(job) FROM {table} WHERE job <= ?", (PLAUSIBLE_ID,)
-                    ).fetchone()[0]
-                    if got is not None and int(got) > best:
-                        best, where = int(got), f"the recorder's store {recorder_db}"
+                # (a node's login names any job id in its batches: model.jobs)
+                files = db.execute(
+                    "SELECT max(job) FROM finals WHERE job <= ?", (PLAUSIBLE_ID,)
+                ).fetchone()[0]
+                batches = db.execute(
+                    "SELECT max(job) FROM stored WHERE job <= ?", (batch_id_bound(files),)
+                ).fetchone()[0]
+                got = highest_ran(files, batches)
+                if got is not None and got > best:
+                    best, where = got, f"the recorder's store {recorder_db}"
             finally:
                 db.close()
         except sqlite3.Error:
