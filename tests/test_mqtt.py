@@ -10,6 +10,7 @@ import asyncio
 import logging
 import signal
 import sys
+import uuid
 
 import pytest
 
@@ -65,7 +66,7 @@ async def check_pubsub(b: RunningBroker, topics: Topics) -> None:
         await pub.publish(status, b"", retain=True)  # clear the retained message
 
 
-async def check_reconnect(b: RunningBroker, topics: Topics) -> None:
+async def check_reconnect(b: RunningBroker, topics: Topics, client_id: str = "") -> None:
     topic = topics.job_event(1)
     reconnected = asyncio.Event()
 
@@ -73,7 +74,7 @@ async def check_reconnect(b: RunningBroker, topics: Topics) -> None:
         reconnected.set()
 
     async with AsyncClient(
-        b.url, client_id=f"{topics.instance}-sub", on_connect=on_reconnect
+        b.url, client_id=client_id or f"{topics.instance}-sub", on_connect=on_reconnect
     ) as sub:
         await sub.subscribe(topics.all_job_events())
         async with AsyncClient(b.url, client_id=f"{topics.instance}-pub1") as pub:
@@ -164,13 +165,18 @@ async def test_reconnect_resubscribes(
     broker: RunningBroker, instance: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.WARNING, "tomato_mqtt.transport.client")
-    await check_reconnect(broker, Topics(instance))
+    tail = uuid.uuid4().hex[:16]  # a service's unguessable client id (docs/security.md)
+    await check_reconnect(broker, Topics(instance), f"recorder-{instance}-{tail}")
     # its log says the connection went and that it is back (a node's log said "lost …
     # (Unspecified error)" three times and never that it was back: an admin's tour)
     said = [r.getMessage() for r in caplog.records]
     lost = [s for s in said if " lost the connection to " in s]
     assert lost and "(the broker closed it or went away)" in lost[0], said
     assert any(s.endswith(f"connected to {broker.url} again") for s in said), said
+    # without the id's tail: logs are readable by other users of the PC, and the tail
+    # keeps another login from taking the id over on Mosquitto (a hostile tour)
+    assert lost[0].startswith(f"recorder-{instance}-… lost the connection"), lost
+    assert not [s for s in said if tail in s], said
 
 
 async def test_last_will_when_process_is_killed(broker: RunningBroker, instance: str) -> None:

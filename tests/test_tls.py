@@ -249,6 +249,9 @@ def test_a_whole_job_over_tls_with_a_remote_node(
         _whole_job_over_tls(st, pki, tls_port, mutual)
         # nothing of ours served it but Mosquitto: no embedded broker was started
         assert bool(list(st.logdir.glob("broker*.log"))) == (kind == "amqtt")
+        if kind == "amqtt":  # its listeners, as clients name them (the TLS one was unsaid)
+            said = "".join(f.read_text() for f in st.logdir.glob("broker*.log"))
+            assert f"mqtts://127.0.0.1:{tls_port}" in said, said[-3000:]
 
 
 def _refused_without_a_client_certificate(st: Stack, tmp: Path, tls_port: int, pki: Pki) -> None:

@@ -291,3 +291,16 @@ def test_the_slug_table_of_topics_md_is_what_slug_computes() -> None:
     assert ("é", "x--5326bb9925") in pairs and ("-lead", "lead--32ed32d5f0") in pairs
     for name, expected in pairs:
         assert slug(name) == expected, (name, slug(name), expected)
+
+
+def test_a_service_s_client_id_is_shown_without_its_unguessable_tail() -> None:
+    """The tail keeps another login from taking a service's id over on Mosquitto
+    (docs/security.md); the logs, readable by other users of the PC, showed it whole."""
+    from tomato_mqtt.wire.slugs import shown_client_id
+
+    assert shown_client_id("recorder-lab2-84b6b279635543f3") == "recorder-lab2-…"
+    assert shown_client_id("node-pc2-4242-0123456789abcdef") == "node-pc2-4242-…"
+    assert shown_client_id("scheduler-default-" + "a" * 32) == "scheduler-default-…"
+    # not a 64-bit tail: shown as it is (a person's CLI, a test's client, no tail at all)
+    for kept in ("cli-4242-abcdef", "tomato-0123456789ab", "lab-sub", "", "0123456789abcdef"):
+        assert shown_client_id(kept) == kept

@@ -17,6 +17,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from tomato_mqtt.waits import wait_for
+from tomato_mqtt.wire.slugs import shown_client_id
 from tomato_mqtt_broker.config import LOCAL_ORIGIN, BrokerConfig
 
 __all__ = ["EmbeddedBroker", "run_broker"]
@@ -183,7 +184,7 @@ class _Delivery:
                     "client %r (login %r) did not take or acknowledge a message within "
                     "%g s: it is not sent again, if it did not arrive (the count follows "
                     "when the client takes its messages again)",
-                    getattr(session, "client_id", None),
+                    shown_client_id(getattr(session, "client_id", None) or ""),
                     getattr(session, "username", None),
                     DELIVERY_WAIT,
                 )
@@ -633,7 +634,11 @@ def _broker_class(
                     if not await self._topic_filtering(target, topic=topic, action=Action.RECEIVE):
                         # per message, so not above debug (amqtt's line was on its own
                         # logger, which this broker keeps at WARNING)
-                        log.debug("%s may not receive messages on %s", target.client_id, topic)
+                        log.debug(
+                            "%s may not receive messages on %s",
+                            shown_client_id(target.client_id or ""),
+                            topic,
+                        )
                         continue
                     if target.transitions.state != "connected":
                         # kept for a persistent session away, only at QoS 1/2 and only
@@ -659,7 +664,7 @@ def _broker_class(
                     log.warning(
                         "client %r (login %r) is away with %d messages kept for it "
                         "(max_queued_messages %d): newer ones are dropped until it is back",
-                        target_session.client_id,
+                        shown_client_id(target_session.client_id),
                         target_session.username,
                         kept,
                         max_offline,
@@ -740,7 +745,7 @@ def _broker_class(
                     log.warning(
                         "client %r (login %r) does not take its messages: %d bytes wait for "
                         "it (max_queued_bytes %d); messages for it are dropped until it does",
-                        session.client_id,
+                        shown_client_id(session.client_id),
                         session.username,
                         backlog.bytes,
                         max_queued,
@@ -750,7 +755,7 @@ def _broker_class(
                 log.warning(
                     "client %r (login %r) takes its messages again: %d were dropped for it "
                     "in %.0f s",
-                    session.client_id,
+                    shown_client_id(session.client_id),
                     session.username,
                     backlog.dropped,
                     time.time() - backlog.since,
@@ -761,7 +766,7 @@ def _broker_class(
                     "client %r (login %r) takes its messages again: %d before were not "
                     "taken or acknowledged within %g s and were not sent again (those "
                     "already on their way may have arrived)",
-                    session.client_id,
+                    shown_client_id(session.client_id),
                     session.username,
                     backlog.unacked,
                     DELIVERY_WAIT,
@@ -853,7 +858,8 @@ def _broker_class(
                 if transport is not None:
                     transport.abort()
                 raise MQTTError(
-                    f"a CONNECT of {session.client_id!r} from {remote_address}:{remote_port} "
+                    f"a CONNECT of {shown_client_id(session.client_id or '')!r} from "
+                    f"{remote_address}:{remote_port} "
                     "whose connection its client had closed already: dropped"
                 )
             why = await self._refusal(session)
@@ -865,7 +871,7 @@ def _broker_class(
                 log.warning(
                     "refused the login %r (client id %r) from %s:%s: %s",
                     session.username,
-                    session.client_id,
+                    shown_client_id(session.client_id),
                     remote_address,
                     remote_port,
                     why,
@@ -949,7 +955,7 @@ def _broker_class(
             log.warning(
                 "client %r (login %r) sent nothing for %d s, 1.5 times its keep-alive of "
                 "%d s: its connection is closed as a failed one",
-                session.client_id,
+                shown_client_id(session.client_id),
                 session.username,
                 session.keep_alive,
                 keep_alive,
@@ -1025,7 +1031,7 @@ def _broker_class(
                 log.warning(
                     "closing the connection of client %r: its login %r was changed since it "
                     "logged in (a new password, or the user removed)",
-                    session.client_id,
+                    shown_client_id(session.client_id),
                     session.username,
                 )
                 session.will_flag = False  # (its will would speak for a login now gone)
@@ -1064,7 +1070,7 @@ def _broker_class(
             log.info(
                 "client id %r connected again (login %r, from %s:%s): its earlier connection "
                 "is closed",
-                old.client_id,
+                shown_client_id(old.client_id),
                 old.username,
                 remote_address,
                 remote_port,
@@ -1310,7 +1316,7 @@ def _broker_class(
                         "client %r (login %r) holds %d topic filters, the most a session "
                         "(or a login's sessions together) may: its subscription to %s "
                         "(and any further one) is refused",
-                        session.client_id,
+                        shown_client_id(session.client_id),
                         session.username,
                         MAX_FILTERS,
                         subscription[0],
@@ -1548,8 +1554,15 @@ async def _serve(config: BrokerConfig, ready: asyncio.Event | None = None) -> No
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
     async with EmbeddedBroker(config):
-        ws = f", ws://{config.host}:{config.ws_port}" if config.ws_port else ""
-        log.info("broker listening on mqtt://%s:%d%s", config.host, config.port, ws)
+        # each listener as a client names it: the WebSocket one is WSS under TLS, and the
+        # TLS one and the plain one's address (loopback under TLS) were not said (it read
+        # "ws://…" for a WSS listener: a security tour)
+        where = []
+        for listener in config.amqtt_config()["listeners"].values():
+            tls = bool(listener.get("ssl"))
+            scheme = ("wss" if tls else "ws") if listener["type"] == "ws" else "mqtt"
+            where.append(f"{'mqtts' if scheme == 'mqtt' and tls else scheme}://{listener['bind']}")
+        log.info("broker listening on %s", ", ".join(where))
         if ready is not None:
             ready.set()
         await stop.wait()

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 from tomato_mqtt.errors import StartupError
 from tomato_mqtt.services.idle import freeze_heap, own_process
 from tomato_mqtt.waits import wait_for
+from tomato_mqtt.wire.slugs import shown_client_id
 
 # The MQTT client (paho) and the message models are imported where a service runs, not
 # here: the broker's process imports this module for setup_logging only (~3 MB of RSS).
@@ -193,6 +194,11 @@ class Service(abc.ABC):
         """The MQTT client id (unique per process)."""
 
     @property
+    def shown_id(self) -> str:
+        """The client id as logs show it (its unguessable tail cut: wire.slugs)."""
+        return shown_client_id(self.client_id)
+
+    @property
     @abc.abstractmethod
     def status_topic(self) -> str:
         """The retained presence topic of this service."""
@@ -298,7 +304,7 @@ class Service(abc.ABC):
                 told = now
                 log.warning(
                     "%s: cannot reach the MQTT broker at %s (%s): trying again",
-                    self.client_id,
+                    self.shown_id,
                     self.url,
                     e,
                 )
@@ -330,7 +336,7 @@ class Service(abc.ABC):
         try:
             await self.drain()
         except Exception:
-            log.exception("%s: draining failed", self.client_id)
+            log.exception("%s: draining failed", self.shown_id)
         await cancel_and_wait(set(self._tasks))
         if self.client is not None:
             if self.client.is_connected:
@@ -338,7 +344,7 @@ class Service(abc.ABC):
                     await self.publish_presence("offline", timeout=2)
             await self.client.disconnect()
         await self.teardown()
-        log.info("%s: stopped", self.client_id)
+        log.info("%s: stopped", self.shown_id)
 
     def run_sync(self) -> None:
         """Run in the foreground until a signal (first drains, second forces)."""
@@ -366,7 +372,7 @@ class Service(abc.ABC):
     def _task_done(self, t: asyncio.Task[Any]) -> None:
         self._tasks.discard(t)
         if not t.cancelled() and t.exception() is not None:
-            log.error("%s: task failed", self.client_id, exc_info=t.exception())
+            log.error("%s: task failed", self.shown_id, exc_info=t.exception())
 
     async def publish_presence(self, state: PresenceState, timeout: float | None = None) -> None:
         if self.client is None:
@@ -386,7 +392,7 @@ class Service(abc.ABC):
                 try:
                     await self.publish_presence("online")
                 except Exception as e:
-                    log.debug("%s: heartbeat failed: %s", self.client_id, e)
+                    log.debug("%s: heartbeat failed: %s", self.shown_id, e)
             await self.on_heartbeat()
 
     async def _message_loop(self) -> None:
@@ -397,4 +403,4 @@ class Service(abc.ABC):
                 await self.on_message(msg)
             except Exception as e:  # one bad message must never stop a service
                 if self.said_fault(e) is None:
-                    log.exception("%s: handling a message on %s failed", self.client_id, msg.topic)
+                    log.exception("%s: handling a message on %s failed", self.shown_id, msg.topic)

@@ -49,6 +49,7 @@ from tomato_mqtt.transport.types import (
     topic_matches,
 )
 from tomato_mqtt.waits import wait_for
+from tomato_mqtt.wire.slugs import shown_client_id
 
 __all__ = [
     "AsyncClient",
@@ -106,6 +107,7 @@ class AsyncClient(_LoopDriven):
         self.url = BrokerURL.parse(url) if isinstance(url, str) else url
         self._websockets = self.url.transport == "websockets"
         self.client_id = client_id or f"tomato-{uuid.uuid4().hex[:12]}"
+        self.shown_id = shown_client_id(self.client_id)  # as the logs name it
         self._will = will
         self._keepalive = keepalive
         self._reconnect_enabled = reconnect
@@ -129,7 +131,7 @@ class AsyncClient(_LoopDriven):
         #: the older `wait()` timed out on a job that had ended long before)
         self._subs: dict[str, list[_Subscription]] = {}
         self._sub_list: list[_Subscription] = []  # all of them, for delivery
-        self._inbox = Inbox(self.client_id, max_queued_droppable)
+        self._inbox = Inbox(self.shown_id, max_queued_droppable)
         self._closing = False
         self._misc_task: asyncio.Task[None] | None = None
         self._reconnect_task: asyncio.Task[None] | None = None
@@ -530,7 +532,7 @@ class AsyncClient(_LoopDriven):
             # started the owner's hook after its tasks were cancelled, and it outlived the
             # client: a CI run's leaked-task check)
             self._hook_task = asyncio.ensure_future(self._run_hook())
-        log.debug("%s connected to %s", self.client_id, self.url)
+        log.debug("%s connected to %s", self.shown_id, self.url)
 
     async def _run_hook(self) -> None:
         if self._on_connect_hook is None:
@@ -538,7 +540,7 @@ class AsyncClient(_LoopDriven):
         try:
             await self._on_connect_hook()
         except Exception:  # the hook must not kill the client
-            log.exception("on_connect hook of %s failed", self.client_id)
+            log.exception("on_connect hook of %s failed", self.shown_id)
 
     def _on_disconnect(self, c: paho.Client, ud: Any, flags: Any, rc: Any, props: Any) -> None:
         was_connected = self._connected.is_set()
@@ -556,12 +558,12 @@ class AsyncClient(_LoopDriven):
             # (paho's "Unspecified error" is a broker that closed it or went away: said so)
             why = str(rc)
             why = "the broker closed it or went away" if why == "Unspecified error" else why
-            log.warning("%s lost the connection to %s (%s)", self.client_id, self.url, why)
+            log.warning("%s lost the connection to %s (%s)", self.shown_id, self.url, why)
             if self.on_lost is not None:
                 try:
                     self.on_lost()
                 except Exception:  # the hook must not stop the reconnect
-                    log.exception("on_lost hook of %s failed", self.client_id)
+                    log.exception("on_lost hook of %s failed", self.shown_id)
         idle = self._reconnect_task is None or self._reconnect_task.done()
         if self._reconnect_enabled and was_connected and self._loop is not None and idle:
             self._reconnect_task = self._loop.create_task(self._reconnect_loop())
@@ -576,13 +578,13 @@ class AsyncClient(_LoopDriven):
                 if self._connected.is_set():
                     # said as its loss was (a node's log said "lost the connection" three
                     # times and never that it was back: an admin's tour)
-                    log.warning("%s: connected to %s again", self.client_id, self.url)
+                    log.warning("%s: connected to %s again", self.shown_id, self.url)
                     return
                 # closed again before this task went on (a broker that closes at once:
                 # Aedes, at a publish sent again that its rules forbid): _on_disconnect
                 # saw this task running and left the reconnect to it, so it goes on
                 # (it returned, and the client stayed disconnected for good)
-                log.debug("%s: the connection to %s closed at once", self.client_id, self.url)
+                log.debug("%s: the connection to %s closed at once", self.shown_id, self.url)
             except (MqttRefused, MqttUntrusted) as e:
                 # the broker is there and says no (a password changed, a user removed, a
                 # certificate replaced): said once per reason, not at debug level only
@@ -592,7 +594,7 @@ class AsyncClient(_LoopDriven):
                     log.warning(
                         "%s: the broker at %s refuses to take this client back: %s "
                         "(trying again every 2 s)",
-                        self.client_id,
+                        self.shown_id,
                         self.url,
                         e,
                     )
@@ -600,9 +602,9 @@ class AsyncClient(_LoopDriven):
                         try:
                             self.on_refused(e)
                         except Exception:  # the owner's hook must not end the retries
-                            log.exception("on_refused hook of %s failed", self.client_id)
+                            log.exception("on_refused hook of %s failed", self.shown_id)
             except (OSError, MqttError, asyncio.TimeoutError) as e:
-                log.debug("%s: reconnect to %s failed: %s", self.client_id, self.url, e)
+                log.debug("%s: reconnect to %s failed: %s", self.shown_id, self.url, e)
             self._retry_now.clear()
             with contextlib.suppress(asyncio.TimeoutError):
                 await wait_for(self._retry_now.wait(), delay)

@@ -6,7 +6,7 @@ Used by ``topics.py`` (which re-exports both functions); no topic strings here.
 
 from __future__ import annotations
 
-__all__ = ["is_slug", "slug"]
+__all__ = ["is_slug", "shown_client_id", "slug"]
 
 # the slug alphabet, checked without ``re``: this module is on every CLI call that names
 # something, and ``re`` (with ``enum`` and its compiler) is ~2-4 ms of such a call
@@ -61,3 +61,19 @@ def slug(name: str) -> str:
 
     digest = blake2b(name.encode("utf-8"), digest_size=5).hexdigest()
     return f"{readable}--{digest}"
+
+
+#: the hex digits of a service's unguessable client id tail (64 bits: docs/security.md)
+_SECRET_TAIL = 16
+
+
+def shown_client_id(client_id: str) -> str:
+    """``client_id`` as logs show it: a service's unguessable tail (``-`` and 16 or more
+    hex digits: ``scheduler-lab-<random>``, ``node-<name>-<pid>-<random>``) cut to ``-…``.
+    The tail is what keeps another login from taking the id over on Mosquitto, and the
+    services' logs (and the embedded broker's) are readable by other users of the PC: it
+    was in every reconnect line (a hostile tour)."""
+    head, dash, tail = client_id.rpartition("-")
+    if dash and len(tail) >= _SECRET_TAIL and _HEX.issuperset(tail):
+        return f"{head}-…"
+    return client_id
