@@ -4,7 +4,10 @@ implementations: Mosquitto (C) and Aedes (Node.js, tests/aedes/)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -258,9 +261,18 @@ def test_a_call_while_the_broker_restarts_waits_for_it_within_its_timeout(
                 stderr=subprocess.PIPE,
                 text=True,
             )
+            last = [BIN / "passata", "last", "dev-counter/1", "-t", "60"]
+            streamed = subprocess.Popen(  # the long-lived client's connection: waited for too
+                [*last, "-p", str(port), "-A", str(st.appdir)],
+                env=cli_env(st.env, "passata", "last"),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
             time.sleep(3)
             assert asked.poll() is None, asked.communicate()  # waiting, not failed
             assert looked.poll() is None, looked.communicate()
+            assert streamed.poll() is None, streamed.communicate()  # (it failed at once)
             asyncio.run(mosq.start())
             out, err = asked.communicate(timeout=60)
             assert asked.returncode == 0, (out, err)
@@ -268,9 +280,39 @@ def test_a_call_while_the_broker_restarts_waits_for_it_within_its_timeout(
             seen, said = looked.communicate(timeout=60)
             assert looked.returncode == 0 and "state" in seen, (seen, said)
             assert "takes no connection" in said, said
+            seen, said = streamed.communicate(timeout=60)
+            assert "takes no connection" in said and "refused" not in said, (seen, said)
             jobid = int(out.split()[-1])
             job = st.wait_job(jobid, {"c", "ce", "cd"}, timeout=60)
             assert job["status"] == "c", (job, st.logs())
+            # the submit made one job, however often it tried to connect
+            listed = st.json("ketchup", "status")
+            assert [j["id"] for j in listed["data"]] == [jobid], listed
+            # a stack stopped while a call waits for its broker ends the wait (it waited
+            # out its -t, naming a supervisor gone: a review)
+            asyncio.run(mosq.stop())
+            waiting = subprocess.Popen(
+                [BIN / "ketchup", "status", "-t", "60", "-p", str(port), "-A", str(st.appdir)],
+                env=cli_env(st.env, "ketchup", "status"),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            time.sleep(2)
+            assert waiting.poll() is None, waiting.communicate()
+            assert sup is not None
+            os.kill(sup, signal.SIGTERM)
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and st.supervisor_pid() is not None:
+                time.sleep(0.05)
+            with contextlib.suppress(ProcessLookupError):
+                while time.monotonic() < deadline:
+                    os.kill(sup, 0)
+                    time.sleep(0.05)
+            gone = time.monotonic()
+            out, err = waiting.communicate(timeout=30)
+            assert waiting.returncode == 1 and time.monotonic() - gone < 5, (out, err)
+            assert "waiting up to 60 s" in err and "is it running? Start it" in err, err
         # no stack here any more: said at once, as before
         asyncio.run(mosq.stop())
         began = time.monotonic()

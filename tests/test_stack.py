@@ -631,7 +631,7 @@ def test_a_restart_node_read_late_by_a_node_that_stood_still_is_not_carried_out(
         job = st.wait_job(jobid, {"c", "ce", "cd"}, timeout=60)
         assert job["status"] == "ce" and "node shutting down" in job["reason"], job
         # who asked for it (it read "node shutting down" alone: a fault round)
-        assert "(asked to restart: tomato restart-node --force)" in job["reason"], job
+        assert "(asked to by a shutdown command: tomato restart-node --force)" in job["reason"], job
         assert "restarted mid-task" not in job["reason"], job
         end = job["progress"]["tasks"]["0"]["end"]
         assert isinstance(end["npoints"], int), end  # told by the node, not given up unknown

@@ -65,6 +65,7 @@ from tomato_mqtt.cli.core import (
     loudness,
     oneshot_failed,
     run_request,
+    while_broker_restarts,
 )
 from tomato_mqtt.cli.denied import denied
 from tomato_mqtt.cli.output import Output, emit, table
@@ -298,12 +299,15 @@ async def _with_requester(
     ctx: CallContext, fn: Callable[[Requester], Awaitable[T]], timeout: float
 ) -> T:
     from tomato_mqtt.client.aio import AsyncTomato, ClientError
+    from tomato_mqtt.transport import oneshot
     from tomato_mqtt.transport.client import MqttError
 
     t = AsyncTomato(ctx.url, ctx.instance, timeout=timeout)
     try:
         await t.connect()
     except ClientError as e:
+        if e.unreachable:  # (waited for while this PC's supervisor runs: run_async)
+            raise oneshot.Unreachable(str(e)) from None
         raise MqttError(f"{e} ({ctx.where()})") from None
     try:
         return await fn(t.requester)
@@ -319,7 +323,9 @@ def run_async(ctx: CallContext, fn: Callable[[Requester], Awaitable[T]], timeout
     from tomato_mqtt.transport.rpc import NoResponder
 
     try:
-        return asyncio.run(_with_requester(ctx, fn, timeout))
+        return while_broker_restarts(  # type: ignore[no-any-return]
+            ctx, timeout, lambda within: asyncio.run(_with_requester(ctx, fn, within))
+        )
     except NoResponder as e:
         fail(denied(ctx, e.topic) or f"{e} ({ctx.where()})")
     except MqttError as e:

@@ -261,10 +261,25 @@ def context(
 
 
 def client(ctx: CallContext, timeout: float = 10.0) -> Tomato:
-    """The Python client for this call (tomato_mqtt.client: the CLI's one code path)."""
+    """The Python client for this call (tomato_mqtt.client: the CLI's one code path),
+    connected: a broker this PC's supervisor restarts is waited for within ``timeout``,
+    as for a one-shot call (:func:`while_broker_restarts`; `ketchup snapshot`, `passata
+    last` and `ketchup status --follow` failed at once: a review)."""
+    from tomato_mqtt.client.aio import ClientError
     from tomato_mqtt.client.sync import Tomato
+    from tomato_mqtt.transport import oneshot
 
-    return Tomato(ctx.url, ctx.instance, timeout=timeout)
+    def connected(within: float) -> Tomato:
+        t = Tomato(ctx.url, ctx.instance, timeout=timeout)
+        try:
+            return t.connect()
+        except ClientError as e:
+            t.close()
+            if e.unreachable:
+                raise oneshot.Unreachable(str(e)) from None
+            fail(f"{e} ({ctx.where()})")  # (a login refused, a certificate not trusted)
+
+    return while_broker_restarts(ctx, timeout, connected)  # type: ignore[no-any-return]
 
 
 # -y/--json of the command running now: then a failure is also a Reply on stdout
@@ -375,10 +390,13 @@ def while_broker_restarts(
         try:
             return call(timeout if supervisor is None else max(deadline - time.monotonic(), 0.5))
         except oneshot.Unreachable as e:
+            # looked for at each refusal: a stack stopped or killed during the wait ends
+            # it (the call waited out its -t and named a supervisor long gone: a review)
+            first = supervisor is None
+            supervisor = _local_supervisor(ctx)
             if supervisor is None:
-                supervisor = _local_supervisor(ctx)
-                if supervisor is None:
-                    oneshot_failed(ctx, e, unanswered, unreachable)
+                oneshot_failed(ctx, e, unanswered, unreachable)
+            if first:
                 echo(
                     f"note: the MQTT broker at {ctx.url} takes no connection, and tomato-mqtt "
                     f"runs here (supervisor pid {supervisor}): waiting up to {timeout:g} s "

@@ -40,6 +40,7 @@ from tomato_mqtt.transport.client import (
     MqttError,
     MqttRefused,
     MqttTimeout,
+    MqttUnreachable,
     MqttUntrusted,
     SubscriptionRefused,
 )
@@ -70,9 +71,12 @@ def _problems(e: ValidationError) -> str:
 class ClientError(Exception):
     """A request that failed: ``code`` is the reply's error code (``wire.messages``)."""
 
-    def __init__(self, msg: str, code: str | None = None) -> None:
+    def __init__(self, msg: str, code: str | None = None, *, unreachable: bool = False) -> None:
         super().__init__(msg)
         self.code = code
+        #: the connection was refused: nothing listens on the broker's port (a broker that
+        #: is down, or being restarted), as against one that refused the login
+        self.unreachable = unreachable
 
     @property
     def file_replaced(self) -> bool:
@@ -229,7 +233,9 @@ class AsyncTomato:
         except MqttUntrusted as e:  # it is running, and its certificate is not trusted
             raise ClientError(str(e), "not_allowed") from None
         except MqttError as e:
-            raise ClientError(f"{e} — is tomato-mqtt running?", "unavailable") from None
+            refused = isinstance(e, MqttUnreachable)
+            msg = f"{e} — is tomato-mqtt running?"
+            raise ClientError(msg, "unavailable", unreachable=refused) from None
         await self.requester.start()
         return self
 

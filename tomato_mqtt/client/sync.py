@@ -173,6 +173,12 @@ class Tomato:
         )
 
     # -- the rest runs on an asyncio client in a background thread --------------------
+    def connect(self) -> Tomato:
+        """Connect now (else the first call that needs the connection does); raises
+        :class:`ClientError` (``unreachable`` when nothing listens on the broker's port)."""
+        self._start()
+        return self
+
     def _run(self, coro: Coroutine[Any, Any, T]) -> T:
         import asyncio
         import concurrent.futures

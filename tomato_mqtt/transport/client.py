@@ -42,6 +42,7 @@ from tomato_mqtt.transport.types import (
     MqttError,
     MqttRefused,
     MqttTimeout,
+    MqttUnreachable,
     MqttUntrusted,
     SubscriptionRefused,
     Will,
@@ -58,6 +59,7 @@ __all__ = [
     "MqttError",
     "MqttRefused",
     "MqttTimeout",
+    "MqttUnreachable",
     "MqttUntrusted",
     "SubscriptionRefused",
     "Will",
@@ -223,7 +225,8 @@ class AsyncClient(_LoopDriven):
                         raise MqttTimeout(
                             f"no answer from the MQTT broker at {self.url} within {timeout:g} s"
                         ) from None
-                    raise MqttError(f"cannot connect to the MQTT broker at {self.url}: {e}") from e
+                    kind = MqttUnreachable if isinstance(e, MqttUnreachable) else MqttError
+                    raise kind(f"cannot connect to the MQTT broker at {self.url}: {e}") from e
                 if on_retry is not None:
                     on_retry(e)
                 await asyncio.sleep(delay)
@@ -248,7 +251,8 @@ class AsyncClient(_LoopDriven):
                 raise MqttUntrusted(
                     f"TLS with the MQTT broker at {self.url} failed: {e}: {UNTRUSTED_HINT}"
                 ) from e
-            raise MqttError(str(e) or type(e).__name__) from e
+            kind = MqttUnreachable if isinstance(e, ConnectionRefusedError) else MqttError
+            raise kind(str(e) or type(e).__name__) from e
         rc = await self._connack
         if rc != 0:
             why = CONNACK_WHY.get(rc, f"code {rc}")

@@ -15,6 +15,7 @@ __all__ = [
     "MqttError",
     "MqttRefused",
     "MqttTimeout",
+    "MqttUnreachable",
     "MqttUntrusted",
     "SubscriptionRefused",
     "Will",
@@ -44,6 +45,11 @@ class MqttTimeout(MqttError, *_TIMEOUTS):  # type: ignore[misc]
 class SubscriptionRefused(MqttError):
     """The broker answered a SUBSCRIBE with a failure code: its rules do not give this
     login that filter (an answer, not a broker that is down)."""
+
+
+class MqttUnreachable(MqttError):
+    """Nothing listens on the broker's port (the connection was refused): a broker that
+    is down, or being restarted (as against one that refused the login)."""
 
 
 class MqttRefused(MqttError):

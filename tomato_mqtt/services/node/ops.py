@@ -273,7 +273,8 @@ class ComponentOps:
     async def op_reset(self, hc: HostedComponent, args: Mapping[str, JsonValue]) -> Result:
         runner = self.runner(hc)
         only = args.get("job")
-        if only is not None and hc.job != only:
+        accepted = runner.current_task  # (accepted, its start under way: not begun yet)
+        if only is not None and hc.job != only and (accepted is None or accepted.job != only):
             # the scheduler's reset after job `only`, which ended without its node: the
             # component has run another job's task since (a status of `only` came late)
             raise CommandError(

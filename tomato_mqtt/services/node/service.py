@@ -380,9 +380,11 @@ class NodeService(Service):
         for hc in self.components.values():
             if hc.runner is not None and hc.runner.running:
                 # who asked, when someone did: the job's reason read only "node shutting
-                # down" after a `tomato restart-node --force` (a fault round)
+                # down" after a `tomato restart-node --force` (a fault round); a node run
+                # by hand stays stopped, and the client library may send it (a review)
                 hc.runner.stop_task(
-                    "node shutting down (asked to restart: tomato restart-node --force)"
+                    "node shutting down (asked to by a shutdown command: tomato restart-node"
+                    " --force)"
                     if self.restart_requested
                     else "node shutting down"
                 )
