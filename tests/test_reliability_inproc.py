@@ -2736,3 +2736,42 @@ async def test_a_status_of_a_job_long_over_that_comes_late_stops_no_task(
     # above is the second guard)
     assert f"component {comp}: a status older than the one held" in caplog.text
     assert "still runs task" not in caplog.text
+
+
+async def test_a_reset_naming_the_job_of_a_task_still_being_set_up_is_taken(
+    broker: RunningBroker, tmp_path: Path, instance: str
+) -> None:
+    """A review: the node compared a reset's job with the task it had begun only, so a
+    task accepted and still being set up (its `task_params` being set on a slow
+    instrument), whose status already names its job, was refused a reset naming that job
+    ("has not run a task of job J since its node started") and ran on."""
+    comp = "faulty:(ok,1)"
+    settings = "[drivers.faulty]\nset_seconds = 3\n"
+    async with inproc_stack(
+        broker.port, tmp_path, instance, devices="faulty_devices.yml", settings=settings
+    ) as st:
+        work = st.settings.datadir / "work"
+        work.mkdir(parents=True, exist_ok=True)
+        for _ in range(200):
+            if st.metas.get(comp) is not None and st.metas[comp].registered:
+                break
+            await asyncio.sleep(0.05)
+        await st.call("pipeline_load", {"pipeline": "pip-ok-1", "sample": "faulty"})
+        await st.call("pipeline_ready", {"pipeline": "pip-ok-1"})
+        payload = yaml.safe_load((CONFIG / "faulty_sample.yml").read_text())
+        payload["method"][0].update(max_duration=5.0, task_params={"level": 2.0})
+        job = await st.call("job_submit", {"payload": payload, "submit_dir": str(work)})
+        hc = st.node.components[comp]
+        for _ in range(400):  # accepted, its level being set (3 s): not begun
+            accepted = hc.runner.current_task if hc.runner is not None else None
+            if accepted is not None and accepted.job == job.id:
+                break
+            await asyncio.sleep(0.01)
+        assert accepted is not None and accepted.job == job.id and hc.job != job.id, (
+            hc.job,
+            st.jobs.get(job.id),
+        )
+        reply = await st.raw(st.topics.component_cmd(comp, "reset"), {"force": True, "job": job.id})
+        assert reply.success, reply
+        done = await st.wait_job(job.id, {"c", "ce", "cd"}, timeout=30)
+        assert done.status == "ce" and "reset" in (done.reason or ""), (done.status, done.reason)

@@ -6,6 +6,9 @@ Where it fails comes from the component's address and from ``[drivers.faulty]``:
   (any other address is a device that works);
 - the setting ``fail = ["task", ...]`` (or ``"task,set"``), for every component.
 
+The setting ``set_seconds`` makes every attribute set take that long (a slow
+instrument: a task's ``task_params`` are set before it begins).
+
 ``<where>`` is one of:
 
 ``connect``
@@ -125,6 +128,7 @@ class Device(ModelDevice):
                     f" {driver.attempts[key]})"
                 )
         self.fail_at_point = int(driver.settings.get("fail_at_point", 3))
+        self.set_seconds = float(driver.settings.get("set_seconds", 0))
         self.level = 1.0
         self.mode = "a"
         self.serial = f"SN-{key[0]}-{key[1]}"
@@ -145,6 +149,7 @@ class Device(ModelDevice):
         return {"sample"}
 
     def do_set_attr(self, attr: str, val: Any) -> None:
+        time.sleep(self.set_seconds)  # a slow instrument (setting set_seconds)
         if "set" in self.faults:
             raise RuntimeError(f"faulty: cannot set {attr!r} (simulated)")
         setattr(self, attr, val)
