@@ -127,6 +127,8 @@ class StaleTasks:
             self.resetting.pop(component, None)
             self.svc.kick()
         if code == "conflict":  # it runs a later job's task: that status was old
+            # (the old status stays held until the node's next one, which its announce
+            # at every reconnect sends, as after any broker that restores it)
             log.info("component %s: after job %d's stale task: %s", component, job, msg)
         elif not ok:
             log.warning(
