@@ -95,6 +95,7 @@ class FakeHost:
         self.node = NodeStatus(state="online", node="pc1", epoch=1, heartbeat=time.time())
         self.quiet = False  # the broker passes nothing (broker_quiet)
         self.silent = False  # no status of the node came for a while (node_silent)
+        self.back: float | None = None  # s since the node spoke again (node_back_since)
         self.offset: float | None = None  # the node's clock less the scheduler's
         self.events: list[tuple[str, dict[str, Any]]] = []
         self.requests: list[tuple[str, str]] = []
@@ -115,6 +116,9 @@ class FakeHost:
 
     def node_silent(self, node: str) -> bool:
         return self.silent
+
+    def node_back_since(self, node: str) -> float | None:
+        return self.back
 
     def clock_offset(self, node: str) -> float | None:
         return self.offset
@@ -281,6 +285,37 @@ async def test_a_start_a_node_that_speaks_does_not_answer_ends_the_job_as_before
     external broker's rules lacking the component): not asked for ever, the job ends ce
     with the unanswered start, as before."""
     host = _StartUnanswered(100)
+    _runner, done = await _run(host)
+    status, reason = await asyncio.wait_for(done, 5)
+    assert status == "ce" and "no node hosting cmp answered" in str(reason), reason
+    assert host.requests.count(("cmp", "task_start")) == 1, host.requests
+
+
+async def test_a_start_a_node_back_from_a_cut_does_not_answer_yet_is_asked_again() -> None:
+    """A randomized fault run: a remote node's link cut for 16 s around a task's end. Its
+    statuses came at once when the link was back, what went to it waited on TCP's
+    back-off 13 s more: task 1's start went unanswered for 10 s, and the job ended ce "no
+    node … answered … is it running?" as the node got it. A node that speaks again after
+    a silence is asked again within node_grace_period; one back longer ago is not."""
+    host = _StartUnanswered(1)
+    host.back = 2.0
+    runner, done = await _run(host)
+    assert runner.tasks[0].state == "running", runner.tasks[0]
+    assert host.requests.count(("cmp", "task_start")) == 2, host.requests
+    assert any(
+        r.startswith("task 0 (count) not started yet: no node hosting cmp answered on ")
+        and r.endswith(
+            "asked again: node pc1 speaks again after a silence 2 s ago, and what is"
+            " sent to it may still be on its way"
+        )
+        for r in host.reasons
+    ), host.reasons
+    await _task_ended(host, 60)
+    status, _reason = await asyncio.wait_for(done, 5)
+    assert status == "c", status
+    # back long ago (past node_grace_period): as a node that speaks and does not answer
+    host = _StartUnanswered(100)
+    host.back = host.node_grace_period + 1
     _runner, done = await _run(host)
     status, reason = await asyncio.wait_for(done, 5)
     assert status == "ce" and "no node hosting cmp answered" in str(reason), reason

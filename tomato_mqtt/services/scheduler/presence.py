@@ -58,6 +58,7 @@ class Presence:
     def __init__(self, svc: SchedulerService) -> None:
         self.svc = svc
         self.seen: dict[str, float] = {}  # node -> monotonic time its last status arrived
+        self.spoke_again: dict[str, float] = {}  # node -> when a silence of it last ended
         self.offsets: dict[str, collections.deque[float]] = {}
         self.skewed: set[str] = set()
         #: when each node's statuses were last found delayed, a backlog (see received)
@@ -95,8 +96,17 @@ class Presence:
         seen = self.seen.get(node)
         return seen is not None and time.monotonic() - seen > STALLED_BEATS * self.svc.heartbeat
 
+    def back_since(self, node: str) -> float | None:
+        """Seconds since ``node``'s statuses came again after a silence (or arrived as a
+        cut link's backlog), None if they never did."""
+        back = max(self.spoke_again.get(node, -math.inf), self.node_back.get(node, -math.inf))
+        return None if back == -math.inf else time.monotonic() - back
+
     def received(self, st: NodeStatus, retained: bool) -> None:
         now = time.monotonic()
+        prev = self.seen.get(st.node)
+        if prev is not None and now - prev > STALLED_BEATS * self.svc.heartbeat:
+            self.spoke_again[st.node] = now  # (a silence ended: back_since)
         self.seen[st.node] = now
         if st.state != "online" or retained or st.heartbeat <= 0:
             return  # a retained status may be old: it says nothing about the node's clock

@@ -447,9 +447,23 @@ class JobRunner:
         said = msg.removesuffix(" — is it running?")  # (it is asked again: said why)
         if node is not None and node.state == "online" and node.epoch == t.epoch:
             if not self.host.node_silent(node.node):
-                # it speaks, and does not answer this: not a silence that ends (an external
-                # broker's rules that lack the component, a node gone wrong): as before
-                return False
+                since = self.host.node_back_since(node.node)
+                if since is None or since > self.host.node_grace_period:
+                    # it speaks, and does not answer this: not a silence that ends (an
+                    # external broker's rules that lack the component, a node gone
+                    # wrong): as before
+                    return False
+                # it speaks again after a silence (a cut link): what goes to it may still
+                # wait in TCP's back-off (12-14 s after a 16 s cut), while what it sends
+                # passes at once. The job ended ce "no node … answered … is it running?"
+                # as its task 0's end came in, and the node got task 1's start 3 s later
+                # (a randomized fault run): asked again within node_grace_period
+                self._waited_said(
+                    t,
+                    f"{said}; asked again: node {node.node} speaks again after a silence "
+                    f"{since:.0f} s ago, and what is sent to it may still be on its way",
+                )
+                return True
             self._waited_said(t, f"{said}; asked again while node {node.node} is not counted lost")
             return True
         if node is None or node.epoch != t.epoch:

@@ -607,6 +607,11 @@ class SchedulerService(Service):
         off), whether or not it is counted lost yet."""
         return self.presence_view.silent(node)
 
+    def node_back_since(self, node: str) -> float | None:
+        """Seconds since ``node`` spoke again after a silence (a cut link, a freeze),
+        None if it never fell silent."""
+        return self.presence_view.back_since(node)
+
     def broker_quiet(self) -> bool:
         """Nothing comes from the broker, not even this scheduler's heartbeat (it stalls,
         or it is down): what the nodes say cannot reach the scheduler meanwhile."""
