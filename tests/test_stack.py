@@ -602,6 +602,11 @@ def test_a_restart_node_read_late_by_a_node_that_stood_still_is_not_carried_out(
             assert res.returncode == 1, res
             assert "does not carry this out when it wakes up" in res.stderr, res.stderr
             time.sleep(6)  # silent for longer than others take it for gone (2.5 beats)
+            # counted lost by now (lost_after 4 s): said, not only "is it running?" (a
+            # randomized fault run, of a remote node cut off)
+            res = st.run("tomato", "restart-node", "local", "--force", "-t", "1")
+            assert res.returncode == 1, res
+            assert "; the scheduler has node local as lost (" in res.stderr, res.stderr
         finally:
             os.kill(node, signal.SIGCONT)
         deadline = time.monotonic() + 20

@@ -52,6 +52,24 @@ def reload(opts: common.Opts) -> None:
     common.ask_scheduler(opts, "reload", {})
 
 
+def _node_away(row: Any, name: str) -> str:
+    """What the scheduler's view of node ``name`` (its row of `tomato status nodes`) adds
+    to a request it did not answer ("" if nothing): a node cut off from the network read
+    as "is it running?" while the scheduler had it as lost (a randomized fault run; the
+    same as passata says of a component's node)."""
+    if not isinstance(row, dict):
+        return ""
+    state, age = row.get("state"), row.get("heartbeat_age")
+    if state not in (None, "online"):
+        return f"; the scheduler has node {name} as {state} (`tomato status nodes`)"
+    if isinstance(age, (int, float)) and age > 5:
+        return (
+            f"; the scheduler's last status of node {name} came {age:.0f} s ago: it stands "
+            "still or is cut off"
+        )
+    return ""
+
+
 @app.command("restart-node")
 @common.options(common.CLIENT)
 def restart_node(
@@ -72,21 +90,6 @@ def restart_node(
     from tomato_mqtt.cli.start_core import Done
 
     ctx = opts.context()
-
-    def ask(args: dict[str, object]) -> Any:
-        return core.run_request(
-            ctx,
-            ctx.topics.node_cmd(name, "shutdown"),
-            args,
-            timeout=opts.timeout,
-            who=f"node {name}",
-            unanswered=(
-                " (a node that reads it more than 2 s after this, or at all after standing"
-                " still, e.g. stopped with SIGSTOP, does not carry this out when it wakes"
-                " up; one that reads it sooner may: `tomato status nodes` shows it back)"
-            ),
-        )
-
     # a misspelt name waited the whole timeout for "no node pc9 answered … is it
     # running?" (a newcomer's tour): the scheduler's list of nodes says it at once
     nodes = core.status_section(ctx, "nodes", min(opts.timeout, 1.0))
@@ -96,6 +99,22 @@ def restart_node(
             f"no node {name!r} ({ctx.where()}; known: {', '.join(sorted(known)) or 'none'}:"
             " `tomato status nodes`)"
         )
+    away = _node_away(nodes.get(name) if nodes is not None else None, name)
+
+    def ask(args: dict[str, object]) -> Any:
+        return core.run_request(
+            ctx,
+            ctx.topics.node_cmd(name, "shutdown"),
+            args,
+            timeout=opts.timeout,
+            who=f"node {name}",
+            unanswered=(
+                f"{away} (a node that reads it more than 2 s after this, or at all after"
+                " standing still, e.g. stopped with SIGSTOP, does not carry this out when it"
+                " wakes up; one that reads it sooner may: `tomato status nodes` shows it back)"
+            ),
+        )
+
     # a node that stood still and reads it after this does not carry it out (it
     # restarted when it woke up, after this command said it failed: fault injection)
     reply = ask({"force": force, "deadline": round(time.time() + opts.timeout, 3)})
