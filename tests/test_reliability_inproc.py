@@ -2775,3 +2775,23 @@ async def test_a_reset_naming_the_job_of_a_task_still_being_set_up_is_taken(
         assert reply.success, reply
         done = await st.wait_job(job.id, {"c", "ce", "cd"}, timeout=30)
         assert done.status == "ce" and "reset" in (done.reason or ""), (done.status, done.reason)
+
+
+async def test_a_job_launched_while_a_fault_lasts_says_it_as_the_running_ones_do(
+    broker: RunningBroker, tmp_path: Path, instance: str
+) -> None:
+    """A randomized fault round: with the recorder's store full, the jobs running when
+    it was first said carried it in their reason; those launched after it ran without a
+    word of it. A job launched while a fault of the stack lasts gets its reason too."""
+    async with inproc_stack(broker.port, tmp_path, instance) as st:
+        work = st.settings.datadir / "work"
+        work.mkdir(parents=True, exist_ok=True)
+        st.recorder.request_stop()  # the recorder goes: its last will says it
+        for _ in range(200):
+            if st.scheduler.presence_view.recorder_down is not None:
+                break
+            await asyncio.sleep(0.05)
+        assert st.scheduler.presence_view.recorder_down is not None
+        job = await st.submit_counter("pip-counter-1", 2.0, 0.1, work)
+        running = await st.wait_job(job.id, {"r"}, timeout=20)
+        assert (running.reason or "").startswith("the recorder is not answering"), running

@@ -874,7 +874,7 @@ class SchedulerOps:
             status="r",
             pipeline=pipeline,
             launched_at=_now(),
-            reason=None,
+            reason=self.svc.presence_view.lasting_fault(),
             progress={"roles": roles, "tasks": {}},
         )
         # as tomato: a launch takes the pipeline's "ready" (set again at the job's end

@@ -449,6 +449,13 @@ class Presence:
             await svc.publish_job(job)
         return [job.id for job in running]
 
+    def lasting_fault(self) -> str | None:
+        """The stack's fault said as the running jobs' reason while it lasts (the
+        recorder down, its store or the state file refusing writes), if one does: a job
+        launched meanwhile gets it too (those launched after the fault was first said ran
+        without a word of it: a randomized fault round)."""
+        return self._lasting("")
+
     def _lasting(self, cleared: str) -> str | None:
         """The reason of a fault other than ``cleared`` that lasts, if any."""
         storage = self.storage_error
