@@ -572,6 +572,11 @@ def test_status_nodes_table_shows_clock_offset_and_age_by_the_schedulers_clock()
     gone = _nodes("", [{**row, "state": "offline", "spool_pending": 8}])
     assert "8 (as last heard)" in gone, gone
     assert "8 (as last heard)" not in _nodes("", [{**row, "spool_pending": 8}])
+    # a spool that takes no writes, in full under the table (it was in the node's log
+    # only: a randomized fault round)
+    full = "cannot write the spool /d/spool/pc2.sqlite: database or disk is full"
+    out = _nodes("", [{**row, "spool_pending": 12, "spool_error": full}])
+    assert f"errors:\n  pc2: spool: {full}" in out, out
 
 
 def test_status_components_and_drivers_print_errors_in_full_below_the_table() -> None:

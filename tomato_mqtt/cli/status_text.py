@@ -158,6 +158,12 @@ def _nodes(msg: str, data: Any) -> str:
             ("beat", "heartbeat"),
             ("clock", "clock offset"),
         ],
+    ) + errors_below(
+        # a spool that takes no writes (a full disk) was said in the node's own log only
+        # (a randomized fault round): its status carries it
+        (r["node"], f"spool: {r['spool_error']}")
+        for r in rows
+        if r.get("spool_error")
     )
 
 
