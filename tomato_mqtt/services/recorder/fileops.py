@@ -60,15 +60,15 @@ class FileOps:
                 # from here on, a batch of this job is late: it is merged into the file
                 svc.files.remember_final(a)
                 if svc.highest_file is None or svc.highest_file < jobid <= PLAUSIBLE_ID:
-                    svc.highest_file = jobid  # (the scheduler's word: model.jobs.highest_ran)
+                    svc.highest_file = jobid  # (the scheduler's word: model.jobs.batch_id_bound)
             t_wait = time.monotonic() - t0
             wrote = await svc.files.write(a, Path(a.path))
             written, note, altered = wrote.path, wrote.note, wrote.altered
             if not a.snapshot:
                 svc.files.written(jobid, written)
         svc.remember_file(jobid, written)
+        names = {str(m.get("name")) for m in a.roles.values()}  # the job's components
         if not a.snapshot:  # its points are in the file: the nodes may let them go now
-            names = {str(m.get("name")) for m in a.roles.values()}
             streams = [
                 (e.component, stream_id(e.stream, e.epoch)) for e in a.expect if e.stream or e.epoch
             ]
@@ -91,7 +91,7 @@ class FileOps:
         missing, extra = count_problems(a.expect, wrote.task_points)
         if missing:  # and why replays did not fill them, where that is known
             missing += svc.files.stuck_reasons(a.expect)
-        conflicts = store.conflicts(jobid, {str(m.get("name")) for m in a.roles.values()})
+        conflicts = store.conflicts(jobid, names)
         kind = "snapshot" if a.snapshot else "file"
         msg = f"{kind} of job {jobid} written to {written}" + (f" ({note})" if note else "")
         if missing and not a.snapshot:
