@@ -621,6 +621,20 @@ def test_a_job_that_starts_as_its_node_registers_the_component_waits_for_it(
         n, missed = taken(job)
         got = role_data(job["respath"])["k"].values.tolist()
         assert n + missed == 10 and len(got) == n and got == sorted(set(got)), (n, missed, got)
+        # a read as the node restarts waits for the registration too (a CI run: `passata
+        # get` just after a restart said "is not registered" while the counter registered)
+        node = st.child_pid("node")
+        os.kill(node, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while True:  # the new node online (its component takes 1.5 s to register)
+            nodes = st.json("tomato", "status", "nodes").get("data") or {}
+            back = nodes.get("local") or {}
+            if back.get("state") == "online" and back.get("pid") not in (None, node):
+                break
+            assert time.monotonic() < deadline, st.logs()
+            time.sleep(0.05)
+        got_level = st.run("passata", "get", name, "level", "-t", "20")
+        assert got_level.returncode == 0, (got_level.stdout, got_level.stderr, st.logs())
 
 
 def test_a_reset_that_fails_after_a_job_is_shown_on_the_component(tmp_path: Path) -> None:

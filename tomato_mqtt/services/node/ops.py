@@ -38,8 +38,9 @@ FORCE_HINT = '(with passata --force it is done all the same; a script sends "for
 #: s a task_start waits for its component's first registration to end (the scheduler
 #: waits 10 s for the answer, which must leave time for the task's own start)
 REGISTER_WAIT = 6.0
-#: s a `passata get/set` waits for another call into the driver to end (a do_task that
-#: hangs), then says so: under the CLI's 5 s, which read it as a node that is down
+#: s a `passata get/set/measure` waits for another call into the driver to end (a do_task
+#: that hangs), or for its component's registration, then says so: under the CLI's 5 s,
+#: which read it as a node that is down
 DEVICE_WAIT = 3.0
 #: s a task_start of the task the node is setting up waits for that set-up to end (then
 #: answered with the start it made); past it, answered "being set up" (the scheduler
@@ -69,6 +70,14 @@ class ComponentOps:
     def lock(self, hc: HostedComponent) -> asyncio.Lock:
         return self._locks.setdefault(hc.name, asyncio.Lock())
 
+    async def _registered(self, hc: HostedComponent, wait: float) -> None:
+        """A component being registered (its node just started, or reloaded it) is
+        waited for, ``wait`` s at most: a driver's registration may take a while (an
+        instrument to connect to). The ops then answer as before, registered or not."""
+        if hc.runner is None and not hc.settled.is_set():
+            with contextlib.suppress(asyncio.TimeoutError):
+                await wait_for(hc.settled.wait(), wait)
+
     def runner(self, hc: HostedComponent) -> ComponentRunner | UpstreamRunner:
         if hc.runner is None:
             why = f": {hc.error}" if hc.error else ""
@@ -85,14 +94,10 @@ class ComponentOps:
             except asyncio.TimeoutError:
                 return setting_up
             lock.release()
-        if hc.runner is None and not hc.settled.is_set():
-            # registering: a node just started (or reloaded it). The scheduler took the
-            # component for ready from its meta of before, and a job submitted as its
-            # node restarted ended ce "is not registered" a few ms before it was (an
-            # outside fault run: 3 of 15). A driver's registration may take a while
-            # (an instrument to connect to); the scheduler waits 10 s for this answer
-            with contextlib.suppress(asyncio.TimeoutError):
-                await wait_for(hc.settled.wait(), REGISTER_WAIT)
+        # the scheduler took the component for ready from its meta of before, and a job
+        # submitted as its node restarted ended ce "is not registered" a few ms before it
+        # was (an outside fault run: 3 of 15); the scheduler waits 10 s for this answer
+        await self._registered(hc, REGISTER_WAIT)
         async with self.lock(hc):
             runner = self.runner(hc)
             again = self._started_already(hc, task)
@@ -200,6 +205,7 @@ class ComponentOps:
         attr = str(args.get("attr"))
         if "val" not in args:
             raise CommandError("set_attr needs 'attr' and 'val'")
+        await self._registered(hc, DEVICE_WAIT)
         self._refuse_while_running(hc, f"set {attr!r} on", args)
         dev = hc.device
         if dev is None:
@@ -227,6 +233,9 @@ class ComponentOps:
         return Result(f"{attr} of {hc.name} set to {jv}", {attr: jv})
 
     async def op_get_attr(self, hc: HostedComponent, args: Mapping[str, JsonValue]) -> Result:
+        # (a `passata get` just after its node restarted said "is not registered" while the
+        # counter registered, a few ms: a CI run)
+        await self._registered(hc, DEVICE_WAIT)
         dev = hc.device
         if dev is None:
             why = f": {hc.error}" if hc.error else ""
@@ -258,6 +267,7 @@ class ComponentOps:
         return Result(", ".join(f"{k}={v}" for k, v in out.items()), out)
 
     async def op_measure(self, hc: HostedComponent, args: Mapping[str, JsonValue]) -> Result:
+        await self._registered(hc, DEVICE_WAIT)
         runner = self.runner(hc)
         try:
             point = await off_loop(runner.measure)
