@@ -2777,6 +2777,49 @@ async def test_a_reset_naming_the_job_of_a_task_still_being_set_up_is_taken(
         assert done.status == "ce" and "reset" in (done.reason or ""), (done.status, done.reason)
 
 
+async def test_a_late_reset_of_the_job_before_spares_the_task_being_set_up(
+    broker: RunningBroker, tmp_path: Path, instance: str
+) -> None:
+    """A review: a reset naming job J (the scheduler's after a job that ended without its
+    node, sent late) that reached the component while it set up job K's task (accepted,
+    its level being set: the component's last job still J) was taken, and K ended `ce`
+    "… stopped before its end: reset". It is refused (`conflict`), and K ends `c`."""
+    comp = "faulty:(ok,1)"
+    settings = "[drivers.faulty]\nset_seconds = 3\n"
+    async with inproc_stack(
+        broker.port, tmp_path, instance, devices="faulty_devices.yml", settings=settings
+    ) as st:
+        work = st.settings.datadir / "work"
+        work.mkdir(parents=True, exist_ok=True)
+        for _ in range(200):
+            if st.metas.get(comp) is not None and st.metas[comp].registered:
+                break
+            await asyncio.sleep(0.05)
+        await st.call("pipeline_load", {"pipeline": "pip-ok-1", "sample": "faulty"})
+        await st.call("pipeline_ready", {"pipeline": "pip-ok-1"})
+        payload = yaml.safe_load((CONFIG / "faulty_sample.yml").read_text())
+        first = await st.call("job_submit", {"payload": payload, "submit_dir": str(work)})
+        done = await st.wait_job(first.id, {"c", "ce", "cd"}, timeout=30)
+        assert done.status == "c", (done.status, done.reason)
+        await st.call("pipeline_ready", {"pipeline": "pip-ok-1"})
+        payload["method"][0].update(max_duration=2.0, task_params={"level": 2.0})
+        job = await st.call("job_submit", {"payload": payload, "submit_dir": str(work)})
+        hc = st.node.components[comp]
+        for _ in range(400):  # accepted, its level being set (3 s): not begun
+            accepted = hc.runner.current_task if hc.runner is not None else None
+            if accepted is not None and accepted.job == job.id:
+                break
+            await asyncio.sleep(0.01)
+        assert accepted is not None and accepted.job == job.id and hc.job == first.id, hc.job
+        reply = await st.raw(
+            st.topics.component_cmd(comp, "reset"), {"force": True, "job": first.id}
+        )
+        assert not reply.success and reply.code == "conflict", reply
+        assert f"has not run a task of job {first.id} since job {job.id}'s" in reply.msg, reply
+        done = await st.wait_job(job.id, {"c", "ce", "cd"}, timeout=30)
+        assert done.status == "c", (done.status, done.reason)
+
+
 async def test_a_job_launched_while_a_fault_lasts_says_it_as_the_running_ones_do(
     broker: RunningBroker, tmp_path: Path, instance: str
 ) -> None:

@@ -284,12 +284,15 @@ class ComponentOps:
         runner = self.runner(hc)
         only = args.get("job")
         accepted = runner.current_task  # (accepted, its start under way: not begun yet)
-        if only is not None and hc.job != only and (accepted is None or accepted.job != only):
+        # the job whose task it holds: the one accepted, once there is one (a reset of the
+        # job before, sent late, stopped the next job's task still being set up: a review)
+        holder = accepted.job if accepted is not None else hc.job
+        if only is not None and holder != only:
             # the scheduler's reset after job `only`, which ended without its node: the
             # component has run another job's task since (a status of `only` came late)
             raise CommandError(
                 f"not reset: {hc.name} has not run a task of job {only} since "
-                + (f"job {hc.job}'s" if hc.job is not None else "its node started"),
+                + (f"job {holder}'s" if holder is not None else "its node started"),
                 code="conflict",
             )
         if runner.running:
