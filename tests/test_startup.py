@@ -568,6 +568,37 @@ def test_start_does_not_wait_out_its_timeout_for_a_remote_node_not_running(
         assert res.returncode == 0, res
         assert "value not read:" in res.stdout and "offline (it was stopped)" in res.stdout, res
         assert time.monotonic() - t0 < 10
+        # a node restarting (`tomato restart-node` of one its supervisor starts again: here
+        # the test stands in for it) is waited for all of -t: a `passata get` sent as the
+        # restart returned said "offline (it was stopped)" after 2 s of a node back a
+        # second later (a test of a hung close, twice in CI)
+        cmd = [BIN / "tomato", "node", "--name", "pc2", "-p", str(st.port), "-A", str(st.appdir)]
+        env = {**os.environ, "TOMATO_MQTT_SUPERVISOR_PID": str(os.getpid())}
+        node = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        while st.json("tomato", "status", "components")["data"][REMOTE]["state"] == "lost":
+            assert time.monotonic() < t0 + 60, st.logs()
+            time.sleep(0.2)
+        st.run("tomato", "restart-node", "pc2", check=True)
+        assert node.wait(timeout=30) == 5  # (EXIT_RESTART_REQUESTED: its supervisor's cue)
+        row = st.json("tomato", "status", "components")["data"][REMOTE]
+        assert row["error"] == "node pc2 is offline (it is restarting)", row
+        gets = [
+            subprocess.Popen(
+                [BIN / "passata", "get", name, "max", "-t", "20", *extra],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for name, extra in (
+                (REMOTE, ["-p", str(st.port), "-A", str(st.appdir)]),
+                ("dev-remote/1", ws_cmd),
+            )
+        ]
+        time.sleep(4)  # past AWAY_WAIT (2 s), then the node is back
+        node = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        for get in gets:
+            out, err = get.communicate(timeout=60)
+            assert get.returncode == 0, (out, err)
     finally:
         if node is not None and node.poll() is None:
             node.terminate()

@@ -20,11 +20,13 @@ import typer
 from tomato_mqtt.cli import common
 from tomato_mqtt.cli.passata_core import (
     AWAY_WAIT,
+    READS,
     RETAINED_WAIT,
     Refused,
     kv,
     message,
     node_away,
+    waits_briefly,
     when,
 )
 from tomato_mqtt.transport.client import Message
@@ -79,9 +81,10 @@ def run(
         try:
             listed: list[Any] = []
             name = await resolve(req, component, opts.timeout, listed)
-            away = node_away(listed[0] if listed else None, name)
-            NODE_AWAY.set(away)
-            if not away or not asks_node:
+            known = listed[0] if listed else None
+            away = node_away(known, name)
+            NODE_AWAY.set(away if waits_briefly(known, name) else "")
+            if not NODE_AWAY.get() or not asks_node:
                 return await op(req, name)
             # its node is not online: a short wait, then what the scheduler knows (as
             # passata_core's path over TCP)
@@ -107,6 +110,9 @@ def cmd(op: str, args: Mapping[str, Any], timeout: float) -> Op:
             dict(args),
             timeout=timeout,
             who=f"node hosting {name}",
+            # a read is sent again while no answer comes, as over TCP (passata_core): one
+            # sent while the node restarts is dropped by the broker (nobody subscribes)
+            resend=op in READS,
         )
 
     return call

@@ -19,6 +19,7 @@ from tomato_mqtt import jsonlite
 from tomato_mqtt.cli.core import Opts, oneshot_failed, while_broker_restarts
 from tomato_mqtt.cli.denied import whoami
 from tomato_mqtt.wire.names import (
+    RESTARTING,
     RETAINED_WAIT,
     SCHEDULER_WAIT,
     UnknownComponent,
@@ -39,6 +40,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "AWAY_WAIT",
+    "READS",
     "RETAINED_WAIT",
     "Refused",
     "capabilities",
@@ -54,6 +56,7 @@ __all__ = [
     "run_meta",
     "show",
     "status_human",
+    "waits_briefly",
     "when",
 ]
 
@@ -170,7 +173,7 @@ def _asked_and_checked(
             from_scheduler(name, reply)  # raises for a name the scheduler does not know
         except UnknownComponent as e:
             raise Refused(str(e)) from None
-        if node_away(listed, name):  # its node is not online: a short wait, not all of -t
+        if waits_briefly(listed, name):  # its node is not online: a short wait, not all of -t
             timeout = min(timeout, round(time.monotonic() - start + AWAY_WAIT, 1))
             deadline = start + timeout
             ask_at = None if ask_at is None else ex.ask_whoami_at(topic, deadline, timeout)
@@ -204,6 +207,17 @@ def _node_online(listed: Any, name: str) -> str:
         "ago (TCP's retransmission backs off, up to ~15 s), or a node too busy to answer;"
         " try again"
     )
+
+
+def waits_briefly(listed: Any, name: str) -> bool:
+    """Whether a request to ``name`` waits only :data:`AWAY_WAIT` for its node: the
+    scheduler's list (a Reply, or None) has the node not online, and not restarting (a
+    `passata get` sent as `tomato restart-node` returned said "offline (it was stopped)"
+    after 2 s of a node back a second later: a test)."""
+    if not node_away(listed, name):
+        return False
+    row = listed.data.get(name)  # (node_away found it: a dict row)
+    return not str(row.get("error") or "").endswith(f"({RESTARTING})")
 
 
 def node_away(listed: Any, name: str) -> str:
@@ -282,7 +296,7 @@ def _on_component(
         name = resolve(ex, topics, component, timeout, listed)
         known = listed[0] if listed else None
         try:  # a node the scheduler has as not online: a short wait (AWAY_WAIT)
-            return ask(ex, name, min(timeout, AWAY_WAIT) if node_away(known, name) else timeout)
+            return ask(ex, name, min(timeout, AWAY_WAIT) if waits_briefly(known, name) else timeout)
         except NoAnswer as e:
             raise _with_node_away(e, known, name) from None
 

@@ -246,6 +246,7 @@ def node(
             max_message=s.max_reply_bytes,
         )
     )
+    svc.supervised = not by_hand
     if logdir is not None:  # (said once connected: it printed nothing while it worked)
         svc.log_file = logdir / f"node-{node_name}.log"
     from tomato_mqtt.services.launch import EXIT_NAME_TAKEN, EXIT_RESTART_REQUESTED

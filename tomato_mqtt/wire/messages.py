@@ -165,6 +165,11 @@ class NodeStatus(WireModel):
         "datadir, another program's lock) and where its batches wait meanwhile (memory, "
         "an overflow file); null when it takes them",
     )
+    restarting: bool = Field(
+        default=False,
+        description="with state offline: the node stopped to be started again at once "
+        "(`tomato restart-node`, its supervisor starts it): back within seconds",
+    )
 
 
 class RecorderStatus(WireModel):

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from typing import Any
 
 __all__ = [
+    "RESTARTING",
     "RETAINED_WAIT",
     "SCHEDULER_WAIT",
     "UnknownComponent",
@@ -34,6 +35,11 @@ __all__ = [
 RETAINED_WAIT = 2.0
 #: the scheduler normally answers in milliseconds; without one, fall back to the metas
 SCHEDULER_WAIT = 1.5
+#: why a node whose status says ``offline`` with ``restarting`` is away, in its
+#: components' errors ("node pc2 is offline (it is restarting)", as the scheduler's list
+#: of components says it): a request to one of them waits its whole timeout for the node,
+#: not the short wait for a stopped node's
+RESTARTING = "it is restarting"
 
 
 class UnknownComponent(LookupError):

@@ -54,6 +54,7 @@ from tomato_mqtt.wire.messages import (
     decode,
     encode,
 )
+from tomato_mqtt.wire.names import RESTARTING
 from tomato_mqtt.wire.topics import Topics, slug
 
 __all__ = ["NodeConfig", "NodeService"]
@@ -209,6 +210,9 @@ class NodeService(Service):
         self._thawed_at: float | None = None
         #: stopped by a ``shutdown`` request (``tomato restart-node``)
         self.restart_requested = False
+        #: run by a supervisor, which starts it again at once after such a request (one
+        #: run by hand stays stopped): its ``offline`` says ``restarting`` then
+        self.supervised = False
         #: the check of its name after a freeze, while it runs (_may_speak)
         self._recheck: asyncio.Future[bool] | None = None
         #: a status it could not say: the check of its name found no broker to ask (it
@@ -609,13 +613,14 @@ class NodeService(Service):
         node for every later subscriber (an integrator's run)."""
         if self.client is None or not await self._may_speak():
             return
+        why = RESTARTING if self.restarting else "it was stopped"  # (as the scheduler says)
         for hc in self.components.values():
             gone = ComponentStatus(
                 name=hc.name,
                 node=self.name,
                 state="lost",
                 time=time.time(),
-                error=f"node {self.name} is offline (it was stopped)",  # (as the scheduler says)
+                error=f"node {self.name} is offline ({why})",
                 epoch=self.epoch,
             )
             with contextlib.suppress(Exception):
@@ -801,7 +806,15 @@ class NodeService(Service):
             spool_pending=pending,
             spool_dropped=dropped,
             spool_error=self.data.spool_error,
+            restarting=state == "offline" and self.restarting,
         )
+
+    @property
+    def restarting(self) -> bool:
+        """Stopped to be started again at once: ``tomato restart-node`` of a node its
+        supervisor runs (a `passata get` sent meanwhile waited only the short wait for a
+        stopped node, and said it was stopped, of a node back a second later: a test)."""
+        return self.restart_requested and self.supervised
 
     async def _publish_node_status(self) -> None:
         if self.client is None or not await self._may_speak():  # the name is another's

@@ -30,6 +30,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from tomato_mqtt.wire.messages import ComponentStatus, NodeStatus
+from tomato_mqtt.wire.names import RESTARTING
 
 if TYPE_CHECKING:
     from tomato_mqtt.services.scheduler.service import SchedulerService
@@ -60,7 +61,7 @@ class LostComponents:
             # stopped cleanly: its components' statuses said `idle` for good beside a
             # node `offline` (an integrator's review), while the scheduler counted them
             # lost and jobs waited for them
-            await self.mark(st.node, STOPPED)
+            await self.mark(st.node, RESTARTING if st.restarting else STOPPED)
         elif st.state == "online" and (st.node in self.marked or st.node not in self.answered):
             # back from lost, or not heard answering by this scheduler yet (one started
             # again just after a cut does not know the node was lost: a fault run)
@@ -171,7 +172,7 @@ def _said(node: str, why: str) -> str:
     """Why ``node``'s components are shown lost: a node stopped cleanly is offline, not
     lost (the log and every component's error read "node pc2 is lost (it was stopped)"
     of a node an admin had stopped: an admin's tour)."""
-    if why == STOPPED:
+    if why in (STOPPED, RESTARTING):
         return f"node {node} is offline ({why})"
     if why == NOT_SEEN:  # (as `tomato status components` says it: status.py)
         return (
