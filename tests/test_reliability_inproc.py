@@ -229,6 +229,71 @@ async def test_per_task_counts_conflicts_and_late_merge(
         assert svc.store is not None and svc.store.job_points(1) == {CMP: 13}
 
 
+async def test_conflicts_naming_a_new_job_each_are_said_once_a_minute_per_component(
+    broker: RunningBroker,
+    instance: str,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A review: conflicts are said once per job and component, so a node's login that
+    named a new job id in each conflicting batch had every one logged at ERROR level and
+    sent as a job event (5,001 of each for 5,001 batches). One component's are said at
+    most once a minute; the next line counts those held back; each is still counted."""
+    caplog.set_level("DEBUG", logger="tomato_mqtt.services.recorder.service")
+    async with recorder(broker, instance, tmp_path / "r.sqlite") as (svc, c, req, t):
+        events = Collector()
+        await c.subscribe(t.job_event(100).replace("/100/", "/+/"), handler=events)
+        data = t.component_data(CMP)
+        await c.publish(data, _batch(1, 0, "s1", 0, 5), qos=1)
+        await _stored(svc, 1, 5)
+        for job in range(100, 120):  # same identity, other content, a new job id each
+            await c.publish(data, _batch(job, 0, "s1", 0, 5, v0=100), qos=1)
+        for _ in range(100):
+            if sum(svc.conflicts.values()) == 20:
+                break
+            await asyncio.sleep(0.05)
+        assert svc.conflicts == {job: 1 for job in range(100, 120)}, svc.conflicts
+        said = [r for r in caplog.records if r.levelname == "ERROR" and "conflicting" in r.msg]
+        assert len(said) == 1, [r.getMessage() for r in said]
+        await asyncio.sleep(0.5)
+        warned = [m for m in events.items if decode(JobEvent, m.payload).event == "warning"]
+        assert [m.topic for m in warned] == [t.job_event(100)], [m.topic for m in warned]
+        # a minute later (here shortened), the next is said with the count held back
+        from tomato_mqtt.services.recorder import service as recorder_mod
+
+        monkeypatch.setattr(recorder_mod, "CONFLICT_SAID_EVERY", 0.0)
+        await c.publish(data, _batch(120, 0, "s1", 0, 5, v0=100), qos=1)
+        for _ in range(100):
+            said = [r for r in caplog.records if r.levelname == "ERROR" and "conflicting" in r.msg]
+            if len(said) == 2:
+                break
+            await asyncio.sleep(0.05)
+        assert "(19 more of this component since it was last said)" in said[-1].getMessage()
+
+
+async def test_a_batch_past_the_bound_counts_once_a_file_brings_the_bound_to_it(
+    broker: RunningBroker, instance: str, tmp_path: Path
+) -> None:
+    """A review: a batch naming a job past the bound (1,000 past the highest file) did not
+    count in the recorder's status, and still did not once a later file brought the bound
+    past it, while its store's reading (at a restart, and the scheduler's) counted it:
+    the two readings agree now."""
+    async with recorder(broker, instance, tmp_path / "r.sqlite") as (svc, c, req, t):
+        data = t.component_data(CMP)
+        await c.publish(data, _batch(1500, 0, "s9", 0, 3), qos=1)
+        await _stored(svc, 1500, 3)
+        assert decode(RecorderStatus, encode(svc.presence("online"))).highest_job is None
+        await c.publish(data, _batch(600, 0, "s1", 0, 5), qos=1)
+        await _stored(svc, 600, 5)
+        out = tmp_path / "out" / "results.600.nc"
+        exact = [{"component": CMP, "task": 0, "npoints": 5, "stream": "s1", "last_seq": 0}]
+        rep = await _finalize(req, t, _finalize_args(600, out, exact, wait=2))
+        assert rep.success, rep
+        assert decode(RecorderStatus, encode(svc.presence("online"))).highest_job == 1500
+        assert svc.store is not None and svc.store.highest_job() == 1500
+
+
 async def test_a_late_batch_the_file_cannot_hold_is_not_counted_as_merged(
     broker: RunningBroker, instance: str, tmp_path: Path
 ) -> None:

@@ -105,6 +105,8 @@ ACK_RETRIES = 5
 
 #: jobs shown in recorder/status: the newest, and those merged into most recently
 STATUS_JOBS = 10
+#: s between two conflicts of one component said at ERROR level (and as a job event)
+CONFLICT_SAID_EVERY = 60.0
 
 #: s between two looks for jobs whose batches may be released (the first a minute in)
 RELEASE_EVERY = 3600.0
@@ -166,6 +168,8 @@ class RecorderService(Service):
         self._refused_bytes = 0
         self.conflicts: dict[int, int] = {}  # job -> conflicting batches seen
         self._conflicts_told: set[tuple[int | None, str]] = set()  # (job, component): said
+        self._conflict_said: dict[str, float] = {}  # component -> last said (monotonic)
+        self._conflicts_hushed: dict[str, int] = {}  # component -> not said since
         self.merged: dict[int, int] = {}  # job -> late merges (most recent last)
         self.not_merged: dict[int, str] = {}  # job -> why its late data was not merged
         #: job -> points per component its file holds, where a merge left a batch out
@@ -441,23 +445,37 @@ class RecorderService(Service):
     def _conflict(self, b: BatchHeader, stream: str) -> None:
         """Same identity, other content: kept out, counted, and said once per job and
         component (in the log and as a job event: a node's login that sent 30,000 such
-        batches naming another node's job had each one logged and sent as an event)."""
+        batches naming another node's job had each one logged and sent as an event), and
+        at most once a minute per component (the same login, naming a new job id in each
+        batch, had each one said all the same: a review)."""
         told = (b.job, b.component)
-        first = told not in self._conflicts_told
+        now = time.monotonic()
+        first = (
+            told not in self._conflicts_told
+            and now - self._conflict_said.get(b.component, -1e9) >= CONFLICT_SAID_EVERY
+        )
+        hushed = self._conflicts_hushed.pop(b.component, 0) if first else 0
         if first:
             self._conflicts_told.add(told)
             while len(self._conflicts_told) > 1000:
                 self._conflicts_told.pop()
+            self._conflict_said[b.component] = now
+        else:
+            self._conflicts_hushed[b.component] = self._conflicts_hushed.get(b.component, 0) + 1
         log.log(
             logging.ERROR if first else logging.DEBUG,
             "conflicting duplicate: %s stream %s seq %d (job %s task %s) differs from the "
-            "batch stored under that identity; kept the stored one%s",
+            "batch stored under that identity; kept the stored one%s%s",
             b.component,
             stream,
             b.seq,
             b.job,
             b.task,
-            " (more of this job and component are logged at debug level only)" if first else "",
+            f" ({hushed} more of this component since it was last said)" if hushed else "",
+            " (more of this job and component, or of this component within a minute, are "
+            "logged at debug level only)"
+            if first
+            else "",
         )
         if b.job is None:
             return
