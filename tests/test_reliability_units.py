@@ -1934,3 +1934,23 @@ def test_a_step_back_is_dated_from_its_first_status_not_from_when_it_was_sure() 
         beat(-3600.0)
         time.sleep(0.05)
     assert told == [1], told
+
+
+def test_a_node_is_said_to_stand_still_by_the_scheduler_s_judgement_not_a_fixed_5_s() -> None:
+    """A review: `tomato restart-node` said "stands still or is cut off" of any node whose
+    last status came more than 5 s ago, also of one on time with a longer `heartbeat`
+    setting. The scheduler's own judgement (`silent`: 2.5 heartbeats) decides; a row of
+    an older scheduler, without it, keeps the 5 s."""
+    from tomato_mqtt.cli.status import _node_away
+
+    on_time = {"state": "online", "heartbeat_age": 8.0, "silent": False}
+    assert _node_away(on_time, "pc2") == ""
+    still = {"state": "online", "heartbeat_age": 8.0, "silent": True}
+    assert _node_away(still, "pc2") == (
+        "; the scheduler's last status of node pc2 came 8 s ago: it stands still or is cut off"
+    )
+    assert _node_away({"state": "online", "heartbeat_age": 8.0}, "pc2") == _node_away(still, "pc2")
+    assert _node_away({"state": "online", "heartbeat_age": 3.0}, "pc2") == ""
+    assert _node_away({"state": "lost", "silent": True}, "pc2") == (
+        "; the scheduler has node pc2 as lost (`tomato status nodes`)"
+    )

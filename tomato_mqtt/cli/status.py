@@ -59,10 +59,14 @@ def _node_away(row: Any, name: str) -> str:
     same as passata says of a component's node)."""
     if not isinstance(row, dict):
         return ""
-    state, age = row.get("state"), row.get("heartbeat_age")
+    state, age, silent = row.get("state"), row.get("heartbeat_age"), row.get("silent")
     if state not in (None, "online"):
         return f"; the scheduler has node {name} as {state} (`tomato status nodes`)"
-    if isinstance(age, (int, float)) and age > 5:
+    if silent is None:  # a scheduler of an older version: its default heartbeat's 2.5
+        silent = isinstance(age, (int, float)) and age > 5
+    # (by the scheduler's judgement: a fixed 5 s called a node with a longer heartbeat
+    # setting, on time, "stands still": a review)
+    if silent and isinstance(age, (int, float)):
         return (
             f"; the scheduler's last status of node {name} came {age:.0f} s ago: it stands "
             "still or is cut off"

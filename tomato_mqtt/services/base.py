@@ -239,7 +239,7 @@ class Service(abc.ABC):
     def mqtt(self) -> AsyncClient:
         """The connected client (from :meth:`started` on)."""
         if self.client is None:
-            raise RuntimeError(f"{self.client_id}: not connected yet")
+            raise RuntimeError(f"{self.shown_id}: not connected yet")
         return self.client
 
     @property

@@ -184,9 +184,11 @@ class RecorderStatus(WireModel):
     jobs: dict[str, JobProgress] = Field(default_factory=dict)
     highest_job: int | None = Field(
         default=None,
-        description="the highest job id whose data this recorder has stored: a scheduler "
-        "whose state file was replaced (removed, restored from a backup) continues its job "
-        "ids after it, so that no new job takes a used id (and an old job's file its points)",
+        description="the highest job id this recorder wrote a file of, or named by its "
+        "stored batches within 1,000 past that (a node's login may name any job id in its "
+        "batches): a scheduler whose state file was replaced (removed, restored from a "
+        "backup) continues its job ids after it, so that no new job takes a used id (and "
+        "an old job's file its points)",
     )
     storage_error: str | None = Field(
         default=None,
@@ -200,7 +202,9 @@ class JobProgress(WireModel):
     gaps: int = 0
     file: str | None = None
     conflicts: int = Field(
-        default=0, description="batches that repeated a stored identity with other content"
+        default=0,
+        description="batches naming this job that repeated a stored identity with other "
+        "content, of any component (the job's verdict names only its own components')",
     )
     merged: int = Field(
         default=0, description="times late data was merged into the job's final file"

@@ -8,8 +8,10 @@ it; ``fetch`` hands a written file out in chunks to a CLI on another PC.
 from __future__ import annotations
 
 import base64
+import contextlib
 import errno
 import logging
+import sqlite3
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -61,6 +63,10 @@ class FileOps:
                 svc.files.remember_final(a)
                 if svc.highest_file is None or svc.highest_file < jobid <= PLAUSIBLE_ID:
                     svc.highest_file = jobid  # (the scheduler's word: model.jobs.batch_id_bound)
+                    # batches stored before that bound rose count now, as in the store's
+                    # reading at a restart (they did not until one came: a review)
+                    with contextlib.suppress(sqlite3.Error):
+                        svc.highest_batch = store.highest_batch(jobid)
             t_wait = time.monotonic() - t0
             wrote = await svc.files.write(a, Path(a.path))
             written, note, altered = wrote.path, wrote.note, wrote.altered

@@ -39,7 +39,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from tomato_mqtt.errors import locked
-from tomato_mqtt.model.jobs import PLAUSIBLE_ID, batch_id_bound, highest_ran
+from tomato_mqtt.model.jobs import highest_ran
+from tomato_mqtt.services.jobids import highest_batch, highest_stored
 
 __all__ = ["AddResult", "BatchRow", "BatchStore", "Raws", "digest"]
 
@@ -377,14 +378,12 @@ class BatchStore:
     def highest_ids(self) -> tuple[int | None, int | None]:
         """The highest job id of the final files, and of the stored batches within
         :func:`~tomato_mqtt.model.jobs.batch_id_bound` of it."""
-        files = self._db.execute(
-            "SELECT max(job) FROM finals WHERE job <= ?", (PLAUSIBLE_ID,)
-        ).fetchone()[0]
-        files = None if files is None else int(files)
-        batches = self._db.execute(
-            "SELECT max(job) FROM stored WHERE job <= ?", (batch_id_bound(files),)
-        ).fetchone()[0]
-        return files, None if batches is None else int(batches)
+        return highest_stored(self._db)
+
+    def highest_batch(self, files: int | None) -> int | None:
+        """The highest job id of the stored batches within
+        :func:`~tomato_mqtt.model.jobs.batch_id_bound` of ``files``."""
+        return highest_batch(self._db, files)
 
     def job_points(self, job: int) -> dict[str, int]:
         rows = self._db.execute(

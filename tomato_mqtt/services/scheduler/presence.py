@@ -318,6 +318,7 @@ class Presence:
         out: dict[str, JsonValue] = st.model_dump(mode="json", by_alias=True)
         seen = self.seen.get(name)
         out["heartbeat_age"] = None if seen is None else round(time.monotonic() - seen, 3)
+        out["silent"] = self.silent(name)  # (by the heartbeat setting: STALLED_BEATS)
         off = self.clock_offset(name)
         out["clock_offset"] = None if off is None else round(off, 3)
         out["clock_skewed"] = name in self.skewed

@@ -24,11 +24,11 @@ from tomato_mqtt.model.jobs import (
     Job,
     PipelineState,
     UnknownName,
-    batch_id_bound,
     check_transition,
     highest_ran,
     utcnow,
 )
+from tomato_mqtt.services.jobids import highest_stored
 
 __all__ = ["StateStore", "StoreTaken", "highest_job_elsewhere"]
 
@@ -764,14 +764,7 @@ def highest_job_elsewhere(recorder_db: Path, jobs_dir: Path) -> tuple[int, str]:
         try:
             db = sqlite3.connect(f"file:{recorder_db}?mode=ro", uri=True, timeout=5.0)
             try:
-                # (a node's login names any job id in its batches: model.jobs)
-                files = db.execute(
-                    "SELECT max(job) FROM finals WHERE job <= ?", (PLAUSIBLE_ID,)
-                ).fetchone()[0]
-                batches = db.execute(
-                    "SELECT max(job) FROM stored WHERE job <= ?", (batch_id_bound(files),)
-                ).fetchone()[0]
-                got = highest_ran(files, batches)
+                got = highest_ran(*highest_stored(db))
                 if got is not None and got > best:
                     best, where = got, f"the recorder's store {recorder_db}"
             finally:
