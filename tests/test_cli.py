@@ -890,6 +890,10 @@ def test_a_mistyped_app_folder_is_said_not_taken_for_the_defaults(stack: Stack) 
         ("tomato", "stop"),
         ("ketchup", "status"),
         ("passata", "status", "x"),
+        # (these printed the defaults' document, and "set password_file in <typo>/…":
+        # a newcomer's tour)
+        ("tomato", "schema"),
+        ("tomato", "user", "list"),
     ):
         res = subprocess.run(
             [str(BIN / argv[0]), *argv[1:], "-A", str(typo)],

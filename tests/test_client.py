@@ -126,6 +126,10 @@ async def test_async_client_jobs_stream_snapshot_and_components(
             copy = await job.results(tmp_path / "into")
             assert copy == tmp_path / "into" / Path(str(ended.respath)).name, copy
             assert copy.read_bytes() == Path(str(ended.respath)).read_bytes()
+            # asked for into its own folder: the file itself (it failed "… are the same
+            # file", a Python repr in the message: a newcomer's tour)
+            for where in (Path(str(ended.respath)).parent, Path(str(ended.respath))):
+                assert await job.results(where) == Path(str(ended.respath))
             cmp = st.scheduler.layout.pipelines["pip-counter-2"].roles["counter"]
             got = await t.component_get(cmp)
             assert got, got

@@ -48,6 +48,7 @@ __all__ = [
     "load_settings",
     "oneshot_failed",
     "run_request",
+    "settings_there",
     "while_broker_restarts",
 ]
 
@@ -212,7 +213,9 @@ class CallContext(Record):
         return f"broker {self.url}, instance {self.instance}"
 
 
-def _settings_there(appdir: Dir) -> None:
+def settings_there(
+    appdir: Dir, instead: str = "give the broker with -b/--broker to go without"
+) -> None:
     """An app folder given with -A holds settings.toml: a mistyped one fell back to the
     defaults without a word, so `tomato stop -A <typo>` stopped another stack on the
     default port, and a status reported that one (an admin's tour)."""
@@ -220,7 +223,7 @@ def _settings_there(appdir: Dir) -> None:
     if not os.path.isfile(os.path.join(app, "settings.toml")):
         fail(
             f"no settings.toml in {app} (-A/--appdir): is the folder mistyped? `tomato init "
-            f"-A {app}` makes one there; give the broker with -b/--broker to go without"
+            f"-A {app}` makes one there" + (f"; {instead}" if instead else "")
         )
 
 
@@ -237,7 +240,7 @@ def context(
         url=BrokerURL(), instance="", appdir=appdir, datadir=datadir, logdir=logdir, port=port
     )
     if appdir is not None and not broker:
-        _settings_there(appdir)
+        settings_there(appdir)
     light = light_mqtt(appdir)
     if light is None:
         m = ctx.settings.mqtt

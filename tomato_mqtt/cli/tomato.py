@@ -40,6 +40,10 @@ def schema(opts: common.Opts) -> None:
 
     from tomato_mqtt.wire.asyncapi import schema_json
 
+    if opts.appdir is not None:  # (a mistyped -A printed the defaults' document)
+        from tomato_mqtt.cli.core import settings_there
+
+        settings_there(opts.appdir, "")
     s = opts.settings()
     text = schema_json(opts.instance or s.mqtt.instance, s)
     reply = SimpleNamespace(success=True, msg="the AsyncAPI document", data=json.loads(text))

@@ -61,8 +61,12 @@ StdinOpt = Annotated[
 def users_path(file: Path | None, appdir: Path | None) -> Path:
     if file is not None:
         return file.expanduser().absolute()
+    from tomato_mqtt.cli.core import settings_there
     from tomato_mqtt.config.settings import load_settings
     from tomato_mqtt.errors import ConfigError
+
+    if appdir is not None:  # (a mistyped -A said to set password_file in a file not there)
+        settings_there(appdir, "give the users file with --file to go without")
 
     try:
         s = load_settings(appdir=appdir)

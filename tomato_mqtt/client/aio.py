@@ -811,6 +811,9 @@ class AsyncTomato:
             import shutil
 
             target = _target(path, Path(job.respath).name)
+            with contextlib.suppress(OSError):
+                if target.samefile(job.respath):  # asked for where it is: no copy to make
+                    return target  # (it failed "… are the same file": a newcomer's tour)
             try:
                 return Path(shutil.copyfile(job.respath, target))
             except OSError as e:
