@@ -5,8 +5,11 @@ is named as ``passata`` names it (an unknown one refused at once, ``not_found``)
 from __future__ import annotations
 
 import asyncio
+import io
+import json
 import socket
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -405,3 +408,46 @@ def test_dashboard_hosts_setting_takes_names_only() -> None:
     for bad in ("http://lab-dash", "lab-dash:8765", "", ".example.org"):
         with pytest.raises(ValueError, match="not a host name"):
             DashboardSettings(hosts=[bad])
+
+
+async def test_a_body_larger_than_its_request_may_carry_is_refused_as_it_comes(
+    broker: RunningBroker, tmp_path: Path, instance: str
+) -> None:
+    """A security round: every POST was read and parsed whole, up to the 8 MiB of a
+    payload, before anything was checked: 32 such bodies to the sign-in of a page nobody
+    signed in to took the dashboard from 115 to 525 MB. A sign-in, and a control of a
+    session that may not submit, carry 64 KiB at most (a submit keeps its 8 MiB:
+    test_an_upload_is_no_longer_than_the_scheduler_takes_a_payload_text)."""
+    from tomato_mqtt.services.dashboard.web import SMALL_BODY
+
+    url = f"mqtt://127.0.0.1:{broker.port}"
+    big = {"username": "x", "password": "y" * SMALL_BODY}
+    async with (
+        inproc_stack(broker.port, tmp_path / "st", instance),
+        running_dashboard(url, instance, read_only=True) as dash,
+        aiohttp.ClientSession() as http,
+    ):
+        assert "job_submit" not in await _controls(dash)
+        for path, body in (("api/login", big), ("api/cmd", {"op": "job_submit", "args": big})):
+            sized = io.BytesIO(json.dumps(body).encode())  # (its length given)
+            async with http.post(dash.address() + path, data=sized) as r:
+                assert r.status == 413, (path, r.status)
+                assert f"larger than {SMALL_BODY:,} bytes" in await r.text()
+
+            async def chunked(raw: bytes) -> AsyncIterator[bytes]:  # no length: counted
+                yield raw
+
+            async with http.post(
+                dash.address() + path, data=chunked(json.dumps(body).encode())
+            ) as r:
+                assert r.status == 413, (path, r.status)
+        # a name no login has (tomato user makes 64 characters at most): refused at once,
+        # nothing kept of it (a name of 60,000 filled the tables of failed tries)
+        async with http.post(dash.address() + "api/login", json={"username": "u" * 60_000}) as r:
+            got = await r.json()
+            assert r.status == 200 and not got["success"], got
+            assert got["msg"].startswith("wrong user name or password for 'uuu"), got["msg"][:200]
+        assert not dash.sessions._failures and not dash.sessions._login_failures
+        # a small one is answered as before
+        async with http.post(dash.address() + "api/cmd", json={"op": "job_submit"}) as r:
+            assert r.status == 200 and "read-only" in (await r.json())["msg"]

@@ -74,6 +74,12 @@ RECONNECTING = (
 )
 
 
+#: the longest login name and password a sign-in is tried with (``tomato user`` makes
+#: names of 64 characters at most: config/users.py; MQTT carries at most 65,535 bytes)
+LOGIN_MAX = 256
+PASSWORD_MAX = 4096
+
+
 class LoginFailed(Exception):
     """The broker or the scheduler did not accept a sign-in; the text says why."""
 
@@ -321,6 +327,11 @@ class Sessions:
 
     async def sign_in(self, username: str, password: str, peer: str | None = None) -> Session:
         """Sign ``username`` in (``peer``: the client's address, if known)."""
+        if len(username) > LOGIN_MAX or len(password) > PASSWORD_MAX:
+            # no login has such a name or password: answered at once, nothing kept of it
+            # (a name of 65,536 characters was a 500 from the broker client, and names of
+            # 60,000 filled the tables of failed tries: a security round)
+            raise LoginFailed(f"wrong user name or password for {username[:LOGIN_MAX]!r}…")
         self._check_failures(username, peer)
         if peer is not None and self._in_flight.get(peer, 0) >= self.MAX_IN_FLIGHT_PER_PEER:
             raise LoginFailed("other sign-ins from your address are under way: try again")
