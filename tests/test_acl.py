@@ -372,3 +372,66 @@ async def test_a_component_added_to_the_devices_file_is_granted_at_once(
         await c.subscribe(b.topics.component_cmds(cmp_c))  # granted at once
         with pytest.raises(MqttError, match="refused"):
             await c.subscribe(b.topics.component_cmds(CMP_B))  # pc2's: still not
+
+
+def _login_from(address: str, port: int, user: str, password: str) -> tuple[int, float]:
+    """A login from ``address`` (a loopback address of this PC's own): the CONNACK's
+    code and how long it took to come."""
+    import threading
+    import time
+
+    import paho.mqtt.client as paho
+
+    got: list[int] = []
+    done = threading.Event()
+
+    def on_connect(_c: object, _u: object, _f: object, rc: object, _p: object = None) -> None:
+        got.append(int(getattr(rc, "value", rc)))  # type: ignore[call-overload]
+        done.set()
+
+    c = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=f"guess-{os.urandom(3).hex()}")
+    c.username_pw_set(user, password)
+    c.on_connect = on_connect
+    t0 = time.monotonic()
+    c.connect("127.0.0.1", port, bind_address=address)
+    c.loop_start()
+    try:
+        assert done.wait(60), "no CONNACK within 60 s"
+        return got[0], time.monotonic() - t0
+    finally:
+        c.disconnect()
+        c.loop_stop()
+
+
+async def test_wrong_logins_from_one_address_make_its_next_tries_wait(
+    tmp_path: Path, instance: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A security round: 200 password guesses at one login in 40 s, the right password
+    still taken after them (the dashboard's sign-in slowed such guesses; the broker's own
+    port did not). After 5 wrong logins from an address, each further try from it waits
+    1, 2, 4 … s (up to 30) before its password is checked; other addresses, and this
+    PC's own 127.0.0.1 (the stack's services and the dashboard log in from there), do not
+    wait; a right login ends the count."""
+    from tomato_mqtt_broker.security import FREE_FAILURES
+
+    async with secured("amqtt", tmp_path, instance) as b:
+
+        def guess(address: str, user: str = "olga", pw: str = "wrong") -> tuple[int, float]:
+            return _login_from(address, b.port, user, pw)
+
+        for _ in range(FREE_FAILURES):  # free: answered as the password check takes
+            rc, took = await asyncio.to_thread(guess, "127.0.0.2")
+            assert rc != 0 and took < 0.9, (rc, took)
+        for wait in (1.0, 2.0):
+            rc, took = await asyncio.to_thread(guess, "127.0.0.2")
+            assert rc != 0 and took >= wait, (rc, took, wait)
+        # another address, and this PC's own, are not held up (a first login each)
+        for address, user in (("127.0.0.3", "rita"), ("127.0.0.1", "otto")):
+            rc, took = await asyncio.to_thread(guess, address, user, USERS[user][0])
+            assert rc == 0 and took < 0.9, (address, rc, took)
+        # the right password from the address that guessed: taken, after its wait
+        rc, took = await asyncio.to_thread(guess, "127.0.0.2", "olga", USERS["olga"][0])
+        assert rc == 0 and took >= 4.0, (rc, took)
+        rc, took = await asyncio.to_thread(guess, "127.0.0.2")  # the count began again
+        assert rc != 0 and took < 0.9, (rc, took)
+        assert "wrong logins from 127.0.0.2 (the last as 'olga')" in caplog.text

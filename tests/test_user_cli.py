@@ -37,10 +37,16 @@ def test_user_commands(tmp_path: Path) -> None:
     app = tmp_path / "app"
     app.mkdir()
     res = tomato(app, "user", "list")
+    assert res.returncode == 1 and "no settings.toml in" in res.stderr  # a mistyped -A?
+    (app / "settings.toml").write_text("")
+    res = tomato(app, "user", "list")
     assert res.returncode == 1 and "password_file" in res.stderr  # no users file configured
     (app / "settings.toml").write_text('[broker]\npassword_file = "users"\n')
-    assert tomato(app, "user", "add", "olga", "--role", "operator", "--password-stdin",
-                  stdin="s3cret\n").returncode == 0  # fmt: skip
+    res = tomato(app, "user", "add", "olga", "--role", "operator", "--password-stdin",
+                 stdin="s3cret\n")  # fmt: skip
+    assert res.returncode == 0, res
+    # a short password is taken, and warned of (guessing at the broker: security.md)
+    assert "warning: a password of 6 character(s) is quickly guessed" in res.stderr, res
     users = load_users(app / "users")
     olga = users.users["olga"]
     assert olga.role == "operator" and verify_argon2("s3cret", olga.hash)

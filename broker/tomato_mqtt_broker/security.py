@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import hmac
 import logging
 import os
 import time
@@ -79,6 +80,18 @@ class _Users:
 
 #: password checks run at once (each in a thread: argon2 releases the GIL)
 ARGON2_AT_ONCE = 2
+#: wrong logins an address may try before each further try from it waits, 1, 2, 4 … s
+#: up to FAILURE_WAIT_MAX, before its password is checked (a security round: 200 guesses
+#: in 40 s at one login, the right password then still taken); its count is forgotten
+#: FAILURES_KEPT s after its last wrong login, or at a right one. This PC's own
+#: loopback address is not counted: the stack's services and the dashboard (which
+#: throttles its sign-ins itself, per address) log in from there
+FREE_FAILURES = 5
+FAILURE_WAIT_MAX = 30.0
+FAILURES_KEPT = 600.0
+#: addresses whose wrong logins are counted at once (the oldest forgotten beyond it)
+FAILURE_ADDRESSES = 10_000
+_NOT_COUNTED = frozenset({"127.0.0.1", "::1", None})
 #: a hash of a random password, checked for a user name that does not exist
 _NOBODY = (
     "$argon2id$v=19$m=65536,t=3,p=4$4MsynibJwm5/9HShsPgmAQ$"
@@ -96,7 +109,12 @@ class UsersAuthPlugin(BaseAuthPlugin):  # type: ignore[misc]
         super().__init__(context)
         self._users = _Users(self.config.users_file) if self.config.users_file else None
         # argon2 costs ~50 ms per check: remember logins that verified against this hash
+        # (their passwords under a key of this process, not a plain digest: a review)
         self._ok: set[tuple[str, str, str]] = set()
+        self._ok_key = os.urandom(32)
+        #: address -> (wrong logins, monotonic time of the last)
+        self._failures: dict[str, tuple[int, float]] = {}
+        self._failures_said = 0.0  # when the log last said them (once a minute)
         #: checks at once, each in a thread (~100 ms and 64 MiB of argon2 each)
         self._checks = asyncio.Semaphore(ARGON2_AT_ONCE)
 
@@ -110,20 +128,57 @@ class UsersAuthPlugin(BaseAuthPlugin):  # type: ignore[misc]
         self._users.refresh()
         user = self._users.users.users.get(name)
         pw = session.password or ""
+        digest = hmac.new(self._ok_key, pw.encode(), hashlib.sha256).hexdigest()
+        known = user is not None and (name, user.hash, digest) in self._ok
+        address = getattr(session, "remote_address", None)
+        if not known:  # (a login that verified before goes in at once)
+            await self._wait_for_failures(address)
         if user is None or user.role is None:
             # a login without a role could do nothing: refused, but only after as long a
             # check as a known user's (else the time tells which user names exist)
             await self._verify(pw, _NOBODY)
+            self._failed(address, name)
             return False
-        key = (name, user.hash, hashlib.sha256(pw.encode()).hexdigest())
-        if key in self._ok or await self._verify(pw, user.hash):
+        key = (name, user.hash, digest)
+        if known or await self._verify(pw, user.hash):
             self._ok.add(key)
+            self._failures.pop(address or "", None)
             # the hash this password was checked against: a connection outlives no change
             # of it (the broker's _check_logins; read after the check's wait, a changed
             # password was recorded as the one used: a review)
             session.tomato_login = user.hash
             return True
+        self._failed(address, name)
         return False
+
+    async def _wait_for_failures(self, address: str | None) -> None:
+        """The wait of a login from an address with more than FREE_FAILURES wrong ones."""
+        if address in _NOT_COUNTED:
+            return
+        count, last = self._failures.get(address or "", (0, 0.0))
+        if count < FREE_FAILURES or time.monotonic() - last > FAILURES_KEPT:
+            return
+        await asyncio.sleep(min(FAILURE_WAIT_MAX, 2.0 ** (count - FREE_FAILURES)))
+
+    def _failed(self, address: str | None, name: str) -> None:
+        if address in _NOT_COUNTED:
+            return
+        now = time.monotonic()
+        count, last = self._failures.pop(address or "", (0, now))
+        count = 1 if now - last > FAILURES_KEPT else count + 1
+        self._failures[address or ""] = (count, now)  # (last: the most recent)
+        while len(self._failures) > FAILURE_ADDRESSES:
+            self._failures.pop(next(iter(self._failures)))
+        if count > FREE_FAILURES and now - self._failures_said >= 60.0:
+            self._failures_said = now
+            log.warning(
+                "%d wrong logins from %s (the last as %r): each further try from it waits "
+                "up to %g s before its password is checked",
+                count,
+                address,
+                name[:64],
+                FAILURE_WAIT_MAX,
+            )
 
     async def _verify(self, password: str, hash_: str) -> bool:
         """argon2, off the event loop and a few at a time: in the loop, each wrong

@@ -96,6 +96,20 @@ def _password(password: str | None, stdin: bool) -> str:
     return str(typer.prompt("password", hide_input=True, confirmation_prompt=True))
 
 
+#: a shorter password is warned of: guesses at the broker's port are slowed per address
+#: only (docs/security.md), and Mosquitto does not slow them at all
+PASSWORD_WARN_BELOW = 10
+
+
+def _warn_if_short(pw: str) -> None:
+    if 0 < len(pw) < PASSWORD_WARN_BELOW:
+        print(
+            f"warning: a password of {len(pw)} character(s) is quickly guessed: give one "
+            f"of {PASSWORD_WARN_BELOW} or more (`tomato user passwd`)",
+            file=sys.stderr,
+        )
+
+
 ForceOpt = Annotated[
     bool,
     typer.Option(
@@ -252,6 +266,7 @@ def add(
     """Add a user with a role (argon2 hash; asks for the password unless given)."""
     path = users_path(file, as_path(opts.appdir))
     pw = _password(password, password_stdin)
+    _warn_if_short(pw)
     change = f"added {name} ({_role_said(role)})"
     _edit(path, change, lambda u: u.add(name, pw, role), opts, name, "add", role, force)
 
@@ -282,6 +297,7 @@ def passwd(
     """Set a user's password."""
     path = users_path(file, as_path(opts.appdir))
     pw = _password(password, password_stdin)
+    _warn_if_short(pw)
     change = f"changed the password of {name}"
     _edit(path, change, lambda u: u.set_password(name, pw), opts, name, "passwd", force=force)
 
