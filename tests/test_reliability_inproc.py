@@ -241,7 +241,7 @@ async def test_conflicts_naming_a_new_job_each_are_said_once_a_minute_per_compon
     sent as a job event (5,001 of each for 5,001 batches). One component's are said at
     most once a minute; the next line counts those held back; each is still counted."""
     caplog.set_level("DEBUG", logger="tomato_mqtt.services.recorder.service")
-    async with recorder(broker, instance, tmp_path / "r.sqlite") as (svc, c, req, t):
+    async with recorder(broker, instance, tmp_path / "r.sqlite") as (svc, c, _req, t):
         events = Collector()
         await c.subscribe(t.job_event(100).replace("/100/", "/+/"), handler=events)
         data = t.component_data(CMP)
