@@ -1533,6 +1533,48 @@ async def test_a_task_whose_setup_fails_after_the_scheduler_restarted_ends_the_j
     assert all(w in (done.reason or "") for w in said), done.reason
 
 
+async def test_a_forged_idle_status_ends_the_job_and_its_task_on_the_node(
+    broker: RunningBroker, instance: str, tmp_path: Path
+) -> None:
+    """A security round: a node's login published its own component's status as `idle`
+    while a job's task ran there. The scheduler ended the job `ce` ("reports no task"),
+    but left the task running on the node, and took the component for free: the next
+    job launched there ended `ce` "component … is busy with job N". The ended job's
+    component is reset as any job's end resets it, and the next job runs."""
+    from tomato_mqtt.wire.messages import ComponentStatus, encode
+
+    async with inproc_stack(broker.port, tmp_path, instance) as st:
+        await _ready(st)
+        payload = _counter_payload(60.0, 0.1)
+        job = await st.call("job_submit", {"payload": payload, "submit_dir": str(tmp_path)})
+        await st.wait_job(job.id, {"r"}, timeout=20)
+        for _ in range(200):
+            busy = [h for h in st.node.components.values() if h.runner and h.runner.running]
+            if busy:
+                break
+            await asyncio.sleep(0.05)
+        (hc,) = busy
+        await asyncio.sleep(1.0)
+        real = st.scheduler.component_status(hc.name)
+        assert real is not None and real.state == "running", real
+        forged = ComponentStatus(
+            name=hc.name, node=real.node, state="idle", time=time.time(), epoch=real.epoch
+        )
+        await st.client.publish(st.topics.component_status(hc.name), encode(forged), retain=True)
+        done = await st.wait_job(job.id, {"c", "ce", "cd"}, timeout=20)
+        assert done.status == "ce" and "reports no task" in (done.reason or ""), done
+        for _ in range(100):  # the task on the node stopped by the job's end
+            if not hc.runner.running:
+                break
+            await asyncio.sleep(0.1)
+        assert not hc.runner.running, "the task ran on after its job ended"
+        await st.call("pipeline_ready", {"pipeline": "pip-counter-1"})
+        payload = _counter_payload(1.0, 0.1)
+        nxt = await st.call("job_submit", {"payload": payload, "submit_dir": str(tmp_path)})
+        done = await st.wait_job(nxt.id, {"c", "ce", "cd"}, timeout=30)
+        assert done.status == "c", (done.status, done.reason)
+
+
 async def test_a_failed_start_is_not_taken_later_for_a_late_end(
     broker: RunningBroker, instance: str, tmp_path: Path
 ) -> None:

@@ -834,8 +834,13 @@ class JobRunner:
                     timeout = CANCEL_WAIT - waited
                 gone = self._gone(t, component)
                 if gone is not None:
-                    # a fresh component needs no reset (and may not be registered yet)
-                    self.unconfirmed.add(component)
+                    # a fresh component needs no reset (and may not be registered yet);
+                    # one of the same node run that says it is idle is reset at the job's
+                    # end all the same: a node login's forged "idle" hid a task that ran on,
+                    # and the next job launched there failed "busy" (a security round)
+                    now = self.host.component_status(component)
+                    if now is None or now.epoch != t.epoch:
+                        self.unconfirmed.add(component)
                     if not self.cancelled:
                         self.error = gone
                     self._end_now(t, {"reason": "error", "message": gone})
