@@ -170,6 +170,30 @@ async def test_one_address_holds_only_a_few_pages(
             await ws.close()
 
 
+async def test_a_page_that_floods_its_socket_is_closed(
+    broker: RunningBroker, instance: str
+) -> None:
+    """A security round: 16 pages nobody signed in to sent 524,800 messages in 10 s, each
+    parsed, for half a core of the dashboard's. A socket that sends more than
+    WS_MESSAGES_PER_S in a second is closed (1008); a page sends one per click."""
+    url = f"mqtt://127.0.0.1:{broker.port}"
+    async with running_dashboard(url, instance) as dash, aiohttp.ClientSession() as http:
+        calm = await http.ws_connect(dash.address() + "ws")
+        ws = await http.ws_connect(dash.address() + "ws")
+        for each in (calm, ws):
+            assert (await each.receive_json(timeout=10))["t"] == "hello"
+        for _ in range(3 * web.WS_MESSAGES_PER_S):  # (over a second of a slow machine too)
+            await ws.send_str("[1]")
+        while True:
+            m = await ws.receive(timeout=10)
+            if m.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED):
+                break
+        assert ws.close_code == web.WS_TOO_MANY, ws.close_code
+        await calm.send_json({"t": "watch", "job": None})  # the other page is served on
+        assert not calm.closed
+        await calm.close()
+
+
 async def test_going_back_to_the_overview_costs_no_watch(
     broker: RunningBroker, tmp_path: Path, instance: str
 ) -> None:

@@ -58,6 +58,11 @@ MAX_BODY = 8 * 2**20
 SMALL_BODY = 64 * 2**10
 SVC: web.AppKey[DashboardService] = web.AppKey("svc", DashboardService)
 
+#: messages a second a page's live socket may send before it is closed (a page sends a
+#: watch per click), and the close code it gets (1008: policy violation)
+WS_MESSAGES_PER_S = 500
+WS_TOO_MANY = 1008
+
 SCHEDULER_TIMEOUT = 15.0
 """s a control's request waits for the scheduler (the page says it waits meanwhile)."""
 
@@ -260,8 +265,17 @@ async def _ws(request: web.Request) -> web.StreamResponse:
     viewer.send(svc.hello(viewer) | {"ended": svc.sessions.ended(_token(request))})
     svc.viewers.add(viewer)
     writer = asyncio.ensure_future(svc.writer(viewer, ws.send_str))
+    window, count = 0.0, 0  # this second's messages (WS_MESSAGES_PER_S)
     try:
         async for msg in ws:
+            now = asyncio.get_running_loop().time()
+            window, count = (window, count + 1) if now - window < 1.0 else (now, 1)
+            if count > WS_MESSAGES_PER_S:
+                # a page sends a watch per click: 16 sockets sending as fast as they
+                # could cost the dashboard half a core (a security round)
+                log.info("closed a page's socket (%s): over %d messages a second", peer, count - 1)
+                await ws.close(code=WS_TOO_MANY, message=b"too many messages")
+                break
             if msg.type != WSMsgType.TEXT:
                 continue
             # not a watch of ours (a list, a float too big for an id): ignored
