@@ -142,6 +142,24 @@ def test_docs_example_payloads_are_valid() -> None:
         assert decode(models[name], block) == example_messages()[name], name
 
 
+def test_docs_name_every_field_of_each_message() -> None:
+    """Each '### `Model`' section shows or names every field of its model (a newcomer's
+    tour found fields on the wire and in the AsyncAPI document that the page never
+    named: a block may leave out what is null or false, if its prose names it)."""
+    text = DOCS.read_text()
+    sections = re.findall(r"^### `(\w+)`(.*?)(?=^##)", text + "\n##", flags=re.S | re.M)
+    missing = []
+    for name, section in sections:
+        model = type(example_messages()[name]) if name in example_messages() else None
+        if model is None:
+            continue
+        for field_name, info in model.model_fields.items():
+            key = info.alias or field_name
+            if f'"{key}"' not in section and f"`{key}`" not in section:
+                missing.append(f"{name}.{key}")
+    assert not missing, f"docs/topics.md does not name: {', '.join(missing)}"
+
+
 def test_docs_list_every_command_with_its_args() -> None:
     """docs/topics.md holds the table generated from wire/commands.py, unchanged."""
     from tomato_mqtt.wire.reference import commands_markdown

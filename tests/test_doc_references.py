@@ -50,3 +50,35 @@ def test_every_path_and_bench_command_the_docs_name_exists() -> None:
             if not (base.with_suffix(".py").exists() or (base / "__main__.py").exists()):
                 gone.append(f"{page.name}: python -m {mod}")
     assert not gone, "the docs name paths that do not exist:\n" + "\n".join(sorted(set(gone)))
+
+
+LINK = re.compile(r"\]\(([\w./-]*\.md)?(#[^)\s]+)?\)")
+HEADING = re.compile(r"^#{1,6} (.+?)\s*$", re.M)
+
+
+def _anchors(page: Path) -> set[str]:
+    """The anchors GitHub makes of a page's headings: lower case, punctuation dropped
+    (word characters, '-' and spaces kept), spaces to '-', a repeat numbered."""
+    seen: dict[str, int] = {}
+    out = set()
+    for title in HEADING.findall(_prose(page)):
+        slug = re.sub(r"[^\w\- ]", "", title.lower()).replace(" ", "-")
+        n = seen.get(slug, 0)
+        seen[slug] = n + 1
+        out.add(slug if n == 0 else f"{slug}-{n}")
+    return out
+
+
+def test_every_link_between_the_pages_and_its_anchor_exists() -> None:
+    """A newcomer's tour followed two links to headings renamed since (a page's anchor
+    is its heading's words): each link to a page of the repository, and to a heading of
+    it, resolves."""
+    gone = []
+    for page in PAGES:
+        for target, anchor in LINK.findall(_prose(page)):
+            other = (page.parent / target).resolve() if target else page
+            if not other.exists():
+                gone.append(f"{page.name}: {target}")
+            elif anchor and anchor[1:] not in _anchors(other):
+                gone.append(f"{page.name}: {target}{anchor}")
+    assert not gone, "the pages link to what is not there:\n" + "\n".join(sorted(set(gone)))

@@ -173,6 +173,9 @@ def example_messages() -> dict[str, BaseModel]:
                 submitted_at="2025-06-15T15:06:40+00:00",
                 launched_at="2025-06-15T15:06:41+00:00",
                 pipeline="pip-counter",
+                owner="olga",
+                respath="/home/olga/data/results.7.nc",
+                progress={"roles": {"counter": cmp}},
             )
         ),
         JobEvent(
