@@ -401,6 +401,12 @@ def test_no_scheduler_says_where_it_looked(stack: Stack) -> None:
     assert time.monotonic() - t0 < 8
     assert "no scheduler answered" in res.stderr
     assert "instance nobody-here" in res.stderr and f":{stack.port}" in res.stderr
+    # ... and names the instance whose scheduler is there (a misspelt --instance read as
+    # a stack that is down: a newcomer's tour)
+    assert (
+        f"no scheduler of instance 'nobody-here' is on this broker, but one of "
+        f"{stack.instance!r} is: is the instance right (--instance, [mqtt] instance)?"
+    ) in res.stderr, res.stderr
     res = stack.run("tomato", "pipeline", "load", "p", "s", "--instance", "nobody-here", "-t", "1")
     assert res.returncode == 1 and "no scheduler answered" in res.stderr
     # no broker at all on that port (not through stack.run, which adds the stack's port)

@@ -493,6 +493,34 @@ def scheduler_presence(ctx: CallContext) -> tuple[str | None, float | None]:
     return state, late if late > 0 else None
 
 
+def other_instances(ctx: CallContext, wait: float = 0.5) -> list[str]:
+    """The instances whose scheduler's retained status on this broker says ``online``,
+    but ``ctx``'s own ([] if none, or the login may not read them)."""
+    import contextlib
+
+    from tomato_mqtt import jsonlite
+    from tomato_mqtt.transport import oneshot
+    from tomato_mqtt.wire.topics import PROTOCOL
+
+    if ctx.url.transport == "websockets":  # (Exchange speaks TCP and TLS only)
+        return []
+    found: set[str] = set()
+
+    def seen(topic: str, raw: bytes) -> None:
+        parts = topic.split("/")
+        with contextlib.suppress(ValueError):
+            doc = jsonlite.loads(raw) if raw else None
+            if len(parts) == 5 and isinstance(doc, dict) and doc.get("state") == "online":
+                found.add(parts[2])
+
+    try:
+        with oneshot.Exchange(ctx.url, ctx.topics.reply, timeout=2.0) as ex:
+            ex.watch(f"{PROTOCOL}/+/scheduler/status", wait, seen)
+    except oneshot.OneShotError:
+        return []
+    return sorted(found - {ctx.instance})
+
+
 def _scheduler_away(ctx: CallContext) -> tuple[str | None, str | None]:
     """(what the scheduler's retained status says of a scheduler that did not answer,
     when it is not running or stands still: "status says offline", "status says online,
@@ -541,7 +569,14 @@ def oneshot_failed(
                 # said to be one the admin's login may not ask: a fault run)
                 hint = f"; the scheduler's {said}"
             elif not ctx.url.username:
-                pass  # an open stack: nothing more to tell
+                # an open stack: a misspelt instance reads as a stack that is down (a
+                # newcomer's tour with README's `--instance lab1` on a `default` stack)
+                if state == "" and (others := other_instances(ctx)):
+                    hint = (
+                        f"; no scheduler of instance {ctx.instance!r} is on this broker, "
+                        f"but one of {', '.join(repr(i) for i in others)} is: is the "
+                        "instance right (--instance, [mqtt] instance)?"
+                    )
             elif e.asked and e.me is not None:  # it answered whoami meanwhile: it runs
                 hint = "; the scheduler answered whoami meanwhile: it runs, and is slow"
             else:
