@@ -331,10 +331,22 @@ def test_a_matching_job_says_which_sample_it_waits_for() -> None:
         "p2": pip("p2", sample="other"),
         "p3": pip("p3", sample="s", ready=False),
     }
-    why = waiting_reason(["p1", "p2"], pips, "s")
+    pips["p4"] = pip("p4", sample=None)
+    why = waiting_reason(["p1", "p2", "p4"], pips, "s")
     assert why is not None and why.startswith(
-        "no pipeline holds sample 's': load it into one of p1, p2"
+        "no pipeline holds sample 's': load it into one of p1, p4"
     )
+    # only the empty ones are named: a load into one that holds a sample is refused
+    # ("already holds sample …: eject it first": a newcomer's tour)
+    why = waiting_reason(["p1", "p2"], pips, "s")
+    assert why == "no pipeline holds sample 's': load it into p1 (tomato pipeline load p1 s)"
+    pips["p5"] = pip("p5", sample="more")
+    why = waiting_reason(["p2", "p5"], pips, "s")
+    assert why == (
+        "no pipeline holds sample 's', and p2, p5 each hold another: eject one that runs no "
+        "job, then load it there (tomato pipeline eject <pipeline>, then tomato pipeline "
+        "load <pipeline> s)"
+    ), why
     why = waiting_reason(["p1", "p3"], pips, "s")
     assert why == "sample 's' is in p3, which is not ready (tomato pipeline ready p3)"
     # one candidate: the exact command to type

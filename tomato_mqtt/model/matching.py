@@ -351,8 +351,22 @@ def waiting_reason(
                 f"({first}tomato pipeline load {candidates[0]} {sample})"
             )
         where = ", ".join(candidates)
+        empty = [n for n in candidates if n in pipelines and not pipelines[n].sampleid]
+        if not empty:  # each holds a sample: the load is refused until one is ejected
+            # (it said "load it into one of …", refused "already holds sample …: eject it
+            # first": a newcomer's tour)
+            return (
+                f"no pipeline holds sample {sample!r}, and {where} each hold another: "
+                f"eject one that runs no job, then load it there (tomato pipeline eject "
+                f"<pipeline>, then tomato pipeline load <pipeline> {sample})"
+            )
+        if len(empty) == 1:
+            return (
+                f"no pipeline holds sample {sample!r}: load it into {empty[0]} "
+                f"(tomato pipeline load {empty[0]} {sample})"
+            )
         return (
-            f"no pipeline holds sample {sample!r}: load it into one of {where} "
+            f"no pipeline holds sample {sample!r}: load it into one of {', '.join(empty)} "
             f"(tomato pipeline load <pipeline> {sample})"
         )
     # a pipeline running a job comes free by itself (a launch takes `ready`, as in tomato:
