@@ -201,3 +201,20 @@ def test_a_reply_of_several_shapes_says_which_answers_which_args() -> None:
     assert sorted(map(str, by_what.values())) == sorted(map(str, entry["data"]["anyOf"]))
     assert by_what["components"]["additionalProperties"]["$ref"].endswith("/ComponentInfo")
     assert by_what["scheduler"] == {"$ref": "#/components/schemas/SchedulerInfo"}
+
+
+def test_every_reply_model_is_a_schema_of_its_own_name() -> None:
+    """An integrator's tour looked up FileData, WhoamiData … (named in topics.md's
+    command table) under components/schemas: they were inlined in x-commands, untitled."""
+    from pydantic import BaseModel
+
+    from tomato_mqtt.wire.asyncapi import build_asyncapi
+    from tomato_mqtt.wire.commands import COMMANDS
+
+    doc = build_asyncapi("x")
+    for c in COMMANDS:
+        if isinstance(c.data, type) and issubclass(c.data, BaseModel):
+            name = c.data.__name__
+            assert name in doc["components"]["schemas"], name
+            ref = {"$ref": f"#/components/schemas/{name}"}
+            assert doc["x-commands"][c.responder][c.op]["data"] == ref, (c.responder, c.op)

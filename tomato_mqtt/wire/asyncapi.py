@@ -103,7 +103,12 @@ def _schemas() -> dict[str, Any]:
         if c.data is None:
             continue
         data = TypeAdapter(c.data).json_schema(ref_template="#/components/schemas/{model}")
-        for name, sch in data.get("$defs", {}).items():
+        named = dict(data.pop("$defs", {}))
+        if isinstance(c.data, type) and issubclass(c.data, BaseModel):
+            # a reply's model is a schema of its own name too, as topics.md names it
+            # (FileData, WhoamiData … were inlined in x-commands: an integrator's tour)
+            named[c.data.__name__] = data
+        for name, sch in named.items():
             if schemas.setdefault(name, sch) != sch:
                 raise RuntimeError(f"two different schemas named {name}")
     return {k: _untitled(v) for k, v in sorted(schemas.items())}
@@ -134,7 +139,7 @@ def _commands() -> dict[str, Any]:
         if c.data is None:
             entry["data"] = {"type": "null"}
         else:
-            entry["data"] = _schema_of(c.data)
+            entry["data"] = _schema_of(c.data, ref=True)
         by_arg = DATA_BY_ARG.get((c.responder, c.op))
         if by_arg is not None:
             # which branch of data answers which args (a validator matched `status
