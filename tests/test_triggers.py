@@ -117,6 +117,10 @@ async def test_a_task_that_starts_with_a_skipped_one_is_skipped_and_said() -> No
     assert "task 3 (count) on role 'r3' was skipped: it starts with 'y', which was skipped" in str(
         reason
     )
+    # its warning event names the task's role as well as the task (a role null beside a
+    # task: an integrator's tour)
+    warned = [kw for e, kw in host.events if e == "warning" and kw.get("task") == 3]
+    assert warned and all(kw.get("role") == "r3" for kw in warned), host.events
 
 
 def test_a_task_whose_wait_leads_back_through_a_role_s_order_is_refused(tmp_path: Path) -> None:

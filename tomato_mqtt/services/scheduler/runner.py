@@ -660,7 +660,9 @@ class JobRunner:
         if why is not None:
             log.warning("job %d: %s", self.job.id, why)
             self.warnings.append(why)
-            self.host.job_event(self.job.id, "warning", task=t.spec.index, detail={"message": why})
+            self.host.job_event(
+                self.job.id, "warning", role=t.role, task=t.spec.index, detail={"message": why}
+            )
         self._save()
         await self._notify()  # tasks that start with it
 
@@ -725,7 +727,11 @@ class JobRunner:
         log.warning("job %d: %s", self.job.id, why)
         self.host.show_reason(self.job.id, why)
         self.host.job_event(
-            self.job.id, "warning", task=t.spec.index, detail={"message": why, "node": name}
+            self.job.id,
+            "warning",
+            role=t.role,
+            task=t.spec.index,
+            detail={"message": why, "node": name},
         )
         return why
 
@@ -936,6 +942,7 @@ class JobRunner:
             self.host.job_event(
                 self.job.id,
                 "warning",
+                role=t.role,
                 task=t.spec.index,
                 detail={
                     "message": f"task {t.spec.index} ran {ran:.1f} s by its node's clock: "
@@ -960,7 +967,7 @@ class JobRunner:
             )
             self.warnings.append(warning)
             self.host.job_event(
-                self.job.id, "warning", task=t.spec.index, detail={"message": warning}
+                self.job.id, "warning", role=t.role, task=t.spec.index, detail={"message": warning}
             )
         step = end.get("clock_step")
         if isinstance(step, int | float) and step:
@@ -1022,7 +1029,9 @@ class JobRunner:
         t.overrun_warning = what
         self.warnings.append(what)  # the job's final reason: what happened, no advice
         self._save()
-        self.host.job_event(self.job.id, "warning", task=t.spec.index, detail={"message": what})
+        self.host.job_event(
+            self.job.id, "warning", role=t.role, task=t.spec.index, detail={"message": what}
+        )
         self.host.show_reason(self.job.id, t.overrun_reason)
         return None
 
