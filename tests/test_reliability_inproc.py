@@ -2845,6 +2845,30 @@ async def test_a_status_of_a_job_long_over_that_comes_late_stops_no_task(
     assert "still runs task" not in caplog.text
 
 
+async def _faulty_ready(st: InProc, comp: str) -> Path:
+    """``comp`` (a faulty component) registered, pip-ok-1 loaded with sample ``faulty``
+    and ready; the folder to submit from."""
+    work = st.settings.datadir / "work"
+    work.mkdir(parents=True, exist_ok=True)
+    for _ in range(200):
+        if st.metas.get(comp) is not None and st.metas[comp].registered:
+            break
+        await asyncio.sleep(0.05)
+    await st.call("pipeline_load", {"pipeline": "pip-ok-1", "sample": "faulty"})
+    await st.call("pipeline_ready", {"pipeline": "pip-ok-1"})
+    return work
+
+
+async def _accepted(hc: Any, job: int) -> Any:
+    """The task of ``job`` the component accepted (within 4 s), or None."""
+    for _ in range(400):
+        accepted = hc.runner.current_task if hc.runner is not None else None
+        if accepted is not None and accepted.job == job:
+            return accepted
+        await asyncio.sleep(0.01)
+    return None
+
+
 async def test_a_reset_naming_the_job_of_a_task_still_being_set_up_is_taken(
     broker: RunningBroker, tmp_path: Path, instance: str
 ) -> None:
@@ -2857,23 +2881,12 @@ async def test_a_reset_naming_the_job_of_a_task_still_being_set_up_is_taken(
     async with inproc_stack(
         broker.port, tmp_path, instance, devices="faulty_devices.yml", settings=settings
     ) as st:
-        work = st.settings.datadir / "work"
-        work.mkdir(parents=True, exist_ok=True)
-        for _ in range(200):
-            if st.metas.get(comp) is not None and st.metas[comp].registered:
-                break
-            await asyncio.sleep(0.05)
-        await st.call("pipeline_load", {"pipeline": "pip-ok-1", "sample": "faulty"})
-        await st.call("pipeline_ready", {"pipeline": "pip-ok-1"})
+        work = await _faulty_ready(st, comp)
         payload = yaml.safe_load((CONFIG / "faulty_sample.yml").read_text())
         payload["method"][0].update(max_duration=5.0, task_params={"level": 2.0})
         job = await st.call("job_submit", {"payload": payload, "submit_dir": str(work)})
         hc = st.node.components[comp]
-        for _ in range(400):  # accepted, its level being set (3 s): not begun
-            accepted = hc.runner.current_task if hc.runner is not None else None
-            if accepted is not None and accepted.job == job.id:
-                break
-            await asyncio.sleep(0.01)
+        accepted = await _accepted(hc, job.id)  # its level being set (3 s): not begun
         assert accepted is not None and accepted.job == job.id and hc.job != job.id, (
             hc.job,
             st.jobs.get(job.id),
@@ -2896,14 +2909,7 @@ async def test_a_late_reset_of_the_job_before_spares_the_task_being_set_up(
     async with inproc_stack(
         broker.port, tmp_path, instance, devices="faulty_devices.yml", settings=settings
     ) as st:
-        work = st.settings.datadir / "work"
-        work.mkdir(parents=True, exist_ok=True)
-        for _ in range(200):
-            if st.metas.get(comp) is not None and st.metas[comp].registered:
-                break
-            await asyncio.sleep(0.05)
-        await st.call("pipeline_load", {"pipeline": "pip-ok-1", "sample": "faulty"})
-        await st.call("pipeline_ready", {"pipeline": "pip-ok-1"})
+        work = await _faulty_ready(st, comp)
         payload = yaml.safe_load((CONFIG / "faulty_sample.yml").read_text())
         first = await st.call("job_submit", {"payload": payload, "submit_dir": str(work)})
         done = await st.wait_job(first.id, {"c", "ce", "cd"}, timeout=30)
@@ -2912,11 +2918,7 @@ async def test_a_late_reset_of_the_job_before_spares_the_task_being_set_up(
         payload["method"][0].update(max_duration=2.0, task_params={"level": 2.0})
         job = await st.call("job_submit", {"payload": payload, "submit_dir": str(work)})
         hc = st.node.components[comp]
-        for _ in range(400):  # accepted, its level being set (3 s): not begun
-            accepted = hc.runner.current_task if hc.runner is not None else None
-            if accepted is not None and accepted.job == job.id:
-                break
-            await asyncio.sleep(0.01)
+        accepted = await _accepted(hc, job.id)  # its level being set (3 s): not begun
         assert accepted is not None and accepted.job == job.id and hc.job == first.id, hc.job
         reply = await st.raw(
             st.topics.component_cmd(comp, "reset"), {"force": True, "job": first.id}
