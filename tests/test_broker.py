@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import pytest
 
@@ -77,6 +78,49 @@ async def test_an_open_stack_s_websocket_listener_takes_no_page_of_another_site(
                 assert c.subprotocol == "mqtt"
         async with AsyncClient(f"ws://127.0.0.1:{ws}") as c:  # an MQTT client over WebSockets
             assert c.is_connected
+    finally:
+        await b.stop()
+
+
+@pytest.mark.parametrize("secured", [False, True])
+async def test_a_paho_client_over_websockets_stays_connected_past_20_s(
+    tmp_path: Path, secured: bool
+) -> None:
+    """Found chasing a `passata get` over ws:// that waited in vain: the WebSocket
+    listener pinged every 20 s (websockets' default), paho read the ping's payload as
+    MQTT bytes and dropped the connection, so every paho client over WebSockets was cut
+    off every 20 s and reconnected, losing what it had asked. The listener sends no
+    pings (MQTT's keep-alive does that job); a client idle for 22 s stays connected."""
+    import threading
+
+    import paho.mqtt.client as paho
+    from tomato_mqtt_broker import BrokerConfig, EmbeddedBroker
+
+    from tests.security_env import USERS, write_users
+    from tests.stack import free_port
+
+    ws = free_port()
+    users = str(write_users(tmp_path / "users").path) if secured else None
+    b = EmbeddedBroker(BrokerConfig(port=free_port(), ws_port=ws, password_file=users))
+    await b.start()
+    try:
+        events: list[str] = []
+        up = threading.Event()
+        c = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="idle", transport="websockets")
+        if secured:
+            c.username_pw_set("rita", USERS["rita"][0])
+        c.on_connect = lambda *a: (events.append(f"connect {a[3]}"), up.set())
+        c.on_disconnect = lambda *a: events.append(f"disconnect {a[3]}")
+        # (the handshake blocks: off the loop that serves the broker)
+        await asyncio.to_thread(c.connect, "127.0.0.1", ws, keepalive=60)
+        c.loop_start()
+        try:
+            assert await asyncio.to_thread(up.wait, 10), events
+            await asyncio.sleep(22)
+            assert events == ["connect Success"], events
+        finally:
+            c.disconnect()
+            c.loop_stop()
     finally:
         await b.stop()
 

@@ -1186,18 +1186,24 @@ def _broker_class(
         async def _create_server_instance(
             self, listener_name: str, listener_type: Any, address: Any, port: int, ssl: Any
         ) -> Any:
-            if open_stack and listener_type == ListenerType.WS:
-                # an open stack has no logins: any web page the lab PC's browser opens
-                # could otherwise connect to it (found by a security review: a page of
-                # another site stopped the stack). Browsers send their page's Origin;
-                # MQTT clients send none. Pages of this PC (localhost) stay welcome.
+            if listener_type == ListenerType.WS:
+                # no WebSocket pings (websockets pings every 20 s by default): paho reads
+                # a ping's payload as MQTT bytes and drops the connection, so every paho
+                # client over WebSockets was cut off every 20 s and reconnected, losing
+                # what it had asked (a `passata get` over ws:// while a node restarted).
+                # MQTT's own keep-alive says whether a client is there (_silent_too_long)
                 return await websockets.serve(
                     functools.partial(self.ws_connected, listener_name=listener_name),
                     address,
                     port,
                     ssl=ssl,
                     subprotocols=[websockets.Subprotocol("mqtt")],
-                    origins=[None, LOCAL_ORIGIN],
+                    ping_interval=None,
+                    # an open stack has no logins: any web page the lab PC's browser opens
+                    # could otherwise connect to it (found by a security review: a page of
+                    # another site stopped the stack). Browsers send their page's Origin;
+                    # MQTT clients send none. Pages of this PC (localhost) stay welcome.
+                    origins=[None, LOCAL_ORIGIN] if open_stack else None,
                 )
             if listener_name != "default" or listen_fd is None:
                 return await super()._create_server_instance(
