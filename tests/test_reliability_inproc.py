@@ -1575,6 +1575,51 @@ async def test_a_forged_idle_status_ends_the_job_and_its_task_on_the_node(
         assert done.status == "c", (done.status, done.reason)
 
 
+async def test_a_queued_job_of_a_restored_state_file_that_ran_is_not_run_again(
+    broker: RunningBroker, instance: str, tmp_path: Path
+) -> None:
+    """A randomized fault round: a state file restored from a backup taken while a job
+    was queued ran that job again under the same id, `c` again, the second run's points
+    in no file (the recorder kept them aside). The job ends `ce` at the scheduler's start,
+    saying why, and does not run again; its file is the first run's."""
+    import sqlite3
+
+    from tomato_mqtt.services.scheduler.service import SchedulerService
+
+    async with inproc_stack(broker.port, tmp_path, instance) as st:
+        await st.call("pipeline_load", {"pipeline": "pip-counter-1", "sample": "counter_1_0.1"})
+        payload = _counter_payload(1.0, 0.1)
+        job = await st.call("job_submit", {"payload": payload, "submit_dir": str(tmp_path)})
+        db = st.settings.state_db
+        backup = tmp_path / "state.backup.sqlite"
+        with sqlite3.connect(db) as src, sqlite3.connect(backup) as dst:
+            src.backup(dst)  # taken while the job is queued
+        await st.call("pipeline_ready", {"pipeline": "pip-counter-1"})
+        done = await st.wait_job(job.id, {"c", "ce", "cd"}, timeout=30)
+        assert done.status == "c", done
+        first = Path(str(done.respath)).read_bytes()
+        st.scheduler.request_stop()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 20
+        while st.scheduler.client is not None and st.scheduler.client.is_connected:
+            assert loop.time() < deadline, "the first scheduler did not stop"
+            await asyncio.sleep(0.05)
+        for extra in ("-wal", "-shm"):
+            Path(f"{db}{extra}").unlink(missing_ok=True)
+        backup.replace(db)
+        async with running(SchedulerService(st.settings)) as again:
+            assert again.store is not None
+            ended = await st.wait_job(job.id, {"ce"}, timeout=20)  # (said once it is up)
+            assert (ended.reason or "").startswith("not run again: it ran before this state "), (
+                ended.reason
+            )
+            await st.call("pipeline_ready", {"pipeline": "pip-counter-1"})
+            await asyncio.sleep(2.0)  # a launch would have come by now
+            assert again.store.job(job.id).status == "ce"
+            assert not again.runners
+        assert Path(str(done.respath)).read_bytes() == first
+
+
 async def test_a_failed_start_is_not_taken_later_for_a_late_end(
     broker: RunningBroker, instance: str, tmp_path: Path
 ) -> None:

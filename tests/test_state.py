@@ -258,6 +258,8 @@ ALLOWED = {
     ("qw", "r"),
     ("q", "cd"),
     ("qw", "cd"),
+    ("q", "ce"),  # (one that ran before its state file was restored: not run again)
+    ("qw", "ce"),
     ("qw", "q"),
     ("r", "rd"),
     ("r", "c"),

@@ -90,8 +90,10 @@ def merge_noted(reason: str | None, note: str) -> str:
 
 # tomato's job life cycle (qw -> q: after a reload, no pipeline matches any more)
 _TRANSITIONS: dict[str, frozenset[str]] = {
-    "q": frozenset({"qw", "r", "cd"}),
-    "qw": frozenset({"q", "r", "cd"}),
+    # (q/qw -> ce: a job a state file restored from a backup holds as queued that ran
+    # already, ended without running again: services/scheduler/service.py)
+    "q": frozenset({"qw", "r", "ce", "cd"}),
+    "qw": frozenset({"q", "r", "ce", "cd"}),
     "r": frozenset({"rd", "c", "ce", "cd"}),
     "rd": frozenset({"c", "ce", "cd"}),
     "c": frozenset(),

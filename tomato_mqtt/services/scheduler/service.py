@@ -24,7 +24,7 @@ from tomato_mqtt.config.devices import Layout, load_devices
 from tomato_mqtt.config.settings import Settings, settings_url
 from tomato_mqtt.config.statefiles import opened, what_to_do
 from tomato_mqtt.errors import cannot_write
-from tomato_mqtt.model.jobs import PLAUSIBLE_ID, Job, kept_pipeline_note
+from tomato_mqtt.model.jobs import PLAUSIBLE_ID, Job, kept_pipeline_note, utcnow
 from tomato_mqtt.services.base import Service
 from tomato_mqtt.services.scheduler.lost import LostComponents
 from tomato_mqtt.services.scheduler.nodeconfig import NodeConfigurator
@@ -39,6 +39,7 @@ from tomato_mqtt.services.scheduler.store import (
     StateStore,
     StoreTaken,
     highest_job_elsewhere,
+    ran_elsewhere,
 )
 from tomato_mqtt.services.scheduler.tasks import UNANSWERED
 from tomato_mqtt.services.scheduler.warmup import (
@@ -117,6 +118,8 @@ class SchedulerService(Service):
         self.store: StateStore | None = None
         #: another scheduler holds the state file: this one stops and changes nothing
         self.superseded = False
+        #: queued jobs of the state file that ran already, ended at setup (said once up)
+        self._ran_before: list[Job] = []
         self._ids_past = 0  # the highest id seen elsewhere that the store was told of
         self._ids_implausible = 0  # an id seen elsewhere beyond PLAUSIBLE_ID (said once)
         self.requester: Requester | None = None
@@ -225,6 +228,30 @@ class SchedulerService(Service):
                 log.warning("%s", note)
         used, where = highest_job_elsewhere(self.settings.recorder_db, self.settings.jobs_dir)
         self._ids_after(used, where)
+        self._ran_before = self._queued_that_ran()
+
+    def _queued_that_ran(self) -> list[Job]:
+        """Jobs the state file holds as queued that ran already (a state file restored
+        from a backup taken while they were queued): ended ``ce``, not run again. They
+        were run a second time under the same ids, ``c`` again, the second run's points
+        in no file (a randomized fault round)."""
+        assert self.store is not None
+        ids = self.store.job_ids(("q", "qw"))
+        ran = ran_elsewhere(self.settings.recorder_db, self.settings.jobs_dir, ids)
+        ended = []
+        for jobid, where in sorted(ran.items()):
+            reason = (
+                f"not run again: it ran before this state file was restored from an older "
+                f"copy ({where}); what it took is in that run's file"
+            )
+            log.warning("job %d: %s", jobid, reason)
+            try:
+                ended.append(
+                    self.store.update_job(jobid, status="ce", completed_at=utcnow(), reason=reason)
+                )
+            except sqlite3.Error as e:  # a state file that takes no writes: said elsewhere
+                log.warning("job %d: cannot end it in %s: %s", jobid, self.store.path, e)
+        return ended
 
     async def started(self) -> None:
         self.requester = Requester(self.mqtt, self.topics, self.settings.max_reply_bytes)
@@ -258,6 +285,10 @@ class SchedulerService(Service):
         # all at once: one round trip to the broker, not seven in a row
         await asyncio.gather(self.requester.start(), *(self.mqtt.subscribe(f) for f in filters))
         await self._announce()
+        for job in self._ran_before:  # (ended at setup, before any launch)
+            await self.publish_job(job)
+            self.job_event(job.id, "completed", status="ce", detail={"reason": job.reason})
+        self._ran_before = []
         self.spawn(self._warm_up())
         if not self.settings.broker.embedded:
             self.spawn(self._check_broker())

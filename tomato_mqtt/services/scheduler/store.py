@@ -28,9 +28,9 @@ from tomato_mqtt.model.jobs import (
     highest_ran,
     utcnow,
 )
-from tomato_mqtt.services.jobids import highest_stored
+from tomato_mqtt.services.jobids import highest_stored, jobs_stored
 
-__all__ = ["StateStore", "StoreTaken", "highest_job_elsewhere"]
+__all__ = ["StateStore", "StoreTaken", "highest_job_elsewhere", "ran_elsewhere"]
 
 
 class StoreTaken(RuntimeError):
@@ -778,6 +778,30 @@ def highest_job_elsewhere(recorder_db: Path, jobs_dir: Path) -> tuple[int, str]:
                 if (d / "jobdata.json").is_file():  # (what tomato 2.2's job writes)
                     where = f"{TOMATO22_FOLDER} {d}"
     return best, where
+
+
+def ran_elsewhere(recorder_db: Path, jobs_dir: Path, ids: list[int]) -> dict[int, str]:
+    """Those of ``ids`` (queued in the state file) that ran already, and where that is
+    seen: this PC's recorder store holds data or a file of it, or its job folder (made
+    at its launch) exists. A state file restored from a backup taken while they were
+    queued ran them again under the same ids, their second run's points in no file (a
+    randomized fault round). Read only, as :func:`highest_job_elsewhere`."""
+    out: dict[int, str] = {}
+    if ids and recorder_db.is_file():
+        try:
+            db = sqlite3.connect(f"file:{recorder_db}?mode=ro", uri=True, timeout=5.0)
+            try:
+                for i in range(0, len(ids), 500):  # (sqlite's limit on ? marks)
+                    for job in jobs_stored(db, ids[i : i + 500]):
+                        out[job] = f"the recorder's store {recorder_db} holds its data"
+            finally:
+                db.close()
+        except sqlite3.Error:
+            pass  # unreadable: the recorder says so itself; the folders below still count
+    for job in ids:
+        if job not in out and (jobs_dir / str(job)).is_dir():
+            out[job] = f"its job folder {jobs_dir / str(job)} exists (made at its launch)"
+    return out
 
 
 #: how :func:`highest_job_elsewhere` names a job folder tomato 2.2 wrote: a lab moving
