@@ -739,6 +739,56 @@ def test_the_hint_to_start_a_missing_node_works_on_the_stack_it_is_for(tmp_path:
     assert "<this PC's address>" in hint(tls + 'host = "0.0.0.0"\nallow_anonymous = false\n')
 
 
+def test_a_damaged_page_inside_the_spool_is_said_in_one_line_before_the_start(
+    tmp_path: Path,
+) -> None:
+    """A randomized fault round: a page of the node's spool damaged (a crash mid-write,
+    a bad disk) passed `tomato start`'s cheap probe: the start waited its whole timeout
+    and said "no status of node local has come … is it started?" while the node
+    crash-looped, a raw traceback in its log at each try. The spool is checked whole
+    before a start, as the state file is, and a node by hand says it in one line."""
+    import sqlite3
+
+    from tomato_mqtt.services.node.spool import Spool
+
+    st = make_stack(tmp_path)
+    spool = st.datadir / "spool" / "local.sqlite"
+    spool.parent.mkdir(parents=True)
+    sp = Spool(spool)
+    sp.new_epoch()
+    for i in range(200):
+        sp.put("c", "s1", i, 1, b'{"x": "' + b"y" * 2000 + b'"}')
+    sp.close()
+    with sqlite3.connect(spool) as db:
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    with spool.open("r+b") as f:  # the page of its meta table (its first)
+        f.seek(4096)
+        f.write(bytes(range(256)) * 4)
+    t0 = time.monotonic()
+    res = subprocess.run(
+        [BIN / "tomato", "start", *st.dirs(), "-p", str(st.port), "-t", "60"],
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
+    assert res.returncode == 1 and time.monotonic() - t0 < 15, res
+    assert res.stderr.startswith(f"error: the node's spool {spool} cannot be read "), res.stderr
+    assert "nothing was started" in res.stderr, res.stderr
+    res = subprocess.run(  # an instrument PC's node, by hand: one line, no traceback
+        [
+            *(sys.executable, "-m", "tomato_mqtt.cli.tomato", "node"),
+            *("--broker", f"mqtt://127.0.0.1:{free_port()}", "--instance", "x"),
+            *("-D", str(st.datadir), "-L", str(st.logdir)),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert res.returncode == 1, res
+    assert res.stderr.startswith(f"error: the node's spool {spool} cannot be read"), res.stderr
+    assert "Traceback" not in res.stderr, res.stderr
+
+
 def test_a_damaged_page_inside_the_state_file_is_found_before_the_start(tmp_path: Path) -> None:
     """A fault-injection review: bytes overwritten inside the state file passed the cheap
     probe (header, schema, length); the scheduler then crash-looped, or failed its

@@ -360,8 +360,10 @@ def _check_state_files(s: Any) -> None:
         ("recorder", s.recorder_db),
         ("spool", s.spool_dir / f"{slug(s.node.name)}.sqlite"),
     ):
-        # (a damaged page of the recorder's store passed the cheap probe: a fault run)
-        why = unreadable(path, thorough=kind != "spool") or held_elsewhere(path)
+        # (a damaged page of the recorder's store passed the cheap probe: a fault run; so
+        # did one of the spool, and the node crash-looped while the start waited its
+        # whole timeout, saying "no status of node local has come": another)
+        why = unreadable(path, thorough=True) or held_elsewhere(path)
         if why is not None:
             fail(what_to_do(kind, path, why))
     _check_emptied(s)

@@ -281,7 +281,10 @@ class NodeService(Service):
             f"node {self.name}",
             lambda: Spool(path, max_bytes=self.config.spool_max_bytes, overflow=private_dir()),
         )
-        self.epoch = self.spool.new_epoch()
+        spool = self.spool
+        # (a damaged page of its meta table raised a raw traceback here at every restart:
+        # a randomized fault round)
+        self.epoch = opened("spool", path, f"node {self.name}", spool.new_epoch)
         # pint's registry takes ~0.5 s to load: do it while connecting, not at registration
         self._units_loaded = asyncio.ensure_future(asyncio.to_thread(_load_units))
         # pint's registry is for good: out of the garbage collector's way (idle.py), at
