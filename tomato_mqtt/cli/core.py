@@ -464,8 +464,8 @@ def scheduler_state(ctx: CallContext) -> str | None:
 
 def scheduler_presence(ctx: CallContext) -> tuple[str | None, float | None]:
     """The ``state`` of the scheduler's retained status (as :func:`scheduler_state`) and,
-    when it says ``online``, how many seconds its heartbeat is overdue by this PC's clock
-    (None: not overdue, or not known)."""
+    when it says ``online``, how many seconds ago its last heartbeat came by this PC's
+    clock, when that is more than 3 beats (10 s at least; None: not so, or not known)."""
     import time
 
     from tomato_mqtt import jsonlite
@@ -488,9 +488,11 @@ def scheduler_presence(ctx: CallContext) -> tuple[str | None, float | None]:
     if state != "online" or not isinstance(beat, int | float) or not beat:
         return state, None
     every = every if isinstance(every, int | float) and every > 0 else 5.0
-    # (3 beats late, and 10 s at least: two PCs' clocks may disagree by seconds)
-    late = time.time() - beat - max(3 * every, 10.0)
-    return state, late if late > 0 else None
+    # (3 beats late, and 10 s at least: two PCs' clocks may disagree by seconds); the
+    # time since the last beat is said ("0 s overdue" of one silent for 10 s, when the
+    # margin was taken off it: a randomized fault round)
+    since = time.time() - beat
+    return state, since if since > max(3 * every, 10.0) else None
 
 
 def other_instances(ctx: CallContext, wait: float = 0.5) -> list[str]:
@@ -524,14 +526,14 @@ def other_instances(ctx: CallContext, wait: float = 0.5) -> list[str]:
 def _scheduler_away(ctx: CallContext) -> tuple[str | None, str | None]:
     """(what the scheduler's retained status says of a scheduler that did not answer,
     when it is not running or stands still: "status says offline", "status says online,
-    but its heartbeat is N s overdue: …"; None when it says it runs on time), and the
+    but its last heartbeat came N s ago: …"; None when it says it runs on time), and the
     state it says (:func:`scheduler_presence`)."""
     state, overdue = scheduler_presence(ctx)
     if state in ("offline", "lost", "stopping"):
         return f"status says {state}", state
     if overdue is not None:
         return (
-            f"status says online, but its heartbeat is {overdue:.0f} s overdue: it is "
+            f"status says online, but its last heartbeat came {overdue:.0f} s ago: it is "
             "stalled (stopped, swapped out, overloaded) or cut off from the broker",
             state,
         )
