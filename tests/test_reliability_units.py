@@ -1589,6 +1589,26 @@ async def test_a_node_lost_just_before_the_broker_went_has_its_grace_from_its_re
     assert status == "ce" and "was lost for more than 0.5 s" in str(reason), (status, reason)
 
 
+@pytest.mark.parametrize("restarting", [False, True])
+async def test_a_node_stopped_without_telling_its_task_s_end_is_said_stopped(
+    restarting: bool,
+) -> None:
+    """A randomized fault round: `tomato restart-node --force` of a node whose driver
+    call never returned (its task's end never told) ended the job ce "node local … was
+    lost for more than 10 s", though the node had said it stopped, on request."""
+    host = FakeHost()
+    host.node_grace_period = 0.5
+    _runner, done = await _run(host)
+    await host.set(node=host.node.model_copy(update={"state": "stopping"}))
+    await host.set(node=host.node.model_copy(update={"state": "offline", "restarting": restarting}))
+    status, reason = await asyncio.wait_for(done, 5)
+    how = "restarted (tomato restart-node)" if restarting else "stopped"
+    assert status == "ce", (status, reason)
+    assert f"was {how} during task 0, and the task's end was not told within 0.5 s" in str(
+        reason
+    ), reason
+
+
 def _presence_of_one_node() -> tuple[Any, Callable[[float], None]]:
     """A scheduler's Presence (heartbeat 0.05 s) and ``beat(offset)``: a live status of
     node ``pc`` whose clock is ``offset`` s off, as received."""

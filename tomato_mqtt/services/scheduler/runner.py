@@ -702,6 +702,24 @@ class JobRunner:
         async with self.host.cond:
             await self.host.cond.wait_for(lambda: pred() or self._failed())
 
+    def _gone_for_good(self, t: TaskState, component: str, node: Any) -> str:
+        """Why a task ends whose node stayed away for the grace period: a node stopped
+        (or restarting) that never told the task's end is said so, not "lost" (a
+        `tomato restart-node --force` of a node whose driver call never returned read
+        "… was lost for more than 10 s": a randomized fault round)."""
+        grace = f"{self.host.node_grace_period:g} s"
+        if node is not None and node.state == "offline":
+            how = "restarted (tomato restart-node)" if node.restarting else "stopped"
+            return (
+                f"node {node.node} hosting {component} was {how} during task "
+                f"{t.spec.index}, and the task's end was not told within {grace} (a driver "
+                "call that did not return?): its points so far are kept, its count unknown"
+            )
+        who = f"node {node.node}" if node else "the node"
+        return (
+            f"{who} hosting {component} was lost for more than {grace} during task {t.spec.index}"
+        )
+
     def _node_away(self, t: TaskState, component: str, node: Any) -> str:
         """The node of a running task is lost (or stopped): said at once in the job's
         reason and as a ``warning`` event, not only at the end of the grace period (an
@@ -865,11 +883,7 @@ class JobRunner:
                         lost_since = time.monotonic()
                     left = self.host.node_grace_period - (time.monotonic() - lost_since)
                     if left <= 0:
-                        who = f"node {node.node}" if node else "the node"
-                        self.error = self.error or (
-                            f"{who} hosting {component} was lost for more than "
-                            f"{self.host.node_grace_period:g} s during task {t.spec.index}"
-                        )
+                        self.error = self.error or self._gone_for_good(t, component, node)
                         self.unconfirmed.add(component)
                         self._end_now(t, {"reason": "error", "message": self.error})
                         return
