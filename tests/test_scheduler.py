@@ -693,6 +693,30 @@ async def test_a_component_moved_to_a_node_not_started_says_so(
         await st.call("job_cancel", {"jobids": [job.id]})
 
 
+async def test_a_reload_while_the_stack_s_own_node_is_away_does_not_say_start_it(
+    broker: RunningBroker, tmp_path: Path, instance: str
+) -> None:
+    """A randomized fault round: `tomato reload` while the stack's own node stood still
+    (SIGSTOP) said "start it on its PC (`tomato node --name local --broker …`)" of the
+    node tomato start's supervisor runs. It says that node is the stack's own, and
+    what the scheduler has it as."""
+    async with inproc_stack(broker.port, tmp_path, instance) as st:
+        assert st.node.name == st.settings.node.name
+        st.node.request_stop()
+        for _ in range(200):
+            n = st.scheduler.nodes.get(st.node.name)
+            if n is not None and n.state != "online":
+                break
+            await asyncio.sleep(0.05)
+        reply = await st.raw(st.topics.scheduler_cmd("reload"))
+        assert reply.success, reply
+        assert (
+            f"warning: node '{st.node.name}' (this stack's own, run by tomato start) is "
+            "offline, so 4 component(s) cannot register"
+        ) in (reply.msg or ""), reply.msg
+        assert "start it on its PC" not in (reply.msg or ""), reply.msg
+
+
 async def test_a_page_of_the_listing_says_first_that_its_counts_are_the_page_s(
     broker: RunningBroker, tmp_path: Path, instance: str
 ) -> None:

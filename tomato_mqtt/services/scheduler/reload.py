@@ -184,6 +184,17 @@ async def reload(ops: SchedulerOps, args: Mapping[str, JsonValue]) -> Result:
             offline.setdefault(c.node, []).append(name)
     for node, comps in sorted(offline.items()):  # as `tomato start` says it (it said
         # "reload done" only, and the jobs waited: a newcomer's tour)
+        n = svc.nodes.get(node)
+        if node == new_settings.node.name and n is not None:
+            # the stack's own node, which its supervisor runs: not "start it on its PC"
+            # of one that was only stalled (SIGSTOP: a randomized fault round)
+            what += (
+                f"; warning: node {node!r} (this stack's own, run by tomato start) is "
+                f"{n.state}, so {len(comps)} component(s) cannot register "
+                f"({', '.join(sorted(comps))}) until it answers again: `tomato status "
+                "nodes` says since when"
+            )
+            continue
         what += (
             f"; warning: node {node!r} is not online, so {len(comps)} component(s) cannot "
             f"register ({', '.join(sorted(comps))}): start it on its PC "
