@@ -1590,6 +1590,13 @@ async def test_a_queued_job_of_a_restored_state_file_that_ran_is_not_run_again(
         await st.call("pipeline_load", {"pipeline": "pip-counter-1", "sample": "counter_1_0.1"})
         payload = _counter_payload(1.0, 0.1)
         job = await st.call("job_submit", {"payload": payload, "submit_dir": str(tmp_path)})
+        # a job for a sample no pipeline holds: queued for good. A node's login may name
+        # any job in its components' batches: one naming it does not make it "ran"
+        other = dict(payload, sample=dict(payload["sample"], identifier="nowhere"))
+        waits = await st.call("job_submit", {"payload": other, "submit_dir": str(tmp_path)})
+        cmp = st.scheduler.layout.pipelines["pip-counter-2"].roles["counter"]
+        forged = _batch(waits.id, 0, "forged", 0, 3, cmp=cmp)
+        await st.client.publish(st.topics.component_data(cmp), forged, qos=1)
         db = st.settings.state_db
         backup = tmp_path / "state.backup.sqlite"
         with sqlite3.connect(db) as src, sqlite3.connect(backup) as dst:
@@ -1617,6 +1624,8 @@ async def test_a_queued_job_of_a_restored_state_file_that_ran_is_not_run_again(
             await asyncio.sleep(2.0)  # a launch would have come by now
             assert again.store.job(job.id).status == "ce"
             assert not again.runners
+            assert st.recorder.store is not None and st.recorder.store.job_points(waits.id)
+            assert again.store.job(waits.id).status in ("q", "qw")  # its batch was forged
         assert Path(str(done.respath)).read_bytes() == first
 
 

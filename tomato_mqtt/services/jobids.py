@@ -8,7 +8,7 @@ import sqlite3
 
 from tomato_mqtt.model.jobs import PLAUSIBLE_ID, batch_id_bound
 
-__all__ = ["highest_batch", "highest_stored", "jobs_stored"]
+__all__ = ["highest_batch", "highest_stored", "jobs_with_files"]
 
 
 def highest_stored(db: sqlite3.Connection) -> tuple[int | None, int | None]:
@@ -29,12 +29,10 @@ def highest_batch(db: sqlite3.Connection, files: int | None) -> int | None:
     return None if got is None else int(got)
 
 
-def jobs_stored(db: sqlite3.Connection, ids: list[int]) -> set[int]:
-    """Those of ``ids`` the store holds batches or a final file of."""
+def jobs_with_files(db: sqlite3.Connection, ids: list[int]) -> set[int]:
+    """Those of ``ids`` the store has written a final file of (table ``finals``: the
+    scheduler asks for each; a node's login, which may name any job in its batches,
+    cannot make one)."""
     marks = ",".join("?" * len(ids))
-    rows = db.execute(
-        f"SELECT job FROM stored WHERE job IN ({marks}) "  # (only ? marks in it)
-        f"UNION SELECT job FROM finals WHERE job IN ({marks})",
-        (*ids, *ids),
-    ).fetchall()
+    rows = db.execute(f"SELECT job FROM finals WHERE job IN ({marks})", ids).fetchall()
     return {int(r[0]) for r in rows}

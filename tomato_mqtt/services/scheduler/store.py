@@ -28,7 +28,7 @@ from tomato_mqtt.model.jobs import (
     highest_ran,
     utcnow,
 )
-from tomato_mqtt.services.jobids import highest_stored, jobs_stored
+from tomato_mqtt.services.jobids import highest_stored, jobs_with_files
 
 __all__ = ["StateStore", "StoreTaken", "highest_job_elsewhere", "ran_elsewhere"]
 
@@ -782,18 +782,20 @@ def highest_job_elsewhere(recorder_db: Path, jobs_dir: Path) -> tuple[int, str]:
 
 def ran_elsewhere(recorder_db: Path, jobs_dir: Path, ids: list[int]) -> dict[int, str]:
     """Those of ``ids`` (queued in the state file) that ran already, and where that is
-    seen: this PC's recorder store holds data or a file of it, or its job folder (made
-    at its launch) exists. A state file restored from a backup taken while they were
-    queued ran them again under the same ids, their second run's points in no file (a
-    randomized fault round). Read only, as :func:`highest_job_elsewhere`."""
+    seen: this PC's recorder store wrote its final file, or its job folder (made at its
+    launch) exists. A state file restored from a backup taken while they were queued ran
+    them again under the same ids, their second run's points in no file (a randomized
+    fault round). Not the store's batches: a node's login may name any job in its own
+    components' batches, and would end others' queued jobs so. Read only, as
+    :func:`highest_job_elsewhere`."""
     out: dict[int, str] = {}
     if ids and recorder_db.is_file():
         try:
             db = sqlite3.connect(f"file:{recorder_db}?mode=ro", uri=True, timeout=5.0)
             try:
                 for i in range(0, len(ids), 500):  # (sqlite's limit on ? marks)
-                    for job in jobs_stored(db, ids[i : i + 500]):
-                        out[job] = f"the recorder's store {recorder_db} holds its data"
+                    for job in jobs_with_files(db, ids[i : i + 500]):
+                        out[job] = f"the recorder's store {recorder_db} wrote its file"
             finally:
                 db.close()
         except sqlite3.Error:
