@@ -90,10 +90,8 @@ def merge_noted(reason: str | None, note: str) -> str:
 
 # tomato's job life cycle (qw -> q: after a reload, no pipeline matches any more)
 _TRANSITIONS: dict[str, frozenset[str]] = {
-    # (q/qw -> ce: a job a state file restored from a backup holds as queued that ran
-    # already, ended without running again: services/scheduler/service.py)
-    "q": frozenset({"qw", "r", "ce", "cd"}),
-    "qw": frozenset({"q", "r", "ce", "cd"}),
+    "q": frozenset({"qw", "r", "cd"}),
+    "qw": frozenset({"q", "r", "cd"}),
     "r": frozenset({"rd", "c", "ce", "cd"}),
     "rd": frozenset({"c", "ce", "cd"}),
     "c": frozenset(),
@@ -102,11 +100,19 @@ _TRANSITIONS: dict[str, frozenset[str]] = {
 }
 
 
-def check_transition(old: str, new: str) -> None:
-    """Raise ValueError unless a job may go from status ``old`` to ``new``."""
+#: what only a restored state file may do: a job it holds as queued that ran already is
+#: ended ``ce`` without running again (services/scheduler/service.py)
+_RESTORED: frozenset[tuple[str, str]] = frozenset({("q", "ce"), ("qw", "ce")})
+
+
+def check_transition(old: str, new: str, restored: bool = False) -> None:
+    """Raise ValueError unless a job may go from status ``old`` to ``new`` (``restored``:
+    also a queued job's end at the start of a restored state file)."""
     for s in (old, new):
         if s not in _TRANSITIONS:
             raise ValueError(f"unknown job status {s!r} (known: {', '.join(_TRANSITIONS)})")
+    if restored and (old, new) in _RESTORED:
+        return
     if new not in _TRANSITIONS[old]:
         allowed = ", ".join(sorted(_TRANSITIONS[old])) or "none: the job has ended"
         raise ValueError(f"a job cannot go from {old!r} to {new!r} (allowed: {allowed})")

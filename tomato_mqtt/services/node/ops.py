@@ -298,7 +298,7 @@ class ComponentOps:
         if runner.running:
             if not args.get("force"):
                 raise CommandError(
-                    f"cannot reset {hc.name}: a task of job {hc.job} is running {FORCE_HINT}"
+                    f"cannot reset {hc.name}: a task of job {holder} is running {FORCE_HINT}"
                 )
             runner.stop_task("reset")
         else:  # an end never told (it failed) no longer holds the component "running"

@@ -247,7 +247,9 @@ class SchedulerService(Service):
             log.warning("job %d: %s", jobid, reason)
             try:
                 ended.append(
-                    self.store.update_job(jobid, status="ce", completed_at=utcnow(), reason=reason)
+                    self.store.update_job(
+                        jobid, restored=True, status="ce", completed_at=utcnow(), reason=reason
+                    )
                 )
             except sqlite3.Error as e:  # a state file that takes no writes: said elsewhere
                 log.warning("job %d: cannot end it in %s: %s", jobid, self.store.path, e)

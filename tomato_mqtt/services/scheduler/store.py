@@ -673,8 +673,9 @@ class StateStore:
             data["jobpath"] = str(self.jobs_dir / str(data["id"]))
         return Job.model_validate(data)
 
-    def update_job(self, id: int, /, **fields: Any) -> Job:
-        """Change fields of a job; a status change must be a valid transition."""
+    def update_job(self, id: int, /, restored: bool = False, **fields: Any) -> Job:
+        """Change fields of a job; a status change must be a valid transition
+        (``restored``: also one only a restored state file's start makes)."""
         unknown = set(fields) - set(_JOB_COLUMNS)
         if unknown or "id" in fields:
             bad = ", ".join(sorted(unknown | ({"id"} & set(fields))))
@@ -682,7 +683,7 @@ class StateStore:
         with self._write() as db:
             old = self.job(id)
             if "status" in fields and fields["status"] != old.status:
-                check_transition(old.status, str(fields["status"]))
+                check_transition(old.status, str(fields["status"]), restored)
             new = Job.model_validate(old.model_dump() | fields)
             new.connected_at = new.launched_at
             dumped = new.model_dump()
