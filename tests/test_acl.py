@@ -409,7 +409,7 @@ async def test_wrong_logins_from_one_address_make_its_next_tries_wait(
     """A security round: 200 password guesses at one login in 40 s, the right password
     still taken after them (the dashboard's sign-in slowed such guesses; the broker's own
     port did not). After 5 wrong logins from an address, each further try from it waits
-    1, 2, 4 … s (up to 30) before its password is checked; other addresses, and this
+    1, 2, 4 … s (up to 8) before its password is checked; other addresses, and this
     PC's own 127.0.0.1 (the stack's services and the dashboard log in from there), do not
     wait; a right login ends the count."""
     from tomato_mqtt_broker.security import FREE_FAILURES
@@ -435,3 +435,32 @@ async def test_wrong_logins_from_one_address_make_its_next_tries_wait(
         rc, took = await asyncio.to_thread(guess, "127.0.0.2")  # the count began again
         assert rc != 0 and took < 0.9, (rc, took)
         assert "wrong logins from 127.0.0.2 (the last as 'olga')" in caplog.text
+
+
+async def test_wrong_logins_sent_at_once_take_their_turns(
+    tmp_path: Path, instance: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A review: tries sent at once, past the free ones, each read the count before any
+    of them had failed: 30 of them waited the same 1 s and were all checked within 5 s.
+    Tries under way count as wrong, and each takes its turn after the one before."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tomato_mqtt_broker import security
+
+    monkeypatch.setattr(security, "FREE_FAILURES", 2)
+    monkeypatch.setattr(security, "FAILURE_WAIT_MAX", 1.0)
+    async with secured("amqtt", tmp_path, instance) as b:
+
+        def guess(_: int) -> tuple[int, float]:
+            return _login_from("127.0.0.2", b.port, "olga", "wrong")
+
+        for _ in range(2):  # free
+            rc, took = await asyncio.to_thread(guess, 0)
+            assert rc != 0 and took < 0.9, (rc, took)
+        with ThreadPoolExecutor(4) as pool:  # 4 at once: their turns 1, 2, 3, 4 s out
+            got = await asyncio.get_running_loop().run_in_executor(
+                None, lambda: list(pool.map(guess, range(4)))
+            )
+        assert all(rc != 0 for rc, _ in got), got
+        took = sorted(t for _, t in got)
+        assert took[0] >= 0.9 and took[-1] >= 3.5, took

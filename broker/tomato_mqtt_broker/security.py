@@ -18,8 +18,10 @@ changes, so ``tomato user add`` and ``tomato reload`` take effect without a rest
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
+import ipaddress
 import logging
 import os
 import time
@@ -80,18 +82,81 @@ class _Users:
 
 #: password checks run at once (each in a thread: argon2 releases the GIL)
 ARGON2_AT_ONCE = 2
-#: wrong logins an address may try before each further try from it waits, 1, 2, 4 … s
-#: up to FAILURE_WAIT_MAX, before its password is checked (a security round: 200 guesses
-#: in 40 s at one login, the right password then still taken); its count is forgotten
+#: wrong logins an address may try before each further try from it waits its turn, 1, 2,
+#: 4 … s (at most FAILURE_WAIT_MAX) after the one before, before its password is checked
+#: (a security round: 200 guesses in 40 s at one login, the right password then still
+#: taken); its count is forgotten
 #: FAILURES_KEPT s after its last wrong login, or at a right one. This PC's own
 #: loopback address is not counted: the stack's services and the dashboard (which
 #: throttles its sign-ins itself, per address) log in from there
 FREE_FAILURES = 5
-FAILURE_WAIT_MAX = 30.0
+#: (below a client's own wait for one connection attempt, 10 s: a right login from an
+#: address that guessed was otherwise given up by tomato's own client: a review)
+FAILURE_WAIT_MAX = 8.0
 FAILURES_KEPT = 600.0
 #: addresses whose wrong logins are counted at once (the oldest forgotten beyond it)
 FAILURE_ADDRESSES = 10_000
 _NOT_COUNTED = frozenset({"127.0.0.1", "::1", None})
+
+
+class _Guesses:
+    """Wrong logins per address, and when each further try from it may be checked: tries
+    under way count as wrong until they are not, and each takes its turn after the one
+    before (30 tries sent at once, past the free ones, each waited the same 1 s and were
+    all checked within 5 s: a review). An IPv6 address counts as its /64."""
+
+    def __init__(self) -> None:
+        self.failures: dict[str, tuple[int, float]] = {}  # -> (count, monotonic of last)
+        self.under_way: dict[str, int] = {}
+        self.next_at: dict[str, float] = {}  # -> when the last turn given starts
+        self.said = 0.0  # when the log last said them (once a minute)
+
+    @staticmethod
+    def key(address: str | None) -> str | None:
+        if address in _NOT_COUNTED or address is None:
+            return None
+        if ":" in address:
+            with contextlib.suppress(ValueError):
+                return str(ipaddress.ip_network(f"{address}/64", strict=False))
+        return address
+
+    def turn(self, key: str) -> float:
+        """Seconds this try from ``key`` waits before its password is checked."""
+        now = time.monotonic()
+        count, last = self.failures.get(key, (0, 0.0))
+        if now - last > FAILURES_KEPT:
+            count = 0
+        pending = self.under_way.get(key, 0)
+        self.under_way[key] = pending + 1
+        n = count + pending
+        if n < FREE_FAILURES:
+            return 0.0
+        at = max(now, self.next_at.get(key, now)) + min(
+            FAILURE_WAIT_MAX, 2.0 ** (n - FREE_FAILURES)
+        )
+        self.next_at[key] = at
+        return at - now
+
+    def done(self, key: str, ok: bool) -> int:
+        """A try from ``key`` answered; the count of wrong ones since (0 after a right)."""
+        left = self.under_way.pop(key, 1) - 1
+        if left > 0:
+            self.under_way[key] = left
+        if ok:
+            self.failures.pop(key, None)
+            self.next_at.pop(key, None)
+            return 0
+        now = time.monotonic()
+        count, last = self.failures.pop(key, (0, now))
+        count = 1 if now - last > FAILURES_KEPT else count + 1
+        self.failures[key] = (count, now)  # (last: the most recent)
+        while len(self.failures) > FAILURE_ADDRESSES:
+            gone = next(iter(self.failures))
+            self.failures.pop(gone)
+            self.next_at.pop(gone, None)
+        return count
+
+
 #: a hash of a random password, checked for a user name that does not exist
 _NOBODY = (
     "$argon2id$v=19$m=65536,t=3,p=4$4MsynibJwm5/9HShsPgmAQ$"
@@ -112,9 +177,7 @@ class UsersAuthPlugin(BaseAuthPlugin):  # type: ignore[misc]
         # (their passwords under a key of this process, not a plain digest: a review)
         self._ok: set[tuple[str, str, str]] = set()
         self._ok_key = os.urandom(32)
-        #: address -> (wrong logins, monotonic time of the last)
-        self._failures: dict[str, tuple[int, float]] = {}
-        self._failures_said = 0.0  # when the log last said them (once a minute)
+        self._guesses = _Guesses()
         #: checks at once, each in a thread (~100 ms and 64 MiB of argon2 each)
         self._checks = asyncio.Semaphore(ARGON2_AT_ONCE)
 
@@ -131,49 +194,35 @@ class UsersAuthPlugin(BaseAuthPlugin):  # type: ignore[misc]
         digest = hmac.new(self._ok_key, pw.encode(), hashlib.sha256).hexdigest()
         known = user is not None and (name, user.hash, digest) in self._ok
         address = getattr(session, "remote_address", None)
-        if not known:  # (a login that verified before goes in at once)
-            await self._wait_for_failures(address)
-        if user is None or user.role is None:
-            # a login without a role could do nothing: refused, but only after as long a
-            # check as a known user's (else the time tells which user names exist)
-            await self._verify(pw, _NOBODY)
-            self._failed(address, name)
-            return False
-        key = (name, user.hash, digest)
-        if known or await self._verify(pw, user.hash):
-            self._ok.add(key)
-            self._failures.pop(address or "", None)
+        counted = None if known else _Guesses.key(address)  # (known: goes in at once)
+        ok = False
+        try:
+            if counted is not None:
+                await asyncio.sleep(self._guesses.turn(counted))
+            if user is None or user.role is None:
+                # a login without a role could do nothing: refused, but only after as
+                # long a check as a known user's (else the time tells which names exist)
+                await self._verify(pw, _NOBODY)
+                return False
+            ok = known or await self._verify(pw, user.hash)
+        finally:
+            if counted is not None:
+                self._said(self._guesses.done(counted, ok), address, name)
+        if ok:
+            self._ok.add((name, user.hash, digest))
             # the hash this password was checked against: a connection outlives no change
             # of it (the broker's _check_logins; read after the check's wait, a changed
             # password was recorded as the one used: a review)
             session.tomato_login = user.hash
-            return True
-        self._failed(address, name)
-        return False
+        return ok
 
-    async def _wait_for_failures(self, address: str | None) -> None:
-        """The wait of a login from an address with more than FREE_FAILURES wrong ones."""
-        if address in _NOT_COUNTED:
-            return
-        count, last = self._failures.get(address or "", (0, 0.0))
-        if count < FREE_FAILURES or time.monotonic() - last > FAILURES_KEPT:
-            return
-        await asyncio.sleep(min(FAILURE_WAIT_MAX, 2.0 ** (count - FREE_FAILURES)))
-
-    def _failed(self, address: str | None, name: str) -> None:
-        if address in _NOT_COUNTED:
-            return
+    def _said(self, count: int, address: str | None, name: str) -> None:
         now = time.monotonic()
-        count, last = self._failures.pop(address or "", (0, now))
-        count = 1 if now - last > FAILURES_KEPT else count + 1
-        self._failures[address or ""] = (count, now)  # (last: the most recent)
-        while len(self._failures) > FAILURE_ADDRESSES:
-            self._failures.pop(next(iter(self._failures)))
-        if count > FREE_FAILURES and now - self._failures_said >= 60.0:
-            self._failures_said = now
+        if count > FREE_FAILURES and now - self._guesses.said >= 60.0:
+            self._guesses.said = now
             log.warning(
                 "%d wrong logins from %s (the last as %r): each further try from it waits "
-                "up to %g s before its password is checked",
+                "its turn, up to %g s after the one before, before its password is checked",
                 count,
                 address,
                 name[:64],
