@@ -2128,6 +2128,35 @@ async def test_a_recorder_store_damaged_under_it_is_said_not_an_internal_error(
         assert caplog.text.count("database disk image is malformed") == 1, caplog.text[-3000:]
 
 
+async def test_a_node_that_said_it_restarts_and_does_not_come_back_is_shown_stopped(
+    broker: RunningBroker, instance: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A review: a node stopped by `tomato restart-node` says `restarting`, and a
+    `passata` request waits its whole -t for it; one that never came back (it
+    crash-loops in its set-up) was believed restarting for good. After a while
+    (RESTART_BELIEVED) its components are shown stopped."""
+    from tests.test_node import wait_retained
+    from tomato_mqtt.services.scheduler import lost
+    from tomato_mqtt.wire.messages import ComponentStatus, decode
+
+    monkeypatch.setattr(lost, "RESTART_BELIEVED", 1.0)
+    async with inproc_stack(broker.port, tmp_path, instance) as st:
+        name = next(iter(st.node.components))
+        st.node.supervised = st.node.restart_requested = True  # as a restart-node does
+        st.node.request_stop()
+
+        def says(why: str) -> Any:
+            return lambda raw: (
+                bool(raw)
+                and decode(ComponentStatus, raw).error
+                == (f"node {st.node.name} is offline ({why})")
+            )
+
+        topic = st.topics.component_status(name)
+        await wait_retained(st.client, topic, says("it is restarting"), 15)
+        await wait_retained(st.client, topic, says("it was stopped"), 15)
+
+
 async def test_the_components_of_a_node_stopped_cleanly_are_shown_lost(
     broker: RunningBroker, instance: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

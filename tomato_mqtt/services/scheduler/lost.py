@@ -53,6 +53,8 @@ class LostComponents:
         self.answered: set[str] = set()
         #: nodes of the layout no status has come from, since when (monotonic): sweep
         self._unseen_since: dict[str, float] = {}
+        #: nodes that said they restart, since when (monotonic): sweep
+        self._restarting_since: dict[str, float] = {}
 
     async def node_status(self, st: NodeStatus) -> None:
         if st.state == "lost":
@@ -61,8 +63,11 @@ class LostComponents:
             # stopped cleanly: its components' statuses said `idle` for good beside a
             # node `offline` (an integrator's review), while the scheduler counted them
             # lost and jobs waited for them
+            if st.restarting:
+                self._restarting_since.setdefault(st.node, time.monotonic())
             await self.mark(st.node, RESTARTING if st.restarting else STOPPED)
         elif st.state == "online" and (st.node in self.marked or st.node not in self.answered):
+            self._restarting_since.pop(st.node, None)
             # back from lost, or not heard answering by this scheduler yet (one started
             # again just after a cut does not know the node was lost: a fault run)
             self.marked.pop(st.node, None)
@@ -80,6 +85,13 @@ class LostComponents:
             if st.state == "lost" and name not in self.marked:
                 await self.mark(name, "its heartbeat stopped")
         now = time.monotonic()
+        for node, since in list(self._restarting_since.items()):
+            if now - since >= RESTART_BELIEVED and self.marked.get(node) == RESTARTING:
+                # not back: believed "restarting" for good, a passata request waited its
+                # whole -t for it (a crash-looping node: a review); now it is stopped
+                del self._restarting_since[node]
+                self.marked.pop(node, None)
+                await self.mark(node, STOPPED)
         unseen = {c.node for c in self.svc.layout.components.values()} - set(self.svc.nodes)
         self._unseen_since = {n: self._unseen_since.get(n, now) for n in unseen}
         for node, since in self._unseen_since.items():
@@ -160,6 +172,9 @@ class LostComponents:
 
 #: why a node that said ``offline`` is away
 STOPPED = "it was stopped"
+#: s a node that said it restarts is believed so, then shown stopped (one that crash-loops
+#: never comes back to say otherwise)
+RESTART_BELIEVED = 60.0
 #: why a node no status has come from is away
 NOT_SEEN = "not seen"
 #: s a node of the devices file may go unheard of (since the scheduler started, or since
