@@ -709,6 +709,16 @@ def _counter_payload(duration: float | None = None, interval: float | None = Non
     return payload
 
 
+async def _scheduler_stopped(st: InProc) -> None:
+    """The stack's scheduler stopped (within 20 s), the rest running on."""
+    st.scheduler.request_stop()
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 20
+    while st.scheduler.client is not None and st.scheduler.client.is_connected:
+        assert loop.time() < deadline, "the first scheduler did not stop"
+        await asyncio.sleep(0.05)
+
+
 async def _ready(st: InProc) -> None:
     """pip-counter-1 holds the payload's sample and is ready."""
     await st.call("pipeline_load", {"pipeline": "pip-counter-1", "sample": "counter_1_0.1"})
@@ -1295,12 +1305,9 @@ async def test_a_scheduler_started_during_a_cut_launches_nothing_onto_the_node(
     async with inproc_stack(broker.port, tmp_path, instance) as st:
         await _ready(st)
         link = _HeldDownlink(st)
-        st.scheduler.request_stop()
+        await _scheduler_stopped(st)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + 20
-        while st.scheduler.client is not None and st.scheduler.client.is_connected:
-            assert loop.time() < deadline, "the first scheduler did not stop"
-            await asyncio.sleep(0.05)
         async with running(SchedulerService(st.settings)) as again:
             while getattr(again.nodes.get("local"), "state", None) != "online":
                 assert loop.time() < deadline, "the new scheduler never saw the node"
@@ -1605,12 +1612,7 @@ async def test_a_queued_job_of_a_restored_state_file_that_ran_is_not_run_again(
         done = await st.wait_job(job.id, {"c", "ce", "cd"}, timeout=30)
         assert done.status == "c", done
         first = Path(str(done.respath)).read_bytes()
-        st.scheduler.request_stop()
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + 20
-        while st.scheduler.client is not None and st.scheduler.client.is_connected:
-            assert loop.time() < deadline, "the first scheduler did not stop"
-            await asyncio.sleep(0.05)
+        await _scheduler_stopped(st)
         for extra in ("-wal", "-shm"):
             Path(f"{db}{extra}").unlink(missing_ok=True)
         backup.replace(db)
@@ -2942,6 +2944,20 @@ async def _faulty_ready(st: InProc, comp: str) -> Path:
     return work
 
 
+@contextlib.asynccontextmanager
+async def _slow_faulty(
+    broker: RunningBroker, tmp_path: Path, instance: str
+) -> AsyncIterator[tuple[InProc, str, Path]]:
+    """A stack whose faulty component takes 3 s to set a task's level, ready (as
+    :func:`_faulty_ready`): the stack, the component, the folder to submit from."""
+    comp = "faulty:(ok,1)"
+    settings = "[drivers.faulty]\nset_seconds = 3\n"
+    async with inproc_stack(
+        broker.port, tmp_path, instance, devices="faulty_devices.yml", settings=settings
+    ) as st:
+        yield st, comp, await _faulty_ready(st, comp)
+
+
 async def _accepted(hc: Any, job: int) -> Any:
     """The task of ``job`` the component accepted (within 4 s), or None."""
     for _ in range(400):
@@ -2959,12 +2975,7 @@ async def test_a_reset_naming_the_job_of_a_task_still_being_set_up_is_taken(
     task accepted and still being set up (its `task_params` being set on a slow
     instrument), whose status already names its job, was refused a reset naming that job
     ("has not run a task of job J since its node started") and ran on."""
-    comp = "faulty:(ok,1)"
-    settings = "[drivers.faulty]\nset_seconds = 3\n"
-    async with inproc_stack(
-        broker.port, tmp_path, instance, devices="faulty_devices.yml", settings=settings
-    ) as st:
-        work = await _faulty_ready(st, comp)
+    async with _slow_faulty(broker, tmp_path, instance) as (st, comp, work):
         payload = yaml.safe_load((CONFIG / "faulty_sample.yml").read_text())
         payload["method"][0].update(max_duration=5.0, task_params={"level": 2.0})
         job = await st.call("job_submit", {"payload": payload, "submit_dir": str(work)})
@@ -2987,12 +2998,7 @@ async def test_a_late_reset_of_the_job_before_spares_the_task_being_set_up(
     node, sent late) that reached the component while it set up job K's task (accepted,
     its level being set: the component's last job still J) was taken, and K ended `ce`
     "… stopped before its end: reset". It is refused (`conflict`), and K ends `c`."""
-    comp = "faulty:(ok,1)"
-    settings = "[drivers.faulty]\nset_seconds = 3\n"
-    async with inproc_stack(
-        broker.port, tmp_path, instance, devices="faulty_devices.yml", settings=settings
-    ) as st:
-        work = await _faulty_ready(st, comp)
+    async with _slow_faulty(broker, tmp_path, instance) as (st, comp, work):
         payload = yaml.safe_load((CONFIG / "faulty_sample.yml").read_text())
         first = await st.call("job_submit", {"payload": payload, "submit_dir": str(work)})
         done = await st.wait_job(first.id, {"c", "ce", "cd"}, timeout=30)
