@@ -96,7 +96,7 @@ FAILURE_WAIT_MAX = 8.0
 FAILURES_KEPT = 600.0
 #: addresses whose wrong logins are counted at once (the oldest forgotten beyond it)
 FAILURE_ADDRESSES = 10_000
-_NOT_COUNTED = frozenset({"127.0.0.1", "::1", None})
+_NOT_COUNTED = frozenset({"127.0.0.1", "::1"})
 
 
 class _Guesses:

@@ -228,15 +228,14 @@ class SchedulerService(Service):
                 log.warning("%s", note)
         used, where = highest_job_elsewhere(self.settings.recorder_db, self.settings.jobs_dir)
         self._ids_after(used, where)
-        self._ran_before = self._queued_that_ran()
+        self._ran_before = self._queued_that_ran(self.store)
 
-    def _queued_that_ran(self) -> list[Job]:
+    def _queued_that_ran(self, store: StateStore) -> list[Job]:
         """Jobs the state file holds as queued that ran already (a state file restored
         from a backup taken while they were queued): ended ``ce``, not run again. They
         were run a second time under the same ids, ``c`` again, the second run's points
         in no file (a randomized fault round)."""
-        assert self.store is not None
-        ids = self.store.job_ids(("q", "qw"))
+        ids = store.job_ids(("q", "qw"))
         ran = ran_elsewhere(self.settings.recorder_db, self.settings.jobs_dir, ids)
         ended = []
         for jobid, where in sorted(ran.items()):
@@ -247,12 +246,12 @@ class SchedulerService(Service):
             log.warning("job %d: %s", jobid, reason)
             try:
                 ended.append(
-                    self.store.update_job(
+                    store.update_job(
                         jobid, restored=True, status="ce", completed_at=utcnow(), reason=reason
                     )
                 )
             except sqlite3.Error as e:  # a state file that takes no writes: said elsewhere
-                log.warning("job %d: cannot end it in %s: %s", jobid, self.store.path, e)
+                log.warning("job %d: cannot end it in %s: %s", jobid, store.path, e)
         return ended
 
     async def started(self) -> None:
