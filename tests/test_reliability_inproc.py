@@ -1631,6 +1631,55 @@ async def test_a_queued_job_of_a_restored_state_file_that_ran_is_not_run_again(
         assert Path(str(done.respath)).read_bytes() == first
 
 
+async def test_a_running_job_of_a_restored_state_file_that_ended_is_not_taken_up(
+    broker: RunningBroker, instance: str, tmp_path: Path
+) -> None:
+    """A randomized fault round: a state file restored from a backup taken while a job
+    ran its first task was taken up as after a restart: its second task ran again, and
+    the job ended `c` a second time with its file written over (or `ce` "the file has
+    points no runner reported"). The job now ends as its file says, at the scheduler's
+    start; no task runs again, the file is untouched and its pipeline is free."""
+    import sqlite3
+
+    from tomato_mqtt.services.scheduler.service import SchedulerService
+
+    async with inproc_stack(broker.port, tmp_path, instance) as st:
+        await _ready(st)
+        payload = _counter_payload(1.5, 0.1)
+        payload["method"].append(dict(payload["method"][0], max_duration=0.5))
+        job = await st.call("job_submit", {"payload": payload, "submit_dir": str(tmp_path)})
+        db = st.settings.state_db
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 20
+        while (st.scheduler.store.job(job.id).progress.get("tasks") or {}).get("0", {}).get(
+            "state"
+        ) != "running":
+            assert loop.time() < deadline, "its first task did not start"
+            await asyncio.sleep(0.05)
+        backup = tmp_path / "state.backup.sqlite"
+        with sqlite3.connect(db) as src, sqlite3.connect(backup) as dst:
+            src.backup(dst)  # taken while its first task runs, the second to come
+        done = await st.wait_job(job.id, {"c", "ce", "cd"}, timeout=30)
+        assert done.status == "c", done
+        first = Path(str(done.respath)).read_bytes()
+        await _scheduler_stopped(st)
+        for extra in ("-wal", "-shm"):
+            Path(f"{db}{extra}").unlink(missing_ok=True)
+        backup.replace(db)
+        async with running(SchedulerService(st.settings)) as again:
+            assert again.store is not None
+            ended = again.store.job(job.id)  # (ended at its setup; its old end is retained)
+            assert ended.status == "c", ended
+            assert ended.respath == done.respath
+            assert "not taken up again: it ended after the copy" in (ended.reason or "")
+            assert again.store.pipeline("pip-counter-1").jobid is None
+            await asyncio.sleep(2.0)  # a task taken up again would have started by now
+            assert not again.runners
+            assert again.store.job(job.id).status == "c"
+            assert "not taken up again" in (st.jobs[job.id].reason or "")  # (as published)
+        assert Path(str(done.respath)).read_bytes() == first
+
+
 async def test_a_failed_start_is_not_taken_later_for_a_late_end(
     broker: RunningBroker, instance: str, tmp_path: Path
 ) -> None:

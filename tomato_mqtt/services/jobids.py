@@ -4,11 +4,13 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
+from typing import Any
 
 from tomato_mqtt.model.jobs import PLAUSIBLE_ID, batch_id_bound
 
-__all__ = ["highest_batch", "highest_stored", "jobs_with_files"]
+__all__ = ["finals_of", "highest_batch", "highest_stored", "jobs_with_files"]
 
 
 def highest_stored(db: sqlite3.Connection) -> tuple[int | None, int | None]:
@@ -36,3 +38,19 @@ def jobs_with_files(db: sqlite3.Connection, ids: list[int]) -> set[int]:
     marks = ",".join("?" * len(ids))
     rows = db.execute(f"SELECT job FROM finals WHERE job IN ({marks})", ids).fetchall()
     return {int(r[0]) for r in rows}
+
+
+def finals_of(db: sqlite3.Connection, ids: list[int]) -> dict[int, dict[str, Any]]:
+    """How the store's final files of those of ``ids`` were asked for (table ``finals``:
+    the job as its file carries it, and ``written``, the file's path, once written)."""
+    marks = ",".join("?" * len(ids))
+    rows = db.execute(f"SELECT job, args FROM finals WHERE job IN ({marks})", ids).fetchall()
+    out: dict[int, dict[str, Any]] = {}
+    for job, args in rows:
+        try:
+            got = json.loads(args)
+        except ValueError:
+            continue  # (the recorder says so itself when it reads it)
+        if isinstance(got, dict):
+            out[int(job)] = got
+    return out

@@ -38,6 +38,7 @@ from tomato_mqtt.services.scheduler.store import (
     TOMATO22_FOLDER,
     StateStore,
     StoreTaken,
+    finals_elsewhere,
     highest_job_elsewhere,
     ran_elsewhere,
 )
@@ -228,7 +229,7 @@ class SchedulerService(Service):
                 log.warning("%s", note)
         used, where = highest_job_elsewhere(self.settings.recorder_db, self.settings.jobs_dir)
         self._ids_after(used, where)
-        self._ran_before = self._queued_that_ran(self.store)
+        self._ran_before = self._queued_that_ran(self.store) + self._running_that_ended(self.store)
 
     def _queued_that_ran(self, store: StateStore) -> list[Job]:
         """Jobs the state file holds as queued that ran already (a state file restored
@@ -252,6 +253,49 @@ class SchedulerService(Service):
                 )
             except sqlite3.Error as e:  # a state file that takes no writes: said elsewhere
                 log.warning("job %d: cannot end it in %s: %s", jobid, store.path, e)
+        return ended
+
+    def _running_that_ended(self, store: StateStore) -> list[Job]:
+        """Jobs the state file holds as running with tasks it has not seen end, whose
+        final file this PC's recorder was asked for: they ended after the copy the state
+        file was restored from was taken (the normal end stores every task's end before
+        it asks for the file). Taken up as after a restart, their unfinished tasks ran
+        again and wrote over the file (a fault round saw such jobs end `c` twice, or `ce`
+        "the file has points no runner reported"). They end as their file says; their
+        pipeline is free."""
+        jobs = [j for j in store.jobs(statuses=["r", "rd"]) if not _tasks_over(j)]
+        finals = finals_elsewhere(self.settings.recorder_db, [j.id for j in jobs])
+        ended = []
+        for job in jobs:
+            if job.id not in finals:
+                continue
+            told = finals[job.id].get("job")
+            told = told if isinstance(told, dict) else {}
+            written, status = finals[job.id].get("written"), told.get("status")
+            note = (
+                "not taken up again: it ended after the copy this state file was restored "
+                f"from was taken (the recorder's store {self.settings.recorder_db} "
+            )
+            fields: dict[str, Any]
+            if isinstance(written, str) and status in ("c", "ce", "cd"):
+                note += f"wrote its file {written}, and its end is taken from there)"
+                reason = "; ".join(str(x) for x in (told.get("reason"), note) if x)
+                when = told.get("completed_at")
+                fields = {"status": status, "reason": reason, "respath": written}
+                fields["completed_at"] = when if isinstance(when, str) else utcnow()
+            else:
+                note += "was asked for its file, which it has not written: its points are "
+                note += "there, `ketchup snapshot` writes them)"
+                fields = {"status": "ce", "reason": note, "completed_at": utcnow()}
+            log.warning("job %d: %s", job.id, fields["reason"])
+            try:
+                with store.transaction():
+                    ended.append(store.update_job(job.id, restored=True, **fields))
+                    pip = job.pipeline
+                    if pip and pip in self.layout.pipelines and store.pipeline(pip).jobid == job.id:
+                        store.update_pipeline(pip, jobid=None)
+            except sqlite3.Error as e:  # a state file that takes no writes: said elsewhere
+                log.warning("job %d: cannot end it in %s: %s", job.id, store.path, e)
         return ended
 
     async def started(self) -> None:
@@ -798,6 +842,15 @@ class SchedulerService(Service):
             log.info("re-adopting running job %d on %s", job.id, job.pipeline)
             self.ops.start_runner(job, readopt=True)
         self.kick()
+
+
+def _tasks_over(job: Job) -> bool:
+    """Whether the job's progress has every task of its payload ended or skipped."""
+    tasks = job.progress.get("tasks")
+    tasks = tasks if isinstance(tasks, dict) else {}
+    count = len(job.payload.get("method") or [])
+    over = ("ended", "skipped")
+    return all((tasks.get(str(i)) or {}).get("state") in over for i in range(count))
 
 
 def _older(st: ComponentStatus, held: ComponentStatus) -> bool:

@@ -28,9 +28,15 @@ from tomato_mqtt.model.jobs import (
     highest_ran,
     utcnow,
 )
-from tomato_mqtt.services.jobids import highest_stored, jobs_with_files
+from tomato_mqtt.services.jobids import finals_of, highest_stored, jobs_with_files
 
-__all__ = ["StateStore", "StoreTaken", "highest_job_elsewhere", "ran_elsewhere"]
+__all__ = [
+    "StateStore",
+    "StoreTaken",
+    "finals_elsewhere",
+    "highest_job_elsewhere",
+    "ran_elsewhere",
+]
 
 
 class StoreTaken(RuntimeError):
@@ -804,6 +810,24 @@ def ran_elsewhere(recorder_db: Path, jobs_dir: Path, ids: list[int]) -> dict[int
     for job in ids:
         if job not in out and (jobs_dir / str(job)).is_dir():
             out[job] = f"its job folder {jobs_dir / str(job)} exists (made at its launch)"
+    return out
+
+
+def finals_elsewhere(recorder_db: Path, ids: list[int]) -> dict[int, dict[str, Any]]:
+    """Those of ``ids`` (running in the state file) whose final file this PC's recorder
+    was asked for, with how (:func:`tomato_mqtt.services.jobids.finals_of`). Read only,
+    as :func:`ran_elsewhere`; an unreadable store counts none."""
+    out: dict[int, dict[str, Any]] = {}
+    if ids and recorder_db.is_file():
+        try:
+            db = sqlite3.connect(f"file:{recorder_db}?mode=ro", uri=True, timeout=5.0)
+            try:
+                for i in range(0, len(ids), 500):  # (sqlite's limit on ? marks)
+                    out.update(finals_of(db, ids[i : i + 500]))
+            finally:
+                db.close()
+        except sqlite3.Error:
+            pass  # unreadable: the recorder says so itself
     return out
 
 
