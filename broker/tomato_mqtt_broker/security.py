@@ -82,78 +82,141 @@ class _Users:
 
 #: password checks run at once (each in a thread: argon2 releases the GIL)
 ARGON2_AT_ONCE = 2
-#: wrong logins an address may try before each further try from it waits its turn, 1, 2,
-#: 4 … s (at most FAILURE_WAIT_MAX) after the one before, before its password is checked
-#: (a security round: 200 guesses in 40 s at one login, the right password then still
-#: taken); its count is forgotten
-#: FAILURES_KEPT s after its last wrong login, or at a right one. This PC's own
-#: loopback address is not counted: the stack's services and the dashboard (which
-#: throttles its sign-ins itself, per address) log in from there
+#: wrong logins of one user name from one address before each further one waits 1, 2, 4
+#: … s (at most FAILURE_WAIT_MAX) after the check before, before its password is checked
+#: (a security round: 200 guesses at one login in 40 s, the right password then still
+#: taken); the count is forgotten FAILURES_KEPT s after its last wrong login, or at a
+#: right one. This PC's own loopback address is not counted: the stack's services and the
+#: dashboard (which throttles its sign-ins itself, per address) log in from there
 FREE_FAILURES = 5
 #: (below a client's own wait for one connection attempt, 10 s: a right login from an
 #: address that guessed was otherwise given up by tomato's own client: a review)
 FAILURE_WAIT_MAX = 8.0
 FAILURES_KEPT = 600.0
-#: addresses whose wrong logins are counted at once (the oldest forgotten beyond it)
+#: (address, user name) pairs whose wrong logins are counted at once (the oldest
+#: forgotten beyond it)
 FAILURE_ADDRESSES = 10_000
+#: tries of one (address, user name) under way at once (checked, or waiting their turn);
+#: a further one is answered "server unavailable" at once, unchecked (tries held open
+#: made a right login of the same address wait 8 s per try held: a review)
+UNDER_WAY_MAX = 4
+#: how often (s) a try waiting for its turn looks whether its client left (then it is
+#: dropped, unchecked and not counted: tries its client gave up held the turns of those
+#: after them, a right one of the same PC waited 72 s: a review)
+GONE_LOOK = 0.5
 _NOT_COUNTED = frozenset({"127.0.0.1", "::1"})
 
 
 class _Guesses:
-    """Wrong logins per address, and when each further try from it may be checked: tries
-    under way count as wrong until they are not, and each takes its turn after the one
-    before (30 tries sent at once, past the free ones, each waited the same 1 s and were
-    all checked within 5 s: a review). An IPv6 address counts as its /64."""
+    """Wrong logins per user name and address, and each one's turn: the tries of one
+    (address, user name) are checked one at a time, in the order they came; past
+    FREE_FAILURES wrong ones, each waits 1, 2, 4 … s after the check before (30 tries
+    sent at once, past the free ones, were all checked within 5 s: a review). Another
+    user name, or another address, does not wait for them (20 logins of 20 users from
+    one address after a broker restart, all right, took up to 63 s in turns counted per
+    address: a review). An IPv6 address counts as its /64 (not a link-local one), an
+    IPv4 address mapped into IPv6 as itself."""
 
     def __init__(self) -> None:
-        self.failures: dict[str, tuple[int, float]] = {}  # -> (count, monotonic of last)
-        self.under_way: dict[str, int] = {}
-        self.next_at: dict[str, float] = {}  # -> when the last turn given starts
+        self.failures: dict[tuple[str, str], tuple[int, float]] = {}  # -> (count, last)
+        self.checked: dict[tuple[str, str], float] = {}  # -> monotonic of the last check
+        self.turns: dict[tuple[str, str], asyncio.Lock] = {}
+        self.under_way: dict[tuple[str, str], int] = {}
         self.said = 0.0  # when the log last said them (once a minute)
 
     @staticmethod
-    def key(address: str | None) -> str | None:
-        if address in _NOT_COUNTED or address is None:
+    def where(address: str | None) -> str | None:
+        """What an address counts as; None: not counted (this PC's own loopback)."""
+        if address is None:
             return None
-        if ":" in address:
-            with contextlib.suppress(ValueError):
-                return str(ipaddress.ip_network(f"{address}/64", strict=False))
-        return address
+        try:
+            ip: ipaddress.IPv4Address | ipaddress.IPv6Address = ipaddress.ip_address(
+                address.split("%", 1)[0]
+            )
+        except ValueError:
+            return address
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped  # (a broker on "::" sees its IPv4 clients so)
+        if str(ip) in _NOT_COUNTED:
+            return None
+        if isinstance(ip, ipaddress.IPv6Address) and not ip.is_link_local:
+            return str(ipaddress.ip_network(f"{ip}/64", strict=False))
+        return str(ip)
 
-    def turn(self, key: str) -> float:
-        """Seconds this try from ``key`` waits before its password is checked."""
-        now = time.monotonic()
+    def _count(self, key: tuple[str, str], now: float) -> int:
         count, last = self.failures.get(key, (0, 0.0))
-        if now - last > FAILURES_KEPT:
-            count = 0
-        pending = self.under_way.get(key, 0)
-        self.under_way[key] = pending + 1
-        n = count + pending
-        if n < FREE_FAILURES:
-            return 0.0
-        at = max(now, self.next_at.get(key, now)) + min(
-            FAILURE_WAIT_MAX, 2.0 ** (n - FREE_FAILURES)
-        )
-        self.next_at[key] = at
-        return at - now
+        return 0 if now - last > FAILURES_KEPT else count
 
-    def done(self, key: str, ok: bool) -> int:
-        """A try from ``key`` answered; the count of wrong ones since (0 after a right)."""
+    def due_in(self, key: tuple[str, str]) -> float:
+        """Seconds until a try of ``key`` may be checked."""
+        now = time.monotonic()
+        count = self._count(key, now)
+        if count < FREE_FAILURES:
+            return 0.0
+        gap = min(FAILURE_WAIT_MAX, 2.0 ** (count - FREE_FAILURES))
+        return max(0.0, self.checked.get(key, now) + gap - now)
+
+    async def turn(self, key: tuple[str, str], gone: Any) -> str | None:
+        """Wait for this try's turn. None: check its password now (:meth:`done` must
+        follow); else why it is not checked (its client left, or too many are under way)."""
+        if self.under_way.get(key, 0) >= UNDER_WAY_MAX:
+            return f"{UNDER_WAY_MAX} tries of this login from its address are under way"
+        self.under_way[key] = self.under_way.get(key, 0) + 1
+        lock = self.turns.setdefault(key, asyncio.Lock())
+        try:
+            while True:  # (a try given up while it waits is dropped from the queue too)
+                if gone is not None and gone():
+                    self._left(key)
+                    return "its client left while it waited its turn"
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(lock.acquire(), GONE_LOOK)
+                    break
+        except BaseException:
+            self._left(key)
+            raise
+        try:
+            while True:
+                if gone is not None and gone():
+                    self._free(key)
+                    return "its client left while it waited its turn"
+                wait = self.due_in(key)
+                if wait <= 0:
+                    return None
+                await asyncio.sleep(min(wait, GONE_LOOK))
+        except BaseException:
+            self._free(key)
+            raise
+
+    def _free(self, key: tuple[str, str]) -> None:
+        """The try that holds ``key``'s turn is over."""
+        lock = self.turns.get(key)
+        if lock is not None and lock.locked():
+            lock.release()
+        self._left(key)
+
+    def _left(self, key: tuple[str, str]) -> None:
         left = self.under_way.pop(key, 1) - 1
         if left > 0:
             self.under_way[key] = left
+        else:
+            self.turns.pop(key, None)
+
+    def done(self, key: tuple[str, str], ok: bool) -> int:
+        """A try of ``key`` checked; the count of wrong ones since (0 after a right)."""
+        now = time.monotonic()
+        self._free(key)
         if ok:
             self.failures.pop(key, None)
-            self.next_at.pop(key, None)
+            self.checked.pop(key, None)
             return 0
-        now = time.monotonic()
-        count, last = self.failures.pop(key, (0, now))
-        count = 1 if now - last > FAILURES_KEPT else count + 1
+        count = self._count(key, now) + 1
+        self.failures.pop(key, None)
         self.failures[key] = (count, now)  # (last: the most recent)
+        self.checked[key] = now
         while len(self.failures) > FAILURE_ADDRESSES:
             gone = next(iter(self.failures))
             self.failures.pop(gone)
-            self.next_at.pop(gone, None)
+            self.checked.pop(gone, None)
         return count
 
 
@@ -194,11 +257,15 @@ class UsersAuthPlugin(BaseAuthPlugin):  # type: ignore[misc]
         digest = hmac.new(self._ok_key, pw.encode(), hashlib.sha256).hexdigest()
         known = user is not None and (name, user.hash, digest) in self._ok
         address = getattr(session, "remote_address", None)
-        counted = None if known else _Guesses.key(address)  # (known: goes in at once)
+        where = None if known else _Guesses.where(address)  # (known: goes in at once)
+        counted = None if where is None else (where, name)
+        if counted is not None:
+            why = await self._guesses.turn(counted, getattr(session, "tomato_gone", None))
+            if why is not None:
+                session.tomato_busy = why  # (answered "server unavailable", unchecked)
+                return False
         ok = False
         try:
-            if counted is not None:
-                await asyncio.sleep(self._guesses.turn(counted))
             if user is None or user.role is None:
                 # a login without a role could do nothing: refused, but only after as
                 # long a check as a known user's (else the time tells which names exist)
@@ -207,7 +274,7 @@ class UsersAuthPlugin(BaseAuthPlugin):  # type: ignore[misc]
             ok = known or await self._verify(pw, user.hash)
         finally:
             if counted is not None:
-                self._said(self._guesses.done(counted, ok), address, name)
+                self._said(self._guesses.done(counted, ok), counted[0], name)
         if ok:
             self._ok.add((name, user.hash, digest))
             # the hash this password was checked against: a connection outlives no change
@@ -221,11 +288,11 @@ class UsersAuthPlugin(BaseAuthPlugin):  # type: ignore[misc]
         if count > FREE_FAILURES and now - self._guesses.said >= 60.0:
             self._guesses.said = now
             log.warning(
-                "%d wrong logins from %s (the last as %r): each further try from it waits "
-                "its turn, up to %g s after the one before, before its password is checked",
+                "%d wrong logins as %r from %s: each further try of it from there waits "
+                "its turn, up to %g s after the check before, before its password is checked",
                 count,
-                address,
                 name[:64],
+                address,
                 FAILURE_WAIT_MAX,
             )
 

@@ -862,8 +862,11 @@ def _broker_class(
                     f"{remote_address}:{remote_port} "
                     "whose connection its client had closed already: dropped"
                 )
+            # a try that waits its turn (broker/security.py) is dropped if its client left
+            session.tomato_gone = functools.partial(_peer_closed, writer)
             why = await self._refusal(session)
-            busy = False  # refused for its login's connections, not its password
+            # refused for its login's connections, or its tries waiting, not its password
+            busy = why is not None and getattr(session, "tomato_busy", None) is not None
             if why is None and max_per_login > 0:
                 why = self._count(session, handler)
                 busy = why is not None
@@ -879,7 +882,7 @@ def _broker_class(
                 session.client_id = f"refused-{gen_client_id()}"
                 session.will_flag = False
                 self._refused.add(session.client_id)
-                if busy:  # told "server unavailable": its password was right
+                if busy:  # told "server unavailable": its password was right, or unchecked
                     handler.mqtt_connack_authorize = functools.partial(_unavailable, handler)
                 return handler, session
             if isinstance(reader, _Framed) and self._paced_login(session):
@@ -1089,6 +1092,9 @@ def _broker_class(
             send a `stop` or a data batch in another's name), and on a secured broker a
             client id held by another login (no one takes over another's session)."""
             if not await super()._authenticate(session, None):
+                busy = getattr(session, "tomato_busy", None)
+                if busy is not None:  # (not checked: broker/security.py)
+                    return f"not checked: {busy}"
                 return "wrong user name or password (or a user without a role)"
             if session.will_flag and any(c in (session.will_topic or "") for c in "+#"):
                 # a will is published as any message, whose topic has no wildcards
@@ -1187,8 +1193,9 @@ def _broker_class(
             self, listener_name: str, listener_type: Any, address: Any, port: int, ssl: Any
         ) -> Any:
             if listener_type == ListenerType.WS:
-                # no WebSocket pings (websockets pings every 20 s by default): paho reads
-                # a ping's payload as MQTT bytes and drops the connection, so every paho
+                # no WebSocket pings (websockets pings every 20 s by default): paho answers
+                # a ping with an unmasked pong, which the server refuses (1002, "incorrect
+                # masking") and closes the connection on (a review), so every paho
                 # client over WebSockets was cut off every 20 s and reconnected, losing
                 # what it had asked (a `passata get` over ws:// while a node restarted).
                 # MQTT's own keep-alive says whether a client is there (_silent_too_long)
