@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import netCDF4
 import numpy as np
 import pytest
 
@@ -182,14 +183,36 @@ def test_float32_reaches_the_file_as_its_float64_value_on_both_paths(tmp_path: P
     assert one["v"] == got[0]
 
 
-def test_a_name_netcdf_refuses_is_no_disk_error(tmp_path: Path) -> None:
-    """A third-party node's batch with a name the file cannot take: the recorder took
-    netCDF's refusal for a disk error (EIO), tried the fallback folder, and the scheduler
-    tried again every few minutes for ever. It is the data's error: not tried again."""
-    raw = _raw(0, [1.0], {".x": [1.0]}, units={})
-    with pytest.raises(ValueError, match="the file cannot hold the data as it came: .*illegal"):
-        write_job_file(tmp_path / "f.nc", [RoleInput("r", "{}", [raw])], {})
-    assert not list(tmp_path.iterdir())  # and no temporary file left behind
+def test_a_name_the_file_cannot_hold_is_left_out_and_said(tmp_path: Path) -> None:
+    """A node login's batch with a name the file cannot take (the node refuses them
+    from its drivers): the recorder took netCDF's refusal for a disk error (EIO) and
+    tried again for ever; then it refused the whole file, and every snapshot of it (a
+    security round: one batch with a variable '(V)' cost a job its file). Only the
+    variables the file cannot hold are left out, each said; the rest is written."""
+    raw = _raw(
+        0,
+        [1.0, 2.0],
+        {
+            ".x": [1.0, 2.0],
+            "(V)": [3.0, 4.0],
+            "I/V": [5.0, 6.0],
+            "uts": [7.0, 8.0],
+            "E": [9.0, 10.0],
+        },
+        units={},
+    )
+    problems: list[str] = []
+    path = write_job_file(tmp_path / "f.nc", [RoleInput("r", "{}", [raw])], {}, problems)
+    ds = load_tree(path)["r"].to_dataset()
+    assert ds["E"].values.tolist() == [9.0, 10.0] and ds["uts"].values.tolist() == [1.0, 2.0]
+    assert set(ds.data_vars) == {"E", "task"}, ds
+    with netCDF4.Dataset(path) as nc:
+        assert set(nc["r"].groups) == set()  # ('I/V' made a subgroup 'I')
+    said = " | ".join(problems)
+    for name in (".x", "(V)", "I/V", "uts"):
+        assert f"variable {name!r}: " in said and "not in the file (role 'r')" in said, said
+    assert len(problems) == 4, problems
+    assert [p.name for p in tmp_path.iterdir()] == ["f.nc"]  # no temporary file left behind
 
 
 def _raw(seq: int, uts: list[float], vars: dict[str, Any], **kw: Any) -> bytes:

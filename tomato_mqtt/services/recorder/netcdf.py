@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import orjson
 
+from tomato_mqtt.driver.names import name_problem
 from tomato_mqtt.nclock import NC_LOCK
 
 __all__ = ["RoleInput", "plan_groups", "write_job_file"]
@@ -526,6 +527,9 @@ def _plan(ri: RoleInput, problems: list[str]) -> _Plan:
             dims.setdefault(k, tuple(v))
         for k, v in (b.get("coords") or {}).items():
             coords.setdefault(k, v)
+    for name in _unfit(ri.role, names, dims, coords, problems):
+        names.pop(name, None)
+        coords.pop(name, None)
     variables: dict[str, _Var] = {}
     for name in names:
         attrs = {"units": units[name]} if units.get(name) else {}
@@ -580,6 +584,43 @@ def _plan(ri: RoleInput, problems: list[str]) -> _Plan:
         values,
         {"tomato_Component": ri.component_json, "role": ri.role, **ri.attrs},
     )
+
+
+def _unfit(
+    role: str,
+    names: Mapping[str, None],
+    dims: Mapping[str, tuple[str, ...]],
+    coords: Mapping[str, Any],
+    problems: list[str],
+) -> list[str]:
+    """The variables and coordinates of a role the file cannot hold, each said once in
+    ``problems``: a name netCDF refuses (or takes for a group's path: '/'), a variable
+    named as a coordinate, a coordinate that is not one-dimensional, a variable whose
+    dimension has no coordinate. The node refuses them from its drivers, but a batch
+    of a node's login with one of them made the whole file unwritable, and every
+    snapshot of it (a security round): only they are left out."""
+    out: dict[str, str] = {}
+    for name in [*coords, *{d for ds in dims.values() for d in ds}]:
+        why = name_problem(name)
+        if why is None and name in ("uts", "task"):
+            why = "the file's own name"
+        if why is None and name in coords and np.ndim(coords[name]) != 1:
+            why = f"{np.ndim(coords[name])}-dimensional values for a coordinate"
+        if why is not None:
+            out.setdefault(name, f"coordinate {name!r}: {why}")
+    for name in names:
+        why = name_problem(name)
+        if why is None and name in ("uts", "task", *coords):
+            why = "a variable named as a coordinate (or as the file's own 'uts' or 'task')"
+        lacking = [d for d in dims.get(name, ()) if d in out or d not in coords]
+        if why is None and lacking:
+            why = f"its dimension {lacking[0]!r} has no coordinate the file can hold"
+        if why is not None:
+            out.setdefault(name, f"variable {name!r}: {why}")
+    for why in out.values():
+        log.error("role %r: %s: not in the file", role, why)
+        problems.append(f"{why}: not in the file (role {role!r})")
+    return list(out)
 
 
 def _part(plan: _Plan, name: str, b: dict[str, Any], parsed: dict[str, Any]) -> Any:
