@@ -345,8 +345,11 @@ async def test_gaps_no_node_can_fill_are_asked_for_less_often_and_said_why(
     async with recorder(broker, instance, tmp_path / "r.sqlite") as (svc, c, req, t):
         asked: list[float] = []
 
+        streams_asked: set[str] = set()
+
         async def replay(args: Any) -> Result:
             asked.append(time.monotonic())
+            streams_asked.add(str(args.get("stream") if isinstance(args, dict) else args.stream))
             return Result("replayed 0 batch(es)", {"replayed": 0})  # not in its spool
 
         node = Responder(c, t, {"replay": replay}, name="node pc")
@@ -363,6 +366,21 @@ async def test_gaps_no_node_can_fill_are_asked_for_less_often_and_said_why(
         )
         await c.publish(t.component_data(CMP), _batch(1, 0, "s2", 4, 5), qos=1)  # 0..3 gone
         await _stored(svc, 1, 5)
+        # a security round: another node's status naming the component, with a new stream
+        # each time, had a replay sent to the component per message. Only the status of
+        # the node its meta names (on a topic only that node may publish) is heard
+        meta = ComponentMeta(name=CMP, device="d", driver="x", address="a", channel="1", node="pc")
+        await c.publish(t.component_meta(CMP), encode(meta), qos=1, retain=True)
+        for i in range(10):
+            st = NodeStatus(
+                state="online", node="pc", epoch=1, heartbeat=time.time(),
+                streams={CMP: 1000}, stream_ids={CMP: f"forged{i}"},
+            )  # fmt: skip
+            await c.publish(t.node_status("other"), encode(st), qos=1)
+        await asyncio.sleep(1.0)
+        assert not any("forged" in k[1] for k in svc.streams), list(svc.streams)
+        assert not any("forged" in s for s in streams_asked), streams_asked
+        asked.clear()  # (its gap, seen in the batch, may have been asked for meanwhile)
         t0 = time.monotonic()
         while time.monotonic() - t0 < 7.5:  # the node's heartbeat says it got to seq 4
             st = NodeStatus(

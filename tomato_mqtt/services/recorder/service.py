@@ -52,6 +52,7 @@ from tomato_mqtt.waits import wait_for
 from tomato_mqtt.wire.batch import BatchHeader, read_header
 from tomato_mqtt.wire.messages import (
     AckArgs,
+    ComponentMeta,
     DecodeError,
     JobEvent,
     JobProgress,
@@ -145,6 +146,9 @@ class RecorderService(Service):
         self.store: BatchStore | None = None
         self.requester: Requester | None = None
         self.streams: dict[tuple[str, str], _Stream] = {}  # (component, stream)
+        #: component -> the node that hosts it, as topic segments (from its retained
+        #: meta, on a topic only its node may publish: not the payload's name)
+        self.hosts: dict[str, str] = {}
         self.jobs_seen: set[int] = set()
         #: the highest job id stored (told in the status: a scheduler with a new state
         #: file continues its ids after it)
@@ -224,6 +228,8 @@ class RecorderService(Service):
         await self.mqtt.subscribe(self.topics.all_component_data(), droppable=True)
         await self.mqtt.subscribe(self.topics.recorder_cmds())
         await self.mqtt.subscribe(self.topics.all_node_status())
+        # which node hosts each component: only its node's status asks for its gaps
+        await self.mqtt.subscribe(self.topics.all_component_meta())
         await self.publish_presence("online")
         self.files.resume_merges()
         self.spawn(run_when_idle(warm_up_writer, "recorder warm-up"))
@@ -664,14 +670,23 @@ class RecorderService(Service):
             self._on_data(msg, parsed.name)
         elif parsed.kind == "recorder_cmd" and parsed.op is not None:
             self.spawn(self.responder.handle(msg, parsed.op))
+        elif parsed.kind == "component_meta":
+            self._on_meta(msg, parsed.name)
         elif parsed.kind == "node_status" and msg.payload:
             try:
                 st = decode(NodeStatus, msg.payload, msg.topic)
             except DecodeError as e:
                 log.warning("%s", e)
                 return
-                # the node says how far each stream got: anything beyond what we hold is a gap
+            # the node says how far each stream got: anything beyond what we hold is a gap.
+            # Only of the components it hosts: a node's login whose status named another
+            # node's component, with a new stream each time, had a replay sent to that
+            # node per message, which dropped the scheduler's commands with them (over
+            # 200 a second of one login), and its streams filled this recorder's memory
+            # (a security round). A component's meta is published by its node alone.
             for component, seq in st.streams.items():
+                if self.hosts.get(slug(component)) != parsed.name:
+                    continue
                 stream = stream_id(st.stream_ids.get(component, ""), st.epoch)
                 if (
                     seq >= 0
@@ -680,6 +695,19 @@ class RecorderService(Service):
                 ):
                     self.streams.setdefault((component, stream), _Stream())
                     self.request_missing(component, stream, seq)
+
+    def _on_meta(self, msg: Message, component: str | None) -> None:
+        if component is None:
+            return
+        if not msg.payload:  # cleared: the component is gone
+            self.hosts.pop(component, None)
+            return
+        try:
+            meta = decode(ComponentMeta, msg.payload, msg.topic)
+        except DecodeError as e:
+            log.debug("%s", e)
+            return
+        self.hosts[component] = slug(meta.node)
 
     async def _ack_loop(self) -> None:
         while True:
