@@ -1314,6 +1314,32 @@ async def test_a_node_back_from_lost_gets_no_job_until_it_answers(
         await _held_then_c(st, job.id, tmp_path, link)
 
 
+async def test_the_last_will_of_an_earlier_run_does_not_mark_the_running_node_lost(
+    broker: RunningBroker, instance: str, tmp_path: Path
+) -> None:
+    """A fault round: a node cut off, killed and started again at once; the broker sent
+    the old run's last will 42 s later, while the new run was online. The node was
+    counted lost, and its job's reason said so, until its next heartbeat. A will of
+    another run than the one online is not the running node's; its own still counts."""
+    async with inproc_stack(broker.port, tmp_path, instance) as st:
+        await _ready(st)
+        last = st.scheduler.nodes["local"]
+        old = last.model_copy(update={"state": "lost", "epoch": last.epoch - 1})
+        await st.client.publish(st.topics.node_status("local"), encode(old), retain=True)
+        loop = asyncio.get_running_loop()
+        until = loop.time() + 1.5
+        while loop.time() < until:  # (its next heartbeat would put it back: looked at often)
+            assert st.scheduler.nodes["local"].state == "online"
+            assert st.scheduler.lost.said("local") is None
+            await asyncio.sleep(0.005)
+        own = last.model_copy(update={"state": "lost"})  # its own: lost
+        await st.client.publish(st.topics.node_status("local"), encode(own), retain=True)
+        deadline = loop.time() + 10
+        while st.scheduler.lost.said("local") is None:
+            assert loop.time() < deadline, "the node's own will did not count"
+            await asyncio.sleep(0.02)
+
+
 async def test_a_scheduler_started_during_a_cut_launches_nothing_onto_the_node(
     broker: RunningBroker, instance: str, tmp_path: Path
 ) -> None:

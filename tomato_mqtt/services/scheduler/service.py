@@ -649,6 +649,20 @@ class SchedulerService(Service):
 
     async def _on_node_status(self, st: NodeStatus) -> None:
         prev = self.nodes.get(st.node)
+        stale_will = st.state == "lost" and prev is not None and prev.state == "online"
+        if stale_will and prev is not None and prev.epoch != st.epoch:
+            # the last will of a run before the one online now (its connection's end
+            # reached the broker late: a cut, then the node killed and started
+            # again): that run is gone, this one is not. It marked the running node
+            # lost for seconds, and its job's reason said so (a fault round)
+            log.info(
+                "node %s: the last will of its run %s came while run %s is online: "
+                "not the running node's",
+                st.node,
+                st.epoch,
+                prev.epoch,
+            )
+            return
         self.nodes[st.node] = st
         now, listed = time.monotonic(), set(st.components)
         again = prev is not None and prev.epoch != st.epoch  # a node restarted: anew
