@@ -1724,6 +1724,64 @@ async def test_a_running_job_of_a_restored_state_file_that_ended_is_not_taken_up
         assert Path(str(done.respath)).read_bytes() == first
 
 
+async def test_a_restored_state_file_two_tasks_behind_lets_the_running_task_finish(
+    broker: RunningBroker, instance: str, tmp_path: Path
+) -> None:
+    """A fault round: a state file restored from a copy taken in task 0, while task 2
+    ran: the job ended `ce` at once "component … reports no task (running) since task 0
+    started", and task 2 was stopped part-way. The tasks the component ran past end
+    unseen (their counts unknown: the job ends `ce`, saying so), and task 2 runs to its
+    end, every point of it in the file."""
+    import sqlite3
+
+    import xarray as xr
+
+    from tomato_mqtt.services.scheduler.service import SchedulerService
+
+    async with inproc_stack(broker.port, tmp_path, instance) as st:
+        await _ready(st)
+        payload = _counter_payload(1.0, 0.1)
+        payload["method"].append(dict(payload["method"][0], max_duration=1.0))
+        payload["method"].append(dict(payload["method"][0], max_duration=4.0))
+        job = await st.call("job_submit", {"payload": payload, "submit_dir": str(tmp_path)})
+        db = st.settings.state_db
+        assert st.scheduler.store is not None
+        loop = asyncio.get_running_loop()
+
+        async def until_running(index: int) -> None:
+            deadline = loop.time() + 20
+            while True:
+                assert st.scheduler.store is not None
+                tasks = st.scheduler.store.job(job.id).progress.get("tasks") or {}
+                if (tasks.get(str(index)) or {}).get("state") == "running":
+                    return
+                assert loop.time() < deadline, f"task {index} did not start"
+                await asyncio.sleep(0.02)
+
+        await until_running(0)
+        backup = tmp_path / "state.backup.sqlite"
+        with sqlite3.connect(db) as src, sqlite3.connect(backup) as dst:
+            src.backup(dst)  # taken in task 0
+        await until_running(2)
+        await _scheduler_stopped(st)
+        for extra in ("-wal", "-shm"):
+            Path(f"{db}{extra}").unlink(missing_ok=True)
+        backup.replace(db)
+        async with running(SchedulerService(st.settings)) as again:
+            assert again.store is not None
+            done = await st.wait_job(job.id, {"c", "ce", "cd"}, timeout=30)
+            assert done.status == "ce", done
+            assert "reports no task" not in (done.reason or ""), done.reason
+            assert "ended while this scheduler's state file did not see it" in (
+                done.reason or ""
+            ), done.reason
+            ended = again.store.job(job.id).progress["tasks"]["2"]["end"]
+            assert ended["reason"] == "done" and ended["npoints"] == 40, ended
+        with xr.open_datatree(str(done.respath)) as tree:
+            tasks = tree["counter"].to_dataset()["task"].values.tolist()
+        assert tasks.count(2) == 40, tasks
+
+
 async def test_a_failed_start_is_not_taken_later_for_a_late_end(
     broker: RunningBroker, instance: str, tmp_path: Path
 ) -> None:

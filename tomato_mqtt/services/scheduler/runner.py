@@ -149,6 +149,9 @@ class JobRunner:
     #: then changes nothing
     verdict: str | None = None
     _resetting: asyncio.Future[None] | None = None  # the components' reset after the tasks
+    #: tasks whose component ran on past them while the state file did not see them end
+    #: (restored from an older copy, or a progress write lost): their counts are unknown
+    passed: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         method = self.job.payload.get("method", [])
@@ -188,6 +191,9 @@ class JobRunner:
         steps = self.job.progress.get("clock_steps")
         if isinstance(steps, list):
             self.clock_steps = {str(n) for n in steps}
+        passed = self.job.progress.get("passed")
+        if isinstance(passed, list):
+            self.passed = [str(p) for p in passed]
 
     @property
     def launched_wall(self) -> float | None:
@@ -267,6 +273,8 @@ class JobRunner:
         progress["warnings"] = list(self.warnings)
         if self.clock_steps:
             progress["clock_steps"] = sorted(self.clock_steps)
+        if self.passed:
+            progress["passed"] = list(self.passed)
         self.job.progress = progress
 
     def expectations(self) -> list[dict[str, Any]]:
@@ -303,6 +311,14 @@ class JobRunner:
             # deadlines", after its user's own cancel: a side-by-side tour)
             first = reason or ("cancelled" if status == "cd" else None)
             reason = "; ".join(([first] if first else []) + summarized(self.warnings))
+        if status == "c" and self.passed:
+            status = "ce"
+            note = (
+                f"{'; '.join(self.passed)}: ended while this scheduler's state file did not "
+                "see it (restored from an older copy, or its last progress not written): "
+                "point count unknown, the file holds what the recorder stored"
+            )
+            reason = "; ".join([note, reason] if reason else [note])
         self.verdict = status
         self.save_now()  # the tasks' ends and what the verdict rests on, in one write
         # the components are reset while the recorder writes the file (the file does not
@@ -382,6 +398,19 @@ class JobRunner:
                     await self._wait_end(t)
                 return
             if t.state in ("ended", "skipped"):
+                continue
+            if self._passed(t):
+                # its component runs (or ran) a later task of this job: this one ended
+                # unseen. Waited for, it ended the job ce at once "reports no task
+                # (running)" and stopped the task running; started, it ran twice (a fault
+                # round: a state file restored from a copy taken two tasks before)
+                what = f"task {t.spec.index} ({t.spec.technique_name}) on role {t.role!r}"
+                log.warning("job %d: %s ended unseen by this scheduler", self.job.id, what)
+                self.passed.append(what)
+                if t.spec.task_name:
+                    self.started_names.add(t.spec.task_name)
+                async with self.host.cond:
+                    self._end_now(t, {"reason": "unseen", "message": "its end was not seen"})
                 continue
             if t.state == "pending":
                 # its node holds it already (a successor of a scheduler that died while
@@ -495,6 +524,21 @@ class JobRunner:
         reason = f"{what} not started yet: {why}" if why else None
         self.host.show_reason(self.job.id, reason, replacing=t.start_wait)
         t.start_wait = reason
+
+    def _passed(self, t: TaskState) -> bool:
+        """The component of ``t`` runs, or has ended, a later task of this job."""
+        st = self.host.component_status(self.roles[t.role])
+        if st is None or self._is_running(st, t) or self._ended(st, t):
+            return False
+
+        def later(job: int | None, task: int | None) -> bool:
+            index = t.spec.index
+            return job == self.job.id and task is not None and index is not None and task > index
+
+        lt = st.last_task
+        return (st.state == "running" and later(st.job, st.task)) or (
+            lt is not None and later(lt.job, lt.task)
+        )
 
     def _node_holds(self, t: TaskState) -> bool:
         """The component's status says it runs ``t`` or has ended it."""
