@@ -347,7 +347,7 @@ async def test_a_payload_s_file_names_are_file_names(
             st.topics.scheduler_cmd("job_submit"),
             {"payload": payload(), "submit_dir": str(work), "jobname": "otto-job\u200b"},
         )
-        assert not said.success and "may not hold control characters or invisible" in said.msg, said
+        assert not said.success and "may not hold control characters, invisible" in said.msg, said
         said = await st.raw(  # a blank letter (a Hangul filler) looks like nothing too
             st.topics.scheduler_cmd("job_submit"),
             {"payload": payload(), "submit_dir": str(work), "jobname": "otto-job\u3164"},

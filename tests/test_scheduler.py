@@ -611,13 +611,25 @@ async def test_names_with_control_characters_are_refused_and_never_printed_raw(
             {"payload": doc, "jobname": "x\nstatus:    c"},
             {"payload": doc, "jobname": "evil\x1b]0;PWNED\x07"},
             {"payload": {**doc, "sample": {**doc["sample"], "identifier": "s\x1b[2J"}}},
+            # marks that show nothing, spaces other than " " (a security round: these
+            # looked exactly like `olga-job` and `s3`)
+            {"payload": doc, "jobname": "olga-job\u034f"},
+            {"payload": doc, "jobname": "olga-job\ufe0f"},
+            {"payload": doc, "jobname": "olga-job\u3000"},
+            {"payload": {**doc, "sample": {**doc["sample"], "identifier": "s3\u00a0"}}},
         ):
             with pytest.raises(ReplyError) as e:
                 await st.call("job_submit", {**args, "submit_dir": str(tmp_path)})
             assert e.value.code == "bad_request" and "control characters" in str(e.value)
-        with pytest.raises(ReplyError, match="control characters"):
-            await st.call("pipeline_load", {"pipeline": "pip-counter-1", "sampleid": "a\rb"})
-        assert (await st.call("job_status", {"summary": True})).total == 0
+        for sample in ("a\rb", "s3\u034f"):
+            with pytest.raises(ReplyError, match="control characters"):
+                await st.call("pipeline_load", {"pipeline": "pip-counter-1", "sampleid": sample})
+        # a visible mark and a plain space stay names of their own
+        await st.call(
+            "job_submit", {"payload": doc, "jobname": "café job", "submit_dir": str(tmp_path)}
+        )
+        await st.call("job_cancel", {"jobids": [1]})
+        assert (await st.call("job_status", {"summary": True})).total == 1
     job = {"id": 1, "jobname": "x\nstatus:    c", "status": "q", "reason": "r\x1b[2J"}
     for text in (job_detail([job]), job_table([job])):
         assert "\x1b" not in text and "\nstatus:    c" not in text, text

@@ -205,12 +205,26 @@ def _hidden(c: str) -> bool:
     import unicodedata
 
     # (and the blank letters: Hangul fillers, the braille blank; U+061C, U+180E are Cf:
-    # a review)
-    return unicodedata.category(c) in ("Cf", "Zl", "Zp") or c in _BLANKS
+    # a review), the marks that show nothing (the combining grapheme joiner U+034F,
+    # variation selectors), and spaces other than " " (U+3000, U+00A0: `s3` + U+034F
+    # and `olga-job` + U+3000 looked exactly like `s3` and `olga-job`, a security round)
+    return (
+        unicodedata.category(c) in ("Cf", "Zl", "Zp", "Zs")
+        or c in _BLANKS
+        or any(a <= ord(c) <= b for a, b in _NO_SHOW)
+    )
 
 
 #: letters that show nothing (a name ending in one looks like the name without it)
 _BLANKS = frozenset("\u115f\u1160\u3164\uffa0\u2800")
+#: marks that show nothing (Unicode's default-ignorable nonspacing marks)
+_NO_SHOW = (
+    (0x034F, 0x034F),
+    (0x17B4, 0x17B5),
+    (0x180B, 0x180F),
+    (0xFE00, 0xFE0F),
+    (0xE0100, 0xE01EF),
+)
 
 
 def _no_controls(what: str, text: object) -> None:
@@ -220,7 +234,8 @@ def _no_controls(what: str, text: object) -> None:
     invisible ones (:func:`_hidden`); and at most ``NAME_MAX`` characters."""
     if isinstance(text, str) and any(_hidden(c) for c in text):
         raise CommandError(
-            f"{what} may not hold control characters or invisible ones (got {text!r})",
+            f"{what} may not hold control characters, invisible ones or spaces other "
+            f"than ' ' (got {text!r})",
             code="bad_request",
         )
     if isinstance(text, str) and len(text) > NAME_MAX:
