@@ -698,11 +698,13 @@ async def test_a_server_on_another_port_cannot_use_the_cookie_it_receives(
             load = {"op": "pipeline_load", "args": {"pipeline": "pip-a", "sample": "x"}}
             async with http.post(dash.address() + "api/cmd", json=load, headers=cookie) as r:
                 said = await r.json()
+                assert r.headers.get("Cache-Control") == "no-store", r.headers  # (no cache)
             assert not said["success"] and said["code"] == "not_allowed", said
             # (a script written for the cookie alone is told what it lacks)
             assert "without its key (the X-Tomato-Key header" in said["msg"], said
             async with http.get(dash.address() + "api/job/1/download", headers=cookie) as r:
                 assert r.status == 403 and "without its key" in await r.text()
+                assert r.headers.get("Cache-Control") == "no-store", r.headers
             async with http.post(dash.address() + "api/logout", json={}, headers=cookie) as r:
                 said = await r.json()  # nor does it sign her out, and is told why
             assert not said["success"] and "without its key" in said["msg"], said

@@ -138,6 +138,11 @@ async def _no_framing(request: web.Request, resp: web.StreamResponse) -> None:
     (clickjacking) acted as the user (a review: an eject went through)."""
     resp.headers["X-Frame-Options"] = "DENY"
     resp.headers["Content-Security-Policy"] = "frame-ancestors 'none'"
+    if request.path.startswith("/api/") and "Cache-Control" not in resp.headers:
+        # a sign-in's key, a control's answer and a job's results file are kept in no
+        # cache (a shared browser kept a downloaded results file on its disk: a
+        # security round)
+        resp.headers["Cache-Control"] = "no-store"
 
 
 class _NoKeys(logging.Filter):
