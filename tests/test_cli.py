@@ -334,7 +334,12 @@ def test_payload_problems_name_the_file(stack: Stack) -> None:
     )
     bad_version = write_payload(stack, "bad-version", {**counter_payload("x"), "version": "9.9"})
     missing = stack.workdir / "no-such-payload.yml"
+    # refusals of its settings too (they named no file: a tomato 2.2 user's tour)
+    bad_prefix = write_payload(
+        stack, "bad-prefix", {**counter_payload("x"), "settings": {"output": {"prefix": "a/b"}}}
+    )
     cases = {
+        bad_prefix: "settings.output.prefix: 'a/b' is a file name, not a path",
         not_yaml: "invalid YAML",
         not_json: "invalid JSON",
         bad_field: "method[0]",

@@ -108,7 +108,9 @@ def submit(opts: Opts, payload: File, jobname: str | None) -> None:
             text = None  # a scheduler older than payload_text: send it parsed
     if text is None:
         reply = ask({"payload": _parsed(payload)})
-    if not reply.success and reply.code == "refused":  # the scheduler cannot know the file
+    if not reply.success:  # the scheduler cannot know the file: "payload refused: …" gets it
+        # (also a refusal of its settings, answered bad_request: it named no file, though
+        # cli.md says every one does, a tomato 2.2 user's tour)
         reply.msg = payload_refused(os.fspath(payload), reply.msg)
     if reply.success and not (opts.json or opts.yaml):
         # stdout: one line, as tomato 2.2's (`jobid=$(ketchup submit p.yml | awk '{print
