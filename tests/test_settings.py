@@ -236,6 +236,11 @@ def test_init_writes_both_files_and_never_overwrites(tmp_path: Path) -> None:
     assert again == [app / "devices.yml"]  # only the missing one
     assert (app / "settings.toml").read_text() == "# mine\n"
     assert write_default_files(app, data, log) == []
+    # folders the existing settings.toml does not name are not made (a tomato 2.2
+    # user's tour: `init -D /x` made /x, which nothing used)
+    other = tmp_path / "other"
+    assert write_default_files(app, other / "d", other / "l") == []
+    assert not other.exists()
 
 
 def test_init_output_loads_to_the_defaults(tmp_path: Path) -> None:

@@ -62,6 +62,8 @@ def write_default_files(
         except FileExistsError:
             continue
         written.append(path)
-    for d in (data, log):
-        d.mkdir(parents=True, exist_ok=True)
+    if app / SETTINGS_FILE in written:  # (another settings.toml names other folders: a
+        # tomato 2.2 user's tour saw `init -D /x` make /x, which nothing used)
+        for d in (data, log):
+            d.mkdir(parents=True, exist_ok=True)
     return written
