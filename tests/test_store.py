@@ -275,6 +275,25 @@ def _full_spool(tmp_path: Path, n: int) -> tuple[Spool, int]:
     return sp, e
 
 
+def test_a_spool_s_wal_is_cut_back_once_its_batches_are_acknowledged(tmp_path: Path) -> None:
+    """A fault round: a node's spool kept a ~4 MB WAL with nothing spooled, which no
+    `spool_max_mb` counts, and it filled a small disk by itself."""
+    from tomato_mqtt.services.node.spool import WAL_KEPT
+
+    sp = Spool(tmp_path / "s.sqlite")
+    e1 = sp.new_epoch()
+    big = b"x" * 60_000
+    for seq in range(200):  # ~12 MB through the WAL
+        sp.put("c", "s1", seq, e1, big)
+    sp.ack("c", "s1", 199)
+    for seq in range(200, 230):  # the WAL restarts after the checkpoints: cut back
+        sp.put("c", "s1", seq, e1, b"y")
+        sp.ack("c", "s1", seq)
+    wal = tmp_path / "s.sqlite-wal"
+    assert wal.stat().st_size <= WAL_KEPT + 65536, wal.stat().st_size
+    sp.close()
+
+
 def test_a_spool_whose_disk_is_full_holds_batches_and_loses_none(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

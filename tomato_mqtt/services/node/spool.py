@@ -57,6 +57,10 @@ DROP TABLE batches;
 """
 
 
+#: bytes of the spool's WAL kept after a checkpoint (SQLite keeps all of it otherwise)
+WAL_KEPT = 2**20
+
+
 class Spool:
     """Unacknowledged data batches of one node, keyed by ``(component, stream, seq)``."""
 
@@ -88,6 +92,10 @@ class Spool:
         try:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
+            # the WAL is cut back to this after a checkpoint: it stayed ~4 MB with nothing
+            # spooled, counted in no `spool_max_mb`, and filled a small disk by itself (a
+            # fault round: a 4 MiB tmpfs)
+            self._db.execute(f"PRAGMA journal_size_limit={WAL_KEPT}")
             self._db.executescript(_SCHEMA)
             old = self._db.execute(
                 "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'batches'"
