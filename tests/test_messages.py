@@ -199,3 +199,21 @@ def test_a_recorder_s_replay_and_ack_args_are_as_strict_as_every_request_s() -> 
             ReplayArgs.model_validate(bad)
     with pytest.raises(ValidationError, match="Extra inputs are not permitted"):
         AckArgs.model_validate({"epoch": 1, "upto": 0, "zzz": 1})
+
+
+def test_a_node_status_lists_a_bounded_number_of_components() -> None:
+    """A security round: a node's login listed 200,000 made-up components in its status
+    (6.96 MB): every dashboard page got 6 MB per status, and `tomato status nodes` a
+    reply past its bound. A status beyond the bound is refused as malformed."""
+    from tomato_mqtt.wire.messages import NODE_COMPONENTS_MAX, NodeStatus
+
+    names = [f"c{i}" for i in range(NODE_COMPONENTS_MAX)]
+    ok = {"schema": 2, "state": "online", "node": "pc2", "components": names}
+    assert len(decode(NodeStatus, json.dumps(ok).encode(), "t").components) == len(names)
+    for field, value in (
+        ("components", [*names, "one-more"]),
+        ("streams", {n: 0 for n in [*names, "one-more"]}),
+    ):
+        with pytest.raises(DecodeError) as err:
+            decode(NodeStatus, json.dumps(ok | {field: value}).encode(), "t")
+        assert field in err.value.reason, err.value.reason

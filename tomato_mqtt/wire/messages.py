@@ -140,6 +140,12 @@ class DriverInfo(WireModel):
     error: str | None = None
 
 
+#: components (and drivers) one node's status may list: a node's login that listed 200,000
+#: made-up ones sent every dashboard page 6 MB per status, and `tomato status nodes` a
+#: reply past its bound (a security round); a status beyond it is refused as malformed
+NODE_COMPONENTS_MAX = 4096
+
+
 class NodeStatus(WireModel):
     state: PresenceState
     node: str
@@ -148,13 +154,16 @@ class NodeStatus(WireModel):
     version: str = ""
     host: str | None = None
     pid: int | None = None
-    drivers: dict[str, DriverInfo] = Field(default_factory=dict)
-    components: list[str] = Field(default_factory=list)
+    drivers: dict[str, DriverInfo] = Field(default_factory=dict, max_length=NODE_COMPONENTS_MAX)
+    components: list[str] = Field(default_factory=list, max_length=NODE_COMPONENTS_MAX)
     streams: dict[str, int] = Field(
-        default_factory=dict, description="component -> last data seq of its current stream"
+        default_factory=dict,
+        max_length=NODE_COMPONENTS_MAX,
+        description="component -> last data seq of its current stream",
     )
     stream_ids: dict[str, str] = Field(
         default_factory=dict,
+        max_length=NODE_COMPONENTS_MAX,
         description="component -> id of its current data stream (see DataBatch.stream)",
     )
     spool_pending: int = 0
