@@ -3060,8 +3060,9 @@ async def test_a_status_of_a_job_long_over_that_comes_late_stops_no_task(
         assert (await st.wait_job(first.id, {"c", "ce", "cd"})).status == "c"
         await st.call("pipeline_eject", {"pipeline": "pip-counter-1"})
         second = await st.submit_counter("pip-counter-1", 4.0, 0.1, work)
-        # running, with batches past the old status's
-        await said.wait(running(second.id, json.loads(old.payload)["seq"] + 3), timeout=20)
+        # running, with batches past the old status's (how many more depends on how
+        # often the node flushes: a loaded CI saw fewer than 3 more in the task's 4 s)
+        await said.wait(running(second.id, json.loads(old.payload)["seq"] + 1), timeout=20)
         # the old status again, as a broker that restored it delivers it
         await st.client.publish(st.topics.component_status(comp), old.payload, retain=True)
         # and the stale reset itself, should a scheduler take such a status: refused by
