@@ -1034,6 +1034,25 @@ def test_a_step_of_a_node_clock_is_told_to_its_running_jobs_and_a_backlog_is_not
     assert len(told) == 2, told
 
 
+def test_a_step_is_said_from_the_offset_just_before_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fault round: a node's clock stepped -1 s (within the tolerance), then -5 s more:
+    the job's reason said "stepped by -6.0 s" (from the first offset taken), while the
+    node's own task end said -5."""
+    _p, beat, told = _stepping(monkeypatch)
+    for _ in range(5):
+        beat(0.0)
+    for _ in range(5):
+        beat(-1.0)  # within the 2 s tolerance: no step
+        time.sleep(0.05)
+    assert told == []
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < 0.6:
+        beat(-6.0)
+        time.sleep(0.05)
+    assert len(told) == 1 and "stepped by -5.0 s" in told[0][1], told
+    assert "now -6.0 s from it" in told[0][1], told
+
+
 def test_statuses_a_late_broker_passes_on_are_no_clock_step(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

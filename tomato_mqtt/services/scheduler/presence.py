@@ -68,6 +68,7 @@ class Presence:
         #: the offset each node's clock was taken to have (a change beyond the tolerance
         #: is a step: _clock_stepped)
         self.taken: dict[str, float] = {}
+        self.last_ok: dict[str, float] = {}  # node -> its offset before a step began
         self.step_seen: dict[str, tuple[float, float]] = {}  # node -> (offset, monotonic)
         #: node -> when (our clock) its statuses began to arrive off the offset taken,
         #: also those not taken as a measure (a step back reads as a cut link's backlog
@@ -145,7 +146,7 @@ class Presence:
             # another run of the node (a restart): its clock is taken afresh, not as a
             # step (an outside check: a node restarted with a right clock after running
             # an hour ahead put "stepped by -3600 s" into the next job's reason)
-            for kept in (self.offsets, self.taken, self.step_seen, self.off_since):
+            for kept in (self.offsets, self.taken, self.last_ok, self.step_seen, self.off_since):
                 kept.pop(st.node, None)
         self.epochs[st.node] = st.epoch
         q = self.offsets.setdefault(st.node, collections.deque(maxlen=5))
@@ -206,6 +207,7 @@ class Presence:
         was = self.taken.setdefault(node, off)
         if abs(off - was) <= tol:
             self.step_seen.pop(node, None)
+            self.last_ok[node] = off
             return
         now = time.monotonic()
         seen = self.step_seen.get(node)
@@ -216,7 +218,12 @@ class Presence:
             self.step_seen.pop(node, None)
             since = time.time() - (now - seen[1])
             since = min(since, self.off_since.pop(node, since))
-            self._clock_stepped(node, off - was, off, since)
+            # the step from the offset just before it, not from the first one taken: a
+            # step of -1 s (within the tolerance) and then one of -5 s was said "-6.0 s"
+            # while the node's own task end said -5 (a fault round)
+            before = self.last_ok.pop(node, was)
+            self.last_ok[node] = off
+            self._clock_stepped(node, off - before, off, since)
 
     def _clock_stepped(self, node: str, step: float, off: float, since: float) -> None:
         """A node's clock stepped while it ran (found by fault injection: a step back made
