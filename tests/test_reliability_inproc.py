@@ -1782,6 +1782,74 @@ async def test_a_restored_state_file_two_tasks_behind_lets_the_running_task_fini
         assert tasks.count(2) == 40, tasks
 
 
+@pytest.mark.parametrize("hold", ["write", "reset"])
+async def test_a_plain_restart_while_a_cancelled_job_ends_is_no_restore(
+    broker: RunningBroker,
+    instance: str,
+    tmp_path: Path,
+    hold: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A review: a job cancelled in its first task (its second never begun) whose file
+    was being written, or whose components were being reset, when the scheduler stopped
+    (a plain stop, nothing restored) was taken at the start for a job of a restored state
+    file: `ce` (or `cd`) "not taken up again: it ended after the copy this state file was
+    restored from was taken …". Its file was asked for with no more tasks over than the
+    state file has: it is taken up as before, and ends `cd`."""
+    from tomato_mqtt.services.scheduler.runner import JobRunner
+    from tomato_mqtt.services.scheduler.service import SchedulerService
+
+    async with inproc_stack(broker.port, tmp_path, instance) as st:
+        await _ready(st)
+        payload = _counter_payload(5.0, 0.1)
+        payload["method"].append(dict(payload["method"][0], max_duration=0.5))
+        job = await st.call("job_submit", {"payload": payload, "submit_dir": str(tmp_path)})
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 20
+        assert st.scheduler.store is not None
+        while (st.scheduler.store.job(job.id).progress.get("tasks") or {}).get("0", {}).get(
+            "state"
+        ) != "running":
+            assert loop.time() < deadline, "its first task did not start"
+            await asyncio.sleep(0.05)
+        release, entered = asyncio.Event(), asyncio.Event()
+        if hold == "write":
+            files = st.recorder.files
+            write = files.write
+
+            async def held_write(a: Any, path: Any, *args: Any, **kw: Any) -> Any:
+                if not a.snapshot:
+                    entered.set()
+                    await release.wait()  # a big file being written
+                return await write(a, path, *args, **kw)
+
+            monkeypatch.setattr(files, "write", held_write)
+        else:
+            reset_done = JobRunner.reset_done
+
+            async def held_reset(self: JobRunner) -> None:
+                entered.set()
+                await release.wait()  # the components' reset (up to its wait)
+                await reset_done(self)
+
+            monkeypatch.setattr(JobRunner, "reset_done", held_reset)
+        await st.call("job_cancel", {"jobids": [job.id]})
+        await asyncio.wait_for(entered.wait(), 20)
+        await _scheduler_stopped(st)
+        async with running(SchedulerService(st.settings)) as again:
+            assert again.store is not None
+            kept = again.store.job(job.id)
+            assert "not taken up again" not in (kept.reason or ""), kept.reason
+            release.set()
+            deadline = loop.time() + 30
+            while again.store.job(job.id).status not in ("c", "ce", "cd"):
+                assert loop.time() < deadline, again.store.job(job.id)
+                await asyncio.sleep(0.1)
+            done = again.store.job(job.id)
+            assert done.status == "cd", (done.status, done.reason)
+            assert "restored" not in (done.reason or ""), done.reason
+
+
 async def test_a_failed_start_is_not_taken_later_for_a_late_end(
     broker: RunningBroker, instance: str, tmp_path: Path
 ) -> None:

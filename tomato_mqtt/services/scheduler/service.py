@@ -256,14 +256,16 @@ class SchedulerService(Service):
         return ended
 
     def _running_that_ended(self, store: StateStore) -> list[Job]:
-        """Jobs the state file holds as running with tasks it has not seen end, whose
-        final file this PC's recorder was asked for: they ended after the copy the state
-        file was restored from was taken (the normal end stores every task's end before
-        it asks for the file). Taken up as after a restart, their unfinished tasks ran
+        """Jobs the state file holds as running whose final file this PC's recorder was
+        asked for with more of their tasks over than the state file has: they ended after
+        the copy the state file was restored from was taken (a job's end stores its
+        tasks' ends before it asks for the file, so after a plain restart the two agree:
+        a cancelled job's tasks never begun, say, are over in neither, and it is taken up
+        as before: a review). Taken up as after a restart, their unfinished tasks ran
         again and wrote over the file (a fault round saw such jobs end `c` twice, or `ce`
         "the file has points no runner reported"). They end as their file says; their
         pipeline is free."""
-        jobs = [j for j in store.jobs(statuses=["r", "rd"]) if not _tasks_over(j)]
+        jobs = store.jobs(statuses=["r", "rd"])
         finals = finals_elsewhere(self.settings.recorder_db, [j.id for j in jobs])
         ended = []
         for job in jobs:
@@ -271,6 +273,11 @@ class SchedulerService(Service):
                 continue
             told = finals[job.id].get("job")
             told = told if isinstance(told, dict) else {}
+            progress = told.get("progress")
+            if _tasks_over(progress if isinstance(progress, dict) else {}) <= _tasks_over(
+                job.progress
+            ):
+                continue
             written, status = finals[job.id].get("written"), told.get("status")
             note = (
                 "not taken up again: it ended after the copy this state file was restored "
@@ -858,13 +865,16 @@ class SchedulerService(Service):
         self.kick()
 
 
-def _tasks_over(job: Job) -> bool:
-    """Whether the job's progress has every task of its payload ended or skipped."""
-    tasks = job.progress.get("tasks")
-    tasks = tasks if isinstance(tasks, dict) else {}
-    count = len(job.payload.get("method") or [])
-    over = ("ended", "skipped")
-    return all((tasks.get(str(i)) or {}).get("state") in over for i in range(count))
+def _tasks_over(progress: Mapping[str, Any]) -> int:
+    """How many tasks a job's progress has ended or skipped."""
+    tasks = progress.get("tasks")
+    if not isinstance(tasks, dict):
+        return 0
+    return sum(1 for t in tasks.values() if isinstance(t, dict) and t.get("state") in OVER)
+
+
+#: a task's states once it is over
+OVER = ("ended", "skipped")
 
 
 def _older(st: ComponentStatus, held: ComponentStatus) -> bool:
