@@ -17,6 +17,7 @@ import itertools
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -468,21 +469,13 @@ async def test_tries_held_open_or_given_up_do_not_keep_a_right_login_out(
         def guess(address: str, user: str = "olga", pw: str = "wrong") -> tuple[int, float]:
             return _login_from(address, b.port, user, pw)
 
-        def connect_packet(user: str, pw: str) -> bytes:
-            def s(x: str) -> bytes:
-                return len(x.encode()).to_bytes(2, "big") + x.encode()
-
-            body = s("MQTT") + bytes([4, 0xC2]) + (60).to_bytes(2, "big")
-            body += s(f"held-{os.urandom(3).hex()}") + s(user) + s(pw)
-            return bytes([0x10, len(body)]) + body
-
         for _ in range(3):  # olga's count from 127.0.0.2: 3 (waits 1, then 2 s)
             rc, _took = await asyncio.to_thread(guess, "127.0.0.2")
             assert rc != 0
         held = []
         for _ in range(6):  # 6 tries held open: 4 under way, 2 told at once
             sk = socket.create_connection(("127.0.0.1", b.port), source_address=("127.0.0.2", 0))
-            sk.sendall(connect_packet("olga", "wrong"))
+            sk.sendall(_connect_packet("olga", "wrong"))
             held.append(sk)
         try:
             await asyncio.sleep(0.5)
@@ -512,6 +505,87 @@ async def test_tries_held_open_or_given_up_do_not_keep_a_right_login_out(
             )
         assert all(rc == 0 for rc, _ in got), got
         assert max(t for _, t in got) < 3.0, got
+
+
+def _connect_packet(user: str, pw: str) -> bytes:
+    """An MQTT 3.1.1 CONNECT with a user name and password (a client of no library)."""
+
+    def text(x: str) -> bytes:
+        return len(x.encode()).to_bytes(2, "big") + x.encode()
+
+    body = text("MQTT") + bytes([4, 0xC2]) + (60).to_bytes(2, "big")
+    body += text(f"raw-{os.urandom(3).hex()}") + text(user) + text(pw)
+    return bytes([0x10, len(body)]) + body
+
+
+def _raw_login(port: int, address: str, user: str, pw: str) -> tuple[bytes, float]:
+    """One CONNECT from ``address``: the CONNACK's bytes and how long it took."""
+    import socket
+    import time
+
+    t0 = time.monotonic()
+    with socket.create_connection(("127.0.0.1", port), source_address=(address, 0)) as sk:
+        sk.settimeout(30)
+        sk.sendall(_connect_packet(user, pw))
+        return sk.recv(4), time.monotonic() - t0
+
+
+async def test_one_address_trying_many_user_names_holds_up_no_one_else(
+    tmp_path: Path, instance: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A review: counted per user name alone, one address trying 40 made-up names (5 free
+    tries each) filled the password checks every address waits for, and a right first
+    login from elsewhere took 4 s. An address has a bounded number of tries under way (a
+    further one "server unavailable", unchecked), and past a number of wrong ones from it
+    all its user names take their turns together."""
+    import socket
+    import time
+
+    from tomato_mqtt_broker import security
+
+    monkeypatch.setattr(security, "ADDRESS_UNDER_WAY_MAX", 4)
+    monkeypatch.setattr(security, "ADDRESS_FREE_FAILURES", 6)
+    monkeypatch.setattr(security, "FAILURE_WAIT_MAX", 1.5)
+    checks: list[float] = []
+    verify = security.UsersAuthPlugin._verify
+
+    async def counted(self: Any, password: str, hash_: str) -> bool:
+        checks.append(time.monotonic())
+        return bool(await verify(self, password, hash_))
+
+    monkeypatch.setattr(security.UsersAuthPlugin, "_verify", counted)
+    async with secured("amqtt", tmp_path, instance) as b:
+
+        def spray() -> list[bytes]:  # 12 made-up names at once from one address
+            held = []
+            try:
+                for i in range(12):
+                    sk = socket.create_connection(
+                        ("127.0.0.1", b.port), source_address=("127.0.0.2", 0)
+                    )
+                    sk.sendall(_connect_packet(f"x{i}", "wrong"))
+                    held.append(sk)
+                told = []
+                for sk in held:
+                    sk.settimeout(10)
+                    told.append(sk.recv(4))
+                return told
+            finally:
+                for sk in held:
+                    sk.close()
+
+        told = await asyncio.to_thread(spray)  # (the broker runs on this loop)
+        unavailable = b"\x20\x02\x00\x03"
+        assert told.count(unavailable) == 8 and len(checks) == 4, (told, len(checks))
+        # a right first login from elsewhere is not held up
+        rc, took = await asyncio.to_thread(_login_from, "127.0.0.4", b.port, "otto", "pw-otto")
+        assert rc == 0 and took < 2.0, (rc, took)
+        # 2 more wrong ones bring the address to 6: then all its names take turns
+        for name in ("y0", "y1"):
+            got, took = await asyncio.to_thread(_raw_login, b.port, "127.0.0.2", name, "wrong")
+            assert got != unavailable and took < 1.0, (got, took)
+        got, took = await asyncio.to_thread(_raw_login, b.port, "127.0.0.2", "y2", "wrong")
+        assert got != unavailable and took >= 1.0, (got, took)  # (1.5 s after the last)
 
 
 def test_what_an_address_counts_as() -> None:

@@ -100,6 +100,15 @@ FAILURE_ADDRESSES = 10_000
 #: a further one is answered "server unavailable" at once, unchecked (tries held open
 #: made a right login of the same address wait 8 s per try held: a review)
 UNDER_WAY_MAX = 4
+#: wrong logins of any user names from one address (in FAILURES_KEPT s) before all of its
+#: tries take their turns together, and tries of one address under way at once (a further
+#: one "server unavailable", unchecked): counted per user name alone, one address trying
+#: 40 made-up names (5 free tries each) filled the password checks that every address
+#: waits for, and a right first login from elsewhere took 4 s (a review)
+ADDRESS_FREE_FAILURES = 20
+ADDRESS_UNDER_WAY_MAX = 16
+#: the key all user names of an address share once it is past ADDRESS_FREE_FAILURES
+ANY_NAME = "\x00any"
 #: how often (s) a try waiting for its turn looks whether its client left (then it is
 #: dropped, unchecked and not counted: tries its client gave up held the turns of those
 #: after them, a right one of the same PC waited 72 s: a review)
@@ -122,6 +131,7 @@ class _Guesses:
         self.checked: dict[tuple[str, str], float] = {}  # -> monotonic of the last check
         self.turns: dict[tuple[str, str], asyncio.Lock] = {}
         self.under_way: dict[tuple[str, str], int] = {}
+        self.address_under_way: dict[str, int] = {}
         self.said = 0.0  # when the log last said them (once a minute)
 
     @staticmethod
@@ -143,6 +153,13 @@ class _Guesses:
             return str(ipaddress.ip_network(f"{ip}/64", strict=False))
         return str(ip)
 
+    def key(self, where: str, name: str) -> tuple[str, str]:
+        """Whose turns a try of ``name`` from ``where`` takes: its own, or the address's
+        (all its user names together) once the address is past ADDRESS_FREE_FAILURES."""
+        if self._count((where, ANY_NAME), time.monotonic()) >= ADDRESS_FREE_FAILURES:
+            return (where, ANY_NAME)
+        return (where, name)
+
     def _count(self, key: tuple[str, str], now: float) -> int:
         count, last = self.failures.get(key, (0, 0.0))
         return 0 if now - last > FAILURES_KEPT else count
@@ -159,9 +176,13 @@ class _Guesses:
     async def turn(self, key: tuple[str, str], gone: Any) -> str | None:
         """Wait for this try's turn. None: check its password now (:meth:`done` must
         follow); else why it is not checked (its client left, or too many are under way)."""
+        where = key[0]
         if self.under_way.get(key, 0) >= UNDER_WAY_MAX:
             return f"{UNDER_WAY_MAX} tries of this login from its address are under way"
+        if self.address_under_way.get(where, 0) >= ADDRESS_UNDER_WAY_MAX:
+            return f"{ADDRESS_UNDER_WAY_MAX} tries from its address are under way"
         self.under_way[key] = self.under_way.get(key, 0) + 1
+        self.address_under_way[where] = self.address_under_way.get(where, 0) + 1
         lock = self.turns.setdefault(key, asyncio.Lock())
         try:
             while True:  # (a try given up while it waits is dropped from the queue too)
@@ -200,19 +221,29 @@ class _Guesses:
             self.under_way[key] = left
         else:
             self.turns.pop(key, None)
+        left = self.address_under_way.pop(key[0], 1) - 1
+        if left > 0:
+            self.address_under_way[key[0]] = left
 
     def done(self, key: tuple[str, str], ok: bool) -> int:
         """A try of ``key`` checked; the count of wrong ones since (0 after a right)."""
         now = time.monotonic()
         self._free(key)
         if ok:
-            self.failures.pop(key, None)
-            self.checked.pop(key, None)
+            if key[1] != ANY_NAME:  # (a login of one's own ends no count of the address)
+                self.failures.pop(key, None)
+                self.checked.pop(key, None)
             return 0
         count = self._count(key, now) + 1
         self.failures.pop(key, None)
         self.failures[key] = (count, now)  # (last: the most recent)
         self.checked[key] = now
+        anyname = (key[0], ANY_NAME)
+        if key != anyname:  # (the address's count: all its user names)
+            total = self._count(anyname, now) + 1
+            self.failures.pop(anyname, None)
+            self.failures[anyname] = (total, now)
+            self.checked[anyname] = now
         while len(self.failures) > FAILURE_ADDRESSES:
             gone = next(iter(self.failures))
             self.failures.pop(gone)
@@ -258,7 +289,7 @@ class UsersAuthPlugin(BaseAuthPlugin):  # type: ignore[misc]
         known = user is not None and (name, user.hash, digest) in self._ok
         address = getattr(session, "remote_address", None)
         where = None if known else _Guesses.where(address)  # (known: goes in at once)
-        counted = None if where is None else (where, name)
+        counted = None if where is None else self._guesses.key(where, name)
         if counted is not None:
             why = await self._guesses.turn(counted, getattr(session, "tomato_gone", None))
             if why is not None:
@@ -274,7 +305,7 @@ class UsersAuthPlugin(BaseAuthPlugin):  # type: ignore[misc]
             ok = known or await self._verify(pw, user.hash)
         finally:
             if counted is not None:
-                self._said(self._guesses.done(counted, ok), counted[0], name)
+                self._said(self._guesses.done(counted, ok), counted, name)
         if ok:
             self._ok.add((name, user.hash, digest))
             # the hash this password was checked against: a connection outlives no change
@@ -283,16 +314,26 @@ class UsersAuthPlugin(BaseAuthPlugin):  # type: ignore[misc]
             session.tomato_login = user.hash
         return ok
 
-    def _said(self, count: int, address: str | None, name: str) -> None:
+    def _said(self, count: int, key: tuple[str, str], name: str) -> None:
         now = time.monotonic()
         if count > FREE_FAILURES and now - self._guesses.said >= 60.0:
             self._guesses.said = now
+            if key[1] == ANY_NAME:
+                log.warning(
+                    "%d wrong logins from %s (the last as %r): each further try from there "
+                    "waits its turn, up to %g s after the check before, whatever its user name",
+                    count,
+                    key[0],
+                    name[:64],
+                    FAILURE_WAIT_MAX,
+                )
+                return
             log.warning(
                 "%d wrong logins as %r from %s: each further try of it from there waits "
                 "its turn, up to %g s after the check before, before its password is checked",
                 count,
                 name[:64],
-                address,
+                key[0],
                 FAILURE_WAIT_MAX,
             )
 
