@@ -432,7 +432,8 @@ async def test_wrong_logins_from_one_address_make_its_next_tries_wait(
         for wait in (1.0, 2.0):  # after the check before (its answer came just after it)
             sent = time.monotonic()
             rc, took = await asyncio.to_thread(guess, "127.0.0.2")
-            assert rc != 0 and sent + took - checked >= wait, (rc, took, wait)
+            # (less a margin for the client threads' own delays on a loaded machine)
+            assert rc != 0 and sent + took - checked >= 0.8 * wait, (rc, took, wait)
             checked = sent + took
         # another address, another user name of the same address, and this PC's own,
         # are not held up (a first login each)

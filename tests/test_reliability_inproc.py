@@ -1716,6 +1716,8 @@ async def test_a_running_job_of_a_restored_state_file_that_ended_is_not_taken_up
             assert ended.status == "c", ended
             assert ended.respath == done.respath
             assert "not taken up again: it ended after the copy" in (ended.reason or "")
+            counts = [t["end"]["npoints"] for t in ended.progress["tasks"].values()]
+            assert counts == [15, 5], ended.progress  # (as the file has them)
             assert again.store.pipeline("pip-counter-1").jobid is None
             await asyncio.sleep(2.0)  # a task taken up again would have started by now
             assert not again.runners

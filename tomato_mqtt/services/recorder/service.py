@@ -699,8 +699,9 @@ class RecorderService(Service):
     def _on_meta(self, msg: Message, component: str | None) -> None:
         if component is None:
             return
-        if not msg.payload:  # cleared: the component is gone
-            self.hosts.pop(component, None)
+        if not msg.payload:  # cleared: its node no longer hosts it. Its last host is
+            # kept: a component moved to another node had its old meta cleared after the
+            # new one came, and its new node's gaps went unasked (a review)
             return
         try:
             meta = decode(ComponentMeta, msg.payload, msg.topic)

@@ -290,6 +290,10 @@ class SchedulerService(Service):
                 when = told.get("completed_at")
                 fields = {"status": status, "reason": reason, "respath": written}
                 fields["completed_at"] = when if isinstance(when, str) else utcnow()
+                if isinstance(progress, dict) and isinstance(progress.get("tasks"), dict):
+                    # its tasks' ends and counts as the file has them (they read null: a
+                    # fault round's re-run)
+                    fields["progress"] = job.progress | {"tasks": progress["tasks"]}
             else:
                 note += "was asked for its file, which it has not written: its points are "
                 note += "there, `ketchup snapshot` writes them)"
