@@ -1626,6 +1626,60 @@ async def test_a_forged_idle_status_ends_the_job_and_its_task_on_the_node(
         assert done.status == "c", (done.status, done.reason)
 
 
+def _state_backup(st: InProc, tmp_path: Path) -> Path:
+    """A copy of the stack's state file as it is now (sqlite's online backup)."""
+    import sqlite3
+
+    backup = tmp_path / "state.backup.sqlite"
+    with sqlite3.connect(st.settings.state_db) as src, sqlite3.connect(backup) as dst:
+        src.backup(dst)
+    return backup
+
+
+async def _restored(st: InProc, backup: Path) -> None:
+    """The scheduler stopped and its state file replaced by ``backup`` (as an admin
+    restores one), ready for a scheduler started again."""
+    await _scheduler_stopped(st)
+    db = st.settings.state_db
+    for extra in ("-wal", "-shm"):
+        Path(f"{db}{extra}").unlink(missing_ok=True)
+    backup.replace(db)
+
+
+async def _task_running(st: InProc, jobid: int, index: int) -> None:
+    """Until the state file has task ``index`` of job ``jobid`` running (20 s at most)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 20
+    while True:
+        assert st.scheduler.store is not None
+        tasks = st.scheduler.store.job(jobid).progress.get("tasks") or {}
+        if (tasks.get(str(index)) or {}).get("state") == "running":
+            return
+        assert loop.time() < deadline, f"task {index} of job {jobid} did not start"
+        await asyncio.sleep(0.02)
+
+
+async def _c_then_restored(st: InProc, jobid: int, backup: Path) -> tuple[Any, bytes]:
+    """Job ``jobid`` ended `c` (its end and its file's bytes), then the state file
+    restored from ``backup`` (:func:`_restored`)."""
+    done = await st.wait_job(jobid, {"c", "ce", "cd"}, timeout=30)
+    assert done.status == "c", done
+    first = Path(str(done.respath)).read_bytes()
+    await _restored(st, backup)
+    return done, first
+
+
+async def _in_first_of_two_tasks(st: InProc, tmp_path: Path, first: float, second: float) -> Any:
+    """A job of two counter tasks (``first`` s, then ``second`` s, at 0.1 s) on a ready
+    pip-counter-1, once its first task runs."""
+    await _ready(st)
+    payload = _counter_payload(first, 0.1)
+    payload["method"].append(dict(payload["method"][0], max_duration=second))
+    job = await st.call("job_submit", {"payload": payload, "submit_dir": str(tmp_path)})
+    await _task_running(st, job.id, 0)
+    return job
+
+
 async def test_a_queued_job_of_a_restored_state_file_that_ran_is_not_run_again(
     broker: RunningBroker, instance: str, tmp_path: Path
 ) -> None:
@@ -1633,7 +1687,6 @@ async def test_a_queued_job_of_a_restored_state_file_that_ran_is_not_run_again(
     was queued ran that job again under the same id, `c` again, the second run's points
     in no file (the recorder kept them aside). The job ends `ce` at the scheduler's start,
     saying why, and does not run again; its file is the first run's."""
-    import sqlite3
 
     from tomato_mqtt.services.scheduler.service import SchedulerService
 
@@ -1648,18 +1701,9 @@ async def test_a_queued_job_of_a_restored_state_file_that_ran_is_not_run_again(
         cmp = st.scheduler.layout.pipelines["pip-counter-2"].roles["counter"]
         forged = _batch(waits.id, 0, "forged", 0, 3, cmp=cmp)
         await st.client.publish(st.topics.component_data(cmp), forged, qos=1)
-        db = st.settings.state_db
-        backup = tmp_path / "state.backup.sqlite"
-        with sqlite3.connect(db) as src, sqlite3.connect(backup) as dst:
-            src.backup(dst)  # taken while the job is queued
+        backup = _state_backup(st, tmp_path)  # taken while the job is queued
         await st.call("pipeline_ready", {"pipeline": "pip-counter-1"})
-        done = await st.wait_job(job.id, {"c", "ce", "cd"}, timeout=30)
-        assert done.status == "c", done
-        first = Path(str(done.respath)).read_bytes()
-        await _scheduler_stopped(st)
-        for extra in ("-wal", "-shm"):
-            Path(f"{db}{extra}").unlink(missing_ok=True)
-        backup.replace(db)
+        done, first = await _c_then_restored(st, job.id, backup)
         async with running(SchedulerService(st.settings)) as again:
             assert again.store is not None
             ended = await st.wait_job(job.id, {"ce"}, timeout=20)  # (said once it is up)
@@ -1683,33 +1727,13 @@ async def test_a_running_job_of_a_restored_state_file_that_ended_is_not_taken_up
     the job ended `c` a second time with its file written over (or `ce` "the file has
     points no runner reported"). The job now ends as its file says, at the scheduler's
     start; no task runs again, the file is untouched and its pipeline is free."""
-    import sqlite3
 
     from tomato_mqtt.services.scheduler.service import SchedulerService
 
     async with inproc_stack(broker.port, tmp_path, instance) as st:
-        await _ready(st)
-        payload = _counter_payload(1.5, 0.1)
-        payload["method"].append(dict(payload["method"][0], max_duration=0.5))
-        job = await st.call("job_submit", {"payload": payload, "submit_dir": str(tmp_path)})
-        db = st.settings.state_db
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + 20
-        while (st.scheduler.store.job(job.id).progress.get("tasks") or {}).get("0", {}).get(
-            "state"
-        ) != "running":
-            assert loop.time() < deadline, "its first task did not start"
-            await asyncio.sleep(0.05)
-        backup = tmp_path / "state.backup.sqlite"
-        with sqlite3.connect(db) as src, sqlite3.connect(backup) as dst:
-            src.backup(dst)  # taken while its first task runs, the second to come
-        done = await st.wait_job(job.id, {"c", "ce", "cd"}, timeout=30)
-        assert done.status == "c", done
-        first = Path(str(done.respath)).read_bytes()
-        await _scheduler_stopped(st)
-        for extra in ("-wal", "-shm"):
-            Path(f"{db}{extra}").unlink(missing_ok=True)
-        backup.replace(db)
+        job = await _in_first_of_two_tasks(st, tmp_path, 1.5, 0.5)
+        backup = _state_backup(st, tmp_path)  # taken in its first task, the second to come
+        done, first = await _c_then_restored(st, job.id, backup)
         async with running(SchedulerService(st.settings)) as again:
             assert again.store is not None
             ended = again.store.job(job.id)  # (ended at its setup; its old end is retained)
@@ -1734,7 +1758,6 @@ async def test_a_restored_state_file_two_tasks_behind_lets_the_running_task_fini
     started", and task 2 was stopped part-way. The tasks the component ran past end
     unseen (their counts unknown: the job ends `ce`, saying so), and task 2 runs to its
     end, every point of it in the file."""
-    import sqlite3
 
     import xarray as xr
 
@@ -1746,29 +1769,10 @@ async def test_a_restored_state_file_two_tasks_behind_lets_the_running_task_fini
         payload["method"].append(dict(payload["method"][0], max_duration=1.0))
         payload["method"].append(dict(payload["method"][0], max_duration=4.0))
         job = await st.call("job_submit", {"payload": payload, "submit_dir": str(tmp_path)})
-        db = st.settings.state_db
-        assert st.scheduler.store is not None
-        loop = asyncio.get_running_loop()
-
-        async def until_running(index: int) -> None:
-            deadline = loop.time() + 20
-            while True:
-                assert st.scheduler.store is not None
-                tasks = st.scheduler.store.job(job.id).progress.get("tasks") or {}
-                if (tasks.get(str(index)) or {}).get("state") == "running":
-                    return
-                assert loop.time() < deadline, f"task {index} did not start"
-                await asyncio.sleep(0.02)
-
-        await until_running(0)
-        backup = tmp_path / "state.backup.sqlite"
-        with sqlite3.connect(db) as src, sqlite3.connect(backup) as dst:
-            src.backup(dst)  # taken in task 0
-        await until_running(2)
-        await _scheduler_stopped(st)
-        for extra in ("-wal", "-shm"):
-            Path(f"{db}{extra}").unlink(missing_ok=True)
-        backup.replace(db)
+        await _task_running(st, job.id, 0)
+        backup = _state_backup(st, tmp_path)  # taken in task 0
+        await _task_running(st, job.id, 2)
+        await _restored(st, backup)
         async with running(SchedulerService(st.settings)) as again:
             assert again.store is not None
             done = await st.wait_job(job.id, {"c", "ce", "cd"}, timeout=30)
@@ -1802,18 +1806,8 @@ async def test_a_plain_restart_while_a_cancelled_job_ends_is_no_restore(
     from tomato_mqtt.services.scheduler.service import SchedulerService
 
     async with inproc_stack(broker.port, tmp_path, instance) as st:
-        await _ready(st)
-        payload = _counter_payload(5.0, 0.1)
-        payload["method"].append(dict(payload["method"][0], max_duration=0.5))
-        job = await st.call("job_submit", {"payload": payload, "submit_dir": str(tmp_path)})
+        job = await _in_first_of_two_tasks(st, tmp_path, 5.0, 0.5)
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + 20
-        assert st.scheduler.store is not None
-        while (st.scheduler.store.job(job.id).progress.get("tasks") or {}).get("0", {}).get(
-            "state"
-        ) != "running":
-            assert loop.time() < deadline, "its first task did not start"
-            await asyncio.sleep(0.05)
         release, entered = asyncio.Event(), asyncio.Event()
         if hold == "write":
             files = st.recorder.files
