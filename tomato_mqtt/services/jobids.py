@@ -10,7 +10,7 @@ from typing import Any
 
 from tomato_mqtt.model.jobs import PLAUSIBLE_ID, batch_id_bound
 
-__all__ = ["finals_of", "highest_batch", "highest_stored", "jobs_with_files"]
+__all__ = ["finals_of", "highest_batch", "highest_stored"]
 
 
 def highest_stored(db: sqlite3.Connection) -> tuple[int | None, int | None]:
@@ -31,18 +31,11 @@ def highest_batch(db: sqlite3.Connection, files: int | None) -> int | None:
     return None if got is None else int(got)
 
 
-def jobs_with_files(db: sqlite3.Connection, ids: list[int]) -> set[int]:
-    """Those of ``ids`` the store has written a final file of (table ``finals``: the
-    scheduler asks for each; a node's login, which may name any job in its batches,
-    cannot make one)."""
-    marks = ",".join("?" * len(ids))
-    rows = db.execute(f"SELECT job FROM finals WHERE job IN ({marks})", ids).fetchall()
-    return {int(r[0]) for r in rows}
-
-
 def finals_of(db: sqlite3.Connection, ids: list[int]) -> dict[int, dict[str, Any]]:
     """How the store's final files of those of ``ids`` were asked for (table ``finals``:
-    the job as its file carries it, and ``written``, the file's path, once written)."""
+    the job as its file carries it, and ``written``, the file's path, once written). The
+    scheduler asks for each; a node's login, which may name any job in its batches,
+    cannot make one."""
     marks = ",".join("?" * len(ids))
     rows = db.execute(f"SELECT job, args FROM finals WHERE job IN ({marks})", ids).fetchall()
     out: dict[int, dict[str, Any]] = {}

@@ -229,15 +229,20 @@ class SchedulerService(Service):
                 log.warning("%s", note)
         used, where = highest_job_elsewhere(self.settings.recorder_db, self.settings.jobs_dir)
         self._ids_after(used, where)
-        self._ran_before = self._queued_that_ran(self.store) + self._running_that_ended(self.store)
+        # the recorder's store read once, for the queued and the running jobs
+        ids = self.store.job_ids(("q", "qw", "r", "rd"))
+        finals = finals_elsewhere(self.settings.recorder_db, ids)
+        self._ran_before = self._queued_that_ran(self.store, finals) + self._running_that_ended(
+            self.store, finals
+        )
 
-    def _queued_that_ran(self, store: StateStore) -> list[Job]:
+    def _queued_that_ran(self, store: StateStore, finals: Mapping[int, object]) -> list[Job]:
         """Jobs the state file holds as queued that ran already (a state file restored
         from a backup taken while they were queued): ended ``ce``, not run again. They
         were run a second time under the same ids, ``c`` again, the second run's points
         in no file (a randomized fault round)."""
         ids = store.job_ids(("q", "qw"))
-        ran = ran_elsewhere(self.settings.recorder_db, self.settings.jobs_dir, ids)
+        ran = ran_elsewhere(self.settings.recorder_db, self.settings.jobs_dir, ids, finals)
         ended = []
         for jobid, where in sorted(ran.items()):
             reason = (
@@ -255,7 +260,9 @@ class SchedulerService(Service):
                 log.warning("job %d: cannot end it in %s: %s", jobid, store.path, e)
         return ended
 
-    def _running_that_ended(self, store: StateStore) -> list[Job]:
+    def _running_that_ended(
+        self, store: StateStore, finals: Mapping[int, dict[str, Any]]
+    ) -> list[Job]:
         """Jobs the state file holds as running whose final file this PC's recorder was
         asked for with more of their tasks over than the state file has: they ended after
         the copy the state file was restored from was taken (a job's end stores its
@@ -266,7 +273,6 @@ class SchedulerService(Service):
         "the file has points no runner reported"). They end as their file says; their
         pipeline is free."""
         jobs = store.jobs(statuses=["r", "rd"])
-        finals = finals_elsewhere(self.settings.recorder_db, [j.id for j in jobs])
         ended = []
         for job in jobs:
             if job.id not in finals:

@@ -28,7 +28,7 @@ from tomato_mqtt.model.jobs import (
     highest_ran,
     utcnow,
 )
-from tomato_mqtt.services.jobids import finals_of, highest_stored, jobs_with_files
+from tomato_mqtt.services.jobids import finals_of, highest_stored
 
 __all__ = [
     "StateStore",
@@ -787,26 +787,17 @@ def highest_job_elsewhere(recorder_db: Path, jobs_dir: Path) -> tuple[int, str]:
     return best, where
 
 
-def ran_elsewhere(recorder_db: Path, jobs_dir: Path, ids: list[int]) -> dict[int, str]:
+def ran_elsewhere(
+    recorder_db: Path, jobs_dir: Path, ids: list[int], finals: Mapping[int, object]
+) -> dict[int, str]:
     """Those of ``ids`` (queued in the state file) that ran already, and where that is
-    seen: this PC's recorder store wrote its final file, or its job folder (made at its
-    launch) exists. A state file restored from a backup taken while they were queued ran
-    them again under the same ids, their second run's points in no file (a randomized
-    fault round). Not the store's batches: a node's login may name any job in its own
-    components' batches, and would end others' queued jobs so. Read only, as
-    :func:`highest_job_elsewhere`."""
-    out: dict[int, str] = {}
-    if ids and recorder_db.is_file():
-        try:
-            db = sqlite3.connect(f"file:{recorder_db}?mode=ro", uri=True, timeout=5.0)
-            try:
-                for i in range(0, len(ids), 500):  # (sqlite's limit on ? marks)
-                    for job in jobs_with_files(db, ids[i : i + 500]):
-                        out[job] = f"the recorder's store {recorder_db} wrote its file"
-            finally:
-                db.close()
-        except sqlite3.Error:
-            pass  # unreadable: the recorder says so itself; the folders below still count
+    seen: this PC's recorder store wrote its final file (``finals``, as
+    :func:`finals_elsewhere` read them), or its job folder (made at its launch) exists. A
+    state file restored from a backup taken while they were queued ran them again under
+    the same ids, their second run's points in no file (a randomized fault round). Not
+    the store's batches: a node's login may name any job in its own components'
+    batches, and would end others' queued jobs so."""
+    out = {j: f"the recorder's store {recorder_db} wrote its file" for j in ids if j in finals}
     for job in ids:
         if job not in out and (jobs_dir / str(job)).is_dir():
             out[job] = f"its job folder {jobs_dir / str(job)} exists (made at its launch)"
@@ -814,9 +805,10 @@ def ran_elsewhere(recorder_db: Path, jobs_dir: Path, ids: list[int]) -> dict[int
 
 
 def finals_elsewhere(recorder_db: Path, ids: list[int]) -> dict[int, dict[str, Any]]:
-    """Those of ``ids`` (running in the state file) whose final file this PC's recorder
-    was asked for, with how (:func:`tomato_mqtt.services.jobids.finals_of`). Read only,
-    as :func:`ran_elsewhere`; an unreadable store counts none."""
+    """Those of ``ids`` whose final file this PC's recorder was asked for, with how
+    (:func:`tomato_mqtt.services.jobids.finals_of`). Read only, as
+    :func:`highest_job_elsewhere`; an unreadable store counts none (the recorder says so
+    itself)."""
     out: dict[int, dict[str, Any]] = {}
     if ids and recorder_db.is_file():
         try:
